@@ -1,0 +1,36 @@
+# mailyard: two commands on a fresh machine -- `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DATA   ?= mailyard-data
+
+.PHONY: run test lint bench fuzz clean venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,speed]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Set up, create a demo domain (example.test, users alice and bob) if needed, and serve on 127.0.0.1.
+run: $(STAMP)
+	@if [ ! -f $(DATA)/config.toml ]; then $(VENV)/bin/mailyard --data $(DATA) init --domain example.test --demo; fi
+	$(VENV)/bin/mailyard --data $(DATA) serve
+
+## Set up and run the whole test suite.
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+
+## Measure throughput and latency; prints a table and writes bench/results.json.
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,332 @@
+"""The store interface: the only path to accounts, mailboxes and messages.
+
+Every backend (SQLite, the embedded default; PostgreSQL for scale-out) implements
+`Store`, and the shared test suite in tests/unit/test_store.py runs against each.
+
+Model (names follow RFC 9051 / RFC 7162 so a reader with the RFCs open can follow):
+
+- A *domain* is a mail domain this server is the final destination for.
+- An *account* is a user (``local@domain``) with a password hash and, optionally,
+  an APOP secret (RFC 1939 section 7 needs the shared secret in clear).
+- An *alias* maps one address to one or more target addresses (local or remote).
+- A *list* is an address that expands to its members.
+- A *mailbox* belongs to an account; it has ``uid_validity``, ``uid_next`` and
+  ``highest_modseq``. Every change to a mailbox (new message, flag change,
+  expunge) takes the next mod-sequence value (RFC 7162 section 3.1).
+- A *message* in a mailbox has a ``uid``, ``flags``, ``internal_date``, ``size``
+  and ``modseq``. Its bytes are a per-delivery ``trace_prefix`` (Return-Path,
+  Delivered-To: they differ per recipient) followed by a shared *body* blob (the
+  bytes the client sent, with the Received header this server prepended). The
+  body is stored once however many mailboxes hold it.
+
+Writes are durable when their coroutine returns: bytes and index rows are on disk
+(fsynced). Concurrent writes share one commit (group commit).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+# RFC 6154 special-use mailboxes created with every account, besides INBOX.
+SPECIAL_USE_MAILBOXES: tuple[tuple[str, str], ...] = (
+    ("Drafts", "\\Drafts"),
+    ("Sent", "\\Sent"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+
+# The hierarchy delimiter used in mailbox names (RFC 9051 section 5.1).
+HIERARCHY_DELIMITER = "/"
+
+
+class StoreError(Exception):
+    """Base class of store errors; the message is fit to show a user."""
+
+
+class NotFound(StoreError):
+    """The named domain, account, alias, list, mailbox or message does not exist."""
+
+
+class AlreadyExists(StoreError):
+    """The thing to create exists already."""
+
+
+class InvalidName(StoreError):
+    """A name (address, mailbox name) is not acceptable."""
+
+
+class StorageFull(StoreError):
+    """The disk is full or a quota is reached; nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: int
+    address: str  # canonical form: local part as given, domain lower-cased
+    password_hash: str  # argon2id (auth/passwords.py)
+    apop_secret: str | None = None  # clear shared secret for APOP (RFC 1939 section 7)
+    scram_sha256: str | None = None  # RFC 5803 form: "iterations:salt:StoredKey:ServerKey"
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    id: int
+    account_id: int
+    name: str  # full hierarchical name, "/"-separated, UTF-8; "INBOX" is special
+    uid_validity: int
+    uid_next: int
+    highest_modseq: int
+    special_use: str | None = None  # RFC 6154 attribute, e.g. "\\Sent"
+    subscribed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """Index data of one message in one mailbox (no bytes)."""
+
+    mailbox_id: int
+    uid: int
+    size: int  # RFC822.SIZE: octets of trace_prefix + body
+    flags: frozenset[str]
+    internal_date: float  # seconds since the epoch, UTC
+    modseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxStatus:
+    """Counts for IMAP STATUS / POP3 STAT (RFC 9051 section 6.3.11)."""
+
+    messages: int
+    unseen: int
+    deleted: int
+    size: int
+    uid_next: int
+    uid_validity: int
+    highest_modseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryTarget:
+    """One mailbox a delivered body goes into, with its per-recipient prefix."""
+
+    mailbox_id: int
+    trace_prefix: bytes = b""
+    flags: frozenset[str] = frozenset()
+    internal_date: float | None = None  # None: the time of the commit
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed in a mailbox since a mod-sequence (RFC 7162 CHANGEDSINCE/VANISHED)."""
+
+    highest_modseq: int
+    changed: list[MessageInfo] = field(default_factory=list)
+    vanished: list[int] = field(default_factory=list)  # expunged UIDs
+
+
+FlagMode = Literal["add", "remove", "replace"]
+
+
+class Store(abc.ABC):
+    """Backend-independent store API. All methods are coroutines."""
+
+    # --- life cycle -------------------------------------------------------
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish in-flight commits and release files and connections."""
+
+    # --- domains ----------------------------------------------------------
+    @abc.abstractmethod
+    async def add_domain(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    async def remove_domain(self, name: str) -> None:
+        """Remove a domain; refused (StoreError) while accounts, aliases or lists use it."""
+
+    @abc.abstractmethod
+    async def list_domains(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def is_local_domain(self, name: str) -> bool: ...
+
+    # --- accounts ---------------------------------------------------------
+    @abc.abstractmethod
+    async def add_account(
+        self,
+        address: str,
+        password_hash: str,
+        apop_secret: str | None = None,
+        scram_sha256: str | None = None,
+    ) -> Account:
+        """Create an account with INBOX and the RFC 6154 special-use mailboxes."""
+
+    @abc.abstractmethod
+    async def get_account(self, address: str) -> Account | None:
+        """Look an account up by address (domain compared case-insensitively)."""
+
+    @abc.abstractmethod
+    async def get_account_by_id(self, account_id: int) -> Account | None: ...
+
+    @abc.abstractmethod
+    async def list_accounts(self, domain: str | None = None) -> list[Account]: ...
+
+    @abc.abstractmethod
+    async def set_password(
+        self,
+        address: str,
+        password_hash: str,
+        apop_secret: str | None = None,
+        scram_sha256: str | None = None,
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def remove_account(self, address: str) -> None:
+        """Remove an account with all its mailboxes and messages."""
+
+    # --- aliases and lists ------------------------------------------------
+    @abc.abstractmethod
+    async def add_alias(self, source: str, targets: Sequence[str]) -> None:
+        """Create an alias, or add targets to an existing one."""
+
+    @abc.abstractmethod
+    async def remove_alias(self, source: str, targets: Sequence[str] = ()) -> None:
+        """Remove some targets of an alias, or (no targets given) the whole alias."""
+
+    @abc.abstractmethod
+    async def get_alias(self, source: str) -> list[str] | None: ...
+
+    @abc.abstractmethod
+    async def list_aliases(self) -> dict[str, list[str]]: ...
+
+    @abc.abstractmethod
+    async def add_list(self, address: str) -> None: ...
+
+    @abc.abstractmethod
+    async def remove_list(self, address: str) -> None: ...
+
+    @abc.abstractmethod
+    async def subscribe_list(self, address: str, member: str) -> None: ...
+
+    @abc.abstractmethod
+    async def unsubscribe_list(self, address: str, member: str) -> None: ...
+
+    @abc.abstractmethod
+    async def get_list_members(self, address: str) -> list[str] | None:
+        """Members of a list, or None if the address is not a list."""
+
+    @abc.abstractmethod
+    async def list_lists(self) -> dict[str, list[str]]: ...
+
+    # --- mailboxes --------------------------------------------------------
+    @abc.abstractmethod
+    async def create_mailbox(
+        self, account_id: int, name: str, special_use: str | None = None
+    ) -> Mailbox: ...
+
+    @abc.abstractmethod
+    async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
+        """Look a mailbox up by name; "INBOX" is matched case-insensitively."""
+
+    @abc.abstractmethod
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
+
+    @abc.abstractmethod
+    async def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
+
+    @abc.abstractmethod
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        """Rename a mailbox and its inferiors (RFC 9051 6.3.6).
+
+        Renaming INBOX moves its messages to a new mailbox and leaves INBOX empty.
+        """
+
+    @abc.abstractmethod
+    async def delete_mailbox(self, account_id: int, name: str) -> None: ...
+
+    @abc.abstractmethod
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
+
+    # --- messages ---------------------------------------------------------
+    @abc.abstractmethod
+    async def deliver(self, body: bytes, targets: Sequence[DeliveryTarget]) -> list[int]:
+        """Store one body into several mailboxes atomically and durably.
+
+        Returns the new UID in each target, in the order of ``targets``. Either
+        every target has the message when this returns, or none has and it raises.
+        """
+
+    async def append(
+        self,
+        mailbox_id: int,
+        data: bytes,
+        flags: Iterable[str] = (),
+        internal_date: float | None = None,
+    ) -> int:
+        """Add a message to one mailbox (IMAP APPEND); returns its UID."""
+        target = DeliveryTarget(mailbox_id, b"", frozenset(flags), internal_date)
+        (uid,) = await self.deliver(data, [target])
+        return uid
+
+    @abc.abstractmethod
+    async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
+        """All messages of a mailbox in ascending UID order."""
+
+    @abc.abstractmethod
+    async def read_message(self, mailbox_id: int, uid: int) -> bytes:
+        """The exact bytes of a message (trace prefix + body)."""
+
+    @abc.abstractmethod
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        flags: Iterable[str],
+        mode: FlagMode,
+        unchanged_since: int | None = None,
+    ) -> tuple[list[MessageInfo], list[int]]:
+        """Change flags; returns (messages whose flags changed, UIDs that failed
+        the UNCHANGEDSINCE test of RFC 7162 section 3.1.3)."""
+
+    @abc.abstractmethod
+    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        """Remove messages; returns the UIDs actually removed (ascending)."""
+
+    @abc.abstractmethod
+    async def copy_messages(
+        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, move: bool = False
+    ) -> list[tuple[int, int]]:
+        """Copy (or move) messages; returns (source UID, new UID) pairs (RFC 4315 COPYUID)."""
+
+    @abc.abstractmethod
+    async def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
+        """Messages changed and UIDs expunged after ``modseq`` (RFC 7162)."""
+
+    @abc.abstractmethod
+    async def get_derived(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, dict]:
+        """Derived data of messages, computed once per body at delivery time by
+        ``mailyard.message.derived.derive`` and stored (DESIGN.md "Message handling").
+
+        The dict is ``Derived.to_json()``: envelope, bodystructure, part offsets,
+        searchable header fields. Computed on demand (and then stored) for a
+        body the background indexer has not reached yet.
+        """
+
+    @abc.abstractmethod
+    async def search_text(self, mailbox_id: int, text: str, where: Literal["body", "text"]) -> set[int]:
+        """UIDs whose body ("body": RFC 9051 SEARCH BODY) or header+body ("text":
+        SEARCH TEXT) contains ``text`` (case-insensitive substring semantics),
+        answered from the full-text index."""
+
+    # --- change notification ---------------------------------------------
+    @abc.abstractmethod
+    def add_listener(self, callback: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``callback(mailbox_id)`` (on the event loop) after every committed
+        change to a mailbox; returns a function that removes the listener.
+        IMAP IDLE and the untagged updates of other sessions are built on this."""
