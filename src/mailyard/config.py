@@ -1,0 +1,174 @@
+"""Configuration: a TOML file (``config.toml`` in the data directory) over defaults.
+
+Every option has a default, so ``mailyard init`` + ``mailyard serve`` need nothing
+else. Unknown keys are an error that names the key and the known ones: a typo
+must not silently leave a limit at its default. The README documents every
+option; ``mailyard config defaults`` prints this file's defaults as TOML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """The configuration file is unreadable or has a bad key or value."""
+
+
+@dataclass
+class ServerConfig:
+    # The name this server gives itself in greetings, EHLO and Received headers.
+    hostname: str = field(default_factory=lambda: socket.getfqdn() or "localhost")
+    # Address every listener binds (production: "0.0.0.0" or "::").
+    bind: str = "127.0.0.1"
+    # Seconds open sessions get to finish on SIGTERM before they are cut.
+    shutdown_grace: float = 10.0
+    log_level: str = "info"
+
+
+@dataclass
+class PortsConfig:
+    """Listening ports; 0 disables a listener. Defaults are the development ports
+    (DESIGN.md); production uses 25, 587, 465, 143, 993, 110, 995."""
+
+    smtp: int = 2525
+    submission: int = 2587
+    smtps: int = 2465
+    imap: int = 2143
+    imaps: int = 2993
+    pop3: int = 2110
+    pop3s: int = 2995
+    http: int = 8080
+
+
+@dataclass
+class LimitsConfig:
+    # Open connections in total, and from one client address (per listener).
+    max_connections: int = 2000
+    max_connections_per_ip: int = 100
+    # Seconds a client may stay silent (IMAP IDLE uses imap_idle_timeout).
+    idle_timeout: float = 300.0
+    imap_idle_timeout: float = 1800.0  # RFC 9051 5.4: at least 30 minutes
+
+
+@dataclass
+class SMTPConfig:
+    # RFC 1870 SIZE, advertised in EHLO; larger messages get 552 5.3.4.
+    max_message_size: int = 25 * 1024 * 1024
+    # RFC 5321 4.5.3.1.8 requires at least 100.
+    max_recipients: int = 100
+    # RFC 5321 4.5.3.1.4 / 4.5.3.1.6 (octets including CRLF).
+    max_command_line: int = 512
+    max_text_line: int = 1000
+    # Unknown or bad commands before 421 and disconnect.
+    max_unknown_commands: int = 20
+    # VRFY/EXPN answer with real data only when enabled (RFC 5321 3.5.3: 252 otherwise).
+    vrfy: bool = False
+    expn: bool = False
+    # RFC 5321 4.5.3.2 timeouts, seconds.
+    timeout_command: float = 300.0
+    timeout_data_block: float = 180.0
+    timeout_data_term: float = 600.0
+    # Alias/list expansion depth (loop safety) and the largest expansion.
+    max_expansion_depth: int = 10
+    max_expansion_recipients: int = 1000
+
+
+@dataclass
+class StoreConfig:
+    # fsync before acknowledging (DESIGN.md "Durability"); off only for throwaway tests.
+    fsync: bool = True
+    # Blob segment files are rolled over at this size.
+    segment_size: int = 64 * 1024 * 1024
+    # Most writes that share one commit.
+    group_commit_max: int = 512
+
+
+@dataclass
+class TLSConfig:
+    # PEM files; empty: the self-signed pair `mailyard init` creates in the data dir.
+    cert: str = ""
+    key: str = ""
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    ports: PortsConfig = field(default_factory=PortsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+
+    @classmethod
+    def load(cls, path: Path | None) -> Config:
+        """Read ``path`` (if it exists) over the defaults; raise ConfigError naming a bad key."""
+        cfg = cls()
+        if path is None or not path.exists():
+            return cfg
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        cfg.apply(data, source=str(path))
+        return cfg
+
+    def apply(self, data: dict[str, Any], source: str = "config") -> None:
+        """Overlay a parsed TOML document, checking section and key names and types."""
+        sections = {f.name: f for f in dataclasses.fields(self)}
+        for section, values in data.items():
+            if section not in sections:
+                raise ConfigError(
+                    f"{source}: unknown section [{section}]; known sections: "
+                    + ", ".join(sorted(sections))
+                )
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: [{section}] must be a table")
+            target = getattr(self, section)
+            fields = {f.name: f for f in dataclasses.fields(target)}
+            for key, value in values.items():
+                if key not in fields:
+                    raise ConfigError(
+                        f"{source}: unknown key '{section}.{key}'; known keys in [{section}]: "
+                        + ", ".join(sorted(fields))
+                    )
+                setattr(target, key, _coerce(section, key, getattr(target, key), value, source))
+
+    def to_toml(self) -> str:
+        """The configuration as TOML (used by `init` and `config defaults`)."""
+        lines: list[str] = []
+        for f in dataclasses.fields(self):
+            lines.append(f"[{f.name}]")
+            for key, value in dataclasses.asdict(getattr(self, f.name)).items():
+                lines.append(f"{key} = {_toml_value(value)}")
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _coerce(section: str, key: str, current: Any, value: Any, source: str) -> Any:
+    expected = type(current)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+        raise ConfigError(
+            f"{source}: '{section}.{key}' must be {expected.__name__}, not {type(value).__name__}"
+        )
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"{source}: '{section}.{key}' must not be negative")
+    return value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -1,0 +1,229 @@
+"""asyncio listeners: accept connections, enforce connection limits, time out
+silent clients, and hand each connection to a protocol session.
+
+This is the only place that owns listening sockets. A protocol's glue module
+(net/smtp.py, net/pop3.py, net/imap.py) supplies a ``SessionFactory``: given a
+``Connection`` it returns a coroutine that runs the session to its end. The glue
+feeds bytes from ``Connection.read`` to its sans-I/O engine and writes what the
+engine returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("mailyard.net")
+
+READ_SIZE = 65536
+
+
+class ShutdownRequested(Exception):
+    """Raised by Connection.read when the server is shutting down; the session
+    answers with its protocol's goodbye (SMTP 421, IMAP BYE, POP3 -ERR) and ends."""
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int = 2000
+    max_connections_per_ip: int = 100
+    idle_timeout: float = 300.0
+
+
+class Connection:
+    """One accepted client connection, as the protocol glue sees it."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        listener: Listener,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.listener = listener
+        peer = writer.get_extra_info("peername") or ("", 0)
+        sock = writer.get_extra_info("sockname") or ("", 0)
+        self.peer_ip: str = peer[0]
+        self.peer_port: int = peer[1]
+        self.local_ip: str = sock[0]
+        self.local_port: int = sock[1]
+        self.tls: bool = writer.get_extra_info("sslcontext") is not None
+        self._shutdown = listener.shutdown_event
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.peer_ip.startswith("127.") or self.peer_ip in ("::1", "::ffff:127.0.0.1")
+
+    async def read(self, timeout: float | None = None) -> bytes:
+        """Up to 64 KiB from the client; b"" at end of stream.
+
+        Raises TimeoutError after ``timeout`` (default: the listener's idle
+        timeout) without data, and ShutdownRequested when the server stops.
+        """
+        if self._shutdown.is_set():
+            raise ShutdownRequested
+        limit = self.listener.limits.idle_timeout if timeout is None else timeout
+        read = asyncio.ensure_future(self.reader.read(READ_SIZE))
+        stop = asyncio.ensure_future(self._shutdown.wait())
+        try:
+            done, _ = await asyncio.wait({read, stop}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            read.cancel()
+            stop.cancel()
+            raise
+        if read in done:
+            stop.cancel()
+            try:
+                return read.result()
+            except (ConnectionError, OSError, ssl.SSLError):
+                return b""
+        read.cancel()
+        stop.cancel()
+        if stop in done:
+            raise ShutdownRequested
+        raise TimeoutError
+
+    def write(self, data: bytes) -> None:
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+
+    async def drain(self) -> None:
+        """Wait until the kernel took what was written (flow control)."""
+        with contextlib.suppress(ConnectionError, OSError, ssl.SSLError):
+            await self.writer.drain()
+
+    async def send(self, data: bytes) -> None:
+        self.write(data)
+        await self.drain()
+
+    async def start_tls(self, context: ssl.SSLContext) -> None:
+        """Upgrade to TLS (STARTTLS, RFC 3207 / RFC 2595 / RFC 9051 6.2.1).
+
+        The StreamReader's buffer is replaced, so bytes the client pipelined after
+        the STARTTLS command in plaintext are dropped (RFC 3207 section 4.2).
+        """
+        await self.drain()
+        await self.writer.start_tls(context)
+        self.tls = True
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), 5)
+
+
+SessionFactory = Callable[[Connection], Awaitable[None]]
+
+
+class Listener:
+    """One listening address/port, with limits, running a session per connection."""
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        session: SessionFactory,
+        limits: ConnectionLimits,
+        ssl_context: Callable[[], ssl.SSLContext] | None = None,
+        refuse: Callable[[Connection, str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.session = session
+        self.limits = limits
+        self.ssl_context = ssl_context
+        self.refuse = refuse
+        self.shutdown_event = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._per_ip: dict[str, int] = {}
+
+    @property
+    def bound_port(self) -> int:
+        """The real port (useful when configured as 0: an ephemeral port)."""
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def active(self) -> int:
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        ctx = self.ssl_context() if self.ssl_context else None
+        try:
+            self._server = await asyncio.start_server(
+                self._accept,
+                self.host,
+                self.port,
+                ssl=ctx,
+                reuse_address=True,
+                backlog=1024,
+                limit=READ_SIZE,
+                ssl_handshake_timeout=30 if ctx else None,
+            )
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"cannot listen for {self.name} on {self.host}:{self.port}: {exc.strerror}"
+                " (is another server using the port? change [ports] in config.toml)",
+            ) from exc
+        log.info("%s listening on %s:%d", self.name, self.host, self.bound_port)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        conn = Connection(reader, writer, self)
+        ip = conn.peer_ip
+        over = None
+        if len(self._tasks) >= self.limits.max_connections:
+            over = "too many connections"
+        elif self._per_ip.get(ip, 0) >= self.limits.max_connections_per_ip:
+            over = "too many connections from your address"
+        if over is not None:
+            log.warning("%s: refused %s: %s", self.name, ip, over)
+            if self.refuse is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.refuse(conn, over), 5)
+            await conn.close()
+            return
+        self._tasks.add(task)
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        try:
+            await self.session(conn)
+        except (ConnectionError, ssl.SSLError, TimeoutError, ShutdownRequested):
+            pass
+        except Exception:  # a bug in one session must not take the server down
+            log.exception("%s: session with %s failed", self.name, ip)
+        finally:
+            self._tasks.discard(task)
+            left = self._per_ip.get(ip, 1) - 1
+            if left:
+                self._per_ip[ip] = left
+            else:
+                self._per_ip.pop(ip, None)
+            await conn.close()
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, ask sessions to end, wait up to ``grace`` seconds, then cut."""
+        await self.stop_accepting()
+        self.shutdown_event.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)

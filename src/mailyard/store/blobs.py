@@ -1,0 +1,127 @@
+"""Message bodies in append-only segment files under ``<data>/blobs/``.
+
+Why segments rather than one file per message: a group commit then costs one
+fdatasync for all the bodies it carries, instead of one fsync (plus a directory
+fsync) per message. A body is addressed by (segment, offset, length); the index
+row that points at it is committed only after the segment is synced, so a crash
+can leave unreferenced bytes at a segment's end but never a visible message
+whose bytes are missing (DESIGN.md "Durability"). Space of expunged bodies is
+reclaimed by ``SQLiteStore.compact`` which rewrites mostly-dead sealed segments.
+
+Only the store's writer thread appends; any thread may read (os.pread).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+
+from .api import StorageFull
+
+
+class SegmentFiles:
+    def __init__(self, directory: Path, segment_size: int, fsync: bool) -> None:
+        self.directory = directory
+        self.segment_size = segment_size
+        self.fsync = fsync
+        directory.mkdir(parents=True, exist_ok=True)
+        self._read_fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._write_segment = 0
+        self._write_fd = -1
+        self._write_pos = 0
+        self._dirty = False
+
+    def path(self, segment: int) -> Path:
+        return self.directory / f"{segment:08d}.seg"
+
+    def existing(self) -> list[int]:
+        return sorted(int(p.stem) for p in self.directory.glob("*.seg") if p.stem.isdigit())
+
+    # --- writer side -----------------------------------------------------
+    def open_for_append(self, segment: int) -> None:
+        """Continue appending to ``segment`` (created if absent)."""
+        if self._write_fd >= 0:
+            os.close(self._write_fd)
+        created = not self.path(segment).exists()
+        self._write_fd = os.open(self.path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._write_segment = segment
+        self._write_pos = os.fstat(self._write_fd).st_size
+        if created and self.fsync:
+            self._sync_directory()
+
+    @property
+    def current_segment(self) -> int:
+        return self._write_segment
+
+    def needs_rollover(self) -> bool:
+        return self._write_pos >= self.segment_size
+
+    def append(self, data: bytes) -> tuple[int, int]:
+        """Append ``data`` to the current segment; returns (segment, offset)."""
+        offset = self._write_pos
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._write_fd, view)
+                view = view[written:]
+        except OSError as exc:
+            # Leave the segment as it was: partial bytes past _write_pos are
+            # garbage nobody references, and the next append overwrites nothing
+            # (O_APPEND), so truncate them away to keep offsets exact.
+            os.ftruncate(self._write_fd, offset)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("the disk is full") from exc
+            raise
+        self._write_pos = offset + len(data)
+        self._dirty = True
+        return self._write_segment, offset
+
+    def sync(self) -> None:
+        """Make every appended byte durable (called once per group commit)."""
+        if self._dirty and self.fsync:
+            os.fdatasync(self._write_fd)
+        self._dirty = False
+
+    def _sync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def remove(self, segment: int) -> None:
+        with self._lock:
+            fd = self._read_fds.pop(segment, None)
+            if fd is not None:
+                os.close(fd)
+        try:
+            os.unlink(self.path(segment))
+        except FileNotFoundError:
+            pass
+
+    # --- reader side ------------------------------------------------------
+    def read(self, segment: int, offset: int, length: int) -> bytes:
+        fd = self._read_fds.get(segment)
+        if fd is None:
+            with self._lock:
+                fd = self._read_fds.get(segment)
+                if fd is None:
+                    fd = os.open(self.path(segment), os.O_RDONLY)
+                    self._read_fds[segment] = fd
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise OSError(errno.EIO, f"segment {segment} is shorter than its index says")
+        return data
+
+    def close(self) -> None:
+        if self._write_fd >= 0:
+            self.sync()
+            os.close(self._write_fd)
+            self._write_fd = -1
+        with self._lock:
+            for fd in self._read_fds.values():
+                os.close(fd)
+            self._read_fds.clear()

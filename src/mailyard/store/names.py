@@ -1,0 +1,47 @@
+"""Validation and canonical forms of the names the store keys on."""
+
+from __future__ import annotations
+
+from .api import HIERARCHY_DELIMITER, InvalidName
+
+MAX_MAILBOX_NAME = 512
+MAX_ADDRESS = 320  # RFC 5321 4.5.3.1.1-2: 64-octet local part + 255-octet domain
+
+
+def normalize_domain(name: str) -> str:
+    """Lower-case a domain (RFC 5321 2.4: domains are case-insensitive), IDNA to A-labels."""
+    domain = name.strip().rstrip(".").lower()
+    if not domain or len(domain) > 255 or any(c.isspace() or c in "@<>\\\"" for c in domain):
+        raise InvalidName(f"not a domain name: {name!r}")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise InvalidName(f"not a domain name: {name!r}") from None
+    return domain
+
+
+def normalize_address(address: str) -> str:
+    """``local@domain`` with the domain canonical; the local part is kept as given
+    (lookups compare it case-insensitively, as every mainstream server does)."""
+    addr = address.strip()
+    if addr.startswith("<") and addr.endswith(">"):
+        addr = addr[1:-1]
+    local, at, domain = addr.rpartition("@")
+    if not at or not local or len(addr) > MAX_ADDRESS or any(ord(c) < 32 or c in "<>" for c in local):
+        raise InvalidName(f"not an address: {address!r}")
+    return f"{local}@{normalize_domain(domain)}"
+
+
+def check_mailbox_name(name: str) -> None:
+    """Refuse mailbox names that are empty, too long, carry control characters,
+    or play path games (empty or dot-only hierarchy levels)."""
+    if not name or len(name) > MAX_MAILBOX_NAME:
+        raise InvalidName("a mailbox name must have 1 to 512 characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidName("a mailbox name cannot contain control characters")
+    for level in name.split(HIERARCHY_DELIMITER):
+        if level.strip() in ("", ".", ".."):
+            raise InvalidName(f"bad mailbox name {name!r}: empty, '.' or '..' hierarchy level")
+    if "*" in name or "%" in name:
+        raise InvalidName("a mailbox name cannot contain the LIST wildcards * and %")

@@ -1,0 +1,870 @@
+"""The embedded store: SQLite (WAL) for the index, segment files for bodies.
+
+Reads run on the caller's thread on a read-only connection (WAL readers never
+block the writer). Writes run on the group-commit writer thread
+(store/writer.py). See store/api.py for the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from ..config import StoreConfig
+from .api import (
+    HIERARCHY_DELIMITER,
+    SPECIAL_USE_MAILBOXES,
+    Account,
+    AlreadyExists,
+    Changes,
+    DeliveryTarget,
+    FlagMode,
+    InvalidName,
+    Mailbox,
+    MailboxStatus,
+    MessageInfo,
+    NotFound,
+    StorageFull,
+    Store,
+    StoreError,
+)
+from .blobs import SegmentFiles
+from .names import check_mailbox_name, normalize_address, normalize_domain
+from .schema import SCHEMA, SCHEMA_VERSION
+from .writer import GroupCommitWriter, WriteContext
+
+log = logging.getLogger("mailyard.store")
+
+INDEX_BATCH = 50
+
+_MAILBOX_COLS = "id, account_id, name, uid_validity, uid_next, highest_modseq, special_use, subscribed"
+_MESSAGE_COLS = "mailbox_id, uid, size, flags, internal_date, modseq"
+
+
+def _flags_text(flags: Iterable[str]) -> str:
+    return " ".join(sorted(set(flags)))
+
+
+def _flags_set(text: str) -> frozenset[str]:
+    return frozenset(text.split()) if text else frozenset()
+
+
+def _mailbox(row: tuple) -> Mailbox:
+    return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
+
+
+def _message(row: tuple) -> MessageInfo:
+    return MessageInfo(row[0], row[1], row[2], _flags_set(row[3]), row[4], row[5])
+
+
+class SQLiteStore(Store):
+    """Store backend on SQLite + segment files in ``data_dir``."""
+
+    def __init__(self, data_dir: Path, config: StoreConfig | None = None) -> None:
+        self.config = config or StoreConfig()
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        db_path = self.data_dir / "index.sqlite3"
+        self._listeners: list[Callable[[int], None]] = []
+        write_conn = self._connect(db_path)
+        write_conn.executescript(SCHEMA)
+        write_conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+        self.blobs = SegmentFiles(self.data_dir / "blobs", self.config.segment_size, self.config.fsync)
+        last = write_conn.execute("SELECT max(id) FROM segments").fetchone()[0]
+        if last is None:
+            last = 1
+            write_conn.execute("INSERT INTO segments(id) VALUES (1)")
+        self.blobs.open_for_append(last)
+        self._read = self._connect(db_path, readonly=True)
+        self._writer = GroupCommitWriter(
+            write_conn,
+            self,
+            self.config.group_commit_max,
+            before_commit=self._before_commit,
+            after_commit=lambda changed: None,
+            idle_work=self._index_some,
+        )
+
+    def _connect(self, path: Path, readonly: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        # FULL: the WAL is fsynced at every commit, so an acknowledged write survives a crash.
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.config.fsync else 'OFF'}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        if readonly:
+            conn.execute("PRAGMA query_only=ON")
+        return conn
+
+    # --- plumbing ---------------------------------------------------------
+    async def _write(self, op: Callable[[sqlite3.Connection, WriteContext], Any]) -> Any:
+        return await self._writer.submit(op)
+
+    def _before_commit(self) -> None:
+        self.blobs.sync()
+
+    def translate_error(self, exc: BaseException) -> BaseException:
+        """Map low-level errors to StoreError kinds the protocols can answer with."""
+        if isinstance(exc, StoreError):
+            return exc
+        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+            return StorageFull("the disk is full")
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StorageFull("the disk is full")
+        return exc
+
+    def notify(self, mailbox_ids: Iterable[int]) -> None:
+        for mailbox_id in mailbox_ids:
+            for callback in list(self._listeners):
+                try:
+                    callback(mailbox_id)
+                except Exception:
+                    log.exception("store listener failed")
+
+    def add_listener(self, callback: Callable[[int], None]) -> Callable[[], None]:
+        self._listeners.append(callback)
+
+        def remove() -> None:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return remove
+
+    def _q(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        return self._read.execute(sql, args).fetchall()
+
+    def _q1(self, sql: str, args: Sequence[Any] = ()) -> tuple | None:
+        return self._read.execute(sql, args).fetchone()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._writer.close)
+        self.blobs.close()
+        self._read.close()
+
+    # --- domains ----------------------------------------------------------
+    async def add_domain(self, name: str) -> None:
+        domain = normalize_domain(name)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            try:
+                c.execute("INSERT INTO domains(name) VALUES (?)", (domain,))
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"domain {domain} exists already") from None
+
+        await self._write(op)
+
+    async def remove_domain(self, name: str) -> None:
+        domain = normalize_domain(name)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if not c.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
+                raise NotFound(f"no domain {domain}")
+            like = "%@" + domain
+            used = c.execute("SELECT count(*) FROM accounts WHERE domain = ?", (domain,)).fetchone()[0]
+            used += c.execute("SELECT count(*) FROM aliases WHERE source LIKE ?", (like,)).fetchone()[0]
+            used += c.execute("SELECT count(*) FROM lists WHERE address LIKE ?", (like,)).fetchone()[0]
+            if used:
+                raise StoreError(
+                    f"domain {domain} still has {used} account(s), alias(es) or list(s); remove them first"
+                )
+            c.execute("DELETE FROM domains WHERE name = ?", (domain,))
+
+        await self._write(op)
+
+    async def list_domains(self) -> list[str]:
+        return [r[0] for r in self._q("SELECT name FROM domains ORDER BY name")]
+
+    async def is_local_domain(self, name: str) -> bool:
+        try:
+            domain = normalize_domain(name)
+        except InvalidName:
+            return False
+        return self._q1("SELECT 1 FROM domains WHERE name = ?", (domain,)) is not None
+
+    # --- accounts ---------------------------------------------------------
+    async def add_account(
+        self,
+        address: str,
+        password_hash: str,
+        apop_secret: str | None = None,
+        scram_sha256: str | None = None,
+    ) -> Account:
+        addr = normalize_address(address)
+        domain = addr.rpartition("@")[2]
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
+            if not c.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
+                raise NotFound(f"{domain} is not a local domain; add it first (mailyard domain add {domain})")
+            if c.execute("SELECT 1 FROM aliases WHERE source = ?", (addr,)).fetchone() or c.execute(
+                "SELECT 1 FROM lists WHERE address = ?", (addr,)
+            ).fetchone():
+                raise AlreadyExists(f"{addr} is an alias or a list already")
+            try:
+                cur = c.execute(
+                    "INSERT INTO accounts(address, domain, password_hash, apop_secret, scram_sha256, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (addr, domain, password_hash, apop_secret, scram_sha256, time.time()),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"account {addr} exists already") from None
+            account_id = cur.lastrowid
+            assert account_id is not None
+            self._insert_mailbox(c, account_id, "INBOX", None)
+            for name, use in SPECIAL_USE_MAILBOXES:
+                self._insert_mailbox(c, account_id, name, use)
+            return account_id
+
+        account_id = await self._write(op)
+        return Account(account_id, addr, password_hash, apop_secret, scram_sha256)
+
+    async def get_account(self, address: str) -> Account | None:
+        try:
+            addr = normalize_address(address)
+        except InvalidName:
+            return None
+        row = self._q1(
+            "SELECT id, address, password_hash, apop_secret, scram_sha256 FROM accounts WHERE address = ?",
+            (addr,),
+        )
+        return Account(*row) if row else None
+
+    async def get_account_by_id(self, account_id: int) -> Account | None:
+        row = self._q1(
+            "SELECT id, address, password_hash, apop_secret, scram_sha256 FROM accounts WHERE id = ?",
+            (account_id,),
+        )
+        return Account(*row) if row else None
+
+    async def list_accounts(self, domain: str | None = None) -> list[Account]:
+        sql = "SELECT id, address, password_hash, apop_secret, scram_sha256 FROM accounts"
+        args: tuple = ()
+        if domain is not None:
+            sql += " WHERE domain = ?"
+            args = (normalize_domain(domain),)
+        return [Account(*r) for r in self._q(sql + " ORDER BY address", args)]
+
+    async def set_password(
+        self,
+        address: str,
+        password_hash: str,
+        apop_secret: str | None = None,
+        scram_sha256: str | None = None,
+    ) -> None:
+        addr = normalize_address(address)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            cur = c.execute(
+                "UPDATE accounts SET password_hash = ?, apop_secret = ?, scram_sha256 = ? WHERE address = ?",
+                (password_hash, apop_secret, scram_sha256, addr),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no account {addr}")
+
+        await self._write(op)
+
+    async def remove_account(self, address: str) -> None:
+        addr = normalize_address(address)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            row = c.execute("SELECT id FROM accounts WHERE address = ?", (addr,)).fetchone()
+            if row is None:
+                raise NotFound(f"no account {addr}")
+            for (mailbox_id,) in c.execute("SELECT id FROM mailboxes WHERE account_id = ?", (row[0],)).fetchall():
+                self._drop_mailbox_messages(c, mailbox_id)
+                ctx.changed.add(mailbox_id)
+            c.execute("DELETE FROM accounts WHERE id = ?", (row[0],))
+
+        await self._write(op)
+
+    # --- aliases and lists ------------------------------------------------
+    async def add_alias(self, source: str, targets: Sequence[str]) -> None:
+        src = normalize_address(source)
+        dests = [normalize_address(t) for t in targets]
+        if not dests:
+            raise InvalidName("an alias needs at least one target address")
+        domain = src.rpartition("@")[2]
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if not c.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
+                raise NotFound(f"{domain} is not a local domain; add it first (mailyard domain add {domain})")
+            if c.execute("SELECT 1 FROM accounts WHERE address = ?", (src,)).fetchone() or c.execute(
+                "SELECT 1 FROM lists WHERE address = ?", (src,)
+            ).fetchone():
+                raise AlreadyExists(f"{src} is an account or a list already")
+            c.executemany("INSERT OR IGNORE INTO aliases(source, target) VALUES (?, ?)", [(src, d) for d in dests])
+
+        await self._write(op)
+
+    async def remove_alias(self, source: str, targets: Sequence[str] = ()) -> None:
+        src = normalize_address(source)
+        dests = [normalize_address(t) for t in targets]
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if not c.execute("SELECT 1 FROM aliases WHERE source = ?", (src,)).fetchone():
+                raise NotFound(f"no alias {src}")
+            if dests:
+                c.executemany("DELETE FROM aliases WHERE source = ? AND target = ?", [(src, d) for d in dests])
+            else:
+                c.execute("DELETE FROM aliases WHERE source = ?", (src,))
+
+        await self._write(op)
+
+    async def get_alias(self, source: str) -> list[str] | None:
+        try:
+            src = normalize_address(source)
+        except InvalidName:
+            return None
+        rows = self._q("SELECT target FROM aliases WHERE source = ? ORDER BY target", (src,))
+        return [r[0] for r in rows] or None
+
+    async def list_aliases(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for src, dst in self._q("SELECT source, target FROM aliases ORDER BY source, target"):
+            out.setdefault(src, []).append(dst)
+        return out
+
+    async def add_list(self, address: str) -> None:
+        addr = normalize_address(address)
+        domain = addr.rpartition("@")[2]
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if not c.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
+                raise NotFound(f"{domain} is not a local domain; add it first (mailyard domain add {domain})")
+            if c.execute("SELECT 1 FROM accounts WHERE address = ?", (addr,)).fetchone() or c.execute(
+                "SELECT 1 FROM aliases WHERE source = ?", (addr,)
+            ).fetchone():
+                raise AlreadyExists(f"{addr} is an account or an alias already")
+            try:
+                c.execute("INSERT INTO lists(address) VALUES (?)", (addr,))
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"list {addr} exists already") from None
+
+        await self._write(op)
+
+    async def remove_list(self, address: str) -> None:
+        addr = normalize_address(address)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if c.execute("DELETE FROM lists WHERE address = ?", (addr,)).rowcount == 0:
+                raise NotFound(f"no list {addr}")
+
+        await self._write(op)
+
+    async def subscribe_list(self, address: str, member: str) -> None:
+        addr = normalize_address(address)
+        who = normalize_address(member)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if not c.execute("SELECT 1 FROM lists WHERE address = ?", (addr,)).fetchone():
+                raise NotFound(f"no list {addr}")
+            c.execute("INSERT OR IGNORE INTO list_members(list, member) VALUES (?, ?)", (addr, who))
+
+        await self._write(op)
+
+    async def unsubscribe_list(self, address: str, member: str) -> None:
+        addr = normalize_address(address)
+        who = normalize_address(member)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if not c.execute("SELECT 1 FROM lists WHERE address = ?", (addr,)).fetchone():
+                raise NotFound(f"no list {addr}")
+            if c.execute("DELETE FROM list_members WHERE list = ? AND member = ?", (addr, who)).rowcount == 0:
+                raise NotFound(f"{who} is not a member of {addr}")
+
+        await self._write(op)
+
+    async def get_list_members(self, address: str) -> list[str] | None:
+        try:
+            addr = normalize_address(address)
+        except InvalidName:
+            return None
+        if self._q1("SELECT 1 FROM lists WHERE address = ?", (addr,)) is None:
+            return None
+        return [r[0] for r in self._q("SELECT member FROM list_members WHERE list = ? ORDER BY member", (addr,))]
+
+    async def list_lists(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {r[0]: [] for r in self._q("SELECT address FROM lists ORDER BY address")}
+        for lst, member in self._q("SELECT list, member FROM list_members ORDER BY list, member"):
+            out.setdefault(lst, []).append(member)
+        return out
+
+    # --- mailboxes --------------------------------------------------------
+    @staticmethod
+    def _next_uid_validity(c: sqlite3.Connection) -> int:
+        """UIDVALIDITY values strictly increase across the store, so a mailbox
+        deleted and recreated under the same name never repeats one (RFC 9051 2.3.1.1)."""
+        row = c.execute("SELECT value FROM meta WHERE key = 'last_uid_validity'").fetchone()
+        value = max(int(time.time()), int(row[0]) + 1 if row else 0)
+        c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_uid_validity', ?)", (str(value),))
+        return value
+
+    def _insert_mailbox(self, c: sqlite3.Connection, account_id: int, name: str, special_use: str | None) -> int:
+        try:
+            cur = c.execute(
+                "INSERT INTO mailboxes(account_id, name, uid_validity, special_use) VALUES (?, ?, ?, ?)",
+                (account_id, name, self._next_uid_validity(c), special_use),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"mailbox {name} exists already") from None
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    @staticmethod
+    def _canonical_name(name: str) -> str:
+        check_mailbox_name(name)
+        first, sep, rest = name.partition(HIERARCHY_DELIMITER)
+        if first.upper() == "INBOX":
+            return "INBOX" + sep + rest
+        return name
+
+    async def create_mailbox(self, account_id: int, name: str, special_use: str | None = None) -> Mailbox:
+        canonical = self._canonical_name(name)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
+            return self._insert_mailbox(c, account_id, canonical, special_use)
+
+        mailbox_id = await self._write(op)
+        mailbox = await self.get_mailbox_by_id(mailbox_id)
+        assert mailbox is not None
+        return mailbox
+
+    async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
+        try:
+            canonical = self._canonical_name(name)
+        except InvalidName:
+            return None
+        row = self._q1(
+            f"SELECT {_MAILBOX_COLS} FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, canonical)
+        )
+        return _mailbox(row) if row else None
+
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
+        row = self._q1(f"SELECT {_MAILBOX_COLS} FROM mailboxes WHERE id = ?", (mailbox_id,))
+        return _mailbox(row) if row else None
+
+    async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
+        rows = self._q(f"SELECT {_MAILBOX_COLS} FROM mailboxes WHERE account_id = ? ORDER BY name", (account_id,))
+        return [_mailbox(r) for r in rows]
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        old_name = self._canonical_name(old)
+        new_name = self._canonical_name(new)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            src = c.execute(
+                "SELECT id, uid_next, highest_modseq FROM mailboxes WHERE account_id = ? AND name = ?",
+                (account_id, old_name),
+            ).fetchone()
+            if src is None:
+                raise NotFound(f"no mailbox {old_name}")
+            if c.execute(
+                "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, new_name)
+            ).fetchone():
+                raise AlreadyExists(f"mailbox {new_name} exists already")
+            if new_name == old_name or new_name.startswith(old_name + HIERARCHY_DELIMITER):
+                raise InvalidName("a mailbox cannot be renamed into itself")
+            if old_name == "INBOX":
+                # RFC 9051 6.3.6: renaming INBOX moves its messages to the new
+                # mailbox and leaves INBOX empty; its inferiors stay where they are.
+                new_id = self._insert_mailbox(c, account_id, new_name, None)
+                c.execute("UPDATE mailboxes SET uid_next = ? WHERE id = ?", (src[1], new_id))
+                modseq = self._bump_modseq(c, src[0])
+                c.execute(
+                    "INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq)"
+                    " SELECT mailbox_id, uid, ? FROM messages WHERE mailbox_id = ?",
+                    (modseq, src[0]),
+                )
+                c.execute("UPDATE messages SET mailbox_id = ? WHERE mailbox_id = ?", (new_id, src[0]))
+                ctx.changed.update((src[0], new_id))
+                return
+            prefix = old_name + HIERARCHY_DELIMITER
+            rows = c.execute(
+                "SELECT id, name FROM mailboxes WHERE account_id = ? AND (name = ? OR substr(name, 1, ?) = ?)",
+                (account_id, old_name, len(prefix), prefix),
+            ).fetchall()
+            for mailbox_id, name in rows:
+                renamed = new_name + name[len(old_name):]
+                if c.execute(
+                    "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, renamed)
+                ).fetchone():
+                    raise AlreadyExists(f"mailbox {renamed} exists already")
+                c.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (renamed, mailbox_id))
+                ctx.changed.add(mailbox_id)
+
+        await self._write(op)
+
+    async def delete_mailbox(self, account_id: int, name: str) -> None:
+        canonical = self._canonical_name(name)
+        if canonical == "INBOX":
+            raise StoreError("INBOX cannot be deleted")
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            row = c.execute(
+                "SELECT id FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, canonical)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no mailbox {canonical}")
+            self._drop_mailbox_messages(c, row[0])
+            c.execute("DELETE FROM mailboxes WHERE id = ?", (row[0],))
+            ctx.changed.add(row[0])
+
+        await self._write(op)
+
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        canonical = self._canonical_name(name)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            cur = c.execute(
+                "UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?",
+                (int(subscribed), account_id, canonical),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no mailbox {canonical}")
+
+        await self._write(op)
+
+    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
+        box = self._q1("SELECT uid_next, uid_validity, highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,))
+        if box is None:
+            raise NotFound("no such mailbox")
+        row = self._q1(
+            "SELECT count(*), coalesce(sum(size), 0),"
+            " coalesce(sum(instr(' ' || flags || ' ', ' \\Seen ') = 0), 0),"
+            " coalesce(sum(instr(' ' || flags || ' ', ' \\Deleted ') > 0), 0)"
+            " FROM messages WHERE mailbox_id = ?",
+            (mailbox_id,),
+        )
+        assert row is not None
+        return MailboxStatus(
+            messages=row[0], unseen=row[2], deleted=row[3], size=row[1],
+            uid_next=box[0], uid_validity=box[1], highest_modseq=box[2],
+        )
+
+    # --- messages: writes ---------------------------------------------------
+    @staticmethod
+    def _bump_modseq(c: sqlite3.Connection, mailbox_id: int) -> int:
+        row = c.execute(
+            "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ? RETURNING highest_modseq",
+            (mailbox_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound("no such mailbox")
+        return row[0]
+
+    def _store_body(self, c: sqlite3.Connection, body: bytes, refs: int) -> int:
+        if self.blobs.needs_rollover():
+            segment = self.blobs.current_segment + 1
+            c.execute("INSERT INTO segments(id) VALUES (?)", (segment,))
+            self.blobs.open_for_append(segment)
+        segment, offset = self.blobs.append(body)
+        c.execute(
+            "UPDATE segments SET size = size + ?, live = live + ? WHERE id = ?", (len(body), len(body), segment)
+        )
+        cur = c.execute(
+            "INSERT INTO bodies(segment, offset, length, refs) VALUES (?, ?, ?, ?)",
+            (segment, offset, len(body), refs),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def _release_bodies(self, c: sqlite3.Connection, body_ids: Iterable[int]) -> None:
+        for body_id in body_ids:
+            row = c.execute(
+                "UPDATE bodies SET refs = refs - 1 WHERE id = ? RETURNING refs, segment, length", (body_id,)
+            ).fetchone()
+            if row is not None and row[0] <= 0:
+                c.execute("DELETE FROM bodies WHERE id = ?", (body_id,))
+                c.execute("DELETE FROM fts WHERE rowid = ?", (body_id,))
+                c.execute("UPDATE segments SET live = live - ? WHERE id = ?", (row[2], row[1]))
+
+    def _drop_mailbox_messages(self, c: sqlite3.Connection, mailbox_id: int) -> None:
+        body_ids = [r[0] for r in c.execute("SELECT body_id FROM messages WHERE mailbox_id = ?", (mailbox_id,))]
+        c.execute("DELETE FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+        c.execute("DELETE FROM expunged WHERE mailbox_id = ?", (mailbox_id,))
+        self._release_bodies(c, body_ids)
+
+    async def deliver(self, body: bytes, targets: Sequence[DeliveryTarget]) -> list[int]:
+        if not targets:
+            return []
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> list[int]:
+            body_id = self._store_body(c, body, len(targets))
+            now = time.time()
+            uids = []
+            for t in targets:
+                row = c.execute(
+                    "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1"
+                    " WHERE id = ? RETURNING uid_next - 1, highest_modseq",
+                    (t.mailbox_id,),
+                ).fetchone()
+                if row is None:
+                    raise NotFound(f"mailbox {t.mailbox_id} does not exist")
+                uid, modseq = row
+                c.execute(
+                    "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        t.mailbox_id, uid, body_id, t.trace_prefix, len(t.trace_prefix) + len(body),
+                        _flags_text(t.flags), t.internal_date if t.internal_date is not None else now, modseq,
+                    ),
+                )
+                ctx.changed.add(t.mailbox_id)
+                uids.append(uid)
+            return uids
+
+        return await self._write(op)
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        flags: Iterable[str],
+        mode: FlagMode,
+        unchanged_since: int | None = None,
+    ) -> tuple[list[MessageInfo], list[int]]:
+        flag_set = frozenset(flags)
+        wanted = list(uids)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> tuple[list[MessageInfo], list[int]]:
+            changed: list[tuple[int, str]] = []
+            failed: list[int] = []
+            rows = _select_uids(c, "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ?", mailbox_id, wanted)
+            for uid, text, modseq in rows:
+                # RFC 7162 3.1.3: UNCHANGEDSINCE fails messages modified after it.
+                if unchanged_since is not None and modseq > unchanged_since:
+                    failed.append(uid)
+                    continue
+                current = _flags_set(text)
+                if mode == "add":
+                    new = current | flag_set
+                elif mode == "remove":
+                    new = current - flag_set
+                else:
+                    new = flag_set
+                if new != current:
+                    changed.append((uid, _flags_text(new)))
+            if not changed:
+                return [], failed
+            modseq = self._bump_modseq(c, mailbox_id)
+            c.executemany(
+                "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+                [(text, modseq, mailbox_id, uid) for uid, text in changed],
+            )
+            ctx.changed.add(mailbox_id)
+            infos = _select_uids(c, f"SELECT {_MESSAGE_COLS} FROM messages WHERE mailbox_id = ?", mailbox_id,
+                                 [uid for uid, _ in changed])
+            return [_message(r) for r in infos], failed
+
+        return await self._write(op)
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        wanted = list(uids)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> list[int]:
+            rows = _select_uids(c, "SELECT uid, body_id FROM messages WHERE mailbox_id = ?", mailbox_id, wanted)
+            if not rows:
+                return []
+            modseq = self._bump_modseq(c, mailbox_id)
+            c.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, r[0]) for r in rows])
+            c.executemany(
+                "INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+                [(mailbox_id, r[0], modseq) for r in rows],
+            )
+            self._release_bodies(c, [r[1] for r in rows])
+            ctx.changed.add(mailbox_id)
+            return sorted(r[0] for r in rows)
+
+        return await self._write(op)
+
+    async def copy_messages(
+        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, move: bool = False
+    ) -> list[tuple[int, int]]:
+        wanted = list(uids)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> list[tuple[int, int]]:
+            if not c.execute("SELECT 1 FROM mailboxes WHERE id = ?", (dst_mailbox_id,)).fetchone():
+                raise NotFound("the target mailbox does not exist")
+            rows = _select_uids(
+                c,
+                "SELECT uid, body_id, prefix, size, flags, internal_date FROM messages WHERE mailbox_id = ?",
+                src_mailbox_id,
+                wanted,
+            )
+            if not rows:
+                return []
+            rows.sort(key=lambda r: r[0])
+            first = c.execute(
+                "UPDATE mailboxes SET uid_next = uid_next + ?, highest_modseq = highest_modseq + 1"
+                " WHERE id = ? RETURNING uid_next - ?, highest_modseq",
+                (len(rows), dst_mailbox_id, len(rows)),
+            ).fetchone()
+            start, modseq = first
+            pairs = []
+            for i, (uid, body_id, prefix, size, flags, internal_date) in enumerate(rows):
+                c.execute(
+                    "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (dst_mailbox_id, start + i, body_id, prefix, size, flags, internal_date, modseq),
+                )
+                c.execute("UPDATE bodies SET refs = refs + 1 WHERE id = ?", (body_id,))
+                pairs.append((uid, start + i))
+            ctx.changed.add(dst_mailbox_id)
+            if move:
+                src_modseq = self._bump_modseq(c, src_mailbox_id)
+                c.executemany(
+                    "DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(src_mailbox_id, r[0]) for r in rows]
+                )
+                c.executemany(
+                    "INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+                    [(src_mailbox_id, r[0], src_modseq) for r in rows],
+                )
+                self._release_bodies(c, [r[1] for r in rows])
+                ctx.changed.add(src_mailbox_id)
+            return pairs
+
+        return await self._write(op)
+
+    # --- messages: reads ------------------------------------------------------
+    async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
+        rows = self._q(f"SELECT {_MESSAGE_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,))
+        return [_message(r) for r in rows]
+
+    async def read_message(self, mailbox_id: int, uid: int) -> bytes:
+        row = self._q1(
+            "SELECT m.prefix, b.segment, b.offset, b.length FROM messages m JOIN bodies b ON b.id = m.body_id"
+            " WHERE m.mailbox_id = ? AND m.uid = ?",
+            (mailbox_id, uid),
+        )
+        if row is None:
+            raise NotFound(f"no message with UID {uid}")
+        return bytes(row[0]) + self.blobs.read(row[1], row[2], row[3])
+
+    async def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
+        box = self._q1("SELECT highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,))
+        if box is None:
+            raise NotFound("no such mailbox")
+        changed = self._q(
+            f"SELECT {_MESSAGE_COLS} FROM messages WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+            (mailbox_id, modseq),
+        )
+        vanished = self._q(
+            "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid", (mailbox_id, modseq)
+        )
+        return Changes(box[0], [_message(r) for r in changed], [r[0] for r in vanished])
+
+    # --- derived data and full-text search -----------------------------------
+    async def get_derived(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, dict]:
+        rows = _select_uids(
+            self._read,
+            "SELECT m.uid, m.body_id, b.derived, b.segment, b.offset, b.length"
+            " FROM messages m JOIN bodies b ON b.id = m.body_id WHERE m.mailbox_id = ?",
+            mailbox_id,
+            list(uids),
+            column="m.uid",
+        )
+        out: dict[int, dict] = {}
+        missing: list[tuple[int, bytes]] = []
+        for uid, body_id, derived, segment, offset, length in rows:
+            if derived is None:
+                data = self._derive_body(self.blobs.read(segment, offset, length))
+                missing.append((body_id, data))
+                out[uid] = json.loads(data[0])
+            else:
+                out[uid] = json.loads(derived)
+        if missing:
+            await self._write(lambda c, ctx: self._save_derived(c, missing))
+        return out
+
+    async def search_text(self, mailbox_id: int, text: str, where: Literal["body", "text"]) -> set[int]:
+        await self._ensure_indexed(mailbox_id)
+        needle = text.strip()
+        if not needle:
+            return {r[0] for r in self._q("SELECT uid FROM messages WHERE mailbox_id = ?", (mailbox_id,))}
+        if len(needle) >= 3:
+            # An FTS5 phrase of the needle's trigrams matches exactly the texts
+            # containing it as a substring; a column filter limits it to the body.
+            phrase = '"' + needle.replace('"', '""') + '"'
+            query = f"body_text : {phrase}" if where == "body" else phrase
+            rows = self._q(
+                "SELECT m.uid FROM messages m WHERE m.mailbox_id = ? AND m.body_id IN"
+                " (SELECT rowid FROM fts WHERE fts MATCH ?)",
+                (mailbox_id, query),
+            )
+            return {r[0] for r in rows}
+        # Shorter than a trigram: scan the indexed text of this mailbox.
+        expr = "f.body_text" if where == "body" else "f.header_text || ' ' || f.body_text"
+        rows = self._q(
+            f"SELECT m.uid FROM messages m JOIN fts f ON f.rowid = m.body_id"
+            f" WHERE m.mailbox_id = ? AND instr(lower({expr}), lower(?)) > 0",
+            (mailbox_id, needle),
+        )
+        return {r[0] for r in rows}
+
+    async def _ensure_indexed(self, mailbox_id: int) -> None:
+        rows = self._q(
+            "SELECT b.id, b.segment, b.offset, b.length FROM messages m JOIN bodies b ON b.id = m.body_id"
+            " WHERE m.mailbox_id = ? AND b.derived IS NULL",
+            (mailbox_id,),
+        )
+        if not rows:
+            return
+        done = [(r[0], self._derive_body(self.blobs.read(r[1], r[2], r[3]))) for r in rows]
+        await self._write(lambda c, ctx: self._save_derived(c, done))
+
+    @staticmethod
+    def _derive_body(raw: bytes) -> tuple[str, str, str]:
+        """(derived JSON, body text, header text) of one body."""
+        from ..message.derived import derive  # imported late: heavy, and only needed here
+
+        d = derive(raw)
+        return json.dumps(d.to_json(), separators=(",", ":")), d.body_text, d.header_text
+
+    @staticmethod
+    def _save_derived(c: sqlite3.Connection, items: list[tuple[int, tuple[str, str, str]]]) -> None:
+        for body_id, (data, body_text, header_text) in items:
+            cur = c.execute("UPDATE bodies SET derived = ? WHERE id = ? AND derived IS NULL", (data, body_id))
+            if cur.rowcount:
+                c.execute(
+                    "INSERT OR REPLACE INTO fts(rowid, body_text, header_text) VALUES (?, ?, ?)",
+                    (body_id, body_text, header_text),
+                )
+
+    def _index_some(self, c: sqlite3.Connection) -> bool:
+        """Background indexing on the writer thread when it has no writes to do:
+        derive a few bodies delivered since, so FETCH/SEARCH find them ready."""
+        rows = c.execute(
+            "SELECT id, segment, offset, length FROM bodies WHERE derived IS NULL LIMIT ?", (INDEX_BATCH,)
+        ).fetchall()
+        if not rows:
+            return False
+        items = [(r[0], self._derive_body(self.blobs.read(r[1], r[2], r[3]))) for r in rows]
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            self._save_derived(c, items)
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return len(rows) == INDEX_BATCH
+
+
+def _select_uids(
+    c: sqlite3.Connection, sql: str, mailbox_id: int, uids: list[int], column: str = "uid"
+) -> list[tuple]:
+    """Run ``sql`` (which ends in a mailbox_id condition) for a list of UIDs,
+    in chunks that stay under SQLite's bound-parameter limit."""
+    out: list[tuple] = []
+    for i in range(0, len(uids), 900):
+        chunk = uids[i : i + 900]
+        marks = ",".join("?" * len(chunk))
+        out.extend(c.execute(f"{sql} AND {column} IN ({marks})", (mailbox_id, *chunk)).fetchall())
+    return out

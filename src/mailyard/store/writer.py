@@ -1,0 +1,156 @@
+"""Group commit: one thread owns the SQLite write connection and runs every
+write of every session; writes queued while a commit is in progress share the
+next commit, so throughput is not bounded by one fsync per message
+(DESIGN.md "Durability").
+
+Each write is a function ``op(conn, ctx)`` run inside its own SAVEPOINT: a
+failing write is rolled back alone and its caller gets the exception, the
+others in the batch still commit. The caller's future resolves only after
+COMMIT returned (and, with fsync on, the WAL and the blob segment were synced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("mailyard.store")
+
+_STOP = object()
+
+
+class WriteContext:
+    """What an op may use besides the connection, and where it records which
+    mailboxes changed (for listeners)."""
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+        self.changed: set[int] = set()
+
+
+Op = Callable[[sqlite3.Connection, WriteContext], Any]
+
+
+class GroupCommitWriter:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        owner: Any,
+        max_batch: int,
+        before_commit: Callable[[], None],
+        after_commit: Callable[[set[int]], None],
+        idle_work: Callable[[sqlite3.Connection], bool] | None = None,
+    ) -> None:
+        self._conn = conn
+        self._owner = owner
+        self._max_batch = max_batch
+        self._before_commit = before_commit
+        self._after_commit = after_commit
+        self._idle_work = idle_work
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="mailyard-store-writer", daemon=True)
+        self._idle_pending = True
+        self._thread.start()
+
+    def submit(self, op: Op) -> asyncio.Future[Any]:
+        """Queue ``op``; the returned future resolves after its commit."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.put((op, fut, loop))
+        return fut
+
+    def wake_idle_work(self) -> None:
+        self._idle_pending = True
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=0.2 if self._idle_pending else None)
+            except queue.Empty:
+                self._do_idle_work()
+                continue
+            if item is _STOP:
+                return
+            batch = [item]
+            while len(batch) < self._max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    self._queue.put(_STOP)
+                    break
+                batch.append(more)
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]]) -> None:
+        conn = self._conn
+        ctx = WriteContext(self._owner)
+        outcomes: list[tuple[asyncio.Future[Any], asyncio.AbstractEventLoop, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, fut, loop in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = op(conn, ctx)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((fut, loop, None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((fut, loop, result, None))
+            self._before_commit()
+            conn.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - the whole batch failed
+            log.error("store commit failed: %s", exc)
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            err = self._owner.translate_error(exc)
+            outcomes = [(fut, loop, None, err) for _, fut, loop in batch]
+            ctx.changed.clear()
+        self._idle_pending = True
+        self._after_commit(ctx.changed)
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for fut, loop, result, exc in outcomes:
+            by_loop.setdefault(loop, []).append((fut, result, exc))
+        changed = frozenset(ctx.changed)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items, changed, self._owner)
+            except RuntimeError:  # that loop is closed; nobody is waiting
+                pass
+
+    def _do_idle_work(self) -> None:
+        if self._idle_work is None:
+            self._idle_pending = False
+            return
+        try:
+            more = self._idle_work(self._conn)
+        except Exception:
+            log.exception("store background work failed")
+            more = False
+        self._idle_pending = more
+
+
+def _resolve(items: list[Any], changed: frozenset[int], owner: Any) -> None:
+    for fut, result, exc in items:
+        if fut.done():
+            continue
+        if exc is not None:
+            fut.set_exception(owner.translate_error(exc))
+        else:
+            fut.set_result(result)
+    if changed:
+        owner.notify(changed)
