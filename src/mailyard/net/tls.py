@@ -1,0 +1,315 @@
+"""TLS set-up shared by every listener: certificates, contexts, reload on SIGHUP.
+
+- `create_self_signed` makes the development certificate `mailyard init`
+  writes when the config names none (``cryptography``; EC P-256 by default).
+- `server_context` builds the server `ssl.SSLContext`: TLS 1.2 minimum
+  (RFC 8996 deprecates 1.0/1.1; RFC 8314 section 4.1 asks for current TLS),
+  the default context's cipher list, no compression, no renegotiation.
+- `client_context` is for the outbound SMTP client.
+- `ReloadableTLS` holds the current server context and swaps it when the
+  certificate files change (SIGHUP). A failed reload keeps the old context.
+  Sessions already running keep the context they were handshaken with; new
+  handshakes use the new one. For listeners that were handed one context at
+  start-up (implicit TLS: asyncio.start_server(ssl=...)), `listener_context`
+  is a fixed front context whose SNI callback switches each new connection
+  to the current context, so those pick up reloads too.
+
+Nothing here opens sockets; reading and writing the PEM files is the only I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import logging
+import os
+import signal
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "DEV_CERT_VALIDITY_DAYS",
+    "ReloadResult",
+    "ReloadableTLS",
+    "client_context",
+    "create_self_signed",
+    "ensure_certificate",
+    "server_context",
+]
+
+log = logging.getLogger("mailyard.net.tls")
+
+DEV_CERT_VALIDITY_DAYS = 3650  # 10 years: a development certificate
+
+
+# --- certificates ------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write via a temporary file and rename, so a reload never reads half a file.
+
+    The temporary file is created with ``mode`` from the start (a key is
+    never readable by others, not even briefly).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def create_self_signed(
+    hostname: str,
+    cert_path: str | os.PathLike[str],
+    key_path: str | os.PathLike[str],
+    *,
+    key_type: Literal["ec", "rsa"] = "ec",
+    days: int = DEV_CERT_VALIDITY_DAYS,
+    now: datetime.datetime | None = None,
+) -> None:
+    """Write a self-signed certificate and its private key as PEM files.
+
+    SAN: ``hostname`` (DNS name, or IP if it is one), ``localhost``,
+    ``127.0.0.1`` and ``::1``. Key: EC P-256 (default) or RSA 2048, PKCS#8
+    unencrypted, file mode 0600. Validity: ``days`` (10 years) from ``now``
+    (backdated one hour for clock skew). Serves as its own trust anchor, so a
+    client can verify it with ``cafile=cert_path``.
+    """
+    if key_type == "ec":
+        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = ec.generate_private_key(
+            ec.SECP256R1()
+        )
+    elif key_type == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        raise ValueError(f"key_type must be 'ec' or 'rsa', not {key_type!r}")
+    now = now or datetime.datetime.now(datetime.UTC)
+
+    names: list[x509.GeneralName] = []
+    seen: set[str] = set()
+    for name in (hostname, "localhost", "127.0.0.1", "::1"):
+        if not name or name.lower() in seen:
+            continue
+        seen.add(name.lower())
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            names.append(x509.DNSName(name))
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64] or "localhost"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mailyard self-signed"),
+        ]
+    )
+    public = key.public_key()
+    ski = x509.SubjectKeyIdentifier.from_public_key(public)
+    key_usage = x509.KeyUsage(
+        digital_signature=True,
+        key_encipherment=key_type == "rsa",  # RSA key transport; not used by EC
+        content_commitment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(key_usage, critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # Key first: if we stop between the two writes, the old cert no longer
+    # matches and a reload fails loudly instead of serving a wrong pair.
+    _write_atomic(Path(key_path), key_pem, 0o600)
+    _write_atomic(Path(cert_path), cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def ensure_certificate(
+    hostname: str, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]
+) -> bool:
+    """Create a self-signed pair unless both files exist; True if one was created."""
+    if Path(cert_path).exists() and Path(key_path).exists():
+        return False
+    create_self_signed(hostname, cert_path, key_path)
+    return True
+
+
+# --- contexts ----------------------------------------------------------------------
+
+
+def server_context(
+    cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]
+) -> ssl.SSLContext:
+    """A server context with the certificate chain and key loaded.
+
+    Raises `ssl.SSLError` / `OSError` if the files are missing, unreadable,
+    or the key does not match the certificate.
+    """
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _harden_server(ctx)
+    ctx.load_cert_chain(os.fspath(cert_path), os.fspath(key_path))
+    return ctx
+
+
+def _harden_server(ctx: ssl.SSLContext) -> None:
+    # RFC 8996: TLS 1.0 and 1.1 are deprecated; RFC 8314 section 4.1.
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # The default context's cipher list (forward-secret AEAD first) is kept.
+    ctx.options |= ssl.OP_NO_COMPRESSION  # CRIME
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.options |= ssl.OP_SINGLE_ECDH_USE
+    if hasattr(ssl, "OP_NO_RENEGOTIATION"):
+        ctx.options |= ssl.OP_NO_RENEGOTIATION  # client-initiated renegotiation DoS
+    # Mail clients do not present certificates; we do not ask for one.
+    ctx.verify_mode = ssl.CERT_NONE
+
+
+def client_context(
+    verify: bool = True,
+    cafile: str | os.PathLike[str] | None = None,
+    *,
+    minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+) -> ssl.SSLContext:
+    """A client context for outbound SMTP (and tests).
+
+    ``verify`` True checks the chain (system CAs, or ``cafile``) and the host
+    name. False is for opportunistic STARTTLS to MX hosts (RFC 3207 section
+    4.1 / RFC 7435): encryption without authentication beats plaintext.
+    """
+    ctx = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=os.fspath(cafile) if cafile is not None else None
+    )
+    ctx.minimum_version = minimum_version
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+# --- reloadable holder ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    ok: bool
+    error: str | None = None
+
+
+class ReloadableTLS:
+    """The current server context for one certificate/key pair, swappable at run time.
+
+    ``context`` is what STARTTLS should use (read it at the moment of the
+    upgrade). `listener_context` is the context to hand to a listener that
+    takes one context at start (implicit TLS); it delegates each new
+    handshake to the current ``context``.
+    """
+
+    def __init__(
+        self,
+        cert_path: str | os.PathLike[str],
+        key_path: str | os.PathLike[str],
+        *,
+        factory: Callable[[str, str], ssl.SSLContext] | None = None,
+    ) -> None:
+        self.cert_path = os.fspath(cert_path)
+        self.key_path = os.fspath(key_path)
+        self._factory = factory or server_context
+        self._lock = threading.Lock()
+        # The first load must succeed: there is no old context to keep.
+        self._context = self._factory(self.cert_path, self.key_path)
+        self.generation = 1
+        self.last_error: str | None = None
+        self._front: ssl.SSLContext | None = None
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self._context
+
+    def reload(self) -> ReloadResult:
+        """Re-read certificate and key; keep the old context if that fails."""
+        try:
+            new = self._factory(self.cert_path, self.key_path)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "TLS reload failed, keeping the previous certificate (%s, %s): %s",
+                self.cert_path,
+                self.key_path,
+                self.last_error,
+            )
+            return ReloadResult(False, self.last_error)
+        with self._lock:
+            self._context = new
+            self.generation += 1
+        self.last_error = None
+        log.info(
+            "TLS certificate reloaded from %s (generation %d)", self.cert_path, self.generation
+        )
+        return ReloadResult(True)
+
+    def listener_context(self) -> ssl.SSLContext:
+        """A fixed context whose handshakes use the current ``context``.
+
+        OpenSSL calls the SNI callback early in every ClientHello (with
+        ``server_name`` None if the client sent none); switching
+        ``ssl_object.context`` there makes the handshake use the new
+        certificate and settings (Python ssl docs, SSLContext.sni_callback).
+        """
+        if self._front is None:
+            front = self._factory(self.cert_path, self.key_path)
+
+            def _switch(obj: ssl.SSLObject | ssl.SSLSocket, name: str | None, _: object) -> None:
+                current = self._context
+                if obj.context is not current:
+                    obj.context = current
+                return None
+
+            front.sni_callback = _switch
+            self._front = front
+        return self._front
+
+    def install_sighup(self, loop: object | None = None) -> None:
+        """Reload on SIGHUP (Unix). With an asyncio loop, via loop.add_signal_handler."""
+        if loop is not None and hasattr(loop, "add_signal_handler"):
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        else:
+            signal.signal(signal.SIGHUP, lambda _s, _f: self.reload())
