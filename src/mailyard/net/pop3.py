@@ -1,0 +1,398 @@
+"""POP3 glue: feeds socket bytes to the sans-I/O engine (protocols/pop3/engine.py)
+and carries out what it asks: credential checks (auth/), the maildrop listing and
+message bytes (store/), and the deletions at QUIT.
+
+What this module decides, and why:
+
+- The maildrop is the account's INBOX, fixed at login (RFC 1939 section 8:
+  message numbers and sizes do not change during a session). Mail arriving
+  meanwhile shows up in the next session.
+- One POP3 session per maildrop at a time: a second login gets
+  ``-ERR [IN-USE]`` (RFC 2449 section 8.1.2). The lock is per server process.
+- DELE only marks; the marked messages are removed with one atomic
+  ``store.expunge`` when the client says QUIT (the UPDATE state, RFC 1939
+  section 6). A connection that drops, times out or is cut at shutdown removes
+  nothing. IMAP sessions on the same INBOX are told by the store's listeners.
+- UIDL = ``<uid_validity>.<uid>``: the store never reuses a UID within one
+  UIDVALIDITY (RFC 9051 section 2.3.1.1), so the pair is stable across sessions
+  and never names another message.
+- Sizes in STAT/LIST are exactly what RETR sends before dot-stuffing (CRLF line
+  endings, RFC 1939 section 11). The store's sizes are those of the stored bytes,
+  which equal it for mail received over SMTP; bytes with bare LF (IMAP APPEND
+  from a Unix client) grow when converted. `SizeIndex` checks every message once
+  per process and remembers the few that differ, so later logins cost nothing.
+- A wrong password is answered ``-ERR [AUTH]`` (RFC 3206 section 5) after a delay
+  that grows with repeated failures from the same address or against the same
+  account (auth/throttle.py); the reply and timing are the same whether or not
+  the user exists (a dummy hash is verified for unknown users).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING
+
+from ..auth import sasl
+from ..auth.passwords import verify_password_async
+from ..auth.throttle import Locked, LoginThrottle
+from ..protocols.pop3.engine import (
+    NEED_DATA,
+    APOPLogin,
+    Close,
+    MaildropEntry,
+    POP3Server,
+    RetrieveMessage,
+    SASLResponse,
+    SASLStart,
+    StartTLS,
+    Update,
+    UserPassLogin,
+    pop3_message_bytes,
+)
+from ..store.api import Account, Mailbox, NotFound, Store
+from .listener import Connection, ShutdownRequested
+
+if TYPE_CHECKING:
+    from ..server import MailServer
+
+log = logging.getLogger("mailyard.pop3")
+
+# RFC 1939 section 3: an inactivity autologout timer "MUST be of at least 10
+# minutes' duration". On expiry the session ends without entering UPDATE.
+MIN_AUTOLOGOUT = 600.0
+
+# Mechanisms offered by AUTH (RFC 5034). PLAIN and LOGIN carry the password;
+# SCRAM-SHA-256 does not.
+SASL_MECHANISMS = ("SCRAM-SHA-256", "PLAIN", "LOGIN")
+
+
+def uidl_for(mailbox: Mailbox, uid: int) -> str:
+    """The UIDL unique-id of a message (RFC 1939 section 7: 1-70 chars 0x21-0x7E)."""
+    return f"{mailbox.uid_validity}.{uid}"
+
+
+@dataclass
+class _MailboxSizes:
+    uid_validity: int
+    checked_through: int = 0  # every UID <= this has been checked
+    corrections: dict[int, int] = field(default_factory=dict)  # uid -> POP3 size
+
+
+class SizeIndex:
+    """Per-process memory of which messages' POP3 size differs from the stored size.
+
+    Messages are immutable and UIDs only grow, so each (mailbox, UID) needs to be
+    read once: at a login, messages above the mailbox's watermark are read and
+    converted (`pop3_message_bytes`), and only those whose size changes are
+    remembered. Memory: one small record per mailbox plus one int per odd message.
+    A restart forgets it; the first login after it pays one read of the INBOX.
+    """
+
+    def __init__(self, max_mailboxes: int = 100_000) -> None:
+        self._boxes: dict[int, _MailboxSizes] = {}
+        self.max_mailboxes = max_mailboxes
+
+    async def entries(self, store: Store, mailbox: Mailbox) -> list[MaildropEntry]:
+        """The maildrop listing of ``mailbox`` with exact POP3 sizes."""
+        infos = await store.list_messages(mailbox.id)
+        box = self._boxes.get(mailbox.id)
+        if box is None or box.uid_validity != mailbox.uid_validity:
+            box = _MailboxSizes(mailbox.uid_validity)
+            if len(self._boxes) >= self.max_mailboxes:
+                self._boxes.pop(next(iter(self._boxes)))
+            self._boxes[mailbox.id] = box
+        unchecked = [m.uid for m in infos if m.uid > box.checked_through]
+        for i, uid in enumerate(unchecked):
+            try:
+                data = await store.read_message(mailbox.id, uid)
+            except NotFound:
+                continue  # expunged by another session meanwhile
+            size = len(pop3_message_bytes(data))
+            if size != len(data):
+                box.corrections[uid] = size
+            if i % 64 == 63:
+                await asyncio.sleep(0)  # a long first scan must not stall other sessions
+        if unchecked:
+            box.checked_through = max(box.checked_through, unchecked[-1])
+        if box.corrections:
+            live = {m.uid for m in infos}
+            for uid in [u for u in box.corrections if u not in live]:
+                del box.corrections[uid]
+        corr = box.corrections
+        return [
+            MaildropEntry(m.uid, corr.get(m.uid, m.size), uidl_for(mailbox, m.uid)) for m in infos
+        ]
+
+
+class POP3Service:
+    """Server-wide POP3 state: maildrop locks, login throttle, size index."""
+
+    def __init__(self, store: Store, hostname: str, throttle: LoginThrottle | None = None) -> None:
+        self.store = store
+        self.hostname = hostname
+        self.throttle = throttle if throttle is not None else LoginThrottle()  # it has __len__
+        self.sizes = SizeIndex()
+        self.locked: set[int] = set()  # account ids with an open TRANSACTION session
+
+    def timestamp(self) -> str:
+        """A fresh APOP timestamp (RFC 1939 section 7: unique per greeting)."""
+        return sasl.make_apop_timestamp(self.hostname, time.time(), f"{os.getpid()}.{os.urandom(8).hex()}")
+
+
+_services: weakref.WeakKeyDictionary[object, POP3Service] = weakref.WeakKeyDictionary()
+
+
+def service_for(server: MailServer) -> POP3Service:
+    """The POP3Service of a running MailServer (created on first use).
+
+    Uses ``server.throttle`` when the server has one, so failures count across
+    SMTP, IMAP and POP3 (issue #5); otherwise a POP3-only throttle.
+    """
+    svc = _services.get(server)
+    if svc is None or svc.store is not server.store:
+        throttle = getattr(server, "throttle", None)
+        svc = POP3Service(server.store, server.config.server.hostname, throttle)
+        _services[server] = svc
+    return svc
+
+
+def _tls_context(server: MailServer) -> ssl.SSLContext | None:
+    """The STARTTLS context if the server has TLS set up (net/tls.py ReloadableTLS)."""
+    tls = getattr(server, "tls", None)
+    if tls is None:
+        return None
+    ctx = getattr(tls, "context", None)
+    return ctx if isinstance(ctx, ssl.SSLContext) else None
+
+
+class POP3Session:
+    """One POP3 connection, from greeting to QUIT or disconnect."""
+
+    def __init__(self, service: POP3Service, conn: Connection, tls: ssl.SSLContext | None = None,
+                 idle_timeout: float = MIN_AUTOLOGOUT) -> None:
+        self.service = service
+        self.store = service.store
+        self.conn = conn
+        self.tls = tls
+        self.idle_timeout = max(idle_timeout, MIN_AUTOLOGOUT)
+        self.timestamp = service.timestamp()
+        self.engine = POP3Server(
+            timestamp=self.timestamp,
+            greeting="mailyard POP3 server ready",
+            signoff=f"{service.hostname} POP3 server signing off",
+            sasl_mechanisms=SASL_MECHANISMS,
+            tls_available=tls is not None and not conn.tls,
+            tls_active=conn.tls,
+        )
+        self.account: Account | None = None
+        self.mailbox: Mailbox | None = None
+        self._mech: sasl.Mechanism | None = None
+
+    # --- the loop -------------------------------------------------------------
+
+    async def run(self) -> None:
+        conn, engine = self.conn, self.engine
+        try:
+            while True:
+                event = engine.next_event()
+                if event is NEED_DATA:
+                    await conn.send(engine.data_to_send())
+                    try:
+                        data = await conn.read(self.idle_timeout)
+                    except TimeoutError:
+                        # RFC 1939 section 3: close without UPDATE and without a response.
+                        return
+                    except ShutdownRequested:
+                        await conn.send(b"-ERR [SYS/TEMP] server shutting down, nothing deleted\r\n")
+                        return
+                    engine.receive_data(data)
+                elif isinstance(event, Close):
+                    await conn.send(engine.data_to_send())
+                    return
+                else:
+                    await self.handle(event)
+        finally:
+            self.unlock()
+
+    async def handle(self, event: object) -> None:
+        engine = self.engine
+        if isinstance(event, RetrieveMessage):
+            assert self.mailbox is not None
+            try:
+                data = await self.store.read_message(self.mailbox.id, event.key)
+            except NotFound:
+                engine.message_unavailable()
+            else:
+                engine.send_message(data)
+                # Hand the bytes over now and honour the transport's flow control,
+                # so a client pipelining many RETRs cannot make us buffer them all.
+                await self.conn.send(engine.data_to_send())
+        elif isinstance(event, UserPassLogin):
+            acct = await self.store.get_account(event.username)
+            password = event.password
+            ok = await self._checked(
+                event.username,
+                partial(verify_password_async, acct.password_hash if acct else None, password),
+            )
+            await self.finish_login(acct if ok else None)
+        elif isinstance(event, APOPLogin):
+            acct = await self.store.get_account(event.username)
+            secret = acct.apop_secret if acct else None
+            ok = await self._checked(
+                event.username, lambda: _value(sasl.verify_apop(event.timestamp, secret, event.digest))
+            )
+            await self.finish_login(acct if ok else None)
+        elif isinstance(event, SASLStart):
+            self._mech = sasl.start(event.mechanism)
+            await self.sasl_event(self._mech.begin(event.initial_response))
+        elif isinstance(event, SASLResponse):
+            assert self._mech is not None
+            await self.sasl_event(self._mech.step(event.line))
+        elif isinstance(event, Update):
+            await self.update(event)
+        elif isinstance(event, StartTLS):
+            assert self.tls is not None
+            await self.conn.send(engine.data_to_send())
+            try:
+                await self.conn.start_tls(self.tls)
+            except (ssl.SSLError, OSError, ConnectionError) as exc:
+                log.info("STLS handshake with %s failed: %s", self.conn.peer_ip, exc)
+                await self.conn.close()
+                raise ConnectionError("TLS handshake failed") from exc
+            engine.tls_started()
+
+    # --- authentication ---------------------------------------------------------
+
+    async def _checked(self, name: str | None, check: Callable[[], Awaitable[bool]]) -> bool:
+        """Run a credential check under the login throttle; on failure wait the
+        (growing) delay before the caller answers -ERR [AUTH]."""
+        throttle, ip = self.service.throttle, self.conn.peer_ip
+        now = time.monotonic()
+        verdict = throttle.before_attempt(ip, name, now)
+        if isinstance(verdict, Locked):
+            # Refuse without checking; the reply is the same as for a wrong password.
+            await asyncio.sleep(min(verdict.retry_after(now), throttle.policy.max_delay))
+            log.warning("pop3 login refused (locked %s) user=%r ip=%s", verdict.scope, name, ip)
+            return False
+        ok = await check()
+        if ok:
+            assert name is not None
+            throttle.record_success(ip, name, time.monotonic())
+            return True
+        throttle.record_failure(ip, name, time.monotonic())
+        log.info("pop3 login failed user=%r ip=%s", name, ip)
+        delay = throttle.before_attempt(ip, name, time.monotonic())
+        wait = throttle.policy.max_delay if isinstance(delay, Locked) else delay
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return False
+
+    async def sasl_event(self, ev: sasl.Event) -> None:
+        mech = self._mech
+        assert mech is not None
+        while True:
+            if isinstance(ev, sasl.Challenge):
+                self.engine.sasl_challenge(ev.data)
+                return
+            if isinstance(ev, sasl.NeedCredentials):
+                acct = await self.store.get_account(ev.authcid)
+                password = ev.password
+                ok = await self._checked(
+                    ev.authcid,
+                    partial(verify_password_async, acct.password_hash if acct else None, password),
+                )
+                if not ok:
+                    self._mech = None
+                    await self.finish_login(None)
+                    return
+                ev = mech.provide_result(True)
+            elif isinstance(ev, sasl.NeedScramKeys):
+                acct = await self.store.get_account(ev.authcid)
+                ev = mech.provide_scram_keys(acct.scram_sha256 if acct else None)
+            elif isinstance(ev, sasl.Success):
+                self._mech = None
+                await self.finish_login(await self.store.get_account(ev.authcid))
+                return
+            else:
+                assert isinstance(ev, sasl.Failure)
+                self._mech = None
+                if ev.kind == "cancelled":
+                    self.engine.reject_login(None, "authentication cancelled")
+                elif ev.kind in ("malformed", "too-long", "protocol"):
+                    self.engine.reject_login(None, "invalid authentication exchange")
+                else:
+                    # SCRAM's wrong proof: count and delay like a wrong password.
+                    await self._checked(ev.authcid, lambda: _value(False))
+                    self.engine.reject_login("AUTH", "Authentication failed")
+                return
+
+    async def finish_login(self, acct: Account | None) -> None:
+        """Lock and list the maildrop of a verified account, or refuse."""
+        engine = self.engine
+        if acct is None:
+            engine.reject_login("AUTH", "Authentication failed")
+            return
+        if acct.id in self.service.locked:
+            # RFC 2449 section 8.1.2: the maildrop is locked by another session.
+            engine.reject_login("IN-USE", "maildrop already locked by another POP3 session")
+            return
+        mailbox = await self.store.get_mailbox(acct.id, "INBOX")
+        if mailbox is None:
+            engine.reject_login("SYS/PERM", "no INBOX for this account")
+            return
+        self.service.locked.add(acct.id)
+        self.account, self.mailbox = acct, mailbox
+        try:
+            entries = await self.service.sizes.entries(self.store, mailbox)
+        except Exception:
+            log.exception("pop3: listing the maildrop of %s failed", acct.address)
+            self.unlock()
+            engine.reject_login("SYS/TEMP", "cannot open the maildrop, try again later")
+            return
+        log.info("pop3 login user=%s ip=%s messages=%d", acct.address, self.conn.peer_ip, len(entries))
+        engine.accept_login(entries, acct.address)
+
+    # --- UPDATE ---------------------------------------------------------------------
+
+    async def update(self, event: Update) -> None:
+        """RFC 1939 section 6: remove the marked messages in one atomic expunge."""
+        ok = True
+        if event.keys:
+            assert self.mailbox is not None and self.account is not None
+            try:
+                removed = await self.store.expunge(self.mailbox.id, sorted(event.keys))
+                log.info("pop3 quit user=%s deleted=%d", self.account.address, len(removed))
+            except Exception:
+                log.exception("pop3: expunge for %s failed", self.account.address)
+                ok = False
+        self.engine.update_done(ok)
+        self.unlock()
+
+    def unlock(self) -> None:
+        if self.account is not None:
+            self.service.locked.discard(self.account.id)
+            self.account = None
+
+
+async def _value(value: bool) -> bool:
+    return value
+
+
+async def pop3_session(server: MailServer, conn: Connection) -> None:
+    """Run one POP3 session on ``conn`` (the `Service` entry in server.py)."""
+    service = service_for(server)
+    timeout = getattr(getattr(server.config, "limits", None), "idle_timeout", MIN_AUTOLOGOUT)
+    await POP3Session(service, conn, _tls_context(server), timeout).run()
+
+
+async def refuse(conn: Connection, reason: str) -> None:
+    """Over the connection limits: greet with -ERR [SYS/TEMP] (RFC 3206 section 4)."""
+    await conn.send(f"-ERR [SYS/TEMP] {reason}, try again later\r\n".encode())
