@@ -1,0 +1,1 @@
+"""mailyard benchmarks: ``python -m bench [NAME ...]`` (``make bench``)."""

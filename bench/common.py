@@ -1,0 +1,127 @@
+"""What every benchmark shares: a real ``mailyard serve`` in a subprocess on
+free loopback ports with a fresh data directory, progress lines, and results."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+USERS = {"alice@example.test": "alice-password-1", "bob@example.test": "bob-password-2"}
+
+
+@dataclass
+class Result:
+    bench: str
+    name: str
+    value: float
+    unit: str
+    reference: str = ""  # what the issue compares it with
+    detail: dict = field(default_factory=dict)
+
+
+def progress(text: str) -> None:
+    print(f"  .. {text}", file=sys.stderr, flush=True)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class BenchServer:
+    """``mailyard serve`` on fresh free ports; ``ports[name]`` gives each."""
+
+    def __init__(self, services: tuple[str, ...] = ("smtp",), fsync: bool = True) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="mailyard-bench-")
+        self.data = Path(self.tmp.name) / "data"
+        self.ports = {name: free_port() for name in services}
+        self.fsync = fsync
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def mailyard(self, *args: str, stdin: str | None = None) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "mailyard", "--data", str(self.data), *args],
+            input=stdin, capture_output=True, text=True, check=True,
+        )
+        return out.stdout
+
+    def setup(self) -> None:
+        self.mailyard("init", "--domain", "example.test")
+        for address, password in USERS.items():
+            self.mailyard("user", "add", address, "--password-stdin", stdin=password + "\n")
+        cfg = self.data / "config.toml"
+        text = cfg.read_text()
+        for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http"):
+            text = re.sub(rf"^{name} = \d+$", f"{name} = {self.ports.get(name, 0)}", text, flags=re.M)
+        text = re.sub(r"^fsync = \w+$", f"fsync = {'true' if self.fsync else 'false'}", text, flags=re.M)
+        text = re.sub(r'^log_level = ".*"$', 'log_level = "warning"', text, flags=re.M)
+        cfg.write_text(text)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailyard", "--data", str(self.data), "serve"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if b"mailyard is running" in line:
+                break
+        else:
+            raise RuntimeError("mailyard serve did not start")
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.tmp.cleanup()
+
+    def __enter__(self) -> BenchServer:
+        self.setup()
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def rss_kib(pid: int) -> int:
+    """Proportional set size of a process in KiB (falls back to RSS)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        m = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
+        if m:
+            return int(m.group(1))
+    except OSError:
+        pass
+    text = Path(f"/proc/{pid}/status").read_text()
+    m = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:  # noqa: ANN001
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,402 @@
+"""The ``mailyard`` command: set up a data directory, administer domains, users,
+aliases and lists, and run the server.
+
+Every command takes ``--data DIR`` (default ``$MAILYARD_DATA`` or
+``./mailyard-data``) and ``--config FILE`` (default ``config.toml`` in the
+data directory). Errors are one line saying what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, ConfigError
+from .store.api import StoreError
+from .store.sqlite import SQLiteStore
+
+DEMO_USERS = ("alice", "bob")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data or os.environ.get("MAILYARD_DATA") or "mailyard-data")
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config) if args.config else data_dir(args) / "config.toml"
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    path = config_path(args)
+    if args.config and not path.exists():
+        raise CLIError(f"config file {path} does not exist")
+    return Config.load(path)
+
+
+def require_data_dir(args: argparse.Namespace) -> Path:
+    d = data_dir(args)
+    if not (d / "index.sqlite3").exists():
+        raise CLIError(
+            f"{d} is not a mailyard data directory; create one with: mailyard --data {d} init --domain YOUR.DOMAIN"
+        )
+    return d
+
+
+def run_with_store(args: argparse.Namespace, fn: Callable[[SQLiteStore], Awaitable[Any]]) -> Any:
+    d = require_data_dir(args)
+    cfg = load_config(args)
+
+    async def main() -> Any:
+        store = SQLiteStore(d, cfg.store)
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def read_password(args: argparse.Namespace, address: str) -> str:
+    if getattr(args, "password_stdin", False):
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+    else:
+        if not sys.stdin.isatty():
+            raise CLIError("no terminal to ask for a password; pass it with --password-stdin")
+        password = getpass.getpass(f"Password for {address}: ")
+        if getpass.getpass("Again: ") != password:
+            raise CLIError("the passwords differ; nothing changed")
+    if len(password) < 8:
+        raise CLIError("a password needs at least 8 characters")
+    return password
+
+
+def credentials(password: str, apop: bool = False) -> dict[str, Any]:
+    from .auth.passwords import Credentials
+
+    creds = Credentials.from_password(password, apop=apop)
+    return {
+        "password_hash": creds.password_hash,
+        "apop_secret": creds.apop_secret,
+        "scram_sha256": creds.scram_sha256,
+    }
+
+
+# --- commands -----------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    d = data_dir(args)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CLIError(f"data directory {d} is not writable ({exc.strerror}); choose another with --data") from exc
+    cfg_path = config_path(args)
+    cfg = Config.load(cfg_path)
+    if args.hostname:
+        cfg.server.hostname = args.hostname
+    elif not cfg_path.exists() and args.domain:
+        cfg.server.hostname = f"mail.{args.domain}"
+    if not cfg_path.exists():
+        cfg_path.write_text(
+            "# mailyard configuration; every option and its default is listed in the README.\n\n" + cfg.to_toml(),
+            encoding="utf-8",
+        )
+        print(f"wrote {cfg_path}")
+    _init_tls(d, cfg)
+    created: list[tuple[str, str]] = []
+
+    async def setup(store: SQLiteStore) -> None:
+        if args.domain and args.domain.lower() not in await store.list_domains():
+            await _add_domain(store, args.domain)
+            print(f"added domain {args.domain.lower()}")
+        if args.demo and args.domain:
+            for user in DEMO_USERS:
+                address = f"{user}@{args.domain.lower()}"
+                if await store.get_account(address) is None:
+                    password = secrets.token_urlsafe(9)
+                    await store.add_account(address, **credentials(password, apop=True))
+                    created.append((address, password))
+
+    async def main() -> None:
+        store = SQLiteStore(d, cfg.store)
+        try:
+            await setup(store)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    if created:
+        lines = [f"{address}  password: {password}" for address, password in created]
+        note = d / "demo-passwords.txt"
+        note.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        note.chmod(0o600)
+        print("demo users (also saved in", note, "):")
+        for line in lines:
+            print("  " + line)
+    print(f"data directory {d} is ready; start the server with: mailyard --data {d} serve")
+
+
+def _init_tls(d: Path, cfg: Config) -> None:
+    """Create a self-signed certificate for the host name unless one is configured."""
+    try:
+        from .net import tls
+    except ImportError:
+        return
+    cert, key = d / "tls" / "cert.pem", d / "tls" / "key.pem"
+    if cfg.tls.cert or cert.exists():
+        return
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    tls.create_self_signed(cfg.server.hostname, cert, key)
+    print(f"created a self-signed certificate for {cfg.server.hostname} in {cert.parent}")
+
+
+async def _add_domain(store: SQLiteStore, domain: str) -> None:
+    """Add a domain and make sure mail to its postmaster lands somewhere
+    (RFC 5321 4.5.1: postmaster must be accepted for every domain): an account
+    with a locked password, until an admin sets one or replaces it."""
+    await store.add_domain(domain)
+    postmaster = f"postmaster@{domain.lower()}"
+    if await store.get_account(postmaster) is None and await store.get_alias(postmaster) is None:
+        await store.add_account(postmaster, "!locked")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .server import MailServer
+
+    d = require_data_dir(args)
+    cfg = load_config(args)
+    logging.basicConfig(
+        level=getattr(logging, cfg.server.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop  # optional speed-up (README: dependencies)
+
+        runner: Callable[..., Any] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    print(f"mailyard {__version__} serving {d} as {cfg.server.hostname}", flush=True)
+    try:
+        runner(MailServer(d, cfg).serve_forever())
+    except OSError as exc:
+        raise CLIError(str(exc.strerror or exc)) from exc
+
+
+def cmd_domain(args: argparse.Namespace) -> None:
+    async def run(store: SQLiteStore) -> None:
+        if args.action == "add":
+            await _add_domain(store, args.domain)
+            print(f"added domain {args.domain.lower()} (postmaster@{args.domain.lower()} receives its postmaster mail)")
+        elif args.action == "remove":
+            postmaster = await store.get_account(f"postmaster@{args.domain}")
+            if postmaster is not None and postmaster.password_hash == "!locked":
+                await store.remove_account(postmaster.address)
+            await store.remove_domain(args.domain)
+            print(f"removed domain {args.domain.lower()}")
+        else:
+            for name in await store.list_domains():
+                print(name)
+
+    run_with_store(args, run)
+
+
+def cmd_user(args: argparse.Namespace) -> None:
+    if args.action in ("add", "passwd"):
+        password = read_password(args, args.address)
+        creds = credentials(password, apop=args.apop)
+
+    async def run(store: SQLiteStore) -> None:
+        if args.action == "add":
+            account = await store.add_account(args.address, **creds)
+            print(f"added user {account.address}")
+            if creds["apop_secret"]:
+                print(f"APOP secret for {account.address}: {creds['apop_secret']}")
+        elif args.action == "passwd":
+            await store.set_password(args.address, **creds)
+            print(f"changed the password of {args.address}")
+            if creds["apop_secret"]:
+                print(f"APOP secret for {args.address}: {creds['apop_secret']}")
+        elif args.action == "remove":
+            await store.remove_account(args.address)
+            print(f"removed user {args.address} and all their mail")
+        else:
+            for account in await store.list_accounts(args.domain):
+                print(account.address)
+
+    run_with_store(args, run)
+
+
+def cmd_alias(args: argparse.Namespace) -> None:
+    async def run(store: SQLiteStore) -> None:
+        if args.action == "add":
+            await store.add_alias(args.source, args.targets)
+            print(f"{args.source} -> {', '.join(await store.get_alias(args.source) or [])}")
+        elif args.action == "remove":
+            await store.remove_alias(args.source, args.targets)
+            print(f"removed {'targets of ' if args.targets else ''}alias {args.source}")
+        else:
+            for source, targets in (await store.list_aliases()).items():
+                print(f"{source} -> {', '.join(targets)}")
+
+    run_with_store(args, run)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    async def run(store: SQLiteStore) -> None:
+        if args.action == "add":
+            await store.add_list(args.address)
+            print(f"created list {args.address}")
+        elif args.action == "remove":
+            await store.remove_list(args.address)
+            print(f"removed list {args.address}")
+        elif args.action == "subscribe":
+            for member in args.members:
+                await store.subscribe_list(args.address, member)
+            print(f"subscribed {', '.join(args.members)} to {args.address}")
+        elif args.action == "unsubscribe":
+            for member in args.members:
+                await store.unsubscribe_list(args.address, member)
+            print(f"unsubscribed {', '.join(args.members)} from {args.address}")
+        elif args.action == "members":
+            members = await store.get_list_members(args.address)
+            if members is None:
+                raise CLIError(f"no list {args.address}")
+            for member in members:
+                print(member)
+        else:
+            for address, members in (await store.list_lists()).items():
+                print(f"{address} ({len(members)} members)")
+
+    run_with_store(args, run)
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    if args.action == "defaults":
+        print(Config().to_toml(), end="")
+    else:
+        load_config(args)
+        print(f"{config_path(args)}: OK")
+
+
+# --- parser -------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data", metavar="DIR", default=argparse.SUPPRESS,
+        help="data directory (default: $MAILYARD_DATA or ./mailyard-data)",
+    )
+    common.add_argument(
+        "--config", metavar="FILE", default=argparse.SUPPRESS,
+        help="configuration file (default: config.toml in the data directory)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="mailyard", parents=[common],
+        description="mailyard: a complete Internet mail system (SMTP, submission, IMAP, POP3).",
+    )
+    parser.add_argument("--version", action="version", version=f"mailyard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("init", parents=[common], help="create a data directory, config and certificate")
+    p.add_argument("--domain", help="first mail domain to serve, e.g. example.org")
+    p.add_argument("--hostname", help="this server's host name (default: mail.DOMAIN)")
+    p.add_argument("--demo", action="store_true", help="also create users alice and bob with random passwords")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("serve", parents=[common], help="run the mail server until SIGTERM/SIGINT")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("domain", parents=[common], help="manage the mail domains served here")
+    dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("add", "serve a new domain"), ("remove", "stop serving a domain")):
+        q = dsub.add_parser(action, parents=[common], help=text)
+        q.add_argument("domain")
+    dsub.add_parser("list", parents=[common], help="list the domains")
+    p.set_defaults(func=cmd_domain)
+
+    p = sub.add_parser("user", parents=[common], help="manage mail accounts")
+    usub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("add", "create an account (INBOX and special folders)"), ("passwd", "set a password")):
+        q = usub.add_parser(action, parents=[common], help=text)
+        q.add_argument("address", help="user@domain")
+        q.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+        q.add_argument(
+            "--apop", action="store_true",
+            help="also generate an APOP secret (POP3 APOP needs a secret kept in clear; it is printed)",
+        )
+    q = usub.add_parser("remove", parents=[common], help="delete an account and all its mail")
+    q.add_argument("address")
+    q = usub.add_parser("list", parents=[common], help="list accounts")
+    q.add_argument("--domain", help="only this domain")
+    p.set_defaults(func=cmd_user)
+
+    p = sub.add_parser("alias", parents=[common], help="manage aliases (address -> one or more addresses)")
+    asub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = asub.add_parser("add", parents=[common], help="create an alias or add targets to it")
+    q.add_argument("source")
+    q.add_argument("targets", nargs="+", metavar="target")
+    q = asub.add_parser("remove", parents=[common], help="remove an alias, or some of its targets")
+    q.add_argument("source")
+    q.add_argument("targets", nargs="*", metavar="target")
+    asub.add_parser("list", parents=[common], help="list aliases")
+    p.set_defaults(func=cmd_alias)
+
+    p = sub.add_parser("list", parents=[common], help="manage mailing lists")
+    lsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("add", "create a list"), ("remove", "delete a list"), ("members", "show members")):
+        q = lsub.add_parser(action, parents=[common], help=text)
+        q.add_argument("address")
+    for action, text in (("subscribe", "add members"), ("unsubscribe", "remove members")):
+        q = lsub.add_parser(action, parents=[common], help=text)
+        q.add_argument("address")
+        q.add_argument("members", nargs="+", metavar="member")
+    lsub.add_parser("list", parents=[common], help="list the lists")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("config", parents=[common], help="check the configuration or print the defaults")
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    csub.add_parser("check", parents=[common], help="validate the configuration file")
+    csub.add_parser("defaults", parents=[common], help="print every option with its default")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("data", "config"):
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    try:
+        args.func(args)
+    except (CLIError, ConfigError, StoreError) as exc:
+        print(f"mailyard: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

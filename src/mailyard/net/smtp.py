@@ -1,0 +1,176 @@
+"""SMTP glue: feeds socket bytes to the sans-I/O engine and carries out what it
+asks — recipient checks through the router, durable delivery through the MDA.
+
+The engine (protocols/smtp/server.py) decides every reply's syntax and the
+session's state; this module decides only what needs the outside world:
+whether a recipient exists, whether relaying is allowed, and whether the
+message is safely stored before ``250`` is sent (DESIGN.md "Durability").
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING
+
+from ..delivery.local import deliver_local
+from ..delivery.router import Resolution, Verdict
+from ..message.trace import received_header
+from ..policy.relay import rcpt_reply
+from ..protocols.smtp.events import (
+    NEED_DATA,
+    ConnectionClosed,
+    ExpnReceived,
+    HeloReceived,
+    MailFromReceived,
+    MessageReceived,
+    RcptToReceived,
+    VrfyReceived,
+)
+from ..protocols.smtp.replies import Reply
+from ..protocols.smtp.server import ServerConfig, SMTPServerEngine, State
+from ..store.api import StorageFull
+from .listener import Connection, ShutdownRequested
+
+if TYPE_CHECKING:
+    from ..server import MailServer
+
+log = logging.getLogger("mailyard.smtp")
+
+
+def engine_config(server: MailServer) -> ServerConfig:
+    cfg = server.config.smtp
+    return ServerConfig(
+        hostname=server.config.server.hostname,
+        max_message_size=cfg.max_message_size,
+        max_recipients=cfg.max_recipients,
+        max_command_line=cfg.max_command_line,
+        max_text_line=cfg.max_text_line,
+        vrfy_enabled=cfg.vrfy,
+        expn_enabled=cfg.expn,
+        max_unknown_commands=cfg.max_unknown_commands,
+    )
+
+
+class SMTPSession:
+    """One SMTP connection on the MX port."""
+
+    protocol_name = "ESMTP"
+
+    def __init__(self, server: MailServer, conn: Connection) -> None:
+        self.server = server
+        self.conn = conn
+        self.engine = SMTPServerEngine(server.smtp_engine_config)
+        self.helo = ""
+        self.resolutions: dict[str, Resolution] = {}
+
+    async def run(self) -> None:
+        conn, engine = self.conn, self.engine
+        conn.write(engine.greeting())
+        cfg = self.server.config.smtp
+        while True:
+            event = engine.next_event()
+            if event is NEED_DATA:
+                await conn.send(engine.data_to_send())
+                if engine.closed:
+                    return
+                timeout = cfg.timeout_data_block if engine.state is State.DATA else cfg.timeout_command
+                try:
+                    data = await conn.read(timeout)
+                except TimeoutError:
+                    # RFC 5321 4.5.3.2: the server may close after its timeout, with 421.
+                    await conn.send(b"421 4.4.2 " + self._host() + b" Timeout, closing connection\r\n")
+                    return
+                except ShutdownRequested:
+                    await conn.send(engine.shutdown_reply())
+                    return
+                engine.receive_data(data)
+                continue
+            if isinstance(event, ConnectionClosed):
+                await conn.send(engine.data_to_send())
+                return
+            await self.handle(event)
+
+    def _host(self) -> bytes:
+        return self.server.config.server.hostname.encode("ascii", "replace")
+
+    async def handle(self, event: object) -> None:
+        engine = self.engine
+        if isinstance(event, HeloReceived):
+            self.helo = event.name
+            engine.accept()
+        elif isinstance(event, MailFromReceived):
+            self.resolutions.clear()
+            engine.accept()
+        elif isinstance(event, RcptToReceived):
+            resolution = await self.server.router.resolve(event.forward_path)
+            reply = rcpt_reply(resolution, relay_allowed=False)
+            if reply.is_positive:
+                self.resolutions[event.forward_path] = resolution
+            engine.respond(reply)
+        elif isinstance(event, MessageReceived):
+            engine.respond(await self.deliver(event))
+            self.resolutions.clear()
+        elif isinstance(event, VrfyReceived):
+            engine.respond(await self.verify(event.argument, expand=False))
+        elif isinstance(event, ExpnReceived):
+            engine.respond(await self.verify(event.argument, expand=True))
+        elif getattr(event, "needs_answer", False):
+            engine.respond(Reply(502, "5.5.1", "Command not implemented"))
+        else:
+            log.debug("smtp %s: %s", self.conn.peer_ip, event)
+
+    async def deliver(self, event: MessageReceived) -> Reply:
+        accounts = []
+        for path in event.forward_paths:
+            resolution = self.resolutions.get(path)
+            if resolution is not None:
+                accounts.extend(resolution.accounts)
+        queue_id = secrets.token_hex(8)
+        trace = received_header(
+            helo=self.helo,
+            ip=self.conn.peer_ip,
+            by=self.server.config.server.hostname,
+            protocol=self.protocol_name + ("S" if self.conn.tls else ""),
+            id=queue_id,
+            for_addr=event.forward_paths[0] if len(event.forward_paths) == 1 else None,
+        )
+        try:
+            if accounts:
+                await deliver_local(self.server.store, trace + event.data, event.reverse_path, accounts)
+        except StorageFull:
+            log.error("delivery %s refused: storage full", queue_id)
+            return Reply(452, "4.3.1", "Insufficient system storage, try again later")
+        except Exception:
+            log.exception("delivery %s failed", queue_id)
+            return Reply(451, "4.3.0", "Local error in processing, try again later")
+        log.info(
+            "delivered %s from=<%s> to=%s size=%d client=%s",
+            queue_id, event.reverse_path, ",".join(f"<{p}>" for p in event.forward_paths),
+            len(event.data), self.conn.peer_ip,
+        )
+        return Reply(250, "2.0.0", f"OK queued as {queue_id}")
+
+    async def verify(self, argument: str, expand: bool) -> Reply:
+        """VRFY / EXPN for local users, aliases and lists (RFC 5321 3.5)."""
+        address = argument.strip().strip("<>")
+        resolution = await self.server.router.resolve(address)
+        if resolution.verdict is not Verdict.LOCAL:
+            return Reply(550, "5.1.1", f"{address}: no such user here")
+        if not expand:
+            if len(resolution.accounts) == 1 and not resolution.remote:
+                return Reply(250, "2.1.5", f"<{resolution.accounts[0].address}>")
+            return Reply(553, "5.1.4", f"{address} is ambiguous; try EXPN")
+        members = [f"<{a.address}>" for a in resolution.accounts] + [f"<{r}>" for r in resolution.remote]
+        if not members:
+            return Reply(550, "5.1.1", f"{address} has no members")
+        return Reply(250, "2.1.5", members)
+
+
+async def smtp_session(server: MailServer, conn: Connection) -> None:
+    await SMTPSession(server, conn).run()
+
+
+async def refuse(conn: Connection, reason: str) -> None:
+    """Over the connection limits: RFC 5321 3.1 allows a 421 greeting."""
+    await conn.send(f"421 4.7.0 {reason}, try again later\r\n".encode())

@@ -1,0 +1,151 @@
+"""Shared fixtures: a real mailyard server on 127.0.0.1 with ephemeral ports.
+
+The server runs its own event loop in a background thread, so tests drive it
+with ordinary blocking clients (smtplib, poplib, imaplib, subprocesses of
+swaks/fetchmail/...) exactly as users would, and read results back through the
+store API with ``server.call(coro)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from mailyard.config import Config
+from mailyard.server import MailServer
+from mailyard.store.sqlite import SQLiteStore
+
+T = TypeVar("T")
+
+DOMAIN = "example.test"
+USERS = {
+    "alice@example.test": "alice-password-1",
+    "bob@example.test": "bob-password-2",
+}
+HOST = "127.0.0.1"
+
+
+class RunningServer:
+    """A started MailServer in a thread of its own."""
+
+    def __init__(self, data_dir: Path, config: Config) -> None:
+        self.data_dir = data_dir
+        self.config = config
+        self.host = HOST
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="mailyard-test-server", daemon=True)
+        self._thread.start()
+        self.server: MailServer | None = None
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Run a coroutine on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self, seed: Callable[[SQLiteStore], Coroutine[Any, Any, None]] | None = None) -> None:
+        async def go() -> MailServer:
+            store = SQLiteStore(self.data_dir, self.config.store)
+            await seed_store(store)
+            if seed is not None:
+                await seed(store)
+            server = MailServer(self.data_dir, self.config, store=store, ephemeral_ports=True)
+            await server.start()
+            return server
+
+        self.server = self.call(go())
+
+    @property
+    def store(self) -> SQLiteStore:
+        assert self.server is not None
+        return self.server.store  # type: ignore[return-value]
+
+    def port(self, name: str) -> int:
+        assert self.server is not None
+        return self.server.port(name)
+
+    def messages(self, address: str, mailbox: str = "INBOX") -> list[bytes]:
+        """The exact bytes of every message in a user's mailbox, in UID order."""
+
+        async def read() -> list[bytes]:
+            account = await self.store.get_account(address)
+            assert account is not None, address
+            box = await self.store.get_mailbox(account.id, mailbox)
+            assert box is not None
+            infos = await self.store.list_messages(box.id)
+            return [await self.store.read_message(box.id, m.uid) for m in infos]
+
+        return self.call(read())
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.call(self.server.stop())
+            self.server = None
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+async def seed_store(store: SQLiteStore) -> None:
+    """The demo domain with users alice and bob (passwords in USERS)."""
+    from mailyard.auth.passwords import Credentials
+
+    await store.add_domain(DOMAIN)
+    await store.add_account(f"postmaster@{DOMAIN}", "!locked")
+    for address, password in USERS.items():
+        creds = Credentials.from_password(password, apop="apop-" + password)
+        await store.add_account(
+            address, creds.password_hash, apop_secret=creds.apop_secret, scram_sha256=creds.scram_sha256
+        )
+
+
+def make_test_config() -> Config:
+    cfg = Config()
+    cfg.server.hostname = "mx.example.test"
+    cfg.server.shutdown_grace = 2.0
+    return cfg
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Factory: ``make_server(configure=fn, seed=coro_fn)`` starts a server;
+    all are stopped at the end of the test."""
+    started: list[RunningServer] = []
+
+    def factory(
+        configure: Callable[[Config], None] | None = None,
+        seed: Callable[[SQLiteStore], Coroutine[Any, Any, None]] | None = None,
+    ) -> RunningServer:
+        cfg = make_test_config()
+        if configure is not None:
+            configure(cfg)
+        rs = RunningServer(tmp_path / f"data{len(started)}", cfg)
+        started.append(rs)
+        rs.start(seed)
+        return rs
+
+    yield factory
+    for rs in started:
+        rs.stop()
+
+
+@pytest.fixture
+def mailserver(make_server: Callable[..., RunningServer]) -> RunningServer:
+    """A running server for example.test with users alice and bob."""
+    return make_server()
+
+
+def require_program(name: str, package: str) -> str:
+    """Path of a third-party program; skip if missing (fail when CI=true)."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is None:
+        message = f"{name} is not installed (Debian package: {package}; .ci/run installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
