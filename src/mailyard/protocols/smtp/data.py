@@ -1,0 +1,129 @@
+"""Mail data reader: everything after 354 up to ``<CRLF>.<CRLF>``.
+
+Works on whole chunks, never line by line in Python: the terminator is found
+with ``bytearray.find``, dot-unstuffing is one ``replace`` (RFC 5321 4.5.2),
+line lengths are measured with ``split`` + ``max(map(len, ...))``.
+
+The reader starts with a virtual ``CRLF`` (the one that ended the DATA
+command), so ``.\\r\\n`` straight after DATA is an empty message and a dot
+at the start of the first line is unstuffed like any other.
+
+Limits, none of which buffer what exceeds them:
+
+* Size (RFC 1870, RFC 5321 4.5.3.1.7): once the unstuffed size passes
+  ``max_size`` the data seen so far is dropped and the reader only looks
+  for the terminator; the result is ``552 5.3.4``.
+* Text line length (RFC 5321 4.5.3.1.6: 1000 octets with CRLF, not
+  counting the stuffed dot): same treatment, result ``500 5.5.2``.
+* Line endings (SMTP smuggling, CVE-2023-51764/51765/51766): only
+  ``<CRLF>.<CRLF>`` ends the data (RFC 5321 4.1.1.4 says ``<LF>.<LF>`` MUST
+  NOT). That alone keeps *this* server safe, but a message containing
+  ``<LF>.<CRLF>`` or ``<CR>.<CR>`` may end early at a sloppier next hop and
+  let the rest be read as commands there. With ``strict_line_endings`` (the
+  default) a message containing any bare CR or bare LF is refused with
+  ``550 5.6.0``, as Postfix (smtpd_forbid_bare_newline), Sendmail 8.18 and
+  Exim 4.97 now do. RFC 5321 2.3.8 forbids bare CR/LF in SMTP text anyway.
+"""
+
+from __future__ import annotations
+
+from .replies import Reply
+
+__all__ = ["DataReader", "DataResult"]
+
+_TERMINATOR = b"\r\n.\r\n"
+
+TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+BARE_NEWLINE = Reply(550, "5.6.0", "Message contains bare CR or LF; lines must end with CRLF")
+
+
+class DataResult:
+    """Outcome of a complete DATA phase: ``data`` when accepted, else ``error``.
+
+    ``rest`` is whatever followed the terminator (pipelined commands).
+    """
+
+    __slots__ = ("data", "error", "rest")
+
+    def __init__(self, data: bytes | None, error: Reply | None, rest: bytes) -> None:
+        self.data = data
+        self.error = error
+        self.rest = rest
+
+
+class DataReader:
+    """Accumulates one message's data; ``feed`` returns a result at the end."""
+
+    def __init__(self, max_size: int, max_line: int, strict_line_endings: bool = True) -> None:
+        self.max_size = max_size
+        self.max_line = max_line
+        self.strict = strict_line_endings
+        self._body = bytearray(b"\r\n")  # virtual CRLF of the DATA command line
+        self._line_start = 2  # where the current (incomplete) line begins
+        self._stuffed = 0  # count of "\r\n." seen: stuffed dots removed later
+        self.error: Reply | None = None
+
+    @property
+    def discarding(self) -> bool:
+        """True once a limit is exceeded and data is being thrown away."""
+        return self.error is not None
+
+    def feed(self, chunk: bytes | bytearray) -> DataResult | None:
+        """Take a chunk; return a DataResult when the terminator was seen."""
+        body = self._body
+        old_len = len(body)
+        body += chunk
+        idx = body.find(_TERMINATOR, max(0, old_len - 4))
+        end = idx + 2 if idx >= 0 else len(body)
+
+        if self.error is None:
+            self._check_limits(body, old_len, end)
+
+        if idx < 0:
+            if self.error is not None:
+                # Keep only what a terminator split across chunks needs.
+                del body[:-4]
+            return None
+
+        rest = bytes(body[idx + 5 :])
+        if self.error is not None:
+            return DataResult(None, self.error, rest)
+        # RFC 5321 4.5.2: a line starting with a dot loses that dot. The only
+        # line that is a single dot is the terminator, already cut off.
+        del body[end:]
+        body = body.replace(b"\r\n.", b"\r\n") if self._stuffed else body
+        data = bytes(memoryview(body)[2:])
+        if self.strict and _has_bare_cr_or_lf(data):
+            return DataResult(None, BARE_NEWLINE, rest)
+        return DataResult(data, None, rest)
+
+    def _check_limits(self, body: bytearray, old_len: int, end: int) -> None:
+        # Stuffed dots in the new region; windows [old_len-2, end) never
+        # overlap, so each "\r\n." is counted once.
+        self._stuffed += body.count(b"\r\n.", max(0, old_len - 2), end)
+        if self.max_size and end - 2 - self._stuffed > self.max_size:
+            self.error = TOO_BIG
+            return
+        start = self._line_start
+        if end - start <= self.max_line - 2:
+            return  # no line in this region can be too long
+        segments = body[start:end].split(b"\n")
+        last = segments.pop()  # incomplete line (b"" when end is a line end)
+        self._line_start = end - len(last)
+        limit = self.max_line
+        if segments and max(map(len, segments)) + 1 > limit:
+            # Exact check only for the few long lines: "+1" is the LF, the
+            # CR is inside the segment; the stuffed dot does not count.
+            for seg in segments:
+                if len(seg) + 1 > limit and len(seg) + 1 - seg.startswith(b".") > limit:
+                    self.error = LINE_TOO_LONG
+                    return
+        partial = len(last) - last.endswith(b"\r") - last.startswith(b".")
+        if partial > limit - 2:
+            self.error = LINE_TOO_LONG
+
+
+def _has_bare_cr_or_lf(data: bytes) -> bool:
+    crlf = data.count(b"\r\n")
+    return data.count(b"\n") != crlf or data.count(b"\r") != crlf
