@@ -1,0 +1,311 @@
+"""The sans-I/O IMAP server engine (model: h11; DESIGN.md "Rules of the house").
+
+Bytes go in with ``receive_data``; ``next_event`` returns the next thing the
+glue must do -- a parsed command, an AUTHENTICATE response line, the end of
+an IDLE -- or NEED_DATA. The glue answers through ``untagged``, ``continuation``
+and ``complete``; everything to send is collected for ``data_to_send``.
+
+Commands are handed out strictly one at a time, in the order the client sent
+them (RFC 9051 5.5 allows a server to serialise pipelined commands), so a
+pipelined command's responses never interleave with an earlier one's.
+
+The connection state (RFC 9051 section 3) is a table: which states each command
+is valid in, and which state a completed command leads to.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from . import commands as c
+from .framing import Assembled, ContinuationNeeded, Framer, Limits, Rejected
+from .parser import ParseError, TagError, parse_command, parse_tag
+from .response import Writer, continuation, status_line
+
+
+class State(enum.Enum):
+    NOT_AUTHENTICATED = "not authenticated"
+    AUTHENTICATED = "authenticated"
+    SELECTED = "selected"
+    LOGOUT = "logout"
+
+
+_NA, _AU, _SE = State.NOT_AUTHENTICATED, State.AUTHENTICATED, State.SELECTED
+_ANY = frozenset({_NA, _AU, _SE})
+
+# RFC 9051 6.1-6.4: the states each command is valid in.
+VALID_IN: dict[str, frozenset[State]] = {
+    **dict.fromkeys(["CAPABILITY", "NOOP", "LOGOUT", "ID"], _ANY),
+    **dict.fromkeys(["STARTTLS", "AUTHENTICATE", "LOGIN"], frozenset({_NA})),
+    # RFC 9051 6.3.1 / RFC 5161 3.1: ENABLE only before a mailbox is selected
+    "ENABLE": frozenset({_AU}),
+    **dict.fromkeys(
+        ["SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
+         "LIST", "LSUB", "NAMESPACE", "STATUS", "APPEND", "IDLE"],
+        frozenset({_AU, _SE}),
+    ),
+    **dict.fromkeys(
+        ["CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"],
+        frozenset({_SE}),
+    ),
+}
+
+# (command, result) -> next state. RFC 9051 6.3.2: a failed SELECT leaves no
+# mailbox selected; 6.4.1/6.4.2: CLOSE and UNSELECT return to authenticated.
+TRANSITIONS: dict[tuple[str, str], State] = {
+    ("LOGIN", "OK"): _AU,
+    ("AUTHENTICATE", "OK"): _AU,
+    ("SELECT", "OK"): _SE,
+    ("EXAMINE", "OK"): _SE,
+    ("SELECT", "NO"): _AU,
+    ("EXAMINE", "NO"): _AU,
+    ("CLOSE", "OK"): _AU,
+    ("UNSELECT", "OK"): _AU,
+    ("LOGOUT", "OK"): State.LOGOUT,
+}
+
+MAX_BAD_COMMANDS = 20  # consecutive BADs before the server hangs up
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA = _Marker("NEED_DATA")
+CLOSED = _Marker("CLOSED")
+
+
+@dataclass
+class AuthResponse:
+    """A client line during AUTHENTICATE (RFC 9051 6.2.2), as sent: base64 or "*"
+    (cancel); auth/sasl.py decodes it."""
+
+    tag: str
+    line: bytes
+
+
+@dataclass
+class IdleDone:
+    """The client ended IDLE with DONE (RFC 2177 3); ``ok`` False: it sent something else."""
+
+    tag: str
+    ok: bool = True
+
+
+class _Mode(enum.Enum):
+    COMMAND = 1  # reading commands
+    BUSY = 2  # a command is with the glue
+    AUTH = 3  # reading SASL response lines
+    IDLE = 4  # waiting for DONE
+
+
+class ImapEngine:
+    """One server-side IMAP connection, without I/O."""
+
+    def __init__(self, limits: Limits | None = None, max_bad: int = MAX_BAD_COMMANDS) -> None:
+        self.state = State.NOT_AUTHENTICATED
+        self.framer = Framer(limits)
+        self.writer = Writer()
+        self.enabled: set[str] = set()
+        self.current: c.Command | None = None
+        self._mode = _Mode.COMMAND
+        self._out = bytearray()
+        self._bad_run = 0
+        self._max_bad = max_bad
+        self.closed = False
+
+    # --- modes set by ENABLE (RFC 5161) ---------------------------------
+    @property
+    def utf8(self) -> bool:
+        """Mailbox names and strings in UTF-8 (RFC 9051, RFC 6855 3)."""
+        return bool(self.enabled & {"IMAP4REV2", "UTF8=ACCEPT"})
+
+    @property
+    def rev2(self) -> bool:
+        return "IMAP4REV2" in self.enabled
+
+    def enable(self, names: list[str]) -> None:
+        """Record newly enabled extensions (the glue decides which are known)."""
+        self.enabled.update(names)
+        self.writer.utf8 = self.utf8
+        if "QRESYNC" in self.enabled:
+            self.enabled.add("CONDSTORE")  # RFC 7162 3.2.3: QRESYNC implies CONDSTORE
+
+    # --- input ------------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        self.framer.feed(data)
+
+    def next_event(self) -> object:
+        """The next event: a Command, AuthResponse, IdleDone, NEED_DATA or CLOSED."""
+        while True:
+            if self.closed:
+                return CLOSED
+            if self._mode is _Mode.BUSY:
+                return NEED_DATA
+            if self._mode is _Mode.AUTH:
+                return self._auth_line()
+            if self._mode is _Mode.IDLE:
+                return self._idle_line()
+            ev = self.framer.next()
+            if ev is None:
+                return NEED_DATA
+            if isinstance(ev, ContinuationNeeded):
+                problem = self._precheck(ev.first_line)
+                if problem is None:
+                    self._out += continuation("Ready for literal data")
+                else:
+                    # RFC 9051 2.2.1: reject with BAD instead of "+" so the
+                    # client never sends the literal
+                    self.framer.abort()
+                    self._out += problem
+                    self._count_bad()
+                continue
+            if isinstance(ev, Rejected):
+                self._reject(ev)
+                continue
+            assert isinstance(ev, Assembled)
+            cmd = self._parse(ev)
+            if cmd is not None:
+                return cmd
+
+    def _reject(self, ev: Rejected) -> None:
+        problem = self._precheck(ev.first_line) if ev.first_line else None
+        if problem is not None:
+            self._out += problem  # an unknown command is worse than its size
+        elif ev.tag is None:
+            self._out += status_line("*", ev.status, ev.text, ev.code)
+        else:
+            self._out += status_line(ev.tag, ev.status, ev.text, ev.code)
+        if ev.fatal:
+            self.bye("Too much data; closing connection")
+        else:
+            self._count_bad()
+
+    def _precheck(self, first: bytes) -> bytes | None:
+        """A BAD response if the start of a command is already wrong."""
+        try:
+            tag, end = parse_tag(first)
+        except TagError:
+            return status_line("*", "BAD", "Invalid tag")
+        words = first[end + 1 :].split(b" ", 2)
+        name = words[0].decode("ascii", "replace").upper()
+        if name == "UID" and len(words) > 1:
+            name = words[1].decode("ascii", "replace").upper()
+        if name not in VALID_IN:
+            return status_line(tag, "BAD", f'No such command as "{name[:40]}"')
+        if self.state not in VALID_IN[name]:
+            return status_line(tag, "BAD", f"{name} is not valid in the {self.state.value} state")
+        return None
+
+    def _count_bad(self) -> None:
+        self._bad_run += 1
+        if self._bad_run >= self._max_bad:
+            self.bye("Too many invalid commands")
+
+    def _parse(self, ev: Assembled) -> c.Command | None:
+        try:
+            cmd = parse_command(ev.segments, ev.literals, self.utf8)
+        except TagError:
+            self._out += status_line("*", "BAD", "Invalid tag")
+            self._count_bad()
+            return None
+        except ParseError as exc:
+            try:
+                tag, _ = parse_tag(ev.segments[0])
+            except ParseError:
+                tag = "*"
+            text = str(exc)
+            if not text.startswith("No such command"):
+                text = f"Syntax error: {text}"
+            self._out += status_line(tag, "BAD", text)
+            self._count_bad()
+            return None
+        if self.state not in VALID_IN[cmd.name]:
+            self._out += status_line(cmd.tag, "BAD", f"{cmd.name} is not valid in the {self.state.value} state")
+            self._count_bad()
+            return None
+        self._bad_run = 0
+        self.current = cmd
+        self._mode = _Mode.BUSY
+        return cmd
+
+    def _auth_line(self) -> object:
+        line = self.framer.read_line()
+        if line is None:
+            return NEED_DATA
+        assert self.current is not None
+        tag = self.current.tag
+        self._mode = _Mode.BUSY
+        return AuthResponse(tag, line)
+
+    def _idle_line(self) -> object:
+        line = self.framer.read_line()
+        if line is None:
+            return NEED_DATA
+        assert self.current is not None
+        self._mode = _Mode.BUSY
+        # RFC 2177 3: the client ends IDLE with "DONE" (case-insensitive)
+        return IdleDone(self.current.tag, line.upper() == b"DONE")
+
+    # --- output -------------------------------------------------------------
+    def data_to_send(self) -> bytes:
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def greeting(self, text: str, code: str | None = None, preauth: bool = False) -> None:
+        """``* OK`` (or ``* PREAUTH``) greeting (RFC 9051 7.1.1, 7.1.4)."""
+        if preauth:
+            self.state = State.AUTHENTICATED
+        self._out += status_line("*", "PREAUTH" if preauth else "OK", text, code)
+
+    def untagged(self, *parts: object) -> None:
+        """Queue ``* parts...`` serialised in the connection's mode."""
+        self._out += b"* " + self.writer.line(*parts)
+
+    def untagged_status(self, status: str, text: str, code: str | None = None) -> None:
+        """``* OK [code] text`` and friends (RFC 9051 7.1)."""
+        self._out += status_line("*", status, text, code)
+
+    def raw(self, data: bytes) -> None:
+        """Queue bytes the glue formatted itself (must be whole response lines)."""
+        self._out += data
+
+    def continuation(self, text: str | bytes = b"") -> None:
+        """``+ text``; for AUTHENTICATE the next client line is a SASL response."""
+        self._out += continuation(text)
+        if self.current is not None and self.current.name == "AUTHENTICATE":
+            self._mode = _Mode.AUTH
+
+    def start_idle(self, text: str = "idling") -> None:
+        """Accept IDLE: send ``+ idling`` and wait for DONE (RFC 2177 3)."""
+        self._out += continuation(text)
+        self._mode = _Mode.IDLE
+
+    def complete(self, status: str, text: str, code: str | None = None) -> None:
+        """Finish the current command with a tagged OK/NO/BAD and move state."""
+        cmd = self.current
+        assert cmd is not None, "no command in progress"
+        self._out += status_line(cmd.tag, status, text, code)
+        nxt = TRANSITIONS.get((cmd.name, status))
+        if nxt is not None:
+            self.state = nxt
+        self.current = None
+        if self.state is State.LOGOUT:
+            self.closed = True
+        else:
+            self._mode = _Mode.COMMAND
+        if status == "BAD":
+            self._count_bad()
+
+    def bye(self, text: str, code: str | None = None) -> None:
+        """``* BYE`` and close (RFC 9051 7.1.5)."""
+        if not self.closed:
+            self._out += status_line("*", "BYE", text, code)
+        self.closed = True
+        self.state = State.LOGOUT

@@ -1,0 +1,206 @@
+"""FETCH data: body sections, partial ranges, BINARY, and the structure items
+(RFC 9051 6.4.5 and 7.5.2, RFC 3516).
+
+Sections are cut out of the stored bytes using the part offsets computed at
+delivery (message/derived.py: ``parts = {"1.2": (header_start, body_start,
+body_end)}``), so a FETCH never re-parses MIME. Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import quopri
+import re
+from collections.abc import Mapping, Sequence
+
+from .commands import FetchAtt, Section
+
+PartOffsets = Mapping[str, Sequence[int]]
+
+
+class UnknownCTE(ValueError):
+    """BINARY of a part whose Content-Transfer-Encoding we cannot decode
+    (RFC 3516 4.3: NO [UNKNOWN-CTE])."""
+
+
+def format_internal_date(ts: float) -> str:
+    """date-time as in RFC 9051 9: "dd-Mon-yyyy hh:mm:ss +zzzz" (UTC here)."""
+    d = dt.datetime.fromtimestamp(ts, dt.UTC)
+    months = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
+    return f"{d.day:02d}-{months[d.month - 1]}-{d.year:04d} {d:%H:%M:%S} +0000"
+
+
+def split_header(data: bytes) -> tuple[bytes, bytes]:
+    """(header including the blank line, body) of an RFC 5322 message."""
+    m = re.search(rb"\r?\n\r?\n", data)
+    if data.startswith((b"\r\n", b"\n")):
+        cut = 2 if data.startswith(b"\r\n") else 1
+        return data[:cut], data[cut:]
+    if m is None:
+        return data, b""
+    return data[: m.end()], data[m.end() :]
+
+
+_FIELD = re.compile(rb"([^:\s]+)[ \t]*:")
+
+
+def header_fields(header: bytes, names: Sequence[str], exclude: bool) -> bytes:
+    """HEADER.FIELDS (.NOT): the matching fields, folded lines kept, plus the
+    terminating blank line (RFC 9051 6.4.5)."""
+    wanted = {n.lower().encode("ascii") for n in names}
+    out = bytearray()
+    keep = False
+    for line in header.splitlines(keepends=True):
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                out += line
+            continue
+        m = _FIELD.match(line)
+        keep = m is not None and ((m.group(1).lower() in wanted) != exclude)
+        if keep:
+            out += line
+    out += b"\r\n"
+    return bytes(out)
+
+
+def _part_range(raw: bytes, parts: PartOffsets, part: tuple[int, ...]) -> tuple[int, int, int] | None:
+    key = ".".join(map(str, part))
+    if key in parts:
+        a, b, c = parts[key][:3]
+        return int(a), int(b), int(c)
+    if part == (1,) and not any("." in k or k != "1" for k in parts if k):
+        # RFC 9051 6.4.5: a non-multipart message's part 1 is its body
+        hdr, _ = split_header(raw)
+        return 0, len(hdr), len(raw)
+    return None
+
+
+def section_data(raw: bytes, parts: PartOffsets, section: Section) -> bytes | None:
+    """The octets of a body section; None if the part does not exist."""
+    if not section.part:
+        data = raw
+    else:
+        rng = _part_range(raw, parts, section.part)
+        if rng is None:
+            return None
+        h, b, e = rng
+        if section.text == "MIME":
+            return raw[h:b]
+        data = raw[b:e]
+        if section.text is None:
+            return data
+    if section.text is None:
+        return data
+    hdr, body = split_header(data)
+    if section.text == "HEADER":
+        return hdr
+    if section.text == "TEXT":
+        return body
+    return header_fields(hdr, section.fields, section.text == "HEADER.FIELDS.NOT")
+
+
+def part_header(raw: bytes, parts: PartOffsets, part: tuple[int, ...]) -> bytes:
+    """The MIME header of a part (the message header for the top level)."""
+    if not part:
+        return split_header(raw)[0]
+    rng = _part_range(raw, parts, part)
+    if rng is None:
+        return b""
+    h, b, _ = rng
+    if h == 0 and part == (1,):
+        return split_header(raw)[0]
+    return raw[h:b]
+
+
+_CTE = re.compile(rb"^content-transfer-encoding[ \t]*:[ \t]*([^\r\n;]*)", re.I | re.M)
+
+
+def decode_cte(data: bytes, header: bytes) -> bytes:
+    """Undo the part's Content-Transfer-Encoding for BINARY (RFC 3516 4.2)."""
+    m = _CTE.search(header)
+    cte = m.group(1).strip().lower() if m else b"7bit"
+    if cte in (b"7bit", b"8bit", b"binary", b""):
+        return data
+    if cte == b"base64":
+        try:
+            return base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", data) + b"===")
+        except (binascii.Error, ValueError) as exc:
+            raise UnknownCTE("corrupt base64") from exc
+    if cte == b"quoted-printable":
+        return quopri.decodestring(data)
+    raise UnknownCTE(cte.decode("ascii", "replace"))
+
+
+def binary_data(raw: bytes, parts: PartOffsets, part: tuple[int, ...]) -> bytes | None:
+    """BINARY[part]: the decoded content of a part; the whole message for []."""
+    if not part:
+        return raw
+    data = section_data(raw, parts, Section(part))
+    if data is None:
+        return None
+    return decode_cte(data, part_header(raw, parts, part))
+
+
+def apply_partial(data: bytes, partial: tuple[int, int] | None) -> bytes:
+    """<origin.length> (RFC 9051 6.4.5): bytes past the end give an empty string."""
+    if partial is None:
+        return data
+    origin, length = partial
+    return data[origin : origin + length]
+
+
+def response_name(att: FetchAtt) -> str:
+    """The item name in the FETCH response: BODY[1.TEXT]<0>, BINARY[2], ..."""
+    if att.name == "BODY[]":
+        name = f"BODY[{att.section_text}]"
+    elif att.name == "BINARY[]":
+        name = f"BINARY[{att.section_text}]"
+    elif att.name == "BINARY.SIZE[]":
+        return f"BINARY.SIZE[{att.section_text}]"
+    else:
+        return att.name
+    if att.partial is not None:
+        name += f"<{att.partial[0]}>"
+    return name
+
+
+# --- BODYSTRUCTURE / BODY ------------------------------------------------------
+def _is_multipart(node: Sequence) -> bool:
+    return len(node) > 0 and isinstance(node[0], list | tuple)
+
+
+def body_basic(node: Sequence) -> list:
+    """The non-extensible BODY form of a BODYSTRUCTURE (RFC 9051 7.5.2: no
+    extension data), computed from the structure's shape."""
+    if _is_multipart(node):
+        out: list = []
+        for item in node:
+            if isinstance(item, list | tuple):
+                out.append(body_basic(item))
+            else:
+                out.append(item)  # the subtype; extension data follows it
+                break
+        return out
+    mtype = str(node[0]).upper() if node else ""
+    subtype = str(node[1]).upper() if len(node) > 1 else ""
+    n = 7
+    if mtype == "TEXT":
+        n = 8
+    elif mtype == "MESSAGE" and subtype in ("RFC822", "GLOBAL"):
+        basic = list(node[:10])
+        if len(basic) > 8 and isinstance(basic[8], list | tuple):
+            basic[8] = body_basic(basic[8])
+        return basic
+    return list(node[:n])
+
+
+def to_imap(value: object) -> object:
+    """Nested lists from derived data -> values response.Writer can write (tuples,
+    str, int, None); bools and floats never occur in IMAP structures."""
+    if isinstance(value, list | tuple):
+        return [to_imap(v) for v in value]
+    return value

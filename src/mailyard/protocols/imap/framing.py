@@ -1,0 +1,182 @@
+"""Assembling commands from the byte stream: lines and literals (RFC 9051 4.3).
+
+A command is a line; when a line ends in a literal marker -- ``{n}``
+(synchronising: the server must answer ``+`` first), ``{n+}`` (non-synchronising,
+RFC 7888 LITERAL+) or ``~{n}`` (literal8, RFC 3516) -- n octets follow and then
+the rest of the command on a new line. The size is checked against the limit
+*before* anything is read or allocated, so ``{10000000000}`` costs nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_MARKER = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\Z")
+
+
+@dataclass
+class Limits:
+    """Abuse budgets (DESIGN.md): line, literal and whole-command sizes."""
+
+    max_line: int = 64 * 1024
+    max_literal: int = 64 * 1024  # any literal outside APPEND
+    max_append: int = 50 * 1024 * 1024  # one APPEND message literal
+    max_command: int = 200 * 1024 * 1024  # all literals of one command (MULTIAPPEND)
+
+
+@dataclass
+class Assembled:
+    """A complete command: text segments with the literals between them."""
+
+    segments: list[bytes]
+    literals: list[bytes]
+
+
+@dataclass
+class Rejected:
+    """A command refused by the framer before it was complete.
+
+    ``tag`` may be None (no tag could be read). ``fatal`` means the
+    connection cannot be re-synchronised and must be closed (a
+    non-synchronising literal that is too large: its octets are coming).
+    """
+
+    tag: str | None
+    status: str  # "BAD" or "NO"
+    code: str | None
+    text: str
+    fatal: bool = False
+    first_line: bytes = b""
+
+
+@dataclass
+class ContinuationNeeded:
+    """A synchronising literal was announced within limits: the engine checks the
+    command so far and sends ``+`` or rejects it (``Framer.abort``)."""
+
+    first_line: bytes
+
+
+@dataclass
+class _Partial:
+    segments: list[bytes] = field(default_factory=list)
+    literals: list[bytes] = field(default_factory=list)
+    total: int = 0
+    literal_left: int = 0
+    literal_buf: bytearray = field(default_factory=bytearray)
+
+
+def _tag_and_name(first: bytes) -> tuple[str | None, str]:
+    parts = first.split(b" ", 3)
+    tag = parts[0].decode("ascii", "replace") if parts and parts[0] else None
+    name = parts[1].upper().decode("ascii", "replace") if len(parts) > 1 else ""
+    if name == "UID" and len(parts) > 2:
+        name = parts[2].upper().decode("ascii", "replace")
+    return tag, name
+
+
+class Framer:
+    """Cuts the input stream into commands; pure, no I/O."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.buffer = bytearray()
+        self._cmd: _Partial | None = None
+        self._skip_line = False  # discarding the rest of an over-long line
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+
+    @property
+    def in_literal(self) -> bool:
+        return self._cmd is not None and self._cmd.literal_left > 0
+
+    @property
+    def mid_command(self) -> bool:
+        return self._cmd is not None
+
+    def abort(self) -> None:
+        """Drop the command being assembled; its synchronising literal was
+        refused, so the client will not send the octets (RFC 9051 2.2.1)."""
+        self._cmd = None
+
+    def read_line(self) -> bytes | None:
+        """One raw line (without CRLF), for AUTHENTICATE and IDLE; None: need more."""
+        idx = self.buffer.find(b"\n")
+        if idx < 0:
+            if len(self.buffer) > self.limits.max_line:
+                self.buffer.clear()
+                return b"\0too-long"
+            return None
+        line = bytes(self.buffer[:idx])
+        del self.buffer[: idx + 1]
+        return line[:-1] if line.endswith(b"\r") else line
+
+    def next(self) -> Assembled | Rejected | ContinuationNeeded | None:
+        """The next framing event, or None when more input is needed."""
+        while True:
+            cmd = self._cmd
+            if cmd is not None and cmd.literal_left:
+                take = min(cmd.literal_left, len(self.buffer))
+                if take == 0:
+                    return None
+                cmd.literal_buf += self.buffer[:take]
+                del self.buffer[:take]
+                cmd.literal_left -= take
+                if cmd.literal_left:
+                    return None
+                cmd.literals.append(bytes(cmd.literal_buf))
+                cmd.literal_buf = bytearray()
+                continue
+            idx = self.buffer.find(b"\n")
+            if idx < 0:
+                if len(self.buffer) > self.limits.max_line:
+                    # RFC 9051 does not bound lines; we do (DESIGN.md abuse budgets)
+                    self.buffer.clear()
+                    self._skip_line = True
+                    tag = self._cmd.segments[0] if self._cmd else None
+                    self._cmd = None
+                    return Rejected(_tag_and_name(tag)[0] if tag else None, "BAD", None, "Line too long")
+                return None
+            line = bytes(self.buffer[:idx])
+            del self.buffer[: idx + 1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if self._skip_line:
+                self._skip_line = False
+                continue
+            if len(line) > self.limits.max_line:
+                tag = self._cmd.segments[0] if self._cmd else line
+                self._cmd = None
+                return Rejected(_tag_and_name(tag)[0], "BAD", None, "Line too long")
+            if cmd is None:
+                if not line:
+                    continue  # RFC 9051 is strict, but empty lines harm nobody
+                cmd = self._cmd = _Partial()
+            cmd.segments.append(line)
+            m = _MARKER.search(line)
+            if m is None:
+                self._cmd = None
+                return Assembled(cmd.segments, cmd.literals)
+            size = int(m.group(2))
+            sync = not m.group(3)
+            tag, name = _tag_and_name(cmd.segments[0])
+            limit = self.limits.max_append if name == "APPEND" else self.limits.max_literal
+            if size > limit or cmd.total + size > self.limits.max_command:
+                self._cmd = None
+                if sync:
+                    # RFC 9051 7.6 / 2.2.1: refuse before the client sends octets
+                    first = cmd.segments[0]
+                    if name == "APPEND":
+                        return Rejected(tag, "NO", "TOOBIG", "Message too large", first_line=first)
+                    return Rejected(tag, "BAD", None, "Literal too large", first_line=first)
+                # RFC 7888 4: the octets will arrive regardless; we cannot skip
+                # a literal of any size safely, so the connection ends.
+                return Rejected(tag, "BAD", "TOOBIG", "Non-synchronizing literal too large", fatal=True)
+            cmd.total += size
+            cmd.literal_left = size
+            if size == 0:
+                cmd.literals.append(b"")
+            if sync:
+                return ContinuationNeeded(cmd.segments[0])

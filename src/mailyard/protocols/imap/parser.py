@@ -1,0 +1,543 @@
+"""The IMAP command grammar (RFC 9051 section 9; RFC 3501 for rev1 forms).
+
+``parse_command(segments, literals, utf8)`` turns one assembled command into
+a dataclass from commands.py or raises ParseError (tagged BAD) / TagError
+(untagged BAD: not even a tag could be read). Extensions covered: LITERAL+
+(RFC 7888), UIDPLUS (RFC 4315), MOVE (RFC 6851), CONDSTORE/QRESYNC (RFC 7162),
+ESEARCH (RFC 4731), SEARCHRES "$" (RFC 5182), LIST-EXTENDED (RFC 5258),
+LIST-STATUS (RFC 5819), SPECIAL-USE (RFC 6154), BINARY (RFC 3516),
+MULTIAPPEND (RFC 3502), ID (RFC 2971), WITHIN (RFC 5032).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import calendar
+import datetime as dt
+
+from . import commands as c
+from . import utf7
+from .reader import ParseError, Reader
+from .search_parser import parse_search_program
+
+__all__ = ["ParseError", "TagError", "parse_command", "parse_sequence_set", "parse_tag"]
+
+# RFC 9051 9: tag = 1*<any ASTRING-CHAR except "+">
+_TAG_CHARS = frozenset(
+    c for c in range(0x21, 0x7F) if c not in b'(){%*"\\+'
+)
+
+MONTHS = {m.upper(): i for i, m in enumerate(calendar.month_abbr) if m}
+
+
+class TagError(ParseError):
+    """The line does not start with a valid tag: answered with ``* BAD``."""
+
+
+def parse_tag(line: bytes) -> tuple[str, int]:
+    """The tag of a command line and the offset after it."""
+    i = 0
+    while i < len(line) and line[i] in _TAG_CHARS:
+        i += 1
+    if i == 0 or (i < len(line) and line[i] != 0x20):
+        raise TagError("invalid tag")
+    return line[:i].decode("ascii"), i
+
+
+# --- mailbox names ---------------------------------------------------------
+def decode_mailbox(data: bytes, utf8: bool) -> str:
+    """A mailbox argument as a UTF-8 str (RFC 9051 5.1, RFC 3501 5.1.3).
+
+    Without UTF-8 mode ASCII names are modified UTF-7; 8-bit names are taken as
+    UTF-8 either way (RFC 6855 3 lets servers accept them). "INBOX" is
+    case-insensitive, including as the head of a hierarchy.
+    """
+    text = Reader.text(data)
+    if not utf8 and text.isascii():
+        try:
+            text = utf7.decode(text)
+        except utf7.UTF7Error as exc:
+            raise ParseError(f"invalid modified UTF-7 mailbox name: {exc}") from exc
+    if text.upper() == "INBOX":
+        return "INBOX"
+    if text[:6].upper() == "INBOX/":
+        return "INBOX/" + text[6:]
+    return text
+
+
+def _mailbox(r: Reader, utf8: bool) -> str:
+    return decode_mailbox(r.astring_bytes(), utf8)
+
+
+# --- sequence sets ---------------------------------------------------------
+def _seq_number(r: Reader) -> int | None:
+    if r.maybe(b"*"):
+        return None
+    return r.nz_number()
+
+
+def parse_sequence_set(r: Reader) -> c.SequenceSet:
+    """sequence-set (RFC 9051 9) or "$" (RFC 5182)."""
+    if r.maybe(b"$"):
+        return c.SequenceSet(saved=True)
+    ranges: list[tuple[int | None, int | None]] = []
+    while True:
+        lo = _seq_number(r)
+        hi = _seq_number(r) if r.maybe(b":") else lo
+        ranges.append((lo, hi))
+        if not r.maybe(b","):
+            return c.SequenceSet(tuple(ranges))
+
+
+# --- dates -----------------------------------------------------------------
+def parse_date(r: Reader) -> dt.date:
+    """date = date-text / DQUOTE date-text DQUOTE; date-text = d[d]-Mon-yyyy."""
+    quoted = r.maybe(b'"')
+    day = r.number()
+    r.expect(b"-")
+    month = MONTHS.get(r.buf[r.pos : r.pos + 3].decode("latin-1").upper())
+    if month is None:
+        raise ParseError("bad month")
+    r.pos += 3
+    r.expect(b"-")
+    start = r.pos
+    year = r.number()
+    if r.pos - start != 4:
+        raise ParseError("bad year")
+    if quoted:
+        r.expect(b'"')
+    try:
+        return dt.date(year, month, day)
+    except ValueError as exc:
+        raise ParseError("bad date") from exc
+
+
+def parse_date_time(r: Reader) -> float:
+    """date-time = DQUOTE date-day-fixed "-" date-month "-" date-year SP time SP zone DQUOTE."""
+    r.expect(b'"')
+    if r.peek() == 0x20:
+        r.pos += 1
+    day = r.number()
+    r.expect(b"-")
+    month = MONTHS.get(r.buf[r.pos : r.pos + 3].decode("latin-1").upper())
+    if month is None:
+        raise ParseError("bad month")
+    r.pos += 3
+    r.expect(b"-")
+    year = r.number()
+    r.sp()
+    raw = r.buf[r.pos : r.pos + 8]
+    r.pos += 8
+    try:
+        hh, mm, ss = (int(x) for x in raw.split(b":"))
+    except ValueError as exc:
+        raise ParseError("bad time") from exc
+    r.sp()
+    zone = r.buf[r.pos : r.pos + 5]
+    r.pos += 5
+    if len(zone) != 5 or zone[:1] not in (b"+", b"-") or not zone[1:].isdigit():
+        raise ParseError("bad zone")
+    r.expect(b'"')
+    offset = int(zone[1:3]) * 3600 + int(zone[3:5]) * 60
+    if zone[:1] == b"-":
+        offset = -offset
+    try:
+        local = dt.datetime(year, month, day, hh, mm, ss, tzinfo=dt.timezone(dt.timedelta(seconds=offset)))
+    except ValueError as exc:
+        raise ParseError("bad date-time") from exc
+    return local.timestamp()
+
+
+# --- flags -----------------------------------------------------------------
+def parse_flag(r: Reader) -> str:
+    """flag = "\\" atom (system flag / flag-extension) / atom (keyword)."""
+    if r.maybe(b"\\"):
+        return "\\" + r.atom()
+    return r.atom()
+
+
+def parse_flag_list(r: Reader) -> tuple[str, ...]:
+    """flag-list = "(" [flag *(SP flag)] ")"."""
+    r.open()
+    flags: list[str] = []
+    if not r.close():
+        while True:
+            flags.append(parse_flag(r))
+            if r.close():
+                break
+            r.sp()
+    return tuple(flags)
+
+
+# --- commands --------------------------------------------------------------
+def parse_command(segments: list[bytes], literals: list[bytes], utf8: bool = False) -> c.Command:
+    """Parse one full command (tag, name, arguments)."""
+    r = Reader(segments, literals)
+    tag, r.pos = parse_tag(r.buf)
+    r.sp()
+    name = r.atom().upper()
+    uid = False
+    if name == "UID":
+        r.sp()
+        name = r.atom().upper()
+        if name not in _UID_COMMANDS:
+            raise ParseError(f"UID {name} is not a UID command")
+        uid = True
+    handler = _HANDLERS.get(name)
+    if handler is None:
+        raise ParseError(f'No such command as "{name[:40]}"')
+    cmd = handler(r, tag, name, utf8)
+    if name == "EXPUNGE" and uid != isinstance(cmd, c.UidExpunge):
+        raise ParseError("UID EXPUNGE takes a UID set; EXPUNGE takes no argument")
+    cmd.uid = uid
+    r.end()
+    return cmd
+
+
+_UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
+
+
+def _simple(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    if name == "EXPUNGE" and r.peek() == 0x20:
+        # UID EXPUNGE uid-set (RFC 4315 2.1); plain EXPUNGE takes no argument
+        r.sp()
+        return c.UidExpunge(tag=tag, name=name, sequence_set=parse_sequence_set(r))
+    return c.Simple(tag=tag, name=name)
+
+
+def _login(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    r.sp()
+    user = r.astring()
+    r.sp()
+    password = r.astring()
+    return c.Login(tag=tag, name=name, userid=user, password=password)
+
+
+def _authenticate(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    r.sp()
+    mech = r.atom().upper()
+    initial = None
+    if r.peek() == 0x20:
+        r.sp()
+        # RFC 4959: initial-resp = base64 / "=" (empty response)
+        initial = r._take(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+        if not initial:
+            raise ParseError("expected initial response")
+    return c.Authenticate(tag=tag, name=name, mechanism=mech, initial_response=initial)
+
+
+def decode_base64(raw: bytes) -> bytes:
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ParseError("invalid base64") from exc
+
+
+def _enable(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    caps: list[str] = []
+    while r.peek() == 0x20:
+        r.sp()
+        caps.append(r.atom().upper())
+    if not caps:
+        raise ParseError("ENABLE needs a capability")
+    return c.Enable(tag=tag, name=name, capabilities=tuple(caps))
+
+
+def _id(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    # RFC 2971 4: id_params_list ::= "(" #(string SPACE nstring) ")" / nil
+    r.sp()
+    if r.maybe(b"NIL"):
+        return c.Id(tag=tag, name=name, params=None)
+    r.open()
+    params: dict[str, str | None] = {}
+    if not r.close():
+        while True:
+            key = r.string()
+            r.sp()
+            params[key[:30]] = r.nstring()
+            if len(params) > 30:
+                raise ParseError("too many ID fields")
+            if r.close():
+                break
+            r.sp()
+    return c.Id(tag=tag, name=name, params=params)
+
+
+def _select(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    r.sp()
+    cmd = c.Select(tag=tag, name=name, mailbox=_mailbox(r, utf8), readonly=name == "EXAMINE")
+    if r.peek() == 0x20:
+        # RFC 4466 2.1 select-params; RFC 7162 3.1.8 CONDSTORE, 3.2.5 QRESYNC
+        r.sp()
+        r.open()
+        while True:
+            param = r.atom().upper()
+            if param == "CONDSTORE":
+                cmd.condstore = True
+            elif param == "QRESYNC":
+                r.sp()
+                cmd.qresync = _qresync(r)
+            else:
+                raise ParseError(f"unknown SELECT parameter {param[:20]}")
+            if r.close():
+                break
+            r.sp()
+    return cmd
+
+
+def _qresync(r: Reader) -> c.Qresync:
+    r.open()
+    uidv = r.nz_number()
+    r.sp()
+    modseq = r.number()
+    q = c.Qresync(uid_validity=uidv, modseq=modseq)
+    if r.peek() == 0x20:
+        r.sp()
+        if r.peek() != 0x28:
+            q.known_uids = parse_sequence_set(r)
+            if r.peek() == 0x20:
+                r.sp()
+        if r.peek() == 0x28:
+            r.open()
+            seqs = parse_sequence_set(r)
+            r.sp()
+            uids = parse_sequence_set(r)
+            r.expect(b")")
+            q.seq_match = (seqs, uids)
+    r.expect(b")")
+    return q
+
+
+def _mailbox_cmd(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    r.sp()
+    cmd = c.MailboxCommand(tag=tag, name=name, mailbox=_mailbox(r, utf8))
+    if name == "CREATE" and r.peek() == 0x20:
+        # RFC 4466 create-param; RFC 6154 5.2: USE (special-use attrs)
+        r.sp()
+        r.open()
+        while True:
+            param = r.atom().upper()
+            if param != "USE":
+                raise ParseError(f"unknown CREATE parameter {param[:20]}")
+            r.sp()
+            cmd.special_use = parse_flag_list(r)
+            if r.close():
+                break
+            r.sp()
+    return cmd
+
+
+def _rename(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    r.sp()
+    old = _mailbox(r, utf8)
+    r.sp()
+    return c.Rename(tag=tag, name=name, old=old, new=_mailbox(r, utf8))
+
+
+def _list(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    r.sp()
+    cmd = c.List(tag=tag, name=name, reference="", patterns=(), lsub=name == "LSUB")
+    if not cmd.lsub and r.peek() == 0x28:
+        # RFC 5258 list-select-opts
+        cmd.extended = True
+        r.open()
+        opts: list[str] = []
+        if not r.close():
+            while True:
+                opts.append(r.atom().upper())
+                if r.close():
+                    break
+                r.sp()
+        cmd.select_opts = tuple(opts)
+        r.sp()
+    cmd.reference = decode_mailbox(r.astring_bytes(), utf8)
+    r.sp()
+    if not cmd.lsub and r.peek() == 0x28:
+        cmd.extended = True
+        r.open()
+        pats: list[str] = []
+        while True:
+            pats.append(decode_mailbox(r.list_mailbox_bytes(), utf8))
+            if r.close():
+                break
+            r.sp()
+        cmd.patterns = tuple(pats)
+    else:
+        cmd.patterns = (decode_mailbox(r.list_mailbox_bytes(), utf8),)
+    if not cmd.lsub and r.peek() == 0x20:
+        r.sp()
+        r.expect(b"RETURN")
+        r.sp()
+        cmd.extended = True
+        r.open()
+        ret: list[str] = []
+        if not r.close():
+            while True:
+                opt = r.atom().upper()
+                ret.append(opt)
+                if opt == "STATUS":
+                    # RFC 5819: RETURN (STATUS (status-att ...))
+                    r.sp()
+                    cmd.status_items = _status_atts(r)
+                if r.close():
+                    break
+                r.sp()
+        cmd.return_opts = tuple(ret)
+    return cmd
+
+
+STATUS_ITEMS = {"MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT"}
+
+
+def _status_atts(r: Reader) -> tuple[str, ...]:
+    r.open()
+    items: list[str] = []
+    while True:
+        item = r.atom().upper()
+        if item not in STATUS_ITEMS:
+            raise ParseError(f"unknown status item {item[:20]}")
+        items.append(item)
+        if r.close():
+            break
+        r.sp()
+    return tuple(items)
+
+
+def _status(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    r.sp()
+    mailbox = _mailbox(r, utf8)
+    r.sp()
+    return c.Status(tag=tag, name=name, mailbox=mailbox, items=_status_atts(r))
+
+
+def _append(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    r.sp()
+    mailbox = _mailbox(r, utf8)
+    messages: list[c.AppendMessage] = []
+    # RFC 3502 MULTIAPPEND: append-message *(SP append-message)
+    while r.peek() == 0x20:
+        r.sp()
+        flags: tuple[str, ...] = ()
+        date = None
+        if r.peek() == 0x28:
+            flags = parse_flag_list(r)
+            r.sp()
+        if r.peek() == 0x22:
+            date = parse_date_time(r)
+            r.sp()
+        data, is8 = r.literal_any()
+        messages.append(c.AppendMessage(data=data, flags=flags, internal_date=date, binary=is8))
+    if not messages:
+        raise ParseError("APPEND needs a message literal")
+    return c.Append(tag=tag, name=name, mailbox=mailbox, messages=tuple(messages))
+
+
+def _search(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    key, charset, ret = parse_search_program(r)
+    return c.Search(tag=tag, name=name, key=key, charset=charset, return_opts=ret)
+
+
+def _copy(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    r.sp()
+    seqs = parse_sequence_set(r)
+    r.sp()
+    return c.Copy(tag=tag, name=name, sequence_set=seqs, mailbox=_mailbox(r, utf8), move=name == "MOVE")
+
+
+def _store(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    r.sp()
+    seqs = parse_sequence_set(r)
+    r.sp()
+    unchanged = None
+    if r.peek() == 0x28:
+        # RFC 7162 3.1.3: store-modifier UNCHANGEDSINCE
+        r.open()
+        r.expect(b"UNCHANGEDSINCE")
+        r.sp()
+        unchanged = r.number()
+        r.expect(b")")
+        r.sp()
+    mode = "replace"
+    if r.maybe(b"+"):
+        mode = "add"
+    elif r.maybe(b"-"):
+        mode = "remove"
+    r.expect(b"FLAGS")
+    silent = r.maybe(b".SILENT")
+    r.sp()
+    if r.peek() == 0x28:
+        flags = parse_flag_list(r)
+    else:
+        items = [parse_flag(r)]
+        while r.peek() == 0x20:
+            r.sp()
+            items.append(parse_flag(r))
+        flags = tuple(items)
+    return c.Store(
+        tag=tag, name=name, sequence_set=seqs, mode=mode, silent=silent, flags=flags,
+        unchanged_since=unchanged,
+    )
+
+
+def _fetch(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    from .fetch_parser import parse_fetch_atts
+
+    r.sp()
+    seqs = parse_sequence_set(r)
+    r.sp()
+    atts, macro = parse_fetch_atts(r)
+    cmd = c.Fetch(tag=tag, name=name, sequence_set=seqs, atts=atts, macro=macro)
+    if r.peek() == 0x20:
+        # RFC 4466 fetch-modifiers; RFC 7162 CHANGEDSINCE / VANISHED
+        r.sp()
+        r.open()
+        while True:
+            mod = r.atom().upper()
+            if mod == "CHANGEDSINCE":
+                r.sp()
+                cmd.changed_since = r.number()
+            elif mod == "VANISHED":
+                cmd.vanished = True
+            else:
+                raise ParseError(f"unknown FETCH modifier {mod[:20]}")
+            if r.close():
+                break
+            r.sp()
+    return cmd
+
+
+_HANDLERS = {
+    "CAPABILITY": _simple,
+    "NOOP": _simple,
+    "LOGOUT": _simple,
+    "STARTTLS": _simple,
+    "CHECK": _simple,
+    "CLOSE": _simple,
+    "UNSELECT": _simple,
+    "EXPUNGE": _simple,
+    "IDLE": _simple,
+    "NAMESPACE": _simple,
+    "LOGIN": _login,
+    "AUTHENTICATE": _authenticate,
+    "ENABLE": _enable,
+    "ID": _id,
+    "SELECT": _select,
+    "EXAMINE": _select,
+    "CREATE": _mailbox_cmd,
+    "DELETE": _mailbox_cmd,
+    "SUBSCRIBE": _mailbox_cmd,
+    "UNSUBSCRIBE": _mailbox_cmd,
+    "RENAME": _rename,
+    "LIST": _list,
+    "LSUB": _list,
+    "STATUS": _status,
+    "APPEND": _append,
+    "SEARCH": _search,
+    "FETCH": _fetch,
+    "STORE": _store,
+    "COPY": _copy,
+    "MOVE": _copy,
+}
+
+COMMAND_NAMES = frozenset(_HANDLERS)

@@ -1,0 +1,160 @@
+"""Evaluating a search program (RFC 9051 6.4.4) against message data.
+
+Pure: the glue supplies each message's index data and derived header fields,
+the current time (for RFC 5032 OLDER/YOUNGER) and the answers of the full-text
+index for BODY and TEXT keys (store.search_text), so SEARCH never scans bodies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .commands import SearchKey, SequenceSet
+
+
+@dataclass(slots=True)
+class SearchMessage:
+    seq: int
+    uid: int
+    flags: frozenset[str]
+    internal_date: float
+    size: int
+    modseq: int
+    # lower-case field name -> decoded values; None when no key needs them
+    headers: Mapping[str, Sequence[str]] | None = None
+
+
+@dataclass
+class SearchContext:
+    max_seq: int
+    max_uid: int
+    now: float = 0.0
+    saved: frozenset[int] = frozenset()  # RFC 5182 "$": UIDs of the saved result
+    text_hits: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+
+
+def walk(key: SearchKey) -> Iterator[SearchKey]:
+    yield key
+    for arg in key.args:
+        if isinstance(arg, SearchKey):
+            yield from walk(arg)
+
+
+_HEADER_KEYS = {"FROM", "TO", "CC", "BCC", "SUBJECT", "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE"}
+
+
+def needs_headers(key: SearchKey) -> bool:
+    return any(k.name in _HEADER_KEYS for k in walk(key))
+
+
+def text_queries(key: SearchKey) -> set[tuple[str, str]]:
+    """(BODY|TEXT, string) pairs to answer from the full-text index first."""
+    return {(k.name, k.args[0]) for k in walk(key) if k.name in ("BODY", "TEXT")}
+
+
+def uses_modseq(key: SearchKey) -> bool:
+    return any(k.name == "MODSEQ" for k in walk(key))
+
+
+def _utc_date(ts: float) -> dt.date:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).date()
+
+
+def _sent_date(headers: Mapping[str, Sequence[str]]) -> dt.date | None:
+    # RFC 9051 6.4.4 SENT*: the Date header, "disregarding time and timezone"
+    for value in headers.get("date", ()):
+        try:
+            return email.utils.parsedate_to_datetime(value).date()
+        except (TypeError, ValueError, IndexError):
+            return None
+    return None
+
+
+def _contains(values: Sequence[str] | None, needle: str) -> bool:
+    # RFC 9051 6.4.4: case-insensitive substring match
+    if not values:
+        return False
+    n = needle.casefold()
+    return any(n in v.casefold() for v in values)
+
+
+def _in_set(s: SequenceSet, n: int, largest: int, saved: frozenset[int] | None = None) -> bool:
+    if s.saved:
+        return saved is not None and n in saved
+    return s.contains(n, largest)
+
+
+def matches(key: SearchKey, m: SearchMessage, ctx: SearchContext) -> bool:
+    """Does message ``m`` satisfy ``key``?"""
+    return _EVAL[key.name](key, m, ctx)
+
+
+def _hdr(name: str) -> Callable[[SearchKey, SearchMessage, SearchContext], bool]:
+    def ev(k: SearchKey, m: SearchMessage, c: SearchContext) -> bool:
+        return _contains((m.headers or {}).get(name), k.args[0])
+
+    return ev
+
+
+def _header(k: SearchKey, m: SearchMessage, c: SearchContext) -> bool:
+    values = (m.headers or {}).get(k.args[0].lower())
+    if k.args[1] == "":
+        return values is not None  # RFC 9051 6.4.4: empty string matches presence
+    return _contains(values, k.args[1])
+
+
+def _sent(cmp: Callable[[dt.date, dt.date], bool]) -> Callable[[SearchKey, SearchMessage, SearchContext], bool]:
+    def ev(k: SearchKey, m: SearchMessage, c: SearchContext) -> bool:
+        d = _sent_date(m.headers or {})
+        return d is not None and cmp(d, k.args[0])
+
+    return ev
+
+
+def _seq(k: SearchKey, m: SearchMessage, c: SearchContext) -> bool:
+    s: SequenceSet = k.args[0]
+    if s.saved:
+        return m.uid in c.saved
+    return s.contains(m.seq, c.max_seq)
+
+
+def _uid(k: SearchKey, m: SearchMessage, c: SearchContext) -> bool:
+    s: SequenceSet = k.args[0]
+    if s.saved:
+        return m.uid in c.saved
+    return s.contains(m.uid, c.max_uid)
+
+
+_EVAL: dict[str, Callable[[SearchKey, SearchMessage, SearchContext], bool]] = {
+    "ALL": lambda k, m, c: True,
+    "NONE": lambda k, m, c: False,
+    "AND": lambda k, m, c: all(matches(x, m, c) for x in k.args),
+    "OR": lambda k, m, c: matches(k.args[0], m, c) or matches(k.args[1], m, c),
+    "NOT": lambda k, m, c: not matches(k.args[0], m, c),
+    # flags compare case-insensitively (RFC 9051 2.3.2 keywords are case-insensitive)
+    "FLAG": lambda k, m, c: k.args[0].lower() in {f.lower() for f in m.flags},
+    "FROM": _hdr("from"),
+    "TO": _hdr("to"),
+    "CC": _hdr("cc"),
+    "BCC": _hdr("bcc"),
+    "SUBJECT": _hdr("subject"),
+    "HEADER": _header,
+    "BODY": lambda k, m, c: m.uid in c.text_hits.get(("BODY", k.args[0]), ()),
+    "TEXT": lambda k, m, c: m.uid in c.text_hits.get(("TEXT", k.args[0]), ()),
+    "BEFORE": lambda k, m, c: _utc_date(m.internal_date) < k.args[0],
+    "ON": lambda k, m, c: _utc_date(m.internal_date) == k.args[0],
+    "SINCE": lambda k, m, c: _utc_date(m.internal_date) >= k.args[0],
+    "SENTBEFORE": _sent(lambda d, x: d < x),
+    "SENTON": _sent(lambda d, x: d == x),
+    "SENTSINCE": _sent(lambda d, x: d >= x),
+    "LARGER": lambda k, m, c: m.size > k.args[0],
+    "SMALLER": lambda k, m, c: m.size < k.args[0],
+    "OLDER": lambda k, m, c: c.now - m.internal_date >= k.args[0],  # RFC 5032
+    "YOUNGER": lambda k, m, c: c.now - m.internal_date <= k.args[0],
+    "MODSEQ": lambda k, m, c: m.modseq >= k.args[0],  # RFC 7162 3.1.5
+    "SEQ": _seq,
+    "UID": _uid,
+}

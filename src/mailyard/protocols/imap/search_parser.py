@@ -1,0 +1,133 @@
+"""SEARCH program grammar (RFC 9051 6.4.4 and 9 "search-key").
+
+Keys are normalised so the evaluator (search.py) has few cases: flag keys
+become FLAG / NOT FLAG, rev1's NEW/OLD/RECENT map onto "no \\Recent flag"
+(RFC 9051 removed \\Recent; a rev2 server never sets it).
+"""
+
+from __future__ import annotations
+
+from .commands import SearchKey
+from .reader import ParseError, Reader
+
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True),
+    "DELETED": ("\\Deleted", True),
+    "DRAFT": ("\\Draft", True),
+    "FLAGGED": ("\\Flagged", True),
+    "SEEN": ("\\Seen", True),
+    "UNANSWERED": ("\\Answered", False),
+    "UNDELETED": ("\\Deleted", False),
+    "UNDRAFT": ("\\Draft", False),
+    "UNFLAGGED": ("\\Flagged", False),
+    "UNSEEN": ("\\Seen", False),
+}
+_STRING_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+_NUMBER_KEYS = {"LARGER", "SMALLER", "OLDER", "YOUNGER"}  # OLDER/YOUNGER: RFC 5032
+RETURN_OPTIONS = {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
+MAX_DEPTH = 50
+
+
+def _flag(name: str, present: bool) -> SearchKey:
+    key = SearchKey("FLAG", (name,))
+    return key if present else SearchKey("NOT", (key,))
+
+
+def parse_search_program(r: Reader) -> tuple[SearchKey, str | None, tuple[str, ...] | None]:
+    """[SP search-return-opts] [SP "CHARSET" SP charset] 1*(SP search-key)."""
+    ret: tuple[str, ...] | None = None
+    charset = None
+    r.sp()
+    if r.maybe(b"RETURN "):
+        # RFC 4731 3: search-return-opts; "RETURN ()" means ALL
+        r.open()
+        opts: list[str] = []
+        if not r.close():
+            while True:
+                opt = r.atom().upper()
+                if opt not in RETURN_OPTIONS:
+                    raise ParseError(f"unknown RETURN option {opt[:20]}")
+                opts.append(opt)
+                if r.close():
+                    break
+                r.sp()
+        ret = tuple(opts) or ("ALL",)
+        r.sp()
+    if r.peek_upper(8) == b"CHARSET ":
+        r.pos += 8
+        charset = r.astring().upper()
+        r.sp()
+    keys = [parse_search_key(r, 0)]
+    while r.peek() == 0x20:
+        r.sp()
+        keys.append(parse_search_key(r, 0))
+    key = keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
+    return key, charset, ret
+
+
+def parse_search_key(r: Reader, depth: int) -> SearchKey:
+    from .parser import parse_date, parse_flag, parse_sequence_set
+
+    if depth > MAX_DEPTH:
+        raise ParseError("search program nested too deeply")
+    ch = r.peek()
+    if ch == 0x28:
+        r.open()
+        keys = [parse_search_key(r, depth + 1)]
+        while not r.close():
+            r.sp()
+            keys.append(parse_search_key(r, depth + 1))
+        return keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
+    if ch is not None and (0x30 <= ch <= 0x39 or ch in b"*$"):
+        return SearchKey("SEQ", (parse_sequence_set(r),))
+    name = r.atom().upper()
+    if name == "ALL":
+        return SearchKey("ALL")
+    if name in _FLAG_KEYS:
+        return _flag(*_FLAG_KEYS[name])
+    if name in ("NEW", "RECENT"):
+        return SearchKey("NONE")  # no message is \Recent (RFC 9051 appendix E)
+    if name == "OLD":
+        return SearchKey("ALL")
+    if name in ("KEYWORD", "UNKEYWORD"):
+        r.sp()
+        flag = parse_flag(r)
+        return _flag(flag, name == "KEYWORD")
+    if name in _STRING_KEYS:
+        r.sp()
+        return SearchKey(name, (r.astring(),))
+    if name in _DATE_KEYS:
+        r.sp()
+        return SearchKey(name, (parse_date(r),))
+    if name in _NUMBER_KEYS:
+        r.sp()
+        return SearchKey(name, (r.number(),))
+    if name == "HEADER":
+        r.sp()
+        field = r.astring()
+        r.sp()
+        return SearchKey("HEADER", (field, r.astring()))
+    if name == "NOT":
+        r.sp()
+        return SearchKey("NOT", (parse_search_key(r, depth + 1),))
+    if name == "OR":
+        r.sp()
+        a = parse_search_key(r, depth + 1)
+        r.sp()
+        return SearchKey("OR", (a, parse_search_key(r, depth + 1)))
+    if name == "UID":
+        r.sp()
+        return SearchKey("UID", (parse_sequence_set(r),))
+    if name == "MODSEQ":
+        # RFC 7162 3.1.5: MODSEQ [SP entry-name SP entry-type-req] SP mod-sequence-valzer
+        r.sp()
+        if r.peek() == 0x22:
+            r.string()
+            r.sp()
+            kind = r.atom().lower()
+            if kind not in ("priv", "shared", "all"):
+                raise ParseError("bad MODSEQ entry type")
+            r.sp()
+        return SearchKey("MODSEQ", (r.number(),))
+    raise ParseError(f"unknown search key {name[:20]}")

@@ -1,0 +1,193 @@
+"""The sans-I/O IMAP engine, byte for byte (RFC 9051 sections 2.2, 3, 5.5, 7)."""
+
+from __future__ import annotations
+
+from mailyard.protocols.imap import commands as c
+from mailyard.protocols.imap.engine import (
+    CLOSED,
+    NEED_DATA,
+    AuthResponse,
+    IdleDone,
+    ImapEngine,
+    State,
+)
+from mailyard.protocols.imap.framing import Limits
+from mailyard.protocols.imap.response import Atom, Mailbox
+
+
+def started(**kw) -> ImapEngine:
+    e = ImapEngine(**kw)
+    e.greeting("IMAP4rev2 Service Ready", code="CAPABILITY IMAP4rev2 IMAP4rev1")
+    assert e.data_to_send() == b"* OK [CAPABILITY IMAP4rev2 IMAP4rev1] IMAP4rev2 Service Ready\r\n"
+    return e
+
+
+def test_rfc9051_7_6_literal_continuation_and_bad_command() -> None:
+    # RFC 9051 7.6 example, byte for byte
+    e = started()
+    e.receive_data(b"A001 LOGIN {11}\r\n")
+    assert e.next_event() is NEED_DATA
+    assert e.data_to_send() == b"+ Ready for literal data\r\n"
+    e.receive_data(b"FRED FOOBAR {7}\r\n")
+    assert e.next_event() is NEED_DATA
+    assert e.data_to_send() == b"+ Ready for literal data\r\n"
+    e.receive_data(b"fat man\r\n")
+    ev = e.next_event()
+    assert isinstance(ev, c.Login) and (ev.userid, ev.password) == ("FRED FOOBAR", "fat man")
+    e.complete("OK", "LOGIN completed")
+    assert e.data_to_send() == b"A001 OK LOGIN completed\r\n"
+    assert e.state is State.AUTHENTICATED
+    e.receive_data(b"A044 BLURDYBLOOP {102856}\r\n")
+    assert e.next_event() is NEED_DATA
+    assert e.data_to_send() == b'A044 BAD No such command as "BLURDYBLOOP"\r\n'
+    # the session stays usable
+    e.receive_data(b"A045 NOOP\r\n")
+    assert isinstance(e.next_event(), c.Simple)
+
+
+def test_huge_literal_refused_before_reading() -> None:
+    e = started()
+    e.receive_data(b"a1 LOGIN {10000000000}\r\n")
+    assert e.next_event() is NEED_DATA
+    assert e.data_to_send() == b"a1 BAD Literal too large\r\n"
+    assert len(e.framer.buffer) == 0
+    e.state = State.AUTHENTICATED
+    e.receive_data(b"a2 APPEND INBOX {10000000000}\r\n")
+    assert e.next_event() is NEED_DATA
+    assert e.data_to_send() == b"a2 NO [TOOBIG] Message too large\r\n"
+    # non-synchronising: the octets are on their way, so the connection ends
+    e.receive_data(b"a3 APPEND INBOX {10000000000+}\r\n")
+    assert e.next_event() is CLOSED
+    assert e.data_to_send() == (
+        b"a3 BAD [TOOBIG] Non-synchronizing literal too large\r\n* BYE Too much data; closing connection\r\n"
+    )
+
+
+def test_literal_plus_needs_no_continuation() -> None:
+    e = started(limits=Limits(max_append=100))
+    e.state = State.AUTHENTICATED
+    e.receive_data(b"a APPEND INBOX (\\Seen) {5+}\r\nhello\r\n")
+    ev = e.next_event()
+    assert isinstance(ev, c.Append) and ev.messages[0].data == b"hello"
+    assert e.data_to_send() == b""
+
+
+def test_states_and_pipelining_in_order() -> None:
+    e = started()
+    e.receive_data(b"a1 SELECT INBOX\r\na2 LOGIN u p\r\na3 SELECT INBOX\r\na4 FETCH 1 FLAGS\r\na5 CLOSE\r\n")
+    ev = e.next_event()  # SELECT before login: BAD, then LOGIN
+    assert isinstance(ev, c.Login)
+    assert e.data_to_send() == b"a1 BAD SELECT is not valid in the not authenticated state\r\n"
+    assert e.next_event() is NEED_DATA  # busy until the result arrives
+    e.complete("OK", "LOGIN completed")
+    ev = e.next_event()
+    assert isinstance(ev, c.Select)
+    e.untagged(3, Atom("EXISTS"))
+    e.untagged_status("OK", "UIDs valid", "UIDVALIDITY 3857529045")
+    e.complete("OK", "SELECT completed", "READ-WRITE")
+    assert e.state is State.SELECTED
+    ev = e.next_event()
+    assert isinstance(ev, c.Fetch)
+    e.untagged(1, Atom("FETCH"), [Atom("FLAGS"), [Atom("\\Seen")], Atom("UID"), 4])
+    e.complete("OK", "FETCH completed")
+    ev = e.next_event()
+    e.complete("OK", "CLOSE completed")
+    assert e.state is State.AUTHENTICATED
+    assert e.data_to_send() == (
+        b"a2 OK LOGIN completed\r\n"
+        b"* 3 EXISTS\r\n"
+        b"* OK [UIDVALIDITY 3857529045] UIDs valid\r\n"
+        b"a3 OK [READ-WRITE] SELECT completed\r\n"
+        b"* 1 FETCH (FLAGS (\\Seen) UID 4)\r\n"
+        b"a4 OK FETCH completed\r\n"
+        b"a5 OK CLOSE completed\r\n"
+    )
+
+
+def test_failed_select_deselects() -> None:
+    e = started()
+    e.state = State.SELECTED
+    e.receive_data(b"a SELECT nosuch\r\n")
+    e.next_event()
+    e.complete("NO", "Mailbox does not exist", "NONEXISTENT")
+    assert e.state is State.AUTHENTICATED
+    assert e.data_to_send() == b"a NO [NONEXISTENT] Mailbox does not exist\r\n"
+
+
+def test_syntax_errors_are_bad_and_session_survives() -> None:
+    e = started()
+    e.receive_data(b"a1 LOGIN\r\n+++\r\na2 NOOP extra\r\na3 NOOP\r\n")
+    ev = e.next_event()
+    assert isinstance(ev, c.Simple) and ev.tag == "a3"
+    assert e.data_to_send() == (
+        b"a1 BAD Syntax error: expected SP\r\n"
+        b"* BAD Invalid tag\r\n"
+        b"a2 BAD Syntax error: unexpected text after command\r\n"
+    )
+
+
+def test_too_many_bad_commands_bye() -> None:
+    e = started(max_bad=3)
+    e.receive_data(b"a X\r\nb X\r\nc X\r\nd NOOP\r\n")
+    assert e.next_event() is CLOSED
+    assert e.data_to_send().endswith(b"* BYE Too many invalid commands\r\n")
+
+
+def test_line_too_long() -> None:
+    e = started(limits=Limits(max_line=20))
+    e.receive_data(b"a1 NOOP " + b"x" * 30)
+    assert e.next_event() is NEED_DATA
+    assert e.data_to_send() == b"* BAD Line too long\r\n"
+    e.receive_data(b"yyy\r\na2 NOOP\r\n")
+    ev = e.next_event()
+    assert ev.tag == "a2"
+
+
+def test_authenticate_exchange() -> None:
+    e = started()
+    e.receive_data(b"a AUTHENTICATE PLAIN\r\n")
+    ev = e.next_event()
+    assert isinstance(ev, c.Authenticate) and ev.initial_response is None
+    e.continuation(b"")
+    assert e.data_to_send() == b"+ \r\n"
+    e.receive_data(b"AGZyZWQAZmF0IG1hbg==\r\n")
+    ev = e.next_event()
+    assert ev == AuthResponse("a", b"AGZyZWQAZmF0IG1hbg==")
+    e.complete("OK", "Success")
+    assert e.state is State.AUTHENTICATED
+
+
+def test_idle_done() -> None:
+    # RFC 2177 section 3 example shape
+    e = started()
+    e.state = State.SELECTED
+    e.receive_data(b"A002 IDLE\r\n")
+    ev = e.next_event()
+    assert ev.name == "IDLE"
+    e.start_idle()
+    e.untagged(4, Atom("EXISTS"))
+    e.receive_data(b"DONE\r\n")
+    assert e.next_event() == IdleDone("A002", True)
+    e.complete("OK", "IDLE terminated")
+    assert e.data_to_send() == b"+ idling\r\n* 4 EXISTS\r\nA002 OK IDLE terminated\r\n"
+
+
+def test_logout() -> None:
+    e = started()
+    e.receive_data(b"A023 LOGOUT\r\n")
+    e.next_event()
+    e.bye("IMAP4rev2 Server logging out") if False else e.untagged_status("BYE", "IMAP4rev2 Server logging out")
+    e.complete("OK", "LOGOUT completed")
+    assert e.next_event() is CLOSED
+    assert e.data_to_send() == b"* BYE IMAP4rev2 Server logging out\r\nA023 OK LOGOUT completed\r\n"
+
+
+def test_utf8_mode_after_enable() -> None:
+    e = started()
+    e.state = State.AUTHENTICATED
+    e.untagged(Atom("LIST"), [], "/", Mailbox("台北"))
+    e.enable(["IMAP4REV2"])
+    e.untagged(Atom("LIST"), [], "/", Mailbox("台北"))
+    assert e.data_to_send() == b'* LIST () "/" "&U,BTFw-"\r\n' + '* LIST () "/" "台北"\r\n'.encode()
+    e.receive_data("a CREATE 台北/&x\r\n".encode())
+    assert e.next_event().mailbox == "台北/&x"
