@@ -1,0 +1,142 @@
+"""Header-field helpers shared by the message layer.
+
+What: turn raw header bytes into text, decode RFC 2047 encoded words, unfold,
+split a header block into fields, and refuse CR/LF in caller-supplied values.
+
+Why here: every other module (address, derived, compose) needs the same
+tolerant rules, and "tolerant" must mean the same thing everywhere: a broken
+encoded word or an unknown charset yields the best text we can get, never an
+exception, because these run on mail from strangers.
+"""
+
+from __future__ import annotations
+
+import re
+from email import _header_value_parser as hvp
+
+__all__ = [
+    "bytes_to_text",
+    "check_header_value",
+    "check_header_name",
+    "decode_words",
+    "split_fields",
+    "unfold",
+]
+
+# RFC 5322 2.2: field-name = 1*ftext; ftext = %d33-57 / %d59-126 (printable, no colon).
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
+_FIELD_NAME_STR = re.compile(r"[\x21-\x39\x3b-\x7e]+\Z")
+# RFC 5322 2.2.3: unfolding removes each CRLF that is followed by WSP.
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+def bytes_to_text(raw: bytes) -> str:
+    """Raw header bytes as text: UTF-8 when valid (RFC 6532), else latin-1.
+
+    Latin-1 maps each byte to one code point, so it never fails and keeps the
+    byte count; unlike ``surrogateescape`` the result is always valid Unicode,
+    which JSON in SQLite and PostgreSQL (jsonb rejects lone surrogates) can store.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def unfold(value: str) -> str:
+    """RFC 5322 2.2.3: remove the CRLF of folded lines (the WSP after it stays);
+    stray CR or LF that do not introduce a fold become a space."""
+    value = _FOLD.sub("", value)
+    if "\r" in value or "\n" in value:
+        value = value.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+    return value
+
+
+def _clean(text: str) -> str:
+    # Undecodable bytes inside encoded words come back as surrogates; replace them
+    # so the result is valid Unicode (U+FFFD), as bytes_to_text promises.
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def decode_words(value: str) -> str:
+    """Decode RFC 2047 encoded words in an unstructured value (Subject, a display
+    name, ...) to text, tolerantly.
+
+    Uses the stdlib's tolerant unstructured parser: adjacent encoded words
+    separated only by white space are joined (RFC 2047 6.2), unknown charsets
+    and broken base64/quoted-printable give replacement characters instead of
+    an exception. Folding is removed first.
+    """
+    value = unfold(value)
+    if "=?" not in value:
+        return value.strip()
+    try:
+        return _clean(str(hvp.get_unstructured(value))).strip()
+    except Exception:  # the stdlib parser has had crash bugs; never let one escape
+        return value.strip()
+
+
+def split_fields(block: bytes) -> list[tuple[str, bytes]]:
+    """Split a raw header block into ``(name, raw_value)`` fields.
+
+    RFC 5322 2.2: a field is ``name ":" value`` on one line plus any
+    continuation lines starting with WSP. The value keeps its folding and loses
+    only the final line break. Lines that are neither a field nor a
+    continuation (no colon, 8-bit name) are skipped: this is tolerant reading
+    for indexing, the exact bytes stay in the stored message. ``From `` mbox
+    separator lines are skipped too. Names are returned as ASCII text.
+    """
+    fields: list[tuple[str, bytes]] = []
+    name: str | None = None
+    chunks: list[bytes] = []
+
+    def flush() -> None:
+        if name is not None:
+            value = b"".join(chunks)
+            if value.endswith(b"\n"):
+                value = value[:-2] if value.endswith(b"\r\n") else value[:-1]
+            fields.append((name, value))
+
+    for line in block.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if name is not None:
+                chunks.append(line)
+            continue
+        if not line.strip():
+            continue
+        colon = line.find(b":")
+        head = line[:colon].rstrip(b" \t") if colon > 0 else b""
+        flush()
+        name = None
+        chunks = []
+        if head and _FIELD_NAME.fullmatch(head):
+            name = head.decode("ascii")
+            # RFC 5322 2.2: the value starts after the colon; one leading space
+            # is conventional, keep it out of the value.
+            rest = line[colon + 1 :]
+            chunks = [rest[1:] if rest[:1] == b" " else rest]
+    flush()
+    return fields
+
+
+def check_header_value(value: str, what: str = "header value") -> str:
+    """Refuse CR, LF (and NUL) in a value a caller wants to put in a header.
+
+    A CR or LF would let the caller start a new header field or end the header
+    section (header injection); RFC 5322 2.2 allows them only as part of folding,
+    which the generator does itself.
+    """
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"{what} must not contain CR, LF or NUL: {value!r}")
+    return value
+
+
+def check_header_name(name: str) -> str:
+    """RFC 5322 2.2: a field name is printable US-ASCII except colon."""
+    if not _FIELD_NAME_STR.match(name):
+        raise ValueError(f"invalid header field name: {name!r}")
+    return name
