@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 __all__ = ["Reply", "format_reply"]
 
@@ -59,7 +60,15 @@ class Reply:
 
     def to_bytes(self, enhanced_codes: bool) -> bytes:
         """Render the reply; ``enhanced_codes`` says whether ENHANCEDSTATUSCODES is on."""
-        return format_reply(self.code, self.enhanced if enhanced_codes else None, self.lines)
+        lines = self.lines
+        assert isinstance(lines, tuple)
+        return _format_cached(self.code, self.enhanced if enhanced_codes else None, lines)
+
+
+@lru_cache(maxsize=512)
+def _format_cached(code: int, enhanced: str | None, lines: tuple[str, ...]) -> bytes:
+    # Most replies are a handful of constants; formatting them once is cheaper.
+    return format_reply(code, enhanced, lines)
 
 
 def format_reply(code: int, enhanced: str | None, lines: Sequence[str]) -> bytes:

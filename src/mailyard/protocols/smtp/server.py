@@ -139,6 +139,7 @@ class SMTPServerEngine:
         self.config = config if config is not None else ServerConfig()
         self.tls_active = tls_active  # True on implicit-TLS listeners (RFC 8314)
         self.authenticated: str | None = None  # SASL identity once AUTH succeeded
+        self._auth_identity = ""
         self.helo_name: str | None = None
         self._extras: tuple[str, ...] = tuple(self.config.extensions_extra)
         self._state = State.CONNECTED
@@ -646,7 +647,7 @@ class SMTPServerEngine:
             return
         self._state = State.READY
         if reply.is_positive:
-            self.authenticated = getattr(self, "_auth_identity", "")
+            self.authenticated = self._auth_identity
 
     def _answered_starttls(self, event: StartTLSReceived, reply: Reply) -> None:
         if not reply.is_positive:
