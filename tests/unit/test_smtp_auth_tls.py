@@ -207,3 +207,17 @@ def test_set_extensions_extra_per_session():
     assert ehlo(e).endswith(b"250-AUTH PLAIN\r\n250 HELP\r\n")
     e.receive_data(b"AUTH PLAIN =\r\n")
     assert e.next_event() == AuthReceived("PLAIN", "")
+
+
+def test_overlong_sasl_line_ends_exchange():
+    e = SMTPServerEngine(SUBMISSION)
+    ehlo(e)
+    e.receive_data(b"AUTH LOGIN\r\n")
+    e.next_event()
+    e.auth_challenge("VXNlcm5hbWU6")
+    e.receive_data(b"A" * 13000 + b"\r\nNOOP\r\n")
+    assert e.next_event() == AuthCancelled()
+    assert e.next_event().code == 500
+    assert e.next_event() is NEED_DATA
+    assert e.data_to_send() == (b"334 VXNlcm5hbWU6\r\n500 5.5.2 Line too long\r\n250 2.0.0 OK\r\n")
+    assert e.state is State.READY

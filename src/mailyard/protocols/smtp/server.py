@@ -359,7 +359,7 @@ class SMTPServerEngine:
                 return None
             del buf[: i + 2]
             self._discard_line = False
-            return self._error(500, "5.5.2", "Line too long", unknown=True)
+            return self._line_too_long()
         i = buf.find(b"\r\n")
         limit = self._line_limit()
         if i < 0:
@@ -369,7 +369,7 @@ class SMTPServerEngine:
             return None
         if i + 2 > limit:
             del buf[: i + 2]
-            return self._error(500, "5.5.2", "Line too long", unknown=True)
+            return self._line_too_long()
         line = bytes(buf[:i])
         del buf[: i + 2]
         if self._state is State.AUTH:
@@ -388,6 +388,14 @@ class SMTPServerEngine:
                 return self._error(502, "5.5.1", "Command not implemented", unknown=True)
             return self._error(500, "5.5.2", "Command unrecognized", unknown=True)
         return row[self._state](self, argument.strip(" "))
+
+    def _line_too_long(self) -> bool:
+        if self._state is State.AUTH:
+            # An over-long SASL line ends the exchange rather than leaving the
+            # client stuck in the AUTH sub-state.
+            self._state = State.READY
+            self._events.append(AuthCancelled())
+        return self._error(500, "5.5.2", "Line too long", unknown=True)
 
     def _step_data(self) -> _Step:
         if not self._inbuf:
