@@ -25,15 +25,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.headerregistry import Group as HGroup
-from email.message import EmailMessage, MIMEPart
+from email.message import EmailMessage, Message, MIMEPart
 
 from . import address as _address
 from .dates import format_date
-from .headers import check_header_name, check_header_value, split_fields
+from .headers import check_header_name, check_header_value
 from .msgid import make_msgid
 from .parse import split_header_body
 
-__all__ = ["Attachment", "compose", "to_bytes"]
+__all__ = ["Attachment", "compose", "delivery_status_part", "to_bytes"]
 
 # Composition policy: 7-bit transfer encodings for bodies, RFC 2047 for headers.
 COMPOSE_POLICY = email.policy.SMTP.clone(cte_type="7bit")
@@ -66,12 +66,18 @@ class Attachment:
     content_id: str | None = None
 
 
-def _to_header_addresses(items: Iterable[AddressLike] | AddressLike, what: str) -> list[Address | HGroup]:
-    if isinstance(items, str | tuple | _address.Mailbox | _address.Group):
+def _to_header_addresses(items: Iterable[AddressLike] | AddressLike, what: str,
+                         single: bool = False) -> list[Address | HGroup]:
+    # A bare str/Mailbox/Group is one item; a tuple is one (name, addr) pair only
+    # where a single address is expected (From, Sender), else it is a sequence.
+    if isinstance(items, str | _address.Mailbox | _address.Group) or (
+            single and isinstance(items, tuple)):
         items = [items]  # type: ignore[list-item]
     out: list[Address | HGroup] = []
     for item in items:  # type: ignore[union-attr]
         if isinstance(item, tuple):
+            if len(item) != 2:
+                raise ValueError(f"{what}: expected (name, address), got {item!r}")
             name, addr = item
             check_header_value(addr, what)
             if name:
@@ -168,11 +174,11 @@ def compose(
     extra headers that would override the structure.
     """
     msg = EmailMessage(policy=COMPOSE_POLICY)
-    from_list = _to_header_addresses(from_, "From")
+    from_list = _to_header_addresses(from_, "From", single=True)
     msg["Date"] = _date(date)
     msg["From"] = from_list
     if sender is not None:
-        msg["Sender"] = _to_header_addresses(sender, "Sender")
+        msg["Sender"] = _to_header_addresses(sender, "Sender", single=True)
     if reply_to is not None:
         msg["Reply-To"] = _to_header_addresses(reply_to, "Reply-To")
     to_list = _to_header_addresses(to, "To")
@@ -184,7 +190,8 @@ def compose(
     bcc_list = _to_header_addresses(bcc, "Bcc")
     if bcc_list:
         msg["Bcc"] = bcc_list
-    msg["Subject"] = check_header_value(subject, "Subject")
+    if check_header_value(subject, "Subject"):
+        msg["Subject"] = subject  # RFC 5322 3.6.5: optional; omitted when empty
     if message_id is None:
         first = next((a for a in from_list if isinstance(a, Address)), None)
         domain = first.domain if first is not None and first.domain else "localhost"
@@ -207,13 +214,20 @@ def compose(
         msg.add_alternative(html, subtype="html", charset="utf-8")
     if attachments:
         msg.make_mixed()
+        for att in attachments:
+            _attach(msg, att)
+        # After attaching: add_attachment() re-wraps anything not multipart/mixed.
         if multipart_subtype != "mixed":
+            check_header_value(multipart_subtype, "multipart subtype")
             msg.set_type(f"multipart/{multipart_subtype}")
         for key, val in (multipart_params or {}).items():
             check_header_value(val, key)
             msg.set_param(key, val)
-        for att in attachments:
-            _attach(msg, att)
+    # The stdlib's add_* helpers give every sub-part its own MIME-Version;
+    # RFC 2045 4 needs it only at the top.
+    for part in msg.walk():
+        if part is not msg and "MIME-Version" in part:
+            del part["MIME-Version"]
     return msg
 
 
@@ -263,7 +277,35 @@ def to_bytes(msg: EmailMessage, *, strip_bcc: bool = False) -> bytes:
     if not strip_bcc:
         return data
     header, body = split_header_body(data)
-    kept = [f"{name}: ".encode() + value + b"\r\n"
-            for name, value in split_fields(header) if name.lower() != "bcc"]
-    # split_fields keeps each value's own folding, so the lines are unchanged.
-    return b"".join(kept) + b"\r\n" + body
+    kept: list[bytes] = []
+    skipping = False
+    for line in header.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):  # RFC 5322 2.2.3: continuation of the field above
+            if not skipping:
+                kept.append(line)
+            continue
+        skipping = line[:4].lower() == b"bcc:"
+        if not skipping:
+            kept.append(line)
+    return b"".join(kept) + body
+
+
+def delivery_status_part(message_fields: Sequence[tuple[str, str]],
+                         recipient_fields: Sequence[Sequence[tuple[str, str]]]) -> MIMEPart:
+    """A message/delivery-status body part (RFC 3464 2.1) for a DSN.
+
+    ``message_fields`` are the per-message fields (Reporting-MTA, ...), each
+    item of ``recipient_fields`` one recipient's block (Final-Recipient,
+    Action, Status, ...). Pass it in ``attachments`` with
+    ``multipart_subtype="report"`` (RFC 6522).
+    """
+    part = MIMEPart(policy=COMPOSE_POLICY)
+    part["Content-Type"] = "message/delivery-status"
+    blocks = []
+    for fields in [message_fields, *recipient_fields]:
+        block = Message(policy=COMPOSE_POLICY)
+        for name, value in fields:
+            block[check_header_name(name)] = check_header_value(value, name)
+        blocks.append(block)
+    part.set_payload(blocks)
+    return part

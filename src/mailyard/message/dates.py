@@ -85,6 +85,7 @@ def parse_date(s: str | None) -> _dt.datetime | None:
     # are "add 1900".
     if 100 <= year < 1000:
         year += 1900
+    second = min(second, 59)  # a leap second (RFC 5322 3.3 allows 60) is clamped
     try:
         tz = _dt.timezone(_dt.timedelta(seconds=offset)) if offset else _dt.UTC
         return _dt.datetime(year, month, day, hour, minute, second, tzinfo=tz)

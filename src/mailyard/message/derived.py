@@ -512,7 +512,7 @@ class _Walker:
         text = _charset_decode(data, mime.charset())
         if mime.subtype == "html":
             text = _strip_html(text)
-        text = text.replace("\x00", "")[:room]
+        text = text.replace("\r\n", "\n").replace("\x00", "")[:room]
         self.texts.append(text)
         self.text_len += len(text)
 

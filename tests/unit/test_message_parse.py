@@ -1,0 +1,91 @@
+"""parse_message / split_header_body and RFC 2047 / header helpers."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from mailyard.message.headers import bytes_to_text, decode_words, split_fields, unfold
+from mailyard.message.parse import parse_message, split_header_body
+
+DATA = pathlib.Path(__file__).parent / "data" / "message"
+
+
+def test_split_header_body_exact_bytes():
+    raw = b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore"
+    assert split_header_body(raw) == (b"A: 1\r\nB: 2\r\n\r\n", b"body\r\n\r\nmore")
+    assert split_header_body(b"A: 1\nB: 2\n\nbody\n") == (b"A: 1\nB: 2\n\n", b"body\n")
+    assert split_header_body(b"A: 1\r\n") == (b"A: 1\r\n", b"")
+    assert split_header_body(b"\r\nbody") == (b"\r\n", b"body")
+    assert split_header_body(b"") == (b"", b"")
+    # the earlier of CRLF CRLF and LF LF wins
+    assert split_header_body(b"A: 1\n\nB\r\n\r\nC") == (b"A: 1\n\n", b"B\r\n\r\nC")
+    for raw in (b"x", b"A: 1\r\n\r\n", b"\n\n\n", b"a\r\n\nb"):
+        h, b = split_header_body(raw)
+        assert h + b == raw
+
+
+def test_parse_rfc5322_example():
+    msg = parse_message((DATA / "rfc5322_a1_1.eml").read_bytes().replace(b"\n", b"\r\n"))
+    assert msg["From"].addresses[0].username == "jdoe"
+    assert msg["Subject"] == "Saying Hello"
+    assert msg.get_content() == 'This is a message just to say hello.\r\nSo, "Hello".\r\n'
+
+
+def test_parse_bare_lf_no_body_8bit_missing_boundary():
+    msg = parse_message(b"Subject: hi\nTo: a@b.example\n\nline one\nline two\n")
+    assert msg["Subject"] == "hi" and msg.get_content() == "line one\nline two\n"
+    msg = parse_message(b"Subject: only header\r\n")
+    assert msg["Subject"] == "only header" and msg.get_payload() == ""
+    msg = parse_message(b"Subject: caf\xe9 \xc3\xa9\r\n\r\nx")
+    assert "caf" in str(msg["Subject"])
+    msg = parse_message(b"Content-Type: multipart/mixed\r\n\r\n--x\r\n\r\nbody\r\n")
+    assert msg.defects
+    for raw in (b"", b"\r\n", b"\x00\xff", b"::::\r\n\r\n", b"From nobody\r\n"):
+        parse_message(raw)
+
+
+def test_parse_nested_rfc822():
+    inner = b"From: a@b.example\r\nSubject: inner\r\n\r\ninner body\r\n"
+    raw = (b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+           b"Content-Type: message/rfc822\r\n\r\n" + inner + b"--b--\r\n")
+    msg = parse_message(raw)
+    part = msg.get_payload()[0]
+    assert part.get_content()["Subject"] == "inner"
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("=?utf-8?q?caf=C3=A9?=", "café"),
+    ("=?ISO-8859-1?Q?a?= =?ISO-8859-1?Q?b?=", "ab"),  # RFC 2047 6.2: white space between words dropped
+    ("=?ISO-8859-1?Q?a?=  b", "a  b"),
+    ("=?US-ASCII?Q?Keith_Moore?=", "Keith Moore"),  # RFC 2047 8 example
+    ("=?ISO-8859-1?Q?Andr=E9?= Pirard", "André Pirard"),
+    ("=?utf-8?b?8J+Mjw==?=", "\U0001f30f"),
+    ("plain text", "plain text"),
+    ("folded\r\n text", "folded text"),
+])
+def test_decode_words(value, expected):
+    assert decode_words(value) == expected
+
+
+@pytest.mark.parametrize("value", [
+    "=?x-unknown?q?abc?=", "=?utf-8?b?####?=", "=?utf-8?q?=ZZ?=", "=?utf-8?b?wA==?=",
+    "=?utf-8?", "=??=", "=?utf-8?x?abc?=", "=?" * 1000,
+])
+def test_decode_words_never_raises_and_is_valid_unicode(value):
+    out = decode_words(value)
+    out.encode("utf-8")  # no lone surrogates
+
+
+def test_bytes_to_text_and_unfold():
+    assert bytes_to_text("café".encode()) == "café"
+    assert bytes_to_text(b"caf\xe9") == "café"  # latin-1 fallback
+    assert unfold("a\r\n b\r\n\tc") == "a b\tc"
+
+
+def test_split_fields():
+    block = (b"From  : John <j@x>\r\nTo: a@b,\r\n c@d\r\nno colon line\r\n"
+             b"X-8bit\xff: v\r\nSubject:\r\nEmpty:x\r\n")
+    assert split_fields(block) == [("From", b"John <j@x>"), ("To", b"a@b,\r\n c@d"),
+                                   ("Subject", b""), ("Empty", b"x")]
