@@ -119,3 +119,43 @@ def test_smtputf8_addr_specs():
     assert is_valid_addr_spec("ü@example.com", smtputf8=True)
     assert is_valid_addr_spec("user@bücher.example", smtputf8=True)
     assert is_valid_addr_spec("用户@例子.广告", smtputf8=True)
+
+
+SIMPLE_VALUES = [
+    "Mary Smith <mary@x.test>, jdoe@example.org, Who? <one@y.test>", "<boss@nil.test>",
+    "a@b", "Mary Smith<mary@x.test>", " a@b.c ,, d@e.f ", "A B C <a.b@c.d>", "x", "a@b, junk",
+    "Joe <j@x> extra", "a@b.", "a..b@c",
+]
+
+
+@pytest.mark.parametrize("value", SIMPLE_VALUES)
+def test_fast_path_agrees_with_stdlib_parser(value, monkeypatch):
+    import mailyard.message.address as address
+
+    fast = address.parse_address_list(value)
+    monkeypatch.setattr(address, "_parse_simple", lambda v: None)
+    assert fast == address.parse_address_list(value)
+    assert address.parse_address_list(value, decode=False) == fast
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_MEMBER = st.from_regex(r"\A(?:[A-Za-z0-9?!#'*+/=^_`{|}~-]{1,8}(?: [A-Za-z0-9?]{1,5}){0,2} ?<)?"
+                        r"[a-z0-9+_-]{1,6}(?:\.[a-z0-9]{1,4})?@[a-z0-9-]{1,6}(?:\.[a-z]{1,4})?>?\Z")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_MEMBER, min_size=1, max_size=3).map(", ".join))
+def test_fast_path_agrees_property(value):
+    import mailyard.message.address as address
+
+    fast = address._parse_simple(address.unfold(value))
+    if fast is None:
+        return
+    original = address._parse_simple
+    try:
+        address._parse_simple = lambda v: None
+        assert fast == address.parse_address_list(value), value
+    finally:
+        address._parse_simple = original

@@ -51,6 +51,9 @@ __all__ = [
 # holds well over a thousand addresses.
 MAX_PARSE_CHARS = 64 * 1024
 
+# RFC 5322 3.2.3 atext, as a regex character-class body.
+_ATEXT_CHARS = r"A-Za-z0-9!#$%&'*+\-/=?^_`{|}~"
+
 # A code point no mail contains, standing in for "=?" when encoded words must
 # be kept undecoded (IMAP ENVELOPE sends display names as they were written).
 _EW_GUARD = "\ufdd0"
@@ -125,6 +128,9 @@ def parse_address_list(value: str, *, decode: bool = True) -> list[Mailbox | Gro
     members are skipped.
     """
     value = unfold(value)[:MAX_PARSE_CHARS]
+    fast = _parse_simple(value)
+    if fast is not None:
+        return fast
     if not decode:
         value = value.replace("=?", _EW_GUARD)
     try:
@@ -154,6 +160,35 @@ def parse_address_list(value: str, *, decode: bool = True) -> list[Mailbox | Gro
         # The stdlib decodes encoded words only where RFC 2047 5 allows them;
         # finish any the phrase parser left as text, tolerantly.
         out = [_decode_item(x) for x in out]
+    return out
+
+
+# Fast path for the common shapes (``a@b.c``, ``Name Words <a@b.c>``, comma
+# separated): the stdlib parser costs ~100 us per address, and every delivered
+# message has several. Anything with quotes, comments, groups, routes,
+# literals, encoded words, obsolete dots in names or non-ASCII takes the full
+# parser; test_message_address checks both paths agree.
+_SIMPLE_ADDR = rf"[{_ATEXT_CHARS}]+(?:\.[{_ATEXT_CHARS}]+)*@[{_ATEXT_CHARS}]+(?:\.[{_ATEXT_CHARS}]+)*"
+_SIMPLE_MEMBER = re.compile(
+    rf"(?:(?P<name>[{_ATEXT_CHARS}]+(?: [{_ATEXT_CHARS}]+)*) ?)?<(?P<angle>{_SIMPLE_ADDR})>"
+    rf"|(?P<bare>{_SIMPLE_ADDR})")
+_NOT_SIMPLE = re.compile(r'[^\x20-\x7e]|["()\\:;\[\]]|=\?')
+
+
+def _parse_simple(value: str) -> list[Mailbox | Group] | None:
+    if _NOT_SIMPLE.search(value):
+        return None
+    out: list[Mailbox | Group] = []
+    for member in value.split(","):
+        member = member.strip(" \t")
+        if not member:
+            continue
+        m = _SIMPLE_MEMBER.fullmatch(member)
+        if m is None:
+            return None
+        addr = m.group("angle") or m.group("bare")
+        local, _, domain = addr.rpartition("@")
+        out.append(Mailbox(m.group("name"), local, domain))
     return out
 
 
@@ -240,7 +275,7 @@ def canonical_address(addr: str) -> str:
 
 # --- RFC 5321 4.1.2 / 4.1.3 syntax ------------------------------------------------
 # atext (RFC 5322 3.2.3) and, with SMTPUTF8, any non-ASCII UTF-8 (RFC 6531 3.3).
-_ATEXT = r"A-Za-z0-9!#$%&'*+\-/=?^_`{|}~"
+_ATEXT = _ATEXT_CHARS
 _DOT_ATOM_ASCII = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
 _DOT_ATOM_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(?:\.[{_ATEXT}\u0080-\U0010ffff]+)*")
 # Quoted-string = DQUOTE *QcontentSMTP DQUOTE; qtextSMTP = %d32-33 / %d35-91 / %d93-126,
