@@ -34,11 +34,12 @@ class Service:
 
 def services() -> list[Service]:
     """Every protocol service this build offers, in start-up order."""
-    from .net import pop3, smtp
+    from .net import imap, pop3, smtp
 
     return [
         Service("smtp", smtp.smtp_session, smtp.refuse),
         Service("pop3", pop3.pop3_session, pop3.refuse),
+        Service("imap", imap.imap_session, imap.refuse),
     ]
 
 

@@ -1,0 +1,261 @@
+"""One IMAP connection: read bytes, feed the engine, run its commands.
+
+Untagged updates (RFC 9051 5.2): the store calls our listener after every
+committed change to a mailbox; the session marks its selected mailbox dirty
+and, at the end of the next command (or at once while IDLE), asks the store
+what changed since the mod-sequence it last reported and announces EXISTS,
+FETCH (flags) and EXPUNGE/VANISHED. Expunges are held back while the command
+is FETCH, STORE or SEARCH (RFC 9051 7.5.1) so sequence numbers never shift
+under the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ...protocols.imap import commands as c
+from ...protocols.imap.engine import CLOSED, NEED_DATA, ImapEngine, State
+from ...protocols.imap.framing import Limits
+from ...protocols.imap.response import Atom, flag_list, format_uid_set
+from ...protocols.imap.selected import MessageMap
+from ...store.api import Account, Mailbox, StoreError
+from ..listener import ShutdownRequested
+
+if TYPE_CHECKING:
+    from ...server import MailServer
+    from ..listener import Connection
+
+log = logging.getLogger("mailyard.imap")
+
+FLUSH_AT = 256 * 1024  # write out queued responses past this size (big FETCHes)
+PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+SYSTEM_FLAGS = frozenset(f.lower() for f in PERMANENT_FLAGS)
+
+
+@dataclass
+class Selected:
+    """The selected mailbox as this session sees it."""
+
+    mailbox: Mailbox
+    readonly: bool
+    view: MessageMap
+    known_modseq: int  # changes up to here are reflected in what we announced
+    dirty: bool = False
+    pending_expunge: set[int] = field(default_factory=set)
+    own_changes: dict[int, int] = field(default_factory=dict)  # uid -> modseq we reported
+    saved: frozenset[int] = frozenset()  # RFC 5182 SEARCHRES
+    condstore: bool = False  # a CONDSTORE-enabling command was used (RFC 7162 3.1)
+
+
+Handler = Callable[["ImapSession", c.Command], Awaitable[None]]
+
+
+class ImapSession:
+    """Runs one connection: the engine, the account, the selected mailbox."""
+
+    def __init__(self, server: MailServer, conn: Connection) -> None:
+        self.server = server
+        self.conn = conn
+        self.store = server.store
+        cfg = server.config
+        self.engine = ImapEngine(Limits(max_append=getattr(cfg.smtp, "max_message_size", 50 << 20)))
+        self.account: Account | None = None
+        self.sel: Selected | None = None
+        self.wake = asyncio.Event()
+        self._unlisten: Callable[[], None] | None = None
+        self.idle_timeout = getattr(cfg.limits, "imap_idle_timeout", 1800.0)
+        self.hostname = cfg.server.hostname
+
+    # --- the loop ---------------------------------------------------------
+    async def run(self) -> None:
+        from .auth import capabilities
+
+        self.engine.greeting(
+            "mailyard IMAP4rev2 server ready", code="CAPABILITY " + " ".join(capabilities(self))
+        )
+        try:
+            await self.flush()
+            while True:
+                ev = self.engine.next_event()
+                if ev is CLOSED:
+                    break
+                if ev is NEED_DATA:
+                    await self.flush()
+                    data = await self.read()
+                    if not data:
+                        break
+                    self.engine.receive_data(data)
+                    continue
+                assert isinstance(ev, c.Command)
+                await self.execute(ev)
+            await self.flush()
+        except ShutdownRequested:
+            self.engine.bye("Server shutting down", code="UNAVAILABLE")
+            await self.flush()
+        except TimeoutError:
+            self.engine.bye("Autologout; idle for too long")
+            await self.flush()
+        finally:
+            if self._unlisten is not None:
+                self._unlisten()
+
+    async def read(self, timeout: float | None = None) -> bytes:
+        # RFC 9051 5.4: the autologout timer is at least 30 minutes once
+        # authenticated; the listener's shorter idle timeout applies before.
+        if timeout is None and self.engine.state is not State.NOT_AUTHENTICATED:
+            timeout = self.idle_timeout
+        return await self.conn.read(timeout)
+
+    async def flush(self) -> None:
+        data = self.engine.data_to_send()
+        if data:
+            await self.conn.send(data)
+
+    async def maybe_flush(self) -> None:
+        if len(self.engine._out) > FLUSH_AT:
+            await self.flush()
+
+    async def execute(self, cmd: c.Command) -> None:
+        from .dispatch import HANDLERS
+
+        handler = HANDLERS[cmd.name]
+        try:
+            await handler(self, cmd)
+        except StoreError as exc:
+            log.info("imap: %s failed: %s", cmd.name, exc)
+            if self.engine.current is not None:
+                await self.finish("NO", str(exc) or "Operation failed", allow_expunge=False)
+        except Exception:
+            log.exception("imap: %s crashed", cmd.name)
+            if self.engine.current is not None:
+                self.engine.complete("NO", "Internal server error", "SERVERBUG")
+
+    async def finish(self, status: str, text: str, code: str | None = None, allow_expunge: bool = True) -> None:
+        """Send pending mailbox updates, then the tagged response."""
+        if self.sel is not None and self.engine.state is State.SELECTED:
+            await self.sync(allow_expunge)
+        self.engine.complete(status, text, code)
+
+    # --- change notification ----------------------------------------------
+    def listen(self) -> None:
+        """Start receiving store change notifications (after login)."""
+        if self._unlisten is None:
+            self._unlisten = self.store.add_listener(self._changed)
+
+    def _changed(self, mailbox_id: int) -> None:
+        sel = self.sel
+        if sel is not None and sel.mailbox.id == mailbox_id:
+            sel.dirty = True
+            self.wake.set()
+
+    async def sync(self, allow_expunge: bool) -> None:
+        """Announce what other sessions changed (RFC 9051 5.2, 7.4.1, 7.5.1)."""
+        sel = self.sel
+        if sel is None:
+            return
+        if sel.dirty:
+            sel.dirty = False
+            changes = await self.store.changes_since(sel.mailbox.id, sel.known_modseq)
+            for uid in changes.vanished:
+                if sel.view.seq_of(uid) is not None:
+                    sel.pending_expunge.add(uid)
+            new: list[int] = []
+            updated = []
+            top = sel.view.max_uid
+            for info in changes.changed:
+                if info.uid > top:
+                    new.append(info.uid)
+                elif info.uid not in sel.pending_expunge and sel.own_changes.get(info.uid) != info.modseq:
+                    updated.append(info)
+            sel.known_modseq = max(sel.known_modseq, changes.highest_modseq)
+            sel.own_changes.clear()
+            if allow_expunge:
+                self.announce_expunge(list(sel.pending_expunge))
+                sel.pending_expunge.clear()
+            if new:
+                sel.view.append(new)
+                self.engine.untagged(len(sel.view), Atom("EXISTS"))
+            for info in updated:
+                seq = sel.view.seq_of(info.uid)
+                if seq is None:
+                    continue
+                # RFC 9051 7.5.2: unsolicited FETCH must carry UID
+                items: list[object] = [Atom("UID"), info.uid, Atom("FLAGS"), flag_list(info.flags)]
+                if sel.condstore:
+                    items += [Atom("MODSEQ"), [info.modseq]]
+                self.engine.untagged(seq, Atom("FETCH"), items)
+        elif allow_expunge and sel.pending_expunge:
+            self.announce_expunge(list(sel.pending_expunge))
+            sel.pending_expunge.clear()
+
+    def announce_expunge(self, uids: list[int]) -> None:
+        """EXPUNGE per message, or one VANISHED with QRESYNC (RFC 7162 3.2.10)."""
+        sel = self.sel
+        if sel is None or not uids:
+            return
+        if "QRESYNC" in self.engine.enabled:
+            present = [u for u in uids if sel.view.seq_of(u) is not None]
+            sel.view.expunge(present)
+            if present:
+                self.engine.untagged(Atom("VANISHED"), Atom(format_uid_set(present)))
+            return
+        for seq in sel.view.expunge(uids):
+            self.engine.untagged(seq, Atom("EXPUNGE"))
+
+    async def idle(self) -> None:
+        """Wait for DONE, announcing changes as they happen (RFC 2177 3)."""
+        from ...protocols.imap.engine import IdleDone
+
+        self.engine.start_idle()
+        if self.sel is not None:
+            await self.sync(allow_expunge=True)
+        await self.flush()
+        reader: asyncio.Future[bytes] | None = None
+        try:
+            while True:
+                ev = self.engine.next_event()
+                if isinstance(ev, IdleDone):
+                    if ev.ok:
+                        await self.finish("OK", "IDLE terminated")
+                    else:
+                        await self.finish("BAD", "Expected DONE")
+                    return
+                if ev is CLOSED:
+                    return
+                self.wake.clear()
+                if self.sel is not None and self.sel.dirty:
+                    await self.sync(allow_expunge=True)
+                    await self.flush()
+                    continue
+                if reader is None:
+                    reader = asyncio.ensure_future(self.conn.read(self.idle_timeout))
+                waker = asyncio.ensure_future(self.wake.wait())
+                done, _ = await asyncio.wait({reader, waker}, return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+                if reader in done:
+                    data = reader.result()
+                    reader = None
+                    if not data:
+                        self.engine.bye("Connection closed")
+                        return
+                    self.engine.receive_data(data)
+        finally:
+            if reader is not None:
+                reader.cancel()
+
+
+def flags_from_client(flags: tuple[str, ...]) -> tuple[list[str], str | None]:
+    """Validate flags for STORE/APPEND: keywords and the five system flags;
+    \\Recent and unknown system flags are refused (RFC 9051 2.3.2)."""
+    out: list[str] = []
+    for f in flags:
+        if f.startswith("\\"):
+            if f.lower() not in SYSTEM_FLAGS:
+                return [], f"flag {f} cannot be set"
+            f = next(p for p in PERMANENT_FLAGS if p.lower() == f.lower())
+        out.append(f)
+    return out, None

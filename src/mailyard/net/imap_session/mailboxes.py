@@ -1,0 +1,231 @@
+"""Mailbox commands: CREATE (RFC 6154 USE), DELETE, RENAME, SUBSCRIBE,
+UNSUBSCRIBE, LIST (RFC 9051 6.3.9 with RFC 5258 LIST-EXTENDED, RFC 5819
+LIST-STATUS, RFC 6154 SPECIAL-USE), LSUB (RFC 3501 6.3.9), NAMESPACE, STATUS."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...protocols.imap import commands as c
+from ...protocols.imap import names
+from ...protocols.imap.response import Atom, Mailbox
+from ...store.api import SPECIAL_USE_MAILBOXES, AlreadyExists, InvalidName, NotFound
+from ...store.api import Mailbox as StoreMailbox
+
+if TYPE_CHECKING:
+    from .core import ImapSession
+
+SPECIAL_USES = {u.lower(): u for _, u in SPECIAL_USE_MAILBOXES} | {"\\all": "\\All", "\\flagged": "\\Flagged"}
+
+
+async def _bad_name(s: ImapSession, name: str) -> bool:
+    problem = names.name_problem(name)
+    if problem is None:
+        return False
+    await s.finish("NO", problem, "CANNOT")
+    return True
+
+
+async def cmd_create(s: ImapSession, cmd: c.MailboxCommand) -> None:
+    assert s.account is not None
+    # RFC 9051 6.3.4: a trailing delimiter only declares intent to hold inferiors
+    name = cmd.mailbox.rstrip(names.DELIMITER) if cmd.mailbox != names.DELIMITER else cmd.mailbox
+    if await _bad_name(s, name):
+        return
+    use = None
+    if cmd.special_use:
+        if len(cmd.special_use) > 1 or cmd.special_use[0].lower() not in SPECIAL_USES:
+            await s.finish("NO", "Unsupported special-use attribute", "USEATTR")  # RFC 6154 5.3
+            return
+        use = SPECIAL_USES[cmd.special_use[0].lower()]
+    if await s.store.get_mailbox(s.account.id, name) is not None:
+        await s.finish("NO", "Mailbox already exists", "ALREADYEXISTS")
+        return
+    try:
+        # RFC 9051 6.3.4: create superior names as needed
+        for parent in names.parents(name):
+            if await s.store.get_mailbox(s.account.id, parent) is None:
+                await s.store.create_mailbox(s.account.id, parent)
+        await s.store.create_mailbox(s.account.id, name, use)
+    except AlreadyExists:
+        await s.finish("NO", "Mailbox already exists", "ALREADYEXISTS")
+        return
+    except InvalidName as exc:
+        await s.finish("NO", str(exc), "CANNOT")
+        return
+    await s.finish("OK", "CREATE completed")
+
+
+async def cmd_delete(s: ImapSession, cmd: c.MailboxCommand) -> None:
+    assert s.account is not None
+    if cmd.mailbox == "INBOX":
+        await s.finish("NO", "INBOX cannot be deleted", "CANNOT")  # RFC 9051 6.3.5
+        return
+    box = await s.store.get_mailbox(s.account.id, cmd.mailbox)
+    if box is None:
+        await s.finish("NO", "Mailbox does not exist", "NONEXISTENT")
+        return
+    if s.sel is not None and s.sel.mailbox.id == box.id:
+        s.sel.pending_expunge.clear()
+    await s.store.delete_mailbox(s.account.id, cmd.mailbox)
+    await s.finish("OK", "DELETE completed")
+
+
+async def cmd_rename(s: ImapSession, cmd: c.Rename) -> None:
+    assert s.account is not None
+    if await _bad_name(s, cmd.new):
+        return
+    if await s.store.get_mailbox(s.account.id, cmd.old) is None:
+        await s.finish("NO", "Mailbox does not exist", "NONEXISTENT")
+        return
+    if await s.store.get_mailbox(s.account.id, cmd.new) is not None:
+        await s.finish("NO", "Target mailbox already exists", "ALREADYEXISTS")
+        return
+    if cmd.new == "INBOX" or names.is_inferior(cmd.new, cmd.old):
+        await s.finish("NO", "Cannot rename there", "CANNOT")
+        return
+    try:
+        for parent in names.parents(cmd.new):
+            if await s.store.get_mailbox(s.account.id, parent) is None:
+                await s.store.create_mailbox(s.account.id, parent)
+        await s.store.rename_mailbox(s.account.id, cmd.old, cmd.new)
+    except AlreadyExists:
+        await s.finish("NO", "Target mailbox already exists", "ALREADYEXISTS")
+        return
+    except (InvalidName, NotFound) as exc:
+        await s.finish("NO", str(exc), "CANNOT")
+        return
+    if s.sel is not None:
+        box = await s.store.get_mailbox_by_id(s.sel.mailbox.id)
+        if box is not None:
+            s.sel.mailbox = box
+    await s.finish("OK", "RENAME completed")
+
+
+async def cmd_subscribe(s: ImapSession, cmd: c.MailboxCommand) -> None:
+    assert s.account is not None
+    try:
+        await s.store.set_subscribed(s.account.id, cmd.mailbox, cmd.name == "SUBSCRIBE")
+    except (NotFound, InvalidName):
+        await s.finish("NO", "Mailbox does not exist", "NONEXISTENT")
+        return
+    await s.finish("OK", f"{cmd.name} completed")
+
+
+def _tree(boxes: list[StoreMailbox]) -> tuple[dict[str, StoreMailbox], set[str], set[str]]:
+    """(existing by name, every name incl. phantom parents, names with children)."""
+    existing = {b.name: b for b in boxes}
+    all_names = set(existing)
+    with_children: set[str] = set()
+    for name in existing:
+        for p in names.parents(name):
+            all_names.add(p)
+            with_children.add(p)
+    return existing, all_names, with_children
+
+
+def _order(name: str) -> tuple[bool, str]:
+    return (name != "INBOX", name)
+
+
+async def cmd_list(s: ImapSession, cmd: c.List) -> None:
+    assert s.account is not None
+    eng = s.engine
+    if cmd.lsub:
+        return await _lsub(s, cmd)
+    if not cmd.extended and cmd.patterns == ("",):
+        # RFC 9051 6.3.9: empty pattern -> delimiter and root name
+        eng.untagged(Atom("LIST"), [Atom("\\Noselect")], "/", "")
+        await s.finish("OK", "LIST completed")
+        return
+    sel_opts = set(cmd.select_opts)
+    ret = set(cmd.return_opts)
+    unknown = sel_opts - {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
+    if unknown or ("RECURSIVEMATCH" in sel_opts and not sel_opts - {"RECURSIVEMATCH", "REMOTE"}):
+        eng.complete("BAD", "Invalid LIST selection options")  # RFC 5258 3.1
+        return
+    boxes = await s.store.list_mailboxes(s.account.id)
+    existing, all_names, with_children = _tree(boxes)
+    regexes = [names.compile_pattern(cmd.reference, p) for p in cmd.patterns if p]
+    subscribed = {n for n, b in existing.items() if b.subscribed}
+    # RFC 5258 3.5: CHILDINFO for parents of subscribed names (RECURSIVEMATCH)
+    sub_parents = {p for n in subscribed for p in names.parents(n)}
+    out: list[tuple[str, list[str], list]] = []
+    for name in sorted(all_names, key=_order):
+        if not any(names.matches(r, name) for r in regexes):
+            continue
+        box = existing.get(name)
+        attrs: list[str] = []
+        extra: list = []
+        if "SUBSCRIBED" in sel_opts:
+            if name not in subscribed:
+                if "RECURSIVEMATCH" in sel_opts and name in sub_parents:
+                    extra = [[Atom('"CHILDINFO"'), ["SUBSCRIBED"]]]
+                else:
+                    continue
+        if "SPECIAL-USE" in sel_opts and (box is None or not box.special_use):
+            continue
+        if box is None:
+            # a hierarchy level with no mailbox of its own (RFC 9051 6.3.9 \NonExistent)
+            attrs += ["\\NonExistent", "\\Noselect"] if eng.rev2 else ["\\Noselect"]
+        attrs.append("\\HasChildren" if name in with_children else "\\HasNoChildren")
+        if name in subscribed and ("SUBSCRIBED" in ret or "SUBSCRIBED" in sel_opts):
+            attrs.append("\\Subscribed")
+        if box is not None and box.special_use:
+            attrs.append(box.special_use)  # RFC 6154 2: shown in every LIST
+        out.append((name, attrs, extra))
+    for name, attrs, extra in out:
+        eng.untagged(Atom("LIST"), [Atom(a) for a in attrs], "/", Mailbox(name), *extra)
+        box = existing.get(name)
+        if "STATUS" in ret and box is not None:
+            await _status_line(s, box, cmd.status_items)  # RFC 5819 2
+        await s.maybe_flush()
+    await s.finish("OK", "LIST completed")
+
+
+async def _lsub(s: ImapSession, cmd: c.List) -> None:
+    assert s.account is not None
+    eng = s.engine
+    if cmd.patterns == ("",):
+        eng.untagged(Atom("LSUB"), [Atom("\\Noselect")], "/", "")
+        await s.finish("OK", "LSUB completed")
+        return
+    boxes = await s.store.list_mailboxes(s.account.id)
+    existing, _, with_children = _tree(boxes)
+    regex = names.compile_pattern(cmd.reference, cmd.patterns[0])
+    for name in sorted(existing, key=_order):
+        b = existing[name]
+        if b.subscribed and names.matches(regex, name):
+            eng.untagged(Atom("LSUB"), [], "/", Mailbox(name))
+    await s.finish("OK", "LSUB completed")
+
+
+async def cmd_namespace(s: ImapSession, cmd: c.Command) -> None:
+    # RFC 9051 6.3.10: one personal namespace, no other users', no shared
+    s.engine.untagged(Atom("NAMESPACE"), [["", "/"]], None, None)
+    await s.finish("OK", "NAMESPACE completed")
+
+
+async def _status_line(s: ImapSession, box: StoreMailbox, items: tuple[str, ...]) -> None:
+    st = await s.store.mailbox_status(box.id)
+    values = {
+        "MESSAGES": st.messages, "UIDNEXT": st.uid_next, "UIDVALIDITY": st.uid_validity,
+        "UNSEEN": st.unseen, "DELETED": st.deleted, "SIZE": st.size,
+        "HIGHESTMODSEQ": st.highest_modseq, "RECENT": 0,
+    }
+    data: list = []
+    for item in items:
+        data += [Atom(item), values[item]]
+    s.engine.untagged(Atom("STATUS"), Mailbox(box.name), data)
+
+
+async def cmd_status(s: ImapSession, cmd: c.Status) -> None:
+    assert s.account is not None
+    box = await s.store.get_mailbox(s.account.id, cmd.mailbox)
+    if box is None:
+        await s.finish("NO", "Mailbox does not exist", "NONEXISTENT")
+        return
+    if "HIGHESTMODSEQ" in cmd.items and s.sel is not None:
+        s.sel.condstore = True
+    await _status_line(s, box, cmd.items)
+    await s.finish("OK", "STATUS completed")

@@ -1,0 +1,331 @@
+"""FETCH (RFC 9051 6.4.5, BINARY RFC 3516, CONDSTORE/QRESYNC RFC 7162),
+STORE (6.4.6, UNCHANGEDSINCE), COPY/MOVE (6.4.7-8, RFC 6851, COPYUID
+RFC 4315) and APPEND (6.3.12, MULTIAPPEND RFC 3502, APPENDUID)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...message.derived import Derived
+from ...protocols.imap import commands as c
+from ...protocols.imap import fetch as f
+from ...protocols.imap.response import (
+    Atom,
+    Literal8,
+    flag_list,
+    format_uid_list_ordered,
+    format_uid_set,
+)
+from ...protocols.imap.selected import SequenceError
+from ...store.api import MessageInfo, NotFound, StorageFull
+from .core import flags_from_client
+from .selection import message_infos
+
+if TYPE_CHECKING:
+    from .core import ImapSession
+
+_BODY_ATTS = {"BODY[]", "BINARY[]", "BINARY.SIZE[]", "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
+_DERIVED_ATTS = _BODY_ATTS | {"ENVELOPE", "BODY", "BODYSTRUCTURE"}
+FETCH_BATCH = 200
+
+
+def resolve(s: ImapSession, seqset: c.SequenceSet, uid: bool) -> list[tuple[int, int]]:
+    """(seq, uid) pairs of a sequence set or uid set; raises SequenceError."""
+    sel = s.sel
+    assert sel is not None
+    if seqset.saved:
+        # RFC 5182 2.1: "$" is the saved result, in either kind of command
+        pairs = [(sel.view.seq_of(u), u) for u in sorted(sel.saved)]
+        return [(q, u) for q, u in pairs if q is not None]
+    return sel.view.resolve_uids(seqset) if uid else sel.view.resolve_seqs(seqset)
+
+
+def _seq_error(s: ImapSession) -> None:
+    # RFC 9051 9 (seq-number): a number beyond the mailbox size is a BAD
+    s.engine.complete("BAD", "Invalid message sequence number")
+
+
+class _Message:
+    """Bytes and derived data of one message, with the trace-prefix shift:
+    derived offsets are into the shared body; the stored message is
+    trace_prefix + body (store/api.py)."""
+
+    def __init__(self, raw: bytes, derived: Derived | None) -> None:
+        self.raw = raw
+        self.derived = derived
+        self.shift = len(raw) - derived.size if derived is not None else 0
+
+    def _range(self, part: str, text: str) -> tuple[int, int] | None:
+        assert self.derived is not None
+        rng = self.derived.section_range(part, text)
+        if rng is None:
+            return None
+        a, b = rng
+        # offset 0 is the start of the message header, which the prefix extends
+        return (a + self.shift if a else 0, b + self.shift)
+
+    def section(self, sec: c.Section) -> bytes | None:
+        part = ".".join(map(str, sec.part))
+        text = sec.text or ""
+        if not part and not text:
+            return self.raw
+        rng = self._range(part, "HEADER" if text.startswith("HEADER") else text)
+        if rng is None:
+            return None
+        data = self.raw[rng[0] : rng[1]]
+        if text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+            return f.header_fields(data, sec.fields, text == "HEADER.FIELDS.NOT")
+        return data
+
+    def binary(self, part: tuple[int, ...]) -> bytes | None:
+        if not part:
+            return self.raw
+        spec = ".".join(map(str, part))
+        body = self._range(spec, "")
+        head = self._range(spec, "MIME")
+        if body is None or head is None:
+            return None
+        return f.decode_cte(self.raw[body[0] : body[1]], self.raw[head[0] : head[1]])
+
+
+async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
+    sel = s.sel
+    assert sel is not None
+    try:
+        pairs = resolve(s, cmd.sequence_set, cmd.uid)
+    except SequenceError:
+        _seq_error(s)
+        return
+    atts = list(cmd.atts)
+    names = {a.name for a in atts}
+    if cmd.uid and "UID" not in names:
+        atts.insert(0, c.FetchAtt("UID"))  # RFC 9051 6.4.9: UID FETCH always returns UID
+    if cmd.changed_since is not None or "MODSEQ" in names:
+        sel.condstore = True  # RFC 7162 3.1: CONDSTORE-enabling commands
+        if "MODSEQ" not in names:
+            atts.append(c.FetchAtt("MODSEQ"))
+    if cmd.vanished and (not cmd.uid or cmd.changed_since is None or "QRESYNC" not in s.engine.enabled):
+        s.engine.complete("BAD", "VANISHED needs UID FETCH with CHANGEDSINCE and QRESYNC")
+        return
+    infos = await message_infos(s)
+    if cmd.changed_since is not None:
+        pairs = [(q, u) for q, u in pairs if u in infos and infos[u].modseq > cmd.changed_since]
+        if cmd.vanished:
+            # RFC 7162 3.2.6: VANISHED (EARLIER) for expunged UIDs in the set
+            ch = await s.store.changes_since(sel.mailbox.id, cmd.changed_since)
+            gone = [u for u in ch.vanished if cmd.sequence_set.contains(u, sel.view.max_uid)]
+            if gone:
+                s.engine.untagged(Atom("VANISHED"), [Atom("EARLIER")], Atom(format_uid_set(gone)))
+    sets_seen = not sel.readonly and any(
+        (a.name in ("BODY[]", "BINARY[]") and not a.peek) or a.name in ("RFC822", "RFC822.TEXT") for a in atts
+    )
+    if sets_seen:
+        # RFC 9051 6.4.5: BODY[...] (not PEEK) and RFC822(.TEXT) set \Seen
+        unseen = [u for _, u in pairs if u in infos and "\\Seen" not in infos[u].flags]
+        if unseen:
+            changed, _ = await s.store.store_flags(sel.mailbox.id, unseen, ["\\Seen"], "add")
+            for m in changed:
+                infos[m.uid] = m
+                sel.own_changes[m.uid] = m.modseq
+            if "FLAGS" not in {a.name for a in atts}:
+                atts.append(c.FetchAtt("FLAGS"))  # report the implicit flag change
+    need_derived = bool({a.name for a in atts} & _DERIVED_ATTS)
+    need_raw = bool({a.name for a in atts} & _BODY_ATTS)
+    missing = False
+    for start in range(0, len(pairs), FETCH_BATCH):
+        batch = pairs[start : start + FETCH_BATCH]
+        derived = await s.store.get_derived(sel.mailbox.id, [u for _, u in batch]) if need_derived else {}
+        for seq, uid in batch:
+            info = infos.get(uid)
+            if info is None:
+                missing = True  # expunged by another session, not yet announced
+                continue
+            raw = None
+            if need_raw:
+                try:
+                    raw = await s.store.read_message(sel.mailbox.id, uid)
+                except NotFound:
+                    missing = True
+                    continue
+            d = Derived.from_json(derived[uid]) if uid in derived else None
+            try:
+                items = _items(atts, info, _Message(raw, d) if raw is not None else None, d)
+            except f.UnknownCTE:
+                s.engine.untagged(seq, Atom("FETCH"), [Atom("UID"), uid])
+                await s.finish("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE", allow_expunge=cmd.uid)
+                return
+            s.engine.untagged(seq, Atom("FETCH"), items)
+        await s.maybe_flush()
+    if missing:
+        await s.finish("NO", "Some messages were expunged", "EXPUNGEISSUED", allow_expunge=cmd.uid)
+        return
+    # RFC 9051 7.5.1 / 5.5: no EXPUNGE during FETCH; UID FETCH allows it
+    await s.finish("OK", f"{'UID ' if cmd.uid else ''}FETCH completed", allow_expunge=cmd.uid)
+
+
+def _items(atts: list[c.FetchAtt], info: MessageInfo, msg: _Message | None, d: Derived | None) -> list:
+    out: list = []
+    for a in atts:
+        n = a.name
+        if n == "UID":
+            out += [Atom("UID"), info.uid]
+        elif n == "FLAGS":
+            out += [Atom("FLAGS"), flag_list(info.flags)]
+        elif n == "INTERNALDATE":
+            out += [Atom("INTERNALDATE"), f.format_internal_date(info.internal_date)]
+        elif n == "RFC822.SIZE":
+            out += [Atom("RFC822.SIZE"), info.size]
+        elif n == "MODSEQ":
+            out += [Atom("MODSEQ"), [info.modseq]]  # RFC 7162 3.1.4.1
+        elif n == "ENVELOPE":
+            out += [Atom("ENVELOPE"), f.to_imap(d.envelope) if d else [None] * 10]
+        elif n == "BODYSTRUCTURE":
+            out += [Atom("BODYSTRUCTURE"), f.to_imap(d.bodystructure) if d else None]
+        elif n == "BODY":
+            out += [Atom("BODY"), f.to_imap(f.body_basic(d.bodystructure)) if d else None]
+        elif n in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
+            assert msg is not None
+            sec = c.Section((), {"RFC822": None, "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[n])
+            out += [Atom(n), msg.section(sec) or b""]
+        elif n == "BODY[]":
+            assert msg is not None and a.section is not None
+            data = msg.section(a.section)
+            # RFC 9051 6.4.5: a part that does not exist reads as an empty string
+            out += [Atom(f.response_name(a)), f.apply_partial(data or b"", a.partial)]
+        elif n == "BINARY[]":
+            assert msg is not None and a.section is not None
+            data = msg.binary(a.section.part)
+            data = f.apply_partial(data or b"", a.partial)
+            out += [Atom(f.response_name(a)), Literal8(data) if b"\0" in data else data]
+        elif n == "BINARY.SIZE[]":
+            assert msg is not None and a.section is not None
+            out += [Atom(f.response_name(a)), len(msg.binary(a.section.part) or b"")]
+    return out
+
+
+async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
+    sel = s.sel
+    assert sel is not None
+    try:
+        pairs = resolve(s, cmd.sequence_set, cmd.uid)
+    except SequenceError:
+        _seq_error(s)
+        return
+    if sel.readonly:
+        await s.finish("NO", "Mailbox is read-only", "READ-ONLY", allow_expunge=False)
+        return
+    flags, problem = flags_from_client(cmd.flags)
+    if problem:
+        s.engine.complete("BAD", problem)
+        return
+    if cmd.unchanged_since is not None:
+        sel.condstore = True
+    uids = [u for _, u in pairs]
+    changed, failed = await s.store.store_flags(sel.mailbox.id, uids, flags, cmd.mode, cmd.unchanged_since)
+    by_uid = {m.uid: m for m in changed}
+    for m in changed:
+        sel.own_changes[m.uid] = m.modseq
+    report: dict[int, MessageInfo] = dict(by_uid)
+    if not cmd.silent:
+        # RFC 9051 6.4.6: the updated flags of every message in the set
+        infos = await message_infos(s)
+        for u in uids:
+            if u not in report and u in infos and u not in failed:
+                report[u] = infos[u]
+    for seq, uid in pairs:
+        m = report.get(uid)
+        if m is None:
+            continue
+        items: list = []
+        if cmd.uid:
+            items += [Atom("UID"), uid]
+        if not cmd.silent:
+            items += [Atom("FLAGS"), flag_list(m.flags)]
+        if sel.condstore and uid in by_uid:
+            items += [Atom("MODSEQ"), [m.modseq]]  # RFC 7162 3.1.3: even with .SILENT
+        if items and (not cmd.silent or uid in by_uid and sel.condstore):
+            s.engine.untagged(seq, Atom("FETCH"), items)
+    code = None
+    if failed:
+        # RFC 7162 3.1.3: MODIFIED lists what failed the UNCHANGEDSINCE test
+        nums = failed if cmd.uid else [q for q, u in pairs if u in set(failed)]
+        code = f"MODIFIED {format_uid_set(nums)}"
+    await s.finish("OK", f"{'UID ' if cmd.uid else ''}STORE completed", code, allow_expunge=cmd.uid)
+
+
+async def cmd_copy(s: ImapSession, cmd: c.Copy) -> None:
+    sel = s.sel
+    assert sel is not None and s.account is not None
+    try:
+        pairs = resolve(s, cmd.sequence_set, cmd.uid)
+    except SequenceError:
+        _seq_error(s)
+        return
+    if cmd.move and sel.readonly:
+        await s.finish("NO", "Mailbox is read-only", "READ-ONLY")
+        return
+    dst = await s.store.get_mailbox(s.account.id, cmd.mailbox)
+    if dst is None:
+        # RFC 9051 6.4.7: TRYCREATE tells the client it may CREATE and retry
+        await s.finish("NO", "Destination mailbox does not exist", "TRYCREATE")
+        return
+    uids = [u for _, u in pairs]
+    verb = "MOVE" if cmd.move else "COPY"
+    if not uids:
+        await s.finish("OK", f"{verb} completed, nothing to do")
+        return
+    try:
+        moved = await s.store.copy_messages(sel.mailbox.id, uids, dst.id, move=cmd.move)
+    except StorageFull:
+        await s.finish("NO", "Over quota", "OVERQUOTA")
+        return
+    code = None
+    if moved:
+        code = (f"COPYUID {dst.uid_validity} {format_uid_list_ordered(a for a, _ in moved)} "
+                f"{format_uid_list_ordered(b for _, b in moved)}")
+    if cmd.move:
+        # RFC 6851 4.3: COPYUID goes in an untagged OK before the expunges
+        if code:
+            s.engine.untagged_status("OK", "Moved", code)
+        s.announce_expunge([a for a, _ in moved])
+        await s.finish("OK", f"{'UID ' if cmd.uid else ''}MOVE completed")
+        return
+    await s.finish("OK", f"{'UID ' if cmd.uid else ''}COPY completed", code, allow_expunge=cmd.uid)
+
+
+async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
+    assert s.account is not None
+    box = await s.store.get_mailbox(s.account.id, cmd.mailbox)
+    if box is None:
+        await s.finish("NO", "Mailbox does not exist", "TRYCREATE")
+        return
+    prepared = []
+    for m in cmd.messages:
+        flags, problem = flags_from_client(m.flags)
+        if problem:
+            s.engine.complete("BAD", problem)
+            return
+        if not m.data:
+            await s.finish("NO", "Empty message")
+            return
+        if b"\0" in m.data and not m.binary:
+            # RFC 3516 4.4: NUL octets need literal8
+            await s.finish("NO", "NUL octets need a literal8", "UNKNOWN-CTE")
+            return
+        prepared.append((m.data, flags, m.internal_date))
+    uids: list[int] = []
+    try:
+        for data, flags, date in prepared:
+            uids.append(await s.store.append(box.id, data, flags, date))
+    except StorageFull:
+        # RFC 3502 3: MULTIAPPEND is all or nothing
+        if uids:
+            await s.store.expunge(box.id, uids)
+        await s.finish("NO", "Over quota", "OVERQUOTA")
+        return
+    except Exception:
+        if uids:
+            await s.store.expunge(box.id, uids)
+        raise
+    # RFC 4315 3: APPENDUID uidvalidity uid-set
+    await s.finish("OK", "APPEND completed", f"APPENDUID {box.uid_validity} {format_uid_list_ordered(uids)}")

