@@ -326,3 +326,41 @@ def test_commands_before_login_refused(pop3server: RunningServer) -> None:
         with pytest.raises(poplib.error_proto, match="not valid in this state"):
             p._shortcmd(cmd)
     p.quit()
+
+
+def test_listing_follows_changes_between_sessions(pop3server: RunningServer) -> None:
+    """The per-process maildrop cache (net/pop3.py MaildropCache) must see new
+    mail, expunges by other sessions (IMAP), and flag-only changes."""
+    uids = put(pop3server, ALICE, message(1), message(2), message(3))
+    p = login(pop3server)
+    assert p.stat()[0] == 3
+    _, first_uidl, _ = p.uidl()
+    p.quit()
+
+    async def change() -> None:
+        store = pop3server.store
+        account = await store.get_account(ALICE)
+        assert account is not None
+        box = await store.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        await store.expunge(box.id, [uids[1]])  # as an IMAP EXPUNGE would
+        await store.store_flags(box.id, [uids[0]], ["\\Seen"], "add")
+        await store.append(box.id, b"Subject: unix\n\nbare LF body\n")
+
+    pop3server.call(change())
+    p = login(pop3server)
+    stored = pop3server.messages(ALICE)
+    assert p.stat() == (3, sum(len(pop3_bytes(m)) for m in stored))
+    assert retr(p, 3) == b"Subject: unix\r\n\r\nbare LF body\r\n"
+    assert p.list(3) == b"+OK 3 %d" % len(b"Subject: unix\r\n\r\nbare LF body\r\n")
+    _, uidl, _ = p.uidl()
+    assert uidl[0].split()[1] == first_uidl[0].split()[1]
+    assert uidl[1].split()[1] == first_uidl[2].split()[1]
+    assert retr(p, 2) == stored[1]
+    p.quit()
+
+
+def pop3_bytes(data: bytes) -> bytes:
+    from mailyard.protocols.pop3.engine import pop3_message_bytes
+
+    return pop3_message_bytes(data)

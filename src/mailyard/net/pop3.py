@@ -19,8 +19,8 @@ What this module decides, and why:
 - Sizes in STAT/LIST are exactly what RETR sends before dot-stuffing (CRLF line
   endings, RFC 1939 section 11). The store's sizes are those of the stored bytes,
   which equal it for mail received over SMTP; bytes with bare LF (IMAP APPEND
-  from a Unix client) grow when converted. `SizeIndex` checks every message once
-  per process and remembers the few that differ, so later logins cost nothing.
+  from a Unix client) grow when converted. `MaildropCache` checks every message
+  once per process and remembers the few that differ, so later logins cost nothing.
 - A wrong password is answered ``-ERR [AUTH]`` (RFC 3206 section 5) after a delay
   that grows with repeated failures from the same address or against the same
   account (auth/throttle.py); the reply and timing are the same whether or not
@@ -35,9 +35,11 @@ import os
 import ssl
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import takewhile
 from typing import TYPE_CHECKING
 
 from ..auth import sasl
@@ -47,7 +49,7 @@ from ..protocols.pop3.engine import (
     NEED_DATA,
     APOPLogin,
     Close,
-    MaildropEntry,
+    Maildrop,
     POP3Server,
     RetrieveMessage,
     SASLResponse,
@@ -73,63 +75,115 @@ MIN_AUTOLOGOUT = 600.0
 # SCRAM-SHA-256 does not.
 SASL_MECHANISMS = ("SCRAM-SHA-256", "PLAIN", "LOGIN")
 
-
-def uidl_for(mailbox: Mailbox, uid: int) -> str:
-    """The UIDL unique-id of a message (RFC 1939 section 7: 1-70 chars 0x21-0x7E)."""
-    return f"{mailbox.uid_validity}.{uid}"
+# Octets queued on the transport after which a RETR waits for the client to read.
+_WRITE_HIGH_WATER = 256 * 1024
 
 
 @dataclass
-class _MailboxSizes:
+class _CachedMaildrop:
     uid_validity: int
-    checked_through: int = 0  # every UID <= this has been checked
-    corrections: dict[int, int] = field(default_factory=dict)  # uid -> POP3 size
+    modseq: int = 0  # the mailbox's highest_modseq the listing reflects
+    sizes: dict[int, int] = field(default_factory=dict)  # uid -> POP3 size, ascending uid
+    checked_through: int = 0  # every UID <= this has been read and its POP3 size known
+    odd: set[int] = field(default_factory=set)  # UIDs whose stored bytes need conversion
+    listing: Maildrop | None = None
 
 
-class SizeIndex:
-    """Per-process memory of which messages' POP3 size differs from the stored size.
+class MaildropCache:
+    """Per-process maildrop listings with exact POP3 sizes, kept up to date cheaply.
 
-    Messages are immutable and UIDs only grow, so each (mailbox, UID) needs to be
-    read once: at a login, messages above the mailbox's watermark are read and
-    converted (`pop3_message_bytes`), and only those whose size changes are
-    remembered. Memory: one small record per mailbox plus one int per odd message.
-    A restart forgets it; the first login after it pays one read of the INBOX.
+    Two things would make a login slow on a big INBOX, and both are remembered:
+
+    - Exact sizes. Messages are immutable and UIDs only grow, so each message is
+      read once (`pop3_message_bytes`) and only the rare ones whose POP3 size
+      differs from the stored size are marked. The first login after a restart
+      pays one read of the INBOX; later ones read only new mail.
+    - The listing itself. Every change to a mailbox takes a new mod-sequence
+      (store/api.py), so an unchanged ``highest_modseq`` means the cached listing
+      is current, and otherwise ``changes_since`` gives just the new and expunged
+      messages (RFC 7162 style) instead of listing everything again.
+
+    Memory is bounded by ``max_messages`` cached entries (least recently used
+    mailboxes are dropped first).
     """
 
-    def __init__(self, max_mailboxes: int = 100_000) -> None:
-        self._boxes: dict[int, _MailboxSizes] = {}
-        self.max_mailboxes = max_mailboxes
+    def __init__(self, max_messages: int = 500_000) -> None:
+        self._boxes: OrderedDict[int, _CachedMaildrop] = OrderedDict()
+        self.max_messages = max_messages
+        self._cached = 0
 
-    async def entries(self, store: Store, mailbox: Mailbox) -> list[MaildropEntry]:
-        """The maildrop listing of ``mailbox`` with exact POP3 sizes."""
-        infos = await store.list_messages(mailbox.id)
+    async def maildrop(self, store: Store, mailbox: Mailbox) -> tuple[Maildrop, Callable[[int], bool]]:
+        """The listing of ``mailbox``, and a test telling whether a UID's stored
+        bytes are exactly what POP3 sends (so RETR can skip the conversion)."""
         box = self._boxes.get(mailbox.id)
         if box is None or box.uid_validity != mailbox.uid_validity:
-            box = _MailboxSizes(mailbox.uid_validity)
-            if len(self._boxes) >= self.max_mailboxes:
-                self._boxes.pop(next(iter(self._boxes)))
-            self._boxes[mailbox.id] = box
-        unchecked = [m.uid for m in infos if m.uid > box.checked_through]
-        for i, uid in enumerate(unchecked):
+            box = _CachedMaildrop(mailbox.uid_validity)
+            await self._relist(store, mailbox, box)
+        elif box.modseq != mailbox.highest_modseq:
+            changes = await store.changes_since(mailbox.id, box.modseq)
+            grew = False
+            for uid in changes.vanished:
+                if box.sizes.pop(uid, None) is not None:
+                    box.odd.discard(uid)
+                    grew = True
+            last = next(reversed(box.sizes), 0)
+            for info in changes.changed:  # flag changes of known messages: nothing to do
+                if info.uid not in box.sizes:
+                    box.sizes[info.uid] = info.size
+                    grew = True
+                    if info.uid < last:  # not expected (UIDs grow), but keep uid order
+                        box.sizes = dict(sorted(box.sizes.items()))
+                    last = max(last, info.uid)
+            box.modseq = max(box.modseq, changes.highest_modseq)
+            if grew:
+                box.listing = None
+        await self._check_sizes(store, mailbox, box)
+        if box.listing is None:
+            v = mailbox.uid_validity
+            box.listing = Maildrop(
+                tuple(box.sizes), tuple(box.sizes.values()), tuple([f"{v}.{u}" for u in box.sizes])
+            )
+        self._remember(mailbox.id, box)
+        checked, odd = box.checked_through, box.odd
+        return box.listing, lambda uid: uid <= checked and uid not in odd
+
+    async def _relist(self, store: Store, mailbox: Mailbox, box: _CachedMaildrop) -> None:
+        # The modseq is read before the listing: a change racing with it shows
+        # up again in the next changes_since, and applying it twice is harmless.
+        box.modseq = mailbox.highest_modseq
+        infos = await store.list_messages(mailbox.id)
+        box.sizes = {m.uid: m.size for m in infos}
+        box.listing = None
+
+    async def _check_sizes(self, store: Store, mailbox: Mailbox, box: _CachedMaildrop) -> None:
+        done = box.checked_through
+        unchecked = list(takewhile(lambda uid: uid > done, reversed(box.sizes)))
+        if not unchecked:
+            return
+        for i, uid in enumerate(reversed(unchecked)):
             try:
                 data = await store.read_message(mailbox.id, uid)
             except NotFound:
-                continue  # expunged by another session meanwhile
+                continue  # expunged meanwhile; the next changes_since drops it
             size = len(pop3_message_bytes(data))
             if size != len(data):
-                box.corrections[uid] = size
+                box.odd.add(uid)
+            if size != box.sizes[uid]:
+                box.sizes[uid] = size
             if i % 64 == 63:
                 await asyncio.sleep(0)  # a long first scan must not stall other sessions
-        if unchecked:
-            box.checked_through = max(box.checked_through, unchecked[-1])
-        if box.corrections:
-            live = {m.uid for m in infos}
-            for uid in [u for u in box.corrections if u not in live]:
-                del box.corrections[uid]
-        corr = box.corrections
-        return [
-            MaildropEntry(m.uid, corr.get(m.uid, m.size), uidl_for(mailbox, m.uid)) for m in infos
-        ]
+        box.checked_through = unchecked[0]
+        box.listing = None
+
+    def _remember(self, mailbox_id: int, box: _CachedMaildrop) -> None:
+        old = self._boxes.pop(mailbox_id, None)
+        if old is not None:
+            self._cached -= len(old.sizes)
+        self._boxes[mailbox_id] = box
+        self._cached += len(box.sizes)
+        while self._cached > self.max_messages and len(self._boxes) > 1:
+            _, evicted = self._boxes.popitem(last=False)
+            self._cached -= len(evicted.sizes)
 
 
 class POP3Service:
@@ -139,7 +193,7 @@ class POP3Service:
         self.store = store
         self.hostname = hostname
         self.throttle = throttle if throttle is not None else LoginThrottle()  # it has __len__
-        self.sizes = SizeIndex()
+        self.maildrops = MaildropCache()
         self.locked: set[int] = set()  # account ids with an open TRANSACTION session
 
     def timestamp(self) -> str:
@@ -194,6 +248,7 @@ class POP3Session:
         )
         self.account: Account | None = None
         self.mailbox: Mailbox | None = None
+        self._crlf_clean: Callable[[int], bool] = lambda uid: False
         self._mech: sasl.Mechanism | None = None
 
     # --- the loop -------------------------------------------------------------
@@ -231,10 +286,13 @@ class POP3Session:
             except NotFound:
                 engine.message_unavailable()
             else:
-                engine.send_message(data)
-                # Hand the bytes over now and honour the transport's flow control,
-                # so a client pipelining many RETRs cannot make us buffer them all.
-                await self.conn.send(engine.data_to_send())
+                engine.send_message(data, self._crlf_clean(event.key))
+                # Hand the bytes to the transport now, and wait for it when its
+                # buffer is full, so a client pipelining many RETRs cannot make
+                # us hold them all in memory.
+                self.conn.write(engine.data_to_send())
+                if self.conn.writer.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+                    await self.conn.drain()
         elif isinstance(event, UserPassLogin):
             acct = await self.store.get_account(event.username)
             password = event.password
@@ -351,14 +409,14 @@ class POP3Session:
         self.service.locked.add(acct.id)
         self.account, self.mailbox = acct, mailbox
         try:
-            entries = await self.service.sizes.entries(self.store, mailbox)
+            maildrop, self._crlf_clean = await self.service.maildrops.maildrop(self.store, mailbox)
         except Exception:
             log.exception("pop3: listing the maildrop of %s failed", acct.address)
             self.unlock()
             engine.reject_login("SYS/TEMP", "cannot open the maildrop, try again later")
             return
-        log.info("pop3 login user=%s ip=%s messages=%d", acct.address, self.conn.peer_ip, len(entries))
-        engine.accept_login(entries, acct.address)
+        log.info("pop3 login user=%s ip=%s messages=%d", acct.address, self.conn.peer_ip, len(maildrop.keys))
+        engine.accept_login(maildrop, acct.address)
 
     # --- UPDATE ---------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ __all__ = [
     "APOPLogin",
     "Close",
     "LocalProtocolError",
+    "Maildrop",
     "MaildropEntry",
     "POP3Server",
     "RetrieveMessage",
@@ -189,6 +190,28 @@ class MaildropEntry:
     unique_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Maildrop:
+    """The whole maildrop as three parallel sequences, in message-number order.
+
+    The glue may keep and reuse these (tuples) across sessions: listing 10,000
+    messages this way costs no per-message objects at login.
+    """
+
+    keys: Sequence[int]
+    sizes: Sequence[int]
+    unique_ids: Sequence[str]
+
+    @classmethod
+    def of(cls, entries: Sequence[MaildropEntry]) -> Maildrop:
+        """Build a Maildrop from per-message entries (convenient in tests)."""
+        return cls(
+            tuple(e.key for e in entries),
+            tuple(e.size for e in entries),
+            tuple(e.unique_id for e in entries),
+        )
+
+
 # --- message transformation -------------------------------------------------
 
 
@@ -309,7 +332,9 @@ class POP3Server:
 
         # The maildrop, fixed at login (RFC 1939 section 8: message numbers do not
         # change during a session).
-        self._entries: list[MaildropEntry] = []
+        self._keys: Sequence[int] = ()
+        self._sizes: Sequence[int] = ()
+        self._uids: Sequence[str] = ()
         self._deleted: list[bool] = []
         self._live_count = 0
         self._live_size = 0
@@ -370,20 +395,25 @@ class POP3Server:
 
     # --- answers from the glue ---------------------------------------------
 
-    def accept_login(self, entries: Sequence[MaildropEntry], username: str | None = None) -> None:
+    def accept_login(
+        self, maildrop: Maildrop | Sequence[MaildropEntry], username: str | None = None
+    ) -> None:
         """Credentials are good and the maildrop is locked: enter TRANSACTION.
 
-        ``entries`` lists the maildrop in message-number order; ``username`` is
-        the authenticated name (default: the name the client gave).
+        ``maildrop`` lists the messages in message-number order (the engine keeps
+        its sequences: do not mutate them afterwards); ``username`` is the
+        authenticated name (default: the name the client gave).
         """
         self._expect(UserPassLogin, APOPLogin, SASLStart, SASLResponse)
         self._sasl_active = False
         name = username or self._login_name or ""
         self.username = name
-        self._entries = list(entries)
-        self._deleted = [False] * len(self._entries)
-        self._live_count = len(self._entries)
-        self._live_size = sum(e.size for e in self._entries)
+        if not isinstance(maildrop, Maildrop):
+            maildrop = Maildrop.of(maildrop)
+        self._keys, self._sizes, self._uids = maildrop.keys, maildrop.sizes, maildrop.unique_ids
+        self._deleted = [False] * len(self._keys)
+        self._live_count = len(self._keys)
+        self._live_size = sum(self._sizes)
         self.state = State.TRANSACTION
         # RFC 1939 section 7 (PASS/APOP): "+OK maildrop locked and ready".
         self._reply(
@@ -417,15 +447,18 @@ class POP3Server:
         self._sasl_active = True
         self._reply("+ " + base64.b64encode(challenge).decode("ascii"))
 
-    def send_message(self, data: bytes) -> None:
+    def send_message(self, data: bytes, crlf_clean: bool = False) -> None:
         """Answer RetrieveMessage with the stored bytes of the message.
 
         The engine converts line endings (`pop3_message_bytes`), cuts for TOP,
         dot-stuffs and terminates the multi-line response (RFC 1939 section 3).
+        ``crlf_clean`` True says the glue knows ``pop3_message_bytes(data) == data``
+        (it checked this message before), which skips the check.
         """
         event = self._expect(RetrieveMessage)
         assert isinstance(event, RetrieveMessage)
-        data = pop3_message_bytes(data)
+        if not crlf_clean:
+            data = pop3_message_bytes(data)
         if event.body_lines is None:
             # RFC 1939 section 5 RETR: "+OK 120 octets" then the message.
             head = b"+OK %d octets\r\n" % len(data)
@@ -662,15 +695,22 @@ class POP3Server:
             self._bad("-ERR syntax: message number expected")
             return None
         n = int(arg)
-        if n < 1 or n > len(self._entries):
+        if n < 1 or n > len(self._keys):
             self._reply(
-                f"-ERR no such message, only {_plural(len(self._entries), 'message')} in maildrop"
+                f"-ERR no such message, only {_plural(len(self._keys), 'message')} in maildrop"
             )
             return None
         if self._deleted[n - 1]:
             self._reply(f"-ERR message {n} already deleted")
             return None
         return n
+
+    def _listing(self, values: Sequence[object]) -> list[str]:
+        """ "n value" lines for LIST / UIDL, leaving out messages marked deleted."""
+        if self._live_count == len(values):  # nothing deleted: the common case
+            return [f"{i} {v}" for i, v in enumerate(values, 1)]
+        deleted = self._deleted
+        return [f"{i} {v}" for i, v in enumerate(values, 1) if not deleted[i - 1]]
 
     def _no_args(self, arg: str) -> bool:
         if arg.strip():
@@ -690,10 +730,9 @@ class POP3Server:
         if arg:
             n = self._message(arg)
             if n is not None:
-                self._reply(f"+OK {n} {self._entries[n - 1].size}")
+                self._reply(f"+OK {n} {self._sizes[n - 1]}")
             return None
-        deleted = self._deleted
-        lines = [f"{i} {e.size}" for i, e in enumerate(self._entries, 1) if not deleted[i - 1]]
+        lines = self._listing(self._sizes)
         self._multiline(
             f"+OK {_plural(self._live_count, 'message')} ({self._live_size} octets)", lines
         )
@@ -705,10 +744,9 @@ class POP3Server:
         if arg:
             n = self._message(arg)
             if n is not None:
-                self._reply(f"+OK {n} {self._entries[n - 1].unique_id}")
+                self._reply(f"+OK {n} {self._uids[n - 1]}")
             return None
-        deleted = self._deleted
-        lines = [f"{i} {e.unique_id}" for i, e in enumerate(self._entries, 1) if not deleted[i - 1]]
+        lines = self._listing(self._uids)
         self._multiline("+OK", lines)
         return None
 
@@ -717,7 +755,7 @@ class POP3Server:
         n = self._message(arg.strip())
         if n is None:
             return None
-        return RetrieveMessage(n, self._entries[n - 1].key, None)
+        return RetrieveMessage(n, self._keys[n - 1], None)
 
     def _cmd_top(self, arg: str) -> Event | None:
         # RFC 1939 section 7 TOP msg n: n must be non-negative.
@@ -728,7 +766,7 @@ class POP3Server:
         n = self._message(parts[0])
         if n is None:
             return None
-        return RetrieveMessage(n, self._entries[n - 1].key, int(parts[1]))
+        return RetrieveMessage(n, self._keys[n - 1], int(parts[1]))
 
     def _cmd_dele(self, arg: str) -> Event | None:
         # RFC 1939 section 5 DELE msg: only marks; removal happens in UPDATE.
@@ -737,7 +775,7 @@ class POP3Server:
             return None
         self._deleted[n - 1] = True
         self._live_count -= 1
-        self._live_size -= self._entries[n - 1].size
+        self._live_size -= self._sizes[n - 1]
         self._reply(f"+OK message {n} deleted")
         return None
 
@@ -750,9 +788,9 @@ class POP3Server:
         # RFC 1939 section 5 RSET: unmark every message marked as deleted.
         if not self._no_args(arg):
             return None
-        self._deleted = [False] * len(self._entries)
-        self._live_count = len(self._entries)
-        self._live_size = sum(e.size for e in self._entries)
+        self._deleted = [False] * len(self._keys)
+        self._live_count = len(self._keys)
+        self._live_size = sum(self._sizes)
         self._reply(
             f"+OK maildrop has {_plural(self._live_count, 'message')} ({self._live_size} octets)"
         )
@@ -761,7 +799,7 @@ class POP3Server:
     def _cmd_quit_transaction(self, arg: str) -> Event | None:
         # RFC 1939 section 6: enter UPDATE, remove the marked messages, reply, close.
         self.state = State.UPDATE
-        keys = tuple(e.key for e, d in zip(self._entries, self._deleted, strict=True) if d)
+        keys = tuple(k for k, d in zip(self._keys, self._deleted, strict=True) if d)
         return Update(keys)
 
 
