@@ -22,7 +22,7 @@ from ...protocols.imap.engine import CLOSED, NEED_DATA, ImapEngine, State
 from ...protocols.imap.framing import Limits
 from ...protocols.imap.response import Atom, flag_list, format_uid_set
 from ...protocols.imap.selected import MessageMap
-from ...store.api import Account, Mailbox, StoreError
+from ...store.api import Account, Mailbox, MessageInfo, StoreError
 from ..listener import ShutdownRequested
 
 if TYPE_CHECKING:
@@ -49,6 +49,11 @@ class Selected:
     own_changes: dict[int, int] = field(default_factory=dict)  # uid -> modseq we reported
     saved: frozenset[int] = frozenset()  # RFC 5182 SEARCHRES
     condstore: bool = False  # a CONDSTORE-enabling command was used (RFC 7162 3.1)
+    # index data by UID, kept current from changes_since; dropped in IDLE so an
+    # idle connection costs little memory
+    infos: dict[int, MessageInfo] | None = None
+    infos_modseq: int = 0
+    infos_stale: bool = False
 
 
 Handler = Callable[["ImapSession", c.Command], Awaitable[None]]
@@ -150,6 +155,7 @@ class ImapSession:
         sel = self.sel
         if sel is not None and sel.mailbox.id == mailbox_id:
             sel.dirty = True
+            sel.infos_stale = True
             self.wake.set()
 
     async def sync(self, allow_expunge: bool) -> None:
@@ -212,6 +218,7 @@ class ImapSession:
 
         self.engine.start_idle()
         if self.sel is not None:
+            self.sel.infos = None
             await self.sync(allow_expunge=True)
         await self.flush()
         reader: asyncio.Future[bytes] | None = None

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from .core import ImapSession
 
 _BODY_ATTS = {"BODY[]", "BINARY[]", "BINARY.SIZE[]", "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
-_DERIVED_ATTS = _BODY_ATTS | {"ENVELOPE", "BODY", "BODYSTRUCTURE"}
 FETCH_BATCH = 200
 
 
@@ -129,8 +128,13 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
                 sel.own_changes[m.uid] = m.modseq
             if "FLAGS" not in {a.name for a in atts}:
                 atts.append(c.FetchAtt("FLAGS"))  # report the implicit flag change
-    need_derived = bool({a.name for a in atts} & _DERIVED_ATTS)
     need_raw = bool({a.name for a in atts} & _BODY_ATTS)
+    # BODY[] / RFC822 / BINARY[] of the whole message need no part offsets
+    need_derived = any(
+        a.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822.HEADER", "RFC822.TEXT")
+        or (a.section is not None and (a.section.part or a.section.text))
+        for a in atts
+    )
     missing = False
     for start in range(0, len(pairs), FETCH_BATCH):
         batch = pairs[start : start + FETCH_BATCH]

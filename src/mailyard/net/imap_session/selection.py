@@ -16,12 +16,28 @@ if TYPE_CHECKING:
 
 
 async def message_infos(s: ImapSession) -> dict[int, MessageInfo]:
-    """Index data of the selected mailbox by UID.
+    """Index data of the selected mailbox by UID, from the session's cache.
 
-    The store has no "these UIDs" query, so this lists the mailbox (see the
-    store request in docs/rfc-status.md)."""
-    assert s.sel is not None
-    return {m.uid: m for m in await s.store.list_messages(s.sel.mailbox.id)}
+    The cache is loaded once (list_messages) and then brought up to date with
+    changes_since whenever the store reported a change, so a FETCH of one
+    message does not list the whole mailbox."""
+    sel = s.sel
+    assert sel is not None
+    if sel.infos is None:
+        box = await s.store.get_mailbox_by_id(sel.mailbox.id)
+        modseq = box.highest_modseq if box else 0
+        sel.infos_stale = False
+        sel.infos = {m.uid: m for m in await s.store.list_messages(sel.mailbox.id)}
+        sel.infos_modseq = max([modseq, *(m.modseq for m in sel.infos.values())])
+    elif sel.infos_stale:
+        sel.infos_stale = False
+        ch = await s.store.changes_since(sel.mailbox.id, sel.infos_modseq)
+        for uid in ch.vanished:
+            sel.infos.pop(uid, None)
+        for m in ch.changed:
+            sel.infos[m.uid] = m
+        sel.infos_modseq = max(sel.infos_modseq, ch.highest_modseq)
+    return sel.infos
 
 
 async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
@@ -43,6 +59,8 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
     condstore = cmd.condstore or cmd.qresync is not None or "CONDSTORE" in eng.enabled
     highest = max([box.highest_modseq, *(m.modseq for m in infos)])
     s.sel = Selected(box, cmd.readonly, view, highest, condstore=condstore)
+    s.sel.infos = {m.uid: m for m in infos}
+    s.sel.infos_modseq = highest
     keywords = sorted({f for m in infos for f in m.flags if not f.startswith("\\")})
     flags = [*PERMANENT_FLAGS, *keywords]
     eng.untagged(len(view), Atom("EXISTS"))
