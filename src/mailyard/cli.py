@@ -239,11 +239,35 @@ def cmd_user(args: argparse.Namespace) -> None:
         elif args.action == "remove":
             await store.remove_account(args.address)
             print(f"removed user {args.address} and all their mail")
+        elif args.action == "apop-secret":
+            await _apop_secret(store, args)
         else:
             for account in await store.list_accounts(args.domain):
                 print(account.address)
 
     run_with_store(args, run)
+
+
+async def _apop_secret(store: SQLiteStore, args: argparse.Namespace) -> None:
+    """`user apop-secret`: give an account a new random APOP secret (printed), show
+    it, or remove it. APOP (RFC 1939 section 7) needs the secret in clear on the
+    server, so it is never the login password; the password is left unchanged."""
+    from .auth.passwords import make_apop_secret
+
+    account = await store.get_account(args.address)
+    if account is None:
+        raise CLIError(f"no such user: {args.address}")
+    if args.show:
+        print(account.apop_secret or f"{account.address} has no APOP secret (APOP is off for it)")
+        return
+    secret = None if args.disable else make_apop_secret()
+    await store.set_password(
+        account.address, account.password_hash, apop_secret=secret, scram_sha256=account.scram_sha256
+    )
+    if secret is None:
+        print(f"removed the APOP secret of {account.address} (APOP is off for it)")
+    else:
+        print(f"APOP secret for {account.address}: {secret}")
 
 
 def cmd_alias(args: argparse.Namespace) -> None:
@@ -345,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--apop", action="store_true",
             help="also generate an APOP secret (POP3 APOP needs a secret kept in clear; it is printed)",
         )
+    q = usub.add_parser(
+        "apop-secret", parents=[common],
+        help="set a new random POP3 APOP secret and print it (or --show / --disable)",
+    )
+    q.add_argument("address")
+    mode = q.add_mutually_exclusive_group()
+    mode.add_argument("--show", action="store_true", help="print the current secret")
+    mode.add_argument("--disable", action="store_true", help="remove the secret: APOP off")
     q = usub.add_parser("remove", parents=[common], help="delete an account and all its mail")
     q.add_argument("address")
     q = usub.add_parser("list", parents=[common], help="list accounts")
