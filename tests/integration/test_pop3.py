@@ -364,3 +364,62 @@ def pop3_bytes(data: bytes) -> bytes:
     from mailyard.protocols.pop3.engine import pop3_message_bytes
 
     return pop3_message_bytes(data)
+
+
+def test_cli_apop_secret(tmp_path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    """`mailyard user apop-secret` creates, shows and removes the APOP secret
+    without touching the login password."""
+    import io
+
+    from mailyard.cli import main
+
+    data = str(tmp_path / "d")
+    assert main(["--data", data, "init", "--domain", "example.test"]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-long-password\n"))
+    assert main(["--data", data, "user", "add", "carol@example.test", "--password-stdin"]) == 0
+    capsys.readouterr()
+    assert main(["--data", data, "user", "apop-secret", "carol@example.test"]) == 0
+    secret = capsys.readouterr().out.split()[-1]
+    assert len(secret) >= 20
+    assert main(["--data", data, "user", "apop-secret", "carol@example.test", "--show"]) == 0
+    assert capsys.readouterr().out.strip() == secret
+    assert main(["--data", data, "user", "apop-secret", "carol@example.test", "--disable"]) == 0
+    capsys.readouterr()
+    assert main(["--data", data, "user", "apop-secret", "carol@example.test", "--show"]) == 0
+    assert "no APOP secret" in capsys.readouterr().out
+    assert main(["--data", data, "user", "apop-secret", "nobody@example.test"]) == 1
+
+
+def test_stls_upgrade_and_injection_discarded(pop3server: RunningServer, tmp_path) -> None:  # noqa: ANN001
+    """STLS (RFC 2595) once the server has a TLS context: poplib.stls() works, and
+    a command pipelined in plaintext after STLS is not executed."""
+    import ssl
+
+    from mailyard.net.tls import ReloadableTLS, create_self_signed
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    create_self_signed("mx.example.test", cert, key)
+    pop3server.server.tls = ReloadableTLS(cert, key)  # type: ignore[union-attr]
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    put(pop3server, ALICE, message(1))
+
+    p = connect(pop3server)
+    assert "STLS" in p.capa()
+    assert p.stls(client_ctx).startswith(b"+OK")
+    assert "STLS" not in p.capa()
+    p.user(ALICE)
+    p.pass_(USERS[ALICE])
+    assert p.stat()[0] == 1
+    p.quit()
+
+    # The injection attack: "STLS\r\nUSER x\r\n" in one segment; USER must vanish.
+    raw = socket.create_connection((pop3server.host, pop3server.port("pop3")), timeout=10)
+    raw.recv(512)
+    raw.sendall(b"STLS\r\nUSER mallory@example.test\r\n")
+    assert raw.recv(512) == b"+OK Begin TLS negotiation\r\n"
+    tls = client_ctx.wrap_socket(raw, server_hostname="mx.example.test")
+    tls.sendall(b"PASS anything\r\n")
+    assert tls.recv(512) == b"-ERR USER first\r\n"
+    tls.sendall(b"QUIT\r\n")
+    tls.recv(512)
+    tls.close()
