@@ -266,3 +266,65 @@ def test_bad_commands_keep_session(mailserver: RunningServer) -> None:
         assert f.readline() == b'a1 BAD No such command as "FROB"\r\n'
         assert f.readline() == b"a2 BAD Literal too large\r\n"
         assert f.readline() == b"a3 OK NOOP completed\r\n"
+
+
+def _session(mailserver: RunningServer):
+    s = socket.create_connection((mailserver.host, mailserver.port("imap")), timeout=10)
+    f = s.makefile("rwb")
+    assert f.readline().startswith(b"* OK [CAPABILITY ")
+
+    def say(line: bytes, until: bytes) -> list[bytes]:
+        f.write(line + b"\r\n")
+        f.flush()
+        out = []
+        while True:
+            got = f.readline()
+            out.append(got)
+            if got.startswith(until + b" "):
+                return out
+
+    return s, say
+
+
+def test_rfc9051_example_exchanges(mailserver: RunningServer) -> None:
+    """RFC 9051 section 6 examples that apply, byte for byte (our texts)."""
+    s, say = _session(mailserver)
+    with s:
+        assert say(b"a1 LOGIN " + ALICE.encode() + b" " + USERS[ALICE].encode(), b"a1")[-1].startswith(
+            b"a1 OK [CAPABILITY IMAP4rev1 IMAP4rev2 ")
+        # 6.3.1 ENABLE
+        assert say(b"t1 ENABLE IMAP4rev2", b"t1") == [b"* ENABLED IMAP4rev2\r\n", b"t1 OK ENABLE completed\r\n"]
+        # 6.3.9: empty pattern gives the delimiter
+        assert say(b'A101 LIST "" ""', b"A101") == [
+            b'* LIST (\\Noselect) "/" ""\r\n', b"A101 OK LIST completed\r\n"]
+        # 6.3.10 NAMESPACE: a single personal namespace
+        assert say(b"A001 NAMESPACE", b"A001") == [
+            b'* NAMESPACE (("" "/")) NIL NIL\r\n', b"A001 OK NAMESPACE completed\r\n"]
+        # 6.3.4 CREATE with a trailing delimiter; 6.3.5 DELETE of a missing name
+        assert say(b"A003 CREATE owatagusiam/", b"A003") == [b"A003 OK CREATE completed\r\n"]
+        assert say(b"A683 DELETE blurdybloop", b"A683") == [
+            b"A683 NO [NONEXISTENT] Mailbox does not exist\r\n"]
+        # 6.3.12 APPEND to a missing mailbox -> TRYCREATE
+        assert say(b"A003 APPEND saved-messages (\\Seen) {3+}\r\nabc", b"A003") == [
+            b"A003 NO [TRYCREATE] Mailbox does not exist\r\n"]
+        out = say(b"A004 APPEND INBOX (\\Seen) {12+}\r\nSubject: x\r\n", b"A004")
+        assert out[-1].startswith(b"A004 OK [APPENDUID ") and out[-1].endswith(b" 1] APPEND completed\r\n")
+        # 6.3.2 SELECT (rev2 form)
+        out = say(b"A142 SELECT INBOX", b"A142")
+        assert out[0] == b"* 1 EXISTS\r\n"
+        assert out[1] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
+        assert out[-2] == b'* LIST () "/" "INBOX"\r\n'
+        assert out[-1] == b"A142 OK [READ-WRITE] SELECT completed\r\n"
+        # 6.4.6 STORE
+        assert say(b"A003 STORE 1 +FLAGS (\\Deleted)", b"A003") == [
+            b"* 1 FETCH (FLAGS (\\Deleted \\Seen))\r\n", b"A003 OK STORE completed\r\n"]
+        # 6.4.4 ESEARCH form of SEARCH in rev2 (RETURN given)
+        assert say(b"A285 SEARCH RETURN (COUNT) DELETED", b"A285") == [
+            b'* ESEARCH (TAG "A285") COUNT 1\r\n', b"A285 OK SEARCH completed\r\n"]
+        # 6.4.3 EXPUNGE
+        assert say(b"A202 EXPUNGE", b"A202") == [b"* 1 EXPUNGE\r\n", b"A202 OK EXPUNGE completed\r\n"]
+        # 6.4.5: a sequence number beyond the mailbox is BAD
+        assert say(b"A654 FETCH 2:4 (FLAGS)", b"A654") == [b"A654 BAD Invalid message sequence number\r\n"]
+        # 6.1.3 LOGOUT
+        assert say(b"A023 LOGOUT", b"A023") == [
+            b"* BYE mailyard IMAP server logging out\r\n", b"A023 OK LOGOUT completed\r\n"]

@@ -191,3 +191,29 @@ def test_utf8_mode_after_enable() -> None:
     assert e.data_to_send() == b'* LIST () "/" "&U,BTFw-"\r\n' + '* LIST () "/" "台北"\r\n'.encode()
     e.receive_data("a CREATE 台北/&x\r\n".encode())
     assert e.next_event().mailbox == "台北/&x"
+
+
+def test_rfc9051_6_4_3_expunge_sequence_numbers() -> None:
+    # RFC 9051 6.4.3 example: messages 3, 4, 7 and 11 had \Deleted set
+    from mailyard.protocols.imap.selected import MessageMap
+
+    view = MessageMap(range(1, 13))
+    assert view.expunge([3, 4, 7, 11]) == [3, 3, 5, 8]
+    assert len(view) == 8
+
+
+def test_sequence_and_uid_sets_resolve() -> None:
+    from mailyard.protocols.imap.commands import SequenceSet
+    from mailyard.protocols.imap.selected import MessageMap, SequenceError
+
+    view = MessageMap([5, 7, 9, 20])
+    assert view.resolve_seqs(SequenceSet(((2, None),))) == [(2, 7), (3, 9), (4, 20)]
+    # RFC 9051 6.4.9: "559:*" always includes the last UID
+    assert view.resolve_uids(SequenceSet(((559, None),))) == [(4, 20)]
+    assert view.resolve_uids(SequenceSet(((6, 9),))) == [(2, 7), (3, 9)]
+    import pytest
+
+    with pytest.raises(SequenceError):
+        view.resolve_seqs(SequenceSet(((5, 5),)))
+    with pytest.raises(SequenceError):
+        MessageMap().resolve_seqs(SequenceSet(((1, None),)))

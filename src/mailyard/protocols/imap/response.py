@@ -142,9 +142,13 @@ def continuation(text: str | bytes = b"") -> bytes:
     return b"+ " + text + b"\r\n"
 
 
+_SYSTEM_ORDER = {f: i for i, f in enumerate(("\\answered", "\\flagged", "\\deleted", "\\seen", "\\draft"))}
+
+
 def flag_list(flags: Iterable[str]) -> list[Atom]:
-    """A flag list in a stable order: system flags first, then keywords."""
-    return [Atom(f) for f in sorted(flags, key=lambda f: (not f.startswith("\\"), f.lower()))]
+    """A flag list in a stable order: system flags in the order RFC 9051's
+    examples use, then keywords alphabetically."""
+    return [Atom(f) for f in sorted(flags, key=lambda f: (_SYSTEM_ORDER.get(f.lower(), 9), f.lower()))]
 
 
 def format_uid_set(uids: Iterable[int]) -> str:
