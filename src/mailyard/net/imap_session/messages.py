@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...message.derived import Derived
+from ...message.derived import Derived, body_structure
 from ...protocols.imap import commands as c
 from ...protocols.imap import fetch as f
 from ...protocols.imap.response import (
@@ -151,9 +151,11 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
                 except NotFound:
                     missing = True
                     continue
-            d = Derived.from_json(derived[uid]) if uid in derived else None
+            dj = derived.get(uid)
+            # only sections need the offsets (Derived); ENVELOPE etc. read the dict
+            d = Derived.from_json(dj) if dj is not None and raw is not None else None
             try:
-                items = _items(atts, info, _Message(raw, d) if raw is not None else None, d)
+                items = _items(atts, info, _Message(raw, d) if raw is not None else None, dj)
             except f.UnknownCTE:
                 s.engine.untagged(seq, Atom("FETCH"), [Atom("UID"), uid])
                 await s.finish("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE", allow_expunge=cmd.uid)
@@ -167,7 +169,7 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}FETCH completed", allow_expunge=cmd.uid)
 
 
-def _items(atts: list[c.FetchAtt], info: MessageInfo, msg: _Message | None, d: Derived | None) -> list:
+def _items(atts: list[c.FetchAtt], info: MessageInfo, msg: _Message | None, d: dict | None) -> list:
     out: list = []
     for a in atts:
         n = a.name
@@ -182,11 +184,11 @@ def _items(atts: list[c.FetchAtt], info: MessageInfo, msg: _Message | None, d: D
         elif n == "MODSEQ":
             out += [Atom("MODSEQ"), [info.modseq]]  # RFC 7162 3.1.4.1
         elif n == "ENVELOPE":
-            out += [Atom("ENVELOPE"), f.to_imap(d.envelope) if d else [None] * 10]
+            out += [Atom("ENVELOPE"), d["envelope"] if d else [None] * 10]
         elif n == "BODYSTRUCTURE":
-            out += [Atom("BODYSTRUCTURE"), f.to_imap(d.bodystructure) if d else None]
+            out += [Atom("BODYSTRUCTURE"), d["bodystructure"] if d else None]
         elif n == "BODY":
-            out += [Atom("BODY"), f.to_imap(f.body_basic(d.bodystructure)) if d else None]
+            out += [Atom("BODY"), body_structure(d["bodystructure"]) if d else None]
         elif n in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
             assert msg is not None
             sec = c.Section((), {"RFC822": None, "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[n])
