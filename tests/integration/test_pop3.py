@@ -423,3 +423,27 @@ def test_stls_upgrade_and_injection_discarded(pop3server: RunningServer, tmp_pat
     tls.sendall(b"QUIT\r\n")
     tls.recv(512)
     tls.close()
+
+
+def test_imap_session_sees_pop3_deletions_after_quit(pop3server: RunningServer) -> None:
+    import imaplib
+
+    put(pop3server, ALICE, message(1), message(2))
+    imap = imaplib.IMAP4(pop3server.host, pop3server.port("imap"), timeout=10)
+    imap.login(ALICE, USERS[ALICE])
+    assert imap.select("INBOX")[1] == [b"2"]
+    p = login(pop3server)
+    p.dele(1)
+    imap.noop()
+    assert imap.search(None, "ALL")[1] == [b"1 2"]  # not before QUIT
+    p.quit()
+    deadline = time.monotonic() + 10
+    while True:
+        imap.noop()
+        if imap.search(None, "ALL")[1] == [b"1"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert imap.search(None, "ALL")[1] == [b"1"]
+    _, fetched = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert b"message 2" in fetched[0][1]
+    imap.logout()
