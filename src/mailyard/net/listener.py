@@ -54,6 +54,7 @@ class Connection:
         self.local_port: int = sock[1]
         self.tls: bool = writer.get_extra_info("sslcontext") is not None
         self._shutdown = listener.shutdown_event
+        self.reading = False  # blocked in read(): shutdown may interrupt it
 
     @property
     def is_loopback(self) -> bool:
@@ -64,29 +65,25 @@ class Connection:
 
         Raises TimeoutError after ``timeout`` (default: the listener's idle
         timeout) without data, and ShutdownRequested when the server stops.
+        This is on every session's hot path: no extra task per read, just a
+        timer (asyncio.timeout); shutdown cancels a session blocked here.
         """
         if self._shutdown.is_set():
             raise ShutdownRequested
         limit = self.listener.limits.idle_timeout if timeout is None else timeout
-        read = asyncio.ensure_future(self.reader.read(READ_SIZE))
-        stop = asyncio.ensure_future(self._shutdown.wait())
+        self.reading = True
         try:
-            done, _ = await asyncio.wait({read, stop}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            read.cancel()
-            stop.cancel()
+            async with asyncio.timeout(limit):
+                return await self.reader.read(READ_SIZE)
+        except (ConnectionError, OSError, ssl.SSLError):
+            return b""
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._shutdown.is_set() and task is not None and task.uncancel() == 0:
+                raise ShutdownRequested from None
             raise
-        if read in done:
-            stop.cancel()
-            try:
-                return read.result()
-            except (ConnectionError, OSError, ssl.SSLError):
-                return b""
-        read.cancel()
-        stop.cancel()
-        if stop in done:
-            raise ShutdownRequested
-        raise TimeoutError
+        finally:
+            self.reading = False
 
     def write(self, data: bytes) -> None:
         if data and not self.writer.is_closing():
@@ -142,7 +139,7 @@ class Listener:
         self.refuse = refuse
         self.shutdown_event = asyncio.Event()
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Connection] = {}
         self._per_ip: dict[str, int] = {}
 
     @property
@@ -193,7 +190,7 @@ class Listener:
                     await asyncio.wait_for(self.refuse(conn, over), 5)
             await conn.close()
             return
-        self._tasks.add(task)
+        self._tasks[task] = conn
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         try:
             await self.session(conn)
@@ -202,7 +199,7 @@ class Listener:
         except Exception:  # a bug in one session must not take the server down
             log.exception("%s: session with %s failed", self.name, ip)
         finally:
-            self._tasks.discard(task)
+            self._tasks.pop(task, None)
             left = self._per_ip.get(ip, 1) - 1
             if left:
                 self._per_ip[ip] = left
@@ -218,6 +215,9 @@ class Listener:
         """Stop accepting, ask sessions to end, wait up to ``grace`` seconds, then cut."""
         await self.stop_accepting()
         self.shutdown_event.set()
+        for task, conn in list(self._tasks.items()):
+            if conn.reading:
+                task.cancel()  # Connection.read turns this into ShutdownRequested
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:

@@ -9,8 +9,9 @@ message is safely stored before ``250`` is sent (DESIGN.md "Durability").
 
 from __future__ import annotations
 
+import itertools
 import logging
-import secrets
+import os
 from typing import TYPE_CHECKING
 
 from ..delivery.local import deliver_local
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
     from ..server import MailServer
 
 log = logging.getLogger("mailyard.smtp")
+
+# Queue IDs: unique per process (random prefix) and cheap (a counter).
+_QUEUE_PREFIX = os.urandom(4).hex()
+_queue_counter = itertools.count(1)
 
 
 def engine_config(server: MailServer) -> ServerConfig:
@@ -126,7 +131,7 @@ class SMTPSession:
             resolution = self.resolutions.get(path)
             if resolution is not None:
                 accounts.extend(resolution.accounts)
-        queue_id = secrets.token_hex(8)
+        queue_id = f"{_QUEUE_PREFIX}{next(_queue_counter):08x}"
         trace = received_header(
             helo=self.helo,
             ip=self.conn.peer_ip,
