@@ -39,7 +39,13 @@ class RunningServer:
         self.data_dir = data_dir
         self.config = config
         self.host = HOST
-        self.loop = asyncio.new_event_loop()
+        # The production event loop (cli.py runs uvloop when it is installed).
+        try:
+            import uvloop
+
+            self.loop = uvloop.new_event_loop()
+        except ImportError:
+            self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="mailyard-test-server", daemon=True)
         self._thread.start()
         self.server: MailServer | None = None

@@ -7,12 +7,15 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+from .config import Config, ConfigError
 from .delivery.router import Router
+from .net.login import throttle_from_config
+from .net.tls import ReloadableTLS, ensure_certificate
 from .net.listener import Connection, ConnectionLimits, Listener
 from .store.api import Store
 from .store.sqlite import SQLiteStore
@@ -27,9 +30,11 @@ class Service:
     """A protocol service: which port of [ports] it uses and how a session runs."""
 
     name: str  # key in [ports]
-    session: Session
+    session: Session | None = None  # a stream-based session coroutine ...
     refuse: Callable[[Connection, str], Awaitable[None]] | None = None
     implicit_tls: bool = False
+    # ... or an asyncio.Protocol per connection (net/session_protocol.py)
+    protocol: Callable[[MailServer, Listener], asyncio.Protocol] | None = None
 
 
 def services() -> list[Service]:
@@ -37,9 +42,12 @@ def services() -> list[Service]:
     from .net import imap, pop3, smtp
 
     return [
-        Service("smtp", smtp.smtp_session, smtp.refuse),
+        Service("smtp", protocol=smtp.smtp_protocol),
         Service("pop3", pop3.pop3_session, pop3.refuse),
         Service("imap", imap.imap_session, imap.refuse),
+        # RFC 8314: implicit TLS from the first byte (POP3S 995, IMAPS 993).
+        Service("pop3s", pop3.pop3_session, pop3.refuse, implicit_tls=True),
+        Service("imaps", imap.imap_session, imap.refuse, implicit_tls=True),
     ]
 
 
@@ -57,6 +65,10 @@ class MailServer:
         self._store = store
         self.listeners: dict[str, Listener] = {}
         self._stopped = asyncio.Event()
+        # TLS for STARTTLS and the implicit-TLS ports; reloaded on SIGHUP (net/tls.py).
+        self.tls: ReloadableTLS | None = None
+        # One login throttle for every protocol (auth/throttle.py, config [auth]).
+        self.throttle = throttle_from_config(config.auth)
 
     @property
     def store(self) -> Store:
@@ -75,6 +87,8 @@ class MailServer:
         cfg = self.config
         self.router = Router(self.store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients)
         self.smtp_engine_config = engine_config(self)
+        if self.tls is None:
+            self.tls = self._load_tls()
         limits = ConnectionLimits(
             cfg.limits.max_connections, cfg.limits.max_connections_per_ip, cfg.limits.idle_timeout
         )
@@ -83,15 +97,15 @@ class MailServer:
                 port = getattr(cfg.ports, service.name)
                 if port == 0:
                     continue
-                if service.implicit_tls:
-                    continue  # implicit TLS listeners arrive with the TLS work
                 listener = Listener(
                     service.name,
                     cfg.server.bind,
                     0 if self.ephemeral_ports else port,
-                    self._bind_session(service.session),
+                    self._bind_session(service.session) if service.session else None,
                     limits,
                     refuse=service.refuse,
+                    ssl_context=self.tls.listener_context if service.implicit_tls else None,
+                    protocol_factory=self._bind_protocol(service.protocol) if service.protocol else None,
                 )
                 await listener.start()
                 self.listeners[service.name] = listener
@@ -99,11 +113,40 @@ class MailServer:
             await self.stop()
             raise
 
+    def cert_paths(self) -> tuple[Path, Path]:
+        """The certificate and key files: ``[tls]`` (relative to the data
+        directory), else the self-signed pair `mailyard init` made."""
+        cfg = self.config.tls
+        if cfg.cert or cfg.key:
+            if not (cfg.cert and cfg.key):
+                raise ConfigError("[tls] needs both cert and key (or neither)")
+            return self.data_dir / cfg.cert, self.data_dir / cfg.key
+        return self.data_dir / "tls" / "cert.pem", self.data_dir / "tls" / "key.pem"
+
+    def _load_tls(self) -> ReloadableTLS:
+        cert, key = self.cert_paths()
+        if not (self.config.tls.cert or self.config.tls.key):
+            # No certificate configured: make the development one if `init` did not.
+            if ensure_certificate(self.config.server.hostname, cert, key):
+                log.warning("created a self-signed TLS certificate in %s", cert.parent)
+        try:
+            return ReloadableTLS(cert, key)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"cannot load the TLS certificate {cert} / key {key}: {exc}") from exc
+
     def _bind_session(self, session: Session) -> Callable[[Connection], Awaitable[None]]:
         async def run(conn: Connection) -> None:
             await session(self, conn)
 
         return run
+
+    def _bind_protocol(
+        self, protocol: Callable[[MailServer, Listener], asyncio.Protocol]
+    ) -> Callable[[Listener], asyncio.Protocol]:
+        def make(listener: Listener) -> asyncio.Protocol:
+            return protocol(self, listener)
+
+        return make
 
     async def stop(self) -> None:
         """Stop accepting, let sessions end (SMTP answers 421), finish commits, close the store."""
@@ -123,6 +166,11 @@ class MailServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
+        if self.tls is not None:
+            # SIGHUP re-reads certificate and key (e.g. after an ACME renewal);
+            # open sessions keep theirs, new handshakes get the new pair.
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self.tls.install_sighup(loop)
         for name, listener in self.listeners.items():
             print(f"  {name:<11} {self.config.server.bind}:{listener.bound_port}", flush=True)
         print("mailyard is running; press Ctrl-C to stop.", flush=True)

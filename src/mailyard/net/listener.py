@@ -16,6 +16,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger("mailyard.net")
 
@@ -125,12 +126,18 @@ class Listener:
         name: str,
         host: str,
         port: int,
-        session: SessionFactory,
+        session: SessionFactory | None,
         limits: ConnectionLimits,
         ssl_context: Callable[[], ssl.SSLContext] | None = None,
         refuse: Callable[[Connection, str], Awaitable[None]] | None = None,
+        protocol_factory: Callable[[Listener], asyncio.Protocol] | None = None,
     ) -> None:
+        """Run ``session`` per connection over streams, or, when
+        ``protocol_factory`` is given, an asyncio.Protocol per connection
+        (net/session_protocol.py: no task switch per read, for the hot SMTP path)."""
         self.name = name
+        self.protocol_factory = protocol_factory
+        self._protocols: set[Any] = set()
         self.host = host
         self.port = port
         self.session = session
@@ -150,21 +157,55 @@ class Listener:
 
     @property
     def active(self) -> int:
-        return len(self._tasks)
+        return len(self._tasks) + len(self._protocols)
+
+    def admit(self, protocol: Any, ip: str) -> str | None:
+        """Count a protocol-style connection in; returns why it is refused, or None."""
+        if self.active >= self.limits.max_connections:
+            return "too many connections"
+        if self._per_ip.get(ip, 0) >= self.limits.max_connections_per_ip:
+            return "too many connections from your address"
+        self._protocols.add(protocol)
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        return None
+
+    def release(self, protocol: Any, ip: str) -> None:
+        if protocol in self._protocols:
+            self._protocols.discard(protocol)
+            self._release_ip(ip)
+
+    def _release_ip(self, ip: str) -> None:
+        left = self._per_ip.get(ip, 1) - 1
+        if left:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
 
     async def start(self) -> None:
         ctx = self.ssl_context() if self.ssl_context else None
         try:
-            self._server = await asyncio.start_server(
-                self._accept,
-                self.host,
-                self.port,
-                ssl=ctx,
-                reuse_address=True,
-                backlog=1024,
-                limit=READ_SIZE,
-                ssl_handshake_timeout=30 if ctx else None,
-            )
+            if self.protocol_factory is not None:
+                factory = self.protocol_factory
+                self._server = await asyncio.get_running_loop().create_server(
+                    lambda: factory(self),
+                    self.host,
+                    self.port,
+                    ssl=ctx,
+                    reuse_address=True,
+                    backlog=1024,
+                    ssl_handshake_timeout=30 if ctx else None,
+                )
+            else:
+                self._server = await asyncio.start_server(
+                    self._accept,
+                    self.host,
+                    self.port,
+                    ssl=ctx,
+                    reuse_address=True,
+                    backlog=1024,
+                    limit=READ_SIZE,
+                    ssl_handshake_timeout=30 if ctx else None,
+                )
         except OSError as exc:
             raise OSError(
                 exc.errno,
@@ -200,11 +241,7 @@ class Listener:
             log.exception("%s: session with %s failed", self.name, ip)
         finally:
             self._tasks.pop(task, None)
-            left = self._per_ip.get(ip, 1) - 1
-            if left:
-                self._per_ip[ip] = left
-            else:
-                self._per_ip.pop(ip, None)
+            self._release_ip(ip)
             await conn.close()
 
     async def stop_accepting(self) -> None:
@@ -218,6 +255,13 @@ class Listener:
         for task, conn in list(self._tasks.items()):
             if conn.reading:
                 task.cancel()  # Connection.read turns this into ShutdownRequested
+        for protocol in list(self._protocols):
+            protocol.shutdown()  # answers its goodbye now, or after the step in progress
+        deadline = asyncio.get_running_loop().time() + grace
+        while self._protocols and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        for protocol in list(self._protocols):
+            protocol.abort()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from ..delivery.local import deliver_local
 from ..delivery.router import Resolution, Verdict
@@ -31,7 +32,8 @@ from ..protocols.smtp.events import (
 from ..protocols.smtp.replies import Reply
 from ..protocols.smtp.server import ServerConfig, SMTPServerEngine, State
 from ..store.api import StorageFull
-from .listener import Connection, ShutdownRequested
+from .listener import Listener
+from .session_protocol import SessionProtocol
 
 if TYPE_CHECKING:
     from ..server import MailServer
@@ -57,44 +59,77 @@ def engine_config(server: MailServer) -> ServerConfig:
     )
 
 
-class SMTPSession:
-    """One SMTP connection on the MX port."""
+class SMTPSession(SessionProtocol):
+    """One SMTP connection on the MX port, as an asyncio.Protocol.
+
+    HELO/EHLO, MAIL and everything the engine answers itself are handled
+    inside ``data_received``; RCPT (router lookup), end of DATA (durable
+    delivery) and VRFY/EXPN run as I/O steps while reading is paused.
+    """
 
     protocol_name = "ESMTP"
 
-    def __init__(self, server: MailServer, conn: Connection) -> None:
+    def __init__(self, server: MailServer, listener: Listener) -> None:
+        super().__init__(listener)
         self.server = server
-        self.conn = conn
         self.engine = SMTPServerEngine(server.smtp_engine_config)
         self.helo = ""
         self.resolutions: dict[str, Resolution] = {}
+        self._timeouts = server.config.smtp
 
-    async def run(self) -> None:
-        conn, engine = self.conn, self.engine
-        conn.write(engine.greeting())
-        cfg = self.server.config.smtp
-        while True:
-            event = engine.next_event()
-            if event is NEED_DATA:
-                await conn.send(engine.data_to_send())
-                if engine.closed:
-                    return
-                timeout = cfg.timeout_data_block if engine.state is State.DATA else cfg.timeout_command
-                try:
-                    data = await conn.read(timeout)
-                except TimeoutError:
-                    # RFC 5321 4.5.3.2: the server may close after its timeout, with 421.
-                    await conn.send(b"421 4.4.2 " + self._host() + b" Timeout, closing connection\r\n")
-                    return
-                except ShutdownRequested:
-                    await conn.send(engine.shutdown_reply())
-                    return
-                engine.receive_data(data)
-                continue
-            if isinstance(event, ConnectionClosed):
-                await conn.send(engine.data_to_send())
-                return
+    # --- SessionProtocol hooks ----------------------------------------------
+    def start(self) -> None:
+        self.set_timeout(self._timeouts.timeout_command)
+        self.write(self.engine.greeting())
+
+    def received(self, data: bytes) -> None:
+        self.engine.receive_data(data)
+
+    def goodbye(self) -> bytes:
+        return self.engine.shutdown_reply()
+
+    def refusal(self, reason: str) -> bytes:
+        # RFC 5321 3.1: a server may refuse a connection with a 421 greeting.
+        return f"421 4.7.0 {reason}, try again later\r\n".encode()
+
+    def on_timeout(self) -> bytes:
+        # RFC 5321 4.5.3.2: the server may close after its timeout, with 421.
+        return b"421 4.4.2 " + self._host() + b" Timeout, closing connection\r\n"
+
+    def pump(self) -> Coroutine[Any, Any, None] | None:
+        engine = self.engine
+        try:
+            while True:
+                event = engine.next_event()
+                if event is NEED_DATA:
+                    break
+                if isinstance(event, ConnectionClosed):
+                    self.write(engine.data_to_send())
+                    self.close()
+                    return None
+                if isinstance(event, HeloReceived):
+                    self.helo = event.name
+                    engine.accept()
+                elif isinstance(event, MailFromReceived):
+                    self.resolutions.clear()
+                    engine.accept()
+                elif getattr(event, "needs_answer", False):
+                    return self.step(event)
+                else:
+                    log.debug("smtp %s: %s", self.peer_ip, event)
+        finally:
+            self.write(engine.data_to_send())
+        self.set_timeout(
+            self._timeouts.timeout_data_block if engine.state is State.DATA else self._timeouts.timeout_command
+        )
+        return None
+
+    async def step(self, event: object) -> None:
+        """Answer one event that needs the outside world, then flush."""
+        try:
             await self.handle(event)
+        finally:
+            self.write(self.engine.data_to_send())
 
     def _host(self) -> bytes:
         return self.server.config.server.hostname.encode("ascii", "replace")
@@ -120,10 +155,8 @@ class SMTPSession:
             engine.respond(await self.verify(event.argument, expand=False))
         elif isinstance(event, ExpnReceived):
             engine.respond(await self.verify(event.argument, expand=True))
-        elif getattr(event, "needs_answer", False):
-            engine.respond(Reply(502, "5.5.1", "Command not implemented"))
         else:
-            log.debug("smtp %s: %s", self.conn.peer_ip, event)
+            engine.respond(Reply(502, "5.5.1", "Command not implemented"))
 
     async def deliver(self, event: MessageReceived) -> Reply:
         accounts = []
@@ -134,9 +167,9 @@ class SMTPSession:
         queue_id = f"{_QUEUE_PREFIX}{next(_queue_counter):08x}"
         trace = received_header(
             helo=self.helo,
-            ip=self.conn.peer_ip,
+            ip=self.peer_ip,
             by=self.server.config.server.hostname,
-            protocol=self.protocol_name + ("S" if self.conn.tls else ""),
+            protocol=self.protocol_name + ("S" if self.tls else ""),
             id=queue_id,
             for_addr=event.forward_paths[0] if len(event.forward_paths) == 1 else None,
         )
@@ -152,7 +185,7 @@ class SMTPSession:
         log.info(
             "delivered %s from=<%s> to=%s size=%d client=%s",
             queue_id, event.reverse_path, ",".join(f"<{p}>" for p in event.forward_paths),
-            len(event.data), self.conn.peer_ip,
+            len(event.data), self.peer_ip,
         )
         return Reply(250, "2.0.0", f"OK queued as {queue_id}")
 
@@ -172,10 +205,5 @@ class SMTPSession:
         return Reply(250, "2.1.5", members)
 
 
-async def smtp_session(server: MailServer, conn: Connection) -> None:
-    await SMTPSession(server, conn).run()
-
-
-async def refuse(conn: Connection, reason: str) -> None:
-    """Over the connection limits: RFC 5321 3.1 allows a 421 greeting."""
-    await conn.send(f"421 4.7.0 {reason}, try again later\r\n".encode())
+def smtp_protocol(server: MailServer, listener: Listener) -> SMTPSession:
+    return SMTPSession(server, listener)

@@ -1,0 +1,199 @@
+"""A protocol session driven by asyncio.Protocol callbacks instead of streams.
+
+Why: with streams every client line costs a task wake-up; here bytes go from
+``data_received`` straight into the sans-I/O engine, replies that need nothing
+from outside are written at once, and a coroutine runs only for a step that
+needs I/O (a store lookup, a durable commit, a TLS handshake). While such a
+step runs, reading is paused, so a client cannot make the engine buffer
+without bound, and pipelined commands keep their order.
+
+Subclasses implement ``start`` (greeting), ``pump`` (feed events to the
+engine; return a coroutine for the first step that needs I/O, or None), and
+``goodbye`` (the protocol's shutdown reply).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Coroutine
+from typing import Any
+
+from .listener import Listener
+
+log = logging.getLogger("mailyard.net")
+
+
+class SessionProtocol(asyncio.Protocol):
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = ""
+        self.peer_port = 0
+        self.tls = False
+        self.closed = False
+        self.busy = False  # an I/O step is running; input waits
+        self._stopping = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timeout = listener.limits.idle_timeout
+        self._task: asyncio.Task[None] | None = None
+        self._admitted = False
+
+    # --- hooks for subclasses ---------------------------------------------
+    def start(self) -> None:
+        """Called once the connection is admitted: write the greeting."""
+
+    def received(self, data: bytes) -> None:
+        """Feed bytes (b"" for end of stream) to the engine."""
+
+    def pump(self) -> Coroutine[Any, Any, None] | None:
+        """Process what the engine has; return a coroutine for a step that needs I/O."""
+        return None
+
+    def goodbye(self) -> bytes:
+        """The reply sent when the server shuts down (SMTP 421, IMAP BYE, ...)."""
+        return b""
+
+    def refusal(self, reason: str) -> bytes:
+        """The reply sent when the connection limits refuse a client."""
+        return b""
+
+    def on_timeout(self) -> bytes:
+        """The reply sent when the client was silent for too long."""
+        return b""
+
+    # --- asyncio.Protocol ----------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.peer_ip, self.peer_port = peer[0], peer[1]
+        self.tls = transport.get_extra_info("sslcontext") is not None
+        over = self.listener.admit(self, self.peer_ip)
+        if over is not None:
+            log.warning("%s: refused %s: %s", self.listener.name, self.peer_ip, over)
+            transport.write(self.refusal(over))
+            self.closed = True
+            transport.close()
+            return
+        self._admitted = True
+        self.start()
+        self._arm_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._arm_timer()
+        self.received(data)
+        self.advance()
+
+    def eof_received(self) -> bool:
+        if not self.closed:
+            self.received(b"")
+            self.advance()
+        return True  # we close the transport ourselves, after the last reply
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._admitted:
+            self.listener.release(self, self.peer_ip)
+            self._admitted = False
+        # A step in progress (e.g. a durable commit) is left to finish: what it
+        # writes goes nowhere, and what it stores is complete or absent.
+
+    def pause_writing(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.closed and not self.busy:
+            self.transport.resume_reading()
+
+    # --- driving the engine ----------------------------------------------------
+    def advance(self) -> None:
+        """Let the engine run until it needs input or an I/O step."""
+        if self.busy or self.closed:
+            return
+        step = self.pump()
+        if step is not None:
+            self.busy = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+            self._task = self.loop.create_task(self._run_step(step))
+
+    async def _run_step(self, step: Coroutine[Any, Any, None]) -> None:
+        try:
+            await step
+        except (ConnectionError, ssl.SSLError):
+            self.close()
+        except Exception:
+            log.exception("%s: session with %s failed", self.listener.name, self.peer_ip)
+            self.close()
+        finally:
+            self.busy = False
+            self._task = None
+        if self.closed:
+            return
+        if self._stopping:
+            self.write(self.goodbye())
+            self.close()
+            return
+        if self.transport is not None:
+            self.transport.resume_reading()
+        self.advance()
+
+    def write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+    def shutdown(self) -> None:
+        """Server stop: say goodbye now, or right after the step in progress."""
+        self._stopping = True
+        if not self.busy and not self.closed:
+            self.write(self.goodbye())
+            self.close()
+
+    def set_timeout(self, seconds: float) -> None:
+        """Change the idle timeout (e.g. RFC 5321 4.5.3.2 values per state)."""
+        if seconds != self._timeout:
+            self._timeout = seconds
+            self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(self._timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        if self.closed:
+            return
+        if self.busy:
+            self._arm_timer()  # our own step is slow, not the client
+            return
+        log.info("%s: %s timed out", self.listener.name, self.peer_ip)
+        self.write(self.on_timeout())
+        self.close()
+
+    async def start_tls(self, context: ssl.SSLContext) -> None:
+        """Upgrade this connection to TLS (STARTTLS). Bytes the client sent
+        after the command and before the handshake are dropped by the engine
+        (RFC 3207 section 4.2)."""
+        assert self.transport is not None
+        new = await self.loop.start_tls(self.transport, self, context, server_side=True, ssl_handshake_timeout=30)
+        if new is None:
+            raise ConnectionError("TLS handshake failed")
+        self.transport = new
+        self.tls = True
