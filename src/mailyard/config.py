@@ -97,6 +97,27 @@ class TLSConfig:
 
 
 @dataclass
+class AuthConfig:
+    """Authentication policy shared by SMTP AUTH, IMAP and POP3 (issue #5)."""
+
+    # Passwords in the clear (USER/PASS, LOGIN, AUTH PLAIN/LOGIN) need TLS,
+    # except from a loopback client when this is true (RFC 8314 4.1; RFC 9051 11.1).
+    allow_plaintext_on_loopback: bool = True
+    # Allow them on unencrypted connections from anywhere (not recommended).
+    allow_plaintext_insecure: bool = False
+    # Login throttle (auth/throttle.py), shared by every protocol: each failure
+    # doubles the next attempt's delay from base_delay up to max_delay; this many
+    # failures within `window` seconds lock the account / client address out.
+    base_delay: float = 1.0
+    max_delay: float = 16.0
+    window: float = 900.0
+    account_max_failures: int = 10
+    account_lockout: float = 900.0
+    ip_max_failures: int = 30
+    ip_lockout: float = 900.0
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     ports: PortsConfig = field(default_factory=PortsConfig)
@@ -104,6 +125,7 @@ class Config:
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @classmethod
     def load(cls, path: Path | None) -> Config:

@@ -74,6 +74,9 @@ MIN_AUTOLOGOUT = 600.0
 # Mechanisms offered by AUTH (RFC 5034). PLAIN and LOGIN carry the password;
 # SCRAM-SHA-256 does not.
 SASL_MECHANISMS = ("SCRAM-SHA-256", "PLAIN", "LOGIN")
+# Without TLS (and off loopback, net/login.py plaintext_allowed): the engine
+# refuses PLAIN with "-ERR [AUTH] ... non-secure" and LOGIN is not offered.
+_NO_CLEARTEXT_MECHANISMS = ("SCRAM-SHA-256", "PLAIN")
 
 # Octets queued on the transport after which a RETR waits for the client to read.
 _WRITE_HIGH_WATER = 256 * 1024
@@ -231,7 +234,8 @@ class POP3Session:
     """One POP3 connection, from greeting to QUIT or disconnect."""
 
     def __init__(self, service: POP3Service, conn: Connection, tls: ssl.SSLContext | None = None,
-                 idle_timeout: float = MIN_AUTOLOGOUT) -> None:
+                 idle_timeout: float = MIN_AUTOLOGOUT, plaintext_auth: bool = True,
+                 tls_source: Callable[[], ssl.SSLContext | None] | None = None) -> None:
         self.service = service
         self.store = service.store
         self.conn = conn
@@ -242,10 +246,13 @@ class POP3Session:
             timestamp=self.timestamp,
             greeting="mailyard POP3 server ready",
             signoff=f"{service.hostname} POP3 server signing off",
-            sasl_mechanisms=SASL_MECHANISMS,
+            sasl_mechanisms=SASL_MECHANISMS if plaintext_auth else _NO_CLEARTEXT_MECHANISMS,
+            plaintext_auth=plaintext_auth,
             tls_available=tls is not None and not conn.tls,
             tls_active=conn.tls,
         )
+        # The context is read again at STLS time, so a SIGHUP reload applies.
+        self._tls_source = tls_source
         self.account: Account | None = None
         self.mailbox: Mailbox | None = None
         self._crlf_clean: Callable[[int], bool] = lambda uid: False
@@ -319,13 +326,17 @@ class POP3Session:
         elif isinstance(event, StartTLS):
             assert self.tls is not None
             await self.conn.send(engine.data_to_send())
+            context = (self._tls_source() if self._tls_source else None) or self.tls
             try:
-                await self.conn.start_tls(self.tls)
+                await self.conn.start_tls(context)
             except (ssl.SSLError, OSError, ConnectionError) as exc:
                 log.info("STLS handshake with %s failed: %s", self.conn.peer_ip, exc)
                 await self.conn.close()
                 raise ConnectionError("TLS handshake failed") from exc
             engine.tls_started()
+            # RFC 2595 section 2.1: with TLS up, passwords may be sent in the clear.
+            engine.plaintext_auth = True
+            engine.sasl_mechanisms = SASL_MECHANISMS
 
     # --- authentication ---------------------------------------------------------
 
@@ -446,9 +457,15 @@ async def _value(value: bool) -> bool:
 
 async def pop3_session(server: MailServer, conn: Connection) -> None:
     """Run one POP3 session on ``conn`` (the `Service` entry in server.py)."""
+    from .login import plaintext_allowed
+
     service = service_for(server)
     timeout = getattr(getattr(server.config, "limits", None), "idle_timeout", MIN_AUTOLOGOUT)
-    await POP3Session(service, conn, _tls_context(server), timeout).run()
+    await POP3Session(
+        service, conn, _tls_context(server), timeout,
+        plaintext_auth=plaintext_allowed(server, conn),
+        tls_source=lambda: _tls_context(server),
+    ).run()
 
 
 async def refuse(conn: Connection, reason: str) -> None:

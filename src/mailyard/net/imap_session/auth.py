@@ -1,21 +1,29 @@
 """Any-state and not-authenticated commands: CAPABILITY NOOP LOGOUT ID
 (RFC 2971), LOGIN, AUTHENTICATE (RFC 9051 6.2.2, SASL-IR RFC 4959), ENABLE
-(RFC 5161), and STARTTLS (not offered until IMAP gets TLS)."""
+(RFC 5161), and STARTTLS (RFC 9051 6.2.1).
+
+Mechanisms: SCRAM-SHA-256 (RFC 7677) always; PLAIN and LOGIN, like the LOGIN
+command, only where passwords may travel in the clear (TLS, or loopback by
+default; net/login.py). Elsewhere the greeting says LOGINDISABLED and they get
+NO [PRIVACYREQUIRED]. Failures count against the server's one login throttle."""
 
 from __future__ import annotations
 
-import time
+import logging
+import ssl
 from typing import TYPE_CHECKING
 
 from ... import __version__ as VERSION
 from ...auth import sasl
-from ...auth.passwords import verify_password_async
-from ...auth.throttle import Locked, LoginThrottle
 from ...protocols.imap import commands as c
-from ...protocols.imap.engine import AuthResponse, State
+from ...protocols.imap.engine import AuthResponse, ImapEngine, State
 from ...protocols.imap.response import Atom
+from ..login import Authenticator, plaintext_allowed
+
+log = logging.getLogger("mailyard.imap")
 
 if TYPE_CHECKING:
+    from ..tls import ReloadableTLS
     from .core import ImapSession
 
 # ENABLE-able extensions (RFC 5161 4): IMAP4rev2 (RFC 9051 6.3.1),
@@ -34,27 +42,28 @@ MAX_AUTH_FAILURES = 3  # per connection, then BYE
 
 
 def plaintext_ok(s: ImapSession) -> bool:
-    """Passwords in the clear only over TLS or loopback (RFC 9051 11.1)."""
-    return s.conn.tls or s.conn.is_loopback
+    """Passwords in the clear only over TLS, or from loopback (configurable,
+    net/login.py; RFC 9051 11.1)."""
+    return plaintext_allowed(s.server, s.conn)
+
+
+def _tls(s: ImapSession) -> ReloadableTLS | None:
+    return getattr(s.server, "tls", None)
 
 
 def capabilities(s: ImapSession) -> list[str]:
     caps = ["IMAP4rev1", "IMAP4rev2", *EXTENSIONS, f"APPENDLIMIT={s.engine.framer.limits.max_append}"]
     if s.engine.state is State.NOT_AUTHENTICATED:
+        if not s.conn.tls and _tls(s) is not None:
+            caps.append("STARTTLS")  # RFC 9051 6.2.1
+        caps.append("SASL-IR")  # RFC 4959
         if plaintext_ok(s):
-            caps += ["SASL-IR", "AUTH=PLAIN"]
+            caps += ["AUTH=SCRAM-SHA-256", "AUTH=PLAIN", "AUTH=LOGIN"]
         else:
-            caps += ["LOGINDISABLED"]
+            # RFC 9051 6.2.3: LOGIN refused until TLS; the clear-text mechanisms
+            # are not offered either (as Dovecot does) and get [PRIVACYREQUIRED].
+            caps += ["AUTH=SCRAM-SHA-256", "LOGINDISABLED"]
     return caps
-
-
-def _throttle(s: ImapSession) -> LoginThrottle:
-    # one throttle per server, shared by every IMAP session (auth/throttle.py)
-    t = getattr(s.server, "imap_login_throttle", None)
-    if t is None:
-        t = LoginThrottle()
-        s.server.imap_login_throttle = t  # type: ignore[attr-defined]
-    return t
 
 
 async def cmd_capability(s: ImapSession, cmd: c.Command) -> None:
@@ -79,7 +88,24 @@ async def cmd_id(s: ImapSession, cmd: c.Command) -> None:
 
 
 async def cmd_starttls(s: ImapSession, cmd: c.Command) -> None:
-    s.engine.complete("BAD", "STARTTLS is not offered on this port")
+    tls = _tls(s)
+    if tls is None or s.conn.tls:
+        s.engine.complete("BAD", "STARTTLS is not available" if tls is None else "TLS is already active")
+        return
+    # RFC 9051 6.2.1: OK, then the TLS negotiation starts right after the CRLF.
+    s.engine.complete("OK", "Begin TLS negotiation now")
+    await s.flush()
+    try:
+        await s.conn.start_tls(tls.context)
+    except (ssl.SSLError, OSError, ConnectionError) as exc:
+        log.info("imap STARTTLS handshake with %s failed: %s", s.conn.peer_ip, exc)
+        s.engine.bye("TLS negotiation failed")
+        s.engine.data_to_send()  # nothing more can be sent on this connection
+        raise ConnectionError("TLS handshake failed") from exc
+    # RFC 9051 6.2.1 / RFC 3207 4.2: discard everything learned before TLS,
+    # including commands pipelined after STARTTLS in the clear (injection).
+    s.engine = ImapEngine(s.engine.framer.limits)
+    s.auth_failures = 0
 
 
 async def cmd_enable(s: ImapSession, cmd: c.Enable) -> None:
@@ -90,19 +116,18 @@ async def cmd_enable(s: ImapSession, cmd: c.Enable) -> None:
     await s.finish("OK", "ENABLE completed")
 
 
+def _authenticator(s: ImapSession) -> Authenticator:
+    auth = getattr(s, "authenticator", None)
+    if auth is None:
+        auth = s.authenticator = Authenticator(s.server, s.conn, "imap")
+    return auth
+
+
 async def _check_login(s: ImapSession, user: str, password: str) -> str | None:
     """Verify a user name and password; None on success, else the NO text."""
-    throttle = _throttle(s)
-    now = time.monotonic()
-    verdict = throttle.before_attempt(s.conn.peer_ip, user, now)
-    if isinstance(verdict, Locked):
-        return "Too many failed logins; try again later"
-    account = await s.store.get_account(user)
-    ok = await verify_password_async(account.password_hash if account else None, password)
-    if not ok or account is None:
-        throttle.record_failure(s.conn.peer_ip, user, time.monotonic())
+    account = await _authenticator(s).password(user, password)
+    if account is None:
         return "Invalid credentials"
-    throttle.record_success(s.conn.peer_ip, user, time.monotonic())
     s.account = account
     return None
 
@@ -132,40 +157,42 @@ async def cmd_login(s: ImapSession, cmd: c.Login) -> None:
 
 
 async def cmd_authenticate(s: ImapSession, cmd: c.Authenticate) -> None:
-    if cmd.mechanism not in ("PLAIN",) or not plaintext_ok(s):
+    name = cmd.mechanism.upper()
+    if name not in sasl.MECHANISMS:
         s.engine.complete("NO", f"Unsupported authentication mechanism {cmd.mechanism}", "CANNOT")
         return
-    mech = sasl.start(cmd.mechanism)
-    ev = mech.begin(cmd.initial_response)
-    while True:
-        if isinstance(ev, sasl.Challenge):
-            s.engine.continuation(ev.wire)
-            await s.flush()
-            while True:
-                reply = s.engine.next_event()
-                if isinstance(reply, AuthResponse):
-                    break
-                data = await s.read()
-                if not data:
-                    s.engine.bye("Connection closed")
-                    return
-                s.engine.receive_data(data)
-            ev = mech.step(reply.line)
-        elif isinstance(ev, sasl.NeedCredentials):
-            problem = await _check_login(s, ev.authcid, ev.password)
-            ev = mech.provide_result(problem is None)
-        elif isinstance(ev, sasl.Success):
+    if name in sasl.PLAINTEXT_MECHANISMS and not plaintext_ok(s):
+        s.engine.complete("NO", "Use TLS first, or SCRAM-SHA-256", "PRIVACYREQUIRED")
+        return
+    auth = _authenticator(s)
+    mech = sasl.start(name)
+    ev = await auth.sasl(mech, mech.begin(cmd.initial_response))
+    while isinstance(ev, sasl.Challenge):
+        # RFC 9051 6.2.2: "+ base64" continuation; the client answers one line.
+        s.engine.continuation(ev.wire)
+        await s.flush()
+        while True:
+            reply = s.engine.next_event()
+            if isinstance(reply, AuthResponse):
+                break
+            data = await s.read()
+            if not data:
+                s.engine.bye("Connection closed")
+                return
+            s.engine.receive_data(data)
+        ev = await auth.sasl(mech, mech.step(reply.line))
+    if isinstance(ev, sasl.Success):
+        account = await auth.account(ev)
+        if account is not None:
+            s.account = account
             await _login_done(s, None)
             return
-        elif isinstance(ev, sasl.Failure):
-            if ev.kind == "cancelled":
-                # RFC 9051 6.2.2: "*" cancels with BAD
-                s.engine.complete("BAD", "Authentication cancelled")
-            elif ev.kind in ("malformed", "too-long"):
-                s.engine.complete("BAD", "Malformed authentication data")
-            else:
-                await _login_done(s, "Invalid credentials")
-            return
-        else:
-            s.engine.complete("NO", "Authentication failed", "AUTHENTICATIONFAILED")
-            return
+        await _login_done(s, "Invalid credentials")
+        return
+    if ev.kind == "cancelled":
+        # RFC 9051 6.2.2: "*" cancels with BAD
+        s.engine.complete("BAD", "Authentication cancelled")
+    elif ev.kind in ("malformed", "too-long", "protocol"):
+        s.engine.complete("BAD", "Malformed authentication data")
+    else:
+        await _login_done(s, "Invalid credentials")
