@@ -9,7 +9,7 @@ All recipients get the message in one atomic, durable commit, or none does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from ..message.trace import delivered_to_header, return_path_header
 from ..store.api import Account, DeliveryTarget, NotFound, Store
@@ -20,8 +20,12 @@ async def deliver_local(
     body: bytes,
     reverse_path: str,
     accounts: Sequence[Account],
+    inbox_id: Callable[[int], Awaitable[int | None]] | None = None,
 ) -> list[int]:
-    """Deliver ``body`` to each account's INBOX; returns the UIDs in order."""
+    """Deliver ``body`` to each account's INBOX; returns the UIDs in order.
+
+    ``inbox_id`` looks up an account's INBOX (the router's directory cache
+    passes its cached lookup); by default the store is asked."""
     targets: list[DeliveryTarget] = []
     return_path = return_path_header(reverse_path)
     seen: set[int] = set()
@@ -29,9 +33,13 @@ async def deliver_local(
         if account.id in seen:
             continue  # one copy per mailbox, however many addresses led to it
         seen.add(account.id)
-        inbox = await store.get_mailbox(account.id, "INBOX")
-        if inbox is None:
+        if inbox_id is not None:
+            mailbox_id = await inbox_id(account.id)
+        else:
+            inbox = await store.get_mailbox(account.id, "INBOX")
+            mailbox_id = inbox.id if inbox is not None else None
+        if mailbox_id is None:
             raise NotFound(f"account {account.address} has no INBOX")
         prefix = return_path + delivered_to_header(account.address)
-        targets.append(DeliveryTarget(inbox.id, prefix))
+        targets.append(DeliveryTarget(mailbox_id, prefix))
     return await store.deliver(body, targets)

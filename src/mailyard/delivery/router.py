@@ -10,7 +10,10 @@ list cannot run away.
 from __future__ import annotations
 
 import enum
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..store.api import Account, InvalidName, Store
 from ..store.names import normalize_address, normalize_domain
@@ -36,11 +39,62 @@ class Resolution:
     dead: list[str] = field(default_factory=list)
 
 
+class DirectoryCache:
+    """Directory lookups (domains, accounts, aliases, lists, INBOX ids) cached
+    for a short time, as MTAs do (every RCPT asks several of them).
+
+    Changes made through this process's store are seen at once (the store's
+    ``directory_version`` moves); changes made by another process (the
+    ``mailyard user``/``alias`` commands) within ``ttl`` seconds.
+    """
+
+    def __init__(self, store: Store, ttl: float = 2.0, max_entries: int = 100_000) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, Any], tuple[float, Any]] = {}
+        self._version = store.directory_version
+
+    async def get(self, kind: str, key: Any, load: Callable[[], Awaitable[Any]]) -> Any:
+        now = time.monotonic()
+        if self._version != self.store.directory_version:
+            self._entries.clear()
+            self._version = self.store.directory_version
+        hit = self._entries.get((kind, key))
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = await load()
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[(kind, key)] = (now + self.ttl, value)
+        return value
+
+    async def is_local_domain(self, domain: str) -> bool:
+        return await self.get("domain", domain, lambda: self.store.is_local_domain(domain))
+
+    async def account(self, address: str) -> Account | None:
+        return await self.get("account", address, lambda: self.store.get_account(address))
+
+    async def alias(self, address: str) -> list[str] | None:
+        return await self.get("alias", address, lambda: self.store.get_alias(address))
+
+    async def list_members(self, address: str) -> list[str] | None:
+        return await self.get("list", address, lambda: self.store.get_list_members(address))
+
+    async def inbox_id(self, account_id: int) -> int | None:
+        async def load() -> int | None:
+            box = await self.store.get_mailbox(account_id, "INBOX")
+            return box.id if box is not None else None
+
+        return await self.get("inbox", account_id, load)
+
+
 class Router:
     def __init__(self, store: Store, max_depth: int = 10, max_recipients: int = 1000) -> None:
         self.store = store
         self.max_depth = max_depth
         self.max_recipients = max_recipients
+        self.directory = DirectoryCache(store)
 
     async def postmaster_address(self, domain: str | None = None) -> str:
         """RFC 5321 4.1.1.3 / 4.5.1: ``<postmaster>`` without a domain means the
@@ -59,7 +113,7 @@ class Router:
             domain = normalize_domain(addr.rpartition("@")[2])
         except InvalidName:
             return Resolution(address, Verdict.INVALID)
-        if not await self.store.is_local_domain(domain):
+        if not await self.directory.is_local_domain(domain):
             return Resolution(addr, Verdict.REMOTE, remote=[addr])
         result = Resolution(addr, Verdict.LOCAL)
         seen: set[str] = set()
@@ -80,18 +134,18 @@ class Router:
         if depth > self.max_depth or len(seen) > self.max_recipients:
             out.verdict = Verdict.LOOP
             return True
-        domain = addr.rpartition("@")[2]
-        if not await self.store.is_local_domain(domain):
+        domain = addr.rpartition("@")[2].lower()
+        if not await self.directory.is_local_domain(domain):
             out.remote.append(addr)
             return True
-        account = await self.store.get_account(addr)
+        account = await self.directory.account(key)
         if account is not None:
             if all(a.id != account.id for a in out.accounts):
                 out.accounts.append(account)
             return True
-        targets = await self.store.get_alias(addr)
+        targets = await self.directory.alias(key)
         if targets is None:
-            targets = await self.store.get_list_members(addr)
+            targets = await self.directory.list_members(key)
         if targets is None:
             return False
         for target in targets:

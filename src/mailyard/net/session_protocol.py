@@ -37,6 +37,7 @@ class SessionProtocol(asyncio.Protocol):
         self.busy = False  # an I/O step is running; input waits
         self._stopping = False
         self._timer: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
         self._timeout = listener.limits.idle_timeout
         self._task: asyncio.Task[None] | None = None
         self._admitted = False
@@ -170,18 +171,25 @@ class SessionProtocol(asyncio.Protocol):
         """Change the idle timeout (e.g. RFC 5321 4.5.3.2 values per state)."""
         if seconds != self._timeout:
             self._timeout = seconds
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self._arm_timer()
 
     def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(self._timeout, self._timed_out)
+        # Called on every read: only note the time; the one timer per
+        # connection re-arms itself for the remainder when it fires early.
+        self._last_activity = self.loop.time()
+        if self._timer is None:
+            self._timer = self.loop.call_later(self._timeout, self._timed_out)
 
     def _timed_out(self) -> None:
+        self._timer = None
         if self.closed:
             return
-        if self.busy:
-            self._arm_timer()  # our own step is slow, not the client
+        left = self._last_activity + self._timeout - self.loop.time()
+        if left > 0 or self.busy:  # activity since, or our own step is slow
+            self._timer = self.loop.call_later(max(left, 1.0), self._timed_out)
             return
         log.info("%s: %s timed out", self.listener.name, self.peer_ip)
         self.write(self.on_timeout())

@@ -175,7 +175,10 @@ class SMTPSession(SessionProtocol):
         )
         try:
             if accounts:
-                await deliver_local(self.server.store, trace + event.data, event.reverse_path, accounts)
+                await deliver_local(
+                    self.server.store, trace + event.data, event.reverse_path, accounts,
+                    inbox_id=self.server.router.directory.inbox_id,
+                )
         except StorageFull:
             log.error("delivery %s refused: storage full", queue_id)
             return Reply(452, "4.3.1", "Insufficient system storage, try again later")

@@ -134,6 +134,10 @@ FlagMode = Literal["add", "remove", "replace"]
 class Store(abc.ABC):
     """Backend-independent store API. All methods are coroutines."""
 
+    # Moves whenever this process changes domains, accounts, aliases or lists,
+    # so caches of directory lookups (delivery/router.py) know to forget.
+    directory_version: int = 0
+
     # --- life cycle -------------------------------------------------------
     @abc.abstractmethod
     async def close(self) -> None:

@@ -106,8 +106,12 @@ class SQLiteStore(Store):
         return conn
 
     # --- plumbing ---------------------------------------------------------
-    async def _write(self, op: Callable[[sqlite3.Connection, WriteContext], Any]) -> Any:
-        return await self._writer.submit(op)
+    async def _write(self, op: Callable[[sqlite3.Connection, WriteContext], Any], directory: bool = False) -> Any:
+        try:
+            return await self._writer.submit(op)
+        finally:
+            if directory:
+                self.directory_version += 1
 
     def _before_commit(self) -> None:
         self.blobs.sync()
@@ -160,7 +164,7 @@ class SQLiteStore(Store):
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"domain {domain} exists already") from None
 
-        await self._write(op)
+        await self._write(op, directory=True)
 
     async def remove_domain(self, name: str) -> None:
         domain = normalize_domain(name)
@@ -178,7 +182,7 @@ class SQLiteStore(Store):
                 )
             c.execute("DELETE FROM domains WHERE name = ?", (domain,))
 
-        await self._write(op)
+        await self._write(op, directory=True)
 
     async def list_domains(self) -> list[str]:
         return [r[0] for r in self._q("SELECT name FROM domains ORDER BY name")]
@@ -223,7 +227,7 @@ class SQLiteStore(Store):
                 self._insert_mailbox(c, account_id, name, use)
             return account_id
 
-        account_id = await self._write(op)
+        account_id = await self._write(op, directory=True)
         return Account(account_id, addr, password_hash, apop_secret, scram_sha256)
 
     async def get_account(self, address: str) -> Account | None:
@@ -269,7 +273,7 @@ class SQLiteStore(Store):
             if cur.rowcount == 0:
                 raise NotFound(f"no account {addr}")
 
-        await self._write(op)
+        await self._write(op, directory=True)
 
     async def remove_account(self, address: str) -> None:
         addr = normalize_address(address)
@@ -283,7 +287,7 @@ class SQLiteStore(Store):
                 ctx.changed.add(mailbox_id)
             c.execute("DELETE FROM accounts WHERE id = ?", (row[0],))
 
-        await self._write(op)
+        await self._write(op, directory=True)
 
     # --- aliases and lists ------------------------------------------------
     async def add_alias(self, source: str, targets: Sequence[str]) -> None:
@@ -302,7 +306,7 @@ class SQLiteStore(Store):
                 raise AlreadyExists(f"{src} is an account or a list already")
             c.executemany("INSERT OR IGNORE INTO aliases(source, target) VALUES (?, ?)", [(src, d) for d in dests])
 
-        await self._write(op)
+        await self._write(op, directory=True)
 
     async def remove_alias(self, source: str, targets: Sequence[str] = ()) -> None:
         src = normalize_address(source)
@@ -316,7 +320,7 @@ class SQLiteStore(Store):
             else:
                 c.execute("DELETE FROM aliases WHERE source = ?", (src,))
 
-        await self._write(op)
+        await self._write(op, directory=True)
 
     async def get_alias(self, source: str) -> list[str] | None:
         try:
@@ -348,7 +352,7 @@ class SQLiteStore(Store):
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"list {addr} exists already") from None
 
-        await self._write(op)
+        await self._write(op, directory=True)
 
     async def remove_list(self, address: str) -> None:
         addr = normalize_address(address)
@@ -357,7 +361,7 @@ class SQLiteStore(Store):
             if c.execute("DELETE FROM lists WHERE address = ?", (addr,)).rowcount == 0:
                 raise NotFound(f"no list {addr}")
 
-        await self._write(op)
+        await self._write(op, directory=True)
 
     async def subscribe_list(self, address: str, member: str) -> None:
         addr = normalize_address(address)
@@ -368,7 +372,7 @@ class SQLiteStore(Store):
                 raise NotFound(f"no list {addr}")
             c.execute("INSERT OR IGNORE INTO list_members(list, member) VALUES (?, ?)", (addr, who))
 
-        await self._write(op)
+        await self._write(op, directory=True)
 
     async def unsubscribe_list(self, address: str, member: str) -> None:
         addr = normalize_address(address)
@@ -380,7 +384,7 @@ class SQLiteStore(Store):
             if c.execute("DELETE FROM list_members WHERE list = ? AND member = ?", (addr, who)).rowcount == 0:
                 raise NotFound(f"{who} is not a member of {addr}")
 
-        await self._write(op)
+        await self._write(op, directory=True)
 
     async def get_list_members(self, address: str) -> list[str] | None:
         try:
@@ -432,7 +436,7 @@ class SQLiteStore(Store):
         def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
             return self._insert_mailbox(c, account_id, canonical, special_use)
 
-        mailbox_id = await self._write(op)
+        mailbox_id = await self._write(op, directory=True)
         mailbox = await self.get_mailbox_by_id(mailbox_id)
         assert mailbox is not None
         return mailbox
@@ -500,7 +504,7 @@ class SQLiteStore(Store):
                 c.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (renamed, mailbox_id))
                 ctx.changed.add(mailbox_id)
 
-        await self._write(op)
+        await self._write(op, directory=True)
 
     async def delete_mailbox(self, account_id: int, name: str) -> None:
         canonical = self._canonical_name(name)
@@ -517,7 +521,7 @@ class SQLiteStore(Store):
             c.execute("DELETE FROM mailboxes WHERE id = ?", (row[0],))
             ctx.changed.add(row[0])
 
-        await self._write(op)
+        await self._write(op, directory=True)
 
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
         canonical = self._canonical_name(name)
