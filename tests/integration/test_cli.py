@@ -1,0 +1,77 @@
+"""The mailyard command as an administrator uses it (subprocesses)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(data: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailyard", "--data", str(data), *args],
+        input=stdin, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_init_and_administration(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    r = run(data, "init", "--domain", "Example.TEST", "--demo")
+    assert r.returncode == 0, r.stderr
+    assert "alice@example.test  password:" in r.stdout
+    assert (data / "config.toml").exists() and (data / "tls" / "cert.pem").exists()
+    assert (data / "demo-passwords.txt").stat().st_mode & 0o777 == 0o600
+    assert run(data, "domain", "list").stdout.split() == ["example.test"]
+    users = run(data, "user", "list").stdout.split()
+    assert users == ["alice@example.test", "bob@example.test", "postmaster@example.test"]
+    r = run(data, "user", "add", "carol@example.test", "--password-stdin", stdin="carol-secret-9\n")
+    assert r.returncode == 0, r.stderr
+    r = run(data, "user", "add", "carol@example.test", "--password-stdin", stdin="carol-secret-9\n")
+    assert r.returncode == 1 and "exists already" in r.stderr
+    r = run(data, "user", "add", "dave@example.test", "--password-stdin", stdin="short\n")
+    assert r.returncode == 1 and "at least 8" in r.stderr
+    r = run(data, "user", "add", "x@other.test", "--password-stdin", stdin="long-enough-1\n")
+    assert r.returncode == 1 and "mailyard domain add other.test" in r.stderr
+    assert run(data, "alias", "add", "info@example.test", "alice@example.test", "ext@remote.test").returncode == 0
+    assert "info@example.test -> alice@example.test, ext@remote.test" in run(data, "alias", "list").stdout
+    assert run(data, "list", "add", "team@example.test").returncode == 0
+    assert run(data, "list", "subscribe", "team@example.test", "alice@example.test", "bob@example.test").returncode == 0
+    assert run(data, "list", "members", "team@example.test").stdout.split() == ["alice@example.test", "bob@example.test"]
+    assert run(data, "list", "unsubscribe", "team@example.test", "bob@example.test").returncode == 0
+    assert run(data, "list", "members", "team@example.test").stdout.split() == ["alice@example.test"]
+    r = run(data, "domain", "remove", "example.test")
+    assert r.returncode == 1 and "remove them first" in r.stderr
+    assert run(data, "user", "remove", "carol@example.test").returncode == 0
+    assert run(data, "config", "check").returncode == 0
+
+
+def test_clear_errors(tmp_path: Path) -> None:
+    r = run(tmp_path / "nothing", "user", "list")
+    assert r.returncode == 1 and "mailyard --data" in r.stderr and "init" in r.stderr
+    data = tmp_path / "data"
+    run(data, "init", "--domain", "example.test")
+    (data / "config.toml").write_text("[smtp]\nmax_mesage_size = 1\n")
+    r = run(data, "serve")
+    assert r.returncode == 1 and "max_mesage_size" in r.stderr and "max_message_size" in r.stderr
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        (data / "config.toml").write_text(
+            f"[ports]\nsmtp = {port}\nsubmission = 0\nsmtps = 0\nimap = 0\nimaps = 0\n"
+            "pop3 = 0\npop3s = 0\nhttp = 0\n"
+        )
+        r = run(data, "serve")
+        assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr and "[ports]" in r.stderr
+    finally:
+        blocker.close()
+
+
+@pytest.mark.parametrize("command", [[], ["user"], ["user", "add"], ["alias"], ["list"], ["domain"], ["serve"], ["init"]])
+def test_help_everywhere(tmp_path: Path, command: list[str]) -> None:
+    r = run(tmp_path, *command, "--help")
+    assert r.returncode == 0 and "usage:" in r.stdout
