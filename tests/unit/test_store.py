@@ -233,3 +233,35 @@ async def test_reopen_keeps_everything(tmp_path: Path) -> None:
         assert await s2.append(inbox.id, b"z") == 21
     finally:
         await s2.close()
+
+
+async def test_compaction_reclaims_expunged_space_and_keeps_live_bytes(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "c", StoreConfig(segment_size=20_000))
+    try:
+        await s.add_domain("example.test")
+        a = await s.add_account("a@example.test", "h")
+        inbox = await s.get_mailbox(a.id, "INBOX")
+        assert inbox
+        bodies = {}
+        for i in range(60):  # about 1 KB each: several 20 KB segments
+            body = b"Subject: %d\r\n\r\n" % i + bytes([65 + i % 26]) * 1000
+            bodies[await s.append(inbox.id, body)] = body
+        blob_dir = tmp_path / "c" / "blobs"
+        before = sum(p.stat().st_size for p in blob_dir.glob("*.seg"))
+        dead = [uid for uid in bodies if uid % 4 != 0]
+        await s.expunge(inbox.id, dead)
+        await s.compact()
+        await s.compact()  # the second pass removes the retired files
+        after = sum(p.stat().st_size for p in blob_dir.glob("*.seg"))
+        assert after < before * 0.6
+        for uid, body in bodies.items():
+            if uid % 4 == 0:
+                assert await s.read_message(inbox.id, uid) == body
+    finally:
+        await s.close()
+    s2 = SQLiteStore(tmp_path / "c", StoreConfig(segment_size=20_000))
+    try:
+        assert len(await s2.list_messages(inbox.id)) == 15
+        assert await s2.read_message(inbox.id, 4) == bodies[4]
+    finally:
+        await s2.close()

@@ -19,12 +19,15 @@ from typing import Any, Literal
 
 from ..config import StoreConfig
 from .api import (
+    DERIVED_FIELDS,
     HIERARCHY_DELIMITER,
     SPECIAL_USE_MAILBOXES,
     Account,
     AlreadyExists,
+    AppendItem,
     Changes,
     DeliveryTarget,
+    DerivedRecord,
     FlagMode,
     InvalidName,
     Mailbox,
@@ -34,26 +37,48 @@ from .api import (
     StorageFull,
     Store,
     StoreError,
+    derive_record,
 )
 from .blobs import SegmentFiles
 from .names import check_mailbox_name, normalize_address, normalize_domain
+from .queue import QUEUE_SCHEMA, SQLiteQueueMixin
 from .schema import SCHEMA, SCHEMA_VERSION
 from .writer import GroupCommitWriter, WriteContext
 
 log = logging.getLogger("mailyard.store")
 
 INDEX_BATCH = 50
+# A sealed segment whose live bytes fall below this share is rewritten (compaction).
+COMPACT_LIVE_RATIO = 0.5
+COMPACT_INTERVAL = 60.0
+INDEX_SLICE = 0.02  # seconds of deriving the background indexer does before it looks at the write queue
+INDEXED = "2"  # bodies.derived once body_derived/header_fields/fts hold the body's data
 
-_MAILBOX_COLS = "id, account_id, name, uid_validity, uid_next, highest_modseq, special_use, subscribed"
+_MAILBOX_COLS = (
+    "id, account_id, name, uid_validity, uid_next, highest_modseq, special_use,"
+    " EXISTS(SELECT 1 FROM subscriptions s WHERE s.account_id = mailboxes.account_id AND s.name = mailboxes.name)"
+)
 _MESSAGE_COLS = "mailbox_id, uid, size, flags, internal_date, modseq"
+_META_KEYS = frozenset({"envelope", "bodystructure", "parts", "messages", "date", "size"})
+_IMAP_COLS = {"envelope_imap": "envelope", "bodystructure_imap": "bodystructure", "body_imap": "body"}
 
 
 def _flags_text(flags: Iterable[str]) -> str:
     return " ".join(sorted(set(flags)))
 
 
+_FLAG_SETS: dict[str, frozenset[str]] = {}
+
+
 def _flags_set(text: str) -> frozenset[str]:
-    return frozenset(text.split()) if text else frozenset()
+    # A mailbox has few distinct flag combinations: share their frozensets
+    # (SELECT / FETCH FLAGS of 10,000 messages builds 10,000 MessageInfos).
+    fs = _FLAG_SETS.get(text)
+    if fs is None:
+        fs = frozenset(text.split()) if text else frozenset()
+        if len(_FLAG_SETS) < 4096:
+            _FLAG_SETS[text] = fs
+    return fs
 
 
 def _mailbox(row: tuple) -> Mailbox:
@@ -64,7 +89,7 @@ def _message(row: tuple) -> MessageInfo:
     return MessageInfo(row[0], row[1], row[2], _flags_set(row[3]), row[4], row[5])
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteQueueMixin, Store):
     """Store backend on SQLite + segment files in ``data_dir``."""
 
     def __init__(self, data_dir: Path, config: StoreConfig | None = None) -> None:
@@ -75,9 +100,11 @@ class SQLiteStore(Store):
         self._listeners: list[Callable[[int], None]] = []
         write_conn = self._connect(db_path)
         write_conn.executescript(SCHEMA)
+        write_conn.executescript(QUEUE_SCHEMA)
         write_conn.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )
+        self._migrate(write_conn)
         self.blobs = SegmentFiles(self.data_dir / "blobs", self.config.segment_size, self.config.fsync)
         last = write_conn.execute("SELECT max(id) FROM segments").fetchone()[0]
         if last is None:
@@ -91,8 +118,33 @@ class SQLiteStore(Store):
             self.config.group_commit_max,
             before_commit=self._before_commit,
             after_commit=lambda changed: None,
-            idle_work=self._index_some,
+            idle_work=self._background_work,
         )
+
+    @staticmethod
+    def _migrate(c: sqlite3.Connection) -> None:
+        """Bring an older data directory to SCHEMA_VERSION (the new tables exist
+        already: SCHEMA only adds, with IF NOT EXISTS)."""
+        version = int(c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+        if version >= SCHEMA_VERSION:
+            return
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            if version < 2:
+                # subscriptions move from a mailbox column to names
+                c.execute(
+                    "INSERT OR IGNORE INTO subscriptions(account_id, name)"
+                    " SELECT account_id, name FROM mailboxes WHERE subscribed"
+                )
+                # the big derived JSON is dropped; the background indexer (and
+                # on-demand derivation) fill the version-2 tables again
+                c.execute("UPDATE bodies SET derived = NULL")
+            c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        log.info("store: schema migrated from version %d to %d", version, SCHEMA_VERSION)
 
     def _connect(self, path: Path, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -420,6 +472,8 @@ class SQLiteStore(Store):
         except sqlite3.IntegrityError:
             raise AlreadyExists(f"mailbox {name} exists already") from None
         assert cur.lastrowid is not None
+        # new mailboxes start subscribed
+        c.execute("INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?, ?)", (account_id, name))
         return cur.lastrowid
 
     @staticmethod
@@ -502,6 +556,13 @@ class SQLiteStore(Store):
                 ).fetchone():
                     raise AlreadyExists(f"mailbox {renamed} exists already")
                 c.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (renamed, mailbox_id))
+                # the subscription follows the mailbox
+                if c.execute(
+                    "DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, name)
+                ).rowcount:
+                    c.execute(
+                        "INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?, ?)", (account_id, renamed)
+                    )
                 ctx.changed.add(mailbox_id)
 
         await self._write(op, directory=True)
@@ -519,6 +580,9 @@ class SQLiteStore(Store):
                 raise NotFound(f"no mailbox {canonical}")
             self._drop_mailbox_messages(c, row[0])
             c.execute("DELETE FROM mailboxes WHERE id = ?", (row[0],))
+            # DELETE on the user's request ends the subscription too (as Cyrus and
+            # Dovecot do); a name subscribed without a mailbox stays subscribed.
+            c.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, canonical))
             ctx.changed.add(row[0])
 
         await self._write(op, directory=True)
@@ -527,14 +591,18 @@ class SQLiteStore(Store):
         canonical = self._canonical_name(name)
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
-            cur = c.execute(
-                "UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?",
-                (int(subscribed), account_id, canonical),
-            )
-            if cur.rowcount == 0:
-                raise NotFound(f"no mailbox {canonical}")
+            if subscribed:
+                c.execute(
+                    "INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?, ?)", (account_id, canonical)
+                )
+            else:
+                c.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, canonical))
 
         await self._write(op)
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        return [r[0] for r in self._q("SELECT name FROM subscriptions WHERE account_id = ? ORDER BY name",
+                                      (account_id,))]
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         box = self._q1("SELECT uid_next, uid_validity, highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,))
@@ -588,6 +656,8 @@ class SQLiteStore(Store):
             if row is not None and row[0] <= 0:
                 c.execute("DELETE FROM bodies WHERE id = ?", (body_id,))
                 c.execute("DELETE FROM fts WHERE rowid = ?", (body_id,))
+                c.execute("DELETE FROM body_derived WHERE body_id = ?", (body_id,))
+                c.execute("DELETE FROM header_fields WHERE body_id = ?", (body_id,))
                 c.execute("UPDATE segments SET live = live - ? WHERE id = ?", (row[2], row[1]))
 
     def _drop_mailbox_messages(self, c: sqlite3.Connection, mailbox_id: int) -> None:
@@ -596,33 +666,57 @@ class SQLiteStore(Store):
         c.execute("DELETE FROM expunged WHERE mailbox_id = ?", (mailbox_id,))
         self._release_bodies(c, body_ids)
 
+    def _insert_targets(
+        self, c: sqlite3.Connection, ctx: WriteContext, body_id: int, body_len: int,
+        targets: Sequence[DeliveryTarget],
+    ) -> list[int]:
+        """Index rows for one stored body in each target mailbox (shared by
+        ``deliver`` and the outbound queue's combined local+queued commit)."""
+        now = time.time()
+        uids = []
+        for t in targets:
+            row = c.execute(
+                "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1"
+                " WHERE id = ? RETURNING uid_next - 1, highest_modseq",
+                (t.mailbox_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"mailbox {t.mailbox_id} does not exist")
+            uid, modseq = row
+            c.execute(
+                "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    t.mailbox_id, uid, body_id, t.trace_prefix, len(t.trace_prefix) + body_len,
+                    _flags_text(t.flags), t.internal_date if t.internal_date is not None else now, modseq,
+                ),
+            )
+            ctx.changed.add(t.mailbox_id)
+            uids.append(uid)
+        return uids
+
     async def deliver(self, body: bytes, targets: Sequence[DeliveryTarget]) -> list[int]:
         if not targets:
             return []
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> list[int]:
             body_id = self._store_body(c, body, len(targets))
-            now = time.time()
-            uids = []
-            for t in targets:
-                row = c.execute(
-                    "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1"
-                    " WHERE id = ? RETURNING uid_next - 1, highest_modseq",
-                    (t.mailbox_id,),
-                ).fetchone()
-                if row is None:
-                    raise NotFound(f"mailbox {t.mailbox_id} does not exist")
-                uid, modseq = row
-                c.execute(
-                    "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        t.mailbox_id, uid, body_id, t.trace_prefix, len(t.trace_prefix) + len(body),
-                        _flags_text(t.flags), t.internal_date if t.internal_date is not None else now, modseq,
-                    ),
-                )
-                ctx.changed.add(t.mailbox_id)
-                uids.append(uid)
+            return self._insert_targets(c, ctx, body_id, len(body), targets)
+
+        return await self._write(op)
+
+    async def append_many(self, mailbox_id: int, items: Sequence[AppendItem]) -> list[int]:
+        if not items:
+            return []
+        batch = list(items)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> list[int]:
+            # one SAVEPOINT in one commit: every message or none (RFC 3502)
+            uids: list[int] = []
+            for item in batch:
+                body_id = self._store_body(c, item.data, 1)
+                target = DeliveryTarget(mailbox_id, b"", item.flags, item.internal_date)
+                uids += self._insert_targets(c, ctx, body_id, len(item.data), [target])
             return uids
 
         return await self._write(op)
@@ -742,6 +836,12 @@ class SQLiteStore(Store):
         rows = self._q(f"SELECT {_MESSAGE_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,))
         return [_message(r) for r in rows]
 
+    async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
+        rows = _select_uids(self._read, f"SELECT {_MESSAGE_COLS} FROM messages WHERE mailbox_id = ?",
+                            mailbox_id, sorted(set(uids)))
+        rows.sort(key=lambda r: r[1])
+        return [_message(r) for r in rows]
+
     async def read_message(self, mailbox_id: int, uid: int) -> bytes:
         row = self._q1(
             "SELECT m.prefix, b.segment, b.offset, b.length FROM messages m JOIN bodies b ON b.id = m.body_id"
@@ -766,27 +866,87 @@ class SQLiteStore(Store):
         return Changes(box[0], [_message(r) for r in changed], [r[0] for r in vanished])
 
     # --- derived data and full-text search -----------------------------------
-    async def get_derived(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, dict]:
+    async def get_derived(
+        self, mailbox_id: int, uids: Sequence[int], fields: Iterable[str] | None = None
+    ) -> dict[int, dict]:
+        wanted = set(DERIVED_FIELDS - _IMAP_COLS.keys()) if fields is None else set(fields)
+        unknown = wanted - DERIVED_FIELDS
+        if unknown:
+            raise ValueError(f"unknown derived fields: {', '.join(sorted(unknown))}")
+        imap = [k for k in _IMAP_COLS if k in wanted]
+        meta_keys = _META_KEYS & wanted
+        cols = ", ".join(["m.uid", "m.body_id", "d.body_id", *(f"d.{_IMAP_COLS[k]}" for k in imap),
+                          *(["d.meta"] if meta_keys else [])])
         rows = _select_uids(
             self._read,
-            "SELECT m.uid, m.body_id, b.derived, b.segment, b.offset, b.length"
-            " FROM messages m JOIN bodies b ON b.id = m.body_id WHERE m.mailbox_id = ?",
+            f"SELECT {cols} FROM messages m LEFT JOIN body_derived d ON d.body_id = m.body_id WHERE m.mailbox_id = ?",
             mailbox_id,
             list(uids),
             column="m.uid",
         )
         out: dict[int, dict] = {}
-        missing: list[tuple[int, bytes]] = []
-        for uid, body_id, derived, segment, offset, length in rows:
-            if derived is None:
-                data = self._derive_body(self.blobs.read(segment, offset, length))
-                missing.append((body_id, data))
-                out[uid] = json.loads(data[0])
-            else:
-                out[uid] = json.loads(derived)
+        body_of: dict[int, int] = {}
+        missing: list[int] = []
+        n_imap = len(imap)
+        for row in rows:
+            uid = row[0]
+            body_of[uid] = row[1]
+            if row[2] is None:  # not derived yet
+                missing.append(uid)
+                continue
+            item: dict = {}
+            for i, key in enumerate(imap):
+                item[key] = row[3 + i]
+            if meta_keys:
+                data = json.loads(row[3 + n_imap])
+                for key in meta_keys:
+                    item[key] = data[key]
+            out[uid] = item
         if missing:
-            await self._write(lambda c, ctx: self._save_derived(c, missing))
+            records = await self._derive_now([body_of[u] for u in missing])
+            for uid in missing:
+                rec = records.get(body_of[uid])
+                if rec is None:
+                    continue
+                item = {k: getattr(rec, k) for k in imap}
+                for key in meta_keys:
+                    item[key] = rec.meta[key]
+                if "headers" in wanted:
+                    item["headers"] = _headers_dict(rec.headers)
+                out[uid] = item
+        if "headers" in wanted:
+            need = [u for u in out if "headers" not in out[u]]
+            by_body: dict[int, dict[str, list[str]]] = {}
+            ids = sorted({body_of[u] for u in need})
+            for i in range(0, len(ids), 900):
+                chunk = ids[i : i + 900]
+                for body_id, name, value in self._q(
+                    f"SELECT body_id, name, value FROM header_fields WHERE body_id IN ({','.join('?' * len(chunk))})"
+                    " ORDER BY body_id, n",
+                    chunk,
+                ):
+                    by_body.setdefault(body_id, {}).setdefault(name, []).append(value)
+            for uid in need:
+                out[uid]["headers"] = by_body.get(body_of[uid], {})
         return out
+
+    async def search_headers(self, mailbox_id: int, field: str, text: str) -> set[int]:
+        await self._ensure_indexed(mailbox_id)
+        name = field.lower()
+        if not text:
+            rows = self._q(
+                "SELECT m.uid FROM messages m WHERE m.mailbox_id = ? AND EXISTS"
+                " (SELECT 1 FROM header_fields h WHERE h.body_id = m.body_id AND h.name = ?)",
+                (mailbox_id, name),
+            )
+        else:
+            rows = self._q(
+                "SELECT m.uid FROM messages m WHERE m.mailbox_id = ? AND EXISTS"
+                " (SELECT 1 FROM header_fields h WHERE h.body_id = m.body_id AND h.name = ?"
+                " AND instr(h.folded, ?) > 0)",
+                (mailbox_id, name, text.casefold()),
+            )
+        return {r[0] for r in rows}
 
     async def search_text(self, mailbox_id: int, text: str, where: Literal["body", "text"]) -> set[int]:
         await self._ensure_indexed(mailbox_id)
@@ -815,42 +975,66 @@ class SQLiteStore(Store):
 
     async def _ensure_indexed(self, mailbox_id: int) -> None:
         rows = self._q(
-            "SELECT b.id, b.segment, b.offset, b.length FROM messages m JOIN bodies b ON b.id = m.body_id"
+            "SELECT DISTINCT b.id FROM messages m JOIN bodies b ON b.id = m.body_id"
             " WHERE m.mailbox_id = ? AND b.derived IS NULL",
             (mailbox_id,),
         )
-        if not rows:
-            return
-        done = [(r[0], self._derive_body(self.blobs.read(r[1], r[2], r[3]))) for r in rows]
-        await self._write(lambda c, ctx: self._save_derived(c, done))
+        if rows:
+            await self._derive_now([r[0] for r in rows])
+
+    async def _derive_now(self, body_ids: list[int]) -> dict[int, DerivedRecord]:
+        """Derive bodies the indexer has not reached yet (FETCH/SEARCH must
+        neither wait for it nor answer without them) and store the result."""
+        out: dict[int, DerivedRecord] = {}
+        for body_id in dict.fromkeys(body_ids):
+            row = self._q1("SELECT segment, offset, length FROM bodies WHERE id = ?", (body_id,))
+            if row is not None:
+                out[body_id] = derive_record(self.blobs.read(row[0], row[1], row[2]))
+        items = list(out.items())
+        if items:
+            await self._write(lambda c, ctx: self._save_derived(c, items))
+        return out
 
     @staticmethod
-    def _derive_body(raw: bytes) -> tuple[str, str, str]:
-        """(derived JSON, body text, header text) of one body."""
-        from ..message.derived import derive  # imported late: heavy, and only needed here
-
-        d = derive(raw)
-        return json.dumps(d.to_json(), separators=(",", ":")), d.body_text, d.header_text
-
-    @staticmethod
-    def _save_derived(c: sqlite3.Connection, items: list[tuple[int, tuple[str, str, str]]]) -> None:
-        for body_id, (data, body_text, header_text) in items:
-            cur = c.execute("UPDATE bodies SET derived = ? WHERE id = ? AND derived IS NULL", (data, body_id))
-            if cur.rowcount:
-                c.execute(
-                    "INSERT OR REPLACE INTO fts(rowid, body_text, header_text) VALUES (?, ?, ?)",
-                    (body_id, body_text, header_text),
-                )
+    def _save_derived(c: sqlite3.Connection, items: list[tuple[int, DerivedRecord]]) -> None:
+        for body_id, rec in items:
+            cur = c.execute("UPDATE bodies SET derived = ? WHERE id = ? AND derived IS NULL", (INDEXED, body_id))
+            if not cur.rowcount:
+                continue  # gone, or derived meanwhile
+            c.execute(
+                "INSERT OR REPLACE INTO body_derived(body_id, envelope, bodystructure, body, meta)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (body_id, rec.envelope_imap, rec.bodystructure_imap, rec.body_imap,
+                 json.dumps(rec.meta, separators=(",", ":"))),
+            )
+            c.execute("DELETE FROM header_fields WHERE body_id = ?", (body_id,))
+            c.executemany(
+                "INSERT OR REPLACE INTO header_fields(body_id, name, n, value, folded) VALUES (?, ?, ?, ?, ?)",
+                [(body_id, name, n, value, value.casefold()) for n, (name, value) in enumerate(rec.headers)],
+            )
+            c.execute(
+                "INSERT OR REPLACE INTO fts(rowid, body_text, header_text) VALUES (?, ?, ?)",
+                (body_id, rec.body_text, rec.header_text),
+            )
 
     def _index_some(self, c: sqlite3.Connection) -> bool:
         """Background indexing on the writer thread when it has no writes to do:
-        derive a few bodies delivered since, so FETCH/SEARCH find them ready."""
+        derive bodies delivered since, so FETCH/SEARCH find them ready.
+
+        Deriving holds the GIL and the writer thread, so it works in short
+        slices and stops as soon as a write is waiting: a delivery never queues
+        behind more than one body's derivation."""
         rows = c.execute(
             "SELECT id, segment, offset, length FROM bodies WHERE derived IS NULL LIMIT ?", (INDEX_BATCH,)
         ).fetchall()
         if not rows:
             return False
-        items = [(r[0], self._derive_body(self.blobs.read(r[1], r[2], r[3]))) for r in rows]
+        items: list[tuple[int, DerivedRecord]] = []
+        started = time.monotonic()
+        for body_id, segment, offset, length in rows:
+            items.append((body_id, derive_record(self.blobs.read(segment, offset, length))))
+            if self._writer.has_pending() or time.monotonic() - started > INDEX_SLICE:
+                break
         c.execute("BEGIN IMMEDIATE")
         try:
             self._save_derived(c, items)
@@ -858,7 +1042,86 @@ class SQLiteStore(Store):
         except BaseException:
             c.execute("ROLLBACK")
             raise
-        return len(rows) == INDEX_BATCH
+        return True
+
+
+    # --- background work: indexing and compaction --------------------------------
+    _next_compaction = 0.0
+
+    def _background_work(self, c: sqlite3.Connection) -> bool:
+        """Idle-time work on the writer thread: index new bodies first, then
+        now and then reclaim the space of expunged ones."""
+        if self._index_some(c):
+            return True
+        now = time.monotonic()
+        if now >= self._next_compaction:
+            self._next_compaction = now + COMPACT_INTERVAL
+            return self.compact_step(c)
+        return False
+
+    def compact_step(self, c: sqlite3.Connection) -> bool:
+        """Rewrite one mostly-dead sealed segment: copy its live bodies to the
+        current segment, sync, repoint their rows, commit; the old file is
+        deleted on a later pass, once no read that began before the commit can
+        still be using it. Returns True if there may be more to do."""
+        self._remove_retired_segments(c)
+        current = self.blobs.current_segment
+        row = c.execute(
+            "SELECT id FROM segments WHERE id < ? AND size > 0 AND live < size * ? ORDER BY live LIMIT 1",
+            (current, COMPACT_LIVE_RATIO),
+        ).fetchone()
+        if row is None:
+            return False
+        segment = row[0]
+        bodies = c.execute(
+            "SELECT id, offset, length FROM bodies WHERE segment = ? ORDER BY offset", (segment,)
+        ).fetchall()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            moved = 0
+            for body_id, offset, length in bodies:
+                data = self.blobs.read(segment, offset, length)
+                new_segment, new_offset = self.blobs.append(data)
+                c.execute(
+                    "UPDATE bodies SET segment = ?, offset = ? WHERE id = ?", (new_segment, new_offset, body_id)
+                )
+                c.execute(
+                    "UPDATE segments SET size = size + ?, live = live + ? WHERE id = ?",
+                    (length, length, new_segment),
+                )
+                moved += length
+            c.execute("DELETE FROM segments WHERE id = ?", (segment,))
+            self.blobs.sync()
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        log.info("compacted segment %d: %d bodies (%d bytes) kept", segment, len(bodies), moved)
+        return True
+
+    def _remove_retired_segments(self, c: sqlite3.Connection) -> None:
+        """Delete segment files no index row points to any more (compacted ones,
+        and, after a crash, files whose rows were never committed)."""
+        known = {r[0] for r in c.execute("SELECT id FROM segments")}
+        for segment in self.blobs.existing():
+            if segment not in known and segment < self.blobs.current_segment:
+                self.blobs.remove(segment)
+
+    async def compact(self) -> None:
+        """Reclaim the space of expunged messages now (``mailyard store compact``)."""
+
+        def run() -> None:
+            conn = self._writer._conn
+            while self.compact_step(conn):
+                pass
+
+        await self._writer.run_exclusive(run)
+
+def _headers_dict(headers: list[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, value in headers:
+        out.setdefault(name, []).append(value)
+    return out
 
 
 def _select_uids(

@@ -24,6 +24,13 @@ log = logging.getLogger("mailyard.store")
 _STOP = object()
 
 
+class _Exclusive:
+    """A function to run on the writer thread outside any batch transaction."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+
+
 class WriteContext:
     """What an op may use besides the connection, and where it records which
     mailboxes changed (for listeners)."""
@@ -55,6 +62,7 @@ class GroupCommitWriter:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="mailyard-store-writer", daemon=True)
         self._idle_pending = True
+        self._idle_running = False  # idle work said it has more: continue without the pause
         self._thread.start()
 
     def submit(self, op: Op) -> asyncio.Future[Any]:
@@ -63,6 +71,19 @@ class GroupCommitWriter:
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue.put((op, fut, loop))
         return fut
+
+    def run_exclusive(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Run ``fn()`` on the writer thread between batches (it manages its own
+        transactions); the future resolves with its result."""
+
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.put((_Exclusive(fn), fut, loop))
+        return fut
+
+    def has_pending(self) -> bool:
+        """A write is waiting: background work should stop and let it run."""
+        return not self._queue.empty()
 
     def wake_idle_work(self) -> None:
         self._idle_pending = True
@@ -74,23 +95,43 @@ class GroupCommitWriter:
     def _run(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=0.2 if self._idle_pending else None)
+                # idle work starts after 0.2 s without writes, then continues
+                # slice after slice until it is done or a write arrives
+                timeout = (0.0 if self._idle_running else 0.2) if self._idle_pending else None
+                item = self._queue.get(timeout=timeout)
             except queue.Empty:
                 self._do_idle_work()
                 continue
-            if item is _STOP:
-                return
-            batch = [item]
-            while len(batch) < self._max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _STOP:
-                    self._queue.put(_STOP)
-                    break
-                batch.append(more)
-            self._commit(batch)
+            while item is not None:
+                if item is _STOP:
+                    return
+                if isinstance(item[0], _Exclusive):
+                    self._run_exclusive(item)
+                    item = None
+                    continue
+                batch = [item]
+                item = None
+                while len(batch) < self._max_batch:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _STOP or isinstance(more[0], _Exclusive):
+                        item = more  # after this batch's commit
+                        break
+                    batch.append(more)
+                self._commit(batch)
+
+    def _run_exclusive(self, item: tuple[Any, asyncio.Future[Any], asyncio.AbstractEventLoop]) -> None:
+        exclusive, fut, loop = item
+        try:
+            result, exc = exclusive.fn(), None
+        except BaseException as error:  # noqa: BLE001 - handed to the caller
+            result, exc = None, error
+        try:
+            loop.call_soon_threadsafe(_resolve, [(fut, result, exc)], frozenset(), self._owner)
+        except RuntimeError:
+            pass
 
     def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]]) -> None:
         conn = self._conn
@@ -121,6 +162,7 @@ class GroupCommitWriter:
             outcomes = [(fut, loop, None, err) for _, fut, loop in batch]
             ctx.changed.clear()
         self._idle_pending = True
+        self._idle_running = False
         self._after_commit(ctx.changed)
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for fut, loop, result, exc in outcomes:
@@ -142,6 +184,7 @@ class GroupCommitWriter:
             log.exception("store background work failed")
             more = False
         self._idle_pending = more
+        self._idle_running = more
 
 
 def _resolve(items: list[Any], changed: frozenset[int], owner: Any) -> None:
