@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import socket
+import time
 
 import aiosmtplib
 import pytest
@@ -214,3 +215,38 @@ def test_shutdown_answers_421(make_server) -> None:  # noqa: ANN001
     server.server = None
     assert f.readline().startswith(b"421 ")
     sock.close()
+
+
+def test_connection_limit_per_client_answers_421(make_server) -> None:  # noqa: ANN001
+    server = make_server(lambda cfg: setattr(cfg.limits, "max_connections_per_ip", 2))
+    held = [socket.create_connection((server.host, server.port("smtp")), timeout=10) for _ in range(2)]
+    try:
+        for sock in held:
+            assert sock.makefile("rb").readline().startswith(b"220 ")
+        with socket.create_connection((server.host, server.port("smtp")), timeout=10) as third:
+            assert third.makefile("rb").readline().startswith(b"421 4.7.0")
+    finally:
+        for sock in held:
+            sock.close()
+    # once they are gone, clients are served again
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with smtp(server) as s:
+                assert s.noop()[0] == 250
+            break
+        except smtplib.SMTPConnectError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_over_long_command_line_and_garbage_keep_session(mailserver: RunningServer) -> None:
+    with socket.create_connection((mailserver.host, mailserver.port("smtp")), timeout=10) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"HELO " + b"x" * 5000 + b"\r\n")
+        assert f.readline().startswith(b"500 ")
+        sock.sendall(b"\x00\xff\xfe garbage\r\n")
+        assert f.readline()[:1] == b"5"
+        sock.sendall(b"NOOP\r\n")
+        assert f.readline().startswith(b"250")
