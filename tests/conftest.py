@@ -35,10 +35,16 @@ HOST = "127.0.0.1"
 class RunningServer:
     """A started MailServer in a thread of its own."""
 
-    def __init__(self, data_dir: Path, config: Config) -> None:
+    def __init__(
+        self, data_dir: Path, config: Config, *, ephemeral_ports: bool = True, seed_defaults: bool = True
+    ) -> None:
         self.data_dir = data_dir
         self.config = config
-        self.host = HOST
+        # Fixed ports and another loopback address (multi-host tests) with
+        # ephemeral_ports=False and config.server.bind = "127.0.0.N".
+        self.host = HOST if ephemeral_ports else config.server.bind
+        self.ephemeral_ports = ephemeral_ports
+        self.seed_defaults = seed_defaults
         # The production event loop (cli.py runs uvloop when it is installed).
         try:
             import uvloop
@@ -57,10 +63,11 @@ class RunningServer:
     def start(self, seed: Callable[[SQLiteStore], Coroutine[Any, Any, None]] | None = None) -> None:
         async def go() -> MailServer:
             store = SQLiteStore(self.data_dir, self.config.store)
-            await seed_store(store)
+            if self.seed_defaults:
+                await seed_store(store)
             if seed is not None:
                 await seed(store)
-            server = MailServer(self.data_dir, self.config, store=store, ephemeral_ports=True)
+            server = MailServer(self.data_dir, self.config, store=store, ephemeral_ports=self.ephemeral_ports)
             await server.start()
             return server
 

@@ -118,6 +118,51 @@ class AuthConfig:
 
 
 @dataclass
+class DeliveryConfig:
+    """Outbound delivery: the queue runner, MX routing, retries and bounces (delivery/)."""
+
+    # TCP port of remote mail exchangers. RFC 5321 says 25; tests and private
+    # set-ups may use another (every MX is then reached on this port).
+    smtp_port: int = 25
+    # DNS servers for MX/A/AAAA lookups ("host" or "host:port", comma-separated);
+    # empty: the system resolver (/etc/resolv.conf).
+    nameservers: str = ""
+    dns_timeout: float = 10.0
+    # Address outgoing connections come from ("" = the system's choice).
+    source_address: str = ""
+    # Smarthost: relay everything through this host instead of MX delivery.
+    relay_host: str = ""
+    relay_port: int = 587
+    relay_tls: str = "starttls"  # "starttls" (required), "implicit" (SMTPS), "opportunistic", "none"
+    relay_username: str = ""
+    relay_password: str = ""
+    # Check the smarthost's certificate and name (it receives the password).
+    relay_verify: bool = True
+    # STARTTLS to MX hosts: "opportunistic" (RFC 7435), "require" or "never".
+    starttls: str = "opportunistic"
+    # Concurrency: connections in total and per destination domain.
+    max_connections: int = 20
+    max_connections_per_domain: int = 4
+    # Messages carried over one connection before it is closed and re-opened.
+    max_messages_per_connection: int = 100
+    # Back-off: first retry after retry_initial seconds, each next one
+    # retry_factor times later, at most retry_max_interval apart; a message
+    # still undelivered after max_lifetime seconds bounces (default 5 days).
+    retry_initial: float = 300.0
+    retry_factor: float = 2.0
+    retry_max_interval: float = 4 * 3600.0
+    max_lifetime: float = 5 * 86400.0
+    # A delay warning DSN once a message has waited this long (0: never).
+    delay_warning: float = 4 * 3600.0
+    # How often the runner looks at the queue even when nothing woke it (so
+    # `mailyard queue retry` from another process takes effect).
+    poll_interval: float = 5.0
+    # Client timeouts (RFC 5321 4.5.3.2): connect, and a cap on every reply wait.
+    connect_timeout: float = 30.0
+    reply_timeout_cap: float = 600.0
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     ports: PortsConfig = field(default_factory=PortsConfig)
@@ -125,6 +170,7 @@ class Config:
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
 
     @classmethod
@@ -177,7 +223,7 @@ class Config:
 def _coerce(section: str, key: str, current: Any, value: Any, source: str) -> Any:
     expected = type(current)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
         raise ConfigError(
             f"{source}: '{section}.{key}' must be {expected.__name__}, not {type(value).__name__}"

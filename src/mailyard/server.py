@@ -4,6 +4,7 @@ listener per enabled protocol port, started and stopped together."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, ConfigError
+from .delivery.queue import OutboundQueue
 from .delivery.router import Router
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, ensure_certificate
@@ -69,6 +71,10 @@ class MailServer:
         self.tls: ReloadableTLS | None = None
         # One login throttle for every protocol (auth/throttle.py, config [auth]).
         self.throttle = throttle_from_config(config.auth)
+        # The outbound queue runner (delivery/queue.py), set by start().
+        self.queue: OutboundQueue | None = None
+        # Counters for tests and metrics (e.g. "smtp_sessions" on the MX port).
+        self.stats: collections.Counter[str] = collections.Counter()
 
     @property
     def store(self) -> Store:
@@ -109,6 +115,8 @@ class MailServer:
                 )
                 await listener.start()
                 self.listeners[service.name] = listener
+            self.queue = OutboundQueue(self)
+            await self.queue.start()
         except BaseException:
             await self.stop()
             raise
@@ -153,6 +161,8 @@ class MailServer:
         grace = self.config.server.shutdown_grace
         await asyncio.gather(*(listener.stop(grace) for listener in self.listeners.values()))
         self.listeners.clear()
+        if self.queue is not None:
+            await self.queue.stop()
         if self._store is not None:
             await self._store.close()
             self._store = None

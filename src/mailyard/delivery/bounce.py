@@ -1,0 +1,158 @@
+"""Delivery status notifications: RFC 3464 multipart/report DSNs.
+
+A DSN is sent from ``MAILER-DAEMON`` with the null reverse-path ``<>``
+(RFC 5321 4.5.5, so that a DSN about a DSN can never be produced), to the
+reverse-path of the message it reports on. Which recipients it reports on
+follows RFC 3461 4.1 NOTIFY: FAILURE (the default when NOTIFY was not given)
+for failures, DELAY (also sent by default, as RFC 3461 allows) for delay
+warnings, SUCCESS for "relayed" when the next hop could not take the DSN
+request on, and NEVER for nothing. The returned content follows RET (RFC
+3461 4.3): FULL gives the whole message, HDRS (and the default) the header
+section only, as text/rfc822-headers (RFC 6522 / RFC 3462).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.message import MIMEPart
+
+from ..message.compose import compose, delivery_status_part, to_bytes
+from ..message.dates import format_date
+from ..message.parse import split_header_body
+from ..store.queue import QueueEntry, QueueRecipient
+
+MAILER_DAEMON = "MAILER-DAEMON"
+
+ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
+
+
+@dataclass(frozen=True)
+class ReportedRecipient:
+    recipient: QueueRecipient
+    action: str  # RFC 3464 2.3.3
+    status: str  # RFC 3463 code, e.g. "5.1.1"
+    diagnostic: str | None = None  # the remote reply text, "550 5.1.1 no such user"
+    remote_mta: str | None = None
+
+
+def wants_report(recipient: QueueRecipient, action: str) -> bool:
+    """RFC 3461 4.1: does this recipient's NOTIFY ask for a report on ``action``?"""
+    notify = recipient.notify
+    if notify is None:  # not given: failures always, delays at our discretion
+        return action in ("failed", "delayed")
+    if "NEVER" in notify:
+        return False
+    wanted = {"failed": "FAILURE", "delayed": "DELAY", "delivered": "SUCCESS", "relayed": "SUCCESS"}[action]
+    return wanted in notify
+
+
+def should_report(entry: QueueEntry) -> bool:
+    """Never bounce a bounce: a message with the null reverse-path gets no DSN
+    (RFC 5321 4.5.5, RFC 3464 / RFC 3461 6.2)."""
+    return entry.reverse_path != ""
+
+
+_SUBJECTS = {
+    "failed": "Undelivered Mail Returned to Sender",
+    "delayed": "Delayed Mail (still being retried)",
+    "delivered": "Successful Mail Delivery Report",
+    "relayed": "Successful Mail Delivery Report",
+}
+
+_EXPLAIN = {
+    "failed": "could not be delivered to one or more recipients. This is a permanent error;\n"
+              "the following address(es) failed:",
+    "delayed": "has not yet been delivered to one or more recipients. It will be retried\n"
+               "until {until}; you do not need to send it again. Address(es):",
+    "delivered": "was delivered to the following address(es):",
+    "relayed": "was handed on to a server that does not send delivery reports, for:",
+}
+
+
+def build_dsn(
+    *,
+    reporting_mta: str,
+    entry: QueueEntry,
+    original: bytes,
+    reported: Sequence[ReportedRecipient],
+    postmaster_domain: str,
+    retry_until: float | None = None,
+) -> bytes:
+    """The DSN message bytes (RFC 3464). All ``reported`` share one action."""
+    action = reported[0].action
+    until = format_date(retry_until) if retry_until else "later"
+    lines = [
+        f"This is the mail system at host {reporting_mta}.",
+        "",
+        f"Your message {_EXPLAIN[action].format(until=until)}",
+        "",
+    ]
+    for r in reported:
+        line = f"  <{r.recipient.address}>"
+        if r.diagnostic:
+            line += f": {r.diagnostic}"
+        lines.append(line)
+    lines += ["", "The delivery report and the " + (
+        "original message" if entry.ret == "FULL" else "header of the original message") + " are attached."]
+
+    # RFC 3464 2.2: per-message fields
+    message_fields: list[tuple[str, str]] = [("Reporting-MTA", f"dns; {reporting_mta}")]
+    if entry.envid:
+        message_fields.insert(0, ("Original-Envelope-Id", entry.envid))
+    message_fields.append(("Arrival-Date", format_date(entry.created)))
+    recipient_fields = []
+    for r in reported:
+        fields: list[tuple[str, str]] = []
+        if r.recipient.orcpt:
+            fields.append(("Original-Recipient", f"{r.recipient.orcpt[0]};{r.recipient.orcpt[1]}"))
+        fields += [
+            ("Final-Recipient", f"rfc822; {r.recipient.address}"),  # RFC 3464 2.3.2
+            ("Action", r.action),
+            ("Status", r.status),
+        ]
+        if r.remote_mta:
+            fields.append(("Remote-MTA", f"dns; {r.remote_mta}"))
+        if r.diagnostic:
+            fields.append(("Diagnostic-Code", f"smtp; {r.diagnostic}"))
+        if r.action in ("failed", "delayed"):
+            fields.append(("Last-Attempt-Date", format_date()))
+        if r.action == "delayed" and retry_until:
+            fields.append(("Will-Retry-Until", format_date(retry_until)))
+        recipient_fields.append(fields)
+    status_part = delivery_status_part(message_fields, recipient_fields)
+
+    header, _body = split_header_body(original)
+    if entry.ret == "FULL":
+        returned: MIMEPart = email.message_from_bytes(original, policy=email.policy.default)  # type: ignore[assignment]
+    else:
+        returned = MIMEPart(policy=email.policy.SMTP)
+        text = header.decode("utf-8", "replace").replace("\r\n", "\n")
+        returned.set_content(text, subtype="rfc822-headers", charset="utf-8")
+        if "MIME-Version" in returned:
+            del returned["MIME-Version"]
+
+    msg = compose(
+        f"Mail Delivery System <{MAILER_DAEMON}@{postmaster_domain}>",
+        entry.reverse_path,
+        subject=_SUBJECTS[action],
+        text="\n".join(lines) + "\n",
+        attachments=[status_part, returned],
+        multipart_subtype="report",
+        multipart_params={"report-type": "delivery-status"},
+        # RFC 3834 5: automatic responses are marked, so no one auto-replies to them
+        extra_headers=[("Auto-Submitted", "auto-replied")],
+    )
+    return to_bytes(msg)
+
+
+def status_of(code: int, enhanced: str | None, expired: bool = False) -> str:
+    """The RFC 3463 status for a recipient given its last SMTP reply; a
+    message that ran out of time is 4.4.7 ("delivery time expired")."""
+    if expired:
+        return "4.4.7"
+    if enhanced:
+        return enhanced
+    return f"{code // 100}.0.0"

@@ -1,0 +1,552 @@
+"""The outbound queue runner: the one place that sends mail to other servers
+and the one place that retries (DESIGN.md).
+
+``OutboundQueue.enqueue`` puts a message for remote recipients in the durable
+queue (store/queue.py), optionally together with its local copies in the same
+commit. The runner task (started by ``mailyard serve``) picks due recipients,
+groups them by destination domain, and gives each destination up to
+``max_connections_per_domain`` connections (``max_connections`` in all). A
+connection goes to the first MX host that answers (delivery/mx.py; or the
+smarthost), carries one transaction per queued message with all of that
+message's recipients at the domain, and is reused for the next queued message
+to the same domain.
+
+Per recipient: 2xx is done; 4xx (or no host reachable) is retried with
+exponential back-off (``retry_initial`` * ``retry_factor`` ** n, capped at
+``retry_max_interval``) until ``max_lifetime``; 5xx, a null MX, or expiry fail
+the recipient and the reverse-path gets a DSN (delivery/bounce.py), stored in
+the same commit that records the failure. A delay warning goes out once after
+``delay_warning`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..message.trace import delivered_to_header, return_path_header
+from ..net.tls import client_context
+from ..protocols.smtp.client import (
+    NEED_DATA,
+    OutboundMessage,
+    OutboundRecipient,
+    SessionClosed,
+    SessionFailed,
+    SessionReady,
+    SMTPClientEngine,
+    StartTLSNeeded,
+    TransactionResult,
+)
+from ..protocols.smtp.replies import Reply
+from ..store.api import Account, DeliveryTarget
+from ..store.queue import (
+    DELIVERED,
+    FAILED,
+    PENDING,
+    NewMessage,
+    NewQueueEntry,
+    NewRecipient,
+    QueueEntry,
+    QueueRecipient,
+    RecipientOutcome,
+)
+from .bounce import ReportedRecipient, build_dsn, should_report, status_of, wants_report
+from .mx import MXResolver, NullMX, PermanentDNSError, TemporaryDNSError, make_resolver
+from .router import Verdict
+
+if TYPE_CHECKING:
+    from ..config import DeliveryConfig
+    from ..server import MailServer
+
+log = logging.getLogger("mailyard.queue")
+
+RELAY_KEY = "[smarthost]"
+
+
+def reply_text(reply: Reply) -> str:
+    text = " ".join(line for line in reply.lines if line)
+    return f"{reply.code} {reply.enhanced + ' ' if reply.enhanced else ''}{text}".strip()
+
+
+def backoff(cfg: DeliveryConfig, attempts: int) -> float:
+    """Seconds before retry number ``attempts`` (1 = the first retry)."""
+    delay = cfg.retry_initial * cfg.retry_factor ** max(attempts - 1, 0)
+    return min(delay, cfg.retry_max_interval)
+
+
+@dataclass
+class Job:
+    """One queued message's pending recipients at one destination domain."""
+
+    entry: QueueEntry
+    domain: str
+    recipients: list[QueueRecipient]
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.entry.id, self.domain)
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str  # name for logs and Remote-MTA
+    address: str
+    port: int
+
+
+class _Unreachable(Exception):
+    def __init__(self, reply: Reply, host: str | None = None) -> None:
+        super().__init__(reply_text(reply))
+        self.reply = reply
+        self.host = host
+
+
+class ClientConnection:
+    """asyncio I/O for one SMTPClientEngine."""
+
+    def __init__(self, engine: SMTPClientEngine, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, cap: float, tls_context: ssl.SSLContext, server_name: str) -> None:
+        self.engine = engine
+        self.reader = reader
+        self.writer = writer
+        self.cap = cap
+        self.tls_context = tls_context
+        self.server_name = server_name
+        self.ready: SessionReady | None = None
+
+    async def _event(self) -> Any:
+        engine = self.engine
+        while True:
+            ev = engine.next_event()
+            if ev is not NEED_DATA:
+                if isinstance(ev, StartTLSNeeded):
+                    await self._flush()
+                    try:
+                        await self.writer.start_tls(self.tls_context, server_hostname=self.server_name)
+                    except (OSError, ssl.SSLError) as exc:
+                        log.info("STARTTLS with %s failed: %s", self.server_name, exc)
+                        raise _Unreachable(Reply(421, "4.7.0", f"TLS handshake failed: {exc}")) from None
+                    engine.tls_started()
+                    continue
+                return ev
+            await self._flush()
+            if engine.closed:
+                return SessionClosed()
+            try:
+                async with asyncio.timeout(min(engine.timeout, self.cap)):
+                    data = await self.reader.read(65536)
+            except TimeoutError:
+                # RFC 5321 4.5.3.2: give up on the reply; the transaction is not done.
+                engine.receive_data(b"")
+                continue
+            except (OSError, ssl.SSLError):
+                data = b""
+            engine.receive_data(data)
+
+    async def _flush(self) -> None:
+        out = self.engine.data_to_send()
+        if out:
+            self.writer.write(out)
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await self.writer.drain()
+
+    async def open(self) -> SessionReady | SessionFailed:
+        while True:
+            ev = await self._event()
+            if isinstance(ev, (SessionReady, SessionFailed)):
+                if isinstance(ev, SessionReady):
+                    self.ready = ev
+                return ev
+            if isinstance(ev, SessionClosed):
+                return SessionFailed("protocol", Reply(421, "4.4.2", "Connection closed"))
+
+    async def send(self, message: OutboundMessage) -> TransactionResult:
+        self.engine.send_mail(message)
+        while True:
+            ev = await self._event()
+            if isinstance(ev, TransactionResult):
+                return ev
+            if isinstance(ev, SessionClosed):
+                return TransactionResult(message, tuple(Reply(421, "4.4.2", "Connection lost")
+                                                        for _ in message.recipients))
+
+    @property
+    def usable(self) -> bool:
+        from ..protocols.smtp.client import ClientState
+
+        return self.engine.state is ClientState.READY
+
+    async def close(self) -> None:
+        try:
+            if not self.engine.closed:
+                self.engine.quit()
+                await self._flush()
+                with contextlib.suppress(TimeoutError, OSError, ssl.SSLError):
+                    async with asyncio.timeout(5):
+                        while not self.engine.closed:
+                            ev = await self._event()
+                            if isinstance(ev, SessionClosed):
+                                break
+        finally:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+
+
+class OutboundQueue:
+    def __init__(self, server: MailServer) -> None:
+        self.server = server
+        self.cfg: DeliveryConfig = server.config.delivery
+        self.hostname = server.config.server.hostname
+        self.mx = MXResolver(make_resolver(self.cfg.nameservers, self.cfg.dns_timeout))
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._workers: set[asyncio.Task] = set()
+        self._inflight: set[tuple[int, str]] = set()
+        self._pending: dict[str, deque[Job]] = defaultdict(deque)
+        self._active: dict[str, int] = defaultdict(int)
+        self._stopping = False
+        self.stats: dict[str, int] = defaultdict(int)  # connections, transactions, delivered, deferred, failed
+
+    @property
+    def store(self) -> Any:
+        return self.server.store
+
+    # --- entering the queue ------------------------------------------------------
+    async def enqueue(
+        self,
+        body: bytes,
+        reverse_path: str,
+        recipients: Sequence[str | NewRecipient],
+        *,
+        accounts: Sequence[Account] = (),
+        inbox_id: Any = None,
+        envid: str | None = None,
+        ret: str | None = None,
+        smtputf8: bool = False,
+        eight_bit: bool | None = None,
+    ) -> int | None:
+        """Queue ``body`` for the remote ``recipients`` and, in the same durable
+        commit, deliver it to the INBOX of the local ``accounts``. Returns the
+        queue id (None when no recipient is remote)."""
+        rcpts = [r if isinstance(r, NewRecipient) else NewRecipient(r) for r in recipients]
+        targets = await self.local_targets(reverse_path, accounts, inbox_id)
+        if eight_bit is None:
+            eight_bit = not body.isascii()
+        entry = NewQueueEntry(reverse_path, rcpts, envid, ret, smtputf8, eight_bit) if rcpts else None
+        _uids, queue_id = await self.store.queue_submit(body, entry, targets)
+        if queue_id is not None:
+            log.info("queued %s from=<%s> to=%s size=%d", queue_id, reverse_path,
+                     ",".join(f"<{r.address}>" for r in rcpts), len(body))
+            self.wake()
+        return queue_id
+
+    async def local_targets(self, reverse_path: str, accounts: Sequence[Account], inbox_id: Any = None
+                            ) -> list[DeliveryTarget]:
+        """The INBOX targets of a local delivery (as delivery/local.py builds them)."""
+        targets = []
+        seen: set[int] = set()
+        return_path = return_path_header(reverse_path)
+        for account in accounts:
+            if account.id in seen:
+                continue
+            seen.add(account.id)
+            if inbox_id is not None:
+                box_id = await inbox_id(account.id)
+            else:
+                box = await self.store.get_mailbox(account.id, "INBOX")
+                box_id = box.id if box is not None else None
+            if box_id is None:
+                continue
+            targets.append(DeliveryTarget(box_id, return_path + delivered_to_header(account.address)))
+        return targets
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- life cycle --------------------------------------------------------------
+    async def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name="mailyard-queue")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        tasks = [t for t in [self._task, *self._workers] if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._task = None
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self._dispatch()
+                nxt = await self.store.queue_next_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("queue runner failed; retrying")
+                nxt = None
+            delay = self.cfg.poll_interval
+            if nxt is not None:
+                delay = max(0.0, min(delay, nxt - time.time()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay if delay > 0 else 0.001):
+                    await self._wake.wait()
+
+    async def _dispatch(self) -> None:
+        now = time.time()
+        due = await self.store.queue_due(now)
+        for entry in due:
+            by_domain: dict[str, list[QueueRecipient]] = defaultdict(list)
+            for r in entry.recipients:
+                if r.state == PENDING and r.next_attempt <= now:
+                    by_domain[r.domain].append(r)
+            for domain, rcpts in by_domain.items():
+                job = Job(entry, domain, rcpts)
+                if job.key in self._inflight:
+                    continue
+                self._inflight.add(job.key)
+                self._pending[RELAY_KEY if self.cfg.relay_host else domain].append(job)
+        total = sum(self._active.values())
+        for dest, jobs in list(self._pending.items()):
+            while jobs and total < self.cfg.max_connections and (
+                self._active[dest] < max(1, self.cfg.max_connections_per_domain)
+            ):
+                # One more connection only when the ones there have work waiting.
+                if self._active[dest] and len(jobs) <= self._active[dest]:
+                    break
+                self._active[dest] += 1
+                total += 1
+                task = asyncio.create_task(self._worker(dest), name=f"mailyard-deliver-{dest}")
+                self._workers.add(task)
+                task.add_done_callback(self._workers.discard)
+            if not jobs and not self._active[dest]:
+                del self._pending[dest]
+
+    # --- one destination ---------------------------------------------------------
+    async def _targets(self, dest: str) -> list[Target]:
+        cfg = self.cfg
+        if dest == RELAY_KEY:
+            addrs = await self.mx.addresses(cfg.relay_host)
+            if not addrs:
+                raise PermanentDNSError(f"smarthost {cfg.relay_host} has no address")
+            return [Target(cfg.relay_host, a, cfg.relay_port) for a in addrs]
+        hosts = await self.mx.resolve(dest)
+        return [Target(h.name, a, cfg.smtp_port) for h in hosts for a in h.addresses]
+
+    async def _connect(self, target: Target) -> ClientConnection:
+        cfg = self.cfg
+        relay = bool(cfg.relay_host)
+        implicit = relay and cfg.relay_tls == "implicit"
+        if relay:
+            verify_ctx = client_context(verify=cfg.relay_verify)
+            policy = {"starttls": "require", "opportunistic": "opportunistic"}.get(cfg.relay_tls, "never")
+            auth = (cfg.relay_username, cfg.relay_password) if cfg.relay_username else None
+        else:
+            verify_ctx = client_context(verify=False)  # RFC 7435 opportunistic security
+            policy = cfg.starttls
+            auth = None
+        local = (cfg.source_address, 0) if cfg.source_address else None
+        async with asyncio.timeout(cfg.connect_timeout):
+            reader, writer = await asyncio.open_connection(
+                target.address, target.port, local_addr=local,
+                ssl=verify_ctx if implicit else None,
+                server_hostname=target.host if implicit else None,
+            )
+        engine = SMTPClientEngine(self.hostname, starttls=policy, auth=auth, tls_active=implicit)
+        self.stats["connections"] += 1
+        return ClientConnection(engine, reader, writer, cfg.reply_timeout_cap, verify_ctx, target.host)
+
+    async def _worker(self, dest: str) -> None:
+        jobs = self._pending[dest]
+        try:
+            await self._serve_destination(dest, jobs)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("delivery to %s failed", dest)
+            while jobs:
+                job = jobs.popleft()
+                self._inflight.discard(job.key)
+        finally:
+            self._active[dest] -= 1
+            if not self._stopping:
+                self.wake()
+
+    async def _serve_destination(self, dest: str, jobs: deque[Job]) -> None:
+        try:
+            targets = await self._targets(dest)
+        except NullMX as exc:
+            await self._fail_all(jobs, Reply(556, "5.1.10", str(exc)), None, permanent=True)
+            return
+        except PermanentDNSError as exc:
+            await self._fail_all(jobs, Reply(550, "5.1.2", str(exc)), None, permanent=True)
+            return
+        except TemporaryDNSError as exc:
+            await self._fail_all(jobs, Reply(451, "4.4.3", str(exc)), None, permanent=False)
+            return
+        last: _Unreachable | None = None
+        permanent = True  # every host refused with 5xx: a permanent failure
+        for target in targets:
+            if not jobs:
+                return
+            try:
+                conn = await self._connect(target)
+            except (OSError, TimeoutError) as exc:
+                log.info("connect to %s [%s]:%d failed: %s", target.host, target.address, target.port, exc)
+                last = _Unreachable(Reply(421, "4.4.1", f"connect to {target.host}[{target.address}] failed"),
+                                    target.host)
+                permanent = False
+                continue
+            try:
+                try:
+                    ready = await conn.open()
+                except _Unreachable as exc:
+                    ready = SessionFailed("starttls", exc.reply)
+                if isinstance(ready, SessionFailed):
+                    log.info("%s [%s] refused the session at %s: %s", target.host, target.address,
+                             ready.stage, reply_text(ready.reply))
+                    last = _Unreachable(ready.reply, target.host)
+                    permanent = permanent and ready.reply.code >= 500
+                    continue  # RFC 5321 5.1: try the next host
+                sent = 0
+                while jobs and conn.usable and sent < max(1, self.cfg.max_messages_per_connection):
+                    job = jobs.popleft()
+                    sent += 1
+                    await self._transact(conn, job, target)
+                # Done, or the connection limit was reached or it broke: what is
+                # left waits for the next connection (the next dispatch).
+                return
+            finally:
+                await conn.close()
+        if last is not None:
+            reply = last.reply
+            if not permanent and reply.code >= 500:
+                reply = Reply(451, "4.4.0", reply_text(reply))
+            await self._fail_all(jobs, reply, last.host)
+
+    async def _transact(self, conn: ClientConnection, job: Job, target: Target) -> None:
+        entry = job.entry
+        try:
+            body = await self.store.queue_body(entry.id)
+            message = OutboundMessage(
+                entry.reverse_path,
+                tuple(OutboundRecipient(r.address, r.notify, r.orcpt) for r in job.recipients),
+                body,
+                eight_bit=entry.eight_bit,
+                smtputf8=entry.smtputf8,
+                ret=entry.ret,
+                envid=entry.envid,
+            )
+            result = await conn.send(message)
+            self.stats["transactions"] += 1
+            # RFC 3461 5.2.2: a next hop without DSN cannot take NOTIFY=SUCCESS on; report "relayed".
+            dsn_relayed = conn.ready is not None and "DSN" not in conn.ready.extensions
+            await self._record(job, list(result.replies), target.host, dsn_relayed=dsn_relayed)
+        except BaseException:
+            self._inflight.discard(job.key)
+            raise
+
+    async def _fail_all(self, jobs: deque[Job], reply: Reply, host: str | None, permanent: bool = True) -> None:
+        """Every job of a destination gets ``reply`` (a 5xx only when ``permanent``)."""
+        if not permanent and reply.code >= 500:
+            reply = Reply(451, "4.4.0", reply_text(reply))
+        while jobs:
+            job = jobs.popleft()
+            await self._record(job, [reply for _ in job.recipients], host, dsn_relayed=False)
+
+    # --- outcomes -----------------------------------------------------------------
+    async def _record(self, job: Job, replies: list[Reply], host: str | None, dsn_relayed: bool) -> None:
+        entry = job.entry
+        cfg = self.cfg
+        now = time.time()
+        expires = entry.created + cfg.max_lifetime
+        outcomes: list[RecipientOutcome] = []
+        reports: dict[str, list[ReportedRecipient]] = defaultdict(list)
+        still_pending: list[QueueRecipient] = []
+        for rcpt, reply in zip(job.recipients, replies, strict=True):
+            text = reply_text(reply)
+            if reply.is_positive:
+                outcomes.append(RecipientOutcome(rcpt.id, DELIVERED, text, host))
+                self.stats["delivered"] += 1
+                log.info("sent %s to=<%s> relay=%s status=sent (%s)", entry.id, rcpt.address, host, text)
+                if dsn_relayed and rcpt.notify and "SUCCESS" in rcpt.notify:
+                    reports["relayed"].append(ReportedRecipient(rcpt, "relayed", "2.0.0", text, host))
+            elif reply.code >= 500 or now >= expires:
+                expired = reply.code < 500
+                outcomes.append(RecipientOutcome(rcpt.id, FAILED, text, host))
+                self.stats["failed"] += 1
+                log.info("bounced %s to=<%s> relay=%s status=%s (%s)", entry.id, rcpt.address, host,
+                         "expired" if expired else "bounced", text)
+                reports["failed"].append(ReportedRecipient(
+                    rcpt, "failed", status_of(reply.code, reply.enhanced, expired), text, host))
+            else:
+                retry_at = min(now + backoff(cfg, rcpt.attempts + 1), expires)
+                outcomes.append(RecipientOutcome(rcpt.id, PENDING, text, host, retry_at))
+                self.stats["deferred"] += 1
+                log.info("deferred %s to=<%s> relay=%s retry in %.0fs (%s)", entry.id, rcpt.address, host,
+                         retry_at - now, text)
+                still_pending.append(rcpt)
+                reports["delayed-candidate"].append(ReportedRecipient(
+                    rcpt, "delayed", status_of(reply.code, reply.enhanced), text, host))
+        warned = False
+        delayed = reports.pop("delayed-candidate", [])
+        if (delayed and not entry.warned and cfg.delay_warning > 0
+                and now - entry.created >= cfg.delay_warning):
+            warned = True
+            reports["delayed"] = delayed
+        follow_up: list[NewMessage] = []
+        if should_report(entry):
+            body = None
+            for action in ("failed", "delayed", "relayed"):
+                wanted = [r for r in reports.get(action, []) if wants_report(r.recipient, action)]
+                if not wanted:
+                    continue
+                if body is None:
+                    body = await self.store.queue_body(entry.id)
+                follow_up.extend(await self._report(entry, body, wanted, expires))
+        attempt_log = [(job.domain, host, "; ".join(sorted({o.reply for o in outcomes})))]
+        try:
+            await self.store.queue_update(entry.id, outcomes, attempt_log, warned=warned, follow_up=follow_up)
+        finally:
+            self._inflight.discard(job.key)
+        if follow_up:
+            self.wake()
+
+    async def _report(self, entry: QueueEntry, original: bytes, reported: list[ReportedRecipient],
+                      expires: float) -> list[NewMessage]:
+        """A DSN for ``reported`` as messages to store: local copies or a queue entry."""
+        router = self.server.router
+        domain = entry.reverse_path.rpartition("@")[2]
+        local_domain = domain if await self.store.is_local_domain(domain) else None
+        if local_domain is None:
+            domains = await self.store.list_domains()
+            local_domain = domains[0] if domains else self.hostname
+        dsn = build_dsn(
+            reporting_mta=self.hostname, entry=entry, original=original, reported=reported,
+            postmaster_domain=local_domain, retry_until=expires,
+        )
+        log.info("DSN (%s) for %s to <%s>", reported[0].action, entry.id, entry.reverse_path)
+        resolution = await router.resolve(entry.reverse_path)
+        if resolution.verdict is Verdict.LOCAL:
+            targets = await self.local_targets("", resolution.accounts)
+            remote = [NewRecipient(r) for r in resolution.remote]
+            entry_new = NewQueueEntry("", remote) if remote else None
+            return [NewMessage(dsn, targets, entry_new)]
+        if resolution.verdict is Verdict.REMOTE:
+            return [NewMessage(dsn, (), NewQueueEntry("", [NewRecipient(resolution.address)]))]
+        log.warning("DSN for %s dropped: reverse-path <%s> is %s", entry.id, entry.reverse_path,
+                    resolution.verdict.value)
+        return []

@@ -1,0 +1,353 @@
+"""The outbound queue in the store: interface values and the SQLite part.
+
+A queue entry is one message on its way to remote recipients: the body
+(stored once, as a body blob shared with any local copies of the same
+delivery), the reverse-path, the RFC 3461 envelope parameters, and one row
+per remaining recipient with its destination domain, attempt count, last
+reply and next attempt time. Every attempt is logged. When no recipient is
+pending any more the entry and its attempt log go, and the body's reference
+is released.
+
+Everything that changes the queue is one write in the group-commit writer
+(store/writer.py), so "queued" means durable, exactly like "delivered":
+``queue_submit`` stores local copies and the queue entry in one commit, and
+``queue_update`` records an attempt's outcome together with the bounce it
+causes (delivered locally or queued), so a crash can neither lose the bounce
+nor send it twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .api import DeliveryTarget, NotFound
+
+if TYPE_CHECKING:
+    from .writer import WriteContext
+
+QUEUE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queue (
+    id           INTEGER PRIMARY KEY,
+    body_id      INTEGER NOT NULL,
+    reverse_path TEXT NOT NULL,
+    envid        TEXT,
+    ret          TEXT,
+    smtputf8     INTEGER NOT NULL DEFAULT 0,
+    eight_bit    INTEGER NOT NULL DEFAULT 0,
+    size         INTEGER NOT NULL,
+    created      REAL NOT NULL,
+    warned       INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS queue_rcpts (
+    id           INTEGER PRIMARY KEY,
+    queue_id     INTEGER NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
+    address      TEXT NOT NULL,
+    domain       TEXT NOT NULL COLLATE NOCASE,
+    notify       TEXT,
+    orcpt        TEXT,
+    state        TEXT NOT NULL DEFAULT 'pending',
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_reply   TEXT,
+    last_host    TEXT
+);
+CREATE INDEX IF NOT EXISTS queue_rcpts_due ON queue_rcpts(next_attempt) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS queue_rcpts_entry ON queue_rcpts(queue_id);
+CREATE TABLE IF NOT EXISTS queue_attempts (
+    queue_id INTEGER NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
+    ts       REAL NOT NULL,
+    domain   TEXT NOT NULL,
+    host     TEXT,
+    outcome  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_attempts_entry ON queue_attempts(queue_id);
+"""
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRecipient:
+    id: int
+    address: str
+    domain: str
+    notify: frozenset[str] | None  # RFC 3461 4.1 NOTIFY, None when not given
+    orcpt: tuple[str, str] | None  # RFC 3461 4.2 (addr-type, address)
+    state: str = PENDING
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_reply: str | None = None
+    last_host: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueAttempt:
+    ts: float
+    domain: str
+    host: str | None
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    id: int
+    reverse_path: str  # "" for the null reverse-path (a bounce)
+    envid: str | None
+    ret: str | None  # RFC 3461 4.3: FULL or HDRS
+    smtputf8: bool
+    eight_bit: bool
+    size: int
+    created: float
+    warned: bool
+    recipients: list[QueueRecipient] = field(default_factory=list)
+    attempts: list[QueueAttempt] = field(default_factory=list)
+
+    @property
+    def pending(self) -> list[QueueRecipient]:
+        return [r for r in self.recipients if r.state == PENDING]
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecipient:
+    address: str
+    notify: frozenset[str] | None = None
+    orcpt: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewQueueEntry:
+    reverse_path: str
+    recipients: Sequence[NewRecipient]
+    envid: str | None = None
+    ret: str | None = None
+    smtputf8: bool = False
+    eight_bit: bool = False
+    next_attempt: float | None = None  # None: at once
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientOutcome:
+    recipient_id: int
+    state: str  # PENDING (retry at next_attempt), DELIVERED or FAILED
+    reply: str
+    host: str | None = None
+    next_attempt: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to store in the same commit as a queue update (a bounce or
+    delay report): local copies (``targets``) and/or a queue entry."""
+
+    body: bytes
+    targets: Sequence[DeliveryTarget] = ()
+    entry: NewQueueEntry | None = None
+
+
+def _notify_text(notify: frozenset[str] | None) -> str | None:
+    return ",".join(sorted(notify)) if notify is not None else None
+
+
+def _orcpt_text(orcpt: tuple[str, str] | None) -> str | None:
+    return f"{orcpt[0]};{orcpt[1]}" if orcpt is not None else None
+
+
+def _recipient(row: tuple) -> QueueRecipient:
+    notify = frozenset(row[4].split(",")) if row[4] is not None else None
+    orcpt = None
+    if row[5] is not None:
+        kind, _, addr = row[5].partition(";")
+        orcpt = (kind, addr)
+    return QueueRecipient(row[0], row[2], row[3], notify, orcpt, row[6], row[7], row[8], row[9], row[10])
+
+
+_RCPT_COLS = "id, queue_id, address, domain, notify, orcpt, state, attempts, next_attempt, last_reply, last_host"
+_ENTRY_COLS = "id, reverse_path, envid, ret, smtputf8, eight_bit, size, created, warned"
+
+
+def _entry(row: tuple, recipients: list[QueueRecipient], attempts: list[QueueAttempt]) -> QueueEntry:
+    return QueueEntry(
+        row[0], row[1], row[2], row[3], bool(row[4]), bool(row[5]), row[6], row[7], bool(row[8]),
+        recipients, attempts,
+    )
+
+
+class SQLiteQueueMixin:
+    """The queue half of ``SQLiteStore`` (store/sqlite.py mixes it in)."""
+
+    # provided by SQLiteStore
+    _q: Any
+    _q1: Any
+    _write: Any
+    _store_body: Any
+    _release_bodies: Any
+    _insert_targets: Any
+    blobs: Any
+
+    # --- writes --------------------------------------------------------------
+    def _op_new_message(self, c: sqlite3.Connection, ctx: WriteContext, msg: NewMessage) -> tuple[list[int], int | None]:
+        refs = len(msg.targets) + (1 if msg.entry is not None else 0)
+        if refs == 0:
+            return [], None
+        body_id = self._store_body(c, msg.body, refs)
+        uids = self._insert_targets(c, ctx, body_id, len(msg.body), msg.targets) if msg.targets else []
+        queue_id = None
+        entry = msg.entry
+        if entry is not None:
+            now = time.time()
+            cur = c.execute(
+                "INSERT INTO queue(body_id, reverse_path, envid, ret, smtputf8, eight_bit, size, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (body_id, entry.reverse_path, entry.envid, entry.ret, int(entry.smtputf8), int(entry.eight_bit),
+                 len(msg.body), now),
+            )
+            queue_id = cur.lastrowid
+            due = entry.next_attempt if entry.next_attempt is not None else now
+            c.executemany(
+                "INSERT INTO queue_rcpts(queue_id, address, domain, notify, orcpt, next_attempt)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (queue_id, r.address, r.address.rpartition("@")[2].lower(), _notify_text(r.notify),
+                     _orcpt_text(r.orcpt), due)
+                    for r in entry.recipients
+                ],
+            )
+        return uids, queue_id
+
+    async def queue_submit(
+        self, body: bytes, entry: NewQueueEntry | None, targets: Sequence[DeliveryTarget] = ()
+    ) -> tuple[list[int], int | None]:
+        """Store ``body`` once: into the local ``targets`` and (if ``entry``)
+        the outbound queue, in one durable commit. Returns (UIDs, queue id)."""
+        msg = NewMessage(body, targets, entry if entry is not None and entry.recipients else None)
+        return await self._write(lambda c, ctx: self._op_new_message(c, ctx, msg))
+
+    async def queue_update(
+        self,
+        queue_id: int,
+        outcomes: Sequence[RecipientOutcome],
+        attempts: Iterable[tuple[str, str | None, str]] = (),
+        *,
+        warned: bool = False,
+        follow_up: Sequence[NewMessage] = (),
+    ) -> bool:
+        """Record one delivery attempt's results (and any report it causes) in
+        one commit. ``attempts``: (domain, host, outcome) log lines. Returns
+        True when the entry is finished (no recipient pending) and was removed."""
+        now = time.time()
+        log_rows = list(attempts)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> bool:
+            row = c.execute("SELECT body_id FROM queue WHERE id = ?", (queue_id,)).fetchone()
+            if row is None:
+                return True  # deleted meanwhile (mailyard queue delete)
+            for o in outcomes:
+                c.execute(
+                    "UPDATE queue_rcpts SET state = ?, attempts = attempts + 1, next_attempt = ?,"
+                    " last_reply = ?, last_host = ? WHERE id = ? AND queue_id = ?",
+                    (o.state, o.next_attempt, o.reply, o.host, o.recipient_id, queue_id),
+                )
+            c.executemany(
+                "INSERT INTO queue_attempts(queue_id, ts, domain, host, outcome) VALUES (?, ?, ?, ?, ?)",
+                [(queue_id, now, d, h, text) for d, h, text in log_rows],
+            )
+            if warned:
+                c.execute("UPDATE queue SET warned = 1 WHERE id = ?", (queue_id,))
+            for msg in follow_up:
+                self._op_new_message(c, ctx, msg)
+            left = c.execute(
+                "SELECT count(*) FROM queue_rcpts WHERE queue_id = ? AND state = 'pending'", (queue_id,)
+            ).fetchone()[0]
+            if left:
+                return False
+            self._op_drop(c, queue_id, row[0])
+            return True
+
+        return await self._write(op)
+
+    def _op_drop(self, c: sqlite3.Connection, queue_id: int, body_id: int) -> None:
+        c.execute("DELETE FROM queue_attempts WHERE queue_id = ?", (queue_id,))
+        c.execute("DELETE FROM queue_rcpts WHERE queue_id = ?", (queue_id,))
+        c.execute("DELETE FROM queue WHERE id = ?", (queue_id,))
+        self._release_bodies(c, [body_id])
+
+    async def queue_delete(self, queue_id: int) -> None:
+        """Remove an entry without delivering or bouncing (``mailyard queue delete``)."""
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            row = c.execute("SELECT body_id FROM queue WHERE id = ?", (queue_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no queue entry {queue_id}")
+            self._op_drop(c, queue_id, row[0])
+
+        await self._write(op)
+
+    async def queue_retry(self, queue_id: int | None = None) -> int:
+        """Make pending recipients (of one entry, or all) due now; returns how many."""
+        now = time.time()
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
+            if queue_id is None:
+                cur = c.execute("UPDATE queue_rcpts SET next_attempt = ? WHERE state = 'pending'", (now,))
+            else:
+                if c.execute("SELECT 1 FROM queue WHERE id = ?", (queue_id,)).fetchone() is None:
+                    raise NotFound(f"no queue entry {queue_id}")
+                cur = c.execute(
+                    "UPDATE queue_rcpts SET next_attempt = ? WHERE state = 'pending' AND queue_id = ?",
+                    (now, queue_id),
+                )
+            return cur.rowcount
+
+        return await self._write(op)
+
+    # --- reads ---------------------------------------------------------------
+    def _entries(self, rows: list[tuple], with_attempts: bool, only_due: float | None = None) -> list[QueueEntry]:
+        out = []
+        for row in rows:
+            rcpts = [_recipient(r) for r in self._q(
+                f"SELECT {_RCPT_COLS} FROM queue_rcpts WHERE queue_id = ? ORDER BY id", (row[0],)
+            )]
+            attempts = []
+            if with_attempts:
+                attempts = [QueueAttempt(*a) for a in self._q(
+                    "SELECT ts, domain, host, outcome FROM queue_attempts WHERE queue_id = ? ORDER BY rowid",
+                    (row[0],),
+                )]
+            out.append(_entry(row, rcpts, attempts))
+        return out
+
+    async def queue_entry(self, queue_id: int) -> QueueEntry | None:
+        rows = self._q(f"SELECT {_ENTRY_COLS} FROM queue WHERE id = ?", (queue_id,))
+        entries = self._entries(rows, with_attempts=True)
+        return entries[0] if entries else None
+
+    async def queue_list(self) -> list[QueueEntry]:
+        rows = self._q(f"SELECT {_ENTRY_COLS} FROM queue ORDER BY id")
+        return self._entries(rows, with_attempts=False)
+
+    async def queue_due(self, now: float, limit: int = 1000) -> list[QueueEntry]:
+        """Entries with at least one recipient due at ``now`` (oldest first)."""
+        rows = self._q(
+            f"SELECT {', '.join('q.' + c.strip() for c in _ENTRY_COLS.split(','))} FROM queue q"
+            " WHERE q.id IN (SELECT DISTINCT queue_id FROM queue_rcpts WHERE state = 'pending'"
+            " AND next_attempt <= ?) ORDER BY q.id LIMIT ?",
+            (now, limit),
+        )
+        return self._entries(rows, with_attempts=False)
+
+    async def queue_next_due(self) -> float | None:
+        row = self._q1("SELECT min(next_attempt) FROM queue_rcpts WHERE state = 'pending'")
+        return row[0] if row else None
+
+    async def queue_body(self, queue_id: int) -> bytes:
+        row = self._q1(
+            "SELECT b.segment, b.offset, b.length FROM queue q JOIN bodies b ON b.id = q.body_id WHERE q.id = ?",
+            (queue_id,),
+        )
+        if row is None:
+            raise NotFound(f"no queue entry {queue_id}")
+        return self.blobs.read(row[0], row[1], row[2])

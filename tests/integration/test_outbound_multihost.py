@@ -1,0 +1,254 @@
+"""Mail between mailyard servers: a.test (127.0.0.2), b.test (127.0.0.3),
+c.test (127.0.0.4), with MX records from a test DNS server (multihost.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+import email.policy
+import smtplib
+
+from mailyard.store.queue import NewRecipient
+
+from .multihost import MultiHost, multihost  # noqa: F401 - the fixture
+
+A, B, C, D = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
+
+MESSAGE = (
+    b"From: Alice <alice@a.test>\r\n"
+    b"To: bob@b.test, carol@b.test, dave@c.test\r\n"
+    b"Subject: across the net\r\n"
+    b"Message-ID: <m1@a.test>\r\n"
+    b"Date: Mon, 23 Nov 2026 08:00:00 +0000\r\n"
+    b"\r\n"
+    b"Hello from a.test.\r\n"
+    b".leading dot survives\r\n"
+)
+
+
+def submit(hosts: MultiHost, sender: str, rcpts: list[str], data: bytes, **mail_options: list[str]) -> None:
+    """Alice's mail client: submission port with AUTH (RFC 6409, 4954)."""
+    domain = sender.rpartition("@")[2]
+    rs = hosts.servers[domain]
+    with smtplib.SMTP(rs.host, rs.config.ports.submission, timeout=10) as client:
+        client.ehlo("client.a.test")
+        client.starttls()
+        client.ehlo("client.a.test")
+        client.login(sender, hosts.passwords[sender])
+        refused = client.sendmail(sender, rcpts, data, **mail_options)
+        assert refused == {}
+
+
+def parsed(raw: bytes) -> email.message.EmailMessage:
+    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def test_alice_to_bob_carol_and_dave_over_three_servers(multihost: MultiHost) -> None:
+    hosts = multihost
+    hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    b = hosts.add("b.test", B, {"bob": "bob-pw-1", "carol": "carol-pw-1"})
+    hosts.add("c.test", C, {"dave": "dave-pw-1"})
+    submit(hosts, "alice@a.test", ["bob@b.test", "carol@b.test", "dave@c.test"], MESSAGE)
+    for user in ("bob@b.test", "carol@b.test", "dave@c.test"):
+        (raw,) = hosts.wait_messages(user)
+        assert raw.endswith(MESSAGE), "the body arrives byte for byte"
+        msg = parsed(raw)
+        received = msg.get_all("Received")
+        assert len(received) == 2, received  # submission at a.test, then the MX hop
+        hop, submission = received
+        assert "by mx.a.test" in submission and "ESMTPSA" in submission
+        assert "from mx.a.test" in hop and "[127.0.0.2]" in hop and f"by mx.{user.split('@')[1]}" in hop
+        assert msg["Return-Path"] == "<alice@a.test>"
+    # bob and carol share one transaction on one connection to b.test
+    assert b.server.stats["smtp_sessions"] == 1
+    hosts.wait_for(lambda: not hosts.queue("a.test"), what="a.test's queue to empty")
+
+
+def test_connection_reuse_several_messages_one_connection(multihost: MultiHost) -> None:
+    hosts = multihost
+
+    def one_connection(cfg) -> None:  # noqa: ANN001
+        cfg.delivery.max_connections_per_domain = 1
+
+    a = hosts.add("a.test", A, {"alice": "alice-pw-1"}, configure=one_connection)
+    b = hosts.add("b.test", B, {"bob": "bob-pw-1"})
+    # Queue five messages while the runner is held back, then let it go at once.
+    queue = a.server.queue
+
+    async def put_all() -> None:
+        await queue.stop()
+        for n in range(5):
+            body = MESSAGE.replace(b"<m1@a.test>", f"<reuse{n}@a.test>".encode())
+            await queue.enqueue(body, "alice@a.test", [NewRecipient("bob@b.test")])
+        await queue.start()
+
+    a.call(put_all())
+    hosts.wait_messages("bob@b.test", 5)
+    assert b.server.stats["smtp_sessions"] == 1, "five messages over one connection"
+    assert queue.stats["connections"] == 1 and queue.stats["transactions"] == 5
+
+
+def test_mx_preference_and_failover(multihost: MultiHost) -> None:
+    hosts = multihost
+    hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    # b.test: primary MX (preference 5) on 127.0.0.6 where nothing listens; backup is the real server.
+    b = hosts.add("b.test", B, {"bob": "bob-pw-1"}, mx=False)
+    hosts.dns.add("b.test", "MX", "5 primary.b.test.")
+    hosts.dns.add("primary.b.test", "A", "127.0.0.6")
+    hosts.dns.add("b.test", "MX", "20 backup.b.test.")
+    hosts.dns.add("backup.b.test", "A", B)
+    submit(hosts, "alice@a.test", ["bob@b.test"], MESSAGE)
+    (raw,) = hosts.wait_messages("bob@b.test")
+    assert b.server.stats["smtp_sessions"] == 1
+    names = [q[0] for q in hosts.dns.queries]
+    assert names.index("primary.b.test.") < names.index("backup.b.test."), "preference order"
+
+
+def test_no_mx_falls_back_to_a_record(multihost: MultiHost) -> None:
+    hosts = multihost
+    hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    hosts.add("b.test", B, {"bob": "bob-pw-1"}, mx=False)
+    hosts.dns.add("b.test", "A", B)  # RFC 5321 5.1: the implicit MX
+    submit(hosts, "alice@a.test", ["bob@b.test"], MESSAGE)
+    hosts.wait_messages("bob@b.test")
+
+
+def test_temporary_failure_then_success(multihost: MultiHost) -> None:
+    hosts = multihost
+    a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    # b.test is down at first: connection refused -> 4xx -> retried with back-off.
+    b = hosts.add("b.test", B, {"bob": "bob-pw-1"}, start=False)
+    submit(hosts, "alice@a.test", ["bob@b.test"], MESSAGE)
+    entry = hosts.wait_for(lambda: [e for e in hosts.queue("a.test") if e.recipients[0].attempts >= 1],
+                           what="a first failed attempt")[0]
+    assert entry.recipients[0].last_reply.startswith("421 4.4.1")
+    b = hosts.restart("b.test")
+    hosts.wait_messages("bob@b.test")
+    hosts.wait_for(lambda: not hosts.queue("a.test"), what="the queue to empty")
+    assert a.server.queue.stats["deferred"] >= 1 and a.server.queue.stats["delivered"] == 1
+
+
+def test_5xx_bounce_arrives_in_alices_inbox_as_dsn(multihost: MultiHost) -> None:
+    hosts = multihost
+    hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    hosts.add("b.test", B, {"bob": "bob-pw-1"})
+    submit(hosts, "alice@a.test", ["bob@b.test", "nobody@b.test"], MESSAGE)
+    hosts.wait_messages("bob@b.test")
+    (dsn_raw,) = hosts.wait_messages("alice@a.test")
+    dsn = parsed(dsn_raw)
+    assert dsn["Return-Path"] == "<>"
+    assert dsn["From"].addresses[0].username == "MAILER-DAEMON"
+    assert dsn.get_content_type() == "multipart/report"
+    assert dsn.get_param("report-type") == "delivery-status"
+    parts = list(dsn.iter_parts())
+    assert parts[1].get_content_type() == "message/delivery-status"
+    status = parts[1].as_string()
+    assert "Final-Recipient: rfc822; nobody@b.test" in status
+    assert "Action: failed" in status and "Status: 5.1.1" in status
+    assert "Remote-MTA: dns; mx.b.test" in status
+    assert "bob@b.test" not in status, "only the failed recipient is reported"
+    assert parts[2].get_content_type() == "text/rfc822-headers"
+    assert "Subject: across the net" in parts[2].get_content()
+    hosts.wait_for(lambda: not hosts.queue("a.test"), what="the queue to empty")
+
+
+def test_ret_full_and_envid_and_notify_never(multihost: MultiHost) -> None:
+    hosts = multihost
+    hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    hosts.add("b.test", B, {"bob": "bob-pw-1"})
+    rs = hosts.servers["a.test"]
+    with smtplib.SMTP(rs.host, rs.config.ports.submission, timeout=10) as client:
+        client.ehlo("client")
+        client.login("alice@a.test", "alice-pw-1")
+        client.mail("alice@a.test", ["RET=FULL", "ENVID=env+2B1"])
+        assert client.rcpt("nobody@b.test", ["NOTIFY=FAILURE", "ORCPT=rfc822;nobody@b.test"])[0] == 250
+        assert client.rcpt("ghost@b.test", ["NOTIFY=NEVER"])[0] == 250
+        assert client.data(MESSAGE)[0] == 250
+    (dsn_raw,) = hosts.wait_messages("alice@a.test")
+    dsn = parsed(dsn_raw)
+    parts = list(dsn.iter_parts())
+    status = parts[1].as_string()
+    assert "Original-Envelope-Id: env+1" in status
+    assert "Original-Recipient: rfc822;nobody@b.test" in status
+    assert "ghost@b.test" not in status, "NOTIFY=NEVER"
+    assert parts[2].get_content_type() == "message/rfc822", "RET=FULL returns the whole message"
+    assert b"Hello from a.test." in dsn_raw
+    hosts.wait_for(lambda: not hosts.queue("a.test"), what="the queue to empty")
+
+
+def test_null_mx_bounces_at_once(multihost: MultiHost) -> None:
+    hosts = multihost
+    a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    hosts.dns.add("nomail.test", "MX", "0 .")
+    submit(hosts, "alice@a.test", ["someone@nomail.test"], MESSAGE)
+    (dsn_raw,) = hosts.wait_messages("alice@a.test")
+    assert b"Status: 5.1.10" in dsn_raw and b"null MX" in dsn_raw
+    assert a.server.queue.stats["connections"] == 0
+
+
+def test_expiry_bounce_with_a_short_schedule(multihost: MultiHost) -> None:
+    hosts = multihost
+
+    def short(cfg) -> None:  # noqa: ANN001
+        cfg.delivery.retry_initial = 0.2
+        cfg.delivery.max_lifetime = 1.5
+
+    hosts.add("a.test", A, {"alice": "alice-pw-1"}, configure=short)
+    hosts.dns.add("down.test", "MX", "10 mx.down.test.")
+    hosts.dns.add("mx.down.test", "A", "127.0.0.6")  # nothing listens there
+    submit(hosts, "alice@a.test", ["x@down.test"], MESSAGE)
+    (dsn_raw,) = hosts.wait_messages("alice@a.test")
+    assert b"Action: failed" in dsn_raw and b"Status: 4.4.7" in dsn_raw
+    assert not hosts.queue("a.test")
+
+
+def test_delay_warning_once_then_delivery(multihost: MultiHost) -> None:
+    hosts = multihost
+
+    def warn_fast(cfg) -> None:  # noqa: ANN001
+        cfg.delivery.delay_warning = 0.01
+
+    hosts.add("a.test", A, {"alice": "alice-pw-1"}, configure=warn_fast)
+    hosts.add("b.test", B, {"bob": "bob-pw-1"}, start=False)
+    submit(hosts, "alice@a.test", ["bob@b.test"], MESSAGE)
+    (warning,) = hosts.wait_messages("alice@a.test")
+    assert b"Action: delayed" in warning and b"Will-Retry-Until:" in warning
+    hosts.restart("b.test")
+    hosts.wait_messages("bob@b.test")
+    hosts.wait_for(lambda: not hosts.queue("a.test"), what="the queue to empty")
+    assert len(hosts.servers["a.test"].messages("alice@a.test")) == 1, "one warning only"
+
+
+def test_bounce_of_a_bounce_is_never_sent(multihost: MultiHost) -> None:
+    hosts = multihost
+    a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    hosts.add("b.test", B, {"bob": "bob-pw-1"})
+    a.call(a.server.queue.enqueue(MESSAGE, "", ["nobody@b.test"]))
+    hosts.wait_for(lambda: a.server.queue.stats["failed"] == 1, what="the failure")
+    hosts.wait_for(lambda: not hosts.queue("a.test"), what="the queue to empty")
+    assert a.messages("alice@a.test") == [] and a.messages("postmaster@a.test") == []
+
+
+def test_queue_survives_a_restart(multihost: MultiHost) -> None:
+    hosts = multihost
+    a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    hosts.add("b.test", B, {"bob": "bob-pw-1"}, start=False)
+    submit(hosts, "alice@a.test", ["bob@b.test"], MESSAGE)
+    hosts.wait_for(lambda: [e for e in hosts.queue("a.test") if e.recipients[0].attempts >= 1],
+                   what="a first failed attempt")
+    a.stop()
+    hosts.restart("b.test")
+    hosts.restart("a.test")
+    (raw,) = hosts.wait_messages("bob@b.test")
+    assert raw.endswith(MESSAGE)
+
+
+def test_smtputf8_message_to_a_peer_without_smtputf8_bounces(multihost: MultiHost) -> None:
+    hosts = multihost
+    a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    b = hosts.add("b.test", B, {"bob": "bob-pw-1"})
+    # SMTPUTF8 needed but b.test does not offer it -> 5.6.7 bounce (RFC 6531 3.2: no downgrade).
+    b.server.smtp_engine_config = dataclasses.replace(b.server.smtp_engine_config, smtputf8=False)
+    a.call(a.server.queue.enqueue(MESSAGE, "alice@a.test", ["bob@b.test"], smtputf8=True))
+    (dsn_raw,) = hosts.wait_messages("alice@a.test")
+    assert b"Status: 5.6.7" in dsn_raw
