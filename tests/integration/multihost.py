@@ -158,6 +158,91 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+class ScriptedSMTP:
+    """A minimal SMTP server with scripted answers, for the receiving-side
+    behaviours a real mailyard does not produce on demand (a 451 at the end of
+    DATA, AUTH on a smarthost). Counts connections and records transactions."""
+
+    def __init__(self, host: str, port: int, *, data_replies: list[str] | None = None,
+                 auth: tuple[str, str] | None = None, extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME")) -> None:
+        self.data_replies = list(data_replies or [])
+        self.auth = auth
+        self.extensions = extensions
+        self.connections = 0
+        self.transactions: list[dict] = []
+        self.auth_seen: list[str] = []
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:  # noqa: C901 - a small script
+                outer.connections += 1
+                w = self.wfile
+                w.write(b"220 scripted ESMTP\r\n")
+                tx: dict = {}
+                authed = outer.auth is None
+                while True:
+                    line = self.rfile.readline()
+                    if not line:
+                        return
+                    cmd = line.decode("utf-8", "replace").strip()
+                    verb = cmd[:4].upper()
+                    if verb == "EHLO":
+                        exts = list(outer.extensions) + (["AUTH PLAIN LOGIN"] if outer.auth else [])
+                        lines = ["scripted"] + exts
+                        w.write("".join(f"250{'-' if i < len(lines) - 1 else ' '}{t}\r\n"
+                                        for i, t in enumerate(lines)).encode())
+                    elif verb == "AUTH":
+                        outer.auth_seen.append(cmd)
+                        import base64
+                        token = cmd.split()[2] if len(cmd.split()) > 2 else ""
+                        user, pw = outer.auth or ("", "")
+                        ok = base64.b64decode(token) == b"\0" + user.encode() + b"\0" + pw.encode()
+                        authed = ok
+                        w.write(b"235 2.7.0 ok\r\n" if ok else b"535 5.7.8 bad\r\n")
+                    elif verb == "MAIL":
+                        if not authed:
+                            w.write(b"530 5.7.0 auth first\r\n")
+                            continue
+                        tx = {"mail": cmd, "rcpts": []}
+                        w.write(b"250 2.1.0 ok\r\n")
+                    elif verb == "RCPT":
+                        tx.setdefault("rcpts", []).append(cmd)
+                        w.write(b"250 2.1.5 ok\r\n")
+                    elif verb == "DATA":
+                        w.write(b"354 go\r\n")
+                        w.flush()
+                        data = b""
+                        while True:
+                            chunk = self.rfile.readline()
+                            if chunk in (b".\r\n", b""):
+                                break
+                            data += chunk[1:] if chunk.startswith(b".") else chunk  # RFC 5321 4.5.2
+                        tx["data"] = data
+                        reply = outer.data_replies.pop(0) if outer.data_replies else "250 2.0.0 accepted"
+                        tx["reply"] = reply
+                        outer.transactions.append(tx)
+                        w.write(reply.encode() + b"\r\n")
+                    elif verb == "RSET":
+                        tx = {}
+                        w.write(b"250 ok\r\n")
+                    elif verb == "QUIT":
+                        w.write(b"221 bye\r\n")
+                        return
+                    else:
+                        w.write(b"502 5.5.1 no\r\n")
+                    w.flush()
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 # Loopback addresses the harness may hand out (Postfix interop uses .9).
 ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.9"]
 
@@ -169,6 +254,15 @@ class MultiHost:
         self.smtp_port = shared_port(ADDRESSES)
         self.servers: dict[str, RunningServer] = {}
         self.passwords: dict[str, str] = {}
+        self.scripted: list[ScriptedSMTP] = []
+
+    def add_scripted(self, domain: str, ip: str, **kwargs: object) -> ScriptedSMTP:
+        """A scripted SMTP server as ``domain``'s MX on ``ip`` (the shared SMTP port)."""
+        server = ScriptedSMTP(ip, self.smtp_port, **kwargs)  # type: ignore[arg-type]
+        self.scripted.append(server)
+        self.dns.add(domain, "MX", f"10 mx.{domain}.")
+        self.dns.add(f"mx.{domain}", "A", ip)
+        return server
 
     def delivery_config(self, cfg: Config) -> None:
         """Point outbound delivery at the test DNS and port, with a fast schedule."""
@@ -288,6 +382,8 @@ class MultiHost:
                     rs.stop()
                 except Exception:  # noqa: BLE001 - stop the others anyway
                     pass
+        for scripted in self.scripted:
+            scripted.stop()
         self.dns.stop()
 
 

@@ -7,10 +7,25 @@ import dataclasses
 import email
 import email.policy
 import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from mailyard.store.queue import NewRecipient
 
-from .multihost import MultiHost, multihost  # noqa: F401 - the fixture
+from .multihost import MultiHost, ScriptedSMTP
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[MultiHost]:
+    """The multi-host harness; every instance and the DNS server stopped at the end."""
+    harness = MultiHost(tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.stop()
+
 
 A, B, C, D = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
 
@@ -43,8 +58,7 @@ def parsed(raw: bytes) -> email.message.EmailMessage:
     return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
 
 
-def test_alice_to_bob_carol_and_dave_over_three_servers(multihost: MultiHost) -> None:
-    hosts = multihost
+def test_alice_to_bob_carol_and_dave_over_three_servers(hosts: MultiHost) -> None:
     hosts.add("a.test", A, {"alice": "alice-pw-1"})
     b = hosts.add("b.test", B, {"bob": "bob-pw-1", "carol": "carol-pw-1"})
     hosts.add("c.test", C, {"dave": "dave-pw-1"})
@@ -64,8 +78,7 @@ def test_alice_to_bob_carol_and_dave_over_three_servers(multihost: MultiHost) ->
     hosts.wait_for(lambda: not hosts.queue("a.test"), what="a.test's queue to empty")
 
 
-def test_connection_reuse_several_messages_one_connection(multihost: MultiHost) -> None:
-    hosts = multihost
+def test_connection_reuse_several_messages_one_connection(hosts: MultiHost) -> None:
 
     def one_connection(cfg) -> None:  # noqa: ANN001
         cfg.delivery.max_connections_per_domain = 1
@@ -88,8 +101,7 @@ def test_connection_reuse_several_messages_one_connection(multihost: MultiHost) 
     assert queue.stats["connections"] == 1 and queue.stats["transactions"] == 5
 
 
-def test_mx_preference_and_failover(multihost: MultiHost) -> None:
-    hosts = multihost
+def test_mx_preference_and_failover(hosts: MultiHost) -> None:
     hosts.add("a.test", A, {"alice": "alice-pw-1"})
     # b.test: primary MX (preference 5) on 127.0.0.6 where nothing listens; backup is the real server.
     b = hosts.add("b.test", B, {"bob": "bob-pw-1"}, mx=False)
@@ -104,8 +116,7 @@ def test_mx_preference_and_failover(multihost: MultiHost) -> None:
     assert names.index("primary.b.test.") < names.index("backup.b.test."), "preference order"
 
 
-def test_no_mx_falls_back_to_a_record(multihost: MultiHost) -> None:
-    hosts = multihost
+def test_no_mx_falls_back_to_a_record(hosts: MultiHost) -> None:
     hosts.add("a.test", A, {"alice": "alice-pw-1"})
     hosts.add("b.test", B, {"bob": "bob-pw-1"}, mx=False)
     hosts.dns.add("b.test", "A", B)  # RFC 5321 5.1: the implicit MX
@@ -113,23 +124,21 @@ def test_no_mx_falls_back_to_a_record(multihost: MultiHost) -> None:
     hosts.wait_messages("bob@b.test")
 
 
-def test_temporary_failure_then_success(multihost: MultiHost) -> None:
-    hosts = multihost
+def test_temporary_failure_then_success(hosts: MultiHost) -> None:
     a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
     # b.test is down at first: connection refused -> 4xx -> retried with back-off.
-    b = hosts.add("b.test", B, {"bob": "bob-pw-1"}, start=False)
+    hosts.add("b.test", B, {"bob": "bob-pw-1"}, start=False)
     submit(hosts, "alice@a.test", ["bob@b.test"], MESSAGE)
     entry = hosts.wait_for(lambda: [e for e in hosts.queue("a.test") if e.recipients[0].attempts >= 1],
                            what="a first failed attempt")[0]
     assert entry.recipients[0].last_reply.startswith("421 4.4.1")
-    b = hosts.restart("b.test")
+    hosts.restart("b.test")
     hosts.wait_messages("bob@b.test")
     hosts.wait_for(lambda: not hosts.queue("a.test"), what="the queue to empty")
     assert a.server.queue.stats["deferred"] >= 1 and a.server.queue.stats["delivered"] == 1
 
 
-def test_5xx_bounce_arrives_in_alices_inbox_as_dsn(multihost: MultiHost) -> None:
-    hosts = multihost
+def test_5xx_bounce_arrives_in_alices_inbox_as_dsn(hosts: MultiHost) -> None:
     hosts.add("a.test", A, {"alice": "alice-pw-1"})
     hosts.add("b.test", B, {"bob": "bob-pw-1"})
     submit(hosts, "alice@a.test", ["bob@b.test", "nobody@b.test"], MESSAGE)
@@ -152,8 +161,7 @@ def test_5xx_bounce_arrives_in_alices_inbox_as_dsn(multihost: MultiHost) -> None
     hosts.wait_for(lambda: not hosts.queue("a.test"), what="the queue to empty")
 
 
-def test_ret_full_and_envid_and_notify_never(multihost: MultiHost) -> None:
-    hosts = multihost
+def test_ret_full_and_envid_and_notify_never(hosts: MultiHost) -> None:
     hosts.add("a.test", A, {"alice": "alice-pw-1"})
     hosts.add("b.test", B, {"bob": "bob-pw-1"})
     rs = hosts.servers["a.test"]
@@ -176,8 +184,7 @@ def test_ret_full_and_envid_and_notify_never(multihost: MultiHost) -> None:
     hosts.wait_for(lambda: not hosts.queue("a.test"), what="the queue to empty")
 
 
-def test_null_mx_bounces_at_once(multihost: MultiHost) -> None:
-    hosts = multihost
+def test_null_mx_bounces_at_once(hosts: MultiHost) -> None:
     a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
     hosts.dns.add("nomail.test", "MX", "0 .")
     submit(hosts, "alice@a.test", ["someone@nomail.test"], MESSAGE)
@@ -186,8 +193,7 @@ def test_null_mx_bounces_at_once(multihost: MultiHost) -> None:
     assert a.server.queue.stats["connections"] == 0
 
 
-def test_expiry_bounce_with_a_short_schedule(multihost: MultiHost) -> None:
-    hosts = multihost
+def test_expiry_bounce_with_a_short_schedule(hosts: MultiHost) -> None:
 
     def short(cfg) -> None:  # noqa: ANN001
         cfg.delivery.retry_initial = 0.2
@@ -202,8 +208,7 @@ def test_expiry_bounce_with_a_short_schedule(multihost: MultiHost) -> None:
     assert not hosts.queue("a.test")
 
 
-def test_delay_warning_once_then_delivery(multihost: MultiHost) -> None:
-    hosts = multihost
+def test_delay_warning_once_then_delivery(hosts: MultiHost) -> None:
 
     def warn_fast(cfg) -> None:  # noqa: ANN001
         cfg.delivery.delay_warning = 0.01
@@ -219,8 +224,7 @@ def test_delay_warning_once_then_delivery(multihost: MultiHost) -> None:
     assert len(hosts.servers["a.test"].messages("alice@a.test")) == 1, "one warning only"
 
 
-def test_bounce_of_a_bounce_is_never_sent(multihost: MultiHost) -> None:
-    hosts = multihost
+def test_bounce_of_a_bounce_is_never_sent(hosts: MultiHost) -> None:
     a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
     hosts.add("b.test", B, {"bob": "bob-pw-1"})
     a.call(a.server.queue.enqueue(MESSAGE, "", ["nobody@b.test"]))
@@ -229,8 +233,7 @@ def test_bounce_of_a_bounce_is_never_sent(multihost: MultiHost) -> None:
     assert a.messages("alice@a.test") == [] and a.messages("postmaster@a.test") == []
 
 
-def test_queue_survives_a_restart(multihost: MultiHost) -> None:
-    hosts = multihost
+def test_queue_survives_a_restart(hosts: MultiHost) -> None:
     a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
     hosts.add("b.test", B, {"bob": "bob-pw-1"}, start=False)
     submit(hosts, "alice@a.test", ["bob@b.test"], MESSAGE)
@@ -243,8 +246,7 @@ def test_queue_survives_a_restart(multihost: MultiHost) -> None:
     assert raw.endswith(MESSAGE)
 
 
-def test_smtputf8_message_to_a_peer_without_smtputf8_bounces(multihost: MultiHost) -> None:
-    hosts = multihost
+def test_smtputf8_message_to_a_peer_without_smtputf8_bounces(hosts: MultiHost) -> None:
     a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
     b = hosts.add("b.test", B, {"bob": "bob-pw-1"})
     # SMTPUTF8 needed but b.test does not offer it -> 5.6.7 bounce (RFC 6531 3.2: no downgrade).
@@ -252,3 +254,35 @@ def test_smtputf8_message_to_a_peer_without_smtputf8_bounces(multihost: MultiHos
     a.call(a.server.queue.enqueue(MESSAGE, "alice@a.test", ["bob@b.test"], smtputf8=True))
     (dsn_raw,) = hosts.wait_messages("alice@a.test")
     assert b"Status: 5.6.7" in dsn_raw
+
+
+def test_4xx_at_end_of_data_then_success(hosts: MultiHost) -> None:
+    a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    peer = hosts.add_scripted("b.test", B, data_replies=["451 4.3.0 Temporary local problem"])
+    submit(hosts, "alice@a.test", ["bob@b.test"], MESSAGE)
+    hosts.wait_for(lambda: len(peer.transactions) >= 2, what="the retry")
+    assert [t["reply"][:3] for t in peer.transactions] == ["451", "250"]
+    assert peer.transactions[1]["data"].endswith(MESSAGE)
+    hosts.wait_for(lambda: not hosts.queue("a.test"), what="the queue to empty")
+    assert a.server.queue.stats["deferred"] == 1 and a.server.queue.stats["delivered"] == 1
+    assert a.messages("alice@a.test") == [], "no bounce for a delivered message"
+
+
+def test_smarthost_with_auth(hosts: MultiHost) -> None:
+    relay = ScriptedSMTP("127.0.0.6", hosts.smtp_port, auth=("relayuser", "relay-secret"))
+    hosts.scripted.append(relay)
+
+    def smarthost(cfg) -> None:  # noqa: ANN001
+        cfg.delivery.relay_host = "127.0.0.6"
+        cfg.delivery.relay_port = hosts.smtp_port
+        cfg.delivery.relay_tls = "none"  # the scripted relay has no TLS; real set-ups use starttls/implicit
+        cfg.delivery.relay_username = "relayuser"
+        cfg.delivery.relay_password = "relay-secret"
+
+    hosts.add("a.test", A, {"alice": "alice-pw-1"}, configure=smarthost)
+    submit(hosts, "alice@a.test", ["bob@b.test", "dave@c.test"], MESSAGE)
+    hosts.wait_for(lambda: len(relay.transactions) >= 1 and not hosts.queue("a.test"), what="the relay")
+    rcpts = sorted(r for t in relay.transactions for r in t["rcpts"])
+    assert rcpts == ["RCPT TO:<bob@b.test>", "RCPT TO:<dave@c.test>"]
+    assert relay.auth_seen and relay.auth_seen[0].startswith("AUTH PLAIN ")
+    assert relay.connections == 1, "one connection carries both domains' transactions"

@@ -324,8 +324,9 @@ class OutboundQueue:
             while jobs and total < self.cfg.max_connections and (
                 self._active[dest] < max(1, self.cfg.max_connections_per_domain)
             ):
-                # One more connection only when the ones there have work waiting.
-                if self._active[dest] and len(jobs) <= self._active[dest]:
+                # Another connection only when the open ones have a backlog
+                # (more than two messages each); otherwise they carry it all.
+                if self._active[dest] and len(jobs) <= 2 * self._active[dest]:
                     break
                 self._active[dest] += 1
                 total += 1
