@@ -16,9 +16,9 @@ from pathlib import Path
 from .config import Config, ConfigError
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
+from .net.listener import Connection, ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, ensure_certificate
-from .net.listener import Connection, ConnectionLimits, Listener
 from .store.api import Store
 from .store.sqlite import SQLiteStore
 
@@ -45,6 +45,9 @@ def services() -> list[Service]:
 
     return [
         Service("smtp", protocol=smtp.smtp_protocol),
+        # RFC 6409 submission with STARTTLS, and RFC 8314 implicit-TLS submission.
+        Service("submission", protocol=smtp.submission_protocol),
+        Service("smtps", protocol=smtp.submission_protocol, implicit_tls=True),
         Service("pop3", pop3.pop3_session, pop3.refuse),
         Service("imap", imap.imap_session, imap.refuse),
         # RFC 8314: implicit TLS from the first byte (POP3S 995, IMAPS 993).
@@ -86,13 +89,14 @@ class MailServer:
         return self.listeners[name].bound_port
 
     async def start(self) -> None:
-        from .net.smtp import engine_config
+        from .net.smtp import engine_config, submission_engine_config
 
         if self._store is None:
             self._store = SQLiteStore(self.data_dir, self.config.store)
         cfg = self.config
         self.router = Router(self.store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients)
         self.smtp_engine_config = engine_config(self)
+        self.smtp_submission_config = submission_engine_config(self)
         if self.tls is None:
             self.tls = self._load_tls()
         limits = ConnectionLimits(

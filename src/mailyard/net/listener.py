@@ -102,10 +102,16 @@ class Connection:
     async def start_tls(self, context: ssl.SSLContext) -> None:
         """Upgrade to TLS (STARTTLS, RFC 3207 / RFC 2595 / RFC 9051 6.2.1).
 
-        The StreamReader's buffer is replaced, so bytes the client pipelined after
-        the STARTTLS command in plaintext are dropped (RFC 3207 section 4.2).
+        Plaintext the StreamReader buffered after the command is dropped (RFC
+        3207 section 4.2: the command-injection attack); asyncio keeps that
+        buffer across ``start_tls``, so it is cleared here, after the last
+        await before the loop stops reading plaintext. The protocol glue also
+        drops what its engine buffered.
         """
         await self.drain()
+        buffered = getattr(self.reader, "_buffer", None)
+        if isinstance(buffered, bytearray):
+            buffered.clear()
         await self.writer.start_tls(context)
         self.tls = True
 

@@ -9,30 +9,39 @@ message is safely stored before ``250`` is sent (DESIGN.md "Durability").
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
+import ssl
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from ..auth import sasl
 from ..delivery.local import deliver_local
 from ..delivery.router import Resolution, Verdict
-from ..message.trace import received_header
-from ..policy.relay import rcpt_reply
+from ..message.trace import received_header, with_protocol
+from ..policy.relay import rcpt_reply, routing_trick, trick_reply
+from ..policy.submission import complete_message, sender_allowed
 from ..protocols.smtp.events import (
     NEED_DATA,
+    AuthCancelled,
+    AuthReceived,
+    AuthResponse,
     ConnectionClosed,
     ExpnReceived,
     HeloReceived,
     MailFromReceived,
     MessageReceived,
     RcptToReceived,
+    StartTLSReceived,
     VrfyReceived,
 )
 from ..protocols.smtp.replies import Reply
 from ..protocols.smtp.server import ServerConfig, SMTPServerEngine, State
-from ..store.api import StorageFull
+from ..store.api import Account, StorageFull
 from .listener import Listener
+from .login import Authenticator, plaintext_allowed
 from .session_protocol import SessionProtocol
 
 if TYPE_CHECKING:
@@ -59,28 +68,71 @@ def engine_config(server: MailServer) -> ServerConfig:
     )
 
 
+def submission_engine_config(server: MailServer) -> ServerConfig:
+    """The submission ports (587 STARTTLS, 465 implicit TLS): AUTH before MAIL
+    (RFC 6409 4.3, RFC 4954 6: 530 5.7.0)."""
+    return dataclasses.replace(engine_config(server), require_auth_for_mail=True)
+
+
 class SMTPSession(SessionProtocol):
-    """One SMTP connection on the MX port, as an asyncio.Protocol.
+    """One SMTP connection, as an asyncio.Protocol.
 
     HELO/EHLO, MAIL and everything the engine answers itself are handled
     inside ``data_received``; RCPT (router lookup), end of DATA (durable
-    delivery) and VRFY/EXPN run as I/O steps while reading is paused.
+    delivery), VRFY/EXPN, AUTH and STARTTLS run as I/O steps while reading
+    is paused (so nothing the client pipelines after STARTTLS is read before
+    the handshake, RFC 3207 4.2).
+
+    ``submission`` True: the submission ports (RFC 6409): AUTH required before
+    MAIL, MAIL FROM limited to the user's own addresses, remote recipients
+    allowed, Date/Message-ID completed. False: the MX port, which takes mail
+    for local recipients only and offers STARTTLS but not AUTH.
     """
 
     protocol_name = "ESMTP"
 
-    def __init__(self, server: MailServer, listener: Listener) -> None:
+    def __init__(self, server: MailServer, listener: Listener, submission: bool = False) -> None:
         super().__init__(listener)
         self.server = server
-        self.engine = SMTPServerEngine(server.smtp_engine_config)
+        self.submission = submission
+        config = getattr(server, "smtp_submission_config", None) if submission else None
+        if submission and config is None:
+            config = submission_engine_config(server)
+        self.engine = SMTPServerEngine(config or server.smtp_engine_config)
         self.helo = ""
         self.resolutions: dict[str, Resolution] = {}
         self._timeouts = server.config.smtp
+        self.account: Account | None = None  # after a successful AUTH
+        self._mech: sasl.Mechanism | None = None
+        self._auth: Authenticator | None = None
 
     # --- SessionProtocol hooks ----------------------------------------------
     def start(self) -> None:
         self.set_timeout(self._timeouts.timeout_command)
+        self.engine.tls_active = self.tls  # implicit TLS (RFC 8314)
+        self._advertise()
         self.write(self.engine.greeting())
+
+    @property
+    def is_loopback(self) -> bool:
+        ip = self.peer_ip
+        return ip.startswith("127.") or ip in ("::1", "::ffff:127.0.0.1")
+
+    def _plaintext_ok(self) -> bool:
+        return plaintext_allowed(self.server, self)  # type: ignore[arg-type]  # has .tls, .is_loopback
+
+    def _advertise(self) -> None:
+        """EHLO keywords: STARTTLS where TLS is available and not yet on; AUTH
+        on the submission ports, PLAIN/LOGIN only where passwords may be sent
+        in the clear (RFC 4954 4); the others get 538 5.7.11 if tried."""
+        extras: list[str] = []
+        if not self.tls and getattr(self.server, "tls", None) is not None:
+            extras.append("STARTTLS")
+        if self.submission:
+            mechanisms = sasl.advertised_mechanisms(secure=self._plaintext_ok())
+            extras.append("AUTH " + " ".join(mechanisms))
+            self.engine.auth_unadvertised = frozenset(sasl.MECHANISMS) - set(mechanisms)
+        self.engine.set_extensions_extra(extras)
 
     def received(self, data: bytes) -> None:
         self.engine.receive_data(data)
@@ -110,9 +162,11 @@ class SMTPSession(SessionProtocol):
                 if isinstance(event, HeloReceived):
                     self.helo = event.name
                     engine.accept()
-                elif isinstance(event, MailFromReceived):
+                elif isinstance(event, MailFromReceived) and self.account is None:
                     self.resolutions.clear()
                     engine.accept()
+                elif isinstance(event, AuthCancelled):
+                    self._mech = None  # the engine already answered 501
                 elif getattr(event, "needs_answer", False):
                     return self.step(event)
                 else:
@@ -141,13 +195,23 @@ class SMTPSession(SessionProtocol):
             engine.accept()
         elif isinstance(event, MailFromReceived):
             self.resolutions.clear()
-            engine.accept()
+            if self.account is not None and not await sender_allowed(
+                self.server.store, self.account, event.reverse_path
+            ):
+                # RFC 6409 4.3 / RFC 4954 6 style: the user may not send as this address.
+                log.warning(
+                    "smtp submission refused MAIL FROM <%s> for user=%s ip=%s",
+                    event.reverse_path[:200], self.account.address, self.peer_ip,
+                )
+                engine.respond(Reply(553, "5.7.1", f"<{event.reverse_path}>: sender address not owned by {self.account.address}"))
+            else:
+                engine.accept()
         elif isinstance(event, RcptToReceived):
-            resolution = await self.server.router.resolve(event.forward_path)
-            reply = rcpt_reply(resolution, relay_allowed=False)
-            if reply.is_positive:
-                self.resolutions[event.forward_path] = resolution
-            engine.respond(reply)
+            engine.respond(await self.rcpt(event.forward_path))
+        elif isinstance(event, AuthReceived | AuthResponse):
+            await self.auth(event)
+        elif isinstance(event, StartTLSReceived):
+            await self.starttls()
         elif isinstance(event, MessageReceived):
             engine.respond(await self.deliver(event))
             self.resolutions.clear()
@@ -158,25 +222,130 @@ class SMTPSession(SessionProtocol):
         else:
             engine.respond(Reply(502, "5.5.1", "Command not implemented"))
 
+    # --- recipients and relaying (policy/relay.py) ---------------------------
+    def _queue(self) -> Any:
+        """The outbound queue (delivery/queue, issue #6) once the server has one."""
+        return getattr(self.server, "queue", None)
+
+    async def rcpt(self, forward_path: str) -> Reply:
+        if self.account is None:
+            trick = routing_trick(forward_path)
+            if trick is not None:
+                log.warning("smtp relay attempt refused rcpt=<%s> ip=%s: %s", forward_path[:200], self.peer_ip, trick)
+                return trick_reply(forward_path, trick)
+        resolution = await self.server.router.resolve(forward_path)
+        reply = rcpt_reply(resolution, relay_allowed=self.account is not None, remote_ok=self._queue() is not None)
+        if reply.is_positive:
+            self.resolutions[forward_path] = resolution
+        elif resolution.verdict is Verdict.REMOTE and self.account is None:
+            log.warning("smtp relay attempt refused rcpt=<%s> ip=%s", forward_path[:200], self.peer_ip)
+        return reply
+
+    # --- AUTH (RFC 4954) --------------------------------------------------------
+    async def auth(self, event: AuthReceived | AuthResponse) -> None:
+        engine = self.engine
+        if self._auth is None:
+            self._auth = Authenticator(self.server, self, "smtp")  # type: ignore[arg-type]
+        if isinstance(event, AuthReceived):
+            name = event.mechanism
+            if name in sasl.PLAINTEXT_MECHANISMS and not self._plaintext_ok():
+                engine.respond(Reply(538, "5.7.11", "Encryption required for requested authentication mechanism"))
+                return
+            try:
+                self._mech = sasl.start(name)
+            except sasl.UnsupportedMechanism:
+                engine.respond(Reply(504, "5.5.4", "Unrecognized authentication type"))
+                return
+            initial = None if event.initial_response is None else event.initial_response.encode("ascii", "replace")
+            ev = self._mech.begin(initial)
+        else:
+            if self._mech is None:
+                engine.respond(Reply(501, "5.5.2", "No authentication in progress"))
+                return
+            ev = self._mech.step(event.data.encode("ascii", "replace"))
+        ev = await self._auth.sasl(self._mech, ev)
+        if isinstance(ev, sasl.Challenge):
+            engine.auth_challenge(ev.wire.decode("ascii"))
+            return
+        self._mech = None
+        if isinstance(ev, sasl.Success):
+            account = await self._auth.account(ev)
+            if account is not None:
+                self.account = account
+                engine.auth_success(account.address)
+                return
+            ev = sasl.Failure("account vanished")
+        engine.respond(self._auth_failure_reply(ev))
+
+    def _auth_failure_reply(self, failure: sasl.Failure) -> Reply:
+        if failure.kind == "cancelled":
+            return Reply(501, "5.0.0", "Authentication cancelled")
+        if failure.kind in ("malformed", "protocol"):
+            return Reply(501, "5.5.2", "Cannot decode the authentication data")
+        if failure.kind == "too-long":
+            return Reply(500, "5.5.6", "Authentication exchange line is too long")
+        if self._auth is not None and self._auth.locked:
+            # RFC 4954 6: 454 temporary failure; the lockout expires.
+            return Reply(454, "4.7.0", "Temporary authentication failure, try again later")
+        return Reply(535, "5.7.8", "Authentication credentials invalid")
+
+    # --- STARTTLS (RFC 3207) ------------------------------------------------------
+    async def starttls(self) -> None:
+        engine = self.engine
+        tls = getattr(self.server, "tls", None)
+        if tls is None:
+            engine.respond(Reply(454, "4.7.0", "TLS not available due to temporary reason"))
+            return
+        # 220, and the engine drops everything buffered after the command.
+        engine.accept()
+        self.write(engine.data_to_send())
+        try:
+            await self.start_tls(tls.context)
+        except (ssl.SSLError, OSError, ConnectionError) as exc:
+            log.info("smtp STARTTLS handshake with %s failed: %s", self.peer_ip, exc)
+            self.abort()
+            return
+        # RFC 3207 4.2: forget what the client told us before TLS.
+        self.helo = ""
+        self.resolutions.clear()
+        self.account = None
+        self._mech = None
+        self._advertise()
+
+    # --- DATA ---------------------------------------------------------------------
     async def deliver(self, event: MessageReceived) -> Reply:
         accounts = []
+        remote: list[str] = []
         for path in event.forward_paths:
             resolution = self.resolutions.get(path)
             if resolution is not None:
                 accounts.extend(resolution.accounts)
+                remote.extend(resolution.remote)
         queue_id = f"{_QUEUE_PREFIX}{next(_queue_counter):08x}"
+        data = event.data
+        if self.submission and self.account is not None:
+            # RFC 6409 8.2, 8.3: complete a missing Message-ID and Date.
+            data, added = complete_message(data, self.server.config.server.hostname)
+            if added:
+                log.info("submission %s: added %s", queue_id, ", ".join(added))
         trace = received_header(
             helo=self.helo,
             ip=self.peer_ip,
             by=self.server.config.server.hostname,
-            protocol=self.protocol_name + ("S" if self.tls else ""),
+            # RFC 3848: ESMTP + S (TLS) + A (authenticated)
+            protocol=with_protocol(tls=self.tls, auth=self.account is not None),
             id=queue_id,
             for_addr=event.forward_paths[0] if len(event.forward_paths) == 1 else None,
         )
+        queue = self._queue()
+        if remote and queue is None:
+            return Reply(451, "4.4.0", "Remote delivery is not available yet")
         try:
+            if remote:
+                await queue.enqueue(trace + data, event.reverse_path, remote)
             if accounts:
                 await deliver_local(
-                    self.server.store, trace + event.data, event.reverse_path, accounts,
+                    self.server.store, trace + data, event.reverse_path, accounts,
                     inbox_id=self.server.router.directory.inbox_id,
                 )
         except StorageFull:
@@ -209,4 +378,10 @@ class SMTPSession(SessionProtocol):
 
 
 def smtp_protocol(server: MailServer, listener: Listener) -> SMTPSession:
+    """The MX port (25 / 2525)."""
     return SMTPSession(server, listener)
+
+
+def submission_protocol(server: MailServer, listener: Listener) -> SMTPSession:
+    """The submission ports: 587 / 2587 (STARTTLS) and 465 / 2465 (implicit TLS)."""
+    return SMTPSession(server, listener, submission=True)

@@ -139,6 +139,10 @@ class SMTPServerEngine:
         self.config = config if config is not None else ServerConfig()
         self.tls_active = tls_active  # True on implicit-TLS listeners (RFC 8314)
         self.authenticated: str | None = None  # SASL identity once AUTH succeeded
+        # Mechanisms recognised although not advertised now (PLAIN/LOGIN before
+        # TLS): AUTH passes them to the glue, which answers 538 5.7.11 (RFC 4954 6)
+        # instead of the engine's 504.
+        self.auth_unadvertised: frozenset[str] = frozenset()
         self._auth_identity = ""
         self.helo_name: str | None = None
         self._extras: tuple[str, ...] = tuple(self.config.extensions_extra)
@@ -605,7 +609,7 @@ class SMTPServerEngine:
                 501, "5.5.2", "Syntax: AUTH mechanism [initial-response]", unknown=True
             )
         mechanism = words[0].upper()
-        if mechanism not in mechanisms:
+        if mechanism not in mechanisms and mechanism not in self.auth_unadvertised:
             return self._error(504, "5.5.4", "Unrecognized authentication type", unknown=True)
         initial = None
         if len(words) == 2:
