@@ -121,6 +121,13 @@ class MailServer:
                 self.listeners[service.name] = listener
             self.queue = OutboundQueue(self)
             await self.queue.start()
+            if cfg.ports.http:
+                # Webmail (web/): uvicorn in this event loop; it offers bound_port and stop().
+                from .web.service import HTTPService
+
+                http = HTTPService(self, cfg.server.bind, 0 if self.ephemeral_ports else cfg.ports.http)
+                await http.start()
+                self.listeners["http"] = http  # type: ignore[assignment]
         except BaseException:
             await self.stop()
             raise

@@ -7,14 +7,14 @@ what a user agent hands it. Webmail and the SMTP submission glue both call
 - the user may only send as addresses they own (RFC 6409 4.3 / 8: the MSA may
   enforce the sender): the From (and Sender) header addresses and the
   reverse-path must be the account's address or an alias that leads to it;
-- a missing Date or Message-ID is added (RFC 6409 8.2 and 8.3);
+- a missing Date or Message-ID is added (RFC 6409 8.2 and 8.3, policy/submission.py);
 - Bcc is never disclosed (RFC 5322 3.6.3): the caller passes the bytes to
   send (``to_bytes(msg, strip_bcc=True)``) and the recipients separately;
 - a Received field records the submission (RFC 5321 4.4);
 - every recipient goes through the router: local accounts get the message in
   one durable commit via ``deliver_local``, remote addresses go to the
-  outbound queue (``delivery/queue.py``) when the server has one. Until then a
-  remote recipient is refused with a clear message, before anything is
+  outbound queue (``delivery/queue.py``), local copies and the queue entry in
+  one durable commit. Recipients are all resolved before anything is
   delivered: a submission either goes to all its recipients or to none.
 """
 
@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..message.address import iter_mailboxes, parse_address_list
-from ..message.dates import format_date
 from ..message.headers import split_fields
-from ..message.msgid import make_msgid
 from ..message.parse import split_header_body
 from ..message.trace import received_header
+from ..policy.submission import complete_message, sender_allowed
 from ..store.api import Account
 from .local import deliver_local
 from .router import Verdict
@@ -46,20 +45,10 @@ class SubmissionRefused(Exception):
 
 @dataclass
 class SubmitResult:
-    message_id: str
     data: bytes  # the message as submitted, with Date/Message-ID completed (no trace)
     local: list[str] = field(default_factory=list)
-    queued: list[str] = field(default_factory=list)
-
-
-async def owned_addresses(server: Any, account: Account) -> set[str]:
-    """Addresses ``account`` may send as: its own, and aliases that resolve only to it."""
-    owned = {account.address.lower()}
-    store = server.store
-    for source, targets in (await store.list_aliases()).items():
-        if targets and all(t.lower() == account.address.lower() for t in targets):
-            owned.add(source.lower())
-    return owned
+    remote: list[str] = field(default_factory=list)
+    queue_id: int | None = None
 
 
 def _header_addresses(fields: list[tuple[str, bytes]], name: str) -> list[str]:
@@ -69,22 +58,6 @@ def _header_addresses(fields: list[tuple[str, bytes]], name: str) -> list[str]:
             text = value.decode("utf-8", "replace")
             out.extend(m.addr_spec for m in iter_mailboxes(parse_address_list(text)))
     return out
-
-
-def complete_header(data: bytes, domain: str) -> tuple[bytes, str]:
-    """Add Date and Message-ID when missing (RFC 6409 8.2, 8.3); returns the
-    bytes and the Message-ID."""
-    header, _body = split_header_body(data)
-    fields = split_fields(header)
-    names = {n.lower() for n, _ in fields}
-    extra = b""
-    if "date" not in names:
-        extra += f"Date: {format_date()}\r\n".encode()
-    message_id = next((v.decode("ascii", "replace").strip() for n, v in fields if n.lower() == "message-id"), "")
-    if not message_id:
-        message_id = make_msgid(domain)
-        extra += f"Message-ID: {message_id}\r\n".encode()
-    return extra + data, message_id
 
 
 async def submit_message(
@@ -113,21 +86,21 @@ async def submit_message(
         raise SubmissionRefused(
             f"the message is too large (at most {server.config.smtp.max_message_size} octets)"
         )
-    owned = await owned_addresses(server, account)
+    store = server.store
     header, _body = split_header_body(data)
     fields = split_fields(header)
     senders = _header_addresses(fields, "from") + _header_addresses(fields, "sender")
     if not senders:
         raise SubmissionRefused("the message has no From address")
-    foreign = [a for a in senders if a.lower() not in owned]
+    foreign = [a for a in senders if not await sender_allowed(store, account, a)]
     if foreign:
         raise SubmissionRefused(f"you may not send as {', '.join(foreign)}", foreign)
     reverse_path = senders[0] if reverse_path is None else reverse_path
-    if reverse_path and reverse_path.lower() not in owned:
+    if not await sender_allowed(store, account, reverse_path):
         raise SubmissionRefused(f"you may not use the envelope sender {reverse_path}", [reverse_path])
 
-    domain = account.address.rpartition("@")[2]
-    data, message_id = complete_header(data, domain)
+    # RFC 6409 8.2, 8.3: the same completion the submission port does.
+    data, _added = complete_message(data, server.config.server.hostname)
 
     # Resolve every recipient before delivering to any.
     accounts: list[Account] = []
@@ -149,21 +122,21 @@ async def submit_message(
     queue = getattr(server, "queue", None)
     if remote and queue is None:
         raise SubmissionRefused(
-            "sending to other domains is not available on this server yet "
-            f"(no outbound queue): {', '.join(remote)}",
+            f"sending to other domains is not available (no outbound queue): {', '.join(remote)}",
             remote,
         )
 
     hostname = server.config.server.hostname
     trace = received_header(
-        by=hostname,
-        helo=helo or hostname,
-        ip=client_ip,
-        protocol=protocol,
-        ts=time.time(),
+        by=hostname, helo=helo or hostname, ip=client_ip, protocol=protocol, ts=time.time(),
     )
-    if accounts:
-        await deliver_local(server.store, trace + data, reverse_path, accounts)
+    directory = getattr(server.router, "directory", None)
+    inbox_id = directory.inbox_id if directory is not None else None
+    queue_id = None
     if remote:
-        await queue.enqueue(trace + data, reverse_path, remote)  # type: ignore[union-attr]
-    return SubmitResult(message_id, data, local, remote)
+        # Local copies and the queue entry in one durable commit, as port 587 does.
+        queue_id = await queue.enqueue(trace + data, reverse_path, remote,  # type: ignore[union-attr]
+                                       accounts=accounts, inbox_id=inbox_id)
+    elif accounts:
+        await deliver_local(store, trace + data, reverse_path, accounts, inbox_id=inbox_id)
+    return SubmitResult(data, local, remote, queue_id)

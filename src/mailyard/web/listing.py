@@ -1,0 +1,269 @@
+"""Message lists for the web: sorted, searched, paged by key, not by offset.
+
+A folder of 100,000 messages must page as fast as one of 100. So:
+
+- per mailbox the web keeps a cache of its index rows (``MessageInfo``, no
+  message data), brought up to date with ``store.changes_since`` (RFC 7162
+  style: only what changed since the last mod-sequence seen), as IMAP does;
+- sort keys for sender and subject are computed once per message (from the
+  derived data stored at delivery, never by re-parsing) and kept; the sorted
+  order is rebuilt only when messages come or go, not when flags change;
+- a page is found by its key (``after``/``before`` = a UID in the sorted
+  order, located by a dict lookup), never by scanning ``OFFSET`` rows of
+  decoded data; only the page's 50 messages get their envelope fetched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import inspect
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..message.headers import decode_words
+from ..store.api import Mailbox, MessageInfo, Store
+
+PAGE_SIZE = 50
+SORTS = ("date", "from", "subject")
+MAX_CACHED_MAILBOXES = 256
+_SUBJECT_PREFIX = re.compile(r"^\s*((re|fwd?|aw|wg|sv|vs)\s*(\[\d+\])?\s*:\s*)+", re.I)
+
+
+@dataclass
+class _BoxCache:
+    uid_validity: int
+    modseq: int = 0
+    infos: dict[int, MessageInfo] = field(default_factory=dict)
+    keys: dict[str, dict[int, Any]] = field(default_factory=lambda: {"from": {}, "subject": {}})
+    order: dict[str, list[tuple[Any, int]]] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass
+class Row:
+    uid: int
+    info: MessageInfo
+    sender: str
+    sender_addr: str
+    subject: str
+    date: float
+    has_attachment: bool
+
+    @property
+    def seen(self) -> bool:
+        return "\\Seen" in self.info.flags
+
+    @property
+    def flagged(self) -> bool:
+        return "\\Flagged" in self.info.flags
+
+    @property
+    def answered(self) -> bool:
+        return "\\Answered" in self.info.flags
+
+
+@dataclass
+class Page:
+    rows: list[Row]
+    total: int
+    first_index: int
+    prev_uid: int | None  # ?before=<uid> for the previous page
+    next_uid: int | None  # ?after=<uid> for the next page
+
+
+def _env_text(value: Any) -> str:
+    return decode_words(value) if isinstance(value, str) else ""
+
+
+def sender_of(derived: dict) -> tuple[str, str]:
+    env = derived.get("envelope") or []
+    addrs = env[2] if len(env) > 2 and env[2] else []
+    for a in addrs:
+        if a and a[2] is not None and a[3] is not None:
+            addr = f"{a[2]}@{a[3]}"
+            return (_env_text(a[0]) or addr), addr
+    return "", ""
+
+
+def subject_of(derived: dict) -> str:
+    env = derived.get("envelope") or []
+    return _env_text(env[1]) if len(env) > 1 else ""
+
+
+def has_attachment(bs: Any) -> bool:
+    """From the BODYSTRUCTURE: any part with an attachment disposition or a file name."""
+    if not isinstance(bs, list) or not bs:
+        return False
+    if isinstance(bs[0], list):  # multipart: children, then subtype, params, disposition...
+        children = []
+        for c in bs:
+            if not isinstance(c, list):
+                break
+            children.append(c)
+        return any(has_attachment(c) for c in children)
+    disp = None
+    # single part: [type, subtype, params, id, desc, enc, octets, (...), md5, disposition, ...]
+    for item in bs[7:]:
+        if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and \
+                item[0].upper() in ("ATTACHMENT", "INLINE"):
+            disp = item
+            break
+    if disp and disp[0].upper() == "ATTACHMENT":
+        return True
+    params = bs[2] if len(bs) > 2 and isinstance(bs[2], list) else []
+    if any(isinstance(p, str) and p.upper() == "NAME" for p in params[::2]):
+        return True
+    return isinstance(bs[0], str) and bs[0].upper() == "MESSAGE"
+
+
+class Listing:
+    """Per-server cache of mailbox indexes for the web (see module doc)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._boxes: OrderedDict[int, _BoxCache] = OrderedDict()
+        try:
+            self._derived_fields = "fields" in inspect.signature(store.get_derived).parameters
+        except (TypeError, ValueError):
+            self._derived_fields = False
+
+    async def _derived(self, mailbox_id: int, uids: list[int]) -> dict[int, dict]:
+        if self._derived_fields:  # the store can leave out the large search text
+            return await self.store.get_derived(  # type: ignore[call-arg]
+                mailbox_id, uids, fields=("envelope", "bodystructure"))
+        return await self.store.get_derived(mailbox_id, uids)
+
+    async def _cache(self, box: Mailbox) -> _BoxCache:
+        cache = self._boxes.get(box.id)
+        if cache is None or cache.uid_validity != box.uid_validity:
+            cache = _BoxCache(box.uid_validity)
+            self._boxes[box.id] = cache
+            while len(self._boxes) > MAX_CACHED_MAILBOXES:
+                self._boxes.popitem(last=False)
+        self._boxes.move_to_end(box.id)
+        async with cache.lock:
+            if cache.modseq == 0:
+                status = await self.store.mailbox_status(box.id)
+                infos = await self.store.list_messages(box.id)
+                cache.infos = {m.uid: m for m in infos}
+                cache.modseq = status.highest_modseq
+                cache.order.clear()
+            else:
+                changes = await self.store.changes_since(box.id, cache.modseq)
+                if changes.changed or changes.vanished:
+                    membership = False
+                    for m in changes.changed:
+                        if m.uid not in cache.infos:
+                            membership = True
+                        cache.infos[m.uid] = m
+                    for uid in changes.vanished:
+                        if cache.infos.pop(uid, None) is not None:
+                            membership = True
+                    if membership:
+                        cache.order.clear()
+                cache.modseq = max(cache.modseq, changes.highest_modseq)
+        return cache
+
+    async def _order(self, box: Mailbox, cache: _BoxCache, sort: str) -> list[tuple[Any, int]]:
+        order = cache.order.get(sort)
+        if order is not None:
+            return order
+        if sort == "date":
+            order = sorted((m.internal_date, m.uid) for m in cache.infos.values())
+        else:
+            keys = cache.keys[sort]
+            missing = [uid for uid in cache.infos if uid not in keys]
+            for i in range(0, len(missing), 500):
+                chunk = missing[i : i + 500]
+                derived = await self._derived(box.id, chunk)
+                for uid, d in derived.items():
+                    cache.keys["from"][uid] = sender_of(d)[0].casefold()
+                    cache.keys["subject"][uid] = _SUBJECT_PREFIX.sub("", subject_of(d)).casefold()
+                for uid in chunk:
+                    keys.setdefault(uid, "")
+            order = sorted((keys[uid], uid) for uid in cache.infos)
+        cache.order[sort] = order
+        return order
+
+    async def page(
+        self,
+        box: Mailbox,
+        sort: str = "date",
+        descending: bool = True,
+        after: int | None = None,
+        before: int | None = None,
+        only: set[int] | None = None,
+        size: int = PAGE_SIZE,
+    ) -> Page:
+        """One page of a mailbox in the given order; ``only`` limits it to search hits."""
+        if sort not in SORTS:
+            sort = "date"
+        cache = await self._cache(box)
+        order = await self._order(box, cache, sort)
+        if only is not None:
+            order = [k for k in order if k[1] in only]
+        if descending:
+            order = order[::-1]
+        total = len(order)
+
+        def position(uid: int | None) -> int | None:
+            if uid is None:
+                return None
+            key = self._key_of(cache, sort, uid)
+            if key is None:
+                return None
+            # the sorted list is ascending by (key, uid); find where this key sits
+            if descending:
+                idx = bisect.bisect_left(order, _Desc((key, uid)), key=_Desc)
+            else:
+                idx = bisect.bisect_left(order, (key, uid))
+            return idx
+
+        start = 0
+        if after is not None:
+            pos = position(after)
+            if pos is not None:
+                start = pos + (1 if pos < total and order[pos][1] == after else 0)
+        elif before is not None:
+            pos = position(before)
+            if pos is not None:
+                start = max(0, pos - size)
+        chunk = order[start : start + size]
+        uids = [uid for _k, uid in chunk]
+        derived = await self._derived(box.id, uids) if uids else {}
+        rows: list[Row] = []
+        for uid in uids:
+            d = derived.get(uid, {})
+            info = cache.infos[uid]
+            name, addr = sender_of(d)
+            rows.append(Row(uid, info, name, addr, subject_of(d), d.get("date") or info.internal_date,
+                            has_attachment(d.get("bodystructure"))))
+        prev_uid = uids[0] if start > 0 and uids else None
+        next_uid = uids[-1] if start + size < total and uids else None
+        return Page(rows, total, start, prev_uid, next_uid)
+
+    async def info(self, box: Mailbox, uid: int) -> MessageInfo | None:
+        cache = await self._cache(box)
+        return cache.infos.get(uid)
+
+    @staticmethod
+    def _key_of(cache: _BoxCache, sort: str, uid: int) -> Any:
+        if sort == "date":
+            info = cache.infos.get(uid)
+            return info.internal_date if info is not None else None
+        return cache.keys[sort].get(uid)
+
+
+class _Desc:
+    """Reverses comparison, for bisecting a descending list."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, v: Any) -> None:
+        self.v = v.v if isinstance(v, _Desc) else v
+
+    def __lt__(self, other: _Desc) -> bool:
+        return self.v > other.v

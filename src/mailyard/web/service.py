@@ -1,0 +1,88 @@
+"""The HTTP service of ``mailyard serve``: uvicorn running the webmail app
+inside the server's own event loop, started and stopped with the other
+listeners (it offers the same ``bound_port`` / ``stop(grace)`` as
+``net.listener.Listener``, so ``MailServer.port("http")`` works)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+log = logging.getLogger("mailyard.web")
+
+
+class _Server(uvicorn.Server):
+    # mailyard serve owns SIGTERM/SIGINT; uvicorn must not take them over.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class HTTPService:
+    name = "http"
+
+    def __init__(self, mail_server: Any, host: str, port: int) -> None:
+        self.mail_server = mail_server
+        self.host = host
+        self.port = port
+        self.bound_port = 0
+        self._task: asyncio.Task | None = None
+        self._uvicorn: _Server | None = None
+        self.app: Any = None
+
+    async def start(self) -> None:
+        from .app import create_app
+
+        self.app = create_app(self.mail_server)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(128)
+        sock.setblocking(False)
+        self.bound_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            loop="none",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+            server_header=False,
+            proxy_headers=False,
+        )
+        self._uvicorn = _Server(config)
+        self._task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="mailyard-http")
+        while not self._uvicorn.started:
+            if self._task.done():
+                self._task.result()  # raises the start-up error
+                raise RuntimeError("HTTP service did not start")
+            await asyncio.sleep(0.01)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self.app is not None:
+            self.app.state.web.closing.set()  # ends server-sent event streams
+        if self._uvicorn is None or self._task is None:
+            return
+        self._uvicorn.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=grace + 3)
+        except TimeoutError:
+            self._uvicorn.force_exit = True
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        except Exception:
+            log.exception("HTTP service stopped with an error")
+        self._uvicorn = None
+        self._task = None

@@ -1,0 +1,277 @@
+"""Webmail over plain HTTP (httpx): login, sessions, CSRF, access control,
+pagination, downloads, security headers. The browser tests are in tests/e2e/."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import time
+from collections.abc import Iterator
+from email import message_from_bytes
+from email.policy import default as default_policy
+
+import pytest
+
+from mailyard.message.compose import Attachment, compose, to_bytes
+
+from ..conftest import USERS, RunningServer
+
+httpx = pytest.importorskip("httpx")
+
+ALICE, BOB = "alice@example.test", "bob@example.test"
+
+
+def login(server: RunningServer, user: str = ALICE, password: str | None = None) -> httpx.Client:
+    client = httpx.Client(base_url=f"http://127.0.0.1:{server.port('http')}", follow_redirects=False, timeout=30)
+    r = client.get("/login")
+    token = re.search(r'name="login_token" value="([^"]+)"', r.text).group(1)
+    r = client.post("/login", data={"username": user, "password": password or USERS[user], "login_token": token})
+    assert r.status_code == 303, r.text
+    return client
+
+
+def csrf(client: httpx.Client) -> str:
+    r = client.get("/", follow_redirects=True)
+    return re.search(r'data-csrf="([^"]+)"', r.text).group(1)
+
+
+def box_id(server: RunningServer, user: str, name: str) -> int:
+    async def go() -> int:
+        account = await server.store.get_account(user)
+        box = await server.store.get_mailbox(account.id, name)
+        return box.id
+
+    return server.call(go())
+
+
+def append(server: RunningServer, user: str, data: bytes, mailbox: str = "INBOX", flags=()) -> int:
+    async def go() -> int:
+        account = await server.store.get_account(user)
+        box = await server.store.get_mailbox(account.id, mailbox)
+        return await server.store.append(box.id, data, flags)
+
+    return server.call(go())
+
+
+def simple(subject: str, sender: str = "Carol <carol@example.test>", body: str = "hello") -> bytes:
+    return to_bytes(compose(sender, ALICE, subject=subject, text=body))
+
+
+@pytest.fixture
+def web(mailserver: RunningServer) -> Iterator[RunningServer]:
+    yield mailserver
+
+
+def test_login_wrong_password_and_logout(web: RunningServer) -> None:
+    client = httpx.Client(base_url=f"http://127.0.0.1:{web.port('http')}", follow_redirects=False)
+    assert client.get("/").headers["location"] == "/login"
+    r = client.get("/login")
+    token = re.search(r'name="login_token" value="([^"]+)"', r.text).group(1)
+    r = client.post("/login", data={"username": ALICE, "password": "nope", "login_token": token})
+    assert r.status_code == 401 and "Wrong address or password" in r.text
+    # login without the login-form token (login CSRF) is refused
+    r = client.post("/login", data={"username": ALICE, "password": USERS[ALICE]})
+    assert r.status_code == 403
+    client = login(web)
+    cookie = client.cookies.jar
+    set_cookie = [c for c in cookie if c.name == "mailyard_session"][0]
+    assert set_cookie.has_nonstandard_attr("HttpOnly")
+    r = client.get("/", follow_redirects=True)
+    assert r.status_code == 200 and "INBOX" in r.text
+    token = csrf(client)
+    r = client.post("/logout", data={"csrf": token})
+    assert r.status_code == 303
+    assert client.get("/").headers["location"] == "/login"
+
+
+def test_session_cookie_attributes(web: RunningServer) -> None:
+    client = httpx.Client(base_url=f"http://127.0.0.1:{web.port('http')}", follow_redirects=False)
+    r = client.get("/login")
+    token = re.search(r'name="login_token" value="([^"]+)"', r.text).group(1)
+    r = client.post("/login", data={"username": ALICE, "password": USERS[ALICE], "login_token": token})
+    header = [v for k, v in r.headers.multi_items() if k == "set-cookie" and v.startswith("mailyard_session=")][0]
+    assert "HttpOnly" in header and "SameSite=strict" in header.replace("Strict", "strict")
+
+
+def test_login_failures_are_throttled(web: RunningServer) -> None:
+    client = httpx.Client(base_url=f"http://127.0.0.1:{web.port('http')}", follow_redirects=False, timeout=60)
+    for _ in range(2):
+        r = client.get("/login")
+        token = re.search(r'name="login_token" value="([^"]+)"', r.text).group(1)
+        started = time.monotonic()
+        r = client.post("/login", data={"username": ALICE, "password": "wrong", "login_token": token})
+        assert r.status_code == 401
+    # the second failure waited for the delay of the first (auth/throttle.py)
+    assert time.monotonic() - started >= 0.9
+
+
+def test_security_headers(web: RunningServer) -> None:
+    client = login(web)
+    r = client.get("/", follow_redirects=True)
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp.split("style-src")[0]
+    assert "frame-ancestors 'none'" in csp
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["cache-control"] == "no-store"
+
+
+def test_csrf_is_required_on_every_post(web: RunningServer) -> None:
+    uid = append(web, ALICE, simple("keep me"))
+    inbox = box_id(web, ALICE, "INBOX")
+    client = login(web)
+    token = csrf(client)
+    # no token, a wrong token, a right token from another origin: all refused
+    for data, headers in (
+        ({"uid": uid, "action": "delete"}, {}),
+        ({"uid": uid, "action": "delete", "csrf": "x" * 43}, {}),
+        ({"uid": uid, "action": "delete", "csrf": token}, {"Origin": "http://evil.test"}),
+        ({"uid": uid, "action": "delete", "csrf": token}, {"Referer": "http://evil.test/page"}),
+        ({"uid": uid, "action": "delete", "csrf": token}, {"Origin": "null"}),
+    ):
+        r = client.post(f"/box/{inbox}/action", data=data, headers=headers)
+        assert r.status_code == 403, (data, headers)
+    for path in ("/folders", "/compose", "/logout"):
+        assert client.post(path, data={"action": "create", "name": "X"}).status_code == 403
+    assert len(web.messages(ALICE)) == 1
+    r = client.post(f"/box/{inbox}/action", data={"uid": uid, "action": "delete", "csrf": token})
+    assert r.status_code == 303
+    assert web.messages(ALICE) == []
+
+
+def test_no_access_to_another_users_messages(web: RunningServer) -> None:
+    bob_uid = append(web, BOB, simple("bob's secret", body="secret text of bob"), flags=[])
+    bob_inbox = box_id(web, BOB, "INBOX")
+    alice_uid = append(web, ALICE, simple("alice's own"))
+    alice_inbox = box_id(web, ALICE, "INBOX")
+    client = login(web)
+    token = csrf(client)
+    for path in (
+        f"/box/{bob_inbox}", f"/box/{bob_inbox}/msg/{bob_uid}", f"/box/{bob_inbox}/msg/{bob_uid}/body",
+        f"/box/{bob_inbox}/msg/{bob_uid}/raw", f"/box/{bob_inbox}/msg/{bob_uid}/part/1",
+        f"/compose?reply={bob_inbox}:{bob_uid}", f"/compose?forward={bob_inbox}:{bob_uid}",
+        f"/compose?draft={bob_inbox}:{bob_uid}", f"/box/{bob_inbox}?fragment=1",
+        f"/box/{alice_inbox}/msg/{bob_uid + 5}", "/box/999999",
+    ):
+        r = client.get(path)
+        assert r.status_code == 404, path
+        assert "secret" not in r.text
+    for data in (
+        {"uid": bob_uid, "action": "delete"},
+        {"uid": bob_uid, "action": "read"},
+    ):
+        r = client.post(f"/box/{bob_inbox}/action", data={**data, "csrf": token})
+        assert r.status_code == 404
+    # moving one's own message into another user's mailbox
+    r = client.post(f"/box/{alice_inbox}/action",
+                    data={"uid": alice_uid, "action": "move", "target": bob_inbox, "csrf": token})
+    assert r.status_code == 404
+    # forwarding another user's message as an attachment
+    r = client.post("/compose", data={"csrf": token, "to": ALICE, "subject": "x", "body": "",
+                                      "forward": f"{bob_inbox}:{bob_uid}", "action": "send"},
+                    files={"attachment": ("", b"")})
+    assert r.status_code == 404
+    # folder operations on another user's folder
+    r = client.post("/folders", data={"csrf": token, "action": "delete", "box": bob_inbox})
+    assert r.status_code == 404
+    assert len(web.messages(BOB)) == 1 and len(web.messages(ALICE)) == 1
+    flags = web.call(web.store.list_messages(bob_inbox))[0].flags
+    assert "\\Seen" not in flags
+
+
+def test_pagination_by_key_and_sorting(web: RunningServer) -> None:
+    async def seed() -> None:
+        account = await web.store.get_account(ALICE)
+        box = await web.store.get_mailbox(account.id, "INBOX")
+        for i in range(130):
+            data = simple(f"subject {i:03d}", sender=f"Sender {(i * 7) % 130:03d} <s{i}@example.test>")
+            await web.store.append(box.id, data, internal_date=1_700_000_000 + i)
+
+    web.call(seed())
+    inbox = box_id(web, ALICE, "INBOX")
+    client = login(web)
+
+    def walk(url: str) -> list[str]:
+        seen: list[str] = []
+        while url:
+            r = client.get(url)
+            assert r.status_code == 200
+            seen += re.findall(r'class="open">([^<]+)<', r.text)
+            m = re.search(r'href="([^"]+)" rel="next"', r.text)
+            url = m.group(1).replace("&amp;", "&") if m else ""
+        return seen
+
+    by_date = walk(f"/box/{inbox}")
+    assert by_date == [f"subject {i:03d}" for i in reversed(range(130))]
+    by_subject = walk(f"/box/{inbox}?sort=subject&dir=asc")
+    assert by_subject == sorted(by_subject) and len(set(by_subject)) == 130
+    senders = walk(f"/box/{inbox}?sort=from&dir=asc")
+    assert len(senders) == 130
+    # previous page from the second one
+    r = client.get(f"/box/{inbox}")
+    nxt = re.search(r'href="([^"]+)" rel="next"', r.text).group(1).replace("&amp;", "&")
+    r2 = client.get(nxt)
+    prev = re.search(r'href="([^"]+)" rel="prev"', r2.text).group(1).replace("&amp;", "&")
+    assert re.findall(r'class="open">([^<]+)<', client.get(prev).text) == by_date[:50]
+    # search uses the full-text index
+    r = client.get(f"/box/{inbox}?q=subject+042")
+    assert re.findall(r'class="open">([^<]+)<', r.text) == ["subject 042"]
+
+
+def test_attachment_download_name_and_type(web: RunningServer) -> None:
+    msg = compose("Carol <carol@example.test>", ALICE, subject="files", text="see files",
+                  attachments=[Attachment("Grüße & \"quotes\".pdf", b"%PDF-1.4 data", "application/pdf")])
+    uid = append(web, ALICE, to_bytes(msg))
+    inbox = box_id(web, ALICE, "INBOX")
+    client = login(web)
+    page = client.get(f"/box/{inbox}/msg/{uid}").text
+    spec = re.search(r'data-spec="([^"]+)"', page).group(1)
+    r = client.get(f"/box/{inbox}/msg/{uid}/part/{spec}")
+    assert r.status_code == 200 and r.content == b"%PDF-1.4 data"
+    assert r.headers["content-type"] == "application/pdf"
+    cd = r.headers["content-disposition"]
+    assert cd.startswith("attachment;")
+    assert "filename*=UTF-8''Gr%C3%BC%C3%9Fe%20%26%20%22quotes%22.pdf" in cd
+    assert "sandbox" in r.headers["content-security-policy"]
+    raw = client.get(f"/box/{inbox}/msg/{uid}/raw")
+    assert raw.headers["content-type"].startswith("text/plain") and "Subject: files" in raw.text
+
+
+def test_send_from_webmail_uses_submission_path(web: RunningServer) -> None:
+    client = login(web)
+    token = csrf(client)
+    r = client.post("/compose", data={"csrf": token, "to": "Bob <bob@example.test>", "cc": "",
+                                      "bcc": "postmaster@example.test", "subject": "via web",
+                                      "body": "hello bob", "action": "send"},
+                    files={"attachment": ("data.bin", bytes(range(256)), "application/octet-stream")})
+    assert r.status_code == 303, r.text
+    (received,) = web.messages(BOB)
+    msg = message_from_bytes(received, policy=default_policy)
+    assert msg["From"] == ALICE and msg["Message-ID"] and msg["Date"]
+    assert "Bcc" not in msg and b"postmaster" not in received.split(b"\r\n\r\n")[0].split(b"Received:")[0]
+    assert received.startswith(b"Return-Path: <alice@example.test>")
+    (att,) = list(msg.iter_attachments())
+    assert att.get_filename() == "data.bin" and att.get_content() == bytes(range(256))
+    assert len(web.messages("postmaster@example.test")) == 1
+    (sent,) = web.messages(ALICE, "Sent")
+    assert b"Bcc: postmaster@example.test" in sent  # the sender's copy keeps its Bcc
+
+
+def test_compose_validates_addresses(web: RunningServer) -> None:
+    client = login(web)
+    token = csrf(client)
+    for to in ("not an address", "bob@", "bob@example.test, @@", "a@b@c"):
+        r = client.post("/compose", data={"csrf": token, "to": to, "subject": "x", "body": "y", "action": "send"})
+        assert r.status_code == 400, to
+        assert 'id="compose-errors"' in r.text
+    r = client.post("/compose", data={"csrf": token, "to": "", "subject": "x", "body": "y", "action": "send"})
+    assert r.status_code == 400 and "at least one recipient" in r.text
+    # a sender address the user does not own is refused by the submission policy
+    assert web.messages(BOB) == []
+
+
+def test_smtp_delivery_then_web_listing(web: RunningServer) -> None:
+    with smtplib.SMTP("127.0.0.1", web.port("smtp")) as s:
+        s.sendmail("carol@example.test", [ALICE], simple("over smtp"))
+    client = login(web)
+    r = client.get("/", follow_redirects=True)
+    assert "over smtp" in r.text and 'class="msg unread"' in r.text
