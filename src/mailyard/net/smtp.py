@@ -40,6 +40,7 @@ from ..protocols.smtp.events import (
 from ..protocols.smtp.replies import Reply
 from ..protocols.smtp.server import ServerConfig, SMTPServerEngine, State
 from ..store.api import Account, StorageFull
+from ..store.queue import NewRecipient
 from .listener import Listener
 from .login import Authenticator, plaintext_allowed
 from .session_protocol import SessionProtocol
@@ -108,6 +109,7 @@ class SMTPSession(SessionProtocol):
 
     # --- SessionProtocol hooks ----------------------------------------------
     def start(self) -> None:
+        self.server.stats["submission_sessions" if self.submission else "smtp_sessions"] += 1
         self.set_timeout(self._timeouts.timeout_command)
         self.engine.tls_active = self.tls  # implicit TLS (RFC 8314)
         self._advertise()
@@ -315,12 +317,16 @@ class SMTPSession(SessionProtocol):
     # --- DATA ---------------------------------------------------------------------
     async def deliver(self, event: MessageReceived) -> Reply:
         accounts = []
-        remote: list[str] = []
+        remote: list[NewRecipient] = []
+        rcpt_events = {r.forward_path: r for r in event.rcpts}
         for path in event.forward_paths:
             resolution = self.resolutions.get(path)
             if resolution is not None:
                 accounts.extend(resolution.accounts)
-                remote.extend(resolution.remote)
+                rcpt = rcpt_events.get(path)
+                # RFC 3461 4.1/4.2: NOTIFY and ORCPT travel with the recipient
+                for addr in resolution.remote:
+                    remote.append(NewRecipient(addr, rcpt.notify if rcpt else None, rcpt.orcpt if rcpt else None))
         queue_id = f"{_QUEUE_PREFIX}{next(_queue_counter):08x}"
         data = event.data
         if self.submission and self.account is not None:
@@ -342,8 +348,15 @@ class SMTPSession(SessionProtocol):
             return Reply(451, "4.4.0", "Remote delivery is not available yet")
         try:
             if remote:
-                await queue.enqueue(trace + data, event.reverse_path, remote)
-            if accounts:
+                # Local copies and the queue entry in one durable commit (store/queue.py).
+                mail = event.mail
+                await queue.enqueue(
+                    trace + data, event.reverse_path, remote,
+                    accounts=accounts, inbox_id=self.server.router.directory.inbox_id,
+                    envid=mail.envid if mail else None, ret=mail.ret if mail else None,
+                    smtputf8=bool(mail and mail.smtputf8),
+                )
+            elif accounts:
                 await deliver_local(
                     self.server.store, trace + data, event.reverse_path, accounts,
                     inbox_id=self.server.router.directory.inbox_id,
