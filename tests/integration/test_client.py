@@ -45,11 +45,12 @@ class MailCLI:
         return proc
 
     def add_account(self, name: str, address: str, password: str, *, imap: int, pop3: int, smtp: int | None,
-                    display_name: str = "", extra: tuple[str, ...] = ()) -> None:
+                    display_name: str = "", extra: tuple[str, ...] = (), imap_security: str = "plain",
+                    pop3_security: str = "plain", smtp_security: str = "plain") -> None:
         args = ["account", "add", address, "--name", name, "--host", "127.0.0.1",
-                "--imap-security", "plain", "--imap-port", str(imap),
-                "--pop3-security", "plain", "--pop3-port", str(pop3),
-                "--smtp-security", "plain", "--smtp-port", str(smtp or 1),
+                "--imap-security", imap_security, "--imap-port", str(imap),
+                "--pop3-security", pop3_security, "--pop3-port", str(pop3),
+                "--smtp-security", smtp_security, "--smtp-port", str(smtp or 1),
                 "--password-stdin", *extra]
         if display_name:
             args += ["--display-name", display_name]
@@ -63,7 +64,7 @@ def parse(raw: bytes) -> email.message.EmailMessage:
 @pytest.fixture
 def mail(tmp_path: Path, mailserver: RunningServer) -> MailCLI:
     cli = MailCLI(tmp_path / "client-home")
-    ports = dict(imap=mailserver.port("imap"), pop3=mailserver.port("pop3"), smtp=mailserver.port("smtp"))
+    ports = server_ports(mailserver)
     cli.add_account("alice", ALICE, USERS[ALICE], display_name="Alice Ä. Example", **ports)
     cli.add_account("bob", BOB, USERS[BOB], display_name="Bob", **ports)
     return cli
@@ -98,12 +99,32 @@ async def _add_carol(store) -> None:
     await store.add_account(CAROL, creds.password_hash, scram_sha256=creds.scram_sha256)
 
 
+def _port(server: RunningServer, name: str) -> int | None:
+    try:
+        return server.port(name)
+    except KeyError:
+        return None
+
+
+def server_ports(server: RunningServer) -> dict:
+    """How the client reaches the test server: submission on its own port with
+    STARTTLS and AUTH (RFC 6409) when the server has it, IMAP and POP3 with
+    STARTTLS/STLS, trusting the server's self-signed certificate (cafile);
+    plain SMTP to port 25's stand-in for local recipients otherwise."""
+    submission = _port(server, "submission")
+    if submission is None:
+        return dict(imap=server.port("imap"), pop3=server.port("pop3"), smtp=server.port("smtp"))
+    return dict(imap=server.port("imap"), pop3=server.port("pop3"), smtp=submission,
+                imap_security="starttls", pop3_security="starttls", smtp_security="starttls",
+                extra=("--smtp-auth", "yes", "--cafile", str(server.data_dir / "tls" / "cert.pem")))
+
+
 @pytest.fixture
 def trio(tmp_path: Path, make_server) -> tuple[MailCLI, RunningServer]:
     """alice, bob and carol on one server, each with a client account."""
     server = make_server(seed=_add_carol)
     cli = MailCLI(tmp_path / "client-home")
-    ports = dict(imap=server.port("imap"), pop3=server.port("pop3"), smtp=server.port("smtp"))
+    ports = server_ports(server)
     cli.add_account("alice", ALICE, USERS[ALICE], display_name="Alice Ä. Example", **ports)
     cli.add_account("bob", BOB, USERS[BOB], display_name="Bob", **ports)
     cli.add_account("carol", CAROL, CAROL_PW, display_name="Carol", **ports)
@@ -349,3 +370,29 @@ def test_help_everywhere(mail: MailCLI) -> None:
                 ["folders", "--help"], ["move", "--help"], ["delete", "--help"], ["flag", "--help"],
                 ["fetch", "--help"]):
         assert "usage: mailyard mail" in mail(*cmd).out
+
+
+def test_submission_tls_and_auth(trio, tmp_path: Path) -> None:
+    """Implicit TLS submission (RFC 8314) with --no-tls-verify, and a clear error
+    when the certificate is not trusted."""
+    mail, server = trio
+    smtps = _port(server, "smtps")
+    if smtps is None:
+        pytest.skip("this server build has no submission listeners yet (issue #5)")
+    common = ("account", "add", "--host", "127.0.0.1", "--imap-port", str(server.port("imap")),
+              "--imap-security", "plain", "--no-pop3", "--smtp-security", "ssl", "--smtp-port", str(smtps),
+              "--password-stdin")
+    mail(*common, ALICE, "--name", "tls-any", "--no-tls-verify", input=USERS[ALICE] + "\n")
+    mail(*common, ALICE, "--name", "tls-strict", input=USERS[ALICE] + "\n")
+    res = mail("send", "--to", BOB, "--subject", "over smtps", "--body", "x", account="tls-any")
+    assert "sent" in res.out
+    assert parse(server.messages(BOB)[-1])["Subject"] == "over smtps"
+    res = mail("send", "--to", BOB, "--subject", "untrusted", "--body", "x", account="tls-strict", check=False)
+    assert res.returncode == 1 and "certificate" in res.err and "cafile" in res.err, res.err
+    res = mail("account", "test", account="tls-any")
+    assert any(line.startswith("submission") and "OK" in line for line in res.out.splitlines()), res.out
+    mail("account", "add", ALICE, "--name", "badpw-sub", "--host", "127.0.0.1", "--imap-port",
+         str(server.port("imap")), "--imap-security", "plain", "--no-pop3", "--smtp-security", "ssl",
+         "--smtp-port", str(smtps), "--no-tls-verify", "--password-stdin", input="not-the-password\n")
+    res = mail("send", "--to", BOB, "--body", "x", account="badpw-sub", check=False)
+    assert res.returncode == 1 and "535" in res.err, res.err
