@@ -31,8 +31,8 @@ class MailCLI:
         self.home = home
 
     def __call__(self, *args: str, input: str | bytes | None = None, check: bool = True,
-                 account: str | None = None) -> subprocess.CompletedProcess:
-        env = dict(os.environ, MAILYARD_CLIENT_HOME=str(self.home), PYTHONIOENCODING="utf-8")
+                 account: str | None = None, encoding: str = "utf-8") -> subprocess.CompletedProcess:
+        env = dict(os.environ, MAILYARD_CLIENT_HOME=str(self.home), PYTHONIOENCODING=encoding)
         env.pop("EDITOR", None)
         cmd = [sys.executable, "-m", "mailyard", "mail", *(["--account", account] if account else []), *args]
         data = input.encode() if isinstance(input, str) else input
@@ -396,3 +396,13 @@ def test_submission_tls_and_auth(trio, tmp_path: Path) -> None:
          "--smtp-port", str(smtps), "--no-tls-verify", "--password-stdin", input="not-the-password\n")
     res = mail("send", "--to", BOB, "--body", "x", account="badpw-sub", check=False)
     assert res.returncode == 1 and "535" in res.err, res.err
+
+
+def test_read_in_the_terminal_charset(trio) -> None:
+    mail, server = trio
+    mail("send", "--to", BOB, "--subject", "Grüße €", "--body", "Schöne Grüße €\n", account="alice")
+    (uid,) = _uids(mail, "bob")
+    latin1 = mail("read", str(uid), "--peek", account="bob", encoding="latin-1").stdout.decode("latin-1")
+    assert "Subject: Grüße ?" in latin1 and "Schöne Grüße ?" in latin1  # no euro sign in latin-1
+    ascii_ = mail("read", str(uid), account="bob", encoding="ascii").stdout.decode("ascii")
+    assert "Subject: Gr??e ?" in ascii_

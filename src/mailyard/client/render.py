@@ -192,7 +192,11 @@ class AttachmentInfo:
             if isinstance(inner, list) and inner:
                 return inner[0].as_bytes()
             return self.part.as_bytes()
-        return self.part.get_payload(decode=True) or b""
+        data = self.part.get_payload(decode=True) or b""
+        if self.part.get_content_maintype() == "text":
+            # RFC 2046 4.1.1: text travels with CRLF line breaks; saved files use the local LF.
+            data = data.replace(b"\r\n", b"\n")
+        return data
 
 
 def attachments(msg: EmailMessage) -> list[AttachmentInfo]:
