@@ -278,8 +278,13 @@ def sanitize_html(html: str, base: str, cids: dict[str, str], allow_remote: bool
             return None
         if attr in ("cite",):
             return v if low.startswith(("http://", "https://")) else None
-        if attr == "style" and "url(" in low.replace(" ", ""):
-            blocked = blocked or not allow_remote
+        if attr == "style":
+            compact = re.sub(r"[\s\\]", "", low)
+            if any(bad in compact for bad in ("expression(", "javascript:", "vbscript:", "behavior:",
+                                              "-moz-binding", "@import")):
+                return None  # old-browser script hooks: drop the whole style
+            if "url(" in compact and not allow_remote:
+                blocked = True  # the body CSP blocks it; offer to show it
         return value
 
     safe = nh3.clean(
