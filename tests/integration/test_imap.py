@@ -201,6 +201,7 @@ def test_idle_wakes_on_smtp_delivery(mailserver: RunningServer, imap) -> None:
     assert line == b"* 1 EXISTS\r\n", line
     assert time.monotonic() - start < 10
     t.join()
+    assert c.readline() == b"* 1 RECENT\r\n"  # rev1 client: new mail is \Recent here (RFC 3501 7.3.2)
     c.send(b"DONE\r\n")
     assert c.readline() == tag + b" OK IDLE terminated\r\n"
 
@@ -238,7 +239,7 @@ def test_imapclient_uidplus_condstore_qresync(mailserver: RunningServer) -> None
         assert info[b"EXISTS"] == 2 and info[b"HIGHESTMODSEQ"] > 0
         uidvalidity, modseq = info[b"UIDVALIDITY"], info[b"HIGHESTMODSEQ"]
         msgs = c.fetch([1, 2], ["FLAGS", "MODSEQ", "ENVELOPE"])
-        assert msgs[1][b"FLAGS"] == (b"$Label",)
+        assert msgs[1][b"FLAGS"] == (b"\\Recent", b"$Label")  # rev1 session that selected first
         assert msgs[1][b"ENVELOPE"].subject == b"message 1"
         # a change on another connection, then CHANGEDSINCE sees only that
         with IMAPClient(mailserver.host, port=mailserver.port("imap"), ssl=False, timeout=10) as d:
@@ -328,3 +329,128 @@ def test_rfc9051_example_exchanges(mailserver: RunningServer) -> None:
         # 6.1.3 LOGOUT
         assert say(b"A023 LOGOUT", b"A023") == [
             b"* BYE mailyard IMAP server logging out\r\n", b"A023 OK LOGOUT completed\r\n"]
+
+
+# --- RFC 9051 ENVELOPE / BODY / BODYSTRUCTURE examples, byte for byte ----------
+
+
+def _rfc9051_multipart() -> bytes:
+    """A message whose BODY is RFC 9051 7.5.2's multipart example."""
+    import base64
+
+    text1 = "".join(("a" * 48 if i < 21 else "b" * 49) + "\r\n" for i in range(23))
+    b64 = base64.b64encode(bytes(range(256)) * 12 + bytes(3306 - 256 * 12)).decode()
+    cuts, pos = [], 0
+    for i in range(73):
+        n = 60 if i < 66 else 64
+        cuts.append(b64[pos : pos + n])
+        pos += n
+    text2 = "".join(c + "\r\n" for c in cuts)
+    return (
+        "From: a@example.com\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: MULTIPART/MIXED; BOUNDARY="x"\r\n\r\n'
+        "--x\r\nContent-Type: TEXT/PLAIN; CHARSET=US-ASCII\r\n\r\n" + text1 +
+        "\r\n--x\r\nContent-Type: TEXT/PLAIN; CHARSET=US-ASCII; NAME=cc.diff\r\n"
+        "Content-ID: <960723163407.20117h@cac.washington.edu>\r\n"
+        "Content-Description: Compiler diff\r\nContent-Transfer-Encoding: BASE64\r\n\r\n"
+        + text2 + "\r\n--x--\r\n"
+    ).encode()
+
+
+RFC9051_ENVELOPE = (
+    b'("Wed, 17 Jul 1996 02:23:25 -0700 (PDT)" "IMAP4rev2 WG mtg summary and minutes"'
+    b' (("Terry Gray" NIL "gray" "cac.washington.edu"))'
+    b' (("Terry Gray" NIL "gray" "cac.washington.edu"))'
+    b' (("Terry Gray" NIL "gray" "cac.washington.edu"))'
+    b' ((NIL NIL "imap" "cac.washington.edu"))'
+    b' ((NIL NIL "minutes" "CNRI.Reston.VA.US")("John Klensin" NIL "KLENSIN" "MIT.EDU"))'
+    b' NIL NIL "<B27397-0100000@cac.washington.edu>")'
+)
+RFC9051_MULTIPART_BODY = (
+    b'(("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 1152 23)'
+    b'("TEXT" "PLAIN" ("CHARSET" "US-ASCII" "NAME" "cc.diff")'
+    b' "<960723163407.20117h@cac.washington.edu>" "Compiler diff" "BASE64" 4554 73) "MIXED")'
+)
+
+
+def _append_raw(say, mailbox: bytes, data: bytes, tag: bytes = b"ap") -> None:
+    out = say(b"%s APPEND %s {%d+}\r\n%s" % (tag, mailbox, len(data), data), tag)
+    assert out[-1].startswith(tag + b" OK [APPENDUID "), out
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_rfc9051_envelope_and_body_examples_byte_exact(mailserver: RunningServer, indexed: bool) -> None:
+    """RFC 9051 section 8 (FETCH ENVELOPE BODY) and 7.5.2 (multipart BODY):
+    no SP between the addresses of a list nor between the parts of a multipart.
+    Before the background indexer ran (derived on demand) and after."""
+    from tests.unit.test_message_derived import rfc9051_message
+
+    s, say = _session(mailserver)
+    with s:
+        say(b"a1 LOGIN " + ALICE.encode() + b" " + USERS[ALICE].encode(), b"a1")
+        _append_raw(say, b"INBOX", rfc9051_message())
+        _append_raw(say, b"INBOX", _rfc9051_multipart())
+        if indexed:
+            _wait_indexed(mailserver)
+        say(b"a2 EXAMINE INBOX", b"a2")
+        assert say(b"a3 FETCH 1 (ENVELOPE BODY)", b"a3") == [
+            b"* 1 FETCH (ENVELOPE " + RFC9051_ENVELOPE
+            + b' BODY ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 3028 92))\r\n',
+            b"a3 OK FETCH completed\r\n",
+        ]
+        assert say(b"a4 FETCH 2 (BODY)", b"a4") == [
+            b"* 2 FETCH (BODY " + RFC9051_MULTIPART_BODY + b")\r\n", b"a4 OK FETCH completed\r\n"]
+        # the extensible form: extension data after each part and after the subtype
+        assert say(b"a5 UID FETCH 2 (BODYSTRUCTURE)", b"a5") == [
+            b'* 2 FETCH (UID 2 BODYSTRUCTURE (("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 1152 23'
+            b' NIL NIL NIL NIL)("TEXT" "PLAIN" ("CHARSET" "US-ASCII" "NAME" "cc.diff")'
+            b' "<960723163407.20117h@cac.washington.edu>" "Compiler diff" "BASE64" 4554 73 NIL NIL NIL NIL)'
+            b' "MIXED" ("BOUNDARY" "x") NIL NIL NIL))\r\n',
+            b"a5 OK UID FETCH completed\r\n",
+        ]
+
+
+def _wait_indexed(mailserver: RunningServer) -> None:
+    import sqlite3
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        conn = sqlite3.connect(mailserver.data_dir / "index.sqlite3")
+        try:
+            left = conn.execute("SELECT count(*) FROM bodies WHERE derived IS NULL").fetchone()[0]
+        finally:
+            conn.close()
+        if not left:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the background indexer did not finish")
+
+
+def test_nested_message_groups_and_multipart_in_multipart(mailserver: RunningServer) -> None:
+    """body-type-msg carries an envelope and a body; group syntax in address
+    lists (RFC 9051 7.5.2); nested multiparts have no SP between parts."""
+    inner = (b"From: Inner <in@example.com>\r\nTo: A Group: x@example.com, y@example.com;\r\n"
+             b"Subject: inner\r\n\r\nhello\r\n")
+    raw = (
+        b"From: top@example.com\r\nSubject: top\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="o"\r\n\r\n'
+        b'--o\r\nContent-Type: multipart/alternative; boundary="i"\r\n\r\n'
+        b"--i\r\nContent-Type: text/plain\r\n\r\nplain\r\n--i\r\nContent-Type: text/html\r\n\r\n<p>h</p>\r\n--i--\r\n"
+        b"\r\n--o\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"\r\n--o--\r\n"
+    )
+    s, say = _session(mailserver)
+    with s:
+        say(b"a1 LOGIN " + ALICE.encode() + b" " + USERS[ALICE].encode(), b"a1")
+        _append_raw(say, b"INBOX", raw)
+        say(b"a2 EXAMINE INBOX", b"a2")
+        out = say(b"a3 FETCH 1 (BODY)", b"a3")
+        assert out[0] == (
+            b'* 1 FETCH (BODY ((("TEXT" "PLAIN" NIL NIL NIL "7BIT" 5 0)'
+            b'("TEXT" "HTML" NIL NIL NIL "7BIT" 8 0) "ALTERNATIVE")'
+            b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" %d'
+            b' (NIL "inner" (("Inner" NIL "in" "example.com")) (("Inner" NIL "in" "example.com"))'
+            b' (("Inner" NIL "in" "example.com"))'
+            b' ((NIL NIL "A Group" NIL)(NIL NIL "x" "example.com")(NIL NIL "y" "example.com")(NIL NIL NIL NIL))'
+            b' NIL NIL NIL NIL)'
+            b' ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 7 1) 5) "MIXED"))\r\n' % len(inner)
+        )

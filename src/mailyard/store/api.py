@@ -128,7 +128,61 @@ class Changes:
     vanished: list[int] = field(default_factory=list)  # expunged UIDs
 
 
+@dataclass(frozen=True, slots=True)
+class AppendItem:
+    """One message of an IMAP (MULTI)APPEND (RFC 9051 6.3.12, RFC 3502)."""
+
+    data: bytes
+    flags: frozenset[str] = frozenset()
+    internal_date: float | None = None  # None: the time of the commit
+
+
 FlagMode = Literal["add", "remove", "replace"]
+
+# Keys of get_derived(..., fields=...). The *_imap keys are the items in IMAP
+# syntax (RFC 9051 9), computed once at delivery so FETCH ENVELOPE of a whole
+# mailbox only concatenates bytes; the others are the JSON values of
+# message.derived.Derived; "headers" maps lower-case field names to decoded
+# values. The decoded body text is not among them: it lives only in the
+# full-text index (search_text).
+DERIVED_FIELDS = frozenset({
+    "envelope_imap", "bodystructure_imap", "body_imap",
+    "envelope", "bodystructure", "parts", "messages", "date", "size", "headers",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedRecord:
+    """What a backend stores per body (see ``derive_record``)."""
+
+    envelope_imap: bytes
+    bodystructure_imap: bytes
+    body_imap: bytes
+    meta: dict  # envelope, bodystructure, parts, messages, date, size (JSON-able)
+    headers: list[tuple[str, str]]  # (lower-case name, decoded value), in header order
+    body_text: str  # for the full-text index only
+    header_text: str
+
+
+def derive_record(raw: bytes) -> DerivedRecord:
+    """Derive once what FETCH/SEARCH need of a body (DESIGN.md "Message
+    handling"); the same for every backend. Never raises (``derive`` does not)."""
+    from ..message.derived import body_structure, derive
+    from ..protocols.imap.response import body_bytes, envelope_bytes
+
+    d = derive(raw)
+    j = d.to_json()
+    meta = {k: j[k] for k in ("v", "envelope", "bodystructure", "parts", "messages", "date", "size")}
+    headers = [(name, value) for name, values in d.headers.items() for value in values]
+    return DerivedRecord(
+        envelope_imap=envelope_bytes(d.envelope),
+        bodystructure_imap=body_bytes(d.bodystructure),
+        body_imap=body_bytes(body_structure(d.bodystructure)),
+        meta=meta,
+        headers=headers,
+        body_text=d.body_text,
+        header_text=d.header_text,
+    )
 
 
 class Store(abc.ABC):
@@ -252,7 +306,23 @@ class Store(abc.ABC):
     async def delete_mailbox(self, account_id: int, name: str) -> None: ...
 
     @abc.abstractmethod
-    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        """Add a name to (or remove it from) the account's subscriptions. The
+        name need not be an existing mailbox (RFC 9051 6.3.7-8); raises
+        InvalidName for a bad name. New mailboxes start subscribed; renaming
+        moves the subscription, deleting a mailbox ends it."""
+
+    @abc.abstractmethod
+    async def claim_recent(self, mailbox_id: int, claim: bool = True) -> int:
+        """RFC 3501 2.3.2 \\Recent: return the highest UID already claimed by
+        some session; messages above it are \\Recent for the caller. With
+        ``claim`` every present message becomes claimed (SELECT, or new
+        messages announced to a read-write session), atomically, so exactly one
+        session sees each message as \\Recent; without (EXAMINE) nothing changes."""
+
+    @abc.abstractmethod
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        """Every subscribed name of an account, existing as a mailbox or not."""
 
     @abc.abstractmethod
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
@@ -279,8 +349,17 @@ class Store(abc.ABC):
         return uid
 
     @abc.abstractmethod
+    async def append_many(self, mailbox_id: int, items: Sequence[AppendItem]) -> list[int]:
+        """Add several messages to one mailbox in one atomic, durable write
+        (RFC 3502 MULTIAPPEND: all or none); returns their UIDs in order."""
+
+    @abc.abstractmethod
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         """All messages of a mailbox in ascending UID order."""
+
+    @abc.abstractmethod
+    async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
+        """Index data of the given UIDs that exist, in ascending UID order."""
 
     @abc.abstractmethod
     async def read_message(self, mailbox_id: int, uid: int) -> bytes:
@@ -313,14 +392,23 @@ class Store(abc.ABC):
         """Messages changed and UIDs expunged after ``modseq`` (RFC 7162)."""
 
     @abc.abstractmethod
-    async def get_derived(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, dict]:
-        """Derived data of messages, computed once per body at delivery time by
-        ``mailyard.message.derived.derive`` and stored (DESIGN.md "Message handling").
+    async def get_derived(
+        self, mailbox_id: int, uids: Sequence[int], fields: Iterable[str] | None = None
+    ) -> dict[int, dict]:
+        """Derived data of messages, computed once per body (``derive_record``)
+        and stored (DESIGN.md "Message handling").
 
-        The dict is ``Derived.to_json()``: envelope, bodystructure, part offsets,
-        searchable header fields. Computed on demand (and then stored) for a
-        body the background indexer has not reached yet.
+        Each dict holds the requested ``fields`` (names in DERIVED_FIELDS; all
+        but the *_imap ones when None). Computed on demand (and then stored) for
+        a body the background indexer has not reached yet.
         """
+
+    @abc.abstractmethod
+    async def search_headers(self, mailbox_id: int, field: str, text: str) -> set[int]:
+        """UIDs whose header has a field ``field`` (case-insensitive name)
+        whose decoded value contains ``text`` (case-insensitive substring, RFC
+        9051 6.4.4); an empty ``text`` matches every message having the field.
+        Answered from the stored header fields, not by decoding messages."""
 
     @abc.abstractmethod
     async def search_text(self, mailbox_id: int, text: str, where: Literal["body", "text"]) -> set[int]:

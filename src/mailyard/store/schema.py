@@ -1,6 +1,15 @@
-"""SQLite schema of the embedded store (version 1)."""
+"""SQLite schema of the embedded store (version 2).
 
-SCHEMA_VERSION = 1
+Version 2 (additive; ``SQLiteStore`` migrates a version-1 data directory on
+open): the derived data of a body is split into ``body_derived`` (a small
+record: ENVELOPE / BODYSTRUCTURE in IMAP syntax and as JSON, part offsets) and
+``header_fields`` (decoded header fields, an index for SEARCH FROM/SUBJECT/
+HEADER ...); the decoded text lives only in ``fts``. ``bodies.derived`` is now
+just the "indexed" marker. Subscriptions are by name in ``subscriptions``
+(RFC 9051 6.3.7: a name may be subscribed whether or not a mailbox exists).
+"""
+
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -40,7 +49,8 @@ CREATE TABLE IF NOT EXISTS mailboxes (
     uid_next       INTEGER NOT NULL DEFAULT 1,
     highest_modseq INTEGER NOT NULL DEFAULT 1,
     special_use    TEXT,
-    subscribed     INTEGER NOT NULL DEFAULT 1,
+    subscribed     INTEGER NOT NULL DEFAULT 1,  -- version 1; version 2 uses subscriptions
+    recent_uid     INTEGER NOT NULL DEFAULT 0,  -- version 2: UIDs above are \\Recent (RFC 3501 2.3.2)
     UNIQUE (account_id, name)
 );
 -- One row per stored body; several messages (recipients, COPY) may share it.
@@ -50,7 +60,7 @@ CREATE TABLE IF NOT EXISTS bodies (
     offset   INTEGER NOT NULL,
     length   INTEGER NOT NULL,
     refs     INTEGER NOT NULL,
-    derived  TEXT              -- JSON of message.derived.Derived; NULL until indexed
+    derived  TEXT              -- NULL until indexed; version 1 kept the derived JSON here, version 2 a marker
 );
 CREATE INDEX IF NOT EXISTS bodies_unindexed ON bodies(id) WHERE derived IS NULL;
 CREATE INDEX IF NOT EXISTS bodies_segment ON bodies(segment);
@@ -82,5 +92,27 @@ CREATE TABLE IF NOT EXISTS segments (
 -- Full-text index of derived text (SEARCH BODY / TEXT); rowid = bodies.id.
 -- The trigram tokenizer gives case-insensitive substring matching, which is
 -- what RFC 9051 6.4.4 asks of SEARCH.
+-- Version 2: derived data per body, computed once (at delivery or by the
+-- background indexer). Rows go with the body (SQLiteStore._release_bodies).
+CREATE TABLE IF NOT EXISTS body_derived (
+    body_id       INTEGER PRIMARY KEY,  -- bodies.id
+    envelope      BLOB NOT NULL,        -- IMAP ENVELOPE, RFC 9051 syntax
+    bodystructure BLOB NOT NULL,        -- IMAP BODYSTRUCTURE
+    body          BLOB NOT NULL,        -- IMAP BODY (non-extensible form)
+    meta          TEXT NOT NULL         -- JSON: envelope, bodystructure, parts, messages, date, size
+);
+CREATE TABLE IF NOT EXISTS header_fields (
+    body_id INTEGER NOT NULL,
+    name    TEXT NOT NULL,     -- lower-case field name
+    n       INTEGER NOT NULL,  -- position in the header
+    value   TEXT NOT NULL,     -- decoded (RFC 2047) value
+    folded  TEXT NOT NULL,     -- value.casefold(), for case-insensitive substring search
+    PRIMARY KEY (body_id, name, n)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subscriptions (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name       TEXT NOT NULL,
+    PRIMARY KEY (account_id, name)
+) WITHOUT ROWID;
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(body_text, header_text, tokenize='trigram');
 """

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 from ...protocols.imap import commands as c
 from ...protocols.imap.engine import CLOSED, NEED_DATA, ImapEngine, State
 from ...protocols.imap.framing import Limits
-from ...protocols.imap.response import Atom, flag_list, format_uid_set
+from ...protocols.imap.response import Atom, Raw, flag_list, format_uid_set
 from ...protocols.imap.selected import MessageMap
 from ...store.api import Account, Mailbox, MessageInfo, StoreError
 from ..listener import ShutdownRequested
@@ -54,6 +55,8 @@ class Selected:
     infos: dict[int, MessageInfo] | None = None
     infos_modseq: int = 0
     infos_stale: bool = False
+    # RFC 3501 2.3.2: UIDs that are \\Recent in this session (rev1 clients only)
+    recent: set[int] = field(default_factory=set)
 
 
 Handler = Callable[["ImapSession", c.Command], Awaitable[None]]
@@ -90,6 +93,8 @@ class ImapSession:
                     break
                 if ev is NEED_DATA:
                     await self.flush()
+                    if self.engine.framer.mid_command:
+                        self._quick_ack()
                     data = await self.read()
                     if not data:
                         break
@@ -107,6 +112,20 @@ class ImapSession:
         finally:
             if self._unlisten is not None:
                 self._unlisten()
+
+    def _quick_ack(self) -> None:
+        """ACK the rest of a command at once. A client that writes a literal and
+        its closing CRLF in two send() calls (Python's imaplib does) has the
+        CRLF held back by Nagle's algorithm until the literal is ACKed, and a
+        delayed ACK costs 40 ms per APPEND. TCP_QUICKACK is reset by the
+        kernel, hence set again before each read that is mid-command."""
+        sock = self.conn.writer.get_extra_info("socket")
+        quickack = getattr(socket, "TCP_QUICKACK", None)
+        if sock is not None and quickack is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+            except OSError:
+                pass
 
     async def read(self, timeout: float | None = None) -> bytes:
         # RFC 9051 5.4: the autologout timer is at least 30 minutes once
@@ -185,18 +204,32 @@ class ImapSession:
             if new:
                 sel.view.append(new)
                 self.engine.untagged(len(sel.view), Atom("EXISTS"))
+                if not self.engine.rev2:
+                    await self.claim_recent(new)
+                    self.engine.untagged(len(sel.recent), Atom("RECENT"))  # RFC 3501 7.3.2
             for info in updated:
                 seq = sel.view.seq_of(info.uid)
                 if seq is None:
                     continue
                 # RFC 9051 7.5.2: unsolicited FETCH must carry UID
-                items: list[object] = [Atom("UID"), info.uid, Atom("FLAGS"), flag_list(info.flags)]
+                items: list[object] = [Atom("UID"), info.uid, Atom("FLAGS"), Raw(session_flags(self, info))]
                 if sel.condstore:
                     items += [Atom("MODSEQ"), [info.modseq]]
                 self.engine.untagged(seq, Atom("FETCH"), items)
         elif allow_expunge and sel.pending_expunge:
             self.announce_expunge(list(sel.pending_expunge))
             sel.pending_expunge.clear()
+
+    async def claim_recent(self, uids: list[int]) -> None:
+        """RFC 3501 2.3.2: a new message is \\Recent in the first session told
+        of it; a read-only (EXAMINE) session does not take that away."""
+        sel = self.sel
+        assert sel is not None
+        if sel.readonly:
+            first = await self.store.claim_recent(sel.mailbox.id, claim=False)
+        else:
+            first = await self.store.claim_recent(sel.mailbox.id)
+        sel.recent.update(u for u in uids if u > first)
 
     def announce_expunge(self, uids: list[int]) -> None:
         """EXPUNGE per message, or one VANISHED with QRESYNC (RFC 7162 3.2.10)."""
@@ -206,9 +239,11 @@ class ImapSession:
         if "QRESYNC" in self.engine.enabled:
             present = [u for u in uids if sel.view.seq_of(u) is not None]
             sel.view.expunge(present)
+            sel.recent.difference_update(present)
             if present:
                 self.engine.untagged(Atom("VANISHED"), Atom(format_uid_set(present)))
             return
+        sel.recent.difference_update(uids)
         for seq in sel.view.expunge(uids):
             self.engine.untagged(seq, Atom("EXPUNGE"))
 
@@ -266,3 +301,28 @@ def flags_from_client(flags: tuple[str, ...]) -> tuple[list[str], str | None]:
             f = next(p for p in PERMANENT_FLAGS if p.lower() == f.lower())
         out.append(f)
     return out, None
+
+
+_FLAG_BYTES: dict[frozenset[str], bytes] = {}
+_RECENT = frozenset({"\\Recent"})
+
+
+def flags_bytes(flags: frozenset[str]) -> bytes:
+    """``(\\Seen ...)`` in the order of ``flag_list``. Few distinct flag sets
+    exist, so each is serialised once (FETCH 1:* FLAGS of a large mailbox)."""
+    b = _FLAG_BYTES.get(flags)
+    if b is None:
+        b = b"(" + b" ".join(f.encode("utf-8") for f in flag_list(flags)) + b")"
+        if len(_FLAG_BYTES) < 4096:
+            _FLAG_BYTES[flags] = b
+    return b
+
+
+def session_flags(s: ImapSession, info: MessageInfo) -> bytes:
+    """A message's FLAGS as this session reports them: with \\Recent for a
+    rev1 client when this session saw the message first (RFC 3501 2.3.2;
+    RFC 9051 dropped the flag)."""
+    sel = s.sel
+    if sel is not None and sel.recent and info.uid in sel.recent and not s.engine.rev2:
+        return flags_bytes(info.flags | _RECENT)
+    return flags_bytes(info.flags)

@@ -104,10 +104,11 @@ async def cmd_rename(s: ImapSession, cmd: c.Rename) -> None:
 
 async def cmd_subscribe(s: ImapSession, cmd: c.MailboxCommand) -> None:
     assert s.account is not None
+    # RFC 9051 6.3.7-8: subscriptions are names; one need not exist as a mailbox
     try:
         await s.store.set_subscribed(s.account.id, cmd.mailbox, cmd.name == "SUBSCRIBE")
-    except (NotFound, InvalidName):
-        await s.finish("NO", "Mailbox does not exist", "NONEXISTENT")
+    except InvalidName as exc:
+        await s.finish("NO", str(exc), "CANNOT")
         return
     await s.finish("OK", f"{cmd.name} completed")
 
@@ -147,7 +148,9 @@ async def cmd_list(s: ImapSession, cmd: c.List) -> None:
     boxes = await s.store.list_mailboxes(s.account.id)
     existing, all_names, with_children = _tree(boxes)
     regexes = [names.compile_pattern(cmd.reference, p) for p in cmd.patterns if p]
-    subscribed = {n for n, b in existing.items() if b.subscribed}
+    subscribed = set(await s.store.list_subscriptions(s.account.id))
+    if "SUBSCRIBED" in sel_opts:
+        all_names |= subscribed  # RFC 5258 3.1: subscribed names that do not exist too
     # RFC 5258 3.5: CHILDINFO for parents of subscribed names (RECURSIVEMATCH)
     sub_parents = {p for n in subscribed for p in names.parents(n)}
     out: list[tuple[str, list[str], list]] = []
@@ -165,10 +168,13 @@ async def cmd_list(s: ImapSession, cmd: c.List) -> None:
                     continue
         if "SPECIAL-USE" in sel_opts and (box is None or not box.special_use):
             continue
-        if box is None:
+        if box is None and name not in with_children:
+            attrs.append("\\NonExistent")  # subscribed only (RFC 5258 3.4 example)
+        elif box is None:
             # a hierarchy level with no mailbox of its own (RFC 9051 6.3.9 \NonExistent)
             attrs += ["\\NonExistent", "\\Noselect"] if eng.rev2 else ["\\Noselect"]
-        attrs.append("\\HasChildren" if name in with_children else "\\HasNoChildren")
+        if box is not None or name in with_children:
+            attrs.append("\\HasChildren" if name in with_children else "\\HasNoChildren")
         if name in subscribed and ("SUBSCRIBED" in ret or "SUBSCRIBED" in sel_opts):
             attrs.append("\\Subscribed")
         if box is not None and box.special_use:
@@ -190,12 +196,10 @@ async def _lsub(s: ImapSession, cmd: c.List) -> None:
         eng.untagged(Atom("LSUB"), [Atom("\\Noselect")], "/", "")
         await s.finish("OK", "LSUB completed")
         return
-    boxes = await s.store.list_mailboxes(s.account.id)
-    existing, _, with_children = _tree(boxes)
     regex = names.compile_pattern(cmd.reference, cmd.patterns[0])
-    for name in sorted(existing, key=_order):
-        b = existing[name]
-        if b.subscribed and names.matches(regex, name):
+    # RFC 3501 6.3.9: every subscribed name, whether or not it exists
+    for name in sorted(await s.store.list_subscriptions(s.account.id), key=_order):
+        if names.matches(regex, name):
             eng.untagged(Atom("LSUB"), [], "/", Mailbox(name))
     await s.finish("OK", "LSUB completed")
 
@@ -213,6 +217,10 @@ async def _status_line(s: ImapSession, box: StoreMailbox, items: tuple[str, ...]
         "UNSEEN": st.unseen, "DELETED": st.deleted, "SIZE": st.size,
         "HIGHESTMODSEQ": st.highest_modseq, "RECENT": 0,
     }
+    if "RECENT" in items:
+        # RFC 3501 6.3.10: messages not yet claimed as \Recent by a session
+        first = await s.store.claim_recent(box.id, claim=False)
+        values["RECENT"] = len([m for m in await s.store.list_messages(box.id) if m.uid > first])
     data: list = []
     for item in items:
         data += [Atom(item), values[item]]

@@ -6,19 +6,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...message.derived import Derived, body_structure
+from ...message.derived import Derived
 from ...protocols.imap import commands as c
 from ...protocols.imap import fetch as f
 from ...protocols.imap.response import (
     Atom,
     Literal8,
-    flag_list,
+    Raw,
+    Writer,
     format_uid_list_ordered,
     format_uid_set,
 )
 from ...protocols.imap.selected import SequenceError
-from ...store.api import MessageInfo, NotFound, StorageFull
-from .core import flags_from_client
+from ...store.api import AppendItem, MessageInfo, NotFound, StorageFull
+from .core import flags_from_client, session_flags
 from .selection import message_infos
 
 if TYPE_CHECKING:
@@ -87,6 +88,12 @@ class _Message:
         return f.decode_cte(self.raw[body[0] : body[1]], self.raw[head[0] : head[1]])
 
 
+# What each fetch-att needs from the store's derived data (store/api.py DERIVED_FIELDS).
+_STRUCTURE_FIELDS = {"ENVELOPE": "envelope_imap", "BODYSTRUCTURE": "bodystructure_imap", "BODY": "body_imap"}
+_OFFSET_FIELDS = ("parts", "messages", "size")
+_NIL_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+
+
 async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     sel = s.sel
     assert sel is not None
@@ -129,16 +136,23 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
             if "FLAGS" not in {a.name for a in atts}:
                 atts.append(c.FetchAtt("FLAGS"))  # report the implicit flag change
     need_raw = bool({a.name for a in atts} & _BODY_ATTS)
-    # BODY[] / RFC822 / BINARY[] of the whole message need no part offsets
-    need_derived = any(
-        a.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822.HEADER", "RFC822.TEXT")
+    # only sections inside the message need the part offsets; BODY[] / RFC822 /
+    # BINARY[] of the whole message are the stored bytes as they are
+    need_offsets = any(
+        a.name in ("RFC822.HEADER", "RFC822.TEXT")
         or (a.section is not None and (a.section.part or a.section.text))
         for a in atts
     )
+    fields = {_STRUCTURE_FIELDS[a.name] for a in atts if a.name in _STRUCTURE_FIELDS}
+    if need_offsets:
+        fields.update(_OFFSET_FIELDS)
+    writer = s.engine.writer
+    batch_size = FETCH_BATCH if need_raw else 1000
     missing = False
-    for start in range(0, len(pairs), FETCH_BATCH):
-        batch = pairs[start : start + FETCH_BATCH]
-        derived = await s.store.get_derived(sel.mailbox.id, [u for _, u in batch]) if need_derived else {}
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start : start + batch_size]
+        derived = await s.store.get_derived(sel.mailbox.id, [u for _, u in batch], fields) if fields else {}
+        out: list[bytes] = []
         for seq, uid in batch:
             info = infos.get(uid)
             if info is None:
@@ -151,61 +165,75 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
                 except NotFound:
                     missing = True
                     continue
-            dj = derived.get(uid)
-            # only sections need the offsets (Derived); ENVELOPE etc. read the dict
-            d = Derived.from_json(dj) if dj is not None and raw is not None else None
+            d = derived.get(uid)
+            msg = None
+            if raw is not None:
+                offsets = None
+                if need_offsets and d is not None:
+                    offsets = Derived([], [], {k: tuple(v) for k, v in d["parts"].items()},  # type: ignore[misc]
+                                      {k: tuple(v) for k, v in d["messages"].items()},  # type: ignore[misc]
+                                      size=d["size"])
+                msg = _Message(raw, offsets)
             try:
-                items = _items(atts, info, _Message(raw, d) if raw is not None else None, dj)
+                items = _items(s, writer, atts, info, msg, d)
             except f.UnknownCTE:
+                s.engine.raw(b"".join(out))
                 s.engine.untagged(seq, Atom("FETCH"), [Atom("UID"), uid])
                 await s.finish("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE", allow_expunge=cmd.uid)
                 return
-            s.engine.untagged(seq, Atom("FETCH"), items)
+            out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items)))
+        s.engine.raw(b"".join(out))
         await s.maybe_flush()
-    if missing:
-        await s.finish("NO", "Some messages were expunged", "EXPUNGEISSUED", allow_expunge=cmd.uid)
+    if missing and not cmd.uid:
+        # RFC 2180 4.1.3 / RFC 9051 7.1: the others' data, then NO; the client
+        # learns of the expunge at its next command (NOOP)
+        await s.finish("NO", "Some messages were expunged", "EXPUNGEISSUED", allow_expunge=False)
         return
-    # RFC 9051 7.5.1 / 5.5: no EXPUNGE during FETCH; UID FETCH allows it
+    # RFC 9051 7.5.1 / 5.5: no EXPUNGE during FETCH; UID FETCH allows it, and a
+    # UID that no longer exists is simply not reported (RFC 9051 6.4.9)
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}FETCH completed", allow_expunge=cmd.uid)
 
 
-def _items(atts: list[c.FetchAtt], info: MessageInfo, msg: _Message | None, d: dict | None) -> list:
-    out: list = []
+def _items(s: ImapSession, writer: Writer, atts: list[c.FetchAtt], info: MessageInfo,
+           msg: _Message | None, d: dict | None) -> list[bytes]:
+    out: list[bytes] = []
     for a in atts:
         n = a.name
         if n == "UID":
-            out += [Atom("UID"), info.uid]
+            out.append(b"UID %d" % info.uid)
         elif n == "FLAGS":
-            out += [Atom("FLAGS"), flag_list(info.flags)]
-        elif n == "INTERNALDATE":
-            out += [Atom("INTERNALDATE"), f.format_internal_date(info.internal_date)]
-        elif n == "RFC822.SIZE":
-            out += [Atom("RFC822.SIZE"), info.size]
-        elif n == "MODSEQ":
-            out += [Atom("MODSEQ"), [info.modseq]]  # RFC 7162 3.1.4.1
+            out.append(b"FLAGS " + session_flags(s, info))
         elif n == "ENVELOPE":
-            out += [Atom("ENVELOPE"), d["envelope"] if d else [None] * 10]
+            out.append(b"ENVELOPE " + (d["envelope_imap"] if d else _NIL_ENVELOPE))
+        elif n == "RFC822.SIZE":
+            out.append(b"RFC822.SIZE %d" % info.size)
+        elif n == "INTERNALDATE":
+            out.append(b'INTERNALDATE "%s"' % f.format_internal_date(info.internal_date).encode("ascii"))
+        elif n == "MODSEQ":
+            out.append(b"MODSEQ (%d)" % info.modseq)  # RFC 7162 3.1.4.1
         elif n == "BODYSTRUCTURE":
-            out += [Atom("BODYSTRUCTURE"), d["bodystructure"] if d else None]
+            out.append(b"BODYSTRUCTURE " + (d["bodystructure_imap"] if d else b"NIL"))
         elif n == "BODY":
-            out += [Atom("BODY"), body_structure(d["bodystructure"]) if d else None]
+            out.append(b"BODY " + (d["body_imap"] if d else b"NIL"))
         elif n in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
             assert msg is not None
             sec = c.Section((), {"RFC822": None, "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[n])
-            out += [Atom(n), msg.section(sec) or b""]
+            out.append(n.encode("ascii") + b" " + writer.value(msg.section(sec) or b""))
         elif n == "BODY[]":
             assert msg is not None and a.section is not None
             data = msg.section(a.section)
             # RFC 9051 6.4.5: a part that does not exist reads as an empty string
-            out += [Atom(f.response_name(a)), f.apply_partial(data or b"", a.partial)]
+            data = f.apply_partial(data or b"", a.partial)
+            out.append(b"%s {%d}\r\n%s" % (f.response_name(a).encode("ascii"), len(data), data))
         elif n == "BINARY[]":
             assert msg is not None and a.section is not None
             data = msg.binary(a.section.part)
             data = f.apply_partial(data or b"", a.partial)
-            out += [Atom(f.response_name(a)), Literal8(data) if b"\0" in data else data]
+            out.append(f.response_name(a).encode("ascii") + b" "
+                       + writer.value(Literal8(data) if b"\0" in data else data))
         elif n == "BINARY.SIZE[]":
             assert msg is not None and a.section is not None
-            out += [Atom(f.response_name(a)), len(msg.binary(a.section.part) or b"")]
+            out.append(b"%s %d" % (f.response_name(a).encode("ascii"), len(msg.binary(a.section.part) or b"")))
     return out
 
 
@@ -246,7 +274,7 @@ async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
         if cmd.uid:
             items += [Atom("UID"), uid]
         if not cmd.silent:
-            items += [Atom("FLAGS"), flag_list(m.flags)]
+            items += [Atom("FLAGS"), Raw(session_flags(s, m))]
         if sel.condstore and uid in by_uid:
             items += [Atom("MODSEQ"), [m.modseq]]  # RFC 7162 3.1.3: even with .SILENT
         if items and (not cmd.silent or uid in by_uid and sel.condstore):
@@ -319,19 +347,12 @@ async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
             await s.finish("NO", "NUL octets need a literal8", "UNKNOWN-CTE")
             return
         prepared.append((m.data, flags, m.internal_date))
-    uids: list[int] = []
     try:
-        for data, flags, date in prepared:
-            uids.append(await s.store.append(box.id, data, flags, date))
+        # RFC 3502 3: MULTIAPPEND is all or nothing -- one atomic store write
+        uids = await s.store.append_many(
+            box.id, [AppendItem(data, frozenset(flags), date) for data, flags, date in prepared])
     except StorageFull:
-        # RFC 3502 3: MULTIAPPEND is all or nothing
-        if uids:
-            await s.store.expunge(box.id, uids)
         await s.finish("NO", "Over quota", "OVERQUOTA")
         return
-    except Exception:
-        if uids:
-            await s.store.expunge(box.id, uids)
-        raise
     # RFC 4315 3: APPENDUID uidvalidity uid-set
     await s.finish("OK", "APPEND completed", f"APPENDUID {box.uid_validity} {format_uid_list_ordered(uids)}")

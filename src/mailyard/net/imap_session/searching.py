@@ -2,7 +2,8 @@
 RFC 9051 7.3.4), SEARCHRES SAVE (RFC 5182), MODSEQ (RFC 7162 3.1.5).
 
 BODY and TEXT keys are answered by the store's full-text index
-(store.search_text); header keys use the fields derived at delivery.
+(store.search_text), FROM/TO/CC/BCC/SUBJECT/HEADER by its index of header
+fields (store.search_headers); only SENT* read header fields per message.
 """
 
 from __future__ import annotations
@@ -40,13 +41,22 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
         ctx.text_hits[(name, text)] = await s.store.search_text(
             sel.mailbox.id, text, "body" if name == "BODY" else "text"
         )
+    for name, text in sr.header_queries(key):
+        ctx.header_hits[(name, text)] = await s.store.search_headers(sel.mailbox.id, name, text)
     want_headers = sr.needs_headers(key)
     hits: list[tuple[int, int]] = []
     modseq = 0
     uids = list(sel.view.uids)
+    # keys the indexes answer whole (the usual SUBJECT x / BODY x) need no
+    # per-message evaluation; messages expunged elsewhere are left out
+    found = sr.match_set(key, ctx, {u for u in uids if u in infos})
+    if found is not None:
+        hits = [(i, u) for i, u in enumerate(uids, 1) if u in found]
+        modseq = max((infos[u].modseq for _, u in hits), default=0)
+        uids = []
     for start in range(0, len(uids), HEADER_BATCH):
         chunk = uids[start : start + HEADER_BATCH]
-        derived = await s.store.get_derived(sel.mailbox.id, chunk) if want_headers else {}
+        derived = await s.store.get_derived(sel.mailbox.id, chunk, ("headers",)) if want_headers else {}
         for i, uid in enumerate(chunk, start + 1):
             info = infos.get(uid)
             if info is None:
@@ -59,6 +69,10 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
     nums = [u for _, u in hits] if cmd.uid else [q for q, _ in hits]
     mod = sr.uses_modseq(key)
     opts = cmd.return_opts
+    if opts is None and s.engine.rev2:
+        opts = ("ALL",)  # RFC 9051 6.4.4: a rev2 server answers SEARCH with ESEARCH
+    elif opts is not None and not opts:
+        opts = ("ALL",)  # RFC 4731 3.1 / RFC 9051 6.4.4: RETURN () means RETURN (ALL)
     if opts is None:
         parts: list = [Atom("SEARCH"), *nums]
         if mod and nums:

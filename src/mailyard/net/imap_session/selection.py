@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import TYPE_CHECKING
 
 from ...protocols.imap import commands as c
@@ -65,7 +66,11 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
     flags = [*PERMANENT_FLAGS, *keywords]
     eng.untagged(len(view), Atom("EXISTS"))
     if not eng.rev2:
-        eng.untagged(0, Atom("RECENT"))  # RFC 3501 6.3.1 requires it; nothing is \Recent
+        # RFC 3501 6.3.1 / 2.3.2: messages no session has seen yet are \Recent
+        # here (SELECT takes the flag for this session; EXAMINE leaves it)
+        first = await s.store.claim_recent(box.id, claim=not cmd.readonly)
+        s.sel.recent = set(view.uids[bisect_right(view.uids, first):])
+        eng.untagged(len(s.sel.recent), Atom("RECENT"))
     eng.untagged(Atom("FLAGS"), flag_list(flags))
     if cmd.readonly:
         eng.untagged_status("OK", "No permanent flags permitted", "PERMANENTFLAGS ()")

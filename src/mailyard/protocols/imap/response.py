@@ -44,6 +44,26 @@ class Literal8(bytes):
     __slots__ = ()
 
 
+class Raw(bytes):
+    """Bytes already in IMAP syntax, written verbatim: an ENVELOPE or
+    BODYSTRUCTURE serialised once at delivery (``envelope_bytes``, ``body_bytes``)."""
+
+    __slots__ = ()
+
+
+class Envelope(list):
+    """An ENVELOPE as ``message.derived`` represents it, written by its own
+    grammar (``Writer.envelope``)."""
+
+    __slots__ = ()
+
+
+class Body(list):
+    """A BODY / BODYSTRUCTURE as ``message.derived`` represents it (``Writer.body``)."""
+
+    __slots__ = ()
+
+
 NIL = None
 
 # RFC 9051 9: quoted = DQUOTE *QUOTED-CHAR DQUOTE; QUOTED-CHAR excludes CR, LF, NUL;
@@ -82,6 +102,12 @@ class Writer:
             out += str(v).encode("ascii")
         elif t is Atom:
             out += v.encode("utf-8")  # type: ignore[attr-defined]
+        elif t is Raw:
+            out += v  # type: ignore[operator]
+        elif t is Envelope:
+            self.envelope(out, v)  # type: ignore[arg-type]
+        elif t is Body:
+            self.body(out, v)  # type: ignore[arg-type]
         elif isinstance(v, bool):
             raise TypeError("bool is not an IMAP value")
         elif isinstance(v, int):
@@ -102,6 +128,56 @@ class Writer:
             self._write(out, list(v))
         else:
             raise TypeError(f"cannot serialise {type(v).__name__}")
+
+    # RFC 9051 9: the list grammar has no SP between the addresses of an
+    # address list ("(" 1*address ")") nor between the parts of a multipart
+    # ("1*body SP media-subtype"); everywhere else list items are SP-separated.
+    def envelope(self, out: bytearray, env: list) -> None:
+        """envelope = "(" env-date SP env-subject SP env-from SP env-sender SP
+        env-reply-to SP env-to SP env-cc SP env-bcc SP env-in-reply-to SP
+        env-message-id ")" (RFC 9051 9); address lists are ``1*address``."""
+        out += b"("
+        for i, item in enumerate(env):
+            if i:
+                out += b" "
+            if 2 <= i <= 7:
+                if not item:
+                    out += b"NIL"  # "(" 1*address ")" / nil: never an empty list
+                    continue
+                out += b"("
+                for addr in item:  # address = "(" addr-name SP addr-adl SP addr-mailbox SP addr-host ")"
+                    self._write(out, addr if type(addr) is list else list(addr))
+                out += b")"
+            else:
+                self._write(out, item)
+        out += b")"
+
+    def body(self, out: bytearray, bs: list) -> None:
+        """body = "(" (body-type-1part / body-type-mpart) ")" (RFC 9051 9)."""
+        out += b"("
+        if bs and isinstance(bs[0], list):
+            # body-type-mpart = 1*body SP media-subtype [SP body-ext-mpart]
+            n = 0
+            while n < len(bs) and isinstance(bs[n], list):
+                self.body(out, bs[n])
+                n += 1
+            for item in bs[n:]:
+                out += b" "
+                self._write(out, item)
+        else:
+            message = (len(bs) >= 10 and isinstance(bs[0], str) and bs[0].upper() == "MESSAGE"
+                       and isinstance(bs[7], list) and isinstance(bs[8], list))
+            for i, item in enumerate(bs):
+                if i:
+                    out += b" "
+                if message and i == 7:
+                    # body-type-msg = media-message SP body-fields SP envelope SP body SP body-fld-lines
+                    self.envelope(out, item)
+                elif message and i == 8:
+                    self.body(out, item)
+                else:
+                    self._write(out, item)
+        out += b")"
 
     def _string(self, out: bytearray, s: str) -> None:
         if s.isascii() and len(s) <= _QUOTE_MAX and s.isprintable():
@@ -132,6 +208,25 @@ class Writer:
         return bytes(out)
 
 
+_WIRE = Writer(utf8=False)
+
+
+def envelope_bytes(env: list) -> bytes:
+    """An ENVELOPE in IMAP syntax. Written in the 7-bit mode (8-bit text as a
+    literal), which is valid for every client, so it can be computed once at
+    delivery and sent to any connection."""
+    out = bytearray()
+    _WIRE.envelope(out, env)
+    return bytes(out)
+
+
+def body_bytes(bs: list) -> bytes:
+    """A BODY or BODYSTRUCTURE in IMAP syntax (see ``envelope_bytes``)."""
+    out = bytearray()
+    _WIRE.body(out, bs)
+    return bytes(out)
+
+
 def untagged(writer: Writer, *parts: object) -> bytes:
     """``* part part ...`` (RFC 9051 7)."""
     return writer.line(Atom("*"), *parts)
@@ -157,7 +252,7 @@ def continuation(text: str | bytes = b"") -> bytes:
     return b"+ " + text + b"\r\n"
 
 
-_SYSTEM_ORDER = {f: i for i, f in enumerate(("\\answered", "\\flagged", "\\deleted", "\\seen", "\\draft"))}
+_SYSTEM_ORDER = {f: i for i, f in enumerate(("\\answered", "\\flagged", "\\deleted", "\\seen", "\\draft", "\\recent"))}
 
 
 def flag_list(flags: Iterable[str]) -> list[Atom]:

@@ -34,6 +34,9 @@ class SearchContext:
     now: float = 0.0
     saved: frozenset[int] = frozenset()  # RFC 5182 "$": UIDs of the saved result
     text_hits: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+    # (lower-case field name, string) -> UIDs, from the store's header index
+    # (store.search_headers); a pair not here is evaluated on m.headers
+    header_hits: dict[tuple[str, str], set[int]] = field(default_factory=dict)
 
 
 def walk(key: SearchKey) -> Iterator[SearchKey]:
@@ -43,11 +46,27 @@ def walk(key: SearchKey) -> Iterator[SearchKey]:
             yield from walk(arg)
 
 
-_HEADER_KEYS = {"FROM", "TO", "CC", "BCC", "SUBJECT", "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE"}
+_FIELD_KEYS = {"FROM", "TO", "CC", "BCC", "SUBJECT"}
+_SENT_KEYS = {"SENTBEFORE", "SENTON", "SENTSINCE"}
 
 
-def needs_headers(key: SearchKey) -> bool:
-    return any(k.name in _HEADER_KEYS for k in walk(key))
+def needs_headers(key: SearchKey, indexed: bool = True) -> bool:
+    """Whether messages need their header fields (``SearchMessage.headers``):
+    with the header index (``header_queries``) only the SENT* keys do."""
+    names = _SENT_KEYS if indexed else _SENT_KEYS | _FIELD_KEYS | {"HEADER"}
+    return any(k.name in names for k in walk(key))
+
+
+def header_queries(key: SearchKey) -> set[tuple[str, str]]:
+    """(lower-case field name, string) pairs of FROM/TO/CC/BCC/SUBJECT/HEADER
+    keys, to answer from the store's header index first."""
+    out: set[tuple[str, str]] = set()
+    for k in walk(key):
+        if k.name in _FIELD_KEYS:
+            out.add((k.name.lower(), k.args[0]))
+        elif k.name == "HEADER":
+            out.add((k.args[0].lower(), k.args[1]))
+    return out
 
 
 def text_queries(key: SearchKey) -> set[tuple[str, str]]:
@@ -87,6 +106,34 @@ def _in_set(s: SequenceSet, n: int, largest: int, saved: frozenset[int] | None =
     return s.contains(n, largest)
 
 
+def match_set(key: SearchKey, ctx: SearchContext, universe: set[int]) -> set[int] | None:
+    """The UIDs (of ``universe``) matching ``key`` when the answer comes from
+    the indexes alone (BODY/TEXT/header keys, combined with AND/OR/NOT/ALL),
+    without looking at each message; None when some key needs ``matches``."""
+    n = key.name
+    if n == "ALL":
+        return universe
+    if n in ("BODY", "TEXT"):
+        hits = ctx.text_hits.get((n, key.args[0]))
+        return None if hits is None else universe & hits
+    if n in _FIELD_KEYS or n == "HEADER":
+        pair = (n.lower(), key.args[0]) if n != "HEADER" else (key.args[0].lower(), key.args[1])
+        hits = ctx.header_hits.get(pair)
+        return None if hits is None else universe & hits
+    if n in ("AND", "OR"):
+        parts = [match_set(x, ctx, universe) for x in key.args]
+        if any(p is None for p in parts):
+            return None
+        out = set(parts[0]) if parts else set(universe)  # type: ignore[arg-type]
+        for p in parts[1:]:
+            out = out & p if n == "AND" else out | p  # type: ignore[operator]
+        return out
+    if n == "NOT":
+        inner = match_set(key.args[0], ctx, universe)
+        return None if inner is None else universe - inner
+    return None
+
+
 def matches(key: SearchKey, m: SearchMessage, ctx: SearchContext) -> bool:
     """Does message ``m`` satisfy ``key``?"""
     return _EVAL[key.name](key, m, ctx)
@@ -94,12 +141,18 @@ def matches(key: SearchKey, m: SearchMessage, ctx: SearchContext) -> bool:
 
 def _hdr(name: str) -> Callable[[SearchKey, SearchMessage, SearchContext], bool]:
     def ev(k: SearchKey, m: SearchMessage, c: SearchContext) -> bool:
+        hits = c.header_hits.get((name, k.args[0]))
+        if hits is not None:
+            return m.uid in hits
         return _contains((m.headers or {}).get(name), k.args[0])
 
     return ev
 
 
 def _header(k: SearchKey, m: SearchMessage, c: SearchContext) -> bool:
+    hits = c.header_hits.get((k.args[0].lower(), k.args[1]))
+    if hits is not None:
+        return m.uid in hits
     values = (m.headers or {}).get(k.args[0].lower())
     if k.args[1] == "":
         return values is not None  # RFC 9051 6.4.4: empty string matches presence
