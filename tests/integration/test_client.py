@@ -302,9 +302,9 @@ def test_folders_move_delete_flag(trio, tmp_path: Path) -> None:
     assert any(line.startswith("Projekte/Freude") and line.split()[1:4] == ["1", "1", "yes"] for line in lines), lines
     res = mail("flag", str(uids[1]), "+\\Flagged", "seen", account="bob")
     assert "\\Flagged" in res.out and "\\Seen" in res.out
-    res = mail("flag", str(uids[1]), "--remove", "\\Seen", account="bob")
+    res = mail("flag", str(uids[1]), "-\\Seen", account="bob")
     assert "\\Seen" not in res.out and "\\Flagged" in res.out
-    res = mail("flag", str(uids[1]), "--", "-\\Flagged", account="bob")
+    res = mail("flag", "--folder", "INBOX", str(uids[1]), "-flagged", account="bob")
     assert "\\Flagged" not in res.out
     mail("delete", str(uids[1]), account="bob")
     assert len(_uids(mail, "bob")) == 1

@@ -263,7 +263,7 @@ def test_flags_folders_move_delete(backend: Backend) -> None:
     res = b.mail("flag", str(uids[0]), "+\\Flagged", "+seen")
     assert "\\Flagged" in res.out and "\\Seen" in res.out
     assert b.mail("search", "--flagged").out.count("note 2") == 1
-    res = b.mail("flag", str(uids[0]), "--remove", "flagged")
+    res = b.mail("flag", str(uids[0]), "-f", "INBOX", "-flagged")
     assert "\\Flagged" not in res.out
     b.mail("folders", "create", "Archiv/2024")
     b.mail("folders", "rename", "Archiv/2024", "Archiv/Jahr 2024")

@@ -390,7 +390,16 @@ def _flag_letters(flags: tuple) -> str:
     return out
 
 
-def _table(c: Any, uids: list[int], args: argparse.Namespace, what: str) -> None:
+def _is_sent(c: Any, folder: str, acct: Account) -> bool:
+    if acct.sent_folder:
+        return folder == acct.sent_folder
+    for flags, _d, name in c.list_folders():
+        if name == folder:
+            return b"\\Sent" in flags or (folder.lower() == "sent")
+    return False
+
+
+def _table(c: Any, uids: list[int], args: argparse.Namespace, what: str, sent: bool = False) -> None:
     import shutil
 
     from ..message.dates import parse_date
@@ -405,16 +414,17 @@ def _table(c: Any, uids: list[int], args: argparse.Namespace, what: str) -> None
     page = min(max(1, args.page), pages)
     shown = uids[(page - 1) * per_page: page * per_page]
     if not shown:
-        print(f"no messages {what}")
+        print(f"{what}: no messages")
         return
-    section = b"BODY.PEEK[HEADER.FIELDS (DATE FROM SUBJECT)]"
+    section = b"BODY.PEEK[HEADER.FIELDS (DATE FROM TO SUBJECT)]"
     data = c.fetch(shown, [b"FLAGS", b"RFC822.SIZE", b"INTERNALDATE", section])
     width = shutil.get_terminal_size((100, 24)).columns
     uid_w = max(3, len(str(shown[0])))
     rest = max(30, width - uid_w - 2 - 4 - 2 - 16 - 2 - 8 - 2)
     from_w = min(28, rest // 3)
     subj_w = rest - from_w - 2
-    print(f"{'UID':>{uid_w}}  {'FLG':<4}  {'DATE':<16}  {'FROM':<{from_w}}  {'SUBJECT':<{subj_w}}  {'SIZE':>8}", file=out)
+    who = "TO" if sent else "FROM"  # in Sent, the recipients are what tells messages apart
+    print(f"{'UID':>{uid_w}}  {'FLG':<4}  {'DATE':<16}  {who:<{from_w}}  {'SUBJECT':<{subj_w}}  {'SIZE':>8}", file=out)
     for uid in shown:
         item = data.get(uid, {})
         hdr_raw = next((v for k, v in item.items() if k.upper().startswith(b"BODY[HEADER")), b"") or b""
@@ -429,9 +439,9 @@ def _table(c: Any, uids: list[int], args: argparse.Namespace, what: str) -> None
         sender = header(hdr, "From")
         from .render import addresses
 
-        boxes = addresses(hdr, "From")
+        boxes = addresses(hdr, "To" if sent else "From")
         if boxes:
-            sender = boxes[0].display_name or boxes[0].addr_spec
+            sender = ", ".join(b.display_name or b.addr_spec for b in boxes)
         subject = header(hdr, "Subject") or "(no subject)"
 
         def cut(s: str, n: int) -> str:
@@ -453,7 +463,7 @@ def cmd_ls(args: argparse.Namespace) -> None:
     with transport.imap(acct) as c:
         _open_folder(c, folder, readonly=True)
         uids = c.search(["UNSEEN"] if args.unseen else ["ALL"])
-        _table(c, list(uids), args, f"{folder}{' (unseen)' if args.unseen else ''}")
+        _table(c, list(uids), args, f"{folder}{' (unseen)' if args.unseen else ''}", _is_sent(c, folder, acct))
 
 
 def cmd_search(args: argparse.Namespace) -> None:
@@ -487,7 +497,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     with transport.imap(acct) as c:
         _open_folder(c, args.folder, readonly=True)
         uids = c.search(criteria, charset=charset)
-        _table(c, list(uids), args, f"search in {args.folder}")
+        _table(c, list(uids), args, f"search in {args.folder}", _is_sent(c, args.folder, acct))
 
 
 def cmd_read(args: argparse.Namespace) -> None:
@@ -577,6 +587,7 @@ def cmd_reply(args: argparse.Namespace) -> None:
         quote,
         reply_recipients,
         reply_threading,
+        strip_signature,
     )
 
     _s, acct = _account(args)
@@ -587,7 +598,7 @@ def cmd_reply(args: argparse.Namespace) -> None:
     if not to and not cc:
         raise ClientError("the original has no address to reply to")
     text, _kind = body_text(orig)
-    quoted = f"{attribution(orig)}\n{quote(text)}" if not args.no_quote else ""
+    quoted = f"{attribution(orig)}\n{quote(strip_signature(text))}" if not args.no_quote else ""
     body = _body(args, template="\n\n" + quoted)
     if getattr(args, "body", None) is not None or getattr(args, "body_file", None) or not sys.stdin.isatty():
         body = body.rstrip("\n") + "\n\n" + quoted if quoted else body
@@ -757,7 +768,7 @@ def cmd_flag(args: argparse.Namespace) -> None:
     _s, acct = _account(args)
     uids = parse_ids(args.id)
     add: list[bytes] = []
-    remove: list[bytes] = [_flag_name(f) for f in args.remove or []]
+    remove: list[bytes] = []
     for op in args.flags:
         if op.startswith("+"):
             add.append(_flag_name(op[1:]))
@@ -766,7 +777,7 @@ def cmd_flag(args: argparse.Namespace) -> None:
         else:
             add.append(_flag_name(op))
     if not add and not remove:
-        raise ClientError("which flags? e.g. mailyard mail flag 12 +\\\\Flagged  (or --remove \\\\Seen)")
+        raise ClientError("which flags? e.g. mailyard mail flag 12 +flagged -seen")
     with transport.imap(acct) as c:
         _open_folder(c, args.folder, readonly=False)
         _existing(c, uids)
@@ -840,6 +851,15 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 # --- parser ---------------------------------------------------------------------------------
 
 
+class _MailParser(argparse.ArgumentParser):
+    """Reads ``-\\Seen`` / ``-flagged`` (a flag to remove) as an argument, not an option."""
+
+    def _parse_optional(self, arg_string: str):  # type: ignore[no-untyped-def]
+        if arg_string[:2] in ("-\\", "-$") or arg_string[1:].lower() in _FLAG_NAMES:
+            return None  # argparse: a positional argument
+        return super()._parse_optional(arg_string)
+
+
 def add_mail_parser(sub: Any) -> None:
     """Add ``mail`` and its sub-commands to the ``mailyard`` parser's sub-parsers."""
     common = argparse.ArgumentParser(add_help=False)
@@ -852,7 +872,7 @@ def add_mail_parser(sub: Any) -> None:
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    msub = p.add_subparsers(dest="mail_command", metavar="COMMAND", required=True)
+    msub = p.add_subparsers(dest="mail_command", metavar="COMMAND", required=True, parser_class=_MailParser)
 
     def cmd(name: str, help_text: str, func: Any, **kw: Any) -> argparse.ArgumentParser:
         q = msub.add_parser(name, parents=[common], help=help_text, description=help_text, **kw)
@@ -994,11 +1014,10 @@ def add_mail_parser(sub: Any) -> None:
 
     q = cmd("flag", "add (+) or remove (-) flags, e.g. flag 12 +\\\\Flagged", cmd_flag,
             epilog="Flags: \\Seen \\Flagged \\Answered \\Deleted \\Draft or a keyword; the short names "
-                   "seen, flagged, ... also work. To remove, write '--remove \\Seen' or put '--' "
-                   "before '-\\Seen' (argparse reads a leading '-' as an option).")
+                   "seen, flagged, answered, deleted, draft, forwarded also work "
+                   "(e.g. flag 12 +flagged -seen).")
     q.add_argument("id", help="UID(s): 12, 12,14 or 12-15")
-    q.add_argument("flags", nargs="*", metavar="[+|-]FLAG", help="+FLAG adds, -FLAG removes, FLAG adds")
-    q.add_argument("--remove", "-r", action="append", metavar="FLAG", help="remove FLAG")
+    q.add_argument("flags", nargs="+", metavar="[+|-]FLAG", help="+FLAG adds, -FLAG removes, FLAG adds")
     folder_opt(q)
 
     q = cmd("fetch", "download new messages over POP3 into a local Maildir", cmd_fetch)

@@ -261,6 +261,15 @@ def prefixed_subject(subject: str, prefix: str) -> str:
     return f"{prefix} {subject}".strip()
 
 
+def strip_signature(text: str) -> str:
+    """The text above the signature separator "-- " (RFC 3676 4.3), if any."""
+    lines = text.split("\n")
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].rstrip("\r") == "-- ":
+            return "\n".join(lines[:i]).rstrip("\n") + "\n"
+    return text
+
+
 def quote(text: str) -> str:
     lines = text.rstrip("\n").split("\n")
     return "\n".join(">" + ("" if line.startswith(">") or not line else " ") + line for line in lines) + "\n"
