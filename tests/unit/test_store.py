@@ -265,3 +265,187 @@ async def test_compaction_reclaims_expunged_space_and_keeps_live_bytes(tmp_path:
         assert await s2.read_message(inbox.id, 4) == bodies[4]
     finally:
         await s2.close()
+
+
+# --- derived data, header index, MULTIAPPEND, subscriptions, \Recent -----------
+
+MIME = (
+    b"From: Carol Q <carol@remote.test>\r\nTo: Alice <alice@example.test>, bob@example.test\r\n"
+    b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= from Carol\r\nX-Tag: Alpha\r\nX-Tag: beta\r\n"
+    b"Date: Mon, 7 Feb 1994 21:52:25 -0800\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+    b"--b\r\nContent-Type: text/plain\r\n\r\nhello quokka\r\n"
+    b"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--b--\r\n"
+)
+
+
+async def _inbox(store: Store) -> int:
+    a = await store.add_account("a@example.test", "h")
+    box = await store.get_mailbox(a.id, "INBOX")
+    assert box
+    return box.id
+
+
+async def test_get_derived_fields_without_body_text(store: Store) -> None:
+    from mailyard.message.derived import body_structure, derive
+    from mailyard.protocols.imap.response import body_bytes, envelope_bytes
+
+    inbox = await _inbox(store)
+    uid = await store.append(inbox, MIME)
+    # asked for before the background indexer got to it: derived on demand
+    got = await store.get_derived(inbox, [uid], ["envelope_imap", "bodystructure_imap", "body_imap"])
+    d = derive(MIME)
+    assert got == {uid: {"envelope_imap": envelope_bytes(d.envelope),
+                         "bodystructure_imap": body_bytes(d.bodystructure),
+                         "body_imap": body_bytes(body_structure(d.bodystructure))}}
+    full = (await store.get_derived(inbox, [uid]))[uid]
+    assert set(full) == {"envelope", "bodystructure", "parts", "messages", "date", "size", "headers"}
+    assert "body_text" not in full and full["size"] == len(MIME)
+    assert full["envelope"] == d.envelope and full["parts"] == {k: list(v) for k, v in d.parts.items()}
+    assert full["headers"]["x-tag"] == ["Alpha", "beta"]
+    assert full["headers"]["subject"] == ["Grüße from Carol"]
+    assert (await store.get_derived(inbox, [uid], ["date"]))[uid] == {"date": d.date}
+    assert await store.get_derived(inbox, [99], ["size"]) == {}
+    with pytest.raises(ValueError):
+        await store.get_derived(inbox, [uid], ["body_text"])
+
+
+async def test_search_headers_and_text_from_the_indexes(store: Store) -> None:
+    inbox = await _inbox(store)
+    u1 = await store.append(inbox, MIME)
+    u2 = await store.append(inbox, b"From: dave@remote.test\r\nSubject: plain\r\n\r\nnothing here\r\n")
+    assert await store.search_headers(inbox, "SUBJECT", "GRÜSSE") == {u1}  # decoded, case-folded
+    assert await store.search_headers(inbox, "subject", "plain") == {u2}
+    assert await store.search_headers(inbox, "from", "remote.test") == {u1, u2}
+    assert await store.search_headers(inbox, "to", "BOB@") == {u1}
+    assert await store.search_headers(inbox, "x-tag", "") == {u1}  # presence
+    assert await store.search_headers(inbox, "X-Tag", "bet") == {u1}  # any occurrence
+    assert await store.search_headers(inbox, "cc", "") == set()
+    assert await store.search_text(inbox, "QUOKKA", "body") == {u1}
+    await store.expunge(inbox, [u1])
+    assert await store.search_headers(inbox, "from", "remote") == {u2}
+
+
+async def test_get_messages_in_uid_order(store: Store) -> None:
+    inbox = await _inbox(store)
+    uids = [await store.append(inbox, b"m%d\r\n" % i, ["\\Seen"] if i % 2 else []) for i in range(200)]
+    got = await store.get_messages(inbox, [uids[5], uids[3], 9999, *uids[100:190]])
+    assert [m.uid for m in got] == [uids[3], uids[5], *uids[100:190]]
+    assert got[0].flags == frozenset({"\\Seen"}) and got[1].flags == frozenset({"\\Seen"})
+    assert got[2].flags == frozenset()
+
+
+async def test_append_many_is_atomic(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailyard.store.api import AppendItem
+
+    inbox = await _inbox(store)
+    uids = await store.append_many(inbox, [AppendItem(b"one\r\n", frozenset({"\\Seen"}), 1_000_000.0),
+                                           AppendItem(b"two\r\n")])
+    assert uids == [1, 2]
+    infos = await store.list_messages(inbox)
+    assert infos[0].flags == {"\\Seen"} and infos[0].internal_date == 1_000_000.0
+    assert await store.read_message(inbox, 2) == b"two\r\n"
+    # a failure on the second message leaves neither
+    real = SQLiteStore._store_body
+    calls = []
+
+    def failing(self, c, body, refs):  # noqa: ANN001, ANN202
+        calls.append(body)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, c, body, refs)
+
+    monkeypatch.setattr(SQLiteStore, "_store_body", failing)
+    with pytest.raises(StoreError):
+        await store.append_many(inbox, [AppendItem(b"three\r\n"), AppendItem(b"four\r\n")])
+    monkeypatch.setattr(SQLiteStore, "_store_body", real)
+    assert [m.uid for m in await store.list_messages(inbox)] == [1, 2]
+
+
+async def test_subscriptions_are_names(store: Store) -> None:
+    a = await store.add_account("a@example.test", "h")
+    assert "INBOX" in await store.list_subscriptions(a.id)  # new mailboxes start subscribed
+    await store.set_subscribed(a.id, "Not/There", True)  # RFC 9051 6.3.7: need not exist
+    assert "Not/There" in await store.list_subscriptions(a.id)
+    await store.create_mailbox(a.id, "Work")
+    await store.set_subscribed(a.id, "Work", False)
+    assert not (await store.get_mailbox(a.id, "Work")).subscribed
+    await store.set_subscribed(a.id, "Work", True)
+    assert (await store.get_mailbox(a.id, "Work")).subscribed
+    await store.rename_mailbox(a.id, "Work", "Job")
+    subs = await store.list_subscriptions(a.id)
+    assert "Job" in subs and "Work" not in subs
+    await store.delete_mailbox(a.id, "Job")
+    assert "Job" not in await store.list_subscriptions(a.id)
+    await store.set_subscribed(a.id, "Not/There", False)
+    assert "Not/There" not in await store.list_subscriptions(a.id)
+    with pytest.raises(InvalidName):
+        await store.set_subscribed(a.id, "bad\x00name", True)
+
+
+async def test_claim_recent_once(store: Store) -> None:
+    inbox = await _inbox(store)
+    await store.append(inbox, b"1\r\n")
+    await store.append(inbox, b"2\r\n")
+    assert await store.claim_recent(inbox, claim=False) == 0  # EXAMINE: nothing taken
+    assert await store.claim_recent(inbox) == 0  # SELECT: 1 and 2 are \Recent here
+    assert await store.claim_recent(inbox) == 2  # the next session: none
+    await store.append(inbox, b"3\r\n")
+    firsts = await asyncio.gather(*(store.claim_recent(inbox) for _ in range(5)))
+    assert sorted(firsts) == [2, 3, 3, 3, 3]  # exactly one session gets UID 3
+
+
+async def test_background_indexer_yields_and_fills_tables(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "i", StoreConfig(fsync=False))
+    try:
+        await s.add_domain("example.test")
+        inbox = await _inbox(s)
+        for i in range(30):
+            await s.append(inbox, MIME.replace(b"quokka", b"quokka%d" % i))
+        deadline = asyncio.get_running_loop().time() + 20
+        while s._read.execute("SELECT count(*) FROM bodies WHERE derived IS NULL").fetchone()[0]:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        assert s._read.execute("SELECT count(*) FROM body_derived").fetchone()[0] == 30
+        assert await s.search_text(inbox, "quokka17", "body") == {18}
+        assert await s.search_headers(inbox, "subject", "grüße") == set(range(1, 31))
+    finally:
+        await s.close()
+
+
+async def test_version1_data_directory_is_migrated(tmp_path: Path) -> None:
+    """A data directory written by schema version 1 opens: subscriptions move
+    to names, derived data is rebuilt, \\Recent starts after what exists."""
+    import sqlite3
+
+    s = SQLiteStore(tmp_path / "v1", StoreConfig(fsync=False))
+    await s.add_domain("example.test")
+    a = await s.add_account("a@example.test", "h")
+    inbox = await s.get_mailbox(a.id, "INBOX")
+    assert inbox
+    await s.append(inbox.id, MIME)
+    await s.create_mailbox(a.id, "Old")
+    await s.close()
+    # turn it into what version 1 left: derived JSON in bodies, subscribed column
+    c = sqlite3.connect(tmp_path / "v1" / "index.sqlite3")
+    c.executescript(
+        "DROP TABLE body_derived; DROP TABLE header_fields; DROP TABLE subscriptions;"
+        "ALTER TABLE mailboxes DROP COLUMN recent_uid;"
+        "UPDATE mailboxes SET subscribed = (name != 'Old');"
+        "UPDATE bodies SET derived = '{\"v\": 1}';"
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
+    )
+    c.commit()
+    c.close()
+    s2 = SQLiteStore(tmp_path / "v1", StoreConfig(fsync=False))
+    try:
+        subs = await s2.list_subscriptions(a.id)
+        assert "INBOX" in subs and "Old" not in subs
+        assert await s2.claim_recent(inbox.id) == 1
+        got = await s2.get_derived(inbox.id, [1], ["envelope_imap"])
+        assert got[1]["envelope_imap"].startswith(b'("Mon, 7 Feb 1994 21:52:25 -0800"')
+        assert await s2.search_headers(inbox.id, "subject", "carol") == {1}
+        version = s2._read.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        assert version == "2"
+    finally:
+        await s2.close()
