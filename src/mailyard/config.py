@@ -142,9 +142,11 @@ class DeliveryConfig:
     starttls: str = "opportunistic"
     # Concurrency: connections in total and per destination domain.
     max_connections: int = 20
-    max_connections_per_domain: int = 4
+    max_connections_per_domain: int = 10
     # Messages carried over one connection before it is closed and re-opened.
     max_messages_per_connection: int = 100
+    # Seconds an idle connection stays open for more mail to the same destination.
+    connection_cache_time: float = 2.0
     # Back-off: first retry after retry_initial seconds, each next one
     # retry_factor times later, at most retry_max_interval apart; a message
     # still undelivered after max_lifetime seconds bounces (default 5 days).

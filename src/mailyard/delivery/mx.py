@@ -81,6 +81,7 @@ def make_resolver(nameservers: str = "", timeout: float = 10.0) -> dns.asyncreso
         resolver.port = servers[0][1]  # dnspython: one port for all of them
     else:
         resolver = dns.asyncresolver.Resolver()
+    resolver.cache = dns.resolver.Cache()  # answers kept for their TTL
     resolver.lifetime = timeout
     resolver.timeout = min(timeout, 5.0)
     return resolver

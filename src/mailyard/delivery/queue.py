@@ -212,6 +212,8 @@ class OutboundQueue:
         self._inflight: set[tuple[int, str]] = set()
         self._pending: dict[str, deque[Job]] = defaultdict(deque)
         self._active: dict[str, int] = defaultdict(int)
+        self._job_added: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._recording: set[asyncio.Task] = set()  # outcome commits in flight
         self._stopping = False
         self.stats: dict[str, int] = defaultdict(int)  # connections, transactions, delivered, deferred, failed
 
@@ -285,6 +287,9 @@ class OutboundQueue:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self._recording:
+            # Outcomes already known are recorded before the store closes.
+            await asyncio.wait(list(self._recording), timeout=10)
         self._task = None
 
     async def _run(self) -> None:
@@ -318,7 +323,9 @@ class OutboundQueue:
                 if job.key in self._inflight:
                     continue
                 self._inflight.add(job.key)
-                self._pending[RELAY_KEY if self.cfg.relay_host else domain].append(job)
+                dest = RELAY_KEY if self.cfg.relay_host else domain
+                self._pending[dest].append(job)
+                self._job_added[dest].set()
         total = sum(self._active.values())
         for dest, jobs in list(self._pending.items()):
             while jobs and total < self.cfg.max_connections and (
@@ -335,6 +342,7 @@ class OutboundQueue:
                 task.add_done_callback(self._workers.discard)
             if not jobs and not self._active[dest]:
                 del self._pending[dest]
+                self._job_added.pop(dest, None)
 
     # --- one destination ---------------------------------------------------------
     async def _targets(self, dest: str) -> list[Target]:
@@ -423,7 +431,9 @@ class OutboundQueue:
                     permanent = permanent and ready.reply.code >= 500
                     continue  # RFC 5321 5.1: try the next host
                 sent = 0
-                while jobs and conn.usable and sent < max(1, self.cfg.max_messages_per_connection):
+                while conn.usable and sent < max(1, self.cfg.max_messages_per_connection):
+                    if not jobs and not await self._wait_for_jobs(dest, jobs):
+                        break
                     job = jobs.popleft()
                     sent += 1
                     await self._transact(conn, job, target)
@@ -437,6 +447,22 @@ class OutboundQueue:
             if not permanent and reply.code >= 500:
                 reply = Reply(451, "4.4.0", reply_text(reply))
             await self._fail_all(jobs, reply, last.host)
+
+    async def _wait_for_jobs(self, dest: str, jobs: deque[Job]) -> bool:
+        """Keep an idle connection open for ``connection_cache_time`` seconds in
+        case more mail for the same destination arrives (as Postfix's connection
+        cache does); True when there is a job to send."""
+        deadline = time.monotonic() + self.cfg.connection_cache_time
+        event = self._job_added[dest]
+        while not jobs and not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            event.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await event.wait()
+        return bool(jobs)
 
     async def _transact(self, conn: ClientConnection, job: Job, target: Target) -> None:
         entry = job.entry
@@ -455,10 +481,21 @@ class OutboundQueue:
             self.stats["transactions"] += 1
             # RFC 3461 5.2.2: a next hop without DSN cannot take NOTIFY=SUCCESS on; report "relayed".
             dsn_relayed = conn.ready is not None and "DSN" not in conn.ready.extensions
-            await self._record(job, list(result.replies), target.host, dsn_relayed=dsn_relayed)
         except BaseException:
             self._inflight.discard(job.key)
             raise
+        # The outcome's commit need not hold up the connection: the next message
+        # goes out while this one's result is being made durable (group commit
+        # batches them). A crash before that commit re-sends the message later,
+        # as it would after a crash between the peer's 250 and our commit.
+        task = asyncio.create_task(self._record(job, list(result.replies), target.host, dsn_relayed=dsn_relayed))
+        self._recording.add(task)
+        task.add_done_callback(self._recorded)
+
+    def _recorded(self, task: asyncio.Task) -> None:
+        self._recording.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("recording a delivery outcome failed: %s", task.exception())
 
     async def _fail_all(self, jobs: deque[Job], reply: Reply, host: str | None, permanent: bool = True) -> None:
         """Every job of a destination gets ``reply`` (a 5xx only when ``permanent``)."""
