@@ -406,3 +406,48 @@ def test_read_in_the_terminal_charset(trio) -> None:
     assert "Subject: Grüße ?" in latin1 and "Schöne Grüße ?" in latin1  # no euro sign in latin-1
     ascii_ = mail("read", str(uid), account="bob", encoding="ascii").stdout.decode("ascii")
     assert "Subject: Gr??e ?" in ascii_
+
+
+def test_account_add_asks_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal `account add` asks, offering guesses from the domain."""
+    import pty
+    import select
+    import time
+
+    home = tmp_path / "home"
+    env = dict(os.environ, MAILYARD_CLIENT_HOME=str(home))
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the CLI on the pty
+        os.execve(sys.executable, [sys.executable, "-m", "mailyard", "mail", "account", "add"], env)
+    seen = b""
+
+    def expect(text: bytes, answer: str) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 30
+        while text not in seen:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            if select.select([fd], [], [], 0.5)[0]:
+                seen += os.read(fd, 4096)
+        seen = seen[seen.index(text) + len(text):]
+        os.write(fd, answer.encode() + b"\n")
+
+    try:
+        expect(b"Email address:", "dora@example.org")
+        expect(b"Your name", "Dora")
+        expect(b"IMAP server ('-' for none) [imap.example.org]:", "")
+        expect(b"IMAP security (ssl/starttls/plain) [ssl]:", "")
+        expect(b"IMAP port [993]:", "")
+        expect(b"POP3 server ('-' for none) [pop.example.org]:", "-")
+        expect(b"[smtp.example.org]:", "127.0.0.1")
+        expect(b"[starttls]:", "ssl")
+        expect(b"port [465]:", "")
+        expect(b"Password for dora@example.org:", "dora-secret")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    text = (home / "accounts.toml").read_text()
+    assert 'host = "imap.example.org"\nport = 993\nsecurity = "ssl"' in text
+    assert 'host = "127.0.0.1"\nport = 465\nsecurity = "ssl"' in text
+    assert (home / "passwords" / "dora@example.org").read_text() == "dora-secret"
+    assert "dora-secret" not in text

@@ -116,7 +116,8 @@ def cmd_account(args: argparse.Namespace) -> None:
 
 
 def _account_add(args: argparse.Namespace, store: AccountStore) -> None:
-    interactive = sys.stdin.isatty() and not args.address
+    # On a terminal, ask for what the options did not give (guesses as defaults).
+    interactive = sys.stdin.isatty() and not args.no_prompt
     address = args.address or (_ask("Email address") if interactive else "")
     if not address or "@" not in address:
         raise ClientError("an account needs an email address: mailyard mail account add you@example.org")
@@ -140,15 +141,20 @@ def _account_add(args: argparse.Namespace, store: AccountStore) -> None:
         if port:
             ep.port = port
         label = {"imap": "IMAP", "pop3": "POP3", "smtp": "Submission (SMTP)"}[proto]
-        if interactive and not host:
+        if interactive and not host and not (proto == "pop3" and args.no_pop3):
             ep.host = _ask(f"{label} server ('-' for none)", ep.host)
             if ep.host == "-":
                 ep.host = ""
             if ep.host:
-                ep.security = _ask(f"{label} security ({'/'.join(SECURITY)})", ep.security)
-                if ep.security not in SECURITY:
-                    raise ClientError(f"security must be one of {', '.join(SECURITY)}")
-                ep.port = int(_ask(f"{label} port", str(DEFAULT_PORTS[(proto, ep.security)])))
+                if not security:
+                    ep.security = _ask(f"{label} security ({'/'.join(SECURITY)})", ep.security)
+                    if ep.security not in SECURITY:
+                        raise ClientError(f"security must be one of {', '.join(SECURITY)}")
+                if not port:
+                    answer = _ask(f"{label} port", str(DEFAULT_PORTS[(proto, ep.security)]))
+                    if not answer.isdigit():
+                        raise ClientError(f"not a port number: {answer!r}")
+                    ep.port = int(answer)
         setattr(acct, proto, ep)
     if args.no_pop3:
         acct.pop3 = Endpoint(security="ssl")
@@ -222,7 +228,7 @@ def _test_pop3(acct: Account, transport: Any) -> str:
 
 def _test_smtp(acct: Account, transport: Any) -> str:
     with transport.smtp(acct) as s:
-        auth = "authenticated" if getattr(s, "does_esmtp", False) and s.has_extn("auth") and acct.smtp_auth != "no" else "no AUTH"
+        auth = f"logged in as {acct.login}" if getattr(s, "authenticated", False) else "not authenticated"
         tls = "TLS" if acct.smtp.security != "plain" else "no TLS"
         return f"EHLO accepted ({tls}, {auth})"
 
@@ -921,6 +927,7 @@ def add_mail_parser(sub: Any) -> None:
     pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin (stored 0600)")
     pw.add_argument("--password-env", metavar="VAR", help="take the password from this environment variable")
     pw.add_argument("--password-command", metavar="CMD", help="run CMD for the password (first output line)")
+    a.add_argument("--no-prompt", action="store_true", help="ask nothing: take guesses for what is not given")
     a.add_argument("--default", action="store_true", help="make this the default account")
     a.add_argument("--replace", action="store_true", help="replace an account of the same name")
     t = asub.add_parser("test", parents=[common], help="check the IMAP, POP3 and submission connections")

@@ -173,8 +173,10 @@ def smtp(account: Account) -> Iterator[smtplib.SMTP]:
                     raise ClientError(f"submission {ep.host}:{ep.port}: server does not offer STARTTLS")
                 conn.starttls(context=account.ssl_context())
                 conn.ehlo()
+            conn.authenticated = False  # type: ignore[attr-defined]
             if account.smtp_auth == "yes" or (account.smtp_auth == "auto" and conn.has_extn("auth")):
                 conn.login(account.login, account.password())
+                conn.authenticated = True  # type: ignore[attr-defined]
         with _errors("submission", ep):
             yield conn
         with contextlib.suppress(Exception):
