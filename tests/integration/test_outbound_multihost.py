@@ -286,3 +286,33 @@ def test_smarthost_with_auth(hosts: MultiHost) -> None:
     assert rcpts == ["RCPT TO:<bob@b.test>", "RCPT TO:<dave@c.test>"]
     assert relay.auth_seen and relay.auth_seen[0].startswith("AUTH PLAIN ")
     assert relay.connections == 1, "one connection carries both domains' transactions"
+
+
+def test_alias_on_the_mx_port_forwards_off_site_in_one_commit(hosts: MultiHost) -> None:
+    hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    b = hosts.add("b.test", B, {"bob": "bob-pw-1"})
+    hosts.add("c.test", C, {"dave": "dave-pw-1"})
+    b.call(b.store.add_alias("team@b.test", ["bob@b.test", "dave@c.test"]))
+    submit(hosts, "alice@a.test", ["team@b.test"], MESSAGE)
+    (raw_bob,) = hosts.wait_messages("bob@b.test")
+    (raw_dave,) = hosts.wait_messages("dave@c.test")
+    assert raw_dave.endswith(MESSAGE)
+    received = parsed(raw_dave).get_all("Received")
+    assert len(received) == 3, "submission at a.test, a.test -> b.test, b.test -> c.test"
+    assert "by mx.c.test" in received[0] and "by mx.b.test" in received[1] and "by mx.a.test" in received[2]
+    assert parsed(raw_dave)["Return-Path"] == "<alice@a.test>"
+    hosts.wait_for(lambda: not hosts.queue("b.test"), what="b.test's queue to empty")
+
+
+def test_notify_success_to_a_peer_without_dsn_gives_a_relayed_report(hosts: MultiHost) -> None:
+    hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    peer = hosts.add_scripted("b.test", B)  # no DSN keyword in its EHLO
+    rs = hosts.servers["a.test"]
+    with smtplib.SMTP(rs.host, rs.config.ports.submission, timeout=10) as client:
+        client.login("alice@a.test", "alice-pw-1")
+        client.mail("alice@a.test")
+        assert client.rcpt("bob@b.test", ["NOTIFY=SUCCESS,FAILURE"])[0] == 250
+        assert client.data(MESSAGE)[0] == 250
+    (report,) = hosts.wait_messages("alice@a.test")
+    assert b"Action: relayed" in report and b"Final-Recipient: rfc822; bob@b.test" in report
+    assert len(peer.transactions) == 1 and "NOTIFY" not in peer.transactions[0]["rcpts"][0]
