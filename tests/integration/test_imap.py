@@ -454,3 +454,125 @@ def test_nested_message_groups_and_multipart_in_multipart(mailserver: RunningSer
             b' NIL NIL NIL NIL)'
             b' ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 7 1) 5) "MIXED"))\r\n' % len(inner)
         )
+
+
+def _login_raw(mailserver: RunningServer, user: str = ALICE):
+    s, say = _session(mailserver)
+    out = say(b"l1 LOGIN " + user.encode() + b" " + USERS[user].encode(), b"l1")
+    assert out[-1].startswith(b"l1 OK"), out
+    return s, say
+
+
+def test_subscribe_names_that_do_not_exist(mailserver: RunningServer) -> None:
+    """RFC 9051 6.3.7: SUBSCRIBE need not name an existing mailbox; LIST
+    (SUBSCRIBED) shows such names as \\NonExistent (RFC 5258 3.4), LSUB too."""
+    s, say = _login_raw(mailserver)
+    with s:
+        assert say(b"a1 SUBSCRIBE Fruit/Peach", b"a1") == [b"a1 OK SUBSCRIBE completed\r\n"]
+        assert say(b'a2 LIST (SUBSCRIBED) "" "Fruit/*"', b"a2") == [
+            b'* LIST (\\NonExistent \\Subscribed) "/" "Fruit/Peach"\r\n', b"a2 OK LIST completed\r\n"]
+        assert say(b'a3 LSUB "" "Fruit/%"', b"a3") == [
+            b'* LSUB () "/" "Fruit/Peach"\r\n', b"a3 OK LSUB completed\r\n"]
+        assert say(b'a4 LIST "" "Fruit/*"', b"a4") == [b"a4 OK LIST completed\r\n"]  # not a mailbox
+        assert say(b"a5 UNSUBSCRIBE Fruit/Peach", b"a5") == [b"a5 OK UNSUBSCRIBE completed\r\n"]
+        assert say(b'a6 LSUB "" "*"', b"a6")[-1] == b"a6 OK LSUB completed\r\n"
+        assert not any(b"Peach" in x for x in say(b'a7 LSUB "" "*"', b"a7"))
+
+
+def test_recent_is_seen_by_one_session_only(mailserver: RunningServer, imap) -> None:
+    """RFC 3501 2.3.2 / 6.3.1: \\Recent for the first session told of a
+    message; EXAMINE does not take it; rev2 clients never see it."""
+    a = imap()
+    a.append("INBOX", None, None, simple(1))
+    a.append("INBOX", None, None, simple(2))
+    x = imap()
+    typ, data = x.select("INBOX", readonly=True)
+    assert x.untagged_responses.get("RECENT") == [b"2"]
+    typ, data = a.select("INBOX")
+    assert a.untagged_responses.get("RECENT") == [b"2"]
+    _, got = a.fetch("1:2", "(FLAGS)")
+    assert all(b"\\Recent" in x for x in got)
+    b = imap()
+    b.select("INBOX")
+    assert b.untagged_responses.get("RECENT") == [b"0"]
+    _, got = b.fetch("1", "(FLAGS)")
+    assert b"\\Recent" not in got[0]
+    # a new message goes to one of the sessions that have INBOX selected
+    a.append("INBOX", None, None, simple(3))
+    a.noop()
+    b.noop()
+    _, fa = a.fetch("3", "(FLAGS)")
+    _, fb = b.fetch("3", "(FLAGS)")
+    assert (b"\\Recent" in fa[0]) != (b"\\Recent" in fb[0])
+    # STATUS RECENT counts what no session claimed yet (a and b learn of the
+    # new message at their next command; the appending session has none selected)
+    imap().append("INBOX", None, None, simple(4))
+    typ, data = x.status("INBOX", "(RECENT MESSAGES)")
+    assert data == [b'"INBOX" (RECENT 1 MESSAGES 4)'] or data == [b"INBOX (RECENT 1 MESSAGES 4)"]
+    s, say = _login_raw(mailserver)
+    with s:
+        say(b"e1 ENABLE IMAP4rev2", b"e1")
+        out = say(b"e2 SELECT INBOX", b"e2")
+        assert not any(b"RECENT" in x for x in out)
+        assert b"\\Recent" not in say(b"e3 FETCH 4 (FLAGS)", b"e3")[0]
+
+
+def test_expungeissued_and_uid_fetch_of_expunged(mailserver: RunningServer, imap) -> None:
+    """RFC 2180 4.1 / RFC 9051 7.1: FETCH by number of a message another
+    session expunged returns the others, then NO [EXPUNGEISSUED]; the EXPUNGE
+    comes at a point where numbers may change. UID FETCH leaves it out."""
+    a = imap()
+    for n in range(3):
+        a.append("INBOX", None, None, simple(n))
+    s, say = _login_raw(mailserver)
+    with s:
+        say(b"s1 SELECT INBOX", b"s1")
+        a.select("INBOX")
+        a.store("2", "+FLAGS", "(\\Deleted)")
+        a.expunge()
+        out = say(b"s2 FETCH 1:3 (UID)", b"s2")
+        assert out[-1] == b"s2 NO [EXPUNGEISSUED] Some messages were expunged\r\n"
+        assert b"* 1 FETCH (UID 1)\r\n" in out and b"* 3 FETCH (UID 3)\r\n" in out
+        assert not any(b"EXPUNGE\r\n" in x for x in out[:-1])  # not during FETCH (RFC 9051 7.5.1)
+        out = say(b"s3 NOOP", b"s3")
+        assert b"* 2 EXPUNGE\r\n" in out
+        a.append("INBOX", None, None, simple(9))
+        a.store("1", "+FLAGS", "(\\Deleted)")
+        a.expunge()
+        out = say(b"s4 UID FETCH 1:* (FLAGS)", b"s4")
+        assert out[-1] == b"s4 OK UID FETCH completed\r\n"
+        assert b"* 1 EXPUNGE\r\n" in out
+
+
+def test_multiappend_all_or_nothing(mailserver: RunningServer) -> None:
+    """RFC 3502: MULTIAPPEND either appends every message or none."""
+    s, say = _login_raw(mailserver)
+    with s:
+        out = say(b"m1 APPEND INBOX (\\Seen) {5+}\r\none\r\n {5+}\r\ntwo\r\n", b"m1")
+        assert out[-1].startswith(b"m1 OK [APPENDUID ") and out[-1].split()[4] == b"1:2]"
+        out = say(b"m2 APPEND INBOX {7+}\r\nthree\r\n (\\Recent) {6+}\r\nfour\r\n", b"m2")
+        assert out[-1].startswith(b"m2 BAD")
+        out = say(b"m3 STATUS INBOX (MESSAGES)", b"m3")
+        assert out[0] == b'* STATUS "INBOX" (MESSAGES 2)\r\n'
+
+
+def test_rev2_search_answers_with_esearch_and_header_keys(mailserver: RunningServer) -> None:
+    """RFC 9051 6.4.4: a rev2 SEARCH is answered with ESEARCH (ALL when no
+    RETURN); header keys come from the header index."""
+    s, say = _login_raw(mailserver)
+    with s:
+        say(b"r1 ENABLE IMAP4rev2", b"r1")
+        for n, subj in enumerate([b"Hello World", b"other", b"HELLO again"]):
+            data = b"From: x@remote.test\r\nSubject: %s\r\nX-Prio: %d\r\n\r\nbody %d\r\n" % (subj, n, n)
+            _append_raw(say, b"INBOX", data, b"r%d" % (n + 2))
+        say(b"r5 SELECT INBOX", b"r5")
+        assert say(b"r6 SEARCH SUBJECT hello", b"r6") == [
+            b'* ESEARCH (TAG "r6") ALL 1,3\r\n', b"r6 OK SEARCH completed\r\n"]
+        assert say(b'r7 UID SEARCH RETURN () HEADER X-Prio ""', b"r7") == [
+            b'* ESEARCH (TAG "r7") UID ALL 1:3\r\n', b"r7 OK UID SEARCH completed\r\n"]
+        assert say(b"r8 SEARCH NOT SUBJECT hello", b"r8") == [
+            b'* ESEARCH (TAG "r8") ALL 2\r\n', b"r8 OK SEARCH completed\r\n"]
+        assert say(b"r9 SEARCH OR HEADER X-Prio 2 BODY \"body 1\"", b"r9") == [
+            b'* ESEARCH (TAG "r9") ALL 2:3\r\n', b"r9 OK SEARCH completed\r\n"]
+        assert say(b"r10 SEARCH SUBJECT nothing-like-it", b"r10") == [
+            b'* ESEARCH (TAG "r10")\r\n', b"r10 OK SEARCH completed\r\n"]
