@@ -449,3 +449,18 @@ async def test_version1_data_directory_is_migrated(tmp_path: Path) -> None:
         assert version == "2"
     finally:
         await s2.close()
+
+
+async def test_mailbox_summary(store: Store) -> None:
+    inbox = await _inbox(store)
+    empty = await store.mailbox_summary(inbox)
+    assert list(empty.uids) == [] and empty.first_unseen is None and empty.keywords == frozenset()
+    await store.append(inbox, b"1\r\n", ["\\Seen", "$Label"])
+    await store.append(inbox, b"2\r\n", ["\\Flagged", "Work"])
+    await store.append(inbox, b"3\r\n", ["\\Seen"])
+    await store.expunge(inbox, [1])
+    s = await store.mailbox_summary(inbox)
+    assert list(s.uids) == [2, 3] and s.first_unseen == 2
+    assert s.keywords == {"Work"} and s.mailbox.uid_next == 4
+    with pytest.raises(NotFound):
+        await store.mailbox_summary(9999)

@@ -110,6 +110,17 @@ class MailboxStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class MailboxSummary:
+    """What opening a mailbox needs (IMAP SELECT, RFC 9051 6.3.2), read in one
+    snapshot without building a MessageInfo per message."""
+
+    mailbox: Mailbox
+    uids: Sequence[int]  # ascending
+    keywords: frozenset[str]  # flags in use that are not system flags (no backslash)
+    first_unseen: int | None  # UID of the lowest message without \Seen
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryTarget:
     """One mailbox a delivered body goes into, with its per-recipient prefix."""
 
@@ -356,6 +367,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         """All messages of a mailbox in ascending UID order."""
+
+    @abc.abstractmethod
+    async def mailbox_summary(self, mailbox_id: int) -> MailboxSummary:
+        """The mailbox, its UIDs, keywords in use and first unseen message,
+        consistent with each other (one snapshot); raises NotFound."""
 
     @abc.abstractmethod
     async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:

@@ -32,6 +32,7 @@ from .api import (
     InvalidName,
     Mailbox,
     MailboxStatus,
+    MailboxSummary,
     MessageInfo,
     NotFound,
     StorageFull,
@@ -858,6 +859,32 @@ class SQLiteStore(SQLiteQueueMixin, Store):
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         rows = self._q(f"SELECT {_MESSAGE_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,))
         return [_message(r) for r in rows]
+
+    async def mailbox_summary(self, mailbox_id: int) -> MailboxSummary:
+        c = self._read
+        c.execute("BEGIN")  # one read snapshot (WAL) for all four queries
+        try:
+            row = c.execute(f"SELECT {_MAILBOX_COLS} FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            if row is None:
+                raise NotFound("no such mailbox")
+            text = c.execute(
+                "SELECT group_concat(uid) FROM (SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid)",
+                (mailbox_id,),
+            ).fetchone()[0]
+            keywords = {
+                f
+                for (flags,) in c.execute("SELECT DISTINCT flags FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+                for f in flags.split()
+                if not f.startswith("\\")
+            }
+            first_unseen = c.execute(
+                "SELECT min(uid) FROM messages WHERE mailbox_id = ? AND instr(' ' || flags || ' ', ' \\Seen ') = 0",
+                (mailbox_id,),
+            ).fetchone()[0]
+        finally:
+            c.execute("COMMIT")
+        uids = [int(u) for u in text.split(",")] if text else []
+        return MailboxSummary(_mailbox(row), uids, frozenset(keywords), first_unseen)
 
     async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
         rows = _select_uids(self._read, f"SELECT {_MESSAGE_COLS} FROM messages WHERE mailbox_id = ?",

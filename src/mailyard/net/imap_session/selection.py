@@ -55,14 +55,15 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
     if box is None:
         eng.complete("NO", "Mailbox does not exist", "NONEXISTENT")
         return
-    infos = await s.store.list_messages(box.id)
-    view = MessageMap(m.uid for m in infos)
+    # RFC 9051 6.3.2 needs counts, UIDNEXT, flags in use: read in one snapshot;
+    # the per-message index data is loaded when a command first needs it
+    summary = await s.store.mailbox_summary(box.id)
+    box = summary.mailbox
+    view = MessageMap(summary.uids)
     condstore = cmd.condstore or cmd.qresync is not None or "CONDSTORE" in eng.enabled
-    highest = max([box.highest_modseq, *(m.modseq for m in infos)])
+    highest = box.highest_modseq
     s.sel = Selected(box, cmd.readonly, view, highest, condstore=condstore)
-    s.sel.infos = {m.uid: m for m in infos}
-    s.sel.infos_modseq = highest
-    keywords = sorted({f for m in infos for f in m.flags if not f.startswith("\\")})
+    keywords = sorted(summary.keywords)
     flags = [*PERMANENT_FLAGS, *keywords]
     eng.untagged(len(view), Atom("EXISTS"))
     if not eng.rev2:
@@ -78,7 +79,7 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
         perm = " ".join(str(f) for f in flag_list(flags))
         eng.untagged_status("OK", "Flags permitted", f"PERMANENTFLAGS ({perm} \\*)")
     if not eng.rev2:
-        first_unseen = next((i + 1 for i, m in enumerate(infos) if "\\Seen" not in m.flags), None)
+        first_unseen = view.seq_of(summary.first_unseen) if summary.first_unseen is not None else None
         if first_unseen is not None:
             eng.untagged_status("OK", "First unseen", f"UNSEEN {first_unseen}")
     eng.untagged_status("OK", "UIDs valid", f"UIDVALIDITY {box.uid_validity}")
@@ -89,12 +90,12 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
         # RFC 9051 6.3.2: the LIST response gives the mailbox name's canonical form
         eng.untagged(Atom("LIST"), [], "/", Mailbox(box.name))
     if cmd.qresync is not None and cmd.qresync.uid_validity == box.uid_validity:
-        await _qresync(s, cmd.qresync, infos)
+        await _qresync(s, cmd.qresync)
     code = "READ-ONLY" if cmd.readonly else "READ-WRITE"
     eng.complete("OK", f"{cmd.name} completed", code)
 
 
-async def _qresync(s: ImapSession, q: c.Qresync, infos: list[MessageInfo]) -> None:
+async def _qresync(s: ImapSession, q: c.Qresync) -> None:
     """RFC 7162 3.2.5.1: VANISHED (EARLIER) then FETCH of what changed since q.modseq."""
     assert s.sel is not None
     changes = await s.store.changes_since(s.sel.mailbox.id, q.modseq)
