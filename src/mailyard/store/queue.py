@@ -305,20 +305,24 @@ class SQLiteQueueMixin:
         return await self._write(op)
 
     # --- reads ---------------------------------------------------------------
-    def _entries(self, rows: list[tuple], with_attempts: bool, only_due: float | None = None) -> list[QueueEntry]:
-        out = []
-        for row in rows:
-            rcpts = [_recipient(r) for r in self._q(
-                f"SELECT {_RCPT_COLS} FROM queue_rcpts WHERE queue_id = ? ORDER BY id", (row[0],)
-            )]
-            attempts = []
+    def _entries(self, rows: list[tuple], with_attempts: bool) -> list[QueueEntry]:
+        if not rows:
+            return []
+        ids = [row[0] for row in rows]
+        rcpts: dict[int, list[QueueRecipient]] = {i: [] for i in ids}
+        attempts: dict[int, list[QueueAttempt]] = {i: [] for i in ids}
+        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self._q(f"SELECT {_RCPT_COLS} FROM queue_rcpts WHERE queue_id IN ({marks}) ORDER BY id", chunk):
+                rcpts[r[1]].append(_recipient(r))
             if with_attempts:
-                attempts = [QueueAttempt(*a) for a in self._q(
-                    "SELECT ts, domain, host, outcome FROM queue_attempts WHERE queue_id = ? ORDER BY rowid",
-                    (row[0],),
-                )]
-            out.append(_entry(row, rcpts, attempts))
-        return out
+                for a in self._q(
+                    "SELECT queue_id, ts, domain, host, outcome FROM queue_attempts"
+                    f" WHERE queue_id IN ({marks}) ORDER BY rowid", chunk,
+                ):
+                    attempts[a[0]].append(QueueAttempt(*a[1:]))
+        return [_entry(row, rcpts[row[0]], attempts[row[0]]) for row in rows]
 
     async def queue_entry(self, queue_id: int) -> QueueEntry | None:
         rows = self._q(f"SELECT {_ENTRY_COLS} FROM queue WHERE id = ?", (queue_id,))
