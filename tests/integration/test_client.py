@@ -270,7 +270,9 @@ def test_forward_attached_and_inline(trio, tmp_path: Path) -> None:
     assert fwd.get_body(("plain",)).get_content().strip() == "FYI"
     # Carol reads it: the attached message is listed.
     cuid = max(_uids(mail, "carol"))
-    assert "Grüße und Anhänge.eml (message/rfc822" in mail("read", str(cuid), account="carol").out
+    shown = mail("read", str(cuid), account="carol").out
+    assert "Grüße und Anhänge.eml (message/rfc822" in shown
+    assert "---------- attached message ----------" in shown and "schöne Grüße aus Köln." in shown
     mail("forward", str(uid), "--inline", "--to", CAROL, "--body", "see below", account="bob")
     inl = parse(server.messages(CAROL)[-1])
     text = inl.get_body(("plain",)).get_content()

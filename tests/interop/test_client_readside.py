@@ -265,8 +265,9 @@ def test_flags_folders_move_delete(backend: Backend) -> None:
     assert b.mail("search", "--flagged").out.count("note 2") == 1
     res = b.mail("flag", str(uids[0]), "-f", "INBOX", "-flagged")
     assert "\\Flagged" not in res.out
-    b.mail("folders", "create", "Archiv/2024")
-    b.mail("folders", "rename", "Archiv/2024", "Archiv/Jahr 2024")
+    b.mail("folders", "create", "Archiv/Übersicht 2024")  # modified UTF-7 on the wire (RFC 3501 5.1.3)
+    assert "Archiv/Übersicht 2024" in b.mail("folders").out
+    b.mail("folders", "rename", "Archiv/Übersicht 2024", "Archiv/Jahr 2024")
     listing = b.mail("folders").out
     assert "Archiv/Jahr 2024" in listing and "\\Trash" in listing
     inbox = next(line for line in listing.splitlines() if line.startswith("INBOX"))

@@ -547,6 +547,17 @@ def cmd_read(args: argparse.Namespace) -> None:
                     print("[HTML message shown as text]\n", file=out)
                 print(text.rstrip("\n") if text else "(no text)", file=out)
                 atts = attachments(msg)
+                for a in atts:
+                    # A forwarded message (message/rfc822) is shown too, as mail readers do.
+                    inner = a.part.get_payload() if a.content_type == "message/rfc822" else None
+                    if isinstance(inner, list) and inner:
+                        print("\n---------- attached message ----------", file=out)
+                        for name in ("Date", "From", "To", "Subject"):
+                            value = display_addresses(inner[0], name) if name in ("From", "To") else header(inner[0], name)
+                            if value:
+                                print(f"{name}: {value}", file=out)
+                        inner_text, _k = body_text(inner[0])
+                        print("\n" + (inner_text.rstrip("\n") or "(no text)"), file=out)
                 if atts:
                     print("\nAttachments:", file=out)
                     for i, a in enumerate(atts, 1):
