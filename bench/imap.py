@@ -12,14 +12,26 @@ Dovecot 2.3 on the development machine, same client and corpus: 0.028 s,
 connection. The INBOX is filled through the store API before the server
 starts, and the derived data (ENVELOPE etc.) is computed first, as it is
 after normal delivery.
+
+LOGIN+SELECT is also given split: LOGIN verifies an argon2id hash (~45 ms by
+design, auth/passwords.py), SELECT alone is the mailbox work.
+
+The client floor: imaplib itself is slow (it parses every response line with
+regular expressions), so each FETCH figure is also measured against a replay
+server that answers instantly with the very bytes mailyard sent. The
+difference between a figure and its floor is what the server costs; the
+floor is what no server can go below with this client on this machine at
+this moment (the machine is shared, so compare figures of one run).
 """
 
 from __future__ import annotations
 
 import asyncio
 import imaplib
+import multiprocessing
 import random
 import re
+import socket
 import statistics
 import threading
 import time
@@ -108,12 +120,108 @@ def _login_select(port: int) -> float:
     return elapsed
 
 
+def _timed(fn) -> float:  # noqa: ANN001
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def _timed_command(c: imaplib.IMAP4, fn) -> float:  # noqa: ANN001
     start = time.perf_counter()
     typ, data = fn(c)
     elapsed = time.perf_counter() - start
     assert typ == "OK", data
     return elapsed
+
+
+def _capture(port: int, commands: list[bytes]) -> list[bytes]:
+    """The exact bytes mailyard answers to each command (after LOGIN and
+    EXAMINE INBOX), tagged responses included."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    f = sock.makefile("rwb")
+    f.readline()
+
+    def say(tag: bytes, line: bytes) -> bytes:
+        f.write(tag + b" " + line + b"\r\n")
+        f.flush()
+        out = bytearray()
+        while True:
+            got = f.readline()
+            out += got
+            if got.startswith(tag + b" "):
+                return bytes(out)
+            if got.endswith(b"}\r\n"):  # a literal follows
+                n = int(got[got.rindex(b"{") + 1 : -3])
+                out += f.read(n)
+
+    say(b"c1", f"LOGIN {ALICE} {USERS[ALICE]}".encode())
+    say(b"c2", b"EXAMINE INBOX")
+    out = [say(b"R", cmd) for cmd in commands]
+    sock.close()
+    return out
+
+
+def _replay_server(answers: dict[bytes, list[bytes]], ready: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    """Answer each command line with the captured bytes (its tag swapped in),
+    in order per command; LOGIN/SELECT/LOGOUT get a plain OK."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    ready.put(srv.getsockname()[1])
+    conn, _ = srv.accept()
+    f = conn.makefile("rb")
+    conn.sendall(b"* OK [CAPABILITY IMAP4rev1] replay\r\n")
+    cursor = dict.fromkeys(answers, 0)
+    for line in f:
+        tag, _, rest = line.rstrip(b"\r\n").partition(b" ")
+        replies = answers.get(rest)
+        if replies is None:
+            conn.sendall(tag + b" OK done\r\n")
+            if rest.upper().startswith(b"LOGOUT"):
+                break
+            continue
+        data = replies[cursor[rest] % len(replies)]
+        cursor[rest] += 1
+        cut = data.rindex(b"\r\nR ") + 2 if b"\r\nR " in data else 0  # the tagged line
+        conn.sendall(data[:cut] + tag + data[cut + 1 :])
+    conn.close()
+
+
+def _floors(port: int, which: list[int]) -> dict[str, tuple[float, list[float]]]:
+    """The same imaplib calls against a replay of mailyard's own answers."""
+    flags_cmd, env_cmd = b"FETCH 1:* (FLAGS)", b"UID FETCH 1:* (ENVELOPE)"
+    peeks = [b"FETCH %d (BODY.PEEK[])" % i for i in which]
+    captured = _capture(port, [flags_cmd, env_cmd, *peeks])
+    answers: dict[bytes, list[bytes]] = {flags_cmd: [captured[0]], env_cmd: [captured[1]]}
+    for cmd, data in zip(peeks, captured[2:], strict=True):
+        answers.setdefault(cmd, []).append(data)
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Queue()
+    proc = ctx.Process(target=_replay_server, args=(answers, ready), daemon=True)
+    proc.start()
+    try:
+        c = imaplib.IMAP4("127.0.0.1", ready.get(timeout=60), timeout=120)
+        c.login(ALICE, "x")
+        c.state = "SELECTED"  # the replay server keeps no state
+        out = {
+            "flags": _median(lambda: _timed_command(c, lambda c: c.fetch("1:*", "(FLAGS)"))),
+            "env": _median(lambda: _timed_command(c, lambda c: c.uid("FETCH", "1:*", "(ENVELOPE)"))),
+        }
+
+        def peek_all() -> float:
+            start = time.perf_counter()
+            for i in which:
+                typ, _ = c.fetch(str(i), "(BODY.PEEK[])")
+                assert typ == "OK"
+            return time.perf_counter() - start
+
+        out["rand"] = _median(peek_all, 3)
+        c.logout()
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    return out
 
 
 def _appends(port: int, clients: int, per_client: int) -> float:
@@ -192,15 +300,16 @@ def run(quick: bool = False) -> list[Result]:
         progress(f"idle server {idle_base / 1024:.1f} MiB, {idle_each:.1f} KiB per IDLE connection")
         login, logins = _median(lambda: _login_select(port))
         c = _login(port)
-        c.select("INBOX", readonly=True)
+        select, selects = _median(lambda: _timed_command(c, lambda c: c.select("INBOX", readonly=True)))
+        login_only, login_all = _median(lambda: _timed(lambda: _login(port).logout()))
         flags, flags_all = _median(lambda: _timed_command(c, lambda c: c.fetch("1:*", "(FLAGS)")))
         env, env_all = _median(lambda: _timed_command(c, lambda c: c.uid("FETCH", "1:*", "(ENVELOPE)")))
         subj, subj_all = _median(lambda: _timed_command(c, lambda c: c.search(None, "SUBJECT", "foxtrot")))
         body, body_all = _median(lambda: _timed_command(c, lambda c: c.search(None, "BODY", "hotel")))
         rng = random.Random(3501)
+        which = [rng.randint(1, count) for _ in range(fetches)]
 
         def random_fetches() -> float:
-            which = [rng.randint(1, count) for _ in range(fetches)]
             start = time.perf_counter()
             for i in which:
                 typ, _ = c.fetch(str(i), "(BODY.PEEK[])")
@@ -209,19 +318,31 @@ def run(quick: bool = False) -> list[Result]:
 
         rand, rand_all = _median(random_fetches, 3)
         c.logout()
+        progress("client floor: the same imaplib calls against a replay of mailyard's answers")
+        floor = _floors(port, which)
         appends = _appends(port, 8, 25 if quick else 100)
     finally:
         server.stop()
     detail = {"messages": count, "runs": RUNS}
-    progress(f"login+select {login:.3f} s, flags {flags:.3f} s, envelope {env:.3f} s, "
-             f"subject {subj:.3f} s, body {body:.3f} s, {fetches} fetches {rand:.3f} s, {appends:.0f} APPEND/s")
+    progress(f"login+select {login:.3f} s (login {login_only:.3f} s, select {select:.3f} s), "
+             f"flags {flags:.3f} s (floor {floor['flags'][0]:.3f}), envelope {env:.3f} s (floor {floor['env'][0]:.3f}), "
+             f"subject {subj:.3f} s, body {body:.3f} s, {fetches} fetches {rand:.3f} s "
+             f"(floor {floor['rand'][0]:.3f}), {appends:.0f} APPEND/s")
     return [
         Result("imap", "LOGIN+SELECT", login, "s", "Dovecot 0.028 s", {**detail, "all": logins}),
+        Result("imap", "  LOGIN alone (argon2id)", login_only, "s", "", {**detail, "all": login_all}),
+        Result("imap", "  SELECT alone", select, "s", "", {**detail, "all": selects}),
         Result("imap", "FETCH 1:* (FLAGS)", flags, "s", "Dovecot 0.052 s", {**detail, "all": flags_all}),
+        Result("imap", "  client floor", floor["flags"][0], "s", "imaplib vs replayed answers",
+               {"all": floor["flags"][1]}),
         Result("imap", "UID FETCH 1:* (ENVELOPE)", env, "s", "Dovecot 0.080 s", {**detail, "all": env_all}),
+        Result("imap", "  client floor", floor["env"][0], "s", "imaplib vs replayed answers",
+               {"all": floor["env"][1]}),
         Result("imap", "SEARCH SUBJECT x", subj, "s", "Dovecot 0.026 s", {**detail, "all": subj_all}),
         Result("imap", "SEARCH BODY x", body, "s", "Dovecot 0.75 s; target < 0.1 s", {**detail, "all": body_all}),
         Result("imap", f"{fetches} x FETCH n BODY.PEEK[]", rand, "s", "Dovecot 0.17 s", {**detail, "all": rand_all}),
+        Result("imap", "  client floor", floor["rand"][0], "s", "imaplib vs replayed answers",
+               {"all": floor["rand"][1]}),
         Result("imap", "APPEND (8 clients, durable)", appends, "msg/s", "Dovecot 214/s; target >= 400/s", detail),
         Result("imap", "idle server PSS", idle_base / 1024, "MiB", "", detail),
         Result("imap", f"PSS per IDLE connection ({idle})", idle_each, "KiB",

@@ -492,11 +492,16 @@ def test_recent_is_seen_by_one_session_only(mailserver: RunningServer, imap) -> 
     assert a.untagged_responses.get("RECENT") == [b"2"]
     _, got = a.fetch("1:2", "(FLAGS)")
     assert all(b"\\Recent" in x for x in got)
+    assert a.search(None, "RECENT") == ("OK", [b"1 2"])
+    assert a.search(None, "NEW") == ("OK", [b"1 2"])
+    assert a.search(None, "OLD") == ("OK", [b""])
     b = imap()
     b.select("INBOX")
     assert b.untagged_responses.get("RECENT") == [b"0"]
     _, got = b.fetch("1", "(FLAGS)")
     assert b"\\Recent" not in got[0]
+    assert b.search(None, "RECENT") == ("OK", [b""])
+    assert b.search(None, "OLD") == ("OK", [b"1 2"])
     # a new message goes to one of the sessions that have INBOX selected
     a.append("INBOX", None, None, simple(3))
     a.noop()

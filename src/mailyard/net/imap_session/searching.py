@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 CHARSETS = ("UTF-8", "US-ASCII")
 HEADER_BATCH = 500
+_RECENT = frozenset({"\\Recent"})
 
 
 async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
@@ -54,6 +55,7 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
         hits = [(i, u) for i, u in enumerate(uids, 1) if u in found]
         modseq = max((infos[u].modseq for _, u in hits), default=0)
         uids = []
+    recent = sel.recent if not s.engine.rev2 else set()
     for start in range(0, len(uids), HEADER_BATCH):
         chunk = uids[start : start + HEADER_BATCH]
         derived = await s.store.get_derived(sel.mailbox.id, chunk, ("headers",)) if want_headers else {}
@@ -61,7 +63,10 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
             info = infos.get(uid)
             if info is None:
                 continue  # expunged elsewhere, not yet announced
-            m = sr.SearchMessage(i, uid, info.flags, info.internal_date, info.size, info.modseq,
+            flags = info.flags
+            if recent and uid in recent:
+                flags = flags | _RECENT  # RFC 3501 2.3.2: \Recent in this session only
+            m = sr.SearchMessage(i, uid, flags, info.internal_date, info.size, info.modseq,
                                  derived.get(uid, {}).get("headers") if want_headers else None)
             if sr.matches(key, m, ctx):
                 hits.append((i, uid))

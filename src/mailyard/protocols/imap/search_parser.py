@@ -1,8 +1,8 @@
 """SEARCH program grammar (RFC 9051 6.4.4 and 9 "search-key").
 
 Keys are normalised so the evaluator (search.py) has few cases: flag keys
-become FLAG / NOT FLAG, rev1's NEW/OLD/RECENT map onto "no \\Recent flag"
-(RFC 9051 removed \\Recent; a rev2 server never sets it).
+become FLAG / NOT FLAG, rev1's NEW/OLD/RECENT become tests of \\Recent
+(RFC 9051 removed \\Recent; for a rev2 client no message has it).
 """
 
 from __future__ import annotations
@@ -86,10 +86,15 @@ def parse_search_key(r: Reader, depth: int) -> SearchKey:
         return SearchKey("ALL")
     if name in _FLAG_KEYS:
         return _flag(*_FLAG_KEYS[name])
-    if name in ("NEW", "RECENT"):
-        return SearchKey("NONE")  # no message is \Recent (RFC 9051 appendix E)
+    # RFC 3501 6.4.4: RECENT = \Recent, NEW = \Recent and not \Seen, OLD = not
+    # \Recent. The glue gives a message \Recent only in the rev1 session that
+    # claimed it, so for rev2 clients these match as RFC 9051 appendix E says.
+    if name == "RECENT":
+        return _flag("\\Recent", True)
+    if name == "NEW":
+        return SearchKey("AND", (_flag("\\Recent", True), _flag("\\Seen", False)))
     if name == "OLD":
-        return SearchKey("ALL")
+        return _flag("\\Recent", False)
     if name in ("KEYWORD", "UNKEYWORD"):
         r.sp()
         flag = parse_flag(r)
