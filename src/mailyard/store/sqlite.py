@@ -99,6 +99,7 @@ class SQLiteStore(SQLiteQueueMixin, Store):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         db_path = self.data_dir / "index.sqlite3"
         self._listeners: list[Callable[[int], None]] = []
+        self._claim_locks: dict[int, asyncio.Lock] = {}  # claim_recent, per mailbox
         write_conn = self._connect(db_path)
         write_conn.executescript(SCHEMA)
         write_conn.executescript(QUEUE_SCHEMA)
@@ -617,12 +618,25 @@ class SQLiteStore(SQLiteQueueMixin, Store):
                 c.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (row[1], mailbox_id))
             return row[0]
 
-        row = self._q1("SELECT recent_uid, uid_next - 1 FROM mailboxes WHERE id = ?", (mailbox_id,))
-        if row is None:
-            raise NotFound("no such mailbox")
-        if not claim or row[1] <= row[0]:
-            return row[0]  # nothing new to claim: no write
-        return await self._write(op)
+        def peek() -> int | None:
+            row = self._q1("SELECT recent_uid, uid_next - 1 FROM mailboxes WHERE id = ?", (mailbox_id,))
+            if row is None:
+                raise NotFound("no such mailbox")
+            return row[0] if not claim or row[1] <= row[0] else None  # None: something to claim
+
+        first = peek()
+        if first is not None:
+            return first  # nothing new to claim: no write
+        # Many sessions learn of a delivery at once (IDLE): one claims in a write,
+        # the others wait for it and then find nothing left -- no write each.
+        lock = self._claim_locks.setdefault(mailbox_id, asyncio.Lock())
+        try:
+            async with lock:
+                first = peek()
+                return first if first is not None else await self._write(op)
+        finally:
+            if not lock.locked():
+                self._claim_locks.pop(mailbox_id, None)
 
     async def list_subscriptions(self, account_id: int) -> list[str]:
         return [r[0] for r in self._q("SELECT name FROM subscriptions WHERE account_id = ? ORDER BY name",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from bisect import bisect_right
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -37,6 +38,33 @@ PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 SYSTEM_FLAGS = frozenset(f.lower() for f in PERMANENT_FLAGS)
 
 
+class RecentUids:
+    """The UIDs that are \\Recent in this session, as ranges (lo, hi]: each
+    claim in the store (claim_recent) hands a session every UID above the
+    last claim, so a few ranges describe even a mailbox of new messages, and
+    an idle connection keeps no per-message set (RFC 3501 2.3.2)."""
+
+    __slots__ = ("ranges",)
+
+    def __init__(self) -> None:
+        self.ranges: list[tuple[int, int]] = []
+
+    def add(self, above: int, upto: int) -> None:
+        if upto > above:
+            self.ranges.append((above, upto))
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
+
+    def __contains__(self, uid: object) -> bool:
+        return any(lo < uid <= hi for lo, hi in self.ranges)  # type: ignore[operator]
+
+    def count(self, view: MessageMap) -> int:
+        """How many messages of the view are \\Recent (expunged ones are not)."""
+        uids = view.uids
+        return sum(bisect_right(uids, hi) - bisect_right(uids, lo) for lo, hi in self.ranges)
+
+
 @dataclass
 class Selected:
     """The selected mailbox as this session sees it."""
@@ -56,7 +84,7 @@ class Selected:
     infos_modseq: int = 0
     infos_stale: bool = False
     # RFC 3501 2.3.2: UIDs that are \\Recent in this session (rev1 clients only)
-    recent: set[int] = field(default_factory=set)
+    recent: RecentUids = field(default_factory=lambda: RecentUids())
 
 
 Handler = Callable[["ImapSession", c.Command], Awaitable[None]]
@@ -206,7 +234,7 @@ class ImapSession:
                 self.engine.untagged(len(sel.view), Atom("EXISTS"))
                 if not self.engine.rev2:
                     await self.claim_recent(new)
-                    self.engine.untagged(len(sel.recent), Atom("RECENT"))  # RFC 3501 7.3.2
+                    self.engine.untagged(sel.recent.count(sel.view), Atom("RECENT"))  # RFC 3501 7.3.2
             for info in updated:
                 seq = sel.view.seq_of(info.uid)
                 if seq is None:
@@ -229,7 +257,7 @@ class ImapSession:
             first = await self.store.claim_recent(sel.mailbox.id, claim=False)
         else:
             first = await self.store.claim_recent(sel.mailbox.id)
-        sel.recent.update(u for u in uids if u > first)
+        sel.recent.add(max(first, min(uids) - 1), max(uids))  # disjoint from earlier ranges
 
     def announce_expunge(self, uids: list[int]) -> None:
         """EXPUNGE per message, or one VANISHED with QRESYNC (RFC 7162 3.2.10)."""
@@ -239,11 +267,9 @@ class ImapSession:
         if "QRESYNC" in self.engine.enabled:
             present = [u for u in uids if sel.view.seq_of(u) is not None]
             sel.view.expunge(present)
-            sel.recent.difference_update(present)
             if present:
                 self.engine.untagged(Atom("VANISHED"), Atom(format_uid_set(present)))
             return
-        sel.recent.difference_update(uids)
         for seq in sel.view.expunge(uids):
             self.engine.untagged(seq, Atom("EXPUNGE"))
 

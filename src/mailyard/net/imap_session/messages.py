@@ -147,7 +147,7 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     if need_offsets:
         fields.update(_OFFSET_FIELDS)
     writer = s.engine.writer
-    batch_size = FETCH_BATCH if need_raw else 1000
+    batch_size = FETCH_BATCH if need_raw else 5000
     missing = False
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start : start + batch_size]

@@ -55,7 +55,7 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
         hits = [(i, u) for i, u in enumerate(uids, 1) if u in found]
         modseq = max((infos[u].modseq for _, u in hits), default=0)
         uids = []
-    recent = sel.recent if not s.engine.rev2 else set()
+    recent = sel.recent if not s.engine.rev2 else None
     for start in range(0, len(uids), HEADER_BATCH):
         chunk = uids[start : start + HEADER_BATCH]
         derived = await s.store.get_derived(sel.mailbox.id, chunk, ("headers",)) if want_headers else {}

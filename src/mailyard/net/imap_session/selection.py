@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from typing import TYPE_CHECKING
 
 from ...protocols.imap import commands as c
@@ -70,8 +69,8 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
         # RFC 3501 6.3.1 / 2.3.2: messages no session has seen yet are \Recent
         # here (SELECT takes the flag for this session; EXAMINE leaves it)
         first = await s.store.claim_recent(box.id, claim=not cmd.readonly)
-        s.sel.recent = set(view.uids[bisect_right(view.uids, first):])
-        eng.untagged(len(s.sel.recent), Atom("RECENT"))
+        s.sel.recent.add(first, view.max_uid)
+        eng.untagged(s.sel.recent.count(view), Atom("RECENT"))
     eng.untagged(Atom("FLAGS"), flag_list(flags))
     if cmd.readonly:
         eng.untagged_status("OK", "No permanent flags permitted", "PERMANENTFLAGS ()")
