@@ -15,6 +15,7 @@ from mailyard.client.maildir import Maildir, UIDLState
 from mailyard.client.render import (
     attachments,
     body_text,
+    for_attaching,
     html_to_text,
     prefixed_subject,
     quote,
@@ -190,3 +191,17 @@ def test_body_from_editor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     script.write_text("")  # an editor that changes nothing: nothing is sent
     with pytest.raises(ClientError, match="empty message"):
         client_cli._body(args, template="> quoted\n")
+
+
+def test_forwarding_an_8bit_message_keeps_it_readable() -> None:
+    orig = (b"From: J\xc3\xb6rg <a@b.test>\r\nTo: d@e.test\r\nSubject: caf\xc3\xa9\r\n"
+            b"Received: from x by y; Tue, 01 Oct 2024 10:00:00 +0200\r\n"
+            b"Received: from w by x; Tue, 01 Oct 2024 09:59:00 +0200\r\n"
+            b"Date: Tue, 01 Oct 2024 10:00:00 +0200\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: 8bit\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n")
+    out = to_bytes(compose("x@y.test", "q@r.test", text="FYI", attachments=[for_attaching(parse_message(orig))]))
+    assert out.isascii() and b"unknown-8bit" not in out
+    inner = next(parse_message(out).iter_attachments()).get_content()
+    assert str(inner["From"]) == "Jörg <a@b.test>" and inner["Subject"] == "café"
+    assert [k for k, _v in inner.items()][:4] == ["From", "To", "Subject", "Received"]
+    assert inner.get_content().rstrip() == "Grüße"

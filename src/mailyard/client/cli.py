@@ -635,7 +635,14 @@ def cmd_reply(args: argparse.Namespace) -> None:
 def cmd_forward(args: argparse.Namespace) -> None:
     from ..message.compose import Attachment, compose
     from ..message.parse import parse_message
-    from .render import attachments, body_text, forward_header_block, header, prefixed_subject
+    from .render import (
+        attachments,
+        body_text,
+        for_attaching,
+        forward_header_block,
+        header,
+        prefixed_subject,
+    )
 
     _s, acct = _account(args)
     uid = parse_ids(args.id)[0]
@@ -652,8 +659,8 @@ def cmd_forward(args: argparse.Namespace) -> None:
             atts.append(Attachment(a.filename, a.data(), a.content_type if "/" in a.content_type else None))
     else:
         body = note
-        # RFC 2046 5.2.1: the whole original, unchanged, as a message/rfc822 part.
-        atts.append(parse_message(raw))
+        # RFC 2046 5.2.1: the whole original as a message/rfc822 part.
+        atts.append(for_attaching(parse_message(raw)))
     try:
         msg = compose(
             _from(acct), to, cc=cc, bcc=bcc, subject=prefixed_subject(header(orig, "Subject"), "Fwd:"),
@@ -661,6 +668,11 @@ def cmd_forward(args: argparse.Namespace) -> None:
         )
     except ValueError as exc:
         raise ClientError(str(exc)) from exc
+    for part in msg.walk():
+        if part.get_content_type() == "message/rfc822" and "Content-Transfer-Encoding" in part:
+            # The stdlib labels it 8bit; the output policy re-encodes the inner
+            # message 7-bit clean, so 7bit is the true label (RFC 2046 5.2.1).
+            part.replace_header("Content-Transfer-Encoding", "7bit")
     _deliver(acct, msg, save=not args.no_save)
     _mark(acct, args.folder, uid, b"$Forwarded")  # RFC 5788 keyword registry
 

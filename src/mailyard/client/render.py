@@ -340,3 +340,22 @@ def forward_header_block(original: Message) -> str:
         if value:
             lines.append(f"{name}: {value}")
     return "\n".join(lines) + "\n\n"
+
+
+def for_attaching(msg: EmailMessage) -> EmailMessage:
+    """Prepare a received message to be attached (forwarding). The composed
+    message is 7-bit clean, so header fields written in raw UTF-8 (RFC 6532)
+    are set again as text, to come out as UTF-8 encoded words rather than the
+    stdlib's ``unknown-8bit`` ones; the order of the fields is kept."""
+    items = list(msg.items())
+    if all(str(v).isascii() for _k, v in items):
+        return msg
+    for name in {k for k, _v in items}:
+        del msg[name]
+    for name, value in items:
+        text = str(value)
+        try:
+            msg[name] = text
+        except Exception:  # a field the header registry cannot take back as text: keep it
+            msg[name] = value
+    return msg
