@@ -240,6 +240,31 @@ def test_smtp_wrong_password(mailserver: RunningServer) -> None:
         assert s.mail(ALICE)[0] == 530
 
 
+def test_smtp_fifth_failed_auth_closes_connection(mailserver: RunningServer) -> None:
+    with submission(mailserver) as s:
+        s.ehlo()
+        s.starttls(context=client_context(mailserver))
+        s.ehlo()
+        bad = base64.b64encode(f"\0{ALICE}\0wrong".encode()).decode()
+        for _ in range(4):
+            assert s.docmd("AUTH", "PLAIN " + bad)[0] == 535
+        code, text = s.docmd("AUTH", "PLAIN " + bad)
+        assert (code, text[:5]) == (421, b"4.7.0")
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            s.noop()
+
+
+def test_received_names_the_tls_version(mailserver: RunningServer) -> None:
+    with smtplib.SMTP_SSL(
+        mailserver.host, mailserver.port("smtps"), context=client_context(mailserver), timeout=10
+    ) as s:
+        s.login(ALICE, USERS[ALICE])
+        s.sendmail(ALICE, [BOB], message())
+    (stored,) = mailserver.messages(BOB)
+    received = stored[stored.index(b"Received:"):].split(b";", 1)[0]
+    assert b"(TLSv1." in received and b"with ESMTPSA" in received
+
+
 def test_mx_port_offers_starttls_not_auth(mailserver: RunningServer) -> None:
     with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), timeout=10) as s:
         s.ehlo()

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailyard.smtp")
 
+# Failed AUTH exchanges on one connection before 421 and disconnect.
+MAX_AUTH_FAILURES = 5
+
 # Queue IDs: unique per process (random prefix) and cheap (a counter).
 _QUEUE_PREFIX = os.urandom(4).hex()
 _queue_counter = itertools.count(1)
@@ -106,6 +109,7 @@ class SMTPSession(SessionProtocol):
         self.account: Account | None = None  # after a successful AUTH
         self._mech: sasl.Mechanism | None = None
         self._auth: Authenticator | None = None
+        self._auth_failures = 0
 
     # --- SessionProtocol hooks ----------------------------------------------
     def start(self) -> None:
@@ -277,7 +281,23 @@ class SMTPSession(SessionProtocol):
                 engine.auth_success(account.address)
                 return
             ev = sasl.Failure("account vanished")
-        engine.respond(self._auth_failure_reply(ev))
+        reply = self._auth_failure_reply(ev)
+        if reply.code == 535:
+            self._auth_failures += 1
+            if self._auth_failures >= MAX_AUTH_FAILURES:
+                # Abuse budget per connection (the throttle also counts across them).
+                reply = Reply(421, "4.7.0", "Too many failed authentication attempts, closing connection")
+        engine.respond(reply)
+
+    def _tls_info(self) -> str | None:
+        """``TLSv1.3 TLS_AES_256_GCM_SHA384`` for the Received comment (RFC 5321 4.4 allows one)."""
+        if not self.tls or self.transport is None:
+            return None
+        obj = self.transport.get_extra_info("ssl_object")
+        if obj is None:
+            return None
+        cipher = obj.cipher()
+        return f"{obj.version()} {cipher[0]}" if cipher else obj.version()
 
     def _auth_failure_reply(self, failure: sasl.Failure) -> Reply:
         if failure.kind == "cancelled":
@@ -342,6 +362,7 @@ class SMTPSession(SessionProtocol):
             protocol=with_protocol(tls=self.tls, auth=self.account is not None),
             id=queue_id,
             for_addr=event.forward_paths[0] if len(event.forward_paths) == 1 else None,
+            tls_info=self._tls_info(),
         )
         queue = self._queue()
         if remote and queue is None:
