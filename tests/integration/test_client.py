@@ -453,3 +453,21 @@ def test_account_add_asks_on_a_terminal(tmp_path: Path) -> None:
     assert 'host = "127.0.0.1"\nport = 465\nsecurity = "ssl"' in text
     assert (home / "passwords" / "dora@example.org").read_text() == "dora-secret"
     assert "dora-secret" not in text
+
+
+def test_body_sources(trio, tmp_path: Path) -> None:
+    mail, server = trio
+    mail("send", "--to", BOB, "-s", "from stdin", account="alice", input="piped text\nline 2\n")
+    (tmp_path / "body.txt").write_text("from a file ✓\n", encoding="utf-8")
+    mail("send", "--to", BOB, "-s", "from file", "--body-file", str(tmp_path / "body.txt"), account="alice")
+    (tmp_path / "only.html").write_text("<p>Only <b>HTML</b> given</p>", encoding="utf-8")
+    mail("send", "--to", BOB, "-s", "html only", "--html", str(tmp_path / "only.html"), account="alice")
+    stdin_msg, file_msg, html_msg = (parse(raw) for raw in server.messages(BOB))
+    assert stdin_msg.get_body(("plain",)).get_content().replace("\r\n", "\n") == "piped text\nline 2\n"
+    assert file_msg.get_body(("plain",)).get_content().replace("\r\n", "\n") == "from a file ✓\n"
+    assert html_msg.get_body(("plain",)).get_content().strip() == "Only HTML given"
+    assert "<b>HTML</b>" in html_msg.get_body(("html",)).get_content()
+    bad = mail("send", "--to", "not an address", "--body", "x", account="alice", check=False)
+    assert bad.returncode == 1 and "not an address" in bad.err
+    bad = mail("send", "--body", "x", account="alice", check=False)
+    assert bad.returncode == 1 and "no recipients" in bad.err

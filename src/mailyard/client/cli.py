@@ -344,7 +344,12 @@ def cmd_send(args: argparse.Namespace) -> None:
             html = Path(args.html).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ClientError(f"cannot read HTML file {args.html}: {exc}") from exc
-    text = _body(args)
+    if html is not None and args.body is None and not args.body_file:
+        from .render import html_to_text
+
+        text = html_to_text(html)  # the plain alternative, from the HTML itself
+    else:
+        text = _body(args)
     try:
         msg = compose(
             _from(acct), to, cc=cc, bcc=bcc, subject=args.subject or "", text=text, html=html,
