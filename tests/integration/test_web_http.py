@@ -275,3 +275,24 @@ def test_smtp_delivery_then_web_listing(web: RunningServer) -> None:
     client = login(web)
     r = client.get("/", follow_redirects=True)
     assert "over smtp" in r.text and 'class="msg unread"' in r.text
+
+
+def test_first_sort_of_a_big_folder_is_prepared_in_the_background(
+    web: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mailyard.web.listing as listing
+
+    monkeypatch.setattr(listing, "SYNC_KEY_LIMIT", 5)
+    for i in range(20):
+        append(web, ALICE, simple(f"topic {19 - i:02d}"))
+    inbox = box_id(web, ALICE, "INBOX")
+    client = login(web)
+    r = client.get(f"/box/{inbox}?sort=subject&dir=asc")
+    assert r.status_code == 200 and 'id="preparing"' in r.text and 'http-equiv="refresh"' in r.text
+    for _ in range(100):
+        r = client.get(f"/box/{inbox}?sort=subject&dir=asc")
+        if 'id="preparing"' not in r.text:
+            break
+        time.sleep(0.05)
+    subjects = re.findall(r'class="open">([^<]+)<', r.text)
+    assert subjects == [f"topic {i:02d}" for i in range(20)]

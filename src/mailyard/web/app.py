@@ -10,6 +10,7 @@ gives the same 404 as one that does not exist. Security model: security.py.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import time
@@ -41,7 +42,7 @@ from ..message.compose import Attachment, compose, to_bytes
 from ..message.parse import parse_message
 from ..store.api import Account, Mailbox, NotFound, StoreError
 from . import render
-from .listing import PAGE_SIZE, SORTS, Listing
+from .listing import PAGE_SIZE, SORTS, Listing, NotReady
 from .security import (
     DOWNLOAD_CSP,
     LOGIN_COOKIE,
@@ -69,6 +70,7 @@ class WebState:
     listing: Listing | None = None
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     throttle: LoginThrottle | None = None
+    status_cache: dict[int, tuple[tuple[int, int], Any]] = field(default_factory=dict)
 
 
 def _env() -> jinja2.Environment:
@@ -201,8 +203,17 @@ async def folders(request: Request, session: Session) -> list[dict]:
     store = state(request).server.store
     boxes = await store.list_mailboxes(session.account_id)
     out = []
+    cache = state(request).status_cache
     for box in boxes:
-        status = await store.mailbox_status(box.id)
+        # a mailbox's counts change only when its highest mod-sequence does
+        hit = cache.get(box.id)
+        if hit is not None and hit[0] == (box.uid_validity, box.highest_modseq):
+            status = hit[1]
+        else:
+            status = await store.mailbox_status(box.id)
+            if len(cache) > 10_000:
+                cache.clear()
+            cache[box.id] = ((box.uid_validity, box.highest_modseq), status)
         out.append({
             "id": box.id, "name": box.name, "special": box.special_use,
             "unseen": status.unseen, "messages": status.messages,
@@ -264,6 +275,8 @@ async def login(request: Request) -> Response:
     username = str(form.get("username") or "").strip()
     password = str(form.get("password") or "")
     ip = request.client.host if request.client else "unknown"
+    if not plaintext_ok(web.server, request, ip):
+        return _login_page(request, "Passwords are accepted only over HTTPS here.", username, 403)
     throttle = web.throttle
     assert throttle is not None
     verdict = throttle.before_attempt(ip, username or None, time.monotonic())
@@ -289,6 +302,23 @@ async def login(request: Request) -> Response:
     response.delete_cookie(LOGIN_COOKIE, path="/")
     log.info("web login %s from %s", account.address, ip)
     return response
+
+
+def plaintext_ok(server: Any, request: Request, ip: str) -> bool:
+    """The same rule as the mail protocols (config [auth]): a password in the
+    clear only over TLS, from loopback (e.g. a TLS-terminating proxy on this
+    host), or where the administrator allows it everywhere."""
+    if request.url.scheme == "https":
+        return True
+    cfg = getattr(server.config, "auth", None)
+    if cfg is None:
+        return True
+    try:
+        loopback = ipaddress.ip_address(ip.split("%", 1)[0]).is_loopback
+    except ValueError:
+        loopback = False
+    return bool(getattr(cfg, "allow_plaintext_insecure", False)
+                or (getattr(cfg, "allow_plaintext_on_loopback", True) and loopback))
 
 
 async def logout(request: Request) -> Response:
@@ -327,11 +357,18 @@ async def mailbox_view(request: Request) -> Response:
     query = (qp.get("q") or "").strip()[:200]
     only = await web.server.store.search_text(box.id, query, "text") if query else None
     assert web.listing is not None
-    pg = await web.listing.page(box, sort, descending, _int(qp.get("after")), _int(qp.get("before")), only)
+    preparing = None
+    try:
+        pg = await web.listing.page(box, sort, descending, _int(qp.get("after")), _int(qp.get("before")), only)
+    except NotReady as progress:
+        # first sort of a big folder by sender/subject: show date order meanwhile
+        preparing = progress
+        pg = await web.listing.page(box, "date", True, None, None, only)
     ctx = {
         "box": box, "folders": await folders(request, session), "pg": pg, "sort": sort,
         "dir": "desc" if descending else "asc", "q": query, "page_size": PAGE_SIZE,
         "notice": qp.get("notice", ""), "is_trash": box.special_use == "\\Trash",
+        "preparing": preparing,
     }
     if qp.get("fragment"):
         list_html = TEMPLATES.get_template("_list.html").render(request=request, session=session, **ctx)

@@ -2,22 +2,23 @@
 
 A folder of 100,000 messages must page as fast as one of 100. So:
 
-- per mailbox the web keeps a cache of its index rows (``MessageInfo``, no
-  message data), brought up to date with ``store.changes_since`` (RFC 7162
-  style: only what changed since the last mod-sequence seen), as IMAP does;
+- per mailbox the web keeps the set of its UIDs (``store.mailbox_summary``,
+  one read), brought up to date with ``store.changes_since`` (RFC 7162 style:
+  only what changed since the last mod-sequence seen) when the mailbox's
+  highest mod-sequence has moved; "date" order is arrival (UID) order;
 - sort keys for sender and subject are computed once per message (from the
   derived data stored at delivery, never by re-parsing) and kept; the sorted
   order is rebuilt only when messages come or go, not when flags change;
 - a page is found by its key (``after``/``before`` = a UID in the sorted
   order, located by a dict lookup), never by scanning ``OFFSET`` rows of
-  decoded data; only the page's 50 messages get their envelope fetched.
+  decoded data; only the page's 50 messages get their index rows
+  (``get_messages``) and envelopes (``get_derived(fields=...)``) fetched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import inspect
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from ..message.headers import decode_words
 from ..store.api import Mailbox, MessageInfo, Store
 
 PAGE_SIZE = 50
+# Sort keys computed inside a request at most for this many messages; more go
+# to a background task (NotReady) so no request waits for a whole big folder.
+SYNC_KEY_LIMIT = 5000
 SORTS = ("date", "from", "subject")
 MAX_CACHED_MAILBOXES = 256
 _SUBJECT_PREFIX = re.compile(r"^\s*((re|fwd?|aw|wg|sv|vs)\s*(\[\d+\])?\s*:\s*)+", re.I)
@@ -36,10 +40,20 @@ _SUBJECT_PREFIX = re.compile(r"^\s*((re|fwd?|aw|wg|sv|vs)\s*(\[\d+\])?\s*:\s*)+"
 class _BoxCache:
     uid_validity: int
     modseq: int = 0
-    infos: dict[int, MessageInfo] = field(default_factory=dict)
+    uids: set[int] = field(default_factory=set)
     keys: dict[str, dict[int, Any]] = field(default_factory=lambda: {"from": {}, "subject": {}})
     order: dict[str, list[tuple[Any, int]]] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    filling: asyncio.Future | None = None
+
+
+class NotReady(Exception):
+    """Sort keys of a big folder are being computed; ``done`` of ``total``."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"{done} of {total}")
+        self.done = done
+        self.total = total
 
 
 @dataclass
@@ -125,16 +139,9 @@ class Listing:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._boxes: OrderedDict[int, _BoxCache] = OrderedDict()
-        try:
-            self._derived_fields = "fields" in inspect.signature(store.get_derived).parameters
-        except (TypeError, ValueError):
-            self._derived_fields = False
 
     async def _derived(self, mailbox_id: int, uids: list[int]) -> dict[int, dict]:
-        if self._derived_fields:  # the store can leave out the large search text
-            return await self.store.get_derived(  # type: ignore[call-arg]
-                mailbox_id, uids, fields=("envelope", "bodystructure"))
-        return await self.store.get_derived(mailbox_id, uids)
+        return await self.store.get_derived(mailbox_id, uids, fields=("envelope", "bodystructure", "date"))
 
     async def _cache(self, box: Mailbox) -> _BoxCache:
         cache = self._boxes.get(box.id)
@@ -146,24 +153,19 @@ class Listing:
         self._boxes.move_to_end(box.id)
         async with cache.lock:
             if cache.modseq == 0:
-                status = await self.store.mailbox_status(box.id)
-                infos = await self.store.list_messages(box.id)
-                cache.infos = {m.uid: m for m in infos}
-                cache.modseq = status.highest_modseq
+                # UIDs only, in one read (no MessageInfo per message)
+                summary = await self.store.mailbox_summary(box.id)
+                cache.uids = set(summary.uids)
+                cache.modseq = summary.mailbox.highest_modseq
                 cache.order.clear()
-            else:
+            elif box.highest_modseq != cache.modseq:
                 changes = await self.store.changes_since(box.id, cache.modseq)
-                if changes.changed or changes.vanished:
-                    membership = False
-                    for m in changes.changed:
-                        if m.uid not in cache.infos:
-                            membership = True
-                        cache.infos[m.uid] = m
-                    for uid in changes.vanished:
-                        if cache.infos.pop(uid, None) is not None:
-                            membership = True
-                    if membership:
-                        cache.order.clear()
+                added = {m.uid for m in changes.changed} - cache.uids
+                gone = cache.uids.intersection(changes.vanished)
+                if added or gone:
+                    cache.uids |= added
+                    cache.uids -= gone
+                    cache.order.clear()
                 cache.modseq = max(cache.modseq, changes.highest_modseq)
         return cache
 
@@ -172,21 +174,34 @@ class Listing:
         if order is not None:
             return order
         if sort == "date":
-            order = sorted((m.internal_date, m.uid) for m in cache.infos.values())
+            # arrival order: UIDs are assigned in arrival order (RFC 9051 2.3.1.1)
+            order = [(uid, uid) for uid in sorted(cache.uids)]
         else:
             keys = cache.keys[sort]
-            missing = [uid for uid in cache.infos if uid not in keys]
-            for i in range(0, len(missing), 500):
-                chunk = missing[i : i + 500]
-                derived = await self._derived(box.id, chunk)
-                for uid, d in derived.items():
-                    cache.keys["from"][uid] = sender_of(d)[0].casefold()
-                    cache.keys["subject"][uid] = _SUBJECT_PREFIX.sub("", subject_of(d)).casefold()
-                for uid in chunk:
-                    keys.setdefault(uid, "")
-            order = sorted((keys[uid], uid) for uid in cache.infos)
+            missing = [uid for uid in cache.uids if uid not in keys]
+            if len(missing) > SYNC_KEY_LIMIT:
+                # A big folder sorted this way for the first time: compute the
+                # keys in the background and let the page say so, rather than
+                # hold the request (and the event loop) for seconds.
+                if cache.filling is None or cache.filling.done():
+                    cache.filling = asyncio.ensure_future(self._fill_keys(box.id, cache, missing))
+                raise NotReady(len(cache.uids) - len(missing), len(cache.uids))
+            await self._fill_keys(box.id, cache, missing)
+            order = sorted((keys[uid], uid) for uid in cache.uids)
         cache.order[sort] = order
         return order
+
+    async def _fill_keys(self, mailbox_id: int, cache: _BoxCache, uids: list[int]) -> None:
+        for i in range(0, len(uids), 500):
+            chunk = uids[i : i + 500]
+            derived = await self._derived(mailbox_id, chunk)
+            for uid, d in derived.items():
+                cache.keys["from"][uid] = sender_of(d)[0].casefold()
+                cache.keys["subject"][uid] = _SUBJECT_PREFIX.sub("", subject_of(d)).casefold()
+            for uid in chunk:
+                cache.keys["from"].setdefault(uid, "")
+                cache.keys["subject"].setdefault(uid, "")
+            await asyncio.sleep(0)  # let other requests run between batches
 
     async def page(
         self,
@@ -234,10 +249,13 @@ class Listing:
         chunk = order[start : start + size]
         uids = [uid for _k, uid in chunk]
         derived = await self._derived(box.id, uids) if uids else {}
+        infos = {m.uid: m for m in await self.store.get_messages(box.id, uids)} if uids else {}
         rows: list[Row] = []
         for uid in uids:
             d = derived.get(uid, {})
-            info = cache.infos[uid]
+            info = infos.get(uid)
+            if info is None:
+                continue  # expunged meanwhile
             name, addr = sender_of(d)
             rows.append(Row(uid, info, name, addr, subject_of(d), d.get("date") or info.internal_date,
                             has_attachment(d.get("bodystructure"))))
@@ -246,14 +264,13 @@ class Listing:
         return Page(rows, total, start, prev_uid, next_uid)
 
     async def info(self, box: Mailbox, uid: int) -> MessageInfo | None:
-        cache = await self._cache(box)
-        return cache.infos.get(uid)
+        found = await self.store.get_messages(box.id, [uid])
+        return found[0] if found else None
 
     @staticmethod
     def _key_of(cache: _BoxCache, sort: str, uid: int) -> Any:
         if sort == "date":
-            info = cache.infos.get(uid)
-            return info.internal_date if info is not None else None
+            return uid
         return cache.keys[sort].get(uid)
 
 

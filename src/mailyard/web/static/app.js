@@ -110,9 +110,9 @@
   var fit = function () {
     try {
       var doc = frame.contentDocument;
-      if (doc && doc.documentElement) {
-        var h = doc.documentElement.scrollHeight;
-        frame.style.height = Math.max(160, Math.min(h + 24, 20000)) + "px";
+      if (doc && doc.body) {
+        var h = doc.body.scrollHeight;  // the content, not the frame's viewport
+        frame.style.height = Math.max(160, Math.min(h + 32, 20000)) + "px";
       }
     } catch (e) { /* keep the CSS height */ }
   };
