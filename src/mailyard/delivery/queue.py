@@ -45,7 +45,7 @@ from ..protocols.smtp.client import (
     TransactionResult,
 )
 from ..protocols.smtp.replies import Reply
-from ..store.api import Account, DeliveryTarget
+from ..store.api import Account, DeliveryTarget, NotFound
 from ..store.queue import (
     DELIVERED,
     FAILED,
@@ -266,7 +266,7 @@ class OutboundQueue:
                 box = await self.store.get_mailbox(account.id, "INBOX")
                 box_id = box.id if box is not None else None
             if box_id is None:
-                continue
+                raise NotFound(f"account {account.address} has no INBOX")  # as delivery/local.py
             targets.append(DeliveryTarget(box_id, return_path + delivered_to_header(account.address)))
         return targets
 
