@@ -1,0 +1,121 @@
+"""`mailyard serve` re-reads its certificate on SIGHUP (as after an ACME
+renewal): new connections on implicit-TLS and STARTTLS ports get the new
+certificate, a session opened before keeps working, and a broken new pair
+leaves the old certificate in use."""
+
+from __future__ import annotations
+
+import hashlib
+import poplib
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mailyard.net.tls import create_self_signed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fingerprint(port: int, starttls_pop3: bool = False) -> str:
+    """SHA-256 of the certificate the server presents now."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        if starttls_pop3:
+            f = raw.makefile("rb")
+            f.readline()
+            raw.sendall(b"STLS\r\n")
+            assert f.readline().startswith(b"+OK")
+        with ctx.wrap_socket(raw, server_hostname="mx.example.test") as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return hashlib.sha256(der).hexdigest()
+
+
+def file_fingerprint(cert: Path) -> str:
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_reloads_certificate(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    subprocess.run(
+        [sys.executable, "-m", "mailyard", "--data", str(data), "init", "--domain", "example.test",
+         "--hostname", "mx.example.test", "--demo"],
+        check=True, capture_output=True,
+    )
+    ports = {name: free_port() for name in ("pop3", "pop3s", "imaps")}
+    text = (data / "config.toml").read_text()
+    for name in ("smtp", "submission", "smtps", "imap", "http"):
+        text = re.sub(rf"^{name} = \d+$", f"{name} = 0", text, flags=re.M)
+    for name, port in ports.items():
+        text = re.sub(rf"^{name} = \d+$", f"{name} = {port}", text, flags=re.M)
+    (data / "config.toml").write_text(text)
+    password = (data / "demo-passwords.txt").read_text().split()
+    alice, alice_pw = password[0], password[2]
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailyard", "--data", str(data), "serve"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    output: list[bytes] = []
+    reader: threading.Thread | None = None
+    try:
+        assert proc.stdout is not None
+        deadline = time.time() + 30
+        for line in proc.stdout:
+            output.append(line)
+            if b"mailyard is running" in line or time.time() > deadline:
+                break
+        assert b"mailyard is running" in output[-1], b"".join(output)
+        reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+
+        cert, key = data / "tls" / "cert.pem", data / "tls" / "key.pem"
+        old = file_fingerprint(cert)
+        assert fingerprint(ports["pop3s"]) == old
+        trust_old = ssl.create_default_context(cafile=str(cert))
+        before = poplib.POP3_SSL("127.0.0.1", ports["pop3s"], context=trust_old, timeout=10)
+
+        create_self_signed("mx.example.test", cert, key)  # the "renewal"
+        new = file_fingerprint(cert)
+        assert new != old
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while fingerprint(ports["imaps"]) != new:
+            assert time.time() < deadline, "certificate not reloaded"
+            time.sleep(0.1)
+        assert fingerprint(ports["pop3s"]) == new
+        assert fingerprint(ports["pop3"], starttls_pop3=True) == new
+
+        before.user(alice)  # the session from before the reload goes on
+        before.pass_(alice_pw)
+        before.quit()
+
+        # A broken pair: the server keeps the current certificate.
+        cert.write_text("not a certificate\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert fingerprint(ports["imaps"]) == new
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        if reader is not None:
+            reader.join(10)
+    log = b"".join(output)
+    assert b"TLS certificate reloaded" in log
+    assert b"TLS reload failed, keeping the previous certificate" in log
