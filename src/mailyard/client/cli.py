@@ -334,7 +334,7 @@ def _deliver(acct: Account, msg: Any, save: bool = True) -> None:
 def cmd_send(args: argparse.Namespace) -> None:
     from ..message.compose import compose
 
-    _store_, acct = _account(args)
+    _s, acct = _account(args)
     to, cc, bcc = _recipients(args.to), _recipients(args.cc), _recipients(args.bcc)
     if not (to or cc or bcc):
         raise ClientError("no recipients: give at least one --to, --cc or --bcc")
@@ -410,12 +410,17 @@ def _is_sent(c: Any, folder: str, acct: Account) -> bool:
     return False
 
 
+def _cut(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _table(c: Any, uids: list[int], args: argparse.Namespace, what: str, sent: bool = False) -> None:
     import shutil
 
     from ..message.dates import parse_date
     from ..message.parse import parse_message
-    from .render import header, human_size
+    from .render import addresses, header, human_size
 
     out = _out()
     uids = sorted(uids, reverse=True)  # UIDs grow with arrival (RFC 9051 2.3.1.1): newest first
@@ -447,20 +452,13 @@ def _table(c: Any, uids: list[int], args: argparse.Namespace, what: str, sent: b
             when = item[b"INTERNALDATE"].strftime("%Y-%m-%d %H:%M")
         else:
             when = ""
-        sender = header(hdr, "From")
-        from .render import addresses
-
+        sender = header(hdr, "To" if sent else "From")
         boxes = addresses(hdr, "To" if sent else "From")
         if boxes:
             sender = ", ".join(b.display_name or b.addr_spec for b in boxes)
         subject = header(hdr, "Subject") or "(no subject)"
-
-        def cut(s: str, n: int) -> str:
-            s = " ".join(s.split())
-            return s if len(s) <= n else s[: n - 1] + "…"
-
         print(f"{uid:>{uid_w}}  {_flag_letters(item.get(b'FLAGS', ())):<4}  {when:<16}  "
-              f"{cut(sender, from_w):<{from_w}}  {cut(subject, subj_w):<{subj_w}}  "
+              f"{_cut(sender, from_w):<{from_w}}  {_cut(subject, subj_w):<{subj_w}}  "
               f"{human_size(int(item.get(b'RFC822.SIZE', 0))):>8}", file=out)
     more = f"; next page: --page {page + 1}" if page < pages else ""
     print(f"{what}: {total} message(s), page {page} of {pages}{more}", file=out)
