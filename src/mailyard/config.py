@@ -54,6 +54,15 @@ class LimitsConfig:
     # Seconds a client may stay silent (IMAP IDLE uses imap_idle_timeout).
     idle_timeout: float = 300.0
     imap_idle_timeout: float = 1800.0  # RFC 9051 5.4: at least 30 minutes
+    # Seconds to finish a command line once it began (SMTP, IMAP, POP3); a
+    # trickle of bytes does not extend it (slowloris). 0: no deadline.
+    command_deadline: float = 120.0
+    # Seconds for a whole IMAP literal (e.g. APPEND) once its command began.
+    literal_deadline: float = 600.0
+    # IMAP: longest command line, and largest literal outside APPEND (APPEND
+    # is bounded by smtp.max_message_size).
+    imap_max_line: int = 64 * 1024
+    imap_max_literal: int = 64 * 1024
 
 
 @dataclass

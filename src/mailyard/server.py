@@ -100,7 +100,11 @@ class MailServer:
         if self.tls is None:
             self.tls = self._load_tls()
         limits = ConnectionLimits(
-            cfg.limits.max_connections, cfg.limits.max_connections_per_ip, cfg.limits.idle_timeout
+            cfg.limits.max_connections,
+            cfg.limits.max_connections_per_ip,
+            cfg.limits.idle_timeout,
+            cfg.limits.command_deadline,
+            cfg.limits.literal_deadline,
         )
         try:
             for service in services():

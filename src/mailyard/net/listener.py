@@ -33,6 +33,39 @@ class ConnectionLimits:
     max_connections: int = 2000
     max_connections_per_ip: int = 100
     idle_timeout: float = 300.0
+    # Seconds to finish a command line once its first byte arrived; unlike
+    # the idle timeout, bytes trickling in do not extend it (slowloris).
+    command_deadline: float = 120.0
+    # Seconds for a whole IMAP literal (APPEND) once its command began.
+    literal_deadline: float = 600.0
+
+
+class CommandClock:
+    """When the client's incomplete command began, for the command deadline.
+
+    The idle timeout restarts on every byte, so a client sending one byte
+    every few seconds would hold a session (and a connection slot) forever.
+    This clock starts when the engine first holds an incomplete unit of
+    input (a command line, SMTP DATA, an IMAP literal) and restarts only
+    when the engine completes one (``progress`` changes): the client then
+    has ``deadline`` seconds in total, however it spaces its bytes.
+    """
+
+    __slots__ = ("progress", "started")
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.progress = -1
+
+    def remaining(self, now: float, partial: bool, progress: int, deadline: float) -> float | None:
+        """Seconds left for the incomplete unit; None when there is none (or no deadline)."""
+        if not partial or deadline <= 0:
+            self.started = None
+            return None
+        if self.started is None or progress != self.progress:
+            self.started = now
+            self.progress = progress
+        return self.started + deadline - now
 
 
 class Connection:
@@ -76,6 +109,8 @@ class Connection:
         try:
             async with asyncio.timeout(limit):
                 return await self.reader.read(READ_SIZE)
+        except TimeoutError:
+            raise  # an OSError subclass, but the caller answers it (BYE, ...)
         except (ConnectionError, OSError, ssl.SSLError):
             return b""
         except asyncio.CancelledError:

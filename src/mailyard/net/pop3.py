@@ -60,7 +60,7 @@ from ..protocols.pop3.engine import (
     pop3_message_bytes,
 )
 from ..store.api import Account, Mailbox, NotFound, Store
-from .listener import Connection, ShutdownRequested
+from .listener import CommandClock, Connection, ShutdownRequested
 
 if TYPE_CHECKING:
     from ..server import MailServer
@@ -257,6 +257,7 @@ class POP3Session:
         self.mailbox: Mailbox | None = None
         self._crlf_clean: Callable[[int], bool] = lambda uid: False
         self._mech: sasl.Mechanism | None = None
+        self._clock = CommandClock()
 
     # --- the loop -------------------------------------------------------------
 
@@ -267,10 +268,22 @@ class POP3Session:
                 event = engine.next_event()
                 if event is NEED_DATA:
                     await conn.send(engine.data_to_send())
+                    # A command line must be complete within [limits]
+                    # command_deadline however slowly it trickles in.
+                    left = self._clock.remaining(
+                        asyncio.get_running_loop().time(), engine.partial_input,
+                        engine.lines_completed, conn.listener.limits.command_deadline,
+                    )
+                    if left is not None and left <= 0:
+                        await conn.send(b"-ERR command not completed in time, closing connection\r\n")
+                        return
                     try:
-                        data = await conn.read(self.idle_timeout)
+                        data = await conn.read(self.idle_timeout if left is None else min(left, self.idle_timeout))
                     except TimeoutError:
-                        # RFC 1939 section 3: close without UPDATE and without a response.
+                        if left is not None and left < self.idle_timeout:
+                            await conn.send(b"-ERR command not completed in time, closing connection\r\n")
+                        # RFC 1939 section 3: an idle client is closed without
+                        # UPDATE and without a response.
                         return
                     except ShutdownRequested:
                         await conn.send(b"-ERR [SYS/TEMP] server shutting down, nothing deleted\r\n")

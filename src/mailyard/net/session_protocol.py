@@ -20,7 +20,7 @@ import ssl
 from collections.abc import Coroutine
 from typing import Any
 
-from .listener import Listener
+from .listener import CommandClock, Listener
 
 log = logging.getLogger("mailyard.net")
 
@@ -41,6 +41,8 @@ class SessionProtocol(asyncio.Protocol):
         self._timeout = listener.limits.idle_timeout
         self._task: asyncio.Task[None] | None = None
         self._admitted = False
+        self._clock = CommandClock()
+        self._deadline_timer: asyncio.TimerHandle | None = None
 
     # --- hooks for subclasses ---------------------------------------------
     def start(self) -> None:
@@ -65,6 +67,16 @@ class SessionProtocol(asyncio.Protocol):
         """The reply sent when the client was silent for too long."""
         return b""
 
+    def input_state(self) -> tuple[bool, int, float]:
+        """(the engine holds an incomplete command or message, count of units
+        it completed so far, seconds allowed for the incomplete one); see
+        listener.CommandClock. The default: no deadline."""
+        return False, 0, 0.0
+
+    def on_deadline(self) -> bytes:
+        """The reply sent when a command or message took too long to arrive."""
+        return self.on_timeout()
+
     # --- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
@@ -88,6 +100,7 @@ class SessionProtocol(asyncio.Protocol):
         self._arm_timer()
         self.received(data)
         self.advance()
+        self._check_deadline()
 
     def eof_received(self) -> bool:
         if not self.closed:
@@ -99,6 +112,9 @@ class SessionProtocol(asyncio.Protocol):
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         if self._admitted:
             self.listener.release(self, self.peer_ip)
             self._admitted = False
@@ -145,6 +161,7 @@ class SessionProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.resume_reading()
         self.advance()
+        self._check_deadline()
 
     def write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.closed:
@@ -193,6 +210,33 @@ class SessionProtocol(asyncio.Protocol):
             return
         log.info("%s: %s timed out", self.listener.name, self.peer_ip)
         self.write(self.on_timeout())
+        self.close()
+
+    def _check_deadline(self) -> None:
+        """(Re)arm the command deadline after the engine consumed input."""
+        if self.closed or self.busy:
+            return  # a step is running: the client is waiting for us
+        partial, progress, deadline = self.input_state()
+        left = self._clock.remaining(self.loop.time(), partial, progress, deadline)
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        if left is None:
+            return
+        if left <= 0:
+            self._deadline_passed()
+            return
+        self._deadline_timer = self.loop.call_later(left, self._deadline_fired)
+
+    def _deadline_fired(self) -> None:
+        self._deadline_timer = None
+        if self.closed or self.busy:
+            return  # _run_step checks again when the step ends
+        self._check_deadline()
+
+    def _deadline_passed(self) -> None:
+        log.info("%s: %s did not finish its command in time", self.listener.name, self.peer_ip)
+        self.write(self.on_deadline())
         self.close()
 
     async def start_tls(self, context: ssl.SSLContext) -> None:

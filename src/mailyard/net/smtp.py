@@ -154,6 +154,18 @@ class SMTPSession(SessionProtocol):
         # RFC 5321 4.5.3.2: the server may close after its timeout, with 421.
         return b"421 4.4.2 " + self._host() + b" Timeout, closing connection\r\n"
 
+    def input_state(self) -> tuple[bool, int, float]:
+        # A command line must be complete within [limits] command_deadline and
+        # a whole DATA transfer within smtp.timeout_data_term, however the
+        # client spaces its bytes (RFC 5321 4.5.3.2 bounds each wait; this
+        # bounds the sum, against slowloris).
+        engine = self.engine
+        if engine.state is State.DATA:
+            deadline = self._timeouts.timeout_data_term
+        else:
+            deadline = self.listener.limits.command_deadline
+        return engine.partial_input, engine.units_completed, deadline
+
     def pump(self) -> Coroutine[Any, Any, None] | None:
         engine = self.engine
         try:

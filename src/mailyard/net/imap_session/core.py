@@ -25,13 +25,17 @@ from ...protocols.imap.framing import Limits
 from ...protocols.imap.response import Atom, Raw, flag_list, format_uid_set
 from ...protocols.imap.selected import MessageMap
 from ...store.api import Account, Mailbox, MessageInfo, StoreError
-from ..listener import ShutdownRequested
+from ..listener import CommandClock, ShutdownRequested
 
 if TYPE_CHECKING:
     from ...server import MailServer
     from ..listener import Connection
 
 log = logging.getLogger("mailyard.imap")
+
+
+class CommandDeadline(TimeoutError):
+    """The client did not finish a command (or its literal) in time."""
 
 FLUSH_AT = 256 * 1024  # write out queued responses past this size (big FETCHes)
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -98,7 +102,13 @@ class ImapSession:
         self.conn = conn
         self.store = server.store
         cfg = server.config
-        self.engine = ImapEngine(Limits(max_append=getattr(cfg.smtp, "max_message_size", 50 << 20)))
+        limits = cfg.limits
+        self.engine = ImapEngine(Limits(
+            max_line=getattr(limits, "imap_max_line", 64 * 1024),
+            max_literal=getattr(limits, "imap_max_literal", 64 * 1024),
+            max_append=getattr(cfg.smtp, "max_message_size", 50 << 20),
+        ))
+        self._clock = CommandClock()
         self.account: Account | None = None
         self.sel: Selected | None = None
         self.wake = asyncio.Event()
@@ -134,6 +144,9 @@ class ImapSession:
         except ShutdownRequested:
             self.engine.bye("Server shutting down", code="UNAVAILABLE")
             await self.flush()
+        except CommandDeadline:
+            self.engine.bye("Command not completed in time")
+            await self.flush()
         except TimeoutError:
             self.engine.bye("Autologout; idle for too long")
             await self.flush()
@@ -160,7 +173,24 @@ class ImapSession:
         # authenticated; the listener's shorter idle timeout applies before.
         if timeout is None and self.engine.state is not State.NOT_AUTHENTICATED:
             timeout = self.idle_timeout
-        return await self.conn.read(timeout)
+        if timeout is None:
+            timeout = self.conn.listener.limits.idle_timeout
+        # A command (line, or a literal after it) must be complete within the
+        # command / literal deadline, however slowly its bytes trickle in.
+        framer = self.engine.framer
+        limits = self.conn.listener.limits
+        deadline = limits.literal_deadline if framer.in_literal else limits.command_deadline
+        left = self._clock.remaining(
+            asyncio.get_running_loop().time(), framer.partial, framer.completed, deadline
+        )
+        if left is None or left >= timeout:
+            return await self.conn.read(timeout)
+        if left <= 0:
+            raise CommandDeadline
+        try:
+            return await self.conn.read(left)
+        except TimeoutError:
+            raise CommandDeadline from None
 
     async def flush(self) -> None:
         data = self.engine.data_to_send()
@@ -177,6 +207,8 @@ class ImapSession:
         handler = HANDLERS[cmd.name]
         try:
             await handler(self, cmd)
+        except (TimeoutError, ShutdownRequested):
+            raise  # the session ends (BYE); not a failure of the command
         except StoreError as exc:
             log.info("imap: %s failed: %s", cmd.name, exc)
             if self.engine.current is not None:

@@ -84,6 +84,14 @@ class Framer:
         self.buffer = bytearray()
         self._cmd: _Partial | None = None
         self._skip_line = False  # discarding the rest of an over-long line
+        # Commands (and raw lines) completed or refused so far: the glue's
+        # command deadline restarts only when this changes (net/listener.py).
+        self.completed = 0
+
+    @property
+    def partial(self) -> bool:
+        """True while an incomplete command (line or literal) is held."""
+        return bool(self.buffer) or self._cmd is not None or self._skip_line
 
     def feed(self, data: bytes) -> None:
         self.buffer += data
@@ -100,6 +108,7 @@ class Framer:
         """Drop the command being assembled; its synchronising literal was
         refused, so the client will not send the octets (RFC 9051 2.2.1)."""
         self._cmd = None
+        self.completed += 1
 
     def read_line(self) -> bytes | None:
         """One raw line (without CRLF), for AUTHENTICATE and IDLE; None: need more."""
@@ -111,10 +120,17 @@ class Framer:
             return None
         line = bytes(self.buffer[:idx])
         del self.buffer[: idx + 1]
+        self.completed += 1
         return line[:-1] if line.endswith(b"\r") else line
 
     def next(self) -> Assembled | Rejected | ContinuationNeeded | None:
         """The next framing event, or None when more input is needed."""
+        event = self._next()
+        if isinstance(event, Assembled | Rejected):
+            self.completed += 1
+        return event
+
+    def _next(self) -> Assembled | Rejected | ContinuationNeeded | None:
         while True:
             cmd = self._cmd
             if cmd is not None and cmd.literal_left:

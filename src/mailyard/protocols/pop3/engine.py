@@ -322,6 +322,9 @@ class POP3Server:
         self._in = bytearray()
         self._eof = False
         self._discarding = False  # inside an over-long line: drop up to its LF
+        # Lines consumed so far; with ``partial_input`` the glue enforces a
+        # command deadline that a trickle of bytes cannot extend.
+        self.lines_completed = 0
         self._out: list[bytes] = []
         self._pending: type | None = None  # event type awaiting the glue's answer
         self._pending_event: Event | None = None
@@ -345,6 +348,11 @@ class POP3Server:
         self._reply(text)
 
     # --- public byte interface -------------------------------------------
+
+    @property
+    def partial_input(self) -> bool:
+        """True while an incomplete command line is buffered (or being discarded)."""
+        return bool(self._in) or self._discarding
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the client; ``b""`` means the client closed its side."""
@@ -554,12 +562,14 @@ class POP3Server:
                 return None
             del buf[: nl + 1]
             self._discarding = False
+            self.lines_completed += 1
             return _TOO_LONG
         if nl < 0:
             if len(buf) >= limit:
                 buf.clear()
                 self._discarding = True
             return None
+        self.lines_completed += 1
         if nl + 1 > limit:
             del buf[: nl + 1]
             return _TOO_LONG

@@ -565,10 +565,11 @@ class SMTPServerEngine:
     def _cmd_vrfy(self, argument: str) -> _Step:
         if not argument:
             return self._error(501, "5.5.4", "Syntax: VRFY <address>", unknown=True)
-        if self.config.vrfy_enabled:
+        if self.config.vrfy_enabled and self._may_look_up_users():
             return VrfyReceived(argument)
         # VRFY is mandatory (RFC 5321 4.5.1) and 500/502 would be non-compliant
         # (3.5.3), so a disabled VRFY says 252: cannot verify, will try (7.3).
+        # The same before AUTH on submission, where it must not reveal users.
         self._write(
             Reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
         )
@@ -578,12 +579,20 @@ class SMTPServerEngine:
         if not argument:
             return self._error(501, "5.5.4", "Syntax: EXPN <list>", unknown=True)
         if self.config.expn_enabled:
+            if not self._may_look_up_users():
+                return self._error(530, "5.7.0", "Authentication required")  # RFC 4954 6
             return ExpnReceived(argument)
         # EXPN is optional (RFC 5321 3.5.2) and is not advertised when off, so
         # it is "not implemented" here: 502 (3.5.3 names 502 for "not
         # verified"); 252 would claim something about a list we won't expand.
         self._write(Reply(502, "5.5.1", "EXPN not available"))
         return True
+
+    def _may_look_up_users(self) -> bool:
+        """VRFY/EXPN may answer from the directory: on the MX port when enabled;
+        on submission only after AUTH, so an anonymous client learns nothing
+        about which users exist (RFC 5321 7.3, RFC 6409 4.3)."""
+        return not self.config.require_auth_for_mail or self.authenticated is not None
 
     def _auth_mechanisms(self) -> list[str] | None:
         for extra in self._extras:
