@@ -158,9 +158,18 @@ class SMTPServerEngine:
         self._unknown_count = 0
         self._error_count = 0
         self._data: DataReader | None = None
+        # Command lines and messages consumed so far; with ``partial_input``
+        # this lets the glue enforce a deadline a trickle cannot extend.
+        self.units_completed = 0
         self._reset_transaction()
 
     # ------------------------------------------------------------------ API
+
+    @property
+    def partial_input(self) -> bool:
+        """True while an incomplete command line or message data is held
+        (in DATA from the 354 until the final dot)."""
+        return self._state is State.DATA or bool(self._inbuf) or self._discard_line
 
     @property
     def state(self) -> State:
@@ -363,6 +372,7 @@ class SMTPServerEngine:
                 return None
             del buf[: i + 2]
             self._discard_line = False
+            self.units_completed += 1
             return self._line_too_long()
         i = buf.find(b"\r\n")
         limit = self._line_limit()
@@ -371,6 +381,7 @@ class SMTPServerEngine:
                 self._discard_line = True
                 return True
             return None
+        self.units_completed += 1
         if i + 2 > limit:
             del buf[: i + 2]
             return self._line_too_long()
@@ -409,6 +420,7 @@ class SMTPServerEngine:
         result = self._data.feed(chunk)
         if result is None:
             return None
+        self.units_completed += 1
         self._inbuf = bytearray(result.rest)
         if result.error is not None or result.data is None:
             # RFC 5321 4.2.5: a failure reply after the data ends the
