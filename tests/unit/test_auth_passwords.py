@@ -54,6 +54,29 @@ def test_malformed_stored_hash_is_false_not_exception() -> None:
     assert verify_password("$argon2id$v=19$m=1,t=1,p=1$garbage", "pw") is False
 
 
+def test_every_failing_path_runs_one_real_verification(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unknown user, a locked account ("!locked") and a non-argon2 value all
+    cost one argon2 verification against the dummy hash, exactly like a wrong
+    password for a real account: neither time nor reply tells them apart."""
+    real = passwords._hasher
+    dummy = passwords._get_dummy_hash()
+    targets: list[str] = []
+
+    class Spy:
+        def verify(self, stored: str, password: str) -> bool:
+            targets.append(stored)
+            return real.verify(stored, password)
+
+    monkeypatch.setattr(passwords, "_hasher", Spy())
+    for stored in (None, "!locked", "not a hash", ""):
+        targets.clear()
+        assert verify_password(stored, "pw") is False
+        assert targets == [dummy], stored
+    good = real.hash("pw")
+    targets.clear()
+    assert verify_password(good, "wrong") is False and targets == [good]
+
+
 def test_needs_rehash() -> None:
     from argon2 import PasswordHasher
 

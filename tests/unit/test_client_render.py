@@ -205,3 +205,25 @@ def test_forwarding_an_8bit_message_keeps_it_readable() -> None:
     assert str(inner["From"]) == "Jörg <a@b.test>" and inner["Subject"] == "café"
     assert [k for k, _v in inner.items()][:4] == ["From", "To", "Subject", "Received"]
     assert inner.get_content().rstrip() == "Grüße"
+
+
+def test_safe_filename_long_names_and_dangling_links(tmp_path: Path) -> None:
+    # at most 200 octets (NAME_MAX is 255 octets, not characters)
+    assert len(safe_filename("ä" * 300, tmp_path).name.encode()) <= 200
+    # a dangling symlink counts as taken: writing through it would leave tmp_path
+    (tmp_path / "x.txt").symlink_to(tmp_path.parent / "outside.txt")
+    assert safe_filename("x.txt", tmp_path) == tmp_path / "x-1.txt"
+
+
+def test_save_attachment_never_follows_or_overwrites(tmp_path: Path) -> None:
+    from mailyard.client.render import save_attachment
+
+    out = tmp_path / "out"
+    out.mkdir()
+    target = tmp_path / "victim"
+    (out / "a.bin").symlink_to(target)
+    path = save_attachment("../../a.bin", out, b"data")
+    assert path.parent == out and path.read_bytes() == b"data" and not target.exists()
+    assert save_attachment("/etc/passwd", out, b"p") == out / "passwd"
+    assert save_attachment("/etc/passwd", out, b"q") == out / "passwd-1"
+    assert (out / "passwd").read_bytes() == b"p"

@@ -606,3 +606,28 @@ def test_glue_421_closes():
     e.reject(421, "4.7.0", "Not now")
     assert e.closed
     assert e.next_event() == ConnectionClosed("rejected")
+
+
+def _vrfy_session(*, require_auth: bool) -> Session:
+    cfg = replace(CFG, vrfy_enabled=True, expn_enabled=True, require_auth_for_mail=require_auth)
+    s = Session(cfg)
+    ehlo(s)
+    return s
+
+
+def test_vrfy_expn_before_auth_on_submission_reveal_nothing():
+    """RFC 5321 7.3 / RFC 6409 4.3: even with VRFY/EXPN enabled, an
+    unauthenticated submission client gets the same answer for every name and
+    the glue is never asked to look anybody up."""
+    s = _vrfy_session(require_auth=True)
+    assert s.feed(b"VRFY alice@example.test\r\n") == (
+        b"252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery\r\n"
+    )
+    assert s.feed(b"EXPN staff@example.test\r\n") == b"530 5.7.0 Authentication required\r\n"
+    assert not [e for e in s.events if type(e).__name__ in ("VrfyReceived", "ExpnReceived")]
+
+
+def test_vrfy_enabled_on_mx_port_asks_the_glue():
+    s = _vrfy_session(require_auth=False)
+    s.feed(b"VRFY alice@example.test\r\n")
+    assert [type(e).__name__ for e in s.events][-1] == "VrfyReceived"

@@ -239,3 +239,29 @@ def test_size_zero_means_unlimited():
     out = s.feed(b"EHLO c.example\r\n")
     assert b"250-SIZE 0\r\n" in out
     assert mail(s, b"MAIL FROM:<a@example.org> SIZE=999999999999") == b"250 2.1.0 Sender OK\r\n"
+
+
+@pytest.mark.parametrize(
+    "line, what",
+    [
+        (b"MAIL FROM:<a@example.org> ENVID=x+0D+0AX-Injected:+201", b"ENVID"),
+        (b"MAIL FROM:<a@example.org> ENVID=x+0Ay", b"ENVID"),
+        (b"MAIL FROM:<a@example.org> ENVID=x+0Dy", b"ENVID"),
+        (b"MAIL FROM:<a@example.org> ENVID=x+00y", b"ENVID"),
+    ],
+)
+def test_xtext_decoding_to_control_characters_is_refused(line, what):
+    """RFC 3461 4.4: ENVID is printable US-ASCII; "+0D+0A" must not become a
+    line break in the DSN fields built from it (header injection)."""
+    s = Session()
+    ehlo(s)
+    assert mail(s, line) == b"501 5.5.4 Control characters in " + what + b"\r\n"
+    assert mail(s, b"MAIL FROM:<a@example.org> ENVID=x+2By+20z") == b"250 2.1.0 Sender OK\r\n"
+
+
+def test_orcpt_decoding_to_control_characters_is_refused():
+    s = Session()
+    ehlo(s)
+    assert mail(s, b"MAIL FROM:<a@example.org>") == b"250 2.1.0 Sender OK\r\n"
+    reply = s.feed(b"RCPT TO:<b@example.org> ORCPT=rfc822;b+0D+0AX-Injected:+201@example.org\r\n")
+    assert reply == b"501 5.5.4 Control characters in ORCPT\r\n"

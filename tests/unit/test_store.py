@@ -464,3 +464,13 @@ async def test_mailbox_summary(store: Store) -> None:
     assert s.keywords == {"Work"} and s.mailbox.uid_next == 4
     with pytest.raises(NotFound):
         await store.mailbox_summary(9999)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "x\x00y", "x\x7fy", "a\\b", "ex ample.test", ""])
+def test_domain_names_cannot_carry_paths_or_controls(name: str) -> None:
+    from mailyard.store.names import normalize_domain
+
+    with pytest.raises(InvalidName):
+        normalize_domain(name)
+    assert normalize_domain("[IPv6:2001:db8::1]") == "[ipv6:2001:db8::1]"
+    assert normalize_domain("Example.TEST.") == "example.test"

@@ -109,9 +109,13 @@ def verify_password(password_hash: str | None, password: str) -> bool:
 
     Pass ``None`` as the hash for an unknown user: a dummy hash is verified
     instead, so the call takes as long as for a real account and returns False.
+    A stored value that is not an argon2 hash (``"!locked"``) is treated the same.
     Never raises for a wrong password or a malformed stored hash.
     """
-    if password_hash is None:
+    if password_hash is None or not password_hash.startswith("$argon2"):
+        # Unknown user, or an account that cannot log in with a password (the
+        # "!locked" postmaster, a damaged hash): the same work as a real check,
+        # so neither the reply time nor the reply tells the cases apart.
         target, known = _get_dummy_hash(), False
     else:
         target, known = password_hash, True

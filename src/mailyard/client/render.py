@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import html.parser
+import os
 import re
 import textwrap
 from dataclasses import dataclass
@@ -225,17 +226,39 @@ def attachments(msg: EmailMessage) -> list[AttachmentInfo]:
 
 def safe_filename(name: str, directory: Path) -> Path:
     """A path in ``directory`` for an attachment name from a stranger: no path
-    separators, no leading dots, never an existing file (a number is added)."""
+    separators, no leading dots, no controls, at most 200 octets (file systems
+    allow 255), never an existing file or symlink (a number is added)."""
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = re.sub(r"[\x00-\x1f\x7f]", "_", name).strip().lstrip(".") or "attachment"
-    name = name[:200]
+    name = name.encode("utf-8", "surrogateescape")[:200].decode("utf-8", "ignore") or "attachment"
     path = directory / name
     stem, suffix = path.stem, path.suffix
     n = 1
-    while path.exists():
+    while os.path.lexists(path):
         path = directory / f"{stem}-{n}{suffix}"
         n += 1
     return path
+
+
+def save_attachment(name: str, directory: Path, data: bytes) -> Path:
+    """Write ``data`` under a `safe_filename` in ``directory`` and return the path.
+
+    The file is created exclusively and a symlink is never followed
+    (O_EXCL | O_NOFOLLOW), so a name that appears between the check and the
+    write -- or a planted link -- cannot redirect the write outside
+    ``directory``; a clash just moves on to the next free name.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        path = safe_filename(name, directory)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return path
+    raise FileExistsError(f"no free file name for {name!r} in {directory}")
 
 
 def human_size(n: int) -> str:

@@ -11,7 +11,11 @@ MAX_ADDRESS = 320  # RFC 5321 4.5.3.1.1-2: 64-octet local part + 255-octet domai
 def normalize_domain(name: str) -> str:
     """Lower-case a domain (RFC 5321 2.4: domains are case-insensitive), IDNA to A-labels."""
     domain = name.strip().rstrip(".").lower()
-    if not domain or len(domain) > 255 or any(c.isspace() or c in "@<>\\\"" for c in domain):
+    # No "/" or controls either: a domain is LDH labels or an address literal
+    # (RFC 5321 4.1.2), and names end up in paths and log lines elsewhere.
+    if not domain or len(domain) > 255 or any(
+        c.isspace() or c in "@<>\\\"/" or ord(c) < 32 or ord(c) == 127 for c in domain
+    ):
         raise InvalidName(f"not a domain name: {name!r}")
     if not domain.isascii():
         try:

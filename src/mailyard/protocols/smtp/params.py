@@ -84,6 +84,20 @@ def xtext_decode(value: str) -> str:
     return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
 
 
+# Decoded xtext must stay printable: RFC 3461 4.4 (ENVID: "printable (graphic
+# and white space) characters from the US-ASCII repertoire"), 4.2 (ORCPT: an
+# address) and RFC 4954 5 (AUTH=: an addr-spec). "+0D+0A" would otherwise
+# smuggle a line break into the DSN fields and queue records built from them.
+_XTEXT_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _printable_xtext(value: str, what: str) -> str:
+    decoded = xtext_decode(value)
+    if _XTEXT_CONTROL.search(decoded):
+        raise _syntax(f"Control characters in {what}")
+    return decoded
+
+
 @dataclass(frozen=True)
 class MailParams:
     """MAIL parameters after checking."""
@@ -149,13 +163,13 @@ def interpret_mail_params(
         elif key == "ENVID" and dsn_enabled:
             if value is None:
                 raise _syntax("ENVID needs a value")
-            envid = xtext_decode(value)
+            envid = _printable_xtext(value, "ENVID")
             if len(envid) > 100:
                 raise _syntax("ENVID too long")  # RFC 3461 4.4: at most 100 chars
         elif key == "AUTH" and auth_enabled:
             if value is None:
                 raise _syntax("AUTH needs a value")
-            auth = value if value == "<>" else xtext_decode(value)  # RFC 4954 5
+            auth = value if value == "<>" else _printable_xtext(value, "AUTH")  # RFC 4954 5
         else:
             raise _unknown(key)
     return MailParams(size, body, smtputf8, ret, envid, auth)
@@ -179,7 +193,7 @@ def interpret_rcpt_params(params: dict[str, str | None], *, dsn_enabled: bool) -
             addr_type, semi, addr = (value or "").partition(";")
             if not semi or not _ADDR_TYPE.fullmatch(addr_type) or not addr:
                 raise _syntax("Bad ORCPT value")
-            orcpt = (addr_type.lower(), xtext_decode(addr))
+            orcpt = (addr_type.lower(), _printable_xtext(addr, "ORCPT"))
         else:
             raise _unknown(key)
     return RcptParams(notify, orcpt)
