@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import imaplib
 import poplib
+import re
 import select
+import signal
 import smtplib
 import socket
 import ssl
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from mailyard.config import Config
 from tests.conftest import USERS, RunningServer
 
 ALICE = "alice@example.test"
@@ -281,3 +288,227 @@ def test_imap_huge_literals_refused_before_anything_is_read(make_server: Callabl
         assert _read_until_closed(sock) == b""
     assert len(server.messages(ALICE)) == 1
     _imap_served(server)
+
+
+# --- memory: a real `mailyard serve` whose RSS we can read ------------------------------
+class ServeProcess:
+    """``mailyard serve`` in a subprocess (SMTP, IMAP, POP3 on free ports) so
+    its memory is its own: VmHWM in /proc/PID/status is the peak RSS, and
+    writing 5 to /proc/PID/clear_refs resets it (Linux 4.0+)."""
+
+    def __init__(self, data: Path, configure: Callable[[Config], None]) -> None:
+        self.data = data
+        self.ports = {name: _free_port() for name in ("smtp", "imap", "pop3")}
+        subprocess.run(
+            [sys.executable, "-m", "mailyard", "--data", str(data), "init", "--domain", "example.test"],
+            check=True, capture_output=True,
+        )
+        subprocess.run(
+            [sys.executable, "-m", "mailyard", "--data", str(data), "user", "add", ALICE, "--password-stdin"],
+            input=USERS[ALICE] + "\n", text=True, check=True, capture_output=True,
+        )
+        cfg = Config.load(data / "config.toml")
+        for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http"):
+            setattr(cfg.ports, name, self.ports.get(name, 0))
+        cfg.store.fsync = False  # throwaway data; the figures here are memory
+        cfg.server.log_level = "warning"
+        configure(cfg)
+        (data / "config.toml").write_text(cfg.to_toml())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailyard", "--data", str(data), "serve"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        assert self.proc.stdout is not None
+        seen = []
+        for line in self.proc.stdout:
+            seen.append(line.decode(errors="replace"))
+            if b"mailyard is running" in line:
+                break
+        else:
+            pytest.fail("server did not start:\n" + "".join(seen))
+        self.output: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.host = "127.0.0.1"
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line.decode(errors="replace"))
+
+    def tracebacks(self) -> str:
+        """The server's log lines that report a crash (none expected)."""
+        return "".join(line for line in self.output if "Traceback" in line or "failed" in line)
+
+    def port(self, name: str) -> int:
+        return self.ports[name]
+
+    def _status(self, key: str) -> int:
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
+        assert m is not None, key
+        return int(m.group(1)) * 1024
+
+    def rss(self) -> int:
+        return self._status("VmRSS")
+
+    def peak(self) -> int:
+        return self._status("VmHWM")
+
+    def reset_peak(self) -> None:
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+MB = 1024 * 1024
+
+
+def _configure_big(cfg: Config) -> None:
+    cfg.smtp.max_message_size = 12 * MB
+    cfg.smtp.max_text_line = 11 * MB  # lets the 10 MB single line through
+    cfg.limits.imap_max_line = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    proc = ServeProcess(tmp_path_factory.mktemp("limits") / "data", _configure_big)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _warm_up(serve: ServeProcess) -> int:
+    """One session of each protocol (imports, argon2, caches), then the baseline RSS."""
+    _smtp_served(serve)  # type: ignore[arg-type]
+    _imap_served(serve)  # type: ignore[arg-type]
+    _pop3_served(serve)  # type: ignore[arg-type]
+    time.sleep(0.2)
+    serve.reset_peak()
+    return serve.rss()
+
+
+def test_200mb_data_is_streamed_and_refused_at_the_size_limit(serve: ServeProcess) -> None:
+    """RFC 1870 / RFC 5321 4.5.3.1.7: past SIZE the data is read and dropped
+    (not buffered) up to the final dot, then 552 5.3.4; the session goes on."""
+    baseline = _warm_up(serve)
+    line = b"x" * 998 + b"\r\n"
+    block = line * 1024  # 1 MiB
+    with socket.create_connection((serve.host, serve.port("smtp")), timeout=60) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"EHLO big\r\n")
+        while f.readline()[3:4] == b"-":
+            pass
+        sock.sendall(b"MAIL FROM:<big@example.org>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        for _ in range(3):
+            assert f.readline()[:1] in (b"2", b"3")
+        for _ in range(200):
+            sock.sendall(block)
+        sock.sendall(b".\r\nNOOP\r\n")
+        assert f.readline().startswith(b"552 5.3.4 ")
+        assert f.readline().startswith(b"250 ")
+    grown = serve.peak() - baseline
+    print(f"\n200 MB DATA: peak RSS {serve.peak() / MB:.1f} MB, {grown / MB:+.1f} MB over the baseline")
+    assert grown < 100 * MB
+    assert serve.alive() and not serve.tracebacks()
+
+
+def _nested_mime(depth: int) -> bytes:
+    out = [b"From: deep@example.org\r\nTo: alice@example.test\r\nSubject: nested %d\r\nMIME-Version: 1.0\r\n" % depth]
+    for i in range(depth):
+        out.append(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i))
+    out.append(b"Content-Type: text/plain\r\n\r\ninnermost\r\n")
+    for i in reversed(range(depth)):
+        out.append(b"--b%d--\r\n" % i)
+    return b"".join(out)
+
+
+def _many_headers(n: int) -> bytes:
+    return (
+        b"From: many@example.org\r\nTo: alice@example.test\r\nSubject: headers %d\r\n" % n
+        + b"".join(b"X-Filler-%d: value %d\r\n" % (i, i) for i in range(n))
+        + b"\r\nbody\r\n"
+    )
+
+
+def _long_line(size: int) -> bytes:
+    return b"From: long@example.org\r\nTo: alice@example.test\r\nSubject: long line\r\n\r\n" + b"a" * size + b"\r\n"
+
+
+PATHOLOGICAL = {
+    "nested-1000": (_nested_mime, 1000),
+    "headers-100000": (_many_headers, 100_000),
+    "line-10MB": (_long_line, 10 * MB),
+}
+
+
+@pytest.mark.parametrize("kind", list(PATHOLOGICAL))
+def test_pathological_message_delivered_fetched_and_retrieved(
+    serve: ServeProcess, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Delivered over SMTP, then IMAP FETCH (ENVELOPE, BODYSTRUCTURE, deep
+    sections, HEADER.FIELDS) and POP3 TOP/RETR: answers come, the server
+    stays up, and its memory stays bounded."""
+    make, n = PATHOLOGICAL[kind]
+    message = make(n)
+    baseline = _warm_up(serve)
+    with smtplib.SMTP(serve.host, serve.port("smtp"), timeout=60) as s:
+        s.sendmail("sender@example.org", [ALICE], message)
+    m = imaplib.IMAP4(serve.host, serve.port("imap"), timeout=60)
+    try:
+        m._mode_utf8 = False
+        m.login(ALICE, USERS[ALICE])
+        m.select("INBOX")
+        typ, data = m.uid("SEARCH", "HEADER", "Subject", {"nested-1000": "nested", "headers-100000": "headers",
+                                                          "line-10MB": "long"}[kind])
+        assert typ == "OK"
+        uid = data[0].split()[-1]
+        typ, data = m.uid("FETCH", uid, "(ENVELOPE BODYSTRUCTURE RFC822.SIZE)")
+        assert typ == "OK" and b"ENVELOPE" in data[0][0] if isinstance(data[0], tuple) else b"ENVELOPE" in data[0]
+        deep = ".".join(["1"] * (n if kind == "nested-1000" else 1))
+        typ, data = m.uid("FETCH", uid, f"(BODY.PEEK[{deep}] BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert typ == "OK", data
+        if kind == "nested-1000":
+            # derived.MAX_DEPTH: below 100 levels the rest is one opaque
+            # APPLICATION/OCTET-STREAM part, so BODYSTRUCTURE stays bounded
+            typ, data = m.uid("FETCH", uid, "(BODYSTRUCTURE)")
+            assert b'"APPLICATION" "OCTET-STREAM"' in data[0]
+            typ, data = m.uid("FETCH", uid, f"(BODY.PEEK[{'.'.join(['1'] * 100)}])")
+            assert typ == "OK" and b"innermost" in data[0][1]
+        typ, data = m.uid("FETCH", uid, "(BODY.PEEK[])")
+        assert typ == "OK"
+        assert message in b"".join(part[1] for part in data if isinstance(part, tuple))
+    finally:
+        m.logout()
+    monkeypatch.setattr(poplib, "_MAXLINE", 11 * MB)  # poplib's own line limit is 2 KiB
+    p = poplib.POP3(serve.host, serve.port("pop3"), timeout=60)
+    try:
+        p.user(ALICE)
+        p.pass_(USERS[ALICE])
+        count = p.stat()[0]
+        assert p.top(count, 0)[0].startswith(b"+OK")
+        resp, lines, _ = p.retr(count)
+        assert resp.startswith(b"+OK") and lines
+    finally:
+        p.quit()
+    grown = serve.peak() - baseline
+    print(f"\n{kind}: {len(message) / MB:.1f} MB message, peak RSS {grown / MB:+.1f} MB over the baseline")
+    assert serve.alive() and not serve.tracebacks(), serve.tracebacks()
+    assert grown < 200 * MB
