@@ -32,5 +32,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+## Coverage-guided fuzzing (atheris): FUZZ_SECONDS per target, FUZZ_TARGET=smtp|pop3|imap|message|all.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGET  ?= all
+fuzz: $(STAMP)
+	@$(PY) -c "import atheris, coverage" 2>/dev/null || $(PY) -m pip install -q -e '.[test,speed,fuzz]'
+	$(PY) tests/fuzz/run.py --seconds $(FUZZ_SECONDS) --target $(FUZZ_TARGET)
+
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

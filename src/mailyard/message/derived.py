@@ -74,7 +74,7 @@ from .dates import to_timestamp
 from .headers import bytes_to_text, decode_words, split_fields, unfold
 from .parse import header_end
 
-__all__ = ["Derived", "body_structure", "derive"]
+__all__ = ["Derived", "body_structure", "derive", "derive_unguarded"]
 
 MAX_DEPTH = 100
 MAX_PARTS = 10_000
@@ -530,23 +530,30 @@ def _search_headers(fields: list[tuple[str, bytes]]) -> tuple[dict[str, list[str
 def derive(raw: bytes) -> Derived:
     """Compute the derived data of a message (see the module docstring). Never raises."""
     try:
-        w = _Walker(raw)
-        fields, env, bs = w.message("", 0, len(raw), 0)
-        headers, header_text = _search_headers(fields)
-        date_raw = _first(fields, "date")
-        return Derived(
-            envelope=env,
-            bodystructure=bs,
-            parts=w.parts,
-            messages=w.messages,
-            headers=headers,
-            date=to_timestamp(_text(date_raw)),
-            body_text="\n".join(w.texts),
-            header_text=header_text,
-            size=len(raw),
-        )
+        return derive_unguarded(raw)
     except Exception:  # a bug must not stop delivery: fall back to "one opaque text part"
         return _fallback(raw)
+
+
+def derive_unguarded(raw: bytes) -> Derived:
+    """``derive`` without its safety net: a bug raises instead of degrading to
+    the one-text-part fallback. The fuzzers (tests/fuzz) call this so that such
+    bugs are found rather than hidden."""
+    w = _Walker(raw)
+    fields, env, bs = w.message("", 0, len(raw), 0)
+    headers, header_text = _search_headers(fields)
+    date_raw = _first(fields, "date")
+    return Derived(
+        envelope=env,
+        bodystructure=bs,
+        parts=w.parts,
+        messages=w.messages,
+        headers=headers,
+        date=to_timestamp(_text(date_raw)),
+        body_text="\n".join(w.texts),
+        header_text=header_text,
+        size=len(raw),
+    )
 
 
 def _fallback(raw: bytes) -> Derived:
