@@ -7,13 +7,16 @@ Every limit is configured small so the tests are quick; none asserts a time
 
 from __future__ import annotations
 
+import errno
 import imaplib
+import os
 import poplib
 import re
 import select
 import signal
 import smtplib
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -512,3 +515,103 @@ def test_pathological_message_delivered_fetched_and_retrieved(
     print(f"\n{kind}: {len(message) / MB:.1f} MB message, peak RSS {grown / MB:+.1f} MB over the baseline")
     assert serve.alive() and not serve.tracebacks(), serve.tracebacks()
     assert grown < 200 * MB
+
+
+# --- a full disk ----------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MiB tmpfs mounted on a temporary directory (root only), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(path: Path) -> None:
+    """Write until the file system says ENOSPC, in ever smaller pieces."""
+    with path.open("wb", buffering=0) as f:
+        for size in (1 << 20, 1 << 16, 1 << 12, 1):
+            while True:
+                try:
+                    f.write(b"\0" * size)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+                    break
+
+
+def _append(m: imaplib.IMAP4, body: bytes) -> tuple[str, list]:
+    try:
+        return m.append("INBOX", None, None, body)
+    except imaplib.IMAP4.error as exc:
+        return "NO", [str(exc).encode()]
+
+
+def test_full_disk_refuses_cleanly_and_keeps_the_store_intact(small_disk: Path) -> None:
+    """ENOSPC / SQLITE_FULL: SMTP 452 4.3.1 (RFC 3463 4.3.1), IMAP NO
+    [OVERQUOTA] (RFC 9051 7.1) or [SERVERBUG]; the server keeps serving, and
+    once there is space again everything acknowledged before is intact, new
+    mail works and SQLite's integrity check passes."""
+    from tests.conftest import make_test_config
+
+    data = small_disk / "data"
+    server = RunningServer(data, make_test_config())
+    try:
+        server.start()
+        sent = [b"Subject: before %d\r\n\r\n" % i + b"kept %d\r\n" % i * 2000 for i in range(3)]
+        with smtplib.SMTP(server.host, server.port("smtp"), timeout=30) as s:
+            for body in sent:
+                s.sendmail("x@example.org", [ALICE], body)
+        m = imaplib.IMAP4(server.host, server.port("imap"), timeout=30)
+        m.login(ALICE, USERS[ALICE])
+        appended = b"Subject: appended before\r\n\r\n" + b"appended\r\n" * 2000
+        assert _append(m, appended)[0] == "OK"
+
+        _fill(small_disk / "filler")
+        big = b"Subject: no room\r\n\r\n" + b"no room for this\r\n" * 20_000
+        with smtplib.SMTP(server.host, server.port("smtp"), timeout=30) as s:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                s.sendmail("x@example.org", [ALICE], big)
+            assert refused.value.smtp_code == 452
+            assert refused.value.smtp_error.startswith(b"4.3.1 ")
+            assert s.noop()[0] == 250  # the session goes on
+        typ, detail = _append(m, big)
+        assert typ == "NO" and (b"[OVERQUOTA]" in detail[0] or b"[SERVERBUG]" in detail[0]), detail
+        assert m.noop()[0] == "OK"
+        assert m.select("INBOX")[0] == "OK"  # claims \Recent: a write
+        typ, data_ = m.fetch("1:*", "(BODY.PEEK[TEXT])")
+        assert typ == "OK", data_
+        p = poplib.POP3(server.host, server.port("pop3"), timeout=30)
+        p.user(ALICE)
+        p.pass_(USERS[ALICE])
+        assert p.retr(1)[0].startswith(b"+OK")
+        assert p.quit().startswith(b"+OK")
+
+        (small_disk / "filler").unlink()
+        after = b"Subject: after\r\n\r\nthere is room again\r\n"
+        with smtplib.SMTP(server.host, server.port("smtp"), timeout=30) as s:
+            s.sendmail("x@example.org", [ALICE], after)
+        assert _append(m, b"Subject: appended after\r\n\r\nok\r\n")[0] == "OK"
+        m.logout()
+
+        stored = server.messages(ALICE)
+        bodies = [raw.split(b"\r\n\r\n", 1)[1] for raw in stored]
+        expected = [b.split(b"\r\n\r\n", 1)[1] for b in [*sent, appended, after]] + [b"ok\r\n"]
+        assert sorted(bodies) == sorted(expected)
+    finally:
+        server.stop()
+    # the store survives a restart, and SQLite finds nothing wrong
+    with sqlite3.connect(data / "index.sqlite3") as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    again = RunningServer(data, make_test_config(), seed_defaults=False)
+    try:
+        again.start()
+        assert len(again.messages(ALICE)) == 6
+    finally:
+        again.stop()

@@ -1056,7 +1056,12 @@ class SQLiteStore(SQLiteQueueMixin, Store):
                 out[body_id] = derive_record(self.blobs.read(row[0], row[1], row[2]))
         items = list(out.items())
         if items:
-            await self._write(lambda c, ctx: self._save_derived(c, items))
+            try:
+                await self._write(lambda c, ctx: self._save_derived(c, items))
+            except StorageFull:
+                # Derived data is a cache the indexer fills again later: a
+                # full disk must not make FETCH/SEARCH of stored mail fail.
+                log.warning("store: derived data not saved, the disk is full")
         return out
 
     @staticmethod

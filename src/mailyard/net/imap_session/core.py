@@ -24,7 +24,7 @@ from ...protocols.imap.engine import CLOSED, NEED_DATA, ImapEngine, State
 from ...protocols.imap.framing import Limits
 from ...protocols.imap.response import Atom, Raw, flag_list, format_uid_set
 from ...protocols.imap.selected import MessageMap
-from ...store.api import Account, Mailbox, MessageInfo, StoreError
+from ...store.api import Account, Mailbox, MessageInfo, StorageFull, StoreError
 from ..listener import CommandClock, ShutdownRequested
 
 if TYPE_CHECKING:
@@ -285,11 +285,20 @@ class ImapSession:
         of it; a read-only (EXAMINE) session does not take that away."""
         sel = self.sel
         assert sel is not None
-        if sel.readonly:
-            first = await self.store.claim_recent(sel.mailbox.id, claim=False)
-        else:
-            first = await self.store.claim_recent(sel.mailbox.id)
+        first = await self.claim_recent_from(sel.mailbox.id, claim=not sel.readonly)
+        if first is None:
+            return
         sel.recent.add(max(first, min(uids) - 1), max(uids))  # disjoint from earlier ranges
+
+    async def claim_recent_from(self, mailbox_id: int, claim: bool) -> int | None:
+        """store.claim_recent, or None when the claim cannot be written (full
+        disk): this session then shows no new \\Recent and they stay for the
+        next one, rather than failing SELECT or the command that noticed them."""
+        try:
+            return await self.store.claim_recent(mailbox_id, claim=claim)
+        except StorageFull:
+            log.warning("imap: \\Recent not claimed, the disk is full")
+            return None
 
     def announce_expunge(self, uids: list[int]) -> None:
         """EXPUNGE per message, or one VANISHED with QRESYNC (RFC 7162 3.2.10)."""

@@ -68,8 +68,9 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
     if not eng.rev2:
         # RFC 3501 6.3.1 / 2.3.2: messages no session has seen yet are \Recent
         # here (SELECT takes the flag for this session; EXAMINE leaves it)
-        first = await s.store.claim_recent(box.id, claim=not cmd.readonly)
-        s.sel.recent.add(first, view.max_uid)
+        first = await s.claim_recent_from(box.id, claim=not cmd.readonly)
+        if first is not None:
+            s.sel.recent.add(first, view.max_uid)
         eng.untagged(s.sel.recent.count(view), Atom("RECENT"))
     eng.untagged(Atom("FLAGS"), flag_list(flags))
     if cmd.readonly:
