@@ -519,7 +519,7 @@ def cmd_read(args: argparse.Namespace) -> None:
         display_addresses,
         header,
         human_size,
-        safe_filename,
+        save_attachment,
     )
 
     _s, acct = _account(args)
@@ -569,8 +569,8 @@ def cmd_read(args: argparse.Namespace) -> None:
                     d = Path(args.save_attachments).expanduser()
                     d.mkdir(parents=True, exist_ok=True)
                     for a in atts:
-                        path = safe_filename(a.filename, d)
-                        path.write_bytes(a.data())
+                        # O_EXCL | O_NOFOLLOW: a stranger's file name never writes outside d
+                        path = save_attachment(a.filename, d, a.data())
                         print(f"saved {path} ({human_size(a.size)})", file=out)
             if not args.peek and b"\\Seen" not in flags:
                 c.add_flags([uid], [b"\\Seen"])
