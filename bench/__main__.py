@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .common import Result, cpu_count
 
-BENCHES = ["smtp", "pop3", "imap", "outbound"]
+BENCHES = ["smtp", "pop3", "imap", "outbound", "limits"]
 
 
 def main(argv: list[str] | None = None) -> int:

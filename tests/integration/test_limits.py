@@ -615,3 +615,25 @@ def test_full_disk_refuses_cleanly_and_keeps_the_store_intact(small_disk: Path) 
         assert len(again.messages(ALICE)) == 6
     finally:
         again.stop()
+
+
+# --- many idle connections (the 10,000-connection figure is in bench/limits.py) --------------
+@pytest.mark.parametrize("service", ["smtp", "imap"])
+def test_hundreds_of_idle_connections_are_held_and_others_still_served(
+    make_server: Callable[..., RunningServer], service: str
+) -> None:
+    server = make_server()
+    held: list[socket.socket] = []
+    try:
+        for i in range(300):  # 100 per address: exactly the default per-address cap
+            sock = _connect(server, service, f"127.0.0.{2 + i // 100}")
+            held.append(sock)
+            assert _read_line(sock).startswith(_greeting(service))
+        with _connect(server, service, "127.0.0.2") as over:
+            assert _read_until_closed(over).startswith(REFUSALS[service])
+        SERVED[service](server)
+        assert server.server is not None
+        assert server.server.listeners[service].active in (300, 301)  # 301: the served one not yet reaped
+    finally:
+        for sock in held:
+            sock.close()
