@@ -474,3 +474,31 @@ def test_domain_names_cannot_carry_paths_or_controls(name: str) -> None:
         normalize_domain(name)
     assert normalize_domain("[IPv6:2001:db8::1]") == "[ipv6:2001:db8::1]"
     assert normalize_domain("Example.TEST.") == "example.test"
+
+
+async def test_a_rolled_back_segment_rollover_loses_no_later_body(tmp_path: Path) -> None:
+    """A write that rolls the blob store over to a new segment file and then
+    fails is rolled back with its segment row; the bodies written next into
+    that file must still be known to the index, or the next compaction pass
+    deletes the file as one nobody references."""
+    s = SQLiteStore(tmp_path / "r", StoreConfig(segment_size=1000))
+    try:
+        await s.add_domain("example.test")
+        a = await s.add_account("a@example.test", "h")
+        inbox = await s.get_mailbox(a.id, "INBOX")
+        assert inbox
+        await s.append(inbox.id, b"a" * 1200)  # segment 1 is full: the next body rolls over
+        with pytest.raises(NotFound):  # rolls over to segment 2, then fails (no such mailbox)
+            await s.deliver(b"b" * 10, [DeliveryTarget(inbox.id + 1000)])
+        kept = await s.append(inbox.id, b"c" * 1200)  # written to segment 2
+        await s.append(inbox.id, b"d" * 10)  # rolls over to segment 3
+        await s.compact()
+        await s.compact()
+        assert await s.read_message(inbox.id, kept) == b"c" * 1200
+    finally:
+        await s.close()
+    s2 = SQLiteStore(tmp_path / "r", StoreConfig(segment_size=1000))
+    try:
+        assert await s2.read_message(inbox.id, kept) == b"c" * 1200
+    finally:
+        await s2.close()

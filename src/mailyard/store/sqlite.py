@@ -670,15 +670,27 @@ class SQLiteStore(SQLiteQueueMixin, Store):
             raise NotFound("no such mailbox")
         return row[0]
 
+    @staticmethod
+    def _count_segment_bytes(c: sqlite3.Connection, segment: int, length: int) -> None:
+        """Account ``length`` new bytes to ``segment``, creating its row if need be.
+
+        The row is made with the bytes rather than once at rollover: a rollover
+        happens inside some op's SAVEPOINT, and if that op (or its whole batch)
+        is rolled back, the blob writer still appends to the new file. The next
+        body stored there then brings the row back; without it the file would
+        hold committed bodies the segments table does not know, and
+        ``_remove_retired_segments`` would delete it."""
+        c.execute(
+            "INSERT INTO segments(id, size, live) VALUES (?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET size = size + excluded.size, live = live + excluded.live",
+            (segment, length, length),
+        )
+
     def _store_body(self, c: sqlite3.Connection, body: bytes, refs: int) -> int:
         if self.blobs.needs_rollover():
-            segment = self.blobs.current_segment + 1
-            c.execute("INSERT INTO segments(id) VALUES (?)", (segment,))
-            self.blobs.open_for_append(segment)
+            self.blobs.open_for_append(self.blobs.current_segment + 1)
         segment, offset = self.blobs.append(body)
-        c.execute(
-            "UPDATE segments SET size = size + ?, live = live + ? WHERE id = ?", (len(body), len(body), segment)
-        )
+        self._count_segment_bytes(c, segment, len(body))
         cur = c.execute(
             "INSERT INTO bodies(segment, offset, length, refs) VALUES (?, ?, ?, ?)",
             (segment, offset, len(body), refs),
@@ -1162,10 +1174,7 @@ class SQLiteStore(SQLiteQueueMixin, Store):
                 c.execute(
                     "UPDATE bodies SET segment = ?, offset = ? WHERE id = ?", (new_segment, new_offset, body_id)
                 )
-                c.execute(
-                    "UPDATE segments SET size = size + ?, live = live + ? WHERE id = ?",
-                    (length, length, new_segment),
-                )
+                self._count_segment_bytes(c, new_segment, length)
                 moved += length
             c.execute("DELETE FROM segments WHERE id = ?", (segment,))
             self.blobs.sync()
@@ -1182,6 +1191,10 @@ class SQLiteStore(SQLiteQueueMixin, Store):
         known = {r[0] for r in c.execute("SELECT id FROM segments")}
         for segment in self.blobs.existing():
             if segment not in known and segment < self.blobs.current_segment:
+                # belt and braces: never a file a body row still points into
+                if c.execute("SELECT 1 FROM bodies WHERE segment = ? LIMIT 1", (segment,)).fetchone():
+                    log.error("segment %d has no row but holds bodies; kept", segment)
+                    continue
                 self.blobs.remove(segment)
 
     async def compact(self) -> None:
