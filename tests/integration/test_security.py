@@ -789,3 +789,33 @@ def _imap_next(w: Wire) -> bytes:
         line = w.line()
         if line.startswith((b"+ ", b"a ")):
             return line
+
+
+def test_webmail_download_names_cannot_inject_response_headers(server: RunningServer) -> None:
+    """An attachment name from a stranger's message (RFC 2231 encoded CR LF)
+    ends up in Content-Disposition only, as one header (RFC 6266)."""
+    raw = (b"From: m@elsewhere.test\r\nTo: " + ALICE.encode() + b"\r\nSubject: f\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+           b"--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment;"
+           b" filename*=utf-8''a%0D%0ASet-Cookie%3A%20x%3D1%0D%0AX-Injected%3A%20yes.bin\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\nZGF0YQ==\r\n--b--\r\n")
+
+    async def put() -> int:
+        account = await server.store.get_account(ALICE)
+        box = await server.store.get_mailbox(account.id, "INBOX")
+        return await server.store.append(box.id, raw, [])
+
+    uid = server.call(put())
+    inbox = _box_id(server, ALICE, "INBOX")
+    client, _csrf = _web_client(server)
+    try:
+        page = client.get(f"/box/{inbox}/msg/{uid}").text
+        spec = re.search(r'data-spec="([^"]+)"', page).group(1)
+        r = client.get(f"/box/{inbox}/msg/{uid}/part/{spec}")
+        assert r.status_code == 200 and r.content == b"data"
+        names = [k.lower() for k, _ in r.headers.multi_items()]
+        assert "x-injected" not in names and "set-cookie" not in names
+        assert names.count("content-disposition") == 1
+        assert "\r" not in r.headers["content-disposition"] and "\n" not in r.headers["content-disposition"]
+    finally:
+        client.close()
