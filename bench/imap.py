@@ -9,7 +9,11 @@ concurrent clients, every APPEND durable); and the server's memory (PSS) with
 
 Dovecot 2.3 on the development machine, same client and corpus: 0.028 s,
 0.052 s, 0.080 s, 0.026 s, 0.75 s, 0.17 s; 214 APPENDs/s; ~500 KB per idle
-connection. The INBOX is filled through the store API before the server
+connection. The machine here is shared, so when Dovecot is installed it runs
+in the same benchmark with the same corpus and password scheme (bench/
+dovecot.py), the same imaplib calls alternate between the two servers, and
+each figure gets a row "Dovecot (this run)" (APPEND and memory are not
+compared: Dovecot forks a process per connection). The INBOX is filled through the store API before the server
 starts, and the derived data (ENVELOPE etc.) is computed first, as it is
 after normal delivery.
 
@@ -71,13 +75,17 @@ def _message(rng: random.Random, n: int) -> bytes:
     )
 
 
-def _fill(server: BenchServer, count: int) -> None:
+def corpus(count: int) -> list[bytes]:
+    rng = random.Random(9051)
+    return [_message(rng, n) for n in range(count)]
+
+
+def _fill(server: BenchServer, msgs: list[bytes]) -> None:
     from mailyard.config import StoreConfig
     from mailyard.store.api import DeliveryTarget
     from mailyard.store.sqlite import SQLiteStore
 
-    rng = random.Random(9051)
-    msgs = [_message(rng, n) for n in range(count)]
+    count = len(msgs)
 
     async def go() -> None:
         store = SQLiteStore(server.data, StoreConfig(fsync=False))
@@ -283,66 +291,111 @@ def _idle_memory(server: BenchServer, n: int) -> tuple[float, float]:
 
 
 def run(quick: bool = False) -> list[Result]:
+    from . import dovecot
+    from .pop3 import password_hash
+
     count = 1_000 if quick else MESSAGES
     fetches = 200 if quick else 1_000
     idle = 100 if quick else 1_000
     server = BenchServer(("imap",))
+    ref: dovecot.Dovecot | None = None
     try:
         server.setup()
         cfg = server.data / "config.toml"
         cfg.write_text(re.sub(r"^max_connections_per_ip = \d+$", "max_connections_per_ip = 5000",
                               cfg.read_text(), flags=re.M))
         progress(f"filling INBOX with {count} messages of 2-10 KB (a fifth multipart)")
-        _fill(server, count)
+        msgs = corpus(count)
+        _fill(server, msgs)
         server.start()
         port = server.ports["imap"]
         idle_base, idle_each = _idle_memory(server, idle)
         progress(f"idle server {idle_base / 1024:.1f} MiB, {idle_each:.1f} KiB per IDLE connection")
-        login, logins = _median(lambda: _login_select(port))
-        c = _login(port)
-        select, selects = _median(lambda: _timed_command(c, lambda c: c.select("INBOX", readonly=True)))
-        login_only, login_all = _median(lambda: _timed(lambda: _login(port).logout()))
-        flags, flags_all = _median(lambda: _timed_command(c, lambda c: c.fetch("1:*", "(FLAGS)")))
-        env, env_all = _median(lambda: _timed_command(c, lambda c: c.uid("FETCH", "1:*", "(ENVELOPE)")))
-        subj, subj_all = _median(lambda: _timed_command(c, lambda c: c.search(None, "SUBJECT", "foxtrot")))
-        body, body_all = _median(lambda: _timed_command(c, lambda c: c.search(None, "BODY", "hotel")))
+        ports = [port]
+        if dovecot.available():
+            progress("starting Dovecot with the same corpus and password hash")
+            ref = dovecot.Dovecot(("imap",), ALICE, password_hash(server, ALICE), USERS[ALICE], msgs)
+            ref.start()
+            ports.append(ref.ports["imap"])
         rng = random.Random(3501)
         which = [rng.randint(1, count) for _ in range(fetches)]
+        conns = [_login(p) for p in ports]
+        for c in conns:
+            c.select("INBOX", readonly=True)
 
-        def random_fetches() -> float:
+        def random_fetches(c: imaplib.IMAP4) -> float:
             start = time.perf_counter()
             for i in which:
                 typ, _ = c.fetch(str(i), "(BODY.PEEK[])")
                 assert typ == "OK"
             return time.perf_counter() - start
 
-        rand, rand_all = _median(random_fetches, 3)
-        c.logout()
+        figures = {
+            "login": lambda k: _login_select(ports[k]),
+            "select": lambda k: _timed_command(conns[k], lambda c: c.select("INBOX", readonly=True)),
+            "login_only": lambda k: _timed(lambda: _login(ports[k]).logout()),
+            "flags": lambda k: _timed_command(conns[k], lambda c: c.fetch("1:*", "(FLAGS)")),
+            "env": lambda k: _timed_command(conns[k], lambda c: c.uid("FETCH", "1:*", "(ENVELOPE)")),
+            "subj": lambda k: _timed_command(conns[k], lambda c: c.search(None, "SUBJECT", "foxtrot")),
+            "body": lambda k: _timed_command(conns[k], lambda c: c.search(None, "BODY", "hotel")),
+            "rand": lambda k: random_fetches(conns[k]),
+        }
+        # One warm-up pass on each server (Dovecot builds its index and cache
+        # on first access), then the measured runs alternate between servers.
+        for k in range(len(ports)):
+            for name, fig in figures.items():
+                try:
+                    fig(k)
+                except Exception as exc:
+                    raise RuntimeError(f"warm-up {name} on server {k}") from exc
+        values: dict[str, list[list[float]]] = {name: [[] for _ in ports] for name in figures}
+        for name, fig in figures.items():
+            for _ in range(3 if name == "rand" else RUNS):
+                for k in range(len(ports)):
+                    values[name][k].append(fig(k))
+        med = {name: [statistics.median(v) for v in per] for name, per in values.items()}
+        for c in conns:
+            c.logout()
         progress("client floor: the same imaplib calls against a replay of mailyard's answers")
         floor = _floors(port, which)
         appends = _appends(port, 8, 25 if quick else 100)
     finally:
         server.stop()
+        if ref is not None:
+            ref.stop()
     detail = {"messages": count, "runs": RUNS}
-    progress(f"login+select {login:.3f} s (login {login_only:.3f} s, select {select:.3f} s), "
-             f"flags {flags:.3f} s (floor {floor['flags'][0]:.3f}), envelope {env:.3f} s (floor {floor['env'][0]:.3f}), "
-             f"subject {subj:.3f} s, body {body:.3f} s, {fetches} fetches {rand:.3f} s "
+    progress(f"login+select {med['login'][0]:.3f} s (login {med['login_only'][0]:.3f} s, select "
+             f"{med['select'][0]:.3f} s), flags {med['flags'][0]:.3f} s (floor {floor['flags'][0]:.3f}), "
+             f"envelope {med['env'][0]:.3f} s (floor {floor['env'][0]:.3f}), subject {med['subj'][0]:.3f} s, "
+             f"body {med['body'][0]:.3f} s, {fetches} fetches {med['rand'][0]:.3f} s "
              f"(floor {floor['rand'][0]:.3f}), {appends:.0f} APPEND/s")
+    if ref is not None:
+        progress("Dovecot: " + ", ".join(f"{name} {v[1]:.3f} s" for name, v in med.items()))
+
+    def rows(name: str, label: str, static: str, *extra: Result) -> list[Result]:
+        out = [Result("imap", label, med[name][0], "s", static, {**detail, "all": values[name][0]})]
+        if ref is not None:
+            out.append(Result("imap", "  Dovecot (this run)", med[name][1], "s", dovecot.label(ref),
+                              {**detail, "all": values[name][1]}))
+        elif static:
+            out.append(Result("imap", "  Dovecot (static)", float(static.split()[1]), "s", dovecot.label(None)))
+        return out + list(extra)
+
     return [
-        Result("imap", "LOGIN+SELECT", login, "s", "Dovecot 0.028 s", {**detail, "all": logins}),
-        Result("imap", "  LOGIN alone (argon2id)", login_only, "s", "", {**detail, "all": login_all}),
-        Result("imap", "  SELECT alone", select, "s", "", {**detail, "all": selects}),
-        Result("imap", "FETCH 1:* (FLAGS)", flags, "s", "Dovecot 0.052 s", {**detail, "all": flags_all}),
-        Result("imap", "  client floor", floor["flags"][0], "s", "imaplib vs replayed answers",
-               {"all": floor["flags"][1]}),
-        Result("imap", "UID FETCH 1:* (ENVELOPE)", env, "s", "Dovecot 0.080 s", {**detail, "all": env_all}),
-        Result("imap", "  client floor", floor["env"][0], "s", "imaplib vs replayed answers",
-               {"all": floor["env"][1]}),
-        Result("imap", "SEARCH SUBJECT x", subj, "s", "Dovecot 0.026 s", {**detail, "all": subj_all}),
-        Result("imap", "SEARCH BODY x", body, "s", "Dovecot 0.75 s; target < 0.1 s", {**detail, "all": body_all}),
-        Result("imap", f"{fetches} x FETCH n BODY.PEEK[]", rand, "s", "Dovecot 0.17 s", {**detail, "all": rand_all}),
-        Result("imap", "  client floor", floor["rand"][0], "s", "imaplib vs replayed answers",
-               {"all": floor["rand"][1]}),
+        *rows("login", "LOGIN+SELECT", "Dovecot 0.028 s"),
+        *rows("login_only", "  LOGIN alone (argon2id)", ""),
+        *rows("select", "  SELECT alone", ""),
+        *rows("flags", "FETCH 1:* (FLAGS)", "Dovecot 0.052 s",
+              Result("imap", "  client floor", floor["flags"][0], "s", "imaplib vs replayed answers",
+                     {"all": floor["flags"][1]})),
+        *rows("env", "UID FETCH 1:* (ENVELOPE)", "Dovecot 0.080 s",
+              Result("imap", "  client floor", floor["env"][0], "s", "imaplib vs replayed answers",
+                     {"all": floor["env"][1]})),
+        *rows("subj", "SEARCH SUBJECT x", "Dovecot 0.026 s"),
+        *rows("body", "SEARCH BODY x", "Dovecot 0.75 s; target < 0.1 s"),
+        *rows("rand", f"{fetches} x FETCH n BODY.PEEK[]", "Dovecot 0.17 s",
+              Result("imap", "  client floor", floor["rand"][0], "s", "imaplib vs replayed answers",
+                     {"all": floor["rand"][1]})),
         Result("imap", "APPEND (8 clients, durable)", appends, "msg/s", "Dovecot 214/s; target >= 400/s", detail),
         Result("imap", "idle server PSS", idle_base / 1024, "MiB", "", detail),
         Result("imap", f"PSS per IDLE connection ({idle})", idle_each, "KiB",
