@@ -637,3 +637,41 @@ def test_hundreds_of_idle_connections_are_held_and_others_still_served(
     finally:
         for sock in held:
             sock.close()
+
+
+# --- clients that do not read ------------------------------------------------------------------
+@pytest.mark.parametrize("service", ["imap", "pop3"])
+def test_client_that_stops_reading_loses_its_session_and_slot(
+    make_server: Callable[..., RunningServer], service: str
+) -> None:
+    """A slow-read client (asks for megabytes, reads nothing) would hold a
+    session and its output buffers forever; the idle timeout applies to our
+    writes too, then the connection is cut and its slot freed."""
+    server = make_server(lambda cfg: setattr(cfg.limits, "idle_timeout", 1.0))
+    body = b"Subject: big\r\n\r\n" + (b"z" * 998 + b"\r\n") * 1024
+    with smtplib.SMTP(server.host, server.port("smtp"), timeout=30) as s:
+        s.sendmail("x@example.org", [ALICE], body)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect((server.host, server.port(service)))
+    with sock:
+        f = sock.makefile("rb")
+        f.readline()
+        if service == "imap":
+            sock.sendall(b'a LOGIN alice@example.test "%s"\r\n' % USERS[ALICE].encode())
+            assert f.readline().startswith(b"a OK")
+            sock.sendall(b"b SELECT INBOX\r\n" + b"".join(b"f%d FETCH 1 BODY[]\r\n" % i for i in range(40)))
+        else:
+            sock.sendall(b"USER alice@example.test\r\n")
+            f.readline()
+            sock.sendall(b"PASS %s\r\n" % USERS[ALICE].encode())
+            assert f.readline().startswith(b"+OK")
+            sock.sendall(b"RETR 1\r\n" * 40)
+        give_up = time.monotonic() + 30
+        assert server.server is not None
+        listener = server.server.listeners[service]
+        while listener.active:
+            assert time.monotonic() < give_up, "the session was not ended"
+            time.sleep(0.1)
+    SERVED[service](server)

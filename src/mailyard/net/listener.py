@@ -89,6 +89,7 @@ class Connection:
         self.tls: bool = writer.get_extra_info("sslcontext") is not None
         self._shutdown = listener.shutdown_event
         self.reading = False  # blocked in read(): shutdown may interrupt it
+        self.stuck = False  # the client stopped taking our output (drain timed out)
 
     @property
     def is_loopback(self) -> bool:
@@ -126,9 +127,22 @@ class Connection:
             self.writer.write(data)
 
     async def drain(self) -> None:
-        """Wait until the kernel took what was written (flow control)."""
-        with contextlib.suppress(ConnectionError, OSError, ssl.SSLError):
-            await self.writer.drain()
+        """Wait until the kernel took what was written (flow control).
+
+        A client that stops reading (a slow-read attack, or a dead peer)
+        gets the idle timeout to take our output, then TimeoutError ends the
+        session; later drains do not wait again, so its goodbye costs nothing.
+        """
+        if self.stuck:
+            return
+        try:
+            async with asyncio.timeout(self.listener.limits.idle_timeout):
+                await self.writer.drain()
+        except TimeoutError:
+            self.stuck = True
+            raise
+        except (ConnectionError, OSError, ssl.SSLError):
+            pass
 
     async def send(self, data: bytes) -> None:
         self.write(data)
@@ -153,7 +167,12 @@ class Connection:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), 5)
+            await asyncio.wait_for(self.writer.wait_closed(), 1 if self.stuck else 5)
+        # Output the client never read keeps a closing transport (and its
+        # buffer) alive: cut it.
+        with contextlib.suppress(Exception):
+            if self.writer.transport.get_write_buffer_size():
+                self.writer.transport.abort()
 
 
 SessionFactory = Callable[[Connection], Awaitable[None]]

@@ -24,6 +24,9 @@ from .listener import CommandClock, Listener
 
 log = logging.getLogger("mailyard.net")
 
+# Seconds a closed connection may take to deliver its last output.
+CLOSE_GRACE = 10.0
+
 
 class SessionProtocol(asyncio.Protocol):
     def __init__(self, listener: Listener) -> None:
@@ -171,6 +174,13 @@ class SessionProtocol(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
+            # A client that does not read keeps a closing transport (and the
+            # connection slot) forever; cut it after a grace period.
+            self.loop.call_later(CLOSE_GRACE, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if self._admitted and self.transport is not None:
+            self.transport.abort()
 
     def abort(self) -> None:
         if self.transport is not None:
