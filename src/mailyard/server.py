@@ -24,6 +24,37 @@ from .store.sqlite import SQLiteStore
 
 log = logging.getLogger("mailyard")
 
+# File descriptors kept for the store, TLS files, DNS and outbound connections
+# on top of one per client connection the caps allow.
+FD_RESERVE = 512
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards ``needed`` (within the hard limit).
+
+    Why: the default soft limit is often 1,024, far below the connection caps
+    ([limits] max_connections per listener); past it accept() fails with
+    EMFILE and, worse, the store cannot open its files. Returns the soft
+    limit in force; warns when the hard limit is below what the caps need.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return needed
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        log.warning(
+            "the connection caps need %d file descriptors but the hard limit is %d;"
+            " lower [limits] max_connections or raise the limit (ulimit -Hn, LimitNOFILE=)",
+            needed, hard,
+        )
+    return soft
+
 Session = Callable[["MailServer", Connection], Awaitable[None]]
 
 
@@ -106,6 +137,8 @@ class MailServer:
             cfg.limits.command_deadline,
             cfg.limits.literal_deadline,
         )
+        listening = [svc for svc in services() if getattr(cfg.ports, svc.name)]
+        raise_fd_limit(len(listening) * cfg.limits.max_connections + FD_RESERVE)
         try:
             for service in services():
                 port = getattr(cfg.ports, service.name)

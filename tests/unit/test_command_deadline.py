@@ -91,3 +91,21 @@ def test_imap_framer_refuses_huge_literal_without_buffering() -> None:
     framer.feed(b"b APPEND INBOX {9999999999+}\r\n")
     ev = framer.next()
     assert isinstance(ev, Rejected) and ev.code == "TOOBIG" and ev.status == "BAD" and ev.fatal
+
+
+def test_fd_limit_is_raised_for_the_connection_caps() -> None:
+    import resource
+
+    from mailyard.server import raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    low = min(soft, 256, top)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        want = min(top, low + 1000)
+        assert raise_fd_limit(want) == want
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == want
+        assert raise_fd_limit(10) == want  # never lowered
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
