@@ -89,3 +89,19 @@ def test_split_fields():
              b"X-8bit\xff: v\r\nSubject:\r\nEmpty:x\r\n")
     assert split_fields(block) == [("From", b"John <j@x>"), ("To", b"a@b,\r\n c@d"),
                                    ("Subject", b""), ("Empty", b"x")]
+
+
+def test_parse_deeply_nested_mime_keeps_the_body_raw():
+    """Past MAX_BOUNDARIES the stdlib parser (lines x depth) is not run."""
+    from mailyard.message.parse import MAX_BOUNDARIES
+
+    def nested(depth: int) -> bytes:
+        head = b"Subject: deep\r\nMIME-Version: 1.0\r\n"
+        opens = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(depth))
+        closes = b"".join(b"--b%d--\r\n" % i for i in reversed(range(depth)))
+        return head + opens + b"Content-Type: text/plain\r\n\r\ninnermost\r\n" + closes
+
+    assert parse_message(nested(MAX_BOUNDARIES)).is_multipart()
+    deep = parse_message(nested(1000))
+    assert deep["subject"] == "deep" and not deep.is_multipart()
+    assert "innermost" in deep.get_payload()
