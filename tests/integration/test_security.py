@@ -819,3 +819,39 @@ def test_webmail_download_names_cannot_inject_response_headers(server: RunningSe
         assert "\r" not in r.headers["content-disposition"] and "\n" not in r.headers["content-disposition"]
     finally:
         client.close()
+
+
+def test_forwarding_a_message_keeps_its_encoded_line_breaks_encoded(server: RunningServer) -> None:
+    """A stranger's Subject with an RFC 2047 encoded CR LF, long enough that
+    the stdlib re-folds it: forwarded from webmail (message/rfc822) and
+    downloaded as a part, it stays one header field (CVE-2024-6923)."""
+    subject = (b"=?utf-8?q?a_long_subject_line_that_needs_folding_when_written_again_by_the_stdlib=0D=0A"
+               b"X-Injected:_yes?= and some more words")
+    raw = (b"From: m@elsewhere.test\r\nTo: " + ALICE.encode() + b"\r\nSubject: " + subject
+           + b"\r\nMessage-ID: <fwd-test@elsewhere.test>\r\n\r\nbody\r\n")
+
+    async def put() -> int:
+        account = await server.store.get_account(ALICE)
+        box = await server.store.get_mailbox(account.id, "INBOX")
+        return await server.store.append(box.id, raw, [])
+
+    uid = server.call(put())
+    inbox = _box_id(server, ALICE, "INBOX")
+    client, csrf = _web_client(server)
+    try:
+        r = client.post("/compose", data={"csrf": csrf, "to": BOB, "subject": "Fwd: x", "body": "see",
+                                          "forward": f"{inbox}:{uid}", "action": "send"})
+        assert r.status_code == 303, r.text
+        (received,) = server.messages(BOB)
+        _assert_clean(received)
+        assert not re.search(rb"^X-Injected", received, re.MULTILINE)
+        sent = server.messages(ALICE, "Sent")[0]
+        sent_box = _box_id(server, ALICE, "Sent")
+        page = client.get(f"/box/{sent_box}/msg/1").text
+        spec = re.search(r'data-spec="([^"]+)"', page).group(1)
+        part = client.get(f"/box/{sent_box}/msg/1/part/{spec}")
+        assert part.status_code == 200 and b"fwd-test@elsewhere.test" in part.content
+        assert not re.search(rb"^X-Injected", part.content, re.MULTILINE)
+        assert not re.search(rb"^X-Injected", sent, re.MULTILINE)
+    finally:
+        client.close()

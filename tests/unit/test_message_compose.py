@@ -146,3 +146,32 @@ def test_invalid_addresses_rejected():
         compose("a@example.com", ["no-domain"], text="x")
     with pytest.raises(ValueError):
         compose("a@example.com", [("x", "a@b", "c")], text="x")
+
+
+ENCODED_CRLF_SUBJECTS = [
+    # long: the stdlib re-folds it, decoding the encoded word (CVE-2024-6923)
+    b"=?utf-8?q?a_long_subject_line_that_needs_folding_when_written_again_by_the_stdlib=0D=0A"
+    b"X-Injected:_yes?= and some more words after it",
+    # 8-bit under cte_type=7bit: re-folded too
+    "café =?utf-8?q?x=0D=0AX-Injected:_yes?=".encode(),
+    b"short =?utf-8?q?x=0AX-Injected:_yes?=",
+]
+
+
+@pytest.mark.parametrize("subject", ENCODED_CRLF_SUBJECTS)
+def test_forwarded_message_header_cannot_split_into_two_fields(subject: bytes) -> None:
+    from email import message_from_bytes
+    from email.policy import default
+
+    from mailyard.message.parse import parse_message
+
+    raw = b"From: a@example.test\r\nTo: b@example.test\r\nSubject: " + subject + b"\r\n\r\nbody\r\n"
+    original = parse_message(raw)
+    out = to_bytes(compose("b@example.test", "c@example.test", subject="Fwd", text="see",
+                           attachments=[original]))
+    names = [k.lower() for part in message_from_bytes(out, policy=default).walk() for k in part.keys()]
+    assert "x-injected" not in names
+    assert not any(line.startswith(b"X-Injected") for line in out.split(b"\r\n"))
+    # the attached message as its own download (web/client part_bytes) too
+    again = original.as_bytes()
+    assert not any(line.startswith(b"X-Injected") for line in again.splitlines())

@@ -29,18 +29,21 @@ from email.message import EmailMessage, Message, MIMEPart
 
 from . import address as _address
 from .dates import format_date
-from .headers import check_header_name, check_header_value
+from .headers import SafeFoldPolicy, check_header_name, check_header_value
 from .msgid import make_msgid
 from .parse import split_header_body
 
 __all__ = ["Attachment", "compose", "delivery_status_part", "to_bytes"]
 
 # Composition policy: 7-bit transfer encodings for bodies, RFC 2047 for headers.
-COMPOSE_POLICY = email.policy.SMTP.clone(cte_type="7bit")
+# SafeFoldPolicy (= email.policy.SMTP otherwise): re-folding a forwarded
+# message's header can never split it into two fields (headers.py).
+_SMTP = SafeFoldPolicy(linesep="\r\n")
+COMPOSE_POLICY = _SMTP.clone(cte_type="7bit")
 # Output policy: CRLF line ends, headers folded at 78 (RFC 5322 2.1.1 SHOULD)
 # and never beyond 998 (MUST); the stdlib folder splits overlong words into
 # several encoded words to keep within the limit.
-OUTPUT_POLICY = email.policy.SMTP.clone(cte_type="7bit", max_line_length=78)
+OUTPUT_POLICY = _SMTP.clone(cte_type="7bit", max_line_length=78)
 
 # Fields compose() writes itself; extra_headers may not override them.
 _RESERVED = {

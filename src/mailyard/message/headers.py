@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import re
 from email import _header_value_parser as hvp
+from email.policy import EmailPolicy
+from typing import Any
 
 __all__ = [
+    "SafeFoldPolicy",
     "bytes_to_text",
     "check_header_value",
     "check_header_name",
@@ -140,3 +143,51 @@ def check_header_name(name: str) -> str:
     if not _FIELD_NAME_STR.match(name):
         raise ValueError(f"invalid header field name: {name!r}")
     return name
+
+
+def _injects(folded: str, linesep: str) -> bool:
+    """True if a generated header field is more than one field: a line after
+    the first that does not start with WSP (RFC 5322 2.2.3), or a CR/LF that
+    is not the line separator."""
+    body = folded[: -len(linesep)] if folded.endswith(linesep) else folded
+    lines = body.split(linesep)
+    return any("\r" in line or "\n" in line for line in lines) or any(
+        line[:1] not in (" ", "\t") for line in lines[1:]
+    )
+
+
+class SafeFoldPolicy(EmailPolicy):
+    """``EmailPolicy`` whose generator never turns one header field into two.
+
+    Why: when the stdlib re-folds a parsed header (lines over the length
+    limit, or 8-bit text under ``cte_type="7bit"``) it decodes RFC 2047
+    encoded words and folds the decoded text; an encoded CR LF
+    (``=?utf-8?q?a=0D=0AX-Injected:_1?=``) then comes out as a real line
+    break and a new header field (CVE-2024-6923; fixed in Python 3.11.10,
+    3.12.5 and 3.13 by refusing such output). This happens whenever a stored
+    message is serialised again: forwarded as message/rfc822, returned in a
+    DSN, downloaded as an attached message. Here such a field is written as
+    it was received instead (its source lines, which already parse as one
+    field); a header built by the program itself is refused (ValueError),
+    which ``check_header_value`` makes unreachable for callers of compose().
+    """
+
+    def _safe(self, name: str, value: Any, folded: str) -> str:
+        if not _injects(folded, self.linesep):
+            return folded
+        if not isinstance(value, str):
+            raise ValueError(f"{name} header would fold into several fields")
+        # Only CR, LF and CRLF end a source line (not str.splitlines's \x85,
+        # U+2028, ...); continuation lines of a parsed field start with WSP.
+        lines = re.split(r"\r\n|\r|\n", value)
+        return name + ": " + self.linesep.join(lines) + self.linesep
+
+    def fold(self, name: str, value: Any) -> str:
+        return self._safe(name, value, super().fold(name, value))
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        folded = super().fold_binary(name, value)
+        text = folded.decode("ascii", "surrogateescape")
+        if not _injects(text, self.linesep):
+            return folded
+        return self._safe(name, value, text).encode("utf-8" if self.utf8 else "ascii", "surrogateescape")
