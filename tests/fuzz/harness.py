@@ -178,6 +178,16 @@ def run_smtp(data: bytes) -> bytes:
                 messages += 1
                 check(config.max_message_size == 0 or len(ev.data) <= config.max_message_size,
                       "message over the size limit accepted", len(ev.data))
+                check(ev.data == b"" or ev.data.endswith(b"\r\n"), "message data not ending in CRLF",
+                      ev.data[-20:])
+                if config.strict_line_endings:
+                    n = ev.data.count(b"\r\n")
+                    check(ev.data.count(b"\r") == n == ev.data.count(b"\n"),
+                          "bare CR or LF in accepted data", ev.data[:200])
+                # RFC 5321 4.5.3.1.6: text lines of at most max_text_line octets with CRLF
+                # (measured as data.py does: up to each LF, a bare CR inside the line)
+                longest = max(len(x) for x in ev.data.split(b"\n"))
+                check(longest + 1 <= config.max_text_line, "over-long line accepted", longest)
                 if roll < 0.7:
                     engine.accept()
                 else:

@@ -217,3 +217,18 @@ def test_sequence_and_uid_sets_resolve() -> None:
         view.resolve_seqs(SequenceSet(((5, 5),)))
     with pytest.raises(SequenceError):
         MessageMap().resolve_seqs(SequenceSet(((1, None),)))
+
+
+def test_line_too_long_never_echoes_an_invalid_tag() -> None:
+    # Found by tests/fuzz (fuzz_imap, corpus/imap/regress-invalid-tag-long-line):
+    # the refusal of an over-long line repeated its first word as the tag, even
+    # 8-bit bytes (as U+FFFD) or "(", giving a malformed response. RFC 9051 9:
+    # tag = 1*<any ASTRING-CHAR except "+">; an invalid one is answered with "*".
+    e = started(limits=Limits(max_line=100))
+    e.receive_data(b"\xffa1 " + b"x" * 200 + b"\r\na(1 " + b"y" * 200 + b"\r\n")
+    e.receive_data(b"a]3 " + b"z" * 200 + b"\r\na4 NOOP\r\n")
+    ev = e.next_event()
+    assert isinstance(ev, c.Simple) and ev.tag == "a4"
+    assert e.data_to_send() == (
+        b"* BAD Line too long\r\n* BAD Line too long\r\na]3 BAD Line too long\r\n"
+    )

@@ -159,3 +159,18 @@ def test_fast_path_agrees_property(value):
         assert fast == address.parse_address_list(value), value
     finally:
         address._parse_simple = original
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_group_with_empty_phrase_does_not_raise(decode):
+    # Found by tests/fuzz (fuzz_message): the stdlib's Group.display_name raises
+    # IndexError for ": member;" (an empty group phrase), which made derive()
+    # fall back to an ENVELOPE without any addresses.
+    from mailyard.message.address import Group, Mailbox
+
+    got = parse_address_list("Undisclosed, :x@y.z;, a@b.c", decode=decode)
+    assert got == [
+        Mailbox(None, "Undisclosed", None),
+        Group("", (Mailbox(None, "x", "y.z"),)),
+        Mailbox(None, "a", "b.c"),
+    ]

@@ -425,3 +425,17 @@ def test_message_rfc822_with_base64_is_opaque():
     d = derive(raw)
     assert d.bodystructure[0][:2] == ["APPLICATION", "OCTET-STREAM"]
     assert "1.1" not in d.parts
+
+
+def test_envelope_keeps_addresses_next_to_a_group_with_empty_phrase():
+    # Found by tests/fuzz (fuzz_message, corpus/message/regress-empty-group-phrase):
+    # the address parser raised, derive() fell back to an all-NIL ENVELOPE and a
+    # one-part BODYSTRUCTURE. RFC 9051 7.5.2: a group is a start marker (host
+    # NIL, mailbox = phrase) and an end marker (all NIL).
+    raw = crlf("From: a@b.c\nCc: :x@y.z;, v@w.example\nSubject: s\n"
+               'Content-Type: multipart/mixed; boundary="q"\n\n--q\n\none\n--q--\n')
+    d = derive(raw)
+    assert d.envelope[2] == [[None, None, "a", "b.c"]]
+    assert d.envelope[6] == [[None, None, "", None], [None, None, "x", "y.z"],
+                             [None, None, None, None], [None, None, "v", "w.example"]]
+    assert d.bodystructure[-5] == "MIXED"

@@ -149,7 +149,10 @@ def parse_address_list(value: str, *, decode: bool = True) -> list[Mailbox | Gro
                 m = _mailbox(mb, not decode)
                 if m is not None:
                     members.append(m)
-            name = first.display_name or ""
+            try:
+                name = first.display_name or ""
+            except IndexError:  # the stdlib fails on a group with an empty phrase (": x;")
+                name = ""
             out.append(Group(_text(name, not decode).strip(), tuple(members)))
         else:
             for mb in addr.all_mailboxes:

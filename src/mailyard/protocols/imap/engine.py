@@ -97,6 +97,20 @@ class IdleDone:
     ok: bool = True
 
 
+def _reply_tag(tag: str | None) -> str:
+    """The tag to answer a command the framer refused with: the client's own if
+    it is a valid tag (RFC 9051 9: tag = 1*<any ASTRING-CHAR except "+">),
+    otherwise "*" -- echoing an invalid tag (e.g. 8-bit bytes or "(" from an
+    over-long line) would make the response itself malformed."""
+    if tag is None:
+        return "*"
+    try:
+        parse_tag(tag.encode("ascii") + b" ")
+    except (TagError, UnicodeEncodeError):
+        return "*"
+    return tag
+
+
 class _Mode(enum.Enum):
     COMMAND = 1  # reading commands
     BUSY = 2  # a command is with the glue
@@ -177,10 +191,8 @@ class ImapEngine:
         problem = self._precheck(ev.first_line) if ev.first_line else None
         if problem is not None:
             self._out += problem  # an unknown command is worse than its size
-        elif ev.tag is None:
-            self._out += status_line("*", ev.status, ev.text, ev.code)
         else:
-            self._out += status_line(ev.tag, ev.status, ev.text, ev.code)
+            self._out += status_line(_reply_tag(ev.tag), ev.status, ev.text, ev.code)
         if ev.fatal:
             self.bye("Too much data; closing connection")
         else:
