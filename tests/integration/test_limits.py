@@ -179,6 +179,28 @@ def test_trickling_imap_literal_is_cut_off(make_server: Callable[..., RunningSer
     assert server.messages(ALICE) == []
 
 
+def test_slow_append_gets_the_literal_deadline_not_the_command_one(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    """An APPEND whose literal takes longer than command_deadline (a slow link)
+    is not cut off: the whole command has literal_deadline."""
+
+    def configure(cfg) -> None:  # noqa: ANN001
+        cfg.limits.command_deadline = 0.5
+        cfg.limits.literal_deadline = 30.0
+
+    server = make_server(configure)
+    sock, say = _imap_login(server)
+    with sock:
+        body = b"Subject: slow\r\n\r\n" + b"s" * 3000 + b"\r\n"
+        assert say(b"a APPEND INBOX {%d}\r\n" % len(body))[-1].startswith(b"+ ")
+        for i in range(0, len(body), 1000):
+            sock.sendall(body[i : i + 1000])
+            time.sleep(0.4)  # 1.6 s in all, past the 0.5 s command deadline
+        assert say(b"\r\n", b"a")[-1].startswith(b"a OK")
+    assert server.messages(ALICE)[-1].endswith(body)
+
+
 def test_prompt_commands_are_not_cut_off(make_server: Callable[..., RunningServer]) -> None:
     """The deadline bounds one command, not the session: a client that sends
     whole commands slowly (each well within the deadline) keeps its session."""

@@ -179,7 +179,8 @@ class ImapSession:
         # command / literal deadline, however slowly its bytes trickle in.
         framer = self.engine.framer
         limits = self.conn.listener.limits
-        deadline = limits.literal_deadline if framer.in_literal else limits.command_deadline
+        # (a command that announced a literal, up to its end, gets the literal deadline)
+        deadline = limits.literal_deadline if framer.mid_command else limits.command_deadline
         left = self._clock.remaining(
             asyncio.get_running_loop().time(), framer.partial, framer.completed, deadline
         )
