@@ -46,6 +46,7 @@ class SessionProtocol(asyncio.Protocol):
         self._admitted = False
         self._clock = CommandClock()
         self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_unit: tuple[float | None, int, float] | None = None  # what the timer is for
 
     # --- hooks for subclasses ---------------------------------------------
     def start(self) -> None:
@@ -227,16 +228,22 @@ class SessionProtocol(asyncio.Protocol):
         if self.closed or self.busy:
             return  # a step is running: the client is waiting for us
         partial, progress, deadline = self.input_state()
-        left = self._clock.remaining(self.loop.time(), partial, progress, deadline)
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
+        now = self.loop.time()
+        left = self._clock.remaining(now, partial, progress, deadline)
+        at = now + left if left is not None else None
+        timer = self._deadline_timer
+        if timer is not None:
+            if left is not None and left > 0 and self._deadline_unit == (self._clock.started, progress, deadline):
+                return  # same unit, same deadline: keep the timer (the hot path of DATA)
+            timer.cancel()
             self._deadline_timer = None
-        if left is None:
+        if at is None:
             return
-        if left <= 0:
+        if at <= now:
             self._deadline_passed()
             return
-        self._deadline_timer = self.loop.call_later(left, self._deadline_fired)
+        self._deadline_unit = (self._clock.started, progress, deadline)
+        self._deadline_timer = self.loop.call_at(at, self._deadline_fired)
 
     def _deadline_fired(self) -> None:
         self._deadline_timer = None
