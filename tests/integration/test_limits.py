@@ -455,6 +455,36 @@ def test_200mb_data_is_streamed_and_refused_at_the_size_limit(serve: ServeProces
     assert serve.alive() and not serve.tracebacks()
 
 
+def test_gigabyte_literals_cost_no_memory(serve: ServeProcess) -> None:
+    """Announced sizes are checked before anything is read or allocated."""
+    _warm_up(serve)
+    m = imaplib.IMAP4(serve.host, serve.port("imap"), timeout=30)
+    try:
+        m.login(ALICE, USERS[ALICE])  # argon2 (~19 MB) before the measurement
+        time.sleep(0.2)
+        serve.reset_peak()
+        baseline = serve.rss()
+        for _ in range(20):
+            with socket.create_connection((serve.host, serve.port("imap")), timeout=30) as sock:
+                f = sock.makefile("rb")
+                f.readline()
+                sock.sendall(b"a LOGIN {9999999999+}\r\n" + b"x" * 65536)
+                assert f.readline().startswith(b"a BAD [TOOBIG]")
+                assert f.readline().startswith(b"* BYE")
+            try:
+                typ, _ = m._simple_command("APPEND", "INBOX", "{9999999999}")  # type: ignore[attr-defined]
+            except imaplib.IMAP4.error as exc:
+                assert "TOOBIG" in str(exc)
+            else:
+                assert typ == "NO"
+    finally:
+        m.logout()
+    grown = serve.peak() - baseline
+    print(f"\n20 x two 9,999,999,999-octet literals: peak RSS {grown / MB:+.1f} MB over the baseline")
+    assert grown < 10 * MB
+    assert serve.alive() and not serve.tracebacks()
+
+
 def _nested_mime(depth: int) -> bytes:
     out = [b"From: deep@example.org\r\nTo: alice@example.test\r\nSubject: nested %d\r\nMIME-Version: 1.0\r\n" % depth]
     for i in range(depth):
