@@ -37,6 +37,7 @@ log = logging.getLogger("mailyard.imap")
 class CommandDeadline(TimeoutError):
     """The client did not finish a command (or its literal) in time."""
 
+
 FLUSH_AT = 256 * 1024  # write out queued responses past this size (big FETCHes)
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 SYSTEM_FLAGS = frozenset(f.lower() for f in PERMANENT_FLAGS)
