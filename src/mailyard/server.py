@@ -79,10 +79,10 @@ def services() -> list[Service]:
         # RFC 6409 submission with STARTTLS, and RFC 8314 implicit-TLS submission.
         Service("submission", protocol=smtp.submission_protocol),
         Service("smtps", protocol=smtp.submission_protocol, implicit_tls=True),
-        Service("pop3", pop3.pop3_session, pop3.refuse),
+        Service("pop3", protocol=pop3.pop3_protocol),
         Service("imap", imap.imap_session, imap.refuse),
         # RFC 8314: implicit TLS from the first byte (POP3S 995, IMAPS 993).
-        Service("pop3s", pop3.pop3_session, pop3.refuse, implicit_tls=True),
+        Service("pop3s", protocol=pop3.pop3_protocol, implicit_tls=True),
         Service("imaps", imap.imap_session, imap.refuse, implicit_tls=True),
     ]
 

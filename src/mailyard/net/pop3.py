@@ -36,11 +36,11 @@ import ssl
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import takewhile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..auth import sasl
 from ..auth.passwords import verify_password_async
@@ -60,7 +60,8 @@ from ..protocols.pop3.engine import (
     pop3_message_bytes,
 )
 from ..store.api import Account, Mailbox, NotFound, Store
-from .listener import CommandClock, Connection, ShutdownRequested
+from .listener import Listener
+from .session_protocol import SessionProtocol
 
 if TYPE_CHECKING:
     from ..server import MailServer
@@ -230,17 +231,49 @@ def _tls_context(server: MailServer) -> ssl.SSLContext | None:
     return ctx if isinstance(ctx, ssl.SSLContext) else None
 
 
-class POP3Session:
-    """One POP3 connection, from greeting to QUIT or disconnect."""
+class POP3Session(SessionProtocol):
+    """One POP3 connection, from greeting to QUIT or disconnect, as an
+    asyncio.Protocol (net/session_protocol.py, like SMTP).
 
-    def __init__(self, service: POP3Service, conn: Connection, tls: ssl.SSLContext | None = None,
-                 idle_timeout: float = MIN_AUTOLOGOUT, plaintext_auth: bool = True,
-                 tls_source: Callable[[], ssl.SSLContext | None] | None = None) -> None:
-        self.service = service
-        self.store = service.store
-        self.conn = conn
-        self.tls = tls
-        self.idle_timeout = max(idle_timeout, MIN_AUTOLOGOUT)
+    Commands the engine answers itself are answered inside ``data_received``;
+    a RETR/TOP, a login, STLS or the UPDATE at QUIT is a step. Steps start at
+    once (``eager_steps``): a RETR whose bytes the store reads without waiting
+    finishes there and then, so a RETR costs one read and one write on the
+    socket and no task switch (bench/pop3.py).
+    """
+
+    eager_steps = True
+
+    def __init__(self, server: MailServer, listener: Listener) -> None:
+        super().__init__(listener)
+        self.server = server
+        self.service = service_for(server)
+        self.store = self.service.store
+        timeout = getattr(getattr(server.config, "limits", None), "idle_timeout", MIN_AUTOLOGOUT)
+        # RFC 1939 section 3: the autologout timer is at least 10 minutes.
+        self.idle_timeout = max(timeout, MIN_AUTOLOGOUT)
+        self.tls_context: ssl.SSLContext | None = None
+        self.engine: POP3Server | None = None
+        self.account: Account | None = None
+        self.mailbox: Mailbox | None = None
+        self._crlf_clean: Callable[[int], bool] = lambda uid: False
+        self._mech: sasl.Mechanism | None = None
+        self._updated = False  # UPDATE ran: the sign-off is the last word
+        self._writable: asyncio.Future[None] | None = None
+
+    @property
+    def is_loopback(self) -> bool:
+        ip = self.peer_ip
+        return ip.startswith("127.") or ip in ("::1", "::ffff:127.0.0.1")
+
+    # --- SessionProtocol hooks ------------------------------------------------
+
+    def start(self) -> None:
+        from .login import plaintext_allowed
+
+        server, service = self.server, self.service
+        self.tls_context = _tls_context(server)
+        plaintext_auth = plaintext_allowed(server, self)  # type: ignore[arg-type]  # has .tls, .is_loopback
         self.timestamp = service.timestamp()
         self.engine = POP3Server(
             timestamp=self.timestamp,
@@ -248,57 +281,93 @@ class POP3Session:
             signoff=f"{service.hostname} POP3 server signing off",
             sasl_mechanisms=SASL_MECHANISMS if plaintext_auth else _NO_CLEARTEXT_MECHANISMS,
             plaintext_auth=plaintext_auth,
-            tls_available=tls is not None and not conn.tls,
-            tls_active=conn.tls,
+            tls_available=self.tls_context is not None and not self.tls,
+            tls_active=self.tls,
         )
-        # The context is read again at STLS time, so a SIGHUP reload applies.
-        self._tls_source = tls_source
-        self.account: Account | None = None
-        self.mailbox: Mailbox | None = None
-        self._crlf_clean: Callable[[int], bool] = lambda uid: False
-        self._mech: sasl.Mechanism | None = None
-        self._clock = CommandClock()
+        self.set_timeout(self.idle_timeout)
+        self.write(self.engine.data_to_send())
 
-    # --- the loop -------------------------------------------------------------
+    def received(self, data: bytes) -> None:
+        assert self.engine is not None
+        self.engine.receive_data(data)
 
-    async def run(self) -> None:
-        conn, engine = self.conn, self.engine
+    def pump(self) -> Coroutine[Any, Any, None] | None:
+        engine = self.engine
+        assert engine is not None
+        while True:
+            event = engine.next_event()
+            if event is NEED_DATA:
+                self.write(engine.data_to_send())
+                return None
+            if isinstance(event, Close):
+                self.write(engine.data_to_send())
+                self.unlock()
+                self.close()
+                return None
+            return self.step(event)
+
+    async def step(self, event: object) -> None:
         try:
-            while True:
-                event = engine.next_event()
-                if event is NEED_DATA:
-                    await conn.send(engine.data_to_send())
-                    # A command line must be complete within [limits]
-                    # command_deadline however slowly it trickles in.
-                    left = self._clock.remaining(
-                        asyncio.get_running_loop().time(), engine.partial_input,
-                        engine.lines_completed, conn.listener.limits.command_deadline,
-                    )
-                    if left is not None and left <= 0:
-                        await conn.send(b"-ERR command not completed in time, closing connection\r\n")
-                        return
-                    try:
-                        data = await conn.read(self.idle_timeout if left is None else min(left, self.idle_timeout))
-                    except TimeoutError:
-                        if left is not None and left < self.idle_timeout:
-                            await conn.send(b"-ERR command not completed in time, closing connection\r\n")
-                        # RFC 1939 section 3: an idle client is closed without
-                        # UPDATE and without a response.
-                        return
-                    except ShutdownRequested:
-                        await conn.send(b"-ERR [SYS/TEMP] server shutting down, nothing deleted\r\n")
-                        return
-                    engine.receive_data(data)
-                elif isinstance(event, Close):
-                    await conn.send(engine.data_to_send())
-                    return
-                else:
-                    await self.handle(event)
+            await self.handle(event)
         finally:
-            self.unlock()
+            if self.closed:  # the client left while the step ran
+                self.unlock()
+
+    def goodbye(self) -> bytes:
+        out = self.engine.data_to_send() if self.engine is not None else b""
+        if self._updated:
+            return out  # QUIT finished: its sign-off is the answer
+        return out + b"-ERR [SYS/TEMP] server shutting down, nothing deleted\r\n"
+
+    def refusal(self, reason: str) -> bytes:
+        # Over the connection limits: -ERR [SYS/TEMP] as the greeting (RFC 3206 section 4).
+        return f"-ERR [SYS/TEMP] {reason}, try again later\r\n".encode()
+
+    def on_timeout(self) -> bytes:
+        # RFC 1939 section 3: an idle client is closed without UPDATE and
+        # without a response.
+        return b""
+
+    def input_state(self) -> tuple[bool, int, float]:
+        # A command line must be complete within [limits] command_deadline
+        # however slowly it trickles in.
+        engine = self.engine
+        if engine is None:
+            return False, 0, 0.0
+        return engine.partial_input, engine.lines_completed, self.listener.limits.command_deadline
+
+    def on_deadline(self) -> bytes:
+        return b"-ERR command not completed in time, closing connection\r\n"
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_exception(ConnectionError("connection lost"))
+        if not self.busy:
+            self.unlock()  # else when the step ends (`step`)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    async def _wait_writable(self) -> None:
+        """Wait until the client took most of what was written (flow control).
+        A client that stops reading gets the idle timeout, then is cut."""
+        self._writable = self.loop.create_future()
+        try:
+            await asyncio.wait_for(self._writable, self.listener.limits.idle_timeout)
+        except TimeoutError:
+            self.abort()
+            raise ConnectionError("client stopped reading") from None
+        finally:
+            self._writable = None
+
+    # --- steps ----------------------------------------------------------------
 
     async def handle(self, event: object) -> None:
         engine = self.engine
+        assert engine is not None
         if isinstance(event, RetrieveMessage):
             assert self.mailbox is not None
             try:
@@ -310,9 +379,10 @@ class POP3Session:
                 # Hand the bytes to the transport now, and wait for it when its
                 # buffer is full, so a client pipelining many RETRs cannot make
                 # us hold them all in memory.
-                self.conn.write(engine.data_to_send())
-                if self.conn.writer.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
-                    await self.conn.drain()
+                self.write(engine.data_to_send())
+                transport = self.transport
+                if transport is not None and transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+                    await self._wait_writable()
         elif isinstance(event, UserPassLogin):
             acct = await self.store.get_account(event.username)
             password = event.password
@@ -337,15 +407,16 @@ class POP3Session:
         elif isinstance(event, Update):
             await self.update(event)
         elif isinstance(event, StartTLS):
-            assert self.tls is not None
-            await self.conn.send(engine.data_to_send())
-            context = (self._tls_source() if self._tls_source else None) or self.tls
+            assert self.tls_context is not None
+            self.write(engine.data_to_send())
+            # The context is read again now, so a SIGHUP reload applies.
+            context = _tls_context(self.server) or self.tls_context
             try:
-                await self.conn.start_tls(context)
+                await self.start_tls(context)
             except (ssl.SSLError, OSError, ConnectionError) as exc:
-                log.info("STLS handshake with %s failed: %s", self.conn.peer_ip, exc)
-                await self.conn.close()
-                raise ConnectionError("TLS handshake failed") from exc
+                log.info("STLS handshake with %s failed: %s", self.peer_ip, exc)
+                self.abort()
+                return
             engine.tls_started()
             # RFC 2595 section 2.1: with TLS up, passwords may be sent in the clear.
             engine.plaintext_auth = True
@@ -356,7 +427,7 @@ class POP3Session:
     async def _checked(self, name: str | None, check: Callable[[], Awaitable[bool]]) -> bool:
         """Run a credential check under the login throttle; on failure wait the
         (growing) delay before the caller answers -ERR [AUTH]."""
-        throttle, ip = self.service.throttle, self.conn.peer_ip
+        throttle, ip = self.service.throttle, self.peer_ip
         now = time.monotonic()
         verdict = throttle.before_attempt(ip, name, now)
         if isinstance(verdict, Locked):
@@ -439,7 +510,7 @@ class POP3Session:
             self.unlock()
             engine.reject_login("SYS/TEMP", "cannot open the maildrop, try again later")
             return
-        log.info("pop3 login user=%s ip=%s messages=%d", acct.address, self.conn.peer_ip, len(maildrop.keys))
+        log.info("pop3 login user=%s ip=%s messages=%d", acct.address, self.peer_ip, len(maildrop.keys))
         engine.accept_login(maildrop, acct.address)
 
     # --- UPDATE ---------------------------------------------------------------------
@@ -455,6 +526,7 @@ class POP3Session:
             except Exception:
                 log.exception("pop3: expunge for %s failed", self.account.address)
                 ok = False
+        self._updated = True
         self.engine.update_done(ok)
         self.unlock()
 
@@ -468,19 +540,6 @@ async def _value(value: bool) -> bool:
     return value
 
 
-async def pop3_session(server: MailServer, conn: Connection) -> None:
-    """Run one POP3 session on ``conn`` (the `Service` entry in server.py)."""
-    from .login import plaintext_allowed
-
-    service = service_for(server)
-    timeout = getattr(getattr(server.config, "limits", None), "idle_timeout", MIN_AUTOLOGOUT)
-    await POP3Session(
-        service, conn, _tls_context(server), timeout,
-        plaintext_auth=plaintext_allowed(server, conn),
-        tls_source=lambda: _tls_context(server),
-    ).run()
-
-
-async def refuse(conn: Connection, reason: str) -> None:
-    """Over the connection limits: greet with -ERR [SYS/TEMP] (RFC 3206 section 4)."""
-    await conn.send(f"-ERR [SYS/TEMP] {reason}, try again later\r\n".encode())
+def pop3_protocol(server: MailServer, listener: Listener) -> POP3Session:
+    """The POP3 ports: 110 / 1110 (STLS) and 995 / 1995 (implicit TLS, RFC 8314)."""
+    return POP3Session(server, listener)

@@ -10,6 +10,13 @@ without bound, and pipelined commands keep their order.
 Subclasses implement ``start`` (greeting), ``pump`` (feed events to the
 engine; return a coroutine for the first step that needs I/O, or None), and
 ``goodbye`` (the protocol's shutdown reply).
+
+A subclass with ``eager_steps = True`` (POP3) has each step started right
+away inside ``data_received``: a step that finishes without waiting (a RETR
+whose bytes the store reads synchronously) costs no task, no pause of
+reading and no extra trip through the event loop; only a step that does
+wait (a password check, a commit) goes on in a task (`_Resume`). Such steps
+must not need a current task before their first wait (asyncio.timeout does).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 from .listener import CommandClock, Listener
@@ -28,7 +35,39 @@ log = logging.getLogger("mailyard.net")
 CLOSE_GRACE = 10.0
 
 
+class _Resume:
+    """Carries on, inside a task, a coroutine that was started by hand and is
+    now suspended on ``waiting`` (what its first ``send`` yielded)."""
+
+    __slots__ = ("coro", "waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self.coro = coro
+        self.waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, waiting = self.coro, self.waiting
+        while True:
+            try:
+                yield waiting  # the task waits on it as if the coroutine had yielded it
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # e.g. CancelledError thrown in by the task
+                try:
+                    waiting = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting = coro.send(None)
+                except StopIteration:
+                    return
+
+
 class SessionProtocol(asyncio.Protocol):
+    eager_steps = False  # see the module docstring
+
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         self.loop = asyncio.get_running_loop()
@@ -136,16 +175,30 @@ class SessionProtocol(asyncio.Protocol):
     # --- driving the engine ----------------------------------------------------
     def advance(self) -> None:
         """Let the engine run until it needs input or an I/O step."""
-        if self.busy or self.closed:
-            return
-        step = self.pump()
-        if step is not None:
+        while not (self.busy or self.closed):
+            step: Coroutine[Any, Any, None] | _Resume | None = self.pump()
+            if step is None:
+                return
+            if self.eager_steps:
+                try:
+                    waiting = step.send(None)  # type: ignore[union-attr]
+                except StopIteration:
+                    continue  # done without waiting: on to the next command
+                except (ConnectionError, ssl.SSLError):
+                    self.close()
+                    return
+                except Exception:
+                    log.exception("%s: session with %s failed", self.listener.name, self.peer_ip)
+                    self.close()
+                    return
+                step = _Resume(step, waiting)  # type: ignore[arg-type]
             self.busy = True
             if self.transport is not None:
                 self.transport.pause_reading()
             self._task = self.loop.create_task(self._run_step(step))
+            return
 
-    async def _run_step(self, step: Coroutine[Any, Any, None]) -> None:
+    async def _run_step(self, step: Coroutine[Any, Any, None] | _Resume) -> None:
         try:
             await step
         except (ConnectionError, ssl.SSLError):
