@@ -45,17 +45,26 @@ class MessageMap:
         n = len(self.uids)
         if n == 0 or (seqset.highest() or 0) > n:
             raise SequenceError("message sequence number out of range")
+        ranges = list(seqset.resolve(n))
+        if len(ranges) == 1:  # "n" or "a:b" or "1:*": no set to build and sort
+            a, b = ranges[0]
+            return list(zip(range(a, b + 1), self.uids[a - 1 : b], strict=True))
         idx: set[int] = set()
-        for a, b in seqset.resolve(n):
+        for a, b in ranges:
             idx.update(range(a - 1, b))
         return [(i + 1, self.uids[i]) for i in sorted(idx)]
 
     def resolve_uids(self, uidset: SequenceSet) -> list[tuple[int, int]]:
         """(seq, uid) pairs for the UIDs of a uid-set that exist (RFC 9051 6.4.9:
         non-existent UIDs are ignored; ``*`` is the largest UID)."""
-        idx: set[int] = set()
         largest = self.max_uid
-        for a, b in uidset.resolve(largest):
+        ranges = list(uidset.resolve(largest))
+        if len(ranges) == 1:  # the common case: no set to build and sort
+            lo = bisect_left(self.uids, ranges[0][0])
+            hi = bisect_right(self.uids, ranges[0][1])
+            return list(zip(range(lo + 1, hi + 1), self.uids[lo:hi], strict=True))
+        idx: set[int] = set()
+        for a, b in ranges:
             lo = bisect_left(self.uids, a)
             hi = bisect_right(self.uids, b)
             idx.update(range(lo, hi))
