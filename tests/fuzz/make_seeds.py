@@ -45,6 +45,13 @@ SMTP = {
     "bare-lf": b"EHLO c\nMAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\nbody\n.\n\r\n.\r\nQUIT\n",
     "long-line": b"EHLO " + b"x" * 600 + b"\r\nNOOP\r\nMAIL FROM:<" + b"a" * 300 + b"@b>\r\n",
     "binary": b"\x00\xff\r\n\xfe\xfd\r\nEHLO \xc3\xa9\r\n",
+    # RFC 5321 4.1.3 address literals, 4.5.3.1 size limits
+    "address-literals": crlf(
+        "EHLO [192.0.2.1]\nMAIL FROM:<a@[192.0.2.300]>\nMAIL FROM:<a@[IPv6:2001:db8::1]>\n"
+        "RCPT TO:<b@[IPv6:::zz]>\nRCPT TO:<c@[x-tag:abc]>\nRCPT TO:<d@[1.2.3.4]>\n"
+        f"RCPT TO:<e@{'d' * 63}.{'e' * 63}.{'f' * 63}.{'g' * 63}.example>\nRCPT TO:<{'l' * 65}@x.example>\n"
+        "RCPT TO:<@a.example:f@g.example>\nRCPT TO:<\u00e9@x.example>\nQUIT\n"
+    ),
 }
 
 POP3 = {

@@ -174,3 +174,5 @@ def test_group_with_empty_phrase_does_not_raise(decode):
         Group("", (Mailbox(None, "x", "y.z"),)),
         Mailbox(None, "a", "b.c"),
     ]
+    # the same getter raises AttributeError for a phrase of dots
+    assert parse_address_list("..: x@y.z;", decode=decode) == [Group("", (Mailbox(None, "x", "y.z"),))]

@@ -151,8 +151,8 @@ def parse_address_list(value: str, *, decode: bool = True) -> list[Mailbox | Gro
                     members.append(m)
             try:
                 name = first.display_name or ""
-            except IndexError:  # the stdlib fails on a group with an empty phrase (": x;")
-                name = ""
+            except Exception:  # the stdlib's getter raises IndexError on an empty
+                name = ""  # phrase (": x;"), AttributeError on a phrase of dots ("..: x;")
             out.append(Group(_text(name, not decode).strip(), tuple(members)))
         else:
             for mb in addr.all_mailboxes:
