@@ -66,7 +66,7 @@ def _inputs(target: str) -> st.SearchStrategy[bytes]:
 
 
 BOUNDED = settings(
-    max_examples=150,
+    max_examples=300,
     deadline=timedelta(seconds=5),  # the per-input time guard: a hang fails the test
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=False,
