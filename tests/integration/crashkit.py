@@ -9,17 +9,22 @@ it *attempted* before sending a command and what was *acknowledged* after the
 server's answer), and a ``check`` that compares what the server shows after the
 restart with those records. ``Harness.run`` does the rest, every cycle:
 
-1. start the server (or restart it on the same data directory),
-2. audit: every message of every mailbox is fetched over IMAP (``EXAMINE``,
-   ``UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[])``); each must parse and
-   its RFC822.SIZE must equal len(BODY[]); a UID must never name other bytes
-   within one UIDVALIDITY, and UIDVALIDITY must not change; then the scenario's
-   own ``check``; then a probe APPEND to every mailbox must get a UID above
-   every UID ever seen there (APPENDUID),
-3. start the load threads, SIGKILL the server after a random delay, stop them,
-4. with the server down, check the store's files: SQLite's integrity check,
-   every body row's bytes present in its segment file, reference counts equal
-   to the references, ``uid_next`` above every UID used or expunged.
+1. start the load threads; once the load is going (``Scenario.progress``),
+   SIGKILL the server after a random delay; stop the threads,
+2. on odd cycles, with the server down, check the store's files as the kill
+   left them: SQLite's integrity check, every body row's bytes present in its
+   segment file, reference counts equal to the references, ``uid_next`` above
+   every UID used or expunged; then let the scenario top up its test data.
+   On even cycles the restarted server finds the directory untouched,
+3. restart the server on the same data directory; audit: every message of
+   every mailbox in play is fetched over IMAP (``EXAMINE``, ``UID FETCH
+   (UID RFC822.SIZE FLAGS BODY.PEEK[])``); each must parse and its
+   RFC822.SIZE must equal len(BODY[]); a UID must never name other bytes
+   within one UIDVALIDITY, and UIDVALIDITY must not change; then the
+   scenario's own ``check``; then a probe APPEND to every mailbox must get a
+   UID above every UID ever seen there (APPENDUID).
+
+After the last cycle the server is stopped normally and the files checked.
 
 ``MAILYARD_CRASH_CYCLES`` sets the number of kill-restart cycles per scenario
 (default 2; a soak: ``MAILYARD_CRASH_CYCLES=20``). ``MAILYARD_CRASH_REPORT``
