@@ -439,3 +439,19 @@ def test_envelope_keeps_addresses_next_to_a_group_with_empty_phrase():
     assert d.envelope[6] == [[None, None, "", None], [None, None, "x", "y.z"],
                              [None, None, None, None], [None, None, "v", "w.example"]]
     assert d.bodystructure[-5] == "MIXED"
+
+
+def test_rfc2231_parameter_the_stdlib_cannot_decode():
+    # Found by tests/fuzz (fuzz_message, corpus/message/regress-rfc2231-mixed-sections):
+    # email.utils.decode_params raises TypeError for "charset*0=a; charset*=b";
+    # derive() then dropped the whole structure for the one-part fallback.
+    from mailyard.message.derived import derive_unguarded
+
+    raw = crlf('Subject: s\nContent-Type: multipart/mixed; boundary="q"\n\n--q\n'
+               "Content-Type: text/plain; charset*0=a; charset*=b\n\nhello\n--q\n\ntwo\n--q--\n")
+    d = derive_unguarded(raw)
+    assert [bs[:2] for bs in d.bodystructure[:2]] == [["TEXT", "PLAIN"], ["TEXT", "PLAIN"]]
+    assert "hello" in d.body_text and set(d.parts) >= {"1", "2"}
+    # a boundary that cannot be read: the body is text, as for a missing boundary
+    d = derive_unguarded(crlf("Content-Type: multipart/mixed; boundary*0=a; boundary*=b\n\n--a\n\nx\n"))
+    assert d.bodystructure[:2] == ["TEXT", "PLAIN"]

@@ -65,6 +65,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import html.parser
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import collapse_rfc2231_value
@@ -246,7 +247,7 @@ class _Mime:
         self.has_type = "content-type" in m
         ctype = m.get_content_type()
         self.maintype, _, self.subtype = ctype.partition("/")
-        self.boundary = m.get_boundary() if self.maintype == "multipart" else None
+        self.boundary = _safe_param(m.get_boundary) if self.maintype == "multipart" else None
         cte = m.get("content-transfer-encoding")
         self.encoding = str(cte).strip().lower() if cte else "7bit"
 
@@ -289,8 +290,19 @@ class _Mime:
         return tags or None
 
     def charset(self) -> str:
-        cs = self.msg.get_content_charset()
+        cs = _safe_param(self.msg.get_content_charset)
         return cs or "us-ascii"
+
+
+def _safe_param(getter: Callable[[], str | None]) -> str | None:
+    """A parameter through the stdlib, or None where the stdlib itself fails:
+    ``email.utils.decode_params`` raises TypeError on RFC 2231 parameters that
+    mix a numbered and an unnumbered section (``boundary*0=a; boundary*=b``).
+    Found by tests/fuzz; without the guard derive() fell back to one opaque part."""
+    try:
+        return getter()
+    except Exception:
+        return None
 
 
 class _TextOnly(html.parser.HTMLParser):
