@@ -22,7 +22,8 @@ restart with those records. ``Harness.run`` does the rest, every cycle:
    RFC822.SIZE must equal len(BODY[]); a UID must never name other bytes
    within one UIDVALIDITY, and UIDVALIDITY must not change; then the
    scenario's own ``check``; then a probe APPEND to every mailbox must get a
-   UID above every UID ever seen there (APPENDUID).
+   UID above every UID ever seen there (APPENDUID). Every third cycle the
+   server is killed once more right after it comes up, while it recovers.
 
 After the last cycle the server is stopped normally and the files checked.
 
@@ -168,6 +169,7 @@ class CrashServer:
                 self.ports = {name: free_port() for name in self.services}
             self.write_config()
             self.killed.clear()
+            self.generation += 1  # before the server can do anything (the queue sends at once)
             proc = subprocess.Popen(
                 [sys.executable, "-m", "mailyard", "--data", str(self.data), "serve"],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -188,7 +190,6 @@ class CrashServer:
             # keep draining its output so the server never blocks on a full pipe
             threading.Thread(target=proc.stdout.read, daemon=True).start()
             self.proc = proc
-            self.generation += 1
             return
         raise RuntimeError("server did not start:\n" + "".join(self.output))
 
@@ -319,6 +320,7 @@ class Harness:
         self.errors: list[str] = []
         self.cycle = 0
         self.cycles_done = 0
+        self.early_kills = 0  # extra kills right after a restart
         self.passwords = {f"{u}@{DOMAIN}": f"{u}-crash-pw" for u in scenario.users}
         self.probe_log: list[tuple[tuple[str, str], str, int]] = []
         self.rng = random.Random()
@@ -471,6 +473,13 @@ class Harness:
                     self.with_store(lambda store: self.scenario.seed(self, store))
                 # else: the server finds the data directory exactly as the kill left it
                 self.server.start()
+                if self.cycle % 3 == 0:
+                    # every third cycle also kills the server while it recovers
+                    # (background indexing, compaction, the queue's re-sends)
+                    time.sleep(self.rng.uniform(0.0, 0.3))
+                    self.server.kill()
+                    self.early_kills += 1
+                    self.server.start()
                 self.after_start()
                 self.cycles_done += 1
             self.server.stop()
@@ -482,6 +491,7 @@ class Harness:
         result = {
             "scenario": self.scenario.name,
             "cycles": self.cycles_done,
+            "kills_during_recovery": self.early_kills,
             "invariants_checked": self.checks.total,
             "by_invariant": dict(self.checks.counts),
             **self.scenario.report(),

@@ -740,8 +740,8 @@ class QueueDelivery(Scenario):
     threads = 4
 
     def __init__(self) -> None:
-        self.peer = FakePeer(lambda: self.generation)
-        self.generation = 0
+        self.harness: Harness | None = None
+        self.peer = FakePeer(lambda: self.harness.server.generation if self.harness else 0)
         self.rcpts: dict[str, list[str]] = {}
         self.completed: set[str] = set()
         self.acked: set[str] = set()
@@ -757,8 +757,10 @@ class QueueDelivery(Scenario):
         d.retry_initial, d.retry_factor, d.poll_interval = 0.3, 1.0, 0.5
         d.connection_cache_time = 0.5
 
+    async def seed(self, h: Harness, store: SQLiteStore) -> None:
+        self.harness = h  # the peer stamps each 250 with the server's current life
+
     def workers(self, h: Harness) -> list[Any]:
-        self.generation = h.server.generation
         return [functools.partial(self.client, h, n) for n in range(self.threads)]
 
     def recipients(self, cid: str) -> list[str]:
@@ -811,7 +813,6 @@ class QueueDelivery(Scenario):
 
     def quiesce(self, h: Harness) -> None:
         """Wait until the restarted server has emptied its queue."""
-        self.generation = h.server.generation
         db = f"file:{h.server.data / 'index.sqlite3'}?mode=ro"
         deadline = time.monotonic() + 60
         while True:
