@@ -727,3 +727,54 @@ def test_client_that_stops_reading_loses_its_session_and_slot(
             assert time.monotonic() < give_up, "the session was not ended"
             time.sleep(0.1)
     SERVED[service](server)
+
+
+# --- the HTTP port ---------------------------------------------------------------------------
+def _http_served(server: RunningServer) -> None:
+    with socket.create_connection((server.host, server.port("http")), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert _read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
+
+
+def test_http_connection_caps(make_server: Callable[..., RunningServer]) -> None:
+    def configure(cfg) -> None:  # noqa: ANN001
+        cfg.limits.max_connections_per_ip = 2
+        cfg.limits.max_connections = 3
+
+    server = make_server(configure)
+    held = []
+    try:
+        for source in ("127.0.0.1", "127.0.0.1", "127.0.0.2"):
+            held.append(_connect(server, "http", source))
+        # nothing to read from an admitted HTTP connection: wait until the server counted them
+        assert server.server is not None
+        state = server.server.listeners["http"]._uvicorn.server_state  # type: ignore[attr-defined]
+        give_up = time.monotonic() + 10
+        while len(state.connections) < 3:
+            assert time.monotonic() < give_up
+            time.sleep(0.02)
+        for source in ("127.0.0.1", "127.0.0.3"):  # per address, then in total
+            with _connect(server, "http", source) as over:
+                assert _read_until_closed(over).startswith(b"HTTP/1.1 503 "), source
+    finally:
+        for sock in held:
+            sock.close()
+    give_up = time.monotonic() + 10
+    while True:
+        try:
+            _http_served(server)
+            break
+        except AssertionError:
+            assert time.monotonic() < give_up
+            time.sleep(0.05)
+
+
+def test_http_trickling_request_head_is_cut_off(make_server: Callable[..., RunningServer]) -> None:
+    server = make_server(_short_deadlines)
+    with _connect(server, "http") as silent, _connect(server, "http") as slow:
+        head = b"GET /health HTTP/1.1\r\nHost: localhost\r\n" + b"X-Slow: " + b"s" * 200 + b"\r\n\r\n"
+        rest = _trickle_until_answered(slow, head, lambda: _http_served(server))
+        assert rest.startswith(b"HTTP/1.1 408 "), rest
+        # a connection that never sends anything is closed too
+        assert _read_until_closed(silent).startswith(b"HTTP/1.1 408 ")
+    _http_served(server)

@@ -14,6 +14,9 @@ from typing import Any
 
 import uvicorn
 
+from ..net.listener import ConnectionLimits
+from .limits import limited_h11
+
 log = logging.getLogger("mailyard.web")
 
 
@@ -22,6 +25,16 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def _connection_limits(mail_server: Any) -> ConnectionLimits:
+    cfg = mail_server.config.limits
+    return ConnectionLimits(
+        max_connections=cfg.max_connections,
+        max_connections_per_ip=cfg.max_connections_per_ip,
+        idle_timeout=cfg.idle_timeout,
+        command_deadline=cfg.command_deadline,
+    )
 
 
 class HTTPService:
@@ -60,6 +73,8 @@ class HTTPService:
             timeout_graceful_shutdown=2,
             server_header=False,
             proxy_headers=False,
+            # [limits] connection caps and request-head deadline (web/limits.py)
+            http=limited_h11(_connection_limits(self.mail_server)),
         )
         self._uvicorn = _Server(config)
         self._task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="mailyard-http")

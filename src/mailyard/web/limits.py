@@ -1,0 +1,105 @@
+"""Connection limits for the HTTP port, as the mail listeners have them.
+
+Why: uvicorn counts no connections per client address, and its only timer is
+the keep-alive one, armed after a response: a client that connects and sends
+nothing, or sends a request head one byte every few seconds, holds its
+connection forever (slowloris). This subclass of uvicorn's h11 protocol adds,
+from ``[limits]``:
+
+* ``max_connections`` / ``max_connections_per_ip``: over either, the client
+  gets ``503 Service Unavailable`` with ``Connection: close`` at once (RFC 9110
+  15.6.4) -- the HTTP counterpart of SMTP 421 and IMAP BYE;
+* ``command_deadline``: a request head must be complete within it, counted
+  from the connection or the end of the previous response, however its bytes
+  are spaced; otherwise ``408 Request Timeout`` (RFC 9110 15.5.9) and close.
+
+A request whose head arrived (including a long-lived SSE stream) is not
+limited by this deadline; the application bounds request bodies itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ..net.listener import ConnectionLimits
+
+
+def _response(status: str, text: str) -> bytes:
+    body = text.encode() + b"\r\n"
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def limited_h11(limits: ConnectionLimits) -> type[H11Protocol]:
+    """An H11Protocol class enforcing ``limits``; one per HTTP listener (it
+    holds that listener's per-address counts)."""
+    per_ip: dict[str, int] = {}
+
+    class LimitedH11(H11Protocol):
+        _counted_ip: str | None = None
+        _head_timer: asyncio.TimerHandle | None = None
+        _waiting_since: Any = None  # the cycle that was current when the timer was armed
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            ip = self.client[0] if self.client else ""
+            if len(self.connections) > limits.max_connections:
+                over = "too many connections"
+            elif per_ip.get(ip, 0) >= limits.max_connections_per_ip:
+                over = "too many connections from your address"
+            else:
+                over = None
+            if over is not None:
+                transport.write(_response("503 Service Unavailable", f"{over}, try again later"))
+                transport.close()
+                return
+            per_ip[ip] = per_ip.get(ip, 0) + 1
+            self._counted_ip = ip
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            ip = self._counted_ip
+            if ip is not None:
+                self._counted_ip = None
+                left = per_ip.get(ip, 1) - 1
+                if left:
+                    per_ip[ip] = left
+                else:
+                    per_ip.pop(ip, None)
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._head_timer is not None and self.cycle is not self._waiting_since:
+                self._cancel_head_timer()  # the request head is complete
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_head_timer()
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
+            if limits.command_deadline > 0:
+                self._waiting_since = self.cycle
+                self._head_timer = self.loop.call_later(limits.command_deadline, self._head_timed_out)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing() or self.cycle is not self._waiting_since:
+                return
+            self.transport.write(_response("408 Request Timeout", "request not completed in time"))
+            self.transport.close()
+
+    return LimitedH11
