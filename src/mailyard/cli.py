@@ -150,7 +150,7 @@ def cmd_init(args: argparse.Namespace) -> None:
         note = d / "demo-passwords.txt"
         note.write_text("\n".join(lines) + "\n", encoding="utf-8")
         note.chmod(0o600)
-        print("demo users (also saved in", note, "):")
+        print(f"demo users (also saved in {note}):")
         for line in lines:
             print("  " + line)
     print(f"data directory {d} is ready; start the server with: mailyard --data {d} serve")
