@@ -63,6 +63,26 @@ def cids_in(snap: Snapshot, user: str, box: str) -> Counter[str]:
 # --- SMTP accept ----------------------------------------------------------------------
 
 
+def send_data(scenario: Any, h: Harness, s: smtplib.SMTP, cid: str) -> bool:
+    """DATA for message ``cid`` after MAIL/RCPT, recording it as completed
+    once sent and as acknowledged on 250; False when DATA itself was refused."""
+    s.putcmd("data")
+    code, text = s.getreply()
+    if code != 354:
+        h.unexpected(f"DATA answered {code} {text!r}")
+        return False
+    s.send(message_bytes(cid) + b".\r\n")
+    with scenario.lock:
+        scenario.completed.add(cid)
+    code, text = s.getreply()
+    if code == 250:
+        with scenario.lock:
+            scenario.acked.add(cid)
+    else:
+        h.unexpected(f"end of DATA answered {code} {text!r}")
+    return True
+
+
 class SMTPAccept(Scenario):
     """Clients send over SMTP to two local recipients; a 250 after DATA means
     the message is in both INBOXes exactly once, intact."""
@@ -92,20 +112,8 @@ class SMTPAccept(Scenario):
                         s.mail("load@remote.test")
                         s.rcpt(f"alice@{DOMAIN}")
                         s.rcpt(f"bob@{DOMAIN}")
-                        s.putcmd("data")
-                        code, text = s.getreply()
-                        if code != 354:
-                            h.unexpected(f"DATA answered {code} {text!r}")
+                        if not send_data(self, h, s, cid):
                             break
-                        s.send(message_bytes(cid) + b".\r\n")
-                        with self.lock:
-                            self.completed.add(cid)
-                        code, text = s.getreply()
-                        if code == 250:
-                            with self.lock:
-                                self.acked.add(cid)
-                        else:
-                            h.unexpected(f"end of DATA answered {code} {text!r}")
             except SMTP_ERRORS as exc:
                 h.lost(exc, "smtp")
                 time.sleep(0.05)
@@ -793,20 +801,8 @@ class QueueDelivery(Scenario):
                         s.mail(f"alice@{DOMAIN}")
                         for r in rcpts:
                             s.rcpt(r)
-                        s.putcmd("data")
-                        code, text = s.getreply()
-                        if code != 354:
-                            h.unexpected(f"DATA answered {code} {text!r}")
+                        if not send_data(self, h, s, cid):
                             break
-                        s.send(message_bytes(cid) + b".\r\n")
-                        with self.lock:
-                            self.completed.add(cid)
-                        code, text = s.getreply()
-                        if code == 250:
-                            with self.lock:
-                                self.acked.add(cid)
-                        else:
-                            h.unexpected(f"end of DATA answered {code} {text!r}")
             except SMTP_ERRORS as exc:
                 h.lost(exc, "submission")
                 time.sleep(0.05)
