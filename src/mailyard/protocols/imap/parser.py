@@ -91,15 +91,21 @@ def parse_sequence_set(r: Reader) -> c.SequenceSet:
 
 
 # --- dates -----------------------------------------------------------------
+def _month(r: Reader) -> int:
+    """date-month: "Jan" / ... / "Dec", case-insensitive (RFC 9051 9)."""
+    month = MONTHS.get(r.buf[r.pos : r.pos + 3].decode("latin-1").upper())
+    if month is None:
+        raise ParseError("bad month")
+    r.pos += 3
+    return month
+
+
 def parse_date(r: Reader) -> dt.date:
     """date = date-text / DQUOTE date-text DQUOTE; date-text = d[d]-Mon-yyyy."""
     quoted = r.maybe(b'"')
     day = r.number()
     r.expect(b"-")
-    month = MONTHS.get(r.buf[r.pos : r.pos + 3].decode("latin-1").upper())
-    if month is None:
-        raise ParseError("bad month")
-    r.pos += 3
+    month = _month(r)
     r.expect(b"-")
     start = r.pos
     year = r.number()
@@ -120,10 +126,7 @@ def parse_date_time(r: Reader) -> float:
         r.pos += 1
     day = r.number()
     r.expect(b"-")
-    month = MONTHS.get(r.buf[r.pos : r.pos + 3].decode("latin-1").upper())
-    if month is None:
-        raise ParseError("bad month")
-    r.pos += 3
+    month = _month(r)
     r.expect(b"-")
     year = r.number()
     r.sp()
