@@ -80,10 +80,10 @@ def services() -> list[Service]:
         Service("submission", protocol=smtp.submission_protocol),
         Service("smtps", protocol=smtp.submission_protocol, implicit_tls=True),
         Service("pop3", protocol=pop3.pop3_protocol),
-        Service("imap", imap.imap_session, imap.refuse),
+        Service("imap", protocol=imap.imap_protocol),
         # RFC 8314: implicit TLS from the first byte (POP3S 995, IMAPS 993).
         Service("pop3s", protocol=pop3.pop3_protocol, implicit_tls=True),
-        Service("imaps", imap.imap_session, imap.refuse, implicit_tls=True),
+        Service("imaps", protocol=imap.imap_protocol, implicit_tls=True),
     ]
 
 

@@ -1,4 +1,4 @@
-"""IMAP service glue: the listener's session factory (DESIGN.md "net/").
+"""IMAP service glue: the listener's protocol factory (DESIGN.md "net/").
 
 The protocol lives in protocols/imap (sans-I/O); net/imap_session carries out
 its commands against the store. This module is what server.py registers.
@@ -17,7 +17,7 @@ log = logging.getLogger("mailyard.imap")
 
 if TYPE_CHECKING:
     from ..server import MailServer
-    from .listener import Connection
+    from .listener import Listener
 
 
 def _pin_mmap_threshold() -> None:
@@ -43,11 +43,6 @@ def _pin_mmap_threshold() -> None:
 _pin_mmap_threshold()
 
 
-async def imap_session(server: MailServer, conn: Connection) -> None:
-    """Run one IMAP connection to its end."""
-    await ImapSession(server, conn).run()
-
-
-async def refuse(conn: Connection, reason: str) -> None:
-    """Over the connection limits: RFC 9051 7.1.5 allows BYE as the greeting."""
-    await conn.send(f"* BYE {reason}\r\n".encode())
+def imap_protocol(server: MailServer, listener: Listener) -> ImapSession:
+    """The IMAP ports: 143 / 2143 (STARTTLS) and 993 / 2993 (implicit TLS, RFC 8314)."""
+    return ImapSession(server, listener)

@@ -79,9 +79,6 @@ SASL_MECHANISMS = ("SCRAM-SHA-256", "PLAIN", "LOGIN")
 # refuses PLAIN with "-ERR [AUTH] ... non-secure" and LOGIN is not offered.
 _NO_CLEARTEXT_MECHANISMS = ("SCRAM-SHA-256", "PLAIN")
 
-# Octets queued on the transport after which a RETR waits for the client to read.
-_WRITE_HIGH_WATER = 256 * 1024
-
 
 @dataclass
 class _CachedMaildrop:
@@ -259,12 +256,6 @@ class POP3Session(SessionProtocol):
         self._crlf_clean: Callable[[int], bool] = lambda uid: False
         self._mech: sasl.Mechanism | None = None
         self._updated = False  # UPDATE ran: the sign-off is the last word
-        self._writable: asyncio.Future[None] | None = None
-
-    @property
-    def is_loopback(self) -> bool:
-        ip = self.peer_ip
-        return ip.startswith("127.") or ip in ("::1", "::ffff:127.0.0.1")
 
     # --- SessionProtocol hooks ------------------------------------------------
 
@@ -341,27 +332,8 @@ class POP3Session(SessionProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_exception(ConnectionError("connection lost"))
         if not self.busy:
             self.unlock()  # else when the step ends (`step`)
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-
-    async def _wait_writable(self) -> None:
-        """Wait until the client took most of what was written (flow control).
-        A client that stops reading gets the idle timeout, then is cut."""
-        self._writable = self.loop.create_future()
-        try:
-            await asyncio.wait_for(self._writable, self.listener.limits.idle_timeout)
-        except TimeoutError:
-            self.abort()
-            raise ConnectionError("client stopped reading") from None
-        finally:
-            self._writable = None
 
     # --- steps ----------------------------------------------------------------
 
@@ -380,9 +352,7 @@ class POP3Session(SessionProtocol):
                 # buffer is full, so a client pipelining many RETRs cannot make
                 # us hold them all in memory.
                 self.write(engine.data_to_send())
-                transport = self.transport
-                if transport is not None and transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
-                    await self._wait_writable()
+                await self.drain()
         elif isinstance(event, UserPassLogin):
             acct = await self.store.get_account(event.username)
             password = event.password

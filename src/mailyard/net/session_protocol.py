@@ -33,6 +33,9 @@ log = logging.getLogger("mailyard.net")
 
 # Seconds a closed connection may take to deliver its last output.
 CLOSE_GRACE = 10.0
+# A step that wrote more than this and has more to write waits for the client
+# (`drain`), so a client that pipelines big fetches cannot make us hold them all.
+WRITE_HIGH_WATER = 256 * 1024
 
 
 class _Resume:
@@ -77,6 +80,7 @@ class SessionProtocol(asyncio.Protocol):
         self.tls = False
         self.closed = False
         self.busy = False  # an I/O step is running; input waits
+        self.reading_wanted = False  # ... unless the step itself waits for input (IMAP IDLE)
         self._stopping = False
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
@@ -86,6 +90,12 @@ class SessionProtocol(asyncio.Protocol):
         self._clock = CommandClock()
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_unit: tuple[float | None, int, float] | None = None  # what the timer is for
+        self._writable: asyncio.Future[None] | None = None
+
+    @property
+    def is_loopback(self) -> bool:
+        ip = self.peer_ip
+        return ip.startswith("127.") or ip in ("::1", "::ffff:127.0.0.1")
 
     # --- hooks for subclasses ---------------------------------------------
     def start(self) -> None:
@@ -161,6 +171,8 @@ class SessionProtocol(asyncio.Protocol):
         if self._admitted:
             self.listener.release(self, self.peer_ip)
             self._admitted = False
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_exception(ConnectionError("connection lost"))
         # A step in progress (e.g. a durable commit) is left to finish: what it
         # writes goes nowhere, and what it stores is complete or absent.
 
@@ -169,8 +181,28 @@ class SessionProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.closed and not self.busy:
+        if self.transport is not None and not self.closed and (not self.busy or self.reading_wanted):
             self.transport.resume_reading()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    async def drain(self) -> None:
+        """Inside a step: wait while the transport holds more than
+        WRITE_HIGH_WATER bytes the client has not taken yet (flow control).
+        A client that stops reading gets the idle timeout, then is cut."""
+        transport = self.transport
+        if transport is None or transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+            return
+        if self.closed:
+            raise ConnectionError("connection closed")
+        self._writable = self.loop.create_future()
+        try:
+            await asyncio.wait_for(self._writable, self.listener.limits.idle_timeout)
+        except TimeoutError:
+            self.abort()
+            raise ConnectionError("client stopped reading") from None
+        finally:
+            self._writable = None
 
     # --- driving the engine ----------------------------------------------------
     def advance(self) -> None:
@@ -193,7 +225,7 @@ class SessionProtocol(asyncio.Protocol):
                     return
                 step = _Resume(step, waiting)  # type: ignore[arg-type]
             self.busy = True
-            if self.transport is not None:
+            if self.transport is not None and not self.reading_wanted:
                 self.transport.pause_reading()
             self._task = self.loop.create_task(self._run_step(step))
             return

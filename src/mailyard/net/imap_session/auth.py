@@ -96,7 +96,7 @@ async def cmd_starttls(s: ImapSession, cmd: c.Command) -> None:
     s.engine.complete("OK", "Begin TLS negotiation now")
     await s.flush()
     try:
-        await s.conn.start_tls(tls.context)
+        await s.start_tls(tls.context)
     except (ssl.SSLError, OSError, ConnectionError) as exc:
         log.info("imap STARTTLS handshake with %s failed: %s", s.conn.peer_ip, exc)
         s.engine.bye("TLS negotiation failed")
@@ -175,11 +175,9 @@ async def cmd_authenticate(s: ImapSession, cmd: c.Authenticate) -> None:
             reply = s.engine.next_event()
             if isinstance(reply, AuthResponse):
                 break
-            data = await s.read()
-            if not data:
+            if not await s.more_input():
                 s.engine.bye("Connection closed")
                 return
-            s.engine.receive_data(data)
         ev = await auth.sasl(mech, mech.step(reply.line))
     if isinstance(ev, sasl.Success):
         account = await auth.account(ev)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from bisect import bisect_right
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...protocols.imap import commands as c
 from ...protocols.imap.engine import CLOSED, NEED_DATA, ImapEngine, State
@@ -25,11 +26,12 @@ from ...protocols.imap.framing import Limits
 from ...protocols.imap.response import Atom, Raw, flag_list, format_uid_set
 from ...protocols.imap.selected import MessageMap
 from ...store.api import Account, Mailbox, MessageInfo, StorageFull, StoreError
-from ..listener import CommandClock, ShutdownRequested
+from ..listener import ShutdownRequested
+from ..session_protocol import SessionProtocol
 
 if TYPE_CHECKING:
     from ...server import MailServer
-    from ..listener import Connection
+    from ..listener import Listener
 
 log = logging.getLogger("mailyard.imap")
 
@@ -38,7 +40,7 @@ class CommandDeadline(TimeoutError):
     """The client did not finish a command (or its literal) in time."""
 
 
-FLUSH_AT = 256 * 1024  # write out queued responses past this size (big FETCHes)
+FLUSH_AT = 64 * 1024  # write out queued responses past this size, so a big FETCH streams
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 SYSTEM_FLAGS = frozenset(f.lower() for f in PERMANENT_FLAGS)
 
@@ -112,12 +114,29 @@ def _load_handlers() -> dict[str, Handler]:
     return HANDLERS
 
 
-class ImapSession:
-    """Runs one connection: the engine, the account, the selected mailbox."""
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
-    def __init__(self, server: MailServer, conn: Connection) -> None:
+
+class ImapSession(SessionProtocol):
+    """Runs one connection: the engine, the account, the selected mailbox.
+
+    An asyncio.Protocol (net/session_protocol.py, like SMTP and POP3): bytes
+    go from ``data_received`` into the engine, and each command is a step
+    started at once (``eager_steps``). A FETCH whose data the store reads
+    without waiting finishes inside ``data_received``, so a command costs one
+    read and one write on the socket and no task switch. A step that waits
+    (a commit, a password check) goes on in a task while input waits; IDLE
+    and AUTHENTICATE read their further lines with `wait_input`.
+    """
+
+    eager_steps = True
+
+    def __init__(self, server: MailServer, listener: Listener) -> None:
+        super().__init__(listener)
         self.server = server
-        self.conn = conn
+        self.conn = self  # what net/login.py needs of a connection: tls, peer_ip, is_loopback
         self.store = server.store
         cfg = server.config
         limits = cfg.limits
@@ -126,51 +145,90 @@ class ImapSession:
             max_literal=getattr(limits, "imap_max_literal", 64 * 1024),
             max_append=getattr(cfg.smtp, "max_message_size", 50 << 20),
         ))
-        self._clock = CommandClock()
         self.account: Account | None = None
         self.sel: Selected | None = None
-        self.wake = asyncio.Event()
         self._unlisten: Callable[[], None] | None = None
         self.idle_timeout = getattr(cfg.limits, "imap_idle_timeout", 1800.0)
         self.hostname = cfg.server.hostname
+        self.eof = False  # the client closed its side
+        self._waiter: asyncio.Future[None] | None = None  # a step waiting for input (IDLE, AUTHENTICATE)
 
-    # --- the loop ---------------------------------------------------------
-    async def run(self) -> None:
+    # --- SessionProtocol hooks ----------------------------------------------
+    def start(self) -> None:
         from .auth import capabilities
 
         self.engine.greeting(
             "mailyard IMAP4rev2 server ready", code="CAPABILITY " + " ".join(capabilities(self))
         )
-        try:
-            await self.flush()
-            while True:
-                ev = self.engine.next_event()
-                if ev is CLOSED:
-                    break
-                if ev is NEED_DATA:
-                    await self.flush()
-                    if self.engine.framer.mid_command:
-                        self._quick_ack()
-                    data = await self.read()
-                    if not data:
-                        break
-                    self.engine.receive_data(data)
-                    continue
-                assert isinstance(ev, c.Command)
-                await self.execute(ev)
-            await self.flush()
-        except ShutdownRequested:
-            self.engine.bye("Server shutting down", code="UNAVAILABLE")
-            await self.flush()
-        except CommandDeadline:
-            self.engine.bye("Command not completed in time")
-            await self.flush()
-        except TimeoutError:
-            self.engine.bye("Autologout; idle for too long")
-            await self.flush()
-        finally:
-            if self._unlisten is not None:
-                self._unlisten()
+        self.write(self.engine.data_to_send())
+
+    def received(self, data: bytes) -> None:
+        if data:
+            self.engine.receive_data(data)
+        else:
+            self.eof = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pump(self) -> Coroutine[Any, Any, None] | None:
+        engine = self.engine
+        ev = engine.next_event()
+        if ev is NEED_DATA:
+            self.write(engine.data_to_send())
+            if self.eof:
+                self.close()
+            elif engine.framer.mid_command:
+                self._quick_ack()
+            return None
+        if ev is CLOSED:
+            self.write(engine.data_to_send())
+            self.close()
+            return None
+        return self.execute(ev)  # type: ignore[arg-type]  # a Command
+
+    def goodbye(self) -> bytes:
+        self.engine.bye("Server shutting down", code="UNAVAILABLE")
+        return self.engine.data_to_send()
+
+    def refusal(self, reason: str) -> bytes:
+        # Over the connection limits: RFC 9051 7.1.5 allows BYE as the greeting.
+        return f"* BYE {reason}\r\n".encode()
+
+    def on_timeout(self) -> bytes:
+        self.engine.bye("Autologout; idle for too long")
+        return self.engine.data_to_send()
+
+    def input_state(self) -> tuple[bool, int, float]:
+        # A command line (or a command with its literals, e.g. APPEND) must be
+        # complete within the command (literal) deadline, however slowly its
+        # bytes trickle in (listener.CommandClock).
+        framer = self.engine.framer
+        limits = self.listener.limits
+        deadline = limits.literal_deadline if framer.mid_command else limits.command_deadline
+        return framer.partial, framer.completed, deadline
+
+    def on_deadline(self) -> bytes:
+        self.engine.bye("Command not completed in time")
+        return self.engine.data_to_send()
+
+    def shutdown(self) -> None:
+        waiter = self._waiter
+        if self.busy and waiter is not None and not waiter.done():
+            self._stopping = True
+            waiter.set_exception(ShutdownRequested())  # IDLE / AUTHENTICATE: BYE now
+            return
+        super().shutdown()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self.eof = True
+            waiter.set_result(None)
 
     def _quick_ack(self) -> None:
         """ACK the rest of a command at once. A client that writes a literal and
@@ -178,7 +236,7 @@ class ImapSession:
         CRLF held back by Nagle's algorithm until the literal is ACKed, and a
         delayed ACK costs 40 ms per APPEND. TCP_QUICKACK is reset by the
         kernel, hence set again before each read that is mid-command."""
-        sock = self.conn.writer.get_extra_info("socket")
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
         quickack = getattr(socket, "TCP_QUICKACK", None)
         if sock is not None and quickack is not None:
             try:
@@ -186,54 +244,74 @@ class ImapSession:
             except OSError:
                 pass
 
-    async def read(self, timeout: float | None = None) -> bytes:
-        # RFC 9051 5.4: the autologout timer is at least 30 minutes once
-        # authenticated; the listener's shorter idle timeout applies before.
-        if timeout is None and self.engine.state is not State.NOT_AUTHENTICATED:
-            timeout = self.idle_timeout
-        if timeout is None:
-            timeout = self.conn.listener.limits.idle_timeout
-        # A command (line, or a literal after it) must be complete within the
-        # command / literal deadline, however slowly its bytes trickle in.
-        framer = self.engine.framer
-        limits = self.conn.listener.limits
-        # (a command that announced a literal, up to its end, gets the literal deadline)
-        deadline = limits.literal_deadline if framer.mid_command else limits.command_deadline
-        left = self._clock.remaining(
-            asyncio.get_running_loop().time(), framer.partial, framer.completed, deadline
-        )
-        if left is None or left >= timeout:
-            return await self.conn.read(timeout)
-        if left <= 0:
-            raise CommandDeadline
-        try:
-            return await self.conn.read(left)
-        except TimeoutError:
-            raise CommandDeadline from None
-
+    # --- output and further input inside a step ---------------------------------
     async def flush(self) -> None:
+        """Write what the engine has queued; wait while the client is behind."""
         data = self.engine.data_to_send()
         if data:
-            await self.conn.send(data)
+            self.write(data)
+            await self.drain()
 
     async def maybe_flush(self) -> None:
-        if len(self.engine._out) > FLUSH_AT:
+        if self.engine.pending > FLUSH_AT:
             await self.flush()
 
+    async def wait_input(self, timeout: float) -> None:
+        """Wait, with reading resumed, until bytes (or the end of input) reach
+        the engine or the selected mailbox changes (IDLE). Raises TimeoutError
+        after ``timeout`` seconds, ShutdownRequested when the server stops."""
+        if self.eof or self.closed:
+            self.eof = True
+            return
+        fut = self.loop.create_future()
+        self._waiter = fut
+        timer = self.loop.call_later(timeout, _expire, fut)
+        self.reading_wanted = True
+        if self.transport is not None:
+            self.transport.resume_reading()
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._waiter = None
+            self.reading_wanted = False
+            if self.transport is not None and not self.closed:
+                self.transport.pause_reading()
+
+    async def more_input(self) -> bool:
+        """Wait for more of a command's input (an AUTHENTICATE response line)
+        under the command deadline; False at the end of input."""
+        try:
+            await self.wait_input(self.listener.limits.command_deadline)
+        except TimeoutError:
+            raise CommandDeadline from None
+        return not self.eof
+
+    # --- commands -------------------------------------------------------------
     async def execute(self, cmd: c.Command) -> None:
         handler = (_HANDLERS or _load_handlers())[cmd.name]
         try:
             await handler(self, cmd)
-        except (TimeoutError, ShutdownRequested):
-            raise  # the session ends (BYE); not a failure of the command
+        except ShutdownRequested:
+            self.engine.bye("Server shutting down", code="UNAVAILABLE")
+        except CommandDeadline:
+            self.engine.bye("Command not completed in time")
+        except TimeoutError:
+            self.engine.bye("Autologout; idle for too long")
         except StoreError as exc:
             log.info("imap: %s failed: %s", cmd.name, exc)
             if self.engine.current is not None:
                 await self.finish("NO", str(exc) or "Operation failed", allow_expunge=False)
+        except (ConnectionError, ssl.SSLError):
+            raise  # the connection is gone; SessionProtocol closes it
         except Exception:
             log.exception("imap: %s crashed", cmd.name)
             if self.engine.current is not None:
                 self.engine.complete("NO", "Internal server error", "SERVERBUG")
+        if self.engine.state is not State.NOT_AUTHENTICATED and self._timeout != self.idle_timeout:
+            # RFC 9051 5.4: the autologout timer is at least 30 minutes once
+            # authenticated; the listener's shorter idle timeout applies before.
+            self.set_timeout(self.idle_timeout)
 
     async def finish(self, status: str, text: str, code: str | None = None, allow_expunge: bool = True) -> None:
         """Send pending mailbox updates, then the tagged response."""
@@ -244,7 +322,7 @@ class ImapSession:
     # --- change notification ----------------------------------------------
     def listen(self) -> None:
         """Start receiving store change notifications (after login)."""
-        if self._unlisten is None:
+        if self._unlisten is None and not self.closed:
             self._unlisten = self.store.add_listener(self._changed)
 
     def _changed(self, mailbox_id: int) -> None:
@@ -252,8 +330,9 @@ class ImapSession:
         if sel is not None and sel.mailbox.id == mailbox_id:
             sel.dirty = True
             sel.infos_stale = True
-            self.wake.set()
-
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)  # IDLE announces it at once
     async def sync(self, allow_expunge: bool) -> None:
         """Announce what other sessions changed (RFC 9051 5.2, 7.4.1, 7.5.1)."""
         sel = self.sel
@@ -340,38 +419,24 @@ class ImapSession:
             self.sel.infos = None
             await self.sync(allow_expunge=True)
         await self.flush()
-        reader: asyncio.Future[bytes] | None = None
-        try:
-            while True:
-                ev = self.engine.next_event()
-                if isinstance(ev, IdleDone):
-                    if ev.ok:
-                        await self.finish("OK", "IDLE terminated")
-                    else:
-                        await self.finish("BAD", "Expected DONE")
-                    return
-                if ev is CLOSED:
-                    return
-                self.wake.clear()
-                if self.sel is not None and self.sel.dirty:
-                    await self.sync(allow_expunge=True)
-                    await self.flush()
-                    continue
-                if reader is None:
-                    reader = asyncio.ensure_future(self.conn.read(self.idle_timeout))
-                waker = asyncio.ensure_future(self.wake.wait())
-                done, _ = await asyncio.wait({reader, waker}, return_when=asyncio.FIRST_COMPLETED)
-                waker.cancel()
-                if reader in done:
-                    data = reader.result()
-                    reader = None
-                    if not data:
-                        self.engine.bye("Connection closed")
-                        return
-                    self.engine.receive_data(data)
-        finally:
-            if reader is not None:
-                reader.cancel()
+        while True:
+            ev = self.engine.next_event()
+            if isinstance(ev, IdleDone):
+                if ev.ok:
+                    await self.finish("OK", "IDLE terminated")
+                else:
+                    await self.finish("BAD", "Expected DONE")
+                return
+            if ev is CLOSED:
+                return
+            if self.sel is not None and self.sel.dirty:
+                await self.sync(allow_expunge=True)
+                await self.flush()
+                continue
+            if self.eof:
+                self.engine.bye("Connection closed")
+                return
+            await self.wait_input(self.idle_timeout)
 
 
 def flags_from_client(flags: tuple[str, ...]) -> tuple[list[str], str | None]:

@@ -128,7 +128,10 @@ class ImapEngine:
         self.enabled: set[str] = set()
         self.current: c.Command | None = None
         self._mode = _Mode.COMMAND
-        self._out = bytearray()
+        # Output as a list of pieces joined once per write: a FETCH body is
+        # copied once, and no buffer is grown and shrunk per command.
+        self._out: list[bytes] = []
+        self.pending = 0  # octets queued in _out
         self._bad_run = 0
         self._max_bad = max_bad
         self.closed = False
@@ -171,12 +174,12 @@ class ImapEngine:
             if isinstance(ev, ContinuationNeeded):
                 problem = self._precheck(ev.first_line)
                 if problem is None:
-                    self._out += continuation("Ready for literal data")
+                    self._put(continuation("Ready for literal data"))
                 else:
                     # RFC 9051 2.2.1: reject with BAD instead of "+" so the
                     # client never sends the literal
                     self.framer.abort()
-                    self._out += problem
+                    self._put(problem)
                     self._count_bad()
                 continue
             if isinstance(ev, Rejected):
@@ -190,9 +193,9 @@ class ImapEngine:
     def _reject(self, ev: Rejected) -> None:
         problem = self._precheck(ev.first_line) if ev.first_line else None
         if problem is not None:
-            self._out += problem  # an unknown command is worse than its size
+            self._put(problem)  # an unknown command is worse than its size
         else:
-            self._out += status_line(_reply_tag(ev.tag), ev.status, ev.text, ev.code)
+            self._put(status_line(_reply_tag(ev.tag), ev.status, ev.text, ev.code))
         if ev.fatal:
             self.bye("Too much data; closing connection")
         else:
@@ -223,7 +226,7 @@ class ImapEngine:
         try:
             cmd = parse_command(ev.segments, ev.literals, self.utf8)
         except TagError:
-            self._out += status_line("*", "BAD", "Invalid tag")
+            self._put(status_line("*", "BAD", "Invalid tag"))
             self._count_bad()
             return None
         except ParseError as exc:
@@ -234,11 +237,11 @@ class ImapEngine:
             text = str(exc)
             if not text.startswith("No such command"):
                 text = f"Syntax error: {text}"
-            self._out += status_line(tag, "BAD", text)
+            self._put(status_line(tag, "BAD", text))
             self._count_bad()
             return None
         if self.state not in VALID_IN[cmd.name]:
-            self._out += status_line(cmd.tag, "BAD", f"{cmd.name} is not valid in the {self.state.value} state")
+            self._put(status_line(cmd.tag, "BAD", f"{cmd.name} is not valid in the {self.state.value} state"))
             self._count_bad()
             return None
         self._bad_run = 0
@@ -266,44 +269,52 @@ class ImapEngine:
 
     # --- output -------------------------------------------------------------
     def data_to_send(self) -> bytes:
-        data = bytes(self._out)
-        self._out.clear()
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self._out = []
+        self.pending = 0
         return data
+
+    def _put(self, data: bytes) -> None:
+        self._out.append(data)
+        self.pending += len(data)
 
     def greeting(self, text: str, code: str | None = None, preauth: bool = False) -> None:
         """``* OK`` (or ``* PREAUTH``) greeting (RFC 9051 7.1.1, 7.1.4)."""
         if preauth:
             self.state = State.AUTHENTICATED
-        self._out += status_line("*", "PREAUTH" if preauth else "OK", text, code)
+        self._put(status_line("*", "PREAUTH" if preauth else "OK", text, code))
 
     def untagged(self, *parts: object) -> None:
         """Queue ``* parts...`` serialised in the connection's mode."""
-        self._out += b"* " + self.writer.line(*parts)
+        self._put(b"* " + self.writer.line(*parts))
 
     def untagged_status(self, status: str, text: str, code: str | None = None) -> None:
         """``* OK [code] text`` and friends (RFC 9051 7.1)."""
-        self._out += status_line("*", status, text, code)
+        self._put(status_line("*", status, text, code))
 
     def raw(self, data: bytes) -> None:
         """Queue bytes the glue formatted itself (must be whole response lines)."""
-        self._out += data
+        self._put(data)
 
     def continuation(self, text: str | bytes = b"") -> None:
         """``+ text``; for AUTHENTICATE the next client line is a SASL response."""
-        self._out += continuation(text)
+        self._put(continuation(text))
         if self.current is not None and self.current.name == "AUTHENTICATE":
             self._mode = _Mode.AUTH
 
     def start_idle(self, text: str = "idling") -> None:
         """Accept IDLE: send ``+ idling`` and wait for DONE (RFC 2177 3)."""
-        self._out += continuation(text)
+        self._put(continuation(text))
         self._mode = _Mode.IDLE
 
     def complete(self, status: str, text: str, code: str | None = None) -> None:
         """Finish the current command with a tagged OK/NO/BAD and move state."""
         cmd = self.current
         assert cmd is not None, "no command in progress"
-        self._out += status_line(cmd.tag, status, text, code)
+        self._put(status_line(cmd.tag, status, text, code))
         nxt = TRANSITIONS.get((cmd.name, status))
         if nxt is not None:
             self.state = nxt
@@ -318,6 +329,6 @@ class ImapEngine:
     def bye(self, text: str, code: str | None = None) -> None:
         """``* BYE`` and close (RFC 9051 7.1.5)."""
         if not self.closed:
-            self._out += status_line("*", "BYE", text, code)
+            self._put(status_line("*", "BYE", text, code))
         self.closed = True
         self.state = State.LOGOUT

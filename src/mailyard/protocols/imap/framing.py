@@ -94,7 +94,13 @@ class Framer:
         return bool(self.buffer) or self._cmd is not None or self._skip_line
 
     def feed(self, data: bytes) -> None:
-        self.buffer += data
+        if self.buffer:
+            self.buffer += data
+        else:
+            # A fresh buffer rather than the emptied one: a buffer that once
+            # held a big literal is mmap()ed by malloc, and growing and
+            # shrinking it again costs an mremap() per command.
+            self.buffer = bytearray(data)
 
     @property
     def in_literal(self) -> bool:
