@@ -21,16 +21,20 @@ if TYPE_CHECKING:
 
 
 def _pin_mmap_threshold() -> None:
-    """Keep glibc from holding on to argon2's memory.
+    """Keep glibc from holding on to large freed blocks.
 
-    Every LOGIN verifies an argon2id hash that allocates ~19 MiB (auth/
-    passwords.py, m=19456) on a thread-pool thread. glibc raises its mmap
-    threshold after such a block is freed, so the next ones come from the
-    thread's arena and stay resident: with 1,000 IMAP logins the server kept
-    ~40 MB it no longer used (measured with bench/imap.py: 52 KiB "per idle
-    connection", 13 KiB of it real). A fixed threshold (M_MMAP_THRESHOLD, the
-    default 128 KiB) makes big blocks mmap()ed and returned on free. Process-
-    wide and harmless elsewhere; a no-op where libc is not glibc."""
+    Fixing M_MMAP_THRESHOLD (at glibc's default 128 KiB) stops glibc from
+    raising it after a big block is freed, so blocks above it stay mmap()ed
+    and are returned on free instead of staying resident in a thread's arena.
+    It was added for argon2's ~19 MiB per verification (m=19456): 1,000 IMAP
+    logins left ~40 MB resident in the hashing threads' arenas (bench/imap.py
+    counted 52 KiB "per idle connection", 13 KiB of it real). Argon2id
+    verifications no longer malloc that memory: auth/passwords.py lends it
+    from its own bounded pool (at most 2 buffers kept, so no page faults per
+    LOGIN). The pin still bounds what argon2-cffi's fallback path (argon2i,
+    v=16 or non-canonical hashes) and other large short-lived allocations
+    keep; the price is a fresh mapping, with its page faults, for each such
+    block. Process-wide; a no-op where libc is not glibc."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         m_mmap_threshold = -3  # <malloc.h>
