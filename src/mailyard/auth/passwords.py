@@ -13,7 +13,7 @@ One account carries up to three credentials (store/api.py `Account`):
 
 Argon2 parameters (`ARGON2_TIME_COST`, `ARGON2_MEMORY_COST`, `ARGON2_PARALLELISM`):
 t=2, m=19 MiB, p=1 -- the OWASP Password Storage Cheat Sheet's argon2id
-configuration. Measured on the 2-core development machine: about 28 ms per
+configuration. Measured on the 2-core development machine: about 24 ms per
 verification (t=3/m=64 MiB/p=4, argon2-cffi's default, took ~160 ms there; t=3
 m=19 MiB ~41 ms). That keeps a login under ~50 ms while costing an offline
 attacker 19 MiB of memory per guess. Hashes made with other parameters still
@@ -333,7 +333,11 @@ def _verify_fast(encoded: str, password: str) -> bool:
     except UnicodeEncodeError:  # lone surrogates: PasswordHasher raises, i.e. False
         raise _NoFastPath("password not encodable") from None
     ffi, lib = low_level.ffi, low_level.lib
-    allocate, free = _get_callbacks()
+    try:
+        allocate, free = _get_callbacks()
+    except Exception as exc:  # e.g. no write+execute memory for libffi closures
+        _disable_fast_path(exc)
+        raise _NoFastPath("no callbacks") from None
     out = ffi.new("uint8_t[]", len(expected))
     pwd = ffi.new("uint8_t[]", secret)
     salt_c = ffi.new("uint8_t[]", salt)
