@@ -211,3 +211,43 @@ def test_parser_grammar_fuzz(parts: list[bytes]) -> None:
         parse(line.replace(b"\r\n", b""))
     except ParseError:
         pass
+
+
+def test_fetch_att_lists_are_memoised_by_the_rest_of_the_line() -> None:
+    """A repeated fetch-att list is parsed once (parser._ATTS_MEMO); the
+    sequence set, the modifiers and syntax errors still come from each line."""
+    from mailyard.protocols.imap import parser
+
+    parser._ATTS_MEMO.clear()
+    first = parse_command([b"a1 FETCH 5 (UID BODY.PEEK[HEADER.FIELDS (Subject)]<0.100>)"], [])
+    again = parse_command([b"a2 FETCH 7:9,12 (UID BODY.PEEK[HEADER.FIELDS (Subject)]<0.100>)"], [])
+    assert isinstance(first, c.Fetch) and isinstance(again, c.Fetch)
+    assert again.atts is first.atts  # one parse, shared (FetchAtt is frozen)
+    assert again.sequence_set.ranges == ((7, 9), (12, 12))
+    assert first.atts[1].section == c.Section((), "HEADER.FIELDS", ("Subject",))
+    assert first.atts[1].partial == (0, 100)
+    # the modifier after the list is parsed per command, not taken from the memo
+    mod = parse_command([b"a3 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 41)"], [])
+    mod2 = parse_command([b"a4 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 42)"], [])
+    assert isinstance(mod, c.Fetch) and isinstance(mod2, c.Fetch)
+    assert (mod.changed_since, mod2.changed_since) == (41, 42)
+    # an error is never remembered as a result
+    for _ in range(2):
+        with pytest.raises(ParseError):
+            parse_command([b"a5 FETCH 1 (FLAGS BODY[TEXT)"], [])
+    # a list with a literal (several segments) is parsed in full, not memoised
+    lit = parse_command([b"a6 FETCH 1 (BODY.PEEK[HEADER.FIELDS ({7}", b")])"], [b"Subject"])
+    assert isinstance(lit, c.Fetch) and lit.atts[0].section == c.Section((), "HEADER.FIELDS", ("Subject",))
+    # bounded
+    for n in range(parser._ATTS_MEMO_SIZE + 10):
+        parse_command([b"t FETCH 1 (BODY.PEEK[]<%d.10>)" % n], [])
+    assert len(parser._ATTS_MEMO) <= parser._ATTS_MEMO_SIZE
+
+
+def test_engine_output_is_counted_and_handed_over_once() -> None:
+    eng = ImapEngine()
+    eng.greeting("hi")
+    eng.untagged(Atom("OK"))
+    assert eng.pending == len(b"* OK hi\r\n* OK\r\n")
+    assert eng.data_to_send() == b"* OK hi\r\n* OK\r\n"
+    assert eng.pending == 0 and eng.data_to_send() == b""

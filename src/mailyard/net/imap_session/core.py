@@ -468,6 +468,16 @@ def flags_bytes(flags: frozenset[str]) -> bytes:
     return b
 
 
+def flags_reporter(s: ImapSession) -> Callable[[MessageInfo], bytes]:
+    """`session_flags` for one command over many messages: the \\Recent
+    question is settled once, so a session without \\Recent messages (every
+    rev2 client) formats FLAGS with one dict lookup per message."""
+    sel = s.sel
+    if sel is not None and sel.recent and not s.engine.rev2:
+        return lambda info: session_flags(s, info)
+    return lambda info: flags_bytes(info.flags)
+
+
 def session_flags(s: ImapSession, info: MessageInfo) -> bytes:
     """A message's FLAGS as this session reports them: with \\Recent for a
     rev1 client when this session saw the message first (RFC 3501 2.3.2;

@@ -4,6 +4,7 @@ RFC 4315) and APPEND (6.3.12, MULTIAPPEND RFC 3502, APPENDUID)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...message.derived import Derived
@@ -19,7 +20,7 @@ from ...protocols.imap.response import (
 )
 from ...protocols.imap.selected import SequenceError
 from ...store.api import AppendItem, MessageInfo, NotFound, StorageFull
-from .core import flags_from_client, session_flags
+from .core import flags_from_client, flags_reporter, session_flags
 from .selection import message_infos
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 _BODY_ATTS = {"BODY[]", "BINARY[]", "BINARY.SIZE[]", "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
 FETCH_BATCH = 200
+FIRST_BATCH = 50
 
 
 def resolve(s: ImapSession, seqset: c.SequenceSet, uid: bool) -> list[tuple[int, int]]:
@@ -94,6 +96,57 @@ _OFFSET_FIELDS = ("parts", "messages", "size")
 _NIL_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
 
 
+class _Plan:
+    """What a FETCH's attribute list asks of the store, worked out once per
+    distinct list (a client repeats the same few) rather than per command."""
+
+    __slots__ = ("atts", "condstore", "fields", "need_offsets", "need_raw", "sets_seen", "with_flags")
+
+    def __init__(self, atts: list[c.FetchAtt], condstore: bool) -> None:
+        self.atts = tuple(atts)
+        self.condstore = condstore
+        names = {a.name for a in atts}
+        # RFC 9051 6.4.5: BODY[...] (not PEEK) and RFC822(.TEXT) set \Seen
+        self.sets_seen = any(
+            (a.name in ("BODY[]", "BINARY[]") and not a.peek) or a.name in ("RFC822", "RFC822.TEXT") for a in atts
+        )
+        self.need_raw = bool(names & _BODY_ATTS)
+        # only sections inside the message need the part offsets; BODY[] / RFC822 /
+        # BINARY[] of the whole message are the stored bytes as they are
+        self.need_offsets = any(
+            a.name in ("RFC822.HEADER", "RFC822.TEXT")
+            or (a.section is not None and (a.section.part or a.section.text))
+            for a in atts
+        )
+        fields = {_STRUCTURE_FIELDS[a.name] for a in atts if a.name in _STRUCTURE_FIELDS}
+        if self.need_offsets:
+            fields.update(_OFFSET_FIELDS)
+        self.fields = frozenset(fields)
+        # the same list plus FLAGS, for a FETCH that set \Seen implicitly
+        self.with_flags = self if "FLAGS" in names else _Plan([*atts, c.FetchAtt("FLAGS")], condstore)
+
+
+_PLANS: dict[tuple[tuple[c.FetchAtt, ...], bool, bool], _Plan] = {}
+
+
+def _plan(atts: tuple[c.FetchAtt, ...], uid: bool, changed_since: bool) -> _Plan:
+    key = (atts, uid, changed_since)
+    plan = _PLANS.get(key)
+    if plan is None:
+        full = list(atts)
+        names = {a.name for a in full}
+        if uid and "UID" not in names:
+            full.insert(0, c.FetchAtt("UID"))  # RFC 9051 6.4.9: UID FETCH always returns UID
+        condstore = changed_since or "MODSEQ" in names  # RFC 7162 3.1: CONDSTORE-enabling
+        if condstore and "MODSEQ" not in names:
+            full.append(c.FetchAtt("MODSEQ"))
+        plan = _Plan(full, condstore)
+        if len(_PLANS) >= 256:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
 async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     sel = s.sel
     assert sel is not None
@@ -102,14 +155,9 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     except SequenceError:
         _seq_error(s)
         return
-    atts = list(cmd.atts)
-    names = {a.name for a in atts}
-    if cmd.uid and "UID" not in names:
-        atts.insert(0, c.FetchAtt("UID"))  # RFC 9051 6.4.9: UID FETCH always returns UID
-    if cmd.changed_since is not None or "MODSEQ" in names:
+    plan = _plan(cmd.atts, cmd.uid, cmd.changed_since is not None)
+    if plan.condstore:
         sel.condstore = True  # RFC 7162 3.1: CONDSTORE-enabling commands
-        if "MODSEQ" not in names:
-            atts.append(c.FetchAtt("MODSEQ"))
     if cmd.vanished and (not cmd.uid or cmd.changed_since is None or "QRESYNC" not in s.engine.enabled):
         s.engine.complete("BAD", "VANISHED needs UID FETCH with CHANGEDSINCE and QRESYNC")
         return
@@ -122,10 +170,7 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
             gone = [u for u in ch.vanished if cmd.sequence_set.contains(u, sel.view.max_uid)]
             if gone:
                 s.engine.untagged(Atom("VANISHED"), [Atom("EARLIER")], Atom(format_uid_set(gone)))
-    sets_seen = not sel.readonly and any(
-        (a.name in ("BODY[]", "BINARY[]") and not a.peek) or a.name in ("RFC822", "RFC822.TEXT") for a in atts
-    )
-    if sets_seen:
+    if plan.sets_seen and not sel.readonly:
         # RFC 9051 6.4.5: BODY[...] (not PEEK) and RFC822(.TEXT) set \Seen
         unseen = [u for _, u in pairs if u in infos and "\\Seen" not in infos[u].flags]
         if unseen:
@@ -133,24 +178,18 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
             for m in changed:
                 infos[m.uid] = m
                 sel.own_changes[m.uid] = m.modseq
-            if "FLAGS" not in {a.name for a in atts}:
-                atts.append(c.FetchAtt("FLAGS"))  # report the implicit flag change
-    need_raw = bool({a.name for a in atts} & _BODY_ATTS)
-    # only sections inside the message need the part offsets; BODY[] / RFC822 /
-    # BINARY[] of the whole message are the stored bytes as they are
-    need_offsets = any(
-        a.name in ("RFC822.HEADER", "RFC822.TEXT")
-        or (a.section is not None and (a.section.part or a.section.text))
-        for a in atts
-    )
-    fields = {_STRUCTURE_FIELDS[a.name] for a in atts if a.name in _STRUCTURE_FIELDS}
-    if need_offsets:
-        fields.update(_OFFSET_FIELDS)
+            plan = plan.with_flags  # report the implicit flag change
+    atts, need_raw, need_offsets, fields = plan.atts, plan.need_raw, plan.need_offsets, plan.fields
     writer = s.engine.writer
-    batch_size = FETCH_BATCH if need_raw else 5000
+    flags_of = flags_reporter(s)
+    batch_size = FETCH_BATCH if need_raw else 1000
     missing = False
-    for start in range(0, len(pairs), batch_size):
-        batch = pairs[start : start + batch_size]
+    # A small first batch, written at once, so the client starts reading
+    # while the rest is formatted (FETCH 1:* of a large mailbox).
+    start, size = 0, min(batch_size, FIRST_BATCH)
+    while start < len(pairs):
+        batch = pairs[start : start + size]
+        start += size
         derived = await s.store.get_derived(sel.mailbox.id, [u for _, u in batch], fields) if fields else {}
         out: list[bytes] = []
         for seq, uid in batch:
@@ -175,7 +214,7 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
                                       size=d["size"])
                 msg = _Message(raw, offsets)
             try:
-                items = _items(s, writer, atts, info, msg, d)
+                items = _items(flags_of, writer, atts, info, msg, d)
             except f.UnknownCTE:
                 s.engine.raw(b"".join(out))
                 s.engine.untagged(seq, Atom("FETCH"), [Atom("UID"), uid])
@@ -183,7 +222,9 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
                 return
             out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items)))
         s.engine.raw(b"".join(out))
-        await s.maybe_flush()
+        if start < len(pairs):
+            await (s.flush() if size < batch_size else s.maybe_flush())
+        size = batch_size
     if missing and not cmd.uid:
         # RFC 2180 4.1.3 / RFC 9051 7.1: the others' data, then NO; the client
         # learns of the expunge at its next command (NOOP)
@@ -194,15 +235,15 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}FETCH completed", allow_expunge=cmd.uid)
 
 
-def _items(s: ImapSession, writer: Writer, atts: list[c.FetchAtt], info: MessageInfo,
-           msg: _Message | None, d: dict | None) -> list[bytes]:
+def _items(flags_of: Callable[[MessageInfo], bytes], writer: Writer, atts: tuple[c.FetchAtt, ...],
+           info: MessageInfo, msg: _Message | None, d: dict | None) -> list[bytes]:
     out: list[bytes] = []
     for a in atts:
         n = a.name
         if n == "UID":
             out.append(b"UID %d" % info.uid)
         elif n == "FLAGS":
-            out.append(b"FLAGS " + session_flags(s, info))
+            out.append(b"FLAGS " + flags_of(info))
         elif n == "ENVELOPE":
             out.append(b"ENVELOPE " + (d["envelope_imap"] if d else _NIL_ENVELOPE))
         elif n == "RFC822.SIZE":

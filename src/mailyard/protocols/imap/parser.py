@@ -18,6 +18,7 @@ import datetime as dt
 
 from . import commands as c
 from . import utf7
+from .fetch_parser import parse_fetch_atts
 from .reader import ParseError, Reader
 from .search_parser import parse_search_program
 
@@ -483,13 +484,36 @@ def _store(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
     )
 
 
-def _fetch(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
-    from .fetch_parser import parse_fetch_atts
+# Parsed fetch-att lists by the rest of the command line: clients repeat the
+# same few ("(FLAGS)", "(UID RFC822.SIZE BODY.PEEK[])") with other sequence
+# sets, and parsing one was a tenth of a one-message FETCH. Bounded; only for
+# commands without literals (the reader then has one segment).
+_ATTS_MEMO: dict[bytes, tuple[tuple[c.FetchAtt, ...], str | None, int]] = {}
+_ATTS_MEMO_SIZE = 256
 
+
+def _fetch_atts(r: Reader) -> tuple[tuple[c.FetchAtt, ...], str | None]:
+    if len(r.segments) > 1:
+        return parse_fetch_atts(r)
+    rest = r.buf[r.pos :]
+    memo = _ATTS_MEMO.get(rest)
+    if memo is not None:
+        atts, macro, used = memo
+        r.pos += used
+        return atts, macro
+    start = r.pos
+    atts, macro = parse_fetch_atts(r)  # FetchAtt and Section are frozen: shared safely
+    if len(_ATTS_MEMO) >= _ATTS_MEMO_SIZE:
+        _ATTS_MEMO.clear()
+    _ATTS_MEMO[rest] = (atts, macro, r.pos - start)
+    return atts, macro
+
+
+def _fetch(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
     r.sp()
     seqs = parse_sequence_set(r)
     r.sp()
-    atts, macro = parse_fetch_atts(r)
+    atts, macro = _fetch_atts(r)
     cmd = c.Fetch(tag=tag, name=name, sequence_set=seqs, atts=atts, macro=macro)
     if r.peek() == 0x20:
         # RFC 4466 fetch-modifiers; RFC 7162 CHANGEDSINCE / VANISHED
