@@ -9,14 +9,14 @@ import contextlib
 import logging
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, ConfigError
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
-from .net.listener import Connection, ConnectionLimits, Listener
+from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, ensure_certificate
 from .store.api import Store
@@ -55,19 +55,15 @@ def raise_fd_limit(needed: int) -> int:
         )
     return soft
 
-Session = Callable[["MailServer", Connection], Awaitable[None]]
-
 
 @dataclass(frozen=True)
 class Service:
     """A protocol service: which port of [ports] it uses and how a session runs."""
 
     name: str  # key in [ports]
-    session: Session | None = None  # a stream-based session coroutine ...
-    refuse: Callable[[Connection, str], Awaitable[None]] | None = None
+    # an asyncio.Protocol per connection (net/session_protocol.py)
+    protocol: Callable[[MailServer, Listener], asyncio.Protocol]
     implicit_tls: bool = False
-    # ... or an asyncio.Protocol per connection (net/session_protocol.py)
-    protocol: Callable[[MailServer, Listener], asyncio.Protocol] | None = None
 
 
 def services() -> list[Service]:
@@ -148,11 +144,9 @@ class MailServer:
                     service.name,
                     cfg.server.bind,
                     0 if self.ephemeral_ports else port,
-                    self._bind_session(service.session) if service.session else None,
+                    self._bind_protocol(service.protocol),
                     limits,
-                    refuse=service.refuse,
                     ssl_context=self.tls.listener_context if service.implicit_tls else None,
-                    protocol_factory=self._bind_protocol(service.protocol) if service.protocol else None,
                 )
                 await listener.start()
                 self.listeners[service.name] = listener
@@ -189,12 +183,6 @@ class MailServer:
             return ReloadableTLS(cert, key)
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConfigError(f"cannot load the TLS certificate {cert} / key {key}: {exc}") from exc
-
-    def _bind_session(self, session: Session) -> Callable[[Connection], Awaitable[None]]:
-        async def run(conn: Connection) -> None:
-            await session(self, conn)
-
-        return run
 
     def _bind_protocol(
         self, protocol: Callable[[MailServer, Listener], asyncio.Protocol]

@@ -581,3 +581,35 @@ def test_rev2_search_answers_with_esearch_and_header_keys(mailserver: RunningSer
             b'* ESEARCH (TAG "r9") ALL 2:3\r\n', b"r9 OK SEARCH completed\r\n"]
         assert say(b"r10 SEARCH SUBJECT nothing-like-it", b"r10") == [
             b'* ESEARCH (TAG "r10")\r\n', b"r10 OK SEARCH completed\r\n"]
+
+
+def test_pipelined_fetches_answered_in_order_to_a_slow_reader(mailserver: RunningServer) -> None:
+    """Commands pipelined in one write are answered in order, each exactly
+    once, while the client reads slowly: the server stops running them while
+    its output waits for the client (net/session_protocol.py pause_writing),
+    and carries on when the client reads, without losing any."""
+    body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 300  # ~300 KB
+    with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), timeout=30) as s:
+        s.sendmail("x@example.org", [ALICE], body)
+    count = 30
+    with socket.create_connection((mailserver.host, mailserver.port("imap")), timeout=30) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b'a LOGIN alice@example.test "%s"\r\nb EXAMINE INBOX\r\n' % USERS[ALICE].encode())
+        while not f.readline().startswith(b"b OK"):
+            pass
+        sock.sendall(b"".join(b"f%d FETCH 1 (BODY.PEEK[])\r\n" % i for i in range(count)) + b"z NOOP\r\n")
+        tags = []
+        while True:
+            line = f.readline()
+            assert line, "connection closed early"
+            if line.startswith(b"* 1 FETCH"):
+                size = int(line[line.rindex(b"{") + 1 : line.rindex(b"}")])
+                assert f.read(size).endswith(body)  # after the trace fields added at delivery
+                time.sleep(0.02)  # a slow reader: the server's output backs up
+                continue
+            if line[:1] != b"*" and line[:1] != b")":
+                tags.append(line.split(b" ", 1)[0])
+                if tags[-1] == b"z":
+                    break
+        assert tags == [b"f%d" % i for i in range(count)] + [b"z"]

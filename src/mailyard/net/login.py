@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ..config import AuthConfig
     from ..server import MailServer
     from ..store.api import Account
-    from .listener import Connection
+    from .session_protocol import SessionProtocol
 
 log = logging.getLogger("mailyard.auth")
 
@@ -51,7 +51,7 @@ def throttle_from_config(cfg: AuthConfig) -> LoginThrottle:
     )
 
 
-def plaintext_allowed(server: MailServer, conn: Connection) -> bool:
+def plaintext_allowed(server: MailServer, conn: SessionProtocol) -> bool:
     """True if a password may be sent in the clear on ``conn``."""
     if conn.tls:
         return True
@@ -77,7 +77,7 @@ def _shown(name: str | None) -> str:
 class Authenticator:
     """Checks credentials for one connection of one protocol."""
 
-    def __init__(self, server: MailServer, conn: Connection, protocol: str) -> None:
+    def __init__(self, server: MailServer, conn: SessionProtocol, protocol: str) -> None:
         self.server = server
         self.store = server.store
         self.conn = conn

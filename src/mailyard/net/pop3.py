@@ -264,7 +264,7 @@ class POP3Session(SessionProtocol):
 
         server, service = self.server, self.service
         self.tls_context = _tls_context(server)
-        plaintext_auth = plaintext_allowed(server, self)  # type: ignore[arg-type]  # has .tls, .is_loopback
+        plaintext_auth = plaintext_allowed(server, self)
         self.timestamp = service.timestamp()
         self.engine = POP3Server(
             timestamp=self.timestamp,

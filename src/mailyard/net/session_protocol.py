@@ -91,6 +91,8 @@ class SessionProtocol(asyncio.Protocol):
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_unit: tuple[float | None, int, float] | None = None  # what the timer is for
         self._writable: asyncio.Future[None] | None = None
+        self.writing_paused = False  # the transport's buffer is above its high-water mark
+        self._stall_timer: asyncio.TimerHandle | None = None
 
     @property
     def is_loopback(self) -> bool:
@@ -168,6 +170,9 @@ class SessionProtocol(asyncio.Protocol):
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self._admitted:
             self.listener.release(self, self.peer_ip)
             self._admitted = False
@@ -177,14 +182,34 @@ class SessionProtocol(asyncio.Protocol):
         # writes goes nowhere, and what it stores is complete or absent.
 
     def pause_writing(self) -> None:
+        # The client is not taking our output: stop reading and stop running
+        # its commands (`advance`), so pipelined commands cannot make us queue
+        # without bound; if it takes nothing for the idle timeout, cut it
+        # (a slow-read client would otherwise hold its slot and our buffers).
+        self.writing_paused = True
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
+        if self._stall_timer is None:
+            self._stall_timer = self.loop.call_later(self.listener.limits.idle_timeout, self._write_stalled)
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self.transport is not None and not self.closed and (not self.busy or self.reading_wanted):
             self.transport.resume_reading()
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
+        if not (self.busy or self.closed):
+            self.advance()  # the commands that waited for the client to read
+            self._check_deadline()
+
+    def _write_stalled(self) -> None:
+        self._stall_timer = None
+        if self.transport is not None:
+            log.info("%s: %s stopped reading our output; connection cut", self.listener.name, self.peer_ip)
+            self.abort()
 
     async def drain(self) -> None:
         """Inside a step: wait while the transport holds more than
@@ -207,7 +232,7 @@ class SessionProtocol(asyncio.Protocol):
     # --- driving the engine ----------------------------------------------------
     def advance(self) -> None:
         """Let the engine run until it needs input or an I/O step."""
-        while not (self.busy or self.closed):
+        while not (self.busy or self.closed or self.writing_paused):
             step: Coroutine[Any, Any, None] | _Resume | None = self.pump()
             if step is None:
                 return
@@ -247,7 +272,7 @@ class SessionProtocol(asyncio.Protocol):
             self.write(self.goodbye())
             self.close()
             return
-        if self.transport is not None:
+        if self.transport is not None and not self.writing_paused:  # else resume_writing does it
             self.transport.resume_reading()
         self.advance()
         self._check_deadline()

@@ -119,13 +119,8 @@ class SMTPSession(SessionProtocol):
         self._advertise()
         self.write(self.engine.greeting())
 
-    @property
-    def is_loopback(self) -> bool:
-        ip = self.peer_ip
-        return ip.startswith("127.") or ip in ("::1", "::ffff:127.0.0.1")
-
     def _plaintext_ok(self) -> bool:
-        return plaintext_allowed(self.server, self)  # type: ignore[arg-type]  # has .tls, .is_loopback
+        return plaintext_allowed(self.server, self)
 
     def _advertise(self) -> None:
         """EHLO keywords: STARTTLS where TLS is available and not yet on; AUTH
@@ -263,7 +258,7 @@ class SMTPSession(SessionProtocol):
     async def auth(self, event: AuthReceived | AuthResponse) -> None:
         engine = self.engine
         if self._auth is None:
-            self._auth = Authenticator(self.server, self, "smtp")  # type: ignore[arg-type]
+            self._auth = Authenticator(self.server, self, "smtp")
         if isinstance(event, AuthReceived):
             name = event.mechanism
             if name in sasl.PLAINTEXT_MECHANISMS and not self._plaintext_ok():

@@ -173,6 +173,11 @@ class ImapSession(SessionProtocol):
 
     def pump(self) -> Coroutine[Any, Any, None] | None:
         engine = self.engine
+        if engine.pending > FLUSH_AT:
+            # pipelined FETCHes: write as we go; stop while the client is behind
+            self.write(engine.data_to_send())
+            if self.writing_paused:
+                return None
         ev = engine.next_event()
         if ev is NEED_DATA:
             self.write(engine.data_to_send())
