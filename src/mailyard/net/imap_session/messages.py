@@ -94,13 +94,37 @@ class _Message:
 _STRUCTURE_FIELDS = {"ENVELOPE": "envelope_imap", "BODYSTRUCTURE": "bodystructure_imap", "BODY": "body_imap"}
 _OFFSET_FIELDS = ("parts", "messages", "size")
 _NIL_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+# fetch-atts answered from MessageInfo, with their response templates
+_INDEX_ATTS = {"UID": b"UID %d", "FLAGS": b"FLAGS %s", "RFC822.SIZE": b"RFC822.SIZE %d",
+               "INTERNALDATE": b'INTERNALDATE "%s"', "MODSEQ": b"MODSEQ (%d)"}  # RFC 7162 3.1.4.1
+
+
+def _index_values(atts: tuple[c.FetchAtt, ...], flags_of: Callable[[MessageInfo], bytes]
+                  ) -> Callable[[MessageInfo], tuple[object, ...]]:
+    """The values for a plan's line_format, as one function of a message."""
+    getters: list[Callable[[MessageInfo], object]] = []
+    for a in atts:
+        if a.name == "UID":
+            getters.append(lambda m: m.uid)
+        elif a.name == "FLAGS":
+            getters.append(flags_of)
+        elif a.name == "RFC822.SIZE":
+            getters.append(lambda m: m.size)
+        elif a.name == "INTERNALDATE":
+            getters.append(lambda m: f.format_internal_date(m.internal_date).encode("ascii"))
+        else:
+            getters.append(lambda m: m.modseq)
+    if len(getters) == 1:  # FETCH 1:* (FLAGS): no loop per message
+        only = getters[0]
+        return lambda m: (only(m),)
+    return lambda m: tuple(g(m) for g in getters)
 
 
 class _Plan:
     """What a FETCH's attribute list asks of the store, worked out once per
     distinct list (a client repeats the same few) rather than per command."""
 
-    __slots__ = ("atts", "condstore", "fields", "need_offsets", "need_raw", "sets_seen", "with_flags")
+    __slots__ = ("atts", "condstore", "fields", "line_format", "need_offsets", "need_raw", "sets_seen", "with_flags")
 
     def __init__(self, atts: list[c.FetchAtt], condstore: bool) -> None:
         self.atts = tuple(atts)
@@ -122,6 +146,11 @@ class _Plan:
         if self.need_offsets:
             fields.update(_OFFSET_FIELDS)
         self.fields = frozenset(fields)
+        # Attributes that come from the index alone (FETCH 1:* (UID FLAGS), what
+        # clients sync with) are written with one format per message line.
+        self.line_format: bytes | None = None
+        if all(a.name in _INDEX_ATTS for a in atts):
+            self.line_format = b"* %d FETCH (" + b" ".join(_INDEX_ATTS[a.name] for a in atts) + b")\r\n"
         # the same list plus FLAGS, for a FETCH that set \Seen implicitly
         self.with_flags = self if "FLAGS" in names else _Plan([*atts, c.FetchAtt("FLAGS")], condstore)
 
@@ -182,6 +211,8 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     atts, need_raw, need_offsets, fields = plan.atts, plan.need_raw, plan.need_offsets, plan.fields
     writer = s.engine.writer
     flags_of = flags_reporter(s)
+    line_format = plan.line_format
+    values_of = _index_values(atts, flags_of) if line_format is not None else None
     batch_size = FETCH_BATCH if need_raw else 1000
     missing = False
     # A small first batch, written at once, so the client starts reading
@@ -192,6 +223,14 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
         start += size
         derived = await s.store.get_derived(sel.mailbox.id, [u for _, u in batch], fields) if fields else {}
         out: list[bytes] = []
+        if line_format is not None and values_of is not None:
+            for seq, uid in batch:
+                info = infos.get(uid)
+                if info is None:
+                    missing = True  # expunged by another session, not yet announced
+                    continue
+                out.append(line_format % (seq, *values_of(info)))
+            batch = []
         for seq, uid in batch:
             info = infos.get(uid)
             if info is None:
