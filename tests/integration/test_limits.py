@@ -179,6 +179,19 @@ def test_trickling_imap_literal_is_cut_off(make_server: Callable[..., RunningSer
     assert server.messages(ALICE) == []
 
 
+def test_trickling_authenticate_response_is_cut_off(make_server: Callable[..., RunningServer]) -> None:
+    """An AUTHENTICATE response line gets command_deadline in total, however
+    the client spaces its bytes (each byte must not restart the deadline)."""
+    server = make_server(_short_deadlines)
+    with _connect(server, "imap") as slow:
+        f = slow.makefile("rb")
+        f.readline()
+        slow.sendall(b"a1 AUTHENTICATE PLAIN\r\n")
+        assert f.readline().startswith(b"+")
+        rest = _trickle_until_answered(slow, b"A" * 200 + b"\r\n", lambda: _imap_served(server))
+    assert rest.startswith(b"* BYE "), rest
+
+
 def test_slow_append_gets_the_literal_deadline_not_the_command_one(
     make_server: Callable[..., RunningServer],
 ) -> None:

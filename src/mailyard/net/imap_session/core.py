@@ -285,9 +285,17 @@ class ImapSession(SessionProtocol):
 
     async def more_input(self) -> bool:
         """Wait for more of a command's input (an AUTHENTICATE response line)
-        under the command deadline; False at the end of input."""
+        under the command deadline; False at the end of input. A partial line
+        keeps the deadline it started with (listener.CommandClock): bytes
+        trickled in do not restart it."""
+        partial, progress, deadline = self.input_state()
+        left = self._clock.remaining(self.loop.time(), partial, progress, deadline)
+        if left is None:
+            left = self.listener.limits.command_deadline
+        if left <= 0:
+            raise CommandDeadline
         try:
-            await self.wait_input(self.listener.limits.command_deadline)
+            await self.wait_input(left)
         except TimeoutError:
             raise CommandDeadline from None
         return not self.eof
