@@ -362,6 +362,41 @@ def test_imap_starttls_injection_discarded(mailserver: RunningServer) -> None:
     tls.close()
 
 
+def test_imap_command_in_the_segment_that_ends_the_starttls_handshake(mailserver: RunningServer) -> None:
+    """A client's first command may reach the server in the same segment as
+    its TLS Finished (TLS 1.3): it was sent under TLS, so it must be answered,
+    not discarded with what came before the handshake."""
+    ctx = client_context(mailserver)
+    raw = socket.create_connection((mailserver.host, mailserver.port("imap")), timeout=10)
+    assert b"STARTTLS" in _recv_line(raw)
+    raw.sendall(b"a STARTTLS\r\n")
+    assert _recv_line(raw).startswith(b"a OK")
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=HOSTNAME)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if outgoing.pending:
+                raw.sendall(outgoing.read())
+            data = raw.recv(65536)
+            assert data
+            incoming.write(data)
+    tls.write(b"b CAPABILITY\r\n")
+    raw.sendall(outgoing.read())  # the client's Finished and the command together
+    answer = b""
+    while b"b OK" not in answer:
+        try:
+            answer += tls.read(65536)
+        except ssl.SSLWantReadError:
+            data = raw.recv(65536)  # times out if the command was lost
+            assert data, answer
+            incoming.write(data)
+    assert b"* CAPABILITY" in answer
+    raw.close()
+
+
 def test_pop3_stls_injection_discarded(mailserver: RunningServer) -> None:
     ctx = client_context(mailserver)
     raw = socket.create_connection((mailserver.host, mailserver.port("pop3")), timeout=10)

@@ -95,6 +95,11 @@ async def cmd_starttls(s: ImapSession, cmd: c.Command) -> None:
     # RFC 9051 6.2.1: OK, then the TLS negotiation starts right after the CRLF.
     s.engine.complete("OK", "Begin TLS negotiation now")
     await s.flush()
+    # RFC 9051 6.2.1 / RFC 3207 4.2: discard everything learned before TLS,
+    # including commands pipelined after STARTTLS in the clear (injection).
+    # Before the handshake, not after: asyncio delivers what the client sent
+    # with its TLS Finished before this coroutine resumes.
+    s.engine = ImapEngine(s.engine.framer.limits)
     try:
         await s.start_tls(tls.context)
     except (ssl.SSLError, OSError, ConnectionError) as exc:
@@ -102,9 +107,6 @@ async def cmd_starttls(s: ImapSession, cmd: c.Command) -> None:
         s.engine.bye("TLS negotiation failed")
         s.engine.data_to_send()  # nothing more can be sent on this connection
         raise ConnectionError("TLS handshake failed") from exc
-    # RFC 9051 6.2.1 / RFC 3207 4.2: discard everything learned before TLS,
-    # including commands pipelined after STARTTLS in the clear (injection).
-    s.engine = ImapEngine(s.engine.framer.limits)
     s.auth_failures = 0
 
 
