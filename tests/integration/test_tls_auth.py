@@ -18,6 +18,7 @@ import secrets
 import smtplib
 import socket
 import ssl
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -362,15 +363,19 @@ def test_imap_starttls_injection_discarded(mailserver: RunningServer) -> None:
     tls.close()
 
 
-def test_imap_command_in_the_segment_that_ends_the_starttls_handshake(mailserver: RunningServer) -> None:
-    """A client's first command may reach the server in the same segment as
-    its TLS Finished (TLS 1.3): it was sent under TLS, so it must be answered,
-    not discarded with what came before the handshake."""
-    ctx = client_context(mailserver)
-    raw = socket.create_connection((mailserver.host, mailserver.port("imap")), timeout=10)
-    assert b"STARTTLS" in _recv_line(raw)
-    raw.sendall(b"a STARTTLS\r\n")
-    assert _recv_line(raw).startswith(b"a OK")
+@pytest.fixture(params=["uvloop", "asyncio"])
+def any_loop_server(request: pytest.FixtureRequest, make_server: Callable[..., RunningServer],
+                    monkeypatch: pytest.MonkeyPatch) -> RunningServer:
+    """A server on uvloop (when installed) and on the stock asyncio loop, which
+    deliver data around a TLS handshake's completion in different orders."""
+    if request.param == "asyncio":
+        monkeypatch.setitem(sys.modules, "uvloop", None)  # RunningServer then takes asyncio's loop
+    return make_server()
+
+
+def _handshake_then_send(raw: socket.socket, ctx: ssl.SSLContext, command: bytes) -> bytes:
+    """Finish a TLS handshake by hand and send ``command`` in the same segment
+    as the client's Finished (as a TLS 1.3 client may); the server's answer."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = ctx.wrap_bio(incoming, outgoing, server_hostname=HOSTNAME)
     while True:
@@ -383,17 +388,38 @@ def test_imap_command_in_the_segment_that_ends_the_starttls_handshake(mailserver
             data = raw.recv(65536)
             assert data
             incoming.write(data)
-    tls.write(b"b CAPABILITY\r\n")
+    tls.write(command)
     raw.sendall(outgoing.read())  # the client's Finished and the command together
     answer = b""
-    while b"b OK" not in answer:
+    while not answer.endswith(b"\r\n"):
         try:
             answer += tls.read(65536)
         except ssl.SSLWantReadError:
             data = raw.recv(65536)  # times out if the command was lost
             assert data, answer
             incoming.write(data)
-    assert b"* CAPABILITY" in answer
+    return answer
+
+
+def test_imap_command_in_the_segment_that_ends_the_starttls_handshake(any_loop_server: RunningServer) -> None:
+    """A command sent under TLS with the client's Finished must be answered,
+    not discarded with what came before the handshake."""
+    ctx = client_context(any_loop_server)
+    raw = socket.create_connection((any_loop_server.host, any_loop_server.port("imap")), timeout=10)
+    assert b"STARTTLS" in _recv_line(raw)
+    raw.sendall(b"a STARTTLS\r\n")
+    assert _recv_line(raw).startswith(b"a OK")
+    assert _handshake_then_send(raw, ctx, b"b NOOP\r\n").startswith(b"b OK")
+    raw.close()
+
+
+def test_pop3_command_in_the_segment_that_ends_the_stls_handshake(any_loop_server: RunningServer) -> None:
+    ctx = client_context(any_loop_server)
+    raw = socket.create_connection((any_loop_server.host, any_loop_server.port("pop3")), timeout=10)
+    _recv_line(raw)
+    raw.sendall(b"STLS\r\n")
+    assert _recv_line(raw).startswith(b"+OK")
+    assert _handshake_then_send(raw, ctx, b"NOOP\r\n").startswith(b"-ERR")  # answered (not authenticated)
     raw.close()
 
 

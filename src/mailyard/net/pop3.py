@@ -381,16 +381,20 @@ class POP3Session(SessionProtocol):
             self.write(engine.data_to_send())
             # The context is read again now, so a SIGHUP reload applies.
             context = _tls_context(self.server) or self.tls_context
+            # Forget the clear-text input before the handshake, not after: the
+            # stock asyncio loop hands us what the client sent with its TLS
+            # Finished before this coroutine resumes. A failed handshake
+            # aborts the connection, so the engine is never used in the clear.
+            engine.tls_started()
+            # RFC 2595 section 2.1: with TLS up, passwords may be sent in the clear.
+            engine.plaintext_auth = True
+            engine.sasl_mechanisms = SASL_MECHANISMS
             try:
                 await self.start_tls(context)
             except (ssl.SSLError, OSError, ConnectionError) as exc:
                 log.info("STLS handshake with %s failed: %s", self.peer_ip, exc)
                 self.abort()
                 return
-            engine.tls_started()
-            # RFC 2595 section 2.1: with TLS up, passwords may be sent in the clear.
-            engine.plaintext_auth = True
-            engine.sasl_mechanisms = SASL_MECHANISMS
 
     # --- authentication ---------------------------------------------------------
 
