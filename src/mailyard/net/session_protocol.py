@@ -68,6 +68,11 @@ class _Resume:
                     return
 
 
+def _stalled(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 class SessionProtocol(asyncio.Protocol):
     eager_steps = False  # see the module docstring
 
@@ -220,13 +225,17 @@ class SessionProtocol(asyncio.Protocol):
             return
         if self.closed:
             raise ConnectionError("connection closed")
-        self._writable = self.loop.create_future()
+        writable = self._writable = self.loop.create_future()
+        # A timer, not asyncio.wait_for: an eager step (FETCH) may get here
+        # before it runs in a task, and from Python 3.12 wait_for needs one.
+        timer = self.loop.call_later(self.listener.limits.idle_timeout, _stalled, writable)
         try:
-            await asyncio.wait_for(self._writable, self.listener.limits.idle_timeout)
+            await writable
         except TimeoutError:
             self.abort()
             raise ConnectionError("client stopped reading") from None
         finally:
+            timer.cancel()
             self._writable = None
 
     # --- driving the engine ----------------------------------------------------
