@@ -5,6 +5,7 @@ Servers run on 127.0.0.1 with ephemeral ports (tests/conftest.py).
 
 from __future__ import annotations
 
+import asyncio
 import imaplib
 import smtplib
 import socket
@@ -613,3 +614,45 @@ def test_pipelined_fetches_answered_in_order_to_a_slow_reader(mailserver: Runnin
                 if tags[-1] == b"z":
                     break
         assert tags == [b"f%d" % i for i in range(count)] + [b"z"]
+
+
+def test_shutdown_while_idle_is_reporting_changes_says_bye(mailserver: RunningServer) -> None:
+    """A server stop that comes while IDLE is busy reporting changes (not yet
+    waiting for DONE) still ends IDLE with BYE right away, rather than the
+    session waiting for DONE until the shutdown grace cuts it silently."""
+    import asyncio
+
+    s, say = _login_raw(mailserver)
+    with s:
+        say(b"a1 SELECT INBOX", b"a1")
+        store = mailserver.store
+        gate = mailserver.call(_make_event())
+        original = store.changes_since
+
+        async def held(*args: object, **kwargs: object) -> object:
+            await gate.wait()
+            return await original(*args, **kwargs)
+
+        store.changes_since = held  # type: ignore[method-assign]
+        with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), timeout=10) as smtp:
+            smtp.sendmail("carol@remote.test", [ALICE], simple(7))  # the selected mailbox changes
+        s.sendall(b"a2 IDLE\r\n")  # IDLE's first report waits on the gate
+        time.sleep(0.2)
+        assert mailserver.server is not None
+        stopping = asyncio.run_coroutine_threadsafe(mailserver.server.stop(), mailserver.loop)
+        time.sleep(0.2)
+        mailserver.loop.call_soon_threadsafe(gate.set)
+        s.settimeout(10)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        stopping.result(10)
+        mailserver.server = None
+    assert b"* BYE [UNAVAILABLE] Server shutting down" in out, out
+
+
+async def _make_event() -> asyncio.Event:
+    return asyncio.Event()  # made on the server's loop

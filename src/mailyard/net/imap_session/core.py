@@ -268,6 +268,8 @@ class ImapSession(SessionProtocol):
         if self.eof or self.closed:
             self.eof = True
             return
+        if self._stopping:  # the stop came while this step was busy elsewhere
+            raise ShutdownRequested
         fut = self.loop.create_future()
         self._waiter = fut
         timer = self.loop.call_later(timeout, _expire, fut)
