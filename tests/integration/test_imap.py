@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
+import select
 import smtplib
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from imapclient import IMAPClient
@@ -656,3 +658,28 @@ def test_shutdown_while_idle_is_reporting_changes_says_bye(mailserver: RunningSe
 
 async def _make_event() -> asyncio.Event:
     return asyncio.Event()  # made on the server's loop
+
+
+def test_idle_autologout_counts_from_the_client_not_from_mailbox_changes(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    """RFC 9051 5.4: the autologout timer runs on the client's silence; a
+    mailbox that keeps changing during IDLE must not restart it."""
+    server = make_server(lambda cfg: setattr(cfg.limits, "imap_idle_timeout", 1.5))
+    s, say = _login_raw(server)
+    with s:
+        say(b"a1 SELECT INBOX", b"a1")
+        s.sendall(b"a2 IDLE\r\n")
+        s.settimeout(10)
+        out = b""
+        give_up = time.monotonic() + 8
+        with smtplib.SMTP(server.host, server.port("smtp"), timeout=10) as smtp:
+            while b"* BYE" not in out and time.monotonic() < give_up:
+                smtp.sendmail("carol@remote.test", [ALICE], simple(7))  # a change every ~0.3 s
+                ready, _, _ = select.select([s], [], [], 0.3)
+                if ready:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    out += chunk
+    assert b"* BYE Autologout" in out, out

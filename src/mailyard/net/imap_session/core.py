@@ -451,7 +451,12 @@ class ImapSession(SessionProtocol):
             if self.eof:
                 self.engine.bye("Connection closed")
                 return
-            await self.wait_input(self.idle_timeout)
+            # RFC 9051 5.4: the autologout timer counts the client's silence
+            # (its last byte, SessionProtocol._arm_timer), not our reports.
+            left = self._last_activity + self.idle_timeout - self.loop.time()
+            if left <= 0:
+                raise TimeoutError
+            await self.wait_input(left)
 
 
 def flags_from_client(flags: tuple[str, ...]) -> tuple[list[str], str | None]:
