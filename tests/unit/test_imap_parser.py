@@ -238,6 +238,12 @@ def test_fetch_att_lists_are_memoised_by_the_rest_of_the_line() -> None:
     # a list with a literal (several segments) is parsed in full, not memoised
     lit = parse_command([b"a6 FETCH 1 (BODY.PEEK[HEADER.FIELDS ({7}", b")])"], [b"Subject"])
     assert isinstance(lit, c.Fetch) and lit.atts[0].section == c.Section((), "HEADER.FIELDS", ("Subject",))
+    # long lines are parsed, not remembered (memory bound)
+    fields = b" ".join(b"X-Field-%d" % i for i in range(40))
+    parser._ATTS_MEMO.clear()
+    long = parse_command([b"a7 FETCH 1 (BODY.PEEK[HEADER.FIELDS (" + fields + b")])"], [])
+    assert isinstance(long, c.Fetch) and len(long.atts[0].section.fields) == 40
+    assert not parser._ATTS_MEMO
     # bounded
     for n in range(parser._ATTS_MEMO_SIZE + 10):
         parse_command([b"t FETCH 1 (BODY.PEEK[]<%d.10>)" % n], [])

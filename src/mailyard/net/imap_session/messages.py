@@ -170,9 +170,10 @@ def _plan(atts: tuple[c.FetchAtt, ...], uid: bool, changed_since: bool) -> _Plan
         if condstore and "MODSEQ" not in names:
             full.append(c.FetchAtt("MODSEQ"))
         plan = _Plan(full, condstore)
-        if len(_PLANS) >= 256:
-            _PLANS.clear()
-        _PLANS[key] = plan
+        if len(atts) + sum(len(a.section.fields) for a in atts if a.section) <= 32:  # bounded memory
+            if len(_PLANS) >= 256:
+                _PLANS.clear()
+            _PLANS[key] = plan
     return plan
 
 

@@ -487,15 +487,16 @@ def _store(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
 # Parsed fetch-att lists by the rest of the command line: clients repeat the
 # same few ("(FLAGS)", "(UID RFC822.SIZE BODY.PEEK[])") with other sequence
 # sets, and parsing one was a tenth of a one-message FETCH. Bounded; only for
-# commands without literals (the reader then has one segment).
+# short commands without literals (the reader then has one segment).
 _ATTS_MEMO: dict[bytes, tuple[tuple[c.FetchAtt, ...], str | None, int]] = {}
 _ATTS_MEMO_SIZE = 256
+_ATTS_MEMO_KEY = 256  # longer lines are parsed each time: the memo stays under ~100 KB
 
 
 def _fetch_atts(r: Reader) -> tuple[tuple[c.FetchAtt, ...], str | None]:
-    if len(r.segments) > 1:
-        return parse_fetch_atts(r)
     rest = r.buf[r.pos :]
+    if len(r.segments) > 1 or len(rest) > _ATTS_MEMO_KEY:
+        return parse_fetch_atts(r)
     memo = _ATTS_MEMO.get(rest)
     if memo is not None:
         atts, macro, used = memo
