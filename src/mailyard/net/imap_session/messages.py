@@ -216,8 +216,9 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     values_of = _index_values(atts, flags_of) if line_format is not None else None
     batch_size = FETCH_BATCH if need_raw else 1000
     missing = False
-    # A small first batch, written at once, so the client starts reading
-    # while the rest is formatted (FETCH 1:* of a large mailbox).
+    # Small first batches, each written at once, so the client starts reading
+    # at once and never waits while the rest is formatted (FETCH 1:* of a
+    # large mailbox): 50, 200, 800 messages, then full batches.
     start, size = 0, min(batch_size, FIRST_BATCH)
     while start < len(pairs):
         batch = pairs[start : start + size]
@@ -264,7 +265,7 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
         s.engine.raw(b"".join(out))
         if start < len(pairs):
             await (s.flush() if size < batch_size else s.maybe_flush())
-        size = batch_size
+        size = min(batch_size, size * 4)
     if missing and not cmd.uid:
         # RFC 2180 4.1.3 / RFC 9051 7.1: the others' data, then NO; the client
         # learns of the expunge at its next command (NOOP)
