@@ -254,13 +254,14 @@ def _wait_until_admitted(server: RunningServer, service: str, source: str) -> No
         time.sleep(0.05)
 
 
+def _two_per_address_three_in_total(cfg) -> None:  # noqa: ANN001
+    cfg.limits.max_connections_per_ip = 2
+    cfg.limits.max_connections = 3
+
+
 @pytest.mark.parametrize("service", list(REFUSALS))
 def test_connection_caps_per_address_and_in_total(make_server: Callable[..., RunningServer], service: str) -> None:
-    def configure(cfg) -> None:  # noqa: ANN001
-        cfg.limits.max_connections_per_ip = 2
-        cfg.limits.max_connections = 3
-
-    server = make_server(configure)
+    server = make_server(_two_per_address_three_in_total)
     held = []
     try:
         # per address: two from 127.0.0.1, the third is refused
@@ -750,11 +751,7 @@ def _http_served(server: RunningServer) -> None:
 
 
 def test_http_connection_caps(make_server: Callable[..., RunningServer]) -> None:
-    def configure(cfg) -> None:  # noqa: ANN001
-        cfg.limits.max_connections_per_ip = 2
-        cfg.limits.max_connections = 3
-
-    server = make_server(configure)
+    server = make_server(_two_per_address_three_in_total)
     held = []
     try:
         for source in ("127.0.0.1", "127.0.0.1", "127.0.0.2"):
