@@ -44,7 +44,7 @@ MAX_AUTH_FAILURES = 3  # per connection, then BYE
 def plaintext_ok(s: ImapSession) -> bool:
     """Passwords in the clear only over TLS, or from loopback (configurable,
     net/login.py; RFC 9051 11.1)."""
-    return plaintext_allowed(s.server, s.conn)
+    return plaintext_allowed(s.server, s)
 
 
 def _tls(s: ImapSession) -> ReloadableTLS | None:
@@ -54,7 +54,7 @@ def _tls(s: ImapSession) -> ReloadableTLS | None:
 def capabilities(s: ImapSession) -> list[str]:
     caps = ["IMAP4rev1", "IMAP4rev2", *EXTENSIONS, f"APPENDLIMIT={s.engine.framer.limits.max_append}"]
     if s.engine.state is State.NOT_AUTHENTICATED:
-        if not s.conn.tls and _tls(s) is not None:
+        if not s.tls and _tls(s) is not None:
             caps.append("STARTTLS")  # RFC 9051 6.2.1
         caps.append("SASL-IR")  # RFC 4959
         if plaintext_ok(s):
@@ -89,7 +89,7 @@ async def cmd_id(s: ImapSession, cmd: c.Command) -> None:
 
 async def cmd_starttls(s: ImapSession, cmd: c.Command) -> None:
     tls = _tls(s)
-    if tls is None or s.conn.tls:
+    if tls is None or s.tls:
         s.engine.complete("BAD", "STARTTLS is not available" if tls is None else "TLS is already active")
         return
     # RFC 9051 6.2.1: OK, then the TLS negotiation starts right after the CRLF.
@@ -103,7 +103,7 @@ async def cmd_starttls(s: ImapSession, cmd: c.Command) -> None:
     try:
         await s.start_tls(tls.context)
     except (ssl.SSLError, OSError, ConnectionError) as exc:
-        log.info("imap STARTTLS handshake with %s failed: %s", s.conn.peer_ip, exc)
+        log.info("imap STARTTLS handshake with %s failed: %s", s.peer_ip, exc)
         s.engine.bye("TLS negotiation failed")
         s.engine.data_to_send()  # nothing more can be sent on this connection
         raise ConnectionError("TLS handshake failed") from exc
@@ -121,7 +121,7 @@ async def cmd_enable(s: ImapSession, cmd: c.Enable) -> None:
 def _authenticator(s: ImapSession) -> Authenticator:
     auth = getattr(s, "authenticator", None)
     if auth is None:
-        auth = s.authenticator = Authenticator(s.server, s.conn, "imap")
+        auth = s.authenticator = Authenticator(s.server, s, "imap")
     return auth
 
 

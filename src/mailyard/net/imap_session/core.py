@@ -136,7 +136,6 @@ class ImapSession(SessionProtocol):
     def __init__(self, server: MailServer, listener: Listener) -> None:
         super().__init__(listener)
         self.server = server
-        self.conn = self  # what net/login.py needs of a connection: tls, peer_ip, is_loopback
         self.store = server.store
         cfg = server.config
         limits = cfg.limits
