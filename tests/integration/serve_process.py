@@ -1,0 +1,108 @@
+"""``mailyard serve`` in a subprocess, for tests that measure the server's own
+memory (RSS) or need a server whose process is separate from the test's."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mailyard.config import Config
+from tests.conftest import USERS
+
+ALICE = "alice@example.test"
+
+
+class ServeProcess:
+    """``mailyard serve`` in a subprocess (SMTP, IMAP, POP3 on free ports) so
+    its memory is its own: VmHWM in /proc/PID/status is the peak RSS, and
+    writing 5 to /proc/PID/clear_refs resets it (Linux 4.0+)."""
+
+    def __init__(self, data: Path, configure: Callable[[Config], None]) -> None:
+        self.data = data
+        self.ports = {name: free_port() for name in ("smtp", "imap", "pop3")}
+        subprocess.run(
+            [sys.executable, "-m", "mailyard", "--data", str(data), "init", "--domain", "example.test"],
+            check=True, capture_output=True,
+        )
+        subprocess.run(
+            [sys.executable, "-m", "mailyard", "--data", str(data), "user", "add", ALICE, "--password-stdin"],
+            input=USERS[ALICE] + "\n", text=True, check=True, capture_output=True,
+        )
+        cfg = Config.load(data / "config.toml")
+        for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http"):
+            setattr(cfg.ports, name, self.ports.get(name, 0))
+        cfg.store.fsync = False  # throwaway data; the figures here are memory
+        cfg.server.log_level = "warning"
+        configure(cfg)
+        (data / "config.toml").write_text(cfg.to_toml())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailyard", "--data", str(data), "serve"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        assert self.proc.stdout is not None
+        seen = []
+        for line in self.proc.stdout:
+            seen.append(line.decode(errors="replace"))
+            if b"mailyard is running" in line:
+                break
+        else:
+            pytest.fail("server did not start:\n" + "".join(seen))
+        self.output: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.host = "127.0.0.1"
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line.decode(errors="replace"))
+
+    def tracebacks(self) -> str:
+        """The server's log lines that report a crash (none expected)."""
+        return "".join(line for line in self.output if "Traceback" in line or "failed" in line)
+
+    def port(self, name: str) -> int:
+        return self.ports[name]
+
+    def _status(self, key: str) -> int:
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
+        assert m is not None, key
+        return int(m.group(1)) * 1024
+
+    def rss(self) -> int:
+        return self._status("VmRSS")
+
+    def peak(self) -> int:
+        return self._status("VmHWM")
+
+    def reset_peak(self) -> None:
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+MB = 1024 * 1024
