@@ -203,6 +203,14 @@ class SMTPSession(SessionProtocol):
 
     async def handle(self, event: object) -> None:
         engine = self.engine
+        account = self.account
+        if account is not None and not self.server.store.credentials_current(account.id, account.epoch):
+            # The account was removed or its password changed since AUTH: the
+            # session ends (RFC 5321 3.8: 421, and the server closes), so no
+            # further message is submitted under the old credentials.
+            log.info("smtp: ending session of %s: account removed or password changed", account.address)
+            engine.respond(Reply(421, "4.7.0", "Account removed or password changed, closing connection"))
+            return
         if isinstance(event, HeloReceived):
             self.helo = event.name
             engine.accept()

@@ -25,7 +25,15 @@ from ...protocols.imap.engine import CLOSED, NEED_DATA, ImapEngine, State
 from ...protocols.imap.framing import Limits
 from ...protocols.imap.response import Atom, Raw, flag_list, format_uid_set
 from ...protocols.imap.selected import MessageMap
-from ...store.api import Account, Mailbox, MessageInfo, StorageFull, StoreError
+from ...store.api import (
+    Account,
+    Mailbox,
+    MailboxGone,
+    MailboxRef,
+    MessageInfo,
+    StorageFull,
+    StoreError,
+)
 from ..listener import ShutdownRequested
 from ..session_protocol import SessionProtocol
 
@@ -302,10 +310,48 @@ class ImapSession(SessionProtocol):
         return not self.eof
 
     # --- commands -------------------------------------------------------------
+    def references_current(self) -> bool:
+        """Whether the session may go on: its account still exists under the
+        credentials it logged in with, and its selected mailbox still exists
+        (same owner, same UIDVALIDITY). Asked before every command; answered
+        from memory unless something was revoked since (store.revocation).
+
+        If not, the session ends with ``* BYE``: RFC 2180 3.2 (a server may
+        let a mailbox be deleted and disconnect the other clients that have it
+        selected, as Dovecot does), RFC 9051 7.1.5 (BYE: the server closes
+        the connection). A client cannot be left in the selected state of a
+        mailbox that is gone, and a removed account or changed password must
+        not keep a session it opened."""
+        account = self.account
+        if account is None:
+            return True
+        store = self.store
+        if not store.credentials_current(account.id, account.epoch):
+            log.info("imap: ending session of %s: account removed or password changed", account.address)
+            self.engine.bye("Account removed or password changed; log in again")
+            return False
+        sel = self.sel
+        if sel is not None and not store.mailbox_current(sel.mailbox):
+            self.selected_mailbox_gone()
+            return False
+        return True
+
+    def selected_mailbox_gone(self) -> None:
+        self.sel = None
+        self.engine.bye("Selected mailbox was deleted, have to disconnect")
+
     async def execute(self, cmd: c.Command) -> None:
         handler = (_HANDLERS or _load_handlers())[cmd.name]
+        if self.account is not None and not self.references_current():
+            return
         try:
             await handler(self, cmd)
+        except MailboxGone as exc:
+            sel = self.sel
+            if sel is not None and exc.mailbox_id == sel.mailbox.id:
+                self.selected_mailbox_gone()  # deleted while this command ran
+            elif self.engine.current is not None:
+                await self.finish("NO", "Mailbox does not exist", "NONEXISTENT", allow_expunge=False)
         except ShutdownRequested:
             self.engine.bye("Server shutting down", code="UNAVAILABLE")
         except CommandDeadline:
@@ -354,7 +400,7 @@ class ImapSession(SessionProtocol):
             return
         if sel.dirty:
             sel.dirty = False
-            changes = await self.store.changes_since(sel.mailbox.id, sel.known_modseq)
+            changes = await self.store.changes_since(sel.mailbox, sel.known_modseq)
             for uid in changes.vanished:
                 if sel.view.seq_of(uid) is not None:
                     sel.pending_expunge.add(uid)
@@ -395,17 +441,17 @@ class ImapSession(SessionProtocol):
         of it; a read-only (EXAMINE) session does not take that away."""
         sel = self.sel
         assert sel is not None
-        first = await self.claim_recent_from(sel.mailbox.id, claim=not sel.readonly)
+        first = await self.claim_recent_from(sel.mailbox, claim=not sel.readonly)
         if first is None:
             return
         sel.recent.add(max(first, min(uids) - 1), max(uids))  # disjoint from earlier ranges
 
-    async def claim_recent_from(self, mailbox_id: int, claim: bool) -> int | None:
+    async def claim_recent_from(self, mailbox: MailboxRef, claim: bool) -> int | None:
         """store.claim_recent, or None when the claim cannot be written (full
         disk): this session then shows no new \\Recent and they stay for the
         next one, rather than failing SELECT or the command that noticed them."""
         try:
-            return await self.store.claim_recent(mailbox_id, claim=claim)
+            return await self.store.claim_recent(mailbox, claim=claim)
         except StorageFull:
             log.warning("imap: \\Recent not claimed, the disk is full")
             return None

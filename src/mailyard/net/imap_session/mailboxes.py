@@ -65,9 +65,13 @@ async def cmd_delete(s: ImapSession, cmd: c.MailboxCommand) -> None:
     if box is None:
         await s.finish("NO", "Mailbox does not exist", "NONEXISTENT")
         return
-    if s.sel is not None and s.sel.mailbox.id == box.id:
-        s.sel.pending_expunge.clear()
     await s.store.delete_mailbox(s.account.id, cmd.mailbox)
+    if s.sel is not None and s.sel.mailbox.id == box.id:
+        # This session deleted its own selected mailbox: the selection ends
+        # here (RFC 9051 7.1 CLOSED); other sessions that have it selected
+        # get BYE at their next command (ImapSession.references_current).
+        s.sel = None
+        s.engine.end_selection("Selected mailbox deleted")
     await s.finish("OK", "DELETE completed")
 
 
@@ -96,7 +100,7 @@ async def cmd_rename(s: ImapSession, cmd: c.Rename) -> None:
         await s.finish("NO", str(exc), "CANNOT")
         return
     if s.sel is not None:
-        box = await s.store.get_mailbox_by_id(s.sel.mailbox.id)
+        box = await s.store.get_mailbox_by_id(s.sel.mailbox.account_id, s.sel.mailbox.id)
         if box is not None:
             s.sel.mailbox = box
     await s.finish("OK", "RENAME completed")
@@ -211,7 +215,7 @@ async def cmd_namespace(s: ImapSession, cmd: c.Command) -> None:
 
 
 async def _status_line(s: ImapSession, box: StoreMailbox, items: tuple[str, ...]) -> None:
-    st = await s.store.mailbox_status(box.id)
+    st = await s.store.mailbox_status(box)
     values = {
         "MESSAGES": st.messages, "UIDNEXT": st.uid_next, "UIDVALIDITY": st.uid_validity,
         "UNSEEN": st.unseen, "DELETED": st.deleted, "SIZE": st.size,
@@ -219,8 +223,8 @@ async def _status_line(s: ImapSession, box: StoreMailbox, items: tuple[str, ...]
     }
     if "RECENT" in items:
         # RFC 3501 6.3.10: messages not yet claimed as \Recent by a session
-        first = await s.store.claim_recent(box.id, claim=False)
-        values["RECENT"] = len([m for m in await s.store.list_messages(box.id) if m.uid > first])
+        first = await s.store.claim_recent(box, claim=False)
+        values["RECENT"] = len([m for m in await s.store.list_messages(box) if m.uid > first])
     data: list = []
     for item in items:
         data += [Atom(item), values[item]]

@@ -24,14 +24,14 @@ async def message_infos(s: ImapSession) -> dict[int, MessageInfo]:
     sel = s.sel
     assert sel is not None
     if sel.infos is None:
-        box = await s.store.get_mailbox_by_id(sel.mailbox.id)
+        box = await s.store.get_mailbox_by_id(sel.mailbox.account_id, sel.mailbox.id)
         modseq = box.highest_modseq if box else 0
         sel.infos_stale = False
-        sel.infos = {m.uid: m for m in await s.store.list_messages(sel.mailbox.id)}
+        sel.infos = {m.uid: m for m in await s.store.list_messages(sel.mailbox)}
         sel.infos_modseq = max([modseq, *(m.modseq for m in sel.infos.values())])
     elif sel.infos_stale:
         sel.infos_stale = False
-        ch = await s.store.changes_since(sel.mailbox.id, sel.infos_modseq)
+        ch = await s.store.changes_since(sel.mailbox, sel.infos_modseq)
         for uid in ch.vanished:
             sel.infos.pop(uid, None)
         for m in ch.changed:
@@ -56,7 +56,7 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
         return
     # RFC 9051 6.3.2 needs counts, UIDNEXT, flags in use: read in one snapshot;
     # the per-message index data is loaded when a command first needs it
-    summary = await s.store.mailbox_summary(box.id)
+    summary = await s.store.mailbox_summary(box)
     box = summary.mailbox
     view = MessageMap(summary.uids)
     condstore = cmd.condstore or cmd.qresync is not None or "CONDSTORE" in eng.enabled
@@ -68,7 +68,7 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
     if not eng.rev2:
         # RFC 3501 6.3.1 / 2.3.2: messages no session has seen yet are \Recent
         # here (SELECT takes the flag for this session; EXAMINE leaves it)
-        first = await s.claim_recent_from(box.id, claim=not cmd.readonly)
+        first = await s.claim_recent_from(box, claim=not cmd.readonly)
         if first is not None:
             s.sel.recent.add(first, view.max_uid)
         eng.untagged(s.sel.recent.count(view), Atom("RECENT"))
@@ -98,7 +98,7 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
 async def _qresync(s: ImapSession, q: c.Qresync) -> None:
     """RFC 7162 3.2.5.1: VANISHED (EARLIER) then FETCH of what changed since q.modseq."""
     assert s.sel is not None
-    changes = await s.store.changes_since(s.sel.mailbox.id, q.modseq)
+    changes = await s.store.changes_since(s.sel.mailbox, q.modseq)
     gone = changes.vanished
     if q.known_uids is not None:
         largest = max(s.sel.view.max_uid, s.sel.mailbox.uid_next - 1)
@@ -122,7 +122,7 @@ async def cmd_close(s: ImapSession, cmd: c.Command) -> None:
         infos = await message_infos(s)
         doomed = [u for u in sel.view.uids if "\\Deleted" in infos.get(u, _NONE).flags]
         if doomed:
-            await s.store.expunge(sel.mailbox.id, doomed)
+            await s.store.expunge(sel.mailbox, doomed)
     s.sel = None
     s.engine.complete("OK", f"{cmd.name} completed")
 
@@ -146,7 +146,7 @@ async def cmd_expunge(s: ImapSession, cmd: c.Command) -> None:
         # RFC 4315 2.1: only the given UIDs, and only if \Deleted
         candidates = [uid for _, uid in sel.view.resolve_uids(_saved(s, cmd.sequence_set))]
     doomed = [u for u in candidates if "\\Deleted" in infos.get(u, _NONE).flags]
-    removed = await s.store.expunge(sel.mailbox.id, doomed) if doomed else []
+    removed = await s.store.expunge(sel.mailbox, doomed) if doomed else []
     s.announce_expunge(removed)
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}EXPUNGE completed")
 
