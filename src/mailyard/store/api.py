@@ -306,6 +306,22 @@ class Store(abc.ABC):
         (what every call taking a MailboxRef checks); answered from memory
         unless something was revoked since."""
 
+    # --- sender grants ----------------------------------------------------
+    @abc.abstractmethod
+    async def allow_senders(self, address: str, patterns: Sequence[str]) -> list[str]:
+        """Let the account ``address`` also send as ``patterns`` (addresses, or
+        patterns where ``*`` is any run of characters; store/names.py
+        ``normalize_sender_pattern``); returns the account's grants."""
+
+    @abc.abstractmethod
+    async def disallow_senders(self, address: str, patterns: Sequence[str] = ()) -> list[str]:
+        """Withdraw some grants (all of them when ``patterns`` is empty);
+        returns the account's remaining grants."""
+
+    @abc.abstractmethod
+    async def allowed_senders(self, account_id: int) -> list[str]:
+        """The account's sender grants, sorted."""
+
     # --- aliases and lists ------------------------------------------------
     @abc.abstractmethod
     async def add_alias(self, source: str, targets: Sequence[str]) -> None:

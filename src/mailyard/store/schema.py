@@ -123,5 +123,12 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     name       TEXT NOT NULL,
     PRIMARY KEY (account_id, name)
 ) WITHOUT ROWID;
+-- Addresses (or patterns, with *) an account may send as besides its own and
+-- its aliases, e.g. a shared role address (policy/submission.py).
+CREATE TABLE IF NOT EXISTS sender_grants (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    pattern    TEXT NOT NULL COLLATE NOCASE,
+    PRIMARY KEY (account_id, pattern)
+) WITHOUT ROWID;
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(body_text, header_text, tokenize='trigram');
 """

@@ -44,7 +44,7 @@ from .api import (
     derive_record,
 )
 from .blobs import SegmentFiles
-from .names import check_mailbox_name, normalize_address, normalize_domain
+from .names import check_mailbox_name, normalize_address, normalize_domain, normalize_sender_pattern
 from .queue import QUEUE_SCHEMA, SQLiteQueueMixin
 from .revocation import RevocationSignal
 from .schema import SCHEMA, SCHEMA_VERSION
@@ -472,6 +472,50 @@ class SQLiteStore(SQLiteQueueMixin, Store):
             c.execute("DELETE FROM accounts WHERE id = ?", (row[0],))
 
         await self._write(op, directory=True, revoke=True)
+
+    # --- sender grants ----------------------------------------------------
+    async def allow_senders(self, address: str, patterns: Sequence[str]) -> list[str]:
+        addr = normalize_address(address)
+        grants = [normalize_sender_pattern(p) for p in patterns]
+        if not grants:
+            raise InvalidName("give at least one address or pattern")
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
+            row = c.execute("SELECT id FROM accounts WHERE address = ?", (addr,)).fetchone()
+            if row is None:
+                raise NotFound(f"no account {addr}")
+            c.executemany(
+                "INSERT OR IGNORE INTO sender_grants(account_id, pattern) VALUES (?, ?)",
+                [(row[0], g) for g in grants],
+            )
+            return row[0]
+
+        account_id = await self._write(op, directory=True)
+        return await self.allowed_senders(account_id)
+
+    async def disallow_senders(self, address: str, patterns: Sequence[str] = ()) -> list[str]:
+        addr = normalize_address(address)
+        grants = [normalize_sender_pattern(p) for p in patterns]
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
+            row = c.execute("SELECT id FROM accounts WHERE address = ?", (addr,)).fetchone()
+            if row is None:
+                raise NotFound(f"no account {addr}")
+            if grants:
+                c.executemany(
+                    "DELETE FROM sender_grants WHERE account_id = ? AND pattern = ?",
+                    [(row[0], g) for g in grants],
+                )
+            else:
+                c.execute("DELETE FROM sender_grants WHERE account_id = ?", (row[0],))
+            return row[0]
+
+        account_id = await self._write(op, directory=True)
+        return await self.allowed_senders(account_id)
+
+    async def allowed_senders(self, account_id: int) -> list[str]:
+        rows = self._q("SELECT pattern FROM sender_grants WHERE account_id = ? ORDER BY pattern", (account_id,))
+        return [r[0] for r in rows]
 
     # --- aliases and lists ------------------------------------------------
     async def add_alias(self, source: str, targets: Sequence[str]) -> None:

@@ -571,6 +571,7 @@ async def folder_action(request: Request) -> Response:
 # --- compose ---------------------------------------------------------------------
 @dataclass
 class Draft:
+    sender: str = ""  # the From field; empty: the account's address
     to: str = ""
     cc: str = ""
     bcc: str = ""
@@ -628,6 +629,7 @@ async def compose_view(request: Request) -> Response:
             draft.body = "\n\n(The forwarded message is attached.)\n"
             draft.forward = f"{box.id}:{uid}"
         else:  # resume a draft
+            draft.sender = render.format_address_list(view.from_)
             draft.to = render.format_address_list(view.to)
             draft.cc = render.format_address_list(view.cc)
             msg = parse_message(raw)
@@ -675,7 +677,13 @@ async def compose_submit(request: Request) -> Response:
     draft = Draft(**{k: str(form.get(k) or "") for k in (
         "to", "cc", "bcc", "subject", "body", "in_reply_to", "references", "draft_uid", "forward",
         "reply_to")})
+    draft.sender = str(form.get("from") or "")
     errors: list[str] = []
+    # Any address may be typed; sending checks it is the user's own
+    # (policy/submission.py, the same rule as the submission ports).
+    author = parse_recipients(draft.sender or session.address, "From", errors)
+    if len(author) > 1:
+        errors.append("From: give one address.")
     to = parse_recipients(draft.to, "To", errors)
     cc = parse_recipients(draft.cc, "Cc", errors)
     bcc = parse_recipients(draft.bcc, "Bcc", errors)
@@ -727,7 +735,8 @@ async def compose_submit(request: Request) -> Response:
     if not errors:
         try:
             msg = compose(
-                (None, session.address), to, cc=cc, bcc=bcc, subject=draft.subject,
+                (author[0][0] or None, author[0][1]) if author else (None, session.address),
+                to, cc=cc, bcc=bcc, subject=draft.subject,
                 text=draft.body.replace("\r\n", "\n"), attachments=attachments,
                 in_reply_to=draft.in_reply_to or None,
                 references=[r for r in draft.references.split() if r.startswith("<")],
