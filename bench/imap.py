@@ -104,7 +104,7 @@ def _fill(server: BenchServer, msgs: list[bytes]) -> None:
                 )
             while _unindexed(server):
                 await asyncio.sleep(0.2)
-            await store.get_derived(box.id, list(range(1, count + 1)))  # derive any leftovers
+            await store.get_derived(box, list(range(1, count + 1)))  # derive any leftovers
         finally:
             await store.close()
 

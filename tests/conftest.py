@@ -90,8 +90,8 @@ class RunningServer:
             assert account is not None, address
             box = await self.store.get_mailbox(account.id, mailbox)
             assert box is not None
-            infos = await self.store.list_messages(box.id)
-            return [await self.store.read_message(box.id, m.uid) for m in infos]
+            infos = await self.store.list_messages(box)
+            return [await self.store.read_message(box, m.uid) for m in infos]
 
         return self.call(read())
 

@@ -290,6 +290,13 @@ def cmd_user(args: argparse.Namespace) -> None:
             print(f"removed user {args.address} and all their mail")
         elif args.action == "apop-secret":
             await _apop_secret(store, args)
+        elif args.action in ("allow-from", "disallow-from"):
+            if args.action == "allow-from":
+                grants = await store.allow_senders(args.address, args.senders)
+            else:
+                grants = await store.disallow_senders(args.address, args.senders)
+            shown = ", ".join(grants) if grants else "(only its own addresses)"
+            print(f"{args.address} may also send as: {shown}")
         else:
             for account in await store.list_accounts(args.domain):
                 print(account.address)
@@ -430,6 +437,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("address")
     q = usub.add_parser("list", parents=[common], help="list accounts")
     q.add_argument("--domain", help="only this domain")
+    q = usub.add_parser(
+        "allow-from", parents=[common],
+        help="let an account also send as other addresses (From, Sender, MAIL FROM), e.g. a shared role address",
+    )
+    q.add_argument("address", help="the account, user@domain")
+    q.add_argument("senders", nargs="+", metavar="FROM",
+                   help="an address, or a pattern where * is any run of characters (*@example.org)")
+    q = usub.add_parser(
+        "disallow-from", parents=[common],
+        help="withdraw addresses granted with allow-from (all of them when none is given)",
+    )
+    q.add_argument("address", help="the account, user@domain")
+    q.add_argument("senders", nargs="*", metavar="FROM")
     p.set_defaults(func=cmd_user)
 
     p = sub.add_parser("alias", parents=[common], help="manage aliases (address -> one or more addresses)")

@@ -41,7 +41,7 @@ def append(server: RunningServer, user: str, data: bytes, mailbox: str = "INBOX"
     async def go() -> int:
         account = await server.store.get_account(user)
         box = await server.store.get_mailbox(account.id, mailbox)
-        return await server.store.append(box.id, data)
+        return await server.store.append(box, data)
 
     return server.call(go())
 
@@ -50,7 +50,7 @@ def flags_of(server: RunningServer, user: str, mailbox: str) -> list[frozenset[s
     async def go() -> list[frozenset[str]]:
         account = await server.store.get_account(user)
         box = await server.store.get_mailbox(account.id, mailbox)
-        return [m.flags for m in await server.store.list_messages(box.id)]
+        return [m.flags for m in await server.store.list_messages(box)]
 
     return server.call(go())
 

@@ -109,7 +109,7 @@ def append_all(server: RunningServer, messages: list[bytes]) -> tuple[int, list[
     async def go() -> tuple[int, list[int]]:
         account = await server.store.get_account(ALICE)
         box = await server.store.get_mailbox(account.id, "INBOX")
-        return box.id, [await server.store.append(box.id, m) for m in messages]
+        return box.id, [await server.store.append(box, m) for m in messages]
 
     return server.call(go())
 

@@ -366,7 +366,7 @@ class Harness:
         assert account is not None
         mailbox = await store.get_mailbox(account.id, box)
         assert mailbox is not None
-        uids = await store.append_many(mailbox.id, [AppendItem(message_bytes(c), flags) for c in cids])
+        uids = await store.append_many(mailbox, [AppendItem(message_bytes(c), flags) for c in cids])
         return dict(zip(cids, uids, strict=True))
 
     # --- clients --------------------------------------------------------------

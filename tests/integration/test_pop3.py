@@ -296,7 +296,7 @@ def test_bare_lf_message_size_matches_retr(pop3server: RunningServer) -> None:
         assert account is not None
         box = await pop3server.store.get_mailbox(account.id, "INBOX")
         assert box is not None
-        await pop3server.store.append(box.id, raw)
+        await pop3server.store.append(box, raw)
 
     pop3server.call(append())
     put(pop3server, ALICE, message(1))
@@ -343,9 +343,9 @@ def test_listing_follows_changes_between_sessions(pop3server: RunningServer) -> 
         assert account is not None
         box = await store.get_mailbox(account.id, "INBOX")
         assert box is not None
-        await store.expunge(box.id, [uids[1]])  # as an IMAP EXPUNGE would
-        await store.store_flags(box.id, [uids[0]], ["\\Seen"], "add")
-        await store.append(box.id, b"Subject: unix\n\nbare LF body\n")
+        await store.expunge(box, [uids[1]])  # as an IMAP EXPUNGE would
+        await store.store_flags(box, [uids[0]], ["\\Seen"], "add")
+        await store.append(box, b"Subject: unix\n\nbare LF body\n")
 
     pop3server.call(change())
     p = login(pop3server)

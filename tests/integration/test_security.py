@@ -509,7 +509,7 @@ def test_client_save_attachments_stays_in_the_output_directory(
     async def put() -> None:
         account = await mailserver.store.get_account(BOB)
         box = await mailserver.store.get_mailbox(account.id, "INBOX")
-        await mailserver.store.append(box.id, raw, [])
+        await mailserver.store.append(box, raw, [])
 
     mailserver.call(put())
     out = tmp_path / "out"
@@ -799,7 +799,7 @@ def test_webmail_download_names_cannot_inject_response_headers(server: RunningSe
     async def put() -> int:
         account = await server.store.get_account(ALICE)
         box = await server.store.get_mailbox(account.id, "INBOX")
-        return await server.store.append(box.id, raw, [])
+        return await server.store.append(box, raw, [])
 
     uid = server.call(put())
     inbox = _box_id(server, ALICE, "INBOX")
@@ -829,7 +829,7 @@ def test_forwarding_a_message_keeps_its_encoded_line_breaks_encoded(server: Runn
     async def put() -> int:
         account = await server.store.get_account(ALICE)
         box = await server.store.get_mailbox(account.id, "INBOX")
-        return await server.store.append(box.id, raw, [])
+        return await server.store.append(box, raw, [])
 
     uid = server.call(put())
     inbox = _box_id(server, ALICE, "INBOX")

@@ -43,7 +43,11 @@ def test_completed_header_keeps_the_rest_byte_identical(mailserver: RunningServe
     )
     assert m is not None, header
     assert stored.endswith(b"\r\n\r\nbody\r\n.dot\r\n")
-    assert re.search(rb"Received: from [^\r]+\r\n\tby mx\.example\.test \(TLSv1\.[23] [A-Z0-9_-]+\) with ESMTPSA id", stored)
+    assert re.search(
+        rb"Received: from [^\r]+\r\n\t\(Authenticated sender: alice@example\.test\)\r\n"
+        rb"\tby mx\.example\.test \(TLSv1\.[23] [A-Z0-9_-]+\) with ESMTPSA id",
+        stored,
+    )
 
 
 def test_existing_date_and_message_id_untouched(mailserver: RunningServer) -> None:

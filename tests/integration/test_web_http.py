@@ -48,7 +48,7 @@ def append(server: RunningServer, user: str, data: bytes, mailbox: str = "INBOX"
     async def go() -> int:
         account = await server.store.get_account(user)
         box = await server.store.get_mailbox(account.id, mailbox)
-        return await server.store.append(box.id, data, flags)
+        return await server.store.append(box, data, flags)
 
     return server.call(go())
 
@@ -174,7 +174,8 @@ def test_no_access_to_another_users_messages(web: RunningServer) -> None:
     r = client.post("/folders", data={"csrf": token, "action": "delete", "box": bob_inbox})
     assert r.status_code == 404
     assert len(web.messages(BOB)) == 1 and len(web.messages(ALICE)) == 1
-    flags = web.call(web.store.list_messages(bob_inbox))[0].flags
+    bob_box = web.call(web.store.get_mailbox(web.call(web.store.get_account(BOB)).id, "INBOX"))
+    flags = web.call(web.store.list_messages(bob_box))[0].flags
     assert "\\Seen" not in flags
 
 
@@ -184,7 +185,7 @@ def test_pagination_by_key_and_sorting(web: RunningServer) -> None:
         box = await web.store.get_mailbox(account.id, "INBOX")
         for i in range(130):
             data = simple(f"subject {i:03d}", sender=f"Sender {(i * 7) % 130:03d} <s{i}@example.test>")
-            await web.store.append(box.id, data, internal_date=1_700_000_000 + i)
+            await web.store.append(box, data, internal_date=1_700_000_000 + i)
 
     web.call(seed())
     inbox = box_id(web, ALICE, "INBOX")

@@ -63,7 +63,7 @@ def server_flags(server: RunningServer, name: str) -> list[frozenset[str]]:
         assert account is not None
         box = await server.store.get_mailbox(account.id, name)
         assert box is not None
-        return [m.flags for m in await server.store.list_messages(box.id)]
+        return [m.flags for m in await server.store.list_messages(box)]
 
     return server.call(go())
 

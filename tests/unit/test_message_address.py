@@ -8,6 +8,7 @@ from mailyard.message.address import (
     Group,
     Mailbox,
     canonical_address,
+    canonical_local_part,
     format_address,
     is_valid_addr_spec,
     iter_mailboxes,
@@ -92,6 +93,20 @@ def test_canonical_address():
     assert canonical_address("a@Bücher.Example") == "a@xn--bcher-kva.example"
     assert canonical_address("a@xn--bcher-kva.example.") == "a@xn--bcher-kva.example"
     assert canonical_address("a@[192.0.2.1]") == "a@[192.0.2.1]"
+
+
+def test_quoted_local_part_is_reduced_to_the_least_quoting():
+    # RFC 5321 4.1.2: all quoted forms are equivalent; minimum quoting wins.
+    assert canonical_local_part('"alice"') == "alice"
+    assert canonical_local_part('"al\\ice"') == "alice"  # a quoted-pair
+    assert canonical_local_part('"first.last"') == "first.last"
+    assert canonical_local_part('"Alice"') == "Alice"  # case kept (RFC 5321 2.4)
+    for kept in ('"a b"', '"a..b"', '".a"', '""', '"a\\"b"', '"a@b"'):
+        assert canonical_local_part(kept) == kept
+    assert canonical_local_part('"a\\ b"') == '"a b"'
+    assert canonical_local_part("alice") == "alice"
+    assert canonical_address('"alice"@Example.TEST') == "alice@example.test"
+    assert canonical_address('"a b"@example.test') == '"a b"@example.test'
 
 
 @pytest.mark.parametrize("addr", [

@@ -43,6 +43,16 @@ def test_received_minimal_and_ipv6_and_hostile_helo():
         received_header(by="mx", for_addr="a@b\r\nX: y")
 
 
+def test_received_names_the_authenticated_sender():
+    h = received_header(by="mx.example.net", helo="pc", ip="192.0.2.7", protocol="ESMTPSA",
+                        auth_user="alice@example.net", ts=0)
+    assert h.startswith(b"Received: from pc ([192.0.2.7])\r\n\t(Authenticated sender: alice@example.net)"
+                        b"\r\n\tby mx.example.net with ESMTPSA; ")
+    # a comment cannot be closed or escaped by the name (RFC 5322 3.2.2 ctext)
+    h = received_header(by="mx", protocol="ESMTPA", auth_user="a)(b\\c@x", ts=0)
+    assert b"(Authenticated sender: a??b?c@x)" in h
+
+
 @pytest.mark.parametrize("kwargs, expected", [
     ({}, "ESMTP"), ({"esmtp": False}, "SMTP"), ({"tls": True}, "ESMTPS"),
     ({"auth": True}, "ESMTPA"), ({"tls": True, "auth": True}, "ESMTPSA"),

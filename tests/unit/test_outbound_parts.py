@@ -60,7 +60,7 @@ async def test_queue_submit_with_local_copies_in_one_commit(store: SQLiteStore) 
                                            NewRecipient("c@c.test")], envid="E1", ret="HDRS")
     uids, queue_id = await store.queue_submit(BODY, entry, [DeliveryTarget(inbox.id, b"X: 1\r\n")])
     assert uids == [1] and queue_id is not None
-    assert await store.read_message(inbox.id, 1) == b"X: 1\r\n" + BODY
+    assert await store.read_message(inbox, 1) == b"X: 1\r\n" + BODY
     assert await store.queue_body(queue_id) == BODY
     e = await store.queue_entry(queue_id)
     assert e.reverse_path == "alice@a.test" and e.envid == "E1" and e.ret == "HDRS"
@@ -95,7 +95,7 @@ async def test_queue_update_retry_and_finish_releases_the_body(store: SQLiteStor
                                     follow_up=[NewMessage(b"DSN\r\n", [DeliveryTarget(inbox.id)])])
     assert done
     assert await store.queue_list() == []
-    assert await store.read_message(inbox.id, 1) == b"DSN\r\n"
+    assert await store.read_message(inbox, 1) == b"DSN\r\n"
     assert store._q1("SELECT count(*) FROM bodies WHERE refs > 0")[0] == 1  # only the DSN's
 
 

@@ -14,6 +14,7 @@ from mailyard.store.api import (
     AlreadyExists,
     DeliveryTarget,
     InvalidName,
+    Mailbox,
     NotFound,
     Store,
     StoreError,
@@ -92,11 +93,11 @@ async def test_deliver_many_targets_shares_body_and_keeps_bytes(store: Store) ->
          DeliveryTarget(inbox_b.id, b"Delivered-To: b@example.test\r\n", frozenset({"\\Seen"}))],
     )
     assert uids == [1, 1]
-    assert await store.read_message(inbox_a.id, 1) == b"Delivered-To: a@example.test\r\n" + body
-    assert await store.read_message(inbox_b.id, 1) == b"Delivered-To: b@example.test\r\n" + body
-    info = (await store.list_messages(inbox_b.id))[0]
+    assert await store.read_message(inbox_a, 1) == b"Delivered-To: a@example.test\r\n" + body
+    assert await store.read_message(inbox_b, 1) == b"Delivered-To: b@example.test\r\n" + body
+    info = (await store.list_messages(inbox_b))[0]
     assert info.flags == {"\\Seen"} and info.size == len(body) + 30
-    status = await store.mailbox_status(inbox_a.id)
+    status = await store.mailbox_status(inbox_a)
     assert (status.messages, status.unseen, status.uid_next) == (1, 1, 2)
 
 
@@ -106,9 +107,9 @@ async def test_deliver_is_atomic(store: Store) -> None:
     assert inbox
     with pytest.raises(NotFound):
         await store.deliver(b"x\r\n", [DeliveryTarget(inbox.id), DeliveryTarget(999999)])
-    assert await store.list_messages(inbox.id) == []
+    assert await store.list_messages(inbox) == []
     # the failed delivery did not consume a UID visible to anyone
-    assert await store.append(inbox.id, b"y\r\n") == 1
+    assert await store.append(inbox, b"y\r\n") == 1
 
 
 async def test_concurrent_deliveries_get_distinct_uids(store: Store) -> None:
@@ -116,10 +117,10 @@ async def test_concurrent_deliveries_get_distinct_uids(store: Store) -> None:
     inbox = await store.get_mailbox(a.id, "INBOX")
     assert inbox
     bodies = [b"Subject: %d\r\n\r\n" % i + b"x" * 1000 for i in range(200)]
-    uids = await asyncio.gather(*(store.append(inbox.id, body) for body in bodies))
+    uids = await asyncio.gather(*(store.append(inbox, body) for body in bodies))
     assert sorted(uids) == list(range(1, 201))
     for uid, body in zip(uids, bodies, strict=True):
-        assert await store.read_message(inbox.id, uid) == body
+        assert await store.read_message(inbox, uid) == body
 
 
 async def test_flags_modseq_and_unchangedsince(store: Store) -> None:
@@ -127,18 +128,18 @@ async def test_flags_modseq_and_unchangedsince(store: Store) -> None:
     inbox = await store.get_mailbox(a.id, "INBOX")
     assert inbox
     for i in range(3):
-        await store.append(inbox.id, b"m%d\r\n" % i)
-    before = (await store.get_mailbox_by_id(inbox.id)).highest_modseq
-    changed, failed = await store.store_flags(inbox.id, [1, 2], ["\\Seen", "$Label"], "add")
+        await store.append(inbox, b"m%d\r\n" % i)
+    before = (await store.get_mailbox_by_id(inbox.account_id, inbox.id)).highest_modseq
+    changed, failed = await store.store_flags(inbox, [1, 2], ["\\Seen", "$Label"], "add")
     assert [m.uid for m in changed] == [1, 2] and failed == []
     assert all(m.modseq == before + 1 for m in changed)
-    changed, failed = await store.store_flags(inbox.id, [1, 3], ["\\Flagged"], "add", unchanged_since=before)
+    changed, failed = await store.store_flags(inbox, [1, 3], ["\\Flagged"], "add", unchanged_since=before)
     assert [m.uid for m in changed] == [3] and failed == [1]
-    changed, _ = await store.store_flags(inbox.id, [2], ["\\Draft"], "replace")
+    changed, _ = await store.store_flags(inbox, [2], ["\\Draft"], "replace")
     assert changed[0].flags == {"\\Draft"}
-    changed, _ = await store.store_flags(inbox.id, [2], ["\\Draft"], "add")
+    changed, _ = await store.store_flags(inbox, [2], ["\\Draft"], "add")
     assert changed == []  # no change, no new modseq
-    ch = await store.changes_since(inbox.id, before)
+    ch = await store.changes_since(inbox, before)
     assert {m.uid for m in ch.changed} == {1, 2, 3} and ch.vanished == []
 
 
@@ -148,21 +149,21 @@ async def test_expunge_copy_move_and_vanished(store: Store) -> None:
     arch = await store.get_mailbox(a.id, "Archive")
     assert inbox and arch
     for i in range(4):
-        await store.append(inbox.id, b"Subject: m%d\r\n\r\nbody\r\n" % i, ["\\Seen"])
-    pairs = await store.copy_messages(inbox.id, [2, 3], arch.id)
+        await store.append(inbox, b"Subject: m%d\r\n\r\nbody\r\n" % i, ["\\Seen"])
+    pairs = await store.copy_messages(inbox, [2, 3], arch)
     assert pairs == [(2, 1), (3, 2)]
-    assert await store.read_message(arch.id, 2) == await store.read_message(inbox.id, 3)
-    mark = (await store.get_mailbox_by_id(inbox.id)).highest_modseq
-    assert await store.expunge(inbox.id, [3, 1, 99]) == [1, 3]
+    assert await store.read_message(arch, 2) == await store.read_message(inbox, 3)
+    mark = (await store.get_mailbox_by_id(inbox.account_id, inbox.id)).highest_modseq
+    assert await store.expunge(inbox, [3, 1, 99]) == [1, 3]
     # the copy survives the original's expunge (shared body is reference-counted)
-    assert await store.read_message(arch.id, 2) == b"Subject: m2\r\n\r\nbody\r\n"
-    moved = await store.copy_messages(inbox.id, [4], arch.id, move=True)
+    assert await store.read_message(arch, 2) == b"Subject: m2\r\n\r\nbody\r\n"
+    moved = await store.copy_messages(inbox, [4], arch, move=True)
     assert moved == [(4, 3)]
-    assert [m.uid for m in await store.list_messages(inbox.id)] == [2]
-    ch = await store.changes_since(inbox.id, mark)
+    assert [m.uid for m in await store.list_messages(inbox)] == [2]
+    ch = await store.changes_since(inbox, mark)
     assert ch.vanished == [1, 3, 4]
     with pytest.raises(NotFound):
-        await store.read_message(inbox.id, 1)
+        await store.read_message(inbox, 1)
 
 
 async def test_mailbox_hierarchy_rename_delete(store: Store) -> None:
@@ -191,14 +192,14 @@ async def test_rename_inbox_moves_messages(store: Store) -> None:
     a = await store.add_account("a@example.test", "h")
     inbox = await store.get_mailbox(a.id, "INBOX")
     assert inbox
-    await store.append(inbox.id, b"one\r\n")
-    await store.append(inbox.id, b"two\r\n")
+    await store.append(inbox, b"one\r\n")
+    await store.append(inbox, b"two\r\n")
     await store.rename_mailbox(a.id, "INBOX", "Old")
     old = await store.get_mailbox(a.id, "Old")
-    assert old and [m.uid for m in await store.list_messages(old.id)] == [1, 2]
-    assert await store.list_messages(inbox.id) == []
+    assert old and [m.uid for m in await store.list_messages(old)] == [1, 2]
+    assert await store.list_messages(inbox) == []
     assert (await store.get_mailbox(a.id, "INBOX")).id == inbox.id
-    assert await store.append(inbox.id, b"three\r\n") == 3  # UIDs never reused
+    assert await store.append(inbox, b"three\r\n") == 3  # UIDs never reused
 
 
 async def test_listeners_hear_commits(store: Store) -> None:
@@ -207,11 +208,11 @@ async def test_listeners_hear_commits(store: Store) -> None:
     assert inbox
     heard: list[int] = []
     remove = store.add_listener(heard.append)
-    await store.append(inbox.id, b"x\r\n")
+    await store.append(inbox, b"x\r\n")
     await asyncio.sleep(0)
     assert heard == [inbox.id]
     remove()
-    await store.append(inbox.id, b"y\r\n")
+    await store.append(inbox, b"y\r\n")
     await asyncio.sleep(0)
     assert heard == [inbox.id]
 
@@ -224,13 +225,13 @@ async def test_reopen_keeps_everything(tmp_path: Path) -> None:
     assert inbox
     bodies = [bytes([65 + i % 26]) * (300 + i) for i in range(20)]  # spans several segments
     for body in bodies:
-        await s.append(inbox.id, body)
+        await s.append(inbox, body)
     await s.close()
     s2 = SQLiteStore(tmp_path / "d", StoreConfig(segment_size=1000))
     try:
         for uid, body in enumerate(bodies, start=1):
-            assert await s2.read_message(inbox.id, uid) == body
-        assert await s2.append(inbox.id, b"z") == 21
+            assert await s2.read_message(inbox, uid) == body
+        assert await s2.append(inbox, b"z") == 21
     finally:
         await s2.close()
 
@@ -245,24 +246,24 @@ async def test_compaction_reclaims_expunged_space_and_keeps_live_bytes(tmp_path:
         bodies = {}
         for i in range(60):  # about 1 KB each: several 20 KB segments
             body = b"Subject: %d\r\n\r\n" % i + bytes([65 + i % 26]) * 1000
-            bodies[await s.append(inbox.id, body)] = body
+            bodies[await s.append(inbox, body)] = body
         blob_dir = tmp_path / "c" / "blobs"
         before = sum(p.stat().st_size for p in blob_dir.glob("*.seg"))
         dead = [uid for uid in bodies if uid % 4 != 0]
-        await s.expunge(inbox.id, dead)
+        await s.expunge(inbox, dead)
         await s.compact()
         await s.compact()  # the second pass removes the retired files
         after = sum(p.stat().st_size for p in blob_dir.glob("*.seg"))
         assert after < before * 0.6
         for uid, body in bodies.items():
             if uid % 4 == 0:
-                assert await s.read_message(inbox.id, uid) == body
+                assert await s.read_message(inbox, uid) == body
     finally:
         await s.close()
     s2 = SQLiteStore(tmp_path / "c", StoreConfig(segment_size=20_000))
     try:
-        assert len(await s2.list_messages(inbox.id)) == 15
-        assert await s2.read_message(inbox.id, 4) == bodies[4]
+        assert len(await s2.list_messages(inbox)) == 15
+        assert await s2.read_message(inbox, 4) == bodies[4]
     finally:
         await s2.close()
 
@@ -279,11 +280,11 @@ MIME = (
 )
 
 
-async def _inbox(store: Store) -> int:
+async def _inbox(store: Store) -> Mailbox:
     a = await store.add_account("a@example.test", "h")
     box = await store.get_mailbox(a.id, "INBOX")
     assert box
-    return box.id
+    return box
 
 
 async def test_get_derived_fields_without_body_text(store: Store) -> None:
@@ -423,7 +424,7 @@ async def test_version1_data_directory_is_migrated(tmp_path: Path) -> None:
     a = await s.add_account("a@example.test", "h")
     inbox = await s.get_mailbox(a.id, "INBOX")
     assert inbox
-    await s.append(inbox.id, MIME)
+    await s.append(inbox, MIME)
     await s.create_mailbox(a.id, "Old")
     await s.close()
     # turn it into what version 1 left: derived JSON in bodies, subscribed column
@@ -441,12 +442,12 @@ async def test_version1_data_directory_is_migrated(tmp_path: Path) -> None:
     try:
         subs = await s2.list_subscriptions(a.id)
         assert "INBOX" in subs and "Old" not in subs
-        assert await s2.claim_recent(inbox.id) == 1
-        got = await s2.get_derived(inbox.id, [1], ["envelope_imap"])
+        assert await s2.claim_recent(inbox) == 1
+        got = await s2.get_derived(inbox, [1], ["envelope_imap"])
         assert got[1]["envelope_imap"].startswith(b'("Mon, 7 Feb 1994 21:52:25 -0800"')
-        assert await s2.search_headers(inbox.id, "subject", "carol") == {1}
+        assert await s2.search_headers(inbox, "subject", "carol") == {1}
         version = s2._read.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        assert version == "2"
+        assert version == "3"
     finally:
         await s2.close()
 
@@ -463,7 +464,7 @@ async def test_mailbox_summary(store: Store) -> None:
     assert list(s.uids) == [2, 3] and s.first_unseen == 2
     assert s.keywords == {"Work"} and s.mailbox.uid_next == 4
     with pytest.raises(NotFound):
-        await store.mailbox_summary(9999)
+        await store.mailbox_summary(Mailbox(9999, inbox.account_id, "gone", inbox.uid_validity, 1, 1))
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "x\x00y", "x\x7fy", "a\\b", "ex ample.test", ""])
@@ -487,18 +488,167 @@ async def test_a_rolled_back_segment_rollover_loses_no_later_body(tmp_path: Path
         a = await s.add_account("a@example.test", "h")
         inbox = await s.get_mailbox(a.id, "INBOX")
         assert inbox
-        await s.append(inbox.id, b"a" * 1200)  # segment 1 is full: the next body rolls over
+        await s.append(inbox, b"a" * 1200)  # segment 1 is full: the next body rolls over
         with pytest.raises(NotFound):  # rolls over to segment 2, then fails (no such mailbox)
             await s.deliver(b"b" * 10, [DeliveryTarget(inbox.id + 1000)])
-        kept = await s.append(inbox.id, b"c" * 1200)  # written to segment 2
-        await s.append(inbox.id, b"d" * 10)  # rolls over to segment 3
+        kept = await s.append(inbox, b"c" * 1200)  # written to segment 2
+        await s.append(inbox, b"d" * 10)  # rolls over to segment 3
         await s.compact()
         await s.compact()
-        assert await s.read_message(inbox.id, kept) == b"c" * 1200
+        assert await s.read_message(inbox, kept) == b"c" * 1200
     finally:
         await s.close()
     s2 = SQLiteStore(tmp_path / "r", StoreConfig(segment_size=1000))
     try:
-        assert await s2.read_message(inbox.id, kept) == b"c" * 1200
+        assert await s2.read_message(inbox, kept) == b"c" * 1200
     finally:
         await s2.close()
+
+
+async def test_ids_are_never_reused(store: Store) -> None:
+    """A freed account or mailbox id is never handed out again: sessions and
+    webmail cookies hold these ids."""
+    a = await store.add_account("a@example.test", "h")
+    box = await store.create_mailbox(a.id, "Work")
+    await store.delete_mailbox(a.id, "Work")
+    again = await store.create_mailbox(a.id, "Work")
+    assert again.id > box.id
+    await store.remove_account("a@example.test")
+    b = await store.add_account("b@example.test", "h")
+    assert b.id > a.id
+    assert min(m.id for m in await store.list_mailboxes(b.id)) > again.id
+
+
+async def test_mailbox_references_are_checked_on_every_call(store: Store) -> None:
+    """Every call on messages takes the session's reference and refuses one
+    whose mailbox is gone, belongs to another account or has another
+    UIDVALIDITY, before reading or writing anything."""
+    from dataclasses import replace
+
+    from mailyard.store.api import AppendItem, MailboxGone
+
+    a = await store.add_account("a@example.test", "h")
+    b = await store.add_account("b@example.test", "h")
+    work = await store.create_mailbox(a.id, "Work")
+    await store.append(work, b"Subject: a\r\n\r\nalice\r\n")
+    bob_inbox = await store.get_mailbox(b.id, "INBOX")
+    assert bob_inbox and await store.append(bob_inbox, b"Subject: b\r\n\r\nbob\r\n") == 1
+    assert store.mailbox_current(work)
+    foreign = replace(bob_inbox, account_id=a.id)  # alice's session naming bob's mailbox
+    stale = replace(work, uid_validity=work.uid_validity - 1)
+    await store.delete_mailbox(a.id, "Work")
+    assert await store.get_mailbox_by_id(a.id, bob_inbox.id) is None
+    for ref in (work, foreign, stale):
+        assert not store.mailbox_current(ref)
+        calls = [
+            store.read_message(ref, 1), store.list_messages(ref), store.get_messages(ref, [1]),
+            store.mailbox_status(ref), store.mailbox_summary(ref), store.changes_since(ref, 0),
+            store.get_derived(ref, [1]), store.search_text(ref, "bob", "text"),
+            store.search_headers(ref, "subject", "b"), store.claim_recent(ref),
+            store.store_flags(ref, [1], ["\\Deleted"], "add"), store.expunge(ref, [1]),
+            store.append(ref, b"x\r\n"), store.append_many(ref, [AppendItem(b"y\r\n")]),
+            store.copy_messages(ref, [1], bob_inbox), store.copy_messages(bob_inbox, [1], ref),
+        ]
+        for call in calls:
+            with pytest.raises(MailboxGone):
+                await call
+    infos = await store.list_messages(bob_inbox)
+    assert [(m.uid, m.flags) for m in infos] == [(1, frozenset())]
+    assert await store.read_message(bob_inbox, 1) == b"Subject: b\r\n\r\nbob\r\n"
+
+
+async def test_credentials_current_across_store_instances(tmp_path: Path) -> None:
+    """A password change or removal made through another store on the same
+    directory (the CLI beside ``mailyard serve``) ends the sessions another
+    store vouches for, and a deleted mailbox is seen gone there too."""
+    s1 = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    s2 = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        await s1.add_domain("example.test")
+        a = await s1.add_account("a@example.test", "h")
+        box = await s1.create_mailbox(a.id, "Work")
+        assert a.epoch == 0
+        for _ in range(3):  # the answer is cached from here on
+            assert s1.credentials_current(a.id, 0) and s1.mailbox_current(box)
+        await s2.set_password("a@example.test", "h2")
+        assert not s1.credentials_current(a.id, 0)
+        assert s1.credentials_current(a.id, 1)
+        assert (await s1.get_account("a@example.test")).epoch == 1
+        await s2.delete_mailbox(a.id, "Work")
+        assert not s1.mailbox_current(box)
+        await s2.remove_account("a@example.test")
+        assert not s1.credentials_current(a.id, 1)
+    finally:
+        await s1.close()
+        await s2.close()
+
+
+def _version2_schema() -> str:
+    """The schema as version 2 created it: plain INTEGER PRIMARY KEY ids
+    (SQLite reuses a freed max id), no account epoch."""
+    import re
+
+    from mailyard.store.schema import SCHEMA
+
+    old = SCHEMA.replace(" PRIMARY KEY AUTOINCREMENT", " PRIMARY KEY")
+    return re.sub(r",\n\s*epoch\s+INTEGER[^\n]*\n\);", "\n);", old, count=1)
+
+
+async def test_version2_data_directory_gets_ids_that_are_never_reused(tmp_path: Path) -> None:
+    """A store created with plain INTEGER PRIMARY KEY ids is rebuilt on open
+    (ids and rows kept, AUTOINCREMENT, sqlite_sequence seeded), and ids then
+    keep increasing after deletes, also across a reopen."""
+    import sqlite3
+
+    from mailyard.store.queue import QUEUE_SCHEMA
+
+    d = tmp_path / "v2"
+    d.mkdir()
+    c = sqlite3.connect(d / "index.sqlite3")
+    c.executescript(_version2_schema())
+    c.executescript(QUEUE_SCHEMA)
+    c.executescript(
+        "INSERT INTO meta VALUES ('schema_version', '2');"
+        "INSERT INTO domains VALUES ('example.test');"
+        "INSERT INTO accounts(id, address, domain, password_hash, created) VALUES"
+        " (1, 'alice@example.test', 'example.test', 'h', 0), (2, 'bob@example.test', 'example.test', 'h', 0);"
+        "INSERT INTO mailboxes(id, account_id, name, uid_validity, uid_next) VALUES"
+        " (1, 1, 'INBOX', 100, 1), (2, 2, 'INBOX', 101, 2), (3, 2, 'Work', 102, 1);"
+        "INSERT INTO subscriptions VALUES (1, 'INBOX'), (2, 'INBOX'), (2, 'Work');"
+    )
+    assert "AUTOINCREMENT" not in c.execute("SELECT sql FROM sqlite_master WHERE name = 'mailboxes'").fetchone()[0]
+    c.commit()
+    c.close()
+    s = SQLiteStore(d, StoreConfig(fsync=False))
+    try:
+        bob = await s.get_account("bob@example.test")
+        assert bob is not None and bob.id == 2 and bob.epoch == 0
+        bob_inbox = await s.get_mailbox(2, "INBOX")
+        assert bob_inbox is not None and (bob_inbox.id, bob_inbox.uid_validity) == (2, 101)
+        assert await s.append(bob_inbox, b"Subject: kept\r\n\r\nx\r\n") == 2  # uid_next kept
+        for table in ("accounts", "mailboxes", "bodies"):
+            sql = s._read.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+            assert "AUTOINCREMENT" in sql, table
+        assert s._read.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+        await s.delete_mailbox(2, "Work")  # frees the highest mailbox id, 3
+        fresh = await s.create_mailbox(1, "Fresh")
+        assert fresh.id == 4
+        await s.remove_account("bob@example.test")  # frees the highest account id, 2
+        carol = await s.add_account("carol@example.test", "h")
+        assert carol.id == 3
+        body_ids = [r[0] for r in s._read.execute("SELECT id FROM bodies")]
+        assert body_ids == []  # bob's message went with him, leaving sqlite_sequence at 1
+    finally:
+        await s.close()
+    s = SQLiteStore(d, StoreConfig(fsync=False))
+    try:
+        await s.remove_account("carol@example.test")
+        dave = await s.add_account("dave@example.test", "h")
+        assert dave.id == 4
+        assert min(m.id for m in await s.list_mailboxes(dave.id)) > fresh.id
+        inbox = await s.get_mailbox(1, "INBOX")
+        assert inbox is not None
+        await s.append(inbox, b"Subject: new\r\n\r\ny\r\n")
+        assert [r[0] for r in s._read.execute("SELECT id FROM bodies")] == [2]
+    finally:
+        await s.close()

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..message.address import canonical_address
 from ..store.api import Account, InvalidName, Store
 from ..store.names import normalize_address, normalize_domain
 
@@ -105,11 +106,18 @@ class Router:
         return f"postmaster@{domain}"
 
     async def resolve(self, address: str) -> Resolution:
-        """Expand ``address`` to local accounts and remote addresses."""
+        """Expand ``address`` to local accounts and remote addresses.
+
+        The local part is compared in its least-quoted form: RFC 5321 4.1.2
+        makes ``"alice"@example.test`` the mailbox ``alice@example.test``,
+        while a quoted local part that is no Dot-string (``"a b"``) names
+        no account here. Case is compared as before (RFC 5321 2.4 leaves it
+        to this server).
+        """
         if address.lower() == "postmaster":
             address = await self.postmaster_address()
         try:
-            addr = normalize_address(address)
+            addr = normalize_address(canonical_address(address))
             domain = normalize_domain(addr.rpartition("@")[2])
         except InvalidName:
             return Resolution(address, Verdict.INVALID)
@@ -127,7 +135,7 @@ class Router:
     async def _expand(self, addr: str, depth: int, seen: set[str], out: Resolution) -> bool:
         """Add ``addr``'s destinations to ``out``; False if ``addr`` is a local
         address that names nothing."""
-        key = addr.lower()
+        key = canonical_address(addr).lower()
         if key in seen:
             return True  # a loop back to an address already being expanded: nothing new
         seen.add(key)

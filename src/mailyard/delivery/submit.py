@@ -1,21 +1,28 @@
-"""Submitting a message as an authenticated user: one path for port 587 and webmail.
+"""Accepting a message: the one path every way in uses (the MX port, the
+submission ports 587 / 465, and webmail).
 
-RFC 6409 (Message Submission) asks the submission server to check and complete
-what a user agent hands it. Webmail and the SMTP submission glue both call
-``submit_message`` so the same policy applies whichever way a user sends:
+``accept_message`` takes a message whose recipients are resolved already
+and makes it durable: the local copies and the outbound queue entry in one
+commit. For a message an authenticated user submits, it first applies the
+submission policy (RFC 6409), so that whichever way a user sends, the same
+rules apply:
 
-- the user may only send as addresses they own (RFC 6409 4.3 / 8: the MSA may
-  enforce the sender): the From (and Sender) header addresses and the
-  reverse-path must be the account's address or an alias that leads to it;
-- a missing Date or Message-ID is added (RFC 6409 8.2 and 8.3, policy/submission.py);
-- Bcc is never disclosed (RFC 5322 3.6.3): the caller passes the bytes to
-  send (``to_bytes(msg, strip_bcc=True)``) and the recipients separately;
-- a Received field records the submission (RFC 5321 4.4);
-- every recipient goes through the router: local accounts get the message in
-  one durable commit via ``deliver_local``, remote addresses go to the
-  outbound queue (``delivery/queue.py``), local copies and the queue entry in
-  one durable commit. Recipients are all resolved before anything is
-  delivered: a submission either goes to all its recipients or to none.
+- the user may only send as addresses they own (RFC 6409 4.3 and 8 let the
+  MSA enforce the sender): the reverse-path and the From / Sender (and
+  Resent-From / Resent-Sender) header addresses, by ``SenderRule`` in
+  policy/submission.py; a refusal raises ``SenderNotAllowed`` carrying the
+  policy's verdict, which the SMTP glue answers with ``550 5.7.1`` and
+  webmail shows as a form error, with the same reason;
+- a missing Date or Message-ID is added (RFC 6409 8.2 and 8.3);
+- the Received field names the authenticated user (RFC 3848 ``with
+  ESMTPSA``/``ESMTPA`` and an ``(Authenticated sender: ...)`` comment, as
+  Postfix writes it).
+
+``submit_message`` is webmail's entry: it resolves the recipients through the
+router (all before anything is delivered: a submission goes to all its
+recipients or to none) and then calls ``accept_message``. Bcc is never
+disclosed (RFC 5322 3.6.3): the caller passes the bytes to send
+(``to_bytes(msg, strip_bcc=True)``) and the recipients separately.
 """
 
 from __future__ import annotations
@@ -29,18 +36,49 @@ from ..message.address import iter_mailboxes, parse_address_list
 from ..message.headers import split_fields
 from ..message.parse import split_header_body
 from ..message.trace import received_header
-from ..policy.submission import complete_message, sender_allowed
+from ..policy.submission import AddressOwners, SenderRefused, SenderRule, complete_message
 from ..store.api import Account
+from ..store.queue import NewRecipient
 from .local import deliver_local
 from .router import Verdict
 
 
 class SubmissionRefused(Exception):
-    """The message cannot be submitted; the text is fit to show the user."""
+    """The message cannot be accepted; the text is fit to show the user."""
 
     def __init__(self, message: str, recipients: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.recipients = list(recipients)
+
+
+class SenderNotAllowed(SubmissionRefused):
+    """The submission policy refused a sender address (``verdict`` says which and why)."""
+
+    def __init__(self, verdict: SenderRefused) -> None:
+        super().__init__(verdict.reason, [verdict.address])
+        self.verdict = verdict
+
+
+class RemoteUnavailable(SubmissionRefused):
+    """Remote recipients, but this server runs no outbound queue."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """What the Received field of this hop records (RFC 5321 4.4)."""
+
+    protocol: str  # the "with" keyword (message/trace.py with_protocol)
+    helo: str | None = None
+    ip: str | None = None
+    id: str | None = None
+    for_addr: str | None = None  # only for single-recipient transactions
+    tls_info: str | None = None
+
+
+@dataclass
+class Accepted:
+    data: bytes  # the message as accepted, Date/Message-ID completed (no trace)
+    queue_id: int | None = None
 
 
 @dataclass
@@ -49,6 +87,81 @@ class SubmitResult:
     local: list[str] = field(default_factory=list)
     remote: list[str] = field(default_factory=list)
     queue_id: int | None = None
+
+
+async def sender_rule(server: Any, account: Account) -> SenderRule:
+    """The account's sender ownership rule, with the router expanding aliases
+    and the store's grants (``mailyard user allow-from``)."""
+    router = server.router
+
+    async def expand(address: str) -> AddressOwners | None:
+        resolution = await router.resolve(address)
+        if resolution.verdict is Verdict.REMOTE:
+            return None
+        if resolution.verdict is not Verdict.LOCAL:
+            return AddressOwners(frozenset(), elsewhere=True)
+        return AddressOwners(
+            frozenset(a.id for a in resolution.accounts),
+            elsewhere=bool(resolution.remote or resolution.dead),
+        )
+
+    return SenderRule(account, expand, await server.store.allowed_senders(account.id))
+
+
+async def accept_message(
+    server: Any,
+    data: bytes,
+    reverse_path: str,
+    accounts: Sequence[Account],
+    remote: Sequence[str | NewRecipient],
+    *,
+    trace: Trace,
+    account: Account | None = None,
+    envid: str | None = None,
+    ret: str | None = None,
+    smtputf8: bool = False,
+) -> Accepted:
+    """Accept ``data`` for the local ``accounts`` and the ``remote`` recipients.
+
+    ``account`` is the authenticated submitter (None on the MX port): then
+    the submission policy applies first (see module doc). Raises
+    ``SenderNotAllowed`` or ``RemoteUnavailable`` without storing anything,
+    ``StorageFull`` (store/api.py) when the disk is full. Returns when the
+    message is durable (DESIGN.md "Durability").
+    """
+    auth_user = None
+    if account is not None:
+        rule = await sender_rule(server, account)
+        verdict = await rule.check_header(data) or await rule.check_reverse_path(reverse_path)
+        if verdict is not None:
+            raise SenderNotAllowed(verdict)
+        # RFC 6409 8.2, 8.3: complete a missing Message-ID and Date.
+        data, _added = complete_message(data, server.config.server.hostname)
+        auth_user = account.address
+    queue = getattr(server, "queue", None)
+    if remote and queue is None:
+        raise RemoteUnavailable(
+            "sending to other domains is not available (no outbound queue): "
+            + ", ".join(r.address if isinstance(r, NewRecipient) else r for r in remote),
+            [r.address if isinstance(r, NewRecipient) else r for r in remote],
+        )
+    received = received_header(
+        by=server.config.server.hostname, helo=trace.helo, ip=trace.ip, protocol=trace.protocol,
+        id=trace.id, for_addr=trace.for_addr, tls_info=trace.tls_info, auth_user=auth_user,
+        ts=time.time(),
+    )
+    directory = getattr(server.router, "directory", None)
+    inbox_id = directory.inbox_id if directory is not None else None
+    queue_id = None
+    if remote:
+        # Local copies and the queue entry in one durable commit (store/queue.py).
+        queue_id = await queue.enqueue(  # type: ignore[union-attr]
+            received + data, reverse_path, remote, accounts=accounts, inbox_id=inbox_id,
+            envid=envid, ret=ret, smtputf8=smtputf8,
+        )
+    elif accounts:
+        await deliver_local(server.store, received + data, reverse_path, accounts, inbox_id=inbox_id)
+    return Accepted(data, queue_id)
 
 
 def _header_addresses(fields: list[tuple[str, bytes]], name: str) -> list[str]:
@@ -74,8 +187,9 @@ async def submit_message(
     """Check and deliver a message submitted by ``account`` (see module doc).
 
     ``data`` is the message as it will be sent (Bcc already stripped);
-    ``recipients`` the forward-paths (To + Cc + Bcc). Raises
-    ``SubmissionRefused`` without delivering anything when a check fails.
+    ``recipients`` the forward-paths (To + Cc + Bcc); ``reverse_path`` by
+    default the first From address. Raises ``SubmissionRefused`` without
+    delivering anything when a check fails.
     """
     if not recipients:
         raise SubmissionRefused("the message has no recipients")
@@ -86,21 +200,10 @@ async def submit_message(
         raise SubmissionRefused(
             f"the message is too large (at most {server.config.smtp.max_message_size} octets)"
         )
-    store = server.store
-    header, _body = split_header_body(data)
-    fields = split_fields(header)
-    senders = _header_addresses(fields, "from") + _header_addresses(fields, "sender")
-    if not senders:
-        raise SubmissionRefused("the message has no From address")
-    foreign = [a for a in senders if not await sender_allowed(store, account, a)]
-    if foreign:
-        raise SubmissionRefused(f"you may not send as {', '.join(foreign)}", foreign)
-    reverse_path = senders[0] if reverse_path is None else reverse_path
-    if not await sender_allowed(store, account, reverse_path):
-        raise SubmissionRefused(f"you may not use the envelope sender {reverse_path}", [reverse_path])
-
-    # RFC 6409 8.2, 8.3: the same completion the submission port does.
-    data, _added = complete_message(data, server.config.server.hostname)
+    if reverse_path is None:
+        header, _body = split_header_body(data)
+        senders = _header_addresses(split_fields(header), "from")
+        reverse_path = senders[0] if senders else account.address
 
     # Resolve every recipient before delivering to any.
     accounts: list[Account] = []
@@ -119,24 +222,10 @@ async def submit_message(
             bad.append(rcpt)
     if bad:
         raise SubmissionRefused(f"no such recipient: {', '.join(bad)}", bad)
-    queue = getattr(server, "queue", None)
-    if remote and queue is None:
-        raise SubmissionRefused(
-            f"sending to other domains is not available (no outbound queue): {', '.join(remote)}",
-            remote,
-        )
 
     hostname = server.config.server.hostname
-    trace = received_header(
-        by=hostname, helo=helo or hostname, ip=client_ip, protocol=protocol, ts=time.time(),
+    accepted = await accept_message(
+        server, data, reverse_path, accounts, remote, account=account,
+        trace=Trace(protocol=protocol, helo=helo or hostname, ip=client_ip),
     )
-    directory = getattr(server.router, "directory", None)
-    inbox_id = directory.inbox_id if directory is not None else None
-    queue_id = None
-    if remote:
-        # Local copies and the queue entry in one durable commit, as port 587 does.
-        queue_id = await queue.enqueue(trace + data, reverse_path, remote,  # type: ignore[union-attr]
-                                       accounts=accounts, inbox_id=inbox_id)
-    elif accounts:
-        await deliver_local(store, trace + data, reverse_path, accounts, inbox_id=inbox_id)
-    return SubmitResult(data, local, remote, queue_id)
+    return SubmitResult(accepted.data, local, remote, accepted.queue_id)

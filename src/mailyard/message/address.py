@@ -37,6 +37,7 @@ __all__ = [
     "Mailbox",
     "canonical_address",
     "canonical_domain",
+    "canonical_local_part",
     "format_address",
     "is_valid_addr_spec",
     "is_valid_domain",
@@ -262,13 +263,34 @@ def canonical_domain(domain: str) -> str:
     return domain
 
 
+def canonical_local_part(local: str) -> str:
+    """The local part with the least quoting (RFC 5321 4.1.2).
+
+    RFC 5321 4.1.2: "all quoted forms MUST be treated as equivalent" when
+    local parts are compared, and the minimum quoting possible is the one to
+    send. So a Quoted-string whose content is a valid Dot-string is that
+    Dot-string (``"alice"`` and ``"al\\ice"`` are ``alice``); any other
+    Quoted-string keeps its quotes, with only ``\\`` and ``"`` escaped inside
+    (``"a b"``). Case is kept (RFC 5321 2.4); anything not a Quoted-string is
+    returned unchanged.
+    """
+    if len(local) < 2 or not _QUOTED_UTF8.fullmatch(local):
+        return local
+    content = _QUOTED_PAIR.sub(r"\1", local[1:-1])
+    if _DOT_ATOM_UTF8.fullmatch(content):
+        return content
+    return '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def canonical_address(addr: str) -> str:
     """The form addresses are compared and stored in (see module docstring).
 
     RFC 5321 4.5.1: "postmaster" is case-insensitive; other local parts are
-    kept as written (RFC 5321 2.4).
+    kept as written (RFC 5321 2.4) except for quoting, which is reduced to the
+    minimum (``canonical_local_part``, RFC 5321 4.1.2).
     """
     local, domain = split_address(addr)
+    local = canonical_local_part(local)
     if local.lower() == "postmaster":
         local = "postmaster"
     if not domain:
@@ -285,6 +307,7 @@ _DOT_ATOM_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(?:\.[{_ATEXT}\u0080-
 # quoted-pairSMTP = "\" %d32-126.
 _QUOTED_ASCII = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"')
 _QUOTED_UTF8 = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"')
+_QUOTED_PAIR = re.compile(r"\\([\x20-\x7e])")
 # sub-domain = Let-dig [Ldh-str]
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
 # General-address-literal = Standardized-tag ":" 1*dcontent

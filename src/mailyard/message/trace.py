@@ -78,19 +78,24 @@ def received_header(
     id: str | None = None,
     for_addr: str | None = None,
     tls_info: str | None = None,
+    auth_user: str | None = None,
     ts: float | None = None,
 ) -> bytes:
     """A Received field in RFC 5321 4.4 form::
 
         Received: from HELO (rDNS [IP])
-                by HOST with ESMTPS id ID
+                (Authenticated sender: alice@example.test)
+                by HOST with ESMTPSA id ID
                 for <addr>; Fri, 21 Nov 1997 10:05:43 -0600
 
     ``helo`` is the client's HELO/EHLO argument, ``rdns`` the verified
     reverse-DNS name of ``ip`` (RFC 5321 4.4 TCP-info), ``protocol`` the
     ``with`` value (see ``with_protocol``), ``for_addr`` the one recipient
     (callers pass it only for single-recipient transactions, for privacy),
-    ``tls_info`` an optional comment such as ``TLSv1.3 TLS_AES_256_GCM_SHA384``.
+    ``tls_info`` an optional comment such as ``TLSv1.3 TLS_AES_256_GCM_SHA384``,
+    ``auth_user`` the account that authenticated (RFC 4954 / RFC 6409
+    submission), named in a comment as Postfix writes it, so a recipient can
+    tell which user sent the message (RFC 3848 marks the ``with`` type ``A``).
     Each clause goes on its own folded line (RFC 5322 2.2.3).
     """
     lines: list[str] = []
@@ -104,6 +109,8 @@ def received_header(
         if tcp_info:
             clause += " (" + " ".join(tcp_info) + ")"
         lines.append(clause)
+    if auth_user:
+        lines.append("(Authenticated sender: " + _safe_comment(auth_user) + ")")
     by_clause = f"by {_safe(by)}"
     if tls_info:
         by_clause += " (" + _safe_comment(tls_info) + ")"

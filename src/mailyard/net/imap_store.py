@@ -1,37 +1,41 @@
 """The IMAP backend over the store (protocols/imap/backend.py `ImapBackend`).
 
-One `StoreBackend` per logged-in IMAP session, bound to its account: the
-IMAP layer names mailboxes by name or by the id `get_mailbox` gave it, and
-this adapter adds the account. Store exceptions become the backend's where
-IMAP answers them in its own words (OVERQUOTA, ALREADYEXISTS, CANNOT); other
-StoreErrors are answered NO with their text (session.ImapConfig.failures).
+One `StoreBackend` per logged-in IMAP session, bound to its account. The
+IMAP layer names a mailbox by name, or by the record `get_mailbox` gave it:
+a store ``Mailbox``, which is the ``MailboxRef`` every store call checks
+(owner and UIDVALIDITY, store/api.py), so it is passed through as it is.
 
-The methods that FETCH calls per message (read_message, get_derived) are the
-store's own where no translation is needed, so the adapter adds no
-coroutine per message to the eager FETCH path.
+Store exceptions become the backend's where IMAP answers them in its own
+words: MailboxGone (the selected mailbox deleted: BYE), StorageFull
+(OVERQUOTA), AlreadyExists (ALREADYEXISTS), InvalidName (CANNOT). Other
+StoreErrors are answered NO with their text (session.ImapConfig.failures).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import wraps
+from typing import Any, TypeVar
 
-from ..protocols.imap.backend import (
-    BadMailboxName,
-    MailboxExists,
-    NewMessage,
-    NoSpace,
-    NoSuchMailbox,
-)
-from ..store.api import (
-    Account,
-    AlreadyExists,
-    AppendItem,
-    InvalidName,
-    Mailbox,
-    NotFound,
-    StorageFull,
-    Store,
-)
+from ..protocols.imap import backend as b
+from ..protocols.imap.backend import NewMessage
+from ..store import api as store_api
+from ..store.api import Account, AppendItem, Mailbox, Store
+
+T = TypeVar("T")
+
+
+def _checked(call: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """A store coroutine whose MailboxGone reaches IMAP as the backend's."""
+
+    @wraps(call)
+    async def checked(*args: Any, **kw: Any) -> T:
+        try:
+            return await call(*args, **kw)
+        except store_api.MailboxGone as exc:
+            raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+
+    return checked
 
 
 class StoreBackend:
@@ -41,21 +45,30 @@ class StoreBackend:
         self.store = store
         self.account = account
         self.account_id = account.id
-        # read paths without translation: the store's coroutines themselves
-        self.get_mailbox_by_id = store.get_mailbox_by_id
-        self.mailbox_summary = store.mailbox_summary
-        self.list_messages = store.list_messages
-        self.changes_since = store.changes_since
-        self.get_derived = store.get_derived
-        self.mailbox_status = store.mailbox_status
-        self.search_headers = store.search_headers
-        self.search_text = store.search_text
-        self.store_flags = store.store_flags
-        self.expunge = store.expunge
+        # calls on one mailbox's messages: the store's, with MailboxGone translated
+        self.mailbox_summary = _checked(store.mailbox_summary)
+        self.list_messages = _checked(store.list_messages)
+        self.changes_since = _checked(store.changes_since)
+        self.get_derived = _checked(store.get_derived)
+        self.mailbox_status = _checked(store.mailbox_status)
+        self.search_headers = _checked(store.search_headers)
+        self.search_text = _checked(store.search_text)
+        self.store_flags = _checked(store.store_flags)
+        self.expunge = _checked(store.expunge)
+
+    # --- validity ------------------------------------------------------------------
+    def account_current(self) -> bool:
+        return self.store.credentials_current(self.account_id, self.account.epoch)
+
+    def mailbox_current(self, mailbox: Mailbox) -> bool:
+        return self.store.mailbox_current(mailbox)
 
     # --- mailboxes -------------------------------------------------------------
     async def get_mailbox(self, name: str) -> Mailbox | None:
         return await self.store.get_mailbox(self.account_id, name)
+
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
+        return await self.store.get_mailbox_by_id(self.account_id, mailbox_id)
 
     async def list_mailboxes(self) -> list[Mailbox]:
         return await self.store.list_mailboxes(self.account_id)
@@ -63,20 +76,20 @@ class StoreBackend:
     async def create_mailbox(self, name: str, special_use: str | None = None) -> None:
         try:
             await self.store.create_mailbox(self.account_id, name, special_use)
-        except AlreadyExists as exc:
-            raise MailboxExists(str(exc)) from exc
-        except InvalidName as exc:
-            raise BadMailboxName(str(exc)) from exc
+        except store_api.AlreadyExists as exc:
+            raise b.MailboxExists(str(exc)) from exc
+        except store_api.InvalidName as exc:
+            raise b.BadMailboxName(str(exc)) from exc
 
     async def rename_mailbox(self, old: str, new: str) -> None:
         try:
             await self.store.rename_mailbox(self.account_id, old, new)
-        except AlreadyExists as exc:
-            raise MailboxExists(str(exc)) from exc
-        except InvalidName as exc:
-            raise BadMailboxName(str(exc)) from exc
-        except NotFound as exc:
-            raise NoSuchMailbox(str(exc)) from exc
+        except store_api.AlreadyExists as exc:
+            raise b.MailboxExists(str(exc)) from exc
+        except store_api.InvalidName as exc:
+            raise b.BadMailboxName(str(exc)) from exc
+        except store_api.NotFound as exc:
+            raise b.NoSuchMailbox(str(exc)) from exc
 
     async def delete_mailbox(self, name: str) -> None:
         await self.store.delete_mailbox(self.account_id, name)
@@ -84,40 +97,47 @@ class StoreBackend:
     async def set_subscribed(self, name: str, subscribed: bool) -> None:
         try:
             await self.store.set_subscribed(self.account_id, name, subscribed)
-        except InvalidName as exc:
-            raise BadMailboxName(str(exc)) from exc
+        except store_api.InvalidName as exc:
+            raise b.BadMailboxName(str(exc)) from exc
 
     async def list_subscriptions(self) -> list[str]:
         return await self.store.list_subscriptions(self.account_id)
 
-    async def claim_recent(self, mailbox_id: int, claim: bool = True) -> int:
+    async def claim_recent(self, mailbox: Mailbox, claim: bool = True) -> int:
         try:
-            return await self.store.claim_recent(mailbox_id, claim=claim)
-        except StorageFull as exc:
-            raise NoSpace(str(exc)) from exc
+            return await self.store.claim_recent(mailbox, claim=claim)
+        except store_api.MailboxGone as exc:
+            raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+        except store_api.StorageFull as exc:
+            raise b.NoSpace(str(exc)) from exc
 
     # --- messages ------------------------------------------------------------------
-    async def read_message(self, mailbox_id: int, uid: int) -> bytes | None:
+    async def read_message(self, mailbox: Mailbox, uid: int) -> bytes | None:
         try:
-            return await self.store.read_message(mailbox_id, uid)
-        except NotFound:
+            return await self.store.read_message(mailbox, uid)
+        except store_api.MailboxGone as exc:
+            raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+        except store_api.NotFound:
             return None  # expunged by another session
 
     async def copy_messages(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, move: bool = False
+        self, src: Mailbox, uids: Sequence[int], dst: Mailbox, move: bool = False
     ) -> list[tuple[int, int]]:
         try:
-            return await self.store.copy_messages(src_mailbox_id, uids, dst_mailbox_id, move=move)
-        except StorageFull as exc:
-            raise NoSpace(str(exc)) from exc
+            return await self.store.copy_messages(src, uids, dst, move=move)
+        except store_api.MailboxGone as exc:
+            raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+        except store_api.StorageFull as exc:
+            raise b.NoSpace(str(exc)) from exc
 
-    async def append_messages(self, mailbox_id: int, items: Sequence[NewMessage]) -> list[int]:
+    async def append_messages(self, mailbox: Mailbox, items: Sequence[NewMessage]) -> list[int]:
         try:
             return await self.store.append_many(
-                mailbox_id, [AppendItem(m.data, m.flags, m.internal_date) for m in items])
-        except StorageFull as exc:
-            raise NoSpace(str(exc)) from exc
+                mailbox, [AppendItem(m.data, m.flags, m.internal_date) for m in items])
+        except store_api.MailboxGone as exc:
+            raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+        except store_api.StorageFull as exc:
+            raise b.NoSpace(str(exc)) from exc
 
     def watch(self, callback: Callable[[int], None]) -> Callable[[], None]:
         return self.store.add_listener(callback)
-

@@ -121,7 +121,7 @@ class MaildropCache:
             box = _CachedMaildrop(mailbox.uid_validity)
             await self._relist(store, mailbox, box)
         elif box.modseq != mailbox.highest_modseq:
-            changes = await store.changes_since(mailbox.id, box.modseq)
+            changes = await store.changes_since(mailbox, box.modseq)
             grew = False
             for uid in changes.vanished:
                 if box.sizes.pop(uid, None) is not None:
@@ -152,7 +152,7 @@ class MaildropCache:
         # The modseq is read before the listing: a change racing with it shows
         # up again in the next changes_since, and applying it twice is harmless.
         box.modseq = mailbox.highest_modseq
-        infos = await store.list_messages(mailbox.id)
+        infos = await store.list_messages(mailbox)
         box.sizes = {m.uid: m.size for m in infos}
         box.listing = None
 
@@ -163,7 +163,7 @@ class MaildropCache:
             return
         for i, uid in enumerate(reversed(unchecked)):
             try:
-                data = await store.read_message(mailbox.id, uid)
+                data = await store.read_message(mailbox, uid)
             except NotFound:
                 continue  # expunged meanwhile; the next changes_since drops it
             size = len(pop3_message_bytes(data))
@@ -285,6 +285,11 @@ class POP3Session(SessionProtocol):
     def pump(self) -> Coroutine[Any, Any, None] | None:
         engine = self.engine
         assert engine is not None
+        account = self.account
+        if account is not None and not self.store.credentials_current(account.id, account.epoch):
+            # checked before the engine answers the commands just received
+            # (it answers STAT, LIST, DELE... from the listing it holds)
+            engine.withdraw("account removed or password changed")
         while True:
             event = engine.next_event()
             if event is NEED_DATA:
@@ -343,7 +348,7 @@ class POP3Session(SessionProtocol):
         if isinstance(event, RetrieveMessage):
             assert self.mailbox is not None
             try:
-                data = await self.store.read_message(self.mailbox.id, event.key)
+                data = await self.store.read_message(self.mailbox, event.key)
             except NotFound:
                 engine.message_unavailable()
             else:
@@ -495,7 +500,7 @@ class POP3Session(SessionProtocol):
         if event.keys:
             assert self.mailbox is not None and self.account is not None
             try:
-                removed = await self.store.expunge(self.mailbox.id, sorted(event.keys))
+                removed = await self.store.expunge(self.mailbox, sorted(event.keys))
                 log.info("pop3 quit user=%s deleted=%d", self.account.address, len(removed))
             except Exception:
                 log.exception("pop3: expunge for %s failed", self.account.address)

@@ -18,11 +18,16 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ..auth import sasl
-from ..delivery.local import deliver_local
 from ..delivery.router import Resolution, Verdict
-from ..message.trace import received_header, with_protocol
+from ..delivery.submit import (
+    RemoteUnavailable,
+    SenderNotAllowed,
+    Trace,
+    accept_message,
+    sender_rule,
+)
+from ..message.trace import with_protocol
 from ..policy.relay import rcpt_reply, routing_trick, trick_reply
-from ..policy.submission import complete_message, sender_allowed
 from ..protocols.smtp.events import (
     NEED_DATA,
     AuthCancelled,
@@ -203,20 +208,30 @@ class SMTPSession(SessionProtocol):
 
     async def handle(self, event: object) -> None:
         engine = self.engine
+        account = self.account
+        if account is not None and not self.server.store.credentials_current(account.id, account.epoch):
+            # The account was removed or its password changed since AUTH: the
+            # session ends (RFC 5321 3.8: 421, and the server closes), so no
+            # further message is submitted under the old credentials.
+            log.info("smtp: ending session of %s: account removed or password changed", account.address)
+            engine.respond(Reply(421, "4.7.0", "Account removed or password changed, closing connection"))
+            return
         if isinstance(event, HeloReceived):
             self.helo = event.name
             engine.accept()
         elif isinstance(event, MailFromReceived):
             self.resolutions.clear()
-            if self.account is not None and not await sender_allowed(
-                self.server.store, self.account, event.reverse_path
-            ):
-                # RFC 6409 4.3 / RFC 4954 6 style: the user may not send as this address.
+            verdict = None
+            if self.account is not None:
+                rule = await sender_rule(self.server, self.account)
+                verdict = await rule.check_reverse_path(event.reverse_path)
+            if verdict is not None:
+                # RFC 6409 4.3, RFC 5321 4.2.2 553: the user may not send as this address.
                 log.warning(
                     "smtp submission refused MAIL FROM <%s> for user=%s ip=%s",
-                    event.reverse_path[:200], self.account.address, self.peer_ip,
+                    event.reverse_path[:200], self.account.address if self.account else "", self.peer_ip,
                 )
-                engine.respond(Reply(553, "5.7.1", f"<{event.reverse_path}>: sender address not owned by {self.account.address}"))
+                engine.respond(Reply(553, "5.7.1", verdict.reason))
             else:
                 engine.accept()
         elif isinstance(event, RcptToReceived):
@@ -355,40 +370,34 @@ class SMTPSession(SessionProtocol):
                 for addr in resolution.remote:
                     remote.append(NewRecipient(addr, rcpt.notify if rcpt else None, rcpt.orcpt if rcpt else None))
         queue_id = f"{_QUEUE_PREFIX}{next(_queue_counter):08x}"
-        data = event.data
-        if self.submission and self.account is not None:
-            # RFC 6409 8.2, 8.3: complete a missing Message-ID and Date.
-            data, added = complete_message(data, self.server.config.server.hostname)
-            if added:
-                log.info("submission %s: added %s", queue_id, ", ".join(added))
-        trace = received_header(
-            helo=self.helo,
-            ip=self.peer_ip,
-            by=self.server.config.server.hostname,
+        trace = Trace(
             # RFC 3848: ESMTP + S (TLS) + A (authenticated)
             protocol=with_protocol(tls=self.tls, auth=self.account is not None),
+            helo=self.helo,
+            ip=self.peer_ip,
             id=queue_id,
             for_addr=event.forward_paths[0] if len(event.forward_paths) == 1 else None,
             tls_info=self._tls_info(),
         )
-        queue = self._queue()
-        if remote and queue is None:
-            return Reply(451, "4.4.0", "Remote delivery is not available yet")
+        mail = event.mail
         try:
-            if remote:
-                # Local copies and the queue entry in one durable commit (store/queue.py).
-                mail = event.mail
-                await queue.enqueue(
-                    trace + data, event.reverse_path, remote,
-                    accounts=accounts, inbox_id=self.server.router.directory.inbox_id,
-                    envid=mail.envid if mail else None, ret=mail.ret if mail else None,
-                    smtputf8=bool(mail and mail.smtputf8),
-                )
-            elif accounts:
-                await deliver_local(
-                    self.server.store, trace + data, event.reverse_path, accounts,
-                    inbox_id=self.server.router.directory.inbox_id,
-                )
+            # The one acceptance path (delivery/submit.py): the submission
+            # policy when a user authenticated, then one durable commit.
+            await accept_message(
+                self.server, event.data, event.reverse_path, accounts, remote,
+                trace=trace, account=self.account,
+                envid=mail.envid if mail else None, ret=mail.ret if mail else None,
+                smtputf8=bool(mail and mail.smtputf8),
+            )
+        except SenderNotAllowed as exc:
+            log.warning(
+                "smtp submission %s refused for user=%s ip=%s: %s",
+                queue_id, self.account.address if self.account else "", self.peer_ip, exc.verdict.reason,
+            )
+            # RFC 5321 4.2.2 550, RFC 3463 5.7.1: delivery not authorized.
+            return Reply(550, "5.7.1", exc.verdict.reason)
+        except RemoteUnavailable:
+            return Reply(451, "4.4.0", "Remote delivery is not available yet")
         except StorageFull:
             log.error("delivery %s refused: storage full", queue_id)
             return Reply(452, "4.3.1", "Insufficient system storage, try again later")

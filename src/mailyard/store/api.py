@@ -28,7 +28,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 # RFC 6154 special-use mailboxes created with every account, besides INBOX.
 SPECIAL_USE_MAILBOXES: tuple[tuple[str, str], ...] = (
@@ -63,6 +63,33 @@ class StorageFull(StoreError):
     """The disk is full or a quota is reached; nothing was written."""
 
 
+class MailboxGone(NotFound):
+    """A session's reference to a mailbox is no longer good: the mailbox was
+    deleted (or its account removed), belongs to another account, or has
+    another UIDVALIDITY. Nothing was read or written."""
+
+    def __init__(self, mailbox_id: int, text: str = "the mailbox no longer exists") -> None:
+        super().__init__(text)
+        self.mailbox_id = mailbox_id
+
+
+class MailboxRef(Protocol):
+    """What a session holds of a mailbox, and what every store call on a
+    mailbox's messages takes: its id, its owner and its UIDVALIDITY. The
+    store checks all three on each call (``MailboxGone`` otherwise), so a
+    stale or foreign reference never reaches another mailbox's data.
+    ``Mailbox`` is one."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def account_id(self) -> int: ...
+
+    @property
+    def uid_validity(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     id: int
@@ -70,6 +97,7 @@ class Account:
     password_hash: str  # argon2id (auth/passwords.py)
     apop_secret: str | None = None  # clear shared secret for APOP (RFC 1939 section 7)
     scram_sha256: str | None = None  # RFC 5803 form: "iterations:salt:StoredKey:ServerKey"
+    epoch: int = 0  # moves with every password change (credentials_current)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +225,12 @@ def derive_record(raw: bytes) -> DerivedRecord:
 
 
 class Store(abc.ABC):
-    """Backend-independent store API. All methods are coroutines."""
+    """Backend-independent store API. All methods are coroutines but the two
+    per-command validity checks and ``add_listener``.
+
+    Every call on a mailbox's messages takes the session's ``MailboxRef`` and
+    raises ``MailboxGone`` unless that mailbox still exists with that owner
+    and UIDVALIDITY; ids of accounts, mailboxes and bodies are never reused."""
 
     # Moves whenever this process changes domains, accounts, aliases or lists,
     # so caches of directory lookups (delivery/router.py) know to forget.
@@ -254,7 +287,40 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def remove_account(self, address: str) -> None:
-        """Remove an account with all its mailboxes and messages."""
+        """Remove an account with all its mailboxes and messages; its id is
+        never given to another account, and its sessions end
+        (``credentials_current`` turns False)."""
+
+    @abc.abstractmethod
+    def credentials_current(self, account_id: int, epoch: int) -> bool:
+        """Whether a session that logged in to ``account_id`` under credential
+        ``epoch`` may go on: False once the account is removed or its password
+        changed (``set_password``), whichever process did it.
+
+        Not a coroutine: every protocol asks it before every command, and it
+        is answered from memory unless something was revoked since."""
+
+    @abc.abstractmethod
+    def mailbox_current(self, mailbox: MailboxRef) -> bool:
+        """Whether ``mailbox`` still exists with this owner and UIDVALIDITY
+        (what every call taking a MailboxRef checks); answered from memory
+        unless something was revoked since."""
+
+    # --- sender grants ----------------------------------------------------
+    @abc.abstractmethod
+    async def allow_senders(self, address: str, patterns: Sequence[str]) -> list[str]:
+        """Let the account ``address`` also send as ``patterns`` (addresses, or
+        patterns where ``*`` is any run of characters; store/names.py
+        ``normalize_sender_pattern``); returns the account's grants."""
+
+    @abc.abstractmethod
+    async def disallow_senders(self, address: str, patterns: Sequence[str] = ()) -> list[str]:
+        """Withdraw some grants (all of them when ``patterns`` is empty);
+        returns the account's remaining grants."""
+
+    @abc.abstractmethod
+    async def allowed_senders(self, account_id: int) -> list[str]:
+        """The account's sender grants, sorted."""
 
     # --- aliases and lists ------------------------------------------------
     @abc.abstractmethod
@@ -301,7 +367,8 @@ class Store(abc.ABC):
         """Look a mailbox up by name; "INBOX" is matched case-insensitively."""
 
     @abc.abstractmethod
-    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
+    async def get_mailbox_by_id(self, account_id: int, mailbox_id: int) -> Mailbox | None:
+        """The mailbox with this id if it belongs to ``account_id``, else None."""
 
     @abc.abstractmethod
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
@@ -324,7 +391,7 @@ class Store(abc.ABC):
         moves the subscription, deleting a mailbox ends it."""
 
     @abc.abstractmethod
-    async def claim_recent(self, mailbox_id: int, claim: bool = True) -> int:
+    async def claim_recent(self, mailbox: MailboxRef, claim: bool = True) -> int:
         """RFC 3501 2.3.2 \\Recent: return the highest UID already claimed by
         some session; messages above it are \\Recent for the caller. With
         ``claim`` every present message becomes claimed (SELECT, or new
@@ -336,7 +403,7 @@ class Store(abc.ABC):
         """Every subscribed name of an account, existing as a mailbox or not."""
 
     @abc.abstractmethod
-    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
+    async def mailbox_status(self, mailbox: MailboxRef) -> MailboxStatus: ...
 
     # --- messages ---------------------------------------------------------
     @abc.abstractmethod
@@ -349,42 +416,41 @@ class Store(abc.ABC):
 
     async def append(
         self,
-        mailbox_id: int,
+        mailbox: MailboxRef,
         data: bytes,
         flags: Iterable[str] = (),
         internal_date: float | None = None,
     ) -> int:
         """Add a message to one mailbox (IMAP APPEND); returns its UID."""
-        target = DeliveryTarget(mailbox_id, b"", frozenset(flags), internal_date)
-        (uid,) = await self.deliver(data, [target])
+        (uid,) = await self.append_many(mailbox, [AppendItem(data, frozenset(flags), internal_date)])
         return uid
 
     @abc.abstractmethod
-    async def append_many(self, mailbox_id: int, items: Sequence[AppendItem]) -> list[int]:
+    async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem]) -> list[int]:
         """Add several messages to one mailbox in one atomic, durable write
         (RFC 3502 MULTIAPPEND: all or none); returns their UIDs in order."""
 
     @abc.abstractmethod
-    async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
+    async def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
         """All messages of a mailbox in ascending UID order."""
 
     @abc.abstractmethod
-    async def mailbox_summary(self, mailbox_id: int) -> MailboxSummary:
+    async def mailbox_summary(self, mailbox: MailboxRef) -> MailboxSummary:
         """The mailbox, its UIDs, keywords in use and first unseen message,
         consistent with each other (one snapshot); raises NotFound."""
 
     @abc.abstractmethod
-    async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
+    async def get_messages(self, mailbox: MailboxRef, uids: Sequence[int]) -> list[MessageInfo]:
         """Index data of the given UIDs that exist, in ascending UID order."""
 
     @abc.abstractmethod
-    async def read_message(self, mailbox_id: int, uid: int) -> bytes:
+    async def read_message(self, mailbox: MailboxRef, uid: int) -> bytes:
         """The exact bytes of a message (trace prefix + body)."""
 
     @abc.abstractmethod
     async def store_flags(
         self,
-        mailbox_id: int,
+        mailbox: MailboxRef,
         uids: Sequence[int],
         flags: Iterable[str],
         mode: FlagMode,
@@ -394,22 +460,23 @@ class Store(abc.ABC):
         the UNCHANGEDSINCE test of RFC 7162 section 3.1.3)."""
 
     @abc.abstractmethod
-    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+    async def expunge(self, mailbox: MailboxRef, uids: Sequence[int]) -> list[int]:
         """Remove messages; returns the UIDs actually removed (ascending)."""
 
     @abc.abstractmethod
     async def copy_messages(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, move: bool = False
+        self, src: MailboxRef, uids: Sequence[int], dst: MailboxRef, move: bool = False
     ) -> list[tuple[int, int]]:
-        """Copy (or move) messages; returns (source UID, new UID) pairs (RFC 4315 COPYUID)."""
+        """Copy (or move) messages between two mailboxes of one account;
+        returns (source UID, new UID) pairs (RFC 4315 COPYUID)."""
 
     @abc.abstractmethod
-    async def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
+    async def changes_since(self, mailbox: MailboxRef, modseq: int) -> Changes:
         """Messages changed and UIDs expunged after ``modseq`` (RFC 7162)."""
 
     @abc.abstractmethod
     async def get_derived(
-        self, mailbox_id: int, uids: Sequence[int], fields: Iterable[str] | None = None
+        self, mailbox: MailboxRef, uids: Sequence[int], fields: Iterable[str] | None = None
     ) -> dict[int, dict]:
         """Derived data of messages, computed once per body (``derive_record``)
         and stored (DESIGN.md "Message handling").
@@ -420,14 +487,14 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def search_headers(self, mailbox_id: int, field: str, text: str) -> set[int]:
+    async def search_headers(self, mailbox: MailboxRef, field: str, text: str) -> set[int]:
         """UIDs whose header has a field ``field`` (case-insensitive name)
         whose decoded value contains ``text`` (case-insensitive substring, RFC
         9051 6.4.4); an empty ``text`` matches every message having the field.
         Answered from the stored header fields, not by decoding messages."""
 
     @abc.abstractmethod
-    async def search_text(self, mailbox_id: int, text: str, where: Literal["body", "text"]) -> set[int]:
+    async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"]) -> set[int]:
         """UIDs whose body ("body": RFC 9051 SEARCH BODY) or header+body ("text":
         SEARCH TEXT) contains ``text`` (case-insensitive substring semantics),
         answered from the full-text index."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..message.address import canonical_local_part
 from .api import HIERARCHY_DELIMITER, InvalidName
 
 MAX_MAILBOX_NAME = 512
@@ -35,6 +36,28 @@ def normalize_address(address: str) -> str:
     if not at or not local or len(addr) > MAX_ADDRESS or any(ord(c) < 32 or c in "<>" for c in local):
         raise InvalidName(f"not an address: {address!r}")
     return f"{local}@{normalize_domain(domain)}"
+
+
+def normalize_sender_pattern(pattern: str) -> str:
+    """An address an account may also send as, or a pattern of them: ``*``
+    stands for any run of characters (``*@example.test``: every address of
+    the domain; ``noreply-*@example.test``). The domain is made canonical
+    where it has no ``*``, the local part gets its least-quoted form (RFC
+    5321 4.1.2)."""
+    text = pattern.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    local, at, domain = text.rpartition("@")
+    if (not at or not local or not domain or len(text) > MAX_ADDRESS
+            or any(ord(c) < 32 or ord(c) == 127 or c in "<>" for c in text)):
+        raise InvalidName(f"not an address or address pattern: {pattern!r}")
+    if "*" in domain:
+        if any(c.isspace() or c in "\\\"/" for c in domain):
+            raise InvalidName(f"not an address or address pattern: {pattern!r}")
+        domain = domain.rstrip(".").lower()
+    else:
+        domain = normalize_domain(domain)
+    return f"{canonical_local_part(local)}@{domain}"
 
 
 def check_mailbox_name(name: str) -> None:

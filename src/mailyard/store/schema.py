@@ -1,4 +1,4 @@
-"""SQLite schema of the embedded store (version 2).
+"""SQLite schema of the embedded store (version 3).
 
 Version 2 (additive; ``SQLiteStore`` migrates a version-1 data directory on
 open): the derived data of a body is split into ``body_derived`` (a small
@@ -7,9 +7,17 @@ record: ENVELOPE / BODYSTRUCTURE in IMAP syntax and as JSON, part offsets) and
 HEADER ...); the decoded text lives only in ``fts``. ``bodies.derived`` is now
 just the "indexed" marker. Subscriptions are by name in ``subscriptions``
 (RFC 9051 6.3.7: a name may be subscribed whether or not a mailbox exists).
+
+Version 3: ``accounts``, ``mailboxes`` and ``bodies`` take AUTOINCREMENT ids,
+so an id once handed out is never given to another row (sqlite_sequence keeps
+the high-water mark); sessions and webmail cookies hold these ids, and a reused
+one would point them at another user's data. ``accounts.epoch`` counts
+password changes: a session remembers the epoch it logged in under and ends
+when it moves. A version-2 directory is rebuilt in place on open
+(``SQLiteStore._migrate``), ids preserved.
 """
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -20,13 +28,14 @@ CREATE TABLE IF NOT EXISTS domains (
     name TEXT PRIMARY KEY COLLATE NOCASE
 );
 CREATE TABLE IF NOT EXISTS accounts (
-    id            INTEGER PRIMARY KEY,
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
     address       TEXT NOT NULL UNIQUE COLLATE NOCASE,
     domain        TEXT NOT NULL COLLATE NOCASE REFERENCES domains(name),
     password_hash TEXT NOT NULL,
     apop_secret   TEXT,
     scram_sha256  TEXT,
-    created       REAL NOT NULL
+    created       REAL NOT NULL,
+    epoch         INTEGER NOT NULL DEFAULT 0  -- version 3: moves with every password change
 );
 CREATE TABLE IF NOT EXISTS aliases (
     source TEXT NOT NULL COLLATE NOCASE,
@@ -42,7 +51,7 @@ CREATE TABLE IF NOT EXISTS list_members (
     PRIMARY KEY (list, member)
 );
 CREATE TABLE IF NOT EXISTS mailboxes (
-    id             INTEGER PRIMARY KEY,
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
     account_id     INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
     name           TEXT NOT NULL,
     uid_validity   INTEGER NOT NULL,
@@ -55,7 +64,7 @@ CREATE TABLE IF NOT EXISTS mailboxes (
 );
 -- One row per stored body; several messages (recipients, COPY) may share it.
 CREATE TABLE IF NOT EXISTS bodies (
-    id       INTEGER PRIMARY KEY,
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
     segment  INTEGER NOT NULL,
     offset   INTEGER NOT NULL,
     length   INTEGER NOT NULL,
@@ -113,6 +122,13 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
     name       TEXT NOT NULL,
     PRIMARY KEY (account_id, name)
+) WITHOUT ROWID;
+-- Addresses (or patterns, with *) an account may send as besides its own and
+-- its aliases, e.g. a shared role address (policy/submission.py).
+CREATE TABLE IF NOT EXISTS sender_grants (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    pattern    TEXT NOT NULL COLLATE NOCASE,
+    PRIMARY KEY (account_id, pattern)
 ) WITHOUT ROWID;
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(body_text, header_text, tokenize='trigram');
 """

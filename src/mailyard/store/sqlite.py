@@ -11,6 +11,7 @@ import asyncio
 import errno
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +32,8 @@ from .api import (
     FlagMode,
     InvalidName,
     Mailbox,
+    MailboxGone,
+    MailboxRef,
     MailboxStatus,
     MailboxSummary,
     MessageInfo,
@@ -41,8 +44,9 @@ from .api import (
     derive_record,
 )
 from .blobs import SegmentFiles
-from .names import check_mailbox_name, normalize_address, normalize_domain
+from .names import check_mailbox_name, normalize_address, normalize_domain, normalize_sender_pattern
 from .queue import QUEUE_SCHEMA, SQLiteQueueMixin
+from .revocation import RevocationSignal
 from .schema import SCHEMA, SCHEMA_VERSION
 from .writer import GroupCommitWriter, WriteContext
 
@@ -60,6 +64,17 @@ _MAILBOX_COLS = (
     " EXISTS(SELECT 1 FROM subscriptions s WHERE s.account_id = mailboxes.account_id AND s.name = mailboxes.name)"
 )
 _MESSAGE_COLS = "mailbox_id, uid, size, flags, internal_date, modseq"
+_ACCOUNT_COLS = "id, address, password_hash, apop_secret, scram_sha256, epoch"
+# Tables whose ids sessions hold (directly, or through a derived-data cache
+# keyed by body): version 3 gives them AUTOINCREMENT ids. For each, the
+# places where an id of a row deleted above max(id) may still be seen.
+_NEVER_REUSED: dict[str, tuple[str, ...]] = {
+    "accounts": ("SELECT max(account_id) FROM mailboxes", "SELECT max(account_id) FROM subscriptions"),
+    "mailboxes": ("SELECT max(mailbox_id) FROM messages", "SELECT max(mailbox_id) FROM expunged"),
+    "bodies": ("SELECT max(body_id) FROM messages", "SELECT max(body_id) FROM body_derived",
+               "SELECT max(body_id) FROM header_fields", "SELECT max(rowid) FROM fts"),
+}
+_CACHE_MAX = 100_000  # entries of each validity cache
 _META_KEYS = frozenset({"envelope", "bodystructure", "parts", "messages", "date", "size"})
 _IMAP_COLS = {"envelope_imap": "envelope", "bodystructure_imap": "bodystructure", "body_imap": "body"}
 
@@ -100,6 +115,12 @@ class SQLiteStore(SQLiteQueueMixin, Store):
         db_path = self.data_dir / "index.sqlite3"
         self._listeners: list[Callable[[int], None]] = []
         self._claim_locks: dict[int, asyncio.Lock] = {}  # claim_recent, per mailbox
+        # Validity caches (credentials_current, mailbox_current), dropped when
+        # any process sharing the directory revokes something.
+        self._revoked = RevocationSignal(self.data_dir / "revocations")
+        self._token = self._revoked.value()
+        self._live: dict[int, tuple[int, int]] = {}  # mailbox id -> (account id, UIDVALIDITY)
+        self._epochs: dict[int, int | None] = {}  # account id -> epoch, None: removed
         write_conn = self._connect(db_path)
         write_conn.executescript(SCHEMA)
         write_conn.executescript(QUEUE_SCHEMA)
@@ -130,6 +151,10 @@ class SQLiteStore(SQLiteQueueMixin, Store):
         version = int(c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
         if version >= SCHEMA_VERSION:
             return
+        # SQLite's table-rebuild procedure (lang_altertable.html, "Making
+        # other kinds of table schema changes"): foreign keys off, set
+        # outside the transaction, and checked before COMMIT.
+        c.execute("PRAGMA foreign_keys=OFF")
         c.execute("BEGIN IMMEDIATE")
         try:
             if version < 2:
@@ -145,12 +170,53 @@ class SQLiteStore(SQLiteQueueMixin, Store):
                 if "recent_uid" not in columns:
                     c.execute("ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 0")
                 c.execute("UPDATE mailboxes SET recent_uid = uid_next - 1")
+            if version < 3:
+                columns = {r[1] for r in c.execute("PRAGMA table_info(accounts)")}
+                if "epoch" not in columns:
+                    c.execute("ALTER TABLE accounts ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
+                for table, evidence in _NEVER_REUSED.items():
+                    SQLiteStore._autoincrement(c, table, evidence)
+                problems = c.execute("PRAGMA foreign_key_check").fetchall()
+                if problems:
+                    raise StoreError(f"store migration: foreign keys broken: {problems[:5]}")
             c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
             raise
+        finally:
+            c.execute("PRAGMA foreign_keys=ON")
         log.info("store: schema migrated from version %d to %d", version, SCHEMA_VERSION)
+
+    @staticmethod
+    def _autoincrement(c: sqlite3.Connection, table: str, evidence: Sequence[str]) -> None:
+        """Rebuild ``table`` with an AUTOINCREMENT id, inside the caller's
+        transaction (SQLite cannot ALTER a column into one): same columns,
+        same rows, same ids; then sqlite_sequence starts above every id the
+        table ever visibly used, so no id is handed out again."""
+        sql = c.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+        if "AUTOINCREMENT" not in sql.upper():
+            new_sql, n = re.subn(r"\bid(\s+)INTEGER\s+PRIMARY\s+KEY\b", r"id\1INTEGER PRIMARY KEY AUTOINCREMENT",
+                                 sql, count=1, flags=re.IGNORECASE)
+            if n != 1:
+                raise StoreError(f"store migration: unexpected definition of {table}: {sql}")
+            new_sql = re.sub(rf"^CREATE TABLE\s+(IF NOT EXISTS\s+)?\"?{table}\"?", f"CREATE TABLE {table}__v3",
+                             new_sql, count=1, flags=re.IGNORECASE)
+            indexes = [r[0] for r in c.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (table,)
+            )]
+            cols = ", ".join(f'"{r[1]}"' for r in c.execute(f"PRAGMA table_info({table})"))
+            c.execute(new_sql)
+            c.execute(f"INSERT INTO {table}__v3({cols}) SELECT {cols} FROM {table}")
+            c.execute(f"DROP TABLE {table}")
+            c.execute(f"ALTER TABLE {table}__v3 RENAME TO {table}")
+            for index_sql in indexes:
+                c.execute(index_sql)
+        high = c.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0
+        for query in evidence:
+            high = max(high, c.execute(query).fetchone()[0] or 0)
+        if c.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (high, table)).rowcount == 0:
+            c.execute("INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)", (table, high))
 
     def _connect(self, path: Path, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -167,12 +233,72 @@ class SQLiteStore(SQLiteQueueMixin, Store):
         return conn
 
     # --- plumbing ---------------------------------------------------------
-    async def _write(self, op: Callable[[sqlite3.Connection, WriteContext], Any], directory: bool = False) -> Any:
+    async def _write(
+        self, op: Callable[[sqlite3.Connection, WriteContext], Any], directory: bool = False, revoke: bool = False
+    ) -> Any:
         try:
             return await self._writer.submit(op)
         finally:
             if directory:
                 self.directory_version += 1
+            if revoke:
+                # after the commit: a reader refilling its cache now sees it
+                self._revoked.bump()
+
+    # --- validity of session references --------------------------------------
+    def _fresh(self) -> None:
+        """Drop the validity caches if any process revoked something since
+        they were filled (store/revocation.py). The token is read before the
+        database, so a revocation committed meanwhile is seen at the next call."""
+        token = self._revoked.value()
+        if token != self._token:
+            self._token = token
+            self._live.clear()
+            self._epochs.clear()
+
+    def credentials_current(self, account_id: int, epoch: int) -> bool:
+        self._fresh()
+        epochs = self._epochs
+        if account_id in epochs:
+            return epochs[account_id] == epoch
+        row = self._q1("SELECT epoch FROM accounts WHERE id = ?", (account_id,))
+        if len(epochs) >= _CACHE_MAX:
+            epochs.clear()
+        # a removed account is remembered as None: its id is never reused
+        epochs[account_id] = current = row[0] if row else None
+        return current == epoch
+
+    def mailbox_current(self, mailbox: MailboxRef) -> bool:
+        self._fresh()
+        key = self._live.get(mailbox.id)
+        if key is None:
+            row = self._q1("SELECT account_id, uid_validity FROM mailboxes WHERE id = ?", (mailbox.id,))
+            if row is None:
+                return False
+            if len(self._live) >= _CACHE_MAX:
+                self._live.clear()
+            # owner and UIDVALIDITY of an id never change; only deletion
+            # (which revokes) ends it
+            key = self._live[mailbox.id] = (row[0], row[1])
+        return key[0] == mailbox.account_id and key[1] == mailbox.uid_validity
+
+    def _owned(self, mailbox: MailboxRef) -> int:
+        """The id of ``mailbox`` for a read, after checking the reference.
+        A deletion racing with the read leaves it nothing to read: the rows go
+        with the mailbox and its id is never reused."""
+        if not self.mailbox_current(mailbox):
+            raise MailboxGone(mailbox.id)
+        return mailbox.id
+
+    @staticmethod
+    def _owned_w(c: sqlite3.Connection, mailbox: MailboxRef) -> int:
+        """The same check inside a write's transaction (atomic with the write)."""
+        if not c.execute(
+            "SELECT 1 FROM mailboxes WHERE id = ? AND account_id = ? AND uid_validity = ?",
+            (mailbox.id, mailbox.account_id, mailbox.uid_validity),
+        ).fetchone():
+            raise MailboxGone(mailbox.id)
+        return mailbox.id
 
     def _before_commit(self) -> None:
         self.blobs.sync()
@@ -214,6 +340,7 @@ class SQLiteStore(SQLiteQueueMixin, Store):
         await asyncio.to_thread(self._writer.close)
         self.blobs.close()
         self._read.close()
+        self._revoked.close()
 
     # --- domains ----------------------------------------------------------
     async def add_domain(self, name: str) -> None:
@@ -289,28 +416,22 @@ class SQLiteStore(SQLiteQueueMixin, Store):
             return account_id
 
         account_id = await self._write(op, directory=True)
-        return Account(account_id, addr, password_hash, apop_secret, scram_sha256)
+        return Account(account_id, addr, password_hash, apop_secret, scram_sha256, 0)
 
     async def get_account(self, address: str) -> Account | None:
         try:
             addr = normalize_address(address)
         except InvalidName:
             return None
-        row = self._q1(
-            "SELECT id, address, password_hash, apop_secret, scram_sha256 FROM accounts WHERE address = ?",
-            (addr,),
-        )
+        row = self._q1(f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE address = ?", (addr,))
         return Account(*row) if row else None
 
     async def get_account_by_id(self, account_id: int) -> Account | None:
-        row = self._q1(
-            "SELECT id, address, password_hash, apop_secret, scram_sha256 FROM accounts WHERE id = ?",
-            (account_id,),
-        )
+        row = self._q1(f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = ?", (account_id,))
         return Account(*row) if row else None
 
     async def list_accounts(self, domain: str | None = None) -> list[Account]:
-        sql = "SELECT id, address, password_hash, apop_secret, scram_sha256 FROM accounts"
+        sql = f"SELECT {_ACCOUNT_COLS} FROM accounts"
         args: tuple = ()
         if domain is not None:
             sql += " WHERE domain = ?"
@@ -328,13 +449,15 @@ class SQLiteStore(SQLiteQueueMixin, Store):
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
             cur = c.execute(
-                "UPDATE accounts SET password_hash = ?, apop_secret = ?, scram_sha256 = ? WHERE address = ?",
+                "UPDATE accounts SET password_hash = ?, apop_secret = ?, scram_sha256 = ?, epoch = epoch + 1"
+                " WHERE address = ?",
                 (password_hash, apop_secret, scram_sha256, addr),
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no account {addr}")
 
-        await self._write(op, directory=True)
+        # a new password ends every session logged in under the old one
+        await self._write(op, directory=True, revoke=True)
 
     async def remove_account(self, address: str) -> None:
         addr = normalize_address(address)
@@ -348,7 +471,51 @@ class SQLiteStore(SQLiteQueueMixin, Store):
                 ctx.changed.add(mailbox_id)
             c.execute("DELETE FROM accounts WHERE id = ?", (row[0],))
 
-        await self._write(op, directory=True)
+        await self._write(op, directory=True, revoke=True)
+
+    # --- sender grants ----------------------------------------------------
+    async def allow_senders(self, address: str, patterns: Sequence[str]) -> list[str]:
+        addr = normalize_address(address)
+        grants = [normalize_sender_pattern(p) for p in patterns]
+        if not grants:
+            raise InvalidName("give at least one address or pattern")
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
+            row = c.execute("SELECT id FROM accounts WHERE address = ?", (addr,)).fetchone()
+            if row is None:
+                raise NotFound(f"no account {addr}")
+            c.executemany(
+                "INSERT OR IGNORE INTO sender_grants(account_id, pattern) VALUES (?, ?)",
+                [(row[0], g) for g in grants],
+            )
+            return row[0]
+
+        account_id = await self._write(op, directory=True)
+        return await self.allowed_senders(account_id)
+
+    async def disallow_senders(self, address: str, patterns: Sequence[str] = ()) -> list[str]:
+        addr = normalize_address(address)
+        grants = [normalize_sender_pattern(p) for p in patterns]
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
+            row = c.execute("SELECT id FROM accounts WHERE address = ?", (addr,)).fetchone()
+            if row is None:
+                raise NotFound(f"no account {addr}")
+            if grants:
+                c.executemany(
+                    "DELETE FROM sender_grants WHERE account_id = ? AND pattern = ?",
+                    [(row[0], g) for g in grants],
+                )
+            else:
+                c.execute("DELETE FROM sender_grants WHERE account_id = ?", (row[0],))
+            return row[0]
+
+        account_id = await self._write(op, directory=True)
+        return await self.allowed_senders(account_id)
+
+    async def allowed_senders(self, account_id: int) -> list[str]:
+        rows = self._q("SELECT pattern FROM sender_grants WHERE account_id = ? ORDER BY pattern", (account_id,))
+        return [r[0] for r in rows]
 
     # --- aliases and lists ------------------------------------------------
     async def add_alias(self, source: str, targets: Sequence[str]) -> None:
@@ -500,7 +667,7 @@ class SQLiteStore(SQLiteQueueMixin, Store):
             return self._insert_mailbox(c, account_id, canonical, special_use)
 
         mailbox_id = await self._write(op, directory=True)
-        mailbox = await self.get_mailbox_by_id(mailbox_id)
+        mailbox = await self.get_mailbox_by_id(account_id, mailbox_id)
         assert mailbox is not None
         return mailbox
 
@@ -514,8 +681,10 @@ class SQLiteStore(SQLiteQueueMixin, Store):
         )
         return _mailbox(row) if row else None
 
-    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
-        row = self._q1(f"SELECT {_MAILBOX_COLS} FROM mailboxes WHERE id = ?", (mailbox_id,))
+    async def get_mailbox_by_id(self, account_id: int, mailbox_id: int) -> Mailbox | None:
+        row = self._q1(
+            f"SELECT {_MAILBOX_COLS} FROM mailboxes WHERE id = ? AND account_id = ?", (mailbox_id, account_id)
+        )
         return _mailbox(row) if row else None
 
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
@@ -594,7 +763,8 @@ class SQLiteStore(SQLiteQueueMixin, Store):
             c.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, canonical))
             ctx.changed.add(row[0])
 
-        await self._write(op, directory=True)
+        # sessions that have it selected must find it gone at once
+        await self._write(op, directory=True, revoke=True)
 
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
         canonical = self._canonical_name(name)
@@ -609,8 +779,11 @@ class SQLiteStore(SQLiteQueueMixin, Store):
 
         await self._write(op)
 
-    async def claim_recent(self, mailbox_id: int, claim: bool = True) -> int:
+    async def claim_recent(self, mailbox: MailboxRef, claim: bool = True) -> int:
+        mailbox_id = self._owned(mailbox)
+
         def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
+            self._owned_w(c, mailbox)
             row = c.execute("SELECT recent_uid, uid_next - 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
             if row is None:
                 raise NotFound("no such mailbox")
@@ -642,7 +815,8 @@ class SQLiteStore(SQLiteQueueMixin, Store):
         return [r[0] for r in self._q("SELECT name FROM subscriptions WHERE account_id = ? ORDER BY name",
                                       (account_id,))]
 
-    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
+    async def mailbox_status(self, mailbox: MailboxRef) -> MailboxStatus:
+        mailbox_id = self._owned(mailbox)
         box = self._q1("SELECT uid_next, uid_validity, highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,))
         if box is None:
             raise NotFound("no such mailbox")
@@ -755,12 +929,13 @@ class SQLiteStore(SQLiteQueueMixin, Store):
 
         return await self._write(op)
 
-    async def append_many(self, mailbox_id: int, items: Sequence[AppendItem]) -> list[int]:
+    async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem]) -> list[int]:
         if not items:
             return []
         batch = list(items)
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> list[int]:
+            mailbox_id = self._owned_w(c, mailbox)
             # one SAVEPOINT in one commit: every message or none (RFC 3502)
             uids: list[int] = []
             for item in batch:
@@ -773,7 +948,7 @@ class SQLiteStore(SQLiteQueueMixin, Store):
 
     async def store_flags(
         self,
-        mailbox_id: int,
+        mailbox: MailboxRef,
         uids: Sequence[int],
         flags: Iterable[str],
         mode: FlagMode,
@@ -783,6 +958,7 @@ class SQLiteStore(SQLiteQueueMixin, Store):
         wanted = list(uids)
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> tuple[list[MessageInfo], list[int]]:
+            mailbox_id = self._owned_w(c, mailbox)
             changed: list[tuple[int, str]] = []
             failed: list[int] = []
             rows = _select_uids(c, "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ?", mailbox_id, wanted)
@@ -814,10 +990,11 @@ class SQLiteStore(SQLiteQueueMixin, Store):
 
         return await self._write(op)
 
-    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+    async def expunge(self, mailbox: MailboxRef, uids: Sequence[int]) -> list[int]:
         wanted = list(uids)
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> list[int]:
+            mailbox_id = self._owned_w(c, mailbox)
             rows = _select_uids(c, "SELECT uid, body_id FROM messages WHERE mailbox_id = ?", mailbox_id, wanted)
             if not rows:
                 return []
@@ -834,13 +1011,18 @@ class SQLiteStore(SQLiteQueueMixin, Store):
         return await self._write(op)
 
     async def copy_messages(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, move: bool = False
+        self, src: MailboxRef, uids: Sequence[int], dst: MailboxRef, move: bool = False
     ) -> list[tuple[int, int]]:
         wanted = list(uids)
+        if dst.account_id != src.account_id:
+            raise MailboxGone(dst.id, "the target mailbox does not exist")
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> list[tuple[int, int]]:
-            if not c.execute("SELECT 1 FROM mailboxes WHERE id = ?", (dst_mailbox_id,)).fetchone():
-                raise NotFound("the target mailbox does not exist")
+            src_mailbox_id = self._owned_w(c, src)
+            try:
+                dst_mailbox_id = self._owned_w(c, dst)
+            except MailboxGone as exc:
+                raise MailboxGone(dst.id, "the target mailbox does not exist") from exc
             rows = _select_uids(
                 c,
                 "SELECT uid, body_id, prefix, size, flags, internal_date FROM messages WHERE mailbox_id = ?",
@@ -882,17 +1064,22 @@ class SQLiteStore(SQLiteQueueMixin, Store):
         return await self._write(op)
 
     # --- messages: reads ------------------------------------------------------
-    async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
+    async def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
+        mailbox_id = self._owned(mailbox)
         rows = self._q(f"SELECT {_MESSAGE_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,))
         return [_message(r) for r in rows]
 
-    async def mailbox_summary(self, mailbox_id: int) -> MailboxSummary:
+    async def mailbox_summary(self, mailbox: MailboxRef) -> MailboxSummary:
+        mailbox_id = mailbox.id
         c = self._read
         c.execute("BEGIN")  # one read snapshot (WAL) for all four queries
         try:
-            row = c.execute(f"SELECT {_MAILBOX_COLS} FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            row = c.execute(
+                f"SELECT {_MAILBOX_COLS} FROM mailboxes WHERE id = ? AND account_id = ? AND uid_validity = ?",
+                (mailbox_id, mailbox.account_id, mailbox.uid_validity),
+            ).fetchone()
             if row is None:
-                raise NotFound("no such mailbox")
+                raise MailboxGone(mailbox_id)
             text = c.execute(
                 "SELECT group_concat(uid) FROM (SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid)",
                 (mailbox_id,),
@@ -914,13 +1101,15 @@ class SQLiteStore(SQLiteQueueMixin, Store):
         uids = json.loads("[" + text + "]") if text else []
         return MailboxSummary(_mailbox(row), uids, frozenset(keywords), first_unseen)
 
-    async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
+    async def get_messages(self, mailbox: MailboxRef, uids: Sequence[int]) -> list[MessageInfo]:
+        mailbox_id = self._owned(mailbox)
         rows = _select_uids(self._read, f"SELECT {_MESSAGE_COLS} FROM messages WHERE mailbox_id = ?",
                             mailbox_id, sorted(set(uids)), uid_at=1)
         rows.sort(key=lambda r: r[1])
         return [_message(r) for r in rows]
 
-    async def read_message(self, mailbox_id: int, uid: int) -> bytes:
+    async def read_message(self, mailbox: MailboxRef, uid: int) -> bytes:
+        mailbox_id = self._owned(mailbox)
         row = self._q1(
             "SELECT m.prefix, b.segment, b.offset, b.length FROM messages m JOIN bodies b ON b.id = m.body_id"
             " WHERE m.mailbox_id = ? AND m.uid = ?",
@@ -930,7 +1119,8 @@ class SQLiteStore(SQLiteQueueMixin, Store):
             raise NotFound(f"no message with UID {uid}")
         return bytes(row[0]) + self.blobs.read(row[1], row[2], row[3])
 
-    async def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
+    async def changes_since(self, mailbox: MailboxRef, modseq: int) -> Changes:
+        mailbox_id = self._owned(mailbox)
         box = self._q1("SELECT highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,))
         if box is None:
             raise NotFound("no such mailbox")
@@ -945,8 +1135,9 @@ class SQLiteStore(SQLiteQueueMixin, Store):
 
     # --- derived data and full-text search -----------------------------------
     async def get_derived(
-        self, mailbox_id: int, uids: Sequence[int], fields: Iterable[str] | None = None
+        self, mailbox: MailboxRef, uids: Sequence[int], fields: Iterable[str] | None = None
     ) -> dict[int, dict]:
+        mailbox_id = self._owned(mailbox)
         wanted = set(DERIVED_FIELDS - _IMAP_COLS.keys()) if fields is None else set(fields)
         unknown = wanted - DERIVED_FIELDS
         if unknown:
@@ -1008,7 +1199,8 @@ class SQLiteStore(SQLiteQueueMixin, Store):
                 out[uid]["headers"] = by_body.get(body_of[uid], {})
         return out
 
-    async def search_headers(self, mailbox_id: int, field: str, text: str) -> set[int]:
+    async def search_headers(self, mailbox: MailboxRef, field: str, text: str) -> set[int]:
+        mailbox_id = self._owned(mailbox)
         await self._ensure_indexed(mailbox_id)
         name = field.lower()
         if not text:
@@ -1026,7 +1218,8 @@ class SQLiteStore(SQLiteQueueMixin, Store):
             )
         return {r[0] for r in rows}
 
-    async def search_text(self, mailbox_id: int, text: str, where: Literal["body", "text"]) -> set[int]:
+    async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"]) -> set[int]:
+        mailbox_id = self._owned(mailbox)
         await self._ensure_indexed(mailbox_id)
         needle = text.strip()
         if not needle:

@@ -40,7 +40,7 @@ from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_address_list
 from ..message.compose import Attachment, compose, to_bytes
 from ..message.parse import parse_message
-from ..store.api import Account, Mailbox, NotFound, StoreError
+from ..store.api import Account, Mailbox, MailboxGone, NotFound, StoreError
 from . import render
 from .listing import PAGE_SIZE, SORTS, Listing, NotReady
 from .security import (
@@ -156,8 +156,23 @@ def state(request: Request) -> WebState:
     return request.app.state.web
 
 
+def live_session(request: Request) -> Session | None:
+    """The session of the request's cookie, if it is still good: not
+    expired, and its account neither removed nor given a new password since
+    the login (by any process: ``mailyard user remove`` / ``user passwd``
+    write the same store). A session that is no longer good is dropped, so
+    its cookie stays refused."""
+    web = state(request)
+    session = web.sessions.get(request.cookies.get(SESSION_COOKIE))
+    if session is not None and not web.server.store.credentials_current(session.account_id, session.epoch):
+        log.info("web: ending session of %s: account removed or password changed", session.address)
+        web.sessions.drop(session)
+        return None
+    return session
+
+
 def current(request: Request) -> Session:
-    session = state(request).sessions.get(request.cookies.get(SESSION_COOKIE))
+    session = live_session(request)
     if session is None:
         raise HTTPException(401)
     request.state.session = session
@@ -179,7 +194,7 @@ async def checked_form(request: Request, session: Session | None = None) -> Any:
 async def own_mailbox(request: Request, session: Session, box_id: Any) -> Mailbox:
     """The mailbox ``box_id`` if it belongs to the session's account, else 404."""
     try:
-        box = await state(request).server.store.get_mailbox_by_id(int(box_id))
+        box = await state(request).server.store.get_mailbox_by_id(session.account_id, int(box_id))
     except (TypeError, ValueError):
         box = None
     if box is None or box.account_id != session.account_id:
@@ -210,7 +225,7 @@ async def folders(request: Request, session: Session) -> list[dict]:
         if hit is not None and hit[0] == (box.uid_validity, box.highest_modseq):
             status = hit[1]
         else:
-            status = await store.mailbox_status(box.id)
+            status = await store.mailbox_status(box)
             if len(cache) > 10_000:
                 cache.clear()
             cache[box.id] = ((box.uid_validity, box.highest_modseq), status)
@@ -229,7 +244,7 @@ async def folders(request: Request, session: Session) -> list[dict]:
 
 async def read_raw(request: Request, box: Mailbox, uid: int) -> bytes:
     try:
-        return await state(request).server.store.read_message(box.id, uid)
+        return await state(request).server.store.read_message(box, uid)
     except NotFound:
         raise HTTPException(404, "no such message") from None
 
@@ -296,7 +311,7 @@ async def login(request: Request) -> Response:
         log.info("web login failed for %r from %s", username, ip)
         return _login_page(request, "Wrong address or password.", username, 401)
     throttle.record_success(ip, username, time.monotonic())
-    session, cookie = web.sessions.create(account.id, account.address)
+    session, cookie = web.sessions.create(account.id, account.address, account.epoch)
     response = redirect("/")
     response.set_cookie(SESSION_COOKIE, cookie, **cookie_kwargs(request))
     response.delete_cookie(LOGIN_COOKIE, path="/")
@@ -355,7 +370,7 @@ async def mailbox_view(request: Request) -> Response:
     sort = sort if sort in SORTS else "date"
     descending = qp.get("dir", "desc" if sort == "date" else "asc") != "asc"
     query = (qp.get("q") or "").strip()[:200]
-    only = await web.server.store.search_text(box.id, query, "text") if query else None
+    only = await web.server.store.search_text(box, query, "text") if query else None
     assert web.listing is not None
     preparing = None
     try:
@@ -393,7 +408,7 @@ async def message_view(request: Request) -> Response:
         _safe, blocked = render.sanitize_html(view.html, f"/box/{box.id}/msg/{uid}", view.cids, allow_remote)
     info = await _info(request, box, uid)
     if info is not None and "\\Seen" not in info.flags:
-        await store.store_flags(box.id, [uid], ["\\Seen"], "add")
+        await store.store_flags(box, [uid], ["\\Seen"], "add")
         info = await _info(request, box, uid) or info
     return page(
         request, "message.html", box=box, uid=uid, view=view, info=info,
@@ -486,8 +501,8 @@ async def message_action(request: Request) -> Response:
     if action == "empty":
         if box.special_use != "\\Trash":
             raise HTTPException(400, "only the Trash can be emptied")
-        infos = await store.list_messages(box.id)
-        removed = await store.expunge(box.id, [m.uid for m in infos])
+        infos = await store.list_messages(box)
+        removed = await store.expunge(box, [m.uid for m in infos])
         return redirect(notice_url(f"/box/{box.id}", f"Trash emptied ({len(removed)} messages)."))
     if not uids:
         return redirect(notice_url(back, "No message selected."))
@@ -497,7 +512,7 @@ async def message_action(request: Request) -> Response:
     }
     if action in flag_ops:
         flag, mode = flag_ops[action]
-        await store.store_flags(box.id, uids, [flag], mode)  # type: ignore[arg-type]
+        await store.store_flags(box, uids, [flag], mode)  # type: ignore[arg-type]
         if action == "unread" and back.startswith(f"/box/{box.id}/msg/"):
             back = f"/box/{box.id}"  # reading it again would mark it read
         return redirect(back)
@@ -505,14 +520,14 @@ async def message_action(request: Request) -> Response:
         target = await own_mailbox(request, session, form.get("target"))
         if target.id == box.id:
             return redirect(back)
-        moved = await store.copy_messages(box.id, uids, target.id, move=True)
+        moved = await store.copy_messages(box, uids, target, move=True)
         return redirect(notice_url(f"/box/{box.id}", f"{len(moved)} moved to {target.name}."))
     if action == "delete":
         if box.special_use == "\\Trash":
-            removed = await store.expunge(box.id, uids)
+            removed = await store.expunge(box, uids)
             return redirect(notice_url(f"/box/{box.id}", f"{len(removed)} deleted for good."))
         trash = await special(request, session, "\\Trash")
-        moved = await store.copy_messages(box.id, uids, trash.id, move=True)
+        moved = await store.copy_messages(box, uids, trash, move=True)
         return redirect(notice_url(f"/box/{box.id}", f"{len(moved)} moved to Trash."))
     raise HTTPException(400, "unknown action")
 
@@ -556,6 +571,7 @@ async def folder_action(request: Request) -> Response:
 # --- compose ---------------------------------------------------------------------
 @dataclass
 class Draft:
+    sender: str = ""  # the From field; empty: the account's address
     to: str = ""
     cc: str = ""
     bcc: str = ""
@@ -613,6 +629,7 @@ async def compose_view(request: Request) -> Response:
             draft.body = "\n\n(The forwarded message is attached.)\n"
             draft.forward = f"{box.id}:{uid}"
         else:  # resume a draft
+            draft.sender = render.format_address_list(view.from_)
             draft.to = render.format_address_list(view.to)
             draft.cc = render.format_address_list(view.cc)
             msg = parse_message(raw)
@@ -660,7 +677,13 @@ async def compose_submit(request: Request) -> Response:
     draft = Draft(**{k: str(form.get(k) or "") for k in (
         "to", "cc", "bcc", "subject", "body", "in_reply_to", "references", "draft_uid", "forward",
         "reply_to")})
+    draft.sender = str(form.get("from") or "")
     errors: list[str] = []
+    # Any address may be typed; sending checks it is the user's own
+    # (policy/submission.py, the same rule as the submission ports).
+    author = parse_recipients(draft.sender or session.address, "From", errors)
+    if len(author) > 1:
+        errors.append("From: give one address.")
     to = parse_recipients(draft.to, "To", errors)
     cc = parse_recipients(draft.cc, "Cc", errors)
     bcc = parse_recipients(draft.bcc, "Bcc", errors)
@@ -682,7 +705,7 @@ async def compose_submit(request: Request) -> Response:
     old_draft = _int(draft.draft_uid)
     if old_draft is not None:
         try:
-            old_raw = await store.read_message(drafts.id, old_draft)
+            old_raw = await store.read_message(drafts, old_draft)
         except NotFound:
             old_raw = None
         if old_raw is not None:
@@ -712,7 +735,8 @@ async def compose_submit(request: Request) -> Response:
     if not errors:
         try:
             msg = compose(
-                (None, session.address), to, cc=cc, bcc=bcc, subject=draft.subject,
+                (author[0][0] or None, author[0][1]) if author else (None, session.address),
+                to, cc=cc, bcc=bcc, subject=draft.subject,
                 text=draft.body.replace("\r\n", "\n"), attachments=attachments,
                 in_reply_to=draft.in_reply_to or None,
                 references=[r for r in draft.references.split() if r.startswith("<")],
@@ -727,9 +751,9 @@ async def compose_submit(request: Request) -> Response:
                     folders=await folders(request, session), errors=errors)
     full = to_bytes(msg)
     if action == "save":
-        uid = await store.append(drafts.id, full, ["\\Draft", "\\Seen"])
+        uid = await store.append(drafts, full, ["\\Draft", "\\Seen"])
         if old_draft is not None:
-            await store.expunge(drafts.id, [old_draft])
+            await store.expunge(drafts, [old_draft])
         draft.draft_uid = str(uid)
         return redirect(notice_url(f"/compose?draft={drafts.id}:{uid}", "Draft saved."))
     wire = to_bytes(msg, strip_bcc=True)
@@ -745,15 +769,15 @@ async def compose_submit(request: Request) -> Response:
         return page(request, "compose.html", status=400, draft=draft,
                     folders=await folders(request, session), errors=[f"Not sent: {exc}"])
     sent = await special(request, session, "\\Sent")
-    await store.append(sent.id, full, ["\\Seen"])
+    await store.append(sent, full, ["\\Seen"])
     if old_draft is not None:
-        await store.expunge(drafts.id, [old_draft])
+        await store.expunge(drafts, [old_draft])
     if draft.reply_to:
         box_id, _, uid_s = draft.reply_to.partition(":")
         with _suppress():
             rbox = await own_mailbox(request, session, box_id)
             if _int(uid_s):
-                await store.store_flags(rbox.id, [int(uid_s)], ["\\Answered"], "add")
+                await store.store_flags(rbox, [int(uid_s)], ["\\Answered"], "add")
     inbox = await store.get_mailbox(session.account_id, "INBOX")
     return redirect(notice_url(f"/box/{inbox.id if inbox else sent.id}", "Message sent."))
 
@@ -790,6 +814,9 @@ async def events(request: Request) -> Response:
         try:
             yield "retry: 3000\n\n"
             while not web.closing.is_set():
+                if not store.credentials_current(session.account_id, session.epoch):
+                    web.sessions.drop(session)
+                    break
                 if waiter is None:
                     waiter = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait({waiter, closer}, timeout=25,
@@ -836,10 +863,15 @@ async def http_error(request: Request, exc: Exception) -> Response:
         if request.method == "GET" and "json" not in accept and "event-stream" not in accept:
             return redirect("/login")
         return PlainTextResponse("not logged in", status_code=401)
-    session = state(request).sessions.get(request.cookies.get(SESSION_COOKIE))
+    session = live_session(request)
     request.state.session = session
     return page(request, "error.html", status=exc.status_code, status_code=exc.status_code,
                 detail=exc.detail or "", folders=[])
+
+
+async def mailbox_gone(request: Request, exc: Exception) -> Response:
+    """A folder deleted (by another client) while this request used it."""
+    return await http_error(request, HTTPException(404, "no such folder"))
 
 
 async def health(request: Request) -> Response:
@@ -870,7 +902,7 @@ def create_app(server: Any) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[Middleware(SecurityHeaders)],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, MailboxGone: mailbox_gone},
     )
     throttle = getattr(server, "throttle", None)
     if not isinstance(throttle, LoginThrottle):

@@ -140,8 +140,8 @@ class Listing:
         self.store = store
         self._boxes: OrderedDict[int, _BoxCache] = OrderedDict()
 
-    async def _derived(self, mailbox_id: int, uids: list[int]) -> dict[int, dict]:
-        return await self.store.get_derived(mailbox_id, uids, fields=("envelope", "bodystructure", "date"))
+    async def _derived(self, box: Mailbox, uids: list[int]) -> dict[int, dict]:
+        return await self.store.get_derived(box, uids, fields=("envelope", "bodystructure", "date"))
 
     async def _cache(self, box: Mailbox) -> _BoxCache:
         cache = self._boxes.get(box.id)
@@ -154,12 +154,12 @@ class Listing:
         async with cache.lock:
             if cache.modseq == 0:
                 # UIDs only, in one read (no MessageInfo per message)
-                summary = await self.store.mailbox_summary(box.id)
+                summary = await self.store.mailbox_summary(box)
                 cache.uids = set(summary.uids)
                 cache.modseq = summary.mailbox.highest_modseq
                 cache.order.clear()
             elif box.highest_modseq != cache.modseq:
-                changes = await self.store.changes_since(box.id, cache.modseq)
+                changes = await self.store.changes_since(box, cache.modseq)
                 added = {m.uid for m in changes.changed} - cache.uids
                 gone = cache.uids.intersection(changes.vanished)
                 if added or gone:
@@ -184,17 +184,17 @@ class Listing:
                 # keys in the background and let the page say so, rather than
                 # hold the request (and the event loop) for seconds.
                 if cache.filling is None or cache.filling.done():
-                    cache.filling = asyncio.ensure_future(self._fill_keys(box.id, cache, missing))
+                    cache.filling = asyncio.ensure_future(self._fill_keys(box, cache, missing))
                 raise NotReady(len(cache.uids) - len(missing), len(cache.uids))
-            await self._fill_keys(box.id, cache, missing)
+            await self._fill_keys(box, cache, missing)
             order = sorted((keys[uid], uid) for uid in cache.uids)
         cache.order[sort] = order
         return order
 
-    async def _fill_keys(self, mailbox_id: int, cache: _BoxCache, uids: list[int]) -> None:
+    async def _fill_keys(self, box: Mailbox, cache: _BoxCache, uids: list[int]) -> None:
         for i in range(0, len(uids), 500):
             chunk = uids[i : i + 500]
-            derived = await self._derived(mailbox_id, chunk)
+            derived = await self._derived(box, chunk)
             for uid, d in derived.items():
                 cache.keys["from"][uid] = sender_of(d)[0].casefold()
                 cache.keys["subject"][uid] = _SUBJECT_PREFIX.sub("", subject_of(d)).casefold()
@@ -248,8 +248,8 @@ class Listing:
                 start = max(0, pos - size)
         chunk = order[start : start + size]
         uids = [uid for _k, uid in chunk]
-        derived = await self._derived(box.id, uids) if uids else {}
-        infos = {m.uid: m for m in await self.store.get_messages(box.id, uids)} if uids else {}
+        derived = await self._derived(box, uids) if uids else {}
+        infos = {m.uid: m for m in await self.store.get_messages(box, uids)} if uids else {}
         rows: list[Row] = []
         for uid in uids:
             d = derived.get(uid, {})
@@ -264,7 +264,7 @@ class Listing:
         return Page(rows, total, start, prev_uid, next_uid)
 
     async def info(self, box: Mailbox, uid: int) -> MessageInfo | None:
-        found = await self.store.get_messages(box.id, [uid])
+        found = await self.store.get_messages(box, [uid])
         return found[0] if found else None
 
     @staticmethod

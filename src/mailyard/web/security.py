@@ -63,6 +63,7 @@ class Session:
     created: float
     last_seen: float
     remote_ok: set[str] = field(default_factory=set)
+    epoch: int = 0  # the account's credential epoch at login (store.credentials_current)
 
 
 class Sessions:
@@ -70,12 +71,12 @@ class Sessions:
         self._signer = Signer(secrets.token_bytes(32), salt="mailyard-session")
         self._sessions: dict[str, Session] = {}
 
-    def create(self, account_id: int, address: str) -> tuple[Session, str]:
+    def create(self, account_id: int, address: str, epoch: int = 0) -> tuple[Session, str]:
         now = time.monotonic()
         if len(self._sessions) >= MAX_SESSIONS:
             self._prune(now, force=True)
         sid = secrets.token_urlsafe(32)
-        session = Session(sid, account_id, address, secrets.token_urlsafe(32), now, now)
+        session = Session(sid, account_id, address, secrets.token_urlsafe(32), now, now, epoch=epoch)
         self._sessions[sid] = session
         return session, self._signer.sign(sid).decode()
 

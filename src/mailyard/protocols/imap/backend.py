@@ -54,7 +54,16 @@ class BadMailboxName(BackendError):
 
 
 class NoSuchMailbox(BackendError):
-    """The mailbox does not exist (any more)."""
+    """The named mailbox does not exist."""
+
+
+class MailboxGone(NoSuchMailbox):
+    """A mailbox the session holds is no longer good: deleted, or recreated
+    with another UIDVALIDITY. Nothing was read or written."""
+
+    def __init__(self, mailbox_id: int, text: str = "the mailbox no longer exists") -> None:
+        super().__init__(text)
+        self.mailbox_id = mailbox_id
 
 
 FlagMode = Literal["add", "remove", "replace"]
@@ -147,8 +156,9 @@ class NewMessage:
 class ImapBackend(Protocol):
     """One logged-in account's mailboxes, as IMAP uses them.
 
-    Mailbox ids come from `get_mailbox`; an implementation answers only for
-    mailboxes of its own account. Derived data (``get_derived``) holds the
+    A mailbox is named by the record `get_mailbox` gave (its id and
+    UIDVALIDITY); an implementation answers only for mailboxes of its own
+    account and raises MailboxGone for a record that is no longer good. Derived data (``get_derived``) holds the
     keys named in ``fields``: ``envelope_imap``, ``bodystructure_imap`` and
     ``body_imap`` (IMAP syntax, computed once per message), ``parts``,
     ``messages`` and ``size`` (the part offsets of message/derived.py),
@@ -181,58 +191,68 @@ class ImapBackend(Protocol):
 
     async def list_subscriptions(self) -> Sequence[str]: ...
 
-    async def mailbox_status(self, mailbox_id: int) -> StatusRecord: ...
+    async def mailbox_status(self, mailbox: MailboxRecord) -> StatusRecord: ...
 
-    async def claim_recent(self, mailbox_id: int, claim: bool = True) -> int:
+    async def claim_recent(self, mailbox: MailboxRecord, claim: bool = True) -> int:
         """RFC 3501 2.3.2: the highest UID some session has claimed; with
         ``claim`` every present message becomes claimed, atomically. Raises
         NoSpace when the claim cannot be written."""
         ...
 
     # --- messages ------------------------------------------------------------
-    async def mailbox_summary(self, mailbox_id: int) -> SummaryRecord: ...
+    async def mailbox_summary(self, mailbox: MailboxRecord) -> SummaryRecord: ...
 
-    async def list_messages(self, mailbox_id: int) -> Sequence[MessageRecord]:
+    async def list_messages(self, mailbox: MailboxRecord) -> Sequence[MessageRecord]:
         """Ascending UID order."""
         ...
 
-    async def changes_since(self, mailbox_id: int, modseq: int) -> ChangesRecord: ...
+    async def changes_since(self, mailbox: MailboxRecord, modseq: int) -> ChangesRecord: ...
 
-    async def read_message(self, mailbox_id: int, uid: int) -> bytes | None:
+    async def read_message(self, mailbox: MailboxRecord, uid: int) -> bytes | None:
         """The exact stored bytes; None if the message is gone."""
         ...
 
     async def get_derived(
-        self, mailbox_id: int, uids: Sequence[int], fields: Iterable[str]
+        self, mailbox: MailboxRecord, uids: Sequence[int], fields: Iterable[str]
     ) -> Mapping[int, Mapping[str, Any]]: ...
 
     async def store_flags(
-        self, mailbox_id: int, uids: Sequence[int], flags: Iterable[str], mode: FlagMode,
+        self, mailbox: MailboxRecord, uids: Sequence[int], flags: Iterable[str], mode: FlagMode,
         unchanged_since: int | None = None,
     ) -> tuple[Sequence[MessageRecord], Sequence[int]]:
         """(messages whose flags changed, UIDs failing UNCHANGEDSINCE, RFC 7162 3.1.3)."""
         ...
 
-    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> Sequence[int]:
+    async def expunge(self, mailbox: MailboxRecord, uids: Sequence[int]) -> Sequence[int]:
         """The UIDs actually removed, ascending."""
         ...
 
     async def copy_messages(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, move: bool = False
+        self, src: MailboxRecord, uids: Sequence[int], dst: MailboxRecord, move: bool = False
     ) -> Sequence[tuple[int, int]]:
         """(source UID, new UID) pairs (RFC 4315 COPYUID); raises NoSpace."""
         ...
 
-    async def append_messages(self, mailbox_id: int, items: Sequence[NewMessage]) -> Sequence[int]:
+    async def append_messages(self, mailbox: MailboxRecord, items: Sequence[NewMessage]) -> Sequence[int]:
         """All or none, durably (RFC 3502); the new UIDs in order; raises NoSpace."""
         ...
 
-    async def search_headers(self, mailbox_id: int, field: str, text: str) -> set[int]:
+    async def search_headers(self, mailbox: MailboxRecord, field: str, text: str) -> set[int]:
         """UIDs with a header field ``field`` containing ``text`` (case-insensitive)."""
         ...
 
-    async def search_text(self, mailbox_id: int, text: str, where: Literal["body", "text"]) -> set[int]:
+    async def search_text(self, mailbox: MailboxRecord, text: str, where: Literal["body", "text"]) -> set[int]:
         """UIDs whose body (or header and body) contains ``text``."""
+        ...
+
+    # --- validity (asked before every command, answered from memory) ---------------
+    def account_current(self) -> bool:
+        """Whether the account still exists under the credentials the session
+        logged in with (not removed, password not changed)."""
+        ...
+
+    def mailbox_current(self, mailbox: MailboxRecord) -> bool:
+        """Whether the mailbox still exists with this id and UIDVALIDITY."""
         ...
 
     # --- change notification ---------------------------------------------------

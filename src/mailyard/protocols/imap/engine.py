@@ -326,6 +326,16 @@ class ImapEngine:
         if status == "BAD":
             self._count_bad()
 
+    def end_selection(self, text: str = "Mailbox closed") -> None:
+        """Leave the selected state in the middle of a command that does not
+        itself move state (DELETE of the selected mailbox). ``* OK [CLOSED]``
+        marks the end of responses about that mailbox (RFC 9051 7.1, as after
+        a SELECT that closes one); commands valid only in the selected state
+        get BAD from here on."""
+        if self.state is State.SELECTED:
+            self._put(status_line("*", "OK", text, "CLOSED"))
+            self.state = State.AUTHENTICATED
+
     def bye(self, text: str, code: str | None = None) -> None:
         """``* BYE`` and close (RFC 9051 7.1.5)."""
         if not self.closed:

@@ -32,6 +32,8 @@ from .backend import (
     BadMailboxName,
     FlagMode,
     MailboxExists,
+    MailboxGone,
+    MailboxRecord,
     NewMessage,
     NoSpace,
     NoSuchMailbox,
@@ -124,6 +126,7 @@ class MemoryStore:
     def __init__(self, clock: float = 1_700_000_000.0) -> None:
         self.clock = clock
         self.passwords: dict[str, str] = {}
+        self.epochs: dict[str, int] = {}  # moves with every password change
         self.boxes: dict[int, _Box] = {}
         self.subscriptions: dict[str, set[str]] = {}
         self.full = False  # writes raise NoSpace (a full disk)
@@ -136,10 +139,29 @@ class MemoryStore:
     def add_account(self, user: str, password: str) -> None:
         """An account with INBOX and the special-use mailboxes, all subscribed."""
         self.passwords[user] = password
+        self.epochs[user] = self.epochs.get(user, 0) + 1
         self.subscriptions[user] = set()
         self.create(user, "INBOX")
         for name, use in SPECIAL_USE:
             self.create(user, name, use)
+
+    def set_password(self, user: str, password: str) -> None:
+        self.passwords[user] = password
+        self.epochs[user] += 1
+
+    def remove_account(self, user: str) -> None:
+        del self.passwords[user]
+        for box in [b for b in self.boxes.values() if b.account == user]:
+            del self.boxes[box.id]
+            self.notify(box.id)
+
+    def delete(self, user: str, name: str) -> None:
+        """Delete a mailbox as another session would."""
+        box = self.find(user, name)
+        assert box is not None, name
+        del self.boxes[box.id]
+        self.subscriptions[user].discard(box.name)
+        self.notify(box.id)
 
     def create(self, user: str, name: str, special_use: str | None = None) -> _Box:
         if self.find(user, name) is not None:
@@ -201,12 +223,20 @@ class MemoryBackend:
     def __init__(self, store: MemoryStore, user: str) -> None:
         self.store = store
         self.user = user
+        self.epoch = store.epochs[user]
 
-    def _box(self, mailbox_id: int) -> _Box:
-        box = self.store.boxes.get(mailbox_id)
-        if box is None or box.account != self.user:
-            raise NoSuchMailbox("no such mailbox")
+    def _box(self, mailbox: MailboxRecord) -> _Box:
+        box = self.store.boxes.get(mailbox.id)
+        if box is None or box.account != self.user or box.uid_validity != mailbox.uid_validity:
+            raise MailboxGone(mailbox.id)
         return box
+
+    def account_current(self) -> bool:
+        return self.user in self.store.passwords and self.store.epochs[self.user] == self.epoch
+
+    def mailbox_current(self, mailbox: MailboxRecord) -> bool:
+        box = self.store.boxes.get(mailbox.id)
+        return box is not None and box.account == self.user and box.uid_validity == mailbox.uid_validity
 
     def _write(self) -> None:
         if self.store.full:
@@ -285,15 +315,15 @@ class MemoryBackend:
     async def list_subscriptions(self) -> list[str]:
         return sorted(self.store.subscriptions[self.user])
 
-    async def mailbox_status(self, mailbox_id: int) -> MemStatus:
-        box = self._box(mailbox_id)
+    async def mailbox_status(self, mailbox: MailboxRecord) -> MemStatus:
+        box = self._box(mailbox)
         infos = [m for _, m in box.messages.values()]
         return MemStatus(len(infos), sum("\\Seen" not in m.flags for m in infos),
                          sum("\\Deleted" in m.flags for m in infos), sum(m.size for m in infos),
                          box.uid_next, box.uid_validity, box.highest_modseq)
 
-    async def claim_recent(self, mailbox_id: int, claim: bool = True) -> int:
-        box = self._box(mailbox_id)
+    async def claim_recent(self, mailbox: MailboxRecord, claim: bool = True) -> int:
+        box = self._box(mailbox)
         first = box.recent_uid
         if claim and box.uid_next - 1 > first:
             self._write()
@@ -301,31 +331,31 @@ class MemoryBackend:
         return first
 
     # --- messages ----------------------------------------------------------------
-    async def mailbox_summary(self, mailbox_id: int) -> MemSummary:
-        box = self._box(mailbox_id)
+    async def mailbox_summary(self, mailbox: MailboxRecord) -> MemSummary:
+        box = self._box(mailbox)
         uids = sorted(box.messages)
         infos = [box.messages[u][1] for u in uids]
         keywords = frozenset(f for m in infos for f in m.flags if not f.startswith("\\"))
         unseen = [m.uid for m in infos if "\\Seen" not in m.flags]
         return MemSummary(box.record(), uids, keywords, unseen[0] if unseen else None)
 
-    async def list_messages(self, mailbox_id: int) -> list[MemMessage]:
-        box = self._box(mailbox_id)
+    async def list_messages(self, mailbox: MailboxRecord) -> list[MemMessage]:
+        box = self._box(mailbox)
         return [box.messages[u][1] for u in sorted(box.messages)]
 
-    async def changes_since(self, mailbox_id: int, modseq: int) -> MemChanges:
-        box = self._box(mailbox_id)
+    async def changes_since(self, mailbox: MailboxRecord, modseq: int) -> MemChanges:
+        box = self._box(mailbox)
         changed = [box.messages[u][1] for u in sorted(box.messages) if box.messages[u][1].modseq > modseq]
         vanished = sorted(u for u, m in box.expunged.items() if m > modseq)
         return MemChanges(box.highest_modseq, changed, vanished)
 
-    async def read_message(self, mailbox_id: int, uid: int) -> bytes | None:
-        entry = self._box(mailbox_id).messages.get(uid)
+    async def read_message(self, mailbox: MailboxRecord, uid: int) -> bytes | None:
+        entry = self._box(mailbox).messages.get(uid)
         return entry[0] if entry is not None else None
 
-    async def get_derived(self, mailbox_id: int, uids: Sequence[int], fields: Iterable[str]
+    async def get_derived(self, mailbox: MailboxRecord, uids: Sequence[int], fields: Iterable[str]
                           ) -> dict[int, dict[str, Any]]:
-        box = self._box(mailbox_id)
+        box = self._box(mailbox)
         wanted = set(fields)
         out: dict[int, dict[str, Any]] = {}
         for uid in uids:
@@ -347,9 +377,9 @@ class MemoryBackend:
             out[uid] = item
         return out
 
-    async def store_flags(self, mailbox_id: int, uids: Sequence[int], flags: Iterable[str], mode: FlagMode,
+    async def store_flags(self, mailbox: MailboxRecord, uids: Sequence[int], flags: Iterable[str], mode: FlagMode,
                           unchanged_since: int | None = None) -> tuple[list[MemMessage], list[int]]:
-        box = self._box(mailbox_id)
+        box = self._box(mailbox)
         flag_set = frozenset(flags)
         changes: list[tuple[int, frozenset[str]]] = []
         failed: list[int] = []
@@ -377,8 +407,8 @@ class MemoryBackend:
         self.store.notify(box.id)
         return out, failed
 
-    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
-        box = self._box(mailbox_id)
+    async def expunge(self, mailbox: MailboxRecord, uids: Sequence[int]) -> list[int]:
+        box = self._box(mailbox)
         gone = sorted(u for u in set(uids) if u in box.messages)
         if gone:
             box.highest_modseq += 1
@@ -388,9 +418,9 @@ class MemoryBackend:
             self.store.notify(box.id)
         return gone
 
-    async def copy_messages(self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int,
+    async def copy_messages(self, src_mailbox: MailboxRecord, uids: Sequence[int], dst_mailbox: MailboxRecord,
                             move: bool = False) -> list[tuple[int, int]]:
-        src, dst = self._box(src_mailbox_id), self._box(dst_mailbox_id)
+        src, dst = self._box(src_mailbox), self._box(dst_mailbox)
         present = sorted(u for u in set(uids) if u in src.messages)
         if not present:
             return []
@@ -412,16 +442,16 @@ class MemoryBackend:
             self.store.notify(src.id)
         return pairs
 
-    async def append_messages(self, mailbox_id: int, items: Sequence[NewMessage]) -> list[int]:
-        box = self._box(mailbox_id)
+    async def append_messages(self, mailbox: MailboxRecord, items: Sequence[NewMessage]) -> list[int]:
+        box = self._box(mailbox)
         self._write()
         uids = [box.add(m.data, m.flags, self.store.clock if m.internal_date is None else m.internal_date)
                 for m in items]
         self.store.notify(box.id)
         return uids
 
-    async def search_headers(self, mailbox_id: int, field: str, text: str) -> set[int]:
-        box = self._box(mailbox_id)
+    async def search_headers(self, mailbox: MailboxRecord, field: str, text: str) -> set[int]:
+        box = self._box(mailbox)
         needle = text.casefold()
         out = set()
         for uid, (data, _) in box.messages.items():
@@ -430,8 +460,8 @@ class MemoryBackend:
                 out.add(uid)
         return out
 
-    async def search_text(self, mailbox_id: int, text: str, where: Literal["body", "text"]) -> set[int]:
-        box = self._box(mailbox_id)
+    async def search_text(self, mailbox: MailboxRecord, text: str, where: Literal["body", "text"]) -> set[int]:
+        box = self._box(mailbox)
         needle = text.casefold()
         out = set()
         for uid, (data, _) in box.messages.items():

@@ -145,11 +145,11 @@ class SelectedMailbox:
             box = await backend.get_mailbox_by_id(self.mailbox.id)
             modseq = box.highest_modseq if box else 0
             self.infos_stale = False
-            cache = self.infos_cache = {m.uid: m for m in await backend.list_messages(self.mailbox.id)}
+            cache = self.infos_cache = {m.uid: m for m in await backend.list_messages(self.mailbox)}
             self.infos_modseq = max([modseq, *(m.modseq for m in cache.values())])
         elif self.infos_stale:
             self.infos_stale = False
-            ch = await backend.changes_since(self.mailbox.id, self.infos_modseq)
+            ch = await backend.changes_since(self.mailbox, self.infos_modseq)
             for uid in ch.vanished:
                 cache.pop(uid, None)
             for m in ch.changed:
@@ -177,7 +177,7 @@ class SelectedMailbox:
         \\Recent and they stay for the next one, rather than failing the
         command that noticed them."""
         try:
-            first = await backend.claim_recent(self.mailbox.id, claim=not self.readonly)
+            first = await backend.claim_recent(self.mailbox, claim=not self.readonly)
         except NoSpace:
             log.warning("imap: \\Recent not claimed, the disk is full")
             return
@@ -190,7 +190,7 @@ class SelectedMailbox:
         sequence numbers must not shift under the client)."""
         if self.dirty:
             self.dirty = False
-            changes = await backend.changes_since(self.mailbox.id, self.known_modseq)
+            changes = await backend.changes_since(self.mailbox, self.known_modseq)
             view = self.view
             for uid in changes.vanished:
                 if view.seq_of(uid) is not None:

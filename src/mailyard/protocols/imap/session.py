@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import commands as c
-from .backend import BackendError, ConnectionEnding, ImapBackend, ImapIO, ImapLogin
+from .backend import BackendError, ConnectionEnding, ImapBackend, ImapIO, ImapLogin, MailboxGone
 from .engine import CLOSED, IdleDone, ImapEngine, State
 from .framing import Limits
 from .handlers import HANDLERS
@@ -105,10 +105,47 @@ class ImapSession:
             self.io.wake()  # IDLE announces it at once
 
     # --- commands -------------------------------------------------------------
+    def references_current(self) -> bool:
+        """Whether the session may go on: its account still exists under the
+        credentials it logged in with, and its selected mailbox still exists
+        (same UIDVALIDITY). Asked before every command; the backend answers
+        from memory.
+
+        If not, the session ends with ``* BYE``: RFC 2180 3.2 (a server may
+        let a mailbox be deleted and disconnect the other clients that have it
+        selected, as Dovecot does), RFC 9051 7.1.5 (BYE: the server closes
+        the connection). A client cannot be left in the selected state of a
+        mailbox that is gone, and a removed account or changed password must
+        not keep a session it opened."""
+        backend = self.backend
+        if backend is None:
+            return True
+        if not backend.account_current():
+            log.info("imap: ending a session: account removed or password changed")
+            self.engine.bye("Account removed or password changed; log in again")
+            return False
+        sel = self.sel
+        if sel is not None and not backend.mailbox_current(sel.mailbox):
+            self.selected_mailbox_gone()
+            return False
+        return True
+
+    def selected_mailbox_gone(self) -> None:
+        self.sel = None
+        self.engine.bye("Selected mailbox was deleted, have to disconnect")
+
     async def execute(self, cmd: c.Command) -> None:
         """Answer one command; its responses are queued on the engine."""
+        if self.backend is not None and not self.references_current():
+            return
         try:
             await HANDLERS[cmd.name](self, cmd)
+        except MailboxGone as exc:
+            sel = self.sel
+            if sel is not None and exc.mailbox_id == sel.mailbox.id:
+                self.selected_mailbox_gone()  # deleted while this command ran
+            elif self.engine.current is not None:
+                await self.finish("NO", "Mailbox does not exist", "NONEXISTENT", allow_expunge=False)
         except ConnectionEnding as end:
             self.engine.bye(end.text, end.code)
         except self.config.failures as exc:

@@ -332,6 +332,7 @@ class POP3Server:
         self._login_name: str | None = None  # name the pending login is for
         self._sasl_active = False
         self._closed_event: Close | None = None
+        self._withdrawn: str | None = None  # see withdraw()
 
         # The maildrop, fixed at login (RFC 1939 section 8: message numbers do not
         # change during a session).
@@ -390,6 +391,11 @@ class POP3Server:
                 self._bad("-ERR line too long")
                 continue
             assert isinstance(line, bytes)
+            if self._withdrawn is not None:
+                # the answer to whatever command came next; no UPDATE state
+                # (RFC 1939 section 6: nothing marked is removed)
+                self._reply(f"-ERR [AUTH] {self._withdrawn}, closing connection")
+                return self._close("withdrawn")
             try:
                 event = self._dispatch(line)
             except Exception:  # a bug must cost one command, not the session
@@ -447,6 +453,14 @@ class POP3Server:
                 self._close("abuse")
                 return
         self._reply(prefix + text)
+
+    def withdraw(self, text: str) -> None:
+        """The session's authorization was withdrawn (account removed or
+        password changed): the next command gets ``-ERR [AUTH] text`` and the
+        session ends. [AUTH] (RFC 3206 section 4: a problem with the user's
+        credentials) makes a client ask for them again rather than retry."""
+        if self.state is State.TRANSACTION and self._withdrawn is None:
+            self._withdrawn = text
 
     def sasl_challenge(self, challenge: bytes) -> None:
         """Send a SASL server challenge ``+ base64`` (RFC 5034 section 4) and wait

@@ -72,9 +72,13 @@ async def cmd_delete(s: ImapSession, cmd: c.MailboxCommand) -> None:
     if box is None:
         await s.finish("NO", "Mailbox does not exist", "NONEXISTENT")
         return
-    if s.sel is not None and s.sel.mailbox.id == box.id:
-        s.sel.pending_expunge.clear()
     await b.delete_mailbox(cmd.mailbox)
+    if s.sel is not None and s.sel.mailbox.id == box.id:
+        # This session deleted its own selected mailbox: the selection ends
+        # here (RFC 9051 7.1 CLOSED); other sessions that have it selected
+        # get BYE at their next command (ImapSession.references_current).
+        s.sel = None
+        s.engine.end_selection("Selected mailbox deleted")
     await s.finish("OK", "DELETE completed")
 
 
@@ -219,7 +223,7 @@ async def cmd_namespace(s: ImapSession, cmd: c.Command) -> None:
 
 async def _status_line(s: ImapSession, box: MailboxRecord, items: tuple[str, ...]) -> None:
     b = _backend(s)
-    st = await b.mailbox_status(box.id)
+    st = await b.mailbox_status(box)
     values = {
         "MESSAGES": st.messages, "UIDNEXT": st.uid_next, "UIDVALIDITY": st.uid_validity,
         "UNSEEN": st.unseen, "DELETED": st.deleted, "SIZE": st.size,
@@ -227,8 +231,8 @@ async def _status_line(s: ImapSession, box: MailboxRecord, items: tuple[str, ...
     }
     if "RECENT" in items:
         # RFC 3501 6.3.10: messages not yet claimed as \Recent by a session
-        first = await b.claim_recent(box.id, claim=False)
-        values["RECENT"] = len([m for m in await b.list_messages(box.id) if m.uid > first])
+        first = await b.claim_recent(box, claim=False)
+        values["RECENT"] = len([m for m in await b.list_messages(box) if m.uid > first])
     data: list = []
     for item in items:
         data += [Atom(item), values[item]]

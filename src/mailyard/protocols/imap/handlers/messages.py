@@ -52,7 +52,7 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
         pairs = [(q, u) for q, u in pairs if u in infos and infos[u].modseq > cmd.changed_since]
         if cmd.vanished:
             # RFC 7162 3.2.6: VANISHED (EARLIER) for expunged UIDs in the set
-            ch = await b.changes_since(sel.mailbox.id, cmd.changed_since)
+            ch = await b.changes_since(sel.mailbox, cmd.changed_since)
             gone = [u for u in ch.vanished if cmd.sequence_set.contains(u, sel.view.max_uid)]
             if gone:
                 s.engine.untagged(Atom("VANISHED"), [Atom("EARLIER")], Atom(format_uid_set(gone)))
@@ -60,7 +60,7 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
         # RFC 9051 6.4.5: BODY[...] (not PEEK) and RFC822(.TEXT) set \Seen
         unseen = [u for _, u in pairs if u in infos and "\\Seen" not in infos[u].flags]
         if unseen:
-            changed, _ = await b.store_flags(sel.mailbox.id, unseen, ["\\Seen"], "add")
+            changed, _ = await b.store_flags(sel.mailbox, unseen, ["\\Seen"], "add")
             for m in changed:
                 infos[m.uid] = m
                 sel.own_changes[m.uid] = m.modseq
@@ -79,7 +79,7 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     while start < len(pairs):
         batch = pairs[start : start + size]
         start += size
-        derived = await b.get_derived(sel.mailbox.id, [u for _, u in batch], fields) if fields else {}
+        derived = await b.get_derived(sel.mailbox, [u for _, u in batch], fields) if fields else {}
         out: list[bytes] = []
         if line_format is not None and values_of is not None:
             for seq, uid in batch:
@@ -97,7 +97,7 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
             d = derived.get(uid)
             msg = None
             if need_raw:
-                raw = await b.read_message(sel.mailbox.id, uid)
+                raw = await b.read_message(sel.mailbox, uid)
                 if raw is None:
                     missing = True
                     continue
@@ -141,7 +141,7 @@ async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
     if cmd.unchanged_since is not None:
         sel.condstore = True
     uids = [u for _, u in pairs]
-    changed, failed = await b.store_flags(sel.mailbox.id, uids, flags, cmd.mode, cmd.unchanged_since)
+    changed, failed = await b.store_flags(sel.mailbox, uids, flags, cmd.mode, cmd.unchanged_since)
     by_uid = {m.uid: m for m in changed}
     for m in changed:
         sel.own_changes[m.uid] = m.modseq
@@ -195,7 +195,7 @@ async def cmd_copy(s: ImapSession, cmd: c.Copy) -> None:
         await s.finish("OK", f"{verb} completed, nothing to do")
         return
     try:
-        moved = await b.copy_messages(sel.mailbox.id, uids, dst.id, move=cmd.move)
+        moved = await b.copy_messages(sel.mailbox, uids, dst, move=cmd.move)
     except NoSpace:
         await s.finish("NO", "Over quota", "OVERQUOTA")
         return
@@ -237,7 +237,7 @@ async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
     try:
         # RFC 3502 3: MULTIAPPEND is all or nothing -- one atomic store write
         uids = await b.append_messages(
-            box.id, [NewMessage(data, frozenset(flags), date) for data, flags, date in prepared])
+            box, [NewMessage(data, frozenset(flags), date) for data, flags, date in prepared])
     except NoSpace:
         await s.finish("NO", "Over quota", "OVERQUOTA")
         return

@@ -36,9 +36,9 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
     infos = await sel.infos(b)
     ctx = sr.SearchContext(max_seq=len(sel.view), max_uid=sel.view.max_uid, now=s.io.now(), saved=sel.saved)
     for name, text in sr.text_queries(key):
-        ctx.text_hits[(name, text)] = await b.search_text(sel.mailbox.id, text, "body" if name == "BODY" else "text")
+        ctx.text_hits[(name, text)] = await b.search_text(sel.mailbox, text, "body" if name == "BODY" else "text")
     for name, text in sr.header_queries(key):
-        ctx.header_hits[(name, text)] = await b.search_headers(sel.mailbox.id, name, text)
+        ctx.header_hits[(name, text)] = await b.search_headers(sel.mailbox, name, text)
     want_headers = sr.needs_headers(key)
     hits: list[tuple[int, int]] = []
     modseq = 0
@@ -53,7 +53,7 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
     recent = sel.recent_of(s.engine)
     for start in range(0, len(uids), HEADER_BATCH):
         chunk = uids[start : start + HEADER_BATCH]
-        derived = await b.get_derived(sel.mailbox.id, chunk, ("headers",)) if want_headers else {}
+        derived = await b.get_derived(sel.mailbox, chunk, ("headers",)) if want_headers else {}
         for i, uid in enumerate(chunk, start + 1):
             info = infos.get(uid)
             if info is None:

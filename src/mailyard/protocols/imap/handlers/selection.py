@@ -36,7 +36,7 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
         return
     # RFC 9051 6.3.2 needs counts, UIDNEXT, flags in use: read in one snapshot;
     # the per-message index data is loaded when a command first needs it
-    summary = await b.mailbox_summary(box.id)
+    summary = await b.mailbox_summary(box)
     box = summary.mailbox
     view = MessageMap(summary.uids)
     condstore = cmd.condstore or cmd.qresync is not None or "CONDSTORE" in eng.enabled
@@ -76,7 +76,7 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
 async def _qresync(s: ImapSession, q: c.Qresync) -> None:
     """RFC 7162 3.2.5.1: VANISHED (EARLIER) then FETCH of what changed since q.modseq."""
     assert s.sel is not None and s.backend is not None
-    changes = await s.backend.changes_since(s.sel.mailbox.id, q.modseq)
+    changes = await s.backend.changes_since(s.sel.mailbox, q.modseq)
     gone = changes.vanished
     if q.known_uids is not None:
         largest = max(s.sel.view.max_uid, s.sel.mailbox.uid_next - 1)
@@ -100,7 +100,7 @@ async def cmd_close(s: ImapSession, cmd: c.Command) -> None:
         infos = await sel.infos(_backend(s))
         doomed = [u for u in sel.view.uids if u in infos and "\\Deleted" in infos[u].flags]
         if doomed:
-            await _backend(s).expunge(sel.mailbox.id, doomed)
+            await _backend(s).expunge(sel.mailbox, doomed)
     s.sel = None
     s.engine.complete("OK", f"{cmd.name} completed")
 
@@ -118,7 +118,7 @@ async def cmd_expunge(s: ImapSession, cmd: c.Command) -> None:
         # RFC 4315 2.1: only the given UIDs, and only if \Deleted
         candidates = [uid for _, uid in sel.view.resolve_uids(_saved(s, cmd.sequence_set))]
     doomed = [u for u in candidates if u in infos and "\\Deleted" in infos[u].flags]
-    removed = await b.expunge(sel.mailbox.id, doomed) if doomed else []
+    removed = await b.expunge(sel.mailbox, doomed) if doomed else []
     sel.announce_expunge(s.engine, removed)
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}EXPUNGE completed")
 

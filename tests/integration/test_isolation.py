@@ -1,0 +1,303 @@
+"""One user's session never reaches another user's mail: ids that are never
+reused, session references checked against owner and UIDVALIDITY, and account
+removal or a password change (by the ``mailyard`` CLI, a separate process
+writing the same data directory) ending that account's sessions on every
+protocol. Real server, raw sockets and real clients."""
+
+from __future__ import annotations
+
+import imaplib
+import poplib
+import re
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ..conftest import USERS, RunningServer
+
+httpx = pytest.importorskip("httpx")
+
+ALICE, BOB = "alice@example.test", "bob@example.test"
+SECRET = b"bob-only-secret-7f3a"
+
+
+class RawImap:
+    """A line-level IMAP client: sees BYE and the connection closing as they are."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.sock = socket.create_connection((server.host, server.port("imap")), timeout=10)
+        self.n = 0
+        greeting = self._read_until(lambda buf: b"\r\n" in buf)
+        assert greeting.startswith(b"* OK"), greeting
+
+    def _read_until(self, done: object) -> bytes:
+        buf = b""
+        deadline = time.monotonic() + 10
+        while not done(buf) and time.monotonic() < deadline:  # type: ignore[operator]
+            try:
+                chunk = self.sock.recv(65536)
+            except (ConnectionError, TimeoutError):
+                break
+            if not chunk:
+                break
+            buf += chunk
+        return buf
+
+    def command(self, line: str) -> bytes:
+        """Everything the server sends up to the tagged reply, or up to the
+        connection closing."""
+        self.n += 1
+        tag = f"t{self.n}"
+        try:
+            self.sock.sendall(f"{tag} {line}\r\n".encode())
+        except (ConnectionError, OSError):
+            return b""
+        pattern = re.compile(rb"(^|\r\n)" + tag.encode() + rb" (OK|NO|BAD)[^\r\n]*\r\n")
+        return self._read_until(lambda buf: pattern.search(buf) is not None)
+
+    def login(self, user: str) -> None:
+        r = self.command(f'LOGIN "{user}" "{USERS[user]}"')
+        assert b" OK" in r, r
+
+    def closed(self) -> bool:
+        """True once the server has closed the connection."""
+        self.sock.settimeout(10)
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def imap(server: RunningServer, user: str) -> imaplib.IMAP4:
+    c = imaplib.IMAP4(server.host, server.port("imap"), timeout=10)
+    c.login(user, USERS[user])
+    return c
+
+
+def cli(server: RunningServer, *args: str, stdin: str | None = None) -> None:
+    """``mailyard`` as the administrator runs it beside the server: another
+    process, the same data directory."""
+    r = subprocess.run(
+        [sys.executable, "-m", "mailyard", "--data", str(server.data_dir), *args],
+        input=stdin, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def send(server: RunningServer, to: str, subject: str, body: bytes = SECRET) -> None:
+    with smtplib.SMTP(server.host, server.port("smtp"), timeout=10) as s:
+        s.sendmail("someone@remote.test", [to], b"Subject: " + subject.encode() + b"\r\n\r\n" + body + b"\r\n")
+
+
+def mailbox_state(server: RunningServer, user: str, name: str) -> list[tuple[int, frozenset[str], bytes]]:
+    async def go() -> list[tuple[int, frozenset[str], bytes]]:
+        account = await server.store.get_account(user)
+        assert account is not None
+        box = await server.store.get_mailbox(account.id, name)
+        assert box is not None
+        return [(m.uid, m.flags, await server.store.read_message(box, m.uid))
+                for m in await server.store.list_messages(box)]
+
+    return server.call(go())
+
+
+def web_login(server: RunningServer, user: str, password: str | None = None) -> httpx.Client:
+    client = httpx.Client(base_url=f"http://127.0.0.1:{server.port('http')}", follow_redirects=False, timeout=30)
+    r = client.get("/login")
+    token = re.search(r'name="login_token" value="([^"]+)"', r.text).group(1)
+    r = client.post("/login", data={"username": user, "password": password or USERS[user], "login_token": token})
+    assert r.status_code == 303, r.text
+    return client
+
+
+def web_inbox(client: httpx.Client) -> httpx.Response:
+    """What the session's cookie shows at the start page (it redirects to the INBOX)."""
+    return client.get("/", follow_redirects=True)
+
+
+# --- item 1: a deleted selected mailbox, its id handed to another user ----------------
+def test_selected_mailbox_deleted_elsewhere_never_reaches_bobs_new_folder(mailserver: RunningServer) -> None:
+    """Alice SELECTs a folder in three sessions and deletes it from a fourth;
+    bob CREATEs a folder and fills it. Alice's first sessions' FETCH, STORE
+    and EXPUNGE get BYE (RFC 2180 3.2) and bob's messages stay untouched."""
+    setup = imap(mailserver, ALICE)
+    assert setup.create("Work")[0] == "OK"
+    assert setup.append("Work", None, None, b"Subject: alice's own\r\n\r\nalice\r\n")[0] == "OK"
+    victims = []
+    for _ in range(3):
+        v = RawImap(mailserver)
+        v.login(ALICE)
+        assert b"OK [READ-WRITE]" in v.command("SELECT Work")
+        victims.append(v)
+    assert setup.delete("Work")[0] == "OK"
+    setup.logout()
+    bob = imap(mailserver, BOB)
+    assert bob.create("Loot")[0] == "OK"
+    for i in range(2):
+        assert bob.append("Loot", None, None, b"Subject: bob %d\r\n\r\n%s\r\n" % (i, SECRET))[0] == "OK"
+    bob.logout()
+    before = mailbox_state(mailserver, BOB, "Loot")
+    fetch, store, expunge = victims
+    r = fetch.command("FETCH 1:* (FLAGS BODY[])")
+    assert SECRET not in r and b"* BYE" in r, r
+    r = store.command("STORE 1:* +FLAGS (\\Deleted)")
+    assert SECRET not in r and b"* BYE" in r, r
+    r = expunge.command("UID STORE 1:* +FLAGS.SILENT (\\Deleted)") + expunge.command("EXPUNGE")
+    assert b"* BYE" in r, r
+    for v in victims:
+        assert v.closed()
+        v.close()
+    assert mailbox_state(mailserver, BOB, "Loot") == before
+    assert all(not flags for _, flags, _ in before)
+
+
+def test_selected_mailbox_deleted_elsewhere_never_reaches_a_new_accounts_inbox(mailserver: RunningServer) -> None:
+    """The same with the admin adding an account (CLI, another process) whose
+    INBOX would have taken the freed id: the old session reads nothing of it."""
+    setup = imap(mailserver, ALICE)
+    assert setup.create("Gone")[0] == "OK"
+    victim = RawImap(mailserver)
+    victim.login(ALICE)
+    assert b"OK [READ-WRITE]" in victim.command("SELECT Gone")
+    assert setup.delete("Gone")[0] == "OK"
+    setup.logout()
+    cli(mailserver, "user", "add", "carol@example.test", "--password-stdin", stdin="carol-password-3\n")
+    send(mailserver, "carol@example.test", "for carol")
+    carol = mailbox_state(mailserver, "carol@example.test", "INBOX")
+    assert len(carol) == 1
+    r = victim.command("UID FETCH 1:* (BODY[])")
+    assert SECRET not in r and b"* BYE" in r, r
+    assert victim.closed()
+    victim.close()
+    assert mailbox_state(mailserver, "carol@example.test", "INBOX") == carol
+
+
+def test_deleting_the_own_selected_mailbox_ends_the_selection(mailserver: RunningServer) -> None:
+    """DELETE of the mailbox this very session has selected: ``* OK [CLOSED]``
+    and back to the authenticated state (RFC 9051 7.1), no BYE."""
+    c = RawImap(mailserver)
+    c.login(ALICE)
+    assert b" OK" in c.command("CREATE Mine")
+    assert b"OK [READ-WRITE]" in c.command("SELECT Mine")
+    r = c.command("DELETE Mine")
+    assert b"* OK [CLOSED]" in r and re.search(rb"t\d+ OK", r), r
+    r = c.command("FETCH 1:* (FLAGS)")
+    assert b" BAD" in r and b"BYE" not in r, r
+    assert b"OK [READ-WRITE]" in c.command("SELECT INBOX")
+    c.command("LOGOUT")
+    c.close()
+
+
+# --- item 2: sessions of a removed account ----------------------------------------------
+def test_removed_account_sessions_end_everywhere_and_never_read_the_next_account(
+    mailserver: RunningServer,
+) -> None:
+    """Bob has an IMAP session (INBOX selected), a POP3 session, a webmail
+    cookie and an authenticated submission session when the admin removes him
+    with the CLI and adds eve, who gets mail. Every one of bob's sessions is
+    ended, none reads eve's INBOX, the cookie is refused."""
+    send(mailserver, BOB, "bob's mail", b"bob's own")
+    victim = RawImap(mailserver)
+    victim.login(BOB)
+    assert b"OK [READ-WRITE]" in victim.command("SELECT INBOX")
+    pop = poplib.POP3(mailserver.host, mailserver.port("pop3"), timeout=10)
+    pop.user(BOB)
+    pop.pass_(USERS[BOB])
+    web = web_login(mailserver, BOB)
+    assert "bob&#39;s mail" in web_inbox(web).text or "bob's mail" in web_inbox(web).text
+    sub = smtplib.SMTP(mailserver.host, mailserver.port("submission"), timeout=10)
+    sub.starttls(context=ssl.create_default_context(cafile=str(mailserver.data_dir / "tls" / "cert.pem")))
+    sub.login(BOB, USERS[BOB])
+
+    cli(mailserver, "user", "remove", BOB)
+    cli(mailserver, "user", "add", "eve@example.test", "--password-stdin", stdin="eve-password-55\n")
+    send(mailserver, "eve@example.test", "eve's mail")
+    assert len(mailbox_state(mailserver, "eve@example.test", "INBOX")) == 1
+
+    r = victim.command("FETCH 1:* (BODY[])")
+    assert SECRET not in r and b"* BYE" in r, r
+    assert victim.closed()
+    victim.close()
+
+    with pytest.raises(poplib.error_proto) as err:
+        pop.retr(1)
+    assert b"[AUTH]" in err.value.args[0] and SECRET not in err.value.args[0]
+    with pytest.raises((poplib.error_proto, OSError, EOFError)):
+        pop.stat()  # the server closed the session
+    pop.close()
+
+    r = web_inbox(web)
+    assert str(r.url).endswith("/login") and SECRET.decode() not in r.text
+    eve = mailserver.call(mailserver.store.get_account("eve@example.test"))
+    top = max(b.id for b in mailserver.call(mailserver.store.list_mailboxes(eve.id)))
+    for path in ("/", "/folders", "/events"):
+        r = web.get(path)
+        assert r.status_code in (303, 401) and SECRET.decode() not in r.text, (path, r.status_code)
+    for box in range(1, top + 1):  # every mailbox id there is
+        r = web.get(f"/box/{box}")
+        assert r.status_code in (303, 401), (box, r.status_code)
+    web.close()
+
+    code, reply = sub.docmd("MAIL FROM:<bob@example.test>")
+    assert code == 421, (code, reply)
+    with pytest.raises((smtplib.SMTPServerDisconnected, OSError)):
+        sub.docmd("NOOP")
+    sub.close()
+
+
+# --- item 3: a password change ends the sessions -----------------------------------------
+def test_password_change_ends_imap_pop3_and_webmail_sessions(mailserver: RunningServer) -> None:
+    """``mailyard user passwd`` (another process) ends alice's sessions: the
+    intruder's IMAP session gets BYE, its POP3 session -ERR [AUTH], its cookie
+    is refused; the new password logs in."""
+    send(mailserver, ALICE, "alice's mail", b"alice-private")
+    intruder = RawImap(mailserver)
+    intruder.login(ALICE)
+    assert b"OK [READ-WRITE]" in intruder.command("SELECT INBOX")
+    idle_one = RawImap(mailserver)  # authenticated, nothing selected
+    idle_one.login(ALICE)
+    pop = poplib.POP3(mailserver.host, mailserver.port("pop3"), timeout=10)
+    pop.user(ALICE)
+    pop.pass_(USERS[ALICE])
+    web = web_login(mailserver, ALICE)
+    assert web_inbox(web).status_code == 200
+
+    cli(mailserver, "user", "passwd", ALICE, "--password-stdin", stdin="a-brand-new-password-9\n")
+
+    r = intruder.command("FETCH 1 (BODY[])")
+    assert b"alice-private" not in r and b"* BYE" in r, r
+    assert b"* BYE" in idle_one.command("LIST \"\" *")
+    for c in (intruder, idle_one):
+        assert c.closed()
+        c.close()
+    with pytest.raises(poplib.error_proto) as err:
+        pop.stat()
+    assert b"[AUTH]" in err.value.args[0]
+    pop.close()
+    r = web_inbox(web)
+    assert str(r.url).endswith("/login") and "alice-private" not in r.text
+    web.close()
+
+    # the old password no longer logs in, the new one does, and its sessions work
+    old = imaplib.IMAP4(mailserver.host, mailserver.port("imap"), timeout=10)
+    with pytest.raises(imaplib.IMAP4.error):
+        old.login(ALICE, USERS[ALICE])
+    old.logout()
+    fresh = imaplib.IMAP4(mailserver.host, mailserver.port("imap"), timeout=10)
+    fresh.login(ALICE, "a-brand-new-password-9")
+    assert fresh.select("INBOX")[0] == "OK"
+    typ, data = fresh.fetch("1", "(BODY[])")
+    assert typ == "OK" and b"alice-private" in data[0][1]
+    fresh.logout()
+    web = web_login(mailserver, ALICE, "a-brand-new-password-9")
+    assert "alice" in web_inbox(web).text
+    web.close()
+
