@@ -183,3 +183,13 @@ def test_mailbox_of_another_account_is_not_watched() -> None:
     c = connect(store, select="INBOX")
     store.deliver("bob", SHORT)
     c.expect("a1 NOOP", "a1 OK NOOP completed")
+
+
+def test_a_refused_select_keeps_the_selection() -> None:
+    """A SELECT answered BAD was not run (RFC 9051 7.1.3): the mailbox stays
+    selected. It used to be dropped while the state stayed "selected", and
+    the next command for the selected state crashed (found by the fuzzer)."""
+    c = connect(select="INBOX")
+    c.expect("a1 SELECT INBOX (QRESYNC (1 1 1:9))", "a1 BAD QRESYNC is not enabled")
+    c.expect("a2 UID EXPUNGE 3", "a2 OK UID EXPUNGE completed")
+    c.expect("a3 FETCH 1 (UID)", "* 1 FETCH (UID 1)", "a3 OK FETCH completed")

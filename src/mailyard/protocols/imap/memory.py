@@ -123,7 +123,7 @@ class _Box:
 class MemoryStore:
     """Accounts and their mailboxes in memory (see the module docstring)."""
 
-    def __init__(self, clock: float = 1_700_000_000.0) -> None:
+    def __init__(self, clock: float = 1_700_000_000.0, derived: dict[bytes, Derived] | None = None) -> None:
         self.clock = clock
         self.passwords: dict[str, str] = {}
         self.epochs: dict[str, int] = {}  # moves with every password change
@@ -133,7 +133,8 @@ class MemoryStore:
         self._ids = 0
         self._validity = 0
         self._listeners: list[tuple[str, Callable[[int], None]]] = []
-        self._derived: dict[bytes, Derived] = {}
+        # derive() is deterministic: a cache may be shared between stores (fuzzing)
+        self._derived: dict[bytes, Derived] = derived if derived is not None else {}
 
     # --- set-up for tests ---------------------------------------------------------
     def add_account(self, user: str, password: str) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from . import commands as c
 from .backend import BackendError, ConnectionEnding, ImapBackend, ImapIO, ImapLogin, MailboxGone
-from .engine import CLOSED, IdleDone, ImapEngine, State
+from .engine import CLOSED, MAX_BAD_COMMANDS, IdleDone, ImapEngine, State
 from .framing import Limits
 from .handlers import HANDLERS
 from .handlers.auth import capabilities
@@ -52,6 +52,7 @@ class ImapConfig:
     hostname: str = "localhost"
     version: str = "0"  # RFC 2971 ID
     max_auth_failures: int = 3  # failed logins per connection, then BYE
+    max_bad_commands: int = MAX_BAD_COMMANDS  # consecutive BADs, then BYE
     # exceptions meaning "the backend refused or failed this operation": NO with their text
     failures: tuple[type[BaseException], ...] = (BackendError,)
 
@@ -62,10 +63,10 @@ class ImapSession:
 
     def __init__(self, io: ImapIO, login: ImapLogin, limits: Limits | None = None,
                  config: ImapConfig | None = None) -> None:
-        self.engine = ImapEngine(limits)
+        self.config = config = config or ImapConfig()
+        self.engine = ImapEngine(limits, config.max_bad_commands)
         self.io = io
         self.login = login
-        self.config = config or ImapConfig()
         self.backend: ImapBackend | None = None
         self.sel: SelectedMailbox | None = None
         self.auth_failures = 0
@@ -87,7 +88,7 @@ class ImapSession:
     def restart(self) -> None:
         """STARTTLS: forget everything learned before TLS, including commands
         pipelined after STARTTLS in the clear (RFC 9051 6.2.1, RFC 3207 4.2)."""
-        self.engine = ImapEngine(self.engine.framer.limits)
+        self.engine = ImapEngine(self.engine.framer.limits, self.config.max_bad_commands)
         self.auth_failures = 0
 
     def close(self) -> None:

@@ -23,13 +23,14 @@ def _backend(s: ImapSession) -> ImapBackend:
 async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
     b = _backend(s)
     eng = s.engine
+    if cmd.qresync is not None and "QRESYNC" not in eng.enabled:
+        # RFC 7162 3.2.5; a command answered BAD is not run: the selection stays
+        eng.complete("BAD", "QRESYNC is not enabled")
+        return
     had_selection = s.sel is not None
     s.sel = None  # RFC 9051 6.3.2: a SELECT always closes the current mailbox first
     if had_selection and (eng.rev2 or "QRESYNC" in eng.enabled):
         eng.untagged_status("OK", "Previous mailbox closed", "CLOSED")  # RFC 7162 3.2.11
-    if cmd.qresync is not None and "QRESYNC" not in eng.enabled:
-        eng.complete("BAD", "QRESYNC is not enabled")  # RFC 7162 3.2.5
-        return
     box = await b.get_mailbox(cmd.mailbox)
     if box is None:
         eng.complete("NO", "Mailbox does not exist", "NONEXISTENT")
