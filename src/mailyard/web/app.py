@@ -42,6 +42,7 @@ from ..message.compose import Attachment, compose, to_bytes
 from ..message.parse import parse_message
 from ..store.api import Account, Mailbox, NotFound, StoreError
 from . import render
+from .bodies import BodyLimits, route_limits
 from .listing import PAGE_SIZE, SORTS, Listing, NotReady
 from .security import (
     DOWNLOAD_CSP,
@@ -838,8 +839,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
         return PlainTextResponse("not logged in", status_code=401)
     session = state(request).sessions.get(request.cookies.get(SESSION_COOKIE))
     request.state.session = session
-    return page(request, "error.html", status=exc.status_code, status_code=exc.status_code,
-                detail=exc.detail or "", folders=[])
+    response = page(request, "error.html", status=exc.status_code, status_code=exc.status_code,
+                    detail=exc.detail or "", folders=[])
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def health(request: Request) -> Response:
@@ -869,7 +872,11 @@ def create_app(server: Any) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SecurityHeaders)],
+        # SecurityHeaders outermost, so the 413 of BodyLimits carries them too
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(BodyLimits, limit_for=route_limits(server.config.smtp.max_message_size)),
+        ],
         exception_handlers={HTTPException: http_error},
     )
     throttle = getattr(server, "throttle", None)
