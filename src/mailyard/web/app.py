@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -245,9 +246,22 @@ def notice_url(url: str, text: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}notice={quote(text)}"
 
 
+# The pages a Back link may lead to: this app's own list, message, folder and
+# compose pages. Matching the whole path against the routes (rather than
+# refusing "//" or a scheme) also refuses what browsers rewrite into another
+# origin: tab, CR and LF are removed and a backslash read as "/" (WHATWG URL
+# parser), so "/<TAB>/host" and "/<backslash>host" both mean "//host" (CWE-601).
+_BACK_PATH = re.compile(r"/(?:box/[0-9]{1,18}(?:/msg/[0-9]{1,18})?|folders|compose)?")
+_BACK_QUERY = re.compile(r"[A-Za-z0-9._~%&=+:@/-]*")
+
+
 def _safe_back(value: Any, fallback: str) -> str:
-    # only local paths: never an open redirect
-    if isinstance(value, str) and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+    """``value`` if it is a path of this app (with an optional plain query),
+    else ``fallback``: a Back link never leaves the site."""
+    if not isinstance(value, str) or len(value) > 2000:
+        return fallback
+    path, _, query = value.partition("?")
+    if _BACK_PATH.fullmatch(path) and _BACK_QUERY.fullmatch(query):
         return value
     return fallback
 
