@@ -261,6 +261,16 @@ class LoginSession:
         """The connection ended: an exchange in progress is a failure."""
         self._abandon("exchange abandoned", None)
 
+    def cancelled(self, name: str | None) -> None:
+        """The client cancelled the exchange (``*``, RFC 4422 3.5) where the
+        protocol engine answers that itself (SMTP): a failure, like a wrong
+        password, against ``name`` if the mechanism had one."""
+        if self._open is not None:
+            self._abandon("authentication cancelled", name)
+            return
+        key = self.service.key(name, None) if name is not None else None
+        self.service.failed(None, self.ip, name, self.protocol, "authentication cancelled", key)
+
     async def sasl(self, mech: sasl.Mechanism, ev: sasl.Event) -> sasl.Challenge | sasl.Success | sasl.Failure:
         """Answer the mechanism's needs until it has something for the client.
 

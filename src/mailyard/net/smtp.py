@@ -182,7 +182,10 @@ class SMTPSession(SessionProtocol):
                     self.resolutions.clear()
                     engine.accept()
                 elif isinstance(event, AuthCancelled):
-                    self._mech = None  # the engine already answered 501
+                    # The engine already answered 501; a cancel counts as a failure.
+                    if self._auth is not None and self._mech is not None:
+                        self._auth.cancelled(self._mech.authcid)
+                    self._mech = None
                 elif getattr(event, "needs_answer", False):
                     return self.step(event)
                 else:
