@@ -55,8 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailyard.smtp")
 
-# Failed AUTH exchanges on one connection before 421 and disconnect.
-MAX_AUTH_FAILURES = 5
 
 # Queue IDs: unique per process (random prefix) and cheap (a counter).
 _QUEUE_PREFIX = os.urandom(4).hex()
@@ -143,6 +141,11 @@ class SMTPSession(SessionProtocol):
     def received(self, data: bytes) -> None:
         self.engine.receive_data(data)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._auth is not None:
+            self._auth.close()  # an AUTH exchange left open counts as a failure
+
     def goodbye(self) -> bytes:
         return self.engine.shutdown_reply()
 
@@ -184,7 +187,10 @@ class SMTPSession(SessionProtocol):
                     self.resolutions.clear()
                     engine.accept()
                 elif isinstance(event, AuthCancelled):
-                    self._mech = None  # the engine already answered 501
+                    # The engine already answered 501; a cancel counts as a failure.
+                    if self._auth is not None and self._mech is not None:
+                        self._auth.cancelled(self._mech.authcid)
+                    self._mech = None
                 elif getattr(event, "needs_answer", False):
                     return self.step(event)
                 else:
@@ -304,9 +310,11 @@ class SMTPSession(SessionProtocol):
                 return
             ev = sasl.Failure("account vanished")
         reply = self._auth_failure_reply(ev)
-        if reply.code == 535:
+        if reply.code in (535, 454):
             self._auth_failures += 1
-            if self._auth_failures >= MAX_AUTH_FAILURES:
+            # [auth] smtp_connection_max_failures: failed AUTH exchanges on one
+            # connection before 421 and disconnect.
+            if self._auth_failures >= max(1, self.server.config.auth.smtp_connection_max_failures):
                 # Abuse budget per connection (the throttle also counts across them).
                 reply = Reply(421, "4.7.0", "Too many failed authentication attempts, closing connection")
         engine.respond(reply)
@@ -328,8 +336,9 @@ class SMTPSession(SessionProtocol):
             return Reply(501, "5.5.2", "Cannot decode the authentication data")
         if failure.kind == "too-long":
             return Reply(500, "5.5.6", "Authentication exchange line is too long")
-        if self._auth is not None and self._auth.locked:
-            # RFC 4954 6: 454 temporary failure; the lockout expires.
+        if failure.kind == "temporary":
+            # RFC 4954 6: 454 temporary failure, whatever the password: over a
+            # login limit nothing was checked, and the lockout expires.
             return Reply(454, "4.7.0", "Temporary authentication failure, try again later")
         return Reply(535, "5.7.8", "Authentication credentials invalid")
 

@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -35,11 +36,10 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..auth.passwords import verify_password_async
-from ..auth.throttle import Locked, LoginThrottle
+from ..auth.service import LoginService, TryLater
 from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_address_list
-from ..store.api import Account, Mailbox, MailboxGone, NotFound, StoreError
+from ..store.api import Mailbox, MailboxGone, NotFound, StoreError
 from . import render
 from .bodies import BodyLimits, route_limits
 from .listing import PAGE_SIZE, SORTS, Listing, NotReady
@@ -98,7 +98,7 @@ class WebState:
     sessions: Sessions = field(default_factory=Sessions)
     listing: Listing | None = None
     closing: asyncio.Event = field(default_factory=asyncio.Event)
-    throttle: LoginThrottle | None = None
+    login: LoginService | None = None
     status_cache: dict[int, tuple[tuple[int, int], Any]] = field(default_factory=dict)
     # parsing and sanitising for display run here, off the event loop (worker.py)
     pool: RenderPool = field(default_factory=RenderPool)
@@ -338,25 +338,25 @@ async def login(request: Request) -> Response:
     ip = request.client.host if request.client else "unknown"
     if not plaintext_ok(web.server, request, ip):
         return _login_page(request, "Passwords are accepted only over HTTPS here.", username, 403)
-    throttle = web.throttle
-    assert throttle is not None
-    verdict = throttle.before_attempt(ip, username or None, time.monotonic())
-    if isinstance(verdict, Locked):
-        return _login_page(request, "Too many failed logins. Try again later.", username, 429)
-    if verdict:
-        await asyncio.sleep(verdict)
-    store = web.server.store
-    account: Account | None = None
-    try:
-        account = await store.get_account(username) if username and "@" in username else None
-    except StoreError:
-        account = None
-    ok = await verify_password_async(account.password_hash if account else None, password)
-    if not ok or account is None:
-        throttle.record_failure(ip, username or None, time.monotonic())
-        log.info("web login failed for %r from %s", username, ip)
+    login_service = web.login
+    assert login_service is not None
+    # The mail protocols' login service (auth/service.py): the same budget,
+    # delays and lockouts. Names without "@" are checked too, so they cost
+    # the same work as any other unknown name.
+    result = await login_service.password(ip, username, password, "web", request.url.scheme == "https")
+    if isinstance(result, TryLater):
+        # Over a limit: nothing was checked, so this page is the same for a
+        # right and a wrong password, a known and an unknown name.
+        minutes = max(1, math.ceil(result.retry_after / 60))
+        response = _login_page(
+            request, f"Too many attempts, try again in {minutes} minute{'s' if minutes > 1 else ''}.",
+            username, 429,
+        )
+        response.headers["Retry-After"] = str(max(1, math.ceil(result.retry_after)))
+        return response
+    if result is None:
         return _login_page(request, "Wrong address or password.", username, 401)
-    throttle.record_success(ip, username, time.monotonic())
+    account = result
     session, cookie = web.sessions.create(account.id, account.address, account.epoch)
     response = redirect("/")
     response.set_cookie(SESSION_COOKIE, cookie, **cookie_kwargs(request))
@@ -973,14 +973,12 @@ def create_app(server: Any) -> Starlette:
         ],
         exception_handlers={HTTPException: http_error, MailboxGone: mailbox_gone},
     )
-    throttle = getattr(server, "throttle", None)
-    if not isinstance(throttle, LoginThrottle):
-        # until the server has one shared throttle (issue #5): one for the web
-        throttle = LoginThrottle()
+    from ..net.login import login_service
+
     # the worker's memory: what the stdlib parser and nh3 need for a message
     # of the largest size accepted, with room to spare
     pool = RenderPool(memory_limit=max(DEFAULT_MEMORY, 16 * server.config.smtp.max_message_size))
-    app.state.web = WebState(server, throttle=throttle, listing=Listing(server.store), pool=pool)
+    app.state.web = WebState(server, login=login_service(server), listing=Listing(server.store), pool=pool)
     return app
 
 

@@ -18,7 +18,7 @@ from ...auth import sasl
 from ...protocols.imap import commands as c
 from ...protocols.imap.engine import AuthResponse, ImapEngine, State
 from ...protocols.imap.response import Atom
-from ..login import Authenticator, plaintext_allowed
+from ..login import Authenticator, TryLater, plaintext_allowed
 
 log = logging.getLogger("mailyard.imap")
 
@@ -38,7 +38,6 @@ EXTENSIONS = (
     "ESEARCH", "SEARCHRES", "WITHIN", "CONDSTORE", "QRESYNC", "BINARY", "MULTIAPPEND",
     "UTF8=ACCEPT", "STATUS=SIZE",
 )
-MAX_AUTH_FAILURES = 3  # per connection, then BYE
 
 
 def plaintext_ok(s: ImapSession) -> bool:
@@ -125,24 +124,34 @@ def _authenticator(s: ImapSession) -> Authenticator:
     return auth
 
 
-async def _check_login(s: ImapSession, user: str, password: str) -> str | None:
-    """Verify a user name and password; None on success, else the NO text."""
-    account = await _authenticator(s).password(user, password)
-    if account is None:
-        return "Invalid credentials"
-    s.account = account
+# The two refusals: a wrong password or unknown name (RFC 9051 7.1
+# AUTHENTICATIONFAILED), and over a login limit, whatever the password
+# (UNAVAILABLE: "temporary failure because a subsystem is down").
+INVALID = ("Invalid credentials", "AUTHENTICATIONFAILED")
+TRY_LATER = ("Too many failed logins, try again later", "UNAVAILABLE")
+
+
+async def _check_login(s: ImapSession, user: str, password: str) -> tuple[str, str] | None:
+    """Verify a user name and password; None on success, else the NO text and code."""
+    result = await _authenticator(s).password(user, password)
+    if isinstance(result, TryLater):
+        return TRY_LATER
+    if result is None:
+        return INVALID
+    s.account = result
     return None
 
 
-async def _login_done(s: ImapSession, problem: str | None) -> None:
+async def _login_done(s: ImapSession, problem: tuple[str, str] | None) -> None:
     if problem is None:
         s.listen()
         s.engine.complete("OK", "Logged in", "CAPABILITY " + " ".join(
             capabilities_after_login(s)))
         return
     s.auth_failures = getattr(s, "auth_failures", 0) + 1
-    s.engine.complete("NO", problem, "AUTHENTICATIONFAILED")
-    if s.auth_failures >= MAX_AUTH_FAILURES:
+    s.engine.complete("NO", *problem)
+    # [auth] imap_connection_max_failures: failed logins on one connection, then BYE.
+    if s.auth_failures >= max(1, s.server.config.auth.imap_connection_max_failures):
         s.engine.bye("Too many failed logins")
 
 
@@ -178,6 +187,7 @@ async def cmd_authenticate(s: ImapSession, cmd: c.Authenticate) -> None:
             if isinstance(reply, AuthResponse):
                 break
             if not await s.more_input():
+                auth.close()  # an exchange left open counts as a failure
                 s.engine.bye("Connection closed")
                 return
         ev = await auth.sasl(mech, mech.step(reply.line))
@@ -187,12 +197,14 @@ async def cmd_authenticate(s: ImapSession, cmd: c.Authenticate) -> None:
             s.account = account
             await _login_done(s, None)
             return
-        await _login_done(s, "Invalid credentials")
+        await _login_done(s, INVALID)
         return
-    if ev.kind == "cancelled":
+    if ev.kind == "temporary":
+        await _login_done(s, TRY_LATER)
+    elif ev.kind == "cancelled":
         # RFC 9051 6.2.2: "*" cancels with BAD
         s.engine.complete("BAD", "Authentication cancelled")
     elif ev.kind in ("malformed", "too-long", "protocol"):
         s.engine.complete("BAD", "Malformed authentication data")
     else:
-        await _login_done(s, "Invalid credentials")
+        await _login_done(s, INVALID)

@@ -234,6 +234,9 @@ class ImapSession(SessionProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        authenticator = getattr(self, "authenticator", None)
+        if authenticator is not None:
+            authenticator.close()  # an AUTHENTICATE left open counts as a failure
         if self._unlisten is not None:
             self._unlisten()
             self._unlisten = None
