@@ -63,6 +63,12 @@ class LimitsConfig:
     # is bounded by smtp.max_message_size).
     imap_max_line: int = 64 * 1024
     imap_max_literal: int = 64 * 1024
+    # IMAP: a whole command (its lines and literals together) before login,
+    # outside APPEND after login, and a whole APPEND (all messages of a
+    # MULTIAPPEND; one message of smtp.max_message_size always fits).
+    imap_max_command_unauthenticated: int = 8 * 1024
+    imap_max_command: int = 1024 * 1024
+    imap_max_append_command: int = 100 * 1024 * 1024
 
 
 @dataclass

@@ -22,6 +22,7 @@ from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, ensure_certificate
 from .store.api import Store
+from .store.spool import MessageSpool
 from .store.sqlite import SQLiteStore
 
 log = logging.getLogger("mailyard")
@@ -107,6 +108,8 @@ class MailServer:
         self.login: LoginService | None = None
         # The outbound queue runner (delivery/queue.py), set by start().
         self.queue: OutboundQueue | None = None
+        # Spool files of messages being received (store/spool.py), set by start().
+        self.spool: MessageSpool | None = None
         # Counters for tests and metrics (e.g. "smtp_sessions" on the MX port).
         self.stats: collections.Counter[str] = collections.Counter()
 
@@ -137,6 +140,10 @@ class MailServer:
             self._store = SQLiteStore(self.data_dir, self.config.store)
         cfg = self.config
         self.login = LoginService(self.store, self._throttle, self.data_dir / SECRET_FILE)
+        self.spool = MessageSpool(self.data_dir / "spool")
+        stray = self.spool.sweep()
+        if stray:
+            log.info("removed %d stray spool file(s)", stray)
         self.router = Router(self.store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients)
         self.smtp_engine_config = engine_config(self)
         self.smtp_submission_config = submission_engine_config(self)

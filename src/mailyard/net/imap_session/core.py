@@ -151,6 +151,9 @@ class ImapSession(SessionProtocol):
             max_line=getattr(limits, "imap_max_line", 64 * 1024),
             max_literal=getattr(limits, "imap_max_literal", 64 * 1024),
             max_append=getattr(cfg.smtp, "max_message_size", 50 << 20),
+            max_command=getattr(limits, "imap_max_command", 1 << 20),
+            max_append_command=getattr(limits, "imap_max_append_command", 100 << 20),
+            max_unauthenticated=getattr(limits, "imap_max_command_unauthenticated", 8 << 10),
         ))
         self.account: Account | None = None
         self.sel: Selected | None = None
