@@ -1311,17 +1311,18 @@ class SQLiteStore(SQLiteQueueMixin, Store):
             return 1 << 62
         return st.f_bavail * st.f_frsize
 
-    def _index_deferred(self) -> bool:
+    def _index_deferred(self) -> float:
         """Index data is a cache: it is written only while the disk keeps
         ``index_min_free`` bytes for mail, and not again soon after a write of
         it failed for lack of space. Reads then answer from data derived on the
-        spot, and the background indexer catches up once there is room."""
-        if time.monotonic() < self._index_resume_at:
-            return True
+        spot, and the background indexer catches up once there is room.
+        Returns 0 if it may be written now, else the seconds to wait."""
+        wait = self._index_resume_at - time.monotonic()
+        if wait > 0:
+            return wait
         if self._free_bytes() < self.config.index_min_free:
-            self._index_resume_at = time.monotonic() + INDEX_FREE_POLL
-            return True
-        return False
+            return INDEX_FREE_POLL
+        return 0.0
 
     def _index_failed(self) -> None:
         """A write of index data failed with the disk full: wait, longer each time."""
@@ -1339,10 +1340,11 @@ class SQLiteStore(SQLiteQueueMixin, Store):
         most INDEX_BATCH bodies; when the free space falls below the reserve,
         or a commit fails with the disk full, it stops and returns the seconds
         after which to look again."""
-        if self._index_deferred():
+        wait = self._index_deferred()
+        if wait:
             if c.execute("SELECT 1 FROM bodies WHERE derived IS NULL LIMIT 1").fetchone() is None:
                 return False
-            return max(0.05, self._index_resume_at - time.monotonic())
+            return max(0.05, wait)
         rows = c.execute(
             "SELECT id, segment, offset, length FROM bodies WHERE derived IS NULL LIMIT ?", (INDEX_BATCH,)
         ).fetchall()
