@@ -75,7 +75,7 @@ def run(quick: bool = False) -> list[Result]:
                     runs = []
                     for _ in range(5):
                         t = time.perf_counter()
-                        found = await store.search_text(box.id, needle, "body")
+                        found = await store.search_text(box, needle, "body")
                         runs.append(time.perf_counter() - t)
                     timings[label] = runs
                     hits[label] = len(found)

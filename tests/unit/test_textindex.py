@@ -14,13 +14,13 @@ import pytest
 from bench.corpus import corpus
 
 from mailyard.config import StoreConfig
-from mailyard.store.api import DeliveryTarget, derive_record
+from mailyard.store.api import DeliveryTarget, Mailbox, derive_record
 from mailyard.store.sqlite import SQLiteStore
 
 CORPUS = 300
 
 
-async def _store_with(path: Path, msgs: list[bytes]) -> tuple[SQLiteStore, int]:
+async def _store_with(path: Path, msgs: list[bytes]) -> tuple[SQLiteStore, Mailbox]:
     s = SQLiteStore(path, StoreConfig(fsync=False))
     await s.add_domain("example.test")
     account = await s.add_account("alice@example.test", "h")
@@ -28,8 +28,8 @@ async def _store_with(path: Path, msgs: list[bytes]) -> tuple[SQLiteStore, int]:
     assert box is not None
     for start in range(0, len(msgs), 100):
         await asyncio.gather(*(s.deliver(m, [DeliveryTarget(box.id)]) for m in msgs[start : start + 100]))
-    await s.get_derived(box.id, list(range(1, len(msgs) + 1)))  # derive and index all now
-    return s, box.id
+    await s.get_derived(box, list(range(1, len(msgs) + 1)))  # derive and index all now
+    return s, box
 
 
 def _former_index(texts: list[tuple[str, str]]) -> sqlite3.Connection:

@@ -77,7 +77,7 @@ _NEVER_REUSED: dict[str, tuple[str, ...]] = {
     "accounts": ("SELECT max(account_id) FROM mailboxes", "SELECT max(account_id) FROM subscriptions"),
     "mailboxes": ("SELECT max(mailbox_id) FROM messages", "SELECT max(mailbox_id) FROM expunged"),
     "bodies": ("SELECT max(body_id) FROM messages", "SELECT max(body_id) FROM body_derived",
-               "SELECT max(body_id) FROM header_fields", "SELECT max(rowid) FROM fts"),
+               "SELECT max(body_id) FROM header_fields", "SELECT max(body_id) FROM search_text"),
 }
 _CACHE_MAX = 100_000  # entries of each validity cache
 _META_KEYS = frozenset({"envelope", "bodystructure", "parts", "messages", "date", "size"})
@@ -128,12 +128,13 @@ class SQLiteStore(SQLiteQueueMixin, Store):
         self._epochs: dict[int, int | None] = {}  # account id -> epoch, None: removed
         write_conn = self._connect(db_path)
         write_conn.executescript(SCHEMA)
+        write_conn.executescript(textindex.SCHEMA)
         write_conn.executescript(QUEUE_SCHEMA)
         write_conn.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )
         self._migrate(write_conn)
-        textindex.create(write_conn)
+        textindex.drop_former(write_conn)
         # Indexing waits (monotonic time) after a disk-full failure; see _index_deferred.
         self._index_resume_at = 0.0
         self._index_backoff = 0.0

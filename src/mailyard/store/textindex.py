@@ -65,11 +65,11 @@ def _encode(text: str) -> bytes:
     return text.encode("utf-8", "replace")
 
 
-def create(c: sqlite3.Connection) -> bool:
-    """Create the tables; drop the full-text table of earlier versions (a
-    positional trigram index holding a copy of the text). Returns True if it
-    did, so the caller marks every body for indexing again."""
-    c.executescript(SCHEMA)
+def drop_former(c: sqlite3.Connection) -> bool:
+    """Drop the full-text table of earlier versions (a positional trigram
+    index holding a copy of the text) and mark every body for indexing again
+    (the background indexer and reads refill the new tables). Returns True if
+    there was one."""
     if not c.execute("SELECT 1 FROM sqlite_master WHERE name = 'fts' AND type = 'table'").fetchone():
         return False
     c.execute("BEGIN IMMEDIATE")
