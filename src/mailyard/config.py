@@ -63,6 +63,12 @@ class LimitsConfig:
     # is bounded by smtp.max_message_size).
     imap_max_line: int = 64 * 1024
     imap_max_literal: int = 64 * 1024
+    # IMAP: a whole command (its lines and literals together) before login,
+    # outside APPEND after login, and a whole APPEND (all messages of a
+    # MULTIAPPEND; one message of smtp.max_message_size always fits).
+    imap_max_command_unauthenticated: int = 8 * 1024
+    imap_max_command: int = 1024 * 1024
+    imap_max_append_command: int = 100 * 1024 * 1024
 
 
 @dataclass
@@ -96,6 +102,11 @@ class StoreConfig:
     segment_size: int = 64 * 1024 * 1024
     # Most writes that share one commit.
     group_commit_max: int = 512
+    # Index data (ENVELOPE, header fields, full-text index) is a cache computed
+    # again on demand: it is written only while the file system keeps this many
+    # bytes free for mail; below, reads derive it on the spot and the
+    # background indexer waits for room.
+    index_min_free: int = 64 * 1024 * 1024
 
 
 @dataclass
@@ -107,16 +118,19 @@ class TLSConfig:
 
 @dataclass
 class AuthConfig:
-    """Authentication policy shared by SMTP AUTH, IMAP and POP3 (issue #5)."""
+    """Authentication policy shared by SMTP AUTH, IMAP, POP3 and webmail."""
 
     # Passwords in the clear (USER/PASS, LOGIN, AUTH PLAIN/LOGIN) need TLS,
     # except from a loopback client when this is true (RFC 8314 4.1; RFC 9051 11.1).
     allow_plaintext_on_loopback: bool = True
     # Allow them on unencrypted connections from anywhere (not recommended).
     allow_plaintext_insecure: bool = False
-    # Login throttle (auth/throttle.py), shared by every protocol: each failure
-    # doubles the next attempt's delay from base_delay up to max_delay; this many
-    # failures within `window` seconds lock the account / client address out.
+    # Login throttle (auth/throttle.py), shared by every protocol (SMTP, IMAP,
+    # POP3, webmail): each failure against an account doubles the next
+    # attempt's delay for that account from base_delay up to max_delay; this
+    # many failures (attempts in flight count) within `window` seconds lock the
+    # account / client address out, and every attempt then gets the protocol's
+    # temporary reply whatever the password.
     base_delay: float = 1.0
     max_delay: float = 16.0
     window: float = 900.0
@@ -124,6 +138,9 @@ class AuthConfig:
     account_lockout: float = 900.0
     ip_max_failures: int = 30
     ip_lockout: float = 900.0
+    # Failed logins on one connection before it is closed (SMTP 421, IMAP BYE).
+    smtp_connection_max_failures: int = 5
+    imap_connection_max_failures: int = 3
 
 
 @dataclass

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .auth.service import SECRET_FILE, LoginService
+from .auth.throttle import LoginThrottle
 from .config import Config, ConfigError
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
@@ -20,6 +22,7 @@ from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, ensure_certificate
 from .store.api import Store
+from .store.spool import MessageSpool
 from .store.sqlite import SQLiteStore
 
 log = logging.getLogger("mailyard")
@@ -99,12 +102,27 @@ class MailServer:
         self._stopped = asyncio.Event()
         # TLS for STARTTLS and the implicit-TLS ports; reloaded on SIGHUP (net/tls.py).
         self.tls: ReloadableTLS | None = None
-        # One login throttle for every protocol (auth/throttle.py, config [auth]).
-        self.throttle = throttle_from_config(config.auth)
+        # One login throttle for every protocol (auth/throttle.py, config [auth]),
+        # used by the one login service (auth/service.py) that start() builds.
+        self._throttle = throttle_from_config(config.auth)
+        self.login: LoginService | None = None
         # The outbound queue runner (delivery/queue.py), set by start().
         self.queue: OutboundQueue | None = None
+        # Spool files of messages being received (store/spool.py), set by start().
+        self.spool: MessageSpool | None = None
         # Counters for tests and metrics (e.g. "smtp_sessions" on the MX port).
         self.stats: collections.Counter[str] = collections.Counter()
+
+    @property
+    def throttle(self) -> LoginThrottle:
+        return self._throttle
+
+    @throttle.setter
+    def throttle(self, throttle: LoginThrottle) -> None:
+        # Replacing the throttle (tests tune it) replaces the service's too.
+        self._throttle = throttle
+        if self.login is not None:
+            self.login.throttle = throttle
 
     @property
     def store(self) -> Store:
@@ -121,6 +139,11 @@ class MailServer:
         if self._store is None:
             self._store = SQLiteStore(self.data_dir, self.config.store)
         cfg = self.config
+        self.login = LoginService(self.store, self._throttle, self.data_dir / SECRET_FILE)
+        self.spool = MessageSpool(self.data_dir / "spool")
+        stray = self.spool.sweep()
+        if stray:
+            log.info("removed %d stray spool file(s)", stray)
         self.router = Router(self.store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients)
         self.smtp_engine_config = engine_config(self)
         self.smtp_submission_config = submission_engine_config(self)

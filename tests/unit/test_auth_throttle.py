@@ -51,13 +51,16 @@ def test_ip_lockout_across_accounts() -> None:
 
 
 def test_success_resets_account_not_ip() -> None:
-    t = LoginThrottle()
+    t = LoginThrottle(ThrottlePolicy(ip_max_failures=4))
     for i in range(3):
         t.record_failure(IP, "alice@example.org", float(i))
     assert t.before_attempt("203.0.113.9", "alice@example.org", 3.0) == 4.0
     t.record_success(IP, "alice@example.org", 3.0)
     assert t.before_attempt("203.0.113.9", "alice@example.org", 3.0) == 0.0
-    assert t.before_attempt(IP, "bob@example.org", 3.0) == 4.0  # address still counted
+    # The address's failures still count towards its lockout.
+    t.record_failure(IP, "bob@example.org", 4.0)
+    r = t.before_attempt(IP, "carol@example.org", 4.0)
+    assert isinstance(r, Locked) and r.scope == "ip"
 
 
 def test_failures_forgotten_after_window() -> None:
@@ -103,7 +106,7 @@ def test_memory_is_bounded() -> None:
     t = LoginThrottle(ThrottlePolicy(max_entries=50))
     for i in range(1000):
         t.record_failure(f"10.{i // 256}.{i % 256}.1", f"u{i}@x", float(i) * 0.001)
-    assert len(t) <= 100
+    assert len(t) <= 150  # three tables of at most 50
     # The most recent keys are kept.
     assert t.before_attempt("10.3.231.1", "u999@x", 1.0) == 1.0
 
@@ -113,7 +116,7 @@ def test_expired_entries_are_pruned() -> None:
     for i in range(20):
         t.record_failure(f"10.0.0.{i}", None, 0.0)
     t.record_failure("10.0.1.1", None, 100.0)
-    assert len(t) == 1
+    assert len(t) == 2  # the address and its (address, no name) pair
 
 
 def test_locked_key_does_not_count_further() -> None:
@@ -123,3 +126,105 @@ def test_locked_key_does_not_count_further() -> None:
     t.record_failure(IP, "a@x", 50.0)  # during the lockout: does not extend it
     r = t.before_attempt("10.0.0.1", "a@x", 60.0)
     assert isinstance(r, Locked) and r.until == 101.0
+
+
+# --- reserve, then verify ---------------------------------------------------------
+
+
+def test_a_burst_gets_the_budget_of_a_sequence() -> None:
+    """Attempts in flight count as failures: 380 reserved at once get 10."""
+    t = LoginThrottle()
+    verdicts = [t.reserve(IP, "alice@example.org", 0.0) for _ in range(380)]
+    granted = [v for v in verdicts if not isinstance(v, Locked)]
+    assert len(granted) == 10
+    # Attempt k waits as long as the k-th of a sequence would.
+    assert [a.delay for a in granted] == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 16.0, 16.0, 16.0, 16.0]
+    refused = verdicts[10]
+    assert isinstance(refused, Locked) and refused.scope == "account"
+    assert refused.retry_after(0.0) == 15 * 60
+    for a in granted:
+        t.fail(a, 1.0)
+    r = t.before_attempt(IP, "alice@example.org", 2.0)
+    assert isinstance(r, Locked) and r.until == 1.0 + 15 * 60
+
+
+def test_address_budget_is_reserved_too() -> None:
+    t = LoginThrottle()
+    verdicts = [t.reserve(IP, f"user{i}@example.org", 0.0) for i in range(100)]
+    assert sum(not isinstance(v, Locked) for v in verdicts) == 30
+    assert all(isinstance(v, Locked) and v.scope == "ip" for v in verdicts[30:])
+    # Another address is not affected.
+    assert not isinstance(t.reserve("198.51.100.1", "user99@example.org", 0.0), Locked)
+
+
+def test_success_releases_the_reservation() -> None:
+    t = LoginThrottle(ThrottlePolicy(account_max_failures=2))
+    a = t.reserve(IP, "a@x", 0.0)
+    b = t.reserve(IP, "a@x", 0.0)
+    assert isinstance(a, type(b)) and not isinstance(a, Locked)
+    assert isinstance(t.reserve(IP, "a@x", 0.0), Locked)  # both in flight
+    t.succeed(a, 0.0)
+    t.succeed(a, 0.0)  # settling twice changes nothing
+    c = t.reserve(IP, "a@x", 0.0)
+    assert not isinstance(c, Locked)
+    t.fail(b, 1.0)
+    t.fail(c, 1.0)
+    assert isinstance(t.before_attempt(IP, "a@x", 1.0), Locked)
+
+
+def test_attempts_in_flight_are_not_pruned() -> None:
+    t = LoginThrottle(ThrottlePolicy(window=10.0, account_max_failures=1, max_entries=5))
+    a = t.reserve(IP, "a@x", 0.0)
+    assert not isinstance(a, Locked)
+    # Much later and after other traffic, the reservation still holds the budget.
+    for i in range(3):
+        t.record_failure(f"10.0.0.{i}", f"u{i}@x", 500.0)
+    assert isinstance(t.before_attempt("10.9.9.9", "a@x", 1000.0), Locked)
+    t.fail(a, 1000.0)
+    assert isinstance(t.before_attempt("10.9.9.9", "a@x", 1001.0), Locked)
+
+
+def test_other_accounts_behind_an_address_are_not_slowed() -> None:
+    """Nine failures for bob from one address: alice's login from there waits
+    nothing, and bob's success resets bob's delay from there, while the
+    address's failure count stays."""
+    t = LoginThrottle()
+    for i in range(9):
+        a = t.reserve(IP, "bob@x", float(i))
+        assert not isinstance(a, Locked)
+        t.fail(a, float(i))
+    assert t.before_attempt(IP, "bob@x", 10.0) == 16.0
+    alice = t.reserve(IP, "alice@x", 10.0)
+    assert not isinstance(alice, Locked) and alice.delay == 0.0
+    t.succeed(alice, 10.0)
+    bob = t.reserve(IP, "bob@x", 10.0)
+    assert not isinstance(bob, Locked)
+    t.succeed(bob, 10.0)
+    assert t.before_attempt(IP, "bob@x", 11.0) == 0.0
+    # Successes of alice and bob did not give the address its budget back:
+    # 21 more failures against others lock it (9 + 21 = 30).
+    for i in range(21):
+        a = t.reserve(IP, f"victim{i}@x", 12.0)
+        assert not isinstance(a, Locked)
+        t.fail(a, 12.0)
+    r = t.before_attempt(IP, "alice@x", 12.0)
+    assert isinstance(r, Locked) and r.scope == "ip"
+
+
+def test_failures_elsewhere_still_slow_the_account() -> None:
+    """The account's own counter (every address) still sets a delay; a
+    success from one address clears it, but the delay of the pair that
+    failed from another address stays."""
+    t = LoginThrottle()
+    for _ in range(3):
+        t.fail(t.reserve("198.51.100.1", "a@x", 0.0), 0.0)  # type: ignore[arg-type]
+    assert t.before_attempt("203.0.113.1", "a@x", 0.0) == 4.0
+    t.succeed(t.reserve("203.0.113.1", "a@x", 0.0), 0.0)  # type: ignore[arg-type]
+    assert t.before_attempt("203.0.113.1", "a@x", 0.0) == 0.0
+    assert t.before_attempt("198.51.100.1", "a@x", 0.0) == 4.0
+
+
+def test_long_keys_are_bounded() -> None:
+    t = LoginThrottle()
+    t.record_failure(IP, "x" * 10_000 + "@example.org", 0.0)
+    assert all(len(k) < 400 for table in (t._accounts, t._pairs) for k in table.entries)

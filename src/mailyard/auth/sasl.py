@@ -130,6 +130,7 @@ FailureKind = Literal[
     "invalid-credentials",  # wrong user/password/proof: SMTP 535 5.7.8
     "unsupported",  # e.g. SCRAM channel binding requested: SMTP 535 5.7.8
     "protocol",  # step() after the exchange finished
+    "temporary",  # over a login limit, nothing checked: SMTP 454 4.7.0 (set by auth/service.py)
 ]
 
 
@@ -219,7 +220,7 @@ class Mechanism:
             return Success(self.authcid)
         return Failure("invalid user name or password", "invalid-credentials", self.authcid)
 
-    def provide_scram_keys(self, keys: ScramKeys | str | None) -> Event:
+    def provide_scram_keys(self, keys: ScramKeys | str | None, fake_salt: bytes | None = None) -> Event:
         """Answer a `NeedScramKeys` (only SCRAM mechanisms ask)."""
         return self._fail("no SCRAM keys were requested", "protocol")
 
@@ -446,8 +447,12 @@ class ScramSha256Mechanism(Mechanism):
         self.state = "await-keys"
         return NeedScramKeys(authcid)
 
-    def provide_scram_keys(self, keys: ScramKeys | str | None) -> Event:
-        """Feed the account's stored keys (RFC 5803 string or parsed), or None if unknown."""
+    def provide_scram_keys(self, keys: ScramKeys | str | None, fake_salt: bytes | None = None) -> Event:
+        """Feed the account's stored keys (RFC 5803 string or parsed), or None if unknown.
+
+        For None, ``fake_salt`` is the salt to show (auth/service.py derives it
+        from the normalised name); without it, one derived from the name as sent.
+        """
         if self.state != "await-keys":
             return self._fail("no SCRAM keys were requested", "protocol")
         if isinstance(keys, str):
@@ -457,7 +462,8 @@ class ScramSha256Mechanism(Mechanism):
                 keys = None  # a broken credential behaves like a missing one
         if keys is None:
             assert self.authcid is not None
-            fake_salt = hmac.digest(self._mock_secret, self.authcid.encode("utf-8"), "sha256")[:16]
+            if fake_salt is None:
+                fake_salt = hmac.digest(self._mock_secret, self.authcid.encode("utf-8"), "sha256")[:16]
             keys = ScramKeys(4096, fake_salt, secrets.token_bytes(32), secrets.token_bytes(32))
             self._user_known = False
         else:

@@ -5,8 +5,8 @@ layer (protocols/imap), and carries out what that layer awaits.
   net/session_protocol.py base) and the layer's `ImapIO`: flushing with
   back-pressure, waiting for more input (AUTHENTICATE) or for a change or
   DONE (IDLE), STARTTLS, the autologout and command-deadline timers.
-- `ImapLoginService` is the layer's `ImapLogin`: credential checks under the
-  server's throttle (net/login.py), SASL exchanges (auth/sasl.py).
+- `ImapLoginService` is the layer's `ImapLogin`: the server's one login
+  service (auth/service.py through net/login.py) and SASL (auth/sasl.py).
 - net/imap_store.py's `StoreBackend` is the layer's `ImapBackend` over the
   store, one per logged-in session.
 
@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..auth import sasl
-from ..protocols.imap.backend import BackendError, ConnectionEnding, SaslChallenge, SaslRefused
+from ..protocols.imap.backend import BackendError, ConnectionEnding, LoginRefused, SaslChallenge
 from ..protocols.imap.engine import CLOSED, NEED_DATA
 from ..protocols.imap.framing import Limits
 from ..protocols.imap.session import FLUSH_AT, ImapConfig, ImapSession
 from ..store.api import StoreError
 from .imap_store import StoreBackend
-from .login import Authenticator, plaintext_allowed
+from .login import Authenticator, TryLater, plaintext_allowed
 from .session_protocol import SessionProtocol
 
 if TYPE_CHECKING:
@@ -107,12 +107,18 @@ class ImapLoginService:
     def backend(self, account: Any) -> StoreBackend:
         return StoreBackend(self.server.store, account)
 
-    async def login(self, user: str, password: str) -> StoreBackend | None:
-        account = await self.authenticator.password(user, password)
-        return self.backend(account) if account is not None else None
+    async def login(self, user: str, password: str) -> StoreBackend | LoginRefused:
+        result = await self.authenticator.password(user, password)
+        if isinstance(result, TryLater):
+            return LoginRefused("temporary")
+        return self.backend(result) if result is not None else LoginRefused("denied")
 
     def sasl(self, mechanism: str) -> _SaslExchange:
         return _SaslExchange(self, sasl.start(mechanism))
+
+    def close(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.close()  # an AUTHENTICATE left open counts as a failure
 
 
 class _SaslExchange:
@@ -123,7 +129,7 @@ class _SaslExchange:
         self.mech = mech
         self.started = False
 
-    async def step(self, response: bytes | None) -> SaslChallenge | SaslRefused | StoreBackend:
+    async def step(self, response: bytes | None) -> SaslChallenge | LoginRefused | StoreBackend:
         mech, auth = self.mech, self.service.authenticator
         if not self.started:
             self.started = True
@@ -134,10 +140,10 @@ class _SaslExchange:
             return SaslChallenge(ev.wire)
         if isinstance(ev, sasl.Success):
             account = await auth.account(ev)
-            return self.service.backend(account) if account is not None else SaslRefused("denied")
-        if ev.kind == "cancelled":
-            return SaslRefused("cancelled")
-        return SaslRefused("malformed" if ev.kind in _MALFORMED else "denied")
+            return self.service.backend(account) if account is not None else LoginRefused("denied")
+        if ev.kind in ("cancelled", "temporary"):
+            return LoginRefused(ev.kind)
+        return LoginRefused("malformed" if ev.kind in _MALFORMED else "denied")
 
 
 class ImapConnection(SessionProtocol):
@@ -166,8 +172,17 @@ class ImapConnection(SessionProtocol):
                 max_line=getattr(limits, "imap_max_line", 64 * 1024),
                 max_literal=getattr(limits, "imap_max_literal", 64 * 1024),
                 max_append=getattr(cfg.smtp, "max_message_size", 50 << 20),
+                max_command=getattr(limits, "imap_max_command", 1 << 20),
+                max_append_command=getattr(limits, "imap_max_append_command", 100 << 20),
+                max_unauthenticated=getattr(limits, "imap_max_command_unauthenticated", 8 << 10),
             ),
-            ImapConfig(hostname=cfg.server.hostname, version=__version__, failures=(BackendError, StoreError)),
+            ImapConfig(
+                hostname=cfg.server.hostname,
+                version=__version__,
+                # [auth] imap_connection_max_failures: failed logins on one connection, then BYE
+                max_auth_failures=max(1, cfg.auth.imap_connection_max_failures),
+                failures=(BackendError, StoreError),
+            ),
         )
         self.idle_timeout = getattr(cfg.limits, "imap_idle_timeout", 1800.0)
         self.eof = False  # the client closed its side

@@ -21,10 +21,12 @@ What this module decides, and why:
   which equal it for mail received over SMTP; bytes with bare LF (IMAP APPEND
   from a Unix client) grow when converted. `MaildropCache` checks every message
   once per process and remembers the few that differ, so later logins cost nothing.
-- A wrong password is answered ``-ERR [AUTH]`` (RFC 3206 section 5) after a delay
-  that grows with repeated failures from the same address or against the same
-  account (auth/throttle.py); the reply and timing are the same whether or not
-  the user exists (a dummy hash is verified for unknown users).
+- Every login (USER/PASS, APOP, AUTH) goes through the server's login service
+  (auth/service.py), as SMTP, IMAP and webmail do: a wrong password is
+  answered ``-ERR [AUTH]`` (RFC 3206 section 5) after a delay that grows with
+  repeated failures against the account, the same whether or not the user
+  exists; over a login limit every attempt is answered ``-ERR [SYS/TEMP]``
+  (RFC 3206 section 4) without a check, whatever the password.
 """
 
 from __future__ import annotations
@@ -36,15 +38,12 @@ import ssl
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from functools import partial
 from itertools import takewhile
 from typing import TYPE_CHECKING, Any
 
 from ..auth import sasl
-from ..auth.passwords import verify_password_async
-from ..auth.throttle import Locked, LoginThrottle
 from ..protocols.pop3.engine import (
     NEED_DATA,
     APOPLogin,
@@ -61,6 +60,7 @@ from ..protocols.pop3.engine import (
 )
 from ..store.api import Account, Mailbox, NotFound, Store
 from .listener import Listener
+from .login import Authenticator, TryLater
 from .session_protocol import SessionProtocol
 
 if TYPE_CHECKING:
@@ -188,12 +188,11 @@ class MaildropCache:
 
 
 class POP3Service:
-    """Server-wide POP3 state: maildrop locks, login throttle, size index."""
+    """Server-wide POP3 state: maildrop locks and the size index."""
 
-    def __init__(self, store: Store, hostname: str, throttle: LoginThrottle | None = None) -> None:
+    def __init__(self, store: Store, hostname: str) -> None:
         self.store = store
         self.hostname = hostname
-        self.throttle = throttle if throttle is not None else LoginThrottle()  # it has __len__
         self.maildrops = MaildropCache()
         self.locked: set[int] = set()  # account ids with an open TRANSACTION session
 
@@ -206,15 +205,10 @@ _services: weakref.WeakKeyDictionary[object, POP3Service] = weakref.WeakKeyDicti
 
 
 def service_for(server: MailServer) -> POP3Service:
-    """The POP3Service of a running MailServer (created on first use).
-
-    Uses ``server.throttle`` when the server has one, so failures count across
-    SMTP, IMAP and POP3 (issue #5); otherwise a POP3-only throttle.
-    """
+    """The POP3Service of a running MailServer (created on first use)."""
     svc = _services.get(server)
     if svc is None or svc.store is not server.store:
-        throttle = getattr(server, "throttle", None)
-        svc = POP3Service(server.store, server.config.server.hostname, throttle)
+        svc = POP3Service(server.store, server.config.server.hostname)
         _services[server] = svc
     return svc
 
@@ -255,6 +249,7 @@ class POP3Session(SessionProtocol):
         self.mailbox: Mailbox | None = None
         self._crlf_clean: Callable[[int], bool] = lambda uid: False
         self._mech: sasl.Mechanism | None = None
+        self._auth: Authenticator | None = None
         self._updated = False  # UPDATE ran: the sign-off is the last word
 
     # --- SessionProtocol hooks ------------------------------------------------
@@ -337,6 +332,8 @@ class POP3Session(SessionProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self._auth is not None:
+            self._auth.close()  # an AUTH exchange left open counts as a failure
         if not self.busy:
             self.unlock()  # else when the step ends (`step`)
 
@@ -359,20 +356,11 @@ class POP3Session(SessionProtocol):
                 self.write(engine.data_to_send())
                 await self.drain()
         elif isinstance(event, UserPassLogin):
-            acct = await self.store.get_account(event.username)
-            password = event.password
-            ok = await self._checked(
-                event.username,
-                partial(verify_password_async, acct.password_hash if acct else None, password),
-            )
-            await self.finish_login(acct if ok else None)
+            await self.finish_login(await self.authenticator().password(event.username, event.password))
         elif isinstance(event, APOPLogin):
-            acct = await self.store.get_account(event.username)
-            secret = acct.apop_secret if acct else None
-            ok = await self._checked(
-                event.username, lambda: _value(sasl.verify_apop(event.timestamp, secret, event.digest))
-            )
-            await self.finish_login(acct if ok else None)
+            auth = self.authenticator()
+            result = await auth.service.apop(auth.ip, event.username, event.timestamp, event.digest, self.tls)
+            await self.finish_login(result)
         elif isinstance(event, SASLStart):
             self._mech = sasl.start(event.mechanism)
             await self.sasl_event(self._mech.begin(event.initial_response))
@@ -403,72 +391,38 @@ class POP3Session(SessionProtocol):
 
     # --- authentication ---------------------------------------------------------
 
-    async def _checked(self, name: str | None, check: Callable[[], Awaitable[bool]]) -> bool:
-        """Run a credential check under the login throttle; on failure wait the
-        (growing) delay before the caller answers -ERR [AUTH]."""
-        throttle, ip = self.service.throttle, self.peer_ip
-        now = time.monotonic()
-        verdict = throttle.before_attempt(ip, name, now)
-        if isinstance(verdict, Locked):
-            # Refuse without checking; the reply is the same as for a wrong password.
-            await asyncio.sleep(min(verdict.retry_after(now), throttle.policy.max_delay))
-            log.warning("pop3 login refused (locked %s) user=%r ip=%s", verdict.scope, name, ip)
-            return False
-        ok = await check()
-        if ok:
-            assert name is not None
-            throttle.record_success(ip, name, time.monotonic())
-            return True
-        throttle.record_failure(ip, name, time.monotonic())
-        log.info("pop3 login failed user=%r ip=%s", name, ip)
-        delay = throttle.before_attempt(ip, name, time.monotonic())
-        wait = throttle.policy.max_delay if isinstance(delay, Locked) else delay
-        if wait > 0:
-            await asyncio.sleep(wait)
-        return False
+    def authenticator(self) -> Authenticator:
+        if self._auth is None:
+            self._auth = Authenticator(self.server, self, "pop3")
+        return self._auth
 
     async def sasl_event(self, ev: sasl.Event) -> None:
         mech = self._mech
         assert mech is not None
-        while True:
-            if isinstance(ev, sasl.Challenge):
-                self.engine.sasl_challenge(ev.data)
-                return
-            if isinstance(ev, sasl.NeedCredentials):
-                acct = await self.store.get_account(ev.authcid)
-                password = ev.password
-                ok = await self._checked(
-                    ev.authcid,
-                    partial(verify_password_async, acct.password_hash if acct else None, password),
-                )
-                if not ok:
-                    self._mech = None
-                    await self.finish_login(None)
-                    return
-                ev = mech.provide_result(True)
-            elif isinstance(ev, sasl.NeedScramKeys):
-                acct = await self.store.get_account(ev.authcid)
-                ev = mech.provide_scram_keys(acct.scram_sha256 if acct else None)
-            elif isinstance(ev, sasl.Success):
-                self._mech = None
-                await self.finish_login(await self.store.get_account(ev.authcid))
-                return
-            else:
-                assert isinstance(ev, sasl.Failure)
-                self._mech = None
-                if ev.kind == "cancelled":
-                    self.engine.reject_login(None, "authentication cancelled")
-                elif ev.kind in ("malformed", "too-long", "protocol"):
-                    self.engine.reject_login(None, "invalid authentication exchange")
-                else:
-                    # SCRAM's wrong proof: count and delay like a wrong password.
-                    await self._checked(ev.authcid, lambda: _value(False))
-                    self.engine.reject_login("AUTH", "Authentication failed")
-                return
+        auth = self.authenticator()
+        ev = await auth.sasl(mech, ev)
+        if isinstance(ev, sasl.Challenge):
+            self.engine.sasl_challenge(ev.data)
+            return
+        self._mech = None
+        if isinstance(ev, sasl.Success):
+            await self.finish_login(await auth.account(ev))
+        elif ev.kind == "cancelled":
+            self.engine.reject_login(None, "authentication cancelled")
+        elif ev.kind in ("malformed", "too-long", "protocol"):
+            self.engine.reject_login(None, "invalid authentication exchange")
+        elif ev.kind == "temporary":
+            await self.finish_login(TryLater(0.0))
+        else:
+            await self.finish_login(None)
 
-    async def finish_login(self, acct: Account | None) -> None:
+    async def finish_login(self, acct: Account | TryLater | None) -> None:
         """Lock and list the maildrop of a verified account, or refuse."""
         engine = self.engine
+        if isinstance(acct, TryLater):
+            # RFC 3206 section 4: a temporary failure, whatever the password.
+            engine.reject_login("SYS/TEMP", "Too many failed logins, try again later")
+            return
         if acct is None:
             engine.reject_login("AUTH", "Authentication failed")
             return
@@ -513,10 +467,6 @@ class POP3Session(SessionProtocol):
         if self.account is not None:
             self.service.locked.discard(self.account.id)
             self.account = None
-
-
-async def _value(value: bool) -> bool:
-    return value
 
 
 def pop3_protocol(server: MailServer, listener: Listener) -> POP3Session:

@@ -9,6 +9,7 @@ message is safely stored before ``250`` is sent (DESIGN.md "Durability").
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import logging
@@ -37,7 +38,9 @@ from ..protocols.smtp.events import (
     ExpnReceived,
     HeloReceived,
     MailFromReceived,
+    MessageData,
     MessageReceived,
+    ProtocolError,
     RcptToReceived,
     StartTLSReceived,
     VrfyReceived,
@@ -46,6 +49,7 @@ from ..protocols.smtp.replies import Reply
 from ..protocols.smtp.server import ServerConfig, SMTPServerEngine, State
 from ..store.api import Account, StorageFull
 from ..store.queue import NewRecipient
+from ..store.spool import SpoolFile
 from .listener import Listener
 from .login import Authenticator, plaintext_allowed
 from .session_protocol import SessionProtocol
@@ -55,8 +59,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailyard.smtp")
 
-# Failed AUTH exchanges on one connection before 421 and disconnect.
-MAX_AUTH_FAILURES = 5
+
+# A spooled message up to this size is read back on the event loop.
+_READ_INLINE = 1 << 20
 
 # Queue IDs: unique per process (random prefix) and cheap (a counter).
 _QUEUE_PREFIX = os.urandom(4).hex()
@@ -115,6 +120,9 @@ class SMTPSession(SessionProtocol):
         self._mech: sasl.Mechanism | None = None
         self._auth: Authenticator | None = None
         self._auth_failures = 0
+        # The parts of a large message received so far (MessageData), on disk.
+        self._spool: SpoolFile | _MemorySpool | None = None
+        self._spool_error: OSError | None = None
 
     # --- SessionProtocol hooks ----------------------------------------------
     def start(self) -> None:
@@ -142,6 +150,12 @@ class SMTPSession(SessionProtocol):
 
     def received(self, data: bytes) -> None:
         self.engine.receive_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._auth is not None:
+            self._auth.close()  # an AUTH exchange left open counts as a failure
+        self._drop_spool()  # an unfinished transfer leaves nothing behind
 
     def goodbye(self) -> bytes:
         return self.engine.shutdown_reply()
@@ -183,8 +197,15 @@ class SMTPSession(SessionProtocol):
                 elif isinstance(event, MailFromReceived) and self.account is None:
                     self.resolutions.clear()
                     engine.accept()
+                elif isinstance(event, MessageData):
+                    self._spool_write(event.data)
+                elif isinstance(event, ProtocolError) and engine.state is not State.DATA:
+                    self._drop_spool()  # the data was refused (552, 550 5.6.0, ...)
                 elif isinstance(event, AuthCancelled):
-                    self._mech = None  # the engine already answered 501
+                    # The engine already answered 501; a cancel counts as a failure.
+                    if self._auth is not None and self._mech is not None:
+                        self._auth.cancelled(self._mech.authcid)
+                    self._mech = None
                 elif getattr(event, "needs_answer", False):
                     return self.step(event)
                 else:
@@ -304,9 +325,11 @@ class SMTPSession(SessionProtocol):
                 return
             ev = sasl.Failure("account vanished")
         reply = self._auth_failure_reply(ev)
-        if reply.code == 535:
+        if reply.code in (535, 454):
             self._auth_failures += 1
-            if self._auth_failures >= MAX_AUTH_FAILURES:
+            # [auth] smtp_connection_max_failures: failed AUTH exchanges on one
+            # connection before 421 and disconnect.
+            if self._auth_failures >= max(1, self.server.config.auth.smtp_connection_max_failures):
                 # Abuse budget per connection (the throttle also counts across them).
                 reply = Reply(421, "4.7.0", "Too many failed authentication attempts, closing connection")
         engine.respond(reply)
@@ -328,8 +351,9 @@ class SMTPSession(SessionProtocol):
             return Reply(501, "5.5.2", "Cannot decode the authentication data")
         if failure.kind == "too-long":
             return Reply(500, "5.5.6", "Authentication exchange line is too long")
-        if self._auth is not None and self._auth.locked:
-            # RFC 4954 6: 454 temporary failure; the lockout expires.
+        if failure.kind == "temporary":
+            # RFC 4954 6: 454 temporary failure, whatever the password: over a
+            # login limit nothing was checked, and the lockout expires.
             return Reply(454, "4.7.0", "Temporary authentication failure, try again later")
         return Reply(535, "5.7.8", "Authentication credentials invalid")
 
@@ -357,7 +381,52 @@ class SMTPSession(SessionProtocol):
         self._advertise()
 
     # --- DATA ---------------------------------------------------------------------
+    def _spool_write(self, data: bytes) -> None:
+        """Put a part of the message being received on disk (store/spool.py):
+        a transfer holds kilobytes in memory, not the message."""
+        if self._spool_error is not None:
+            return  # the rest is read and dropped; the end of data gets 452
+        try:
+            if self._spool is None:
+                spool = getattr(self.server, "spool", None)
+                self._spool = spool.open() if spool is not None else _MemorySpool()
+            self._spool.write(data)
+        except OSError as exc:
+            log.error("smtp spool write failed for %s: %s", self.peer_ip, exc)
+            self._spool_error = exc
+            self._drop_spool()
+
+    def _drop_spool(self) -> None:
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close()
+
+    async def _message_data(self, event: MessageReceived) -> bytes:
+        """The whole message: the spooled parts and the last part."""
+        spool, self._spool = self._spool, None
+        error, self._spool_error = self._spool_error, None
+        if not event.streamed:
+            return event.data
+        if error is not None or spool is None:
+            raise StorageFull(str(error or "spool file missing"))
+        try:
+            if spool.size <= _READ_INLINE:
+                head = spool.read_all()  # from the page cache: cheaper than a thread hop
+            else:
+                head = await asyncio.to_thread(spool.read_all)
+        finally:
+            spool.close()
+        return head + event.data
+
     async def deliver(self, event: MessageReceived) -> Reply:
+        try:
+            data = await self._message_data(event)
+        except (StorageFull, OSError) as exc:
+            log.error("smtp spool for %s unusable: %s", self.peer_ip, exc)
+            return Reply(452, "4.3.1", "Insufficient system storage, try again later")
+        return await self._deliver(event, data)
+
+    async def _deliver(self, event: MessageReceived, data: bytes) -> Reply:
         accounts = []
         remote: list[NewRecipient] = []
         rcpt_events = {r.forward_path: r for r in event.rcpts}
@@ -384,7 +453,7 @@ class SMTPSession(SessionProtocol):
             # The one acceptance path (delivery/submit.py): the submission
             # policy when a user authenticated, then one durable commit.
             await accept_message(
-                self.server, event.data, event.reverse_path, accounts, remote,
+                self.server, data, event.reverse_path, accounts, remote,
                 trace=trace, account=self.account,
                 envid=mail.envid if mail else None, ret=mail.ret if mail else None,
                 smtputf8=bool(mail and mail.smtputf8),
@@ -407,7 +476,7 @@ class SMTPSession(SessionProtocol):
         log.info(
             "delivered %s from=<%s> to=%s size=%d client=%s",
             queue_id, event.reverse_path, ",".join(f"<{p}>" for p in event.forward_paths),
-            len(event.data), self.peer_ip,
+            len(data), self.peer_ip,
         )
         return Reply(250, "2.0.0", f"OK queued as {queue_id}")
 
@@ -425,6 +494,28 @@ class SMTPSession(SessionProtocol):
         if not members:
             return Reply(550, "5.1.1", f"{address} has no members")
         return Reply(250, "2.1.5", members)
+
+
+class _MemorySpool:
+    """A spool in memory, for a server object without a spool directory."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self.closed = False
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def write(self, data: bytes) -> None:
+        self._data += data
+
+    def read_all(self) -> bytes:
+        return bytes(self._data)
+
+    def close(self) -> None:
+        self._data = bytearray()
+        self.closed = True
 
 
 def smtp_protocol(server: MailServer, listener: Listener) -> SMTPSession:

@@ -13,6 +13,8 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,14 +36,12 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..auth.passwords import verify_password_async
-from ..auth.throttle import Locked, LoginThrottle
+from ..auth.service import LoginService, TryLater
 from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_address_list
-from ..message.compose import Attachment, compose, to_bytes
-from ..message.parse import parse_message
-from ..store.api import Account, Mailbox, MailboxGone, NotFound, StoreError
+from ..store.api import Mailbox, MailboxGone, NotFound, StoreError
 from . import render
+from .bodies import BodyLimits, route_limits
 from .listing import PAGE_SIZE, SORTS, Listing, NotReady
 from .security import (
     DOWNLOAD_CSP,
@@ -55,6 +55,7 @@ from .security import (
     same_origin,
     token_ok,
 )
+from .worker import DEFAULT_MEMORY, RenderPool, TooComplex
 
 log = logging.getLogger("mailyard.web")
 
@@ -63,14 +64,46 @@ MAX_UPLOAD_FILES = 50
 SPECIAL_ORDER = {"INBOX": 0, "\\Drafts": 1, "\\Sent": 2, "\\Archive": 3, "\\Junk": 4, "\\Trash": 5}
 
 
+class BodyCache:
+    """Recently prepared message bodies, least recently used dropped first,
+    at most ``max_chars`` characters in all. A message's bytes never change
+    under one (mailbox id, UIDVALIDITY, UID), so an entry cannot go stale."""
+
+    def __init__(self, max_chars: int = 8 * 1024 * 1024) -> None:
+        from collections import OrderedDict
+
+        self.max_chars = max_chars
+        self._items: OrderedDict[tuple, str] = OrderedDict()
+        self._chars = 0
+
+    def get(self, key: tuple) -> str | None:
+        body = self._items.get(key)
+        if body is not None:
+            self._items.move_to_end(key)
+        return body
+
+    def put(self, key: tuple, body: str) -> None:
+        if len(body) > self.max_chars // 4 or key in self._items:
+            return
+        self._items[key] = body
+        self._chars += len(body)
+        while self._chars > self.max_chars:
+            _, old = self._items.popitem(last=False)
+            self._chars -= len(old)
+
+
 @dataclass
 class WebState:
     server: Any
     sessions: Sessions = field(default_factory=Sessions)
     listing: Listing | None = None
     closing: asyncio.Event = field(default_factory=asyncio.Event)
-    throttle: LoginThrottle | None = None
+    login: LoginService | None = None
     status_cache: dict[int, tuple[tuple[int, int], Any]] = field(default_factory=dict)
+    # parsing and sanitising for display run here, off the event loop (worker.py)
+    pool: RenderPool = field(default_factory=RenderPool)
+    # the sanitised body prepared with a read page, for its body frame's request
+    bodies: BodyCache = field(default_factory=lambda: BodyCache())
 
 
 def _env() -> jinja2.Environment:
@@ -259,9 +292,22 @@ def notice_url(url: str, text: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}notice={quote(text)}"
 
 
+# The pages a Back link may lead to: this app's own list, message, folder and
+# compose pages. Matching the whole path against the routes (rather than
+# refusing "//" or a scheme) also refuses what browsers rewrite into another
+# origin: tab, CR and LF are removed and a backslash read as "/" (WHATWG URL
+# parser), so "/<TAB>/host" and "/<backslash>host" both mean "//host" (CWE-601).
+_BACK_PATH = re.compile(r"/(?:box/[0-9]{1,18}(?:/msg/[0-9]{1,18})?|folders|compose)?")
+_BACK_QUERY = re.compile(r"[A-Za-z0-9._~%&=+:@/-]*")
+
+
 def _safe_back(value: Any, fallback: str) -> str:
-    # only local paths: never an open redirect
-    if isinstance(value, str) and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+    """``value`` if it is a path of this app (with an optional plain query),
+    else ``fallback``: a Back link never leaves the site."""
+    if not isinstance(value, str) or len(value) > 2000:
+        return fallback
+    path, _, query = value.partition("?")
+    if _BACK_PATH.fullmatch(path) and _BACK_QUERY.fullmatch(query):
         return value
     return fallback
 
@@ -292,25 +338,25 @@ async def login(request: Request) -> Response:
     ip = request.client.host if request.client else "unknown"
     if not plaintext_ok(web.server, request, ip):
         return _login_page(request, "Passwords are accepted only over HTTPS here.", username, 403)
-    throttle = web.throttle
-    assert throttle is not None
-    verdict = throttle.before_attempt(ip, username or None, time.monotonic())
-    if isinstance(verdict, Locked):
-        return _login_page(request, "Too many failed logins. Try again later.", username, 429)
-    if verdict:
-        await asyncio.sleep(verdict)
-    store = web.server.store
-    account: Account | None = None
-    try:
-        account = await store.get_account(username) if username and "@" in username else None
-    except StoreError:
-        account = None
-    ok = await verify_password_async(account.password_hash if account else None, password)
-    if not ok or account is None:
-        throttle.record_failure(ip, username or None, time.monotonic())
-        log.info("web login failed for %r from %s", username, ip)
+    login_service = web.login
+    assert login_service is not None
+    # The mail protocols' login service (auth/service.py): the same budget,
+    # delays and lockouts. Names without "@" are checked too, so they cost
+    # the same work as any other unknown name.
+    result = await login_service.password(ip, username, password, "web", request.url.scheme == "https")
+    if isinstance(result, TryLater):
+        # Over a limit: nothing was checked, so this page is the same for a
+        # right and a wrong password, a known and an unknown name.
+        minutes = max(1, math.ceil(result.retry_after / 60))
+        response = _login_page(
+            request, f"Too many attempts, try again in {minutes} minute{'s' if minutes > 1 else ''}.",
+            username, 429,
+        )
+        response.headers["Retry-After"] = str(max(1, math.ceil(result.retry_after)))
+        return response
+    if result is None:
         return _login_page(request, "Wrong address or password.", username, 401)
-    throttle.record_success(ip, username, time.monotonic())
+    account = result
     session, cookie = web.sessions.create(account.id, account.address, account.epoch)
     response = redirect("/")
     response.set_cookie(SESSION_COOKIE, cookie, **cookie_kwargs(request))
@@ -392,20 +438,37 @@ async def mailbox_view(request: Request) -> Response:
     return page(request, "mailbox.html", **ctx)
 
 
+def _body_key(session: Session, box: Mailbox, uid: int, allow_remote: bool) -> tuple:
+    return (session.account_id, box.id, box.uid_validity, uid, allow_remote)
+
+
+def too_complex(request: Request, box: Mailbox, uid: int, reason: str, folder_list: list[dict],
+                back: str) -> Response:
+    """The page shown instead of a message that cannot be prepared for
+    display within the worker's bounds: what happened and the download."""
+    return page(request, "complex.html", box=box, uid=uid, reason=reason, folders=folder_list, back=back,
+                notice="")
+
+
 async def message_view(request: Request) -> Response:
     session = current(request)
     box = await own_mailbox(request, session, request.path_params["box_id"])
     uid = request.path_params["uid"]
     raw = await read_raw(request, box, uid)
-    store = state(request).server.store
-    view = render.build_view(raw)
+    web = state(request)
+    store = web.server.store
     key = f"{box.id}:{uid}"
     if request.query_params.get("remote") == "1":
         session.remote_ok.add(key)
     allow_remote = key in session.remote_ok
-    blocked = False
-    if view.html is not None:
-        _safe, blocked = render.sanitize_html(view.html, f"/box/{box.id}/msg/{uid}", view.cids, allow_remote)
+    back = _safe_back(request.query_params.get("back"), f"/box/{box.id}")
+    try:
+        view = await web.pool.run(render.show, raw, f"/box/{box.id}/msg/{uid}", allow_remote)
+    except TooComplex as exc:
+        return too_complex(request, box, uid, str(exc), await folders(request, session), back)
+    del raw
+    web.bodies.put(_body_key(session, box, uid, allow_remote), view.body or "")
+    blocked = view.blocked
     info = await _info(request, box, uid)
     if info is not None and "\\Seen" not in info.flags:
         await store.store_flags(box, [uid], ["\\Seen"], "add")
@@ -415,7 +478,7 @@ async def message_view(request: Request) -> Response:
         folders=await folders(request, session), blocked=blocked, allow_remote=allow_remote,
         show_headers=request.query_params.get("headers") == "1",
         notice=request.query_params.get("notice", ""),
-        back=_safe_back(request.query_params.get("back"), f"/box/{box.id}"),
+        back=back,
     )
 
 
@@ -432,14 +495,22 @@ async def message_body(request: Request) -> Response:
     session = current(request)
     box = await own_mailbox(request, session, request.path_params["box_id"])
     uid = request.path_params["uid"]
-    view = render.build_view(await read_raw(request, box, uid))
+    web = state(request)
     allow_remote = f"{box.id}:{uid}" in session.remote_ok
-    if view.html is not None:
-        body, _ = render.sanitize_html(view.html, f"/box/{box.id}/msg/{uid}", view.cids, allow_remote)
-    else:
-        import html as _html
+    key = _body_key(session, box, uid, allow_remote)
+    body = web.bodies.get(key)
+    if body is None:
+        raw = await read_raw(request, box, uid)
+        try:
+            view = await web.pool.run(render.show, raw, f"/box/{box.id}/msg/{uid}", allow_remote)
+            body = view.body or ""
+            web.bodies.put(key, body)
+        except TooComplex as exc:
+            import html as _html
 
-        body = f"<pre>{_html.escape(view.text or '')}</pre>"
+            body = (f"<p>This message is too complex to display ({_html.escape(str(exc))}).</p>"
+                    f"<p><a href=\"/box/{box.id}/msg/{uid}/raw?download=1\" target=\"_blank\">"
+                    "Download it</a> to open it with another program.</p>")
     doc = (
         "<!doctype html><html><head><meta charset=\"utf-8\">"
         "<style>body{font:15px/1.45 system-ui,sans-serif;margin:8px;color:#111;word-wrap:break-word}"
@@ -456,21 +527,22 @@ async def message_part(request: Request) -> Response:
     session = current(request)
     box = await own_mailbox(request, session, request.path_params["box_id"])
     uid = request.path_params["uid"]
-    view = render.build_view(await read_raw(request, box, uid))
-    part = view.parts.get(request.path_params["spec"])
-    if part is None:
+    raw = await read_raw(request, box, uid)
+    try:
+        found = await state(request).pool.run(render.part_content, raw, request.path_params["spec"])
+    except TooComplex as exc:
+        raise HTTPException(422, f"This message is too complex to open its parts ({exc}); "
+                                 "download the whole message instead.") from None
+    if found is None:
         raise HTTPException(404, "no such part")
-    data = render.part_bytes(part.part)
-    ctype = part.content_type
+    data, ctype, filename, charset = found
     inline = request.query_params.get("inline") == "1" and ctype in (
         "image/png", "image/gif", "image/jpeg", "image/webp", "image/bmp")
     if ctype.startswith("text/"):
-        charset = part.part.get_content_charset()
         if charset and charset.isascii() and charset.replace("-", "").replace("_", "").isalnum():
             ctype += f"; charset={charset}"
     headers = {
-        "Content-Disposition": render.content_disposition("inline" if inline else "attachment",
-                                                          part.filename),
+        "Content-Disposition": render.content_disposition("inline" if inline else "attachment", filename),
         "Content-Security-Policy": DOWNLOAD_CSP,
         "X-Frame-Options": "SAMEORIGIN",
     }
@@ -604,8 +676,13 @@ async def compose_view(request: Request) -> Response:
         if uid is None:
             raise HTTPException(404)
         raw = await read_raw(request, box, uid)
-        view = render.build_view(raw)
-        text = view.text if view.text is not None else render.html_to_text(view.html or "")
+        try:
+            view = await state(request).pool.run(render.show, raw, f"/box/{box.id}/msg/{uid}", False,
+                                                 False, mode in ("reply", "replyall"))
+        except TooComplex as exc:
+            return too_complex(request, box, uid, str(exc), await folders(request, session), f"/box/{box.id}")
+        del raw
+        text = view.reply_text or ""
         if mode in ("reply", "replyall"):
             targets = view.reply_to or view.from_
             draft.to = render.format_address_list(targets)
@@ -632,15 +709,13 @@ async def compose_view(request: Request) -> Response:
             draft.sender = render.format_address_list(view.from_)
             draft.to = render.format_address_list(view.to)
             draft.cc = render.format_address_list(view.cc)
-            msg = parse_message(raw)
-            draft.bcc = render.format_address_list(render._addresses(render._raw_header(msg, "bcc")))
+            draft.bcc = render.format_address_list(view.bcc)
             draft.subject = view.subject
             draft.body = view.text or ""
-            draft.in_reply_to = render._raw_header(msg, "in-reply-to").strip()
-            draft.references = " ".join(render._raw_header(msg, "references").split())
+            draft.in_reply_to = view.in_reply_to
+            draft.references = view.references_raw
             draft.draft_uid = str(uid)
-            draft.kept = [(p.spec, p.filename, p.content_type, len(render.part_bytes(p.part)))
-                          for p in view.attachments]
+            draft.kept = [(a.spec, a.filename, a.content_type, a.size) for a in view.attachments]
     return page(request, "compose.html", draft=draft, folders=await folders(request, session), errors=[],
                 notice=qp.get("notice", ""))
 
@@ -689,74 +764,62 @@ async def compose_submit(request: Request) -> Response:
     bcc = parse_recipients(draft.bcc, "Bcc", errors)
     if action == "send" and not (to or cc or bcc) and not errors:
         errors.append("Add at least one recipient.")
-    attachments: list[Any] = []
-    total = 0
     limit = web.server.config.smtp.max_message_size
+    uploads: list[tuple[str, bytes, str | None]] = []
     for upload in form.getlist("attachment"):
         if isinstance(upload, UploadFile) and upload.filename:
+            # Starlette spooled the file to disk above 1 MB; BodyLimits
+            # bounded the whole form to the message size limit
             data = await upload.read()
-            total += len(data)
             name = render.safe_filename(upload.filename)
             ctype = (upload.content_type or "").split(";")[0].strip().lower()
             if "/" not in ctype or any(c in ctype for c in "\r\n\"") or ctype == "application/x-unknown":
                 ctype = None  # compose() guesses from the name
-            attachments.append(Attachment(name, data, ctype))
+            uploads.append((name, data, ctype))
     drafts = await special(request, session, "\\Drafts")
     old_draft = _int(draft.draft_uid)
+    old_raw: bytes | None = None
     if old_draft is not None:
         try:
             old_raw = await store.read_message(drafts, old_draft)
         except NotFound:
             old_raw = None
-        if old_raw is not None:
-            old_view = render.build_view(old_raw)
-            keep = set(form.getlist("keep"))
-            for p in old_view.attachments:
-                if p.spec in keep:
-                    if p.content_type == "message/rfc822":
-                        payload = p.part.get_payload()
-                        attachments.append(payload[0] if isinstance(payload, list) else p.part)
-                    else:
-                        data = render.part_bytes(p.part)
-                        total += len(data)
-                        attachments.append(Attachment(p.filename, data, p.content_type))
+    forward_raw: bytes | None = None
     if draft.forward:
         box_id, _, uid_s = draft.forward.partition(":")
         fbox = await own_mailbox(request, session, box_id)
         fuid = _int(uid_s)
         if fuid is None:
             raise HTTPException(404)
-        fraw = await read_raw(request, fbox, fuid)
-        total += len(fraw)
-        attachments.append(parse_message(fraw))
-    if total > limit:
-        errors.append(f"The attachments are too large (at most {human_size(limit)} in all).")
-    msg = None
+        forward_raw = await read_raw(request, fbox, fuid)
+    built: tuple[bytes, bytes] | None = None
     if not errors:
+        # parsing the draft or the forwarded message and encoding the
+        # attachments happen in a worker process (worker.py)
         try:
-            msg = compose(
-                (author[0][0] or None, author[0][1]) if author else (None, session.address),
-                to, cc=cc, bcc=bcc, subject=draft.subject,
-                text=draft.body.replace("\r\n", "\n"), attachments=attachments,
-                in_reply_to=draft.in_reply_to or None,
-                references=[r for r in draft.references.split() if r.startswith("<")],
-                extra_headers=[("User-Agent", "mailyard webmail")],
-            )
-        except ValueError as exc:
-            errors.append(str(exc))
-    if errors or msg is None:
-        if draft.forward:
-            draft.body = draft.body  # keep
+            sender = (author[0][0] or None, author[0][1]) if author else (None, session.address)
+            result = await web.pool.run(
+                render.outgoing, sender, to, cc, bcc, draft.subject, draft.body.replace("\r\n", "\n"),
+                uploads, old_raw, list(form.getlist("keep")), forward_raw, draft.in_reply_to or None,
+                [r for r in draft.references.split() if r.startswith("<")], limit,
+                f"The attachments are too large (at most {human_size(limit)} in all).")
+        except TooComplex as exc:
+            result = f"The message could not be built ({exc})."
+        if isinstance(result, str):
+            errors.append(result)
+        else:
+            built = result
+    del uploads, old_raw, forward_raw
+    if errors or built is None:
         return page(request, "compose.html", status=400, draft=draft,
                     folders=await folders(request, session), errors=errors)
-    full = to_bytes(msg)
+    full, wire = built
     if action == "save":
         uid = await store.append(drafts, full, ["\\Draft", "\\Seen"])
         if old_draft is not None:
             await store.expunge(drafts, [old_draft])
         draft.draft_uid = str(uid)
         return redirect(notice_url(f"/compose?draft={drafts.id}:{uid}", "Draft saved."))
-    wire = to_bytes(msg, strip_bcc=True)
     recipients = [a for _, a in to + cc + bcc]
     account = await store.get_account_by_id(session.account_id)
     if account is None:
@@ -865,8 +928,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
         return PlainTextResponse("not logged in", status_code=401)
     session = live_session(request)
     request.state.session = session
-    return page(request, "error.html", status=exc.status_code, status_code=exc.status_code,
-                detail=exc.detail or "", folders=[])
+    response = page(request, "error.html", status=exc.status_code, status_code=exc.status_code,
+                    detail=exc.detail or "", folders=[])
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def mailbox_gone(request: Request, exc: Exception) -> Response:
@@ -901,14 +966,19 @@ def create_app(server: Any) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SecurityHeaders)],
+        # SecurityHeaders outermost, so the 413 of BodyLimits carries them too
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(BodyLimits, limit_for=route_limits(server.config.smtp.max_message_size)),
+        ],
         exception_handlers={HTTPException: http_error, MailboxGone: mailbox_gone},
     )
-    throttle = getattr(server, "throttle", None)
-    if not isinstance(throttle, LoginThrottle):
-        # until the server has one shared throttle (issue #5): one for the web
-        throttle = LoginThrottle()
-    app.state.web = WebState(server, throttle=throttle, listing=Listing(server.store))
+    from ..net.login import login_service
+
+    # the worker's memory: what the stdlib parser and nh3 need for a message
+    # of the largest size accepted, with room to spare
+    pool = RenderPool(memory_limit=max(DEFAULT_MEMORY, 16 * server.config.smtp.max_message_size))
+    app.state.web = WebState(server, login=login_service(server), listing=Listing(server.store), pool=pool)
     return app
 
 

@@ -101,6 +101,7 @@ class View:
     cids: dict[str, str] = field(default_factory=dict)  # Content-ID -> part spec
     parts: dict[str, Part] = field(default_factory=dict)
     headers: list[tuple[str, str]] = field(default_factory=list)
+    raw_headers: list[tuple[str, str]] = field(default_factory=list)  # as written, not decoded
 
 
 def safe_filename(name: str | None, fallback: str = "attachment") -> str:
@@ -191,6 +192,7 @@ def part_bytes(part: EmailMessage) -> bytes:
 def build_view(raw: bytes) -> View:
     msg = parse_message(raw)
     headers = []
+    raw_headers = [(k, str(v)) for k, v in msg._headers]
     for k, v in msg._headers:
         try:
             headers.append((k, decode_words(str(v))))
@@ -208,6 +210,7 @@ def build_view(raw: bytes) -> View:
         text=None,
         html=None,
         headers=headers,
+        raw_headers=raw_headers,
     )
     for spec, part in number_parts(msg):
         ctype = part.get_content_type()
@@ -318,3 +321,205 @@ def format_address_list(items: list[tuple[str, str]]) -> str:
     from ..message.address import format_address
 
     return ", ".join(format_address(n or None, a) for n, a in items)
+
+
+# --- bounded preparation, run in a worker process (web/worker.py) ---------------
+# A message shown in webmail has at most MAX_DISPLAY_PARTS MIME parts and its
+# HTML at most MAX_HTML_DEPTH levels of elements: the stdlib parser needs
+# about 60 us and 1 KB per part, and nh3 time grows with the square of the
+# nesting depth. Past either, the page offers the download instead.
+MAX_DISPLAY_PARTS = 1000
+MAX_HTML_DEPTH = 1000
+# Elements that never nest (void) or whose end tag the HTML parser implies
+# (a new <p>, <li>, <td>... closes the open one): not counted as depth.
+_NO_DEPTH = frozenset({
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+    "track", "wbr", "p", "li", "dt", "dd", "tr", "td", "th", "option", "optgroup", "rp", "rt",
+    "tbody", "thead", "tfoot", "colgroup", "caption", "html", "head", "body",
+})
+_TAG = re.compile(r"<(/?)([A-Za-z][^\s/>]*)[^>]*?(/?)>")
+_DELIMITER_LINE = re.compile(rb"^--([^\r\n]*)", re.M)
+_BOUNDARY_PARAM = re.compile(rb"""boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))""", re.I)
+
+
+def check_parts(raw: bytes, limit: int = MAX_DISPLAY_PARTS) -> None:
+    """Raise ``TooComplex`` if ``raw`` has more than ``limit`` MIME parts,
+    judged from the bytes before the parser sees them: each part starts at a
+    delimiter line ``--boundary`` (RFC 2046 5.1.1) of some boundary parameter
+    in the message. Lines starting with ``--`` are counted first (fast); only
+    when there are many are they matched against the boundaries."""
+    from .worker import TooComplex
+
+    if raw.count(b"\n--") <= limit:
+        return
+    boundaries = {(m.group(1) or m.group(2)).strip() for m in _BOUNDARY_PARAM.finditer(raw)}
+    if len(boundaries) > limit:
+        raise TooComplex(f"it has more than {limit} MIME parts")
+    count = 0
+    for m in _DELIMITER_LINE.finditer(raw):
+        # each part follows one delimiter; the close delimiter "--b--" starts none
+        if m.group(1).rstrip(b" \t") in boundaries:
+            count += 1
+            if count > limit:
+                raise TooComplex(f"it has more than {limit} MIME parts")
+
+
+def html_depth(html: str, stop: int = MAX_HTML_DEPTH) -> int:
+    """How deep elements nest in ``html`` (an upper estimate: an end tag
+    closes the innermost open element whatever its name); stops counting at
+    ``stop + 1``."""
+    if html.count("<") <= stop:
+        return min(html.count("<"), stop)
+    depth = deepest = 0
+    for m in _TAG.finditer(html):
+        if m.group(3) or m.group(2).lower() in _NO_DEPTH:
+            continue
+        if m.group(1):
+            depth = max(0, depth - 1)
+        else:
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > stop:
+                    break
+    return deepest
+
+
+def checked_html(html: str) -> str:
+    """``html`` if it is shallow enough to sanitise, else ``TooComplex``."""
+    from .worker import TooComplex
+
+    if html_depth(html) > MAX_HTML_DEPTH:
+        raise TooComplex(f"its HTML nests more than {MAX_HTML_DEPTH} levels deep")
+    return html
+
+
+@dataclass
+class AttachmentInfo:
+    spec: str
+    filename: str
+    content_type: str
+    size: int
+
+
+@dataclass
+class Shown:
+    """What a page needs of one message, prepared in a worker (plain data,
+    picklable). Field names follow ``View`` so templates take either."""
+
+    subject: str
+    from_: list[tuple[str, str]]
+    to: list[tuple[str, str]]
+    cc: list[tuple[str, str]]
+    reply_to: list[tuple[str, str]]
+    date: str
+    message_id: str
+    references: str
+    headers: list[tuple[str, str]]
+    attachments: list[AttachmentInfo]
+    text: str | None
+    has_html: bool
+    body: str | None = None  # sanitised HTML (or escaped text) for the body frame
+    blocked: bool = False  # remote content was left out of ``body``
+    reply_text: str | None = None  # the text a reply quotes
+    bcc: list[tuple[str, str]] = field(default_factory=list)
+    in_reply_to: str = ""
+    references_raw: str = ""
+
+
+def show(raw: bytes, base: str, allow_remote: bool, body: bool = True, reply: bool = False) -> Shown:
+    """Parse ``raw`` for display within the complexity limits (``TooComplex``
+    past them). ``body``: sanitise the body for the frame; ``reply``: the
+    text to quote (the HTML body as text when there is no text part)."""
+    import html as _html
+
+    check_parts(raw)
+    view = build_view(raw)
+    if len(view.parts) > MAX_DISPLAY_PARTS:
+        from .worker import TooComplex
+
+        raise TooComplex(f"it has more than {MAX_DISPLAY_PARTS} MIME parts")
+    msg_bcc = ""
+    in_reply_to = references_raw = ""
+    out = Shown(
+        subject=view.subject, from_=view.from_, to=view.to, cc=view.cc, reply_to=view.reply_to,
+        date=view.date, message_id=view.message_id, references=view.references, headers=view.headers,
+        attachments=[AttachmentInfo(p.spec, p.filename, p.content_type, len(part_bytes(p.part)))
+                     for p in view.attachments],
+        text=view.text, has_html=view.html is not None,
+    )
+    for k, v in view.raw_headers:
+        low = k.lower()
+        if low == "bcc" and not msg_bcc:
+            msg_bcc = v
+        elif low == "in-reply-to" and not in_reply_to:
+            in_reply_to = v.strip()
+        elif low == "references" and not references_raw:
+            references_raw = " ".join(v.split())
+    out.bcc = _addresses(msg_bcc)
+    out.in_reply_to = in_reply_to
+    out.references_raw = references_raw
+    if body:
+        if view.html is not None:
+            out.body, out.blocked = sanitize_html(checked_html(view.html), base, view.cids, allow_remote)
+        else:
+            out.body = f"<pre>{_html.escape(view.text or '')}</pre>"
+    if reply:
+        out.reply_text = view.text if view.text is not None else html_to_text(checked_html(view.html or ""))
+    return out
+
+
+def part_content(raw: bytes, spec: str) -> tuple[bytes, str, str, str | None] | None:
+    """The decoded bytes, content type, file name and charset of part ``spec``."""
+    check_parts(raw)
+    view = build_view(raw)
+    part = view.parts.get(spec)
+    if part is None:
+        return None
+    return part_bytes(part.part), part.content_type, part.filename, part.part.get_content_charset()
+
+
+def outgoing(
+    sender: tuple[str | None, str], to: list[tuple[str, str]], cc: list[tuple[str, str]], bcc: list[tuple[str, str]],
+    subject: str, text: str, uploads: list[tuple[str, bytes, str | None]],
+    draft_raw: bytes | None, keep: list[str], forward_raw: bytes | None,
+    in_reply_to: str | None, references: list[str], limit: int, too_large: str,
+) -> tuple[bytes, bytes] | str:
+    """The message a compose form describes (``sender``: display name or
+    None, address), as (bytes for the Sent folder,
+    bytes for the wire without Bcc); or the reason it cannot be built, for
+    the user. ``uploads`` are the new attachments (name, data, type or None
+    to guess); ``keep`` the part numbers of ``draft_raw`` (the draft being
+    resumed) to carry over; ``forward_raw`` a message to attach whole
+    (RFC 2046 5.2.1). The attachments together may have ``limit`` bytes."""
+    from ..message.compose import Attachment, compose, to_bytes
+
+    attachments: list = [Attachment(name, data, ctype) for name, data, ctype in uploads]
+    total = sum(len(data) for _, data, _ in uploads)
+    if draft_raw is not None:
+        check_parts(draft_raw)
+        for p in build_view(draft_raw).attachments:
+            if p.spec not in keep:
+                continue
+            if p.content_type == "message/rfc822":
+                payload = p.part.get_payload()
+                attachments.append(payload[0] if isinstance(payload, list) else p.part)
+            else:
+                data = part_bytes(p.part)
+                total += len(data)
+                attachments.append(Attachment(p.filename, data, p.content_type))
+    if forward_raw is not None:
+        check_parts(forward_raw)
+        total += len(forward_raw)
+        attachments.append(parse_message(forward_raw))
+    if total > limit:
+        return too_large
+    try:
+        msg = compose(
+            sender, to, cc=cc, bcc=bcc, subject=subject, text=text, attachments=attachments,
+            in_reply_to=in_reply_to, references=references,
+            extra_headers=[("User-Agent", "mailyard webmail")],
+        )
+    except ValueError as exc:
+        return str(exc)
+    return to_bytes(msg), to_bytes(msg, strip_bcc=True)

@@ -87,6 +87,7 @@ class HTTPService:
     async def stop(self, grace: float = 2.0) -> None:
         if self.app is not None:
             self.app.state.web.closing.set()  # ends server-sent event streams
+            self.app.state.web.pool.close()  # the render worker processes
         if self._uvicorn is None or self._task is None:
             return
         self._uvicorn.should_exit = True

@@ -132,3 +132,25 @@ def test_starttls_and_injection_rfc9051_6_2_1() -> None:
 def test_starttls_not_configured() -> None:
     c = fresh()
     c.expect("a1 STARTTLS", "a1 BAD STARTTLS is not available")
+
+
+def test_over_a_login_limit_any_login_is_refused_for_now() -> None:
+    c = fresh()
+    c.conv.login.locked = True
+    c.expect("a1 LOGIN alice secret", "a1 NO [UNAVAILABLE] Too many failed logins, try again later")
+    token = base64.b64encode(b"\0alice\0secret").decode()
+    c.expect(f"a2 AUTHENTICATE PLAIN {token}", "a2 NO [UNAVAILABLE] Too many failed logins, try again later")
+    c.conv.login.locked = False
+    c.expect("a3 LOGIN alice secret", f"a3 OK [CAPABILITY {AFTER_LOGIN}] Logged in")
+
+
+def test_an_authenticate_left_open_counts_as_a_failure() -> None:
+    c = fresh()
+    c.expect("a1 AUTHENTICATE PLAIN", "+ ")
+    assert c.conv.login.failures == 0
+    c.conv.end_input()
+    assert c.conv.login.failures == 1
+    c = fresh()
+    c.expect("a1 AUTHENTICATE PLAIN", "+ ")
+    c.conv.close()  # the connection is lost mid-exchange
+    assert c.conv.login.failures == 1

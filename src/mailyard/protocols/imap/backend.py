@@ -271,16 +271,17 @@ class SaslChallenge:
 
 
 @dataclass(frozen=True, slots=True)
-class SaslRefused:
-    """The exchange ended without a login. ``kind``: "cancelled" (the client
-    sent "*"), "malformed" (bad base64 or syntax) or "denied" (wrong
-    credentials, already counted by the login service)."""
+class LoginRefused:
+    """A login that did not happen. ``kind``: "denied" (wrong credentials or
+    unknown name, counted by the login service), "temporary" (over a login
+    limit, whatever the credentials: try later), and for AUTHENTICATE
+    "cancelled" (the client sent "*") or "malformed" (bad base64 or syntax)."""
 
-    kind: Literal["cancelled", "malformed", "denied"]
+    kind: Literal["denied", "temporary", "cancelled", "malformed"]
 
 
 class SaslExchange(Protocol):
-    async def step(self, response: bytes | None) -> SaslChallenge | SaslRefused | ImapBackend:
+    async def step(self, response: bytes | None) -> SaslChallenge | LoginRefused | ImapBackend:
         """Feed the initial response (first call; None if the client sent
         none) or the client's next line; the next challenge, the refusal,
         or the logged-in account's backend."""
@@ -297,12 +298,17 @@ class ImapLogin(Protocol):
         """May a password travel in the clear on this connection (RFC 9051 11.1)?"""
         ...
 
-    async def login(self, user: str, password: str) -> ImapBackend | None:
-        """The account's backend, or None (the failure is counted and logged)."""
+    async def login(self, user: str, password: str) -> ImapBackend | LoginRefused:
+        """The account's backend, or why not (a failure is counted and logged)."""
         ...
 
     def sasl(self, mechanism: str) -> SaslExchange:
         """Start an exchange for one of ``sasl_mechanisms``."""
+        ...
+
+    def close(self) -> None:
+        """The connection ended, or left an AUTHENTICATE exchange unfinished:
+        an exchange in progress counts as a failed login."""
         ...
 
 

@@ -122,8 +122,8 @@ class ImapEngine:
     """One server-side IMAP connection, without I/O."""
 
     def __init__(self, limits: Limits | None = None, max_bad: int = MAX_BAD_COMMANDS) -> None:
+        self.framer = Framer(limits, admissible=lambda first: self._precheck(first) is None)
         self.state = State.NOT_AUTHENTICATED
-        self.framer = Framer(limits)
         self.writer = Writer()
         self.enabled: set[str] = set()
         self.current: c.Command | None = None
@@ -135,6 +135,17 @@ class ImapEngine:
         self._bad_run = 0
         self._max_bad = max_bad
         self.closed = False
+
+    @property
+    def state(self) -> State:
+        """The connection state (RFC 9051 3)."""
+        return self._state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        self._state = value
+        # the framer's command budgets: a few KB until the client logged in
+        self.framer.authenticated = value in (State.AUTHENTICATED, State.SELECTED)
 
     # --- modes set by ENABLE (RFC 5161) ---------------------------------
     @property

@@ -5,24 +5,56 @@ A command is a line; when a line ends in a literal marker -- ``{n}``
 RFC 7888 LITERAL+) or ``~{n}`` (literal8, RFC 3516) -- n octets follow and then
 the rest of the command on a new line. The size is checked against the limit
 *before* anything is read or allocated, so ``{10000000000}`` costs nothing.
+
+A command may chain any number of lines and literals, so one literal's limit
+bounds nothing: the whole command -- every line (with its CRLF and the
+bookkeeping a held segment costs) and every literal -- is charged against one
+budget, a few KB before authentication, the configured totals after it. And
+before the octets of a command's first literal are read, the engine is asked
+whether the command may run at all in the connection's state (``admissible``):
+an ``APPEND`` before login is refused before its message is buffered.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _MARKER = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\Z")
 
 
+# What holding one line or literal of a command costs besides its octets (a
+# bytes object and its list slot): a chain of empty literals is not free.
+SEGMENT_COST = 64
+
+
 @dataclass
 class Limits:
-    """Abuse budgets (DESIGN.md): line, literal and whole-command sizes."""
+    """Abuse budgets (DESIGN.md): line, literal and whole-command sizes.
+
+    A whole command is its lines (CRLF included) and literals, each charged
+    ``SEGMENT_COST`` more. Before authentication every command has
+    ``max_unauthenticated`` (LOGIN with a literal password, ID and a SASL-IR
+    initial response fit in a few KB); after it, ``max_command`` outside
+    APPEND and ``max_append_command`` for an APPEND (MULTIAPPEND: all its
+    messages), which always admits one message of ``max_append``.
+    """
 
     max_line: int = 64 * 1024
     max_literal: int = 64 * 1024  # any literal outside APPEND
     max_append: int = 50 * 1024 * 1024  # one APPEND message literal
-    max_command: int = 200 * 1024 * 1024  # all literals of one command (MULTIAPPEND)
+    max_command: int = 1024 * 1024  # a whole command outside APPEND
+    max_append_command: int = 200 * 1024 * 1024  # a whole APPEND (MULTIAPPEND)
+    max_unauthenticated: int = 8 * 1024  # a whole command before authentication
+
+    def command_budget(self, name: str, authenticated: bool) -> int:
+        """Octets a whole command named ``name`` may take."""
+        if not authenticated:
+            return self.max_unauthenticated
+        if name == "APPEND":
+            return max(self.max_append_command, self.max_append + self.max_line + 4 * SEGMENT_COST)
+        return self.max_command
 
 
 @dataclass
@@ -62,7 +94,8 @@ class ContinuationNeeded:
 class _Partial:
     segments: list[bytes] = field(default_factory=list)
     literals: list[bytes] = field(default_factory=list)
-    total: int = 0
+    total: int = 0  # octets charged so far (lines, literals, SEGMENT_COST each)
+    admitted: bool = False  # the engine found the command admissible (first literal)
     literal_left: int = 0
     literal_buf: bytearray = field(default_factory=bytearray)
 
@@ -77,10 +110,19 @@ def _tag_and_name(first: bytes) -> tuple[str | None, str]:
 
 
 class Framer:
-    """Cuts the input stream into commands; pure, no I/O."""
+    """Cuts the input stream into commands; pure, no I/O.
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    ``admissible(first_line)`` (set by the engine) tells whether a command may
+    run in the connection's state; it is asked before the octets of the
+    command's first literal are read. ``authenticated`` selects the budgets.
+    """
+
+    def __init__(
+        self, limits: Limits | None = None, admissible: Callable[[bytes], bool] | None = None
+    ) -> None:
         self.limits = limits or Limits()
+        self.admissible = admissible
+        self.authenticated = False
         self.buffer = bytearray()
         self._cmd: _Partial | None = None
         self._skip_line = False  # discarding the rest of an over-long line
@@ -116,11 +158,19 @@ class Framer:
         self._cmd = None
         self.completed += 1
 
+    @property
+    def max_line(self) -> int:
+        """The longest line now: before authentication no line may exceed a
+        whole command's budget."""
+        if self.authenticated:
+            return self.limits.max_line
+        return min(self.limits.max_line, self.limits.max_unauthenticated)
+
     def read_line(self) -> bytes | None:
         """One raw line (without CRLF), for AUTHENTICATE and IDLE; None: need more."""
         idx = self.buffer.find(b"\n")
         if idx < 0:
-            if len(self.buffer) > self.limits.max_line:
+            if len(self.buffer) > self.max_line:
                 self.buffer.clear()
                 return b"\0too-long"
             return None
@@ -153,7 +203,7 @@ class Framer:
                 continue
             idx = self.buffer.find(b"\n")
             if idx < 0:
-                if len(self.buffer) > self.limits.max_line:
+                if len(self.buffer) > self.max_line:
                     # RFC 9051 does not bound lines; we do (DESIGN.md abuse budgets)
                     self.buffer.clear()
                     self._skip_line = True
@@ -168,7 +218,7 @@ class Framer:
             if self._skip_line:
                 self._skip_line = False
                 continue
-            if len(line) > self.limits.max_line:
+            if len(line) > self.max_line:
                 tag = self._cmd.segments[0] if self._cmd else line
                 self._cmd = None
                 return Rejected(_tag_and_name(tag)[0], "BAD", None, "Line too long")
@@ -177,28 +227,46 @@ class Framer:
                     continue  # RFC 9051 is strict, but empty lines harm nobody
                 cmd = self._cmd = _Partial()
             cmd.segments.append(line)
+            cmd.total += len(line) + 2 + SEGMENT_COST
+            first = cmd.segments[0]
+            tag, name = _tag_and_name(first)
+            budget = self.limits.command_budget(name, self.authenticated)
             m = _MARKER.search(line)
             if m is None:
                 self._cmd = None
+                if cmd.total > budget:
+                    return Rejected(tag, "BAD", "TOOBIG", "Command too large", first_line=first)
                 return Assembled(cmd.segments, cmd.literals)
             size = int(m.group(2))
             sync = not m.group(3)
-            tag, name = _tag_and_name(cmd.segments[0])
+            if not sync and not cmd.admitted:
+                # The octets follow at once: a command that may not run in this
+                # state (APPEND before login) is refused before they are read.
+                if self.admissible is not None and not self.admissible(first):
+                    self._cmd = None
+                    return Rejected(tag, "BAD", None, "Command not valid now", fatal=True, first_line=first)
+                cmd.admitted = True
             limit = self.limits.max_append if name == "APPEND" else self.limits.max_literal
-            if size > limit or cmd.total + size > self.limits.max_command:
+            too_big = size > limit
+            if too_big or cmd.total + size + SEGMENT_COST > budget:
                 self._cmd = None
                 if sync:
                     # RFC 9051 7.6 / 2.2.1: refuse before the client sends octets
-                    first = cmd.segments[0]
-                    if name == "APPEND":
+                    if too_big and name == "APPEND":
                         return Rejected(tag, "NO", "TOOBIG", "Message too large", first_line=first)
-                    return Rejected(tag, "BAD", None, "Literal too large", first_line=first)
-                # RFC 7888 4: the octets will arrive regardless; we cannot skip
-                # a literal of any size safely, so the connection ends.
-                return Rejected(tag, "BAD", "TOOBIG", "Non-synchronizing literal too large", fatal=True)
-            cmd.total += size
+                    if too_big:
+                        return Rejected(tag, "BAD", None, "Literal too large", first_line=first)
+                    return Rejected(tag, "BAD", "TOOBIG", "Command too large", first_line=first)
+                # RFC 7888 4: a refused non-synchronising literal's octets arrive
+                # regardless, and the server must then either read and discard
+                # them or close the connection. Reading a client-chosen amount
+                # costs time, and its announced size cannot be trusted to find
+                # the next command, so the connection ends (BAD, then BYE).
+                text = "Non-synchronizing literal too large" if too_big else "Command too large"
+                return Rejected(tag, "BAD", "TOOBIG", text, fatal=True, first_line=first)
+            cmd.total += size + SEGMENT_COST
             cmd.literal_left = size
             if size == 0:
                 cmd.literals.append(b"")
             if sync:
-                return ContinuationNeeded(cmd.segments[0])
+                return ContinuationNeeded(first)

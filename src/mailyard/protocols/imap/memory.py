@@ -31,6 +31,7 @@ from .backend import (
     BackendError,
     BadMailboxName,
     FlagMode,
+    LoginRefused,
     MailboxExists,
     MailboxGone,
     MailboxRecord,
@@ -38,7 +39,6 @@ from .backend import (
     NoSpace,
     NoSuchMailbox,
     SaslChallenge,
-    SaslRefused,
 )
 from .engine import CLOSED, NEED_DATA
 from .framing import Limits
@@ -483,22 +483,23 @@ class _PlainExchange:
         self.login = login
         self.started = False
 
-    async def step(self, response: bytes | None) -> SaslChallenge | SaslRefused | MemoryBackend:
+    async def step(self, response: bytes | None) -> SaslChallenge | LoginRefused | MemoryBackend:
         if not self.started and response is None:
             self.started = True
+            self.login.open = self  # waiting for the client's line
             return SaslChallenge(b"")  # RFC 4422 5: an empty challenge asks for the initial response
         self.started = True
+        self.login.open = None
         if response == b"*":
-            return SaslRefused("cancelled")
+            return LoginRefused("cancelled")
         try:
             raw = base64.b64decode(b"" if response == b"=" else response or b"", validate=True)
         except (binascii.Error, ValueError):
-            return SaslRefused("malformed")
+            return LoginRefused("malformed")
         fields = raw.split(b"\0")
         if len(fields) != 3:
-            return SaslRefused("malformed")
-        backend = await self.login.login(fields[1].decode("utf-8", "replace"), fields[2].decode("utf-8", "replace"))
-        return backend if backend is not None else SaslRefused("denied")
+            return LoginRefused("malformed")
+        return await self.login.login(fields[1].decode("utf-8", "replace"), fields[2].decode("utf-8", "replace"))
 
 
 class MemoryLogin:
@@ -511,19 +512,28 @@ class MemoryLogin:
         self.store = store
         self.plaintext = plaintext  # clear-text passwords allowed without TLS
         self.tls_active = tls_active
-        self.failures = 0
+        self.failures = 0  # counted as the server's login service counts them
+        self.locked = False  # over a login limit: every login refused for now
+        self.open: _PlainExchange | None = None  # an AUTHENTICATE in progress
 
     def plaintext_ok(self) -> bool:
         return self.plaintext or self.tls_active()
 
-    async def login(self, user: str, password: str) -> MemoryBackend | None:
+    async def login(self, user: str, password: str) -> MemoryBackend | LoginRefused:
+        if self.locked:
+            return LoginRefused("temporary")
         if self.store.passwords.get(user) != password:
             self.failures += 1
-            return None
+            return LoginRefused("denied")
         return MemoryBackend(self.store, user)
 
     def sasl(self, mechanism: str) -> _PlainExchange:
         return _PlainExchange(self)
+
+    def close(self) -> None:
+        if self.open is not None:
+            self.open = None
+            self.failures += 1
 
 
 class _Wait:

@@ -92,8 +92,10 @@ class ImapSession:
         self.auth_failures = 0
 
     def close(self) -> None:
-        """The connection is gone: stop watching the backend."""
+        """The connection is gone: stop watching the backend; an
+        AUTHENTICATE left open counts as a failed login."""
         self.closed = True
+        self.login.close()
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None

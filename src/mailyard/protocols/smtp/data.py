@@ -41,7 +41,9 @@ BARE_NEWLINE = Reply(550, "5.6.0", "Message contains bare CR or LF; lines must e
 class DataResult:
     """Outcome of a complete DATA phase: ``data`` when accepted, else ``error``.
 
-    ``rest`` is whatever followed the terminator (pipelined commands).
+    ``data`` is the message's last part: all of it unless parts were handed
+    out before with ``take``. ``rest`` is whatever followed the terminator
+    (pipelined commands).
     """
 
     __slots__ = ("data", "error", "rest")
@@ -52,22 +54,56 @@ class DataResult:
         self.rest = rest
 
 
-class DataReader:
-    """Accumulates one message's data; ``feed`` returns a result at the end."""
+# Unstuffed data held before it is handed out (``take``): the memory one
+# transfer costs besides the partial line and the chunk being read.
+SPILL_AT = 64 * 1024
 
-    def __init__(self, max_size: int, max_line: int, strict_line_endings: bool = True) -> None:
+
+class DataReader:
+    """Reads one message's data; ``feed`` returns a result at the end.
+
+    Complete lines are checked and dot-unstuffed as they arrive; only the
+    line in progress stays raw. Once ``spill_at`` octets of finished data are
+    held, ``take`` hands them out (the glue spools them to disk), so a
+    transfer holds kilobytes whatever the message size. A message smaller
+    than that is returned whole in the DataResult, never handed out.
+    """
+
+    def __init__(
+        self, max_size: int, max_line: int, strict_line_endings: bool = True, spill_at: int = SPILL_AT
+    ) -> None:
         self.max_size = max_size
         self.max_line = max_line
         self.strict = strict_line_endings
-        self._body = bytearray(b"\r\n")  # virtual CRLF of the DATA command line
-        self._line_start = 2  # where the current (incomplete) line begins
-        self._stuffed = 0  # count of "\r\n." seen: stuffed dots removed later
+        self.spill_at = spill_at
+        # Raw input from the last line end on (a CRLF first: initially the
+        # virtual one of the DATA command line).
+        self._body = bytearray(b"\r\n")
+        self._line_start = 2  # where the current (incomplete) line begins in _body
+        self._stuffed = 0  # count of "\r\n." seen: stuffed dots
+        self._consumed = 0  # raw octets moved out of _body so far
+        self._out = bytearray()  # unstuffed data not yet handed out
+        self._virtual = True  # _out still starts with the virtual CRLF
+        self._bare = 0  # CR or LF octets not part of a CRLF, in the moved-out data
+        self.spilled = False  # parts were handed out with ``take``
         self.error: Reply | None = None
 
     @property
     def discarding(self) -> bool:
         """True once a limit is exceeded and data is being thrown away."""
         return self.error is not None
+
+    def take(self) -> bytes | None:
+        """Finished data to store now, once ``spill_at`` octets are held."""
+        if len(self._out) < self.spill_at or self.error is not None:
+            return None
+        out = self._out
+        self._out = bytearray()
+        self.spilled = True
+        if self._virtual:
+            self._virtual = False
+            return bytes(memoryview(out)[2:])
+        return bytes(out)
 
     def feed(self, chunk: bytes | bytearray) -> DataResult | None:
         """Take a chunk; return a DataResult when the terminator was seen."""
@@ -84,25 +120,51 @@ class DataReader:
             if self.error is not None:
                 # Keep only what a terminator split across chunks needs.
                 del body[:-4]
+                self._out = bytearray()
+            else:
+                # Move every complete line out; the next "\r\n." or
+                # terminator starts at the CRLF kept in front.
+                cut = body.rfind(b"\r\n")
+                if cut > 0:
+                    self._move_out(cut)
             return None
 
         rest = bytes(body[idx + 5 :])
         if self.error is not None:
             return DataResult(None, self.error, rest)
-        # RFC 5321 4.5.2: a line starting with a dot loses that dot. The only
-        # line that is a single dot is the terminator, already cut off.
         del body[end:]
-        body = body.replace(b"\r\n.", b"\r\n") if self._stuffed else body
-        data = bytes(memoryview(body)[2:])
-        if self.strict and _has_bare_cr_or_lf(data):
+        self._move_out(len(body))
+        if self.strict and self._bare:
             return DataResult(None, BARE_NEWLINE, rest)
+        out = self._out
+        self._out = bytearray()
+        data = bytes(memoryview(out)[2:]) if self._virtual else bytes(out)
         return DataResult(data, None, rest)
+
+    def _move_out(self, cut: int) -> None:
+        """Unstuff ``_body[:cut]`` (whole lines after a CRLF) into ``_out``."""
+        body = self._body
+        region = memoryview(body)[:cut]
+        if self.strict:
+            crlf = body.count(b"\r\n", 0, cut)
+            self._bare += body.count(b"\n", 0, cut) - crlf + body.count(b"\r", 0, cut) - crlf
+        # RFC 5321 4.5.2: a line starting with a dot loses that dot. The only
+        # line that is a single dot is the terminator, already cut off; a
+        # "\r\n." never spans ``cut``, which is where a CRLF begins.
+        if body.find(b"\r\n.", 0, cut) >= 0:
+            self._out += bytes(region).replace(b"\r\n.", b"\r\n")
+        else:
+            self._out += region
+        region.release()
+        del body[:cut]
+        self._consumed += cut
+        self._line_start = max(0, self._line_start - cut)
 
     def _check_limits(self, body: bytearray, old_len: int, end: int) -> None:
         # Stuffed dots in the new region; windows [old_len-2, end) never
         # overlap, so each "\r\n." is counted once.
         self._stuffed += body.count(b"\r\n.", max(0, old_len - 2), end)
-        if self.max_size and end - 2 - self._stuffed > self.max_size:
+        if self.max_size and self._consumed + end - 2 - self._stuffed > self.max_size:
             self.error = TOO_BIG
             return
         start = self._line_start
@@ -122,8 +184,3 @@ class DataReader:
         partial = len(last) - last.endswith(b"\r") - last.startswith(b".")
         if partial > limit - 2:
             self.error = LINE_TOO_LONG
-
-
-def _has_bare_cr_or_lf(data: bytes) -> bool:
-    crlf = data.count(b"\r\n")
-    return data.count(b"\n") != crlf or data.count(b"\r") != crlf

@@ -19,6 +19,7 @@ __all__ = [
     "RcptToReceived",
     "VrfyReceived",
     "ExpnReceived",
+    "MessageData",
     "MessageReceived",
     "AuthReceived",
     "AuthResponse",
@@ -109,13 +110,26 @@ class ExpnReceived(Event):
 
 
 @dataclass(frozen=True)
+class MessageData(Event):
+    """A part of a large message's data, in order, dot-unstuffed: the glue
+    stores it (a spool file) so no transfer holds a whole message in memory.
+    Parts come only for messages larger than ``ServerConfig.spill_at``; if the
+    data is then refused (a ProtocolError instead of MessageReceived) or the
+    session ends, the parts are to be discarded."""
+
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class MessageReceived(Event):
     """The end of mail data was seen (RFC 5321 4.1.1.4).
 
     ``data`` is dot-unstuffed (4.5.2) with the CRLF line endings as sent; the
-    final CRLF before ``.`` belongs to the data. Answer 250 only once the
-    message is durable; after any answer the transaction is reset. ``mail``
-    and ``rcpts`` are the accepted MAIL/RCPT events (for DSN parameters).
+    final CRLF before ``.`` belongs to the data. With ``streamed`` it is only
+    the last part, after the MessageData parts handed out before. Answer 250
+    only once the message is durable; after any answer the transaction is
+    reset. ``mail`` and ``rcpts`` are the accepted MAIL/RCPT events (for DSN
+    parameters).
     """
 
     reverse_path: str
@@ -125,6 +139,7 @@ class MessageReceived(Event):
     data: bytes = field(repr=False)
     mail: MailFromReceived | None = field(default=None, repr=False)
     rcpts: list[RcptToReceived] = field(default_factory=list, repr=False)
+    streamed: bool = False
     needs_answer = True
 
 

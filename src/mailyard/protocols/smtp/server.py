@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .data import DataReader
+from .data import SPILL_AT, DataReader
 from .events import (
     NEED_DATA,
     PAUSED,
@@ -45,6 +45,7 @@ from .events import (
     ExpnReceived,
     HeloReceived,
     MailFromReceived,
+    MessageData,
     MessageReceived,
     ProtocolError,
     RcptToReceived,
@@ -88,6 +89,9 @@ class ServerConfig:
     extensions_extra: tuple[str, ...] = ()
     require_auth_for_mail: bool = False  # submission (RFC 6409 4.3, RFC 4954 6)
     strict_line_endings: bool = True  # refuse bare CR/LF in data (see data.py)
+    # Message data held in memory before it is handed out as MessageData
+    # events (the glue spools it); 0: never, the whole message is held.
+    spill_at: int = SPILL_AT
 
 
 class State(enum.Enum):
@@ -419,7 +423,8 @@ class SMTPServerEngine:
         chunk, self._inbuf = self._inbuf, bytearray()
         result = self._data.feed(chunk)
         if result is None:
-            return None
+            part = self._data.take()
+            return None if part is None else MessageData(part)
         self.units_completed += 1
         self._inbuf = bytearray(result.rest)
         if result.error is not None or result.data is None:
@@ -439,6 +444,7 @@ class SMTPServerEngine:
             data=result.data,
             mail=mail,
             rcpts=list(self._rcpts),
+            streamed=self._data.spilled,
         )
 
     def _auth_line(self, line: bytes) -> _Step:
@@ -525,7 +531,9 @@ class SMTPServerEngine:
         if argument:
             return self._error(501, "5.5.4", "Syntax: DATA (no parameters)", unknown=True)
         cfg = self.config
-        self._data = DataReader(cfg.max_message_size, cfg.max_text_line, cfg.strict_line_endings)
+        self._data = DataReader(
+            cfg.max_message_size, cfg.max_text_line, cfg.strict_line_endings, cfg.spill_at or 1 << 62
+        )
         self._state = State.DATA
         self._write(Reply(354, None, "End data with <CR><LF>.<CR><LF>"))
         return True

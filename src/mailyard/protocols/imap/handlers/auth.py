@@ -6,7 +6,8 @@ Passwords in the clear (LOGIN, and the SASL mechanisms the login service
 marks as clear-text) only where `ImapLogin.plaintext_ok` says so: over TLS,
 or from loopback by default. Elsewhere the capabilities say LOGINDISABLED and
 such attempts get NO [PRIVACYREQUIRED]. The login service counts failures
-(throttle); the session ends with BYE after ``max_auth_failures``.
+(throttle) and may refuse any login for a while (NO [UNAVAILABLE]); the
+session ends with BYE after ``ImapConfig.max_auth_failures`` refusals.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import commands as c
-from ..backend import SaslChallenge, SaslRefused
+from ..backend import LoginRefused, SaslChallenge
 from ..engine import AuthResponse, State
 from ..response import Atom
 
@@ -105,13 +106,20 @@ async def cmd_idle(s: ImapSession, cmd: c.Command) -> None:
     await s.idle()
 
 
-def _login_done(s: ImapSession, backend: ImapBackend | None) -> None:
-    if backend is not None:
-        s.logged_in(backend)
+# The two refusals: a wrong password or unknown name (RFC 9051 7.1
+# AUTHENTICATIONFAILED), and over a login limit, whatever the password
+# (UNAVAILABLE: "temporary failure because a subsystem is down").
+INVALID = ("Invalid credentials", "AUTHENTICATIONFAILED")
+TRY_LATER = ("Too many failed logins, try again later", "UNAVAILABLE")
+
+
+def _login_done(s: ImapSession, result: ImapBackend | LoginRefused) -> None:
+    if not isinstance(result, LoginRefused):
+        s.logged_in(result)
         s.engine.complete("OK", "Logged in", "CAPABILITY " + " ".join(capabilities(s, logged_in=True)))
         return
     s.auth_failures += 1
-    s.engine.complete("NO", "Invalid credentials", "AUTHENTICATIONFAILED")
+    s.engine.complete("NO", *(TRY_LATER if result.kind == "temporary" else INVALID))
     if s.auth_failures >= s.config.max_auth_failures:
         s.engine.bye("Too many failed logins")
 
@@ -144,14 +152,13 @@ async def cmd_authenticate(s: ImapSession, cmd: c.Authenticate) -> None:
             if isinstance(reply, AuthResponse):
                 break
             if not await s.io.more_input():
+                s.login.close()  # an exchange left open counts as a failure
                 s.engine.bye("Connection closed")
                 return
         ev = await exchange.step(reply.line)
-    if not isinstance(ev, SaslRefused):
-        _login_done(s, ev)
-    elif ev.kind == "cancelled":
+    if isinstance(ev, LoginRefused) and ev.kind == "cancelled":
         s.engine.complete("BAD", "Authentication cancelled")  # RFC 9051 6.2.2: "*" cancels with BAD
-    elif ev.kind == "malformed":
+    elif isinstance(ev, LoginRefused) and ev.kind == "malformed":
         s.engine.complete("BAD", "Malformed authentication data")
     else:
-        _login_done(s, None)
+        _login_done(s, ev)

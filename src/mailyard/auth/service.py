@@ -1,0 +1,336 @@
+"""The login service: one credential check for SMTP AUTH, IMAP, POP3 (USER/PASS,
+APOP, AUTH) and webmail, with one behaviour for delays and lockouts.
+
+Every attempt runs the same steps, whatever the protocol:
+
+1. Resolve the name the way the store does (`store.names.normalize_address`:
+   case, trailing dot, IDNA and Unicode forms of the domain) and key the
+   throttle on the account it resolves to, or on the normalised name if it
+   resolves to none. Every spelling of one account shares one counter, and
+   so does every spelling of one unknown name.
+2. Reserve the attempt in the throttle (auth/throttle.py) *before* any
+   verification. Over the address's or the name's limit the attempt is
+   refused without looking at the credentials: the protocol answers its
+   temporary reply (`TryLater`), the same for a right and a wrong password and
+   for known and unknown names.
+3. Wait the growing delay, verify (argon2 for passwords, a digest for APOP, the
+   proof for SCRAM), and settle the reservation: a success releases it, a
+   failure, a cancelled or abandoned exchange, counts.
+
+Below the limit a wrong password and an unknown name get the same reply and
+cost the same work (a dummy hash, a fake SCRAM salt). Fake salts come from
+the normalised name and a secret kept in the data directory, so an unknown
+name gets the same salt for every spelling and across restarts, as a real
+account does (RFC 5802 section 9).
+
+Pure of network code: the protocols (net/, web/) pass the client address and
+turn the results into their replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..store.api import Account, InvalidName, Store, StoreError
+from ..store.names import normalize_address
+from . import sasl
+from .passwords import SCRAM_SALT_BYTES, ScramKeys, parse_scram_sha256, verify_password_async
+from .throttle import Attempt, Locked, LoginThrottle
+
+__all__ = ["LoginService", "LoginSession", "TryLater", "load_secret"]
+
+log = logging.getLogger("mailyard.auth")
+
+# The file in the data directory holding the secret of the fake SCRAM salts.
+SECRET_FILE = "scram-salt.key"
+
+
+@dataclass(frozen=True, slots=True)
+class TryLater:
+    """Over a limit: refused without a check; answer the protocol's temporary reply."""
+
+    retry_after: float  # seconds, a hint for the reply ("try again in N minutes")
+
+
+def load_secret(path: Path) -> bytes:
+    """The 32-byte secret in ``path``, created (mode 0600) on first use.
+
+    Unreadable or uncreatable: a per-process secret, with a warning (fake salts
+    then change at restart, which is the only loss).
+    """
+    try:
+        data = path.read_bytes()
+        if len(data) >= 32:
+            return data[:32]
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot read %s (%s): fake SCRAM salts change at restart", path, exc)
+        return secrets.token_bytes(32)
+    secret = secrets.token_bytes(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secret)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # fails if another process made it first: use theirs
+        except FileExistsError:
+            return path.read_bytes()[:32]
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot create %s (%s): fake SCRAM salts change at restart", path, exc)
+    return secret
+
+
+def _shown(name: str | None) -> str:
+    # User names come from the network: bounded and repr'd in logs.
+    return repr(name[:100]) if name is not None else "-"
+
+
+class LoginService:
+    """Credential checks under the shared login throttle; one per server."""
+
+    def __init__(
+        self,
+        store: Store,
+        throttle: LoginThrottle,
+        secret_path: Path | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.throttle = throttle
+        self._secret_path = secret_path
+        self._secret: bytes | None = None
+        self.clock = clock
+        # Every wait of a login goes through here (tests record the delays).
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    # -- names -------------------------------------------------------------------
+    async def resolve(self, name: str) -> Account | None:
+        try:
+            return await self.store.get_account(name)
+        except (InvalidName, StoreError, ValueError):
+            return None
+
+    @staticmethod
+    def key(name: str, account: Account | None) -> str:
+        """The throttle key: the account the name resolves to, else the name
+        in the store's normal form (the local part compared without case, as
+        the store's lookup does)."""
+        if account is not None:
+            return account.address.casefold()
+        try:
+            return normalize_address(name).casefold()
+        except (InvalidName, ValueError):
+            return name.strip().casefold()
+
+    def fake_salt(self, key: str) -> bytes:
+        """The SCRAM salt shown for a name with no SCRAM keys: stable per
+        normalised name and across restarts, unguessable without the secret."""
+        if self._secret is None:
+            path = self._secret_path
+            self._secret = load_secret(path) if path is not None else secrets.token_bytes(32)
+        return hmac.digest(self._secret, key.encode("utf-8", "surrogatepass"), "sha256")[:SCRAM_SALT_BYTES]
+
+    # -- the throttle ------------------------------------------------------------
+    async def reserve(self, ip: str, key: str, name: str | None, protocol: str) -> Attempt | TryLater:
+        """Reserve an attempt and wait its delay, or refuse it (`TryLater`)."""
+        now = self.clock()
+        verdict = self.throttle.reserve(ip, key, now)
+        if isinstance(verdict, Locked):
+            log.warning(
+                "%s login refused: %s locked out (user=%s ip=%s, %.0fs left)",
+                protocol, verdict.scope, _shown(name), ip, verdict.retry_after(now),
+            )
+            # The same short wait for every refusal, whatever the password.
+            await self.sleep(min(verdict.retry_after(now), self.throttle.policy.base_delay))
+            return TryLater(verdict.retry_after(now))
+        if verdict.delay > 0:
+            try:
+                await self.sleep(verdict.delay)
+            except BaseException:
+                self.throttle.fail(verdict, self.clock())
+                raise
+        return verdict
+
+    def failed(self, attempt: Attempt | None, ip: str, name: str | None, protocol: str,
+               why: str = "wrong credentials", key: str | None = None) -> None:
+        """Count a failure: the reserved attempt, or (without one) the address
+        and ``key``."""
+        if attempt is not None:
+            self.throttle.fail(attempt, self.clock())
+        else:
+            self.throttle.record_failure(ip, key, self.clock())
+        log.warning("%s login failed: %s user=%s ip=%s", protocol, why, _shown(name), ip)
+
+    def succeeded(self, attempt: Attempt, account: Account, ip: str, protocol: str, tls: bool | None) -> None:
+        self.throttle.succeed(attempt, self.clock())
+        shown_tls = "" if tls is None else f" tls={'yes' if tls else 'no'}"
+        log.info("%s login user=%s ip=%s%s", protocol, account.address, ip, shown_tls)
+
+    async def _check(
+        self, ip: str, name: str, protocol: str, tls: bool | None,
+        verify: Callable[[Account | None], Awaitable[bool]],
+    ) -> Account | TryLater | None:
+        account = await self.resolve(name)
+        attempt = await self.reserve(ip, self.key(name, account), name, protocol)
+        if isinstance(attempt, TryLater):
+            return attempt
+        ok = False
+        try:
+            ok = await verify(account) and account is not None
+        finally:
+            if ok:
+                assert account is not None
+                self.succeeded(attempt, account, ip, protocol, tls)
+            else:
+                self.failed(attempt, ip, name, protocol)
+        return account if ok else None
+
+    # -- the checks --------------------------------------------------------------
+    async def password(
+        self, ip: str, name: str, password: str, protocol: str, tls: bool | None = None
+    ) -> Account | TryLater | None:
+        """The account if ``password`` is right for ``name``; None if not
+        (counted); `TryLater` if over a limit (nothing verified).
+
+        An unknown user costs the same hash verification as a known one.
+        """
+
+        async def verify(account: Account | None) -> bool:
+            return await verify_password_async(account.password_hash if account else None, password)
+
+        return await self._check(ip, name, protocol, tls, verify)
+
+    async def apop(
+        self, ip: str, name: str, timestamp: str, digest: str, tls: bool | None = None
+    ) -> Account | TryLater | None:
+        """POP3 APOP (RFC 1939 section 7) under the same rules as a password."""
+
+        async def verify(account: Account | None) -> bool:
+            return sasl.verify_apop(timestamp, account.apop_secret if account else None, digest)
+
+        return await self._check(ip, name, "pop3", tls, verify)
+
+    def session(self, ip: str, protocol: str, tls: Callable[[], bool] | None = None) -> LoginSession:
+        return LoginSession(self, ip, protocol, tls)
+
+
+class LoginSession:
+    """The SASL side of one connection: drives a mechanism (auth/sasl.py)
+    through the service and holds the attempt reserved for a SCRAM exchange
+    until it ends. Call `close` when the connection goes: an exchange left
+    open counts as a failure."""
+
+    def __init__(
+        self, service: LoginService, ip: str, protocol: str, tls: Callable[[], bool] | None = None
+    ) -> None:
+        self.service = service
+        self.ip = ip
+        self.protocol = protocol
+        self._tls = tls  # read at login time: STARTTLS may have changed it
+        self._open: Attempt | None = None
+
+    @property
+    def tls(self) -> bool | None:
+        return self._tls() if self._tls is not None else None
+
+    async def password(self, name: str, password: str) -> Account | TryLater | None:
+        return await self.service.password(self.ip, name, password, self.protocol, self.tls)
+
+    def _abandon(self, why: str, name: str | None) -> None:
+        attempt, self._open = self._open, None
+        if attempt is not None:
+            self.service.failed(attempt, self.ip, name, self.protocol, why)
+
+    def close(self) -> None:
+        """The connection ended: an exchange in progress is a failure."""
+        self._abandon("exchange abandoned", None)
+
+    def cancelled(self, name: str | None) -> None:
+        """The client cancelled the exchange (``*``, RFC 4422 3.5) where the
+        protocol engine answers that itself (SMTP): a failure, like a wrong
+        password, against ``name`` if the mechanism had one."""
+        if self._open is not None:
+            self._abandon("authentication cancelled", name)
+            return
+        key = self.service.key(name, None) if name is not None else None
+        self.service.failed(None, self.ip, name, self.protocol, "authentication cancelled", key)
+
+    async def sasl(self, mech: sasl.Mechanism, ev: sasl.Event) -> sasl.Challenge | sasl.Success | sasl.Failure:
+        """Answer the mechanism's needs until it has something for the client.
+
+        Failures of kind ``invalid-credentials``, ``authzid`` and
+        ``cancelled`` are counted; kind ``temporary`` means over a limit
+        (nothing was verified; SMTP 454 4.7.0, IMAP NO [UNAVAILABLE], POP3
+        -ERR [SYS/TEMP]).
+        """
+        service = self.service
+        while True:
+            if isinstance(ev, sasl.NeedCredentials):
+                result = await self.password(ev.authcid, ev.password)
+                if isinstance(result, TryLater):
+                    return sasl.Failure("too many failed attempts", "temporary", ev.authcid)
+                ev = mech.provide_result(result is not None)
+                if isinstance(ev, sasl.Failure):
+                    return ev  # counted by password()
+            elif isinstance(ev, sasl.NeedScramKeys):
+                self._abandon("exchange restarted", ev.authcid)
+                account = await service.resolve(ev.authcid)
+                key = service.key(ev.authcid, account)
+                attempt = await service.reserve(self.ip, key, ev.authcid, self.protocol)
+                if isinstance(attempt, TryLater):
+                    # No keys, real or fake, for a name or address over its limit.
+                    return sasl.Failure("too many failed attempts", "temporary", ev.authcid)
+                self._open = attempt
+                keys: ScramKeys | None = None
+                if account is not None and account.scram_sha256:
+                    try:
+                        keys = parse_scram_sha256(account.scram_sha256)
+                    except ValueError:
+                        keys = None  # a broken credential behaves like a missing one
+                ev = mech.provide_scram_keys(keys, fake_salt=None if keys else service.fake_salt(key))
+            elif isinstance(ev, sasl.Failure):
+                if self._open is not None:
+                    self._abandon(ev.reason if ev.kind != "invalid-credentials" else "wrong credentials",
+                                  ev.authcid)
+                elif ev.kind in ("invalid-credentials", "authzid", "cancelled"):
+                    key = None
+                    if ev.authcid is not None:
+                        key = service.key(ev.authcid, await service.resolve(ev.authcid))
+                        if isinstance(service.throttle.before_attempt(self.ip, key, service.clock()), Locked):
+                            return sasl.Failure("too many failed attempts", "temporary", ev.authcid)
+                    service.failed(None, self.ip, ev.authcid, self.protocol, ev.reason, key)
+                else:
+                    log.info("%s authentication aborted (%s) ip=%s", self.protocol, ev.kind, self.ip)
+                return ev
+            elif isinstance(ev, sasl.Success):
+                attempt, self._open = self._open, None
+                account = await service.resolve(ev.authcid)
+                if account is None:  # removed during the exchange
+                    if attempt is not None:
+                        service.failed(attempt, self.ip, ev.authcid, self.protocol, "account vanished")
+                    return sasl.Failure("account vanished", "invalid-credentials", ev.authcid)
+                if attempt is not None:  # SCRAM; PLAIN and LOGIN were settled by password()
+                    service.succeeded(attempt, account, self.ip, self.protocol, self.tls)
+                return ev
+            else:
+                assert isinstance(ev, sasl.Challenge)
+                return ev
+
+    async def account(self, success: sasl.Success) -> Account | None:
+        return await self.service.resolve(success.authcid)

@@ -1,0 +1,437 @@
+"""The login throttle through the real interfaces: SMTP AUTH, IMAP, POP3 and
+webmail on a running server, all sharing one login service (auth/service.py).
+
+- Reserve, then verify: a parallel burst gets exactly the budget a sequence
+  gets (verifications counted by a spy on the hasher, held while the burst
+  arrives so every attempt is in flight at once), and a right password sent
+  while the budget is taken by attempts in flight is refused.
+- Every spelling of a name (case, trailing dot, IDNA and Unicode forms of the
+  domain) shares one counter, for accounts and unknown names alike.
+- SCRAM: no keys for a name over its limit, wrong proofs and cancelled
+  exchanges count, fake salts are stable across spellings and restarts.
+- Over a limit every protocol gives its temporary reply, the same for a right
+  and a wrong password and for known and unknown names.
+- Fairness: failures against bob from an address do not delay alice's login
+  from it; bob's success resets bob's delay there; neither gives the address
+  its failure budget back.
+
+No wall-clock time is asserted: delays are read from the service's sleep hook.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import stat
+import threading
+import time
+import unicodedata
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from mailyard.config import Config
+from tests.conftest import USERS, RunningServer, make_test_config
+from tests.integration.test_security import Wire, b64
+from tests.integration.test_tls_auth import ScramClient
+
+httpx = pytest.importorskip("httpx")
+
+ALICE = "alice@example.test"
+BOB = "bob@example.test"
+NOBODY = "nobody@example.test"
+WRONG = "wrong-password-77"
+CAROL = "carol@bücher.test"
+CAROL_PASSWORD = "carol-password-3"
+
+# The start of each protocol's reply to a wrong password, and to any attempt
+# over a limit (RFC 4954 6, RFC 9051 7.1, RFC 3206 4).
+WRONG_REPLY = {"smtp": b"535 5.7.8", "imap": b"a NO [AUTHENTICATIONFAILED]", "pop3": b"-ERR [AUTH]",
+               "apop": b"-ERR [AUTH]", "web": b"401 "}
+TEMPORARY = {"smtp": b"454 4.7.0", "imap": b"a NO [UNAVAILABLE]", "pop3": b"-ERR [SYS/TEMP]",
+             "apop": b"-ERR [SYS/TEMP]", "web": b"429 Too many attempts, try again in "}
+OK_REPLY = {"smtp": b"235 ", "imap": b"a OK ", "pop3": b"+OK", "apop": b"+OK", "web": b"303 "}
+PROTOCOLS = ["smtp", "imap", "pop3", "web"]
+
+
+def limits(account: int = 10_000, ip: int = 10_000) -> Callable[[Config], None]:
+    """Tiny delays and the given limits, so a test can fail many logins quickly."""
+
+    def configure(cfg: Config) -> None:
+        cfg.auth.base_delay = 0.001
+        cfg.auth.max_delay = 0.002
+        cfg.auth.account_max_failures = account
+        cfg.auth.ip_max_failures = ip
+
+    return configure
+
+
+def login(server: RunningServer, proto: str, user: str, password: str) -> bytes:
+    """One login on a fresh connection; the server's final reply to it."""
+    if proto == "web":
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port('http')}", timeout=60) as client:
+            token = re.search(r'name="login_token" value="([^"]+)"', client.get("/login").text).group(1)
+            r = client.post("/login", data={"username": user, "password": password, "login_token": token})
+            error = re.search(r'id="login-error">([^<]*)<', r.text)
+            return f"{r.status_code} {error.group(1) if error else ''}".encode()
+    port = {"smtp": "submission", "imap": "imap"}.get(proto, "pop3")
+    w = Wire(server.port(port))
+    try:
+        greeting = w.line()
+        if proto == "smtp":
+            w.smtp("EHLO client.example.test")
+            return w.smtp(b"AUTH PLAIN " + b64(f"\0{user}\0{password}"))
+        if proto == "imap":
+            return w.imap(f'a LOGIN "{user}" "{password}"', b"a").splitlines(keepends=True)[-1]
+        if proto == "apop":
+            stamp = re.search(rb"<[^>]+>", greeting).group(0)
+            digest = hashlib.md5(stamp + ("apop-" + password).encode()).hexdigest()
+            return w.cmd(f"APOP {user} {digest}")
+        assert w.cmd(f"USER {user}") == b"+OK\r\n"
+        return w.cmd(f"PASS {password}")
+    finally:
+        w.close()
+
+
+class Verifications:
+    """A spy on the argon2 verifier: counts verifications, and can hold them
+    (the verifying threads wait) so a burst is all in flight at once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self._lock = threading.Lock()
+
+    def hold(self) -> None:
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+@pytest.fixture
+def verifications(monkeypatch: pytest.MonkeyPatch) -> Verifications:
+    import mailyard.auth.passwords as passwords
+
+    real = passwords._verify_hash
+    spy = Verifications()
+
+    def verify(stored: str, password: str) -> bool:
+        with spy._lock:
+            spy.count += 1
+        spy.gate.wait(30)
+        return real(stored, password)
+
+    monkeypatch.setattr(passwords, "_verify_hash", verify)
+    yield spy
+    spy.release()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# --- 4. reserve, then verify ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_parallel_burst_gets_the_limit_of_a_sequence(
+    make_server: Callable[..., RunningServer], verifications: Verifications, proto: str
+) -> None:
+    """30 wrong passwords for alice at once, then her right one while they are
+    in flight: 5 verifications (the account's budget), and the right password
+    is refused with the temporary reply like the other 25."""
+    server = make_server(limits(account=5))
+    burst = 30
+    verifications.hold()
+    with ThreadPoolExecutor(burst + 1) as pool:
+        wrong = [pool.submit(login, server, proto, ALICE, WRONG) for _ in range(burst)]
+        try:
+            # The attempts over the budget are answered at once, without a check.
+            wait_for(lambda: sum(f.done() for f in wrong) >= burst - 5)
+            answered_early = sum(f.done() for f in wrong)
+            right = pool.submit(login, server, proto, ALICE, USERS[ALICE])
+            wait_for(right.done, 5.0)
+            right_early = right.done()
+        finally:
+            verifications.release()
+        replies = [f.result(60) for f in wrong]
+        right_reply = right.result(60)
+    print(f"{proto}: {verifications.count} verifications for {burst + 1} parallel attempts")
+    assert verifications.count == 5
+    assert answered_early == burst - 5 and right_early
+    assert right_reply.startswith(TEMPORARY[proto]), right_reply
+    assert sum(r.startswith(WRONG_REPLY[proto]) for r in replies) == 5
+    assert sum(r.startswith(TEMPORARY[proto]) for r in replies) == burst - 5
+
+
+def test_parallel_burst_across_protocols_meets_the_address_limit(
+    make_server: Callable[..., RunningServer], verifications: Verifications
+) -> None:
+    """40 guesses for 40 different names, 10 over each protocol, all at once
+    from one address: the address's budget (8) of verifications, no more."""
+    server = make_server(limits(ip=8))
+    verifications.hold()
+    with ThreadPoolExecutor(40) as pool:
+        futures = [
+            pool.submit(login, server, proto, f"guess{i}.{proto}@example.test", WRONG)
+            for i in range(10) for proto in PROTOCOLS
+        ]
+        try:
+            wait_for(lambda: sum(f.done() for f in futures) >= 32)
+        finally:
+            verifications.release()
+        replies = [f.result(60) for f in futures]
+    print(f"{verifications.count} verifications for 40 parallel guesses over 4 protocols")
+    assert verifications.count == 8
+    assert sum(any(r.startswith(t) for t in TEMPORARY.values()) for r in replies) == 32
+    # The address is locked now, for every name and every password.
+    for proto in PROTOCOLS:
+        assert login(server, proto, BOB, USERS[BOB]).startswith(TEMPORARY[proto])
+
+
+# --- 5. one counter per account, whatever the spelling ---------------------------------------
+
+
+async def _seed_idn(store) -> None:  # noqa: ANN001
+    from mailyard.auth.passwords import Credentials
+
+    await store.add_domain("bücher.test")
+    creds = Credentials.from_password(CAROL_PASSWORD)
+    await store.add_account(CAROL, creds.password_hash, scram_sha256=creds.scram_sha256)
+
+
+def test_spellings_of_one_account_share_one_counter(
+    make_server: Callable[..., RunningServer], verifications: Verifications
+) -> None:
+    server = make_server(limits(account=3), seed=_seed_idn)
+    # Three failures, each under another spelling of alice's address.
+    for spelling in ("ALICE@EXAMPLE.TEST", "alice@example.test.", "Alice@Example.Test."):
+        assert login(server, "imap", spelling, WRONG).startswith(WRONG_REPLY["imap"])
+    for spelling in (ALICE, "alice@EXAMPLE.test", "ALICE@example.test."):
+        assert login(server, "imap", spelling, USERS[ALICE]).startswith(TEMPORARY["imap"]), spelling
+    # IDNA and Unicode forms of the domain (SASL PLAIN carries UTF-8, RFC 4616).
+    nfd = unicodedata.normalize("NFD", "carol@bücher.test")
+    for spelling in ("carol@BÜCHER.test", "carol@xn--bcher-kva.test", nfd):
+        assert login(server, "smtp", spelling, WRONG).startswith(WRONG_REPLY["smtp"]), spelling
+    for spelling in (CAROL, "carol@XN--BCHER-KVA.test.", nfd):
+        assert login(server, "smtp", spelling, CAROL_PASSWORD).startswith(TEMPORARY["smtp"]), spelling
+    # Unknown names: keyed on their normal form, locked the same way.
+    for spelling in ("NOBODY@example.test", "nobody@EXAMPLE.test.", "Nobody@Example.Test"):
+        assert login(server, "pop3", spelling, WRONG).startswith(WRONG_REPLY["pop3"])
+    assert login(server, "pop3", NOBODY, WRONG).startswith(TEMPORARY["pop3"])
+    assert verifications.count == 9  # nothing verified once locked
+
+
+def test_a_success_under_any_spelling_clears_only_that_account(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(limits(account=3))
+    for user in (ALICE, "alice@example.test.", BOB, "BOB@example.test."):
+        assert login(server, "imap", user, WRONG).startswith(WRONG_REPLY["imap"])
+    assert login(server, "imap", "ALICE@Example.Test.", USERS[ALICE]).startswith(OK_REPLY["imap"])
+    # Alice starts afresh: two more failures do not lock her.
+    for _ in range(2):
+        assert login(server, "imap", ALICE, WRONG).startswith(WRONG_REPLY["imap"])
+    assert login(server, "imap", ALICE, USERS[ALICE]).startswith(OK_REPLY["imap"])
+    # Bob's count was kept: one more failure locks him.
+    assert login(server, "imap", "bob@EXAMPLE.TEST", WRONG).startswith(WRONG_REPLY["imap"])
+    assert login(server, "imap", BOB, USERS[BOB]).startswith(TEMPORARY["imap"])
+
+
+# --- 6. SCRAM goes through the throttle ------------------------------------------------------------
+
+
+def _scram_start(w: Wire, proto: str, user: str) -> tuple[bytes, ScramClient]:
+    """Start AUTH SCRAM-SHA-256 with an initial response; the server's first reply."""
+    scram = ScramClient(user, "whatever")
+    if proto == "smtp":
+        w.smtp("EHLO client.example.test")
+        return w.smtp(b"AUTH SCRAM-SHA-256 " + b64(scram.first())), scram
+    if proto == "imap":
+        return w.cmd(b"a AUTHENTICATE SCRAM-SHA-256 " + b64(scram.first())), scram
+    return w.cmd(b"AUTH SCRAM-SHA-256 " + b64(scram.first())), scram
+
+
+def _server_first(reply: bytes) -> bytes:
+    return base64.b64decode(reply.split(b" ", 1)[1].strip())
+
+
+def test_pop3_scram_gives_no_keys_for_a_locked_account(make_server: Callable[..., RunningServer]) -> None:
+    server = make_server(limits(account=3))
+    for _ in range(3):
+        assert login(server, "pop3", ALICE, WRONG).startswith(WRONG_REPLY["pop3"])
+    w = Wire(server.port("pop3"))
+    try:
+        w.line()
+        reply, _ = _scram_start(w, "pop3", ALICE)
+    finally:
+        w.close()
+    assert reply.startswith(b"-ERR [SYS/TEMP]"), reply  # no "+ r=...,s=salt,i=..."
+
+
+def test_pop3_scram_wrong_proofs_are_counted(make_server: Callable[..., RunningServer]) -> None:
+    server = make_server(limits(account=3))
+    for _ in range(3):
+        w = Wire(server.port("pop3"))
+        try:
+            w.line()
+            reply, scram = _scram_start(w, "pop3", BOB)
+            assert reply.startswith(b"+ ")
+            assert w.cmd(b64(scram.final(_server_first(reply)))).startswith(b"-ERR [AUTH]")
+        finally:
+            w.close()
+    # Locked: the right password gets the temporary reply, over every way in.
+    assert login(server, "pop3", BOB, USERS[BOB]).startswith(TEMPORARY["pop3"])
+    assert login(server, "apop", BOB, USERS[BOB]).startswith(TEMPORARY["apop"])
+
+
+def test_a_cancelled_exchange_counts_as_a_failure(make_server: Callable[..., RunningServer]) -> None:
+    """One SCRAM exchange cancelled with "*" after the server-first message, on
+    each of SMTP, IMAP and POP3: three failures lock the account (limit 3)."""
+    server = make_server(limits(account=3))
+    cancelled = {"smtp": b"501 ", "imap": b"a BAD ", "pop3": b"-ERR "}
+    for proto, port in (("smtp", "submission"), ("imap", "imap"), ("pop3", "pop3")):
+        w = Wire(server.port(port))
+        try:
+            w.line()
+            reply, _ = _scram_start(w, proto, ALICE)
+            assert reply.startswith(b"334 " if proto == "smtp" else b"+ "), reply
+            answer = w.smtp("*") if proto == "smtp" else w.cmd("*")
+            assert answer.startswith(cancelled[proto]), answer
+        finally:
+            w.close()
+    assert login(server, "imap", ALICE, USERS[ALICE]).startswith(TEMPORARY["imap"])
+
+
+# --- 7. fake SCRAM salts ---------------------------------------------------------------------
+
+
+def _salt(server: RunningServer, user: str) -> bytes:
+    w = Wire(server.port("imap"))
+    try:
+        w.line()
+        reply, _ = _scram_start(w, "imap", user)
+        attrs = dict(kv.split(b"=", 1) for kv in _server_first(reply).split(b","))
+        w.imap("*", b"a")
+        return attrs[b"s"]
+    finally:
+        w.close()
+
+
+def test_fake_salts_are_stable_across_spellings_and_restarts(tmp_path: Path) -> None:
+    cfg = make_test_config()
+    limits()(cfg)
+    spellings = {
+        NOBODY: (NOBODY, "NOBODY@EXAMPLE.TEST", "nobody@example.test.", "Nobody@Example.Test."),
+        ALICE: (ALICE, "ALICE@EXAMPLE.TEST", "alice@example.test."),
+    }
+    salts: dict[str, set[bytes]] = {name: set() for name in spellings}
+    for run in range(2):
+        server = RunningServer(tmp_path / "data", cfg, seed_defaults=run == 0)
+        try:
+            server.start()
+            for name, names in spellings.items():
+                salts[name] |= {_salt(server, spelling) for spelling in names}
+            other = _salt(server, "somebody-else@example.test")
+        finally:
+            server.stop()
+    # One salt per name, whatever the spelling and across the restart, as a
+    # real account has; different names, different salts.
+    assert {name: len(s) for name, s in salts.items()} == {NOBODY: 1, ALICE: 1}
+    assert other not in salts[NOBODY]
+    secret = tmp_path / "data" / "scram-salt.key"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+# --- 8. one reply rule over the limit -------------------------------------------------------------
+
+
+ALL_WAYS = ["smtp", "imap", "pop3", "apop", "web"]
+
+
+def test_locked_names_get_the_temporary_reply_whatever_the_password(
+    make_server: Callable[..., RunningServer], verifications: Verifications
+) -> None:
+    server = make_server(limits(account=3))
+    for user in (ALICE, NOBODY):
+        for _ in range(3):
+            assert login(server, "imap", user, WRONG).startswith(WRONG_REPLY["imap"])
+    before = verifications.count
+    for proto in ALL_WAYS:
+        right = login(server, proto, ALICE, USERS[ALICE])
+        wrong = login(server, proto, ALICE, WRONG)
+        unknown = login(server, proto, NOBODY, WRONG)
+        print(proto, right)
+        assert right == wrong == unknown, proto
+        assert right.startswith(TEMPORARY[proto]), right
+    assert verifications.count == before  # refused without a check
+    # Bob, under his limit: a wrong password and an unknown name still get
+    # the same (non-temporary) reply.
+    assert login(server, "imap", BOB, WRONG) == login(server, "imap", "nobody2@example.test", WRONG)
+
+
+def test_a_locked_address_gets_the_temporary_reply_whatever_the_password(
+    make_server: Callable[..., RunningServer], verifications: Verifications
+) -> None:
+    server = make_server(limits(ip=4))
+    for i in range(4):
+        assert login(server, "pop3", f"guess{i}@example.test", WRONG).startswith(WRONG_REPLY["pop3"])
+    before = verifications.count
+    for proto in ALL_WAYS:
+        right = login(server, proto, BOB, USERS[BOB])
+        assert right == login(server, proto, BOB, WRONG) == login(server, proto, NOBODY, WRONG), proto
+        assert right.startswith(TEMPORARY[proto]), right
+    assert verifications.count == before
+
+
+# --- 9. fairness ----------------------------------------------------------------------------------
+
+
+def test_failures_for_bob_do_not_delay_alice_behind_the_same_address(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    """Default delays (1 s doubling to 16 s), read from the service's sleep
+    hook instead of waited: nine failures for bob from 127.0.0.1, spread over
+    the four protocols; then alice's right password from the same address
+    waits nothing, bob's right password waits bob's delay once and resets it,
+    and the address's failure count survives both successes."""
+
+    def configure(cfg: Config) -> None:
+        cfg.auth.ip_max_failures = 12
+
+    server = make_server(configure)
+    service = server.server.login  # type: ignore[union-attr]
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
+    service.sleep = record
+    for i in range(9):
+        assert login(server, PROTOCOLS[i % 4], BOB, WRONG).startswith(WRONG_REPLY[PROTOCOLS[i % 4]])
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 16.0, 16.0, 16.0]
+    for proto in PROTOCOLS:
+        waits.clear()
+        assert login(server, proto, ALICE, USERS[ALICE]).startswith(OK_REPLY[proto])
+        assert waits == [], proto  # alice is not slowed by bob's failures
+    waits.clear()
+    assert login(server, "imap", BOB, USERS[BOB]).startswith(OK_REPLY["imap"])
+    assert waits == [16.0]  # bob's own delay, once
+    waits.clear()
+    assert login(server, "pop3", BOB, USERS[BOB]).startswith(OK_REPLY["pop3"])
+    assert waits == []  # reset by his success from this address
+    # The successes gave the address none of its budget back: three more
+    # failures (9 + 3 = 12) lock it, for everybody behind it.
+    for i in range(3):
+        assert login(server, "smtp", f"victim{i}@example.test", WRONG).startswith(WRONG_REPLY["smtp"])
+    assert login(server, "imap", ALICE, USERS[ALICE]).startswith(TEMPORARY["imap"])

@@ -1,0 +1,59 @@
+"""SMTP message data handed out in parts (MessageData) is the same message as
+when it is held whole: dot-unstuffing, the bare CR/LF check, the line and
+size limits do not depend on where the chunks or the parts are cut."""
+
+from __future__ import annotations
+
+import random
+
+from mailyard.protocols.smtp.data import DataReader
+
+
+def _read(stream: bytes, chunks: list[int], spill_at: int, **limits: object) -> tuple[bytes | None, int | None, bytes]:
+    reader = DataReader(spill_at=spill_at, **limits)  # type: ignore[arg-type]
+    parts: list[bytes] = []
+    pos = 0
+    for size in chunks:
+        result = reader.feed(stream[pos : pos + size])
+        pos += size
+        part = reader.take()
+        if part is not None:
+            parts.append(part)
+        if result is not None:
+            data = None if result.data is None else b"".join(parts) + result.data
+            return data, result.error.code if result.error else None, result.rest + stream[pos:]
+    raise AssertionError("no end of data")
+
+
+def test_parts_make_the_same_message_as_the_whole() -> None:
+    rnd = random.Random(5321)
+    pieces = [b"\r\n", b".", b"..", b"\r", b"\n", b"x", b"line", b"\r\n.\r\n", b"\r\n..\r\n", b"a" * 40, b".\r\n"]
+    spilled = 0
+    for _ in range(3000):
+        message = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 60)))
+        stream = message + b"\r\n.\r\nQUIT\r\n"
+        limits = {
+            "max_size": rnd.choice([0, 20, 200]),
+            "max_line": rnd.choice([12, 40, 1000]),
+            "strict_line_endings": rnd.random() < 0.7,
+        }
+        chunks = [rnd.randint(1, 24) for _ in range(len(stream))]
+        whole = _read(stream, chunks, 1 << 40, **limits)
+        spill_at = rnd.choice([1, 5, 32])
+        assert _read(stream, chunks, spill_at, **limits) == whole, (message, limits, spill_at)
+        spilled += whole[0] is not None and len(whole[0]) > spill_at
+    assert spilled > 300  # the parts path was taken
+
+
+def test_a_large_message_is_held_in_kilobytes() -> None:
+    reader = DataReader(max_size=0, max_line=1000, spill_at=64 * 1024)
+    block = (b".stuffed" + b"y" * 990 + b"\r\n") * 256
+    taken = 0
+    for _ in range(100):
+        assert reader.feed(block) is None
+        part = reader.take()
+        taken += len(part) if part else 0
+        assert len(reader._out) < 64 * 1024 and len(reader._body) < 1000  # noqa: SLF001
+    result = reader.feed(b".\r\n")
+    assert result is not None and result.error is None and result.data is not None
+    assert taken + len(result.data) == 100 * 256 * 999
