@@ -31,7 +31,7 @@ from ..protocols.imap.backend import BackendError, ConnectionEnding, LoginRefuse
 from ..protocols.imap.engine import CLOSED, NEED_DATA
 from ..protocols.imap.framing import Limits
 from ..protocols.imap.session import FLUSH_AT, ImapConfig, ImapSession
-from ..store.api import StoreError
+from ..store.api import Account, StoreError
 from .imap_store import StoreBackend
 from .login import Authenticator, TryLater, plaintext_allowed
 from .session_protocol import SessionProtocol
@@ -104,7 +104,7 @@ class ImapLoginService:
         net/login.py; RFC 9051 11.1)."""
         return plaintext_allowed(self.server, self.conn)
 
-    def backend(self, account: Any) -> StoreBackend:
+    def backend(self, account: Account) -> StoreBackend:
         return StoreBackend(self.server.store, account)
 
     async def login(self, user: str, password: str) -> StoreBackend | LoginRefused:

@@ -1,8 +1,10 @@
-"""Evaluating a search program (RFC 9051 6.4.4) against message data.
+"""Evaluating a search program (RFC 9051 6.4.4) against message data, and
+the forms of its result (``SEARCH``, ``ESEARCH``, SEARCHRES: `result_form`).
 
-Pure: the glue supplies each message's index data and derived header fields,
+Pure: the session supplies each message's index data and derived header fields,
 the current time (for RFC 5032 OLDER/YOUNGER) and the answers of the full-text
-index for BODY and TEXT keys (store.search_text), so SEARCH never scans bodies.
+index for BODY and TEXT keys (ImapBackend.search_text), so SEARCH never scans
+bodies.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .commands import SearchKey, SequenceSet
+from .response import Atom, format_uid_set
 
 
 @dataclass(slots=True)
@@ -227,8 +230,6 @@ def result_form(
       RETURN () means RETURN (ALL));
     - SAVE keeps the UIDs for "$" (RFC 5182 2.4: only MIN/MAX with them alone).
     """
-    from .response import Atom, format_uid_set
-
     nums = [u for _, u in hits] if uid else [q for q, _ in hits]
     opts = return_opts
     if opts is None and rev2:
