@@ -86,6 +86,7 @@ class ImapLoginService:
 
     # RFC 9051 6.2.2: the SASL mechanisms, strongest first; True: password in the clear
     sasl_mechanisms = {name: name in sasl.PLAINTEXT_MECHANISMS for name in sasl.MECHANISMS}
+    __slots__ = ("_authenticator", "conn", "server")
 
     def __init__(self, server: MailServer, conn: ImapConnection) -> None:
         self.server = server

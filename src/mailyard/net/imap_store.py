@@ -14,47 +14,48 @@ StoreErrors are answered NO with their text (session.ImapConfig.failures).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 from ..protocols.imap import backend as b
 from ..protocols.imap.backend import NewMessage
 from ..store import api as store_api
 from ..store.api import Account, AppendItem, Mailbox, Store
 
-T = TypeVar("T")
 
+def _checked(name: str) -> Callable[..., Awaitable[Any]]:
+    """The store coroutine ``name``, with MailboxGone reaching IMAP as the
+    backend's own (a method of the class: nothing per session)."""
 
-def _checked(call: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """A store coroutine whose MailboxGone reaches IMAP as the backend's."""
-
-    @wraps(call)
-    async def checked(*args: Any, **kw: Any) -> T:
+    async def call(self: StoreBackend, *args: Any, **kw: Any) -> Any:
         try:
-            return await call(*args, **kw)
+            return await getattr(self.store, name)(*args, **kw)
         except store_api.MailboxGone as exc:
             raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
 
-    return checked
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
 class StoreBackend:
     """An account's mailboxes in the store, as IMAP uses them."""
 
+    __slots__ = ("account", "account_id", "store")
+
     def __init__(self, store: Store, account: Account) -> None:
         self.store = store
         self.account = account
         self.account_id = account.id
-        # calls on one mailbox's messages: the store's, with MailboxGone translated
-        self.mailbox_summary = _checked(store.mailbox_summary)
-        self.list_messages = _checked(store.list_messages)
-        self.changes_since = _checked(store.changes_since)
-        self.get_derived = _checked(store.get_derived)
-        self.mailbox_status = _checked(store.mailbox_status)
-        self.search_headers = _checked(store.search_headers)
-        self.search_text = _checked(store.search_text)
-        self.store_flags = _checked(store.store_flags)
-        self.expunge = _checked(store.expunge)
+
+    # calls on one mailbox's messages: the store's, taking the Mailbox record as it is
+    mailbox_summary = _checked("mailbox_summary")
+    list_messages = _checked("list_messages")
+    changes_since = _checked("changes_since")
+    get_derived = _checked("get_derived")
+    mailbox_status = _checked("mailbox_status")
+    search_headers = _checked("search_headers")
+    search_text = _checked("search_text")
+    store_flags = _checked("store_flags")
+    expunge = _checked("expunge")
 
     # --- validity ------------------------------------------------------------------
     def account_current(self) -> bool:

@@ -61,6 +61,8 @@ class ImapSession:
     """One connection's IMAP state: the engine, the logged-in account's
     backend, the selected mailbox."""
 
+    __slots__ = ("_unwatch", "auth_failures", "backend", "closed", "config", "engine", "io", "login", "sel")
+
     def __init__(self, io: ImapIO, login: ImapLogin, limits: Limits | None = None,
                  config: ImapConfig | None = None) -> None:
         self.config = config = config or ImapConfig()
