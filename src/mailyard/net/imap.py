@@ -16,8 +16,6 @@ item is encoded are not here: see protocols/imap/session.py.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import socket
 import ssl
@@ -39,37 +37,11 @@ from .session_protocol import SessionProtocol
 if TYPE_CHECKING:
     import asyncio
 
-    from ..server import MailServer
+    from ..services import Services
     from .listener import Listener
 
 log = logging.getLogger("mailyard.imap")
 
-
-def _pin_mmap_threshold() -> None:
-    """Keep glibc from holding on to large freed blocks.
-
-    Fixing M_MMAP_THRESHOLD (at glibc's default 128 KiB) stops glibc from
-    raising it after a big block is freed, so blocks above it stay mmap()ed
-    and are returned on free instead of staying resident in a thread's arena.
-    It was added for argon2's ~19 MiB per verification (m=19456): 1,000 IMAP
-    logins left ~40 MB resident in the hashing threads' arenas (bench/imap.py
-    counted 52 KiB "per idle connection", 13 KiB of it real). Argon2id
-    verifications no longer malloc that memory: auth/passwords.py lends it
-    from its own bounded pool (at most 2 buffers kept, so no page faults per
-    LOGIN). The pin still bounds what argon2-cffi's fallback path (argon2i,
-    v=16 or non-canonical hashes) and other large short-lived allocations
-    keep; the price is a fresh mapping, with its page faults, for each such
-    block. Process-wide; a no-op where libc is not glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_mmap_threshold = -3  # <malloc.h>
-        if not libc.mallopt(m_mmap_threshold, 128 * 1024):
-            log.debug("mallopt(M_MMAP_THRESHOLD) refused")
-    except (OSError, AttributeError):
-        pass
-
-
-_pin_mmap_threshold()
 
 _SHUTDOWN = ("Server shutting down", "UNAVAILABLE")
 # auth/sasl.py failure kinds the client caused by its syntax (BAD, not a failed login)
@@ -86,10 +58,10 @@ class ImapLoginService:
 
     # RFC 9051 6.2.2: the SASL mechanisms, strongest first; True: password in the clear
     sasl_mechanisms = {name: name in sasl.PLAINTEXT_MECHANISMS for name in sasl.MECHANISMS}
-    __slots__ = ("_authenticator", "conn", "server")
+    __slots__ = ("_authenticator", "conn", "services")
 
-    def __init__(self, server: MailServer, conn: ImapConnection) -> None:
-        self.server = server
+    def __init__(self, services: Services, conn: ImapConnection) -> None:
+        self.services = services
         self.conn = conn
         self._authenticator: Authenticator | None = None
 
@@ -97,16 +69,16 @@ class ImapLoginService:
     def authenticator(self) -> Authenticator:
         auth = self._authenticator
         if auth is None:
-            auth = self._authenticator = Authenticator(self.server, self.conn, "imap")
+            auth = self._authenticator = Authenticator(self.services, self.conn, "imap")
         return auth
 
     def plaintext_ok(self) -> bool:
         """Passwords in the clear only over TLS, or from loopback (configurable,
         net/login.py; RFC 9051 11.1)."""
-        return plaintext_allowed(self.server, self.conn)
+        return plaintext_allowed(self.services, self.conn)
 
     def backend(self, account: Account) -> StoreBackend:
-        return StoreBackend(self.server.store, account)
+        return StoreBackend(self.services.store, account)
 
     async def login(self, user: str, password: str) -> StoreBackend | LoginRefused:
         result = await self.authenticator.password(user, password)
@@ -161,21 +133,21 @@ class ImapConnection(SessionProtocol):
 
     eager_steps = True
 
-    def __init__(self, server: MailServer, listener: Listener) -> None:
+    def __init__(self, services: Services, listener: Listener) -> None:
         super().__init__(listener)
-        self.server = server
-        cfg = server.config
+        self.services = services
+        cfg = services.config
         limits = cfg.limits
         self.imap = ImapSession(
             self,
-            ImapLoginService(server, self),
+            ImapLoginService(services, self),
             Limits(
-                max_line=getattr(limits, "imap_max_line", 64 * 1024),
-                max_literal=getattr(limits, "imap_max_literal", 64 * 1024),
-                max_append=getattr(cfg.smtp, "max_message_size", 50 << 20),
-                max_command=getattr(limits, "imap_max_command", 1 << 20),
-                max_append_command=getattr(limits, "imap_max_append_command", 100 << 20),
-                max_unauthenticated=getattr(limits, "imap_max_command_unauthenticated", 8 << 10),
+                max_line=limits.imap_max_line,
+                max_literal=limits.imap_max_literal,
+                max_append=cfg.smtp.max_message_size,
+                max_command=limits.imap_max_command,
+                max_append_command=limits.imap_max_append_command,
+                max_unauthenticated=limits.imap_max_command_unauthenticated,
             ),
             ImapConfig(
                 hostname=cfg.server.hostname,
@@ -185,7 +157,7 @@ class ImapConnection(SessionProtocol):
                 failures=(BackendError, StoreError),
             ),
         )
-        self.idle_timeout = getattr(cfg.limits, "imap_idle_timeout", 1800.0)
+        self.idle_timeout = limits.imap_idle_timeout
         self.eof = False  # the client closed its side
         self._waiter: asyncio.Future[None] | None = None  # a step waiting for input (IDLE, AUTHENTICATE)
 
@@ -289,7 +261,7 @@ class ImapConnection(SessionProtocol):
 
     @property
     def can_start_tls(self) -> bool:
-        return self.server.tls is not None
+        return self.services.tls is not None
 
     def now(self) -> float:
         return time.time()
@@ -307,7 +279,7 @@ class ImapConnection(SessionProtocol):
             await self.drain()
 
     async def begin_tls(self) -> None:
-        tls = self.server.tls
+        tls = self.services.tls
         assert tls is not None
         try:
             await self.start_tls(tls.context)
@@ -377,6 +349,6 @@ class ImapConnection(SessionProtocol):
         return True
 
 
-def imap_protocol(server: MailServer, listener: Listener) -> ImapConnection:
+def imap_protocol(services: Services, listener: Listener) -> ImapConnection:
     """The IMAP ports: 143 / 2143 (STARTTLS) and 993 / 2993 (implicit TLS, RFC 8314)."""
-    return ImapConnection(server, listener)
+    return ImapConnection(services, listener)
