@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ...message.derived import Derived, body_structure, derive
+from ...message.imap_syntax import body_bytes, envelope_bytes  # as the store derives them
 from .backend import (
     BackendError,
     BadMailboxName,
@@ -43,7 +44,6 @@ from .backend import (
 from .engine import CLOSED, NEED_DATA
 from .framing import Limits
 from .names import DELIMITER, name_problem
-from .response import body_bytes, envelope_bytes
 from .session import ImapConfig, ImapSession
 
 SPECIAL_USE = (("Drafts", "\\Drafts"), ("Sent", "\\Sent"), ("Trash", "\\Trash"), ("Junk", "\\Junk"),
