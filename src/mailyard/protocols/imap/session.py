@@ -166,8 +166,11 @@ class ImapSession:
 
     async def finish(self, status: str, text: str, code: str | None = None, allow_expunge: bool = True) -> None:
         """Send pending mailbox updates, then the tagged response."""
-        if self.sel is not None and self.engine.state is State.SELECTED:
-            await self.sync(allow_expunge)
+        sel = self.sel
+        # (no coroutine at all for the usual command that has nothing to announce)
+        if (sel is not None and (sel.dirty or (allow_expunge and sel.pending_expunge))
+                and self.backend is not None and self.engine.state is State.SELECTED):
+            await sel.sync(self.engine, self.backend, allow_expunge)
         self.engine.complete(status, text, code)
 
     async def sync(self, allow_expunge: bool) -> None:
