@@ -40,6 +40,8 @@ from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_address_list
 from ..message.compose import Attachment, compose, to_bytes
 from ..message.parse import parse_message
+from ..message.reading import human_size
+from ..message.reply import build_reply, forward_attachment, forward_subject
 from ..store.api import Account, Mailbox, NotFound, StoreError
 from . import render
 from .listing import PAGE_SIZE, SORTS, Listing, NotReady
@@ -83,14 +85,6 @@ def _env() -> jinja2.Environment:
     env.filters["when"] = when
     env.filters["addrs"] = lambda items: render.format_address_list(list(items))
     return env
-
-
-def human_size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def when(ts: float | None) -> str:
@@ -569,11 +563,6 @@ class Draft:
     kept: list = field(default_factory=list)  # attachments of a resumed draft
 
 
-def _re(subject: str, prefix: str) -> str:
-    s = subject.strip()
-    return s if s.lower().startswith(prefix.lower()) else f"{prefix} {s}".strip()
-
-
 async def compose_view(request: Request) -> Response:
     session = current(request)
     qp = request.query_params
@@ -589,27 +578,18 @@ async def compose_view(request: Request) -> Response:
             raise HTTPException(404)
         raw = await read_raw(request, box, uid)
         view = render.build_view(raw)
-        text = view.text if view.text is not None else render.html_to_text(view.html or "")
         if mode in ("reply", "replyall"):
-            targets = view.reply_to or view.from_
-            draft.to = render.format_address_list(targets)
-            if mode == "replyall":
-                mine = session.address.lower()
-                seen = {a.lower() for _, a in targets} | {mine}
-                cc = []
-                for name, addr in view.to + view.cc:
-                    if addr.lower() not in seen:
-                        seen.add(addr.lower())
-                        cc.append((name, addr))
-                draft.cc = render.format_address_list(cc)
-            draft.subject = _re(view.subject, "Re:")
-            who = render.format_address_list(view.from_[:1]) or "someone"
-            draft.body = f"\n\nOn {view.date}, {who} wrote:\n{render.quote_text(text)}\n"
-            draft.in_reply_to = view.message_id
-            draft.references = " ".join(x for x in (view.references, view.message_id) if x)
+            # HTML to text is pure Python: in a thread, so a big message does not hold the event loop
+            reply = await asyncio.to_thread(build_reply, parse_message(raw), {session.address}, mode == "replyall")
+            draft.to = ", ".join(map(str, reply.to))
+            draft.cc = ", ".join(map(str, reply.cc))
+            draft.subject = reply.subject
+            draft.body = f"\n\n{reply.quoted}"
+            draft.in_reply_to = reply.in_reply_to or ""
+            draft.references = " ".join(reply.references)
             draft.reply_to = f"{box.id}:{uid}"
         elif mode == "forward":
-            draft.subject = _re(view.subject, "Fwd:")
+            draft.subject = forward_subject(view.subject)
             draft.body = "\n\n(The forwarded message is attached.)\n"
             draft.forward = f"{box.id}:{uid}"
         else:  # resume a draft
@@ -705,7 +685,7 @@ async def compose_submit(request: Request) -> Response:
             raise HTTPException(404)
         fraw = await read_raw(request, fbox, fuid)
         total += len(fraw)
-        attachments.append(parse_message(fraw))
+        attachments.append(forward_attachment(fraw))
     if total > limit:
         errors.append(f"The attachments are too large (at most {human_size(limit)} in all).")
     msg = None

@@ -16,7 +16,6 @@ CSP unless the user allows remote content for that message.
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from urllib.parse import quote
@@ -26,6 +25,15 @@ import nh3
 from ..message.address import Group, Mailbox, parse_address_list
 from ..message.headers import decode_words
 from ..message.parse import parse_message
+from ..message.reading import (
+    attachment_filename,
+    field_values,
+    part_filename,
+    part_text,
+    safe_filename,
+)
+from ..message.reading import header_text as _header
+from ..message.reading import part_bytes as part_bytes  # the web's name for it (app.py)
 
 ALLOWED_TAGS = {
     "a", "abbr", "acronym", "address", "area", "b", "bdi", "bdo", "big", "blockquote", "br",
@@ -103,13 +111,6 @@ class View:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
-def safe_filename(name: str | None, fallback: str = "attachment") -> str:
-    """A file name fit for Content-Disposition and display: no path, no controls."""
-    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(c for c in name if unicodedata.category(c)[0] != "C").strip().strip(".")
-    return name[:200] or fallback
-
-
 def content_disposition(kind: str, filename: str) -> str:
     """RFC 6266: an ASCII ``filename`` fallback and the exact name as ``filename*``
     (RFC 8187 UTF-8 encoding)."""
@@ -131,19 +132,10 @@ def _addresses(value: str | None) -> list[tuple[str, str]]:
     return out
 
 
-def _header(msg: EmailMessage, name: str) -> str:
-    try:
-        value = msg.get(name)
-    except Exception:
-        return ""
-    return decode_words(str(value)) if value is not None else ""
-
-
 def _raw_header(msg: EmailMessage, name: str) -> str:
-    for k, v in msg._headers:  # raw values: address parsing is done by the message layer
-        if k.lower() == name:
-            return str(v)
-    return ""
+    # raw values: address parsing is done by the message layer
+    values = field_values(msg, name)
+    return values[0] if values else ""
 
 
 def number_parts(msg: EmailMessage) -> list[tuple[str, EmailMessage]]:
@@ -159,33 +151,6 @@ def number_parts(msg: EmailMessage) -> list[tuple[str, EmailMessage]]:
 
     walk(msg, "")
     return out
-
-
-def part_text(part: EmailMessage) -> str:
-    try:
-        content = part.get_content()
-        if isinstance(content, str):
-            return content
-    except Exception:
-        pass
-    data = part.get_payload(decode=True) or b""
-    if not isinstance(data, bytes):
-        return ""
-    charset = part.get_content_charset() or "utf-8"
-    try:
-        return data.decode(charset, "replace")
-    except LookupError:
-        return data.decode("utf-8", "replace")
-
-
-def part_bytes(part: EmailMessage) -> bytes:
-    if part.get_content_type() == "message/rfc822" or part.get_content_maintype() == "multipart":
-        payload = part.get_payload()
-        if isinstance(payload, list) and payload:
-            return payload[0].as_bytes()
-        return str(payload).encode("utf-8", "surrogateescape")
-    data = part.get_payload(decode=True)
-    return data if isinstance(data, bytes) else b""
 
 
 def build_view(raw: bytes) -> View:
@@ -215,10 +180,7 @@ def build_view(raw: bytes) -> View:
             disposition = part.get_content_disposition()
         except Exception:
             disposition = None
-        try:
-            filename = part.get_filename()
-        except Exception:
-            filename = None
+        filename = part_filename(part)
         cid = (part.get("Content-ID") or "").strip().strip("<>") or None
         p = Part(spec, part, ctype, safe_filename(filename, f"part-{spec}"), disposition, cid)
         view.parts[spec] = p
@@ -236,16 +198,9 @@ def build_view(raw: bytes) -> View:
         if cid and disposition != "attachment" and ctype.startswith("image/") and not filename:
             continue  # an inline image only the HTML shows
         if ctype == "message/rfc822" and not filename:
-            p.filename = safe_filename(_forwarded_subject(part), f"message-{spec}") + ".eml"
+            p.filename = safe_filename(attachment_filename(part, f"part-{spec}"))
         view.attachments.append(p)
     return view
-
-
-def _forwarded_subject(part: EmailMessage) -> str:
-    payload = part.get_payload()
-    if isinstance(payload, list) and payload:
-        return _header(payload[0], "subject")
-    return ""
 
 
 def sanitize_html(html: str, base: str, cids: dict[str, str], allow_remote: bool) -> tuple[str, bool]:
@@ -301,17 +256,6 @@ def sanitize_html(html: str, base: str, cids: dict[str, str], allow_remote: bool
         strip_comments=True,
     )
     return safe, blocked
-
-
-def quote_text(text: str) -> str:
-    return "\n".join("> " + line if line else ">" for line in text.rstrip().splitlines())
-
-
-def html_to_text(html: str) -> str:
-    text = nh3.clean(html, tags=set(), clean_content_tags={"script", "style", "head", "title"})
-    import html as _html
-
-    return re.sub(r"\n{3,}", "\n\n", _html.unescape(text)).strip()
 
 
 def format_address_list(items: list[tuple[str, str]]) -> str:
