@@ -111,3 +111,16 @@ def test_forward_of_8bit_message_is_attached_readable(mailserver: RunningServer)
     inner = next(msg.iter_attachments()).get_content()
     assert str(inner["From"]) == "Jörg <carol@example.test>" and inner["Subject"] == "café"
     assert inner.get_content().rstrip() == "Grüße"
+
+
+def test_addresses_read_as_text_on_message_and_reply_pages(mailserver: RunningServer) -> None:
+    # a name in raw UTF-8 (RFC 6532) is shown and offered for editing as text,
+    # not as RFC 2047 encoded words
+    raw = (b"From: J\xc3\xb6rg <carol@example.test>\r\nTo: alice@example.test\r\nSubject: hi\r\n"
+           b"\r\nhello\r\n")
+    uid = append(mailserver, ALICE, raw)
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    client = login(mailserver)
+    r = client.get(f"/box/{inbox}/msg/{uid}")
+    assert r.status_code == 200 and "Jörg" in r.text
+    assert field(client.get(f"/compose?reply={inbox}:{uid}").text, "to") == "Jörg <carol@example.test>"

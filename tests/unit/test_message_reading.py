@@ -19,6 +19,8 @@ from mailyard.message.reading import (
     part_bytes,
     part_filename,
     part_text,
+    readable_address,
+    readable_addresses,
     safe_filename,
 )
 
@@ -44,6 +46,19 @@ def test_mailboxes_in_order_groups_flattened_names_decoded() -> None:
     assert [m.addr_spec for m in mailboxes(msg, "To", "Cc")] == ["h@x.test", "a@x.test", "b@x.test", "c@x.test"]
     assert mailboxes(msg, "To")[0].display_name == "Müller, H"
     assert mailboxes(msg, "Reply-To") == []
+
+
+def test_readable_addresses_are_text_and_read_back() -> None:
+    from mailyard.message.address import parse_address_list
+
+    msg = parse_message(b"To: =?utf-8?q?M=C3=BCller=2C_H?= <h@x.test>, J\xc3\xb6rg <j@x.test>,\r\n"
+                        b" Alice \xc3\x84. Example <a@x.test>, =?utf-8?q?a=22b?= <q@x.test>, plain@x.test\r\n\r\n")
+    text = readable_addresses(mailboxes(msg, "To"))
+    assert text == ('"Müller, H" <h@x.test>, Jörg <j@x.test>, Alice Ä. Example <a@x.test>, '
+                    '"a\\"b" <q@x.test>, plain@x.test')
+    assert [(m.display_name, m.addr_spec) for m in parse_address_list(text)] == [
+        (m.display_name, m.addr_spec) for m in mailboxes(msg, "To")]
+    assert readable_address("Eve\r\nX-Injected: yes", "e@x.test") == '"Eve X-Injected: yes" <e@x.test>'
 
 
 def test_html_to_text_structure_links_and_quotes() -> None:

@@ -14,17 +14,15 @@ from email.message import Message
 from pathlib import Path
 
 from ..message import reading
-from ..message.reading import header_text, mailboxes
+from ..message.reading import header_text, mailboxes, readable_addresses
 
 HEADERS_OF_INTEREST = ("Date", "From", "Reply-To", "To", "Cc", "Bcc", "Subject")
 
 
 def display_addresses(msg: Message, name: str) -> str:
-    """An address header for a reader: decoded names, no RFC 5322 quoting."""
+    """An address header for a reader: decoded names (``readable_addresses``)."""
     boxes = mailboxes(msg, name)
-    if not boxes:
-        return header_text(msg, name)
-    return ", ".join(f"{m.display_name} <{m.addr_spec}>" if m.display_name else m.addr_spec for m in boxes)
+    return readable_addresses(boxes) if boxes else header_text(msg, name)
 
 
 # --- saving attachments ----------------------------------------------------------

@@ -20,6 +20,7 @@ import html.parser
 import re
 import textwrap
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email.message import Message
 
@@ -39,6 +40,8 @@ __all__ = [
     "part_bytes",
     "part_filename",
     "part_text",
+    "readable_address",
+    "readable_addresses",
     "safe_filename",
 ]
 
@@ -85,6 +88,29 @@ def mailboxes(msg: Message, *names: str) -> list[Mailbox]:
         for value in field_values(msg, name):
             out.extend(iter_mailboxes(parse_address_list(value)))
     return out
+
+
+# Characters that end or split a display name when an address list is read
+# back (RFC 5322 3.2.3 specials, without ".": obs-phrase allows it, 4.1).
+_NAME_SPECIALS = re.compile(r'[,;:<>@"()\[\]\\]')
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def readable_address(display_name: str | None, addr_spec: str) -> str:
+    """One address as people read and type it: ``Name <addr>`` with the name
+    as text (no RFC 2047 encoding), quoted only where reading the list back
+    needs it (a comma, an @, ...); ``addr`` alone without a name."""
+    name = _CONTROLS.sub(" ", display_name or "").strip()
+    if not name:
+        return addr_spec
+    if _NAME_SPECIALS.search(name):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{addr_spec}>"
+
+
+def readable_addresses(boxes: Iterable[Mailbox]) -> str:
+    """Mailboxes as a readable, editable list (``readable_address``, comma separated)."""
+    return ", ".join(readable_address(m.display_name, m.addr_spec) for m in boxes)
 
 
 # --- HTML to text ----------------------------------------------------------------

@@ -40,7 +40,7 @@ from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_address_list
 from ..message.compose import Attachment, compose, to_bytes
 from ..message.parse import parse_message
-from ..message.reading import human_size
+from ..message.reading import human_size, mailboxes, readable_address, readable_addresses
 from ..message.reply import build_reply, forward_attachment, forward_subject
 from ..store.api import Account, Mailbox, NotFound, StoreError
 from . import render
@@ -83,7 +83,7 @@ def _env() -> jinja2.Environment:
     )
     env.filters["size"] = human_size
     env.filters["when"] = when
-    env.filters["addrs"] = lambda items: render.format_address_list(list(items))
+    env.filters["addrs"] = lambda items: ", ".join(readable_address(n, a) for n, a in items)
     return env
 
 
@@ -581,8 +581,8 @@ async def compose_view(request: Request) -> Response:
         if mode in ("reply", "replyall"):
             # HTML to text is pure Python: in a thread, so a big message does not hold the event loop
             reply = await asyncio.to_thread(build_reply, parse_message(raw), {session.address}, mode == "replyall")
-            draft.to = ", ".join(map(str, reply.to))
-            draft.cc = ", ".join(map(str, reply.cc))
+            draft.to = readable_addresses(reply.to)
+            draft.cc = readable_addresses(reply.cc)
             draft.subject = reply.subject
             draft.body = f"\n\n{reply.quoted}"
             draft.in_reply_to = reply.in_reply_to or ""
@@ -593,10 +593,10 @@ async def compose_view(request: Request) -> Response:
             draft.body = "\n\n(The forwarded message is attached.)\n"
             draft.forward = f"{box.id}:{uid}"
         else:  # resume a draft
-            draft.to = render.format_address_list(view.to)
-            draft.cc = render.format_address_list(view.cc)
+            draft.to = ", ".join(readable_address(n, a) for n, a in view.to)
+            draft.cc = ", ".join(readable_address(n, a) for n, a in view.cc)
             msg = parse_message(raw)
-            draft.bcc = render.format_address_list(render._addresses(render._raw_header(msg, "bcc")))
+            draft.bcc = readable_addresses(mailboxes(msg, "Bcc"))
             draft.subject = view.subject
             draft.body = view.text or ""
             draft.in_reply_to = render._raw_header(msg, "in-reply-to").strip()

@@ -257,8 +257,3 @@ def sanitize_html(html: str, base: str, cids: dict[str, str], allow_remote: bool
     )
     return safe, blocked
 
-
-def format_address_list(items: list[tuple[str, str]]) -> str:
-    from ..message.address import format_address
-
-    return ", ".join(format_address(n or None, a) for n, a in items)
