@@ -201,9 +201,9 @@ def test_implicit_tls_engine_does_not_offer_starttls():
     assert b"STARTTLS" not in ehlo(e)
 
 
-def test_set_extensions_extra_per_session():
+def test_offer_per_session():
     e = SMTPServerEngine(CFG)
-    e.set_extensions_extra(["AUTH PLAIN"])
+    e.offer(["AUTH PLAIN"])
     assert ehlo(e).endswith(b"250-AUTH PLAIN\r\n250 HELP\r\n")
     e.receive_data(b"AUTH PLAIN =\r\n")
     assert e.next_event() == AuthReceived("PLAIN", "")

@@ -7,9 +7,19 @@ needs I/O (a store lookup, a durable commit, a TLS handshake). While such a
 step runs, reading is paused, so a client cannot make the engine buffer
 without bound, and pipelined commands keep their order.
 
-Subclasses implement ``start`` (greeting), ``pump`` (feed events to the
-engine; return a coroutine for the first step that needs I/O, or None), and
-``goodbye`` (the protocol's shutdown reply).
+This is the one session skeleton of SMTP, POP3 and IMAP. Each drives a
+sans-I/O engine under the contract of protocols/contract.py, so one pump
+serves all three: ``pump`` takes events until the engine needs bytes
+(``NEED_DATA``/``PAUSED``: flush what it queued) or ends (``Closed``: flush
+and close), and hands every other event to ``on_event``, which answers it on
+the spot or returns a coroutine: a step that needs I/O. One STARTTLS
+upgrade (``upgrade_tls``) serves all three. The timers (idle timeout,
+command deadline, a client that stops reading) live in net/timers.py,
+apart from the pump.
+
+Subclasses set ``self.engine`` and implement ``start`` (greeting),
+``on_event`` and ``goodbye`` (the protocol's shutdown reply); optionally
+``waiting_for_input`` and ``ended``.
 
 A subclass with ``eager_steps = True`` (POP3) has each step started right
 away inside ``data_received``: a step that finishes without waiting (a RETR
@@ -24,9 +34,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
+from ..protocols.contract import NEED_DATA, PAUSED, Closed
 from .listener import CommandClock, Listener
 
 log = logging.getLogger("mailyard.net")
@@ -75,6 +86,8 @@ def _stalled(fut: asyncio.Future[None]) -> None:
 
 class SessionProtocol(asyncio.Protocol):
     eager_steps = False  # see the module docstring
+    engine: Any  # the protocol's sans-I/O engine (protocols/contract.py)
+    protocol_label = "session"  # for logs: "smtp", "pop3", "imap"
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -112,8 +125,39 @@ class SessionProtocol(asyncio.Protocol):
         """Feed bytes (b"" for end of stream) to the engine."""
 
     def pump(self) -> Coroutine[Any, Any, None] | None:
-        """Process what the engine has; return a coroutine for a step that needs I/O."""
+        """Take the engine's events until it needs bytes or a step needs I/O.
+
+        ``NEED_DATA`` / ``PAUSED``: write what the engine queued, then
+        ``waiting_for_input``. ``Closed``: write the last replies, ``ended``,
+        close. Any other event goes to ``on_event``; a coroutine it returns
+        is the step that runs next (reading waits meanwhile)."""
+        engine = self.engine
+        while True:
+            event = engine.next_event()
+            if event is NEED_DATA or event is PAUSED:
+                self.write(engine.data_to_send())
+                self.waiting_for_input()
+                return None
+            if isinstance(event, Closed):
+                self.write(engine.data_to_send())
+                self.ended(event)
+                self.close()
+                return None
+            step = self.on_event(event)
+            if step is not None:
+                return step
+
+    def on_event(self, event: Any) -> Coroutine[Any, Any, None] | None:
+        """Answer an engine event now (return None), or return the step that
+        answers it with I/O (a store call, a password check, TLS)."""
         return None
+
+    def waiting_for_input(self) -> None:
+        """The engine has consumed all input; called after its replies were
+        written (e.g. to choose the idle timeout for the state it is in)."""
+
+    def ended(self, event: Closed) -> None:
+        """The engine ended the session (before the connection closes)."""
 
     def goodbye(self) -> bytes:
         """The reply sent when the server shuts down (SMTP 421, IMAP BYE, ...)."""
@@ -375,10 +419,36 @@ class SessionProtocol(asyncio.Protocol):
         self.write(self.on_deadline())
         self.close()
 
+    async def upgrade_tls(
+        self, context: ssl.SSLContext, forget: Callable[[], None] | None = None
+    ) -> bool:
+        """STARTTLS (SMTP, IMAP) and STLS (POP3), once the engine queued its
+        go-ahead reply: write it, forget the clear-text session, handshake.
+
+        ``forget`` drops what the engine learned and buffered in the clear,
+        including commands the client pipelined after STARTTLS (RFC 3207 4.2,
+        RFC 2595 3.1, RFC 9051 6.2.1: command injection, CVE-2011-0411). It
+        runs before the handshake, not after: the stock asyncio loop hands
+        the protocol what the client sent with its TLS Finished before this
+        coroutine resumes, and that is already TLS input. An engine that
+        forgets by itself when it sends the go-ahead (SMTP) passes None.
+
+        Returns False if the handshake failed: the connection is then
+        aborted, so the engine is never used in the clear again.
+        """
+        self.write(self.engine.data_to_send())
+        if forget is not None:
+            forget()
+        try:
+            await self.start_tls(context)
+        except (ssl.SSLError, OSError, ConnectionError) as exc:
+            log.info("%s TLS handshake with %s failed: %s", self.protocol_label, self.peer_ip, exc)
+            self.abort()
+            return False
+        return True
+
     async def start_tls(self, context: ssl.SSLContext) -> None:
-        """Upgrade this connection to TLS (STARTTLS). Bytes the client sent
-        after the command and before the handshake are dropped by the engine
-        (RFC 3207 section 4.2)."""
+        """Switch the transport to TLS (the handshake part of ``upgrade_tls``)."""
         assert self.transport is not None
         new = await self.loop.start_tls(self.transport, self, context, server_side=True, ssl_handshake_timeout=30)
         if new is None:
