@@ -108,6 +108,11 @@ class StoreConfig:
     segment_size: int = 64 * 1024 * 1024
     # Most writes that share one commit.
     group_commit_max: int = 512
+    # Index data (ENVELOPE, header fields, full-text index) is a cache computed
+    # again on demand: it is written only while the file system keeps this many
+    # bytes free for mail; below, reads derive it on the spot and the
+    # background indexer waits for room.
+    index_min_free: int = 64 * 1024 * 1024
 
 
 @dataclass

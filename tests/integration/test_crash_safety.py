@@ -767,6 +767,9 @@ class QueueDelivery(Scenario):
 
     async def seed(self, h: Harness, store: SQLiteStore) -> None:
         self.harness = h  # the peer stamps each 250 with the server's current life
+        # the load's From (crashkit.message_bytes) is not alice's own address:
+        # a grant, as an admin gives for a shared address (user allow-from)
+        await store.allow_senders(f"alice@{DOMAIN}", ["load@crash.test"])
 
     def workers(self, h: Harness) -> list[Any]:
         return [functools.partial(self.client, h, n) for n in range(self.threads)]

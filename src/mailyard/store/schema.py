@@ -4,7 +4,8 @@ Version 2 (additive; ``SQLiteStore`` migrates a version-1 data directory on
 open): the derived data of a body is split into ``body_derived`` (a small
 record: ENVELOPE / BODYSTRUCTURE in IMAP syntax and as JSON, part offsets) and
 ``header_fields`` (decoded header fields, an index for SEARCH FROM/SUBJECT/
-HEADER ...); the decoded text lives only in ``fts``. ``bodies.derived`` is now
+HEADER ...); the decoded text lives only in the full-text index
+(store/textindex.py). ``bodies.derived`` is now
 just the "indexed" marker. Subscriptions are by name in ``subscriptions``
 (RFC 9051 6.3.7: a name may be subscribed whether or not a mailbox exists).
 
@@ -98,9 +99,8 @@ CREATE TABLE IF NOT EXISTS segments (
     size INTEGER NOT NULL DEFAULT 0,
     live INTEGER NOT NULL DEFAULT 0
 );
--- Full-text index of derived text (SEARCH BODY / TEXT); rowid = bodies.id.
--- The trigram tokenizer gives case-insensitive substring matching, which is
--- what RFC 9051 6.4.4 asks of SEARCH.
+-- The full-text index of derived text (SEARCH BODY / TEXT) has its own
+-- tables: store/textindex.py.
 -- Version 2: derived data per body, computed once (at delivery or by the
 -- background indexer). Rows go with the body (SQLiteStore._release_bodies).
 CREATE TABLE IF NOT EXISTS body_derived (
@@ -130,5 +130,4 @@ CREATE TABLE IF NOT EXISTS sender_grants (
     pattern    TEXT NOT NULL COLLATE NOCASE,
     PRIMARY KEY (account_id, pattern)
 ) WITHOUT ROWID;
-CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(body_text, header_text, tokenize='trigram');
 """

@@ -11,6 +11,7 @@ import asyncio
 import errno
 import json
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config import StoreConfig
+from . import textindex
 from .api import (
     DERIVED_FIELDS,
     HIERARCHY_DELIMITER,
@@ -57,7 +59,10 @@ INDEX_BATCH = 50
 COMPACT_LIVE_RATIO = 0.5
 COMPACT_INTERVAL = 60.0
 INDEX_SLICE = 0.01  # seconds of deriving the background indexer does before it looks at the write queue
-INDEXED = "2"  # bodies.derived once body_derived/header_fields/fts hold the body's data
+INDEXED = "2"  # bodies.derived once body_derived/header_fields/the text index hold the body's data
+# Disk full while indexing: first wait, doubled after each failure up to the last.
+INDEX_BACKOFF = (1.0, 60.0)
+INDEX_FREE_POLL = 1.0  # seconds between looks at the free space while it is below the reserve
 
 _MAILBOX_COLS = (
     "id, account_id, name, uid_validity, uid_next, highest_modseq, special_use,"
@@ -72,7 +77,7 @@ _NEVER_REUSED: dict[str, tuple[str, ...]] = {
     "accounts": ("SELECT max(account_id) FROM mailboxes", "SELECT max(account_id) FROM subscriptions"),
     "mailboxes": ("SELECT max(mailbox_id) FROM messages", "SELECT max(mailbox_id) FROM expunged"),
     "bodies": ("SELECT max(body_id) FROM messages", "SELECT max(body_id) FROM body_derived",
-               "SELECT max(body_id) FROM header_fields", "SELECT max(rowid) FROM fts"),
+               "SELECT max(body_id) FROM header_fields", "SELECT max(body_id) FROM search_text"),
 }
 _CACHE_MAX = 100_000  # entries of each validity cache
 _META_KEYS = frozenset({"envelope", "bodystructure", "parts", "messages", "date", "size"})
@@ -123,11 +128,16 @@ class SQLiteStore(SQLiteQueueMixin, Store):
         self._epochs: dict[int, int | None] = {}  # account id -> epoch, None: removed
         write_conn = self._connect(db_path)
         write_conn.executescript(SCHEMA)
+        write_conn.executescript(textindex.SCHEMA)
         write_conn.executescript(QUEUE_SCHEMA)
         write_conn.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )
         self._migrate(write_conn)
+        textindex.drop_former(write_conn)
+        # Indexing waits (monotonic time) after a disk-full failure; see _index_deferred.
+        self._index_resume_at = 0.0
+        self._index_backoff = 0.0
         self.blobs = SegmentFiles(self.data_dir / "blobs", self.config.segment_size, self.config.fsync)
         last = write_conn.execute("SELECT max(id) FROM segments").fetchone()[0]
         if last is None:
@@ -879,7 +889,7 @@ class SQLiteStore(SQLiteQueueMixin, Store):
             ).fetchone()
             if row is not None and row[0] <= 0:
                 c.execute("DELETE FROM bodies WHERE id = ?", (body_id,))
-                c.execute("DELETE FROM fts WHERE rowid = ?", (body_id,))
+                textindex.delete(c, body_id)
                 c.execute("DELETE FROM body_derived WHERE body_id = ?", (body_id,))
                 c.execute("DELETE FROM header_fields WHERE body_id = ?", (body_id,))
                 c.execute("UPDATE segments SET live = live - ? WHERE id = ?", (row[2], row[1]))
@@ -1172,7 +1182,7 @@ class SQLiteStore(SQLiteQueueMixin, Store):
                     item[key] = data[key]
             out[uid] = item
         if missing:
-            records = await self._derive_now([body_of[u] for u in missing])
+            records, _saved = await self._derive_now([body_of[u] for u in missing])
             for uid in missing:
                 rec = records.get(body_of[uid])
                 if rec is None:
@@ -1201,8 +1211,9 @@ class SQLiteStore(SQLiteQueueMixin, Store):
 
     async def search_headers(self, mailbox: MailboxRef, field: str, text: str) -> set[int]:
         mailbox_id = self._owned(mailbox)
-        await self._ensure_indexed(mailbox_id)
+        pending = await self._ensure_indexed(mailbox_id)
         name = field.lower()
+        needle = text.casefold()
         if not text:
             rows = self._q(
                 "SELECT m.uid FROM messages m WHERE m.mailbox_id = ? AND EXISTS"
@@ -1214,62 +1225,65 @@ class SQLiteStore(SQLiteQueueMixin, Store):
                 "SELECT m.uid FROM messages m WHERE m.mailbox_id = ? AND EXISTS"
                 " (SELECT 1 FROM header_fields h WHERE h.body_id = m.body_id AND h.name = ?"
                 " AND instr(h.folded, ?) > 0)",
-                (mailbox_id, name, text.casefold()),
+                (mailbox_id, name, needle),
             )
-        return {r[0] for r in rows}
+        found = {r[0] for r in rows}
+        for uid, rec in pending.items():
+            if any(n == name and needle in value.casefold() for n, value in rec.headers):
+                found.add(uid)
+        return found
 
     async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"]) -> set[int]:
         mailbox_id = self._owned(mailbox)
-        await self._ensure_indexed(mailbox_id)
+        pending = await self._ensure_indexed(mailbox_id)
         needle = text.strip()
         if not needle:
             return {r[0] for r in self._q("SELECT uid FROM messages WHERE mailbox_id = ?", (mailbox_id,))}
-        if len(needle) >= 3:
-            # An FTS5 phrase of the needle's trigrams matches exactly the texts
-            # containing it as a substring; a column filter limits it to the body.
-            phrase = '"' + needle.replace('"', '""') + '"'
-            query = f"body_text : {phrase}" if where == "body" else phrase
-            rows = self._q(
-                "SELECT m.uid FROM messages m WHERE m.mailbox_id = ? AND m.body_id IN"
-                " (SELECT rowid FROM fts WHERE fts MATCH ?)",
-                (mailbox_id, query),
-            )
-            return {r[0] for r in rows}
-        # Shorter than a trigram: scan the indexed text of this mailbox.
-        expr = "f.body_text" if where == "body" else "f.header_text || ' ' || f.body_text"
-        rows = self._q(
-            f"SELECT m.uid FROM messages m JOIN fts f ON f.rowid = m.body_id"
-            f" WHERE m.mailbox_id = ? AND instr(lower({expr}), lower(?)) > 0",
-            (mailbox_id, needle),
-        )
-        return {r[0] for r in rows}
+        found = textindex.search(self._read, mailbox_id, needle, where)
+        for uid, rec in pending.items():
+            if textindex.matches(rec.header_text, rec.body_text, needle, where):
+                found.add(uid)
+        return found
 
-    async def _ensure_indexed(self, mailbox_id: int) -> None:
+    async def _ensure_indexed(self, mailbox_id: int) -> dict[int, DerivedRecord]:
+        """Derive the mailbox's bodies the indexer has not reached yet. Returns,
+        by UID, the records that could not be saved (the disk is full, or
+        indexing is deferred): the caller searches them itself."""
         rows = self._q(
-            "SELECT DISTINCT b.id FROM messages m JOIN bodies b ON b.id = m.body_id"
+            "SELECT m.uid, b.id FROM messages m JOIN bodies b ON b.id = m.body_id"
             " WHERE m.mailbox_id = ? AND b.derived IS NULL",
             (mailbox_id,),
         )
-        if rows:
-            await self._derive_now([r[0] for r in rows])
+        if not rows:
+            return {}
+        records, saved = await self._derive_now([r[1] for r in rows])
+        if saved:
+            return {}
+        return {uid: records[body_id] for uid, body_id in rows if body_id in records}
 
-    async def _derive_now(self, body_ids: list[int]) -> dict[int, DerivedRecord]:
+    async def _derive_now(self, body_ids: list[int]) -> tuple[dict[int, DerivedRecord], bool]:
         """Derive bodies the indexer has not reached yet (FETCH/SEARCH must
-        neither wait for it nor answer without them) and store the result."""
+        neither wait for it nor answer without them) and store the result if
+        there is room. Returns the records and whether they were stored."""
         out: dict[int, DerivedRecord] = {}
         for body_id in dict.fromkeys(body_ids):
             row = self._q1("SELECT segment, offset, length FROM bodies WHERE id = ?", (body_id,))
             if row is not None:
                 out[body_id] = derive_record(self.blobs.read(row[0], row[1], row[2]))
         items = list(out.items())
-        if items:
-            try:
-                await self._write(lambda c, ctx: self._save_derived(c, items))
-            except StorageFull:
-                # Derived data is a cache the indexer fills again later: a
-                # full disk must not make FETCH/SEARCH of stored mail fail.
-                log.warning("store: derived data not saved, the disk is full")
-        return out
+        if not items:
+            return out, True
+        if self._index_deferred():
+            return out, False
+        try:
+            await self._write(lambda c, ctx: self._save_derived(c, items))
+        except StorageFull:
+            # Derived data is a cache the indexer fills again later: a full
+            # disk must not make FETCH/SEARCH of stored mail fail.
+            log.warning("store: derived data not saved, the disk is full")
+            self._index_failed()
+            return out, False
+        return out, True
 
     @staticmethod
     def _save_derived(c: sqlite3.Connection, items: list[tuple[int, DerivedRecord]]) -> None:
@@ -1288,18 +1302,50 @@ class SQLiteStore(SQLiteQueueMixin, Store):
                 "INSERT OR REPLACE INTO header_fields(body_id, name, n, value, folded) VALUES (?, ?, ?, ?, ?)",
                 [(body_id, name, n, value, value.casefold()) for n, (name, value) in enumerate(rec.headers)],
             )
-            c.execute(
-                "INSERT OR REPLACE INTO fts(rowid, body_text, header_text) VALUES (?, ?, ?)",
-                (body_id, rec.body_text, rec.header_text),
-            )
+            textindex.save(c, body_id, rec.header_text, rec.body_text)
 
-    def _index_some(self, c: sqlite3.Connection) -> bool:
+    # --- when index data may be written -----------------------------------------
+    def _free_bytes(self) -> int:
+        try:
+            st = os.statvfs(self.data_dir)
+        except OSError:
+            return 1 << 62
+        return st.f_bavail * st.f_frsize
+
+    def _index_deferred(self) -> float:
+        """Index data is a cache: it is written only while the disk keeps
+        ``index_min_free`` bytes for mail, and not again soon after a write of
+        it failed for lack of space. Reads then answer from data derived on the
+        spot, and the background indexer catches up once there is room.
+        Returns 0 if it may be written now, else the seconds to wait."""
+        wait = self._index_resume_at - time.monotonic()
+        if wait > 0:
+            return wait
+        if self._free_bytes() < self.config.index_min_free:
+            return INDEX_FREE_POLL
+        return 0.0
+
+    def _index_failed(self) -> None:
+        """A write of index data failed with the disk full: wait, longer each time."""
+        first, last = INDEX_BACKOFF
+        self._index_backoff = min(last, self._index_backoff * 2) if self._index_backoff else first
+        self._index_resume_at = time.monotonic() + self._index_backoff
+
+    def _index_some(self, c: sqlite3.Connection) -> bool | float:
         """Background indexing on the writer thread when it has no writes to do:
         derive bodies delivered since, so FETCH/SEARCH find them ready.
 
         Deriving holds the GIL and the writer thread, so it works in short
         slices and stops as soon as a write is waiting: a delivery never queues
-        behind more than one body's derivation."""
+        behind more than one body's derivation. Each slice is one commit of at
+        most INDEX_BATCH bodies; when the free space falls below the reserve,
+        or a commit fails with the disk full, it stops and returns the seconds
+        after which to look again."""
+        wait = self._index_deferred()
+        if wait:
+            if c.execute("SELECT 1 FROM bodies WHERE derived IS NULL LIMIT 1").fetchone() is None:
+                return False
+            return max(0.05, wait)
         rows = c.execute(
             "SELECT id, segment, offset, length FROM bodies WHERE derived IS NULL LIMIT ?", (INDEX_BATCH,)
         ).fetchall()
@@ -1321,27 +1367,38 @@ class SQLiteStore(SQLiteQueueMixin, Store):
             try:
                 self._save_derived(c, items)
                 c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
+            except BaseException as exc:
+                # SQLite may have rolled the transaction back already (SQLITE_FULL)
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                if not isinstance(self.translate_error(exc), StorageFull):
+                    raise
+                log.warning("store: indexing paused, the disk is full")
+                self._index_failed()
+                return max(0.05, self._index_resume_at - time.monotonic())
         finally:
             c.execute(f"PRAGMA synchronous={'FULL' if self.config.fsync else 'OFF'}")
+        self._index_backoff = 0.0
         return True
 
 
     # --- background work: indexing and compaction --------------------------------
     _next_compaction = 0.0
 
-    def _background_work(self, c: sqlite3.Connection) -> bool:
+    def _background_work(self, c: sqlite3.Connection) -> bool | float:
         """Idle-time work on the writer thread: index new bodies first, then
-        now and then reclaim the space of expunged ones."""
-        if self._index_some(c):
+        now and then reclaim the space of expunged ones. True: more to do now;
+        a number: look again after that many seconds (indexing is waiting
+        for disk space)."""
+        more = self._index_some(c)
+        if more is True:
             return True
         now = time.monotonic()
         if now >= self._next_compaction:
             self._next_compaction = now + COMPACT_INTERVAL
-            return self.compact_step(c)
-        return False
+            if self.compact_step(c):
+                return True
+        return more
 
     def compact_step(self, c: sqlite3.Connection) -> bool:
         """Rewrite one mostly-dead sealed segment: copy its live bodies to the
@@ -1375,7 +1432,8 @@ class SQLiteStore(SQLiteQueueMixin, Store):
             self.blobs.sync()
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            if c.in_transaction:  # SQLITE_FULL may have rolled it back already
+                c.execute("ROLLBACK")
             raise
         log.info("compacted segment %d: %d bodies (%d bytes) kept", segment, len(bodies), moved)
         return True

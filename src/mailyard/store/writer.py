@@ -5,8 +5,11 @@ next commit, so throughput is not bounded by one fsync per message
 
 Each write is a function ``op(conn, ctx)`` run inside its own SAVEPOINT: a
 failing write is rolled back alone and its caller gets the exception, the
-others in the batch still commit. The caller's future resolves only after
-COMMIT returned (and, with fsync on, the WAL and the blob segment were synced).
+others in the batch still commit. Some errors (SQLITE_FULL, SQLITE_IOERR)
+make SQLite roll back the whole transaction, savepoints included: the failing
+write's caller then gets that error, and the batch's other writes run again
+in a new transaction. The caller's future resolves only after COMMIT returned
+(and, with fsync on, the WAL and the blob segment were synced).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 log = logging.getLogger("mailyard.store")
 
 _STOP = object()
+IDLE_PAUSE = 0.2  # seconds without writes before background work starts
 
 
 class _Exclusive:
@@ -51,7 +55,7 @@ class GroupCommitWriter:
         max_batch: int,
         before_commit: Callable[[], None],
         after_commit: Callable[[set[int]], None],
-        idle_work: Callable[[sqlite3.Connection], bool] | None = None,
+        idle_work: Callable[[sqlite3.Connection], bool | float] | None = None,
     ) -> None:
         self._conn = conn
         self._owner = owner
@@ -63,6 +67,7 @@ class GroupCommitWriter:
         self._thread = threading.Thread(target=self._run, name="mailyard-store-writer", daemon=True)
         self._idle_pending = True
         self._idle_running = False  # idle work said it has more: continue without the pause
+        self._idle_wait = IDLE_PAUSE  # seconds without writes before idle work (runs) again
         self._thread.start()
 
     def submit(self, op: Op) -> asyncio.Future[Any]:
@@ -97,7 +102,7 @@ class GroupCommitWriter:
             try:
                 # idle work starts after 0.2 s without writes, then continues
                 # slice after slice until it is done or a write arrives
-                timeout = (0.0 if self._idle_running else 0.2) if self._idle_pending else None
+                timeout = (0.0 if self._idle_running else self._idle_wait) if self._idle_pending else None
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
                 self._do_idle_work()
@@ -134,24 +139,44 @@ class GroupCommitWriter:
             pass
 
     def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]]) -> None:
+        while batch:
+            batch = self._commit_once(batch)
+
+    def _commit_once(
+        self, batch: list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]]
+    ) -> list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]]:
+        """Run and commit ``batch``; returns the writes to run again when one
+        of them failed in a way that rolled back the whole transaction."""
         conn = self._conn
         ctx = WriteContext(self._owner)
         outcomes: list[tuple[asyncio.Future[Any], asyncio.AbstractEventLoop, Any, BaseException | None]] = []
+        again: list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, fut, loop in batch:
+            for i, (op, fut, loop) in enumerate(batch):
                 conn.execute("SAVEPOINT op")
                 try:
                     result = op(conn, ctx)
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    if not conn.in_transaction:
+                        # SQLite rolled back the whole transaction (SQLITE_FULL
+                        # does): the savepoint is gone with the writes before
+                        # this one. This write gets its own error, not "no
+                        # such savepoint"; the others are run again.
+                        log.warning("store write failed, transaction rolled back: %s", exc)
+                        outcomes = [(fut, loop, None, exc)]
+                        again = [item for j, item in enumerate(batch) if j != i]
+                        ctx.changed.clear()
+                        break
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     outcomes.append((fut, loop, None, exc))
                 else:
                     conn.execute("RELEASE op")
                     outcomes.append((fut, loop, result, None))
-            self._before_commit()
-            conn.execute("COMMIT")
+            else:
+                self._before_commit()
+                conn.execute("COMMIT")
         except BaseException as exc:  # noqa: BLE001 - the whole batch failed
             log.error("store commit failed: %s", exc)
             try:
@@ -160,9 +185,11 @@ class GroupCommitWriter:
                 pass
             err = self._owner.translate_error(exc)
             outcomes = [(fut, loop, None, err) for _, fut, loop in batch]
+            again = []
             ctx.changed.clear()
         self._idle_pending = True
         self._idle_running = False
+        self._idle_wait = IDLE_PAUSE
         self._after_commit(ctx.changed)
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for fut, loop, result, exc in outcomes:
@@ -173,6 +200,7 @@ class GroupCommitWriter:
                 loop.call_soon_threadsafe(_resolve, items, changed, self._owner)
             except RuntimeError:  # that loop is closed; nobody is waiting
                 pass
+        return again
 
     def _do_idle_work(self) -> None:
         if self._idle_work is None:
@@ -183,8 +211,10 @@ class GroupCommitWriter:
         except Exception:
             log.exception("store background work failed")
             more = False
-        self._idle_pending = more
-        self._idle_running = more
+        # True: more now; a number: again after that many seconds; False: after the next write
+        self._idle_pending = bool(more)
+        self._idle_running = more is True
+        self._idle_wait = IDLE_PAUSE if more is True or not more else float(more)
 
 
 def _resolve(items: list[Any], changed: frozenset[int], owner: Any) -> None:
