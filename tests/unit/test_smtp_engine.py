@@ -632,3 +632,43 @@ def test_vrfy_enabled_on_mx_port_asks_the_glue():
     s = _vrfy_session(require_auth=False)
     s.feed(b"VRFY alice@example.test\r\n")
     assert [type(e).__name__ for e in s.events][-1] == "VrfyReceived"
+
+
+# ------------------------------------------------------ the transition table
+
+
+def test_every_verb_has_a_row_in_every_command_state():
+    from mailyard.protocols.smtp.server import TRANSITIONS
+
+    verbs = {verb for _, verb in TRANSITIONS if not verb.startswith("<")}
+    command_states = (State.CONNECTED, State.READY, State.MAIL, State.RCPT)
+    missing = [(s, v) for s in command_states for v in sorted(verbs) if (s, v) not in TRANSITIONS]
+    assert not missing
+
+
+def test_out_of_sequence_commands_get_503_and_keep_the_state():
+    s = Session()
+    assert s.feed(b"MAIL FROM:<a@example.org>\r\n") == b"503 Send HELO/EHLO first\r\n"
+    assert s.engine.state is State.CONNECTED
+    ehlo(s)
+    assert s.feed(b"DATA\r\n") == b"503 5.5.1 Need MAIL command\r\n"
+    assert s.feed(b"MAIL FROM:<a@example.org>\r\n") == b"250 2.1.0 Sender OK\r\n"
+    assert s.feed(b"MAIL FROM:<b@example.org>\r\n") == b"503 5.5.1 Sender already specified\r\n"
+    assert s.feed(b"STARTTLS\r\n") == b"503 5.5.1 Not permitted during a mail transaction\r\n"
+    assert s.engine.state is State.MAIL
+    assert s.feed(b"RSET\r\n") == b"250 2.0.0 OK\r\n"
+    assert s.engine.state is State.READY
+
+
+def test_glue_answers_through_respond_alone():
+    # respond() with no reply is the usual positive answer (the EHLO keywords).
+    e = SMTPServerEngine(CFG)
+    e.receive_data(b"EHLO client.example.org\r\nMAIL FROM:<a@example.org>\r\n")
+    e.next_event()
+    e.respond()
+    e.next_event()
+    e.respond(Reply(550, "5.7.1", "Go away"))
+    assert e.next_event() is NEED_DATA
+    assert e.data_to_send() == EHLO_REPLY + b"550 5.7.1 Go away\r\n"
+    with pytest.raises(ProtocolMisuse):
+        e.respond()
