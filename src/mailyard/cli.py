@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("defaults", parents=[common], help="print every option with its default")
     p.set_defaults(func=cmd_config)
 
-    from .client.cli import add_mail_parser  # the mail client (issue 7): `mailyard mail ...`
+    from .client.cli import add_mail_parser  # the mail client: `mailyard mail ...`
 
     add_mail_parser(sub)
     return parser

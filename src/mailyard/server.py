@@ -1,5 +1,10 @@
 """The running server (``mailyard serve``): the store, the router, and one
-listener per enabled protocol port, started and stopped together."""
+listener per enabled protocol port, started and stopped together.
+
+``MailServer.start`` builds the shared parts once, as one typed ``Services``
+object (mailyard/services.py), and hands it to every service: the protocol
+sessions, the webmail app and the outbound queue's dependencies. The
+server object itself is never passed down."""
 
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ from .delivery.queue import OutboundQueue
 from .delivery.router import Router
 from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
-from .net.tls import ReloadableTLS, ensure_certificate
+from .net.tls import ReloadableTLS, client_context, ensure_certificate
+from .services import Services
 from .store.api import Store
 from .store.spool import MessageSpool
 from .store.sqlite import SQLiteStore
@@ -59,17 +65,43 @@ def raise_fd_limit(needed: int) -> int:
     return soft
 
 
+def pin_mmap_threshold() -> None:
+    """Keep glibc from holding on to large freed blocks.
+
+    Fixing M_MMAP_THRESHOLD (at glibc's default 128 KiB) stops glibc from
+    raising it after a big block is freed, so blocks above it stay mmap()ed
+    and are returned on free instead of staying resident in a thread's
+    arena. Argon2id verifications borrow their ~19 MiB from auth/passwords.py's
+    bounded pool; the pin bounds what argon2-cffi's fallback path (argon2i,
+    v=16 or non-canonical hashes) and other large short-lived allocations of
+    the login threads keep resident. The price is a fresh mapping, with its
+    page faults, for each such block. Process-wide, so it is set by the
+    server at start rather than by importing a module; a no-op where libc is
+    not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_mmap_threshold = -3  # <malloc.h>
+        if not libc.mallopt(m_mmap_threshold, 128 * 1024):
+            log.debug("mallopt(M_MMAP_THRESHOLD) refused")
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass(frozen=True)
 class Service:
     """A protocol service: which port of [ports] it uses and how a session runs."""
 
     name: str  # key in [ports]
     # an asyncio.Protocol per connection (net/session_protocol.py)
-    protocol: Callable[[MailServer, Listener], asyncio.Protocol]
+    protocol: Callable[[Services, Listener], asyncio.Protocol]
     implicit_tls: bool = False
 
 
-def services() -> list[Service]:
+def protocol_services() -> list[Service]:
     """Every protocol service this build offers, in start-up order."""
     from .net import imap, pop3, smtp
 
@@ -87,6 +119,11 @@ def services() -> list[Service]:
 
 
 class MailServer:
+    """``mailyard serve``: owns the store, the listeners and the queue runner.
+
+    ``services`` is what every service receives, built by ``start``.
+    """
+
     def __init__(
         self,
         data_dir: Path,
@@ -101,17 +138,15 @@ class MailServer:
         self.listeners: dict[str, Listener] = {}
         self._stopped = asyncio.Event()
         # TLS for STARTTLS and the implicit-TLS ports; reloaded on SIGHUP (net/tls.py).
+        # Loaded by start() unless set before.
         self.tls: ReloadableTLS | None = None
         # One login throttle for every protocol (auth/throttle.py, config [auth]),
         # used by the one login service (auth/service.py) that start() builds.
         self._throttle = throttle_from_config(config.auth)
-        self.login: LoginService | None = None
-        # The outbound queue runner (delivery/queue.py), set by start().
-        self.queue: OutboundQueue | None = None
-        # Spool files of messages being received (store/spool.py), set by start().
-        self.spool: MessageSpool | None = None
         # Counters for tests and metrics (e.g. "smtp_sessions" on the MX port).
         self.stats: collections.Counter[str] = collections.Counter()
+        # What every service receives, set by start().
+        self.services: Services | None = None
 
     @property
     def throttle(self) -> LoginThrottle:
@@ -121,8 +156,18 @@ class MailServer:
     def throttle(self, throttle: LoginThrottle) -> None:
         # Replacing the throttle (tests tune it) replaces the service's too.
         self._throttle = throttle
-        if self.login is not None:
-            self.login.throttle = throttle
+        if self.services is not None:
+            self.services.login.throttle = throttle
+
+    @property
+    def login(self) -> LoginService | None:
+        """The login service (auth/service.py), once started."""
+        return self.services.login if self.services is not None else None
+
+    @property
+    def queue(self) -> OutboundQueue | None:
+        """The outbound queue runner (delivery/queue.py), once started."""
+        return self.services.queue if self.services is not None else None
 
     @property
     def store(self) -> Store:
@@ -136,19 +181,31 @@ class MailServer:
     async def start(self) -> None:
         from .net.smtp import engine_config, submission_engine_config
 
+        pin_mmap_threshold()
         if self._store is None:
             self._store = SQLiteStore(self.data_dir, self.config.store)
+        store = self._store
         cfg = self.config
-        self.login = LoginService(self.store, self._throttle, self.data_dir / SECRET_FILE)
-        self.spool = MessageSpool(self.data_dir / "spool")
-        stray = self.spool.sweep()
+        spool = MessageSpool(self.data_dir / "spool")
+        stray = spool.sweep()
         if stray:
             log.info("removed %d stray spool file(s)", stray)
-        self.router = Router(self.store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients)
-        self.smtp_engine_config = engine_config(self)
-        self.smtp_submission_config = submission_engine_config(self)
+        router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients)
         if self.tls is None:
             self.tls = self._load_tls()
+        self.services = Services(
+            config=cfg,
+            data_dir=self.data_dir,
+            store=store,
+            router=router,
+            login=LoginService(store, self._throttle, self.data_dir / SECRET_FILE),
+            spool=spool,
+            queue=OutboundQueue(store, router, cfg.delivery, cfg.server.hostname, client_tls=client_context),
+            tls=self.tls,
+            smtp_engine=engine_config(cfg),
+            submission_engine=submission_engine_config(cfg),
+            stats=self.stats,
+        )
         limits = ConnectionLimits(
             cfg.limits.max_connections,
             cfg.limits.max_connections_per_ip,
@@ -156,10 +213,10 @@ class MailServer:
             cfg.limits.command_deadline,
             cfg.limits.literal_deadline,
         )
-        listening = [svc for svc in services() if getattr(cfg.ports, svc.name)]
+        listening = [svc for svc in protocol_services() if getattr(cfg.ports, svc.name)]
         raise_fd_limit(len(listening) * cfg.limits.max_connections + FD_RESERVE)
         try:
-            for service in services():
+            for service in protocol_services():
                 port = getattr(cfg.ports, service.name)
                 if port == 0:
                     continue
@@ -173,13 +230,13 @@ class MailServer:
                 )
                 await listener.start()
                 self.listeners[service.name] = listener
-            self.queue = OutboundQueue(self)
-            await self.queue.start()
+            if self.services.queue is not None:
+                await self.services.queue.start()
             if cfg.ports.http:
                 # Webmail (web/): uvicorn in this event loop; it offers bound_port and stop().
                 from .web.service import HTTPService
 
-                http = HTTPService(self, cfg.server.bind, 0 if self.ephemeral_ports else cfg.ports.http)
+                http = HTTPService(self.services, cfg.server.bind, 0 if self.ephemeral_ports else cfg.ports.http)
                 await http.start()
                 self.listeners["http"] = http  # type: ignore[assignment]
         except BaseException:
@@ -208,10 +265,12 @@ class MailServer:
             raise ConfigError(f"cannot load the TLS certificate {cert} / key {key}: {exc}") from exc
 
     def _bind_protocol(
-        self, protocol: Callable[[MailServer, Listener], asyncio.Protocol]
+        self, protocol: Callable[[Services, Listener], asyncio.Protocol]
     ) -> Callable[[Listener], asyncio.Protocol]:
         def make(listener: Listener) -> asyncio.Protocol:
-            return protocol(self, listener)
+            # Read per connection: a test may swap in changed services.
+            assert self.services is not None
+            return protocol(self.services, listener)
 
         return make
 

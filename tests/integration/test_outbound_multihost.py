@@ -250,7 +250,10 @@ def test_smtputf8_message_to_a_peer_without_smtputf8_bounces(hosts: MultiHost) -
     a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
     b = hosts.add("b.test", B, {"bob": "bob-pw-1"})
     # SMTPUTF8 needed but b.test does not offer it -> 5.6.7 bounce (RFC 6531 3.2: no downgrade).
-    b.server.smtp_engine_config = dataclasses.replace(b.server.smtp_engine_config, smtputf8=False)
+    assert b.server.services is not None
+    b.server.services = dataclasses.replace(
+        b.server.services, smtp_engine=dataclasses.replace(b.server.services.smtp_engine, smtputf8=False)
+    )
     a.call(a.server.queue.enqueue(MESSAGE, "alice@a.test", ["bob@b.test"], smtputf8=True))
     (dsn_raw,) = hosts.wait_messages("alice@a.test")
     assert b"Status: 5.6.7" in dsn_raw

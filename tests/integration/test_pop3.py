@@ -390,16 +390,13 @@ def test_cli_apop_secret(tmp_path, capsys, monkeypatch) -> None:  # noqa: ANN001
     assert main(["--data", data, "user", "apop-secret", "nobody@example.test"]) == 1
 
 
-def test_stls_upgrade_and_injection_discarded(pop3server: RunningServer, tmp_path) -> None:  # noqa: ANN001
-    """STLS (RFC 2595) once the server has a TLS context: poplib.stls() works, and
+def test_stls_upgrade_and_injection_discarded(pop3server: RunningServer) -> None:
+    """STLS (RFC 2595) with the server's certificate: poplib.stls() works, and
     a command pipelined in plaintext after STLS is not executed."""
     import ssl
 
-    from mailyard.net.tls import ReloadableTLS, create_self_signed
-
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    create_self_signed("mx.example.test", cert, key)
-    pop3server.server.tls = ReloadableTLS(cert, key)  # type: ignore[union-attr]
+    assert pop3server.server is not None
+    cert, _key = pop3server.server.cert_paths()  # the self-signed pair made at start
     client_ctx = ssl.create_default_context(cafile=str(cert))
     put(pop3server, ALICE, message(1))
 

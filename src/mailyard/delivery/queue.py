@@ -27,12 +27,11 @@ import logging
 import ssl
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..message.trace import delivered_to_header, return_path_header
-from ..net.tls import client_context
 from ..protocols.smtp.client import (
     NEED_DATA,
     OutboundMessage,
@@ -59,15 +58,20 @@ from ..store.queue import (
 )
 from .bounce import ReportedRecipient, build_dsn, should_report, status_of, wants_report
 from .mx import MXResolver, NullMX, PermanentDNSError, TemporaryDNSError, make_resolver
-from .router import Verdict
+from .router import Router, Verdict
 
 if TYPE_CHECKING:
     from ..config import DeliveryConfig
-    from ..server import MailServer
 
 log = logging.getLogger("mailyard.queue")
 
 RELAY_KEY = "[smarthost]"
+
+# Makes the TLS client context of one outbound connection: ``verify`` True
+# checks the peer's chain and host name (a smarthost with relay_verify),
+# False encrypts without authenticating (RFC 7435 opportunistic security).
+# The server passes net/tls.py's ``client_context``.
+ClientTLS = Callable[[bool], ssl.SSLContext]
 
 
 def reply_text(reply: Reply) -> str:
@@ -201,10 +205,18 @@ class ClientConnection:
 
 
 class OutboundQueue:
-    def __init__(self, server: MailServer) -> None:
-        self.server = server
-        self.cfg: DeliveryConfig = server.config.delivery
-        self.hostname = server.config.server.hostname
+    """The queue runner. ``store`` holds the queue (store/queue.py), ``router``
+    resolves the reverse-path of a DSN, ``hostname`` names this MTA in EHLO
+    and in reports, ``client_tls`` makes the TLS contexts of outbound
+    connections."""
+
+    def __init__(self, store: Any, router: Router, cfg: DeliveryConfig, hostname: str,
+                 client_tls: ClientTLS) -> None:
+        self.store = store
+        self.router = router
+        self.cfg = cfg
+        self.hostname = hostname
+        self.client_tls = client_tls
         self.mx = MXResolver(make_resolver(self.cfg.nameservers, self.cfg.dns_timeout))
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -216,10 +228,6 @@ class OutboundQueue:
         self._recording: set[asyncio.Task] = set()  # outcome commits in flight
         self._stopping = False
         self.stats: dict[str, int] = defaultdict(int)  # connections, transactions, delivered, deferred, failed
-
-    @property
-    def store(self) -> Any:
-        return self.server.store
 
     # --- entering the queue ------------------------------------------------------
     async def enqueue(
@@ -360,11 +368,11 @@ class OutboundQueue:
         relay = bool(cfg.relay_host)
         implicit = relay and cfg.relay_tls == "implicit"
         if relay:
-            verify_ctx = client_context(verify=cfg.relay_verify)
+            verify_ctx = self.client_tls(cfg.relay_verify)
             policy = {"starttls": "require", "opportunistic": "opportunistic"}.get(cfg.relay_tls, "never")
             auth = (cfg.relay_username, cfg.relay_password) if cfg.relay_username else None
         else:
-            verify_ctx = client_context(verify=False)  # RFC 7435 opportunistic security
+            verify_ctx = self.client_tls(False)  # RFC 7435 opportunistic security
             policy = cfg.starttls
             auth = None
         local = (cfg.source_address, 0) if cfg.source_address else None
@@ -566,7 +574,7 @@ class OutboundQueue:
     async def _report(self, entry: QueueEntry, original: bytes, reported: list[ReportedRecipient],
                       expires: float) -> list[NewMessage]:
         """A DSN for ``reported`` as messages to store: local copies or a queue entry."""
-        router = self.server.router
+        router = self.router
         domain = entry.reverse_path.rpartition("@")[2]
         local_domain = domain if await self.store.is_local_domain(domain) else None
         if local_domain is None:

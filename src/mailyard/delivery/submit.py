@@ -18,6 +18,9 @@ rules apply:
   ESMTPSA``/``ESMTPA`` and an ``(Authenticated sender: ...)`` comment, as
   Postfix writes it).
 
+Both take an ``Intake``: the store, router, queue and configuration they
+use (the server's ``Services`` object, mailyard/services.py, is one).
+
 ``submit_message`` is webmail's entry: it resolves the recipients through the
 router (all before anything is delivered: a submission goes to all its
 recipients or to none) and then calls ``accept_message``. Bcc is never
@@ -30,7 +33,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from ..message.address import iter_mailboxes, parse_address_list
 from ..message.headers import split_fields
@@ -40,7 +43,28 @@ from ..policy.submission import AddressOwners, SenderRefused, SenderRule, comple
 from ..store.api import Account
 from ..store.queue import NewRecipient
 from .local import deliver_local
-from .router import Verdict
+from .router import Router, Verdict
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..store.api import Store
+    from .queue import OutboundQueue
+
+
+class Intake(Protocol):
+    """What accepting a message uses."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def router(self) -> Router: ...
+
+    @property
+    def queue(self) -> OutboundQueue | None: ...
 
 
 class SubmissionRefused(Exception):
@@ -89,10 +113,10 @@ class SubmitResult:
     queue_id: int | None = None
 
 
-async def sender_rule(server: Any, account: Account) -> SenderRule:
+async def sender_rule(intake: Intake, account: Account) -> SenderRule:
     """The account's sender ownership rule, with the router expanding aliases
     and the store's grants (``mailyard user allow-from``)."""
-    router = server.router
+    router = intake.router
 
     async def expand(address: str) -> AddressOwners | None:
         resolution = await router.resolve(address)
@@ -105,11 +129,11 @@ async def sender_rule(server: Any, account: Account) -> SenderRule:
             elsewhere=bool(resolution.remote or resolution.dead),
         )
 
-    return SenderRule(account, expand, await server.store.allowed_senders(account.id))
+    return SenderRule(account, expand, await intake.store.allowed_senders(account.id))
 
 
 async def accept_message(
-    server: Any,
+    intake: Intake,
     data: bytes,
     reverse_path: str,
     accounts: Sequence[Account],
@@ -131,14 +155,14 @@ async def accept_message(
     """
     auth_user = None
     if account is not None:
-        rule = await sender_rule(server, account)
+        rule = await sender_rule(intake, account)
         verdict = await rule.check_header(data) or await rule.check_reverse_path(reverse_path)
         if verdict is not None:
             raise SenderNotAllowed(verdict)
         # RFC 6409 8.2, 8.3: complete a missing Message-ID and Date.
-        data, _added = complete_message(data, server.config.server.hostname)
+        data, _added = complete_message(data, intake.config.server.hostname)
         auth_user = account.address
-    queue = getattr(server, "queue", None)
+    queue = intake.queue
     if remote and queue is None:
         raise RemoteUnavailable(
             "sending to other domains is not available (no outbound queue): "
@@ -146,21 +170,21 @@ async def accept_message(
             [r.address if isinstance(r, NewRecipient) else r for r in remote],
         )
     received = received_header(
-        by=server.config.server.hostname, helo=trace.helo, ip=trace.ip, protocol=trace.protocol,
+        by=intake.config.server.hostname, helo=trace.helo, ip=trace.ip, protocol=trace.protocol,
         id=trace.id, for_addr=trace.for_addr, tls_info=trace.tls_info, auth_user=auth_user,
         ts=time.time(),
     )
-    directory = getattr(server.router, "directory", None)
-    inbox_id = directory.inbox_id if directory is not None else None
+    inbox_id = intake.router.directory.inbox_id
     queue_id = None
     if remote:
+        assert queue is not None
         # Local copies and the queue entry in one durable commit (store/queue.py).
-        queue_id = await queue.enqueue(  # type: ignore[union-attr]
+        queue_id = await queue.enqueue(
             received + data, reverse_path, remote, accounts=accounts, inbox_id=inbox_id,
             envid=envid, ret=ret, smtputf8=smtputf8,
         )
     elif accounts:
-        await deliver_local(server.store, received + data, reverse_path, accounts, inbox_id=inbox_id)
+        await deliver_local(intake.store, received + data, reverse_path, accounts, inbox_id=inbox_id)
     return Accepted(data, queue_id)
 
 
@@ -174,7 +198,7 @@ def _header_addresses(fields: list[tuple[str, bytes]], name: str) -> list[str]:
 
 
 async def submit_message(
-    server: Any,
+    intake: Intake,
     account: Account,
     data: bytes,
     recipients: Sequence[str],
@@ -193,13 +217,12 @@ async def submit_message(
     """
     if not recipients:
         raise SubmissionRefused("the message has no recipients")
-    max_rcpt = server.config.smtp.max_recipients
+    limits = intake.config.smtp
+    max_rcpt = limits.max_recipients
     if len(recipients) > max_rcpt:
         raise SubmissionRefused(f"too many recipients (at most {max_rcpt})")
-    if len(data) > server.config.smtp.max_message_size:
-        raise SubmissionRefused(
-            f"the message is too large (at most {server.config.smtp.max_message_size} octets)"
-        )
+    if len(data) > limits.max_message_size:
+        raise SubmissionRefused(f"the message is too large (at most {limits.max_message_size} octets)")
     if reverse_path is None:
         header, _body = split_header_body(data)
         senders = _header_addresses(split_fields(header), "from")
@@ -211,7 +234,7 @@ async def submit_message(
     remote: list[str] = []
     bad: list[str] = []
     for rcpt in recipients:
-        resolution = await server.router.resolve(rcpt)
+        resolution = await intake.router.resolve(rcpt)
         if resolution.verdict is Verdict.LOCAL:
             accounts.extend(resolution.accounts)
             remote.extend(resolution.remote)
@@ -223,9 +246,9 @@ async def submit_message(
     if bad:
         raise SubmissionRefused(f"no such recipient: {', '.join(bad)}", bad)
 
-    hostname = server.config.server.hostname
+    hostname = intake.config.server.hostname
     accepted = await accept_message(
-        server, data, reverse_path, accounts, remote, account=account,
+        intake, data, reverse_path, accounts, remote, account=account,
         trace=Trace(protocol=protocol, helo=helo or hostname, ip=client_ip),
     )
     return SubmitResult(accepted.data, local, remote, accepted.queue_id)

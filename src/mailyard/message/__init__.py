@@ -12,4 +12,5 @@ package stays cheap):
 - ``compose``: ``compose``, ``to_bytes``, ``delivery_status_part``
 - ``headers``: RFC 2047 decoding and header-field helpers
 - ``derived``: ``derive`` -- ENVELOPE, BODYSTRUCTURE, part offsets, search text
+- ``imap_syntax``: ENVELOPE and BODYSTRUCTURE written in IMAP syntax, once at delivery
 """

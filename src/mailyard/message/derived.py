@@ -298,7 +298,7 @@ def _safe_param(getter: Callable[[], str | None]) -> str | None:
     """A parameter through the stdlib, or None where the stdlib itself fails:
     ``email.utils.decode_params`` raises TypeError on RFC 2231 parameters that
     mix a numbered and an unnumbered section (``boundary*0=a; boundary*=b``).
-    Found by tests/fuzz; without the guard derive() fell back to one opaque part."""
+    Without the guard such a message would derive as one opaque part."""
     try:
         return getter()
     except Exception:

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..auth.service import SECRET_FILE, LoginService, LoginSession, TryLater
+from ..auth.service import LoginSession, TryLater
 from ..auth.throttle import LoginThrottle, ThrottlePolicy
 
 if TYPE_CHECKING:
     from ..config import AuthConfig
-    from ..server import MailServer
+    from ..services import Services
     from .session_protocol import SessionProtocol
 
-__all__ = ["Authenticator", "TryLater", "login_service", "plaintext_allowed", "throttle_from_config"]
+__all__ = ["Authenticator", "TryLater", "plaintext_allowed", "throttle_from_config"]
 
 
 def throttle_from_config(cfg: AuthConfig) -> LoginThrottle:
@@ -40,26 +40,17 @@ def throttle_from_config(cfg: AuthConfig) -> LoginThrottle:
     )
 
 
-def plaintext_allowed(server: MailServer, conn: SessionProtocol) -> bool:
+def plaintext_allowed(services: Services, conn: SessionProtocol) -> bool:
     """True if a password may be sent in the clear on ``conn``."""
     if conn.tls:
         return True
-    cfg = server.config.auth
+    cfg = services.config.auth
     return cfg.allow_plaintext_insecure or (cfg.allow_plaintext_on_loopback and conn.is_loopback)
-
-
-def login_service(server: MailServer) -> LoginService:
-    """The server's login service (`MailServer.start` builds it)."""
-    service: LoginService | None = getattr(server, "login", None)
-    if service is None:
-        service = LoginService(server.store, server.throttle, server.data_dir / SECRET_FILE)
-        server.login = service
-    return service
 
 
 class Authenticator(LoginSession):
     """The login session of one connection of one protocol."""
 
-    def __init__(self, server: MailServer, conn: SessionProtocol, protocol: str) -> None:
-        super().__init__(login_service(server), conn.peer_ip, protocol, lambda: conn.tls)
+    def __init__(self, services: Services, conn: SessionProtocol, protocol: str) -> None:
+        super().__init__(services.login, conn.peer_ip, protocol, lambda: conn.tls)
         self.conn = conn

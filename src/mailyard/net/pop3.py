@@ -65,7 +65,7 @@ from .login import Authenticator, TryLater, plaintext_allowed
 from .session_protocol import SessionProtocol
 
 if TYPE_CHECKING:
-    from ..server import MailServer
+    from ..services import Services
 
 log = logging.getLogger("mailyard.pop3")
 
@@ -205,22 +205,18 @@ class POP3Service:
 _services: weakref.WeakKeyDictionary[object, POP3Service] = weakref.WeakKeyDictionary()
 
 
-def service_for(server: MailServer) -> POP3Service:
-    """The POP3Service of a running MailServer (created on first use)."""
-    svc = _services.get(server)
-    if svc is None or svc.store is not server.store:
-        svc = POP3Service(server.store, server.config.server.hostname)
-        _services[server] = svc
+def service_for(services: Services) -> POP3Service:
+    """The POP3Service of a running server (created on first use)."""
+    svc = _services.get(services)
+    if svc is None or svc.store is not services.store:
+        svc = POP3Service(services.store, services.config.server.hostname)
+        _services[services] = svc
     return svc
 
 
-def _tls_context(server: MailServer) -> ssl.SSLContext | None:
+def _tls_context(services: Services) -> ssl.SSLContext | None:
     """The STARTTLS context if the server has TLS set up (net/tls.py ReloadableTLS)."""
-    tls = getattr(server, "tls", None)
-    if tls is None:
-        return None
-    ctx = getattr(tls, "context", None)
-    return ctx if isinstance(ctx, ssl.SSLContext) else None
+    return services.tls.context if services.tls is not None else None
 
 
 class POP3Session(SessionProtocol):
@@ -237,12 +233,12 @@ class POP3Session(SessionProtocol):
     eager_steps = True
     protocol_label = "pop3"
 
-    def __init__(self, server: MailServer, listener: Listener) -> None:
+    def __init__(self, services: Services, listener: Listener) -> None:
         super().__init__(listener)
-        self.server = server
-        self.service = service_for(server)
+        self.services = services
+        self.service = service_for(services)
         self.store = self.service.store
-        timeout = getattr(getattr(server.config, "limits", None), "idle_timeout", MIN_AUTOLOGOUT)
+        timeout = services.config.limits.idle_timeout
         # RFC 1939 section 3: the autologout timer is at least 10 minutes.
         self.idle_timeout = max(timeout, MIN_AUTOLOGOUT)
         self.tls_context: ssl.SSLContext | None = None
@@ -257,9 +253,9 @@ class POP3Session(SessionProtocol):
     # --- SessionProtocol hooks ------------------------------------------------
 
     def start(self) -> None:
-        server, service = self.server, self.service
-        self.tls_context = _tls_context(server)
-        plaintext_auth = plaintext_allowed(server, self)
+        services, service = self.services, self.service
+        self.tls_context = _tls_context(services)
+        plaintext_auth = plaintext_allowed(services, self)
         self.timestamp = service.timestamp()
         self.engine = POP3Server(
             timestamp=self.timestamp,
@@ -269,7 +265,7 @@ class POP3Session(SessionProtocol):
             plaintext_auth=plaintext_auth,
             tls_available=self.tls_context is not None and not self.tls,
             tls_active=self.tls,
-            budgets=abuse_budgets(server.config, "pop3"),
+            budgets=abuse_budgets(services.config, "pop3"),
         )
         self.set_timeout(self.idle_timeout)
         self.write(self.engine.data_to_send())
@@ -368,7 +364,7 @@ class POP3Session(SessionProtocol):
         elif isinstance(event, StartTLS):
             assert self.tls_context is not None
             # The context is read again now, so a SIGHUP reload applies.
-            context = _tls_context(self.server) or self.tls_context
+            context = _tls_context(self.services) or self.tls_context
             await self.upgrade_tls(context, forget=self._forget_cleartext)
 
     def _forget_cleartext(self) -> None:
@@ -384,7 +380,7 @@ class POP3Session(SessionProtocol):
 
     def authenticator(self) -> Authenticator:
         if self._auth is None:
-            self._auth = Authenticator(self.server, self, "pop3")
+            self._auth = Authenticator(self.services, self, "pop3")
         return self._auth
 
     async def sasl_event(self, ev: sasl.Event) -> None:
@@ -460,6 +456,6 @@ class POP3Session(SessionProtocol):
             self.account = None
 
 
-def pop3_protocol(server: MailServer, listener: Listener) -> POP3Session:
+def pop3_protocol(services: Services, listener: Listener) -> POP3Session:
     """The POP3 ports: 110 / 1110 (STLS) and 995 / 1995 (implicit TLS, RFC 8314)."""
-    return POP3Session(server, listener)
+    return POP3Session(services, listener)

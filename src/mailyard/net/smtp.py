@@ -27,7 +27,7 @@ from ..delivery.submit import (
     sender_rule,
 )
 from ..message.trace import with_protocol
-from ..policy.relay import rcpt_reply, routing_trick, trick_reply
+from ..policy.relay import routing_trick
 from ..protocols.smtp.events import (
     AuthCancelled,
     AuthReceived,
@@ -52,9 +52,11 @@ from .budgets import abuse_budgets
 from .listener import Listener
 from .login import Authenticator, plaintext_allowed
 from .session_protocol import SessionProtocol
+from .smtp_replies import rcpt_reply, trick_reply
 
 if TYPE_CHECKING:
-    from ..server import MailServer
+    from ..config import Config
+    from ..services import Services
 
 log = logging.getLogger("mailyard.smtp")
 
@@ -67,24 +69,24 @@ _QUEUE_PREFIX = os.urandom(4).hex()
 _queue_counter = itertools.count(1)
 
 
-def engine_config(server: MailServer) -> ServerConfig:
-    cfg = server.config.smtp
+def engine_config(config: Config) -> ServerConfig:
+    cfg = config.smtp
     return ServerConfig(
-        hostname=server.config.server.hostname,
+        hostname=config.server.hostname,
         max_message_size=cfg.max_message_size,
         max_recipients=cfg.max_recipients,
         max_command_line=cfg.max_command_line,
         max_text_line=cfg.max_text_line,
         vrfy_enabled=cfg.vrfy,
         expn_enabled=cfg.expn,
-        budgets=abuse_budgets(server.config, "smtp"),
+        budgets=abuse_budgets(config, "smtp"),
     )
 
 
-def submission_engine_config(server: MailServer) -> ServerConfig:
+def submission_engine_config(config: Config) -> ServerConfig:
     """The submission ports (587 STARTTLS, 465 implicit TLS): AUTH before MAIL
     (RFC 6409 4.3, RFC 4954 6: 530 5.7.0)."""
-    return dataclasses.replace(engine_config(server), require_auth_for_mail=True)
+    return dataclasses.replace(engine_config(config), require_auth_for_mail=True)
 
 
 class SMTPSession(SessionProtocol):
@@ -106,27 +108,24 @@ class SMTPSession(SessionProtocol):
     protocol_label = "smtp"
     engine: SMTPServerEngine  # made in start(), once TLS is known
 
-    def __init__(self, server: MailServer, listener: Listener, submission: bool = False) -> None:
+    def __init__(self, services: Services, listener: Listener, submission: bool = False) -> None:
         super().__init__(listener)
-        self.server = server
+        self.services = services
         self.submission = submission
-        config = getattr(server, "smtp_submission_config", None) if submission else None
-        if submission and config is None:
-            config = submission_engine_config(server)
-        self._engine_config: ServerConfig = config or server.smtp_engine_config
+        self._engine_config: ServerConfig = services.submission_engine if submission else services.smtp_engine
         self.helo = ""
         self.resolutions: dict[str, Resolution] = {}
-        self._timeouts = server.config.smtp
+        self._timeouts = services.config.smtp
         self.account: Account | None = None  # after a successful AUTH
         self._mech: sasl.Mechanism | None = None
         self._auth: Authenticator | None = None
         # The parts of a large message received so far (MessageData), on disk.
-        self._spool: SpoolFile | _MemorySpool | None = None
+        self._spool: SpoolFile | None = None
         self._spool_error: OSError | None = None
 
     # --- SessionProtocol hooks ----------------------------------------------
     def start(self) -> None:
-        self.server.stats["submission_sessions" if self.submission else "smtp_sessions"] += 1
+        self.services.stats["submission_sessions" if self.submission else "smtp_sessions"] += 1
         self.set_timeout(self._timeouts.timeout_command)
         # tls: implicit TLS (RFC 8314)
         self.engine = SMTPServerEngine(self._engine_config, tls_active=self.tls)
@@ -134,7 +133,7 @@ class SMTPSession(SessionProtocol):
         self.write(self.engine.greeting())
 
     def _plaintext_ok(self) -> bool:
-        return plaintext_allowed(self.server, self)
+        return plaintext_allowed(self.services, self)
 
     def _advertise(self) -> None:
         """EHLO keywords: STARTTLS where TLS is available and not yet on; AUTH
@@ -142,7 +141,7 @@ class SMTPSession(SessionProtocol):
         in the clear (RFC 4954 4); the others get 538 5.7.11 if tried."""
         extras: list[str] = []
         hidden: frozenset[str] = frozenset()
-        if not self.tls and getattr(self.server, "tls", None) is not None:
+        if not self.tls and self.services.tls is not None:
             extras.append("STARTTLS")
         if self.submission:
             mechanisms = sasl.advertised_mechanisms(secure=self._plaintext_ok())
@@ -220,12 +219,12 @@ class SMTPSession(SessionProtocol):
             self.write(self.engine.data_to_send())
 
     def _host(self) -> bytes:
-        return self.server.config.server.hostname.encode("ascii", "replace")
+        return self.services.config.server.hostname.encode("ascii", "replace")
 
     async def handle(self, event: Event) -> None:
         engine = self.engine
         account = self.account
-        if account is not None and not self.server.store.credentials_current(account.id, account.epoch):
+        if account is not None and not self.services.store.credentials_current(account.id, account.epoch):
             # The account was removed or its password changed since AUTH: the
             # session ends (RFC 5321 3.8: 421, and the server closes), so no
             # further message is submitted under the old credentials.
@@ -239,7 +238,7 @@ class SMTPSession(SessionProtocol):
             self.resolutions.clear()
             verdict = None
             if self.account is not None:
-                rule = await sender_rule(self.server, self.account)
+                rule = await sender_rule(self.services, self.account)
                 verdict = await rule.check_reverse_path(event.reverse_path)
             if verdict is not None:
                 # RFC 6409 4.3, RFC 5321 4.2.2 553: the user may not send as this address.
@@ -267,18 +266,14 @@ class SMTPSession(SessionProtocol):
             engine.respond(Reply(502, "5.5.1", "Command not implemented"))
 
     # --- recipients and relaying (policy/relay.py) ---------------------------
-    def _queue(self) -> Any:
-        """The outbound queue (delivery/queue, issue #6) once the server has one."""
-        return getattr(self.server, "queue", None)
-
     async def rcpt(self, forward_path: str) -> Reply:
         if self.account is None:
             trick = routing_trick(forward_path)
             if trick is not None:
                 log.warning("smtp relay attempt refused rcpt=<%s> ip=%s: %s", forward_path[:200], self.peer_ip, trick)
                 return trick_reply(forward_path, trick)
-        resolution = await self.server.router.resolve(forward_path)
-        reply = rcpt_reply(resolution, relay_allowed=self.account is not None, remote_ok=self._queue() is not None)
+        resolution = await self.services.router.resolve(forward_path)
+        reply = rcpt_reply(resolution, relay_allowed=self.account is not None, remote_ok=self.services.queue is not None)
         if reply.is_positive:
             self.resolutions[forward_path] = resolution
         elif resolution.verdict is Verdict.REMOTE and self.account is None:
@@ -289,7 +284,7 @@ class SMTPSession(SessionProtocol):
     async def auth(self, event: AuthReceived | AuthResponse) -> None:
         engine = self.engine
         if self._auth is None:
-            self._auth = Authenticator(self.server, self, "smtp")
+            self._auth = Authenticator(self.services, self, "smtp")
         if isinstance(event, AuthReceived):
             name = event.mechanism
             if name in sasl.PLAINTEXT_MECHANISMS and not self._plaintext_ok():
@@ -349,7 +344,7 @@ class SMTPSession(SessionProtocol):
     # --- STARTTLS (RFC 3207) ------------------------------------------------------
     async def starttls(self) -> None:
         engine = self.engine
-        tls = getattr(self.server, "tls", None)
+        tls = self.services.tls
         if tls is None:
             engine.respond(Reply(454, "4.7.0", "TLS not available due to temporary reason"))
             return
@@ -373,8 +368,7 @@ class SMTPSession(SessionProtocol):
             return  # the rest is read and dropped; the end of data gets 452
         try:
             if self._spool is None:
-                spool = getattr(self.server, "spool", None)
-                self._spool = spool.open() if spool is not None else _MemorySpool()
+                self._spool = self.services.spool.open()
             self._spool.write(data)
         except OSError as exc:
             log.error("smtp spool write failed for %s: %s", self.peer_ip, exc)
@@ -438,7 +432,7 @@ class SMTPSession(SessionProtocol):
             # The one acceptance path (delivery/submit.py): the submission
             # policy when a user authenticated, then one durable commit.
             await accept_message(
-                self.server, data, event.reverse_path, accounts, remote,
+                self.services, data, event.reverse_path, accounts, remote,
                 trace=trace, account=self.account,
                 envid=mail.envid if mail else None, ret=mail.ret if mail else None,
                 smtputf8=bool(mail and mail.smtputf8),
@@ -468,7 +462,7 @@ class SMTPSession(SessionProtocol):
     async def verify(self, argument: str, expand: bool) -> Reply:
         """VRFY / EXPN for local users, aliases and lists (RFC 5321 3.5)."""
         address = argument.strip().strip("<>")
-        resolution = await self.server.router.resolve(address)
+        resolution = await self.services.router.resolve(address)
         if resolution.verdict is not Verdict.LOCAL:
             return Reply(550, "5.1.1", f"{address}: no such user here")
         if not expand:
@@ -481,33 +475,11 @@ class SMTPSession(SessionProtocol):
         return Reply(250, "2.1.5", members)
 
 
-class _MemorySpool:
-    """A spool in memory, for a server object without a spool directory."""
-
-    def __init__(self) -> None:
-        self._data = bytearray()
-        self.closed = False
-
-    @property
-    def size(self) -> int:
-        return len(self._data)
-
-    def write(self, data: bytes) -> None:
-        self._data += data
-
-    def read_all(self) -> bytes:
-        return bytes(self._data)
-
-    def close(self) -> None:
-        self._data = bytearray()
-        self.closed = True
-
-
-def smtp_protocol(server: MailServer, listener: Listener) -> SMTPSession:
+def smtp_protocol(services: Services, listener: Listener) -> SMTPSession:
     """The MX port (25 / 2525)."""
-    return SMTPSession(server, listener)
+    return SMTPSession(services, listener)
 
 
-def submission_protocol(server: MailServer, listener: Listener) -> SMTPSession:
+def submission_protocol(services: Services, listener: Listener) -> SMTPSession:
     """The submission ports: 587 / 2587 (STARTTLS) and 465 / 2465 (implicit TLS)."""
-    return SMTPSession(server, listener, submission=True)
+    return SMTPSession(services, listener, submission=True)

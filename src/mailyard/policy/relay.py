@@ -15,12 +15,14 @@ Addresses with routing tricks never become relaying:
   a quoted ``"user@other"@local`` or a ``:`` -- is refused outright for
   unauthenticated clients (`routing_trick`), rather than trusting that no
   later component ever interprets it (as sendmail did).
+
+The policy answers with verdicts (``RelayVerdict``, a reason string); the
+SMTP glue (net/smtp_replies.py) turns them into replies.
 """
 
 from __future__ import annotations
 
-from ..delivery.router import Resolution, Verdict
-from ..protocols.smtp.replies import Reply
+import enum
 
 # Characters that route mail in some old syntax when they appear in a local part.
 _ROUTING_CHARS = frozenset("%!@:")
@@ -43,34 +45,33 @@ def routing_trick(forward_path: str) -> str | None:
     return None
 
 
-def trick_reply(forward_path: str, reason: str) -> Reply:
-    return Reply(550, "5.7.1", f"<{forward_path}>: relaying denied ({reason})")
+class RelayVerdict(enum.Enum):
+    """May a recipient the router resolved be accepted?"""
+
+    ALLOWED = "allowed"
+    # A remote recipient, and the client may not relay (not authenticated).
+    RELAY_DENIED = "relay denied"
+    # A remote recipient, and this server has no outbound queue.
+    NO_REMOTE_DELIVERY = "no remote delivery"
+    # A local alias or list with remote members, and no outbound queue:
+    # refused rather than losing the remote copies.
+    FORWARDS_UNDELIVERABLE = "forwards undeliverable"
 
 
-def rcpt_reply(resolution: Resolution, relay_allowed: bool, remote_ok: bool = False) -> Reply:
-    """The reply to RCPT TO for one resolved forward-path.
+def relay_verdict(remote: bool, forwards_remote: bool, relay_allowed: bool, remote_ok: bool) -> RelayVerdict:
+    """The relay decision for one recipient.
 
-    ``relay_allowed``: the client may send to remote domains (authenticated).
-    ``remote_ok``: this server can deliver to remote addresses (an outbound
-    queue exists); an alias or list that forwards off-site needs it too.
+    ``remote``: the recipient is at another domain. ``forwards_remote``: a
+    local recipient (alias, list) has remote members. ``relay_allowed``: the
+    client may send to remote domains (authenticated). ``remote_ok``: this
+    server can deliver to remote addresses (an outbound queue exists).
     """
-    addr = resolution.address
-    match resolution.verdict:
-        case Verdict.INVALID:
-            return Reply(553, "5.1.3", f"<{addr}>: bad address syntax")
-        case Verdict.UNKNOWN:
-            return Reply(550, "5.1.1", f"<{addr}>: no such user here")
-        case Verdict.LOOP:
-            return Reply(554, "5.4.6", f"<{addr}>: alias or list expansion loops or is too large")
-        case Verdict.REMOTE:
-            if not relay_allowed:
-                return Reply(550, "5.7.1", f"<{addr}>: relaying denied")
-            if not remote_ok:
-                return Reply(451, "4.4.0", f"<{addr}>: remote delivery is not available yet")
-            return Reply(250, "2.1.5", "Recipient OK")
-    if resolution.remote and not remote_ok:
-        # An alias/list forwarding off-site: refuse rather than lose the remote copies.
-        return Reply(
-            550, "5.3.0", f"<{addr}>: forwards to remote addresses, which this server cannot deliver yet"
-        )
-    return Reply(250, "2.1.5", "Recipient OK")
+    if remote:
+        if not relay_allowed:
+            return RelayVerdict.RELAY_DENIED
+        if not remote_ok:
+            return RelayVerdict.NO_REMOTE_DELIVERY
+        return RelayVerdict.ALLOWED
+    if forwards_remote and not remote_ok:
+        return RelayVerdict.FORWARDS_UNDELIVERABLE
+    return RelayVerdict.ALLOWED

@@ -207,7 +207,7 @@ def derive_record(raw: bytes) -> DerivedRecord:
     """Derive once what FETCH/SEARCH need of a body (DESIGN.md "Message
     handling"); the same for every backend. Never raises (``derive`` does not)."""
     from ..message.derived import body_structure, derive
-    from ..protocols.imap.response import body_bytes, envelope_bytes
+    from ..message.imap_syntax import body_bytes, envelope_bytes
 
     d = derive(raw)
     j = d.to_json()

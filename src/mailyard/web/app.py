@@ -17,7 +17,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from starlette.applications import Starlette
@@ -36,7 +36,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..auth.service import LoginService, TryLater
+from ..auth.service import TryLater
 from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_address_list
 from ..store.api import Mailbox, MailboxGone, NotFound, StoreError
@@ -56,6 +56,10 @@ from .security import (
     token_ok,
 )
 from .worker import DEFAULT_MEMORY, RenderPool, TooComplex
+
+if TYPE_CHECKING:
+    from ..config import AuthConfig
+    from ..services import Services
 
 log = logging.getLogger("mailyard.web")
 
@@ -94,11 +98,10 @@ class BodyCache:
 
 @dataclass
 class WebState:
-    server: Any
+    services: Services
     sessions: Sessions = field(default_factory=Sessions)
     listing: Listing | None = None
     closing: asyncio.Event = field(default_factory=asyncio.Event)
-    login: LoginService | None = None
     status_cache: dict[int, tuple[tuple[int, int], Any]] = field(default_factory=dict)
     # parsing and sanitising for display run here, off the event loop (worker.py)
     pool: RenderPool = field(default_factory=RenderPool)
@@ -197,7 +200,7 @@ def live_session(request: Request) -> Session | None:
     its cookie stays refused."""
     web = state(request)
     session = web.sessions.get(request.cookies.get(SESSION_COOKIE))
-    if session is not None and not web.server.store.credentials_current(session.account_id, session.epoch):
+    if session is not None and not web.services.store.credentials_current(session.account_id, session.epoch):
         log.info("web: ending session of %s: account removed or password changed", session.address)
         web.sessions.drop(session)
         return None
@@ -227,7 +230,7 @@ async def checked_form(request: Request, session: Session | None = None) -> Any:
 async def own_mailbox(request: Request, session: Session, box_id: Any) -> Mailbox:
     """The mailbox ``box_id`` if it belongs to the session's account, else 404."""
     try:
-        box = await state(request).server.store.get_mailbox_by_id(session.account_id, int(box_id))
+        box = await state(request).services.store.get_mailbox_by_id(session.account_id, int(box_id))
     except (TypeError, ValueError):
         box = None
     if box is None or box.account_id != session.account_id:
@@ -236,7 +239,7 @@ async def own_mailbox(request: Request, session: Session, box_id: Any) -> Mailbo
 
 
 async def special(request: Request, session: Session, use: str) -> Mailbox:
-    store = state(request).server.store
+    store = state(request).services.store
     for box in await store.list_mailboxes(session.account_id):
         if box.special_use == use:
             return box
@@ -248,7 +251,7 @@ async def special(request: Request, session: Session, use: str) -> Mailbox:
 
 
 async def folders(request: Request, session: Session) -> list[dict]:
-    store = state(request).server.store
+    store = state(request).services.store
     boxes = await store.list_mailboxes(session.account_id)
     out = []
     cache = state(request).status_cache
@@ -277,7 +280,7 @@ async def folders(request: Request, session: Session) -> list[dict]:
 
 async def read_raw(request: Request, box: Mailbox, uid: int) -> bytes:
     try:
-        return await state(request).server.store.read_message(box, uid)
+        return await state(request).services.store.read_message(box, uid)
     except NotFound:
         raise HTTPException(404, "no such message") from None
 
@@ -336,10 +339,9 @@ async def login(request: Request) -> Response:
     username = str(form.get("username") or "").strip()
     password = str(form.get("password") or "")
     ip = request.client.host if request.client else "unknown"
-    if not plaintext_ok(web.server, request, ip):
+    if not plaintext_ok(web.services.config.auth, request, ip):
         return _login_page(request, "Passwords are accepted only over HTTPS here.", username, 403)
-    login_service = web.login
-    assert login_service is not None
+    login_service = web.services.login
     # The mail protocols' login service (auth/service.py): the same budget,
     # delays and lockouts. Names without "@" are checked too, so they cost
     # the same work as any other unknown name.
@@ -365,21 +367,17 @@ async def login(request: Request) -> Response:
     return response
 
 
-def plaintext_ok(server: Any, request: Request, ip: str) -> bool:
+def plaintext_ok(cfg: AuthConfig, request: Request, ip: str) -> bool:
     """The same rule as the mail protocols (config [auth]): a password in the
     clear only over TLS, from loopback (e.g. a TLS-terminating proxy on this
     host), or where the administrator allows it everywhere."""
     if request.url.scheme == "https":
         return True
-    cfg = getattr(server.config, "auth", None)
-    if cfg is None:
-        return True
     try:
         loopback = ipaddress.ip_address(ip.split("%", 1)[0]).is_loopback
     except ValueError:
         loopback = False
-    return bool(getattr(cfg, "allow_plaintext_insecure", False)
-                or (getattr(cfg, "allow_plaintext_on_loopback", True) and loopback))
+    return cfg.allow_plaintext_insecure or (cfg.allow_plaintext_on_loopback and loopback)
 
 
 async def logout(request: Request) -> Response:
@@ -394,7 +392,7 @@ async def logout(request: Request) -> Response:
 # --- folders and lists ---------------------------------------------------------
 async def home(request: Request) -> Response:
     session = current(request)
-    inbox = await state(request).server.store.get_mailbox(session.account_id, "INBOX")
+    inbox = await state(request).services.store.get_mailbox(session.account_id, "INBOX")
     if inbox is None:
         raise HTTPException(404)
     return redirect(f"/box/{inbox.id}")
@@ -416,7 +414,7 @@ async def mailbox_view(request: Request) -> Response:
     sort = sort if sort in SORTS else "date"
     descending = qp.get("dir", "desc" if sort == "date" else "asc") != "asc"
     query = (qp.get("q") or "").strip()[:200]
-    only = await web.server.store.search_text(box, query, "text") if query else None
+    only = await web.services.store.search_text(box, query, "text") if query else None
     assert web.listing is not None
     preparing = None
     try:
@@ -456,7 +454,7 @@ async def message_view(request: Request) -> Response:
     uid = request.path_params["uid"]
     raw = await read_raw(request, box, uid)
     web = state(request)
-    store = web.server.store
+    store = web.services.store
     key = f"{box.id}:{uid}"
     if request.query_params.get("remote") == "1":
         session.remote_ok.add(key)
@@ -566,7 +564,7 @@ async def message_action(request: Request) -> Response:
     session = current(request)
     form = await checked_form(request, session)
     box = await own_mailbox(request, session, request.path_params["box_id"])
-    store = state(request).server.store
+    store = state(request).services.store
     uids = sorted({u for u in (_int(v) for v in form.getlist("uid")) if u is not None and u > 0})
     action = str(form.get("action") or "")
     back = _safe_back(form.get("back"), f"/box/{box.id}")
@@ -614,7 +612,7 @@ async def folders_view(request: Request) -> Response:
 async def folder_action(request: Request) -> Response:
     session = current(request)
     form = await checked_form(request, session)
-    store = state(request).server.store
+    store = state(request).services.store
     action = str(form.get("action") or "")
     try:
         if action == "create":
@@ -747,7 +745,7 @@ async def compose_submit(request: Request) -> Response:
     session = current(request)
     form = await checked_form(request, session)
     web = state(request)
-    store = web.server.store
+    store = web.services.store
     action = str(form.get("action") or "send")
     draft = Draft(**{k: str(form.get(k) or "") for k in (
         "to", "cc", "bcc", "subject", "body", "in_reply_to", "references", "draft_uid", "forward",
@@ -764,7 +762,7 @@ async def compose_submit(request: Request) -> Response:
     bcc = parse_recipients(draft.bcc, "Bcc", errors)
     if action == "send" and not (to or cc or bcc) and not errors:
         errors.append("Add at least one recipient.")
-    limit = web.server.config.smtp.max_message_size
+    limit = web.services.config.smtp.max_message_size
     uploads: list[tuple[str, bytes, str | None]] = []
     for upload in form.getlist("attachment"):
         if isinstance(upload, UploadFile) and upload.filename:
@@ -825,7 +823,7 @@ async def compose_submit(request: Request) -> Response:
     if account is None:
         raise HTTPException(401)
     try:
-        await submit_message(web.server, account, wire, recipients,
+        await submit_message(web.services, account, wire, recipients,
                              client_ip=request.client.host if request.client else "127.0.0.1",
                              protocol="HTTP", helo="webmail")
     except SubmissionRefused as exc:
@@ -859,7 +857,7 @@ async def events(request: Request) -> Response:
     account's mailboxes changes (new mail, flags, expunge, from any client)."""
     session = current(request)
     web = state(request)
-    store = web.server.store
+    store = web.services.store
     mine = {b.id for b in await store.list_mailboxes(session.account_id)}
     queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1000)
 
@@ -943,7 +941,8 @@ async def health(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
-def create_app(server: Any) -> Starlette:
+def create_app(services: Services) -> Starlette:
+    """The webmail app of a running server (``services``: mailyard/services.py)."""
     routes = [
         Route("/", home),
         Route("/health", health),
@@ -969,16 +968,14 @@ def create_app(server: Any) -> Starlette:
         # SecurityHeaders outermost, so the 413 of BodyLimits carries them too
         middleware=[
             Middleware(SecurityHeaders),
-            Middleware(BodyLimits, limit_for=route_limits(server.config.smtp.max_message_size)),
+            Middleware(BodyLimits, limit_for=route_limits(services.config.smtp.max_message_size)),
         ],
         exception_handlers={HTTPException: http_error, MailboxGone: mailbox_gone},
     )
-    from ..net.login import login_service
-
     # the worker's memory: what the stdlib parser and nh3 need for a message
     # of the largest size accepted, with room to spare
-    pool = RenderPool(memory_limit=max(DEFAULT_MEMORY, 16 * server.config.smtp.max_message_size))
-    app.state.web = WebState(server, login=login_service(server), listing=Listing(server.store), pool=pool)
+    pool = RenderPool(memory_limit=max(DEFAULT_MEMORY, 16 * services.config.smtp.max_message_size))
+    app.state.web = WebState(services, listing=Listing(services.store), pool=pool)
     return app
 
 

@@ -10,12 +10,16 @@ import contextlib
 import logging
 import socket
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from ..net.listener import ConnectionLimits
 from .limits import limited_h11
+
+if TYPE_CHECKING:
+    from ..config import LimitsConfig
+    from ..services import Services
 
 log = logging.getLogger("mailyard.web")
 
@@ -27,8 +31,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _connection_limits(mail_server: Any) -> ConnectionLimits:
-    cfg = mail_server.config.limits
+def _connection_limits(cfg: LimitsConfig) -> ConnectionLimits:
     return ConnectionLimits(
         max_connections=cfg.max_connections,
         max_connections_per_ip=cfg.max_connections_per_ip,
@@ -40,8 +43,8 @@ def _connection_limits(mail_server: Any) -> ConnectionLimits:
 class HTTPService:
     name = "http"
 
-    def __init__(self, mail_server: Any, host: str, port: int) -> None:
-        self.mail_server = mail_server
+    def __init__(self, services: Services, host: str, port: int) -> None:
+        self.services = services
         self.host = host
         self.port = port
         self.bound_port = 0
@@ -52,7 +55,7 @@ class HTTPService:
     async def start(self) -> None:
         from .app import create_app
 
-        self.app = create_app(self.mail_server)
+        self.app = create_app(self.services)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -74,7 +77,7 @@ class HTTPService:
             server_header=False,
             proxy_headers=False,
             # [limits] connection caps and request-head deadline (web/limits.py)
-            http=limited_h11(_connection_limits(self.mail_server)),
+            http=limited_h11(_connection_limits(self.services.config.limits)),
         )
         self._uvicorn = _Server(config)
         self._task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="mailyard-http")

@@ -274,7 +274,7 @@ class POP3Server:
         greeting / signoff: reply texts for the banner and for QUIT.
         sasl_mechanisms: mechanisms for AUTH (RFC 5034) and the CAPA SASL line.
         plaintext_auth: whether USER/PASS may be used (the glue turns it off on
-            unencrypted non-loopback connections, issue 5).
+            unencrypted non-loopback connections: RFC 2595 section 2.1, RFC 8314 4.1).
         tls_available: whether STLS (RFC 2595) is offered; tls_active: TLS is on
             already (implicit TLS, POP3S).
         budgets: the abuse budgets (protocols/contract.py): ``max_auth_failures``
@@ -606,7 +606,8 @@ class POP3Server:
 
     def _cmd_user(self, arg: str) -> Event | None:
         # RFC 1939 section 7 USER. Always "+OK": the reply must not reveal whether
-        # the user exists (issue #3); PASS decides.
+        # the user exists (else a client could probe which accounts exist);
+        # PASS decides.
         if not self.plaintext_auth:
             self._reply("-ERR [AUTH] Plaintext authentication disallowed on non-secure connections")
             return None

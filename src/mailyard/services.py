@@ -1,0 +1,65 @@
+"""What the services of ``mailyard serve`` share, as one typed object.
+
+``MailServer.start`` (server.py) builds one ``Services`` and hands it to each
+service: the SMTP, POP3 and IMAP listeners' sessions, the webmail app and,
+through its fields, the outbound queue runner. A service reads the fields
+it uses; nothing is looked up on the server object by name, so what a
+service depends on is visible in its signature and checked by the type
+checker.
+
+This module sits between ``delivery/`` and the top (``net/``, ``web/``):
+it names the store, the router, the queue and the login service, and is
+imported by the net and web glue, never by the layers below
+(tests/unit/test_layers.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .auth.service import LoginService
+from .config import Config
+from .delivery.queue import OutboundQueue
+from .delivery.router import Router
+from .protocols.smtp.server import ServerConfig
+from .store.api import Store
+from .store.spool import MessageSpool
+
+
+class ServerTLS(Protocol):
+    """The server certificate for STARTTLS (net/tls.py ``ReloadableTLS``).
+
+    ``context`` is read at the moment of each upgrade, so a reload (SIGHUP)
+    applies to the next handshake."""
+
+    @property
+    def context(self) -> ssl.SSLContext: ...
+
+
+@dataclass(frozen=True, eq=False)
+class Services:
+    """The shared parts of a running server, built once at start."""
+
+    config: Config
+    data_dir: Path
+    store: Store
+    # The one place that decides where a recipient goes (delivery/router.py).
+    router: Router
+    # Every login of every protocol, under one throttle (auth/service.py).
+    login: LoginService
+    # Spool files of messages being received (store/spool.py).
+    spool: MessageSpool
+    # None when the server runs no outbound queue: remote recipients are refused.
+    queue: OutboundQueue | None
+    # None when no certificate is loaded: STARTTLS is not offered.
+    tls: ServerTLS | None
+    # The SMTP engine settings of the MX port and of the submission ports
+    # (RFC 6409: AUTH before MAIL), derived from [smtp] once.
+    smtp_engine: ServerConfig
+    submission_engine: ServerConfig
+    # Counters for tests and metrics (e.g. "smtp_sessions" on the MX port).
+    stats: collections.Counter[str]
