@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..auth import sasl
 from ..protocols.imap.backend import BackendError, ConnectionEnding, LoginRefused, SaslChallenge
-from ..protocols.imap.engine import CLOSED, NEED_DATA
+from ..protocols.imap.engine import CLOSED, NEED_DATA, ImapEngine
 from ..protocols.imap.framing import Limits
 from ..protocols.imap.session import FLUSH_AT, ImapConfig, ImapSession
 from ..store.api import Account, StoreError
@@ -132,6 +131,7 @@ class ImapConnection(SessionProtocol):
     """
 
     eager_steps = True
+    protocol_label = "imap"
 
     def __init__(self, services: Services, listener: Listener) -> None:
         super().__init__(listener)
@@ -160,6 +160,11 @@ class ImapConnection(SessionProtocol):
         self.idle_timeout = limits.imap_idle_timeout
         self.eof = False  # the client closed its side
         self._waiter: asyncio.Future[None] | None = None  # a step waiting for input (IDLE, AUTHENTICATE)
+
+    @property
+    def engine(self) -> ImapEngine:  # type: ignore[override]
+        """The engine of the IMAP session (replaced by STARTTLS)."""
+        return self.imap.engine
 
     # --- SessionProtocol hooks ----------------------------------------------
     def start(self) -> None:
@@ -281,11 +286,9 @@ class ImapConnection(SessionProtocol):
     async def begin_tls(self) -> None:
         tls = self.services.tls
         assert tls is not None
-        try:
-            await self.start_tls(tls.context)
-        except (ssl.SSLError, OSError, ConnectionError) as exc:
-            log.info("imap STARTTLS handshake with %s failed: %s", self.peer_ip, exc)
-            raise ConnectionError("TLS handshake failed") from exc
+        # The IMAP layer has written its OK and forgotten the clear-text session.
+        if not await self.upgrade_tls(tls.context):
+            raise ConnectionError("TLS handshake failed")
 
     def wake(self) -> None:
         waiter = self._waiter
@@ -322,7 +325,7 @@ class ImapConnection(SessionProtocol):
         keeps the deadline it started with (listener.CommandClock): bytes
         trickled in do not restart it."""
         partial, progress, deadline = self.input_state()
-        left = self._clock.remaining(self.loop.time(), partial, progress, deadline)
+        left = self.timers.clock.remaining(self.loop.time(), partial, progress, deadline)
         if left is None:
             left = self.listener.limits.command_deadline
         if left <= 0:
@@ -338,8 +341,8 @@ class ImapConnection(SessionProtocol):
         if self.eof:
             return False
         # RFC 9051 5.4: the autologout timer counts the client's silence
-        # (its last byte, SessionProtocol._arm_timer), not our reports.
-        left = self._last_activity + self.idle_timeout - self.loop.time()
+        # (its last byte, net/timers.py), not our reports.
+        left = self.timers.last_activity + self.idle_timeout - self.loop.time()
         try:
             if left <= 0:
                 raise TimeoutError
