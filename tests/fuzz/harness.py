@@ -2,9 +2,12 @@
 hypothesis tests (test_fuzz_targets.py).
 
 Each ``run_*`` function takes one fuzz input (bytes), drives a sans-I/O engine
-or the message layer with it exactly as the net glue would, answers the
-engine's requests with a small fake (no store, no sockets), and checks the
-invariants of the robustness requirement:
+or the message layer with it exactly as the net glue would, and checks the
+invariants of the robustness requirement. SMTP and POP3 engines have their
+requests answered by a small fake; IMAP runs its real command layer
+(protocols/imap/session.py) over the in-memory backend
+(protocols/imap/memory.py), so FETCH, STORE, SEARCH and the untagged updates
+are the server's own code. No store, no sockets. The invariants:
 
 * nothing raises: the only way an engine may react to bad input is its own
   protocol error reply (SMTP 5xx/4xx, POP3 -ERR, IMAP BAD/NO/BYE);
@@ -23,7 +26,7 @@ input as a crash and hypothesis shrinks it.
 Input layout (the same for the corpus files in corpus/<target>/): the first
 two bytes are a header, the rest is what the client sends. Header byte 0
 picks a start state (see each driver), header bytes 0 and 1 seed the random
-choices of chunking and of the fake's answers, so every input replays
+choices of chunking and of the fake's (or the other session's) doings, so every input replays
 deterministically. Inputs shorter than two bytes are padded with zeros.
 """
 
@@ -509,209 +512,76 @@ IMAP_PREAMBLES = (
     b"a1 AUTHENTICATE PLAIN\r\n",
     b"a1 LOGIN alice secret\r\na2 EXAMINE INBOX (CONDSTORE)\r\na3 IDLE\r\n",
 )
-IMAP_MAILBOXES = ("INBOX", "Sent", "Drafts", "Archive/2024", "Archive/2025", "\u00e4\u00f6\u00fc", "a%b*c")
+IMAP_MAILBOXES = ("Archive/2024", "Archive/2025", "\u00e4\u00f6\u00fc")
+IMAP_MAX_CHANGES = 3  # changes by "another session" per input (keeps the output in proportion)
+
+_IMAP_DERIVED: dict = {}  # derive() is deterministic: shared by every input's store
 
 
-_IMAP_DERIVED: dict = {}
+def _imap_store():  # noqa: ANN202
+    """alice's account (password "secret") with IMAP_MESSAGES in INBOX at
+    UIDs 1, 3, 5 (2 and 4 expunged: VANISHED has something to say), the
+    first \\Seen, and the mailboxes of IMAP_MAILBOXES."""
+    from mailyard.protocols.imap.memory import MemoryStore
+
+    store = MemoryStore(derived=_IMAP_DERIVED)
+    store.add_account("alice", "secret")
+    for name in IMAP_MAILBOXES:
+        store.create("alice", name)
+    inbox = store.find("alice", "INBOX")
+    for i, raw in enumerate(IMAP_MESSAGES):
+        store.deliver("alice", raw, flags=("\\Seen",) if i == 0 else ())
+        if i < len(IMAP_MESSAGES) - 1:
+            store.deliver("alice", b"Subject: gone\r\n\r\n")
+    gone = [u for u, (data, _) in inbox.messages.items() if data.startswith(b"Subject: gone")]
+    _complete(_imap_backend(store).expunge(inbox.record(), gone))
+    return store
 
 
-class _FakeImapStore:
-    """Answers ImapEngine commands like net/imap_session does, from memory,
-    with the protocol helpers of protocols/imap (sequence map, search, fetch
-    sections, LIST patterns, mailbox-name checks)."""
+def _imap_backend(store):  # noqa: ANN001, ANN202
+    from mailyard.protocols.imap.memory import MemoryBackend
 
-    def __init__(self, engine, rng: random.Random) -> None:
-        from mailyard.message.derived import derive
-        from mailyard.protocols.imap.selected import MessageMap
+    return MemoryBackend(store, "alice")
 
-        self.engine = engine
-        self.rng = rng
-        self.uids = [3, 7, 8]
-        self.raw = dict(zip(self.uids, IMAP_MESSAGES, strict=True))
-        if not _IMAP_DERIVED:  # derive() is deterministic: once per process
-            _IMAP_DERIVED.update({uid: derive(raw) for uid, raw in self.raw.items()})
-        self.derived = _IMAP_DERIVED
-        self.view = MessageMap(self.uids)
-        self.flags = {uid: {"\\Seen"} if uid == 3 else set() for uid in self.uids}
-        self.saved: frozenset[int] = frozenset()
 
-    def answer(self, cmd) -> None:
-        from mailyard.protocols.imap import commands as c
-        from mailyard.protocols.imap import fetch as f
-        from mailyard.protocols.imap import names
-        from mailyard.protocols.imap import search as sr
-        from mailyard.protocols.imap.response import Atom, Mailbox, envelope_bytes, flag_list
-        from mailyard.protocols.imap.response import body_bytes as bb
-        from mailyard.protocols.imap.selected import SequenceError
+def _complete(coro):  # noqa: ANN001, ANN202
+    """Run a coroutine of the in-memory backend (it never waits)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    raise FuzzFailure("the in-memory backend waited")
 
-        e = self.engine
-        rng = self.rng
-        name = cmd.name
-        if rng.random() < 0.05:
-            e.complete("NO", "Fake store says no")
-            return
-        if isinstance(cmd, c.Login):
-            e.complete("OK" if cmd.password == "secret" else "NO", "LOGIN done")
-        elif isinstance(cmd, c.Authenticate):
-            e.continuation(b"")
-        elif name == "IDLE":
-            e.start_idle()
-        elif name == "LOGOUT":
-            e.bye("Logging out")
-            e.complete("OK", "LOGOUT completed")
-        elif isinstance(cmd, c.Enable):
-            known = [x for x in cmd.capabilities if x.upper() in ("IMAP4REV2", "UTF8=ACCEPT", "CONDSTORE", "QRESYNC")]
-            e.enable([x.upper() for x in known])
-            e.untagged(Atom("ENABLED"), *[Atom(x.upper()) for x in known])
-            e.complete("OK", "ENABLE done")
-        elif isinstance(cmd, c.Select):
-            problem = names.name_problem(cmd.mailbox)
-            if problem or cmd.mailbox not in IMAP_MAILBOXES:
-                e.complete("NO", problem or "No such mailbox")
-                return
-            e.untagged(len(self.view), Atom("EXISTS"))
-            e.untagged(Atom("FLAGS"), flag_list(["\\Seen", "\\Deleted", "$Junk"]))
-            e.untagged_status("OK", "UIDs valid", "UIDVALIDITY 1")
-            if cmd.qresync is not None and cmd.qresync.known_uids is not None:
-                gone = [u for lo, hi in cmd.qresync.known_uids.resolve(self.view.max_uid)
-                        for u in range(lo, min(hi, 100) + 1) if u not in self.uids]
-                if gone:
-                    from mailyard.protocols.imap.response import format_uid_set
-                    e.untagged(Atom("VANISHED"), [Atom("EARLIER")], Atom(format_uid_set(gone)))
-            e.complete("OK", "SELECT done", "READ-ONLY" if cmd.readonly else "READ-WRITE")
-        elif isinstance(cmd, c.List):
-            regexes = [names.compile_pattern(cmd.reference, p) for p in cmd.patterns if p]
-            for mbox in IMAP_MAILBOXES:
-                if any(names.matches(r, mbox) for r in regexes):
-                    e.untagged(Atom("LSUB" if cmd.lsub else "LIST"), [], "/", Mailbox(mbox))
-            e.complete("OK", "LIST done")
-        elif isinstance(cmd, c.MailboxCommand | c.Status):
-            problem = names.name_problem(cmd.mailbox)
-            if isinstance(cmd, c.Status) and not problem:
-                items = [x for i in cmd.items for x in (Atom(i.upper()), 1)]
-                e.untagged(Atom("STATUS"), Mailbox(cmd.mailbox), items)
-            e.complete("NO" if problem else "OK", problem or f"{name} done")
-        elif isinstance(cmd, c.Rename):
-            problem = names.name_problem(cmd.old) or names.name_problem(cmd.new)
-            e.complete("NO" if problem else "OK", problem or "RENAME done")
-        elif isinstance(cmd, c.Append):
-            from mailyard.message.derived import derive
 
-            for m in cmd.messages:
-                derive(m.data)
-            e.complete("OK", "APPEND done", "APPENDUID 1 9")
-        elif isinstance(cmd, c.Fetch | c.Store | c.Copy | c.UidExpunge):
-            try:
-                if cmd.sequence_set.saved:
-                    pairs = [(self.view.seq_of(u), u) for u in sorted(self.saved)]
-                elif cmd.uid or isinstance(cmd, c.UidExpunge):
-                    pairs = self.view.resolve_uids(cmd.sequence_set)
-                else:
-                    pairs = self.view.resolve_seqs(cmd.sequence_set)
-            except SequenceError:
-                e.complete("BAD", "Invalid message sequence number")
-                return
-            if isinstance(cmd, c.Fetch):
-                for seq, uid in pairs:
-                    if seq is None:
-                        continue
-                    items: list = []
-                    for att in cmd.atts:
-                        items += self._fetch_item(att, uid, f, envelope_bytes, bb, flag_list, Atom)
-                    e.untagged(seq, Atom("FETCH"), items)
-            elif isinstance(cmd, c.Store):
-                for seq, uid in pairs:
-                    if cmd.mode == "replace":
-                        self.flags[uid] = set(cmd.flags)
-                    elif cmd.mode == "add":
-                        self.flags[uid] |= set(cmd.flags)
-                    else:
-                        self.flags[uid] -= set(cmd.flags)
-                    if not cmd.silent:
-                        e.untagged(seq, Atom("FETCH"), [Atom("FLAGS"), flag_list(self.flags[uid])])
-            e.complete("OK", f"{name} done")
-        elif isinstance(cmd, c.Search):
-            ctx = sr.SearchContext(max_seq=len(self.view), max_uid=self.view.max_uid, now=1.7e9,
-                                   saved=self.saved)
-            for qname, text in sr.text_queries(cmd.key):
-                ctx.text_hits[(qname, text)] = {u for u in self.uids if text.lower().encode() in self.raw[u].lower()}
-            for fname, text in sr.header_queries(cmd.key):
-                ctx.header_hits[(fname, text)] = {
-                    u for u in self.uids
-                    if any(text.lower() in v.lower() for v in self.derived[u].headers.get(fname, []))
-                }
-            found = sr.match_set(cmd.key, ctx, set(self.uids))
-            hits = []
-            for seq, uid in enumerate(self.uids, 1):
-                m = sr.SearchMessage(seq, uid, frozenset(self.flags[uid]), 1.6e9 + uid * 86400,
-                                     len(self.raw[uid]), uid, self.derived[uid].headers)
-                if (uid in found) if found is not None else sr.matches(cmd.key, m, ctx):
-                    hits.append(uid if cmd.uid else seq)
-            if cmd.return_opts is not None and "SAVE" in cmd.return_opts:
-                self.saved = frozenset(self.uids[h - 1] if not cmd.uid else h for h in hits)
-            e.untagged(Atom("SEARCH"), *hits)
-            e.complete("OK", "SEARCH done")
-        elif isinstance(cmd, c.Id):
-            e.untagged(Atom("ID"), ["name", "mailyard-fuzz"])
-            e.complete("OK", "ID done")
-        else:
-            e.complete("OK", f"{name} done")
-
-    def _fetch_item(self, att, uid, f, envelope_bytes, body_bytes, flag_list, Atom) -> list:
-        from mailyard.message.derived import body_structure
-        from mailyard.protocols.imap.response import Raw
-
-        raw = self.raw[uid]
-        d = self.derived[uid]
-        parts = d.parts
-        n = att.name
-        if n == "FLAGS":
-            return [Atom("FLAGS"), flag_list(self.flags[uid])]
-        if n == "UID":
-            return [Atom("UID"), uid]
-        if n == "ENVELOPE":
-            return [Atom("ENVELOPE"), Raw(envelope_bytes(d.envelope))]
-        if n == "BODYSTRUCTURE":
-            return [Atom("BODYSTRUCTURE"), Raw(body_bytes(d.bodystructure))]
-        if n == "BODY":
-            return [Atom("BODY"), Raw(body_bytes(body_structure(d.bodystructure)))]
-        if n == "INTERNALDATE":
-            return [Atom("INTERNALDATE"), f.format_internal_date(1.6e9 + uid)]
-        if n == "RFC822.SIZE":
-            return [Atom("RFC822.SIZE"), len(raw)]
-        if n == "MODSEQ":
-            return [Atom("MODSEQ"), [uid]]
-        if n in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
-            hdr, body = f.split_header(raw)
-            return [Atom(n), {"RFC822": raw, "RFC822.HEADER": hdr, "RFC822.TEXT": body}[n]]
-        if n == "BODY[]":
-            sec = att.section
-            data = f.section_data(raw, parts, sec) if sec is not None else raw
-            data = f.apply_partial(data or b"", att.partial)
-            return [Atom(f.response_name(att)), data]
-        if n in ("BINARY[]", "BINARY.SIZE[]"):
-            part = att.section.part if att.section is not None else ()
-            try:
-                data = f.binary_data(raw, parts, part)
-            except f.UnknownCTE:
-                return []
-            if n == "BINARY.SIZE[]":
-                return [Atom(f.response_name(att)), len(data or b"")]
-            return [Atom(f.response_name(att)), f.apply_partial(data or b"", att.partial)]
-        raise FuzzFailure(f"parser produced an unknown fetch-att {n!r}")
+def _imap_other_session(store, rng: random.Random) -> None:  # noqa: ANN001
+    """A change by another session between two chunks of input: a delivery,
+    a flag change, an expunge, a new keyword, or the deletion of a mailbox
+    the session may have selected."""
+    backend = _imap_backend(store)
+    inbox = store.find("alice", "INBOX")
+    roll = rng.random()
+    uids = sorted(inbox.messages)
+    if roll < 0.3 or not uids:
+        store.deliver("alice", rng.choice(IMAP_MESSAGES))
+    elif roll < 0.6:
+        flag = rng.choice(["\\Seen", "\\Deleted", "\\Flagged", "$Junk", "NewKeyword"])
+        _complete(backend.store_flags(inbox.record(), [rng.choice(uids)], [flag], rng.choice(["add", "remove"])))
+    elif roll < 0.85:
+        _complete(backend.expunge(inbox.record(), [rng.choice(uids)]))
+    else:
+        name = rng.choice(IMAP_MAILBOXES)
+        if store.find("alice", name) is not None:
+            store.delete("alice", name)
 
 
 def run_imap(data: bytes) -> bytes:
-    """Drive the IMAP engine (framing, parser, state machine) with one input."""
-    from mailyard.protocols.imap import (
-        CLOSED,
-        NEED_DATA,
-        AuthResponse,
-        IdleDone,
-        ImapEngine,
-        Limits,
-    )
-    from mailyard.protocols.imap import commands as c
+    """Drive the real IMAP layer -- engine (framing, parser, state machine)
+    and the command semantics of protocols/imap/session.py -- over the
+    in-memory backend (protocols/imap/memory.py), with another session
+    changing the mailbox between chunks of input and the disk filling up."""
+    from mailyard.protocols.imap import Limits
+    from mailyard.protocols.imap.memory import Conversation
+    from mailyard.protocols.imap.session import ImapConfig
 
     selector, rng, wire = split_input(data)
     limits = Limits(
@@ -719,40 +589,30 @@ def run_imap(data: bytes) -> bytes:
         max_literal=rng.choice([100, 65536]),
         max_append=rng.choice([300, 1 << 20]),
     )
-    engine = ImapEngine(limits, max_bad=rng.choice([3, 20]))
-    engine.greeting("IMAP4rev2 ready", code="CAPABILITY IMAP4rev2 IMAP4rev1 LITERAL+",
-                    preauth=bool(selector & 0x80))
-    fake = _FakeImapStore(engine, rng)
+    store = _imap_store()
+    conv = Conversation(
+        store, limits=limits,
+        config=ImapConfig(max_auth_failures=rng.choice([1, 3]), max_bad_commands=rng.choice([3, 20])),
+        plaintext=not selector & 0x40, can_start_tls=bool(selector & 0x20),
+    )
+    concurrent = bool(selector & 0x80)
+    changes = 0
     wire = IMAP_PREAMBLES[selector % len(IMAP_PREAMBLES)] + wire
-    out = bytearray(engine.data_to_send())
-    steps = 0
-    for chunk in [*chunked(wire, rng), b""]:
-        if chunk:
-            engine.receive_data(chunk)
-        while True:
-            steps += 1
-            check(steps < MAX_EVENTS, "IMAP event loop does not end")
-            ev = engine.next_event()
-            if ev is NEED_DATA or ev is CLOSED:
-                break
-            if isinstance(ev, AuthResponse):
-                if ev.line == b"*":
-                    engine.complete("BAD", "AUTHENTICATE cancelled")
-                elif rng.random() < 0.3:
-                    engine.continuation(b"")
-                else:
-                    engine.complete("OK" if ev.line.endswith(b"=") else "NO", "AUTHENTICATE done")
-            elif isinstance(ev, IdleDone):
-                engine.complete("OK" if ev.ok else "BAD", "IDLE terminated")
-            elif isinstance(ev, c.Command):
-                check(ev.name, "command without a name", ev)
-                fake.answer(ev)
-            else:
-                raise FuzzFailure(f"unknown IMAP event {ev!r}")
-        out += engine.data_to_send()
-        if engine.closed:
+    out = bytearray(conv.greeting)
+    for chunk in chunked(wire, rng):
+        out += conv.feed(chunk)
+        if conv.closed:
             break
+        store.full = False
+        if concurrent and changes < IMAP_MAX_CHANGES and rng.random() < 0.3:
+            changes += 1
+            _imap_other_session(store, rng)
+            out += conv.poll()  # an IDLE announces it at once
+        store.full = rng.random() < 0.05  # the next commands' writes fail
+    out += conv.end_input()
+    conv.close()
     out = bytes(out)
+    check(b"[SERVERBUG]" not in out, "the IMAP layer crashed on a command", out[-600:])
     tagged = imap_check_responses(out)
     check(tagged <= wire.count(b"\n") + 1, "more tagged IMAP responses than command lines",
           (tagged, wire.count(b"\n")))

@@ -45,7 +45,11 @@ TARGETS = {
                     "protocols/imap/reader.py", "protocols/imap/search_parser.py",
                     "protocols/imap/fetch_parser.py", "protocols/imap/response.py",
                     "protocols/imap/fetch.py", "protocols/imap/search.py", "protocols/imap/selected.py",
-                    "protocols/imap/names.py", "protocols/imap/utf7.py"]),
+                    "protocols/imap/names.py", "protocols/imap/utf7.py", "protocols/imap/session.py",
+                    "protocols/imap/fetch_plan.py", "protocols/imap/flags.py",
+                    "protocols/imap/handlers/auth.py", "protocols/imap/handlers/mailboxes.py",
+                    "protocols/imap/handlers/selection.py", "protocols/imap/handlers/messages.py",
+                    "protocols/imap/handlers/searching.py"]),
     "message": (8192, ["message/parse.py", "message/derived.py", "message/headers.py",
                        "message/address.py", "message/dates.py"]),
 }

@@ -466,6 +466,18 @@ def _login_raw(mailserver: RunningServer, user: str = ALICE):
     return s, say
 
 
+def test_a_select_answered_bad_keeps_the_selection(mailserver: RunningServer) -> None:
+    """RFC 9051 7.1.3: a command answered BAD was not run, so a SELECT with
+    QRESYNC that is not enabled (RFC 7162 3.2.5) leaves the mailbox selected;
+    it used to drop it while the state stayed "selected", and the next
+    UID EXPUNGE crashed (NO [SERVERBUG]). Found by the IMAP fuzz target."""
+    s, say = _login_raw(mailserver)
+    with s:
+        assert say(b"a1 SELECT INBOX", b"a1")[-1].startswith(b"a1 OK [READ-WRITE]")
+        assert say(b"a2 SELECT INBOX (QRESYNC (1 1 1:9))", b"a2") == [b"a2 BAD QRESYNC is not enabled\r\n"]
+        assert say(b"a3 UID EXPUNGE 3", b"a3") == [b"a3 OK UID EXPUNGE completed\r\n"]
+
+
 def test_subscribe_names_that_do_not_exist(mailserver: RunningServer) -> None:
     """RFC 9051 6.3.7: SUBSCRIBE need not name an existing mailbox; LIST
     (SUBSCRIBED) shows such names as \\NonExistent (RFC 5258 3.4), LSUB too."""

@@ -218,7 +218,8 @@ async def test_pool_bound_on_the_login_executor() -> None:
 
 _FAULTS_SCRIPT = """
 import resource, sys
-import mailyard.net.imap  # the process-wide mallopt the server runs with
+import mailyard.server
+mailyard.server.pin_mmap_threshold()  # the process-wide mallopt the server runs with
 from mailyard.auth import passwords
 passwords._fast_path_enabled = sys.argv[1] == "fast"
 stored = passwords.hash_password("pw")
@@ -231,7 +232,7 @@ print(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
 
 @pytest.mark.skipif(not hasattr(resource, "RUSAGE_THREAD"), reason="Linux getrusage")
 def test_second_verification_takes_no_page_faults() -> None:
-    """In the server's malloc setting (net/imap.py pins the mmap threshold from
+    """In the server's malloc setting (server.py pins the mmap threshold at
     start-up, hence a fresh interpreter), argon2-cffi's own path maps 19 MiB
     afresh each time: ~4,900 minor faults. The pooled buffer is resident."""
     out = subprocess.run(

@@ -107,16 +107,10 @@ LAYER_OF: dict[str, str] = {
 }
 
 # Known exceptions, each as (file relative to src/mailyard, what): an import
-# ("import mailyard.server") or a lookup ('getattr(s.server, "tls")').
-# These are in the IMAP files being rewritten in parallel (net/imap.py,
-# net/imap_session/); their rewrite takes the Services object as SMTP and
-# POP3 do. Empty this list when that lands: an entry that matches nothing
-# fails the test, so the list can only shrink.
-ALLOWED: frozenset[tuple[str, str]] = frozenset({
-    ("net/imap.py", "import mailyard.server"),
-    ("net/imap_session/core.py", "import mailyard.server"),
-    ("net/imap_session/auth.py", 'getattr(s.server, "tls")'),
-})
+# ("import mailyard.server") or a lookup ('getattr(s.server, "tls")'). None
+# are left; an entry that matches nothing fails the test, so the list can
+# only shrink.
+ALLOWED: frozenset[tuple[str, str]] = frozenset()
 
 _SERVERISH = re.compile(r"server|services", re.IGNORECASE)
 

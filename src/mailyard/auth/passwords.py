@@ -25,7 +25,8 @@ Verification is CPU-bound and deliberately slow, so protocol code must call
 
 Working memory. Each verification needs m KiB (19 MiB) of scratch memory.
 Through argon2-cffi's `PasswordHasher.verify` libargon2 malloc()s it, and
-under net/imap.py's pinned mmap threshold every malloc is a fresh mmap():
+under the mmap threshold the server pins (server.pin_mmap_threshold) every
+malloc is a fresh mmap():
 ~4,900 minor page faults and ~35 ms per verification instead of ~24 ms. So
 `verify_password` first tries `_verify_fast`: it parses the PHC string itself
 and calls libargon2's ``argon2_ctx`` (`argon2.low_level.core`) with allocation
@@ -220,7 +221,7 @@ class _BufferPool:
     """Working memory for libargon2, lent through its allocation callbacks.
 
     Buffers are anonymous mmap()s (independent of malloc and of the mmap
-    threshold net/imap.py pins). When a verification ends, a buffer of the
+    threshold the server pins). When a verification ends, a buffer of the
     pooled size is kept if fewer than ``limit`` are kept already; anything
     else is unmapped at once. A kept buffer is resident and already faulted
     in, so the next verification takes no page faults. libargon2 wipes the

@@ -1,52 +1,357 @@
-"""IMAP service glue: the listener's protocol factory (DESIGN.md "net/").
+"""IMAP service glue: moves bytes between a socket and the sans-I/O IMAP
+layer (protocols/imap), and carries out what that layer awaits.
 
-The protocol lives in protocols/imap (sans-I/O); net/imap_session carries out
-its commands against the store. This module is what server.py registers.
+- `ImapConnection` is the asyncio Protocol of one connection (on the shared
+  net/session_protocol.py base) and the layer's `ImapIO`: flushing with
+  back-pressure, waiting for more input (AUTHENTICATE) or for a change or
+  DONE (IDLE), STARTTLS, the autologout and command-deadline timers.
+- `ImapLoginService` is the layer's `ImapLogin`: the server's one login
+  service (auth/service.py through net/login.py) and SASL (auth/sasl.py).
+- net/imap_store.py's `StoreBackend` is the layer's `ImapBackend` over the
+  store, one per logged-in session.
+
+What a command means, which untagged responses it causes and how a FETCH
+item is encoded are not here: see protocols/imap/session.py.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
-from typing import TYPE_CHECKING
+import socket
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
-from .imap_session.core import ImapSession
+from .. import __version__
+from ..auth import sasl
+from ..protocols.imap.backend import BackendError, ConnectionEnding, LoginRefused, SaslChallenge
+from ..protocols.imap.engine import CLOSED, NEED_DATA, ImapEngine
+from ..protocols.imap.framing import Limits
+from ..protocols.imap.session import FLUSH_AT, ImapConfig, ImapSession
+from ..store.api import Account, StoreError
+from .imap_store import StoreBackend
+from .login import Authenticator, TryLater, plaintext_allowed
+from .session_protocol import SessionProtocol
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ..services import Services
+    from .listener import Listener
 
 log = logging.getLogger("mailyard.imap")
 
-if TYPE_CHECKING:
-    from ..server import MailServer
-    from .listener import Listener
+
+_SHUTDOWN = ("Server shutting down", "UNAVAILABLE")
+# auth/sasl.py failure kinds the client caused by its syntax (BAD, not a failed login)
+_MALFORMED = frozenset({"malformed", "too-long", "protocol"})
 
 
-def _pin_mmap_threshold() -> None:
-    """Keep glibc from holding on to large freed blocks.
-
-    Fixing M_MMAP_THRESHOLD (at glibc's default 128 KiB) stops glibc from
-    raising it after a big block is freed, so blocks above it stay mmap()ed
-    and are returned on free instead of staying resident in a thread's arena.
-    It was added for argon2's ~19 MiB per verification (m=19456): 1,000 IMAP
-    logins left ~40 MB resident in the hashing threads' arenas (bench/imap.py
-    counted 52 KiB "per idle connection", 13 KiB of it real). Argon2id
-    verifications no longer malloc that memory: auth/passwords.py lends it
-    from its own bounded pool (at most 2 buffers kept, so no page faults per
-    LOGIN). The pin still bounds what argon2-cffi's fallback path (argon2i,
-    v=16 or non-canonical hashes) and other large short-lived allocations
-    keep; the price is a fresh mapping, with its page faults, for each such
-    block. Process-wide; a no-op where libc is not glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_mmap_threshold = -3  # <malloc.h>
-        if not libc.mallopt(m_mmap_threshold, 128 * 1024):
-            log.debug("mallopt(M_MMAP_THRESHOLD) refused")
-    except (OSError, AttributeError):
-        pass
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
-_pin_mmap_threshold()
+class ImapLoginService:
+    """`ImapLogin` for one connection: the server's login throttle and store."""
+
+    # RFC 9051 6.2.2: the SASL mechanisms, strongest first; True: password in the clear
+    sasl_mechanisms = {name: name in sasl.PLAINTEXT_MECHANISMS for name in sasl.MECHANISMS}
+    __slots__ = ("_authenticator", "conn", "services")
+
+    def __init__(self, services: Services, conn: ImapConnection) -> None:
+        self.services = services
+        self.conn = conn
+        self._authenticator: Authenticator | None = None
+
+    @property
+    def authenticator(self) -> Authenticator:
+        auth = self._authenticator
+        if auth is None:
+            auth = self._authenticator = Authenticator(self.services, self.conn, "imap")
+        return auth
+
+    def plaintext_ok(self) -> bool:
+        """Passwords in the clear only over TLS, or from loopback (configurable,
+        net/login.py; RFC 9051 11.1)."""
+        return plaintext_allowed(self.services, self.conn)
+
+    def backend(self, account: Account) -> StoreBackend:
+        return StoreBackend(self.services.store, account)
+
+    async def login(self, user: str, password: str) -> StoreBackend | LoginRefused:
+        result = await self.authenticator.password(user, password)
+        if isinstance(result, TryLater):
+            return LoginRefused("temporary")
+        return self.backend(result) if result is not None else LoginRefused("denied")
+
+    def sasl(self, mechanism: str) -> _SaslExchange:
+        return _SaslExchange(self, sasl.start(mechanism))
+
+    def close(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.close()  # an AUTHENTICATE left open counts as a failure
 
 
-def imap_protocol(server: MailServer, listener: Listener) -> ImapSession:
+class _SaslExchange:
+    """One AUTHENTICATE exchange (auth/sasl.py) under the login throttle."""
+
+    def __init__(self, service: ImapLoginService, mech: sasl.Mechanism) -> None:
+        self.service = service
+        self.mech = mech
+        self.started = False
+
+    async def step(self, response: bytes | None) -> SaslChallenge | LoginRefused | StoreBackend:
+        mech, auth = self.mech, self.service.authenticator
+        if not self.started:
+            self.started = True
+            ev = await auth.sasl(mech, mech.begin(response))
+        else:
+            ev = await auth.sasl(mech, mech.step(response or b""))
+        if isinstance(ev, sasl.Challenge):
+            return SaslChallenge(ev.wire)
+        if isinstance(ev, sasl.Success):
+            account = await auth.account(ev)
+            return self.service.backend(account) if account is not None else LoginRefused("denied")
+        if ev.kind in ("cancelled", "temporary"):
+            return LoginRefused(ev.kind)
+        return LoginRefused("malformed" if ev.kind in _MALFORMED else "denied")
+
+
+class ImapConnection(SessionProtocol):
+    """One IMAP connection: bytes in and out, timers, and the IMAP session.
+
+    An asyncio.Protocol (net/session_protocol.py, like SMTP and POP3): bytes
+    go from ``data_received`` into the engine, and each command is a step
+    started at once (``eager_steps``). A FETCH whose data the store reads
+    without waiting finishes inside ``data_received``, so a command costs one
+    read and one write on the socket and no task switch. A step that waits
+    (a commit, a password check) goes on in a task while input waits; IDLE
+    and AUTHENTICATE read their further lines with `wait_input`.
+    """
+
+    eager_steps = True
+    protocol_label = "imap"
+
+    def __init__(self, services: Services, listener: Listener) -> None:
+        super().__init__(listener)
+        self.services = services
+        cfg = services.config
+        limits = cfg.limits
+        self.imap = ImapSession(
+            self,
+            ImapLoginService(services, self),
+            Limits(
+                max_line=limits.imap_max_line,
+                max_literal=limits.imap_max_literal,
+                max_append=cfg.smtp.max_message_size,
+                max_command=limits.imap_max_command,
+                max_append_command=limits.imap_max_append_command,
+                max_unauthenticated=limits.imap_max_command_unauthenticated,
+            ),
+            ImapConfig(
+                hostname=cfg.server.hostname,
+                version=__version__,
+                # [auth] imap_connection_max_failures: failed logins on one connection, then BYE
+                max_auth_failures=max(1, cfg.auth.imap_connection_max_failures),
+                failures=(BackendError, StoreError),
+            ),
+        )
+        self.idle_timeout = limits.imap_idle_timeout
+        self.eof = False  # the client closed its side
+        self._waiter: asyncio.Future[None] | None = None  # a step waiting for input (IDLE, AUTHENTICATE)
+
+    @property
+    def engine(self) -> ImapEngine:  # type: ignore[override]
+        """The engine of the IMAP session (replaced by STARTTLS)."""
+        return self.imap.engine
+
+    # --- SessionProtocol hooks ----------------------------------------------
+    def start(self) -> None:
+        self.imap.greeting()
+        self.write(self.imap.engine.data_to_send())
+
+    def received(self, data: bytes) -> None:
+        if data:
+            self.imap.engine.receive_data(data)
+        else:
+            self.eof = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pump(self) -> Coroutine[Any, Any, None] | None:
+        imap = self.imap
+        engine = imap.engine
+        if engine.pending > FLUSH_AT:
+            # pipelined FETCHes: write as we go; stop while the client is behind
+            self.write(engine.data_to_send())
+            if self.writing_paused:
+                return None
+        ev = engine.next_event()
+        if ev is NEED_DATA:
+            self.write(engine.data_to_send())
+            if self.eof:
+                self.close()
+            elif engine.framer.mid_command:
+                self._quick_ack()
+            return None
+        if ev is CLOSED:
+            self.write(engine.data_to_send())
+            self.close()
+            return None
+        return imap.execute(ev)  # type: ignore[arg-type]  # a Command
+
+    def _bye(self, text: str, code: str | None = None) -> bytes:
+        engine = self.imap.engine
+        engine.bye(text, code)
+        return engine.data_to_send()
+
+    def goodbye(self) -> bytes:
+        return self._bye(*_SHUTDOWN)
+
+    def refusal(self, reason: str) -> bytes:
+        # Over the connection limits: RFC 9051 7.1.5 allows BYE as the greeting.
+        return f"* BYE {reason}\r\n".encode()
+
+    def on_timeout(self) -> bytes:
+        return self._bye("Autologout; idle for too long")
+
+    def input_state(self) -> tuple[bool, int, float]:
+        # A command line (or a command with its literals, e.g. APPEND) must be
+        # complete within the command (literal) deadline, however slowly its
+        # bytes trickle in (listener.CommandClock).
+        framer = self.imap.engine.framer
+        limits = self.listener.limits
+        deadline = limits.literal_deadline if framer.mid_command else limits.command_deadline
+        return framer.partial, framer.completed, deadline
+
+    def on_deadline(self) -> bytes:
+        return self._bye("Command not completed in time")
+
+    def shutdown(self) -> None:
+        waiter = self._waiter
+        if self.busy and waiter is not None and not waiter.done():
+            self._stopping = True
+            waiter.set_exception(ConnectionEnding(*_SHUTDOWN))  # IDLE / AUTHENTICATE: BYE now
+            return
+        super().shutdown()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.imap.close()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self.eof = True
+            waiter.set_result(None)
+
+    def _quick_ack(self) -> None:
+        """ACK the rest of a command at once. A client that writes a literal and
+        its closing CRLF in two send() calls (Python's imaplib does) has the
+        CRLF held back by Nagle's algorithm until the literal is ACKed, and a
+        delayed ACK costs 40 ms per APPEND. TCP_QUICKACK is reset by the
+        kernel, hence set again before each read that is mid-command."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        quickack = getattr(socket, "TCP_QUICKACK", None)
+        if sock is not None and quickack is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+            except OSError:
+                pass
+
+    # --- ImapIO -------------------------------------------------------------------
+    @property
+    def tls_active(self) -> bool:
+        return self.tls
+
+    @property
+    def can_start_tls(self) -> bool:
+        return self.services.tls is not None
+
+    def now(self) -> float:
+        return time.time()
+
+    def authenticated(self) -> None:
+        # RFC 9051 5.4: the autologout timer is at least 30 minutes once
+        # authenticated; the listener's shorter idle timeout applies before.
+        self.set_timeout(self.idle_timeout)
+
+    async def flush(self) -> None:
+        """Write what the engine has queued; wait while the client is behind."""
+        data = self.imap.engine.data_to_send()
+        if data:
+            self.write(data)
+            await self.drain()
+
+    async def begin_tls(self) -> None:
+        tls = self.services.tls
+        assert tls is not None
+        # The IMAP layer has written its OK and forgotten the clear-text session.
+        if not await self.upgrade_tls(tls.context):
+            raise ConnectionError("TLS handshake failed")
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_input(self, timeout: float) -> None:
+        """Wait, with reading resumed, until bytes (or the end of input) reach
+        the engine or `wake` is called. Raises TimeoutError after ``timeout``
+        seconds, ConnectionEnding when the server stops."""
+        if self.eof or self.closed:
+            self.eof = True
+            return
+        if self._stopping:  # the stop came while this step was busy elsewhere
+            raise ConnectionEnding(*_SHUTDOWN)
+        fut = self.loop.create_future()
+        self._waiter = fut
+        timer = self.loop.call_later(timeout, _expire, fut)
+        self.reading_wanted = True
+        if self.transport is not None:
+            self.transport.resume_reading()
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._waiter = None
+            self.reading_wanted = False
+            if self.transport is not None and not self.closed:
+                self.transport.pause_reading()
+
+    async def more_input(self) -> bool:
+        """Wait for more of a command's input (an AUTHENTICATE response line)
+        under the command deadline; False at the end of input. A partial line
+        keeps the deadline it started with (listener.CommandClock): bytes
+        trickled in do not restart it."""
+        partial, progress, deadline = self.input_state()
+        left = self.timers.clock.remaining(self.loop.time(), partial, progress, deadline)
+        if left is None:
+            left = self.listener.limits.command_deadline
+        if left <= 0:
+            raise ConnectionEnding("Command not completed in time")
+        try:
+            await self.wait_input(left)
+        except TimeoutError:
+            raise ConnectionEnding("Command not completed in time") from None
+        return not self.eof
+
+    async def wait_idle(self) -> bool:
+        """IDLE: wait for input or a change; False at the end of input."""
+        if self.eof:
+            return False
+        # RFC 9051 5.4: the autologout timer counts the client's silence
+        # (its last byte, net/timers.py), not our reports.
+        left = self.timers.last_activity + self.idle_timeout - self.loop.time()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            await self.wait_input(left)
+        except TimeoutError:
+            raise ConnectionEnding("Autologout; idle for too long") from None
+        return True
+
+
+def imap_protocol(services: Services, listener: Listener) -> ImapConnection:
     """The IMAP ports: 143 / 2143 (STARTTLS) and 993 / 2993 (implicit TLS, RFC 8314)."""
-    return ImapSession(server, listener)
+    return ImapConnection(services, listener)

@@ -38,7 +38,7 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 from ..protocols.contract import NEED_DATA, PAUSED, Closed
-from .listener import CommandClock, Listener
+from .listener import Listener
 from .timers import SessionTimers
 
 log = logging.getLogger("mailyard.net")
@@ -357,19 +357,6 @@ class SessionProtocol(asyncio.Protocol):
         if self.transport is not None:
             log.info("%s: %s stopped reading our output; connection cut", self.listener.name, self.peer_ip)
             self.abort()
-
-    # The timers' state under the names net/imap_session reads.
-    @property
-    def _clock(self) -> CommandClock:
-        return self.timers.clock
-
-    @property
-    def _last_activity(self) -> float:
-        return self.timers.last_activity
-
-    @property
-    def _timeout(self) -> float:
-        return self.timers.idle_timeout
 
     async def upgrade_tls(
         self, context: ssl.SSLContext, forget: Callable[[], None] | None = None

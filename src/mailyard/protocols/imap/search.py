@@ -1,8 +1,10 @@
-"""Evaluating a search program (RFC 9051 6.4.4) against message data.
+"""Evaluating a search program (RFC 9051 6.4.4) against message data, and
+the forms of its result (``SEARCH``, ``ESEARCH``, SEARCHRES: `result_form`).
 
-Pure: the glue supplies each message's index data and derived header fields,
+Pure: the session supplies each message's index data and derived header fields,
 the current time (for RFC 5032 OLDER/YOUNGER) and the answers of the full-text
-index for BODY and TEXT keys (store.search_text), so SEARCH never scans bodies.
+index for BODY and TEXT keys (ImapBackend.search_text), so SEARCH never scans
+bodies.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .commands import SearchKey, SequenceSet
+from .response import Atom, format_uid_set
 
 
 @dataclass(slots=True)
@@ -211,3 +214,54 @@ _EVAL: dict[str, Callable[[SearchKey, SearchMessage, SearchContext], bool]] = {
     "SEQ": _seq,
     "UID": _uid,
 }
+
+
+def result_form(
+    tag: str, uid: bool, hits: Sequence[tuple[int, int]], modseq: int, mod: bool,
+    return_opts: tuple[str, ...] | None, rev2: bool,
+) -> tuple[list[list[object]], frozenset[int] | None]:
+    """The untagged responses of a SEARCH with ``hits`` ((seq, uid) pairs,
+    ascending) and the new SEARCHRES result (None: unchanged).
+
+    - no RETURN from a rev1 client: ``* SEARCH n...`` (RFC 9051 7.3.4 of rev1),
+      with ``(MODSEQ m)`` when the program used MODSEQ (RFC 7162 3.1.5);
+    - otherwise ``* ESEARCH (TAG "t") [UID] MIN MAX ALL COUNT [MODSEQ]``
+      (RFC 4731, RFC 9051 6.4.4: a rev2 server answers every SEARCH so;
+      RETURN () means RETURN (ALL));
+    - SAVE keeps the UIDs for "$" (RFC 5182 2.4: only MIN/MAX with them alone).
+    """
+    nums = [u for _, u in hits] if uid else [q for q, _ in hits]
+    opts = return_opts
+    if opts is None and rev2:
+        opts = ("ALL",)
+    elif opts is not None and not opts:
+        opts = ("ALL",)
+    if opts is None:
+        parts: list[object] = [Atom("SEARCH"), *nums]
+        if mod and nums:
+            parts += [[Atom("MODSEQ"), modseq]]
+        return [parts], None
+    saved: frozenset[int] | None = None
+    if "SAVE" in opts:
+        kept = [u for _, u in hits]
+        if ("MIN" in opts or "MAX" in opts) and not ({"ALL", "COUNT"} & set(opts)) and kept:
+            kept = sorted({x for x in (kept[0] if "MIN" in opts else None,
+                                       kept[-1] if "MAX" in opts else None) if x is not None})
+        saved = frozenset(kept)
+    if set(opts) == {"SAVE"}:
+        return [], saved
+    parts = [Atom("ESEARCH"), [Atom("TAG"), tag]]
+    if uid:
+        parts.append(Atom("UID"))
+    if nums:
+        if "MIN" in opts:
+            parts += [Atom("MIN"), min(nums)]
+        if "MAX" in opts:
+            parts += [Atom("MAX"), max(nums)]
+        if "ALL" in opts:
+            parts += [Atom("ALL"), Atom(format_uid_set(nums))]
+    if "COUNT" in opts:
+        parts += [Atom("COUNT"), len(nums)]
+    if mod and nums:
+        parts += [Atom("MODSEQ"), modseq]
+    return [parts], saved

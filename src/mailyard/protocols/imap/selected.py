@@ -1,17 +1,37 @@
-"""Message sequence numbers of a selected mailbox (RFC 9051 2.3.1.2).
+"""The selected mailbox as one session sees it (RFC 9051 2.3.1.2, 5.2, 7.5.1).
 
-A session's view of its mailbox: the UIDs in sequence order. The view changes
-only when the session *announces* a change (EXISTS grows it, EXPUNGE shrinks
-it), so numbers stay what the client believes (RFC 9051 7.5.1).
+`MessageMap` holds the message sequence numbers: the UIDs in sequence order.
+The map changes only when the session *announces* a change (EXISTS grows it,
+EXPUNGE shrinks it), so numbers stay what the client believes.
+
+`SelectedMailbox` keeps the rest of a session's view (what it has announced
+up to which mod-sequence, expunges held back, its \\Recent share, the SEARCHRES
+result) and turns the backend's changes into untagged responses: EXISTS,
+RECENT, FETCH (flags) and EXPUNGE or VANISHED. The backend tells every session
+that a mailbox changed (`ImapBackend.watch`); the session marks its view
+dirty and, at the end of its next command (or at once in IDLE), `sync` asks
+what changed since the mod-sequence it last reported.
 """
 
 from __future__ import annotations
 
+import logging
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from .backend import NoSpace
 from .commands import SequenceSet
+from .flags import RecentUids, session_flags
+from .response import Atom, Raw, format_uid_set
+
+if TYPE_CHECKING:
+    from .backend import ImapBackend, MailboxRecord, MessageRecord
+    from .engine import ImapEngine
+
+log = logging.getLogger("mailyard.imap")
 
 
 class SequenceError(ValueError):
@@ -86,3 +106,137 @@ class MessageMap:
                 del self.uids[seq - 1]
                 out.append(seq)
         return out
+
+
+@dataclass(eq=False)
+class SelectedMailbox:
+    """The selected mailbox as this session sees it."""
+
+    mailbox: MailboxRecord
+    readonly: bool
+    view: MessageMap
+    known_modseq: int  # changes up to here are reflected in what we announced
+    dirty: bool = False
+    pending_expunge: set[int] = field(default_factory=set)
+    own_changes: dict[int, int] = field(default_factory=dict)  # uid -> modseq we reported
+    saved: frozenset[int] = frozenset()  # RFC 5182 SEARCHRES
+    condstore: bool = False  # a CONDSTORE-enabling command was used (RFC 7162 3.1)
+    # index data by UID, kept current from changes_since; dropped in IDLE so an
+    # idle connection costs little memory
+    infos_cache: dict[int, MessageRecord] | None = None
+    infos_modseq: int = 0
+    infos_stale: bool = False
+    # RFC 3501 2.3.2: UIDs that are \\Recent in this session (rev1 clients only)
+    recent: RecentUids = field(default_factory=RecentUids)
+
+    def changed(self) -> None:
+        """The backend reported a change to this mailbox."""
+        self.dirty = True
+        self.infos_stale = True
+
+    async def infos(self, backend: ImapBackend) -> dict[int, MessageRecord]:
+        """Index data of the mailbox by UID, from the session's cache.
+
+        The cache is loaded once (list_messages) and then brought up to date
+        with changes_since whenever the backend reported a change, so a FETCH
+        of one message does not list the whole mailbox."""
+        cache = self.infos_cache
+        if cache is None:
+            box = await backend.get_mailbox_by_id(self.mailbox.id)
+            modseq = box.highest_modseq if box else 0
+            self.infos_stale = False
+            cache = self.infos_cache = {m.uid: m for m in await backend.list_messages(self.mailbox)}
+            self.infos_modseq = max([modseq, *(m.modseq for m in cache.values())])
+        elif self.infos_stale:
+            self.infos_stale = False
+            ch = await backend.changes_since(self.mailbox, self.infos_modseq)
+            for uid in ch.vanished:
+                cache.pop(uid, None)
+            for m in ch.changed:
+                cache[m.uid] = m
+            self.infos_modseq = max(self.infos_modseq, ch.highest_modseq)
+        return cache
+
+    def resolve(self, seqset: SequenceSet, uid: bool) -> list[tuple[int, int]]:
+        """(seq, uid) pairs of a sequence set or uid set; raises SequenceError."""
+        if seqset.saved:
+            # RFC 5182 2.1: "$" is the saved result, in either kind of command
+            pairs = [(self.view.seq_of(u), u) for u in sorted(self.saved)]
+            return [(q, u) for q, u in pairs if q is not None]
+        return self.view.resolve_uids(seqset) if uid else self.view.resolve_seqs(seqset)
+
+    def recent_of(self, engine: ImapEngine) -> RecentUids | None:
+        """This session's \\Recent UIDs, or None when the client does not see
+        the flag (IMAP4rev2, RFC 9051 dropped it)."""
+        return None if engine.rev2 else self.recent
+
+    async def claim_recent(self, backend: ImapBackend, above: int | None, upto: int) -> None:
+        """RFC 3501 2.3.2: a new message is \\Recent in the first session told
+        of it; a read-only (EXAMINE) session does not take that away. When the
+        claim cannot be written (full disk) this session shows no new
+        \\Recent and they stay for the next one, rather than failing the
+        command that noticed them."""
+        try:
+            first = await backend.claim_recent(self.mailbox, claim=not self.readonly)
+        except NoSpace:
+            log.warning("imap: \\Recent not claimed, the disk is full")
+            return
+        # above: the new messages start there, so ranges stay disjoint
+        self.recent.add(first if above is None else max(first, above), upto)
+
+    async def sync(self, engine: ImapEngine, backend: ImapBackend, allow_expunge: bool) -> None:
+        """Announce what other sessions changed (RFC 9051 5.2, 7.4.1, 7.5.1).
+        Expunges wait while ``allow_expunge`` is False (FETCH, STORE, SEARCH:
+        sequence numbers must not shift under the client)."""
+        if self.dirty:
+            self.dirty = False
+            changes = await backend.changes_since(self.mailbox, self.known_modseq)
+            view = self.view
+            for uid in changes.vanished:
+                if view.seq_of(uid) is not None:
+                    self.pending_expunge.add(uid)
+            new: list[int] = []
+            updated = []
+            top = view.max_uid
+            for info in changes.changed:
+                if info.uid > top:
+                    new.append(info.uid)
+                elif info.uid not in self.pending_expunge and self.own_changes.get(info.uid) != info.modseq:
+                    updated.append(info)
+            self.known_modseq = max(self.known_modseq, changes.highest_modseq)
+            self.own_changes.clear()
+            if allow_expunge:
+                self.announce_expunge(engine, list(self.pending_expunge))
+                self.pending_expunge.clear()
+            if new:
+                view.append(new)
+                engine.untagged(len(view), Atom("EXISTS"))
+                if not engine.rev2:
+                    await self.claim_recent(backend, min(new) - 1, max(new))
+                    engine.untagged(self.recent.count(view.uids), Atom("RECENT"))  # RFC 3501 7.3.2
+            recent = self.recent_of(engine)
+            for info in updated:
+                seq = view.seq_of(info.uid)
+                if seq is None:
+                    continue
+                # RFC 9051 7.5.2: unsolicited FETCH must carry UID
+                items: list[object] = [Atom("UID"), info.uid, Atom("FLAGS"), Raw(session_flags(info, recent))]
+                if self.condstore:
+                    items += [Atom("MODSEQ"), [info.modseq]]
+                engine.untagged(seq, Atom("FETCH"), items)
+        elif allow_expunge and self.pending_expunge:
+            self.announce_expunge(engine, list(self.pending_expunge))
+            self.pending_expunge.clear()
+
+    def announce_expunge(self, engine: ImapEngine, uids: Sequence[int]) -> None:
+        """EXPUNGE per message, or one VANISHED with QRESYNC (RFC 7162 3.2.10)."""
+        if not uids:
+            return
+        if "QRESYNC" in engine.enabled:
+            present = [u for u in uids if self.view.seq_of(u) is not None]
+            self.view.expunge(present)
+            if present:
+                engine.untagged(Atom("VANISHED"), Atom(format_uid_set(present)))
+            return
+        for seq in self.view.expunge(uids):
+            engine.untagged(seq, Atom("EXPUNGE"))

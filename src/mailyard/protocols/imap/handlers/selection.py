@@ -1,77 +1,56 @@
 """SELECT / EXAMINE (RFC 9051 6.3.2-3, CONDSTORE and QRESYNC RFC 7162 3.1.8,
-3.2.5), CLOSE, UNSELECT, EXPUNGE and UID EXPUNGE (RFC 4315 2.1), CHECK."""
+3.2.5), CLOSE, UNSELECT, EXPUNGE and UID EXPUNGE (RFC 4315 2.1)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...protocols.imap import commands as c
-from ...protocols.imap.response import Atom, Mailbox, flag_list, format_uid_set
-from ...protocols.imap.selected import MessageMap
-from ...store.api import MessageInfo
-from .core import PERMANENT_FLAGS, Selected
+from .. import commands as c
+from ..flags import PERMANENT_FLAGS
+from ..response import Atom, Mailbox, flag_list, format_uid_set
+from ..selected import MessageMap, SelectedMailbox
 
 if TYPE_CHECKING:
-    from .core import ImapSession
+    from ..backend import ImapBackend
+    from ..session import ImapSession
 
 
-async def message_infos(s: ImapSession) -> dict[int, MessageInfo]:
-    """Index data of the selected mailbox by UID, from the session's cache.
-
-    The cache is loaded once (list_messages) and then brought up to date with
-    changes_since whenever the store reported a change, so a FETCH of one
-    message does not list the whole mailbox."""
-    sel = s.sel
-    assert sel is not None
-    if sel.infos is None:
-        box = await s.store.get_mailbox_by_id(sel.mailbox.account_id, sel.mailbox.id)
-        modseq = box.highest_modseq if box else 0
-        sel.infos_stale = False
-        sel.infos = {m.uid: m for m in await s.store.list_messages(sel.mailbox)}
-        sel.infos_modseq = max([modseq, *(m.modseq for m in sel.infos.values())])
-    elif sel.infos_stale:
-        sel.infos_stale = False
-        ch = await s.store.changes_since(sel.mailbox, sel.infos_modseq)
-        for uid in ch.vanished:
-            sel.infos.pop(uid, None)
-        for m in ch.changed:
-            sel.infos[m.uid] = m
-        sel.infos_modseq = max(sel.infos_modseq, ch.highest_modseq)
-    return sel.infos
+def _backend(s: ImapSession) -> ImapBackend:
+    assert s.backend is not None  # the engine runs these only when authenticated
+    return s.backend
 
 
 async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
-    assert s.account is not None
+    b = _backend(s)
     eng = s.engine
+    if cmd.qresync is not None and "QRESYNC" not in eng.enabled:
+        # RFC 7162 3.2.5; a command answered BAD is not run: the selection stays
+        eng.complete("BAD", "QRESYNC is not enabled")
+        return
     had_selection = s.sel is not None
     s.sel = None  # RFC 9051 6.3.2: a SELECT always closes the current mailbox first
     if had_selection and (eng.rev2 or "QRESYNC" in eng.enabled):
         eng.untagged_status("OK", "Previous mailbox closed", "CLOSED")  # RFC 7162 3.2.11
-    if cmd.qresync is not None and "QRESYNC" not in eng.enabled:
-        eng.complete("BAD", "QRESYNC is not enabled")  # RFC 7162 3.2.5
-        return
-    box = await s.store.get_mailbox(s.account.id, cmd.mailbox)
+    box = await b.get_mailbox(cmd.mailbox)
     if box is None:
         eng.complete("NO", "Mailbox does not exist", "NONEXISTENT")
         return
     # RFC 9051 6.3.2 needs counts, UIDNEXT, flags in use: read in one snapshot;
     # the per-message index data is loaded when a command first needs it
-    summary = await s.store.mailbox_summary(box)
+    summary = await b.mailbox_summary(box)
     box = summary.mailbox
     view = MessageMap(summary.uids)
     condstore = cmd.condstore or cmd.qresync is not None or "CONDSTORE" in eng.enabled
     highest = box.highest_modseq
-    s.sel = Selected(box, cmd.readonly, view, highest, condstore=condstore)
+    sel = s.sel = SelectedMailbox(box, cmd.readonly, view, highest, condstore=condstore)
     keywords = sorted(summary.keywords)
     flags = [*PERMANENT_FLAGS, *keywords]
     eng.untagged(len(view), Atom("EXISTS"))
     if not eng.rev2:
         # RFC 3501 6.3.1 / 2.3.2: messages no session has seen yet are \Recent
         # here (SELECT takes the flag for this session; EXAMINE leaves it)
-        first = await s.claim_recent_from(box, claim=not cmd.readonly)
-        if first is not None:
-            s.sel.recent.add(first, view.max_uid)
-        eng.untagged(s.sel.recent.count(view), Atom("RECENT"))
+        await sel.claim_recent(b, None, view.max_uid)
+        eng.untagged(sel.recent.count(view.uids), Atom("RECENT"))
     eng.untagged(Atom("FLAGS"), flag_list(flags))
     if cmd.readonly:
         eng.untagged_status("OK", "No permanent flags permitted", "PERMANENTFLAGS ()")
@@ -97,8 +76,8 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
 
 async def _qresync(s: ImapSession, q: c.Qresync) -> None:
     """RFC 7162 3.2.5.1: VANISHED (EARLIER) then FETCH of what changed since q.modseq."""
-    assert s.sel is not None
-    changes = await s.store.changes_since(s.sel.mailbox, q.modseq)
+    assert s.sel is not None and s.backend is not None
+    changes = await s.backend.changes_since(s.sel.mailbox, q.modseq)
     gone = changes.vanished
     if q.known_uids is not None:
         largest = max(s.sel.view.max_uid, s.sel.mailbox.uid_next - 1)
@@ -119,19 +98,12 @@ async def cmd_close(s: ImapSession, cmd: c.Command) -> None:
     sel = s.sel
     if sel is not None and not sel.readonly and cmd.name == "CLOSE":
         # RFC 9051 6.4.1: silently expunge \Deleted messages, no EXPUNGE responses
-        infos = await message_infos(s)
-        doomed = [u for u in sel.view.uids if "\\Deleted" in infos.get(u, _NONE).flags]
+        infos = await sel.infos(_backend(s))
+        doomed = [u for u in sel.view.uids if u in infos and "\\Deleted" in infos[u].flags]
         if doomed:
-            await s.store.expunge(sel.mailbox, doomed)
+            await _backend(s).expunge(sel.mailbox, doomed)
     s.sel = None
     s.engine.complete("OK", f"{cmd.name} completed")
-
-
-class _None:
-    flags: frozenset[str] = frozenset()
-
-
-_NONE = _None()
 
 
 async def cmd_expunge(s: ImapSession, cmd: c.Command) -> None:
@@ -140,14 +112,15 @@ async def cmd_expunge(s: ImapSession, cmd: c.Command) -> None:
     if sel.readonly:
         await s.finish("NO", "Mailbox is read-only", "READ-ONLY")
         return
-    infos = await message_infos(s)
+    b = _backend(s)
+    infos = await sel.infos(b)
     candidates = sel.view.uids
     if isinstance(cmd, c.UidExpunge):
         # RFC 4315 2.1: only the given UIDs, and only if \Deleted
         candidates = [uid for _, uid in sel.view.resolve_uids(_saved(s, cmd.sequence_set))]
-    doomed = [u for u in candidates if "\\Deleted" in infos.get(u, _NONE).flags]
-    removed = await s.store.expunge(sel.mailbox, doomed) if doomed else []
-    s.announce_expunge(removed)
+    doomed = [u for u in candidates if u in infos and "\\Deleted" in infos[u].flags]
+    removed = await b.expunge(sel.mailbox, doomed) if doomed else []
+    sel.announce_expunge(s.engine, removed)
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}EXPUNGE completed")
 
 

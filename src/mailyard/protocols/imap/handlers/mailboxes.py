@@ -6,16 +6,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...protocols.imap import commands as c
-from ...protocols.imap import names
-from ...protocols.imap.response import Atom, Mailbox
-from ...store.api import SPECIAL_USE_MAILBOXES, AlreadyExists, InvalidName, NotFound
-from ...store.api import Mailbox as StoreMailbox
+from .. import commands as c
+from .. import names
+from ..backend import BadMailboxName, MailboxExists, NoSuchMailbox
+from ..response import Atom, Mailbox
 
 if TYPE_CHECKING:
-    from .core import ImapSession
+    from ..backend import ImapBackend, MailboxRecord
+    from ..session import ImapSession
 
-SPECIAL_USES = {u.lower(): u for _, u in SPECIAL_USE_MAILBOXES} | {"\\all": "\\All", "\\flagged": "\\Flagged"}
+# RFC 6154 2 / 5.2: the special-use attributes CREATE ... (USE (...)) accepts
+SPECIAL_USES = {u.lower(): u for u in ("\\Drafts", "\\Sent", "\\Trash", "\\Junk", "\\Archive", "\\All",
+                                        "\\Flagged")}
+
+
+def _backend(s: ImapSession) -> ImapBackend:
+    assert s.backend is not None  # the engine runs these only when authenticated
+    return s.backend
 
 
 async def _bad_name(s: ImapSession, name: str) -> bool:
@@ -27,7 +34,7 @@ async def _bad_name(s: ImapSession, name: str) -> bool:
 
 
 async def cmd_create(s: ImapSession, cmd: c.MailboxCommand) -> None:
-    assert s.account is not None
+    b = _backend(s)
     # RFC 9051 6.3.4: a trailing delimiter only declares intent to hold inferiors
     name = cmd.mailbox.rstrip(names.DELIMITER) if cmd.mailbox != names.DELIMITER else cmd.mailbox
     if await _bad_name(s, name):
@@ -38,34 +45,34 @@ async def cmd_create(s: ImapSession, cmd: c.MailboxCommand) -> None:
             await s.finish("NO", "Unsupported special-use attribute", "USEATTR")  # RFC 6154 5.3
             return
         use = SPECIAL_USES[cmd.special_use[0].lower()]
-    if await s.store.get_mailbox(s.account.id, name) is not None:
+    if await b.get_mailbox(name) is not None:
         await s.finish("NO", "Mailbox already exists", "ALREADYEXISTS")
         return
     try:
         # RFC 9051 6.3.4: create superior names as needed
         for parent in names.parents(name):
-            if await s.store.get_mailbox(s.account.id, parent) is None:
-                await s.store.create_mailbox(s.account.id, parent)
-        await s.store.create_mailbox(s.account.id, name, use)
-    except AlreadyExists:
+            if await b.get_mailbox(parent) is None:
+                await b.create_mailbox(parent)
+        await b.create_mailbox(name, use)
+    except MailboxExists:
         await s.finish("NO", "Mailbox already exists", "ALREADYEXISTS")
         return
-    except InvalidName as exc:
+    except BadMailboxName as exc:
         await s.finish("NO", str(exc), "CANNOT")
         return
     await s.finish("OK", "CREATE completed")
 
 
 async def cmd_delete(s: ImapSession, cmd: c.MailboxCommand) -> None:
-    assert s.account is not None
+    b = _backend(s)
     if cmd.mailbox == "INBOX":
         await s.finish("NO", "INBOX cannot be deleted", "CANNOT")  # RFC 9051 6.3.5
         return
-    box = await s.store.get_mailbox(s.account.id, cmd.mailbox)
+    box = await b.get_mailbox(cmd.mailbox)
     if box is None:
         await s.finish("NO", "Mailbox does not exist", "NONEXISTENT")
         return
-    await s.store.delete_mailbox(s.account.id, cmd.mailbox)
+    await b.delete_mailbox(cmd.mailbox)
     if s.sel is not None and s.sel.mailbox.id == box.id:
         # This session deleted its own selected mailbox: the selection ends
         # here (RFC 9051 7.1 CLOSED); other sessions that have it selected
@@ -76,13 +83,13 @@ async def cmd_delete(s: ImapSession, cmd: c.MailboxCommand) -> None:
 
 
 async def cmd_rename(s: ImapSession, cmd: c.Rename) -> None:
-    assert s.account is not None
+    b = _backend(s)
     if await _bad_name(s, cmd.new):
         return
-    if await s.store.get_mailbox(s.account.id, cmd.old) is None:
+    if await b.get_mailbox(cmd.old) is None:
         await s.finish("NO", "Mailbox does not exist", "NONEXISTENT")
         return
-    if await s.store.get_mailbox(s.account.id, cmd.new) is not None:
+    if await b.get_mailbox(cmd.new) is not None:
         await s.finish("NO", "Target mailbox already exists", "ALREADYEXISTS")
         return
     if cmd.new == "INBOX" or names.is_inferior(cmd.new, cmd.old):
@@ -90,34 +97,34 @@ async def cmd_rename(s: ImapSession, cmd: c.Rename) -> None:
         return
     try:
         for parent in names.parents(cmd.new):
-            if await s.store.get_mailbox(s.account.id, parent) is None:
-                await s.store.create_mailbox(s.account.id, parent)
-        await s.store.rename_mailbox(s.account.id, cmd.old, cmd.new)
-    except AlreadyExists:
+            if await b.get_mailbox(parent) is None:
+                await b.create_mailbox(parent)
+        await b.rename_mailbox(cmd.old, cmd.new)
+    except MailboxExists:
         await s.finish("NO", "Target mailbox already exists", "ALREADYEXISTS")
         return
-    except (InvalidName, NotFound) as exc:
+    except (BadMailboxName, NoSuchMailbox) as exc:
         await s.finish("NO", str(exc), "CANNOT")
         return
     if s.sel is not None:
-        box = await s.store.get_mailbox_by_id(s.sel.mailbox.account_id, s.sel.mailbox.id)
+        box = await b.get_mailbox_by_id(s.sel.mailbox.id)
         if box is not None:
             s.sel.mailbox = box
     await s.finish("OK", "RENAME completed")
 
 
 async def cmd_subscribe(s: ImapSession, cmd: c.MailboxCommand) -> None:
-    assert s.account is not None
+    b = _backend(s)
     # RFC 9051 6.3.7-8: subscriptions are names; one need not exist as a mailbox
     try:
-        await s.store.set_subscribed(s.account.id, cmd.mailbox, cmd.name == "SUBSCRIBE")
-    except InvalidName as exc:
+        await b.set_subscribed(cmd.mailbox, cmd.name == "SUBSCRIBE")
+    except BadMailboxName as exc:
         await s.finish("NO", str(exc), "CANNOT")
         return
     await s.finish("OK", f"{cmd.name} completed")
 
 
-def _tree(boxes: list[StoreMailbox]) -> tuple[dict[str, StoreMailbox], set[str], set[str]]:
+def _tree(boxes: list[MailboxRecord]) -> tuple[dict[str, MailboxRecord], set[str], set[str]]:
     """(existing by name, every name incl. phantom parents, names with children)."""
     existing = {b.name: b for b in boxes}
     all_names = set(existing)
@@ -134,7 +141,7 @@ def _order(name: str) -> tuple[bool, str]:
 
 
 async def cmd_list(s: ImapSession, cmd: c.List) -> None:
-    assert s.account is not None
+    b = _backend(s)
     eng = s.engine
     if cmd.lsub:
         return await _lsub(s, cmd)
@@ -149,10 +156,10 @@ async def cmd_list(s: ImapSession, cmd: c.List) -> None:
     if unknown or ("RECURSIVEMATCH" in sel_opts and not sel_opts - {"RECURSIVEMATCH", "REMOTE"}):
         eng.complete("BAD", "Invalid LIST selection options")  # RFC 5258 3.1
         return
-    boxes = await s.store.list_mailboxes(s.account.id)
+    boxes = await b.list_mailboxes()
     existing, all_names, with_children = _tree(boxes)
     regexes = [names.compile_pattern(cmd.reference, p) for p in cmd.patterns if p]
-    subscribed = set(await s.store.list_subscriptions(s.account.id))
+    subscribed = set(await b.list_subscriptions())
     if "SUBSCRIBED" in sel_opts:
         all_names |= subscribed  # RFC 5258 3.1: subscribed names that do not exist too
     # RFC 5258 3.5: CHILDINFO for parents of subscribed names (RECURSIVEMATCH)
@@ -194,7 +201,7 @@ async def cmd_list(s: ImapSession, cmd: c.List) -> None:
 
 
 async def _lsub(s: ImapSession, cmd: c.List) -> None:
-    assert s.account is not None
+    b = _backend(s)
     eng = s.engine
     if cmd.patterns == ("",):
         eng.untagged(Atom("LSUB"), [Atom("\\Noselect")], "/", "")
@@ -202,7 +209,7 @@ async def _lsub(s: ImapSession, cmd: c.List) -> None:
         return
     regex = names.compile_pattern(cmd.reference, cmd.patterns[0])
     # RFC 3501 6.3.9: every subscribed name, whether or not it exists
-    for name in sorted(await s.store.list_subscriptions(s.account.id), key=_order):
+    for name in sorted(await b.list_subscriptions(), key=_order):
         if names.matches(regex, name):
             eng.untagged(Atom("LSUB"), [], "/", Mailbox(name))
     await s.finish("OK", "LSUB completed")
@@ -214,8 +221,9 @@ async def cmd_namespace(s: ImapSession, cmd: c.Command) -> None:
     await s.finish("OK", "NAMESPACE completed")
 
 
-async def _status_line(s: ImapSession, box: StoreMailbox, items: tuple[str, ...]) -> None:
-    st = await s.store.mailbox_status(box)
+async def _status_line(s: ImapSession, box: MailboxRecord, items: tuple[str, ...]) -> None:
+    b = _backend(s)
+    st = await b.mailbox_status(box)
     values = {
         "MESSAGES": st.messages, "UIDNEXT": st.uid_next, "UIDVALIDITY": st.uid_validity,
         "UNSEEN": st.unseen, "DELETED": st.deleted, "SIZE": st.size,
@@ -223,8 +231,8 @@ async def _status_line(s: ImapSession, box: StoreMailbox, items: tuple[str, ...]
     }
     if "RECENT" in items:
         # RFC 3501 6.3.10: messages not yet claimed as \Recent by a session
-        first = await s.store.claim_recent(box, claim=False)
-        values["RECENT"] = len([m for m in await s.store.list_messages(box) if m.uid > first])
+        first = await b.claim_recent(box, claim=False)
+        values["RECENT"] = len([m for m in await b.list_messages(box) if m.uid > first])
     data: list = []
     for item in items:
         data += [Atom(item), values[item]]
@@ -232,8 +240,8 @@ async def _status_line(s: ImapSession, box: StoreMailbox, items: tuple[str, ...]
 
 
 async def cmd_status(s: ImapSession, cmd: c.Status) -> None:
-    assert s.account is not None
-    box = await s.store.get_mailbox(s.account.id, cmd.mailbox)
+    b = _backend(s)
+    box = await b.get_mailbox(cmd.mailbox)
     if box is None:
         await s.finish("NO", "Mailbox does not exist", "NONEXISTENT")
         return

@@ -1,29 +1,40 @@
-"""Command name -> handler (the glue's half of the engine's state table)."""
+"""IMAP command handlers, one module per command group; each handler is a
+coroutine ``handler(session, command)`` that queues the responses on the
+session's engine (see session.py for the contract).
+
+- auth.py: CAPABILITY NOOP CHECK LOGOUT ID STARTTLS LOGIN AUTHENTICATE ENABLE IDLE
+- mailboxes.py: CREATE DELETE RENAME (UN)SUBSCRIBE LIST LSUB NAMESPACE STATUS
+- selection.py: SELECT EXAMINE (CONDSTORE, QRESYNC) CLOSE UNSELECT EXPUNGE
+- messages.py: FETCH STORE COPY MOVE APPEND
+- searching.py: SEARCH (ESEARCH, SEARCHRES)
+
+`HANDLERS` is the glue's half of the engine's state table (engine.VALID_IN
+says in which states a command is valid; this says what it does).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from . import auth, mailboxes, messages, searching, selection
 
 if TYPE_CHECKING:
-    from .core import Handler, ImapSession
+    from ..session import ImapSession
 
-
-async def _idle(s: ImapSession, cmd: object) -> None:
-    await s.idle()
-
+Handler = Callable[["ImapSession", Any], Awaitable[None]]
 
 HANDLERS: dict[str, Handler] = {
     "CAPABILITY": auth.cmd_capability,
     "NOOP": auth.cmd_noop,
-    "CHECK": auth.cmd_noop,  # RFC 3501 6.4.1; gone in rev2, harmless as NOOP
+    "CHECK": auth.cmd_noop,
     "LOGOUT": auth.cmd_logout,
     "ID": auth.cmd_id,
     "STARTTLS": auth.cmd_starttls,
     "LOGIN": auth.cmd_login,
     "AUTHENTICATE": auth.cmd_authenticate,
     "ENABLE": auth.cmd_enable,
+    "IDLE": auth.cmd_idle,
     "SELECT": selection.cmd_select,
     "EXAMINE": selection.cmd_select,
     "CLOSE": selection.cmd_close,
@@ -39,7 +50,6 @@ HANDLERS: dict[str, Handler] = {
     "NAMESPACE": mailboxes.cmd_namespace,
     "STATUS": mailboxes.cmd_status,
     "APPEND": messages.cmd_append,
-    "IDLE": _idle,
     "SEARCH": searching.cmd_search,
     "FETCH": messages.cmd_fetch,
     "STORE": messages.cmd_store,

@@ -1,0 +1,144 @@
+"""The IMAP backend over the store (protocols/imap/backend.py `ImapBackend`).
+
+One `StoreBackend` per logged-in IMAP session, bound to its account. The
+IMAP layer names a mailbox by name, or by the record `get_mailbox` gave it:
+a store ``Mailbox``, which is the ``MailboxRef`` every store call checks
+(owner and UIDVALIDITY, store/api.py), so it is passed through as it is.
+
+Store exceptions become the backend's where IMAP answers them in its own
+words: MailboxGone (the selected mailbox deleted: BYE), StorageFull
+(OVERQUOTA), AlreadyExists (ALREADYEXISTS), InvalidName (CANNOT). Other
+StoreErrors are answered NO with their text (session.ImapConfig.failures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from ..protocols.imap import backend as b
+from ..protocols.imap.backend import NewMessage
+from ..store import api as store_api
+from ..store.api import Account, AppendItem, Mailbox, Store
+
+
+def _checked(name: str) -> Callable[..., Awaitable[Any]]:
+    """The store coroutine ``name``, with MailboxGone reaching IMAP as the
+    backend's own (a method of the class: nothing per session)."""
+
+    async def call(self: StoreBackend, *args: Any, **kw: Any) -> Any:
+        try:
+            return await getattr(self.store, name)(*args, **kw)
+        except store_api.MailboxGone as exc:
+            raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+class StoreBackend:
+    """An account's mailboxes in the store, as IMAP uses them."""
+
+    __slots__ = ("account", "account_id", "store")
+
+    def __init__(self, store: Store, account: Account) -> None:
+        self.store = store
+        self.account = account
+        self.account_id = account.id
+
+    # calls on one mailbox's messages: the store's, taking the Mailbox record as it is
+    mailbox_summary = _checked("mailbox_summary")
+    list_messages = _checked("list_messages")
+    changes_since = _checked("changes_since")
+    get_derived = _checked("get_derived")
+    mailbox_status = _checked("mailbox_status")
+    search_headers = _checked("search_headers")
+    search_text = _checked("search_text")
+    store_flags = _checked("store_flags")
+    expunge = _checked("expunge")
+
+    # --- validity ------------------------------------------------------------------
+    def account_current(self) -> bool:
+        return self.store.credentials_current(self.account_id, self.account.epoch)
+
+    def mailbox_current(self, mailbox: Mailbox) -> bool:
+        return self.store.mailbox_current(mailbox)
+
+    # --- mailboxes -------------------------------------------------------------
+    async def get_mailbox(self, name: str) -> Mailbox | None:
+        return await self.store.get_mailbox(self.account_id, name)
+
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
+        return await self.store.get_mailbox_by_id(self.account_id, mailbox_id)
+
+    async def list_mailboxes(self) -> list[Mailbox]:
+        return await self.store.list_mailboxes(self.account_id)
+
+    async def create_mailbox(self, name: str, special_use: str | None = None) -> None:
+        try:
+            await self.store.create_mailbox(self.account_id, name, special_use)
+        except store_api.AlreadyExists as exc:
+            raise b.MailboxExists(str(exc)) from exc
+        except store_api.InvalidName as exc:
+            raise b.BadMailboxName(str(exc)) from exc
+
+    async def rename_mailbox(self, old: str, new: str) -> None:
+        try:
+            await self.store.rename_mailbox(self.account_id, old, new)
+        except store_api.AlreadyExists as exc:
+            raise b.MailboxExists(str(exc)) from exc
+        except store_api.InvalidName as exc:
+            raise b.BadMailboxName(str(exc)) from exc
+        except store_api.NotFound as exc:
+            raise b.NoSuchMailbox(str(exc)) from exc
+
+    async def delete_mailbox(self, name: str) -> None:
+        await self.store.delete_mailbox(self.account_id, name)
+
+    async def set_subscribed(self, name: str, subscribed: bool) -> None:
+        try:
+            await self.store.set_subscribed(self.account_id, name, subscribed)
+        except store_api.InvalidName as exc:
+            raise b.BadMailboxName(str(exc)) from exc
+
+    async def list_subscriptions(self) -> list[str]:
+        return await self.store.list_subscriptions(self.account_id)
+
+    async def claim_recent(self, mailbox: Mailbox, claim: bool = True) -> int:
+        try:
+            return await self.store.claim_recent(mailbox, claim=claim)
+        except store_api.MailboxGone as exc:
+            raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+        except store_api.StorageFull as exc:
+            raise b.NoSpace(str(exc)) from exc
+
+    # --- messages ------------------------------------------------------------------
+    async def read_message(self, mailbox: Mailbox, uid: int) -> bytes | None:
+        try:
+            return await self.store.read_message(mailbox, uid)
+        except store_api.MailboxGone as exc:
+            raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+        except store_api.NotFound:
+            return None  # expunged by another session
+
+    async def copy_messages(
+        self, src: Mailbox, uids: Sequence[int], dst: Mailbox, move: bool = False
+    ) -> list[tuple[int, int]]:
+        try:
+            return await self.store.copy_messages(src, uids, dst, move=move)
+        except store_api.MailboxGone as exc:
+            raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+        except store_api.StorageFull as exc:
+            raise b.NoSpace(str(exc)) from exc
+
+    async def append_messages(self, mailbox: Mailbox, items: Sequence[NewMessage]) -> list[int]:
+        try:
+            return await self.store.append_many(
+                mailbox, [AppendItem(m.data, m.flags, m.internal_date) for m in items])
+        except store_api.MailboxGone as exc:
+            raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+        except store_api.StorageFull as exc:
+            raise b.NoSpace(str(exc)) from exc
+
+    def watch(self, callback: Callable[[int], None]) -> Callable[[], None]:
+        return self.store.add_listener(callback)

@@ -1,0 +1,365 @@
+"""What the IMAP layer needs from the world outside it, as typing.Protocols.
+
+The IMAP command semantics (handlers/, session.py) are answered against these
+interfaces only, never against the store or a socket:
+
+- `ImapBackend`: one authenticated account's mailboxes and messages, the
+  narrow slice of the store IMAP uses (after pymap's session interface). The
+  server's implementation is an adapter over store/api.py
+  (net/imap_store.py); `memory.MemoryBackend` serves unit tests and fuzzing.
+- `ImapLogin`: the login service (credential checks under the throttle,
+  SASL exchanges, the clear-text password policy).
+- `ImapIO`: the connection (flushing with back-pressure, waiting for more
+  input, IDLE waits, STARTTLS); net/imap.py implements it over asyncio.
+
+Backend calls are coroutines: a store may need to wait (a durable commit).
+The IMAP layer awaits these interfaces and nothing else, so it stays
+sans-I/O: it opens no socket, reads no clock (``ImapIO.now`` gives the time),
+imports no store and no event loop. A backend whose reads return without
+suspending (the SQLite store reads synchronously, the in-memory one always)
+lets a whole FETCH run inside one ``send(None)`` of the command's coroutine,
+which is what net/session_protocol.py's eager steps rely on: one read and one
+write per command, no task switch.
+
+The records are Protocols too, so the store's frozen dataclasses are used as
+they are (no copy per message on FETCH 1:* of 100,000 messages).
+
+Errors: a backend raises the exceptions below for the outcomes IMAP answers
+in its own words (OVERQUOTA, ALREADYEXISTS, CANNOT); any exception of a type
+in ``session.ImapConfig.failures`` (BackendError, and what the server's store
+raises) is an operation refused, answered with NO and the exception's text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+
+class BackendError(Exception):
+    """An operation the backend refused; the text is fit to show a user."""
+
+
+class NoSpace(BackendError):
+    """The disk is full or a quota is reached; nothing was written (OVERQUOTA)."""
+
+
+class MailboxExists(BackendError):
+    """The mailbox to create (or rename to) exists already (ALREADYEXISTS)."""
+
+
+class BadMailboxName(BackendError):
+    """The backend does not accept this mailbox name (CANNOT)."""
+
+
+class NoSuchMailbox(BackendError):
+    """The named mailbox does not exist."""
+
+
+class MailboxGone(NoSuchMailbox):
+    """A mailbox the session holds is no longer good: deleted, or recreated
+    with another UIDVALIDITY. Nothing was read or written."""
+
+    def __init__(self, mailbox_id: int, text: str = "the mailbox no longer exists") -> None:
+        super().__init__(text)
+        self.mailbox_id = mailbox_id
+
+
+FlagMode = Literal["add", "remove", "replace"]
+
+
+class MailboxRecord(Protocol):
+    """One mailbox (RFC 9051 2.3.1.1, RFC 7162 3.1)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...  # "/"-separated, UTF-8; "INBOX" is special
+    @property
+    def uid_validity(self) -> int: ...
+    @property
+    def uid_next(self) -> int: ...
+    @property
+    def highest_modseq(self) -> int: ...
+    @property
+    def special_use(self) -> str | None: ...  # RFC 6154, e.g. "\\Sent"
+
+
+class MessageRecord(Protocol):
+    """Index data of one message (no bytes)."""
+
+    @property
+    def uid(self) -> int: ...
+    @property
+    def size(self) -> int: ...  # RFC822.SIZE
+    @property
+    def flags(self) -> frozenset[str]: ...
+    @property
+    def internal_date(self) -> float: ...  # seconds since the epoch, UTC
+    @property
+    def modseq(self) -> int: ...
+
+
+class SummaryRecord(Protocol):
+    """What SELECT needs, from one snapshot (RFC 9051 6.3.2)."""
+
+    @property
+    def mailbox(self) -> MailboxRecord: ...
+    @property
+    def uids(self) -> Sequence[int]: ...  # ascending
+    @property
+    def keywords(self) -> frozenset[str]: ...  # flags in use that are not system flags
+    @property
+    def first_unseen(self) -> int | None: ...  # UID of the lowest message without \Seen
+
+
+class ChangesRecord(Protocol):
+    """What changed in a mailbox after a mod-sequence (RFC 7162)."""
+
+    @property
+    def highest_modseq(self) -> int: ...
+    @property
+    def changed(self) -> Sequence[MessageRecord]: ...
+    @property
+    def vanished(self) -> Sequence[int]: ...  # expunged UIDs
+
+
+class StatusRecord(Protocol):
+    """Counts for STATUS (RFC 9051 6.3.11)."""
+
+    @property
+    def messages(self) -> int: ...
+    @property
+    def unseen(self) -> int: ...
+    @property
+    def deleted(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def uid_next(self) -> int: ...
+    @property
+    def uid_validity(self) -> int: ...
+    @property
+    def highest_modseq(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One message of APPEND / MULTIAPPEND (RFC 3502)."""
+
+    data: bytes
+    flags: frozenset[str] = frozenset()
+    internal_date: float | None = None  # None: the time of the write
+
+
+class ImapBackend(Protocol):
+    """One logged-in account's mailboxes, as IMAP uses them.
+
+    A mailbox is named by the record `get_mailbox` gave (its id and
+    UIDVALIDITY); an implementation answers only for mailboxes of its own
+    account and raises MailboxGone for a record that is no longer good. Derived data (``get_derived``) holds the
+    keys named in ``fields``: ``envelope_imap``, ``bodystructure_imap`` and
+    ``body_imap`` (IMAP syntax, computed once per message), ``parts``,
+    ``messages`` and ``size`` (the part offsets of message/derived.py),
+    ``headers`` (lower-case field name -> decoded values).
+    """
+
+    # --- mailboxes ---------------------------------------------------------
+    async def get_mailbox(self, name: str) -> MailboxRecord | None:
+        """By name; "INBOX" matches case-insensitively."""
+        ...
+
+    async def get_mailbox_by_id(self, mailbox_id: int) -> MailboxRecord | None: ...
+
+    async def list_mailboxes(self) -> Sequence[MailboxRecord]: ...
+
+    async def create_mailbox(self, name: str, special_use: str | None = None) -> None:
+        """Raises MailboxExists, BadMailboxName."""
+        ...
+
+    async def rename_mailbox(self, old: str, new: str) -> None:
+        """The mailbox and its inferiors (RFC 9051 6.3.6); renaming INBOX moves
+        its messages. Raises MailboxExists, BadMailboxName, NoSuchMailbox."""
+        ...
+
+    async def delete_mailbox(self, name: str) -> None: ...
+
+    async def set_subscribed(self, name: str, subscribed: bool) -> None:
+        """The name need not exist (RFC 9051 6.3.7-8); raises BadMailboxName."""
+        ...
+
+    async def list_subscriptions(self) -> Sequence[str]: ...
+
+    async def mailbox_status(self, mailbox: MailboxRecord) -> StatusRecord: ...
+
+    async def claim_recent(self, mailbox: MailboxRecord, claim: bool = True) -> int:
+        """RFC 3501 2.3.2: the highest UID some session has claimed; with
+        ``claim`` every present message becomes claimed, atomically. Raises
+        NoSpace when the claim cannot be written."""
+        ...
+
+    # --- messages ------------------------------------------------------------
+    async def mailbox_summary(self, mailbox: MailboxRecord) -> SummaryRecord: ...
+
+    async def list_messages(self, mailbox: MailboxRecord) -> Sequence[MessageRecord]:
+        """Ascending UID order."""
+        ...
+
+    async def changes_since(self, mailbox: MailboxRecord, modseq: int) -> ChangesRecord: ...
+
+    async def read_message(self, mailbox: MailboxRecord, uid: int) -> bytes | None:
+        """The exact stored bytes; None if the message is gone."""
+        ...
+
+    async def get_derived(
+        self, mailbox: MailboxRecord, uids: Sequence[int], fields: Iterable[str]
+    ) -> Mapping[int, Mapping[str, Any]]: ...
+
+    async def store_flags(
+        self, mailbox: MailboxRecord, uids: Sequence[int], flags: Iterable[str], mode: FlagMode,
+        unchanged_since: int | None = None,
+    ) -> tuple[Sequence[MessageRecord], Sequence[int]]:
+        """(messages whose flags changed, UIDs failing UNCHANGEDSINCE, RFC 7162 3.1.3)."""
+        ...
+
+    async def expunge(self, mailbox: MailboxRecord, uids: Sequence[int]) -> Sequence[int]:
+        """The UIDs actually removed, ascending."""
+        ...
+
+    async def copy_messages(
+        self, src: MailboxRecord, uids: Sequence[int], dst: MailboxRecord, move: bool = False
+    ) -> Sequence[tuple[int, int]]:
+        """(source UID, new UID) pairs (RFC 4315 COPYUID); raises NoSpace."""
+        ...
+
+    async def append_messages(self, mailbox: MailboxRecord, items: Sequence[NewMessage]) -> Sequence[int]:
+        """All or none, durably (RFC 3502); the new UIDs in order; raises NoSpace."""
+        ...
+
+    async def search_headers(self, mailbox: MailboxRecord, field: str, text: str) -> set[int]:
+        """UIDs with a header field ``field`` containing ``text`` (case-insensitive)."""
+        ...
+
+    async def search_text(self, mailbox: MailboxRecord, text: str, where: Literal["body", "text"]) -> set[int]:
+        """UIDs whose body (or header and body) contains ``text``."""
+        ...
+
+    # --- validity (asked before every command, answered from memory) ---------------
+    def account_current(self) -> bool:
+        """Whether the account still exists under the credentials the session
+        logged in with (not removed, password not changed)."""
+        ...
+
+    def mailbox_current(self, mailbox: MailboxRecord) -> bool:
+        """Whether the mailbox still exists with this id and UIDVALIDITY."""
+        ...
+
+    # --- change notification ---------------------------------------------------
+    def watch(self, callback: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``callback(mailbox_id)`` after every committed change to one
+        of the account's mailboxes, by any session; returns the function that
+        stops it. Untagged updates and IDLE are built on this."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SaslChallenge:
+    """Send ``+ wire`` and read one more line (RFC 9051 6.2.2)."""
+
+    wire: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRefused:
+    """A login that did not happen. ``kind``: "denied" (wrong credentials or
+    unknown name, counted by the login service), "temporary" (over a login
+    limit, whatever the credentials: try later), and for AUTHENTICATE
+    "cancelled" (the client sent "*") or "malformed" (bad base64 or syntax)."""
+
+    kind: Literal["denied", "temporary", "cancelled", "malformed"]
+
+
+class SaslExchange(Protocol):
+    async def step(self, response: bytes | None) -> SaslChallenge | LoginRefused | ImapBackend:
+        """Feed the initial response (first call; None if the client sent
+        none) or the client's next line; the next challenge, the refusal,
+        or the logged-in account's backend."""
+        ...
+
+
+class ImapLogin(Protocol):
+    """The login service as IMAP sees it."""
+
+    # mechanism name -> whether it sends the password in the clear
+    sasl_mechanisms: Mapping[str, bool]
+
+    def plaintext_ok(self) -> bool:
+        """May a password travel in the clear on this connection (RFC 9051 11.1)?"""
+        ...
+
+    async def login(self, user: str, password: str) -> ImapBackend | LoginRefused:
+        """The account's backend, or why not (a failure is counted and logged)."""
+        ...
+
+    def sasl(self, mechanism: str) -> SaslExchange:
+        """Start an exchange for one of ``sasl_mechanisms``."""
+        ...
+
+    def close(self) -> None:
+        """The connection ended, or left an AUTHENTICATE exchange unfinished:
+        an exchange in progress counts as a failed login."""
+        ...
+
+
+class ConnectionEnding(Exception):  # noqa: N818 (an outcome, not an error)
+    """Raised by the I/O side inside a wait: end the session with ``* BYE``
+    (server shutdown, command deadline, autologout)."""
+
+    def __init__(self, text: str, code: str | None = None) -> None:
+        super().__init__(text)
+        self.text = text
+        self.code = code
+
+
+class ImapIO(Protocol):
+    """The connection, as the IMAP layer needs it. Waits raise
+    ConnectionEnding when the session must end with BYE."""
+
+    @property
+    def tls_active(self) -> bool: ...
+
+    @property
+    def can_start_tls(self) -> bool:
+        """STARTTLS is configured (RFC 9051 6.2.1)."""
+        ...
+
+    async def flush(self) -> None:
+        """Write what the engine has queued; wait while the client is behind."""
+        ...
+
+    async def more_input(self) -> bool:
+        """Wait for more of the current command's input (an AUTHENTICATE
+        line) under the command deadline; False at the end of input."""
+        ...
+
+    async def wait_idle(self) -> bool:
+        """IDLE: wait until input arrives or `wake` is called; False at the
+        end of input. The autologout timer (RFC 9051 5.4) is the I/O side's."""
+        ...
+
+    def wake(self) -> None:
+        """A change to the selected mailbox: end a pending `wait_idle`."""
+        ...
+
+    async def begin_tls(self) -> None:
+        """Run the TLS handshake after ``OK Begin TLS``; ConnectionError if it fails."""
+        ...
+
+    def now(self) -> float:
+        """Seconds since the epoch (SEARCH OLDER / YOUNGER, RFC 5032)."""
+        ...
+
+    def authenticated(self) -> None:
+        """The client logged in (e.g. the longer autologout timer applies)."""
+        ...

@@ -1,0 +1,214 @@
+"""A FETCH's plan and its item encoder (RFC 9051 6.4.5, 7.5.2; RFC 3516
+BINARY; RFC 7162 3.1.4.1 MODSEQ).
+
+`plan` works out once per distinct attribute list (a client repeats the same
+few) what the backend must supply: the message bytes, the part offsets, which
+derived items (ENVELOPE, BODYSTRUCTURE, ...); whether the FETCH sets \\Seen;
+and, for lists answered from the index alone (FETCH 1:* (UID FLAGS), what
+clients sync with), one precomputed format per response line.
+
+`encode_items` writes one message's items; `MessageParts` cuts body
+sections out of the stored bytes with the offsets computed at delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ...message.derived import Derived
+from . import commands as c
+from . import fetch as f
+from .response import Literal8, Writer
+
+if TYPE_CHECKING:
+    from .backend import MessageRecord
+
+_BODY_ATTS = {"BODY[]", "BINARY[]", "BINARY.SIZE[]", "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
+# What each fetch-att needs of the backend's derived data (ImapBackend.get_derived).
+_STRUCTURE_FIELDS = {"ENVELOPE": "envelope_imap", "BODYSTRUCTURE": "bodystructure_imap", "BODY": "body_imap"}
+_OFFSET_FIELDS = ("parts", "messages", "size")
+_NIL_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+# fetch-atts answered from the index data alone, with their response templates
+_INDEX_ATTS = {"UID": b"UID %d", "FLAGS": b"FLAGS %s", "RFC822.SIZE": b"RFC822.SIZE %d",
+               "INTERNALDATE": b'INTERNALDATE "%s"', "MODSEQ": b"MODSEQ (%d)"}  # RFC 7162 3.1.4.1
+_RFC822_SECTIONS = {"RFC822": None, "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}
+
+
+class MessageParts:
+    """Bytes and part offsets of one message, with the trace-prefix shift:
+    the offsets are into the body as delivered; the stored message may carry
+    a per-recipient prefix (Return-Path, Delivered-To) before it."""
+
+    __slots__ = ("derived", "raw", "shift")
+
+    def __init__(self, raw: bytes, derived: Derived | None) -> None:
+        self.raw = raw
+        self.derived = derived
+        self.shift = len(raw) - derived.size if derived is not None else 0
+
+    @classmethod
+    def of(cls, raw: bytes, d: Mapping[str, Any] | None, need_offsets: bool) -> MessageParts:
+        offsets = None
+        if need_offsets and d is not None:
+            offsets = Derived([], [], {k: tuple(v) for k, v in d["parts"].items()},
+                              {k: tuple(v) for k, v in d["messages"].items()}, size=d["size"])
+        return cls(raw, offsets)
+
+    def _range(self, part: str, text: str) -> tuple[int, int] | None:
+        assert self.derived is not None
+        rng = self.derived.section_range(part, text)
+        if rng is None:
+            return None
+        a, b = rng
+        # offset 0 is the start of the message header, which the prefix extends
+        return (a + self.shift if a else 0, b + self.shift)
+
+    def section(self, sec: c.Section) -> bytes | None:
+        """The octets of a body section; None if the part does not exist."""
+        part = ".".join(map(str, sec.part))
+        text = sec.text or ""
+        if not part and not text:
+            return self.raw
+        rng = self._range(part, "HEADER" if text.startswith("HEADER") else text)
+        if rng is None:
+            return None
+        data = self.raw[rng[0] : rng[1]]
+        if text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+            return f.header_fields(data, sec.fields, text == "HEADER.FIELDS.NOT")
+        return data
+
+    def binary(self, part: tuple[int, ...]) -> bytes | None:
+        """BINARY[part] (RFC 3516 4.2): the part with its transfer encoding
+        undone; raises fetch.UnknownCTE."""
+        if not part:
+            return self.raw
+        spec = ".".join(map(str, part))
+        body = self._range(spec, "")
+        head = self._range(spec, "MIME")
+        if body is None or head is None:
+            return None
+        return f.decode_cte(self.raw[body[0] : body[1]], self.raw[head[0] : head[1]])
+
+
+def index_values(atts: tuple[c.FetchAtt, ...], flags_of: Callable[[MessageRecord], bytes]
+                 ) -> Callable[[MessageRecord], tuple[object, ...]]:
+    """The values for a plan's ``line_format``, as one function of a message."""
+    getters: list[Callable[[MessageRecord], object]] = []
+    for a in atts:
+        if a.name == "UID":
+            getters.append(lambda m: m.uid)
+        elif a.name == "FLAGS":
+            getters.append(flags_of)
+        elif a.name == "RFC822.SIZE":
+            getters.append(lambda m: m.size)
+        elif a.name == "INTERNALDATE":
+            getters.append(lambda m: f.format_internal_date(m.internal_date).encode("ascii"))
+        else:
+            getters.append(lambda m: m.modseq)
+    if len(getters) == 1:  # FETCH 1:* (FLAGS): no loop per message
+        only = getters[0]
+        return lambda m: (only(m),)
+    return lambda m: tuple(g(m) for g in getters)
+
+
+class FetchPlan:
+    """What a FETCH's attribute list asks of the backend, worked out once."""
+
+    __slots__ = ("atts", "condstore", "fields", "line_format", "need_offsets", "need_raw", "sets_seen", "with_flags")
+
+    def __init__(self, atts: list[c.FetchAtt], condstore: bool) -> None:
+        self.atts = tuple(atts)
+        self.condstore = condstore  # RFC 7162 3.1: a CONDSTORE-enabling FETCH
+        names = {a.name for a in atts}
+        # RFC 9051 6.4.5: BODY[...] (not PEEK) and RFC822(.TEXT) set \Seen
+        self.sets_seen = any(
+            (a.name in ("BODY[]", "BINARY[]") and not a.peek) or a.name in ("RFC822", "RFC822.TEXT") for a in atts
+        )
+        self.need_raw = bool(names & _BODY_ATTS)
+        # only sections inside the message need the part offsets; BODY[] / RFC822 /
+        # BINARY[] of the whole message are the stored bytes as they are
+        self.need_offsets = any(
+            a.name in ("RFC822.HEADER", "RFC822.TEXT")
+            or (a.section is not None and (a.section.part or a.section.text))
+            for a in atts
+        )
+        fields = {_STRUCTURE_FIELDS[a.name] for a in atts if a.name in _STRUCTURE_FIELDS}
+        if self.need_offsets:
+            fields.update(_OFFSET_FIELDS)
+        self.fields = frozenset(fields)
+        # Attributes that come from the index alone are written with one format per line.
+        self.line_format: bytes | None = None
+        if all(a.name in _INDEX_ATTS for a in atts):
+            self.line_format = b"* %d FETCH (" + b" ".join(_INDEX_ATTS[a.name] for a in atts) + b")\r\n"
+        # the same list plus FLAGS, for a FETCH that set \Seen implicitly
+        self.with_flags = self if "FLAGS" in names else FetchPlan([*atts, c.FetchAtt("FLAGS")], condstore)
+
+
+_PLANS: dict[tuple[tuple[c.FetchAtt, ...], bool, bool], FetchPlan] = {}
+
+
+def plan(atts: tuple[c.FetchAtt, ...], uid: bool, changed_since: bool) -> FetchPlan:
+    """The plan of a FETCH (cached for short attribute lists: bounded memory,
+    so a client cannot fill it with 16 MiB of HEADER.FIELDS lists)."""
+    key = (atts, uid, changed_since)
+    p = _PLANS.get(key)
+    if p is None:
+        full = list(atts)
+        names = {a.name for a in full}
+        if uid and "UID" not in names:
+            full.insert(0, c.FetchAtt("UID"))  # RFC 9051 6.4.9: UID FETCH always returns UID
+        condstore = changed_since or "MODSEQ" in names  # RFC 7162 3.1: CONDSTORE-enabling
+        if condstore and "MODSEQ" not in names:
+            full.append(c.FetchAtt("MODSEQ"))
+        p = FetchPlan(full, condstore)
+        if len(atts) + sum(len(a.section.fields) for a in atts if a.section) <= 32:
+            if len(_PLANS) >= 256:
+                _PLANS.clear()
+            _PLANS[key] = p
+    return p
+
+
+def encode_items(flags_of: Callable[[MessageRecord], bytes], writer: Writer, atts: tuple[c.FetchAtt, ...],
+                 info: MessageRecord, msg: MessageParts | None, d: Mapping[str, Any] | None) -> list[bytes]:
+    """The msg-att items of one FETCH response line; raises fetch.UnknownCTE
+    (BINARY of an encoding we cannot undo, RFC 3516 4.3)."""
+    out: list[bytes] = []
+    for a in atts:
+        n = a.name
+        if n == "UID":
+            out.append(b"UID %d" % info.uid)
+        elif n == "FLAGS":
+            out.append(b"FLAGS " + flags_of(info))
+        elif n == "ENVELOPE":
+            out.append(b"ENVELOPE " + (d["envelope_imap"] if d else _NIL_ENVELOPE))
+        elif n == "RFC822.SIZE":
+            out.append(b"RFC822.SIZE %d" % info.size)
+        elif n == "INTERNALDATE":
+            out.append(b'INTERNALDATE "%s"' % f.format_internal_date(info.internal_date).encode("ascii"))
+        elif n == "MODSEQ":
+            out.append(b"MODSEQ (%d)" % info.modseq)  # RFC 7162 3.1.4.1
+        elif n == "BODYSTRUCTURE":
+            out.append(b"BODYSTRUCTURE " + (d["bodystructure_imap"] if d else b"NIL"))
+        elif n == "BODY":
+            out.append(b"BODY " + (d["body_imap"] if d else b"NIL"))
+        elif n in _RFC822_SECTIONS:
+            assert msg is not None
+            sec = c.Section((), _RFC822_SECTIONS[n])
+            out.append(n.encode("ascii") + b" " + writer.value(msg.section(sec) or b""))
+        elif n == "BODY[]":
+            assert msg is not None and a.section is not None
+            data = msg.section(a.section)
+            # RFC 9051 6.4.5: a part that does not exist reads as an empty string
+            data = f.apply_partial(data or b"", a.partial)
+            out.append(b"%s {%d}\r\n%s" % (f.response_name(a).encode("ascii"), len(data), data))
+        elif n == "BINARY[]":
+            assert msg is not None and a.section is not None
+            data = msg.binary(a.section.part)
+            data = f.apply_partial(data or b"", a.partial)
+            out.append(f.response_name(a).encode("ascii") + b" "
+                       + writer.value(Literal8(data) if b"\0" in data else data))
+        elif n == "BINARY.SIZE[]":
+            assert msg is not None and a.section is not None
+            out.append(b"%s %d" % (f.response_name(a).encode("ascii"), len(msg.binary(a.section.part) or b"")))
+    return out

@@ -1,0 +1,112 @@
+"""Flag rules (RFC 9051 2.3.2, RFC 3501 2.3.2 \\Recent) and their wire form.
+
+- Clients may set the five permanent system flags and any keyword; \\Recent
+  and unknown system flags are refused.
+- \\Recent is per session: a new message is \\Recent in the first session
+  told of it (the store keeps the claims; `RecentUids` keeps this session's
+  share), and only a rev1 client sees it (RFC 9051 dropped the flag).
+- FLAGS are written in the order of `response.flag_list`; the few distinct
+  flag sets of a mailbox are serialised once each.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from .response import flag_list
+
+if TYPE_CHECKING:
+    from .backend import MessageRecord
+
+PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+SYSTEM_FLAGS = frozenset(f.lower() for f in PERMANENT_FLAGS)
+RECENT = frozenset({"\\Recent"})
+
+
+def flags_from_client(flags: Sequence[str]) -> tuple[list[str], str | None]:
+    """Validate flags for STORE/APPEND: keywords and the five system flags
+    (in their canonical spelling); \\Recent and unknown system flags are
+    refused (RFC 9051 2.3.2). Returns (flags, problem)."""
+    out: list[str] = []
+    for f in flags:
+        if f.startswith("\\"):
+            if f.lower() not in SYSTEM_FLAGS:
+                return [], f"flag {f} cannot be set"
+            f = next(p for p in PERMANENT_FLAGS if p.lower() == f.lower())
+        out.append(f)
+    return out, None
+
+
+class RecentUids:
+    """The UIDs that are \\Recent in this session, as ranges (lo, hi]: each
+    claim in the store (claim_recent) hands a session every UID above the
+    last claim, so a few ranges describe even a mailbox of new messages, and
+    an idle connection keeps no per-message set (RFC 3501 2.3.2)."""
+
+    __slots__ = ("ranges",)
+
+    def __init__(self) -> None:
+        self.ranges: list[tuple[int, int]] = []
+
+    def add(self, above: int, upto: int) -> None:
+        if upto > above:
+            self.ranges.append((above, upto))
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
+
+    def __contains__(self, uid: object) -> bool:
+        # A plain loop: asked once per message by FETCH 1:* (FLAGS), where a
+        # generator expression cost 40% of the command (bench/imap.py).
+        for lo, hi in self.ranges:
+            if lo < uid <= hi:  # type: ignore[operator]
+                return True
+        return False
+
+    def count(self, uids: Sequence[int]) -> int:
+        """How many of ``uids`` (ascending: a view's) are \\Recent."""
+        return sum(bisect_right(uids, hi) - bisect_right(uids, lo) for lo, hi in self.ranges)
+
+
+_FLAG_BYTES: dict[frozenset[str], bytes] = {}
+_FLAG_BYTES_RECENT: dict[frozenset[str], bytes] = {}  # keyed by the flags without \\Recent
+
+
+def flags_bytes(flags: frozenset[str]) -> bytes:
+    """``(\\Seen ...)`` in the order of ``flag_list``. Few distinct flag sets
+    exist, so each is serialised once (FETCH 1:* FLAGS of a large mailbox)."""
+    b = _FLAG_BYTES.get(flags)
+    if b is None:
+        b = b"(" + b" ".join(f.encode("utf-8") for f in flag_list(flags)) + b")"
+        if len(_FLAG_BYTES) < 4096:
+            _FLAG_BYTES[flags] = b
+    return b
+
+
+def flags_with_recent(flags: frozenset[str]) -> bytes:
+    """``flags_bytes(flags | {\\Recent})`` without a new frozenset per message."""
+    b = _FLAG_BYTES_RECENT.get(flags)
+    if b is None:
+        b = flags_bytes(flags | RECENT)
+        if len(_FLAG_BYTES_RECENT) < 4096:
+            _FLAG_BYTES_RECENT[flags] = b
+    return b
+
+
+def session_flags(info: MessageRecord, recent: RecentUids | None) -> bytes:
+    """A message's FLAGS as a session reports them: with \\Recent when the
+    session saw the message first. ``recent`` is None for a rev2 client."""
+    if recent and info.uid in recent:
+        return flags_with_recent(info.flags)
+    return flags_bytes(info.flags)
+
+
+def flags_reporter(recent: RecentUids | None) -> Callable[[MessageRecord], bytes]:
+    """`session_flags` for one command over many messages: the \\Recent
+    question is settled once, so a session without \\Recent messages (every
+    rev2 client) formats FLAGS with one dict lookup per message."""
+    if recent:
+        return lambda info: session_flags(info, recent)
+    return lambda info: flags_bytes(info.flags)

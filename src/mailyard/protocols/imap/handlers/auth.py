@@ -1,0 +1,164 @@
+"""Any-state and not-authenticated commands: CAPABILITY NOOP CHECK LOGOUT ID
+(RFC 2971), LOGIN, AUTHENTICATE (RFC 9051 6.2.2, SASL-IR RFC 4959), ENABLE
+(RFC 5161), STARTTLS (RFC 9051 6.2.1) and IDLE (RFC 2177).
+
+Passwords in the clear (LOGIN, and the SASL mechanisms the login service
+marks as clear-text) only where `ImapLogin.plaintext_ok` says so: over TLS,
+or from loopback by default. Elsewhere the capabilities say LOGINDISABLED and
+such attempts get NO [PRIVACYREQUIRED]. The login service counts failures
+(throttle) and may refuse any login for a while (NO [UNAVAILABLE]); the
+session ends with BYE after ``ImapConfig.max_auth_failures`` refusals.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .. import commands as c
+from ..backend import LoginRefused, SaslChallenge
+from ..engine import AuthResponse, State
+from ..response import Atom
+
+if TYPE_CHECKING:
+    from ..backend import ImapBackend
+    from ..session import ImapSession
+
+# ENABLE-able extensions (RFC 5161 4): IMAP4rev2 (RFC 9051 6.3.1),
+# CONDSTORE/QRESYNC (RFC 7162), UTF8=ACCEPT (RFC 6855).
+ENABLEABLE = ("IMAP4REV2", "CONDSTORE", "QRESYNC", "UTF8=ACCEPT")
+ENABLED_NAMES = {"IMAP4REV2": "IMAP4rev2", "CONDSTORE": "CONDSTORE", "QRESYNC": "QRESYNC",
+                 "UTF8=ACCEPT": "UTF8=ACCEPT"}
+
+EXTENSIONS = (
+    "LITERAL+", "ENABLE", "IDLE", "ID", "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE",
+    "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE",
+    "ESEARCH", "SEARCHRES", "WITHIN", "CONDSTORE", "QRESYNC", "BINARY", "MULTIAPPEND",
+    "UTF8=ACCEPT", "STATUS=SIZE",
+)
+
+
+def capabilities(s: ImapSession, logged_in: bool = False) -> list[str]:
+    """The CAPABILITY list in the session's current state (RFC 9051 7.2.2),
+    or as it is once the login in progress completes."""
+    caps = ["IMAP4rev1", "IMAP4rev2", *EXTENSIONS, f"APPENDLIMIT={s.engine.framer.limits.max_append}"]
+    if s.engine.state is State.NOT_AUTHENTICATED and not logged_in:
+        if not s.io.tls_active and s.io.can_start_tls:
+            caps.append("STARTTLS")  # RFC 9051 6.2.1
+        caps.append("SASL-IR")  # RFC 4959
+        clear = s.login.plaintext_ok()
+        caps += [f"AUTH={m}" for m, plain in s.login.sasl_mechanisms.items() if clear or not plain]
+        if not clear:
+            # RFC 9051 6.2.3: LOGIN refused until TLS; the clear-text mechanisms
+            # are not offered either (as Dovecot does) and get [PRIVACYREQUIRED].
+            caps.append("LOGINDISABLED")
+    return caps
+
+
+async def cmd_capability(s: ImapSession, cmd: c.Command) -> None:
+    s.engine.untagged(Atom("CAPABILITY"), *[Atom(x) for x in capabilities(s)])
+    await s.finish("OK", "CAPABILITY completed")
+
+
+async def cmd_noop(s: ImapSession, cmd: c.Command) -> None:
+    # RFC 9051 6.1.2: NOOP is the polling point for untagged updates;
+    # CHECK (RFC 3501 6.4.1, gone in rev2) is harmless as NOOP
+    await s.finish("OK", f"{cmd.name} completed")
+
+
+async def cmd_logout(s: ImapSession, cmd: c.Command) -> None:
+    s.engine.untagged_status("BYE", "mailyard IMAP server logging out")
+    s.engine.complete("OK", "LOGOUT completed")
+
+
+async def cmd_id(s: ImapSession, cmd: c.Command) -> None:
+    # RFC 2971 3.1: the server answers with its own identification
+    s.engine.untagged(Atom("ID"), ["name", "mailyard", "version", s.config.version])
+    await s.finish("OK", "ID completed")
+
+
+async def cmd_starttls(s: ImapSession, cmd: c.Command) -> None:
+    if not s.io.can_start_tls or s.io.tls_active:
+        s.engine.complete("BAD", "TLS is already active" if s.io.can_start_tls else "STARTTLS is not available")
+        return
+    # RFC 9051 6.2.1: OK, then the TLS negotiation starts right after the CRLF.
+    s.engine.complete("OK", "Begin TLS negotiation now")
+    await s.io.flush()
+    # Before the handshake, not after: what the client sends with its TLS
+    # Finished may reach us before this coroutine resumes.
+    s.restart()
+    try:
+        await s.io.begin_tls()
+    except ConnectionError:
+        s.engine.bye("TLS negotiation failed")
+        s.engine.data_to_send()  # nothing more can be sent on this connection
+        raise
+
+
+async def cmd_enable(s: ImapSession, cmd: c.Enable) -> None:
+    new = [x for x in cmd.capabilities if x in ENABLEABLE and x not in s.engine.enabled]
+    s.engine.enable(new)
+    # RFC 5161 3.1: ENABLED lists only what this command newly enabled
+    s.engine.untagged(Atom("ENABLED"), *[Atom(ENABLED_NAMES[x]) for x in new])
+    await s.finish("OK", "ENABLE completed")
+
+
+async def cmd_idle(s: ImapSession, cmd: c.Command) -> None:
+    await s.idle()
+
+
+# The two refusals: a wrong password or unknown name (RFC 9051 7.1
+# AUTHENTICATIONFAILED), and over a login limit, whatever the password
+# (UNAVAILABLE: "temporary failure because a subsystem is down").
+INVALID = ("Invalid credentials", "AUTHENTICATIONFAILED")
+TRY_LATER = ("Too many failed logins, try again later", "UNAVAILABLE")
+
+
+def _login_done(s: ImapSession, result: ImapBackend | LoginRefused) -> None:
+    if not isinstance(result, LoginRefused):
+        s.logged_in(result)
+        s.engine.complete("OK", "Logged in", "CAPABILITY " + " ".join(capabilities(s, logged_in=True)))
+        return
+    s.auth_failures += 1
+    s.engine.complete("NO", *(TRY_LATER if result.kind == "temporary" else INVALID))
+    if s.auth_failures >= s.config.max_auth_failures:
+        s.engine.bye("Too many failed logins")
+
+
+async def cmd_login(s: ImapSession, cmd: c.Login) -> None:
+    if not s.login.plaintext_ok():
+        # RFC 9051 6.2.3: LOGIN must be refused when LOGINDISABLED is advertised
+        s.engine.complete("NO", "Use TLS first", "PRIVACYREQUIRED")
+        return
+    _login_done(s, await s.login.login(cmd.userid, cmd.password))
+
+
+async def cmd_authenticate(s: ImapSession, cmd: c.Authenticate) -> None:
+    name = cmd.mechanism.upper()
+    plain = s.login.sasl_mechanisms.get(name)
+    if plain is None:
+        s.engine.complete("NO", f"Unsupported authentication mechanism {cmd.mechanism}", "CANNOT")
+        return
+    if plain and not s.login.plaintext_ok():
+        s.engine.complete("NO", "Use TLS first, or SCRAM-SHA-256", "PRIVACYREQUIRED")
+        return
+    exchange = s.login.sasl(name)
+    ev = await exchange.step(cmd.initial_response)
+    while isinstance(ev, SaslChallenge):
+        # RFC 9051 6.2.2: "+ base64" continuation; the client answers one line.
+        s.engine.continuation(ev.wire)
+        await s.io.flush()
+        while True:
+            reply = s.engine.next_event()
+            if isinstance(reply, AuthResponse):
+                break
+            if not await s.io.more_input():
+                s.login.close()  # an exchange left open counts as a failure
+                s.engine.bye("Connection closed")
+                return
+        ev = await exchange.step(reply.line)
+    if isinstance(ev, LoginRefused) and ev.kind == "cancelled":
+        s.engine.complete("BAD", "Authentication cancelled")  # RFC 9051 6.2.2: "*" cancels with BAD
+    elif isinstance(ev, LoginRefused) and ev.kind == "malformed":
+        s.engine.complete("BAD", "Malformed authentication data")
+    else:
+        _login_done(s, ev)

@@ -1,0 +1,245 @@
+"""FETCH (RFC 9051 6.4.5, BINARY RFC 3516, CONDSTORE/QRESYNC RFC 7162),
+STORE (6.4.6, UNCHANGEDSINCE), COPY/MOVE (6.4.7-8, RFC 6851, COPYUID
+RFC 4315) and APPEND (6.3.12, MULTIAPPEND RFC 3502, APPENDUID)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .. import commands as c
+from .. import fetch as f
+from ..backend import NewMessage, NoSpace
+from ..fetch_plan import MessageParts, encode_items, index_values, plan
+from ..flags import flags_from_client, flags_reporter, session_flags
+from ..response import Atom, Raw, format_uid_list_ordered, format_uid_set
+from ..selected import SequenceError
+
+if TYPE_CHECKING:
+    from ..backend import ImapBackend, MessageRecord
+    from ..selected import SelectedMailbox
+    from ..session import ImapSession
+
+FETCH_BATCH = 200
+FIRST_BATCH = 50
+
+
+def _selected(s: ImapSession) -> tuple[SelectedMailbox, ImapBackend]:
+    sel = s.sel
+    assert sel is not None and s.backend is not None  # the engine runs these only when selected
+    return sel, s.backend
+
+
+def _seq_error(s: ImapSession) -> None:
+    # RFC 9051 9 (seq-number): a number beyond the mailbox size is a BAD
+    s.engine.complete("BAD", "Invalid message sequence number")
+
+
+async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
+    sel, b = _selected(s)
+    try:
+        pairs = sel.resolve(cmd.sequence_set, cmd.uid)
+    except SequenceError:
+        _seq_error(s)
+        return
+    p = plan(cmd.atts, cmd.uid, cmd.changed_since is not None)
+    if p.condstore:
+        sel.condstore = True  # RFC 7162 3.1: CONDSTORE-enabling commands
+    if cmd.vanished and (not cmd.uid or cmd.changed_since is None or "QRESYNC" not in s.engine.enabled):
+        s.engine.complete("BAD", "VANISHED needs UID FETCH with CHANGEDSINCE and QRESYNC")
+        return
+    infos = await sel.infos(b)
+    if cmd.changed_since is not None:
+        pairs = [(q, u) for q, u in pairs if u in infos and infos[u].modseq > cmd.changed_since]
+        if cmd.vanished:
+            # RFC 7162 3.2.6: VANISHED (EARLIER) for expunged UIDs in the set
+            ch = await b.changes_since(sel.mailbox, cmd.changed_since)
+            gone = [u for u in ch.vanished if cmd.sequence_set.contains(u, sel.view.max_uid)]
+            if gone:
+                s.engine.untagged(Atom("VANISHED"), [Atom("EARLIER")], Atom(format_uid_set(gone)))
+    if p.sets_seen and not sel.readonly:
+        # RFC 9051 6.4.5: BODY[...] (not PEEK) and RFC822(.TEXT) set \Seen
+        unseen = [u for _, u in pairs if u in infos and "\\Seen" not in infos[u].flags]
+        if unseen:
+            changed, _ = await b.store_flags(sel.mailbox, unseen, ["\\Seen"], "add")
+            for m in changed:
+                infos[m.uid] = m
+                sel.own_changes[m.uid] = m.modseq
+            p = p.with_flags  # report the implicit flag change
+    atts, need_raw, need_offsets, fields = p.atts, p.need_raw, p.need_offsets, p.fields
+    writer = s.engine.writer
+    flags_of = flags_reporter(sel.recent_of(s.engine))
+    line_format = p.line_format
+    values_of = index_values(atts, flags_of) if line_format is not None else None
+    batch_size = FETCH_BATCH if need_raw else 1000
+    missing = False
+    # Small first batches, each written at once, so the client starts reading
+    # at once and never waits while the rest is formatted (FETCH 1:* of a
+    # large mailbox): 50, 200, 800 messages, then full batches.
+    start, size = 0, min(batch_size, FIRST_BATCH)
+    while start < len(pairs):
+        batch = pairs[start : start + size]
+        start += size
+        derived = await b.get_derived(sel.mailbox, [u for _, u in batch], fields) if fields else {}
+        out: list[bytes] = []
+        if line_format is not None and values_of is not None:
+            for seq, uid in batch:
+                info = infos.get(uid)
+                if info is None:
+                    missing = True  # expunged by another session, not yet announced
+                    continue
+                out.append(line_format % (seq, *values_of(info)))
+            batch = []
+        for seq, uid in batch:
+            info = infos.get(uid)
+            if info is None:
+                missing = True  # expunged by another session, not yet announced
+                continue
+            d = derived.get(uid)
+            msg = None
+            if need_raw:
+                raw = await b.read_message(sel.mailbox, uid)
+                if raw is None:
+                    missing = True
+                    continue
+                msg = MessageParts.of(raw, d, need_offsets)
+            try:
+                items = encode_items(flags_of, writer, atts, info, msg, d)
+            except f.UnknownCTE:
+                s.engine.raw(b"".join(out))
+                s.engine.untagged(seq, Atom("FETCH"), [Atom("UID"), uid])
+                await s.finish("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE", allow_expunge=cmd.uid)
+                return
+            out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items)))
+        s.engine.raw(b"".join(out))
+        if start < len(pairs):
+            await (s.io.flush() if size < batch_size else s.maybe_flush())
+        size = min(batch_size, size * 4)
+    if missing and not cmd.uid:
+        # RFC 2180 4.1.3 / RFC 9051 7.1: the others' data, then NO; the client
+        # learns of the expunge at its next command (NOOP)
+        await s.finish("NO", "Some messages were expunged", "EXPUNGEISSUED", allow_expunge=False)
+        return
+    # RFC 9051 7.5.1 / 5.5: no EXPUNGE during FETCH; UID FETCH allows it, and a
+    # UID that no longer exists is simply not reported (RFC 9051 6.4.9)
+    await s.finish("OK", f"{'UID ' if cmd.uid else ''}FETCH completed", allow_expunge=cmd.uid)
+
+
+async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
+    sel, b = _selected(s)
+    try:
+        pairs = sel.resolve(cmd.sequence_set, cmd.uid)
+    except SequenceError:
+        _seq_error(s)
+        return
+    if sel.readonly:
+        await s.finish("NO", "Mailbox is read-only", "READ-ONLY", allow_expunge=False)
+        return
+    flags, problem = flags_from_client(cmd.flags)
+    if problem:
+        s.engine.complete("BAD", problem)
+        return
+    if cmd.unchanged_since is not None:
+        sel.condstore = True
+    uids = [u for _, u in pairs]
+    changed, failed = await b.store_flags(sel.mailbox, uids, flags, cmd.mode, cmd.unchanged_since)
+    by_uid = {m.uid: m for m in changed}
+    for m in changed:
+        sel.own_changes[m.uid] = m.modseq
+    report: dict[int, MessageRecord] = dict(by_uid)
+    if not cmd.silent:
+        # RFC 9051 6.4.6: the updated flags of every message in the set
+        infos = await sel.infos(b)
+        for u in uids:
+            if u not in report and u in infos and u not in failed:
+                report[u] = infos[u]
+    recent = sel.recent_of(s.engine)
+    for seq, uid in pairs:
+        m = report.get(uid)
+        if m is None:
+            continue
+        items: list = []
+        if cmd.uid:
+            items += [Atom("UID"), uid]
+        if not cmd.silent:
+            items += [Atom("FLAGS"), Raw(session_flags(m, recent))]
+        if sel.condstore and uid in by_uid:
+            items += [Atom("MODSEQ"), [m.modseq]]  # RFC 7162 3.1.3: even with .SILENT
+        if items and (not cmd.silent or uid in by_uid and sel.condstore):
+            s.engine.untagged(seq, Atom("FETCH"), items)
+    code = None
+    if failed:
+        # RFC 7162 3.1.3: MODIFIED lists what failed the UNCHANGEDSINCE test
+        nums = failed if cmd.uid else [q for q, u in pairs if u in set(failed)]
+        code = f"MODIFIED {format_uid_set(nums)}"
+    await s.finish("OK", f"{'UID ' if cmd.uid else ''}STORE completed", code, allow_expunge=cmd.uid)
+
+
+async def cmd_copy(s: ImapSession, cmd: c.Copy) -> None:
+    sel, b = _selected(s)
+    try:
+        pairs = sel.resolve(cmd.sequence_set, cmd.uid)
+    except SequenceError:
+        _seq_error(s)
+        return
+    if cmd.move and sel.readonly:
+        await s.finish("NO", "Mailbox is read-only", "READ-ONLY")
+        return
+    dst = await b.get_mailbox(cmd.mailbox)
+    if dst is None:
+        # RFC 9051 6.4.7: TRYCREATE tells the client it may CREATE and retry
+        await s.finish("NO", "Destination mailbox does not exist", "TRYCREATE")
+        return
+    uids = [u for _, u in pairs]
+    verb = "MOVE" if cmd.move else "COPY"
+    if not uids:
+        await s.finish("OK", f"{verb} completed, nothing to do")
+        return
+    try:
+        moved = await b.copy_messages(sel.mailbox, uids, dst, move=cmd.move)
+    except NoSpace:
+        await s.finish("NO", "Over quota", "OVERQUOTA")
+        return
+    code = None
+    if moved:
+        code = (f"COPYUID {dst.uid_validity} {format_uid_list_ordered(a for a, _ in moved)} "
+                f"{format_uid_list_ordered(b for _, b in moved)}")
+    if cmd.move:
+        # RFC 6851 4.3: COPYUID goes in an untagged OK before the expunges
+        if code:
+            s.engine.untagged_status("OK", "Moved", code)
+        sel.announce_expunge(s.engine, [a for a, _ in moved])
+        await s.finish("OK", f"{'UID ' if cmd.uid else ''}MOVE completed")
+        return
+    await s.finish("OK", f"{'UID ' if cmd.uid else ''}COPY completed", code, allow_expunge=cmd.uid)
+
+
+async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
+    b = s.backend
+    assert b is not None
+    box = await b.get_mailbox(cmd.mailbox)
+    if box is None:
+        await s.finish("NO", "Mailbox does not exist", "TRYCREATE")
+        return
+    prepared = []
+    for m in cmd.messages:
+        flags, problem = flags_from_client(m.flags)
+        if problem:
+            s.engine.complete("BAD", problem)
+            return
+        if not m.data:
+            await s.finish("NO", "Empty message")
+            return
+        if b"\0" in m.data and not m.binary:
+            # RFC 3516 4.4: NUL octets need literal8
+            await s.finish("NO", "NUL octets need a literal8", "UNKNOWN-CTE")
+            return
+        prepared.append((m.data, flags, m.internal_date))
+    try:
+        # RFC 3502 3: MULTIAPPEND is all or nothing -- one atomic store write
+        uids = await b.append_messages(
+            box, [NewMessage(data, frozenset(flags), date) for data, flags, date in prepared])
+    except NoSpace:
+        await s.finish("NO", "Over quota", "OVERQUOTA")
+        return
+    # RFC 4315 3: APPENDUID uidvalidity uid-set
+    await s.finish("OK", "APPEND completed", f"APPENDUID {box.uid_validity} {format_uid_list_ordered(uids)}")

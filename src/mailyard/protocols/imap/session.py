@@ -1,0 +1,208 @@
+"""One IMAP session's semantics, sans-I/O: what each command means and which
+responses it causes (RFC 9051, RFC 3501 and the extensions in
+handlers/auth.py's EXTENSIONS).
+
+The engine (engine.py) frames and parses; `ImapSession.execute` answers one
+parsed command against the interfaces of backend.py -- `ImapBackend` (the
+account's mailboxes), `ImapLogin` (credential checks) and `ImapIO` (flush,
+waits, STARTTLS) -- and queues the responses on the engine, for the I/O side
+to send. The command handlers live in handlers/, one module per group, and
+are found through `handlers.HANDLERS`.
+
+Why coroutines: backend calls may wait (a durable commit), and a big FETCH
+must stop while the client is behind (`ImapIO.flush`). The layer awaits
+those interfaces and nothing else -- no socket, clock, store or event loop
+of its own -- so a test (memory.py) drives it by hand, byte for byte. When
+no awaited call suspends, a command completes in one ``send(None)`` of
+``execute``'s coroutine: net/session_protocol.py runs it eagerly inside
+``data_received`` (one read, one write, no task switch per FETCH).
+
+Untagged updates (RFC 9051 5.2): the backend calls `changed` after every
+committed change to a mailbox; the selected view (selected.py) is marked
+dirty and, at the end of the next command (or at once in IDLE), `sync`
+announces EXISTS, FETCH (flags) and EXPUNGE/VANISHED. Expunges are held back
+while the command is FETCH, STORE or SEARCH (RFC 9051 7.5.1) so sequence
+numbers never shift under the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import commands as c
+from .backend import BackendError, ConnectionEnding, ImapBackend, ImapIO, ImapLogin, MailboxGone
+from .engine import CLOSED, MAX_BAD_COMMANDS, IdleDone, ImapEngine, State
+from .framing import Limits
+from .handlers import HANDLERS
+from .handlers.auth import capabilities
+from .selected import SelectedMailbox
+
+log = logging.getLogger("mailyard.imap")
+
+# Queued output past this size is written out inside a command, so a big FETCH streams.
+FLUSH_AT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ImapConfig:
+    """What a session needs to know of its server, and its abuse budgets."""
+
+    hostname: str = "localhost"
+    version: str = "0"  # RFC 2971 ID
+    max_auth_failures: int = 3  # failed logins per connection, then BYE
+    max_bad_commands: int = MAX_BAD_COMMANDS  # consecutive BADs, then BYE
+    # exceptions meaning "the backend refused or failed this operation": NO with their text
+    failures: tuple[type[BaseException], ...] = (BackendError,)
+
+
+class ImapSession:
+    """One connection's IMAP state: the engine, the logged-in account's
+    backend, the selected mailbox."""
+
+    __slots__ = ("_unwatch", "auth_failures", "backend", "closed", "config", "engine", "io", "login", "sel")
+
+    def __init__(self, io: ImapIO, login: ImapLogin, limits: Limits | None = None,
+                 config: ImapConfig | None = None) -> None:
+        self.config = config = config or ImapConfig()
+        self.engine = ImapEngine(limits, config.max_bad_commands)
+        self.io = io
+        self.login = login
+        self.backend: ImapBackend | None = None
+        self.sel: SelectedMailbox | None = None
+        self.auth_failures = 0
+        self.closed = False  # the connection is gone
+        self._unwatch: Callable[[], None] | None = None
+
+    # --- connection life ----------------------------------------------------
+    def greeting(self) -> None:
+        """``* OK [CAPABILITY ...]`` (RFC 9051 7.1.1)."""
+        self.engine.greeting("mailyard IMAP4rev2 server ready", code="CAPABILITY " + " ".join(capabilities(self)))
+
+    def logged_in(self, backend: ImapBackend) -> None:
+        """LOGIN or AUTHENTICATE succeeded: serve this account from now on."""
+        self.backend = backend
+        if not self.closed and self._unwatch is None:
+            self._unwatch = backend.watch(self.changed)
+        self.io.authenticated()
+
+    def restart(self) -> None:
+        """STARTTLS: forget everything learned before TLS, including commands
+        pipelined after STARTTLS in the clear (RFC 9051 6.2.1, RFC 3207 4.2)."""
+        self.engine = ImapEngine(self.engine.framer.limits, self.config.max_bad_commands)
+        self.auth_failures = 0
+
+    def close(self) -> None:
+        """The connection is gone: stop watching the backend; an
+        AUTHENTICATE left open counts as a failed login."""
+        self.closed = True
+        self.login.close()
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+
+    def changed(self, mailbox_id: int) -> None:
+        """The backend committed a change to ``mailbox_id`` (any session's)."""
+        sel = self.sel
+        if sel is not None and sel.mailbox.id == mailbox_id:
+            sel.changed()
+            self.io.wake()  # IDLE announces it at once
+
+    # --- commands -------------------------------------------------------------
+    def references_current(self) -> bool:
+        """Whether the session may go on: its account still exists under the
+        credentials it logged in with, and its selected mailbox still exists
+        (same UIDVALIDITY). Asked before every command; the backend answers
+        from memory.
+
+        If not, the session ends with ``* BYE``: RFC 2180 3.2 (a server may
+        let a mailbox be deleted and disconnect the other clients that have it
+        selected, as Dovecot does), RFC 9051 7.1.5 (BYE: the server closes
+        the connection). A client cannot be left in the selected state of a
+        mailbox that is gone, and a removed account or changed password must
+        not keep a session it opened."""
+        backend = self.backend
+        if backend is None:
+            return True
+        if not backend.account_current():
+            log.info("imap: ending a session: account removed or password changed")
+            self.engine.bye("Account removed or password changed; log in again")
+            return False
+        sel = self.sel
+        if sel is not None and not backend.mailbox_current(sel.mailbox):
+            self.selected_mailbox_gone()
+            return False
+        return True
+
+    def selected_mailbox_gone(self) -> None:
+        self.sel = None
+        self.engine.bye("Selected mailbox was deleted, have to disconnect")
+
+    async def execute(self, cmd: c.Command) -> None:
+        """Answer one command; its responses are queued on the engine."""
+        if self.backend is not None and not self.references_current():
+            return
+        try:
+            await HANDLERS[cmd.name](self, cmd)
+        except MailboxGone as exc:
+            sel = self.sel
+            if sel is not None and exc.mailbox_id == sel.mailbox.id:
+                self.selected_mailbox_gone()  # deleted while this command ran
+            elif self.engine.current is not None:
+                await self.finish("NO", "Mailbox does not exist", "NONEXISTENT", allow_expunge=False)
+        except ConnectionEnding as end:
+            self.engine.bye(end.text, end.code)
+        except self.config.failures as exc:
+            log.info("imap: %s failed: %s", cmd.name, exc)
+            if self.engine.current is not None:
+                await self.finish("NO", str(exc) or "Operation failed", allow_expunge=False)
+        except ConnectionError:
+            raise  # the connection is gone (ImapIO says so); the I/O side closes it
+        except Exception:
+            log.exception("imap: %s crashed", cmd.name)
+            if self.engine.current is not None:
+                self.engine.complete("NO", "Internal server error", "SERVERBUG")
+
+    async def finish(self, status: str, text: str, code: str | None = None, allow_expunge: bool = True) -> None:
+        """Send pending mailbox updates, then the tagged response."""
+        sel = self.sel
+        # (no coroutine at all for the usual command that has nothing to announce)
+        if (sel is not None and (sel.dirty or (allow_expunge and sel.pending_expunge))
+                and self.backend is not None and self.engine.state is State.SELECTED):
+            await sel.sync(self.engine, self.backend, allow_expunge)
+        self.engine.complete(status, text, code)
+
+    async def sync(self, allow_expunge: bool) -> None:
+        """Announce what changed in the selected mailbox (RFC 9051 5.2)."""
+        sel = self.sel
+        if sel is not None and self.backend is not None:
+            await sel.sync(self.engine, self.backend, allow_expunge)
+
+    async def maybe_flush(self) -> None:
+        """Write out queued responses once they pass FLUSH_AT."""
+        if self.engine.pending > FLUSH_AT:
+            await self.io.flush()
+
+    async def idle(self) -> None:
+        """Wait for DONE, announcing changes as they happen (RFC 2177 3)."""
+        engine = self.engine
+        engine.start_idle()
+        if self.sel is not None:
+            self.sel.infos_cache = None  # an idle connection keeps little memory
+            await self.sync(allow_expunge=True)
+        await self.io.flush()
+        while True:
+            ev = engine.next_event()
+            if isinstance(ev, IdleDone):
+                await self.finish("OK" if ev.ok else "BAD", "IDLE terminated" if ev.ok else "Expected DONE")
+                return
+            if ev is CLOSED:
+                return
+            if self.sel is not None and self.sel.dirty:
+                await self.sync(allow_expunge=True)
+                await self.io.flush()
+                continue
+            if not await self.io.wait_idle():
+                engine.bye("Connection closed")
+                return

@@ -1,0 +1,77 @@
+"""APPEND (MULTIAPPEND, APPENDUID), COPY and MOVE (COPYUID), byte for byte
+(RFC 9051 6.3.12, 6.4.7-8; RFC 3502; RFC 4315 3; RFC 6851; RFC 3516 4.4)."""
+
+from __future__ import annotations
+
+from .helpers import connect, store_with_mail
+
+
+def test_append_with_flags_and_date_rfc9051_6_3_12() -> None:
+    store = store_with_mail()
+    c = connect(store)
+    c.expect(b'a1 APPEND INBOX (\\Seen $x) "01-Jan-2024 10:00:00 +0100" {5+}\r\nhello\r\n',
+             "a1 OK [APPENDUID 1 4] APPEND completed")
+    c.untagged("a2 SELECT INBOX")
+    c.expect("a3 UID FETCH 4 (FLAGS INTERNALDATE RFC822.SIZE)",
+             '* 4 FETCH (UID 4 FLAGS (\\Seen \\Recent $x) INTERNALDATE "01-Jan-2024 09:00:00 +0000" RFC822.SIZE 5)',
+             "a3 OK UID FETCH completed")
+
+
+def test_append_to_the_selected_mailbox_is_announced() -> None:
+    c = connect(select="INBOX")
+    c.expect(b"a1 APPEND INBOX {2+}\r\nhi\r\n", "* 4 EXISTS", "* 4 RECENT", "a1 OK [APPENDUID 1 4] APPEND completed")
+
+
+def test_multiappend_is_all_or_nothing_rfc3502() -> None:
+    store = store_with_mail()
+    c = connect(store)
+    c.expect(b"a1 APPEND Sent {2+}\r\nhi (\\Draft) {3+}\r\nyou\r\n", "a1 OK [APPENDUID 3 1:2] APPEND completed")
+    c.expect(b"a2 APPEND Sent {2+}\r\nhi (\\Recent) {3+}\r\nyou\r\n", "a2 BAD flag \\Recent cannot be set")
+    assert len(store.find("alice", "Sent").messages) == 2
+
+
+def test_append_refusals() -> None:
+    store = store_with_mail()
+    c = connect(store)
+    c.expect(b"a1 APPEND Nope {2+}\r\nhi\r\n", "a1 NO [TRYCREATE] Mailbox does not exist")
+    c.expect(b"a2 APPEND INBOX {0+}\r\n\r\n", "a2 NO Empty message")
+    # RFC 3516 4.4: NUL octets only in a literal8
+    c.expect(b"a3 APPEND INBOX {3+}\r\na\x00b\r\n", "a3 NO [UNKNOWN-CTE] NUL octets need a literal8")
+    c.expect(b"a4 APPEND INBOX ~{3+}\r\na\x00b\r\n", "a4 OK [APPENDUID 1 4] APPEND completed")
+    store.full = True
+    c.expect(b"a5 APPEND INBOX {2+}\r\nhi\r\n", "a5 NO [OVERQUOTA] Over quota")
+
+
+def test_copy_rfc4315_copyuid() -> None:
+    store = store_with_mail()
+    c = connect(store, select="INBOX")
+    c.expect("a1 COPY 1:2 Sent", "a1 OK [COPYUID 3 1:2 1:2] COPY completed")
+    c.expect("a2 UID COPY 3 Sent", "a2 OK [COPYUID 3 3 3] UID COPY completed")
+    c.expect("a3 COPY 1 Nope", "a3 NO [TRYCREATE] Destination mailbox does not exist")  # RFC 9051 6.4.7
+    c.expect("a4 COPY 9 Sent", "a4 BAD Invalid message sequence number")
+    c.expect("a5 UID COPY 9 Sent", "a5 OK COPY completed, nothing to do")
+    assert [m.flags for _, m in store.find("alice", "Sent").messages.values()] == [
+        frozenset({"\\Seen"}), frozenset(), frozenset()]
+    store.full = True
+    c.expect("a6 COPY 1 Sent", "a6 NO [OVERQUOTA] Over quota")
+
+
+def test_move_rfc6851_4_3() -> None:
+    c = connect(select="INBOX")
+    # COPYUID in an untagged OK before the expunges
+    c.expect("a1 UID MOVE 2:3 Trash", "* OK [COPYUID 4 2:3 1:2] Moved", "* 2 EXPUNGE", "* 2 EXPUNGE",
+             "a1 OK UID MOVE completed")
+    c.expect("a2 MOVE 1 Junk", "* OK [COPYUID 5 1 1] Moved", "* 1 EXPUNGE", "a2 OK MOVE completed")
+    c.expect("a3 SEARCH ALL", "* SEARCH", "a3 OK SEARCH completed")
+
+
+def test_move_with_qresync_is_vanished() -> None:
+    c = connect(enable="QRESYNC", select="INBOX")
+    c.expect("a1 MOVE 1,3 Trash", "* OK [COPYUID 4 1,3 1:2] Moved", "* VANISHED 1,3", "a1 OK MOVE completed")
+
+
+def test_move_from_a_read_only_mailbox() -> None:
+    c = connect()
+    c.untagged("a0 EXAMINE INBOX")
+    c.expect("a1 MOVE 1 Trash", "a1 NO [READ-ONLY] Mailbox is read-only")
+    c.expect("a2 COPY 1 Trash", "a2 OK [COPYUID 4 1 1] COPY completed")

@@ -1,0 +1,175 @@
+"""FETCH and UID FETCH, byte for byte (RFC 9051 6.4.5, 6.4.9, 7.5.2; RFC 3516
+BINARY; RFC 7162 3.1.4 CHANGEDSINCE/MODSEQ, 3.2.6 VANISHED)."""
+
+from __future__ import annotations
+
+from .helpers import MULTIPART, PLAIN, SHORT, connect, store_with_mail
+
+DATE = '"14-Nov-2023 22:13:20 +0000"'
+ENVELOPE = (
+    '("Wed, 17 Jul 1996 02:23:25 -0700" "IMAP4rev2 WG mtg summary" '
+    '(("Terry Gray" NIL "gray" "cac.washington.edu")) (("Terry Gray" NIL "gray" "cac.washington.edu")) '
+    '(("Terry Gray" NIL "gray" "cac.washington.edu")) ((NIL NIL "imap" "cac.washington.edu")) NIL NIL NIL '
+    '"<B27397-0100000@cac.washington.edu>")'
+)
+
+
+def lit(data: bytes) -> str:
+    return f"{{{len(data)}}}\r\n{data.decode()}"
+
+
+def test_index_attributes_and_macros() -> None:
+    c = connect(select="INBOX")
+    c.expect(
+        "a1 FETCH 1:* (FLAGS UID RFC822.SIZE INTERNALDATE)",
+        f"* 1 FETCH (FLAGS (\\Seen \\Recent) UID 1 RFC822.SIZE {len(PLAIN)} INTERNALDATE {DATE})",
+        f"* 2 FETCH (FLAGS (\\Recent) UID 2 RFC822.SIZE {len(MULTIPART)} INTERNALDATE {DATE})",
+        f"* 3 FETCH (FLAGS (\\Recent) UID 3 RFC822.SIZE {len(SHORT)} INTERNALDATE {DATE})",
+        "a1 OK FETCH completed",
+    )
+    # RFC 9051 6.4.5: FAST = (FLAGS INTERNALDATE RFC822.SIZE)
+    c.expect("a2 FETCH 3 FAST", f"* 3 FETCH (FLAGS (\\Recent) INTERNALDATE {DATE} RFC822.SIZE {len(SHORT)})",
+             "a2 OK FETCH completed")
+
+
+def test_rev2_sees_no_recent() -> None:
+    c = connect(enable="IMAP4rev2", select="INBOX")
+    c.expect("a1 FETCH 1:2 FLAGS", "* 1 FETCH (FLAGS (\\Seen))", "* 2 FETCH (FLAGS ())", "a1 OK FETCH completed")
+
+
+def test_uid_fetch_always_returns_uid_rfc9051_6_4_9() -> None:
+    c = connect(select="INBOX")
+    c.expect("a1 UID FETCH 2:* (FLAGS)", "* 2 FETCH (UID 2 FLAGS (\\Recent))",
+             "* 3 FETCH (UID 3 FLAGS (\\Recent))", "a1 OK UID FETCH completed")
+    c.expect("a2 UID FETCH 9 FLAGS", "a2 OK UID FETCH completed")  # no such UID: nothing
+
+
+def test_envelope_body_and_rfc822_header() -> None:
+    c = connect(select="INBOX")
+    header = PLAIN[: PLAIN.index(b"\r\n\r\n") + 4]
+    c.expect(
+        "a1 FETCH 1 (ENVELOPE BODY RFC822.HEADER)",
+        f'* 1 FETCH (ENVELOPE {ENVELOPE} BODY ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 55 1) '
+        f"RFC822.HEADER {lit(header)})",
+        "a1 OK FETCH completed",
+    )
+
+
+def test_bodystructure_of_a_multipart() -> None:
+    c = connect(select="INBOX")
+    c.expect(
+        "a1 FETCH 2 BODYSTRUCTURE",
+        '* 2 FETCH (BODYSTRUCTURE (("TEXT" "PLAIN" ("CHARSET" "utf-8") NIL NIL "QUOTED-PRINTABLE" 15 0 NIL NIL NIL '
+        'NIL)("APPLICATION" "OCTET-STREAM" NIL NIL NIL "BASE64" 8 NIL NIL NIL NIL)("TEXT" "PLAIN" NIL NIL NIL '
+        '"X-UUENCODE" 11 0 NIL NIL NIL NIL) "MIXED" ("BOUNDARY" "b1") NIL NIL NIL))',
+        "a1 OK FETCH completed",
+    )
+
+
+def test_body_sections_and_partial_rfc9051_6_4_5() -> None:
+    c = connect(select="INBOX")
+    c.expect(
+        "a1 FETCH 2 (BODY.PEEK[1.MIME] BODY.PEEK[HEADER.FIELDS (Subject FROM)] BODY.PEEK[TEXT]<0.8> "
+        "BODY.PEEK[HEADER.FIELDS.NOT (From Subject MIME-Version)] BODY.PEEK[9])",
+        "* 2 FETCH (BODY[1.MIME] "
+        + lit(b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n")
+        + " BODY[HEADER.FIELDS (Subject FROM)] " + lit(b"From: Jorg <j@x.example>\r\nSubject: parts\r\n\r\n")
+        + " BODY[TEXT]<0> " + lit(b"--b1\r\nCo")
+        + " BODY[HEADER.FIELDS.NOT (From Subject MIME-Version)] "
+        + lit(b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n')
+        + " BODY[9] {0}\r\n)",  # a part that does not exist reads as empty
+        "a1 OK FETCH completed",
+    )
+
+
+def test_body_without_peek_sets_seen_and_reports_it() -> None:
+    c = connect(select="INBOX")
+    c.expect("a1 FETCH 3 (BODY[TEXT])", "* 3 FETCH (BODY[TEXT] {4}\r\nhi\r\n FLAGS (\\Seen \\Recent))",
+             "a1 OK FETCH completed")
+    c.expect("a2 FETCH 3 (RFC822.TEXT)", "* 3 FETCH (RFC822.TEXT {4}\r\nhi\r\n)", "a2 OK FETCH completed")
+    c.expect("a3 FETCH 3 (RFC822)", f"* 3 FETCH (RFC822 {lit(SHORT)})", "a3 OK FETCH completed")
+    c.expect("a4 FETCH 3 BODY[]<40.100>", "* 3 FETCH (BODY[]<40> {6}\r\n\r\nhi\r\n)", "a4 OK FETCH completed")
+
+
+def test_examine_does_not_set_seen() -> None:
+    store = store_with_mail()
+    c = connect(store)
+    c.untagged("a0 EXAMINE INBOX")
+    c.expect("a1 FETCH 3 (BODY[TEXT])", "* 3 FETCH (BODY[TEXT] {4}\r\nhi\r\n)", "a1 OK FETCH completed")
+    assert store.find("alice", "INBOX").messages[3][1].flags == frozenset()
+
+
+def test_binary_rfc3516() -> None:
+    c = connect(select="INBOX")
+    c.expect(
+        "a1 FETCH 2 (BINARY.PEEK[1] BINARY.PEEK[2] BINARY.SIZE[2] BINARY.PEEK[1]<2.3>)",
+        "* 2 FETCH (BINARY[1] {7}\r\nGr\u00fc\u00dfe BINARY[2] ~{5}\r\n".encode()
+        + b"\x00\x01\x02\x03\x04 BINARY.SIZE[2] 5 BINARY[1]<2> {3}\r\n\xc3\xbc\xc3)",  # octets, not characters
+        "a1 OK FETCH completed",
+    )
+
+
+def test_binary_of_an_unknown_encoding_rfc3516_4_3() -> None:
+    c = connect(select="INBOX")
+    c.expect("a1 FETCH 1:2 BINARY.PEEK[3]", "* 1 FETCH (BINARY[3] {0}\r\n)", "* 2 FETCH (UID 2)",
+             "a1 NO [UNKNOWN-CTE] Unknown Content-Transfer-Encoding")
+
+
+def test_sequence_numbers_beyond_the_mailbox_are_bad() -> None:
+    c = connect(select="INBOX")
+    c.expect("a1 FETCH 4 FLAGS", "a1 BAD Invalid message sequence number")
+    c.expect("a2 FETCH 2:4 FLAGS", "a2 BAD Invalid message sequence number")
+
+
+def test_modseq_and_changedsince_rfc7162_3_1_4() -> None:
+    c = connect(select="INBOX")
+    c.untagged("a1 STORE 2 +FLAGS.SILENT (\\Flagged)")
+    # a CONDSTORE-enabling FETCH: MODSEQ from now on (RFC 7162 3.1)
+    c.expect("a2 FETCH 1:* (FLAGS) (CHANGEDSINCE 3)", "* 2 FETCH (FLAGS (\\Flagged \\Recent) MODSEQ (4))",
+             "a2 OK FETCH completed")
+    c.expect("a3 UID FETCH 1 MODSEQ", "* 1 FETCH (UID 1 MODSEQ (1))", "a3 OK UID FETCH completed")
+
+
+def test_vanished_earlier_rfc7162_3_2_6() -> None:
+    c = connect(enable="QRESYNC", select="INBOX")
+    c.untagged("a1 STORE 1 +FLAGS.SILENT (\\Deleted)")
+    c.expect("a2 EXPUNGE", "* VANISHED 1", "a2 OK EXPUNGE completed")
+    c.expect("a3 FETCH 1 (FLAGS) (CHANGEDSINCE 1 VANISHED)",
+             "a3 BAD VANISHED needs UID FETCH with CHANGEDSINCE and QRESYNC")
+    c.expect("a4 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 4 VANISHED)", "* VANISHED (EARLIER) 1",
+             "a4 OK UID FETCH completed")
+
+
+def test_fetch_of_a_message_another_session_expunged_rfc2180_4_1_3() -> None:
+    store = store_with_mail()
+    a = connect(store, select="INBOX")
+    b = connect(store, select="INBOX")
+    a.untagged("x1 STORE 1 +FLAGS.SILENT (\\Deleted)")
+    a.untagged("x2 EXPUNGE")
+    b.expect("y1 FETCH 1:2 (UID)", "* 2 FETCH (UID 2)", "y1 NO [EXPUNGEISSUED] Some messages were expunged")
+    b.expect("y2 NOOP", "* 1 EXPUNGE", "y2 OK NOOP completed")
+
+
+def test_saved_result_as_a_sequence_set_rfc5182() -> None:
+    c = connect(select="INBOX")
+    c.untagged("a1 SEARCH RETURN (SAVE) UNSEEN")
+    c.expect("a2 FETCH $ (UID)", "* 2 FETCH (UID 2)", "* 3 FETCH (UID 3)", "a2 OK FETCH completed")
+
+
+def test_big_fetch_is_flushed_as_it_goes() -> None:
+    store = store_with_mail()
+    for _ in range(300):
+        store.deliver("alice", MULTIPART)
+    c = connect(store, select="INBOX")
+    flushes = []
+    flush = c.conv.flush
+
+    async def counting() -> None:
+        flushes.append(c.session.engine.pending)
+        await flush()
+
+    c.conv.flush = counting  # type: ignore[method-assign]
+    lines = c.untagged("a1 FETCH 1:* (BODY.PEEK[])")
+    assert len([x for x in lines if b" FETCH (BODY[] {" in x]) == 303
+    # the first batches are written at once: 50 messages, then 200
+    assert len(flushes) >= 2 and flushes[0] < flushes[1]
