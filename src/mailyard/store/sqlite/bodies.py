@@ -77,10 +77,6 @@ class BodiesMixin(SQLiteCore):
         assert cur.lastrowid is not None
         return cur.lastrowid
 
-    def _read_body(self, body_id: int) -> bytes | None:
-        row = self._q1("SELECT segment, offset, length FROM bodies WHERE id = ?", (body_id,))
-        return self.blobs.read(row[0], row[1], row[2]) if row is not None else None
-
     # --- compaction --------------------------------------------------------------
     async def compact(self) -> None:
         """Reclaim the space of expunged messages now (``mailyard store compact``)."""
