@@ -18,7 +18,6 @@ Model (names follow RFC 9051 / RFC 7162 so a reader with the RFCs open can follo
   Delivered-To: they differ per recipient) followed by a shared *body* blob (the
   bytes the client sent, with the Received header this server prepended). The
   body is stored once however many mailboxes hold it.
-
 - The *outbound queue* holds messages on their way to remote recipients: a
   ``QueueEntry`` is one body (stored once, shared with any local copies of the
   same delivery), its envelope (reverse-path, RFC 3461 parameters) and one
@@ -28,7 +27,7 @@ Writes are durable when their coroutine returns: bytes and index rows are on dis
 (fsynced). Concurrent writes share one commit (group commit).
 
 Backends: store/sqlite/ (the embedded default). ``open_store`` (store/__init__.py)
-opens the configured one; nothing outside store/ names a backend.
+opens a data directory's store; nothing outside store/ names a backend.
 """
 
 from __future__ import annotations
