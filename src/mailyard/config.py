@@ -69,6 +69,9 @@ class LimitsConfig:
     imap_max_command_unauthenticated: int = 8 * 1024
     imap_max_command: int = 1024 * 1024
     imap_max_append_command: int = 100 * 1024 * 1024
+    # IMAP and POP3: bad commands (IMAP BAD in a row, POP3 -ERR for a bad
+    # command) on one connection before it is closed.
+    max_bad_commands: int = 20
 
 
 @dataclass
@@ -82,6 +85,9 @@ class SMTPConfig:
     max_text_line: int = 1000
     # Unknown or bad commands before 421 and disconnect.
     max_unknown_commands: int = 20
+    # Error replies of any kind (bad commands, sequence errors, refused data)
+    # before 421 and disconnect.
+    max_errors: int = 50
     # VRFY/EXPN answer with real data only when enabled (RFC 5321 3.5.3: 252 otherwise).
     vrfy: bool = False
     expn: bool = False
@@ -138,9 +144,11 @@ class AuthConfig:
     account_lockout: float = 900.0
     ip_max_failures: int = 30
     ip_lockout: float = 900.0
-    # Failed logins on one connection before it is closed (SMTP 421, IMAP BYE).
+    # Failed logins on one connection before it is closed (SMTP 421, IMAP BYE,
+    # POP3 -ERR).
     smtp_connection_max_failures: int = 5
     imap_connection_max_failures: int = 3
+    pop3_connection_max_failures: int = 3
 
 
 @dataclass

@@ -109,9 +109,10 @@ def run_smtp(data: bytes) -> bytes:
     from mailyard.protocols.smtp import (
         NEED_DATA,
         PAUSED,
+        AbuseBudgets,
         AuthReceived,
         AuthResponse,
-        ConnectionClosed,
+        Closed,
         ExpnReceived,
         HeloReceived,
         MessageReceived,
@@ -135,12 +136,11 @@ def run_smtp(data: bytes) -> bytes:
         strict_line_endings=not selector & 0x80,
         smtputf8=rng.random() < 0.8,
         dsn=rng.random() < 0.8,
-        max_unknown_commands=rng.choice([3, 20]),
-        max_errors=rng.choice([5, 50]),
+        budgets=AbuseBudgets(max_bad_commands=rng.choice([3, 20]), max_errors=rng.choice([5, 50])),
     )
     engine = SMTPServerEngine(config, tls_active=rng.random() < 0.2)
     if rng.random() < 0.2:
-        engine.auth_unadvertised = frozenset({"XOAUTH2"})
+        engine.offer(config.extensions_extra, auth_unadvertised={"XOAUTH2"})
     wire = SMTP_PREAMBLES[selector % len(SMTP_PREAMBLES)] + wire
     out = bytearray(engine.greeting())
     steps = 0
@@ -151,7 +151,7 @@ def run_smtp(data: bytes) -> bytes:
             steps += 1
             check(steps < MAX_EVENTS, "SMTP event loop does not end")
             ev = engine.next_event()
-            if ev is NEED_DATA or isinstance(ev, ConnectionClosed):
+            if ev is NEED_DATA or isinstance(ev, Closed):
                 break
             check(ev is not PAUSED, "engine paused although nothing is pending")
             if not ev.needs_answer:
@@ -264,8 +264,9 @@ def run_pop3(data: bytes) -> bytes:
 
     from mailyard.protocols.pop3.engine import (
         NEED_DATA,
+        AbuseBudgets,
         APOPLogin,
-        Close,
+        Closed,
         MaildropEntry,
         POP3Server,
         RetrieveMessage,
@@ -284,8 +285,7 @@ def run_pop3(data: bytes) -> bytes:
         sasl_mechanisms=("PLAIN", "LOGIN") if selector & 0x20 else ("PLAIN",),
         plaintext_auth=not selector & 0x40,
         tls_available=bool(selector & 0x80),
-        max_auth_failures=rng.choice([1, 3]),
-        max_bad_commands=rng.choice([2, 20]),
+        budgets=AbuseBudgets(max_auth_failures=rng.choice([1, 3]), max_bad_commands=rng.choice([2, 20])),
     )
     store = {uid: raw for uid, raw in enumerate(POP3_MESSAGES, 1)}
     entries = [MaildropEntry(uid, len(pop3_message_bytes(raw)), f"uid-{uid}") for uid, raw in store.items()]
@@ -325,7 +325,7 @@ def run_pop3(data: bytes) -> bytes:
             ev = engine.next_event()
             if ev is NEED_DATA:
                 break
-            if isinstance(ev, Close):
+            if isinstance(ev, Closed):
                 closed = True
                 break
             if isinstance(ev, UserPassLogin):

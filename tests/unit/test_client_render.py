@@ -1,5 +1,6 @@
-"""Unit tests of the mail client's pure parts: reply/forward header rules,
-HTML rendering, attachment names, id specs, account config and Maildir."""
+"""Unit tests of the mail client's own parts: saving attachments, id specs,
+account config, the editor and Maildir. Reading and answering rules are the
+message layer's: tests/unit/test_message_reading.py, test_message_reply.py."""
 
 from __future__ import annotations
 
@@ -12,99 +13,7 @@ import pytest
 from mailyard.client import cli as client_cli
 from mailyard.client.config import Account, AccountStore, ClientError, Endpoint, guess_endpoints
 from mailyard.client.maildir import Maildir, UIDLState
-from mailyard.client.render import (
-    attachments,
-    body_text,
-    for_attaching,
-    html_to_text,
-    prefixed_subject,
-    quote,
-    reply_recipients,
-    reply_threading,
-    safe_filename,
-)
-from mailyard.message.compose import Attachment, compose, to_bytes
-from mailyard.message.parse import parse_message
-
-OWN = {"me@example.test", "me.alias@example.test"}
-
-
-def msg(**headers: str):
-    raw = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items()) + "\r\nbody\r\n"
-    return parse_message(raw.encode())
-
-
-def test_reply_threading_rfc5322_3_6_4() -> None:
-    # Parent with References: References + parent id.
-    m = msg(Message_ID="<c@x>", References="<a@x> <b@x>", In_Reply_To="<b@x>")
-    assert reply_threading(m) == ("<c@x>", ["<a@x>", "<b@x>", "<c@x>"])
-    # Parent without References but a single In-Reply-To id: that id + parent id.
-    m = msg(Message_ID="<c@x>", In_Reply_To="<b@x>")
-    assert reply_threading(m) == ("<c@x>", ["<b@x>", "<c@x>"])
-    # Several In-Reply-To ids are not used (RFC 5322: only one can be the parent).
-    m = msg(Message_ID="<c@x>", In_Reply_To="<a@x> <b@x>")
-    assert reply_threading(m) == ("<c@x>", ["<c@x>"])
-    assert reply_threading(msg(Subject="no id")) == (None, [])
-
-
-def test_reply_recipients() -> None:
-    m = msg(From="Ann <ann@x.test>", To="me@example.test, Bob <bob@x.test>",
-            Cc="ME <ME@example.test>, carol@x.test, me.alias@example.test, bob@x.test")
-    to, cc = reply_recipients(m, OWN, reply_all=False)
-    assert [b.addr_spec for b in to] == ["ann@x.test"] and cc == []
-    to, cc = reply_recipients(m, OWN, reply_all=True)
-    assert [b.addr_spec for b in to] == ["ann@x.test"]
-    assert [b.addr_spec for b in cc] == ["bob@x.test", "carol@x.test"]  # no self, no duplicates
-    # Reply-To replaces From (RFC 5322 3.6.2).
-    m = msg(From="ann@x.test", Reply_To="list@x.test", To="me@example.test")
-    assert [b.addr_spec for b in reply_recipients(m, OWN, False)[0]] == ["list@x.test"]
-    # Replying to one's own sent message goes to its recipients.
-    m = msg(From="me@example.test", To="bob@x.test")
-    assert [b.addr_spec for b in reply_recipients(m, OWN, False)[0]] == ["bob@x.test"]
-
-
-@pytest.mark.parametrize(("subject", "prefix", "expected"), [
-    ("Hello", "Re:", "Re: Hello"),
-    ("Re: Hello", "Re:", "Re: Hello"),
-    ("RE: Hello", "Re:", "RE: Hello"),
-    ("AW: Hallo", "Re:", "AW: Hallo"),
-    ("", "Re:", "Re:"),
-    ("Hello", "Fwd:", "Fwd: Hello"),
-    ("Fw: Hello", "Fwd:", "Fw: Hello"),
-    ("Re: Hello", "Fwd:", "Fwd: Re: Hello"),
-])
-def test_prefixed_subject(subject: str, prefix: str, expected: str) -> None:
-    assert prefixed_subject(subject, prefix) == expected
-
-
-def test_quote() -> None:
-    assert quote("a\n\n> b\n") == "> a\n>\n>> b\n"
-
-
-def test_html_to_text() -> None:
-    text = html_to_text(
-        "<html><head><title>t</title><style>x{}</style><script>alert(1)</script></head><body>"
-        "<p>One &amp; <i>two</i></p><p>Three<br>four</p><ul><li>a</li><li>b</li></ul>"
-        "<a href='https://x.test/'>site</a> <img alt='logo' src='x.png'>"
-        "<blockquote>quoted</blockquote></body></html>")
-    assert "One & two" in text and "Three\nfour" in text
-    assert "  * a\n  * b" in text
-    assert "site <https://x.test/>" in text and "[logo]" in text
-    assert "> quoted" in text
-    assert "alert" not in text and "x{}" not in text
-
-
-def test_body_and_attachments() -> None:
-    m = parse_message(to_bytes(compose(
-        "a@x.test", "b@x.test", subject="s", text="plain text", html="<p>html</p>",
-        attachments=[Attachment("../../etc/passwd", b"\x00\x01"), Attachment("r.txt", "hi", "text/plain")])))
-    assert body_text(m) == ("plain text\n", "plain")
-    atts = attachments(m)
-    assert [(a.filename, a.size) for a in atts] == [("../../etc/passwd", 2), ("r.txt", 3)]
-    html_only = compose("a@x.test", "b@x.test", text="x")
-    html_only.set_content("<p>only <b>html</b></p>", subtype="html")
-    text, kind = body_text(parse_message(to_bytes(html_only)))
-    assert kind == "html" and text.strip() == "only html"
+from mailyard.client.render import safe_filename
 
 
 def test_safe_filename(tmp_path: Path) -> None:
@@ -191,20 +100,6 @@ def test_body_from_editor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     script.write_text("")  # an editor that changes nothing: nothing is sent
     with pytest.raises(ClientError, match="empty message"):
         client_cli._body(args, template="> quoted\n")
-
-
-def test_forwarding_an_8bit_message_keeps_it_readable() -> None:
-    orig = (b"From: J\xc3\xb6rg <a@b.test>\r\nTo: d@e.test\r\nSubject: caf\xc3\xa9\r\n"
-            b"Received: from x by y; Tue, 01 Oct 2024 10:00:00 +0200\r\n"
-            b"Received: from w by x; Tue, 01 Oct 2024 09:59:00 +0200\r\n"
-            b"Date: Tue, 01 Oct 2024 10:00:00 +0200\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Transfer-Encoding: 8bit\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n")
-    out = to_bytes(compose("x@y.test", "q@r.test", text="FYI", attachments=[for_attaching(parse_message(orig))]))
-    assert out.isascii() and b"unknown-8bit" not in out
-    inner = next(parse_message(out).iter_attachments()).get_content()
-    assert str(inner["From"]) == "Jörg <a@b.test>" and inner["Subject"] == "café"
-    assert [k for k, _v in inner.items()][:4] == ["From", "To", "Subject", "Received"]
-    assert inner.get_content().rstrip() == "Grüße"
 
 
 def test_safe_filename_long_names_and_dangling_links(tmp_path: Path) -> None:

@@ -201,9 +201,9 @@ def test_implicit_tls_engine_does_not_offer_starttls():
     assert b"STARTTLS" not in ehlo(e)
 
 
-def test_set_extensions_extra_per_session():
+def test_offer_per_session():
     e = SMTPServerEngine(CFG)
-    e.set_extensions_extra(["AUTH PLAIN"])
+    e.offer(["AUTH PLAIN"])
     assert ehlo(e).endswith(b"250-AUTH PLAIN\r\n250 HELP\r\n")
     e.receive_data(b"AUTH PLAIN =\r\n")
     assert e.next_event() == AuthReceived("PLAIN", "")
@@ -221,3 +221,23 @@ def test_overlong_sasl_line_ends_exchange():
     assert e.next_event() is NEED_DATA
     assert e.data_to_send() == (b"334 VXNlcm5hbWU6\r\n500 5.5.2 Line too long\r\n250 2.0.0 OK\r\n")
     assert e.state is State.READY
+
+
+def test_failed_auth_budget_closes_with_421():
+    # The engine counts 535/454 answers to AUTH; the one that uses the
+    # budget up is answered 421 4.7.0 and the session ends (RFC 4954 4).
+    from mailyard.protocols.contract import AbuseBudgets, Closed
+
+    e = SMTPServerEngine(replace(SUBMISSION, budgets=AbuseBudgets(max_auth_failures=2)))
+    ehlo(e)
+    e.receive_data(b"AUTH PLAIN AGFAYgBj\r\n")
+    e.next_event()
+    e.respond(Reply(535, "5.7.8", "Authentication credentials invalid"))
+    e.receive_data(b"AUTH PLAIN AGFAYgBj\r\n")
+    e.next_event()
+    e.respond(Reply(535, "5.7.8", "Authentication credentials invalid"))
+    assert e.data_to_send() == (
+        b"535 5.7.8 Authentication credentials invalid\r\n"
+        b"421 4.7.0 Too many failed authentication attempts, closing connection\r\n"
+    )
+    assert e.next_event() == Closed("errors")

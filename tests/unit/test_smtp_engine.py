@@ -9,16 +9,17 @@ import pytest
 from mailyard.protocols.smtp import (
     NEED_DATA,
     PAUSED,
-    ConnectionClosed,
+    AbuseBudgets,
+    Closed,
     HeloReceived,
     MailFromReceived,
     MessageReceived,
     ProtocolError,
+    ProtocolMisuse,
     RcptToReceived,
     Reply,
     ServerConfig,
     SMTPServerEngine,
-    SMTPUsageError,
     State,
 )
 
@@ -62,7 +63,7 @@ class Session:
             if ev is NEED_DATA or ev is PAUSED:
                 return
             self.events.append(ev)
-            if isinstance(ev, ConnectionClosed):
+            if isinstance(ev, Closed):
                 return
             if not ev.needs_answer:
                 continue
@@ -116,7 +117,7 @@ def test_helo_session_textbook():
     assert s.messages[0].data == body
     assert s.messages[0].reverse_path == "pxk@cs.rutgers.edu"
     assert s.messages[0].forward_paths == ["testuser@pk.org"]
-    assert s.events[-1] == ConnectionClosed("quit")
+    assert s.events[-1] == Closed("quit")
     assert s.engine.closed
 
 
@@ -400,7 +401,7 @@ def test_nul_and_invalid_utf8_in_command():
 
 
 def test_too_many_unknown_commands():
-    s = Session(replace(CFG, max_unknown_commands=3))
+    s = Session(replace(CFG, budgets=AbuseBudgets(max_bad_commands=3)))
     ehlo(s)
     out = s.feed(b"A\r\nB\r\nC\r\nNOOP\r\n")
     assert out == (
@@ -408,11 +409,11 @@ def test_too_many_unknown_commands():
         + b"421 4.7.0 mx.example.test Too many errors, closing connection\r\n"
     )
     assert s.engine.closed
-    assert s.events[-1] == ConnectionClosed("errors")
+    assert s.events[-1] == Closed("errors")
 
 
 def test_too_many_errors_budget():
-    s = Session(replace(CFG, max_errors=2))
+    s = Session(replace(CFG, budgets=AbuseBudgets(max_errors=2)))
     out = s.feed(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<a@b.example>\r\n")
     assert out == (
         b"503 Send HELO/EHLO first\r\n503 Need MAIL command\r\n"
@@ -484,7 +485,7 @@ def test_quit_ends_everything():
     ehlo(s)
     out = s.feed(b"MAIL FROM:<a@example.org>\r\nQUIT\r\nNOOP\r\n")
     assert out == b"250 2.1.0 Sender OK\r\n221 2.0.0 mx.example.test closing connection\r\n"
-    assert s.engine.next_event() == ConnectionClosed("quit")
+    assert s.engine.next_event() == Closed("quit")
     s.engine.receive_data(b"NOOP\r\n")
     assert s.engine.data_to_send() == b""
 
@@ -494,7 +495,7 @@ def test_eof_mid_data_drops_transaction():
     ehlo(s)
     s.feed(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nhalf a mess")
     assert s.feed(b"") == b""
-    assert s.events[-1] == ConnectionClosed("eof")
+    assert s.events[-1] == Closed("eof")
     assert s.messages == []
 
 
@@ -504,7 +505,7 @@ def test_eof_after_pipelined_quit_processes_quit_first():
     s.engine.receive_data(b"")
     s.pump()
     assert s.engine.data_to_send().endswith(b"221 mx.example.test closing connection\r\n")
-    assert s.events[-1] == ConnectionClosed("quit")
+    assert s.events[-1] == Closed("quit")
 
 
 def test_shutdown_reply():
@@ -517,7 +518,7 @@ def test_shutdown_reply():
         == b"250 2.0.0 OK\r\n421 4.3.2 mx.example.test Service shutting down\r\n"
     )
     assert s.engine.closed
-    assert s.engine.next_event() == ConnectionClosed("shutdown")
+    assert s.engine.next_event() == Closed("shutdown")
 
 
 # -------------------------------------------------------------- VRFY etc.
@@ -576,13 +577,13 @@ def test_noop_with_argument_ignored():
 
 def test_usage_errors():
     e = SMTPServerEngine(CFG)
-    with pytest.raises(SMTPUsageError):
+    with pytest.raises(ProtocolMisuse):
         e.accept()
     e.receive_data(b"EHLO x.example\r\n")
     e.next_event()
-    with pytest.raises(SMTPUsageError):
+    with pytest.raises(ProtocolMisuse):
         e.respond(Reply(334, None, ""))
-    with pytest.raises(SMTPUsageError):
+    with pytest.raises(ProtocolMisuse):
         e.reject(250, None, "no")
 
 
@@ -605,7 +606,7 @@ def test_glue_421_closes():
     e.next_event()
     e.reject(421, "4.7.0", "Not now")
     assert e.closed
-    assert e.next_event() == ConnectionClosed("rejected")
+    assert e.next_event() == Closed("rejected")
 
 
 def _vrfy_session(*, require_auth: bool) -> Session:
@@ -631,3 +632,43 @@ def test_vrfy_enabled_on_mx_port_asks_the_glue():
     s = _vrfy_session(require_auth=False)
     s.feed(b"VRFY alice@example.test\r\n")
     assert [type(e).__name__ for e in s.events][-1] == "VrfyReceived"
+
+
+# ------------------------------------------------------ the transition table
+
+
+def test_every_verb_has_a_row_in_every_command_state():
+    from mailyard.protocols.smtp.server import TRANSITIONS
+
+    verbs = {verb for _, verb in TRANSITIONS if not verb.startswith("<")}
+    command_states = (State.CONNECTED, State.READY, State.MAIL, State.RCPT)
+    missing = [(s, v) for s in command_states for v in sorted(verbs) if (s, v) not in TRANSITIONS]
+    assert not missing
+
+
+def test_out_of_sequence_commands_get_503_and_keep_the_state():
+    s = Session()
+    assert s.feed(b"MAIL FROM:<a@example.org>\r\n") == b"503 Send HELO/EHLO first\r\n"
+    assert s.engine.state is State.CONNECTED
+    ehlo(s)
+    assert s.feed(b"DATA\r\n") == b"503 5.5.1 Need MAIL command\r\n"
+    assert s.feed(b"MAIL FROM:<a@example.org>\r\n") == b"250 2.1.0 Sender OK\r\n"
+    assert s.feed(b"MAIL FROM:<b@example.org>\r\n") == b"503 5.5.1 Sender already specified\r\n"
+    assert s.feed(b"STARTTLS\r\n") == b"503 5.5.1 Not permitted during a mail transaction\r\n"
+    assert s.engine.state is State.MAIL
+    assert s.feed(b"RSET\r\n") == b"250 2.0.0 OK\r\n"
+    assert s.engine.state is State.READY
+
+
+def test_glue_answers_through_respond_alone():
+    # respond() with no reply is the usual positive answer (the EHLO keywords).
+    e = SMTPServerEngine(CFG)
+    e.receive_data(b"EHLO client.example.org\r\nMAIL FROM:<a@example.org>\r\n")
+    e.next_event()
+    e.respond()
+    e.next_event()
+    e.respond(Reply(550, "5.7.1", "Go away"))
+    assert e.next_event() is NEED_DATA
+    assert e.data_to_send() == EHLO_REPLY + b"550 5.7.1 Go away\r\n"
+    with pytest.raises(ProtocolMisuse):
+        e.respond()

@@ -14,7 +14,7 @@ from mailyard.protocols.smtp import (
     PAUSED,
     AuthReceived,
     AuthResponse,
-    ConnectionClosed,
+    Closed,
     ExpnReceived,
     MessageReceived,
     Reply,
@@ -76,7 +76,7 @@ def run(data_chunks: list[bytes], answer_code: int) -> bytes:
         engine.receive_data(chunk)
         for _ in range(10_000):
             ev = engine.next_event()
-            if ev is NEED_DATA or isinstance(ev, ConnectionClosed):
+            if ev is NEED_DATA or isinstance(ev, Closed):
                 break
             assert ev is not PAUSED
             if not ev.needs_answer:
@@ -115,7 +115,7 @@ def test_data_phase_chunking_does_not_change_result(body, step):
         for piece in pieces:
             engine.receive_data(piece)
             while (ev := engine.next_event()) is not NEED_DATA:
-                if isinstance(ev, ConnectionClosed):
+                if isinstance(ev, Closed):
                     break
                 if isinstance(ev, MessageReceived):
                     got.append(ev.data)

@@ -345,7 +345,7 @@ def cmd_send(args: argparse.Namespace) -> None:
         except (OSError, UnicodeDecodeError) as exc:
             raise ClientError(f"cannot read HTML file {args.html}: {exc}") from exc
     if html is not None and args.body is None and not args.body_file:
-        from .render import html_to_text
+        from ..message.reading import html_to_text
 
         text = html_to_text(html)  # the plain alternative, from the HTML itself
     else:
@@ -420,7 +420,7 @@ def _table(c: Any, uids: list[int], args: argparse.Namespace, what: str, sent: b
 
     from ..message.dates import parse_date
     from ..message.parse import parse_message
-    from .render import addresses, header, human_size
+    from ..message.reading import header_text, human_size, mailboxes
 
     out = _out()
     uids = sorted(uids, reverse=True)  # UIDs grow with arrival (RFC 9051 2.3.1.1): newest first
@@ -452,11 +452,11 @@ def _table(c: Any, uids: list[int], args: argparse.Namespace, what: str, sent: b
             when = item[b"INTERNALDATE"].strftime("%Y-%m-%d %H:%M")
         else:
             when = ""
-        sender = header(hdr, "To" if sent else "From")
-        boxes = addresses(hdr, "To" if sent else "From")
+        sender = header_text(hdr, "To" if sent else "From")
+        boxes = mailboxes(hdr, "To" if sent else "From")
         if boxes:
             sender = ", ".join(b.display_name or b.addr_spec for b in boxes)
-        subject = header(hdr, "Subject") or "(no subject)"
+        subject = header_text(hdr, "Subject") or "(no subject)"
         print(f"{uid:>{uid_w}}  {_flag_letters(item.get(b'FLAGS', ())):<4}  {when:<16}  "
               f"{_cut(sender, from_w):<{from_w}}  {_cut(subject, subj_w):<{subj_w}}  "
               f"{human_size(int(item.get(b'RFC822.SIZE', 0))):>8}", file=out)
@@ -511,16 +511,9 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 def cmd_read(args: argparse.Namespace) -> None:
     from ..message.parse import parse_message
+    from ..message.reading import attachments, body_text, header_text, human_size
     from . import transport
-    from .render import (
-        HEADERS_OF_INTEREST,
-        attachments,
-        body_text,
-        display_addresses,
-        header,
-        human_size,
-        save_attachment,
-    )
+    from .render import HEADERS_OF_INTEREST, display_addresses, save_attachment
 
     _s, acct = _account(args)
     uids = parse_ids(args.id)
@@ -541,7 +534,7 @@ def cmd_read(args: argparse.Namespace) -> None:
                     if name in ("From", "Reply-To", "To", "Cc", "Bcc"):
                         value = display_addresses(msg, name)
                     else:
-                        value = header(msg, name)
+                        value = header_text(msg, name)
                     if value:
                         print(f"{name}: {value}", file=out)
                 text, kind = body_text(msg)
@@ -556,7 +549,8 @@ def cmd_read(args: argparse.Namespace) -> None:
                     if isinstance(inner, list) and inner:
                         print("\n---------- attached message ----------", file=out)
                         for name in ("Date", "From", "To", "Subject"):
-                            value = display_addresses(inner[0], name) if name in ("From", "To") else header(inner[0], name)
+                            value = (display_addresses(inner[0], name) if name in ("From", "To")
+                                     else header_text(inner[0], name))
                             if value:
                                 print(f"{name}: {value}", file=out)
                         inner_text, _k = body_text(inner[0])
@@ -599,35 +593,25 @@ def _mark(acct: Account, folder: str, uid: int, flag: bytes) -> None:
 
 def cmd_reply(args: argparse.Namespace) -> None:
     from ..message.compose import compose
-    from .render import (
-        attribution,
-        body_text,
-        header,
-        prefixed_subject,
-        quote,
-        reply_recipients,
-        reply_threading,
-        strip_signature,
-    )
+    from ..message.reply import build_reply
 
     _s, acct = _account(args)
     uid = parse_ids(args.id)[0]
     _raw, orig = _fetch_message(acct, args.folder, uid)
-    to, cc = reply_recipients(orig, acct.own_addresses(), args.all)
+    reply = build_reply(orig, acct.own_addresses(), args.all)
     cc_extra = _recipients(args.cc)
-    if not to and not cc:
+    if not reply.to and not reply.cc:
         raise ClientError("the original has no address to reply to")
-    text, _kind = body_text(orig)
-    quoted = f"{attribution(orig)}\n{quote(strip_signature(text))}" if not args.no_quote else ""
+    quoted = reply.quoted if not args.no_quote else ""
     body = _body(args, template="\n\n" + quoted)
     if getattr(args, "body", None) is not None or getattr(args, "body_file", None) or not sys.stdin.isatty():
         body = body.rstrip("\n") + "\n\n" + quoted if quoted else body
-    in_reply_to, refs = reply_threading(orig)
     try:
         msg = compose(
-            _from(acct), [str(m) for m in to], cc=[*(str(m) for m in cc), *cc_extra], bcc=_recipients(args.bcc),
-            subject=prefixed_subject(header(orig, "Subject"), "Re:"), text=body,
-            in_reply_to=in_reply_to, references=refs, attachments=_file_attachments(args.attach),
+            _from(acct), [str(m) for m in reply.to], cc=[*(str(m) for m in reply.cc), *cc_extra],
+            bcc=_recipients(args.bcc), subject=reply.subject, text=body,
+            in_reply_to=reply.in_reply_to, references=reply.references,
+            attachments=_file_attachments(args.attach),
         )
     except ValueError as exc:
         raise ClientError(str(exc)) from exc
@@ -636,16 +620,9 @@ def cmd_reply(args: argparse.Namespace) -> None:
 
 
 def cmd_forward(args: argparse.Namespace) -> None:
-    from ..message.compose import Attachment, compose
-    from ..message.parse import parse_message
-    from .render import (
-        attachments,
-        body_text,
-        for_attaching,
-        forward_header_block,
-        header,
-        prefixed_subject,
-    )
+    from ..message.compose import compose
+    from ..message.reading import header_text
+    from ..message.reply import forward_attachment, forward_subject, inline_forward
 
     _s, acct = _account(args)
     uid = parse_ids(args.id)[0]
@@ -656,17 +633,15 @@ def cmd_forward(args: argparse.Namespace) -> None:
     note = _body(args) if (args.body is not None or args.body_file or not sys.stdin.isatty()) else ""
     atts: list = _file_attachments(args.attach)
     if args.inline:
-        text, _kind = body_text(orig)
-        body = (note.rstrip("\n") + "\n\n" if note.strip() else "") + forward_header_block(orig) + text
-        for a in attachments(orig):
-            atts.append(Attachment(a.filename, a.data(), a.content_type if "/" in a.content_type else None))
+        body, copies = inline_forward(orig, note)
+        atts.extend(copies)
     else:
         body = note
         # RFC 2046 5.2.1: the whole original as a message/rfc822 part.
-        atts.append(for_attaching(parse_message(raw)))
+        atts.append(forward_attachment(raw))
     try:
         msg = compose(
-            _from(acct), to, cc=cc, bcc=bcc, subject=prefixed_subject(header(orig, "Subject"), "Fwd:"),
+            _from(acct), to, cc=cc, bcc=bcc, subject=forward_subject(header_text(orig, "Subject")),
             text=body, attachments=atts,
         )
     except ValueError as exc:

@@ -13,4 +13,9 @@ package stays cheap):
 - ``headers``: RFC 2047 decoding and header-field helpers
 - ``derived``: ``derive`` -- ENVELOPE, BODYSTRUCTURE, part offsets, search text
 - ``imap_syntax``: ENVELOPE and BODYSTRUCTURE written in IMAP syntax, once at delivery
+- ``reading``: what a reader sees -- ``body_text`` (charset fallback),
+  ``html_to_text``, ``header_text``, ``mailboxes``, attachment names and
+  bytes, ``safe_filename``, ``human_size``
+- ``reply``: answering -- ``build_reply`` (recipients, threading fields,
+  subject, quote), ``forward_subject``, ``inline_forward``, ``forward_attachment``
 """

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .conncaps import ConnectionCaps
+
 log = logging.getLogger("mailyard.net")
 
 
@@ -80,13 +82,12 @@ class Listener:
     ) -> None:
         self.name = name
         self.protocol_factory = protocol_factory
-        self._protocols: set[Any] = set()
         self.host = host
         self.port = port
         self.limits = limits
         self.ssl_context = ssl_context
         self._server: asyncio.Server | None = None
-        self._per_ip: dict[str, int] = {}
+        self.caps = ConnectionCaps(limits.max_connections, limits.max_connections_per_ip)
 
     @property
     def bound_port(self) -> int:
@@ -96,29 +97,14 @@ class Listener:
 
     @property
     def active(self) -> int:
-        return len(self._protocols)
+        return self.caps.active
 
     def admit(self, protocol: Any, ip: str) -> str | None:
-        """Count a connection in; returns why it is refused, or None."""
-        if self.active >= self.limits.max_connections:
-            return "too many connections"
-        if self._per_ip.get(ip, 0) >= self.limits.max_connections_per_ip:
-            return "too many connections from your address"
-        self._protocols.add(protocol)
-        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-        return None
+        """Count a connection in (net/conncaps.py); returns why it is refused, or None."""
+        return self.caps.admit(protocol, ip)
 
-    def release(self, protocol: Any, ip: str) -> None:
-        if protocol in self._protocols:
-            self._protocols.discard(protocol)
-            self._release_ip(ip)
-
-    def _release_ip(self, ip: str) -> None:
-        left = self._per_ip.get(ip, 1) - 1
-        if left:
-            self._per_ip[ip] = left
-        else:
-            self._per_ip.pop(ip, None)
+    def release(self, protocol: Any) -> None:
+        self.caps.release(protocol)
 
     async def start(self) -> None:
         ctx = self.ssl_context() if self.ssl_context else None
@@ -148,12 +134,12 @@ class Listener:
     async def stop(self, grace: float) -> None:
         """Stop accepting, ask sessions to end, wait up to ``grace`` seconds, then cut."""
         await self.stop_accepting()
-        for protocol in list(self._protocols):
+        for protocol in self.caps.connections():
             protocol.shutdown()  # answers its goodbye now, or after the step in progress
         deadline = asyncio.get_running_loop().time() + grace
-        while self._protocols and asyncio.get_running_loop().time() < deadline:
+        while self.caps.active and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
-        for protocol in list(self._protocols):
+        for protocol in self.caps.connections():
             protocol.abort()
         if self._server is not None:
             with contextlib.suppress(Exception):

@@ -44,10 +44,10 @@ from itertools import takewhile
 from typing import TYPE_CHECKING, Any
 
 from ..auth import sasl
+from ..protocols.contract import Closed
 from ..protocols.pop3.engine import (
-    NEED_DATA,
     APOPLogin,
-    Close,
+    Event,
     Maildrop,
     POP3Server,
     RetrieveMessage,
@@ -59,8 +59,9 @@ from ..protocols.pop3.engine import (
     pop3_message_bytes,
 )
 from ..store.api import Account, Mailbox, NotFound, Store
+from .budgets import abuse_budgets
 from .listener import Listener
-from .login import Authenticator, TryLater
+from .login import Authenticator, TryLater, plaintext_allowed
 from .session_protocol import SessionProtocol
 
 if TYPE_CHECKING:
@@ -230,6 +231,7 @@ class POP3Session(SessionProtocol):
     """
 
     eager_steps = True
+    protocol_label = "pop3"
 
     def __init__(self, services: Services, listener: Listener) -> None:
         super().__init__(listener)
@@ -251,8 +253,6 @@ class POP3Session(SessionProtocol):
     # --- SessionProtocol hooks ------------------------------------------------
 
     def start(self) -> None:
-        from .login import plaintext_allowed
-
         services, service = self.services, self.service
         self.tls_context = _tls_context(services)
         plaintext_auth = plaintext_allowed(services, self)
@@ -265,6 +265,7 @@ class POP3Session(SessionProtocol):
             plaintext_auth=plaintext_auth,
             tls_available=self.tls_context is not None and not self.tls,
             tls_active=self.tls,
+            budgets=abuse_budgets(services.config, "pop3"),
         )
         self.set_timeout(self.idle_timeout)
         self.write(self.engine.data_to_send())
@@ -274,26 +275,21 @@ class POP3Session(SessionProtocol):
         self.engine.receive_data(data)
 
     def pump(self) -> Coroutine[Any, Any, None] | None:
-        engine = self.engine
-        assert engine is not None
         account = self.account
         if account is not None and not self.store.credentials_current(account.id, account.epoch):
             # checked before the engine answers the commands just received
             # (it answers STAT, LIST, DELE... from the listing it holds)
-            engine.withdraw("account removed or password changed")
-        while True:
-            event = engine.next_event()
-            if event is NEED_DATA:
-                self.write(engine.data_to_send())
-                return None
-            if isinstance(event, Close):
-                self.write(engine.data_to_send())
-                self.unlock()
-                self.close()
-                return None
-            return self.step(event)
+            assert self.engine is not None
+            self.engine.withdraw("account removed or password changed")
+        return super().pump()
 
-    async def step(self, event: object) -> None:
+    def on_event(self, event: Event) -> Coroutine[Any, Any, None] | None:
+        return self.step(event)  # every POP3 event needs the store, the login service or TLS
+
+    def ended(self, event: Closed) -> None:
+        self.unlock()
+
+    async def step(self, event: Event) -> None:
         try:
             await self.handle(event)
         finally:
@@ -335,7 +331,7 @@ class POP3Session(SessionProtocol):
 
     # --- steps ----------------------------------------------------------------
 
-    async def handle(self, event: object) -> None:
+    async def handle(self, event: Event) -> None:
         engine = self.engine
         assert engine is not None
         if isinstance(event, RetrieveMessage):
@@ -367,23 +363,18 @@ class POP3Session(SessionProtocol):
             await self.update(event)
         elif isinstance(event, StartTLS):
             assert self.tls_context is not None
-            self.write(engine.data_to_send())
             # The context is read again now, so a SIGHUP reload applies.
             context = _tls_context(self.services) or self.tls_context
-            # Forget the clear-text input before the handshake, not after: the
-            # stock asyncio loop hands us what the client sent with its TLS
-            # Finished before this coroutine resumes. A failed handshake
-            # aborts the connection, so the engine is never used in the clear.
-            engine.tls_started()
-            # RFC 2595 section 2.1: with TLS up, passwords may be sent in the clear.
-            engine.plaintext_auth = True
-            engine.sasl_mechanisms = SASL_MECHANISMS
-            try:
-                await self.start_tls(context)
-            except (ssl.SSLError, OSError, ConnectionError) as exc:
-                log.info("STLS handshake with %s failed: %s", self.peer_ip, exc)
-                self.abort()
-                return
+            await self.upgrade_tls(context, forget=self._forget_cleartext)
+
+    def _forget_cleartext(self) -> None:
+        """RFC 2595 section 4: the session starts again under TLS."""
+        engine = self.engine
+        assert engine is not None
+        engine.tls_started()
+        # RFC 2595 section 2.1: with TLS up, passwords may be sent in the clear.
+        engine.plaintext_auth = True
+        engine.sasl_mechanisms = SASL_MECHANISMS
 
     # --- authentication ---------------------------------------------------------
 

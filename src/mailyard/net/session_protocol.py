@@ -7,9 +7,19 @@ needs I/O (a store lookup, a durable commit, a TLS handshake). While such a
 step runs, reading is paused, so a client cannot make the engine buffer
 without bound, and pipelined commands keep their order.
 
-Subclasses implement ``start`` (greeting), ``pump`` (feed events to the
-engine; return a coroutine for the first step that needs I/O, or None), and
-``goodbye`` (the protocol's shutdown reply).
+This is the one session skeleton of SMTP, POP3 and IMAP. Each drives a
+sans-I/O engine under the contract of protocols/contract.py, so one pump
+serves all three: ``pump`` takes events until the engine needs bytes
+(``NEED_DATA``/``PAUSED``: flush what it queued) or ends (``Closed``: flush
+and close), and hands every other event to ``on_event``, which answers it on
+the spot or returns a coroutine: a step that needs I/O. One STARTTLS
+upgrade (``upgrade_tls``) serves all three. The timers (idle timeout,
+command deadline, a client that stops reading) live in net/timers.py,
+apart from the pump.
+
+Subclasses set ``self.engine`` and implement ``start`` (greeting),
+``on_event`` and ``goodbye`` (the protocol's shutdown reply); optionally
+``waiting_for_input`` and ``ended``.
 
 A subclass with ``eager_steps = True`` (POP3) has each step started right
 away inside ``data_received``: a step that finishes without waiting (a RETR
@@ -24,10 +34,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
+from ..protocols.contract import NEED_DATA, PAUSED, Closed
 from .listener import CommandClock, Listener
+from .timers import SessionTimers
 
 log = logging.getLogger("mailyard.net")
 
@@ -75,6 +87,8 @@ def _stalled(fut: asyncio.Future[None]) -> None:
 
 class SessionProtocol(asyncio.Protocol):
     eager_steps = False  # see the module docstring
+    engine: Any  # the protocol's sans-I/O engine (protocols/contract.py)
+    protocol_label = "session"  # for logs: "smtp", "pop3", "imap"
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -87,17 +101,12 @@ class SessionProtocol(asyncio.Protocol):
         self.busy = False  # an I/O step is running; input waits
         self.reading_wanted = False  # ... unless the step itself waits for input (IMAP IDLE)
         self._stopping = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._last_activity = 0.0
-        self._timeout = listener.limits.idle_timeout
         self._task: asyncio.Task[None] | None = None
         self._admitted = False
-        self._clock = CommandClock()
-        self._deadline_timer: asyncio.TimerHandle | None = None
-        self._deadline_unit: tuple[float | None, int, float] | None = None  # what the timer is for
         self._writable: asyncio.Future[None] | None = None
         self.writing_paused = False  # the transport's buffer is above its high-water mark
-        self._stall_timer: asyncio.TimerHandle | None = None
+        limits = listener.limits
+        self.timers = SessionTimers(self.loop, self, limits.idle_timeout, limits.idle_timeout)
 
     @property
     def is_loopback(self) -> bool:
@@ -112,8 +121,39 @@ class SessionProtocol(asyncio.Protocol):
         """Feed bytes (b"" for end of stream) to the engine."""
 
     def pump(self) -> Coroutine[Any, Any, None] | None:
-        """Process what the engine has; return a coroutine for a step that needs I/O."""
+        """Take the engine's events until it needs bytes or a step needs I/O.
+
+        ``NEED_DATA`` / ``PAUSED``: write what the engine queued, then
+        ``waiting_for_input``. ``Closed``: write the last replies, ``ended``,
+        close. Any other event goes to ``on_event``; a coroutine it returns
+        is the step that runs next (reading waits meanwhile)."""
+        engine = self.engine
+        while True:
+            event = engine.next_event()
+            if event is NEED_DATA or event is PAUSED:
+                self.write(engine.data_to_send())
+                self.waiting_for_input()
+                return None
+            if isinstance(event, Closed):
+                self.write(engine.data_to_send())
+                self.ended(event)
+                self.close()
+                return None
+            step = self.on_event(event)
+            if step is not None:
+                return step
+
+    def on_event(self, event: Any) -> Coroutine[Any, Any, None] | None:
+        """Answer an engine event now (return None), or return the step that
+        answers it with I/O (a store call, a password check, TLS)."""
         return None
+
+    def waiting_for_input(self) -> None:
+        """The engine has consumed all input; called after its replies were
+        written (e.g. to choose the idle timeout for the state it is in)."""
+
+    def ended(self, event: Closed) -> None:
+        """The engine ended the session (before the connection closes)."""
 
     def goodbye(self) -> bytes:
         """The reply sent when the server shuts down (SMTP 421, IMAP BYE, ...)."""
@@ -152,15 +192,15 @@ class SessionProtocol(asyncio.Protocol):
             return
         self._admitted = True
         self.start()
-        self._arm_timer()
+        self.timers.touch()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        self._arm_timer()
+        self.timers.touch()
         self.received(data)
         self.advance()
-        self._check_deadline()
+        self.timers.check_deadline()
 
     def eof_received(self) -> bool:
         if not self.closed:
@@ -170,16 +210,9 @@ class SessionProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
+        self.timers.cancel()
         if self._admitted:
-            self.listener.release(self, self.peer_ip)
+            self.listener.release(self)
             self._admitted = False
         if self._writable is not None and not self._writable.done():
             self._writable.set_exception(ConnectionError("connection lost"))
@@ -194,27 +227,18 @@ class SessionProtocol(asyncio.Protocol):
         self.writing_paused = True
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
-        if self._stall_timer is None:
-            self._stall_timer = self.loop.call_later(self.listener.limits.idle_timeout, self._write_stalled)
+        self.timers.output_blocked()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
+        self.timers.output_flowing()
         if self.transport is not None and not self.closed and (not self.busy or self.reading_wanted):
             self.transport.resume_reading()
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
         if not (self.busy or self.closed):
             self.advance()  # the commands that waited for the client to read
-            self._check_deadline()
-
-    def _write_stalled(self) -> None:
-        self._stall_timer = None
-        if self.transport is not None:
-            log.info("%s: %s stopped reading our output; connection cut", self.listener.name, self.peer_ip)
-            self.abort()
+            self.timers.check_deadline()
 
     async def drain(self) -> None:
         """Inside a step: wait while the transport holds more than
@@ -284,7 +308,7 @@ class SessionProtocol(asyncio.Protocol):
         if self.transport is not None and not self.writing_paused:  # else resume_writing does it
             self.transport.resume_reading()
         self.advance()
-        self._check_deadline()
+        self.timers.check_deadline()
 
     def write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.closed:
@@ -316,69 +340,67 @@ class SessionProtocol(asyncio.Protocol):
 
     def set_timeout(self, seconds: float) -> None:
         """Change the idle timeout (e.g. RFC 5321 4.5.3.2 values per state)."""
-        if seconds != self._timeout:
-            self._timeout = seconds
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._arm_timer()
+        self.timers.set_idle_timeout(seconds)
 
-    def _arm_timer(self) -> None:
-        # Called on every read: only note the time; the one timer per
-        # connection re-arms itself for the remainder when it fires early.
-        self._last_activity = self.loop.time()
-        if self._timer is None:
-            self._timer = self.loop.call_later(self._timeout, self._timed_out)
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        if self.closed:
-            return
-        left = self._last_activity + self._timeout - self.loop.time()
-        if left > 0 or self.busy:  # activity since, or our own step is slow
-            self._timer = self.loop.call_later(max(left, 1.0), self._timed_out)
-            return
+    # --- what the timers (net/timers.py) do when one expires ---------------------
+    def idle_expired(self) -> None:
         log.info("%s: %s timed out", self.listener.name, self.peer_ip)
         self.write(self.on_timeout())
         self.close()
 
-    def _check_deadline(self) -> None:
-        """(Re)arm the command deadline after the engine consumed input."""
-        if self.closed or self.busy:
-            return  # a step is running: the client is waiting for us
-        partial, progress, deadline = self.input_state()
-        now = self.loop.time()
-        left = self._clock.remaining(now, partial, progress, deadline)
-        at = now + left if left is not None else None
-        timer = self._deadline_timer
-        if timer is not None:
-            if left is not None and left > 0 and self._deadline_unit == (self._clock.started, progress, deadline):
-                return  # same unit, same deadline: keep the timer (the hot path of DATA)
-            timer.cancel()
-            self._deadline_timer = None
-        if at is None:
-            return
-        if at <= now:
-            self._deadline_passed()
-            return
-        self._deadline_unit = (self._clock.started, progress, deadline)
-        self._deadline_timer = self.loop.call_at(at, self._deadline_fired)
-
-    def _deadline_fired(self) -> None:
-        self._deadline_timer = None
-        if self.closed or self.busy:
-            return  # _run_step checks again when the step ends
-        self._check_deadline()
-
-    def _deadline_passed(self) -> None:
+    def deadline_passed(self) -> None:
         log.info("%s: %s did not finish its command in time", self.listener.name, self.peer_ip)
         self.write(self.on_deadline())
         self.close()
 
+    def output_stalled(self) -> None:
+        if self.transport is not None:
+            log.info("%s: %s stopped reading our output; connection cut", self.listener.name, self.peer_ip)
+            self.abort()
+
+    # The timers' state under the names net/imap_session reads.
+    @property
+    def _clock(self) -> CommandClock:
+        return self.timers.clock
+
+    @property
+    def _last_activity(self) -> float:
+        return self.timers.last_activity
+
+    @property
+    def _timeout(self) -> float:
+        return self.timers.idle_timeout
+
+    async def upgrade_tls(
+        self, context: ssl.SSLContext, forget: Callable[[], None] | None = None
+    ) -> bool:
+        """STARTTLS (SMTP, IMAP) and STLS (POP3), once the engine queued its
+        go-ahead reply: write it, forget the clear-text session, handshake.
+
+        ``forget`` drops what the engine learned and buffered in the clear,
+        including commands the client pipelined after STARTTLS (RFC 3207 4.2,
+        RFC 2595 3.1, RFC 9051 6.2.1: command injection, CVE-2011-0411). It
+        runs before the handshake, not after: the stock asyncio loop hands
+        the protocol what the client sent with its TLS Finished before this
+        coroutine resumes, and that is already TLS input. An engine that
+        forgets by itself when it sends the go-ahead (SMTP) passes None.
+
+        Returns False if the handshake failed: the connection is then
+        aborted, so the engine is never used in the clear again.
+        """
+        self.write(self.engine.data_to_send())
+        if forget is not None:
+            forget()
+        try:
+            await self.start_tls(context)
+        except (ssl.SSLError, OSError, ConnectionError) as exc:
+            log.info("%s TLS handshake with %s failed: %s", self.protocol_label, self.peer_ip, exc)
+            self.abort()
+            return False
+        return True
+
     async def start_tls(self, context: ssl.SSLContext) -> None:
-        """Upgrade this connection to TLS (STARTTLS). Bytes the client sent
-        after the command and before the handshake are dropped by the engine
-        (RFC 3207 section 4.2)."""
+        """Switch the transport to TLS (the handshake part of ``upgrade_tls``)."""
         assert self.transport is not None
         new = await self.loop.start_tls(self.transport, self, context, server_side=True, ssl_handshake_timeout=30)
         if new is None:

@@ -14,7 +14,6 @@ import dataclasses
 import itertools
 import logging
 import os
-import ssl
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +29,10 @@ from ..delivery.submit import (
 from ..message.trace import with_protocol
 from ..policy.relay import routing_trick
 from ..protocols.smtp.events import (
-    NEED_DATA,
     AuthCancelled,
     AuthReceived,
     AuthResponse,
-    ConnectionClosed,
+    Event,
     ExpnReceived,
     HeloReceived,
     MailFromReceived,
@@ -49,6 +47,7 @@ from ..protocols.smtp.replies import Reply
 from ..protocols.smtp.server import ServerConfig, SMTPServerEngine, State
 from ..store.api import Account, NewRecipient, StorageFull
 from ..store.spool import SpoolFile
+from .budgets import abuse_budgets
 from .listener import Listener
 from .login import Authenticator, plaintext_allowed
 from .session_protocol import SessionProtocol
@@ -79,7 +78,7 @@ def engine_config(config: Config) -> ServerConfig:
         max_text_line=cfg.max_text_line,
         vrfy_enabled=cfg.vrfy,
         expn_enabled=cfg.expn,
-        max_unknown_commands=cfg.max_unknown_commands,
+        budgets=abuse_budgets(config, "smtp"),
     )
 
 
@@ -105,19 +104,20 @@ class SMTPSession(SessionProtocol):
     """
 
     protocol_name = "ESMTP"
+    protocol_label = "smtp"
+    engine: SMTPServerEngine  # made in start(), once TLS is known
 
     def __init__(self, services: Services, listener: Listener, submission: bool = False) -> None:
         super().__init__(listener)
         self.services = services
         self.submission = submission
-        self.engine = SMTPServerEngine(services.submission_engine if submission else services.smtp_engine)
+        self._engine_config: ServerConfig = services.submission_engine if submission else services.smtp_engine
         self.helo = ""
         self.resolutions: dict[str, Resolution] = {}
         self._timeouts = services.config.smtp
         self.account: Account | None = None  # after a successful AUTH
         self._mech: sasl.Mechanism | None = None
         self._auth: Authenticator | None = None
-        self._auth_failures = 0
         # The parts of a large message received so far (MessageData), on disk.
         self._spool: SpoolFile | None = None
         self._spool_error: OSError | None = None
@@ -126,7 +126,8 @@ class SMTPSession(SessionProtocol):
     def start(self) -> None:
         self.services.stats["submission_sessions" if self.submission else "smtp_sessions"] += 1
         self.set_timeout(self._timeouts.timeout_command)
-        self.engine.tls_active = self.tls  # implicit TLS (RFC 8314)
+        # tls: implicit TLS (RFC 8314)
+        self.engine = SMTPServerEngine(self._engine_config, tls_active=self.tls)
         self._advertise()
         self.write(self.engine.greeting())
 
@@ -138,13 +139,14 @@ class SMTPSession(SessionProtocol):
         on the submission ports, PLAIN/LOGIN only where passwords may be sent
         in the clear (RFC 4954 4); the others get 538 5.7.11 if tried."""
         extras: list[str] = []
+        hidden: frozenset[str] = frozenset()
         if not self.tls and self.services.tls is not None:
             extras.append("STARTTLS")
         if self.submission:
             mechanisms = sasl.advertised_mechanisms(secure=self._plaintext_ok())
             extras.append("AUTH " + " ".join(mechanisms))
-            self.engine.auth_unadvertised = frozenset(sasl.MECHANISMS) - set(mechanisms)
-        self.engine.set_extensions_extra(extras)
+            hidden = frozenset(sasl.MECHANISMS) - set(mechanisms)
+        self.engine.offer(extras, auth_unadvertised=hidden)
 
     def received(self, data: bytes) -> None:
         self.engine.receive_data(data)
@@ -178,44 +180,37 @@ class SMTPSession(SessionProtocol):
             deadline = self.listener.limits.command_deadline
         return engine.partial_input, engine.units_completed, deadline
 
-    def pump(self) -> Coroutine[Any, Any, None] | None:
+    def on_event(self, event: Event) -> Coroutine[Any, Any, None] | None:
         engine = self.engine
-        try:
-            while True:
-                event = engine.next_event()
-                if event is NEED_DATA:
-                    break
-                if isinstance(event, ConnectionClosed):
-                    self.write(engine.data_to_send())
-                    self.close()
-                    return None
-                if isinstance(event, HeloReceived):
-                    self.helo = event.name
-                    engine.accept()
-                elif isinstance(event, MailFromReceived) and self.account is None:
-                    self.resolutions.clear()
-                    engine.accept()
-                elif isinstance(event, MessageData):
-                    self._spool_write(event.data)
-                elif isinstance(event, ProtocolError) and engine.state is not State.DATA:
-                    self._drop_spool()  # the data was refused (552, 550 5.6.0, ...)
-                elif isinstance(event, AuthCancelled):
-                    # The engine already answered 501; a cancel counts as a failure.
-                    if self._auth is not None and self._mech is not None:
-                        self._auth.cancelled(self._mech.authcid)
-                    self._mech = None
-                elif getattr(event, "needs_answer", False):
-                    return self.step(event)
-                else:
-                    log.debug("smtp %s: %s", self.peer_ip, event)
-        finally:
-            self.write(engine.data_to_send())
-        self.set_timeout(
-            self._timeouts.timeout_data_block if engine.state is State.DATA else self._timeouts.timeout_command
-        )
+        if isinstance(event, HeloReceived):
+            self.helo = event.name
+            engine.respond()
+        elif isinstance(event, MailFromReceived) and self.account is None:
+            self.resolutions.clear()
+            engine.respond()
+        elif isinstance(event, MessageData):
+            self._spool_write(event.data)
+        elif isinstance(event, ProtocolError) and engine.state is not State.DATA:
+            self._drop_spool()  # the data was refused (552, 550 5.6.0, ...)
+        elif isinstance(event, AuthCancelled):
+            # The engine already answered 501; a cancel counts as a failure.
+            if self._auth is not None and self._mech is not None:
+                self._auth.cancelled(self._mech.authcid)
+            self._mech = None
+        elif event.needs_answer:
+            return self.step(event)
+        else:
+            log.debug("smtp %s: %s", self.peer_ip, event)
         return None
 
-    async def step(self, event: object) -> None:
+    def waiting_for_input(self) -> None:
+        # RFC 5321 4.5.3.2: the server's timeouts depend on what it waits for.
+        timeouts = self._timeouts
+        self.set_timeout(
+            timeouts.timeout_data_block if self.engine.state is State.DATA else timeouts.timeout_command
+        )
+
+    async def step(self, event: Event) -> None:
         """Answer one event that needs the outside world, then flush."""
         try:
             await self.handle(event)
@@ -225,7 +220,7 @@ class SMTPSession(SessionProtocol):
     def _host(self) -> bytes:
         return self.services.config.server.hostname.encode("ascii", "replace")
 
-    async def handle(self, event: object) -> None:
+    async def handle(self, event: Event) -> None:
         engine = self.engine
         account = self.account
         if account is not None and not self.services.store.credentials_current(account.id, account.epoch):
@@ -237,7 +232,7 @@ class SMTPSession(SessionProtocol):
             return
         if isinstance(event, HeloReceived):
             self.helo = event.name
-            engine.accept()
+            engine.respond()
         elif isinstance(event, MailFromReceived):
             self.resolutions.clear()
             verdict = None
@@ -252,7 +247,7 @@ class SMTPSession(SessionProtocol):
                 )
                 engine.respond(Reply(553, "5.7.1", verdict.reason))
             else:
-                engine.accept()
+                engine.respond()
         elif isinstance(event, RcptToReceived):
             engine.respond(await self.rcpt(event.forward_path))
         elif isinstance(event, AuthReceived | AuthResponse):
@@ -308,25 +303,19 @@ class SMTPSession(SessionProtocol):
             ev = self._mech.step(event.data.encode("ascii", "replace"))
         ev = await self._auth.sasl(self._mech, ev)
         if isinstance(ev, sasl.Challenge):
-            engine.auth_challenge(ev.wire.decode("ascii"))
+            engine.respond(Reply(334, None, ev.wire.decode("ascii")))
             return
         self._mech = None
         if isinstance(ev, sasl.Success):
             account = await self._auth.account(ev)
             if account is not None:
                 self.account = account
-                engine.auth_success(account.address)
+                engine.respond(Reply(235, "2.7.0", "Authentication successful"), identity=account.address)
                 return
             ev = sasl.Failure("account vanished")
-        reply = self._auth_failure_reply(ev)
-        if reply.code in (535, 454):
-            self._auth_failures += 1
-            # [auth] smtp_connection_max_failures: failed AUTH exchanges on one
-            # connection before 421 and disconnect.
-            if self._auth_failures >= max(1, self.services.config.auth.smtp_connection_max_failures):
-                # Abuse budget per connection (the throttle also counts across them).
-                reply = Reply(421, "4.7.0", "Too many failed authentication attempts, closing connection")
-        engine.respond(reply)
+        # A 535 or 454 counts against the engine's max_auth_failures
+        # ([auth] smtp_connection_max_failures), which ends the session with 421.
+        engine.respond(self._auth_failure_reply(ev))
 
     def _tls_info(self) -> str | None:
         """``TLSv1.3 TLS_AES_256_GCM_SHA384`` for the Received comment (RFC 5321 4.4 allows one)."""
@@ -358,14 +347,10 @@ class SMTPSession(SessionProtocol):
         if tls is None:
             engine.respond(Reply(454, "4.7.0", "TLS not available due to temporary reason"))
             return
-        # 220, and the engine drops everything buffered after the command.
-        engine.accept()
-        self.write(engine.data_to_send())
-        try:
-            await self.start_tls(tls.context)
-        except (ssl.SSLError, OSError, ConnectionError) as exc:
-            log.info("smtp STARTTLS handshake with %s failed: %s", self.peer_ip, exc)
-            self.abort()
+        # 220, and the engine forgets the session and drops everything
+        # buffered after the command (RFC 3207 4.2) as it answers.
+        engine.respond()
+        if not await self.upgrade_tls(tls.context):
             return
         # RFC 3207 4.2: forget what the client told us before TLS.
         self.helo = ""

@@ -39,6 +39,8 @@ from starlette.staticfiles import StaticFiles
 from ..auth.service import TryLater
 from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_address_list
+from ..message.reading import human_size
+from ..message.reply import forward_subject
 from ..store.api import Mailbox, MailboxGone, NotFound, StoreError
 from . import render
 from .bodies import BodyLimits, route_limits
@@ -117,16 +119,8 @@ def _env() -> jinja2.Environment:
     )
     env.filters["size"] = human_size
     env.filters["when"] = when
-    env.filters["addrs"] = lambda items: render.format_address_list(list(items))
+    env.filters["addrs"] = render.draft_addresses
     return env
-
-
-def human_size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def when(ts: float | None) -> str:
@@ -655,11 +649,6 @@ class Draft:
     kept: list = field(default_factory=list)  # attachments of a resumed draft
 
 
-def _re(subject: str, prefix: str) -> str:
-    s = subject.strip()
-    return s if s.lower().startswith(prefix.lower()) else f"{prefix} {s}".strip()
-
-
 async def compose_view(request: Request) -> Response:
     session = current(request)
     qp = request.query_params
@@ -674,40 +663,29 @@ async def compose_view(request: Request) -> Response:
         if uid is None:
             raise HTTPException(404)
         raw = await read_raw(request, box, uid)
+        pool = state(request).pool
         try:
-            view = await state(request).pool.run(render.show, raw, f"/box/{box.id}/msg/{uid}", False,
-                                                 False, mode in ("reply", "replyall"))
+            if mode in ("reply", "replyall"):
+                answer = await pool.run(render.reply_draft, raw, frozenset({session.address}), mode == "replyall")
+            else:
+                view = await pool.run(render.show, raw, f"/box/{box.id}/msg/{uid}", False, False)
         except TooComplex as exc:
             return too_complex(request, box, uid, str(exc), await folders(request, session), f"/box/{box.id}")
         del raw
-        text = view.reply_text or ""
         if mode in ("reply", "replyall"):
-            targets = view.reply_to or view.from_
-            draft.to = render.format_address_list(targets)
-            if mode == "replyall":
-                mine = session.address.lower()
-                seen = {a.lower() for _, a in targets} | {mine}
-                cc = []
-                for name, addr in view.to + view.cc:
-                    if addr.lower() not in seen:
-                        seen.add(addr.lower())
-                        cc.append((name, addr))
-                draft.cc = render.format_address_list(cc)
-            draft.subject = _re(view.subject, "Re:")
-            who = render.format_address_list(view.from_[:1]) or "someone"
-            draft.body = f"\n\nOn {view.date}, {who} wrote:\n{render.quote_text(text)}\n"
-            draft.in_reply_to = view.message_id
-            draft.references = " ".join(x for x in (view.references, view.message_id) if x)
+            draft.to, draft.cc, draft.subject = answer.to, answer.cc, answer.subject
+            draft.body = f"\n\n{answer.quoted}"
+            draft.in_reply_to, draft.references = answer.in_reply_to, answer.references
             draft.reply_to = f"{box.id}:{uid}"
         elif mode == "forward":
-            draft.subject = _re(view.subject, "Fwd:")
+            draft.subject = forward_subject(view.subject)
             draft.body = "\n\n(The forwarded message is attached.)\n"
             draft.forward = f"{box.id}:{uid}"
         else:  # resume a draft
-            draft.sender = render.format_address_list(view.from_)
-            draft.to = render.format_address_list(view.to)
-            draft.cc = render.format_address_list(view.cc)
-            draft.bcc = render.format_address_list(view.bcc)
+            draft.sender = render.draft_addresses(view.from_)
+            draft.to = render.draft_addresses(view.to)
+            draft.cc = render.draft_addresses(view.cc)
+            draft.bcc = render.draft_addresses(view.bcc)
             draft.subject = view.subject
             draft.body = view.text or ""
             draft.in_reply_to = view.in_reply_to

@@ -24,6 +24,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ..net.conncaps import ConnectionCaps
 from ..net.listener import ConnectionLimits
 
 
@@ -37,40 +38,24 @@ def _response(status: str, text: str) -> bytes:
 
 def limited_h11(limits: ConnectionLimits) -> type[H11Protocol]:
     """An H11Protocol class enforcing ``limits``; one per HTTP listener (it
-    holds that listener's per-address counts)."""
-    per_ip: dict[str, int] = {}
+    holds that listener's counts, net/conncaps.py as for the mail ports)."""
+    caps = ConnectionCaps(limits.max_connections, limits.max_connections_per_ip)
 
     class LimitedH11(H11Protocol):
-        _counted_ip: str | None = None
         _head_timer: asyncio.TimerHandle | None = None
         _waiting_since: Any = None  # the cycle that was current when the timer was armed
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            ip = self.client[0] if self.client else ""
-            if len(self.connections) > limits.max_connections:
-                over = "too many connections"
-            elif per_ip.get(ip, 0) >= limits.max_connections_per_ip:
-                over = "too many connections from your address"
-            else:
-                over = None
+            over = caps.admit(self, self.client[0] if self.client else "")
             if over is not None:
                 transport.write(_response("503 Service Unavailable", f"{over}, try again later"))
                 transport.close()
                 return
-            per_ip[ip] = per_ip.get(ip, 0) + 1
-            self._counted_ip = ip
             self._arm_head_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            ip = self._counted_ip
-            if ip is not None:
-                self._counted_ip = None
-                left = per_ip.get(ip, 1) - 1
-                if left:
-                    per_ip[ip] = left
-                else:
-                    per_ip.pop(ip, None)
+            caps.release(self)
             self._cancel_head_timer()
             super().connection_lost(exc)
 

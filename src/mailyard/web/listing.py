@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..message.headers import decode_words
+from ..message.reply import base_subject
 from ..store.api import Mailbox, MessageInfo, Store
 
 PAGE_SIZE = 50
@@ -33,7 +33,6 @@ PAGE_SIZE = 50
 SYNC_KEY_LIMIT = 5000
 SORTS = ("date", "from", "subject")
 MAX_CACHED_MAILBOXES = 256
-_SUBJECT_PREFIX = re.compile(r"^\s*((re|fwd?|aw|wg|sv|vs)\s*(\[\d+\])?\s*:\s*)+", re.I)
 
 
 @dataclass
@@ -197,7 +196,7 @@ class Listing:
             derived = await self._derived(box, chunk)
             for uid, d in derived.items():
                 cache.keys["from"][uid] = sender_of(d)[0].casefold()
-                cache.keys["subject"][uid] = _SUBJECT_PREFIX.sub("", subject_of(d)).casefold()
+                cache.keys["subject"][uid] = base_subject(subject_of(d)).casefold()
             for uid in chunk:
                 cache.keys["from"].setdefault(uid, "")
                 cache.keys["subject"].setdefault(uid, "")

@@ -16,7 +16,6 @@ CSP unless the user allows remote content for that message.
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from urllib.parse import quote
@@ -26,6 +25,18 @@ import nh3
 from ..message.address import Group, Mailbox, parse_address_list
 from ..message.headers import decode_words
 from ..message.parse import parse_message
+from ..message.reading import (
+    attachment_filename,
+    field_values,
+    part_filename,
+    part_text,
+    readable_address,
+    readable_addresses,
+    safe_filename,
+)
+from ..message.reading import header_text as _header
+from ..message.reading import part_bytes as part_bytes  # the web's name for it (app.py)
+from ..message.reply import build_reply, forward_attachment
 
 ALLOWED_TAGS = {
     "a", "abbr", "acronym", "address", "area", "b", "bdi", "bdo", "big", "blockquote", "br",
@@ -104,13 +115,6 @@ class View:
     raw_headers: list[tuple[str, str]] = field(default_factory=list)  # as written, not decoded
 
 
-def safe_filename(name: str | None, fallback: str = "attachment") -> str:
-    """A file name fit for Content-Disposition and display: no path, no controls."""
-    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(c for c in name if unicodedata.category(c)[0] != "C").strip().strip(".")
-    return name[:200] or fallback
-
-
 def content_disposition(kind: str, filename: str) -> str:
     """RFC 6266: an ASCII ``filename`` fallback and the exact name as ``filename*``
     (RFC 8187 UTF-8 encoding)."""
@@ -132,19 +136,10 @@ def _addresses(value: str | None) -> list[tuple[str, str]]:
     return out
 
 
-def _header(msg: EmailMessage, name: str) -> str:
-    try:
-        value = msg.get(name)
-    except Exception:
-        return ""
-    return decode_words(str(value)) if value is not None else ""
-
-
 def _raw_header(msg: EmailMessage, name: str) -> str:
-    for k, v in msg._headers:  # raw values: address parsing is done by the message layer
-        if k.lower() == name:
-            return str(v)
-    return ""
+    # raw values: address parsing is done by the message layer
+    values = field_values(msg, name)
+    return values[0] if values else ""
 
 
 def number_parts(msg: EmailMessage) -> list[tuple[str, EmailMessage]]:
@@ -160,33 +155,6 @@ def number_parts(msg: EmailMessage) -> list[tuple[str, EmailMessage]]:
 
     walk(msg, "")
     return out
-
-
-def part_text(part: EmailMessage) -> str:
-    try:
-        content = part.get_content()
-        if isinstance(content, str):
-            return content
-    except Exception:
-        pass
-    data = part.get_payload(decode=True) or b""
-    if not isinstance(data, bytes):
-        return ""
-    charset = part.get_content_charset() or "utf-8"
-    try:
-        return data.decode(charset, "replace")
-    except LookupError:
-        return data.decode("utf-8", "replace")
-
-
-def part_bytes(part: EmailMessage) -> bytes:
-    if part.get_content_type() == "message/rfc822" or part.get_content_maintype() == "multipart":
-        payload = part.get_payload()
-        if isinstance(payload, list) and payload:
-            return payload[0].as_bytes()
-        return str(payload).encode("utf-8", "surrogateescape")
-    data = part.get_payload(decode=True)
-    return data if isinstance(data, bytes) else b""
 
 
 def build_view(raw: bytes) -> View:
@@ -218,10 +186,7 @@ def build_view(raw: bytes) -> View:
             disposition = part.get_content_disposition()
         except Exception:
             disposition = None
-        try:
-            filename = part.get_filename()
-        except Exception:
-            filename = None
+        filename = part_filename(part)
         cid = (part.get("Content-ID") or "").strip().strip("<>") or None
         p = Part(spec, part, ctype, safe_filename(filename, f"part-{spec}"), disposition, cid)
         view.parts[spec] = p
@@ -239,16 +204,9 @@ def build_view(raw: bytes) -> View:
         if cid and disposition != "attachment" and ctype.startswith("image/") and not filename:
             continue  # an inline image only the HTML shows
         if ctype == "message/rfc822" and not filename:
-            p.filename = safe_filename(_forwarded_subject(part), f"message-{spec}") + ".eml"
+            p.filename = safe_filename(attachment_filename(part, f"part-{spec}"))
         view.attachments.append(p)
     return view
-
-
-def _forwarded_subject(part: EmailMessage) -> str:
-    payload = part.get_payload()
-    if isinstance(payload, list) and payload:
-        return _header(payload[0], "subject")
-    return ""
 
 
 def sanitize_html(html: str, base: str, cids: dict[str, str], allow_remote: bool) -> tuple[str, bool]:
@@ -304,23 +262,6 @@ def sanitize_html(html: str, base: str, cids: dict[str, str], allow_remote: bool
         strip_comments=True,
     )
     return safe, blocked
-
-
-def quote_text(text: str) -> str:
-    return "\n".join("> " + line if line else ">" for line in text.rstrip().splitlines())
-
-
-def html_to_text(html: str) -> str:
-    text = nh3.clean(html, tags=set(), clean_content_tags={"script", "style", "head", "title"})
-    import html as _html
-
-    return re.sub(r"\n{3,}", "\n\n", _html.unescape(text)).strip()
-
-
-def format_address_list(items: list[tuple[str, str]]) -> str:
-    from ..message.address import format_address
-
-    return ", ".join(format_address(n or None, a) for n, a in items)
 
 
 # --- bounded preparation, run in a worker process (web/worker.py) ---------------
@@ -421,16 +362,14 @@ class Shown:
     has_html: bool
     body: str | None = None  # sanitised HTML (or escaped text) for the body frame
     blocked: bool = False  # remote content was left out of ``body``
-    reply_text: str | None = None  # the text a reply quotes
     bcc: list[tuple[str, str]] = field(default_factory=list)
     in_reply_to: str = ""
     references_raw: str = ""
 
 
-def show(raw: bytes, base: str, allow_remote: bool, body: bool = True, reply: bool = False) -> Shown:
+def show(raw: bytes, base: str, allow_remote: bool, body: bool = True) -> Shown:
     """Parse ``raw`` for display within the complexity limits (``TooComplex``
-    past them). ``body``: sanitise the body for the frame; ``reply``: the
-    text to quote (the HTML body as text when there is no text part)."""
+    past them). ``body``: sanitise the body for the frame."""
     import html as _html
 
     check_parts(raw)
@@ -464,9 +403,34 @@ def show(raw: bytes, base: str, allow_remote: bool, body: bool = True, reply: bo
             out.body, out.blocked = sanitize_html(checked_html(view.html), base, view.cids, allow_remote)
         else:
             out.body = f"<pre>{_html.escape(view.text or '')}</pre>"
-    if reply:
-        out.reply_text = view.text if view.text is not None else html_to_text(checked_html(view.html or ""))
     return out
+
+
+@dataclass
+class ReplyDraft:
+    """The compose form of a reply (plain data, picklable): addresses as
+    people type them, the threading fields and the quoted original."""
+
+    to: str
+    cc: str
+    subject: str
+    in_reply_to: str
+    references: str
+    quoted: str
+
+
+def reply_draft(raw: bytes, own: frozenset[str], reply_all: bool) -> ReplyDraft:
+    """A reply to ``raw`` by the owner of ``own`` (message/reply.py, the
+    reading core the CLI client uses too), within the complexity limits."""
+    check_parts(raw)
+    reply = build_reply(parse_message(raw), own, reply_all)
+    return ReplyDraft(readable_addresses(reply.to), readable_addresses(reply.cc), reply.subject,
+                      reply.in_reply_to or "", " ".join(reply.references), reply.quoted)
+
+
+def draft_addresses(items: list[tuple[str, str]]) -> str:
+    """(name, address) pairs as an editable address field."""
+    return ", ".join(readable_address(n, a) for n, a in items)
 
 
 def part_content(raw: bytes, spec: str) -> tuple[bytes, str, str, str | None] | None:
@@ -511,7 +475,7 @@ def outgoing(
     if forward_raw is not None:
         check_parts(forward_raw)
         total += len(forward_raw)
-        attachments.append(parse_message(forward_raw))
+        attachments.append(forward_attachment(forward_raw))
     if total > limit:
         return too_large
     try:

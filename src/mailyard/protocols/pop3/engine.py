@@ -1,7 +1,8 @@
 """Sans-I/O POP3 server engine (RFC 1939, RFC 2449, RFC 3206, RFC 5034, RFC 2595 STLS).
 
 The engine consumes the bytes a client sends and produces the bytes to send back,
-in the style of h11: no sockets, no clock, no store. Whatever needs the world
+in the style of h11 and under the contract every engine keeps
+(protocols/contract.py): no sockets, no clock, no store. Whatever needs the world
 outside (checking a password, listing the maildrop, reading a message, applying
 the deletions at QUIT, starting TLS) becomes an *event* the net glue answers by
 calling one of the ``accept_login`` / ``reject_login`` / ``sasl_challenge`` /
@@ -19,14 +20,14 @@ Typical glue loop::
             engine.receive_data(await read())    # b"" at end of file
         elif isinstance(event, UserPassLogin):
             ...check...; engine.accept_login(entries)  # or engine.reject_login()
-        elif isinstance(event, Close):
+        elif isinstance(event, Closed):
             write(engine.data_to_send()); break
         ...
 
 Commands are dispatched through a table ``(state, keyword) -> handler`` (DESIGN.md:
 state machines as data). Invalid input of any kind produces ``-ERR`` and the session
 stays usable; nothing a client sends makes the engine raise. Calling a response
-method the engine did not ask for is a bug in the glue and raises `LocalProtocolError`.
+method the engine did not ask for is a bug in the glue and raises `ProtocolMisuse`.
 """
 
 from __future__ import annotations
@@ -36,11 +37,16 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..contract import NEED_DATA, PAUSED, AbuseBudgets, Closed, ProtocolMisuse, Sentinel
+
 __all__ = [
     "NEED_DATA",
+    "PAUSED",
+    "POP3_BUDGETS",
+    "AbuseBudgets",
     "APOPLogin",
-    "Close",
-    "LocalProtocolError",
+    "Closed",
+    "ProtocolMisuse",
     "Maildrop",
     "MaildropEntry",
     "POP3Server",
@@ -61,9 +67,9 @@ MAX_COMMAND_LINE = 255
 # not a command); this bounds what we buffer for one (a SCRAM message is < 1 KiB).
 MAX_SASL_LINE = 8192
 
-
-class LocalProtocolError(RuntimeError):
-    """The glue called the engine in a way the protocol state does not allow."""
+# Defaults of the POP3 abuse budgets ([limits] max_bad_commands, [auth]
+# pop3_connection_max_failures).
+POP3_BUDGETS = AbuseBudgets(max_bad_commands=20, max_auth_failures=3)
 
 
 class State(enum.Enum):
@@ -73,16 +79,6 @@ class State(enum.Enum):
     TRANSACTION = "TRANSACTION"
     UPDATE = "UPDATE"  # QUIT received in TRANSACTION; waiting for the glue's commit
     CLOSED = "CLOSED"
-
-
-class _NeedData:
-    """Sentinel: the engine needs more bytes (call data_to_send() and receive_data())."""
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA = _NeedData()
 
 
 # --- events -------------------------------------------------------------------
@@ -162,18 +158,10 @@ class StartTLS:
     then call tls_started() (or close the connection if negotiation fails)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Close:
-    """The session is over: flush data_to_send() and close the connection.
-
-    ``reason``: "quit" (QUIT answered), "eof" (the client went away: nothing is
-    deleted), "abuse" (too many errors or failed logins).
-    """
-
-    reason: str
-
-
-Event = UserPassLogin | APOPLogin | SASLStart | SASLResponse | RetrieveMessage | Update | StartTLS | Close
+# The session's end is the shared ``Closed`` event; its ``reason`` here is
+# "quit" (QUIT answered), "eof" (the client went away: nothing is deleted),
+# "errors" (an abuse budget used up) or "withdrawn" (see ``withdraw``).
+Event = UserPassLogin | APOPLogin | SASLStart | SASLResponse | RetrieveMessage | Update | StartTLS | Closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,8 +277,10 @@ class POP3Server:
             unencrypted non-loopback connections: RFC 2595 section 2.1, RFC 8314 4.1).
         tls_available: whether STLS (RFC 2595) is offered; tls_active: TLS is on
             already (implicit TLS, POP3S).
-        max_auth_failures / max_bad_commands: abuse budgets (DESIGN.md); when one
-            is used up the engine answers -ERR and closes the session.
+        budgets: the abuse budgets (protocols/contract.py): ``max_auth_failures``
+            failed logins ([AUTH] refusals) and ``max_bad_commands`` bad
+            commands; when one is used up the engine answers -ERR and closes
+            the session.
     """
 
     def __init__(
@@ -303,8 +293,7 @@ class POP3Server:
         plaintext_auth: bool = True,
         tls_available: bool = False,
         tls_active: bool = False,
-        max_auth_failures: int = 3,
-        max_bad_commands: int = 20,
+        budgets: AbuseBudgets = POP3_BUDGETS,
     ) -> None:
         self.state = State.AUTHORIZATION
         self.timestamp = timestamp
@@ -313,8 +302,7 @@ class POP3Server:
         self.plaintext_auth = plaintext_auth
         self.tls_available = tls_available
         self.tls_active = tls_active
-        self.max_auth_failures = max_auth_failures
-        self.max_bad_commands = max_bad_commands
+        self.budgets = budgets
         self.auth_failures = 0
         self.bad_commands = 0
         self.username: str | None = None  # authenticated user (TRANSACTION on)
@@ -331,7 +319,7 @@ class POP3Server:
         self._user: str | None = None  # name from USER, waiting for PASS
         self._login_name: str | None = None  # name the pending login is for
         self._sasl_active = False
-        self._closed_event: Close | None = None
+        self._closed_event: Closed | None = None
         self._withdrawn: str | None = None  # see withdraw()
 
         # The maildrop, fixed at login (RFC 1939 section 8: message numbers do not
@@ -372,13 +360,14 @@ class POP3Server:
         self._out.clear()
         return out
 
-    def next_event(self) -> Event | _NeedData:
+    def next_event(self) -> Event | Sentinel:
         """Process buffered commands until one needs the glue, or more bytes are needed.
 
-        Returns an event, or NEED_DATA. Never raises for anything the client sent.
+        Returns an event, NEED_DATA, or PAUSED while an event waits for its
+        answer. Never raises for anything the client sent.
         """
         if self._pending is not None:
-            raise LocalProtocolError(f"answer {self._pending.__name__} first")
+            return PAUSED
         while True:
             if self._closed_event is not None:
                 return self._closed_event
@@ -402,7 +391,7 @@ class POP3Server:
                 event = None
                 self._reply("-ERR [SYS/TEMP] internal error")
             if event is not None:
-                if not isinstance(event, Close):
+                if not isinstance(event, Closed):
                     self._pending = type(event)
                     self._pending_event = event
                 return event
@@ -441,16 +430,16 @@ class POP3Server:
         ``code`` is an RFC 2449 section 8 / RFC 3206 response code: "AUTH" (bad
         credentials; the glue has already waited the throttle delay), "IN-USE"
         (maildrop locked by another session), "SYS/TEMP", "SYS/PERM",
-        "LOGIN-DELAY". Only "AUTH" failures count against max_auth_failures.
+        "LOGIN-DELAY". Only "AUTH" failures count against ``max_auth_failures``.
         """
         self._expect(UserPassLogin, APOPLogin, SASLStart, SASLResponse)
         self._sasl_active = False
         prefix = f"-ERR [{code}] " if code else "-ERR "
         if code == "AUTH":
             self.auth_failures += 1
-            if self.auth_failures >= self.max_auth_failures:
+            if self.auth_failures >= self.budgets.max_auth_failures:
                 self._reply(prefix + text + ", closing connection")
-                self._close("abuse")
+                self._close("errors")
                 return
         self._reply(prefix + text)
 
@@ -529,7 +518,7 @@ class POP3Server:
     def _expect(self, *types: type) -> Event:
         if self._pending not in types:
             names = "/".join(t.__name__ for t in types)
-            raise LocalProtocolError(f"not waiting for an answer to {names}")
+            raise ProtocolMisuse(f"not waiting for an answer to {names}")
         event = self._pending_event
         self._pending = None
         self._pending_event = None
@@ -545,18 +534,18 @@ class POP3Server:
         lines.append(".")
         self._out.append((first + "\r\n" + "\r\n".join(lines) + "\r\n").encode("ascii"))
 
-    def _close(self, reason: str) -> Close:
+    def _close(self, reason: str) -> Closed:
         self.state = State.CLOSED
         self._in.clear()
-        self._closed_event = Close(reason)
+        self._closed_event = Closed(reason)
         return self._closed_event
 
     def _bad(self, text: str) -> None:
         """Reply -ERR for a bad command and spend one unit of the error budget."""
         self.bad_commands += 1
-        if self.bad_commands >= self.max_bad_commands:
+        if self.bad_commands >= self.budgets.max_bad_commands:
             self._reply(text + " (too many bad commands, closing connection)")
-            self._close("abuse")
+            self._close("errors")
         else:
             self._reply(text)
 

@@ -1,12 +1,10 @@
 """Sans-I/O SMTP engines (RFC 5321). ``server`` is the receiving side."""
 
+from ..contract import NEED_DATA, PAUSED, AbuseBudgets, Closed, ProtocolMisuse
 from .events import (
-    NEED_DATA,
-    PAUSED,
     AuthCancelled,
     AuthReceived,
     AuthResponse,
-    ConnectionClosed,
     Event,
     ExpnReceived,
     HeloReceived,
@@ -19,7 +17,7 @@ from .events import (
     VrfyReceived,
 )
 from .replies import Reply
-from .server import ServerConfig, SMTPServerEngine, SMTPUsageError, State
+from .server import TRANSITIONS, ServerConfig, SMTPServerEngine, State, Transition
 
 __all__ = [
     "NEED_DATA",
@@ -27,7 +25,8 @@ __all__ = [
     "AuthCancelled",
     "AuthReceived",
     "AuthResponse",
-    "ConnectionClosed",
+    "AbuseBudgets",
+    "Closed",
     "Event",
     "ExpnReceived",
     "HeloReceived",
@@ -41,6 +40,8 @@ __all__ = [
     "Reply",
     "ServerConfig",
     "SMTPServerEngine",
-    "SMTPUsageError",
+    "ProtocolMisuse",
     "State",
+    "Transition",
+    "TRANSITIONS",
 ]

@@ -1,16 +1,19 @@
 """Events the SMTP server engine hands to the glue (h11 style).
 
-Events marked *needs an answer* pause the engine until the glue calls
-``engine.respond(...)`` or a helper (``accept``, ``reject``,
-``auth_challenge``, ``auth_success``). The others are informational.
+Events marked *needs an answer* pause the engine until the glue answers
+with ``engine.respond(reply)`` (``respond()`` alone: the usual positive
+reply). The others are informational.
 
-``NEED_DATA``: feed more bytes with ``receive_data``.
-``PAUSED``: an event is still waiting for its answer.
+The sentinels ``NEED_DATA`` (feed more bytes) and ``PAUSED`` (an event is
+still waiting for its answer) and the ``Closed`` event are the ones every
+engine shares (protocols/contract.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from ..contract import NEED_DATA, PAUSED, Closed, Sentinel
 
 __all__ = [
     "Event",
@@ -25,26 +28,12 @@ __all__ = [
     "AuthResponse",
     "AuthCancelled",
     "StartTLSReceived",
-    "ConnectionClosed",
+    "Closed",
     "ProtocolError",
     "Sentinel",
     "NEED_DATA",
     "PAUSED",
 ]
-
-
-class Sentinel:
-    """A named marker returned by ``next_event`` instead of an event."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-NEED_DATA = Sentinel("NEED_DATA")
-PAUSED = Sentinel("PAUSED")
 
 
 class Event:
@@ -55,7 +44,7 @@ class Event:
 
 @dataclass(frozen=True)
 class HeloReceived(Event):
-    """HELO or EHLO (RFC 5321 4.1.1.1). Needs an answer; ``accept()`` builds
+    """HELO or EHLO (RFC 5321 4.1.1.1). Needs an answer; ``respond()`` builds
     the 250 reply (the EHLO keyword list for ``extended``)."""
 
     name: str
@@ -146,8 +135,9 @@ class MessageReceived(Event):
 @dataclass(frozen=True)
 class AuthReceived(Event):
     """AUTH (RFC 4954 4). ``initial_response`` is None when absent, '' for
-    ``=``, else the base64 text as sent (not decoded). Answer with
-    ``auth_challenge``, ``auth_success`` or a 5xx/4xx reply."""
+    ``=``, else the base64 text as sent (not decoded). Answer with a 334
+    challenge, 235 (``respond(reply, identity=...)``) or a 5xx/4xx reply;
+    failures count against the connection's ``max_auth_failures``."""
 
     mechanism: str
     initial_response: str | None
@@ -170,19 +160,11 @@ class AuthCancelled(Event):
 
 @dataclass(frozen=True)
 class StartTLSReceived(Event):
-    """STARTTLS (RFC 3207 4). ``accept()`` sends 220 and discards everything
+    """STARTTLS (RFC 3207 4). ``respond()`` sends 220 and discards everything
     buffered; the glue then runs the TLS handshake on the socket and feeds
     the decrypted bytes. Reject with e.g. ``454 4.7.0``."""
 
     needs_answer = True
-
-
-@dataclass(frozen=True)
-class ConnectionClosed(Event):
-    """The session is over: ``reason`` is 'quit', 'eof', 'errors' or
-    'shutdown'. Flush ``data_to_send()`` and close the socket."""
-
-    reason: str
 
 
 @dataclass(frozen=True)

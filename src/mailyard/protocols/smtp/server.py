@@ -1,9 +1,10 @@
 """Sans-I/O SMTP server engine (RFC 5321 with ESMTP extensions).
 
 Bytes in (``receive_data``), events out (``next_event``), replies out
-(``data_to_send``). The engine never touches a socket, the clock, DNS or
-the store; decisions that need them (is this recipient local? is the
-message stored?) are events the glue answers with ``respond``/``accept``.
+(``data_to_send``): the engine contract of protocols/contract.py. The engine
+never touches a socket, the clock, DNS or the store; decisions that need
+them (is this recipient local? is the message stored?) are events the glue
+answers through one method, ``respond``.
 
 Usage::
 
@@ -13,16 +14,21 @@ Usage::
         engine.receive_data(await read())        # b"" on EOF
         while True:
             ev = engine.next_event()
-            if ev is NEED_DATA or isinstance(ev, ConnectionClosed):
+            if ev is NEED_DATA or isinstance(ev, Closed):
                 break
             if isinstance(ev, RcptToReceived):
-                engine.accept() if local(ev.forward_path) else engine.reject(550, "5.1.1", "No such user")
+                engine.respond() if local(ev.forward_path) else engine.respond(Reply(550, "5.1.1", "No such user"))
             ...
         write(engine.data_to_send())             # pipelined replies in one write
 
-The command state machine is the table ``COMMAND_TABLE`` at the bottom:
-(verb, state) -> handler. Every known verb has an entry for every command
-state; sequence errors are handlers too (503, RFC 5321 4.1.4 / 4.3.2).
+The state machine is the table ``TRANSITIONS`` at the bottom: (state, verb)
+-> the handler that reads the command, and the state the session moves to
+when the command succeeds (2xx), gets an intermediate reply (334, 354) or
+fails. Every known verb has a row for every command state; sequence errors
+are rows too (503, RFC 5321 4.1.4 / 4.3.2). The two sub-states that read
+something other than commands (mail data, SASL responses) have rows keyed
+by ``END_OF_DATA`` and ``SASL_LINE``. Only the table moves the state, except
+for ``CLOSED``, which every state reaches on QUIT, 421 or EOF.
 """
 
 from __future__ import annotations
@@ -30,17 +36,15 @@ from __future__ import annotations
 import enum
 import re
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ..contract import NEED_DATA, PAUSED, AbuseBudgets, Closed, ProtocolMisuse, Sentinel
 from .data import SPILL_AT, DataReader
 from .events import (
-    NEED_DATA,
-    PAUSED,
     AuthCancelled,
     AuthReceived,
     AuthResponse,
-    ConnectionClosed,
     Event,
     ExpnReceived,
     HeloReceived,
@@ -49,7 +53,6 @@ from .events import (
     MessageReceived,
     ProtocolError,
     RcptToReceived,
-    Sentinel,
     StartTLSReceived,
     VrfyReceived,
 )
@@ -57,7 +60,11 @@ from .params import ParamError, interpret_mail_params, interpret_rcpt_params, pa
 from .paths import PathError, parse_forward_path, parse_reverse_path, split_path
 from .replies import Reply
 
-__all__ = ["ServerConfig", "State", "SMTPServerEngine", "SMTPUsageError", "COMMAND_TABLE"]
+__all__ = ["ServerConfig", "State", "SMTPServerEngine", "Transition", "TRANSITIONS", "SMTP_BUDGETS"]
+
+# Defaults of the SMTP abuse budgets ([smtp] max_unknown_commands, max_errors,
+# [auth] smtp_connection_max_failures).
+SMTP_BUDGETS = AbuseBudgets(max_bad_commands=20, max_errors=50, max_auth_failures=5)
 
 
 @dataclass(frozen=True)
@@ -66,11 +73,13 @@ class ServerConfig:
 
     ``extensions_extra`` are extra EHLO keywords, e.g. ``("STARTTLS",
     "AUTH PLAIN LOGIN")``; the engine enables the STARTTLS and AUTH commands
-    exactly when they are advertised. ``max_errors`` bounds all error
-    replies the engine itself gives; ``max_unknown_commands`` bounds
-    unrecognised or malformed commands (500/501/502/504/555). Reaching
+    exactly when they are advertised. ``budgets``: ``max_errors`` bounds
+    all error replies the engine itself gives, ``max_bad_commands``
+    unrecognised or malformed commands (500/501/502/504/555); reaching
     either ends the session with ``421 4.7.0``. Rejections decided by the
     glue (550 unknown user...) do not count; policy throttles those.
+    ``max_auth_failures`` bounds failed AUTH exchanges (535, 454): the last
+    one allowed is answered ``421 4.7.0`` instead, and the session ends.
     """
 
     hostname: str = "localhost"
@@ -81,8 +90,7 @@ class ServerConfig:
     max_text_line: int = 1000  # RFC 5321 4.5.3.1.6, octets incl. CRLF
     vrfy_enabled: bool = False
     expn_enabled: bool = False
-    max_unknown_commands: int = 20
-    max_errors: int = 50
+    budgets: AbuseBudgets = SMTP_BUDGETS
     smtputf8: bool = True
     dsn: bool = True
     greeting_text: str = "mailyard ESMTP ready"
@@ -106,13 +114,6 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class SMTPUsageError(RuntimeError):
-    """The glue called the engine wrongly (e.g. respond() with nothing pending).
-
-    Never raised for anything the peer sends.
-    """
-
-
 _COMMAND_STATES = (State.CONNECTED, State.READY, State.MAIL, State.RCPT)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # HT allowed, other controls not
 # RFC 5321 4.2.4: recognised but not implemented -> 502, unknown -> 500.
@@ -133,7 +134,9 @@ _HELP_TOPICS = {
     "STARTTLS": "STARTTLS",
 }
 
-_Step = Event | bool | None  # an event, True = progress made, None = need bytes
+# What reading one unit of input gave: an event, True (progress made: a
+# reply was written or a line discarded), None (more bytes needed).
+_Step = Event | bool | None
 
 
 class SMTPServerEngine:
@@ -147,7 +150,6 @@ class SMTPServerEngine:
         # TLS): AUTH passes them to the glue, which answers 538 5.7.11 (RFC 4954 6)
         # instead of the engine's 504.
         self.auth_unadvertised: frozenset[str] = frozenset()
-        self._auth_identity = ""
         self.helo_name: str | None = None
         self._extras: tuple[str, ...] = tuple(self.config.extensions_extra)
         self._state = State.CONNECTED
@@ -155,12 +157,14 @@ class SMTPServerEngine:
         self._inbuf = bytearray()
         self._out: list[bytes] = []
         self._events: deque[Event] = deque()
-        self._pending: Event | None = None
+        self._pending: Event | None = None  # the event waiting for respond()
+        self._pending_row: Transition | None = None  # ... and the row it came from
         self._eof = False
         self._discard_line = False  # inside an over-long command line
         self._close_reason = ""
         self._unknown_count = 0
         self._error_count = 0
+        self._auth_failures = 0
         self._data: DataReader | None = None
         # Command lines and messages consumed so far; with ``partial_input``
         # this lets the glue enforce a deadline a trickle cannot extend.
@@ -207,10 +211,15 @@ class SMTPServerEngine:
         keywords.append("HELP")
         return keywords
 
-    def set_extensions_extra(self, keywords: Sequence[str]) -> None:
-        """Replace the extra EHLO keywords for this session (e.g. offer AUTH
-        only once TLS is up). Takes effect at the next EHLO."""
+    def offer(self, keywords: Sequence[str], *, auth_unadvertised: Iterable[str] = ()) -> None:
+        """Set what this session offers beyond the base extensions: the extra
+        EHLO keywords (``STARTTLS``, ``AUTH <mechanisms>``) and the AUTH
+        mechanisms recognised although not advertised now (PLAIN/LOGIN before
+        TLS: AUTH hands them to the glue, which answers 538 5.7.11, RFC 4954 6,
+        instead of the engine's 504). Takes effect at the next EHLO; the glue
+        calls it at the start and again once TLS is up."""
         self._extras = tuple(keywords)
+        self.auth_unadvertised = frozenset(m.upper() for m in auth_unadvertised)
 
     def greeting(self) -> bytes:
         """The 220 opening reply (RFC 5321 4.2, 3.1)."""
@@ -251,7 +260,7 @@ class SMTPServerEngine:
             if self._pending is not None:
                 return PAUSED
             if self._state is State.CLOSED:
-                return ConnectionClosed(self._close_reason)
+                return Closed(self._close_reason)
             step = self._step_data() if self._state is State.DATA else self._step_command()
             if step is None:
                 if self._eof:
@@ -267,64 +276,95 @@ class SMTPServerEngine:
                 self._pending = step
             return step
 
-    def respond(self, reply: Reply) -> None:
-        """Answer the pending event with ``reply``."""
+    def respond(self, reply: Reply | None = None, *, identity: str | None = None) -> None:
+        """Answer the pending event: the one way the glue answers.
+
+        ``reply`` None: the usual positive reply (the EHLO keyword list,
+        ``250 2.1.0 Sender OK``, ``220 2.0.0 Ready to start TLS``...).
+        ``identity``: with a 235 to AUTH, the authenticated name.
+        A 421 ends the session (RFC 5321 3.8). A 535 or 454 to AUTH counts
+        against ``max_auth_failures``; the failure that uses the budget up
+        is answered ``421 4.7.0`` instead, and the session ends.
+        Raises ``ProtocolMisuse`` if no event waits or the code cannot
+        answer it.
+        """
         event = self._pending
         if event is None:
-            raise SMTPUsageError("no event is waiting for an answer")
+            raise ProtocolMisuse("no event is waiting for an answer")
+        if reply is None:
+            reply = self._usual_reply(event)
         code = reply.code
+        is_auth = isinstance(event, AuthReceived | AuthResponse)
         if code == 334:
-            if not isinstance(event, AuthReceived | AuthResponse):
-                raise SMTPUsageError("334 is only valid during AUTH")
+            if not is_auth:
+                raise ProtocolMisuse("334 is only valid during AUTH")
         elif code < 200 or 300 <= code < 400:
-            raise SMTPUsageError(f"reply code {code} cannot answer {type(event).__name__}")
+            raise ProtocolMisuse(f"reply code {code} cannot answer {type(event).__name__}")
+        if identity is not None and not (is_auth and code == 235):
+            raise ProtocolMisuse("an identity goes only with 235 to AUTH")
+        row = self._pending_row
         self._pending = None
+        self._pending_row = None
+        if is_auth and code in (535, 454):
+            # RFC 4954 4 leaves the number of attempts to the server.
+            self._auth_failures += 1
+            if self._auth_failures >= self.config.budgets.max_auth_failures:
+                self._write(
+                    Reply(421, "4.7.0", "Too many failed authentication attempts, closing connection")
+                )
+                self._close("errors")
+                return
         self._write(reply)
         if code == 421:  # RFC 5321 3.8: 421 means the server closes
             self._close("rejected")
             return
+        if is_auth and code == 235:
+            self.authenticated = identity or ""
         _ANSWERED[type(event)](self, event, reply)
+        self._move(row, code)
 
-    def accept(self, text: str | Sequence[str] | None = None) -> None:
-        """Answer the pending event positively with the usual reply."""
-        event = self._pending
-        if event is None:
-            raise SMTPUsageError("no event is waiting for an answer")
+    def _usual_reply(self, event: Event) -> Reply:
         if isinstance(event, HeloReceived):
-            if text is None:
-                text = f"{self.config.hostname} Hello {event.name}"
-            if isinstance(text, str):
-                text = [text]
-            lines = [*text, *self.extensions] if event.extended else list(text)
+            lines = [f"{self.config.hostname} Hello {event.name}"]
             # RFC 5321 4.1.1.1: the EHLO reply carries keywords, no status codes.
-            self.respond(Reply(250, None, lines))
-            return
+            return Reply(250, None, [*lines, *self.extensions] if event.extended else lines)
         if isinstance(event, AuthReceived | AuthResponse):
-            self.auth_success("")
-            return
+            return _AUTH_SUCCESS
         default = _DEFAULT_ACCEPT.get(type(event))
         if default is None:
-            raise SMTPUsageError(f"{type(event).__name__} needs an explicit respond()")
-        self.respond(
-            Reply(default.code, default.enhanced, text if text is not None else default.lines)
-        )
+            raise ProtocolMisuse(f"{type(event).__name__} needs an explicit reply")
+        return default
+
+    # Shortcuts for tests and scripts: each builds a Reply for ``respond``.
+
+    def accept(self, text: str | Sequence[str] | None = None) -> None:
+        """``respond`` with the usual positive reply, optionally other text."""
+        event = self._pending
+        if event is None:
+            raise ProtocolMisuse("no event is waiting for an answer")
+        if text is None:
+            self.respond()
+            return
+        if isinstance(event, HeloReceived):
+            lines = [text] if isinstance(text, str) else list(text)
+            self.respond(Reply(250, None, [*lines, *self.extensions] if event.extended else lines))
+            return
+        usual = self._usual_reply(event)
+        self.respond(Reply(usual.code, usual.enhanced, text))
 
     def reject(self, code: int, enhanced: str | None, text: str | Sequence[str]) -> None:
-        """Answer the pending event with a 4xx/5xx reply."""
+        """``respond`` with a 4xx/5xx reply."""
         if code < 400:
-            raise SMTPUsageError("reject() needs a 4xx or 5xx code")
+            raise ProtocolMisuse("reject() needs a 4xx or 5xx code")
         self.respond(Reply(code, enhanced, text if isinstance(text, str) else tuple(text)))
 
     def auth_challenge(self, challenge: str) -> None:
-        """Send ``334 challenge`` (base64 text, may be empty; RFC 4954 4)."""
+        """``respond`` with ``334 challenge`` (base64 text, may be empty; RFC 4954 4)."""
         self.respond(Reply(334, None, challenge))
 
     def auth_success(self, identity: str) -> None:
-        """Finish AUTH successfully: ``235 2.7.0`` (RFC 4954 6)."""
-        if not isinstance(self._pending, AuthReceived | AuthResponse):
-            raise SMTPUsageError("auth_success() needs a pending AUTH event")
-        self._auth_identity = identity
-        self.respond(Reply(235, "2.7.0", "Authentication successful"))
+        """``respond`` to AUTH with ``235 2.7.0`` (RFC 4954 6) for ``identity``."""
+        self.respond(_AUTH_SUCCESS, identity=identity)
 
     # ----------------------------------------------------------- internals
 
@@ -353,13 +393,43 @@ class SMTPServerEngine:
         if unknown:
             self._unknown_count += 1
         cfg = self.config
-        if self._error_count >= cfg.max_errors or self._unknown_count >= cfg.max_unknown_commands:
+        budgets = cfg.budgets
+        if self._error_count >= budgets.max_errors or self._unknown_count >= budgets.max_bad_commands:
             self._write(Reply(421, "4.7.0", f"{cfg.hostname} Too many errors, closing connection"))
             self._close("errors")
         return True
 
     def _reply_error(self, reply: Reply, *, unknown: bool) -> bool:
         return self._error(reply.code, reply.enhanced or "", reply.lines[0], unknown=unknown)
+
+    def _run(self, row: Transition, argument: str) -> _Step:
+        """Run a command's row: its handler reads the argument and either
+        answers itself (a Reply) or hands out an event for the glue; the
+        row then gives the next state (``_move``)."""
+        assert row.handler is not None
+        result = row.handler(self, argument)
+        if isinstance(result, Event):
+            if result.needs_answer:
+                self._pending_row = row
+            return result
+        if isinstance(result, Reply):
+            self._write(result)
+            self._move(row, result.code)
+        else:  # an error the engine answered (and charged) in _error
+            self._move(row, 500)
+        return True
+
+    def _move(self, row: Transition | None, code: int) -> None:
+        """Enter the state ``row`` names for a command answered with ``code``."""
+        if row is None or self._state is State.CLOSED:
+            return
+        nxt = row.ok if code < 300 else row.more if code < 400 else row.failed
+        if nxt is None:
+            return
+        if nxt is State.CLOSED:
+            self._close("quit")  # only QUIT's row leads there
+        else:
+            self._state = nxt
 
     def _line_limit(self) -> int:
         if self._state is State.AUTH or self._inbuf[:5].upper() == b"AUTH ":
@@ -392,7 +462,8 @@ class SMTPServerEngine:
         line = bytes(buf[:i])
         del buf[: i + 2]
         if self._state is State.AUTH:
-            return self._auth_line(line)
+            # Latin-1 maps each byte to one character: _auth_line sees non-ASCII.
+            return self._run(_SASL_ROW, line.decode("latin-1"))
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
@@ -401,19 +472,21 @@ class SMTPServerEngine:
             return self._error(500, "5.5.2", "Invalid character in command", unknown=True)
         verb, _, argument = text.partition(" ")
         verb = verb.upper()
-        row = COMMAND_TABLE.get(verb)
+        row = TRANSITIONS.get((self._state, verb))
         if row is None:
             if verb in _NOT_IMPLEMENTED:
                 return self._error(502, "5.5.1", "Command not implemented", unknown=True)
             return self._error(500, "5.5.2", "Command unrecognized", unknown=True)
-        return row[self._state](self, argument.strip(" "))
+        return self._run(row, argument.strip(" "))
 
     def _line_too_long(self) -> bool:
         if self._state is State.AUTH:
             # An over-long SASL line ends the exchange rather than leaving the
             # client stuck in the AUTH sub-state.
-            self._state = State.READY
             self._events.append(AuthCancelled())
+            self._error(500, "5.5.2", "Line too long", unknown=True)
+            self._move(_SASL_ROW, 500)
+            return True
         return self._error(500, "5.5.2", "Line too long", unknown=True)
 
     def _step_data(self) -> _Step:
@@ -431,11 +504,13 @@ class SMTPServerEngine:
             # RFC 5321 4.2.5: a failure reply after the data ends the
             # transaction just like success does.
             self._reset_transaction()
-            self._state = State.READY
             assert result.error is not None
-            return self._reply_error(result.error, unknown=False)
+            self._reply_error(result.error, unknown=False)
+            self._move(_DATA_ROW, result.error.code)
+            return True
         mail = self._mail
         assert mail is not None
+        self._pending_row = _DATA_ROW
         return MessageReceived(
             reverse_path=mail.reverse_path,
             forward_paths=[r.forward_path for r in self._rcpts],
@@ -447,18 +522,15 @@ class SMTPServerEngine:
             streamed=self._data.spilled,
         )
 
-    def _auth_line(self, line: bytes) -> _Step:
-        """A client line inside the SASL exchange (RFC 4954 4)."""
-        text = line.decode("ascii", "replace").strip(" ")
-        if text == "*":
-            self._state = State.READY
-            self._write(Reply(501, "5.7.0", "Authentication cancelled"))
-            self._events.append(AuthCancelled())
-            return True
+    def _auth_line(self, line: str) -> _Step | Reply:
+        """A client line inside the SASL exchange (RFC 4954 4), one character per byte."""
         if not line.isascii():
-            self._state = State.READY
             self._events.append(AuthCancelled())
             return self._error(501, "5.5.2", "Invalid base64 data")
+        text = line.strip(" ")
+        if text == "*":
+            self._events.append(AuthCancelled())
+            return Reply(501, "5.7.0", "Authentication cancelled")
         return AuthResponse(text)
 
     # ------------------------------------------------------------ commands
@@ -466,13 +538,13 @@ class SMTPServerEngine:
     def _seq(self, text: str) -> bool:
         return self._error(503, "5.5.1", text)
 
-    def _cmd_helo(self, argument: str) -> _Step:
+    def _cmd_helo(self, argument: str) -> _Step | Reply:
         return self._hello(argument, extended=False)
 
-    def _cmd_ehlo(self, argument: str) -> _Step:
+    def _cmd_ehlo(self, argument: str) -> _Step | Reply:
         return self._hello(argument, extended=True)
 
-    def _hello(self, argument: str, *, extended: bool) -> _Step:
+    def _hello(self, argument: str, *, extended: bool) -> _Step | Reply:
         # RFC 5321 4.1.1.1: EHLO/HELO SP (Domain / address-literal). The name
         # is not judged here (clients send all sorts); policy may do so.
         if not argument or " " in argument:
@@ -481,7 +553,7 @@ class SMTPServerEngine:
             )
         return HeloReceived(argument, extended)
 
-    def _cmd_mail(self, argument: str) -> _Step:
+    def _cmd_mail(self, argument: str) -> _Step | Reply:
         cfg = self.config
         if cfg.require_auth_for_mail and self.authenticated is None:
             return self._error(530, "5.7.0", "Authentication required")  # RFC 4954 6
@@ -507,14 +579,13 @@ class SMTPServerEngine:
             reverse_path, params, mp.size, mp.body, mp.smtputf8, mp.ret, mp.envid, mp.auth
         )
 
-    def _cmd_rcpt(self, argument: str) -> _Step:
+    def _cmd_rcpt(self, argument: str) -> _Step | Reply:
         if argument[:3].upper() != "TO:":
             return self._error(501, "5.5.2", "Syntax: RCPT TO:<address>", unknown=True)
         self._rcpt_attempts += 1
         if len(self._rcpts) >= self.config.max_recipients:
             # RFC 5321 4.5.3.1.10: 452, not 552; earlier recipients stay.
-            self._write(Reply(452, "4.5.3", "Too many recipients"))
-            return True
+            return Reply(452, "4.5.3", "Too many recipients")
         assert self._mail is not None
         try:
             path, param_text = split_path(argument[3:].lstrip(" "), sender=False)
@@ -527,44 +598,37 @@ class SMTPServerEngine:
             return self._reply_error(exc.reply, unknown=True)
         return RcptToReceived(forward_path, params, rp.notify, rp.orcpt)
 
-    def _cmd_data(self, argument: str) -> _Step:
+    def _cmd_data(self, argument: str) -> _Step | Reply:
         if argument:
             return self._error(501, "5.5.4", "Syntax: DATA (no parameters)", unknown=True)
         cfg = self.config
         self._data = DataReader(
             cfg.max_message_size, cfg.max_text_line, cfg.strict_line_endings, cfg.spill_at or 1 << 62
         )
-        self._state = State.DATA
-        self._write(Reply(354, None, "End data with <CR><LF>.<CR><LF>"))
-        return True
+        return _GO_AHEAD
 
-    def _data_without_rcpt(self, argument: str) -> _Step:
+    def _data_without_rcpt(self, argument: str) -> _Step | Reply:
         if self._rcpt_attempts:
             # RFC 2920 3.1: pipelined RCPTs all failed -> 554 to DATA.
             return self._error(554, "5.5.1", "No valid recipients")
         return self._seq("Need RCPT command")
 
-    def _cmd_rset(self, argument: str) -> _Step:
+    def _cmd_rset(self, argument: str) -> _Step | Reply:
         if argument:
             return self._error(501, "5.5.4", "Syntax: RSET (no parameters)", unknown=True)
         self._reset_transaction()
-        if self._state in (State.MAIL, State.RCPT):
-            self._state = State.READY
-        self._write(Reply(250, "2.0.0", "OK"))
-        return True
+        return _OK
 
-    def _cmd_noop(self, argument: str) -> _Step:
+    def _cmd_noop(self, argument: str) -> _Step | Reply:
         # RFC 5321 4.1.1.9: a parameter string SHOULD be ignored.
-        self._write(Reply(250, "2.0.0", "OK"))
-        return True
+        return _OK
 
-    def _cmd_quit(self, argument: str) -> _Step:
-        # RFC 5321 4.1.1.10: 221, then close; any open transaction is aborted.
-        self._write(Reply(221, "2.0.0", f"{self.config.hostname} closing connection"))
-        self._close("quit")
-        return True
+    def _cmd_quit(self, argument: str) -> _Step | Reply:
+        # RFC 5321 4.1.1.10: 221, then close (the row leads to CLOSED); any
+        # open transaction is aborted.
+        return Reply(221, "2.0.0", f"{self.config.hostname} closing connection")
 
-    def _cmd_help(self, argument: str) -> _Step:
+    def _cmd_help(self, argument: str) -> _Step | Reply:
         # RFC 5321 4.1.1.8: HELP with and without an argument; reply 214.
         if not argument:
             verbs = "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY EXPN HELP"
@@ -572,17 +636,13 @@ class SMTPServerEngine:
                 verbs += " AUTH"
             if self._starttls_offered():
                 verbs += " STARTTLS"
-            self._write(
-                Reply(214, "2.0.0", ("mailyard SMTP server; commands:", verbs, "End of HELP info"))
-            )
-            return True
+            return Reply(214, "2.0.0", ("mailyard SMTP server; commands:", verbs, "End of HELP info"))
         usage = _HELP_TOPICS.get(argument.upper())
         if usage is None:
             return self._error(504, "5.5.4", "HELP topic unknown", unknown=True)
-        self._write(Reply(214, "2.0.0", usage))
-        return True
+        return Reply(214, "2.0.0", usage)
 
-    def _cmd_vrfy(self, argument: str) -> _Step:
+    def _cmd_vrfy(self, argument: str) -> _Step | Reply:
         if not argument:
             return self._error(501, "5.5.4", "Syntax: VRFY <address>", unknown=True)
         if self.config.vrfy_enabled and self._may_look_up_users():
@@ -590,12 +650,9 @@ class SMTPServerEngine:
         # VRFY is mandatory (RFC 5321 4.5.1) and 500/502 would be non-compliant
         # (3.5.3), so a disabled VRFY says 252: cannot verify, will try (7.3).
         # The same before AUTH on submission, where it must not reveal users.
-        self._write(
-            Reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
-        )
-        return True
+        return _CANNOT_VRFY
 
-    def _cmd_expn(self, argument: str) -> _Step:
+    def _cmd_expn(self, argument: str) -> _Step | Reply:
         if not argument:
             return self._error(501, "5.5.4", "Syntax: EXPN <list>", unknown=True)
         if self.config.expn_enabled:
@@ -605,8 +662,7 @@ class SMTPServerEngine:
         # EXPN is optional (RFC 5321 3.5.2) and is not advertised when off, so
         # it is "not implemented" here: 502 (3.5.3 names 502 for "not
         # verified"); 252 would claim something about a list we won't expand.
-        self._write(Reply(502, "5.5.1", "EXPN not available"))
-        return True
+        return Reply(502, "5.5.1", "EXPN not available")
 
     def _may_look_up_users(self) -> bool:
         """VRFY/EXPN may answer from the directory: on the MX port when enabled;
@@ -624,7 +680,7 @@ class SMTPServerEngine:
     def _starttls_offered(self) -> bool:
         return not self.tls_active and any(e.upper() == "STARTTLS" for e in self._extras)
 
-    def _cmd_auth(self, argument: str) -> _Step:
+    def _cmd_auth(self, argument: str) -> _Step | Reply:
         mechanisms = self._auth_mechanisms()
         if mechanisms is None:
             return self._error(502, "5.5.1", "AUTH not available", unknown=True)
@@ -645,7 +701,7 @@ class SMTPServerEngine:
             initial = "" if words[1] == "=" else words[1]  # RFC 4954 4: "=" is empty
         return AuthReceived(mechanism, initial)
 
-    def _cmd_starttls(self, argument: str) -> _Step:
+    def _cmd_starttls(self, argument: str) -> _Step | Reply:
         if self.tls_active and any(e.upper() == "STARTTLS" for e in self._extras):
             return self._seq("TLS already active")
         if not self._starttls_offered():
@@ -655,6 +711,7 @@ class SMTPServerEngine:
         return StartTLSReceived()
 
     # ------------------------------------------------------- after answers
+    # What an answer does besides moving the state (the table does that).
 
     def _answered_helo(self, event: HeloReceived, reply: Reply) -> None:
         if reply.is_positive:
@@ -662,17 +719,14 @@ class SMTPServerEngine:
             self._reset_transaction()
             self.helo_name = event.name
             self._extended = event.extended
-            self._state = State.READY
 
     def _answered_mail(self, event: MailFromReceived, reply: Reply) -> None:
         if reply.is_positive:
             self._mail = event
-            self._state = State.MAIL
 
     def _answered_rcpt(self, event: RcptToReceived, reply: Reply) -> None:
         if reply.is_positive:  # 250 or 251
             self._rcpts.append(event)
-            self._state = State.RCPT
 
     def _answered_nothing(self, event: Event, reply: Reply) -> None:
         pass
@@ -680,15 +734,6 @@ class SMTPServerEngine:
     def _answered_message(self, event: MessageReceived, reply: Reply) -> None:
         # RFC 5321 4.1.1.4: the buffers are cleared whatever the outcome.
         self._reset_transaction()
-        self._state = State.READY
-
-    def _answered_auth(self, event: Event, reply: Reply) -> None:
-        if reply.code == 334:
-            self._state = State.AUTH
-            return
-        self._state = State.READY
-        if reply.is_positive:
-            self.authenticated = self._auth_identity
 
     def _answered_starttls(self, event: StartTLSReceived, reply: Reply) -> None:
         if not reply.is_positive:
@@ -702,7 +747,6 @@ class SMTPServerEngine:
         self._extended = False
         self.authenticated = None
         self.tls_active = True
-        self._state = State.CONNECTED
 
 
 _DEFAULT_ACCEPT: dict[type, Reply] = {
@@ -723,57 +767,94 @@ _ANSWERED: dict[type, Callable[[SMTPServerEngine, Event, Reply], None]] = {
     VrfyReceived: _E._answered_nothing,
     ExpnReceived: _E._answered_nothing,
     MessageReceived: _E._answered_message,
-    AuthReceived: _E._answered_auth,
-    AuthResponse: _E._answered_auth,
+    AuthReceived: _E._answered_nothing,
+    AuthResponse: _E._answered_nothing,
     StartTLSReceived: _E._answered_starttls,
 }  # type: ignore[dict-item]
 
 
-def _sequence_error(text: str) -> Callable[[SMTPServerEngine, str], _Step]:
-    def handler(engine: SMTPServerEngine, argument: str) -> _Step:
+def _sequence_error(text: str) -> Callable[[SMTPServerEngine, str], _Step | Reply]:
+    def handler(engine: SMTPServerEngine, argument: str) -> _Step | Reply:
         return engine._seq(text)
 
     return handler
 
 
-def _everywhere(handler: Callable[[SMTPServerEngine, str], _Step]) -> dict[State, Callable]:
-    return dict.fromkeys(_COMMAND_STATES, handler)
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One row of the state machine: the handler that reads the command's
+    argument, and the next state when the command is answered with 2xx
+    (``ok``), 334/354 (``more``) or 4xx/5xx (``failed``), by the engine or
+    by the glue; None: the state stays. A handler never sets the state."""
+
+    handler: Callable[[SMTPServerEngine, str], _Step | Reply] | None
+    ok: State | None = None
+    more: State | None = None
+    failed: State | None = None
 
 
 _C, _R, _M, _T = State.CONNECTED, State.READY, State.MAIL, State.RCPT
-_NEED_HELO = _sequence_error("Send HELO/EHLO first")
-_NEED_MAIL = _sequence_error("Need MAIL command")
-_IN_TRANSACTION = _sequence_error("Not permitted during a mail transaction")
+_NEED_HELO = Transition(_sequence_error("Send HELO/EHLO first"))
+_NEED_MAIL = Transition(_sequence_error("Need MAIL command"))
+_IN_TRANSACTION = Transition(_sequence_error("Not permitted during a mail transaction"))
+_SENDER_GIVEN = Transition(_sequence_error("Sender already specified"))
+_GO_AHEAD = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+_OK = Reply(250, "2.0.0", "OK")
+_CANNOT_VRFY = Reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
+_AUTH_SUCCESS = Reply(235, "2.7.0", "Authentication successful")
 
-# The state machine: verb -> {state -> handler} (RFC 5321 4.1.4, 4.3.2).
+# Keys of the two sub-states' rows: the end of mail data (after 354) and a
+# client line inside a SASL exchange (after 334).
+END_OF_DATA = "<end of data>"
+SASL_LINE = "<SASL response>"
+
+
+def _everywhere(verb: str, row: Transition) -> dict[tuple[State, str], Transition]:
+    return {(state, verb): row for state in _COMMAND_STATES}
+
+
+# The state machine (RFC 5321 4.1.4, 4.3.2): (state, verb) -> row.
 # HELO/EHLO, RSET, NOOP, QUIT, HELP, VRFY, EXPN are valid in every state.
-COMMAND_TABLE: dict[str, dict[State, Callable[[SMTPServerEngine, str], _Step]]] = {
-    "HELO": _everywhere(_E._cmd_helo),
-    "EHLO": _everywhere(_E._cmd_ehlo),
-    "MAIL": {
-        _C: _NEED_HELO,
-        _R: _E._cmd_mail,
-        _M: _sequence_error("Sender already specified"),
-        _T: _sequence_error("Sender already specified"),
-    },
-    "RCPT": {_C: _NEED_MAIL, _R: _NEED_MAIL, _M: _E._cmd_rcpt, _T: _E._cmd_rcpt},
-    "DATA": {_C: _NEED_MAIL, _R: _NEED_MAIL, _M: _E._data_without_rcpt, _T: _E._cmd_data},
-    "RSET": _everywhere(_E._cmd_rset),
-    "NOOP": _everywhere(_E._cmd_noop),
-    "QUIT": _everywhere(_E._cmd_quit),
-    "HELP": _everywhere(_E._cmd_help),
-    "VRFY": _everywhere(_E._cmd_vrfy),
-    "EXPN": _everywhere(_E._cmd_expn),
-    "AUTH": {
-        _C: _sequence_error("Send EHLO first"),
-        _R: _E._cmd_auth,
-        _M: _IN_TRANSACTION,
-        _T: _IN_TRANSACTION,
-    },
-    "STARTTLS": {
-        _C: _E._cmd_starttls,
-        _R: _E._cmd_starttls,
-        _M: _IN_TRANSACTION,
-        _T: _IN_TRANSACTION,
-    },
+TRANSITIONS: dict[tuple[State, str], Transition] = {
+    # RFC 5321 4.1.4: a successful HELO/EHLO (re)starts the session.
+    **_everywhere("HELO", Transition(_E._cmd_helo, ok=_R)),
+    **_everywhere("EHLO", Transition(_E._cmd_ehlo, ok=_R)),
+    (_C, "MAIL"): _NEED_HELO,
+    (_R, "MAIL"): Transition(_E._cmd_mail, ok=_M),
+    (_M, "MAIL"): _SENDER_GIVEN,
+    (_T, "MAIL"): _SENDER_GIVEN,
+    (_C, "RCPT"): _NEED_MAIL,
+    (_R, "RCPT"): _NEED_MAIL,
+    (_M, "RCPT"): Transition(_E._cmd_rcpt, ok=_T),
+    (_T, "RCPT"): Transition(_E._cmd_rcpt, ok=_T),
+    (_C, "DATA"): _NEED_MAIL,
+    (_R, "DATA"): _NEED_MAIL,
+    (_M, "DATA"): Transition(_E._data_without_rcpt),
+    (_T, "DATA"): Transition(_E._cmd_data, more=State.DATA),
+    # RFC 5321 4.1.1.5: RSET ends a mail transaction, not the greeting.
+    (_C, "RSET"): Transition(_E._cmd_rset),
+    (_R, "RSET"): Transition(_E._cmd_rset),
+    (_M, "RSET"): Transition(_E._cmd_rset, ok=_R),
+    (_T, "RSET"): Transition(_E._cmd_rset, ok=_R),
+    **_everywhere("NOOP", Transition(_E._cmd_noop)),
+    **_everywhere("QUIT", Transition(_E._cmd_quit, ok=State.CLOSED)),
+    **_everywhere("HELP", Transition(_E._cmd_help)),
+    **_everywhere("VRFY", Transition(_E._cmd_vrfy)),
+    **_everywhere("EXPN", Transition(_E._cmd_expn)),
+    # RFC 4954 4: 334 opens the SASL exchange; 235 or a failure ends it.
+    (_C, "AUTH"): Transition(_sequence_error("Send EHLO first")),
+    (_R, "AUTH"): Transition(_E._cmd_auth, ok=_R, more=State.AUTH, failed=_R),
+    (_M, "AUTH"): _IN_TRANSACTION,
+    (_T, "AUTH"): _IN_TRANSACTION,
+    (State.AUTH, SASL_LINE): Transition(_E._auth_line, ok=_R, more=State.AUTH, failed=_R),
+    # RFC 3207 4.2: after TLS the session starts again, as if just connected.
+    (_C, "STARTTLS"): Transition(_E._cmd_starttls, ok=_C),
+    (_R, "STARTTLS"): Transition(_E._cmd_starttls, ok=_C),
+    (_M, "STARTTLS"): _IN_TRANSACTION,
+    (_T, "STARTTLS"): _IN_TRANSACTION,
+    # RFC 5321 4.1.1.4: the transaction ends with the reply to the data,
+    # whatever it is; the data itself is read by _step_data.
+    (State.DATA, END_OF_DATA): Transition(None, ok=_R, failed=_R),
 }
+_SASL_ROW = TRANSITIONS[(State.AUTH, SASL_LINE)]
+_DATA_ROW = TRANSITIONS[(State.DATA, END_OF_DATA)]

@@ -1,0 +1,57 @@
+"""Connection caps per listener: open connections in total and per client
+address ([limits] max_connections, max_connections_per_ip).
+
+One home for the mail listeners (net/listener.py) and the HTTP port
+(web/limits.py): a client over a cap is refused at once with its protocol's
+own "try again later" (SMTP 421, IMAP BYE, POP3 -ERR [SYS/TEMP], HTTP 503),
+so one address cannot take every slot and the server keeps serving others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+__all__ = ["ConnectionCaps"]
+
+
+class ConnectionCaps:
+    """Counts the open connections of one listener, in total and per address."""
+
+    __slots__ = ("_open", "_per_ip", "max_connections", "max_per_ip")
+
+    def __init__(self, max_connections: int, max_per_ip: int) -> None:
+        self.max_connections = max_connections
+        self.max_per_ip = max_per_ip
+        self._open: dict[Hashable, str] = {}  # connection -> its client address
+        self._per_ip: dict[str, int] = {}
+
+    @property
+    def active(self) -> int:
+        """Connections counted in now."""
+        return len(self._open)
+
+    def connections(self) -> list[Hashable]:
+        """The connections counted in now (a copy: safe to iterate while they end)."""
+        return list(self._open)
+
+    def admit(self, connection: Hashable, ip: str) -> str | None:
+        """Count ``connection`` from ``ip`` in; returns why it is refused, or None."""
+        if len(self._open) >= self.max_connections:
+            return "too many connections"
+        if self._per_ip.get(ip, 0) >= self.max_per_ip:
+            return "too many connections from your address"
+        self._open[connection] = ip
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        return None
+
+    def release(self, connection: Hashable) -> None:
+        """Count ``connection`` out (once; a second call, or one for a refused
+        connection, does nothing)."""
+        ip = self._open.pop(connection, None)
+        if ip is None:
+            return
+        left = self._per_ip.get(ip, 1) - 1
+        if left:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)

@@ -1,0 +1,63 @@
+"""The terminal client answers and saves mail with the shared reading core
+(message/reading.py, message/reply.py): `mailyard mail reply` and `mail read
+--save-attachments` as subprocesses against a running server hold the rules
+webmail holds too (tests/integration/test_web_reading.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailyard.message.compose import Attachment, compose, to_bytes
+
+from ..conftest import USERS, RunningServer
+from .test_client import ALICE, BOB, MailCLI, _uids, parse, server_ports
+
+
+def append(server: RunningServer, user: str, data: bytes) -> int:
+    async def go() -> int:
+        account = await server.store.get_account(user)
+        box = await server.store.get_mailbox(account.id, "INBOX")
+        return await server.store.append(box, data, [])
+
+    return server.call(go())
+
+
+@pytest.fixture
+def bob(tmp_path: Path, mailserver: RunningServer) -> MailCLI:
+    cli = MailCLI(tmp_path / "client-home")
+    cli.add_account("bob", BOB, USERS[BOB], display_name="Bob", **server_ports(mailserver))
+    return cli
+
+
+def test_reply_subject_threading_and_quote(bob: MailCLI, mailserver: RunningServer) -> None:
+    append(mailserver, BOB, (
+        b"From: Alice <alice@example.test>\r\nTo: bob@example.test\r\n"
+        b"Subject: AW: SV: Hallo\r\nDate: Tue, 01 Oct 2024 10:00:00 +0200\r\n"
+        b"Message-ID: <parent@example.test>\r\nIn-Reply-To: <root@example.test>\r\n"
+        b"\r\nline one\r\n> said before\r\n-- \r\nAlice's signature\r\n"))
+    (uid,) = _uids(bob, "bob")
+    bob("reply", str(uid), "--body", "Danke.", account="bob")
+    (raw,) = mailserver.messages(ALICE)
+    reply = parse(raw)
+    # the localised reply markers go, one "Re: " comes (RFC 5322 3.6.5)
+    assert reply["Subject"] == "Re: Hallo"
+    # RFC 5322 3.6.4: no References in the parent, one In-Reply-To id: it starts References
+    assert reply["In-Reply-To"] == "<parent@example.test>"
+    assert reply["References"].split() == ["<root@example.test>", "<parent@example.test>"]
+    text = reply.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text.startswith("Danke.") and "> line one\n>> said before" in text
+    assert "signature" not in text
+
+
+def test_saved_attachment_name_has_no_bidi_override(bob: MailCLI, mailserver: RunningServer,
+                                                    tmp_path: Path) -> None:
+    # U+202E turns "invoice\u202efdp.exe" into "invoiceexe.pdf" on screen
+    msg = compose(ALICE, BOB, subject="invoice", text="see attached",
+                  attachments=[Attachment("invoice\u202efdp.exe", b"MZ data", "application/octet-stream")])
+    append(mailserver, BOB, to_bytes(msg))
+    (uid,) = _uids(bob, "bob")
+    out = tmp_path / "saved"
+    bob("read", str(uid), "--save-attachments", str(out), account="bob")
+    assert [p.name for p in out.iterdir()] == ["invoicefdp.exe"]

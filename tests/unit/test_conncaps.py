@@ -1,0 +1,24 @@
+"""Connection caps (net/conncaps.py): the one count of open connections per
+listener and per client address, for the mail ports and the HTTP port."""
+
+from __future__ import annotations
+
+from mailyard.net.conncaps import ConnectionCaps
+
+
+def test_total_and_per_address_caps() -> None:
+    caps = ConnectionCaps(max_connections=3, max_per_ip=2)
+    a, b, c, d = object(), object(), object(), object()
+    assert caps.admit(a, "192.0.2.1") is None
+    assert caps.admit(b, "192.0.2.1") is None
+    assert caps.admit(c, "192.0.2.1") == "too many connections from your address"
+    assert caps.admit(c, "192.0.2.2") is None
+    assert caps.admit(d, "192.0.2.3") == "too many connections"
+    assert caps.active == 3
+    caps.release(a)
+    caps.release(a)  # a second release does nothing
+    caps.release(d)  # nor does one for a refused connection
+    assert caps.active == 2
+    assert caps.admit(d, "192.0.2.1") is None
+    assert set(caps.connections()) == {b, c, d}
+
