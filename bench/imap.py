@@ -276,8 +276,9 @@ async def _idle_clients(port: int, n: int) -> list[tuple[asyncio.StreamReader, a
             r, w = await asyncio.open_connection("127.0.0.1", port)
             await r.readline()
             w.write(f"a LOGIN {BOB} {USERS[BOB]}\r\nb SELECT INBOX\r\nc IDLE\r\n".encode())
-            while not (await r.readline()).startswith(b"+ "):
-                pass
+            while not (line := await r.readline()).startswith(b"+ "):
+                if not line or line.startswith((b"a NO", b"a BAD", b"b NO", b"b BAD", b"* BYE")):
+                    raise RuntimeError(f"IDLE client {i} was refused: {line!r}")
             return r, w
 
     return await asyncio.gather(*(one(i) for i in range(n)))

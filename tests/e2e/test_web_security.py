@@ -14,6 +14,7 @@ import pytest
 from mailyard.web.render import sanitize_html
 
 from ..conftest import RunningServer
+from ..waiting import wait_until
 from .webtools import base_url, browser_fixture, log_in, new_page  # noqa: F401 (fixture)
 
 ALICE = "alice@example.test"
@@ -139,8 +140,7 @@ def test_detection_works(browser: Any) -> None:
     """Control: the same payloads, unsanitised in a plain page, do set the flag."""
     page = browser.new_page()
     page.set_content(HTML_VECTORS[1] + HTML_VECTORS[3])
-    page.wait_for_timeout(200)
-    assert page.evaluate("window.__xss") == 1
+    page.wait_for_function("window.__xss === 1")
     page.close()
 
 
@@ -154,6 +154,10 @@ def test_xss_vectors_never_execute(browser: Any, mailserver: RunningServer) -> N
     page.context.on("page", lambda p: popups.append(p))
     log_in(page, ALICE)
     page.goto(f"/box/{box}")
+    # The short waits below are not an ordering: an effect that must never
+    # happen cannot be waited for, so handlers that fire late (animations,
+    # timers) get a moment before the check; test_detection_works is the
+    # control that a script that does run is seen.
     page.wait_for_timeout(300)
     assert_not_executed(page)
     for n, uid in enumerate(uids):
@@ -227,9 +231,15 @@ def test_csrf_from_another_origin_fails(browser: Any, mailserver: RunningServer)
         page = new_page(browser, mailserver)
         log_in(page, ALICE)
         responses: list[int] = []
+        ended: list[str] = []  # POSTs answered or failed (a response the browser blocked)
         page.on("response", lambda r: responses.append(r.status) if r.request.method == "POST" else None)
+        for event in ("requestfinished", "requestfailed"):
+            page.on(event, lambda r: ended.append(r.url) if r.method == "POST" else None)
         page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
-        page.wait_for_timeout(1500)
+        # The evil page's three POSTs (fetch, the form into the iframe, the
+        # form submitted after 300 ms) have all been sent and ended.
+        wait_until(lambda: len(ended) >= 3, 15, what=lambda: f"the three POSTs to end, ended: {ended}",
+                   pause=lambda seconds: page.wait_for_timeout(seconds * 1000))
         assert responses and all(status in (401, 403) for status in responses), responses
         # nothing changed: the message is still in the INBOX, no folder was created
         assert len(mailserver.messages(ALICE)) == 1

@@ -23,7 +23,6 @@ import select
 import socket
 import socketserver
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import pytest
 from mailyard.auth.passwords import Credentials
 from mailyard.config import Config
 from tests.conftest import RunningServer, make_test_config
+from tests.waiting import wait_until
 
 DNS_HOST = "127.0.0.1"
 
@@ -362,14 +362,7 @@ class MultiHost:
 
     def wait_for(self, predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
         """Poll ``predicate`` until it returns something true (no fixed sleeps)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.05)
+        return wait_until(predicate, timeout, what)
 
     def wait_messages(self, address: str, count: int = 1, timeout: float = 30.0) -> list[bytes]:
         domain = address.rpartition("@")[2]

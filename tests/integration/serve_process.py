@@ -86,6 +86,25 @@ class ServeProcess:
     def reset_peak(self) -> None:
         Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
 
+    def open_connections(self) -> int:
+        """Connections to the server's ports that its side has not closed:
+        ESTABLISHED, SYN_RECV or CLOSE_WAIT (the client closed, the server
+        not yet) in /proc/net/tcp. Zero once every session has ended, so a
+        test can wait for that instead of sleeping."""
+        ports = set(self.ports.values())
+        count = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                rows = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                fields = row.split()
+                local, state = fields[1], fields[3]
+                if int(local.rpartition(":")[2], 16) in ports and state in _NOT_CLOSED_BY_SERVER:
+                    count += 1
+        return count
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -97,6 +116,10 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+# TCP states (include/net/tcp_states.h) in which the local side has not sent its FIN.
+_NOT_CLOSED_BY_SERVER = {"01", "03", "08"}  # ESTABLISHED, SYN_RECV, CLOSE_WAIT
 
 
 def free_port() -> int:

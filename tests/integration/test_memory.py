@@ -23,6 +23,7 @@ import pytest
 from mailyard.config import Config
 from tests.conftest import USERS, RunningServer, make_test_config
 from tests.integration.serve_process import MB, ServeProcess
+from tests.waiting import wait_until
 
 ALICE = "alice@example.test"
 
@@ -41,8 +42,8 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
 
 
 def _baseline(serve: ServeProcess) -> int:
-    """One IMAP login (imports, argon2's buffers) and one SMTP session, then
-    the peak is reset and the RSS returned."""
+    """One IMAP login (imports, argon2's buffers) and one SMTP session; once
+    the server has closed both, the peak is reset and the RSS returned."""
     m = imaplib.IMAP4(serve.host, serve.port("imap"), timeout=30)
     m.login(ALICE, USERS[ALICE])
     m.logout()
@@ -51,7 +52,7 @@ def _baseline(serve: ServeProcess) -> int:
         f.readline()
         sock.sendall(b"QUIT\r\n")
         f.readline()
-    time.sleep(0.2)
+    wait_until(lambda: serve.open_connections() == 0, what="the server to end the warm-up sessions")
     serve.reset_peak()
     return serve.rss()
 
@@ -175,7 +176,8 @@ def test_imap_literal_chain_after_login_is_bounded_as_a_whole(serve: ServeProces
         f = sock.makefile("rb")
         sock.sendall(b'a LOGIN alice@example.test "%s"\r\n' % USERS[ALICE].encode())
         assert f.readline().startswith(b"a OK")
-        time.sleep(0.2)
+        sock.sendall(b"n NOOP\r\n")  # its reply: the session is done with LOGIN
+        assert f.readline().startswith(b"n OK")
         serve.reset_peak()
         baseline = serve.rss()
         literal = b"y" * 60_000
@@ -230,9 +232,8 @@ def test_unfinished_smtp_data_transfers_cost_no_message_memory(serve: ServeProce
             for sock in socks:
                 sock.sendall(block)
         # wait until the server has read (nearly) everything into the spools
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _spool_bytes(serve) < clients * (per_client - 1) * MB:
-            time.sleep(0.1)
+        wait_until(lambda: _spool_bytes(serve) >= clients * (per_client - 1) * MB, 60,
+                   what=lambda: f"the spools to fill ({_spool_bytes(serve) / MB:.0f} MB so far)")
         spooled = _spool_bytes(serve)
         smtp_latency = _greeting_latency(serve, "smtp")
         imap_latency = _greeting_latency(serve, "imap")
@@ -245,10 +246,7 @@ def test_unfinished_smtp_data_transfers_cost_no_message_memory(serve: ServeProce
     finally:
         for sock in socks:
             sock.close()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and _spool_fds(serve):
-        time.sleep(0.1)
-    assert _spool_fds(serve) == 0
+    wait_until(lambda: _spool_fds(serve) == 0, 20, what="the spool files to close with their connections")
     assert not any((serve.data / "spool").iterdir())
     assert serve.alive() and not serve.tracebacks()
 

@@ -335,6 +335,9 @@ def test_smtp_plaintext_after_starttls_reply_never_runs(mailserver: RunningServe
     raw.sendall(b"STARTTLS\r\n")
     assert _recv_reply(raw).startswith(b"220 ")
     raw.sendall(b"MAIL FROM:<evil@remote.test>\r\nRCPT TO:<alice@example.test>\r\n")
+    # The stimulus, not an ordering: the injected lines sit in the server's
+    # socket before the ClientHello, where a server that still read
+    # plaintext after its 220 would take them as commands.
     time.sleep(0.2)
     with pytest.raises((ssl.SSLError, OSError)):
         tls = ctx.wrap_socket(raw, server_hostname=HOSTNAME)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import smtplib
-import time
 from collections.abc import Iterator
 from email import message_from_bytes
 from email.policy import default as default_policy
@@ -15,6 +14,7 @@ import pytest
 from mailyard.message.compose import Attachment, compose, to_bytes
 
 from ..conftest import USERS, RunningServer
+from ..waiting import wait_until
 
 httpx = pytest.importorskip("httpx")
 
@@ -94,15 +94,23 @@ def test_session_cookie_attributes(web: RunningServer) -> None:
 
 
 def test_login_failures_are_throttled(web: RunningServer) -> None:
+    """The second failure waits the delay the first one earned (base_delay,
+    auth/throttle.py), read from the login service's sleep hook, not the clock."""
+    assert web.server is not None
+    service = web.server.login
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
+    service.sleep = record
     client = httpx.Client(base_url=f"http://127.0.0.1:{web.port('http')}", follow_redirects=False, timeout=60)
     for _ in range(2):
         r = client.get("/login")
         token = re.search(r'name="login_token" value="([^"]+)"', r.text).group(1)
-        started = time.monotonic()
         r = client.post("/login", data={"username": ALICE, "password": "wrong", "login_token": token})
         assert r.status_code == 401
-    # the second failure waited for the delay of the first (auth/throttle.py)
-    assert time.monotonic() - started >= 0.9
+    assert waits == [service.throttle.policy.base_delay] == [1.0]
 
 
 def test_security_headers(web: RunningServer) -> None:
@@ -290,10 +298,11 @@ def test_first_sort_of_a_big_folder_is_prepared_in_the_background(
     client = login(web)
     r = client.get(f"/box/{inbox}?sort=subject&dir=asc")
     assert r.status_code == 200 and 'id="preparing"' in r.text and 'http-equiv="refresh"' in r.text
-    for _ in range(100):
-        r = client.get(f"/box/{inbox}?sort=subject&dir=asc")
-        if 'id="preparing"' not in r.text:
-            break
-        time.sleep(0.05)
+
+    def prepared() -> httpx.Response | None:
+        page = client.get(f"/box/{inbox}?sort=subject&dir=asc")
+        return None if 'id="preparing"' in page.text else page
+
+    r = wait_until(prepared, what="the sorted listing to be prepared in the background")
     subjects = re.findall(r'class="open">([^<]+)<', r.text)
     assert subjects == [f"topic {i:02d}" for i in range(20)]

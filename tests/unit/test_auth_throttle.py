@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from mailyard.auth.throttle import Locked, LoginThrottle, ThrottlePolicy
+from mailyard.auth.throttle import Attempt, Busy, Locked, LoginThrottle, ThrottlePolicy
 
 IP = "192.0.2.7"
 
@@ -132,27 +132,47 @@ def test_locked_key_does_not_count_further() -> None:
 
 
 def test_a_burst_gets_the_budget_of_a_sequence() -> None:
-    """Attempts in flight count as failures: 380 reserved at once get 10."""
+    """Attempts in flight count as failures: of 380 reserved at once, 10 are
+    granted and the others must wait for them; once the 10 fail, the name is
+    locked for everyone waiting."""
     t = LoginThrottle()
     verdicts = [t.reserve(IP, "alice@example.org", 0.0) for _ in range(380)]
-    granted = [v for v in verdicts if not isinstance(v, Locked)]
+    granted = [v for v in verdicts if isinstance(v, Attempt)]
     assert len(granted) == 10
-    # Attempt k waits as long as the k-th of a sequence would.
-    assert [a.delay for a in granted] == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 16.0, 16.0, 16.0, 16.0]
-    refused = verdicts[10]
-    assert isinstance(refused, Locked) and refused.scope == "account"
-    assert refused.retry_after(0.0) == 15 * 60
-    for a in granted:
+    # The delay follows counted failures, not attempts in flight.
+    assert [a.delay for a in granted] == [0.0] * 10
+    assert all(isinstance(v, Busy) and v.scope == "account" for v in verdicts[10:])
+    for a in granted[:9]:
         t.fail(a, 1.0)
-    r = t.before_attempt(IP, "alice@example.org", 2.0)
-    assert isinstance(r, Locked) and r.until == 1.0 + 15 * 60
+    assert isinstance(t.reserve(IP, "alice@example.org", 1.0), Busy)  # one still in flight
+    t.fail(granted[9], 1.0)
+    r = t.reserve(IP, "alice@example.org", 2.0)
+    assert isinstance(r, Locked) and r.scope == "account" and r.until == 1.0 + 15 * 60
+
+
+def test_a_burst_of_correct_logins_is_served_in_turn() -> None:
+    """Twenty parallel logins of one account with the right password (a mail
+    client's connections): ten at a time, each success making room."""
+    t = LoginThrottle()
+    waiting = 20
+    served = 0
+    while waiting:
+        batch = []
+        while waiting and isinstance(v := t.reserve(IP, "alice@example.org", 0.0), Attempt):
+            batch.append(v)
+            waiting -= 1
+        assert batch and all(a.delay == 0.0 for a in batch)
+        for a in batch:
+            t.succeed(a, 0.0)
+            served += 1
+    assert served == 20 and len(t) == 0
 
 
 def test_address_budget_is_reserved_too() -> None:
     t = LoginThrottle()
     verdicts = [t.reserve(IP, f"user{i}@example.org", 0.0) for i in range(100)]
-    assert sum(not isinstance(v, Locked) for v in verdicts) == 30
-    assert all(isinstance(v, Locked) and v.scope == "ip" for v in verdicts[30:])
+    assert sum(isinstance(v, Attempt) for v in verdicts) == 30
+    assert all(isinstance(v, Busy) and v.scope == "ip" for v in verdicts[30:])
     # Another address is not affected.
     assert not isinstance(t.reserve("198.51.100.1", "user99@example.org", 0.0), Locked)
 
@@ -162,7 +182,7 @@ def test_success_releases_the_reservation() -> None:
     a = t.reserve(IP, "a@x", 0.0)
     b = t.reserve(IP, "a@x", 0.0)
     assert isinstance(a, type(b)) and not isinstance(a, Locked)
-    assert isinstance(t.reserve(IP, "a@x", 0.0), Locked)  # both in flight
+    assert isinstance(t.reserve(IP, "a@x", 0.0), Busy)  # both in flight
     t.succeed(a, 0.0)
     t.succeed(a, 0.0)  # settling twice changes nothing
     c = t.reserve(IP, "a@x", 0.0)
@@ -179,7 +199,7 @@ def test_attempts_in_flight_are_not_pruned() -> None:
     # Much later and after other traffic, the reservation still holds the budget.
     for i in range(3):
         t.record_failure(f"10.0.0.{i}", f"u{i}@x", 500.0)
-    assert isinstance(t.before_attempt("10.9.9.9", "a@x", 1000.0), Locked)
+    assert isinstance(t.before_attempt("10.9.9.9", "a@x", 1000.0), Busy)
     t.fail(a, 1000.0)
     assert isinstance(t.before_attempt("10.9.9.9", "a@x", 1001.0), Locked)
 

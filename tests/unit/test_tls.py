@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mailyard.net import tls
+from tests.waiting import wait_until_async
 
 
 @pytest.fixture(scope="module")
@@ -214,10 +215,7 @@ def test_sighup_triggers_reload(tmp_path: Path) -> None:
         r.install_sighup(loop)
         try:
             os.kill(os.getpid(), signal.SIGHUP)
-            for _ in range(100):
-                if r.generation == 2:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until_async(lambda: r.generation == 2, what="the SIGHUP handler to reload")
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
 

@@ -43,7 +43,7 @@ from ..store.api import Account, InvalidName, Store, StoreError
 from ..store.names import normalize_address
 from . import sasl
 from .passwords import SCRAM_SALT_BYTES, ScramKeys, parse_scram_sha256, verify_password_async
-from .throttle import Attempt, Locked, LoginThrottle
+from .throttle import Attempt, Busy, Locked, LoginThrottle
 
 __all__ = ["LoginService", "LoginSession", "TryLater", "load_secret"]
 
@@ -51,6 +51,12 @@ log = logging.getLogger("mailyard.auth")
 
 # The file in the data directory holding the secret of the fake SCRAM salts.
 SECRET_FILE = "scram-salt.key"
+
+
+# Longest an attempt waits for attempts in flight to settle before it gets
+# the temporary reply: a verification takes tens of milliseconds, so this is
+# reached only when a burst is far larger than the budgets allow.
+BUSY_WAIT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +124,8 @@ class LoginService:
         self.clock = clock
         # Every wait of a login goes through here (tests record the delays).
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        # Attempts waiting for one in flight to settle (LoginThrottle.Busy).
+        self._waiting: set[asyncio.Future[None]] = set()
 
     # -- names -------------------------------------------------------------------
     async def resolve(self, name: str) -> Account | None:
@@ -148,9 +156,20 @@ class LoginService:
 
     # -- the throttle ------------------------------------------------------------
     async def reserve(self, ip: str, key: str, name: str | None, protocol: str) -> Attempt | TryLater:
-        """Reserve an attempt and wait its delay, or refuse it (`TryLater`)."""
+        """Reserve an attempt and wait its delay, or refuse it (`TryLater`).
+
+        While the budget left is held by attempts in flight, wait for one of
+        them to settle (at most ``BUSY_WAIT`` seconds, then `TryLater`)."""
         now = self.clock()
         verdict = self.throttle.reserve(ip, key, now)
+        deadline = now + BUSY_WAIT
+        while isinstance(verdict, Busy):
+            if not await self._settled(deadline - now):
+                log.warning("%s login refused: attempts in flight hold the %s budget (user=%s ip=%s)",
+                            protocol, verdict.scope, _shown(name), ip)
+                return TryLater(self.throttle.policy.base_delay)
+            now = self.clock()
+            verdict = self.throttle.reserve(ip, key, now)
         if isinstance(verdict, Locked):
             log.warning(
                 "%s login refused: %s locked out (user=%s ip=%s, %.0fs left)",
@@ -164,8 +183,35 @@ class LoginService:
                 await self.sleep(verdict.delay)
             except BaseException:
                 self.throttle.fail(verdict, self.clock())
+                self._wake()
                 raise
         return verdict
+
+    async def _settled(self, timeout: float) -> bool:
+        """Wait until some attempt in flight settles; False after ``timeout``.
+        A loop timer rather than ``asyncio.wait_for``: a login may run in an
+        eager step that has no current task (net/session_protocol.py)."""
+        if timeout <= 0:
+            return False
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiting.add(fut)
+        timer = loop.call_later(timeout, lambda: fut.done() or fut.set_exception(TimeoutError()))
+        try:
+            await fut
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            timer.cancel()
+            self._waiting.discard(fut)
+
+    def _wake(self) -> None:
+        """An attempt settled: every waiting one asks for its turn again."""
+        waiting, self._waiting = self._waiting, set()
+        for fut in waiting:
+            if not fut.done():
+                fut.set_result(None)
 
     def failed(self, attempt: Attempt | None, ip: str, name: str | None, protocol: str,
                why: str = "wrong credentials", key: str | None = None) -> None:
@@ -173,12 +219,14 @@ class LoginService:
         and ``key``."""
         if attempt is not None:
             self.throttle.fail(attempt, self.clock())
+            self._wake()
         else:
             self.throttle.record_failure(ip, key, self.clock())
         log.warning("%s login failed: %s user=%s ip=%s", protocol, why, _shown(name), ip)
 
     def succeeded(self, attempt: Attempt, account: Account, ip: str, protocol: str, tls: bool | None) -> None:
         self.throttle.succeed(attempt, self.clock())
+        self._wake()
         shown_tls = "" if tls is None else f" tls={'yes' if tls else 'no'}"
         log.info("%s login user=%s ip=%s%s", protocol, account.address, ip, shown_tls)
 

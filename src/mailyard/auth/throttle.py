@@ -9,9 +9,14 @@ Three sets of counters, each an LRU of failed logins inside a window:
 Reserve, then verify: `reserve` takes one unit of every budget the attempt
 touches *before* the credentials are checked, and the attempt counts as a
 failure until `succeed` releases it. So attempts in flight at once are held to
-the same limit as attempts one after another: with a budget of 10, a burst of
-380 parallel guesses gets 10 checks, and the 11th is refused even if its
-password is right. `fail` turns the reservation into a counted failure.
+the same limit as attempts one after another. While the budget left is all
+held by attempts in flight, `reserve` answers `Busy`: the attempt waits for
+one of them to settle and then asks again, as it would have in a sequence. A
+burst of 380 parallel guesses against a budget of 10 gets 10 checks, and
+every later attempt, even with the right password, finds the name locked; a
+burst of correct logins (a mail client opening several connections, many
+users behind one address) is served in turn. `fail` turns the reservation
+into a counted failure.
 
 Delays: every failure makes the next attempt of the same account wait longer
 (0, 1, 2, 4 ... s, capped at ``max_delay``); the larger of the account's delay
@@ -46,7 +51,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Attempt", "Locked", "LoginThrottle", "ThrottlePolicy"]
+__all__ = ["Attempt", "Busy", "Locked", "LoginThrottle", "ThrottlePolicy"]
 
 log = logging.getLogger("mailyard.auth.throttle")
 
@@ -102,6 +107,15 @@ class Attempt:
     pair_key: str | None
     delay: float
     settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """The budget left is held by attempts in flight: wait until one of
+    them settles (`LoginThrottle.fail` / `succeed`), then reserve again."""
+
+    scope: Literal["ip", "account"]
+    key: str
 
 
 @dataclass(slots=True)
@@ -207,14 +221,19 @@ class LoginThrottle:
             entries.popitem(last=False)
 
     def _full(self, table: _Table, entry: _Entry | None, now: float) -> float | None:
-        """When a lockout of this key would end, if its budget is used up; else None."""
+        """When this key's lockout ends, if failures used up its budget; else None."""
         if entry is None or not table.max_failures:
             return None
         if entry.locked_until:
             return entry.locked_until
-        if entry.failures + entry.pending >= table.max_failures:
+        if entry.failures >= table.max_failures:
             return now + table.lockout
         return None
+
+    @staticmethod
+    def _held(table: _Table, entry: _Entry | None) -> bool:
+        """Whether the budget this key has left is all taken by attempts in flight."""
+        return bool(entry and table.max_failures and entry.failures + entry.pending >= table.max_failures)
 
     def _take(self, table: _Table, key: str | None, now: float) -> None:
         if key is None:
@@ -262,10 +281,13 @@ class LoginThrottle:
             del table.entries[key]
 
     # -- public API ----------------------------------------------------------------
-    def before_attempt(self, ip: str, account: str | None, now: float) -> float | Locked:
-        """Seconds an attempt now would wait, or `Locked` if it would be refused.
+    def before_attempt(self, ip: str, account: str | None, now: float) -> float | Locked | Busy:
+        """Seconds an attempt now would wait, `Locked` if it would be refused,
+        `Busy` if it would have to wait for attempts in flight.
 
         Only looks: use `reserve` for an attempt that is going to be checked.
+        The delay follows the failures counted so far, not the attempts in
+        flight, so parallel correct logins do not slow each other.
         """
         ip_key, acct_key, pair_key = self._keys(ip, account)
         ip_entry = self._get(self._ips, ip_key, now) if ip_key is not None else None
@@ -274,28 +296,34 @@ class LoginThrottle:
             assert ip_key is not None
             return Locked(until, "ip", ip_key)
         delay = 0.0
+        acct_entry = None
         if acct_key is not None:
-            entry = self._get(self._accounts, acct_key, now)
-            until = self._full(self._accounts, entry, now)
+            acct_entry = self._get(self._accounts, acct_key, now)
+            until = self._full(self._accounts, acct_entry, now)
             if until is not None:
                 return Locked(until, "account", acct_key)
-            if entry is not None:
-                delay = self._delay(entry.failures + entry.pending)
+            if acct_entry is not None:
+                delay = self._delay(acct_entry.failures)
+        if ip_key is not None and self._held(self._ips, ip_entry):
+            return Busy("ip", ip_key)
+        if acct_key is not None and self._held(self._accounts, acct_entry):
+            return Busy("account", acct_key)
         if pair_key is not None:
             entry = self._get(self._pairs, pair_key, now)
             if entry is not None:
-                delay = max(delay, self._delay(entry.failures + entry.pending))
+                delay = max(delay, self._delay(entry.failures))
         return delay
 
-    def reserve(self, ip: str, account: str | None, now: float) -> Attempt | Locked:
+    def reserve(self, ip: str, account: str | None, now: float) -> Attempt | Locked | Busy:
         """Take one attempt from the address's and the account's budgets.
 
-        `Locked` if either is used up (by failures or by attempts in flight):
-        refuse without checking the credentials. Otherwise the attempt counts
-        as a failure until `succeed`; wait ``delay`` seconds, then check.
+        `Locked` if either is used up by failures: refuse without checking
+        the credentials. `Busy` if what is left is held by attempts in
+        flight: ask again when one settles. Otherwise the attempt counts as
+        a failure until `succeed`; wait ``delay`` seconds, then check.
         """
         verdict = self.before_attempt(ip, account, now)
-        if isinstance(verdict, Locked):
+        if isinstance(verdict, (Locked, Busy)):
             return verdict
         ip_key, acct_key, pair_key = self._keys(ip, account)
         self._take(self._ips, ip_key, now)

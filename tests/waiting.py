@@ -1,0 +1,70 @@
+"""Waiting for a condition in tests: poll it with a bounded deadline.
+
+Tests never order events with a fixed sleep (a sleep long enough on one
+machine is too short on a loaded one, and a test that sleeps and then asserts
+"nothing changed" passes when nothing happened at all). They wait for the
+event itself: a log line, a counter, a reply, a file. ``wait_until`` polls a
+predicate until it holds and fails the test with a message naming what never
+happened; the deadline is generous because it only bounds a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 10.0
+INTERVAL = 0.02
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = DEFAULT_TIMEOUT,
+    what: str | Callable[[], str] = "the condition",
+    *,
+    interval: float = INTERVAL,
+    pause: Callable[[float], object] = time.sleep,
+) -> T:
+    """Call ``predicate`` until it returns something true, and return that.
+
+    Fails with ``AssertionError("... waiting for <what>")`` once ``timeout``
+    seconds have passed without it. ``what`` may be a callable, evaluated
+    only on failure, to report the state that was seen. ``pause`` waits
+    between polls: a driver that delivers its events only while one of its
+    own calls runs (Playwright's sync API) passes its own wait here.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {_describe(what)}")
+        pause(interval)
+
+
+async def wait_until_async(
+    predicate: Callable[[], T],
+    timeout: float = DEFAULT_TIMEOUT,
+    what: str | Callable[[], str] = "the condition",
+    *,
+    interval: float = INTERVAL,
+) -> T:
+    """`wait_until` for a coroutine: the event loop runs between polls."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {_describe(what)}")
+        await asyncio.sleep(interval)
+
+
+def _describe(what: str | Callable[[], str]) -> str:
+    return what() if callable(what) else what
