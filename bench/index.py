@@ -5,7 +5,7 @@ alternatives, quoted-printable and base64 text, binary attachments,
 newsletters; 2,000 messages, about 20 MB) is delivered through the store
 API, the background indexer indexes it (the rate is a figure too), and
 SQLite's dbstat gives the bytes of the full-text index tables
-(store/textindex.py) and of the whole index database after a checkpoint.
+(store/sqlite/textindex.py) and of the whole index database after a checkpoint.
 The same texts in the former layout (a positional trigram FTS5 table holding
 a copy of the text) are measured alongside, for comparison. SEARCH BODY on
 this corpus is timed through the store (median of several runs): a common
@@ -38,9 +38,8 @@ def _former_bytes(texts: list[tuple[str, str]]) -> int:
 
 def run(quick: bool = False) -> list[Result]:
     from mailyard.config import StoreConfig
-    from mailyard.store import textindex
     from mailyard.store.api import DeliveryTarget, derive_record
-    from mailyard.store.sqlite import SQLiteStore
+    from mailyard.store.sqlite import SQLiteStore, textindex
 
     count = 300 if quick else MESSAGES
     progress(f"building a corpus of {count} messages")

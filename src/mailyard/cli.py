@@ -21,8 +21,8 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError
-from .store.api import StoreError
-from .store.sqlite import SQLiteStore
+from .store import open_store, store_exists
+from .store.api import Store, StoreError
 
 DEMO_USERS = ("alice", "bob")
 
@@ -51,19 +51,19 @@ def load_config(args: argparse.Namespace) -> Config:
 
 def require_data_dir(args: argparse.Namespace) -> Path:
     d = data_dir(args)
-    if not (d / "index.sqlite3").exists():
+    if not store_exists(d):
         raise CLIError(
             f"{d} is not a mailyard data directory; create one with: mailyard --data {d} init --domain YOUR.DOMAIN"
         )
     return d
 
 
-def run_with_store(args: argparse.Namespace, fn: Callable[[SQLiteStore], Awaitable[Any]]) -> Any:
+def run_with_store(args: argparse.Namespace, fn: Callable[[Store], Awaitable[Any]]) -> Any:
     d = require_data_dir(args)
     cfg = load_config(args)
 
     async def main() -> Any:
-        store = SQLiteStore(d, cfg.store)
+        store = open_store(d, cfg.store)
         try:
             return await fn(store)
         finally:
@@ -125,7 +125,7 @@ def cmd_init(args: argparse.Namespace) -> None:
     _init_tls(d, cfg)
     created: list[tuple[str, str]] = []
 
-    async def setup(store: SQLiteStore) -> None:
+    async def setup(store: Store) -> None:
         if args.domain and args.domain.lower() not in await store.list_domains():
             await _add_domain(store, args.domain)
             print(f"added domain {args.domain.lower()}")
@@ -138,7 +138,7 @@ def cmd_init(args: argparse.Namespace) -> None:
                     created.append((address, password))
 
     async def main() -> None:
-        store = SQLiteStore(d, cfg.store)
+        store = open_store(d, cfg.store)
         try:
             await setup(store)
         finally:
@@ -170,7 +170,7 @@ def _init_tls(d: Path, cfg: Config) -> None:
     print(f"created a self-signed certificate for {cfg.server.hostname} in {cert.parent}")
 
 
-async def _add_domain(store: SQLiteStore, domain: str) -> None:
+async def _add_domain(store: Store, domain: str) -> None:
     """Add a domain and make sure mail to its postmaster lands somewhere
     (RFC 5321 4.5.1: postmaster must be accepted for every domain): an account
     with a locked password, until an admin sets one or replaces it."""
@@ -211,7 +211,7 @@ def cmd_queue(args: argparse.Namespace) -> None:
         stamp = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(ts))
         return f"{stamp} (now)" if delta <= 0 else f"{stamp} (in {int(delta)}s)"
 
-    async def run(store: SQLiteStore) -> None:
+    async def run(store: Store) -> None:
         if args.action == "list":
             entries = await store.queue_list()
             pending = sum(len(e.pending) for e in entries)
@@ -252,7 +252,7 @@ def cmd_queue(args: argparse.Namespace) -> None:
 
 
 def cmd_domain(args: argparse.Namespace) -> None:
-    async def run(store: SQLiteStore) -> None:
+    async def run(store: Store) -> None:
         if args.action == "add":
             await _add_domain(store, args.domain)
             print(f"added domain {args.domain.lower()} (postmaster@{args.domain.lower()} receives its postmaster mail)")
@@ -274,7 +274,7 @@ def cmd_user(args: argparse.Namespace) -> None:
         password = read_password(args, args.address)
         creds = credentials(password, apop=args.apop)
 
-    async def run(store: SQLiteStore) -> None:
+    async def run(store: Store) -> None:
         if args.action == "add":
             account = await store.add_account(args.address, **creds)
             print(f"added user {account.address}")
@@ -304,7 +304,7 @@ def cmd_user(args: argparse.Namespace) -> None:
     run_with_store(args, run)
 
 
-async def _apop_secret(store: SQLiteStore, args: argparse.Namespace) -> None:
+async def _apop_secret(store: Store, args: argparse.Namespace) -> None:
     """`user apop-secret`: give an account a new random APOP secret (printed), show
     it, or remove it. APOP (RFC 1939 section 7) needs the secret in clear on the
     server, so it is never the login password; the password is left unchanged."""
@@ -327,7 +327,7 @@ async def _apop_secret(store: SQLiteStore, args: argparse.Namespace) -> None:
 
 
 def cmd_alias(args: argparse.Namespace) -> None:
-    async def run(store: SQLiteStore) -> None:
+    async def run(store: Store) -> None:
         if args.action == "add":
             await store.add_alias(args.source, args.targets)
             print(f"{args.source} -> {', '.join(await store.get_alias(args.source) or [])}")
@@ -342,7 +342,7 @@ def cmd_alias(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    async def run(store: SQLiteStore) -> None:
+    async def run(store: Store) -> None:
         if args.action == "add":
             await store.add_list(args.address)
             print(f"created list {args.address}")

@@ -27,9 +27,9 @@ from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, client_context, ensure_certificate
 from .services import Services
+from .store import open_store
 from .store.api import Store
 from .store.spool import MessageSpool
-from .store.sqlite import SQLiteStore
 
 log = logging.getLogger("mailyard")
 
@@ -183,7 +183,7 @@ class MailServer:
 
         pin_mmap_threshold()
         if self._store is None:
-            self._store = SQLiteStore(self.data_dir, self.config.store)
+            self._store = open_store(self.data_dir, self.config.store)
         store = self._store
         cfg = self.config
         spool = MessageSpool(self.data_dir / "spool")

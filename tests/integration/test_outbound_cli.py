@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from mailyard.store.queue import NewQueueEntry, NewRecipient, RecipientOutcome
+from mailyard.store.api import NewQueueEntry, NewRecipient, RecipientOutcome
 from mailyard.store.sqlite import SQLiteStore
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mailyard.store.queue import NewRecipient
+from mailyard.store.api import NewRecipient
 
 from .multihost import MultiHost, ScriptedSMTP
 

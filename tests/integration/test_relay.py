@@ -121,9 +121,7 @@ def test_nothing_was_delivered_or_queued(relay_server: RunningServer) -> None:
     # Runs after the attempts above (same module-scoped server).
     for address in ("alice@example.test", "bob@example.test", "postmaster@example.test"):
         assert relay_server.messages(address) == [], address
-    queue_list = getattr(relay_server.store, "queue_list", None)  # store/queue.py (issue #6)
-    if queue_list is not None:
-        assert relay_server.call(queue_list()) == []
+    assert relay_server.call(relay_server.store.queue_list()) == []
 
 
 def test_local_delivery_still_works(make_server: Callable[..., RunningServer]) -> None:

@@ -1,11 +1,11 @@
-"""Outbound delivery parts: the store queue, MX ordering and lookup, DSN building, back-off."""
+"""Outbound delivery parts: MX ordering and lookup, DSN building, back-off
+(the queue's store operations are in the store contract, tests/unit/test_store.py)."""
 
 from __future__ import annotations
 
 import email
 import email.policy
 import random
-from pathlib import Path
 
 import pytest
 
@@ -26,91 +26,13 @@ from mailyard.delivery.mx import (
     parse_nameservers,
 )
 from mailyard.delivery.queue import backoff
-from mailyard.store.api import DeliveryTarget
-from mailyard.store.queue import (
-    DELIVERED,
-    FAILED,
-    PENDING,
-    NewMessage,
-    NewQueueEntry,
-    NewRecipient,
+from mailyard.store.api import (
     QueueEntry,
     QueueRecipient,
-    RecipientOutcome,
 )
-from mailyard.store.sqlite import SQLiteStore
 from tests.integration.multihost import DNSServer
 
 BODY = b"From: a@a.test\r\nTo: b@b.test\r\nSubject: s\r\n\r\nbody\r\n"
-
-
-@pytest.fixture
-async def store(tmp_path: Path):
-    s = SQLiteStore(tmp_path / "data")
-    await s.add_domain("a.test")
-    await s.add_account("alice@a.test", "x")
-    yield s
-    await s.close()
-
-
-async def test_queue_submit_with_local_copies_in_one_commit(store: SQLiteStore) -> None:
-    account = await store.get_account("alice@a.test")
-    inbox = await store.get_mailbox(account.id, "INBOX")
-    entry = NewQueueEntry("alice@a.test", [NewRecipient("b@b.test", frozenset({"FAILURE"}), ("rfc822", "b@b.test")),
-                                           NewRecipient("c@c.test")], envid="E1", ret="HDRS")
-    uids, queue_id = await store.queue_submit(BODY, entry, [DeliveryTarget(inbox.id, b"X: 1\r\n")])
-    assert uids == [1] and queue_id is not None
-    assert await store.read_message(inbox, 1) == b"X: 1\r\n" + BODY
-    assert await store.queue_body(queue_id) == BODY
-    e = await store.queue_entry(queue_id)
-    assert e.reverse_path == "alice@a.test" and e.envid == "E1" and e.ret == "HDRS"
-    assert [(r.address, r.domain) for r in e.recipients] == [("b@b.test", "b.test"), ("c@c.test", "c.test")]
-    assert e.recipients[0].notify == frozenset({"FAILURE"}) and e.recipients[0].orcpt == ("rfc822", "b@b.test")
-    # body shared: refs = 1 local copy + 1 queue entry
-    assert store._q1("SELECT refs FROM bodies")[0] == 2
-
-
-async def test_queue_update_retry_and_finish_releases_the_body(store: SQLiteStore, tmp_path: Path) -> None:
-    _, qid = await store.queue_submit(BODY, NewQueueEntry("alice@a.test", [NewRecipient("b@b.test"),
-                                                                            NewRecipient("c@c.test")]))
-    e = await store.queue_entry(qid)
-    b, c = e.recipients
-    assert len(await store.queue_due(1e12)) == 1
-    done = await store.queue_update(qid, [RecipientOutcome(b.id, DELIVERED, "250 ok", "mx.b.test"),
-                                          RecipientOutcome(c.id, PENDING, "451 later", "mx.c.test", 1e11)],
-                                    [("b.test", "mx.b.test", "250 ok")])
-    assert not done
-    e = await store.queue_entry(qid)
-    assert [r.state for r in e.recipients] == [DELIVERED, PENDING]
-    assert e.recipients[1].attempts == 1 and e.recipients[1].last_reply == "451 later"
-    assert len(e.attempts) == 1
-    assert await store.queue_due(1e10) == []
-    assert await store.queue_next_due() == 1e11
-    assert await store.queue_retry(qid) == 1
-    assert len(await store.queue_due(1e10)) == 1
-    # the last recipient fails; a bounce is stored in the same commit
-    account = await store.get_account("alice@a.test")
-    inbox = await store.get_mailbox(account.id, "INBOX")
-    done = await store.queue_update(qid, [RecipientOutcome(c.id, FAILED, "550 no")],
-                                    follow_up=[NewMessage(b"DSN\r\n", [DeliveryTarget(inbox.id)])])
-    assert done
-    assert await store.queue_list() == []
-    assert await store.read_message(inbox, 1) == b"DSN\r\n"
-    assert store._q1("SELECT count(*) FROM bodies WHERE refs > 0")[0] == 1  # only the DSN's
-
-
-async def test_queue_survives_reopening(tmp_path: Path) -> None:
-    s = SQLiteStore(tmp_path / "d")
-    _, qid = await s.queue_submit(BODY, NewQueueEntry("x@a.test", [NewRecipient("b@b.test")]))
-    await s.close()
-    s = SQLiteStore(tmp_path / "d")
-    try:
-        (e,) = await s.queue_list()
-        assert e.id == qid and await s.queue_body(qid) == BODY
-        await s.queue_delete(qid)
-        assert await s.queue_list() == []
-    finally:
-        await s.close()
 
 
 def test_mx_order_is_by_preference_and_random_among_equals() -> None:

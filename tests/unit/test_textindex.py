@@ -1,4 +1,4 @@
-"""The full-text index (store/textindex.py) on a realistic corpus: SEARCH BODY
+"""The full-text index (store/sqlite/textindex.py) on a realistic corpus: SEARCH BODY
 and TEXT find exactly the messages containing the string (RFC 9051 6.4.4),
 every message the former positional trigram index found, and the index
 takes less room than the mail."""
@@ -119,7 +119,7 @@ async def test_index_takes_less_room_than_the_mail(tmp_path: Path) -> None:
 
 
 async def test_expunged_bodies_leave_the_index_and_long_texts_are_found_beyond_the_cut(tmp_path: Path) -> None:
-    from mailyard.store import textindex
+    from mailyard.store.sqlite import textindex
 
     cut = textindex.HEAD_CHARS
     long_text = "a" * (textindex.INDEX_CHARS + 10) + " needle-at-the-end"
@@ -168,7 +168,7 @@ async def test_a_data_directory_with_the_former_index_is_converted(tmp_path: Pat
 
 @pytest.mark.parametrize("needle", ["x", "xy", "xyz", "xyzw"])
 async def test_matches_of_unsaved_records_agree_with_the_index(tmp_path: Path, needle: str) -> None:
-    from mailyard.store import textindex
+    from mailyard.store.sqlite import textindex
 
     raw = b"Subject: A XYZW b\r\n\r\nbody XyZw\r\n"
     rec = derive_record(raw)

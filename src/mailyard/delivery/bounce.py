@@ -22,7 +22,7 @@ from email.message import MIMEPart
 from ..message.compose import compose, delivery_status_part, to_bytes
 from ..message.dates import format_date
 from ..message.parse import split_header_body
-from ..store.queue import QueueEntry, QueueRecipient
+from ..store.api import QueueEntry, QueueRecipient
 
 MAILER_DAEMON = "MAILER-DAEMON"
 

@@ -2,8 +2,8 @@
 and the one place that retries (DESIGN.md).
 
 ``OutboundQueue.enqueue`` puts a message for remote recipients in the durable
-queue (store/queue.py), optionally together with its local copies in the same
-commit. The runner task (started by ``mailyard serve``) picks due recipients,
+queue (the Store API's ``queue_*`` operations), optionally together with its
+local copies in the same commit. The runner task (started by ``mailyard serve``) picks due recipients,
 groups them by destination domain, and gives each destination up to
 ``max_connections_per_domain`` connections (``max_connections`` in all). A
 connection goes to the first MX host that answers (delivery/mx.py; or the
@@ -44,17 +44,20 @@ from ..protocols.smtp.client import (
     TransactionResult,
 )
 from ..protocols.smtp.replies import Reply
-from ..store.api import Account, DeliveryTarget, NotFound
-from ..store.queue import (
+from ..store.api import (
     DELIVERED,
     FAILED,
     PENDING,
+    Account,
+    DeliveryTarget,
     NewMessage,
     NewQueueEntry,
     NewRecipient,
+    NotFound,
     QueueEntry,
     QueueRecipient,
     RecipientOutcome,
+    Store,
 )
 from .bounce import ReportedRecipient, build_dsn, should_report, status_of, wants_report
 from .mx import MXResolver, NullMX, PermanentDNSError, TemporaryDNSError, make_resolver
@@ -205,12 +208,12 @@ class ClientConnection:
 
 
 class OutboundQueue:
-    """The queue runner. ``store`` holds the queue (store/queue.py), ``router``
+    """The queue runner. ``store`` holds the queue (its ``queue_*`` operations), ``router``
     resolves the reverse-path of a DSN, ``hostname`` names this MTA in EHLO
     and in reports, ``client_tls`` makes the TLS contexts of outbound
     connections."""
 
-    def __init__(self, store: Any, router: Router, cfg: DeliveryConfig, hostname: str,
+    def __init__(self, store: Store, router: Router, cfg: DeliveryConfig, hostname: str,
                  client_tls: ClientTLS) -> None:
         self.store = store
         self.router = router

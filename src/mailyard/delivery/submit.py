@@ -40,8 +40,7 @@ from ..message.headers import split_fields
 from ..message.parse import split_header_body
 from ..message.trace import received_header
 from ..policy.submission import AddressOwners, SenderRefused, SenderRule, complete_message
-from ..store.api import Account
-from ..store.queue import NewRecipient
+from ..store.api import Account, NewRecipient
 from .local import deliver_local
 from .router import Router, Verdict
 
@@ -178,7 +177,7 @@ async def accept_message(
     queue_id = None
     if remote:
         assert queue is not None
-        # Local copies and the queue entry in one durable commit (store/queue.py).
+        # Local copies and the queue entry in one durable commit (Store.queue_submit).
         queue_id = await queue.enqueue(
             received + data, reverse_path, remote, accounts=accounts, inbox_id=inbox_id,
             envid=envid, ret=ret, smtputf8=smtputf8,

@@ -45,8 +45,7 @@ from ..protocols.smtp.events import (
 )
 from ..protocols.smtp.replies import Reply
 from ..protocols.smtp.server import ServerConfig, SMTPServerEngine, State
-from ..store.api import Account, StorageFull
-from ..store.queue import NewRecipient
+from ..store.api import Account, NewRecipient, StorageFull
 from ..store.spool import SpoolFile
 from .budgets import abuse_budgets
 from .listener import Listener

@@ -18,9 +18,16 @@ Model (names follow RFC 9051 / RFC 7162 so a reader with the RFCs open can follo
   Delivered-To: they differ per recipient) followed by a shared *body* blob (the
   bytes the client sent, with the Received header this server prepended). The
   body is stored once however many mailboxes hold it.
+- The *outbound queue* holds messages on their way to remote recipients: a
+  ``QueueEntry`` is one body (stored once, shared with any local copies of the
+  same delivery), its envelope (reverse-path, RFC 3461 parameters) and one
+  ``QueueRecipient`` per remote recipient with its attempts and next retry.
 
 Writes are durable when their coroutine returns: bytes and index rows are on disk
 (fsynced). Concurrent writes share one commit (group commit).
+
+Backends: store/sqlite/ (the embedded default). ``open_store`` (store/__init__.py)
+opens a data directory's store; nothing outside store/ names a backend.
 """
 
 from __future__ import annotations
@@ -177,6 +184,101 @@ class AppendItem:
 
 
 FlagMode = Literal["add", "remove", "replace"]
+
+
+# --- the outbound queue ----------------------------------------------------------
+# States of a queued recipient: waiting for its next attempt, or finished.
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRecipient:
+    """One remote recipient of a queue entry and where its delivery stands."""
+
+    id: int
+    address: str
+    domain: str
+    notify: frozenset[str] | None  # RFC 3461 4.1 NOTIFY, None when not given
+    orcpt: tuple[str, str] | None  # RFC 3461 4.2 (addr-type, address)
+    state: str = PENDING
+    attempts: int = 0
+    next_attempt: float = 0.0  # seconds since the epoch
+    last_reply: str | None = None
+    last_host: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueAttempt:
+    """One line of an entry's attempt log."""
+
+    ts: float
+    domain: str
+    host: str | None
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """A message on its way to remote recipients (no bytes: ``queue_body``)."""
+
+    id: int
+    reverse_path: str  # "" for the null reverse-path (a bounce)
+    envid: str | None  # RFC 3461 4.4 ENVID
+    ret: str | None  # RFC 3461 4.3: FULL or HDRS
+    smtputf8: bool  # RFC 6531: needs a peer announcing SMTPUTF8
+    eight_bit: bool  # RFC 6152: needs a peer announcing 8BITMIME
+    size: int
+    created: float
+    warned: bool  # a delay report (RFC 3464 "delayed") was sent
+    recipients: list[QueueRecipient] = field(default_factory=list)
+    attempts: list[QueueAttempt] = field(default_factory=list)  # only from queue_entry
+
+    @property
+    def pending(self) -> list[QueueRecipient]:
+        return [r for r in self.recipients if r.state == PENDING]
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecipient:
+    """A remote recipient to queue, with its RFC 3461 parameters."""
+
+    address: str
+    notify: frozenset[str] | None = None
+    orcpt: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewQueueEntry:
+    """What ``queue_submit`` queues besides the body."""
+
+    reverse_path: str
+    recipients: Sequence[NewRecipient]
+    envid: str | None = None
+    ret: str | None = None
+    smtputf8: bool = False
+    eight_bit: bool = False
+    next_attempt: float | None = None  # None: at once
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientOutcome:
+    """The result of one attempt for one recipient (``queue_update``)."""
+
+    recipient_id: int
+    state: str  # PENDING (retry at next_attempt), DELIVERED or FAILED
+    reply: str
+    host: str | None = None
+    next_attempt: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to store in the same commit as a queue update (a bounce or
+    delay report): local copies (``targets``) and/or a queue entry."""
+
+    body: bytes
+    targets: Sequence[DeliveryTarget] = ()
+    entry: NewQueueEntry | None = None
 
 # Keys of get_derived(..., fields=...). The *_imap keys are the items in IMAP
 # syntax (RFC 9051 9), computed once at delivery so FETCH ENVELOPE of a whole
@@ -498,6 +600,66 @@ class Store(abc.ABC):
         """UIDs whose body ("body": RFC 9051 SEARCH BODY) or header+body ("text":
         SEARCH TEXT) contains ``text`` (case-insensitive substring semantics),
         answered from the full-text index."""
+
+    # --- the outbound queue ---------------------------------------------------
+    # Every write below is one durable commit, so "queued" means durable exactly
+    # like "delivered", and an attempt's outcome is recorded together with the
+    # report it causes: a crash can neither lose a bounce nor send it twice.
+    @abc.abstractmethod
+    async def queue_submit(
+        self, body: bytes, entry: NewQueueEntry | None, targets: Sequence[DeliveryTarget] = ()
+    ) -> tuple[list[int], int | None]:
+        """Store ``body`` once: into the local ``targets`` and (if ``entry``
+        has recipients) the outbound queue, in one atomic, durable commit.
+        Returns (the new UID in each target, the queue id or None)."""
+
+    @abc.abstractmethod
+    async def queue_update(
+        self,
+        queue_id: int,
+        outcomes: Sequence[RecipientOutcome],
+        attempts: Iterable[tuple[str, str | None, str]] = (),
+        *,
+        warned: bool = False,
+        follow_up: Sequence[NewMessage] = (),
+    ) -> bool:
+        """Record one delivery attempt of an entry in one commit: each
+        recipient's outcome (its attempt count goes up), the ``attempts`` log
+        lines (domain, host, outcome), the ``warned`` mark, and the reports
+        it causes (``follow_up``: stored or queued in the same commit).
+        Returns True when the entry is finished (no recipient pending) and was
+        removed with its log, or was deleted meanwhile."""
+
+    @abc.abstractmethod
+    async def queue_delete(self, queue_id: int) -> None:
+        """Remove an entry without delivering or bouncing it (``mailyard queue
+        delete``); NotFound if there is none."""
+
+    @abc.abstractmethod
+    async def queue_retry(self, queue_id: int | None = None) -> int:
+        """Make the pending recipients of one entry (NotFound if there is
+        none), or of every entry, due now; returns how many."""
+
+    @abc.abstractmethod
+    async def queue_entry(self, queue_id: int) -> QueueEntry | None:
+        """One entry with its recipients and its attempt log."""
+
+    @abc.abstractmethod
+    async def queue_list(self) -> list[QueueEntry]:
+        """Every entry with its recipients (no attempt log), oldest first."""
+
+    @abc.abstractmethod
+    async def queue_due(self, now: float, limit: int = 1000) -> list[QueueEntry]:
+        """Entries with at least one pending recipient due at ``now`` (no
+        attempt log), oldest first, at most ``limit``."""
+
+    @abc.abstractmethod
+    async def queue_next_due(self) -> float | None:
+        """The earliest next attempt of any pending recipient; None when none is pending."""
+
+    @abc.abstractmethod
+    async def queue_body(self, queue_id: int) -> bytes:
+        """The exact bytes of an entry's message; NotFound if there is none."""
 
     # --- change notification ---------------------------------------------
     @abc.abstractmethod

@@ -6,7 +6,8 @@ fsync) per message. A body is addressed by (segment, offset, length); the index
 row that points at it is committed only after the segment is synced, so a crash
 can leave unreferenced bytes at a segment's end but never a visible message
 whose bytes are missing (DESIGN.md "Durability"). Space of expunged bodies is
-reclaimed by ``SQLiteStore.compact`` which rewrites mostly-dead sealed segments.
+reclaimed by compaction (store/sqlite/bodies.py), which rewrites mostly-dead
+sealed segments.
 
 Only the store's writer thread appends; any thread may read (os.pread).
 """

@@ -1,19 +1,18 @@
-"""The outbound queue in the store: interface values and the SQLite part.
+"""The outbound queue on SQLite (the Store API's ``queue_*`` operations).
 
 A queue entry is one message on its way to remote recipients: the body
-(stored once, as a body blob shared with any local copies of the same
-delivery), the reverse-path, the RFC 3461 envelope parameters, and one row
-per remaining recipient with its destination domain, attempt count, last
-reply and next attempt time. Every attempt is logged. When no recipient is
-pending any more the entry and its attempt log go, and the body's reference
-is released.
+(stored once, as a body shared with any local copies of the same delivery),
+the reverse-path, the RFC 3461 envelope parameters, and one row per remaining
+recipient with its destination domain, attempt count, last reply and next
+attempt time (tables: schema.py ``QUEUE_SCHEMA``). Every attempt is logged.
+When no recipient is pending any more the entry and its attempt log go, and
+the body's reference is released.
 
-Everything that changes the queue is one write in the group-commit writer
-(store/writer.py), so "queued" means durable, exactly like "delivered":
-``queue_submit`` stores local copies and the queue entry in one commit, and
-``queue_update`` records an attempt's outcome together with the bounce it
-causes (delivered locally or queued), so a crash can neither lose the bounce
-nor send it twice.
+Everything that changes the queue is one write in the group-commit writer,
+so "queued" means durable, exactly like "delivered": ``queue_submit`` stores
+local copies and the queue entry in one commit, and ``queue_update`` records
+an attempt's outcome together with the bounce it causes (delivered locally or
+queued), so a crash can neither lose the bounce nor send it twice.
 """
 
 from __future__ import annotations
@@ -21,131 +20,20 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from .api import DeliveryTarget, NotFound
-
-if TYPE_CHECKING:
-    from .writer import WriteContext
-
-QUEUE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS queue (
-    id           INTEGER PRIMARY KEY,
-    body_id      INTEGER NOT NULL,
-    reverse_path TEXT NOT NULL,
-    envid        TEXT,
-    ret          TEXT,
-    smtputf8     INTEGER NOT NULL DEFAULT 0,
-    eight_bit    INTEGER NOT NULL DEFAULT 0,
-    size         INTEGER NOT NULL,
-    created      REAL NOT NULL,
-    warned       INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS queue_rcpts (
-    id           INTEGER PRIMARY KEY,
-    queue_id     INTEGER NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
-    address      TEXT NOT NULL,
-    domain       TEXT NOT NULL COLLATE NOCASE,
-    notify       TEXT,
-    orcpt        TEXT,
-    state        TEXT NOT NULL DEFAULT 'pending',
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    last_reply   TEXT,
-    last_host    TEXT
-);
-CREATE INDEX IF NOT EXISTS queue_rcpts_due ON queue_rcpts(next_attempt) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS queue_rcpts_entry ON queue_rcpts(queue_id);
-CREATE TABLE IF NOT EXISTS queue_attempts (
-    queue_id INTEGER NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
-    ts       REAL NOT NULL,
-    domain   TEXT NOT NULL,
-    host     TEXT,
-    outcome  TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS queue_attempts_entry ON queue_attempts(queue_id);
-"""
-
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class QueueRecipient:
-    id: int
-    address: str
-    domain: str
-    notify: frozenset[str] | None  # RFC 3461 4.1 NOTIFY, None when not given
-    orcpt: tuple[str, str] | None  # RFC 3461 4.2 (addr-type, address)
-    state: str = PENDING
-    attempts: int = 0
-    next_attempt: float = 0.0
-    last_reply: str | None = None
-    last_host: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class QueueAttempt:
-    ts: float
-    domain: str
-    host: str | None
-    outcome: str
-
-
-@dataclass(frozen=True, slots=True)
-class QueueEntry:
-    id: int
-    reverse_path: str  # "" for the null reverse-path (a bounce)
-    envid: str | None
-    ret: str | None  # RFC 3461 4.3: FULL or HDRS
-    smtputf8: bool
-    eight_bit: bool
-    size: int
-    created: float
-    warned: bool
-    recipients: list[QueueRecipient] = field(default_factory=list)
-    attempts: list[QueueAttempt] = field(default_factory=list)
-
-    @property
-    def pending(self) -> list[QueueRecipient]:
-        return [r for r in self.recipients if r.state == PENDING]
-
-
-@dataclass(frozen=True, slots=True)
-class NewRecipient:
-    address: str
-    notify: frozenset[str] | None = None
-    orcpt: tuple[str, str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NewQueueEntry:
-    reverse_path: str
-    recipients: Sequence[NewRecipient]
-    envid: str | None = None
-    ret: str | None = None
-    smtputf8: bool = False
-    eight_bit: bool = False
-    next_attempt: float | None = None  # None: at once
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientOutcome:
-    recipient_id: int
-    state: str  # PENDING (retry at next_attempt), DELIVERED or FAILED
-    reply: str
-    host: str | None = None
-    next_attempt: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    """A message to store in the same commit as a queue update (a bounce or
-    delay report): local copies (``targets``) and/or a queue entry."""
-
-    body: bytes
-    targets: Sequence[DeliveryTarget] = ()
-    entry: NewQueueEntry | None = None
+from ..api import (
+    DeliveryTarget,
+    NewMessage,
+    NewQueueEntry,
+    NotFound,
+    QueueAttempt,
+    QueueEntry,
+    QueueRecipient,
+    RecipientOutcome,
+)
+from .bodies import BodiesMixin, release_bodies
+from .messages import insert_targets
+from .writer import WriteContext
 
 
 def _notify_text(notify: frozenset[str] | None) -> str | None:
@@ -176,17 +64,8 @@ def _entry(row: tuple, recipients: list[QueueRecipient], attempts: list[QueueAtt
     )
 
 
-class SQLiteQueueMixin:
-    """The queue half of ``SQLiteStore`` (store/sqlite.py mixes it in)."""
-
-    # provided by SQLiteStore
-    _q: Any
-    _q1: Any
-    _write: Any
-    _store_body: Any
-    _release_bodies: Any
-    _insert_targets: Any
-    blobs: Any
+class QueueMixin(BodiesMixin):
+    """The outbound queue's operations of the Store API."""
 
     # --- writes --------------------------------------------------------------
     def _op_new_message(self, c: sqlite3.Connection, ctx: WriteContext, msg: NewMessage) -> tuple[list[int], int | None]:
@@ -194,7 +73,7 @@ class SQLiteQueueMixin:
         if refs == 0:
             return [], None
         body_id = self._store_body(c, msg.body, refs)
-        uids = self._insert_targets(c, ctx, body_id, len(msg.body), msg.targets) if msg.targets else []
+        uids = insert_targets(c, ctx, body_id, len(msg.body), msg.targets) if msg.targets else []
         queue_id = None
         entry = msg.entry
         if entry is not None:
@@ -273,7 +152,7 @@ class SQLiteQueueMixin:
         c.execute("DELETE FROM queue_attempts WHERE queue_id = ?", (queue_id,))
         c.execute("DELETE FROM queue_rcpts WHERE queue_id = ?", (queue_id,))
         c.execute("DELETE FROM queue WHERE id = ?", (queue_id,))
-        self._release_bodies(c, [body_id])
+        release_bodies(c, [body_id])
 
     async def queue_delete(self, queue_id: int) -> None:
         """Remove an entry without delivering or bouncing (``mailyard queue delete``)."""

@@ -1,0 +1,139 @@
+"""Bodies: the bytes of messages, appended to segment files (store/blobs.py)
+and indexed by the ``bodies`` table.
+
+A body is written once however many messages share it (the recipients of one
+delivery, COPY, a queue entry and its local copies); ``bodies.refs`` counts
+its users and the last one to go releases it with its derived data. The
+bytes stay in their segment file until compaction rewrites a sealed segment
+whose live share fell below ``COMPACT_LIVE_RATIO``.
+
+Durability: a body is appended before its row is inserted, and the writer
+syncs the segment file before the commit (``before_commit``), so a committed
+row never points at bytes that are not on disk. Bytes of a write rolled back
+are dead space for compaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable
+
+from . import textindex
+from .core import SQLiteCore
+
+log = logging.getLogger("mailyard.store")
+
+# A sealed segment whose live bytes fall below this share is rewritten (compaction).
+COMPACT_LIVE_RATIO = 0.5
+COMPACT_INTERVAL = 60.0  # seconds between compaction passes of the background work
+
+
+def count_segment_bytes(c: sqlite3.Connection, segment: int, length: int) -> None:
+    """Account ``length`` new bytes to ``segment``, creating its row if need be.
+
+    The row is made with the bytes rather than once at rollover: a rollover
+    happens inside some op's SAVEPOINT, and if that op (or its whole batch)
+    is rolled back, the blob writer still appends to the new file. The next
+    body stored there then brings the row back; without it the file would
+    hold committed bodies the segments table does not know, and
+    ``_remove_retired_segments`` would delete it."""
+    c.execute(
+        "INSERT INTO segments(id, size, live) VALUES (?, ?, ?)"
+        " ON CONFLICT(id) DO UPDATE SET size = size + excluded.size, live = live + excluded.live",
+        (segment, length, length),
+    )
+
+
+def release_bodies(c: sqlite3.Connection, body_ids: Iterable[int]) -> None:
+    """Drop one reference to each body; a body nobody uses goes, with its
+    derived data, and its bytes count as dead in their segment."""
+    for body_id in body_ids:
+        row = c.execute(
+            "UPDATE bodies SET refs = refs - 1 WHERE id = ? RETURNING refs, segment, length", (body_id,)
+        ).fetchone()
+        if row is not None and row[0] <= 0:
+            c.execute("DELETE FROM bodies WHERE id = ?", (body_id,))
+            textindex.delete(c, body_id)
+            c.execute("DELETE FROM body_derived WHERE body_id = ?", (body_id,))
+            c.execute("DELETE FROM header_fields WHERE body_id = ?", (body_id,))
+            c.execute("UPDATE segments SET live = live - ? WHERE id = ?", (row[2], row[1]))
+
+
+class BodiesMixin(SQLiteCore):
+    """Writing bodies, and compacting the segment files."""
+
+    def _store_body(self, c: sqlite3.Connection, body: bytes, refs: int) -> int:
+        """Append ``body`` to the current segment and index it with ``refs``
+        users (inside the caller's write); returns its id."""
+        if self.blobs.needs_rollover():
+            self.blobs.open_for_append(self.blobs.current_segment + 1)
+        segment, offset = self.blobs.append(body)
+        count_segment_bytes(c, segment, len(body))
+        cur = c.execute(
+            "INSERT INTO bodies(segment, offset, length, refs) VALUES (?, ?, ?, ?)",
+            (segment, offset, len(body), refs),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    # --- compaction --------------------------------------------------------------
+    async def compact(self) -> None:
+        """Reclaim the space of expunged messages now (``mailyard store compact``)."""
+
+        def run() -> None:
+            conn = self._writer._conn
+            while self.compact_step(conn):
+                pass
+
+        await self._writer.run_exclusive(run)
+
+    def compact_step(self, c: sqlite3.Connection) -> bool:
+        """Rewrite one mostly-dead sealed segment: copy its live bodies to the
+        current segment, sync, repoint their rows, commit; the old file is
+        deleted on a later pass, once no read that began before the commit can
+        still be using it. Returns True if there may be more to do."""
+        self._remove_retired_segments(c)
+        current = self.blobs.current_segment
+        row = c.execute(
+            "SELECT id FROM segments WHERE id < ? AND size > 0 AND live < size * ? ORDER BY live LIMIT 1",
+            (current, COMPACT_LIVE_RATIO),
+        ).fetchone()
+        if row is None:
+            return False
+        segment = row[0]
+        bodies = c.execute(
+            "SELECT id, offset, length FROM bodies WHERE segment = ? ORDER BY offset", (segment,)
+        ).fetchall()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            moved = 0
+            for body_id, offset, length in bodies:
+                data = self.blobs.read(segment, offset, length)
+                new_segment, new_offset = self.blobs.append(data)
+                c.execute(
+                    "UPDATE bodies SET segment = ?, offset = ? WHERE id = ?", (new_segment, new_offset, body_id)
+                )
+                count_segment_bytes(c, new_segment, length)
+                moved += length
+            c.execute("DELETE FROM segments WHERE id = ?", (segment,))
+            self.blobs.sync()
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:  # SQLITE_FULL may have rolled it back already
+                c.execute("ROLLBACK")
+            raise
+        log.info("compacted segment %d: %d bodies (%d bytes) kept", segment, len(bodies), moved)
+        return True
+
+    def _remove_retired_segments(self, c: sqlite3.Connection) -> None:
+        """Delete segment files no index row points to any more (compacted ones,
+        and, after a crash, files whose rows were never committed)."""
+        known = {r[0] for r in c.execute("SELECT id FROM segments")}
+        for segment in self.blobs.existing():
+            if segment not in known and segment < self.blobs.current_segment:
+                # belt and braces: never a file a body row still points into
+                if c.execute("SELECT 1 FROM bodies WHERE segment = ? LIMIT 1", (segment,)).fetchone():
+                    log.error("segment %d has no row but holds bodies; kept", segment)
+                    continue
+                self.blobs.remove(segment)

@@ -1,0 +1,223 @@
+"""What every part of the SQLite store shares: the two connections, the
+group-commit writer, the checks of session references, change listeners.
+
+Reads run on the caller's thread on a read-only connection (WAL readers never
+block the writer). Writes are functions ``op(conn, ctx)`` run on the
+group-commit writer thread (writer.py); ``_write`` hands one over and returns
+after its commit. Each aggregate (directory.py, mailboxes.py, messages.py,
+search.py, queue.py) is a mixin on ``SQLiteCore``; ``SQLiteStore``
+(__init__.py) composes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ...config import StoreConfig
+from ..api import MailboxGone, MailboxRef, StorageFull, Store, StoreError
+from ..blobs import SegmentFiles
+from ..revocation import RevocationSignal
+from . import schema
+from .writer import GroupCommitWriter, WriteContext
+
+log = logging.getLogger("mailyard.store")
+
+DB_FILE = "index.sqlite3"
+_CACHE_MAX = 100_000  # entries of each validity cache
+
+
+class SQLiteCore(Store):
+    """Connections, writer and validity checks of a store on SQLite +
+    segment files in ``data_dir``."""
+
+    def __init__(self, data_dir: Path, config: StoreConfig | None = None) -> None:
+        self.config = config or StoreConfig()
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        db_path = self.data_dir / DB_FILE
+        self._listeners: list[Callable[[int], None]] = []
+        # Validity caches (credentials_current, mailbox_current), dropped when
+        # any process sharing the directory revokes something.
+        self._revoked = RevocationSignal(self.data_dir / "revocations")
+        self._token = self._revoked.value()
+        self._live: dict[int, tuple[int, int]] = {}  # mailbox id -> (account id, UIDVALIDITY)
+        self._epochs: dict[int, int | None] = {}  # account id -> epoch, None: removed
+        write_conn = self._connect(db_path)
+        schema.create(write_conn)
+        self.blobs = SegmentFiles(self.data_dir / "blobs", self.config.segment_size, self.config.fsync)
+        last = write_conn.execute("SELECT max(id) FROM segments").fetchone()[0]
+        if last is None:
+            last = 1
+            write_conn.execute("INSERT INTO segments(id) VALUES (1)")
+        self.blobs.open_for_append(last)
+        self._read = self._connect(db_path, readonly=True)
+        self._writer = GroupCommitWriter(
+            write_conn,
+            self,
+            self.config.group_commit_max,
+            before_commit=self.blobs.sync,
+            after_commit=lambda changed: None,
+            idle_work=self._background_work,
+        )
+
+    def _connect(self, path: Path, readonly: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        # FULL: the WAL is fsynced at every commit, so an acknowledged write survives a crash.
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        if readonly:
+            conn.execute("PRAGMA query_only=ON")
+            # Reads of a whole mailbox (FETCH 1:* ENVELOPE) seek once per message:
+            # through a memory map, without a pread() per page.
+            conn.execute("PRAGMA mmap_size=268435456")
+        return conn
+
+    @property
+    def _synchronous(self) -> str:
+        return "FULL" if self.config.fsync else "OFF"
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._writer.close)
+        self.blobs.close()
+        self._read.close()
+        self._revoked.close()
+
+    # --- reads and writes ---------------------------------------------------------
+    def _q(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        return self._read.execute(sql, args).fetchall()
+
+    def _q1(self, sql: str, args: Sequence[Any] = ()) -> tuple | None:
+        return self._read.execute(sql, args).fetchone()
+
+    async def _write(
+        self, op: Callable[[sqlite3.Connection, WriteContext], Any], directory: bool = False, revoke: bool = False
+    ) -> Any:
+        """Run ``op`` in the next group commit; returns its result once durable.
+        ``directory``: it changes domains, accounts, aliases or lists (caches
+        of lookups forget); ``revoke``: it ends sessions or mailbox references."""
+        try:
+            return await self._writer.submit(op)
+        finally:
+            if directory:
+                self.directory_version += 1
+            if revoke:
+                # after the commit: a reader refilling its cache now sees it
+                self._revoked.bump()
+
+    def _background_work(self, c: sqlite3.Connection) -> bool | float:
+        """Idle-time work on the writer thread (SQLiteStore fills it in)."""
+        return False
+
+    def translate_error(self, exc: BaseException) -> BaseException:
+        """Map low-level errors to StoreError kinds the protocols can answer with."""
+        if isinstance(exc, StoreError):
+            return exc
+        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+            return StorageFull("the disk is full")
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StorageFull("the disk is full")
+        return exc
+
+    # --- change notification ----------------------------------------------------
+    def notify(self, mailbox_ids: Iterable[int]) -> None:
+        """Called by the writer (on the event loop) after a commit."""
+        for mailbox_id in mailbox_ids:
+            for callback in list(self._listeners):
+                try:
+                    callback(mailbox_id)
+                except Exception:
+                    log.exception("store listener failed")
+
+    def add_listener(self, callback: Callable[[int], None]) -> Callable[[], None]:
+        self._listeners.append(callback)
+
+        def remove() -> None:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return remove
+
+    # --- validity of session references --------------------------------------
+    def _fresh(self) -> None:
+        """Drop the validity caches if any process revoked something since
+        they were filled (store/revocation.py). The token is read before the
+        database, so a revocation committed meanwhile is seen at the next call."""
+        token = self._revoked.value()
+        if token != self._token:
+            self._token = token
+            self._live.clear()
+            self._epochs.clear()
+
+    def credentials_current(self, account_id: int, epoch: int) -> bool:
+        self._fresh()
+        epochs = self._epochs
+        if account_id in epochs:
+            return epochs[account_id] == epoch
+        row = self._q1("SELECT epoch FROM accounts WHERE id = ?", (account_id,))
+        if len(epochs) >= _CACHE_MAX:
+            epochs.clear()
+        # a removed account is remembered as None: its id is never reused
+        epochs[account_id] = current = row[0] if row else None
+        return current == epoch
+
+    def mailbox_current(self, mailbox: MailboxRef) -> bool:
+        self._fresh()
+        key = self._live.get(mailbox.id)
+        if key is None:
+            row = self._q1("SELECT account_id, uid_validity FROM mailboxes WHERE id = ?", (mailbox.id,))
+            if row is None:
+                return False
+            if len(self._live) >= _CACHE_MAX:
+                self._live.clear()
+            # owner and UIDVALIDITY of an id never change; only deletion
+            # (which revokes) ends it
+            key = self._live[mailbox.id] = (row[0], row[1])
+        return key[0] == mailbox.account_id and key[1] == mailbox.uid_validity
+
+    def _owned(self, mailbox: MailboxRef) -> int:
+        """The id of ``mailbox`` for a read, after checking the reference.
+        A deletion racing with the read leaves it nothing to read: the rows go
+        with the mailbox and its id is never reused."""
+        if not self.mailbox_current(mailbox):
+            raise MailboxGone(mailbox.id)
+        return mailbox.id
+
+    @staticmethod
+    def _owned_w(c: sqlite3.Connection, mailbox: MailboxRef) -> int:
+        """The same check inside a write's transaction (atomic with the write)."""
+        if not c.execute(
+            "SELECT 1 FROM mailboxes WHERE id = ? AND account_id = ? AND uid_validity = ?",
+            (mailbox.id, mailbox.account_id, mailbox.uid_validity),
+        ).fetchone():
+            raise MailboxGone(mailbox.id)
+        return mailbox.id
+
+
+def select_uids(
+    c: sqlite3.Connection, sql: str, mailbox_id: int, uids: list[int], column: str = "uid", uid_at: int = 0
+) -> list[tuple]:
+    """Run ``sql`` (which ends in a mailbox_id condition) for a list of UIDs,
+    in chunks that stay under SQLite's bound-parameter limit; ``uid_at`` is
+    the position of the UID among the selected columns."""
+    out: list[tuple] = []
+    if len(uids) > 64:
+        lo, hi = min(uids), max(uids)
+        if hi - lo < 4 * len(uids):
+            # a dense set (1:*, 1000:2000): one range scan of the primary key,
+            # filtered here, instead of IN lists of 900 bound parameters
+            wanted = set(uids)
+            rows = c.execute(f"{sql} AND {column} BETWEEN ? AND ?", (mailbox_id, lo, hi)).fetchall()
+            return [r for r in rows if r[uid_at] in wanted]
+    for i in range(0, len(uids), 900):
+        chunk = uids[i : i + 900]
+        marks = ",".join("?" * len(chunk))
+        out.extend(c.execute(f"{sql} AND {column} IN ({marks})", (mailbox_id, *chunk)).fetchall())
+    return out

@@ -1,0 +1,315 @@
+"""The directory: domains, accounts, sender grants, aliases and lists.
+
+These are the names mail is addressed to (the router reads them through the
+Store API) and the credentials sessions log in with. Every write here moves
+``directory_version`` (caches of lookups forget); the writes that end
+sessions (a password change, an account removed) also bump the revocation
+signal, so every process sharing the data directory sees them at once.
+An address is one account, one alias or one list, never two of them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from ..api import SPECIAL_USE_MAILBOXES, Account, AlreadyExists, InvalidName, NotFound, StoreError
+from ..names import normalize_address, normalize_domain, normalize_sender_pattern
+from .core import SQLiteCore
+from .mailboxes import insert_mailbox
+from .messages import drop_mailbox_messages
+from .writer import WriteContext
+
+ACCOUNT_COLS = "id, address, password_hash, apop_secret, scram_sha256, epoch"
+
+
+class DirectoryMixin(SQLiteCore):
+    """Domains, accounts, sender grants, aliases and lists."""
+
+    # --- domains ----------------------------------------------------------
+    async def add_domain(self, name: str) -> None:
+        domain = normalize_domain(name)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            try:
+                c.execute("INSERT INTO domains(name) VALUES (?)", (domain,))
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"domain {domain} exists already") from None
+
+        await self._write(op, directory=True)
+
+    async def remove_domain(self, name: str) -> None:
+        domain = normalize_domain(name)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if not c.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
+                raise NotFound(f"no domain {domain}")
+            like = "%@" + domain
+            used = c.execute("SELECT count(*) FROM accounts WHERE domain = ?", (domain,)).fetchone()[0]
+            used += c.execute("SELECT count(*) FROM aliases WHERE source LIKE ?", (like,)).fetchone()[0]
+            used += c.execute("SELECT count(*) FROM lists WHERE address LIKE ?", (like,)).fetchone()[0]
+            if used:
+                raise StoreError(
+                    f"domain {domain} still has {used} account(s), alias(es) or list(s); remove them first"
+                )
+            c.execute("DELETE FROM domains WHERE name = ?", (domain,))
+
+        await self._write(op, directory=True)
+
+    async def list_domains(self) -> list[str]:
+        return [r[0] for r in self._q("SELECT name FROM domains ORDER BY name")]
+
+    async def is_local_domain(self, name: str) -> bool:
+        try:
+            domain = normalize_domain(name)
+        except InvalidName:
+            return False
+        return self._q1("SELECT 1 FROM domains WHERE name = ?", (domain,)) is not None
+
+    # --- accounts ---------------------------------------------------------
+    async def add_account(
+        self,
+        address: str,
+        password_hash: str,
+        apop_secret: str | None = None,
+        scram_sha256: str | None = None,
+    ) -> Account:
+        addr = normalize_address(address)
+        domain = addr.rpartition("@")[2]
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
+            if not c.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
+                raise NotFound(f"{domain} is not a local domain; add it first (mailyard domain add {domain})")
+            if c.execute("SELECT 1 FROM aliases WHERE source = ?", (addr,)).fetchone() or c.execute(
+                "SELECT 1 FROM lists WHERE address = ?", (addr,)
+            ).fetchone():
+                raise AlreadyExists(f"{addr} is an alias or a list already")
+            try:
+                cur = c.execute(
+                    "INSERT INTO accounts(address, domain, password_hash, apop_secret, scram_sha256, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (addr, domain, password_hash, apop_secret, scram_sha256, time.time()),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"account {addr} exists already") from None
+            account_id = cur.lastrowid
+            assert account_id is not None
+            insert_mailbox(c, account_id, "INBOX", None)
+            for name, use in SPECIAL_USE_MAILBOXES:
+                insert_mailbox(c, account_id, name, use)
+            return account_id
+
+        account_id = await self._write(op, directory=True)
+        return Account(account_id, addr, password_hash, apop_secret, scram_sha256, 0)
+
+    async def get_account(self, address: str) -> Account | None:
+        try:
+            addr = normalize_address(address)
+        except InvalidName:
+            return None
+        row = self._q1(f"SELECT {ACCOUNT_COLS} FROM accounts WHERE address = ?", (addr,))
+        return Account(*row) if row else None
+
+    async def get_account_by_id(self, account_id: int) -> Account | None:
+        row = self._q1(f"SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?", (account_id,))
+        return Account(*row) if row else None
+
+    async def list_accounts(self, domain: str | None = None) -> list[Account]:
+        sql = f"SELECT {ACCOUNT_COLS} FROM accounts"
+        args: tuple = ()
+        if domain is not None:
+            sql += " WHERE domain = ?"
+            args = (normalize_domain(domain),)
+        return [Account(*r) for r in self._q(sql + " ORDER BY address", args)]
+
+    async def set_password(
+        self,
+        address: str,
+        password_hash: str,
+        apop_secret: str | None = None,
+        scram_sha256: str | None = None,
+    ) -> None:
+        addr = normalize_address(address)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            cur = c.execute(
+                "UPDATE accounts SET password_hash = ?, apop_secret = ?, scram_sha256 = ?, epoch = epoch + 1"
+                " WHERE address = ?",
+                (password_hash, apop_secret, scram_sha256, addr),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no account {addr}")
+
+        # a new password ends every session logged in under the old one
+        await self._write(op, directory=True, revoke=True)
+
+    async def remove_account(self, address: str) -> None:
+        addr = normalize_address(address)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            row = c.execute("SELECT id FROM accounts WHERE address = ?", (addr,)).fetchone()
+            if row is None:
+                raise NotFound(f"no account {addr}")
+            for (mailbox_id,) in c.execute("SELECT id FROM mailboxes WHERE account_id = ?", (row[0],)).fetchall():
+                drop_mailbox_messages(c, mailbox_id)
+                ctx.changed.add(mailbox_id)
+            c.execute("DELETE FROM accounts WHERE id = ?", (row[0],))
+
+        await self._write(op, directory=True, revoke=True)
+
+    # --- sender grants ----------------------------------------------------
+    async def allow_senders(self, address: str, patterns: Sequence[str]) -> list[str]:
+        addr = normalize_address(address)
+        grants = [normalize_sender_pattern(p) for p in patterns]
+        if not grants:
+            raise InvalidName("give at least one address or pattern")
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
+            row = c.execute("SELECT id FROM accounts WHERE address = ?", (addr,)).fetchone()
+            if row is None:
+                raise NotFound(f"no account {addr}")
+            c.executemany(
+                "INSERT OR IGNORE INTO sender_grants(account_id, pattern) VALUES (?, ?)",
+                [(row[0], g) for g in grants],
+            )
+            return row[0]
+
+        account_id = await self._write(op, directory=True)
+        return await self.allowed_senders(account_id)
+
+    async def disallow_senders(self, address: str, patterns: Sequence[str] = ()) -> list[str]:
+        addr = normalize_address(address)
+        grants = [normalize_sender_pattern(p) for p in patterns]
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
+            row = c.execute("SELECT id FROM accounts WHERE address = ?", (addr,)).fetchone()
+            if row is None:
+                raise NotFound(f"no account {addr}")
+            if grants:
+                c.executemany(
+                    "DELETE FROM sender_grants WHERE account_id = ? AND pattern = ?",
+                    [(row[0], g) for g in grants],
+                )
+            else:
+                c.execute("DELETE FROM sender_grants WHERE account_id = ?", (row[0],))
+            return row[0]
+
+        account_id = await self._write(op, directory=True)
+        return await self.allowed_senders(account_id)
+
+    async def allowed_senders(self, account_id: int) -> list[str]:
+        rows = self._q("SELECT pattern FROM sender_grants WHERE account_id = ? ORDER BY pattern", (account_id,))
+        return [r[0] for r in rows]
+
+    # --- aliases and lists ------------------------------------------------
+    async def add_alias(self, source: str, targets: Sequence[str]) -> None:
+        src = normalize_address(source)
+        dests = [normalize_address(t) for t in targets]
+        if not dests:
+            raise InvalidName("an alias needs at least one target address")
+        domain = src.rpartition("@")[2]
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if not c.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
+                raise NotFound(f"{domain} is not a local domain; add it first (mailyard domain add {domain})")
+            if c.execute("SELECT 1 FROM accounts WHERE address = ?", (src,)).fetchone() or c.execute(
+                "SELECT 1 FROM lists WHERE address = ?", (src,)
+            ).fetchone():
+                raise AlreadyExists(f"{src} is an account or a list already")
+            c.executemany("INSERT OR IGNORE INTO aliases(source, target) VALUES (?, ?)", [(src, d) for d in dests])
+
+        await self._write(op, directory=True)
+
+    async def remove_alias(self, source: str, targets: Sequence[str] = ()) -> None:
+        src = normalize_address(source)
+        dests = [normalize_address(t) for t in targets]
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if not c.execute("SELECT 1 FROM aliases WHERE source = ?", (src,)).fetchone():
+                raise NotFound(f"no alias {src}")
+            if dests:
+                c.executemany("DELETE FROM aliases WHERE source = ? AND target = ?", [(src, d) for d in dests])
+            else:
+                c.execute("DELETE FROM aliases WHERE source = ?", (src,))
+
+        await self._write(op, directory=True)
+
+    async def get_alias(self, source: str) -> list[str] | None:
+        try:
+            src = normalize_address(source)
+        except InvalidName:
+            return None
+        rows = self._q("SELECT target FROM aliases WHERE source = ? ORDER BY target", (src,))
+        return [r[0] for r in rows] or None
+
+    async def list_aliases(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for src, dst in self._q("SELECT source, target FROM aliases ORDER BY source, target"):
+            out.setdefault(src, []).append(dst)
+        return out
+
+    async def add_list(self, address: str) -> None:
+        addr = normalize_address(address)
+        domain = addr.rpartition("@")[2]
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if not c.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
+                raise NotFound(f"{domain} is not a local domain; add it first (mailyard domain add {domain})")
+            if c.execute("SELECT 1 FROM accounts WHERE address = ?", (addr,)).fetchone() or c.execute(
+                "SELECT 1 FROM aliases WHERE source = ?", (addr,)
+            ).fetchone():
+                raise AlreadyExists(f"{addr} is an account or an alias already")
+            try:
+                c.execute("INSERT INTO lists(address) VALUES (?)", (addr,))
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"list {addr} exists already") from None
+
+        await self._write(op, directory=True)
+
+    async def remove_list(self, address: str) -> None:
+        addr = normalize_address(address)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if c.execute("DELETE FROM lists WHERE address = ?", (addr,)).rowcount == 0:
+                raise NotFound(f"no list {addr}")
+
+        await self._write(op, directory=True)
+
+    async def subscribe_list(self, address: str, member: str) -> None:
+        addr = normalize_address(address)
+        who = normalize_address(member)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if not c.execute("SELECT 1 FROM lists WHERE address = ?", (addr,)).fetchone():
+                raise NotFound(f"no list {addr}")
+            c.execute("INSERT OR IGNORE INTO list_members(list, member) VALUES (?, ?)", (addr, who))
+
+        await self._write(op, directory=True)
+
+    async def unsubscribe_list(self, address: str, member: str) -> None:
+        addr = normalize_address(address)
+        who = normalize_address(member)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if not c.execute("SELECT 1 FROM lists WHERE address = ?", (addr,)).fetchone():
+                raise NotFound(f"no list {addr}")
+            if c.execute("DELETE FROM list_members WHERE list = ? AND member = ?", (addr, who)).rowcount == 0:
+                raise NotFound(f"{who} is not a member of {addr}")
+
+        await self._write(op, directory=True)
+
+    async def get_list_members(self, address: str) -> list[str] | None:
+        try:
+            addr = normalize_address(address)
+        except InvalidName:
+            return None
+        if self._q1("SELECT 1 FROM lists WHERE address = ?", (addr,)) is None:
+            return None
+        return [r[0] for r in self._q("SELECT member FROM list_members WHERE list = ? ORDER BY member", (addr,))]
+
+    async def list_lists(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {r[0]: [] for r in self._q("SELECT address FROM lists ORDER BY address")}
+        for lst, member in self._q("SELECT list, member FROM list_members ORDER BY list, member"):
+            out.setdefault(lst, []).append(member)
+        return out

@@ -1,0 +1,290 @@
+"""Mailboxes: create, look up, rename, delete; subscriptions; \\Recent; the
+counts and the snapshot that opening a mailbox needs.
+
+Names are "/"-separated (HIERARCHY_DELIMITER) with "INBOX" matched
+case-insensitively; UIDVALIDITY values strictly increase across the store
+(``next_uid_validity``), and mailbox ids are never reused, so a session's
+``MailboxRef`` can never come to name another mailbox. Deleting a mailbox
+bumps the revocation signal: sessions holding it find it gone at their next
+call (``MailboxGone``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from ...config import StoreConfig
+from ..api import (
+    HIERARCHY_DELIMITER,
+    AlreadyExists,
+    InvalidName,
+    Mailbox,
+    MailboxGone,
+    MailboxRef,
+    MailboxStatus,
+    MailboxSummary,
+    NotFound,
+    StoreError,
+)
+from ..names import check_mailbox_name
+from .core import SQLiteCore
+from .messages import bump_modseq, drop_mailbox_messages
+from .writer import WriteContext
+
+MAILBOX_COLS = (
+    "id, account_id, name, uid_validity, uid_next, highest_modseq, special_use,"
+    " EXISTS(SELECT 1 FROM subscriptions s WHERE s.account_id = mailboxes.account_id AND s.name = mailboxes.name)"
+)
+
+
+def mailbox_row(row: tuple) -> Mailbox:
+    return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
+
+
+def canonical_name(name: str) -> str:
+    """``name`` checked (InvalidName), with an INBOX prefix in upper case."""
+    check_mailbox_name(name)
+    first, sep, rest = name.partition(HIERARCHY_DELIMITER)
+    if first.upper() == "INBOX":
+        return "INBOX" + sep + rest
+    return name
+
+
+def next_uid_validity(c: sqlite3.Connection) -> int:
+    """UIDVALIDITY values strictly increase across the store, so a mailbox
+    deleted and recreated under the same name never repeats one (RFC 9051 2.3.1.1)."""
+    row = c.execute("SELECT value FROM meta WHERE key = 'last_uid_validity'").fetchone()
+    value = max(int(time.time()), int(row[0]) + 1 if row else 0)
+    c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_uid_validity', ?)", (str(value),))
+    return value
+
+
+def insert_mailbox(c: sqlite3.Connection, account_id: int, name: str, special_use: str | None) -> int:
+    """Create a mailbox (subscribed, as new mailboxes start) inside the caller's write."""
+    try:
+        cur = c.execute(
+            "INSERT INTO mailboxes(account_id, name, uid_validity, special_use) VALUES (?, ?, ?, ?)",
+            (account_id, name, next_uid_validity(c), special_use),
+        )
+    except sqlite3.IntegrityError:
+        raise AlreadyExists(f"mailbox {name} exists already") from None
+    assert cur.lastrowid is not None
+    c.execute("INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?, ?)", (account_id, name))
+    return cur.lastrowid
+
+
+class MailboxesMixin(SQLiteCore):
+    """Mailboxes of accounts, subscriptions, \\Recent and status."""
+
+    def __init__(self, data_dir: Path, config: StoreConfig | None = None) -> None:
+        self._claim_locks: dict[int, asyncio.Lock] = {}  # claim_recent, per mailbox
+        super().__init__(data_dir, config)
+
+    async def create_mailbox(self, account_id: int, name: str, special_use: str | None = None) -> Mailbox:
+        canonical = canonical_name(name)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
+            return insert_mailbox(c, account_id, canonical, special_use)
+
+        mailbox_id = await self._write(op, directory=True)
+        mailbox = await self.get_mailbox_by_id(account_id, mailbox_id)
+        assert mailbox is not None
+        return mailbox
+
+    async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
+        try:
+            canonical = canonical_name(name)
+        except InvalidName:
+            return None
+        row = self._q1(
+            f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, canonical)
+        )
+        return mailbox_row(row) if row else None
+
+    async def get_mailbox_by_id(self, account_id: int, mailbox_id: int) -> Mailbox | None:
+        row = self._q1(
+            f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE id = ? AND account_id = ?", (mailbox_id, account_id)
+        )
+        return mailbox_row(row) if row else None
+
+    async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
+        rows = self._q(f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE account_id = ? ORDER BY name", (account_id,))
+        return [mailbox_row(r) for r in rows]
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        old_name = canonical_name(old)
+        new_name = canonical_name(new)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            src = c.execute(
+                "SELECT id, uid_next, highest_modseq FROM mailboxes WHERE account_id = ? AND name = ?",
+                (account_id, old_name),
+            ).fetchone()
+            if src is None:
+                raise NotFound(f"no mailbox {old_name}")
+            if c.execute(
+                "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, new_name)
+            ).fetchone():
+                raise AlreadyExists(f"mailbox {new_name} exists already")
+            if new_name == old_name or new_name.startswith(old_name + HIERARCHY_DELIMITER):
+                raise InvalidName("a mailbox cannot be renamed into itself")
+            if old_name == "INBOX":
+                # RFC 9051 6.3.6: renaming INBOX moves its messages to the new
+                # mailbox and leaves INBOX empty; its inferiors stay where they are.
+                new_id = insert_mailbox(c, account_id, new_name, None)
+                c.execute("UPDATE mailboxes SET uid_next = ? WHERE id = ?", (src[1], new_id))
+                modseq = bump_modseq(c, src[0])
+                c.execute(
+                    "INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq)"
+                    " SELECT mailbox_id, uid, ? FROM messages WHERE mailbox_id = ?",
+                    (modseq, src[0]),
+                )
+                c.execute("UPDATE messages SET mailbox_id = ? WHERE mailbox_id = ?", (new_id, src[0]))
+                ctx.changed.update((src[0], new_id))
+                return
+            prefix = old_name + HIERARCHY_DELIMITER
+            rows = c.execute(
+                "SELECT id, name FROM mailboxes WHERE account_id = ? AND (name = ? OR substr(name, 1, ?) = ?)",
+                (account_id, old_name, len(prefix), prefix),
+            ).fetchall()
+            for mailbox_id, name in rows:
+                renamed = new_name + name[len(old_name):]
+                if c.execute(
+                    "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, renamed)
+                ).fetchone():
+                    raise AlreadyExists(f"mailbox {renamed} exists already")
+                c.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (renamed, mailbox_id))
+                # the subscription follows the mailbox
+                if c.execute(
+                    "DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, name)
+                ).rowcount:
+                    c.execute(
+                        "INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?, ?)", (account_id, renamed)
+                    )
+                ctx.changed.add(mailbox_id)
+
+        await self._write(op, directory=True)
+
+    async def delete_mailbox(self, account_id: int, name: str) -> None:
+        canonical = canonical_name(name)
+        if canonical == "INBOX":
+            raise StoreError("INBOX cannot be deleted")
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            row = c.execute(
+                "SELECT id FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, canonical)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no mailbox {canonical}")
+            drop_mailbox_messages(c, row[0])
+            c.execute("DELETE FROM mailboxes WHERE id = ?", (row[0],))
+            # DELETE on the user's request ends the subscription too (as Cyrus and
+            # Dovecot do); a name subscribed without a mailbox stays subscribed.
+            c.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, canonical))
+            ctx.changed.add(row[0])
+
+        # sessions that have it selected must find it gone at once
+        await self._write(op, directory=True, revoke=True)
+
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        canonical = canonical_name(name)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if subscribed:
+                c.execute(
+                    "INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?, ?)", (account_id, canonical)
+                )
+            else:
+                c.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, canonical))
+
+        await self._write(op)
+
+    async def claim_recent(self, mailbox: MailboxRef, claim: bool = True) -> int:
+        mailbox_id = self._owned(mailbox)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
+            self._owned_w(c, mailbox)
+            row = c.execute("SELECT recent_uid, uid_next - 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            if row is None:
+                raise NotFound("no such mailbox")
+            if claim and row[1] > row[0]:
+                c.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (row[1], mailbox_id))
+            return row[0]
+
+        def peek() -> int | None:
+            row = self._q1("SELECT recent_uid, uid_next - 1 FROM mailboxes WHERE id = ?", (mailbox_id,))
+            if row is None:
+                raise NotFound("no such mailbox")
+            return row[0] if not claim or row[1] <= row[0] else None  # None: something to claim
+
+        first = peek()
+        if first is not None:
+            return first  # nothing new to claim: no write
+        # Many sessions learn of a delivery at once (IDLE): one claims in a write,
+        # the others wait for it and then find nothing left -- no write each.
+        lock = self._claim_locks.setdefault(mailbox_id, asyncio.Lock())
+        try:
+            async with lock:
+                first = peek()
+                return first if first is not None else await self._write(op)
+        finally:
+            if not lock.locked():
+                self._claim_locks.pop(mailbox_id, None)
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        return [r[0] for r in self._q("SELECT name FROM subscriptions WHERE account_id = ? ORDER BY name",
+                                      (account_id,))]
+
+    async def mailbox_status(self, mailbox: MailboxRef) -> MailboxStatus:
+        mailbox_id = self._owned(mailbox)
+        box = self._q1("SELECT uid_next, uid_validity, highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,))
+        if box is None:
+            raise NotFound("no such mailbox")
+        row = self._q1(
+            "SELECT count(*), coalesce(sum(size), 0),"
+            " coalesce(sum(instr(' ' || flags || ' ', ' \\Seen ') = 0), 0),"
+            " coalesce(sum(instr(' ' || flags || ' ', ' \\Deleted ') > 0), 0)"
+            " FROM messages WHERE mailbox_id = ?",
+            (mailbox_id,),
+        )
+        assert row is not None
+        return MailboxStatus(
+            messages=row[0], unseen=row[2], deleted=row[3], size=row[1],
+            uid_next=box[0], uid_validity=box[1], highest_modseq=box[2],
+        )
+
+    async def mailbox_summary(self, mailbox: MailboxRef) -> MailboxSummary:
+        mailbox_id = mailbox.id
+        c = self._read
+        c.execute("BEGIN")  # one read snapshot (WAL) for all four queries
+        try:
+            row = c.execute(
+                f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE id = ? AND account_id = ? AND uid_validity = ?",
+                (mailbox_id, mailbox.account_id, mailbox.uid_validity),
+            ).fetchone()
+            if row is None:
+                raise MailboxGone(mailbox_id)
+            text = c.execute(
+                "SELECT group_concat(uid) FROM (SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid)",
+                (mailbox_id,),
+            ).fetchone()[0]
+            keywords = {
+                f
+                for (flags,) in c.execute("SELECT DISTINCT flags FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+                for f in flags.split()
+                if not f.startswith("\\")
+            }
+            first_unseen = c.execute(
+                "SELECT min(uid) FROM messages WHERE mailbox_id = ? AND instr(' ' || flags || ' ', ' \\Seen ') = 0",
+                (mailbox_id,),
+            ).fetchone()[0]
+        finally:
+            c.execute("COMMIT")
+        # "1,2,3": read as a JSON array, three times faster than int() per UID
+        # (a SELECT of a 10,000-message mailbox, bench/imap.py)
+        uids = json.loads("[" + text + "]") if text else []
+        return MailboxSummary(mailbox_row(row), uids, frozenset(keywords), first_unseen)

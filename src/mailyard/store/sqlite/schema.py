@@ -1,0 +1,281 @@
+"""The tables of the SQLite store (version 3), and how an older data
+directory is brought up to date when it is opened (``create``).
+
+The schema only adds (``CREATE ... IF NOT EXISTS``); ``migrate`` does what
+adding cannot:
+
+Version 2: the derived data of a body is split into ``body_derived`` (a small
+record: ENVELOPE / BODYSTRUCTURE in IMAP syntax and as JSON, part offsets) and
+``header_fields`` (decoded header fields, an index for SEARCH FROM/SUBJECT/
+HEADER ...); the decoded text lives only in the full-text index
+(textindex.py). ``bodies.derived`` is now just the "indexed" marker.
+Subscriptions are by name in ``subscriptions`` (RFC 9051 6.3.7: a name may be
+subscribed whether or not a mailbox exists).
+
+Version 3: ``accounts``, ``mailboxes`` and ``bodies`` take AUTOINCREMENT ids,
+so an id once handed out is never given to another row (sqlite_sequence keeps
+the high-water mark); sessions and webmail cookies hold these ids, and a reused
+one would point them at another user's data. ``accounts.epoch`` counts
+password changes: a session remembers the epoch it logged in under and ends
+when it moves. A version-2 directory is rebuilt in place, ids preserved.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from collections.abc import Sequence
+
+from ..api import StoreError
+from . import textindex
+
+log = logging.getLogger("mailyard.store")
+
+SCHEMA_VERSION = 3
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS domains (
+    name TEXT PRIMARY KEY COLLATE NOCASE
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    address       TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    domain        TEXT NOT NULL COLLATE NOCASE REFERENCES domains(name),
+    password_hash TEXT NOT NULL,
+    apop_secret   TEXT,
+    scram_sha256  TEXT,
+    created       REAL NOT NULL,
+    epoch         INTEGER NOT NULL DEFAULT 0  -- version 3: moves with every password change
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    source TEXT NOT NULL COLLATE NOCASE,
+    target TEXT NOT NULL COLLATE NOCASE,
+    PRIMARY KEY (source, target)
+);
+CREATE TABLE IF NOT EXISTS lists (
+    address TEXT PRIMARY KEY COLLATE NOCASE
+);
+CREATE TABLE IF NOT EXISTS list_members (
+    list   TEXT NOT NULL COLLATE NOCASE REFERENCES lists(address) ON DELETE CASCADE,
+    member TEXT NOT NULL COLLATE NOCASE,
+    PRIMARY KEY (list, member)
+);
+CREATE TABLE IF NOT EXISTS mailboxes (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id     INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name           TEXT NOT NULL,
+    uid_validity   INTEGER NOT NULL,
+    uid_next       INTEGER NOT NULL DEFAULT 1,
+    highest_modseq INTEGER NOT NULL DEFAULT 1,
+    special_use    TEXT,
+    subscribed     INTEGER NOT NULL DEFAULT 1,  -- version 1; version 2 uses subscriptions
+    recent_uid     INTEGER NOT NULL DEFAULT 0,  -- version 2: UIDs above are \\Recent (RFC 3501 2.3.2)
+    UNIQUE (account_id, name)
+);
+-- One row per stored body; several messages (recipients, COPY) may share it.
+CREATE TABLE IF NOT EXISTS bodies (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    segment  INTEGER NOT NULL,
+    offset   INTEGER NOT NULL,
+    length   INTEGER NOT NULL,
+    refs     INTEGER NOT NULL,
+    derived  TEXT              -- NULL until indexed; version 1 kept the derived JSON here, version 2 a marker
+);
+CREATE INDEX IF NOT EXISTS bodies_unindexed ON bodies(id) WHERE derived IS NULL;
+CREATE INDEX IF NOT EXISTS bodies_segment ON bodies(segment);
+CREATE TABLE IF NOT EXISTS messages (
+    mailbox_id    INTEGER NOT NULL,
+    uid           INTEGER NOT NULL,
+    body_id       INTEGER NOT NULL,
+    prefix        BLOB NOT NULL,
+    size          INTEGER NOT NULL,
+    flags         TEXT NOT NULL,
+    internal_date REAL NOT NULL,
+    modseq        INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, uid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_modseq ON messages(mailbox_id, modseq);
+CREATE INDEX IF NOT EXISTS messages_body ON messages(body_id);
+-- RFC 7162 3.2.10: remembered expunges, for VANISHED (EARLIER) and POP3/IMAP sync.
+CREATE TABLE IF NOT EXISTS expunged (
+    mailbox_id INTEGER NOT NULL,
+    uid        INTEGER NOT NULL,
+    modseq     INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, uid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS segments (
+    id   INTEGER PRIMARY KEY,
+    size INTEGER NOT NULL DEFAULT 0,
+    live INTEGER NOT NULL DEFAULT 0
+);
+-- The full-text index of derived text (SEARCH BODY / TEXT) has its own
+-- tables: textindex.py.
+-- Version 2: derived data per body, computed once (at delivery or by the
+-- background indexer). Rows go with the body (bodies.py release_bodies).
+CREATE TABLE IF NOT EXISTS body_derived (
+    body_id       INTEGER PRIMARY KEY,  -- bodies.id
+    envelope      BLOB NOT NULL,        -- IMAP ENVELOPE, RFC 9051 syntax
+    bodystructure BLOB NOT NULL,        -- IMAP BODYSTRUCTURE
+    body          BLOB NOT NULL,        -- IMAP BODY (non-extensible form)
+    meta          TEXT NOT NULL         -- JSON: envelope, bodystructure, parts, messages, date, size
+);
+CREATE TABLE IF NOT EXISTS header_fields (
+    body_id INTEGER NOT NULL,
+    name    TEXT NOT NULL,     -- lower-case field name
+    n       INTEGER NOT NULL,  -- position in the header
+    value   TEXT NOT NULL,     -- decoded (RFC 2047) value
+    folded  TEXT NOT NULL,     -- value.casefold(), for case-insensitive substring search
+    PRIMARY KEY (body_id, name, n)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subscriptions (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name       TEXT NOT NULL,
+    PRIMARY KEY (account_id, name)
+) WITHOUT ROWID;
+-- Addresses (or patterns, with *) an account may send as besides its own and
+-- its aliases, e.g. a shared role address (policy/submission.py).
+CREATE TABLE IF NOT EXISTS sender_grants (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    pattern    TEXT NOT NULL COLLATE NOCASE,
+    PRIMARY KEY (account_id, pattern)
+) WITHOUT ROWID;
+"""
+
+# The outbound queue (queue.py): one row per entry, one per remaining
+# recipient, and the attempt log.
+QUEUE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queue (
+    id           INTEGER PRIMARY KEY,
+    body_id      INTEGER NOT NULL,
+    reverse_path TEXT NOT NULL,
+    envid        TEXT,
+    ret          TEXT,
+    smtputf8     INTEGER NOT NULL DEFAULT 0,
+    eight_bit    INTEGER NOT NULL DEFAULT 0,
+    size         INTEGER NOT NULL,
+    created      REAL NOT NULL,
+    warned       INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS queue_rcpts (
+    id           INTEGER PRIMARY KEY,
+    queue_id     INTEGER NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
+    address      TEXT NOT NULL,
+    domain       TEXT NOT NULL COLLATE NOCASE,
+    notify       TEXT,
+    orcpt        TEXT,
+    state        TEXT NOT NULL DEFAULT 'pending',
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_reply   TEXT,
+    last_host    TEXT
+);
+CREATE INDEX IF NOT EXISTS queue_rcpts_due ON queue_rcpts(next_attempt) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS queue_rcpts_entry ON queue_rcpts(queue_id);
+CREATE TABLE IF NOT EXISTS queue_attempts (
+    queue_id INTEGER NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
+    ts       REAL NOT NULL,
+    domain   TEXT NOT NULL,
+    host     TEXT,
+    outcome  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_attempts_entry ON queue_attempts(queue_id);
+"""
+
+# Tables whose ids sessions hold (directly, or through a derived-data cache
+# keyed by body): version 3 gives them AUTOINCREMENT ids. For each, the
+# places where an id of a row deleted above max(id) may still be seen.
+_NEVER_REUSED: dict[str, tuple[str, ...]] = {
+    "accounts": ("SELECT max(account_id) FROM mailboxes", "SELECT max(account_id) FROM subscriptions"),
+    "mailboxes": ("SELECT max(mailbox_id) FROM messages", "SELECT max(mailbox_id) FROM expunged"),
+    "bodies": ("SELECT max(body_id) FROM messages", "SELECT max(body_id) FROM body_derived",
+               "SELECT max(body_id) FROM header_fields", "SELECT max(body_id) FROM search_text"),
+}
+
+
+def create(c: sqlite3.Connection) -> None:
+    """Create what is missing and bring an older directory to SCHEMA_VERSION."""
+    c.executescript(SCHEMA)
+    c.executescript(textindex.SCHEMA)
+    c.executescript(QUEUE_SCHEMA)
+    c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    migrate(c)
+    textindex.drop_former(c)
+
+
+def migrate(c: sqlite3.Connection) -> None:
+    """Bring an older data directory to SCHEMA_VERSION (the new tables exist
+    already: SCHEMA only adds, with IF NOT EXISTS)."""
+    version = int(c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+    if version >= SCHEMA_VERSION:
+        return
+    # SQLite's table-rebuild procedure (lang_altertable.html, "Making
+    # other kinds of table schema changes"): foreign keys off, set
+    # outside the transaction, and checked before COMMIT.
+    c.execute("PRAGMA foreign_keys=OFF")
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        if version < 2:
+            # subscriptions move from a mailbox column to names
+            c.execute(
+                "INSERT OR IGNORE INTO subscriptions(account_id, name)"
+                " SELECT account_id, name FROM mailboxes WHERE subscribed"
+            )
+            # the big derived JSON is dropped; the background indexer (and
+            # on-demand derivation) fill the version-2 tables again
+            c.execute("UPDATE bodies SET derived = NULL")
+            columns = {r[1] for r in c.execute("PRAGMA table_info(mailboxes)")}
+            if "recent_uid" not in columns:
+                c.execute("ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 0")
+            c.execute("UPDATE mailboxes SET recent_uid = uid_next - 1")
+        if version < 3:
+            columns = {r[1] for r in c.execute("PRAGMA table_info(accounts)")}
+            if "epoch" not in columns:
+                c.execute("ALTER TABLE accounts ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
+            for table, evidence in _NEVER_REUSED.items():
+                _autoincrement(c, table, evidence)
+            problems = c.execute("PRAGMA foreign_key_check").fetchall()
+            if problems:
+                raise StoreError(f"store migration: foreign keys broken: {problems[:5]}")
+        c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        c.execute("COMMIT")
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
+    finally:
+        c.execute("PRAGMA foreign_keys=ON")
+    log.info("store: schema migrated from version %d to %d", version, SCHEMA_VERSION)
+
+
+def _autoincrement(c: sqlite3.Connection, table: str, evidence: Sequence[str]) -> None:
+    """Rebuild ``table`` with an AUTOINCREMENT id, inside the caller's
+    transaction (SQLite cannot ALTER a column into one): same columns,
+    same rows, same ids; then sqlite_sequence starts above every id the
+    table ever visibly used, so no id is handed out again."""
+    sql = c.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+    if "AUTOINCREMENT" not in sql.upper():
+        new_sql, n = re.subn(r"\bid(\s+)INTEGER\s+PRIMARY\s+KEY\b", r"id\1INTEGER PRIMARY KEY AUTOINCREMENT",
+                             sql, count=1, flags=re.IGNORECASE)
+        if n != 1:
+            raise StoreError(f"store migration: unexpected definition of {table}: {sql}")
+        new_sql = re.sub(rf"^CREATE TABLE\s+(IF NOT EXISTS\s+)?\"?{table}\"?", f"CREATE TABLE {table}__v3",
+                         new_sql, count=1, flags=re.IGNORECASE)
+        indexes = [r[0] for r in c.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (table,)
+        )]
+        cols = ", ".join(f'"{r[1]}"' for r in c.execute(f"PRAGMA table_info({table})"))
+        c.execute(new_sql)
+        c.execute(f"INSERT INTO {table}__v3({cols}) SELECT {cols} FROM {table}")
+        c.execute(f"DROP TABLE {table}")
+        c.execute(f"ALTER TABLE {table}__v3 RENAME TO {table}")
+        for index_sql in indexes:
+            c.execute(index_sql)
+    high = c.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0
+    for query in evidence:
+        high = max(high, c.execute(query).fetchone()[0] or 0)
+    if c.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (high, table)).rowcount == 0:
+        c.execute("INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)", (table, high))

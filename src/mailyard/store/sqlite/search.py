@@ -1,0 +1,293 @@
+"""Derived data and search: what FETCH and SEARCH read instead of parsing.
+
+Each body's ``DerivedRecord`` (store/api.py ``derive_record``) is saved once:
+``body_derived`` (ENVELOPE / BODYSTRUCTURE in IMAP syntax and as JSON),
+``header_fields`` (decoded fields, searched with ``instr`` on the case-folded
+value) and the full-text index (textindex.py). ``bodies.derived`` marks a
+body as done.
+
+The background indexer (``_index_some``, on the writer thread when it has no
+writes) derives new bodies in short slices; a read that meets a body it has
+not reached derives it on the spot. Derived data is a cache: it is written
+only while the disk keeps ``index_min_free`` bytes for mail, so on a full
+disk reads still answer (from data derived on the spot) and indexing resumes
+once there is room.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+from ..api import DERIVED_FIELDS, DerivedRecord, MailboxRef, StorageFull, derive_record
+from . import textindex
+from .core import SQLiteCore, select_uids
+
+log = logging.getLogger("mailyard.store")
+
+INDEX_BATCH = 50
+INDEX_SLICE = 0.01  # seconds of deriving the background indexer does before it looks at the write queue
+INDEXED = "2"  # bodies.derived once body_derived/header_fields/the text index hold the body's data
+# Disk full while indexing: first wait, doubled after each failure up to the last.
+INDEX_BACKOFF = (1.0, 60.0)
+INDEX_FREE_POLL = 1.0  # seconds between looks at the free space while it is below the reserve
+
+_META_KEYS = frozenset({"envelope", "bodystructure", "parts", "messages", "date", "size"})
+_IMAP_COLS = {"envelope_imap": "envelope", "bodystructure_imap": "bodystructure", "body_imap": "body"}
+
+
+class SearchMixin(SQLiteCore):
+    """Derived data, header and full-text search, background indexing."""
+
+    # Indexing waits (monotonic time) after a disk-full failure; see _index_deferred.
+    _index_resume_at = 0.0
+    _index_backoff = 0.0
+
+    async def get_derived(
+        self, mailbox: MailboxRef, uids: Sequence[int], fields: Iterable[str] | None = None
+    ) -> dict[int, dict]:
+        mailbox_id = self._owned(mailbox)
+        wanted = set(DERIVED_FIELDS - _IMAP_COLS.keys()) if fields is None else set(fields)
+        unknown = wanted - DERIVED_FIELDS
+        if unknown:
+            raise ValueError(f"unknown derived fields: {', '.join(sorted(unknown))}")
+        imap = [k for k in _IMAP_COLS if k in wanted]
+        meta_keys = _META_KEYS & wanted
+        cols = ", ".join(["m.uid", "m.body_id", "d.body_id", *(f"d.{_IMAP_COLS[k]}" for k in imap),
+                          *(["d.meta"] if meta_keys else [])])
+        rows = select_uids(
+            self._read,
+            f"SELECT {cols} FROM messages m LEFT JOIN body_derived d ON d.body_id = m.body_id WHERE m.mailbox_id = ?",
+            mailbox_id,
+            list(uids),
+            column="m.uid",
+        )
+        out: dict[int, dict] = {}
+        body_of: dict[int, int] = {}
+        missing: list[int] = []
+        n_imap = len(imap)
+        for row in rows:
+            uid = row[0]
+            body_of[uid] = row[1]
+            if row[2] is None:  # not derived yet
+                missing.append(uid)
+                continue
+            item: dict = {}
+            for i, key in enumerate(imap):
+                item[key] = row[3 + i]
+            if meta_keys:
+                data = json.loads(row[3 + n_imap])
+                for key in meta_keys:
+                    item[key] = data[key]
+            out[uid] = item
+        if missing:
+            records, _saved = await self._derive_now([body_of[u] for u in missing])
+            for uid in missing:
+                rec = records.get(body_of[uid])
+                if rec is None:
+                    continue
+                item = {k: getattr(rec, k) for k in imap}
+                for key in meta_keys:
+                    item[key] = rec.meta[key]
+                if "headers" in wanted:
+                    item["headers"] = _headers_dict(rec.headers)
+                out[uid] = item
+        if "headers" in wanted:
+            need = [u for u in out if "headers" not in out[u]]
+            by_body: dict[int, dict[str, list[str]]] = {}
+            ids = sorted({body_of[u] for u in need})
+            for i in range(0, len(ids), 900):
+                chunk = ids[i : i + 900]
+                for body_id, name, value in self._q(
+                    f"SELECT body_id, name, value FROM header_fields WHERE body_id IN ({','.join('?' * len(chunk))})"
+                    " ORDER BY body_id, n",
+                    chunk,
+                ):
+                    by_body.setdefault(body_id, {}).setdefault(name, []).append(value)
+            for uid in need:
+                out[uid]["headers"] = by_body.get(body_of[uid], {})
+        return out
+
+    async def search_headers(self, mailbox: MailboxRef, field: str, text: str) -> set[int]:
+        mailbox_id = self._owned(mailbox)
+        pending = await self._ensure_indexed(mailbox_id)
+        name = field.lower()
+        needle = text.casefold()
+        if not text:
+            rows = self._q(
+                "SELECT m.uid FROM messages m WHERE m.mailbox_id = ? AND EXISTS"
+                " (SELECT 1 FROM header_fields h WHERE h.body_id = m.body_id AND h.name = ?)",
+                (mailbox_id, name),
+            )
+        else:
+            rows = self._q(
+                "SELECT m.uid FROM messages m WHERE m.mailbox_id = ? AND EXISTS"
+                " (SELECT 1 FROM header_fields h WHERE h.body_id = m.body_id AND h.name = ?"
+                " AND instr(h.folded, ?) > 0)",
+                (mailbox_id, name, needle),
+            )
+        found = {r[0] for r in rows}
+        for uid, rec in pending.items():
+            if any(n == name and needle in value.casefold() for n, value in rec.headers):
+                found.add(uid)
+        return found
+
+    async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"]) -> set[int]:
+        mailbox_id = self._owned(mailbox)
+        pending = await self._ensure_indexed(mailbox_id)
+        needle = text.strip()
+        if not needle:
+            return {r[0] for r in self._q("SELECT uid FROM messages WHERE mailbox_id = ?", (mailbox_id,))}
+        found = textindex.search(self._read, mailbox_id, needle, where)
+        for uid, rec in pending.items():
+            if textindex.matches(rec.header_text, rec.body_text, needle, where):
+                found.add(uid)
+        return found
+
+    async def _ensure_indexed(self, mailbox_id: int) -> dict[int, DerivedRecord]:
+        """Derive the mailbox's bodies the indexer has not reached yet. Returns,
+        by UID, the records that could not be saved (the disk is full, or
+        indexing is deferred): the caller searches them itself."""
+        rows = self._q(
+            "SELECT m.uid, b.id FROM messages m JOIN bodies b ON b.id = m.body_id"
+            " WHERE m.mailbox_id = ? AND b.derived IS NULL",
+            (mailbox_id,),
+        )
+        if not rows:
+            return {}
+        records, saved = await self._derive_now([r[1] for r in rows])
+        if saved:
+            return {}
+        return {uid: records[body_id] for uid, body_id in rows if body_id in records}
+
+    async def _derive_now(self, body_ids: list[int]) -> tuple[dict[int, DerivedRecord], bool]:
+        """Derive bodies the indexer has not reached yet (FETCH/SEARCH must
+        neither wait for it nor answer without them) and store the result if
+        there is room. Returns the records and whether they were stored."""
+        out: dict[int, DerivedRecord] = {}
+        for body_id in dict.fromkeys(body_ids):
+            row = self._q1("SELECT segment, offset, length FROM bodies WHERE id = ?", (body_id,))
+            if row is not None:
+                out[body_id] = derive_record(self.blobs.read(row[0], row[1], row[2]))
+        items = list(out.items())
+        if not items:
+            return out, True
+        if self._index_deferred():
+            return out, False
+        try:
+            await self._write(lambda c, ctx: self._save_derived(c, items))
+        except StorageFull:
+            # Derived data is a cache the indexer fills again later: a full
+            # disk must not make FETCH/SEARCH of stored mail fail.
+            log.warning("store: derived data not saved, the disk is full")
+            self._index_failed()
+            return out, False
+        return out, True
+
+    @staticmethod
+    def _save_derived(c: sqlite3.Connection, items: list[tuple[int, DerivedRecord]]) -> None:
+        for body_id, rec in items:
+            cur = c.execute("UPDATE bodies SET derived = ? WHERE id = ? AND derived IS NULL", (INDEXED, body_id))
+            if not cur.rowcount:
+                continue  # gone, or derived meanwhile
+            c.execute(
+                "INSERT OR REPLACE INTO body_derived(body_id, envelope, bodystructure, body, meta)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (body_id, rec.envelope_imap, rec.bodystructure_imap, rec.body_imap,
+                 json.dumps(rec.meta, separators=(",", ":"))),
+            )
+            c.execute("DELETE FROM header_fields WHERE body_id = ?", (body_id,))
+            c.executemany(
+                "INSERT OR REPLACE INTO header_fields(body_id, name, n, value, folded) VALUES (?, ?, ?, ?, ?)",
+                [(body_id, name, n, value, value.casefold()) for n, (name, value) in enumerate(rec.headers)],
+            )
+            textindex.save(c, body_id, rec.header_text, rec.body_text)
+
+    # --- when index data may be written -----------------------------------------
+    def _free_bytes(self) -> int:
+        try:
+            st = os.statvfs(self.data_dir)
+        except OSError:
+            return 1 << 62
+        return st.f_bavail * st.f_frsize
+
+    def _index_deferred(self) -> float:
+        """Index data is a cache: it is written only while the disk keeps
+        ``index_min_free`` bytes for mail, and not again soon after a write of
+        it failed for lack of space. Reads then answer from data derived on the
+        spot, and the background indexer catches up once there is room.
+        Returns 0 if it may be written now, else the seconds to wait."""
+        wait = self._index_resume_at - time.monotonic()
+        if wait > 0:
+            return wait
+        if self._free_bytes() < self.config.index_min_free:
+            return INDEX_FREE_POLL
+        return 0.0
+
+    def _index_failed(self) -> None:
+        """A write of index data failed with the disk full: wait, longer each time."""
+        first, last = INDEX_BACKOFF
+        self._index_backoff = min(last, self._index_backoff * 2) if self._index_backoff else first
+        self._index_resume_at = time.monotonic() + self._index_backoff
+
+    def _index_some(self, c: sqlite3.Connection) -> bool | float:
+        """Background indexing on the writer thread when it has no writes to do:
+        derive bodies delivered since, so FETCH/SEARCH find them ready.
+
+        Deriving holds the GIL and the writer thread, so it works in short
+        slices and stops as soon as a write is waiting: a delivery never queues
+        behind more than one body's derivation. Each slice is one commit of at
+        most INDEX_BATCH bodies; when the free space falls below the reserve,
+        or a commit fails with the disk full, it stops and returns the seconds
+        after which to look again."""
+        wait = self._index_deferred()
+        if wait:
+            if c.execute("SELECT 1 FROM bodies WHERE derived IS NULL LIMIT 1").fetchone() is None:
+                return False
+            return max(0.05, wait)
+        rows = c.execute(
+            "SELECT id, segment, offset, length FROM bodies WHERE derived IS NULL LIMIT ?", (INDEX_BATCH,)
+        ).fetchall()
+        if not rows:
+            return False
+        items: list[tuple[int, DerivedRecord]] = []
+        started = time.monotonic()
+        for body_id, segment, offset, length in rows:
+            items.append((body_id, derive_record(self.blobs.read(segment, offset, length))))
+            if self._writer.has_pending() or time.monotonic() - started > INDEX_SLICE:
+                break
+        # Derived data can always be computed again (bodies.derived stays NULL if
+        # this commit is lost), so it is committed without an fsync: the next
+        # durable commit syncs the WAL up to and including it. A delivery that
+        # arrives meanwhile then waits for a memory write, not for a disk flush.
+        c.execute("PRAGMA synchronous=OFF")
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                self._save_derived(c, items)
+                c.execute("COMMIT")
+            except BaseException as exc:
+                # SQLite may have rolled the transaction back already (SQLITE_FULL)
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                if not isinstance(self.translate_error(exc), StorageFull):
+                    raise
+                log.warning("store: indexing paused, the disk is full")
+                self._index_failed()
+                return max(0.05, self._index_resume_at - time.monotonic())
+        finally:
+            c.execute(f"PRAGMA synchronous={self._synchronous}")
+        self._index_backoff = 0.0
+        return True
+
+
+def _headers_dict(headers: list[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, value in headers:
+        out.setdefault(name, []).append(value)
+    return out

@@ -1,0 +1,296 @@
+"""What only the SQLite backend has: the migration of older data directories,
+segment files and their compaction, the background indexer, the write path's
+failure handling, and the rule that nothing outside store/ touches SQLite.
+The behaviour every backend shares is in tests/unit/test_store.py."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mailyard.config import StoreConfig
+from mailyard.store import open_store, store_exists
+from mailyard.store.api import (
+    AppendItem,
+    DeliveryTarget,
+    Mailbox,
+    NewQueueEntry,
+    NewRecipient,
+    NotFound,
+    StoreError,
+)
+from mailyard.store.sqlite import SQLiteStore, schema
+from tests.unit.test_store import MIME
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "mailyard"
+
+
+async def _inbox(store: SQLiteStore) -> Mailbox:
+    a = await store.add_account("a@example.test", "h")
+    box = await store.get_mailbox(a.id, "INBOX")
+    assert box
+    return box
+
+
+def test_nothing_outside_the_store_touches_sqlite() -> None:
+    """Every other layer goes through the Store API (``open_store`` to open
+    one): no import of sqlite3 or of the backend, no path of its files."""
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] == "store":
+            continue
+        text = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(text)):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            if any(n == "sqlite3" or re.search(r"(^|\.)store\.sqlite\b", n) for n in names):
+                offenders.append(f"{rel}:{node.lineno}")
+        if "index.sqlite3" in text:
+            offenders.append(f"{rel}: names index.sqlite3")
+    assert offenders == []
+
+
+async def test_open_store_opens_the_sqlite_backend(tmp_path: Path) -> None:
+    assert not store_exists(tmp_path / "d")
+    s = open_store(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        assert isinstance(s, SQLiteStore) and store_exists(tmp_path / "d")
+    finally:
+        await s.close()
+
+
+async def test_append_many_leaves_nothing_when_a_body_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 3502 MULTIAPPEND: a failure on the second message leaves neither."""
+    s = SQLiteStore(tmp_path / "a", StoreConfig(fsync=False))
+    try:
+        await s.add_domain("example.test")
+        inbox = await _inbox(s)
+        await s.append(inbox, b"one\r\n")
+        real = SQLiteStore._store_body
+        calls = []
+
+        def failing(self, c, body, refs):  # noqa: ANN001, ANN202
+            calls.append(body)
+            if len(calls) == 2:
+                raise OSError(28, "No space left on device")
+            return real(self, c, body, refs)
+
+        monkeypatch.setattr(SQLiteStore, "_store_body", failing)
+        with pytest.raises(StoreError):
+            await s.append_many(inbox, [AppendItem(b"three\r\n"), AppendItem(b"four\r\n")])
+        monkeypatch.setattr(SQLiteStore, "_store_body", real)
+        assert [m.uid for m in await s.list_messages(inbox)] == [1]
+        assert await s.append(inbox, b"two\r\n") == 2
+    finally:
+        await s.close()
+
+
+async def test_a_queued_body_is_shared_with_its_local_copies(tmp_path: Path) -> None:
+    """One body row for the local copy and the queue entry, released when both are gone."""
+    s = SQLiteStore(tmp_path / "q", StoreConfig(fsync=False))
+    try:
+        await s.add_domain("example.test")
+        inbox = await _inbox(s)
+        entry = NewQueueEntry("a@example.test", [NewRecipient("b@b.test")])
+        _, qid = await s.queue_submit(b"x\r\n", entry, [DeliveryTarget(inbox.id)])
+        assert qid is not None
+        assert s._q("SELECT refs FROM bodies") == [(2,)]
+        await s.expunge(inbox, [1])
+        assert s._q("SELECT refs FROM bodies") == [(1,)]
+        await s.queue_delete(qid)
+        assert s._q("SELECT count(*) FROM bodies") == [(0,)]
+        with pytest.raises(NotFound):
+            await s.queue_body(qid)
+    finally:
+        await s.close()
+
+
+async def test_compaction_reclaims_expunged_space_and_keeps_live_bytes(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "c", StoreConfig(segment_size=20_000))
+    try:
+        await s.add_domain("example.test")
+        a = await s.add_account("a@example.test", "h")
+        inbox = await s.get_mailbox(a.id, "INBOX")
+        assert inbox
+        bodies = {}
+        for i in range(60):  # about 1 KB each: several 20 KB segments
+            body = b"Subject: %d\r\n\r\n" % i + bytes([65 + i % 26]) * 1000
+            bodies[await s.append(inbox, body)] = body
+        blob_dir = tmp_path / "c" / "blobs"
+        before = sum(p.stat().st_size for p in blob_dir.glob("*.seg"))
+        dead = [uid for uid in bodies if uid % 4 != 0]
+        await s.expunge(inbox, dead)
+        await s.compact()
+        await s.compact()  # the second pass removes the retired files
+        after = sum(p.stat().st_size for p in blob_dir.glob("*.seg"))
+        assert after < before * 0.6
+        for uid, body in bodies.items():
+            if uid % 4 == 0:
+                assert await s.read_message(inbox, uid) == body
+    finally:
+        await s.close()
+    s2 = SQLiteStore(tmp_path / "c", StoreConfig(segment_size=20_000))
+    try:
+        assert len(await s2.list_messages(inbox)) == 15
+        assert await s2.read_message(inbox, 4) == bodies[4]
+    finally:
+        await s2.close()
+
+
+
+async def test_background_indexer_yields_and_fills_tables(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "i", StoreConfig(fsync=False))
+    try:
+        await s.add_domain("example.test")
+        inbox = await _inbox(s)
+        for i in range(30):
+            await s.append(inbox, MIME.replace(b"quokka", b"quokka%d" % i))
+        deadline = asyncio.get_running_loop().time() + 20
+        while s._read.execute("SELECT count(*) FROM bodies WHERE derived IS NULL").fetchone()[0]:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        assert s._read.execute("SELECT count(*) FROM body_derived").fetchone()[0] == 30
+        assert await s.search_text(inbox, "quokka17", "body") == {18}
+        assert await s.search_headers(inbox, "subject", "grüße") == set(range(1, 31))
+    finally:
+        await s.close()
+
+
+
+async def test_version1_data_directory_is_migrated(tmp_path: Path) -> None:
+    """A data directory written by schema version 1 opens: subscriptions move
+    to names, derived data is rebuilt, \\Recent starts after what exists."""
+    s = SQLiteStore(tmp_path / "v1", StoreConfig(fsync=False))
+    await s.add_domain("example.test")
+    a = await s.add_account("a@example.test", "h")
+    inbox = await s.get_mailbox(a.id, "INBOX")
+    assert inbox
+    await s.append(inbox, MIME)
+    await s.create_mailbox(a.id, "Old")
+    await s.close()
+    # turn it into what version 1 left: derived JSON in bodies, subscribed column
+    c = sqlite3.connect(tmp_path / "v1" / "index.sqlite3")
+    c.executescript(
+        "DROP TABLE body_derived; DROP TABLE header_fields; DROP TABLE subscriptions;"
+        "ALTER TABLE mailboxes DROP COLUMN recent_uid;"
+        "UPDATE mailboxes SET subscribed = (name != 'Old');"
+        "UPDATE bodies SET derived = '{\"v\": 1}';"
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
+    )
+    c.commit()
+    c.close()
+    s2 = SQLiteStore(tmp_path / "v1", StoreConfig(fsync=False))
+    try:
+        subs = await s2.list_subscriptions(a.id)
+        assert "INBOX" in subs and "Old" not in subs
+        assert await s2.claim_recent(inbox) == 1
+        got = await s2.get_derived(inbox, [1], ["envelope_imap"])
+        assert got[1]["envelope_imap"].startswith(b'("Mon, 7 Feb 1994 21:52:25 -0800"')
+        assert await s2.search_headers(inbox, "subject", "carol") == {1}
+        version = s2._read.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        assert version == "3"
+    finally:
+        await s2.close()
+
+
+
+async def test_a_rolled_back_segment_rollover_loses_no_later_body(tmp_path: Path) -> None:
+    """A write that rolls the blob store over to a new segment file and then
+    fails is rolled back with its segment row; the bodies written next into
+    that file must still be known to the index, or the next compaction pass
+    deletes the file as one nobody references."""
+    s = SQLiteStore(tmp_path / "r", StoreConfig(segment_size=1000))
+    try:
+        await s.add_domain("example.test")
+        a = await s.add_account("a@example.test", "h")
+        inbox = await s.get_mailbox(a.id, "INBOX")
+        assert inbox
+        await s.append(inbox, b"a" * 1200)  # segment 1 is full: the next body rolls over
+        with pytest.raises(NotFound):  # rolls over to segment 2, then fails (no such mailbox)
+            await s.deliver(b"b" * 10, [DeliveryTarget(inbox.id + 1000)])
+        kept = await s.append(inbox, b"c" * 1200)  # written to segment 2
+        await s.append(inbox, b"d" * 10)  # rolls over to segment 3
+        await s.compact()
+        await s.compact()
+        assert await s.read_message(inbox, kept) == b"c" * 1200
+    finally:
+        await s.close()
+    s2 = SQLiteStore(tmp_path / "r", StoreConfig(segment_size=1000))
+    try:
+        assert await s2.read_message(inbox, kept) == b"c" * 1200
+    finally:
+        await s2.close()
+
+
+
+def _version2_schema() -> str:
+    """The schema as version 2 created it: plain INTEGER PRIMARY KEY ids
+    (SQLite reuses a freed max id), no account epoch."""
+    old = schema.SCHEMA.replace(" PRIMARY KEY AUTOINCREMENT", " PRIMARY KEY")
+    return re.sub(r",\n\s*epoch\s+INTEGER[^\n]*\n\);", "\n);", old, count=1)
+
+
+
+async def test_version2_data_directory_gets_ids_that_are_never_reused(tmp_path: Path) -> None:
+    """A store created with plain INTEGER PRIMARY KEY ids is rebuilt on open
+    (ids and rows kept, AUTOINCREMENT, sqlite_sequence seeded), and ids then
+    keep increasing after deletes, also across a reopen."""
+    d = tmp_path / "v2"
+    d.mkdir()
+    c = sqlite3.connect(d / "index.sqlite3")
+    c.executescript(_version2_schema())
+    c.executescript(schema.QUEUE_SCHEMA)
+    c.executescript(
+        "INSERT INTO meta VALUES ('schema_version', '2');"
+        "INSERT INTO domains VALUES ('example.test');"
+        "INSERT INTO accounts(id, address, domain, password_hash, created) VALUES"
+        " (1, 'alice@example.test', 'example.test', 'h', 0), (2, 'bob@example.test', 'example.test', 'h', 0);"
+        "INSERT INTO mailboxes(id, account_id, name, uid_validity, uid_next) VALUES"
+        " (1, 1, 'INBOX', 100, 1), (2, 2, 'INBOX', 101, 2), (3, 2, 'Work', 102, 1);"
+        "INSERT INTO subscriptions VALUES (1, 'INBOX'), (2, 'INBOX'), (2, 'Work');"
+    )
+    assert "AUTOINCREMENT" not in c.execute("SELECT sql FROM sqlite_master WHERE name = 'mailboxes'").fetchone()[0]
+    c.commit()
+    c.close()
+    s = SQLiteStore(d, StoreConfig(fsync=False))
+    try:
+        bob = await s.get_account("bob@example.test")
+        assert bob is not None and bob.id == 2 and bob.epoch == 0
+        bob_inbox = await s.get_mailbox(2, "INBOX")
+        assert bob_inbox is not None and (bob_inbox.id, bob_inbox.uid_validity) == (2, 101)
+        assert await s.append(bob_inbox, b"Subject: kept\r\n\r\nx\r\n") == 2  # uid_next kept
+        for table in ("accounts", "mailboxes", "bodies"):
+            sql = s._read.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+            assert "AUTOINCREMENT" in sql, table
+        assert s._read.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+        await s.delete_mailbox(2, "Work")  # frees the highest mailbox id, 3
+        fresh = await s.create_mailbox(1, "Fresh")
+        assert fresh.id == 4
+        await s.remove_account("bob@example.test")  # frees the highest account id, 2
+        carol = await s.add_account("carol@example.test", "h")
+        assert carol.id == 3
+        body_ids = [r[0] for r in s._read.execute("SELECT id FROM bodies")]
+        assert body_ids == []  # bob's message went with him, leaving sqlite_sequence at 1
+    finally:
+        await s.close()
+    s = SQLiteStore(d, StoreConfig(fsync=False))
+    try:
+        await s.remove_account("carol@example.test")
+        dave = await s.add_account("dave@example.test", "h")
+        assert dave.id == 4
+        assert min(m.id for m in await s.list_mailboxes(dave.id)) > fresh.id
+        inbox = await s.get_mailbox(1, "INBOX")
+        assert inbox is not None
+        await s.append(inbox, b"Subject: new\r\n\r\ny\r\n")
+        assert [r[0] for r in s._read.execute("SELECT id FROM bodies")] == [2]
+    finally:
+        await s.close()
