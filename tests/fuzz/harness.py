@@ -579,6 +579,7 @@ def run_imap(data: bytes) -> bytes:
     and the command semantics of protocols/imap/session.py -- over the
     in-memory backend (protocols/imap/memory.py), with another session
     changing the mailbox between chunks of input and the disk filling up."""
+    from mailyard.protocols.contract import AbuseBudgets
     from mailyard.protocols.imap import Limits
     from mailyard.protocols.imap.memory import Conversation
     from mailyard.protocols.imap.session import ImapConfig
@@ -592,7 +593,8 @@ def run_imap(data: bytes) -> bytes:
     store = _imap_store()
     conv = Conversation(
         store, limits=limits,
-        config=ImapConfig(max_auth_failures=rng.choice([1, 3]), max_bad_commands=rng.choice([3, 20])),
+        config=ImapConfig(budgets=AbuseBudgets(max_auth_failures=rng.choice([1, 3]),
+                                                max_bad_commands=rng.choice([3, 20]))),
         plaintext=not selector & 0x40, can_start_tls=bool(selector & 0x20),
     )
     concurrent = bool(selector & 0x80)

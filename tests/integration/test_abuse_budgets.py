@@ -99,3 +99,36 @@ def test_smtp_failed_auth_budget_is_the_engines(make_server: Callable[..., Runni
         assert _closed(w)
     finally:
         w.close()
+
+
+def test_imap_bad_commands_per_connection_from_config(make_server: Callable[..., RunningServer]) -> None:
+    def configure(cfg: Config) -> None:
+        cfg.limits.max_bad_commands = 2
+
+    server = make_server(configure=configure)
+    w = Wire(server.port("imap"))
+    try:
+        assert w.line().startswith(b"* OK ")
+        assert w.cmd("t1 FROB") == b't1 BAD No such command as "FROB"\r\n'
+        assert w.cmd("t2 FROB") == b't2 BAD No such command as "FROB"\r\n'
+        assert w.line() == b"* BYE Too many invalid commands\r\n"
+        assert _closed(w)
+    finally:
+        w.close()
+
+
+def test_imap_failed_logins_per_connection_from_config(make_server: Callable[..., RunningServer]) -> None:
+    def configure(cfg: Config) -> None:
+        _fast_throttle(cfg)
+        cfg.auth.imap_connection_max_failures = 2
+
+    server = make_server(configure=configure)
+    w = Wire(server.port("imap"))
+    try:
+        assert w.line().startswith(b"* OK ")
+        assert w.cmd(f"t1 LOGIN alice@example.test {WRONG}") == b"t1 NO [AUTHENTICATIONFAILED] Invalid credentials\r\n"
+        assert w.cmd(f"t2 LOGIN alice@example.test {WRONG}") == b"t2 NO [AUTHENTICATIONFAILED] Invalid credentials\r\n"
+        assert w.line() == b"* BYE Too many failed logins\r\n"
+        assert _closed(w)
+    finally:
+        w.close()

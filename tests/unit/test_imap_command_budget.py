@@ -4,8 +4,9 @@ before the octets of its first non-synchronising literal are read."""
 
 from __future__ import annotations
 
+from mailyard.protocols.contract import NEED_DATA, Closed
 from mailyard.protocols.imap import commands as c
-from mailyard.protocols.imap.engine import CLOSED, NEED_DATA, ImapEngine, State
+from mailyard.protocols.imap.engine import ImapEngine, State
 from mailyard.protocols.imap.framing import SEGMENT_COST, Limits
 
 
@@ -19,7 +20,7 @@ def started(**kw) -> ImapEngine:
 def test_empty_literal_chain_before_login_is_refused_within_the_budget() -> None:
     e = started()
     e.receive_data(b"a LOGIN {0+}\r\n" + b"{0+}\r\n" * 10_000)
-    assert e.next_event() is CLOSED
+    assert e.next_event() == Closed("errors")
     assert e.data_to_send() == b"a BAD [TOOBIG] Command too large\r\n* BYE Too much data; closing connection\r\n"
     # refused after about budget / (line + SEGMENT_COST) lines, the rest never parsed
     assert len(e.framer.buffer) >= 6 * (10_000 - 8192 // (6 + 2 * SEGMENT_COST))
@@ -38,7 +39,7 @@ def test_synchronising_literal_over_the_budget_gets_no_continuation() -> None:
 def test_append_before_login_is_refused_before_its_literal_is_read() -> None:
     e = started()
     e.receive_data(b"a APPEND INBOX {25000000+}\r\n" + b"x" * 1000)
-    assert e.next_event() is CLOSED
+    assert e.next_event() == Closed("errors")
     assert e.data_to_send() == (
         b"a BAD APPEND is not valid in the not authenticated state\r\n* BYE Too much data; closing connection\r\n"
     )
@@ -62,5 +63,5 @@ def test_after_login_the_configured_totals_apply() -> None:
     e.data_to_send()
     # outside APPEND: a chain of literals beyond max_command
     e.receive_data(b"b NOOP {1000+}\r\n" + (b"n" * 1000 + b" {1000+}\r\n") * 10)
-    assert e.next_event() is CLOSED
+    assert e.next_event() == Closed("errors")
     assert e.data_to_send() == b"b BAD [TOOBIG] Command too large\r\n* BYE Too much data; closing connection\r\n"

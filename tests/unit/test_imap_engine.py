@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
+from mailyard.protocols.contract import NEED_DATA, PAUSED, AbuseBudgets, Closed, ProtocolMisuse
 from mailyard.protocols.imap import commands as c
 from mailyard.protocols.imap.engine import (
-    CLOSED,
-    NEED_DATA,
     AuthResponse,
     IdleDone,
     ImapEngine,
@@ -57,7 +58,7 @@ def test_huge_literal_refused_before_reading() -> None:
     assert e.data_to_send() == b"a2 NO [TOOBIG] Message too large\r\n"
     # non-synchronising: the octets are on their way, so the connection ends
     e.receive_data(b"a3 APPEND INBOX {10000000000+}\r\n")
-    assert e.next_event() is CLOSED
+    assert e.next_event() == Closed("errors")
     assert e.data_to_send() == (
         b"a3 BAD [TOOBIG] Non-synchronizing literal too large\r\n* BYE Too much data; closing connection\r\n"
     )
@@ -78,7 +79,7 @@ def test_states_and_pipelining_in_order() -> None:
     ev = e.next_event()  # SELECT before login: BAD, then LOGIN
     assert isinstance(ev, c.Login)
     assert e.data_to_send() == b"a1 BAD SELECT is not valid in the not authenticated state\r\n"
-    assert e.next_event() is NEED_DATA  # busy until the result arrives
+    assert e.next_event() is PAUSED  # busy until the result arrives
     e.complete("OK", "LOGIN completed")
     ev = e.next_event()
     assert isinstance(ev, c.Select)
@@ -127,9 +128,9 @@ def test_syntax_errors_are_bad_and_session_survives() -> None:
 
 
 def test_too_many_bad_commands_bye() -> None:
-    e = started(max_bad=3)
+    e = started(budgets=AbuseBudgets(max_bad_commands=3))
     e.receive_data(b"a X\r\nb X\r\nc X\r\nd NOOP\r\n")
-    assert e.next_event() is CLOSED
+    assert e.next_event() == Closed("errors")
     assert e.data_to_send().endswith(b"* BYE Too many invalid commands\r\n")
 
 
@@ -178,7 +179,7 @@ def test_logout() -> None:
     e.next_event()
     e.bye("IMAP4rev2 Server logging out") if False else e.untagged_status("BYE", "IMAP4rev2 Server logging out")
     e.complete("OK", "LOGOUT completed")
-    assert e.next_event() is CLOSED
+    assert e.next_event() == Closed("quit")
     assert e.data_to_send() == b"* BYE IMAP4rev2 Server logging out\r\nA023 OK LOGOUT completed\r\n"
 
 
@@ -232,3 +233,52 @@ def test_line_too_long_never_echoes_an_invalid_tag() -> None:
     assert e.data_to_send() == (
         b"* BAD Line too long\r\n* BAD Line too long\r\na]3 BAD Line too long\r\n"
     )
+
+
+# --- the engine contract (protocols/contract.py) ----------------------------------
+
+
+def test_end_of_input_closes_once_the_whole_commands_are_answered() -> None:
+    e = started()
+    e.receive_data(b"a1 NOOP\r\na2 NOO")  # one whole command, then half of one
+    e.receive_data(b"")
+    ev = e.next_event()
+    assert isinstance(ev, c.Simple) and ev.tag == "a1"
+    assert e.next_event() is PAUSED  # a1 is with the glue
+    e.complete("OK", "NOOP completed")
+    assert e.next_event() == Closed("eof")
+    assert e.next_event() == Closed("eof")  # every time it is asked
+    assert e.data_to_send() == b"a1 OK NOOP completed\r\n"
+
+
+def test_logout_closes_with_quit_every_time() -> None:
+    e = started()
+    e.receive_data(b"a LOGOUT\r\nb NOOP\r\n")
+    e.next_event()
+    e.complete("OK", "LOGOUT completed")
+    e.receive_data(b"")
+    assert [e.next_event() for _ in range(3)] == [Closed("quit")] * 3
+
+
+def test_failed_logins_are_counted_by_the_engine() -> None:
+    e = started(budgets=AbuseBudgets(max_auth_failures=2))
+    e.receive_data(b"a LOGIN u p\r\nb AUTHENTICATE PLAIN\r\nc LOGIN u p\r\nd LOGIN u p\r\n")
+    e.next_event()
+    e.complete("NO", "Invalid credentials", "AUTHENTICATIONFAILED")
+    e.next_event()
+    e.complete("NO", "Use TLS first", "PRIVACYREQUIRED")  # not a failed login
+    e.next_event()
+    e.complete("NO", "Too many failed logins, try again later", "UNAVAILABLE")
+    assert e.next_event() == Closed("errors")
+    assert e.data_to_send() == (
+        b"a NO [AUTHENTICATIONFAILED] Invalid credentials\r\n"
+        b"b NO [PRIVACYREQUIRED] Use TLS first\r\n"
+        b"c NO [UNAVAILABLE] Too many failed logins, try again later\r\n"
+        b"* BYE Too many failed logins\r\n"
+    )
+
+
+def test_complete_without_a_command_is_a_glue_bug() -> None:
+    e = started()
+    with pytest.raises(ProtocolMisuse):
+        e.complete("OK", "done")

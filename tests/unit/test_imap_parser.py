@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailyard.protocols.contract import NEED_DATA
 from mailyard.protocols.imap import commands as c
 from mailyard.protocols.imap import utf7
-from mailyard.protocols.imap.engine import NEED_DATA, ImapEngine
+from mailyard.protocols.imap.engine import ImapEngine
 from mailyard.protocols.imap.parser import ParseError, TagError, parse_command
 from mailyard.protocols.imap.response import Atom, Literal8, Mailbox, Writer, format_uid_set
 

@@ -24,11 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..auth import sasl
+from ..protocols.contract import Closed
 from ..protocols.imap.backend import BackendError, ConnectionEnding, LoginRefused, SaslChallenge
-from ..protocols.imap.engine import CLOSED, NEED_DATA, ImapEngine
+from ..protocols.imap.commands import Command
+from ..protocols.imap.engine import ImapEngine
 from ..protocols.imap.framing import Limits
 from ..protocols.imap.session import FLUSH_AT, ImapConfig, ImapSession
 from ..store.api import Account, StoreError
+from .budgets import abuse_budgets
 from .imap_store import StoreBackend
 from .login import Authenticator, TryLater, plaintext_allowed
 from .session_protocol import SessionProtocol
@@ -152,13 +155,11 @@ class ImapConnection(SessionProtocol):
             ImapConfig(
                 hostname=cfg.server.hostname,
                 version=__version__,
-                # [auth] imap_connection_max_failures: failed logins on one connection, then BYE
-                max_auth_failures=max(1, cfg.auth.imap_connection_max_failures),
+                budgets=abuse_budgets(cfg, "imap"),
                 failures=(BackendError, StoreError),
             ),
         )
         self.idle_timeout = limits.imap_idle_timeout
-        self.eof = False  # the client closed its side
         self._waiter: asyncio.Future[None] | None = None  # a step waiting for input (IDLE, AUTHENTICATE)
 
     @property
@@ -172,35 +173,29 @@ class ImapConnection(SessionProtocol):
         self.write(self.imap.engine.data_to_send())
 
     def received(self, data: bytes) -> None:
-        if data:
-            self.imap.engine.receive_data(data)
-        else:
-            self.eof = True
+        self.imap.engine.receive_data(data)  # b"": the engine ends the session (or a waiting IDLE does)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def pump(self) -> Coroutine[Any, Any, None] | None:
-        imap = self.imap
-        engine = imap.engine
+        engine = self.imap.engine
         if engine.pending > FLUSH_AT:
             # pipelined FETCHes: write as we go; stop while the client is behind
             self.write(engine.data_to_send())
             if self.writing_paused:
                 return None
-        ev = engine.next_event()
-        if ev is NEED_DATA:
-            self.write(engine.data_to_send())
-            if self.eof:
-                self.close()
-            elif engine.framer.mid_command:
-                self._quick_ack()
-            return None
-        if ev is CLOSED:
-            self.write(engine.data_to_send())
-            self.close()
-            return None
-        return imap.execute(ev)  # type: ignore[arg-type]  # a Command
+        return super().pump()
+
+    def on_event(self, event: Command) -> Coroutine[Any, Any, None]:  # type: ignore[override]
+        return self.imap.execute(event)  # every command is a step (eager: most finish at once)
+
+    def waiting_for_input(self) -> None:
+        if self.imap.engine.framer.mid_command:
+            self._quick_ack()
+
+    def ended(self, event: Closed) -> None:
+        log.debug("imap: session with %s ended: %s", self.peer_ip, event.reason)
 
     def _bye(self, text: str, code: str | None = None) -> bytes:
         engine = self.imap.engine
@@ -242,8 +237,7 @@ class ImapConnection(SessionProtocol):
         self.imap.close()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            self.eof = True
-            waiter.set_result(None)
+            waiter.set_result(None)  # the wait sees `closed` and reports the end of input
 
     def _quick_ack(self) -> None:
         """ACK the rest of a command at once. A client that writes a literal and
@@ -260,6 +254,11 @@ class ImapConnection(SessionProtocol):
                 pass
 
     # --- ImapIO -------------------------------------------------------------------
+    @property
+    def input_over(self) -> bool:
+        """No more input will come: the client closed its side, or the connection is gone."""
+        return self.closed or self.imap.engine.input_ended
+
     @property
     def tls_active(self) -> bool:
         return self.tls
@@ -299,8 +298,7 @@ class ImapConnection(SessionProtocol):
         """Wait, with reading resumed, until bytes (or the end of input) reach
         the engine or `wake` is called. Raises TimeoutError after ``timeout``
         seconds, ConnectionEnding when the server stops."""
-        if self.eof or self.closed:
-            self.eof = True
+        if self.input_over:
             return
         if self._stopping:  # the stop came while this step was busy elsewhere
             raise ConnectionEnding(*_SHUTDOWN)
@@ -334,11 +332,11 @@ class ImapConnection(SessionProtocol):
             await self.wait_input(left)
         except TimeoutError:
             raise ConnectionEnding("Command not completed in time") from None
-        return not self.eof
+        return not self.input_over
 
     async def wait_idle(self) -> bool:
         """IDLE: wait for input or a change; False at the end of input."""
-        if self.eof:
+        if self.input_over:
             return False
         # RFC 9051 5.4: the autologout timer counts the client's silence
         # (its last byte, net/timers.py), not our reports.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 
+from mailyard.protocols.contract import AbuseBudgets
 from mailyard.protocols.imap.engine import State
 from mailyard.protocols.imap.session import ImapConfig
 
@@ -47,7 +48,7 @@ def test_clear_text_refused_without_tls_rfc9051_6_2_3() -> None:
 
 
 def test_login_failures_end_the_session() -> None:
-    c = fresh(config=ImapConfig(max_auth_failures=2))
+    c = fresh(config=ImapConfig(budgets=AbuseBudgets(max_auth_failures=2)))
     c.expect("a1 LOGIN alice wrong", "a1 NO [AUTHENTICATIONFAILED] Invalid credentials")
     c.expect("a2 LOGIN nobody secret", "a2 NO [AUTHENTICATIONFAILED] Invalid credentials",
              "* BYE Too many failed logins")

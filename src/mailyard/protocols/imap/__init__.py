@@ -21,7 +21,11 @@ The semantics, answered against the interfaces of backend.py:
 - memory.py: an in-memory backend and a hand-driven connection (tests, fuzzing)
 """
 
-from .engine import CLOSED, NEED_DATA, AuthResponse, IdleDone, ImapEngine, State
+from ..contract import NEED_DATA, PAUSED, AbuseBudgets, Closed, ProtocolMisuse
+from .engine import AuthResponse, IdleDone, ImapEngine, State
 from .framing import Limits
 
-__all__ = ["CLOSED", "NEED_DATA", "AuthResponse", "IdleDone", "ImapEngine", "Limits", "State"]
+__all__ = [
+    "NEED_DATA", "PAUSED", "AbuseBudgets", "AuthResponse", "Closed", "IdleDone", "ImapEngine", "Limits",
+    "ProtocolMisuse", "State",
+]

@@ -340,12 +340,14 @@ class ImapIO(Protocol):
 
     async def more_input(self) -> bool:
         """Wait for more of the current command's input (an AUTHENTICATE
-        line) under the command deadline; False at the end of input."""
+        line) under the command deadline; False at the end of input (the
+        engine's ``input_ended``) or once the connection is gone."""
         ...
 
     async def wait_idle(self) -> bool:
         """IDLE: wait until input arrives or `wake` is called; False at the
-        end of input. The autologout timer (RFC 9051 5.4) is the I/O side's."""
+        end of input (the engine's ``input_ended``) or once the connection is
+        gone. The autologout timer (RFC 9051 5.4) is the I/O side's."""
         ...
 
     def wake(self) -> None:

@@ -1,9 +1,17 @@
 """The sans-I/O IMAP server engine (model: h11; DESIGN.md "Rules of the house").
 
-Bytes go in with ``receive_data``; ``next_event`` returns the next thing the
-glue must do -- a parsed command, an AUTHENTICATE response line, the end of
-an IDLE -- or NEED_DATA. The glue answers through ``untagged``, ``continuation``
-and ``complete``; everything to send is collected for ``data_to_send``.
+It keeps the contract of protocols/contract.py. Bytes go in with
+``receive_data`` (``b""``: end of input); ``next_event`` returns the next
+thing the glue must do -- a parsed command, an AUTHENTICATE response line,
+the end of an IDLE -- or ``NEED_DATA``, ``PAUSED`` (a command is with the
+glue), or ``Closed(reason)`` once the session is over. The glue answers
+through ``untagged``, ``continuation`` and ``complete``; everything to send
+is collected for ``data_to_send``.
+
+The abuse budgets (``AbuseBudgets``) are counted here: consecutive BAD
+commands, and failed logins (a LOGIN or AUTHENTICATE completed with NO
+[AUTHENTICATIONFAILED] or NO [UNAVAILABLE]); when one is used up the engine
+says ``* BYE`` and closes.
 
 Commands are handed out strictly one at a time, in the order the client sent
 them (RFC 9051 5.5 allows a server to serialise pipelined commands), so a
@@ -18,6 +26,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ..contract import NEED_DATA, PAUSED, AbuseBudgets, Closed, ProtocolMisuse
 from . import commands as c
 from .framing import Assembled, ContinuationNeeded, Framer, Limits, Rejected
 from .parser import ParseError, TagError, parse_command, parse_tag
@@ -65,19 +74,15 @@ TRANSITIONS: dict[tuple[str, str], State] = {
     ("LOGOUT", "OK"): State.LOGOUT,
 }
 
-MAX_BAD_COMMANDS = 20  # consecutive BADs before the server hangs up
+__all__ = [
+    "NEED_DATA", "PAUSED", "AbuseBudgets", "AuthResponse", "Closed", "IdleDone", "ImapEngine",
+    "ProtocolMisuse", "State",
+]
 
-
-class _Marker:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-NEED_DATA = _Marker("NEED_DATA")
-CLOSED = _Marker("CLOSED")
+# The commands that log in, and the tagged NO codes that mean a failed login
+# (RFC 9051 7.1): wrong credentials, or refused by the login throttle.
+_LOGINS = frozenset({"LOGIN", "AUTHENTICATE"})
+_LOGIN_FAILED = frozenset({"AUTHENTICATIONFAILED", "UNAVAILABLE"})
 
 
 @dataclass
@@ -121,7 +126,7 @@ class _Mode(enum.Enum):
 class ImapEngine:
     """One server-side IMAP connection, without I/O."""
 
-    def __init__(self, limits: Limits | None = None, max_bad: int = MAX_BAD_COMMANDS) -> None:
+    def __init__(self, limits: Limits | None = None, budgets: AbuseBudgets | None = None) -> None:
         self.framer = Framer(limits, admissible=lambda first: self._precheck(first) is None)
         self.state = State.NOT_AUTHENTICATED
         self.writer = Writer()
@@ -132,9 +137,13 @@ class ImapEngine:
         # copied once, and no buffer is grown and shrunk per command.
         self._out: list[bytes] = []
         self.pending = 0  # octets queued in _out
-        self._bad_run = 0
-        self._max_bad = max_bad
+        self.budgets = budgets = budgets or AbuseBudgets()
+        self._bad_run = 0  # consecutive BAD commands
+        self._max_bad = budgets.max_bad_commands
+        self.auth_failures = 0  # failed logins on this connection
+        self.input_ended = False  # the client closed its side (``receive_data(b"")``)
         self.closed = False
+        self._closed: Closed | None = None
 
     @property
     def state(self) -> State:
@@ -166,22 +175,28 @@ class ImapEngine:
 
     # --- input ------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
-        self.framer.feed(data)
+        """Feed bytes from the client; ``b""`` means it closed its side."""
+        if data:
+            self.framer.feed(data)
+        else:
+            self.input_ended = True
 
     def next_event(self) -> object:
-        """The next event: a Command, AuthResponse, IdleDone, NEED_DATA or CLOSED."""
+        """The next event: a Command, AuthResponse or IdleDone; or NEED_DATA,
+        PAUSED (a command is with the glue) or Closed (every time, once over)."""
         while True:
             if self.closed:
-                return CLOSED
+                return self._closed or self._close("quit")
             if self._mode is _Mode.BUSY:
-                return NEED_DATA
+                return PAUSED
             if self._mode is _Mode.AUTH:
                 return self._auth_line()
             if self._mode is _Mode.IDLE:
                 return self._idle_line()
             ev = self.framer.next()
             if ev is None:
-                return NEED_DATA
+                # the end of input ends the session once every whole command is answered
+                return self._close("eof") if self.input_ended else NEED_DATA
             if isinstance(ev, ContinuationNeeded):
                 problem = self._precheck(ev.first_line)
                 if problem is None:
@@ -208,7 +223,7 @@ class ImapEngine:
         else:
             self._put(status_line(_reply_tag(ev.tag), ev.status, ev.text, ev.code))
         if ev.fatal:
-            self.bye("Too much data; closing connection")
+            self.bye("Too much data; closing connection", reason="errors")
         else:
             self._count_bad()
 
@@ -231,7 +246,7 @@ class ImapEngine:
     def _count_bad(self) -> None:
         self._bad_run += 1
         if self._bad_run >= self._max_bad:
-            self.bye("Too many invalid commands")
+            self.bye("Too many invalid commands", reason="errors")
 
     def _parse(self, ev: Assembled) -> c.Command | None:
         try:
@@ -322,20 +337,30 @@ class ImapEngine:
         self._mode = _Mode.IDLE
 
     def complete(self, status: str, text: str, code: str | None = None) -> None:
-        """Finish the current command with a tagged OK/NO/BAD and move state."""
+        """Finish the current command with a tagged OK/NO/BAD and move state.
+
+        A LOGIN or AUTHENTICATE refused with [AUTHENTICATIONFAILED] or
+        [UNAVAILABLE] counts against the failed-login budget; when that is
+        used up, ``* BYE`` follows and the session ends. Raises
+        ProtocolMisuse if no command is in progress."""
         cmd = self.current
-        assert cmd is not None, "no command in progress"
+        if cmd is None:
+            raise ProtocolMisuse(f"complete({status!r}) with no IMAP command in progress")
         self._put(status_line(cmd.tag, status, text, code))
         nxt = TRANSITIONS.get((cmd.name, status))
         if nxt is not None:
             self.state = nxt
         self.current = None
         if self.state is State.LOGOUT:
-            self.closed = True
+            self._close("quit")
         else:
             self._mode = _Mode.COMMAND
         if status == "BAD":
             self._count_bad()
+        elif status == "NO" and code in _LOGIN_FAILED and cmd.name in _LOGINS:
+            self.auth_failures += 1
+            if self.auth_failures >= self.budgets.max_auth_failures:
+                self.bye("Too many failed logins", reason="errors")
 
     def end_selection(self, text: str = "Mailbox closed") -> None:
         """Leave the selected state in the middle of a command that does not
@@ -347,9 +372,17 @@ class ImapEngine:
             self._put(status_line("*", "OK", text, "CLOSED"))
             self.state = State.AUTHENTICATED
 
-    def bye(self, text: str, code: str | None = None) -> None:
-        """``* BYE`` and close (RFC 9051 7.1.5)."""
+    def bye(self, text: str, code: str | None = None, reason: str = "shutdown") -> None:
+        """``* BYE`` and close (RFC 9051 7.1.5); ``reason`` is the ``Closed``
+        event's (protocols/contract.py)."""
         if not self.closed:
             self._put(status_line("*", "BYE", text, code))
-        self.closed = True
+        self._close(reason)
         self.state = State.LOGOUT
+
+    def _close(self, reason: str) -> Closed:
+        """End the session; the first reason given is the one reported."""
+        self.closed = True
+        if self._closed is None:
+            self._closed = Closed(reason)
+        return self._closed

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from ...message.derived import Derived, body_structure, derive
 from ...message.imap_syntax import body_bytes, envelope_bytes  # as the store derives them
+from ..contract import NEED_DATA, PAUSED, Closed
 from .backend import (
     BackendError,
     BadMailboxName,
@@ -41,7 +42,6 @@ from .backend import (
     NoSuchMailbox,
     SaslChallenge,
 )
-from .engine import CLOSED, NEED_DATA
 from .framing import Limits
 from .names import DELIMITER, name_problem
 from .session import ImapConfig, ImapSession
@@ -556,7 +556,6 @@ class Conversation:
         self.store = store
         self.tls_active = tls
         self.can_start_tls = can_start_tls
-        self.eof = False
         self.logged_in = False
         self.tls_started = 0
         self.login = MemoryLogin(store, plaintext, lambda: self.tls_active)
@@ -575,6 +574,11 @@ class Conversation:
 
     async def flush(self) -> None:
         self._out += self.session.engine.data_to_send()
+
+    @property
+    def eof(self) -> bool:
+        """The client closed its side (the engine was told so)."""
+        return self.session.engine.input_ended
 
     async def more_input(self) -> bool:
         if not self.eof:
@@ -619,7 +623,7 @@ class Conversation:
 
     def end_input(self) -> bytes:
         """The client closes its side."""
-        self.eof = True
+        self.session.engine.receive_data(b"")
         self.run()
         return self.output()
 
@@ -628,7 +632,7 @@ class Conversation:
             if self._step is not None and not self._resume():
                 return  # still waiting
             ev = self.session.engine.next_event()
-            if ev is NEED_DATA or ev is CLOSED:
+            if ev is NEED_DATA or ev is PAUSED or isinstance(ev, Closed):
                 return
             self._step = self.session.execute(ev)  # type: ignore[arg-type]  # a Command
 

@@ -31,9 +31,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..contract import AbuseBudgets, Closed
 from . import commands as c
 from .backend import BackendError, ConnectionEnding, ImapBackend, ImapIO, ImapLogin, MailboxGone
-from .engine import CLOSED, MAX_BAD_COMMANDS, IdleDone, ImapEngine, State
+from .engine import IdleDone, ImapEngine, State
 from .framing import Limits
 from .handlers import HANDLERS
 from .handlers.auth import capabilities
@@ -47,12 +48,12 @@ FLUSH_AT = 64 * 1024
 
 @dataclass(frozen=True)
 class ImapConfig:
-    """What a session needs to know of its server, and its abuse budgets."""
+    """What a session needs to know of its server, and its abuse budgets
+    (consecutive BADs, failed logins per connection; the engine counts them)."""
 
     hostname: str = "localhost"
     version: str = "0"  # RFC 2971 ID
-    max_auth_failures: int = 3  # failed logins per connection, then BYE
-    max_bad_commands: int = MAX_BAD_COMMANDS  # consecutive BADs, then BYE
+    budgets: AbuseBudgets = AbuseBudgets()
     # exceptions meaning "the backend refused or failed this operation": NO with their text
     failures: tuple[type[BaseException], ...] = (BackendError,)
 
@@ -61,17 +62,16 @@ class ImapSession:
     """One connection's IMAP state: the engine, the logged-in account's
     backend, the selected mailbox."""
 
-    __slots__ = ("_unwatch", "auth_failures", "backend", "closed", "config", "engine", "io", "login", "sel")
+    __slots__ = ("_unwatch", "backend", "closed", "config", "engine", "io", "login", "sel")
 
     def __init__(self, io: ImapIO, login: ImapLogin, limits: Limits | None = None,
                  config: ImapConfig | None = None) -> None:
         self.config = config = config or ImapConfig()
-        self.engine = ImapEngine(limits, config.max_bad_commands)
+        self.engine = ImapEngine(limits, config.budgets)
         self.io = io
         self.login = login
         self.backend: ImapBackend | None = None
         self.sel: SelectedMailbox | None = None
-        self.auth_failures = 0
         self.closed = False  # the connection is gone
         self._unwatch: Callable[[], None] | None = None
 
@@ -90,8 +90,7 @@ class ImapSession:
     def restart(self) -> None:
         """STARTTLS: forget everything learned before TLS, including commands
         pipelined after STARTTLS in the clear (RFC 9051 6.2.1, RFC 3207 4.2)."""
-        self.engine = ImapEngine(self.engine.framer.limits, self.config.max_bad_commands)
-        self.auth_failures = 0
+        self.engine = ImapEngine(self.engine.framer.limits, self.config.budgets)
 
     def close(self) -> None:
         """The connection is gone: stop watching the backend; an
@@ -127,7 +126,7 @@ class ImapSession:
             return True
         if not backend.account_current():
             log.info("imap: ending a session: account removed or password changed")
-            self.engine.bye("Account removed or password changed; log in again")
+            self.engine.bye("Account removed or password changed; log in again", reason="withdrawn")
             return False
         sel = self.sel
         if sel is not None and not backend.mailbox_current(sel.mailbox):
@@ -197,12 +196,12 @@ class ImapSession:
             if isinstance(ev, IdleDone):
                 await self.finish("OK" if ev.ok else "BAD", "IDLE terminated" if ev.ok else "Expected DONE")
                 return
-            if ev is CLOSED:
+            if isinstance(ev, Closed):
                 return
             if self.sel is not None and self.sel.dirty:
                 await self.sync(allow_expunge=True)
                 await self.io.flush()
                 continue
             if not await self.io.wait_idle():
-                engine.bye("Connection closed")
+                engine.bye("Connection closed", reason="eof")
                 return

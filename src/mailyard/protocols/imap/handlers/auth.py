@@ -7,7 +7,8 @@ marks as clear-text) only where `ImapLogin.plaintext_ok` says so: over TLS,
 or from loopback by default. Elsewhere the capabilities say LOGINDISABLED and
 such attempts get NO [PRIVACYREQUIRED]. The login service counts failures
 (throttle) and may refuse any login for a while (NO [UNAVAILABLE]); the
-session ends with BYE after ``ImapConfig.max_auth_failures`` refusals.
+engine counts both refusals and ends the session with BYE once the
+failed-login budget (``AbuseBudgets.max_auth_failures``) is used up.
 """
 
 from __future__ import annotations
@@ -118,10 +119,7 @@ def _login_done(s: ImapSession, result: ImapBackend | LoginRefused) -> None:
         s.logged_in(result)
         s.engine.complete("OK", "Logged in", "CAPABILITY " + " ".join(capabilities(s, logged_in=True)))
         return
-    s.auth_failures += 1
-    s.engine.complete("NO", *(TRY_LATER if result.kind == "temporary" else INVALID))
-    if s.auth_failures >= s.config.max_auth_failures:
-        s.engine.bye("Too many failed logins")
+    s.engine.complete("NO", *(TRY_LATER if result.kind == "temporary" else INVALID))  # counted by the engine
 
 
 async def cmd_login(s: ImapSession, cmd: c.Login) -> None:
@@ -153,7 +151,7 @@ async def cmd_authenticate(s: ImapSession, cmd: c.Authenticate) -> None:
                 break
             if not await s.io.more_input():
                 s.login.close()  # an exchange left open counts as a failure
-                s.engine.bye("Connection closed")
+                s.engine.bye("Connection closed", reason="eof")
                 return
         ev = await exchange.step(reply.line)
     if isinstance(ev, LoginRefused) and ev.kind == "cancelled":
