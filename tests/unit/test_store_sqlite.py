@@ -294,3 +294,34 @@ async def test_version2_data_directory_gets_ids_that_are_never_reused(tmp_path: 
         assert [r[0] for r in s._read.execute("SELECT id FROM bodies")] == [2]
     finally:
         await s.close()
+
+
+async def test_a_message_not_derived_yet_is_parsed_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FETCH or SEARCH reaching a message before the indexer derives it in
+    another thread: one hostile message (a million MIME parts) must not stall
+    every client of the event loop while it is parsed."""
+    import threading
+
+    from mailyard.store.sqlite import search
+
+    monkeypatch.setattr(SQLiteStore, "_background_work", lambda self, c: False)  # no indexer
+    threads: list[threading.Thread] = []
+    real = search.derive_record
+
+    def spy(raw: bytes):  # noqa: ANN202
+        threads.append(threading.current_thread())
+        return real(raw)
+
+    monkeypatch.setattr(search, "derive_record", spy)
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        await s.add_domain("example.test")
+        inbox = await _inbox(s)
+        await s.append(inbox, MIME)
+        derived = await s.get_derived(inbox, [1])
+        assert derived[1]["envelope"]
+        assert threads and all(t is not threading.main_thread() for t in threads)
+    finally:
+        await s.close()

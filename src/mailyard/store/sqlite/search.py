@@ -16,6 +16,7 @@ once there is room.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -169,11 +170,20 @@ class SearchMixin(SQLiteCore):
         """Derive bodies the indexer has not reached yet (FETCH/SEARCH must
         neither wait for it nor answer without them) and store the result if
         there is room. Returns the records and whether they were stored."""
-        out: dict[int, DerivedRecord] = {}
+        places = {}
         for body_id in dict.fromkeys(body_ids):
             row = self._q1("SELECT segment, offset, length FROM bodies WHERE id = ?", (body_id,))
             if row is not None:
-                out[body_id] = derive_record(self.blobs.read(row[0], row[1], row[2]))
+                places[body_id] = row
+
+        def derive_all() -> dict[int, DerivedRecord]:
+            return {body_id: derive_record(self.blobs.read(*row)) for body_id, row in places.items()}
+
+        # Parsing a message may take a good part of a second (a million MIME
+        # parts, deep nesting): off the event loop, so one such message cannot
+        # stall the other clients (the background indexer runs on the writer
+        # thread for the same reason).
+        out = await asyncio.to_thread(derive_all) if places else {}
         items = list(out.items())
         if not items:
             return out, True
