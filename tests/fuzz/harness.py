@@ -681,10 +681,10 @@ def run_message(data: bytes) -> None:
     from mailyard.message.dates import parse_date
     from mailyard.message.derived import Derived, body_structure, derive_unguarded
     from mailyard.message.headers import decode_words
+    from mailyard.message.imap_syntax import body_bytes, envelope_bytes
     from mailyard.message.parse import parse_message, split_header_body
     from mailyard.protocols.imap import fetch as f
     from mailyard.protocols.imap.commands import Section
-    from mailyard.protocols.imap.response import body_bytes, envelope_bytes
 
     raw = data
     header, body = split_header_body(raw)

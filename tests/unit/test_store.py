@@ -303,7 +303,7 @@ async def _inbox(store: Store) -> Mailbox:
 
 async def test_get_derived_fields_without_body_text(store: Store) -> None:
     from mailyard.message.derived import body_structure, derive
-    from mailyard.protocols.imap.response import body_bytes, envelope_bytes
+    from mailyard.message.imap_syntax import body_bytes, envelope_bytes
 
     inbox = await _inbox(store)
     uid = await store.append(inbox, MIME)

@@ -15,13 +15,13 @@ connection that enabled UTF-8 (RFC 9051 4.3, RFC 6855).
 
 from __future__ import annotations
 
-__all__ = ["body_bytes", "envelope_bytes", "write_body", "write_envelope"]
+__all__ = ["body_bytes", "envelope_bytes", "write_body", "write_envelope", "write_string"]
 
 # Longest string written as a quoted string; longer ones are literals.
 _QUOTE_MAX = 512
 
 
-def _string(out: bytearray, s: str, utf8: bool) -> None:
+def write_string(out: bytearray, s: str, utf8: bool = False) -> None:
     """RFC 9051 9: string = quoted / literal; quoted = DQUOTE *QUOTED-CHAR
     DQUOTE, QUOTED-CHAR excludes CR, LF and NUL and escapes DQUOTE and "\\"."""
     if s.isascii() and len(s) <= _QUOTE_MAX and s.isprintable():
@@ -48,7 +48,7 @@ def _value(out: bytearray, v: object, utf8: bool) -> None:
     elif isinstance(v, int):
         out += str(int(v)).encode("ascii")
     elif isinstance(v, str):
-        _string(out, v, utf8)
+        write_string(out, v, utf8)
     elif isinstance(v, bytes | bytearray | memoryview):
         out += b"{%d}\r\n" % len(v)
         out += v

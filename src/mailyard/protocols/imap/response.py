@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ...message.imap_syntax import write_body, write_envelope, write_string
 from . import utf7
 
 
@@ -46,7 +47,7 @@ class Literal8(bytes):
 
 class Raw(bytes):
     """Bytes already in IMAP syntax, written verbatim: an ENVELOPE or
-    BODYSTRUCTURE serialised once at delivery (``envelope_bytes``, ``body_bytes``)."""
+    BODYSTRUCTURE serialised once at delivery (message/imap_syntax.py)."""
 
     __slots__ = ()
 
@@ -65,10 +66,6 @@ class Body(list):
 
 
 NIL = None
-
-# RFC 9051 9: quoted = DQUOTE *QUOTED-CHAR DQUOTE; QUOTED-CHAR excludes CR, LF, NUL;
-# quoted-specials (DQUOTE, backslash) are escaped.
-_QUOTE_MAX = 512
 
 
 class Writer:
@@ -129,71 +126,16 @@ class Writer:
         else:
             raise TypeError(f"cannot serialise {type(v).__name__}")
 
-    # RFC 9051 9: the list grammar has no SP between the addresses of an
-    # address list ("(" 1*address ")") nor between the parts of a multipart
-    # ("1*body SP media-subtype"); everywhere else list items are SP-separated.
+    # ENVELOPE, BODY and strings have one writer, in the message layer (it
+    # also writes the bytes the store keeps with each message).
     def envelope(self, out: bytearray, env: list) -> None:
-        """envelope = "(" env-date SP env-subject SP env-from SP env-sender SP
-        env-reply-to SP env-to SP env-cc SP env-bcc SP env-in-reply-to SP
-        env-message-id ")" (RFC 9051 9); address lists are ``1*address``."""
-        out += b"("
-        for i, item in enumerate(env):
-            if i:
-                out += b" "
-            if 2 <= i <= 7:
-                if not item:
-                    out += b"NIL"  # "(" 1*address ")" / nil: never an empty list
-                    continue
-                out += b"("
-                for addr in item:  # address = "(" addr-name SP addr-adl SP addr-mailbox SP addr-host ")"
-                    self._write(out, addr if type(addr) is list else list(addr))
-                out += b")"
-            else:
-                self._write(out, item)
-        out += b")"
+        write_envelope(out, env, self.utf8)
 
     def body(self, out: bytearray, bs: list) -> None:
-        """body = "(" (body-type-1part / body-type-mpart) ")" (RFC 9051 9)."""
-        out += b"("
-        if bs and isinstance(bs[0], list):
-            # body-type-mpart = 1*body SP media-subtype [SP body-ext-mpart]
-            n = 0
-            while n < len(bs) and isinstance(bs[n], list):
-                self.body(out, bs[n])
-                n += 1
-            for item in bs[n:]:
-                out += b" "
-                self._write(out, item)
-        else:
-            message = (len(bs) >= 10 and isinstance(bs[0], str) and bs[0].upper() == "MESSAGE"
-                       and isinstance(bs[7], list) and isinstance(bs[8], list))
-            for i, item in enumerate(bs):
-                if i:
-                    out += b" "
-                if message and i == 7:
-                    # body-type-msg = media-message SP body-fields SP envelope SP body SP body-fld-lines
-                    self.envelope(out, item)
-                elif message and i == 8:
-                    self.body(out, item)
-                else:
-                    self._write(out, item)
-        out += b")"
+        write_body(out, bs, self.utf8)
 
     def _string(self, out: bytearray, s: str) -> None:
-        if s.isascii() and len(s) <= _QUOTE_MAX and s.isprintable():
-            if '"' in s or "\\" in s:
-                s = s.replace("\\", "\\\\").replace('"', '\\"')
-            out += b'"' + s.encode("ascii") + b'"'
-            return
-        data = s.encode("utf-8", "surrogateescape")
-        if len(data) <= _QUOTE_MAX and b"\r" not in data and b"\n" not in data and b"\0" not in data:
-            if self.utf8 or data.isascii():
-                out += b'"'
-                out += data.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
-                out += b'"'
-                return
-        out += b"{%d}\r\n" % len(data)
-        out += data
+        write_string(out, s, self.utf8)
 
     def line(self, *parts: object) -> bytes:
         """One response line: parts separated by SP, CRLF-terminated."""
@@ -206,25 +148,6 @@ class Writer:
             self._write(out, p)
         out += b"\r\n"
         return bytes(out)
-
-
-_WIRE = Writer(utf8=False)
-
-
-def envelope_bytes(env: list) -> bytes:
-    """An ENVELOPE in IMAP syntax. Written in the 7-bit mode (8-bit text as a
-    literal), which is valid for every client, so it can be computed once at
-    delivery and sent to any connection."""
-    out = bytearray()
-    _WIRE.envelope(out, env)
-    return bytes(out)
-
-
-def body_bytes(bs: list) -> bytes:
-    """A BODY or BODYSTRUCTURE in IMAP syntax (see ``envelope_bytes``)."""
-    out = bytearray()
-    _WIRE.body(out, bs)
-    return bytes(out)
 
 
 def untagged(writer: Writer, *parts: object) -> bytes:
