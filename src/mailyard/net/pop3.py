@@ -59,6 +59,7 @@ from ..protocols.pop3.engine import (
     pop3_message_bytes,
 )
 from ..store.api import Account, Mailbox, NotFound, Store
+from ..store.view import MailboxView
 from .budgets import abuse_budgets
 from .listener import Listener
 from .login import Authenticator, TryLater, plaintext_allowed
@@ -83,27 +84,29 @@ _NO_CLEARTEXT_MECHANISMS = ("SCRAM-SHA-256", "PLAIN")
 
 @dataclass
 class _CachedMaildrop:
-    uid_validity: int
-    modseq: int = 0  # the mailbox's highest_modseq the listing reflects
-    sizes: dict[int, int] = field(default_factory=dict)  # uid -> POP3 size, ascending uid
+    # uid -> POP3 size, ascending uid, kept current by store/view.py
+    view: MailboxView[int] = field(default_factory=lambda: MailboxView(lambda info: info.size))
     checked_through: int = 0  # every UID <= this has been read and its POP3 size known
     odd: set[int] = field(default_factory=set)  # UIDs whose stored bytes need conversion
     listing: Maildrop | None = None
+    counted: int = 0  # len(view) when last added to MaildropCache._cached
 
 
 class MaildropCache:
     """Per-process maildrop listings with exact POP3 sizes, kept up to date cheaply.
 
-    Two things would make a login slow on a big INBOX, and both are remembered:
+    The cache is shared by all sessions of the server; each session gets the
+    immutable ``Maildrop`` of its login and never sees later changes (RFC 1939
+    section 8). Two things would make a login slow on a big INBOX, and both are
+    remembered:
 
     - Exact sizes. Messages are immutable and UIDs only grow, so each message is
       read once (`pop3_message_bytes`) and only the rare ones whose POP3 size
       differs from the stored size are marked. The first login after a restart
       pays one read of the INBOX; later ones read only new mail.
-    - The listing itself. Every change to a mailbox takes a new mod-sequence
-      (store/api.py), so an unchanged ``highest_modseq`` means the cached listing
-      is current, and otherwise ``changes_since`` gives just the new and expunged
-      messages (RFC 7162 style) instead of listing everything again.
+    - The listing itself, a ``MailboxView`` (store/view.py): an unchanged
+      ``highest_modseq`` means it is current, and otherwise ``changes_since``
+      gives just the new and expunged messages.
 
     Memory is bounded by ``max_messages`` cached entries (least recently used
     mailboxes are dropped first).
@@ -117,49 +120,25 @@ class MaildropCache:
     async def maildrop(self, store: Store, mailbox: Mailbox) -> tuple[Maildrop, Callable[[int], bool]]:
         """The listing of ``mailbox``, and a test telling whether a UID's stored
         bytes are exactly what POP3 sends (so RETR can skip the conversion)."""
-        box = self._boxes.get(mailbox.id)
-        if box is None or box.uid_validity != mailbox.uid_validity:
-            box = _CachedMaildrop(mailbox.uid_validity)
-            await self._relist(store, mailbox, box)
-        elif box.modseq != mailbox.highest_modseq:
-            changes = await store.changes_since(mailbox, box.modseq)
-            grew = False
-            for uid in changes.vanished:
-                if box.sizes.pop(uid, None) is not None:
-                    box.odd.discard(uid)
-                    grew = True
-            last = next(reversed(box.sizes), 0)
-            for info in changes.changed:  # flag changes of known messages: nothing to do
-                if info.uid not in box.sizes:
-                    box.sizes[info.uid] = info.size
-                    grew = True
-                    if info.uid < last:  # not expected (UIDs grow), but keep uid order
-                        box.sizes = dict(sorted(box.sizes.items()))
-                    last = max(last, info.uid)
-            box.modseq = max(box.modseq, changes.highest_modseq)
-            if grew:
-                box.listing = None
+        box = self._boxes.get(mailbox.id) or _CachedMaildrop()
+        update = await box.view.refresh(store, mailbox)
+        if update.reloaded:
+            box.checked_through, box.odd = 0, set()
+        else:
+            box.odd.difference_update(update.removed)
+        if update.moved:
+            box.listing = None
         await self._check_sizes(store, mailbox, box)
         if box.listing is None:
-            v = mailbox.uid_validity
-            box.listing = Maildrop(
-                tuple(box.sizes), tuple(box.sizes.values()), tuple([f"{v}.{u}" for u in box.sizes])
-            )
+            v, sizes = mailbox.uid_validity, box.view.entries
+            box.listing = Maildrop(tuple(sizes), tuple(sizes.values()), tuple([f"{v}.{u}" for u in sizes]))
         self._remember(mailbox.id, box)
         checked, odd = box.checked_through, box.odd
         return box.listing, lambda uid: uid <= checked and uid not in odd
 
-    async def _relist(self, store: Store, mailbox: Mailbox, box: _CachedMaildrop) -> None:
-        # The modseq is read before the listing: a change racing with it shows
-        # up again in the next changes_since, and applying it twice is harmless.
-        box.modseq = mailbox.highest_modseq
-        infos = await store.list_messages(mailbox)
-        box.sizes = {m.uid: m.size for m in infos}
-        box.listing = None
-
     async def _check_sizes(self, store: Store, mailbox: Mailbox, box: _CachedMaildrop) -> None:
-        done = box.checked_through
-        unchecked = list(takewhile(lambda uid: uid > done, reversed(box.sizes)))
+        done, sizes = box.checked_through, box.view.entries
+        unchecked = list(takewhile(lambda uid: uid > done, reversed(sizes)))
         if not unchecked:
             return
         for i, uid in enumerate(reversed(unchecked)):
@@ -170,8 +149,8 @@ class MaildropCache:
             size = len(pop3_message_bytes(data))
             if size != len(data):
                 box.odd.add(uid)
-            if size != box.sizes[uid]:
-                box.sizes[uid] = size
+            if size != sizes[uid]:
+                sizes[uid] = size
             if i % 64 == 63:
                 await asyncio.sleep(0)  # a long first scan must not stall other sessions
         box.checked_through = unchecked[0]
@@ -180,12 +159,13 @@ class MaildropCache:
     def _remember(self, mailbox_id: int, box: _CachedMaildrop) -> None:
         old = self._boxes.pop(mailbox_id, None)
         if old is not None:
-            self._cached -= len(old.sizes)
+            self._cached -= old.counted
         self._boxes[mailbox_id] = box
-        self._cached += len(box.sizes)
+        box.counted = len(box.view)
+        self._cached += box.counted
         while self._cached > self.max_messages and len(self._boxes) > 1:
             _, evicted = self._boxes.popitem(last=False)
-            self._cached -= len(evicted.sizes)
+            self._cached -= evicted.counted
 
 
 class POP3Service:

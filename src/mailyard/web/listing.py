@@ -2,10 +2,10 @@
 
 A folder of 100,000 messages must page as fast as one of 100. So:
 
-- per mailbox the web keeps the set of its UIDs (``store.mailbox_summary``,
-  one read), brought up to date with ``store.changes_since`` (RFC 7162 style:
-  only what changed since the last mod-sequence seen) when the mailbox's
-  highest mod-sequence has moved; "date" order is arrival (UID) order;
+- per mailbox the web keeps its UIDs in a ``MailboxView`` (store/view.py:
+  ``store.mailbox_summary``, one read, then only what ``store.changes_since``
+  reports when the mailbox's highest mod-sequence has moved); "date" order is
+  arrival (UID) order;
 - sort keys for sender and subject are computed once per message (from the
   derived data stored at delivery, never by re-parsing) and kept; the sorted
   order is rebuilt only when messages come or go, not when flags change;
@@ -26,6 +26,7 @@ from typing import Any
 from ..message.headers import decode_words
 from ..message.reply import base_subject
 from ..store.api import Mailbox, MessageInfo, Store
+from ..store.view import MailboxView
 
 PAGE_SIZE = 50
 # Sort keys computed inside a request at most for this many messages; more go
@@ -37,9 +38,7 @@ MAX_CACHED_MAILBOXES = 256
 
 @dataclass
 class _BoxCache:
-    uid_validity: int
-    modseq: int = 0
-    uids: set[int] = field(default_factory=set)
+    uids: MailboxView[None] = field(default_factory=MailboxView)
     keys: dict[str, dict[int, Any]] = field(default_factory=lambda: {"from": {}, "subject": {}})
     order: dict[str, list[tuple[Any, int]]] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -144,28 +143,20 @@ class Listing:
 
     async def _cache(self, box: Mailbox) -> _BoxCache:
         cache = self._boxes.get(box.id)
-        if cache is None or cache.uid_validity != box.uid_validity:
-            cache = _BoxCache(box.uid_validity)
+        if cache is None or cache.uids.uid_validity not in (None, box.uid_validity):
+            # a new UIDVALIDITY: sort keys of the old UIDs mean nothing now
+            cache = _BoxCache()
             self._boxes[box.id] = cache
             while len(self._boxes) > MAX_CACHED_MAILBOXES:
                 self._boxes.popitem(last=False)
         self._boxes.move_to_end(box.id)
         async with cache.lock:
-            if cache.modseq == 0:
-                # UIDs only, in one read (no MessageInfo per message)
-                summary = await self.store.mailbox_summary(box)
-                cache.uids = set(summary.uids)
-                cache.modseq = summary.mailbox.highest_modseq
+            update = await cache.uids.refresh(self.store, box)
+            if update.reloaded:
+                for keys in cache.keys.values():
+                    keys.clear()
+            if update.moved:
                 cache.order.clear()
-            elif box.highest_modseq != cache.modseq:
-                changes = await self.store.changes_since(box, cache.modseq)
-                added = {m.uid for m in changes.changed} - cache.uids
-                gone = cache.uids.intersection(changes.vanished)
-                if added or gone:
-                    cache.uids |= added
-                    cache.uids -= gone
-                    cache.order.clear()
-                cache.modseq = max(cache.modseq, changes.highest_modseq)
         return cache
 
     async def _order(self, box: Mailbox, cache: _BoxCache, sort: str) -> list[tuple[Any, int]]:
@@ -174,7 +165,7 @@ class Listing:
             return order
         if sort == "date":
             # arrival order: UIDs are assigned in arrival order (RFC 9051 2.3.1.1)
-            order = [(uid, uid) for uid in sorted(cache.uids)]
+            order = [(uid, uid) for uid in cache.uids]  # ascending already
         else:
             keys = cache.keys[sort]
             missing = [uid for uid in cache.uids if uid not in keys]
