@@ -29,17 +29,20 @@ def _selected(s: ImapSession) -> tuple[SelectedMailbox, ImapBackend]:
     return sel, s.backend
 
 
-def _seq_error(s: ImapSession) -> None:
-    # RFC 9051 9 (seq-number): a number beyond the mailbox size is a BAD
-    s.engine.complete("BAD", "Invalid message sequence number")
+def _resolved(s: ImapSession, sel: SelectedMailbox, sequence_set: c.SequenceSet, uid: bool) -> list | None:
+    """The (sequence number, UID) pairs a command names, or None after
+    answering BAD: RFC 9051 9 (seq-number), a number beyond the mailbox size."""
+    try:
+        return sel.resolve(sequence_set, uid)
+    except SequenceError:
+        s.engine.complete("BAD", "Invalid message sequence number")
+        return None
 
 
 async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     sel, b = _selected(s)
-    try:
-        pairs = sel.resolve(cmd.sequence_set, cmd.uid)
-    except SequenceError:
-        _seq_error(s)
+    pairs = _resolved(s, sel, cmd.sequence_set, cmd.uid)
+    if pairs is None:
         return
     p = plan(cmd.atts, cmd.uid, cmd.changed_since is not None)
     if p.condstore:
@@ -126,10 +129,8 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
 
 async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
     sel, b = _selected(s)
-    try:
-        pairs = sel.resolve(cmd.sequence_set, cmd.uid)
-    except SequenceError:
-        _seq_error(s)
+    pairs = _resolved(s, sel, cmd.sequence_set, cmd.uid)
+    if pairs is None:
         return
     if sel.readonly:
         await s.finish("NO", "Mailbox is read-only", "READ-ONLY", allow_expunge=False)
@@ -176,10 +177,8 @@ async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
 
 async def cmd_copy(s: ImapSession, cmd: c.Copy) -> None:
     sel, b = _selected(s)
-    try:
-        pairs = sel.resolve(cmd.sequence_set, cmd.uid)
-    except SequenceError:
-        _seq_error(s)
+    pairs = _resolved(s, sel, cmd.sequence_set, cmd.uid)
+    if pairs is None:
         return
     if cmd.move and sel.readonly:
         await s.finish("NO", "Mailbox is read-only", "READ-ONLY")
