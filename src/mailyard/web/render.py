@@ -95,8 +95,9 @@ class Part:
 
 
 @dataclass
-class View:
-    """What the read page shows of one message."""
+class Summary:
+    """The header fields a page shows of one message (decoded, addresses as
+    (name, address) pairs)."""
 
     subject: str
     from_: list[tuple[str, str]]
@@ -106,6 +107,12 @@ class View:
     date: str
     message_id: str
     references: str
+
+
+@dataclass
+class View(Summary):
+    """What the read page shows of one message, as parsed."""
+
     text: str | None
     html: str | None  # raw, unsanitised; sanitise with sanitize_html
     attachments: list[Part] = field(default_factory=list)
@@ -344,18 +351,10 @@ class AttachmentInfo:
 
 
 @dataclass
-class Shown:
+class Shown(Summary):
     """What a page needs of one message, prepared in a worker (plain data,
-    picklable). Field names follow ``View`` so templates take either."""
+    picklable); templates take it or a ``View``."""
 
-    subject: str
-    from_: list[tuple[str, str]]
-    to: list[tuple[str, str]]
-    cc: list[tuple[str, str]]
-    reply_to: list[tuple[str, str]]
-    date: str
-    message_id: str
-    references: str
     headers: list[tuple[str, str]]
     attachments: list[AttachmentInfo]
     text: str | None
