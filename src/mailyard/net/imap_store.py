@@ -104,9 +104,9 @@ class StoreBackend:
     async def list_subscriptions(self) -> list[str]:
         return await self.store.list_subscriptions(self.account_id)
 
-    async def claim_recent(self, mailbox: Mailbox, claim: bool = True) -> int:
+    async def claim_recent(self, mailbox: Mailbox, claim: bool = True, upto: int | None = None) -> int:
         try:
-            return await self.store.claim_recent(mailbox, claim=claim)
+            return await self.store.claim_recent(mailbox, claim=claim, upto=upto)
         except store_api.MailboxGone as exc:
             raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
         except store_api.StorageFull as exc:

@@ -493,12 +493,15 @@ class Store(abc.ABC):
         moves the subscription, deleting a mailbox ends it."""
 
     @abc.abstractmethod
-    async def claim_recent(self, mailbox: MailboxRef, claim: bool = True) -> int:
+    async def claim_recent(self, mailbox: MailboxRef, claim: bool = True, upto: int | None = None) -> int:
         """RFC 3501 2.3.2 \\Recent: return the highest UID already claimed by
-        some session; messages above it are \\Recent for the caller. With
-        ``claim`` every present message becomes claimed (SELECT, or new
-        messages announced to a read-write session), atomically, so exactly one
-        session sees each message as \\Recent; without (EXAMINE) nothing changes."""
+        some session; messages above it, up to ``upto``, are \\Recent for the
+        caller. With ``claim`` the UIDs up to ``upto`` (the highest UID the
+        caller has announced; None: every present message) become claimed
+        (SELECT, or new messages announced to a read-write session),
+        atomically, so exactly one session sees each message as \\Recent:
+        a message delivered after the caller looked stays for the session
+        that announces it. Without ``claim`` (EXAMINE) nothing changes."""
 
     @abc.abstractmethod
     async def list_subscriptions(self, account_id: int) -> list[str]:

@@ -193,9 +193,11 @@ class ImapBackend(Protocol):
 
     async def mailbox_status(self, mailbox: MailboxRecord) -> StatusRecord: ...
 
-    async def claim_recent(self, mailbox: MailboxRecord, claim: bool = True) -> int:
+    async def claim_recent(self, mailbox: MailboxRecord, claim: bool = True, upto: int | None = None) -> int:
         """RFC 3501 2.3.2: the highest UID some session has claimed; with
-        ``claim`` every present message becomes claimed, atomically. Raises
+        ``claim`` the UIDs up to ``upto`` (the highest the session announced;
+        None: every present message) become claimed, atomically, so the
+        caller's \\Recent share is exactly (returned value, upto]. Raises
         NoSpace when the claim cannot be written."""
         ...
 

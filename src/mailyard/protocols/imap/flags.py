@@ -41,9 +41,10 @@ def flags_from_client(flags: Sequence[str]) -> tuple[list[str], str | None]:
 
 class RecentUids:
     """The UIDs that are \\Recent in this session, as ranges (lo, hi]: each
-    claim in the store (claim_recent) hands a session every UID above the
-    last claim, so a few ranges describe even a mailbox of new messages, and
-    an idle connection keeps no per-message set (RFC 3501 2.3.2)."""
+    claim in the store (claim_recent) hands a session the UIDs above the last
+    claim up to the highest it announced, so a few ranges describe even a
+    mailbox of new messages, and an idle connection keeps no per-message set
+    (RFC 3501 2.3.2)."""
 
     __slots__ = ("ranges",)
 

@@ -323,12 +323,13 @@ class MemoryBackend:
                          sum("\\Deleted" in m.flags for m in infos), sum(m.size for m in infos),
                          box.uid_next, box.uid_validity, box.highest_modseq)
 
-    async def claim_recent(self, mailbox: MailboxRecord, claim: bool = True) -> int:
+    async def claim_recent(self, mailbox: MailboxRecord, claim: bool = True, upto: int | None = None) -> int:
         box = self._box(mailbox)
         first = box.recent_uid
-        if claim and box.uid_next - 1 > first:
+        last = box.uid_next - 1 if upto is None else min(upto, box.uid_next - 1)
+        if claim and last > first:
             self._write()
-            box.recent_uid = box.uid_next - 1
+            box.recent_uid = last
         return first
 
     # --- messages ----------------------------------------------------------------

@@ -175,9 +175,11 @@ class SelectedMailbox:
         of it; a read-only (EXAMINE) session does not take that away. When the
         claim cannot be written (full disk) this session shows no new
         \\Recent and they stay for the next one, rather than failing the
-        command that noticed them."""
+        command that noticed them. The claim goes no further than ``upto``,
+        the highest UID this session announced: a message delivered since
+        is left for the session that announces it."""
         try:
-            first = await backend.claim_recent(self.mailbox, claim=not self.readonly)
+            first = await backend.claim_recent(self.mailbox, claim=not self.readonly, upto=upto)
         except NoSpace:
             log.warning("imap: \\Recent not claimed, the disk is full")
             return

@@ -203,23 +203,27 @@ class MailboxesMixin(SQLiteCore):
 
         await self._write(op)
 
-    async def claim_recent(self, mailbox: MailboxRef, claim: bool = True) -> int:
+    async def claim_recent(self, mailbox: MailboxRef, claim: bool = True, upto: int | None = None) -> int:
         mailbox_id = self._owned(mailbox)
+
+        def target(row: tuple[int, int]) -> int:
+            # never beyond the last UID given out, never beyond what the caller announced
+            return row[1] if upto is None else min(upto, row[1])
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
             self._owned_w(c, mailbox)
             row = c.execute("SELECT recent_uid, uid_next - 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
             if row is None:
                 raise NotFound("no such mailbox")
-            if claim and row[1] > row[0]:
-                c.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (row[1], mailbox_id))
+            if claim and target(row) > row[0]:
+                c.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (target(row), mailbox_id))
             return row[0]
 
         def peek() -> int | None:
             row = self._q1("SELECT recent_uid, uid_next - 1 FROM mailboxes WHERE id = ?", (mailbox_id,))
             if row is None:
                 raise NotFound("no such mailbox")
-            return row[0] if not claim or row[1] <= row[0] else None  # None: something to claim
+            return row[0] if not claim or target(row) <= row[0] else None  # None: something to claim
 
         first = peek()
         if first is not None:

@@ -1,0 +1,89 @@
+"""The selected mailbox under several real concurrent IMAP clients, over the
+real SQLite store: \\Recent shares (RFC 3501 2.3.2), FETCH of messages
+another session expunged (RFC 2180 4.1), new keywords (RFC 9051 7.3.5).
+
+Clients are imaplib connections in threads; the server runs its own loop
+(tests/conftest.py), so their commands interleave in the server for real.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import threading
+
+from tests.conftest import USERS, RunningServer
+
+ALICE = "alice@example.test"
+
+
+def message(n: int) -> bytes:
+    return (f"From: bob@example.test\r\nTo: alice@example.test\r\nSubject: m{n}\r\n"
+            f"Message-ID: <m{n}@example.test>\r\n\r\nbody {n}\r\n").encode()
+
+
+def client(server: RunningServer) -> imaplib.IMAP4:
+    c = imaplib.IMAP4(server.host, server.port("imap"), timeout=30)
+    c.login(ALICE, USERS[ALICE])
+    return c
+
+
+def recent_uids(c: imaplib.IMAP4) -> set[int]:
+    """UIDs this session sees as \\Recent."""
+    typ, data = c.uid("FETCH", "1:*", "(FLAGS)")
+    assert typ == "OK", data
+    out = set()
+    for item in data:
+        line = item if isinstance(item, bytes) else item[0]
+        m = re.search(rb"UID (\d+)", line)
+        if m and b"\\Recent" in line:
+            out.add(int(m.group(1)))
+    return out
+
+
+def test_every_new_message_is_recent_in_exactly_one_session_rfc3501_2_3_2(mailserver: RunningServer) -> None:
+    """Four sessions append to one mailbox at once, each announcing what it
+    sees between appends; every new message ends \\Recent in exactly one of
+    them, and STATUS RECENT counts what no session claimed."""
+    sessions, per_session = 4, 10
+    clients = [client(mailserver) for _ in range(sessions)]
+    for c in clients:
+        assert c.select("INBOX")[0] == "OK"
+    start = threading.Barrier(sessions)
+    errors: list[BaseException] = []
+
+    def work(i: int, c: imaplib.IMAP4) -> None:
+        try:
+            start.wait(10)
+            for n in range(per_session):
+                assert c.append("INBOX", None, None, message(i * 100 + n))[0] == "OK"
+                assert c.noop()[0] == "OK"
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i, c)) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    status = client(mailserver)
+    try:
+        # before the sessions look again, some new messages may be unclaimed yet
+        typ, data = status.status("INBOX", "(MESSAGES RECENT)")
+        assert typ == "OK", data
+        unclaimed = int(re.search(rb"RECENT (\d+)", data[0]).group(1))  # type: ignore[union-attr]
+        shares = []
+        for c in clients:
+            assert c.noop()[0] == "OK"
+            shares.append(recent_uids(c))
+        print(f"\\Recent per session: {[len(s) for s in shares]}, unclaimed before the last NOOP: {unclaimed}")
+        total = sessions * per_session
+        union = set().union(*shares)
+        assert union == set(range(1, total + 1)), sorted(set(range(1, total + 1)) - union)
+        assert sum(len(s) for s in shares) == total  # no message \Recent in two sessions
+        typ, data = status.status("INBOX", "(RECENT)")
+        assert data[0].endswith(b"(RECENT 0)"), data
+    finally:
+        for c in [*clients, status]:
+            c.logout()
