@@ -125,7 +125,7 @@ def test_modseq_and_changedsince_rfc7162_3_1_4() -> None:
     c = connect(select="INBOX")
     c.untagged("a1 STORE 2 +FLAGS.SILENT (\\Flagged)")
     # a CONDSTORE-enabling FETCH: MODSEQ from now on (RFC 7162 3.1)
-    c.expect("a2 FETCH 1:* (FLAGS) (CHANGEDSINCE 3)", "* 2 FETCH (FLAGS (\\Flagged \\Recent) MODSEQ (4))",
+    c.expect("a2 FETCH 1:* (FLAGS) (CHANGEDSINCE 3)", "* OK [HIGHESTMODSEQ 4] Highest", "* 2 FETCH (FLAGS (\\Flagged \\Recent) MODSEQ (4))",
              "a2 OK FETCH completed")
     c.expect("a3 UID FETCH 1 MODSEQ", "* 1 FETCH (UID 1 MODSEQ (1))", "a3 OK UID FETCH completed")
 

@@ -60,7 +60,7 @@ def test_searchres_save_and_dollar_rfc5182() -> None:
 
 def test_modseq_rfc7162_3_1_5() -> None:
     c = connect(select="INBOX")
-    c.expect("a1 SEARCH MODSEQ 2", "* SEARCH 2 3 (MODSEQ 3)", "a1 OK SEARCH completed")
+    c.expect("a1 SEARCH MODSEQ 2", "* OK [HIGHESTMODSEQ 3] Highest", "* SEARCH 2 3 (MODSEQ 3)", "a1 OK SEARCH completed")
     c.expect("a2 SEARCH RETURN (MAX) MODSEQ 1", '* ESEARCH (TAG "a2") MAX 3 MODSEQ 3', "a2 OK SEARCH completed")
     c.expect("a3 SEARCH MODSEQ 99", "* SEARCH", "a3 OK SEARCH completed")
 

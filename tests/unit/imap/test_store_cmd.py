@@ -39,7 +39,8 @@ def test_recent_and_unknown_system_flags_are_refused_rfc9051_2_3_2() -> None:
 def test_unchangedsince_rfc7162_3_1_3() -> None:
     c = connect(select="INBOX")
     c.untagged("a0 STORE 1:2 +FLAGS.SILENT ($x)")
-    c.expect("a1 STORE 1 (UNCHANGEDSINCE 1) +FLAGS (\\Answered)", "a1 OK [MODIFIED 1] STORE completed")
+    c.expect("a1 STORE 1 (UNCHANGEDSINCE 1) +FLAGS (\\Answered)", "* OK [HIGHESTMODSEQ 4] Highest",
+             "a1 OK [MODIFIED 1] STORE completed")
     # MODSEQ is reported even with .SILENT once CONDSTORE is on
     c.expect("a2 UID STORE 1:3 (UNCHANGEDSINCE 3) +FLAGS.SILENT (\\Answered)", "* 3 FETCH (UID 3 MODSEQ (5))",
              "a2 OK [MODIFIED 1:2] UID STORE completed")

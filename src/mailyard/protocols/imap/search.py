@@ -218,7 +218,7 @@ _EVAL: dict[str, Callable[[SearchKey, SearchMessage, SearchContext], bool]] = {
 
 def result_form(
     tag: str, uid: bool, hits: Sequence[tuple[int, int]], modseq: int, mod: bool,
-    return_opts: tuple[str, ...] | None, rev2: bool,
+    return_opts: tuple[str, ...] | None, rev2: bool, modseqs: Sequence[int] | None = None,
 ) -> tuple[list[list[object]], frozenset[int] | None]:
     """The untagged responses of a SEARCH with ``hits`` ((seq, uid) pairs,
     ascending) and the new SEARCHRES result (None: unchanged).
@@ -229,6 +229,10 @@ def result_form(
       (RFC 4731, RFC 9051 6.4.4: a rev2 server answers every SEARCH so;
       RETURN () means RETURN (ALL));
     - SAVE keeps the UIDs for "$" (RFC 5182 2.4: only MIN/MAX with them alone).
+
+    ``modseq`` is the highest mod-sequence of all hits; ``modseqs`` (one per
+    hit, when given) lets MIN/MAX without ALL or COUNT report the
+    mod-sequence of the messages they return (RFC 7162 3.1.5, RFC 4731 3.2).
     """
     nums = [u for _, u in hits] if uid else [q for q, _ in hits]
     opts = return_opts
@@ -263,5 +267,9 @@ def result_form(
     if "COUNT" in opts:
         parts += [Atom("COUNT"), len(nums)]
     if mod and nums:
+        if modseqs is not None and not {"ALL", "COUNT"} & set(opts):
+            # RFC 7162 3.1.5: the highest mod-sequence of the messages returned,
+            # which for MIN and MAX alone is that of the first and/or last hit
+            modseq = max(modseqs[0] if "MIN" in opts else 0, modseqs[-1] if "MAX" in opts else 0)
         parts += [Atom("MODSEQ"), modseq]
     return [parts], saved

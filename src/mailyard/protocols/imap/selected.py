@@ -165,6 +165,20 @@ class SelectedMailbox:
             return [(q, u) for q, u in pairs if q is not None]
         return self.view.resolve_uids(seqset) if uid else self.view.resolve_seqs(seqset)
 
+    def enable_condstore(self, engine: ImapEngine) -> None:
+        """A CONDSTORE enabling command (FETCH MODSEQ or CHANGEDSINCE, STORE
+        UNCHANGEDSINCE, SEARCH MODSEQ, STATUS HIGHESTMODSEQ) while
+        this mailbox is selected. RFC 7162 3.1: from now on the connection
+        is CONDSTORE-aware (MODSEQ in every untagged FETCH, HIGHESTMODSEQ on
+        every later SELECT), and the first such command reports the
+        mailbox's HIGHESTMODSEQ in an untagged OK. The value is the one this
+        session has announced changes up to, so a client that keeps it
+        misses nothing still to come."""
+        engine.enabled.add("CONDSTORE")
+        if not self.condstore:
+            self.condstore = True
+            engine.untagged_status("OK", "Highest", f"HIGHESTMODSEQ {self.known_modseq}")
+
     def recent_of(self, engine: ImapEngine) -> RecentUids | None:
         """This session's \\Recent UIDs, or None when the client does not see
         the flag (IMAP4rev2, RFC 9051 dropped it)."""

@@ -246,6 +246,6 @@ async def cmd_status(s: ImapSession, cmd: c.Status) -> None:
         await s.finish("NO", "Mailbox does not exist", "NONEXISTENT")
         return
     if "HIGHESTMODSEQ" in cmd.items and s.sel is not None:
-        s.sel.condstore = True
+        s.sel.enable_condstore(s.engine)  # RFC 7162 3.1
     await _status_line(s, box, cmd.items)
     await s.finish("OK", "STATUS completed")

@@ -45,11 +45,11 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     if pairs is None:
         return
     p = plan(cmd.atts, cmd.uid, cmd.changed_since is not None)
-    if p.condstore:
-        sel.condstore = True  # RFC 7162 3.1: CONDSTORE-enabling commands
     if cmd.vanished and (not cmd.uid or cmd.changed_since is None or "QRESYNC" not in s.engine.enabled):
         s.engine.complete("BAD", "VANISHED needs UID FETCH with CHANGEDSINCE and QRESYNC")
         return
+    if p.condstore:
+        sel.enable_condstore(s.engine)  # RFC 7162 3.1: MODSEQ or CHANGEDSINCE
     infos = await sel.infos(b)
     if cmd.changed_since is not None:
         pairs = [(q, u) for q, u in pairs if u in infos and infos[u].modseq > cmd.changed_since]
@@ -140,7 +140,7 @@ async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
         s.engine.complete("BAD", problem)
         return
     if cmd.unchanged_since is not None:
-        sel.condstore = True
+        sel.enable_condstore(s.engine)  # RFC 7162 3.1
     uids = [u for _, u in pairs]
     changed, failed = await b.store_flags(sel.mailbox, uids, flags, cmd.mode, cmd.unchanged_since)
     by_uid = {m.uid: m for m in changed}

@@ -32,7 +32,7 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
     key = cmd.key
     mod = sr.uses_modseq(key)
     if mod:
-        sel.condstore = True
+        sel.enable_condstore(s.engine)  # RFC 7162 3.1
     infos = await sel.infos(b)
     ctx = sr.SearchContext(max_seq=len(sel.view), max_uid=sel.view.max_uid, now=s.io.now(), saved=sel.saved)
     for name, text in sr.text_queries(key):
@@ -66,7 +66,9 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
             if sr.matches(key, m, ctx):
                 hits.append((i, uid))
                 modseq = max(modseq, info.modseq)
-    responses, saved = sr.result_form(cmd.tag, cmd.uid, hits, modseq, mod, cmd.return_opts, s.engine.rev2)
+    modseqs = [infos[u].modseq for _, u in hits] if mod else None
+    responses, saved = sr.result_form(cmd.tag, cmd.uid, hits, modseq, mod, cmd.return_opts, s.engine.rev2,
+                                      modseqs)
     if saved is not None:
         sel.saved = saved
     for parts in responses:

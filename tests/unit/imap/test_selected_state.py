@@ -1,0 +1,69 @@
+"""The selected mailbox under other sessions' changes: \\Recent shares
+(RFC 3501 2.3.2), new keywords in FLAGS (RFC 9051 7.3.5), CONDSTORE enabled
+while selected (RFC 7162 3.1), FETCH of messages expunged elsewhere (RFC 2180 4.1)."""
+
+from __future__ import annotations
+
+from mailyard.protocols.imap.memory import MemoryBackend
+
+from .helpers import SHORT, USER, connect, store_with_mail
+
+
+def test_recent_claim_stops_at_what_the_session_announced_rfc3501_2_3_2() -> None:
+    store = store_with_mail()
+    a = connect(store, select="INBOX")  # takes 1:3
+    b = connect(store, select="INBOX")
+    backend = a.session.backend
+    assert isinstance(backend, MemoryBackend)
+    real = backend.changes_since
+    delivered: list[int] = []
+
+    async def racing_changes_since(mailbox, modseq):  # noqa: ANN001, ANN202
+        changes = await real(mailbox, modseq)
+        if not delivered:
+            # a delivery commits after a's look at the mailbox and before its claim
+            delivered.append(store.deliver(USER, SHORT))
+        return changes
+
+    backend.changes_since = racing_changes_since  # type: ignore[method-assign]
+    store.deliver(USER, SHORT)  # UID 4
+    a.expect("a1 NOOP", "* 4 EXISTS", "* 4 RECENT", "a1 OK NOOP completed")
+    # UID 5 was not announced to a: it stays \Recent for the next session told of it
+    b.expect("b1 NOOP", "* 5 EXISTS", "* 1 RECENT", "b1 OK NOOP completed")
+    b.expect("b2 FETCH 4:5 (FLAGS)", "* 4 FETCH (FLAGS ())", "* 5 FETCH (FLAGS (\\Recent))", "b2 OK FETCH completed")
+    a.expect("a2 NOOP", "* 5 EXISTS", "* 4 RECENT", "a2 OK NOOP completed")
+    a.expect("a3 FETCH 4:5 (FLAGS)", "* 4 FETCH (FLAGS (\\Recent))", "* 5 FETCH (FLAGS ())", "a3 OK FETCH completed")
+    c = connect(store)
+    c.expect("c1 STATUS INBOX (RECENT)", "* STATUS \"INBOX\" (RECENT 0)", "c1 OK STATUS completed")
+
+
+def test_condstore_enabled_while_selected_reports_highestmodseq_rfc7162_3_1() -> None:
+    store = store_with_mail()
+    c = connect(store, select="INBOX")
+    c.untagged("a1 STORE 2 +FLAGS.SILENT (\\Flagged)")  # modseq 4
+    # the first CONDSTORE enabling command while selected: OK [HIGHESTMODSEQ], once
+    c.expect("a2 FETCH 1 (MODSEQ)", "* OK [HIGHESTMODSEQ 4] Highest", "* 1 FETCH (MODSEQ (1))",
+             "a2 OK FETCH completed")
+    c.expect("a3 FETCH 2 (MODSEQ)", "* 2 FETCH (MODSEQ (4))", "a3 OK FETCH completed")
+    # the connection stays CONDSTORE-aware: a later SELECT reports HIGHESTMODSEQ
+    assert b"* OK [HIGHESTMODSEQ 4] Highest" in c.untagged("a4 SELECT INBOX")
+    for command in ("SEARCH MODSEQ 1", "STORE 1 (UNCHANGEDSINCE 9) +FLAGS.SILENT (\\Answered)",
+                    "FETCH 1 (FLAGS) (CHANGEDSINCE 1)", "STATUS INBOX (HIGHESTMODSEQ)"):
+        other = connect(store, select="INBOX")
+        lines = other.untagged("b1 " + command)
+        assert lines[0].startswith(b"* OK [HIGHESTMODSEQ "), (command, lines)
+        assert b"* OK [HIGHESTMODSEQ" not in b"".join(other.untagged("b2 " + command)), command
+
+
+def test_esearch_min_max_modseq_is_that_of_the_message_rfc7162_3_1_5() -> None:
+    c = connect(select="INBOX")
+    c.untagged("a1 STORE 2 +FLAGS.SILENT (\\Flagged)")  # 2 gets modseq 4; 1 and 3 keep 1 and 3
+    c.untagged("a2 FETCH 1 (MODSEQ)")
+    c.expect("a3 SEARCH RETURN (MIN) MODSEQ 1", '* ESEARCH (TAG "a3") MIN 1 MODSEQ 1', "a3 OK SEARCH completed")
+    c.expect("a4 SEARCH RETURN (MAX) MODSEQ 1", '* ESEARCH (TAG "a4") MAX 3 MODSEQ 3', "a4 OK SEARCH completed")
+    c.expect("a5 UID SEARCH RETURN (MIN MAX) 1:3 MODSEQ 1", '* ESEARCH (TAG "a5") UID MIN 1 MAX 3 MODSEQ 3',
+             "a5 OK UID SEARCH completed")
+    # ALL and COUNT: the highest of every hit
+    c.expect("a6 SEARCH RETURN (MAX COUNT) MODSEQ 1", '* ESEARCH (TAG "a6") MAX 3 COUNT 3 MODSEQ 4',
+             "a6 OK SEARCH completed")
+    c.expect("a7 SEARCH RETURN (ALL) MODSEQ 1", '* ESEARCH (TAG "a7") ALL 1:3 MODSEQ 4', "a7 OK SEARCH completed")
