@@ -87,3 +87,45 @@ def test_every_new_message_is_recent_in_exactly_one_session_rfc3501_2_3_2(mailse
     finally:
         for c in [*clients, status]:
             c.logout()
+
+
+def raw_session(server: RunningServer):  # noqa: ANN201
+    """A logged-in raw socket session: ``say(command, tag)`` returns the lines up to the tagged one."""
+    import socket
+
+    s = socket.create_connection((server.host, server.port("imap")), timeout=30)
+    f = s.makefile("rb")
+    f.readline()
+
+    def say(line: bytes, tag: bytes) -> list[bytes]:
+        s.sendall(line + b"\r\n")
+        out = []
+        while True:
+            got = f.readline()
+            assert got, out
+            out.append(got)
+            if got.startswith(tag + b" "):
+                return out
+
+    assert say(b"l1 LOGIN " + ALICE.encode() + b" " + USERS[ALICE].encode(), b"l1")[-1].startswith(b"l1 OK")
+    return s, say
+
+
+def test_keyword_set_by_another_client_is_announced_in_flags_rfc9051_7_3_5(mailserver: RunningServer) -> None:
+    a = client(mailserver)
+    try:
+        assert a.append("INBOX", None, None, message(1))[0] == "OK"
+        s, say = raw_session(mailserver)
+        with s:
+            say(b"b1 SELECT INBOX", b"b1")
+            a.select("INBOX")
+            assert a.store("1", "+FLAGS", "($Work)")[0] == "OK"
+            out = say(b"b2 FETCH 1 (FLAGS)", b"b2")
+            assert out[:3] == [
+                b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)\r\n",
+                b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] Flags permitted\r\n",
+                b"* 1 FETCH (FLAGS (\\Recent $Work))\r\n",
+            ], out
+            assert out[-1] == b"b2 OK FETCH completed\r\n"
+    finally:
+        a.logout()

@@ -67,3 +67,37 @@ def test_esearch_min_max_modseq_is_that_of_the_message_rfc7162_3_1_5() -> None:
     c.expect("a6 SEARCH RETURN (MAX COUNT) MODSEQ 1", '* ESEARCH (TAG "a6") MAX 3 COUNT 3 MODSEQ 4',
              "a6 OK SEARCH completed")
     c.expect("a7 SEARCH RETURN (ALL) MODSEQ 1", '* ESEARCH (TAG "a7") ALL 1:3 MODSEQ 4', "a7 OK SEARCH completed")
+
+
+FLAGS_WORK = "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)"
+PERMANENT_WORK = "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] Flags permitted"
+
+
+def test_new_keyword_from_another_session_comes_with_flags_rfc9051_7_3_5() -> None:
+    store = store_with_mail()
+    a = connect(store, select="INBOX")
+    b = connect(store, select="INBOX")
+    e = connect(store)
+    e.untagged("e1 EXAMINE INBOX")
+    a.untagged("a1 STORE 2 +FLAGS.SILENT ($Work)")
+    # FETCH before the change was announced: FLAGS first, then the keyword
+    b.expect("b1 FETCH 2 (FLAGS)", FLAGS_WORK, PERMANENT_WORK, "* 2 FETCH (FLAGS ($Work))",
+             "* 2 FETCH (UID 2 FLAGS ($Work))", "b1 OK FETCH completed")
+    b.expect("b2 NOOP", "b2 OK NOOP completed")  # told once
+    # before an unsolicited FETCH too; a read-only session still may not set any
+    e.expect("e2 NOOP", FLAGS_WORK, "* OK [PERMANENTFLAGS ()] No permanent flags permitted",
+             "* 2 FETCH (UID 2 FLAGS ($Work))", "e2 OK NOOP completed")
+
+
+def test_new_keyword_by_append_and_copy_into_the_selected_mailbox_rfc9051_7_3_5() -> None:
+    store = store_with_mail()
+    store.deliver(USER, SHORT, mailbox="Drafts", flags=("$Todo",))
+    a = connect(store, select="INBOX")
+    a.expect("a1 APPEND INBOX ($Work) {2+}\r\nhi", "* 4 EXISTS", "* 4 RECENT", FLAGS_WORK, PERMANENT_WORK,
+             "a1 OK [APPENDUID 1 4] APPEND completed")
+    b = connect(store, select="Drafts")
+    b.untagged("b1 COPY 1 INBOX")
+    a.expect("a2 NOOP", "* 5 EXISTS", "* 5 RECENT", "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Todo $Work)",
+             "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Todo $Work \\*)] Flags permitted",
+             "a2 OK NOOP completed")
+    a.expect("a3 FETCH 5 (FLAGS)", "* 5 FETCH (FLAGS (\\Recent $Todo))", "a3 OK FETCH completed")

@@ -9,10 +9,15 @@ from .helpers import connect, store_with_mail
 def test_add_remove_replace_rfc9051_6_4_6() -> None:
     c = connect(select="INBOX")
     c.expect("a1 STORE 1 -FLAGS (\\Seen)", "* 1 FETCH (FLAGS (\\Recent))", "a1 OK STORE completed")
-    c.expect("a2 STORE 1:2 +FLAGS (\\Deleted $Work)", "* 1 FETCH (FLAGS (\\Deleted \\Recent $Work))",
+    c.expect("a2 STORE 1:2 +FLAGS (\\Deleted $Work)",
+             "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)",  # RFC 9051 7.3.5: a new keyword
+             "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] Flags permitted",
+             "* 1 FETCH (FLAGS (\\Deleted \\Recent $Work))",
              "* 2 FETCH (FLAGS (\\Deleted \\Recent $Work))", "a2 OK STORE completed")
     # replace; system flags in their canonical spelling
-    c.expect("a3 STORE 2 FLAGS (\\flagged $x)", "* 2 FETCH (FLAGS (\\Flagged \\Recent $x))", "a3 OK STORE completed")
+    c.expect("a3 STORE 2 FLAGS (\\flagged $x)", "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work $x)",
+             "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work $x \\*)] Flags permitted",
+             "* 2 FETCH (FLAGS (\\Flagged \\Recent $x))", "a3 OK STORE completed")
 
 
 def test_silent_and_unchanged_messages_still_reported() -> None:

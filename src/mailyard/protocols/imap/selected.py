@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 from .backend import NoSpace
 from .commands import SequenceSet
-from .flags import RecentUids, session_flags
-from .response import Atom, Raw, format_uid_set
+from .flags import PERMANENT_FLAGS, RecentUids, session_flags
+from .response import Atom, Raw, flag_list, format_uid_set
 
 if TYPE_CHECKING:
     from .backend import ImapBackend, MailboxRecord, MessageRecord
@@ -128,6 +128,37 @@ class SelectedMailbox:
     infos_stale: bool = False
     # RFC 3501 2.3.2: UIDs that are \\Recent in this session (rev1 clients only)
     recent: RecentUids = field(default_factory=RecentUids)
+    # RFC 9051 7.3.5: the flags the client was told of in FLAGS, and keywords
+    # seen on messages since that it was not told of yet
+    known_flags: set[str] = field(default_factory=lambda: set(PERMANENT_FLAGS))
+    new_keywords: set[str] = field(default_factory=set)
+
+    def note_flags(self, records: Iterable[MessageRecord]) -> None:
+        """Look for keywords the client has not been told of in FLAGS."""
+        known = self.known_flags
+        for m in records:
+            if not m.flags <= known:
+                self.new_keywords.update(f for f in m.flags if f not in known and not f.startswith("\\"))
+
+    def send_flags(self, engine: ImapEngine) -> None:
+        """``* FLAGS`` and ``* OK [PERMANENTFLAGS]`` (RFC 9051 7.3.5, 7.1):
+        at SELECT, and again when a keyword comes into use, before any FETCH
+        shows it -- a client drops keywords it was not told of."""
+        self.known_flags |= self.new_keywords
+        self.new_keywords.clear()
+        keywords = sorted(f for f in self.known_flags if not f.startswith("\\"))
+        flags = flag_list([*PERMANENT_FLAGS, *keywords])
+        engine.untagged(Atom("FLAGS"), flags)
+        if self.readonly:
+            engine.untagged_status("OK", "No permanent flags permitted", "PERMANENTFLAGS ()")
+        else:
+            perm = " ".join(str(f) for f in flags)
+            engine.untagged_status("OK", "Flags permitted", f"PERMANENTFLAGS ({perm} \\*)")
+
+    def announce_flags(self, engine: ImapEngine) -> None:
+        """Send FLAGS again if a message gained a keyword the client does not know."""
+        if self.new_keywords:
+            self.send_flags(engine)
 
     def changed(self) -> None:
         """The backend reported a change to this mailbox."""
@@ -147,6 +178,7 @@ class SelectedMailbox:
             self.infos_stale = False
             cache = self.infos_cache = {m.uid: m for m in await backend.list_messages(self.mailbox)}
             self.infos_modseq = max([modseq, *(m.modseq for m in cache.values())])
+            self.note_flags(cache.values())
         elif self.infos_stale:
             self.infos_stale = False
             ch = await backend.changes_since(self.mailbox, self.infos_modseq)
@@ -154,6 +186,7 @@ class SelectedMailbox:
                 cache.pop(uid, None)
             for m in ch.changed:
                 cache[m.uid] = m
+            self.note_flags(ch.changed)
             self.infos_modseq = max(self.infos_modseq, ch.highest_modseq)
         return cache
 
@@ -221,6 +254,7 @@ class SelectedMailbox:
                     updated.append(info)
             self.known_modseq = max(self.known_modseq, changes.highest_modseq)
             self.own_changes.clear()
+            self.note_flags(changes.changed)
             if allow_expunge:
                 self.announce_expunge(engine, list(self.pending_expunge))
                 self.pending_expunge.clear()
@@ -230,6 +264,7 @@ class SelectedMailbox:
                 if not engine.rev2:
                     await self.claim_recent(backend, min(new) - 1, max(new))
                     engine.untagged(self.recent.count(view.uids), Atom("RECENT"))  # RFC 3501 7.3.2
+            self.announce_flags(engine)  # before a FETCH shows a new keyword
             recent = self.recent_of(engine)
             for info in updated:
                 seq = view.seq_of(info.uid)
@@ -240,9 +275,11 @@ class SelectedMailbox:
                 if self.condstore:
                     items += [Atom("MODSEQ"), [info.modseq]]
                 engine.untagged(seq, Atom("FETCH"), items)
-        elif allow_expunge and self.pending_expunge:
-            self.announce_expunge(engine, list(self.pending_expunge))
-            self.pending_expunge.clear()
+        else:
+            if allow_expunge and self.pending_expunge:
+                self.announce_expunge(engine, list(self.pending_expunge))
+                self.pending_expunge.clear()
+            self.announce_flags(engine)  # keywords seen by a command's own reads
 
     def announce_expunge(self, engine: ImapEngine, uids: Sequence[int]) -> None:
         """EXPUNGE per message, or one VANISHED with QRESYNC (RFC 7162 3.2.10)."""

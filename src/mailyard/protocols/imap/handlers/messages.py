@@ -51,6 +51,7 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     if p.condstore:
         sel.enable_condstore(s.engine)  # RFC 7162 3.1: MODSEQ or CHANGEDSINCE
     infos = await sel.infos(b)
+    sel.announce_flags(s.engine)  # RFC 9051 7.3.5: FLAGS before a FETCH shows a new keyword
     if cmd.changed_since is not None:
         pairs = [(q, u) for q, u in pairs if u in infos and infos[u].modseq > cmd.changed_since]
         if cmd.vanished:
@@ -146,6 +147,7 @@ async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
     by_uid = {m.uid: m for m in changed}
     for m in changed:
         sel.own_changes[m.uid] = m.modseq
+    sel.note_flags(changed)
     report: dict[int, MessageRecord] = dict(by_uid)
     if not cmd.silent:
         # RFC 9051 6.4.6: the updated flags of every message in the set
@@ -153,6 +155,7 @@ async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
         for u in uids:
             if u not in report and u in infos and u not in failed:
                 report[u] = infos[u]
+    sel.announce_flags(s.engine)  # RFC 9051 7.3.5: FLAGS before a FETCH shows a new keyword
     recent = sel.recent_of(s.engine)
     for seq, uid in pairs:
         m = report.get(uid)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import commands as c
-from ..flags import PERMANENT_FLAGS
 from ..response import Atom, Mailbox, flag_list, format_uid_set
 from ..selected import MessageMap, SelectedMailbox
 
@@ -43,20 +42,14 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
     condstore = cmd.condstore or cmd.qresync is not None or "CONDSTORE" in eng.enabled
     highest = box.highest_modseq
     sel = s.sel = SelectedMailbox(box, cmd.readonly, view, highest, condstore=condstore)
-    keywords = sorted(summary.keywords)
-    flags = [*PERMANENT_FLAGS, *keywords]
+    sel.known_flags.update(summary.keywords)
     eng.untagged(len(view), Atom("EXISTS"))
     if not eng.rev2:
         # RFC 3501 6.3.1 / 2.3.2: messages no session has seen yet are \Recent
         # here (SELECT takes the flag for this session; EXAMINE leaves it)
         await sel.claim_recent(b, None, view.max_uid)
         eng.untagged(sel.recent.count(view.uids), Atom("RECENT"))
-    eng.untagged(Atom("FLAGS"), flag_list(flags))
-    if cmd.readonly:
-        eng.untagged_status("OK", "No permanent flags permitted", "PERMANENTFLAGS ()")
-    else:
-        perm = " ".join(str(f) for f in flag_list(flags))
-        eng.untagged_status("OK", "Flags permitted", f"PERMANENTFLAGS ({perm} \\*)")
+    sel.send_flags(eng)
     if not eng.rev2:
         first_unseen = view.seq_of(summary.first_unseen) if summary.first_unseen is not None else None
         if first_unseen is not None:
