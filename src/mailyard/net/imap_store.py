@@ -22,13 +22,14 @@ from ..store import api as store_api
 from ..store.api import Account, AppendItem, Mailbox, Store
 
 
-def _checked(name: str) -> Callable[..., Awaitable[Any]]:
-    """The store coroutine ``name``, with MailboxGone reaching IMAP as the
-    backend's own (a method of the class: nothing per session)."""
+def _checked(name: str, **fixed: Any) -> Callable[..., Awaitable[Any]]:
+    """The store coroutine ``name`` (with the keyword arguments ``fixed``),
+    with MailboxGone reaching IMAP as the backend's own (a method of the
+    class: nothing per session)."""
 
     async def call(self: StoreBackend, *args: Any, **kw: Any) -> Any:
         try:
-            return await getattr(self.store, name)(*args, **kw)
+            return await getattr(self.store, name)(*args, **kw, **fixed)
         except store_api.MailboxGone as exc:
             raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
 
@@ -50,7 +51,9 @@ class StoreBackend:
     mailbox_summary = _checked("mailbox_summary")
     list_messages = _checked("list_messages")
     changes_since = _checked("changes_since")
-    get_derived = _checked("get_derived")
+    # RFC 2180 4.1.1: what this session may still FETCH includes messages
+    # expunged elsewhere that it has not announced yet (hold_expunged)
+    get_derived = _checked("get_derived", expunged=True)
     mailbox_status = _checked("mailbox_status")
     search_headers = _checked("search_headers")
     search_text = _checked("search_text")
@@ -63,6 +66,15 @@ class StoreBackend:
 
     def mailbox_current(self, mailbox: Mailbox) -> bool:
         return self.store.mailbox_current(mailbox)
+
+    def hold_expunged(self, mailbox: Mailbox | None, seen_modseq: int = 0) -> None:
+        self.store.hold_expunged(self, mailbox, seen_modseq)
+
+    async def expunged_messages(self, mailbox: Mailbox, uids: Sequence[int]) -> list[store_api.MessageInfo]:
+        try:
+            return await self.store.get_messages(mailbox, uids, expunged=True)
+        except store_api.MailboxGone as exc:
+            raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
 
     # --- mailboxes -------------------------------------------------------------
     async def get_mailbox(self, name: str) -> Mailbox | None:
@@ -115,11 +127,11 @@ class StoreBackend:
     # --- messages ------------------------------------------------------------------
     async def read_message(self, mailbox: Mailbox, uid: int) -> bytes | None:
         try:
-            return await self.store.read_message(mailbox, uid)
+            return await self.store.read_message(mailbox, uid, expunged=True)
         except store_api.MailboxGone as exc:
             raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
         except store_api.NotFound:
-            return None  # expunged by another session
+            return None  # expunged, and no longer held
 
     async def copy_messages(
         self, src: Mailbox, uids: Sequence[int], dst: Mailbox, move: bool = False

@@ -545,12 +545,28 @@ class Store(abc.ABC):
         consistent with each other (one snapshot); raises NotFound."""
 
     @abc.abstractmethod
-    async def get_messages(self, mailbox: MailboxRef, uids: Sequence[int]) -> list[MessageInfo]:
-        """Index data of the given UIDs that exist, in ascending UID order."""
+    async def get_messages(
+        self, mailbox: MailboxRef, uids: Sequence[int], expunged: bool = False
+    ) -> list[MessageInfo]:
+        """Index data of the given UIDs that exist, in ascending UID order;
+        with ``expunged``, of expunged messages still held (``hold_expunged``)
+        instead."""
 
     @abc.abstractmethod
-    async def read_message(self, mailbox: MailboxRef, uid: int) -> bytes:
-        """The exact bytes of a message (trace prefix + body)."""
+    async def read_message(self, mailbox: MailboxRef, uid: int, expunged: bool = False) -> bytes:
+        """The exact bytes of a message (trace prefix + body); with
+        ``expunged`` also of an expunged message still held (``hold_expunged``)."""
+
+    @abc.abstractmethod
+    def hold_expunged(self, holder: object, mailbox: MailboxRef | None, seen_modseq: int = 0) -> None:
+        """RFC 2180 4.1.1: ``holder`` (an IMAP session) has ``mailbox``
+        selected and has told its client of every expunge up to the
+        mod-sequence ``seen_modseq``; messages expunged after that stay
+        readable for it (read_message, get_derived and get_messages with
+        ``expunged``) until every holder of the mailbox has seen them go.
+        ``mailbox`` None: the holder holds nothing (deselected, closed).
+        A holder holds one mailbox; a new call replaces its hold. Nothing
+        held survives a restart."""
 
     @abc.abstractmethod
     async def store_flags(
@@ -581,14 +597,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_derived(
-        self, mailbox: MailboxRef, uids: Sequence[int], fields: Iterable[str] | None = None
+        self, mailbox: MailboxRef, uids: Sequence[int], fields: Iterable[str] | None = None,
+        expunged: bool = False,
     ) -> dict[int, dict]:
         """Derived data of messages, computed once per body (``derive_record``)
         and stored (DESIGN.md "Message handling").
 
         Each dict holds the requested ``fields`` (names in DERIVED_FIELDS; all
         but the *_imap ones when None). Computed on demand (and then stored) for
-        a body the background indexer has not reached yet.
+        a body the background indexer has not reached yet. With ``expunged``,
+        also of expunged messages still held (``hold_expunged``).
         """
 
     @abc.abstractmethod

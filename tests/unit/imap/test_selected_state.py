@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from mailyard.protocols.imap.memory import MemoryBackend
 
-from .helpers import SHORT, USER, connect, store_with_mail
+from .helpers import MULTIPART, SHORT, USER, connect, store_with_mail
 
 
 def test_recent_claim_stops_at_what_the_session_announced_rfc3501_2_3_2() -> None:
@@ -101,3 +101,31 @@ def test_new_keyword_by_append_and_copy_into_the_selected_mailbox_rfc9051_7_3_5(
              "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Todo $Work \\*)] Flags permitted",
              "a2 OK NOOP completed")
     a.expect("a3 FETCH 5 (FLAGS)", "* 5 FETCH (FLAGS (\\Recent $Todo))", "a3 OK FETCH completed")
+
+
+def test_fetch_and_store_of_messages_expunged_elsewhere_rfc2180_4_1_1_and_4_2_1() -> None:
+    store = store_with_mail()
+    a = connect(store, select="INBOX")
+    b = connect(store, select="INBOX")
+    b.untagged("y0 FETCH 1:* (FLAGS)")  # b's index data is loaded before the expunge
+    c = connect(store, select="INBOX")  # c's is not
+    a.untagged("x1 STORE 2:3 +FLAGS.SILENT (\\Deleted)")
+    a.expect("x2 EXPUNGE", "* 2 EXPUNGE", "* 2 EXPUNGE", "x2 OK EXPUNGE completed")
+    box = store.find(USER, "INBOX")
+    assert box is not None and sorted(box.held) == [2, 3]  # b and c have not announced it
+    for s in (b, c):
+        s.expect("y1 FETCH 3 (FLAGS BODY.PEEK[])", f"* 3 FETCH (FLAGS (\\Deleted) BODY[] {{{len(SHORT)}}}\r\n"
+                 + SHORT.decode() + ")", "y1 OK FETCH completed")
+        s.expect("y2 FETCH 2 (RFC822.SIZE)", f"* 2 FETCH (RFC822.SIZE {len(MULTIPART)})", "y2 OK FETCH completed")
+    # RFC 2180 4.2.1: the STORE of the others happens, expunged ones keep their flags, OK
+    b.expect("y3 STORE 1:3 +FLAGS (\\Answered)", "* 1 FETCH (FLAGS (\\Answered \\Seen))", "y3 OK STORE completed")
+    assert sorted(box.held) == [2, 3]
+    # UID FETCH serves every UID the session knows, then announces the expunges
+    served = ["* 1 FETCH (UID 1 FLAGS (\\Answered \\Seen))", "* 2 FETCH (UID 2 FLAGS (\\Deleted))",
+              "* 3 FETCH (UID 3 FLAGS (\\Deleted))", "* 2 EXPUNGE", "* 2 EXPUNGE"]
+    b.expect("y4 UID FETCH 1:* (FLAGS)", *served, "y4 OK UID FETCH completed")
+    assert sorted(box.held) == [2, 3]  # c still holds them
+    # (c is also told of b's flag change, as after any command)
+    c.expect("y4 UID FETCH 1:* (FLAGS)", *served, "* 1 FETCH (UID 1 FLAGS (\\Answered \\Seen))",
+             "y4 OK UID FETCH completed")
+    assert box.held == {}  # every holder announced it: nothing kept

@@ -211,7 +211,21 @@ class ImapBackend(Protocol):
     async def changes_since(self, mailbox: MailboxRecord, modseq: int) -> ChangesRecord: ...
 
     async def read_message(self, mailbox: MailboxRecord, uid: int) -> bytes | None:
-        """The exact stored bytes; None if the message is gone."""
+        """The exact stored bytes; None if the message is gone. A message
+        expunged while this session holds it (`hold_expunged`) is not gone."""
+        ...
+
+    async def expunged_messages(self, mailbox: MailboxRecord, uids: Sequence[int]) -> Sequence[MessageRecord]:
+        """Index data of messages of ``uids`` expunged while this session
+        holds them (`hold_expunged`), ascending UID order."""
+        ...
+
+    def hold_expunged(self, mailbox: MailboxRecord | None, seen_modseq: int = 0) -> None:
+        """RFC 2180 4.1.1: this session has ``mailbox`` selected and has told
+        its client of every expunge up to ``seen_modseq``; messages expunged
+        after that stay readable for it (read_message, get_derived,
+        expunged_messages) until it says it has announced them. None: it
+        holds nothing. Answered from memory."""
         ...
 
     async def get_derived(

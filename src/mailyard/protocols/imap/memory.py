@@ -107,6 +107,22 @@ class _Box:
     recent_uid: int = 0  # highest UID claimed as \Recent by some session
     messages: dict[int, tuple[bytes, MemMessage]] = field(default_factory=dict)
     expunged: dict[int, int] = field(default_factory=dict)  # uid -> modseq
+    # expunged messages some session holds (RFC 2180 4.1.1): uid -> (bytes, index data)
+    held: dict[int, tuple[bytes, MemMessage]] = field(default_factory=dict)
+    holders: dict[object, int] = field(default_factory=dict)  # holder -> expunges seen up to
+
+    def remove(self, uid: int, modseq: int) -> None:
+        """Expunge ``uid`` at ``modseq``; kept readable while a session holds the mailbox."""
+        entry = self.messages.pop(uid)
+        self.expunged[uid] = modseq
+        if self.holders:
+            self.held[uid] = entry
+
+    def release(self) -> None:
+        """Forget held messages every holder has announced as expunged."""
+        upto = min(self.holders.values()) if self.holders else None
+        for uid in [u for u in self.held if upto is None or self.expunged.get(u, 0) <= upto]:
+            del self.held[uid]
 
     def record(self) -> MemMailbox:
         return MemMailbox(self.id, self.name, self.uid_validity, self.uid_next, self.highest_modseq,
@@ -133,6 +149,7 @@ class MemoryStore:
         self._ids = 0
         self._validity = 0
         self._listeners: list[tuple[str, Callable[[int], None]]] = []
+        self.held_by: dict[object, int] = {}  # hold_expunged: holder -> mailbox id
         # derive() is deterministic: a cache may be shared between stores (fuzzing)
         self._derived: dict[bytes, Derived] = derived if derived is not None else {}
 
@@ -352,8 +369,24 @@ class MemoryBackend:
         return MemChanges(box.highest_modseq, changed, vanished)
 
     async def read_message(self, mailbox: MailboxRecord, uid: int) -> bytes | None:
-        entry = self._box(mailbox).messages.get(uid)
+        box = self._box(mailbox)
+        entry = box.messages.get(uid) or box.held.get(uid)
         return entry[0] if entry is not None else None
+
+    async def expunged_messages(self, mailbox: MailboxRecord, uids: Sequence[int]) -> list[MemMessage]:
+        box = self._box(mailbox)
+        return [box.held[u][1] for u in sorted(set(uids)) if u in box.held]
+
+    def hold_expunged(self, mailbox: MailboxRecord | None, seen_modseq: int = 0) -> None:
+        before = self.store.held_by.pop(self, None)
+        if before is not None and before in self.store.boxes:
+            self.store.boxes[before].holders.pop(self, None)
+            self.store.boxes[before].release()
+        box = self.store.boxes.get(mailbox.id) if mailbox is not None else None
+        if box is not None:
+            box.holders[self] = seen_modseq
+            self.store.held_by[self] = box.id
+            box.release()
 
     async def get_derived(self, mailbox: MailboxRecord, uids: Sequence[int], fields: Iterable[str]
                           ) -> dict[int, dict[str, Any]]:
@@ -361,7 +394,7 @@ class MemoryBackend:
         wanted = set(fields)
         out: dict[int, dict[str, Any]] = {}
         for uid in uids:
-            entry = box.messages.get(uid)
+            entry = box.messages.get(uid) or box.held.get(uid)
             if entry is None:
                 continue
             d = self.store.derived(entry[0])
@@ -415,8 +448,7 @@ class MemoryBackend:
         if gone:
             box.highest_modseq += 1
             for uid in gone:
-                del box.messages[uid]
-                box.expunged[uid] = box.highest_modseq
+                box.remove(uid, box.highest_modseq)
             self.store.notify(box.id)
         return gone
 
@@ -439,8 +471,7 @@ class MemoryBackend:
         if move:
             src.highest_modseq += 1
             for uid in present:
-                del src.messages[uid]
-                src.expunged[uid] = src.highest_modseq
+                src.remove(uid, src.highest_modseq)
             self.store.notify(src.id)
         return pairs
 

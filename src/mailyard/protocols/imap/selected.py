@@ -7,7 +7,13 @@ EXPUNGE shrinks it), so numbers stay what the client believes.
 `SelectedMailbox` keeps the rest of a session's view (what it has announced
 up to which mod-sequence, expunges held back, its \\Recent share, the SEARCHRES
 result) and turns the backend's changes into untagged responses: EXISTS,
-RECENT, FETCH (flags) and EXPUNGE or VANISHED. The backend tells every session
+RECENT, FETCH (flags) and EXPUNGE or VANISHED.
+
+A message another session expunged stays in the view, and readable, until
+this session has announced the expunge (RFC 2180 4.1.1): the backend keeps it
+while the session holds it (`ImapBackend.hold_expunged`, moved forward after
+each announcement), and the index data cache keeps its record, so FETCH
+serves it and answers OK. The backend tells every session
 that a mailbox changed (`ImapBackend.watch`); the session marks its view
 dirty and, at the end of its next command (or at once in IDLE), `sync` asks
 what changed since the mod-sequence it last reported.
@@ -126,6 +132,7 @@ class SelectedMailbox:
     infos_cache: dict[int, MessageRecord] | None = None
     infos_modseq: int = 0
     infos_stale: bool = False
+    held_modseq: int = -1  # what hold_expunged was last told
     # RFC 3501 2.3.2: UIDs that are \\Recent in this session (rev1 clients only)
     recent: RecentUids = field(default_factory=RecentUids)
     # RFC 9051 7.3.5: the flags the client was told of in FLAGS, and keywords
@@ -179,16 +186,40 @@ class SelectedMailbox:
             cache = self.infos_cache = {m.uid: m for m in await backend.list_messages(self.mailbox)}
             self.infos_modseq = max([modseq, *(m.modseq for m in cache.values())])
             self.note_flags(cache.values())
+            if len(cache) < len(self.view):
+                await self._keep_expunged(backend, [u for u in self.view.uids if u not in cache])
         elif self.infos_stale:
             self.infos_stale = False
             ch = await backend.changes_since(self.mailbox, self.infos_modseq)
+            kept = []
             for uid in ch.vanished:
-                cache.pop(uid, None)
+                if self.view.seq_of(uid) is None:
+                    cache.pop(uid, None)
+                else:
+                    kept.append(uid)  # not announced yet: still served (RFC 2180 4.1.1)
+            if kept:
+                await self._keep_expunged(backend, kept)  # with the flags they ended with
+                self.pending_expunge.update(kept)
             for m in ch.changed:
                 cache[m.uid] = m
             self.note_flags(ch.changed)
             self.infos_modseq = max(self.infos_modseq, ch.highest_modseq)
         return cache
+
+    async def _keep_expunged(self, backend: ImapBackend, uids: list[int]) -> None:
+        """Index data of messages of the view expunged elsewhere, which the
+        backend keeps for this session until it announces the expunge."""
+        if uids and self.infos_cache is not None:
+            for m in await backend.expunged_messages(self.mailbox, uids):
+                self.infos_cache[m.uid] = m
+            self.pending_expunge.update(uids)
+
+    def hold(self, backend: ImapBackend) -> None:
+        """Tell the backend which expunges this session has announced: those
+        after ``known_modseq`` it still needs, unless none is pending."""
+        if not self.pending_expunge and self.held_modseq != self.known_modseq:
+            self.held_modseq = self.known_modseq
+            backend.hold_expunged(self.mailbox, self.known_modseq)
 
     def resolve(self, seqset: SequenceSet, uid: bool) -> list[tuple[int, int]]:
         """(seq, uid) pairs of a sequence set or uid set; raises SequenceError."""
@@ -280,11 +311,15 @@ class SelectedMailbox:
                 self.announce_expunge(engine, list(self.pending_expunge))
                 self.pending_expunge.clear()
             self.announce_flags(engine)  # keywords seen by a command's own reads
+        self.hold(backend)
 
     def announce_expunge(self, engine: ImapEngine, uids: Sequence[int]) -> None:
         """EXPUNGE per message, or one VANISHED with QRESYNC (RFC 7162 3.2.10)."""
         if not uids:
             return
+        if self.infos_cache is not None:
+            for uid in uids:
+                self.infos_cache.pop(uid, None)
         if "QRESYNC" in engine.enabled:
             present = [u for u in uids if self.view.seq_of(u) is not None]
             self.view.expunge(present)

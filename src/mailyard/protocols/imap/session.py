@@ -62,7 +62,7 @@ class ImapSession:
     """One connection's IMAP state: the engine, the logged-in account's
     backend, the selected mailbox."""
 
-    __slots__ = ("_unwatch", "backend", "closed", "config", "engine", "io", "login", "sel")
+    __slots__ = ("_sel", "_unwatch", "backend", "closed", "config", "engine", "io", "login")
 
     def __init__(self, io: ImapIO, login: ImapLogin, limits: Limits | None = None,
                  config: ImapConfig | None = None) -> None:
@@ -71,9 +71,21 @@ class ImapSession:
         self.io = io
         self.login = login
         self.backend: ImapBackend | None = None
-        self.sel: SelectedMailbox | None = None
+        self._sel: SelectedMailbox | None = None
         self.closed = False  # the connection is gone
         self._unwatch: Callable[[], None] | None = None
+
+    @property
+    def sel(self) -> SelectedMailbox | None:
+        """The selected mailbox, or None."""
+        return self._sel
+
+    @sel.setter
+    def sel(self, value: SelectedMailbox | None) -> None:
+        # a mailbox no longer selected: expunged messages it held may go (RFC 2180 4.1.1)
+        if self._sel is not None and value is not self._sel and self.backend is not None:
+            self.backend.hold_expunged(None)
+        self._sel = value
 
     # --- connection life ----------------------------------------------------
     def greeting(self) -> None:
@@ -97,6 +109,8 @@ class ImapSession:
         AUTHENTICATE left open counts as a failed login."""
         self.closed = True
         self.login.close()
+        if self.backend is not None:
+            self.backend.hold_expunged(None)
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None

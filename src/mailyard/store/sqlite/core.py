@@ -50,6 +50,7 @@ class SQLiteCore(Store):
         self._epochs: dict[int, int | None] = {}  # account id -> epoch, None: removed
         write_conn = self._connect(db_path)
         schema.create(write_conn)
+        self._recover(write_conn)
         self.blobs = SegmentFiles(self.data_dir / "blobs", self.config.segment_size, self.config.fsync)
         last = write_conn.execute("SELECT max(id) FROM segments").fetchone()[0]
         if last is None:
@@ -115,6 +116,10 @@ class SQLiteCore(Store):
     def _background_work(self, c: sqlite3.Connection) -> bool | float:
         """Idle-time work on the writer thread (SQLiteStore fills it in)."""
         return False
+
+    def _recover(self, c: sqlite3.Connection) -> None:
+        """At start, before the writer runs: drop what only the sessions of
+        an earlier run needed (messages.py fills it in)."""
 
     def translate_error(self, exc: BaseException) -> BaseException:
         """Map low-level errors to StoreError kinds the protocols can answer with."""

@@ -7,14 +7,28 @@ change takes the mailbox's next mod-sequence (RFC 7162 3.1); an expunged UID
 is remembered with the mod-sequence that removed it (``expunged``), for
 VANISHED and for sessions catching up. UIDs come from ``mailboxes.uid_next``
 and are never reused in a mailbox (RFC 9051 2.3.1.1).
+
+Expunged but still held: an IMAP session keeps serving FETCH of a message
+another session expunged until it has told its client (RFC 2180 4.1.1), so
+while some session holds the mailbox (``hold_expunged``) an expunge keeps the
+row, moved under the negated mailbox id: no mailbox's query sees it, its
+body keeps its reference, and reads ``expunged=True`` find it. Once every
+holder has announced the expunge the row goes and its body reference is
+released (``_purge_expunged``); rows left by an earlier run go at start
+(``_recover``), since no session of that run is left to need them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
+from ...config import StoreConfig
 from ..api import (
     AppendItem,
     Changes,
@@ -28,6 +42,8 @@ from ..api import (
 from .bodies import BodiesMixin, release_bodies
 from .core import select_uids
 from .writer import WriteContext
+
+log = logging.getLogger("mailyard.store")
 
 MESSAGE_COLS = "mailbox_id, uid, size, flags, internal_date, modseq"
 
@@ -66,9 +82,11 @@ def bump_modseq(c: sqlite3.Connection, mailbox_id: int) -> int:
 
 
 def drop_mailbox_messages(c: sqlite3.Connection, mailbox_id: int) -> None:
-    """Remove every message of a mailbox (which is going away) and its expunge memory."""
-    body_ids = [r[0] for r in c.execute("SELECT body_id FROM messages WHERE mailbox_id = ?", (mailbox_id,))]
-    c.execute("DELETE FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+    """Remove every message of a mailbox (which is going away), the expunged
+    ones still held, and its expunge memory."""
+    body_ids = [r[0] for r in c.execute("SELECT body_id FROM messages WHERE mailbox_id IN (?, ?)",
+                                        (mailbox_id, -mailbox_id))]
+    c.execute("DELETE FROM messages WHERE mailbox_id IN (?, ?)", (mailbox_id, -mailbox_id))
     c.execute("DELETE FROM expunged WHERE mailbox_id = ?", (mailbox_id,))
     release_bodies(c, body_ids)
 
@@ -105,6 +123,103 @@ def insert_targets(
 
 class MessagesMixin(BodiesMixin):
     """Messages of mailboxes: writes and reads."""
+
+    def __init__(self, data_dir: Path, config: StoreConfig | None = None) -> None:
+        # hold_expunged: mailbox id -> {holder: mod-sequence its expunges are announced up to};
+        # mailbox id -> lowest expunge mod-sequence of its held rows (a hint: may be stale low).
+        # Shared by the event loop (holds) and the writer thread (expunge, purge).
+        self._holds: dict[int, dict[object, int]] = {}
+        self._held_by: dict[object, int] = {}
+        self._held_rows: dict[int, int] = {}
+        self._purging: set[int] = set()
+        self._holds_lock = threading.Lock()
+        super().__init__(data_dir, config)
+
+    def _recover(self, c: sqlite3.Connection) -> None:
+        super()._recover(c)
+        rows = c.execute("SELECT mailbox_id, uid, body_id FROM messages WHERE mailbox_id < 0").fetchall()
+        if rows:
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("DELETE FROM messages WHERE mailbox_id < 0")
+            release_bodies(c, [r[2] for r in rows])
+            c.execute("COMMIT")
+            log.info("dropped %d expunged messages held by sessions of the last run", len(rows))
+
+    def _remove_rows(self, c: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple[int, int]],
+                     modseq: int) -> None:
+        """Expunge (uid, body_id) rows inside a write: kept under the negated
+        mailbox id while a session holds the mailbox, else deleted."""
+        with self._holds_lock:
+            held = bool(self._holds.get(mailbox_id))
+            if held:
+                self._held_rows[mailbox_id] = min(self._held_rows.get(mailbox_id, modseq), modseq)
+        if held:
+            c.executemany("UPDATE messages SET mailbox_id = ? WHERE mailbox_id = ? AND uid = ?",
+                          [(-mailbox_id, mailbox_id, r[0]) for r in rows])
+            return
+        c.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, r[0]) for r in rows])
+        release_bodies(c, [r[1] for r in rows])
+
+    def hold_expunged(self, holder: object, mailbox: MailboxRef | None, seen_modseq: int = 0) -> None:
+        mailbox_id = None if mailbox is None else mailbox.id
+        with self._holds_lock:
+            before = self._held_by.pop(holder, None)
+            if before is not None:
+                holders = self._holds.get(before, {})
+                holders.pop(holder, None)
+                if not holders:
+                    self._holds.pop(before, None)
+            if mailbox_id is not None:
+                self._holds.setdefault(mailbox_id, {})[holder] = seen_modseq
+                self._held_by[holder] = mailbox_id
+            due = [m for m in {before, mailbox_id} if m is not None and self._purge_due(m)]
+        for m in due:
+            self._purge_expunged(m)
+
+    def _purge_due(self, mailbox_id: int) -> bool:
+        """Whether held rows of the mailbox may go now (with _holds_lock)."""
+        lowest = self._held_rows.get(mailbox_id)
+        if lowest is None or mailbox_id in self._purging:
+            return False
+        holders = self._holds.get(mailbox_id)
+        return not holders or min(holders.values()) >= lowest
+
+    def _purge_expunged(self, mailbox_id: int) -> None:
+        """Delete, in the next write, the held rows of a mailbox that every
+        holder has announced as expunged, releasing their bodies."""
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            with self._holds_lock:
+                holders = self._holds.get(mailbox_id)
+                upto = min(holders.values()) if holders else None
+            rows = c.execute(
+                "SELECT g.uid, g.body_id, coalesce(e.modseq, 0) FROM messages g"
+                " LEFT JOIN expunged e ON e.mailbox_id = ? AND e.uid = g.uid WHERE g.mailbox_id = ?",
+                (mailbox_id, -mailbox_id),
+            ).fetchall()
+            doomed = [r for r in rows if upto is None or r[2] <= upto]
+            c.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?",
+                          [(-mailbox_id, r[0]) for r in doomed])
+            release_bodies(c, [r[1] for r in doomed])
+            left = [r[2] for r in rows if upto is not None and r[2] > upto]
+            with self._holds_lock:
+                if left:
+                    self._held_rows[mailbox_id] = min(left)
+                else:
+                    self._held_rows.pop(mailbox_id, None)
+
+        def done(fut: asyncio.Future[None]) -> None:
+            with self._holds_lock:
+                self._purging.discard(mailbox_id)
+                again = self._purge_due(mailbox_id)
+            if not fut.cancelled() and fut.exception() is not None:
+                log.warning("expunged messages of mailbox %d not yet dropped: %s", mailbox_id, fut.exception())
+            elif again:
+                self._purge_expunged(mailbox_id)
+
+        with self._holds_lock:
+            self._purging.add(mailbox_id)
+        self._writer.submit(op).add_done_callback(done)
 
     async def deliver(self, body: bytes, targets: Sequence[DeliveryTarget]) -> list[int]:
         if not targets:
@@ -186,12 +301,11 @@ class MessagesMixin(BodiesMixin):
             if not rows:
                 return []
             modseq = bump_modseq(c, mailbox_id)
-            c.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, r[0]) for r in rows])
+            self._remove_rows(c, mailbox_id, rows, modseq)
             c.executemany(
                 "INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES (?, ?, ?)",
                 [(mailbox_id, r[0], modseq) for r in rows],
             )
-            release_bodies(c, [r[1] for r in rows])
             ctx.changed.add(mailbox_id)
             return sorted(r[0] for r in rows)
 
@@ -237,14 +351,11 @@ class MessagesMixin(BodiesMixin):
             ctx.changed.add(dst_mailbox_id)
             if move:
                 src_modseq = bump_modseq(c, src_mailbox_id)
-                c.executemany(
-                    "DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(src_mailbox_id, r[0]) for r in rows]
-                )
+                self._remove_rows(c, src_mailbox_id, [(r[0], r[1]) for r in rows], src_modseq)
                 c.executemany(
                     "INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES (?, ?, ?)",
                     [(src_mailbox_id, r[0], src_modseq) for r in rows],
                 )
-                release_bodies(c, [r[1] for r in rows])
                 ctx.changed.add(src_mailbox_id)
             return pairs
 
@@ -255,20 +366,23 @@ class MessagesMixin(BodiesMixin):
         rows = self._q(f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,))
         return [message_row(r) for r in rows]
 
-    async def get_messages(self, mailbox: MailboxRef, uids: Sequence[int]) -> list[MessageInfo]:
+    async def get_messages(
+        self, mailbox: MailboxRef, uids: Sequence[int], expunged: bool = False
+    ) -> list[MessageInfo]:
         mailbox_id = self._owned(mailbox)
+        where = -mailbox_id if expunged else mailbox_id
         rows = select_uids(self._read, f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ?",
-                            mailbox_id, sorted(set(uids)), uid_at=1)
+                            where, sorted(set(uids)), uid_at=1)
         rows.sort(key=lambda r: r[1])
-        return [message_row(r) for r in rows]
+        return [message_row((mailbox_id, *r[1:])) for r in rows]
 
-    async def read_message(self, mailbox: MailboxRef, uid: int) -> bytes:
+    async def read_message(self, mailbox: MailboxRef, uid: int, expunged: bool = False) -> bytes:
         mailbox_id = self._owned(mailbox)
-        row = self._q1(
-            "SELECT m.prefix, b.segment, b.offset, b.length FROM messages m JOIN bodies b ON b.id = m.body_id"
-            " WHERE m.mailbox_id = ? AND m.uid = ?",
-            (mailbox_id, uid),
-        )
+        sql = ("SELECT m.prefix, b.segment, b.offset, b.length FROM messages m JOIN bodies b ON b.id = m.body_id"
+               " WHERE m.mailbox_id = ? AND m.uid = ?")
+        row = self._q1(sql, (mailbox_id, uid))
+        if row is None and expunged:
+            row = self._q1(sql, (-mailbox_id, uid))  # expunged, still held
         if row is None:
             raise NotFound(f"no message with UID {uid}")
         return bytes(row[0]) + self.blobs.read(row[1], row[2], row[3])

@@ -50,7 +50,8 @@ class SearchMixin(SQLiteCore):
     _index_backoff = 0.0
 
     async def get_derived(
-        self, mailbox: MailboxRef, uids: Sequence[int], fields: Iterable[str] | None = None
+        self, mailbox: MailboxRef, uids: Sequence[int], fields: Iterable[str] | None = None,
+        expunged: bool = False,
     ) -> dict[int, dict]:
         mailbox_id = self._owned(mailbox)
         wanted = set(DERIVED_FIELDS - _IMAP_COLS.keys()) if fields is None else set(fields)
@@ -61,13 +62,13 @@ class SearchMixin(SQLiteCore):
         meta_keys = _META_KEYS & wanted
         cols = ", ".join(["m.uid", "m.body_id", "d.body_id", *(f"d.{_IMAP_COLS[k]}" for k in imap),
                           *(["d.meta"] if meta_keys else [])])
-        rows = select_uids(
-            self._read,
-            f"SELECT {cols} FROM messages m LEFT JOIN body_derived d ON d.body_id = m.body_id WHERE m.mailbox_id = ?",
-            mailbox_id,
-            list(uids),
-            column="m.uid",
-        )
+        sql = f"SELECT {cols} FROM messages m LEFT JOIN body_derived d ON d.body_id = m.body_id WHERE m.mailbox_id = ?"
+        rows = select_uids(self._read, sql, mailbox_id, list(uids), column="m.uid")
+        if expunged and len(rows) < len(set(uids)):
+            # expunged messages still held: their rows sit under the negated id (messages.py)
+            found = {r[0] for r in rows}
+            rows += select_uids(self._read, sql, -mailbox_id, [u for u in set(uids) if u not in found],
+                                column="m.uid")
         out: dict[int, dict] = {}
         body_of: dict[int, int] = {}
         missing: list[int] = []

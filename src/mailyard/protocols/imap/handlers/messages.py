@@ -119,8 +119,11 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
             await (s.io.flush() if size < batch_size else s.maybe_flush())
         size = min(batch_size, size * 4)
     if missing and not cmd.uid:
-        # RFC 2180 4.1.3 / RFC 9051 7.1: the others' data, then NO; the client
-        # learns of the expunge at its next command (NOOP)
+        # A message expunged elsewhere is served until announced (RFC 2180
+        # 4.1.1, selected.py); one the backend could no longer keep (a mailbox
+        # renamed away) is answered as RFC 2180 4.1.3 and RFC 9051 7.1 allow:
+        # the others' data, then NO; the client learns of the expunge at its
+        # next command (NOOP)
         await s.finish("NO", "Some messages were expunged", "EXPUNGEISSUED", allow_expunge=False)
         return
     # RFC 9051 7.5.1 / 5.5: no EXPUNGE during FETCH; UID FETCH allows it, and a
@@ -152,8 +155,11 @@ async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
     if not cmd.silent:
         # RFC 9051 6.4.6: the updated flags of every message in the set
         infos = await sel.infos(b)
+        gone = sel.pending_expunge
         for u in uids:
-            if u not in report and u in infos and u not in failed:
+            # RFC 2180 4.2.1: a message expunged elsewhere keeps its flags; the
+            # STORE of the others succeeds (OK) and it gets no FETCH
+            if u not in report and u in infos and u not in failed and u not in gone:
                 report[u] = infos[u]
     sel.announce_flags(s.engine)  # RFC 9051 7.3.5: FLAGS before a FETCH shows a new keyword
     recent = sel.recent_of(s.engine)

@@ -45,7 +45,8 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
     uids = list(sel.view.uids)
     # keys the indexes answer whole (the usual SUBJECT x / BODY x) need no
     # per-message evaluation; messages expunged elsewhere are left out
-    found = sr.match_set(key, ctx, {u for u in uids if u in infos})
+    gone = sel.pending_expunge
+    found = sr.match_set(key, ctx, {u for u in uids if u in infos and u not in gone})
     if found is not None:
         hits = [(i, u) for i, u in enumerate(uids, 1) if u in found]
         modseq = max((infos[u].modseq for _, u in hits), default=0)
@@ -56,7 +57,7 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
         derived = await b.get_derived(sel.mailbox, chunk, ("headers",)) if want_headers else {}
         for i, uid in enumerate(chunk, start + 1):
             info = infos.get(uid)
-            if info is None:
+            if info is None or uid in gone:
                 continue  # expunged elsewhere, not yet announced
             flags = info.flags
             if recent and uid in recent:

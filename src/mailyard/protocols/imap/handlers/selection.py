@@ -34,6 +34,9 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
     if box is None:
         eng.complete("NO", "Mailbox does not exist", "NONEXISTENT")
         return
+    # RFC 2180 4.1.1: hold what is expunged from here on before the snapshot,
+    # so every message of the view stays readable until announced
+    b.hold_expunged(box, 0)
     # RFC 9051 6.3.2 needs counts, UIDNEXT, flags in use: read in one snapshot;
     # the per-message index data is loaded when a command first needs it
     summary = await b.mailbox_summary(box)
@@ -42,6 +45,7 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
     condstore = cmd.condstore or cmd.qresync is not None or "CONDSTORE" in eng.enabled
     highest = box.highest_modseq
     sel = s.sel = SelectedMailbox(box, cmd.readonly, view, highest, condstore=condstore)
+    sel.hold(b)
     sel.known_flags.update(summary.keywords)
     eng.untagged(len(view), Atom("EXISTS"))
     if not eng.rev2:
