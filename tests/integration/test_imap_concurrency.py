@@ -13,6 +13,7 @@ import re
 import threading
 
 from tests.conftest import USERS, RunningServer
+from tests.waiting import wait_until
 
 ALICE = "alice@example.test"
 
@@ -129,3 +130,75 @@ def test_keyword_set_by_another_client_is_announced_in_flags_rfc9051_7_3_5(mails
             assert out[-1] == b"b2 OK FETCH completed\r\n"
     finally:
         a.logout()
+
+
+def held_rows(server: RunningServer) -> int:
+    """Expunged messages the store still keeps for sessions (messages.py)."""
+
+    async def count() -> int:
+        return server.store._q("SELECT count(*) FROM messages WHERE mailbox_id < 0")[0][0]
+
+    return server.call(count())
+
+
+def test_fetch_while_others_expunge_never_fails_rfc2180_4_1_1(mailserver: RunningServer) -> None:
+    """Ten concurrent clients: five FETCH the whole mailbox (bodies) over and
+    over while five append and expunge messages. Every FETCH ends OK with the
+    data of every message it names; once every session has announced the
+    expunges, the store keeps nothing for them."""
+    seed = client(mailserver)
+    for n in range(5):
+        assert seed.append("INBOX", None, None, message(n))[0] == "OK"
+    readers = [client(mailserver) for _ in range(5)]
+    writers = [client(mailserver) for _ in range(5)]
+    for c in [*readers, *writers]:
+        assert c.select("INBOX")[0] == "OK"
+    start = threading.Barrier(10)
+    errors: list[BaseException] = []
+    results: list[tuple[str, int]] = []  # (tagged result, messages served)
+    stop = threading.Event()
+
+    def read(c: imaplib.IMAP4) -> None:
+        try:
+            start.wait(10)
+            while not stop.is_set():
+                assert c.noop()[0] == "OK"
+                typ, data = c.fetch("1:*", "(UID BODY.PEEK[])")
+                results.append((typ, sum(1 for d in data if isinstance(d, tuple))))
+        except BaseException as exc:
+            errors.append(exc)
+
+    def write(i: int, c: imaplib.IMAP4) -> None:
+        try:
+            start.wait(10)
+            for n in range(8):
+                typ, data = c.append("INBOX", None, None, message(1000 + i * 100 + n))
+                assert typ == "OK", data
+                uid = re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1).decode()  # type: ignore[union-attr]
+                assert c.uid("STORE", uid, "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+                assert c.uid("EXPUNGE", uid)[0] == "OK"
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(c,)) for c in readers]
+    threads += [threading.Thread(target=write, args=(i, c)) for i, c in enumerate(writers)]
+    for t in threads:
+        t.start()
+    for t in threads[5:]:
+        t.join(120)
+    stop.set()
+    for t in threads[:5]:
+        t.join(120)
+    try:
+        assert not errors, errors
+        failed = [r for r in results if r[0] != "OK"]
+        print(f"FETCH 1:* during expunges: {len(results)} commands, {len(failed)} not OK, "
+              f"{held_rows(mailserver)} expunged messages held before the sessions' last NOOP")
+        assert not failed, failed[:5]
+        for c in [*readers, *writers]:
+            assert c.noop()[0] == "OK"
+        # every holder has announced every expunge: the store keeps nothing
+        wait_until(lambda: held_rows(mailserver) == 0, what="held expunged messages to go")
+    finally:
+        for c in [seed, *readers, *writers]:
+            c.logout()

@@ -1,0 +1,99 @@
+"""Expunged messages a session still holds (Store.hold_expunged, RFC 2180
+4.1.1) in the SQLite store: readable while held, gone with their body
+reference once every holder has seen the expunge, and after a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailyard.config import StoreConfig
+from mailyard.store.api import Mailbox, NotFound
+from mailyard.store.sqlite import SQLiteStore
+from tests.waiting import wait_until_async
+
+BODY = b"Subject: held\r\n\r\nstill here\r\n"
+
+
+async def _inbox(store: SQLiteStore) -> Mailbox:
+    await store.add_domain("example.test")
+    a = await store.add_account("a@example.test", "h")
+    box = await store.get_mailbox(a.id, "INBOX")
+    assert box
+    return box
+
+
+def _held(store: SQLiteStore) -> int:
+    return store._q("SELECT count(*) FROM messages WHERE mailbox_id < 0")[0][0]
+
+
+def _bodies(store: SQLiteStore) -> int:
+    return store._q("SELECT count(*) FROM bodies")[0][0]
+
+
+async def test_expunged_message_is_kept_while_a_session_holds_it(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        inbox = await _inbox(s)
+        uid = await s.append(inbox, BODY)
+        other = await s.append(inbox, BODY + b"2\r\n")
+        first, second = object(), object()
+        s.hold_expunged(first, inbox, inbox.highest_modseq)
+        s.hold_expunged(second, inbox, inbox.highest_modseq)
+        await s.expunge(inbox, [uid])
+        # gone from the mailbox, readable for its holders
+        assert [m.uid for m in await s.list_messages(inbox)] == [other]
+        with pytest.raises(NotFound):
+            await s.read_message(inbox, uid)
+        assert await s.read_message(inbox, uid, expunged=True) == BODY
+        assert [m.uid for m in await s.get_messages(inbox, [uid], expunged=True)] == [uid]
+        assert uid in await s.get_derived(inbox, [uid], ("size",), expunged=True)
+        assert (await s.mailbox_status(inbox)).messages == 1
+        seen = (await s.changes_since(inbox, 0)).highest_modseq
+        s.hold_expunged(first, inbox, seen)  # one holder announced it: still kept
+        assert _held(s) == 1
+        s.hold_expunged(second, None)  # the other deselected: nobody needs it now
+        await wait_until_async(lambda: _held(s) == 0, what="the held row to go")
+        assert _bodies(s) == 1  # its body reference was released
+        with pytest.raises(NotFound):
+            await s.read_message(inbox, uid, expunged=True)
+        # nobody holds the mailbox: an expunge deletes at once
+        s.hold_expunged(first, None)
+        await s.expunge(inbox, [other])
+        assert _held(s) == 0 and _bodies(s) == 0
+    finally:
+        await s.close()
+
+
+async def test_a_restart_drops_what_sessions_of_the_last_run_held(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    inbox = await _inbox(s)
+    uid = await s.append(inbox, BODY)
+    s.hold_expunged(object(), inbox, 0)
+    await s.expunge(inbox, [uid])
+    assert _held(s) == 1 and _bodies(s) == 1
+    await s.close()
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        assert _held(s) == 0 and _bodies(s) == 0
+        with pytest.raises(NotFound):
+            await s.read_message(inbox, uid, expunged=True)
+    finally:
+        await s.close()
+
+
+async def test_deleting_the_mailbox_drops_what_was_held(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        await s.add_domain("example.test")
+        a = await s.add_account("a@example.test", "h")
+        box = await s.create_mailbox(a.id, "Work")
+        uid = await s.append(box, BODY)
+        s.hold_expunged(object(), box, 0)
+        await s.expunge(box, [uid])
+        assert _held(s) == 1
+        await s.delete_mailbox(a.id, "Work")
+        assert _held(s) == 0 and _bodies(s) == 0
+    finally:
+        await s.close()
