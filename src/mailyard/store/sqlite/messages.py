@@ -217,9 +217,13 @@ class MessagesMixin(BodiesMixin):
             elif again:
                 self._purge_expunged(mailbox_id)
 
+        try:
+            fut = self._writer.submit(op)
+        except RuntimeError:  # no event loop (shutting down): what is left goes at the next start
+            return
         with self._holds_lock:
             self._purging.add(mailbox_id)
-        self._writer.submit(op).add_done_callback(done)
+        fut.add_done_callback(done)
 
     async def deliver(self, body: bytes, targets: Sequence[DeliveryTarget]) -> list[int]:
         if not targets:
