@@ -97,3 +97,23 @@ async def test_deleting_the_mailbox_drops_what_was_held(tmp_path: Path) -> None:
         assert _held(s) == 0 and _bodies(s) == 0
     finally:
         await s.close()
+
+
+async def test_the_expunging_holder_needs_nothing_kept(tmp_path: Path) -> None:
+    """The session that expunges announces it at once: if it is the only
+    holder the row goes in the same write; another holder keeps it."""
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        inbox = await _inbox(s)
+        uids = [await s.append(inbox, BODY + str(n).encode()) for n in range(3)]
+        me, other = object(), object()
+        s.hold_expunged(me, inbox, 0)
+        await s.expunge(inbox, [uids[0]], holder=me)
+        assert _held(s) == 0 and _bodies(s) == 2
+        s.hold_expunged(other, inbox, 0)
+        drafts = await s.get_mailbox(inbox.account_id, "Drafts") or await s.create_mailbox(inbox.account_id, "Drafts")
+        await s.copy_messages(inbox, [uids[1]], drafts, move=True, holder=me)
+        assert _held(s) == 1  # other has not seen the move yet
+        assert await s.read_message(inbox, uids[1], expunged=True) == BODY + b"1"
+    finally:
+        await s.close()

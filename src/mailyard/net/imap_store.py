@@ -58,7 +58,13 @@ class StoreBackend:
     search_headers = _checked("search_headers")
     search_text = _checked("search_text")
     store_flags = _checked("store_flags")
-    expunge = _checked("expunge")
+
+    async def expunge(self, mailbox: Mailbox, uids: Sequence[int]) -> list[int]:
+        # this session announces its own expunge at once: nothing is kept for it
+        try:
+            return await self.store.expunge(mailbox, uids, holder=self)
+        except store_api.MailboxGone as exc:
+            raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
 
     # --- validity ------------------------------------------------------------------
     def account_current(self) -> bool:
@@ -137,7 +143,7 @@ class StoreBackend:
         self, src: Mailbox, uids: Sequence[int], dst: Mailbox, move: bool = False
     ) -> list[tuple[int, int]]:
         try:
-            return await self.store.copy_messages(src, uids, dst, move=move)
+            return await self.store.copy_messages(src, uids, dst, move=move, holder=self)
         except store_api.MailboxGone as exc:
             raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
         except store_api.StorageFull as exc:

@@ -581,15 +581,18 @@ class Store(abc.ABC):
         the UNCHANGEDSINCE test of RFC 7162 section 3.1.3)."""
 
     @abc.abstractmethod
-    async def expunge(self, mailbox: MailboxRef, uids: Sequence[int]) -> list[int]:
-        """Remove messages; returns the UIDs actually removed (ascending)."""
+    async def expunge(self, mailbox: MailboxRef, uids: Sequence[int], holder: object = None) -> list[int]:
+        """Remove messages; returns the UIDs actually removed (ascending).
+        ``holder``: the caller, a holder (``hold_expunged``) that announces
+        the expunge at once, so nothing is kept for it."""
 
     @abc.abstractmethod
     async def copy_messages(
-        self, src: MailboxRef, uids: Sequence[int], dst: MailboxRef, move: bool = False
+        self, src: MailboxRef, uids: Sequence[int], dst: MailboxRef, move: bool = False, holder: object = None,
     ) -> list[tuple[int, int]]:
         """Copy (or move) messages between two mailboxes of one account;
-        returns (source UID, new UID) pairs (RFC 4315 COPYUID)."""
+        returns (source UID, new UID) pairs (RFC 4315 COPYUID). ``holder``
+        as for ``expunge``."""
 
     @abc.abstractmethod
     async def changes_since(self, mailbox: MailboxRef, modseq: int) -> Changes:

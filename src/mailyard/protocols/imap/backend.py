@@ -240,7 +240,8 @@ class ImapBackend(Protocol):
         ...
 
     async def expunge(self, mailbox: MailboxRecord, uids: Sequence[int]) -> Sequence[int]:
-        """The UIDs actually removed, ascending."""
+        """The UIDs actually removed, ascending. The caller announces them at
+        once (EXPUNGE, CLOSE, MOVE), so nothing is kept for it."""
         ...
 
     async def copy_messages(

@@ -111,11 +111,12 @@ class _Box:
     held: dict[int, tuple[bytes, MemMessage]] = field(default_factory=dict)
     holders: dict[object, int] = field(default_factory=dict)  # holder -> expunges seen up to
 
-    def remove(self, uid: int, modseq: int) -> None:
-        """Expunge ``uid`` at ``modseq``; kept readable while a session holds the mailbox."""
+    def remove(self, uid: int, modseq: int, by: object = None) -> None:
+        """Expunge ``uid`` at ``modseq``; kept readable while a session other
+        than ``by`` (which announces it at once) holds the mailbox."""
         entry = self.messages.pop(uid)
         self.expunged[uid] = modseq
-        if self.holders:
+        if any(h is not by for h in self.holders):
             self.held[uid] = entry
 
     def release(self) -> None:
@@ -448,7 +449,7 @@ class MemoryBackend:
         if gone:
             box.highest_modseq += 1
             for uid in gone:
-                box.remove(uid, box.highest_modseq)
+                box.remove(uid, box.highest_modseq, self)
             self.store.notify(box.id)
         return gone
 
@@ -471,7 +472,7 @@ class MemoryBackend:
         if move:
             src.highest_modseq += 1
             for uid in present:
-                src.remove(uid, src.highest_modseq)
+                src.remove(uid, src.highest_modseq, self)
             self.store.notify(src.id)
         return pairs
 

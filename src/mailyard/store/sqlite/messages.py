@@ -146,11 +146,12 @@ class MessagesMixin(BodiesMixin):
             log.info("dropped %d expunged messages held by sessions of the last run", len(rows))
 
     def _remove_rows(self, c: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple[int, int]],
-                     modseq: int) -> None:
+                     modseq: int, holder: object) -> None:
         """Expunge (uid, body_id) rows inside a write: kept under the negated
-        mailbox id while a session holds the mailbox, else deleted."""
+        mailbox id while a session other than ``holder`` (the caller, which
+        announces the expunge at once) holds the mailbox, else deleted."""
         with self._holds_lock:
-            held = bool(self._holds.get(mailbox_id))
+            held = any(h is not holder for h in self._holds.get(mailbox_id, ()))
             if held:
                 self._held_rows[mailbox_id] = min(self._held_rows.get(mailbox_id, modseq), modseq)
         if held:
@@ -296,7 +297,7 @@ class MessagesMixin(BodiesMixin):
 
         return await self._write(op)
 
-    async def expunge(self, mailbox: MailboxRef, uids: Sequence[int]) -> list[int]:
+    async def expunge(self, mailbox: MailboxRef, uids: Sequence[int], holder: object = None) -> list[int]:
         wanted = list(uids)
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> list[int]:
@@ -305,7 +306,7 @@ class MessagesMixin(BodiesMixin):
             if not rows:
                 return []
             modseq = bump_modseq(c, mailbox_id)
-            self._remove_rows(c, mailbox_id, rows, modseq)
+            self._remove_rows(c, mailbox_id, rows, modseq, holder)
             c.executemany(
                 "INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES (?, ?, ?)",
                 [(mailbox_id, r[0], modseq) for r in rows],
@@ -316,7 +317,7 @@ class MessagesMixin(BodiesMixin):
         return await self._write(op)
 
     async def copy_messages(
-        self, src: MailboxRef, uids: Sequence[int], dst: MailboxRef, move: bool = False
+        self, src: MailboxRef, uids: Sequence[int], dst: MailboxRef, move: bool = False, holder: object = None,
     ) -> list[tuple[int, int]]:
         wanted = list(uids)
         if dst.account_id != src.account_id:
@@ -355,7 +356,7 @@ class MessagesMixin(BodiesMixin):
             ctx.changed.add(dst_mailbox_id)
             if move:
                 src_modseq = bump_modseq(c, src_mailbox_id)
-                self._remove_rows(c, src_mailbox_id, [(r[0], r[1]) for r in rows], src_modseq)
+                self._remove_rows(c, src_mailbox_id, [(r[0], r[1]) for r in rows], src_modseq, holder)
                 c.executemany(
                     "INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES (?, ?, ?)",
                     [(src_mailbox_id, r[0], src_modseq) for r in rows],
