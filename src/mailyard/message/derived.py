@@ -501,7 +501,12 @@ class _Walker:
         ext = [None, mime.disposition(), mime.language(), mime.raw("content-location")]
         is_message = (mime.maintype == "message" and mime.subtype in ("rfc822", "global"))
         if is_message and not opaque and mime.encoding in ("7bit", "8bit", "binary"):
-            _f, env, inner = self.message(spec, b_start, b_end, depth + 1)
+            # RFC 9051 6.4.5: the encapsulated message of a MESSAGE/RFC822 part N
+            # is N (N.HEADER, N.TEXT, its parts N.1 ...); when the MESSAGE/RFC822
+            # entity is itself the body of a message M, that body is part M.1,
+            # so the encapsulated message is numbered M.1, one level deeper.
+            inner_spec = child(1) if message_body else spec
+            _f, env, inner = self.message(inner_spec, b_start, b_end, depth + 1)
             lines = raw.count(b"\n", b_start, b_end)
             return ["MESSAGE", mime.subtype.upper(), *fields_part, env, inner, lines, *ext]
         if opaque and mime.maintype in ("multipart", "message"):

@@ -173,3 +173,54 @@ def test_big_fetch_is_flushed_as_it_goes() -> None:
     assert len([x for x in lines if b" FETCH (BODY[] {" in x]) == 303
     # the first batches are written at once: 50 messages, then 200
     assert len(flushes) >= 2 and flushes[0] < flushes[1]
+
+
+# --- section numbers inside MESSAGE/RFC822 (RFC 9051 6.4.5) ----------------------
+
+INNER = b"From: b@y.example\r\nSubject: inner\r\n\r\ninner body\r\n"
+TOP_HEADER = b"From: a@x.example\r\nSubject: outer\r\nMIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\n"
+# a message whose whole body is a MESSAGE/RFC822: its part 1 is the encapsulated message
+TOP_RFC822 = TOP_HEADER + INNER
+LVL2 = b"From: m2@x.example\r\nSubject: lvl2\r\n\r\ndeep body"
+LVL1_HEADER = b"From: m1@x.example\r\nSubject: lvl1\r\nContent-Type: message/rfc822\r\n\r\n"
+# part 2 is a MESSAGE/RFC822 whose encapsulated message is itself a MESSAGE/RFC822
+NESTED_TWICE = (
+    b"From: a@x.example\r\nSubject: twice\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="o"\r\n\r\n'
+    b"--o\r\nContent-Type: text/plain\r\n\r\none\r\n"
+    b"--o\r\nContent-Type: message/rfc822\r\n\r\n" + LVL1_HEADER + LVL2 + b"\r\n--o--\r\n"
+)
+
+
+def test_sections_of_a_message_whose_body_is_a_message_rfc9051_6_4_5() -> None:
+    """The body of a non-multipart message is its part 1; when that body is a
+    MESSAGE/RFC822, 1.HEADER/1.TEXT are the encapsulated message's, and its
+    own body (not multipart) is 1.1. TEXT is the whole encapsulated message.
+    The same answers as Dovecot 2.3."""
+    c = connect(store_with_mail(TOP_RFC822), select="INBOX")
+    c.expect(
+        "a1 FETCH 1 (BODY.PEEK[1] BODY.PEEK[1.MIME] BODY.PEEK[1.HEADER] BODY.PEEK[1.TEXT] BODY.PEEK[1.1] "
+        "BODY.PEEK[1.1.MIME] BODY.PEEK[TEXT] BODY.PEEK[HEADER] BODY.PEEK[1.2] BODY.PEEK[2])",
+        "* 1 FETCH (BODY[1] " + lit(INNER) + " BODY[1.MIME] " + lit(TOP_HEADER)
+        + " BODY[1.HEADER] " + lit(b"From: b@y.example\r\nSubject: inner\r\n\r\n")
+        + " BODY[1.TEXT] " + lit(b"inner body\r\n") + " BODY[1.1] " + lit(b"inner body\r\n")
+        + " BODY[1.1.MIME] " + lit(b"From: b@y.example\r\nSubject: inner\r\n\r\n")
+        + " BODY[TEXT] " + lit(INNER) + " BODY[HEADER] " + lit(TOP_HEADER)
+        + " BODY[1.2] {0}\r\n BODY[2] {0}\r\n)",
+        "a1 OK FETCH completed",
+    )
+
+
+def test_sections_of_a_message_part_nested_twice_rfc9051_6_4_5() -> None:
+    c = connect(store_with_mail(NESTED_TWICE), select="INBOX")
+    c.expect(
+        "a1 FETCH 1 (BODY.PEEK[2.HEADER] BODY.PEEK[2.TEXT] BODY.PEEK[2.1] BODY.PEEK[2.1.MIME] "
+        "BODY.PEEK[2.1.HEADER] BODY.PEEK[2.1.TEXT] BODY.PEEK[2.1.1] BODY.PEEK[2.1.1.MIME] BODY.PEEK[2.MIME])",
+        "* 1 FETCH (BODY[2.HEADER] " + lit(LVL1_HEADER) + " BODY[2.TEXT] " + lit(LVL2)
+        + " BODY[2.1] " + lit(LVL2) + " BODY[2.1.MIME] " + lit(LVL1_HEADER)
+        + " BODY[2.1.HEADER] " + lit(b"From: m2@x.example\r\nSubject: lvl2\r\n\r\n")
+        + " BODY[2.1.TEXT] " + lit(b"deep body") + " BODY[2.1.1] " + lit(b"deep body")
+        + " BODY[2.1.1.MIME] " + lit(b"From: m2@x.example\r\nSubject: lvl2\r\n\r\n")
+        + " BODY[2.MIME] " + lit(b"Content-Type: message/rfc822\r\n\r\n") + ")",
+        "a1 OK FETCH completed",
+    )
