@@ -224,3 +224,26 @@ def test_sections_of_a_message_part_nested_twice_rfc9051_6_4_5() -> None:
         + " BODY[2.MIME] " + lit(b"Content-Type: message/rfc822\r\n\r\n") + ")",
         "a1 OK FETCH completed",
     )
+
+
+QP_PART = b"trailing spaces   \r\nsoft break= \t\r\ncontinued\tand tab\t\r\nend=3D"
+QP_MESSAGE = (
+    b"From: a@x.example\r\nSubject: qp\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="o"\r\n\r\n'
+    b"--o\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    + QP_PART + b"\r\n--o--\r\n"
+)
+
+
+def test_binary_of_quoted_printable_drops_trailing_space_rfc2045_6_7() -> None:
+    """RFC 2045 6.7 rule 3 (whitespace ending an encoded line is removed) and
+    rule 5 ("=" then whitespace is a soft line break); BINARY.SIZE and the
+    partial range count the decoded octets (RFC 3516 4.2). As Dovecot 2.3."""
+    decoded = b"trailing spaces\r\nsoft breakcontinued\tand tab\r\nend="
+    c = connect(store_with_mail(QP_MESSAGE), select="INBOX")
+    c.expect(
+        "a1 FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1] BINARY.PEEK[1]<10.20> BINARY.PEEK[1]<45.10>)",
+        "* 1 FETCH (BINARY[1] " + lit(decoded) + f" BINARY.SIZE[1] {len(decoded)}"
+        " BINARY[1]<10> " + lit(decoded[10:30]) + " BINARY[1]<45> " + lit(decoded[45:]) + ")",
+        "a1 OK FETCH completed",
+    )
