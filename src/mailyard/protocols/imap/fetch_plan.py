@@ -169,6 +169,15 @@ def plan(atts: tuple[c.FetchAtt, ...], uid: bool, changed_since: bool) -> FetchP
     return p
 
 
+def _without_nul(data: bytes) -> bytes:
+    """A string never holds NUL (RFC 9051 4.3: CHAR8 excludes %x00) and BODY[]
+    and RFC822 are strings, not literal8. APPEND keeps NUL octets out of parts
+    (RFC 3516 4.3, message/binary.py); a NUL that arrived otherwise (SMTP DATA)
+    is sent as 0x80, as Dovecot does, keeping the octet count (sizes and
+    partial ranges stay true). BINARY[] carries the octets in a literal8."""
+    return data.replace(b"\0", b"\x80") if b"\0" in data else data
+
+
 def encode_items(flags_of: Callable[[MessageRecord], bytes], writer: Writer, atts: tuple[c.FetchAtt, ...],
                  info: MessageRecord, msg: MessageParts | None, d: Mapping[str, Any] | None) -> list[bytes]:
     """The msg-att items of one FETCH response line; raises fetch.UnknownCTE
@@ -195,12 +204,12 @@ def encode_items(flags_of: Callable[[MessageRecord], bytes], writer: Writer, att
         elif n in _RFC822_SECTIONS:
             assert msg is not None
             sec = c.Section((), _RFC822_SECTIONS[n])
-            out.append(n.encode("ascii") + b" " + writer.value(msg.section(sec) or b""))
+            out.append(n.encode("ascii") + b" " + writer.value(_without_nul(msg.section(sec) or b"")))
         elif n == "BODY[]":
             assert msg is not None and a.section is not None
             data = msg.section(a.section)
             # RFC 9051 6.4.5: a part that does not exist reads as an empty string
-            data = f.apply_partial(data or b"", a.partial)
+            data = _without_nul(f.apply_partial(data or b"", a.partial))
             out.append(b"%s {%d}\r\n%s" % (f.response_name(a).encode("ascii"), len(data), data))
         elif n == "BINARY[]":
             assert msg is not None and a.section is not None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ....message.binary import encode_nul_parts
 from .. import commands as c
 from .. import fetch as f
 from ..backend import NewMessage, NoSpace
@@ -232,7 +233,15 @@ async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
             # RFC 3516 4.4: NUL octets need literal8
             await s.finish("NO", "NUL octets need a literal8", "UNKNOWN-CTE")
             return
-        prepared.append((m.data, flags, m.internal_date))
+        # RFC 3516 4.3: the server may change the transfer encoding of binary
+        # data it is given, losing nothing; parts with NUL are kept as base64
+        # so that BODY[] and RFC822 can send them (a string holds no NUL,
+        # RFC 9051 4.3) while BINARY[] gives back the octets as appended.
+        data = encode_nul_parts(m.data)
+        if data is None:
+            await s.finish("NO", "NUL octets outside a part's body", "UNKNOWN-CTE")
+            return
+        prepared.append((data, flags, m.internal_date))
     try:
         # RFC 3502 3: MULTIAPPEND is all or nothing -- one atomic store write
         uids = await b.append_messages(
