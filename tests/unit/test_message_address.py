@@ -191,3 +191,14 @@ def test_group_with_empty_phrase_does_not_raise(decode):
     ]
     # the same getter raises AttributeError for a phrase of dots
     assert parse_address_list("..: x@y.z;", decode=decode) == [Group("", (Mailbox(None, "x", "y.z"),))]
+
+
+def test_comment_names_rfc5322_3_4() -> None:
+    """``comment_names``: the last comment after a bare addr-spec is its display
+    name (encoded words decoded only with ``decode``); off by default."""
+    value = "u@d.example (=?utf-8?q?J=C3=B6rg?=), x@y.example (a) (b), <z (c)@w.example>"
+    assert parse_address_list(value, comment_names=True) == [
+        Mailbox("Jörg", "u", "d.example"), Mailbox("b", "x", "y.example"), Mailbox(None, "z", "w.example")]
+    assert parse_address_list(value, decode=False, comment_names=True)[0] == Mailbox(
+        "=?utf-8?q?J=C3=B6rg?=", "u", "d.example")
+    assert parse_address_list(value)[0] == Mailbox(None, "u", "d.example")

@@ -202,7 +202,7 @@ def _address_entries(value: bytes | None) -> list | None:
         adl = ",".join("@" + r for r in m.route) if m.route else None
         out.append([m.display_name, adl, m.local_part, m.domain or MISSING_DOMAIN])
 
-    for item in parse_address_list(text, decode=False):
+    for item in parse_address_list(text, decode=False, comment_names=True):
         if isinstance(item, Group):
             # RFC 9051 7.5.2: group start [NIL NIL name NIL], members, end [NIL NIL NIL NIL]
             out.append([None, None, item.name, None])

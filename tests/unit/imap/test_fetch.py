@@ -247,3 +247,25 @@ def test_binary_of_quoted_printable_drops_trailing_space_rfc2045_6_7() -> None:
         " BINARY[1]<10> " + lit(decoded[10:30]) + " BINARY[1]<45> " + lit(decoded[45:]) + ")",
         "a1 OK FETCH completed",
     )
+
+
+ADDRESSES = (
+    b"From: <user-from (comment)@ (comment) domain.org>\r\nTo: user@domain.example (Real Name)\r\n"
+    b'Cc: "Quoted" <q@d.example>, plain@d.example (Comment Name), x@y.example (a) (b)\r\n'
+    b"Subject: addr\r\n\r\nbody\r\n"
+)
+
+
+def test_envelope_name_from_the_comment_form_rfc5322_3_4() -> None:
+    """``user@domain (Real Name)``: the comment is the personal name (the last
+    one if several), as Dovecot and Cyrus give it; comments inside an
+    angle-addr name nobody."""
+    c = connect(store_with_mail(ADDRESSES), select="INBOX")
+    c.expect(
+        "a1 FETCH 1 ENVELOPE",
+        '* 1 FETCH (ENVELOPE (NIL "addr" ((NIL NIL "user-from" "domain.org")) ((NIL NIL "user-from" "domain.org"))'
+        ' ((NIL NIL "user-from" "domain.org")) (("Real Name" NIL "user" "domain.example"))'
+        ' (("Quoted" NIL "q" "d.example")("Comment Name" NIL "plain" "d.example")("b" NIL "x" "y.example"))'
+        " NIL NIL NIL))",
+        "a1 OK FETCH completed",
+    )
