@@ -698,3 +698,37 @@ def test_idle_autologout_counts_from_the_client_not_from_mailbox_changes(
                         break
                     out += chunk
     assert b"* BYE Autologout" in out, out
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_message_rfc822_sections_and_address_search_over_sqlite(mailserver: RunningServer, indexed: bool) -> None:
+    """Over the SQLite store, before the background indexer ran and after:
+    RFC 9051 6.4.5 section numbers inside a message whose body is a
+    MESSAGE/RFC822 (its part 1 is the encapsulated message, 1.1 that
+    message's body), and SEARCH FROM matching the address as parsed."""
+    inner = b"From: b@y.example\r\nSubject: inner\r\n\r\ninner body\r\n"
+    top = b"From: a@x.example\r\nSubject: outer\r\nMIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\n"
+    address = b"From: <user-from (comment)@ (comment) domain.org>\r\nTo: user@domain.example (Real Name)\r\n\r\nx\r\n"
+    s, say = _session(mailserver)
+    with s:
+        say(b"a1 LOGIN " + ALICE.encode() + b" " + USERS[ALICE].encode(), b"a1")
+        _append_raw(say, b"INBOX", top + inner)
+        _append_raw(say, b"INBOX", address)
+        if indexed:
+            _wait_indexed(mailserver)
+        say(b"a2 EXAMINE INBOX", b"a2")
+        got = b"".join(say(b"a3 FETCH 1 (BODY[1] BODY[1.HEADER] BODY[1.TEXT] BODY[1.1] BODY[TEXT] BODY[1.MIME])",
+                           b"a3"))
+        assert got == (
+            b"* 1 FETCH (BODY[1] {%d}\r\n%s BODY[1.HEADER] {37}\r\nFrom: b@y.example\r\nSubject: inner\r\n\r\n"
+            b" BODY[1.TEXT] {12}\r\ninner body\r\n BODY[1.1] {12}\r\ninner body\r\n BODY[TEXT] {%d}\r\n%s"
+            b" BODY[1.MIME] {%d}\r\n%s)\r\na3 OK FETCH completed\r\n"
+            % (len(inner), inner, len(inner), inner, len(top), top)
+        )
+        assert say(b'a4 SEARCH FROM "user-from@domain.org"', b"a4") == [
+            b"* SEARCH 2\r\n", b"a4 OK SEARCH completed\r\n"]
+        assert say(b'a5 SEARCH TO "real name" FROM "user-from"', b"a5") == [
+            b"* SEARCH 2\r\n", b"a5 OK SEARCH completed\r\n"]
+        assert say(b"a6 FETCH 2 ENVELOPE", b"a6")[0] == (
+            b'* 2 FETCH (ENVELOPE (NIL NIL ((NIL NIL "user-from" "domain.org")) ((NIL NIL "user-from" "domain.org"))'
+            b' ((NIL NIL "user-from" "domain.org")) (("Real Name" NIL "user" "domain.example")) NIL NIL NIL NIL))\r\n')

@@ -325,3 +325,35 @@ async def test_a_message_not_derived_yet_is_parsed_off_the_event_loop(
         assert threads and all(t is not threading.main_thread() for t in threads)
     finally:
         await s.close()
+
+
+async def test_bodies_derived_by_an_earlier_derivation_are_derived_again(tmp_path: Path) -> None:
+    """A directory whose derived data an earlier ``derive`` wrote (no
+    'derived_format' in meta, header_fields.folded the bare value) is derived
+    again when opened: SEARCH FROM finds the address as parsed, and the
+    background indexer refills the tables."""
+    address = b"From: <user-from (comment)@ (comment) domain.org>\r\nSubject: s\r\n\r\nbody\r\n"
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    await s.add_domain("example.test")
+    inbox = await _inbox(s)
+    await s.append(inbox, address)
+    assert await s.search_headers(inbox, "from", "user-from@domain.org") == {1}
+    await s.close()
+    c = sqlite3.connect(tmp_path / "d" / "index.sqlite3")
+    c.executescript("UPDATE header_fields SET folded = lower(value); DELETE FROM meta WHERE key = 'derived_format';")
+    c.commit()
+    c.close()
+    s2 = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        assert await s2.search_headers(inbox, "from", "user-from@domain.org") == {1}
+        assert await s2.search_headers(inbox, "from", "(comment)") == {1}  # the field text still matches
+        row = s2._read.execute("SELECT value FROM meta WHERE key = 'derived_format'").fetchone()
+        assert row is not None and row[0] == "2"
+    finally:
+        await s2.close()
+    # opened again with the same derivation: nothing is marked
+    s3 = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        assert s3._read.execute("SELECT count(*) FROM bodies WHERE derived IS NULL").fetchone()[0] == 0
+    finally:
+        await s3.close()

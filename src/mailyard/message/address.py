@@ -44,6 +44,7 @@ __all__ = [
     "iter_mailboxes",
     "parse_address",
     "parse_address_list",
+    "search_value",
     "split_address",
 ]
 
@@ -208,6 +209,34 @@ def _decode_item(item: Mailbox | Group) -> Mailbox | Group:
     if item.display_name and "=?" in item.display_name:
         return Mailbox(decode_words(item.display_name), item.local_part, item.domain, item.route)
     return item
+
+
+# Header fields whose value is an address list (RFC 5322 3.6.2, 3.6.3).
+ADDRESS_FIELDS = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc"})
+
+
+def search_value(name: str, value: str) -> str:
+    """What SEARCH FROM/TO/CC/BCC and HEADER match a header field against:
+    the decoded field text and, for an address field, each address as
+    parsed (``mailbox@host`` and the display name, the forms ENVELOPE gives),
+    one per line. So ``<user (comment)@ (comment) example.org>`` is found by
+    ``user@example.org`` and ``user@example.org (Real Name)`` by its name.
+    ``name`` is the lower-case field name; the result is not case-folded."""
+    if name not in ADDRESS_FIELDS:
+        return value
+    forms = [value]
+    for item in parse_address_list(value, comment_names=True):
+        if isinstance(item, Group):
+            if item.name:
+                forms.append(item.name)
+            members: Iterable[Mailbox] = item.mailboxes
+        else:
+            members = (item,)
+        for m in members:
+            forms.append(f"{m.local_part}@{m.domain}" if m.domain is not None else m.local_part)
+            if m.display_name:
+                forms.append(m.display_name)
+    return "\n".join(forms)
 
 
 def parse_address(value: str) -> Mailbox | None:

@@ -83,7 +83,7 @@ MAX_HEADER_FIELDS = 10_000
 MAX_FIELD_CHARS = 64 * 1024
 MAX_BODY_TEXT = 8 * 1024 * 1024
 MISSING_DOMAIN = "MISSING_DOMAIN"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # raised whenever derive() gives other results: stores derive again
 
 Offsets = tuple[int, int, int]
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ...message.address import search_value
 from ...message.derived import Derived, body_structure, derive
 from ...message.imap_syntax import body_bytes, envelope_bytes  # as the store derives them
 from ..contract import NEED_DATA, PAUSED, Closed
@@ -456,8 +457,9 @@ class MemoryBackend:
         needle = text.casefold()
         out = set()
         for uid, (data, _) in box.messages.items():
-            values = self.store.derived(data).headers.get(field.lower())
-            if values is not None and any(needle in v.casefold() for v in values):
+            name = field.lower()
+            values = self.store.derived(data).headers.get(name)
+            if values is not None and any(needle in search_value(name, v).casefold() for v in values):
                 out.add(uid)
         return out
 

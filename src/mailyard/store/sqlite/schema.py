@@ -205,6 +205,33 @@ def create(c: sqlite3.Connection) -> None:
     c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     migrate(c)
     textindex.drop_former(c)
+    rederive_on_new_format(c)
+
+
+def rederive_on_new_format(c: sqlite3.Connection) -> bool:
+    """Derived data is a cache of ``message.derived`` (FORMAT_VERSION): when
+    the derivation changed since the directory was last opened, every body is
+    marked for deriving again; the background indexer refills body_derived,
+    header_fields and the text index, and SEARCH derives what it meets first.
+    Until a body is redone FETCH answers from its former data. Not a schema
+    change: the tables stay as they are. Returns True if bodies were marked."""
+    from ...message.derived import FORMAT_VERSION
+
+    row = c.execute("SELECT value FROM meta WHERE key = 'derived_format'").fetchone()
+    if row is not None and row[0] == str(FORMAT_VERSION):
+        return False
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        marked = c.execute("UPDATE bodies SET derived = NULL WHERE derived IS NOT NULL").rowcount
+        c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('derived_format', ?)", (str(FORMAT_VERSION),))
+        c.execute("COMMIT")
+    except BaseException:
+        if c.in_transaction:
+            c.execute("ROLLBACK")
+        raise
+    if marked:
+        log.info("store: message derivation changed; %d bodies are derived again in the background", marked)
+    return bool(marked)
 
 
 def migrate(c: sqlite3.Connection) -> None:
