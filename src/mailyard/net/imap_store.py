@@ -13,9 +13,11 @@ StoreErrors are answered NO with their text (session.ImapConfig.failures).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from ..message.binary import encode_nul_parts
 from ..protocols.imap import backend as b
 from ..protocols.imap.backend import NewMessage
 from ..store import api as store_api
@@ -139,6 +141,11 @@ class StoreBackend:
             raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
         except store_api.StorageFull as exc:
             raise b.NoSpace(str(exc)) from exc
+
+    async def encode_binary(self, data: bytes) -> bytes | None:
+        # a message with thousands of parts takes a good part of a second to
+        # parse: off the event loop, so the other sessions are not held up
+        return await asyncio.to_thread(encode_nul_parts, data)
 
     def watch(self, callback: Callable[[int], None]) -> Callable[[], None]:
         return self.store.add_listener(callback)

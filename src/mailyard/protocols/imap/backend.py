@@ -237,6 +237,13 @@ class ImapBackend(Protocol):
         """All or none, durably (RFC 3502); the new UIDs in order; raises NoSpace."""
         ...
 
+    async def encode_binary(self, data: bytes) -> bytes | None:
+        """A message APPENDed in a literal8 with NUL octets, its parts holding
+        NUL re-encoded as base64 (message.binary.encode_nul_parts, RFC 3516
+        4.3); None if a NUL cannot be encoded away. Parsing a big message is
+        CPU work: a real backend does it off the event loop."""
+        ...
+
     async def search_headers(self, mailbox: MailboxRecord, field: str, text: str) -> set[int]:
         """UIDs with a header field ``field`` containing ``text`` (case-insensitive)."""
         ...

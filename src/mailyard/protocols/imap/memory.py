@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ...message.address import search_value
+from ...message.binary import encode_nul_parts
 from ...message.derived import Derived, body_structure, derive
 from ...message.imap_syntax import body_bytes, envelope_bytes  # as the store derives them
 from ..contract import NEED_DATA, PAUSED, Closed
@@ -451,6 +452,9 @@ class MemoryBackend:
                 for m in items]
         self.store.notify(box.id)
         return uids
+
+    async def encode_binary(self, data: bytes) -> bytes | None:
+        return encode_nul_parts(data)
 
     async def search_headers(self, mailbox: MailboxRecord, field: str, text: str) -> set[int]:
         box = self._box(mailbox)

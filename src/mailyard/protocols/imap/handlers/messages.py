@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ....message.binary import encode_nul_parts
 from .. import commands as c
 from .. import fetch as f
 from ..backend import NewMessage, NoSpace
@@ -237,7 +236,7 @@ async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
         # data it is given, losing nothing; parts with NUL are kept as base64
         # so that BODY[] and RFC822 can send them (a string holds no NUL,
         # RFC 9051 4.3) while BINARY[] gives back the octets as appended.
-        data = encode_nul_parts(m.data)
+        data = await b.encode_binary(m.data) if b"\0" in m.data else m.data
         if data is None:
             await s.finish("NO", "NUL octets outside a part's body", "UNKNOWN-CTE")
             return
