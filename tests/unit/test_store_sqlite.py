@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mailyard.config import StoreConfig
+from mailyard.message.derived import FORMAT_VERSION
 from mailyard.store import open_store, store_exists
 from mailyard.store.api import (
     AppendItem,
@@ -348,7 +349,7 @@ async def test_bodies_derived_by_an_earlier_derivation_are_derived_again(tmp_pat
         assert await s2.search_headers(inbox, "from", "user-from@domain.org") == {1}
         assert await s2.search_headers(inbox, "from", "(comment)") == {1}  # the field text still matches
         row = s2._read.execute("SELECT value FROM meta WHERE key = 'derived_format'").fetchone()
-        assert row is not None and row[0] == "2"
+        assert row is not None and row[0] == str(FORMAT_VERSION)
     finally:
         await s2.close()
     # opened again with the same derivation: nothing is marked
