@@ -17,7 +17,7 @@ import calendar
 import datetime as dt
 
 from . import commands as c
-from . import utf7
+from . import names, utf7
 from .fetch_parser import parse_fetch_atts
 from .reader import ParseError, Reader
 from .search_parser import parse_search_program
@@ -51,15 +51,17 @@ def decode_mailbox(data: bytes, utf8: bool) -> str:
     """A mailbox argument as a UTF-8 str (RFC 9051 5.1, RFC 3501 5.1.3).
 
     Without UTF-8 mode ASCII names are modified UTF-7; 8-bit names are taken as
-    UTF-8 either way (RFC 6855 3 lets servers accept them). "INBOX" is
-    case-insensitive, including as the head of a hierarchy.
+    UTF-8 either way (RFC 6855 3 lets servers accept them). A name that is not
+    valid modified UTF-7 is still a valid astring: it comes back marked
+    (names.undecodable) and is answered NO by the command, not BAD. "INBOX"
+    is case-insensitive, including as the head of a hierarchy.
     """
     text = Reader.text(data)
     if not utf8 and text.isascii():
         try:
             text = utf7.decode(text)
-        except utf7.UTF7Error as exc:
-            raise ParseError(f"invalid modified UTF-7 mailbox name: {exc}") from exc
+        except utf7.UTF7Error:
+            return names.undecodable(text)
     if text.upper() == "INBOX":
         return "INBOX"
     if text[:6].upper() == "INBOX/":
