@@ -493,6 +493,27 @@ def test_subscribe_names_that_do_not_exist(mailserver: RunningServer) -> None:
         assert not any(b"Peach" in x for x in say(b'a7 LSUB "" "*"', b"a7"))
 
 
+def test_subscriptions_survive_delete_and_create_does_not_subscribe(mailserver: RunningServer) -> None:
+    """RFC 9051 6.3.7: only SUBSCRIBE and UNSUBSCRIBE change subscriptions (a
+    server "MUST NOT unilaterally remove" one), over the SQLite store: CREATE
+    does not subscribe, DELETE leaves the subscription, listed \\NonExistent
+    (RFC 5258 3.1); RENAME moves it with the mailbox; a name that is not
+    modified UTF-7 is NO, not BAD (RFC 9051 7.1.3)."""
+    s, say = _login_raw(mailserver)
+    with s:
+        assert say(b"a1 CREATE Keep/Deep", b"a1") == [b"a1 OK CREATE completed\r\n"]
+        assert say(b'a2 LSUB "" "Keep*"', b"a2") == [b"a2 OK LSUB completed\r\n"]
+        assert say(b"a3 SUBSCRIBE Keep/Deep", b"a3") == [b"a3 OK SUBSCRIBE completed\r\n"]
+        assert say(b'a4 LSUB "" "K%"', b"a4") == [
+            b'* LSUB (\\Noselect) "/" "Keep"\r\n', b"a4 OK LSUB completed\r\n"]
+        assert say(b"a5 RENAME Keep/Deep Keep/Moved", b"a5") == [b"a5 OK RENAME completed\r\n"]
+        assert say(b"a6 DELETE Keep/Moved", b"a6") == [b"a6 OK DELETE completed\r\n"]
+        assert say(b'a7 LIST (SUBSCRIBED) "" "Keep/*"', b"a7") == [
+            b'* LIST (\\NonExistent \\Subscribed) "/" "Keep/Moved"\r\n', b"a7 OK LIST completed\r\n"]
+        assert say(b'a8 SELECT "&Jjo!"', b"a8") == [b"a8 NO [NONEXISTENT] Mailbox does not exist\r\n"]
+        assert say(b'a9 CREATE "a&b"', b"a9") == [b"a9 NO [CANNOT] mailbox name is not valid modified UTF-7\r\n"]
+
+
 def test_recent_is_seen_by_one_session_only(mailserver: RunningServer, imap) -> None:
     """RFC 3501 2.3.2 / 6.3.1: \\Recent for the first session told of a
     message; EXAMINE does not take it; rev2 clients never see it."""
