@@ -514,6 +514,32 @@ def test_subscriptions_survive_delete_and_create_does_not_subscribe(mailserver: 
         assert say(b'a9 CREATE "a&b"', b"a9") == [b"a9 NO [CANNOT] mailbox name is not valid modified UTF-7\r\n"]
 
 
+def test_unauthenticate_then_login_as_another_user_rfc8437(mailserver: RunningServer) -> None:
+    """RFC 8437 3: UNAUTHENTICATE returns a logged-in connection to the
+    not-authenticated state (the selected mailbox closed without expunge, the
+    account's change notifications released); it may be pipelined with the
+    next LOGIN, which serves the new account."""
+
+    async def listeners() -> int:
+        return len(mailserver.store._listeners)
+
+    before = mailserver.call(listeners())
+    s, say = _login_raw(mailserver)
+    with s:
+        assert say(b"a1 SELECT INBOX", b"a1")[-1].startswith(b"a1 OK [READ-WRITE]")
+        assert mailserver.call(listeners()) == before + 1
+        s.sendall(b"a2 UNAUTHENTICATE\r\na3 LOGIN " + BOB.encode() + b" " + USERS[BOB].encode() + b"\r\n")
+        out = say(b"a4 STATUS INBOX (MESSAGES)", b"a4")
+        assert out[0] == b"a2 OK Completed, now in not authenticated state\r\n"
+        assert out[1].startswith(b"a3 OK [CAPABILITY ") and b" UNAUTHENTICATE]" in out[1]
+        assert out[2:] == [b'* STATUS "INBOX" (MESSAGES 0)\r\n', b"a4 OK STATUS completed\r\n"]
+        assert mailserver.call(listeners()) == before + 1  # bob's, alice's released
+        assert say(b"a5 UNAUTHENTICATE", b"a5") == [b"a5 OK Completed, now in not authenticated state\r\n"]
+        assert mailserver.call(listeners()) == before
+        assert say(b"a6 STATUS INBOX (MESSAGES)", b"a6") == [
+            b"a6 BAD STATUS is not valid in the not authenticated state\r\n"]
+
+
 def test_recent_is_seen_by_one_session_only(mailserver: RunningServer, imap) -> None:
     """RFC 3501 2.3.2 / 6.3.1: \\Recent for the first session told of a
     message; EXAMINE does not take it; rev2 clients never see it."""

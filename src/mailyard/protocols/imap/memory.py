@@ -571,6 +571,9 @@ class Conversation:
     def authenticated(self) -> None:
         self.logged_in = True
 
+    def unauthenticated(self) -> None:
+        self.logged_in = False
+
     async def flush(self) -> None:
         self._out += self.session.engine.data_to_send()
 

@@ -548,6 +548,7 @@ _HANDLERS = {
     "EXPUNGE": _simple,
     "IDLE": _simple,
     "NAMESPACE": _simple,
+    "UNAUTHENTICATE": _simple,
     "LOGIN": _login,
     "AUTHENTICATE": _authenticate,
     "ENABLE": _enable,
