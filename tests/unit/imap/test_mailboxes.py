@@ -4,7 +4,7 @@ SPECIAL-USE RFC 6154; modified UTF-7 RFC 3501 5.1.3)."""
 
 from __future__ import annotations
 
-from .helpers import connect, store_with_mail
+from .helpers import USER, connect, store_with_mail
 
 SPECIAL = [
     '* LIST (\\HasNoChildren \\Archive) "/" "Archive"',
@@ -187,7 +187,31 @@ def test_list_subscribed_recursivematch_childinfo_rfc5258_3_5() -> None:
     # "*" returns the subscribed name itself: its parents need no CHILDINFO
     c.expect('a5 LIST (SUBSCRIBED RECURSIVEMATCH) "" x*',
              '* LIST (\\HasNoChildren \\Subscribed) "/" "x/a/b"', "a5 OK LIST completed")
-    # a subscribed parent of a subscribed name the pattern does not reach (RFC 5258 5 example 9)
+    # a subscribed parent of a subscribed name gets CHILDINFO either way (RFC 5258 5 example 8 A1)
     c.untagged("a6 SUBSCRIBE x")
     c.expect('a7 LIST (SUBSCRIBED RECURSIVEMATCH) "" x',
              '* LIST (\\HasChildren \\Subscribed) "/" "x" ("CHILDINFO" ("SUBSCRIBED"))', "a7 OK LIST completed")
+    c.expect('a8 LIST (SUBSCRIBED RECURSIVEMATCH) "" x*',
+             '* LIST (\\HasChildren \\Subscribed) "/" "x" ("CHILDINFO" ("SUBSCRIBED"))',
+             '* LIST (\\HasNoChildren \\Subscribed) "/" "x/a/b"', "a8 OK LIST completed")
+
+
+def test_recursivematch_rfc5258_example_9() -> None:
+    """RFC 5258 5 example 9 (D03), with this server's attributes (CHILDREN
+    always) and order; "baz2" and "qux2" left out as 3.5 asks (redundant)."""
+    store = store_with_mail()
+    for name in ("foo2", "foo2/bar1", "foo2/bar2", "baz2", "baz2/bar2", "baz2/bar22", "baz2/bar222", "eps2",
+                 "eps2/mamba", "qux2/bar2"):
+        store.create(USER, name)
+    store.subscriptions[USER] = {"foo2/bar1", "foo2/bar2", "baz2/bar2", "baz2/bar22", "baz2/bar222", "eps2",
+                                 "eps2/mamba", "qux2/bar2"}
+    c = connect(store)
+    c.expect('D03 LIST (RECURSIVEMATCH SUBSCRIBED) "" "*2"',
+             '* LIST (\\HasNoChildren \\Subscribed) "/" "baz2/bar2"',
+             '* LIST (\\HasNoChildren \\Subscribed) "/" "baz2/bar22"',
+             '* LIST (\\HasNoChildren \\Subscribed) "/" "baz2/bar222"',
+             '* LIST (\\HasChildren \\Subscribed) "/" "eps2" ("CHILDINFO" ("SUBSCRIBED"))',
+             '* LIST (\\HasChildren) "/" "foo2" ("CHILDINFO" ("SUBSCRIBED"))',
+             '* LIST (\\HasNoChildren \\Subscribed) "/" "foo2/bar2"',
+             '* LIST (\\HasNoChildren \\Subscribed) "/" "qux2/bar2"',
+             "D03 OK LIST completed")

@@ -177,12 +177,14 @@ async def cmd_list(s: ImapSession, cmd: c.List) -> None:
     if "SUBSCRIBED" in sel_opts:
         all_names |= subscribed  # RFC 5258 3.1: subscribed names that do not exist too
         if "RECURSIVEMATCH" in sel_opts:
-            # RFC 5258 3.5: a name matching the pattern whose inferior is
-            # subscribed but not returned by the pattern itself ("%") is
-            # returned with CHILDINFO ("SUBSCRIBED"), subscribed or not.
+            # RFC 5258 3.1, 3.5: CHILDINFO ("SUBSCRIBED") for a name matching
+            # the pattern with a subscribed inferior. A name not subscribed
+            # itself is returned for it only if such an inferior is not
+            # returned on its own (3.5: redundant CHILDINFO is suppressed;
+            # section 5 example 9).
             for sub in subscribed:
-                if not listed(sub):
-                    childinfo.update(p for p in names.parents(sub) if listed(p))
+                returned = listed(sub)
+                childinfo.update(p for p in names.parents(sub) if listed(p) and (p in subscribed or not returned))
             all_names |= childinfo
     out: list[tuple[str, list[str], list]] = []
     for name in sorted(all_names, key=_order):
