@@ -540,6 +540,20 @@ def test_unauthenticate_then_login_as_another_user_rfc8437(mailserver: RunningSe
             b"a6 BAD STATUS is not valid in the not authenticated state\r\n"]
 
 
+def test_append_utf8_data_item_over_the_store_rfc6855_4(mailserver: RunningServer) -> None:
+    """RFC 6855 4: a message with UTF-8 header fields is appended with the
+    UTF8 (literal8) data item after ENABLE UTF8=ACCEPT; without it, NO."""
+    msg = "Subject: Grüße aus Köln\r\nFrom: jörg@example.test\r\n\r\nhi\r\n".encode()
+    s, say = _login_raw(mailserver)
+    with s:
+        assert say(b"a1 APPEND INBOX {%d+}\r\n" % len(msg) + msg, b"a1") == [
+            b"a1 NO [CANNOT] 8-bit header fields need ENABLE UTF8=ACCEPT\r\n"]
+        assert say(b"a2 ENABLE UTF8=ACCEPT", b"a2")[-1] == b"a2 OK ENABLE completed\r\n"
+        out = say(b"a3 APPEND INBOX UTF8 (~{%d+}\r\n" % len(msg) + msg + b")", b"a3")
+        assert out[-1].startswith(b"a3 OK [APPENDUID ")
+    assert mailserver.messages(ALICE)[-1] == msg
+
+
 def test_recent_is_seen_by_one_session_only(mailserver: RunningServer, imap) -> None:
     """RFC 3501 2.3.2 / 6.3.1: \\Recent for the first session told of a
     message; EXAMINE does not take it; rev2 clients never see it."""

@@ -36,7 +36,9 @@ def name_problem(name: str) -> str | None:
         return "empty mailbox name"
     if len(name) > MAX_NAME:
         return "mailbox name too long"
-    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in name):
+    # RFC 6855 3: no controls (U+0000-U+001F, U+007F-U+009F), no line or
+    # paragraph separator (U+2028, U+2029)
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or ch in "\u2028\u2029" for ch in name):
         return "control characters in mailbox name"
     if "*" in name or "%" in name:
         return "wildcards in mailbox name"

@@ -432,6 +432,14 @@ def _append(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
         if r.peek() == 0x22:
             date = parse_date_time(r)
             r.sp()
+        if r.maybe(b"UTF8 ("):
+            # RFC 6855 4: utf8-literal = "UTF8" SP "(" literal8 ")"
+            if not r.at_literal8():
+                raise ParseError("UTF8 takes a literal8")
+            data, _ = r.literal_any()
+            r.expect(b")")
+            messages.append(c.AppendMessage(data=data, flags=flags, internal_date=date, utf8=True))
+            continue
         data, is8 = r.literal_any()
         messages.append(c.AppendMessage(data=data, flags=flags, internal_date=date, binary=is8))
     if not messages:

@@ -212,6 +212,14 @@ async def cmd_copy(s: ImapSession, cmd: c.Copy) -> None:
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}COPY completed", code, allow_expunge=cmd.uid)
 
 
+def _header_is_7bit(data: bytes) -> bool:
+    """Whether the message's header section (up to the first empty line) is US-ASCII."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        end = data.find(b"\n\n")
+    return (data if end < 0 else data[:end]).isascii()
+
+
 async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
     b = s.backend
     assert b is not None
@@ -231,6 +239,11 @@ async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
         if b"\0" in m.data and not m.binary:
             # RFC 3516 4.4: NUL octets need literal8
             await s.finish("NO", "NUL octets need a literal8", "UNKNOWN-CTE")
+            return
+        if not s.engine.utf8 and not _header_is_7bit(m.data):
+            # RFC 6855 4: 8-bit header fields only from a client that enabled
+            # UTF8=ACCEPT (or IMAP4rev2, whose strings are UTF-8, RFC 9051 5.1)
+            await s.finish("NO", "8-bit header fields need ENABLE UTF8=ACCEPT", "CANNOT")
             return
         prepared.append((m.data, flags, m.internal_date))
     try:
