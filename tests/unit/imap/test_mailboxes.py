@@ -131,6 +131,12 @@ def test_names_that_are_not_modified_utf7_are_no_not_bad_rfc9051_7_1_3() -> None
     c.expect('a9 LIST "" "&Jjo!"', "a9 OK LIST completed")
     c.expect('b1 LIST "a&b" *', "b1 OK LIST completed")
     c.expect('b2 LSUB "" "a&b*"', "b2 OK LSUB completed")
+    # RFC 9051 6.3.12 / 6.4.7: no TRYCREATE where CREATE cannot succeed
+    c.expect('b6 APPEND "a&b" {2+}\r\nhi', "b6 NO [CANNOT] mailbox name is not valid modified UTF-7")
+    c.expect("b7 APPEND nowhere {2+}\r\nhi", "b7 NO [TRYCREATE] Mailbox does not exist")
+    c.untagged("b8 SELECT INBOX")
+    c.expect('b9 COPY 1 "&Jjo!"', "b9 NO [CANNOT] mailbox name is not valid modified UTF-7")
+    c.untagged("c1 UNSELECT")
     # with UTF-8 names (RFC 6855 3) "&" is just a character
     c.untagged("b3 ENABLE UTF8=ACCEPT")
     c.expect('b4 CREATE "a&b"', "b4 OK CREATE completed")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .. import commands as c
 from .. import fetch as f
+from .. import names
 from ..backend import NewMessage, NoSpace
 from ..fetch_plan import MessageParts, encode_items, index_values, plan
 from ..flags import flags_from_client, flags_reporter, session_flags
@@ -185,8 +186,10 @@ async def cmd_copy(s: ImapSession, cmd: c.Copy) -> None:
         return
     dst = await b.get_mailbox(cmd.mailbox)
     if dst is None:
-        # RFC 9051 6.4.7: TRYCREATE tells the client it may CREATE and retry
-        await s.finish("NO", "Destination mailbox does not exist", "TRYCREATE")
+        # RFC 9051 6.4.7: TRYCREATE tells the client it may CREATE and retry;
+        # not for a name no CREATE could make (e.g. not modified UTF-7)
+        problem = names.name_problem(cmd.mailbox)
+        await s.finish("NO", problem or "Destination mailbox does not exist", "CANNOT" if problem else "TRYCREATE")
         return
     uids = [u for _, u in pairs]
     verb = "MOVE" if cmd.move else "COPY"
@@ -225,7 +228,9 @@ async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
     assert b is not None
     box = await b.get_mailbox(cmd.mailbox)
     if box is None:
-        await s.finish("NO", "Mailbox does not exist", "TRYCREATE")
+        # RFC 9051 6.3.12: TRYCREATE unless the mailbox certainly cannot be created
+        problem = names.name_problem(cmd.mailbox)
+        await s.finish("NO", problem or "Mailbox does not exist", "CANNOT" if problem else "TRYCREATE")
         return
     prepared = []
     for m in cmd.messages:
