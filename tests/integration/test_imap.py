@@ -493,6 +493,67 @@ def test_subscribe_names_that_do_not_exist(mailserver: RunningServer) -> None:
         assert not any(b"Peach" in x for x in say(b'a7 LSUB "" "*"', b"a7"))
 
 
+def test_subscriptions_survive_delete_and_create_does_not_subscribe(mailserver: RunningServer) -> None:
+    """RFC 9051 6.3.7: only SUBSCRIBE and UNSUBSCRIBE change subscriptions (a
+    server "MUST NOT unilaterally remove" one), over the SQLite store: CREATE
+    does not subscribe, DELETE leaves the subscription, listed \\NonExistent
+    (RFC 5258 3.1); RENAME moves it with the mailbox; a name that is not
+    modified UTF-7 is NO, not BAD (RFC 9051 7.1.3)."""
+    s, say = _login_raw(mailserver)
+    with s:
+        assert say(b"a1 CREATE Keep/Deep", b"a1") == [b"a1 OK CREATE completed\r\n"]
+        assert say(b'a2 LSUB "" "Keep*"', b"a2") == [b"a2 OK LSUB completed\r\n"]
+        assert say(b"a3 SUBSCRIBE Keep/Deep", b"a3") == [b"a3 OK SUBSCRIBE completed\r\n"]
+        assert say(b'a4 LSUB "" "K%"', b"a4") == [
+            b'* LSUB (\\Noselect) "/" "Keep"\r\n', b"a4 OK LSUB completed\r\n"]
+        assert say(b"a5 RENAME Keep/Deep Keep/Moved", b"a5") == [b"a5 OK RENAME completed\r\n"]
+        assert say(b"a6 DELETE Keep/Moved", b"a6") == [b"a6 OK DELETE completed\r\n"]
+        assert say(b'a7 LIST (SUBSCRIBED) "" "Keep/*"', b"a7") == [
+            b'* LIST (\\NonExistent \\Subscribed) "/" "Keep/Moved"\r\n', b"a7 OK LIST completed\r\n"]
+        assert say(b'a8 SELECT "&Jjo!"', b"a8") == [b"a8 NO [NONEXISTENT] Mailbox does not exist\r\n"]
+        assert say(b'a9 CREATE "a&b"', b"a9") == [b"a9 NO [CANNOT] mailbox name is not valid modified UTF-7\r\n"]
+
+
+def test_unauthenticate_then_login_as_another_user_rfc8437(mailserver: RunningServer) -> None:
+    """RFC 8437 3: UNAUTHENTICATE returns a logged-in connection to the
+    not-authenticated state (the selected mailbox closed without expunge, the
+    account's change notifications released); it may be pipelined with the
+    next LOGIN, which serves the new account."""
+
+    async def listeners() -> int:
+        return len(mailserver.store._listeners)
+
+    before = mailserver.call(listeners())
+    s, say = _login_raw(mailserver)
+    with s:
+        assert say(b"a1 SELECT INBOX", b"a1")[-1].startswith(b"a1 OK [READ-WRITE]")
+        assert mailserver.call(listeners()) == before + 1
+        s.sendall(b"a2 UNAUTHENTICATE\r\na3 LOGIN " + BOB.encode() + b" " + USERS[BOB].encode() + b"\r\n")
+        out = say(b"a4 STATUS INBOX (MESSAGES)", b"a4")
+        assert out[0] == b"a2 OK Completed, now in not authenticated state\r\n"
+        assert out[1].startswith(b"a3 OK [CAPABILITY ") and b" UNAUTHENTICATE]" in out[1]
+        assert out[2:] == [b'* STATUS "INBOX" (MESSAGES 0)\r\n', b"a4 OK STATUS completed\r\n"]
+        assert mailserver.call(listeners()) == before + 1  # bob's, alice's released
+        assert say(b"a5 UNAUTHENTICATE", b"a5") == [b"a5 OK Completed, now in not authenticated state\r\n"]
+        assert mailserver.call(listeners()) == before
+        assert say(b"a6 STATUS INBOX (MESSAGES)", b"a6") == [
+            b"a6 BAD STATUS is not valid in the not authenticated state\r\n"]
+
+
+def test_append_utf8_data_item_over_the_store_rfc6855_4(mailserver: RunningServer) -> None:
+    """RFC 6855 4: a message with UTF-8 header fields is appended with the
+    UTF8 (literal8) data item after ENABLE UTF8=ACCEPT; without it, NO."""
+    msg = "Subject: Grüße aus Köln\r\nFrom: jörg@example.test\r\n\r\nhi\r\n".encode()
+    s, say = _login_raw(mailserver)
+    with s:
+        assert say(b"a1 APPEND INBOX {%d+}\r\n" % len(msg) + msg, b"a1") == [
+            b"a1 NO [CANNOT] 8-bit header fields need ENABLE UTF8=ACCEPT\r\n"]
+        assert say(b"a2 ENABLE UTF8=ACCEPT", b"a2")[-1] == b"a2 OK ENABLE completed\r\n"
+        out = say(b"a3 APPEND INBOX UTF8 (~{%d+}\r\n" % len(msg) + msg + b")", b"a3")
+        assert out[-1].startswith(b"a3 OK [APPENDUID ")
+    assert mailserver.messages(ALICE)[-1] == msg
+
+
 def test_recent_is_seen_by_one_session_only(mailserver: RunningServer, imap) -> None:
     """RFC 3501 2.3.2 / 6.3.1: \\Recent for the first session told of a
     message; EXAMINE does not take it; rev2 clients never see it."""

@@ -363,10 +363,13 @@ async def test_append_many(store: Store) -> None:
 
 async def test_subscriptions_are_names(store: Store) -> None:
     a = await store.add_account("a@example.test", "h")
-    assert "INBOX" in await store.list_subscriptions(a.id)  # new mailboxes start subscribed
+    assert "INBOX" in await store.list_subscriptions(a.id)  # a new account's mailboxes start subscribed
     await store.set_subscribed(a.id, "Not/There", True)  # RFC 9051 6.3.7: need not exist
     assert "Not/There" in await store.list_subscriptions(a.id)
     await store.create_mailbox(a.id, "Work")
+    assert "Work" not in await store.list_subscriptions(a.id)  # RFC 9051 6.3.4: CREATE does not subscribe
+    await store.create_mailbox(a.id, "Web", subscribe=True)
+    assert (await store.get_mailbox(a.id, "Web")).subscribed
     await store.set_subscribed(a.id, "Work", False)
     assert not (await store.get_mailbox(a.id, "Work")).subscribed
     await store.set_subscribed(a.id, "Work", True)
@@ -375,7 +378,7 @@ async def test_subscriptions_are_names(store: Store) -> None:
     subs = await store.list_subscriptions(a.id)
     assert "Job" in subs and "Work" not in subs
     await store.delete_mailbox(a.id, "Job")
-    assert "Job" not in await store.list_subscriptions(a.id)
+    assert "Job" in await store.list_subscriptions(a.id)  # RFC 9051 6.3.7: only UNSUBSCRIBE ends it
     await store.set_subscribed(a.id, "Not/There", False)
     assert "Not/There" not in await store.list_subscriptions(a.id)
     with pytest.raises(InvalidName):

@@ -461,8 +461,10 @@ class Store(abc.ABC):
     # --- mailboxes --------------------------------------------------------
     @abc.abstractmethod
     async def create_mailbox(
-        self, account_id: int, name: str, special_use: str | None = None
-    ) -> Mailbox: ...
+        self, account_id: int, name: str, special_use: str | None = None, subscribe: bool = False
+    ) -> Mailbox:
+        """Create a mailbox; with ``subscribe`` its name is subscribed too
+        (IMAP CREATE does not subscribe: RFC 9051 6.3.4)."""
 
     @abc.abstractmethod
     async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
@@ -489,8 +491,10 @@ class Store(abc.ABC):
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
         """Add a name to (or remove it from) the account's subscriptions. The
         name need not be an existing mailbox (RFC 9051 6.3.7-8); raises
-        InvalidName for a bad name. New mailboxes start subscribed; renaming
-        moves the subscription, deleting a mailbox ends it."""
+        InvalidName for a bad name. A new account's mailboxes start
+        subscribed; renaming moves the subscriptions of the mailbox and its
+        inferiors; deleting a mailbox leaves its subscription (RFC 9051
+        6.3.7: a server MUST NOT unilaterally remove one)."""
 
     @abc.abstractmethod
     async def claim_recent(self, mailbox: MailboxRef, claim: bool = True) -> int:

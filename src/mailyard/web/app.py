@@ -614,7 +614,8 @@ async def folder_action(request: Request) -> Response:
             parent = str(form.get("parent") or "")
             if parent:
                 name = f"{(await own_mailbox(request, session, parent)).name}/{name}"
-            await store.create_mailbox(session.account_id, name)
+            # subscribed, so IMAP clients that show only subscribed folders see it
+            await store.create_mailbox(session.account_id, name, subscribe=True)
             return redirect(notice_url("/folders", f"Folder {name} created."))
         box = await own_mailbox(request, session, form.get("box"))
         if box.name == "INBOX" or box.special_use:

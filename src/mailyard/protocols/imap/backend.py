@@ -372,3 +372,8 @@ class ImapIO(Protocol):
     def authenticated(self) -> None:
         """The client logged in (e.g. the longer autologout timer applies)."""
         ...
+
+    def unauthenticated(self) -> None:
+        """The client left the account with UNAUTHENTICATE (RFC 8437): what
+        `authenticated` changed goes back to the not-authenticated setting."""
+        ...

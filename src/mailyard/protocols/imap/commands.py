@@ -87,6 +87,7 @@ class AppendMessage:
     flags: tuple[str, ...] = ()
     internal_date: float | None = None  # seconds since the epoch
     binary: bool = False  # sent as literal8 (RFC 3516 section 4.4)
+    utf8: bool = False  # sent as UTF8 (literal8) (RFC 6855 section 4)
 
 
 @dataclass(kw_only=True)

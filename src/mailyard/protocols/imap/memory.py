@@ -144,9 +144,9 @@ class MemoryStore:
         self.passwords[user] = password
         self.epochs[user] = self.epochs.get(user, 0) + 1
         self.subscriptions[user] = set()
-        self.create(user, "INBOX")
-        for name, use in SPECIAL_USE:
+        for name, use in (("INBOX", None), *SPECIAL_USE):
             self.create(user, name, use)
+            self.subscriptions[user].add(name)
 
     def set_password(self, user: str, password: str) -> None:
         self.passwords[user] = password
@@ -163,7 +163,6 @@ class MemoryStore:
         box = self.find(user, name)
         assert box is not None, name
         del self.boxes[box.id]
-        self.subscriptions[user].discard(box.name)
         self.notify(box.id)
 
     def create(self, user: str, name: str, special_use: str | None = None) -> _Box:
@@ -171,8 +170,8 @@ class MemoryStore:
             raise MailboxExists(f"mailbox {name} exists already")
         self._ids += 1
         self._validity += 1
+        # RFC 9051 6.3.4 and 6.3.7: only SUBSCRIBE adds a subscription
         box = self.boxes[self._ids] = _Box(self._ids, user, _canonical(name), self._validity, special_use)
-        self.subscriptions[user].add(box.name)  # new mailboxes start subscribed
         return box
 
     def find(self, user: str, name: str) -> _Box | None:
@@ -303,7 +302,7 @@ class MemoryBackend:
         if box.name == "INBOX":
             raise BackendError("INBOX cannot be deleted")
         del self.store.boxes[box.id]
-        self.store.subscriptions[self.user].discard(box.name)
+        # RFC 9051 6.3.5 / 6.3.7: the subscription stays (LIST shows \NonExistent)
         self.store.notify(box.id)
 
     async def set_subscribed(self, name: str, subscribed: bool) -> None:
@@ -577,6 +576,9 @@ class Conversation:
 
     def authenticated(self) -> None:
         self.logged_in = True
+
+    def unauthenticated(self) -> None:
+        self.logged_in = False
 
     async def flush(self) -> None:
         self._out += self.session.engine.data_to_send()

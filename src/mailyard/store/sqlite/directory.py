@@ -95,9 +95,9 @@ class DirectoryMixin(SQLiteCore):
                 raise AlreadyExists(f"account {addr} exists already") from None
             account_id = cur.lastrowid
             assert account_id is not None
-            insert_mailbox(c, account_id, "INBOX", None)
+            insert_mailbox(c, account_id, "INBOX", None, subscribe=True)
             for name, use in SPECIAL_USE_MAILBOXES:
-                insert_mailbox(c, account_id, name, use)
+                insert_mailbox(c, account_id, name, use, subscribe=True)
             return account_id
 
         account_id = await self._write(op, directory=True)

@@ -2,7 +2,7 @@
 coroutine ``handler(session, command)`` that queues the responses on the
 session's engine (see session.py for the contract).
 
-- auth.py: CAPABILITY NOOP CHECK LOGOUT ID STARTTLS LOGIN AUTHENTICATE ENABLE IDLE
+- auth.py: CAPABILITY NOOP CHECK LOGOUT ID STARTTLS LOGIN AUTHENTICATE UNAUTHENTICATE ENABLE IDLE
 - mailboxes.py: CREATE DELETE RENAME (UN)SUBSCRIBE LIST LSUB NAMESPACE STATUS
 - selection.py: SELECT EXAMINE (CONDSTORE, QRESYNC) CLOSE UNSELECT EXPUNGE
 - messages.py: FETCH STORE COPY MOVE APPEND
@@ -33,6 +33,7 @@ HANDLERS: dict[str, Handler] = {
     "STARTTLS": auth.cmd_starttls,
     "LOGIN": auth.cmd_login,
     "AUTHENTICATE": auth.cmd_authenticate,
+    "UNAUTHENTICATE": auth.cmd_unauthenticate,
     "ENABLE": auth.cmd_enable,
     "IDLE": auth.cmd_idle,
     "SELECT": selection.cmd_select,

@@ -25,6 +25,11 @@ HEADER_BATCH = 500
 async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
     sel, b = s.sel, s.backend
     assert sel is not None and b is not None  # the engine runs SEARCH only when selected
+    if cmd.charset is not None and "UTF8=ACCEPT" in s.engine.enabled:
+        # RFC 6855 3: after ENABLE UTF8=ACCEPT a SEARCH with a charset is
+        # rejected with BAD (the charset labels conflict)
+        s.engine.complete("BAD", "No CHARSET after ENABLE UTF8=ACCEPT")
+        return
     if cmd.charset is not None and cmd.charset not in CHARSETS:
         # RFC 9051 6.4.4: unsupported charset -> NO [BADCHARSET (supported)]
         await s.finish("NO", "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)", allow_expunge=False)
