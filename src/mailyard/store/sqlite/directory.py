@@ -13,10 +13,18 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Sequence
-
 from typing import Literal
 
-from ..api import KEEP, SPECIAL_USE_MAILBOXES, Account, AlreadyExists, InvalidName, NotFound, Quota, StoreError
+from ..api import (
+    KEEP,
+    SPECIAL_USE_MAILBOXES,
+    Account,
+    AlreadyExists,
+    InvalidName,
+    NotFound,
+    Quota,
+    StoreError,
+)
 from ..names import normalize_address, normalize_domain, normalize_sender_pattern
 from .core import SQLiteCore
 from .mailboxes import insert_mailbox
