@@ -67,6 +67,20 @@ def test_smtp_rcpt_452_4_2_2_when_the_mailbox_is_full(mailserver: RunningServer)
         s.rset()
 
 
+def test_smtp_rcpt_452_when_the_declared_size_does_not_fit(mailserver: RunningServer) -> None:
+    """RFC 1870 6.2: with MAIL SIZE=, a recipient whose remaining room is
+    smaller is refused at RCPT (452 4.2.2) rather than after the transfer."""
+    set_quota(mailserver, ALICE, storage=4000)
+    with smtp(mailserver) as s:
+        s.mail("carol@remote.test", ["SIZE=5000"])
+        assert s.rcpt(ALICE) == (452, b"4.2.2 Mailbox full, try again later")
+        assert s.rcpt(BOB)[0] == 250
+        s.rset()
+        s.mail("carol@remote.test", ["SIZE=3000"])
+        assert s.rcpt(ALICE)[0] == 250
+        s.rset()
+
+
 def test_smtp_end_of_data_refuses_only_the_recipients_it_would_take_over(mailserver: RunningServer) -> None:
     """A message too large for alice's remaining room, to alice, bob and a
     list holding alice: bob gets it, alice does not, and the sender gets a

@@ -115,6 +115,7 @@ class SMTPSession(SessionProtocol):
         self._engine_config: ServerConfig = services.submission_engine if submission else services.smtp_engine
         self.helo = ""
         self.resolutions: dict[str, Resolution] = {}
+        self.declared_size = 0  # MAIL SIZE= of the transaction (RFC 1870), 0 when not given
         self._timeouts = services.config.smtp
         self.account: Account | None = None  # after a successful AUTH
         self._mech: sasl.Mechanism | None = None
@@ -188,6 +189,7 @@ class SMTPSession(SessionProtocol):
             engine.respond()
         elif isinstance(event, MailFromReceived) and self.account is None:
             self.resolutions.clear()
+            self.declared_size = event.size or 0
             engine.respond()
         elif isinstance(event, MessageData):
             self._spool_write(event.data)
@@ -236,6 +238,7 @@ class SMTPSession(SessionProtocol):
             engine.respond()
         elif isinstance(event, MailFromReceived):
             self.resolutions.clear()
+            self.declared_size = event.size or 0
             verdict = None
             if self.account is not None:
                 rule = await sender_rule(self.services, self.account)
@@ -274,9 +277,10 @@ class SMTPSession(SessionProtocol):
                 return trick_reply(forward_path, trick)
         resolution = await self.services.router.resolve(forward_path)
         reply = rcpt_reply(resolution, relay_allowed=self.account is not None, remote_ok=self.services.queue is not None)
-        if reply.is_positive and await self._all_full(resolution.accounts) and not resolution.remote:
+        if reply.is_positive and not resolution.remote and await self._no_room(resolution.accounts):
             # RFC 3463 4.2.2 (mailbox full, temporary): every account this
-            # address leads to is at its quota (RFC 9208) already
+            # address leads to is at its quota (RFC 9208) already, or has
+            # less room than the size MAIL declared (RFC 1870 6.2: 452)
             log.info("smtp rcpt=<%s> refused: mailbox full", forward_path[:200])
             return Reply(452, "4.2.2", "Mailbox full, try again later")
         if reply.is_positive:
@@ -285,10 +289,11 @@ class SMTPSession(SessionProtocol):
             log.warning("smtp relay attempt refused rcpt=<%s> ip=%s", forward_path[:200], self.peer_ip)
         return reply
 
-    async def _all_full(self, accounts: list[Account]) -> bool:
-        """Whether there are accounts and each is at a quota limit already."""
+    async def _no_room(self, accounts: list[Account]) -> bool:
+        """Whether there are accounts and none has room for one more message
+        of the declared size (at least one octet)."""
         for account in accounts:
-            if not (await self.services.store.get_quota(account.id)).full:
+            if (await self.services.store.get_quota(account.id)).fits(max(self.declared_size, 1), 1):
                 return False
         return bool(accounts)
 
