@@ -186,3 +186,28 @@ def test_status_size_and_deleted_storage_over_sqlite(mailserver: RunningServer) 
                         f'{mailserver.config.smtp.max_message_size})'.encode()]
     finally:
         m.logout()
+
+
+def test_webmail_send_and_save_with_a_full_mailbox(mailserver: RunningServer) -> None:
+    """Webmail submission takes the same path: a full recipient mailbox
+    refuses the send (nothing delivered); a full sender mailbox still sends,
+    without the Sent copy, and a draft is not saved."""
+    from urllib.parse import unquote
+
+    from tests.integration.test_web_http import csrf, login
+
+    client = login(mailserver)
+    token = csrf(client)
+    set_quota(mailserver, BOB, messages=0)
+    form = {"csrf": token, "to": BOB, "subject": "to bob", "body": "hi", "action": "send"}
+    r = client.post("/compose", data=form)
+    assert r.status_code == 400 and "Not sent: the recipient" in r.text and "mailbox full: bob@example.test" in r.text
+    assert mailserver.messages(BOB) == []
+    set_quota(mailserver, BOB, messages=None)
+    set_quota(mailserver, ALICE, messages=0)
+    r = client.post("/compose", data=form)
+    assert r.status_code == 303, r.text
+    assert "no copy was kept in Sent" in unquote(r.headers["location"]).replace("+", " ")
+    assert len(mailserver.messages(BOB)) == 1 and mailserver.messages(ALICE, "Sent") == []
+    r = client.post("/compose", data={**form, "action": "save"})
+    assert r.status_code == 400 and "Not saved: your mailbox is full" in r.text
