@@ -8,13 +8,18 @@ Model (names follow RFC 9051 / RFC 7162 so a reader with the RFCs open can follo
 - A *domain* is a mail domain this server is the final destination for.
 - An *account* is a user (``local@domain``) with a password hash and, optionally,
   an APOP secret (RFC 1939 section 7 needs the shared secret in clear).
+- An account may have *quota* limits (RFC 9208): storage in octets and a
+  message count, set by the operator; its usage (the sizes and number of its
+  messages) is kept as running totals in the same commit as every change, so
+  reading it is cheap. APPEND and COPY over a limit raise ``QuotaExceeded``;
+  a delivery does so only for targets marked ``enforce_quota``.
 - An *alias* maps one address to one or more target addresses (local or remote).
 - A *list* is an address that expands to its members.
 - A *mailbox* belongs to an account; it has ``uid_validity``, ``uid_next`` and
   ``highest_modseq``. Every change to a mailbox (new message, flag change,
   expunge) takes the next mod-sequence value (RFC 7162 section 3.1).
-- A *message* in a mailbox has a ``uid``, ``flags``, ``internal_date``, ``size``
-  and ``modseq``. Its bytes are a per-delivery ``trace_prefix`` (Return-Path,
+- A *message* in a mailbox has a ``uid``, ``flags``, ``internal_date``, ``size``,
+  ``modseq`` and ``save_date`` (RFC 8514: when it was saved into the mailbox). Its bytes are a per-delivery ``trace_prefix`` (Return-Path,
   Delivered-To: they differ per recipient) followed by a shared *body* blob (the
   bytes the client sent, with the Received header this server prepended). The
   body is stored once however many mailboxes hold it.

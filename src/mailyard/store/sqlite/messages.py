@@ -118,10 +118,9 @@ def insert_targets(
 ) -> list[int]:
     """Index rows for one stored body in each target mailbox (shared by
     ``deliver`` and the outbound queue's combined local+queued commit).
-    Targets with ``enforce_quota`` are checked first: QuotaExceeded names
-    every one the message would take over quota, and nothing is written."""
+    The caller runs ``check_targets`` before it writes the body, so a
+    delivery refused for quota writes nothing at all."""
     now = time.time()
-    check_targets(c, targets, body_len)
     uids = []
     for t in targets:
         row = c.execute(
