@@ -28,6 +28,7 @@ from mailyard.store.api import (
     NewQueueEntry,
     NewRecipient,
     NotFound,
+    QuotaExceeded,
     RecipientOutcome,
     Store,
     StoreError,
@@ -627,3 +628,77 @@ async def test_queue_survives_reopening(backend: Backend) -> None:
         assert await s.queue_list() == []
     finally:
         await s.close()
+
+
+# --- quotas (RFC 9208) and save dates (RFC 8514) ------------------------------
+async def test_quota_usage_follows_every_write(store: Store) -> None:
+    """The running totals move with delivery, APPEND, COPY, MOVE, EXPUNGE and
+    DELETE; limits are set, kept and removed."""
+    a = await store.add_account("q@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    assert inbox
+    q = await store.get_quota(a.id)
+    assert (q.storage_limit, q.messages_limit, q.storage_used, q.messages_used) == (None, None, 0, 0)
+    await store.deliver(b"x" * 100, [DeliveryTarget(inbox.id, b"P: 1\r\n")])
+    await store.append(inbox, b"y" * 50)
+    assert (await store.get_quota(a.id)).storage_used == 156
+    work = await store.create_mailbox(a.id, "Work")
+    await store.copy_messages(inbox, [1, 2], work)
+    q = await store.get_quota(a.id)
+    assert (q.storage_used, q.messages_used) == (312, 4)
+    await store.copy_messages(inbox, [2], work, move=True)
+    q = await store.get_quota(a.id)
+    assert (q.storage_used, q.messages_used) == (312, 4)
+    await store.expunge(inbox, [1])
+    q = await store.get_quota(a.id)
+    assert (q.storage_used, q.messages_used) == (206, 3)
+    await store.delete_mailbox(a.id, "Work")
+    q = await store.get_quota(a.id)
+    assert (q.storage_used, q.messages_used) == (0, 0)
+    q = await store.set_quota("q@example.test", storage=2048, messages=10)
+    assert (q.storage_limit, q.messages_limit) == (2048, 10)
+    q = await store.set_quota("q@example.test", storage=None)
+    assert (q.storage_limit, q.messages_limit) == (None, 10)
+    with pytest.raises(NotFound):
+        await store.set_quota("nobody@example.test", storage=1)
+    with pytest.raises(InvalidName):
+        await store.set_quota("q@example.test", messages=-1)
+
+
+async def test_quota_refuses_appends_copies_and_enforced_deliveries(store: Store) -> None:
+    a = await store.add_account("q@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    work = await store.create_mailbox(a.id, "Work")
+    assert inbox
+    await store.set_quota("q@example.test", storage=250, messages=3)
+    await store.append(inbox, b"a" * 100)
+    with pytest.raises(QuotaExceeded):  # all or none (RFC 3502)
+        await store.append_many(inbox, [AppendItem(b"b" * 100), AppendItem(b"c" * 100)])
+    assert (await store.get_quota(a.id)).messages_used == 1
+    await store.copy_messages(inbox, [1], work)
+    with pytest.raises(QuotaExceeded):
+        await store.copy_messages(inbox, [1], work)  # 300 octets > 250
+    assert await store.copy_messages(work, [1], inbox, move=True)  # usage unchanged
+    with pytest.raises(QuotaExceeded) as exc:
+        await store.deliver(b"d" * 60, [DeliveryTarget(inbox.id, enforce_quota=True)])
+    assert exc.value.mailbox_ids == {inbox.id}
+    await store.deliver(b"d" * 60, [DeliveryTarget(inbox.id)])  # a report the server writes itself
+    q = await store.get_quota(a.id)
+    assert (q.storage_used, q.messages_used, q.full) == (260, 3, True)
+    await store.expunge(inbox, [1])
+    assert not (await store.get_quota(a.id)).full
+
+
+async def test_save_date_is_the_time_of_the_save(store: Store) -> None:
+    """RFC 8514: APPEND with an old INTERNALDATE, then COPY: the save date
+    of each is when it was saved, not the INTERNALDATE."""
+    a = await store.add_account("s@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    work = await store.create_mailbox(a.id, "Work")
+    assert inbox
+    await store.append(inbox, b"Subject: old\r\n\r\nx\r\n", internal_date=1_000_000_000.0)
+    (m,) = await store.list_messages(inbox)
+    assert m.internal_date == 1_000_000_000.0 and m.save_date > 1_700_000_000
+    await store.copy_messages(inbox, [m.uid], work)
+    (c,) = await store.list_messages(work)
+    assert c.internal_date == m.internal_date and c.save_date >= m.save_date

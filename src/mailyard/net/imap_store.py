@@ -6,8 +6,8 @@ a store ``Mailbox``, which is the ``MailboxRef`` every store call checks
 (owner and UIDVALIDITY, store/api.py), so it is passed through as it is.
 
 Store exceptions become the backend's where IMAP answers them in its own
-words: MailboxGone (the selected mailbox deleted: BYE), StorageFull
-(OVERQUOTA), AlreadyExists (ALREADYEXISTS), InvalidName (CANNOT). Other
+words: MailboxGone (the selected mailbox deleted: BYE), QuotaExceeded and
+StorageFull (OVERQUOTA), AlreadyExists (ALREADYEXISTS), InvalidName (CANNOT). Other
 StoreErrors are answered NO with their text (session.ImapConfig.failures).
 """
 
@@ -106,6 +106,9 @@ class StoreBackend:
     async def list_subscriptions(self) -> list[str]:
         return await self.store.list_subscriptions(self.account_id)
 
+    async def get_quota(self) -> store_api.Quota:
+        return await self.store.get_quota(self.account_id)
+
     async def claim_recent(self, mailbox: Mailbox, claim: bool = True) -> int:
         try:
             return await self.store.claim_recent(mailbox, claim=claim)
@@ -130,6 +133,8 @@ class StoreBackend:
             return await self.store.copy_messages(src, uids, dst, move=move)
         except store_api.MailboxGone as exc:
             raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+        except store_api.QuotaExceeded as exc:
+            raise b.OverQuota(str(exc)) from exc
         except store_api.StorageFull as exc:
             raise b.NoSpace(str(exc)) from exc
 
@@ -139,6 +144,8 @@ class StoreBackend:
                 mailbox, [AppendItem(m.data, m.flags, m.internal_date) for m in items])
         except store_api.MailboxGone as exc:
             raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+        except store_api.QuotaExceeded as exc:
+            raise b.OverQuota(str(exc)) from exc
         except store_api.StorageFull as exc:
             raise b.NoSpace(str(exc)) from exc
 

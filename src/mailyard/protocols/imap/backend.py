@@ -45,6 +45,10 @@ class NoSpace(BackendError):
     """The disk is full or a quota is reached; nothing was written (OVERQUOTA)."""
 
 
+class OverQuota(NoSpace):
+    """The write would take the account over its quota (RFC 9208); nothing was written."""
+
+
 class MailboxExists(BackendError):
     """The mailbox to create (or rename to) exists already (ALREADYEXISTS)."""
 
@@ -99,6 +103,8 @@ class MessageRecord(Protocol):
     def internal_date(self) -> float: ...  # seconds since the epoch, UTC
     @property
     def modseq(self) -> int: ...
+    @property
+    def save_date(self) -> float | None: ...  # RFC 8514; None: not kept (FETCH SAVEDATE NIL)
 
 
 class SummaryRecord(Protocol):
@@ -142,6 +148,21 @@ class StatusRecord(Protocol):
     def uid_validity(self) -> int: ...
     @property
     def highest_modseq(self) -> int: ...
+    @property
+    def deleted_size(self) -> int: ...  # octets of the \Deleted messages (RFC 9208 DELETED-STORAGE)
+
+
+class QuotaRecord(Protocol):
+    """The account's one quota root (RFC 9208 5): limits (None: none) and usage."""
+
+    @property
+    def storage_limit(self) -> int | None: ...  # octets
+    @property
+    def messages_limit(self) -> int | None: ...
+    @property
+    def storage_used(self) -> int: ...  # octets
+    @property
+    def messages_used(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +214,10 @@ class ImapBackend(Protocol):
 
     async def mailbox_status(self, mailbox: MailboxRecord) -> StatusRecord: ...
 
+    async def get_quota(self) -> QuotaRecord:
+        """The account's limits and usage (RFC 9208 GETQUOTA), cheap to read."""
+        ...
+
     async def claim_recent(self, mailbox: MailboxRecord, claim: bool = True) -> int:
         """RFC 3501 2.3.2: the highest UID some session has claimed; with
         ``claim`` every present message becomes claimed, atomically. Raises
@@ -230,11 +255,13 @@ class ImapBackend(Protocol):
     async def copy_messages(
         self, src: MailboxRecord, uids: Sequence[int], dst: MailboxRecord, move: bool = False
     ) -> Sequence[tuple[int, int]]:
-        """(source UID, new UID) pairs (RFC 4315 COPYUID); raises NoSpace."""
+        """(source UID, new UID) pairs (RFC 4315 COPYUID); raises NoSpace, and
+        OverQuota for a copy (not a move) that would take the account over quota."""
         ...
 
     async def append_messages(self, mailbox: MailboxRecord, items: Sequence[NewMessage]) -> Sequence[int]:
-        """All or none, durably (RFC 3502); the new UIDs in order; raises NoSpace."""
+        """All or none, durably (RFC 3502); the new UIDs in order; raises NoSpace
+        (OverQuota when they would take the account over quota)."""
         ...
 
     async def encode_binary(self, data: bytes) -> bytes | None:

@@ -180,6 +180,16 @@ class Status(Command):
 
 
 @dataclass(kw_only=True)
+class Quota(Command):
+    """GETQUOTA and SETQUOTA name a quota ``root``, GETQUOTAROOT a ``mailbox``
+    (RFC 9208 4.1); SETQUOTA's ``limits`` are (resource name, limit) pairs."""
+
+    root: str = ""
+    mailbox: str = ""
+    limits: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(kw_only=True)
 class Append(Command):
     mailbox: str
     messages: tuple[AppendMessage, ...]

@@ -31,7 +31,8 @@ _OFFSET_FIELDS = ("parts", "messages", "size")
 _NIL_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
 # fetch-atts answered from the index data alone, with their response templates
 _INDEX_ATTS = {"UID": b"UID %d", "FLAGS": b"FLAGS %s", "RFC822.SIZE": b"RFC822.SIZE %d",
-               "INTERNALDATE": b'INTERNALDATE "%s"', "MODSEQ": b"MODSEQ (%d)"}  # RFC 7162 3.1.4.1
+               "INTERNALDATE": b'INTERNALDATE "%s"', "MODSEQ": b"MODSEQ (%d)",  # RFC 7162 3.1.4.1
+               "SAVEDATE": b"SAVEDATE %s"}  # RFC 8514 3
 _RFC822_SECTIONS = {"RFC822": None, "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}
 
 
@@ -91,6 +92,13 @@ class MessageParts:
         return f.decode_cte(self.raw[body[0] : body[1]], self.raw[head[0] : head[1]])
 
 
+def save_date(m: MessageRecord) -> bytes:
+    """RFC 8514 3: the save date as a quoted date-time, NIL when the mailbox keeps none."""
+    if m.save_date is None:
+        return b"NIL"
+    return b'"%s"' % f.format_internal_date(m.save_date).encode("ascii")
+
+
 def index_values(atts: tuple[c.FetchAtt, ...], flags_of: Callable[[MessageRecord], bytes]
                  ) -> Callable[[MessageRecord], tuple[object, ...]]:
     """The values for a plan's ``line_format``, as one function of a message."""
@@ -104,6 +112,8 @@ def index_values(atts: tuple[c.FetchAtt, ...], flags_of: Callable[[MessageRecord
             getters.append(lambda m: m.size)
         elif a.name == "INTERNALDATE":
             getters.append(lambda m: f.format_internal_date(m.internal_date).encode("ascii"))
+        elif a.name == "SAVEDATE":
+            getters.append(save_date)
         else:
             getters.append(lambda m: m.modseq)
     if len(getters) == 1:  # FETCH 1:* (FLAGS): no loop per message
@@ -197,6 +207,8 @@ def encode_items(flags_of: Callable[[MessageRecord], bytes], writer: Writer, att
             out.append(b'INTERNALDATE "%s"' % f.format_internal_date(info.internal_date).encode("ascii"))
         elif n == "MODSEQ":
             out.append(b"MODSEQ (%d)" % info.modseq)  # RFC 7162 3.1.4.1
+        elif n == "SAVEDATE":
+            out.append(b"SAVEDATE " + save_date(info))
         elif n == "BODYSTRUCTURE":
             out.append(b"BODYSTRUCTURE " + (d["bodystructure_imap"] if d else b"NIL"))
         elif n == "BODY":

@@ -393,7 +393,10 @@ def _list(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
     return cmd
 
 
-STATUS_ITEMS = {"MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT"}
+# RFC 9051 6.3.11, RFC 8438 (SIZE), RFC 7162 (HIGHESTMODSEQ), RFC 7889
+# (APPENDLIMIT), RFC 9208 4.2 (DELETED-STORAGE; DELETED is RFC 9051's own)
+STATUS_ITEMS = {"MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT",
+                "APPENDLIMIT", "DELETED-STORAGE"}
 
 
 def _status_atts(r: Reader) -> tuple[str, ...]:
@@ -445,6 +448,29 @@ def _append(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
     if not messages:
         raise ParseError("APPEND needs a message literal")
     return c.Append(tag=tag, name=name, mailbox=mailbox, messages=tuple(messages))
+
+
+def _quota(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    r.sp()
+    if name == "GETQUOTAROOT":
+        return c.Quota(tag=tag, name=name, mailbox=_mailbox(r, utf8))
+    root = r.astring()
+    if name == "GETQUOTA":
+        return c.Quota(tag=tag, name=name, root=root)
+    # RFC 9208 4.1.3: SETQUOTA quota-root SP "(" [setquota-resource
+    # *(SP setquota-resource)] ")", setquota-resource = resource-name SP resource-limit
+    r.sp()
+    r.open()
+    limits: list[tuple[str, int]] = []
+    if not r.close():
+        while True:
+            resource = r.atom().upper()
+            r.sp()
+            limits.append((resource, r.number()))
+            if r.close():
+                break
+            r.sp()
+    return c.Quota(tag=tag, name=name, root=root, limits=tuple(limits))
 
 
 def _search(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
@@ -577,6 +603,9 @@ _HANDLERS = {
     "STORE": _store,
     "COPY": _copy,
     "MOVE": _copy,
+    "GETQUOTA": _quota,
+    "GETQUOTAROOT": _quota,
+    "SETQUOTA": _quota,
 }
 
 COMMAND_NAMES = frozenset(_HANDLERS)

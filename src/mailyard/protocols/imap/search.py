@@ -29,6 +29,7 @@ class SearchMessage:
     modseq: int
     # lower-case field name -> decoded values; None when no key needs them
     headers: Mapping[str, Sequence[str]] | None = None
+    save_date: float | None = None  # RFC 8514; None: the mailbox keeps no save dates
 
 
 @dataclass
@@ -205,6 +206,12 @@ _EVAL: dict[str, Callable[[SearchKey, SearchMessage, SearchContext], bool]] = {
     "BEFORE": lambda k, m, c: _utc_date(m.internal_date) < k.args[0],
     "ON": lambda k, m, c: _utc_date(m.internal_date) == k.args[0],
     "SINCE": lambda k, m, c: _utc_date(m.internal_date) >= k.args[0],
+    # RFC 8514 4: like BEFORE / ON / SINCE, on the save date
+    "SAVEDBEFORE": lambda k, m, c: m.save_date is not None and _utc_date(m.save_date) < k.args[0],
+    "SAVEDON": lambda k, m, c: m.save_date is not None and _utc_date(m.save_date) == k.args[0],
+    "SAVEDSINCE": lambda k, m, c: m.save_date is not None and _utc_date(m.save_date) >= k.args[0],
+    # RFC 8514 4: every message of a mailbox that keeps save dates, none otherwise
+    "SAVEDATESUPPORTED": lambda k, m, c: m.save_date is not None,
     "SENTBEFORE": _sent(lambda d, x: d < x),
     "SENTON": _sent(lambda d, x: d == x),
     "SENTSINCE": _sent(lambda d, x: d >= x),

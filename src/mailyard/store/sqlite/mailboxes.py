@@ -251,14 +251,15 @@ class MailboxesMixin(SQLiteCore):
         row = self._q1(
             "SELECT count(*), coalesce(sum(size), 0),"
             " coalesce(sum(instr(' ' || flags || ' ', ' \\Seen ') = 0), 0),"
-            " coalesce(sum(instr(' ' || flags || ' ', ' \\Deleted ') > 0), 0)"
+            " coalesce(sum(instr(' ' || flags || ' ', ' \\Deleted ') > 0), 0),"
+            " coalesce(sum(size * (instr(' ' || flags || ' ', ' \\Deleted ') > 0)), 0)"
             " FROM messages WHERE mailbox_id = ?",
             (mailbox_id,),
         )
         assert row is not None
         return MailboxStatus(
             messages=row[0], unseen=row[2], deleted=row[3], size=row[1],
-            uid_next=box[0], uid_validity=box[1], highest_modseq=box[2],
+            uid_next=box[0], uid_validity=box[1], highest_modseq=box[2], deleted_size=row[4],
         )
 
     async def mailbox_summary(self, mailbox: MailboxRef) -> MailboxSummary:

@@ -1,6 +1,8 @@
 """Mailbox commands: CREATE (RFC 6154 USE), DELETE, RENAME, SUBSCRIBE,
 UNSUBSCRIBE, LIST (RFC 9051 6.3.9 with RFC 5258 LIST-EXTENDED, RFC 5819
-LIST-STATUS, RFC 6154 SPECIAL-USE), LSUB (RFC 3501 6.3.9), NAMESPACE, STATUS."""
+LIST-STATUS, RFC 6154 SPECIAL-USE), LSUB (RFC 3501 6.3.9), NAMESPACE, STATUS
+(RFC 9051 6.3.11 with RFC 8438 SIZE, RFC 7889 APPENDLIMIT, RFC 9208
+DELETED-STORAGE)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from .. import commands as c
 from .. import names
 from ..backend import BadMailboxName, MailboxExists, NoSuchMailbox
 from ..response import Atom, Mailbox
+from .quota import kib
 
 if TYPE_CHECKING:
     from ..backend import ImapBackend, MailboxRecord
@@ -258,6 +261,10 @@ async def _status_line(s: ImapSession, box: MailboxRecord, items: tuple[str, ...
         "MESSAGES": st.messages, "UIDNEXT": st.uid_next, "UIDVALIDITY": st.uid_validity,
         "UNSEEN": st.unseen, "DELETED": st.deleted, "SIZE": st.size,
         "HIGHESTMODSEQ": st.highest_modseq, "RECENT": 0,
+        # RFC 7889 5: the largest message APPEND takes into this mailbox
+        "APPENDLIMIT": s.engine.framer.limits.max_append,
+        # RFC 9208 4.2: what EXPUNGE would free, in STORAGE's units of 1024 octets
+        "DELETED-STORAGE": kib(st.deleted_size),
     }
     if "RECENT" in items:
         # RFC 3501 6.3.10: messages not yet claimed as \Recent by a session

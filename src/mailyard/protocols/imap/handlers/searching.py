@@ -67,7 +67,8 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
             if recent and uid in recent:
                 flags = flags | RECENT  # RFC 3501 2.3.2: \Recent in this session only
             m = sr.SearchMessage(i, uid, flags, info.internal_date, info.size, info.modseq,
-                                 derived.get(uid, {}).get("headers") if want_headers else None)
+                                 derived.get(uid, {}).get("headers") if want_headers else None,
+                                 info.save_date)
             if sr.matches(key, m, ctx):
                 hits.append((i, uid))
                 modseq = max(modseq, info.modseq)
