@@ -22,7 +22,7 @@ from typing import Any
 from . import __version__
 from .config import Config, ConfigError
 from .store import open_store, store_exists
-from .store.api import Store, StoreError
+from .store.api import KEEP, Quota, Store, StoreError
 
 DEMO_USERS = ("alice", "bob")
 
@@ -297,11 +297,77 @@ def cmd_user(args: argparse.Namespace) -> None:
                 grants = await store.disallow_senders(args.address, args.senders)
             shown = ", ".join(grants) if grants else "(only its own addresses)"
             print(f"{args.address} may also send as: {shown}")
+        elif args.action == "quota":
+            storage = getattr(args, "storage", KEEP)  # not given: left as it is
+            messages = getattr(args, "messages", KEEP)
+            if storage == KEEP and messages == KEEP:
+                account = await store.get_account(args.address)
+                if account is None:
+                    raise CLIError(f"no such user: {args.address}")
+                quota = await store.get_quota(account.id)
+            else:
+                quota = await store.set_quota(args.address, storage=storage, messages=messages)
+            print(f"{args.address}: {describe_quota(quota)}")
         else:
             for account in await store.list_accounts(args.domain):
-                print(account.address)
+                quota = await store.get_quota(account.id)
+                if quota.storage_limit is None and quota.messages_limit is None:
+                    print(account.address)
+                else:
+                    print(f"{account.address}  {describe_quota(quota)}")
 
     run_with_store(args, run)
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_storage_limit(text: str) -> int | None:
+    """``--storage``: octets with an optional K/M/G/T suffix (powers of 1024,
+    as IMAP counts STORAGE in units of 1024 octets, RFC 9208 5.1), or
+    ``none`` for no limit."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    if t == "NONE":
+        return None
+    unit = t[-1:] if t[-1:] in _SIZE_UNITS else ""
+    number = t[: len(t) - len(unit)]
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 2G, none)") from None
+    if value < 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    return int(value * _SIZE_UNITS[unit])
+
+
+def parse_count_limit(text: str) -> int | None:
+    """``--messages``: a message count, or ``none`` for no limit."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of messages: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a number of messages: {text!r}")
+    return value
+
+
+def _size(octets: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if octets >= _SIZE_UNITS[unit] and octets % _SIZE_UNITS[unit] == 0:
+            return f"{octets // _SIZE_UNITS[unit]}{unit}"
+    for unit in ("T", "G", "M", "K"):
+        if octets >= _SIZE_UNITS[unit]:
+            return f"{octets / _SIZE_UNITS[unit]:.1f}{unit}"
+    return str(octets)
+
+
+def describe_quota(quota: Quota) -> str:
+    """One line: usage of each resource against its limit."""
+    storage = " (no limit)" if quota.storage_limit is None else f" of {_size(quota.storage_limit)}"
+    messages = " (no limit)" if quota.messages_limit is None else f" of {quota.messages_limit}"
+    return f"storage {_size(quota.storage_used)}{storage}, messages {quota.messages_used}{messages}"
 
 
 async def _apop_secret(store: Store, args: argparse.Namespace) -> None:
@@ -435,6 +501,15 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--disable", action="store_true", help="remove the secret: APOP off")
     q = usub.add_parser("remove", parents=[common], help="delete an account and all its mail")
     q.add_argument("address")
+    q = usub.add_parser(
+        "quota", parents=[common],
+        help="show or set an account's storage and message-count limits (IMAP QUOTA, SMTP 452 4.2.2)",
+    )
+    q.add_argument("address", help="the account, user@domain")
+    q.add_argument("--storage", type=parse_storage_limit, default=argparse.SUPPRESS, metavar="SIZE",
+                   help="storage limit: octets, or with K/M/G/T (powers of 1024), e.g. 2G; 'none' removes it")
+    q.add_argument("--messages", type=parse_count_limit, default=argparse.SUPPRESS, metavar="N",
+                   help="message-count limit, e.g. 100000; 'none' removes it")
     q = usub.add_parser("list", parents=[common], help="list accounts")
     q.add_argument("--domain", help="only this domain")
     q = usub.add_parser(

@@ -149,6 +149,10 @@ class AuthConfig:
     smtp_connection_max_failures: int = 5
     imap_connection_max_failures: int = 3
     pop3_connection_max_failures: int = 3
+    # IMAP UNAUTHENTICATE (RFC 8437): a logged-in client may return to the
+    # not-authenticated state and log in again on the same connection. RFC
+    # 8437 8 requires a way to turn it off (e.g. behind a pass-through proxy).
+    imap_unauthenticate: bool = True
 
 
 @dataclass

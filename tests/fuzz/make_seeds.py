@@ -103,6 +103,13 @@ IMAP = {
         "a4 SELECT INBOX (QRESYNC (1 1 1:9))\na5 IDLE\nDONE\na6 IDLE\nnope\na7 CHECK\na8 LOGOUT\n"
     ),
     "garbage": b"*\r\n+ x\r\na1\r\na1 \r\n(\r\n{5}\r\na1 FETCH (\r\na1 LOGIN \"unterminated\r\n\x00\xff\r\n",
+    # RFC 9208 QUOTA, RFC 8514 SAVEDATE, RFC 7889 / 9208 STATUS items
+    "quota-savedate": crlf(
+        'a1 LOGIN alice secret\na2 GETQUOTAROOT INBOX\na3 GETQUOTA ""\na4 SETQUOTA "" (STORAGE 512 MESSAGE 9)\n'
+        'a5 SETQUOTA "" ()\na6 STATUS INBOX (DELETED DELETED-STORAGE SIZE APPENDLIMIT)\na7 SELECT INBOX\n'
+        "a8 FETCH 1:* (SAVEDATE INTERNALDATE)\na9 SEARCH SAVEDSINCE 1-Jan-2020 SAVEDATESUPPORTED NOT SAVEDON 2-Feb-2021\n"
+        "a10 UID SEARCH SAVEDBEFORE 1-Jan-2030\na11 COPY 1 Sent\n"
+    ),
 }
 
 

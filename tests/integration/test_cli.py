@@ -75,3 +75,28 @@ def test_clear_errors(tmp_path: Path) -> None:
 def test_help_everywhere(tmp_path: Path, command: list[str]) -> None:
     r = run(tmp_path, *command, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout
+
+
+def test_user_quota_sets_shows_and_removes_limits(tmp_path: Path) -> None:
+    """`mailyard user quota ADDRESS --storage 2G --messages 100000`; `none`
+    removes a limit; `user list` shows the limits of accounts that have any."""
+    data = tmp_path / "data"
+    assert run(data, "init", "--domain", "example.test", "--demo").returncode == 0
+    r = run(data, "user", "quota", "alice@example.test", "--storage", "2G", "--messages", "100000")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "alice@example.test: storage 0 of 2G, messages 0 of 100000\n"
+    listed = run(data, "user", "list").stdout.splitlines()
+    assert "alice@example.test  storage 0 of 2G, messages 0 of 100000" in listed
+    assert "bob@example.test" in listed
+    r = run(data, "user", "quota", "alice@example.test", "--storage", "none")
+    assert r.stdout == "alice@example.test: storage 0 (no limit), messages 0 of 100000\n"
+    r = run(data, "user", "quota", "alice@example.test", "--storage", "1.5M")
+    assert r.stdout == "alice@example.test: storage 0 of 1536K, messages 0 of 100000\n"
+    assert run(data, "user", "quota", "alice@example.test").stdout == r.stdout  # shown, not changed
+    r = run(data, "user", "quota", "alice@example.test", "--messages", "none", "--storage", "none")
+    assert r.stdout == "alice@example.test: storage 0 (no limit), messages 0 (no limit)\n"
+    assert "alice@example.test" in run(data, "user", "list").stdout.split()
+    r = run(data, "user", "quota", "nobody@example.test", "--storage", "1G")
+    assert r.returncode == 1 and "no account nobody@example.test" in r.stderr
+    r = run(data, "user", "quota", "alice@example.test", "--storage", "lots")
+    assert r.returncode == 2 and "not a size" in r.stderr

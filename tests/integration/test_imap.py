@@ -493,6 +493,67 @@ def test_subscribe_names_that_do_not_exist(mailserver: RunningServer) -> None:
         assert not any(b"Peach" in x for x in say(b'a7 LSUB "" "*"', b"a7"))
 
 
+def test_subscriptions_survive_delete_and_create_does_not_subscribe(mailserver: RunningServer) -> None:
+    """RFC 9051 6.3.7: only SUBSCRIBE and UNSUBSCRIBE change subscriptions (a
+    server "MUST NOT unilaterally remove" one), over the SQLite store: CREATE
+    does not subscribe, DELETE leaves the subscription, listed \\NonExistent
+    (RFC 5258 3.1); RENAME moves it with the mailbox; a name that is not
+    modified UTF-7 is NO, not BAD (RFC 9051 7.1.3)."""
+    s, say = _login_raw(mailserver)
+    with s:
+        assert say(b"a1 CREATE Keep/Deep", b"a1") == [b"a1 OK CREATE completed\r\n"]
+        assert say(b'a2 LSUB "" "Keep*"', b"a2") == [b"a2 OK LSUB completed\r\n"]
+        assert say(b"a3 SUBSCRIBE Keep/Deep", b"a3") == [b"a3 OK SUBSCRIBE completed\r\n"]
+        assert say(b'a4 LSUB "" "K%"', b"a4") == [
+            b'* LSUB (\\Noselect) "/" "Keep"\r\n', b"a4 OK LSUB completed\r\n"]
+        assert say(b"a5 RENAME Keep/Deep Keep/Moved", b"a5") == [b"a5 OK RENAME completed\r\n"]
+        assert say(b"a6 DELETE Keep/Moved", b"a6") == [b"a6 OK DELETE completed\r\n"]
+        assert say(b'a7 LIST (SUBSCRIBED) "" "Keep/*"', b"a7") == [
+            b'* LIST (\\NonExistent \\Subscribed) "/" "Keep/Moved"\r\n', b"a7 OK LIST completed\r\n"]
+        assert say(b'a8 SELECT "&Jjo!"', b"a8") == [b"a8 NO [NONEXISTENT] Mailbox does not exist\r\n"]
+        assert say(b'a9 CREATE "a&b"', b"a9") == [b"a9 NO [CANNOT] mailbox name is not valid modified UTF-7\r\n"]
+
+
+def test_unauthenticate_then_login_as_another_user_rfc8437(mailserver: RunningServer) -> None:
+    """RFC 8437 3: UNAUTHENTICATE returns a logged-in connection to the
+    not-authenticated state (the selected mailbox closed without expunge, the
+    account's change notifications released); it may be pipelined with the
+    next LOGIN, which serves the new account."""
+
+    async def listeners() -> int:
+        return len(mailserver.store._listeners)
+
+    before = mailserver.call(listeners())
+    s, say = _login_raw(mailserver)
+    with s:
+        assert say(b"a1 SELECT INBOX", b"a1")[-1].startswith(b"a1 OK [READ-WRITE]")
+        assert mailserver.call(listeners()) == before + 1
+        s.sendall(b"a2 UNAUTHENTICATE\r\na3 LOGIN " + BOB.encode() + b" " + USERS[BOB].encode() + b"\r\n")
+        out = say(b"a4 STATUS INBOX (MESSAGES)", b"a4")
+        assert out[0] == b"a2 OK Completed, now in not authenticated state\r\n"
+        assert out[1].startswith(b"a3 OK [CAPABILITY ") and b" UNAUTHENTICATE]" in out[1]
+        assert out[2:] == [b'* STATUS "INBOX" (MESSAGES 0)\r\n', b"a4 OK STATUS completed\r\n"]
+        assert mailserver.call(listeners()) == before + 1  # bob's, alice's released
+        assert say(b"a5 UNAUTHENTICATE", b"a5") == [b"a5 OK Completed, now in not authenticated state\r\n"]
+        assert mailserver.call(listeners()) == before
+        assert say(b"a6 STATUS INBOX (MESSAGES)", b"a6") == [
+            b"a6 BAD STATUS is not valid in the not authenticated state\r\n"]
+
+
+def test_append_utf8_data_item_over_the_store_rfc6855_4(mailserver: RunningServer) -> None:
+    """RFC 6855 4: a message with UTF-8 header fields is appended with the
+    UTF8 (literal8) data item after ENABLE UTF8=ACCEPT; without it, NO."""
+    msg = "Subject: Grüße aus Köln\r\nFrom: jörg@example.test\r\n\r\nhi\r\n".encode()
+    s, say = _login_raw(mailserver)
+    with s:
+        assert say(b"a1 APPEND INBOX {%d+}\r\n" % len(msg) + msg, b"a1") == [
+            b"a1 NO [CANNOT] 8-bit header fields need ENABLE UTF8=ACCEPT\r\n"]
+        assert say(b"a2 ENABLE UTF8=ACCEPT", b"a2")[-1] == b"a2 OK ENABLE completed\r\n"
+        out = say(b"a3 APPEND INBOX UTF8 (~{%d+}\r\n" % len(msg) + msg + b")", b"a3")
+        assert out[-1].startswith(b"a3 OK [APPENDUID ")
+    assert mailserver.messages(ALICE)[-1] == msg
+
+
 def test_recent_is_seen_by_one_session_only(mailserver: RunningServer, imap) -> None:
     """RFC 3501 2.3.2 / 6.3.1: \\Recent for the first session told of a
     message; EXAMINE does not take it; rev2 clients never see it."""
@@ -701,3 +762,37 @@ def test_idle_autologout_counts_from_the_client_not_from_mailbox_changes(
                         break
                     out += chunk
     assert b"* BYE Autologout" in out, out
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_message_rfc822_sections_and_address_search_over_sqlite(mailserver: RunningServer, indexed: bool) -> None:
+    """Over the SQLite store, before the background indexer ran and after:
+    RFC 9051 6.4.5 section numbers inside a message whose body is a
+    MESSAGE/RFC822 (its part 1 is the encapsulated message, 1.1 that
+    message's body), and SEARCH FROM matching the address as parsed."""
+    inner = b"From: b@y.example\r\nSubject: inner\r\n\r\ninner body\r\n"
+    top = b"From: a@x.example\r\nSubject: outer\r\nMIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\n"
+    address = b"From: <user-from (comment)@ (comment) domain.org>\r\nTo: user@domain.example (Real Name)\r\n\r\nx\r\n"
+    s, say = _session(mailserver)
+    with s:
+        say(b"a1 LOGIN " + ALICE.encode() + b" " + USERS[ALICE].encode(), b"a1")
+        _append_raw(say, b"INBOX", top + inner)
+        _append_raw(say, b"INBOX", address)
+        if indexed:
+            _wait_indexed(mailserver)
+        say(b"a2 EXAMINE INBOX", b"a2")
+        got = b"".join(say(b"a3 FETCH 1 (BODY[1] BODY[1.HEADER] BODY[1.TEXT] BODY[1.1] BODY[TEXT] BODY[1.MIME])",
+                           b"a3"))
+        assert got == (
+            b"* 1 FETCH (BODY[1] {%d}\r\n%s BODY[1.HEADER] {37}\r\nFrom: b@y.example\r\nSubject: inner\r\n\r\n"
+            b" BODY[1.TEXT] {12}\r\ninner body\r\n BODY[1.1] {12}\r\ninner body\r\n BODY[TEXT] {%d}\r\n%s"
+            b" BODY[1.MIME] {%d}\r\n%s)\r\na3 OK FETCH completed\r\n"
+            % (len(inner), inner, len(inner), inner, len(top), top)
+        )
+        assert say(b'a4 SEARCH FROM "user-from@domain.org"', b"a4") == [
+            b"* SEARCH 2\r\n", b"a4 OK SEARCH completed\r\n"]
+        assert say(b'a5 SEARCH TO "real name" FROM "user-from"', b"a5") == [
+            b"* SEARCH 2\r\n", b"a5 OK SEARCH completed\r\n"]
+        assert say(b"a6 FETCH 2 ENVELOPE", b"a6")[0] == (
+            b'* 2 FETCH (ENVELOPE (NIL NIL ((NIL NIL "user-from" "domain.org")) ((NIL NIL "user-from" "domain.org"))'
+            b' ((NIL NIL "user-from" "domain.org")) (("Real Name" NIL "user" "domain.example")) NIL NIL NIL NIL))\r\n')

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mailyard.protocols.contract import NEED_DATA
 from mailyard.protocols.imap import commands as c
-from mailyard.protocols.imap import utf7
+from mailyard.protocols.imap import names, utf7
 from mailyard.protocols.imap.engine import ImapEngine
 from mailyard.protocols.imap.parser import ParseError, TagError, parse_command
 from mailyard.protocols.imap.response import Atom, Literal8, Mailbox, Writer, format_uid_set
@@ -140,8 +140,9 @@ def test_mailbox_names_modified_utf7_and_inbox() -> None:
     assert parse(b"a CREATE ~peter/mail/&U,BTFw-/&ZeVnLIqe-").mailbox == "~peter/mail/台北/日本語"
     assert parse("a CREATE 台北".encode(), utf8=True).mailbox == "台北"
     assert parse(b"a CREATE A&-B", utf8=True).mailbox == "A&-B"
-    with pytest.raises(ParseError):
-        parse(b"a CREATE &Jjo!")
+    # a valid astring, not valid modified UTF-7: no syntax error, a name no mailbox has
+    bad = parse(b"a CREATE &Jjo!").mailbox
+    assert bad == names.undecodable("&Jjo!") and names.name_problem(bad) == "mailbox name is not valid modified UTF-7"
     assert utf7.encode("~peter/mail/台北/日本語") == "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
     assert utf7.decode(utf7.encode("a&b€")) == "a&b€"
 

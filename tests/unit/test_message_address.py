@@ -14,6 +14,7 @@ from mailyard.message.address import (
     iter_mailboxes,
     parse_address,
     parse_address_list,
+    search_value,
     split_address,
 )
 
@@ -191,3 +192,24 @@ def test_group_with_empty_phrase_does_not_raise(decode):
     ]
     # the same getter raises AttributeError for a phrase of dots
     assert parse_address_list("..: x@y.z;", decode=decode) == [Group("", (Mailbox(None, "x", "y.z"),))]
+
+
+def test_comment_names_rfc5322_3_4() -> None:
+    """``comment_names``: the last comment after a bare addr-spec is its display
+    name (encoded words decoded only with ``decode``); off by default."""
+    value = "u@d.example (=?utf-8?q?J=C3=B6rg?=), x@y.example (a) (b), <z (c)@w.example>"
+    assert parse_address_list(value, comment_names=True) == [
+        Mailbox("Jörg", "u", "d.example"), Mailbox("b", "x", "y.example"), Mailbox(None, "z", "w.example")]
+    assert parse_address_list(value, decode=False, comment_names=True)[0] == Mailbox(
+        "=?utf-8?q?J=C3=B6rg?=", "u", "d.example")
+    assert parse_address_list(value)[0] == Mailbox(None, "u", "d.example")
+
+
+def test_search_value_adds_the_parsed_addresses() -> None:
+    """What SEARCH FROM/TO/CC/BCC match: the field text, then each address as
+    ENVELOPE has it; other fields are their text."""
+    assert search_value("from", "<user-from (comment)@ (comment) domain.org>") == (
+        "<user-from (comment)@ (comment) domain.org>\nuser-from@domain.org")
+    assert search_value("to", "Team: a@t.example, u@d (Real Name);") == (
+        "Team: a@t.example, u@d (Real Name);\nTeam\na@t.example\nu@d\nReal Name")
+    assert search_value("subject", "a@b (c)") == "a@b (c)"

@@ -28,6 +28,7 @@ from mailyard.store.api import (
     NewQueueEntry,
     NewRecipient,
     NotFound,
+    QuotaExceeded,
     RecipientOutcome,
     Store,
     StoreError,
@@ -363,10 +364,13 @@ async def test_append_many(store: Store) -> None:
 
 async def test_subscriptions_are_names(store: Store) -> None:
     a = await store.add_account("a@example.test", "h")
-    assert "INBOX" in await store.list_subscriptions(a.id)  # new mailboxes start subscribed
+    assert "INBOX" in await store.list_subscriptions(a.id)  # a new account's mailboxes start subscribed
     await store.set_subscribed(a.id, "Not/There", True)  # RFC 9051 6.3.7: need not exist
     assert "Not/There" in await store.list_subscriptions(a.id)
     await store.create_mailbox(a.id, "Work")
+    assert "Work" not in await store.list_subscriptions(a.id)  # RFC 9051 6.3.4: CREATE does not subscribe
+    await store.create_mailbox(a.id, "Web", subscribe=True)
+    assert (await store.get_mailbox(a.id, "Web")).subscribed
     await store.set_subscribed(a.id, "Work", False)
     assert not (await store.get_mailbox(a.id, "Work")).subscribed
     await store.set_subscribed(a.id, "Work", True)
@@ -375,7 +379,7 @@ async def test_subscriptions_are_names(store: Store) -> None:
     subs = await store.list_subscriptions(a.id)
     assert "Job" in subs and "Work" not in subs
     await store.delete_mailbox(a.id, "Job")
-    assert "Job" not in await store.list_subscriptions(a.id)
+    assert "Job" in await store.list_subscriptions(a.id)  # RFC 9051 6.3.7: only UNSUBSCRIBE ends it
     await store.set_subscribed(a.id, "Not/There", False)
     assert "Not/There" not in await store.list_subscriptions(a.id)
     with pytest.raises(InvalidName):
@@ -624,3 +628,77 @@ async def test_queue_survives_reopening(backend: Backend) -> None:
         assert await s.queue_list() == []
     finally:
         await s.close()
+
+
+# --- quotas (RFC 9208) and save dates (RFC 8514) ------------------------------
+async def test_quota_usage_follows_every_write(store: Store) -> None:
+    """The running totals move with delivery, APPEND, COPY, MOVE, EXPUNGE and
+    DELETE; limits are set, kept and removed."""
+    a = await store.add_account("q@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    assert inbox
+    q = await store.get_quota(a.id)
+    assert (q.storage_limit, q.messages_limit, q.storage_used, q.messages_used) == (None, None, 0, 0)
+    await store.deliver(b"x" * 100, [DeliveryTarget(inbox.id, b"P: 1\r\n")])
+    await store.append(inbox, b"y" * 50)
+    assert (await store.get_quota(a.id)).storage_used == 156
+    work = await store.create_mailbox(a.id, "Work")
+    await store.copy_messages(inbox, [1, 2], work)
+    q = await store.get_quota(a.id)
+    assert (q.storage_used, q.messages_used) == (312, 4)
+    await store.copy_messages(inbox, [2], work, move=True)
+    q = await store.get_quota(a.id)
+    assert (q.storage_used, q.messages_used) == (312, 4)
+    await store.expunge(inbox, [1])
+    q = await store.get_quota(a.id)
+    assert (q.storage_used, q.messages_used) == (206, 3)
+    await store.delete_mailbox(a.id, "Work")
+    q = await store.get_quota(a.id)
+    assert (q.storage_used, q.messages_used) == (0, 0)
+    q = await store.set_quota("q@example.test", storage=2048, messages=10)
+    assert (q.storage_limit, q.messages_limit) == (2048, 10)
+    q = await store.set_quota("q@example.test", storage=None)
+    assert (q.storage_limit, q.messages_limit) == (None, 10)
+    with pytest.raises(NotFound):
+        await store.set_quota("nobody@example.test", storage=1)
+    with pytest.raises(InvalidName):
+        await store.set_quota("q@example.test", messages=-1)
+
+
+async def test_quota_refuses_appends_copies_and_enforced_deliveries(store: Store) -> None:
+    a = await store.add_account("q@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    work = await store.create_mailbox(a.id, "Work")
+    assert inbox
+    await store.set_quota("q@example.test", storage=250, messages=3)
+    await store.append(inbox, b"a" * 100)
+    with pytest.raises(QuotaExceeded):  # all or none (RFC 3502)
+        await store.append_many(inbox, [AppendItem(b"b" * 100), AppendItem(b"c" * 100)])
+    assert (await store.get_quota(a.id)).messages_used == 1
+    await store.copy_messages(inbox, [1], work)
+    with pytest.raises(QuotaExceeded):
+        await store.copy_messages(inbox, [1], work)  # 300 octets > 250
+    assert await store.copy_messages(work, [1], inbox, move=True)  # usage unchanged
+    with pytest.raises(QuotaExceeded) as exc:
+        await store.deliver(b"d" * 60, [DeliveryTarget(inbox.id, enforce_quota=True)])
+    assert exc.value.mailbox_ids == {inbox.id}
+    await store.deliver(b"d" * 60, [DeliveryTarget(inbox.id)])  # a report the server writes itself
+    q = await store.get_quota(a.id)
+    assert (q.storage_used, q.messages_used, q.full) == (260, 3, True)
+    await store.expunge(inbox, [1])
+    assert not (await store.get_quota(a.id)).full
+
+
+async def test_save_date_is_the_time_of_the_save(store: Store) -> None:
+    """RFC 8514: APPEND with an old INTERNALDATE, then COPY: the save date
+    of each is when it was saved, not the INTERNALDATE."""
+    a = await store.add_account("s@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    work = await store.create_mailbox(a.id, "Work")
+    assert inbox
+    await store.append(inbox, b"Subject: old\r\n\r\nx\r\n", internal_date=1_000_000_000.0)
+    (m,) = await store.list_messages(inbox)
+    assert m.internal_date == 1_000_000_000.0 and m.save_date > 1_700_000_000
+    await store.copy_messages(inbox, [m.uid], work)
+    (c,) = await store.list_messages(work)
+    assert c.internal_date == m.internal_date and c.save_date >= m.save_date

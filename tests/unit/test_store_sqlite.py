@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mailyard.config import StoreConfig
+from mailyard.message.derived import FORMAT_VERSION
 from mailyard.store import open_store, store_exists
 from mailyard.store.api import (
     AppendItem,
@@ -197,7 +198,7 @@ async def test_version1_data_directory_is_migrated(tmp_path: Path) -> None:
         assert got[1]["envelope_imap"].startswith(b'("Mon, 7 Feb 1994 21:52:25 -0800"')
         assert await s2.search_headers(inbox, "subject", "carol") == {1}
         version = s2._read.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        assert version == "3"
+        assert version == str(schema.SCHEMA_VERSION)
     finally:
         await s2.close()
 
@@ -232,11 +233,60 @@ async def test_a_rolled_back_segment_rollover_loses_no_later_body(tmp_path: Path
 
 
 
+def _version3_schema() -> str:
+    """The schema as version 3 created it: no quota columns, no save date."""
+    old = re.sub(r",( *--[^\n]*)?\n\s*quota_storage.*?\n\);", r"\1\n);", schema.SCHEMA, count=1, flags=re.DOTALL)
+    old = re.sub(r"\n\s*save_date\s+REAL[^\n]*", "", old, count=1)
+    assert "quota_" not in old and "save_date" not in old and "used_storage" not in old
+    return old
+
+
 def _version2_schema() -> str:
     """The schema as version 2 created it: plain INTEGER PRIMARY KEY ids
     (SQLite reuses a freed max id), no account epoch."""
-    old = schema.SCHEMA.replace(" PRIMARY KEY AUTOINCREMENT", " PRIMARY KEY")
+    old = _version3_schema().replace(" PRIMARY KEY AUTOINCREMENT", " PRIMARY KEY")
     return re.sub(r",\n\s*epoch\s+INTEGER[^\n]*\n\);", "\n);", old, count=1)
+
+
+async def test_version3_data_directory_gets_quota_totals_and_save_dates(tmp_path: Path) -> None:
+    """A version-3 directory opens as version 4: the accounts get their usage
+    summed from the messages they hold (and the triggers keep it from then
+    on), no limits, and every message its INTERNALDATE as save date."""
+    d = tmp_path / "v3"
+    d.mkdir()
+    c = sqlite3.connect(d / "index.sqlite3")
+    c.executescript(_version3_schema())
+    c.executescript(schema.QUEUE_SCHEMA)
+    c.executescript(
+        "INSERT INTO meta VALUES ('schema_version', '3');"
+        "INSERT INTO domains VALUES ('example.test');"
+        "INSERT INTO accounts(id, address, domain, password_hash, created) VALUES"
+        " (1, 'alice@example.test', 'example.test', 'h', 0), (2, 'bob@example.test', 'example.test', 'h', 0);"
+        "INSERT INTO mailboxes(id, account_id, name, uid_validity, uid_next) VALUES"
+        " (1, 1, 'INBOX', 100, 3), (2, 1, 'Work', 101, 2), (3, 2, 'INBOX', 102, 1);"
+        "INSERT INTO bodies(id, segment, offset, length, refs) VALUES (1, 0, 0, 0, 3);"
+        "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq) VALUES"
+        " (1, 1, 1, x'', 100, '', 1000000000, 1), (1, 2, 1, x'', 250, '', 1000000500, 2),"
+        " (2, 1, 1, x'', 40, '', 1100000000, 1);"
+    )
+    c.commit()
+    c.close()
+    s = SQLiteStore(d, StoreConfig(fsync=False))
+    try:
+        assert s._read.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
+        alice = await s.get_quota(1)
+        assert (alice.storage_used, alice.messages_used) == (390, 3)
+        assert (alice.storage_limit, alice.messages_limit) == (None, None)
+        assert (await s.get_quota(2)).messages_used == 0
+        inbox = await s.get_mailbox(1, "INBOX")
+        assert inbox is not None
+        infos = await s.list_messages(inbox)
+        assert [m.save_date for m in infos] == [1000000000, 1000000500]
+        await s.expunge(inbox, [1])
+        alice = await s.get_quota(1)
+        assert (alice.storage_used, alice.messages_used) == (290, 2)
+    finally:
+        await s.close()
 
 
 
@@ -271,7 +321,7 @@ async def test_version2_data_directory_gets_ids_that_are_never_reused(tmp_path: 
         for table in ("accounts", "mailboxes", "bodies"):
             sql = s._read.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
             assert "AUTOINCREMENT" in sql, table
-        assert s._read.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+        assert s._read.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(schema.SCHEMA_VERSION)
         await s.delete_mailbox(2, "Work")  # frees the highest mailbox id, 3
         fresh = await s.create_mailbox(1, "Fresh")
         assert fresh.id == 4
@@ -325,3 +375,35 @@ async def test_a_message_not_derived_yet_is_parsed_off_the_event_loop(
         assert threads and all(t is not threading.main_thread() for t in threads)
     finally:
         await s.close()
+
+
+async def test_bodies_derived_by_an_earlier_derivation_are_derived_again(tmp_path: Path) -> None:
+    """A directory whose derived data an earlier ``derive`` wrote (no
+    'derived_format' in meta, header_fields.folded the bare value) is derived
+    again when opened: SEARCH FROM finds the address as parsed, and the
+    background indexer refills the tables."""
+    address = b"From: <user-from (comment)@ (comment) domain.org>\r\nSubject: s\r\n\r\nbody\r\n"
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    await s.add_domain("example.test")
+    inbox = await _inbox(s)
+    await s.append(inbox, address)
+    assert await s.search_headers(inbox, "from", "user-from@domain.org") == {1}
+    await s.close()
+    c = sqlite3.connect(tmp_path / "d" / "index.sqlite3")
+    c.executescript("UPDATE header_fields SET folded = lower(value); DELETE FROM meta WHERE key = 'derived_format';")
+    c.commit()
+    c.close()
+    s2 = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        assert await s2.search_headers(inbox, "from", "user-from@domain.org") == {1}
+        assert await s2.search_headers(inbox, "from", "(comment)") == {1}  # the field text still matches
+        row = s2._read.execute("SELECT value FROM meta WHERE key = 'derived_format'").fetchone()
+        assert row is not None and row[0] == str(FORMAT_VERSION)
+    finally:
+        await s2.close()
+    # opened again with the same derivation: nothing is marked
+    s3 = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        assert s3._read.execute("SELECT count(*) FROM bodies WHERE derived IS NULL").fetchone()[0] == 0
+    finally:
+        await s3.close()

@@ -12,6 +12,7 @@ Errors are one line naming the server and its reply; exit status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import shlex
@@ -691,6 +692,10 @@ def cmd_folders(args: argparse.Namespace) -> None:
             print(f"renamed folder {args.name} to {args.new_name}")
         elif action == "delete":
             c.delete_folder(args.name)
+            # RFC 9051 6.3.7: the server keeps the subscription of a deleted
+            # mailbox, so a client that deletes one ends its subscription too
+            with contextlib.suppress(transport.IMAPClientError):
+                c.unsubscribe_folder(args.name)
             print(f"deleted folder {args.name} and the messages in it")
         elif action == "subscribe":
             c.subscribe_folder(args.name)

@@ -5,6 +5,9 @@ once; each recipient's copy gets its own trace prefix: ``Return-Path`` (RFC
 5321 4.4: added at final delivery) and ``Delivered-To`` (the address the
 message was delivered for, which also lets loops through forwarding be seen).
 All recipients get the message in one atomic, durable commit, or none does.
+With ``enforce_quota`` an account the message would take over its quota
+(RFC 9208) makes the store refuse the whole commit with ``QuotaExceeded``
+naming its INBOX; the caller (delivery/submit.py) drops it and tries again.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ async def deliver_local(
     reverse_path: str,
     accounts: Sequence[Account],
     inbox_id: Callable[[int], Awaitable[int | None]] | None = None,
+    *,
+    enforce_quota: bool = False,
 ) -> list[int]:
     """Deliver ``body`` to each account's INBOX; returns the UIDs in order.
 
@@ -41,5 +46,5 @@ async def deliver_local(
         if mailbox_id is None:
             raise NotFound(f"account {account.address} has no INBOX")
         prefix = return_path + delivered_to_header(account.address)
-        targets.append(DeliveryTarget(mailbox_id, prefix))
+        targets.append(DeliveryTarget(mailbox_id, prefix, enforce_quota=enforce_quota))
     return await store.deliver(body, targets)

@@ -241,6 +241,7 @@ class OutboundQueue:
         *,
         accounts: Sequence[Account] = (),
         inbox_id: Any = None,
+        enforce_quota: bool = False,
         envid: str | None = None,
         ret: str | None = None,
         smtputf8: bool = False,
@@ -248,9 +249,10 @@ class OutboundQueue:
     ) -> int | None:
         """Queue ``body`` for the remote ``recipients`` and, in the same durable
         commit, deliver it to the INBOX of the local ``accounts``. Returns the
-        queue id (None when no recipient is remote)."""
+        queue id (None when no recipient is remote). ``enforce_quota``: as
+        delivery/local.py's (QuotaExceeded, nothing stored or queued)."""
         rcpts = [r if isinstance(r, NewRecipient) else NewRecipient(r) for r in recipients]
-        targets = await self.local_targets(reverse_path, accounts, inbox_id)
+        targets = await self.local_targets(reverse_path, accounts, inbox_id, enforce_quota=enforce_quota)
         if eight_bit is None:
             eight_bit = not body.isascii()
         entry = NewQueueEntry(reverse_path, rcpts, envid, ret, smtputf8, eight_bit) if rcpts else None
@@ -261,8 +263,8 @@ class OutboundQueue:
             self.wake()
         return queue_id
 
-    async def local_targets(self, reverse_path: str, accounts: Sequence[Account], inbox_id: Any = None
-                            ) -> list[DeliveryTarget]:
+    async def local_targets(self, reverse_path: str, accounts: Sequence[Account], inbox_id: Any = None,
+                            *, enforce_quota: bool = False) -> list[DeliveryTarget]:
         """The INBOX targets of a local delivery (as delivery/local.py builds them)."""
         targets = []
         seen: set[int] = set()
@@ -278,7 +280,8 @@ class OutboundQueue:
                 box_id = box.id if box is not None else None
             if box_id is None:
                 raise NotFound(f"account {account.address} has no INBOX")  # as delivery/local.py
-            targets.append(DeliveryTarget(box_id, return_path + delivered_to_header(account.address)))
+            targets.append(DeliveryTarget(box_id, return_path + delivered_to_header(account.address),
+                                          enforce_quota=enforce_quota))
         return targets
 
     def wake(self) -> None:

@@ -21,6 +21,14 @@ rules apply:
 Both take an ``Intake``: the store, router, queue and configuration they
 use (the server's ``Services`` object, mailyard/services.py, is one).
 
+Quotas (RFC 9208, ``mailyard user quota``): each local account is checked
+in the delivery's own commit. An account the message would take over its
+quota is left out and the rest still get the message (``Accepted.over_quota``
+names who was left out; the caller reports them: ``report_over_quota``
+sends the sender a DSN, RFC 3464, status 5.2.2 "mailbox full", RFC 3463).
+When every recipient is left out nothing is stored and ``QuotaExceeded``
+is raised (SMTP answers ``452 4.2.2``: the sender's server tries again).
+
 ``submit_message`` is webmail's entry: it resolves the recipients through the
 router (all before anything is delivered: a submission goes to all its
 recipients or to none) and then calls ``accept_message``. Bcc is never
@@ -40,7 +48,14 @@ from ..message.headers import split_fields
 from ..message.parse import split_header_body
 from ..message.trace import received_header
 from ..policy.submission import AddressOwners, SenderRefused, SenderRule, complete_message
-from ..store.api import Account, NewRecipient
+from ..store.api import (
+    Account,
+    NewRecipient,
+    QueueEntry,
+    QueueRecipient,
+    QuotaExceeded,
+)
+from .bounce import ReportedRecipient, build_dsn, wants_report
 from .local import deliver_local
 from .router import Router, Verdict
 
@@ -102,6 +117,8 @@ class Trace:
 class Accepted:
     data: bytes  # the message as accepted, Date/Message-ID completed (no trace)
     queue_id: int | None = None
+    # local accounts left out: the message would have taken them over quota
+    over_quota: list[Account] = field(default_factory=list)
 
 
 @dataclass
@@ -149,8 +166,9 @@ async def accept_message(
     ``account`` is the authenticated submitter (None on the MX port): then
     the submission policy applies first (see module doc). Raises
     ``SenderNotAllowed`` or ``RemoteUnavailable`` without storing anything,
-    ``StorageFull`` (store/api.py) when the disk is full. Returns when the
-    message is durable (DESIGN.md "Durability").
+    ``StorageFull`` (store/api.py) when the disk is full, ``QuotaExceeded``
+    when every recipient is a local account the message would take over its
+    quota. Returns when the message is durable (DESIGN.md "Durability").
     """
     auth_user = None
     if account is not None:
@@ -175,16 +193,75 @@ async def accept_message(
     )
     inbox_id = intake.router.directory.inbox_id
     queue_id = None
-    if remote:
-        assert queue is not None
-        # Local copies and the queue entry in one durable commit (Store.queue_submit).
-        queue_id = await queue.enqueue(
-            received + data, reverse_path, remote, accounts=accounts, inbox_id=inbox_id,
-            envid=envid, ret=ret, smtputf8=smtputf8,
-        )
-    elif accounts:
-        await deliver_local(intake.store, received + data, reverse_path, accounts, inbox_id=inbox_id)
-    return Accepted(data, queue_id)
+    over_quota: list[Account] = []
+    wanted = list(accounts)
+    while True:
+        if accounts and not wanted and not remote:
+            raise QuotaExceeded("mailbox full: " + ", ".join(a.address for a in over_quota))
+        try:
+            if remote:
+                assert queue is not None
+                # Local copies and the queue entry in one durable commit (Store.queue_submit).
+                queue_id = await queue.enqueue(
+                    received + data, reverse_path, remote, accounts=wanted, inbox_id=inbox_id,
+                    enforce_quota=True, envid=envid, ret=ret, smtputf8=smtputf8,
+                )
+            elif wanted:
+                await deliver_local(intake.store, received + data, reverse_path, wanted, inbox_id=inbox_id,
+                                    enforce_quota=True)
+            break
+        except QuotaExceeded as exc:
+            # RFC 9208 5: these accounts are left out; the others still get it
+            refused = [a for a in wanted if await inbox_id(a.id) in exc.mailbox_ids]
+            if not refused:
+                raise
+            over_quota += refused
+            wanted = [a for a in wanted if a not in refused]
+    return Accepted(data, queue_id, over_quota)
+
+
+async def report_over_quota(
+    intake: Intake,
+    original: bytes,
+    reverse_path: str,
+    refused: Sequence[tuple[str, NewRecipient | None]],
+    *,
+    envid: str | None = None,
+    ret: str | None = None,
+) -> bool:
+    """Tell the sender (a DSN, RFC 3464) that ``refused`` (address, and the
+    recipient's RFC 3461 NOTIFY / ORCPT when known) did not get ``original``
+    because their mailbox is full (RFC 3463 5.2.2), after the message was
+    accepted for others. Nothing for the null reverse-path (RFC 5321 4.5.5)
+    or recipients whose NOTIFY leaves failures out. Whether one was sent."""
+    hostname = intake.config.server.hostname
+    recipients = [
+        QueueRecipient(0, address, address.rpartition("@")[2], p.notify if p else None, p.orcpt if p else None)
+        for address, p in refused
+    ]
+    entry = QueueEntry(0, reverse_path, envid, ret, False, False, len(original), time.time(), False, recipients)
+    # RFC 3461 4.1: only recipients whose NOTIFY asks for failures
+    reported = [ReportedRecipient(r, "failed", "5.2.2", "552 5.2.2 Mailbox full")
+                for r in recipients if wants_report(r, "failed")]
+    if not reverse_path or not reported:
+        return False
+    domain = reverse_path.rpartition("@")[2]
+    if not await intake.store.is_local_domain(domain):
+        domains = await intake.store.list_domains()
+        domain = domains[0] if domains else hostname
+    dsn = build_dsn(reporting_mta=hostname, entry=entry, original=original, reported=reported,
+                    postmaster_domain=domain)
+    resolution = await intake.router.resolve(reverse_path)
+    local = resolution.accounts if resolution.verdict is Verdict.LOCAL else []
+    remote = resolution.remote if resolution.verdict is Verdict.LOCAL else (
+        [resolution.address] if resolution.verdict is Verdict.REMOTE else [])
+    if remote and intake.queue is not None:
+        await intake.queue.enqueue(dsn, "", remote, accounts=local, inbox_id=intake.router.directory.inbox_id)
+    elif local:
+        await deliver_local(intake.store, dsn, "", local, inbox_id=intake.router.directory.inbox_id)
+    else:
+        return False
+    return True
 
 
 def _header_addresses(fields: list[tuple[str, bytes]], name: str) -> list[str]:
@@ -246,8 +323,13 @@ async def submit_message(
         raise SubmissionRefused(f"no such recipient: {', '.join(bad)}", bad)
 
     hostname = intake.config.server.hostname
-    accepted = await accept_message(
-        intake, data, reverse_path, accounts, remote, account=account,
-        trace=Trace(protocol=protocol, helo=helo or hostname, ip=client_ip),
-    )
+    try:
+        accepted = await accept_message(
+            intake, data, reverse_path, accounts, remote, account=account,
+            trace=Trace(protocol=protocol, helo=helo or hostname, ip=client_ip),
+        )
+    except QuotaExceeded as exc:
+        raise SubmissionRefused(f"the recipient's mailbox is full ({exc})", local) from exc
+    if accepted.over_quota:
+        await report_over_quota(intake, accepted.data, reverse_path, [(a.address, None) for a in accepted.over_quota])
     return SubmitResult(accepted.data, local, remote, accepted.queue_id)

@@ -44,6 +44,7 @@ __all__ = [
     "iter_mailboxes",
     "parse_address",
     "parse_address_list",
+    "search_value",
     "split_address",
 ]
 
@@ -98,12 +99,16 @@ def _text(token: object, keep_words: bool) -> str:
     return s.replace(_EW_GUARD, "=?") if keep_words else s
 
 
-def _mailbox(tok: hvp.Mailbox, keep_words: bool) -> Mailbox | None:
+def _mailbox(tok: hvp.Mailbox, keep_words: bool, comment_name: bool = False) -> Mailbox | None:
     try:
         local = tok.local_part
         domain = tok.domain
         name = tok.display_name
         route = tuple(tok.route or ())
+        if name is None and comment_name and tok[0].token_type == "addr-spec" and tok.comments:
+            # the legacy ``user@domain (Real Name)``: the last comment names the
+            # person (RFC 5322 3.4 and 4.4), as Dovecot and Cyrus read it
+            name = tok.comments[-1]
     except Exception:
         return None
     if not local:
@@ -118,15 +123,17 @@ def _mailbox(tok: hvp.Mailbox, keep_words: bool) -> Mailbox | None:
     )
 
 
-def parse_address_list(value: str, *, decode: bool = True) -> list[Mailbox | Group]:
+def parse_address_list(value: str, *, decode: bool = True, comment_names: bool = False) -> list[Mailbox | Group]:
     """Parse an address-list header value (From, To, Cc, Reply-To, ...).
 
     RFC 5322 3.4: address-list = address *("," address); address = mailbox /
     group. Obsolete forms (RFC 5322 4.4: routes, empty list members, CFWS
     around dots) are accepted. With ``decode`` (default) RFC 2047 encoded words
     in display names are decoded; with ``decode=False`` they are kept as
-    written (IMAP ENVELOPE wants them undecoded). Never raises; unparseable
-    members are skipped.
+    written (IMAP ENVELOPE wants them undecoded). With ``comment_names`` a
+    bare addr-spec followed by a comment (``user@domain (Real Name)``) gets
+    the comment as its display name. Never raises; unparseable members are
+    skipped.
     """
     value = unfold(value)[:MAX_PARSE_CHARS]
     fast = _parse_simple(value)
@@ -147,7 +154,7 @@ def parse_address_list(value: str, *, decode: bool = True) -> list[Mailbox | Gro
         if first.token_type == "group":
             members = []
             for mb in first.all_mailboxes:
-                m = _mailbox(mb, not decode)
+                m = _mailbox(mb, not decode, comment_names)
                 if m is not None:
                     members.append(m)
             try:
@@ -157,7 +164,7 @@ def parse_address_list(value: str, *, decode: bool = True) -> list[Mailbox | Gro
             out.append(Group(_text(name, not decode).strip(), tuple(members)))
         else:
             for mb in addr.all_mailboxes:
-                m = _mailbox(mb, not decode)
+                m = _mailbox(mb, not decode, comment_names)
                 if m is not None:
                     out.append(m)
     if decode:
@@ -202,6 +209,34 @@ def _decode_item(item: Mailbox | Group) -> Mailbox | Group:
     if item.display_name and "=?" in item.display_name:
         return Mailbox(decode_words(item.display_name), item.local_part, item.domain, item.route)
     return item
+
+
+# Header fields whose value is an address list (RFC 5322 3.6.2, 3.6.3).
+ADDRESS_FIELDS = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc"})
+
+
+def search_value(name: str, value: str) -> str:
+    """What SEARCH FROM/TO/CC/BCC and HEADER match a header field against:
+    the decoded field text and, for an address field, each address as
+    parsed (``mailbox@host`` and the display name, the forms ENVELOPE gives),
+    one per line. So ``<user (comment)@ (comment) example.org>`` is found by
+    ``user@example.org`` and ``user@example.org (Real Name)`` by its name.
+    ``name`` is the lower-case field name; the result is not case-folded."""
+    if name not in ADDRESS_FIELDS:
+        return value
+    forms = [value]
+    for item in parse_address_list(value, comment_names=True):
+        if isinstance(item, Group):
+            if item.name:
+                forms.append(item.name)
+            members: Iterable[Mailbox] = item.mailboxes
+        else:
+            members = (item,)
+        for m in members:
+            forms.append(f"{m.local_part}@{m.domain}" if m.domain is not None else m.local_part)
+            if m.display_name:
+                forms.append(m.display_name)
+    return "\n".join(forms)
 
 
 def parse_address(value: str) -> Mailbox | None:

@@ -83,7 +83,7 @@ MAX_HEADER_FIELDS = 10_000
 MAX_FIELD_CHARS = 64 * 1024
 MAX_BODY_TEXT = 8 * 1024 * 1024
 MISSING_DOMAIN = "MISSING_DOMAIN"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # raised whenever derive() gives other results: stores derive again
 
 Offsets = tuple[int, int, int]
 
@@ -202,7 +202,7 @@ def _address_entries(value: bytes | None) -> list | None:
         adl = ",".join("@" + r for r in m.route) if m.route else None
         out.append([m.display_name, adl, m.local_part, m.domain or MISSING_DOMAIN])
 
-    for item in parse_address_list(text, decode=False):
+    for item in parse_address_list(text, decode=False, comment_names=True):
         if isinstance(item, Group):
             # RFC 9051 7.5.2: group start [NIL NIL name NIL], members, end [NIL NIL NIL NIL]
             out.append([None, None, item.name, None])
@@ -501,7 +501,12 @@ class _Walker:
         ext = [None, mime.disposition(), mime.language(), mime.raw("content-location")]
         is_message = (mime.maintype == "message" and mime.subtype in ("rfc822", "global"))
         if is_message and not opaque and mime.encoding in ("7bit", "8bit", "binary"):
-            _f, env, inner = self.message(spec, b_start, b_end, depth + 1)
+            # RFC 9051 6.4.5: the encapsulated message of a MESSAGE/RFC822 part N
+            # is N (N.HEADER, N.TEXT, its parts N.1 ...); when the MESSAGE/RFC822
+            # entity is itself the body of a message M, that body is part M.1,
+            # so the encapsulated message is numbered M.1, one level deeper.
+            inner_spec = child(1) if message_body else spec
+            _f, env, inner = self.message(inner_spec, b_start, b_end, depth + 1)
             lines = raw.count(b"\n", b_start, b_end)
             return ["MESSAGE", mime.subtype.upper(), *fields_part, env, inner, lines, *ext]
         if opaque and mime.maintype in ("multipart", "message"):

@@ -157,6 +157,7 @@ class ImapConnection(SessionProtocol):
                 version=__version__,
                 budgets=abuse_budgets(cfg, "imap"),
                 failures=(BackendError, StoreError),
+                unauthenticate=cfg.auth.imap_unauthenticate,
             ),
         )
         self.idle_timeout = limits.imap_idle_timeout
@@ -274,6 +275,10 @@ class ImapConnection(SessionProtocol):
         # RFC 9051 5.4: the autologout timer is at least 30 minutes once
         # authenticated; the listener's shorter idle timeout applies before.
         self.set_timeout(self.idle_timeout)
+
+    def unauthenticated(self) -> None:
+        # UNAUTHENTICATE (RFC 8437): the listener's shorter idle timeout again
+        self.set_timeout(self.listener.limits.idle_timeout)
 
     async def flush(self) -> None:
         """Write what the engine has queued; wait while the client is behind."""

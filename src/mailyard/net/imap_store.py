@@ -6,16 +6,18 @@ a store ``Mailbox``, which is the ``MailboxRef`` every store call checks
 (owner and UIDVALIDITY, store/api.py), so it is passed through as it is.
 
 Store exceptions become the backend's where IMAP answers them in its own
-words: MailboxGone (the selected mailbox deleted: BYE), StorageFull
-(OVERQUOTA), AlreadyExists (ALREADYEXISTS), InvalidName (CANNOT). Other
+words: MailboxGone (the selected mailbox deleted: BYE), QuotaExceeded and
+StorageFull (OVERQUOTA), AlreadyExists (ALREADYEXISTS), InvalidName (CANNOT). Other
 StoreErrors are answered NO with their text (session.ImapConfig.failures).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from ..message.binary import encode_nul_parts
 from ..protocols.imap import backend as b
 from ..protocols.imap.backend import NewMessage
 from ..store import api as store_api
@@ -122,6 +124,9 @@ class StoreBackend:
     async def list_subscriptions(self) -> list[str]:
         return await self.store.list_subscriptions(self.account_id)
 
+    async def get_quota(self) -> store_api.Quota:
+        return await self.store.get_quota(self.account_id)
+
     async def claim_recent(self, mailbox: Mailbox, claim: bool = True, upto: int | None = None) -> int:
         try:
             return await self.store.claim_recent(mailbox, claim=claim, upto=upto)
@@ -146,6 +151,8 @@ class StoreBackend:
             return await self.store.copy_messages(src, uids, dst, move=move, holder=self)
         except store_api.MailboxGone as exc:
             raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+        except store_api.QuotaExceeded as exc:
+            raise b.OverQuota(str(exc)) from exc
         except store_api.StorageFull as exc:
             raise b.NoSpace(str(exc)) from exc
 
@@ -155,8 +162,15 @@ class StoreBackend:
                 mailbox, [AppendItem(m.data, m.flags, m.internal_date) for m in items])
         except store_api.MailboxGone as exc:
             raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+        except store_api.QuotaExceeded as exc:
+            raise b.OverQuota(str(exc)) from exc
         except store_api.StorageFull as exc:
             raise b.NoSpace(str(exc)) from exc
+
+    async def encode_binary(self, data: bytes) -> bytes | None:
+        # a message with thousands of parts takes a good part of a second to
+        # parse: off the event loop, so the other sessions are not held up
+        return await asyncio.to_thread(encode_nul_parts, data)
 
     def watch(self, callback: Callable[[int], None]) -> Callable[[], None]:
         return self.store.add_listener(callback)

@@ -24,6 +24,7 @@ from ..delivery.submit import (
     SenderNotAllowed,
     Trace,
     accept_message,
+    report_over_quota,
     sender_rule,
 )
 from ..message.trace import with_protocol
@@ -45,7 +46,7 @@ from ..protocols.smtp.events import (
 )
 from ..protocols.smtp.replies import Reply
 from ..protocols.smtp.server import ServerConfig, SMTPServerEngine, State
-from ..store.api import Account, NewRecipient, StorageFull
+from ..store.api import Account, NewRecipient, QuotaExceeded, StorageFull
 from ..store.spool import SpoolFile
 from .budgets import abuse_budgets
 from .listener import Listener
@@ -114,6 +115,7 @@ class SMTPSession(SessionProtocol):
         self._engine_config: ServerConfig = services.submission_engine if submission else services.smtp_engine
         self.helo = ""
         self.resolutions: dict[str, Resolution] = {}
+        self.declared_size = 0  # MAIL SIZE= of the transaction (RFC 1870), 0 when not given
         self._timeouts = services.config.smtp
         self.account: Account | None = None  # after a successful AUTH
         self._mech: sasl.Mechanism | None = None
@@ -187,6 +189,7 @@ class SMTPSession(SessionProtocol):
             engine.respond()
         elif isinstance(event, MailFromReceived) and self.account is None:
             self.resolutions.clear()
+            self.declared_size = event.size or 0
             engine.respond()
         elif isinstance(event, MessageData):
             self._spool_write(event.data)
@@ -235,6 +238,7 @@ class SMTPSession(SessionProtocol):
             engine.respond()
         elif isinstance(event, MailFromReceived):
             self.resolutions.clear()
+            self.declared_size = event.size or 0
             verdict = None
             if self.account is not None:
                 rule = await sender_rule(self.services, self.account)
@@ -273,11 +277,25 @@ class SMTPSession(SessionProtocol):
                 return trick_reply(forward_path, trick)
         resolution = await self.services.router.resolve(forward_path)
         reply = rcpt_reply(resolution, relay_allowed=self.account is not None, remote_ok=self.services.queue is not None)
+        if reply.is_positive and not resolution.remote and await self._no_room(resolution.accounts):
+            # RFC 3463 4.2.2 (mailbox full, temporary): every account this
+            # address leads to is at its quota (RFC 9208) already, or has
+            # less room than the size MAIL declared (RFC 1870 6.2: 452)
+            log.info("smtp rcpt=<%s> refused: mailbox full", forward_path[:200])
+            return Reply(452, "4.2.2", "Mailbox full, try again later")
         if reply.is_positive:
             self.resolutions[forward_path] = resolution
         elif resolution.verdict is Verdict.REMOTE and self.account is None:
             log.warning("smtp relay attempt refused rcpt=<%s> ip=%s", forward_path[:200], self.peer_ip)
         return reply
+
+    async def _no_room(self, accounts: list[Account]) -> bool:
+        """Whether there are accounts and none has room for one more message
+        of the declared size (at least one octet)."""
+        for account in accounts:
+            if (await self.services.store.get_quota(account.id)).fits(max(self.declared_size, 1), 1):
+                return False
+        return bool(accounts)
 
     # --- AUTH (RFC 4954) --------------------------------------------------------
     async def auth(self, event: AuthReceived | AuthResponse) -> None:
@@ -430,7 +448,7 @@ class SMTPSession(SessionProtocol):
         try:
             # The one acceptance path (delivery/submit.py): the submission
             # policy when a user authenticated, then one durable commit.
-            await accept_message(
+            accepted = await accept_message(
                 self.services, data, event.reverse_path, accounts, remote,
                 trace=trace, account=self.account,
                 envid=mail.envid if mail else None, ret=mail.ret if mail else None,
@@ -445,6 +463,11 @@ class SMTPSession(SessionProtocol):
             return Reply(550, "5.7.1", exc.verdict.reason)
         except RemoteUnavailable:
             return Reply(451, "4.4.0", "Remote delivery is not available yet")
+        except QuotaExceeded as exc:
+            # every recipient's mailbox is full: nothing was stored, the
+            # sender's server tries again (RFC 3463 4.2.2, RFC 5321 4.2.5)
+            log.info("delivery %s refused: %s", queue_id, exc)
+            return Reply(452, "4.2.2", "Mailbox full, try again later")
         except StorageFull:
             log.error("delivery %s refused: storage full", queue_id)
             return Reply(452, "4.3.1", "Insufficient system storage, try again later")
@@ -456,7 +479,34 @@ class SMTPSession(SessionProtocol):
             queue_id, event.reverse_path, ",".join(f"<{p}>" for p in event.forward_paths),
             len(data), self.peer_ip,
         )
+        if accepted.over_quota:
+            await self._report_over_quota(event, accepted.data, accepted.over_quota, queue_id)
         return Reply(250, "2.0.0", f"OK queued as {queue_id}")
+
+    async def _report_over_quota(self, event: MessageReceived, data: bytes, refused: list[Account],
+                                 queue_id: str) -> None:
+        """The message was accepted (250) but some accounts' mailboxes were
+        full: the sender gets a DSN for them (RFC 5321 4.2.5: after 250,
+        failures are reported by a DSN), with each recipient's NOTIFY and
+        ORCPT (RFC 3461) when the forward-path was the account itself."""
+        rcpt_events = {r.forward_path: r for r in event.rcpts}
+        reported: list[tuple[str, NewRecipient | None]] = []
+        for account in refused:
+            rcpt = None
+            for path in event.forward_paths:
+                resolution = self.resolutions.get(path)
+                if resolution is not None and account in resolution.accounts and path in rcpt_events:
+                    rcpt = rcpt_events[path]
+                    break
+            params = NewRecipient(account.address, rcpt.notify, rcpt.orcpt) if rcpt is not None else None
+            reported.append((account.address, params))
+        log.info("delivery %s: mailbox full for %s", queue_id, ",".join(f"<{a.address}>" for a in refused))
+        mail = event.mail
+        try:
+            await report_over_quota(self.services, data, event.reverse_path, reported,
+                                    envid=mail.envid if mail else None, ret=mail.ret if mail else None)
+        except Exception:
+            log.exception("delivery %s: the mailbox-full report could not be stored", queue_id)
 
     async def verify(self, argument: str, expand: bool) -> Reply:
         """VRFY / EXPN for local users, aliases and lists (RFC 5321 3.5)."""

@@ -8,13 +8,18 @@ Model (names follow RFC 9051 / RFC 7162 so a reader with the RFCs open can follo
 - A *domain* is a mail domain this server is the final destination for.
 - An *account* is a user (``local@domain``) with a password hash and, optionally,
   an APOP secret (RFC 1939 section 7 needs the shared secret in clear).
+- An account may have *quota* limits (RFC 9208): storage in octets and a
+  message count, set by the operator; its usage (the sizes and number of its
+  messages) is kept as running totals in the same commit as every change, so
+  reading it is cheap. APPEND and COPY over a limit raise ``QuotaExceeded``;
+  a delivery does so only for targets marked ``enforce_quota``.
 - An *alias* maps one address to one or more target addresses (local or remote).
 - A *list* is an address that expands to its members.
 - A *mailbox* belongs to an account; it has ``uid_validity``, ``uid_next`` and
   ``highest_modseq``. Every change to a mailbox (new message, flag change,
   expunge) takes the next mod-sequence value (RFC 7162 section 3.1).
-- A *message* in a mailbox has a ``uid``, ``flags``, ``internal_date``, ``size``
-  and ``modseq``. Its bytes are a per-delivery ``trace_prefix`` (Return-Path,
+- A *message* in a mailbox has a ``uid``, ``flags``, ``internal_date``, ``size``,
+  ``modseq`` and ``save_date`` (RFC 8514: when it was saved into the mailbox). Its bytes are a per-delivery ``trace_prefix`` (Return-Path,
   Delivered-To: they differ per recipient) followed by a shared *body* blob (the
   bytes the client sent, with the Received header this server prepended). The
   body is stored once however many mailboxes hold it.
@@ -68,6 +73,15 @@ class InvalidName(StoreError):
 
 class StorageFull(StoreError):
     """The disk is full or a quota is reached; nothing was written."""
+
+
+class QuotaExceeded(StorageFull):
+    """The write would take an account over its quota (RFC 9208); nothing
+    was written. ``mailbox_ids``: the target mailboxes that would go over."""
+
+    def __init__(self, text: str, mailbox_ids: Iterable[int] = ()) -> None:
+        super().__init__(text)
+        self.mailbox_ids = frozenset(mailbox_ids)
 
 
 class MailboxGone(NotFound):
@@ -129,6 +143,7 @@ class MessageInfo:
     flags: frozenset[str]
     internal_date: float  # seconds since the epoch, UTC
     modseq: int
+    save_date: float = 0.0  # RFC 8514: when it was saved into this mailbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +157,31 @@ class MailboxStatus:
     uid_next: int
     uid_validity: int
     highest_modseq: int
+    deleted_size: int = 0  # octets of the \Deleted messages (RFC 9208 DELETED-STORAGE)
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """An account's limits and usage (RFC 9208 5: resources STORAGE and
+    MESSAGE, one quota root per account). A limit of None is no limit."""
+
+    storage_limit: int | None  # octets
+    messages_limit: int | None
+    storage_used: int  # octets: the RFC822.SIZE of every message of the account
+    messages_used: int
+
+    @property
+    def full(self) -> bool:
+        """At or over a limit: no further message fits (SMTP 452 4.2.2 at RCPT)."""
+        return not self.fits(1, 1)
+
+    def fits(self, octets: int, messages: int) -> bool:
+        """Whether adding ``messages`` messages of ``octets`` in all stays within the limits."""
+        return ((self.storage_limit is None or self.storage_used + octets <= self.storage_limit)
+                and (self.messages_limit is None or self.messages_used + messages <= self.messages_limit))
+
+
+KEEP: Literal["keep"] = "keep"  # set_quota: leave this limit as it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +203,10 @@ class DeliveryTarget:
     trace_prefix: bytes = b""
     flags: frozenset[str] = frozenset()
     internal_date: float | None = None  # None: the time of the commit
+    # Refuse this target (QuotaExceeded) rather than take its account over
+    # quota: what a delivery from outside does; reports the server writes
+    # itself (DSNs) go in regardless.
+    enforce_quota: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,6 +452,23 @@ class Store(abc.ABC):
         (what every call taking a MailboxRef checks); answered from memory
         unless something was revoked since."""
 
+    # --- quotas (RFC 9208) ---------------------------------------------------
+    @abc.abstractmethod
+    async def set_quota(
+        self,
+        address: str,
+        *,
+        storage: int | None | Literal["keep"] = KEEP,
+        messages: int | None | Literal["keep"] = KEEP,
+    ) -> Quota:
+        """Set (an int), remove (None) or keep (KEEP) the account's storage
+        limit in octets and message-count limit; returns its quota."""
+
+    @abc.abstractmethod
+    async def get_quota(self, account_id: int) -> Quota:
+        """The account's limits and usage, read from running totals (cheap
+        whatever the account's size); NotFound for no such account."""
+
     # --- sender grants ----------------------------------------------------
     @abc.abstractmethod
     async def allow_senders(self, address: str, patterns: Sequence[str]) -> list[str]:
@@ -461,8 +522,10 @@ class Store(abc.ABC):
     # --- mailboxes --------------------------------------------------------
     @abc.abstractmethod
     async def create_mailbox(
-        self, account_id: int, name: str, special_use: str | None = None
-    ) -> Mailbox: ...
+        self, account_id: int, name: str, special_use: str | None = None, subscribe: bool = False
+    ) -> Mailbox:
+        """Create a mailbox; with ``subscribe`` its name is subscribed too
+        (IMAP CREATE does not subscribe: RFC 9051 6.3.4)."""
 
     @abc.abstractmethod
     async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
@@ -489,8 +552,10 @@ class Store(abc.ABC):
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
         """Add a name to (or remove it from) the account's subscriptions. The
         name need not be an existing mailbox (RFC 9051 6.3.7-8); raises
-        InvalidName for a bad name. New mailboxes start subscribed; renaming
-        moves the subscription, deleting a mailbox ends it."""
+        InvalidName for a bad name. A new account's mailboxes start
+        subscribed; renaming moves the subscriptions of the mailbox and its
+        inferiors; deleting a mailbox leaves its subscription (RFC 9051
+        6.3.7: a server MUST NOT unilaterally remove one)."""
 
     @abc.abstractmethod
     async def claim_recent(self, mailbox: MailboxRef, claim: bool = True, upto: int | None = None) -> int:
@@ -517,6 +582,8 @@ class Store(abc.ABC):
 
         Returns the new UID in each target, in the order of ``targets``. Either
         every target has the message when this returns, or none has and it raises.
+        A target with ``enforce_quota`` whose account the message would take
+        over quota makes it raise ``QuotaExceeded`` naming every such target.
         """
 
     async def append(
@@ -533,7 +600,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem]) -> list[int]:
         """Add several messages to one mailbox in one atomic, durable write
-        (RFC 3502 MULTIAPPEND: all or none); returns their UIDs in order."""
+        (RFC 3502 MULTIAPPEND: all or none); returns their UIDs in order.
+        QuotaExceeded when they would take the account over quota (RFC 9208)."""
 
     @abc.abstractmethod
     async def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
@@ -591,8 +659,10 @@ class Store(abc.ABC):
         self, src: MailboxRef, uids: Sequence[int], dst: MailboxRef, move: bool = False, holder: object = None,
     ) -> list[tuple[int, int]]:
         """Copy (or move) messages between two mailboxes of one account;
-        returns (source UID, new UID) pairs (RFC 4315 COPYUID). ``holder``
-        as for ``expunge``."""
+        returns (source UID, new UID) pairs (RFC 4315 COPYUID). A copy that
+        would take the account over quota raises QuotaExceeded; a move
+        leaves the account's usage as it is and is never refused for it.
+        ``holder`` as for ``expunge``."""
 
     @abc.abstractmethod
     async def changes_since(self, mailbox: MailboxRef, modseq: int) -> Changes:

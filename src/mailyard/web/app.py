@@ -41,7 +41,7 @@ from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_address_list
 from ..message.reading import human_size
 from ..message.reply import forward_subject
-from ..store.api import Mailbox, MailboxGone, NotFound, StoreError
+from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError
 from . import render
 from .bodies import BodyLimits, route_limits
 from .listing import PAGE_SIZE, SORTS, Listing, NotReady
@@ -614,7 +614,8 @@ async def folder_action(request: Request) -> Response:
             parent = str(form.get("parent") or "")
             if parent:
                 name = f"{(await own_mailbox(request, session, parent)).name}/{name}"
-            await store.create_mailbox(session.account_id, name)
+            # subscribed, so IMAP clients that show only subscribed folders see it
+            await store.create_mailbox(session.account_id, name, subscribe=True)
             return redirect(notice_url("/folders", f"Folder {name} created."))
         box = await own_mailbox(request, session, form.get("box"))
         if box.name == "INBOX" or box.special_use:
@@ -791,7 +792,11 @@ async def compose_submit(request: Request) -> Response:
                     folders=await folders(request, session), errors=errors)
     full, wire = built
     if action == "save":
-        uid = await store.append(drafts, full, ["\\Draft", "\\Seen"])
+        try:
+            uid = await store.append(drafts, full, ["\\Draft", "\\Seen"])
+        except QuotaExceeded:
+            return page(request, "compose.html", status=400, draft=draft, folders=await folders(request, session),
+                        errors=["Not saved: your mailbox is full (quota reached)."])
         if old_draft is not None:
             await store.expunge(drafts, [old_draft])
         draft.draft_uid = str(uid)
@@ -808,7 +813,12 @@ async def compose_submit(request: Request) -> Response:
         return page(request, "compose.html", status=400, draft=draft,
                     folders=await folders(request, session), errors=[f"Not sent: {exc}"])
     sent = await special(request, session, "\\Sent")
-    await store.append(sent, full, ["\\Seen"])
+    notice = "Message sent."
+    try:
+        await store.append(sent, full, ["\\Seen"])
+    except QuotaExceeded:
+        # the message is on its way; only the sender's own copy does not fit
+        notice = "Message sent; no copy was kept in Sent: your mailbox is full (quota reached)."
     if old_draft is not None:
         await store.expunge(drafts, [old_draft])
     if draft.reply_to:
@@ -818,7 +828,7 @@ async def compose_submit(request: Request) -> Response:
             if _int(uid_s):
                 await store.store_flags(rbox, [int(uid_s)], ["\\Answered"], "add")
     inbox = await store.get_mailbox(session.account_id, "INBOX")
-    return redirect(notice_url(f"/box/{inbox.id if inbox else sent.id}", "Message sent."))
+    return redirect(notice_url(f"/box/{inbox.id if inbox else sent.id}", notice))
 
 
 class _suppress:

@@ -37,9 +37,51 @@ def test_append_refusals() -> None:
     c.expect(b"a2 APPEND INBOX {0+}\r\n\r\n", "a2 NO Empty message")
     # RFC 3516 4.4: NUL octets only in a literal8
     c.expect(b"a3 APPEND INBOX {3+}\r\na\x00b\r\n", "a3 NO [UNKNOWN-CTE] NUL octets need a literal8")
-    c.expect(b"a4 APPEND INBOX ~{3+}\r\na\x00b\r\n", "a4 OK [APPENDUID 1 4] APPEND completed")
+    c.expect(b"a4 APPEND INBOX ~{7+}\r\n\r\na\x00b\r\n\r\n", "a4 OK [APPENDUID 1 4] APPEND completed")
+    # RFC 3516 4.3: a NUL no transfer encoding can hold (in a header) is refused
+    c.expect(b"a5 APPEND INBOX ~{3+}\r\na\x00b\r\n", "a5 NO [UNKNOWN-CTE] NUL octets outside a part's body")
     store.full = True
-    c.expect(b"a5 APPEND INBOX {2+}\r\nhi\r\n", "a5 NO [OVERQUOTA] Over quota")
+    c.expect(b"a6 APPEND INBOX {2+}\r\nhi\r\n", "a6 NO [OVERQUOTA] Over quota")
+
+
+NUL_PART = b"ab\x00cd"
+BINARY_MESSAGE = (
+    b"From: a@x.example\r\nSubject: nul\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="o"\r\n\r\n'
+    b"--o\r\nContent-Type: text/plain\r\n\r\ntext\r\n"
+    b"--o\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+    + NUL_PART + b"\r\n--o--\r\n"
+)
+
+
+def test_appended_nul_octets_are_kept_as_base64_rfc3516_4_3() -> None:
+    """A string holds no NUL (RFC 9051 4.3): a part APPENDed in a literal8 with
+    NUL octets is stored base64-encoded (RFC 3516 4.3 lets the server change
+    the transfer encoding, losing nothing), so BODY[2] and BODY[] are legal
+    strings, while BINARY[2] gives back the octets in a literal8. As Dovecot."""
+    stored = BINARY_MESSAGE.replace(b"Transfer-Encoding: binary", b"Transfer-Encoding: base64").replace(
+        NUL_PART, b"YWIAY2Q=")
+    c = connect(store_with_mail())
+    c.expect(b"a1 APPEND INBOX ~{%d}\r\n%s\r\n" % (len(BINARY_MESSAGE), BINARY_MESSAGE),
+             "+ Ready for literal data", "a1 OK [APPENDUID 1 4] APPEND completed")
+    c.untagged("a2 EXAMINE INBOX")
+    c.expect(
+        "a3 FETCH 4 (RFC822.SIZE BODY.PEEK[2] BINARY.PEEK[2] BINARY.SIZE[2] BODY.PEEK[1] BODY.PEEK[])",
+        b"* 4 FETCH (RFC822.SIZE %d BODY[2] {8}\r\nYWIAY2Q= BINARY[2] ~{5}\r\nab\x00cd BINARY.SIZE[2] 5 "
+        b"BODY[1] {4}\r\ntext BODY[] {%d}\r\n%s)" % (len(stored), len(stored), stored),
+        "a3 OK FETCH completed",
+    )
+
+
+def test_nul_that_did_not_come_by_append_is_sent_as_0x80_rfc9051_4_3() -> None:
+    """A NUL in a stored message (SMTP DATA may carry one) never goes out in a
+    string: it is sent as 0x80, keeping the octet count."""
+    c = connect(store_with_mail(BINARY_MESSAGE), select="INBOX")
+    c.expect(
+        "a1 FETCH 1 (BODY.PEEK[2] BODY.PEEK[2]<1.2> BINARY.PEEK[2])",
+        b"* 1 FETCH (BODY[2] {5}\r\nab\x80cd BODY[2]<1> {2}\r\nb\x80 BINARY[2] ~{5}\r\nab\x00cd)",
+        "a1 OK FETCH completed",
+    )
 
 
 def test_copy_rfc4315_copyuid() -> None:

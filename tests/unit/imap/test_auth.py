@@ -1,6 +1,6 @@
-"""CAPABILITY NOOP CHECK LOGOUT ID LOGIN AUTHENTICATE ENABLE STARTTLS, byte
-for byte over the in-memory backend (RFC 9051 6.1-6.2, 6.3.1; RFC 2971;
-RFC 4959 SASL-IR; RFC 5161 ENABLE)."""
+"""CAPABILITY NOOP CHECK LOGOUT ID LOGIN AUTHENTICATE ENABLE STARTTLS
+UNAUTHENTICATE, byte for byte over the in-memory backend (RFC 9051 6.1-6.2,
+6.3.1; RFC 2971; RFC 4959 SASL-IR; RFC 5161 ENABLE; RFC 8437)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from .helpers import Client, connect, store_with_mail
 AFTER_LOGIN = (
     "IMAP4rev1 IMAP4rev2 LITERAL+ ENABLE IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN LIST-EXTENDED "
     "LIST-STATUS SPECIAL-USE CREATE-SPECIAL-USE ESEARCH SEARCHRES WITHIN CONDSTORE QRESYNC BINARY MULTIAPPEND "
-    "UTF8=ACCEPT STATUS=SIZE APPENDLIMIT=52428800"
+    "UTF8=ACCEPT STATUS=SIZE QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE SAVEDATE APPENDLIMIT=52428800"
 )
+LOGGED_IN = f"{AFTER_LOGIN} UNAUTHENTICATE"  # RFC 8437 3: advertised once logged in
 
 
 def fresh(**kw: object) -> Client:
@@ -33,9 +34,9 @@ def test_greeting_carries_the_capabilities() -> None:
 def test_capability_before_and_after_login() -> None:
     c = fresh()
     c.expect("a1 CAPABILITY", f"* CAPABILITY {AFTER_LOGIN} SASL-IR AUTH=PLAIN", "a1 OK CAPABILITY completed")
-    c.expect("a2 LOGIN alice secret", f"a2 OK [CAPABILITY {AFTER_LOGIN}] Logged in")
+    c.expect("a2 LOGIN alice secret", f"a2 OK [CAPABILITY {LOGGED_IN}] Logged in")
     assert c.conv.logged_in  # the I/O side was told (longer autologout timer)
-    c.expect("a3 CAPABILITY", f"* CAPABILITY {AFTER_LOGIN}", "a3 OK CAPABILITY completed")
+    c.expect("a3 CAPABILITY", f"* CAPABILITY {LOGGED_IN}", "a3 OK CAPABILITY completed")
 
 
 def test_clear_text_refused_without_tls_rfc9051_6_2_3() -> None:
@@ -59,13 +60,13 @@ def test_login_failures_end_the_session() -> None:
 def test_login_with_literals_rfc9051_7_6() -> None:
     c = fresh()
     assert c.send(b"a1 LOGIN {5}\r\n") == b"+ Ready for literal data\r\n"
-    c.expect(b"alice {6+}\r\nsecret\r\n", f"a1 OK [CAPABILITY {AFTER_LOGIN}] Logged in")
+    c.expect(b"alice {6+}\r\nsecret\r\n", f"a1 OK [CAPABILITY {LOGGED_IN}] Logged in")
 
 
 def test_commands_outside_their_state_are_bad() -> None:
     c = fresh()
     c.expect("a1 SELECT INBOX", "a1 BAD SELECT is not valid in the not authenticated state")
-    c.expect("a2 LOGIN alice secret", f"a2 OK [CAPABILITY {AFTER_LOGIN}] Logged in")
+    c.expect("a2 LOGIN alice secret", f"a2 OK [CAPABILITY {LOGGED_IN}] Logged in")
     c.expect("a3 LOGIN alice secret", "a3 BAD LOGIN is not valid in the authenticated state")
     c.expect("a4 FETCH 1 FLAGS", "a4 BAD FETCH is not valid in the authenticated state")
 
@@ -73,14 +74,14 @@ def test_commands_outside_their_state_are_bad() -> None:
 def test_authenticate_plain_with_continuation_rfc9051_6_2_2() -> None:
     c = fresh()
     c.expect("a1 AUTHENTICATE PLAIN", "+ ")
-    c.expect(base64.b64encode(b"\0alice\0secret").decode(), f"a1 OK [CAPABILITY {AFTER_LOGIN}] Logged in")
+    c.expect(base64.b64encode(b"\0alice\0secret").decode(), f"a1 OK [CAPABILITY {LOGGED_IN}] Logged in")
     assert c.session.engine.state is State.AUTHENTICATED
 
 
 def test_authenticate_plain_initial_response_rfc4959() -> None:
     c = fresh()
     token = base64.b64encode(b"alice\0alice\0secret").decode()
-    c.expect(f"a1 AUTHENTICATE plain {token}", f"a1 OK [CAPABILITY {AFTER_LOGIN}] Logged in")
+    c.expect(f"a1 AUTHENTICATE plain {token}", f"a1 OK [CAPABILITY {LOGGED_IN}] Logged in")
 
 
 def test_authenticate_cancel_malformed_wrong_and_unknown() -> None:
@@ -142,7 +143,7 @@ def test_over_a_login_limit_any_login_is_refused_for_now() -> None:
     token = base64.b64encode(b"\0alice\0secret").decode()
     c.expect(f"a2 AUTHENTICATE PLAIN {token}", "a2 NO [UNAVAILABLE] Too many failed logins, try again later")
     c.conv.login.locked = False
-    c.expect("a3 LOGIN alice secret", f"a3 OK [CAPABILITY {AFTER_LOGIN}] Logged in")
+    c.expect("a3 LOGIN alice secret", f"a3 OK [CAPABILITY {LOGGED_IN}] Logged in")
 
 
 def test_an_authenticate_left_open_counts_as_a_failure() -> None:
@@ -155,3 +156,53 @@ def test_an_authenticate_left_open_counts_as_a_failure() -> None:
     c.expect("a1 AUTHENTICATE PLAIN", "+ ")
     c.conv.close()  # the connection is lost mid-exchange
     assert c.conv.login.failures == 1
+
+
+def test_unauthenticate_returns_to_not_authenticated_rfc8437_3() -> None:
+    """RFC 8437 3: only after login (advertised then, BAD before); OK moves to
+    the not-authenticated state (transition 7) with the selected mailbox
+    closed without an expunge; a new LOGIN works, also as another user."""
+    store = store_with_mail()
+    c = connect(store, user=None)
+    c.expect("a1 UNAUTHENTICATE", "a1 BAD UNAUTHENTICATE is not valid in the not authenticated state")
+    c.expect("a2 LOGIN alice secret", f"a2 OK [CAPABILITY {LOGGED_IN}] Logged in")
+    c.untagged("a3 SELECT INBOX")
+    c.expect("a4 STORE 1 +FLAGS.SILENT (\\Deleted)", "a4 OK STORE completed")
+    c.expect("a5 UNAUTHENTICATE", "a5 OK Completed, now in not authenticated state")
+    assert c.session.engine.state is State.NOT_AUTHENTICATED and not c.conv.logged_in
+    assert c.session.backend is None and c.session.sel is None
+    c.expect("a6 SELECT INBOX", "a6 BAD SELECT is not valid in the not authenticated state")
+    c.expect("a7 CAPABILITY", f"* CAPABILITY {AFTER_LOGIN} SASL-IR AUTH=PLAIN", "a7 OK CAPABILITY completed")
+    c.expect("a8 LOGIN bob hunter2", f"a8 OK [CAPABILITY {LOGGED_IN}] Logged in")
+    c.expect("a9 STATUS INBOX (MESSAGES)", '* STATUS "INBOX" (MESSAGES 0)', "a9 OK STATUS completed")
+    c.expect("b1 UNAUTHENTICATE", "b1 OK Completed, now in not authenticated state")
+    c.expect("b2 LOGIN alice secret", f"b2 OK [CAPABILITY {LOGGED_IN}] Logged in")
+    # no expunge happened: the \\Deleted message is still there
+    c.expect("b3 STATUS INBOX (MESSAGES DELETED)", '* STATUS "INBOX" (MESSAGES 3 DELETED 1)',
+             "b3 OK STATUS completed")
+
+
+def test_unauthenticate_resets_enabled_extensions_and_searchres_rfc8437_4_1() -> None:
+    """RFC 8437 4.1: ENABLEd extensions (CONDSTORE, QRESYNC, UTF8=ACCEPT)
+    cease; the SEARCHRES "$" is empty; the account's change notifications stop."""
+    store = store_with_mail()
+    c = connect(store, enable="UTF8=ACCEPT CONDSTORE")
+    c.untagged('a1 CREATE "\u00e4"')
+    c.untagged("a2 SELECT INBOX")
+    c.untagged("a3 SEARCH RETURN (SAVE) ALL")
+    assert len(store._listeners) == 1
+    c.expect("a4 UNAUTHENTICATE", "a4 OK Completed, now in not authenticated state")
+    assert store._listeners == [] and c.session.engine.enabled == set()
+    c.untagged("a5 LOGIN alice secret")
+    # modified UTF-7 again, and CONDSTORE is newly enabled
+    c.expect('a6 LIST "" "&AOQ-"', '* LIST (\\HasNoChildren) "/" "&AOQ-"', "a6 OK LIST completed")
+    c.expect("a7 ENABLE CONDSTORE UTF8=ACCEPT", "* ENABLED CONDSTORE UTF8=ACCEPT", "a7 OK ENABLE completed")
+    c.untagged("a8 SELECT INBOX")
+    c.expect("a9 FETCH $ (UID)", "a9 OK FETCH completed")  # RFC 5182: nothing saved in this session
+
+
+def test_unauthenticate_can_be_turned_off_rfc8437_8() -> None:
+    c = connect(store_with_mail(), user=None, config=ImapConfig(unauthenticate=False))
+    c.expect("a1 LOGIN alice secret", f"a1 OK [CAPABILITY {AFTER_LOGIN}] Logged in")
+    c.expect("a2 UNAUTHENTICATE", "a2 BAD UNAUTHENTICATE is not available")
+    assert c.session.engine.state is State.AUTHENTICATED

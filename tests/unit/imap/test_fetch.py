@@ -174,3 +174,99 @@ def test_big_fetch_is_flushed_as_it_goes() -> None:
     assert len([x for x in lines if b" FETCH (BODY[] {" in x]) == 303
     # the first batches are written at once: 50 messages, then 200
     assert len(flushes) >= 2 and flushes[0] < flushes[1]
+
+
+# --- section numbers inside MESSAGE/RFC822 (RFC 9051 6.4.5) ----------------------
+
+INNER = b"From: b@y.example\r\nSubject: inner\r\n\r\ninner body\r\n"
+TOP_HEADER = b"From: a@x.example\r\nSubject: outer\r\nMIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\n"
+# a message whose whole body is a MESSAGE/RFC822: its part 1 is the encapsulated message
+TOP_RFC822 = TOP_HEADER + INNER
+LVL2 = b"From: m2@x.example\r\nSubject: lvl2\r\n\r\ndeep body"
+LVL1_HEADER = b"From: m1@x.example\r\nSubject: lvl1\r\nContent-Type: message/rfc822\r\n\r\n"
+# part 2 is a MESSAGE/RFC822 whose encapsulated message is itself a MESSAGE/RFC822
+NESTED_TWICE = (
+    b"From: a@x.example\r\nSubject: twice\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="o"\r\n\r\n'
+    b"--o\r\nContent-Type: text/plain\r\n\r\none\r\n"
+    b"--o\r\nContent-Type: message/rfc822\r\n\r\n" + LVL1_HEADER + LVL2 + b"\r\n--o--\r\n"
+)
+
+
+def test_sections_of_a_message_whose_body_is_a_message_rfc9051_6_4_5() -> None:
+    """The body of a non-multipart message is its part 1; when that body is a
+    MESSAGE/RFC822, 1.HEADER/1.TEXT are the encapsulated message's, and its
+    own body (not multipart) is 1.1. TEXT is the whole encapsulated message.
+    The same answers as Dovecot 2.3."""
+    c = connect(store_with_mail(TOP_RFC822), select="INBOX")
+    c.expect(
+        "a1 FETCH 1 (BODY.PEEK[1] BODY.PEEK[1.MIME] BODY.PEEK[1.HEADER] BODY.PEEK[1.TEXT] BODY.PEEK[1.1] "
+        "BODY.PEEK[1.1.MIME] BODY.PEEK[TEXT] BODY.PEEK[HEADER] BODY.PEEK[1.2] BODY.PEEK[2])",
+        "* 1 FETCH (BODY[1] " + lit(INNER) + " BODY[1.MIME] " + lit(TOP_HEADER)
+        + " BODY[1.HEADER] " + lit(b"From: b@y.example\r\nSubject: inner\r\n\r\n")
+        + " BODY[1.TEXT] " + lit(b"inner body\r\n") + " BODY[1.1] " + lit(b"inner body\r\n")
+        + " BODY[1.1.MIME] " + lit(b"From: b@y.example\r\nSubject: inner\r\n\r\n")
+        + " BODY[TEXT] " + lit(INNER) + " BODY[HEADER] " + lit(TOP_HEADER)
+        + " BODY[1.2] {0}\r\n BODY[2] {0}\r\n)",
+        "a1 OK FETCH completed",
+    )
+
+
+def test_sections_of_a_message_part_nested_twice_rfc9051_6_4_5() -> None:
+    c = connect(store_with_mail(NESTED_TWICE), select="INBOX")
+    c.expect(
+        "a1 FETCH 1 (BODY.PEEK[2.HEADER] BODY.PEEK[2.TEXT] BODY.PEEK[2.1] BODY.PEEK[2.1.MIME] "
+        "BODY.PEEK[2.1.HEADER] BODY.PEEK[2.1.TEXT] BODY.PEEK[2.1.1] BODY.PEEK[2.1.1.MIME] BODY.PEEK[2.MIME])",
+        "* 1 FETCH (BODY[2.HEADER] " + lit(LVL1_HEADER) + " BODY[2.TEXT] " + lit(LVL2)
+        + " BODY[2.1] " + lit(LVL2) + " BODY[2.1.MIME] " + lit(LVL1_HEADER)
+        + " BODY[2.1.HEADER] " + lit(b"From: m2@x.example\r\nSubject: lvl2\r\n\r\n")
+        + " BODY[2.1.TEXT] " + lit(b"deep body") + " BODY[2.1.1] " + lit(b"deep body")
+        + " BODY[2.1.1.MIME] " + lit(b"From: m2@x.example\r\nSubject: lvl2\r\n\r\n")
+        + " BODY[2.MIME] " + lit(b"Content-Type: message/rfc822\r\n\r\n") + ")",
+        "a1 OK FETCH completed",
+    )
+
+
+QP_PART = b"trailing spaces   \r\nsoft break= \t\r\ncontinued\tand tab\t\r\nend=3D"
+QP_MESSAGE = (
+    b"From: a@x.example\r\nSubject: qp\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="o"\r\n\r\n'
+    b"--o\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    + QP_PART + b"\r\n--o--\r\n"
+)
+
+
+def test_binary_of_quoted_printable_drops_trailing_space_rfc2045_6_7() -> None:
+    """RFC 2045 6.7 rule 3 (whitespace ending an encoded line is removed) and
+    rule 5 ("=" then whitespace is a soft line break); BINARY.SIZE and the
+    partial range count the decoded octets (RFC 3516 4.2). As Dovecot 2.3."""
+    decoded = b"trailing spaces\r\nsoft breakcontinued\tand tab\r\nend="
+    c = connect(store_with_mail(QP_MESSAGE), select="INBOX")
+    c.expect(
+        "a1 FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1] BINARY.PEEK[1]<10.20> BINARY.PEEK[1]<45.10>)",
+        "* 1 FETCH (BINARY[1] " + lit(decoded) + f" BINARY.SIZE[1] {len(decoded)}"
+        " BINARY[1]<10> " + lit(decoded[10:30]) + " BINARY[1]<45> " + lit(decoded[45:]) + ")",
+        "a1 OK FETCH completed",
+    )
+
+
+ADDRESSES = (
+    b"From: <user-from (comment)@ (comment) domain.org>\r\nTo: user@domain.example (Real Name)\r\n"
+    b'Cc: "Quoted" <q@d.example>, plain@d.example (Comment Name), x@y.example (a) (b)\r\n'
+    b"Subject: addr\r\n\r\nbody\r\n"
+)
+
+
+def test_envelope_name_from_the_comment_form_rfc5322_3_4() -> None:
+    """``user@domain (Real Name)``: the comment is the personal name (the last
+    one if several), as Dovecot and Cyrus give it; comments inside an
+    angle-addr name nobody."""
+    c = connect(store_with_mail(ADDRESSES), select="INBOX")
+    c.expect(
+        "a1 FETCH 1 ENVELOPE",
+        '* 1 FETCH (ENVELOPE (NIL "addr" ((NIL NIL "user-from" "domain.org")) ((NIL NIL "user-from" "domain.org"))'
+        ' ((NIL NIL "user-from" "domain.org")) (("Real Name" NIL "user" "domain.example"))'
+        ' (("Quoted" NIL "q" "d.example")("Comment Name" NIL "plain" "d.example")("b" NIL "x" "y.example"))'
+        " NIL NIL NIL))",
+        "a1 OK FETCH completed",
+    )

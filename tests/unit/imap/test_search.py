@@ -69,3 +69,23 @@ def test_unsupported_charset_rfc9051_6_4_4() -> None:
     c = connect(select="INBOX")
     c.expect("a1 SEARCH CHARSET KOI8-R ALL", "a1 NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
     c.expect("a2 SEARCH CHARSET UTF-8 SUBJECT short", "* SEARCH 3", "a2 OK SEARCH completed")
+
+
+ADDRESSES = (
+    b"From: <user-from (comment)@ (comment) domain.org>\r\nTo: user@domain.example (Real Name)\r\n"
+    b"Cc: =?utf-8?q?J=C3=B6rg?= <joerg@d.example>\r\nBcc: Team: a@t.example, b@t.example;\r\n"
+    b"Subject: addr\r\n\r\nbody\r\n"
+)
+
+
+def test_address_keys_match_the_parsed_addresses_rfc9051_6_4_4() -> None:
+    """FROM/TO/CC/BCC match the addresses as ENVELOPE gives them
+    (mailbox@host, personal name), besides the field text: comments inside
+    the address do not hide it. As Dovecot."""
+    c = connect(store_with_mail(ADDRESSES, b"From: other@domain.org\r\n\r\nx\r\n"), select="INBOX")
+    c.expect('a1 SEARCH FROM "user-from@domain.org"', "* SEARCH 1", "a1 OK SEARCH completed")
+    c.expect('a2 SEARCH TO "Real Name"', "* SEARCH 1", "a2 OK SEARCH completed")
+    c.expect('a3 SEARCH CC "jörg <joerg@d"', "* SEARCH 1", "a3 OK SEARCH completed")  # the field text
+    c.expect('a4 SEARCH BCC "b@t.example" FROM "domain.org"', "* SEARCH 1", "a4 OK SEARCH completed")
+    c.expect('a5 SEARCH HEADER From "user-from@domain"', "* SEARCH 1", "a5 OK SEARCH completed")
+    c.expect('a6 SEARCH TO "user-from@domain.org"', "* SEARCH", "a6 OK SEARCH completed")

@@ -5,7 +5,7 @@ changed; DELETE of the session's own selected mailbox (RFC 9051 7.1 CLOSED)."""
 from __future__ import annotations
 
 from .helpers import connect, store_with_mail
-from .test_auth import AFTER_LOGIN
+from .test_auth import LOGGED_IN
 
 
 def test_selected_mailbox_deleted_elsewhere_ends_the_session() -> None:
@@ -56,4 +56,4 @@ def test_password_change_and_removal_end_sessions() -> None:
     store.remove_account("bob")
     b.expect("b1 LIST \"\" *", "* BYE Account removed or password changed; log in again")
     fresh = connect(store, user=None)
-    fresh.expect("c1 LOGIN alice new", f"c1 OK [CAPABILITY {AFTER_LOGIN}] Logged in")
+    fresh.expect("c1 LOGIN alice new", f"c1 OK [CAPABILITY {LOGGED_IN}] Logged in")

@@ -45,6 +45,10 @@ class NoSpace(BackendError):
     """The disk is full or a quota is reached; nothing was written (OVERQUOTA)."""
 
 
+class OverQuota(NoSpace):
+    """The write would take the account over its quota (RFC 9208); nothing was written."""
+
+
 class MailboxExists(BackendError):
     """The mailbox to create (or rename to) exists already (ALREADYEXISTS)."""
 
@@ -99,6 +103,8 @@ class MessageRecord(Protocol):
     def internal_date(self) -> float: ...  # seconds since the epoch, UTC
     @property
     def modseq(self) -> int: ...
+    @property
+    def save_date(self) -> float | None: ...  # RFC 8514; None: not kept (FETCH SAVEDATE NIL)
 
 
 class SummaryRecord(Protocol):
@@ -142,6 +148,21 @@ class StatusRecord(Protocol):
     def uid_validity(self) -> int: ...
     @property
     def highest_modseq(self) -> int: ...
+    @property
+    def deleted_size(self) -> int: ...  # octets of the \Deleted messages (RFC 9208 DELETED-STORAGE)
+
+
+class QuotaRecord(Protocol):
+    """The account's one quota root (RFC 9208 5): limits (None: none) and usage."""
+
+    @property
+    def storage_limit(self) -> int | None: ...  # octets
+    @property
+    def messages_limit(self) -> int | None: ...
+    @property
+    def storage_used(self) -> int: ...  # octets
+    @property
+    def messages_used(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +213,10 @@ class ImapBackend(Protocol):
     async def list_subscriptions(self) -> Sequence[str]: ...
 
     async def mailbox_status(self, mailbox: MailboxRecord) -> StatusRecord: ...
+
+    async def get_quota(self) -> QuotaRecord:
+        """The account's limits and usage (RFC 9208 GETQUOTA), cheap to read."""
+        ...
 
     async def claim_recent(self, mailbox: MailboxRecord, claim: bool = True, upto: int | None = None) -> int:
         """RFC 3501 2.3.2: the highest UID some session has claimed; with
@@ -247,11 +272,20 @@ class ImapBackend(Protocol):
     async def copy_messages(
         self, src: MailboxRecord, uids: Sequence[int], dst: MailboxRecord, move: bool = False
     ) -> Sequence[tuple[int, int]]:
-        """(source UID, new UID) pairs (RFC 4315 COPYUID); raises NoSpace."""
+        """(source UID, new UID) pairs (RFC 4315 COPYUID); raises NoSpace, and
+        OverQuota for a copy (not a move) that would take the account over quota."""
         ...
 
     async def append_messages(self, mailbox: MailboxRecord, items: Sequence[NewMessage]) -> Sequence[int]:
-        """All or none, durably (RFC 3502); the new UIDs in order; raises NoSpace."""
+        """All or none, durably (RFC 3502); the new UIDs in order; raises NoSpace
+        (OverQuota when they would take the account over quota)."""
+        ...
+
+    async def encode_binary(self, data: bytes) -> bytes | None:
+        """A message APPENDed in a literal8 with NUL octets, its parts holding
+        NUL re-encoded as base64 (message.binary.encode_nul_parts, RFC 3516
+        4.3); None if a NUL cannot be encoded away. Parsing a big message is
+        CPU work: a real backend does it off the event loop."""
         ...
 
     async def search_headers(self, mailbox: MailboxRecord, field: str, text: str) -> set[int]:
@@ -381,4 +415,9 @@ class ImapIO(Protocol):
 
     def authenticated(self) -> None:
         """The client logged in (e.g. the longer autologout timer applies)."""
+        ...
+
+    def unauthenticated(self) -> None:
+        """The client left the account with UNAUTHENTICATE (RFC 8437): what
+        `authenticated` changed goes back to the not-authenticated setting."""
         ...

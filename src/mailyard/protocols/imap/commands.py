@@ -87,6 +87,7 @@ class AppendMessage:
     flags: tuple[str, ...] = ()
     internal_date: float | None = None  # seconds since the epoch
     binary: bool = False  # sent as literal8 (RFC 3516 section 4.4)
+    utf8: bool = False  # sent as UTF8 (literal8) (RFC 6855 section 4)
 
 
 @dataclass(kw_only=True)
@@ -176,6 +177,16 @@ class List(Command):
 class Status(Command):
     mailbox: str
     items: tuple[str, ...]
+
+
+@dataclass(kw_only=True)
+class Quota(Command):
+    """GETQUOTA and SETQUOTA name a quota ``root``, GETQUOTAROOT a ``mailbox``
+    (RFC 9208 4.1); SETQUOTA's ``limits`` are (resource name, limit) pairs."""
+
+    root: str = ""
+    mailbox: str = ""
+    limits: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(kw_only=True)

@@ -47,11 +47,14 @@ _ANY = frozenset({_NA, _AU, _SE})
 VALID_IN: dict[str, frozenset[State]] = {
     **dict.fromkeys(["CAPABILITY", "NOOP", "LOGOUT", "ID"], _ANY),
     **dict.fromkeys(["STARTTLS", "AUTHENTICATE", "LOGIN"], frozenset({_NA})),
+    # RFC 8437 6: command-auth / command-select
+    "UNAUTHENTICATE": frozenset({_AU, _SE}),
     # RFC 9051 6.3.1 / RFC 5161 3.1: ENABLE only before a mailbox is selected
     "ENABLE": frozenset({_AU}),
     **dict.fromkeys(
         ["SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
-         "LIST", "LSUB", "NAMESPACE", "STATUS", "APPEND", "IDLE"],
+         "LIST", "LSUB", "NAMESPACE", "STATUS", "APPEND", "IDLE",
+         "GETQUOTA", "GETQUOTAROOT", "SETQUOTA"],  # RFC 9208 4.1
         frozenset({_AU, _SE}),
     ),
     **dict.fromkeys(
@@ -71,6 +74,7 @@ TRANSITIONS: dict[tuple[str, str], State] = {
     ("EXAMINE", "NO"): _AU,
     ("CLOSE", "OK"): _AU,
     ("UNSELECT", "OK"): _AU,
+    ("UNAUTHENTICATE", "OK"): _NA,  # RFC 8437 5, transition 7
     ("LOGOUT", "OK"): State.LOGOUT,
 }
 
@@ -165,6 +169,12 @@ class ImapEngine:
     @property
     def rev2(self) -> bool:
         return "IMAP4REV2" in self.enabled
+
+    def forget_enabled(self) -> None:
+        """UNAUTHENTICATE: every ENABLEd extension ceases to be enabled
+        (RFC 8437 4.1), and names go back to modified UTF-7."""
+        self.enabled.clear()
+        self.writer.utf8 = False
 
     def enable(self, names: list[str]) -> None:
         """Record newly enabled extensions (the glue decides which are known)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import quopri
 import re
 from collections.abc import Mapping, Sequence
 
@@ -131,8 +130,22 @@ def decode_cte(data: bytes, header: bytes) -> bytes:
         except (binascii.Error, ValueError) as exc:
             raise UnknownCTE("corrupt base64") from exc
     if cte == b"quoted-printable":
-        return quopri.decodestring(data)
+        return decode_quoted_printable(data)
     raise UnknownCTE(cte.decode("ascii", "replace"))
+
+
+# RFC 2045 6.7 rule 3: whitespace at the end of an encoded line is transport
+# padding, not data; removing it also makes "=" followed by whitespace the
+# soft line break it is (rule 5).
+_QP_TRAILING_WS = re.compile(rb"[ \t]+(?=\r?\n|\Z)")
+
+
+def decode_quoted_printable(data: bytes) -> bytes:
+    """Undo quoted-printable (RFC 2045 6.7): =XX escapes, soft line breaks
+    ("=" at the end of a line, whitespace after it allowed), and trailing
+    whitespace on a line removed. An "=" not followed by two hex digits or a
+    line end is kept as it is (the robust reading 6.7 recommends)."""
+    return binascii.a2b_qp(_QP_TRAILING_WS.sub(b"", data))
 
 
 def binary_data(raw: bytes, parts: PartOffsets, part: tuple[int, ...]) -> bytes | None:

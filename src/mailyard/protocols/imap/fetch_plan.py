@@ -31,7 +31,8 @@ _OFFSET_FIELDS = ("parts", "messages", "size")
 _NIL_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
 # fetch-atts answered from the index data alone, with their response templates
 _INDEX_ATTS = {"UID": b"UID %d", "FLAGS": b"FLAGS %s", "RFC822.SIZE": b"RFC822.SIZE %d",
-               "INTERNALDATE": b'INTERNALDATE "%s"', "MODSEQ": b"MODSEQ (%d)"}  # RFC 7162 3.1.4.1
+               "INTERNALDATE": b'INTERNALDATE "%s"', "MODSEQ": b"MODSEQ (%d)",  # RFC 7162 3.1.4.1
+               "SAVEDATE": b"SAVEDATE %s"}  # RFC 8514 3
 _RFC822_SECTIONS = {"RFC822": None, "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}
 
 
@@ -91,6 +92,13 @@ class MessageParts:
         return f.decode_cte(self.raw[body[0] : body[1]], self.raw[head[0] : head[1]])
 
 
+def save_date(m: MessageRecord) -> bytes:
+    """RFC 8514 3: the save date as a quoted date-time, NIL when the mailbox keeps none."""
+    if m.save_date is None:
+        return b"NIL"
+    return b'"%s"' % f.format_internal_date(m.save_date).encode("ascii")
+
+
 def index_values(atts: tuple[c.FetchAtt, ...], flags_of: Callable[[MessageRecord], bytes]
                  ) -> Callable[[MessageRecord], tuple[object, ...]]:
     """The values for a plan's ``line_format``, as one function of a message."""
@@ -104,6 +112,8 @@ def index_values(atts: tuple[c.FetchAtt, ...], flags_of: Callable[[MessageRecord
             getters.append(lambda m: m.size)
         elif a.name == "INTERNALDATE":
             getters.append(lambda m: f.format_internal_date(m.internal_date).encode("ascii"))
+        elif a.name == "SAVEDATE":
+            getters.append(save_date)
         else:
             getters.append(lambda m: m.modseq)
     if len(getters) == 1:  # FETCH 1:* (FLAGS): no loop per message
@@ -169,6 +179,15 @@ def plan(atts: tuple[c.FetchAtt, ...], uid: bool, changed_since: bool) -> FetchP
     return p
 
 
+def _without_nul(data: bytes) -> bytes:
+    """A string never holds NUL (RFC 9051 4.3: CHAR8 excludes %x00) and BODY[]
+    and RFC822 are strings, not literal8. APPEND keeps NUL octets out of parts
+    (RFC 3516 4.3, message/binary.py); a NUL that arrived otherwise (SMTP DATA)
+    is sent as 0x80, as Dovecot does, keeping the octet count (sizes and
+    partial ranges stay true). BINARY[] carries the octets in a literal8."""
+    return data.replace(b"\0", b"\x80") if b"\0" in data else data
+
+
 def encode_items(flags_of: Callable[[MessageRecord], bytes], writer: Writer, atts: tuple[c.FetchAtt, ...],
                  info: MessageRecord, msg: MessageParts | None, d: Mapping[str, Any] | None) -> list[bytes]:
     """The msg-att items of one FETCH response line; raises fetch.UnknownCTE
@@ -188,6 +207,8 @@ def encode_items(flags_of: Callable[[MessageRecord], bytes], writer: Writer, att
             out.append(b'INTERNALDATE "%s"' % f.format_internal_date(info.internal_date).encode("ascii"))
         elif n == "MODSEQ":
             out.append(b"MODSEQ (%d)" % info.modseq)  # RFC 7162 3.1.4.1
+        elif n == "SAVEDATE":
+            out.append(b"SAVEDATE " + save_date(info))
         elif n == "BODYSTRUCTURE":
             out.append(b"BODYSTRUCTURE " + (d["bodystructure_imap"] if d else b"NIL"))
         elif n == "BODY":
@@ -195,12 +216,12 @@ def encode_items(flags_of: Callable[[MessageRecord], bytes], writer: Writer, att
         elif n in _RFC822_SECTIONS:
             assert msg is not None
             sec = c.Section((), _RFC822_SECTIONS[n])
-            out.append(n.encode("ascii") + b" " + writer.value(msg.section(sec) or b""))
+            out.append(n.encode("ascii") + b" " + writer.value(_without_nul(msg.section(sec) or b"")))
         elif n == "BODY[]":
             assert msg is not None and a.section is not None
             data = msg.section(a.section)
             # RFC 9051 6.4.5: a part that does not exist reads as an empty string
-            data = f.apply_partial(data or b"", a.partial)
+            data = _without_nul(f.apply_partial(data or b"", a.partial))
             out.append(b"%s {%d}\r\n%s" % (f.response_name(a).encode("ascii"), len(data), data))
         elif n == "BINARY[]":
             assert msg is not None and a.section is not None

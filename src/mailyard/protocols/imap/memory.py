@@ -6,7 +6,9 @@ event loop or a store.
   rules as IMAP sees them: UIDs and mod-sequences per mailbox (every write
   takes the next mod-sequence, RFC 7162 3.1), expunged UIDs remembered for
   VANISHED, \\Recent claims (RFC 3501 2.3.2), subscriptions, the special-use
-  mailboxes of a new account (RFC 6154), change notification.
+  mailboxes of a new account (RFC 6154), change notification, quotas (RFC
+  9208: limits per account set with ``set_quota``, refused APPEND/COPY) and
+  save dates (RFC 8514: the clock when a message is saved).
 - `MemoryBackend` is one account's `ImapBackend` over it; `MemoryLogin` the
   `ImapLogin` (LOGIN and SASL PLAIN, RFC 4616).
 - `Conversation` drives one `ImapSession` by hand: `feed` bytes in, get the
@@ -26,6 +28,8 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ...message.address import search_value
+from ...message.binary import encode_nul_parts
 from ...message.derived import Derived, body_structure, derive
 from ...message.imap_syntax import body_bytes, envelope_bytes  # as the store derives them
 from ..contract import NEED_DATA, PAUSED, Closed
@@ -40,6 +44,7 @@ from .backend import (
     NewMessage,
     NoSpace,
     NoSuchMailbox,
+    OverQuota,
     SaslChallenge,
 )
 from .framing import Limits
@@ -67,6 +72,7 @@ class MemMessage:
     flags: frozenset[str]
     internal_date: float
     modseq: int
+    save_date: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +99,19 @@ class MemStatus:
     uid_next: int
     uid_validity: int
     highest_modseq: int
+    deleted_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MemQuota:
+    storage_limit: int | None
+    messages_limit: int | None
+    storage_used: int
+    messages_used: int
+
+    def fits(self, octets: int, messages: int) -> bool:
+        return ((self.storage_limit is None or self.storage_used + octets <= self.storage_limit)
+                and (self.messages_limit is None or self.messages_used + messages <= self.messages_limit))
 
 
 @dataclass(eq=False)
@@ -129,11 +148,12 @@ class _Box:
         return MemMailbox(self.id, self.name, self.uid_validity, self.uid_next, self.highest_modseq,
                           self.special_use)
 
-    def add(self, data: bytes, flags: Iterable[str], internal_date: float) -> int:
+    def add(self, data: bytes, flags: Iterable[str], internal_date: float, save_date: float) -> int:
         uid = self.uid_next
         self.uid_next += 1
         self.highest_modseq += 1
-        self.messages[uid] = (data, MemMessage(uid, len(data), frozenset(flags), internal_date, self.highest_modseq))
+        self.messages[uid] = (data, MemMessage(uid, len(data), frozenset(flags), internal_date, self.highest_modseq,
+                                               save_date))
         return uid
 
 
@@ -147,6 +167,7 @@ class MemoryStore:
         self.boxes: dict[int, _Box] = {}
         self.subscriptions: dict[str, set[str]] = {}
         self.full = False  # writes raise NoSpace (a full disk)
+        self.quotas: dict[str, tuple[int | None, int | None]] = {}  # user -> (octets, messages)
         self._ids = 0
         self._validity = 0
         self._listeners: list[tuple[str, Callable[[int], None]]] = []
@@ -160,13 +181,22 @@ class MemoryStore:
         self.passwords[user] = password
         self.epochs[user] = self.epochs.get(user, 0) + 1
         self.subscriptions[user] = set()
-        self.create(user, "INBOX")
-        for name, use in SPECIAL_USE:
+        for name, use in (("INBOX", None), *SPECIAL_USE):
             self.create(user, name, use)
+            self.subscriptions[user].add(name)
 
     def set_password(self, user: str, password: str) -> None:
         self.passwords[user] = password
         self.epochs[user] += 1
+
+    def set_quota(self, user: str, storage: int | None = None, messages: int | None = None) -> None:
+        """The operator's limits for ``user`` (None: no limit), as ``mailyard user quota``."""
+        self.quotas[user] = (storage, messages)
+
+    def quota(self, user: str) -> MemQuota:
+        storage, messages = self.quotas.get(user, (None, None))
+        sizes = [m.size for b in self.boxes.values() if b.account == user for _, m in b.messages.values()]
+        return MemQuota(storage, messages, sum(sizes), len(sizes))
 
     def remove_account(self, user: str) -> None:
         del self.passwords[user]
@@ -179,7 +209,6 @@ class MemoryStore:
         box = self.find(user, name)
         assert box is not None, name
         del self.boxes[box.id]
-        self.subscriptions[user].discard(box.name)
         self.notify(box.id)
 
     def create(self, user: str, name: str, special_use: str | None = None) -> _Box:
@@ -187,8 +216,8 @@ class MemoryStore:
             raise MailboxExists(f"mailbox {name} exists already")
         self._ids += 1
         self._validity += 1
+        # RFC 9051 6.3.4 and 6.3.7: only SUBSCRIBE adds a subscription
         box = self.boxes[self._ids] = _Box(self._ids, user, _canonical(name), self._validity, special_use)
-        self.subscriptions[user].add(box.name)  # new mailboxes start subscribed
         return box
 
     def find(self, user: str, name: str) -> _Box | None:
@@ -203,7 +232,7 @@ class MemoryStore:
         """Add a message as a delivery would; returns its UID."""
         box = self.find(user, mailbox)
         assert box is not None, mailbox
-        uid = box.add(data, flags, self.clock if internal_date is None else internal_date)
+        uid = box.add(data, flags, self.clock if internal_date is None else internal_date, self.clock)
         self.notify(box.id)
         return uid
 
@@ -319,7 +348,7 @@ class MemoryBackend:
         if box.name == "INBOX":
             raise BackendError("INBOX cannot be deleted")
         del self.store.boxes[box.id]
-        self.store.subscriptions[self.user].discard(box.name)
+        # RFC 9051 6.3.5 / 6.3.7: the subscription stays (LIST shows \NonExistent)
         self.store.notify(box.id)
 
     async def set_subscribed(self, name: str, subscribed: bool) -> None:
@@ -337,9 +366,18 @@ class MemoryBackend:
     async def mailbox_status(self, mailbox: MailboxRecord) -> MemStatus:
         box = self._box(mailbox)
         infos = [m for _, m in box.messages.values()]
+        deleted = [m for m in infos if "\\Deleted" in m.flags]
         return MemStatus(len(infos), sum("\\Seen" not in m.flags for m in infos),
-                         sum("\\Deleted" in m.flags for m in infos), sum(m.size for m in infos),
-                         box.uid_next, box.uid_validity, box.highest_modseq)
+                         len(deleted), sum(m.size for m in infos),
+                         box.uid_next, box.uid_validity, box.highest_modseq, sum(m.size for m in deleted))
+
+    async def get_quota(self) -> MemQuota:
+        return self.store.quota(self.user)
+
+    def _check_quota(self, octets: int, messages: int) -> None:
+        """RFC 9208 5: refuse a write that would take the account over a limit."""
+        if not self.store.quota(self.user).fits(octets, messages):
+            raise OverQuota("over quota")
 
     async def claim_recent(self, mailbox: MailboxRecord, claim: bool = True, upto: int | None = None) -> int:
         box = self._box(mailbox)
@@ -437,7 +475,7 @@ class MemoryBackend:
         out = []
         for uid, new in changes:
             data, m = box.messages[uid]
-            m = MemMessage(uid, m.size, new, m.internal_date, box.highest_modseq)
+            m = MemMessage(uid, m.size, new, m.internal_date, box.highest_modseq, m.save_date)
             box.messages[uid] = (data, m)
             out.append(m)
         self.store.notify(box.id)
@@ -460,13 +498,16 @@ class MemoryBackend:
         if not present:
             return []
         self._write()
+        if not move:  # a move within the account leaves its usage as it is
+            self._check_quota(sum(src.messages[u][1].size for u in present), len(present))
         dst.highest_modseq += 1
         pairs = []
         for uid in present:
             data, m = src.messages[uid]
             new = dst.uid_next
             dst.uid_next += 1
-            dst.messages[new] = (data, MemMessage(new, m.size, m.flags, m.internal_date, dst.highest_modseq))
+            dst.messages[new] = (data, MemMessage(new, m.size, m.flags, m.internal_date, dst.highest_modseq,
+                                                  self.store.clock))
             pairs.append((uid, new))
         self.store.notify(dst.id)
         if move:
@@ -479,18 +520,23 @@ class MemoryBackend:
     async def append_messages(self, mailbox: MailboxRecord, items: Sequence[NewMessage]) -> list[int]:
         box = self._box(mailbox)
         self._write()
-        uids = [box.add(m.data, m.flags, self.store.clock if m.internal_date is None else m.internal_date)
-                for m in items]
+        self._check_quota(sum(len(m.data) for m in items), len(items))  # all or none (RFC 3502)
+        uids = [box.add(m.data, m.flags, self.store.clock if m.internal_date is None else m.internal_date,
+                        self.store.clock) for m in items]
         self.store.notify(box.id)
         return uids
+
+    async def encode_binary(self, data: bytes) -> bytes | None:
+        return encode_nul_parts(data)
 
     async def search_headers(self, mailbox: MailboxRecord, field: str, text: str) -> set[int]:
         box = self._box(mailbox)
         needle = text.casefold()
         out = set()
         for uid, (data, _) in box.messages.items():
-            values = self.store.derived(data).headers.get(field.lower())
-            if values is not None and any(needle in v.casefold() for v in values):
+            name = field.lower()
+            values = self.store.derived(data).headers.get(name)
+            if values is not None and any(needle in search_value(name, v).casefold() for v in values):
                 out.add(uid)
         return out
 
@@ -604,6 +650,9 @@ class Conversation:
 
     def authenticated(self) -> None:
         self.logged_in = True
+
+    def unauthenticated(self) -> None:
+        self.logged_in = False
 
     async def flush(self) -> None:
         self._out += self.session.engine.data_to_send()

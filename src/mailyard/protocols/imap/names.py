@@ -13,14 +13,32 @@ import re
 DELIMITER = "/"
 MAX_NAME = 512
 
+# A mailbox argument that is a valid astring but not valid modified UTF-7
+# (RFC 3501 5.1.3) in a session without UTF-8 names: the parser keeps it as
+# this marker followed by the raw text. No mailbox, subscription or pattern
+# match can have such a name (NUL is refused below), so SELECT answers
+# NO [NONEXISTENT], CREATE NO [CANNOT] and LIST matches nothing: a name is
+# a matter of the mailbox set, not a protocol error (RFC 9051 7.1.3 keeps
+# BAD for those).
+UNDECODABLE = "\x00"
+
+
+def undecodable(raw: str) -> str:
+    """The name a mailbox argument that is not modified UTF-7 stands for."""
+    return UNDECODABLE + raw
+
 
 def name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a mailbox name, or None if it can."""
+    if name.startswith(UNDECODABLE):
+        return "mailbox name is not valid modified UTF-7"
     if not name:
         return "empty mailbox name"
     if len(name) > MAX_NAME:
         return "mailbox name too long"
-    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in name):
+    # RFC 6855 3: no controls (U+0000-U+001F, U+007F-U+009F), no line or
+    # paragraph separator (U+2028, U+2029)
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or ch in "\u2028\u2029" for ch in name):
         return "control characters in mailbox name"
     if "*" in name or "%" in name:
         return "wildcards in mailbox name"

@@ -17,7 +17,7 @@ import calendar
 import datetime as dt
 
 from . import commands as c
-from . import utf7
+from . import names, utf7
 from .fetch_parser import parse_fetch_atts
 from .reader import ParseError, Reader
 from .search_parser import parse_search_program
@@ -51,15 +51,17 @@ def decode_mailbox(data: bytes, utf8: bool) -> str:
     """A mailbox argument as a UTF-8 str (RFC 9051 5.1, RFC 3501 5.1.3).
 
     Without UTF-8 mode ASCII names are modified UTF-7; 8-bit names are taken as
-    UTF-8 either way (RFC 6855 3 lets servers accept them). "INBOX" is
-    case-insensitive, including as the head of a hierarchy.
+    UTF-8 either way (RFC 6855 3 lets servers accept them). A name that is not
+    valid modified UTF-7 is still a valid astring: it comes back marked
+    (names.undecodable) and is answered NO by the command, not BAD. "INBOX"
+    is case-insensitive, including as the head of a hierarchy.
     """
     text = Reader.text(data)
     if not utf8 and text.isascii():
         try:
             text = utf7.decode(text)
-        except utf7.UTF7Error as exc:
-            raise ParseError(f"invalid modified UTF-7 mailbox name: {exc}") from exc
+        except utf7.UTF7Error:
+            return names.undecodable(text)
     if text.upper() == "INBOX":
         return "INBOX"
     if text[:6].upper() == "INBOX/":
@@ -391,7 +393,10 @@ def _list(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
     return cmd
 
 
-STATUS_ITEMS = {"MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT"}
+# RFC 9051 6.3.11, RFC 8438 (SIZE), RFC 7162 (HIGHESTMODSEQ), RFC 7889
+# (APPENDLIMIT), RFC 9208 4.2 (DELETED-STORAGE; DELETED is RFC 9051's own)
+STATUS_ITEMS = {"MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT",
+                "APPENDLIMIT", "DELETED-STORAGE"}
 
 
 def _status_atts(r: Reader) -> tuple[str, ...]:
@@ -430,11 +435,42 @@ def _append(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
         if r.peek() == 0x22:
             date = parse_date_time(r)
             r.sp()
+        if r.maybe(b"UTF8 ("):
+            # RFC 6855 4: utf8-literal = "UTF8" SP "(" literal8 ")"
+            if not r.at_literal8():
+                raise ParseError("UTF8 takes a literal8")
+            data, _ = r.literal_any()
+            r.expect(b")")
+            messages.append(c.AppendMessage(data=data, flags=flags, internal_date=date, utf8=True))
+            continue
         data, is8 = r.literal_any()
         messages.append(c.AppendMessage(data=data, flags=flags, internal_date=date, binary=is8))
     if not messages:
         raise ParseError("APPEND needs a message literal")
     return c.Append(tag=tag, name=name, mailbox=mailbox, messages=tuple(messages))
+
+
+def _quota(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    r.sp()
+    if name == "GETQUOTAROOT":
+        return c.Quota(tag=tag, name=name, mailbox=_mailbox(r, utf8))
+    root = r.astring()
+    if name == "GETQUOTA":
+        return c.Quota(tag=tag, name=name, root=root)
+    # RFC 9208 4.1.3: SETQUOTA quota-root SP "(" [setquota-resource
+    # *(SP setquota-resource)] ")", setquota-resource = resource-name SP resource-limit
+    r.sp()
+    r.open()
+    limits: list[tuple[str, int]] = []
+    if not r.close():
+        while True:
+            resource = r.atom().upper()
+            r.sp()
+            limits.append((resource, r.number()))
+            if r.close():
+                break
+            r.sp()
+    return c.Quota(tag=tag, name=name, root=root, limits=tuple(limits))
 
 
 def _search(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
@@ -546,6 +582,7 @@ _HANDLERS = {
     "EXPUNGE": _simple,
     "IDLE": _simple,
     "NAMESPACE": _simple,
+    "UNAUTHENTICATE": _simple,
     "LOGIN": _login,
     "AUTHENTICATE": _authenticate,
     "ENABLE": _enable,
@@ -566,6 +603,9 @@ _HANDLERS = {
     "STORE": _store,
     "COPY": _copy,
     "MOVE": _copy,
+    "GETQUOTA": _quota,
+    "GETQUOTAROOT": _quota,
+    "SETQUOTA": _quota,
 }
 
 COMMAND_NAMES = frozenset(_HANDLERS)

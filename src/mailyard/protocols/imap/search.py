@@ -14,6 +14,7 @@ import email.utils
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ...message.address import search_value
 from .commands import SearchKey, SequenceSet
 from .response import Atom, format_uid_set
 
@@ -28,6 +29,7 @@ class SearchMessage:
     modseq: int
     # lower-case field name -> decoded values; None when no key needs them
     headers: Mapping[str, Sequence[str]] | None = None
+    save_date: float | None = None  # RFC 8514; None: the mailbox keeps no save dates
 
 
 @dataclass
@@ -95,12 +97,13 @@ def _sent_date(headers: Mapping[str, Sequence[str]]) -> dt.date | None:
     return None
 
 
-def _contains(values: Sequence[str] | None, needle: str) -> bool:
-    # RFC 9051 6.4.4: case-insensitive substring match
+def _contains(name: str, values: Sequence[str] | None, needle: str) -> bool:
+    # RFC 9051 6.4.4: case-insensitive substring match, on the field text and
+    # (address fields) the addresses as parsed
     if not values:
         return False
     n = needle.casefold()
-    return any(n in v.casefold() for v in values)
+    return any(n in search_value(name, v).casefold() for v in values)
 
 
 def _in_set(s: SequenceSet, n: int, largest: int, saved: frozenset[int] | None = None) -> bool:
@@ -147,7 +150,7 @@ def _hdr(name: str) -> Callable[[SearchKey, SearchMessage, SearchContext], bool]
         hits = c.header_hits.get((name, k.args[0]))
         if hits is not None:
             return m.uid in hits
-        return _contains((m.headers or {}).get(name), k.args[0])
+        return _contains(name, (m.headers or {}).get(name), k.args[0])
 
     return ev
 
@@ -159,7 +162,7 @@ def _header(k: SearchKey, m: SearchMessage, c: SearchContext) -> bool:
     values = (m.headers or {}).get(k.args[0].lower())
     if k.args[1] == "":
         return values is not None  # RFC 9051 6.4.4: empty string matches presence
-    return _contains(values, k.args[1])
+    return _contains(k.args[0].lower(), values, k.args[1])
 
 
 def _sent(cmp: Callable[[dt.date, dt.date], bool]) -> Callable[[SearchKey, SearchMessage, SearchContext], bool]:
@@ -203,6 +206,12 @@ _EVAL: dict[str, Callable[[SearchKey, SearchMessage, SearchContext], bool]] = {
     "BEFORE": lambda k, m, c: _utc_date(m.internal_date) < k.args[0],
     "ON": lambda k, m, c: _utc_date(m.internal_date) == k.args[0],
     "SINCE": lambda k, m, c: _utc_date(m.internal_date) >= k.args[0],
+    # RFC 8514 4: like BEFORE / ON / SINCE, on the save date
+    "SAVEDBEFORE": lambda k, m, c: m.save_date is not None and _utc_date(m.save_date) < k.args[0],
+    "SAVEDON": lambda k, m, c: m.save_date is not None and _utc_date(m.save_date) == k.args[0],
+    "SAVEDSINCE": lambda k, m, c: m.save_date is not None and _utc_date(m.save_date) >= k.args[0],
+    # RFC 8514 4: every message of a mailbox that keeps save dates, none otherwise
+    "SAVEDATESUPPORTED": lambda k, m, c: m.save_date is not None,
     "SENTBEFORE": _sent(lambda d, x: d < x),
     "SENTON": _sent(lambda d, x: d == x),
     "SENTSINCE": _sent(lambda d, x: d >= x),

@@ -23,7 +23,8 @@ _FLAG_KEYS = {
     "UNSEEN": ("\\Seen", False),
 }
 _STRING_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
-_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+# SAVED*: RFC 8514 4
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE", "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}
 _NUMBER_KEYS = {"LARGER", "SMALLER", "OLDER", "YOUNGER"}  # OLDER/YOUNGER: RFC 5032
 RETURN_OPTIONS = {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
 MAX_DEPTH = 50
@@ -82,8 +83,8 @@ def parse_search_key(r: Reader, depth: int) -> SearchKey:
     if ch is not None and (0x30 <= ch <= 0x39 or ch in b"*$"):
         return SearchKey("SEQ", (parse_sequence_set(r),))
     name = r.atom().upper()
-    if name == "ALL":
-        return SearchKey("ALL")
+    if name in ("ALL", "SAVEDATESUPPORTED"):
+        return SearchKey(name)
     if name in _FLAG_KEYS:
         return _flag(*_FLAG_KEYS[name])
     # RFC 3501 6.4.4: RECENT = \Recent, NEW = \Recent and not \Seen, OLD = not

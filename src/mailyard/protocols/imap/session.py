@@ -56,6 +56,8 @@ class ImapConfig:
     budgets: AbuseBudgets = AbuseBudgets()
     # exceptions meaning "the backend refused or failed this operation": NO with their text
     failures: tuple[type[BaseException], ...] = (BackendError,)
+    # RFC 8437 UNAUTHENTICATE offered (RFC 8437 8: there must be a way to turn it off)
+    unauthenticate: bool = True
 
 
 class ImapSession:
@@ -98,6 +100,22 @@ class ImapSession:
         if not self.closed and self._unwatch is None:
             self._unwatch = backend.watch(self.changed)
         self.io.authenticated()
+
+    def logged_out(self) -> None:
+        """UNAUTHENTICATE (RFC 8437 3): back to the not-authenticated state
+        as on a new connection, TLS kept. The selected mailbox is left
+        without an expunge (its SEARCHRES result with it), the account's
+        change notifications stop, ENABLEd extensions end (RFC 8437 4.1),
+        and the I/O side goes back to its not-authenticated timers. The
+        failed-login count of the connection stays: it is an abuse budget,
+        not session state."""
+        self.sel = None
+        self.backend = None
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        self.engine.forget_enabled()
+        self.io.unauthenticated()
 
     def restart(self) -> None:
         """STARTTLS: forget everything learned before TLS, including commands

@@ -13,12 +13,22 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Sequence
+from typing import Literal
 
-from ..api import SPECIAL_USE_MAILBOXES, Account, AlreadyExists, InvalidName, NotFound, StoreError
+from ..api import (
+    KEEP,
+    SPECIAL_USE_MAILBOXES,
+    Account,
+    AlreadyExists,
+    InvalidName,
+    NotFound,
+    Quota,
+    StoreError,
+)
 from ..names import normalize_address, normalize_domain, normalize_sender_pattern
 from .core import SQLiteCore
 from .mailboxes import insert_mailbox
-from .messages import drop_mailbox_messages
+from .messages import QUOTA_COLS, drop_mailbox_messages, quota_row
 from .writer import WriteContext
 
 ACCOUNT_COLS = "id, address, password_hash, apop_secret, scram_sha256, epoch"
@@ -95,9 +105,9 @@ class DirectoryMixin(SQLiteCore):
                 raise AlreadyExists(f"account {addr} exists already") from None
             account_id = cur.lastrowid
             assert account_id is not None
-            insert_mailbox(c, account_id, "INBOX", None)
+            insert_mailbox(c, account_id, "INBOX", None, subscribe=True)
             for name, use in SPECIAL_USE_MAILBOXES:
-                insert_mailbox(c, account_id, name, use)
+                insert_mailbox(c, account_id, name, use, subscribe=True)
             return account_id
 
         account_id = await self._write(op, directory=True)
@@ -157,6 +167,37 @@ class DirectoryMixin(SQLiteCore):
             c.execute("DELETE FROM accounts WHERE id = ?", (row[0],))
 
         await self._write(op, directory=True, revoke=True)
+
+    # --- quotas (RFC 9208) -------------------------------------------------
+    async def set_quota(
+        self,
+        address: str,
+        *,
+        storage: int | None | Literal["keep"] = KEEP,
+        messages: int | None | Literal["keep"] = KEEP,
+    ) -> Quota:
+        addr = normalize_address(address)
+        for name, value in (("storage", storage), ("message", messages)):
+            if isinstance(value, int) and value < 0:
+                raise InvalidName(f"a {name} limit cannot be negative")
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> Quota:
+            row = c.execute("SELECT id FROM accounts WHERE address = ?", (addr,)).fetchone()
+            if row is None:
+                raise NotFound(f"no account {addr}")
+            if storage != KEEP:
+                c.execute("UPDATE accounts SET quota_storage = ? WHERE id = ?", (storage, row[0]))
+            if messages != KEEP:
+                c.execute("UPDATE accounts SET quota_messages = ? WHERE id = ?", (messages, row[0]))
+            return quota_row(c.execute(f"SELECT {QUOTA_COLS} FROM accounts WHERE id = ?", (row[0],)).fetchone())
+
+        return await self._write(op, directory=True)
+
+    async def get_quota(self, account_id: int) -> Quota:
+        row = self._q1(f"SELECT {QUOTA_COLS} FROM accounts WHERE id = ?", (account_id,))
+        if row is None:
+            raise NotFound(f"no account with id {account_id}")
+        return quota_row(row)
 
     # --- sender grants ----------------------------------------------------
     async def allow_senders(self, address: str, patterns: Sequence[str]) -> list[str]:

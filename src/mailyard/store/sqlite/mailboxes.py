@@ -63,8 +63,11 @@ def next_uid_validity(c: sqlite3.Connection) -> int:
     return value
 
 
-def insert_mailbox(c: sqlite3.Connection, account_id: int, name: str, special_use: str | None) -> int:
-    """Create a mailbox (subscribed, as new mailboxes start) inside the caller's write."""
+def insert_mailbox(c: sqlite3.Connection, account_id: int, name: str, special_use: str | None,
+                   subscribe: bool = False) -> int:
+    """Create a mailbox inside the caller's write; subscribe to its name too
+    if asked (a new account's INBOX and special-use mailboxes, a webmail
+    folder). IMAP CREATE does not subscribe (RFC 9051 6.3.4, 6.3.7)."""
     try:
         cur = c.execute(
             "INSERT INTO mailboxes(account_id, name, uid_validity, special_use) VALUES (?, ?, ?, ?)",
@@ -73,7 +76,8 @@ def insert_mailbox(c: sqlite3.Connection, account_id: int, name: str, special_us
     except sqlite3.IntegrityError:
         raise AlreadyExists(f"mailbox {name} exists already") from None
     assert cur.lastrowid is not None
-    c.execute("INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?, ?)", (account_id, name))
+    if subscribe:
+        c.execute("INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?, ?)", (account_id, name))
     return cur.lastrowid
 
 
@@ -84,11 +88,12 @@ class MailboxesMixin(SQLiteCore):
         self._claim_locks: dict[int, asyncio.Lock] = {}  # claim_recent, per mailbox
         super().__init__(data_dir, config)
 
-    async def create_mailbox(self, account_id: int, name: str, special_use: str | None = None) -> Mailbox:
+    async def create_mailbox(self, account_id: int, name: str, special_use: str | None = None,
+                             subscribe: bool = False) -> Mailbox:
         canonical = canonical_name(name)
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
-            return insert_mailbox(c, account_id, canonical, special_use)
+            return insert_mailbox(c, account_id, canonical, special_use, subscribe)
 
         mailbox_id = await self._write(op, directory=True)
         mailbox = await self.get_mailbox_by_id(account_id, mailbox_id)
@@ -182,9 +187,8 @@ class MailboxesMixin(SQLiteCore):
                 raise NotFound(f"no mailbox {canonical}")
             drop_mailbox_messages(c, row[0])
             c.execute("DELETE FROM mailboxes WHERE id = ?", (row[0],))
-            # DELETE on the user's request ends the subscription too (as Cyrus and
-            # Dovecot do); a name subscribed without a mailbox stays subscribed.
-            c.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, canonical))
+            # The subscription stays: only UNSUBSCRIBE ends one (RFC 9051 6.3.5,
+            # 6.3.7 "MUST NOT unilaterally remove"); LIST shows it \NonExistent.
             ctx.changed.add(row[0])
 
         # sessions that have it selected must find it gone at once
@@ -251,14 +255,15 @@ class MailboxesMixin(SQLiteCore):
         row = self._q1(
             "SELECT count(*), coalesce(sum(size), 0),"
             " coalesce(sum(instr(' ' || flags || ' ', ' \\Seen ') = 0), 0),"
-            " coalesce(sum(instr(' ' || flags || ' ', ' \\Deleted ') > 0), 0)"
+            " coalesce(sum(instr(' ' || flags || ' ', ' \\Deleted ') > 0), 0),"
+            " coalesce(sum(size * (instr(' ' || flags || ' ', ' \\Deleted ') > 0)), 0)"
             " FROM messages WHERE mailbox_id = ?",
             (mailbox_id,),
         )
         assert row is not None
         return MailboxStatus(
             messages=row[0], unseen=row[2], deleted=row[3], size=row[1],
-            uid_next=box[0], uid_validity=box[1], highest_modseq=box[2],
+            uid_next=box[0], uid_validity=box[1], highest_modseq=box[2], deleted_size=row[4],
         )
 
     async def mailbox_summary(self, mailbox: MailboxRef) -> MailboxSummary:

@@ -6,7 +6,10 @@ per-recipient trace prefix, and points at a shared body (bodies.py). Every
 change takes the mailbox's next mod-sequence (RFC 7162 3.1); an expunged UID
 is remembered with the mod-sequence that removed it (``expunged``), for
 VANISHED and for sessions catching up. UIDs come from ``mailboxes.uid_next``
-and are never reused in a mailbox (RFC 9051 2.3.1.1).
+and are never reused in a mailbox (RFC 9051 2.3.1.1). Every row inserted
+here gets the time of the write as its save date (RFC 8514). Quotas (RFC
+9208) are checked here, in the write's transaction, against the account's
+running totals (schema.py USAGE_SCHEMA keeps them).
 
 Expunged but still held: an IMAP session keeps serving FETCH of a message
 another session expunged until it has told its client (RFC 2180 4.1.1), so
@@ -38,6 +41,8 @@ from ..api import (
     MailboxRef,
     MessageInfo,
     NotFound,
+    Quota,
+    QuotaExceeded,
 )
 from .bodies import BodiesMixin, release_bodies
 from .core import select_uids
@@ -45,7 +50,7 @@ from .writer import WriteContext
 
 log = logging.getLogger("mailyard.store")
 
-MESSAGE_COLS = "mailbox_id, uid, size, flags, internal_date, modseq"
+MESSAGE_COLS = "mailbox_id, uid, size, flags, internal_date, modseq, save_date"
 
 
 def flags_text(flags: Iterable[str]) -> str:
@@ -67,7 +72,32 @@ def flags_set(text: str) -> frozenset[str]:
 
 
 def message_row(row: tuple) -> MessageInfo:
-    return MessageInfo(row[0], row[1], row[2], flags_set(row[3]), row[4], row[5])
+    return MessageInfo(row[0], row[1], row[2], flags_set(row[3]), row[4], row[5], row[6])
+
+
+QUOTA_COLS = "quota_storage, quota_messages, used_storage, used_messages"
+
+
+def quota_row(row: tuple) -> Quota:
+    return Quota(storage_limit=row[0], messages_limit=row[1], storage_used=row[2], messages_used=row[3])
+
+
+def mailbox_quota(c: sqlite3.Connection, mailbox_id: int) -> Quota:
+    """The quota of the account owning ``mailbox_id``, in the caller's transaction."""
+    row = c.execute(
+        f"SELECT {QUOTA_COLS} FROM accounts WHERE id = (SELECT account_id FROM mailboxes WHERE id = ?)",
+        (mailbox_id,),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"mailbox {mailbox_id} does not exist")
+    return quota_row(row)
+
+
+def check_quota(c: sqlite3.Connection, mailbox_id: int, octets: int, messages: int) -> None:
+    """RFC 9208 5.1 / 5.2: refuse (QuotaExceeded) a write that would take the
+    account of ``mailbox_id`` over its STORAGE or MESSAGE limit."""
+    if not mailbox_quota(c, mailbox_id).fits(octets, messages):
+        raise QuotaExceeded("over quota", [mailbox_id])
 
 
 def bump_modseq(c: sqlite3.Connection, mailbox_id: int) -> int:
@@ -91,12 +121,23 @@ def drop_mailbox_messages(c: sqlite3.Connection, mailbox_id: int) -> None:
     release_bodies(c, body_ids)
 
 
+def check_targets(c: sqlite3.Connection, targets: Sequence[DeliveryTarget], body_len: int) -> None:
+    """QuotaExceeded naming every target with ``enforce_quota`` whose account
+    one more message of this size would take over quota (RFC 9208 5)."""
+    over = [t.mailbox_id for t in targets if t.enforce_quota
+            and not mailbox_quota(c, t.mailbox_id).fits(len(t.trace_prefix) + body_len, 1)]
+    if over:
+        raise QuotaExceeded("over quota", over)
+
+
 def insert_targets(
     c: sqlite3.Connection, ctx: WriteContext, body_id: int, body_len: int,
     targets: Sequence[DeliveryTarget],
 ) -> list[int]:
     """Index rows for one stored body in each target mailbox (shared by
-    ``deliver`` and the outbound queue's combined local+queued commit)."""
+    ``deliver`` and the outbound queue's combined local+queued commit).
+    The caller runs ``check_targets`` before it writes the body, so a
+    delivery refused for quota writes nothing at all."""
     now = time.time()
     uids = []
     for t in targets:
@@ -109,11 +150,11 @@ def insert_targets(
             raise NotFound(f"mailbox {t.mailbox_id} does not exist")
         uid, modseq = row
         c.execute(
-            "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq, save_date)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 t.mailbox_id, uid, body_id, t.trace_prefix, len(t.trace_prefix) + body_len,
-                flags_text(t.flags), t.internal_date if t.internal_date is not None else now, modseq,
+                flags_text(t.flags), t.internal_date if t.internal_date is not None else now, modseq, now,
             ),
         )
         ctx.changed.add(t.mailbox_id)
@@ -157,6 +198,12 @@ class MessagesMixin(BodiesMixin):
         if held:
             c.executemany("UPDATE messages SET mailbox_id = ? WHERE mailbox_id = ? AND uid = ?",
                           [(-mailbox_id, mailbox_id, r[0]) for r in rows])
+            # the account's usage (RFC 9208) drops now, as for a delete; the
+            # USAGE_SCHEMA trigger finds no mailbox for the held row when it goes
+            size = sum(r[0] for r in select_uids(c, "SELECT size FROM messages WHERE mailbox_id = ?",
+                                                 -mailbox_id, [r[0] for r in rows]))
+            c.execute("UPDATE accounts SET used_storage = used_storage - ?, used_messages = used_messages - ?"
+                      " WHERE id = (SELECT account_id FROM mailboxes WHERE id = ?)", (size, len(rows), mailbox_id))
             return
         c.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, r[0]) for r in rows])
         release_bodies(c, [r[1] for r in rows])
@@ -231,6 +278,7 @@ class MessagesMixin(BodiesMixin):
             return []
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> list[int]:
+            check_targets(c, targets, len(body))  # before the body is written
             body_id = self._store_body(c, body, len(targets))
             return insert_targets(c, ctx, body_id, len(body), targets)
 
@@ -243,6 +291,8 @@ class MessagesMixin(BodiesMixin):
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> list[int]:
             mailbox_id = self._owned_w(c, mailbox)
+            # RFC 9208 / RFC 3502: the whole MULTIAPPEND fits, or none of it is written
+            check_quota(c, mailbox_id, sum(len(item.data) for item in batch), len(batch))
             # one SAVEPOINT in one commit: every message or none (RFC 3502)
             uids: list[int] = []
             for item in batch:
@@ -337,7 +387,12 @@ class MessagesMixin(BodiesMixin):
             )
             if not rows:
                 return []
+            if not move:
+                # RFC 9208 5: a copy adds to the account's usage; a move
+                # within the account (one quota root) leaves it as it is
+                check_quota(c, dst_mailbox_id, sum(r[3] for r in rows), len(rows))
             rows.sort(key=lambda r: r[0])
+            now = time.time()
             first = c.execute(
                 "UPDATE mailboxes SET uid_next = uid_next + ?, highest_modseq = highest_modseq + 1"
                 " WHERE id = ? RETURNING uid_next - ?, highest_modseq",
@@ -347,9 +402,10 @@ class MessagesMixin(BodiesMixin):
             pairs = []
             for i, (uid, body_id, prefix, size, flags, internal_date) in enumerate(rows):
                 c.execute(
-                    "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (dst_mailbox_id, start + i, body_id, prefix, size, flags, internal_date, modseq),
+                    "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq,"
+                    " save_date) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    # RFC 8514 2: the copy is saved now; INTERNALDATE is kept (RFC 9051 6.4.7)
+                    (dst_mailbox_id, start + i, body_id, prefix, size, flags, internal_date, modseq, now),
                 )
                 c.execute("UPDATE bodies SET refs = refs + 1 WHERE id = ?", (body_id,))
                 pairs.append((uid, start + i))

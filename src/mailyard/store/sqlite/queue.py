@@ -32,7 +32,7 @@ from ..api import (
     RecipientOutcome,
 )
 from .bodies import BodiesMixin, release_bodies
-from .messages import insert_targets
+from .messages import check_targets, insert_targets
 from .writer import WriteContext
 
 
@@ -72,6 +72,7 @@ class QueueMixin(BodiesMixin):
         refs = len(msg.targets) + (1 if msg.entry is not None else 0)
         if refs == 0:
             return [], None
+        check_targets(c, msg.targets, len(msg.body))  # before the body is written
         body_id = self._store_body(c, msg.body, refs)
         uids = insert_targets(c, ctx, body_id, len(msg.body), msg.targets) if msg.targets else []
         queue_id = None

@@ -1,4 +1,4 @@
-"""The tables of the SQLite store (version 3), and how an older data
+"""The tables of the SQLite store (version 4), and how an older data
 directory is brought up to date when it is opened (``create``).
 
 The schema only adds (``CREATE ... IF NOT EXISTS``); ``migrate`` does what
@@ -18,6 +18,18 @@ the high-water mark); sessions and webmail cookies hold these ids, and a reused
 one would point them at another user's data. ``accounts.epoch`` counts
 password changes: a session remembers the epoch it logged in under and ends
 when it moves. A version-2 directory is rebuilt in place, ids preserved.
+
+Version 4: quotas (RFC 9208). ``accounts.quota_storage`` (octets) and
+``accounts.quota_messages`` are the operator's limits, NULL for none;
+``accounts.used_storage`` and ``accounts.used_messages`` are running totals
+of the account's messages (RFC822.SIZE and count), kept by the triggers of
+``USAGE_SCHEMA`` inside the transaction of every insert and delete of a
+message row, so reading an account's usage is one row whatever its size.
+``messages.save_date`` (RFC 8514) is when the message was saved into its
+mailbox (delivery, APPEND, COPY, MOVE). A migrated directory gets its
+totals summed once, and its rows get their INTERNALDATE as save date: the
+date they were saved is not known, and NIL would tell a client that the
+mailbox keeps no save dates at all (RFC 8514 3).
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ from . import textindex
 
 log = logging.getLogger("mailyard.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -50,7 +62,11 @@ CREATE TABLE IF NOT EXISTS accounts (
     apop_secret   TEXT,
     scram_sha256  TEXT,
     created       REAL NOT NULL,
-    epoch         INTEGER NOT NULL DEFAULT 0  -- version 3: moves with every password change
+    epoch         INTEGER NOT NULL DEFAULT 0,  -- version 3: moves with every password change
+    quota_storage  INTEGER,                    -- version 4: octets, NULL: no limit (RFC 9208 STORAGE)
+    quota_messages INTEGER,                    -- version 4: NULL: no limit (RFC 9208 MESSAGE)
+    used_storage   INTEGER NOT NULL DEFAULT 0, -- version 4: kept by the USAGE_SCHEMA triggers
+    used_messages  INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS aliases (
     source TEXT NOT NULL COLLATE NOCASE,
@@ -97,6 +113,7 @@ CREATE TABLE IF NOT EXISTS messages (
     flags         TEXT NOT NULL,
     internal_date REAL NOT NULL,
     modseq        INTEGER NOT NULL,
+    save_date     REAL NOT NULL DEFAULT 0,  -- version 4: RFC 8514 save date
     PRIMARY KEY (mailbox_id, uid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_modseq ON messages(mailbox_id, modseq);
@@ -186,6 +203,21 @@ CREATE TABLE IF NOT EXISTS queue_attempts (
 CREATE INDEX IF NOT EXISTS queue_attempts_entry ON queue_attempts(queue_id);
 """
 
+# Version 4: every account's usage (RFC 9208 STORAGE and MESSAGE) follows
+# its message rows in the same transaction, whichever write adds or removes
+# them (delivery, APPEND, COPY, MOVE, EXPUNGE, DELETE, account removal).
+# Created after ``migrate``: the columns they use exist by then.
+USAGE_SCHEMA = """
+CREATE TRIGGER IF NOT EXISTS messages_usage_insert AFTER INSERT ON messages BEGIN
+    UPDATE accounts SET used_storage = used_storage + NEW.size, used_messages = used_messages + 1
+     WHERE id = (SELECT account_id FROM mailboxes WHERE id = NEW.mailbox_id);
+END;
+CREATE TRIGGER IF NOT EXISTS messages_usage_delete AFTER DELETE ON messages BEGIN
+    UPDATE accounts SET used_storage = used_storage - OLD.size, used_messages = used_messages - 1
+     WHERE id = (SELECT account_id FROM mailboxes WHERE id = OLD.mailbox_id);
+END;
+"""
+
 # Tables whose ids sessions hold (directly, or through a derived-data cache
 # keyed by body): version 3 gives them AUTOINCREMENT ids. For each, the
 # places where an id of a row deleted above max(id) may still be seen.
@@ -204,7 +236,35 @@ def create(c: sqlite3.Connection) -> None:
     c.executescript(QUEUE_SCHEMA)
     c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     migrate(c)
+    c.executescript(USAGE_SCHEMA)
     textindex.drop_former(c)
+    rederive_on_new_format(c)
+
+
+def rederive_on_new_format(c: sqlite3.Connection) -> bool:
+    """Derived data is a cache of ``message.derived`` (FORMAT_VERSION): when
+    the derivation changed since the directory was last opened, every body is
+    marked for deriving again; the background indexer refills body_derived,
+    header_fields and the text index, and SEARCH derives what it meets first.
+    Until a body is redone FETCH answers from its former data. Not a schema
+    change: the tables stay as they are. Returns True if bodies were marked."""
+    from ...message.derived import FORMAT_VERSION
+
+    row = c.execute("SELECT value FROM meta WHERE key = 'derived_format'").fetchone()
+    if row is not None and row[0] == str(FORMAT_VERSION):
+        return False
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        marked = c.execute("UPDATE bodies SET derived = NULL WHERE derived IS NOT NULL").rowcount
+        c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('derived_format', ?)", (str(FORMAT_VERSION),))
+        c.execute("COMMIT")
+    except BaseException:
+        if c.in_transaction:
+            c.execute("ROLLBACK")
+        raise
+    if marked:
+        log.info("store: message derivation changed; %d bodies are derived again in the background", marked)
+    return bool(marked)
 
 
 def migrate(c: sqlite3.Connection) -> None:
@@ -241,6 +301,22 @@ def migrate(c: sqlite3.Connection) -> None:
             problems = c.execute("PRAGMA foreign_key_check").fetchall()
             if problems:
                 raise StoreError(f"store migration: foreign keys broken: {problems[:5]}")
+        if version < 4:
+            _add_columns(c, "accounts", (
+                ("quota_storage", "INTEGER"), ("quota_messages", "INTEGER"),
+                ("used_storage", "INTEGER NOT NULL DEFAULT 0"), ("used_messages", "INTEGER NOT NULL DEFAULT 0"),
+            ))
+            if _add_columns(c, "messages", (("save_date", "REAL NOT NULL DEFAULT 0"),)):
+                # RFC 8514: the save date of an older row is not known; its
+                # INTERNALDATE stands in (see the module docstring)
+                c.execute("UPDATE messages SET save_date = internal_date")
+            c.execute(
+                "UPDATE accounts SET"
+                " used_storage = (SELECT coalesce(sum(m.size), 0) FROM messages m JOIN mailboxes b"
+                "  ON b.id = m.mailbox_id WHERE b.account_id = accounts.id),"
+                " used_messages = (SELECT count(*) FROM messages m JOIN mailboxes b"
+                "  ON b.id = m.mailbox_id WHERE b.account_id = accounts.id)"
+            )
         c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         c.execute("COMMIT")
     except BaseException:
@@ -249,6 +325,17 @@ def migrate(c: sqlite3.Connection) -> None:
     finally:
         c.execute("PRAGMA foreign_keys=ON")
     log.info("store: schema migrated from version %d to %d", version, SCHEMA_VERSION)
+
+
+def _add_columns(c: sqlite3.Connection, table: str, columns: Sequence[tuple[str, str]]) -> bool:
+    """Add the columns ``table`` lacks; whether any was added."""
+    present = {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
+    added = False
+    for name, decl in columns:
+        if name not in present:
+            c.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+            added = True
+    return added
 
 
 def _autoincrement(c: sqlite3.Connection, table: str, evidence: Sequence[str]) -> None:

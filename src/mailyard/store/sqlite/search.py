@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
+from ...message.address import search_value
 from ..api import DERIVED_FIELDS, DerivedRecord, MailboxRef, StorageFull, derive_record
 from . import textindex
 from .core import SQLiteCore, select_uids
@@ -135,7 +136,7 @@ class SearchMixin(SQLiteCore):
             )
         found = {r[0] for r in rows}
         for uid, rec in pending.items():
-            if any(n == name and needle in value.casefold() for n, value in rec.headers):
+            if any(n == name and needle in search_value(n, value).casefold() for n, value in rec.headers):
                 found.add(uid)
         return found
 
@@ -215,7 +216,8 @@ class SearchMixin(SQLiteCore):
             c.execute("DELETE FROM header_fields WHERE body_id = ?", (body_id,))
             c.executemany(
                 "INSERT OR REPLACE INTO header_fields(body_id, name, n, value, folded) VALUES (?, ?, ?, ?, ?)",
-                [(body_id, name, n, value, value.casefold()) for n, (name, value) in enumerate(rec.headers)],
+                [(body_id, name, n, value, search_value(name, value).casefold())
+                 for n, (name, value) in enumerate(rec.headers)],
             )
             textindex.save(c, body_id, rec.header_text, rec.body_text)
 

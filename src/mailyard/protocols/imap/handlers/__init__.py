@@ -2,11 +2,12 @@
 coroutine ``handler(session, command)`` that queues the responses on the
 session's engine (see session.py for the contract).
 
-- auth.py: CAPABILITY NOOP CHECK LOGOUT ID STARTTLS LOGIN AUTHENTICATE ENABLE IDLE
+- auth.py: CAPABILITY NOOP CHECK LOGOUT ID STARTTLS LOGIN AUTHENTICATE UNAUTHENTICATE ENABLE IDLE
 - mailboxes.py: CREATE DELETE RENAME (UN)SUBSCRIBE LIST LSUB NAMESPACE STATUS
 - selection.py: SELECT EXAMINE (CONDSTORE, QRESYNC) CLOSE UNSELECT EXPUNGE
 - messages.py: FETCH STORE COPY MOVE APPEND
 - searching.py: SEARCH (ESEARCH, SEARCHRES)
+- quota.py: GETQUOTA GETQUOTAROOT SETQUOTA (RFC 9208)
 
 `HANDLERS` is the glue's half of the engine's state table (engine.VALID_IN
 says in which states a command is valid; this says what it does).
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from . import auth, mailboxes, messages, searching, selection
+from . import auth, mailboxes, messages, quota, searching, selection
 
 if TYPE_CHECKING:
     from ..session import ImapSession
@@ -33,6 +34,7 @@ HANDLERS: dict[str, Handler] = {
     "STARTTLS": auth.cmd_starttls,
     "LOGIN": auth.cmd_login,
     "AUTHENTICATE": auth.cmd_authenticate,
+    "UNAUTHENTICATE": auth.cmd_unauthenticate,
     "ENABLE": auth.cmd_enable,
     "IDLE": auth.cmd_idle,
     "SELECT": selection.cmd_select,
@@ -55,4 +57,7 @@ HANDLERS: dict[str, Handler] = {
     "STORE": messages.cmd_store,
     "COPY": messages.cmd_copy,
     "MOVE": messages.cmd_copy,
+    "GETQUOTA": quota.cmd_getquota,
+    "GETQUOTAROOT": quota.cmd_getquotaroot,
+    "SETQUOTA": quota.cmd_setquota,
 }

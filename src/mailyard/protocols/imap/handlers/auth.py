@@ -1,6 +1,7 @@
 """Any-state and not-authenticated commands: CAPABILITY NOOP CHECK LOGOUT ID
 (RFC 2971), LOGIN, AUTHENTICATE (RFC 9051 6.2.2, SASL-IR RFC 4959), ENABLE
-(RFC 5161), STARTTLS (RFC 9051 6.2.1) and IDLE (RFC 2177).
+(RFC 5161), STARTTLS (RFC 9051 6.2.1), IDLE (RFC 2177) and UNAUTHENTICATE
+(RFC 8437).
 
 Passwords in the clear (LOGIN, and the SASL mechanisms the login service
 marks as clear-text) only where `ImapLogin.plaintext_ok` says so: over TLS,
@@ -35,6 +36,8 @@ EXTENSIONS = (
     "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE",
     "ESEARCH", "SEARCHRES", "WITHIN", "CONDSTORE", "QRESYNC", "BINARY", "MULTIAPPEND",
     "UTF8=ACCEPT", "STATUS=SIZE",
+    # RFC 9208 (no QUOTASET: only the operator sets limits), RFC 8514
+    "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", "SAVEDATE",
 )
 
 
@@ -42,7 +45,10 @@ def capabilities(s: ImapSession, logged_in: bool = False) -> list[str]:
     """The CAPABILITY list in the session's current state (RFC 9051 7.2.2),
     or as it is once the login in progress completes."""
     caps = ["IMAP4rev1", "IMAP4rev2", *EXTENSIONS, f"APPENDLIMIT={s.engine.framer.limits.max_append}"]
-    if s.engine.state is State.NOT_AUTHENTICATED and not logged_in:
+    authenticated = logged_in or s.engine.state is not State.NOT_AUTHENTICATED
+    if authenticated and s.config.unauthenticate:
+        caps.append("UNAUTHENTICATE")  # RFC 8437 3: servers MAY advertise it only after login
+    if not authenticated:
         if not s.io.tls_active and s.io.can_start_tls:
             caps.append("STARTTLS")  # RFC 9051 6.2.1
         caps.append("SASL-IR")  # RFC 4959
@@ -101,6 +107,18 @@ async def cmd_enable(s: ImapSession, cmd: c.Enable) -> None:
     # RFC 5161 3.1: ENABLED lists only what this command newly enabled
     s.engine.untagged(Atom("ENABLED"), *[Atom(ENABLED_NAMES[x]) for x in new])
     await s.finish("OK", "ENABLE completed")
+
+
+async def cmd_unauthenticate(s: ImapSession, cmd: c.Command) -> None:
+    if not s.config.unauthenticate:
+        # RFC 8437 3: BAD when the server does not advertise it
+        s.engine.complete("BAD", "UNAUTHENTICATE is not available")
+        return
+    # RFC 8437 3: every state but TLS is reset, the selected mailbox closed
+    # without an expunge; NO is not permitted. The tagged OK moves the
+    # engine to the not-authenticated state (engine.TRANSITIONS).
+    s.logged_out()
+    s.engine.complete("OK", "Completed, now in not authenticated state")
 
 
 async def cmd_idle(s: ImapSession, cmd: c.Command) -> None:

@@ -1,6 +1,8 @@
 """Mailbox commands: CREATE (RFC 6154 USE), DELETE, RENAME, SUBSCRIBE,
 UNSUBSCRIBE, LIST (RFC 9051 6.3.9 with RFC 5258 LIST-EXTENDED, RFC 5819
-LIST-STATUS, RFC 6154 SPECIAL-USE), LSUB (RFC 3501 6.3.9), NAMESPACE, STATUS."""
+LIST-STATUS, RFC 6154 SPECIAL-USE), LSUB (RFC 3501 6.3.9), NAMESPACE, STATUS
+(RFC 9051 6.3.11 with RFC 8438 SIZE, RFC 7889 APPENDLIMIT, RFC 9208
+DELETED-STORAGE)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from .. import commands as c
 from .. import names
 from ..backend import BadMailboxName, MailboxExists, NoSuchMailbox
 from ..response import Atom, Mailbox
+from .quota import kib
 
 if TYPE_CHECKING:
     from ..backend import ImapBackend, MailboxRecord
@@ -140,6 +143,12 @@ def _order(name: str) -> tuple[bool, str]:
     return (name != "INBOX", name)
 
 
+# RFC 5258 3.1 / 3.2 (with RFC 5819 STATUS and RFC 6154 SPECIAL-USE): the
+# options this server knows; any other is answered BAD.
+SELECT_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-USE"})
+
+
 async def cmd_list(s: ImapSession, cmd: c.List) -> None:
     b = _backend(s)
     eng = s.engine
@@ -152,31 +161,46 @@ async def cmd_list(s: ImapSession, cmd: c.List) -> None:
         return
     sel_opts = set(cmd.select_opts)
     ret = set(cmd.return_opts)
-    unknown = sel_opts - {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
-    if unknown or ("RECURSIVEMATCH" in sel_opts and not sel_opts - {"RECURSIVEMATCH", "REMOTE"}):
+    if sel_opts - SELECT_OPTIONS or ("RECURSIVEMATCH" in sel_opts and not sel_opts - {"RECURSIVEMATCH", "REMOTE"}):
         eng.complete("BAD", "Invalid LIST selection options")  # RFC 5258 3.1
+        return
+    if ret - RETURN_OPTIONS:
+        # RFC 5258 3: an unrecognized return option is answered with BAD
+        eng.complete("BAD", "Invalid LIST return options")
         return
     boxes = await b.list_mailboxes()
     existing, all_names, with_children = _tree(boxes)
     regexes = [names.compile_pattern(cmd.reference, p) for p in cmd.patterns if p]
+
+    def listed(name: str) -> bool:
+        return any(names.matches(r, name) for r in regexes)
+
     subscribed = set(await b.list_subscriptions())
+    childinfo: set[str] = set()
     if "SUBSCRIBED" in sel_opts:
         all_names |= subscribed  # RFC 5258 3.1: subscribed names that do not exist too
-    # RFC 5258 3.5: CHILDINFO for parents of subscribed names (RECURSIVEMATCH)
-    sub_parents = {p for n in subscribed for p in names.parents(n)}
+        if "RECURSIVEMATCH" in sel_opts:
+            # RFC 5258 3.1, 3.5: CHILDINFO ("SUBSCRIBED") for a name matching
+            # the pattern with a subscribed inferior. A name not subscribed
+            # itself is returned for it only if such an inferior is not
+            # returned on its own (3.5: redundant CHILDINFO is suppressed;
+            # section 5 example 9).
+            for sub in subscribed:
+                returned = listed(sub)
+                childinfo.update(p for p in names.parents(sub) if listed(p) and (p in subscribed or not returned))
+            all_names |= childinfo
     out: list[tuple[str, list[str], list]] = []
     for name in sorted(all_names, key=_order):
-        if not any(names.matches(r, name) for r in regexes):
+        if not listed(name):
             continue
         box = existing.get(name)
         attrs: list[str] = []
         extra: list = []
         if "SUBSCRIBED" in sel_opts:
-            if name not in subscribed:
-                if "RECURSIVEMATCH" in sel_opts and name in sub_parents:
-                    extra = [[Atom('"CHILDINFO"'), ["SUBSCRIBED"]]]
-                else:
-                    continue
+            if name in childinfo:
+                extra = [[Atom('"CHILDINFO"'), ["SUBSCRIBED"]]]
+            elif name not in subscribed:
+                continue
         if "SPECIAL-USE" in sel_opts and (box is None or not box.special_use):
             continue
         if box is None and name not in with_children:
@@ -208,10 +232,19 @@ async def _lsub(s: ImapSession, cmd: c.List) -> None:
         await s.finish("OK", "LSUB completed")
         return
     regex = names.compile_pattern(cmd.reference, cmd.patterns[0])
-    # RFC 3501 6.3.9: every subscribed name, whether or not it exists
-    for name in sorted(await b.list_subscriptions(), key=_order):
-        if names.matches(regex, name):
-            eng.untagged(Atom("LSUB"), [], "/", Mailbox(name))
+    subscribed = set(await b.list_subscriptions())
+    # RFC 3501 6.3.9: every subscribed name, whether or not it exists; and a
+    # name the pattern stops at ("%") above a subscribed name it does not
+    # reach, not itself subscribed, is returned with \Noselect ("foo" for
+    # LSUB "" % when only "foo/bar" is subscribed).
+    found = {name: False for name in subscribed if names.matches(regex, name)}
+    for sub in subscribed:
+        if sub not in found:
+            for parent in names.parents(sub):
+                if parent not in subscribed and names.matches(regex, parent):
+                    found[parent] = True
+    for name in sorted(found, key=_order):
+        eng.untagged(Atom("LSUB"), [Atom("\\Noselect")] if found[name] else [], "/", Mailbox(name))
     await s.finish("OK", "LSUB completed")
 
 
@@ -228,6 +261,10 @@ async def _status_line(s: ImapSession, box: MailboxRecord, items: tuple[str, ...
         "MESSAGES": st.messages, "UIDNEXT": st.uid_next, "UIDVALIDITY": st.uid_validity,
         "UNSEEN": st.unseen, "DELETED": st.deleted, "SIZE": st.size,
         "HIGHESTMODSEQ": st.highest_modseq, "RECENT": 0,
+        # RFC 7889 5: the largest message APPEND takes into this mailbox
+        "APPENDLIMIT": s.engine.framer.limits.max_append,
+        # RFC 9208 4.2: what EXPUNGE would free, in STORAGE's units of 1024 octets
+        "DELETED-STORAGE": kib(st.deleted_size),
     }
     if "RECENT" in items:
         # RFC 3501 6.3.10: messages not yet claimed as \Recent by a session

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .. import commands as c
 from .. import fetch as f
+from .. import names
 from ..backend import NewMessage, NoSpace
 from ..fetch_plan import MessageParts, encode_items, index_values, plan
 from ..flags import flags_from_client, flags_reporter, session_flags
@@ -194,8 +195,10 @@ async def cmd_copy(s: ImapSession, cmd: c.Copy) -> None:
         return
     dst = await b.get_mailbox(cmd.mailbox)
     if dst is None:
-        # RFC 9051 6.4.7: TRYCREATE tells the client it may CREATE and retry
-        await s.finish("NO", "Destination mailbox does not exist", "TRYCREATE")
+        # RFC 9051 6.4.7: TRYCREATE tells the client it may CREATE and retry;
+        # not for a name no CREATE could make (e.g. not modified UTF-7)
+        problem = names.name_problem(cmd.mailbox)
+        await s.finish("NO", problem or "Destination mailbox does not exist", "CANNOT" if problem else "TRYCREATE")
         return
     uids = [u for _, u in pairs]
     verb = "MOVE" if cmd.move else "COPY"
@@ -221,12 +224,22 @@ async def cmd_copy(s: ImapSession, cmd: c.Copy) -> None:
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}COPY completed", code, allow_expunge=cmd.uid)
 
 
+def _header_is_7bit(data: bytes) -> bool:
+    """Whether the message's header section (up to the first empty line) is US-ASCII."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        end = data.find(b"\n\n")
+    return (data if end < 0 else data[:end]).isascii()
+
+
 async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
     b = s.backend
     assert b is not None
     box = await b.get_mailbox(cmd.mailbox)
     if box is None:
-        await s.finish("NO", "Mailbox does not exist", "TRYCREATE")
+        # RFC 9051 6.3.12: TRYCREATE unless the mailbox certainly cannot be created
+        problem = names.name_problem(cmd.mailbox)
+        await s.finish("NO", problem or "Mailbox does not exist", "CANNOT" if problem else "TRYCREATE")
         return
     prepared = []
     for m in cmd.messages:
@@ -241,7 +254,20 @@ async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
             # RFC 3516 4.4: NUL octets need literal8
             await s.finish("NO", "NUL octets need a literal8", "UNKNOWN-CTE")
             return
-        prepared.append((m.data, flags, m.internal_date))
+        if not s.engine.utf8 and not _header_is_7bit(m.data):
+            # RFC 6855 4: 8-bit header fields only from a client that enabled
+            # UTF8=ACCEPT (or IMAP4rev2, whose strings are UTF-8, RFC 9051 5.1)
+            await s.finish("NO", "8-bit header fields need ENABLE UTF8=ACCEPT", "CANNOT")
+            return
+        # RFC 3516 4.3: the server may change the transfer encoding of binary
+        # data it is given, losing nothing; parts with NUL are kept as base64
+        # so that BODY[] and RFC822 can send them (a string holds no NUL,
+        # RFC 9051 4.3) while BINARY[] gives back the octets as appended.
+        data = await b.encode_binary(m.data) if b"\0" in m.data else m.data
+        if data is None:
+            await s.finish("NO", "NUL octets outside a part's body", "UNKNOWN-CTE")
+            return
+        prepared.append((data, flags, m.internal_date))
     try:
         # RFC 3502 3: MULTIAPPEND is all or nothing -- one atomic store write
         uids = await b.append_messages(

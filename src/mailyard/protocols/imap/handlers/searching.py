@@ -25,6 +25,11 @@ HEADER_BATCH = 500
 async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
     sel, b = s.sel, s.backend
     assert sel is not None and b is not None  # the engine runs SEARCH only when selected
+    if cmd.charset is not None and "UTF8=ACCEPT" in s.engine.enabled:
+        # RFC 6855 3: after ENABLE UTF8=ACCEPT a SEARCH with a charset is
+        # rejected with BAD (the charset labels conflict)
+        s.engine.complete("BAD", "No CHARSET after ENABLE UTF8=ACCEPT")
+        return
     if cmd.charset is not None and cmd.charset not in CHARSETS:
         # RFC 9051 6.4.4: unsupported charset -> NO [BADCHARSET (supported)]
         await s.finish("NO", "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)", allow_expunge=False)
@@ -63,7 +68,8 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
             if recent and uid in recent:
                 flags = flags | RECENT  # RFC 3501 2.3.2: \Recent in this session only
             m = sr.SearchMessage(i, uid, flags, info.internal_date, info.size, info.modseq,
-                                 derived.get(uid, {}).get("headers") if want_headers else None)
+                                 derived.get(uid, {}).get("headers") if want_headers else None,
+                                 info.save_date)
             if sr.matches(key, m, ctx):
                 hits.append((i, uid))
                 modseq = max(modseq, info.modseq)
