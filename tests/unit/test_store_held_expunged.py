@@ -117,3 +117,33 @@ async def test_the_expunging_holder_needs_nothing_kept(tmp_path: Path) -> None:
         assert await s.read_message(inbox, uids[1], expunged=True) == BODY + b"1"
     finally:
         await s.close()
+
+
+async def test_usage_drops_at_the_expunge_and_stays_right_when_held_rows_go(tmp_path: Path) -> None:
+    """RFC 9208: an expunged message stops counting at once, held or not."""
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        inbox = await _inbox(s)
+        uids = [await s.append(inbox, BODY + str(n).encode()) for n in range(2)]
+        q = await s.get_quota(inbox.account_id)
+        assert (q.storage_used, q.messages_used) == (2 * len(BODY) + 2, 2)
+        holder = object()
+        s.hold_expunged(holder, inbox, 0)
+        await s.expunge(inbox, [uids[0]])
+        q = await s.get_quota(inbox.account_id)
+        assert (q.storage_used, q.messages_used) == (len(BODY) + 1, 1) and _held(s) == 1
+        s.hold_expunged(holder, None)
+        await wait_until_async(lambda: _held(s) == 0, what="the held row to go")
+        q = await s.get_quota(inbox.account_id)
+        assert (q.storage_used, q.messages_used) == (len(BODY) + 1, 1)
+        s.hold_expunged(holder, inbox, 0)
+        await s.expunge(inbox, [uids[1]])
+    finally:
+        await s.close()
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        assert _held(s) == 0
+        q = await s.get_quota(inbox.account_id)
+        assert (q.storage_used, q.messages_used) == (0, 0)
+    finally:
+        await s.close()
