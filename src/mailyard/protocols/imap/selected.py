@@ -186,8 +186,9 @@ class SelectedMailbox:
             cache = self.infos_cache = {m.uid: m for m in await backend.list_messages(self.mailbox)}
             self.infos_modseq = max([modseq, *(m.modseq for m in cache.values())])
             self.note_flags(cache.values())
-            if len(cache) < len(self.view):
-                await self._keep_expunged(backend, [u for u in self.view.uids if u not in cache])
+            # messages of the view expunged since it was made (the cache may
+            # also hold newer ones not announced yet, so counting is not enough)
+            await self._keep_expunged(backend, [u for u in self.view.uids if u not in cache])
         elif self.infos_stale:
             self.infos_stale = False
             ch = await backend.changes_since(self.mailbox, self.infos_modseq)
