@@ -121,6 +121,13 @@ class Enable(Command):
 
 
 @dataclass(kw_only=True)
+class Compress(Command):
+    """COMPRESS mechanism (RFC 4978 3)."""
+
+    mechanism: str  # upper-case
+
+
+@dataclass(kw_only=True)
 class Id(Command):
     params: dict[str, str | None] | None
 

@@ -51,7 +51,7 @@ VALID_IN: dict[str, frozenset[State]] = {
     "ENABLE": frozenset({_AU}),
     **dict.fromkeys(
         ["SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
-         "LIST", "LSUB", "NAMESPACE", "STATUS", "APPEND", "IDLE"],
+         "LIST", "LSUB", "NAMESPACE", "STATUS", "APPEND", "IDLE", "COMPRESS"],
         frozenset({_AU, _SE}),
     ),
     **dict.fromkeys(

@@ -558,6 +558,7 @@ class Conversation:
         self.can_start_tls = can_start_tls
         self.logged_in = False
         self.tls_started = 0
+        self.compression_active = False
         self.login = MemoryLogin(store, plaintext, lambda: self.tls_active)
         self.session = ImapSession(self, self.login, limits, config)
         self._out = bytearray()
@@ -597,6 +598,10 @@ class Conversation:
     async def begin_tls(self) -> None:
         self.tls_started += 1
         self.tls_active = True
+
+    def begin_compress(self) -> None:
+        # The harness stays in clear text: it records that the switch was asked for.
+        self.compression_active = True
 
     # --- driving ------------------------------------------------------------------------
     def output(self) -> bytes:

@@ -6,7 +6,7 @@ a dataclass from commands.py or raises ParseError (tagged BAD) / TagError
 (RFC 7888), UIDPLUS (RFC 4315), MOVE (RFC 6851), CONDSTORE/QRESYNC (RFC 7162),
 ESEARCH (RFC 4731), SEARCHRES "$" (RFC 5182), LIST-EXTENDED (RFC 5258),
 LIST-STATUS (RFC 5819), SPECIAL-USE (RFC 6154), BINARY (RFC 3516),
-MULTIAPPEND (RFC 3502), ID (RFC 2971), WITHIN (RFC 5032).
+MULTIAPPEND (RFC 3502), ID (RFC 2971), WITHIN (RFC 5032), COMPRESS (RFC 4978).
 """
 
 from __future__ import annotations
@@ -246,6 +246,12 @@ def _enable(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
     if not caps:
         raise ParseError("ENABLE needs a capability")
     return c.Enable(tag=tag, name=name, capabilities=tuple(caps))
+
+
+def _compress(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    # RFC 4978 5: command-auth =/ compress; compress = "COMPRESS" SP algorithm
+    r.sp()
+    return c.Compress(tag=tag, name=name, mechanism=r.atom().upper())
 
 
 def _id(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
@@ -550,6 +556,7 @@ _HANDLERS = {
     "AUTHENTICATE": _authenticate,
     "ENABLE": _enable,
     "ID": _id,
+    "COMPRESS": _compress,
     "SELECT": _select,
     "EXAMINE": _select,
     "CREATE": _mailbox_cmd,
