@@ -135,6 +135,7 @@ class MemoryStore:
         self._listeners: list[tuple[str, Callable[[int], None]]] = []
         # derive() is deterministic: a cache may be shared between stores (fuzzing)
         self._derived: dict[bytes, Derived] = derived if derived is not None else {}
+        self._body_ids: dict[int, tuple[int, bytes]] = {}
 
     # --- set-up for tests ---------------------------------------------------------
     def add_account(self, user: str, password: str) -> None:
@@ -205,6 +206,14 @@ class MemoryStore:
         for user, callback in list(self._listeners):
             if box is None or box.account == user:
                 callback(mailbox_id)
+
+    def body_id(self, data: bytes) -> int:
+        """A number per stored body, as the store's bodies.id: copies of a
+        message share their bytes object, hence their number (IMAP EMAILID)."""
+        known = self._body_ids.get(id(data))
+        if known is None:
+            known = self._body_ids[id(data)] = (len(self._body_ids) + 1, data)  # data kept: id() stays unique
+        return known[0]
 
     def derived(self, data: bytes) -> Derived:
         d = self._derived.get(data)
@@ -367,6 +376,7 @@ class MemoryBackend:
             values: dict[str, Any] = {
                 "parts": d.parts, "messages": d.messages, "size": d.size, "headers": d.headers,
                 "envelope": d.envelope, "bodystructure": d.bodystructure, "date": d.date,
+                "preview": d.preview, "body_id": self.store.body_id(entry[0]),
             }
             item = {k: v for k, v in values.items() if k in wanted}
             if "envelope_imap" in wanted:

@@ -397,7 +397,8 @@ def _list(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
     return cmd
 
 
-STATUS_ITEMS = {"MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT"}
+STATUS_ITEMS = {"MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT",
+                "MAILBOXID"}  # RFC 8474 4.3
 
 
 def _status_atts(r: Reader) -> tuple[str, ...]:

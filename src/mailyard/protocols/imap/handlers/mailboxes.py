@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import commands as c
-from .. import names
+from .. import names, objectid
 from ..backend import BadMailboxName, MailboxExists, NoSuchMailbox
 from ..response import Atom, Mailbox
 
@@ -60,7 +60,9 @@ async def cmd_create(s: ImapSession, cmd: c.MailboxCommand) -> None:
     except BadMailboxName as exc:
         await s.finish("NO", str(exc), "CANNOT")
         return
-    await s.finish("OK", "CREATE completed")
+    box = await b.get_mailbox(name)
+    # RFC 8474 4.1: the new mailbox's MAILBOXID in the tagged OK
+    await s.finish("OK", "CREATE completed", f"MAILBOXID ({objectid.mailbox_id(box)})" if box else None)
 
 
 async def cmd_delete(s: ImapSession, cmd: c.MailboxCommand) -> None:
@@ -228,6 +230,7 @@ async def _status_line(s: ImapSession, box: MailboxRecord, items: tuple[str, ...
         "MESSAGES": st.messages, "UIDNEXT": st.uid_next, "UIDVALIDITY": st.uid_validity,
         "UNSEEN": st.unseen, "DELETED": st.deleted, "SIZE": st.size,
         "HIGHESTMODSEQ": st.highest_modseq, "RECENT": 0,
+        "MAILBOXID": [Atom(objectid.mailbox_id(box))],  # RFC 8474 4.3
     }
     if "RECENT" in items:
         # RFC 3501 6.3.10: messages not yet claimed as \Recent by a session
