@@ -1,4 +1,4 @@
-"""OBJECTID (RFC 8474) and PREVIEW (RFC 8970) on a real server over the
+"""OBJECTID (RFC 8474), PREVIEW (RFC 8970) and CATENATE (RFC 4469) on a real server over the
 SQLite store: MAILBOXID across RENAME and never reused, EMAILID shared by
 copies and searchable, THREADID NIL, PREVIEW from the derived data, and
 computed on demand (then kept) for a body derived before previews were."""
@@ -92,3 +92,25 @@ def test_preview_stored_and_on_demand(mailserver: RunningServer) -> None:
     assert c.command(b"a3", b"FETCH 1 (PREVIEW (LAZY))") == [want[0].replace(b"a2", b"a3"), want[1]]
     kept = store._q("SELECT json_extract(meta, '$.preview') FROM body_derived")
     assert ("Hello Joe, do you think we can meet at 3:30 tomorrow?",) in kept
+
+
+def test_catenate_over_the_store_and_only_own_mailboxes(mailserver: RunningServer) -> None:
+    """APPEND CATENATE (RFC 4469) on the SQLite store, with a synchronising
+    TEXT literal; bob's URLs never reach alice's mail."""
+    c = login(mailserver)
+    append(c, b"INBOX", MESSAGE)
+    uidv = c.command(b"s0", b"STATUS INBOX (UIDVALIDITY)")[0].split(b"UIDVALIDITY ")[1].rstrip(b")")
+    c.send(b'a1 APPEND Drafts CATENATE (URL "/INBOX;UIDVALIDITY=' + uidv + b'/;UID=1/;SECTION=HEADER" TEXT {7}\r\n')
+    assert c.line() == b"+ Ready for literal data"
+    c.send(b"Hi Joe\n URL /inbox/;UID=1/;SECTION=TEXT/;PARTIAL=0.5)\r\n")
+    done = c.until_tagged(b"a1")[-1]
+    assert done.startswith(b"a1 OK [APPENDUID ") and done.endswith(b" 1] APPEND completed")
+    header = MESSAGE[: MESSAGE.index(b"\r\n\r\n") + 4]
+    assert mailserver.messages(ALICE, "Drafts") == [header + b"Hi Joe\n" + b"Hello"]
+
+    b = login(mailserver, BOB)
+    for i, url in enumerate([b"/INBOX/;UID=1", b"/user/alice@example.test/INBOX/;UID=1",
+                             b"imap://alice%40example.test@mx.example.test/INBOX/;UID=1"]):
+        tag = b"b%d" % i
+        assert b.command(tag, b'APPEND Drafts CATENATE (URL "' + url + b'")') == [
+            tag + b" NO [BADURL " + url + b"] CATENATE URL not valid"]

@@ -80,6 +80,16 @@ class SearchKey:
 
 
 @dataclass(frozen=True, slots=True)
+class CatPart:
+    """One part of APPEND CATENATE (RFC 4469 5): a TEXT literal (``data``)
+    or an IMAP URL (``url``) naming a message or part to copy."""
+
+    data: bytes = b""
+    url: str | None = None
+    binary: bool = False  # TEXT sent as literal8 (RFC 4469 6, RFC 3516)
+
+
+@dataclass(frozen=True, slots=True)
 class AppendMessage:
     """One message of APPEND / MULTIAPPEND (RFC 3502)."""
 
@@ -87,6 +97,7 @@ class AppendMessage:
     flags: tuple[str, ...] = ()
     internal_date: float | None = None  # seconds since the epoch
     binary: bool = False  # sent as literal8 (RFC 3516 section 4.4)
+    catenate: tuple[CatPart, ...] | None = None  # APPEND ... CATENATE (...) (RFC 4469)
 
 
 @dataclass(kw_only=True)

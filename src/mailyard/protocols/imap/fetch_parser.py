@@ -80,6 +80,11 @@ def _part(r: Reader) -> tuple[int, ...]:
     return tuple(nums)
 
 
+def parse_section(r: Reader) -> tuple[Section, str]:
+    """A bracketed section (also the SECTION of an IMAP URL, RFC 5092)."""
+    return _section(r)
+
+
 def _section(r: Reader) -> tuple[Section, str]:
     """section = "[" [section-spec] "]" -> (Section, the spec text for the reply)."""
     r.expect(b"[")

@@ -6,7 +6,8 @@ a dataclass from commands.py or raises ParseError (tagged BAD) / TagError
 (RFC 7888), UIDPLUS (RFC 4315), MOVE (RFC 6851), CONDSTORE/QRESYNC (RFC 7162),
 ESEARCH (RFC 4731), SEARCHRES "$" (RFC 5182), LIST-EXTENDED (RFC 5258),
 LIST-STATUS (RFC 5819), SPECIAL-USE (RFC 6154), BINARY (RFC 3516),
-MULTIAPPEND (RFC 3502), ID (RFC 2971), WITHIN (RFC 5032), COMPRESS (RFC 4978).
+MULTIAPPEND (RFC 3502), ID (RFC 2971), WITHIN (RFC 5032), COMPRESS (RFC 4978),
+CATENATE (RFC 4469), OBJECTID (RFC 8474), PREVIEW (RFC 8970).
 """
 
 from __future__ import annotations
@@ -437,11 +438,44 @@ def _append(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
         if r.peek() == 0x22:
             date = parse_date_time(r)
             r.sp()
+        if r.peek_upper(9) == b"CATENATE ":
+            r.pos += 9
+            parts = _catenate(r)
+            messages.append(c.AppendMessage(data=b"", flags=flags, internal_date=date, catenate=parts))
+            continue
         data, is8 = r.literal_any()
         messages.append(c.AppendMessage(data=data, flags=flags, internal_date=date, binary=is8))
     if not messages:
         raise ParseError("APPEND needs a message literal")
     return c.Append(tag=tag, name=name, mailbox=mailbox, messages=tuple(messages))
+
+
+# Parts of one CATENATE: each URL is a store read; a client that needs more
+# can APPEND in steps.
+MAX_CAT_PARTS = 1000
+
+
+def _catenate(r: Reader) -> tuple[c.CatPart, ...]:
+    """RFC 4469 5: "CATENATE" SP "(" cat-part *(SP cat-part) ")";
+    cat-part = text-literal / url; text-literal = "TEXT" SP literal;
+    url = "URL" SP astring. RFC 4469 6 (with BINARY): literal8 too."""
+    r.open()
+    parts: list[c.CatPart] = []
+    while True:
+        kind = r.atom().upper()
+        r.sp()
+        if kind == "TEXT":
+            data, is8 = r.literal_any()
+            parts.append(c.CatPart(data=data, binary=is8))
+        elif kind == "URL":
+            parts.append(c.CatPart(url=Reader.text(r.astring_bytes())))
+        else:
+            raise ParseError("CATENATE takes TEXT and URL parts")
+        if len(parts) > MAX_CAT_PARTS:
+            raise ParseError("too many CATENATE parts")
+        if r.close():
+            return tuple(parts)
+        r.sp()
 
 
 def _search(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
