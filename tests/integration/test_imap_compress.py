@@ -190,6 +190,36 @@ def _send_until_closed(sock: socket.socket, data: bytes) -> None:
         pass  # the server ended the session before it read everything
 
 
+def test_compress_pipelined_bomb_keeps_others_served(serve: ServeProcess) -> None:
+    """300,000 pipelined NOOPs in a few KiB of DEFLATE: all answered,
+    in order, while another client is greeted meanwhile (the server inflates
+    a socket read's worth at a time and then lets the others run) and the
+    server's memory stays flat."""
+    c = plain(serve)
+    c.login_and_compress()
+    assert c.deflate is not None and c.inflate is not None
+    n = 300_000
+    bomb = c.deflate.compress(b"a NOOP\r\n" * n + b"z NOOP\r\n") + c.deflate.flush(zlib.Z_SYNC_FLUSH)
+    before = serve.rss()
+    serve.reset_peak()
+    c.sock.sendall(bomb)
+    latency = _greeting_latency(serve)
+    ok, done = b"a OK NOOP completed\r\n", b"z OK NOOP completed\r\n"
+    answered, tail, data = 0, b"", b""
+    while not data.endswith(done):
+        chunk = c.sock.recv(65536)
+        assert chunk, "connection closed"
+        data = tail + c.inflate.decompress(chunk)
+        answered += data.count(ok)
+        tail = data[-(len(ok) - 1) :]  # too short to hold a whole answer: never counted twice
+    peak = serve.peak()
+    print(f"bomb: {len(bomb)} octets of DEFLATE for {n} NOOPs; greeting latency of another client meanwhile "
+          f"{latency * 1000:.0f} ms; rss before {before / MB:.1f} MiB, peak {peak / MB:.1f} MiB")
+    assert answered == n
+    assert peak - before < 64 * MB
+    assert latency < 10
+
+
 def test_compress_idle_connection_memory(serve: ServeProcess) -> None:
     """What an idle connection with COMPRESS active costs the server."""
     n = 50

@@ -65,7 +65,11 @@ INFLATE_WBITS = -15
 # the engine has used the previous piece: a few kilobytes of DEFLATE can
 # stand for gigabytes, and must meet the same line and literal limits (and
 # the same pausing while a command runs) as uncompressed input.
-INFLATE_CHUNK = 64 * 1024
+INFLATE_CHUNK = 32 * 1024
+# Further pieces inflated in one turn of the event loop before it serves the
+# other clients (reading waits meanwhile): at most 64 KiB of input per turn,
+# about one socket read of uncompressed input.
+INFLATE_ROUNDS = 1
 
 
 def _expire(fut: asyncio.Future[None]) -> None:
@@ -183,6 +187,8 @@ class ImapConnection(SessionProtocol):
         self._inflate: Any = None  # zlib decompressobj, likewise
         self._inflate_tail = b""  # DEFLATE input not yet inflated (the engine has enough)
         self._inflate_more = False  # the inflater stopped at INFLATE_CHUNK: it may hold more output
+        self._inflate_later = False  # the rest of the inflated input waits for the next loop turn
+        self._inflate_rounds = 0  # pieces inflated by pump since the event loop last ran
 
     @property
     def engine(self) -> ImapEngine:  # type: ignore[override]
@@ -195,8 +201,14 @@ class ImapConnection(SessionProtocol):
         self.write(self.imap.engine.data_to_send())
 
     def received(self, data: bytes) -> None:
+        self._inflate_rounds = 0  # a new turn of the event loop
         if self._inflate is not None and data:
             self._inflate_tail += data
+            if self._inflate_more:
+                # earlier input is still being inflated (pump, or a step's
+                # wait_input, takes it in turn): this queues behind it
+                self.wake()
+                return
             data = self._inflate_some()
             if not data:
                 return  # a DEFLATE block not complete yet (or the session ended)
@@ -210,10 +222,33 @@ class ImapConnection(SessionProtocol):
             step = self._pump()
             if step is not None or not self._inflate_more or self.closed or self.writing_paused:
                 return step
+            if self._inflate_rounds >= INFLATE_ROUNDS:
+                self._defer_inflate()
+                return None
+            self._inflate_rounds += 1
             # the engine used what it had: inflate the next piece of the client's input
             data = self._inflate_some()
             if data:
                 self.imap.engine.receive_data(data)
+
+    def _defer_inflate(self) -> None:
+        """Let the other connections run before more of this client's
+        inflated input: a few octets of DEFLATE can hold a million commands."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if not self._inflate_later:
+            self._inflate_later = True
+            self.loop.call_soon(self._inflate_resume)
+
+    def _inflate_resume(self) -> None:
+        self._inflate_later = False
+        self._inflate_rounds = 0
+        if self.closed or self.busy or self.writing_paused:
+            return  # the end of the step, or resume_writing, goes on with it
+        self.advance()
+        self.timers.check_deadline()
+        if not (self._inflate_later or self.busy or self.closed or self.writing_paused) and self.transport is not None:
+            self.transport.resume_reading()
 
     def _pump(self) -> Coroutine[Any, Any, None] | None:
         engine = self.imap.engine
