@@ -93,6 +93,30 @@ def test_compress_deflate_plain(mailserver: RunningServer) -> None:
     assert c.command(b"b4", b"LOGOUT") == [b"* BYE mailyard IMAP server logging out", b"b4 OK LOGOUT completed"]
 
 
+def test_compress_big_append_and_fetch(mailserver: RunningServer) -> None:
+    """A 2 MiB message APPENDed as one literal through DEFLATE (inflated in
+    pieces, across literal boundaries) and FETCHed back byte for byte."""
+    import random
+
+    rnd = random.Random(4978)
+    body = b"".join(b"%08x " % rnd.getrandbits(32) + (b"\r\n" if i % 8 == 7 else b"") for i in range(200_000))
+    message = b"Subject: big\r\n\r\n" + body
+    c = plain(mailserver)
+    c.login_and_compress()
+    c.send(b"b1 APPEND INBOX {%d+}\r\n" % len(message) + message + b"\r\n")
+    assert c.until_tagged(b"b1")[-1].startswith(b"b1 OK [APPENDUID")
+    c.command(b"b2", b"SELECT INBOX")
+    c.send(b"b3 FETCH 1 (BODY.PEEK[])\r\n")
+    head = c.line()
+    assert head == b"* 1 FETCH (BODY[] {%d}" % len(message)
+    while len(c.buf) < len(message) + 3:
+        c._more()
+    assert c.buf[: len(message)] == message
+    c.buf = c.buf[len(message) :]
+    assert c.line() == b")"
+    assert c.until_tagged(b"b3") == [b"b3 OK FETCH completed"]
+
+
 def test_compress_deflate_inside_tls(mailserver: RunningServer) -> None:
     ctx = ssl.create_default_context(cafile=str(mailserver.data_dir / "tls" / "cert.pem"))
     raw = socket.create_connection((mailserver.host, mailserver.port("imaps")), timeout=30)
