@@ -52,6 +52,10 @@ Representation (maps 1:1 onto IMAP data; ``None`` is NIL, ``int`` a number,
   message itself (``""``) and for the message inside each MESSAGE/RFC822
   part, for ``HEADER``/``TEXT``. ``section_range`` applies the rules.
 * octets are ``body_end - body_start``; lines count LF octets in the body.
+* preview (RFC 8970 3, IMAP FETCH PREVIEW): the first text part as plain
+  text (transfer encoding and charset undone, HTML reduced to its text),
+  whitespace runs collapsed to one space, at most ``PREVIEW_CHARS``
+  characters; ``""`` when the message has no text part.
 
 Bounds: nesting deeper than ``MAX_DEPTH`` levels, or parts beyond
 ``MAX_PARTS``, are treated as opaque APPLICATION/OCTET-STREAM; at most
