@@ -304,7 +304,7 @@ def test_rfc9051_example_exchanges(mailserver: RunningServer) -> None:
         assert say(b"A001 NAMESPACE", b"A001") == [
             b'* NAMESPACE (("" "/")) NIL NIL\r\n', b"A001 OK NAMESPACE completed\r\n"]
         # 6.3.4 CREATE with a trailing delimiter; 6.3.5 DELETE of a missing name
-        assert say(b"A003 CREATE owatagusiam/", b"A003") == [b"A003 OK CREATE completed\r\n"]
+        assert say(b"A003 CREATE owatagusiam/", b"A003")[0].endswith(b"] CREATE completed\r\n")  # [MAILBOXID ..]
         assert say(b"A683 DELETE blurdybloop", b"A683") == [
             b"A683 NO [NONEXISTENT] Mailbox does not exist\r\n"]
         # 6.3.12 APPEND to a missing mailbox -> TRYCREATE

@@ -315,7 +315,8 @@ async def test_get_derived_fields_without_body_text(store: Store) -> None:
                          "bodystructure_imap": body_bytes(d.bodystructure),
                          "body_imap": body_bytes(body_structure(d.bodystructure))}}
     full = (await store.get_derived(inbox, [uid]))[uid]
-    assert set(full) == {"envelope", "bodystructure", "parts", "messages", "date", "size", "headers"}
+    assert set(full) == {"envelope", "bodystructure", "parts", "messages", "date", "size", "headers", "preview",
+                         "body_id"}
     assert "body_text" not in full and full["size"] == len(MIME)
     assert full["envelope"] == d.envelope and full["parts"] == {k: list(v) for k, v in d.parts.items()}
     assert full["headers"]["x-tag"] == ["Alpha", "beta"]

@@ -52,6 +52,10 @@ Representation (maps 1:1 onto IMAP data; ``None`` is NIL, ``int`` a number,
   message itself (``""``) and for the message inside each MESSAGE/RFC822
   part, for ``HEADER``/``TEXT``. ``section_range`` applies the rules.
 * octets are ``body_end - body_start``; lines count LF octets in the body.
+* preview (RFC 8970 3, IMAP FETCH PREVIEW): the first text part as plain
+  text (transfer encoding and charset undone, HTML reduced to its text),
+  whitespace runs collapsed to one space, at most ``PREVIEW_CHARS``
+  characters; ``""`` when the message has no text part.
 
 Bounds: nesting deeper than ``MAX_DEPTH`` levels, or parts beyond
 ``MAX_PARTS``, are treated as opaque APPLICATION/OCTET-STREAM; at most
@@ -65,6 +69,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import html.parser
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
@@ -101,6 +106,7 @@ class Derived:
     body_text: str = ""
     header_text: str = ""
     size: int = 0
+    preview: str = ""  # RFC 8970 3: FETCH PREVIEW
 
     def to_json(self) -> dict:
         """A JSON-serialisable dict (lists, str, int, float, None only)."""
@@ -115,6 +121,7 @@ class Derived:
             "body_text": self.body_text,
             "header_text": self.header_text,
             "size": self.size,
+            "preview": self.preview,
         }
 
     @classmethod
@@ -130,6 +137,7 @@ class Derived:
             body_text=d.get("body_text", ""),
             header_text=d.get("header_text", ""),
             size=d.get("size", 0),
+            preview=d.get("preview", ""),
         )
 
     def section_range(self, part: str = "", text: str = "") -> tuple[int, int] | None:
@@ -440,6 +448,7 @@ class _Walker:
         self.parts_left = MAX_PARTS
         self.texts: list[str] = []
         self.text_len = 0
+        self.preview: str | None = None
 
     def message(self, spec: str, start: int, end: int, depth: int) -> tuple[list, list, list]:
         """A message at ``raw[start:end]``: returns (fields, envelope, body structure)."""
@@ -530,8 +539,28 @@ class _Walker:
         if mime.subtype == "html":
             text = _strip_html(text)
         text = text.replace("\r\n", "\n").replace("\x00", "")[:room]
+        if self.preview is None:
+            self.preview = preview_text(text)
         self.texts.append(text)
         self.text_len += len(text)
+
+
+PREVIEW_CHARS = 256
+_WORD = re.compile(r"\S+")
+
+
+def preview_text(text: str) -> str:
+    """RFC 8970 3: a preview is plain text (HTML already stripped by the
+    caller) of at most 256 characters, with runs of whitespace (line breaks
+    included) collapsed to one space."""
+    words: list[str] = []
+    length = -1
+    for m in _WORD.finditer(text):
+        words.append(m.group())
+        length += 1 + len(words[-1])
+        if length >= PREVIEW_CHARS:
+            break
+    return " ".join(words)[:PREVIEW_CHARS]
 
 
 def _search_headers(fields: list[tuple[str, bytes]]) -> tuple[dict[str, list[str]], str]:
@@ -570,6 +599,7 @@ def derive_unguarded(raw: bytes) -> Derived:
         body_text="\n".join(w.texts),
         header_text=header_text,
         size=len(raw),
+        preview=w.preview or "",
     )
 
 

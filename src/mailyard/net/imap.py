@@ -4,7 +4,8 @@ layer (protocols/imap), and carries out what that layer awaits.
 - `ImapConnection` is the asyncio Protocol of one connection (on the shared
   net/session_protocol.py base) and the layer's `ImapIO`: flushing with
   back-pressure, waiting for more input (AUTHENTICATE) or for a change or
-  DONE (IDLE), STARTTLS, the autologout and command-deadline timers.
+  DONE (IDLE), STARTTLS, COMPRESS=DEFLATE (RFC 4978, inside TLS when both
+  are on), the autologout and command-deadline timers.
 - `ImapLoginService` is the layer's `ImapLogin`: the server's one login
   service (auth/service.py through net/login.py) and SASL (auth/sasl.py).
 - net/imap_store.py's `StoreBackend` is the layer's `ImapBackend` over the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+import zlib
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +50,26 @@ log = logging.getLogger("mailyard.imap")
 _SHUTDOWN = ("Server shutting down", "UNAVAILABLE")
 # auth/sasl.py failure kinds the client caused by its syntax (BAD, not a failed login)
 _MALFORMED = frozenset({"malformed", "too-long", "protocol"})
+
+
+# COMPRESS=DEFLATE (RFC 4978 4): raw DEFLATE streams (RFC 1951; zlib with
+# negative wbits). zlib's deflate state costs (1 << (wbits + 2)) +
+# (1 << (memLevel + 9)) bytes: 256 KiB at its defaults, 32 KiB with a 4 KiB
+# window and memLevel 5, which every inflater accepts (RFC 1951 3.2: a
+# distance is at most 32 KiB, any shorter window is valid). The inflater
+# must take the client's full 32 KiB window.
+DEFLATE_WBITS = -12
+DEFLATE_MEMLEVEL = 5
+INFLATE_WBITS = -15
+# Inflated input is handed to the engine this much at a time, and only when
+# the engine has used the previous piece: a few kilobytes of DEFLATE can
+# stand for gigabytes, and must meet the same line and literal limits (and
+# the same pausing while a command runs) as uncompressed input.
+INFLATE_CHUNK = 32 * 1024
+# Further pieces inflated in one turn of the event loop before it serves the
+# other clients (reading waits meanwhile): at most 64 KiB of input per turn,
+# about one socket read of uncompressed input.
+INFLATE_ROUNDS = 1
 
 
 def _expire(fut: asyncio.Future[None]) -> None:
@@ -162,6 +184,12 @@ class ImapConnection(SessionProtocol):
         )
         self.idle_timeout = limits.imap_idle_timeout
         self._waiter: asyncio.Future[None] | None = None  # a step waiting for input (IDLE, AUTHENTICATE)
+        self._deflate: Any = None  # zlib compressobj once COMPRESS DEFLATE is active
+        self._inflate: Any = None  # zlib decompressobj, likewise
+        self._inflate_tail = b""  # DEFLATE input not yet inflated (the engine has enough)
+        self._inflate_more = False  # the inflater stopped at INFLATE_CHUNK: it may hold more output
+        self._inflate_later = False  # the rest of the inflated input waits for the next loop turn
+        self._inflate_rounds = 0  # pieces inflated by pump since the event loop last ran
 
     @property
     def engine(self) -> ImapEngine:  # type: ignore[override]
@@ -174,12 +202,56 @@ class ImapConnection(SessionProtocol):
         self.write(self.imap.engine.data_to_send())
 
     def received(self, data: bytes) -> None:
+        self._inflate_rounds = 0  # a new turn of the event loop
+        if self._inflate is not None and data:
+            self._inflate_tail += data
+            if self._inflate_more:
+                # earlier input is still being inflated (pump, or a step's
+                # wait_input, takes it in turn): this queues behind it
+                self.wake()
+                return
+            data = self._inflate_some()
+            if not data:
+                return  # a DEFLATE block not complete yet (or the session ended)
         self.imap.engine.receive_data(data)  # b"": the engine ends the session (or a waiting IDLE does)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def pump(self) -> Coroutine[Any, Any, None] | None:
+        while True:
+            step = self._pump()
+            if step is not None or not self._inflate_more or self.closed or self.writing_paused:
+                return step
+            if self._inflate_rounds >= INFLATE_ROUNDS:
+                self._defer_inflate()
+                return None
+            self._inflate_rounds += 1
+            # the engine used what it had: inflate the next piece of the client's input
+            data = self._inflate_some()
+            if data:
+                self.imap.engine.receive_data(data)
+
+    def _defer_inflate(self) -> None:
+        """Let the other connections run before more of this client's
+        inflated input: a few octets of DEFLATE can hold a million commands."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if not self._inflate_later:
+            self._inflate_later = True
+            self.loop.call_soon(self._inflate_resume)
+
+    def _inflate_resume(self) -> None:
+        self._inflate_later = False
+        self._inflate_rounds = 0
+        if self.closed or self.busy or self.writing_paused:
+            return  # the end of the step, or resume_writing, goes on with it
+        self.advance()
+        self.timers.check_deadline()
+        if not (self._inflate_later or self.busy or self.closed or self.writing_paused) and self.transport is not None:
+            self.transport.resume_reading()
+
+    def _pump(self) -> Coroutine[Any, Any, None] | None:
         engine = self.imap.engine
         if engine.pending > FLUSH_AT:
             # pipelined FETCHes: write as we go; stop while the client is behind
@@ -187,6 +259,34 @@ class ImapConnection(SessionProtocol):
             if self.writing_paused:
                 return None
         return super().pump()
+
+    def write(self, data: bytes) -> None:
+        deflate = self._deflate
+        if deflate is not None and data and not self.closed:
+            # RFC 4978 4: a sync flush after each burst of responses, so the
+            # client can inflate all of it now and is never left waiting
+            data = deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH)
+        super().write(data)
+
+    def _inflate_some(self) -> bytes:
+        """At most INFLATE_CHUNK octets of the client's inflated input; b""
+        if none is ready. A corrupt stream, or one the client ended, ends the
+        session with BYE."""
+        inflate = self._inflate
+        try:
+            data = inflate.decompress(self._inflate_tail, INFLATE_CHUNK)
+        except zlib.error:
+            data = None
+        if data is None or inflate.eof:
+            self._inflate_tail, self._inflate_more = b"", False
+            log.info("imap: %s sent a broken DEFLATE stream", self.peer_ip)
+            self.write(self._bye("Compression error"))
+            self.close()
+            return b""
+        self._inflate_tail = inflate.unconsumed_tail
+        # at the limit, the rest may be in the tail or already inside zlib
+        self._inflate_more = len(data) == INFLATE_CHUNK
+        return data
 
     def on_event(self, event: Command) -> Coroutine[Any, Any, None]:  # type: ignore[override]
         return self.imap.execute(event)  # every command is a step (eager: most finish at once)
@@ -294,6 +394,16 @@ class ImapConnection(SessionProtocol):
         if not await self.upgrade_tls(tls.context):
             raise ConnectionError("TLS handshake failed")
 
+    @property
+    def compression_active(self) -> bool:
+        return self._deflate is not None
+
+    def begin_compress(self) -> None:
+        # RFC 4978 3: the tagged OK went out uncompressed (flushed by the
+        # layer); everything after it, both ways, is DEFLATE.
+        self._deflate = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, DEFLATE_WBITS, DEFLATE_MEMLEVEL)
+        self._inflate = zlib.decompressobj(INFLATE_WBITS)
+
     def wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -307,6 +417,12 @@ class ImapConnection(SessionProtocol):
             return
         if self._stopping:  # the stop came while this step was busy elsewhere
             raise ConnectionEnding(*_SHUTDOWN)
+        if self._inflate_more:
+            # input that arrived compressed and is not inflated yet: no need to wait
+            data = self._inflate_some()
+            if data:
+                self.imap.engine.receive_data(data)
+            return
         fut = self.loop.create_future()
         self._waiter = fut
         timer = self.loop.call_later(timeout, _expire, fut)

@@ -328,11 +328,12 @@ class NewMessage:
 # syntax (RFC 9051 9), computed once at delivery so FETCH ENVELOPE of a whole
 # mailbox only concatenates bytes; the others are the JSON values of
 # message.derived.Derived; "headers" maps lower-case field names to decoded
-# values. The decoded body text is not among them: it lives only in the
-# full-text index (search_text).
+# values; "body_id" is the stored body's id (never reused; messages that share
+# a body share it: IMAP EMAILID, RFC 8474 5.1). The decoded body text is not
+# among them: it lives only in the full-text index (search_text).
 DERIVED_FIELDS = frozenset({
     "envelope_imap", "bodystructure_imap", "body_imap",
-    "envelope", "bodystructure", "parts", "messages", "date", "size", "headers",
+    "envelope", "bodystructure", "parts", "messages", "date", "size", "headers", "preview", "body_id",
 })
 
 
@@ -343,7 +344,7 @@ class DerivedRecord:
     envelope_imap: bytes
     bodystructure_imap: bytes
     body_imap: bytes
-    meta: dict  # envelope, bodystructure, parts, messages, date, size (JSON-able)
+    meta: dict  # envelope, bodystructure, parts, messages, date, size, preview (JSON-able)
     headers: list[tuple[str, str]]  # (lower-case name, decoded value), in header order
     body_text: str  # for the full-text index only
     header_text: str
@@ -357,7 +358,7 @@ def derive_record(raw: bytes) -> DerivedRecord:
 
     d = derive(raw)
     j = d.to_json()
-    meta = {k: j[k] for k in ("v", "envelope", "bodystructure", "parts", "messages", "date", "size")}
+    meta = {k: j[k] for k in ("v", "envelope", "bodystructure", "parts", "messages", "date", "size", "preview")}
     headers = [(name, value) for name, values in d.headers.items() for value in values]
     return DerivedRecord(
         envelope_imap=envelope_bytes(d.envelope),

@@ -25,7 +25,7 @@ def test_list_all_and_the_root_rfc9051_6_3_9() -> None:
 
 def test_create_with_parents_and_list_hierarchy_rfc9051_6_3_4() -> None:
     c = connect()
-    c.expect("a1 CREATE a/b/c", "a1 OK CREATE completed")
+    c.expect("a1 CREATE a/b/c", "a1 OK [MAILBOXID (F15)] CREATE completed")  # RFC 8474 4.1
     c.expect('a2 LIST "" a*', '* LIST (\\HasChildren) "/" "a"', '* LIST (\\HasChildren) "/" "a/b"',
              '* LIST (\\HasNoChildren) "/" "a/b/c"', "a2 OK LIST completed")
     c.expect('a3 LIST "" a/%', '* LIST (\\HasChildren) "/" "a/b"', "a3 OK LIST completed")
@@ -33,7 +33,7 @@ def test_create_with_parents_and_list_hierarchy_rfc9051_6_3_4() -> None:
     # a level without a mailbox of its own (RFC 9051 6.3.9; rev1 form)
     c.expect('a5 LIST "" a/*', '* LIST (\\Noselect \\HasChildren) "/" "a/b"',
              '* LIST (\\HasNoChildren) "/" "a/b/c"', "a5 OK LIST completed")
-    c.expect("a6 CREATE trailing/", "a6 OK CREATE completed")  # RFC 9051 6.3.4: intent to hold inferiors
+    c.expect("a6 CREATE trailing/", "a6 OK [MAILBOXID (F16)] CREATE completed")  # RFC 9051 6.3.4: intent to hold inferiors
     c.expect('a7 LIST "" trailing', '* LIST (\\HasNoChildren) "/" "trailing"', "a7 OK LIST completed")
 
 
@@ -46,7 +46,7 @@ def test_create_refusals() -> None:
 
 def test_create_special_use_rfc6154_5_2() -> None:
     c = connect()
-    c.expect("a1 CREATE Stuff (USE (\\Drafts))", "a1 OK CREATE completed")
+    c.expect("a1 CREATE Stuff (USE (\\Drafts))", "a1 OK [MAILBOXID (F13)] CREATE completed")
     c.expect('a2 LIST (SPECIAL-USE) "" St*', '* LIST (\\HasNoChildren \\Drafts) "/" "Stuff"', "a2 OK LIST completed")
 
 
@@ -110,7 +110,7 @@ def test_status_rfc9051_6_3_11() -> None:
 
 def test_modified_utf7_and_utf8_names_rfc3501_5_1_3() -> None:
     c = connect()
-    c.expect('a1 CREATE "&AOQA9gD8-"', "a1 OK CREATE completed")
+    c.expect('a1 CREATE "&AOQA9gD8-"', "a1 OK [MAILBOXID (F13)] CREATE completed")
     c.expect('a2 LIST "" &AOQA9gD8-', '* LIST (\\HasNoChildren) "/" "&AOQA9gD8-"', "a2 OK LIST completed")
     c.untagged("a3 ENABLE UTF8=ACCEPT")
     c.expect('a4 LIST "" \u00e4*', '* LIST (\\HasNoChildren) "/" "\u00e4\u00f6\u00fc"', "a4 OK LIST completed")

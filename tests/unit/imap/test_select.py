@@ -21,6 +21,7 @@ def test_select_rev1_rfc3501_6_3_1() -> None:
         "* OK [UNSEEN 2] First unseen",
         "* OK [UIDVALIDITY 1] UIDs valid",
         "* OK [UIDNEXT 4] Predicted next UID",
+        "* OK [MAILBOXID (F1)] Ok",  # RFC 8474 4.1
         "a1 OK [READ-WRITE] SELECT completed",
     )
     # \Recent went to this session; another one sees none (RFC 3501 2.3.2)
@@ -40,6 +41,7 @@ def test_examine_leaves_recent_and_is_read_only() -> None:
         "* OK [UNSEEN 2] First unseen",
         "* OK [UIDVALIDITY 1] UIDs valid",
         "* OK [UIDNEXT 4] Predicted next UID",
+        "* OK [MAILBOXID (F1)] Ok",  # RFC 8474 4.1
         "a1 OK [READ-ONLY] EXAMINE completed",
     )
     c.expect("a2 STORE 1 +FLAGS (\\Flagged)", "a2 NO [READ-ONLY] Mailbox is read-only")
@@ -58,6 +60,7 @@ def test_select_rev2_closes_the_previous_and_lists_the_name_rfc9051_6_3_2() -> N
         PERMANENT,
         "* OK [UIDVALIDITY 3] UIDs valid",
         "* OK [UIDNEXT 1] Predicted next UID",
+        "* OK [MAILBOXID (F3)] Ok",
         "* OK [HIGHESTMODSEQ 0] Highest",
         '* LIST () "/" "Sent"',
         "a2 OK [READ-WRITE] SELECT completed",
@@ -99,6 +102,7 @@ def test_qresync_select_rfc7162_3_2_5() -> None:
         "* OK [UNSEEN 1] First unseen",
         "* OK [UIDVALIDITY 1] UIDs valid",
         "* OK [UIDNEXT 4] Predicted next UID",
+        "* OK [MAILBOXID (F1)] Ok",  # RFC 8474 4.1
         "* OK [HIGHESTMODSEQ 6] Highest",
         "* VANISHED (EARLIER) 1",
         "* 1 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ (6))",

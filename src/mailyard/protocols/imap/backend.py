@@ -409,6 +409,16 @@ class ImapIO(Protocol):
         """Run the TLS handshake after ``OK Begin TLS``; ConnectionError if it fails."""
         ...
 
+    @property
+    def compression_active(self) -> bool:
+        """COMPRESS DEFLATE (RFC 4978) is on for this connection."""
+        ...
+
+    def begin_compress(self) -> None:
+        """After the tagged OK of COMPRESS was flushed: from now on both
+        directions are raw DEFLATE streams (RFC 4978 3, RFC 1951)."""
+        ...
+
     def now(self) -> float:
         """Seconds since the epoch (SEARCH OLDER / YOUNGER, RFC 5032)."""
         ...

@@ -80,6 +80,16 @@ class SearchKey:
 
 
 @dataclass(frozen=True, slots=True)
+class CatPart:
+    """One part of APPEND CATENATE (RFC 4469 5): a TEXT literal (``data``)
+    or an IMAP URL (``url``) naming a message or part to copy."""
+
+    data: bytes = b""
+    url: str | None = None
+    binary: bool = False  # TEXT sent as literal8 (RFC 4469 6, RFC 3516)
+
+
+@dataclass(frozen=True, slots=True)
 class AppendMessage:
     """One message of APPEND / MULTIAPPEND (RFC 3502)."""
 
@@ -88,6 +98,7 @@ class AppendMessage:
     internal_date: float | None = None  # seconds since the epoch
     binary: bool = False  # sent as literal8 (RFC 3516 section 4.4)
     utf8: bool = False  # sent as UTF8 (literal8) (RFC 6855 section 4)
+    catenate: tuple[CatPart, ...] | None = None  # APPEND ... CATENATE (...) (RFC 4469)
 
 
 @dataclass(kw_only=True)
@@ -119,6 +130,13 @@ class Authenticate(Command):
 @dataclass(kw_only=True)
 class Enable(Command):
     capabilities: tuple[str, ...]
+
+
+@dataclass(kw_only=True)
+class Compress(Command):
+    """COMPRESS mechanism (RFC 4978 3)."""
+
+    mechanism: str  # upper-case
 
 
 @dataclass(kw_only=True)

@@ -53,7 +53,7 @@ VALID_IN: dict[str, frozenset[State]] = {
     "ENABLE": frozenset({_AU}),
     **dict.fromkeys(
         ["SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
-         "LIST", "LSUB", "NAMESPACE", "STATUS", "APPEND", "IDLE",
+         "LIST", "LSUB", "NAMESPACE", "STATUS", "APPEND", "IDLE", "COMPRESS",
          "GETQUOTA", "GETQUOTAROOT", "SETQUOTA"],  # RFC 9208 4.1
         frozenset({_AU, _SE}),
     ),

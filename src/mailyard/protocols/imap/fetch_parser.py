@@ -1,5 +1,5 @@
 """FETCH attribute grammar (RFC 9051 6.4.5, RFC 3516 BINARY, RFC 7162 MODSEQ,
-RFC 8514 SAVEDATE)."""
+RFC 8514 SAVEDATE, RFC 8474 EMAILID / THREADID, RFC 8970 PREVIEW)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ MACROS = {
 }
 SIMPLE_ATTS = {
     "ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE",
-    "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "UID", "MODSEQ", "SAVEDATE",
+    "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "UID", "MODSEQ", "SAVEDATE", "EMAILID", "THREADID", "PREVIEW",
 }
 _NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-"
 
@@ -58,6 +58,17 @@ def parse_fetch_att(r: Reader) -> FetchAtt:
         raise ParseError(f"{name[:20]} takes no section")
     if name not in SIMPLE_ATTS:
         raise ParseError(f"unknown fetch attribute {name[:20]}")
+    if name == "PREVIEW" and r.buf[r.pos : r.pos + 6].upper() == b" (LAZY":
+        # RFC 8970 7: "PREVIEW" [SP "(" preview-mod *(SP preview-mod) ")"]; preview-mod = "LAZY"
+        # (only LAZY is defined: "PREVIEW (CHANGEDSINCE 1)" is a fetch modifier)
+        r.pos += 1
+        r.open()
+        while True:
+            if r.atom().upper() != "LAZY":
+                raise ParseError("unknown PREVIEW modifier")
+            if r.close():
+                break
+            r.sp()
     return FetchAtt(name)
 
 
@@ -67,6 +78,11 @@ def _part(r: Reader) -> tuple[int, ...]:
         r.pos += 1
         nums.append(r.nz_number())
     return tuple(nums)
+
+
+def parse_section(r: Reader) -> tuple[Section, str]:
+    """A bracketed section (also the SECTION of an IMAP URL, RFC 5092)."""
+    return _section(r)
 
 
 def _section(r: Reader) -> tuple[Section, str]:

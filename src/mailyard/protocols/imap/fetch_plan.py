@@ -1,5 +1,5 @@
 """A FETCH's plan and its item encoder (RFC 9051 6.4.5, 7.5.2; RFC 3516
-BINARY; RFC 7162 3.1.4.1 MODSEQ).
+BINARY; RFC 7162 3.1.4.1 MODSEQ; RFC 8474 EMAILID / THREADID; RFC 8970 PREVIEW).
 
 `plan` works out once per distinct attribute list (a client repeats the same
 few) what the backend must supply: the message bytes, the part offsets, which
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ...message.derived import Derived
 from . import commands as c
 from . import fetch as f
+from . import objectid
 from .response import Literal8, Writer
 
 if TYPE_CHECKING:
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
 
 _BODY_ATTS = {"BODY[]", "BINARY[]", "BINARY.SIZE[]", "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
 # What each fetch-att needs of the backend's derived data (ImapBackend.get_derived).
-_STRUCTURE_FIELDS = {"ENVELOPE": "envelope_imap", "BODYSTRUCTURE": "bodystructure_imap", "BODY": "body_imap"}
+_STRUCTURE_FIELDS = {"ENVELOPE": "envelope_imap", "BODYSTRUCTURE": "bodystructure_imap", "BODY": "body_imap",
+                     "EMAILID": "body_id", "PREVIEW": "preview"}
 _OFFSET_FIELDS = ("parts", "messages", "size")
 _NIL_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
 # fetch-atts answered from the index data alone, with their response templates
@@ -213,6 +215,14 @@ def encode_items(flags_of: Callable[[MessageRecord], bytes], writer: Writer, att
             out.append(b"BODYSTRUCTURE " + (d["bodystructure_imap"] if d else b"NIL"))
         elif n == "BODY":
             out.append(b"BODY " + (d["body_imap"] if d else b"NIL"))
+        elif n == "EMAILID":
+            # RFC 8474 5.1: fetch-emailid-resp = "EMAILID" SP "(" objectid ")"
+            out.append(b"EMAILID (%s)" % objectid.email_id(d["body_id"]).encode("ascii") if d else b"EMAILID NIL")
+        elif n == "THREADID":
+            out.append(b"THREADID NIL")  # RFC 8474 5.2: no thread identifiers here
+        elif n == "PREVIEW":
+            # RFC 8970 3: the preview as a string, NIL only where none can be made
+            out.append(b"PREVIEW " + (writer.value(d["preview"]) if d else b"NIL"))
         elif n in _RFC822_SECTIONS:
             assert msg is not None
             sec = c.Section((), _RFC822_SECTIONS[n])

@@ -174,6 +174,7 @@ class MemoryStore:
         self.held_by: dict[object, int] = {}  # hold_expunged: holder -> mailbox id
         # derive() is deterministic: a cache may be shared between stores (fuzzing)
         self._derived: dict[bytes, Derived] = derived if derived is not None else {}
+        self._body_ids: dict[int, tuple[int, bytes]] = {}
 
     # --- set-up for tests ---------------------------------------------------------
     def add_account(self, user: str, password: str) -> None:
@@ -252,6 +253,14 @@ class MemoryStore:
         for user, callback in list(self._listeners):
             if box is None or box.account == user:
                 callback(mailbox_id)
+
+    def body_id(self, data: bytes) -> int:
+        """A number per stored body, as the store's bodies.id: copies of a
+        message share their bytes object, hence their number (IMAP EMAILID)."""
+        known = self._body_ids.get(id(data))
+        if known is None:
+            known = self._body_ids[id(data)] = (len(self._body_ids) + 1, data)  # data kept: id() stays unique
+        return known[0]
 
     def derived(self, data: bytes) -> Derived:
         d = self._derived.get(data)
@@ -440,6 +449,7 @@ class MemoryBackend:
             values: dict[str, Any] = {
                 "parts": d.parts, "messages": d.messages, "size": d.size, "headers": d.headers,
                 "envelope": d.envelope, "bodystructure": d.bodystructure, "date": d.date,
+                "preview": d.preview, "body_id": self.store.body_id(entry[0]),
             }
             item = {k: v for k, v in values.items() if k in wanted}
             if "envelope_imap" in wanted:
@@ -637,6 +647,7 @@ class Conversation:
         self.can_start_tls = can_start_tls
         self.logged_in = False
         self.tls_started = 0
+        self.compression_active = False
         self.login = MemoryLogin(store, plaintext, lambda: self.tls_active)
         self.session = ImapSession(self, self.login, limits, config)
         self._out = bytearray()
@@ -679,6 +690,10 @@ class Conversation:
     async def begin_tls(self) -> None:
         self.tls_started += 1
         self.tls_active = True
+
+    def begin_compress(self) -> None:
+        # The harness stays in clear text: it records that the switch was asked for.
+        self.compression_active = True
 
     # --- driving ------------------------------------------------------------------------
     def output(self) -> bytes:

@@ -6,7 +6,8 @@ a dataclass from commands.py or raises ParseError (tagged BAD) / TagError
 (RFC 7888), UIDPLUS (RFC 4315), MOVE (RFC 6851), CONDSTORE/QRESYNC (RFC 7162),
 ESEARCH (RFC 4731), SEARCHRES "$" (RFC 5182), LIST-EXTENDED (RFC 5258),
 LIST-STATUS (RFC 5819), SPECIAL-USE (RFC 6154), BINARY (RFC 3516),
-MULTIAPPEND (RFC 3502), ID (RFC 2971), WITHIN (RFC 5032).
+MULTIAPPEND (RFC 3502), ID (RFC 2971), WITHIN (RFC 5032), COMPRESS (RFC 4978),
+CATENATE (RFC 4469), OBJECTID (RFC 8474), PREVIEW (RFC 8970).
 """
 
 from __future__ import annotations
@@ -250,6 +251,12 @@ def _enable(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
     return c.Enable(tag=tag, name=name, capabilities=tuple(caps))
 
 
+def _compress(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    # RFC 4978 5: command-auth =/ compress; compress = "COMPRESS" SP algorithm
+    r.sp()
+    return c.Compress(tag=tag, name=name, mechanism=r.atom().upper())
+
+
 def _id(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
     # RFC 2971 4: id_params_list ::= "(" #(string SPACE nstring) ")" / nil
     r.sp()
@@ -396,7 +403,7 @@ def _list(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
 # RFC 9051 6.3.11, RFC 8438 (SIZE), RFC 7162 (HIGHESTMODSEQ), RFC 7889
 # (APPENDLIMIT), RFC 9208 4.2 (DELETED-STORAGE; DELETED is RFC 9051's own)
 STATUS_ITEMS = {"MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT",
-                "APPENDLIMIT", "DELETED-STORAGE"}
+                "APPENDLIMIT", "DELETED-STORAGE", "MAILBOXID"}  # RFC 8474 4.3: MAILBOXID
 
 
 def _status_atts(r: Reader) -> tuple[str, ...]:
@@ -443,6 +450,11 @@ def _append(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
             r.expect(b")")
             messages.append(c.AppendMessage(data=data, flags=flags, internal_date=date, utf8=True))
             continue
+        if r.peek_upper(9) == b"CATENATE ":
+            r.pos += 9
+            parts = _catenate(r)
+            messages.append(c.AppendMessage(data=b"", flags=flags, internal_date=date, catenate=parts))
+            continue
         data, is8 = r.literal_any()
         messages.append(c.AppendMessage(data=data, flags=flags, internal_date=date, binary=is8))
     if not messages:
@@ -471,6 +483,34 @@ def _quota(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
                 break
             r.sp()
     return c.Quota(tag=tag, name=name, root=root, limits=tuple(limits))
+
+
+# Parts of one CATENATE: each URL is a store read; a client that needs more
+# can APPEND in steps.
+MAX_CAT_PARTS = 1000
+
+
+def _catenate(r: Reader) -> tuple[c.CatPart, ...]:
+    """RFC 4469 5: "CATENATE" SP "(" cat-part *(SP cat-part) ")";
+    cat-part = text-literal / url; text-literal = "TEXT" SP literal;
+    url = "URL" SP astring. RFC 4469 6 (with BINARY): literal8 too."""
+    r.open()
+    parts: list[c.CatPart] = []
+    while True:
+        kind = r.atom().upper()
+        r.sp()
+        if kind == "TEXT":
+            data, is8 = r.literal_any()
+            parts.append(c.CatPart(data=data, binary=is8))
+        elif kind == "URL":
+            parts.append(c.CatPart(url=Reader.text(r.astring_bytes())))
+        else:
+            raise ParseError("CATENATE takes TEXT and URL parts")
+        if len(parts) > MAX_CAT_PARTS:
+            raise ParseError("too many CATENATE parts")
+        if r.close():
+            return tuple(parts)
+        r.sp()
 
 
 def _search(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
@@ -587,6 +627,7 @@ _HANDLERS = {
     "AUTHENTICATE": _authenticate,
     "ENABLE": _enable,
     "ID": _id,
+    "COMPRESS": _compress,
     "SELECT": _select,
     "EXAMINE": _select,
     "CREATE": _mailbox_cmd,

@@ -42,6 +42,8 @@ class SearchContext:
     # (lower-case field name, string) -> UIDs, from the store's header index
     # (store.search_headers); a pair not here is evaluated on m.headers
     header_hits: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+    # (EMAILID / THREADID, objectid) -> UIDs (RFC 8474 6)
+    id_hits: dict[tuple[str, str], set[int]] = field(default_factory=dict)
 
 
 def walk(key: SearchKey) -> Iterator[SearchKey]:
@@ -53,6 +55,14 @@ def walk(key: SearchKey) -> Iterator[SearchKey]:
 
 _FIELD_KEYS = {"FROM", "TO", "CC", "BCC", "SUBJECT"}
 _SENT_KEYS = {"SENTBEFORE", "SENTON", "SENTSINCE"}
+
+
+_ID_KEYS = {"EMAILID", "THREADID"}
+
+
+def id_queries(key: SearchKey) -> set[tuple[str, str]]:
+    """(EMAILID or THREADID, objectid) pairs of a program (RFC 8474 6)."""
+    return {(k.name, k.args[0]) for k in walk(key) if k.name in _ID_KEYS}
 
 
 def needs_headers(key: SearchKey, indexed: bool = True) -> bool:
@@ -126,6 +136,8 @@ def match_set(key: SearchKey, ctx: SearchContext, universe: set[int]) -> set[int
         pair = (n.lower(), key.args[0]) if n != "HEADER" else (key.args[0].lower(), key.args[1])
         hits = ctx.header_hits.get(pair)
         return None if hits is None else universe & hits
+    if n in _ID_KEYS:
+        return universe & ctx.id_hits.get((n, key.args[0]), set())
     if n in ("AND", "OR"):
         parts = [match_set(x, ctx, universe) for x in key.args]
         if any(p is None for p in parts):
@@ -222,6 +234,8 @@ _EVAL: dict[str, Callable[[SearchKey, SearchMessage, SearchContext], bool]] = {
     "MODSEQ": lambda k, m, c: m.modseq >= k.args[0],  # RFC 7162 3.1.5
     "SEQ": _seq,
     "UID": _uid,
+    "EMAILID": lambda k, m, c: m.uid in c.id_hits.get((k.name, k.args[0]), ()),
+    "THREADID": lambda k, m, c: m.uid in c.id_hits.get((k.name, k.args[0]), ()),
 }
 
 

@@ -125,6 +125,10 @@ def parse_search_key(r: Reader, depth: int) -> SearchKey:
     if name == "UID":
         r.sp()
         return SearchKey("UID", (parse_sequence_set(r),))
+    if name in ("EMAILID", "THREADID"):
+        # RFC 8474 6: search-key =/ "EMAILID" SP objectid / "THREADID" SP objectid
+        r.sp()
+        return SearchKey(name, (r.atom(),))
     if name == "MODSEQ":
         # RFC 7162 3.1.5: MODSEQ [SP entry-name SP entry-type-req] SP mod-sequence-valzer
         r.sp()

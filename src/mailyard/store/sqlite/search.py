@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from ...message.address import search_value
+from ...message.derived import derive
 from ..api import DERIVED_FIELDS, DerivedRecord, MailboxRef, StorageFull, derive_record
 from . import textindex
 from .core import SQLiteCore, select_uids
@@ -39,7 +40,7 @@ INDEXED = "2"  # bodies.derived once body_derived/header_fields/the text index h
 INDEX_BACKOFF = (1.0, 60.0)
 INDEX_FREE_POLL = 1.0  # seconds between looks at the free space while it is below the reserve
 
-_META_KEYS = frozenset({"envelope", "bodystructure", "parts", "messages", "date", "size"})
+_META_KEYS = frozenset({"envelope", "bodystructure", "parts", "messages", "date", "size", "preview"})
 _IMAP_COLS = {"envelope_imap": "envelope", "bodystructure_imap": "bodystructure", "body_imap": "body"}
 
 
@@ -73,6 +74,7 @@ class SearchMixin(SQLiteCore):
         out: dict[int, dict] = {}
         body_of: dict[int, int] = {}
         missing: list[int] = []
+        no_preview: list[int] = []  # derived before previews were (RFC 8970)
         n_imap = len(imap)
         for row in rows:
             uid = row[0]
@@ -86,7 +88,9 @@ class SearchMixin(SQLiteCore):
             if meta_keys:
                 data = json.loads(row[3 + n_imap])
                 for key in meta_keys:
-                    item[key] = data[key]
+                    item[key] = data.get(key)
+                if "preview" in meta_keys and item["preview"] is None:
+                    no_preview.append(uid)
             out[uid] = item
         if missing:
             records, _saved = await self._derive_now([body_of[u] for u in missing])
@@ -100,6 +104,13 @@ class SearchMixin(SQLiteCore):
                 if "headers" in wanted:
                     item["headers"] = _headers_dict(rec.headers)
                 out[uid] = item
+        if no_preview:
+            previews = await self._previews_now([body_of[u] for u in no_preview])
+            for uid in no_preview:
+                out[uid]["preview"] = previews.get(body_of[uid], "")
+        if "body_id" in wanted:
+            for uid, item in out.items():
+                item["body_id"] = body_of[uid]
         if "headers" in wanted:
             need = [u for u in out if "headers" not in out[u]]
             by_body: dict[int, dict[str, list[str]]] = {}
@@ -167,6 +178,32 @@ class SearchMixin(SQLiteCore):
         if saved:
             return {}
         return {uid: records[body_id] for uid, body_id in rows if body_id in records}
+
+    async def _previews_now(self, body_ids: list[int]) -> dict[int, str]:
+        """The RFC 8970 previews of bodies derived before previews were kept:
+        computed off the event loop, and saved into their derived data (a
+        cache: a full disk only means they are computed again next time)."""
+        places = {}
+        for body_id in dict.fromkeys(body_ids):
+            row = self._q1("SELECT segment, offset, length FROM bodies WHERE id = ?", (body_id,))
+            if row is not None:
+                places[body_id] = row
+
+        def compute() -> dict[int, str]:
+            return {body_id: derive(self.blobs.read(*row)).preview for body_id, row in places.items()}
+
+        out = await asyncio.to_thread(compute) if places else {}
+        if out and not self._index_deferred():
+
+            def save(c: sqlite3.Connection, ctx: object) -> None:
+                c.executemany("UPDATE body_derived SET meta = json_set(meta, '$.preview', ?) WHERE body_id = ?",
+                              [(text, body_id) for body_id, text in out.items()])
+
+            try:
+                await self._write(save)
+            except StorageFull:
+                log.warning("store: previews not saved, the disk is full")
+        return out
 
     async def _derive_now(self, body_ids: list[int]) -> tuple[dict[int, DerivedRecord], bool]:
         """Derive bodies the indexer has not reached yet (FETCH/SEARCH must

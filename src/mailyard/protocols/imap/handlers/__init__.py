@@ -2,7 +2,7 @@
 coroutine ``handler(session, command)`` that queues the responses on the
 session's engine (see session.py for the contract).
 
-- auth.py: CAPABILITY NOOP CHECK LOGOUT ID STARTTLS LOGIN AUTHENTICATE UNAUTHENTICATE ENABLE IDLE
+- auth.py: CAPABILITY NOOP CHECK LOGOUT ID STARTTLS LOGIN AUTHENTICATE UNAUTHENTICATE ENABLE IDLE COMPRESS
 - mailboxes.py: CREATE DELETE RENAME (UN)SUBSCRIBE LIST LSUB NAMESPACE STATUS
 - selection.py: SELECT EXAMINE (CONDSTORE, QRESYNC) CLOSE UNSELECT EXPUNGE
 - messages.py: FETCH STORE COPY MOVE APPEND
@@ -37,6 +37,7 @@ HANDLERS: dict[str, Handler] = {
     "UNAUTHENTICATE": auth.cmd_unauthenticate,
     "ENABLE": auth.cmd_enable,
     "IDLE": auth.cmd_idle,
+    "COMPRESS": auth.cmd_compress,
     "SELECT": selection.cmd_select,
     "EXAMINE": selection.cmd_select,
     "CLOSE": selection.cmd_close,

@@ -1,7 +1,7 @@
 """Any-state and not-authenticated commands: CAPABILITY NOOP CHECK LOGOUT ID
 (RFC 2971), LOGIN, AUTHENTICATE (RFC 9051 6.2.2, SASL-IR RFC 4959), ENABLE
-(RFC 5161), STARTTLS (RFC 9051 6.2.1), IDLE (RFC 2177) and UNAUTHENTICATE
-(RFC 8437).
+(RFC 5161), STARTTLS (RFC 9051 6.2.1), COMPRESS (RFC 4978), IDLE (RFC 2177)
+and UNAUTHENTICATE (RFC 8437).
 
 Passwords in the clear (LOGIN, and the SASL mechanisms the login service
 marks as clear-text) only where `ImapLogin.plaintext_ok` says so: over TLS,
@@ -35,7 +35,7 @@ EXTENSIONS = (
     "LITERAL+", "ENABLE", "IDLE", "ID", "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE",
     "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE",
     "ESEARCH", "SEARCHRES", "WITHIN", "CONDSTORE", "QRESYNC", "BINARY", "MULTIAPPEND",
-    "UTF8=ACCEPT", "STATUS=SIZE",
+    "UTF8=ACCEPT", "STATUS=SIZE", "COMPRESS=DEFLATE", "OBJECTID", "PREVIEW", "CATENATE",
     # RFC 9208 (no QUOTASET: only the operator sets limits), RFC 8514
     "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", "SAVEDATE",
 )
@@ -99,6 +99,23 @@ async def cmd_starttls(s: ImapSession, cmd: c.Command) -> None:
         s.engine.bye("TLS negotiation failed")
         s.engine.data_to_send()  # nothing more can be sent on this connection
         raise
+
+
+async def cmd_compress(s: ImapSession, cmd: c.Compress) -> None:
+    if cmd.mechanism != "DEFLATE":
+        s.engine.complete("BAD", "Unknown compression mechanism")  # RFC 4978 3: BAD
+        return
+    if s.io.compression_active:
+        s.engine.complete("NO", "DEFLATE is already active", "COMPRESSIONACTIVE")
+        return
+    if s.engine.framer.buffer:
+        # RFC 4978 3: the client must wait for the result before it sends more;
+        # what it pipelined is clear text, and cannot be told from DEFLATE data.
+        s.engine.complete("BAD", "Commands were sent after COMPRESS before its result")
+        return
+    s.engine.complete("OK", "DEFLATE active")
+    await s.io.flush()  # the OK goes out uncompressed, then both directions deflate
+    s.io.begin_compress()
 
 
 async def cmd_enable(s: ImapSession, cmd: c.Enable) -> None:

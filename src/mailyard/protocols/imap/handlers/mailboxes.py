@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import commands as c
-from .. import names
+from .. import names, objectid
 from ..backend import BadMailboxName, MailboxExists, NoSuchMailbox
 from ..response import Atom, Mailbox
 from .quota import kib
@@ -63,7 +63,9 @@ async def cmd_create(s: ImapSession, cmd: c.MailboxCommand) -> None:
     except BadMailboxName as exc:
         await s.finish("NO", str(exc), "CANNOT")
         return
-    await s.finish("OK", "CREATE completed")
+    box = await b.get_mailbox(name)
+    # RFC 8474 4.1: the new mailbox's MAILBOXID in the tagged OK
+    await s.finish("OK", "CREATE completed", f"MAILBOXID ({objectid.mailbox_id(box)})" if box else None)
 
 
 async def cmd_delete(s: ImapSession, cmd: c.MailboxCommand) -> None:
@@ -265,6 +267,7 @@ async def _status_line(s: ImapSession, box: MailboxRecord, items: tuple[str, ...
         "APPENDLIMIT": s.engine.framer.limits.max_append,
         # RFC 9208 4.2: what EXPUNGE would free, in STORAGE's units of 1024 octets
         "DELETED-STORAGE": kib(st.deleted_size),
+        "MAILBOXID": [Atom(objectid.mailbox_id(box))],  # RFC 8474 4.3
     }
     if "RECENT" in items:
         # RFC 3501 6.3.10: messages not yet claimed as \Recent by a session

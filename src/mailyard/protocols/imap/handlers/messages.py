@@ -1,6 +1,7 @@
 """FETCH (RFC 9051 6.4.5, BINARY RFC 3516, CONDSTORE/QRESYNC RFC 7162),
 STORE (6.4.6, UNCHANGEDSINCE), COPY/MOVE (6.4.7-8, RFC 6851, COPYUID
-RFC 4315) and APPEND (6.3.12, MULTIAPPEND RFC 3502, APPENDUID)."""
+RFC 4315) and APPEND (6.3.12, MULTIAPPEND RFC 3502, APPENDUID, CATENATE
+RFC 4469)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .. import commands as c
 from .. import fetch as f
-from .. import names
+from .. import imapurl, names
 from ..backend import NewMessage, NoSpace
 from ..fetch_plan import MessageParts, encode_items, index_values, plan
 from ..flags import flags_from_client, flags_reporter, session_flags
@@ -232,6 +233,68 @@ def _header_is_7bit(data: bytes) -> bool:
     return (data if end < 0 else data[:end]).isascii()
 
 
+async def _catenate(s: ImapSession, b: ImapBackend, parts: tuple[c.CatPart, ...],
+                    cache: dict[tuple[int, int], MessageParts]) -> bytes | None:
+    """The message an APPEND CATENATE builds (RFC 4469 5), or None after
+    answering NO [BADURL url] / NO [TOOBIG] / NO [UNKNOWN-CTE]. URLs are
+    looked up among the logged-in user's own mailboxes only (imapurl.py)."""
+    limit = s.engine.framer.limits.max_append
+    out: list[bytes] = []
+    total = 0
+    for part in parts:
+        if part.url is None:
+            if b"\0" in part.data and not part.binary:
+                await s.finish("NO", "NUL octets need a literal8", "UNKNOWN-CTE")  # RFC 3516 4.4
+                return None
+            data = part.data
+        else:
+            found = await _url_data(b, part.url, cache)
+            if found is None:
+                # RFC 4469 5: a URL that names nothing (or nothing we serve)
+                await s.finish("NO", "CATENATE URL not valid", f"BADURL {imapurl.response_text(part.url)}")
+                return None
+            data = found
+        total += len(data)
+        if total > limit:
+            await s.finish("NO", "Message too large", "TOOBIG")  # RFC 4469 5
+            return None
+        out.append(data)
+    data = b"".join(out)
+    if not data:
+        await s.finish("NO", "Empty message")
+        return None
+    return data
+
+
+async def _url_data(b: ImapBackend, text: str, cache: dict[tuple[int, int], MessageParts]) -> bytes | None:
+    """The octets an IMAP URL names in the user's own mailboxes, or None."""
+    url = imapurl.parse(text)
+    if url is None:
+        return None
+    box = await b.get_mailbox(url.mailbox)
+    if box is None or (url.uid_validity is not None and url.uid_validity != box.uid_validity):
+        return None
+    key = (box.id, url.uid)
+    msg = cache.get(key)
+    if msg is None:
+        raw = await b.read_message(box, url.uid)
+        if raw is None:
+            return None
+        d = (await b.get_derived(box, [url.uid], ("parts", "messages", "size"))).get(url.uid)
+        if d is None:
+            return None
+        msg = MessageParts.of(raw, d, True)
+        cache.clear()  # one message at a time: parts of it are usually named in a row
+        cache[key] = msg
+    data = msg.section(url.section) if url.section is not None else msg.raw
+    if data is None:
+        return None
+    if url.partial is not None:
+        origin, length = url.partial
+        data = data[origin : origin + length if length is not None else None]
+    return data
+
+
 async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
     b = s.backend
     assert b is not None
@@ -242,19 +305,27 @@ async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
         await s.finish("NO", problem or "Mailbox does not exist", "CANNOT" if problem else "TRYCREATE")
         return
     prepared = []
+    cache: dict[tuple[int, int], MessageParts] = {}
     for m in cmd.messages:
         flags, problem = flags_from_client(m.flags)
         if problem:
             s.engine.complete("BAD", problem)
             return
-        if not m.data:
-            await s.finish("NO", "Empty message")
-            return
-        if b"\0" in m.data and not m.binary:
-            # RFC 3516 4.4: NUL octets need literal8
-            await s.finish("NO", "NUL octets need a literal8", "UNKNOWN-CTE")
-            return
-        if not s.engine.utf8 and not _header_is_7bit(m.data):
+        if m.catenate is not None:
+            # each TEXT part was checked for NUL against its own literal form
+            given = await _catenate(s, b, m.catenate, cache)
+            if given is None:
+                return  # answered
+        else:
+            given = m.data
+            if not given:
+                await s.finish("NO", "Empty message")
+                return
+            if b"\0" in given and not m.binary:
+                # RFC 3516 4.4: NUL octets need literal8
+                await s.finish("NO", "NUL octets need a literal8", "UNKNOWN-CTE")
+                return
+        if not s.engine.utf8 and not _header_is_7bit(given):
             # RFC 6855 4: 8-bit header fields only from a client that enabled
             # UTF8=ACCEPT (or IMAP4rev2, whose strings are UTF-8, RFC 9051 5.1)
             await s.finish("NO", "8-bit header fields need ENABLE UTF8=ACCEPT", "CANNOT")
@@ -263,7 +334,7 @@ async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
         # data it is given, losing nothing; parts with NUL are kept as base64
         # so that BODY[] and RFC822 can send them (a string holds no NUL,
         # RFC 9051 4.3) while BINARY[] gives back the octets as appended.
-        data = await b.encode_binary(m.data) if b"\0" in m.data else m.data
+        data = await b.encode_binary(given) if b"\0" in given else given
         if data is None:
             await s.finish("NO", "NUL octets outside a part's body", "UNKNOWN-CTE")
             return

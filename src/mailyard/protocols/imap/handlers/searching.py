@@ -12,14 +12,33 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import commands as c
+from .. import objectid
 from .. import search as sr
 from ..flags import RECENT
 
 if TYPE_CHECKING:
+    from ..backend import ImapBackend
+    from ..selected import SelectedMailbox
     from ..session import ImapSession
 
 CHARSETS = ("UTF-8", "US-ASCII")
 HEADER_BATCH = 500
+
+
+async def _id_hits(b: ImapBackend, sel: SelectedMailbox, ids: set[tuple[str, str]], ctx: sr.SearchContext) -> None:
+    """RFC 8474 6: the messages with an EMAILID (the stored body's id); no
+    message has a THREADID here (objectid.py)."""
+    wanted = {objectid.parse_email_id(text) for name, text in ids if name == "EMAILID"} - {None}
+    body_of: dict[int, int] = {}
+    if wanted:
+        uids = list(sel.view.uids)
+        for start in range(0, len(uids), HEADER_BATCH):
+            chunk = uids[start : start + HEADER_BATCH]
+            for uid, d in (await b.get_derived(sel.mailbox, chunk, ("body_id",))).items():
+                body_of[uid] = d["body_id"]
+    for name, text in ids:
+        body = objectid.parse_email_id(text) if name == "EMAILID" else None
+        ctx.id_hits[(name, text)] = {u for u, bid in body_of.items() if bid == body} if body is not None else set()
 
 
 async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
@@ -44,6 +63,9 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
         ctx.text_hits[(name, text)] = await b.search_text(sel.mailbox, text, "body" if name == "BODY" else "text")
     for name, text in sr.header_queries(key):
         ctx.header_hits[(name, text)] = await b.search_headers(sel.mailbox, name, text)
+    ids = sr.id_queries(key)
+    if ids:
+        await _id_hits(b, sel, ids, ctx)
     want_headers = sr.needs_headers(key)
     hits: list[tuple[int, int]] = []
     modseq = 0

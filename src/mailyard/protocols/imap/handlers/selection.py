@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import commands as c
+from .. import objectid
 from ..response import Atom, Mailbox, flag_list, format_uid_set
 from ..selected import MessageMap, SelectedMailbox
 
@@ -60,6 +61,7 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
             eng.untagged_status("OK", "First unseen", f"UNSEEN {first_unseen}")
     eng.untagged_status("OK", "UIDs valid", f"UIDVALIDITY {box.uid_validity}")
     eng.untagged_status("OK", "Predicted next UID", f"UIDNEXT {box.uid_next}")
+    eng.untagged_status("OK", "Ok", f"MAILBOXID ({objectid.mailbox_id(box)})")  # RFC 8474 4.1
     if condstore:
         eng.untagged_status("OK", "Highest", f"HIGHESTMODSEQ {highest}")
     if eng.rev2:
