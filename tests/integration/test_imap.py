@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
+import re
 import select
 import smtplib
 import socket
@@ -501,7 +502,8 @@ def test_subscriptions_survive_delete_and_create_does_not_subscribe(mailserver: 
     modified UTF-7 is NO, not BAD (RFC 9051 7.1.3)."""
     s, say = _login_raw(mailserver)
     with s:
-        assert say(b"a1 CREATE Keep/Deep", b"a1") == [b"a1 OK CREATE completed\r\n"]
+        [created] = say(b"a1 CREATE Keep/Deep", b"a1")
+        assert re.fullmatch(rb"a1 OK \[MAILBOXID \(F\d+\)\] CREATE completed\r\n", created)  # RFC 8474 4.1
         assert say(b'a2 LSUB "" "Keep*"', b"a2") == [b"a2 OK LSUB completed\r\n"]
         assert say(b"a3 SUBSCRIBE Keep/Deep", b"a3") == [b"a3 OK SUBSCRIBE completed\r\n"]
         assert say(b'a4 LSUB "" "K%"', b"a4") == [

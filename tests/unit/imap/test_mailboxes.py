@@ -139,7 +139,7 @@ def test_names_that_are_not_modified_utf7_are_no_not_bad_rfc9051_7_1_3() -> None
     c.untagged("c1 UNSELECT")
     # with UTF-8 names (RFC 6855 3) "&" is just a character
     c.untagged("b3 ENABLE UTF8=ACCEPT")
-    c.expect('b4 CREATE "a&b"', "b4 OK CREATE completed")
+    c.expect('b4 CREATE "a&b"', "b4 OK [MAILBOXID (F13)] CREATE completed")
     c.expect('b5 LIST "" "a&b"', '* LIST (\\HasNoChildren) "/" "a&b"', "b5 OK LIST completed")
 
 
@@ -161,10 +161,10 @@ def test_delete_and_create_leave_subscriptions_alone_rfc9051_6_3_7() -> None:
              "a2 OK LIST completed")
     c.expect('a3 LSUB "" Junk', '* LSUB () "/" "Junk"', "a3 OK LSUB completed")
     c.expect('a4 LIST "" Junk', "a4 OK LIST completed")
-    c.expect("a5 CREATE Junk", "a5 OK CREATE completed")
+    c.expect("a5 CREATE Junk", "a5 OK [MAILBOXID (F13)] CREATE completed")
     c.expect('a6 LIST "" Junk RETURN (SUBSCRIBED)', '* LIST (\\HasNoChildren \\Subscribed) "/" "Junk"',
              "a6 OK LIST completed")
-    c.expect("a7 CREATE Fresh", "a7 OK CREATE completed")
+    c.expect("a7 CREATE Fresh", "a7 OK [MAILBOXID (F14)] CREATE completed")
     c.expect('a8 LSUB "" Fresh', "a8 OK LSUB completed")
     c.expect('a9 LIST "" Fresh RETURN (SUBSCRIBED)', '* LIST (\\HasNoChildren) "/" "Fresh"', "a9 OK LIST completed")
     c.expect("b1 UNSUBSCRIBE Junk", "b1 OK UNSUBSCRIBE completed")
@@ -174,7 +174,7 @@ def test_delete_and_create_leave_subscriptions_alone_rfc9051_6_3_7() -> None:
 
 def test_lsub_percent_stops_at_an_unsubscribed_parent_rfc3501_6_3_9() -> None:
     c = connect()
-    c.expect("a1 CREATE x/a/b", "a1 OK CREATE completed")
+    c.expect("a1 CREATE x/a/b", "a1 OK [MAILBOXID (F15)] CREATE completed")
     c.expect("a2 SUBSCRIBE x/a/b", "a2 OK SUBSCRIBE completed")
     c.expect('a3 LSUB "" x/%', '* LSUB (\\Noselect) "/" "x/a"', "a3 OK LSUB completed")
     c.expect('a4 LSUB "" x/a/%', '* LSUB () "/" "x/a/b"', "a4 OK LSUB completed")

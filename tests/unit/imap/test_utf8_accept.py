@@ -29,7 +29,7 @@ def test_enable_only_in_the_authenticated_state_rfc6855_3() -> None:
 def test_utf8_mailbox_names_rfc6855_3() -> None:
     c = connect()
     c.untagged("a1 ENABLE UTF8=ACCEPT")
-    c.expect('a2 CREATE "Grüße/Ümlaut"', "a2 OK CREATE completed")
+    c.expect('a2 CREATE "Grüße/Ümlaut"', "a2 OK [MAILBOXID (F14)] CREATE completed")
     c.expect('a3 LIST "" "Grü*"', '* LIST (\\HasChildren) "/" "Grüße"', '* LIST (\\HasNoChildren) "/" "Grüße/Ümlaut"',
              "a3 OK LIST completed")
     c.expect('a4 STATUS "Grüße/Ümlaut" (MESSAGES)', '* STATUS "Grüße/Ümlaut" (MESSAGES 0)', "a4 OK STATUS completed")
