@@ -54,6 +54,7 @@ class StoreBackend:
     mailbox_status = _checked("mailbox_status")
     search_headers = _checked("search_headers")
     search_text = _checked("search_text")
+    sort_fields = _checked("sort_fields")
     store_flags = _checked("store_flags")
     expunge = _checked("expunge")
 

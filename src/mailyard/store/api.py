@@ -601,6 +601,14 @@ class Store(abc.ABC):
         SEARCH TEXT) contains ``text`` (case-insensitive substring semantics),
         answered from the full-text index."""
 
+    @abc.abstractmethod
+    async def sort_fields(
+        self, mailbox: MailboxRef, uids: Sequence[int], names: Sequence[str]
+    ) -> dict[int, dict[str, str]]:
+        """For each of ``uids`` present: the first decoded value of each
+        header field in ``names`` (lower-case) the message has -- the keys
+        of IMAP SORT and THREAD (RFC 5256), from the stored header fields."""
+
     # --- the outbound queue ---------------------------------------------------
     # Every write below is one durable commit, so "queued" means durable exactly
     # like "delivered", and an attempt's outcome is recorded together with the

@@ -245,6 +245,15 @@ class ImapBackend(Protocol):
         """UIDs whose body (or header and body) contains ``text``."""
         ...
 
+    async def sort_fields(
+        self, mailbox: MailboxRecord, uids: Sequence[int], names: Sequence[str]
+    ) -> Mapping[int, Mapping[str, str]]:
+        """SORT and THREAD's keys (RFC 5256): for each of ``uids`` present,
+        the first decoded value (RFC 2047 words decoded, unfolded) of each
+        header field in ``names`` (lower-case) the message has. Answered from
+        data derived once per message, without reading messages."""
+        ...
+
     # --- validity (asked before every command, answered from memory) ---------------
     def account_current(self) -> bool:
         """Whether the account still exists under the credentials the session

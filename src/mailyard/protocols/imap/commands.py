@@ -194,6 +194,25 @@ class Search(Command):
 
 
 @dataclass(kw_only=True)
+class Sort(Command):
+    """SORT (RFC 5256 section 3) with ESORT return options (RFC 5267 section 3)."""
+
+    keys: tuple[tuple[str, bool], ...]  # (sort-key, REVERSE), most significant first
+    key: SearchKey
+    charset: str
+    return_opts: tuple[str, ...] | None = None  # None: no RETURN, a SORT response
+
+
+@dataclass(kw_only=True)
+class Thread(Command):
+    """THREAD (RFC 5256 section 3)."""
+
+    algorithm: str  # upper-case, e.g. REFERENCES
+    key: SearchKey
+    charset: str
+
+
+@dataclass(kw_only=True)
 class Fetch(Command):
     sequence_set: SequenceSet
     atts: tuple[FetchAtt, ...]

@@ -472,6 +472,18 @@ class MemoryBackend:
                 out.add(uid)
         return out
 
+    async def sort_fields(self, mailbox: MailboxRecord, uids: Sequence[int], names: Sequence[str]
+                          ) -> dict[int, dict[str, str]]:
+        box = self._box(mailbox)
+        out: dict[int, dict[str, str]] = {}
+        for uid in uids:
+            entry = box.messages.get(uid)
+            if entry is None:
+                continue
+            headers = self.store.derived(entry[0]).headers
+            out[uid] = {n: headers[n][0] for n in names if headers.get(n)}
+        return out
+
     def watch(self, callback: Callable[[int], None]) -> Callable[[], None]:
         return self.store.watch(self.user, callback)
 

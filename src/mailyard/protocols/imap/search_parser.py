@@ -40,30 +40,46 @@ def parse_search_program(r: Reader) -> tuple[SearchKey, str | None, tuple[str, .
     charset = None
     r.sp()
     if r.maybe(b"RETURN "):
-        # RFC 4731 3: search-return-opts; "RETURN ()" means ALL
-        r.open()
-        opts: list[str] = []
-        if not r.close():
-            while True:
-                opt = r.atom().upper()
-                if opt not in RETURN_OPTIONS:
-                    raise ParseError(f"unknown RETURN option {opt[:20]}")
-                opts.append(opt)
-                if r.close():
-                    break
-                r.sp()
-        ret = tuple(opts) or ("ALL",)
+        ret = parse_return_opts(r)
         r.sp()
     if r.peek_upper(8) == b"CHARSET ":
         r.pos += 8
         charset = r.astring().upper()
         r.sp()
+    return _search_keys(r), charset, ret
+
+
+def parse_return_opts(r: Reader, allowed: frozenset[str] | set[str] = RETURN_OPTIONS) -> tuple[str, ...]:
+    """The list after ``RETURN `` (RFC 4731 3, RFC 5267 3): "RETURN ()"
+    means ALL."""
+    r.open()
+    opts: list[str] = []
+    if not r.close():
+        while True:
+            opt = r.atom().upper()
+            if opt not in allowed:
+                raise ParseError(f"unknown RETURN option {opt[:20]}")
+            opts.append(opt)
+            if r.close():
+                break
+            r.sp()
+    return tuple(opts) or ("ALL",)
+
+
+def _search_keys(r: Reader) -> SearchKey:
     keys = [parse_search_key(r, 0)]
     while r.peek() == 0x20:
         r.sp()
         keys.append(parse_search_key(r, 0))
-    key = keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
-    return key, charset, ret
+    return keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
+
+
+def parse_search_criteria(r: Reader) -> tuple[SearchKey, str]:
+    """``charset 1*(SP search-key)`` of SORT and THREAD (RFC 5256 section 5):
+    the charset is not optional there. Expects the SP before it consumed."""
+    charset = r.astring().upper()
+    r.sp()
+    return _search_keys(r), charset
 
 
 def parse_search_key(r: Reader, depth: int) -> SearchKey:

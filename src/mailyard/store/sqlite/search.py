@@ -138,6 +138,40 @@ class SearchMixin(SQLiteCore):
                 found.add(uid)
         return found
 
+    async def sort_fields(
+        self, mailbox: MailboxRef, uids: Sequence[int], names: Sequence[str]
+    ) -> dict[int, dict[str, str]]:
+        mailbox_id = self._owned(mailbox)
+        pending = await self._ensure_indexed(mailbox_id)
+        wanted = set(uids)
+        out: dict[int, dict[str, str]] = {u: {} for u in wanted}
+        if not names or not wanted:
+            return {}
+        marks = ",".join("?" * len(names))
+        # one pass over the mailbox's messages with a primary-key probe of
+        # header_fields (body_id, name, n) per message and name; the rows of
+        # one field come in ascending n, so the first one kept is the first
+        # field of that name in the header
+        rows = self._q(
+            "SELECT m.uid, h.name, h.value FROM messages m JOIN header_fields h"
+            f" ON h.body_id = m.body_id AND h.name IN ({marks}) WHERE m.mailbox_id = ?"
+            " ORDER BY m.uid, h.name, h.n",
+            (*names, mailbox_id),
+        )
+        for uid, name, value in rows:
+            item = out.get(uid)
+            if item is not None and name not in item:
+                item[name] = value
+        for uid, rec in pending.items():
+            item = out.get(uid)
+            if item is not None:
+                item.clear()
+                for name, value in rec.headers:
+                    if name in names and name not in item:
+                        item[name] = value
+        present = {r[0] for r in self._q("SELECT uid FROM messages WHERE mailbox_id = ?", (mailbox_id,))}
+        return {u: v for u, v in out.items() if u in present}
+
     async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"]) -> set[int]:
         mailbox_id = self._owned(mailbox)
         pending = await self._ensure_indexed(mailbox_id)

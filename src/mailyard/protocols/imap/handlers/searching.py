@@ -1,5 +1,11 @@
 """SEARCH and UID SEARCH (RFC 9051 6.4.4), ESEARCH results (RFC 4731 /
-RFC 9051 7.3.4), SEARCHRES SAVE (RFC 5182), MODSEQ (RFC 7162 3.1.5).
+RFC 9051 7.3.4), SEARCHRES SAVE (RFC 5182), MODSEQ (RFC 7162 3.1.5); SORT
+and THREAD (RFC 5256), SORT=DISPLAY (RFC 5957) and ESORT (RFC 5267 section 3)
+on the same search machinery.
+
+SORT and THREAD read their keys with one backend call (``sort_fields``: the
+first decoded value of the few header fields the keys need, derived once
+per message), never the messages.
 
 BODY and TEXT keys are answered by the backend's full-text index
 (search_text), FROM/TO/CC/BCC/SUBJECT/HEADER by its index of header fields
@@ -13,7 +19,10 @@ from typing import TYPE_CHECKING
 
 from .. import commands as c
 from .. import search as sr
+from .. import sort as so
+from .. import thread as th
 from ..flags import RECENT
+from ..response import Atom
 
 if TYPE_CHECKING:
     from ..session import ImapSession
@@ -22,14 +31,20 @@ CHARSETS = ("UTF-8", "US-ASCII")
 HEADER_BATCH = 500
 
 
-async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
+async def _charset_ok(s: ImapSession, charset: str | None) -> bool:
+    if charset is not None and charset not in CHARSETS:
+        # RFC 9051 6.4.4, RFC 5256 section 3: unsupported charset -> NO [BADCHARSET (supported)]
+        await s.finish("NO", "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)", allow_expunge=False)
+        return False
+    return True
+
+
+async def _matching(s: ImapSession, key: c.SearchKey) -> tuple[list[tuple[int, int]], int, bool]:
+    """The (seq, uid) pairs of the selected mailbox matching ``key``, in
+    ascending order; the highest mod-sequence among them; whether the
+    program used MODSEQ (RFC 7162 3.1.5)."""
     sel, b = s.sel, s.backend
     assert sel is not None and b is not None  # the engine runs SEARCH only when selected
-    if cmd.charset is not None and cmd.charset not in CHARSETS:
-        # RFC 9051 6.4.4: unsupported charset -> NO [BADCHARSET (supported)]
-        await s.finish("NO", "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)", allow_expunge=False)
-        return
-    key = cmd.key
     mod = sr.uses_modseq(key)
     if mod:
         sel.condstore = True
@@ -66,9 +81,61 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
             if sr.matches(key, m, ctx):
                 hits.append((i, uid))
                 modseq = max(modseq, info.modseq)
+    return hits, modseq, mod
+
+
+async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
+    if not await _charset_ok(s, cmd.charset):
+        return
+    sel = s.sel
+    assert sel is not None
+    hits, modseq, mod = await _matching(s, cmd.key)
     responses, saved = sr.result_form(cmd.tag, cmd.uid, hits, modseq, mod, cmd.return_opts, s.engine.rev2)
     if saved is not None:
         sel.saved = saved
     for parts in responses:
         s.engine.untagged(*parts)
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}SEARCH completed", allow_expunge=cmd.uid)
+
+
+async def cmd_sort(s: ImapSession, cmd: c.Sort) -> None:
+    """SORT / UID SORT (RFC 5256 section 3): the matching messages in the
+    order of the sort keys; with RETURN, ESORT's ESEARCH (RFC 5267 section 3)."""
+    if not await _charset_ok(s, cmd.charset):
+        return
+    sel, b = s.sel, s.backend
+    assert sel is not None and b is not None
+    hits, modseq, mod = await _matching(s, cmd.key)
+    keys = [so.SortKey(name, reverse) for name, reverse in cmd.keys]
+    names = so.header_names(keys)
+    fields = await b.sort_fields(sel.mailbox, [u for _, u in hits], names) if names and hits else {}
+    infos = await sel.infos(b)
+    msgs = [so.SortMessage(q, u, infos[u].size, infos[u].internal_date, fields.get(u, {}))
+            for q, u in hits if u in infos]
+    ordered = [(m.seq, m.uid) for m in so.sort_messages(msgs, keys)]
+    responses, saved = so.result_form(cmd.tag, cmd.uid, ordered, modseq, mod, cmd.return_opts)
+    if saved is not None:
+        sel.saved = saved
+    for parts in responses:
+        s.engine.untagged(*parts)
+    await s.finish("OK", f"{'UID ' if cmd.uid else ''}SORT completed", allow_expunge=cmd.uid)
+
+
+async def cmd_thread(s: ImapSession, cmd: c.Thread) -> None:
+    """THREAD / UID THREAD (RFC 5256 section 3): ORDEREDSUBJECT or REFERENCES."""
+    if cmd.algorithm not in th.ALGORITHMS:
+        # RFC 5256 section 3: an algorithm the server does not advertise is BAD
+        await s.finish("BAD", f"Unknown threading algorithm {cmd.algorithm[:20]}", allow_expunge=False)
+        return
+    if not await _charset_ok(s, cmd.charset):
+        return
+    sel, b = s.sel, s.backend
+    assert sel is not None and b is not None
+    hits, _modseq, _mod = await _matching(s, cmd.key)
+    fields = await b.sort_fields(sel.mailbox, [u for _, u in hits], th.THREAD_FIELDS) if hits else {}
+    infos = await sel.infos(b)
+    msgs = [th.thread_message(q, u, infos[u].internal_date, dict(fields.get(u, {}))) for q, u in hits if u in infos]
+    roots = th.ordered_subject(msgs) if cmd.algorithm == "ORDEREDSUBJECT" else th.references(msgs)
+    text = th.format_threads(roots, cmd.uid)
+    s.engine.untagged(*([Atom("THREAD"), Atom(text)] if text else [Atom("THREAD")]))
+    await s.finish("OK", f"{'UID ' if cmd.uid else ''}THREAD completed", allow_expunge=cmd.uid)

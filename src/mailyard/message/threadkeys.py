@@ -1,0 +1,159 @@
+"""The keys messages are sorted and threaded by (RFC 5256, RFC 5957, RFC 5051).
+
+What: pure functions from decoded header values (the store's header_fields,
+message/derived.py) to the values IMAP SORT and THREAD compare:
+
+- ``base_subject``: the base subject of RFC 5256 section 2.1 and whether the
+  subject marked a reply or forward;
+- ``sent_date``: the sent date of RFC 5256 section 2.2 (the Date header in
+  UTC, else the INTERNALDATE);
+- ``first_address``: addr-mailbox (RFC 5256 section 3, SORT FROM/TO/CC) and
+  the display name (RFC 5957 DISPLAYFROM/DISPLAYTO) of a field's first mailbox;
+- ``message_id`` / ``parent_ids``: the msg-ids THREAD=REFERENCES links by
+  (RFC 5256 section 3 step 1);
+- ``casemap``: the i;unicode-casemap collation key (RFC 5051), which RFC
+  5256 section 1 requires (I18NLEVEL=1) for every string comparison.
+
+Why here: the webmail's conversation view and the IMAP server sort by the
+same rules; message/reply.py ``base_subject`` is the lenient, multilingual
+prefix stripping a mail user agent wants for "Re:" handling, this module the
+exact RFC 5256 grammar servers are compared on.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from .address import Group, parse_address_list
+from .dates import to_timestamp
+
+__all__ = ["base_subject", "casemap", "first_address", "message_id", "parent_ids", "sent_date"]
+
+# RFC 5256 section 5 (formal syntax), matched case-insensitively:
+#   subj-blob    = "[" *BLOBCHAR "]" *WSP          BLOBCHAR: any CHAR but "[" "]"
+#   subj-refwd   = ("re" / ("fw" ["d"])) *WSP [subj-blob] ":"
+#   subj-leader  = (*subj-blob subj-refwd) / WSP
+#   subj-trailer = "(fwd)" / WSP
+#   subj-fwd-hdr = "[fwd:"   subj-fwd-trl = "]"
+_BLOB = r"\[[^\[\]]*\][ \t]*"
+_LEADER = re.compile(rf"(?:(?:{_BLOB})*(?:re|fwd?)[ \t]*(?:{_BLOB})?:|[ \t])", re.IGNORECASE)
+_BLOB_RE = re.compile(_BLOB)
+_TRAILER = re.compile(r"(?:\(fwd\)|[ \t])\Z", re.IGNORECASE)
+_WSP_RUN = re.compile(r"[ \t\r\n]+")
+_MSG_ID = re.compile(r"<([^<>]*)>")
+_CFWS = re.compile(r"[ \t\r\n]+|\([^()]*\)")
+
+
+def base_subject(subject: str | None) -> tuple[str, bool]:
+    """(base subject, whether it was a reply or forward) per RFC 5256 2.1.
+
+    ``subject`` is the decoded field value (step 1's RFC 2047 decoding is done
+    at delivery, message/derived.py). "Reply or forward" is what THREAD
+    REFERENCES step 5 asks: a subj-refwd, "(fwd)" trailer or "[fwd: ...]"
+    wrapper was removed.
+    """
+    if not subject:
+        return "", False
+    # (1) tabs and continuations become one space; runs of spaces one space
+    s = _WSP_RUN.sub(" ", subject)
+    refwd = False
+    while True:
+        # (2) remove subj-trailers until none is left
+        while True:
+            m = _TRAILER.search(s)
+            if m is None:
+                break
+            if m.group() != " " and m.group() != "\t":
+                refwd = True
+            s = s[: m.start()]
+        # (3)-(5) remove subj-leaders, and a subj-blob that leaves a non-empty
+        # base, until neither matches
+        while True:
+            m = _LEADER.match(s)
+            if m is not None and m.end():
+                if m.group().strip():
+                    refwd = True
+                s = s[m.end() :]
+                continue
+            m = _BLOB_RE.match(s)
+            if m is not None and s[m.end() :].strip():
+                s = s[m.end() :]
+                continue
+            break
+        # (6) a "[fwd: ...]" wrapper: remove it and start again at (2)
+        if s[:5].lower() == "[fwd:" and s.endswith("]"):
+            s = s[5:-1]
+            refwd = True
+            continue
+        return s, refwd
+
+
+def casemap(s: str) -> str:
+    """The i;unicode-casemap key of ``s`` (RFC 5051 section 2): every
+    character's titlecase mapping, then the compatibility decomposition
+    (NFKD); keys compare as code point (UTF-8 octet) sequences."""
+    if s.isascii():
+        return s.upper()  # the titlecase of an ASCII letter is its upper case
+    return unicodedata.normalize("NFKD", "".join(ch.title() for ch in s))
+
+
+def sent_date(date_value: str | None, internal_date: float) -> float:
+    """The sent date of RFC 5256 2.2 as a UTC timestamp: the Date header, or
+    the INTERNALDATE when it is missing or cannot be parsed."""
+    ts = to_timestamp(date_value) if date_value else None
+    return internal_date if ts is None else ts
+
+
+def first_address(value: str | None) -> tuple[str, str]:
+    """(addr-mailbox, display key) of the first mailbox of an address field.
+
+    addr-mailbox is the local part (RFC 5256 section 3, SORT FROM/TO/CC);
+    the display key is the decoded display name, or the address
+    ``local@domain`` when there is no name (RFC 5957 section 3, DISPLAYFROM,
+    DISPLAYTO). A missing field or an unparseable one gives two empty strings.
+    """
+    if not value:
+        return "", ""
+    for item in parse_address_list(value, decode=False):
+        if isinstance(item, Group):
+            if not item.mailboxes:
+                continue
+            item = item.mailboxes[0]
+        local = item.local_part
+        name = (item.display_name or "").strip()
+        if not name:
+            name = f"{local}@{item.domain}" if item.domain else local
+        return local, name
+    return "", ""
+
+
+def _ids(value: str | None) -> list[str]:
+    # RFC 5256 section 3 step 1: msg-ids with their CFWS removed; a msg-id
+    # without "@" is not valid and is skipped
+    if not value:
+        return []
+    out = []
+    for raw in _MSG_ID.findall(value):
+        mid = _CFWS.sub("", raw)
+        left, at, right = mid.partition("@")
+        if at and left and right:
+            out.append(mid)
+    return out
+
+
+def message_id(value: str | None) -> str | None:
+    """The message's own id (Message-ID's first valid msg-id), or None."""
+    ids = _ids(value)
+    return ids[0] if ids else None
+
+
+def parent_ids(references: str | None, in_reply_to: str | None) -> list[str]:
+    """The ids to link a message under (RFC 5256 section 3 step 1): the
+    References field's, or when it holds no valid msg-id, the first valid
+    msg-id of In-Reply-To."""
+    refs = _ids(references)
+    if refs:
+        return refs
+    irt = _ids(in_reply_to)
+    return irt[:1]

@@ -1,0 +1,128 @@
+"""SORT ordering (RFC 5256 section 3, RFC 5957 DISPLAYFROM/DISPLAYTO).
+
+Pure: the session supplies, per message, its index data and the first
+decoded value of the header fields the keys need (``header_names``, from the
+backend's ``sort_fields``); ``sort_messages`` returns them in the requested
+order. Strings compare by their i;unicode-casemap key (RFC 5051, required by
+RFC 5256 section 1); a missing field sorts as the empty string; messages that
+compare equal on every key stay in mailbox order (RFC 5256 section 3), also
+under REVERSE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ...message.threadkeys import base_subject, casemap, first_address, sent_date
+from .response import Atom, format_uid_list_ordered
+
+# RFC 5256 section 3 and RFC 5957 section 3: the sort keys
+SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
+
+# the header field each key reads
+_FIELD = {"CC": "cc", "DATE": "date", "FROM": "from", "SUBJECT": "subject", "TO": "to",
+          "DISPLAYFROM": "from", "DISPLAYTO": "to"}
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    """One sort-key: ``name`` (upper-case, in SORT_KEYS), ``reverse``."""
+
+    name: str
+    reverse: bool = False
+
+
+@dataclass(slots=True)
+class SortMessage:
+    """What the keys are computed from: the message's index data and the
+    first decoded value of each header field ``header_names`` asked for."""
+
+    seq: int
+    uid: int
+    size: int
+    internal_date: float
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+
+def header_names(keys: Sequence[SortKey]) -> tuple[str, ...]:
+    """The (lower-case) header fields ``keys`` read."""
+    return tuple(sorted({_FIELD[k.name] for k in keys if k.name in _FIELD}))
+
+
+def _key_function(name: str) -> Callable[[SortMessage], object]:
+    if name == "ARRIVAL":
+        return lambda m: m.internal_date
+    if name == "SIZE":
+        return lambda m: m.size
+    if name == "DATE":
+        # RFC 5256 2.2: the Date header in UTC, else the INTERNALDATE
+        return lambda m: sent_date(m.fields.get("date"), m.internal_date)
+    if name == "SUBJECT":
+        return lambda m: casemap(base_subject(m.fields.get("subject"))[0])
+    f = _FIELD[name]
+    if name.startswith("DISPLAY"):
+        return lambda m: casemap(first_address(m.fields.get(f))[1])
+    return lambda m: casemap(first_address(m.fields.get(f))[0])
+
+
+def sort_messages(messages: Sequence[SortMessage], keys: Sequence[SortKey]) -> list[SortMessage]:
+    """``messages`` in the order of ``keys`` (the first key most significant),
+    ties in ascending sequence-number order."""
+    out = sorted(messages, key=lambda m: m.seq)
+    # Python's sort is stable, also with reverse=True: sorting by the least
+    # significant key first and the most significant last gives the
+    # lexicographic order, and equal messages keep their mailbox order.
+    for k in reversed(keys):
+        fn = _key_function(k.name)
+        values = {m.seq: fn(m) for m in out}
+        out.sort(key=lambda m: values[m.seq], reverse=k.reverse)  # noqa: B023 (used at once)
+    return out
+
+
+def result_form(
+    tag: str, uid: bool, ordered: Sequence[tuple[int, int]], modseq: int, mod: bool,
+    return_opts: tuple[str, ...] | None,
+) -> tuple[list[list[object]], frozenset[int] | None]:
+    """The untagged responses of a SORT whose result is ``ordered`` ((seq,
+    uid) pairs in sort order) and the new SEARCHRES result (None: unchanged).
+
+    - no RETURN: ``* SORT n...`` (RFC 5256 section 4), with ``(MODSEQ m)``
+      when the program used MODSEQ (RFC 7162 3.1.5);
+    - RETURN: ``* ESEARCH (TAG "t") [UID] MIN MAX ALL COUNT [MODSEQ]`` (RFC
+      5267 section 3): MIN and MAX are the first and last message in sort
+      order, ALL lists them in sort order with ranges only for runs of
+      ascending consecutive numbers;
+    - SAVE keeps the UIDs for "$" (RFC 5182 2.4: only MIN/MAX with them alone).
+    """
+    nums = [u for _, u in ordered] if uid else [q for q, _ in ordered]
+    if return_opts is None:
+        parts: list[object] = [Atom("SORT"), *nums]
+        if mod and nums:
+            parts += [[Atom("MODSEQ"), modseq]]
+        return [parts], None
+    opts = return_opts
+    saved: frozenset[int] | None = None
+    if "SAVE" in opts:
+        kept = [u for _, u in ordered]
+        if ("MIN" in opts or "MAX" in opts) and not ({"ALL", "COUNT"} & set(opts)) and kept:
+            kept = [x for x in (kept[0] if "MIN" in opts else None,
+                                kept[-1] if "MAX" in opts else None) if x is not None]
+        saved = frozenset(kept)
+    if set(opts) == {"SAVE"}:
+        return [], saved
+    parts = [Atom("ESEARCH"), [Atom("TAG"), tag]]
+    if uid:
+        parts.append(Atom("UID"))
+    if nums:
+        if "MIN" in opts:
+            parts += [Atom("MIN"), nums[0]]
+        if "MAX" in opts:
+            parts += [Atom("MAX"), nums[-1]]
+        if "ALL" in opts:
+            parts += [Atom("ALL"), Atom(format_uid_list_ordered(nums))]
+    if "COUNT" in opts:
+        parts += [Atom("COUNT"), len(nums)]
+    if mod and nums:
+        parts += [Atom("MODSEQ"), modseq]
+    return [parts], saved
