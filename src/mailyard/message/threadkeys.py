@@ -22,13 +22,17 @@ exact RFC 5256 grammar servers are compared on.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
+from collections.abc import Mapping
+from typing import NamedTuple
 
 from .address import Group, parse_address_list
 from .dates import to_timestamp
 
-__all__ = ["base_subject", "casemap", "first_address", "message_id", "parent_ids", "sent_date"]
+__all__ = ["KEY_FIELDS", "SortKeys", "base_subject", "casemap", "first_address", "message_id", "parent_ids",
+           "sent_date", "sort_keys"]
 
 # RFC 5256 section 5 (formal syntax), matched case-insensitively:
 #   subj-blob    = "[" *BLOBCHAR "]" *WSP          BLOBCHAR: any CHAR but "[" "]"
@@ -42,6 +46,12 @@ _BLOB_RE = re.compile(_BLOB)
 _TRAILER = re.compile(r"(?:\(fwd\)|[ \t])\Z", re.IGNORECASE)
 _WSP_RUN = re.compile(r"[ \t\r\n]+")
 _MSG_ID = re.compile(r"<([^<>]*)>")
+# One address alone, in the two common forms (``Name <a@b>``, ``"Name" <a@b>``
+# and ``a@b``); anything else goes through the address-list parser.
+_ONE_ANGLE = re.compile(r'\s*(?:"([^"\\]*)"|([^"\\,;:<>()\[\]@]*?))\s*<([^<>@\s",;:()\\]+)@([^<>\s",;:()\\]*)>\s*\Z')
+_ONE_BARE = re.compile(r'\s*([^<>@\s",;:()\\]+)@([^<>\s",;:()\\]+)\s*\Z')
+# a subject with nothing RFC 5256 2.1 could remove but white space at its ends
+_PLAIN_SUBJECT = re.compile(r"[^\[\]:()\t\r\n]*\Z")
 _CFWS = re.compile(r"[ \t\r\n]+|\([^()]*\)")
 
 
@@ -55,6 +65,8 @@ def base_subject(subject: str | None) -> tuple[str, bool]:
     """
     if not subject:
         return "", False
+    if _PLAIN_SUBJECT.match(subject) and "  " not in subject:
+        return subject.strip(" "), False
     # (1) tabs and continuations become one space; runs of spaces one space
     s = _WSP_RUN.sub(" ", subject)
     refwd = False
@@ -89,13 +101,21 @@ def base_subject(subject: str | None) -> tuple[str, bool]:
         return s, refwd
 
 
+@functools.lru_cache(maxsize=4096)
+def _simple_title(ch: str) -> str:
+    # UnicodeData.txt's Simple_Titlecase_Mapping: one character or none
+    # (str.title gives the full mapping, "ß" -> "Ss": then there is none)
+    t = ch.title()
+    return t if len(t) == 1 else ch
+
+
 def casemap(s: str) -> str:
     """The i;unicode-casemap key of ``s`` (RFC 5051 section 2): every
-    character's titlecase mapping, then the compatibility decomposition
-    (NFKD); keys compare as code point (UTF-8 octet) sequences."""
+    character's simple titlecase mapping, then the compatibility
+    decomposition (NFKD); keys compare as code point (UTF-8 octet) sequences."""
     if s.isascii():
         return s.upper()  # the titlecase of an ASCII letter is its upper case
-    return unicodedata.normalize("NFKD", "".join(ch.title() for ch in s))
+    return unicodedata.normalize("NFKD", "".join(map(_simple_title, s)))
 
 
 def sent_date(date_value: str | None, internal_date: float) -> float:
@@ -115,6 +135,13 @@ def first_address(value: str | None) -> tuple[str, str]:
     """
     if not value:
         return "", ""
+    m = _ONE_ANGLE.match(value)
+    if m is not None:
+        name = (m[1] if m[1] is not None else m[2]).strip()
+        return m[3], name or f"{m[3]}@{m[4]}"
+    m = _ONE_BARE.match(value)
+    if m is not None:
+        return m[1], f"{m[1]}@{m[2]}"
     for item in parse_address_list(value, decode=False):
         if isinstance(item, Group):
             if not item.mailboxes:
@@ -157,3 +184,45 @@ def parent_ids(references: str | None, in_reply_to: str | None) -> list[str]:
         return refs
     irt = _ids(in_reply_to)
     return irt[:1]
+
+
+# The header fields ``sort_keys`` reads (lower-case).
+KEY_FIELDS = ("cc", "date", "from", "in-reply-to", "message-id", "references", "subject", "to")
+
+
+class SortKeys(NamedTuple):
+    """Everything SORT and THREAD compare about one message, computed once
+    from its decoded header fields (strings already casemapped)."""
+
+    date: float | None  # the Date header in UTC; None: use the INTERNALDATE (RFC 5256 2.2)
+    subject: str  # casemap(base subject)
+    refwd: bool  # the subject marked a reply or forward
+    from_mailbox: str  # casemapped addr-mailbox of the first From address
+    from_display: str  # casemapped display name (RFC 5957), else the address
+    to_mailbox: str
+    to_display: str
+    cc_mailbox: str
+    message_id: str | None
+    parents: tuple[str, ...]  # parent_ids(References, In-Reply-To)
+
+
+def sort_keys(fields: Mapping[str, str]) -> SortKeys:
+    """The SortKeys of a message from the first decoded value of each of
+    its ``KEY_FIELDS`` (a missing field is left out of ``fields``)."""
+    get = fields.get
+    date = get("date")
+    subject, refwd = base_subject(get("subject"))
+    from_mailbox, from_display = first_address(get("from"))
+    to_mailbox, to_display = first_address(get("to"))
+    return SortKeys(
+        to_timestamp(date) if date else None,
+        casemap(subject),
+        refwd,
+        casemap(from_mailbox),
+        casemap(from_display),
+        casemap(to_mailbox),
+        casemap(to_display),
+        casemap(first_address(get("cc"))[0]),
+        message_id(get("message-id")),
+        tuple(parent_ids(get("references"), get("in-reply-to"))),
+    )

@@ -54,7 +54,7 @@ class StoreBackend:
     mailbox_status = _checked("mailbox_status")
     search_headers = _checked("search_headers")
     search_text = _checked("search_text")
-    sort_fields = _checked("sort_fields")
+    sort_keys = _checked("sort_keys")
     store_flags = _checked("store_flags")
     expunge = _checked("expunge")
 

@@ -80,6 +80,9 @@ def test_base_subject_rfc5256_2_1(subject: str | None, base: str, refwd: bool) -
 def test_casemap_and_keys_rfc5051() -> None:
     assert casemap("été") == casemap("ÉTÉ") == "E\u0301TE\u0301"
     assert casemap("hello") == casemap("HeLLo") == "HELLO"
+    # simple titlecase mappings only: "ß" has none (its full one is "Ss"); NFKD
+    # then splits the ligature
+    assert casemap("Straße") == "STRAßE" and casemap("\ufb01ne") == "fiNE"
     assert first_address('"Zed Zulu" <zed@example.test>, amy@example.test') == ("zed", "Zed Zulu")
     assert first_address("team: bob@example.test, carl@example.test;") == ("bob", "bob@example.test")
     assert first_address(None) == ("", "")

@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from ...message.threadkeys import SortKeys
+
 
 class BackendError(Exception):
     """An operation the backend refused; the text is fit to show a user."""
@@ -245,13 +247,10 @@ class ImapBackend(Protocol):
         """UIDs whose body (or header and body) contains ``text``."""
         ...
 
-    async def sort_fields(
-        self, mailbox: MailboxRecord, uids: Sequence[int], names: Sequence[str]
-    ) -> Mapping[int, Mapping[str, str]]:
-        """SORT and THREAD's keys (RFC 5256): for each of ``uids`` present,
-        the first decoded value (RFC 2047 words decoded, unfolded) of each
-        header field in ``names`` (lower-case) the message has. Answered from
-        data derived once per message, without reading messages."""
+    async def sort_keys(self, mailbox: MailboxRecord, uids: Sequence[int]) -> Mapping[int, SortKeys]:
+        """SORT and THREAD's keys (RFC 5256) for each of ``uids`` present:
+        message/threadkeys.py ``sort_keys`` of the message's decoded header
+        fields, from data derived once per message, without reading messages."""
         ...
 
     # --- validity (asked before every command, answered from memory) ---------------

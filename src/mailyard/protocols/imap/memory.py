@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from ...message.derived import Derived, body_structure, derive
 from ...message.imap_syntax import body_bytes, envelope_bytes  # as the store derives them
+from ...message.threadkeys import KEY_FIELDS, SortKeys, sort_keys
 from ..contract import NEED_DATA, PAUSED, Closed
 from .backend import (
     BackendError,
@@ -472,16 +473,15 @@ class MemoryBackend:
                 out.add(uid)
         return out
 
-    async def sort_fields(self, mailbox: MailboxRecord, uids: Sequence[int], names: Sequence[str]
-                          ) -> dict[int, dict[str, str]]:
+    async def sort_keys(self, mailbox: MailboxRecord, uids: Sequence[int]) -> dict[int, SortKeys]:
         box = self._box(mailbox)
-        out: dict[int, dict[str, str]] = {}
+        out: dict[int, SortKeys] = {}
         for uid in uids:
             entry = box.messages.get(uid)
             if entry is None:
                 continue
             headers = self.store.derived(entry[0]).headers
-            out[uid] = {n: headers[n][0] for n in names if headers.get(n)}
+            out[uid] = sort_keys({n: headers[n][0] for n in KEY_FIELDS if headers.get(n)})
         return out
 
     def watch(self, callback: Callable[[int], None]) -> Callable[[], None]:

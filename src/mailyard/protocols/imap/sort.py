@@ -1,28 +1,24 @@
 """SORT ordering (RFC 5256 section 3, RFC 5957 DISPLAYFROM/DISPLAYTO).
 
-Pure: the session supplies, per message, its index data and the first
-decoded value of the header fields the keys need (``header_names``, from the
-backend's ``sort_fields``); ``sort_messages`` returns them in the requested
-order. Strings compare by their i;unicode-casemap key (RFC 5051, required by
-RFC 5256 section 1); a missing field sorts as the empty string; messages that
-compare equal on every key stay in mailbox order (RFC 5256 section 3), also
-under REVERSE.
+Pure: the session supplies, per message, its index data and its SortKeys
+(message/threadkeys.py, from the backend's ``sort_keys``: computed once per
+message from its decoded header fields); ``sort_messages`` returns them in
+the requested order. Strings compare by their i;unicode-casemap key (RFC
+5051, required by RFC 5256 section 1); a missing field sorts as the empty
+string; messages that compare equal on every key stay in mailbox order (RFC
+5256 section 3), also under REVERSE.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from ...message.threadkeys import base_subject, casemap, first_address, sent_date
+from ...message.threadkeys import SortKeys
 from .response import Atom, format_uid_list_ordered
 
 # RFC 5256 section 3 and RFC 5957 section 3: the sort keys
 SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
-
-# the header field each key reads
-_FIELD = {"CC": "cc", "DATE": "date", "FROM": "from", "SUBJECT": "subject", "TO": "to",
-          "DISPLAYFROM": "from", "DISPLAYTO": "to"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,35 +31,29 @@ class SortKey:
 
 @dataclass(slots=True)
 class SortMessage:
-    """What the keys are computed from: the message's index data and the
-    first decoded value of each header field ``header_names`` asked for."""
+    """What the keys are computed from: the message's index data and SortKeys."""
 
     seq: int
     uid: int
     size: int
     internal_date: float
-    fields: Mapping[str, str] = field(default_factory=dict)
+    keys: SortKeys
 
 
-def header_names(keys: Sequence[SortKey]) -> tuple[str, ...]:
-    """The (lower-case) header fields ``keys`` read."""
-    return tuple(sorted({_FIELD[k.name] for k in keys if k.name in _FIELD}))
-
-
-def _key_function(name: str) -> Callable[[SortMessage], object]:
-    if name == "ARRIVAL":
-        return lambda m: m.internal_date
-    if name == "SIZE":
-        return lambda m: m.size
-    if name == "DATE":
-        # RFC 5256 2.2: the Date header in UTC, else the INTERNALDATE
-        return lambda m: sent_date(m.fields.get("date"), m.internal_date)
-    if name == "SUBJECT":
-        return lambda m: casemap(base_subject(m.fields.get("subject"))[0])
-    f = _FIELD[name]
-    if name.startswith("DISPLAY"):
-        return lambda m: casemap(first_address(m.fields.get(f))[1])
-    return lambda m: casemap(first_address(m.fields.get(f))[0])
+_KEY: dict[str, Callable[[SortMessage], object]] = {
+    "ARRIVAL": lambda m: m.internal_date,
+    "SIZE": lambda m: m.size,
+    # RFC 5256 2.2: the Date header in UTC, else the INTERNALDATE
+    "DATE": lambda m: m.internal_date if m.keys.date is None else m.keys.date,
+    "SUBJECT": lambda m: m.keys.subject,  # the base subject, RFC 5256 2.1
+    # RFC 5256 section 3: addr-mailbox of the first address
+    "FROM": lambda m: m.keys.from_mailbox,
+    "TO": lambda m: m.keys.to_mailbox,
+    "CC": lambda m: m.keys.cc_mailbox,
+    # RFC 5957 section 3: the display name, else the address
+    "DISPLAYFROM": lambda m: m.keys.from_display,
+    "DISPLAYTO": lambda m: m.keys.to_display,
+}
 
 
 def sort_messages(messages: Sequence[SortMessage], keys: Sequence[SortKey]) -> list[SortMessage]:
@@ -74,9 +64,7 @@ def sort_messages(messages: Sequence[SortMessage], keys: Sequence[SortKey]) -> l
     # significant key first and the most significant last gives the
     # lexicographic order, and equal messages keep their mailbox order.
     for k in reversed(keys):
-        fn = _key_function(k.name)
-        values = {m.seq: fn(m) for m in out}
-        out.sort(key=lambda m: values[m.seq], reverse=k.reverse)  # noqa: B023 (used at once)
+        out.sort(key=_KEY[k.name], reverse=k.reverse)
     return out
 
 

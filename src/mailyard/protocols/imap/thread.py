@@ -2,7 +2,8 @@
 the thread-list syntax of the THREAD response (RFC 5256 section 4).
 
 Pure: messages come as ``ThreadMessage`` (sequence number, UID, sent date,
-the decoded Subject, Message-ID, References and In-Reply-To); the result is a
+and from their SortKeys (message/threadkeys.py) the base subject, whether it
+was a reply or forward, the Message-ID and the parent ids); the result is a
 list of ``Node`` trees, written by ``format_threads``. A ``Node`` whose
 ``msg`` is None is a dummy (a message referred to but not present).
 """
@@ -10,9 +11,9 @@ list of ``Node`` trees, written by ``format_threads``. A ``Node`` whose
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ...message.threadkeys import base_subject, casemap, message_id, parent_ids, sent_date
+from ...message.threadkeys import SortKeys
 
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 # The last ids of a References field that are linked: each link walks up the
@@ -26,30 +27,34 @@ class ThreadMessage:
     seq: int
     uid: int
     date: float  # the sent date (RFC 5256 2.2), UTC
-    subject: str | None = None
+    subject: str = ""  # casemapped base subject (RFC 5256 2.1)
+    refwd: bool = False  # the subject marked a reply or forward
     message_id: str | None = None
-    references: str | None = None
-    in_reply_to: str | None = None
+    parents: tuple[str, ...] = ()  # References, else In-Reply-To (RFC 5256 section 3 step 1)
 
 
-def thread_message(seq: int, uid: int, internal_date: float, fields: dict[str, str]) -> ThreadMessage:
-    """A ThreadMessage from the first decoded value of the fields
-    ``THREAD_FIELDS`` names (the backend's ``sort_fields``)."""
-    return ThreadMessage(seq, uid, sent_date(fields.get("date"), internal_date), fields.get("subject"),
-                         fields.get("message-id"), fields.get("references"), fields.get("in-reply-to"))
+def thread_message(seq: int, uid: int, internal_date: float, keys: SortKeys) -> ThreadMessage:
+    """A ThreadMessage from a message's SortKeys (the backend's ``sort_keys``)."""
+    date = internal_date if keys.date is None else keys.date
+    return ThreadMessage(seq, uid, date, keys.subject, keys.refwd, keys.message_id, keys.parents)
 
 
-THREAD_FIELDS = ("date", "in-reply-to", "message-id", "references", "subject")
-
-
-@dataclass(eq=False, slots=True)
 class Node:
-    msg: ThreadMessage | None = None
-    children: list[Node] = field(default_factory=list)
-    parent: Node | None = None
+    """A container of the thread tree: a message, or a dummy (``msg`` None)."""
+
+    __slots__ = ("children", "key", "msg", "parent")
+
+    def __init__(self, msg: ThreadMessage | None = None, children: list[Node] | None = None) -> None:
+        self.msg = msg
+        self.children: list[Node] = children if children is not None else []
+        self.parent: Node | None = None
+        # what the node sorts by (RFC 5256 section 3): the sent date, equal
+        # dates in mailbox order; a dummy's is its first child's, set once
+        # its children are sorted
+        self.key: tuple[float, int] = (msg.date, msg.seq) if msg is not None else (0.0, 0)
 
     def first(self) -> ThreadMessage:
-        """The message a node sorts by: its own, or a dummy's first child's."""
+        """The message a node stands for: its own, or a dummy's first child's."""
         node = self
         while node.msg is None:
             node = node.children[0]
@@ -57,8 +62,14 @@ class Node:
 
 
 def _order(node: Node) -> tuple[float, int]:
-    m = node.first()
-    return (m.date, m.seq)  # the sent date; equal dates in mailbox order
+    return node.key
+
+
+def _sort_children(node: Node) -> None:
+    if len(node.children) > 1:
+        node.children.sort(key=_order)
+    if node.msg is None and node.children:
+        node.key = node.children[0].key
 
 
 def ordered_subject(messages: Sequence[ThreadMessage]) -> list[Node]:
@@ -67,11 +78,14 @@ def ordered_subject(messages: Sequence[ThreadMessage]) -> list[Node]:
     date order; threads ordered by the sent date of their first message."""
     groups: dict[str, list[ThreadMessage]] = {}
     for m in sorted(messages, key=lambda m: (m.date, m.seq)):
-        groups.setdefault(casemap(base_subject(m.subject)[0]), []).append(m)
+        groups.setdefault(m.subject, []).append(m)
     roots = []
     for members in groups.values():
         root = Node(members[0])
-        root.children = [Node(m, parent=root) for m in members[1:]]
+        for m in members[1:]:
+            child = Node(m)
+            child.parent = root
+            root.children.append(child)
         roots.append(root)
     roots.sort(key=_order)
     return roots
@@ -107,14 +121,15 @@ def references(messages: Sequence[ThreadMessage]) -> list[Node]:
     # (1) a container per message id; a message without a valid Message-ID,
     # or with the id of a message seen before, gets an id of its own
     for m in ordered:
-        mid = message_id(m.message_id)
+        mid = m.message_id
         if mid is None or (mid in table and table[mid].msg is not None):
             mid = f"\0{m.seq}"
         node = table.get(mid)
         if node is None:
             table[mid] = node = Node()
         node.msg = m
-        refs = parent_ids(m.references, m.in_reply_to)[-MAX_REFERENCES:]
+        node.key = (m.date, m.seq)
+        refs = m.parents[-MAX_REFERENCES:]
         # (1)(A) link the references in their order: each the parent of the
         # next, unless the child has a parent already or it would make a loop
         prev: Node | None = None
@@ -139,7 +154,7 @@ def references(messages: Sequence[ThreadMessage]) -> list[Node]:
     # (4) sort the top level by sent date (a dummy by its first child's)
     for n in roots:
         if n.msg is None:
-            n.children.sort(key=_order)
+            _sort_children(n)
     roots.sort(key=_order)
     # (5) gather top-level messages of the same base subject
     roots = _merge_subjects(roots)
@@ -158,9 +173,11 @@ def _post_order(roots: list[Node]) -> list[Node]:
         n, done = stack.pop()
         if done:
             out.append(n)
-        else:
+        elif n.children:
             stack.append((n, True))
             stack.extend((ch, False) for ch in n.children)
+        else:
+            out.append(n)
     return out
 
 
@@ -182,9 +199,10 @@ def _pruned(children: list[Node], top: bool) -> list[Node]:
 
 def _prune(roots: list[Node], top: bool) -> list[Node]:
     for n in _post_order(roots):
-        n.children = _pruned(n.children, top=False)
-        for ch in n.children:
-            ch.parent = n
+        if any(ch.msg is None for ch in n.children):
+            n.children = _pruned(n.children, top=False)
+            for ch in n.children:
+                ch.parent = n
     out = _pruned(roots, top=True)
     for n in out:
         n.parent = None
@@ -193,8 +211,8 @@ def _prune(roots: list[Node], top: bool) -> list[Node]:
 
 def _merge_subjects(roots: list[Node]) -> list[Node]:
     def subject_of(n: Node) -> tuple[str, bool]:
-        base, refwd = base_subject(n.first().subject)
-        return casemap(base), refwd
+        m = n.first()
+        return m.subject, m.refwd
 
     # (5)(A-B) the subject table: per base subject the top-level node that
     # others join; a dummy wins over a message, a message that is not a
@@ -243,7 +261,7 @@ def _sort_tree(roots: list[Node]) -> None:
     # siblings of messages first, then the top level, whose dummies sort by
     # their first child
     for n in _post_order(roots):
-        n.children.sort(key=_order)
+        _sort_children(n)
 
 
 def format_threads(roots: Sequence[Node], uid: bool) -> str:

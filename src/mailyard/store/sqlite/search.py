@@ -17,6 +17,7 @@ once there is room.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
+from ...message.threadkeys import KEY_FIELDS, SortKeys, sort_keys
 from ..api import DERIVED_FIELDS, DerivedRecord, MailboxRef, StorageFull, derive_record
 from . import textindex
 from .core import SQLiteCore, select_uids
@@ -37,6 +39,9 @@ INDEXED = "2"  # bodies.derived once body_derived/header_fields/the text index h
 # Disk full while indexing: first wait, doubled after each failure up to the last.
 INDEX_BACKOFF = (1.0, 60.0)
 INDEX_FREE_POLL = 1.0  # seconds between looks at the free space while it is below the reserve
+# SORT/THREAD keys kept in memory, per body (bodies never change and their ids
+# are never reused: AUTOINCREMENT): about 300 bytes each.
+SORT_CACHE_BODIES = 300_000
 
 _META_KEYS = frozenset({"envelope", "bodystructure", "parts", "messages", "date", "size"})
 _IMAP_COLS = {"envelope_imap": "envelope", "bodystructure_imap": "bodystructure", "body_imap": "body"}
@@ -44,6 +49,11 @@ _IMAP_COLS = {"envelope_imap": "envelope", "bodystructure_imap": "bodystructure"
 
 class SearchMixin(SQLiteCore):
     """Derived data, header and full-text search, background indexing."""
+
+    # SORT and THREAD keys (message/threadkeys.py) by body id, computed from
+    # header_fields on first use and kept (bounded by SORT_CACHE_BODIES): a
+    # SORT of a mailbox already sorted once reads one row per message.
+    _sort_cache: dict[int, SortKeys]
 
     # Indexing waits (monotonic time) after a disk-full failure; see _index_deferred.
     _index_resume_at = 0.0
@@ -138,39 +148,71 @@ class SearchMixin(SQLiteCore):
                 found.add(uid)
         return found
 
-    async def sort_fields(
-        self, mailbox: MailboxRef, uids: Sequence[int], names: Sequence[str]
-    ) -> dict[int, dict[str, str]]:
+    async def sort_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, SortKeys]:
         mailbox_id = self._owned(mailbox)
         pending = await self._ensure_indexed(mailbox_id)
         wanted = set(uids)
-        out: dict[int, dict[str, str]] = {u: {} for u in wanted}
-        if not names or not wanted:
-            return {}
-        marks = ",".join("?" * len(names))
-        # one pass over the mailbox's messages with a primary-key probe of
-        # header_fields (body_id, name, n) per message and name; the rows of
-        # one field come in ascending n, so the first one kept is the first
-        # field of that name in the header
-        rows = self._q(
-            "SELECT m.uid, h.name, h.value FROM messages m JOIN header_fields h"
-            f" ON h.body_id = m.body_id AND h.name IN ({marks}) WHERE m.mailbox_id = ?"
-            " ORDER BY m.uid, h.name, h.n",
-            (*names, mailbox_id),
-        )
-        for uid, name, value in rows:
-            item = out.get(uid)
-            if item is not None and name not in item:
-                item[name] = value
-        for uid, rec in pending.items():
-            item = out.get(uid)
-            if item is not None:
-                item.clear()
-                for name, value in rec.headers:
-                    if name in names and name not in item:
-                        item[name] = value
-        present = {r[0] for r in self._q("SELECT uid FROM messages WHERE mailbox_id = ?", (mailbox_id,))}
-        return {u: v for u, v in out.items() if u in present}
+        cache = self.__dict__.get("_sort_cache")
+        if cache is None:
+            cache = self._sort_cache = {}
+        out: dict[int, SortKeys] = {}
+        missing: dict[int, list[int]] = {}  # body_id -> uids
+        for uid, body_id in self._q("SELECT uid, body_id FROM messages WHERE mailbox_id = ?", (mailbox_id,)):
+            if uid not in wanted:
+                continue
+            keys = cache.get(body_id)
+            if keys is None:
+                missing.setdefault(body_id, []).append(uid)
+            else:
+                out[uid] = keys
+        if not missing:
+            return out
+        found = self._stored_sort_keys(list(missing))
+        fields: dict[int, dict[str, str]] = {b: {} for b in missing if b not in found}
+        ids = sorted(fields)
+        for i in range(0, len(ids), 900):
+            # bodies derived before SortKeys were kept with the derived data:
+            # from their header fields, in primary-key order (body_id, name,
+            # n), so the first row of a name is the first such field
+            chunk = ids[i : i + 900]
+            for body_id, name, value in self._q(
+                f"SELECT body_id, name, value FROM header_fields WHERE body_id IN ({','.join('?' * len(chunk))})"
+                f" AND name IN ({','.join('?' * len(KEY_FIELDS))}) ORDER BY body_id, name, n",
+                (*chunk, *KEY_FIELDS),
+            ):
+                fields[body_id].setdefault(name, value)
+        pending_by_body = {body_id: pending[u] for body_id, us in missing.items() for u in us if u in pending}
+        if len(cache) + len(missing) > SORT_CACHE_BODIES:
+            # forget the oldest entries (dicts keep insertion order)
+            for body_id in list(itertools.islice(cache, len(cache) // 4 + len(missing))):
+                del cache[body_id]
+        for body_id, us in missing.items():
+            rec = pending_by_body.get(body_id)
+            if rec is not None:
+                # derived but not stored (the disk is full): not cached
+                keys = _record_keys(rec.meta)
+            else:
+                keys = found.get(body_id) or sort_keys(fields[body_id])
+                cache[body_id] = keys
+            for u in us:
+                out[u] = keys
+        return out
+
+    def _stored_sort_keys(self, body_ids: list[int]) -> dict[int, SortKeys]:
+        """The SortKeys kept in the bodies' derived data (derive_record)."""
+        out: dict[int, SortKeys] = {}
+        body_ids.sort()
+        for i in range(0, len(body_ids), 900):
+            chunk = body_ids[i : i + 900]
+            for body_id, text in self._q(
+                "SELECT body_id, json_extract(meta, '$.sort') FROM body_derived"
+                f" WHERE body_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                keys = _json_keys(text)
+                if keys is not None:
+                    out[body_id] = keys
+        return out
 
     async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"]) -> set[int]:
         mailbox_id = self._owned(mailbox)
@@ -328,6 +370,21 @@ class SearchMixin(SQLiteCore):
             c.execute(f"PRAGMA synchronous={self._synchronous}")
         self._index_backoff = 0.0
         return True
+
+
+def _json_keys(text: str | None) -> SortKeys | None:
+    if text is None:
+        return None
+    try:
+        v = json.loads(text)
+        return SortKeys(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], tuple(v[9]))
+    except (ValueError, TypeError, IndexError):
+        return None
+
+
+def _record_keys(meta: dict) -> SortKeys:
+    v = meta["sort"]
+    return SortKeys(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], tuple(v[9]))
 
 
 def _headers_dict(headers: list[tuple[str, str]]) -> dict[str, list[str]]:

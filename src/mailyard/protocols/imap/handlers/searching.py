@@ -3,9 +3,9 @@ RFC 9051 7.3.4), SEARCHRES SAVE (RFC 5182), MODSEQ (RFC 7162 3.1.5); SORT
 and THREAD (RFC 5256), SORT=DISPLAY (RFC 5957) and ESORT (RFC 5267 section 3)
 on the same search machinery.
 
-SORT and THREAD read their keys with one backend call (``sort_fields``: the
-first decoded value of the few header fields the keys need, derived once
-per message), never the messages.
+SORT and THREAD read their keys with one backend call (``sort_keys``:
+message/threadkeys.py SortKeys, computed once per message from its decoded
+header fields), never the messages.
 
 BODY and TEXT keys are answered by the backend's full-text index
 (search_text), FROM/TO/CC/BCC/SUBJECT/HEADER by its index of header fields
@@ -107,11 +107,10 @@ async def cmd_sort(s: ImapSession, cmd: c.Sort) -> None:
     assert sel is not None and b is not None
     hits, modseq, mod = await _matching(s, cmd.key)
     keys = [so.SortKey(name, reverse) for name, reverse in cmd.keys]
-    names = so.header_names(keys)
-    fields = await b.sort_fields(sel.mailbox, [u for _, u in hits], names) if names and hits else {}
+    found = await b.sort_keys(sel.mailbox, [u for _, u in hits]) if hits else {}
     infos = await sel.infos(b)
-    msgs = [so.SortMessage(q, u, infos[u].size, infos[u].internal_date, fields.get(u, {}))
-            for q, u in hits if u in infos]
+    msgs = [so.SortMessage(q, u, infos[u].size, infos[u].internal_date, found[u])
+            for q, u in hits if u in infos and u in found]
     ordered = [(m.seq, m.uid) for m in so.sort_messages(msgs, keys)]
     responses, saved = so.result_form(cmd.tag, cmd.uid, ordered, modseq, mod, cmd.return_opts)
     if saved is not None:
@@ -132,9 +131,9 @@ async def cmd_thread(s: ImapSession, cmd: c.Thread) -> None:
     sel, b = s.sel, s.backend
     assert sel is not None and b is not None
     hits, _modseq, _mod = await _matching(s, cmd.key)
-    fields = await b.sort_fields(sel.mailbox, [u for _, u in hits], th.THREAD_FIELDS) if hits else {}
+    found = await b.sort_keys(sel.mailbox, [u for _, u in hits]) if hits else {}
     infos = await sel.infos(b)
-    msgs = [th.thread_message(q, u, infos[u].internal_date, dict(fields.get(u, {}))) for q, u in hits if u in infos]
+    msgs = [th.thread_message(q, u, infos[u].internal_date, found[u]) for q, u in hits if u in infos and u in found]
     roots = th.ordered_subject(msgs) if cmd.algorithm == "ORDEREDSUBJECT" else th.references(msgs)
     text = th.format_threads(roots, cmd.uid)
     s.engine.untagged(*([Atom("THREAD"), Atom(text)] if text else [Atom("THREAD")]))
