@@ -156,3 +156,24 @@ def test_sort_errors() -> None:
     c.expect("a5 SORT RETURN (UPDATE) (DATE) UTF-8 ALL", "a5 BAD Syntax error: unknown RETURN option UPDATE")
     c2 = connect(_store())
     c2.expect("b1 SORT (DATE) UTF-8 ALL", "b1 BAD SORT is not valid in the authenticated state")
+
+
+def test_partial_rfc5267_4_4_and_rfc9394() -> None:
+    c = connect(_store(), select="INBOX")
+    # SEARCH: positions in ascending order; SORT: in sort order (DATE: 3 4 5 1 2)
+    c.expect("a1 SEARCH RETURN (PARTIAL 2:3) ALL", '* ESEARCH (TAG "a1") PARTIAL (2:3 2:3)', "a1 OK SEARCH completed")
+    c.expect("a2 SORT RETURN (PARTIAL 1:3) (DATE) UTF-8 ALL", '* ESEARCH (TAG "a2") PARTIAL (1:3 3:5)',
+             "a2 OK SORT completed")
+    # RFC 9394 3.1: negative ranges count from the last result; COUNT stays the total
+    c.expect("a3 SORT RETURN (PARTIAL -2:-1 COUNT) (DATE) UTF-8 ALL",
+             '* ESEARCH (TAG "a3") PARTIAL (-1:-2 1:2) COUNT 5', "a3 OK SORT completed")
+    c.expect("a4 UID SEARCH RETURN (PARTIAL 7:9) ALL", '* ESEARCH (TAG "a4") UID PARTIAL (7:9 NIL)',
+             "a4 OK UID SEARCH completed")
+    c.expect("a5 SEARCH RETURN (PARTIAL 3:1 MIN) NOT 2", '* ESEARCH (TAG "a5") MIN 1 PARTIAL (1:3 1,3:4)',
+             "a5 OK SEARCH completed")
+    c.expect("a6 SEARCH RETURN (PARTIAL 1:2 ALL) ALL", "a6 BAD Syntax error: PARTIAL and ALL cannot be combined")
+    c.expect("a7 SEARCH RETURN (PARTIAL 0:2) ALL", "a7 BAD Syntax error: a PARTIAL range counts from 1")
+    # SAVE with PARTIAL keeps the part returned
+    c.expect("a8 SORT RETURN (SAVE PARTIAL 1:2) (REVERSE SIZE) UTF-8 ALL", '* ESEARCH (TAG "a8") PARTIAL (1:2 2,1)',
+             "a8 OK SORT completed")
+    c.expect("a9 SEARCH $", "* SEARCH 1 2", "a9 OK SEARCH completed")

@@ -191,6 +191,7 @@ class Search(Command):
     key: SearchKey
     charset: str | None = None
     return_opts: tuple[str, ...] | None = None  # None: no RETURN given (rev1 form)
+    partial: tuple[int, int] | None = None  # RETURN (PARTIAL m:n), RFC 5267 4.4 / RFC 9394
 
 
 @dataclass(kw_only=True)
@@ -201,6 +202,7 @@ class Sort(Command):
     key: SearchKey
     charset: str
     return_opts: tuple[str, ...] | None = None  # None: no RETURN, a SORT response
+    partial: tuple[int, int] | None = None  # RETURN (PARTIAL m:n), RFC 5267 4.4 / RFC 9394
 
 
 @dataclass(kw_only=True)

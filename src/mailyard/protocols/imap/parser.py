@@ -439,8 +439,8 @@ def _append(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
 
 
 def _search(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
-    key, charset, ret = parse_search_program(r)
-    return c.Search(tag=tag, name=name, key=key, charset=charset, return_opts=ret)
+    key, charset, ret, partial = parse_search_program(r)
+    return c.Search(tag=tag, name=name, key=key, charset=charset, return_opts=ret, partial=partial)
 
 
 # RFC 5267 section 3: ESORT's return options (SAVE: RFC 5182 2.4)
@@ -452,8 +452,9 @@ def _sort(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
     sort-criteria SP search-criteria (RFC 5256 section 5, RFC 5267 section 3)."""
     r.sp()
     ret = None
+    partial = None
     if r.maybe(b"RETURN "):
-        ret = parse_return_opts(r, SORT_RETURN_OPTIONS)
+        ret, partial = parse_return_opts(r, SORT_RETURN_OPTIONS)
         r.sp()
     r.open()
     keys: list[tuple[str, bool]] = []
@@ -471,7 +472,8 @@ def _sort(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
         r.sp()
     r.sp()
     key, charset = parse_search_criteria(r)
-    return c.Sort(tag=tag, name=name, keys=tuple(keys), key=key, charset=charset, return_opts=ret)
+    return c.Sort(tag=tag, name=name, keys=tuple(keys), key=key, charset=charset, return_opts=ret,
+                  partial=partial)
 
 
 def _thread(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:

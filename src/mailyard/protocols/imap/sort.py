@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ...message.threadkeys import SortKeys
 from .response import Atom, format_uid_list_ordered
+from .search import partial_result, partial_slice
 
 # RFC 5256 section 3 and RFC 5957 section 3: the sort keys
 SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
@@ -70,7 +71,7 @@ def sort_messages(messages: Sequence[SortMessage], keys: Sequence[SortKey]) -> l
 
 def result_form(
     tag: str, uid: bool, ordered: Sequence[tuple[int, int]], modseq: int, mod: bool,
-    return_opts: tuple[str, ...] | None,
+    return_opts: tuple[str, ...] | None, partial: tuple[int, int] | None = None,
 ) -> tuple[list[list[object]], frozenset[int] | None]:
     """The untagged responses of a SORT whose result is ``ordered`` ((seq,
     uid) pairs in sort order) and the new SEARCHRES result (None: unchanged).
@@ -81,9 +82,13 @@ def result_form(
       5267 section 3): MIN and MAX are the first and last message in sort
       order, ALL lists them in sort order with ranges only for runs of
       ascending consecutive numbers;
-    - SAVE keeps the UIDs for "$" (RFC 5182 2.4: only MIN/MAX with them alone).
+    - SAVE keeps the UIDs for "$" (RFC 5182 2.4: only MIN/MAX with them alone);
+    - PARTIAL m:n: ``PARTIAL (m:n set)`` of the results m to n in sort order
+      (RFC 5267 4.4, RFC 9394 3.1), the saved result then only those.
     """
     nums = [u for _, u in ordered] if uid else [q for q, _ in ordered]
+    if partial is not None:
+        ordered = partial_slice(ordered, partial)
     if return_opts is None:
         parts: list[object] = [Atom("SORT"), *nums]
         if mod and nums:
@@ -109,6 +114,8 @@ def result_form(
             parts += [Atom("MAX"), nums[-1]]
         if "ALL" in opts:
             parts += [Atom("ALL"), Atom(format_uid_list_ordered(nums))]
+    if partial is not None:
+        parts += partial_result(partial, [u for _, u in ordered] if uid else [q for q, _ in ordered], ordered=True)
     if "COUNT" in opts:
         parts += [Atom("COUNT"), len(nums)]
     if mod and nums:

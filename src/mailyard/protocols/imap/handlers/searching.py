@@ -109,7 +109,8 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
     sel = s.sel
     assert sel is not None
     hits, modseq, mod = await _matching(s, cmd.key)
-    responses, saved = sr.result_form(cmd.tag, cmd.uid, hits, modseq, mod, cmd.return_opts, s.engine.rev2)
+    responses, saved = sr.result_form(cmd.tag, cmd.uid, hits, modseq, mod, cmd.return_opts, s.engine.rev2,
+                                      cmd.partial)
     if saved is not None:
         sel.saved = saved
     for parts in responses:
@@ -132,7 +133,7 @@ async def cmd_sort(s: ImapSession, cmd: c.Sort) -> None:
         msgs = [so.SortMessage(q, u, infos[u].size, infos[u].internal_date, found[u])
                 for q, u in hits if u in infos and u in found]
         ordered = [(m.seq, m.uid) for m in so.sort_messages(msgs, keys)]
-    responses, saved = so.result_form(cmd.tag, cmd.uid, ordered, modseq, mod, cmd.return_opts)
+    responses, saved = so.result_form(cmd.tag, cmd.uid, ordered, modseq, mod, cmd.return_opts, cmd.partial)
     if saved is not None:
         sel.saved = saved
     for parts in responses:
