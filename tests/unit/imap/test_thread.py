@@ -113,3 +113,16 @@ def test_deep_threads_need_no_recursion() -> None:
     assert b" (2397 (2399 2400)(2398))(2396))" in line
     assert line.endswith(b"(6))(4))(2))")
     assert line.count(b"(") == line.count(b")")
+
+
+def test_references_step_1b_replaces_a_guessed_parent() -> None:
+    # 1 guessed a -> b -> 1 from its References; 2 is b and names z as its
+    # parent: b leaves a (now an empty dummy, pruned) for z (a dummy with one
+    # child at the top: promoted)
+    mail = [
+        _msg(D.format("10:00"), "p", "Message-ID: <c@t>", "References: <a@t> <b@t>"),
+        _msg(D.format("09:00"), "q", "Message-ID: <b@t>", "References: <z@t>"),
+        _msg(D.format("11:00"), "r", "Message-ID: <d@t>", "References: <a@t>"),
+    ]
+    c = connect(_store(mail), select="INBOX")
+    c.expect("a1 THREAD REFERENCES UTF-8 ALL", "* THREAD (2 1)(3)", "a1 OK THREAD completed")

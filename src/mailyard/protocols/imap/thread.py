@@ -42,11 +42,14 @@ def thread_message(seq: int, uid: int, internal_date: float, keys: SortKeys) -> 
 class Node:
     """A container of the thread tree: a message, or a dummy (``msg`` None)."""
 
-    __slots__ = ("children", "key", "msg", "parent")
+    __slots__ = ("children", "key", "kids", "msg", "parent")
 
     def __init__(self, msg: ThreadMessage | None = None, children: list[Node] | None = None) -> None:
         self.msg = msg
         self.children: list[Node] = children if children is not None else []
+        # while step 1 links and relinks: the children as an ordered set, so
+        # taking a child away is O(1) however many siblings it has
+        self.kids: dict[Node, None] = {}
         self.parent: Node | None = None
         # what the node sorts by (RFC 5256 section 3): the sent date, equal
         # dates in mailbox order; a dummy's is its first child's, set once
@@ -102,16 +105,23 @@ def _reachable(a: Node, b: Node) -> bool:
 
 
 def _link(parent: Node, child: Node) -> None:
+    """Step 1's linking, on ``kids``."""
     if child.parent is not None:
-        child.parent.children.remove(child)
+        del child.parent.kids[child]
     child.parent = parent
-    parent.children.append(child)
+    parent.kids[child] = None
 
 
 def _unlink(child: Node) -> None:
     if child.parent is not None:
-        child.parent.children.remove(child)
+        del child.parent.kids[child]
         child.parent = None
+
+
+def _adopt(parent: Node, child: Node) -> None:
+    """Steps 5 and later: ``child`` (top-level, so parentless) goes under ``parent``."""
+    child.parent = parent
+    parent.children.append(child)
 
 
 def references(messages: Sequence[ThreadMessage]) -> list[Node]:
@@ -147,6 +157,9 @@ def references(messages: Sequence[ThreadMessage]) -> list[Node]:
             _link(prev, node)
         elif prev is None:
             _unlink(node)
+    for n in table.values():
+        n.children = list(n.kids)
+        n.kids = {}
     # (2) the root set, in the order the containers were made
     roots = [n for n in table.values() if n.parent is None]
     # (3) prune dummies
@@ -234,17 +247,19 @@ def _merge_subjects(roots: list[Node]) -> list[Node]:
             continue
         if target.msg is None and n.msg is None:
             # both dummies: the children of both become siblings
-            for ch in list(n.children):
-                _link(target, ch)
+            for ch in n.children:
+                ch.parent = target
+            target.children.extend(n.children)
+            n.children = []
         elif target.msg is None:
-            _link(target, n)
+            _adopt(target, n)
         elif refwd and not subject_of(target)[1]:
-            _link(target, n)
+            _adopt(target, n)
         else:
             # a new dummy holds both, and takes the table's place
             dummy = Node()
-            _link(dummy, target)
-            _link(dummy, n)
+            _adopt(dummy, target)
+            _adopt(dummy, n)
             table[subj] = dummy
     out: list[Node] = []
     seen: set[int] = set()
