@@ -40,10 +40,10 @@ __all__ = ["KEY_FIELDS", "SortKeys", "base_subject", "casemap", "first_address",
 #   subj-leader  = (*subj-blob subj-refwd) / WSP
 #   subj-trailer = "(fwd)" / WSP
 #   subj-fwd-hdr = "[fwd:"   subj-fwd-trl = "]"
-_BLOB = r"\[[^\[\]]*\][ \t]*"
-_LEADER = re.compile(rf"(?:(?:{_BLOB})*(?:re|fwd?)[ \t]*(?:{_BLOB})?:|[ \t])", re.IGNORECASE)
+_BLOB = r"\[[^\[\]]*\] ?"  # step 1 left single spaces only
 _BLOB_RE = re.compile(_BLOB)
-_TRAILER = re.compile(r"(?:\(fwd\)|[ \t])\Z", re.IGNORECASE)
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_REFWD = re.compile(rf"(?:re|fwd?) ?(?:{_BLOB})?:")  # matched on the lower-cased text
 _WSP_RUN = re.compile(r"[ \t\r\n]+")
 _MSG_ID = re.compile(r"<([^<>]*)>")
 # One address alone, in the two common forms (``Name <a@b>``, ``"Name" <a@b>``
@@ -62,6 +62,10 @@ def base_subject(subject: str | None) -> tuple[str, bool]:
     at delivery, message/derived.py). "Reply or forward" is what THREAD
     REFERENCES step 5 asks: a subj-refwd, "(fwd)" trailer or "[fwd: ...]"
     wrapper was removed.
+
+    The steps move two indexes over the text instead of cutting it, and each
+    character is looked at a bounded number of times: a 64 KiB subject of
+    "[]" or "(fwd)" repeated takes linear time, not quadratic.
     """
     if not subject:
         return "", False
@@ -69,36 +73,47 @@ def base_subject(subject: str | None) -> tuple[str, bool]:
         return subject.strip(" "), False
     # (1) tabs and continuations become one space; runs of spaces one space
     s = _WSP_RUN.sub(" ", subject)
+    low = s.translate(_ASCII_LOWER)  # the RFC's literals are ASCII; lower() may change lengths
+    pos, end = 0, len(s)
     refwd = False
     while True:
-        # (2) remove subj-trailers until none is left
-        while True:
-            m = _TRAILER.search(s)
-            if m is None:
-                break
-            if m.group() != " " and m.group() != "\t":
+        # (2) remove subj-trailers ("(fwd)" / WSP) until none is left
+        while end > pos:
+            if s[end - 1] == " ":
+                end -= 1
+            elif end - pos >= 5 and low.startswith("(fwd)", end - 5):
+                end -= 5
                 refwd = True
-            s = s[: m.start()]
-        # (3)-(5) remove subj-leaders, and a subj-blob that leaves a non-empty
-        # base, until neither matches
-        while True:
-            m = _LEADER.match(s)
-            if m is not None and m.end():
-                if m.group().strip():
-                    refwd = True
-                s = s[m.end() :]
+            else:
+                break
+        # (3)-(5) remove subj-leaders (*subj-blob subj-refwd, or WSP), and a
+        # subj-blob when a non-empty base follows it, until neither matches
+        while pos < end:
+            if s[pos] == " ":
+                pos += 1
                 continue
-            m = _BLOB_RE.match(s)
-            if m is not None and s[m.end() :].strip():
-                s = s[m.end() :]
+            blobs = []
+            q = pos
+            while (m := _BLOB_RE.match(s, q, end)) is not None:
+                blobs.append(q)
+                q = m.end()
+            m = _REFWD.match(low, q, end)
+            if m is not None:
+                pos = m.end()  # a leader: the blobs and the subj-refwd
+                refwd = True
                 continue
+            if blobs:
+                # no refwd after them: step 4 removes the blobs one by one
+                # while something is left after the one removed
+                pos = q if q < end else blobs[-1]
             break
         # (6) a "[fwd: ...]" wrapper: remove it and start again at (2)
-        if s[:5].lower() == "[fwd:" and s.endswith("]"):
-            s = s[5:-1]
+        if end - pos >= 6 and low.startswith("[fwd:", pos) and s[end - 1] == "]":
+            pos += 5
+            end -= 1
             refwd = True
             continue
-        return s, refwd
+        return s[pos:end], refwd
 
 
 @functools.lru_cache(maxsize=4096)

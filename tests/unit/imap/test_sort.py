@@ -177,3 +177,21 @@ def test_partial_rfc5267_4_4_and_rfc9394() -> None:
     c.expect("a8 SORT RETURN (SAVE PARTIAL 1:2) (REVERSE SIZE) UTF-8 ALL", '* ESEARCH (TAG "a8") PARTIAL (1:2 2,1)',
              "a8 OK SORT completed")
     c.expect("a9 SEARCH $", "* SEARCH 1 2", "a9 OK SEARCH completed")
+
+
+def test_base_subject_of_a_hostile_subject_takes_linear_time() -> None:
+    """Anyone can send a 64 KiB Subject of "[] " or " (fwd)" repeated; its
+    base subject is computed at delivery. Step by step with cut strings and
+    regular expressions anchored at the end that took 20-50 s each; it must
+    come back at all within a generous bound (a subprocess, killed after)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from mailyard.message.threadkeys import base_subject\n"
+        "assert base_subject('[] ' * 20000 + 'x') == ('x', False)\n"
+        "assert base_subject(' (fwd)' * 10000) == ('', True)\n"
+        "assert base_subject('[]' * 30000 + 'x') == ('x', False)\n"
+        "assert base_subject('[fwd: ' * 10000 + 'x' + ']' * 10000) == ('x', True)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=10)
