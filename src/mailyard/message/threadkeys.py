@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 import unicodedata
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -31,8 +32,8 @@ from typing import NamedTuple
 from .address import Group, parse_address_list
 from .dates import to_timestamp
 
-__all__ = ["KEY_FIELDS", "SortKeys", "base_subject", "casemap", "first_address", "message_id", "parent_ids",
-           "sent_date", "sort_keys"]
+__all__ = ["KEY_FIELDS", "SortKeys", "base_subject", "casemap", "first_address", "keys_from_json", "message_id",
+           "parent_ids", "sent_date", "sort_keys"]
 
 # RFC 5256 section 5 (formal syntax), matched case-insensitively:
 #   subj-blob    = "[" *BLOBCHAR "]" *WSP          BLOBCHAR: any CHAR but "[" "]"
@@ -219,6 +220,27 @@ class SortKeys(NamedTuple):
     cc_mailbox: str
     message_id: str | None
     parents: tuple[str, ...]  # parent_ids(References, In-Reply-To)
+
+
+def keys_from_json(v: list) -> SortKeys:
+    """SortKeys from ``list(keys)`` as kept in JSON. The strings many
+    messages share (a correspondent's address and name, a thread's subject,
+    the ids replies refer to) are interned, so a mailbox's keys held in
+    memory keep one copy of each.
+    Raises TypeError, IndexError or ValueError for a list of another shape."""
+    if len(v) != len(SortKeys._fields):
+        raise ValueError("not a SortKeys list")
+    intern = sys.intern
+    date = v[0]
+    if date is not None and not isinstance(date, int | float):
+        raise TypeError("date")
+    mid = v[8]
+    if mid is not None and not isinstance(mid, str):
+        raise TypeError("message id")
+    # a message's id is also in its replies' References: one copy for all
+    parents = tuple(map(intern, v[9]))
+    return SortKeys(date, intern(v[1]), bool(v[2]), intern(v[3]), intern(v[4]), intern(v[5]), intern(v[6]),
+                    intern(v[7]), None if mid is None else intern(mid), parents)
 
 
 def sort_keys(fields: Mapping[str, str]) -> SortKeys:

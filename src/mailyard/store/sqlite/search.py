@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from ...message.threadkeys import KEY_FIELDS, SortKeys, sort_keys
+from ...message.threadkeys import KEY_FIELDS, SortKeys, keys_from_json, sort_keys
 from ..api import DERIVED_FIELDS, DerivedRecord, MailboxRef, StorageFull, derive_record
 from . import textindex
 from .core import SQLiteCore, select_uids
@@ -40,8 +40,9 @@ INDEXED = "2"  # bodies.derived once body_derived/header_fields/the text index h
 INDEX_BACKOFF = (1.0, 60.0)
 INDEX_FREE_POLL = 1.0  # seconds between looks at the free space while it is below the reserve
 # SORT/THREAD keys kept in memory, per body (bodies never change and their ids
-# are never reused: AUTOINCREMENT): about 300 bytes each.
-SORT_CACHE_BODIES = 300_000
+# are never reused: AUTOINCREMENT): about 500 bytes each with the shared
+# strings interned, so at most some 50 MiB.
+SORT_CACHE_BODIES = 100_000
 
 _META_KEYS = frozenset({"envelope", "bodystructure", "parts", "messages", "date", "size"})
 _IMAP_COLS = {"envelope_imap": "envelope", "bodystructure_imap": "bodystructure", "body_imap": "body"}
@@ -190,9 +191,9 @@ class SearchMixin(SQLiteCore):
             rec = pending_by_body.get(body_id)
             if rec is not None:
                 # derived but not stored (the disk is full): not cached
-                keys = _record_keys(rec.meta)
+                keys = keys_from_json(rec.meta["sort"])
             else:
-                keys = found.get(body_id) or sort_keys(fields[body_id])
+                keys = found.get(body_id) or keys_from_json(list(sort_keys(fields[body_id])))
                 cache[body_id] = keys
             for u in us:
                 out[u] = keys
@@ -376,15 +377,9 @@ def _json_keys(text: str | None) -> SortKeys | None:
     if text is None:
         return None
     try:
-        v = json.loads(text)
-        return SortKeys(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], tuple(v[9]))
+        return keys_from_json(json.loads(text))
     except (ValueError, TypeError, IndexError):
-        return None
-
-
-def _record_keys(meta: dict) -> SortKeys:
-    v = meta["sort"]
-    return SortKeys(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], tuple(v[9]))
+        return None  # not ours: computed from header_fields instead
 
 
 def _headers_dict(headers: list[tuple[str, str]]) -> dict[str, list[str]]:
