@@ -43,6 +43,7 @@ INDEX_FREE_POLL = 1.0  # seconds between looks at the free space while it is bel
 # are never reused: AUTOINCREMENT): about 500 bytes each with the shared
 # strings interned, so at most some 50 MiB.
 SORT_CACHE_BODIES = 100_000
+SORT_INLINE = 2_000  # more bodies' keys than this are computed off the event loop
 
 _META_KEYS = frozenset({"envelope", "bodystructure", "parts", "messages", "date", "size"})
 _IMAP_COLS = {"envelope_imap": "envelope", "bodystructure_imap": "bodystructure", "body_imap": "body"}
@@ -168,13 +169,60 @@ class SearchMixin(SQLiteCore):
                 out[uid] = keys
         if not missing:
             return out
-        found = self._stored_sort_keys(list(missing))
-        fields: dict[int, dict[str, str]] = {b: {} for b in missing if b not in found}
-        ids = sorted(fields)
+        # The SQL runs here; turning 100,000 stored JSON lists (or header
+        # fields) into keys takes a good part of a second, so a large batch is
+        # done off the event loop, as _derive_now parses messages.
+        texts = self._stored_sort_texts(sorted(missing))
+        fields = self._sort_fields([b for b in missing if texts.get(b) is None])
+
+        def compute() -> dict[int, SortKeys | None]:
+            keys: dict[int, SortKeys | None] = {b: _json_keys(t) for b, t in texts.items()}
+            for body_id, f in fields.items():
+                keys[body_id] = keys_from_json(list(sort_keys(f)))
+            return keys
+
+        found = await asyncio.to_thread(compute) if len(missing) > SORT_INLINE else compute()
+        bad = [b for b in missing if found.get(b) is None]
+        if bad:  # kept keys of another shape: from the header fields
+            for body_id, f in self._sort_fields(bad).items():
+                found[body_id] = keys_from_json(list(sort_keys(f)))
+        pending_by_body = {body_id: pending[u] for body_id, us in missing.items() for u in us if u in pending}
+        if len(cache) + len(missing) > SORT_CACHE_BODIES:
+            # forget the oldest entries (dicts keep insertion order)
+            for body_id in list(itertools.islice(cache, len(cache) // 4 + len(missing))):
+                cache.pop(body_id, None)
+        for body_id, us in missing.items():
+            rec = pending_by_body.get(body_id)
+            keys = found.get(body_id)
+            if rec is not None:
+                # derived but not stored (the disk is full): not cached
+                keys = keys_from_json(rec.meta["sort"])
+            elif keys is None:
+                continue  # gone meanwhile
+            else:
+                cache[body_id] = keys
+            for u in us:
+                out[u] = keys
+        return out
+
+    def _stored_sort_texts(self, body_ids: list[int]) -> dict[int, str | None]:
+        """The SortKeys kept in the bodies' derived data (derive_record), as JSON text."""
+        out: dict[int, str | None] = {}
+        for i in range(0, len(body_ids), 900):
+            chunk = body_ids[i : i + 900]
+            out.update(self._q(
+                "SELECT body_id, json_extract(meta, '$.sort') FROM body_derived"
+                f" WHERE body_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ))
+        return out
+
+    def _sort_fields(self, body_ids: list[int]) -> dict[int, dict[str, str]]:
+        """For bodies derived before SortKeys were kept: the first value of
+        each KEY_FIELDS field, in primary-key order (body_id, name, n)."""
+        fields: dict[int, dict[str, str]] = {b: {} for b in body_ids}
+        ids = sorted(body_ids)
         for i in range(0, len(ids), 900):
-            # bodies derived before SortKeys were kept with the derived data:
-            # from their header fields, in primary-key order (body_id, name,
-            # n), so the first row of a name is the first such field
             chunk = ids[i : i + 900]
             for body_id, name, value in self._q(
                 f"SELECT body_id, name, value FROM header_fields WHERE body_id IN ({','.join('?' * len(chunk))})"
@@ -182,38 +230,7 @@ class SearchMixin(SQLiteCore):
                 (*chunk, *KEY_FIELDS),
             ):
                 fields[body_id].setdefault(name, value)
-        pending_by_body = {body_id: pending[u] for body_id, us in missing.items() for u in us if u in pending}
-        if len(cache) + len(missing) > SORT_CACHE_BODIES:
-            # forget the oldest entries (dicts keep insertion order)
-            for body_id in list(itertools.islice(cache, len(cache) // 4 + len(missing))):
-                del cache[body_id]
-        for body_id, us in missing.items():
-            rec = pending_by_body.get(body_id)
-            if rec is not None:
-                # derived but not stored (the disk is full): not cached
-                keys = keys_from_json(rec.meta["sort"])
-            else:
-                keys = found.get(body_id) or keys_from_json(list(sort_keys(fields[body_id])))
-                cache[body_id] = keys
-            for u in us:
-                out[u] = keys
-        return out
-
-    def _stored_sort_keys(self, body_ids: list[int]) -> dict[int, SortKeys]:
-        """The SortKeys kept in the bodies' derived data (derive_record)."""
-        out: dict[int, SortKeys] = {}
-        body_ids.sort()
-        for i in range(0, len(body_ids), 900):
-            chunk = body_ids[i : i + 900]
-            for body_id, text in self._q(
-                "SELECT body_id, json_extract(meta, '$.sort') FROM body_derived"
-                f" WHERE body_id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            ):
-                keys = _json_keys(text)
-                if keys is not None:
-                    out[body_id] = keys
-        return out
+        return fields
 
     async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"]) -> set[int]:
         mailbox_id = self._owned(mailbox)
