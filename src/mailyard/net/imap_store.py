@@ -59,6 +59,7 @@ class StoreBackend:
     mailbox_status = _checked("mailbox_status")
     search_headers = _checked("search_headers")
     search_text = _checked("search_text")
+    sort_keys = _checked("sort_keys")
     store_flags = _checked("store_flags")
 
     async def expunge(self, mailbox: Mailbox, uids: Sequence[int]) -> list[int]:

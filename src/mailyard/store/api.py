@@ -40,7 +40,10 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from ..message.threadkeys import SortKeys
 
 # RFC 6154 special-use mailboxes created with every account, besides INBOX.
 SPECIAL_USE_MAILBOXES: tuple[tuple[str, str], ...] = (
@@ -344,7 +347,7 @@ class DerivedRecord:
     envelope_imap: bytes
     bodystructure_imap: bytes
     body_imap: bytes
-    meta: dict  # envelope, bodystructure, parts, messages, date, size, preview (JSON-able)
+    meta: dict  # envelope, bodystructure, parts, messages, date, size, preview, sort (JSON-able)
     headers: list[tuple[str, str]]  # (lower-case name, decoded value), in header order
     body_text: str  # for the full-text index only
     header_text: str
@@ -355,10 +358,14 @@ def derive_record(raw: bytes) -> DerivedRecord:
     handling"); the same for every backend. Never raises (``derive`` does not)."""
     from ..message.derived import body_structure, derive
     from ..message.imap_syntax import body_bytes, envelope_bytes
+    from ..message.threadkeys import KEY_FIELDS, sort_keys
 
     d = derive(raw)
     j = d.to_json()
     meta = {k: j[k] for k in ("v", "envelope", "bodystructure", "parts", "messages", "date", "size", "preview")}
+    # IMAP SORT and THREAD's keys (RFC 5256), so a SORT reads them instead of
+    # parsing header fields: message/threadkeys.py SortKeys as a JSON list
+    meta["sort"] = list(sort_keys({n: d.headers[n][0] for n in KEY_FIELDS if d.headers.get(n)}))
     headers = [(name, value) for name, values in d.headers.items() for value in values]
     return DerivedRecord(
         envelope_imap=envelope_bytes(d.envelope),
@@ -695,6 +702,12 @@ class Store(abc.ABC):
         """UIDs whose body ("body": RFC 9051 SEARCH BODY) or header+body ("text":
         SEARCH TEXT) contains ``text`` (case-insensitive substring semantics),
         answered from the full-text index."""
+
+    @abc.abstractmethod
+    async def sort_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, SortKeys]:
+        """For each of ``uids`` present: the keys IMAP SORT and THREAD
+        compare (message/threadkeys.py ``sort_keys``, RFC 5256), from the
+        stored header fields, not by reading messages."""
 
     # --- the outbound queue ---------------------------------------------------
     # Every write below is one durable commit, so "queued" means durable exactly

@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from ...message.threadkeys import SortKeys
+
 
 class BackendError(Exception):
     """An operation the backend refused; the text is fit to show a user."""
@@ -294,6 +296,12 @@ class ImapBackend(Protocol):
 
     async def search_text(self, mailbox: MailboxRecord, text: str, where: Literal["body", "text"]) -> set[int]:
         """UIDs whose body (or header and body) contains ``text``."""
+        ...
+
+    async def sort_keys(self, mailbox: MailboxRecord, uids: Sequence[int]) -> Mapping[int, SortKeys]:
+        """SORT and THREAD's keys (RFC 5256) for each of ``uids`` present:
+        message/threadkeys.py ``sort_keys`` of the message's decoded header
+        fields, from data derived once per message, without reading messages."""
         ...
 
     # --- validity (asked before every command, answered from memory) ---------------

@@ -220,6 +220,27 @@ class Search(Command):
     key: SearchKey
     charset: str | None = None
     return_opts: tuple[str, ...] | None = None  # None: no RETURN given (rev1 form)
+    partial: tuple[int, int] | None = None  # RETURN (PARTIAL m:n), RFC 5267 4.4 / RFC 9394
+
+
+@dataclass(kw_only=True)
+class Sort(Command):
+    """SORT (RFC 5256 section 3) with ESORT return options (RFC 5267 section 3)."""
+
+    keys: tuple[tuple[str, bool], ...]  # (sort-key, REVERSE), most significant first
+    key: SearchKey
+    charset: str
+    return_opts: tuple[str, ...] | None = None  # None: no RETURN, a SORT response
+    partial: tuple[int, int] | None = None  # RETURN (PARTIAL m:n), RFC 5267 4.4 / RFC 9394
+
+
+@dataclass(kw_only=True)
+class Thread(Command):
+    """THREAD (RFC 5256 section 3)."""
+
+    algorithm: str  # upper-case, e.g. REFERENCES
+    key: SearchKey
+    charset: str
 
 
 @dataclass(kw_only=True)

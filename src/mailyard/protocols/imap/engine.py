@@ -58,7 +58,8 @@ VALID_IN: dict[str, frozenset[State]] = {
         frozenset({_AU, _SE}),
     ),
     **dict.fromkeys(
-        ["CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"],
+        ["CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "SORT", "THREAD", "FETCH", "STORE", "COPY",
+         "MOVE"],
         frozenset({_SE}),
     ),
 }

@@ -32,6 +32,7 @@ from ...message.address import search_value
 from ...message.binary import encode_nul_parts
 from ...message.derived import Derived, body_structure, derive
 from ...message.imap_syntax import body_bytes, envelope_bytes  # as the store derives them
+from ...message.threadkeys import KEY_FIELDS, SortKeys, sort_keys
 from ..contract import NEED_DATA, PAUSED, Closed
 from .backend import (
     BackendError,
@@ -559,6 +560,17 @@ class MemoryBackend:
             hay = d.body_text if where == "body" else d.header_text + "\n" + d.body_text
             if needle in hay.casefold():
                 out.add(uid)
+        return out
+
+    async def sort_keys(self, mailbox: MailboxRecord, uids: Sequence[int]) -> dict[int, SortKeys]:
+        box = self._box(mailbox)
+        out: dict[int, SortKeys] = {}
+        for uid in uids:
+            entry = box.messages.get(uid)
+            if entry is None:
+                continue
+            headers = self.store.derived(entry[0]).headers
+            out[uid] = sort_keys({n: headers[n][0] for n in KEY_FIELDS if headers.get(n)})
         return out
 
     def watch(self, callback: Callable[[int], None]) -> Callable[[], None]:

@@ -21,7 +21,8 @@ from . import commands as c
 from . import names, utf7
 from .fetch_parser import parse_fetch_atts
 from .reader import ParseError, Reader
-from .search_parser import parse_search_program
+from .search_parser import parse_return_opts, parse_search_criteria, parse_search_program
+from .sort import SORT_KEYS
 
 __all__ = ["ParseError", "TagError", "parse_command", "parse_sequence_set", "parse_tag"]
 
@@ -202,7 +203,7 @@ def parse_command(segments: list[bytes], literals: list[bytes], utf8: bool = Fal
     return cmd
 
 
-_UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
+_UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "SORT", "THREAD", "COPY", "MOVE", "EXPUNGE"}
 
 
 def _simple(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
@@ -514,8 +515,50 @@ def _catenate(r: Reader) -> tuple[c.CatPart, ...]:
 
 
 def _search(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
-    key, charset, ret = parse_search_program(r)
-    return c.Search(tag=tag, name=name, key=key, charset=charset, return_opts=ret)
+    key, charset, ret, partial = parse_search_program(r)
+    return c.Search(tag=tag, name=name, key=key, charset=charset, return_opts=ret, partial=partial)
+
+
+# RFC 5267 section 3: ESORT's return options (SAVE: RFC 5182 2.4)
+SORT_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+
+
+def _sort(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    """sort = ["UID" SP] "SORT" [SP "RETURN" SP sort-return-opts] SP
+    sort-criteria SP search-criteria (RFC 5256 section 5, RFC 5267 section 3)."""
+    r.sp()
+    ret = None
+    partial = None
+    if r.maybe(b"RETURN "):
+        ret, partial = parse_return_opts(r, SORT_RETURN_OPTIONS)
+        r.sp()
+    r.open()
+    keys: list[tuple[str, bool]] = []
+    while True:
+        word = r.atom().upper()
+        reverse = word == "REVERSE"
+        if reverse:
+            r.sp()
+            word = r.atom().upper()
+        if word not in SORT_KEYS:
+            raise ParseError(f"unknown sort key {word[:20]}")
+        keys.append((word, reverse))
+        if r.close():
+            break
+        r.sp()
+    r.sp()
+    key, charset = parse_search_criteria(r)
+    return c.Sort(tag=tag, name=name, keys=tuple(keys), key=key, charset=charset, return_opts=ret,
+                  partial=partial)
+
+
+def _thread(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    """thread = ["UID" SP] "THREAD" SP thread-alg SP search-criteria (RFC 5256 section 5)."""
+    r.sp()
+    algorithm = r.atom().upper()
+    r.sp()
+    key, charset = parse_search_criteria(r)
+    return c.Thread(tag=tag, name=name, algorithm=algorithm, key=key, charset=charset)
 
 
 def _copy(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
@@ -640,6 +683,8 @@ _HANDLERS = {
     "STATUS": _status,
     "APPEND": _append,
     "SEARCH": _search,
+    "SORT": _sort,
+    "THREAD": _thread,
     "FETCH": _fetch,
     "STORE": _store,
     "COPY": _copy,

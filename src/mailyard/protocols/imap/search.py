@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ...message.address import search_value
 from .commands import SearchKey, SequenceSet
-from .response import Atom, format_uid_set
+from .response import Atom, format_uid_list_ordered, format_uid_set
 
 
 @dataclass(slots=True)
@@ -242,6 +242,7 @@ _EVAL: dict[str, Callable[[SearchKey, SearchMessage, SearchContext], bool]] = {
 def result_form(
     tag: str, uid: bool, hits: Sequence[tuple[int, int]], modseq: int, mod: bool,
     return_opts: tuple[str, ...] | None, rev2: bool, modseqs: Sequence[int] | None = None,
+    partial: tuple[int, int] | None = None,
 ) -> tuple[list[list[object]], frozenset[int] | None]:
     """The untagged responses of a SEARCH with ``hits`` ((seq, uid) pairs,
     ascending) and the new SEARCHRES result (None: unchanged).
@@ -251,13 +252,17 @@ def result_form(
     - otherwise ``* ESEARCH (TAG "t") [UID] MIN MAX ALL COUNT [MODSEQ]``
       (RFC 4731, RFC 9051 6.4.4: a rev2 server answers every SEARCH so;
       RETURN () means RETURN (ALL));
-    - SAVE keeps the UIDs for "$" (RFC 5182 2.4: only MIN/MAX with them alone).
+    - SAVE keeps the UIDs for "$" (RFC 5182 2.4: only MIN/MAX with them alone);
+    - PARTIAL m:n: ``PARTIAL (m:n set)`` of the results m to n (RFC 5267
+      4.4, RFC 9394 3.1), the saved result then only those.
 
     ``modseq`` is the highest mod-sequence of all hits; ``modseqs`` (one per
     hit, when given) lets MIN/MAX without ALL or COUNT report the
     mod-sequence of the messages they return (RFC 7162 3.1.5, RFC 4731 3.2).
     """
     nums = [u for _, u in hits] if uid else [q for q, _ in hits]
+    if partial is not None:
+        hits = partial_slice(hits, partial)
     opts = return_opts
     if opts is None and rev2:
         opts = ("ALL",)
@@ -287,6 +292,8 @@ def result_form(
             parts += [Atom("MAX"), max(nums)]
         if "ALL" in opts:
             parts += [Atom("ALL"), Atom(format_uid_set(nums))]
+    if partial is not None:
+        parts += partial_result(partial, [u for _, u in hits] if uid else [q for q, _ in hits], ordered=False)
     if "COUNT" in opts:
         parts += [Atom("COUNT"), len(nums)]
     if mod and nums:
@@ -296,3 +303,25 @@ def result_form(
             modseq = max(modseqs[0] if "MIN" in opts else 0, modseqs[-1] if "MAX" in opts else 0)
         parts += [Atom("MODSEQ"), modseq]
     return [parts], saved
+
+
+def partial_slice(items: Sequence[tuple[int, int]], rng: tuple[int, int]) -> list[tuple[int, int]]:
+    """The results at positions ``rng`` (1-based; negative: from the end,
+    -1 the last) of ``items`` (RFC 5267 4.4, RFC 9394 3.1)."""
+    lo, hi = rng
+    if lo > 0:
+        return list(items[lo - 1 : hi])
+    n = len(items)
+    # -a:-b with a <= b: positions n-b+1 .. n-a+1, in the list's order
+    return list(items[max(0, n + hi) : max(0, n + lo + 1)])
+
+
+def partial_result(rng: tuple[int, int], nums: Sequence[int], ordered: bool) -> list[object]:
+    """``PARTIAL (range set)``, the set NIL when empty (RFC 5267 4.4); the
+    set in list order for SORT (``ordered``), else compressed."""
+    lo, hi = rng
+    text = f"{lo}:{hi}"
+    if not nums:
+        return [Atom("PARTIAL"), [Atom(text), None]]
+    seq = format_uid_list_ordered(nums) if ordered else format_uid_set(nums)
+    return [Atom("PARTIAL"), [Atom(text), Atom(seq)]]

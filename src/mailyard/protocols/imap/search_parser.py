@@ -35,36 +35,77 @@ def _flag(name: str, present: bool) -> SearchKey:
     return key if present else SearchKey("NOT", (key,))
 
 
-def parse_search_program(r: Reader) -> tuple[SearchKey, str | None, tuple[str, ...] | None]:
+def parse_search_program(
+    r: Reader,
+) -> tuple[SearchKey, str | None, tuple[str, ...] | None, tuple[int, int] | None]:
     """[SP search-return-opts] [SP "CHARSET" SP charset] 1*(SP search-key)."""
     ret: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
     charset = None
     r.sp()
     if r.maybe(b"RETURN "):
-        # RFC 4731 3: search-return-opts; "RETURN ()" means ALL
-        r.open()
-        opts: list[str] = []
-        if not r.close():
-            while True:
-                opt = r.atom().upper()
-                if opt not in RETURN_OPTIONS:
-                    raise ParseError(f"unknown RETURN option {opt[:20]}")
-                opts.append(opt)
-                if r.close():
-                    break
-                r.sp()
-        ret = tuple(opts) or ("ALL",)
+        ret, partial = parse_return_opts(r)
         r.sp()
     if r.peek_upper(8) == b"CHARSET ":
         r.pos += 8
         charset = r.astring().upper()
         r.sp()
+    return _search_keys(r), charset, ret, partial
+
+
+def parse_return_opts(
+    r: Reader, allowed: frozenset[str] | set[str] = RETURN_OPTIONS
+) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """The list after ``RETURN `` (RFC 4731 3, RFC 5267 3): "RETURN ()"
+    means ALL; and the range of a PARTIAL option (RFC 5267 4.4 and RFC 9394
+    3.1: ``m:n``, or ``-m:-n`` counted from the last result), low end first."""
+    r.open()
+    opts: list[str] = []
+    partial: tuple[int, int] | None = None
+    if not r.close():
+        while True:
+            opt = r.atom().upper()
+            if opt not in allowed and opt != "PARTIAL":
+                raise ParseError(f"unknown RETURN option {opt[:20]}")
+            if opt == "PARTIAL":
+                r.sp()
+                partial = _partial_range(r)
+            opts.append(opt)
+            if r.close():
+                break
+            r.sp()
+    if partial is not None and "ALL" in opts:
+        raise ParseError("PARTIAL and ALL cannot be combined")  # RFC 9394 3.1
+    return tuple(opts) or ("ALL",), partial
+
+
+def _partial_range(r: Reader) -> tuple[int, int]:
+    neg = r.maybe(b"-")
+    a = r.number()
+    r.expect(b":")
+    if neg:
+        r.expect(b"-")
+    b = r.number()
+    if not a or not b:
+        raise ParseError("a PARTIAL range counts from 1")
+    a, b = min(a, b), max(a, b)
+    return (-a, -b) if neg else (a, b)
+
+
+def _search_keys(r: Reader) -> SearchKey:
     keys = [parse_search_key(r, 0)]
     while r.peek() == 0x20:
         r.sp()
         keys.append(parse_search_key(r, 0))
-    key = keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
-    return key, charset, ret
+    return keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
+
+
+def parse_search_criteria(r: Reader) -> tuple[SearchKey, str]:
+    """``charset 1*(SP search-key)`` of SORT and THREAD (RFC 5256 section 5):
+    the charset is not optional there. Expects the SP before it consumed."""
+    charset = r.astring().upper()
+    r.sp()
+    return _search_keys(r), charset
 
 
 def parse_search_key(r: Reader, depth: int) -> SearchKey:

@@ -17,6 +17,7 @@ once there is room.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from typing import Literal
 
 from ...message.address import search_value
 from ...message.derived import derive
+from ...message.threadkeys import KEY_FIELDS, SortKeys, keys_from_json, sort_keys
 from ..api import DERIVED_FIELDS, DerivedRecord, MailboxRef, StorageFull, derive_record
 from . import textindex
 from .core import SQLiteCore, select_uids
@@ -39,6 +41,11 @@ INDEXED = "2"  # bodies.derived once body_derived/header_fields/the text index h
 # Disk full while indexing: first wait, doubled after each failure up to the last.
 INDEX_BACKOFF = (1.0, 60.0)
 INDEX_FREE_POLL = 1.0  # seconds between looks at the free space while it is below the reserve
+# SORT/THREAD keys kept in memory, per body (bodies never change and their ids
+# are never reused: AUTOINCREMENT): about 500 bytes each with the shared
+# strings interned, so at most some 50 MiB.
+SORT_CACHE_BODIES = 100_000
+SORT_INLINE = 2_000  # more bodies' keys than this are computed off the event loop
 
 _META_KEYS = frozenset({"envelope", "bodystructure", "parts", "messages", "date", "size", "preview"})
 _IMAP_COLS = {"envelope_imap": "envelope", "bodystructure_imap": "bodystructure", "body_imap": "body"}
@@ -46,6 +53,11 @@ _IMAP_COLS = {"envelope_imap": "envelope", "bodystructure_imap": "bodystructure"
 
 class SearchMixin(SQLiteCore):
     """Derived data, header and full-text search, background indexing."""
+
+    # SORT and THREAD keys (message/threadkeys.py) by body id, computed from
+    # header_fields on first use and kept (bounded by SORT_CACHE_BODIES): a
+    # SORT of a mailbox already sorted once reads one row per message.
+    _sort_cache: dict[int, SortKeys]
 
     # Indexing waits (monotonic time) after a disk-full failure; see _index_deferred.
     _index_resume_at = 0.0
@@ -150,6 +162,88 @@ class SearchMixin(SQLiteCore):
             if any(n == name and needle in search_value(n, value).casefold() for n, value in rec.headers):
                 found.add(uid)
         return found
+
+    async def sort_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, SortKeys]:
+        mailbox_id = self._owned(mailbox)
+        pending = await self._ensure_indexed(mailbox_id)
+        wanted = set(uids)
+        cache = self.__dict__.get("_sort_cache")
+        if cache is None:
+            cache = self._sort_cache = {}
+        out: dict[int, SortKeys] = {}
+        missing: dict[int, list[int]] = {}  # body_id -> uids
+        for uid, body_id in self._q("SELECT uid, body_id FROM messages WHERE mailbox_id = ?", (mailbox_id,)):
+            if uid not in wanted:
+                continue
+            keys = cache.get(body_id)
+            if keys is None:
+                missing.setdefault(body_id, []).append(uid)
+            else:
+                out[uid] = keys
+        if not missing:
+            return out
+        # The SQL runs here; turning 100,000 stored JSON lists (or header
+        # fields) into keys takes a good part of a second, so a large batch is
+        # done off the event loop, as _derive_now parses messages.
+        texts = self._stored_sort_texts(sorted(missing))
+        fields = self._sort_fields([b for b in missing if texts.get(b) is None])
+
+        def compute() -> dict[int, SortKeys | None]:
+            keys: dict[int, SortKeys | None] = {b: _json_keys(t) for b, t in texts.items()}
+            for body_id, f in fields.items():
+                keys[body_id] = keys_from_json(list(sort_keys(f)))
+            return keys
+
+        found = await asyncio.to_thread(compute) if len(missing) > SORT_INLINE else compute()
+        bad = [b for b in missing if found.get(b) is None]
+        if bad:  # kept keys of another shape: from the header fields
+            for body_id, f in self._sort_fields(bad).items():
+                found[body_id] = keys_from_json(list(sort_keys(f)))
+        pending_by_body = {body_id: pending[u] for body_id, us in missing.items() for u in us if u in pending}
+        if len(cache) + len(missing) > SORT_CACHE_BODIES:
+            # forget the oldest entries (dicts keep insertion order)
+            for body_id in list(itertools.islice(cache, len(cache) // 4 + len(missing))):
+                cache.pop(body_id, None)
+        for body_id, us in missing.items():
+            rec = pending_by_body.get(body_id)
+            keys = found.get(body_id)
+            if rec is not None:
+                # derived but not stored (the disk is full): not cached
+                keys = keys_from_json(rec.meta["sort"])
+            elif keys is None:
+                continue  # gone meanwhile
+            else:
+                cache[body_id] = keys
+            for u in us:
+                out[u] = keys
+        return out
+
+    def _stored_sort_texts(self, body_ids: list[int]) -> dict[int, str | None]:
+        """The SortKeys kept in the bodies' derived data (derive_record), as JSON text."""
+        out: dict[int, str | None] = {}
+        for i in range(0, len(body_ids), 900):
+            chunk = body_ids[i : i + 900]
+            out.update(self._q(
+                "SELECT body_id, json_extract(meta, '$.sort') FROM body_derived"
+                f" WHERE body_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ))
+        return out
+
+    def _sort_fields(self, body_ids: list[int]) -> dict[int, dict[str, str]]:
+        """For bodies derived before SortKeys were kept: the first value of
+        each KEY_FIELDS field, in primary-key order (body_id, name, n)."""
+        fields: dict[int, dict[str, str]] = {b: {} for b in body_ids}
+        ids = sorted(body_ids)
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            for body_id, name, value in self._q(
+                f"SELECT body_id, name, value FROM header_fields WHERE body_id IN ({','.join('?' * len(chunk))})"
+                f" AND name IN ({','.join('?' * len(KEY_FIELDS))}) ORDER BY body_id, name, n",
+                (*chunk, *KEY_FIELDS),
+            ):
+                fields[body_id].setdefault(name, value)
+        return fields
 
     async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"]) -> set[int]:
         mailbox_id = self._owned(mailbox)
@@ -334,6 +428,15 @@ class SearchMixin(SQLiteCore):
             c.execute(f"PRAGMA synchronous={self._synchronous}")
         self._index_backoff = 0.0
         return True
+
+
+def _json_keys(text: str | None) -> SortKeys | None:
+    if text is None:
+        return None
+    try:
+        return keys_from_json(json.loads(text))
+    except (ValueError, TypeError, IndexError):
+        return None  # not ours: computed from header_fields instead
 
 
 def _headers_dict(headers: list[tuple[str, str]]) -> dict[str, list[str]]:

@@ -6,7 +6,7 @@ session's engine (see session.py for the contract).
 - mailboxes.py: CREATE DELETE RENAME (UN)SUBSCRIBE LIST LSUB NAMESPACE STATUS
 - selection.py: SELECT EXAMINE (CONDSTORE, QRESYNC) CLOSE UNSELECT EXPUNGE
 - messages.py: FETCH STORE COPY MOVE APPEND
-- searching.py: SEARCH (ESEARCH, SEARCHRES)
+- searching.py: SEARCH (ESEARCH, SEARCHRES), SORT (ESORT, SORT=DISPLAY), THREAD
 - quota.py: GETQUOTA GETQUOTAROOT SETQUOTA (RFC 9208)
 
 `HANDLERS` is the glue's half of the engine's state table (engine.VALID_IN
@@ -54,6 +54,8 @@ HANDLERS: dict[str, Handler] = {
     "STATUS": mailboxes.cmd_status,
     "APPEND": messages.cmd_append,
     "SEARCH": searching.cmd_search,
+    "SORT": searching.cmd_sort,
+    "THREAD": searching.cmd_thread,
     "FETCH": messages.cmd_fetch,
     "STORE": messages.cmd_store,
     "COPY": messages.cmd_copy,

@@ -1,5 +1,11 @@
 """SEARCH and UID SEARCH (RFC 9051 6.4.4), ESEARCH results (RFC 4731 /
-RFC 9051 7.3.4), SEARCHRES SAVE (RFC 5182), MODSEQ (RFC 7162 3.1.5).
+RFC 9051 7.3.4), SEARCHRES SAVE (RFC 5182), MODSEQ (RFC 7162 3.1.5); SORT
+and THREAD (RFC 5256), SORT=DISPLAY (RFC 5957) and ESORT (RFC 5267 section 3)
+on the same search machinery.
+
+SORT and THREAD read their keys with one backend call (``sort_keys``:
+message/threadkeys.py SortKeys, computed once per message from its decoded
+header fields), never the messages.
 
 BODY and TEXT keys are answered by the backend's full-text index
 (search_text), FROM/TO/CC/BCC/SUBJECT/HEADER by its index of header fields
@@ -9,12 +15,18 @@ YOUNGER (RFC 5032) compare with the time `ImapIO.now` gives.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .. import commands as c
 from .. import objectid
 from .. import search as sr
+from .. import sort as so
+from .. import thread as th
 from ..flags import RECENT
+from ..response import Atom
 
 if TYPE_CHECKING:
     from ..backend import ImapBackend
@@ -23,6 +35,22 @@ if TYPE_CHECKING:
 
 CHARSETS = ("UTF-8", "US-ASCII")
 HEADER_BATCH = 500
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """No cyclic garbage collection while a SORT or THREAD builds its
+    100,000 small objects (no await inside): each collection would walk every
+    object of the process, and the burst of allocations starts dozens of them,
+    doubling the time. What is left afterwards (the thread tree's parent
+    links are cycles) goes at the next collection."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 async def _id_hits(b: ImapBackend, sel: SelectedMailbox, ids: set[tuple[str, str]], ctx: sr.SearchContext) -> None:
@@ -41,19 +69,25 @@ async def _id_hits(b: ImapBackend, sel: SelectedMailbox, ids: set[tuple[str, str
         ctx.id_hits[(name, text)] = {u for u, bid in body_of.items() if bid == body} if body is not None else set()
 
 
-async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
-    sel, b = s.sel, s.backend
-    assert sel is not None and b is not None  # the engine runs SEARCH only when selected
-    if cmd.charset is not None and "UTF8=ACCEPT" in s.engine.enabled:
+async def _charset_ok(s: ImapSession, charset: str | None) -> bool:
+    if charset is not None and "UTF8=ACCEPT" in s.engine.enabled:
         # RFC 6855 3: after ENABLE UTF8=ACCEPT a SEARCH with a charset is
         # rejected with BAD (the charset labels conflict)
         s.engine.complete("BAD", "No CHARSET after ENABLE UTF8=ACCEPT")
-        return
-    if cmd.charset is not None and cmd.charset not in CHARSETS:
-        # RFC 9051 6.4.4: unsupported charset -> NO [BADCHARSET (supported)]
+        return False
+    if charset is not None and charset not in CHARSETS:
+        # RFC 9051 6.4.4, RFC 5256 section 3: unsupported charset -> NO [BADCHARSET (supported)]
         await s.finish("NO", "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)", allow_expunge=False)
-        return
-    key = cmd.key
+        return False
+    return True
+
+
+async def _matching(s: ImapSession, key: c.SearchKey) -> tuple[list[tuple[int, int]], int, bool]:
+    """The (seq, uid) pairs of the selected mailbox matching ``key``, in
+    ascending order; the highest mod-sequence among them; whether the
+    program used MODSEQ (RFC 7162 3.1.5)."""
+    sel, b = s.sel, s.backend
+    assert sel is not None and b is not None  # the engine runs SEARCH only when selected
     mod = sr.uses_modseq(key)
     if mod:
         sel.enable_condstore(s.engine)  # RFC 7162 3.1
@@ -95,11 +129,68 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
             if sr.matches(key, m, ctx):
                 hits.append((i, uid))
                 modseq = max(modseq, info.modseq)
-    modseqs = [infos[u].modseq for _, u in hits] if mod else None
+    return hits, modseq, mod
+
+
+async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
+    if not await _charset_ok(s, cmd.charset):
+        return
+    sel, b = s.sel, s.backend
+    assert sel is not None and b is not None
+    hits, modseq, mod = await _matching(s, cmd.key)
+    modseqs = None
+    if mod:
+        infos = await sel.infos(b)
+        modseqs = [infos[u].modseq for _, u in hits]
     responses, saved = sr.result_form(cmd.tag, cmd.uid, hits, modseq, mod, cmd.return_opts, s.engine.rev2,
-                                      modseqs)
+                                      modseqs, cmd.partial)
     if saved is not None:
         sel.saved = saved
     for parts in responses:
         s.engine.untagged(*parts)
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}SEARCH completed", allow_expunge=cmd.uid)
+
+
+async def cmd_sort(s: ImapSession, cmd: c.Sort) -> None:
+    """SORT / UID SORT (RFC 5256 section 3): the matching messages in the
+    order of the sort keys; with RETURN, ESORT's ESEARCH (RFC 5267 section 3)."""
+    if not await _charset_ok(s, cmd.charset):
+        return
+    sel, b = s.sel, s.backend
+    assert sel is not None and b is not None
+    hits, modseq, mod = await _matching(s, cmd.key)
+    keys = [so.SortKey(name, reverse) for name, reverse in cmd.keys]
+    found = await b.sort_keys(sel.mailbox, [u for _, u in hits]) if hits else {}
+    infos = await sel.infos(b)
+    with _no_gc():
+        msgs = [so.SortMessage(q, u, infos[u].size, infos[u].internal_date, found[u])
+                for q, u in hits if u in infos and u in found]
+        ordered = [(m.seq, m.uid) for m in so.sort_messages(msgs, keys)]
+    responses, saved = so.result_form(cmd.tag, cmd.uid, ordered, modseq, mod, cmd.return_opts, cmd.partial)
+    if saved is not None:
+        sel.saved = saved
+    for parts in responses:
+        s.engine.untagged(*parts)
+    await s.finish("OK", f"{'UID ' if cmd.uid else ''}SORT completed", allow_expunge=cmd.uid)
+
+
+async def cmd_thread(s: ImapSession, cmd: c.Thread) -> None:
+    """THREAD / UID THREAD (RFC 5256 section 3): ORDEREDSUBJECT or REFERENCES."""
+    if cmd.algorithm not in th.ALGORITHMS:
+        # RFC 5256 section 3: an algorithm the server does not advertise is BAD
+        await s.finish("BAD", f"Unknown threading algorithm {cmd.algorithm[:20]}", allow_expunge=False)
+        return
+    if not await _charset_ok(s, cmd.charset):
+        return
+    sel, b = s.sel, s.backend
+    assert sel is not None and b is not None
+    hits, _modseq, _mod = await _matching(s, cmd.key)
+    found = await b.sort_keys(sel.mailbox, [u for _, u in hits]) if hits else {}
+    infos = await sel.infos(b)
+    with _no_gc():
+        msgs = [th.thread_message(q, u, infos[u].internal_date, found[u])
+                for q, u in hits if u in infos and u in found]
+        roots = th.ordered_subject(msgs) if cmd.algorithm == "ORDEREDSUBJECT" else th.references(msgs)
+        text = th.format_threads(roots, cmd.uid)
+    s.engine.untagged(*([Atom("THREAD"), Atom(text)] if text else [Atom("THREAD")]))
+    await s.finish("OK", f"{'UID ' if cmd.uid else ''}THREAD completed", allow_expunge=cmd.uid)
