@@ -548,8 +548,8 @@ def test_append_utf8_data_item_over_the_store_rfc6855_4(mailserver: RunningServe
     msg = "Subject: Grüße aus Köln\r\nFrom: jörg@example.test\r\n\r\nhi\r\n".encode()
     s, say = _login_raw(mailserver)
     with s:
-        assert say(b"a1 APPEND INBOX {%d+}\r\n" % len(msg) + msg, b"a1") == [
-            b"a1 NO [CANNOT] 8-bit header fields need ENABLE UTF8=ACCEPT\r\n"]
+        assert say(b"a1 APPEND INBOX UTF8 (~{%d+}\r\n" % len(msg) + msg + b")", b"a1") == [
+            b"a1 NO [CANNOT] The UTF8 data item needs ENABLE UTF8=ACCEPT\r\n"]
         assert say(b"a2 ENABLE UTF8=ACCEPT", b"a2")[-1] == b"a2 OK ENABLE completed\r\n"
         out = say(b"a3 APPEND INBOX UTF8 (~{%d+}\r\n" % len(msg) + msg + b")", b"a3")
         assert out[-1].startswith(b"a3 OK [APPENDUID ")

@@ -225,14 +225,6 @@ async def cmd_copy(s: ImapSession, cmd: c.Copy) -> None:
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}COPY completed", code, allow_expunge=cmd.uid)
 
 
-def _header_is_7bit(data: bytes) -> bool:
-    """Whether the message's header section (up to the first empty line) is US-ASCII."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        end = data.find(b"\n\n")
-    return (data if end < 0 else data[:end]).isascii()
-
-
 async def _catenate(s: ImapSession, b: ImapBackend, parts: tuple[c.CatPart, ...],
                     cache: dict[tuple[int, int], MessageParts]) -> bytes | None:
     """The message an APPEND CATENATE builds (RFC 4469 5), or None after
@@ -325,10 +317,13 @@ async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
                 # RFC 3516 4.4: NUL octets need literal8
                 await s.finish("NO", "NUL octets need a literal8", "UNKNOWN-CTE")
                 return
-        if not s.engine.utf8 and not _header_is_7bit(given):
-            # RFC 6855 4: 8-bit header fields only from a client that enabled
-            # UTF8=ACCEPT (or IMAP4rev2, whose strings are UTF-8, RFC 9051 5.1)
-            await s.finish("NO", "8-bit header fields need ENABLE UTF8=ACCEPT", "CANNOT")
+        if m.utf8 and not s.engine.utf8:
+            # RFC 6855 4: the UTF8 data item is for a client that enabled
+            # UTF8=ACCEPT (or IMAP4rev2, whose strings are UTF-8, RFC 9051 5.1).
+            # A plain literal with 8-bit header fields is stored as given, as
+            # Dovecot and Cyrus do: refusing it would make old mail with raw
+            # 8-bit headers impossible to move in with legacy sync tools.
+            await s.finish("NO", "The UTF8 data item needs ENABLE UTF8=ACCEPT", "CANNOT")
             return
         # RFC 3516 4.3: the server may change the transfer encoding of binary
         # data it is given, losing nothing; parts with NUL are kept as base64
