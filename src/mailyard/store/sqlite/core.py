@@ -22,6 +22,7 @@ from typing import Any
 from ...config import StoreConfig
 from ..api import MailboxGone, MailboxRef, StorageFull, Store, StoreError
 from ..blobs import SegmentFiles
+from ..notify import DIRECTORY, MAILBOXES, ChangeChannel
 from ..revocation import RevocationSignal
 from . import schema
 from .writer import GroupCommitWriter, WriteContext
@@ -36,8 +37,11 @@ class SQLiteCore(Store):
     """Connections, writer and validity checks of a store on SQLite +
     segment files in ``data_dir``."""
 
-    def __init__(self, data_dir: Path, config: StoreConfig | None = None) -> None:
+    def __init__(self, data_dir: Path, config: StoreConfig | None = None, background: bool = True) -> None:
         self.config = config or StoreConfig()
+        # Other processes serving the same store (``[server] workers``): told
+        # of every change committed here (store/notify.py).
+        self.peers: ChangeChannel | None = None
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         db_path = self.data_dir / DB_FILE
@@ -63,7 +67,9 @@ class SQLiteCore(Store):
             self.config.group_commit_max,
             before_commit=self.blobs.sync,
             after_commit=lambda changed: None,
-            idle_work=self._background_work,
+            # Background indexing and compaction run in one process of a
+            # multi-process server (``background``), not in all at once.
+            idle_work=self._background_work if background else None,
         )
 
     def _connect(self, path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -85,6 +91,9 @@ class SQLiteCore(Store):
         return "FULL" if self.config.fsync else "OFF"
 
     async def close(self) -> None:
+        if self.peers is not None:
+            self.peers.detach(asyncio.get_running_loop())
+            self.peers = None
         await asyncio.to_thread(self._writer.close)
         self.blobs.close()
         self._read.close()
@@ -108,6 +117,8 @@ class SQLiteCore(Store):
         finally:
             if directory:
                 self.directory_version += 1
+                if self.peers is not None:
+                    self.peers.publish(DIRECTORY)
             if revoke:
                 # after the commit: a reader refilling its cache now sees it
                 self._revoked.bump()
@@ -129,6 +140,26 @@ class SQLiteCore(Store):
     # --- change notification ----------------------------------------------------
     def notify(self, mailbox_ids: Iterable[int]) -> None:
         """Called by the writer (on the event loop) after a commit."""
+        ids = list(mailbox_ids)
+        if self.peers is not None and ids:
+            self.peers.publish(MAILBOXES, ids)
+        self.notify_local(ids)
+
+    def attach_peers(self, channel: ChangeChannel) -> None:
+        """Exchange change notes with the other workers (store/notify.py);
+        call on the event loop that runs the listeners."""
+        self.peers = channel
+        channel.attach(asyncio.get_running_loop(), self._peer_note)
+
+    def _peer_note(self, kind: bytes, ids: list[int]) -> None:
+        if kind == MAILBOXES:
+            self._writer.wake_idle_work()  # new bodies to index, if this process indexes
+            self.notify_local(ids)
+        elif kind == DIRECTORY:
+            self.directory_version += 1
+
+    def notify_local(self, mailbox_ids: Iterable[int]) -> None:
+        """Run this process's listeners for ``mailbox_ids``."""
         for mailbox_id in mailbox_ids:
             for callback in list(self._listeners):
                 try:

@@ -25,6 +25,7 @@ from typing import Any
 log = logging.getLogger("mailyard.store")
 
 _STOP = object()
+_WAKE = object()  # idle work has something new (another process wrote)
 IDLE_PAUSE = 0.2  # seconds without writes before background work starts
 
 
@@ -91,7 +92,10 @@ class GroupCommitWriter:
         return not self._queue.empty()
 
     def wake_idle_work(self) -> None:
-        self._idle_pending = True
+        """Let idle work look again (after the pause): another process
+        committed something it may have to index."""
+        if self._idle_work is not None and not self._idle_pending:
+            self._queue.put(_WAKE)
 
     def close(self) -> None:
         self._queue.put(_STOP)
@@ -110,6 +114,11 @@ class GroupCommitWriter:
             while item is not None:
                 if item is _STOP:
                     return
+                if item is _WAKE:
+                    self._idle_pending = True
+                    self._idle_wait = IDLE_PAUSE
+                    item = None
+                    continue
                 if isinstance(item[0], _Exclusive):
                     self._run_exclusive(item)
                     item = None
@@ -121,6 +130,8 @@ class GroupCommitWriter:
                         more = self._queue.get_nowait()
                     except queue.Empty:
                         break
+                    if more is _WAKE:
+                        continue  # this batch's commit wakes idle work anyway
                     if more is _STOP or isinstance(more[0], _Exclusive):
                         item = more  # after this batch's commit
                         break
