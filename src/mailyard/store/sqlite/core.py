@@ -22,7 +22,7 @@ from typing import Any
 from ...config import StoreConfig
 from ..api import MailboxGone, MailboxRef, StorageFull, Store, StoreError
 from ..blobs import SegmentFiles
-from ..notify import DIRECTORY, MAILBOXES, ChangeChannel
+from ..notify import DIRECTORY, MAILBOXES, QUEUE, ChangeChannel
 from ..revocation import RevocationSignal
 from . import schema
 from .writer import GroupCommitWriter, WriteContext
@@ -157,6 +157,8 @@ class SQLiteCore(Store):
             self.notify_local(ids)
         elif kind == DIRECTORY:
             self.directory_version += 1
+        elif kind == QUEUE and self.on_queue_note is not None:
+            self.on_queue_note()
 
     def notify_local(self, mailbox_ids: Iterable[int]) -> None:
         """Run this process's listeners for ``mailbox_ids``."""
