@@ -175,8 +175,10 @@ class Supervisor:
         for name, socks in self.sockets.items():
             port = socks[0].getsockname()[1]
             print(f"  {name:<11} {self.cfg.server.bind}:{port}", flush=True)
-        print(f"mailyard is running with {self.count} worker processes; press Ctrl-C to stop.", flush=True)
         try:
+            for slot in self.slots:
+                self._start(slot)
+            print(f"mailyard is running with {self.count} worker processes; press Ctrl-C to stop.", flush=True)
             self._loop(pending)
         finally:
             signal.set_wakeup_fd(old_wakeup)
