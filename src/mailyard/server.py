@@ -268,7 +268,7 @@ class MailServer:
                 # The runner is in worker 0: tell it of new entries.
                 channel = worker.channel
                 queue.elsewhere = lambda: channel.publish(QUEUE)
-            if cfg.ports.http:
+            if cfg.ports.http and (worker is None or "http" in worker.sockets):
                 # Webmail (web/): uvicorn in this event loop; it offers bound_port and stop().
                 from .web.service import HTTPService
 

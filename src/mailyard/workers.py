@@ -13,8 +13,9 @@ workers`` above 1 (0, the default, means one per available core):
   waiting in accept(); each opens the store, whose writes SQLite's write
   lock orders across processes (store/blobs.py ``follow``);
 - worker 0 also runs what must run once: the outbound queue runner and the
-  store's background indexing and compaction; the others announce new
-  queue entries to it;
+  store's background indexing and compaction (the others announce new
+  queue entries to it), and the webmail, whose sessions live in the
+  memory of the process that made them;
 - a commit in one worker wakes the listeners (IMAP IDLE, webmail) of every
   other through a datagram socket per worker (store/notify.py);
 - the supervisor keeps the one login throttle and answers the workers'
@@ -318,11 +319,17 @@ class Supervisor:
         for other in self.slots:
             if other.conn is not None:
                 other.conn.close()
+        from .auth.passwords import share_pool
+
+        share_pool(self.count)
         role = WorkerRole(
             slot=index,
             channel=ChangeChannel(self.notes, index),
             throttle=SharedThrottle(throttle_conn, self.throttle.throttle.policy),
-            sockets=self.sockets,
+            # Webmail sessions live in the memory of the process that made
+            # them (web/security.py): one worker serves HTTP, so a browser's
+            # requests all reach the process that knows its session.
+            sockets={n: socks for n, socks in self.sockets.items() if n != "http" or index == 0},
         )
         self.runner(MailServer(self.data_dir, self.cfg, worker=role).serve_forever())
         return 0

@@ -308,3 +308,28 @@ def test_idle_server_of_two_workers_stays_small(server: ServeProcess) -> None:
     total = server.pss()
     print(f"idle PSS, supervisor + {WORKERS} workers: {total / MB:.1f} MB")
     assert total < 100 * MB
+
+
+def _with_http(cfg: Config) -> None:
+    cfg.ports.http = free_port()
+
+
+@pytest.mark.parametrize("server", [_with_http], indirect=True)
+def test_webmail_session_holds_over_many_requests(server: ServeProcess) -> None:
+    # Webmail sessions live in one process's memory: every request of a
+    # browser must reach that process, however many workers serve.
+    import re
+
+    import httpx
+
+    port = Config.load(server.data / "config.toml").ports.http
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=False, timeout=TIMEOUT) as client:
+        r = client.get("/login")
+        match = re.search(r'name="login_token" value="([^"]+)"', r.text)
+        assert match is not None
+        r = client.post("/login", data={"username": ALICE, "password": USERS[ALICE], "login_token": match.group(1)})
+        assert r.status_code == 303, r.text
+        for _ in range(20):  # new connections each time
+            client.cookies.update(client.cookies)
+            r = client.get("/", headers={"Connection": "close"})
+            assert r.status_code in (200, 303) and r.headers.get("location") != "/login", r.headers
