@@ -128,6 +128,7 @@ class WorkerRole:
     name, the change channel to the other workers and the shared throttle."""
 
     slot: int
+    count: int  # workers in all
     channel: ChangeChannel
     throttle: LoginThrottle
     sockets: dict[str, list[socket.socket]] = field(default_factory=dict)
@@ -235,9 +236,12 @@ class MailServer:
             submission_engine=submission_engine_config(cfg),
             stats=self.stats,
         )
+        share = worker.count if worker is not None else 1
         limits = ConnectionLimits(
-            cfg.limits.max_connections,
-            cfg.limits.max_connections_per_ip,
+            # Each worker counts its own connections: it gets its share of
+            # the caps, so the server as a whole keeps to [limits].
+            -(-cfg.limits.max_connections // share),
+            -(-cfg.limits.max_connections_per_ip // share),
             cfg.limits.idle_timeout,
             cfg.limits.command_deadline,
             cfg.limits.literal_deadline,

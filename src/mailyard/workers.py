@@ -22,6 +22,10 @@ workers`` above 1 (0, the default, means one per available core):
   calls (auth/throttle_shared.py); the POP3 maildrop lock is an flock()
   (net/pop3.py) and \\Recent is claimed in a store transaction, so both hold
   across workers;
+- each worker enforces its share of the ``[limits]`` connection caps
+  (rounded up), so the server as a whole keeps to them; a client whose
+  connections the kernel happens to give mostly to one worker meets that
+  worker's share first;
 - SIGTERM/SIGINT to the supervisor: every worker drains as a single server
   does (IMAP BYE, SMTP 421), then the supervisor exits 0; SIGHUP: every
   worker reloads its certificate; a worker that dies is started again (a
@@ -324,6 +328,7 @@ class Supervisor:
         share_pool(self.count)
         role = WorkerRole(
             slot=index,
+            count=self.count,
             channel=ChangeChannel(self.notes, index),
             throttle=SharedThrottle(throttle_conn, self.throttle.throttle.policy),
             # Webmail sessions live in the memory of the process that made

@@ -333,3 +333,33 @@ def test_webmail_session_holds_over_many_requests(server: ServeProcess) -> None:
             client.cookies.update(client.cookies)
             r = client.get("/", headers={"Connection": "close"})
             assert r.status_code in (200, 303) and r.headers.get("location") != "/login", r.headers
+
+
+def _two_per_ip(cfg: Config) -> None:
+    cfg.limits.max_connections_per_ip = 2
+
+
+@pytest.mark.parametrize("server", [_two_per_ip], indirect=True)
+def test_connection_cap_per_address_holds_for_the_whole_server(server: ServeProcess) -> None:
+    # each worker enforces its share of [limits], so one address gets at most
+    # the configured number of sessions from all the workers together
+    conns = [Line(server.port("imap")) for _ in range(8)]
+    greetings = [c.line() for c in conns]
+    served = {server.serving_pid(c.sock) for c, g in zip(conns, greetings, strict=True) if g.startswith(b"* OK")}
+    accepted = sum(g.startswith(b"* OK") for g in greetings)
+    print(f"{accepted} of 8 connections from one address accepted, by workers {sorted(p for p in served if p)}")
+    assert 1 <= accepted <= 2, greetings
+    for c in conns:
+        c.close()
+
+
+def test_workers_end_with_a_killed_supervisor(server: ServeProcess) -> None:
+    workers = server.worker_pids()
+    server.proc.kill()
+    server.proc.wait(TIMEOUT)
+
+    def gone() -> bool:
+        return not any(Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+                       for pid in workers)
+
+    wait_until(gone, TIMEOUT, "the workers to end with their supervisor")
