@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -95,6 +96,9 @@ class SQLiteCore(Store):
             self.peers.detach(asyncio.get_running_loop())
             self.peers = None
         await asyncio.to_thread(self._writer.close)
+        if self._writer.lock_fd is not None:
+            os.close(self._writer.lock_fd)
+            self._writer.lock_fd = None
         self.blobs.close()
         self._read.close()
         self._revoked.close()
@@ -150,6 +154,8 @@ class SQLiteCore(Store):
         call on the event loop that runs the listeners."""
         self.peers = channel
         channel.attach(asyncio.get_running_loop(), self._peer_note)
+        # the writers of all workers take turns through one lock file (writer.py)
+        self._writer.lock_fd = os.open(self.data_dir / "write.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def _peer_note(self, kind: bytes, ids: list[int]) -> None:
         if kind == MAILBOXES:
