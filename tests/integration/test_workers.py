@@ -363,3 +363,52 @@ def test_workers_end_with_a_killed_supervisor(server: ServeProcess) -> None:
                        for pid in workers)
 
     wait_until(gone, TIMEOUT, "the workers to end with their supervisor")
+
+
+@pytest.fixture
+def smarthost() -> Any:
+    from tests.integration.test_crash_safety import FakePeer
+
+    peer = FakePeer(lambda: 0)
+    yield peer
+    peer.close()
+
+
+def test_mail_queued_through_any_worker_is_sent_at_once(tmp_path: Path, smarthost: Any) -> None:
+    # Worker 0 runs the outbound queue; the other tells it of new entries over
+    # the change channel. The poll interval is long, so only that note can
+    # make the delivery prompt.
+    def configure(cfg: Config) -> None:
+        cfg.ports.submission = free_port()
+        d = cfg.delivery
+        d.relay_host, d.relay_port, d.relay_tls = "127.0.0.1", smarthost.server_address[1], "none"
+        d.poll_interval = 600.0
+
+    proc = ServeProcess(tmp_path / "data", two_workers(configure))
+    try:
+        wait_until(lambda: len(proc.worker_pids()) == WORKERS, TIMEOUT, "both workers to start")
+        port = Config.load(proc.data / "config.toml").ports.submission
+
+        def submit_open() -> smtplib.SMTP:
+            s = smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT)
+            s.ehlo()
+            return s
+
+        senders = on_each_worker(proc, submit_open, lambda s: s.sock, _close_smtp)
+        figures = []
+        for pid, s in senders.items():
+            s.login(ALICE, USERS[ALICE])
+            rcpt = f"r{pid}@remote.test"
+            start = time.monotonic()
+            s.sendmail(ALICE, [rcpt], f"From: {ALICE}\r\nTo: {rcpt}\r\nSubject: via {pid}\r\n\r\nhi\r\n")
+
+            def arrived(rcpt: str = rcpt) -> bool:
+                with smarthost.lock:
+                    return any(r == rcpt for _cid, r, _g, _t, _raw in smarthost.accepted)
+
+            wait_until(arrived, TIMEOUT, f"the message queued through worker {pid} to reach the smarthost")
+            figures.append(f"{(time.monotonic() - start) * 1000:.0f} ms")
+            s.quit()
+        print("submission 250 .. smarthost 250, through each worker:", ", ".join(figures))
+    finally:
+        proc.stop()
