@@ -190,6 +190,12 @@ class Supervisor:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             self._close_sockets()
+            for pair in self.notes:
+                for sock in pair:
+                    sock.close()
+            self.selector.close()
+            for fd in self._wake_fds:
+                os.close(fd)
         print("stopped.", flush=True)
         return 0
 
