@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .auth.service import SECRET_FILE, LoginService
 from .auth.throttle import LoginThrottle
+from .auth.throttle_shared import SharedThrottle
 from .config import Config, ConfigError
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
@@ -30,7 +31,7 @@ from .net.tls import ReloadableTLS, client_context, ensure_certificate
 from .services import Services
 from .store import open_store
 from .store.api import Store
-from .store.notify import QUEUE, ChangeChannel
+from .store.notify import QUEUE, SETTLED, ChangeChannel
 from .store.spool import MessageSpool
 
 log = logging.getLogger("mailyard")
@@ -264,6 +265,8 @@ class MailServer:
                 )
                 await listener.start()
                 self.listeners[service.name] = listener
+            if worker is not None:
+                self._join_peers(worker, store, self.services.login)
             queue = self.services.queue
             if queue is not None and background:
                 await queue.start()
@@ -286,6 +289,17 @@ class MailServer:
         except BaseException:
             await self.stop()
             raise
+
+    @staticmethod
+    def _join_peers(worker: WorkerRole, store: Store, login: LoginService) -> None:
+        """Exchange notes with the other workers (store/notify.py): store
+        changes, and settled login attempts of the shared throttle (a login
+        waiting for a budget held by another worker's attempt asks again)."""
+        channel = worker.channel
+        channel.on(SETTLED, lambda _ids: login.peer_settled())
+        if isinstance(worker.throttle, SharedThrottle):
+            worker.throttle.on_settle = lambda: channel.publish(SETTLED)
+        channel.attach(asyncio.get_running_loop())
 
     def cert_paths(self) -> tuple[Path, Path]:
         """The certificate and key files: ``[tls]`` (relative to the data
@@ -323,6 +337,8 @@ class MailServer:
         grace = self.config.server.shutdown_grace
         await asyncio.gather(*(listener.stop(grace) for listener in self.listeners.values()))
         self.listeners.clear()
+        if self.worker is not None:
+            self.worker.channel.detach(asyncio.get_running_loop())
         if self.queue is not None:
             await self.queue.stop()
         if self._store is not None:

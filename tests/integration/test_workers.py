@@ -412,3 +412,43 @@ def test_mail_queued_through_any_worker_is_sent_at_once(tmp_path: Path, smarthos
         print("submission 250 .. smarthost 250, through each worker:", ", ".join(figures))
     finally:
         proc.stop()
+
+
+def _small_budget(cfg: Config) -> None:
+    cfg.limits.max_connections_per_ip = 1000
+    cfg.auth.account_max_failures = 2  # two attempts in flight at most
+
+
+@pytest.mark.parametrize("server", [_small_budget], indirect=True)
+def test_a_burst_of_correct_logins_is_served_by_every_worker(server: ServeProcess) -> None:
+    # More logins of one account at once than its budget: those finding the
+    # budget held by attempts in flight wait for one to settle, whichever
+    # worker holds it (a settle is announced to the other workers).
+    import threading
+
+    burst = 60
+    replies: list[bytes] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        c = Line(server.port("imap"))
+        try:
+            c.line()
+            c.send(f"a LOGIN {ALICE} {USERS[ALICE]}\r\n".encode())
+            reply = c.until(lambda line: line.startswith(b"a "), timeout=60)
+        except (OSError, EOFError) as exc:
+            reply = repr(exc).encode()
+        finally:
+            c.close()
+        with lock:
+            replies.append(reply)
+
+    threads = [threading.Thread(target=one) for _ in range(burst)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    print(f"{burst} concurrent logins of one account over {WORKERS} workers: {time.monotonic() - start:.1f} s")
+    refused = [r for r in replies if not r.startswith(b"a OK")]
+    assert len(replies) == burst and not refused, refused[:3]

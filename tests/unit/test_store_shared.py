@@ -119,3 +119,58 @@ def test_shared_throttle_falls_back_to_its_own_tables_when_the_supervisor_is_gon
         worker.fail(attempt, now)
     assert worker.fallback
     assert isinstance(worker.reserve("192.0.2.1", "a@example.test", now), Locked)
+
+
+async def test_a_login_waiting_for_another_workers_attempt_goes_on_when_it_settles() -> None:
+    """Worker B holds the account's whole budget in flight; worker A's login
+    waits (Busy) and goes on as soon as B's attempt settles: B announces the
+    settle over the change channel, as server.py wires it."""
+    import selectors
+    import threading
+    import types
+
+    from mailyard.auth.service import LoginService
+    from mailyard.server import MailServer, WorkerRole
+    from mailyard.store.notify import ChangeChannel, make_slots
+
+    policy = ThrottlePolicy(base_delay=0.0, account_max_failures=1)
+    server = ThrottleServer(LoginThrottle(policy))
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+    stop = threading.Event()
+
+    def supervise() -> None:
+        with selectors.DefaultSelector() as sel:
+            for sup_end, _ in pairs:
+                sel.register(sup_end, selectors.EVENT_READ)
+            while not stop.is_set():
+                for key, _ev in sel.select(0.05):
+                    server.handle(key.fileobj)  # type: ignore[arg-type]
+
+    supervisor = threading.Thread(target=supervise, daemon=True)
+    supervisor.start()
+    slots = make_slots(2)
+    logins = []
+    channels = []
+    for i, (_, worker_end) in enumerate(pairs):
+        throttle = SharedThrottle(worker_end, policy)
+        channel = ChangeChannel(slots, i)
+        login = LoginService(None, throttle)  # type: ignore[arg-type]
+        MailServer._join_peers(WorkerRole(slot=i, count=2, channel=channel, throttle=throttle), None, login)  # type: ignore[arg-type]
+        logins.append(login)
+        channels.append(channel)
+    a, b = logins
+    try:
+        held = b.throttle.reserve("192.0.2.9", "a@example.test", b.clock())
+        assert isinstance(held, Attempt)
+        waiting = asyncio.ensure_future(a.reserve("192.0.2.1", "a@example.test", "a", "imap"))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # Busy: the budget is held by B's attempt
+        b.succeeded(held, types.SimpleNamespace(address="a@example.test"), "192.0.2.9", "imap", None)  # type: ignore[arg-type]
+        attempt = await asyncio.wait_for(waiting, 5)  # without the note: BUSY_WAIT (30 s)
+        assert isinstance(attempt, Attempt)
+    finally:
+        loop = asyncio.get_running_loop()
+        for channel in channels:
+            channel.detach(loop)
+        stop.set()
+        supervisor.join()

@@ -9,6 +9,11 @@ side, with the same synchronous methods, so the login service
 between two processes of one machine (tens of microseconds), made only for a
 login attempt, next to a password hash costing tens of milliseconds.
 
+A login that finds the budget left held by attempts in flight (``Busy``)
+waits for one of them to settle: a worker settling one tells the others
+over the change channel (store/notify.py ``SETTLED``), so the wait ends at
+once whichever worker held the attempt.
+
 An attempt reserved by a worker that dies is settled as a failure by the
 supervisor (`ThrottleServer.release_all`): the budget it held comes back,
 and the attempt counts as the failure it would have been.
@@ -27,6 +32,7 @@ import logging
 import pickle
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from .throttle import Attempt, Busy, Locked, LoginThrottle, ThrottlePolicy
@@ -113,6 +119,9 @@ class SharedThrottle(LoginThrottle):
         self._tokens: dict[int, int] = {}  # id(Attempt) -> the supervisor's token
         self._next = 0
         self.fallback = False  # the supervisor stopped answering: this process's tables count
+        # Called after an attempt settled: the other workers' logins waiting
+        # for a budget (``Busy``) ask again (set by server.py).
+        self.on_settle: Callable[[], None] | None = None
 
     def _ask(self, method: str, *args: Any) -> Any:
         with self._lock:
@@ -153,7 +162,9 @@ class SharedThrottle(LoginThrottle):
         try:
             self._ask(method, token, now)
         except _Unavailable:
-            pass
+            return True
+        if self.on_settle is not None:
+            self.on_settle()
         return True
 
     def fail(self, attempt: Attempt, now: float) -> None:

@@ -331,6 +331,8 @@ class ChannelLike(Protocol):
 
     def publish(self, kind: bytes, ids: Iterable[int] = ()) -> None: ...
 
+    def on(self, kind: bytes, handle: Callable[[list[int]], None]) -> None: ...
+
 
 class Store(abc.ABC):
     """Backend-independent store API. All methods are coroutines but the two
@@ -350,7 +352,7 @@ class Store(abc.ABC):
 
     def attach_peers(self, channel: ChannelLike) -> None:
         """Exchange change notes with the other worker processes serving
-        this store (store/notify.py), on the running event loop."""
+        this store (store/notify.py)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be shared by worker processes")
 
     # --- life cycle -------------------------------------------------------

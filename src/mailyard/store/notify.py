@@ -19,7 +19,12 @@ Messages are one kind byte and a list of unsigned 64-bit numbers:
 
 - ``M``: mailboxes whose content changed (the listeners' argument);
 - ``D``: the directory changed (domains, accounts, aliases): caches forget;
-- ``Q``: the outbound queue has new work (wakes the queue runner's worker).
+- ``Q``: the outbound queue has new work (wakes the queue runner's worker);
+- ``S``: a login attempt settled in the shared throttle (auth/throttle_shared.py):
+  logins waiting for a budget held by attempts in flight ask again.
+
+Each kind has its handlers (``on``): the store takes M, D and Q, the login
+service S.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ log = logging.getLogger("mailyard.store")
 MAILBOXES = b"M"
 DIRECTORY = b"D"
 QUEUE = b"Q"
+SETTLED = b"S"
 # Ids per datagram: well under the default socket buffer, one page of numbers.
 _PER_DATAGRAM = 512
 
@@ -59,6 +65,7 @@ class ChangeChannel:
         self._recv = slots[slot][0]
         self._peers = [send for i, (_recv, send) in enumerate(slots) if i != slot]
         self.dropped = 0  # notes a full peer buffer refused (its worker is down or stalled)
+        self._handlers: dict[bytes, list[Callable[[list[int]], None]]] = {}
         self._drain()  # notes sent to this slot's previous worker
 
     def _drain(self) -> None:
@@ -81,8 +88,12 @@ class ChangeChannel:
                     self.dropped += 1
                     log.debug("change note not sent: %s", exc)
 
-    def attach(self, loop: asyncio.AbstractEventLoop, handle: Callable[[bytes, list[int]], None]) -> None:
-        """Call ``handle(kind, ids)`` on ``loop`` for every note another worker sends."""
+    def on(self, kind: bytes, handle: Callable[[list[int]], None]) -> None:
+        """Call ``handle(ids)`` for every note of ``kind`` another worker sends."""
+        self._handlers.setdefault(kind, []).append(handle)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Receive notes on ``loop`` and run their handlers there."""
 
         def readable() -> None:
             while True:
@@ -95,7 +106,8 @@ class ChangeChannel:
                 count = (len(data) - 1) // 8
                 try:
                     ids = list(struct.unpack_from(f"<{count}Q", data, 1))
-                    handle(data[:1], ids)
+                    for handle in self._handlers.get(data[:1], ()):
+                        handle(ids)
                 except Exception:
                     log.exception("change note handling failed")
 

@@ -92,9 +92,7 @@ class SQLiteCore(Store):
         return "FULL" if self.config.fsync else "OFF"
 
     async def close(self) -> None:
-        if self.peers is not None:
-            self.peers.detach(asyncio.get_running_loop())
-            self.peers = None
+        self.peers = None
         await asyncio.to_thread(self._writer.close)
         if self._writer.lock_fd is not None:
             os.close(self._writer.lock_fd)
@@ -151,19 +149,23 @@ class SQLiteCore(Store):
 
     def attach_peers(self, channel: ChangeChannel) -> None:
         """Exchange change notes with the other workers (store/notify.py);
-        call on the event loop that runs the listeners."""
+        the channel runs the handlers on the event loop it is attached to."""
         self.peers = channel
-        channel.attach(asyncio.get_running_loop(), self._peer_note)
+        channel.on(MAILBOXES, self._peer_changes)
+        channel.on(DIRECTORY, self._peer_directory)
+        channel.on(QUEUE, self._peer_queue)
         # the writers of all workers take turns through one lock file (writer.py)
         self._writer.lock_fd = os.open(self.data_dir / "write.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
-    def _peer_note(self, kind: bytes, ids: list[int]) -> None:
-        if kind == MAILBOXES:
-            self._writer.wake_idle_work()  # new bodies to index, if this process indexes
-            self.notify_local(ids)
-        elif kind == DIRECTORY:
-            self.directory_version += 1
-        elif kind == QUEUE and self.on_queue_note is not None:
+    def _peer_changes(self, ids: list[int]) -> None:
+        self._writer.wake_idle_work()  # new bodies to index, if this process indexes
+        self.notify_local(ids)
+
+    def _peer_directory(self, ids: list[int]) -> None:
+        self.directory_version += 1
+
+    def _peer_queue(self, ids: list[int]) -> None:
+        if self.on_queue_note is not None:
             self.on_queue_note()
 
     def notify_local(self, mailbox_ids: Iterable[int]) -> None:
