@@ -197,9 +197,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         runner = asyncio.run
     print(f"mailyard {__version__} serving {d} as {cfg.server.hostname}", flush=True)
     try:
-        serve(d, cfg, runner)
+        status = serve(d, cfg, runner)
     except OSError as exc:
         raise CLIError(str(exc.strerror or exc)) from exc
+    if status:
+        raise CLIError("a worker process kept failing at start (see the log above)")
 
 
 def cmd_queue(args: argparse.Namespace) -> None:

@@ -59,6 +59,7 @@ log = logging.getLogger("mailyard")
 
 RESTART_PAUSE = 1.0  # seconds before restarting a worker that died young
 YOUNG = 1.0  # a worker dying within this many seconds of its start "died young"
+GIVE_UP = 5  # a worker that died young this many times in a row: the server stops (status 1)
 KILL_AFTER = 15.0  # seconds past shutdown_grace before a draining worker is killed
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -105,6 +106,7 @@ class _Slot:
         self.pid = 0
         self.started = 0.0
         self.restart_at: float | None = 0.0  # monotonic time to (re)start; None: running
+        self.young_deaths = 0  # in a row
         self.conn: socket.socket | None = None  # the supervisor's end of the throttle pair
 
 
@@ -120,6 +122,7 @@ class Supervisor:
         self.sockets: dict[str, list[socket.socket]] = {}
         self.pid = os.getpid()
         self.restarts = 0
+        self.failed = False  # a worker kept failing at start: stop, exit status 1
 
     # --- preparation -----------------------------------------------------------------
     def _prepare(self) -> None:
@@ -197,7 +200,7 @@ class Supervisor:
             for fd in self._wake_fds:
                 os.close(fd)
         print("stopped.", flush=True)
-        return 0
+        return 1 if self.failed else 0
 
     def _loop(self, pending: list[int]) -> None:
         stopping_since: float | None = None
@@ -224,6 +227,8 @@ class Supervisor:
                             pass
                 elif not self.throttle.handle(key.fileobj):  # type: ignore[arg-type]
                     self._drop_conn(key.data)
+            if self.failed and stopping_since is None:
+                pending.append(signal.SIGTERM)
             while pending:
                 sig = pending.pop(0)
                 if sig == signal.SIGCHLD:
@@ -264,9 +269,17 @@ class Supervisor:
             return
         code = os.waitstatus_to_exitcode(status)
         lived = time.monotonic() - slot.started
-        log.error("worker %d ended (%s) after %.1f s; starting it again", slot.index,
-                  f"signal {-code}" if code < 0 else f"status {code}", lived)
+        slot.young_deaths = slot.young_deaths + 1 if lived < YOUNG else 0
+        log.error("worker %d ended (%s) after %.1f s%s", slot.index,
+                  f"signal {-code}" if code < 0 else f"status {code}", lived,
+                  "" if slot.young_deaths >= GIVE_UP else "; starting it again")
         self.restarts += 1
+        if slot.young_deaths >= GIVE_UP:
+            # it cannot start (the store, the certificate...): a server that
+            # keeps failing should stop and say so, as one process would
+            log.error("worker %d keeps failing at start; stopping the server", slot.index)
+            self.failed = True
+            return
         slot.restart_at = time.monotonic() + (RESTART_PAUSE if lived < YOUNG else 0.0)
 
     def _drop_conn(self, slot: _Slot) -> None:
@@ -316,8 +329,11 @@ class Supervisor:
         from .store.notify import ChangeChannel
 
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        # a SIGHUP before the event loop takes it must not end the worker
+        # (it loads the certificate files as they are now anyway)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         _die_with_parent()
         if os.getppid() != self.pid:
             return 1  # the supervisor died before the request took effect
