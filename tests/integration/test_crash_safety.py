@@ -957,6 +957,33 @@ class QueueDeliveryWorkers(QueueDelivery):
         cfg.server.workers = 2
 
 
+class IMAPAppendWorkers(IMAPAppend):
+    """IMAP APPEND on two workers; one is SIGKILLed mid-APPEND."""
+
+    name = "imap-append-worker-kill"
+
+    def configure(self, cfg: Config) -> None:
+        cfg.server.workers = 2
+
+
+class POP3QuitWorkers(POP3Quit):
+    """POP3 on two workers; the worker killed may hold maildrop locks, which
+    must go with it (the next session of that user gets the maildrop)."""
+
+    name = "pop3-quit-worker-kill"
+
+    def configure(self, cfg: Config) -> None:
+        cfg.server.workers = 2
+
+
+@pytest.mark.parametrize("scenario", [IMAPAppendWorkers, POP3QuitWorkers], ids=["imap-append", "pop3-quit"])
+def test_writes_survive_worker_sigkill(tmp_path: Path, scenario: type[Scenario]) -> None:
+    s = scenario()
+    result = WorkerKillHarness(tmp_path, s).run()
+    assert result["cycles"] == CYCLES and result["workers_killed"] == CYCLES
+    assert s.progress() >= CYCLES * s.min_progress
+
+
 def test_smtp_accept_survives_worker_sigkill(tmp_path: Path) -> None:
     scenario = SMTPAcceptWorkers()
     result = WorkerKillHarness(tmp_path, scenario).run()
