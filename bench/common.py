@@ -65,6 +65,10 @@ class BenchServer:
             text = re.sub(rf"^{name} = \d+$", f"{name} = {self.ports.get(name, 0)}", text, flags=re.M)
         text = re.sub(r"^fsync = \w+$", f"fsync = {'true' if self.fsync else 'false'}", text, flags=re.M)
         text = re.sub(r'^log_level = ".*"$', 'log_level = "warning"', text, flags=re.M)
+        # MAILYARD_BENCH_WORKERS: [server] workers for the run (default: the config's default)
+        workers = os.environ.get("MAILYARD_BENCH_WORKERS")
+        if workers:
+            text = re.sub(r"^workers = \d+$", f"workers = {int(workers)}", text, flags=re.M)
         cfg.write_text(text)
 
     def start(self) -> None:
@@ -104,7 +108,25 @@ class BenchServer:
 
 
 def rss_kib(pid: int) -> int:
-    """Proportional set size of a process in KiB (falls back to RSS)."""
+    """Proportional set size in KiB of a process and its children (the
+    workers of a multi-process server; falls back to RSS)."""
+    return _own_kib(pid) + sum(_own_kib(child) for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _own_kib(pid: int) -> int:
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
         m = re.search(r"^Pss:\s+(\d+) kB", text, re.M)

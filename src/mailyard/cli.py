@@ -181,7 +181,7 @@ async def _add_domain(store: Store, domain: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from .server import MailServer
+    from .workers import serve
 
     d = require_data_dir(args)
     cfg = load_config(args)
@@ -197,9 +197,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         runner = asyncio.run
     print(f"mailyard {__version__} serving {d} as {cfg.server.hostname}", flush=True)
     try:
-        runner(MailServer(d, cfg).serve_forever())
+        status = serve(d, cfg, runner)
     except OSError as exc:
         raise CLIError(str(exc.strerror or exc)) from exc
+    if status:
+        raise CLIError("a worker process kept failing at start (see the log above)")
 
 
 def cmd_queue(args: argparse.Namespace) -> None:

@@ -29,6 +29,9 @@ class ServerConfig:
     # Seconds open sessions get to finish on SIGTERM before they are cut.
     shutdown_grace: float = 10.0
     log_level: str = "info"
+    # Worker processes that serve the listeners (mailyard/workers.py);
+    # 0: one per available core; 1: a single process, no supervisor.
+    workers: int = 0
 
 
 @dataclass

@@ -13,13 +13,15 @@ import collections
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .auth.service import SECRET_FILE, LoginService
 from .auth.throttle import LoginThrottle
+from .auth.throttle_shared import SharedThrottle
 from .config import Config, ConfigError
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
@@ -29,6 +31,7 @@ from .net.tls import ReloadableTLS, client_context, ensure_certificate
 from .services import Services
 from .store import open_store
 from .store.api import Store
+from .store.notify import QUEUE, SETTLED, ChangeChannel
 from .store.spool import MessageSpool
 
 log = logging.getLogger("mailyard")
@@ -118,6 +121,24 @@ def protocol_services() -> list[Service]:
     ]
 
 
+@dataclass
+class WorkerRole:
+    """What a worker process of a multi-process server (mailyard/workers.py)
+    gets from its supervisor: its slot (slot 0 also runs the outbound queue
+    and the store's background work), the listening sockets by service
+    name, the change channel to the other workers and the shared throttle."""
+
+    slot: int
+    count: int  # workers in all
+    channel: ChangeChannel
+    throttle: LoginThrottle
+    sockets: dict[str, list[socket.socket]] = field(default_factory=dict)
+
+    @property
+    def runs_background(self) -> bool:
+        return self.slot == 0
+
+
 class MailServer:
     """``mailyard serve``: owns the store, the listeners and the queue runner.
 
@@ -130,8 +151,11 @@ class MailServer:
         config: Config,
         store: Store | None = None,
         ephemeral_ports: bool = False,
+        worker: WorkerRole | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # Set when this process is one worker of several (mailyard/workers.py).
+        self.worker = worker
         self.config = config
         self.ephemeral_ports = ephemeral_ports
         self._store = store
@@ -142,7 +166,7 @@ class MailServer:
         self.tls: ReloadableTLS | None = None
         # One login throttle for every protocol (auth/throttle.py, config [auth]),
         # used by the one login service (auth/service.py) that start() builds.
-        self._throttle = throttle_from_config(config.auth)
+        self._throttle = worker.throttle if worker is not None else throttle_from_config(config.auth)
         # Counters for tests and metrics (e.g. "smtp_sessions" on the MX port).
         self.stats: collections.Counter[str] = collections.Counter()
         # What every service receives, set by start().
@@ -182,14 +206,21 @@ class MailServer:
         from .net.smtp import engine_config, submission_engine_config
 
         pin_mmap_threshold()
+        worker = self.worker
+        background = worker is None or worker.runs_background
         if self._store is None:
-            self._store = open_store(self.data_dir, self.config.store)
+            self._store = open_store(self.data_dir, self.config.store, background=background)
         store = self._store
         cfg = self.config
         spool = MessageSpool(self.data_dir / "spool")
-        stray = spool.sweep()
-        if stray:
-            log.info("removed %d stray spool file(s)", stray)
+        if worker is None:
+            # (a supervisor sweeps before it starts workers: a worker's
+            # restart must not remove the files of the others' sessions)
+            stray = spool.sweep()
+            if stray:
+                log.info("removed %d stray spool file(s)", stray)
+        else:
+            store.attach_peers(worker.channel)
         router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients)
         if self.tls is None:
             self.tls = self._load_tls()
@@ -206,9 +237,12 @@ class MailServer:
             submission_engine=submission_engine_config(cfg),
             stats=self.stats,
         )
+        share = worker.count if worker is not None else 1
         limits = ConnectionLimits(
-            cfg.limits.max_connections,
-            cfg.limits.max_connections_per_ip,
+            # Each worker counts its own connections: it gets its share of
+            # the caps, so the server as a whole keeps to [limits].
+            -(-cfg.limits.max_connections // share),
+            -(-cfg.limits.max_connections_per_ip // share),
             cfg.limits.idle_timeout,
             cfg.limits.command_deadline,
             cfg.limits.literal_deadline,
@@ -227,21 +261,45 @@ class MailServer:
                     self._bind_protocol(service.protocol),
                     limits,
                     ssl_context=self.tls.listener_context if service.implicit_tls else None,
+                    sockets=worker.sockets.get(service.name) if worker is not None else None,
                 )
                 await listener.start()
                 self.listeners[service.name] = listener
-            if self.services.queue is not None:
-                await self.services.queue.start()
-            if cfg.ports.http:
+            if worker is not None:
+                self._join_peers(worker, store, self.services.login)
+            queue = self.services.queue
+            if queue is not None and background:
+                await queue.start()
+                store.on_queue_note = queue.wake
+            elif queue is not None and worker is not None:
+                # The runner is in worker 0: tell it of new entries.
+                channel = worker.channel
+                queue.elsewhere = lambda: channel.publish(QUEUE)
+            if cfg.ports.http and (worker is None or "http" in worker.sockets):
                 # Webmail (web/): uvicorn in this event loop; it offers bound_port and stop().
                 from .web.service import HTTPService
 
-                http = HTTPService(self.services, cfg.server.bind, 0 if self.ephemeral_ports else cfg.ports.http)
+                http_socks = worker.sockets.get("http") if worker is not None else None
+                http = HTTPService(
+                    self.services, cfg.server.bind, 0 if self.ephemeral_ports else cfg.ports.http,
+                    sock=http_socks[0] if http_socks else None,
+                )
                 await http.start()
                 self.listeners["http"] = http  # type: ignore[assignment]
         except BaseException:
             await self.stop()
             raise
+
+    @staticmethod
+    def _join_peers(worker: WorkerRole, store: Store, login: LoginService) -> None:
+        """Exchange notes with the other workers (store/notify.py): store
+        changes, and settled login attempts of the shared throttle (a login
+        waiting for a budget held by another worker's attempt asks again)."""
+        channel = worker.channel
+        channel.on(SETTLED, lambda _ids: login.peer_settled())
+        if isinstance(worker.throttle, SharedThrottle):
+            worker.throttle.on_settle = lambda: channel.publish(SETTLED)
+        channel.attach(asyncio.get_running_loop())
 
     def cert_paths(self) -> tuple[Path, Path]:
         """The certificate and key files: ``[tls]`` (relative to the data
@@ -279,6 +337,8 @@ class MailServer:
         grace = self.config.server.shutdown_grace
         await asyncio.gather(*(listener.stop(grace) for listener in self.listeners.values()))
         self.listeners.clear()
+        if self.worker is not None:
+            self.worker.channel.detach(asyncio.get_running_loop())
         if self.queue is not None:
             await self.queue.stop()
         if self._store is not None:
@@ -299,10 +359,12 @@ class MailServer:
             # open sessions keep theirs, new handshakes get the new pair.
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self.tls.install_sighup(loop)
-        for name, listener in self.listeners.items():
-            print(f"  {name:<11} {self.config.server.bind}:{listener.bound_port}", flush=True)
-        print("mailyard is running; press Ctrl-C to stop.", flush=True)
+        if self.worker is None:
+            for name, listener in self.listeners.items():
+                print(f"  {name:<11} {self.config.server.bind}:{listener.bound_port}", flush=True)
+            print("mailyard is running; press Ctrl-C to stop.", flush=True)
         await stop.wait()
         log.info("shutting down")
-        print("shutting down...", flush=True)
+        if self.worker is None:
+            print("shutting down...", flush=True)
         await self.stop()

@@ -157,6 +157,7 @@ class CrashServer:
         # small segments: the load rolls over to new segment files, and the
         # compaction pass after each start has sealed segments to rewrite
         cfg.store.segment_size = 128 * 1024
+        cfg.server.workers = 1  # one process unless the scenario asks for more
         for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http"):
             setattr(cfg.ports, name, self.ports.get(name, 0))
         if self.configure is not None:
@@ -203,6 +204,33 @@ class CrashServer:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         self.proc = None
+
+    def worker_pids(self) -> list[int]:
+        """The supervisor's workers ([server] workers > 1)."""
+        assert self.proc is not None
+        return children(self.proc.pid)
+
+    def kill_worker(self, rng: random.Random) -> int:
+        """SIGKILL one worker process (the supervisor lives on); returns its pid."""
+        pids = self.worker_pids()
+        assert len(pids) >= 2, f"expected worker processes, found {pids}"
+        victim = rng.choice(pids)
+        self.killed.set()
+        self.kill_times[self.generation] = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        # what clients do from now on belongs to a new life of the server
+        self.generation += 1
+        return victim
+
+    def wait_restarted(self, victim: int, count: int, timeout: float = 30.0) -> None:
+        """Until the supervisor runs ``count`` workers again, ``victim`` not among them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = self.worker_pids()
+            if len(pids) == count and victim not in pids:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"worker {victim} was not replaced: workers now {self.worker_pids()}")
 
     def stop(self) -> None:
         if self.proc is None:
@@ -528,18 +556,87 @@ class Harness:
                 break
             time.sleep(0.01)
         time.sleep(self.rng.uniform(*KILL_AFTER))
-        self.server.kill()
+        self.kill()
         self.stop.set()
         for t in threads:
             t.join(30)
             assert not t.is_alive(), "a load thread did not stop"
         assert not self.errors, f"clients failed while the server was up: {self.errors[:5]}"
 
+    def kill(self) -> None:
+        """The crash of a cycle: the whole server."""
+        self.server.kill()
+
     def _guard(self, fn: Callable[[], None]) -> None:
         try:
             fn()
         except BaseException as exc:  # noqa: BLE001 - reported by load_and_kill
             self.errors.append(f"load thread crashed: {type(exc).__name__}: {exc}")
+
+
+class WorkerKillHarness(Harness):
+    """The crash of a cycle is one worker process of a multi-process server
+    ([server] workers, set by the scenario's ``configure``), SIGKILLed
+    mid-load; the supervisor starts a new one and the server is never
+    restarted. The audit then runs against the live server: everything a
+    client saw acknowledged, by either worker, is there exactly once. The
+    store's files are checked after the final, normal stop."""
+
+    def __init__(self, root: Path, scenario: Scenario, workers: int = 2) -> None:
+        super().__init__(root, scenario)
+        self.workers = workers
+        self.victims: list[int] = []
+
+    def kill(self) -> None:
+        self.victims.append(self.server.kill_worker(self.rng))
+
+    def run(self, cycles: int = CYCLES) -> dict[str, Any]:
+        self.init()
+        try:
+            self.server.start()
+            assert len(self.server.worker_pids()) == self.workers
+            self.scenario.quiesce(self)
+            for cycle in range(cycles):
+                self.cycle = cycle + 1
+                self.load_and_kill()
+                self.server.wait_restarted(self.victims[-1], self.workers)
+                self.server.killed.clear()
+                # the next cycle's clients name their messages anew (the
+                # kill's generation may have been used by clients finishing)
+                self.server.generation += 1
+                self.after_start()
+                self.cycles_done += 1
+            self.server.stop()
+            self.check_store()
+        finally:
+            self.stop.set()
+            self.server.stop()
+            self.scenario.close()
+        result = {
+            "scenario": self.scenario.name,
+            "cycles": self.cycles_done,
+            "workers_killed": len(self.victims),
+            "invariants_checked": self.checks.total,
+            "by_invariant": dict(self.checks.counts),
+            **self.scenario.report(),
+        }
+        print(f"crashkit {self.scenario.name}: {json.dumps(result)}")
+        return result
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (the parent field of /proc/*/stat)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
 
 
 def _quote(name: str) -> str:

@@ -3,6 +3,7 @@ memory (RSS) or need a server whose process is separate from the test's."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -41,6 +42,7 @@ class ServeProcess:
             setattr(cfg.ports, name, self.ports.get(name, 0))
         cfg.store.fsync = False  # throwaway data; the figures here are memory
         cfg.server.log_level = "warning"
+        cfg.server.workers = 1  # one process: its RSS is the server's (configure may change it)
         configure(cfg)
         (data / "config.toml").write_text(cfg.to_toml())
         self.proc = subprocess.Popen(
@@ -108,6 +110,21 @@ class ServeProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    # --- several worker processes ([server] workers) --------------------------------
+    def worker_pids(self) -> list[int]:
+        """The supervisor's live children (the workers), by pid."""
+        return children(self.proc.pid)
+
+    def pss(self) -> int:
+        """Proportional set size of the supervisor and its workers together
+        (bytes): shared pages are counted once overall, not once per process."""
+        return sum(pss(pid) for pid in [self.proc.pid, *self.worker_pids()])
+
+    def serving_pid(self, sock: socket.socket) -> int | None:
+        """The worker process holding the server side of the client's
+        connection ``sock`` (found through /proc/net/tcp and /proc/PID/fd)."""
+        return serving_pid(sock, [self.proc.pid, *self.worker_pids()])
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -129,3 +146,59 @@ def free_port() -> int:
 
 
 MB = 1024 * 1024
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (by the parent field of /proc/*/stat)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def pss(pid: int) -> int:
+    """Pss of one process (bytes), from /proc/PID/smaps_rollup."""
+    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    m = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
+    assert m is not None
+    return int(m.group(1)) * 1024
+
+
+def serving_pid(sock: socket.socket, pids: list[int]) -> int | None:
+    """Which of ``pids`` holds the server end of the TCP connection ``sock``."""
+    client_port = sock.getsockname()[1]
+    server_port = sock.getpeername()[1]
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, remote = fields[1], fields[2]
+            if int(local.rpartition(":")[2], 16) == server_port and int(remote.rpartition(":")[2], 16) == client_port:
+                inode = fields[9]
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == target:
+                    return pid
+            except OSError:
+                continue
+    return None

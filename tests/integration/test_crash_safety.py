@@ -37,6 +37,7 @@ from tests.integration.crashkit import (
     Harness,
     Scenario,
     Snapshot,
+    WorkerKillHarness,
     _close,
     _quote,
     crash_id,
@@ -929,3 +930,68 @@ def test_pop3_quit_deletions_survive_sigkill(tmp_path: Path) -> None:
 def test_queue_delivery_and_bounces_survive_sigkill(tmp_path: Path) -> None:
     result = run(tmp_path, QueueDelivery())
     assert result["dsns"] > 0, "no bounce was made"
+
+
+# --- a worker process killed, the server lives on ---------------------------------------
+
+
+class SMTPAcceptWorkers(SMTPAccept):
+    """SMTP load on a server of two worker processes; one worker is SIGKILLed
+    mid-delivery and the supervisor replaces it: every 250 either worker gave
+    is in both INBOXes exactly once, and the other worker's clients go on."""
+
+    name = "smtp-accept-worker-kill"
+
+    def configure(self, cfg: Config) -> None:
+        cfg.server.workers = 2
+
+
+class QueueDeliveryWorkers(QueueDelivery):
+    """Outbound queue on a server of two workers (worker 0 runs the queue);
+    the SIGKILL hits either worker, the queue's among them."""
+
+    name = "queue-delivery-worker-kill"
+
+    def configure(self, cfg: Config) -> None:
+        super().configure(cfg)
+        cfg.server.workers = 2
+
+
+class IMAPAppendWorkers(IMAPAppend):
+    """IMAP APPEND on two workers; one is SIGKILLed mid-APPEND."""
+
+    name = "imap-append-worker-kill"
+
+    def configure(self, cfg: Config) -> None:
+        cfg.server.workers = 2
+
+
+class POP3QuitWorkers(POP3Quit):
+    """POP3 on two workers; the worker killed may hold maildrop locks, which
+    must go with it (the next session of that user gets the maildrop)."""
+
+    name = "pop3-quit-worker-kill"
+
+    def configure(self, cfg: Config) -> None:
+        cfg.server.workers = 2
+
+
+@pytest.mark.parametrize("scenario", [IMAPAppendWorkers, POP3QuitWorkers], ids=["imap-append", "pop3-quit"])
+def test_writes_survive_worker_sigkill(tmp_path: Path, scenario: type[Scenario]) -> None:
+    s = scenario()
+    result = WorkerKillHarness(tmp_path, s).run()
+    assert result["cycles"] == CYCLES and result["workers_killed"] == CYCLES
+    assert s.progress() >= CYCLES * s.min_progress
+
+
+def test_smtp_accept_survives_worker_sigkill(tmp_path: Path) -> None:
+    scenario = SMTPAcceptWorkers()
+    result = WorkerKillHarness(tmp_path, scenario).run()
+    assert result["cycles"] == CYCLES and result["workers_killed"] == CYCLES
+    assert scenario.progress() >= CYCLES * scenario.min_progress
+
+
+def test_queue_delivery_survives_worker_sigkill(tmp_path: Path) -> None:
+    scenario = QueueDeliveryWorkers()
+    result = WorkerKillHarness(tmp_path, scenario).run()
+    assert result["cycles"] == CYCLES and result["workers_killed"] == CYCLES

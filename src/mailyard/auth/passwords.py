@@ -273,6 +273,13 @@ _pool = _BufferPool(
     _memory_bytes(ARGON2_MEMORY_COST, ARGON2_PARALLELISM), ARGON2_POOL_BUFFERS
 )
 _callbacks: tuple[Any, Any] | None = None
+
+
+def share_pool(processes: int) -> None:
+    """This process is one of ``processes`` server workers: keep its share of
+    the ``ARGON2_POOL_BUFFERS`` buffers (at least one), so the memory the
+    workers retain together stays about what one server process retains."""
+    _pool.limit = max(1, ARGON2_POOL_BUFFERS // max(1, processes))
 _fast_path_enabled = True
 
 

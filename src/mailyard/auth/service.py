@@ -206,6 +206,11 @@ class LoginService:
             timer.cancel()
             self._waiting.discard(fut)
 
+    def peer_settled(self) -> None:
+        """An attempt settled in another process sharing the throttle
+        (auth/throttle_shared.py): the waiting attempts ask again."""
+        self._wake()
+
     def _wake(self) -> None:
         """An attempt settled: every waiting one asks for its turn again."""
         waiting, self._waiting = self._waiting, set()

@@ -222,6 +222,9 @@ class OutboundQueue:
         self.client_tls = client_tls
         self.mx = MXResolver(make_resolver(self.cfg.nameservers, self.cfg.dns_timeout))
         self._wake = asyncio.Event()
+        # Where new entries are announced when the runner is in another
+        # process (``[server] workers``: worker 0 runs it); None: here.
+        self.elsewhere: Callable[[], None] | None = None
         self._task: asyncio.Task | None = None
         self._workers: set[asyncio.Task] = set()
         self._inflight: set[tuple[int, str]] = set()
@@ -286,6 +289,8 @@ class OutboundQueue:
 
     def wake(self) -> None:
         self._wake.set()
+        if self.elsewhere is not None:
+            self.elsewhere()
 
     # --- life cycle --------------------------------------------------------------
     async def start(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,14 +80,19 @@ class Listener:
         protocol_factory: Callable[[Listener], asyncio.Protocol],
         limits: ConnectionLimits,
         ssl_context: Callable[[], ssl.SSLContext] | None = None,
+        sockets: list[socket.socket] | None = None,
     ) -> None:
         self.name = name
+        # Listening sockets bound by the supervisor of a multi-process server
+        # (mailyard/workers.py): every worker accepts on the same ones.
+        self.sockets = sockets or []
         self.protocol_factory = protocol_factory
         self.host = host
         self.port = port
         self.limits = limits
         self.ssl_context = ssl_context
         self._server: asyncio.Server | None = None
+        self._more: list[asyncio.Server] = []  # the other addresses of ``sockets``
         self.caps = ConnectionCaps(limits.max_connections, limits.max_connections_per_ip)
 
     @property
@@ -109,8 +115,21 @@ class Listener:
     async def start(self) -> None:
         ctx = self.ssl_context() if self.ssl_context else None
         factory = self.protocol_factory
+        loop = asyncio.get_running_loop()
+        if self.sockets:
+            for sock in self.sockets:
+                server = await loop.create_server(
+                    lambda: factory(self), sock=sock, ssl=ctx, backlog=1024,
+                    ssl_handshake_timeout=30 if ctx else None,
+                )
+                if self._server is None:
+                    self._server = server
+                else:
+                    self._more.append(server)
+            log.info("%s accepting on %s:%d", self.name, self.host, self.bound_port)
+            return
         try:
-            self._server = await asyncio.get_running_loop().create_server(
+            self._server = await loop.create_server(
                 lambda: factory(self),
                 self.host,
                 self.port,
@@ -130,6 +149,8 @@ class Listener:
     async def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
+        for server in self._more:
+            server.close()
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, ask sessions to end, wait up to ``grace`` seconds, then cut."""
@@ -144,3 +165,36 @@ class Listener:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
+
+
+def bind_sockets(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:
+    """Listening sockets for ``host``:``port``, one per address it resolves
+    to (as ``loop.create_server`` binds them), for a supervisor to hand to
+    its workers."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    seen: set[tuple] = set()
+    try:
+        for family, kind, proto, _name, addr in infos:
+            if (family, addr) in seen:
+                continue
+            seen.add((family, addr))
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and len(infos) > 1:
+                # the IPv4 address gets its own socket
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((addr[0], port, *addr[2:]))
+            sock.listen(backlog)
+            sock.setblocking(False)
+            port = sock.getsockname()[1]  # an ephemeral port: the same for every address
+    except OSError as exc:
+        for sock in socks:
+            sock.close()
+        raise OSError(
+            exc.errno,
+            f"cannot listen on {host}:{port}: {exc.strerror}"
+            " (is another server using the port? change [ports] in config.toml)",
+        ) from exc
+    return socks

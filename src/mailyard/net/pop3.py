@@ -8,7 +8,10 @@ What this module decides, and why:
   message numbers and sizes do not change during a session). Mail arriving
   meanwhile shows up in the next session.
 - One POP3 session per maildrop at a time: a second login gets
-  ``-ERR [IN-USE]`` (RFC 2449 section 8.1.2). The lock is per server process.
+  ``-ERR [IN-USE]`` (RFC 2449 section 8.1.2). The lock holds across the
+  worker processes of one server (``[server] workers``): an flock() on a
+  file per account under ``<data>/locks/pop3/``, which the kernel releases
+  when the holding process dies, so a killed worker leaves no stale lock.
 - DELE only marks; the marked messages are removed with one atomic
   ``store.expunge`` when the client says QUIT (the UPDATE state, RFC 1939
   section 6). A connection that drops, times out or is cut at shutdown removes
@@ -32,6 +35,7 @@ What this module decides, and why:
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import ssl
@@ -41,6 +45,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from itertools import takewhile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..auth import sasl
@@ -168,14 +173,55 @@ class MaildropCache:
             self._cached -= evicted.counted
 
 
+class MaildropLocks:
+    """RFC 1939 section 8: one session per maildrop, across processes.
+
+    An exclusive, non-blocking flock() on ``<directory>/<account id>`` per
+    locked maildrop. flock() locks belong to an open file description, so
+    two sessions of one process exclude each other as two processes do, and
+    the kernel drops the lock with the descriptor when the process ends."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self._held: dict[int, int] = {}  # account id -> descriptor of its lock file
+
+    def acquire(self, account_id: int) -> bool:
+        if account_id in self._held:
+            return False
+        if self.directory is None:  # no data directory: this process only
+            self._held[account_id] = -1
+            return True
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / str(account_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._held[account_id] = fd
+        return True
+
+    def release(self, account_id: int) -> None:
+        fd = self._held.pop(account_id, None)
+        if fd is not None and fd >= 0:
+            os.close(fd)  # drops the flock
+
+    def __contains__(self, account_id: int) -> bool:
+        return account_id in self._held
+
+
 class POP3Service:
     """Server-wide POP3 state: maildrop locks and the size index."""
 
-    def __init__(self, store: Store, hostname: str) -> None:
+    def __init__(self, store: Store, hostname: str, data_dir: Path | None = None) -> None:
         self.store = store
         self.hostname = hostname
         self.maildrops = MaildropCache()
-        self.locked: set[int] = set()  # account ids with an open TRANSACTION session
+        # account ids with an open TRANSACTION session
+        self.locked = MaildropLocks(data_dir / "locks" / "pop3" if data_dir is not None else None)
 
     def timestamp(self) -> str:
         """A fresh APOP timestamp (RFC 1939 section 7: unique per greeting)."""
@@ -189,7 +235,7 @@ def service_for(services: Services) -> POP3Service:
     """The POP3Service of a running server (created on first use)."""
     svc = _services.get(services)
     if svc is None or svc.store is not services.store:
-        svc = POP3Service(services.store, services.config.server.hostname)
+        svc = POP3Service(services.store, services.config.server.hostname, services.data_dir)
         _services[services] = svc
     return svc
 
@@ -393,15 +439,14 @@ class POP3Session(SessionProtocol):
         if acct is None:
             engine.reject_login("AUTH", "Authentication failed")
             return
-        if acct.id in self.service.locked:
-            # RFC 2449 section 8.1.2: the maildrop is locked by another session.
-            engine.reject_login("IN-USE", "maildrop already locked by another POP3 session")
-            return
         mailbox = await self.store.get_mailbox(acct.id, "INBOX")
         if mailbox is None:
             engine.reject_login("SYS/PERM", "no INBOX for this account")
             return
-        self.service.locked.add(acct.id)
+        if not self.service.locked.acquire(acct.id):
+            # RFC 2449 section 8.1.2: the maildrop is locked by another session.
+            engine.reject_login("IN-USE", "maildrop already locked by another POP3 session")
+            return
         self.account, self.mailbox = acct, mailbox
         try:
             maildrop, self._crlf_clean = await self.service.maildrops.maildrop(self.store, mailbox)
@@ -432,7 +477,7 @@ class POP3Session(SessionProtocol):
 
     def unlock(self) -> None:
         if self.account is not None:
-            self.service.locked.discard(self.account.id)
+            self.service.locked.release(self.account.id)
             self.account = None
 
 

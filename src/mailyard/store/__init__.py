@@ -15,11 +15,13 @@ if TYPE_CHECKING:
     from .api import Store
 
 
-def open_store(data_dir: Path, config: StoreConfig | None = None) -> Store:
-    """Open (creating it if need be) the store of a data directory."""
+def open_store(data_dir: Path, config: StoreConfig | None = None, background: bool = True) -> Store:
+    """Open (creating it if need be) the store of a data directory.
+    ``background``: run the idle-time indexing and compaction here (one
+    process of a multi-process server does, the others do not)."""
     from .sqlite import SQLiteStore
 
-    return SQLiteStore(data_dir, config)
+    return SQLiteStore(data_dir, config, background)
 
 
 def store_exists(data_dir: Path) -> bool:

@@ -378,6 +378,14 @@ def derive_record(raw: bytes) -> DerivedRecord:
     )
 
 
+class ChannelLike(Protocol):
+    """store/notify.py ``ChangeChannel``, as the store uses it."""
+
+    def publish(self, kind: bytes, ids: Iterable[int] = ()) -> None: ...
+
+    def on(self, kind: bytes, handle: Callable[[list[int]], None]) -> None: ...
+
+
 class Store(abc.ABC):
     """Backend-independent store API. All methods are coroutines but the two
     per-command validity checks and ``add_listener``.
@@ -386,9 +394,18 @@ class Store(abc.ABC):
     raises ``MailboxGone`` unless that mailbox still exists with that owner
     and UIDVALIDITY; ids of accounts, mailboxes and bodies are never reused."""
 
-    # Moves whenever this process changes domains, accounts, aliases or lists,
-    # so caches of directory lookups (delivery/router.py) know to forget.
+    # Moves whenever this process (or, with ``[server] workers``, another
+    # worker) changes domains, accounts, aliases or lists, so caches of
+    # directory lookups (delivery/router.py) know to forget.
     directory_version: int = 0
+    # Called (on the event loop) when another worker queued outbound mail;
+    # set in the worker that runs the queue (mailyard/workers.py).
+    on_queue_note: Callable[[], None] | None = None
+
+    def attach_peers(self, channel: ChannelLike) -> None:
+        """Exchange change notes with the other worker processes serving
+        this store (store/notify.py)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be shared by worker processes")
 
     # --- life cycle -------------------------------------------------------
     @abc.abstractmethod

@@ -9,7 +9,10 @@ whose bytes are missing (DESIGN.md "Durability"). Space of expunged bodies is
 reclaimed by compaction (store/sqlite/bodies.py), which rewrites mostly-dead
 sealed segments.
 
-Only the store's writer thread appends; any thread may read (os.pread).
+Only the store's writer thread appends, inside a write transaction; any
+thread may read (os.pread). Several processes may serve one store (``[server]
+workers``): SQLite's write lock then orders their appends, and each follows
+the others' rollovers and file ends (``follow``) before it appends.
 """
 
 from __future__ import annotations
@@ -52,6 +55,17 @@ class SegmentFiles:
         self._write_pos = os.fstat(self._write_fd).st_size
         if created and self.fsync:
             self._sync_directory()
+
+    def follow(self, latest: int) -> None:
+        """Append where every process sharing the directory appends: to
+        ``latest`` (the newest segment with a committed row) if it is newer
+        than this process's, at the file's real end. Called under the
+        store's write lock (inside a write transaction), so no other process
+        appends between this and the commit."""
+        if latest > self._write_segment:
+            self.open_for_append(latest)
+        elif self._write_fd >= 0:
+            self._write_pos = os.fstat(self._write_fd).st_size
 
     @property
     def current_segment(self) -> int:

@@ -43,10 +43,12 @@ def _connection_limits(cfg: LimitsConfig) -> ConnectionLimits:
 class HTTPService:
     name = "http"
 
-    def __init__(self, services: Services, host: str, port: int) -> None:
+    def __init__(self, services: Services, host: str, port: int, sock: socket.socket | None = None) -> None:
         self.services = services
         self.host = host
         self.port = port
+        # A listening socket bound by the supervisor of a multi-process server.
+        self._bound = sock
         self.bound_port = 0
         self._task: asyncio.Task | None = None
         self._uvicorn: _Server | None = None
@@ -56,15 +58,18 @@ class HTTPService:
         from .app import create_app
 
         self.app = create_app(self.services)
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
-        sock.listen(128)
+        if self._bound is not None:
+            sock = self._bound
+        else:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((self.host, self.port))
+            except OSError:
+                sock.close()
+                raise
+            sock.listen(128)
         sock.setblocking(False)
         self.bound_port = sock.getsockname()[1]
         config = uvicorn.Config(

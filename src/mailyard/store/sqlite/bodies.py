@@ -66,6 +66,7 @@ class BodiesMixin(SQLiteCore):
     def _store_body(self, c: sqlite3.Connection, body: bytes, refs: int) -> int:
         """Append ``body`` to the current segment and index it with ``refs``
         users (inside the caller's write); returns its id."""
+        self._follow_segments(c)
         if self.blobs.needs_rollover():
             self.blobs.open_for_append(self.blobs.current_segment + 1)
         segment, offset = self.blobs.append(body)
@@ -76,6 +77,12 @@ class BodiesMixin(SQLiteCore):
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
+
+    def _follow_segments(self, c: sqlite3.Connection) -> None:
+        """Catch up with appends and rollovers of other processes serving
+        this store (store/blobs.py ``follow``); inside a write transaction."""
+        latest = c.execute("SELECT max(id) FROM segments").fetchone()[0]
+        self.blobs.follow(latest or 0)
 
     # --- compaction --------------------------------------------------------------
     async def compact(self) -> None:
@@ -102,11 +109,13 @@ class BodiesMixin(SQLiteCore):
         if row is None:
             return False
         segment = row[0]
-        bodies = c.execute(
-            "SELECT id, offset, length FROM bodies WHERE segment = ? ORDER BY offset", (segment,)
-        ).fetchall()
         c.execute("BEGIN IMMEDIATE")
         try:
+            self._follow_segments(c)
+            # read inside the transaction: another process may have released bodies meanwhile
+            bodies = c.execute(
+                "SELECT id, offset, length FROM bodies WHERE segment = ? ORDER BY offset", (segment,)
+            ).fetchall()
             moved = 0
             for body_id, offset, length in bodies:
                 data = self.blobs.read(segment, offset, length)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 from ...config import StoreConfig
 from ..api import MailboxGone, MailboxRef, StorageFull, Store, StoreError
 from ..blobs import SegmentFiles
+from ..notify import DIRECTORY, MAILBOXES, QUEUE, ChangeChannel
 from ..revocation import RevocationSignal
 from . import schema
 from .writer import GroupCommitWriter, WriteContext
@@ -36,8 +38,11 @@ class SQLiteCore(Store):
     """Connections, writer and validity checks of a store on SQLite +
     segment files in ``data_dir``."""
 
-    def __init__(self, data_dir: Path, config: StoreConfig | None = None) -> None:
+    def __init__(self, data_dir: Path, config: StoreConfig | None = None, background: bool = True) -> None:
         self.config = config or StoreConfig()
+        # Other processes serving the same store (``[server] workers``): told
+        # of every change committed here (store/notify.py).
+        self.peers: ChangeChannel | None = None
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         db_path = self.data_dir / DB_FILE
@@ -64,7 +69,9 @@ class SQLiteCore(Store):
             self.config.group_commit_max,
             before_commit=self.blobs.sync,
             after_commit=lambda changed: None,
-            idle_work=self._background_work,
+            # Background indexing and compaction run in one process of a
+            # multi-process server (``background``), not in all at once.
+            idle_work=self._background_work if background else None,
         )
 
     def _connect(self, path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -86,7 +93,11 @@ class SQLiteCore(Store):
         return "FULL" if self.config.fsync else "OFF"
 
     async def close(self) -> None:
+        self.peers = None
         await asyncio.to_thread(self._writer.close)
+        if self._writer.lock_fd is not None:
+            os.close(self._writer.lock_fd)
+            self._writer.lock_fd = None
         self.blobs.close()
         self._read.close()
         self._revoked.close()
@@ -109,6 +120,8 @@ class SQLiteCore(Store):
         finally:
             if directory:
                 self.directory_version += 1
+                if self.peers is not None:
+                    self.peers.publish(DIRECTORY)
             if revoke:
                 # after the commit: a reader refilling its cache now sees it
                 self._revoked.bump()
@@ -134,6 +147,34 @@ class SQLiteCore(Store):
     # --- change notification ----------------------------------------------------
     def notify(self, mailbox_ids: Iterable[int]) -> None:
         """Called by the writer (on the event loop) after a commit."""
+        ids = list(mailbox_ids)
+        if self.peers is not None and ids:
+            self.peers.publish(MAILBOXES, ids)
+        self.notify_local(ids)
+
+    def attach_peers(self, channel: ChangeChannel) -> None:
+        """Exchange change notes with the other workers (store/notify.py);
+        the channel runs the handlers on the event loop it is attached to."""
+        self.peers = channel
+        channel.on(MAILBOXES, self._peer_changes)
+        channel.on(DIRECTORY, self._peer_directory)
+        channel.on(QUEUE, self._peer_queue)
+        # the writers of all workers take turns through one lock file (writer.py)
+        self._writer.lock_fd = os.open(self.data_dir / "write.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def _peer_changes(self, ids: list[int]) -> None:
+        self._writer.wake_idle_work()  # new bodies to index, if this process indexes
+        self.notify_local(ids)
+
+    def _peer_directory(self, ids: list[int]) -> None:
+        self.directory_version += 1
+
+    def _peer_queue(self, ids: list[int]) -> None:
+        if self.on_queue_note is not None:
+            self.on_queue_note()
+
+    def notify_local(self, mailbox_ids: Iterable[int]) -> None:
+        """Run this process's listeners for ``mailbox_ids``."""
         for mailbox_id in mailbox_ids:
             for callback in list(self._listeners):
                 try:

@@ -84,9 +84,9 @@ def insert_mailbox(c: sqlite3.Connection, account_id: int, name: str, special_us
 class MailboxesMixin(SQLiteCore):
     """Mailboxes of accounts, subscriptions, \\Recent and status."""
 
-    def __init__(self, data_dir: Path, config: StoreConfig | None = None) -> None:
+    def __init__(self, data_dir: Path, config: StoreConfig | None = None, background: bool = True) -> None:
         self._claim_locks: dict[int, asyncio.Lock] = {}  # claim_recent, per mailbox
-        super().__init__(data_dir, config)
+        super().__init__(data_dir, config, background)
 
     async def create_mailbox(self, account_id: int, name: str, special_use: str | None = None,
                              subscribe: bool = False) -> Mailbox:

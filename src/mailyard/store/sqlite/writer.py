@@ -15,6 +15,8 @@ in a new transaction. The caller's future resolves only after COMMIT returned
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import queue
 import sqlite3
@@ -25,6 +27,7 @@ from typing import Any
 log = logging.getLogger("mailyard.store")
 
 _STOP = object()
+_WAKE = object()  # idle work has something new (another process wrote)
 IDLE_PAUSE = 0.2  # seconds without writes before background work starts
 
 
@@ -68,6 +71,13 @@ class GroupCommitWriter:
         self._idle_pending = True
         self._idle_running = False  # idle work said it has more: continue without the pause
         self._idle_wait = IDLE_PAUSE  # seconds without writes before idle work (runs) again
+        # Set when other processes write to the same database (``[server]
+        # workers``): a file whose flock() the writers of all of them take
+        # around each transaction. A writer waiting for it is woken by the
+        # kernel the moment the holder commits, where SQLite's busy handler
+        # would poll with sleeps of up to 100 ms; the writes that queue up
+        # meanwhile share the next commit.
+        self.lock_fd: int | None = None
         self._thread.start()
 
     def submit(self, op: Op) -> asyncio.Future[Any]:
@@ -91,7 +101,10 @@ class GroupCommitWriter:
         return not self._queue.empty()
 
     def wake_idle_work(self) -> None:
-        self._idle_pending = True
+        """Let idle work look again (after the pause): another process
+        committed something it may have to index."""
+        if self._idle_work is not None and not self._idle_pending:
+            self._queue.put(_WAKE)
 
     def close(self) -> None:
         self._queue.put(_STOP)
@@ -110,27 +123,51 @@ class GroupCommitWriter:
             while item is not None:
                 if item is _STOP:
                     return
+                if item is _WAKE:
+                    self._idle_pending = True
+                    self._idle_wait = IDLE_PAUSE
+                    item = None
+                    continue
                 if isinstance(item[0], _Exclusive):
                     self._run_exclusive(item)
                     item = None
                     continue
                 batch = [item]
                 item = None
-                while len(batch) < self._max_batch:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is _STOP or isinstance(more[0], _Exclusive):
-                        item = more  # after this batch's commit
-                        break
-                    batch.append(more)
-                self._commit(batch)
+                # (writes that queue while this waits for its turn join the batch)
+                with self._turn():
+                    while len(batch) < self._max_batch:
+                        try:
+                            more = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        if more is _WAKE:
+                            continue  # this batch's commit wakes idle work anyway
+                        if more is _STOP or isinstance(more[0], _Exclusive):
+                            item = more  # after this batch's commit
+                            break
+                        batch.append(more)
+                    self._commit(batch)
+
+    @contextlib.contextmanager
+    def _turn(self) -> Any:
+        """This process's turn to write, among the processes sharing the database."""
+        fd = self.lock_fd
+        if fd is None:
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _run_exclusive(self, item: tuple[Any, asyncio.Future[Any], asyncio.AbstractEventLoop]) -> None:
         exclusive, fut, loop = item
         try:
-            result, exc = exclusive.fn(), None
+            with self._turn():
+                result = exclusive.fn()
+            exc = None
         except BaseException as error:  # noqa: BLE001 - handed to the caller
             result, exc = None, error
         try:
@@ -207,7 +244,8 @@ class GroupCommitWriter:
             self._idle_pending = False
             return
         try:
-            more = self._idle_work(self._conn)
+            with self._turn():
+                more = self._idle_work(self._conn)
         except Exception:
             log.exception("store background work failed")
             more = False

@@ -1,0 +1,176 @@
+"""Two SQLiteStore instances on one data directory, as two worker processes
+of ``mailyard serve`` hold it ([server] workers): each has its own
+connections, writer thread and segment-file writer. Their writes interleave
+and roll over small segments; every message must read back exactly. And the
+shared login throttle (auth/throttle_shared.py) over a real socket pair."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from mailyard.auth.throttle import Attempt, Locked, LoginThrottle, ThrottlePolicy
+from mailyard.auth.throttle_shared import SharedThrottle, ThrottleServer
+from mailyard.config import StoreConfig
+from mailyard.store.api import DeliveryTarget, Mailbox
+from mailyard.store.sqlite import SQLiteStore
+
+
+def _open(place: Path) -> SQLiteStore:
+    return SQLiteStore(place, StoreConfig(segment_size=4096, fsync=False))
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, SQLiteStore]]:
+    one = _open(tmp_path / "store")
+    await one.add_domain("example.test")
+    two = _open(tmp_path / "store")
+    yield one, two
+    await one.close()
+    await two.close()
+
+
+async def _inbox(store: SQLiteStore, name: str) -> Mailbox:
+    account = await store.add_account(f"{name}@example.test", "h")
+    box = await store.get_mailbox(account.id, "INBOX")
+    assert box is not None
+    return box
+
+
+def _msg(who: str, i: int) -> bytes:
+    return b"Subject: %s %d\r\n\r\n%s\r\n" % (who.encode(), i, (who.encode() * 50) * (i % 7 + 1))
+
+
+async def test_interleaved_deliveries_of_two_instances_read_back_exactly(
+        pair: tuple[SQLiteStore, SQLiteStore]) -> None:
+    one, two = pair
+    box = await _inbox(one, "a")
+    sent: dict[int, bytes] = {}
+
+    async def deliver(store: SQLiteStore, who: str) -> None:
+        for i in range(60):
+            body = _msg(who, i)
+            [uid] = await store.deliver(body, [DeliveryTarget(box.id)])
+            sent[uid] = body
+
+    await asyncio.gather(deliver(one, "one"), deliver(two, "two"))
+    assert len(sent) == 120  # UIDs from both instances are distinct
+    for reader in (one, two):
+        for uid, body in sent.items():
+            assert await reader.read_message(box, uid) == body, uid
+    # the small segments rolled over several times, and both instances followed
+    assert len(one.blobs.existing()) > 3
+
+
+def test_shared_throttle_is_one_budget_for_every_worker() -> None:
+    policy = ThrottlePolicy(base_delay=0.0, account_max_failures=3)
+    server = ThrottleServer(LoginThrottle(policy))
+    ends = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+    workers = []
+    for sup_end, worker_end in ends:
+        sup_end.setblocking(False)
+        workers.append(SharedThrottle(worker_end, policy))
+
+    def call(worker: SharedThrottle, fn: str, *args: object) -> object:
+        # the supervisor answers as its loop would, between the send and the recv
+        sup_end = ends[workers.index(worker)][0]
+        import threading
+
+        t = threading.Thread(target=lambda: _serve_one(server, sup_end))
+        t.start()
+        result = getattr(worker, fn)(*args)
+        t.join()
+        return result
+
+    now = 100.0
+    for n in range(3):
+        attempt = call(workers[n % 2], "reserve", "192.0.2.1", "a@example.test", now)
+        assert isinstance(attempt, Attempt)
+        call(workers[n % 2], "fail", attempt, now)
+    # three failures through two workers: the account is locked for both
+    for worker in workers:
+        assert isinstance(call(worker, "reserve", "192.0.2.2", "a@example.test", now), Locked)
+    # an attempt held by a worker that dies counts as a failure
+    held = call(workers[0], "reserve", "192.0.2.3", "b@example.test", now)
+    assert isinstance(held, Attempt)
+    assert server.release_all(ends[0][0], now) == 1
+    assert len(server.throttle) > 0
+
+
+def _serve_one(server: ThrottleServer, conn: socket.socket) -> None:
+    conn.setblocking(True)
+    conn.settimeout(5)
+    assert server.handle(conn)
+
+
+def test_shared_throttle_falls_back_to_its_own_tables_when_the_supervisor_is_gone() -> None:
+    policy = ThrottlePolicy(base_delay=0.0, account_max_failures=2)
+    sup_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    worker = SharedThrottle(worker_end, policy)
+    sup_end.close()
+    now = 5.0
+    for _ in range(2):
+        attempt = worker.reserve("192.0.2.1", "a@example.test", now)
+        assert isinstance(attempt, Attempt)
+        worker.fail(attempt, now)
+    assert worker.fallback
+    assert isinstance(worker.reserve("192.0.2.1", "a@example.test", now), Locked)
+
+
+async def test_a_login_waiting_for_another_workers_attempt_goes_on_when_it_settles() -> None:
+    """Worker B holds the account's whole budget in flight; worker A's login
+    waits (Busy) and goes on as soon as B's attempt settles: B announces the
+    settle over the change channel, as server.py wires it."""
+    import selectors
+    import threading
+    import types
+
+    from mailyard.auth.service import LoginService
+    from mailyard.server import MailServer, WorkerRole
+    from mailyard.store.notify import ChangeChannel, make_slots
+
+    policy = ThrottlePolicy(base_delay=0.0, account_max_failures=1)
+    server = ThrottleServer(LoginThrottle(policy))
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+    stop = threading.Event()
+
+    def supervise() -> None:
+        with selectors.DefaultSelector() as sel:
+            for sup_end, _ in pairs:
+                sel.register(sup_end, selectors.EVENT_READ)
+            while not stop.is_set():
+                for key, _ev in sel.select(0.05):
+                    server.handle(key.fileobj)  # type: ignore[arg-type]
+
+    supervisor = threading.Thread(target=supervise, daemon=True)
+    supervisor.start()
+    slots = make_slots(2)
+    logins = []
+    channels = []
+    for i, (_, worker_end) in enumerate(pairs):
+        throttle = SharedThrottle(worker_end, policy)
+        channel = ChangeChannel(slots, i)
+        login = LoginService(None, throttle)  # type: ignore[arg-type]
+        MailServer._join_peers(WorkerRole(slot=i, count=2, channel=channel, throttle=throttle), None, login)  # type: ignore[arg-type]
+        logins.append(login)
+        channels.append(channel)
+    a, b = logins
+    try:
+        held = b.throttle.reserve("192.0.2.9", "a@example.test", b.clock())
+        assert isinstance(held, Attempt)
+        waiting = asyncio.ensure_future(a.reserve("192.0.2.1", "a@example.test", "a", "imap"))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # Busy: the budget is held by B's attempt
+        b.succeeded(held, types.SimpleNamespace(address="a@example.test"), "192.0.2.9", "imap", None)  # type: ignore[arg-type]
+        attempt = await asyncio.wait_for(waiting, 5)  # without the note: BUSY_WAIT (30 s)
+        assert isinstance(attempt, Attempt)
+    finally:
+        loop = asyncio.get_running_loop()
+        for channel in channels:
+            channel.detach(loop)
+        stop.set()
+        supervisor.join()
