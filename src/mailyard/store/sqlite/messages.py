@@ -165,7 +165,7 @@ def insert_targets(
 class MessagesMixin(BodiesMixin):
     """Messages of mailboxes: writes and reads."""
 
-    def __init__(self, data_dir: Path, config: StoreConfig | None = None) -> None:
+    def __init__(self, data_dir: Path, config: StoreConfig | None = None, background: bool = True) -> None:
         # hold_expunged: mailbox id -> {holder: mod-sequence its expunges are announced up to};
         # mailbox id -> lowest expunge mod-sequence of its held rows (a hint: may be stale low).
         # Shared by the event loop (holds) and the writer thread (expunge, purge).
@@ -174,7 +174,7 @@ class MessagesMixin(BodiesMixin):
         self._held_rows: dict[int, int] = {}
         self._purging: set[int] = set()
         self._holds_lock = threading.Lock()
-        super().__init__(data_dir, config)
+        super().__init__(data_dir, config, background)
 
     def _recover(self, c: sqlite3.Connection) -> None:
         super()._recover(c)
