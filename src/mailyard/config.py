@@ -29,6 +29,8 @@ class ServerConfig:
     # Seconds open sessions get to finish on SIGTERM before they are cut.
     shutdown_grace: float = 10.0
     log_level: str = "info"
+    # "text": one line of key=value fields per event; "json": one JSON object per line (mailyard/logs.py).
+    log_format: str = "text"
 
 
 @dataclass
@@ -203,6 +205,13 @@ class DeliveryConfig:
 
 
 @dataclass
+class MetricsConfig:
+    # host:port of the Prometheus endpoint (GET /metrics, net/metrics_http.py);
+    # "" turns it off. Loopback by default: the figures are for the operator.
+    listen: str = "127.0.0.1:9154"
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     ports: PortsConfig = field(default_factory=PortsConfig)
@@ -212,6 +221,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @classmethod
     def load(cls, path: Path | None) -> Config:

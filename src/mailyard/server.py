@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import logs
 from .auth.service import SECRET_FILE, LoginService
 from .auth.throttle import LoginThrottle
 from .config import Config, ConfigError
@@ -239,9 +240,29 @@ class MailServer:
                 http = HTTPService(self.services, cfg.server.bind, 0 if self.ephemeral_ports else cfg.ports.http)
                 await http.start()
                 self.listeners["http"] = http  # type: ignore[assignment]
+                logs.event(log, logging.INFO, "listening", proto="http", ip=cfg.server.bind, port=http.bound_port)
+            if cfg.metrics.listen:
+                await self._start_metrics(store)
         except BaseException:
             await self.stop()
             raise
+
+    async def _start_metrics(self, store: Store) -> None:
+        """The Prometheus endpoint ([metrics] listen). A port taken by
+        another program is reported and mail keeps flowing without it."""
+        from .net.metrics_http import MetricsListener, parse_listen
+
+        try:
+            host, port = parse_listen(self.config.metrics.listen)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        listener = MetricsListener(store, self.data_dir, host, 0 if self.ephemeral_ports else port)
+        try:
+            await listener.start()
+        except OSError as exc:
+            logs.event(log, logging.ERROR, "listen_failed", proto="metrics", ip=host, port=port, reason=str(exc))
+            return
+        self.listeners["metrics"] = listener  # type: ignore[assignment]
 
     def cert_paths(self) -> tuple[Path, Path]:
         """The certificate and key files: ``[tls]`` (relative to the data
