@@ -55,7 +55,7 @@ class ServeProcess:
                 break
         else:
             pytest.fail("server did not start:\n" + "".join(seen))
-        self.output: list[str] = []
+        self.output: list[str] = seen  # the start-up lines too ("listening" lines)
         threading.Thread(target=self._drain, daemon=True).start()
         self.host = "127.0.0.1"
 
