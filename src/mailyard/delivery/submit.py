@@ -209,6 +209,7 @@ async def accept_message(
         ts=time.time(),
     )
     inbox_id = intake.router.directory.inbox_id
+    started = time.monotonic()
     queue_id = None
     over_quota: list[Account] = []
     wanted = list(accounts)
@@ -234,6 +235,11 @@ async def accept_message(
                 raise
             over_quota += refused
             wanted = [a for a in wanted if a not in refused]
+    if wanted:
+        metrics.count_delivery("local", "delivered", len(wanted))
+        metrics.observe_delivery("local", time.monotonic() - started)
+    # over quota after acceptance: the sender gets a DSN
+    metrics.count_delivery("local", "bounced", len(over_quota))
     return Accepted(data, queue_id, over_quota)
 
 
