@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -39,6 +40,9 @@ FIELD_ORDER = (
     "status", "size", "delivered", "queued", "delay", "reason", "msg",
 )
 _RANK = {name: i for i, name in enumerate(FIELD_ORDER)}
+
+# A value left bare: printable ASCII but space, '"', '=' and '\\'.
+_BARE = re.compile(r'[!#-<>-\[\]-~]+')
 
 # A value longer than this is cut (client-chosen strings end up here).
 MAX_VALUE = 512
@@ -71,6 +75,8 @@ def event(logger: logging.Logger, level: int, name: str, /, **fields: Any) -> No
 
 
 def _clean(value: Any) -> str:
+    if type(value) is str:
+        return value if len(value) <= MAX_VALUE else value[:MAX_VALUE] + "..."
     if isinstance(value, bool):
         text = "yes" if value else "no"
     elif isinstance(value, float):
@@ -89,7 +95,7 @@ def render_value(value: Any) -> str:
     token, else a JSON string (quoted, with ``\\"``, ``\\n`` and ``\\uXXXX``
     escapes), so a value can neither end the line nor fake a field."""
     text = _clean(value)
-    if text and all(c.isprintable() and c not in ' "=\\' for c in text) and text.isascii():
+    if _BARE.fullmatch(text):
         return text
     return json.dumps(text)
 

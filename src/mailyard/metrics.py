@@ -82,6 +82,8 @@ def enable_multiprocess(directory: Path) -> None:
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True, mode=0o700)
+    for metric in _ALL:
+        metric.clear()  # children made before hold in-process values
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     # prometheus_client picks its value class when imported; choose again
     # now the directory is set (values created from here on use files).
