@@ -209,3 +209,48 @@ def _insecure() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def test_a_failed_remote_delivery_names_no_relay_it_never_reached(
+    make_server: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """No MX answered (here: the domain does not resolve): the outcome line
+    has no ``relay`` field rather than ``relay=None``."""
+    server = make_server()
+    caplog.set_level(logging.INFO, logger="mailyard.queue")
+    queue = server.server.queue
+    assert queue is not None
+    server.call(queue.enqueue(b"Subject: x\r\n\r\nbody\r\n", ALICE, ["someone@nowhere.invalid"]))
+    deadline = time.monotonic() + 60
+    while True:
+        outcomes = [r.getMessage() for r in caplog.records
+                    if r.getMessage().startswith(("bounced ", "deferred ", "expired "))]
+        if outcomes:
+            break
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+        time.sleep(0.05)
+    print(outcomes)
+    assert "to=someone@nowhere.invalid" in outcomes[0]
+    assert "relay=" not in outcomes[0] and "None" not in outcomes[0], outcomes
+
+
+def test_a_webmail_send_is_logged_like_a_submission(
+    make_server: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.integration.test_web_http import csrf, login
+
+    server = make_server()
+    caplog.set_level(logging.INFO)
+    client = login(server)
+    r = client.post("/compose", data={"csrf": csrf(client), "to": "bob@example.test", "cc": "", "bcc": "",
+                                      "subject": "via web", "body": "hello", "action": "send"})
+    assert r.status_code == 303, r.text
+    accepted = [r.msg for r in caplog.records if str(r.msg).startswith("accepted ")]
+    assert len(accepted) == 1, [r.getMessage() for r in caplog.records]
+    fields = dict(accepted[0].ordered())
+    assert [k for k, _ in accepted[0].ordered()] == [
+        "proto", "ip", "user", "msgid", "from", "to", "size", "delivered", "queued"]
+    assert (fields["proto"], fields["ip"], fields["user"], fields["to"], fields["delivered"], fields["queued"]) == (
+        "web", "127.0.0.1", ALICE, ["bob@example.test"], 1, 0)
+    logins = [str(r.msg) for r in caplog.records if str(r.msg).startswith("login ")]
+    assert logins == [f"login proto=web ip=127.0.0.1 tls=no user={ALICE}"]
