@@ -40,6 +40,8 @@ class ServeProcess:
         for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http"):
             setattr(cfg.ports, name, self.ports.get(name, 0))
         cfg.store.fsync = False  # throwaway data; the figures here are memory
+        # a free port of its own: processes running side by side must not collide on the default
+        cfg.metrics.listen = f"127.0.0.1:{free_port()}"
         cfg.server.log_level = "warning"
         configure(cfg)
         (data / "config.toml").write_text(cfg.to_toml())

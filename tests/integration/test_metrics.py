@@ -8,6 +8,7 @@ from __future__ import annotations
 import imaplib
 import poplib
 import smtplib
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,3 +141,24 @@ def test_metrics_of_a_real_serve_in_multiprocess_mode(tmp_path: Path) -> None:
     print("multiprocess files:", files)
     assert files and all(name.endswith(".db") for name in files)
     _check_moved(before, after)
+
+
+def test_a_taken_metrics_port_is_reported_and_mail_flows(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        def configure(cfg: Config) -> None:
+            cfg.server.log_level = "info"
+            cfg.metrics.listen = f"127.0.0.1:{port}"
+
+        proc = ServeProcess(tmp_path / "data", configure)
+        try:
+            with smtplib.SMTP(proc.host, proc.port("smtp"), timeout=30) as s:
+                s.sendmail("sender@remote.test", [ALICE], b"Subject: one\r\n\r\nhello\r\n")
+            assert proc.alive()
+        finally:
+            proc.stop()
+    (line,) = [line for line in proc.output if "event=listen_failed" in line]
+    assert f"proto=metrics ip=127.0.0.1 port={port}" in line
