@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import logging
 import os
 import secrets
 import sys
@@ -19,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, logs
 from .config import Config, ConfigError
 from .store import open_store, store_exists
 from .store.api import KEEP, Quota, Store, StoreError
@@ -185,10 +184,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     d = require_data_dir(args)
     cfg = load_config(args)
-    logging.basicConfig(
-        level=getattr(logging, cfg.server.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if cfg.server.log_format not in ("text", "json"):
+        raise CLIError(f"[server] log_format must be \"text\" or \"json\", not {cfg.server.log_format!r}")
+    logs.setup(cfg.server.log_level, cfg.server.log_format)
+    if cfg.metrics.listen:
+        from . import metrics
+
+        # Before any process counts: every process of this server writes its
+        # values here and the /metrics scrape sums them (mailyard/metrics.py).
+        metrics.enable_multiprocess(d / "run" / "metrics")
     try:
         import uvloop  # optional speed-up (README: dependencies)
 

@@ -32,6 +32,8 @@ class ServerConfig:
     # Worker processes that serve the listeners (mailyard/workers.py);
     # 0: one per available core; 1: a single process, no supervisor.
     workers: int = 0
+    # "text": one line of key=value fields per event; "json": one JSON object per line (mailyard/logs.py).
+    log_format: str = "text"
 
 
 @dataclass
@@ -206,6 +208,13 @@ class DeliveryConfig:
 
 
 @dataclass
+class MetricsConfig:
+    # host:port of the Prometheus endpoint (GET /metrics, net/metrics_http.py);
+    # "" turns it off. Loopback by default: the figures are for the operator.
+    listen: str = "127.0.0.1:9154"
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     ports: PortsConfig = field(default_factory=PortsConfig)
@@ -215,6 +224,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @classmethod
     def load(cls, path: Path | None) -> Config:

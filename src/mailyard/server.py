@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import logs
 from .auth.service import SECRET_FILE, LoginService
 from .auth.throttle import LoginThrottle
 from .auth.throttle_shared import SharedThrottle
@@ -286,6 +287,9 @@ class MailServer:
                 )
                 await http.start()
                 self.listeners["http"] = http  # type: ignore[assignment]
+                logs.event(log, logging.INFO, "listening", proto="http", ip=cfg.server.bind, port=http.bound_port)
+            if cfg.metrics.listen and background:  # one endpoint: the first worker reads every worker's files
+                await self._start_metrics(store)
         except BaseException:
             await self.stop()
             raise
@@ -300,6 +304,23 @@ class MailServer:
         if isinstance(worker.throttle, SharedThrottle):
             worker.throttle.on_settle = lambda: channel.publish(SETTLED)
         channel.attach(asyncio.get_running_loop())
+
+    async def _start_metrics(self, store: Store) -> None:
+        """The Prometheus endpoint ([metrics] listen). A port taken by
+        another program is reported and mail keeps flowing without it."""
+        from .net.metrics_http import MetricsListener, parse_listen
+
+        try:
+            host, port = parse_listen(self.config.metrics.listen)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        listener = MetricsListener(store, self.data_dir, host, 0 if self.ephemeral_ports else port)
+        try:
+            await listener.start()
+        except OSError as exc:
+            logs.event(log, logging.ERROR, "listen_failed", proto="metrics", ip=host, port=port, reason=str(exc))
+            return
+        self.listeners["metrics"] = listener  # type: ignore[assignment]
 
     def cert_paths(self) -> tuple[Path, Path]:
         """The certificate and key files: ``[tls]`` (relative to the data

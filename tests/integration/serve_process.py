@@ -41,6 +41,8 @@ class ServeProcess:
         for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http"):
             setattr(cfg.ports, name, self.ports.get(name, 0))
         cfg.store.fsync = False  # throwaway data; the figures here are memory
+        # a free port of its own: processes running side by side must not collide on the default
+        cfg.metrics.listen = f"127.0.0.1:{free_port()}"
         cfg.server.log_level = "warning"
         cfg.server.workers = 1  # one process: its RSS is the server's (configure may change it)
         configure(cfg)
@@ -57,7 +59,7 @@ class ServeProcess:
                 break
         else:
             pytest.fail("server did not start:\n" + "".join(seen))
-        self.output: list[str] = []
+        self.output: list[str] = seen  # the start-up lines too ("listening" lines)
         threading.Thread(target=self._drain, daemon=True).start()
         self.host = "127.0.0.1"
 

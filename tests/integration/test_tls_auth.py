@@ -639,7 +639,7 @@ def test_lockout_is_shared_across_protocols_and_recovers(
         finally:
             c.logout()
     messages = [r.getMessage() for r in caplog.records]
-    assert any("login failed" in m and "alice@example.test" in m for m in messages)
-    assert any("locked out" in m for m in messages)
+    assert any(m.startswith("login_failed ") and "user=alice@example.test" in m for m in messages)
+    assert any(m.startswith("login_failed ") and "reason=locked-out" in m for m in messages)
     for secret in ("guess-1", "guess-2", "guess-3", USERS[ALICE]):
         assert not any(secret in m for m in messages), "a password reached the log"

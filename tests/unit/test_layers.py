@@ -44,32 +44,35 @@ def layer(may_import: Iterable[str], rule: str) -> Layer:
 LAYERS: dict[str, Layer] = {
     "message": layer((), "message/ imports no other layer of mailyard"),
     "config": layer((), "config.py is a leaf: it imports no other layer"),
+    "observability": layer(
+        (), "logs.py and metrics.py are leaves: the server side reports events through them"
+    ),
     "protocols": layer(
         {"message"}, "protocols/ imports no other layer of mailyard (it may use message/)"
     ),
     "store": layer(
-        {"message", "config"},
+        {"observability", "message", "config"},
         "store/ imports no protocol, net, delivery, policy or auth and knows no wire format",
     ),
-    "auth": layer({"store", "message", "config"}, "auth/ sits below policy/ and delivery/"),
+    "auth": layer({"observability", "store", "message", "config"}, "auth/ sits below policy/ and delivery/"),
     "policy": layer(
-        {"auth", "store", "message", "config"},
+        {"observability", "auth", "store", "message", "config"},
         "policy/ returns verdicts: it imports neither protocols/ (replies) nor delivery/",
     ),
     "delivery": layer(
-        {"protocols", "policy", "auth", "store", "message", "config"},
+        {"observability", "protocols", "policy", "auth", "store", "message", "config"},
         "delivery/ imports neither net/ nor the server (nor services.py)",
     ),
     "services": layer(
-        {"delivery", "policy", "auth", "store", "protocols", "message", "config"},
+        {"observability", "delivery", "policy", "auth", "store", "protocols", "message", "config"},
         "services.py (the typed services object) sits below net/ and web/",
     ),
     "net": layer(
-        {"services", "delivery", "policy", "auth", "store", "protocols", "message", "config"},
+        {"observability", "services", "delivery", "policy", "auth", "store", "protocols", "message", "config"},
         "net/ receives the services object; it never imports the server, cli or web/",
     ),
     "web": layer(
-        {"net", "services", "delivery", "policy", "auth", "store", "message", "config"},
+        {"observability", "net", "services", "delivery", "policy", "auth", "store", "message", "config"},
         "web/ receives the services object; it never imports the server or cli",
     ),
     "client": layer(
@@ -77,12 +80,12 @@ LAYERS: dict[str, Layer] = {
         "client/ (the mail user agent) uses message/ and protocols/ only, not the server side",
     ),
     "server": layer(
-        {"net", "web", "services", "delivery", "policy", "auth", "store", "protocols", "message",
+        {"observability", "net", "web", "services", "delivery", "policy", "auth", "store", "protocols", "message",
          "config"},
         "server.py composes the services; only cli.py is above it",
     ),
     "cli": layer(
-        {"server", "client", "net", "web", "services", "delivery", "policy", "auth", "store",
+        {"observability", "server", "client", "net", "web", "services", "delivery", "policy", "auth", "store",
          "protocols", "message", "config"},
         "cli.py is the top",
     ),
@@ -92,6 +95,8 @@ LAYERS: dict[str, Layer] = {
 LAYER_OF: dict[str, str] = {
     "message": "message",
     "config": "config",
+    "logs": "observability",
+    "metrics": "observability",
     "protocols": "protocols",
     "store": "store",
     "auth": "auth",

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import logs, metrics
 from ..store.api import Account, InvalidName, Store, StoreError
 from ..store.names import normalize_address
 from . import sasl
@@ -101,9 +102,14 @@ def load_secret(path: Path) -> bytes:
     return secret
 
 
-def _shown(name: str | None) -> str:
-    # User names come from the network: bounded and repr'd in logs.
-    return repr(name[:100]) if name is not None else "-"
+def _login_failed(protocol: str, ip: str, name: str | None, why: str, **extra: object) -> None:
+    """The one line every refused login logs, on every protocol, at WARNING:
+    contrib/fail2ban/filter.d/mailyard.conf matches it. ``why`` is a short
+    reason ("wrong credentials", "locked-out", "busy", a SASL failure)."""
+    # User names come from the network: bounded (logs.render_value quotes them).
+    logs.event(log, logging.WARNING, "login_failed", proto=protocol, ip=ip,
+               user=name[:100] if name is not None else None, reason=why, **extra)
+    metrics.count_login(protocol, "locked" if why in ("locked-out", "busy") else "failed")
 
 
 class LoginService:
@@ -165,16 +171,13 @@ class LoginService:
         deadline = now + BUSY_WAIT
         while isinstance(verdict, Busy):
             if not await self._settled(deadline - now):
-                log.warning("%s login refused: attempts in flight hold the %s budget (user=%s ip=%s)",
-                            protocol, verdict.scope, _shown(name), ip)
+                _login_failed(protocol, ip, name, "busy", scope=verdict.scope)
                 return TryLater(self.throttle.policy.base_delay)
             now = self.clock()
             verdict = self.throttle.reserve(ip, key, now)
         if isinstance(verdict, Locked):
-            log.warning(
-                "%s login refused: %s locked out (user=%s ip=%s, %.0fs left)",
-                protocol, verdict.scope, _shown(name), ip, verdict.retry_after(now),
-            )
+            _login_failed(protocol, ip, name, "locked-out", scope=verdict.scope,
+                          retry_after=round(verdict.retry_after(now)))
             # The same short wait for every refusal, whatever the password.
             await self.sleep(min(verdict.retry_after(now), self.throttle.policy.base_delay))
             return TryLater(verdict.retry_after(now))
@@ -227,13 +230,13 @@ class LoginService:
             self._wake()
         else:
             self.throttle.record_failure(ip, key, self.clock())
-        log.warning("%s login failed: %s user=%s ip=%s", protocol, why, _shown(name), ip)
+        _login_failed(protocol, ip, name, why)
 
     def succeeded(self, attempt: Attempt, account: Account, ip: str, protocol: str, tls: bool | None) -> None:
         self.throttle.succeed(attempt, self.clock())
         self._wake()
-        shown_tls = "" if tls is None else f" tls={'yes' if tls else 'no'}"
-        log.info("%s login user=%s ip=%s%s", protocol, account.address, ip, shown_tls)
+        logs.event(log, logging.INFO, "login", proto=protocol, ip=ip, tls=tls, user=account.address)
+        metrics.count_login(protocol, "success")
 
     async def _check(
         self, ip: str, name: str, protocol: str, tls: bool | None,
@@ -369,7 +372,7 @@ class LoginSession:
                             return sasl.Failure("too many failed attempts", "temporary", ev.authcid)
                     service.failed(None, self.ip, ev.authcid, self.protocol, ev.reason, key)
                 else:
-                    log.info("%s authentication aborted (%s) ip=%s", self.protocol, ev.kind, self.ip)
+                    logs.event(log, logging.INFO, "auth_aborted", proto=self.protocol, ip=self.ip, reason=ev.kind)
                 return ev
             elif isinstance(ev, sasl.Success):
                 attempt, self._open = self._open, None

@@ -51,6 +51,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .. import logs
+
 __all__ = ["Attempt", "Busy", "Locked", "LoginThrottle", "ThrottlePolicy"]
 
 log = logging.getLogger("mailyard.auth.throttle")
@@ -258,13 +260,8 @@ class LoginThrottle:
         entry.last_failure = now
         if table.max_failures and entry.failures >= table.max_failures:
             entry.locked_until = now + table.lockout
-            log.warning(
-                "login lockout: %s %s after %d failures, until +%.0fs",
-                scope,
-                key[:100],
-                entry.failures,
-                table.lockout,
-            )
+            logs.event(log, logging.WARNING, "lockout", scope=scope, key=key[:100], failures=entry.failures,
+                       seconds=round(table.lockout))
         self._prune(table, now)
 
     def _release(self, table: _Table, key: str | None, clear: bool, reserved: bool = True) -> None:

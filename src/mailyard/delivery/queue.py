@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .. import logs, metrics
 from ..message.trace import delivered_to_header, return_path_header
 from ..protocols.smtp.client import (
     NEED_DATA,
@@ -67,6 +68,13 @@ if TYPE_CHECKING:
     from ..config import DeliveryConfig
 
 log = logging.getLogger("mailyard.queue")
+
+
+def queue_name(queue_id: int, created: float) -> str:
+    """The queue id as logs show it: the creation time in milliseconds (11
+    hex digits, fixed width) then the row id in hex. Unique across restarts
+    and processes, where the row id alone may be reused once a row is gone."""
+    return f"{int(created * 1000):011X}{queue_id:X}"
 
 RELAY_KEY = "[smarthost]"
 
@@ -249,6 +257,7 @@ class OutboundQueue:
         ret: str | None = None,
         smtputf8: bool = False,
         eight_bit: bool | None = None,
+        msgid: str | None = None,
     ) -> int | None:
         """Queue ``body`` for the remote ``recipients`` and, in the same durable
         commit, deliver it to the INBOX of the local ``accounts``. Returns the
@@ -261,8 +270,11 @@ class OutboundQueue:
         entry = NewQueueEntry(reverse_path, rcpts, envid, ret, smtputf8, eight_bit) if rcpts else None
         _uids, queue_id = await self.store.queue_submit(body, entry, targets)
         if queue_id is not None:
-            log.info("queued %s from=<%s> to=%s size=%d", queue_id, reverse_path,
-                     ",".join(f"<{r.address}>" for r in rcpts), len(body))
+            entry_now = await self.store.queue_entry(queue_id)
+            created = entry_now.created if entry_now is not None else time.time()
+            logs.event(log, logging.INFO, "queued", msgid=msgid, queue_id=queue_name(queue_id, created),
+                       size=len(body), **{"from": reverse_path, "to": [r.address for r in rcpts]})
+            metrics.count_delivery("remote", "queued", len(rcpts))
             self.wake()
         return queue_id
 
@@ -433,7 +445,8 @@ class OutboundQueue:
             try:
                 conn = await self._connect(target)
             except (OSError, TimeoutError) as exc:
-                log.info("connect to %s [%s]:%d failed: %s", target.host, target.address, target.port, exc)
+                logs.event(log, logging.INFO, "connect_failed", relay=f"{target.host}[{target.address}]:{target.port}",
+                           reason=str(exc))
                 last = _Unreachable(Reply(421, "4.4.1", f"connect to {target.host}[{target.address}] failed"),
                                     target.host)
                 permanent = False
@@ -444,8 +457,8 @@ class OutboundQueue:
                 except _Unreachable as exc:
                     ready = SessionFailed("starttls", exc.reply)
                 if isinstance(ready, SessionFailed):
-                    log.info("%s [%s] refused the session at %s: %s", target.host, target.address,
-                             ready.stage, reply_text(ready.reply))
+                    logs.event(log, logging.INFO, "session_refused", relay=f"{target.host}[{target.address}]",
+                               stage=ready.stage, reply=reply_text(ready.reply))
                     last = _Unreachable(ready.reply, target.host)
                     permanent = permanent and ready.reply.code >= 500
                     continue  # RFC 5321 5.1: try the next host
@@ -525,6 +538,20 @@ class OutboundQueue:
             await self._record(job, [reply for _ in job.recipients], host, dsn_relayed=False)
 
     # --- outcomes -----------------------------------------------------------------
+    @staticmethod
+    def _outcome(entry: QueueEntry, address: str, host: str | None, status: str, reply: str, now: float,
+                 retry_in: int | None = None) -> None:
+        """Log and count one recipient's outcome. ``relay`` is left out when
+        no host was reached (e.g. no MX answered)."""
+        logs.event(log, logging.INFO, status, queue_id=queue_name(entry.id, entry.created), to=address,
+                   relay=host, status=status, delay=round(now - entry.created, 3), retry_in=retry_in, reply=reply)
+        if status == "deferred":
+            metrics.count_delivery("remote", "deferred")
+        else:
+            result = "delivered" if status == "sent" else "bounced"
+            metrics.count_delivery("remote", result)
+            metrics.observe_delivery("remote", now - entry.created)
+
     async def _record(self, job: Job, replies: list[Reply], host: str | None, dsn_relayed: bool) -> None:
         entry = job.entry
         cfg = self.cfg
@@ -538,23 +565,21 @@ class OutboundQueue:
             if reply.is_positive:
                 outcomes.append(RecipientOutcome(rcpt.id, DELIVERED, text, host))
                 self.stats["delivered"] += 1
-                log.info("sent %s to=<%s> relay=%s status=sent (%s)", entry.id, rcpt.address, host, text)
+                self._outcome(entry, rcpt.address, host, "sent", text, now)
                 if dsn_relayed and rcpt.notify and "SUCCESS" in rcpt.notify:
                     reports["relayed"].append(ReportedRecipient(rcpt, "relayed", "2.0.0", text, host))
             elif reply.code >= 500 or now >= expires:
                 expired = reply.code < 500
                 outcomes.append(RecipientOutcome(rcpt.id, FAILED, text, host))
                 self.stats["failed"] += 1
-                log.info("bounced %s to=<%s> relay=%s status=%s (%s)", entry.id, rcpt.address, host,
-                         "expired" if expired else "bounced", text)
+                self._outcome(entry, rcpt.address, host, "expired" if expired else "bounced", text, now)
                 reports["failed"].append(ReportedRecipient(
                     rcpt, "failed", status_of(reply.code, reply.enhanced, expired), text, host))
             else:
                 retry_at = min(now + backoff(cfg, rcpt.attempts + 1), expires)
                 outcomes.append(RecipientOutcome(rcpt.id, PENDING, text, host, retry_at))
                 self.stats["deferred"] += 1
-                log.info("deferred %s to=<%s> relay=%s retry in %.0fs (%s)", entry.id, rcpt.address, host,
-                         retry_at - now, text)
+                self._outcome(entry, rcpt.address, host, "deferred", text, now, retry_in=round(retry_at - now))
                 still_pending.append(rcpt)
                 reports["delayed-candidate"].append(ReportedRecipient(
                     rcpt, "delayed", status_of(reply.code, reply.enhanced), text, host))
@@ -595,7 +620,8 @@ class OutboundQueue:
             reporting_mta=self.hostname, entry=entry, original=original, reported=reported,
             postmaster_domain=local_domain, retry_until=expires,
         )
-        log.info("DSN (%s) for %s to <%s>", reported[0].action, entry.id, entry.reverse_path)
+        logs.event(log, logging.INFO, "dsn", queue_id=queue_name(entry.id, entry.created), to=entry.reverse_path,
+                   action=reported[0].action)
         resolution = await router.resolve(entry.reverse_path)
         if resolution.verdict is Verdict.LOCAL:
             targets = await self.local_targets("", resolution.accounts)
@@ -604,6 +630,6 @@ class OutboundQueue:
             return [NewMessage(dsn, targets, entry_new)]
         if resolution.verdict is Verdict.REMOTE:
             return [NewMessage(dsn, (), NewQueueEntry("", [NewRecipient(resolution.address)]))]
-        log.warning("DSN for %s dropped: reverse-path <%s> is %s", entry.id, entry.reverse_path,
-                    resolution.verdict.value)
+        logs.event(log, logging.WARNING, "dsn_dropped", queue_id=queue_name(entry.id, entry.created),
+                   to=entry.reverse_path, reason=resolution.verdict.value)
         return []

@@ -38,11 +38,15 @@ disclosed (RFC 5322 3.6.3): the caller passes the bytes to send
 
 from __future__ import annotations
 
+import itertools
+import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from .. import logs, metrics
 from ..message.address import iter_mailboxes, parse_address_list
 from ..message.headers import split_fields
 from ..message.parse import split_header_body
@@ -99,6 +103,19 @@ class SenderNotAllowed(SubmissionRefused):
 
 class RemoteUnavailable(SubmissionRefused):
     """Remote recipients, but this server runs no outbound queue."""
+
+
+log = logging.getLogger("mailyard.submit")
+
+# A message's id in logs and its Received field: random per process, then a
+# counter, so ids from different processes and runs do not collide.
+_MSGID_PREFIX = os.urandom(4).hex()
+_msgid_counter = itertools.count(1)
+
+
+def new_msgid() -> str:
+    """A fresh message id (16 hex digits) for the logs and the Received field."""
+    return f"{_MSGID_PREFIX}{next(_msgid_counter):08x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +209,7 @@ async def accept_message(
         ts=time.time(),
     )
     inbox_id = intake.router.directory.inbox_id
+    started = time.monotonic()
     queue_id = None
     over_quota: list[Account] = []
     wanted = list(accounts)
@@ -204,7 +222,7 @@ async def accept_message(
                 # Local copies and the queue entry in one durable commit (Store.queue_submit).
                 queue_id = await queue.enqueue(
                     received + data, reverse_path, remote, accounts=wanted, inbox_id=inbox_id,
-                    enforce_quota=True, envid=envid, ret=ret, smtputf8=smtputf8,
+                    enforce_quota=True, envid=envid, ret=ret, smtputf8=smtputf8, msgid=trace.id,
                 )
             elif wanted:
                 await deliver_local(intake.store, received + data, reverse_path, wanted, inbox_id=inbox_id,
@@ -217,6 +235,11 @@ async def accept_message(
                 raise
             over_quota += refused
             wanted = [a for a in wanted if a not in refused]
+    if wanted:
+        metrics.count_delivery("local", "delivered", len(wanted))
+        metrics.observe_delivery("local", time.monotonic() - started)
+    # over quota after acceptance: the sender gets a DSN
+    metrics.count_delivery("local", "bounced", len(over_quota))
     return Accepted(data, queue_id, over_quota)
 
 
@@ -283,6 +306,7 @@ async def submit_message(
     client_ip: str = "127.0.0.1",
     protocol: str = "ESMTPSA",
     helo: str | None = None,
+    service: str = "web",
 ) -> SubmitResult:
     """Check and deliver a message submitted by ``account`` (see module doc).
 
@@ -323,13 +347,19 @@ async def submit_message(
         raise SubmissionRefused(f"no such recipient: {', '.join(bad)}", bad)
 
     hostname = intake.config.server.hostname
+    msgid = new_msgid()
     try:
         accepted = await accept_message(
             intake, data, reverse_path, accounts, remote, account=account,
-            trace=Trace(protocol=protocol, helo=helo or hostname, ip=client_ip),
+            trace=Trace(protocol=protocol, helo=helo or hostname, ip=client_ip, id=msgid),
         )
     except QuotaExceeded as exc:
         raise SubmissionRefused(f"the recipient's mailbox is full ({exc})", local) from exc
+    # The same line an SMTP submission logs (net/smtp.py).
+    logs.event(log, logging.INFO, "accepted", proto=service, ip=client_ip, user=account.address, msgid=msgid,
+               size=len(accepted.data), delivered=len(accounts) - len(accepted.over_quota), queued=len(remote),
+               **{"from": reverse_path, "to": list(recipients)})
+    metrics.count_message(service, "accepted")
     if accepted.over_quota:
         await report_over_quota(intake, accepted.data, reverse_path, [(a.address, None) for a in accepted.over_quota])
     return SubmitResult(accepted.data, local, remote, accepted.queue_id)

@@ -93,7 +93,7 @@ class ImapLoginService:
     def authenticator(self) -> Authenticator:
         auth = self._authenticator
         if auth is None:
-            auth = self._authenticator = Authenticator(self.services, self.conn, "imap")
+            auth = self._authenticator = Authenticator(self.services, self.conn, self.conn.listener.name)
         return auth
 
     def plaintext_ok(self) -> bool:

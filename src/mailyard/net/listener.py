@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import logs
 from .conncaps import ConnectionCaps
 
 log = logging.getLogger("mailyard.net")
@@ -144,7 +145,7 @@ class Listener:
                 f"cannot listen for {self.name} on {self.host}:{self.port}: {exc.strerror}"
                 " (is another server using the port? change [ports] in config.toml)",
             ) from exc
-        log.info("%s listening on %s:%d", self.name, self.host, self.bound_port)
+        logs.event(log, logging.INFO, "listening", proto=self.name, ip=self.host, port=self.bound_port)
 
     async def stop_accepting(self) -> None:
         if self._server is not None:

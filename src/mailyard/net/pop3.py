@@ -48,6 +48,7 @@ from itertools import takewhile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import logs
 from ..auth import sasl
 from ..protocols.contract import Closed
 from ..protocols.pop3.engine import (
@@ -406,7 +407,7 @@ class POP3Session(SessionProtocol):
 
     def authenticator(self) -> Authenticator:
         if self._auth is None:
-            self._auth = Authenticator(self.services, self, "pop3")
+            self._auth = Authenticator(self.services, self, self.listener.name)
         return self._auth
 
     async def sasl_event(self, ev: sasl.Event) -> None:
@@ -455,7 +456,8 @@ class POP3Session(SessionProtocol):
             self.unlock()
             engine.reject_login("SYS/TEMP", "cannot open the maildrop, try again later")
             return
-        log.info("pop3 login user=%s ip=%s messages=%d", acct.address, self.peer_ip, len(maildrop.keys))
+        logs.event(log, logging.INFO, "maildrop_opened", proto=self.listener.name, ip=self.peer_ip, user=acct.address,
+                   messages=len(maildrop.keys))
         engine.accept_login(maildrop, acct.address)
 
     # --- UPDATE ---------------------------------------------------------------------
@@ -467,7 +469,8 @@ class POP3Session(SessionProtocol):
             assert self.mailbox is not None and self.account is not None
             try:
                 removed = await self.store.expunge(self.mailbox, sorted(event.keys))
-                log.info("pop3 quit user=%s deleted=%d", self.account.address, len(removed))
+                logs.event(log, logging.INFO, "maildrop_updated", proto=self.listener.name, ip=self.peer_ip,
+                           user=self.account.address, deleted=len(removed))
             except Exception:
                 log.exception("pop3: expunge for %s failed", self.account.address)
                 ok = False

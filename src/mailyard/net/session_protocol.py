@@ -37,6 +37,7 @@ import ssl
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
+from .. import logs, metrics
 from ..protocols.contract import NEED_DATA, PAUSED, Closed
 from .listener import Listener
 from .timers import SessionTimers
@@ -185,12 +186,14 @@ class SessionProtocol(asyncio.Protocol):
         self.tls = transport.get_extra_info("sslcontext") is not None
         over = self.listener.admit(self, self.peer_ip)
         if over is not None:
-            log.warning("%s: refused %s: %s", self.listener.name, self.peer_ip, over)
+            logs.event(log, logging.WARNING, "connection_refused", proto=self.listener.name, ip=self.peer_ip,
+                       reason=over)
             transport.write(self.refusal(over))
             self.closed = True
             transport.close()
             return
         self._admitted = True
+        metrics.count_connection(self.listener.name)
         self.start()
         self.timers.touch()
 
@@ -206,7 +209,11 @@ class SessionProtocol(asyncio.Protocol):
         if not self.closed:
             self.received(b"")
             self.advance()
-        return True  # we close the transport ourselves, after the last reply
+        # Over plain TCP, keep the transport half open: we close it ourselves
+        # after the last reply. Over TLS the client's close_notify has already
+        # started the TLS shutdown (RFC 8446 6.1), so asyncio's SSL layer
+        # closes the transport whatever we answer, and warns on True.
+        return not self.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -344,18 +351,18 @@ class SessionProtocol(asyncio.Protocol):
 
     # --- what the timers (net/timers.py) do when one expires ---------------------
     def idle_expired(self) -> None:
-        log.info("%s: %s timed out", self.listener.name, self.peer_ip)
+        logs.event(log, logging.INFO, "timeout", proto=self.listener.name, ip=self.peer_ip, reason="idle")
         self.write(self.on_timeout())
         self.close()
 
     def deadline_passed(self) -> None:
-        log.info("%s: %s did not finish its command in time", self.listener.name, self.peer_ip)
+        logs.event(log, logging.INFO, "timeout", proto=self.listener.name, ip=self.peer_ip, reason="command")
         self.write(self.on_deadline())
         self.close()
 
     def output_stalled(self) -> None:
         if self.transport is not None:
-            log.info("%s: %s stopped reading our output; connection cut", self.listener.name, self.peer_ip)
+            logs.event(log, logging.INFO, "timeout", proto=self.listener.name, ip=self.peer_ip, reason="not-reading")
             self.abort()
 
     async def upgrade_tls(
@@ -381,7 +388,7 @@ class SessionProtocol(asyncio.Protocol):
         try:
             await self.start_tls(context)
         except (ssl.SSLError, OSError, ConnectionError) as exc:
-            log.info("%s TLS handshake with %s failed: %s", self.protocol_label, self.peer_ip, exc)
+            logs.event(log, logging.INFO, "tls_failed", proto=self.listener.name, ip=self.peer_ip, reason=str(exc))
             self.abort()
             return False
         return True

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import logging
-import os
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from .. import logs, metrics
 from ..auth import sasl
 from ..delivery.router import Resolution, Verdict
 from ..delivery.submit import (
@@ -24,6 +23,7 @@ from ..delivery.submit import (
     SenderNotAllowed,
     Trace,
     accept_message,
+    new_msgid,
     report_over_quota,
     sender_rule,
 )
@@ -65,8 +65,6 @@ log = logging.getLogger("mailyard.smtp")
 _READ_INLINE = 1 << 20
 
 # Queue IDs: unique per process (random prefix) and cheap (a counter).
-_QUEUE_PREFIX = os.urandom(4).hex()
-_queue_counter = itertools.count(1)
 
 
 def engine_config(config: Config) -> ServerConfig:
@@ -245,10 +243,8 @@ class SMTPSession(SessionProtocol):
                 verdict = await rule.check_reverse_path(event.reverse_path)
             if verdict is not None:
                 # RFC 6409 4.3, RFC 5321 4.2.2 553: the user may not send as this address.
-                log.warning(
-                    "smtp submission refused MAIL FROM <%s> for user=%s ip=%s",
-                    event.reverse_path[:200], self.account.address if self.account else "", self.peer_ip,
-                )
+                logs.event(log, logging.WARNING, "sender_refused", proto=self.listener.name, ip=self.peer_ip,
+                           user=self.account.address if self.account else None, **{"from": event.reverse_path[:200]})
                 engine.respond(Reply(553, "5.7.1", verdict.reason))
             else:
                 engine.respond()
@@ -273,7 +269,7 @@ class SMTPSession(SessionProtocol):
         if self.account is None:
             trick = routing_trick(forward_path)
             if trick is not None:
-                log.warning("smtp relay attempt refused rcpt=<%s> ip=%s: %s", forward_path[:200], self.peer_ip, trick)
+                self._rcpt_refused(forward_path, "relay", trick)
                 return trick_reply(forward_path, trick)
         resolution = await self.services.router.resolve(forward_path)
         reply = rcpt_reply(resolution, relay_allowed=self.account is not None, remote_ok=self.services.queue is not None)
@@ -281,13 +277,23 @@ class SMTPSession(SessionProtocol):
             # RFC 3463 4.2.2 (mailbox full, temporary): every account this
             # address leads to is at its quota (RFC 9208) already, or has
             # less room than the size MAIL declared (RFC 1870 6.2: 452)
-            log.info("smtp rcpt=<%s> refused: mailbox full", forward_path[:200])
+            self._rcpt_refused(forward_path, "mailbox-full")
             return Reply(452, "4.2.2", "Mailbox full, try again later")
         if reply.is_positive:
             self.resolutions[forward_path] = resolution
         elif resolution.verdict is Verdict.REMOTE and self.account is None:
-            log.warning("smtp relay attempt refused rcpt=<%s> ip=%s", forward_path[:200], self.peer_ip)
+            self._rcpt_refused(forward_path, "relay")
+        else:
+            self._rcpt_refused(forward_path, resolution.verdict.name.lower().replace("_", "-"))
         return reply
+
+    def _rcpt_refused(self, forward_path: str, reason: str, detail: str | None = None) -> None:
+        # A relay attempt is worth a warning (an open-relay probe); others are routine.
+        level = logging.WARNING if reason == "relay" else logging.INFO
+        logs.event(log, level, "rcpt_refused", proto=self.listener.name, ip=self.peer_ip,
+                   user=self.account.address if self.account else None, to=forward_path[:200], reason=reason,
+                   detail=detail)
+        metrics.count_recipient_rejected(self.listener.name, reason)
 
     async def _no_room(self, accounts: list[Account]) -> bool:
         """Whether there are accounts and none has room for one more message
@@ -301,7 +307,7 @@ class SMTPSession(SessionProtocol):
     async def auth(self, event: AuthReceived | AuthResponse) -> None:
         engine = self.engine
         if self._auth is None:
-            self._auth = Authenticator(self.services, self, "smtp")
+            self._auth = Authenticator(self.services, self, self.listener.name)
         if isinstance(event, AuthReceived):
             name = event.mechanism
             if name in sasl.PLAINTEXT_MECHANISMS and not self._plaintext_ok():
@@ -434,7 +440,7 @@ class SMTPSession(SessionProtocol):
                 # RFC 3461 4.1/4.2: NOTIFY and ORCPT travel with the recipient
                 for addr in resolution.remote:
                     remote.append(NewRecipient(addr, rcpt.notify if rcpt else None, rcpt.orcpt if rcpt else None))
-        queue_id = f"{_QUEUE_PREFIX}{next(_queue_counter):08x}"
+        queue_id = new_msgid()
         trace = Trace(
             # RFC 3848: ESMTP + S (TLS) + A (authenticated)
             protocol=with_protocol(tls=self.tls, auth=self.account is not None),
@@ -455,33 +461,42 @@ class SMTPSession(SessionProtocol):
                 smtputf8=bool(mail and mail.smtputf8),
             )
         except SenderNotAllowed as exc:
-            log.warning(
-                "smtp submission %s refused for user=%s ip=%s: %s",
-                queue_id, self.account.address if self.account else "", self.peer_ip, exc.verdict.reason,
-            )
+            self._message_rejected(queue_id, "sender-not-allowed", exc.verdict.reason, logging.WARNING)
             # RFC 5321 4.2.2 550, RFC 3463 5.7.1: delivery not authorized.
             return Reply(550, "5.7.1", exc.verdict.reason)
         except RemoteUnavailable:
+            self._message_rejected(queue_id, "remote-unavailable")
             return Reply(451, "4.4.0", "Remote delivery is not available yet")
         except QuotaExceeded as exc:
             # every recipient's mailbox is full: nothing was stored, the
             # sender's server tries again (RFC 3463 4.2.2, RFC 5321 4.2.5)
-            log.info("delivery %s refused: %s", queue_id, exc)
+            self._message_rejected(queue_id, "mailbox-full", str(exc))
             return Reply(452, "4.2.2", "Mailbox full, try again later")
         except StorageFull:
-            log.error("delivery %s refused: storage full", queue_id)
+            self._message_rejected(queue_id, "storage-full", level=logging.ERROR)
             return Reply(452, "4.3.1", "Insufficient system storage, try again later")
         except Exception:
             log.exception("delivery %s failed", queue_id)
+            metrics.count_message(self.listener.name, "rejected", "error")
             return Reply(451, "4.3.0", "Local error in processing, try again later")
-        log.info(
-            "delivered %s from=<%s> to=%s size=%d client=%s",
-            queue_id, event.reverse_path, ",".join(f"<{p}>" for p in event.forward_paths),
-            len(data), self.peer_ip,
+        # Local recipients have their copy now; remote ones are queued (the
+        # queue logs "queued" with its queue_id, then "sent"/"bounced").
+        logs.event(
+            log, logging.INFO, "accepted", proto=self.listener.name, ip=self.peer_ip,
+            user=self.account.address if self.account else None, msgid=queue_id,
+            size=len(data), delivered=len(accounts) - len(accepted.over_quota), queued=len(remote),
+            **{"from": event.reverse_path, "to": event.forward_paths},
         )
+        metrics.count_message(self.listener.name, "accepted")
         if accepted.over_quota:
             await self._report_over_quota(event, accepted.data, accepted.over_quota, queue_id)
         return Reply(250, "2.0.0", f"OK queued as {queue_id}")
+
+    def _message_rejected(self, msgid: str, reason: str, detail: str | None = None,
+                          level: int = logging.INFO) -> None:
+        logs.event(log, level, "message_rejected", proto=self.listener.name, ip=self.peer_ip,
+                   user=self.account.address if self.account else None, msgid=msgid, reason=reason, detail=detail)
+        metrics.count_message(self.listener.name, "rejected", reason)
 
     async def _report_over_quota(self, event: MessageReceived, data: bytes, refused: list[Account],
                                  queue_id: str) -> None:
@@ -500,7 +515,8 @@ class SMTPSession(SessionProtocol):
                     break
             params = NewRecipient(account.address, rcpt.notify, rcpt.orcpt) if rcpt is not None else None
             reported.append((account.address, params))
-        log.info("delivery %s: mailbox full for %s", queue_id, ",".join(f"<{a.address}>" for a in refused))
+        logs.event(log, logging.INFO, "mailbox_full", proto=self.listener.name, ip=self.peer_ip, msgid=queue_id,
+                   to=[a.address for a in refused])
         mail = event.mail
         try:
             await report_over_quota(self.services, data, event.reverse_path, reported,

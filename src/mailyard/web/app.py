@@ -36,6 +36,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .. import logs, metrics
 from ..auth.service import TryLater
 from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_address_list
@@ -357,7 +358,6 @@ async def login(request: Request) -> Response:
     response = redirect("/")
     response.set_cookie(SESSION_COOKIE, cookie, **cookie_kwargs(request))
     response.delete_cookie(LOGIN_COOKIE, path="/")
-    log.info("web login %s from %s", account.address, ip)
     return response
 
 
@@ -805,11 +805,14 @@ async def compose_submit(request: Request) -> Response:
     account = await store.get_account_by_id(session.account_id)
     if account is None:
         raise HTTPException(401)
+    client_ip = request.client.host if request.client else "127.0.0.1"
     try:
-        await submit_message(web.services, account, wire, recipients,
-                             client_ip=request.client.host if request.client else "127.0.0.1",
-                             protocol="HTTP", helo="webmail")
+        await submit_message(web.services, account, wire, recipients, client_ip=client_ip,
+                             protocol="HTTP", helo="webmail", service="web")
     except SubmissionRefused as exc:
+        logs.event(log, logging.INFO, "message_rejected", proto="web", ip=client_ip, user=account.address,
+                   reason="refused", detail=str(exc))
+        metrics.count_message("web", "rejected", "refused")
         return page(request, "compose.html", status=400, draft=draft,
                     folders=await folders(request, session), errors=[f"Not sent: {exc}"])
     sent = await special(request, session, "\\Sent")

@@ -77,6 +77,9 @@ class HTTPService:
             loop="none",
             lifespan="off",
             log_level="warning",
+            # no handlers of uvicorn's own: its records reach the root
+            # logger, in the server's one format (mailyard/logs.py)
+            log_config=None,
             access_log=False,
             timeout_graceful_shutdown=2,
             server_header=False,
