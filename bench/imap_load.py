@@ -255,6 +255,16 @@ def tree_cpu(root: int) -> float:
     return total
 
 
+def thread_cpu(pid: int, tid: int) -> float:
+    """CPU seconds of one thread (for mailyard's main thread: the event loop)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def self_cpu() -> float:
     t = os.times()
     return t.user + t.system
@@ -283,12 +293,12 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
 
     tasks = [asyncio.ensure_future(work(k, c)) for k, c in enumerate(conns)]
     await asyncio.sleep(0.2)
-    cpu0, me0 = tree_cpu(pid), self_cpu()
+    cpu0, me0, main0 = tree_cpu(pid), self_cpu(), thread_cpu(pid, pid)
     start = time.perf_counter()
     go.set()
     done = await asyncio.gather(*tasks, return_exceptions=True)
     elapsed = time.perf_counter() - start
-    cpu1, me1 = tree_cpu(pid), self_cpu()
+    cpu1, me1, main1 = tree_cpu(pid), self_cpu(), thread_cpu(pid, pid)
     failures = [repr(d) for d in done if isinstance(d, BaseException)]
     for c in conns:
         try:
@@ -311,6 +321,7 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
         "commands_per_s": stats.commands / elapsed,
         "server_cpu_s": cpu1 - cpu0,
         "server_cpu_ms_per_command": 1000 * (cpu1 - cpu0) / max(stats.commands, 1),
+        "server_main_thread_busy": (main1 - main0) / elapsed,  # mailyard: the event loop's share of one core
         "client_cpu_s": me1 - me0,
         "latency": lat,
         "errors": [{"command": k, "response": t, "count": n} for (k, t), n in stats.errors.most_common()],
@@ -333,6 +344,7 @@ def _fmt(name: str, r: dict) -> str:
     worst = max(lat.values(), key=lambda v: v["p50_ms"]) if lat else {"p50_ms": 0}
     return (f"{name} {r['clients']} clients: {r['commands_per_s']:.0f} commands/s, "
             f"{r['server_cpu_ms_per_command']:.2f} ms server CPU/command, "
+            f"main thread {100 * r['server_main_thread_busy']:.0f}% busy, "
             f"client CPU {r['client_cpu_s']:.1f} s of {r['seconds']:.1f} s, "
             f"worst p50 {worst['p50_ms']:.1f} ms, {sum(e['count'] for e in r['errors'])} protocol errors")
 

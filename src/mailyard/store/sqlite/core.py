@@ -24,6 +24,7 @@ from ..api import MailboxGone, MailboxRef, StorageFull, Store, StoreError
 from ..blobs import SegmentFiles
 from ..revocation import RevocationSignal
 from . import schema
+from .changelog import ChangeLog
 from .writer import GroupCommitWriter, WriteContext
 
 log = logging.getLogger("mailyard.store")
@@ -48,6 +49,7 @@ class SQLiteCore(Store):
         self._token = self._revoked.value()
         self._live: dict[int, tuple[int, int]] = {}  # mailbox id -> (account id, UIDVALIDITY)
         self._epochs: dict[int, int | None] = {}  # account id -> epoch, None: removed
+        self._changelogs: dict[int, ChangeLog] = {}  # mailbox id -> its recent changes (changelog.py)
         write_conn = self._connect(db_path)
         schema.create(write_conn)
         self.blobs = SegmentFiles(self.data_dir / "blobs", self.config.segment_size, self.config.fsync)

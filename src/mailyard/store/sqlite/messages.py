@@ -26,6 +26,7 @@ from ..api import (
     NotFound,
 )
 from .bodies import BodiesMixin, release_bodies
+from .changelog import MAX_MAILBOXES, ChangeLog
 from .core import select_uids
 from .writer import WriteContext
 
@@ -278,6 +279,19 @@ class MessagesMixin(BodiesMixin):
         box = self._q1("SELECT highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,))
         if box is None:
             raise NotFound("no such mailbox")
+        # Every session asks after every write: answer from the mailbox's
+        # shared log of recent changes (changelog.py) when it reaches back
+        # far enough, so a write's rows are read once, not once per session.
+        logs = self._changelogs
+        log = logs.get(mailbox_id)
+        if log is None:
+            if len(logs) >= MAX_MAILBOXES:
+                logs.clear()
+            log = logs[mailbox_id] = ChangeLog(box[0])
+        elif box[0] > log.top:
+            log.catch_up(self._read, mailbox_id, box[0], MESSAGE_COLS, message_row)
+        if modseq >= log.base:
+            return log.since(modseq)
         changed = self._q(
             f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
             (mailbox_id, modseq),
