@@ -50,6 +50,7 @@ class SQLiteCore(Store):
         self._live: dict[int, tuple[int, int]] = {}  # mailbox id -> (account id, UIDVALIDITY)
         self._epochs: dict[int, int | None] = {}  # account id -> epoch, None: removed
         self._changelogs: dict[int, ChangeLog] = {}  # mailbox id -> its recent changes (changelog.py)
+        self._pending_saves: set[asyncio.Task[None]] = set()  # cache writes nobody waits for
         write_conn = self._connect(db_path)
         schema.create(write_conn)
         self.blobs = SegmentFiles(self.data_dir / "blobs", self.config.segment_size, self.config.fsync)
@@ -87,6 +88,8 @@ class SQLiteCore(Store):
         return "FULL" if self.config.fsync else "OFF"
 
     async def close(self) -> None:
+        if self._pending_saves:
+            await asyncio.gather(*self._pending_saves, return_exceptions=True)
         await asyncio.to_thread(self._writer.close)
         self.blobs.close()
         self._read.close()
