@@ -28,6 +28,7 @@ from ..api import Changes, MessageInfo
 
 MAX_ENTRIES = 8192  # per mailbox; the older half goes when it is full
 MAX_MAILBOXES = 4096  # logs kept; all are dropped (and rebuilt lazily) beyond it
+FIRST_REACH = 1024  # a new log starts at the first question if it is at most this far behind
 
 
 class ChangeLog:
@@ -52,10 +53,11 @@ class ChangeLog:
         selects a message row (its sixth column the mod-sequence) and
         ``record`` makes the ``MessageInfo`` of one.
 
-        ``top`` was read from the mailbox row first: every write with a
-        mod-sequence up to it has committed, so the two range reads below see
-        all of them. A row changed again since then (above ``top``) is missing
-        from the range and reported by the next catch-up, with its newer state."""
+        The caller read ``top`` from the mailbox row in the same read
+        transaction (one WAL snapshot), so the rows read here are exactly the
+        state at ``top``: a row changed again by a later commit cannot slip out
+        of the range, and a message appended before ``top`` is never missed
+        (a session told of a higher UID first could not place it any more)."""
         lo = self.top
         rows = read.execute(
             f"SELECT {cols} FROM messages WHERE mailbox_id = ? AND modseq > ? AND modseq <= ?",

@@ -26,7 +26,7 @@ from ..api import (
     NotFound,
 )
 from .bodies import BodiesMixin, release_bodies
-from .changelog import MAX_MAILBOXES, ChangeLog
+from .changelog import FIRST_REACH, MAX_MAILBOXES, ChangeLog
 from .core import select_uids
 from .writer import WriteContext
 
@@ -276,20 +276,27 @@ class MessagesMixin(BodiesMixin):
 
     async def changes_since(self, mailbox: MailboxRef, modseq: int) -> Changes:
         mailbox_id = self._owned(mailbox)
-        box = self._q1("SELECT highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,))
-        if box is None:
-            raise NotFound("no such mailbox")
         # Every session asks after every write: answer from the mailbox's
         # shared log of recent changes (changelog.py) when it reaches back
         # far enough, so a write's rows are read once, not once per session.
         logs = self._changelogs
         log = logs.get(mailbox_id)
-        if log is None:
-            if len(logs) >= MAX_MAILBOXES:
-                logs.clear()
-            log = logs[mailbox_id] = ChangeLog(box[0])
-        elif box[0] > log.top:
-            log.catch_up(self._read, mailbox_id, box[0], MESSAGE_COLS, message_row)
+        c = self._read
+        c.execute("BEGIN")  # one read snapshot (WAL): the log's top and its rows agree
+        try:
+            box = c.execute("SELECT highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            if box is None:
+                raise NotFound("no such mailbox")
+            if log is None:
+                if len(logs) >= MAX_MAILBOXES:
+                    logs.clear()
+                # begin at the first question when it is recent (the usual
+                # case: the first write after the sessions selected)
+                log = logs[mailbox_id] = ChangeLog(modseq if 0 <= box[0] - modseq <= FIRST_REACH else box[0])
+            if box[0] > log.top:
+                log.catch_up(c, mailbox_id, box[0], MESSAGE_COLS, message_row)
+        finally:
+            c.execute("COMMIT")
         if modseq >= log.base:
             return log.since(modseq)
         changed = self._q(

@@ -1,0 +1,126 @@
+"""changes_since over the SQLite store's shared log of recent changes
+(store/sqlite/changelog.py): every answer is the one SQLite gives, for any
+mix of writes and any mod-sequence a session may ask from; and a write's
+rows are read once for all the sessions that ask, not once per session."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+from mailyard.config import StoreConfig
+from mailyard.store.api import Changes, Mailbox
+from mailyard.store.sqlite import SQLiteStore, changelog
+from mailyard.store.sqlite.messages import MESSAGE_COLS, message_row
+from tests.unit.test_store import MIME
+
+
+async def _store(tmp_path: Path) -> tuple[SQLiteStore, Mailbox, Mailbox]:
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    await s.add_domain("example.test")
+    a = await s.add_account("a@example.test", "h")
+    await s.create_mailbox(a.id, "Stash")
+    inbox = await s.get_mailbox(a.id, "INBOX")
+    archive = await s.get_mailbox(a.id, "Stash")
+    assert inbox and archive
+    return s, inbox, archive
+
+
+def _from_sqlite(s: SQLiteStore, box: Mailbox, modseq: int) -> Changes:
+    """What changed, straight from the tables (the answer without the log)."""
+    c = s._read
+    top = c.execute("SELECT highest_modseq FROM mailboxes WHERE id = ?", (box.id,)).fetchone()[0]
+    changed = c.execute(f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                        (box.id, modseq)).fetchall()
+    gone = c.execute("SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                     (box.id, modseq)).fetchall()
+    return Changes(top, [message_row(r) for r in changed], [r[0] for r in gone])
+
+
+async def test_the_log_answers_as_sqlite_does_for_every_write_and_every_question(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A seeded random mix of APPEND, STORE (add, remove, replace; flags and
+    keywords), EXPUNGE, COPY and MOVE in and out; after each write, sessions
+    ask from every mod-sequence seen so far. A small log (trimmed often)
+    makes the far-behind questions go to SQLite too."""
+    monkeypatch.setattr(changelog, "MAX_ENTRIES", 40)
+    s, inbox, archive = await _store(tmp_path)
+    rng = random.Random(7162)
+    try:
+        for _ in range(5):
+            await s.append(inbox, MIME)
+        asked: list[int] = [0]
+        for step in range(250):
+            uids = [m.uid for m in await s.list_messages(inbox)]
+            pick = rng.sample(uids, min(len(uids), rng.randint(1, 3))) if uids else []
+            kind = rng.choice(["append", "store", "store", "store", "expunge", "copy", "move", "movein"])
+            if kind == "append" or not pick:
+                await s.append(inbox, MIME, flags=rng.choice([(), ("\\Seen",), ("$Work",)]))
+            elif kind == "store":
+                flags = rng.sample(["\\Seen", "\\Flagged", "\\Deleted", "$Label1", "Later"], rng.randint(1, 2))
+                await s.store_flags(inbox, pick, flags, rng.choice(["add", "remove", "replace"]))
+            elif kind == "expunge":
+                await s.expunge(inbox, pick)
+            elif kind == "copy":
+                await s.copy_messages(inbox, pick, archive)
+            elif kind == "move":
+                await s.copy_messages(inbox, pick, archive, move=True)
+            else:
+                there = [m.uid for m in await s.list_messages(archive)]
+                if there:
+                    await s.copy_messages(archive, there[:2], inbox, move=True)
+            top = (await s.changes_since(inbox, asked[-1])).highest_modseq
+            asked.append(top)
+            for since in sorted(set(asked[-30:] + [0, max(0, top - 1), rng.randint(0, top)])):
+                assert await s.changes_since(inbox, since) == _from_sqlite(s, inbox, since), (step, since)
+    finally:
+        await s.close()
+
+
+async def test_one_write_is_read_once_for_all_the_sessions_that_ask(tmp_path: Path) -> None:
+    """Twenty sessions selected at the same mod-sequence each ask after a
+    STORE: the changed rows are read from SQLite once, and every session gets
+    the same answer."""
+    s, inbox, _ = await _store(tmp_path)
+    try:
+        for _ in range(3):
+            await s.append(inbox, MIME)
+        known = (await s.mailbox_status(inbox)).highest_modseq
+        reads: list[str] = []
+        s._read.set_trace_callback(lambda sql: reads.append(sql) if "FROM messages" in sql else None)
+        await s.store_flags(inbox, [2], ["\\Flagged"], "add")
+        answers = [await s.changes_since(inbox, known) for _ in range(20)]
+        s._read.set_trace_callback(None)
+        assert len(reads) == 1, reads
+        assert answers[0].highest_modseq == known + 1
+        assert [(m.uid, sorted(m.flags)) for m in answers[0].changed] == [(2, ["\\Flagged"])]
+        assert all(a == answers[0] for a in answers)
+    finally:
+        await s.close()
+
+
+async def test_writes_by_another_process_are_seen(tmp_path: Path) -> None:
+    """The log is current by the mailbox's highest_modseq in the database,
+    not by this process's change notifications: a flag set through another
+    connection (another mailyard process on the same directory) is reported."""
+    s, inbox, _ = await _store(tmp_path)
+    try:
+        await s.append(inbox, MIME)
+        known = (await s.changes_since(inbox, 0)).highest_modseq
+        other = sqlite3.connect(tmp_path / "d" / "index.sqlite3", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            top = other.execute("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?"
+                                " RETURNING highest_modseq", (inbox.id,)).fetchone()[0]
+            other.execute("UPDATE messages SET flags = '\\Answered', modseq = ? WHERE mailbox_id = ? AND uid = 1",
+                          (top, inbox.id))
+            other.execute("COMMIT")
+        finally:
+            other.close()
+        ch = await s.changes_since(inbox, known)
+        assert ch.highest_modseq == top
+        assert [(m.uid, m.flags) for m in ch.changed] == [(1, frozenset({"\\Answered"}))]
+    finally:
+        await s.close()
