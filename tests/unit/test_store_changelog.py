@@ -75,6 +75,9 @@ async def test_the_log_answers_as_sqlite_does_for_every_write_and_every_question
             asked.append(top)
             for since in sorted(set(asked[-30:] + [0, max(0, top - 1), rng.randint(0, top)])):
                 assert await s.changes_since(inbox, since) == _from_sqlite(s, inbox, since), (step, since)
+            for box in (inbox, archive):
+                if step % 3 == 0 or box is inbox:
+                    assert await s.list_messages(box) == _from_sqlite(s, box, -1).changed, step
     finally:
         await s.close()
 
@@ -97,6 +100,29 @@ async def test_one_write_is_read_once_for_all_the_sessions_that_ask(tmp_path: Pa
         assert answers[0].highest_modseq == known + 1
         assert [(m.uid, sorted(m.flags)) for m in answers[0].changed] == [(2, ["\\Flagged"])]
         assert all(a == answers[0] for a in answers)
+    finally:
+        await s.close()
+
+
+async def test_sessions_listing_a_mailbox_share_one_read_of_it(tmp_path: Path) -> None:
+    """SELECT and the first FETCH of each session list the whole mailbox:
+    read from SQLite once, then brought forward by what changed."""
+    s, inbox, _ = await _store(tmp_path)
+    try:
+        for _ in range(3):
+            await s.append(inbox, MIME)
+        first = await s.list_messages(inbox)
+        reads: list[str] = []
+        s._read.set_trace_callback(lambda sql: reads.append(sql) if "FROM messages" in sql else None)
+        await s.store_flags(inbox, [1], ["\\Seen"], "add")
+        await s.expunge(inbox, [2])
+        await s.append(inbox, MIME, flags=["$Work"])
+        lists = [await s.list_messages(inbox) for _ in range(20)]
+        s._read.set_trace_callback(None)
+        assert len(reads) == 1, reads  # the three writes' rows, once
+        assert [(m.uid, sorted(m.flags)) for m in lists[0]] == [(1, ["\\Seen"]), (3, []), (4, ["$Work"])]
+        assert lists[0][1] is first[2]  # the unchanged record is shared, not read again
+        assert all(x == lists[0] for x in lists)
     finally:
         await s.close()
 

@@ -9,6 +9,11 @@ rows are read once, by the first session that asks after it, and appended
 to the mailbox's log in mod-sequence order; every other session answers
 from the log with a bisect and the records it already holds.
 
+The same log keeps, for the mailboxes sessions list (SELECT, the first FETCH
+after it, STATUS RECENT), the list of all their messages, brought forward
+from the log instead of read again per session; a budget of messages over
+all mailboxes bounds the memory, least recently listed first out.
+
 The log is exact only from its ``base`` on: older questions (a session that
 selected the mailbox before the log began, or one far behind after the log
 was trimmed) go to SQLite as before. Whether the log is current is decided by
@@ -28,6 +33,7 @@ from ..api import Changes, MessageInfo
 
 MAX_ENTRIES = 8192  # per mailbox; the older half goes when it is full
 MAX_MAILBOXES = 4096  # logs kept; all are dropped (and rebuilt lazily) beyond it
+SNAPSHOT_BUDGET = 200_000  # messages kept listed over all mailboxes (about 25 MB); least recently used go
 FIRST_REACH = 1024  # a new log starts at the first question if it is at most this far behind
 
 
@@ -39,13 +45,16 @@ class ChangeLog:
     A message that changed again later has a later entry; the last one wins.
     """
 
-    __slots__ = ("base", "entries", "modseqs", "top")
+    __slots__ = ("base", "entries", "modseqs", "snap_at", "snapshot", "top")
 
     def __init__(self, top: int) -> None:
         self.base = top
         self.top = top
         self.modseqs: list[int] = []
         self.entries: list[MessageInfo | int] = []
+        # every message of the mailbox by UID, in UID order, as of ``snap_at``
+        self.snapshot: dict[int, MessageInfo] | None = None
+        self.snap_at = 0
 
     def catch_up(self, read: sqlite3.Connection, mailbox_id: int, top: int, cols: str,
                  record: Callable[[tuple], MessageInfo]) -> None:
@@ -88,3 +97,30 @@ class ChangeLog:
         changed.sort(key=lambda m: m.uid)
         vanished = sorted(e for e in latest.values() if isinstance(e, int))
         return Changes(self.top, changed, vanished)
+
+    def messages(self, load: Callable[[], list[MessageInfo]]) -> tuple[list[MessageInfo], bool]:
+        """Every message of the mailbox as of ``top``, in UID order, and
+        whether ``load`` (a read of them all, in the caller's snapshot at
+        ``top``) was called. The list is kept and brought forward from the
+        log, so the sessions that select a mailbox share one read of it."""
+        snap = self.snapshot
+        if snap is None or self.snap_at < self.base:
+            self.snapshot = {m.uid: m for m in load()}
+            self.snap_at = self.top
+            return list(self.snapshot.values()), True
+        if self.snap_at < self.top:
+            last = next(reversed(snap), 0)
+            ordered = True
+            for e in self.entries[bisect_right(self.modseqs, self.snap_at) :]:
+                if isinstance(e, int):
+                    snap.pop(e, None)
+                else:
+                    if e.uid > last:
+                        last = e.uid
+                    elif e.uid not in snap:
+                        ordered = False  # a UID below the highest: not at the end of the dict
+                    snap[e.uid] = e
+            if not ordered:
+                snap = self.snapshot = dict(sorted(snap.items()))
+            self.snap_at = self.top
+        return list(snap.values()), False

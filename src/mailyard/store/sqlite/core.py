@@ -50,6 +50,7 @@ class SQLiteCore(Store):
         self._live: dict[int, tuple[int, int]] = {}  # mailbox id -> (account id, UIDVALIDITY)
         self._epochs: dict[int, int | None] = {}  # account id -> epoch, None: removed
         self._changelogs: dict[int, ChangeLog] = {}  # mailbox id -> its recent changes (changelog.py)
+        self._snapshot_lru: dict[int, int] = {}  # mailbox id -> messages listed in its log, oldest use first
         self._pending_saves: set[asyncio.Task[None]] = set()  # cache writes nobody waits for
         write_conn = self._connect(db_path)
         schema.create(write_conn)

@@ -26,7 +26,7 @@ from ..api import (
     NotFound,
 )
 from .bodies import BodiesMixin, release_bodies
-from .changelog import FIRST_REACH, MAX_MAILBOXES, ChangeLog
+from .changelog import FIRST_REACH, MAX_MAILBOXES, SNAPSHOT_BUDGET, ChangeLog
 from .core import select_uids
 from .writer import WriteContext
 
@@ -53,6 +53,10 @@ def flags_set(text: str) -> frozenset[str]:
 
 def message_row(row: tuple) -> MessageInfo:
     return MessageInfo(row[0], row[1], row[2], flags_set(row[3]), row[4], row[5])
+
+
+def _snapshot_size(c: sqlite3.Connection, mailbox_id: int) -> int:
+    return c.execute("SELECT count(*) FROM messages WHERE mailbox_id = ?", (mailbox_id,)).fetchone()[0]
 
 
 def bump_modseq(c: sqlite3.Connection, mailbox_id: int) -> int:
@@ -253,8 +257,35 @@ class MessagesMixin(BodiesMixin):
 
     async def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
         mailbox_id = self._owned(mailbox)
-        rows = self._q(f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,))
-        return [message_row(r) for r in rows]
+        c = self._read
+
+        def load() -> list[MessageInfo]:
+            rows = c.execute(f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,))
+            return [message_row(r) for r in rows]
+
+        # Each session that selects the mailbox lists it (SELECT, the first
+        # FETCH, STATUS RECENT): from one list kept current by the change
+        # log (changelog.py), within a budget of messages over all mailboxes.
+        c.execute("BEGIN")  # one read snapshot: the list is the state at the log's top
+        try:
+            log = self._current_log(c, mailbox_id, None)
+            budget = self._snapshot_lru
+            if log.snapshot is None and _snapshot_size(c, mailbox_id) > SNAPSHOT_BUDGET // 2:
+                return load()  # too large to keep: read it each time
+            out, loaded = log.messages(load)
+        finally:
+            c.execute("COMMIT")
+        budget.pop(mailbox_id, None)
+        budget[mailbox_id] = len(out)  # most recently used last
+        if loaded:
+            total = sum(budget.values())
+            while total > SNAPSHOT_BUDGET and len(budget) > 1:
+                oldest = next(iter(budget))
+                total -= budget.pop(oldest)
+                dropped = self._changelogs.get(oldest)
+                if dropped is not None:
+                    dropped.snapshot = None
+        return out
 
     async def get_messages(self, mailbox: MailboxRef, uids: Sequence[int]) -> list[MessageInfo]:
         mailbox_id = self._owned(mailbox)
@@ -279,22 +310,10 @@ class MessagesMixin(BodiesMixin):
         # Every session asks after every write: answer from the mailbox's
         # shared log of recent changes (changelog.py) when it reaches back
         # far enough, so a write's rows are read once, not once per session.
-        logs = self._changelogs
-        log = logs.get(mailbox_id)
         c = self._read
         c.execute("BEGIN")  # one read snapshot (WAL): the log's top and its rows agree
         try:
-            box = c.execute("SELECT highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
-            if box is None:
-                raise NotFound("no such mailbox")
-            if log is None:
-                if len(logs) >= MAX_MAILBOXES:
-                    logs.clear()
-                # begin at the first question when it is recent (the usual
-                # case: the first write after the sessions selected)
-                log = logs[mailbox_id] = ChangeLog(modseq if 0 <= box[0] - modseq <= FIRST_REACH else box[0])
-            if box[0] > log.top:
-                log.catch_up(c, mailbox_id, box[0], MESSAGE_COLS, message_row)
+            log = self._current_log(c, mailbox_id, modseq)
         finally:
             c.execute("COMMIT")
         if modseq >= log.base:
@@ -306,4 +325,25 @@ class MessagesMixin(BodiesMixin):
         vanished = self._q(
             "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid", (mailbox_id, modseq)
         )
-        return Changes(box[0], [message_row(r) for r in changed], [r[0] for r in vanished])
+        return Changes(log.top, [message_row(r) for r in changed], [r[0] for r in vanished])
+
+    def _current_log(self, c: sqlite3.Connection, mailbox_id: int, since: int | None) -> ChangeLog:
+        """The mailbox's change log brought up to its highest_modseq, inside
+        the caller's read transaction on ``c``. A new log begins at ``since``
+        (the first question) when that is recent: the usual case is the
+        first write after the sessions selected the mailbox."""
+        box = c.execute("SELECT highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+        if box is None:
+            raise NotFound("no such mailbox")
+        top = box[0]
+        logs = self._changelogs
+        log = logs.get(mailbox_id)
+        if log is None:
+            if len(logs) >= MAX_MAILBOXES:
+                logs.clear()
+                self._snapshot_lru.clear()
+            start = since if since is not None and 0 <= top - since <= FIRST_REACH else top
+            log = logs[mailbox_id] = ChangeLog(start)
+        if top > log.top:
+            log.catch_up(c, mailbox_id, top, MESSAGE_COLS, message_row)
+        return log
