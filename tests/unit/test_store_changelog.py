@@ -150,3 +150,30 @@ async def test_writes_by_another_process_are_seen(tmp_path: Path) -> None:
         assert [(m.uid, m.flags) for m in ch.changed] == [(1, frozenset({"\\Answered"}))]
     finally:
         await s.close()
+
+
+async def test_the_logs_stay_within_their_memory_budget(tmp_path: Path, monkeypatch) -> None:
+    """Logs of many mailboxes: the least recently used go once the records
+    held pass the budget, and answers stay exact (a dropped log is rebuilt,
+    a question from before it goes to SQLite)."""
+    monkeypatch.setattr(changelog, "LOG_BUDGET", 60)
+    s, inbox, _ = await _store(tmp_path)
+    try:
+        account = inbox.account_id
+        boxes = [inbox]
+        for n in range(8):
+            await s.create_mailbox(account, f"Box{n}")
+            box = await s.get_mailbox(account, f"Box{n}")
+            assert box is not None
+            boxes.append(box)
+        for round_ in range(4):
+            for box in boxes:
+                await s.append(box, MIME)
+                assert await s.list_messages(box) == _from_sqlite(s, box, -1).changed
+                for since in (0, 1, round_ + 1):
+                    assert await s.changes_since(box, since) == _from_sqlite(s, box, since)
+                held = sum(log.cost() for log in s._changelogs.values())
+                assert held == s._changelog_cost
+                assert held <= 60 or len(s._changelogs) == 1
+    finally:
+        await s.close()

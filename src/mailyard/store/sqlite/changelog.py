@@ -12,7 +12,7 @@ from the log with a bisect and the records it already holds.
 The same log keeps, for the mailboxes sessions list (SELECT, the first FETCH
 after it, STATUS RECENT), the list of all their messages, brought forward
 from the log instead of read again per session; a budget of messages over
-all mailboxes bounds the memory, least recently listed first out.
+all logs bounds the memory (least recently used logs go first).
 
 The log is exact only from its ``base`` on: older questions (a session that
 selected the mailbox before the log began, or one far behind after the log
@@ -32,8 +32,9 @@ from collections.abc import Callable
 from ..api import Changes, MessageInfo
 
 MAX_ENTRIES = 8192  # per mailbox; the older half goes when it is full
-MAX_MAILBOXES = 4096  # logs kept; all are dropped (and rebuilt lazily) beyond it
-SNAPSHOT_BUDGET = 200_000  # messages kept listed over all mailboxes (about 25 MB); least recently used go
+# Entries and listed messages over all logs (about 100 bytes each: some 30 MB
+# at most); the least recently used logs go beyond it.
+LOG_BUDGET = 300_000
 FIRST_REACH = 1024  # a new log starts at the first question if it is at most this far behind
 
 
@@ -55,6 +56,10 @@ class ChangeLog:
         # every message of the mailbox by UID, in UID order, as of ``snap_at``
         self.snapshot: dict[int, MessageInfo] | None = None
         self.snap_at = 0
+
+    def cost(self) -> int:
+        """Records held: log entries and listed messages (the memory budget's unit)."""
+        return len(self.entries) + (len(self.snapshot) if self.snapshot is not None else 0)
 
     def catch_up(self, read: sqlite3.Connection, mailbox_id: int, top: int, cols: str,
                  record: Callable[[tuple], MessageInfo]) -> None:

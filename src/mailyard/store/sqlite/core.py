@@ -49,8 +49,8 @@ class SQLiteCore(Store):
         self._token = self._revoked.value()
         self._live: dict[int, tuple[int, int]] = {}  # mailbox id -> (account id, UIDVALIDITY)
         self._epochs: dict[int, int | None] = {}  # account id -> epoch, None: removed
-        self._changelogs: dict[int, ChangeLog] = {}  # mailbox id -> its recent changes (changelog.py)
-        self._snapshot_lru: dict[int, int] = {}  # mailbox id -> messages listed in its log, oldest use first
+        self._changelogs: dict[int, ChangeLog] = {}  # mailbox id -> its recent changes, oldest use first
+        self._changelog_cost = 0  # records held by the logs (changelog.LOG_BUDGET)
         self._pending_saves: set[asyncio.Task[None]] = set()  # cache writes nobody waits for
         write_conn = self._connect(db_path)
         schema.create(write_conn)

@@ -25,8 +25,9 @@ from ..api import (
     MessageInfo,
     NotFound,
 )
+from . import changelog
 from .bodies import BodiesMixin, release_bodies
-from .changelog import FIRST_REACH, MAX_MAILBOXES, SNAPSHOT_BUDGET, ChangeLog
+from .changelog import ChangeLog
 from .core import select_uids
 from .writer import WriteContext
 
@@ -55,7 +56,7 @@ def message_row(row: tuple) -> MessageInfo:
     return MessageInfo(row[0], row[1], row[2], flags_set(row[3]), row[4], row[5])
 
 
-def _snapshot_size(c: sqlite3.Connection, mailbox_id: int) -> int:
+def _message_count(c: sqlite3.Connection, mailbox_id: int) -> int:
     return c.execute("SELECT count(*) FROM messages WHERE mailbox_id = ?", (mailbox_id,)).fetchone()[0]
 
 
@@ -265,26 +266,17 @@ class MessagesMixin(BodiesMixin):
 
         # Each session that selects the mailbox lists it (SELECT, the first
         # FETCH, STATUS RECENT): from one list kept current by the change
-        # log (changelog.py), within a budget of messages over all mailboxes.
+        # log (changelog.py), within the logs' memory budget.
         c.execute("BEGIN")  # one read snapshot: the list is the state at the log's top
         try:
             log = self._current_log(c, mailbox_id, None)
-            budget = self._snapshot_lru
-            if log.snapshot is None and _snapshot_size(c, mailbox_id) > SNAPSHOT_BUDGET // 2:
+            if log.snapshot is None and _message_count(c, mailbox_id) > changelog.LOG_BUDGET // 4:
                 return load()  # too large to keep: read it each time
-            out, loaded = log.messages(load)
+            before = log.cost()
+            out, _loaded = log.messages(load)
         finally:
             c.execute("COMMIT")
-        budget.pop(mailbox_id, None)
-        budget[mailbox_id] = len(out)  # most recently used last
-        if loaded:
-            total = sum(budget.values())
-            while total > SNAPSHOT_BUDGET and len(budget) > 1:
-                oldest = next(iter(budget))
-                total -= budget.pop(oldest)
-                dropped = self._changelogs.get(oldest)
-                if dropped is not None:
-                    dropped.snapshot = None
+        self._charge(mailbox_id, log.cost() - before)
         return out
 
     async def get_messages(self, mailbox: MailboxRef, uids: Sequence[int]) -> list[MessageInfo]:
@@ -337,13 +329,24 @@ class MessagesMixin(BodiesMixin):
             raise NotFound("no such mailbox")
         top = box[0]
         logs = self._changelogs
-        log = logs.get(mailbox_id)
+        log = logs.pop(mailbox_id, None)
         if log is None:
-            if len(logs) >= MAX_MAILBOXES:
-                logs.clear()
-                self._snapshot_lru.clear()
-            start = since if since is not None and 0 <= top - since <= FIRST_REACH else top
-            log = logs[mailbox_id] = ChangeLog(start)
+            start = since if since is not None and 0 <= top - since <= changelog.FIRST_REACH else top
+            log = ChangeLog(start)
+        logs[mailbox_id] = log  # the most recently used last
         if top > log.top:
+            before = log.cost()
             log.catch_up(c, mailbox_id, top, MESSAGE_COLS, message_row)
+            self._charge(mailbox_id, log.cost() - before)
         return log
+
+    def _charge(self, mailbox_id: int, grown: int) -> None:
+        """Count what a log grew by; over the budget, the least recently used
+        logs go (they are rebuilt when next asked)."""
+        self._changelog_cost += grown
+        logs = self._changelogs
+        while self._changelog_cost > changelog.LOG_BUDGET and len(logs) > 1:
+            oldest = next(iter(logs))
+            if oldest == mailbox_id:
+                break
+            self._changelog_cost -= logs.pop(oldest).cost()
