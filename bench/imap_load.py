@@ -423,13 +423,14 @@ def run(quick: bool = False, clients: tuple[int, ...] = (10, 50), commands: int 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench imap-load", description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 50], help="client counts (default: 10 50)")
-    parser.add_argument("--commands", type=int, default=300, help="commands per client per run (default 300)")
+    parser.add_argument("--commands", type=int, default=None, help="commands per client per run (default 300)")
+    parser.add_argument("--quick", action="store_true", help="60 commands per client, for a smoke run")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each (server, clients) pair, alternating")
     parser.add_argument("--seed", type=int, default=9051)
     parser.add_argument("--no-dovecot", action="store_true", help="mailyard only")
     parser.add_argument("--output", default=str(Path(__file__).with_name("results-imap-load.json")))
     args = parser.parse_args(argv)
-    results = run(clients=tuple(args.clients), commands=args.commands, rounds=args.rounds,
+    results = run(quick=args.quick, clients=tuple(args.clients), commands=args.commands, rounds=args.rounds,
                   dovecot_too=not args.no_dovecot, seed=args.seed)
     width = max([len(r.name) for r in results] + [10])
     print()
