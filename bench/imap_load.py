@@ -342,9 +342,9 @@ def _prepare_archive(port: int) -> None:
 def _fmt(name: str, r: dict) -> str:
     lat = r["latency"]
     worst = max(lat.values(), key=lambda v: v["p50_ms"]) if lat else {"p50_ms": 0}
+    loop = f"event loop {100 * r['server_main_thread_busy']:.0f}% busy, " if name == "mailyard" else ""
     return (f"{name} {r['clients']} clients: {r['commands_per_s']:.0f} commands/s, "
-            f"{r['server_cpu_ms_per_command']:.2f} ms server CPU/command, "
-            f"main thread {100 * r['server_main_thread_busy']:.0f}% busy, "
+            f"{r['server_cpu_ms_per_command']:.2f} ms server CPU/command, {loop}"
             f"client CPU {r['client_cpu_s']:.1f} s of {r['seconds']:.1f} s, "
             f"worst p50 {worst['p50_ms']:.1f} ms, {sum(e['count'] for e in r['errors'])} protocol errors")
 
