@@ -303,11 +303,16 @@ class MessagesMixin(BodiesMixin):
         # shared log of recent changes (changelog.py) when it reaches back
         # far enough, so a write's rows are read once, not once per session.
         c = self._read
-        c.execute("BEGIN")  # one read snapshot (WAL): the log's top and its rows agree
-        try:
-            log = self._current_log(c, mailbox_id, modseq)
-        finally:
-            c.execute("COMMIT")
+        log = self._changelogs.get(mailbox_id)
+        top = c.execute("SELECT highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+        if top is None:
+            raise NotFound("no such mailbox")
+        if log is None or top[0] != log.top:
+            c.execute("BEGIN")  # one read snapshot (WAL): the log's top and its rows agree
+            try:
+                log = self._current_log(c, mailbox_id, modseq)
+            finally:
+                c.execute("COMMIT")
         if modseq >= log.base:
             return log.since(modseq)
         changed = self._q(
