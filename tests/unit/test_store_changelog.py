@@ -1,12 +1,15 @@
 """changes_since over the SQLite store's shared log of recent changes
 (store/sqlite/changelog.py): every answer is the one SQLite gives, for any
 mix of writes and any mod-sequence a session may ask from; and a write's
-rows are read once for all the sessions that ask, not once per session."""
+rows are read once for all the sessions that ask, not once per session.
+Also: a FETCH of a message not yet derived does not wait for a commit."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
+import threading
 from pathlib import Path
 
 from mailyard.config import StoreConfig
@@ -176,4 +179,37 @@ async def test_the_logs_stay_within_their_memory_budget(tmp_path: Path, monkeypa
                 assert held == s._changelog_cost
                 assert held <= 60 or len(s._changelogs) == 1
     finally:
+        await s.close()
+
+
+async def test_a_fetch_of_a_new_message_does_not_wait_for_the_writer(tmp_path: Path) -> None:
+    """ENVELOPE of a message the indexer has not reached is derived on the
+    spot and answered; saving it (a cache) goes on behind the writer's other
+    work instead of holding the FETCH until its commit. The writer is held
+    busy here: before, the FETCH waited for it (the wait_for below ran out)."""
+    s, inbox, _ = await _store(tmp_path)
+    gate = threading.Event()
+    try:
+        await s.append(inbox, MIME)
+        started = threading.Event()
+
+        def busy(c: sqlite3.Connection, ctx: object) -> None:
+            started.set()
+            gate.wait(60)
+
+        blocker = asyncio.ensure_future(s._write(busy))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        derived = await asyncio.wait_for(s.get_derived(inbox, [1]), 30)
+        assert derived[1]["envelope"]
+        gate.set()
+        await blocker
+        for _ in range(500):  # the save lands once the writer is free
+            if not s._read.execute("SELECT count(*) FROM bodies WHERE derived IS NULL").fetchone()[0]:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the derived data was never saved")
+    finally:
+        gate.set()
         await s.close()
