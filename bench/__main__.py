@@ -1,6 +1,7 @@
 """Run the benchmarks, print a table, write bench/results.json.
 
 Usage: python -m bench [smtp] [pop3] [imap] ...   (default: all)
+       python -m bench imap-load [--clients 10 50] ...   (its own options: --help)
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ from pathlib import Path
 
 from .common import Result, cpu_count
 
-BENCHES = ["smtp", "pop3", "imap", "sort", "index", "outbound", "limits", "quota"]
+BENCHES = ["smtp", "pop3", "imap", "imap-load", "sort", "index", "outbound", "limits", "quota"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["imap-load"] and len(argv) > 1:
+        from .imap_load import main as load_main  # its own options
+
+        return load_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(BENCHES)})")
     parser.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke run")
@@ -29,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     for name in names:
         try:
-            module = importlib.import_module(f"bench.{name}")
+            module = importlib.import_module(f"bench.{name.replace('-', '_')}")
         except ModuleNotFoundError:
             print(f"[{name}] not built yet, skipped", file=sys.stderr)
             continue

@@ -103,7 +103,8 @@ class Dovecot:
     """``with Dovecot(...) as d:`` -- ``d.ports["imap"]``, ``d.ports["pop3"]``."""
 
     def __init__(self, protocols: tuple[str, ...], address: str, password_hash: str, password: str,
-                 messages: list[bytes]) -> None:
+                 messages: list[bytes], extra: str = "") -> None:
+        self.extra = extra  # more configuration, appended
         self.protocols = protocols
         self.address = address
         self.password_hash = password_hash
@@ -155,7 +156,8 @@ class Dovecot:
         (self.base / "passwd").write_text(f"{self.address}:{secret}\n")
         conf = self.base / "dovecot.conf"
         conf.write_text(_CONF.format(base=self.base, protocols=" ".join(self.protocols),
-                                     imap_port=self.ports["imap"], pop3_port=self.ports["pop3"], **ids))
+                                     imap_port=self.ports["imap"], pop3_port=self.ports["pop3"], **ids)
+                        + self.extra)
         self.proc = subprocess.Popen([BINARY, "-F", "-c", str(conf)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         greeting = b"* OK" if "imap" in self.protocols else b"+OK"

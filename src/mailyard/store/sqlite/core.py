@@ -26,6 +26,7 @@ from ..blobs import SegmentFiles
 from ..notify import DIRECTORY, MAILBOXES, QUEUE, ChangeChannel
 from ..revocation import RevocationSignal
 from . import schema
+from .changelog import ChangeLog
 from .writer import GroupCommitWriter, WriteContext
 
 log = logging.getLogger("mailyard.store")
@@ -53,6 +54,9 @@ class SQLiteCore(Store):
         self._token = self._revoked.value()
         self._live: dict[int, tuple[int, int]] = {}  # mailbox id -> (account id, UIDVALIDITY)
         self._epochs: dict[int, int | None] = {}  # account id -> epoch, None: removed
+        self._changelogs: dict[int, ChangeLog] = {}  # mailbox id -> its recent changes, oldest use first
+        self._changelog_cost = 0  # records held by the logs (changelog.LOG_BUDGET)
+        self._pending_saves: set[asyncio.Task[None]] = set()  # cache writes nobody waits for
         write_conn = self._connect(db_path)
         schema.create(write_conn)
         self._recover(write_conn)
@@ -93,6 +97,8 @@ class SQLiteCore(Store):
         return "FULL" if self.config.fsync else "OFF"
 
     async def close(self) -> None:
+        if self._pending_saves:
+            await asyncio.gather(*self._pending_saves, return_exceptions=True)
         self.peers = None
         await asyncio.to_thread(self._writer.close)
         if self._writer.lock_fd is not None:

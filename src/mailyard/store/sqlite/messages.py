@@ -44,7 +44,9 @@ from ..api import (
     Quota,
     QuotaExceeded,
 )
+from . import changelog
 from .bodies import BodiesMixin, release_bodies
+from .changelog import ChangeLog
 from .core import select_uids
 from .writer import WriteContext
 
@@ -98,6 +100,10 @@ def check_quota(c: sqlite3.Connection, mailbox_id: int, octets: int, messages: i
     account of ``mailbox_id`` over its STORAGE or MESSAGE limit."""
     if not mailbox_quota(c, mailbox_id).fits(octets, messages):
         raise QuotaExceeded("over quota", [mailbox_id])
+
+
+def _message_count(c: sqlite3.Connection, mailbox_id: int) -> int:
+    return c.execute("SELECT count(*) FROM messages WHERE mailbox_id = ?", (mailbox_id,)).fetchone()[0]
 
 
 def bump_modseq(c: sqlite3.Connection, mailbox_id: int) -> int:
@@ -424,8 +430,26 @@ class MessagesMixin(BodiesMixin):
 
     async def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
         mailbox_id = self._owned(mailbox)
-        rows = self._q(f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,))
-        return [message_row(r) for r in rows]
+        c = self._read
+
+        def load() -> list[MessageInfo]:
+            rows = c.execute(f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,))
+            return [message_row(r) for r in rows]
+
+        # Each session that selects the mailbox lists it (SELECT, the first
+        # FETCH, STATUS RECENT): from one list kept current by the change
+        # log (changelog.py), within the logs' memory budget.
+        c.execute("BEGIN")  # one read snapshot: the list is the state at the log's top
+        try:
+            log = self._current_log(c, mailbox_id, None)
+            if log.snapshot is None and _message_count(c, mailbox_id) > changelog.LOG_BUDGET // 4:
+                return load()  # too large to keep: read it each time
+            before = log.cost()
+            out, _loaded = log.messages(load)
+        finally:
+            c.execute("COMMIT")
+        self._charge(mailbox_id, log.cost() - before)
+        return out
 
     async def get_messages(
         self, mailbox: MailboxRef, uids: Sequence[int], expunged: bool = False
@@ -450,9 +474,22 @@ class MessagesMixin(BodiesMixin):
 
     async def changes_since(self, mailbox: MailboxRef, modseq: int) -> Changes:
         mailbox_id = self._owned(mailbox)
-        box = self._q1("SELECT highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,))
-        if box is None:
+        # Every session asks after every write: answer from the mailbox's
+        # shared log of recent changes (changelog.py) when it reaches back
+        # far enough, so a write's rows are read once, not once per session.
+        c = self._read
+        log = self._changelogs.get(mailbox_id)
+        top = c.execute("SELECT highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+        if top is None:
             raise NotFound("no such mailbox")
+        if log is None or top[0] != log.top:
+            c.execute("BEGIN")  # one read snapshot (WAL): the log's top and its rows agree
+            try:
+                log = self._current_log(c, mailbox_id, modseq)
+            finally:
+                c.execute("COMMIT")
+        if modseq >= log.base:
+            return log.since(modseq)
         changed = self._q(
             f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
             (mailbox_id, modseq),
@@ -460,4 +497,36 @@ class MessagesMixin(BodiesMixin):
         vanished = self._q(
             "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid", (mailbox_id, modseq)
         )
-        return Changes(box[0], [message_row(r) for r in changed], [r[0] for r in vanished])
+        return Changes(log.top, [message_row(r) for r in changed], [r[0] for r in vanished])
+
+    def _current_log(self, c: sqlite3.Connection, mailbox_id: int, since: int | None) -> ChangeLog:
+        """The mailbox's change log brought up to its highest_modseq, inside
+        the caller's read transaction on ``c``. A new log begins at ``since``
+        (the first question) when that is recent: the usual case is the
+        first write after the sessions selected the mailbox."""
+        box = c.execute("SELECT highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+        if box is None:
+            raise NotFound("no such mailbox")
+        top = box[0]
+        logs = self._changelogs
+        log = logs.pop(mailbox_id, None)
+        if log is None:
+            start = since if since is not None and 0 <= top - since <= changelog.FIRST_REACH else top
+            log = ChangeLog(start)
+        logs[mailbox_id] = log  # the most recently used last
+        if top > log.top:
+            before = log.cost()
+            log.catch_up(c, mailbox_id, top, MESSAGE_COLS, message_row)
+            self._charge(mailbox_id, log.cost() - before)
+        return log
+
+    def _charge(self, mailbox_id: int, grown: int) -> None:
+        """Count what a log grew by; over the budget, the least recently used
+        logs go (they are rebuilt when next asked)."""
+        self._changelog_cost += grown
+        logs = self._changelogs
+        while self._changelog_cost > changelog.LOG_BUDGET and len(logs) > 1:
+            oldest = next(iter(logs))
+            if oldest == mailbox_id:
+                break
+            self._changelog_cost -= logs.pop(oldest).cost()

@@ -105,7 +105,9 @@ class SearchMixin(SQLiteCore):
                     no_preview.append(uid)
             out[uid] = item
         if missing:
-            records, _saved = await self._derive_now([body_of[u] for u in missing])
+            # FETCH answers from what it derived; the save to the cache needs
+            # no wait for its commit (the fsync of everyone's writes)
+            records, _saved = await self._derive_now([body_of[u] for u in missing], wait=False)
             for uid in missing:
                 rec = records.get(body_of[uid])
                 if rec is None:
@@ -299,10 +301,19 @@ class SearchMixin(SQLiteCore):
                 log.warning("store: previews not saved, the disk is full")
         return out
 
-    async def _derive_now(self, body_ids: list[int]) -> tuple[dict[int, DerivedRecord], bool]:
+    async def _derive_now(
+        self, body_ids: list[int], wait: bool = True
+    ) -> tuple[dict[int, DerivedRecord], bool]:
         """Derive bodies the indexer has not reached yet (FETCH/SEARCH must
         neither wait for it nor answer without them) and store the result if
-        there is room. Returns the records and whether they were stored."""
+        there is room. Returns the records and whether they were stored.
+
+        ``wait=False``: the store goes on in the background and the second
+        value is False. Derived data is a cache (the indexer derives what is
+        missing), so a caller that only needs the records does not wait for a
+        group commit: under a steady stream of writes the writer is never
+        idle long enough for the background indexer, and every FETCH of a new
+        message would otherwise wait for an fsync."""
         places = {}
         for body_id in dict.fromkeys(body_ids):
             row = self._q1("SELECT segment, offset, length FROM bodies WHERE id = ?", (body_id,))
@@ -322,6 +333,11 @@ class SearchMixin(SQLiteCore):
             return out, True
         if self._index_deferred():
             return out, False
+        if not wait:
+            task = asyncio.get_running_loop().create_task(self._save_derived_soon(items))
+            self._pending_saves.add(task)
+            task.add_done_callback(self._pending_saves.discard)
+            return out, False
         try:
             await self._write(lambda c, ctx: self._save_derived(c, items))
         except StorageFull:
@@ -331,6 +347,17 @@ class SearchMixin(SQLiteCore):
             self._index_failed()
             return out, False
         return out, True
+
+    async def _save_derived_soon(self, items: list[tuple[int, DerivedRecord]]) -> None:
+        """The background save of ``_derive_now(wait=False)``: a failure is
+        logged, never raised (nobody waits for it)."""
+        try:
+            await self._write(lambda c, ctx: self._save_derived(c, items))
+        except StorageFull:
+            log.warning("store: derived data not saved, the disk is full")
+            self._index_failed()
+        except Exception:
+            log.exception("store: derived data not saved")
 
     @staticmethod
     def _save_derived(c: sqlite3.Connection, items: list[tuple[int, DerivedRecord]]) -> None:
