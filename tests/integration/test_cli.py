@@ -100,3 +100,21 @@ def test_user_quota_sets_shows_and_removes_limits(tmp_path: Path) -> None:
     assert r.returncode == 1 and "no account nobody@example.test" in r.stderr
     r = run(data, "user", "quota", "alice@example.test", "--storage", "lots")
     assert r.returncode == 2 and "not a size" in r.stderr
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ('[delivery]\nrelay_host = "smarthost.test"\nrelay_tls = "ssl"\n',
+     ['\'delivery.relay_tls\' must be one of "starttls", "implicit", "opportunistic", "none"', 'write "implicit"']),
+    ('[delivery]\nstarttls = "always"\n', ['"opportunistic", "require", "never"', 'not "always"']),
+    ('[server]\nlog_level = "verbose"\n', ['"debug", "info", "warning", "error", "critical"']),
+    ("[ports]\nsmtp = 70000\n", ["'ports.smtp' must be a port number from 0 to 65535, not 70000"]),
+])
+def test_config_check_and_serve_refuse_bad_values(tmp_path: Path, text: str, words: list[str]) -> None:
+    data = tmp_path / "data"
+    run(data, "init", "--domain", "example.test")
+    (data / "config.toml").write_text(text)
+    for command in (["config", "check"], ["serve"]):
+        r = run(data, *command)
+        assert r.returncode == 1, (command, r.stdout, r.stderr)
+        for w in words:
+            assert w in r.stderr, (command, r.stderr)

@@ -25,12 +25,14 @@ from typing import Any
 from .config import (
     DEFAULT_PORTS,
     SECURITY,
+    SECURITY_ALIASES,
     Account,
     AccountStore,
     ClientError,
     Endpoint,
     config_dir,
     guess_endpoints,
+    normalize_security,
 )
 
 FLAG_HELP = (
@@ -137,6 +139,7 @@ def _account_add(args: argparse.Namespace, store: AccountStore) -> None:
         if host:
             ep.host = host
         if security:
+            security = normalize_security(security, f"--{proto}-security")
             ep.security = security
             ep.port = DEFAULT_PORTS[(proto, security)]
         if port:
@@ -148,9 +151,8 @@ def _account_add(args: argparse.Namespace, store: AccountStore) -> None:
                 ep.host = ""
             if ep.host:
                 if not security:
-                    ep.security = _ask(f"{label} security ({'/'.join(SECURITY)})", ep.security)
-                    if ep.security not in SECURITY:
-                        raise ClientError(f"security must be one of {', '.join(SECURITY)}")
+                    ep.security = normalize_security(
+                        _ask(f"{label} security ({'/'.join(SECURITY)})", ep.security))
                 if not port:
                     answer = _ask(f"{label} port", str(DEFAULT_PORTS[(proto, ep.security)]))
                     if not answer.isdigit():
@@ -158,7 +160,7 @@ def _account_add(args: argparse.Namespace, store: AccountStore) -> None:
                     ep.port = int(answer)
         setattr(acct, proto, ep)
     if args.no_pop3:
-        acct.pop3 = Endpoint(security="ssl")
+        acct.pop3 = Endpoint(security="implicit")
     acct.username = args.username or ""
     acct.smtp_auth = args.smtp_auth
     acct.tls_verify = not args.no_tls_verify
@@ -230,7 +232,7 @@ def _test_pop3(acct: Account, transport: Any) -> str:
 def _test_smtp(acct: Account, transport: Any) -> str:
     with transport.smtp(acct) as s:
         auth = f"logged in as {acct.login}" if getattr(s, "authenticated", False) else "not authenticated"
-        tls = "TLS" if acct.smtp.security != "plain" else "no TLS"
+        tls = "TLS" if acct.smtp.security != "none" else "no TLS"
         return f"EHLO accepted ({tls}, {auth})"
 
 
@@ -919,7 +921,9 @@ def add_mail_parser(sub: Any) -> None:
     for proto, label in (("imap", "IMAP"), ("pop3", "POP3"), ("smtp", "submission (SMTP)")):
         a.add_argument(f"--{proto}-host", help=f"{label} server")
         a.add_argument(f"--{proto}-port", type=int, help=f"{label} port")
-        a.add_argument(f"--{proto}-security", choices=SECURITY, help=f"{label}: ssl (implicit TLS), starttls or plain")
+        a.add_argument(f"--{proto}-security", choices=SECURITY + tuple(SECURITY_ALIASES), metavar="MODE",
+                       help=f"{label}: implicit (TLS from the first byte), starttls or none "
+                       "(ssl and plain: deprecated words for implicit and none)")
     a.add_argument("--no-pop3", action="store_true", help="no POP3 server for this account")
     a.add_argument("--smtp-auth", choices=("auto", "yes", "no"), default="auto",
                    help="authenticate for submission: auto (when offered), yes, no")

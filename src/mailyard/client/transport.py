@@ -92,8 +92,8 @@ def imap(account: Account) -> Iterator[IMAPClient]:
     _check("IMAP", ep)
     with _errors("IMAP", ep):
         client = IMAPClient(
-            ep.host, port=ep.port, ssl=ep.security == "ssl",
-            ssl_context=account.ssl_context() if ep.security != "plain" else None,
+            ep.host, port=ep.port, ssl=ep.security == "implicit",
+            ssl_context=account.ssl_context() if ep.security != "none" else None,
             timeout=TIMEOUT,
         )
     try:
@@ -135,7 +135,7 @@ def pop3(account: Account) -> Iterator[poplib.POP3]:
     ep = account.pop3
     _check("POP3", ep)
     with _errors("POP3", ep):
-        if ep.security == "ssl":
+        if ep.security == "implicit":
             conn: poplib.POP3 = poplib.POP3_SSL(ep.host, ep.port, timeout=TIMEOUT, context=account.ssl_context())
         else:
             conn = poplib.POP3(ep.host, ep.port, timeout=TIMEOUT)
@@ -161,7 +161,7 @@ def smtp(account: Account) -> Iterator[smtplib.SMTP]:
     ep = account.smtp
     _check("submission", ep)
     with _errors("submission", ep):
-        if ep.security == "ssl":
+        if ep.security == "implicit":
             conn: smtplib.SMTP = smtplib.SMTP_SSL(ep.host, ep.port, timeout=TIMEOUT, context=account.ssl_context())
         else:
             conn = smtplib.SMTP(ep.host, ep.port, timeout=TIMEOUT)
