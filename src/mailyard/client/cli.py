@@ -380,15 +380,19 @@ def _reply_text(exc: BaseException) -> str:
     return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
 
 
-def _fetch_raw(c: Any, uid: int) -> tuple[bytes, tuple]:
-    data = c.fetch([uid], [b"BODY.PEEK[]", b"FLAGS"])
+def _fetch_raw(c: Any, uid: int) -> tuple[bytes, tuple, float | None]:
+    """(the message, its flags, its arrival time (INTERNALDATE) as a timestamp)."""
+    data = c.fetch([uid], [b"BODY.PEEK[]", b"FLAGS", b"INTERNALDATE"])
     if uid not in data:
         raise ClientError(f"no message with UID {uid} in this folder (see 'mailyard mail ls')")
     item = data[uid]
     raw = item.get(b"BODY[]")
     if raw is None:
         raise ClientError(f"the server sent no body for UID {uid}")
-    return raw, item.get(b"FLAGS", ())
+    arrived = item.get(b"INTERNALDATE")
+    # imapclient gives local time without a zone; astimezone() reads it as such.
+    stamp = arrived.astimezone().timestamp() if arrived is not None else None
+    return raw, item.get(b"FLAGS", ()), stamp
 
 
 _FLAG_LETTERS = [(b"\\Answered", "A"), (b"\\Flagged", "F"), (b"\\Deleted", "D"), (b"\\Draft", "d"),
@@ -514,7 +518,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 def cmd_read(args: argparse.Namespace) -> None:
     from ..message.parse import parse_message
-    from ..message.reading import attachments, body_text, header_text, human_size
+    from ..message.reading import attachments, body_text, header_text, human_size, message_date
     from . import transport
     from .render import HEADERS_OF_INTEREST, display_addresses, save_attachment
 
@@ -523,7 +527,7 @@ def cmd_read(args: argparse.Namespace) -> None:
     with transport.imap(acct) as c:
         _open_folder(c, args.folder, readonly=args.peek)
         for n, uid in enumerate(uids):
-            raw, flags = _fetch_raw(c, uid)
+            raw, flags, arrived = _fetch_raw(c, uid)
             if args.raw:
                 sys.stdout.flush()
                 sys.stdout.buffer.write(raw)
@@ -536,6 +540,8 @@ def cmd_read(args: argparse.Namespace) -> None:
                 for name in HEADERS_OF_INTEREST:
                     if name in ("From", "Reply-To", "To", "Cc", "Bcc"):
                         value = display_addresses(msg, name)
+                    elif name == "Date":
+                        value = message_date(msg, arrived)
                     else:
                         value = header_text(msg, name)
                     if value:
@@ -573,14 +579,15 @@ def cmd_read(args: argparse.Namespace) -> None:
                 c.add_flags([uid], [b"\\Seen"])
 
 
-def _fetch_message(acct: Account, folder: str, uid: int) -> tuple[bytes, Any]:
+def _fetch_message(acct: Account, folder: str, uid: int) -> tuple[bytes, Any, float | None]:
+    """(the message, parsed, its arrival time)."""
     from ..message.parse import parse_message
     from . import transport
 
     with transport.imap(acct) as c:
         _open_folder(c, folder, readonly=True)
-        raw, _flags = _fetch_raw(c, uid)
-    return raw, parse_message(raw)
+        raw, _flags, arrived = _fetch_raw(c, uid)
+    return raw, parse_message(raw), arrived
 
 
 def _mark(acct: Account, folder: str, uid: int, flag: bytes) -> None:
@@ -600,8 +607,8 @@ def cmd_reply(args: argparse.Namespace) -> None:
 
     _s, acct = _account(args)
     uid = parse_ids(args.id)[0]
-    _raw, orig = _fetch_message(acct, args.folder, uid)
-    reply = build_reply(orig, acct.own_addresses(), args.all)
+    _raw, orig, arrived = _fetch_message(acct, args.folder, uid)
+    reply = build_reply(orig, acct.own_addresses(), args.all, arrived)
     cc_extra = _recipients(args.cc)
     if not reply.to and not reply.cc:
         raise ClientError("the original has no address to reply to")
@@ -629,14 +636,14 @@ def cmd_forward(args: argparse.Namespace) -> None:
 
     _s, acct = _account(args)
     uid = parse_ids(args.id)[0]
-    raw, orig = _fetch_message(acct, args.folder, uid)
+    raw, orig, arrived = _fetch_message(acct, args.folder, uid)
     to, cc, bcc = _recipients(args.to), _recipients(args.cc), _recipients(args.bcc)
     if not (to or cc or bcc):
         raise ClientError("forward to whom? give --to ADDRESS")
     note = _body(args) if (args.body is not None or args.body_file or not sys.stdin.isatty()) else ""
     atts: list = _file_attachments(args.attach)
     if args.inline:
-        body, copies = inline_forward(orig, note)
+        body, copies = inline_forward(orig, note, arrived)
         atts.extend(copies)
     else:
         body = note

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from email.message import Message
 
 from .address import Mailbox, iter_mailboxes, parse_address_list
+from .dates import format_date
 from .headers import bytes_to_text, decode_words
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "html_to_text",
     "human_size",
     "mailboxes",
+    "message_date",
     "part_bytes",
     "part_filename",
     "part_text",
@@ -78,6 +80,17 @@ def header_text(msg: Message, name: str) -> str:
     """A header field's value as text (unfolded, RFC 2047 words decoded); '' when absent."""
     values = field_values(msg, name)
     return decode_words(values[0]) if values else ""
+
+
+def message_date(msg: Message, arrived: float | None = None) -> str:
+    """The Date field as text; for a message without one (RFC 5322 3.6 makes
+    it required, yet such mail arrives), the arrival time ``arrived`` (IMAP
+    INTERNALDATE, seconds since the epoch) as an RFC 5322 date in local time,
+    as Thunderbird and Gmail show it. '' when neither is known."""
+    text = header_text(msg, "Date").strip()
+    if text or arrived is None:
+        return text
+    return format_date(arrived)
 
 
 def mailboxes(msg: Message, *names: str) -> list[Mailbox]:

@@ -39,6 +39,7 @@ from starlette.staticfiles import StaticFiles
 from ..auth.service import TryLater
 from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_address_list
+from ..message.dates import format_date
 from ..message.reading import human_size
 from ..message.reply import forward_subject
 from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError
@@ -462,6 +463,9 @@ async def message_view(request: Request) -> Response:
     web.bodies.put(_body_key(session, box, uid, allow_remote), view.body or "")
     blocked = view.blocked
     info = await _info(request, box, uid)
+    if not view.date and info is not None:
+        # No Date field: the arrival time, as the mailbox list shows it.
+        view.date = format_date(info.internal_date)
     if info is not None and "\\Seen" not in info.flags:
         await store.store_flags(box, [uid], ["\\Seen"], "add")
         info = await _info(request, box, uid) or info
@@ -667,7 +671,10 @@ async def compose_view(request: Request) -> Response:
         pool = state(request).pool
         try:
             if mode in ("reply", "replyall"):
-                answer = await pool.run(render.reply_draft, raw, frozenset({session.address}), mode == "replyall")
+                info = await _info(request, box, uid)
+                arrived = info.internal_date if info is not None else None
+                answer = await pool.run(render.reply_draft, raw, frozenset({session.address}),
+                                        mode == "replyall", arrived)
             else:
                 view = await pool.run(render.show, raw, f"/box/{box.id}/msg/{uid}", False, False)
         except TooComplex as exc:

@@ -418,11 +418,12 @@ class ReplyDraft:
     quoted: str
 
 
-def reply_draft(raw: bytes, own: frozenset[str], reply_all: bool) -> ReplyDraft:
+def reply_draft(raw: bytes, own: frozenset[str], reply_all: bool, arrived: float | None = None) -> ReplyDraft:
     """A reply to ``raw`` by the owner of ``own`` (message/reply.py, the
-    reading core the CLI client uses too), within the complexity limits."""
+    reading core the CLI client uses too), within the complexity limits;
+    ``arrived`` (INTERNALDATE) dates the quote of a message without Date."""
     check_parts(raw)
-    reply = build_reply(parse_message(raw), own, reply_all)
+    reply = build_reply(parse_message(raw), own, reply_all, arrived)
     return ReplyDraft(readable_addresses(reply.to), readable_addresses(reply.cc), reply.subject,
                       reply.in_reply_to or "", " ".join(reply.references), reply.quoted)
 
