@@ -67,6 +67,14 @@ def test_clear_errors(tmp_path: Path) -> None:
         )
         r = run(data, "serve")
         assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr and "[ports]" in r.stderr
+        # Every listener says the same, webmail too.
+        (data / "config.toml").write_text(
+            f"[ports]\nsmtp = 0\nsubmission = 0\nsmtps = 0\nimap = 0\nimaps = 0\n"
+            f"pop3 = 0\npop3s = 0\nhttp = {port}\n"
+        )
+        r = run(data, "serve")
+        assert r.returncode == 1, r.stderr
+        assert f"cannot listen for http (webmail) on 127.0.0.1:{port}" in r.stderr and "[ports]" in r.stderr, r.stderr
     finally:
         blocker.close()
 

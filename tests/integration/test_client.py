@@ -360,6 +360,8 @@ def test_errors_name_the_server_reply(trio, tmp_path: Path) -> None:
          "--password-stdin", input="wrong-password\n")
     res = mail("ls", account="badpw", check=False)
     assert res.returncode == 1 and "IMAP 127.0.0.1" in res.err and "server replied" in res.err, res.err
+    # the server's words for people, not a Python bytes repr
+    assert "server replied [AUTHENTICATIONFAILED]" in res.err and "b'" not in res.err, res.err
     res = mail("send", "--to", "nobody@example.test", "--body", "x", account="alice", check=False)
     assert res.returncode == 1 and "550" in res.err, res.err
     res = mail("read", "4242", account="alice", check=False)

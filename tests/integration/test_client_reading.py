@@ -91,3 +91,20 @@ def test_message_without_date_shows_and_quotes_the_arrival_time(bob: MailCLI, ma
     (raw,) = mailserver.messages(ALICE)
     text = parse(raw).get_body(("plain",)).get_content()
     assert "On , " not in text and re.search(rf"On \w{{3}}, \d\d \w{{3}} {year} \d\d:\d\d, Alice wrote:", text), text
+
+
+def test_send_over_the_size_limit_says_the_sizes(tmp_path: Path, make_server) -> None:  # noqa: ANN001
+    """The EHLO SIZE limit (RFC 1870) is stated in numbers before anything is sent."""
+
+    def small(cfg) -> None:  # noqa: ANN001
+        cfg.smtp.max_message_size = 2 * 1024 * 1024
+
+    server = make_server(configure=small)
+    cli = MailCLI(tmp_path / "client-home")
+    cli.add_account("alice", ALICE, USERS[ALICE], **server_ports(server))
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * (12 * 1024))  # 3 MB, about 4.1 MB in base64
+    res = cli("send", "--to", BOB, "--body", "x", "--attach", str(big), account="alice", check=False)
+    assert res.returncode == 1, res.err
+    assert "message is 4.1 MB, the server accepts at most 2 MB; nothing sent" in res.err, res.err
+    assert server.messages(BOB) == []

@@ -305,6 +305,7 @@ def _deliver(acct: Account, msg: Any, save: bool = True) -> None:
     kept, RFC 5322 3.6.3) in the Sent folder."""
     from ..message.address import iter_mailboxes, parse_address_list
     from ..message.compose import to_bytes
+    from ..message.reading import limit_size
     from . import transport
 
     rcpts: list[str] = []
@@ -318,6 +319,12 @@ def _deliver(acct: Account, msg: Any, save: bool = True) -> None:
     wire = to_bytes(msg, strip_bcc=True)
     _err(f"sending {len(wire)} bytes to {len(rcpts)} recipient(s) via {acct.smtp.describe()} ...")
     with transport.smtp(acct) as s:
+        # RFC 1870: the server's EHLO SIZE is its limit; say it in numbers
+        # rather than send the whole message to get 552 5.3.4.
+        size = (s.esmtp_features.get("size") or "").strip()
+        if size.isdigit() and 0 < int(size) < len(wire):
+            raise ClientError(f"message is {limit_size(len(wire))}, the server accepts at most "
+                              f"{limit_size(int(size))}; nothing sent")
         refused = s.sendmail(acct.address, rcpts, wire)
     accepted = [r for r in rcpts if r not in refused]
     for rcpt, (code, text) in refused.items():

@@ -8,6 +8,7 @@ port from a certificate problem.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import imaplib
 import poplib
@@ -25,11 +26,21 @@ TIMEOUT = 30.0
 
 
 def _text(value: object) -> str:
+    """A server reply for people: bytes decoded, and the ``b'...'`` repr some
+    libraries put in their messages (imapclient's LoginError) undone."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, list | tuple):
         return " ".join(_text(v) for v in value)
-    return str(value)
+    text = str(value)
+    if len(text) >= 3 and text[0] == "b" and text[1] in "'\"" and text[-1] == text[1]:
+        try:
+            literal = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+        if isinstance(literal, bytes):
+            return literal.decode("utf-8", "replace")
+    return text
 
 
 def describe_error(service: str, ep: Endpoint, exc: BaseException) -> str:

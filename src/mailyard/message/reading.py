@@ -37,6 +37,7 @@ __all__ = [
     "header_text",
     "html_to_text",
     "human_size",
+    "limit_size",
     "mailboxes",
     "message_date",
     "part_bytes",
@@ -443,6 +444,16 @@ def attachments(msg: Message) -> list[AttachmentInfo]:
         info.size = len(info.data())
         out.append(info)
     return out
+
+
+def limit_size(n: int) -> str:
+    """A size in a limit message, in MB of 1024 * 1024 octets with one
+    decimal dropped when it is 0: ``43.1 MB``, ``25 MB`` (or KB below 1 MB)."""
+    for unit, scale in (("MB", 1024 * 1024), ("KB", 1024)):
+        if n >= scale:
+            text = f"{n / scale:.1f}".removesuffix(".0")
+            return f"{text} {unit}"
+    return f"{n} bytes"
 
 
 def human_size(n: int) -> str:

@@ -120,11 +120,7 @@ class Listener:
                 ssl_handshake_timeout=30 if ctx else None,
             )
         except OSError as exc:
-            raise OSError(
-                exc.errno,
-                f"cannot listen for {self.name} on {self.host}:{self.port}: {exc.strerror}"
-                " (is another server using the port? change [ports] in config.toml)",
-            ) from exc
+            raise listen_error(self.name, self.host, self.port, exc) from exc
         log.info("%s listening on %s:%d", self.name, self.host, self.bound_port)
 
     async def stop_accepting(self) -> None:
@@ -144,3 +140,13 @@ class Listener:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
+
+
+def listen_error(service: str, host: str, port: int, exc: OSError) -> OSError:
+    """The error of a listener that cannot bind, naming the service, the
+    address and the [ports] key (every listener, webmail too, says the same)."""
+    return OSError(
+        exc.errno,
+        f"cannot listen for {service} on {host}:{port}: {exc.strerror or exc}"
+        " (is another server using the port? change [ports] in config.toml)",
+    )
