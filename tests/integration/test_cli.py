@@ -219,3 +219,18 @@ def test_catch_all_and_domain_alias_administration(tmp_path: Path) -> None:
     assert run(data, "domain", "list").stdout.split() == ["example.test"]
     assert run(data, "alias", "remove", "@example.test").returncode == 0
     assert run(data, "alias", "list").stdout == ""
+
+
+def test_mail_help_is_plain_text(tmp_path: Path) -> None:
+    r = run(tmp_path, "mail", "--help")
+    assert r.returncode == 0 and "--account NAME" in r.stdout
+    assert "``" not in r.stdout, r.stdout
+
+
+def test_readme_names_the_command_path_and_every_command_group() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert ".venv/bin/mailyard" in readme and "make install" in readme
+    for command in ("mailyard queue list", "mailyard user apop-secret", "mailyard domain alias add",
+                    "mailyard user remove ADDRESS [--yes]"):
+        assert command in readme, command
+    assert "/work/" not in readme  # no paths outside the repository

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import getpass
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -897,7 +898,8 @@ def add_mail_parser(sub: Any) -> None:
                         help="client configuration directory (default: $MAILYARD_CLIENT_HOME or the user config dir)")
     p = sub.add_parser(
         "mail", parents=[common], help="the mail client: send, list, read, reply, forward, folders, POP3 fetch",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        # the module docstring without its reStructuredText ``literal`` marks
+        description=re.sub(r"``([^`]*)``", r"\1", __doc__.split("\n\n", 1)[1]) if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     msub = p.add_subparsers(dest="mail_command", metavar="COMMAND", required=True, parser_class=_MailParser)
