@@ -141,3 +141,9 @@ def test_old_security_words_load_with_a_deprecation(tmp_path: Path, capsys: pyte
     )
     with pytest.raises(ClientError, match='security must be one of implicit, starttls, none, not "tls1.3"'):
         AccountStore(tmp_path)
+
+
+def test_smtp_auth_word_is_checked(tmp_path: Path) -> None:
+    (tmp_path / "accounts.toml").write_text('[accounts.a]\naddress = "a@x.test"\nsmtp_auth = "always"\n')
+    with pytest.raises(ClientError, match='smtp_auth must be one of auto, yes, no, not "always"'):
+        AccountStore(tmp_path)

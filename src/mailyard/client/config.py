@@ -31,6 +31,8 @@ from ..config import TLS_MODE_ALIASES
 # Connection security, in the server's vocabulary (config.TLS_MODES): TLS from
 # the first byte (RFC 8314 "implicit TLS"), STARTTLS required, or none.
 SECURITY = ("implicit", "starttls", "none")
+# "auto": authenticate when the server offers AUTH; "yes": always; "no": never.
+SMTP_AUTH = ("auto", "yes", "no")
 # Earlier words, still accepted with a deprecation message.
 SECURITY_ALIASES = {k: v for k, v in TLS_MODE_ALIASES.items() if v in SECURITY}
 
@@ -219,6 +221,10 @@ class AccountStore:
                     raise ClientError(f"{self.path}: unknown setting {key!r} in account {name}")
             if "address" not in kwargs:
                 raise ClientError(f"{self.path}: account {name} has no address")
+            auth = kwargs.get("smtp_auth", "auto")
+            if auth not in SMTP_AUTH:
+                raise ClientError(f'{self.path}: account {name}: smtp_auth must be one of '
+                                  f'{", ".join(SMTP_AUTH)}, not "{auth}"')
             self.accounts[name] = Account(**kwargs)
 
     def save(self) -> None:
