@@ -4,12 +4,13 @@ on a real server over the SQLite store."""
 from __future__ import annotations
 
 import smtplib
+import ssl
 
 import pytest
 
 from mailyard.store.api import StoreError
 from mailyard.store.sqlite import SQLiteStore
-from tests.conftest import RunningServer
+from tests.conftest import USERS, RunningServer
 
 
 def message(to: str, subject: str) -> bytes:
@@ -101,3 +102,16 @@ def test_store_rules(server: RunningServer) -> None:
     server.call(store.remove_alias("@example.test"))
     code, _ = rcpt_reply(server, "nobody-here@example.test")
     assert code == 550
+
+
+def test_catch_all_gives_no_right_to_send_as_unknown_addresses(server: RunningServer) -> None:
+    """The catch-all's target may not send as the local parts it catches; a
+    domain alias's addresses are the user's own."""
+    ctx = ssl.create_default_context(cafile=str(server.data_dir / "tls" / "cert.pem"))
+    with smtplib.SMTP(server.host, server.port("submission"), timeout=10) as s:
+        s.starttls(context=ctx)
+        s.login("alice@example.test", USERS["alice@example.test"])
+        code, text = s.mail("ceo@example.test")
+        assert code == 553, (code, text)
+        s.rset()
+        assert s.mail("alice@example.net")[0] == 250

@@ -40,6 +40,9 @@ class Resolution:
     remote: list[str] = field(default_factory=list)
     # Local addresses an alias or list named that do not exist (reported, not delivered).
     dead: list[str] = field(default_factory=list)
+    # Reached through a catch-all: the address itself names nobody, so it
+    # grants no right to send as it (policy/submission.py).
+    via_catch_all: bool = False
 
 
 class DirectoryCache:
@@ -168,6 +171,7 @@ class Router:
                 if target.startswith("@"):  # a domain alias: the same local part there
                     found = await self._expand(local + target, depth + 1, seen, out)
                 else:
+                    out.via_catch_all = True
                     found = await self._expand(target, depth + 1, seen, out, catch_all=False)
                 if not found:
                     if target.startswith("@"):
