@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DATA   ?= mailyard-data
 
-.PHONY: run test lint bench fuzz clean venv
+.PHONY: run test lint bench fuzz clean venv install
+BINDIR ?= $(HOME)/.local/bin
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +19,15 @@ venv: $(STAMP)
 ## Set up, create a demo domain (example.test, users alice and bob) if needed, and serve on 127.0.0.1.
 run: $(STAMP)
 	@if [ ! -f $(DATA)/config.toml ]; then $(VENV)/bin/mailyard --data $(DATA) init --domain example.test --demo; fi
+	@echo "The mailyard command is $(abspath $(VENV))/bin/mailyard (not on PATH; 'make install' links it"
+	@echo "into $(BINDIR)). In another terminal: $(abspath $(VENV))/bin/mailyard --data $(abspath $(DATA)) user list"
 	$(VENV)/bin/mailyard --data $(DATA) serve
+
+## Link the mailyard command into BINDIR (default ~/.local/bin), so `mailyard ...` works from any directory.
+install: $(STAMP)
+	mkdir -p $(BINDIR)
+	ln -sf $(abspath $(VENV))/bin/mailyard $(BINDIR)/mailyard
+	@case ":$$PATH:" in *":$(BINDIR):"*) ;; *) echo "note: $(BINDIR) is not on your PATH; add it to use 'mailyard'";; esac
 
 ## Set up and run the whole test suite.
 test: $(STAMP)

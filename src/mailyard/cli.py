@@ -259,7 +259,18 @@ def cmd_queue(args: argparse.Namespace) -> None:
 
 def cmd_domain(args: argparse.Namespace) -> None:
     async def run(store: Store) -> None:
-        if args.action == "add":
+        if args.action == "alias":
+            if args.alias_action == "add":
+                await store.add_domain_alias(args.alias, args.target)
+                print(f"{args.alias.lower()} -> {args.target.lower()}: mail for any address @{args.alias.lower()} "
+                      f"goes to the same address @{args.target.lower()}")
+            elif args.alias_action == "remove":
+                await store.remove_domain_alias(args.alias)
+                print(f"removed domain alias {args.alias.lower()}")
+            else:
+                for alias, target in (await store.list_domain_aliases()).items():
+                    print(f"{alias} -> {target}")
+        elif args.action == "add":
             await _add_domain(store, args.domain)
             print(f"added domain {args.domain.lower()} (postmaster@{args.domain.lower()} receives its postmaster mail)")
         elif args.action == "remove":
@@ -269,14 +280,68 @@ def cmd_domain(args: argparse.Namespace) -> None:
             await store.remove_domain(args.domain)
             print(f"removed domain {args.domain.lower()}")
         else:
+            aliases = await store.list_domain_aliases()
             for name in await store.list_domains():
-                print(name)
+                print(f"{name} (alias of {aliases[name]})" if name in aliases else name)
 
     run_with_store(args, run)
 
 
+async def _remove_user(store: Store, address: str, yes: bool) -> None:
+    """Delete an account, its mail, and its address from every alias and list
+    (a list would otherwise keep a member whose copy goes nowhere). On a
+    terminal it asks first; without one, only with ``--yes``."""
+    account = await store.get_account(address)
+    if account is None:
+        raise CLIError(f"no account {address}")
+    usage = await store.get_quota(account.id)
+    what = (f"{account.address} and its {usage.messages_used} message(s) "
+            f"({_human_size(usage.storage_used)})")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CLIError(f"this would delete {what}; without a terminal to confirm on, pass --yes")
+        answer = input(f"Delete {what}? This cannot be undone. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise CLIError("nothing removed")
+    await store.remove_account(account.address)
+    aliases, lists = await store.remove_address_everywhere(account.address)
+    print(f"removed user {account.address} and its {usage.messages_used} message(s)")
+    if aliases:
+        print(f"removed {account.address} from the alias(es) {', '.join(aliases)}")
+    if lists:
+        print(f"removed {account.address} from the list(s) {', '.join(lists)}")
+
+
+def _human_size(octets: int) -> str:
+    """Octets for people: 1.5 MB, 320 KB (powers of 1024, as `user quota`)."""
+    for unit in ("T", "G", "M", "K"):
+        if octets >= _SIZE_UNITS[unit]:
+            return f"{octets / _SIZE_UNITS[unit]:.1f} {unit}B"
+    return f"{octets} bytes"
+
+
+async def _check_address_first(store: Store, action: str, address: str) -> None:
+    """Refuse `user add` for a domain not served here (or an existing
+    account) and `user passwd` for no account, before asking for a password."""
+    from .store.names import normalize_address
+
+    try:
+        addr = normalize_address(address)
+    except StoreError as exc:
+        raise CLIError(str(exc)) from exc
+    domain = addr.rpartition("@")[2]
+    if action == "add":
+        if not await store.is_local_domain(domain):
+            raise CLIError(f"{domain} is not a local domain; add it first (mailyard domain add {domain})")
+        if await store.get_account(addr) is not None:
+            raise CLIError(f"account {addr} exists already")
+    elif await store.get_account(addr) is None:
+        raise CLIError(f"no account {addr}")
+
+
 def cmd_user(args: argparse.Namespace) -> None:
     if args.action in ("add", "passwd"):
+        run_with_store(args, lambda store: _check_address_first(store, args.action, args.address))
         password = read_password(args, args.address)
         creds = credentials(password, apop=args.apop)
 
@@ -292,8 +357,7 @@ def cmd_user(args: argparse.Namespace) -> None:
             if creds["apop_secret"]:
                 print(f"APOP secret for {args.address}: {creds['apop_secret']}")
         elif args.action == "remove":
-            await store.remove_account(args.address)
-            print(f"removed user {args.address} and all their mail")
+            await _remove_user(store, args.address, args.yes)
         elif args.action == "apop-secret":
             await _apop_secret(store, args)
         elif args.action in ("allow-from", "disallow-from"):
@@ -408,7 +472,8 @@ def cmd_alias(args: argparse.Namespace) -> None:
             print(f"removed {'targets of ' if args.targets else ''}alias {args.source}")
         else:
             for source, targets in (await store.list_aliases()).items():
-                print(f"{source} -> {', '.join(targets)}")
+                label = "  (catch-all)" if source.startswith("@") else ""
+                print(f"{source} -> {', '.join(targets)}{label}")
 
     run_with_store(args, run)
 
@@ -484,7 +549,18 @@ def build_parser() -> argparse.ArgumentParser:
     for action, text in (("add", "serve a new domain"), ("remove", "stop serving a domain")):
         q = dsub.add_parser(action, parents=[common], help=text)
         q.add_argument("domain")
-    dsub.add_parser("list", parents=[common], help="list the domains")
+    dsub.add_parser("list", parents=[common], help="list the domains (alias domains with their target)")
+    q = dsub.add_parser(
+        "alias", parents=[common],
+        help="domain aliases: every address of ALIAS delivered as the same local part at TARGET",
+    )
+    dasub = q.add_subparsers(dest="alias_action", required=True, metavar="ACTION")
+    r = dasub.add_parser("add", parents=[common], help="serve ALIAS as another name of the local domain TARGET")
+    r.add_argument("alias", help="the alias domain, e.g. example.net")
+    r.add_argument("target", help="a local domain, e.g. example.org")
+    r = dasub.add_parser("remove", parents=[common], help="stop serving an alias domain")
+    r.add_argument("alias")
+    dasub.add_parser("list", parents=[common], help="list the domain aliases")
     p.set_defaults(func=cmd_domain)
 
     p = sub.add_parser("user", parents=[common], help="manage mail accounts")
@@ -505,8 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode = q.add_mutually_exclusive_group()
     mode.add_argument("--show", action="store_true", help="print the current secret")
     mode.add_argument("--disable", action="store_true", help="remove the secret: APOP off")
-    q = usub.add_parser("remove", parents=[common], help="delete an account and all its mail")
+    q = usub.add_parser(
+        "remove", parents=[common],
+        help="delete an account and all its mail, and take it out of aliases and lists (asks first)",
+    )
     q.add_argument("address")
+    q.add_argument("--yes", action="store_true", help="do not ask (for scripts; needed without a terminal)")
     q = usub.add_parser(
         "quota", parents=[common],
         help="show or set an account's storage and message-count limits (IMAP QUOTA, SMTP 452 4.2.2)",
@@ -533,10 +613,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("senders", nargs="*", metavar="FROM")
     p.set_defaults(func=cmd_user)
 
-    p = sub.add_parser("alias", parents=[common], help="manage aliases (address -> one or more addresses)")
+    p = sub.add_parser(
+        "alias", parents=[common],
+        help="manage aliases (address -> one or more addresses; @domain: the domain's catch-all)",
+    )
     asub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    q = asub.add_parser("add", parents=[common], help="create an alias or add targets to it")
-    q.add_argument("source")
+    q = asub.add_parser(
+        "add", parents=[common],
+        help="create an alias or add targets to it; source @domain is a catch-all (mail for local parts "
+        "that are no user, alias or list)",
+    )
+    q.add_argument("source", help="user@domain, or @domain for the catch-all")
     q.add_argument("targets", nargs="+", metavar="target")
     q = asub.add_parser("remove", parents=[common], help="remove an alias, or some of its targets")
     q.add_argument("source")

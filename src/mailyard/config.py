@@ -28,6 +28,7 @@ class ServerConfig:
     bind: str = "127.0.0.1"
     # Seconds open sessions get to finish on SIGTERM before they are cut.
     shutdown_grace: float = 10.0
+    # Python logging level: "debug", "info", "warning", "error" or "critical".
     log_level: str = "info"
     # Worker processes that serve the listeners (mailyard/workers.py);
     # 0: one per available core; 1: a single process, no supervisor.
@@ -176,11 +177,19 @@ class DeliveryConfig:
     # Smarthost: relay everything through this host instead of MX delivery.
     relay_host: str = ""
     relay_port: int = 587
-    relay_tls: str = "starttls"  # "starttls" (required), "implicit" (SMTPS), "opportunistic", "none"
+    # TLS to the smarthost, in the vocabulary the mail client shares
+    # (TLS_MODES): "starttls" (required), "implicit" (TLS from the first byte,
+    # SMTPS on 465, RFC 8314 3.3), "opportunistic" (STARTTLS when offered),
+    # "none" (plain text: the password travels in clear).
+    relay_tls: str = "starttls"
     relay_username: str = ""
     relay_password: str = ""
     # Check the smarthost's certificate and name (it receives the password).
     relay_verify: bool = True
+    # A PEM file of CA certificates (or the smarthost's own self-signed
+    # certificate) to trust for the smarthost instead of the system's CAs;
+    # relative to the data directory. Empty: the system's CAs.
+    relay_ca_file: str = ""
     # STARTTLS to MX hosts: "opportunistic" (RFC 7435), "require" or "never".
     starttls: str = "opportunistic"
     # Concurrency: connections in total and per destination domain.
@@ -273,6 +282,63 @@ class Config:
         return "\n".join(lines)
 
 
+# Connection security words shared by the server (delivery.relay_tls) and the
+# mail client ([imap]/[pop3]/[smtp] security in client/config.py).
+TLS_MODES = ("starttls", "implicit", "opportunistic", "none")
+# Words from other programs' vocabularies, each with the one meant by it; the
+# mail client accepts them with a deprecation message, the server names the
+# right word in its error.
+TLS_MODE_ALIASES = {"ssl": "implicit", "tls": "implicit", "plain": "none"}
+
+# Keys whose value is one word of a fixed set: anything else is an error at load
+# time, so that a misspelling cannot quietly mean "no TLS".
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("server", "log_level"): ("debug", "info", "warning", "error", "critical"),
+    ("delivery", "relay_tls"): TLS_MODES,
+    # RFC 7435 opportunistic STARTTLS to MX hosts, required, or never tried.
+    ("delivery", "starttls"): ("opportunistic", "require", "never"),
+}
+# TCP port numbers (0 disables a listener).
+PORT_KEYS = {("delivery", "smtp_port"), ("delivery", "relay_port")}
+# Sizes and counts that must be at least 1: 0 would refuse everything.
+POSITIVE_KEYS = {
+    ("smtp", "max_message_size"), ("smtp", "max_recipients"), ("smtp", "max_command_line"),
+    ("smtp", "max_text_line"), ("smtp", "max_expansion_recipients"),
+    ("store", "segment_size"), ("store", "group_commit_max"),
+    ("limits", "imap_max_line"), ("limits", "imap_max_literal"),
+    ("limits", "imap_max_command_unauthenticated"), ("limits", "imap_max_command"),
+    ("limits", "imap_max_append_command"), ("limits", "max_connections"),
+    ("limits", "max_connections_per_ip"),
+    ("delivery", "max_connections"), ("delivery", "max_connections_per_domain"),
+    ("delivery", "max_messages_per_connection"), ("delivery", "retry_factor"),
+}
+
+
+def _check_value(section: str, key: str, value: Any, source: str) -> Any:
+    """Range and word checks beyond the type; returns the value (enumerated
+    words folded to lower case)."""
+    name = f"'{section}.{key}'"
+    choices = CHOICES.get((section, key))
+    if choices is not None:
+        word = value.strip().lower()
+        if word not in choices:
+            allowed = ", ".join(f'"{c}"' for c in choices)
+            hint = ""
+            meant = TLS_MODE_ALIASES.get(word) if choices is TLS_MODES else None
+            if meant:
+                hint = f' (for "{value}" write "{meant}")'
+            raise ConfigError(f'{source}: {name} must be one of {allowed}, not "{value}"{hint}')
+        return word
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if section == "ports" or (section, key) in PORT_KEYS:
+        if not 0 <= value <= 65535:
+            raise ConfigError(f"{source}: {name} must be a port number from 0 to 65535, not {value}")
+    if (section, key) in POSITIVE_KEYS and value < 1:
+        raise ConfigError(f"{source}: {name} must be at least 1, not {value}")
+    return value
+
+
 def _coerce(section: str, key: str, current: Any, value: Any, source: str) -> Any:
     expected = type(current)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -283,7 +349,7 @@ def _coerce(section: str, key: str, current: Any, value: Any, source: str) -> An
         )
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise ConfigError(f"{source}: '{section}.{key}' must not be negative")
-    return value
+    return _check_value(section, key, value, source)
 
 
 def _toml_value(value: Any) -> str:

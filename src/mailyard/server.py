@@ -232,7 +232,8 @@ class MailServer:
             router=router,
             login=LoginService(store, self._throttle, self.data_dir / SECRET_FILE),
             spool=spool,
-            queue=OutboundQueue(store, router, cfg.delivery, cfg.server.hostname, client_tls=client_context),
+            queue=OutboundQueue(store, router, cfg.delivery, cfg.server.hostname, client_tls=client_context,
+                                relay_ca_file=self._relay_ca_file()),
             tls=self.tls,
             smtp_engine=engine_config(cfg),
             submission_engine=submission_engine_config(cfg),
@@ -331,6 +332,19 @@ class MailServer:
                 raise ConfigError("[tls] needs both cert and key (or neither)")
             return self.data_dir / cfg.cert, self.data_dir / cfg.key
         return self.data_dir / "tls" / "cert.pem", self.data_dir / "tls" / "key.pem"
+
+    def _relay_ca_file(self) -> str | None:
+        """delivery.relay_ca_file as an absolute path, checked to load now
+        rather than at the first delivery."""
+        name = self.config.delivery.relay_ca_file
+        if not name:
+            return None
+        path = self.data_dir / name
+        try:
+            client_context(True, cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"delivery.relay_ca_file: cannot load {path}: {exc}") from exc
+        return str(path)
 
     def _load_tls(self) -> ReloadableTLS:
         cert, key = self.cert_paths()

@@ -149,7 +149,8 @@ class Supervisor:
         for name in [*services, "http"]:
             port = getattr(cfg.ports, name)
             if port:
-                self.sockets[name] = bind_sockets(cfg.server.bind, port)
+                self.sockets[name] = bind_sockets(
+                    cfg.server.bind, port, service="http (webmail)" if name == "http" else name)
         # Import what every worker runs before forking: the pages are shared.
         from .net import imap, pop3, smtp  # noqa: F401
 

@@ -301,3 +301,33 @@ def test_logout_ends_the_session(browser: Any, mailserver: RunningServer) -> Non
     page.click("#login-submit")
     assert "Wrong address or password" in page.locator("#login-error").inner_text()
     page.context.close()
+
+
+def test_attachment_over_the_limit_is_refused_before_the_upload(browser: Any, make_server: Any) -> None:
+    """app.js checks the chosen files against the form's limit: the browser
+    does not submit, and says the sizes."""
+
+    def small(cfg: Any) -> None:
+        cfg.smtp.max_message_size = 1024 * 1024  # attachments: at most 701.5 KB
+
+    server = make_server(configure=small)
+    page = new_page(browser, server)
+    log_in(page, ALICE)
+    page.click("#compose-link")
+    assert "(at most 701.5 KB in all)" in page.inner_text("#attachment-limit")
+    page.fill("#to", BOB)
+    page.fill("#subject", "too big")
+    page.set_input_files("#attachment", files=[{"name": "big.bin", "mimeType": "application/octet-stream",
+                                                  "buffer": b"\x00" * (800 * 1024)}])
+    message = page.eval_on_selector("#attachment", "el => el.validationMessage")
+    assert "The chosen files are 800 KB in all; at most 701.5 KB fit" in message, message
+    page.click("#send")
+    assert page.eval_on_selector("#attachment", "el => el.validity.valid") is False
+    assert server.messages(BOB) == [] and "/compose" in page.url
+    # a smaller file clears the check and the message goes
+    page.set_input_files("#attachment", files=[{"name": "small.bin", "mimeType": "application/octet-stream",
+                                                  "buffer": b"\x00" * 1024}])
+    page.click("#send")
+    page.wait_for_selector("text=Message sent.")
+    assert len(server.messages(BOB)) == 1
+    page.context.close()

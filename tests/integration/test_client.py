@@ -45,8 +45,8 @@ class MailCLI:
         return proc
 
     def add_account(self, name: str, address: str, password: str, *, imap: int, pop3: int, smtp: int | None,
-                    display_name: str = "", extra: tuple[str, ...] = (), imap_security: str = "plain",
-                    pop3_security: str = "plain", smtp_security: str = "plain") -> None:
+                    display_name: str = "", extra: tuple[str, ...] = (), imap_security: str = "none",
+                    pop3_security: str = "none", smtp_security: str = "none") -> None:
         args = ["account", "add", address, "--name", name, "--host", "127.0.0.1",
                 "--imap-security", imap_security, "--imap-port", str(imap),
                 "--pop3-security", pop3_security, "--pop3-port", str(pop3),
@@ -360,6 +360,8 @@ def test_errors_name_the_server_reply(trio, tmp_path: Path) -> None:
          "--password-stdin", input="wrong-password\n")
     res = mail("ls", account="badpw", check=False)
     assert res.returncode == 1 and "IMAP 127.0.0.1" in res.err and "server replied" in res.err, res.err
+    # the server's words for people, not a Python bytes repr
+    assert "server replied [AUTHENTICATIONFAILED]" in res.err and "b'" not in res.err, res.err
     res = mail("send", "--to", "nobody@example.test", "--body", "x", account="alice", check=False)
     assert res.returncode == 1 and "550" in res.err, res.err
     res = mail("read", "4242", account="alice", check=False)
@@ -422,14 +424,17 @@ def test_account_add_asks_on_a_terminal(tmp_path: Path) -> None:
     if pid == 0:  # child: the CLI on the pty
         os.execve(sys.executable, [sys.executable, "-m", "mailyard", "mail", "account", "add"], env)
     seen = b""
+    transcript = b""
 
     def expect(text: bytes, answer: str) -> None:
-        nonlocal seen
+        nonlocal seen, transcript
         deadline = time.monotonic() + 30
         while text not in seen:
             assert time.monotonic() < deadline, seen.decode(errors="replace")
             if select.select([fd], [], [], 0.5)[0]:
-                seen += os.read(fd, 4096)
+                chunk = os.read(fd, 4096)
+                seen += chunk
+                transcript += chunk
         seen = seen[seen.index(text) + len(text):]
         os.write(fd, answer.encode() + b"\n")
 
@@ -437,20 +442,21 @@ def test_account_add_asks_on_a_terminal(tmp_path: Path) -> None:
         expect(b"Email address:", "dora@example.org")
         expect(b"Your name", "Dora")
         expect(b"IMAP server ('-' for none) [imap.example.org]:", "")
-        expect(b"IMAP security (ssl/starttls/plain) [ssl]:", "")
+        expect(b"IMAP security (implicit/starttls/none) [implicit]:", "")
         expect(b"IMAP port [993]:", "")
         expect(b"POP3 server ('-' for none) [pop.example.org]:", "-")
         expect(b"[smtp.example.org]:", "127.0.0.1")
-        expect(b"[starttls]:", "ssl")
+        expect(b"[starttls]:", "ssl")  # the old word for implicit
         expect(b"port [465]:", "")
+        assert b'security "ssl" is deprecated, write "implicit"' in transcript
         expect(b"Password for dora@example.org:", "dora-secret")
     finally:
         _, status = os.waitpid(pid, 0)
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0
     text = (home / "accounts.toml").read_text()
-    assert 'host = "imap.example.org"\nport = 993\nsecurity = "ssl"' in text
-    assert 'host = "127.0.0.1"\nport = 465\nsecurity = "ssl"' in text
+    assert 'host = "imap.example.org"\nport = 993\nsecurity = "implicit"' in text
+    assert 'host = "127.0.0.1"\nport = 465\nsecurity = "implicit"' in text
     assert (home / "passwords" / "dora@example.org").read_text() == "dora-secret"
     assert "dora-secret" not in text
 

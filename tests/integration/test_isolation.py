@@ -217,7 +217,7 @@ def test_removed_account_sessions_end_everywhere_and_never_read_the_next_account
     sub.starttls(context=ssl.create_default_context(cafile=str(mailserver.data_dir / "tls" / "cert.pem")))
     sub.login(BOB, USERS[BOB])
 
-    cli(mailserver, "user", "remove", BOB)
+    cli(mailserver, "user", "remove", BOB, "--yes")
     cli(mailserver, "user", "add", "eve@example.test", "--password-stdin", stdin="eve-password-55\n")
     send(mailserver, "eve@example.test", "eve's mail")
     assert len(mailbox_state(mailserver, "eve@example.test", "INBOX")) == 1

@@ -124,3 +124,38 @@ def test_addresses_read_as_text_on_message_and_reply_pages(mailserver: RunningSe
     r = client.get(f"/box/{inbox}/msg/{uid}")
     assert r.status_code == 200 and "Jörg" in r.text
     assert field(client.get(f"/compose?reply={inbox}:{uid}").text, "to") == "Jörg <carol@example.test>"
+
+
+# An 8-bit body without a charset parameter, as swaks sends it: UTF-8 octets
+# read as UTF-8, other octets as Windows-1252 (what Thunderbird and Gmail do).
+UNDECLARED = [
+    (b"Sch\xc3\xb6ne Gr\xc3\xbc\xc3\x9fe \xe2\x82\xac", "Schöne Grüße €"),
+    (b"Sch\xf6ne Gr\xfc\xdfe \x80", "Schöne Grüße €"),
+]
+
+
+@pytest.mark.parametrize(("octets", "text"), UNDECLARED)
+def test_8bit_body_without_charset_reads_as_text(mailserver: RunningServer, octets: bytes, text: str) -> None:
+    raw = (b"From: Carol <carol@example.test>\r\nTo: alice@example.test\r\nSubject: gruss\r\n"
+           b"Date: Tue, 01 Oct 2024 10:00:00 +0200\r\nMessage-ID: <g@example.test>\r\n\r\n" + octets + b"\r\n")
+    uid = append(mailserver, ALICE, raw)
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    client = login(mailserver)
+    page = html.unescape(client.get(f"/box/{inbox}/msg/{uid}/body").text)
+    assert text in page and "\ufffd" not in page
+    reply = body(client.get(f"/compose?reply={inbox}:{uid}").text)
+    assert f"> {text}" in reply
+
+
+def test_message_without_date_shows_and_quotes_the_arrival_time(mailserver: RunningServer) -> None:
+    raw = (b"From: Carol <carol@example.test>\r\nTo: alice@example.test\r\nSubject: undated\r\n"
+           b"Message-ID: <nodate@example.test>\r\n\r\nno date here\r\n")
+    uid = append(mailserver, ALICE, raw)
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    client = login(mailserver)
+    page = html.unescape(client.get(f"/box/{inbox}/msg/{uid}").text)
+    year = str(__import__("datetime").date.today().year)
+    date_row = re.search(r"Date</(?:th|dt)>\s*<(?:td|dd)[^>]*>([^<]*)<", page)
+    assert date_row is not None and year in date_row.group(1), page[:3000]
+    reply = body(client.get(f"/compose?reply={inbox}:{uid}").text)
+    assert "On , " not in reply and re.search(rf"On \w{{3}}, \d\d \w{{3}} {year} \d\d:\d\d, Carol wrote:", reply), reply

@@ -36,15 +36,15 @@ def test_parse_ids() -> None:
 
 def test_guess_endpoints() -> None:
     eps = guess_endpoints("Ann@Example.ORG")
-    assert eps["imap"] == Endpoint("imap.example.org", 993, "ssl")
-    assert eps["pop3"] == Endpoint("pop.example.org", 995, "ssl")
+    assert eps["imap"] == Endpoint("imap.example.org", 993, "implicit")
+    assert eps["pop3"] == Endpoint("pop.example.org", 995, "implicit")
     assert eps["smtp"] == Endpoint("smtp.example.org", 587, "starttls")
 
 
 def test_account_store_roundtrip_and_passwords(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = AccountStore(tmp_path)
     acct = Account(name="work", address="ann@x.test", display_name='Ann "the" Ü',
-                   imap=Endpoint("imap.x.test", 993, "ssl"), aliases=["a@x.test"], tls_verify=False)
+                   imap=Endpoint("imap.x.test", 993, "implicit"), aliases=["a@x.test"], tls_verify=False)
     acct.password_file = str(store.write_password("work", "s3cret"))
     store.accounts["work"] = acct
     store.default = "work"
@@ -122,3 +122,28 @@ def test_save_attachment_never_follows_or_overwrites(tmp_path: Path) -> None:
     assert save_attachment("/etc/passwd", out, b"p") == out / "passwd"
     assert save_attachment("/etc/passwd", out, b"q") == out / "passwd-1"
     assert (out / "passwd").read_bytes() == b"p"
+
+
+def test_old_security_words_load_with_a_deprecation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """accounts.toml written with ssl/plain still loads, as implicit/none, and
+    says which word to write; an unknown word is an error listing the words."""
+    (tmp_path / "accounts.toml").write_text(
+        '[accounts.a]\naddress = "a@x.test"\n[accounts.a.imap]\nhost = "h"\nport = 993\nsecurity = "ssl"\n'
+        '[accounts.a.smtp]\nhost = "h"\nport = 25\nsecurity = "plain"\n'
+    )
+    acct = AccountStore(tmp_path).accounts["a"]
+    assert (acct.imap.security, acct.smtp.security) == ("implicit", "none")
+    err = capsys.readouterr().err
+    assert 'security "ssl" is deprecated, write "implicit"' in err
+    assert 'security "plain" is deprecated, write "none"' in err
+    (tmp_path / "accounts.toml").write_text(
+        '[accounts.a]\naddress = "a@x.test"\n[accounts.a.imap]\nhost = "h"\nport = 993\nsecurity = "tls1.3"\n'
+    )
+    with pytest.raises(ClientError, match='security must be one of implicit, starttls, none, not "tls1.3"'):
+        AccountStore(tmp_path)
+
+
+def test_smtp_auth_word_is_checked(tmp_path: Path) -> None:
+    (tmp_path / "accounts.toml").write_text('[accounts.a]\naddress = "a@x.test"\nsmtp_auth = "always"\n')
+    with pytest.raises(ClientError, match='smtp_auth must be one of auto, yes, no, not "always"'):
+        AccountStore(tmp_path)

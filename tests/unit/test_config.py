@@ -50,3 +50,64 @@ def test_readme_documents_every_key() -> None:
             if f"`{section.name}.{key.name}`" not in text and f"{section.name}.{key.name}`" not in text:
                 missing.append(f"{section.name}.{key.name}")
     assert not missing, f"README.md does not document: {missing}"
+
+
+# Every enumerated key: one accepted word, one refused word; the error names the
+# key and lists every allowed word.
+ENUMERATED = [
+    ("server", "log_level", "warning", "verbose", ["debug", "info", "warning", "error", "critical"]),
+    ("delivery", "relay_tls", "implicit", "ssl", ["starttls", "implicit", "opportunistic", "none"]),
+    ("delivery", "relay_tls", "none", "tls", ["starttls", "implicit", "opportunistic", "none"]),
+    ("delivery", "starttls", "require", "always", ["opportunistic", "require", "never"]),
+]
+
+
+@pytest.mark.parametrize(("section", "key", "good", "bad", "allowed"), ENUMERATED)
+def test_enumerated_values_are_checked(tmp_path: Path, section: str, key: str, good: str, bad: str,
+                                       allowed: list[str]) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[{section}]\n{key} = "{good}"\n')
+    assert getattr(getattr(Config.load(path), section), key) == good
+    path.write_text(f'[{section}]\n{key} = "{good.upper()}"\n')  # words are case-insensitive
+    assert getattr(getattr(Config.load(path), section), key) == good
+    path.write_text(f'[{section}]\n{key} = "{bad}"\n')
+    with pytest.raises(ConfigError) as info:
+        Config.load(path)
+    message = str(info.value)
+    assert f"'{section}.{key}' must be one of" in message and f'not "{bad}"' in message
+    for word in allowed:
+        assert f'"{word}"' in message
+
+
+def test_every_enumerated_key_is_in_the_table() -> None:
+    from mailyard.config import CHOICES
+
+    assert {(s, k) for s, k, *_ in ENUMERATED} == set(CHOICES)
+
+
+def test_relay_tls_ssl_names_the_right_word(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[delivery]\nrelay_tls = "ssl"\n')
+    with pytest.raises(ConfigError, match='for "ssl" write "implicit"'):
+        Config.load(path)
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("[ports]\nsmtp = 70000\n", "'ports.smtp' must be a port number from 0 to 65535, not 70000"),
+    ("[ports]\nimap = 65536\n", "'ports.imap' must be a port number"),
+    ("[delivery]\nrelay_port = 100000\n", "'delivery.relay_port' must be a port number"),
+    ("[delivery]\nsmtp_port = 99999\n", "'delivery.smtp_port' must be a port number"),
+    ("[smtp]\nmax_message_size = 0\n", "'smtp.max_message_size' must be at least 1, not 0"),
+    ("[store]\nsegment_size = 0\n", "'store.segment_size' must be at least 1"),
+    ("[limits]\nimap_max_line = 0\n", "'limits.imap_max_line' must be at least 1"),
+    ("[delivery]\nretry_initial = -5\n", "'delivery.retry_initial' must not be negative"),
+    ("[delivery]\nretry_factor = 0.5\n", "'delivery.retry_factor' must be at least 1"),
+])
+def test_numbers_are_range_checked(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        Config.load(path)
+    assert words in str(info.value)
+    path.write_text("[ports]\nsmtp = 0\nhttp = 65535\n")  # the ends of the range are fine
+    assert Config.load(path).ports.http == 65535

@@ -140,3 +140,27 @@ def test_backoff_schedule() -> None:
     assert delays[0] == 300 and delays[1] == 600 and delays[2] == 1200
     assert max(delays) == cfg.retry_max_interval
     assert cfg.max_lifetime == 5 * 86400 and cfg.delay_warning == 4 * 3600
+
+
+def test_dsn_text_wraps_at_word_boundaries() -> None:
+    """The human-readable part breaks lines between words only, at most 72
+    characters, also around a long remote reply and the retry date."""
+    diagnostic = ("550 5.7.1 Service unavailable; client host [192.0.2.1] blocked using "
+                  "zen.spamhaus.example; see https://www.spamhaus.example/query/ip/192.0.2.1 for details")
+    rcpts = [QueueRecipient(1, "someone.with.a.long.name@b.test", "b.test", None, None)]
+    for action, status, until in (("failed", "5.7.1", None), ("delayed", "4.4.1", 1_700_500_000.0)):
+        raw = build_dsn(reporting_mta="mx.a.test", entry=_entry(), original=BODY,
+                        reported=[ReportedRecipient(rcpts[0], action, status, diagnostic)],
+                        postmaster_domain="a.test", retry_until=until)
+        human = next(email.message_from_bytes(raw, policy=email.policy.default).iter_parts()).get_content()
+        lines = human.replace("\r\n", "\n").split("\n")
+        assert all(len(line) <= 72 or " " not in line.strip() for line in lines), lines
+        words = " ".join(human.split())
+        if action == "failed":
+            assert ("Your message could not be delivered to one or more recipients. This is a permanent "
+                    "error; the following address(es) failed:") in words
+        else:
+            assert "It will be retried until " in words and "; you do not need to send it again." in words
+        assert f"<someone.with.a.long.name@b.test>: {diagnostic}" in words
+        # the URL is one word, never cut
+        assert any("https://www.spamhaus.example/query/ip/192.0.2.1" in line.split() for line in lines)

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import getpass
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -25,12 +26,14 @@ from typing import Any
 from .config import (
     DEFAULT_PORTS,
     SECURITY,
+    SECURITY_ALIASES,
     Account,
     AccountStore,
     ClientError,
     Endpoint,
     config_dir,
     guess_endpoints,
+    normalize_security,
 )
 
 FLAG_HELP = (
@@ -137,6 +140,7 @@ def _account_add(args: argparse.Namespace, store: AccountStore) -> None:
         if host:
             ep.host = host
         if security:
+            security = normalize_security(security, f"--{proto}-security")
             ep.security = security
             ep.port = DEFAULT_PORTS[(proto, security)]
         if port:
@@ -148,9 +152,8 @@ def _account_add(args: argparse.Namespace, store: AccountStore) -> None:
                 ep.host = ""
             if ep.host:
                 if not security:
-                    ep.security = _ask(f"{label} security ({'/'.join(SECURITY)})", ep.security)
-                    if ep.security not in SECURITY:
-                        raise ClientError(f"security must be one of {', '.join(SECURITY)}")
+                    ep.security = normalize_security(
+                        _ask(f"{label} security ({'/'.join(SECURITY)})", ep.security))
                 if not port:
                     answer = _ask(f"{label} port", str(DEFAULT_PORTS[(proto, ep.security)]))
                     if not answer.isdigit():
@@ -158,7 +161,7 @@ def _account_add(args: argparse.Namespace, store: AccountStore) -> None:
                     ep.port = int(answer)
         setattr(acct, proto, ep)
     if args.no_pop3:
-        acct.pop3 = Endpoint(security="ssl")
+        acct.pop3 = Endpoint(security="implicit")
     acct.username = args.username or ""
     acct.smtp_auth = args.smtp_auth
     acct.tls_verify = not args.no_tls_verify
@@ -230,7 +233,7 @@ def _test_pop3(acct: Account, transport: Any) -> str:
 def _test_smtp(acct: Account, transport: Any) -> str:
     with transport.smtp(acct) as s:
         auth = f"logged in as {acct.login}" if getattr(s, "authenticated", False) else "not authenticated"
-        tls = "TLS" if acct.smtp.security != "plain" else "no TLS"
+        tls = "TLS" if acct.smtp.security != "none" else "no TLS"
         return f"EHLO accepted ({tls}, {auth})"
 
 
@@ -303,6 +306,7 @@ def _deliver(acct: Account, msg: Any, save: bool = True) -> None:
     kept, RFC 5322 3.6.3) in the Sent folder."""
     from ..message.address import iter_mailboxes, parse_address_list
     from ..message.compose import to_bytes
+    from ..message.reading import limit_size
     from . import transport
 
     rcpts: list[str] = []
@@ -316,6 +320,12 @@ def _deliver(acct: Account, msg: Any, save: bool = True) -> None:
     wire = to_bytes(msg, strip_bcc=True)
     _err(f"sending {len(wire)} bytes to {len(rcpts)} recipient(s) via {acct.smtp.describe()} ...")
     with transport.smtp(acct) as s:
+        # RFC 1870: the server's EHLO SIZE is its limit; say it in numbers
+        # rather than send the whole message to get 552 5.3.4.
+        size = (s.esmtp_features.get("size") or "").strip()
+        if size.isdigit() and 0 < int(size) < len(wire):
+            raise ClientError(f"message is {limit_size(len(wire))}, the server accepts at most "
+                              f"{limit_size(int(size))}; nothing sent")
         refused = s.sendmail(acct.address, rcpts, wire)
     accepted = [r for r in rcpts if r not in refused]
     for rcpt, (code, text) in refused.items():
@@ -378,15 +388,19 @@ def _reply_text(exc: BaseException) -> str:
     return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
 
 
-def _fetch_raw(c: Any, uid: int) -> tuple[bytes, tuple]:
-    data = c.fetch([uid], [b"BODY.PEEK[]", b"FLAGS"])
+def _fetch_raw(c: Any, uid: int) -> tuple[bytes, tuple, float | None]:
+    """(the message, its flags, its arrival time (INTERNALDATE) as a timestamp)."""
+    data = c.fetch([uid], [b"BODY.PEEK[]", b"FLAGS", b"INTERNALDATE"])
     if uid not in data:
         raise ClientError(f"no message with UID {uid} in this folder (see 'mailyard mail ls')")
     item = data[uid]
     raw = item.get(b"BODY[]")
     if raw is None:
         raise ClientError(f"the server sent no body for UID {uid}")
-    return raw, item.get(b"FLAGS", ())
+    arrived = item.get(b"INTERNALDATE")
+    # imapclient gives local time without a zone; astimezone() reads it as such.
+    stamp = arrived.astimezone().timestamp() if arrived is not None else None
+    return raw, item.get(b"FLAGS", ()), stamp
 
 
 _FLAG_LETTERS = [(b"\\Answered", "A"), (b"\\Flagged", "F"), (b"\\Deleted", "D"), (b"\\Draft", "d"),
@@ -512,7 +526,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 def cmd_read(args: argparse.Namespace) -> None:
     from ..message.parse import parse_message
-    from ..message.reading import attachments, body_text, header_text, human_size
+    from ..message.reading import attachments, body_text, header_text, human_size, message_date
     from . import transport
     from .render import HEADERS_OF_INTEREST, display_addresses, save_attachment
 
@@ -521,7 +535,7 @@ def cmd_read(args: argparse.Namespace) -> None:
     with transport.imap(acct) as c:
         _open_folder(c, args.folder, readonly=args.peek)
         for n, uid in enumerate(uids):
-            raw, flags = _fetch_raw(c, uid)
+            raw, flags, arrived = _fetch_raw(c, uid)
             if args.raw:
                 sys.stdout.flush()
                 sys.stdout.buffer.write(raw)
@@ -534,6 +548,8 @@ def cmd_read(args: argparse.Namespace) -> None:
                 for name in HEADERS_OF_INTEREST:
                     if name in ("From", "Reply-To", "To", "Cc", "Bcc"):
                         value = display_addresses(msg, name)
+                    elif name == "Date":
+                        value = message_date(msg, arrived)
                     else:
                         value = header_text(msg, name)
                     if value:
@@ -571,14 +587,15 @@ def cmd_read(args: argparse.Namespace) -> None:
                 c.add_flags([uid], [b"\\Seen"])
 
 
-def _fetch_message(acct: Account, folder: str, uid: int) -> tuple[bytes, Any]:
+def _fetch_message(acct: Account, folder: str, uid: int) -> tuple[bytes, Any, float | None]:
+    """(the message, parsed, its arrival time)."""
     from ..message.parse import parse_message
     from . import transport
 
     with transport.imap(acct) as c:
         _open_folder(c, folder, readonly=True)
-        raw, _flags = _fetch_raw(c, uid)
-    return raw, parse_message(raw)
+        raw, _flags, arrived = _fetch_raw(c, uid)
+    return raw, parse_message(raw), arrived
 
 
 def _mark(acct: Account, folder: str, uid: int, flag: bytes) -> None:
@@ -598,8 +615,8 @@ def cmd_reply(args: argparse.Namespace) -> None:
 
     _s, acct = _account(args)
     uid = parse_ids(args.id)[0]
-    _raw, orig = _fetch_message(acct, args.folder, uid)
-    reply = build_reply(orig, acct.own_addresses(), args.all)
+    _raw, orig, arrived = _fetch_message(acct, args.folder, uid)
+    reply = build_reply(orig, acct.own_addresses(), args.all, arrived)
     cc_extra = _recipients(args.cc)
     if not reply.to and not reply.cc:
         raise ClientError("the original has no address to reply to")
@@ -627,14 +644,14 @@ def cmd_forward(args: argparse.Namespace) -> None:
 
     _s, acct = _account(args)
     uid = parse_ids(args.id)[0]
-    raw, orig = _fetch_message(acct, args.folder, uid)
+    raw, orig, arrived = _fetch_message(acct, args.folder, uid)
     to, cc, bcc = _recipients(args.to), _recipients(args.cc), _recipients(args.bcc)
     if not (to or cc or bcc):
         raise ClientError("forward to whom? give --to ADDRESS")
     note = _body(args) if (args.body is not None or args.body_file or not sys.stdin.isatty()) else ""
     atts: list = _file_attachments(args.attach)
     if args.inline:
-        body, copies = inline_forward(orig, note)
+        body, copies = inline_forward(orig, note, arrived)
         atts.extend(copies)
     else:
         body = note
@@ -881,7 +898,8 @@ def add_mail_parser(sub: Any) -> None:
                         help="client configuration directory (default: $MAILYARD_CLIENT_HOME or the user config dir)")
     p = sub.add_parser(
         "mail", parents=[common], help="the mail client: send, list, read, reply, forward, folders, POP3 fetch",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        # the module docstring without its reStructuredText ``literal`` marks
+        description=re.sub(r"``([^`]*)``", r"\1", __doc__.split("\n\n", 1)[1]) if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     msub = p.add_subparsers(dest="mail_command", metavar="COMMAND", required=True, parser_class=_MailParser)
@@ -919,7 +937,9 @@ def add_mail_parser(sub: Any) -> None:
     for proto, label in (("imap", "IMAP"), ("pop3", "POP3"), ("smtp", "submission (SMTP)")):
         a.add_argument(f"--{proto}-host", help=f"{label} server")
         a.add_argument(f"--{proto}-port", type=int, help=f"{label} port")
-        a.add_argument(f"--{proto}-security", choices=SECURITY, help=f"{label}: ssl (implicit TLS), starttls or plain")
+        a.add_argument(f"--{proto}-security", choices=SECURITY + tuple(SECURITY_ALIASES), metavar="MODE",
+                       help=f"{label}: implicit (TLS from the first byte), starttls or none "
+                       "(ssl and plain: deprecated words for implicit and none)")
     a.add_argument("--no-pop3", action="store_true", help="no POP3 server for this account")
     a.add_argument("--smtp-auth", choices=("auto", "yes", "no"), default="auto",
                    help="authenticate for submission: auto (when offered), yes, no")

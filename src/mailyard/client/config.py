@@ -21,11 +21,36 @@ import dataclasses
 import os
 import stat
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SECURITY = ("ssl", "starttls", "plain")
+from ..config import TLS_MODE_ALIASES
+
+# Connection security, in the server's vocabulary (config.TLS_MODES): TLS from
+# the first byte (RFC 8314 "implicit TLS"), STARTTLS required, or none.
+SECURITY = ("implicit", "starttls", "none")
+# "auto": authenticate when the server offers AUTH; "yes": always; "no": never.
+SMTP_AUTH = ("auto", "yes", "no")
+# Earlier words, still accepted with a deprecation message.
+SECURITY_ALIASES = {k: v for k, v in TLS_MODE_ALIASES.items() if v in SECURITY}
+
+
+def normalize_security(word: str, where: str = "") -> str:
+    """The SECURITY word for ``word``; an old word prints a deprecation
+    message on stderr naming ``where`` (e.g. the file and account)."""
+    word = word.strip().lower()
+    if word in SECURITY:
+        return word
+    if word in SECURITY_ALIASES:
+        new = SECURITY_ALIASES[word]
+        prefix = f"{where}: " if where else ""
+        print(f'mailyard: warning: {prefix}security "{word}" is deprecated, write "{new}" '
+              "(the old word still works)", file=sys.stderr)
+        return new
+    prefix = f"{where}: " if where else ""
+    raise ClientError(f'{prefix}security must be one of {", ".join(SECURITY)}, not "{word}"')
 
 
 class ClientError(Exception):
@@ -36,7 +61,11 @@ class ClientError(Exception):
 class Endpoint:
     host: str = ""
     port: int = 0
-    security: str = "ssl"  # ssl (implicit TLS), starttls, plain
+    security: str = "implicit"  # implicit (TLS from the first byte), starttls, none
+
+    def __post_init__(self) -> None:
+        # Code may still name the old words; files and options warn (normalize_security).
+        self.security = SECURITY_ALIASES.get(self.security, self.security)
 
     def describe(self) -> str:
         return f"{self.host}:{self.port} ({self.security})"
@@ -48,8 +77,8 @@ class Account:
     address: str
     display_name: str = ""
     username: str = ""  # login name; the address when empty
-    imap: Endpoint = field(default_factory=lambda: Endpoint(security="ssl"))
-    pop3: Endpoint = field(default_factory=lambda: Endpoint(security="ssl"))
+    imap: Endpoint = field(default_factory=lambda: Endpoint(security="implicit"))
+    pop3: Endpoint = field(default_factory=lambda: Endpoint(security="implicit"))
     smtp: Endpoint = field(default_factory=lambda: Endpoint(security="starttls"))
     # "auto": authenticate when the server offers AUTH; "yes": always; "no": never.
     smtp_auth: str = "auto"
@@ -120,16 +149,16 @@ def guess_endpoints(address: str) -> dict[str, Endpoint]:
     submission on 587 with STARTTLS)."""
     domain = address.rpartition("@")[2].lower() or "localhost"
     return {
-        "imap": Endpoint(f"imap.{domain}", 993, "ssl"),
-        "pop3": Endpoint(f"pop.{domain}", 995, "ssl"),
+        "imap": Endpoint(f"imap.{domain}", 993, "implicit"),
+        "pop3": Endpoint(f"pop.{domain}", 995, "implicit"),
         "smtp": Endpoint(f"smtp.{domain}", 587, "starttls"),
     }
 
 
 DEFAULT_PORTS = {
-    ("imap", "ssl"): 993, ("imap", "starttls"): 143, ("imap", "plain"): 143,
-    ("pop3", "ssl"): 995, ("pop3", "starttls"): 110, ("pop3", "plain"): 110,
-    ("smtp", "ssl"): 465, ("smtp", "starttls"): 587, ("smtp", "plain"): 587,
+    ("imap", "implicit"): 993, ("imap", "starttls"): 143, ("imap", "none"): 143,
+    ("pop3", "implicit"): 995, ("pop3", "starttls"): 110, ("pop3", "none"): 110,
+    ("smtp", "implicit"): 465, ("smtp", "starttls"): 587, ("smtp", "none"): 587,
 }
 
 
@@ -183,14 +212,19 @@ class AccountStore:
             kwargs: dict = {"name": name}
             for key, value in table.items():
                 if key in ("imap", "pop3", "smtp"):
-                    kwargs[key] = Endpoint(str(value.get("host", "")), int(value.get("port", 0)),
-                                           str(value.get("security", "ssl")))
+                    security = normalize_security(str(value.get("security", "implicit")),
+                                                  f"{self.path}: account {name} [{key}]")
+                    kwargs[key] = Endpoint(str(value.get("host", "")), int(value.get("port", 0)), security)
                 elif key in known and key != "name":
                     kwargs[key] = value
                 else:
                     raise ClientError(f"{self.path}: unknown setting {key!r} in account {name}")
             if "address" not in kwargs:
                 raise ClientError(f"{self.path}: account {name} has no address")
+            auth = kwargs.get("smtp_auth", "auto")
+            if auth not in SMTP_AUTH:
+                raise ClientError(f'{self.path}: account {name}: smtp_auth must be one of '
+                                  f'{", ".join(SMTP_AUTH)}, not "{auth}"')
             self.accounts[name] = Account(**kwargs)
 
     def save(self) -> None:

@@ -8,6 +8,7 @@ port from a certificate problem.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import imaplib
 import poplib
@@ -25,11 +26,21 @@ TIMEOUT = 30.0
 
 
 def _text(value: object) -> str:
+    """A server reply for people: bytes decoded, and the ``b'...'`` repr some
+    libraries put in their messages (imapclient's LoginError) undone."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, list | tuple):
         return " ".join(_text(v) for v in value)
-    return str(value)
+    text = str(value)
+    if len(text) >= 3 and text[0] == "b" and text[1] in "'\"" and text[-1] == text[1]:
+        try:
+            literal = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+        if isinstance(literal, bytes):
+            return literal.decode("utf-8", "replace")
+    return text
 
 
 def describe_error(service: str, ep: Endpoint, exc: BaseException) -> str:
@@ -92,8 +103,8 @@ def imap(account: Account) -> Iterator[IMAPClient]:
     _check("IMAP", ep)
     with _errors("IMAP", ep):
         client = IMAPClient(
-            ep.host, port=ep.port, ssl=ep.security == "ssl",
-            ssl_context=account.ssl_context() if ep.security != "plain" else None,
+            ep.host, port=ep.port, ssl=ep.security == "implicit",
+            ssl_context=account.ssl_context() if ep.security != "none" else None,
             timeout=TIMEOUT,
         )
     try:
@@ -135,7 +146,7 @@ def pop3(account: Account) -> Iterator[poplib.POP3]:
     ep = account.pop3
     _check("POP3", ep)
     with _errors("POP3", ep):
-        if ep.security == "ssl":
+        if ep.security == "implicit":
             conn: poplib.POP3 = poplib.POP3_SSL(ep.host, ep.port, timeout=TIMEOUT, context=account.ssl_context())
         else:
             conn = poplib.POP3(ep.host, ep.port, timeout=TIMEOUT)
@@ -161,7 +172,7 @@ def smtp(account: Account) -> Iterator[smtplib.SMTP]:
     ep = account.smtp
     _check("submission", ep)
     with _errors("submission", ep):
-        if ep.security == "ssl":
+        if ep.security == "implicit":
             conn: smtplib.SMTP = smtplib.SMTP_SSL(ep.host, ep.port, timeout=TIMEOUT, context=account.ssl_context())
         else:
             conn = smtplib.SMTP(ep.host, ep.port, timeout=TIMEOUT)

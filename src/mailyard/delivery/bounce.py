@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import MIMEPart
@@ -63,13 +64,26 @@ _SUBJECTS = {
 }
 
 _EXPLAIN = {
-    "failed": "could not be delivered to one or more recipients. This is a permanent error;\n"
+    "failed": "could not be delivered to one or more recipients. This is a permanent error; "
               "the following address(es) failed:",
-    "delayed": "has not yet been delivered to one or more recipients. It will be retried\n"
+    "delayed": "has not yet been delivered to one or more recipients. It will be retried "
                "until {until}; you do not need to send it again. Address(es):",
     "delivered": "was delivered to the following address(es):",
     "relayed": "was handed on to a server that does not send delivery reports, for:",
 }
+
+
+# The human-readable part is wrapped at word boundaries to this width (RFC
+# 5322 2.1.1 recommends lines of at most 78 characters; mail readers quote
+# with "> ", so a little room is left).
+TEXT_WIDTH = 72
+
+
+def _wrap(text: str, indent: str = "", subsequent: str = "") -> list[str]:
+    """One paragraph as lines broken between words only: a word longer than
+    the width (an address, a URL) stays whole on a line of its own."""
+    return textwrap.wrap(text, TEXT_WIDTH, initial_indent=indent, subsequent_indent=subsequent,
+                         break_long_words=False, break_on_hyphens=False) or [indent.rstrip()]
 
 
 def build_dsn(
@@ -85,18 +99,18 @@ def build_dsn(
     action = reported[0].action
     until = format_date(retry_until) if retry_until else "later"
     lines = [
-        f"This is the mail system at host {reporting_mta}.",
+        *_wrap(f"This is the mail system at host {reporting_mta}."),
         "",
-        f"Your message {_EXPLAIN[action].format(until=until)}",
+        *_wrap(f"Your message {_EXPLAIN[action].format(until=until)}"),
         "",
     ]
     for r in reported:
-        line = f"  <{r.recipient.address}>"
+        line = f"<{r.recipient.address}>"
         if r.diagnostic:
-            line += f": {r.diagnostic}"
-        lines.append(line)
-    lines += ["", "The delivery report and the " + (
-        "original message" if entry.ret == "FULL" else "header of the original message") + " are attached."]
+            line += f": {' '.join(r.diagnostic.split())}"
+        lines += _wrap(line, "  ", "      ")
+    lines += ["", *_wrap("The delivery report and the " + (
+        "original message" if entry.ret == "FULL" else "header of the original message") + " are attached.")]
 
     # RFC 3464 2.2: per-message fields
     message_fields: list[tuple[str, str]] = [("Reporting-MTA", f"dns; {reporting_mta}")]

@@ -81,8 +81,13 @@ RELAY_KEY = "[smarthost]"
 # Makes the TLS client context of one outbound connection: ``verify`` True
 # checks the peer's chain and host name (a smarthost with relay_verify),
 # False encrypts without authenticating (RFC 7435 opportunistic security).
+# ``cafile`` (a smarthost's relay_ca_file) replaces the system's CAs.
 # The server passes net/tls.py's ``client_context``.
-ClientTLS = Callable[[bool], ssl.SSLContext]
+ClientTLS = Callable[..., ssl.SSLContext]
+
+# delivery.relay_tls (config.TLS_MODES) -> the SMTP client engine's STARTTLS
+# policy; "implicit" starts TLS before the greeting, so no STARTTLS follows.
+RELAY_STARTTLS = {"starttls": "require", "opportunistic": "opportunistic", "none": "never", "implicit": "never"}
 
 
 def reply_text(reply: Reply) -> str:
@@ -219,15 +224,20 @@ class OutboundQueue:
     """The queue runner. ``store`` holds the queue (its ``queue_*`` operations), ``router``
     resolves the reverse-path of a DSN, ``hostname`` names this MTA in EHLO
     and in reports, ``client_tls`` makes the TLS contexts of outbound
-    connections."""
+    connections, ``relay_ca_file`` (an absolute path, or None) is the CA file
+    the smarthost's certificate is checked against."""
 
     def __init__(self, store: Store, router: Router, cfg: DeliveryConfig, hostname: str,
-                 client_tls: ClientTLS) -> None:
+                 client_tls: ClientTLS, relay_ca_file: str | None = None) -> None:
+        if cfg.relay_tls not in RELAY_STARTTLS:
+            # Config.load refuses it; this guards configurations built in code.
+            raise ValueError(f"delivery.relay_tls {cfg.relay_tls!r} is not one of {', '.join(RELAY_STARTTLS)}")
         self.store = store
         self.router = router
         self.cfg = cfg
         self.hostname = hostname
         self.client_tls = client_tls
+        self.relay_ca_file = relay_ca_file
         self.mx = MXResolver(make_resolver(self.cfg.nameservers, self.cfg.dns_timeout))
         self._wake = asyncio.Event()
         # Where new entries are announced when the runner is in another
@@ -391,8 +401,11 @@ class OutboundQueue:
         relay = bool(cfg.relay_host)
         implicit = relay and cfg.relay_tls == "implicit"
         if relay:
-            verify_ctx = self.client_tls(cfg.relay_verify)
-            policy = {"starttls": "require", "opportunistic": "opportunistic"}.get(cfg.relay_tls, "never")
+            if self.relay_ca_file and cfg.relay_verify:
+                verify_ctx = self.client_tls(True, cafile=self.relay_ca_file)
+            else:
+                verify_ctx = self.client_tls(cfg.relay_verify)
+            policy = RELAY_STARTTLS[cfg.relay_tls]
             auth = (cfg.relay_username, cfg.relay_password) if cfg.relay_username else None
         else:
             verify_ctx = self.client_tls(False)  # RFC 7435 opportunistic security

@@ -2,7 +2,9 @@
 
 A forward-path resolves to local accounts (whose INBOX gets the message) and
 remote addresses (for the outbound queue), by expanding aliases and mailing
-lists recursively. Expansion is loop-safe (an address seen once is not expanded
+lists recursively. An address that is no account, alias or list goes to its
+domain's catch-all (the alias ``@domain``), whose target ``@other`` is a
+domain alias: the same local part at ``other``. Expansion is loop-safe (an address seen once is not expanded
 again) and bounded in depth and size, so a misconfigured alias loop or a huge
 list cannot run away.
 """
@@ -38,6 +40,9 @@ class Resolution:
     remote: list[str] = field(default_factory=list)
     # Local addresses an alias or list named that do not exist (reported, not delivered).
     dead: list[str] = field(default_factory=list)
+    # Reached through a catch-all: the address itself names nobody, so it
+    # grants no right to send as it (policy/submission.py).
+    via_catch_all: bool = False
 
 
 class DirectoryCache:
@@ -132,9 +137,11 @@ class Router:
             result.verdict = Verdict.UNKNOWN
         return result
 
-    async def _expand(self, addr: str, depth: int, seen: set[str], out: Resolution) -> bool:
+    async def _expand(self, addr: str, depth: int, seen: set[str], out: Resolution,
+                      catch_all: bool = True) -> bool:
         """Add ``addr``'s destinations to ``out``; False if ``addr`` is a local
-        address that names nothing."""
+        address that names nothing. ``catch_all`` False: a target a catch-all
+        named, which must exist itself (no catch-all for it in turn)."""
         key = canonical_address(addr).lower()
         if key in seen:
             return True  # a loop back to an address already being expanded: nothing new
@@ -155,7 +162,22 @@ class Router:
         if targets is None:
             targets = await self.directory.list_members(key)
         if targets is None:
-            return False
+            # The catch-all comes last, after accounts, aliases and lists.
+            targets = await self.directory.alias("@" + domain) if catch_all else None
+            if targets is None:
+                return False
+            local = addr.rpartition("@")[0]
+            for target in targets:
+                if target.startswith("@"):  # a domain alias: the same local part there
+                    found = await self._expand(local + target, depth + 1, seen, out)
+                else:
+                    out.via_catch_all = True
+                    found = await self._expand(target, depth + 1, seen, out, catch_all=False)
+                if not found:
+                    if target.startswith("@"):
+                        return False  # no such address at the target domain: 550 here too
+                    out.dead.append(target)
+            return True
         for target in targets:
             if not await self._expand(target, depth + 1, seen, out):
                 out.dead.append(target)

@@ -159,7 +159,8 @@ async def sender_rule(intake: Intake, account: Account) -> SenderRule:
             return AddressOwners(frozenset(), elsewhere=True)
         return AddressOwners(
             frozenset(a.id for a in resolution.accounts),
-            elsewhere=bool(resolution.remote or resolution.dead),
+            # an unknown local part caught by a catch-all is nobody's own address
+            elsewhere=bool(resolution.remote or resolution.dead or resolution.via_catch_all),
         )
 
     return SenderRule(account, expand, await intake.store.allowed_senders(account.id))

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from email.message import Message
 
 from .address import Mailbox, iter_mailboxes, parse_address_list
+from .dates import format_date
 from .headers import bytes_to_text, decode_words
 
 __all__ = [
@@ -36,7 +37,9 @@ __all__ = [
     "header_text",
     "html_to_text",
     "human_size",
+    "limit_size",
     "mailboxes",
+    "message_date",
     "part_bytes",
     "part_filename",
     "part_text",
@@ -78,6 +81,17 @@ def header_text(msg: Message, name: str) -> str:
     """A header field's value as text (unfolded, RFC 2047 words decoded); '' when absent."""
     values = field_values(msg, name)
     return decode_words(values[0]) if values else ""
+
+
+def message_date(msg: Message, arrived: float | None = None) -> str:
+    """The Date field as text; for a message without one (RFC 5322 3.6 makes
+    it required, yet such mail arrives), the arrival time ``arrived`` (IMAP
+    INTERNALDATE, seconds since the epoch) as an RFC 5322 date in local time,
+    as Thunderbird and Gmail show it. '' when neither is known."""
+    text = header_text(msg, "Date").strip()
+    if text or arrived is None:
+        return text
+    return format_date(arrived)
 
 
 def mailboxes(msg: Message, *names: str) -> list[Mailbox]:
@@ -430,6 +444,16 @@ def attachments(msg: Message) -> list[AttachmentInfo]:
         info.size = len(info.data())
         out.append(info)
     return out
+
+
+def limit_size(n: int) -> str:
+    """A size in a limit message, in MB of 1024 * 1024 octets with one
+    decimal dropped when it is 0: ``43.1 MB``, ``25 MB`` (or KB below 1 MB)."""
+    for unit, scale in (("MB", 1024 * 1024), ("KB", 1024)):
+        if n >= scale:
+            text = f"{n / scale:.1f}".removesuffix(".0")
+            return f"{text} {unit}"
+    return f"{n} bytes"
 
 
 def human_size(n: int) -> str:

@@ -31,7 +31,7 @@ from .address import Mailbox
 from .compose import Attachment
 from .dates import parse_date
 from .parse import parse_message
-from .reading import attachments, body_text, field_values, header_text, mailboxes
+from .reading import attachments, body_text, field_values, header_text, mailboxes, message_date
 
 __all__ = [
     "Reply",
@@ -187,19 +187,22 @@ def quote(text: str) -> str:
     return "\n".join(">" + ("" if line.startswith(">") or not line else " ") + line for line in lines) + "\n"
 
 
-def attribution(original: Message) -> str:
-    """The line above a quote: ``On <date>, <author> wrote:``."""
+def attribution(original: Message, arrived: float | None = None) -> str:
+    """The line above a quote: ``On <date>, <author> wrote:``; the date is
+    the Date field, or for a message without one its arrival time ``arrived``
+    (IMAP INTERNALDATE)."""
     who = mailboxes(original, "From")
     name = (who[0].display_name or who[0].addr_spec) if who else "someone"
-    date = parse_date(header_text(original, "Date") or None)
-    when = date.strftime("%a, %d %b %Y %H:%M") if date else header_text(original, "Date")
+    shown = message_date(original, arrived)
+    date = parse_date(shown or None)
+    when = date.strftime("%a, %d %b %Y %H:%M") if date else shown
     return f"On {when}, {name} wrote:" if when else f"{name} wrote:"
 
 
-def quoted_reply(original: Message) -> str:
+def quoted_reply(original: Message, arrived: float | None = None) -> str:
     """The attribution line and the original's text quoted, signature left out."""
     text, _kind = body_text(original)
-    return f"{attribution(original)}\n{quote(strip_signature(text))}"
+    return f"{attribution(original, arrived)}\n{quote(strip_signature(text))}"
 
 
 @dataclass(frozen=True)
@@ -214,33 +217,36 @@ class Reply:
     quoted: str  # attribution line + quoted text, to go below the answer
 
 
-def build_reply(original: Message, own: Collection[str], reply_all: bool = False) -> Reply:
+def build_reply(original: Message, own: Collection[str], reply_all: bool = False,
+                arrived: float | None = None) -> Reply:
     """The recipients, subject, threading fields and quote of a reply to
-    ``original`` by the owner of the addresses ``own``."""
+    ``original`` by the owner of the addresses ``own``; ``arrived`` (IMAP
+    INTERNALDATE) dates the quote of a message without a Date field."""
     to, cc = reply_recipients(original, own, reply_all)
     in_reply_to, references = reply_threading(original)
     return Reply(to, cc, reply_subject(header_text(original, "Subject")), in_reply_to, references,
-                 quoted_reply(original))
+                 quoted_reply(original, arrived))
 
 
 # --- forwarding ------------------------------------------------------------------
 
 
-def forwarded_header_block(original: Message) -> str:
+def forwarded_header_block(original: Message, arrived: float | None = None) -> str:
     """The header lines that introduce a message forwarded inline."""
     lines = ["---------- Forwarded message ----------"]
     for name in ("From", "Date", "Subject", "To", "Cc"):
-        value = header_text(original, name)
+        value = message_date(original, arrived) if name == "Date" else header_text(original, name)
         if value:
             lines.append(f"{name}: {value}")
     return "\n".join(lines) + "\n\n"
 
 
-def inline_forward(original: Message, note: str = "") -> tuple[str, list[Attachment]]:
+def inline_forward(original: Message, note: str = "", arrived: float | None = None) -> tuple[str, list[Attachment]]:
     """Text and attachments of a forward inline: the note, the original's
     header block and text, and copies of its attachments."""
     text, _kind = body_text(original)
-    body = (note.rstrip("\n") + "\n\n" if note.strip() else "") + forwarded_header_block(original) + text
+    body = ((note.rstrip("\n") + "\n\n" if note.strip() else "")
+            + forwarded_header_block(original, arrived) + text)
     copies = [Attachment(a.filename, a.data(), a.content_type if "/" in a.content_type else None)
               for a in attachments(original)]
     return body, copies

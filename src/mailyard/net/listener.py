@@ -140,11 +140,7 @@ class Listener:
                 ssl_handshake_timeout=30 if ctx else None,
             )
         except OSError as exc:
-            raise OSError(
-                exc.errno,
-                f"cannot listen for {self.name} on {self.host}:{self.port}: {exc.strerror}"
-                " (is another server using the port? change [ports] in config.toml)",
-            ) from exc
+            raise listen_error(self.name, self.host, self.port, exc) from exc
         logs.event(log, logging.INFO, "listening", proto=self.name, ip=self.host, port=self.bound_port)
 
     async def stop_accepting(self) -> None:
@@ -168,7 +164,17 @@ class Listener:
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
 
-def bind_sockets(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:
+def listen_error(service: str, host: str, port: int, exc: OSError) -> OSError:
+    """The error of a listener that cannot bind, naming the service, the
+    address and the [ports] key (every listener, webmail too, says the same)."""
+    return OSError(
+        exc.errno,
+        f"cannot listen for {service} on {host}:{port}: {exc.strerror or exc}"
+        " (is another server using the port? change [ports] in config.toml)",
+    )
+
+
+def bind_sockets(host: str, port: int, backlog: int = 1024, service: str = "the service") -> list[socket.socket]:
     """Listening sockets for ``host``:``port``, one per address it resolves
     to (as ``loop.create_server`` binds them), for a supervisor to hand to
     its workers."""
@@ -193,9 +199,5 @@ def bind_sockets(host: str, port: int, backlog: int = 1024) -> list[socket.socke
     except OSError as exc:
         for sock in socks:
             sock.close()
-        raise OSError(
-            exc.errno,
-            f"cannot listen on {host}:{port}: {exc.strerror}"
-            " (is another server using the port? change [ports] in config.toml)",
-        ) from exc
+        raise listen_error(service, host, port, exc) from exc
     return socks

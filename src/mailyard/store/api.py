@@ -513,7 +513,9 @@ class Store(abc.ABC):
     # --- aliases and lists ------------------------------------------------
     @abc.abstractmethod
     async def add_alias(self, source: str, targets: Sequence[str]) -> None:
-        """Create an alias, or add targets to an existing one."""
+        """Create an alias, or add targets to an existing one. A source of
+        ``@domain`` is the domain's catch-all: mail for a local part that is
+        no account, alias or list goes to its targets."""
 
     @abc.abstractmethod
     async def remove_alias(self, source: str, targets: Sequence[str] = ()) -> None:
@@ -523,7 +525,25 @@ class Store(abc.ABC):
     async def get_alias(self, source: str) -> list[str] | None: ...
 
     @abc.abstractmethod
-    async def list_aliases(self) -> dict[str, list[str]]: ...
+    async def list_aliases(self) -> dict[str, list[str]]:
+        """Every alias (catch-alls as ``@domain``), without domain aliases."""
+
+    @abc.abstractmethod
+    async def add_domain_alias(self, alias: str, target: str) -> None:
+        """Make ``alias`` a local domain whose every address is delivered as the
+        same local part at the local domain ``target``."""
+
+    @abc.abstractmethod
+    async def remove_domain_alias(self, alias: str) -> None: ...
+
+    @abc.abstractmethod
+    async def list_domain_aliases(self) -> dict[str, str]:
+        """Alias domain -> target domain."""
+
+    @abc.abstractmethod
+    async def remove_address_everywhere(self, address: str) -> tuple[list[str], list[str]]:
+        """Take ``address`` out of every alias target and list membership
+        (an alias left without targets goes); returns (aliases, lists) it was in."""
 
     @abc.abstractmethod
     async def add_list(self, address: str) -> None: ...

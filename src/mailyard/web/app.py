@@ -40,7 +40,8 @@ from .. import logs, metrics
 from ..auth.service import TryLater
 from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_address_list
-from ..message.reading import human_size
+from ..message.dates import format_date
+from ..message.reading import human_size, limit_size
 from ..message.reply import forward_subject
 from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError
 from . import render
@@ -119,6 +120,7 @@ def _env() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["size"] = human_size
+    env.filters["limitsize"] = limit_size
     env.filters["when"] = when
     env.filters["addrs"] = render.draft_addresses
     return env
@@ -141,6 +143,8 @@ TEMPLATES = _env()
 
 def page(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
     session: Session | None = getattr(request.state, "session", None)
+    if name == "compose.html" and "attachment_limit" not in ctx:
+        ctx["attachment_limit"] = render.attachment_limit(state(request).services.config.smtp.max_message_size)
     html = TEMPLATES.get_template(name).render(request=request, session=session, **ctx)
     return HTMLResponse(html, status_code=status)
 
@@ -462,6 +466,9 @@ async def message_view(request: Request) -> Response:
     web.bodies.put(_body_key(session, box, uid, allow_remote), view.body or "")
     blocked = view.blocked
     info = await _info(request, box, uid)
+    if not view.date and info is not None:
+        # No Date field: the arrival time, as the mailbox list shows it.
+        view.date = format_date(info.internal_date)
     if info is not None and "\\Seen" not in info.flags:
         await store.store_flags(box, [uid], ["\\Seen"], "add")
         info = await _info(request, box, uid) or info
@@ -667,7 +674,10 @@ async def compose_view(request: Request) -> Response:
         pool = state(request).pool
         try:
             if mode in ("reply", "replyall"):
-                answer = await pool.run(render.reply_draft, raw, frozenset({session.address}), mode == "replyall")
+                info = await _info(request, box, uid)
+                arrived = info.internal_date if info is not None else None
+                answer = await pool.run(render.reply_draft, raw, frozenset({session.address}),
+                                        mode == "replyall", arrived)
             else:
                 view = await pool.run(render.show, raw, f"/box/{box.id}/msg/{uid}", False, False)
         except TooComplex as exc:
@@ -769,27 +779,39 @@ async def compose_submit(request: Request) -> Response:
         if fuid is None:
             raise HTTPException(404)
         forward_raw = await read_raw(request, fbox, fuid)
-    built: tuple[bytes, bytes] | None = None
-    if not errors:
+    built: tuple[bytes, bytes] | str | None = None
+    sender = (author[0][0] or None, author[0][1]) if author else (None, session.address)
+    attach_limit = render.attachment_limit(limit)
+
+    async def build(uploads: list[tuple[str, bytes, str | None]], old_raw: bytes | None,
+                    forward_raw: bytes | None) -> tuple[bytes, bytes] | str:
         # parsing the draft or the forwarded message and encoding the
         # attachments happen in a worker process (worker.py)
         try:
-            sender = (author[0][0] or None, author[0][1]) if author else (None, session.address)
-            result = await web.pool.run(
+            return await web.pool.run(
                 render.outgoing, sender, to, cc, bcc, draft.subject, draft.body.replace("\r\n", "\n"),
                 uploads, old_raw, list(form.getlist("keep")), forward_raw, draft.in_reply_to or None,
-                [r for r in draft.references.split() if r.startswith("<")], limit,
-                f"The attachments are too large (at most {human_size(limit)} in all).")
+                [r for r in draft.references.split() if r.startswith("<")], attach_limit,
+                too_large_attachments(attach_limit, limit), limit)
         except TooComplex as exc:
-            result = f"The message could not be built ({exc})."
-        if isinstance(result, str):
-            errors.append(result)
-        else:
-            built = result
-    del uploads, old_raw, forward_raw
-    if errors or built is None:
+            return f"The message could not be built ({exc})."
+
+    if not errors:
+        built = await build(uploads, old_raw, forward_raw)
+        if isinstance(built, str):
+            errors.append(built)
+    elif uploads:
+        built = await build(uploads, old_raw, forward_raw)  # to keep the attachments in a draft
+    if errors:
+        # A browser cannot refill file inputs: chosen files are kept in a draft.
+        if uploads and not isinstance(built, str) and built is not None:
+            errors += await _keep_as_draft(request, session, draft, drafts, old_draft, built[0])
+        elif uploads:
+            errors.append("The chosen files were not kept; choose them again.")
         return page(request, "compose.html", status=400, draft=draft,
                     folders=await folders(request, session), errors=errors)
+    del uploads, old_raw, forward_raw
+    assert built is not None and not isinstance(built, str)
     full, wire = built
     if action == "save":
         try:
@@ -813,8 +835,12 @@ async def compose_submit(request: Request) -> Response:
         logs.event(log, logging.INFO, "message_rejected", proto="web", ip=client_ip, user=account.address,
                    reason="refused", detail=str(exc))
         metrics.count_message("web", "rejected", "refused")
+        errors = [f"Not sent: {exc}"]
+        if form.getlist("attachment") and any(
+                isinstance(u, UploadFile) and u.filename for u in form.getlist("attachment")):
+            errors += await _keep_as_draft(request, session, draft, drafts, old_draft, full)
         return page(request, "compose.html", status=400, draft=draft,
-                    folders=await folders(request, session), errors=[f"Not sent: {exc}"])
+                    folders=await folders(request, session), errors=errors)
     sent = await special(request, session, "\\Sent")
     notice = "Message sent."
     try:
@@ -832,6 +858,33 @@ async def compose_submit(request: Request) -> Response:
                 await store.store_flags(rbox, [int(uid_s)], ["\\Answered"], "add")
     inbox = await store.get_mailbox(session.account_id, "INBOX")
     return redirect(notice_url(f"/box/{inbox.id if inbox else sent.id}", notice))
+
+
+def too_large_attachments(attach_limit: int, max_message_size: int) -> str:
+    """The refusal of attachments over the limit (``{size}``: theirs)."""
+    return (f"The attachments are {{size}} in all; at most {limit_size(attach_limit)} fit: a message "
+            f"may have {limit_size(max_message_size)}, and attachments grow by a third when sent.")
+
+
+async def _keep_as_draft(request: Request, session: Session, draft: Draft, drafts: Mailbox,
+                         old_draft: int | None, full: bytes) -> list[str]:
+    """Save a refused form with its new attachments as a draft (replacing the
+    one it came from) and point the form at it; the words for the user."""
+    store = state(request).services.store
+    try:
+        uid = await store.append(drafts, full, ["\\Draft", "\\Seen"])
+    except QuotaExceeded:
+        return ["The chosen files were not kept (your mailbox is full); choose them again."]
+    if old_draft is not None:
+        await store.expunge(drafts, [old_draft])
+    draft.draft_uid = str(uid)
+    try:
+        view = await state(request).pool.run(render.show, full, f"/box/{drafts.id}/msg/{uid}", False, False)
+    except TooComplex:
+        view = None
+    draft.kept = [(a.spec, a.filename, a.content_type, a.size) for a in view.attachments] if view else []
+    return [f"Your attachments were kept: this message is saved in {drafts.name} "
+            "and they are listed under \u201cAttachments of this draft\u201d."]
 
 
 class _suppress:

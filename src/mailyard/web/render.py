@@ -28,6 +28,7 @@ from ..message.parse import parse_message
 from ..message.reading import (
     attachment_filename,
     field_values,
+    limit_size,
     part_filename,
     part_text,
     readable_address,
@@ -418,11 +419,12 @@ class ReplyDraft:
     quoted: str
 
 
-def reply_draft(raw: bytes, own: frozenset[str], reply_all: bool) -> ReplyDraft:
+def reply_draft(raw: bytes, own: frozenset[str], reply_all: bool, arrived: float | None = None) -> ReplyDraft:
     """A reply to ``raw`` by the owner of ``own`` (message/reply.py, the
-    reading core the CLI client uses too), within the complexity limits."""
+    reading core the CLI client uses too), within the complexity limits;
+    ``arrived`` (INTERNALDATE) dates the quote of a message without Date."""
     check_parts(raw)
-    reply = build_reply(parse_message(raw), own, reply_all)
+    reply = build_reply(parse_message(raw), own, reply_all, arrived)
     return ReplyDraft(readable_addresses(reply.to), readable_addresses(reply.cc), reply.subject,
                       reply.in_reply_to or "", " ".join(reply.references), reply.quoted)
 
@@ -447,6 +449,7 @@ def outgoing(
     subject: str, text: str, uploads: list[tuple[str, bytes, str | None]],
     draft_raw: bytes | None, keep: list[str], forward_raw: bytes | None,
     in_reply_to: str | None, references: list[str], limit: int, too_large: str,
+    max_message_size: int = 0,
 ) -> tuple[bytes, bytes] | str:
     """The message a compose form describes (``sender``: display name or
     None, address), as (bytes for the Sent folder,
@@ -454,7 +457,9 @@ def outgoing(
     the user. ``uploads`` are the new attachments (name, data, type or None
     to guess); ``keep`` the part numbers of ``draft_raw`` (the draft being
     resumed) to carry over; ``forward_raw`` a message to attach whole
-    (RFC 2046 5.2.1). The attachments together may have ``limit`` bytes."""
+    (RFC 2046 5.2.1). The attachments together may have ``limit`` bytes
+    (``too_large`` is the refusal; ``{size}`` in it becomes their size); the
+    whole message ``max_message_size`` (0: no check)."""
     from ..message.compose import Attachment, compose, to_bytes
 
     attachments: list = [Attachment(name, data, ctype) for name, data, ctype in uploads]
@@ -476,7 +481,7 @@ def outgoing(
         total += len(forward_raw)
         attachments.append(forward_attachment(forward_raw))
     if total > limit:
-        return too_large
+        return too_large.replace("{size}", limit_size(total))
     try:
         msg = compose(
             sender, to, cc=cc, bcc=bcc, subject=subject, text=text, attachments=attachments,
@@ -485,4 +490,19 @@ def outgoing(
         )
     except ValueError as exc:
         return str(exc)
-    return to_bytes(msg), to_bytes(msg, strip_bcc=True)
+    full, wire = to_bytes(msg), to_bytes(msg, strip_bcc=True)
+    if max_message_size and len(wire) > max_message_size:
+        return (f"The message is {limit_size(len(wire))}; the server accepts at most "
+                f"{limit_size(max_message_size)}.")
+    return full, wire
+
+
+# Room in a message for its header and text beside the attachments.
+ATTACHMENT_HEADROOM = 64 * 1024
+
+
+def attachment_limit(max_message_size: int) -> int:
+    """The attachment bytes a message of ``max_message_size`` can carry:
+    base64 (RFC 2045 6.8) turns every 57 octets into a 76-character line
+    plus CRLF, 78 octets, so attachments grow by more than a third."""
+    return max(0, (max_message_size - ATTACHMENT_HEADROOM) * 57 // 78)

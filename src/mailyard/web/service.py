@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from ..net.listener import ConnectionLimits
+from ..net.listener import ConnectionLimits, listen_error
 from .limits import limited_h11
 
 if TYPE_CHECKING:
@@ -66,9 +66,9 @@ class HTTPService:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((self.host, self.port))
-            except OSError:
+            except OSError as exc:
                 sock.close()
-                raise
+                raise listen_error("http (webmail)", self.host, self.port, exc) from exc
             sock.listen(128)
         sock.setblocking(False)
         self.bound_port = sock.getsockname()[1]

@@ -34,6 +34,15 @@ from .writer import WriteContext
 ACCOUNT_COLS = "id, address, password_hash, apop_secret, scram_sha256, epoch"
 
 
+def alias_source(source: str) -> str:
+    """An alias source: an address, or ``@domain`` for the domain's catch-all
+    (the notation of Postfix's virtual alias maps)."""
+    text = source.strip()
+    if text.startswith("@"):
+        return "@" + normalize_domain(text[1:])
+    return normalize_address(text)
+
+
 class DirectoryMixin(SQLiteCore):
     """Domains, accounts, sender grants, aliases and lists."""
 
@@ -55,6 +64,15 @@ class DirectoryMixin(SQLiteCore):
         def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
             if not c.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
                 raise NotFound(f"no domain {domain}")
+            target = _domain_alias_target(c, domain)
+            if target is not None:
+                raise StoreError(f"{domain} is an alias of {target}; remove it with: "
+                                 f"mailyard domain alias remove {domain}")
+            aliased = [r[0][1:] for r in c.execute(
+                "SELECT source FROM aliases WHERE target = ? ORDER BY source", ("@" + domain,))]
+            if aliased:
+                raise StoreError(f"domain {domain} is the target of the domain alias(es) {', '.join(aliased)}; "
+                                 "remove them first")
             like = "%@" + domain
             used = c.execute("SELECT count(*) FROM accounts WHERE domain = ?", (domain,)).fetchone()[0]
             used += c.execute("SELECT count(*) FROM aliases WHERE source LIKE ?", (like,)).fetchone()[0]
@@ -91,6 +109,9 @@ class DirectoryMixin(SQLiteCore):
         def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
             if not c.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
                 raise NotFound(f"{domain} is not a local domain; add it first (mailyard domain add {domain})")
+            target = _domain_alias_target(c, domain)
+            if target is not None:
+                raise StoreError(f"{domain} is an alias of {target}; add the account there")
             if c.execute("SELECT 1 FROM aliases WHERE source = ?", (addr,)).fetchone() or c.execute(
                 "SELECT 1 FROM lists WHERE address = ?", (addr,)
             ).fetchone():
@@ -245,7 +266,7 @@ class DirectoryMixin(SQLiteCore):
 
     # --- aliases and lists ------------------------------------------------
     async def add_alias(self, source: str, targets: Sequence[str]) -> None:
-        src = normalize_address(source)
+        src = alias_source(source)
         dests = [normalize_address(t) for t in targets]
         if not dests:
             raise InvalidName("an alias needs at least one target address")
@@ -254,6 +275,9 @@ class DirectoryMixin(SQLiteCore):
         def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
             if not c.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
                 raise NotFound(f"{domain} is not a local domain; add it first (mailyard domain add {domain})")
+            target = _domain_alias_target(c, domain)
+            if src.startswith("@") and target is not None:
+                raise AlreadyExists(f"{domain} is an alias of {target}: all its mail goes there already")
             if c.execute("SELECT 1 FROM accounts WHERE address = ?", (src,)).fetchone() or c.execute(
                 "SELECT 1 FROM lists WHERE address = ?", (src,)
             ).fetchone():
@@ -263,11 +287,11 @@ class DirectoryMixin(SQLiteCore):
         await self._write(op, directory=True)
 
     async def remove_alias(self, source: str, targets: Sequence[str] = ()) -> None:
-        src = normalize_address(source)
+        src = alias_source(source)
         dests = [normalize_address(t) for t in targets]
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
-            if not c.execute("SELECT 1 FROM aliases WHERE source = ?", (src,)).fetchone():
+            if not c.execute("SELECT 1 FROM aliases WHERE source = ? AND target NOT LIKE '@%'", (src,)).fetchone():
                 raise NotFound(f"no alias {src}")
             if dests:
                 c.executemany("DELETE FROM aliases WHERE source = ? AND target = ?", [(src, d) for d in dests])
@@ -277,8 +301,10 @@ class DirectoryMixin(SQLiteCore):
         await self._write(op, directory=True)
 
     async def get_alias(self, source: str) -> list[str] | None:
+        """The targets of an alias; for a domain alias's ``@domain``, the
+        target domain as ``@target`` (the router keeps the local part)."""
         try:
-            src = normalize_address(source)
+            src = alias_source(source)
         except InvalidName:
             return None
         rows = self._q("SELECT target FROM aliases WHERE source = ? ORDER BY target", (src,))
@@ -286,9 +312,72 @@ class DirectoryMixin(SQLiteCore):
 
     async def list_aliases(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for src, dst in self._q("SELECT source, target FROM aliases ORDER BY source, target"):
+        for src, dst in self._q(
+            "SELECT source, target FROM aliases WHERE target NOT LIKE '@%' ORDER BY source, target"
+        ):
             out.setdefault(src, []).append(dst)
         return out
+
+    # A domain alias is the local domain ``alias`` (a row in domains, so RCPT
+    # and the relay rules see a local domain) plus the alias row
+    # ``@alias -> @target``, Postfix's virtual alias map notation.
+    async def add_domain_alias(self, alias: str, target: str) -> None:
+        src = normalize_domain(alias)
+        dst = normalize_domain(target)
+        if src == dst:
+            raise InvalidName(f"{src} cannot be an alias of itself")
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if c.execute("SELECT 1 FROM domains WHERE name = ?", (src,)).fetchone():
+                raise AlreadyExists(f"{src} is a local domain already; remove it first (mailyard domain remove {src})")
+            if not c.execute("SELECT 1 FROM domains WHERE name = ?", (dst,)).fetchone():
+                raise NotFound(f"{dst} is not a local domain; add it first (mailyard domain add {dst})")
+            other = _domain_alias_target(c, dst)
+            if other is not None:
+                raise StoreError(f"{dst} is itself an alias of {other}; name {other}")
+            c.execute("INSERT INTO domains(name) VALUES (?)", (src,))
+            c.execute("INSERT INTO aliases(source, target) VALUES (?, ?)", ("@" + src, "@" + dst))
+
+        await self._write(op, directory=True)
+
+    async def remove_domain_alias(self, alias: str) -> None:
+        src = normalize_domain(alias)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if _domain_alias_target(c, src) is None:
+                raise NotFound(f"no domain alias {src}")
+            like = "%@" + src
+            used = c.execute("SELECT count(*) FROM aliases WHERE source LIKE ? AND source != ?",
+                             (like, "@" + src)).fetchone()[0]
+            used += c.execute("SELECT count(*) FROM lists WHERE address LIKE ?", (like,)).fetchone()[0]
+            if used:
+                raise StoreError(f"{src} still has {used} alias(es) or list(s) of its own; remove them first")
+            c.execute("DELETE FROM aliases WHERE source = ?", ("@" + src,))
+            c.execute("DELETE FROM domains WHERE name = ?", (src,))
+
+        await self._write(op, directory=True)
+
+    async def list_domain_aliases(self) -> dict[str, str]:
+        return {
+            src[1:]: dst[1:]
+            for src, dst in self._q(
+                "SELECT source, target FROM aliases WHERE source LIKE '@%' AND target LIKE '@%' ORDER BY source"
+            )
+        }
+
+    async def remove_address_everywhere(self, address: str) -> tuple[list[str], list[str]]:
+        addr = normalize_address(address)
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> tuple[list[str], list[str]]:
+            aliases = [r[0] for r in c.execute(
+                "SELECT source FROM aliases WHERE target = ? ORDER BY source", (addr,))]
+            lists = [r[0] for r in c.execute(
+                "SELECT list FROM list_members WHERE member = ? ORDER BY list", (addr,))]
+            c.execute("DELETE FROM aliases WHERE target = ?", (addr,))
+            c.execute("DELETE FROM list_members WHERE member = ?", (addr,))
+            return aliases, lists
+
+        return await self._write(op, directory=True)
 
     async def add_list(self, address: str) -> None:
         addr = normalize_address(address)
@@ -354,3 +443,11 @@ class DirectoryMixin(SQLiteCore):
         for lst, member in self._q("SELECT list, member FROM list_members ORDER BY list, member"):
             out.setdefault(lst, []).append(member)
         return out
+
+
+def _domain_alias_target(c: sqlite3.Connection, domain: str) -> str | None:
+    """The domain ``domain`` is an alias of, or None."""
+    row = c.execute(
+        "SELECT target FROM aliases WHERE source = ? AND target LIKE '@%'", ("@" + domain,)
+    ).fetchone()
+    return row[0][1:] if row else None

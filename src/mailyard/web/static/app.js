@@ -22,6 +22,24 @@
     }
   });
 
+  // Attachments over the limit are refused before the upload: the browser
+  // will not submit the form while the file input is invalid (the server
+  // checks again).
+  function sizeText(n) {
+    var mb = 1024 * 1024;
+    if (n >= mb) { return (Math.round(n / mb * 10) / 10) + " MB"; }
+    return (Math.round(n / 1024 * 10) / 10) + " KB";
+  }
+  document.addEventListener("change", function (e) {
+    var input = e.target;
+    if (!input || !input.getAttribute || !input.getAttribute("data-max-bytes")) { return; }
+    var max = parseInt(input.getAttribute("data-max-bytes"), 10), total = 0;
+    Array.prototype.forEach.call(input.files || [], function (f) { total += f.size; });
+    var message = total > max ? input.getAttribute("data-too-large").replace("{size}", sizeText(total)) : "";
+    input.setCustomValidity(message);
+    if (message) { input.reportValidity(); }
+  });
+
   // Confirmation for destructive buttons and forms.
   document.addEventListener("submit", function (e) {
     var form = e.target, btn = e.submitter;
