@@ -117,28 +117,6 @@ def rss_kib(pid: int) -> int:
     return int(m.group(1)) if m else 0
 
 
-def pss_tree_kib(pid: int) -> int:
-    """PSS in KiB of a process and every process below it (a server with
-    worker processes): Pss counts memory they share once in the sum."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry.name))
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            total += rss_kib(current)
-        except OSError:  # ended meanwhile
-            pass
-        todo.extend(children.get(current, []))
-    return total
-
-
 def timed(fn, *args, **kwargs) -> tuple[float, object]:  # noqa: ANN001
     start = time.perf_counter()
     result = fn(*args, **kwargs)

@@ -44,7 +44,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .common import USERS, BenchServer, Result, progress, pss_tree_kib
+from .common import USERS, BenchServer, Result, progress, rss_kib
 from .pop3 import _unindexed
 
 ALICE = "alice@example.test"
@@ -285,7 +285,7 @@ async def _idle_clients(port: int, n: int) -> list[tuple[asyncio.StreamReader, a
 
 
 def _idle_memory(server: BenchServer, n: int) -> dict[str, float]:
-    """PSS (KiB, server and its child processes) of the idle server before
+    """PSS (KiB, `rss_kib`) of the idle server before
     any login (``before``), after two logins at once (``warm``) and with
     ``n`` connections that each LOGIN (argon2id), SELECT INBOX and IDLE
     (``after``), and the extra PSS per connection against each baseline.
@@ -302,18 +302,18 @@ def _idle_memory(server: BenchServer, n: int) -> dict[str, float]:
 
     settle = ARGON2_POOL_IDLE_SECONDS + 2
     time.sleep(1)
-    before = pss_tree_kib(server.pid)
+    before = rss_kib(server.pid)
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda _: _login(server.ports["imap"], BOB).logout(), range(2)))
     time.sleep(settle)
-    warm = pss_tree_kib(server.pid)
+    warm = rss_kib(server.pid)
     result: dict[str, float] = {}
 
     async def go() -> None:
         conns = await _idle_clients(server.ports["imap"], n)
-        result["peak"] = pss_tree_kib(server.pid)
+        result["peak"] = rss_kib(server.pid)
         await asyncio.sleep(settle)
-        result["after"] = pss_tree_kib(server.pid)
+        result["after"] = rss_kib(server.pid)
         for _r, w in conns:
             w.write(b"DONE\r\nd LOGOUT\r\n")
         for _r, w in conns:

@@ -83,12 +83,6 @@ class ServeProcess:
     def peak(self) -> int:
         return self._status("VmHWM")
 
-    def pss(self) -> int:
-        """Proportional set size in bytes of the server and its child
-        processes (Pss of /proc/PID/smaps_rollup): memory shared between them
-        counts once in the sum."""
-        return sum(_pss(pid) for pid in (self.proc.pid, *_descendants(self.proc.pid)))
-
     def reset_peak(self) -> None:
         Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
 
@@ -126,35 +120,6 @@ class ServeProcess:
 
 # TCP states (include/net/tcp_states.h) in which the local side has not sent its FIN.
 _NOT_CLOSED_BY_SERVER = {"01", "03", "08"}  # ESTABLISHED, SYN_RECV, CLOSE_WAIT
-
-
-def _pss(pid: int) -> int:
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:  # ended meanwhile
-        return 0
-    m = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
-    return int(m.group(1)) * 1024 if m else 0
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, from the parent pids in /proc/*/stat."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def free_port() -> int:
