@@ -94,7 +94,7 @@ def test_view_follows_appends_and_expunges_like_a_list(seed: int) -> None:
             assert view.seq_of(probe) == (uids.index(probe) + 1 if probe in uids else None)
         if uids:
             lo, hi = sorted(rng.randint(0, len(uids)) for _ in range(2))
-            assert view.uids[lo:hi] == uids[lo:hi]
+            assert list(view.uids[lo:hi]) == uids[lo:hi]
             assert view.uids[-1] == uids[-1]
             ranges = ((rng.randint(1, len(uids)), None), (1, rng.randint(1, len(uids))))
             assert view.resolve_seqs(SequenceSet(ranges)) == _reference_seqs(uids, ranges)

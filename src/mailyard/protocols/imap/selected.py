@@ -79,11 +79,15 @@ class UidRuns(Sequence[int]):
             raise IndexError("UID index out of range")
         return self._at(index)
 
-    def _slice(self, lo: int, hi: int) -> list[int]:
-        out: list[int] = []
+    def _slice(self, lo: int, hi: int) -> Sequence[int]:
         if lo >= hi:
-            return out
+            return []
         r = bisect_right(self.firsts, lo) - 1
+        first = self.firsts[r]
+        if hi <= first + self._run_length(r):  # within one run: a range
+            base = self.starts[r] - first
+            return range(base + lo, base + hi)
+        out: list[int] = []
         while lo < hi:
             first = self.firsts[r]
             end = min(hi, first + self._run_length(r))
@@ -155,10 +159,7 @@ class MessageMap:
         if len(ranges) == 1:  # "n" or "a:b" or "1:*": no set to build and sort
             a, b = ranges[0]
             return list(zip(range(a, b + 1), self.uids[a - 1 : b], strict=True))
-        idx: set[int] = set()
-        for a, b in ranges:
-            idx.update(range(a - 1, b))
-        return [(i + 1, self.uids[i]) for i in sorted(idx)]
+        return self._pairs([(a - 1, b) for a, b in ranges])
 
     def resolve_uids(self, uidset: SequenceSet) -> list[tuple[int, int]]:
         """(seq, uid) pairs for the UIDs of a uid-set that exist (RFC 9051 6.4.9:
@@ -169,12 +170,18 @@ class MessageMap:
             lo = self.uids.index_left(ranges[0][0])
             hi = self.uids.index_right(ranges[0][1])
             return list(zip(range(lo + 1, hi + 1), self.uids[lo:hi], strict=True))
-        idx: set[int] = set()
-        for a, b in ranges:
-            lo = self.uids.index_left(a)
-            hi = self.uids.index_right(b)
-            idx.update(range(lo, hi))
-        return [(i + 1, self.uids[i]) for i in sorted(idx)]
+        return self._pairs([(self.uids.index_left(a), self.uids.index_right(b)) for a, b in ranges])
+
+    def _pairs(self, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """(seq, uid) pairs of the index spans [lo, hi), merged, ascending."""
+        out: list[tuple[int, int]] = []
+        end = 0
+        for lo, hi in sorted(spans):
+            lo = max(lo, end)
+            if lo < hi:
+                out.extend(zip(range(lo + 1, hi + 1), self.uids[lo:hi], strict=True))
+                end = hi
+        return out
 
     def append(self, uids: Iterable[int]) -> None:
         """New messages (announce with EXISTS); UIDs are above all known ones."""
