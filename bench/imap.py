@@ -269,7 +269,11 @@ def _appends(port: int, clients: int, per_client: int) -> float:
 
 
 async def _idle_clients(port: int, n: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    sem = asyncio.Semaphore(50)
+    # Logins of one account from one address: at most as many at once as
+    # the throttle lets run in flight for an account (auth/throttle.py
+    # account_max_failures, 10), so none waits for a turn (BUSY_WAIT) on a
+    # loaded machine; the argon2 executor runs 2 at a time anyway.
+    sem = asyncio.Semaphore(8)
 
     async def one(i: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         async with sem:
