@@ -204,7 +204,8 @@ IDLE_SESSIONS = 200
 async def _idle_sessions(port: int, n: int) -> list[asyncio.StreamWriter]:
     """``n`` clients that each LOGIN (argon2id), SELECT INBOX and IDLE, as a
     mail client sits on a server; their writers (closing one ends it)."""
-    limit = asyncio.Semaphore(20)
+    # below the throttle's logins in flight per account (10): none waits a turn
+    limit = asyncio.Semaphore(8)
 
     async def one() -> asyncio.StreamWriter:
         async with limit:
