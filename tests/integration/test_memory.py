@@ -10,6 +10,7 @@ greeting latency of a second connection is printed, not asserted).
 
 from __future__ import annotations
 
+import asyncio
 import imaplib
 import os
 import select
@@ -194,6 +195,112 @@ def test_imap_literal_chain_after_login_is_bounded_as_a_whole(serve: ServeProces
     assert answer.startswith(b"b BAD [TOOBIG] Command too large\r\n* BYE"), answer
     assert grown < 10 * MB
     assert serve.alive() and not serve.tracebacks()
+
+
+# --- IMAP: what a logged-in, selected, idling session costs --------------------------
+IDLE_SESSIONS = 200
+
+
+async def _idle_sessions(port: int, n: int) -> list[asyncio.StreamWriter]:
+    """``n`` clients that each LOGIN (argon2id), SELECT INBOX and IDLE, as a
+    mail client sits on a server; their writers (closing one ends it)."""
+    # below the throttle's logins in flight per account (10): none waits a turn
+    limit = asyncio.Semaphore(8)
+
+    async def one() -> asyncio.StreamWriter:
+        async with limit:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert (await reader.readline()).startswith(b"* OK")
+            writer.write(b'a LOGIN %s "%s"\r\nb SELECT INBOX\r\nc IDLE\r\n'
+                         % (ALICE.encode(), USERS[ALICE].encode()))
+            seen = []
+            while not (line := await reader.readline()).startswith(b"+ "):
+                seen.append(line)
+                assert line and not line.startswith((b"a NO", b"a BAD", b"b NO", b"b BAD", b"* BYE")), seen
+            assert b"a OK" in b"".join(seen) and b"b OK" in b"".join(seen), seen
+            return writer
+
+    return await asyncio.gather(*(one() for _ in range(n)))
+
+
+def _pss(serve: ServeProcess) -> int:
+    """Proportional set size in bytes of the server process and its children
+    (worker processes; shared pages count once in the sum)."""
+    pids = [serve.proc.pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == serve.proc.pid:
+                pids.append(int(entry.name))
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        total += int(text.split("\nPss:", 1)[1].split()[0]) * 1024
+    return total
+
+
+def test_selected_idle_imap_sessions_cost_little_memory_by_pss(tmp_path: Path) -> None:
+    """200 clients LOGIN, SELECT a non-empty INBOX and IDLE. The server's PSS
+    against the same server before any login: a few KiB per session once the
+    logins are over. The argon2 working buffers kept for a burst of logins
+    (2 x 19 MiB, auth/passwords.py) go back once logins stop, so they are not
+    charged to the idle sessions (kept, they were ~190 KiB per session here)."""
+    def configure(cfg: Config) -> None:
+        cfg.limits.max_connections_per_ip = IDLE_SESSIONS + 20
+
+    serve = ServeProcess(tmp_path / "data", configure)
+    try:
+        with socket.create_connection((serve.host, serve.port("smtp")), timeout=30) as sock:
+            f = sock.makefile("rb")
+            f.readline()
+            sock.sendall(b"HELO sender\r\n")
+            f.readline()
+            for i in range(20):
+                sock.sendall(b"MAIL FROM:<s@remote.test>\r\nRCPT TO:<%s>\r\nDATA\r\n" % ALICE.encode())
+                for _ in range(3):
+                    f.readline()
+                sock.sendall(b"Subject: m%d\r\n\r\nbody\r\n.\r\n" % i)
+                assert f.readline().startswith(b"250")
+            sock.sendall(b"QUIT\r\n")
+            f.readline()
+            f.close()  # else it keeps the socket open
+        wait_until(lambda: serve.open_connections() == 0, what="the server to end the SMTP session")
+        baseline = _pss(serve)
+
+        async def attack() -> tuple[float, float]:
+            writers = await _idle_sessions(serve.port("imap"), IDLE_SESSIONS)
+            try:
+                per_session = 0.0
+
+                def settled() -> bool:
+                    nonlocal per_session
+                    per_session = (_pss(serve) - baseline) / IDLE_SESSIONS / 1024
+                    return per_session < 50
+
+                deadline = time.monotonic() + 30
+                while not settled() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                latency = await asyncio.to_thread(_greeting_latency, serve, "imap")
+                return per_session, latency
+            finally:
+                for writer in writers:
+                    writer.write(b"DONE\r\nd LOGOUT\r\n")
+                    writer.close()
+
+        per_session, latency = asyncio.run(attack())
+        print(f"\n{IDLE_SESSIONS} selected IDLE sessions: {per_session:.1f} KiB each by PSS "
+              f"(server before any login {baseline / MB:.1f} MB); second client's greeting after "
+              f"{latency * 1000:.1f} ms")
+        assert per_session < 50
+        assert serve.alive() and not serve.tracebacks()
+    finally:
+        serve.stop()
 
 
 # --- SMTP: message data is spooled ----------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from mailyard.auth.passwords import POOL_IDLE_RELEASE
+from mailyard.auth.passwords import ARGON2_POOL_IDLE_SECONDS
 from mailyard.config import Config
 from mailyard.net.tls import create_self_signed
 from tests.conftest import USERS
@@ -307,8 +307,8 @@ def test_idle_server_of_two_workers_stays_small(server: ServeProcess) -> None:
         s.quit()
     wait_until(lambda: server.open_connections() == 0, TIMEOUT, "sessions to end")
     print(f"PSS just after the last session, supervisor + {WORKERS} workers: {server.pss() / MB:.1f} MB")
-    # idle: no login for POOL_IDLE_RELEASE seconds gives the argon2 buffers back
-    wait_until(lambda: server.pss() < 100 * MB, TIMEOUT + POOL_IDLE_RELEASE,
+    # idle: no login for ARGON2_POOL_IDLE_SECONDS seconds gives the argon2 buffers back
+    wait_until(lambda: server.pss() < 100 * MB, TIMEOUT + ARGON2_POOL_IDLE_SECONDS,
                "the idle server to fall under 100 MB")
     print(f"idle PSS, supervisor + {WORKERS} workers: {server.pss() / MB:.1f} MB")
 

@@ -241,3 +241,26 @@ def test_second_verification_takes_no_page_faults() -> None:
     )
     faults = int(out.stdout)
     assert faults < 500, faults
+
+
+async def test_pool_unmaps_its_buffers_once_logins_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept buffers serve a burst of logins; once no verification has ended
+    for ARGON2_POOL_IDLE_SECONDS they are unmapped, so logged-in idle
+    sessions leave no hash memory behind."""
+    import asyncio
+    import time
+
+    monkeypatch.setattr(passwords, "ARGON2_POOL_IDLE_SECONDS", 0.05)
+    pool = passwords._BufferPool(passwords._pool.size, passwords.ARGON2_POOL_BUFFERS)
+    monkeypatch.setattr(passwords, "_pool", pool)
+    stored = hash_password("pw")
+    oks = await asyncio.gather(*(passwords.verify_password_async(stored, "pw") for _ in range(4)))
+    assert all(oks)
+    assert pool.held()[0] >= 1  # kept for the next login of the burst
+    deadline = time.monotonic() + 10
+    while pool.held() != (0, 0) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert pool.held() == (0, 0)
+    # The next login maps a buffer again and keeps it for a while.
+    assert await passwords.verify_password_async(stored, "pw")
+    assert pool.held() == (1, 0)

@@ -248,3 +248,42 @@ def test_long_keys_are_bounded() -> None:
     t = LoginThrottle()
     t.record_failure(IP, "x" * 10_000 + "@example.org", 0.0)
     assert all(len(k) < 400 for table in (t._accounts, t._pairs) for k in table.entries)
+
+
+async def test_logins_waiting_for_a_turn_are_served_in_arrival_order() -> None:
+    """A burst of correct logins of one account beyond its in-flight budget:
+    each release lets the attempt that has waited longest go next. In any
+    other order one attempt can lose every turn until BUSY_WAIT runs out and
+    gets NO [UNAVAILABLE] with the right password (1,000 IDLE clients of one
+    account on a loaded machine did)."""
+    import asyncio
+
+    from mailyard.auth.service import LoginService
+
+    service = LoginService(None, LoginThrottle(ThrottlePolicy(account_max_failures=2)))  # type: ignore[arg-type]
+    held = [await service.reserve(IP, "alice@example.org", "alice", "imap") for _ in range(2)]
+    assert all(isinstance(a, Attempt) for a in held)
+    order: list[int] = []
+
+    async def login(i: int) -> None:
+        attempt = await service.reserve(IP, "alice@example.org", "alice", "imap")
+        assert isinstance(attempt, Attempt)
+        order.append(i)
+        held.append(attempt)
+
+    tasks = []
+    for i in range(30):
+        tasks.append(asyncio.create_task(login(i)))
+        for _ in range(3):
+            await asyncio.sleep(0)  # each is waiting before the next one comes
+    assert len(service._waiting) == 30
+    while len(order) < 30:
+        served = len(order)
+        service.throttle.succeed(held.pop(0), service.clock())
+        service._wake()
+        for _ in range(10):
+            if len(order) > served:
+                break
+            await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order == list(range(30))

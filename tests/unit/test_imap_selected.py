@@ -53,3 +53,69 @@ def test_out_of_range_and_empty() -> None:
     assert view.resolve_seqs(SequenceSet(((2, None),))) == [(2, 9)]
     assert view.resolve_uids(SequenceSet(((10, 20),))) == []
     assert MessageMap().resolve_uids(SequenceSet(((1, None),))) == []
+
+
+def _reference_expunge(uids: list[int], gone: list[int]) -> list[int]:
+    """The EXPUNGE sequence numbers one at a time, ascending, each valid when sent."""
+    out = []
+    for uid in sorted(set(gone)):
+        if uid in uids:
+            seq = uids.index(uid) + 1
+            del uids[seq - 1]
+            out.append(seq)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_view_follows_appends_and_expunges_like_a_list(seed: int) -> None:
+    """Runs of consecutive UIDs with gaps, grown by EXISTS and shrunk by
+    EXPUNGE: every lookup answers as a plain list of UIDs does."""
+    rng = random.Random(seed)
+    uids: list[int] = []
+    uid = 0
+    for _ in range(rng.randint(0, 300)):
+        uid += 1 if rng.random() < 0.8 else rng.randint(2, 9)
+        uids.append(uid)
+    view = MessageMap(uids)
+    for _ in range(60):
+        if rng.random() < 0.5 and uids:
+            gone = rng.sample(uids, rng.randint(1, min(len(uids), 25))) + [uid + 50]
+            assert view.expunge(gone) == _reference_expunge(uids, gone)
+        else:
+            new = [uid + k + (rng.random() < 0.3) for k in range(1, rng.randint(1, 12))]
+            if new:
+                uid = max(new)
+            view.append(new)
+            uids.extend(sorted(set(new)))
+        assert list(view.uids) == uids and len(view) == len(uids)
+        assert view.max_uid == (uids[-1] if uids else 0)
+        assert [view.uid_of(q) for q in range(1, len(uids) + 1)] == uids
+        for probe in range(0, (uids[-1] if uids else 0) + 3):
+            assert view.seq_of(probe) == (uids.index(probe) + 1 if probe in uids else None)
+        if uids:
+            lo, hi = sorted(rng.randint(0, len(uids)) for _ in range(2))
+            assert list(view.uids[lo:hi]) == uids[lo:hi]
+            assert view.uids[-1] == uids[-1]
+            ranges = ((rng.randint(1, len(uids)), None), (1, rng.randint(1, len(uids))))
+            assert view.resolve_seqs(SequenceSet(ranges)) == _reference_seqs(uids, ranges)
+            uid_ranges = ((rng.randint(1, uid + 5), rng.randint(1, uid + 5)),)
+            assert view.resolve_uids(SequenceSet(uid_ranges)) == _reference_uids(uids, uid_ranges)
+
+
+def test_view_of_a_large_mailbox_holds_bytes_not_bytes_per_message() -> None:
+    """A session's map of a 100,000-message mailbox delivered in order (one
+    run of UIDs, two holes from expunges) is a few hundred bytes: every
+    logged-in session holds one while it has the mailbox selected."""
+    import tracemalloc
+
+    uids = [u for u in range(1, 100_003) if u not in (500, 70_000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        view = MessageMap(uids)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(view) == 100_000 and view.uid_of(100_000) == 100_002
+    print(f"\nview of 100,000 UIDs: {held} bytes")
+    assert held < 4096

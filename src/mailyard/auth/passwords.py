@@ -34,7 +34,12 @@ callbacks that lend a buffer from `_BufferPool`, which keeps at most
 `ARGON2_POOL_BUFFERS` (2) buffers of the current parameters' size between
 verifications -- ~38 MiB retained at most, whatever the core count; further
 concurrent verifications, or hashes with other parameters, map a buffer and
-unmap it when done. Anything the fast path does not handle exactly (not
+unmap it when done. The kept buffers serve bursts of logins only: once no
+verification has ended for `ARGON2_POOL_IDLE_SECONDS`, they are unmapped
+(`verify_password_async` arms a timer on the event loop), so a server whose
+sessions are logged in and idle holds no hash memory at all. The first login
+after a quiet period maps its buffer afresh (~10 ms of page faults on top of
+a deliberately slow check). Anything the fast path does not handle exactly (not
 argon2id v=19, a non-canonical string, a libargon2 error, a changed cffi
 binding) falls back to `PasswordHasher.verify`, never to "accept"; the unit
 tests check that both give the same answer.
@@ -52,6 +57,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +73,7 @@ __all__ = [
     "ARGON2_MEMORY_COST",
     "ARGON2_PARALLELISM",
     "ARGON2_POOL_BUFFERS",
+    "ARGON2_POOL_IDLE_SECONDS",
     "ARGON2_TIME_COST",
     "SCRAM_MIN_ITERATIONS",
     "Credentials",
@@ -88,6 +95,8 @@ ARGON2_PARALLELISM = 1
 # verifications (see the module docstring): the memory retained is at most
 # ARGON2_POOL_BUFFERS x ARGON2_MEMORY_COST KiB.
 ARGON2_POOL_BUFFERS = 2
+# Seconds without a verification after which the kept buffers are unmapped.
+ARGON2_POOL_IDLE_SECONDS = 1.0
 
 # RFC 7677 section 4: "the iteration count ... SHOULD be at least 4096".
 SCRAM_MIN_ITERATIONS = 4096
@@ -237,6 +246,7 @@ class _BufferPool:
         self._lock = threading.Lock()
         self._idle: list[tuple[mmap.mmap, Any]] = []
         self._lent: dict[int, tuple[mmap.mmap, Any]] = {}
+        self._last_return = time.monotonic()
 
     def take(self, ffi: Any, size: int) -> Any:
         """A ``uint8_t *`` to ``size`` writable bytes, owned by the pool."""
@@ -257,6 +267,7 @@ class _BufferPool:
             entry = self._lent.pop(address, None)
             if entry is None:
                 return
+            self._last_return = time.monotonic()
             if size == self.size and len(entry[0]) == size and len(self._idle) < self.limit:
                 self._idle.append(entry)
                 return
@@ -268,15 +279,23 @@ class _BufferPool:
         with self._lock:
             return len(self._idle), len(self._lent)
 
-    def trim(self) -> None:
-        """Unmap the kept buffers: a server with no logins for a while gives
-        their memory back (19 MiB each), and the next login pays the page
-        faults once more."""
+    def release_if_quiet(self, quiet: float) -> float | None:
+        """Unmap the kept buffers if no buffer came back for ``quiet``
+        seconds and none is lent out. Returns the seconds to wait before
+        asking again while buffers are still kept, else None."""
         with self._lock:
-            idle, self._idle = self._idle, []
-        for buf, pointer in idle:
+            if not self._idle:
+                return None
+            waited = time.monotonic() - self._last_return
+            if self._lent:
+                return quiet
+            if waited < quiet:
+                return max(quiet - waited, quiet / 10)
+            released, self._idle = self._idle, []
+        for buf, pointer in released:
             low_level.ffi.release(pointer)
             buf.close()
+        return None
 
 
 _pool = _BufferPool(
@@ -388,30 +407,37 @@ def _verify_fast(encoded: str, password: str) -> bool:
     return hmac.compare_digest(ffi.buffer(out)[:], expected)
 
 
-# Seconds without a verification after which the kept buffers are unmapped.
-POOL_IDLE_RELEASE = 5.0
-_trim_timer: asyncio.TimerHandle | None = None
-
-
 async def verify_password_async(password_hash: str | None, password: str) -> bool:
-    """`verify_password` on a worker thread, so a login never blocks other
-    sessions. The buffer pool stays warm while logins keep coming and is
-    given back POOL_IDLE_RELEASE seconds after the last one."""
-    global _trim_timer
+    """`verify_password` on a worker thread, so a login never blocks other sessions.
+
+    Afterwards the pool's kept buffers are due for release once logins stop
+    (`ARGON2_POOL_IDLE_SECONDS`)."""
     loop = asyncio.get_running_loop()
     try:
         return await loop.run_in_executor(_get_executor(), verify_password, password_hash, password)
     finally:
-        if _trim_timer is not None:
-            _trim_timer.cancel()
-        _trim_timer = loop.call_later(POOL_IDLE_RELEASE, _pool_idle)
+        _arm_pool_release(loop)
 
 
-def _pool_idle() -> None:
-    global _trim_timer
-    _trim_timer = None
-    if _pool.held()[1] == 0:  # none lent out: no verification running now
-        _pool.trim()
+# The pending release timer and its loop (one at a time; a timer of a loop
+# that has since closed never fires, so a new loop arms its own).
+_release_timer: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
+
+
+def _arm_pool_release(loop: asyncio.AbstractEventLoop, delay: float | None = None) -> None:
+    global _release_timer
+    if _release_timer is not None and _release_timer[0] is loop and delay is None:
+        return
+    wait = ARGON2_POOL_IDLE_SECONDS if delay is None else delay
+    _release_timer = (loop, loop.call_later(wait, _release_pool, loop))
+
+
+def _release_pool(loop: asyncio.AbstractEventLoop) -> None:
+    global _release_timer
+    _release_timer = None
+    again = _pool.release_if_quiet(ARGON2_POOL_IDLE_SECONDS)
+    if again is not None:
+        _arm_pool_release(loop, again)
 
 
 def needs_rehash(password_hash: str) -> bool:

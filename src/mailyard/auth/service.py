@@ -130,8 +130,9 @@ class LoginService:
         self.clock = clock
         # Every wait of a login goes through here (tests record the delays).
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-        # Attempts waiting for one in flight to settle (LoginThrottle.Busy).
-        self._waiting: set[asyncio.Future[None]] = set()
+        # Attempts waiting for one in flight to settle (LoginThrottle.Busy), in
+        # arrival order: woken in that order, the longest waiting asks first.
+        self._waiting: dict[asyncio.Future[None], None] = {}
 
     # -- names -------------------------------------------------------------------
     async def resolve(self, name: str) -> Account | None:
@@ -198,7 +199,7 @@ class LoginService:
             return False
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._waiting.add(fut)
+        self._waiting[fut] = None
         timer = loop.call_later(timeout, lambda: fut.done() or fut.set_exception(TimeoutError()))
         try:
             await fut
@@ -207,7 +208,7 @@ class LoginService:
             return False
         finally:
             timer.cancel()
-            self._waiting.discard(fut)
+            self._waiting.pop(fut, None)
 
     def peer_settled(self) -> None:
         """An attempt settled in another process sharing the throttle
@@ -215,8 +216,9 @@ class LoginService:
         self._wake()
 
     def _wake(self) -> None:
-        """An attempt settled: every waiting one asks for its turn again."""
-        waiting, self._waiting = self._waiting, set()
+        """An attempt settled: every waiting one asks for its turn again, the
+        longest waiting first (a waiter that re-queues keeps its place)."""
+        waiting, self._waiting = self._waiting, {}
         for fut in waiting:
             if not fut.done():
                 fut.set_result(None)

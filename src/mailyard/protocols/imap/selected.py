@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import logging
 from array import array
-from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Sequence
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .backend import NoSpace
 from .commands import SequenceSet
@@ -44,24 +44,114 @@ class SequenceError(ValueError):
     """A message sequence number beyond the mailbox size (RFC 9051 9: tagged BAD)."""
 
 
+class UidRuns(Sequence[int]):
+    """An ascending sequence of distinct UIDs stored as runs of consecutive
+    UIDs: ``starts[i]`` is the first UID of run i, ``firsts[i]`` its index in
+    the sequence. A mailbox that was delivered to and rarely expunged is a
+    few runs, so each session's view of it costs bytes, not 4-8 bytes per
+    message; the worst case (no two UIDs consecutive) costs 8 bytes per
+    message. UIDs are 32-bit (RFC 9051 2.3.1.1)."""
+
+    __slots__ = ("_n", "firsts", "starts")
+
+    def __init__(self, uids: Iterable[int] = ()) -> None:
+        self.starts = array("I")
+        self.firsts = array("I")
+        self._n = 0
+        for uid in uids:
+            self.append(uid)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _run_length(self, r: int) -> int:
+        nxt = self.firsts[r + 1] if r + 1 < len(self.firsts) else self._n
+        return nxt - self.firsts[r]
+
+    def _at(self, i: int) -> int:
+        r = bisect_right(self.firsts, i) - 1
+        return self.starts[r] + i - self.firsts[r]
+
+    def __getitem__(self, index: int | slice) -> Any:
+        n = self._n
+        if isinstance(index, slice):
+            lo, hi, step = index.indices(n)
+            if step != 1:
+                return [self._at(i) for i in range(lo, hi, step)]
+            return self._slice(lo, hi)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("UID index out of range")
+        return self._at(index)
+
+    def _slice(self, lo: int, hi: int) -> Sequence[int]:
+        if lo >= hi:
+            return []
+        r = bisect_right(self.firsts, lo) - 1
+        first = self.firsts[r]
+        if hi <= first + self._run_length(r):  # within one run: a range
+            base = self.starts[r] - first
+            return range(base + lo, base + hi)
+        out: list[int] = []
+        while lo < hi:
+            first = self.firsts[r]
+            end = min(hi, first + self._run_length(r))
+            base = self.starts[r] - first
+            out.extend(range(base + lo, base + end))
+            lo = end
+            r += 1
+        return out
+
+    def __iter__(self) -> Iterator[int]:
+        for r, start in enumerate(self.starts):
+            yield from range(start, start + self._run_length(r))
+
+    def index_left(self, uid: int) -> int:
+        """`bisect.bisect_left` for ``uid``: the index of the first UID >= it."""
+        r = bisect_right(self.starts, uid) - 1
+        if r < 0:
+            return 0
+        offset = uid - self.starts[r]
+        length = self._run_length(r)
+        return self.firsts[r] + (offset if offset < length else length)
+
+    def index_right(self, uid: int) -> int:
+        """`bisect.bisect_right` for ``uid``: the index of the first UID > it."""
+        return self.index_left(uid + 1)
+
+    def last(self) -> int:
+        r = len(self.starts) - 1
+        return self.starts[r] + self._run_length(r) - 1
+
+    def append(self, uid: int) -> None:
+        """Add a UID above all held ones."""
+        if self._n and uid == self.last() + 1:
+            self._n += 1
+            return
+        self.starts.append(uid)
+        self.firsts.append(self._n)
+        self._n += 1
+
+
 class MessageMap:
     """UIDs of the selected mailbox, ascending; index + 1 is the sequence number."""
 
     def __init__(self, uids: Iterable[int] = ()) -> None:
-        self.uids = array("Q", sorted(uids))
+        self.uids = UidRuns(sorted(uids))
 
     def __len__(self) -> int:
         return len(self.uids)
 
     @property
     def max_uid(self) -> int:
-        return self.uids[-1] if self.uids else 0
+        return self.uids.last() if self.uids else 0
 
     def uid_of(self, seq: int) -> int:
         return self.uids[seq - 1]
 
     def seq_of(self, uid: int) -> int | None:
-        i = bisect_left(self.uids, uid)
+        i = self.uids.index_left(uid)
         if i < len(self.uids) and self.uids[i] == uid:
             return i + 1
         return None
@@ -75,10 +165,7 @@ class MessageMap:
         if len(ranges) == 1:  # "n" or "a:b" or "1:*": no set to build and sort
             a, b = ranges[0]
             return list(zip(range(a, b + 1), self.uids[a - 1 : b], strict=True))
-        idx: set[int] = set()
-        for a, b in ranges:
-            idx.update(range(a - 1, b))
-        return [(i + 1, self.uids[i]) for i in sorted(idx)]
+        return self._pairs([(a - 1, b) for a, b in ranges])
 
     def resolve_uids(self, uidset: SequenceSet) -> list[tuple[int, int]]:
         """(seq, uid) pairs for the UIDs of a uid-set that exist (RFC 9051 6.4.9:
@@ -86,15 +173,21 @@ class MessageMap:
         largest = self.max_uid
         ranges = list(uidset.resolve(largest))
         if len(ranges) == 1:  # the common case: no set to build and sort
-            lo = bisect_left(self.uids, ranges[0][0])
-            hi = bisect_right(self.uids, ranges[0][1])
+            lo = self.uids.index_left(ranges[0][0])
+            hi = self.uids.index_right(ranges[0][1])
             return list(zip(range(lo + 1, hi + 1), self.uids[lo:hi], strict=True))
-        idx: set[int] = set()
-        for a, b in ranges:
-            lo = bisect_left(self.uids, a)
-            hi = bisect_right(self.uids, b)
-            idx.update(range(lo, hi))
-        return [(i + 1, self.uids[i]) for i in sorted(idx)]
+        return self._pairs([(self.uids.index_left(a), self.uids.index_right(b)) for a, b in ranges])
+
+    def _pairs(self, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """(seq, uid) pairs of the index spans [lo, hi), merged, ascending."""
+        out: list[tuple[int, int]] = []
+        end = 0
+        for lo, hi in sorted(spans):
+            lo = max(lo, end)
+            if lo < hi:
+                out.extend(zip(range(lo + 1, hi + 1), self.uids[lo:hi], strict=True))
+                end = hi
+        return out
 
     def append(self, uids: Iterable[int]) -> None:
         """New messages (announce with EXISTS); UIDs are above all known ones."""
@@ -109,8 +202,10 @@ class MessageMap:
         for uid in sorted(set(uids)):
             seq = self.seq_of(uid)
             if seq is not None:
-                del self.uids[seq - 1]
-                out.append(seq)
+                out.append(seq - len(out))  # each earlier EXPUNGE moved it down by one
+        if out:
+            gone = {seq + k for k, seq in enumerate(out)}  # the sequence numbers before any EXPUNGE
+            self.uids = UidRuns(uid for seq, uid in enumerate(self.uids, 1) if seq not in gone)
         return out
 
 
