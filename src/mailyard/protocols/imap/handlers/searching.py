@@ -34,7 +34,8 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
     if mod:
         sel.condstore = True
     infos = await sel.infos(b)
-    ctx = sr.SearchContext(max_seq=len(sel.view), max_uid=sel.view.max_uid, now=s.io.now(), saved=sel.saved)
+    ctx = sr.SearchContext(max_seq=len(sel.view), max_uid=sel.view.max_uid, now=s.io.now(), saved=sel.saved,
+                           flags=lambda uid: infos[uid].flags)
     for name, text in sr.text_queries(key):
         ctx.text_hits[(name, text)] = await b.search_text(sel.mailbox, text, "body" if name == "BODY" else "text")
     for name, text in sr.header_queries(key):
@@ -43,8 +44,8 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
     hits: list[tuple[int, int]] = []
     modseq = 0
     uids = list(sel.view.uids)
-    # keys the indexes answer whole (the usual SUBJECT x / BODY x) need no
-    # per-message evaluation; messages expunged elsewhere are left out
+    # keys the indexes answer whole (the usual SUBJECT x / BODY x, UNSEEN)
+    # need no per-message evaluation; messages expunged elsewhere are left out
     found = sr.match_set(key, ctx, {u for u in uids if u in infos})
     if found is not None:
         hits = [(i, u) for i, u in enumerate(uids, 1) if u in found]
