@@ -41,6 +41,7 @@ import os
 import poplib
 import random
 import shutil
+import signal
 import smtplib
 import statistics
 import tempfile
@@ -182,7 +183,7 @@ class ScaleServer(BenchServer):
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(2)  # SIGINT: an orderly stop
+            self.proc.send_signal(signal.SIGINT)  # an orderly stop
             try:
                 self.proc.wait(60)
             except Exception:  # noqa: BLE001
@@ -218,7 +219,8 @@ def _median(fn, runs: int = RUNS) -> tuple[float, list[float], object]:  # noqa:
     return statistics.median(times), times, result
 
 
-def measure(server: ScaleServer, size: int) -> dict[str, tuple[float, list[float], str]]:
+def measure(server: ScaleServer) -> dict[str, tuple[float, list[float], str]]:
+    """Median seconds, the runs, and a note, per operation, against a running server."""
     out: dict[str, tuple[float, list[float], str]] = {}
     password = USERS[ALICE]
     imap_port, pop_port, smtp_port = server.ports["imap"], server.ports["pop3"], server.ports["smtp"]
@@ -298,7 +300,7 @@ def run(quick: bool = False, sizes: tuple[int, ...] | None = None, data_root: st
             server.start()
             progress(f"size {size}: server started in {time.perf_counter() - t:.1f} s; measuring")
             try:
-                table[size] = measure(server, size)
+                table[size] = measure(server)
                 memory[size] = rss_kib(server.pid)
             finally:
                 server.stop()
