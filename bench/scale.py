@@ -30,6 +30,13 @@ Then a real ``mailyard serve`` runs on each directory and real clients
 FETCH 1:* and POP3 LIST answer one line per message, so they cannot grow
 slower than INBOX; the others should not grow with the account's size
 beyond the mailbox they touch.
+
+On the shared 2-core development machine (medians of alternating runs,
+1,000,000 messages, INBOX 200,000): LIST-STATUS of the 56 mailboxes 0.37 s
+(1.0 s before its counts came from indexes), POP3 first login 5.5 s (12.3 s
+before batched reads), SEARCH UNSEEN 0.33 s (0.53 s), LOGIN+SELECT 0.24 s,
+FETCH 1:* (FLAGS) 3.1 s, SEARCH FROM 0.74 s, one SMTP delivery 0.015 s at
+every size. Building the 1,000,000-message directory takes about 22 minutes.
 """
 
 from __future__ import annotations
