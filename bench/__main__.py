@@ -2,6 +2,10 @@
 
 Usage: python -m bench [smtp] [pop3] [imap] ...   (default: all)
        python -m bench imap-load [--clients 10 50] ...   (its own options: --help)
+
+``scale`` builds a store with an account of 1,000,000 messages (minutes);
+``--sizes 10000,100000`` for a quicker run, ``--scale-data DIR`` keeps the
+built data directories for the next run.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 
 from .common import Result, cpu_count
 
-BENCHES = ["smtp", "pop3", "imap", "imap-load", "sort", "index", "outbound", "limits", "quota"]
+BENCHES = ["smtp", "pop3", "imap", "imap-load", "sort", "index", "outbound", "limits", "quota", "scale"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(BENCHES)})")
     parser.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke run")
+    parser.add_argument("--sizes", help="scale: messages in the big account, comma-separated "
+                        "(default: 10000,100000,1000000)")
+    parser.add_argument("--scale-data", metavar="DIR", help="scale: keep the built data directories here "
+                        "and reuse them in later runs (default: a temporary directory)")
+    parser.add_argument("--text-index", action="store_true", help="scale: build the full-text index too (slower)")
     parser.add_argument("--output", default=str(Path(__file__).with_name("results.json")))
     args = parser.parse_args(argv)
     names = args.names or BENCHES
@@ -41,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[{name}] running...", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        results.extend(module.run(quick=args.quick))
+        if name == "scale":
+            sizes = tuple(int(x) for x in args.sizes.split(",")) if args.sizes else None
+            results.extend(module.run(quick=args.quick, sizes=sizes, data_root=args.scale_data,
+                                      text_index=args.text_index))
+        else:
+            results.extend(module.run(quick=args.quick))
         print(f"[{name}] done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     width = max([len(r.name) for r in results] + [10])
     print()

@@ -59,6 +59,10 @@ class BenchServer:
         self.mailyard("init", "--domain", "example.test")
         for address, password in USERS.items():
             self.mailyard("user", "add", address, "--password-stdin", stdin=password + "\n")
+        self.configure()
+
+    def configure(self) -> None:
+        """Point config.toml at this server's ports and settings."""
         cfg = self.data / "config.toml"
         text = cfg.read_text()
         for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http"):

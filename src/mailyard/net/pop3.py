@@ -79,6 +79,10 @@ log = logging.getLogger("mailyard.pop3")
 # RFC 1939 section 3: an inactivity autologout timer "MUST be of at least 10
 # minutes' duration". On expiry the session ends without entering UPDATE.
 MIN_AUTOLOGOUT = 600.0
+# The first look at a maildrop reads its messages (exact sizes) in batches of
+# at most this many messages and about this many bytes.
+SIZE_CHECK_BATCH = 512
+SIZE_CHECK_BYTES = 4 << 20
 
 # Mechanisms offered by AUTH (RFC 5034). PLAIN and LOGIN carry the password;
 # SCRAM-SHA-256 does not.
@@ -147,19 +151,26 @@ class MaildropCache:
         unchecked = list(takewhile(lambda uid: uid > done, reversed(sizes)))
         if not unchecked:
             return
-        for i, uid in enumerate(reversed(unchecked)):
-            try:
-                data = await store.read_message(mailbox, uid)
-            except NotFound:
-                continue  # expunged meanwhile; the next changes_since drops it
-            size = len(pop3_message_bytes(data))
-            if size != len(data):
-                box.odd.add(uid)
-            if size != sizes[uid]:
-                sizes[uid] = size
-            if i % 64 == 63:
-                await asyncio.sleep(0)  # a long first scan must not stall other sessions
-        box.checked_through = unchecked[0]
+        highest = unchecked[0]
+        unchecked.reverse()
+        start = 0
+        while start < len(unchecked):
+            # read in batches (one store call each) of at most SIZE_CHECK_BYTES,
+            # so a maildrop of big messages is not held in memory at once
+            end, total = start + 1, sizes.get(unchecked[start], 0)
+            while end < len(unchecked) and end - start < SIZE_CHECK_BATCH and total < SIZE_CHECK_BYTES:
+                total += sizes.get(unchecked[end], 0)
+                end += 1
+            # a message expunged meanwhile is left out; the next changes_since drops it
+            for uid, data in await store.read_messages(mailbox, unchecked[start:end]):
+                size = len(pop3_message_bytes(data))
+                if size != len(data):
+                    box.odd.add(uid)
+                if uid in sizes and size != sizes[uid]:
+                    sizes[uid] = size
+            start = end
+            await asyncio.sleep(0)  # a long first scan must not stall other sessions
+        box.checked_through = highest
         box.listing = None
 
     def _remember(self, mailbox_id: int, box: _CachedMaildrop) -> None:

@@ -681,6 +681,19 @@ class Store(abc.ABC):
         A holder holds one mailbox; a new call replaces its hold. Nothing
         held survives a restart."""
 
+    async def read_messages(self, mailbox: MailboxRef, uids: Sequence[int]) -> list[tuple[int, bytes]]:
+        """(UID, exact bytes) of the given UIDs that exist, in ascending UID
+        order: many messages read at once (POP3's first look at a maildrop),
+        which a backend may do with less work per message than
+        ``read_message`` each."""
+        out = []
+        for uid in sorted(set(uids)):
+            try:
+                out.append((uid, await self.read_message(mailbox, uid)))
+            except NotFound:
+                continue
+        return out
+
     @abc.abstractmethod
     async def store_flags(
         self,

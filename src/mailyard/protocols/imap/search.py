@@ -44,6 +44,9 @@ class SearchContext:
     header_hits: dict[tuple[str, str], set[int]] = field(default_factory=dict)
     # (EMAILID / THREADID, objectid) -> UIDs (RFC 8474 6)
     id_hits: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+    # UID -> its stored flags (without the session's \Recent), for FLAG keys
+    # answered over the whole mailbox at once (match_set); None: per message
+    flags: Callable[[int], frozenset[str]] | None = None
 
 
 def walk(key: SearchKey) -> Iterator[SearchKey]:
@@ -124,8 +127,9 @@ def _in_set(s: SequenceSet, n: int, largest: int, saved: frozenset[int] | None =
 
 def match_set(key: SearchKey, ctx: SearchContext, universe: set[int]) -> set[int] | None:
     """The UIDs (of ``universe``) matching ``key`` when the answer comes from
-    the indexes alone (BODY/TEXT/header keys, combined with AND/OR/NOT/ALL),
-    without looking at each message; None when some key needs ``matches``."""
+    the indexes alone (BODY/TEXT/header keys, and flags other than \\Recent
+    when ``ctx.flags`` has them, combined with AND/OR/NOT/ALL), without
+    evaluating each message; None when some key needs ``matches``."""
     n = key.name
     if n == "ALL":
         return universe
@@ -149,6 +153,21 @@ def match_set(key: SearchKey, ctx: SearchContext, universe: set[int]) -> set[int
     if n == "NOT":
         inner = match_set(key.args[0], ctx, universe)
         return None if inner is None else universe - inner
+    if n == "FLAG" and ctx.flags is not None:
+        want = key.args[0].lower()
+        if want == "\\recent":
+            return None  # a session flag (RFC 3501 2.3.2): per message
+        # a mailbox has few distinct flag sets: test each once
+        has: dict[frozenset[str], bool] = {}
+        out: set[int] = set()
+        for uid in universe:
+            flags = ctx.flags(uid)
+            hit = has.get(flags)
+            if hit is None:
+                hit = has[flags] = any(f.lower() == want for f in flags)
+            if hit:
+                out.add(uid)
+        return out
     return None
 
 

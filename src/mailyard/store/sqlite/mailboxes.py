@@ -35,6 +35,24 @@ from .core import SQLiteCore
 from .messages import bump_modseq, drop_mailbox_messages
 from .writer import WriteContext
 
+# The terms of the partial indexes messages_unseen and messages_deleted
+# (schema.py): a query can use the index only if it has the same term. The
+# queries name the index (INDEXED BY): the planner would otherwise read
+# every entry of messages_flags, which holds the flags too.
+UNSEEN = "instr(' ' || flags || ' ', ' \\Seen ') = 0"
+DELETED = "instr(' ' || flags || ' ', ' \\Deleted ') > 0"
+# The distinct flag combinations of a mailbox, seeking from one to the next in
+# messages_flags: a few index lookups per combination, whatever the number
+# of messages (a mailbox has few combinations).
+DISTINCT_FLAGS = (
+    "WITH RECURSIVE f(flags) AS ("
+    " SELECT min(flags) FROM messages WHERE mailbox_id = ?1"
+    " UNION ALL"
+    " SELECT (SELECT min(flags) FROM messages WHERE mailbox_id = ?2 AND flags > f.flags) FROM f"
+    " WHERE f.flags IS NOT NULL)"
+    " SELECT flags FROM f WHERE flags IS NOT NULL"
+)
+
 MAILBOX_COLS = (
     "id, account_id, name, uid_validity, uid_next, highest_modseq, special_use,"
     " EXISTS(SELECT 1 FROM subscriptions s WHERE s.account_id = mailboxes.account_id AND s.name = mailboxes.name)"
@@ -249,21 +267,33 @@ class MailboxesMixin(SQLiteCore):
 
     async def mailbox_status(self, mailbox: MailboxRef) -> MailboxStatus:
         mailbox_id = self._owned(mailbox)
-        box = self._q1("SELECT uid_next, uid_validity, highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,))
-        if box is None:
-            raise NotFound("no such mailbox")
-        row = self._q1(
-            "SELECT count(*), coalesce(sum(size), 0),"
-            " coalesce(sum(instr(' ' || flags || ' ', ' \\Seen ') = 0), 0),"
-            " coalesce(sum(instr(' ' || flags || ' ', ' \\Deleted ') > 0), 0),"
-            " coalesce(sum(size * (instr(' ' || flags || ' ', ' \\Deleted ') > 0)), 0)"
-            " FROM messages WHERE mailbox_id = ?",
-            (mailbox_id,),
-        )
-        assert row is not None
+        c = self._read
+        c.execute("BEGIN")  # one read snapshot (WAL) for the counts
+        try:
+            box = c.execute(
+                "SELECT uid_next, uid_validity, highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
+            if box is None:
+                raise NotFound("no such mailbox")
+            # each count from an index (schema.py messages_flags, messages_unseen,
+            # messages_deleted), not from the message rows
+            messages, size = c.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE mailbox_id = ?", (mailbox_id,)
+            ).fetchone()
+            unseen = c.execute(
+                f"SELECT count(*) FROM messages INDEXED BY messages_unseen WHERE mailbox_id = ? AND {UNSEEN}",
+                (mailbox_id,),
+            ).fetchone()[0]
+            deleted, deleted_size = c.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM messages INDEXED BY messages_deleted"
+                f" WHERE mailbox_id = ? AND {DELETED}",
+                (mailbox_id,),
+            ).fetchone()
+        finally:
+            c.execute("COMMIT")
         return MailboxStatus(
-            messages=row[0], unseen=row[2], deleted=row[3], size=row[1],
-            uid_next=box[0], uid_validity=box[1], highest_modseq=box[2], deleted_size=row[4],
+            messages=messages, unseen=unseen, deleted=deleted, size=size,
+            uid_next=box[0], uid_validity=box[1], highest_modseq=box[2], deleted_size=deleted_size,
         )
 
     async def mailbox_summary(self, mailbox: MailboxRef) -> MailboxSummary:
@@ -283,12 +313,12 @@ class MailboxesMixin(SQLiteCore):
             ).fetchone()[0]
             keywords = {
                 f
-                for (flags,) in c.execute("SELECT DISTINCT flags FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+                for (flags,) in c.execute(DISTINCT_FLAGS, (mailbox_id, mailbox_id))
                 for f in flags.split()
                 if not f.startswith("\\")
             }
             first_unseen = c.execute(
-                "SELECT min(uid) FROM messages WHERE mailbox_id = ? AND instr(' ' || flags || ' ', ' \\Seen ') = 0",
+                f"SELECT min(uid) FROM messages INDEXED BY messages_unseen WHERE mailbox_id = ? AND {UNSEEN}",
                 (mailbox_id,),
             ).fetchone()[0]
         finally:

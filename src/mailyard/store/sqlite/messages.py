@@ -472,6 +472,21 @@ class MessagesMixin(BodiesMixin):
             raise NotFound(f"no message with UID {uid}")
         return bytes(row[0]) + self.blobs.read(row[1], row[2], row[3])
 
+    async def read_messages(self, mailbox: MailboxRef, uids: Sequence[int]) -> list[tuple[int, bytes]]:
+        mailbox_id = self._owned(mailbox)
+        rows = select_uids(
+            self._read,
+            "SELECT m.uid, m.prefix, b.segment, b.offset, b.length FROM messages m JOIN bodies b ON b.id = m.body_id"
+            " WHERE m.mailbox_id = ?",
+            mailbox_id, sorted(set(uids)), column="m.uid",
+        )
+        # read in the order of the segment files, answer in UID order
+        rows.sort(key=lambda r: (r[2], r[3]))
+        read = self.blobs.read
+        out = [(uid, bytes(prefix) + read(segment, offset, length)) for uid, prefix, segment, offset, length in rows]
+        out.sort(key=lambda item: item[0])
+        return out
+
     async def changes_since(self, mailbox: MailboxRef, modseq: int) -> Changes:
         mailbox_id = self._owned(mailbox)
         # Every session asks after every write: answer from the mailbox's

@@ -118,6 +118,19 @@ CREATE TABLE IF NOT EXISTS messages (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_modseq ON messages(mailbox_id, modseq);
 CREATE INDEX IF NOT EXISTS messages_body ON messages(body_id);
+-- Counts and flag facts of a mailbox without reading its messages (STATUS,
+-- SELECT, LIST-STATUS; mailboxes.py): the unseen and the \\Deleted messages
+-- are few, so a partial index of each is small and counted quickly; the
+-- flag combinations with sizes are a narrow index read instead of the rows
+-- (MESSAGES and SIZE count it; the distinct combinations, for the keywords
+-- SELECT announces, are found by seeking from one to the next). The WHERE
+-- terms are those of the queries (mailboxes.py UNSEEN, DELETED): SQLite uses
+-- a partial index only for a query with the same term.
+CREATE INDEX IF NOT EXISTS messages_unseen ON messages(mailbox_id, uid)
+    WHERE instr(' ' || flags || ' ', ' \\Seen ') = 0;
+CREATE INDEX IF NOT EXISTS messages_deleted ON messages(mailbox_id, uid)
+    WHERE instr(' ' || flags || ' ', ' \\Deleted ') > 0;
+CREATE INDEX IF NOT EXISTS messages_flags ON messages(mailbox_id, flags, size);
 -- RFC 7162 3.2.10: remembered expunges, for VANISHED (EARLIER) and POP3/IMAP sync.
 CREATE TABLE IF NOT EXISTS expunged (
     mailbox_id INTEGER NOT NULL,

@@ -36,6 +36,9 @@ from .core import SQLiteCore, select_uids
 log = logging.getLogger("mailyard.store")
 
 INDEX_BATCH = 50
+# Fewer bodies than this waiting for the indexer: SEARCH finds those of its
+# mailbox from the bodies' side (_ensure_indexed).
+FEW_UNINDEXED = 1000
 INDEX_SLICE = 0.01  # seconds of deriving the background indexer does before it looks at the write queue
 INDEXED = "2"  # bodies.derived once body_derived/header_fields/the text index hold the body's data
 # Disk full while indexing: first wait, doubled after each failure up to the last.
@@ -263,11 +266,24 @@ class SearchMixin(SQLiteCore):
         """Derive the mailbox's bodies the indexer has not reached yet. Returns,
         by UID, the records that could not be saved (the disk is full, or
         indexing is deferred): the caller searches them itself."""
-        rows = self._q(
-            "SELECT m.uid, b.id FROM messages m JOIN bodies b ON b.id = m.body_id"
-            " WHERE m.mailbox_id = ? AND b.derived IS NULL",
-            (mailbox_id,),
+        backlog = self._q1(
+            "SELECT count(*) FROM (SELECT 1 FROM bodies WHERE derived IS NULL LIMIT ?)", (FEW_UNINDEXED,)
         )
+        if backlog is not None and backlog[0] < FEW_UNINDEXED:
+            # Usually the indexer is only a few bodies behind, if at all: start
+            # from those (partial index bodies_unindexed) and look up their
+            # messages (messages_body), not from every message of the mailbox.
+            rows = self._q(
+                "SELECT m.uid, b.id FROM bodies b CROSS JOIN messages m"
+                " WHERE b.derived IS NULL AND m.body_id = b.id AND m.mailbox_id = ?",
+                (mailbox_id,),
+            )
+        else:
+            rows = self._q(
+                "SELECT m.uid, b.id FROM messages m JOIN bodies b ON b.id = m.body_id"
+                " WHERE m.mailbox_id = ? AND b.derived IS NULL",
+                (mailbox_id,),
+            )
         if not rows:
             return {}
         records, saved = await self._derive_now([r[1] for r in rows])

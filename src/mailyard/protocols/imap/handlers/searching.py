@@ -92,7 +92,8 @@ async def _matching(s: ImapSession, key: c.SearchKey) -> tuple[list[tuple[int, i
     if mod:
         sel.enable_condstore(s.engine)  # RFC 7162 3.1
     infos = await sel.infos(b)
-    ctx = sr.SearchContext(max_seq=len(sel.view), max_uid=sel.view.max_uid, now=s.io.now(), saved=sel.saved)
+    ctx = sr.SearchContext(max_seq=len(sel.view), max_uid=sel.view.max_uid, now=s.io.now(), saved=sel.saved,
+                           flags=lambda uid: infos[uid].flags)
     for name, text in sr.text_queries(key):
         ctx.text_hits[(name, text)] = await b.search_text(sel.mailbox, text, "body" if name == "BODY" else "text")
     for name, text in sr.header_queries(key):
@@ -104,8 +105,8 @@ async def _matching(s: ImapSession, key: c.SearchKey) -> tuple[list[tuple[int, i
     hits: list[tuple[int, int]] = []
     modseq = 0
     uids = list(sel.view.uids)
-    # keys the indexes answer whole (the usual SUBJECT x / BODY x) need no
-    # per-message evaluation; messages expunged elsewhere are left out
+    # keys the indexes answer whole (the usual SUBJECT x / BODY x, UNSEEN)
+    # need no per-message evaluation; messages expunged elsewhere are left out
     gone = sel.pending_expunge
     found = sr.match_set(key, ctx, {u for u in uids if u in infos and u not in gone})
     if found is not None:
