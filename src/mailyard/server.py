@@ -23,6 +23,8 @@ from .auth.throttle import LoginThrottle
 from .config import Config, ConfigError
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
+from .mailauth.dnscache import Resolver
+from .mailauth.signer import Signer
 from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, client_context, ensure_certificate
@@ -193,6 +195,9 @@ class MailServer:
         router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients)
         if self.tls is None:
             self.tls = self._load_tls()
+        signer = Signer(self.data_dir, cfg.server.hostname).sign if cfg.authentication.dkim_sign else None
+        auth_dns = (Resolver(cfg.delivery.nameservers, cfg.authentication.dns_timeout)
+                    if cfg.authentication.inbound_checks else None)
         self.services = Services(
             config=cfg,
             data_dir=self.data_dir,
@@ -200,11 +205,13 @@ class MailServer:
             router=router,
             login=LoginService(store, self._throttle, self.data_dir / SECRET_FILE),
             spool=spool,
-            queue=OutboundQueue(store, router, cfg.delivery, cfg.server.hostname, client_tls=client_context),
+            queue=OutboundQueue(store, router, cfg.delivery, cfg.server.hostname, client_tls=client_context,
+                                signer=signer),
             tls=self.tls,
             smtp_engine=engine_config(cfg),
             submission_engine=submission_engine_config(cfg),
             stats=self.stats,
+            auth_dns=auth_dns,
         )
         limits = ConnectionLimits(
             cfg.limits.max_connections,

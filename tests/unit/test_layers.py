@@ -56,20 +56,25 @@ LAYERS: dict[str, Layer] = {
         {"auth", "store", "message", "config"},
         "policy/ returns verdicts: it imports neither protocols/ (replies) nor delivery/",
     ),
+    "mailauth": layer(
+        {"message", "config"},
+        "mailauth/ (SPF, DKIM, DMARC) takes a message and DNS answers and returns verdicts: "
+        "it imports only message/ and config",
+    ),
     "delivery": layer(
-        {"protocols", "policy", "auth", "store", "message", "config"},
+        {"mailauth", "protocols", "policy", "auth", "store", "message", "config"},
         "delivery/ imports neither net/ nor the server (nor services.py)",
     ),
     "services": layer(
-        {"delivery", "policy", "auth", "store", "protocols", "message", "config"},
+        {"delivery", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
         "services.py (the typed services object) sits below net/ and web/",
     ),
     "net": layer(
-        {"services", "delivery", "policy", "auth", "store", "protocols", "message", "config"},
+        {"services", "delivery", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
         "net/ receives the services object; it never imports the server, cli or web/",
     ),
     "web": layer(
-        {"net", "services", "delivery", "policy", "auth", "store", "message", "config"},
+        {"net", "services", "delivery", "mailauth", "policy", "auth", "store", "message", "config"},
         "web/ receives the services object; it never imports the server or cli",
     ),
     "client": layer(
@@ -77,13 +82,13 @@ LAYERS: dict[str, Layer] = {
         "client/ (the mail user agent) uses message/ and protocols/ only, not the server side",
     ),
     "server": layer(
-        {"net", "web", "services", "delivery", "policy", "auth", "store", "protocols", "message",
-         "config"},
+        {"net", "web", "services", "delivery", "mailauth", "policy", "auth", "store", "protocols",
+         "message", "config"},
         "server.py composes the services; only cli.py is above it",
     ),
     "cli": layer(
-        {"server", "client", "net", "web", "services", "delivery", "policy", "auth", "store",
-         "protocols", "message", "config"},
+        {"server", "client", "net", "web", "services", "delivery", "mailauth", "policy", "auth",
+         "store", "protocols", "message", "config"},
         "cli.py is the top",
     ),
 }
@@ -97,6 +102,7 @@ LAYER_OF: dict[str, str] = {
     "auth": "auth",
     "policy": "policy",
     "delivery": "delivery",
+    "mailauth": "mailauth",
     "services": "services",
     "net": "net",
     "web": "web",

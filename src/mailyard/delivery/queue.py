@@ -76,6 +76,11 @@ RELAY_KEY = "[smarthost]"
 # The server passes net/tls.py's ``client_context``.
 ClientTLS = Callable[[bool], ssl.SSLContext]
 
+# Signs a message that enters the queue: (message, reverse-path) -> the
+# message with its DKIM-Signature fields (mailauth/signer.py ``Signer.sign``).
+# Blocking; the queue runs it in a worker thread.
+MessageSigner = Callable[[bytes, str], bytes]
+
 
 def reply_text(reply: Reply) -> str:
     text = " ".join(line for line in reply.lines if line)
@@ -211,11 +216,13 @@ class OutboundQueue:
     """The queue runner. ``store`` holds the queue (its ``queue_*`` operations), ``router``
     resolves the reverse-path of a DSN, ``hostname`` names this MTA in EHLO
     and in reports, ``client_tls`` makes the TLS contexts of outbound
-    connections."""
+    connections, ``signer`` (when given) DKIM-signs each message once as it
+    enters the queue (RFC 6376), submissions and generated reports alike."""
 
     def __init__(self, store: Store, router: Router, cfg: DeliveryConfig, hostname: str,
-                 client_tls: ClientTLS) -> None:
+                 client_tls: ClientTLS, signer: MessageSigner | None = None) -> None:
         self.store = store
+        self.signer = signer
         self.router = router
         self.cfg = cfg
         self.hostname = hostname
@@ -252,6 +259,8 @@ class OutboundQueue:
         queue id (None when no recipient is remote). ``enforce_quota``: as
         delivery/local.py's (QuotaExceeded, nothing stored or queued)."""
         rcpts = [r if isinstance(r, NewRecipient) else NewRecipient(r) for r in recipients]
+        if rcpts:
+            body = await self.sign(body, reverse_path)
         targets = await self.local_targets(reverse_path, accounts, inbox_id, enforce_quota=enforce_quota)
         if eight_bit is None:
             eight_bit = not body.isascii()
@@ -262,6 +271,12 @@ class OutboundQueue:
                      ",".join(f"<{r.address}>" for r in rcpts), len(body))
             self.wake()
         return queue_id
+
+    async def sign(self, body: bytes, reverse_path: str) -> bytes:
+        """``body`` DKIM-signed (once, here, not per attempt), off the event loop."""
+        if self.signer is None:
+            return body
+        return await asyncio.to_thread(self.signer, body, reverse_path)
 
     async def local_targets(self, reverse_path: str, accounts: Sequence[Account], inbox_id: Any = None,
                             *, enforce_quota: bool = False) -> list[DeliveryTarget]:
@@ -596,8 +611,11 @@ class OutboundQueue:
             targets = await self.local_targets("", resolution.accounts)
             remote = [NewRecipient(r) for r in resolution.remote]
             entry_new = NewQueueEntry("", remote) if remote else None
+            if remote:
+                dsn = await self.sign(dsn, "")
             return [NewMessage(dsn, targets, entry_new)]
         if resolution.verdict is Verdict.REMOTE:
+            dsn = await self.sign(dsn, "")
             return [NewMessage(dsn, (), NewQueueEntry("", [NewRecipient(resolution.address)]))]
         log.warning("DSN for %s dropped: reverse-path <%s> is %s", entry.id, entry.reverse_path,
                     resolution.verdict.value)

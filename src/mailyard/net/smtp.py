@@ -27,6 +27,7 @@ from ..delivery.submit import (
     report_over_quota,
     sender_rule,
 )
+from ..mailauth.inbound import InboundVerdict, check_message
 from ..message.trace import with_protocol
 from ..policy.relay import routing_trick
 from ..protocols.smtp.events import (
@@ -445,6 +446,18 @@ class SMTPSession(SessionProtocol):
             tls_info=self._tls_info(),
         )
         mail = event.mail
+        junk = False
+        if self.account is None and not self.submission and self.services.auth_dns is not None:
+            verdict = await self._authenticate(event, data)
+            if verdict is not None:
+                data = verdict.header + verdict.message
+                enforce = self.services.config.authentication.dmarc_policy == "enforce"
+                if enforce and verdict.disposition == "reject":
+                    # RFC 7489 6.6.3 / 7.3 (p=reject): refused after the whole message was seen
+                    log.info("smtp %s refused: DMARC policy of %s is reject", queue_id,
+                             verdict.dmarc.from_domain if verdict.dmarc else "")
+                    return Reply(550, "5.7.1", "Message rejected by the DMARC policy of the sender's domain")
+                junk = enforce and verdict.disposition == "quarantine"
         try:
             # The one acceptance path (delivery/submit.py): the submission
             # policy when a user authenticated, then one durable commit.
@@ -452,7 +465,7 @@ class SMTPSession(SessionProtocol):
                 self.services, data, event.reverse_path, accounts, remote,
                 trace=trace, account=self.account,
                 envid=mail.envid if mail else None, ret=mail.ret if mail else None,
-                smtputf8=bool(mail and mail.smtputf8),
+                smtputf8=bool(mail and mail.smtputf8), junk=junk,
             )
         except SenderNotAllowed as exc:
             log.warning(
@@ -482,6 +495,23 @@ class SMTPSession(SessionProtocol):
         if accepted.over_quota:
             await self._report_over_quota(event, accepted.data, accepted.over_quota, queue_id)
         return Reply(250, "2.0.0", f"OK queued as {queue_id}")
+
+    async def _authenticate(self, event: MessageReceived, data: bytes) -> InboundVerdict | None:
+        """SPF, DKIM and DMARC of a message received on the MX port
+        (mailauth/inbound.py), in a worker thread: the libraries and their
+        DNS lookups block. None if the checks themselves broke (the message
+        is then accepted without a verdict, and the error logged)."""
+        services = self.services
+        assert services.auth_dns is not None
+        authserv_id = services.config.authentication.authserv_id or services.config.server.hostname
+        try:
+            return await asyncio.to_thread(
+                check_message, services.auth_dns, data, authserv_id=authserv_id, ip=self.peer_ip or "",
+                helo=self.helo, reverse_path=event.reverse_path,
+            )
+        except Exception:
+            log.exception("smtp: authentication checks failed for %s", self.peer_ip)
+            return None
 
     async def _report_over_quota(self, event: MessageReceived, data: bytes, refused: list[Account],
                                  queue_id: str) -> None:

@@ -1,0 +1,168 @@
+"""DKIM (RFC 6376) signing and verification, with RSA-SHA256 (RFC 8301) and
+Ed25519-SHA256 (RFC 8463), on dkimpy.
+
+Signing: ``sign`` returns the two DKIM-Signature fields (Ed25519 first, then
+RSA, each prepended as RFC 6376 5.6 asks) for a message; relaxed/relaxed
+canonicalisation, never ``l=`` (RFC 6376 8.2: a body length limit lets
+anyone append content), and the header set of RFC 6376 5.4.1 where present,
+with From, To, Subject, Date and Message-ID signed once more than they occur
+("oversigning", RFC 6376 5.4.2 and 8.15), so that none can be added later.
+
+Verification: ``verify`` checks every DKIM-Signature of a message and gives
+one result per signature in RFC 8601 2.7.1 terms: ``pass``; ``fail`` (body
+hash or signature mismatch, expired ``x=``, revoked key, RSA key under 1024
+bits: RFC 8301 3.2 says such a signature MUST NOT be considered valid);
+``neutral`` (a malformed signature field); ``permerror`` (no key record);
+``temperror`` (DNS failed). The key record is looked up through the
+injected ``txt`` function (``dnscache.Resolver.txt``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dkim as dkimpy
+
+from ..message.headers import split_fields
+from ..message.parse import split_header_body
+from .dnscache import DNSTempError
+from .keys import SigningKeys
+
+# RFC 6376 5.4.1: the fields that should be signed when present.
+SIGNED_FIELDS = (
+    "from", "reply-to", "subject", "date", "to", "cc", "resent-date", "resent-from", "resent-to",
+    "resent-cc", "in-reply-to", "references", "list-id", "list-help", "list-unsubscribe",
+    "list-subscribe", "list-post", "list-owner", "list-archive", "message-id", "mime-version",
+    "content-type", "content-transfer-encoding",
+)
+# RFC 6376 8.15: signed one more time than they occur, so a second copy breaks the signature.
+OVERSIGNED = frozenset({"from", "to", "subject", "date", "message-id"})
+# RFC 8301 3.2: RSA keys under 1024 bits are not valid.
+MIN_RSA_BITS = 1024
+
+_quiet = logging.getLogger("mailyard.mailauth.dkimpy")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+def _include_headers(header: bytes) -> list[bytes]:
+    counts: dict[str, int] = {}
+    for name, _value in split_fields(header):
+        lname = name.lower()
+        if lname in SIGNED_FIELDS:
+            counts[lname] = counts.get(lname, 0) + 1
+    out: list[bytes] = []
+    for lname in SIGNED_FIELDS:
+        n = counts.get(lname, 0) + (1 if lname in OVERSIGNED else 0)
+        out.extend([lname.encode()] * n)
+    return out
+
+
+def sign(message: bytes, keys: SigningKeys) -> bytes:
+    """The DKIM-Signature fields for ``message`` (CRLF lines), to prepend to it."""
+    header, _body = split_header_body(message)
+    include = _include_headers(header)
+    out = b""
+    for selector, algorithm, key in (
+        (keys.rsa_selector, b"rsa-sha256", keys.rsa_pem),
+        (keys.ed25519_selector, b"ed25519-sha256", keys.ed25519_seed_b64),
+    ):
+        signer = dkimpy.DKIM(message, signature_algorithm=algorithm, linesep=b"\r\n", logger=_quiet)
+        field = signer.sign(selector.encode(), keys.domain.encode(), key,
+                            canonicalize=(b"relaxed", b"relaxed"), include_headers=include, length=False)
+        out = field + out  # RFC 6376 5.6: each new signature goes on top
+    return out
+
+
+@dataclass(frozen=True)
+class DKIMResult:
+    """The outcome of one signature (RFC 8601 2.7.1)."""
+
+    result: str  # pass, fail, neutral, permerror, temperror
+    domain: str  # d=
+    selector: str  # s=
+    algorithm: str  # a=
+    reason: str = ""
+    b_prefix: str = ""  # the first characters of b= (RFC 6008 header.b)
+
+
+_TAG = re.compile(rb"(?:^|;)\s*([a-z]+)\s*=\s*([^;]*)", re.IGNORECASE)
+
+
+def _tags(value: bytes) -> dict[str, str]:
+    return {m.group(1).decode("ascii", "replace").lower(): re.sub(rb"\s+", b"", m.group(2)).decode("ascii", "replace")
+            for m in _TAG.finditer(value)}
+
+
+def _key_problem(record: str | None) -> tuple[str, str] | None:
+    """(result, reason) when the key record rules a signature out before any crypto."""
+    if record is None:
+        return ("permerror", "no key for signature")
+    try:
+        tags = dkimpy.util.parse_tag_value(record.encode())
+    except Exception:  # noqa: BLE001 - any malformed record is a permerror
+        return ("permerror", "malformed key record")
+    if not tags.get(b"p"):
+        return ("fail", "key revoked")  # RFC 6376 3.6.1: an empty p= revokes the key
+    try:
+        _pk, size, ktag, _tlsrpt = dkimpy.evaluate_pk(b"", record.encode())
+    except dkimpy.DKIMException as exc:
+        return ("permerror", f"bad key record: {exc}")
+    if ktag == b"rsa" and size < MIN_RSA_BITS:
+        return ("fail", f"RSA key of {size} bits is too small")
+    return None
+
+
+def verify(message: bytes, txt: Callable[[str], list[str]]) -> list[DKIMResult]:
+    """Check every DKIM-Signature of ``message`` (at most 10: more are not
+    looked at, so a message cannot make the server do unbounded work)."""
+    header, _body = split_header_body(message)
+    sigs = [value for name, value in split_fields(header) if name.lower() == "dkim-signature"]
+    results: list[DKIMResult] = []
+    checker = dkimpy.DKIM(message, logger=_quiet, minkey=MIN_RSA_BITS)
+    for idx, value in enumerate(sigs[:10]):
+        tags = _tags(value)
+        d, s, a = tags.get("d", ""), tags.get("s", ""), tags.get("a", "")
+        b_prefix = tags.get("b", "")[:8]
+
+        def made(result: str, reason: str = "", d: str = d, s: str = s, a: str = a, b: str = b_prefix) -> DKIMResult:
+            return DKIMResult(result, d.lower(), s, a, reason, b)
+
+        if "l" in tags:
+            # RFC 6376 8.2: a body length limit lets content be appended
+            # after the signed part; such signatures are not trusted here.
+            results.append(made("neutral", "l= is not accepted"))
+            continue
+        try:
+            sig, _include, _sigheaders = checker.verify_headerprep(idx) or (None, None, None)
+        except dkimpy.DKIMException as exc:
+            text = str(exc)
+            results.append(made("fail" if "expired" in text else "neutral", text[:120]))
+            continue
+        if sig is None:
+            continue
+        name = f"{s}._domainkey.{d}"
+        try:
+            found = txt(name)
+        except DNSTempError as exc:
+            results.append(made("temperror", f"key lookup: {exc}"[:120]))
+            continue
+        record = next((r for r in found if "p=" in r), found[0] if found else None)
+        problem = _key_problem(record)
+        if problem is not None:
+            results.append(made(*problem))
+            continue
+        try:
+            ok = checker.verify(idx, dnsfunc=lambda _name, timeout=5, record=record: record.encode())
+        except dkimpy.DKIMException as exc:
+            text = str(exc)
+            results.append(made("fail", "body hash did not verify" if "body hash" in text else text[:120]))
+            continue
+        if ok:
+            results.append(made("pass"))
+        else:
+            results.append(made("fail", "signature did not verify"))
+    return results
