@@ -116,9 +116,13 @@ def _key_problem(record: str | None) -> tuple[str, str] | None:
     return None
 
 
-def verify(message: bytes, txt: Callable[[str], list[str]]) -> list[DKIMResult]:
+def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool = False) -> list[DKIMResult]:
     """Check every DKIM-Signature of ``message`` (at most 10: more are not
-    looked at, so a message cannot make the server do unbounded work)."""
+    looked at, so a message cannot make the server do unbounded work).
+
+    ``rsa-sha1`` signatures fail (RFC 8301 3.1: verifiers MUST NOT consider
+    them valid) unless ``allow_sha1``, which only the interoperability tests
+    use, to check another signer's canonicalisation and hashing."""
     header, _body = split_header_body(message)
     sigs = [value for name, value in split_fields(header) if name.lower() == "dkim-signature"]
     results: list[DKIMResult] = []
@@ -131,6 +135,9 @@ def verify(message: bytes, txt: Callable[[str], list[str]]) -> list[DKIMResult]:
         def made(result: str, reason: str = "", d: str = d, s: str = s, a: str = a, b: str = b_prefix) -> DKIMResult:
             return DKIMResult(result, d.lower(), s, a, reason, b)
 
+        if a.lower() == "rsa-sha1" and not allow_sha1:
+            results.append(made("fail", "rsa-sha1 is not accepted (RFC 8301)"))
+            continue
         if "l" in tags:
             # RFC 6376 8.2: a body length limit lets content be appended
             # after the signed part; such signatures are not trusted here.
