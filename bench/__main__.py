@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .common import Result, cpu_count
 
-BENCHES = ["smtp", "pop3", "imap", "index", "outbound", "limits", "quota"]
+BENCHES = ["smtp", "pop3", "imap", "index", "outbound", "limits", "quota", "mailauth"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -381,3 +381,7 @@ def test_cache_honours_positive_and_negative_answers(dns: DNSServer, resolver: R
     dns.servfail.add("sf.c.test.")
     with pytest.raises(DNSTempError):
         resolver.txt("sf.c.test")
+    asked = resolver.queries
+    with pytest.raises(DNSTempError):  # RFC 2308 7.1: the failure is remembered for a while
+        resolver.txt("sf.c.test")
+    assert resolver.queries == asked

@@ -28,6 +28,9 @@ import dns.resolver
 DEFAULT_NEGATIVE_TTL = 60.0
 # No answer is kept longer than this, whatever its TTL says.
 MAX_TTL = 3600.0
+# A time-out or SERVFAIL is remembered this long (RFC 2308 7.1 allows up to
+# five minutes), so a dead name server costs one wait, not one per message.
+FAILURE_TTL = 30.0
 
 
 class DNSTempError(Exception):
@@ -92,7 +95,7 @@ class Resolver:
         resolver.lifetime = timeout
         resolver.timeout = min(timeout, 2.0)
         self._resolver = resolver
-        self._cache: OrderedDict[tuple[str, str], tuple[float, Answer]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], tuple[float, Answer | DNSTempError]] = OrderedDict()
         self._lock = threading.Lock()
         self._max = max_entries
         self.queries = 0  # questions sent (not answered from the cache)
@@ -106,6 +109,8 @@ class Resolver:
             if hit is not None:
                 if hit[0] > now:
                     self._cache.move_to_end(key)
+                    if isinstance(hit[1], DNSTempError):
+                        raise hit[1]
                     return hit[1]
                 del self._cache[key]
         self.queries += 1
@@ -115,7 +120,9 @@ class Resolver:
             responses = list(exc.responses().values())
             answer, ttl = Answer((), nxdomain=True), _negative_ttl(responses[0] if responses else None)
         except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
-            raise DNSTempError(f"{key[0]} {key[1]}: {exc}") from exc
+            failure = DNSTempError(f"{key[0]} {key[1]}: {exc}")
+            self._store(key, now + FAILURE_TTL, failure)
+            raise failure from exc
         except dns.exception.DNSException as exc:  # e.g. a malformed name: no such record
             answer, ttl = Answer(()), DEFAULT_NEGATIVE_TTL
             del exc
@@ -125,11 +132,14 @@ class Resolver:
             else:
                 answer = Answer(tuple(_text(r, key[1]) for r in result.rrset))
                 ttl = float(result.rrset.ttl)
+        self._store(key, now + min(ttl, MAX_TTL), answer)
+        return answer
+
+    def _store(self, key: tuple[str, str], expires: float, value: Answer | DNSTempError) -> None:
         with self._lock:
-            self._cache[key] = (now + min(ttl, MAX_TTL), answer)
+            self._cache[key] = (expires, value)
             while len(self._cache) > self._max:
                 self._cache.popitem(last=False)
-        return answer
 
     def txt(self, name: str) -> list[str]:
         return list(self.query(name, "TXT").records)
