@@ -15,7 +15,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import dns.exception
 import dns.message
@@ -31,6 +33,9 @@ MAX_TTL = 3600.0
 # A time-out or SERVFAIL is remembered this long (RFC 2308 7.1 allows up to
 # five minutes), so a dead name server costs one wait, not one per message.
 FAILURE_TTL = 30.0
+
+
+T = TypeVar("T")
 
 
 class DNSTempError(Exception):
@@ -96,6 +101,7 @@ class Resolver:
         resolver.timeout = min(timeout, 2.0)
         self._resolver = resolver
         self._cache: OrderedDict[tuple[str, str], tuple[float, Answer | DNSTempError]] = OrderedDict()
+        self._derived: OrderedDict[Hashable, tuple[float, object]] = OrderedDict()
         self._lock = threading.Lock()
         self._max = max_entries
         self.queries = 0  # questions sent (not answered from the cache)
@@ -140,6 +146,23 @@ class Resolver:
             self._cache[key] = (expires, value)
             while len(self._cache) > self._max:
                 self._cache.popitem(last=False)
+
+    def remember(self, key: Hashable, ttl: float, compute: Callable[[], T]) -> T:
+        """``compute()``, kept ``ttl`` seconds under ``key``: for a verdict that
+        rests only on DNS answers and ``key`` (an SPF result). A result whose
+        ``result`` attribute is ``temperror`` is not kept."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._derived.get(key)
+            if hit is not None and hit[0] > now:
+                return hit[1]  # type: ignore[no-any-return]
+        value = compute()
+        if getattr(value, "result", None) != "temperror":
+            with self._lock:
+                self._derived[key] = (now + ttl, value)
+                while len(self._derived) > self._max:
+                    self._derived.popitem(last=False)
+        return value
 
     def txt(self, name: str) -> list[str]:
         return list(self.query(name, "TXT").records)

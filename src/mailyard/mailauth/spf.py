@@ -20,6 +20,11 @@ from .dnscache import DNSTempError, Resolver
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
 
+# A result is a function of (client address, sender, HELO) and of DNS; the
+# resolver keeps it this long (``Resolver.remember``), so a sender's stream
+# of mail is evaluated once a minute rather than once a message.
+RESULT_TTL = 60.0
+
 
 @dataclass(frozen=True)
 class SPFResult:
@@ -77,7 +82,12 @@ def check_host(resolver: Resolver, ip: str, reverse_path: str, helo: str) -> SPF
     domain = sender.rpartition("@")[2].lower()
     if not domain or not helo and identity == "helo":
         return SPFResult("none", identity, domain, sender, "no domain to check")
-    query = _Query(resolver, ip, sender, helo)
+    return resolver.remember(("spf", ip, sender.lower(), helo.lower()), RESULT_TTL,
+                             lambda: _evaluate(resolver, ip, sender, helo, identity, domain))
+
+
+def _evaluate(resolver: Resolver, ip: str, sender: str, helo: str, identity: str, domain: str) -> SPFResult:
+    query = _Query(resolver, ip, sender if identity == "mailfrom" else "", helo)
     try:
         result, _code, explanation = query.check()
     except Exception as exc:  # noqa: BLE001 - pyspf raising is a permerror of the record
@@ -91,9 +101,5 @@ def check_helo(resolver: Resolver, ip: str, helo: str) -> SPFResult:
     sender = f"postmaster@{helo}"
     if not helo or "." not in helo or helo.startswith("["):
         return SPFResult("none", "helo", helo, sender, "HELO is not a domain name")
-    query = _Query(resolver, ip, "", helo)
-    try:
-        result, _code, explanation = query.check()
-    except Exception as exc:  # noqa: BLE001
-        return SPFResult("permerror", "helo", helo.lower(), sender, str(exc)[:200])
-    return SPFResult(result, "helo", helo.lower(), sender, str(explanation)[:200])
+    return resolver.remember(("spf-helo", ip, "", helo.lower()), RESULT_TTL,
+                             lambda: _evaluate(resolver, ip, sender, helo, "helo", helo.lower()))
