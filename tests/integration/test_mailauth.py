@@ -156,3 +156,22 @@ def test_dns_timeout_is_a_temperror_not_a_stuck_session(hosts: MultiHost) -> Non
         assert "spf=temperror" in ar and "dmarc=temperror" in ar
     finally:
         silent.close()
+
+
+def test_a_dsn_to_another_server_is_signed(hosts: MultiHost) -> None:
+    """Generated mail is signed too: c.test's user writes to an alias at a.test
+    that forwards to a domain with a null MX; a.test's DSN goes back to c.test
+    signed with a.test's keys (its host name's domain) and passes DKIM there."""
+    a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    hosts.add("c.test", "127.0.0.4", {"carol": "carol-pw-1"}, configure=checking)
+    signing = publish(hosts, a.data_dir, "a.test")
+    hosts.dns.add("nowhere.test", "MX", "0 .")  # RFC 7505: bounces at once
+    a.call(a.store.add_alias("team@a.test", ["dave@nowhere.test"]))
+    note = MESSAGE.replace(b"Alice <alice@a.test>", b"carol@c.test").replace(b"bob@b.test", b"team@a.test")
+    submit(hosts, "carol@c.test", ["team@a.test"], note)
+    (dsn,) = hosts.wait_messages("carol@c.test")
+    ar = ar_fields(dsn)[0]
+    print(ar)
+    assert f"dkim=pass header.d=a.test header.s={signing.generation}-rsa" in ar
+    assert f"dkim=pass header.d=a.test header.s={signing.generation}-ed25519" in ar
+    assert b"Content-Type: multipart/report" in dsn
