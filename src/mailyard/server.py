@@ -24,6 +24,7 @@ from .config import Config, ConfigError
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
 from .mailauth.dnscache import Resolver
+from .mailauth.inbound import InboundChecker
 from .mailauth.signer import Signer
 from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
@@ -196,8 +197,10 @@ class MailServer:
         if self.tls is None:
             self.tls = self._load_tls()
         signer = Signer(self.data_dir, cfg.server.hostname).sign if cfg.authentication.dkim_sign else None
-        auth_dns = (Resolver(cfg.delivery.nameservers, cfg.authentication.dns_timeout)
-                    if cfg.authentication.inbound_checks else None)
+        auth = cfg.authentication
+        mailauth = (InboundChecker(Resolver(cfg.delivery.nameservers, auth.dns_timeout),
+                                   auth.authserv_id or cfg.server.hostname)
+                    if auth.inbound_checks else None)
         self.services = Services(
             config=cfg,
             data_dir=self.data_dir,
@@ -211,7 +214,7 @@ class MailServer:
             smtp_engine=engine_config(cfg),
             submission_engine=submission_engine_config(cfg),
             stats=self.stats,
-            auth_dns=auth_dns,
+            mailauth=mailauth,
         )
         limits = ConnectionLimits(
             cfg.limits.max_connections,
@@ -288,6 +291,8 @@ class MailServer:
         self.listeners.clear()
         if self.queue is not None:
             await self.queue.stop()
+        if self.services is not None and self.services.mailauth is not None:
+            self.services.mailauth.close()
         if self._store is not None:
             await self._store.close()
             self._store = None

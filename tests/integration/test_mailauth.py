@@ -175,3 +175,75 @@ def test_a_dsn_to_another_server_is_signed(hosts: MultiHost) -> None:
     assert f"dkim=pass header.d=a.test header.s={signing.generation}-rsa" in ar
     assert f"dkim=pass header.d=a.test header.s={signing.generation}-ed25519" in ar
     assert b"Content-Type: multipart/report" in dsn
+
+
+@pytest.mark.parametrize("checks", [False, True], ids=["checks-off", "checks-on"])
+def test_large_signed_message_checks_memory_and_others_served(tmp_path: Path, checks: bool) -> None:
+    """A 20 MB message with two DKIM signatures on the MX port of a real
+    ``mailyard serve``: the checks run in a worker thread, the server's peak
+    RSS stays bounded and another client's greeting still comes."""
+    import socket
+    import threading
+    import time
+
+    from mailyard.mailauth import dkim
+
+    from .multihost import DNSServer
+    from .serve_process import MB, ServeProcess
+
+    dns = DNSServer()
+    try:
+        keys.generate(tmp_path / "k", "remote.test")
+        signing = keys.load(tmp_path / "k", "remote.test")
+        assert signing is not None
+        for rec in keys.records(signing):
+            dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))
+        dns.add("remote.test", "TXT", '"v=spf1 ip4:127.0.0.1 -all"')
+
+        def configure(cfg: Config) -> None:
+            cfg.authentication.inbound_checks = checks
+            cfg.delivery.nameservers = dns.address
+
+        serve = ServeProcess(tmp_path / "data", configure)
+        try:
+            head = (b"From: big@remote.test\r\nTo: alice@example.test\r\nSubject: big\r\n"
+                    b"Date: Sat, 05 Dec 2026 08:00:00 +0000\r\nMessage-ID: <big@remote.test>\r\n\r\n")
+            msg = head + (b"y" * 98 + b"\r\n") * (20 * MB // 100)
+            wire = dkim.sign(msg, signing) + msg
+            base = serve.rss()
+            serve.reset_peak()
+            latencies: list[float] = []
+            done = threading.Event()
+
+            def probe() -> None:
+                while not done.is_set():
+                    start = time.perf_counter()
+                    with socket.create_connection((serve.host, serve.port("smtp")), timeout=10) as sock:
+                        line = sock.makefile("rb").readline()
+                        assert line.startswith(b"220"), line
+                        latencies.append(time.perf_counter() - start)
+                        sock.sendall(b"QUIT\r\n")
+                    done.wait(0.05)
+
+            prober = threading.Thread(target=probe, daemon=True)
+            with smtplib.SMTP(serve.host, serve.port("smtp"), timeout=60) as client:
+                client.ehlo("mx.remote.test")
+                prober.start()
+                try:
+                    client.mail("big@remote.test")
+                    client.rcpt("alice@example.test")
+                    code, text = client.data(wire)
+                finally:
+                    done.set()
+                    prober.join(15)
+            assert code == 250, text
+            grown = serve.peak() - base
+            print(f"\n20 MB signed message, checks {'on' if checks else 'off'}: peak RSS {grown / MB:+.1f} MB; "
+                  f"other clients' greetings: {len(latencies)} probes, worst {max(latencies) * 1000:.1f} ms")
+            assert latencies, "another client was greeted meanwhile"
+            assert grown < 400 * MB
+            assert serve.alive() and not serve.tracebacks()
+        finally:
+            serve.stop()
+    finally:
+        dns.stop()

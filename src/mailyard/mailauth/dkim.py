@@ -197,6 +197,8 @@ def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool 
     header, _body = split_header_body(message)
     sigs = [value for name, value in split_fields(header) if name.lower() == "dkim-signature"]
     results: list[DKIMResult] = []
+    if not sigs:
+        return results  # nothing to check: the message is not parsed again
     checker = _Verifier(message, logger=_quiet, minkey=MIN_RSA_BITS)
     for idx, value in enumerate(sigs[:10]):
         tags = _tags(value)

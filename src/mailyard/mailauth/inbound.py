@@ -11,7 +11,10 @@ claiming this server's authserv-id removed, and what DMARC asks for.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..message.address import iter_mailboxes, parse_address_list
@@ -87,3 +90,23 @@ def check_message(
     lines.append(resinfo("dmarc", dmarc_result.result, reason, [("header.from", dmarc_result.from_domain)]))
     return InboundVerdict(message, format_header(authserv_id, lines), mailfrom, helo_result, dkim_results,
                           dmarc_result)
+
+
+class InboundChecker:
+    """The checks as the MX port runs them: ``check_message`` on a small
+    thread pool of its own, so at most ``workers`` messages are checked at a
+    time (a check holds a few copies of the message: dkimpy's parse and its
+    canonical body) and the event loop's default executor stays free."""
+
+    def __init__(self, resolver: Resolver, authserv_id: str, workers: int = 2) -> None:
+        self.resolver = resolver
+        self.authserv_id = authserv_id
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mailauth")
+
+    async def check(self, message: bytes, *, ip: str, helo: str, reverse_path: str) -> InboundVerdict:
+        call = functools.partial(check_message, self.resolver, message, authserv_id=self.authserv_id, ip=ip,
+                                 helo=helo, reverse_path=reverse_path)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -27,7 +27,7 @@ from ..delivery.submit import (
     report_over_quota,
     sender_rule,
 )
-from ..mailauth.inbound import InboundVerdict, check_message
+from ..mailauth.inbound import InboundVerdict
 from ..message.trace import with_protocol
 from ..policy.relay import routing_trick
 from ..protocols.smtp.events import (
@@ -447,7 +447,7 @@ class SMTPSession(SessionProtocol):
         )
         mail = event.mail
         junk = False
-        if self.account is None and not self.submission and self.services.auth_dns is not None:
+        if self.account is None and not self.submission and self.services.mailauth is not None:
             verdict = await self._authenticate(event, data)
             if verdict is not None:
                 data = verdict.header + verdict.message
@@ -498,17 +498,13 @@ class SMTPSession(SessionProtocol):
 
     async def _authenticate(self, event: MessageReceived, data: bytes) -> InboundVerdict | None:
         """SPF, DKIM and DMARC of a message received on the MX port
-        (mailauth/inbound.py), in a worker thread: the libraries and their
-        DNS lookups block. None if the checks themselves broke (the message
-        is then accepted without a verdict, and the error logged)."""
-        services = self.services
-        assert services.auth_dns is not None
-        authserv_id = services.config.authentication.authserv_id or services.config.server.hostname
+        (mailauth/inbound.py), on the checks' own threads: the libraries and
+        their DNS lookups block. None if the checks themselves broke (the
+        message is then accepted without a verdict, and the error logged)."""
+        checker = self.services.mailauth
+        assert checker is not None
         try:
-            return await asyncio.to_thread(
-                check_message, services.auth_dns, data, authserv_id=authserv_id, ip=self.peer_ip or "",
-                helo=self.helo, reverse_path=event.reverse_path,
-            )
+            return await checker.check(data, ip=self.peer_ip or "", helo=self.helo, reverse_path=event.reverse_path)
         except Exception:
             log.exception("smtp: authentication checks failed for %s", self.peer_ip)
             return None
