@@ -1,7 +1,8 @@
 """DKIM interoperability with OpenDKIM (Debian opendkim-tools'
 ``opendkim-testmsg``, which .ci/run installs): OpenDKIM verifies what
 mailyard signs (each signature alone: rsa-sha256 and ed25519-sha256), and
-mailyard verifies what OpenDKIM signs.
+mailyard verifies what OpenDKIM signs; a signed message delivered by Postfix
+(the receiving peer) still verifies.
 
 OpenDKIM looks keys up through the system resolver (/etc/resolv.conf, port
 53), so the verifying run gets a private mount namespace (``unshare -m``)
@@ -148,3 +149,44 @@ def test_mailyard_verifies_an_opendkim_signature(tmp_path: Path, dns: DNSServer)
         # RFC 8301 3.1: the server itself does not accept rsa-sha1
         (strict,) = dkim.verify(signed, resolver.txt)
         assert (strict.result, strict.reason) == ("fail", "rsa-sha1 is not accepted (RFC 8301)")
+
+
+def test_signature_survives_transport_to_postfix(tmp_path: Path) -> None:
+    """mailyard signs at enqueue and sends to Postfix by MX; the copy Postfix
+    delivers (8-bit body, a 900-octet line, a leading dot, trailing spaces)
+    still verifies both signatures: nothing on the way re-encoded it."""
+    import smtplib
+
+    from mailyard.mailauth.dnscache import Resolver
+    from tests.integration.multihost import MultiHost
+    from tests.interop.test_outbound_postfix import A, P, Postfix
+    from tests.waiting import wait_until
+
+    hosts = MultiHost(tmp_path)
+    postfix = None
+    try:
+        postfix = Postfix(tmp_path, hosts.smtp_port, {"a.test": A})
+        postfix.start()
+        hosts.dns.add("p.test", "MX", "10 mx.p.test.")
+        hosts.dns.add("mx.p.test", "A", P)
+        a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
+        keys.generate(a.data_dir, "a.test")
+        signing = keys.load(a.data_dir, "a.test")
+        assert signing is not None
+        publish(hosts.dns, signing)
+        outgoing = MESSAGE.replace(b"bob@b.test", b"carol@p.test") + b"z" * 900 + b"  \r\n"
+        with smtplib.SMTP(a.host, a.config.ports.submission, timeout=10) as client:
+            client.login("alice@a.test", "alice-pw-1")
+            client.sendmail("alice@a.test", ["carol@p.test"], outgoing)
+        wait_until(lambda: postfix.maildir("carol"), 60, "Postfix to deliver")  # type: ignore[union-attr]
+        (raw,) = postfix.maildir("carol")
+        delivered = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")  # a maildir file has LF lines
+        results = dkim.verify(delivered, Resolver(hosts.dns.address, timeout=3.0).txt)
+        print([(r.algorithm, r.result, r.reason) for r in results])
+        assert [(r.algorithm, r.result) for r in results] == [("ed25519-sha256", "pass"), ("rsa-sha256", "pass")]
+        assert b"\xc3\xbc" in raw and b"z" * 900 in raw
+    finally:
+        if postfix is not None:
+            postfix.stop()
+            shutil.rmtree(postfix.dir, ignore_errors=True)
+        hosts.stop()
