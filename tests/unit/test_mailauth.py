@@ -386,3 +386,16 @@ def test_cache_honours_positive_and_negative_answers(dns: DNSServer, resolver: R
     with pytest.raises(DNSTempError):  # RFC 2308 7.1: the failure is remembered for a while
         resolver.txt("sf.c.test")
     assert resolver.queries == asked
+
+
+def test_authentication_config_section() -> None:
+    from mailyard.config import Config, ConfigError
+
+    cfg = Config()
+    assert (cfg.authentication.dkim_sign, cfg.authentication.inbound_checks,
+            cfg.authentication.dmarc_policy) == (True, True, "enforce")
+    cfg.apply({"authentication": {"dmarc_policy": "record"}})
+    assert cfg.authentication.dmarc_policy == "record"
+    with pytest.raises(ConfigError, match="'authentication.dmarc_policy' must be \"enforce\" or \"record\""):
+        Config().apply({"authentication": {"dmarc_policy": "quarantine-all"}})
+    assert "[authentication]" in Config().to_toml()
