@@ -224,6 +224,27 @@ class MetricsConfig:
 
 
 @dataclass
+class AuthenticationConfig:
+    """Mail authentication (mailauth/): DKIM signing of outbound mail and the
+    SPF / DKIM / DMARC checks of mail received on the MX port. DNS goes to
+    ``[delivery] nameservers``."""
+
+    # DKIM-sign (RFC 6376) every message entering the outbound queue with
+    # the domain's keys (``mailyard dkim``).
+    dkim_sign: bool = True
+    # Check SPF, DKIM and DMARC on the MX port and record the results in an
+    # Authentication-Results field (RFC 8601).
+    inbound_checks: bool = True
+    # "enforce": DMARC p=reject is refused (550 5.7.1) and p=quarantine filed
+    # in Junk; "record": only the Authentication-Results field says so.
+    dmarc_policy: str = "enforce"
+    # Seconds the checks of one message wait for DNS before temperror.
+    dns_timeout: float = 5.0
+    # The authserv-id of Authentication-Results (RFC 8601 2.5); empty: [server] hostname.
+    authserv_id: str = ""
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     ports: PortsConfig = field(default_factory=PortsConfig)
@@ -234,6 +255,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    authentication: AuthenticationConfig = field(default_factory=AuthenticationConfig)
 
     @classmethod
     def load(cls, path: Path | None) -> Config:
@@ -270,6 +292,8 @@ class Config:
                         + ", ".join(sorted(fields))
                     )
                 setattr(target, key, _coerce(section, key, getattr(target, key), value, source))
+        if self.authentication.dmarc_policy not in ("enforce", "record"):
+            raise ConfigError(f"{source}: 'authentication.dmarc_policy' must be \"enforce\" or \"record\"")
 
     def to_toml(self) -> str:
         """The configuration as TOML (used by `init` and `config defaults`)."""

@@ -26,6 +26,9 @@ from .auth.throttle_shared import SharedThrottle
 from .config import Config, ConfigError
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
+from .mailauth.dnscache import Resolver
+from .mailauth.inbound import InboundChecker
+from .mailauth.signer import Signer
 from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, client_context, ensure_certificate
@@ -225,6 +228,11 @@ class MailServer:
         router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients)
         if self.tls is None:
             self.tls = self._load_tls()
+        signer = Signer(self.data_dir, cfg.server.hostname).sign if cfg.authentication.dkim_sign else None
+        auth = cfg.authentication
+        mailauth = (InboundChecker(Resolver(cfg.delivery.nameservers, auth.dns_timeout),
+                                   auth.authserv_id or cfg.server.hostname)
+                    if auth.inbound_checks else None)
         self.services = Services(
             config=cfg,
             data_dir=self.data_dir,
@@ -233,11 +241,12 @@ class MailServer:
             login=LoginService(store, self._throttle, self.data_dir / SECRET_FILE),
             spool=spool,
             queue=OutboundQueue(store, router, cfg.delivery, cfg.server.hostname, client_tls=client_context,
-                                relay_ca_file=self._relay_ca_file()),
+                                relay_ca_file=self._relay_ca_file(), signer=signer),
             tls=self.tls,
             smtp_engine=engine_config(cfg),
             submission_engine=submission_engine_config(cfg),
             stats=self.stats,
+            mailauth=mailauth,
         )
         share = worker.count if worker is not None else 1
         limits = ConnectionLimits(
@@ -376,6 +385,8 @@ class MailServer:
             self.worker.channel.detach(asyncio.get_running_loop())
         if self.queue is not None:
             await self.queue.stop()
+        if self.services is not None and self.services.mailauth is not None:
+            self.services.mailauth.close()
         if self._store is not None:
             await self._store.close()
             self._store = None

@@ -25,6 +25,7 @@ from .auth.service import LoginService
 from .config import Config
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
+from .mailauth.inbound import InboundChecker
 from .protocols.smtp.server import ServerConfig
 from .store.api import Store
 from .store.spool import MessageSpool
@@ -63,3 +64,6 @@ class Services:
     submission_engine: ServerConfig
     # Counters for tests and metrics (e.g. "smtp_sessions" on the MX port).
     stats: collections.Counter[str]
+    # The SPF / DKIM / DMARC checks of the MX port (mailauth/inbound.py); None:
+    # the MX port does not check ([authentication] inbound_checks = false).
+    mailauth: InboundChecker | None = None

@@ -158,6 +158,8 @@ class CrashServer:
         # compaction pass after each start has sealed segments to rewrite
         cfg.store.segment_size = 128 * 1024
         cfg.server.workers = 1  # one process unless the scenario asks for more
+        cfg.authentication.inbound_checks = False  # no test asks the outside DNS
+        cfg.metrics.listen = ""
         for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http"):
             setattr(cfg.ports, name, self.ports.get(name, 0))
         if self.configure is not None:

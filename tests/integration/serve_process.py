@@ -45,6 +45,7 @@ class ServeProcess:
         cfg.metrics.listen = f"127.0.0.1:{free_port()}"
         cfg.server.log_level = "warning"
         cfg.server.workers = 1  # one process: its RSS is the server's (configure may change it)
+        cfg.authentication.inbound_checks = False  # no test asks the outside DNS (configure may change it)
         configure(cfg)
         (data / "config.toml").write_text(cfg.to_toml())
         self.proc = subprocess.Popen(

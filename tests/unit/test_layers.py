@@ -59,20 +59,25 @@ LAYERS: dict[str, Layer] = {
         {"observability", "auth", "store", "message", "config"},
         "policy/ returns verdicts: it imports neither protocols/ (replies) nor delivery/",
     ),
+    "mailauth": layer(
+        {"message", "config"},
+        "mailauth/ (SPF, DKIM, DMARC) takes a message and DNS answers and returns verdicts: "
+        "it imports only message/ and config",
+    ),
     "delivery": layer(
-        {"observability", "protocols", "policy", "auth", "store", "message", "config"},
+        {"observability", "mailauth", "protocols", "policy", "auth", "store", "message", "config"},
         "delivery/ imports neither net/ nor the server (nor services.py)",
     ),
     "services": layer(
-        {"observability", "delivery", "policy", "auth", "store", "protocols", "message", "config"},
+        {"observability", "delivery", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
         "services.py (the typed services object) sits below net/ and web/",
     ),
     "net": layer(
-        {"observability", "services", "delivery", "policy", "auth", "store", "protocols", "message", "config"},
+        {"observability", "services", "delivery", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
         "net/ receives the services object; it never imports the server, cli or web/",
     ),
     "web": layer(
-        {"observability", "net", "services", "delivery", "policy", "auth", "store", "message", "config"},
+        {"observability", "net", "services", "delivery", "mailauth", "policy", "auth", "store", "message", "config"},
         "web/ receives the services object; it never imports the server or cli",
     ),
     "client": layer(
@@ -80,12 +85,12 @@ LAYERS: dict[str, Layer] = {
         "client/ (the mail user agent) uses message/ and protocols/ only, not the server side",
     ),
     "server": layer(
-        {"observability", "net", "web", "services", "delivery", "policy", "auth", "store", "protocols", "message",
+        {"observability", "net", "web", "services", "delivery", "mailauth", "policy", "auth", "store", "protocols", "message",
          "config"},
         "server.py composes the services; only cli.py is above it",
     ),
     "cli": layer(
-        {"observability", "server", "client", "net", "web", "services", "delivery", "policy", "auth", "store",
+        {"observability", "server", "client", "net", "web", "services", "delivery", "mailauth", "policy", "auth", "store",
          "protocols", "message", "config"},
         "cli.py is the top",
     ),
@@ -102,6 +107,7 @@ LAYER_OF: dict[str, str] = {
     "auth": "auth",
     "policy": "policy",
     "delivery": "delivery",
+    "mailauth": "mailauth",
     "services": "services",
     "net": "net",
     "web": "web",

@@ -8,6 +8,10 @@ All recipients get the message in one atomic, durable commit, or none does.
 With ``enforce_quota`` an account the message would take over its quota
 (RFC 9208) makes the store refuse the whole commit with ``QuotaExceeded``
 naming its INBOX; the caller (delivery/submit.py) drops it and tries again.
+
+``junk_mailbox_id`` finds (or makes) an account's Junk folder, the mailbox
+with the RFC 6154 ``\\Junk`` attribute: mail a sender's DMARC policy asks to
+quarantine (RFC 7489 6.3 p=quarantine) is filed there instead of the INBOX.
 """
 
 from __future__ import annotations
@@ -16,6 +20,23 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from ..message.trace import delivered_to_header, return_path_header
 from ..store.api import Account, DeliveryTarget, NotFound, Store
+
+JUNK = "Junk"
+
+
+async def junk_mailbox_id(store: Store, account_id: int) -> int | None:
+    """The id of the account's ``\\Junk`` mailbox (RFC 6154 2), created as
+    ``Junk`` when it has none."""
+    for box in await store.list_mailboxes(account_id):
+        if box.special_use and "\\junk" in box.special_use.lower():
+            return box.id
+    box = await store.get_mailbox(account_id, JUNK)
+    if box is None:
+        try:
+            box = await store.create_mailbox(account_id, JUNK, special_use="\\Junk", subscribe=True)
+        except Exception:  # noqa: BLE001 - made meanwhile by another delivery
+            box = await store.get_mailbox(account_id, JUNK)
+    return box.id if box is not None else None
 
 
 async def deliver_local(

@@ -89,6 +89,11 @@ ClientTLS = Callable[..., ssl.SSLContext]
 # policy; "implicit" starts TLS before the greeting, so no STARTTLS follows.
 RELAY_STARTTLS = {"starttls": "require", "opportunistic": "opportunistic", "none": "never", "implicit": "never"}
 
+# Signs a message that enters the queue: (message, reverse-path) -> the
+# message with its DKIM-Signature fields (mailauth/signer.py ``Signer.sign``).
+# Blocking; the queue runs it in a worker thread.
+MessageSigner = Callable[[bytes, str], bytes]
+
 
 def reply_text(reply: Reply) -> str:
     text = " ".join(line for line in reply.lines if line)
@@ -225,14 +230,18 @@ class OutboundQueue:
     resolves the reverse-path of a DSN, ``hostname`` names this MTA in EHLO
     and in reports, ``client_tls`` makes the TLS contexts of outbound
     connections, ``relay_ca_file`` (an absolute path, or None) is the CA file
-    the smarthost's certificate is checked against."""
+    the smarthost's certificate is checked against, ``signer`` (when given)
+    DKIM-signs each message once as it enters the queue (RFC 6376),
+    submissions and generated reports alike."""
 
     def __init__(self, store: Store, router: Router, cfg: DeliveryConfig, hostname: str,
-                 client_tls: ClientTLS, relay_ca_file: str | None = None) -> None:
+                 client_tls: ClientTLS, relay_ca_file: str | None = None,
+                 signer: MessageSigner | None = None) -> None:
         if cfg.relay_tls not in RELAY_STARTTLS:
             # Config.load refuses it; this guards configurations built in code.
             raise ValueError(f"delivery.relay_tls {cfg.relay_tls!r} is not one of {', '.join(RELAY_STARTTLS)}")
         self.store = store
+        self.signer = signer
         self.router = router
         self.cfg = cfg
         self.hostname = hostname
@@ -274,6 +283,8 @@ class OutboundQueue:
         queue id (None when no recipient is remote). ``enforce_quota``: as
         delivery/local.py's (QuotaExceeded, nothing stored or queued)."""
         rcpts = [r if isinstance(r, NewRecipient) else NewRecipient(r) for r in recipients]
+        if rcpts:
+            body = await self.sign(body, reverse_path)
         targets = await self.local_targets(reverse_path, accounts, inbox_id, enforce_quota=enforce_quota)
         if eight_bit is None:
             eight_bit = not body.isascii()
@@ -287,6 +298,12 @@ class OutboundQueue:
             metrics.count_delivery("remote", "queued", len(rcpts))
             self.wake()
         return queue_id
+
+    async def sign(self, body: bytes, reverse_path: str) -> bytes:
+        """``body`` DKIM-signed (once, here, not per attempt), off the event loop."""
+        if self.signer is None:
+            return body
+        return await asyncio.to_thread(self.signer, body, reverse_path)
 
     async def local_targets(self, reverse_path: str, accounts: Sequence[Account], inbox_id: Any = None,
                             *, enforce_quota: bool = False) -> list[DeliveryTarget]:
@@ -640,8 +657,11 @@ class OutboundQueue:
             targets = await self.local_targets("", resolution.accounts)
             remote = [NewRecipient(r) for r in resolution.remote]
             entry_new = NewQueueEntry("", remote) if remote else None
+            if remote:
+                dsn = await self.sign(dsn, "")
             return [NewMessage(dsn, targets, entry_new)]
         if resolution.verdict is Verdict.REMOTE:
+            dsn = await self.sign(dsn, "")
             return [NewMessage(dsn, (), NewQueueEntry("", [NewRecipient(resolution.address)]))]
         logs.event(log, logging.WARNING, "dsn_dropped", queue_id=queue_name(entry.id, entry.created),
                    to=entry.reverse_path, reason=resolution.verdict.value)

@@ -38,11 +38,12 @@ disclosed (RFC 5322 3.6.3): the caller passes the bytes to send
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -60,7 +61,7 @@ from ..store.api import (
     QuotaExceeded,
 )
 from .bounce import ReportedRecipient, build_dsn, wants_report
-from .local import deliver_local
+from .local import deliver_local, junk_mailbox_id
 from .router import Router, Verdict
 
 if TYPE_CHECKING:
@@ -178,6 +179,7 @@ async def accept_message(
     envid: str | None = None,
     ret: str | None = None,
     smtputf8: bool = False,
+    junk: bool = False,
 ) -> Accepted:
     """Accept ``data`` for the local ``accounts`` and the ``remote`` recipients.
 
@@ -187,6 +189,8 @@ async def accept_message(
     ``StorageFull`` (store/api.py) when the disk is full, ``QuotaExceeded``
     when every recipient is a local account the message would take over its
     quota. Returns when the message is durable (DESIGN.md "Durability").
+    ``junk``: the local copies go to each account's Junk folder, not the
+    INBOX (a DMARC quarantine, RFC 7489 6.3).
     """
     auth_user = None
     if account is not None:
@@ -209,7 +213,9 @@ async def accept_message(
         id=trace.id, for_addr=trace.for_addr, tls_info=trace.tls_info, auth_user=auth_user,
         ts=time.time(),
     )
-    inbox_id = intake.router.directory.inbox_id
+    inbox_id: Callable[[int], Awaitable[int | None]] = intake.router.directory.inbox_id
+    if junk:
+        inbox_id = functools.partial(junk_mailbox_id, intake.store)
     started = time.monotonic()
     queue_id = None
     over_quota: list[Account] = []

@@ -27,6 +27,7 @@ from ..delivery.submit import (
     report_over_quota,
     sender_rule,
 )
+from ..mailauth.inbound import InboundVerdict
 from ..message.trace import with_protocol
 from ..policy.relay import routing_trick
 from ..protocols.smtp.events import (
@@ -451,6 +452,18 @@ class SMTPSession(SessionProtocol):
             tls_info=self._tls_info(),
         )
         mail = event.mail
+        junk = False
+        if self.account is None and not self.submission and self.services.mailauth is not None:
+            verdict = await self._authenticate(event, data)
+            if verdict is not None:
+                data = verdict.header + verdict.message
+                enforce = self.services.config.authentication.dmarc_policy == "enforce"
+                if enforce and verdict.disposition == "reject":
+                    # RFC 7489 6.6.3 / 7.3 (p=reject): refused after the whole message was seen
+                    log.info("smtp %s refused: DMARC policy of %s is reject", queue_id,
+                             verdict.dmarc.from_domain if verdict.dmarc else "")
+                    return Reply(550, "5.7.1", "Message rejected by the DMARC policy of the sender's domain")
+                junk = enforce and verdict.disposition == "quarantine"
         try:
             # The one acceptance path (delivery/submit.py): the submission
             # policy when a user authenticated, then one durable commit.
@@ -458,7 +471,7 @@ class SMTPSession(SessionProtocol):
                 self.services, data, event.reverse_path, accounts, remote,
                 trace=trace, account=self.account,
                 envid=mail.envid if mail else None, ret=mail.ret if mail else None,
-                smtputf8=bool(mail and mail.smtputf8),
+                smtputf8=bool(mail and mail.smtputf8), junk=junk,
             )
         except SenderNotAllowed as exc:
             self._message_rejected(queue_id, "sender-not-allowed", exc.verdict.reason, logging.WARNING)
@@ -497,6 +510,19 @@ class SMTPSession(SessionProtocol):
         logs.event(log, level, "message_rejected", proto=self.listener.name, ip=self.peer_ip,
                    user=self.account.address if self.account else None, msgid=msgid, reason=reason, detail=detail)
         metrics.count_message(self.listener.name, "rejected", reason)
+
+    async def _authenticate(self, event: MessageReceived, data: bytes) -> InboundVerdict | None:
+        """SPF, DKIM and DMARC of a message received on the MX port
+        (mailauth/inbound.py), on the checks' own threads: the libraries and
+        their DNS lookups block. None if the checks themselves broke (the
+        message is then accepted without a verdict, and the error logged)."""
+        checker = self.services.mailauth
+        assert checker is not None
+        try:
+            return await checker.check(data, ip=self.peer_ip or "", helo=self.helo, reverse_path=event.reverse_path)
+        except Exception:
+            log.exception("smtp: authentication checks failed for %s", self.peer_ip)
+            return None
 
     async def _report_over_quota(self, event: MessageReceived, data: bytes, refused: list[Account],
                                  queue_id: str) -> None:

@@ -1,0 +1,143 @@
+"""Mail authentication costs.
+
+- DKIM signing per message (both signatures, rsa-sha256 2048 and
+  ed25519-sha256, relaxed/relaxed), 1 KB and 100 KB, in process: what the
+  outbound queue spends once per message at enqueue.
+- MX accept throughput with the inbound checks (SPF for MAIL FROM and HELO,
+  DKIM of two signatures, DMARC, Authentication-Results) on against off, on
+  a real ``mailyard serve``, DNS answered by the project's DNS test server on
+  loopback (tests/integration/multihost.py), 20 concurrent clients, 1 KB
+  messages, fsync on. The issue's target: at most 15 % lower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from .common import BenchServer, Result, progress
+
+SESSIONS = 20
+
+
+def _message(size: int, sender: str = "news@remote.test") -> bytes:
+    head = (f"From: News <{sender}>\r\nTo: alice@example.test\r\nSubject: load\r\n"
+            "Date: Sat, 05 Dec 2026 08:00:00 +0000\r\nMessage-ID: <load@remote.test>\r\n\r\n").encode()
+    line = b"x" * 76 + b"\r\n"
+    return head + line * max(1, (size - len(head)) // len(line))
+
+
+def _signing(quick: bool) -> list[Result]:
+    from mailyard.mailauth import dkim, keys
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        keys.generate(Path(tmp), "remote.test")
+        signing = keys.load(Path(tmp), "remote.test")
+        assert signing is not None
+        for size, count in ((1024, 100 if quick else 500), (100 * 1024, 50 if quick else 200)):
+            msg = _message(size)
+            dkim.sign(msg, signing)
+            start = time.perf_counter()
+            for _ in range(count):
+                dkim.sign(msg, signing)
+            ms = (time.perf_counter() - start) / count * 1000
+            progress(f"signing {size // 1024} KB: {ms:.2f} ms per message")
+            results.append(Result("mailauth", f"DKIM sign {size // 1024} KB (rsa+ed25519)", ms, "ms/msg",
+                                  "once per message at enqueue", {"messages": count}))
+    return results
+
+
+async def _source(port: int, count: int, body: bytes) -> float:
+    left = count
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+        async def reply() -> bytes:
+            while True:
+                line = await reader.readline()
+                if line[3:4] != b"-":
+                    return line
+
+        await reply()
+        writer.write(b"EHLO mx.remote.test\r\n")
+        await reply()
+        writer.write(b"MAIL FROM:<news@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        for _ in range(3):
+            await reply()
+        writer.write(body + b".\r\nQUIT\r\n")
+        answer = await reply()
+        assert answer.startswith(b"250"), answer
+        await reply()
+        writer.close()
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await one()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(SESSIONS)))
+    return time.perf_counter() - start
+
+
+def _accept(quick: bool) -> list[Result]:
+    from tests.integration.multihost import DNSServer
+
+    from mailyard.mailauth import dkim, keys
+
+    from .smtp import _count
+
+    dns = DNSServer()
+    count = 300 if quick else 2000
+    rates: dict[bool, float] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            keys.generate(Path(tmp), "remote.test")
+            signing = keys.load(Path(tmp), "remote.test")
+            assert signing is not None
+            for rec in keys.records(signing):
+                dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))
+            msg = _message(1024)
+            body = dkim.sign(msg, signing) + msg
+        dns.add("remote.test", "TXT", '"v=spf1 ip4:127.0.0.1 -all"')
+        dns.add("mx.remote.test", "TXT", '"v=spf1 ip4:127.0.0.1 -all"')
+        dns.add("_dmarc.remote.test", "TXT", '"v=DMARC1; p=reject"')
+        for checks in (False, True):
+            server = BenchServer(("smtp",))
+            server.setup()
+            cfg = server.data / "config.toml"
+            text = cfg.read_text()
+            text = re.sub(r'^nameservers = ".*"$', f'nameservers = "{dns.address}"', text, flags=re.M)
+            text = re.sub(r"^inbound_checks = \w+$", f"inbound_checks = {'true' if checks else 'false'}",
+                          text, flags=re.M)
+            cfg.write_text(text)
+            server.start()
+            try:
+                progress(f"{count} signed messages of 1 KB, {SESSIONS} clients, checks {'on' if checks else 'off'}")
+                elapsed = asyncio.run(_source(server.ports["smtp"], count, body))
+                stored = _count(server)
+                if stored != count:
+                    raise RuntimeError(f"{count} messages sent but {stored} stored")
+                rates[checks] = count / elapsed
+                progress(f"{rates[checks]:.0f} msgs/s")
+            finally:
+                server.stop()
+    finally:
+        dns.stop()
+    lower = (1 - rates[True] / rates[False]) * 100
+    return [
+        Result("mailauth", "MX accept 1 KB, checks off", rates[False], "msgs/s", "", {"messages": count}),
+        Result("mailauth", "MX accept 1 KB, SPF+DKIM+DMARC on", rates[True], "msgs/s",
+               "at most 15 % lower than off", {"messages": count}),
+        Result("mailauth", "MX accept, cost of the checks", lower, "% lower", "target <= 15"),
+    ]
+
+
+def run(quick: bool = False) -> list[Result]:
+    return _signing(quick) + _accept(quick)

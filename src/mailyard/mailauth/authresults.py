@@ -1,0 +1,71 @@
+"""The Authentication-Results header field (RFC 8601).
+
+``format_header`` writes one field with this server's authserv-id (its host
+name, RFC 8601 2.5) and a result per method; ``strip_ours`` removes, before
+the checks' own field is added, every Authentication-Results field already in
+the message that claims this authserv-id (RFC 8601 5: a forged one would
+otherwise be trusted by the user's agents).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from ..message.parse import split_header_body
+
+_WS = re.compile(rb"[ \t\r\n]+")
+# RFC 8601 2.2: the authserv-id is the first token, before ";" or CFWS.
+_AUTHSERV = re.compile(rb"^\s*(?:\([^)]*\)\s*)*([^\s;()]+)")
+
+
+def _value(text: str) -> str:
+    """A value as a token, or as a quoted-string when it holds specials (RFC 2045 5.1)."""
+    if text and re.fullmatch(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~@]+", text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _comment(text: str) -> str:
+    clean = re.sub(r"[()\\\r\n]", " ", text).strip()
+    return f" ({clean})" if clean else ""
+
+
+def resinfo(method: str, result: str, reason: str = "", props: Sequence[tuple[str, str]] = ()) -> str:
+    """One ``method=result (reason) ptype.prop=value ...`` (RFC 8601 2.2)."""
+    out = f"{method}={result}{_comment(reason)}"
+    for name, value in props:
+        out += f" {name}={_value(value)}"
+    return out
+
+
+def format_header(authserv_id: str, results: Sequence[str]) -> bytes:
+    """The whole field, folded one result per line (RFC 5322 2.2.3), CRLF-terminated."""
+    parts = [authserv_id] + list(results) if results else [authserv_id, "none"]
+    text = "Authentication-Results: " + ";\r\n\t".join(parts) + "\r\n"
+    return text.encode("utf-8")
+
+
+def strip_ours(message: bytes, authserv_id: str) -> bytes:
+    """``message`` without the Authentication-Results fields that name ``authserv_id``."""
+    header, body = split_header_body(message)
+    if b"authentication-results" not in header.lower():
+        return message
+    ours = authserv_id.lower().encode()
+    out: list[bytes] = []
+    drop = False
+    for line in header.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and line.strip():
+            if not drop:
+                out.append(line)
+            continue
+        drop = False
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"authentication-results":
+            m = _AUTHSERV.match(_WS.sub(b" ", value))
+            # RFC 8601 5: compare the authserv-id case-insensitively
+            if m is not None and m.group(1).lower() == ours:
+                drop = True
+                continue
+        out.append(line)
+    return b"".join(out) + body

@@ -1,0 +1,291 @@
+"""DKIM (RFC 6376) signing and verification, with RSA-SHA256 (RFC 8301) and
+Ed25519-SHA256 (RFC 8463), on dkimpy.
+
+Signing: ``sign`` returns the two DKIM-Signature fields (Ed25519 first, then
+RSA, each prepended as RFC 6376 5.6 asks) for a message; relaxed/relaxed
+canonicalisation, never ``l=`` (RFC 6376 8.2: a body length limit lets
+anyone append content), and the header set of RFC 6376 5.4.1 where present,
+with From, To, Subject, Date and Message-ID signed once more than they occur
+("oversigning", RFC 6376 5.4.2 and 8.15), so that none can be added later.
+
+Verification: ``verify`` checks every DKIM-Signature of a message and gives
+one result per signature in RFC 8601 2.7.1 terms: ``pass``; ``fail`` (body
+hash or signature mismatch, expired ``x=``, revoked key, RSA key under 1024
+bits: RFC 8301 3.2 says such a signature MUST NOT be considered valid);
+``neutral`` (a malformed signature field); ``permerror`` (no key record);
+``temperror`` (DNS failed). The key record is looked up through the
+injected ``txt`` function (``dnscache.Resolver.txt``).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dkim as dkimpy
+import nacl.exceptions
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from ..message.headers import split_fields
+from ..message.parse import split_header_body
+from .dnscache import DNSTempError
+from .keys import SigningKeys
+
+# RFC 6376 5.4.1: the fields that should be signed when present.
+SIGNED_FIELDS = (
+    "from", "reply-to", "subject", "date", "to", "cc", "resent-date", "resent-from", "resent-to",
+    "resent-cc", "in-reply-to", "references", "list-id", "list-help", "list-unsubscribe",
+    "list-subscribe", "list-post", "list-owner", "list-archive", "message-id", "mime-version",
+    "content-type", "content-transfer-encoding",
+)
+# RFC 6376 8.15: signed one more time than they occur, so a second copy breaks the signature.
+OVERSIGNED = frozenset({"from", "to", "subject", "date", "message-id"})
+# RFC 8301 3.2: RSA keys under 1024 bits are not valid.
+MIN_RSA_BITS = 1024
+
+_quiet = logging.getLogger("mailyard.mailauth.dkimpy")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+def _include_headers(header: bytes) -> list[bytes]:
+    counts: dict[str, int] = {}
+    for name, _value in split_fields(header):
+        lname = name.lower()
+        if lname in SIGNED_FIELDS:
+            counts[lname] = counts.get(lname, 0) + 1
+    out: list[bytes] = []
+    for lname in SIGNED_FIELDS:
+        n = counts.get(lname, 0) + (1 if lname in OVERSIGNED else 0)
+        out.extend([lname.encode()] * n)
+    return out
+
+
+class _SignedDigest:
+    def __init__(self, signature: bytes) -> None:
+        self.signature = signature
+
+
+class _OpenSSLRSA:
+    """An RSA private key with the ``sign(digest)`` face of a PyNaCl key."""
+
+    def __init__(self, key: rsa.RSAPrivateKey) -> None:
+        self.key = key
+
+    def sign(self, digest: bytes) -> _SignedDigest:
+        # RFC 6376 3.3.1: RSASSA-PKCS1-v1_5 over the SHA-256 of the signed data
+        return _SignedDigest(self.key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256())))
+
+
+class _DKIM(dkimpy.DKIM):
+    """dkimpy's signer with the RSA operation done by OpenSSL (``cryptography``).
+
+    dkimpy computes RSA signatures with Python integers (about 17 ms for a
+    2048-bit key, holding the GIL); OpenSSL takes about 1 ms. dkimpy still
+    canonicalises, hashes and writes the field; only the final private-key
+    operation changes: for rsa-sha256 ``gen_header`` takes the branch it has
+    for ed25519-sha256, which signs the same SHA-256 digest with ``pk.sign``
+    (both algorithms hash with SHA-256), given a key object with that face.
+    The interoperability tests (OpenDKIM verifies the result) keep this honest."""
+
+    rsa_key: rsa.RSAPrivateKey | None = None
+
+    def gen_header(self, fields, include_headers, canon_policy, header_name, pk, standardize=False):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
+        if self.signature_algorithm != b"rsa-sha256" or self.rsa_key is None:
+            return super().gen_header(fields, include_headers, canon_policy, header_name, pk, standardize)
+        self.signature_algorithm = b"ed25519-sha256"
+        try:
+            return super().gen_header(fields, include_headers, canon_policy, header_name,
+                                      _OpenSSLRSA(self.rsa_key), standardize)
+        finally:
+            self.signature_algorithm = b"rsa-sha256"
+
+
+@functools.lru_cache(maxsize=64)
+def _rsa_key(pem: bytes) -> rsa.RSAPrivateKey | None:
+    key = serialization.load_pem_private_key(pem, password=None)
+    return key if isinstance(key, rsa.RSAPrivateKey) else None
+
+
+def sign(message: bytes, keys: SigningKeys) -> bytes:
+    """The DKIM-Signature fields for ``message`` (CRLF lines), to prepend to it."""
+    header, _body = split_header_body(message)
+    include = _include_headers(header)
+    out = b""
+    for selector, algorithm, key in (
+        (keys.rsa_selector, b"rsa-sha256", keys.rsa_pem),
+        (keys.ed25519_selector, b"ed25519-sha256", keys.ed25519_seed_b64),
+    ):
+        signer = _DKIM(message, signature_algorithm=algorithm, linesep=b"\r\n", logger=_quiet)
+        if algorithm == b"rsa-sha256":
+            signer.rsa_key = _rsa_key(key)
+        field = signer.sign(selector.encode(), keys.domain.encode(), key,
+                            canonicalize=(b"relaxed", b"relaxed"), include_headers=include, length=False)
+        out = field + out  # RFC 6376 5.6: each new signature goes on top
+    return out
+
+
+@dataclass(frozen=True)
+class DKIMResult:
+    """The outcome of one signature (RFC 8601 2.7.1)."""
+
+    result: str  # pass, fail, neutral, permerror, temperror
+    domain: str  # d=
+    selector: str  # s=
+    algorithm: str  # a=
+    reason: str = ""
+    b_prefix: str = ""  # the first characters of b= (RFC 6008 header.b)
+
+
+_TAG = re.compile(rb"(?:^|;)\s*([a-z]+)\s*=\s*([^;]*)", re.IGNORECASE)
+
+
+def _tags(value: bytes) -> dict[str, str]:
+    return {m.group(1).decode("ascii", "replace").lower(): re.sub(rb"\s+", b"", m.group(2)).decode("ascii", "replace")
+            for m in _TAG.finditer(value)}
+
+
+@functools.lru_cache(maxsize=256)
+def _public_key(record: bytes) -> tuple[object, int, bytes, bool]:
+    """dkimpy's parse of a key record (RFC 6376 3.6.1), kept: the same key
+    signs many messages, and parsing it is most of a verification's cost."""
+    return dkimpy.evaluate_pk(b"", record)
+
+
+class _OpenSSLRSAPublic:
+    """An RSA public key with the ``verify(digest, signature)`` face of a PyNaCl key."""
+
+    def __init__(self, key: rsa.RSAPublicKey) -> None:
+        self.key = key
+
+    def verify(self, digest: bytes, signature: bytes) -> None:
+        try:
+            # RFC 6376 3.3.1: RSASSA-PKCS1-v1_5 over the SHA-256 of the signed data
+            self.key.verify(signature, digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+        except InvalidSignature as exc:
+            raise nacl.exceptions.BadSignatureError("RSA signature did not verify") from exc
+
+
+@functools.lru_cache(maxsize=256)
+def _openssl_rsa(record: bytes) -> _OpenSSLRSAPublic | None:
+    tags = dkimpy.util.parse_tag_value(record)
+    try:
+        key = serialization.load_der_public_key(base64.b64decode(re.sub(rb"\s+", b"", tags[b"p"])))
+    except (KeyError, ValueError):
+        return None
+    return _OpenSSLRSAPublic(key) if isinstance(key, rsa.RSAPublicKey) else None
+
+
+class _Verifier(dkimpy.DKIM):
+    """dkimpy's verifier with the key record looked up and parsed by ``verify``
+    below (through the resolver's cache and ``_public_key``) rather than in
+    dkimpy's ``verify_sig``, and with an rsa-sha256 signature checked by
+    OpenSSL: as in signing (``_DKIM``), dkimpy's ed25519 branch verifies the
+    SHA-256 digest through ``pk.verify``, given a key with that face. The key
+    size limit of RFC 8301 3.2 is checked before (``_key_problem``)."""
+
+    record: bytes = b""
+
+    def verify_sig(self, sig, include_headers, sig_header, dnsfunc):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
+        self.pk, self.keysize, self.ktag, self.seqtlsrpt = _public_key(self.record)
+        fast = _openssl_rsa(self.record) if sig.get(b"a") == b"rsa-sha256" and self.ktag == b"rsa" else None
+        if fast is None:
+            return self.verify_sig_process(sig, include_headers, sig_header, dnsfunc)
+        self.pk, self.ktag = fast, b"ed25519"
+        try:
+            return self.verify_sig_process(sig, include_headers, sig_header, dnsfunc)
+        finally:
+            self.ktag = b"rsa"
+
+
+def _key_problem(record: str | None) -> tuple[str, str] | None:
+    """(result, reason) when the key record rules a signature out before any crypto."""
+    if record is None:
+        return ("permerror", "no key for signature")
+    try:
+        tags = dkimpy.util.parse_tag_value(record.encode())
+    except Exception:  # noqa: BLE001 - any malformed record is a permerror
+        return ("permerror", "malformed key record")
+    if not tags.get(b"p"):
+        return ("fail", "key revoked")  # RFC 6376 3.6.1: an empty p= revokes the key
+    try:
+        _pk, size, ktag, _tlsrpt = _public_key(record.encode())
+    except dkimpy.DKIMException as exc:
+        return ("permerror", f"bad key record: {exc}")
+    if ktag == b"rsa" and size < MIN_RSA_BITS:
+        return ("fail", f"RSA key of {size} bits is too small")
+    return None
+
+
+def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool = False) -> list[DKIMResult]:
+    """Check every DKIM-Signature of ``message`` (at most 10: more are not
+    looked at, so a message cannot make the server do unbounded work).
+
+    ``rsa-sha1`` signatures fail (RFC 8301 3.1: verifiers MUST NOT consider
+    them valid) unless ``allow_sha1``, which only the interoperability tests
+    use, to check another signer's canonicalisation and hashing."""
+    header, _body = split_header_body(message)
+    sigs = [value for name, value in split_fields(header) if name.lower() == "dkim-signature"]
+    results: list[DKIMResult] = []
+    if not sigs:
+        return results  # nothing to check: the message is not parsed again
+    checker = _Verifier(message, logger=_quiet, minkey=MIN_RSA_BITS)
+    for idx, value in enumerate(sigs[:10]):
+        tags = _tags(value)
+        d, s, a = tags.get("d", ""), tags.get("s", ""), tags.get("a", "")
+        b_prefix = tags.get("b", "")[:8]
+
+        def made(result: str, reason: str = "", d: str = d, s: str = s, a: str = a, b: str = b_prefix) -> DKIMResult:
+            return DKIMResult(result, d.lower(), s, a, reason, b)
+
+        if a.lower() == "rsa-sha1" and not allow_sha1:
+            results.append(made("fail", "rsa-sha1 is not accepted (RFC 8301)"))
+            continue
+        if "l" in tags:
+            # RFC 6376 8.2: a body length limit lets content be appended
+            # after the signed part; such signatures are not trusted here.
+            results.append(made("neutral", "l= is not accepted"))
+            continue
+        try:
+            prep = checker.verify_headerprep(idx)
+        except dkimpy.DKIMException as exc:
+            text = str(exc)
+            if "x= value is past" in text:
+                # RFC 6376 3.5 x=: past the expiry (dkimpy allows 10 hours of clock skew)
+                results.append(made("fail", "signature expired"))
+            else:
+                results.append(made("neutral", text[:120]))
+            continue
+        if not prep:
+            continue
+        name = f"{s}._domainkey.{d}"
+        try:
+            found = txt(name)
+        except DNSTempError as exc:
+            results.append(made("temperror", f"key lookup: {exc}"[:120]))
+            continue
+        record = next((r for r in found if "p=" in r), found[0] if found else None)
+        problem = _key_problem(record)
+        if problem is not None:
+            results.append(made(*problem))
+            continue
+        checker.record = record.encode()
+        sig, include, sigheaders = prep
+        try:
+            ok = checker.verify_sig(sig, include, sigheaders[idx], None)
+        except (dkimpy.DKIMException, nacl.exceptions.CryptoError) as exc:
+            text = str(exc)
+            results.append(made("fail", "body hash did not verify" if "body hash" in text else text[:120]))
+            continue
+        if ok:
+            results.append(made("pass"))
+        else:
+            results.append(made("fail", "signature did not verify"))
+    return results

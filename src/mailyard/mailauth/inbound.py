@@ -1,0 +1,112 @@
+"""The inbound checks of the MX port, together: SPF (MAIL FROM and HELO),
+DKIM (every signature), DMARC, and the one Authentication-Results field that
+records them (RFC 8601).
+
+``check_message`` is blocking (dkimpy, pyspf, DNS through
+``dnscache.Resolver``); ``net/smtp.py`` runs it in a worker thread at the end
+of DATA, so the event loop keeps serving everyone else. Its answer is an
+``InboundVerdict``: the field to prepend, the message with forged fields
+claiming this server's authserv-id removed, and what DMARC asks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..message.address import iter_mailboxes, parse_address_list
+from ..message.headers import split_fields
+from ..message.parse import split_header_body
+from . import dkim, dmarc, spf
+from .authresults import format_header, resinfo, strip_ours
+from .dnscache import Resolver
+
+
+@dataclass
+class InboundVerdict:
+    message: bytes  # the message with forged Authentication-Results removed
+    header: bytes  # the Authentication-Results field to prepend
+    spf: spf.SPFResult
+    helo: spf.SPFResult
+    dkim: list[dkim.DKIMResult] = field(default_factory=list)
+    dmarc: dmarc.DMARCResult | None = None
+
+    @property
+    def disposition(self) -> str:
+        """``none``, ``quarantine`` or ``reject``: what the From domain's DMARC policy asks."""
+        return self.dmarc.disposition if self.dmarc is not None else "none"
+
+
+def from_domains(message: bytes) -> list[str]:
+    """The domains of the RFC5322.From addresses (RFC 7489 3.1)."""
+    header, _body = split_header_body(message)
+    out: list[str] = []
+    for name, value in split_fields(header):
+        if name.lower() == "from":
+            text = value.decode("utf-8", "replace")
+            out.extend(m.addr_spec.rpartition("@")[2] for m in iter_mailboxes(parse_address_list(text)))
+    return out
+
+
+def check_message(
+    resolver: Resolver,
+    message: bytes,
+    *,
+    authserv_id: str,
+    ip: str,
+    helo: str,
+    reverse_path: str,
+    rng: random.Random | None = None,
+) -> InboundVerdict:
+    """Run every check on ``message`` as received from ``ip`` (see module doc)."""
+    message = strip_ours(message, authserv_id)
+    helo_result = spf.check_helo(resolver, ip, helo)
+    if reverse_path:
+        mailfrom = spf.check_host(resolver, ip, reverse_path, helo)
+    else:
+        # RFC 7208 2.4: a null reverse-path is checked as postmaster@HELO
+        mailfrom = spf.SPFResult(helo_result.result, "mailfrom", helo_result.domain, helo_result.sender,
+                                 helo_result.explanation)
+    dkim_results = dkim.verify(message, resolver.txt)
+    dmarc_result = dmarc.evaluate(resolver, from_domains(message), mailfrom, dkim_results, rng=rng)
+    results = [
+        resinfo("spf", mailfrom.result, mailfrom.explanation if mailfrom.result != "pass" else "",
+                [("smtp.mailfrom", mailfrom.sender)]),
+        resinfo("spf", helo_result.result, "", [("smtp.helo", helo)]) if helo else None,
+    ]
+    lines = [r for r in results if r]
+    if dkim_results:
+        for r in dkim_results:
+            lines.append(resinfo("dkim", r.result, r.reason, [("header.d", r.domain), ("header.s", r.selector),
+                                                              ("header.a", r.algorithm), ("header.b", r.b_prefix)]))
+    else:
+        lines.append(resinfo("dkim", "none"))
+    reason = dmarc_result.reason
+    if dmarc_result.result == "fail":
+        reason += f"; p={dmarc_result.policy} dis={dmarc_result.disposition}"
+    lines.append(resinfo("dmarc", dmarc_result.result, reason, [("header.from", dmarc_result.from_domain)]))
+    return InboundVerdict(message, format_header(authserv_id, lines), mailfrom, helo_result, dkim_results,
+                          dmarc_result)
+
+
+class InboundChecker:
+    """The checks as the MX port runs them: ``check_message`` on a small
+    thread pool of its own, so at most ``workers`` messages are checked at a
+    time (a check holds a few copies of the message: dkimpy's parse and its
+    canonical body) and the event loop's default executor stays free."""
+
+    def __init__(self, resolver: Resolver, authserv_id: str, workers: int = 2) -> None:
+        self.resolver = resolver
+        self.authserv_id = authserv_id
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mailauth")
+
+    async def check(self, message: bytes, *, ip: str, helo: str, reverse_path: str) -> InboundVerdict:
+        call = functools.partial(check_message, self.resolver, message, authserv_id=self.authserv_id, ip=ip,
+                                 helo=helo, reverse_path=reverse_path)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

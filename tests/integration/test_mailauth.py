@@ -1,0 +1,249 @@
+"""Mail authentication end to end, over real SMTP between mailyard instances
+(multihost.py: a.test on 127.0.0.2, b.test on 127.0.0.3, DNS on loopback):
+a.test DKIM-signs what its queue sends, b.test checks SPF, DKIM and DMARC on
+its MX port and records them in Authentication-Results (RFC 8601), refuses
+p=reject failures with 550 5.7.1 and files p=quarantine failures in Junk."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailyard.config import Config
+from mailyard.mailauth import keys
+
+from .multihost import MultiHost
+
+A, B = "127.0.0.2", "127.0.0.3"
+
+MESSAGE = (
+    b"From: Alice <alice@a.test>\r\n"
+    b"To: bob@b.test\r\n"
+    b"Subject: authenticated\r\n"
+    b"Message-ID: <auth1@a.test>\r\n"
+    b"Date: Sat, 05 Dec 2026 08:00:00 +0000\r\n"
+    b"\r\n"
+    b"Hello from a.test, with a long line: " + b"x" * 900 + b"\r\n"
+    b".a leading dot\r\n"
+    b"8-bit: \xc3\xa9t\xc3\xa9\r\n"
+)
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[MultiHost]:
+    harness = MultiHost(tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.stop()
+
+
+def checking(cfg: Config) -> None:
+    cfg.authentication.inbound_checks = True
+
+
+def publish(hosts: MultiHost, data_dir: Path, domain: str) -> keys.SigningKeys:
+    keys.generate(data_dir, domain)
+    loaded = keys.load(data_dir, domain)
+    assert loaded is not None
+    for rec in keys.records(loaded):
+        hosts.dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))
+    return loaded
+
+
+def submit(hosts: MultiHost, sender: str, rcpts: list[str], data: bytes) -> None:
+    rs = hosts.servers[sender.rpartition("@")[2]]
+    with smtplib.SMTP(rs.host, rs.config.ports.submission, timeout=10) as client:
+        client.ehlo("client.a.test")
+        client.starttls()
+        client.ehlo("client.a.test")
+        client.login(sender, hosts.passwords[sender])
+        assert client.sendmail(sender, rcpts, data) == {}
+
+
+def ar_fields(raw: bytes) -> list[str]:
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    return [" ".join(str(v).split()) for v in msg.get_all("Authentication-Results", [])]
+
+
+def test_submitted_mail_arrives_with_dkim_spf_dmarc_pass(hosts: MultiHost) -> None:
+    a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=checking)
+    signing = publish(hosts, a.data_dir, "a.test")
+    hosts.dns.add("_dmarc.a.test", "TXT", '"v=DMARC1; p=reject"')
+    hosts.dns.add("mx.a.test", "TXT", f'"v=spf1 ip4:{A} -all"')
+    forged = b"Authentication-Results: mx.b.test; dkim=pass; dmarc=pass\r\n"
+    submit(hosts, "alice@a.test", ["bob@b.test"], forged + MESSAGE)
+    (raw,) = hosts.wait_messages("bob@b.test")
+    fields = ar_fields(raw)
+    assert len(fields) == 1, fields  # the forged field naming mx.b.test is gone
+    (ar,) = fields
+    print(ar)
+    assert ar.startswith("mx.b.test; spf=pass smtp.mailfrom=alice@a.test; spf=pass smtp.helo=mx.a.test; ")
+    assert f"dkim=pass header.d=a.test header.s={signing.generation}-ed25519 header.a=ed25519-sha256" in ar
+    assert f"dkim=pass header.d=a.test header.s={signing.generation}-rsa header.a=rsa-sha256" in ar
+    assert ar.endswith("dmarc=pass (aligned SPF and DKIM) header.from=a.test")
+    assert raw.endswith(MESSAGE), "the body arrives byte for byte (8-bit, long line, dot)"
+    sigs = email.message_from_bytes(raw, policy=email.policy.compat32).get_all("DKIM-Signature")
+    assert len(sigs) == 2  # signed once, at enqueue
+
+
+def mx_send(hosts: MultiHost, helo: str, mail_from: str, data: bytes, source: str = A) -> tuple[int, bytes]:
+    """A peer MTA on ``source`` sends ``data`` to b.test's MX port."""
+    b = hosts.servers["b.test"]
+    with smtplib.SMTP(b.host, b.config.ports.smtp, timeout=10, source_address=(source, 0)) as client:
+        client.ehlo(helo)
+        client.mail(mail_from)
+        client.rcpt("bob@b.test")
+        code, text = client.data(data)
+        return code, text
+
+
+def test_dmarc_reject_gets_550_and_quarantine_goes_to_junk(hosts: MultiHost) -> None:
+    b = hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=checking)
+    hosts.dns.add("evil.test", "TXT", f'"v=spf1 ip4:{A} -all"')
+    hosts.dns.add("_dmarc.bank.test", "TXT", '"v=DMARC1; p=reject"')
+    hosts.dns.add("_dmarc.shop.test", "TXT", '"v=DMARC1; p=quarantine"')
+    spoof = MESSAGE.replace(b"alice@a.test", b"security@bank.test")
+    code, text = mx_send(hosts, "mx.evil.test", "x@evil.test", spoof)
+    assert (code, text) == (550, b"5.7.1 Message rejected by the DMARC policy of the sender's domain")
+    assert b.messages("bob@b.test") == []
+    code, _ = mx_send(hosts, "mx.evil.test", "x@evil.test", MESSAGE.replace(b"alice@a.test", b"deals@shop.test"))
+    assert code == 250
+    (raw,) = hosts.wait_for(lambda: hosts.imap_messages("bob@b.test", "Junk"), what="a message in Junk")
+    assert "dmarc=fail (neither SPF nor DKIM aligned; p=quarantine dis=quarantine) header.from=shop.test" in (
+        ar_fields(raw)[0])
+    assert hosts.imap_messages("bob@b.test") == []  # not in the INBOX
+    boxes = b.call(b.store.list_mailboxes(b.call(b.store.get_account("bob@b.test")).id))
+    assert [(m.name, m.special_use) for m in boxes if m.name == "Junk"] == [("Junk", "\\Junk")]
+
+
+def test_dmarc_policy_record_only(hosts: MultiHost) -> None:
+    def record(cfg: Config) -> None:
+        checking(cfg)
+        cfg.authentication.dmarc_policy = "record"
+
+    hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=record)
+    hosts.dns.add("_dmarc.bank.test", "TXT", '"v=DMARC1; p=reject"')
+    code, _ = mx_send(hosts, "mx.evil.test", "x@evil.test", MESSAGE.replace(b"alice@a.test", b"it@bank.test"))
+    assert code == 250
+    (raw,) = hosts.wait_messages("bob@b.test")
+    assert "dmarc=fail (neither SPF nor DKIM aligned; p=reject dis=reject)" in ar_fields(raw)[0]
+
+
+def test_dns_timeout_is_a_temperror_not_a_stuck_session(hosts: MultiHost) -> None:
+    import socket
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+
+    def blackhole(cfg: Config) -> None:
+        checking(cfg)
+        cfg.delivery.nameservers = f"127.0.0.1:{silent.getsockname()[1]}"
+        cfg.authentication.dns_timeout = 1.0
+
+    try:
+        hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=blackhole)
+        code, _ = mx_send(hosts, "mx.a.test", "alice@a.test", MESSAGE)
+        assert code == 250
+        (raw,) = hosts.wait_messages("bob@b.test")
+        ar = ar_fields(raw)[0]
+        assert "spf=temperror" in ar and "dmarc=temperror" in ar
+    finally:
+        silent.close()
+
+
+def test_a_dsn_to_another_server_is_signed(hosts: MultiHost) -> None:
+    """Generated mail is signed too: c.test's user writes to an alias at a.test
+    that forwards to a domain with a null MX; a.test's DSN goes back to c.test
+    signed with a.test's keys (its host name's domain) and passes DKIM there."""
+    a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
+    hosts.add("c.test", "127.0.0.4", {"carol": "carol-pw-1"}, configure=checking)
+    signing = publish(hosts, a.data_dir, "a.test")
+    hosts.dns.add("nowhere.test", "MX", "0 .")  # RFC 7505: bounces at once
+    a.call(a.store.add_alias("team@a.test", ["dave@nowhere.test"]))
+    note = MESSAGE.replace(b"Alice <alice@a.test>", b"carol@c.test").replace(b"bob@b.test", b"team@a.test")
+    submit(hosts, "carol@c.test", ["team@a.test"], note)
+    (dsn,) = hosts.wait_messages("carol@c.test")
+    ar = ar_fields(dsn)[0]
+    print(ar)
+    assert f"dkim=pass header.d=a.test header.s={signing.generation}-rsa" in ar
+    assert f"dkim=pass header.d=a.test header.s={signing.generation}-ed25519" in ar
+    assert b"Content-Type: multipart/report" in dsn
+
+
+@pytest.mark.parametrize("checks", [False, True], ids=["checks-off", "checks-on"])
+def test_large_signed_message_checks_memory_and_others_served(tmp_path: Path, checks: bool) -> None:
+    """A 20 MB message with two DKIM signatures on the MX port of a real
+    ``mailyard serve``: the checks run in a worker thread, the server's peak
+    RSS stays bounded and another client's greeting still comes."""
+    import socket
+    import threading
+    import time
+
+    from mailyard.mailauth import dkim
+
+    from .multihost import DNSServer
+    from .serve_process import MB, ServeProcess
+
+    dns = DNSServer()
+    try:
+        keys.generate(tmp_path / "k", "remote.test")
+        signing = keys.load(tmp_path / "k", "remote.test")
+        assert signing is not None
+        for rec in keys.records(signing):
+            dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))
+        dns.add("remote.test", "TXT", '"v=spf1 ip4:127.0.0.1 -all"')
+
+        def configure(cfg: Config) -> None:
+            cfg.authentication.inbound_checks = checks
+            cfg.delivery.nameservers = dns.address
+
+        serve = ServeProcess(tmp_path / "data", configure)
+        try:
+            head = (b"From: big@remote.test\r\nTo: alice@example.test\r\nSubject: big\r\n"
+                    b"Date: Sat, 05 Dec 2026 08:00:00 +0000\r\nMessage-ID: <big@remote.test>\r\n\r\n")
+            msg = head + (b"y" * 98 + b"\r\n") * (20 * MB // 100)
+            wire = dkim.sign(msg, signing) + msg
+            base = serve.rss()
+            serve.reset_peak()
+            latencies: list[float] = []
+            done = threading.Event()
+
+            def probe() -> None:
+                while not done.is_set():
+                    start = time.perf_counter()
+                    with socket.create_connection((serve.host, serve.port("smtp")), timeout=10) as sock:
+                        line = sock.makefile("rb").readline()
+                        assert line.startswith(b"220"), line
+                        latencies.append(time.perf_counter() - start)
+                        sock.sendall(b"QUIT\r\n")
+                    done.wait(0.05)
+
+            prober = threading.Thread(target=probe, daemon=True)
+            with smtplib.SMTP(serve.host, serve.port("smtp"), timeout=60) as client:
+                client.ehlo("mx.remote.test")
+                prober.start()
+                try:
+                    client.mail("big@remote.test")
+                    client.rcpt("alice@example.test")
+                    code, text = client.data(wire)
+                finally:
+                    done.set()
+                    prober.join(15)
+            assert code == 250, text
+            grown = serve.peak() - base
+            print(f"\n20 MB signed message, checks {'on' if checks else 'off'}: peak RSS {grown / MB:+.1f} MB; "
+                  f"other clients' greetings: {len(latencies)} probes, worst {max(latencies) * 1000:.1f} ms")
+            assert latencies, "another client was greeted meanwhile"
+            assert grown < 400 * MB
+            assert serve.alive() and not serve.tracebacks()
+        finally:
+            serve.stop()
+    finally:
+        dns.stop()

@@ -1,0 +1,401 @@
+"""mailauth/: SPF, DKIM and DMARC against the project's DNS test server on
+loopback (tests/integration/multihost.py ``DNSServer``), the
+Authentication-Results field, the DNS cache and the key files."""
+
+from __future__ import annotations
+
+import base64
+import random
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from mailyard.mailauth import authresults, dkim, dmarc, keys, spf
+from mailyard.mailauth.dnscache import DNSTempError, Resolver
+from mailyard.mailauth.inbound import check_message
+from mailyard.mailauth.signer import Signer
+from tests.integration.multihost import DNSServer
+
+IP = "192.0.2.10"
+
+
+@pytest.fixture
+def dns() -> Iterator[DNSServer]:
+    server = DNSServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def resolver(dns: DNSServer) -> Resolver:
+    return Resolver(dns.address, timeout=3.0)
+
+
+def txt(dns: DNSServer, name: str, text: str) -> None:
+    parts = [text[i:i + 255] for i in range(0, len(text), 255)]
+    dns.add(name, "TXT", " ".join(f'"{p}"' for p in parts))
+
+
+# --- SPF (RFC 7208) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("record", "expected"), [
+    ("v=spf1 ip4:192.0.2.0/24 -all", "pass"),
+    ("v=spf1 ip4:198.51.100.1 -all", "fail"),
+    ("v=spf1 ~all", "softfail"),
+    ("v=spf1 ?all", "neutral"),
+    (None, "none"),
+    ("v=spf1 bogus:x -all", "permerror"),
+    ("v=spf1 a:host.spf.test -all", "pass"),
+    ("v=spf1 mx -all", "pass"),
+    ("v=spf1 include:inc1.spf.test -all", "pass"),  # a chain: inc1 -> inc2 -> ip4
+    ("v=spf1 include:nothing.spf.test -all", "permerror"),  # RFC 7208 5.2: include of no record
+    ("v=spf1 redirect=inc2.spf.test", "pass"),
+])
+def test_spf_results(dns: DNSServer, resolver: Resolver, record: str | None, expected: str) -> None:
+    if record is not None:
+        txt(dns, "s.test", record)
+    else:
+        dns.add("s.test", "A", "192.0.2.99")
+    dns.add("host.spf.test", "A", IP)
+    dns.add("s.test", "MX", "10 mx.s.test.")
+    dns.add("mx.s.test", "A", IP)
+    txt(dns, "inc1.spf.test", "v=spf1 include:inc2.spf.test -all")
+    txt(dns, "inc2.spf.test", "v=spf1 ip4:192.0.2.10 -all")
+    dns.add("nothing.spf.test", "A", "192.0.2.1")
+    result = spf.check_host(resolver, IP, "alice@s.test", "mail.s.test")
+    assert (result.result, result.identity, result.domain) == (expected, "mailfrom", "s.test")
+
+
+def test_spf_two_records_is_a_permerror(dns: DNSServer, resolver: Resolver) -> None:
+    txt(dns, "s.test", "v=spf1 -all")
+    txt(dns, "s.test", "v=spf1 +all")
+    assert spf.check_host(resolver, IP, "a@s.test", "h.s.test").result == "permerror"  # RFC 7208 4.5
+
+
+def test_spf_temperror_on_servfail(dns: DNSServer, resolver: Resolver) -> None:
+    dns.servfail.add("s.test.")
+    assert spf.check_host(resolver, IP, "a@s.test", "h.s.test").result == "temperror"  # RFC 7208 2.6.6
+
+
+def test_spf_temperror_on_timeout(resolver: Resolver) -> None:
+    # a name server that never answers (a bound UDP socket that nobody reads)
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        quiet = Resolver(f"127.0.0.1:{silent.getsockname()[1]}", timeout=0.5)
+        assert spf.check_host(quiet, IP, "a@s.test", "h.s.test").result == "temperror"
+
+
+@pytest.mark.parametrize(("voids", "expected"), [(2, "fail"), (3, "permerror")])
+def test_spf_void_lookup_limit(dns: DNSServer, resolver: Resolver, voids: int, expected: str) -> None:
+    # RFC 7208 4.6.4: more than two lookups that return nothing is a permerror
+    mechanisms = " ".join(f"a:void{i}.spf.test" for i in range(voids))
+    txt(dns, "s.test", f"v=spf1 {mechanisms} -all")
+    assert spf.check_host(resolver, IP, "a@s.test", "h.s.test").result == expected
+
+
+@pytest.mark.parametrize(("lookups", "expected"), [(10, "pass"), (11, "permerror")])
+def test_spf_ten_lookup_limit(dns: DNSServer, resolver: Resolver, lookups: int, expected: str) -> None:
+    # RFC 7208 4.6.4: at most 10 mechanisms that query DNS; the last one matches
+    for i in range(lookups):
+        dns.add(f"h{i}.spf.test", "A", IP if i == lookups - 1 else "198.51.100.7")
+    mechanisms = " ".join(f"a:h{i}.spf.test" for i in range(lookups))
+    txt(dns, "s.test", f"v=spf1 {mechanisms} -all")
+    assert spf.check_host(resolver, IP, "a@s.test", "h.s.test").result == expected
+
+
+def test_spf_helo_identity(dns: DNSServer, resolver: Resolver) -> None:
+    txt(dns, "mail.s.test", "v=spf1 ip4:192.0.2.10 -all")
+    assert spf.check_helo(resolver, IP, "mail.s.test").result == "pass"
+    assert spf.check_helo(resolver, "198.51.100.1", "mail.s.test").result == "fail"
+    # RFC 7208 2.4: a null reverse-path is checked as postmaster@HELO
+    null = spf.check_host(resolver, IP, "", "mail.s.test")
+    assert (null.result, null.identity, null.sender) == ("pass", "helo", "postmaster@mail.s.test")
+
+
+# --- DKIM (RFC 6376, RFC 8463, RFC 8301) -----------------------------------------------
+
+MESSAGE = (
+    b"From: Alice <alice@a.test>\r\n"
+    b"To: bob@b.test\r\n"
+    b"Subject: signed\r\n"
+    b"Date: Sat, 05 Dec 2026 08:00:00 +0000\r\n"
+    b"Message-ID: <d1@a.test>\r\n"
+    b"\r\n"
+    b"Hello, signed world.\r\n"
+)
+
+
+@pytest.fixture
+def domain_keys(tmp_path: Path, dns: DNSServer) -> keys.SigningKeys:
+    keys.generate(tmp_path, "a.test")
+    loaded = keys.load(tmp_path, "a.test")
+    assert loaded is not None
+    for rec in keys.records(loaded):
+        txt(dns, rec.name, rec.text)
+    return loaded
+
+
+def by_algorithm(results: list[dkim.DKIMResult]) -> dict[str, tuple[str, str]]:
+    return {r.algorithm: (r.result, r.reason) for r in results}
+
+
+def test_key_files_are_private(tmp_path: Path) -> None:
+    gen = keys.generate(tmp_path, "a.test")
+    folder = tmp_path / "dkim" / "a.test"
+    for name in (f"{gen}.rsa.pem", f"{gen}.ed25519.key"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert keys.active_generation(tmp_path, "a.test") == gen
+    private = serialization.load_pem_private_key((folder / f"{gen}.rsa.pem").read_bytes(), None)
+    assert private.key_size == 2048  # type: ignore[union-attr]
+
+
+def test_sign_two_signatures_relaxed_oversigned_no_l(domain_keys: keys.SigningKeys) -> None:
+    fields = dkim.sign(MESSAGE, domain_keys)
+    sigs = [f for f in fields.split(b"DKIM-Signature:") if f]
+    assert len(sigs) == 2
+    ed, rsa_sig = (dkim._tags(s) for s in sigs)
+    assert ed["a"] == "ed25519-sha256" and rsa_sig["a"] == "rsa-sha256"  # RFC 8463 on top
+    for tags in (ed, rsa_sig):
+        assert tags["c"] == "relaxed/relaxed" and tags["d"] == "a.test" and "l" not in tags
+        signed = tags["h"].split(":")
+        for name in ("from", "to", "subject", "date", "message-id"):
+            assert signed.count(name) == 2, (name, signed)  # oversigned: once more than present
+    assert ed["s"] == f"{domain_keys.generation}-ed25519" and rsa_sig["s"] == f"{domain_keys.generation}-rsa"
+
+
+def test_verify_good_rsa_and_ed25519(domain_keys: keys.SigningKeys, resolver: Resolver) -> None:
+    signed = dkim.sign(MESSAGE, domain_keys) + MESSAGE
+    assert by_algorithm(dkim.verify(signed, resolver.txt)) == {
+        "ed25519-sha256": ("pass", ""), "rsa-sha256": ("pass", "")}
+
+
+def test_verify_body_tampered(domain_keys: keys.SigningKeys, resolver: Resolver) -> None:
+    signed = dkim.sign(MESSAGE, domain_keys) + MESSAGE.replace(b"signed world", b"forged world")
+    assert by_algorithm(dkim.verify(signed, resolver.txt)) == {
+        "ed25519-sha256": ("fail", "body hash did not verify"), "rsa-sha256": ("fail", "body hash did not verify")}
+
+
+def test_verify_header_tampered_and_added(domain_keys: keys.SigningKeys, resolver: Resolver) -> None:
+    sig = dkim.sign(MESSAGE, domain_keys)
+    changed = sig + MESSAGE.replace(b"Subject: signed", b"Subject: changed")
+    assert {r.result for r in dkim.verify(changed, resolver.txt)} == {"fail"}
+    # oversigning: a second Subject added above the first breaks the signature too
+    added = sig + b"Subject: added\r\n" + MESSAGE
+    assert {r.result for r in dkim.verify(added, resolver.txt)} == {"fail"}
+
+
+def test_verify_expired(domain_keys: keys.SigningKeys, resolver: Resolver) -> None:
+    sig = dkim.sign(MESSAGE, domain_keys)
+    past = int(time.time()) - 86400
+    expired = sig.replace(b"t=", f"x={past}; t=".encode())
+    results = dkim.verify(expired + MESSAGE, resolver.txt)
+    assert [r.result for r in results] == ["fail", "fail"]
+    assert all("expired" in r.reason for r in results)
+
+
+def test_verify_missing_and_revoked_key(domain_keys: keys.SigningKeys, dns: DNSServer, resolver: Resolver) -> None:
+    signed = dkim.sign(MESSAGE, domain_keys) + MESSAGE
+    dns.remove(f"{domain_keys.ed25519_selector}._domainkey.a.test")  # missing
+    dns.remove(f"{domain_keys.rsa_selector}._domainkey.a.test")
+    txt(dns, f"{domain_keys.rsa_selector}._domainkey.a.test", "v=DKIM1; k=rsa; p=")  # RFC 6376 3.6.1: revoked
+    assert by_algorithm(dkim.verify(signed, resolver.txt)) == {
+        "ed25519-sha256": ("permerror", "no key for signature"), "rsa-sha256": ("fail", "key revoked")}
+
+
+def test_verify_key_lookup_temperror(domain_keys: keys.SigningKeys, dns: DNSServer, resolver: Resolver) -> None:
+    signed = dkim.sign(MESSAGE, domain_keys) + MESSAGE
+    dns.servfail.add(f"{domain_keys.rsa_selector}._domainkey.a.test.")
+    results = by_algorithm(dkim.verify(signed, resolver.txt))
+    assert results["rsa-sha256"][0] == "temperror" and results["ed25519-sha256"] == ("pass", "")
+
+
+def _rsa_keys(bits: int) -> keys.SigningKeys:
+    if bits >= 1024:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    else:  # cryptography refuses to make keys this small; openssl still does
+        if shutil.which("openssl") is None:
+            pytest.skip("openssl (Debian package openssl) is needed to make a small RSA key")
+        pem = subprocess.run(["openssl", "genrsa", "-traditional", str(bits)], check=True,
+                             capture_output=True).stdout
+    return keys.SigningKeys("a.test", f"k{bits}", pem, base64.b64encode(b"\x01" * 32))
+
+
+@pytest.mark.parametrize(("bits", "expected"), [(1024, "pass"), (768, "fail")])
+def test_rsa_key_size_limit(dns: DNSServer, resolver: Resolver, bits: int, expected: str) -> None:
+    # RFC 8301 3.2: keys under 1024 bits MUST NOT be considered valid; 1024 is accepted
+    small = _rsa_keys(bits)
+    for rec in keys.records(small):
+        txt(dns, rec.name, rec.text)
+    results = by_algorithm(dkim.verify(dkim.sign(MESSAGE, small) + MESSAGE, resolver.txt))
+    assert results["rsa-sha256"][0] == expected
+    if expected == "fail":
+        assert results["rsa-sha256"][1] == f"RSA key of {bits} bits is too small"
+
+
+def test_signer_picks_the_from_domain_and_follows_activation(tmp_path: Path) -> None:
+    first = keys.generate(tmp_path, "a.test")
+    signer = Signer(tmp_path, "mx.a.test")
+    signed = signer.sign(MESSAGE, "alice@a.test")
+    assert f"s={first}-rsa".encode() in signed and b"d=a.test" in signed
+    second = keys.generate(tmp_path, "a.test")
+    assert f"s={first}-rsa".encode() in signer.sign(MESSAGE, "alice@a.test")  # rotate does not switch
+    keys.set_active(tmp_path, "a.test", second)
+    assert f"s={second}-rsa".encode() in signer.sign(MESSAGE, "alice@a.test")
+    # mail from elsewhere (a forward) is signed with the host name's domain
+    foreign = MESSAGE.replace(b"alice@a.test", b"eve@elsewhere.test")
+    assert b"d=a.test" in signer.sign(foreign, "eve@elsewhere.test")
+    assert Signer(tmp_path, "mx.other.test").sign(foreign, "eve@elsewhere.test") == foreign
+
+
+# --- DMARC (RFC 7489) ------------------------------------------------------------------
+
+
+def spf_result(result: str, domain: str) -> spf.SPFResult:
+    return spf.SPFResult(result, "mailfrom", domain, f"x@{domain}")
+
+
+def dkim_result(result: str, domain: str) -> dkim.DKIMResult:
+    return dkim.DKIMResult(result, domain, "s", "rsa-sha256")
+
+
+@pytest.mark.parametrize(("spf_r", "dkim_r", "expected"), [
+    (spf_result("pass", "a.test"), [], ("pass", "aligned SPF")),
+    (spf_result("pass", "bounce.a.test"), [], ("pass", "aligned SPF")),  # relaxed
+    (spf_result("fail", "a.test"), [dkim_result("pass", "a.test")], ("pass", "aligned DKIM")),
+    (spf_result("pass", "other.test"), [dkim_result("pass", "other.test")], ("fail", "neither SPF nor DKIM aligned")),
+    (spf_result("pass", "a.test"), [dkim_result("pass", "a.test")], ("pass", "aligned SPF and DKIM")),
+])
+def test_dmarc_alignment(dns: DNSServer, resolver: Resolver, spf_r: spf.SPFResult,
+                         dkim_r: list[dkim.DKIMResult], expected: tuple[str, str]) -> None:
+    txt(dns, "_dmarc.a.test", "v=DMARC1; p=reject")
+    r = dmarc.evaluate(resolver, ["a.test"], spf_r, dkim_r)
+    assert (r.result, r.reason) == expected
+    assert r.disposition == ("reject" if r.result == "fail" else "none")
+
+
+@pytest.mark.parametrize("policy", ["none", "quarantine", "reject"])
+def test_dmarc_policies(dns: DNSServer, resolver: Resolver, policy: str) -> None:
+    txt(dns, "_dmarc.a.test", f"v=DMARC1; p={policy}; rua=mailto:dmarc@a.test")
+    r = dmarc.evaluate(resolver, ["a.test"], spf_result("fail", "a.test"), [])
+    assert (r.result, r.policy, r.disposition) == ("fail", policy, policy)
+
+
+def test_dmarc_strict_alignment(dns: DNSServer, resolver: Resolver) -> None:
+    txt(dns, "_dmarc.a.test", "v=DMARC1; p=reject; aspf=s; adkim=s")
+    r = dmarc.evaluate(resolver, ["a.test"], spf_result("pass", "bounce.a.test"), [dkim_result("pass", "sub.a.test")])
+    assert r.result == "fail"
+
+
+def test_dmarc_subdomain_policy(dns: DNSServer, resolver: Resolver) -> None:
+    # RFC 7489 6.6.3: no record at the From domain: the organisational domain's sp= applies
+    txt(dns, "_dmarc.a.test", "v=DMARC1; p=none; sp=reject")
+    sub = dmarc.evaluate(resolver, ["news.a.test"], spf_result("fail", "x.test"), [])
+    assert (sub.result, sub.policy, sub.disposition) == ("fail", "reject", "reject")
+    top = dmarc.evaluate(resolver, ["a.test"], spf_result("fail", "x.test"), [])
+    assert (top.policy, top.disposition) == ("none", "none")
+    # a record of the subdomain's own wins
+    txt(dns, "_dmarc.news.a.test", "v=DMARC1; p=quarantine")
+    resolver2 = Resolver(dns.address, timeout=3.0)
+    assert dmarc.evaluate(resolver2, ["news.a.test"], spf_result("fail", "x.test"), []).policy == "quarantine"
+
+
+def test_dmarc_pct_samples(dns: DNSServer, resolver: Resolver) -> None:
+    # RFC 7489 6.6.4: pct=0 never applies the policy; the next weaker one applies
+    txt(dns, "_dmarc.a.test", "v=DMARC1; p=reject; pct=0")
+    r = dmarc.evaluate(resolver, ["a.test"], spf_result("fail", "a.test"), [], rng=random.Random(1))
+    assert (r.result, r.policy, r.disposition) == ("fail", "reject", "quarantine")
+
+
+def test_dmarc_none_temperror_and_organizational_domain(dns: DNSServer, resolver: Resolver) -> None:
+    assert dmarc.evaluate(resolver, ["a.test"], spf_result("fail", "a.test"), []).result == "none"
+    dns.servfail.add("_dmarc.t.test.")
+    assert dmarc.evaluate(resolver, ["t.test"], spf_result("fail", "t.test"), []).result == "temperror"
+    assert dmarc.evaluate(resolver, [], None, []).result == "permerror"
+    assert dmarc.organizational_domain("mail.example.co.uk") == "example.co.uk"
+    assert dmarc.organizational_domain("a.b.c.test") == "c.test"
+
+
+# --- Authentication-Results (RFC 8601) and the checks together -------------------------
+
+
+def test_strip_ours_keeps_other_authserv_ids() -> None:
+    msg = (b"Authentication-Results: mx.b.test; dkim=pass\r\n"
+           b"Authentication-Results: other.test;\r\n\tspf=pass\r\n"
+           b"Authentication-Results: (comment) MX.B.TEST;\r\n\tdmarc=pass\r\n"
+           b"Subject: x\r\n\r\nbody\r\n")
+    assert authresults.strip_ours(msg, "mx.b.test") == (
+        b"Authentication-Results: other.test;\r\n\tspf=pass\r\nSubject: x\r\n\r\nbody\r\n")
+
+
+def test_check_message_writes_one_field(domain_keys: keys.SigningKeys, dns: DNSServer, resolver: Resolver) -> None:
+    txt(dns, "a.test", "v=spf1 ip4:192.0.2.10 -all")
+    txt(dns, "mail.a.test", "v=spf1 ip4:192.0.2.10 -all")
+    txt(dns, "_dmarc.a.test", "v=DMARC1; p=reject")
+    forged = b"Authentication-Results: mx.b.test; dmarc=pass\r\n"
+    signed = dkim.sign(MESSAGE, domain_keys) + MESSAGE
+    v = check_message(resolver, forged + signed, authserv_id="mx.b.test", ip=IP, helo="mail.a.test",
+                      reverse_path="alice@a.test")
+    assert v.message == signed and v.disposition == "none"
+    # RFC 8601 2.2: a value with "/" (a tspecial) is a quoted-string
+    ed_b = authresults._value(dkim._tags(signed.split(b"DKIM-Signature:")[1])["b"][:8])
+    rsa_b = authresults._value(dkim._tags(signed.split(b"DKIM-Signature:")[2])["b"][:8])
+    gen = domain_keys.generation
+    assert v.header == (
+        "Authentication-Results: mx.b.test;\r\n"
+        "\tspf=pass smtp.mailfrom=alice@a.test;\r\n"
+        "\tspf=pass smtp.helo=mail.a.test;\r\n"
+        f"\tdkim=pass header.d=a.test header.s={gen}-ed25519 header.a=ed25519-sha256 header.b={ed_b};\r\n"
+        f"\tdkim=pass header.d=a.test header.s={gen}-rsa header.a=rsa-sha256 header.b={rsa_b};\r\n"
+        "\tdmarc=pass (aligned SPF and DKIM) header.from=a.test\r\n"
+    ).encode()
+    # a forged From with neither aligned gets the reject disposition
+    spoof = MESSAGE.replace(b"alice@a.test", b"ceo@a.test")
+    v2 = check_message(resolver, spoof, authserv_id="mx.b.test", ip="198.51.100.66", helo="evil.test",
+                       reverse_path="x@evil.test")
+    assert v2.disposition == "reject"
+    assert b"dkim=none" in v2.header and b"dmarc=fail" in v2.header and b"p=reject dis=reject" in v2.header
+
+
+# --- the DNS cache ---------------------------------------------------------------------
+
+
+def test_cache_honours_positive_and_negative_answers(dns: DNSServer, resolver: Resolver) -> None:
+    txt(dns, "c.test", "hello")
+    assert resolver.txt("c.test") == ["hello"]
+    assert resolver.txt("nx.c.test") == []
+    asked = resolver.queries
+    assert resolver.txt("c.test") == ["hello"] and resolver.txt("nx.c.test") == []
+    assert resolver.queries == asked  # both from the cache
+    dns.servfail.add("sf.c.test.")
+    with pytest.raises(DNSTempError):
+        resolver.txt("sf.c.test")
+    asked = resolver.queries
+    with pytest.raises(DNSTempError):  # RFC 2308 7.1: the failure is remembered for a while
+        resolver.txt("sf.c.test")
+    assert resolver.queries == asked
+
+
+def test_authentication_config_section() -> None:
+    from mailyard.config import Config, ConfigError
+
+    cfg = Config()
+    assert (cfg.authentication.dkim_sign, cfg.authentication.inbound_checks,
+            cfg.authentication.dmarc_policy) == (True, True, "enforce")
+    cfg.apply({"authentication": {"dmarc_policy": "record"}})
+    assert cfg.authentication.dmarc_policy == "record"
+    with pytest.raises(ConfigError, match="'authentication.dmarc_policy' must be \"enforce\" or \"record\""):
+        Config().apply({"authentication": {"dmarc_policy": "quarantine-all"}})
+    assert "[authentication]" in Config().to_toml()
