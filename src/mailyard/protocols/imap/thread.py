@@ -42,19 +42,19 @@ def thread_message(seq: int, uid: int, internal_date: float, keys: SortKeys) -> 
 class Node:
     """A container of the thread tree: a message, or a dummy (``msg`` None)."""
 
-    __slots__ = ("children", "key", "kids", "msg", "parent")
+    __slots__ = ("anchor", "children", "key", "msg", "parent")
 
     def __init__(self, msg: ThreadMessage | None = None, children: list[Node] | None = None) -> None:
         self.msg = msg
         self.children: list[Node] = children if children is not None else []
-        # while step 1 links and relinks: the children as an ordered set, so
-        # taking a child away is O(1) however many siblings it has
-        self.kids: dict[Node, None] = {}
         self.parent: Node | None = None
         # what the node sorts by (RFC 5256 section 3): the sent date, equal
         # dates in mailbox order; a dummy's is its first child's, set once
         # its children are sorted
         self.key: tuple[float, int] = (msg.date, msg.seq) if msg is not None else (0.0, 0)
+        # a dummy's nearest ancestor that is a message, else the root dummy
+        # above it (itself at the top): where pruning puts its descendants
+        self.anchor: Node | None = None
 
     def first(self) -> ThreadMessage:
         """The message a node stands for: its own, or a dummy's first child's."""
@@ -85,10 +85,12 @@ def ordered_subject(messages: Sequence[ThreadMessage]) -> list[Node]:
     roots = []
     for members in groups.values():
         root = Node(members[0])
-        for m in members[1:]:
-            child = Node(m)
-            child.parent = root
-            root.children.append(child)
+        if len(members) > 1:
+            children = root.children
+            for m in members[1:]:
+                child = Node(m)
+                child.parent = root
+                children.append(child)
         roots.append(root)
     roots.sort(key=_order)
     return roots
@@ -104,20 +106,6 @@ def _reachable(a: Node, b: Node) -> bool:
     return False
 
 
-def _link(parent: Node, child: Node) -> None:
-    """Step 1's linking, on ``kids``."""
-    if child.parent is not None:
-        del child.parent.kids[child]
-    child.parent = parent
-    parent.kids[child] = None
-
-
-def _unlink(child: Node) -> None:
-    if child.parent is not None:
-        del child.parent.kids[child]
-        child.parent = None
-
-
 def _adopt(parent: Node, child: Node) -> None:
     """Steps 5 and later: ``child`` (top-level, so parentless) goes under ``parent``."""
     child.parent = parent
@@ -125,49 +113,82 @@ def _adopt(parent: Node, child: Node) -> None:
 
 
 def references(messages: Sequence[ThreadMessage]) -> list[Node]:
-    """RFC 5256 section 3 REFERENCES, steps 1 to 6."""
+    """RFC 5256 section 3 REFERENCES, steps 1 to 6.
+
+    Step 1 only sets parent links (a relink just moves the link); the
+    children lists are built once, already pruned (step 3), from the links.
+    The order siblings have before step 6 does not matter: every set of
+    siblings is sorted by (sent date, sequence number), which no two
+    messages share."""
     table: dict[str, Node] = {}
-    ordered = sorted(messages, key=lambda m: m.seq)
+    get = table.get
     # (1) a container per message id; a message without a valid Message-ID,
     # or with the id of a message seen before, gets an id of its own
-    for m in ordered:
+    for m in sorted(messages, key=lambda m: m.seq):
         mid = m.message_id
-        if mid is None or (mid in table and table[mid].msg is not None):
+        if mid is None or ((old := get(mid)) is not None and old.msg is not None):
             mid = f"\0{m.seq}"
-        node = table.get(mid)
+        node = get(mid)
+        # a container made just now has nothing below it (unless it is among
+        # its own references): linking it under any parent makes no loop
+        fresh = node is None and mid not in m.parents
         if node is None:
-            table[mid] = node = Node()
-        node.msg = m
-        node.key = (m.date, m.seq)
-        refs = m.parents[-MAX_REFERENCES:]
+            table[mid] = node = Node(m)
+        else:
+            node.msg = m
+            node.key = (m.date, m.seq)
+        refs = m.parents
+        if len(refs) > MAX_REFERENCES:
+            refs = refs[-MAX_REFERENCES:]
         # (1)(A) link the references in their order: each the parent of the
         # next, unless the child has a parent already or it would make a loop
         prev: Node | None = None
         for ref in refs:
-            ref_node = table.get(ref)
+            ref_node = get(ref)
             if ref_node is None:
                 table[ref] = ref_node = Node()
-            if prev is not None and ref_node.parent is None and not _reachable(ref_node, prev):
-                _link(prev, ref_node)
+                if prev is not None:
+                    ref_node.parent = prev  # new: no parent, and nothing below it
+            elif prev is not None and ref_node.parent is None and not _reachable(ref_node, prev):
+                ref_node.parent = prev
             prev = ref_node
         # (1)(B) the last reference is the message's parent, replacing any
         # parent guessed before (a truncated References); without references
         # the message has no parent; never a loop
-        if prev is not None and prev is not node and not _reachable(node, prev):
-            _link(prev, node)
-        elif prev is None:
-            _unlink(node)
+        if prev is None:
+            node.parent = None
+        elif fresh or (prev is not node and not _reachable(node, prev)):
+            node.parent = prev
+    # (2)-(3) the root set, pruned: a dummy goes, its children take its
+    # place; at the top level a dummy stays when it holds more than one
+    roots: list[Node] = []
+    groups: list[Node] = []  # top-level dummies that hold messages
     for n in table.values():
-        n.children = list(n.kids)
-        n.kids = {}
-    # (2) the root set, in the order the containers were made
-    roots = [n for n in table.values() if n.parent is None]
-    # (3) prune dummies
-    roots = _prune(roots, top=True)
-    # (4) sort the top level by sent date (a dummy by its first child's)
-    for n in roots:
         if n.msg is None:
-            _sort_children(n)
+            continue
+        p = n.parent
+        if p is None:
+            roots.append(n)
+            continue
+        if p.msg is None:
+            p = _anchor(p)
+            if p.msg is None:  # under a top-level dummy
+                if not p.children:
+                    groups.append(p)
+                n.parent = p
+                p.children.append(n)
+                continue
+        n.parent = p
+        p.children.append(n)
+    for d in groups:
+        if len(d.children) == 1:
+            only = d.children[0]
+            only.parent = None
+            roots.append(only)
+        else:
+            _sort_children(d)
+            roots.append(d)
+    # (4) sort the top level by sent date (a dummy by its first child's)
     roots.sort(key=_order)
     # (5) gather top-level messages of the same base subject
     roots = _merge_subjects(roots)
@@ -177,49 +198,30 @@ def references(messages: Sequence[ThreadMessage]) -> list[Node]:
     return roots
 
 
-def _post_order(roots: list[Node]) -> list[Node]:
-    """Every node below ``roots``, children before parents (iteratively: a
-    References field of thousands of ids makes a chain that deep)."""
-    out: list[Node] = []
-    stack = [(n, False) for n in roots]
-    while stack:
-        n, done = stack.pop()
-        if done:
-            out.append(n)
-        elif n.children:
-            stack.append((n, True))
-            stack.extend((ch, False) for ch in n.children)
-        else:
-            out.append(n)
-    return out
-
-
-def _pruned(children: list[Node], top: bool) -> list[Node]:
-    out: list[Node] = []
-    for n in children:
-        if n.msg is not None:
-            out.append(n)
-        elif not n.children:
-            continue  # a dummy without children goes
-        elif not top or len(n.children) == 1:
-            # a dummy's children take its place, but not at the top level
-            # unless there is only one
-            out.extend(n.children)
-        else:
-            out.append(n)
-    return out
-
-
-def _prune(roots: list[Node], top: bool) -> list[Node]:
-    for n in _post_order(roots):
-        if any(ch.msg is None for ch in n.children):
-            n.children = _pruned(n.children, top=False)
-            for ch in n.children:
-                ch.parent = n
-    out = _pruned(roots, top=True)
-    for n in out:
-        n.parent = None
-    return out
+def _anchor(d: Node) -> Node:
+    """A dummy's nearest ancestor that is a message, else the top-level
+    dummy above it (or itself); remembered along the way, so each dummy's
+    chain is walked once (iteratively: chains may be thousands deep)."""
+    chain: list[Node] = []
+    node = d
+    while True:
+        if node.anchor is not None:
+            found = node.anchor
+            break
+        p = node.parent
+        if p is None:
+            found = node
+            node.anchor = node
+            break
+        if p.msg is not None:
+            found = p
+            node.anchor = p
+            break
+        chain.append(node)
+        node = p
+    for c in chain:
+        c.anchor = found
+    return found
 
 
 def _merge_subjects(roots: list[Node]) -> list[Node]:
@@ -273,9 +275,14 @@ def _merge_subjects(roots: list[Node]) -> list[Node]:
 
 
 def _sort_tree(roots: list[Node]) -> None:
-    # siblings of messages first, then the top level, whose dummies sort by
-    # their first child
-    for n in _post_order(roots):
+    # every node with children, parents after their children (a dummy
+    # sorts by its first child): breadth-first order, walked backwards
+    order = [n for n in roots if n.children]
+    i = 0
+    while i < len(order):
+        order.extend([ch for ch in order[i].children if ch.children])
+        i += 1
+    for n in reversed(order):
         _sort_children(n)
 
 
@@ -285,36 +292,39 @@ def format_threads(roots: Sequence[Node], uid: bool) -> str:
     or its children each in parentheses (thread-nested, no space between);
     a dummy writes only its children."""
     out: list[str] = []
-    for r in roots:
-        out.append("(")
-        _write(r, uid, out)
-        out.append(")")
-    return "".join(out)
-
-
-def _write(node: Node, uid: bool, out: list[str]) -> None:
-    # iterative (an explicit stack of what is left to write): threads nest
-    # as deep as their senders make them
-    stack: list[Node | str] = [node]
+    app = out.append
+    # iterative (an explicit stack of what is left to write, last first):
+    # threads nest as deep as their senders make them
+    stack: list[Node | str] = []
+    push = stack.append
+    for r in reversed(roots):
+        push(")")
+        push(r)
+        push("(")
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
-            out.append(item)
+        if item.__class__ is str:
+            app(item)  # type: ignore[arg-type]
             continue
-        parts: list[Node | str] = []
-        n = item
-        first = True
-        while True:  # a message, then the chain of its only children
-            if n.msg is not None:
-                parts.append(("" if first else " ") + str(n.msg.uid if uid else n.msg.seq))
-                first = False
-            if len(n.children) == 1 and n.msg is not None:
-                n = n.children[0]
-                continue
-            if n.children:
-                if not first:
-                    parts.append(" ")
-                for ch in n.children:
-                    parts += ["(", ch, ")"]
-            break
-        stack.extend(reversed(parts))
+        n: Node = item  # type: ignore[assignment]
+        msg = n.msg
+        if msg is not None:
+            app(str(msg.uid if uid else msg.seq))
+            children = n.children
+            # a message, then the chain of its only children
+            while len(children) == 1 and children[0].msg is not None:
+                n = children[0]
+                msg = n.msg
+                app(" " + str(msg.uid if uid else msg.seq))  # type: ignore[union-attr]
+                children = n.children
+            if len(children) == 1:  # a dummy as only child: its children follow
+                children = children[0].children
+            if children:
+                app(" ")
+        else:
+            children = n.children
+        for ch in reversed(children):
+            push(")")
+            push(ch)
+            push("(")
+    return "".join(out)
