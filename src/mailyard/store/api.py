@@ -334,9 +334,12 @@ class NewMessage:
 # values; "body_id" is the stored body's id (never reused; messages that share
 # a body share it: IMAP EMAILID, RFC 8474 5.1). The decoded body text is not
 # among them: it lives only in the full-text index (search_text).
+# "email_id" and "thread_id" are the opaque RFC 8474 EMAILID and THREADID
+# (message/objectids.py), given only when asked for by name.
 DERIVED_FIELDS = frozenset({
     "envelope_imap", "bodystructure_imap", "body_imap",
     "envelope", "bodystructure", "parts", "messages", "date", "size", "headers", "preview", "body_id",
+    "email_id", "thread_id",
 })
 
 

@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .. import commands as c
-from .. import objectid
 from .. import search as sr
 from .. import sort as so
 from .. import thread as th
@@ -54,19 +53,20 @@ def _no_gc() -> Iterator[None]:
 
 
 async def _id_hits(b: ImapBackend, sel: SelectedMailbox, ids: set[tuple[str, str]], ctx: sr.SearchContext) -> None:
-    """RFC 8474 6: the messages with an EMAILID (the stored body's id); no
-    message has a THREADID here (objectid.py)."""
-    wanted = {objectid.parse_email_id(text) for name, text in ids if name == "EMAILID"} - {None}
-    body_of: dict[int, int] = {}
-    if wanted:
-        uids = list(sel.view.uids)
-        for start in range(0, len(uids), HEADER_BATCH):
-            chunk = uids[start : start + HEADER_BATCH]
-            for uid, d in (await b.get_derived(sel.mailbox, chunk, ("body_id",))).items():
-                body_of[uid] = d["body_id"]
-    for name, text in ids:
-        body = objectid.parse_email_id(text) if name == "EMAILID" else None
-        ctx.id_hits[(name, text)] = {u for u, bid in body_of.items() if bid == body} if body is not None else set()
+    """RFC 8474 6: the messages with an EMAILID or THREADID. The ids are
+    opaque hashes (objectid.py), so the selected mailbox's are asked for
+    and compared: nothing outside it can match."""
+    fields = tuple(sorted({"email_id" if name == "EMAILID" else "thread_id" for name, _ in ids}))
+    by_id: dict[tuple[str, str], set[int]] = {key: set() for key in ids}
+    uids = list(sel.view.uids)
+    for start in range(0, len(uids), HEADER_BATCH):
+        chunk = uids[start : start + HEADER_BATCH]
+        for uid, d in (await b.get_derived(sel.mailbox, chunk, fields)).items():
+            for field, name in (("email_id", "EMAILID"), ("thread_id", "THREADID")):
+                hit = by_id.get((name, d.get(field, "")))
+                if hit is not None:
+                    hit.add(uid)
+    ctx.id_hits.update(by_id)
 
 
 async def _charset_ok(s: ImapSession, charset: str | None) -> bool:
