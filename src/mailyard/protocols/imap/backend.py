@@ -34,9 +34,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from ...message.threadkeys import SortKeys
+
+_T = TypeVar("_T")
 
 
 class BackendError(Exception):
@@ -429,6 +431,12 @@ class ImapIO(Protocol):
 
     def now(self) -> float:
         """Seconds since the epoch (SEARCH OLDER / YOUNGER, RFC 5032)."""
+        ...
+
+    async def compute(self, fn: Callable[[], _T]) -> _T:
+        """``fn()``, CPU-heavy work of a command (the SORT or THREAD of a big
+        mailbox), run where it does not hold up the other connections: a
+        worker thread in the server, in place in the test harness."""
         ...
 
     def authenticated(self) -> None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 from .. import commands as c
 from .. import search as sr
@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 CHARSETS = ("UTF-8", "US-ASCII")
 HEADER_BATCH = 500
+# SORT / THREAD of more messages than this (some milliseconds of work) run
+# through ImapIO.compute, off the event loop
+COMPUTE_INLINE = 2_000
+_T = TypeVar("_T")
 
 
 @contextlib.contextmanager
@@ -151,6 +155,15 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}SEARCH completed", allow_expunge=cmd.uid)
 
 
+async def _compute(s: ImapSession, n: int, fn: Callable[[], _T]) -> _T:
+    """``fn()`` for a SORT or THREAD of ``n`` messages: a big one where it
+    does not hold up the other connections (ImapIO.compute), a small one in
+    place (no task switch for the common case)."""
+    if n > COMPUTE_INLINE:
+        return await s.io.compute(fn)
+    return fn()
+
+
 async def cmd_sort(s: ImapSession, cmd: c.Sort) -> None:
     """SORT / UID SORT (RFC 5256 section 3): the matching messages in the
     order of the sort keys; with RETURN, ESORT's ESEARCH (RFC 5267 section 3)."""
@@ -162,10 +175,14 @@ async def cmd_sort(s: ImapSession, cmd: c.Sort) -> None:
     keys = [so.SortKey(name, reverse) for name, reverse in cmd.keys]
     found = await b.sort_keys(sel.mailbox, [u for _, u in hits]) if hits else {}
     infos = await sel.infos(b)
-    with _no_gc():
-        msgs = [so.SortMessage(q, u, infos[u].size, infos[u].internal_date, found[u])
-                for q, u in hits if u in infos and u in found]
-        ordered = [(m.seq, m.uid) for m in so.sort_messages(msgs, keys)]
+
+    def order() -> list[tuple[int, int]]:
+        with _no_gc():
+            msgs = [so.SortMessage(q, u, infos[u].size, infos[u].internal_date, found[u])
+                    for q, u in hits if u in infos and u in found]
+            return [(m.seq, m.uid) for m in so.sort_messages(msgs, keys)]
+
+    ordered = await _compute(s, len(hits), order)
     responses, saved = so.result_form(cmd.tag, cmd.uid, ordered, modseq, mod, cmd.return_opts, cmd.partial)
     if saved is not None:
         sel.saved = saved
@@ -187,10 +204,14 @@ async def cmd_thread(s: ImapSession, cmd: c.Thread) -> None:
     hits, _modseq, _mod = await _matching(s, cmd.key)
     found = await b.sort_keys(sel.mailbox, [u for _, u in hits]) if hits else {}
     infos = await sel.infos(b)
-    with _no_gc():
-        msgs = [th.thread_message(q, u, infos[u].internal_date, found[u])
-                for q, u in hits if u in infos and u in found]
-        roots = th.ordered_subject(msgs) if cmd.algorithm == "ORDEREDSUBJECT" else th.references(msgs)
-        text = th.format_threads(roots, cmd.uid)
+
+    def threads() -> str:
+        with _no_gc():
+            msgs = [th.thread_message(q, u, infos[u].internal_date, found[u])
+                    for q, u in hits if u in infos and u in found]
+            roots = th.ordered_subject(msgs) if cmd.algorithm == "ORDEREDSUBJECT" else th.references(msgs)
+            return th.format_threads(roots, cmd.uid)
+
+    text = await _compute(s, len(hits), threads)
     s.engine.untagged(*([Atom("THREAD"), Atom(text)] if text else [Atom("THREAD")]))
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}THREAD completed", allow_expunge=cmd.uid)
