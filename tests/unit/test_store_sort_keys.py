@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mailyard.config import StoreConfig
 from mailyard.message.threadkeys import SortKeys
+from mailyard.store.api import AppendItem
 from mailyard.store.sqlite import SQLiteStore
 
 MAIL = [
@@ -119,5 +120,42 @@ async def test_version4_directory_gets_sort_keys_and_threads(tmp_path: Path) -> 
         got = await s.get_derived(inbox, [3, 4, 5], ("thread_id", "email_id"))
         assert got[3]["thread_id"] == got[4]["thread_id"] != got[5]["thread_id"]
         assert len({got[u]["email_id"] for u in got}) == 3
+    finally:
+        await s.close()
+
+
+async def test_sql_sort_order_is_the_rfc5256_order(tmp_path: Path) -> None:
+    """The store's sort_order (SQL over sort_keys) gives, for every key and
+    REVERSE and with a second key, the order of protocols/imap/sort.py's
+    sorter (RFC 5256 section 3, RFC 5957): code point order of the
+    casemapped keys, missing fields as "", the sent date falling back to the
+    INTERNALDATE, ties in UID order also under REVERSE; also for a subset of
+    the messages and once the rows had to be made again."""
+    from mailyard.protocols.imap.sort import SORT_KEYS, SortKey, SortMessage, sort_messages
+    from tests.unit.imap.test_sort import MAIL as SORT_MAIL
+
+    s = SQLiteStore(tmp_path / "s", StoreConfig(fsync=False))
+    try:
+        await s.add_domain("example.test")
+        a = await s.add_account("a@example.test", "h")
+        inbox = await s.get_mailbox(a.id, "INBOX")
+        assert inbox
+        corpus = [*SORT_MAIL, *((m, 1_700_000_000.0 + 5) for m in [*MAIL, *THREAD_MAIL])]
+        for data, when in corpus:
+            await s.append_many(inbox, [AppendItem(data, (), when)])
+        uids = list(range(1, len(corpus) + 1))
+        keys = await s.sort_keys(inbox, uids)
+        infos = {m.uid: m for m in await s.list_messages(inbox)}
+        msgs = [SortMessage(u, u, infos[u].size, infos[u].internal_date, keys[u]) for u in uids]
+        for rows_again in (False, True):
+            if rows_again:
+                await s._write(lambda c, ctx: c.execute("DELETE FROM sort_keys"))
+            for name in sorted(SORT_KEYS):
+                for reverse in (False, True):
+                    for program in ([(name, reverse)], [(name, reverse), ("SUBJECT", True)]):
+                        want = [m.uid for m in sort_messages(msgs, [SortKey(n, r) for n, r in program])]
+                        assert await s.sort_order(inbox, program, uids) == want, program
+                        some = uids[::2]
+                        assert await s.sort_order(inbox, program, some) == [u for u in want if u in some]
     finally:
         await s.close()

@@ -707,6 +707,14 @@ class Store(abc.ABC):
         answered from the full-text index."""
 
     @abc.abstractmethod
+    async def sort_order(self, mailbox: MailboxRef, keys: Sequence[tuple[str, bool]],
+                         uids: Sequence[int]) -> list[int]:
+        """Those of ``uids`` present, in the order of the SORT ``keys``
+        ((name, reverse) pairs, the first most significant; names of RFC 5256
+        section 3 and RFC 5957: ARRIVAL CC DATE FROM SIZE SUBJECT TO
+        DISPLAYFROM DISPLAYTO), equal messages in UID order."""
+
+    @abc.abstractmethod
     async def sort_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, SortKeys]:
         """For each of ``uids`` present: the keys IMAP SORT and THREAD
         compare (message/threadkeys.py ``sort_keys``, RFC 5256), from the

@@ -300,6 +300,14 @@ class ImapBackend(Protocol):
         """UIDs whose body (or header and body) contains ``text``."""
         ...
 
+    async def sort_order(self, mailbox: MailboxRecord, keys: Sequence[tuple[str, bool]],
+                         uids: Sequence[int]) -> Sequence[int]:
+        """Those of ``uids`` present in the order of the SORT ``keys`` ((name,
+        reverse), the first most significant; sort.py SORT_KEYS), equal
+        messages in UID order (RFC 5256 section 3): the store orders them
+        without handing every message's keys to the session."""
+        ...
+
     async def sort_keys(self, mailbox: MailboxRecord, uids: Sequence[int]) -> Mapping[int, SortKeys]:
         """SORT and THREAD's keys (RFC 5256) for each of ``uids`` present:
         message/threadkeys.py ``sort_keys`` of the message's decoded header

@@ -592,6 +592,18 @@ class MemoryBackend:
                 out.add(uid)
         return out
 
+    async def sort_order(self, mailbox: MailboxRecord, keys: Sequence[tuple[str, bool]],
+                         uids: Sequence[int]) -> list[int]:
+        from .sort import SortKey, SortMessage, sort_messages
+
+        box = self._box(mailbox)
+        found = await self.sort_keys(mailbox, uids)
+        msgs = []
+        for uid in sorted(found):
+            m = box.messages[uid][1]
+            msgs.append(SortMessage(uid, uid, m.size, m.internal_date, found[uid]))
+        return [m.uid for m in sort_messages(msgs, [SortKey(n, r) for n, r in keys])]
+
     async def sort_keys(self, mailbox: MailboxRecord, uids: Sequence[int]) -> dict[int, SortKeys]:
         box = self._box(mailbox)
         out: dict[int, SortKeys] = {}

@@ -53,6 +53,12 @@ _SORT_COLS = ("date", "subject", "refwd", "from_mailbox", "from_display", "to_ma
               "message_id", "parents")
 _SORT_SELECT = ("SELECT m.uid, m.body_id, k.body_id, " + ", ".join(f"k.{c}" for c in _SORT_COLS)
                 + " FROM messages m LEFT JOIN sort_keys k ON k.body_id = m.body_id WHERE m.mailbox_id = ?")
+# SORT keys (RFC 5256 section 3, RFC 5957) as SQL over messages m and sort_keys k
+_ORDER_BY = {"ARRIVAL": "m.internal_date", "SIZE": "m.size", "DATE": "coalesce(k.date, m.internal_date)",
+             "SUBJECT": "k.subject", "FROM": "k.from_mailbox", "TO": "k.to_mailbox", "CC": "k.cc_mailbox",
+             "DISPLAYFROM": "k.from_display", "DISPLAYTO": "k.to_display"}
+_KEY_ATTR = {"SUBJECT": "subject", "FROM": "from_mailbox", "TO": "to_mailbox", "CC": "cc_mailbox",
+             "DISPLAYFROM": "from_display", "DISPLAYTO": "to_display"}
 _SORT_UPSERT = (
     f"INSERT INTO sort_keys(body_id, {', '.join(_SORT_COLS)}, thread_id) VALUES ({', '.join('?' * 12)})"
     " ON CONFLICT(body_id) DO UPDATE SET "
@@ -220,6 +226,67 @@ class SearchMixin(SQLiteCore):
                         out[u] = keys
         return out
 
+    async def sort_order(self, mailbox: MailboxRef, keys: Sequence[tuple[str, bool]],
+                         uids: Sequence[int]) -> list[int]:
+        mailbox_id = self._owned(mailbox)
+        pending = await self._ensure_indexed(mailbox_id)
+        order = ", ".join(f"{_ORDER_BY[name]}{' DESC' if reverse else ''}" for name, reverse in keys)
+        wanted = list(uids)
+        if not wanted:
+            return []
+        # One query ordered by SQLite over the typed columns: several times
+        # faster than reading 100,000 rows of keys and sorting them here.
+        # TEXT compares by memcmp of UTF-8, which is code point order, as
+        # i;unicode-casemap keys are compared (RFC 5051 2); equal messages
+        # stay in UID order, also under REVERSE (RFC 5256 section 3).
+        sql = ("SELECT m.uid, k.body_id IS NULL FROM messages m LEFT JOIN sort_keys k ON k.body_id = m.body_id"
+               " WHERE m.mailbox_id = ?")
+        if len(wanted) <= 900:
+            sql += f" AND m.uid IN ({','.join('?' * len(wanted))})"
+            args: tuple = (mailbox_id, *wanted)
+        else:
+            sql += " AND m.uid BETWEEN ? AND ?"
+            args = (mailbox_id, min(wanted), max(wanted))
+        sql += f" ORDER BY {order}, m.uid"
+        big = len(wanted) > SORT_INLINE
+        keep = set(wanted)
+
+        def read(c: sqlite3.Connection) -> tuple[list[int], bool]:
+            rows = c.execute(sql, args).fetchall()
+            return [r[0] for r in rows if r[0] in keep], any(r[1] for r in rows)
+
+        out, incomplete = await self._bulk_read(read) if big else read(self._read)
+        if incomplete and not pending:
+            # bodies derived before sort_keys existed: their rows now, then again
+            missing = [r[0] for r in self._q(
+                "SELECT DISTINCT m.body_id FROM messages m LEFT JOIN sort_keys k ON k.body_id = m.body_id"
+                " WHERE m.mailbox_id = ? AND k.body_id IS NULL", (mailbox_id,))]
+            await self._fill_sort_keys(missing, off_loop=big)
+            out, incomplete = await self._bulk_read(read) if big else read(self._read)
+        if incomplete:
+            # keys that could not be saved (the disk is full): sorted here
+            return await self._sort_here(mailbox, keys, wanted)
+        return out
+
+    async def _sort_here(self, mailbox: MailboxRef, keys: Sequence[tuple[str, bool]], uids: list[int]) -> list[int]:
+        infos = {m.uid: m for m in await self.get_messages(mailbox, uids)}
+        found = await self.sort_keys(mailbox, uids)
+
+        def value(name: str, u: int) -> object:
+            k = found[u]
+            if name == "ARRIVAL":
+                return infos[u].internal_date
+            if name == "SIZE":
+                return infos[u].size
+            if name == "DATE":
+                return infos[u].internal_date if k.date is None else k.date
+            return getattr(k, _KEY_ATTR[name])
+
+        out = sorted(u for u in uids if u in found and u in infos)
+        for name, reverse in reversed(keys):
+            out.sort(key=lambda u, name=name: value(name, u), reverse=reverse)  # type: ignore[misc]
+        return out
+
     async def _bulk_read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """``fn`` on a read-only connection of its own in a worker thread:
         reads of a whole big mailbox that would hold up the event loop."""
@@ -330,6 +397,10 @@ class SearchMixin(SQLiteCore):
         """Derive the mailbox's bodies the indexer has not reached yet. Returns,
         by UID, the records that could not be saved (the disk is full, or
         indexing is deferred): the caller searches them itself."""
+        if self._q1("SELECT 1 FROM bodies WHERE derived IS NULL LIMIT 1") is None:
+            # the usual case, from the partial index bodies_unindexed: no
+            # walk over a big mailbox's messages on the event loop
+            return {}
         rows = self._q(
             "SELECT m.uid, b.id FROM messages m JOIN bodies b ON b.id = m.body_id"
             " WHERE m.mailbox_id = ? AND b.derived IS NULL",

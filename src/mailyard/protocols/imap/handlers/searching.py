@@ -3,9 +3,11 @@ RFC 9051 7.3.4), SEARCHRES SAVE (RFC 5182), MODSEQ (RFC 7162 3.1.5); SORT
 and THREAD (RFC 5256), SORT=DISPLAY (RFC 5957) and ESORT (RFC 5267 section 3)
 on the same search machinery.
 
-SORT and THREAD read their keys with one backend call (``sort_keys``:
-message/threadkeys.py SortKeys, computed once per message from its decoded
-header fields), never the messages.
+SORT asks the backend for the order (``sort_order``: the store sorts by SQL
+over keys kept per message); THREAD reads the keys with one backend call
+(``sort_keys``: message/threadkeys.py SortKeys, computed once per message
+from its decoded header fields) and builds the threads through
+ImapIO.compute when the mailbox is big; neither reads the messages.
 
 BODY and TEXT keys are answered by the backend's full-text index
 (search_text), FROM/TO/CC/BCC/SUBJECT/HEADER by its index of header fields
@@ -172,17 +174,12 @@ async def cmd_sort(s: ImapSession, cmd: c.Sort) -> None:
     sel, b = s.sel, s.backend
     assert sel is not None and b is not None
     hits, modseq, mod = await _matching(s, cmd.key)
-    keys = [so.SortKey(name, reverse) for name, reverse in cmd.keys]
-    found = await b.sort_keys(sel.mailbox, [u for _, u in hits]) if hits else {}
-    infos = await sel.infos(b)
-
-    def order() -> list[tuple[int, int]]:
-        with _no_gc():
-            msgs = [so.SortMessage(q, u, infos[u].size, infos[u].internal_date, found[u])
-                    for q, u in hits if u in infos and u in found]
-            return [(m.seq, m.uid) for m in so.sort_messages(msgs, keys)]
-
-    ordered = await _compute(s, len(hits), order)
+    # the backend orders them (the store by SQL over its typed keys, off the
+    # event loop for a big mailbox); equal messages in UID order, which is
+    # sequence-number order (RFC 5256 section 3)
+    order = await b.sort_order(sel.mailbox, cmd.keys, [u for _, u in hits]) if hits else []
+    seq_of = {u: q for q, u in hits}
+    ordered = [(seq_of[u], u) for u in order if u in seq_of]
     responses, saved = so.result_form(cmd.tag, cmd.uid, ordered, modseq, mod, cmd.return_opts, cmd.partial)
     if saved is not None:
         sel.saved = saved
