@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
-    from ..message.threadkeys import SortKeys
+    from ..message.threadkeys import SortKeys, ThreadKeys
 
 # RFC 6154 special-use mailboxes created with every account, besides INBOX.
 SPECIAL_USE_MAILBOXES: tuple[tuple[str, str], ...] = (
@@ -713,6 +713,12 @@ class Store(abc.ABC):
         ((name, reverse) pairs, the first most significant; names of RFC 5256
         section 3 and RFC 5957: ARRIVAL CC DATE FROM SIZE SUBJECT TO
         DISPLAYFROM DISPLAYTO), equal messages in UID order."""
+
+    @abc.abstractmethod
+    async def thread_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, ThreadKeys]:
+        """For each of ``uids`` present: what THREAD compares (RFC 5256
+        section 3; message/threadkeys.py ThreadKeys), the sent date with the
+        INTERNALDATE standing in for a missing one."""
 
     @abc.abstractmethod
     async def sort_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, SortKeys]:

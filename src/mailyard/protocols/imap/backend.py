@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
-from ...message.threadkeys import SortKeys
+from ...message.threadkeys import SortKeys, ThreadKeys
 
 _T = TypeVar("_T")
 
@@ -306,6 +306,11 @@ class ImapBackend(Protocol):
         reverse), the first most significant; sort.py SORT_KEYS), equal
         messages in UID order (RFC 5256 section 3): the store orders them
         without handing every message's keys to the session."""
+        ...
+
+    async def thread_keys(self, mailbox: MailboxRecord, uids: Sequence[int]) -> Mapping[int, ThreadKeys]:
+        """THREAD's keys (RFC 5256 section 3; message/threadkeys.py
+        ThreadKeys) for each of ``uids`` present, the sent date resolved."""
         ...
 
     async def sort_keys(self, mailbox: MailboxRecord, uids: Sequence[int]) -> Mapping[int, SortKeys]:

@@ -33,7 +33,7 @@ from ...message.binary import encode_nul_parts
 from ...message.derived import Derived, body_structure, derive
 from ...message.imap_syntax import body_bytes, envelope_bytes  # as the store derives them
 from ...message.objectids import EMAIL, THREAD, opaque_id
-from ...message.threadkeys import KEY_FIELDS, SortKeys, sort_keys
+from ...message.threadkeys import KEY_FIELDS, SortKeys, ThreadKeys, sort_keys
 from ..contract import NEED_DATA, PAUSED, Closed
 from .backend import (
     BackendError,
@@ -603,6 +603,14 @@ class MemoryBackend:
             m = box.messages[uid][1]
             msgs.append(SortMessage(uid, uid, m.size, m.internal_date, found[uid]))
         return [m.uid for m in sort_messages(msgs, [SortKey(n, r) for n, r in keys])]
+
+    async def thread_keys(self, mailbox: MailboxRecord, uids: Sequence[int]) -> dict[int, ThreadKeys]:
+        box = self._box(mailbox)
+        out: dict[int, ThreadKeys] = {}
+        for uid, k in (await self.sort_keys(mailbox, uids)).items():
+            date = box.messages[uid][1].internal_date if k.date is None else k.date
+            out[uid] = (date, k.subject, k.refwd, k.message_id, k.parents)
+        return out
 
     async def sort_keys(self, mailbox: MailboxRecord, uids: Sequence[int]) -> dict[int, SortKeys]:
         box = self._box(mailbox)

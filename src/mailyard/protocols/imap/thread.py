@@ -1,9 +1,9 @@
 """THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256 section 3), and
 the thread-list syntax of the THREAD response (RFC 5256 section 4).
 
-Pure: messages come as ``ThreadMessage`` (sequence number, UID, sent date,
-and from their SortKeys (message/threadkeys.py) the base subject, whether it
-was a reply or forward, the Message-ID and the parent ids); the result is a
+Pure: messages come as ``ThreadMessage`` (sequence number, UID, and the
+backend's ThreadKeys (message/threadkeys.py): sent date, base subject,
+whether it was a reply or forward, the Message-ID and the parent ids); the result is a
 list of ``Node`` trees, written by ``format_threads``. A ``Node`` whose
 ``msg`` is None is a dummy (a message referred to but not present).
 """
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from ...message.threadkeys import SortKeys
 
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 # The last ids of a References field that are linked: each link walks up the
@@ -31,12 +29,6 @@ class ThreadMessage:
     refwd: bool = False  # the subject marked a reply or forward
     message_id: str | None = None
     parents: tuple[str, ...] = ()  # References, else In-Reply-To (RFC 5256 section 3 step 1)
-
-
-def thread_message(seq: int, uid: int, internal_date: float, keys: SortKeys) -> ThreadMessage:
-    """A ThreadMessage from a message's SortKeys (the backend's ``sort_keys``)."""
-    date = internal_date if keys.date is None else keys.date
-    return ThreadMessage(seq, uid, date, keys.subject, keys.refwd, keys.message_id, keys.parents)
 
 
 class Node:

@@ -29,7 +29,7 @@ from typing import Literal, TypeVar
 from ...message.address import search_value
 from ...message.derived import derive
 from ...message.objectids import EMAIL, THREAD, opaque_id
-from ...message.threadkeys import KEY_FIELDS, SortKeys, keys_from_json, sort_keys
+from ...message.threadkeys import KEY_FIELDS, SortKeys, ThreadKeys, keys_from_json, sort_keys
 from ..api import DERIVED_FIELDS, DerivedRecord, MailboxRef, StorageFull, derive_record
 from . import textindex
 from .core import DB_FILE, SQLiteCore, select_uids
@@ -285,6 +285,39 @@ class SearchMixin(SQLiteCore):
         out = sorted(u for u in uids if u in found and u in infos)
         for name, reverse in reversed(keys):
             out.sort(key=lambda u, name=name: value(name, u), reverse=reverse)  # type: ignore[misc]
+        return out
+
+    async def thread_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, ThreadKeys]:
+        mailbox_id = self._owned(mailbox)
+        wanted = list(uids)
+        keep = set(wanted)
+        sql = ("SELECT m.uid, coalesce(k.date, m.internal_date), k.subject, k.refwd, k.message_id, k.parents,"
+               " k.body_id IS NULL FROM messages m LEFT JOIN sort_keys k ON k.body_id = m.body_id"
+               " WHERE m.mailbox_id = ?")
+
+        def read(c: sqlite3.Connection) -> tuple[dict[int, ThreadKeys], list[int]]:
+            # only the five columns THREAD needs, straight into tuples
+            out: dict[int, ThreadKeys] = {}
+            missing: list[int] = []
+            for r in select_uids(c, sql, mailbox_id, wanted, column="m.uid"):
+                if r[0] not in keep:
+                    continue
+                if r[6]:
+                    missing.append(r[0])
+                else:
+                    out[r[0]] = (r[1], r[2], bool(r[3]), r[4], tuple(r[5].split()) if r[5] else ())
+            return out, missing
+
+        big = len(wanted) > SORT_INLINE
+        out, missing = await self._bulk_read(read) if big else read(self._read)
+        if missing:
+            # bodies not derived yet, derived before sort_keys existed, or
+            # not stored (the disk is full): sort_keys derives or fills them
+            found = await self.sort_keys(mailbox, missing)
+            dates = {m.uid: m.internal_date for m in await self.get_messages(mailbox, list(found))}
+            for u, k in found.items():
+                if u in dates:
+                    out[u] = (dates[u] if k.date is None else k.date, k.subject, k.refwd, k.message_id, k.parents)
         return out
 
     async def _bulk_read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:

@@ -5,8 +5,8 @@ on the same search machinery.
 
 SORT asks the backend for the order (``sort_order``: the store sorts by SQL
 over keys kept per message); THREAD reads the keys with one backend call
-(``sort_keys``: message/threadkeys.py SortKeys, computed once per message
-from its decoded header fields) and builds the threads through
+(``thread_keys``: message/threadkeys.py ThreadKeys, computed once per
+message from its decoded header fields) and builds the threads through
 ImapIO.compute when the mailbox is big; neither reads the messages.
 
 BODY and TEXT keys are answered by the backend's full-text index
@@ -199,13 +199,11 @@ async def cmd_thread(s: ImapSession, cmd: c.Thread) -> None:
     sel, b = s.sel, s.backend
     assert sel is not None and b is not None
     hits, _modseq, _mod = await _matching(s, cmd.key)
-    found = await b.sort_keys(sel.mailbox, [u for _, u in hits]) if hits else {}
-    infos = await sel.infos(b)
+    found = await b.thread_keys(sel.mailbox, [u for _, u in hits]) if hits else {}
 
     def threads() -> str:
         with _no_gc():
-            msgs = [th.thread_message(q, u, infos[u].internal_date, found[u])
-                    for q, u in hits if u in infos and u in found]
+            msgs = [th.ThreadMessage(q, u, *found[u]) for q, u in hits if u in found]
             roots = th.ordered_subject(msgs) if cmd.algorithm == "ORDEREDSUBJECT" else th.references(msgs)
             return th.format_threads(roots, cmd.uid)
 
