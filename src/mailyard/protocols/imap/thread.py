@@ -180,14 +180,30 @@ def references(messages: Sequence[ThreadMessage]) -> list[Node]:
         else:
             _sort_children(d)
             roots.append(d)
+    # (6), for what step 5 leaves as it is: a message's key never changes,
+    # so its children (all messages after pruning) can be sorted now
+    for n in table.values():
+        if len(n.children) > 1 and n.msg is not None:
+            n.children.sort(key=_order)
     # (4) sort the top level by sent date (a dummy by its first child's)
     roots.sort(key=_order)
     # (5) gather top-level messages of the same base subject
-    roots = _merge_subjects(roots)
-    # (6) sort every set of siblings by sent date, the deepest first
-    _sort_tree(roots)
+    roots, touched = _merge_subjects(roots)
+    # (6) for the nodes step 5 gave children: the deepest first, as a
+    # dummy sorts by its first child
+    touched.sort(key=_depth, reverse=True)
+    for n in touched:
+        _sort_children(n)
     roots.sort(key=_order)
     return roots
+
+
+def _depth(node: Node) -> int:
+    depth = 0
+    while node.parent is not None:
+        node = node.parent
+        depth += 1
+    return depth
 
 
 def _anchor(d: Node) -> Node:
@@ -216,7 +232,11 @@ def _anchor(d: Node) -> Node:
     return found
 
 
-def _merge_subjects(roots: list[Node]) -> list[Node]:
+def _merge_subjects(roots: list[Node]) -> tuple[list[Node], list[Node]]:
+    """Step 5 on the sorted root set: the new root set, and the nodes that
+    were given children (their children to be sorted again)."""
+    touched: list[Node] = []
+
     def subject_of(n: Node) -> tuple[str, bool]:
         m = n.first()
         return m.subject, m.refwd
@@ -245,16 +265,20 @@ def _merge_subjects(roots: list[Node]) -> list[Node]:
                 ch.parent = target
             target.children.extend(n.children)
             n.children = []
+            touched.append(target)
         elif target.msg is None:
             _adopt(target, n)
+            touched.append(target)
         elif refwd and not subject_of(target)[1]:
             _adopt(target, n)
+            touched.append(target)
         else:
             # a new dummy holds both, and takes the table's place
             dummy = Node()
             _adopt(dummy, target)
             _adopt(dummy, n)
             table[subj] = dummy
+            touched.append(dummy)
     out: list[Node] = []
     seen: set[int] = set()
     for n in roots:
@@ -263,19 +287,7 @@ def _merge_subjects(roots: list[Node]) -> list[Node]:
         if id(n) not in seen and (n.msg is not None or n.children):
             seen.add(id(n))
             out.append(n)
-    return out
-
-
-def _sort_tree(roots: list[Node]) -> None:
-    # every node with children, parents after their children (a dummy
-    # sorts by its first child): breadth-first order, walked backwards
-    order = [n for n in roots if n.children]
-    i = 0
-    while i < len(order):
-        order.extend([ch for ch in order[i].children if ch.children])
-        i += 1
-    for n in reversed(order):
-        _sort_children(n)
+    return out, list(dict.fromkeys(touched))
 
 
 def format_threads(roots: Sequence[Node], uid: bool) -> str:
@@ -285,38 +297,36 @@ def format_threads(roots: Sequence[Node], uid: bool) -> str:
     a dummy writes only its children."""
     out: list[str] = []
     app = out.append
-    # iterative (an explicit stack of what is left to write, last first):
-    # threads nest as deep as their senders make them
-    stack: list[Node | str] = []
+    # iterative (an explicit stack of what is left to write, last first;
+    # None closes a parenthesis): threads nest as deep as their senders make them
+    stack: list[Node | None] = []
     push = stack.append
+    pop = stack.pop
     for r in reversed(roots):
-        push(")")
+        push(None)
         push(r)
-        push("(")
     while stack:
-        item = stack.pop()
-        if item.__class__ is str:
-            app(item)  # type: ignore[arg-type]
+        n = pop()
+        if n is None:
+            app(")")
             continue
-        n: Node = item  # type: ignore[assignment]
         msg = n.msg
-        if msg is not None:
-            app(str(msg.uid if uid else msg.seq))
+        if msg is None:
+            app("(")
+            children = n.children
+        else:
+            app(f"({msg.uid if uid else msg.seq}")
             children = n.children
             # a message, then the chain of its only children
             while len(children) == 1 and children[0].msg is not None:
                 n = children[0]
-                msg = n.msg
-                app(" " + str(msg.uid if uid else msg.seq))  # type: ignore[union-attr]
+                app(f" {n.msg.uid if uid else n.msg.seq}")  # type: ignore[union-attr]
                 children = n.children
             if len(children) == 1:  # a dummy as only child: its children follow
                 children = children[0].children
             if children:
                 app(" ")
-        else:
-            children = n.children
         for ch in reversed(children):
-            push(")")
+            push(None)
             push(ch)
-            push("(")
     return "".join(out)
