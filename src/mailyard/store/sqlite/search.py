@@ -17,6 +17,7 @@ once there is room.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -329,11 +330,21 @@ class SearchMixin(SQLiteCore):
             lock = self._bulk_lock = threading.Lock()
 
         def run() -> _T:
-            with lock:
-                conn = self.__dict__.get("_bulk_conn")
-                if conn is None:
-                    conn = self._bulk_conn = self._connect(self.data_dir / DB_FILE, readonly=True)
-                return fn(conn)
+            # no cyclic garbage collection meanwhile: 100,000 rows are
+            # 300,000 new tuples, which would start full collections that
+            # hold the GIL, and so the event loop, while they walk every
+            # object of the process (rows hold no cycles)
+            was = gc.isenabled()
+            gc.disable()
+            try:
+                with lock:
+                    conn = self.__dict__.get("_bulk_conn")
+                    if conn is None:
+                        conn = self._bulk_conn = self._connect(self.data_dir / DB_FILE, readonly=True)
+                    return fn(conn)
+            finally:
+                if was:
+                    gc.enable()
 
         return await asyncio.to_thread(run)
 

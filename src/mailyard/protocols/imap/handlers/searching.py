@@ -47,8 +47,8 @@ def _no_gc() -> Iterator[None]:
     """No cyclic garbage collection while a SORT or THREAD builds its
     100,000 small objects (no await inside): each collection would walk every
     object of the process, and the burst of allocations starts dozens of them,
-    doubling the time. What is left afterwards (the thread tree's parent
-    links are cycles) goes at the next collection."""
+    doubling the time. The thread trees' cycles are undone afterwards
+    (thread.py ``release``), so nothing is left for a collection to find."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -205,7 +205,9 @@ async def cmd_thread(s: ImapSession, cmd: c.Thread) -> None:
         with _no_gc():
             msgs = [th.ThreadMessage(q, u, *found[u]) for q, u in hits if u in found]
             roots = th.ordered_subject(msgs) if cmd.algorithm == "ORDEREDSUBJECT" else th.references(msgs)
-            return th.format_threads(roots, cmd.uid)
+            text = th.format_threads(roots, cmd.uid)
+            th.release(roots)
+            return text
 
     text = await _compute(s, len(hits), threads)
     s.engine.untagged(*([Atom("THREAD"), Atom(text)] if text else [Atom("THREAD")]))
