@@ -13,20 +13,13 @@ linked by References / In-Reply-To / Message-ID share their THREADID (RFC
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .backend import MailboxRecord
 
 _MAILBOX = "F"
-_OBJECTID = re.compile(r"[A-Za-z0-9_-]{1,255}\Z")
 
 
 def mailbox_id(box: MailboxRecord) -> str:
     return f"{_MAILBOX}{box.id}"
-
-
-def valid(text: str) -> bool:
-    """``text`` is an objectid (RFC 8474 7)."""
-    return _OBJECTID.match(text) is not None
