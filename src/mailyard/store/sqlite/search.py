@@ -656,8 +656,9 @@ def _sort_fields(c: sqlite3.Connection, body_ids: list[int]) -> dict[int, dict[s
 def _save_sort_keys(c: sqlite3.Connection, items: Sequence[tuple[int, SortKeys]]) -> None:
     """Write bodies' sort_keys rows inside the caller's transaction. A new
     row gets its thread (RFC 8474 5.2): that of a message of the same
-    account(s) whose Message-ID is the body's own or one of its parent ids,
-    the lowest if several; else a thread of its own, named by the body's id.
+    account(s) whose Message-ID is the body's own or one of its last parent
+    ids (the lowest if several); else a thread of its own, named by the
+    body's id.
     A message that arrives before its parent keeps its own thread (the RFC
     asks for the same id only "as far as the server knows"); a row written
     again (a new derivation format) keeps the thread it had."""
@@ -670,19 +671,23 @@ def _save_sort_keys(c: sqlite3.Connection, items: Sequence[tuple[int, SortKeys]]
 
 def _thread_of(c: sqlite3.Connection, body_id: int, k: SortKeys) -> int:
     ids = list(dict.fromkeys([*k.parents[-THREAD_LOOKUP_IDS:], *([k.message_id] if k.message_id else [])]))
-    if not ids:
-        return body_id
-    # only messages of the accounts that hold this body count: a thread
-    # never joins another account's mail
-    row = c.execute(
-        "SELECT min(k.thread_id) FROM sort_keys k"
-        f" WHERE k.message_id IN ({','.join('?' * len(ids))}) AND k.body_id != ?"
-        " AND EXISTS (SELECT 1 FROM messages m JOIN mailboxes x ON x.id = m.mailbox_id"
-        "  WHERE m.body_id = k.body_id AND x.account_id IN"
-        "  (SELECT x2.account_id FROM messages m2 JOIN mailboxes x2 ON x2.id = m2.mailbox_id WHERE m2.body_id = ?))",
-        (*ids, body_id, body_id),
-    ).fetchone()
-    return body_id if row[0] is None else row[0]
+    found: list[int] = []
+    for mid in ids:
+        # per id the first body of the account(s) holding this one that
+        # carries it (a thread never joins another account's mail): the
+        # index walk stops there, however many messages reuse the id
+        row = c.execute(
+            "SELECT k.thread_id FROM sort_keys k WHERE k.message_id = ? AND k.body_id != ?"
+            " AND EXISTS (SELECT 1 FROM messages m JOIN mailboxes x ON x.id = m.mailbox_id"
+            "  WHERE m.body_id = k.body_id AND x.account_id IN"
+            "  (SELECT x2.account_id FROM messages m2 JOIN mailboxes x2 ON x2.id = m2.mailbox_id"
+            "   WHERE m2.body_id = ?))"
+            " ORDER BY k.body_id LIMIT 1",
+            (mid, body_id, body_id),
+        ).fetchone()
+        if row is not None:
+            found.append(row[0])
+    return min(found, default=body_id)
 
 
 def _json_keys(text: str | None) -> SortKeys | None:
