@@ -1,6 +1,6 @@
 """OBJECTID (RFC 8474), PREVIEW (RFC 8970) and CATENATE (RFC 4469) on a real server over the
 SQLite store: MAILBOXID across RENAME and never reused, EMAILID shared by
-copies and searchable, THREADID NIL, PREVIEW from the derived data, and
+copies and searchable, THREADID by References / In-Reply-To within an account, PREVIEW from the derived data, and
 computed on demand (then kept) for a body derived before previews were."""
 
 from __future__ import annotations
@@ -53,24 +53,44 @@ def test_mailboxid_select_status_create_rename(mailserver: RunningServer) -> Non
     assert inbox.startswith(b'* STATUS "INBOX" (MAILBOXID (F')
 
 
+REPLY = (b"From: Joe <joe@example.test>\r\nSubject: Re: meeting\r\nMessage-Id: <reply-1@example.test>\r\n"
+         b"In-Reply-To: <B27397-0100000@cac.washington.edu>\r\n\r\nYes.\r\n")
+OTHER = b"From: Ann <ann@example.test>\r\nSubject: lunch\r\nMessage-Id: <lunch@example.test>\r\n\r\nNoon?\r\n"
+
+
+def fetched_ids(c: DeflateClient, tag: bytes, name: bytes, what: bytes = b"1:*") -> list[bytes]:
+    lines = c.command(tag, b"FETCH " + what + b" (" + name + b")")
+    assert lines[-1] == tag + b" OK FETCH completed"
+    return [code_of(x.replace(name + b" (", b"[" + name + b" ("), name) for x in lines[:-1]]
+
+
 def test_emailid_threadid_search(mailserver: RunningServer) -> None:
     c = login(mailserver)
     assert append(c, b"INBOX", MESSAGE).startswith(b"P OK [APPENDUID")
-    assert append(c, b"INBOX", MESSAGE.replace(b"meeting", b"other")).startswith(b"P OK")
+    assert append(c, b"INBOX", REPLY).startswith(b"P OK")
+    assert append(c, b"INBOX", OTHER).startswith(b"P OK")
     c.command(b"a1", b"SELECT INBOX")
     assert c.command(b"a2", b"COPY 1 INBOX")[-1].startswith(b"a2 OK [COPYUID")
-    lines = c.command(b"a3", b"FETCH 1:3 (EMAILID THREADID)")
-    ids = [code_of(x.replace(b"EMAILID (", b"[EMAILID ("), b"EMAILID") for x in lines[:-1]]
-    assert lines[-1] == b"a3 OK FETCH completed"
-    assert ids[0] == ids[2] != ids[1]  # RFC 8474 5.1: the copy keeps its EMAILID
-    assert all(b"THREADID NIL" in x for x in lines[:-1])  # RFC 8474 5.2: no threads here
-    assert c.command(b"a4", b"SEARCH EMAILID " + ids[0]) == [b"* SEARCH 1 3", b"a4 OK SEARCH completed"]
-    assert c.command(b"a5", b"UID SEARCH EMAILID " + ids[1]) == [b"* SEARCH 2", b"a5 OK UID SEARCH completed"]
-    assert c.command(b"a6", b"SEARCH THREADID " + ids[1]) == [b"* SEARCH", b"a6 OK SEARCH completed"]
-    # another account never finds alice's messages by their EMAILID
+    ids = fetched_ids(c, b"a3", b"EMAILID")
+    assert ids[0] == ids[3] and len(set(ids)) == 3  # RFC 8474 5.1: the copy keeps its EMAILID
+    # opaque: a letter, then 24 base32 characters; nothing that counts messages
+    assert all(len(i) == 25 and i[:1] == b"M" and i[1:].isalnum() and i[1:].isupper() for i in ids)
+    threads = fetched_ids(c, b"a4", b"THREADID")
+    # RFC 8474 5.2: the reply (In-Reply-To) is in the first message's thread
+    assert threads[0] == threads[1] == threads[3] != threads[2]
+    assert all(len(t) == 25 and t[:1] == b"T" for t in threads)
+    assert c.command(b"a5", b"SEARCH EMAILID " + ids[0]) == [b"* SEARCH 1 4", b"a5 OK SEARCH completed"]
+    assert c.command(b"a6", b"UID SEARCH EMAILID " + ids[1]) == [b"* SEARCH 2", b"a6 OK UID SEARCH completed"]
+    assert c.command(b"a7", b"SEARCH THREADID " + threads[0]) == [b"* SEARCH 1 2 4", b"a7 OK SEARCH completed"]
+    assert c.command(b"a8", b"SEARCH THREADID " + ids[0]) == [b"* SEARCH", b"a8 OK SEARCH completed"]
+    # another account never finds alice's messages by their ids, and its
+    # copy of the reply is not put into alice's thread
     b = login(mailserver, BOB)
+    assert append(b, b"INBOX", REPLY).startswith(b"P OK")
     b.command(b"b1", b"SELECT INBOX")
     assert b.command(b"b2", b"SEARCH EMAILID " + ids[0]) == [b"* SEARCH", b"b2 OK SEARCH completed"]
+    assert b.command(b"b3", b"SEARCH THREADID " + threads[0]) == [b"* SEARCH", b"b3 OK SEARCH completed"]
+    assert fetched_ids(b, b"b4", b"THREADID") != [threads[0]]
 
 
 def test_preview_stored_and_on_demand(mailserver: RunningServer) -> None:

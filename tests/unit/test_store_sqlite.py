@@ -273,7 +273,8 @@ async def test_version3_data_directory_gets_quota_totals_and_save_dates(tmp_path
     c.close()
     s = SQLiteStore(d, StoreConfig(fsync=False))
     try:
-        assert s._read.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
+        assert s._read.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(
+            schema.SCHEMA_VERSION)
         alice = await s.get_quota(1)
         assert (alice.storage_used, alice.messages_used) == (390, 3)
         assert (alice.storage_limit, alice.messages_limit) == (None, None)

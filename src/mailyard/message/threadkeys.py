@@ -32,7 +32,7 @@ from typing import NamedTuple
 from .address import Group, parse_address_list
 from .dates import to_timestamp
 
-__all__ = ["KEY_FIELDS", "SortKeys", "base_subject", "casemap", "first_address", "keys_from_json", "message_id",
+__all__ = ["KEY_FIELDS", "SortKeys", "ThreadKeys", "base_subject", "casemap", "first_address", "keys_from_json", "message_id",
            "parent_ids", "sent_date", "sort_keys"]
 
 # RFC 5256 section 5 (formal syntax), matched case-insensitively:
@@ -220,6 +220,13 @@ class SortKeys(NamedTuple):
     cc_mailbox: str
     message_id: str | None
     parents: tuple[str, ...]  # parent_ids(References, In-Reply-To)
+
+
+# What THREAD compares of a message (RFC 5256 section 3): (sent date in UTC,
+# the INTERNALDATE already standing in for a missing Date; casemapped base
+# subject; whether it was a reply or forward; Message-ID; parent ids). A
+# plain tuple: a THREAD of 100,000 messages makes one per message.
+ThreadKeys = tuple[float, str, bool, "str | None", tuple[str, ...]]
 
 
 def keys_from_json(v: list) -> SortKeys:

@@ -17,12 +17,13 @@ item is encoded are not here: see protocols/imap/session.py.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
 import zlib
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import __version__
 from ..auth import sasl
@@ -37,6 +38,8 @@ from .budgets import abuse_budgets
 from .imap_store import StoreBackend
 from .login import Authenticator, TryLater, plaintext_allowed
 from .session_protocol import SessionProtocol
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     import asyncio
@@ -370,6 +373,11 @@ class ImapConnection(SessionProtocol):
 
     def now(self) -> float:
         return time.time()
+
+    async def compute(self, fn: Callable[[], _T]) -> _T:
+        # a worker thread: the event loop keeps serving the other
+        # connections (the GIL is handed over every few milliseconds)
+        return await asyncio.to_thread(fn)
 
     def authenticated(self) -> None:
         # RFC 9051 5.4: the autologout timer is at least 30 minutes once

@@ -60,6 +60,8 @@ class StoreBackend:
     search_headers = _checked("search_headers")
     search_text = _checked("search_text")
     sort_keys = _checked("sort_keys")
+    sort_order = _checked("sort_order")
+    thread_keys = _checked("thread_keys")
     store_flags = _checked("store_flags")
 
     async def expunge(self, mailbox: Mailbox, uids: Sequence[int]) -> list[int]:

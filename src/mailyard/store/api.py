@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
-    from ..message.threadkeys import SortKeys
+    from ..message.threadkeys import SortKeys, ThreadKeys
 
 # RFC 6154 special-use mailboxes created with every account, besides INBOX.
 SPECIAL_USE_MAILBOXES: tuple[tuple[str, str], ...] = (
@@ -334,9 +334,12 @@ class NewMessage:
 # values; "body_id" is the stored body's id (never reused; messages that share
 # a body share it: IMAP EMAILID, RFC 8474 5.1). The decoded body text is not
 # among them: it lives only in the full-text index (search_text).
+# "email_id" and "thread_id" are the opaque RFC 8474 EMAILID and THREADID
+# (message/objectids.py), given only when asked for by name.
 DERIVED_FIELDS = frozenset({
     "envelope_imap", "bodystructure_imap", "body_imap",
     "envelope", "bodystructure", "parts", "messages", "date", "size", "headers", "preview", "body_id",
+    "email_id", "thread_id",
 })
 
 
@@ -752,6 +755,20 @@ class Store(abc.ABC):
         """UIDs whose body ("body": RFC 9051 SEARCH BODY) or header+body ("text":
         SEARCH TEXT) contains ``text`` (case-insensitive substring semantics),
         answered from the full-text index."""
+
+    @abc.abstractmethod
+    async def sort_order(self, mailbox: MailboxRef, keys: Sequence[tuple[str, bool]],
+                         uids: Sequence[int]) -> list[int]:
+        """Those of ``uids`` present, in the order of the SORT ``keys``
+        ((name, reverse) pairs, the first most significant; names of RFC 5256
+        section 3 and RFC 5957: ARRIVAL CC DATE FROM SIZE SUBJECT TO
+        DISPLAYFROM DISPLAYTO), equal messages in UID order."""
+
+    @abc.abstractmethod
+    async def thread_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, ThreadKeys]:
+        """For each of ``uids`` present: what THREAD compares (RFC 5256
+        section 3; message/threadkeys.py ThreadKeys), the sent date with the
+        INTERNALDATE standing in for a missing one."""
 
     @abc.abstractmethod
     async def sort_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, SortKeys]:

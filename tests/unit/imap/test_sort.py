@@ -195,3 +195,32 @@ def test_base_subject_of_a_hostile_subject_takes_linear_time() -> None:
         "assert base_subject('[fwd: ' * 10000 + 'x' + ']' * 10000) == ('x', True)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=10)
+
+
+def test_big_thread_is_handed_to_imapio_compute() -> None:
+    # more messages than COMPUTE_INLINE: threading runs through
+    # ImapIO.compute (a worker thread in the server, so the other
+    # connections are served meanwhile); SORT is ordered by the backend
+    # (the store: SQL, off the event loop)
+    from mailyard.protocols.imap.handlers.searching import COMPUTE_INLINE
+
+    n = COMPUTE_INLINE + 1
+    store = MemoryStore()
+    store.add_account(USER, PASSWORD)
+    for i in range(n):
+        # subjects that sort backwards; every second message replies to the one before
+        fields = [f"Subject: {n - i:05d}", f"Message-ID: <{i}@example.test>"]
+        if i % 2:
+            fields.append(f"In-Reply-To: <{i - 1}@example.test>")
+        store.deliver(USER, _msg(*fields))
+    c = connect(store, select="INBOX")
+    small = c.conv.computed
+    c.expect("a1 SORT (SUBJECT) UTF-8 ALL", "* SORT " + " ".join(str(q) for q in range(n, 0, -1)),
+             "a1 OK SORT completed")
+    # REFERENCES: pairs (1 2)(3 4)...; the base subjects differ, so no merging
+    pairs = "".join(f"({q} {q + 1})" for q in range(1, n, 2)) + f"({n})"
+    c.expect("a2 THREAD REFERENCES UTF-8 ALL", "* THREAD " + pairs, "a2 OK THREAD completed")
+    assert c.conv.computed == small + 1
+    # a small one stays in place
+    c.expect("a3 THREAD REFERENCES UTF-8 1:3", "* THREAD (1 2)(3)", "a3 OK THREAD completed")
+    assert c.conv.computed == small + 1

@@ -34,9 +34,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
-from ...message.threadkeys import SortKeys
+from ...message.threadkeys import SortKeys, ThreadKeys
+
+_T = TypeVar("_T")
 
 
 class BackendError(Exception):
@@ -298,6 +300,19 @@ class ImapBackend(Protocol):
         """UIDs whose body (or header and body) contains ``text``."""
         ...
 
+    async def sort_order(self, mailbox: MailboxRecord, keys: Sequence[tuple[str, bool]],
+                         uids: Sequence[int]) -> Sequence[int]:
+        """Those of ``uids`` present in the order of the SORT ``keys`` ((name,
+        reverse), the first most significant; sort.py SORT_KEYS), equal
+        messages in UID order (RFC 5256 section 3): the store orders them
+        without handing every message's keys to the session."""
+        ...
+
+    async def thread_keys(self, mailbox: MailboxRecord, uids: Sequence[int]) -> Mapping[int, ThreadKeys]:
+        """THREAD's keys (RFC 5256 section 3; message/threadkeys.py
+        ThreadKeys) for each of ``uids`` present, the sent date resolved."""
+        ...
+
     async def sort_keys(self, mailbox: MailboxRecord, uids: Sequence[int]) -> Mapping[int, SortKeys]:
         """SORT and THREAD's keys (RFC 5256) for each of ``uids`` present:
         message/threadkeys.py ``sort_keys`` of the message's decoded header
@@ -429,6 +444,12 @@ class ImapIO(Protocol):
 
     def now(self) -> float:
         """Seconds since the epoch (SEARCH OLDER / YOUNGER, RFC 5032)."""
+        ...
+
+    async def compute(self, fn: Callable[[], _T]) -> _T:
+        """``fn()``, CPU-heavy work of a command (the SORT or THREAD of a big
+        mailbox), run where it does not hold up the other connections: a
+        worker thread in the server, in place in the test harness."""
         ...
 
     def authenticated(self) -> None:

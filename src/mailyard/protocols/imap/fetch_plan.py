@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from ...message.derived import Derived
 from . import commands as c
 from . import fetch as f
-from . import objectid
 from .response import Literal8, Writer
 
 if TYPE_CHECKING:
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 _BODY_ATTS = {"BODY[]", "BINARY[]", "BINARY.SIZE[]", "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
 # What each fetch-att needs of the backend's derived data (ImapBackend.get_derived).
 _STRUCTURE_FIELDS = {"ENVELOPE": "envelope_imap", "BODYSTRUCTURE": "bodystructure_imap", "BODY": "body_imap",
-                     "EMAILID": "body_id", "PREVIEW": "preview"}
+                     "EMAILID": "email_id", "THREADID": "thread_id", "PREVIEW": "preview"}
 _OFFSET_FIELDS = ("parts", "messages", "size")
 _NIL_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
 # fetch-atts answered from the index data alone, with their response templates
@@ -217,9 +216,10 @@ def encode_items(flags_of: Callable[[MessageRecord], bytes], writer: Writer, att
             out.append(b"BODY " + (d["body_imap"] if d else b"NIL"))
         elif n == "EMAILID":
             # RFC 8474 5.1: fetch-emailid-resp = "EMAILID" SP "(" objectid ")"
-            out.append(b"EMAILID (%s)" % objectid.email_id(d["body_id"]).encode("ascii") if d else b"EMAILID NIL")
+            out.append(b"EMAILID (%s)" % d["email_id"].encode("ascii") if d else b"EMAILID NIL")
         elif n == "THREADID":
-            out.append(b"THREADID NIL")  # RFC 8474 5.2: no thread identifiers here
+            # RFC 8474 5.2: fetch-threadid-resp = "THREADID" SP ( "(" objectid ")" / nil )
+            out.append(b"THREADID (%s)" % d["thread_id"].encode("ascii") if d else b"THREADID NIL")
         elif n == "PREVIEW":
             # RFC 8970 3: the preview as a string, NIL only where none can be made
             out.append(b"PREVIEW " + (writer.value(d["preview"]) if d else b"NIL"))

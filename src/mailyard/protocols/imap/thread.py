@@ -1,9 +1,9 @@
 """THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256 section 3), and
 the thread-list syntax of the THREAD response (RFC 5256 section 4).
 
-Pure: messages come as ``ThreadMessage`` (sequence number, UID, sent date,
-and from their SortKeys (message/threadkeys.py) the base subject, whether it
-was a reply or forward, the Message-ID and the parent ids); the result is a
+Pure: messages come as ``ThreadMessage`` (sequence number, UID, and the
+backend's ThreadKeys (message/threadkeys.py): sent date, base subject,
+whether it was a reply or forward, the Message-ID and the parent ids); the result is a
 list of ``Node`` trees, written by ``format_threads``. A ``Node`` whose
 ``msg`` is None is a dummy (a message referred to but not present).
 """
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from ...message.threadkeys import SortKeys
+from operator import attrgetter
 
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 # The last ids of a References field that are linked: each link walks up the
@@ -33,28 +32,22 @@ class ThreadMessage:
     parents: tuple[str, ...] = ()  # References, else In-Reply-To (RFC 5256 section 3 step 1)
 
 
-def thread_message(seq: int, uid: int, internal_date: float, keys: SortKeys) -> ThreadMessage:
-    """A ThreadMessage from a message's SortKeys (the backend's ``sort_keys``)."""
-    date = internal_date if keys.date is None else keys.date
-    return ThreadMessage(seq, uid, date, keys.subject, keys.refwd, keys.message_id, keys.parents)
-
-
 class Node:
     """A container of the thread tree: a message, or a dummy (``msg`` None)."""
 
-    __slots__ = ("children", "key", "kids", "msg", "parent")
+    __slots__ = ("anchor", "children", "key", "msg", "parent")
 
     def __init__(self, msg: ThreadMessage | None = None, children: list[Node] | None = None) -> None:
         self.msg = msg
         self.children: list[Node] = children if children is not None else []
-        # while step 1 links and relinks: the children as an ordered set, so
-        # taking a child away is O(1) however many siblings it has
-        self.kids: dict[Node, None] = {}
         self.parent: Node | None = None
         # what the node sorts by (RFC 5256 section 3): the sent date, equal
         # dates in mailbox order; a dummy's is its first child's, set once
         # its children are sorted
         self.key: tuple[float, int] = (msg.date, msg.seq) if msg is not None else (0.0, 0)
+        # a dummy's nearest ancestor that is a message, else the root dummy
+        # above it (itself at the top): where pruning puts its descendants
+        self.anchor: Node | None = None
 
     def first(self) -> ThreadMessage:
         """The message a node stands for: its own, or a dummy's first child's."""
@@ -64,8 +57,8 @@ class Node:
         return node.msg
 
 
-def _order(node: Node) -> tuple[float, int]:
-    return node.key
+# what siblings sort by: a node's ``key`` (read in C, not a Python call per node)
+_order = attrgetter("key")
 
 
 def _sort_children(node: Node) -> None:
@@ -85,10 +78,12 @@ def ordered_subject(messages: Sequence[ThreadMessage]) -> list[Node]:
     roots = []
     for members in groups.values():
         root = Node(members[0])
-        for m in members[1:]:
-            child = Node(m)
-            child.parent = root
-            root.children.append(child)
+        if len(members) > 1:
+            children = root.children
+            for m in members[1:]:
+                child = Node(m)
+                child.parent = root
+                children.append(child)
         roots.append(root)
     roots.sort(key=_order)
     return roots
@@ -104,20 +99,6 @@ def _reachable(a: Node, b: Node) -> bool:
     return False
 
 
-def _link(parent: Node, child: Node) -> None:
-    """Step 1's linking, on ``kids``."""
-    if child.parent is not None:
-        del child.parent.kids[child]
-    child.parent = parent
-    parent.kids[child] = None
-
-
-def _unlink(child: Node) -> None:
-    if child.parent is not None:
-        del child.parent.kids[child]
-        child.parent = None
-
-
 def _adopt(parent: Node, child: Node) -> None:
     """Steps 5 and later: ``child`` (top-level, so parentless) goes under ``parent``."""
     child.parent = parent
@@ -125,104 +106,138 @@ def _adopt(parent: Node, child: Node) -> None:
 
 
 def references(messages: Sequence[ThreadMessage]) -> list[Node]:
-    """RFC 5256 section 3 REFERENCES, steps 1 to 6."""
+    """RFC 5256 section 3 REFERENCES, steps 1 to 6.
+
+    Step 1 only sets parent links (a relink just moves the link); the
+    children lists are built once, already pruned (step 3), from the links.
+    The order siblings have before step 6 does not matter: every set of
+    siblings is sorted by (sent date, sequence number), which no two
+    messages share."""
     table: dict[str, Node] = {}
-    ordered = sorted(messages, key=lambda m: m.seq)
+    get = table.get
     # (1) a container per message id; a message without a valid Message-ID,
     # or with the id of a message seen before, gets an id of its own
-    for m in ordered:
+    for m in sorted(messages, key=lambda m: m.seq):
         mid = m.message_id
-        if mid is None or (mid in table and table[mid].msg is not None):
+        if mid is None or ((old := get(mid)) is not None and old.msg is not None):
             mid = f"\0{m.seq}"
-        node = table.get(mid)
+        node = get(mid)
+        # a container made just now has nothing below it (unless it is among
+        # its own references): linking it under any parent makes no loop
+        fresh = node is None and mid not in m.parents
         if node is None:
-            table[mid] = node = Node()
-        node.msg = m
-        node.key = (m.date, m.seq)
-        refs = m.parents[-MAX_REFERENCES:]
+            table[mid] = node = Node(m)
+        else:
+            node.msg = m
+            node.key = (m.date, m.seq)
+        refs = m.parents
+        if len(refs) > MAX_REFERENCES:
+            refs = refs[-MAX_REFERENCES:]
         # (1)(A) link the references in their order: each the parent of the
         # next, unless the child has a parent already or it would make a loop
         prev: Node | None = None
         for ref in refs:
-            ref_node = table.get(ref)
+            ref_node = get(ref)
             if ref_node is None:
                 table[ref] = ref_node = Node()
-            if prev is not None and ref_node.parent is None and not _reachable(ref_node, prev):
-                _link(prev, ref_node)
+                if prev is not None:
+                    ref_node.parent = prev  # new: no parent, and nothing below it
+            elif prev is not None and ref_node.parent is None and not _reachable(ref_node, prev):
+                ref_node.parent = prev
             prev = ref_node
         # (1)(B) the last reference is the message's parent, replacing any
         # parent guessed before (a truncated References); without references
         # the message has no parent; never a loop
-        if prev is not None and prev is not node and not _reachable(node, prev):
-            _link(prev, node)
-        elif prev is None:
-            _unlink(node)
+        if prev is None:
+            node.parent = None
+        elif fresh or (prev is not node and not _reachable(node, prev)):
+            node.parent = prev
+    # (2)-(3) the root set, pruned: a dummy goes, its children take its
+    # place; at the top level a dummy stays when it holds more than one
+    roots: list[Node] = []
+    groups: list[Node] = []  # top-level dummies that hold messages
     for n in table.values():
-        n.children = list(n.kids)
-        n.kids = {}
-    # (2) the root set, in the order the containers were made
-    roots = [n for n in table.values() if n.parent is None]
-    # (3) prune dummies
-    roots = _prune(roots, top=True)
-    # (4) sort the top level by sent date (a dummy by its first child's)
-    for n in roots:
         if n.msg is None:
-            _sort_children(n)
+            continue
+        p = n.parent
+        if p is None:
+            roots.append(n)
+            continue
+        if p.msg is None:
+            p = _anchor(p)
+            if p.msg is None:  # under a top-level dummy
+                if not p.children:
+                    groups.append(p)
+                n.parent = p
+                p.children.append(n)
+                continue
+        n.parent = p
+        p.children.append(n)
+    for d in groups:
+        if len(d.children) == 1:
+            only = d.children[0]
+            only.parent = None
+            roots.append(only)
+        else:
+            _sort_children(d)
+            roots.append(d)
+    # (6), for what step 5 leaves as it is: a message's key never changes,
+    # so its children (all messages after pruning) can be sorted now
+    for n in table.values():
+        if len(n.children) > 1 and n.msg is not None:
+            n.children.sort(key=_order)
+    # (4) sort the top level by sent date (a dummy by its first child's)
     roots.sort(key=_order)
     # (5) gather top-level messages of the same base subject
-    roots = _merge_subjects(roots)
-    # (6) sort every set of siblings by sent date, the deepest first
-    _sort_tree(roots)
+    roots, touched = _merge_subjects(roots)
+    # (6) for the nodes step 5 gave children: the deepest first, as a
+    # dummy sorts by its first child
+    touched.sort(key=_depth, reverse=True)
+    for n in touched:
+        _sort_children(n)
     roots.sort(key=_order)
     return roots
 
 
-def _post_order(roots: list[Node]) -> list[Node]:
-    """Every node below ``roots``, children before parents (iteratively: a
-    References field of thousands of ids makes a chain that deep)."""
-    out: list[Node] = []
-    stack = [(n, False) for n in roots]
-    while stack:
-        n, done = stack.pop()
-        if done:
-            out.append(n)
-        elif n.children:
-            stack.append((n, True))
-            stack.extend((ch, False) for ch in n.children)
-        else:
-            out.append(n)
-    return out
+def _depth(node: Node) -> int:
+    depth = 0
+    while node.parent is not None:
+        node = node.parent
+        depth += 1
+    return depth
 
 
-def _pruned(children: list[Node], top: bool) -> list[Node]:
-    out: list[Node] = []
-    for n in children:
-        if n.msg is not None:
-            out.append(n)
-        elif not n.children:
-            continue  # a dummy without children goes
-        elif not top or len(n.children) == 1:
-            # a dummy's children take its place, but not at the top level
-            # unless there is only one
-            out.extend(n.children)
-        else:
-            out.append(n)
-    return out
+def _anchor(d: Node) -> Node:
+    """A dummy's nearest ancestor that is a message, else the top-level
+    dummy above it (or itself); remembered along the way, so each dummy's
+    chain is walked once (iteratively: chains may be thousands deep)."""
+    chain: list[Node] = []
+    node = d
+    while True:
+        if node.anchor is not None:
+            found = node.anchor
+            break
+        p = node.parent
+        if p is None:
+            found = node
+            node.anchor = node
+            break
+        if p.msg is not None:
+            found = p
+            node.anchor = p
+            break
+        chain.append(node)
+        node = p
+    for c in chain:
+        c.anchor = found
+    return found
 
 
-def _prune(roots: list[Node], top: bool) -> list[Node]:
-    for n in _post_order(roots):
-        if any(ch.msg is None for ch in n.children):
-            n.children = _pruned(n.children, top=False)
-            for ch in n.children:
-                ch.parent = n
-    out = _pruned(roots, top=True)
-    for n in out:
-        n.parent = None
-    return out
+def _merge_subjects(roots: list[Node]) -> tuple[list[Node], list[Node]]:
+    """Step 5 on the sorted root set: the new root set, and the nodes that
+    were given children (their children to be sorted again)."""
+    touched: list[Node] = []
 
-
-def _merge_subjects(roots: list[Node]) -> list[Node]:
     def subject_of(n: Node) -> tuple[str, bool]:
         m = n.first()
         return m.subject, m.refwd
@@ -251,16 +266,20 @@ def _merge_subjects(roots: list[Node]) -> list[Node]:
                 ch.parent = target
             target.children.extend(n.children)
             n.children = []
+            touched.append(target)
         elif target.msg is None:
             _adopt(target, n)
+            touched.append(target)
         elif refwd and not subject_of(target)[1]:
             _adopt(target, n)
+            touched.append(target)
         else:
             # a new dummy holds both, and takes the table's place
             dummy = Node()
             _adopt(dummy, target)
             _adopt(dummy, n)
             table[subj] = dummy
+            touched.append(dummy)
     out: list[Node] = []
     seen: set[int] = set()
     for n in roots:
@@ -269,14 +288,7 @@ def _merge_subjects(roots: list[Node]) -> list[Node]:
         if id(n) not in seen and (n.msg is not None or n.children):
             seen.add(id(n))
             out.append(n)
-    return out
-
-
-def _sort_tree(roots: list[Node]) -> None:
-    # siblings of messages first, then the top level, whose dummies sort by
-    # their first child
-    for n in _post_order(roots):
-        _sort_children(n)
+    return out, list(dict.fromkeys(touched))
 
 
 def format_threads(roots: Sequence[Node], uid: bool) -> str:
@@ -285,36 +297,53 @@ def format_threads(roots: Sequence[Node], uid: bool) -> str:
     or its children each in parentheses (thread-nested, no space between);
     a dummy writes only its children."""
     out: list[str] = []
-    for r in roots:
-        out.append("(")
-        _write(r, uid, out)
-        out.append(")")
+    app = out.append
+    # iterative (an explicit stack of what is left to write, last first;
+    # None closes a parenthesis): threads nest as deep as their senders make them
+    stack: list[Node | None] = []
+    push = stack.append
+    pop = stack.pop
+    for r in reversed(roots):
+        push(None)
+        push(r)
+    while stack:
+        n = pop()
+        if n is None:
+            app(")")
+            continue
+        msg = n.msg
+        if msg is None:
+            app("(")
+            children = n.children
+        else:
+            app(f"({msg.uid if uid else msg.seq}")
+            children = n.children
+            # a message, then the chain of its only children
+            while len(children) == 1 and children[0].msg is not None:
+                n = children[0]
+                app(f" {n.msg.uid if uid else n.msg.seq}")  # type: ignore[union-attr]
+                children = n.children
+            if len(children) == 1:  # a dummy as only child: its children follow
+                children = children[0].children
+            if children:
+                app(" ")
+        for ch in reversed(children):
+            push(None)
+            push(ch)
     return "".join(out)
 
 
-def _write(node: Node, uid: bool, out: list[str]) -> None:
-    # iterative (an explicit stack of what is left to write): threads nest
-    # as deep as their senders make them
-    stack: list[Node | str] = [node]
+def release(roots: list[Node]) -> None:
+    """Undo the trees' cycles (a child's ``parent``, its parent's
+    ``children``), so the 100,000 nodes of a big THREAD go by reference
+    counting as soon as the result is written, not at a later full garbage
+    collection that would stop every thread of the server while it walks them."""
+    stack = list(roots)
+    roots.clear()
     while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            out.append(item)
-            continue
-        parts: list[Node | str] = []
-        n = item
-        first = True
-        while True:  # a message, then the chain of its only children
-            if n.msg is not None:
-                parts.append(("" if first else " ") + str(n.msg.uid if uid else n.msg.seq))
-                first = False
-            if len(n.children) == 1 and n.msg is not None:
-                n = n.children[0]
-                continue
-            if n.children:
-                if not first:
-                    parts.append(" ")
-                for ch in n.children:
-                    parts += ["(", ch, ")"]
-            break
-        stack.extend(reversed(parts))
+        n = stack.pop()
+        if n.children:
+            stack.extend(n.children)
+            n.children = []
+        n.parent = None
+        n.anchor = None

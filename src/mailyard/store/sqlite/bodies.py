@@ -57,6 +57,7 @@ def release_bodies(c: sqlite3.Connection, body_ids: Iterable[int]) -> None:
             textindex.delete(c, body_id)
             c.execute("DELETE FROM body_derived WHERE body_id = ?", (body_id,))
             c.execute("DELETE FROM header_fields WHERE body_id = ?", (body_id,))
+            c.execute("DELETE FROM sort_keys WHERE body_id = ?", (body_id,))
             c.execute("UPDATE segments SET live = live - ? WHERE id = ?", (row[2], row[1]))
 
 

@@ -106,6 +106,15 @@ class SQLiteCore(Store):
             self._writer.lock_fd = None
         self.blobs.close()
         self._read.close()
+        bulk = self.__dict__.get("_bulk_conn")  # search.py: big reads off the event loop
+        if bulk is not None:
+            lock = self.__dict__["_bulk_lock"]
+
+            def close_bulk() -> None:
+                with lock:  # after a read still running
+                    bulk.close()
+
+            await asyncio.to_thread(close_bulk)
         self._revoked.close()
 
     # --- reads and writes ---------------------------------------------------------

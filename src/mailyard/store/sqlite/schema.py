@@ -1,4 +1,4 @@
-"""The tables of the SQLite store (version 4), and how an older data
+"""The tables of the SQLite store (version 5), and how an older data
 directory is brought up to date when it is opened (``create``).
 
 The schema only adds (``CREATE ... IF NOT EXISTS``); ``migrate`` does what
@@ -30,12 +30,24 @@ mailbox (delivery, APPEND, COPY, MOVE). A migrated directory gets its
 totals summed once, and its rows get their INTERNALDATE as save date: the
 date they were saved is not known, and NIL would tell a client that the
 mailbox keeps no save dates at all (RFC 8514 3).
+
+Version 5: ``sort_keys``, one row per derived body with the typed keys IMAP
+SORT and THREAD compare (RFC 5256, RFC 5957: message/threadkeys.py
+SortKeys) and the body's thread (RFC 8474 5.2 THREADID), written with its
+other derived data. A SORT of 100,000 messages reads one narrow row per
+message instead of parsing JSON, and no per-process cache is needed. Bodies
+derived before version 5 get their row lazily: from their derived data by
+the background indexer (``meta.sort_keys_backfill``: the last body id done),
+or by the first SORT / THREAD / FETCH THREADID that meets them.
+``meta.objectid_key`` is the store's secret for the opaque EMAILID and
+THREADID (message/objectids.py), made once per data directory.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import secrets
 import sqlite3
 from collections.abc import Sequence
 
@@ -44,7 +56,7 @@ from . import textindex
 
 log = logging.getLogger("mailyard.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -162,6 +174,23 @@ CREATE TABLE IF NOT EXISTS header_fields (
     folded  TEXT NOT NULL,     -- value.casefold(), for case-insensitive substring search
     PRIMARY KEY (body_id, name, n)
 ) WITHOUT ROWID;
+-- Version 5: SORT / THREAD keys and the thread of each derived body (see
+-- the module docstring); rows go with the body (bodies.py release_bodies).
+CREATE TABLE IF NOT EXISTS sort_keys (
+    body_id      INTEGER PRIMARY KEY,  -- bodies.id
+    date         REAL,                 -- Date header, UTC seconds; NULL: the INTERNALDATE (RFC 5256 2.2)
+    subject      TEXT NOT NULL,        -- casemapped base subject (RFC 5256 2.1, RFC 5051)
+    refwd        INTEGER NOT NULL,     -- the subject marked a reply or forward
+    from_mailbox TEXT NOT NULL,        -- casemapped addr-mailbox of the first From address
+    from_display TEXT NOT NULL,        -- casemapped display name, else the address (RFC 5957)
+    to_mailbox   TEXT NOT NULL,
+    to_display   TEXT NOT NULL,
+    cc_mailbox   TEXT NOT NULL,
+    message_id   TEXT,                 -- Message-ID's msg-id without <>, NULL: none valid
+    parents      TEXT NOT NULL,        -- References, else In-Reply-To: msg-ids separated by spaces
+    thread_id    INTEGER NOT NULL      -- RFC 8474 5.2: the body id of the thread's first known message
+);
+CREATE INDEX IF NOT EXISTS sort_keys_message_id ON sort_keys(message_id) WHERE message_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS subscriptions (
     account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
     name       TEXT NOT NULL,
@@ -248,6 +277,7 @@ def create(c: sqlite3.Connection) -> None:
     c.executescript(textindex.SCHEMA)
     c.executescript(QUEUE_SCHEMA)
     c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('objectid_key', ?)", (secrets.token_hex(32),))
     migrate(c)
     c.executescript(USAGE_SCHEMA)
     textindex.drop_former(c)
@@ -330,6 +360,10 @@ def migrate(c: sqlite3.Connection) -> None:
                 " used_messages = (SELECT count(*) FROM messages m JOIN mailboxes b"
                 "  ON b.id = m.mailbox_id WHERE b.account_id = accounts.id)"
             )
+        if version < 5:
+            # sort_keys exists (SCHEMA) but is empty: bodies derived before
+            # get their rows in the background, from body id 0 on
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('sort_keys_backfill', '0')")
         c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         c.execute("COMMIT")
     except BaseException:

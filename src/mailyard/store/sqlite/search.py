@@ -17,21 +17,25 @@ once there is room.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import gc
 import json
 import logging
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal, TypeVar
 
 from ...message.address import search_value
 from ...message.derived import derive
-from ...message.threadkeys import KEY_FIELDS, SortKeys, keys_from_json, sort_keys
+from ...message.objectids import EMAIL, THREAD, opaque_id
+from ...message.threadkeys import KEY_FIELDS, SortKeys, ThreadKeys, keys_from_json, sort_keys
 from ..api import DERIVED_FIELDS, DerivedRecord, MailboxRef, StorageFull, derive_record
 from . import textindex
-from .core import SQLiteCore, select_uids
+from .core import DB_FILE, SQLiteCore, select_uids
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("mailyard.store")
 
@@ -44,23 +48,34 @@ INDEXED = "2"  # bodies.derived once body_derived/header_fields/the text index h
 # Disk full while indexing: first wait, doubled after each failure up to the last.
 INDEX_BACKOFF = (1.0, 60.0)
 INDEX_FREE_POLL = 1.0  # seconds between looks at the free space while it is below the reserve
-# SORT/THREAD keys kept in memory, per body (bodies never change and their ids
-# are never reused: AUTOINCREMENT): about 500 bytes each with the shared
-# strings interned, so at most some 50 MiB.
-SORT_CACHE_BODIES = 100_000
-SORT_INLINE = 2_000  # more bodies' keys than this are computed off the event loop
+SORT_INLINE = 2_000  # more messages' SORT/THREAD keys than this are read off the event loop
+SORT_BACKFILL_BATCH = 500  # bodies per slice of filling sort_keys for bodies derived before it existed
+# The ids a new body's thread is looked up by (RFC 8474 5.2): its own
+# Message-ID and the last of its parent ids (its nearest ancestors).
+THREAD_LOOKUP_IDS = 20
+_SORT_COLS = ("date", "subject", "refwd", "from_mailbox", "from_display", "to_mailbox", "to_display", "cc_mailbox",
+              "message_id", "parents")
+_SORT_SELECT = ("SELECT m.uid, m.body_id, k.body_id, " + ", ".join(f"k.{c}" for c in _SORT_COLS)
+                + " FROM messages m LEFT JOIN sort_keys k ON k.body_id = m.body_id WHERE m.mailbox_id = ?")
+# SORT keys (RFC 5256 section 3, RFC 5957) as SQL over messages m and sort_keys k
+_ORDER_BY = {"ARRIVAL": "m.internal_date", "SIZE": "m.size", "DATE": "coalesce(k.date, m.internal_date)",
+             "SUBJECT": "k.subject", "FROM": "k.from_mailbox", "TO": "k.to_mailbox", "CC": "k.cc_mailbox",
+             "DISPLAYFROM": "k.from_display", "DISPLAYTO": "k.to_display"}
+_KEY_ATTR = {"SUBJECT": "subject", "FROM": "from_mailbox", "TO": "to_mailbox", "CC": "cc_mailbox",
+             "DISPLAYFROM": "from_display", "DISPLAYTO": "to_display"}
+_SORT_UPSERT = (
+    f"INSERT INTO sort_keys(body_id, {', '.join(_SORT_COLS)}, thread_id) VALUES ({', '.join('?' * 12)})"
+    " ON CONFLICT(body_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _SORT_COLS)  # a body's thread never changes
+)
 
 _META_KEYS = frozenset({"envelope", "bodystructure", "parts", "messages", "date", "size", "preview"})
+_OBJECT_IDS = frozenset({"email_id", "thread_id"})  # computed, only when asked for
 _IMAP_COLS = {"envelope_imap": "envelope", "bodystructure_imap": "bodystructure", "body_imap": "body"}
 
 
 class SearchMixin(SQLiteCore):
     """Derived data, header and full-text search, background indexing."""
-
-    # SORT and THREAD keys (message/threadkeys.py) by body id, computed from
-    # header_fields on first use and kept (bounded by SORT_CACHE_BODIES): a
-    # SORT of a mailbox already sorted once reads one row per message.
-    _sort_cache: dict[int, SortKeys]
 
     # Indexing waits (monotonic time) after a disk-full failure; see _index_deferred.
     _index_resume_at = 0.0
@@ -71,7 +86,7 @@ class SearchMixin(SQLiteCore):
         expunged: bool = False,
     ) -> dict[int, dict]:
         mailbox_id = self._owned(mailbox)
-        wanted = set(DERIVED_FIELDS - _IMAP_COLS.keys()) if fields is None else set(fields)
+        wanted = set(DERIVED_FIELDS - _IMAP_COLS.keys() - _OBJECT_IDS) if fields is None else set(fields)
         unknown = wanted - DERIVED_FIELDS
         if unknown:
             raise ValueError(f"unknown derived fields: {', '.join(sorted(unknown))}")
@@ -128,6 +143,17 @@ class SearchMixin(SQLiteCore):
         if "body_id" in wanted:
             for uid, item in out.items():
                 item["body_id"] = body_of[uid]
+        if "email_id" in wanted:
+            key = self.objectid_key
+            for uid, item in out.items():
+                item["email_id"] = opaque_id(key, EMAIL, body_of[uid])
+        if "thread_id" in wanted:
+            key = self.objectid_key
+            threads = await self.thread_ids([body_of[u] for u in out])
+            for uid, item in out.items():
+                body_id = body_of[uid]
+                # a body derived but not stored (the disk is full): its own thread for now
+                item["thread_id"] = opaque_id(key, THREAD, threads.get(body_id, body_id))
         if "headers" in wanted:
             need = [u for u in out if "headers" not in out[u]]
             by_body: dict[int, dict[str, list[str]]] = {}
@@ -171,84 +197,238 @@ class SearchMixin(SQLiteCore):
     async def sort_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, SortKeys]:
         mailbox_id = self._owned(mailbox)
         pending = await self._ensure_indexed(mailbox_id)
-        wanted = set(uids)
-        cache = self.__dict__.get("_sort_cache")
-        if cache is None:
-            cache = self._sort_cache = {}
-        out: dict[int, SortKeys] = {}
-        missing: dict[int, list[int]] = {}  # body_id -> uids
-        for uid, body_id in self._q("SELECT uid, body_id FROM messages WHERE mailbox_id = ?", (mailbox_id,)):
-            if uid not in wanted:
-                continue
-            keys = cache.get(body_id)
-            if keys is None:
-                missing.setdefault(body_id, []).append(uid)
-            else:
-                out[uid] = keys
-        if not missing:
-            return out
-        # The SQL runs here; turning 100,000 stored JSON lists (or header
-        # fields) into keys takes a good part of a second, so a large batch is
-        # done off the event loop, as _derive_now parses messages.
-        texts = self._stored_sort_texts(sorted(missing))
-        fields = self._sort_fields([b for b in missing if texts.get(b) is None])
+        wanted = list(uids)
 
-        def compute() -> dict[int, SortKeys | None]:
-            keys: dict[int, SortKeys | None] = {b: _json_keys(t) for b, t in texts.items()}
-            for body_id, f in fields.items():
-                keys[body_id] = keys_from_json(list(sort_keys(f)))
-            return keys
+        def read(c: sqlite3.Connection) -> tuple[dict[int, SortKeys], dict[int, list[int]]]:
+            # one narrow row per message (sort_keys, schema version 5); a
+            # body without one was derived before it existed
+            out: dict[int, SortKeys] = {}
+            missing: dict[int, list[int]] = {}  # body_id -> uids
+            for r in select_uids(c, _SORT_SELECT, mailbox_id, wanted, column="m.uid"):
+                if r[2] is None:
+                    missing.setdefault(r[1], []).append(r[0])
+                else:
+                    out[r[0]] = SortKeys(r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10], r[11],
+                                         tuple(r[12].split()))
+            return out, missing
 
-        found = await asyncio.to_thread(compute) if len(missing) > SORT_INLINE else compute()
-        bad = [b for b in missing if found.get(b) is None]
-        if bad:  # kept keys of another shape: from the header fields
-            for body_id, f in self._sort_fields(bad).items():
-                found[body_id] = keys_from_json(list(sort_keys(f)))
+        # 100,000 rows take a good part of a second to read and turn into
+        # keys: off the event loop, on a connection of their own
+        big = len(wanted) > SORT_INLINE
+        out, missing = await self._bulk_read(read) if big else read(self._read)
         pending_by_body = {body_id: pending[u] for body_id, us in missing.items() for u in us if u in pending}
-        if len(cache) + len(missing) > SORT_CACHE_BODIES:
-            # forget the oldest entries (dicts keep insertion order)
-            for body_id in list(itertools.islice(cache, len(cache) // 4 + len(missing))):
-                cache.pop(body_id, None)
         for body_id, us in missing.items():
             rec = pending_by_body.get(body_id)
-            keys = found.get(body_id)
-            if rec is not None:
-                # derived but not stored (the disk is full): not cached
-                keys = keys_from_json(rec.meta["sort"])
-            elif keys is None:
-                continue  # gone meanwhile
-            else:
-                cache[body_id] = keys
-            for u in us:
-                out[u] = keys
+            if rec is not None:  # derived but not stored (the disk is full)
+                for u in us:
+                    out[u] = keys_from_json(rec.meta["sort"])
+        need = [b for b in missing if b not in pending_by_body]
+        if need:
+            found = await self._fill_sort_keys(need, off_loop=big)
+            for body_id in need:
+                keys = found.get(body_id)
+                if keys is not None:
+                    for u in missing[body_id]:
+                        out[u] = keys
         return out
 
-    def _stored_sort_texts(self, body_ids: list[int]) -> dict[int, str | None]:
-        """The SortKeys kept in the bodies' derived data (derive_record), as JSON text."""
-        out: dict[int, str | None] = {}
-        for i in range(0, len(body_ids), 900):
-            chunk = body_ids[i : i + 900]
-            out.update(self._q(
-                "SELECT body_id, json_extract(meta, '$.sort') FROM body_derived"
-                f" WHERE body_id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            ))
+    async def sort_order(self, mailbox: MailboxRef, keys: Sequence[tuple[str, bool]],
+                         uids: Sequence[int]) -> list[int]:
+        mailbox_id = self._owned(mailbox)
+        pending = await self._ensure_indexed(mailbox_id)
+        order = ", ".join(f"{_ORDER_BY[name]}{' DESC' if reverse else ''}" for name, reverse in keys)
+        wanted = list(uids)
+        if not wanted:
+            return []
+        # One query ordered by SQLite over the typed columns: several times
+        # faster than reading 100,000 rows of keys and sorting them here.
+        # TEXT compares by memcmp of UTF-8, which is code point order, as
+        # i;unicode-casemap keys are compared (RFC 5051 2); equal messages
+        # stay in UID order, also under REVERSE (RFC 5256 section 3).
+        sql = ("SELECT m.uid, k.body_id IS NULL FROM messages m LEFT JOIN sort_keys k ON k.body_id = m.body_id"
+               " WHERE m.mailbox_id = ?")
+        if len(wanted) <= 900:
+            sql += f" AND m.uid IN ({','.join('?' * len(wanted))})"
+            args: tuple = (mailbox_id, *wanted)
+        else:
+            sql += " AND m.uid BETWEEN ? AND ?"
+            args = (mailbox_id, min(wanted), max(wanted))
+        sql += f" ORDER BY {order}, m.uid"
+        big = len(wanted) > SORT_INLINE
+        keep = set(wanted)
+
+        def read(c: sqlite3.Connection) -> tuple[list[int], bool]:
+            rows = c.execute(sql, args).fetchall()
+            return [r[0] for r in rows if r[0] in keep], any(r[1] for r in rows)
+
+        out, incomplete = await self._bulk_read(read) if big else read(self._read)
+        if incomplete and not pending:
+            # bodies derived before sort_keys existed: their rows now, then again
+            missing = [r[0] for r in self._q(
+                "SELECT DISTINCT m.body_id FROM messages m LEFT JOIN sort_keys k ON k.body_id = m.body_id"
+                " WHERE m.mailbox_id = ? AND k.body_id IS NULL", (mailbox_id,))]
+            await self._fill_sort_keys(missing, off_loop=big)
+            out, incomplete = await self._bulk_read(read) if big else read(self._read)
+        if incomplete:
+            # keys that could not be saved (the disk is full): sorted here
+            return await self._sort_here(mailbox, keys, wanted)
         return out
 
-    def _sort_fields(self, body_ids: list[int]) -> dict[int, dict[str, str]]:
-        """For bodies derived before SortKeys were kept: the first value of
-        each KEY_FIELDS field, in primary-key order (body_id, name, n)."""
-        fields: dict[int, dict[str, str]] = {b: {} for b in body_ids}
-        ids = sorted(body_ids)
+    async def _sort_here(self, mailbox: MailboxRef, keys: Sequence[tuple[str, bool]], uids: list[int]) -> list[int]:
+        infos = {m.uid: m for m in await self.get_messages(mailbox, uids)}
+        found = await self.sort_keys(mailbox, uids)
+
+        def value(name: str, u: int) -> object:
+            k = found[u]
+            if name == "ARRIVAL":
+                return infos[u].internal_date
+            if name == "SIZE":
+                return infos[u].size
+            if name == "DATE":
+                return infos[u].internal_date if k.date is None else k.date
+            return getattr(k, _KEY_ATTR[name])
+
+        out = sorted(u for u in uids if u in found and u in infos)
+        for name, reverse in reversed(keys):
+            out.sort(key=lambda u, name=name: value(name, u), reverse=reverse)  # type: ignore[misc]
+        return out
+
+    async def thread_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, ThreadKeys]:
+        mailbox_id = self._owned(mailbox)
+        wanted = list(uids)
+        keep = set(wanted)
+        sql = ("SELECT m.uid, coalesce(k.date, m.internal_date), k.subject, k.refwd, k.message_id, k.parents,"
+               " k.body_id IS NULL FROM messages m LEFT JOIN sort_keys k ON k.body_id = m.body_id"
+               " WHERE m.mailbox_id = ?")
+
+        def read(c: sqlite3.Connection) -> tuple[dict[int, ThreadKeys], list[int]]:
+            # only the five columns THREAD needs, straight into tuples
+            out: dict[int, ThreadKeys] = {}
+            missing: list[int] = []
+            for r in select_uids(c, sql, mailbox_id, wanted, column="m.uid"):
+                if r[0] not in keep:
+                    continue
+                if r[6]:
+                    missing.append(r[0])
+                else:
+                    out[r[0]] = (r[1], r[2], bool(r[3]), r[4], tuple(r[5].split()) if r[5] else ())
+            return out, missing
+
+        big = len(wanted) > SORT_INLINE
+        out, missing = await self._bulk_read(read) if big else read(self._read)
+        if missing:
+            # bodies not derived yet, derived before sort_keys existed, or
+            # not stored (the disk is full): sort_keys derives or fills them
+            found = await self.sort_keys(mailbox, missing)
+            dates = {m.uid: m.internal_date for m in await self.get_messages(mailbox, list(found))}
+            for u, k in found.items():
+                if u in dates:
+                    out[u] = (dates[u] if k.date is None else k.date, k.subject, k.refwd, k.message_id, k.parents)
+        return out
+
+    async def _bulk_read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``fn`` on a read-only connection of its own in a worker thread:
+        reads of a whole big mailbox that would hold up the event loop."""
+
+        lock = self.__dict__.get("_bulk_lock")
+        if lock is None:
+            lock = self._bulk_lock = threading.Lock()
+
+        def run() -> _T:
+            # no cyclic garbage collection meanwhile: 100,000 rows are
+            # 300,000 new tuples, which would start full collections that
+            # hold the GIL, and so the event loop, while they walk every
+            # object of the process (rows hold no cycles)
+            was = gc.isenabled()
+            gc.disable()
+            try:
+                with lock:
+                    conn = self.__dict__.get("_bulk_conn")
+                    if conn is None:
+                        conn = self._bulk_conn = self._connect(self.data_dir / DB_FILE, readonly=True)
+                    return fn(conn)
+            finally:
+                if was:
+                    gc.enable()
+
+        return await asyncio.to_thread(run)
+
+    async def _fill_sort_keys(self, body_ids: list[int], off_loop: bool = False) -> dict[int, SortKeys]:
+        """The sort_keys rows of bodies derived before the table existed:
+        computed from their derived data and saved (with their thread), as
+        the background backfill does. Returns the keys by body id."""
+
+        def compute(c: sqlite3.Connection) -> dict[int, SortKeys]:
+            return _keys_from_derived(c, sorted(body_ids))
+
+        found = await self._bulk_read(compute) if off_loop else compute(self._read)
+        if found and not self._index_deferred():
+            items = sorted(found.items())
+            try:
+                await self._write(lambda c, ctx: _save_sort_keys(c, items))
+            except StorageFull:
+                log.warning("store: sort keys not saved, the disk is full")
+        return found
+
+    async def thread_ids(self, body_ids: Sequence[int]) -> dict[int, int]:
+        """The thread (RFC 8474 5.2: the body id of its first known message)
+        of each of ``body_ids`` that is derived; bodies derived before
+        sort_keys existed get their row now."""
+        ids = sorted(set(body_ids))
+        out: dict[int, int] = {}
         for i in range(0, len(ids), 900):
             chunk = ids[i : i + 900]
-            for body_id, name, value in self._q(
-                f"SELECT body_id, name, value FROM header_fields WHERE body_id IN ({','.join('?' * len(chunk))})"
-                f" AND name IN ({','.join('?' * len(KEY_FIELDS))}) ORDER BY body_id, name, n",
-                (*chunk, *KEY_FIELDS),
-            ):
-                fields[body_id].setdefault(name, value)
-        return fields
+            out.update(self._q(f"SELECT body_id, thread_id FROM sort_keys WHERE body_id IN ({','.join('?' * len(chunk))})",
+                               chunk))
+        need = [b for b in ids if b not in out]
+        if need:
+            await self._fill_sort_keys(need, off_loop=len(need) > SORT_INLINE)
+            for i in range(0, len(need), 900):
+                chunk = need[i : i + 900]
+                out.update(self._q(
+                    f"SELECT body_id, thread_id FROM sort_keys WHERE body_id IN ({','.join('?' * len(chunk))})", chunk))
+        return out
+
+    @property
+    def objectid_key(self) -> bytes:
+        """The data directory's secret for EMAILID / THREADID (message/objectids.py)."""
+        key = self.__dict__.get("_objectid_key")
+        if key is None:
+            row = self._q1("SELECT value FROM meta WHERE key = 'objectid_key'")
+            key = self._objectid_key = bytes.fromhex(row[0])
+        return key
+
+    def _backfill_sort_keys(self, c: sqlite3.Connection) -> bool:
+        """Background work on the writer thread: sort_keys rows for a slice of
+        the bodies derived before the table existed (schema version 5), from
+        their derived data; True if a slice was done."""
+        row = c.execute("SELECT value FROM meta WHERE key = 'sort_keys_backfill'").fetchone()
+        if row is None or row[0] == "done" or self._index_deferred():
+            return False
+        last = int(row[0])
+        ids = [r[0] for r in c.execute(
+            "SELECT b.id FROM bodies b WHERE b.id > ? AND b.derived IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM sort_keys k WHERE k.body_id = b.id) ORDER BY b.id LIMIT ?",
+            (last, SORT_BACKFILL_BATCH),
+        )]
+        found = _keys_from_derived(c, ids)
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            _save_sort_keys(c, sorted(found.items()))
+            c.execute("UPDATE meta SET value = ? WHERE key = 'sort_keys_backfill'",
+                      (str(ids[-1]) if ids else "done",))
+            c.execute("COMMIT")
+        except BaseException as exc:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            if not isinstance(self.translate_error(exc), StorageFull):
+                raise
+            log.warning("store: sort keys backfill paused, the disk is full")
+            self._index_failed()
+            return False
+        if not ids:
+            log.info("store: sort keys of older bodies filled in")
+        return bool(ids)
 
     async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"]) -> set[int]:
         mailbox_id = self._owned(mailbox)
@@ -266,6 +446,10 @@ class SearchMixin(SQLiteCore):
         """Derive the mailbox's bodies the indexer has not reached yet. Returns,
         by UID, the records that could not be saved (the disk is full, or
         indexing is deferred): the caller searches them itself."""
+        if self._q1("SELECT 1 FROM bodies WHERE derived IS NULL LIMIT 1") is None:
+            # the usual case, from the partial index bodies_unindexed: no
+            # walk over a big mailbox's messages on the event loop
+            return {}
         backlog = self._q1(
             "SELECT count(*) FROM (SELECT 1 FROM bodies WHERE derived IS NULL LIMIT ?)", (FEW_UNINDEXED,)
         )
@@ -394,6 +578,7 @@ class SearchMixin(SQLiteCore):
                  for n, (name, value) in enumerate(rec.headers)],
             )
             textindex.save(c, body_id, rec.header_text, rec.body_text)
+            _save_sort_keys(c, [(body_id, keys_from_json(rec.meta["sort"]))])
 
     # --- when index data may be written -----------------------------------------
     def _free_bytes(self) -> int:
@@ -441,7 +626,7 @@ class SearchMixin(SQLiteCore):
             "SELECT id, segment, offset, length FROM bodies WHERE derived IS NULL LIMIT ?", (INDEX_BATCH,)
         ).fetchall()
         if not rows:
-            return False
+            return self._backfill_sort_keys(c)
         items: list[tuple[int, DerivedRecord]] = []
         started = time.monotonic()
         for body_id, segment, offset, length in rows:
@@ -471,6 +656,81 @@ class SearchMixin(SQLiteCore):
             c.execute(f"PRAGMA synchronous={self._synchronous}")
         self._index_backoff = 0.0
         return True
+
+
+def _keys_from_derived(c: sqlite3.Connection, body_ids: list[int]) -> dict[int, SortKeys]:
+    """SortKeys of derived bodies from what was kept before sort_keys: the
+    JSON list in body_derived.meta, else (older still) the header fields."""
+    texts: dict[int, str | None] = {}
+    for i in range(0, len(body_ids), 900):
+        chunk = body_ids[i : i + 900]
+        texts.update(c.execute(
+            "SELECT body_id, json_extract(meta, '$.sort') FROM body_derived"
+            f" WHERE body_id IN ({','.join('?' * len(chunk))})",
+            chunk,
+        ).fetchall())
+    out: dict[int, SortKeys] = {}
+    for body_id, text in texts.items():
+        keys = _json_keys(text)
+        if keys is not None:
+            out[body_id] = keys
+    rest = [b for b in texts if b not in out]
+    for body_id, fields in _sort_fields(c, rest).items():
+        out[body_id] = keys_from_json(list(sort_keys(fields)))
+    return out
+
+
+def _sort_fields(c: sqlite3.Connection, body_ids: list[int]) -> dict[int, dict[str, str]]:
+    """For bodies derived before SortKeys were kept: the first value of
+    each KEY_FIELDS field, in primary-key order (body_id, name, n)."""
+    fields: dict[int, dict[str, str]] = {b: {} for b in body_ids}
+    ids = sorted(body_ids)
+    for i in range(0, len(ids), 900):
+        chunk = ids[i : i + 900]
+        for body_id, name, value in c.execute(
+            f"SELECT body_id, name, value FROM header_fields WHERE body_id IN ({','.join('?' * len(chunk))})"
+            f" AND name IN ({','.join('?' * len(KEY_FIELDS))}) ORDER BY body_id, name, n",
+            (*chunk, *KEY_FIELDS),
+        ):
+            fields[body_id].setdefault(name, value)
+    return fields
+
+
+def _save_sort_keys(c: sqlite3.Connection, items: Sequence[tuple[int, SortKeys]]) -> None:
+    """Write bodies' sort_keys rows inside the caller's transaction. A new
+    row gets its thread (RFC 8474 5.2): that of a message of the same
+    account(s) whose Message-ID is the body's own or one of its last parent
+    ids (the lowest if several); else a thread of its own, named by the
+    body's id.
+    A message that arrives before its parent keeps its own thread (the RFC
+    asks for the same id only "as far as the server knows"); a row written
+    again (a new derivation format) keeps the thread it had."""
+    for body_id, k in items:
+        row = c.execute("SELECT thread_id FROM sort_keys WHERE body_id = ?", (body_id,)).fetchone()
+        thread = row[0] if row is not None else _thread_of(c, body_id, k)
+        c.execute(_SORT_UPSERT, (body_id, k.date, k.subject, int(k.refwd), k.from_mailbox, k.from_display,
+                                 k.to_mailbox, k.to_display, k.cc_mailbox, k.message_id, " ".join(k.parents), thread))
+
+
+def _thread_of(c: sqlite3.Connection, body_id: int, k: SortKeys) -> int:
+    ids = list(dict.fromkeys([*k.parents[-THREAD_LOOKUP_IDS:], *([k.message_id] if k.message_id else [])]))
+    found: list[int] = []
+    for mid in ids:
+        # per id the first body of the account(s) holding this one that
+        # carries it (a thread never joins another account's mail): the
+        # index walk stops there, however many messages reuse the id
+        row = c.execute(
+            "SELECT k.thread_id FROM sort_keys k WHERE k.message_id = ? AND k.body_id != ?"
+            " AND EXISTS (SELECT 1 FROM messages m JOIN mailboxes x ON x.id = m.mailbox_id"
+            "  WHERE m.body_id = k.body_id AND x.account_id IN"
+            "  (SELECT x2.account_id FROM messages m2 JOIN mailboxes x2 ON x2.id = m2.mailbox_id"
+            "   WHERE m2.body_id = ?))"
+            " ORDER BY k.body_id LIMIT 1",
+            (mid, body_id, body_id),
+        ).fetchone()
+        if row is not None:
+            found.append(row[0])
+    return min(found, default=body_id)
 
 
 def _json_keys(text: str | None) -> SortKeys | None:

@@ -3,9 +3,11 @@ RFC 9051 7.3.4), SEARCHRES SAVE (RFC 5182), MODSEQ (RFC 7162 3.1.5); SORT
 and THREAD (RFC 5256), SORT=DISPLAY (RFC 5957) and ESORT (RFC 5267 section 3)
 on the same search machinery.
 
-SORT and THREAD read their keys with one backend call (``sort_keys``:
-message/threadkeys.py SortKeys, computed once per message from its decoded
-header fields), never the messages.
+SORT asks the backend for the order (``sort_order``: the store sorts by SQL
+over keys kept per message); THREAD reads the keys with one backend call
+(``thread_keys``: message/threadkeys.py ThreadKeys, computed once per
+message from its decoded header fields) and builds the threads through
+ImapIO.compute when the mailbox is big; neither reads the messages.
 
 BODY and TEXT keys are answered by the backend's full-text index
 (search_text), FROM/TO/CC/BCC/SUBJECT/HEADER by its index of header fields
@@ -17,11 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 from .. import commands as c
-from .. import objectid
 from .. import search as sr
 from .. import sort as so
 from .. import thread as th
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
 
 CHARSETS = ("UTF-8", "US-ASCII")
 HEADER_BATCH = 500
+# SORT / THREAD of more messages than this (some milliseconds of work) run
+# through ImapIO.compute, off the event loop
+COMPUTE_INLINE = 2_000
+_T = TypeVar("_T")
 
 
 @contextlib.contextmanager
@@ -42,8 +47,8 @@ def _no_gc() -> Iterator[None]:
     """No cyclic garbage collection while a SORT or THREAD builds its
     100,000 small objects (no await inside): each collection would walk every
     object of the process, and the burst of allocations starts dozens of them,
-    doubling the time. What is left afterwards (the thread tree's parent
-    links are cycles) goes at the next collection."""
+    doubling the time. The thread trees' cycles are undone afterwards
+    (thread.py ``release``), so nothing is left for a collection to find."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -54,19 +59,20 @@ def _no_gc() -> Iterator[None]:
 
 
 async def _id_hits(b: ImapBackend, sel: SelectedMailbox, ids: set[tuple[str, str]], ctx: sr.SearchContext) -> None:
-    """RFC 8474 6: the messages with an EMAILID (the stored body's id); no
-    message has a THREADID here (objectid.py)."""
-    wanted = {objectid.parse_email_id(text) for name, text in ids if name == "EMAILID"} - {None}
-    body_of: dict[int, int] = {}
-    if wanted:
-        uids = list(sel.view.uids)
-        for start in range(0, len(uids), HEADER_BATCH):
-            chunk = uids[start : start + HEADER_BATCH]
-            for uid, d in (await b.get_derived(sel.mailbox, chunk, ("body_id",))).items():
-                body_of[uid] = d["body_id"]
-    for name, text in ids:
-        body = objectid.parse_email_id(text) if name == "EMAILID" else None
-        ctx.id_hits[(name, text)] = {u for u, bid in body_of.items() if bid == body} if body is not None else set()
+    """RFC 8474 6: the messages with an EMAILID or THREADID. The ids are
+    opaque hashes (objectid.py), so the selected mailbox's are asked for
+    and compared: nothing outside it can match."""
+    fields = tuple(sorted({"email_id" if name == "EMAILID" else "thread_id" for name, _ in ids}))
+    by_id: dict[tuple[str, str], set[int]] = {key: set() for key in ids}
+    uids = list(sel.view.uids)
+    for start in range(0, len(uids), HEADER_BATCH):
+        chunk = uids[start : start + HEADER_BATCH]
+        for uid, d in (await b.get_derived(sel.mailbox, chunk, fields)).items():
+            for field, name in (("email_id", "EMAILID"), ("thread_id", "THREADID")):
+                hit = by_id.get((name, d.get(field, "")))
+                if hit is not None:
+                    hit.add(uid)
+    ctx.id_hits.update(by_id)
 
 
 async def _charset_ok(s: ImapSession, charset: str | None) -> bool:
@@ -152,6 +158,15 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}SEARCH completed", allow_expunge=cmd.uid)
 
 
+async def _compute(s: ImapSession, n: int, fn: Callable[[], _T]) -> _T:
+    """``fn()`` for a SORT or THREAD of ``n`` messages: a big one where it
+    does not hold up the other connections (ImapIO.compute), a small one in
+    place (no task switch for the common case)."""
+    if n > COMPUTE_INLINE:
+        return await s.io.compute(fn)
+    return fn()
+
+
 async def cmd_sort(s: ImapSession, cmd: c.Sort) -> None:
     """SORT / UID SORT (RFC 5256 section 3): the matching messages in the
     order of the sort keys; with RETURN, ESORT's ESEARCH (RFC 5267 section 3)."""
@@ -160,13 +175,12 @@ async def cmd_sort(s: ImapSession, cmd: c.Sort) -> None:
     sel, b = s.sel, s.backend
     assert sel is not None and b is not None
     hits, modseq, mod = await _matching(s, cmd.key)
-    keys = [so.SortKey(name, reverse) for name, reverse in cmd.keys]
-    found = await b.sort_keys(sel.mailbox, [u for _, u in hits]) if hits else {}
-    infos = await sel.infos(b)
-    with _no_gc():
-        msgs = [so.SortMessage(q, u, infos[u].size, infos[u].internal_date, found[u])
-                for q, u in hits if u in infos and u in found]
-        ordered = [(m.seq, m.uid) for m in so.sort_messages(msgs, keys)]
+    # the backend orders them (the store by SQL over its typed keys, off the
+    # event loop for a big mailbox); equal messages in UID order, which is
+    # sequence-number order (RFC 5256 section 3)
+    order = await b.sort_order(sel.mailbox, cmd.keys, [u for _, u in hits]) if hits else []
+    seq_of = {u: q for q, u in hits}
+    ordered = [(seq_of[u], u) for u in order if u in seq_of]
     responses, saved = so.result_form(cmd.tag, cmd.uid, ordered, modseq, mod, cmd.return_opts, cmd.partial)
     if saved is not None:
         sel.saved = saved
@@ -186,12 +200,16 @@ async def cmd_thread(s: ImapSession, cmd: c.Thread) -> None:
     sel, b = s.sel, s.backend
     assert sel is not None and b is not None
     hits, _modseq, _mod = await _matching(s, cmd.key)
-    found = await b.sort_keys(sel.mailbox, [u for _, u in hits]) if hits else {}
-    infos = await sel.infos(b)
-    with _no_gc():
-        msgs = [th.thread_message(q, u, infos[u].internal_date, found[u])
-                for q, u in hits if u in infos and u in found]
-        roots = th.ordered_subject(msgs) if cmd.algorithm == "ORDEREDSUBJECT" else th.references(msgs)
-        text = th.format_threads(roots, cmd.uid)
+    found = await b.thread_keys(sel.mailbox, [u for _, u in hits]) if hits else {}
+
+    def threads() -> str:
+        with _no_gc():
+            msgs = [th.ThreadMessage(q, u, *found[u]) for q, u in hits if u in found]
+            roots = th.ordered_subject(msgs) if cmd.algorithm == "ORDEREDSUBJECT" else th.references(msgs)
+            text = th.format_threads(roots, cmd.uid)
+            th.release(roots)
+            return text
+
+    text = await _compute(s, len(hits), threads)
     s.engine.untagged(*([Atom("THREAD"), Atom(text)] if text else [Atom("THREAD")]))
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}THREAD completed", allow_expunge=cmd.uid)
