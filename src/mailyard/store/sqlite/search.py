@@ -374,6 +374,10 @@ class SearchMixin(SQLiteCore):
         """The thread (RFC 8474 5.2: the body id of its first known message)
         of each of ``body_ids`` that is derived; bodies derived before
         sort_keys existed get their row now."""
+        if self._pending_saves:
+            # derived data FETCH saves in the background (_derive_now wait=False):
+            # a thread is decided when its row is written, so let those land first
+            await asyncio.gather(*list(self._pending_saves), return_exceptions=True)
         ids = sorted(set(body_ids))
         out: dict[int, int] = {}
         for i in range(0, len(ids), 900):
