@@ -260,10 +260,12 @@ def _snapshot(data_dir: Path, target: Path, progress: Progress) -> tuple[dict[in
         # Open the segment files first: a compaction committed after the
         # snapshot may delete a file the snapshot still references.
         _open_segments(data_dir / "blobs", fds)
-        src = sqlite3.connect(data_dir / DB_FILE, isolation_level=None, timeout=30)
+        # Read-only: the connection never writes the store, not even the
+        # checkpoint a last connection makes when it closes.
+        uri = (data_dir / DB_FILE).resolve().as_uri() + "?mode=ro"
+        src = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
         try:
             src.execute("PRAGMA busy_timeout=30000")
-            src.execute("PRAGMA query_only=ON")
             began = time.time()
             src.execute("BEGIN")
             # the first read fixes the snapshot (a WAL read transaction)
