@@ -105,8 +105,9 @@ def test_incremental_generation_copies_only_new_segment_bytes(live: StoreThread,
           f"reused {second.bytes_reused}")
     assert sealed and new and second.segments_linked == len(sealed)
     # the bytes read from the store: the index, plus only what was appended since
-    appended = sum(manifest2[r]["size"] for r in new) + sum(manifest2[r]["size"] - manifest1[r]["size"]
-                                                            for r in grown)
+    # (a grown segment is read again from its last whole checksummed chunk)
+    appended = sum(manifest2[r]["size"] for r in new) + sum(
+        manifest2[r]["size"] - manifest1[r]["size"] // bk.HASH_CHUNK * bk.HASH_CHUNK for r in grown)
     assert second.bytes_from_store == manifest2[bk.DB_FILE]["size"] + appended
     for rel in sealed:  # the same file, not a copy
         assert os.stat(first.path / rel).st_ino == os.stat(second.path / rel).st_ino
@@ -164,7 +165,7 @@ def test_verify_finds_a_damaged_segment_and_restore_refuses_it(live: StoreThread
     raw[100] ^= 0xFF
     segment.write_bytes(bytes(raw))
     report = bk.verify(summary.path)
-    assert report.problems == [f"blobs/{segment.name}: its sha256 differs from the manifest's"]
+    assert report.problems == [f"blobs/{segment.name}: its checksum differs from the manifest's (bytes 0-{len(raw)})"]
     with pytest.raises(bk.BackupError, match="differs from its checksum"):
         bk.restore_data(summary.path, tmp_path / "restored")
     assert not (tmp_path / "restored").exists()
@@ -226,3 +227,17 @@ def test_an_interrupted_run_leaves_a_partial_directory_the_next_run_clears(live:
     second = bk.backup(data, dest, keep=1)
     assert not list(dest.glob(".partial-*"))
     assert bk.generations(dest) == [second.path] and second.removed == ["0001"]
+
+
+def test_chunk_digests_of_a_grown_file_equal_those_of_the_whole() -> None:
+    """An extended segment keeps its old chunks' digests: the checksum it
+    gets equals that of hashing the whole file again."""
+    data = os.urandom(bk.HASH_CHUNK * 2 + 12345)
+    whole = bk.ChunkDigest()
+    whole.update(data)
+    prefix = bk.ChunkDigest()
+    prefix.update(data[: bk.HASH_CHUNK * 2 + 100])
+    grown = bk.ChunkDigest(prefix.entry()["chunks"][:2])
+    grown.update(data[bk.HASH_CHUNK * 2:])
+    assert grown.entry() == whole.entry()
+    assert len(whole.entry()["chunks"]) == 3 and whole.entry()["size"] == len(data)

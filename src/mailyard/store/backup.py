@@ -7,7 +7,7 @@ the live store. One run makes one *generation* under the destination:
 
     DEST/
       0001/                  a complete generation (numbered, oldest first)
-        manifest.json        what the generation holds, with a sha256 per file
+        manifest.json        what the generation holds, with checksums per file
         index.sqlite3        the index, one consistent snapshot (rollback journal)
         blobs/00000007.seg   each segment file up to the snapshot's high-water mark
         files/...            the other files of the data directory (config, keys)
@@ -33,6 +33,11 @@ the new bytes from the live store; new segments (new mail, and the targets of
 compaction) are copied. The index is copied whole each time. A cheap probe
 (sha256 of a segment's first and last 64 KiB) guards the reuse against a
 destination shared by two stores.
+
+Checksums. Each file's entry in the manifest holds the sha256 of every
+4 MiB chunk and a sha256 over those (the file's checksum); a segment that
+grew keeps the digests of its unchanged chunks, so an incremental run hashes
+only new bytes, and verification names the damaged chunk.
 
 Atomicity. A generation is written into ``.partial-*`` and renamed into
 place after its manifest and every file are synced; a run killed at any
@@ -60,7 +65,8 @@ from .api import AppendItem, Store, StoreError
 FORMAT = 1
 MANIFEST = "manifest.json"
 DB_FILE = "index.sqlite3"
-_CHUNK = 1 << 20
+_CHUNK = 1 << 20  # bytes per read
+HASH_CHUNK = 4 << 20  # bytes per checksummed chunk
 _PROBE = 64 * 1024
 
 # Files and folders of a data directory a backup leaves out: the store itself
@@ -151,25 +157,71 @@ def _probe(fd: int, length: int) -> str:
     return h.hexdigest()
 
 
-def _copy_range(src_fd: int, dst: Any, start: int, end: int, digest: Any) -> None:
+class ChunkDigest:
+    """sha256 of each ``HASH_CHUNK`` of a file, and of their list (the
+    file's checksum). ``chunks``: the digests of a prefix already known
+    (whole chunks), so only the bytes after it are hashed."""
+
+    def __init__(self, chunks: list[str] | None = None) -> None:
+        self.chunks = list(chunks or [])
+        self.size = len(self.chunks) * HASH_CHUNK
+        self._h = hashlib.sha256()
+        self._n = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(len(view), HASH_CHUNK - self._n)
+            self._h.update(view[:take])
+            self._n += take
+            self.size += take
+            view = view[take:]
+            if self._n == HASH_CHUNK:
+                self.chunks.append(self._h.hexdigest())
+                self._h, self._n = hashlib.sha256(), 0
+
+    def entry(self) -> dict[str, Any]:
+        chunks = self.chunks + ([self._h.hexdigest()] if self._n else [])
+        return {"size": self.size, "sha256": hashlib.sha256("".join(chunks).encode()).hexdigest(),
+                "chunks": chunks}
+
+
+def _copy_range(src_fd: int, dst: Any, start: int, end: int, digest: ChunkDigest | None) -> None:
     pos = start
     while pos < end:
         data = os.pread(src_fd, min(_CHUNK, end - pos), pos)
         if not data:
             raise BackupError(f"a file ended at {pos}, before {end}: the store's files are damaged")
         dst.write(data)
-        digest.update(data)
+        if digest is not None:
+            digest.update(data)
         pos += len(data)
 
 
-def _hash_file(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
+def _clone_range(src_fd: int, dst: Any, length: int) -> None:
+    """Copy ``[0, length)`` of ``src_fd`` to the start of ``dst`` in the
+    kernel (copy_file_range: a reflink where the file system has them)."""
+    dst.flush()
+    done = 0
+    try:
+        while done < length:
+            n = os.copy_file_range(src_fd, dst.fileno(), length - done, done, done)
+            if n == 0:
+                raise BackupError("the previous generation's copy is shorter than its manifest says")
+            done += n
+    except OSError:
+        os.lseek(dst.fileno(), done, os.SEEK_SET)
+        _copy_range(src_fd, dst, done, length, None)
+        return
+    os.lseek(dst.fileno(), done, os.SEEK_SET)
+
+
+def _hash_file(path: Path) -> dict[str, Any]:
+    digest = ChunkDigest()
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
+            digest.update(chunk)
+    return digest.entry()
 
 
 def _fsync_path(path: Path) -> None:
@@ -317,9 +369,8 @@ def _write_generation(
                             accounts=counts["accounts"], mailboxes=counts["mailboxes"])
     files: dict[str, dict[str, Any]] = {}
     try:
-        size, digest = _hash_file(db_copy)
-        files[DB_FILE] = {"size": size, "sha256": digest}
-        summary.bytes_from_store += size
+        files[DB_FILE] = _hash_file(db_copy)
+        summary.bytes_from_store += files[DB_FILE]["size"]
         prev_files: dict[str, dict[str, Any]] = read_manifest(previous)["files"] if previous else {}
         (partial / "blobs").mkdir()
         total = sum(marks.values())
@@ -345,8 +396,7 @@ def _write_generation(
             mode = path.stat().st_mode & 0o7777
             shutil.copyfile(path, target)
             os.chmod(target, mode)
-            size, digest = _hash_file(target)
-            files[rel] = {"size": size, "sha256": digest, "mode": mode}
+            files[rel] = {**_hash_file(target), "mode": mode}
             summary.files += 1
         for rel in files:
             if not (partial / rel).is_symlink():
@@ -387,25 +437,28 @@ def _copy_segment(
             summary.bytes_reused += length
             return dict(prev)
         if prev["size"] < length and _probe(fd, prev["size"]) == prev.get("probe"):
-            # the segment being written: its old bytes from the backup, the new ones from the store
-            digest = hashlib.sha256()
+            # The segment being written: its old whole chunks from the
+            # previous generation (with their digests), the rest from the store.
+            whole = prev["size"] // HASH_CHUNK
+            reuse = whole * HASH_CHUNK
+            digest = ChunkDigest(prev["chunks"][:whole])
             old_fd = os.open(old, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 with target.open("wb") as out:
-                    _copy_range(old_fd, out, 0, prev["size"], digest)
-                    _copy_range(fd, out, prev["size"], length, digest)
+                    _clone_range(old_fd, out, reuse)
+                    _copy_range(fd, out, reuse, length, digest)
             finally:
                 os.close(old_fd)
             summary.segments_extended += 1
-            summary.bytes_reused += prev["size"]
-            summary.bytes_from_store += length - prev["size"]
-            return {"size": length, "sha256": digest.hexdigest(), "probe": _probe(fd, length)}
-    digest = hashlib.sha256()
+            summary.bytes_reused += reuse
+            summary.bytes_from_store += length - reuse
+            return {**digest.entry(), "probe": _probe(fd, length)}
+    digest = ChunkDigest()
     with target.open("wb") as out:
         _copy_range(fd, out, 0, length, digest)
     summary.segments_copied += 1
     summary.bytes_from_store += length
-    return {"size": length, "sha256": digest.hexdigest(), "probe": _probe(fd, length)}
+    return {**digest.entry(), "probe": _probe(fd, length)}
 
 
 def _mb(octets: int) -> str:
@@ -439,16 +492,18 @@ def verify(gen: Path, progress: Progress = _quiet) -> VerifyReport:
     for i, (rel, entry) in enumerate(sorted(entries.items()), 1):
         path = gen / rel
         try:
-            size, digest = _hash_file(path)
+            got = _hash_file(path)
         except OSError as exc:
             report.problems.append(f"{rel}: {exc.strerror or exc}")
             continue
         report.files += 1
-        report.bytes += size
-        if size != entry["size"]:
-            report.problems.append(f"{rel}: {size} bytes, the manifest says {entry['size']}")
-        elif digest != entry["sha256"]:
-            report.problems.append(f"{rel}: its sha256 differs from the manifest's")
+        report.bytes += got["size"]
+        if got["size"] != entry["size"]:
+            report.problems.append(f"{rel}: {got['size']} bytes, the manifest says {entry['size']}")
+        elif got["sha256"] != entry["sha256"]:
+            bad = [i for i, (a, b) in enumerate(zip(got["chunks"], entry["chunks"], strict=True)) if a != b]
+            where = ", ".join(f"{i * HASH_CHUNK}-{min((i + 1) * HASH_CHUNK, got['size'])}" for i in bad[:5])
+            report.problems.append(f"{rel}: its checksum differs from the manifest's (bytes {where})")
         if i % 50 == 0:
             progress(f"checked {i}/{len(entries)} files")
     if DB_FILE not in entries:
@@ -513,7 +568,7 @@ def restore_data(gen: Path, new_dir: Path, progress: Progress = _quiet) -> Resto
             target = new_dir / (rel[len("files/"):] if rel.startswith("files/") else rel)
             # key folders (dkim/, tls/) are private to the server's user
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            digest = hashlib.sha256()
+            digest = ChunkDigest()
             src_fd = os.open(gen / rel, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 with target.open("wb") as out:
@@ -522,7 +577,7 @@ def restore_data(gen: Path, new_dir: Path, progress: Progress = _quiet) -> Resto
                     os.fsync(out.fileno())
             finally:
                 os.close(src_fd)
-            if digest.hexdigest() != entry["sha256"]:
+            if digest.entry()["sha256"] != entry["sha256"]:
                 raise BackupError(f"{gen / rel} differs from its checksum: the backup is damaged "
                                   f"(try an older generation with --generation)")
             os.chmod(target, entry.get("mode", 0o600))
