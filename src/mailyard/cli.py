@@ -839,9 +839,11 @@ def build_parser() -> argparse.ArgumentParser:
         "backup", parents=[common],
         help="back up the data directory while the server runs (backup DEST), or check a backup "
         "(backup verify DEST)",
+        usage="mailyard [--data DIR] backup DEST [--keep N]\n       mailyard backup verify DEST [--generation N]",
         description="backup DEST: write a new generation of the backup at DEST from --data, while the "
-        "server runs; only segments new since the previous generation are copied. "
-        "backup verify DEST: check every file of a generation against its sha256.",
+        "server runs; only what is new since the previous generation is read from the store. "
+        "backup verify DEST: check every file of a generation against its checksums. "
+        "Restore with: mailyard restore DEST (see mailyard restore --help).",
     )
     p.add_argument("words", nargs="+", metavar="[verify] DEST")
     p.add_argument("--keep", type=int, metavar="N", help="keep only the newest N generations (default: all)")
@@ -852,6 +854,8 @@ def build_parser() -> argparse.ArgumentParser:
         "restore", parents=[common],
         help="restore a backup: the whole store into a new --data directory, or one --account into the "
         "store of --data (running or not)",
+        usage="mailyard restore DEST --data NEWDIR [--generation N]\n"
+        "       mailyard [--data DIR] restore DEST --account ADDRESS [--as-folder NAME] [--generation N]",
     )
     p.add_argument("dest", metavar="DEST", help="the backup directory (as given to mailyard backup)")
     p.add_argument("--account", metavar="ADDRESS", help="restore this account's mail only, into --data")

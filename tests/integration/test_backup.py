@@ -286,3 +286,14 @@ def test_restore_account_into_the_running_server(tmp_path: Path) -> None:
         assert not server.tracebacks()
     finally:
         server.stop()
+
+
+def test_cli_errors_say_what_to_do(tmp_path: Path) -> None:
+    missing = mailyard("backup", "verify", str(tmp_path / "none"))
+    assert (missing.returncode, missing.stderr) == (1, f"mailyard: error: {tmp_path / 'none'} holds no complete backup\n")
+    r = mailyard("restore", str(tmp_path / "none"))
+    assert r.returncode == 1 and "holds no complete backup" in r.stderr
+    usage = mailyard("backup", "--help")
+    assert usage.returncode == 0 and "mailyard backup verify DEST" in usage.stdout
+    r = mailyard("restore", "--help")
+    assert r.returncode == 0 and "--as-folder NAME" in r.stdout

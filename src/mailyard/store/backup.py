@@ -432,7 +432,11 @@ def _copy_segment(
     if prev is not None and previous is not None and prev["size"] <= length:
         old = previous / rel
         if prev["size"] == length and _probe(fd, length) == prev.get("probe"):
-            os.link(old, target)  # a sealed segment: nothing to copy
+            try:
+                os.link(old, target)  # a sealed segment: nothing to copy
+            except OSError:  # a file system without hard links: a copy in the kernel
+                with old.open("rb") as src, target.open("wb") as out:
+                    _clone_range(src.fileno(), out, length)
             summary.segments_linked += 1
             summary.bytes_reused += length
             return dict(prev)
