@@ -160,7 +160,7 @@ def _fill(data_dir: Path, first: int, count: int, size: int) -> None:
 
 def _run_and_kill(data: Path, dest: Path, trigger: str) -> str:
     """Start a backup, SIGKILL it at ``trigger`` (a progress line's start,
-    or "half": once half the segments are in its partial directory)."""
+    or "half": once 100 of its 240 new segments are in its partial directory)."""
     proc = subprocess.Popen([sys.executable, "-m", "mailyard", "--data", str(data), "backup", str(dest)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
@@ -168,8 +168,9 @@ def _run_and_kill(data: Path, dest: Path, trigger: str) -> str:
         if trigger == "half":
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and proc.poll() is None:
-                if len(list(dest.glob(".partial-*/blobs/*.seg"))) >= 150:
+                if len(list(dest.glob(".partial-*/blobs/*.seg"))) >= 100:
                     break
+                time.sleep(0.002)
         else:
             for line in proc.stderr:
                 if line.startswith(trigger):
