@@ -594,6 +594,82 @@ def cmd_list(args: argparse.Namespace) -> None:
     run_with_store(args, run)
 
 
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_backup(args: argparse.Namespace) -> None:
+    """`mailyard backup DEST` (a new generation, while the server runs) and
+    `mailyard backup verify DEST` (store/backup.py)."""
+    from .store import backup as bk
+
+    words = args.words
+    if words[0] == "verify":
+        if len(words) != 2:
+            raise CLIError("usage: mailyard backup verify DEST [--generation N]")
+        report = bk.verify(bk.find_generation(Path(words[1]), args.generation), _progress)
+        for problem in report.problems:
+            print(f"  {problem}")
+        state = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+        print(f"{report.generation}: {state}; {report.files} files, {report.bytes / 1e6:.1f} MB checked "
+              f"in {report.seconds:.1f} s")
+        if not report.ok:
+            raise CLIError(f"the backup {report.generation} is damaged; restore from another generation")
+        return
+    if len(words) != 1:
+        raise CLIError("usage: mailyard backup DEST  or  mailyard backup verify DEST")
+    d = require_data_dir(args)
+    s = bk.backup(d, Path(words[0]), keep=args.keep or 0, progress=_progress)
+    print(f"backup {s.path}: snapshot of {s.snapshot_began_utc()} with {s.messages} messages, "
+          f"{s.mailboxes} mailboxes, {s.accounts} accounts")
+    print(f"  segments: {s.segments_copied} copied, {s.segments_extended} extended, "
+          f"{s.segments_linked} unchanged (hard-linked); {s.files} other files")
+    print(f"  {s.bytes_from_store / 1e6:.1f} MB read from the store, {s.bytes_reused / 1e6:.1f} MB reused "
+          f"from the previous generation, {s.total_bytes / 1e6:.1f} MB in all, {s.seconds:.1f} s")
+    if s.removed:
+        print(f"  removed old generation(s) {', '.join(s.removed)} (--keep {args.keep})")
+
+
+def cmd_restore(args: argparse.Namespace) -> None:
+    """`mailyard restore DEST --data NEWDIR` (the whole store into a new
+    data directory) or `mailyard restore DEST --account ADDRESS [--as-folder
+    NAME]` (one account into the store of --data, served or not)."""
+    from .store import backup as bk
+
+    gen = bk.find_generation(Path(args.dest), args.generation)
+    if args.account is None:
+        if args.as_folder:
+            raise CLIError("--as-folder goes with --account")
+        if not args.data:
+            raise CLIError("name the new data directory: mailyard restore DEST --data NEWDIR")
+        s = bk.restore_data(gen, Path(args.data), _progress)
+        print(f"restored {gen} into {s.target}: {s.messages} messages in {s.mailboxes} mailboxes, "
+              f"{s.files} other files, {s.bytes / 1e6:.1f} MB in {s.seconds:.1f} s")
+        print(f"start it with: mailyard --data {s.target} serve")
+        return
+    if args.as_folder is not None and not args.as_folder.strip("/"):
+        raise CLIError("--as-folder needs a folder name, e.g. Restored")
+
+    async def run(store: Store) -> Any:
+        return await bk.restore_account(gen, store, args.account, args.as_folder, _progress)
+
+    d = require_data_dir(args)
+    cfg = load_config(args)
+
+    async def main() -> Any:
+        # background off: the running server compacts and indexes
+        store = open_store(d, cfg.store, background=False)
+        try:
+            return await run(store)
+        finally:
+            await store.close()
+
+    s = asyncio.run(main())
+    where = f" under {args.as_folder}/" if args.as_folder else ""
+    print(f"restored {args.account} from {gen}{where}: {s.messages} messages ({s.bytes / 1e6:.1f} MB) in "
+          f"{s.mailboxes} mailboxes, {s.skipped} already there, {s.seconds:.1f} s")
+
+
 def cmd_config(args: argparse.Namespace) -> None:
     if args.action == "defaults":
         print(Config().to_toml(), end="")
@@ -758,6 +834,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("words", nargs="+", metavar="[check] DOMAIN")
     p.add_argument("--address", action="append", help="a public address of this server, for SPF (repeatable)")
     p.set_defaults(func=cmd_dns)
+
+    p = sub.add_parser(
+        "backup", parents=[common],
+        help="back up the data directory while the server runs (backup DEST), or check a backup "
+        "(backup verify DEST)",
+        usage="mailyard [--data DIR] backup DEST [--keep N]\n       mailyard backup verify DEST [--generation N]",
+        description="backup DEST: write a new generation of the backup at DEST from --data, while the "
+        "server runs; only what is new since the previous generation is read from the store. "
+        "backup verify DEST: check every file of a generation against its checksums. "
+        "Restore with: mailyard restore DEST (see mailyard restore --help).",
+    )
+    p.add_argument("words", nargs="+", metavar="[verify] DEST")
+    p.add_argument("--keep", type=int, metavar="N", help="keep only the newest N generations (default: all)")
+    p.add_argument("--generation", metavar="N", help="verify: the generation to check (default: the newest)")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser(
+        "restore", parents=[common],
+        help="restore a backup: the whole store into a new --data directory, or one --account into the "
+        "store of --data (running or not)",
+        usage="mailyard restore DEST --data NEWDIR [--generation N]\n"
+        "       mailyard [--data DIR] restore DEST --account ADDRESS [--as-folder NAME] [--generation N]",
+    )
+    p.add_argument("dest", metavar="DEST", help="the backup directory (as given to mailyard backup)")
+    p.add_argument("--account", metavar="ADDRESS", help="restore this account's mail only, into --data")
+    p.add_argument("--as-folder", metavar="NAME",
+                   help="with --account: put the restored folders under NAME (default: merge into the "
+                   "folders of the same names; messages already there are skipped)")
+    p.add_argument("--generation", metavar="N", help="the generation to restore (default: the newest)")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("config", parents=[common], help="check the configuration or print the defaults")
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
