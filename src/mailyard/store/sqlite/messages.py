@@ -245,7 +245,8 @@ class MessagesMixin(BodiesMixin):
                      modseq: int, holder: object) -> None:
         """Expunge (uid, body_id) rows inside a write: kept under the negated
         mailbox id while a session other than ``holder`` (the caller, which
-        announces the expunge at once) holds the mailbox, else deleted."""
+        announces the expunge at once) holds the mailbox, or always when the
+        holds are shared with other processes (``share_holds``), else deleted."""
         with self._holds_lock:
             # shared: a session of another process may hold it unseen (its hold
             # is published before it reads, but this transaction's check could
@@ -336,6 +337,9 @@ class MessagesMixin(BodiesMixin):
             if self._q1("SELECT 1 FROM messages WHERE mailbox_id = ? LIMIT 1", (-m,)) is not None:
                 with self._holds_lock:
                     busy = m in self._purging
+                    if busy:  # that purge may have read the board before this rise: look again
+                        self._rose.add(m)
+                        self._share(set())
                 if not busy:
                     self._purge_expunged(m)
 
