@@ -15,12 +15,15 @@ import os
 import re
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import USERS
 from tests.integration.serve_process import ServeProcess
 from tests.integration.test_workers import (
     TIMEOUT,
@@ -135,3 +138,32 @@ def test_restarted_worker_keeps_what_the_other_holds_and_a_killed_holders_rows_g
     for c in (a, b, *fresh.values()):
         c.close()
     assert server.alive()
+
+
+def test_a_command_beside_a_single_process_server_leaves_its_sessions_their_messages(tmp_path: Path) -> None:
+    """``mailyard user add`` opens the store while a one-process server runs:
+    the held rows of the server's sessions are not an earlier run's."""
+    proc = ServeProcess(tmp_path / "data", lambda cfg: None)
+    try:
+        a, b = imap_login(proc), imap_login(proc)
+        a.send(f"p APPEND INBOX {{{len(BODY)}}}\r\n".encode())
+        assert a.line().startswith(b"+")
+        a.send(BODY + b"\r\n")
+        assert a.until(lambda line: line.startswith(b"p ")).startswith(b"p OK")
+        assert b"* 1 EXISTS" in ok(command(b, "s", "SELECT INBOX"))
+        ok(command(a, "s", "SELECT INBOX"))
+        ok(command(a, "d", "STORE 1 +FLAGS.SILENT (\\Deleted)"))
+        assert b"* 1 EXPUNGE" in ok(command(a, "e", "EXPUNGE"))
+        assert held_rows(proc) == 1
+        subprocess.run(
+            [sys.executable, "-m", "mailyard", "--data", str(proc.data), "user", "add", "bob@example.test",
+             "--password-stdin"],
+            input=USERS["bob@example.test"] + "\n", text=True, check=True, capture_output=True, timeout=60,
+        )
+        fetch_still_served(b)
+        assert b"* 1 EXPUNGE" in ok(command(b, "n", "NOOP"))
+        wait_until(lambda: held_rows(proc) == 0, TIMEOUT, "the held row to be purged")
+        for c in (a, b):
+            c.close()
+    finally:
+        proc.stop()

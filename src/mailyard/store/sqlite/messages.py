@@ -20,9 +20,9 @@ holder has announced the expunge the row goes and its body reference is
 released (``_purge_expunged``); rows left by an earlier run go at start
 (``_recover``), since no session of that run is left to need them.
 
-Across processes (``[server] workers`` above 1, ``share_holds``): each
-process publishes the lowest mod-sequence its holders of each mailbox have
-announced (holds.py). An expunge then always keeps the rows, since a
+Across processes (``share_holds``): each serving process publishes the
+lowest mod-sequence its holders of each mailbox have announced (holds.py).
+With ``[server] workers`` above 1 an expunge always keeps the rows, since a
 session of another process may be between its hold and its first read of
 the mailbox; the purge that follows the commit, in a later transaction,
 deletes what no holder of any live process still needs. A process opening
@@ -201,6 +201,7 @@ class MessagesMixin(BodiesMixin):
         self._rises: set[int] = set()
         self._rose: set[int] = set()  # published rises whose freed rows are not purged yet
         self._publish_timer: asyncio.TimerHandle | None = None
+        self._keep_all = False  # every expunge keeps its rows until a purge (share_holds)
         super().__init__(data_dir, config, background)
 
     def _recover(self, c: sqlite3.Connection) -> None:
@@ -228,11 +229,14 @@ class MessagesMixin(BodiesMixin):
         if len(rows) > len(doomed):
             log.info("kept %d expunged messages sessions of other processes hold", len(rows) - len(doomed))
 
-    def share_holds(self) -> None:
-        """Publish this process's holds to the other processes serving the
-        data directory, and keep every expunged row until the purge that
-        follows has asked them."""
+    def share_holds(self, keep_expunged: bool = True) -> None:
+        """Publish this process's holds to the other processes opening the
+        data directory (holds.py). ``keep_expunged`` (other processes serve
+        sessions too): every expunge keeps its rows until the purge that
+        follows has asked them; else (a single server, beside which only
+        commands run) an expunge decides from this process's holds."""
         with self._holds_lock:
+            self._keep_all = keep_expunged
             self._board.join()
             self._published = self._lowest_holds()
             self._board.publish(self._published)
@@ -251,7 +255,7 @@ class MessagesMixin(BodiesMixin):
             # shared: a session of another process may hold it unseen (its hold
             # is published before it reads, but this transaction's check could
             # come between the two); the purge after the commit decides
-            held = self._board.joined or any(h is not holder for h in self._holds.get(mailbox_id, ()))
+            held = self._keep_all or any(h is not holder for h in self._holds.get(mailbox_id, ()))
             if held:
                 self._held_rows[mailbox_id] = min(self._held_rows.get(mailbox_id, modseq), modseq)
         if held:
@@ -363,7 +367,7 @@ class MessagesMixin(BodiesMixin):
         """After the commit of an expunge: purge now what nobody here holds
         (shared holds keep every row until a purge asks the other processes)."""
         with self._holds_lock:
-            due = self._board.joined and self._purge_due(mailbox_id)
+            due = self._keep_all and self._purge_due(mailbox_id)
         if due:
             self._purge_expunged(mailbox_id)
 
