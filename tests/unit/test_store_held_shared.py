@@ -42,11 +42,12 @@ def _held(store: SQLiteStore) -> int:
 
 def _kill(store: SQLiteStore) -> None:
     """What a SIGKILL leaves of a process's board: its files, unlocked."""
-    fd = store._board._lock_fd
-    assert fd is not None
-    os.close(fd)
-    store._board._lock_fd = None
-    store._board.token = None
+    board = store._board
+    for fd in (board._lock_fd, board._board_fd):
+        assert fd is not None
+        os.close(fd)
+    board._lock_fd = board._board_fd = None
+    board.token = None
 
 
 async def test_an_expunge_in_one_process_keeps_what_a_session_of_another_holds(tmp_path: Path) -> None:
@@ -139,15 +140,16 @@ def test_a_board_lists_the_lowest_of_every_live_process(tmp_path: Path) -> None:
     for board in boards:
         board.join()
     boards[0].publish({1: 5, 2: 7})
-    boards[1].publish({1: 3})
+    boards[1].publish({1: 3, 4: 1, 5: 1})
+    boards[1].publish({1: 3})  # shorter: rewritten in place, the old tail is not read
     boards[2].publish({3: 9})
     assert boards[2].others() == {1: 3, 2: 7}
     boards[1].leave()
     assert boards[2].others() == {1: 5, 2: 7}
-    fd = boards[0]._lock_fd
-    assert fd is not None
-    os.close(fd)  # its process died
-    boards[0]._lock_fd = None
+    for fd in (boards[0]._lock_fd, boards[0]._board_fd):
+        assert fd is not None
+        os.close(fd)  # its process died
+    boards[0]._lock_fd = boards[0]._board_fd = None
     assert boards[2].others() == {}
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{boards[2].token}.holds", f"{boards[2].token}.lock"]
     boards[2].leave()

@@ -210,6 +210,8 @@ class MessagesMixin(BodiesMixin):
         process has announced (a worker started again, a command run beside
         the server)."""
         super()._recover(c)
+        if c.execute("SELECT 1 FROM messages WHERE mailbox_id < 0 LIMIT 1").fetchone() is None:
+            return  # nothing held: no write
         c.execute("BEGIN IMMEDIATE")
         try:
             others = self._board.others()  # inside the write lock: see _purge_expunged
