@@ -223,6 +223,9 @@ class MailServer:
             stray = spool.sweep()
             if stray:
                 log.info("removed %d stray spool file(s)", stray)
+            # a command run beside this server (mailyard user ...) opens the
+            # store too: it must leave this server's sessions what they hold
+            store.share_holds(keep_expunged=False)
         else:
             store.attach_peers(worker.channel)
         router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients)

@@ -410,6 +410,13 @@ class Store(abc.ABC):
         this store (store/notify.py)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be shared by worker processes")
 
+    def share_holds(self, keep_expunged: bool = True) -> None:
+        """Let other processes opening this store see what this process's
+        sessions hold (``hold_expunged``), so that they keep it; with
+        ``keep_expunged`` (several workers) also keep what theirs hold. A
+        backend no other process opens has nothing to share."""
+        return None
+
     # --- life cycle -------------------------------------------------------
     @abc.abstractmethod
     async def close(self) -> None:

@@ -9,13 +9,15 @@ aggregate on a shared core:
 - bodies.py: message bytes in segment files, reference counts, compaction;
 - directory.py: domains, accounts, sender grants, aliases, lists;
 - mailboxes.py: mailboxes, subscriptions, \\Recent, status;
-- messages.py: messages, flags, UIDs, expunge, copy, changes;
+- messages.py: messages, flags, UIDs, expunge, copy, changes; expunged
+  messages sessions of any process still hold (holds.py);
 - search.py: derived data, header and full-text search (textindex.py),
   background indexing;
 - queue.py: the outbound queue.
 
 The data directory holds ``index.sqlite3`` (with its WAL), ``blobs/`` (the
-segment files) and ``revocations`` (store/revocation.py).
+segment files), ``revocations`` (store/revocation.py) and ``holds/`` (what
+the sessions of each serving process hold, holds.py).
 """
 
 from __future__ import annotations

@@ -19,6 +19,15 @@ body keeps its reference, and reads ``expunged=True`` find it. Once every
 holder has announced the expunge the row goes and its body reference is
 released (``_purge_expunged``); rows left by an earlier run go at start
 (``_recover``), since no session of that run is left to need them.
+
+Across processes (``share_holds``): each serving process publishes the
+lowest mod-sequence its holders of each mailbox have announced (holds.py).
+With ``[server] workers`` above 1 an expunge always keeps the rows, since a
+session of another process may be between its hold and its first read of
+the mailbox; the purge that follows the commit, in a later transaction,
+deletes what no holder of any live process still needs. A process opening
+the store drops only what no live process holds, so a worker started
+again leaves the other workers' sessions their messages.
 """
 
 from __future__ import annotations
@@ -44,13 +53,17 @@ from ..api import (
     Quota,
     QuotaExceeded,
 )
+from ..notify import ChangeChannel
 from . import changelog
 from .bodies import BodiesMixin, release_bodies
 from .changelog import ChangeLog
 from .core import select_uids
+from .holds import HoldBoard
 from .writer import WriteContext
 
 log = logging.getLogger("mailyard.store")
+
+PUBLISH_DELAY = 0.1  # seconds a rise of this process's holds may wait to be published (coalescing)
 
 MESSAGE_COLS = "mailbox_id, uid, size, flags, internal_date, modseq, save_date"
 
@@ -180,25 +193,71 @@ class MessagesMixin(BodiesMixin):
         self._held_rows: dict[int, int] = {}
         self._purging: set[int] = set()
         self._holds_lock = threading.Lock()
+        # Holds shared with the other processes of the data directory (holds.py):
+        # what this process's board says (mailbox id -> lowest announced
+        # mod-sequence, never above the truth) and the rises not yet published.
+        self._board = HoldBoard(Path(data_dir) / "holds")
+        self._published: dict[int, int] = {}
+        self._rises: set[int] = set()
+        self._rose: set[int] = set()  # published rises whose freed rows are not purged yet
+        self._publish_timer: asyncio.TimerHandle | None = None
+        self._keep_all = False  # every expunge keeps its rows until a purge (share_holds)
         super().__init__(data_dir, config, background)
 
     def _recover(self, c: sqlite3.Connection) -> None:
+        """Drop the held rows no session of a live process needs: all of them
+        when this is the only process (a start), else those every other
+        process has announced (a worker started again, a command run beside
+        the server)."""
         super()._recover(c)
-        rows = c.execute("SELECT mailbox_id, uid, body_id FROM messages WHERE mailbox_id < 0").fetchall()
-        if rows:
-            c.execute("BEGIN IMMEDIATE")
-            c.execute("DELETE FROM messages WHERE mailbox_id < 0")
-            release_bodies(c, [r[2] for r in rows])
+        if c.execute("SELECT 1 FROM messages WHERE mailbox_id < 0 LIMIT 1").fetchone() is None:
+            return  # nothing held: no write
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            others = self._board.others()  # inside the write lock: see _purge_expunged
+            rows = c.execute(
+                "SELECT g.mailbox_id, g.uid, g.body_id, coalesce(e.modseq, 0) FROM messages g"
+                " LEFT JOIN expunged e ON e.mailbox_id = -g.mailbox_id AND e.uid = g.uid"
+                " WHERE g.mailbox_id < 0").fetchall()
+            doomed = [r for r in rows if r[3] <= others.get(-r[0], r[3])]
+            c.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(r[0], r[1]) for r in doomed])
+            release_bodies(c, [r[2] for r in doomed])
             c.execute("COMMIT")
-            log.info("dropped %d expunged messages held by sessions of the last run", len(rows))
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        if doomed:
+            log.info("dropped %d expunged messages no live session holds", len(doomed))
+        if len(rows) > len(doomed):
+            log.info("kept %d expunged messages sessions of other processes hold", len(rows) - len(doomed))
+
+    def share_holds(self, keep_expunged: bool = True) -> None:
+        """Publish this process's holds to the other processes opening the
+        data directory (holds.py). ``keep_expunged`` (other processes serve
+        sessions too): every expunge keeps its rows until the purge that
+        follows has asked them; else (a single server, beside which only
+        commands run) an expunge decides from this process's holds."""
+        with self._holds_lock:
+            self._keep_all = keep_expunged
+            self._board.join()
+            self._published = self._lowest_holds()
+            self._board.publish(self._published)
+
+    def _lowest_holds(self) -> dict[int, int]:
+        """Mailbox id -> the lowest mod-sequence its holders here announced (with _holds_lock)."""
+        return {m: min(holders.values()) for m, holders in self._holds.items() if holders}
 
     def _remove_rows(self, c: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple[int, int]],
                      modseq: int, holder: object) -> None:
         """Expunge (uid, body_id) rows inside a write: kept under the negated
         mailbox id while a session other than ``holder`` (the caller, which
-        announces the expunge at once) holds the mailbox, else deleted."""
+        announces the expunge at once) holds the mailbox, or always when the
+        holds are shared with other processes (``share_holds``), else deleted."""
         with self._holds_lock:
-            held = any(h is not holder for h in self._holds.get(mailbox_id, ()))
+            # shared: a session of another process may hold it unseen (its hold
+            # is published before it reads, but this transaction's check could
+            # come between the two); the purge after the commit decides
+            held = self._keep_all or any(h is not holder for h in self._holds.get(mailbox_id, ()))
             if held:
                 self._held_rows[mailbox_id] = min(self._held_rows.get(mailbox_id, modseq), modseq)
         if held:
@@ -226,9 +285,93 @@ class MessagesMixin(BodiesMixin):
             if mailbox_id is not None:
                 self._holds.setdefault(mailbox_id, {})[holder] = seen_modseq
                 self._held_by[holder] = mailbox_id
-            due = [m for m in {before, mailbox_id} if m is not None and self._purge_due(m)]
+            touched = {m for m in (before, mailbox_id) if m is not None}
+            due = [m for m in touched if self._purge_due(m)]
+            if self._board.joined:
+                self._share(touched)
         for m in due:
             self._purge_expunged(m)
+
+    def _share(self, mailboxes: set[int]) -> None:
+        """Bring this process's board up to date for ``mailboxes`` (with
+        _holds_lock): a fall at once, before the holder reads the mailbox;
+        rises (an announce, a holder leaving) coalesced a moment later."""
+        fell = False
+        for m in mailboxes:
+            holders = self._holds.get(m)
+            now = min(holders.values()) if holders else None
+            was = self._published.get(m)
+            if now is not None and (was is None or now < was):
+                fell = True
+            elif now != was:
+                self._rises.add(m)
+        if fell:
+            self._publish_now()
+        if (self._rises or self._rose) and self._publish_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop: what the rises freed goes at a later purge
+                self._publish_now()
+                return
+            self._publish_timer = loop.call_later(PUBLISH_DELAY, self._publish_rises)
+
+    def _publish_now(self) -> None:
+        """Publish every hold of this process, noting in ``_rose`` the
+        mailboxes whose published value rose or went (with _holds_lock)."""
+        lowest = self._lowest_holds()
+        rose = [m for m, was in self._published.items() if lowest.get(m, was + 1) > was]
+        self._rises.clear()
+        try:
+            self._board.publish(lowest)
+        except OSError as exc:  # the board says less than the truth: other processes only keep more
+            log.warning("holds of expunged messages not published: %s", exc)
+            return
+        self._published = lowest
+        self._rose.update(rose)
+
+    def _publish_rises(self) -> None:
+        """Publish the rises, then purge what they may have freed in the
+        mailboxes that have held rows (another process's expunges)."""
+        with self._holds_lock:
+            self._publish_timer = None
+            if not self._board.joined:
+                return
+            if self._rises:
+                self._publish_now()
+            rose, self._rose = self._rose, set()
+        for m in rose:
+            if self._q1("SELECT 1 FROM messages WHERE mailbox_id = ? LIMIT 1", (-m,)) is not None:
+                with self._holds_lock:
+                    busy = m in self._purging
+                    if busy:  # that purge may have read the board before this rise: look again
+                        self._rose.add(m)
+                        self._share(set())
+                if not busy:
+                    self._purge_expunged(m)
+
+    def attach_peers(self, channel: ChangeChannel) -> None:
+        super().attach_peers(channel)
+        self.share_holds()
+
+    async def close(self) -> None:
+        await super().close()
+        self._unshare()
+
+    def _unshare(self) -> None:
+        """The store closes: this process holds nothing any more."""
+        with self._holds_lock:
+            if self._publish_timer is not None:
+                self._publish_timer.cancel()
+                self._publish_timer = None
+            self._board.leave()
+
+    def _removed(self, mailbox_id: int) -> None:
+        """After the commit of an expunge: purge now what nobody here holds
+        (shared holds keep every row until a purge asks the other processes)."""
+        with self._holds_lock:
+            due = self._keep_all and self._purge_due(mailbox_id)
+        if due:
+            self._purge_expunged(mailbox_id)
 
     def _purge_due(self, mailbox_id: int) -> bool:
         """Whether held rows of the mailbox may go now (with _holds_lock)."""
@@ -245,7 +388,12 @@ class MessagesMixin(BodiesMixin):
         def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
             with self._holds_lock:
                 holders = self._holds.get(mailbox_id)
-                upto = min(holders.values()) if holders else None
+                local = min(holders.values()) if holders else None
+            # Read in the write transaction, after the expunges of the rows:
+            # a session of another process that holds the mailbox later
+            # read it after they were expunged, so it never sees them.
+            other = self._board.others().get(mailbox_id) if self._board.joined else None
+            upto = local if other is None else other if local is None else min(local, other)
             rows = c.execute(
                 "SELECT g.uid, g.body_id, coalesce(e.modseq, 0) FROM messages g"
                 " LEFT JOIN expunged e ON e.mailbox_id = ? AND e.uid = g.uid WHERE g.mailbox_id = ?",
@@ -255,7 +403,8 @@ class MessagesMixin(BodiesMixin):
             c.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?",
                           [(-mailbox_id, r[0]) for r in doomed])
             release_bodies(c, [r[1] for r in doomed])
-            left = [r[2] for r in rows if upto is not None and r[2] > upto]
+            # what only other processes still hold is theirs to purge (_publish_rises)
+            left = [r[2] for r in rows if local is not None and r[2] > local]
             with self._holds_lock:
                 if left:
                     self._held_rows[mailbox_id] = min(left)
@@ -370,7 +519,10 @@ class MessagesMixin(BodiesMixin):
             ctx.changed.add(mailbox_id)
             return sorted(r[0] for r in rows)
 
-        return await self._write(op)
+        gone = await self._write(op)
+        if gone:
+            self._removed(mailbox.id)
+        return gone
 
     async def copy_messages(
         self, src: MailboxRef, uids: Sequence[int], dst: MailboxRef, move: bool = False, holder: object = None,
@@ -426,7 +578,10 @@ class MessagesMixin(BodiesMixin):
                 ctx.changed.add(src_mailbox_id)
             return pairs
 
-        return await self._write(op)
+        pairs = await self._write(op)
+        if move and pairs:
+            self._removed(src.id)
+        return pairs
 
     async def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
         mailbox_id = self._owned(mailbox)
