@@ -54,6 +54,7 @@ class DNSServer:
     def __init__(self, host: str = DNS_HOST) -> None:
         self.records: dict[tuple[str, str], list[str]] = {}
         self.servfail: set[str] = set()
+        self.ttl = 60  # of every answer; 0 keeps resolvers from caching (records a test changes)
         self.queries: list[tuple[str, str]] = []
         for _ in range(100):  # one port number free for both UDP and TCP
             self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -98,7 +99,7 @@ class DNSServer:
                 continue
             rdatas = self.records.get((name, rdtype))
             if rdatas:
-                response.answer.append(dns.rrset.from_text_list(question.name, 60, "IN", rdtype, rdatas))
+                response.answer.append(dns.rrset.from_text_list(question.name, self.ttl, "IN", rdtype, rdatas))
             elif not any(key[0] == name for key in self.records):
                 response.set_rcode(dns.rcode.NXDOMAIN)
         return response.to_wire()

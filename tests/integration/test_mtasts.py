@@ -1,0 +1,147 @@
+"""MTA-STS (RFC 8461) on outgoing mail, end to end: a.test sends to b.test
+whose policy (served over HTTPS by a test policy server with a test CA's
+certificate) says where its mail may go; the test DNS server publishes
+``_mta-sts.b.test``. And the TLS-RPT (RFC 8460) results a.test records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailyard.config import Config
+from mailyard.store.api import NewRecipient
+
+from .multihost import MultiHost
+from .pki import CA, PolicyServer
+
+A, B, WEB = "127.0.0.2", "127.0.0.3", "127.0.0.5"
+MESSAGE = (b"From: alice@a.test\r\nTo: bob@b.test\r\nSubject: sts\r\nMessage-ID: <sts1@a.test>\r\n"
+           b"Date: Mon, 23 Nov 2026 08:00:00 +0000\r\n\r\nover verified TLS\r\n")
+
+
+def policy(mode: str, *mx: str) -> str:
+    return "version: STSv1\r\nmode: " + mode + "\r\n" + "".join(f"mx: {m}\r\n" for m in mx) + "max_age: 86400\r\n"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[MultiHost, CA, PolicyServer]]:
+    hosts = MultiHost(tmp_path)
+    hosts.dns.ttl = 0  # the tests change _mta-sts records: no resolver may keep them
+    ca = CA(tmp_path / "pki")
+    web_cert, web_key, _ = ca.issue("mta-sts.b.test", ["mta-sts.b.test"])
+    web = PolicyServer(WEB, web_cert, web_key)
+    hosts.dns.add("mta-sts.b.test", "A", WEB)
+    try:
+        yield hosts, ca, web
+    finally:
+        web.stop()
+        hosts.stop()
+
+
+def sender(hosts: MultiHost, ca: CA, web: PolicyServer) -> object:
+    def configure(cfg: Config) -> None:
+        cfg.mta_sts.https_port = web.port
+        cfg.mta_sts.ca_file = str(ca.ca_file)
+        cfg.mta_sts.fetch_timeout = 5.0
+    return hosts.add("a.test", A, {"alice": "alice-pw-1"}, configure=configure)
+
+
+def receiver(hosts: MultiHost, ca: CA | None) -> object:
+    def configure(cfg: Config) -> None:
+        if ca is not None:  # else the self-signed certificate of `init`
+            cert, key, _ = ca.issue("mx.b.test", ["mx.b.test"])
+            cfg.tls.cert, cfg.tls.key = str(cert), str(key)
+    return hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=configure)
+
+
+def enqueue(hosts: MultiHost) -> None:
+    a = hosts.servers["a.test"]
+    a.call(a.server.queue.enqueue(MESSAGE, "alice@a.test", [NewRecipient("bob@b.test")]))
+
+
+def deferred_with(hosts: MultiHost, prefix: str) -> str:
+    def seen() -> str | None:
+        for entry in hosts.queue("a.test"):
+            r = entry.recipients[0]
+            if r.attempts >= 1 and r.last_reply and r.last_reply.startswith(prefix):
+                return r.last_reply
+        return None
+    return hosts.wait_for(seen, what=f"a deferral {prefix}")  # type: ignore[return-value]
+
+
+def tlsrpt_lines(hosts: MultiHost) -> list[dict]:
+    directory = hosts.servers["a.test"].data_dir / "tlsrpt"
+    out = []
+    for path in sorted(directory.glob("*.jsonl")) if directory.is_dir() else []:
+        out += [json.loads(line) for line in path.read_text().splitlines()]
+    return out
+
+
+def test_enforce_policy_with_mismatching_mx_defers_until_the_mx_matches(world) -> None:  # noqa: ANN001
+    hosts, ca, web = world
+    web.policies["mta-sts.b.test"] = policy("enforce", "mx.elsewhere.test")
+    hosts.dns.add("_mta-sts.b.test", "TXT", '"v=STSv1; id=20261201a"')
+    sender(hosts, ca, web)
+    b = receiver(hosts, ca)
+    enqueue(hosts)
+    reply = deferred_with(hosts, "451 4.7.5")
+    assert "mx.b.test does not match the MTA-STS policy of b.test" in reply
+    assert b.server.stats["smtp_sessions"] == 0, "no connection to the MX outside the policy"
+    assert ("mta-sts.b.test", "/.well-known/mta-sts.txt") in web.requests
+    assert b.messages("bob@b.test") == []
+    # The domain moves its policy to the real MX and announces a new id.
+    web.policies["mta-sts.b.test"] = policy("enforce", "*.b.test")
+    hosts.dns.remove("_mta-sts.b.test")
+    hosts.dns.add("_mta-sts.b.test", "TXT", '"v=STSv1; id=20261201b"')
+    (raw,) = hosts.wait_messages("bob@b.test")
+    assert raw.endswith(b"over verified TLS\r\n")
+    hosts.wait_for(lambda: not hosts.queue("a.test"), what="a.test's queue to empty")
+    lines = tlsrpt_lines(hosts)
+    assert any(not x["ok"] and x["result-type"] == "validation-failure"
+               and x["receiving-mx-hostname"] == "mx.b.test" for x in lines)
+    assert any(x["ok"] and x["policy-type"] == "sts" and x["mx-host"] == ["*.b.test"] for x in lines)
+    # the policy is kept in the data directory under its id
+    kept = json.loads((hosts.servers["a.test"].data_dir / "mta-sts" / "b.test.json").read_text())
+    assert kept["id"] == "20261201b" and "mx: *.b.test" in kept["policy"]
+
+
+def test_enforce_policy_refuses_an_untrusted_certificate(world) -> None:  # noqa: ANN001
+    hosts, ca, web = world
+    web.policies["mta-sts.b.test"] = policy("enforce", "mx.b.test")
+    hosts.dns.add("_mta-sts.b.test", "TXT", '"v=STSv1; id=1"')
+    sender(hosts, ca, web)
+    b = receiver(hosts, None)  # a self-signed certificate: not valid under the policy
+    enqueue(hosts)
+    reply = deferred_with(hosts, "421 4.7.0")
+    assert "certificate" in reply.lower()
+    assert b.messages("bob@b.test") == []
+    lines = tlsrpt_lines(hosts)
+    assert any(not x["ok"] and x["result-type"] == "certificate-not-trusted" for x in lines), lines
+
+
+def test_testing_policy_delivers_and_reports(world) -> None:  # noqa: ANN001
+    hosts, ca, web = world
+    web.policies["mta-sts.b.test"] = policy("testing", "mx.elsewhere.test")
+    hosts.dns.add("_mta-sts.b.test", "TXT", '"v=STSv1; id=1"')
+    sender(hosts, ca, web)
+    receiver(hosts, None)
+    enqueue(hosts)
+    hosts.wait_messages("bob@b.test")
+    lines = tlsrpt_lines(hosts)
+    assert any(not x["ok"] and x["result-type"] == "validation-failure" for x in lines), lines
+
+
+def test_unfetchable_policy_is_no_policy(world) -> None:  # noqa: ANN001
+    hosts, ca, web = world
+    web.content_type = "text/html"  # RFC 8461 3.2: must be text/plain
+    web.policies["mta-sts.b.test"] = policy("enforce", "mx.elsewhere.test")
+    hosts.dns.add("_mta-sts.b.test", "TXT", '"v=STSv1; id=1"')
+    sender(hosts, ca, web)
+    receiver(hosts, None)
+    enqueue(hosts)
+    hosts.wait_messages("bob@b.test")  # RFC 8461 5.1: as though the domain had no policy
+    lines = tlsrpt_lines(hosts)
+    assert any(x["result-type"] == "sts-policy-invalid" for x in lines if not x["ok"]), lines
