@@ -54,6 +54,9 @@ class DNSServer:
     def __init__(self, host: str = DNS_HOST) -> None:
         self.records: dict[tuple[str, str], list[str]] = {}
         self.servfail: set[str] = set()
+        # AD ("authentic data", RFC 4035 3.2.3) in every answer: the server
+        # then plays a DNSSEC-validating resolver (DANE tests).
+        self.ad = False
         self.ttl = 60  # of every answer; 0 keeps resolvers from caching (records a test changes)
         self.queries: list[tuple[str, str]] = []
         for _ in range(100):  # one port number free for both UDP and TCP
@@ -90,6 +93,8 @@ class DNSServer:
         query = dns.message.from_wire(wire)
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
+        if self.ad:
+            response.flags |= dns.flags.AD
         for question in query.question:
             name = question.name.to_text().lower()
             rdtype = dns.rdatatype.to_text(question.rdtype)

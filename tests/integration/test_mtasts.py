@@ -5,13 +5,20 @@ certificate) says where its mail may go; the test DNS server publishes
 
 from __future__ import annotations
 
+import datetime
+import email
+import email.policy
+import gzip
+import ipaddress
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mailyard.config import Config
+from mailyard.delivery.tlsrpt import RESULT_TYPES
 from mailyard.store.api import NewRecipient
 
 from .multihost import MultiHost
@@ -145,3 +152,60 @@ def test_unfetchable_policy_is_no_policy(world) -> None:  # noqa: ANN001
     hosts.wait_messages("bob@b.test")  # RFC 8461 5.1: as though the domain had no policy
     lines = tlsrpt_lines(hosts)
     assert any(x["result-type"] == "sts-policy-invalid" for x in lines if not x["ok"]), lines
+
+
+def check_report_schema(report: dict) -> None:
+    """The fields RFC 8460 4.4 requires, with their JSON types."""
+    assert set(report) >= {"organization-name", "date-range", "contact-info", "report-id", "policies"}
+    assert isinstance(report["organization-name"], str) and isinstance(report["report-id"], str)
+    rng = report["date-range"]
+    for key in ("start-datetime", "end-datetime"):
+        datetime.datetime.strptime(rng[key], "%Y-%m-%dT%H:%M:%SZ")  # RFC 3339 date-time, UTC
+    assert isinstance(report["policies"], list) and report["policies"]
+    for item in report["policies"]:
+        policy = item["policy"]
+        assert policy["policy-type"] in ("sts", "tlsa", "no-policy-found")
+        assert isinstance(policy["policy-string"], list) and all(isinstance(x, str) for x in policy["policy-string"])
+        assert isinstance(policy["policy-domain"], str)
+        summary = item["summary"]
+        assert isinstance(summary["total-successful-session-count"], int)
+        assert isinstance(summary["total-failure-session-count"], int)
+        for detail in item.get("failure-details", []):
+            assert detail["result-type"] in RESULT_TYPES
+            assert isinstance(detail["failed-session-count"], int) and detail["failed-session-count"] >= 1
+            for key in ("sending-mta-ip", "receiving-ip"):
+                if key in detail:
+                    ipaddress.ip_address(detail[key])
+        assert summary["total-failure-session-count"] == sum(d["failed-session-count"]
+                                                             for d in item.get("failure-details", []))
+
+
+def test_daily_tls_report_is_mailed_to_the_rua(world) -> None:  # noqa: ANN001
+    hosts, ca, web = world
+    web.policies["mta-sts.b.test"] = policy("testing", "mx.elsewhere.test")
+    hosts.dns.add("_mta-sts.b.test", "TXT", '"v=STSv1; id=1"')
+    hosts.dns.add("_smtp._tls.b.test", "TXT", '"v=TLSRPTv1; rua=mailto:tls-reports@b.test,https://r.b.test/x"')
+    a = sender(hosts, ca, web)
+    hosts.add("b.test", B, {"bob": "bob-pw-1", "tls-reports": "tr-pw-1"})
+    enqueue(hosts)
+    hosts.wait_messages("bob@b.test")
+    day = tlsrpt_lines(hosts)[0]["t"]
+    day = datetime.datetime.fromtimestamp(day, datetime.UTC).strftime("%Y-%m-%d")
+    assert a.call(a.server.queue.send_tls_reports(day)) == 1
+    (raw,) = hosts.wait_messages("tls-reports@b.test")
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "tlsrpt"
+    assert msg["TLS-Report-Domain"] == "b.test" and msg["TLS-Report-Submitter"] == "mx.a.test"
+    assert msg["Subject"].startswith("Report Domain: b.test Submitter: mx.a.test Report-ID: <")
+    (part,) = [p for p in msg.iter_attachments() if p.get_content_type() == "application/tlsrpt+gzip"]
+    assert re.fullmatch(r"mx\.a\.test!b\.test!\d+!\d+!\w+\.json\.gz", part.get_filename())
+    report = json.loads(gzip.decompress(part.get_content()))
+    check_report_schema(report)
+    (item,) = report["policies"]
+    assert item["policy"] == {"policy-type": "sts", "policy-domain": "b.test", "mx-host": ["mx.elsewhere.test"],
+                              "policy-string": ["version: STSv1", "mode: testing", "mx: mx.elsewhere.test",
+                                                "max_age: 86400"]}
+    assert item["summary"]["total-failure-session-count"] >= 1
+    assert item["failure-details"][0]["receiving-mx-hostname"] == "mx.b.test"
+    # the day is done: its file is kept as .sent and not reported again
+    assert (hosts.servers["a.test"].data_dir / "tlsrpt" / f"{day}.sent").exists()

@@ -211,9 +211,13 @@ def report_message(report: dict[str, Any], *, policy_domain: str, submitter: str
     msg["TLS-Report-Submitter"] = submitter
     msg.set_content(f"This is an aggregate TLS report from {submitter} for {policy_domain} (RFC 8460).\n")
     payload = gzip.compress(json.dumps(report, indent=1).encode("utf-8"), mtime=0)
-    day = report["date-range"]["start-datetime"][:10]
+    # RFC 8460 5.3: sender!policy-domain!begin-timestamp!end-timestamp!unique-id.json.gz
+    begin = int(datetime.datetime.fromisoformat(report["date-range"]["start-datetime"].replace("Z", "+00:00"))
+                .timestamp())
+    end = int(datetime.datetime.fromisoformat(report["date-range"]["end-datetime"].replace("Z", "+00:00"))
+              .timestamp())
     msg.add_attachment(payload, maintype="application", subtype="tlsrpt+gzip",
-                       filename=f"{submitter}!{policy_domain}!{day}!{report_id}.json.gz")
-    msg.replace_header("Content-Type", 'multipart/report; report-type="tlsrpt"; boundary="'
-                       + msg.get_boundary() + '"')
+                       filename=f"{submitter}!{policy_domain}!{begin}!{end}!{report_id[-16:]}.json.gz")
+    msg.set_type("multipart/report")
+    msg.set_param("report-type", "tlsrpt")
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
