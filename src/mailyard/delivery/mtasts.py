@@ -143,12 +143,6 @@ def parse_policy(text: str) -> Policy:
     return Policy(mode, tuple(mx), min(int(age), MAX_AGE_LIMIT), text)
 
 
-def policy_text(mode: str, mx: list[str], max_age: int) -> str:
-    """A policy file (RFC 8461 3.2), CRLF line ends, as served by the webmail app."""
-    lines = ["version: STSv1", f"mode: {mode}", *[f"mx: {m}" for m in mx], f"max_age: {max_age}"]
-    return "".join(line + "\r\n" for line in lines)
-
-
 @dataclass
 class Cached:
     domain: str

@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..delivery.mtasts import policy_text
+from ..mailauth.records import served_policy
 from ..message.address import is_valid_addr_spec
 
 if TYPE_CHECKING:
@@ -86,18 +86,15 @@ async def _local(services: Services, domain: str) -> str | None:
 
 
 # --- MTA-STS ---------------------------------------------------------------------------
-def served_policy(cfg: Config) -> str:
-    mx = [m.strip() for m in cfg.mta_sts.mx.split(",") if m.strip()] or [cfg.server.hostname.rstrip(".")]
-    return policy_text(cfg.mta_sts.mode, mx, cfg.mta_sts.max_age)
-
-
 async def mta_sts(request: Request) -> Response:
     """RFC 8461 3.2: text/plain, for Host ``mta-sts.DOMAIN`` of a local domain."""
     services = _services(request)
     host = _host(request)
     if not host.startswith("mta-sts.") or await _local(services, host[8:]) is None:
         return PlainTextResponse("no MTA-STS policy here\n", status_code=404)
-    return Response(served_policy(services.config), media_type="text/plain",
+    sts = services.config.mta_sts
+    return Response(served_policy(sts.mode, sts.mx, sts.max_age, services.config.server.hostname),
+                    media_type="text/plain",
                     headers={"Cache-Control": "no-store"})
 
 
