@@ -82,6 +82,7 @@ class PolicyServer:
     def __init__(self, host: str, cert: Path, key: Path) -> None:
         self.policies: dict[str, str] = {}
         self.content_type = "text/plain"
+        self.redirect: str | None = None  # answer 301 to this location instead
         self.requests: list[tuple[str, str]] = []
         outer = self
 
@@ -90,6 +91,12 @@ class PolicyServer:
                 hostname = (self.headers.get("Host") or "").partition(":")[0]
                 outer.requests.append((hostname, self.path))
                 text = outer.policies.get(hostname)
+                if outer.redirect is not None:
+                    self.send_response(301)
+                    self.send_header("Location", outer.redirect)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path != "/.well-known/mta-sts.txt" or text is None:
                     self.send_error(404)
                     return

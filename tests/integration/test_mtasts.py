@@ -209,3 +209,22 @@ def test_daily_tls_report_is_mailed_to_the_rua(world) -> None:  # noqa: ANN001
     assert item["failure-details"][0]["receiving-mx-hostname"] == "mx.b.test"
     # the day is done: its file is kept as .sent and not reported again
     assert (hosts.servers["a.test"].data_dir / "tlsrpt" / f"{day}.sent").exists()
+
+
+@pytest.mark.parametrize("attack", ["redirect", "oversize"])
+def test_redirected_or_oversized_policy_is_not_used(world, attack: str) -> None:  # noqa: ANN001
+    hosts, ca, web = world
+    text = policy("enforce", "mx.elsewhere.test")
+    if attack == "redirect":  # RFC 8461 3.3: redirects MUST NOT be followed
+        web.policies["mta-sts.b.test"] = text
+        web.redirect = f"https://mta-sts.b.test:{web.port}/.well-known/mta-sts.txt"
+    else:
+        web.policies["mta-sts.b.test"] = text + "x-padding: " + "p" * 70000 + "\r\n"
+    hosts.dns.add("_mta-sts.b.test", "TXT", '"v=STSv1; id=1"')
+    sender(hosts, ca, web)
+    receiver(hosts, None)
+    enqueue(hosts)
+    hosts.wait_messages("bob@b.test")  # no policy in force: delivered as before
+    failed = [x["result-type"] for x in tlsrpt_lines(hosts) if not x["ok"]]
+    assert failed == ["sts-policy-fetch-error" if attack == "redirect" else "sts-policy-invalid"]
+    assert len(web.requests) == 1, "the redirect is not followed"

@@ -190,7 +190,11 @@ class PolicyResolver:
     timeout: float = 60.0
     max_size: int = 64 * 1024
     clock: Callable[[], float] = time.time
+    # Seconds a failed fetch is not repeated for the same id (the policy
+    # host is not asked again for each message meanwhile).
+    retry_after: float = 300.0
     _cache: dict[str, Cached] = field(default_factory=dict)
+    _failed: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     # --- the cache ------------------------------------------------------------
     def _file(self, domain: str) -> Path | None:
@@ -322,11 +326,18 @@ class PolicyResolver:
             return Lookup(_active(hit))
         if sts_id is None or (hit is not None and hit.sts_id == sts_id):
             return Lookup(_active(hit))
+        failed = self._failed.get(domain)
+        if failed is not None and failed[0] == sts_id and now < failed[1]:
+            return Lookup(_active(hit))
         try:
             policy = await self.fetch(domain)
         except FetchError as exc:
             log.info("mta-sts: %s", exc)
+            self._failed[domain] = (sts_id, now + self.retry_after)
+            if len(self._failed) > 10000:
+                self._failed.clear()
             return Lookup(_active(hit), exc.result_type, str(exc))
+        self._failed.pop(domain, None)
         log.info("mta-sts: policy of %s: mode %s, mx %s, max_age %d (id %s)", domain, policy.mode,
                  ",".join(policy.mx), policy.max_age, sts_id)
         fresh = Cached(domain, sts_id, policy, now)

@@ -71,7 +71,7 @@ def mailto_addresses(uris: Iterable[str]) -> list[str]:
             from urllib.parse import unquote
 
             address = unquote(uri[7:].partition("?")[0]).strip()
-            if "@" in address and not any(c in address for c in "\r\n<>, "):
+            if address.count("@") == 1 and not any(c in address for c in "\r\n<>,; "):
                 out.append(address)
     return out
 
