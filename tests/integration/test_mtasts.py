@@ -228,3 +228,16 @@ def test_redirected_or_oversized_policy_is_not_used(world, attack: str) -> None:
     failed = [x["result-type"] for x in tlsrpt_lines(hosts) if not x["ok"]]
     assert failed == ["sts-policy-fetch-error" if attack == "redirect" else "sts-policy-invalid"]
     assert len(web.requests) == 1, "the redirect is not followed"
+
+
+def test_testing_policy_with_an_untrusted_certificate_delivers_and_reports(world) -> None:  # noqa: ANN001
+    hosts, ca, web = world
+    web.policies["mta-sts.b.test"] = policy("testing", "mx.b.test")
+    hosts.dns.add("_mta-sts.b.test", "TXT", '"v=STSv1; id=1"')
+    sender(hosts, ca, web)
+    b = receiver(hosts, None)  # self-signed: fails the policy's check, RFC 8461 5.2 delivers anyway
+    enqueue(hosts)
+    hosts.wait_messages("bob@b.test")
+    lines = tlsrpt_lines(hosts)
+    assert [x["result-type"] for x in lines if not x["ok"]] == ["certificate-not-trusted"], lines
+    assert b.server.stats["smtp_sessions"] == 2, "the verified attempt, then the one that delivers"

@@ -231,7 +231,8 @@ class ClientConnection:
 
     async def close(self) -> None:
         try:
-            if not self.engine.closed:
+            # After a failed or refused TLS handshake there is no session to QUIT.
+            if not self.engine.closed and self.tls_failure is None:
                 self.engine.quit()
                 await self._flush()
                 with contextlib.suppress(TimeoutError, OSError, ssl.SSLError):
