@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailyard.delivery import dane, mtasts, tlsrpt
 from tests.integration.pki import CA
@@ -22,6 +24,7 @@ def test_policy_grammar() -> None:
     assert mtasts.parse_policy("version: STSv1\nmode: none\nmax_age: 1\n").mode == "none"  # LF alone, no mx
     assert mtasts.parse_policy("version: STSv1\nmode: testing\nmx: a\nmax_age: 9999999999\n").max_age == 31557600
     for bad in ("mode: enforce\nmx: a\nmax_age: 1\n",  # no version
+                "version: STSv1\nmode: enforce\nmx: a\nmax_age: \u0661\n",  # digits are ASCII
                 "version: STSv1\nmode: strict\nmx: a\nmax_age: 1\n",
                 "version: STSv1\nmode: enforce\nmax_age: 1\n",  # enforce without mx
                 "version: STSv1\nmode: enforce\nmx: a\nmax_age: -1\n",
@@ -131,3 +134,29 @@ def test_report_counts_and_details(tmp_path: Path) -> None:
                                              "end-datetime": "2026-12-01T23:59:59Z"}
     reports.mark_sent("2026-12-01")
     assert reports.days_due() == []
+
+
+# --- hostile input: only the documented errors ---------------------------------------
+
+LINES = st.sampled_from(["version: STSv1", "mode: enforce", "mode: testing", "mx: *.b.test", "max_age: 86400",
+                         "max_age: 1e9", "mx:", ":", "version:STSv1", "\x00", "mode: none"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=300), st.lists(LINES, max_size=8).map("\r\n".join)))
+def test_policy_parser_fails_only_with_policy_error(text: str) -> None:
+    try:
+        policy = mtasts.parse_policy(text)
+    except mtasts.PolicyError:
+        return
+    assert policy.mode in mtasts.MODES and 0 <= policy.max_age <= mtasts.MAX_AGE_LIMIT
+    assert policy.mode == "none" or policy.mx
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=80), max_size=4))
+def test_txt_and_rua_parsers_never_raise(records: list[str]) -> None:
+    sts_id = mtasts.parse_txt(records)
+    assert sts_id is None or (sts_id.isalnum() and len(sts_id) <= 32)
+    for address in tlsrpt.mailto_addresses(tlsrpt.parse_rua(records)):
+        assert address.count("@") == 1 and "\n" not in address

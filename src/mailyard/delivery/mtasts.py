@@ -136,7 +136,7 @@ def parse_policy(text: str) -> Policy:
     if mode not in MODES:
         raise PolicyError(f"policy mode {mode!r} is not enforce, testing or none")
     age = fields.get("max_age", "")
-    if not age.isdigit() or len(age) > 10:
+    if not re.fullmatch(r"[0-9]{1,10}", age):  # RFC 8461 3.2: max-age-value = 1*10(DIGIT)
         raise PolicyError(f"policy max_age {age!r} is not a number of seconds")
     if mode != "none" and not mx:
         raise PolicyError("policy has no mx line")
