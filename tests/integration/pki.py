@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime
 import http.server
 import ipaddress
+import socket
+import socketserver
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -123,3 +125,46 @@ class PolicyServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class TLSProxy:
+    """TLS termination on ``host`` (a certificate of the test CA) in front of
+    a plain TCP service at ``backend``: HTTPS for a mailyard webmail app."""
+
+    def __init__(self, host: str, cert: Path, key: Path, backend: tuple[str, int]) -> None:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(cert), str(key))
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                try:
+                    tls = ctx.wrap_socket(self.request, server_side=True)
+                except (OSError, ssl.SSLError):
+                    return
+                with tls, socket.create_connection(backend, timeout=10) as up:
+                    done = threading.Event()
+
+                    def pump(src: socket.socket, dst: socket.socket) -> None:
+                        try:
+                            while chunk := src.recv(65536):
+                                dst.sendall(chunk)
+                        except OSError:
+                            pass
+                        finally:
+                            done.set()
+
+                    threading.Thread(target=pump, args=(up, tls), daemon=True).start()
+                    pump(tls, up)
+                    done.wait(10)
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer((host, 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

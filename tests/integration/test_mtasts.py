@@ -19,10 +19,11 @@ import pytest
 
 from mailyard.config import Config
 from mailyard.delivery.tlsrpt import RESULT_TYPES
+from mailyard.mailauth import records
 from mailyard.store.api import NewRecipient
 
-from .multihost import MultiHost
-from .pki import CA, PolicyServer
+from .multihost import MultiHost, free_port
+from .pki import CA, PolicyServer, TLSProxy
 
 A, B, WEB = "127.0.0.2", "127.0.0.3", "127.0.0.5"
 MESSAGE = (b"From: alice@a.test\r\nTo: bob@b.test\r\nSubject: sts\r\nMessage-ID: <sts1@a.test>\r\n"
@@ -241,3 +242,48 @@ def test_testing_policy_with_an_untrusted_certificate_delivers_and_reports(world
     lines = tlsrpt_lines(hosts)
     assert [x["result-type"] for x in lines if not x["ok"]] == ["certificate-not-trusted"], lines
     assert b.server.stats["smtp_sessions"] == 2, "the verified attempt, then the one that delivers"
+
+
+def test_mailyard_to_mailyard_under_the_receivers_own_policy(tmp_path: Path) -> None:
+    """b.test serves its policy from its own web app ([mta_sts], web/wellknown.py)
+    behind TLS; a.test enforces it: the MX outside b's configured mx is not
+    used, and once b's policy names its MX (new id) the mail goes."""
+    hosts = MultiHost(tmp_path)
+    hosts.dns.ttl = 0
+    ca = CA(tmp_path / "pki")
+    proxy = None
+    try:
+        def b_config(cfg: Config) -> None:
+            cert, key, _ = ca.issue("mx.b.test", ["mx.b.test"])
+            cfg.tls.cert, cfg.tls.key = str(cert), str(key)
+            cfg.ports.http = free_port(B)
+            cfg.mta_sts.mode = "enforce"
+            cfg.mta_sts.mx = "mx.elsewhere.test"
+
+        b = hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=b_config)
+        web_cert, web_key, _ = ca.issue("mta-sts.b.test", ["mta-sts.b.test"])
+        proxy = TLSProxy(WEB, web_cert, web_key, (B, b.config.ports.http))
+        hosts.dns.add("mta-sts.b.test", "A", WEB)
+
+        def publish() -> None:  # what `mailyard dns b.test` says, into DNS
+            hosts.dns.remove("_mta-sts.b.test")
+            for rec in records.needed(b.config, "b.test", None):
+                if rec.name == "_mta-sts.b.test":
+                    hosts.dns.add(rec.name, "TXT", f'"{rec.value}"')
+
+        publish()
+
+        def a_config(cfg: Config) -> None:
+            cfg.mta_sts.https_port = proxy.port
+            cfg.mta_sts.ca_file = str(ca.ca_file)
+
+        hosts.add("a.test", A, {"alice": "alice-pw-1"}, configure=a_config)
+        enqueue(hosts)
+        assert "does not match the MTA-STS policy" in deferred_with(hosts, "451 4.7.5")
+        b.config.mta_sts.mx = "mx.b.test"  # the operator fixes the policy and publishes the new id
+        publish()
+        hosts.wait_messages("bob@b.test")
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        hosts.stop()
