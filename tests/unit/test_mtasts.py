@@ -93,6 +93,7 @@ def test_dane_matching(tmp_path: Path) -> None:
     assert "expired" in dane.verify(old_chain, [ta], ["mx.b.test"])
     assert dane.verify(old_chain, [dane.TLSA(3, 1, 1, hashlib.sha256(_spki(old)).digest())], ["x"]) is None
     assert dane.verify([], [ee], ["x"]) == "the server sent no certificate"
+    assert "cannot be read" in dane.verify([b"\x30\x03junk"], [ee], ["x"])
 
 
 # --- TLS-RPT -----------------------------------------------------------------------

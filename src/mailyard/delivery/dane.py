@@ -155,6 +155,14 @@ def verify(chain: Sequence[bytes], records: Sequence[TLSA], names: Sequence[str]
            now: datetime.datetime | None = None) -> str | None:
     """None when the peer's ``chain`` (leaf first, DER) is authenticated by
     one of ``records`` (module docstring), else the reason it is not."""
+    try:
+        return _verify(chain, records, names, now)
+    except ValueError as exc:  # a certificate the peer sent does not parse
+        return f"the server's certificate cannot be read: {exc}"
+
+
+def _verify(chain: Sequence[bytes], records: Sequence[TLSA], names: Sequence[str],
+            now: datetime.datetime | None) -> str | None:
     if not chain:
         return "the server sent no certificate"
     if not records:
