@@ -275,7 +275,7 @@ class PolicyResolver:
                     last = FetchError(f"certificate of {name} not valid: {exc}", "sts-webpki-invalid")
                 else:
                     last = FetchError(f"cannot connect to {name}: {exc}")
-            except (httpx.HTTPError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the domain has no policy from here
                 last = FetchError(f"fetching the policy of {domain} failed: {exc.__class__.__name__} {exc}")
         assert last is not None
         raise last if isinstance(last, FetchError) else FetchError(str(last))
