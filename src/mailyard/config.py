@@ -214,6 +214,41 @@ class DeliveryConfig:
     # Client timeouts (RFC 5321 4.5.3.2): connect, and a cap on every reply wait.
     connect_timeout: float = 30.0
     reply_timeout_cap: float = 600.0
+    # DANE (RFC 7672): look up TLSA records of MX hosts and require TLS
+    # authenticated by them. Only with a DNSSEC-validating resolver in
+    # `nameservers` (e.g. unbound on 127.0.0.1): its AD bit is trusted.
+    dnssec: bool = False
+    # SMTP TLS Reporting (RFC 8460): record outgoing TLS results per policy
+    # domain and mail the daily report to the domain's _smtp._tls rua.
+    tls_reports: bool = True
+
+
+@dataclass
+class MTASTSConfig:
+    """MTA-STS (RFC 8461): the policy served for the local domains, and the
+    honouring of other domains' policies on outgoing mail."""
+
+    # The mode of the policy served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt
+    # for every local domain: "testing" (senders report failures but deliver),
+    # "enforce" (senders refuse MX hosts or certificates that do not match),
+    # "none" (the policy is withdrawn).
+    mode: str = "testing"
+    # Seconds senders may cache the served policy (RFC 8461 3.2: at most a year).
+    max_age: int = 604800
+    # The served policy's mx patterns, comma-separated ("mx1.example.org,
+    # *.mail.example.org"); empty: [server] hostname.
+    mx: str = ""
+    # Honour other domains' policies on outgoing mail.
+    outbound: bool = True
+    # Port policy hosts are fetched from (RFC 8461 3.3: 443; tests use another).
+    https_port: int = 443
+    # PEM file of CA certificates that policy hosts, and the MX hosts of an
+    # enforced policy, are checked against (relative to the data directory);
+    # empty: the system's CAs.
+    ca_file: str = ""
+    # Limits of one policy fetch: seconds, and bytes of policy.
+    fetch_timeout: float = 60.0
+    max_policy_size: int = 65536
 
 
 @dataclass
@@ -256,6 +291,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     authentication: AuthenticationConfig = field(default_factory=AuthenticationConfig)
+    mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
 
     @classmethod
     def load(cls, path: Path | None) -> Config:
@@ -294,6 +330,8 @@ class Config:
                 setattr(target, key, _coerce(section, key, getattr(target, key), value, source))
         if self.authentication.dmarc_policy not in ("enforce", "record"):
             raise ConfigError(f"{source}: 'authentication.dmarc_policy' must be \"enforce\" or \"record\"")
+        if self.mta_sts.max_age > 31557600:  # RFC 8461 3.2
+            raise ConfigError(f"{source}: 'mta_sts.max_age' must be at most 31557600 (one year)")
 
     def to_toml(self) -> str:
         """The configuration as TOML (used by `init` and `config defaults`)."""
@@ -321,9 +359,10 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("delivery", "relay_tls"): TLS_MODES,
     # RFC 7435 opportunistic STARTTLS to MX hosts, required, or never tried.
     ("delivery", "starttls"): ("opportunistic", "require", "never"),
+    ("mta_sts", "mode"): ("testing", "enforce", "none"),
 }
 # TCP port numbers (0 disables a listener).
-PORT_KEYS = {("delivery", "smtp_port"), ("delivery", "relay_port")}
+PORT_KEYS = {("delivery", "smtp_port"), ("delivery", "relay_port"), ("mta_sts", "https_port")}
 # Sizes and counts that must be at least 1: 0 would refuse everything.
 POSITIVE_KEYS = {
     ("smtp", "max_message_size"), ("smtp", "max_recipients"), ("smtp", "max_command_line"),
@@ -335,6 +374,7 @@ POSITIVE_KEYS = {
     ("limits", "max_connections_per_ip"),
     ("delivery", "max_connections"), ("delivery", "max_connections_per_domain"),
     ("delivery", "max_messages_per_connection"), ("delivery", "retry_factor"),
+    ("mta_sts", "max_policy_size"),
 }
 
 

@@ -24,8 +24,13 @@ from .auth.service import SECRET_FILE, LoginService
 from .auth.throttle import LoginThrottle
 from .auth.throttle_shared import SharedThrottle
 from .config import Config, ConfigError
+from .delivery.dane import DANE
+from .delivery.mtasts import PolicyResolver
+from .delivery.mx import MXResolver, make_resolver
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
+from .delivery.tlspolicy import TransportSecurity
+from .delivery.tlsrpt import TLSReports
 from .mailauth.dnscache import Resolver
 from .mailauth.inbound import InboundChecker
 from .mailauth.signer import Signer
@@ -244,7 +249,8 @@ class MailServer:
             login=LoginService(store, self._throttle, self.data_dir / SECRET_FILE),
             spool=spool,
             queue=OutboundQueue(store, router, cfg.delivery, cfg.server.hostname, client_tls=client_context,
-                                relay_ca_file=self._relay_ca_file(), signer=signer),
+                                relay_ca_file=self._relay_ca_file(), signer=signer,
+                                security=self._transport_security()),
             tls=self.tls,
             smtp_engine=engine_config(cfg),
             submission_engine=submission_engine_config(cfg),
@@ -344,6 +350,32 @@ class MailServer:
                 raise ConfigError("[tls] needs both cert and key (or neither)")
             return self.data_dir / cfg.cert, self.data_dir / cfg.key
         return self.data_dir / "tls" / "cert.pem", self.data_dir / "tls" / "key.pem"
+
+    def _transport_security(self) -> TransportSecurity | None:
+        """DANE, MTA-STS and TLS-RPT for MX delivery (delivery/tlspolicy.py);
+        None with a smarthost (the relay's own TLS settings apply)."""
+        cfg = self.config
+        d, sts_cfg = cfg.delivery, cfg.mta_sts
+        if d.relay_host or not (sts_cfg.outbound or d.dnssec or d.tls_reports):
+            return None
+        cafile = None
+        if sts_cfg.ca_file:
+            path = self.data_dir / sts_cfg.ca_file
+            try:
+                client_context(True, cafile=path)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"mta_sts.ca_file: cannot load {path}: {exc}") from exc
+            cafile = str(path)
+        sts = None
+        if sts_cfg.outbound:
+            mx = MXResolver(make_resolver(d.nameservers, d.dns_timeout))
+            sts = PolicyResolver(mx.resolver, mx.addresses, cache_dir=self.data_dir / "mta-sts",
+                                 https_port=sts_cfg.https_port, cafile=cafile, timeout=sts_cfg.fetch_timeout,
+                                 max_size=sts_cfg.max_policy_size)
+        dane = DANE(make_resolver(d.nameservers, d.dns_timeout)) if d.dnssec else None
+        reports = TLSReports(self.data_dir / "tlsrpt") if d.tls_reports else None
+        return TransportSecurity(sts=sts, dane=dane, reports=reports, cafile=cafile, starttls=d.starttls,
+                                 port=d.smtp_port)
 
     def _relay_ca_file(self) -> str | None:
         """delivery.relay_ca_file as an absolute path, checked to load now

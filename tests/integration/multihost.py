@@ -54,6 +54,10 @@ class DNSServer:
     def __init__(self, host: str = DNS_HOST) -> None:
         self.records: dict[tuple[str, str], list[str]] = {}
         self.servfail: set[str] = set()
+        # AD ("authentic data", RFC 4035 3.2.3) in every answer: the server
+        # then plays a DNSSEC-validating resolver (DANE tests).
+        self.ad = False
+        self.ttl = 60  # of every answer; 0 keeps resolvers from caching (records a test changes)
         self.queries: list[tuple[str, str]] = []
         for _ in range(100):  # one port number free for both UDP and TCP
             self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -89,6 +93,8 @@ class DNSServer:
         query = dns.message.from_wire(wire)
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
+        if self.ad:
+            response.flags |= dns.flags.AD
         for question in query.question:
             name = question.name.to_text().lower()
             rdtype = dns.rdatatype.to_text(question.rdtype)
@@ -98,7 +104,7 @@ class DNSServer:
                 continue
             rdatas = self.records.get((name, rdtype))
             if rdatas:
-                response.answer.append(dns.rrset.from_text_list(question.name, 60, "IN", rdtype, rdatas))
+                response.answer.append(dns.rrset.from_text_list(question.name, self.ttl, "IN", rdtype, rdatas))
             elif not any(key[0] == name for key in self.records):
                 response.set_rcode(dns.rcode.NXDOMAIN)
         return response.to_wire()

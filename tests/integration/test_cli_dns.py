@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mailyard.mailauth import keys
+from mailyard.mailauth import keys, records
 
 from .multihost import DNSServer
 
@@ -48,6 +48,9 @@ def test_init_makes_keys_and_dns_prints_every_record(tmp_path: Path) -> None:
     r = run(data, "domain", "add", "b.test")
     assert r.returncode == 0 and keys.active_generation(data, "b.test") is not None
     out = run(data, "dns", "a.test").stdout.splitlines()
+    # the policy the web server serves for mta-sts.a.test (web/wellknown.py), whose digest is the TXT id
+    policy = "version: STSv1\r\nmode: testing\r\nmx: mail.a.test\r\nmax_age: 604800\r\n"
+    assert records.served_policy("testing", "", 604800, "mail.a.test") == policy
     loaded = keys.load(data, "a.test")
     assert loaded is not None
     rsa_rec, ed_rec = keys.records(loaded)
@@ -64,6 +67,12 @@ def test_init_makes_keys_and_dns_prints_every_record(tmp_path: Path) -> None:
         "_imaps._tcp.a.test. 3600 IN SRV 0 1 2993 mail.a.test.",
         "_pop3._tcp.a.test. 3600 IN SRV 0 1 2110 mail.a.test.",
         "_pop3s._tcp.a.test. 3600 IN SRV 0 1 2995 mail.a.test.",
+        f'_mta-sts.a.test. 3600 IN TXT "v=STSv1; id={records.policy_id(policy)}"',
+        "mta-sts.a.test. 3600 IN CNAME mail.a.test.",
+        '_smtp._tls.a.test. 3600 IN TXT "v=TLSRPTv1; rua=mailto:postmaster@a.test"',
+        "autoconfig.a.test. 3600 IN CNAME mail.a.test.",
+        "autodiscover.a.test. 3600 IN CNAME mail.a.test.",
+        "_autodiscover._tcp.a.test. 3600 IN SRV 0 1 443 mail.a.test.",
     ]
     # RFC 1035 3.3.14: a TXT string holds at most 255 octets; the RSA key takes two
     assert [len(p) for p in re.findall(r'"([^"]*)"', keys.txt_zone_value(rsa_rec.text))] == [

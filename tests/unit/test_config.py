@@ -59,6 +59,7 @@ ENUMERATED = [
     ("delivery", "relay_tls", "implicit", "ssl", ["starttls", "implicit", "opportunistic", "none"]),
     ("delivery", "relay_tls", "none", "tls", ["starttls", "implicit", "opportunistic", "none"]),
     ("delivery", "starttls", "require", "always", ["opportunistic", "require", "never"]),
+    ("mta_sts", "mode", "enforce", "strict", ["testing", "enforce", "none"]),
 ]
 
 

@@ -61,8 +61,12 @@ from ..store.api import (
     Store,
 )
 from .bounce import ReportedRecipient, build_dsn, should_report, status_of, wants_report
+from .dane import DANETempError, peer_chain
+from .dane import verify as dane_verify
 from .mx import MXResolver, NullMX, PermanentDNSError, TemporaryDNSError, make_resolver
 from .router import Router, Verdict
+from .tlspolicy import TLSPlan, TransportSecurity
+from .tlsrpt import build_reports, classify_tls_error, mailto_addresses, parse_rua, report_message
 
 if TYPE_CHECKING:
     from ..config import DeliveryConfig
@@ -133,18 +137,28 @@ class _Unreachable(Exception):
         self.host = host
 
 
+# Checks the peer of a new TLS session (DANE, delivery/dane.py): the SSL
+# object -> None when it is accepted, else why not.
+PeerCheck = Callable[[Any], str | None]
+
+
 class ClientConnection:
-    """asyncio I/O for one SMTPClientEngine."""
+    """asyncio I/O for one SMTPClientEngine. ``check_peer`` (when given)
+    judges the peer once TLS is up; a refusal ends the session before any
+    mail is sent. ``tls_failure`` then holds the RFC 8460 result type."""
 
     def __init__(self, engine: SMTPClientEngine, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, cap: float, tls_context: ssl.SSLContext, server_name: str) -> None:
+                 writer: asyncio.StreamWriter, cap: float, tls_context: ssl.SSLContext, server_name: str,
+                 check_peer: PeerCheck | None = None) -> None:
         self.engine = engine
         self.reader = reader
         self.writer = writer
         self.cap = cap
         self.tls_context = tls_context
         self.server_name = server_name
+        self.check_peer = check_peer
         self.ready: SessionReady | None = None
+        self.tls_failure: str | None = None
 
     async def _event(self) -> Any:
         engine = self.engine
@@ -157,7 +171,14 @@ class ClientConnection:
                         await self.writer.start_tls(self.tls_context, server_hostname=self.server_name)
                     except (OSError, ssl.SSLError) as exc:
                         log.info("STARTTLS with %s failed: %s", self.server_name, exc)
+                        self.tls_failure = classify_tls_error(exc)
                         raise _Unreachable(Reply(421, "4.7.0", f"TLS handshake failed: {exc}")) from None
+                    if self.check_peer is not None:
+                        problem = self.check_peer(self.writer.get_extra_info("ssl_object"))
+                        if problem is not None:
+                            log.info("TLS peer %s refused: %s", self.server_name, problem)
+                            self.tls_failure = "validation-failure"
+                            raise _Unreachable(Reply(421, "4.7.5", f"DANE: {problem}"))
                     engine.tls_started()
                     continue
                 return ev
@@ -210,7 +231,8 @@ class ClientConnection:
 
     async def close(self) -> None:
         try:
-            if not self.engine.closed:
+            # After a failed or refused TLS handshake there is no session to QUIT.
+            if not self.engine.closed and self.tls_failure is None:
                 self.engine.quit()
                 await self._flush()
                 with contextlib.suppress(TimeoutError, OSError, ssl.SSLError):
@@ -236,7 +258,7 @@ class OutboundQueue:
 
     def __init__(self, store: Store, router: Router, cfg: DeliveryConfig, hostname: str,
                  client_tls: ClientTLS, relay_ca_file: str | None = None,
-                 signer: MessageSigner | None = None) -> None:
+                 signer: MessageSigner | None = None, security: TransportSecurity | None = None) -> None:
         if cfg.relay_tls not in RELAY_STARTTLS:
             # Config.load refuses it; this guards configurations built in code.
             raise ValueError(f"delivery.relay_tls {cfg.relay_tls!r} is not one of {', '.join(RELAY_STARTTLS)}")
@@ -248,6 +270,9 @@ class OutboundQueue:
         self.client_tls = client_tls
         self.relay_ca_file = relay_ca_file
         self.mx = MXResolver(make_resolver(self.cfg.nameservers, self.cfg.dns_timeout))
+        # DANE, MTA-STS and TLS-RPT of MX delivery (delivery/tlspolicy.py); None: opportunistic TLS only.
+        self.security = security
+        self._reports_checked = 0.0
         self._wake = asyncio.Event()
         # Where new entries are announced when the runner is in another
         # process (``[server] workers``: worker 0 runs it); None: here.
@@ -355,6 +380,7 @@ class OutboundQueue:
             self._wake.clear()
             try:
                 await self._dispatch()
+                await self._tls_reports_due()
                 nxt = await self.store.queue_next_due()
             except asyncio.CancelledError:
                 raise
@@ -413,11 +439,20 @@ class OutboundQueue:
         hosts = await self.mx.resolve(dest)
         return [Target(h.name, a, cfg.smtp_port) for h in hosts for a in h.addresses]
 
-    async def _connect(self, target: Target) -> ClientConnection:
+    async def _connect(self, target: Target, plan: TLSPlan | None = None) -> ClientConnection:
         cfg = self.cfg
         relay = bool(cfg.relay_host)
         implicit = relay and cfg.relay_tls == "implicit"
-        if relay:
+        check_peer = None
+        if plan is not None and not relay:
+            # An MX host under a DANE or MTA-STS policy (delivery/tlspolicy.py).
+            verify_ctx = self.client_tls(plan.verify, cafile=plan.cafile) if plan.verify else self.client_tls(False)
+            policy = plan.starttls
+            auth = None
+            if plan.dane:
+                tlsa, names = plan.tlsa, [target.host]
+                check_peer = lambda ssl_object: dane_verify(peer_chain(ssl_object), tlsa, names)  # noqa: E731
+        elif relay:
             if self.relay_ca_file and cfg.relay_verify:
                 verify_ctx = self.client_tls(True, cafile=self.relay_ca_file)
             else:
@@ -437,7 +472,7 @@ class OutboundQueue:
             )
         engine = SMTPClientEngine(self.hostname, starttls=policy, auth=auth, tls_active=implicit)
         self.stats["connections"] += 1
-        return ClientConnection(engine, reader, writer, cfg.reply_timeout_cap, verify_ctx, target.host)
+        return ClientConnection(engine, reader, writer, cfg.reply_timeout_cap, verify_ctx, target.host, check_peer)
 
     async def _worker(self, dest: str) -> None:
         jobs = self._pending[dest]
@@ -469,11 +504,30 @@ class OutboundQueue:
             return
         last: _Unreachable | None = None
         permanent = True  # every host refused with 5xx: a permanent failure
+        security = self.security if dest != RELAY_KEY else None
+        sts = await security.destination(dest) if security is not None else None
         for target in targets:
             if not jobs:
                 return
+            plan: TLSPlan | None = None
+            if security is not None and sts is not None:
+                try:
+                    plan = await security.plan(dest, sts, target.host)
+                except DANETempError as exc:
+                    last = _Unreachable(Reply(451, "4.7.5", str(exc)), target.host)
+                    permanent = False
+                    continue
+                if plan.refuse is not None:
+                    # RFC 8461 5.1: not this host; the mail waits for one that matches.
+                    logs.event(log, logging.INFO, "mx_refused", relay=f"{target.host}[{target.address}]",
+                               reason=plan.refuse)
+                    security.record(plan.report, success=False, result_type="validation-failure",
+                                    receiving_mx=target.host, receiving_ip=target.address, reason=plan.refuse)
+                    last = _Unreachable(Reply(451, "4.7.5", plan.refuse), target.host)
+                    permanent = False
+                    continue
             try:
-                conn = await self._connect(target)
+                conn, ready = await self._open(target, plan)
             except (OSError, TimeoutError) as exc:
                 logs.event(log, logging.INFO, "connect_failed", relay=f"{target.host}[{target.address}]:{target.port}",
                            reason=str(exc))
@@ -482,10 +536,6 @@ class OutboundQueue:
                 permanent = False
                 continue
             try:
-                try:
-                    ready = await conn.open()
-                except _Unreachable as exc:
-                    ready = SessionFailed("starttls", exc.reply)
                 if isinstance(ready, SessionFailed):
                     logs.event(log, logging.INFO, "session_refused", relay=f"{target.host}[{target.address}]",
                                stage=ready.stage, reply=reply_text(ready.reply))
@@ -509,6 +559,98 @@ class OutboundQueue:
             if not permanent and reply.code >= 500:
                 reply = Reply(451, "4.4.0", reply_text(reply))
             await self._fail_all(jobs, reply, last.host)
+
+    async def _open(self, target: Target, plan: TLSPlan | None) -> tuple[ClientConnection, SessionReady | SessionFailed]:
+        """Connect and greet under ``plan``, recording the TLS outcome for
+        TLS-RPT. A required TLS that fails is a temporary failure (4.7.5)
+        under an enforced policy; under a testing-mode one the host is
+        tried again as without a policy (RFC 8461 5.2)."""
+        conn = await self._connect(target, plan)
+        ready = await self._greet(conn)
+        security = self.security
+        if plan is None or security is None or plan.report is None:
+            return conn, ready
+        sockname = conn.writer.get_extra_info("sockname")
+        local_ip = sockname[0] if sockname else None
+        if isinstance(ready, SessionReady):
+            security.record(plan.report, success=True)
+            return conn, ready
+        if ready.stage != "starttls" and conn.tls_failure is None:
+            return conn, ready  # refused for other reasons: not a TLS outcome
+        result = conn.tls_failure or "starttls-not-supported"
+        security.record(plan.report, success=False, result_type=result, sending_ip=local_ip,
+                        receiving_mx=target.host, receiving_ip=target.address, reason=reply_text(ready.reply))
+        if plan.enforce:
+            reply = ready.reply
+            if reply.code >= 500:
+                reply = Reply(451, "4.7.5", reply_text(reply))
+            return conn, SessionFailed("starttls", reply)
+        await conn.close()
+        fallback = plan.fallback(self.cfg.starttls)
+        conn = await self._connect(target, fallback)
+        return conn, await self._greet(conn)
+
+    @staticmethod
+    async def _greet(conn: ClientConnection) -> SessionReady | SessionFailed:
+        try:
+            return await conn.open()
+        except _Unreachable as exc:
+            return SessionFailed("starttls", exc.reply)
+        except BaseException:
+            await conn.close()
+            raise
+
+    # --- TLS reports (RFC 8460) ------------------------------------------------------
+    async def _tls_reports_due(self) -> None:
+        """Once a minute: mail the reports of days that have ended."""
+        security = self.security
+        reports = security.reports if security is not None else None
+        if reports is None or time.monotonic() - self._reports_checked < 60:
+            return
+        self._reports_checked = time.monotonic()
+        for day in await asyncio.to_thread(reports.days_due):
+            try:
+                await self.send_tls_reports(day)
+            except TemporaryDNSError as exc:
+                log.info("tlsrpt: reports of %s wait: %s", day, exc)
+                return
+
+    async def send_tls_reports(self, day: str) -> int:
+        """Queue the reports of ``day`` to each policy domain's ``rua``
+        addresses; returns how many messages were queued."""
+        assert self.security is not None and self.security.reports is not None
+        reports = self.security.reports
+        lines = await asyncio.to_thread(reports.lines, day)
+        domains = await self.store.list_domains()
+        submitter = self.hostname
+        own = domains[0] if domains else self.hostname
+        built = build_reports(day, lines, organization=own, contact=f"postmaster@{own}")
+        sent = 0
+        for domain, report in built.items():
+            rua = await self._rua(domain)
+            rcpts = mailto_addresses(rua)
+            if not rcpts:
+                continue
+            body = report_message(report, policy_domain=domain, submitter=submitter,
+                                  sender=f"tlsrpt-noreply@{own}", recipients=rcpts)
+            await self.enqueue(body, "", rcpts)
+            logs.event(log, logging.INFO, "tlsrpt_sent", domain=domain, to=rcpts, day=day)
+            sent += 1
+        await asyncio.to_thread(reports.mark_sent, day)
+        return sent
+
+    async def _rua(self, domain: str) -> list[str]:
+        """The ``rua`` URIs of ``_smtp._tls.DOMAIN`` (RFC 8460 3)."""
+        import dns.exception
+        import dns.resolver
+
+        try:
+            answer = await self.mx.resolver.resolve(f"_smtp._tls.{domain}", "TXT", search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except dns.exception.DNSException as exc:
+            raise TemporaryDNSError(f"TXT _smtp._tls.{domain}: {exc.__class__.__name__}") from exc
+        return parse_rua(b"".join(r.strings).decode("utf-8", "replace") for r in answer)
 
     async def _wait_for_jobs(self, dest: str, jobs: deque[Job]) -> bool:
         """Keep an idle connection open for ``connection_cache_time`` seconds in

@@ -6,12 +6,15 @@ publishes (``mailyard dns DOMAIN`` and ``mailyard dns check DOMAIN``).
 DKIM keys of the active generation (RFC 6376 3.6.2, RFC 8463), DMARC (RFC
 7489 6.1: ``p=quarantine`` with aggregate reports to postmaster), and the
 SRV records by which mail clients find the submission, IMAP and POP3
-services (RFC 6186 3, with the implicit-TLS names of RFC 8314 5.1). ``check``
+services (RFC 6186 3, with the implicit-TLS names of RFC 8314 5.1), the
+MTA-STS TXT record and policy host (RFC 8461 3), the TLS-RPT address (RFC
+8460 3) and the autoconfig / autodiscover host names. ``check``
 compares each with DNS: ``ok``, ``missing`` or ``different``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +60,25 @@ def spf_record(addresses: Sequence[str]) -> str:
     return " ".join(parts + ["-all"])
 
 
+def policy_text(mode: str, mx: list[str], max_age: int) -> str:
+    """A policy file (RFC 8461 3.2), CRLF line ends, as served by the webmail app."""
+    lines = ["version: STSv1", f"mode: {mode}", *[f"mx: {m}" for m in mx], f"max_age: {max_age}"]
+    return "".join(line + "\r\n" for line in lines)
+
+
+def served_policy(mode: str, mx: str, max_age: int, hostname: str) -> str:
+    """The policy this server serves for its domains (``[mta_sts]``: ``mx``
+    comma-separated, empty for ``hostname``)."""
+    patterns = [m.strip() for m in mx.split(",") if m.strip()] or [hostname.rstrip(".")]
+    return policy_text(mode, patterns, max_age)
+
+
+def policy_id(text: str) -> str:
+    """The ``id`` of the ``_mta-sts`` TXT record for policy ``text``: a
+    digest, so it changes whenever the policy does (RFC 8461 3.1)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
 def needed(cfg: Config, domain: str, signing: keys.SigningKeys | None, addresses: Sequence[str] = ()) -> list[Record]:
     domain = domain.lower().rstrip(".")
     host = cfg.server.hostname.rstrip(".")
@@ -74,6 +96,19 @@ def needed(cfg: Config, domain: str, signing: keys.SigningKeys | None, addresses
                           ("imaps", ports.imaps), ("pop3", ports.pop3), ("pop3s", ports.pop3s)):
         if port:
             out.append(Record(f"_{service}._tcp.{domain}", "SRV", f"0 1 {port} {host}."))
+    sts = cfg.mta_sts
+    policy = served_policy(sts.mode, sts.mx, sts.max_age, host)
+    out += [
+        # RFC 8461 3.1 and 3.2: the policy's id, and the web host that serves it
+        Record(f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={policy_id(policy)}", "v=STSv1"),
+        Record(f"mta-sts.{domain}", "CNAME", f"{host}."),
+        # RFC 8460 3: where other servers send their TLS reports
+        Record(f"_smtp._tls.{domain}", "TXT", f"v=TLSRPTv1; rua=mailto:postmaster@{domain}", "v=TLSRPTv1"),
+        # client autoconfiguration: Thunderbird's host and Outlook's (with its SRV record)
+        Record(f"autoconfig.{domain}", "CNAME", f"{host}."),
+        Record(f"autodiscover.{domain}", "CNAME", f"{host}."),
+        Record(f"_autodiscover._tcp.{domain}", "SRV", f"0 1 443 {host}."),
+    ]
     return out
 
 

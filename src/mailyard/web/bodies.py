@@ -57,7 +57,7 @@ def route_limits(max_message_size: int) -> Callable[[str, str], int]:
     def limit_for(method: str, path: str) -> int:
         if method == "POST" and path == "/compose":
             return max_message_size + COMPOSE_OVERHEAD
-        if path in ("/login", "/logout", "/folders"):
+        if path in ("/login", "/logout", "/folders") or path.lower() == "/autodiscover/autodiscover.xml":
             return SMALL_FORM
         return DEFAULT_LIMIT
 
