@@ -1,0 +1,135 @@
+"""Writing an account out: Maildir++ that Dovecot serves as it is, or mboxrd.
+
+Maildir: INBOX at the root, every other folder as ``.Level1.Level2`` (levels
+in IMAP's modified UTF-7, RFC 3501 5.1.3) with a ``maildirfolder`` file;
+each message one file in ``cur/`` holding the stored bytes exactly, named
+``<time>.M<uid>P<pid>.mailyard,S=<size>:2,<flags>`` (flags D F R S T in
+ASCII order, keywords as the letters of the folder's ``dovecot-keywords``),
+its modification time the INTERNALDATE. ``dovecot-uidlist`` keeps the UIDs and
+UIDVALIDITY, so clients that cached the folders find the same UIDs.
+
+mbox: one mboxrd file per folder (``DEST/Lists/foo.mbox``), LF line ends,
+a From_ line with the INTERNALDATE (RFC 4155), body lines matching ``>*From ``
+quoted with one more ``>``, flags in ``Status:``/``X-Status:``/``X-Keywords:``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from pathlib import Path
+
+from ..protocols.imap import utf7
+from ..store.api import HIERARCHY_DELIMITER, Account, Mailbox, Store
+from .maildir import LETTER_OF_FLAG
+from .progress import Progress, Summary
+
+READ_CHUNK = 500
+_NEEDS_QUOTE = re.compile(rb"^>*From ", re.MULTILINE)
+
+
+def maildir_path(dest: Path, name: str) -> Path:
+    if name.upper() == "INBOX":
+        return dest
+    levels = [utf7.encode(level).replace(".", "&AC4-") for level in name.split(HIERARCHY_DELIMITER)]
+    return dest / ("." + ".".join(levels))
+
+
+def mbox_path(dest: Path, name: str) -> Path:
+    levels = [level.replace(os.sep, "_") or "_" for level in name.split(HIERARCHY_DELIMITER)]
+    return dest.joinpath(*levels[:-1], levels[-1] + ".mbox")
+
+
+async def _messages(store: Store, box: Mailbox):  # type: ignore[no-untyped-def]
+    infos = await store.list_messages(box)
+    for i in range(0, len(infos), READ_CHUNK):
+        part = infos[i:i + READ_CHUNK]
+        by_uid = {m.uid: m for m in part}
+        for uid, data in await store.read_messages(box, [m.uid for m in part]):
+            yield by_uid[uid], data
+
+
+async def export_maildir(store: Store, account: Account, dest: Path, summary: Summary,
+                         progress: Progress | None = None) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "mailyard"
+    pid = os.getpid()
+    for box in await store.list_mailboxes(account.id):
+        folder = maildir_path(dest, box.name)
+        for sub in ("cur", "new", "tmp"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        if folder != dest:
+            (folder / "maildirfolder").touch()
+        letters: dict[str, str] = {}
+        uidlist: list[str] = []
+        async for info, data in _messages(store, box):
+            flag_letters = sorted(LETTER_OF_FLAG[f] for f in info.flags if f in LETTER_OF_FLAG)
+            for kw in sorted(f for f in info.flags if not f.startswith("\\")):
+                if kw not in letters:
+                    if len(letters) == 26:
+                        summary.warn(f"{box.name}: UID {info.uid}: keyword {kw!r} left out "
+                                     "(a Maildir folder holds 26 keywords)")
+                        continue
+                    letters[kw] = chr(ord("a") + len(letters))
+                flag_letters.append(letters[kw])
+            base = f"{int(info.internal_date)}.M{info.uid}P{pid}.{host},S={len(data)}"
+            name = f"{base}:2,{''.join(sorted(flag_letters))}"
+            tmp = folder / "tmp" / base
+            tmp.write_bytes(data)
+            os.utime(tmp, (info.internal_date, info.internal_date))
+            tmp.replace(folder / "cur" / name)
+            uidlist.append(f"{info.uid} :{base}")
+            summary.imported += 1
+            summary.octets += len(data)
+            if progress:
+                progress.advance(1, len(data))
+        if letters:
+            (folder / "dovecot-keywords").write_text(
+                "".join(f"{ord(letter) - ord('a')} {kw}\n" for kw, letter in letters.items()), encoding="utf-8")
+        # Dovecot's uidlist version 3: header "3 V<uidvalidity> N<uidnext>", then "<uid> :<base name>"
+        (folder / "dovecot-uidlist").write_text(
+            f"3 V{box.uid_validity} N{box.uid_next}\n" + "".join(line + "\n" for line in uidlist), encoding="utf-8")
+    subscribed = [n for n in await store.list_subscriptions(account.id) if n.upper() != "INBOX"]
+    (dest / "subscriptions").write_text("".join(n + "\n" for n in subscribed), encoding="utf-8")
+
+
+def mbox_entry(data: bytes, flags: frozenset[str], internal_date: float) -> bytes:
+    """One mboxrd entry: From_ line, flags as Status fields, quoted body, empty line."""
+    lf = data.replace(b"\r\n", b"\n")
+    head, sep, body = lf.partition(b"\n\n")
+    if not sep:
+        head, body = lf.rstrip(b"\n"), b""
+    status = b"R" if "\\Seen" in flags else b""
+    xstatus = b"".join(letter for flag, letter in (("\\Answered", b"A"), ("\\Flagged", b"F"),
+                                                   ("\\Draft", b"T"), ("\\Deleted", b"D")) if flag in flags)
+    keywords = b" ".join(sorted(f.encode() for f in flags if not f.startswith("\\")))
+    meta = b"Status: " + status + b"O\n"
+    if xstatus:
+        meta += b"X-Status: " + xstatus + b"\n"
+    if keywords:
+        meta += b"X-Keywords: " + keywords + b"\n"
+    text = head + b"\n" + meta + b"\n" + body
+    text = _NEEDS_QUOTE.sub(lambda m: b">" + m.group(0), text)
+    if not text.endswith(b"\n"):
+        text += b"\n"
+    when = time.asctime(time.gmtime(internal_date)).encode()
+    return b"From MAILER-DAEMON " + when + b"\n" + text + b"\n"
+
+
+async def export_mbox(store: Store, account: Account, dest: Path, summary: Summary,
+                      progress: Progress | None = None) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for box in await store.list_mailboxes(account.id):
+        path = mbox_path(dest, box.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as f:
+            async for info, data in _messages(store, box):
+                f.write(mbox_entry(data, info.flags, info.internal_date))
+                summary.imported += 1
+                summary.octets += len(data)
+                if progress:
+                    progress.advance(1, len(data))
+        tmp.replace(path)
