@@ -6,6 +6,7 @@ an interrupted batch."""
 from __future__ import annotations
 
 import asyncio
+import imaplib
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from mailyard.store.api import AppendItem
 from mailyard.transfer.importer import Importer, Incoming, digest
 from mailyard.transfer.progress import Summary
 from mailyard.transfer.state import ImportState
+from tests.conftest import USERS, RunningServer
 from tests.unit.test_transfer_mbox import LF_MBOX
 
 A = "alice@example.test"
@@ -181,3 +183,20 @@ def test_an_interrupted_batch_is_settled_not_duplicated(tmp_path: Path) -> None:
 
     asyncio.run(crash())
     assert [row[1] for row in _folders(data)["INBOX"]] == [m.data for m in written + lost]
+
+
+def test_import_into_a_running_server(tmp_path: Path, mailserver: RunningServer) -> None:
+    """The import writes through the store while ``serve`` runs (the store
+    serialises writers of several processes): a session that selects INBOX
+    afterwards reads the new messages, exact bytes and flags."""
+    (tmp_path / "lf.mbox").write_bytes(LF_MBOX)
+    r = mailyard(mailserver.data_dir, "import", "mbox", str(tmp_path / "lf.mbox"), "--to", A)
+    assert r.returncode == 0 and "imported 2 messages" in r.stdout, r.stderr
+    c = imaplib.IMAP4(mailserver.host, mailserver.port("imap"), timeout=10)
+    c.login(A, USERS[A])
+    assert c.select("INBOX") == ("OK", [b"2"])
+    typ, data = c.fetch("1:2", "(FLAGS BODY.PEEK[])")
+    assert b"\\Answered \\Flagged \\Seen \\Draft" in data[0][0] and b"$Label1 work" in data[0][0]
+    assert data[2][1] == (b"From: bob@example.test\r\nSubject: two\r\n\r\nbody two\r\n"
+                          b"From a line after a non-empty line is body\r\n")
+    c.logout()
