@@ -200,3 +200,34 @@ def test_import_into_a_running_server(tmp_path: Path, mailserver: RunningServer)
     assert data[2][1] == (b"From: bob@example.test\r\nSubject: two\r\n\r\nbody two\r\n"
                           b"From a line after a non-empty line is body\r\n")
     c.logout()
+
+
+def test_imap_import_over_starttls_from_another_mailyard(tmp_path: Path, mailserver: RunningServer) -> None:
+    """The IMAP source over STARTTLS (RFC 9051 6.2.1), here mailyard itself:
+    folders with hierarchy, flags, keywords and INTERNALDATE come over; the
+    source is only EXAMINEd, so its \\\\Seen flags and \\\\Recent stay as they were."""
+    c = imaplib.IMAP4(mailserver.host, mailserver.port("imap"), timeout=10)
+    c.login(A, USERS[A])
+    assert c.create("Projects/2024")[0] == "OK"
+    appended = [("INBOX", b"Subject: a\r\n\r\nfirst\r\n", "(\\Seen)", 1_700_000_000),
+                ("Projects/2024", b"Subject: b\r\n\r\nsecond\r\n", "(\\Flagged todo)", 1_700_000_100),
+                ("Sent", b"Subject: c\r\n\r\nthird\r\n", "()", 1_700_000_200)]
+    for folder, data, flags, when in appended:
+        assert c.append(folder, flags, imaplib.Time2Internaldate(when), data)[0] == "OK"
+    c.logout()
+    data = new_data_dir(tmp_path, A)
+    r = mailyard(data, "import", "imap", "--host", mailserver.host, "--port", str(mailserver.port("imap")),
+                 "--starttls", "--insecure", "--user", A, "--password-stdin", "--to", A,
+                 stdin=USERS[A] + "\n")
+    assert r.returncode == 0, r.stderr
+    assert "imported 3 messages" in r.stdout
+    got = _folders(data)
+    assert [row[1:] for row in got["INBOX"]] == [(appended[0][1], frozenset({"\\Seen"}), 1_700_000_000.0)]
+    assert [row[1:] for row in got["Projects/2024"]] == [
+        (appended[1][1], frozenset({"\\Flagged", "todo"}), 1_700_000_100.0)]
+    assert [row[1:] for row in got["Sent"]] == [(appended[2][1], frozenset(), 1_700_000_200.0)]
+    assert "Projects" in got
+    # without --insecure the self-signed certificate is refused, clearly
+    r = mailyard(data, "import", "imap", "--host", mailserver.host, "--port", str(mailserver.port("imap")),
+                 "--starttls", "--user", A, "--password-stdin", "--to", A, stdin=USERS[A] + "\n")
+    assert r.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr
