@@ -131,3 +131,23 @@ def test_progress_plain_lines_off_a_terminal() -> None:
     s.skip("not a message", 2)
     assert s.lines()[0].startswith("imported 3 messages, 0.0 MB in ")
     assert s.lines()[1:] == ["skipped 2: not a message"]
+
+
+def test_fetch_runs_are_bounded_by_count_and_octets() -> None:
+    from mailyard.transfer.imapsource import chunks
+
+    sized = [(1, 10), (2, 10), (3, 10), (5, 100), (6, 1), (7, 1), (8, 1)]
+    assert chunks(sized, messages=3, octets=50) == [[1, 2, 3], [5], [6, 7, 8]]
+    assert chunks(sized, messages=2, octets=1000) == [[1, 2], [3, 5], [6, 7], [8]]
+    assert chunks([], 3, 50) == []
+
+
+def test_export_paths_stay_inside_dest() -> None:
+    from mailyard.transfer.export import maildir_path, mbox_path
+
+    dest = Path("/x")
+    assert mbox_path(dest, "Lists/foo") == Path("/x/Lists/foo.mbox")
+    assert mbox_path(dest, "../../etc/..") == Path("/x/_../_../etc/_...mbox")
+    assert maildir_path(dest, "INBOX") == dest
+    assert maildir_path(dest, "Lists/foo.bar") == Path("/x/.Lists.foo&AC4-bar")
+    assert maildir_path(dest, "Café") == Path("/x/.Caf&AOk-")

@@ -38,7 +38,9 @@ def maildir_path(dest: Path, name: str) -> Path:
 
 
 def mbox_path(dest: Path, name: str) -> Path:
-    levels = [level.replace(os.sep, "_") or "_" for level in name.split(HIERARCHY_DELIMITER)]
+    # no level may climb out of DEST: "." and ".." (and empty levels) become "_."/"_.."/"_"
+    levels = ["_" + level if level in ("", ".", "..") else level.replace(os.sep, "_")
+              for level in name.split(HIERARCHY_DELIMITER)]
     return dest.joinpath(*levels[:-1], levels[-1] + ".mbox")
 
 

@@ -23,6 +23,7 @@ from .importer import Incoming
 _LIST = re.compile(rb'^\((?P<attrs>[^)]*)\) (?P<delim>"(?:\\.|[^"\\])*"|NIL) ?(?P<name>.*)$', re.IGNORECASE)
 _UID = re.compile(rb"\bUID (\d+)", re.IGNORECASE)
 _FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)", re.IGNORECASE)
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)", re.IGNORECASE)
 _DATE = re.compile(rb'\bINTERNALDATE "([^"]+)"', re.IGNORECASE)
 
 
@@ -107,19 +108,44 @@ def _quote(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def examine(conn: imaplib.IMAP4, folder: str) -> tuple[int, list[int]]:
-    """UIDVALIDITY and the UIDs of a folder, opened read-only."""
+def examine(conn: imaplib.IMAP4, folder: str) -> tuple[int, list[tuple[int, int]]]:
+    """UIDVALIDITY and the (UID, RFC822.SIZE) of every message of a folder,
+    opened read-only (EXAMINE, RFC 9051 6.3.3), in UID order."""
     typ, data = conn.select(_quote(folder), readonly=True)
     if typ != "OK":
         raise SourceError(f"EXAMINE {folder}: {data!r}")
     _, validity = conn.response("UIDVALIDITY")
     if not validity or validity[0] is None:
         raise SourceError(f"EXAMINE {folder}: no UIDVALIDITY")
-    typ, data = conn.uid("SEARCH", "ALL")
+    if data and data[0] == b"0":
+        return int(validity[0]), []
+    typ, data = conn.uid("FETCH", "1:*", "(UID RFC822.SIZE)")
     if typ != "OK":
-        raise SourceError(f"UID SEARCH {folder}: {data!r}")
-    uids = sorted(int(x) for x in b" ".join(d for d in data if d).split())
-    return int(validity[0]), uids
+        raise SourceError(f"UID FETCH {folder}: {data!r}")
+    out = []
+    for item in data:
+        if isinstance(item, bytes):
+            uid, size = _UID.search(item), _SIZE.search(item)
+            if uid and size:
+                out.append((int(uid[1]), int(size[1])))
+    return int(validity[0]), sorted(set(out))
+
+
+def chunks(sized: list[tuple[int, int]], messages: int, octets: int) -> list[list[int]]:
+    """UIDs in runs of at most ``messages`` messages and (but for a single
+    larger message) ``octets`` octets, so one FETCH holds a bounded amount."""
+    out: list[list[int]] = []
+    run: list[int] = []
+    total = 0
+    for uid, size in sized:
+        if run and (len(run) >= messages or total + size > octets):
+            out.append(run)
+            run, total = [], 0
+        run.append(uid)
+        total += size
+    if run:
+        out.append(run)
+    return out
 
 
 def _internal_date(text: bytes) -> float | None:

@@ -15,6 +15,7 @@ from .progress import Progress, Summary
 from .state import ImportState
 
 FILE_BATCH = 200  # messages read ahead before they are written
+CHUNK_OCTETS = 16 << 20  # one IMAP FETCH asks for at most this much (bar one larger message)
 
 
 def folder_source(folder: str) -> str:
@@ -59,6 +60,8 @@ async def import_maildir(importer: Importer, root: Path) -> None:
     if not found:
         summary.skip("not a Maildir (no cur/ or new/)", detail=str(root))
         return
+    if importer.progress:
+        importer.progress.add_total(sum(maildir.count(f.path) for f in found))
     keys = ContentKeys()
     for f in found:
         folder = target_name(f.parts) if f.parts else "INBOX"
@@ -112,10 +115,15 @@ async def import_imap(importer: Importer, settings: imapsource.SourceSettings,
 
     async def worker(conn: imaplib.IMAP4 | None) -> None:
         try:
+            if conn is None:
+                try:
+                    conn = await asyncio.to_thread(imapsource.connect, settings)
+                except imapsource.SourceError as exc:
+                    # a source that limits connections per user: the others read on
+                    summary.warn(f"an extra connection was refused ({exc}); reading with fewer")
+                    return
             while not queue.empty():
                 f = queue.get_nowait()
-                if conn is None:
-                    conn = await asyncio.to_thread(imapsource.connect, settings)
                 await _one_folder(importer, conn, f, base + f.name, chunk)
         finally:
             if conn is not None:
@@ -148,12 +156,11 @@ async def _one_folder(importer: Importer, conn: imaplib.IMAP4, f: imapsource.Sou
         summary.skip("UIDVALIDITY changed since the last run (folder left out to avoid duplicates)",
                      detail=f"{f.name}: now {validity}")
         return
-    todo = [u for u in uids if f"{validity}:{u}" not in known]
+    todo = [(u, size) for u, size in uids if f"{validity}:{u}" not in known]
     summary.already += len(uids) - len(todo)
     if importer.progress:
         importer.progress.add_total(len(todo))
-    for i in range(0, len(todo), chunk):
-        part = todo[i:i + chunk]
+    for part in imapsource.chunks(todo, chunk, CHUNK_OCTETS):
         try:
             fetched = await asyncio.to_thread(imapsource.fetch, conn, validity, part)
         except (imapsource.SourceError, imaplib.IMAP4.error) as exc:

@@ -122,6 +122,17 @@ def flags_of_name(name: str, keywords: dict[str, str]) -> tuple[frozenset[str], 
     return frozenset(flags), unknown
 
 
+def count(folder: Path) -> int:
+    """How many files a folder's ``cur/`` and ``new/`` hold (for the progress total)."""
+    n = 0
+    for sub in ("cur", "new"):
+        try:
+            n += sum(1 for e in os.scandir(folder / sub) if not e.name.startswith("."))
+        except OSError:
+            continue
+    return n
+
+
 def messages(folder: Path) -> Iterator[MaildirMessage]:
     """The messages of one Maildir folder, oldest first."""
     keywords = keywords_file(folder)
