@@ -231,3 +231,30 @@ def test_imap_import_over_starttls_from_another_mailyard(tmp_path: Path, mailser
     r = mailyard(data, "import", "imap", "--host", mailserver.host, "--port", str(mailserver.port("imap")),
                  "--starttls", "--user", A, "--password-stdin", "--to", A, stdin=USERS[A] + "\n")
     assert r.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr
+
+
+def test_maildir_export_keeps_odd_folder_names(tmp_path: Path) -> None:
+    """A "." inside a folder name (listescape's backslash-2e in Maildir++) and
+    non-ASCII names (modified UTF-7) survive export and import."""
+    data = new_data_dir(tmp_path, A, "b@example.test")
+
+    async def seed() -> None:
+        store = open_store(data, background=False)
+        try:
+            account = await store.get_account(A)
+            assert account is not None
+            for name in ("Releases", "Releases/v1.2", "Grüße"):
+                box = await store.create_mailbox(account.id, name)
+                await store.append(box, f"Subject: {name}\r\n\r\nx\r\n".encode(), ["\\Seen"], 1_700_000_000)
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    assert mailyard(data, "export", A, str(tmp_path / "x")).returncode == 0
+    assert (tmp_path / "x" / ".Releases.v1\\2e2" / "maildirfolder").exists()
+    r = mailyard(data, "import", "maildir", str(tmp_path / "x"), "--to", "b@example.test")
+    assert r.returncode == 0 and "imported 3 messages" in r.stdout, r.stderr
+    got = _folders(data, "b@example.test")
+    for name in ("Releases", "Releases/v1.2", "Grüße"):
+        assert [row[1:] for row in got[name]] == [
+            (f"Subject: {name}\r\n\r\nx\r\n".encode(), frozenset({"\\Seen"}), 1_700_000_000.0)]

@@ -149,5 +149,6 @@ def test_export_paths_stay_inside_dest() -> None:
     assert mbox_path(dest, "Lists/foo") == Path("/x/Lists/foo.mbox")
     assert mbox_path(dest, "../../etc/..") == Path("/x/_../_../etc/_...mbox")
     assert maildir_path(dest, "INBOX") == dest
-    assert maildir_path(dest, "Lists/foo.bar") == Path("/x/.Lists.foo&AC4-bar")
+    assert maildir_path(dest, "Lists/foo.bar") == Path("/x/.Lists.foo\\2ebar")
+    assert maildir._decode("foo\\2ebar") == "foo.bar" and maildir._decode("Caf&AOk-") == "Café"
     assert maildir_path(dest, "Café") == Path("/x/.Caf&AOk-")

@@ -33,7 +33,10 @@ _NEEDS_QUOTE = re.compile(rb"^>*From ", re.MULTILINE)
 def maildir_path(dest: Path, name: str) -> Path:
     if name.upper() == "INBOX":
         return dest
-    levels = [utf7.encode(level).replace(".", "&AC4-") for level in name.split(HIERARCHY_DELIMITER)]
+    # A "." inside a level would split it in Maildir++: it is written as Dovecot's
+    # listescape plugin writes it, backslash 2e (a backslash itself: backslash 5c).
+    levels = [utf7.encode(level).replace("\\", "\\5c").replace(".", "\\2e")
+              for level in name.split(HIERARCHY_DELIMITER)]
     return dest / ("." + ".".join(levels))
 
 

@@ -50,7 +50,13 @@ def is_maildir(path: Path) -> bool:
     return (path / "cur").is_dir() or (path / "new").is_dir()
 
 
+_ESCAPE = re.compile(r"\\([0-9a-fA-F]{2})")
+
+
 def _decode(level: str) -> str:
+    """A Maildir++ name level: modified UTF-7, with Dovecot listescape's
+    ``\\2e``-style escapes (a "." or "/" inside a level) undone."""
+    level = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), level)
     try:
         return utf7.decode(level)
     except Exception:  # a name that is not modified UTF-7 is taken as it is
