@@ -133,6 +133,36 @@ def mailyard(data: Path, *args: str, stdin: str | None = None) -> subprocess.Com
                           input=stdin, capture_output=True, text=True, timeout=1800)
 
 
+def _hwm_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def mailyard_peak(data: Path, *args: str, stdin: str | None = None) -> tuple[int, str, str, int]:
+    """Run a command as ``mailyard`` does; also return its peak RSS in KiB
+    (VmHWM, read until it exits: wait4's ru_maxrss would include the parent's
+    size inherited across fork and exec)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-m", "mailyard", "--data", str(data), *args],
+                                stdin=subprocess.PIPE, stdout=out, stderr=err)
+        assert proc.stdin is not None
+        proc.stdin.write((stdin or "").encode())
+        proc.stdin.close()
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _hwm_kib(proc.pid))
+            time.sleep(0.02)
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, out.read().decode(), err.read().decode(), peak
+
+
 def read_store(data: Path, address: str = USER) -> dict[str, list[tuple[int, bytes, frozenset[str], float]]]:
     """Every folder of an account in the store, as ``read_imap`` gives them."""
     from mailyard.store import open_store
@@ -176,35 +206,41 @@ def run(quick: bool = False) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="mailyard-bench-import-") as tmp:
         root = Path(tmp)
         data = new_data_dir(root, USER, "copy@example.test")
+        peaks: dict[str, int] = {}
         with MaildirDovecot(account=account) as dove:
             read_imap(dove.ports["imap"])  # Dovecot builds its indexes before the clock starts
             progress(f"import imap: {count} messages, {octets / 1e6:.1f} MB, {len(FOLDERS)} folders")
+            imap_args = ("import", "imap", "--host", "127.0.0.1", "--port", str(dove.ports["imap"]),
+                         "--user", USER, "--password-stdin", "--to", USER)
             t0 = time.perf_counter()
-            r = mailyard(data, "import", "imap", "--host", "127.0.0.1", "--port", str(dove.ports["imap"]),
-                         "--user", USER, "--password-stdin", "--to", USER, stdin=PASSWORD + "\n")
+            rc, _out, err, peaks["import imap"] = mailyard_peak(data, *imap_args, stdin=PASSWORD + "\n")
             t_imap = time.perf_counter() - t0
-            assert r.returncode == 0, r.stderr
+            assert rc == 0, err
             t0 = time.perf_counter()
-            r = mailyard(data, "import", "imap", "--host", "127.0.0.1", "--port", str(dove.ports["imap"]),
-                         "--user", USER, "--password-stdin", "--to", USER, stdin=PASSWORD + "\n")
+            rc, _out, err, _peak = mailyard_peak(data, *imap_args, stdin=PASSWORD + "\n")
             t_rerun = time.perf_counter() - t0
+            assert rc == 0, err
         t0 = time.perf_counter()
-        r = mailyard(data, "export", USER, str(root / "export"), "--format", "maildir")
+        rc, _out, err, peaks["export maildir"] = mailyard_peak(data, "export", USER, str(root / "export"))
         t_export = time.perf_counter() - t0
-        assert r.returncode == 0, r.stderr
+        assert rc == 0, err
         t0 = time.perf_counter()
-        r = mailyard(data, "export", USER, str(root / "mbox"), "--format", "mbox")
+        rc, _out, err, peaks["export mbox"] = mailyard_peak(data, "export", USER, str(root / "mbox"),
+                                                            "--format", "mbox")
         t_mbox = time.perf_counter() - t0
-        assert r.returncode == 0, r.stderr
+        assert rc == 0, err
         t0 = time.perf_counter()
-        r = mailyard(data, "import", "maildir", str(root / "export"), "--to", "copy@example.test")
+        rc, _out, err, peaks["import maildir"] = mailyard_peak(data, "import", "maildir", str(root / "export"),
+                                                               "--to", "copy@example.test")
         t_maildir = time.perf_counter() - t0
-        assert r.returncode == 0, r.stderr
+        assert rc == 0, err
     ref = f"{count} msgs, {octets / 1e6:.0f} MB, {len(FOLDERS)} folders, whole command incl. start-up"
     for name, secs in (("import imap (Dovecot, loopback)", t_imap), ("import maildir", t_maildir),
                        ("export maildir", t_export), ("export mbox", t_mbox)):
         results.append(Result("import", f"{name} msg/s", count / secs, "msg/s", ref))
         results.append(Result("import", f"{name} MB/s", octets / 1e6 / secs, "MB/s", ref))
+    for name, kib in peaks.items():
+        results.append(Result("import", f"{name} peak RSS", kib / 1024, "MB", ref))
     results.append(Result("import", "import imap, whole account", t_imap, "s", "issue: well under a minute"))
     results.append(Result("import", "import imap re-run (nothing new)", t_rerun, "s", ref))
     return results

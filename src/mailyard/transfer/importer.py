@@ -25,7 +25,6 @@ from .state import ImportState
 SYSTEM_FLAGS = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})
 # RFC 9051 9: flag-keyword = atom; atom-specials excluded
 _KEYWORD = re.compile(r"^[^\x00-\x20\x7f(){%*\"\\\]]+$")
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 class ImportError_(Exception):
@@ -49,7 +48,9 @@ class Incoming:
 def to_crlf(data: bytes) -> bytes:
     """Lines end in CRLF in the store (RFC 5322 2.1, what IMAP serves); a file
     with bare LF line ends (mbox, Maildir) gets CR added before each LF."""
-    return _BARE_LF.sub(b"\r\n", data) if b"\n" in data else data
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def clean_flags(flags: set[str] | frozenset[str], summary: Summary | None = None) -> frozenset[str]:
@@ -119,8 +120,8 @@ class Importer:
     """Appends ``Incoming`` messages into one account, in batches."""
 
     def __init__(self, store: Store, account: Account, state: ImportState, summary: Summary,
-                 progress: Progress | None = None, batch_messages: int = 200,
-                 batch_octets: int = 8 << 20) -> None:
+                 progress: Progress | None = None, batch_messages: int = 500,
+                 batch_octets: int = 16 << 20) -> None:
         self.store = store
         self.account = account
         self.state = state

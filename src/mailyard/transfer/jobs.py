@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from ..store.api import HIERARCHY_DELIMITER, Store
 from . import imapsource, maildir, mbox
@@ -14,8 +15,46 @@ from .importer import ContentKeys, Importer, Incoming, clean_flags, target_name
 from .progress import Progress, Summary
 from .state import ImportState
 
-FILE_BATCH = 200  # messages read ahead before they are written
+FILE_BATCH = 500  # messages read ahead before they are written ...
+FILE_BATCH_OCTETS = 16 << 20  # ... and at most this many octets of them (bar one larger message)
 CHUNK_OCTETS = 16 << 20  # one IMAP FETCH asks for at most this much (bar one larger message)
+
+
+T = TypeVar("T")
+
+
+async def prefetched(items: Iterator[T], weigh: Callable[[T], int], size: int = FILE_BATCH,
+                     octets: int = FILE_BATCH_OCTETS) -> AsyncIterator[list[T]]:
+    """Lists of at most ``size`` items and ``octets`` (by ``weigh``) of a
+    blocking iterator (file reads), the next one read in a thread while the
+    caller writes the current one: reading overlaps the store's commits and
+    memory stays bounded."""
+
+    def take() -> list[T]:
+        out: list[T] = []
+        total = 0
+        for item in items:
+            out.append(item)
+            total += weigh(item)
+            if len(out) >= size or total >= octets:
+                break
+        return out
+
+    ahead = asyncio.ensure_future(asyncio.to_thread(take))
+    try:
+        while True:
+            batch = await ahead
+            if not batch:
+                return
+            ahead = asyncio.ensure_future(asyncio.to_thread(take))
+            yield batch
+    finally:
+        if not ahead.done():
+            await asyncio.wait([ahead])
+
+
+def _weight(msg: mbox.MboxMessage | maildir.MaildirMessage) -> int:
+    return len(msg.data)
 
 
 def folder_source(folder: str) -> str:
@@ -29,25 +68,22 @@ async def import_mbox(importer: Importer, files: Sequence[Path], folder: str) ->
     source = folder_source(folder)
     summary = importer.summary
     for path in files:
-        pending: list[Incoming] = []
         try:
-            for msg in mbox.read_mbox(path):
-                for w in msg.warnings:
-                    summary.warn(f"{path}: {w}")
-                if msg.not_a_message:
-                    summary.skip("not a message", detail=f"{path}: {msg.not_a_message}")
-                    continue
-                flags = clean_flags(msg.flags, summary)
-                pending.append(Incoming(msg.data, keys.key(folder, msg.data), flags, msg.internal_date))
-                if len(pending) >= FILE_BATCH:
-                    await importer.add(folder, source, pending)
-                    pending = []
+            async for batch in prefetched(mbox.read_mbox(path), _weight):
+                pending: list[Incoming] = []
+                for msg in batch:
+                    for w in msg.warnings:
+                        summary.warn(f"{path}: {w}")
+                    if msg.not_a_message:
+                        summary.skip("not a message", detail=f"{path}: {msg.not_a_message}")
+                        continue
+                    flags = clean_flags(msg.flags, summary)
+                    pending.append(Incoming(msg.data, keys.key(folder, msg.data), flags, msg.internal_date))
+                await importer.add(folder, source, pending)
         except mbox.NotAnMbox as exc:
             summary.skip("not an mbox file", detail=str(exc))
         except OSError as exc:
             summary.skip("file cannot be read", detail=f"{path}: {exc.strerror or exc}")
-        if pending:
-            await importer.add(folder, source, pending)
 
 
 async def import_maildir(importer: Importer, root: Path) -> None:
@@ -66,20 +102,16 @@ async def import_maildir(importer: Importer, root: Path) -> None:
     for f in found:
         folder = target_name(f.parts) if f.parts else "INBOX"
         source = folder_source(folder)
-        pending: list[Incoming] = []
-        for msg in maildir.messages(f.path):
-            if msg.not_a_message:
-                summary.skip("not a message", detail=msg.not_a_message)
-                continue
-            flags = clean_flags(msg.flags, summary)
-            pending.append(Incoming(msg.data, keys.key(folder, msg.data), flags, msg.internal_date))
-            if len(pending) >= FILE_BATCH:
-                await importer.add(folder, source, pending)
-                pending = []
-        if pending:
+        await importer.mailbox(folder)  # an empty folder is still a folder
+        async for batch in prefetched(maildir.messages(f.path), _weight):
+            pending: list[Incoming] = []
+            for msg in batch:
+                if msg.not_a_message:
+                    summary.skip("not a message", detail=msg.not_a_message)
+                    continue
+                flags = clean_flags(msg.flags, summary)
+                pending.append(Incoming(msg.data, keys.key(folder, msg.data), flags, msg.internal_date))
             await importer.add(folder, source, pending)
-        else:
-            await importer.mailbox(folder)  # an empty folder is still a folder
 
 
 def maildir_of_user(entry: Path) -> Path | None:
@@ -91,7 +123,7 @@ def maildir_of_user(entry: Path) -> Path | None:
 
 
 async def import_imap(importer: Importer, settings: imapsource.SourceSettings,
-                      only: Sequence[str] = (), connections: int = 4, chunk: int = 200) -> None:
+                      only: Sequence[str] = (), connections: int = 4, chunk: int = 500) -> None:
     """Every folder of an IMAP account (or those named in ``only``), several
     folders at once over ``connections`` connections."""
     summary = importer.summary
