@@ -258,3 +258,35 @@ def test_maildir_export_keeps_odd_folder_names(tmp_path: Path) -> None:
     for name in ("Releases", "Releases/v1.2", "Grüße"):
         assert [row[1:] for row in got[name]] == [
             (f"Subject: {name}\r\n\r\nx\r\n".encode(), frozenset({"\\Seen"}), 1_700_000_000.0)]
+
+
+def test_export_again_into_the_same_maildir_updates_it(tmp_path: Path) -> None:
+    """A second export into the same DEST writes only new messages and renames
+    the files whose flags changed: no duplicates."""
+    data = new_data_dir(tmp_path, A)
+    (tmp_path / "lf.mbox").write_bytes(LF_MBOX)
+    assert mailyard(data, "import", "mbox", str(tmp_path / "lf.mbox"), "--to", A).returncode == 0
+    r = mailyard(data, "export", A, str(tmp_path / "x"))
+    assert "exported 2 messages" in r.stdout
+    before = sorted(os.listdir(tmp_path / "x" / "cur"))
+    assert [n.rpartition(":2,")[2] for n in before] == ["DFRSab", ""]
+    assert (tmp_path / "x" / "dovecot-keywords").read_text() == "0 $Label1\n1 work\n"
+
+    async def change() -> None:
+        store = open_store(data, background=False)
+        try:
+            account = await store.get_account(A)
+            assert account is not None
+            box = await store.get_mailbox(account.id, "INBOX")
+            assert box is not None
+            await store.store_flags(box, [2], ["\\Seen", "later"], "add")
+            await store.append(box, b"Subject: third\r\n\r\n3\r\n", [], 1_700_000_000)
+        finally:
+            await store.close()
+
+    asyncio.run(change())
+    r = mailyard(data, "export", A, str(tmp_path / "x"))
+    assert "exported 1 messages" in r.stdout and "already there from an earlier run: 2" in r.stdout
+    after = sorted(os.listdir(tmp_path / "x" / "cur"))
+    assert len(after) == 3 and before[0] in after and before[1] + "Sc" in after
+    assert (tmp_path / "x" / "dovecot-keywords").read_text() == "0 $Label1\n1 work\n2 later\n"

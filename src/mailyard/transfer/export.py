@@ -3,7 +3,7 @@
 Maildir: INBOX at the root, every other folder as ``.Level1.Level2`` (levels
 in IMAP's modified UTF-7, RFC 3501 5.1.3) with a ``maildirfolder`` file;
 each message one file in ``cur/`` holding the stored bytes exactly, named
-``<time>.M<uid>P<pid>.mailyard,S=<size>:2,<flags>`` (flags D F R S T in
+``<time>.M<uid>V<uidvalidity>.<host>,S=<size>:2,<flags>`` (flags D F R S T in
 ASCII order, keywords as the letters of the folder's ``dovecot-keywords``),
 its modification time the INTERNALDATE. ``dovecot-uidlist`` keeps the UIDs and
 UIDVALIDITY, so clients that cached the folders find the same UIDs.
@@ -23,10 +23,11 @@ from pathlib import Path
 
 from ..protocols.imap import utf7
 from ..store.api import HIERARCHY_DELIMITER, Account, Mailbox, Store
-from .maildir import LETTER_OF_FLAG
+from .maildir import LETTER_OF_FLAG, keywords_file
 from .progress import Progress, Summary
 
-READ_CHUNK = 500
+READ_CHUNK = 500  # messages read from the store at once ...
+READ_CHUNK_OCTETS = 32 << 20  # ... and at most this many octets (bar one larger message)
 _NEEDS_QUOTE = re.compile(rb"^>*From ", re.MULTILINE)
 
 
@@ -49,8 +50,13 @@ def mbox_path(dest: Path, name: str) -> Path:
 
 async def _messages(store: Store, box: Mailbox):  # type: ignore[no-untyped-def]
     infos = await store.list_messages(box)
-    for i in range(0, len(infos), READ_CHUNK):
-        part = infos[i:i + READ_CHUNK]
+    i = 0
+    while i < len(infos):
+        part, total = [], 0
+        while i < len(infos) and len(part) < READ_CHUNK and (not part or total + infos[i].size <= READ_CHUNK_OCTETS):
+            part.append(infos[i])
+            total += infos[i].size
+            i += 1
         by_uid = {m.uid: m for m in part}
         for uid, data in await store.read_messages(box, [m.uid for m in part]):
             yield by_uid[uid], data
@@ -60,39 +66,52 @@ async def export_maildir(store: Store, account: Account, dest: Path, summary: Su
                          progress: Progress | None = None) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "mailyard"
-    pid = os.getpid()
     for box in await store.list_mailboxes(account.id):
         folder = maildir_path(dest, box.name)
         for sub in ("cur", "new", "tmp"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         if folder != dest:
             (folder / "maildirfolder").touch()
-        letters: dict[str, str] = {}
+        letters = {kw: letter for letter, kw in keywords_file(folder).items()}
+        # A message's base name depends only on its UID and UIDVALIDITY, so
+        # exporting again into the same DEST renames files whose flags
+        # changed and writes only the messages that are new.
+        existing = {n.split(":2,")[0]: n for n in os.listdir(folder / "cur")}
         uidlist: list[str] = []
         async for info, data in _messages(store, box):
             flag_letters = sorted(LETTER_OF_FLAG[f] for f in info.flags if f in LETTER_OF_FLAG)
             for kw in sorted(f for f in info.flags if not f.startswith("\\")):
                 if kw not in letters:
-                    if len(letters) == 26:
+                    free = [c for c in "abcdefghijklmnopqrstuvwxyz" if c not in letters.values()]
+                    if not free:
                         summary.warn(f"{box.name}: UID {info.uid}: keyword {kw!r} left out "
                                      "(a Maildir folder holds 26 keywords)")
                         continue
-                    letters[kw] = chr(ord("a") + len(letters))
+                    letters[kw] = free[0]
                 flag_letters.append(letters[kw])
-            base = f"{int(info.internal_date)}.M{info.uid}P{pid}.{host},S={len(data)}"
+            base = f"{int(info.internal_date)}.M{info.uid}V{box.uid_validity}.{host},S={len(data)}"
             name = f"{base}:2,{''.join(sorted(flag_letters))}"
+            uidlist.append(f"{info.uid} :{base}")
+            if base in existing:
+                if existing[base] != name:
+                    os.replace(folder / "cur" / existing[base], folder / "cur" / name)
+                summary.already += 1
+                if progress:
+                    progress.advance(1)
+                continue
             tmp = folder / "tmp" / base
             tmp.write_bytes(data)
             os.utime(tmp, (info.internal_date, info.internal_date))
             tmp.replace(folder / "cur" / name)
-            uidlist.append(f"{info.uid} :{base}")
             summary.imported += 1
             summary.octets += len(data)
             if progress:
                 progress.advance(1, len(data))
         if letters:
             (folder / "dovecot-keywords").write_text(
-                "".join(f"{ord(letter) - ord('a')} {kw}\n" for kw, letter in letters.items()), encoding="utf-8")
+                "".join(f"{ord(letter) - ord('a')} {kw}\n" for kw, letter in sorted(letters.items(),
+                                                                               key=lambda kv: kv[1])),
+                encoding="utf-8")
         # Dovecot's uidlist version 3: header "3 V<uidvalidity> N<uidnext>", then "<uid> :<base name>"
         (folder / "dovecot-uidlist").write_text(
             f"3 V{box.uid_validity} N{box.uid_next}\n" + "".join(line + "\n" for line in uidlist), encoding="utf-8")
