@@ -15,10 +15,12 @@ quoted with one more ``>``, flags in ``Status:``/``X-Status:``/``X-Keywords:``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..protocols.imap import utf7
@@ -26,6 +28,8 @@ from ..store.api import HIERARCHY_DELIMITER, Account, Mailbox, Store
 from .maildir import LETTER_OF_FLAG, keywords_file
 from .progress import Progress, Summary
 
+WRITE_BATCH = 200  # files handed to the writer threads at once
+WRITE_THREADS = 8
 READ_CHUNK = 500  # messages read from the store at once ...
 READ_CHUNK_OCTETS = 32 << 20  # ... and at most this many octets (bar one larger message)
 _NEEDS_QUOTE = re.compile(rb"^>*From ", re.MULTILINE)
@@ -62,8 +66,37 @@ async def _messages(store: Store, box: Mailbox):  # type: ignore[no-untyped-def]
             yield by_uid[uid], data
 
 
+def _write_file(job: tuple[bytes, Path, Path, float]) -> None:
+    """Maildir delivery (tmp/, then rename into cur/) with the INTERNALDATE as mtime."""
+    data, tmp, final, when = job
+    tmp.write_bytes(data)
+    os.utime(tmp, (when, when))
+    tmp.replace(final)
+
+
+async def _write_files(pool: ThreadPoolExecutor, jobs: list[tuple[bytes, Path, Path, float]],
+                       summary: Summary, progress: Progress | None) -> None:
+    """Write files on several threads: creating a file costs a wait on the
+    file system rather than CPU, so they overlap."""
+    if not jobs:
+        return
+    loop = asyncio.get_running_loop()
+    await asyncio.gather(*(loop.run_in_executor(pool, _write_file, job) for job in jobs))
+    octets = sum(len(job[0]) for job in jobs)
+    summary.imported += len(jobs)
+    summary.octets += octets
+    if progress:
+        progress.advance(len(jobs), octets)
+
+
 async def export_maildir(store: Store, account: Account, dest: Path, summary: Summary,
                          progress: Progress | None = None) -> None:
+    with ThreadPoolExecutor(WRITE_THREADS) as pool:
+        await _export_maildir(store, account, dest, summary, progress, pool)
+
+
+async def _export_maildir(store: Store, account: Account, dest: Path, summary: Summary,
+                          progress: Progress | None, pool: ThreadPoolExecutor) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "mailyard"
     for box in await store.list_mailboxes(account.id):
@@ -78,6 +111,7 @@ async def export_maildir(store: Store, account: Account, dest: Path, summary: Su
         # changed and writes only the messages that are new.
         existing = {n.split(":2,")[0]: n for n in os.listdir(folder / "cur")}
         uidlist: list[str] = []
+        writes: list[tuple[bytes, Path, Path, float]] = []
         async for info, data in _messages(store, box):
             flag_letters = sorted(LETTER_OF_FLAG[f] for f in info.flags if f in LETTER_OF_FLAG)
             for kw in sorted(f for f in info.flags if not f.startswith("\\")):
@@ -99,14 +133,11 @@ async def export_maildir(store: Store, account: Account, dest: Path, summary: Su
                 if progress:
                     progress.advance(1)
                 continue
-            tmp = folder / "tmp" / base
-            tmp.write_bytes(data)
-            os.utime(tmp, (info.internal_date, info.internal_date))
-            tmp.replace(folder / "cur" / name)
-            summary.imported += 1
-            summary.octets += len(data)
-            if progress:
-                progress.advance(1, len(data))
+            writes.append((data, folder / "tmp" / base, folder / "cur" / name, info.internal_date))
+            if len(writes) >= WRITE_BATCH:
+                await _write_files(pool, writes, summary, progress)
+                writes = []
+        await _write_files(pool, writes, summary, progress)
         if letters:
             (folder / "dovecot-keywords").write_text(
                 "".join(f"{ord(letter) - ord('a')} {kw}\n" for kw, letter in sorted(letters.items(),
