@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .common import Result, cpu_count
 
-BENCHES = ["smtp", "pop3", "imap", "imap-load", "sort", "index", "outbound", "limits", "quota", "mailauth", "scale", "backup"]
+BENCHES = ["smtp", "pop3", "imap", "imap-load", "sort", "index", "outbound", "limits", "quota", "mailauth", "scale",
+           "backup", "import"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     for name in names:
         try:
-            module = importlib.import_module(f"bench.{name.replace('-', '_')}")
+            # "import" is a keyword: its module is bench/import_.py
+            module = importlib.import_module(f"bench.{name.replace('-', '_')}" + ("_" if name == "import" else ""))
         except ModuleNotFoundError:
             print(f"[{name}] not built yet, skipped", file=sys.stderr)
             continue

@@ -89,8 +89,13 @@ LAYERS: dict[str, Layer] = {
          "config"},
         "server.py composes the services; only cli.py is above it",
     ),
+    "transfer": layer(
+        {"observability", "store", "protocols", "message", "config"},
+        "transfer/ (import and export) reads sources and writes through the store: it uses no net/, "
+        "delivery/ or server",
+    ),
     "cli": layer(
-        {"observability", "server", "client", "net", "web", "services", "delivery", "mailauth", "policy", "auth", "store",
+        {"transfer", "observability", "server", "client", "net", "web", "services", "delivery", "mailauth", "policy", "auth", "store",
          "protocols", "message", "config"},
         "cli.py is the top",
     ),
@@ -114,6 +119,7 @@ LAYER_OF: dict[str, str] = {
     "client": "client",
     "server": "server",
     "workers": "server",  # the supervisor of several server processes
+    "transfer": "transfer",
     "cli": "cli",
     "__main__": "cli",
 }
