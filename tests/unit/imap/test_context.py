@@ -173,3 +173,26 @@ def test_uid_fetch_partial_rfc9394_3_3() -> None:
              "13 OK UID FETCH completed")
     a.expect("14 FETCH 1:* (FLAGS) (PARTIAL 1:2)", "14 BAD PARTIAL needs UID FETCH")
     a.expect("15 UID FETCH 1:* (FLAGS) (PARTIAL 0:2)", "15 BAD Syntax error: a PARTIAL range counts from 1")
+
+
+def test_save_with_partial_rfc9394_3_2() -> None:
+    store = store_with_mail()
+    for _ in range(3):
+        store.deliver("alice", SHORT)
+    a = connect(store, select="INBOX", enable="IMAP4rev2")
+    # PARTIAL alone: "$" is the part returned
+    a.expect("s1 SEARCH RETURN (SAVE PARTIAL 2:3) ALL", '* ESEARCH (TAG "s1") PARTIAL (2:3 2:3)',
+             "s1 OK SEARCH completed")
+    a.expect("t1 SEARCH RETURN (ALL) $", '* ESEARCH (TAG "t1") ALL 2:3', "t1 OK SEARCH completed")
+    # with MIN and MAX: the part together with the MIN and MAX messages
+    a.expect("s2 SEARCH RETURN (SAVE MIN MAX PARTIAL 3:4) ALL", '* ESEARCH (TAG "s2") MIN 1 MAX 6 PARTIAL (3:4 3:4)',
+             "s2 OK SEARCH completed")
+    a.expect("t2 SEARCH RETURN (ALL) $", '* ESEARCH (TAG "t2") ALL 1,3:4,6', "t2 OK SEARCH completed")
+    # with COUNT: every message found
+    a.expect("s3 SEARCH RETURN (SAVE COUNT PARTIAL -1:-1) NOT 2", '* ESEARCH (TAG "s3") PARTIAL (-1:-1 6) COUNT 5',
+             "s3 OK SEARCH completed")
+    a.expect("t3 SEARCH RETURN (ALL) $", '* ESEARCH (TAG "t3") ALL 1,3:6', "t3 OK SEARCH completed")
+    # SORT: MIN and MAX are the first and last in sort order (SIZE: 3..6 SHORT, then 1, 2)
+    a.expect("s4 SORT RETURN (SAVE MAX PARTIAL 1:1) (SIZE) UTF-8 ALL", '* ESEARCH (TAG "s4") MAX 2 PARTIAL (1:1 3)',
+             "s4 OK SORT completed")
+    a.expect("t4 SEARCH RETURN (ALL) $", '* ESEARCH (TAG "t4") ALL 2:3', "t4 OK SEARCH completed")
