@@ -196,3 +196,21 @@ def test_save_with_partial_rfc9394_3_2() -> None:
     a.expect("s4 SORT RETURN (SAVE MAX PARTIAL 1:1) (SIZE) UTF-8 ALL", '* ESEARCH (TAG "s4") MAX 2 PARTIAL (1:1 3)',
              "s4 OK SORT completed")
     a.expect("t4 SEARCH RETURN (ALL) $", '* ESEARCH (TAG "t4") ALL 2:3', "t4 OK SEARCH completed")
+
+
+def test_a_change_is_evaluated_on_the_messages_it_touched(monkeypatch) -> None:  # noqa: ANN001
+    """A context is not re-run over the mailbox on each change: one flag
+    change in 3,000 messages evaluates the program on that message only."""
+    from mailyard.protocols.imap import contexts
+
+    store = store_with_mail(*[SHORT] * 3000, seen_first=False)
+    a = connect(store, select="INBOX", enable="IMAP4rev2")
+    b = connect(store, select="INBOX", enable="IMAP4rev2")
+    a.untagged("B01 UID SEARCH RETURN (UPDATE COUNT) UNSEEN")
+    calls = []
+    real = contexts.sr.matches
+    monkeypatch.setattr(contexts.sr, "matches", lambda key, m, ctx: calls.append(m.uid) or real(key, m, ctx))
+    b.untagged("x1 STORE 1500 +FLAGS.SILENT (\\Seen)")
+    a.expect("a1 NOOP", "* 1500 FETCH (UID 1500 FLAGS (\\Seen))", '* ESEARCH (TAG "B01") UID REMOVEFROM (0 1500)',
+             "a1 OK NOOP completed")
+    assert set(calls) == {1500}
