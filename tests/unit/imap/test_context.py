@@ -200,7 +200,8 @@ def test_save_with_partial_rfc9394_3_2() -> None:
 
 def test_a_change_is_evaluated_on_the_messages_it_touched(monkeypatch) -> None:  # noqa: ANN001
     """A context is not re-run over the mailbox on each change: one flag
-    change in 3,000 messages evaluates the program on that message only."""
+    change in 3,000 messages evaluates the program on that message only; a
+    change of them all is evaluated through ImapIO.compute."""
     from mailyard.protocols.imap import contexts
 
     store = store_with_mail(*[SHORT] * 3000, seen_first=False)
@@ -214,3 +215,9 @@ def test_a_change_is_evaluated_on_the_messages_it_touched(monkeypatch) -> None: 
     a.expect("a1 NOOP", "* 1500 FETCH (UID 1500 FLAGS (\\Seen))", '* ESEARCH (TAG "B01") UID REMOVEFROM (0 1500)',
              "a1 OK NOOP completed")
     assert set(calls) == {1500}
+    # a change of every message is evaluated off the event loop (ImapIO.compute)
+    before = a.conv.computed
+    b.untagged("x2 STORE 1:* +FLAGS.SILENT (\\Seen)")
+    lines = a.untagged("a2 NOOP")
+    assert lines[-1] == b'* ESEARCH (TAG "B01") UID REMOVEFROM (0 1:1499,1501:3000)'
+    assert a.conv.computed == before + 1

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, insort
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import search as sr
 from .flags import RECENT
@@ -50,6 +50,11 @@ if TYPE_CHECKING:
 # RFC 5267 4.3.1: a server MUST offer at least one updating context per
 # client and SHOULD offer more; each costs 4-8 bytes per matching message
 MAX_CONTEXTS = 8
+# a change of more messages than this (a STORE 1:* of a big mailbox) is
+# evaluated through ImapIO.compute, off the event loop
+COMPUTE_INLINE = 2_000
+_T = TypeVar("_T")
+Compute = Callable[[Callable[[], _T]], Awaitable[_T]]
 
 
 class UpdateContext:
@@ -57,10 +62,11 @@ class UpdateContext:
     reports UIDs or message numbers, its search program, its sort keys
     (None: a SEARCH context) and its current members."""
 
-    __slots__ = ("hits_upto", "key", "members", "now", "order", "sc", "sort_keys", "tag", "uid")
+    __slots__ = ("compute", "hits_upto", "key", "members", "now", "order", "sc", "sort_keys", "tag", "uid")
 
     def __init__(self, tag: str, uid: bool, key: SearchKey, sort_keys: Sequence[Any] | None,
-                 results: Iterable[int], now: Callable[[], float], sc: sr.SearchContext) -> None:
+                 results: Iterable[int], now: Callable[[], float], sc: sr.SearchContext,
+                 compute: Compute[Any]) -> None:
         self.tag = tag
         self.uid = uid
         self.key = key
@@ -70,6 +76,7 @@ class UpdateContext:
         # the results in sort order (SORT contexts only)
         self.order = array("I", ordered) if sort_keys is not None else None
         self.now = now
+        self.compute = compute  # ImapIO.compute
         # the index answers for the text and header keys: a message's
         # content never changes, so they hold for every message up to
         # hits_upto and are asked again only when newer ones arrive (the
@@ -157,20 +164,25 @@ class UpdateContext:
         if sr.needs_headers(key):
             derived = await backend.get_derived(sel.mailbox, uids, ("headers",))
         recent = sel.recent_of(engine)
-        added: list[int] = []
-        removed: set[int] = set()
-        for m in records:
-            seq = sel.view.seq_of(m.uid)
-            if seq is None:
-                continue
-            flags = m.flags | RECENT if recent and m.uid in recent else m.flags
-            msg = sr.SearchMessage(seq, m.uid, flags, m.internal_date, m.size, m.modseq,
-                                   derived.get(m.uid, {}).get("headers") if derived else None, m.save_date)
-            hit = sr.matches(key, msg, sc)
-            if hit and m.uid not in self:
-                added.append(m.uid)
-            elif not hit and m.uid in self:
-                removed.add(m.uid)
+
+        def evaluate() -> tuple[list[int], set[int]]:
+            added: list[int] = []
+            removed: set[int] = set()
+            for m in records:
+                seq = sel.view.seq_of(m.uid)
+                if seq is None:
+                    continue
+                flags = m.flags | RECENT if recent and m.uid in recent else m.flags
+                msg = sr.SearchMessage(seq, m.uid, flags, m.internal_date, m.size, m.modseq,
+                                       derived.get(m.uid, {}).get("headers") if derived else None, m.save_date)
+                hit = sr.matches(key, msg, sc)
+                if hit and m.uid not in self:
+                    added.append(m.uid)
+                elif not hit and m.uid in self:
+                    removed.add(m.uid)
+            return added, removed
+
+        added, removed = await self.compute(evaluate) if len(records) > COMPUTE_INLINE else evaluate()
         if not added and not removed:
             return
         parts = self._head(sel)

@@ -185,7 +185,7 @@ def _keep_context(s: ImapSession, tag: str, uid: bool, key: c.SearchKey, sort_ke
         s.engine.untagged_status("NO", "Too many contexts", f'NOUPDATE "{tag}"')
         return
     sc = sr.SearchContext(max_seq=len(sel.view), max_uid=sel.view.max_uid)
-    sel.contexts[tag] = cx.UpdateContext(tag, uid, key, sort_keys, results, s.io.now, sc)
+    sel.contexts[tag] = cx.UpdateContext(tag, uid, key, sort_keys, results, s.io.now, sc, s.io.compute)
 
 
 async def cmd_cancelupdate(s: ImapSession, cmd: c.CancelUpdate) -> None:
