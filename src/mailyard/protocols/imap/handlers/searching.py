@@ -13,6 +13,9 @@ BODY and TEXT keys are answered by the backend's full-text index
 (search_text), FROM/TO/CC/BCC/SUBJECT/HEADER by its index of header fields
 (search_headers); only SENT* read header fields per message. OLDER and
 YOUNGER (RFC 5032) compare with the time `ImapIO.now` gives.
+
+RETURN (UPDATE ...) on SEARCH or SORT leaves a live context on the selected
+mailbox (contexts.py, RFC 5267 section 4); CANCELUPDATE ends one.
 """
 
 from __future__ import annotations
