@@ -153,7 +153,7 @@ def test_sort_errors() -> None:
     c.expect("a2 SORT (NAME) UTF-8 ALL", "a2 BAD Syntax error: unknown sort key NAME")
     c.expect("a3 SORT (DATE) ALL", "a3 BAD Syntax error: expected SP")
     c.expect("a4 SORT () UTF-8 ALL", "a4 BAD Syntax error: expected atom")
-    c.expect("a5 SORT RETURN (UPDATE) (DATE) UTF-8 ALL", "a5 BAD Syntax error: unknown RETURN option UPDATE")
+    c.expect("a5 SORT RETURN (BOGUS) (DATE) UTF-8 ALL", "a5 BAD Syntax error: unknown RETURN option BOGUS")
     c2 = connect(_store())
     c2.expect("b1 SORT (DATE) UTF-8 ALL", "b1 BAD SORT is not valid in the authenticated state")
 

@@ -250,6 +250,7 @@ class Fetch(Command):
     changed_since: int | None = None  # RFC 7162 3.1.4.1
     vanished: bool = False  # RFC 7162 3.2.6
     macro: str | None = None  # ALL / FAST / FULL as given
+    partial: tuple[int, int] | None = None  # UID FETCH modifier (PARTIAL m:n), RFC 9394 3.3
 
 
 @dataclass(kw_only=True)
@@ -273,6 +274,13 @@ class Copy(Command):
 @dataclass(kw_only=True)
 class UidExpunge(Command):
     sequence_set: SequenceSet
+
+
+@dataclass(kw_only=True)
+class CancelUpdate(Command):
+    """CANCELUPDATE "tag" ... (RFC 5267 4.3.5): the contexts to stop updating."""
+
+    tags: tuple[str, ...]
 
 
 @dataclass(kw_only=True)

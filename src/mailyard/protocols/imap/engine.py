@@ -59,7 +59,7 @@ VALID_IN: dict[str, frozenset[State]] = {
     ),
     **dict.fromkeys(
         ["CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "SORT", "THREAD", "FETCH", "STORE", "COPY",
-         "MOVE"],
+         "MOVE", "CANCELUPDATE"],  # RFC 5267 section 5: command-select
         frozenset({_SE}),
     ),
 }

@@ -21,7 +21,12 @@ from . import commands as c
 from . import names, utf7
 from .fetch_parser import parse_fetch_atts
 from .reader import ParseError, Reader
-from .search_parser import parse_return_opts, parse_search_criteria, parse_search_program
+from .search_parser import (
+    parse_partial_range,
+    parse_return_opts,
+    parse_search_criteria,
+    parse_search_program,
+)
 from .sort import SORT_KEYS
 
 __all__ = ["ParseError", "TagError", "parse_command", "parse_sequence_set", "parse_tag"]
@@ -519,8 +524,8 @@ def _search(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
     return c.Search(tag=tag, name=name, key=key, charset=charset, return_opts=ret, partial=partial)
 
 
-# RFC 5267 section 3: ESORT's return options (SAVE: RFC 5182 2.4)
-SORT_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+# RFC 5267 section 3: ESORT's return options (SAVE: RFC 5182 2.4; CONTEXT, UPDATE: 4.2, 4.3)
+SORT_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "CONTEXT", "UPDATE"})
 
 
 def _sort(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
@@ -646,12 +651,24 @@ def _fetch(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
                 cmd.changed_since = r.number()
             elif mod == "VANISHED":
                 cmd.vanished = True
+            elif mod == "PARTIAL":
+                r.sp()
+                cmd.partial = parse_partial_range(r)  # RFC 9394 3.3
             else:
                 raise ParseError(f"unknown FETCH modifier {mod[:20]}")
             if r.close():
                 break
             r.sp()
     return cmd
+
+
+def _cancelupdate(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
+    """CANCELUPDATE 1*(SP quoted) (RFC 5267 section 5)."""
+    tags: list[str] = []
+    while r.peek() == 0x20 or not tags:
+        r.sp()
+        tags.append(r.string())
+    return c.CancelUpdate(tag=tag, name=name, tags=tuple(tags))
 
 
 _HANDLERS = {
@@ -692,6 +709,7 @@ _HANDLERS = {
     "GETQUOTA": _quota,
     "GETQUOTAROOT": _quota,
     "SETQUOTA": _quota,
+    "CANCELUPDATE": _cancelupdate,
 }
 
 COMMAND_NAMES = frozenset(_HANDLERS)

@@ -271,15 +271,16 @@ def result_form(
     - otherwise ``* ESEARCH (TAG "t") [UID] MIN MAX ALL COUNT [MODSEQ]``
       (RFC 4731, RFC 9051 6.4.4: a rev2 server answers every SEARCH so;
       RETURN () means RETURN (ALL));
-    - SAVE keeps the UIDs for "$" (RFC 5182 2.4: only MIN/MAX with them alone);
+    - SAVE keeps the UIDs for "$" (`saved_result`);
     - PARTIAL m:n: ``PARTIAL (m:n set)`` of the results m to n (RFC 5267
-      4.4, RFC 9394 3.1), the saved result then only those.
+      4.4, RFC 9394 3.1).
 
     ``modseq`` is the highest mod-sequence of all hits; ``modseqs`` (one per
     hit, when given) lets MIN/MAX without ALL or COUNT report the
     mod-sequence of the messages they return (RFC 7162 3.1.5, RFC 4731 3.2).
     """
     nums = [u for _, u in hits] if uid else [q for q, _ in hits]
+    found = [u for _, u in hits]
     if partial is not None:
         hits = partial_slice(hits, partial)
     opts = return_opts
@@ -294,11 +295,7 @@ def result_form(
         return [parts], None
     saved: frozenset[int] | None = None
     if "SAVE" in opts:
-        kept = [u for _, u in hits]
-        if ("MIN" in opts or "MAX" in opts) and not ({"ALL", "COUNT"} & set(opts)) and kept:
-            kept = sorted({x for x in (kept[0] if "MIN" in opts else None,
-                                       kept[-1] if "MAX" in opts else None) if x is not None})
-        saved = frozenset(kept)
+        saved = saved_result(opts, found, [u for _, u in hits] if partial is not None else None)
     if set(opts) == {"SAVE"}:
         return [], saved
     parts = [Atom("ESEARCH"), [Atom("TAG"), tag]]
@@ -322,6 +319,22 @@ def result_form(
             modseq = max(modseqs[0] if "MIN" in opts else 0, modseqs[-1] if "MAX" in opts else 0)
         parts += [Atom("MODSEQ"), modseq]
     return [parts], saved
+
+
+def saved_result(opts: Sequence[str], found: Sequence[int], part: Sequence[int] | None) -> frozenset[int]:
+    """The UIDs RETURN (SAVE ...) keeps for "$", of the results ``found`` in
+    result order (ascending, or sort order) and the ``part`` PARTIAL returned:
+    RFC 5182 2.4: MIN and/or MAX alone keep only those messages; RFC 9394
+    3.2: with PARTIAL, the part returned together with the MIN and/or MAX
+    message, or every result when COUNT is asked too."""
+    o = set(opts)
+    ends = [x for x in (found[0] if found and "MIN" in o else None,
+                        found[-1] if found and "MAX" in o else None) if x is not None]
+    if part is not None:
+        return frozenset(found) if "COUNT" in o else frozenset([*part, *ends])
+    if ("MIN" in o or "MAX" in o) and not {"ALL", "COUNT"} & o:
+        return frozenset(ends)
+    return frozenset(found)
 
 
 def partial_slice(items: Sequence[tuple[int, int]], rng: tuple[int, int]) -> list[tuple[int, int]]:

@@ -26,7 +26,8 @@ _STRING_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
 # SAVED*: RFC 8514 4
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE", "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}
 _NUMBER_KEYS = {"LARGER", "SMALLER", "OLDER", "YOUNGER"}  # OLDER/YOUNGER: RFC 5032
-RETURN_OPTIONS = {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
+# CONTEXT and UPDATE: RFC 5267 4.2, 4.3
+RETURN_OPTIONS = {"MIN", "MAX", "ALL", "COUNT", "SAVE", "CONTEXT", "UPDATE"}
 MAX_DEPTH = 50
 
 
@@ -69,7 +70,7 @@ def parse_return_opts(
                 raise ParseError(f"unknown RETURN option {opt[:20]}")
             if opt == "PARTIAL":
                 r.sp()
-                partial = _partial_range(r)
+                partial = parse_partial_range(r)
             opts.append(opt)
             if r.close():
                 break
@@ -79,7 +80,7 @@ def parse_return_opts(
     return tuple(opts) or ("ALL",), partial
 
 
-def _partial_range(r: Reader) -> tuple[int, int]:
+def parse_partial_range(r: Reader) -> tuple[int, int]:
     neg = r.maybe(b"-")
     a = r.number()
     r.expect(b":")
@@ -90,6 +91,16 @@ def _partial_range(r: Reader) -> tuple[int, int]:
         raise ParseError("a PARTIAL range counts from 1")
     a, b = min(a, b), max(a, b)
     return (-a, -b) if neg else (a, b)
+
+
+def result_options(opts: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The RETURN options that shape the result, without the CONTEXT hint and
+    UPDATE (RFC 5267 4.1: they do not interact with the others); when only
+    those were given, ALL, as for ``RETURN ()`` (RFC 4731 3.1)."""
+    if opts is None:
+        return None
+    rest = tuple(o for o in opts if o not in ("CONTEXT", "UPDATE"))
+    return rest or ("ALL",)
 
 
 def _search_keys(r: Reader) -> SearchKey:

@@ -35,6 +35,7 @@ from .response import Atom, Raw, flag_list, format_uid_set
 
 if TYPE_CHECKING:
     from .backend import ImapBackend, MailboxRecord, MessageRecord
+    from .contexts import UpdateContext
     from .engine import ImapEngine
 
 log = logging.getLogger("mailyard.imap")
@@ -234,6 +235,9 @@ class SelectedMailbox:
     # seen on messages since that it was not told of yet
     known_flags: set[str] = field(default_factory=lambda: set(PERMANENT_FLAGS))
     new_keywords: set[str] = field(default_factory=set)
+    # RFC 5267 4.3: live SEARCH / SORT results by command tag (contexts.py),
+    # told of the messages each change touched
+    contexts: dict[str, UpdateContext] = field(default_factory=dict)
 
     def note_flags(self, records: Iterable[MessageRecord]) -> None:
         """Look for keywords the client has not been told of in FLAGS."""
@@ -373,6 +377,7 @@ class SelectedMailbox:
                     self.pending_expunge.add(uid)
             new: list[int] = []
             updated = []
+            touched = [m for m in changes.changed if m.uid not in self.pending_expunge] if self.contexts else []
             top = view.max_uid
             for info in changes.changed:
                 if info.uid > top:
@@ -402,6 +407,8 @@ class SelectedMailbox:
                 if self.condstore:
                     items += [Atom("MODSEQ"), [info.modseq]]
                 engine.untagged(seq, Atom("FETCH"), items)
+            for ctx in list(self.contexts.values()):  # after EXISTS (RFC 5267 4.3.3)
+                await ctx.refresh(engine, backend, self, touched)
         else:
             if allow_expunge and self.pending_expunge:
                 self.announce_expunge(engine, list(self.pending_expunge))
@@ -413,6 +420,8 @@ class SelectedMailbox:
         """EXPUNGE per message, or one VANISHED with QRESYNC (RFC 7162 3.2.10)."""
         if not uids:
             return
+        for ctx in self.contexts.values():  # before the expunge (RFC 5267 4.3.4)
+            ctx.expunged(engine, self, uids)
         if self.infos_cache is not None:
             for uid in uids:
                 self.infos_cache.pop(uid, None)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ...message.threadkeys import SortKeys
 from .response import Atom, format_uid_list_ordered
-from .search import partial_result, partial_slice
+from .search import partial_result, partial_slice, saved_result
 
 # RFC 5256 section 3 and RFC 5957 section 3: the sort keys
 SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
@@ -82,11 +82,12 @@ def result_form(
       5267 section 3): MIN and MAX are the first and last message in sort
       order, ALL lists them in sort order with ranges only for runs of
       ascending consecutive numbers;
-    - SAVE keeps the UIDs for "$" (RFC 5182 2.4: only MIN/MAX with them alone);
+    - SAVE keeps the UIDs for "$" (`saved_result`);
     - PARTIAL m:n: ``PARTIAL (m:n set)`` of the results m to n in sort order
-      (RFC 5267 4.4, RFC 9394 3.1), the saved result then only those.
+      (RFC 5267 4.4, RFC 9394 3.1).
     """
     nums = [u for _, u in ordered] if uid else [q for q, _ in ordered]
+    found = [u for _, u in ordered]
     if partial is not None:
         ordered = partial_slice(ordered, partial)
     if return_opts is None:
@@ -97,11 +98,7 @@ def result_form(
     opts = return_opts
     saved: frozenset[int] | None = None
     if "SAVE" in opts:
-        kept = [u for _, u in ordered]
-        if ("MIN" in opts or "MAX" in opts) and not ({"ALL", "COUNT"} & set(opts)) and kept:
-            kept = [x for x in (kept[0] if "MIN" in opts else None,
-                                kept[-1] if "MAX" in opts else None) if x is not None]
-        saved = frozenset(kept)
+        saved = saved_result(opts, found, [u for _, u in ordered] if partial is not None else None)
     if set(opts) == {"SAVE"}:
         return [], saved
     parts = [Atom("ESEARCH"), [Atom("TAG"), tag]]

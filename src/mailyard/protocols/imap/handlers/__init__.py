@@ -6,7 +6,8 @@ session's engine (see session.py for the contract).
 - mailboxes.py: CREATE DELETE RENAME (UN)SUBSCRIBE LIST LSUB NAMESPACE STATUS
 - selection.py: SELECT EXAMINE (CONDSTORE, QRESYNC) CLOSE UNSELECT EXPUNGE
 - messages.py: FETCH STORE COPY MOVE APPEND
-- searching.py: SEARCH (ESEARCH, SEARCHRES), SORT (ESORT, SORT=DISPLAY), THREAD
+- searching.py: SEARCH (ESEARCH, SEARCHRES), SORT (ESORT, SORT=DISPLAY), THREAD,
+  CANCELUPDATE (CONTEXT=SEARCH, CONTEXT=SORT)
 - quota.py: GETQUOTA GETQUOTAROOT SETQUOTA (RFC 9208)
 
 `HANDLERS` is the glue's half of the engine's state table (engine.VALID_IN
@@ -56,6 +57,7 @@ HANDLERS: dict[str, Handler] = {
     "SEARCH": searching.cmd_search,
     "SORT": searching.cmd_sort,
     "THREAD": searching.cmd_thread,
+    "CANCELUPDATE": searching.cmd_cancelupdate,
     "FETCH": messages.cmd_fetch,
     "STORE": messages.cmd_store,
     "COPY": messages.cmd_copy,

@@ -14,6 +14,7 @@ from ..backend import NewMessage, NoSpace
 from ..fetch_plan import MessageParts, encode_items, index_values, plan
 from ..flags import flags_from_client, flags_reporter, session_flags
 from ..response import Atom, Raw, format_uid_list_ordered, format_uid_set
+from ..search import partial_slice
 from ..selected import SequenceError
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     if cmd.vanished and (not cmd.uid or cmd.changed_since is None or "QRESYNC" not in s.engine.enabled):
         s.engine.complete("BAD", "VANISHED needs UID FETCH with CHANGEDSINCE and QRESYNC")
         return
+    if cmd.partial is not None and not cmd.uid:
+        s.engine.complete("BAD", "PARTIAL needs UID FETCH")  # RFC 9394 3.3 extends UID FETCH
+        return
     if p.condstore:
         sel.enable_condstore(s.engine)  # RFC 7162 3.1: MODSEQ or CHANGEDSINCE
     infos = await sel.infos(b)
@@ -62,6 +66,10 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
             gone = [u for u in ch.vanished if cmd.sequence_set.contains(u, sel.view.max_uid)]
             if gone:
                 s.engine.untagged(Atom("VANISHED"), [Atom("EARLIER")], Atom(format_uid_set(gone)))
+    if cmd.partial is not None:
+        # RFC 9394 3.3: only the messages at those positions (1-based, or
+        # counted back from the last, -1) of the ones the set selects
+        pairs = partial_slice(pairs, cmd.partial)
     if p.sets_seen and not sel.readonly:
         # RFC 9051 6.4.5: BODY[...] (not PEEK) and RFC822(.TEXT) set \Seen
         unseen = [u for _, u in pairs if u in infos and "\\Seen" not in infos[u].flags]

@@ -13,6 +13,9 @@ BODY and TEXT keys are answered by the backend's full-text index
 (search_text), FROM/TO/CC/BCC/SUBJECT/HEADER by its index of header fields
 (search_headers); only SENT* read header fields per message. OLDER and
 YOUNGER (RFC 5032) compare with the time `ImapIO.now` gives.
+
+RETURN (UPDATE ...) on SEARCH or SORT leaves a live context on the selected
+mailbox (contexts.py, RFC 5267 section 4); CANCELUPDATE ends one.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 from .. import commands as c
+from .. import contexts as cx
 from .. import search as sr
 from .. import sort as so
 from .. import thread as th
 from ..flags import RECENT
 from ..response import Atom
+from ..search_parser import result_options
 
 if TYPE_CHECKING:
     from ..backend import ImapBackend
@@ -144,18 +149,61 @@ async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
         return
     sel, b = s.sel, s.backend
     assert sel is not None and b is not None
+    if not await _tag_free(s, cmd.tag, cmd.return_opts):
+        return
     hits, modseq, mod = await _matching(s, cmd.key)
     modseqs = None
     if mod:
         infos = await sel.infos(b)
         modseqs = [infos[u].modseq for _, u in hits]
-    responses, saved = sr.result_form(cmd.tag, cmd.uid, hits, modseq, mod, cmd.return_opts, s.engine.rev2,
-                                      modseqs, cmd.partial)
+    responses, saved = sr.result_form(cmd.tag, cmd.uid, hits, modseq, mod, result_options(cmd.return_opts),
+                                      s.engine.rev2, modseqs, cmd.partial)
     if saved is not None:
         sel.saved = saved
     for parts in responses:
         s.engine.untagged(*parts)
+    _keep_context(s, cmd.tag, cmd.uid, cmd.key, None, [u for _, u in hits], cmd.return_opts)
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}SEARCH completed", allow_expunge=cmd.uid)
+
+
+async def _tag_free(s: ImapSession, tag: str, opts: tuple[str, ...] | None) -> bool:
+    """RFC 5267 4.3: a command with UPDATE whose tag names a live context is
+    rejected with BAD (its updates could not be told apart)."""
+    sel = s.sel
+    if opts is not None and "UPDATE" in opts and sel is not None and tag in sel.contexts:
+        await s.finish("BAD", "Tag reuse: a context with this tag is being updated", allow_expunge=False)
+        return False
+    return True
+
+
+def _keep_context(s: ImapSession, tag: str, uid: bool, key: c.SearchKey, sort_keys: tuple[object, ...] | None,
+                  results: list[int], opts: tuple[str, ...] | None) -> None:
+    """With RETURN (UPDATE ...): keep the result live (RFC 5267 4.3), or say
+    with NO [NOUPDATE "tag"] that it is not (4.3.1: too many contexts); the
+    other return options were answered either way."""
+    sel = s.sel
+    if opts is None or "UPDATE" not in opts or sel is None:
+        return
+    if len(sel.contexts) >= cx.MAX_CONTEXTS:
+        s.engine.untagged_status("NO", "Too many contexts", f'NOUPDATE "{tag}"')
+        return
+    sc = sr.SearchContext(max_seq=len(sel.view), max_uid=sel.view.max_uid)
+    sel.contexts[tag] = cx.UpdateContext(tag, uid, key, sort_keys, results, s.io.now, sc, s.io.compute)
+
+
+async def cmd_cancelupdate(s: ImapSession, cmd: c.CancelUpdate) -> None:
+    """CANCELUPDATE "tag" ... (RFC 5267 4.3.5): no more updates for those
+    contexts. A tag that names no live context is BAD, and then none is
+    cancelled."""
+    sel = s.sel
+    assert sel is not None  # the engine runs CANCELUPDATE only when selected
+    unknown = [t for t in cmd.tags if t not in sel.contexts]
+    if unknown:
+        await s.finish("BAD", f"No context is being updated for tag {unknown[0][:40]}", allow_expunge=False)
+        return
+    for t in cmd.tags:
+        del sel.contexts[t]
+    await s.finish("OK", "CANCELUPDATE completed")
 
 
 async def _compute(s: ImapSession, n: int, fn: Callable[[], _T]) -> _T:
@@ -174,6 +222,8 @@ async def cmd_sort(s: ImapSession, cmd: c.Sort) -> None:
         return
     sel, b = s.sel, s.backend
     assert sel is not None and b is not None
+    if not await _tag_free(s, cmd.tag, cmd.return_opts):
+        return
     hits, modseq, mod = await _matching(s, cmd.key)
     # the backend orders them (the store by SQL over its typed keys, off the
     # event loop for a big mailbox); equal messages in UID order, which is
@@ -181,11 +231,13 @@ async def cmd_sort(s: ImapSession, cmd: c.Sort) -> None:
     order = await b.sort_order(sel.mailbox, cmd.keys, [u for _, u in hits]) if hits else []
     seq_of = {u: q for q, u in hits}
     ordered = [(seq_of[u], u) for u in order if u in seq_of]
-    responses, saved = so.result_form(cmd.tag, cmd.uid, ordered, modseq, mod, cmd.return_opts, cmd.partial)
+    responses, saved = so.result_form(cmd.tag, cmd.uid, ordered, modseq, mod, result_options(cmd.return_opts),
+                                      cmd.partial)
     if saved is not None:
         sel.saved = saved
     for parts in responses:
         s.engine.untagged(*parts)
+    _keep_context(s, cmd.tag, cmd.uid, cmd.key, cmd.keys, [u for _, u in ordered], cmd.return_opts)
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}SORT completed", allow_expunge=cmd.uid)
 
 
