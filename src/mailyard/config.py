@@ -242,6 +242,13 @@ class AuthenticationConfig:
     dns_timeout: float = 5.0
     # The authserv-id of Authentication-Results (RFC 8601 2.5); empty: [server] hostname.
     authserv_id: str = ""
+    # Rewrite the envelope sender of mail that an alias or list forwards to
+    # another server with SRS (mailauth/srs.py), so it passes SPF there, and
+    # take bounces to such addresses back to the original sender.
+    srs: bool = True
+    # The domain of the SRS addresses (one of this server's, whose SPF names
+    # it); empty: the first local domain.
+    srs_domain: str = ""
 
 
 @dataclass

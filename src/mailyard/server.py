@@ -29,6 +29,8 @@ from .delivery.router import Router
 from .mailauth.dnscache import Resolver
 from .mailauth.inbound import InboundChecker
 from .mailauth.signer import Signer
+from .mailauth.srs import SRS
+from .mailauth.srs import load_secret as load_srs_secret
 from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, client_context, ensure_certificate
@@ -225,11 +227,14 @@ class MailServer:
                 log.info("removed %d stray spool file(s)", stray)
         else:
             store.attach_peers(worker.channel)
-        router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients)
+        auth = cfg.authentication
+        srs = SRS(load_srs_secret(self.data_dir)) if auth.srs else None
+        router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients, srs=srs)
         if self.tls is None:
             self.tls = self._load_tls()
-        signer = Signer(self.data_dir, cfg.server.hostname).sign if cfg.authentication.dkim_sign else None
-        auth = cfg.authentication
+        authserv_id = auth.authserv_id or cfg.server.hostname
+        keyring = Signer(self.data_dir, cfg.server.hostname, authserv_id, auth.srs_domain)
+        signer = keyring.sign if auth.dkim_sign else None
         mailauth = (InboundChecker(Resolver(cfg.delivery.nameservers, auth.dns_timeout),
                                    auth.authserv_id or cfg.server.hostname)
                     if auth.inbound_checks else None)
@@ -241,7 +246,9 @@ class MailServer:
             login=LoginService(store, self._throttle, self.data_dir / SECRET_FILE),
             spool=spool,
             queue=OutboundQueue(store, router, cfg.delivery, cfg.server.hostname, client_tls=client_context,
-                                relay_ca_file=self._relay_ca_file(), signer=signer),
+                                relay_ca_file=self._relay_ca_file(), signer=signer,
+                                sealer=keyring.seal if auth.dkim_sign else None, srs=srs,
+                                srs_domain=auth.srs_domain),
             tls=self.tls,
             smtp_engine=engine_config(cfg),
             submission_engine=submission_engine_config(cfg),

@@ -359,6 +359,7 @@ def test_check_message_writes_one_field(domain_keys: keys.SigningKeys, dns: DNSS
         "\tspf=pass smtp.helo=mail.a.test;\r\n"
         f"\tdkim=pass header.d=a.test header.s={gen}-ed25519 header.a=ed25519-sha256 header.b={ed_b};\r\n"
         f"\tdkim=pass header.d=a.test header.s={gen}-rsa header.a=rsa-sha256 header.b={rsa_b};\r\n"
+        "\tarc=none;\r\n"
         "\tdmarc=pass (aligned SPF and DKIM) header.from=a.test\r\n"
     ).encode()
     # a forged From with neither aligned gets the reject disposition
