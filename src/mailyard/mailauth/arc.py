@@ -102,13 +102,11 @@ def verify(message: bytes, txt: Callable[[str], list[str]]) -> ARCResult:
 
 
 def _signed_fields(header: bytes) -> list[bytes]:
-    """The AMS header set: the DKIM set (RFC 6376 5.4.1) where present, and
-    the DKIM-Signature fields (RFC 8617 4.1.2 leaves the choice to the sealer;
-    never ARC-Seal or Authentication-Results)."""
+    """The AMS header set: the DKIM set (RFC 6376 5.4.1) where present (RFC
+    8617 4.1.2 leaves the choice to the sealer; never ARC-Seal,
+    Authentication-Results or the trace and signature fields dkimpy refuses)."""
     present = {name.lower() for name, _value in split_fields(header)}
     out = [name.encode() for name in SIGNED_FIELDS if name in present]
-    if "dkim-signature" in present:
-        out.append(b"dkim-signature")
     if b"from" not in out:
         out.insert(0, b"from")
     return out
