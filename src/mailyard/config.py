@@ -240,6 +240,9 @@ class AuthenticationConfig:
     dmarc_policy: str = "enforce"
     # Seconds the checks of one message wait for DNS before temperror.
     dns_timeout: float = 5.0
+    # Worker processes that run the checks (mailauth/pool.py), so the event
+    # loop keeps its core; 0: the server process's own threads.
+    check_processes: int = 1
     # The authserv-id of Authentication-Results (RFC 8601 2.5); empty: [server] hostname.
     authserv_id: str = ""
     # Rewrite the envelope sender of mail that an alias or list forwards to

@@ -28,6 +28,7 @@ from .delivery.queue import OutboundQueue
 from .delivery.router import Router
 from .mailauth.dnscache import Resolver
 from .mailauth.inbound import InboundChecker
+from .mailauth.pool import CheckPool
 from .mailauth.signer import Signer
 from .mailauth.srs import SRS
 from .mailauth.srs import load_secret as load_srs_secret
@@ -235,9 +236,13 @@ class MailServer:
         authserv_id = auth.authserv_id or cfg.server.hostname
         keyring = Signer(self.data_dir, cfg.server.hostname, authserv_id, auth.srs_domain)
         signer = keyring.sign if auth.dkim_sign else None
-        mailauth = (InboundChecker(Resolver(cfg.delivery.nameservers, auth.dns_timeout),
-                                   auth.authserv_id or cfg.server.hostname)
-                    if auth.inbound_checks else None)
+        mailauth: InboundChecker | CheckPool | None = None
+        if auth.inbound_checks and auth.check_processes > 0:
+            mailauth = CheckPool(cfg.delivery.nameservers, auth.dns_timeout, authserv_id,
+                                 processes=auth.check_processes)
+            await mailauth.start()
+        elif auth.inbound_checks:
+            mailauth = InboundChecker(Resolver(cfg.delivery.nameservers, auth.dns_timeout), authserv_id)
         self.services = Services(
             config=cfg,
             data_dir=self.data_dir,
