@@ -51,6 +51,7 @@ from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .dmarc import organizational_domain
 from .dnscache import Resolver
 from .inbound import InboundChecker, InboundVerdict, check_message
 
@@ -72,6 +73,8 @@ def _serve(conn: Connection, nameservers: str, dns_timeout: float, authserv_id: 
     forged Authentication-Results removed): the server has it already."""
     resolver = Resolver(nameservers, dns_timeout)
     send_lock = threading.Lock()
+    organizational_domain("example.com")  # load the Public Suffix List now, not at the first message
+    conn.send_bytes(pickle.dumps((0, "ready", None)))
 
     def run(req_id: int, message: bytes, ip: str, helo: str, reverse_path: str) -> None:
         try:
@@ -109,13 +112,19 @@ class _Worker:
         self.slots = asyncio.Semaphore(threads)
         self.pending: dict[int, asyncio.Future[InboundVerdict]] = {}
         self.alive = True
-        self.task = asyncio.get_running_loop().create_task(self._read())
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = loop.create_future()  # its libraries are loaded
+        self.task = loop.create_task(self._read())
 
     async def _read(self) -> None:
         try:
             while True:
                 (size,) = _HEADER.unpack(await self.reader.readexactly(_HEADER.size))
                 req_id, status, value = pickle.loads(await self.reader.readexactly(size))
+                if status == "ready":
+                    if not self.ready.done():
+                        self.ready.set_result(None)
+                    continue
                 future = self.pending.pop(req_id, None)
                 if future is None or future.done():
                     continue
@@ -135,6 +144,9 @@ class _Worker:
     def stop(self) -> None:
         """End the process; checks in flight fail with ``WorkerGone``."""
         self.alive = False
+        if not self.ready.done():
+            self.ready.set_exception(WorkerGone("the check worker stopped"))
+            self.ready.exception()  # retrieved: nobody may be waiting for it
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(WorkerGone("the check worker stopped"))
@@ -184,14 +196,18 @@ class CheckPool:
         reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
         return _Worker(process, reader, writer, self.threads)
 
-    async def start(self) -> None:
-        """Start the worker processes now rather than at the first message; a
-        failure is logged (the checks then start them, or fall back)."""
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start the worker processes now rather than at the first message,
+        and wait (at most ``timeout`` seconds) until they have loaded their
+        libraries: the server starts serving with its checks ready, and the
+        workers' start-up does not compete with the first messages for the
+        CPU. A failure is logged (the checks then start them, or fall back)."""
         try:
             while len(self._workers) < self.processes:
                 self._workers.append(await self._start())
+            await asyncio.wait_for(asyncio.gather(*(w.ready for w in self._workers)), timeout)
         except Exception:
-            log.exception("mailauth: cannot start the check workers; the checks will retry or use threads")
+            log.exception("mailauth: the check workers did not start; the checks will retry or use threads")
 
     async def _worker(self) -> _Worker:
         """The least busy live worker, starting one while there are fewer than ``processes``."""
