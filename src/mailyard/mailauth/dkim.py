@@ -324,6 +324,7 @@ class _Fast:
         return True
 
 
+@functools.lru_cache(maxsize=256)
 def _key_problem(record: str | None) -> tuple[str, str] | None:
     """(result, reason) when the key record rules a signature out before any crypto."""
     if record is None:
