@@ -229,7 +229,13 @@ class MailServer:
         else:
             store.attach_peers(worker.channel)
         auth = cfg.authentication
-        srs = SRS(load_srs_secret(self.data_dir)) if auth.srs else None
+        srs = None
+        if auth.srs:
+            try:
+                srs = SRS(load_srs_secret(self.data_dir))
+            except OSError as exc:
+                # forwarding still works, with the original reverse-path
+                log.warning("SRS is off: cannot read or create its secret: %s", exc)
         router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients, srs=srs)
         if self.tls is None:
             self.tls = self._load_tls()
