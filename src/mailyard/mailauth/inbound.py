@@ -3,8 +3,9 @@ DKIM (every signature), ARC (the chain, RFC 8617), DMARC, and the one Authentica
 records them (RFC 8601).
 
 ``check_message`` is blocking (dkimpy, pyspf, DNS through
-``dnscache.Resolver``); ``net/smtp.py`` runs it in a worker thread at the end
-of DATA, so the event loop keeps serving everyone else. Its answer is an
+``dnscache.Resolver``); ``net/smtp.py`` runs it at the end of DATA in a
+worker process (``pool.CheckPool``) or on ``InboundChecker``'s threads, so
+the event loop keeps serving everyone else. Its answer is an
 ``InboundVerdict``: the field to prepend, the message with forged fields
 claiming this server's authserv-id removed, and what DMARC asks for.
 """

@@ -514,9 +514,9 @@ class SMTPSession(SessionProtocol):
         metrics.count_message(self.listener.name, "rejected", reason)
 
     async def _authenticate(self, event: MessageReceived, data: bytes) -> InboundVerdict | None:
-        """SPF, DKIM and DMARC of a message received on the MX port
-        (mailauth/inbound.py), on the checks' own threads: the libraries and
-        their DNS lookups block. None if the checks themselves broke (the
+        """SPF, DKIM, ARC and DMARC of a message received on the MX port
+        (mailauth/inbound.py), in the checks' worker processes or threads
+        (mailauth/pool.py): the libraries and their DNS lookups block. None if the checks themselves broke (the
         message is then accepted without a verdict, and the error logged)."""
         checker = self.services.mailauth
         assert checker is not None
