@@ -130,6 +130,9 @@ def cmd_init(args: argparse.Namespace) -> None:
             print(f"added domain {args.domain.lower()}")
         if args.domain:
             _ensure_dkim_keys(d, args.domain)
+        from .mailauth import srs
+
+        srs.load_secret(d)  # the SRS secret (mode 0600), made once
         if args.demo and args.domain:
             for user in DEMO_USERS:
                 address = f"{user}@{args.domain.lower()}"

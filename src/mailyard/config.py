@@ -275,8 +275,19 @@ class AuthenticationConfig:
     dmarc_policy: str = "enforce"
     # Seconds the checks of one message wait for DNS before temperror.
     dns_timeout: float = 5.0
+    # Worker processes that run the checks (mailauth/pool.py), so the event
+    # loop keeps its core; 0: the server process's own threads. Each costs
+    # about 40 MB: worth it only where cores are to spare.
+    check_processes: int = 0
     # The authserv-id of Authentication-Results (RFC 8601 2.5); empty: [server] hostname.
     authserv_id: str = ""
+    # Rewrite the envelope sender of mail that an alias or list forwards to
+    # another server with SRS (mailauth/srs.py), so it passes SPF there, and
+    # take bounces to such addresses back to the original sender.
+    srs: bool = True
+    # The domain of the SRS addresses (one of this server's, whose SPF names
+    # it); empty: the first local domain.
+    srs_domain: str = ""
 
 
 @dataclass

@@ -33,7 +33,10 @@ from .delivery.tlspolicy import TransportSecurity
 from .delivery.tlsrpt import TLSReports
 from .mailauth.dnscache import Resolver
 from .mailauth.inbound import InboundChecker
+from .mailauth.pool import CheckPool
 from .mailauth.signer import Signer
+from .mailauth.srs import SRS
+from .mailauth.srs import load_secret as load_srs_secret
 from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, client_context, ensure_certificate
@@ -233,14 +236,27 @@ class MailServer:
             store.share_holds(keep_expunged=False)
         else:
             store.attach_peers(worker.channel)
-        router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients)
+        auth = cfg.authentication
+        srs = None
+        if auth.srs:
+            try:
+                srs = SRS(load_srs_secret(self.data_dir))
+            except OSError as exc:
+                # forwarding still works, with the original reverse-path
+                log.warning("SRS is off: cannot read or create its secret: %s", exc)
+        router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients, srs=srs)
         if self.tls is None:
             self.tls = self._load_tls()
-        signer = Signer(self.data_dir, cfg.server.hostname).sign if cfg.authentication.dkim_sign else None
-        auth = cfg.authentication
-        mailauth = (InboundChecker(Resolver(cfg.delivery.nameservers, auth.dns_timeout),
-                                   auth.authserv_id or cfg.server.hostname)
-                    if auth.inbound_checks else None)
+        authserv_id = auth.authserv_id or cfg.server.hostname
+        keyring = Signer(self.data_dir, cfg.server.hostname, authserv_id, auth.srs_domain)
+        signer = keyring.sign if auth.dkim_sign else None
+        mailauth: InboundChecker | CheckPool | None = None
+        if auth.inbound_checks and auth.check_processes > 0:
+            mailauth = CheckPool(cfg.delivery.nameservers, auth.dns_timeout, authserv_id,
+                                 processes=auth.check_processes)
+            await mailauth.start()
+        elif auth.inbound_checks:
+            mailauth = InboundChecker(Resolver(cfg.delivery.nameservers, auth.dns_timeout), authserv_id)
         self.services = Services(
             config=cfg,
             data_dir=self.data_dir,
@@ -250,7 +266,9 @@ class MailServer:
             spool=spool,
             queue=OutboundQueue(store, router, cfg.delivery, cfg.server.hostname, client_tls=client_context,
                                 relay_ca_file=self._relay_ca_file(), signer=signer,
-                                security=self._transport_security()),
+                                security=self._transport_security(),
+                                sealer=keyring.seal if auth.dkim_sign else None, srs=srs,
+                                srs_domain=auth.srs_domain),
             tls=self.tls,
             smtp_engine=engine_config(cfg),
             submission_engine=submission_engine_config(cfg),

@@ -26,6 +26,7 @@ from .config import Config
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
 from .mailauth.inbound import InboundChecker
+from .mailauth.pool import CheckPool
 from .protocols.smtp.server import ServerConfig
 from .store.api import Store
 from .store.spool import MessageSpool
@@ -64,6 +65,7 @@ class Services:
     submission_engine: ServerConfig
     # Counters for tests and metrics (e.g. "smtp_sessions" on the MX port).
     stats: collections.Counter[str]
-    # The SPF / DKIM / DMARC checks of the MX port (mailauth/inbound.py); None:
+    # The SPF / DKIM / ARC / DMARC checks of the MX port (mailauth/pool.py, or
+    # mailauth/inbound.py on threads); None:
     # the MX port does not check ([authentication] inbound_checks = false).
-    mailauth: InboundChecker | None = None
+    mailauth: InboundChecker | CheckPool | None = None

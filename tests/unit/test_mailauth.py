@@ -359,6 +359,7 @@ def test_check_message_writes_one_field(domain_keys: keys.SigningKeys, dns: DNSS
         "\tspf=pass smtp.helo=mail.a.test;\r\n"
         f"\tdkim=pass header.d=a.test header.s={gen}-ed25519 header.a=ed25519-sha256 header.b={ed_b};\r\n"
         f"\tdkim=pass header.d=a.test header.s={gen}-rsa header.a=rsa-sha256 header.b={rsa_b};\r\n"
+        "\tarc=none;\r\n"
         "\tdmarc=pass (aligned SPF and DKIM) header.from=a.test\r\n"
     ).encode()
     # a forged From with neither aligned gets the reject disposition
@@ -399,3 +400,67 @@ def test_authentication_config_section() -> None:
     with pytest.raises(ConfigError, match="'authentication.dmarc_policy' must be \"enforce\" or \"record\""):
         Config().apply({"authentication": {"dmarc_policy": "quarantine-all"}})
     assert "[authentication]" in Config().to_toml()
+
+
+# --- the fast path of verification agrees with dkimpy ------------------------------------
+
+TRICKY = [
+    # folded fields, tabs and runs of spaces, trailing whitespace on lines
+    b"From:  Alice\t <alice@a.test> \r\nTo: bob@b.test,\r\n\t  carol@c.test\r\nSubject: a  \t folded\r\n"
+    b" subject line \r\nDate: Sat, 05 Dec 2026 08:00:00 +0000\r\nMessage-ID: <t1@a.test>\r\n\r\n"
+    b"line with trailing spaces   \r\n\tindented\t\tline\r\n\r\n\r\n",
+    # an empty body, and a body of only blank lines
+    b"From: alice@a.test\r\nSubject: empty\r\n\r\n",
+    b"From: alice@a.test\r\nSubject: blank\r\n\r\n\r\n\r\n \r\n",
+    # a body without a final line break, 8-bit text
+    b"From: alice@a.test\r\nSubject: no eol\r\n\r\n\xc3\xa9t\xc3\xa9 sans fin",
+    # two Received fields (not signed) and field names in odd case
+    b"Received: from x by y; Sat, 05 Dec 2026 08:00:00 +0000\r\nReceived: from z by x; Sat, 05 Dec 2026"
+    b" 07:59:00 +0000\r\nFROM: alice@a.test\r\nsubject: case\r\n\r\nbody\r\n",
+]
+
+
+@pytest.mark.parametrize("index", range(len(TRICKY)))
+def test_fast_verification_agrees_with_dkimpy(domain_keys: keys.SigningKeys, resolver: Resolver,
+                                              monkeypatch: pytest.MonkeyPatch, index: int) -> None:
+    """Signatures made by dkimpy itself (an independent signer: its own
+    canonicalisation, oversigned and absent fields) pass through
+    the fast path, and a change dkimpy rejects is not passed by it."""
+    import dkim as dkimpy
+
+    message = TRICKY[index]
+    # oversigned From and Subject, fields that are absent (signed as empty)
+    headers = [b"from", b"from", b"to", b"subject", b"subject", b"date", b"message-id", b"reply-to"]
+    field = dkimpy.sign(message, domain_keys.rsa_selector.encode(), b"a.test", domain_keys.rsa_pem,
+                        canonicalize=(b"relaxed", b"relaxed"), include_headers=headers, linesep=b"\r\n")
+    ed = dkimpy.sign(message, domain_keys.ed25519_selector.encode(), b"a.test", domain_keys.ed25519_seed_b64,
+                     canonicalize=(b"relaxed", b"relaxed"), include_headers=headers, linesep=b"\r\n",
+                     signature_algorithm=b"ed25519-sha256")
+    signed = ed + field + message
+    slow = []
+    original = dkim._Verifier.__init__
+
+    def counting(self, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+        slow.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(dkim._Verifier, "__init__", counting)
+    assert [r.result for r in dkim.verify(signed, resolver.txt)] == ["pass", "pass"]
+    assert slow == [], "both passed on the fast path"
+    # a changed body line, or a whitespace change inside a word: fails (through dkimpy, with its reason)
+    changed = signed[:-4] + bytes([signed[-4] ^ 1]) + signed[-3:] if len(message.split(b"\r\n\r\n", 1)[1]) > 4 \
+        else signed.replace(b"Subject: ", b"Subject: x")
+    assert {r.result for r in dkim.verify(changed, resolver.txt)} == {"fail"}
+    assert slow, "a failure is left to dkimpy"
+
+
+def test_fast_path_leaves_simple_canonicalization_to_dkimpy(domain_keys: keys.SigningKeys,
+                                                           resolver: Resolver) -> None:
+    import dkim as dkimpy
+
+    field = dkimpy.sign(MESSAGE, domain_keys.rsa_selector.encode(), b"a.test", domain_keys.rsa_pem,
+                        canonicalize=(b"simple", b"simple"), linesep=b"\r\n")
+    assert [r.result for r in dkim.verify(field + MESSAGE, resolver.txt)] == ["pass"]
+    # simple canonicalisation: a whitespace change that relaxed would forgive fails
+    assert [r.result for r in dkim.verify(field + MESSAGE.replace(b"Subject: ", b"Subject:  "), resolver.txt)] == [
+        "fail"]

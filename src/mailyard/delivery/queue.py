@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import logs, metrics
+from ..mailauth.srs import SRS, SRSError
 from ..message.trace import delivered_to_header, return_path_header
 from ..protocols.smtp.client import (
     NEED_DATA,
@@ -97,6 +98,11 @@ RELAY_STARTTLS = {"starttls": "require", "opportunistic": "opportunistic", "none
 # message with its DKIM-Signature fields (mailauth/signer.py ``Signer.sign``).
 # Blocking; the queue runs it in a worker thread.
 MessageSigner = Callable[[bytes, str], bytes]
+
+# Seals a forwarded message (mailauth/signer.py ``Signer.seal``): the
+# message -> the ARC set to prepend (RFC 8617 5.1), b"" when none applies.
+# Blocking; the queue runs it in a worker thread.
+MessageSealer = Callable[[bytes], bytes]
 
 
 def reply_text(reply: Reply) -> str:
@@ -254,16 +260,24 @@ class OutboundQueue:
     connections, ``relay_ca_file`` (an absolute path, or None) is the CA file
     the smarthost's certificate is checked against, ``signer`` (when given)
     DKIM-signs each message once as it enters the queue (RFC 6376),
-    submissions and generated reports alike."""
+    submissions and generated reports alike. A forwarded message (an alias
+    or list at a local domain sends it on to a remote address) also gets an
+    ARC set from ``sealer`` (RFC 8617) and, with ``srs``, an SRS reverse-path
+    at ``srs_domain`` (empty: the first local domain) when its sender's
+    domain is not local (mailauth/srs.py)."""
 
     def __init__(self, store: Store, router: Router, cfg: DeliveryConfig, hostname: str,
                  client_tls: ClientTLS, relay_ca_file: str | None = None,
-                 signer: MessageSigner | None = None, security: TransportSecurity | None = None) -> None:
+                 signer: MessageSigner | None = None, security: TransportSecurity | None = None,
+                 sealer: MessageSealer | None = None, srs: SRS | None = None, srs_domain: str = "") -> None:
         if cfg.relay_tls not in RELAY_STARTTLS:
             # Config.load refuses it; this guards configurations built in code.
             raise ValueError(f"delivery.relay_tls {cfg.relay_tls!r} is not one of {', '.join(RELAY_STARTTLS)}")
         self.store = store
         self.signer = signer
+        self.sealer = sealer
+        self.srs = srs
+        self.srs_domain = srs_domain
         self.router = router
         self.cfg = cfg
         self.hostname = hostname
@@ -302,24 +316,34 @@ class OutboundQueue:
         smtputf8: bool = False,
         eight_bit: bool | None = None,
         msgid: str | None = None,
+        forwarded: bool = False,
     ) -> int | None:
         """Queue ``body`` for the remote ``recipients`` and, in the same durable
         commit, deliver it to the INBOX of the local ``accounts``. Returns the
         queue id (None when no recipient is remote). ``enforce_quota``: as
-        delivery/local.py's (QuotaExceeded, nothing stored or queued)."""
+        delivery/local.py's (QuotaExceeded, nothing stored or queued).
+        ``forwarded``: the recipients are where a local alias or list sends
+        the message on (see the class doc): the queue entry's reverse-path is
+        SRS-rewritten and the message ARC-sealed; the local copies keep the
+        original reverse-path."""
         rcpts = [r if isinstance(r, NewRecipient) else NewRecipient(r) for r in recipients]
+        sender = reverse_path
+        if rcpts and forwarded:
+            sender = await self.forwarding_sender(reverse_path)
         if rcpts:
-            body = await self.sign(body, reverse_path)
+            body = await self.sign(body, sender)
+            if forwarded and self.sealer is not None:
+                body = await self.seal(body)
         targets = await self.local_targets(reverse_path, accounts, inbox_id, enforce_quota=enforce_quota)
         if eight_bit is None:
             eight_bit = not body.isascii()
-        entry = NewQueueEntry(reverse_path, rcpts, envid, ret, smtputf8, eight_bit) if rcpts else None
+        entry = NewQueueEntry(sender, rcpts, envid, ret, smtputf8, eight_bit) if rcpts else None
         _uids, queue_id = await self.store.queue_submit(body, entry, targets)
         if queue_id is not None:
             entry_now = await self.store.queue_entry(queue_id)
             created = entry_now.created if entry_now is not None else time.time()
             logs.event(log, logging.INFO, "queued", msgid=msgid, queue_id=queue_name(queue_id, created),
-                       size=len(body), **{"from": reverse_path, "to": [r.address for r in rcpts]})
+                       size=len(body), **{"from": sender, "to": [r.address for r in rcpts]})
             metrics.count_delivery("remote", "queued", len(rcpts))
             self.wake()
         return queue_id
@@ -329,6 +353,33 @@ class OutboundQueue:
         if self.signer is None:
             return body
         return await asyncio.to_thread(self.signer, body, reverse_path)
+
+    async def seal(self, body: bytes) -> bytes:
+        """``body`` with its ARC set (RFC 8617 5.1) on top, off the event loop;
+        unchanged when sealing fails (the message still goes, as unsigned)."""
+        assert self.sealer is not None
+        try:
+            return await asyncio.to_thread(self.sealer, body) + body
+        except Exception:  # noqa: BLE001 - an unsealable message is forwarded unsealed
+            log.exception("ARC sealing failed; forwarding unsealed")
+            return body
+
+    async def forwarding_sender(self, reverse_path: str) -> str:
+        """The reverse-path of a forwarded copy: SRS-rewritten unless SRS is
+        off, the path is null (a bounce is never rewritten: RFC 5321 4.5.5)
+        or its domain is local (this server's SPF covers it already)."""
+        if self.srs is None or not reverse_path or "@" not in reverse_path:
+            return reverse_path
+        if await self.router.directory.is_local_domain(reverse_path.rpartition("@")[2].lower()):
+            return reverse_path
+        domain = self.srs_domain
+        if not domain:
+            domains = await self.store.list_domains()
+            domain = domains[0] if domains else self.hostname
+        try:
+            return self.srs.forward(reverse_path, domain)
+        except SRSError:
+            return reverse_path
 
     async def local_targets(self, reverse_path: str, accounts: Sequence[Account], inbox_id: Any = None,
                             *, enforce_quota: bool = False) -> list[DeliveryTarget]:

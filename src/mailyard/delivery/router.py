@@ -4,7 +4,10 @@ A forward-path resolves to local accounts (whose INBOX gets the message) and
 remote addresses (for the outbound queue), by expanding aliases and mailing
 lists recursively. An address that is no account, alias or list goes to its
 domain's catch-all (the alias ``@domain``), whose target ``@other`` is a
-domain alias: the same local part at ``other``. Expansion is loop-safe (an address seen once is not expanded
+domain alias: the same local part at ``other``. An SRS address
+(mailauth/srs.py) at a local domain resolves, when its hash and age are
+good, to the address it was made from, like an alias; a forged or expired
+one is unknown (550 5.1.1). Expansion is loop-safe (an address seen once is not expanded
 again) and bounded in depth and size, so a misconfigured alias loop or a huge
 list cannot run away.
 """
@@ -17,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..mailauth.srs import SRS, SRSError, is_srs
 from ..message.address import canonical_address
 from ..store.api import Account, InvalidName, Store
 from ..store.names import normalize_address, normalize_domain
@@ -96,8 +100,10 @@ class DirectoryCache:
 
 
 class Router:
-    def __init__(self, store: Store, max_depth: int = 10, max_recipients: int = 1000) -> None:
+    def __init__(self, store: Store, max_depth: int = 10, max_recipients: int = 1000,
+                 srs: SRS | None = None) -> None:
         self.store = store
+        self.srs = srs
         self.max_depth = max_depth
         self.max_recipients = max_recipients
         self.directory = DirectoryCache(store)
@@ -153,6 +159,14 @@ class Router:
         if not await self.directory.is_local_domain(domain):
             out.remote.append(addr)
             return True
+        local = addr.rpartition("@")[0]
+        if self.srs is not None and is_srs(local):
+            try:
+                original = self.srs.reverse(addr)
+            except SRSError:
+                return False
+            # the bounce (or reply) goes back to the address SRS stood for
+            return await self._expand(original, depth + 1, seen, out, catch_all=False)
         account = await self.directory.account(key)
         if account is not None:
             if all(a.id != account.id for a in out.accounts):

@@ -180,6 +180,7 @@ async def accept_message(
     ret: str | None = None,
     smtputf8: bool = False,
     junk: bool = False,
+    forwarded: Sequence[str | NewRecipient] = (),
 ) -> Accepted:
     """Accept ``data`` for the local ``accounts`` and the ``remote`` recipients.
 
@@ -190,7 +191,10 @@ async def accept_message(
     when every recipient is a local account the message would take over its
     quota. Returns when the message is durable (DESIGN.md "Durability").
     ``junk``: the local copies go to each account's Junk folder, not the
-    INBOX (a DMARC quarantine, RFC 7489 6.3).
+    INBOX (a DMARC quarantine, RFC 7489 6.3). ``forwarded``: remote
+    addresses a local alias or list sends the message on to; they are
+    queued apart from ``remote`` (their entry has its own, SRS-rewritten,
+    reverse-path and the copy an ARC seal: ``OutboundQueue.enqueue``).
     """
     auth_user = None
     if account is not None:
@@ -202,12 +206,15 @@ async def accept_message(
         data, _added = complete_message(data, intake.config.server.hostname)
         auth_user = account.address
     queue = intake.queue
-    if remote and queue is None:
+    if (remote or forwarded) and queue is None:
+        elsewhere = list(remote) + list(forwarded)
         raise RemoteUnavailable(
             "sending to other domains is not available (no outbound queue): "
-            + ", ".join(r.address if isinstance(r, NewRecipient) else r for r in remote),
-            [r.address if isinstance(r, NewRecipient) else r for r in remote],
+            + ", ".join(r.address if isinstance(r, NewRecipient) else r for r in elsewhere),
+            [r.address if isinstance(r, NewRecipient) else r for r in elsewhere],
         )
+    # the local copies travel with the first queue entry, in its commit
+    first, first_forwarded = (remote, False) if remote else (forwarded, True)
     received = received_header(
         by=intake.config.server.hostname, helo=trace.helo, ip=trace.ip, protocol=trace.protocol,
         id=trace.id, for_addr=trace.for_addr, tls_info=trace.tls_info, auth_user=auth_user,
@@ -221,15 +228,16 @@ async def accept_message(
     over_quota: list[Account] = []
     wanted = list(accounts)
     while True:
-        if accounts and not wanted and not remote:
+        if accounts and not wanted and not first:
             raise QuotaExceeded("mailbox full: " + ", ".join(a.address for a in over_quota))
         try:
-            if remote:
+            if first:
                 assert queue is not None
                 # Local copies and the queue entry in one durable commit (Store.queue_submit).
                 queue_id = await queue.enqueue(
-                    received + data, reverse_path, remote, accounts=wanted, inbox_id=inbox_id,
+                    received + data, reverse_path, first, accounts=wanted, inbox_id=inbox_id,
                     enforce_quota=True, envid=envid, ret=ret, smtputf8=smtputf8, msgid=trace.id,
+                    forwarded=first_forwarded,
                 )
             elif wanted:
                 await deliver_local(intake.store, received + data, reverse_path, wanted, inbox_id=inbox_id,
@@ -242,6 +250,11 @@ async def accept_message(
                 raise
             over_quota += refused
             wanted = [a for a in wanted if a not in refused]
+    if remote and forwarded:
+        assert queue is not None
+        # a second entry, for the copies an alias or list forwards
+        await queue.enqueue(received + data, reverse_path, forwarded, envid=envid, ret=ret, smtputf8=smtputf8,
+                            msgid=trace.id, forwarded=True)
     if wanted:
         metrics.count_delivery("local", "delivered", len(wanted))
         metrics.observe_delivery("local", time.monotonic() - started)

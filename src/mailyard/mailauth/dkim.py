@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +32,7 @@ import dkim as dkimpy
 import nacl.exceptions
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from ..message.headers import split_fields
@@ -205,6 +207,124 @@ class _Verifier(dkimpy.DKIM):
             self.ktag = b"rsa"
 
 
+# --- the fast path of verification -----------------------------------------------------
+# The common signature (relaxed/relaxed, rsa-sha256 or ed25519-sha256, no x=,
+# a plain key record) is checked here with hashlib and OpenSSL, the body hash
+# computed once for all signatures: about a quarter of dkimpy's cost, which
+# the MX port pays per message. Only a pass is taken from it: anything else
+# (an unusual tag, a mismatch) goes through dkimpy as before, which gives the
+# result and its reason. A pass is sound on its own: the signature verified
+# over the canonical form (RFC 6376 3.4.2, 3.4.4) of the fields h= names and
+# of the body, as RFC 6376 3.7 computes it.
+_WSP_RUN = re.compile(rb"[ \t]+")
+_WSP_EOL = re.compile(rb"[ \t]+\r\n")
+_B_TAG = re.compile(rb"(^|;)(\s*b\s*=)[^;]*")
+_FAST_SIG_TAGS = frozenset({"v", "a", "b", "bh", "c", "d", "h", "i", "q", "s", "t"})
+_FAST_KEY_TAGS = frozenset({"v", "k", "p", "n"})
+
+
+def _relaxed_field(name: str, value: bytes) -> bytes:
+    """RFC 6376 3.4.2: lower-case name, unfolded, WSP runs as one SP, none at the ends."""
+    value = _WSP_RUN.sub(b" ", value.replace(b"\r\n", b"").replace(b"\n", b"")).strip(b" ")
+    return name.strip().lower().encode("ascii") + b":" + value
+
+
+def _relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 3.4.4: no WSP at line ends, WSP runs as one SP, no empty lines at the end."""
+    if b"\r\n" not in body and b"\n" in body:
+        body = body.replace(b"\n", b"\r\n")
+    body = _WSP_RUN.sub(b" ", _WSP_EOL.sub(b"\r\n", body))
+    body = _WSP_EOL.sub(b"\r\n", body)
+    while body.endswith(b"\r\n\r\n"):
+        body = body[:-2]
+    if body == b"\r\n":
+        return b""
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body
+
+
+@functools.lru_cache(maxsize=256)
+def _fast_key(record: bytes) -> tuple[str, object] | None:
+    """("rsa" | "ed25519", OpenSSL public key) for a plain key record, else None."""
+    try:
+        tags = {k.decode().lower(): v for k, v in dkimpy.util.parse_tag_value(record).items()}
+    except Exception:  # noqa: BLE001 - dkimpy judges the record
+        return None
+    if not set(tags) <= _FAST_KEY_TAGS or tags.get("v", b"DKIM1") != b"DKIM1":
+        return None
+    try:
+        raw = base64.b64decode(re.sub(rb"\s+", b"", tags.get("p", b"")), validate=True)
+        if tags.get("k", b"rsa") == b"rsa":
+            key = serialization.load_der_public_key(raw)
+            return ("rsa", key) if isinstance(key, rsa.RSAPublicKey) and key.key_size >= MIN_RSA_BITS else None
+        if tags.get("k") == b"ed25519":
+            return ("ed25519", ed25519.Ed25519PublicKey.from_public_bytes(raw))
+    except (ValueError, TypeError):
+        return None
+    return None
+
+
+class _Fast:
+    """The fast path for one message: its fields, and body hashes by algorithm."""
+
+    def __init__(self, fields: list[tuple[str, bytes]], body: bytes) -> None:
+        self.fields = fields
+        self.body = body
+        self._bh: bytes | None = None
+
+    def body_hash(self) -> bytes:
+        if self._bh is None:
+            self._bh = hashlib.sha256(_relaxed_body(self.body)).digest()
+        return self._bh
+
+    def passes(self, position: int, tags: dict[str, str], record: bytes) -> bool:
+        """Whether the signature in field ``position`` verifies (False: ask dkimpy)."""
+        if not set(tags) <= _FAST_SIG_TAGS or tags.get("v") != "1" or tags.get("c", "").lower() != "relaxed/relaxed":
+            return False
+        algorithm, domain = tags.get("a", "").lower(), tags.get("d", "").lower()
+        found = _fast_key(record)
+        if found is None or (algorithm, found[0]) not in (("rsa-sha256", "rsa"), ("ed25519-sha256", "ed25519")):
+            return False
+        ident = tags.get("i", "").lower().rpartition("@")[2]
+        if not domain or (ident and ident != domain and not ident.endswith("." + domain)):
+            return False
+        stamp = tags.get("t", "0")
+        if not stamp.isdigit() or int(stamp) > time.time() + 300:
+            return False
+        names = [n.strip().lower() for n in tags.get("h", "").split(":")]
+        if "from" not in names:
+            return False
+        try:
+            if base64.b64decode(tags.get("bh", ""), validate=True) != self.body_hash():
+                return False
+            signature = base64.b64decode(tags.get("b", ""), validate=True)
+        except ValueError:
+            return False
+        # RFC 6376 5.4.2: each name takes the next instance from the bottom
+        used: set[int] = set()
+        parts: list[bytes] = []
+        for name in names:
+            for i in range(len(self.fields) - 1, -1, -1):
+                if i not in used and self.fields[i][0].strip().lower() == name:
+                    used.add(i)
+                    parts.append(_relaxed_field(*self.fields[i]) + b"\r\n")
+                    break
+        sig_name, sig_value = self.fields[position]
+        parts.append(_relaxed_field(sig_name, _B_TAG.sub(rb"\1\2", sig_value)))
+        data = b"".join(parts)
+        try:
+            if found[0] == "rsa":
+                found[1].verify(signature, data, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr]
+            else:
+                # RFC 8463 3: Ed25519 signs the SHA-256 of the signed data
+                found[1].verify(signature, hashlib.sha256(data).digest())  # type: ignore[union-attr]
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+@functools.lru_cache(maxsize=256)
 def _key_problem(record: str | None) -> tuple[str, str] | None:
     """(result, reason) when the key record rules a signature out before any crypto."""
     if record is None:
@@ -231,12 +351,15 @@ def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool 
     ``rsa-sha1`` signatures fail (RFC 8301 3.1: verifiers MUST NOT consider
     them valid) unless ``allow_sha1``, which only the interoperability tests
     use, to check another signer's canonicalisation and hashing."""
-    header, _body = split_header_body(message)
-    sigs = [value for name, value in split_fields(header) if name.lower() == "dkim-signature"]
+    header, body = split_header_body(message)
+    fields = split_fields(header)
+    positions = [i for i, (name, _value) in enumerate(fields) if name.strip().lower() == "dkim-signature"]
+    sigs = [fields[i][1] for i in positions]
     results: list[DKIMResult] = []
     if not sigs:
         return results  # nothing to check: the message is not parsed again
-    checker = _Verifier(message, logger=_quiet, minkey=MIN_RSA_BITS)
+    fast = _Fast(fields, body)
+    checker: _Verifier | None = None
     for idx, value in enumerate(sigs[:10]):
         tags = _tags(value)
         d, s, a = tags.get("d", ""), tags.get("s", ""), tags.get("a", "")
@@ -253,6 +376,18 @@ def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool 
             # after the signed part; such signatures are not trusted here.
             results.append(made("neutral", "l= is not accepted"))
             continue
+        if "x" not in tags and "z" not in tags:
+            # the common case, checked without dkimpy when it passes
+            try:
+                record_now = next((r for r in txt(f"{s}._domainkey.{d}") if "p=" in r), None)
+            except DNSTempError:
+                record_now = None
+            if record_now is not None and _key_problem(record_now) is None and fast.passes(
+                    positions[idx], tags, record_now.encode()):
+                results.append(made("pass"))
+                continue
+        if checker is None:
+            checker = _Verifier(message, logger=_quiet, minkey=MIN_RSA_BITS)
         try:
             prep = checker.verify_headerprep(idx)
         except dkimpy.DKIMException as exc:

@@ -1,10 +1,11 @@
 """The inbound checks of the MX port, together: SPF (MAIL FROM and HELO),
-DKIM (every signature), DMARC, and the one Authentication-Results field that
+DKIM (every signature), ARC (the chain, RFC 8617), DMARC, and the one Authentication-Results field that
 records them (RFC 8601).
 
 ``check_message`` is blocking (dkimpy, pyspf, DNS through
-``dnscache.Resolver``); ``net/smtp.py`` runs it in a worker thread at the end
-of DATA, so the event loop keeps serving everyone else. Its answer is an
+``dnscache.Resolver``); ``net/smtp.py`` runs it at the end of DATA in a
+worker process (``pool.CheckPool``) or on ``InboundChecker``'s threads, so
+the event loop keeps serving everyone else. Its answer is an
 ``InboundVerdict``: the field to prepend, the message with forged fields
 claiming this server's authserv-id removed, and what DMARC asks for.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from ..message.address import iter_mailboxes, parse_address_list
 from ..message.headers import split_fields
 from ..message.parse import split_header_body
-from . import dkim, dmarc, spf
+from . import arc, dkim, dmarc, spf
 from .authresults import format_header, resinfo, strip_ours
 from .dnscache import Resolver
 
@@ -33,6 +34,7 @@ class InboundVerdict:
     helo: spf.SPFResult
     dkim: list[dkim.DKIMResult] = field(default_factory=list)
     dmarc: dmarc.DMARCResult | None = None
+    arc: arc.ARCResult | None = None
 
     @property
     def disposition(self) -> str:
@@ -71,6 +73,7 @@ def check_message(
         mailfrom = spf.SPFResult(helo_result.result, "mailfrom", helo_result.domain, helo_result.sender,
                                  helo_result.explanation)
     dkim_results = dkim.verify(message, resolver.txt)
+    arc_result = arc.verify(message, resolver.txt)
     dmarc_result = dmarc.evaluate(resolver, from_domains(message), mailfrom, dkim_results, rng=rng)
     results = [
         resinfo("spf", mailfrom.result, mailfrom.explanation if mailfrom.result != "pass" else "",
@@ -84,12 +87,15 @@ def check_message(
                                                               ("header.a", r.algorithm), ("header.b", r.b_prefix)]))
     else:
         lines.append(resinfo("dkim", "none"))
+    # RFC 8617 4.4 / RFC 8601 2.7: the chain validation status, which the
+    # seal of a forwarded copy carries on as cv= (arc.seal)
+    lines.append(resinfo("arc", arc_result.result, arc_result.reason))
     reason = dmarc_result.reason
     if dmarc_result.result == "fail":
         reason += f"; p={dmarc_result.policy} dis={dmarc_result.disposition}"
     lines.append(resinfo("dmarc", dmarc_result.result, reason, [("header.from", dmarc_result.from_domain)]))
     return InboundVerdict(message, format_header(authserv_id, lines), mailfrom, helo_result, dkim_results,
-                          dmarc_result)
+                          dmarc_result, arc_result)
 
 
 class InboundChecker:

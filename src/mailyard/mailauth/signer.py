@@ -8,6 +8,10 @@ RFC 7489 3.1.1), the reverse-path domain, the server host name's domain
 (for forwarded mail from elsewhere and reports). A message from none of
 them goes out unsigned.
 
+``Signer.seal`` makes the ARC set (RFC 8617) of a message that an alias or
+list forwards, with the RSA key of the forwarder's own domain: the SRS
+domain when one is configured, else the server host name's domain.
+
 The active generation is read from disk on each use (one ``stat``), so
 ``mailyard dkim activate`` takes effect without a restart.
 """
@@ -22,15 +26,17 @@ from pathlib import Path
 from ..message.address import iter_mailboxes, parse_address_list
 from ..message.headers import split_fields
 from ..message.parse import split_header_body
-from . import dkim, keys
+from . import arc, dkim, keys
 
 log = logging.getLogger("mailyard.dkim")
 
 
 class Signer:
-    def __init__(self, data_dir: Path, hostname: str = "") -> None:
+    def __init__(self, data_dir: Path, hostname: str = "", authserv_id: str = "", seal_domain: str = "") -> None:
         self.data_dir = Path(data_dir)
         self.hostname = hostname.lower().rstrip(".")
+        self.authserv_id = authserv_id or self.hostname
+        self.seal_domain = seal_domain.lower().rstrip(".")
         self._cache: dict[str, tuple[int, keys.SigningKeys | None]] = {}
         self._lock = threading.Lock()
 
@@ -60,9 +66,12 @@ class Signer:
                 out.extend(m.addr_spec.rpartition("@")[2] for m in iter_mailboxes(parse_address_list(text)))
         if reverse_path:
             out.append(reverse_path.rpartition("@")[2])
-        labels = self.hostname.split(".")
-        out.extend(".".join(labels[i:]) for i in range(len(labels) - 1))
+        out.extend(self._own_domains())
         return out
+
+    def _own_domains(self) -> list[str]:
+        labels = self.hostname.split(".")
+        return [".".join(labels[i:]) for i in range(len(labels) - 1)]
 
     def sign(self, message: bytes, reverse_path: str = "") -> bytes:
         """``message`` with the two DKIM-Signature fields prepended, or unchanged
@@ -76,3 +85,13 @@ class Signer:
                     log.exception("DKIM signing for %s failed; sending unsigned", domain)
                     return message
         return message
+
+    def seal(self, message: bytes) -> bytes:
+        """The ARC set to prepend to a forwarded ``message`` (``arc.seal``);
+        ``b""`` when no own domain has keys or the message holds no results
+        of this server's authserv-id (it was not checked on the MX port)."""
+        for domain in ([self.seal_domain] if self.seal_domain else []) + self._own_domains():
+            found = self.keys_for(domain)
+            if found is not None:
+                return arc.seal(message, found, self.authserv_id)
+        return b""

@@ -432,6 +432,7 @@ class SMTPSession(SessionProtocol):
     async def _deliver(self, event: MessageReceived, data: bytes) -> Reply:
         accounts = []
         remote: list[NewRecipient] = []
+        forwarded: list[NewRecipient] = []  # where a local alias or list sends it on
         rcpt_events = {r.forward_path: r for r in event.rcpts}
         for path in event.forward_paths:
             resolution = self.resolutions.get(path)
@@ -439,8 +440,9 @@ class SMTPSession(SessionProtocol):
                 accounts.extend(resolution.accounts)
                 rcpt = rcpt_events.get(path)
                 # RFC 3461 4.1/4.2: NOTIFY and ORCPT travel with the recipient
+                onward = forwarded if resolution.verdict is Verdict.LOCAL else remote
                 for addr in resolution.remote:
-                    remote.append(NewRecipient(addr, rcpt.notify if rcpt else None, rcpt.orcpt if rcpt else None))
+                    onward.append(NewRecipient(addr, rcpt.notify if rcpt else None, rcpt.orcpt if rcpt else None))
         queue_id = new_msgid()
         trace = Trace(
             # RFC 3848: ESMTP + S (TLS) + A (authenticated)
@@ -471,7 +473,7 @@ class SMTPSession(SessionProtocol):
                 self.services, data, event.reverse_path, accounts, remote,
                 trace=trace, account=self.account,
                 envid=mail.envid if mail else None, ret=mail.ret if mail else None,
-                smtputf8=bool(mail and mail.smtputf8), junk=junk,
+                smtputf8=bool(mail and mail.smtputf8), junk=junk, forwarded=forwarded,
             )
         except SenderNotAllowed as exc:
             self._message_rejected(queue_id, "sender-not-allowed", exc.verdict.reason, logging.WARNING)
@@ -497,7 +499,7 @@ class SMTPSession(SessionProtocol):
         logs.event(
             log, logging.INFO, "accepted", proto=self.listener.name, ip=self.peer_ip,
             user=self.account.address if self.account else None, msgid=queue_id,
-            size=len(data), delivered=len(accounts) - len(accepted.over_quota), queued=len(remote),
+            size=len(data), delivered=len(accounts) - len(accepted.over_quota), queued=len(remote) + len(forwarded),
             **{"from": event.reverse_path, "to": event.forward_paths},
         )
         metrics.count_message(self.listener.name, "accepted")
@@ -512,9 +514,9 @@ class SMTPSession(SessionProtocol):
         metrics.count_message(self.listener.name, "rejected", reason)
 
     async def _authenticate(self, event: MessageReceived, data: bytes) -> InboundVerdict | None:
-        """SPF, DKIM and DMARC of a message received on the MX port
-        (mailauth/inbound.py), on the checks' own threads: the libraries and
-        their DNS lookups block. None if the checks themselves broke (the
+        """SPF, DKIM, ARC and DMARC of a message received on the MX port
+        (mailauth/inbound.py), in the checks' worker processes or threads
+        (mailauth/pool.py): the libraries and their DNS lookups block. None if the checks themselves broke (the
         message is then accepted without a verdict, and the error logged)."""
         checker = self.services.mailauth
         assert checker is not None

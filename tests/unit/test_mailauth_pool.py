@@ -1,0 +1,181 @@
+"""mailauth/pool.py: the inbound checks in worker processes give the same
+verdict as in the server process, keep the server's CPU per message low,
+and fall back or restart when a worker dies, hangs, or the message is large."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailyard.mailauth import dkim, keys
+from mailyard.mailauth.dnscache import Resolver
+from mailyard.mailauth.inbound import check_message
+from mailyard.mailauth.pool import CheckPool
+from tests.integration.multihost import DNSServer
+
+IP = "192.0.2.10"
+MESSAGE = (
+    b"From: News <news@remote.test>\r\n"
+    b"To: alice@example.test\r\n"
+    b"Subject: pooled\r\n"
+    b"Date: Sat, 05 Dec 2026 08:00:00 +0000\r\n"
+    b"Message-ID: <pool1@remote.test>\r\n"
+    b"\r\n"
+    b"Checked in another process.\r\n"
+)
+
+
+@pytest.fixture
+def dns() -> Iterator[DNSServer]:
+    server = DNSServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def signed(tmp_path: Path, dns: DNSServer) -> bytes:
+    keys.generate(tmp_path, "remote.test")
+    loaded = keys.load(tmp_path, "remote.test")
+    assert loaded is not None
+    for rec in keys.records(loaded):
+        dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))
+    dns.add("remote.test", "TXT", f'"v=spf1 ip4:{IP} -all"')
+    dns.add("_dmarc.remote.test", "TXT", '"v=DMARC1; p=reject"')
+    return dkim.sign(MESSAGE, loaded) + MESSAGE
+
+
+def run(coro):  # noqa: ANN001, ANN201 - a test helper
+    return asyncio.run(coro)
+
+
+def check(pool: CheckPool, message: bytes):  # noqa: ANN201
+    return pool.check(message, ip=IP, helo="mx.remote.test", reverse_path="news@remote.test")
+
+
+def test_same_verdict_as_in_process_and_forged_field_removed(dns: DNSServer, signed: bytes) -> None:
+    forged = b"Authentication-Results: mx.example.test; dkim=pass; dmarc=pass\r\n"
+    expected = check_message(Resolver(dns.address, 3.0), forged + signed, authserv_id="mx.example.test", ip=IP,
+                             helo="mx.remote.test", reverse_path="news@remote.test")
+
+    async def go() -> None:
+        pool = CheckPool(dns.address, 3.0, "mx.example.test")
+        try:
+            await pool.start()
+            got = await check(pool, forged + signed)
+            plain = await check(pool, signed)
+            assert got.header == expected.header and b"dmarc=pass" in got.header
+            assert got.message == signed == expected.message  # the forged field is gone
+            assert plain.message is signed  # unchanged: not sent back, the server's own copy
+            assert (got.spf, got.dkim, got.dmarc, got.arc) == (expected.spf, expected.dkim, expected.dmarc,
+                                                                 expected.arc)
+            assert pool.stats == {"process": 2, "thread": 0, "restarts": 0}
+        finally:
+            pool.close()
+
+    run(go())
+
+
+def test_server_cpu_per_check_is_small(dns: DNSServer, signed: bytes) -> None:
+    """The point of the pool: the checks' Python runs in the worker, the
+    server's process only frames and unpickles (printed: ms of server CPU per
+    message, pool against in-process)."""
+    resolver = Resolver(dns.address, 3.0)
+
+    async def go() -> float:
+        pool = CheckPool(dns.address, 3.0, "mx.example.test", threads=4)
+        try:
+            await check(pool, signed)  # the worker is up, its DNS cache warm
+            count = 300
+            start = time.process_time()
+
+            async def client(n: int) -> None:
+                for _ in range(n):
+                    await check(pool, signed)
+
+            await asyncio.gather(*(client(count // 10) for _ in range(10)))
+            return (time.process_time() - start) / count * 1000
+        finally:
+            pool.close()
+
+    pooled = run(go())
+    check_message(resolver, signed, authserv_id="mx.example.test", ip=IP, helo="mx.remote.test",
+                  reverse_path="news@remote.test")
+    start = time.process_time()
+    for _ in range(100):
+        check_message(resolver, signed, authserv_id="mx.example.test", ip=IP, helo="mx.remote.test",
+                      reverse_path="news@remote.test")
+    inline = (time.process_time() - start) / 100 * 1000
+    print(f"server CPU per message: pool {pooled:.3f} ms, in-process {inline:.3f} ms")
+    assert pooled < inline
+
+
+def test_dead_worker_falls_back_then_restarts(dns: DNSServer, signed: bytes) -> None:
+    async def go() -> None:
+        pool = CheckPool(dns.address, 3.0, "mx.example.test")
+        try:
+            await pool.start()
+            first = await check(pool, signed)
+            (worker,) = pool._workers
+            os.kill(worker.process.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while worker.alive and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)  # poll: the read side sees the end
+            assert not worker.alive
+            again = await check(pool, signed)  # a new worker answers
+            assert again.header == first.header
+            assert pool.stats["restarts"] == 1 and pool.stats["process"] == 2
+            assert pool._workers[0] is not worker and pool._workers[0].process.is_alive()
+        finally:
+            pool.close()
+
+    run(go())
+
+
+def test_large_message_is_checked_on_threads(dns: DNSServer, signed: bytes) -> None:
+    async def go() -> None:
+        pool = CheckPool(dns.address, 3.0, "mx.example.test", process_max=len(signed) - 1)
+        try:
+            verdict = await check(pool, signed)
+            assert b"dkim=pass" in verdict.header
+            assert pool.stats == {"process": 0, "thread": 1, "restarts": 0}
+            assert pool._workers == []  # no process was needed
+        finally:
+            pool.close()
+
+    run(go())
+
+
+def test_a_hung_check_times_out_and_its_worker_is_replaced(signed: bytes) -> None:
+    """DNS that never answers, a task bound shorter than the DNS timeout: the
+    check fails with TimeoutError (the SMTP layer accepts without a verdict),
+    the worker is stopped and the next check gets a new one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+
+        async def go() -> None:
+            pool = CheckPool(address, 30.0, "mx.example.test", task_timeout=1.0)
+            try:
+                await pool.start()
+                (worker,) = pool._workers
+                with pytest.raises(TimeoutError):
+                    await check(pool, signed)
+                assert not worker.alive
+                deadline = time.monotonic() + 10
+                while worker.process.is_alive() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                assert not worker.process.is_alive()
+                with pytest.raises(TimeoutError):
+                    await check(pool, signed)
+                assert pool.stats["restarts"] == 1
+            finally:
+                pool.close()
+
+        run(go())
