@@ -29,6 +29,7 @@ from .delivery.router import Router
 from .mailauth.dnscache import Resolver
 from .mailauth.inbound import InboundChecker
 from .mailauth.signer import Signer
+from .net.acme import AcmeManager, Challenges, default_names, signal_supervisor
 from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, client_context, ensure_certificate
@@ -173,6 +174,10 @@ class MailServer:
         self._throttle = worker.throttle if worker is not None else throttle_from_config(config.auth)
         # Counters for tests and metrics (e.g. "smtp_sessions" on the MX port).
         self.stats: collections.Counter[str] = collections.Counter()
+        # ACME ([tls] acme): the answers to pending challenges, and the
+        # manager (in the process that runs background work), set by start().
+        self.acme_answers: Challenges | None = None
+        self.acme: AcmeManager | None = None
         # What every service receives, set by start().
         self.services: Services | None = None
 
@@ -228,6 +233,9 @@ class MailServer:
         router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients)
         if self.tls is None:
             self.tls = self._load_tls()
+        if cfg.tls.acme:
+            self.acme_answers = Challenges()
+            self.tls.sni_hook = self.acme_answers.tls_alpn01
         signer = Signer(self.data_dir, cfg.server.hostname).sign if cfg.authentication.dkim_sign else None
         auth = cfg.authentication
         mailauth = (InboundChecker(Resolver(cfg.delivery.nameservers, auth.dns_timeout),
@@ -247,6 +255,7 @@ class MailServer:
             submission_engine=submission_engine_config(cfg),
             stats=self.stats,
             mailauth=mailauth,
+            acme_http01=self.acme_answers.http01 if self.acme_answers is not None else None,
         )
         share = worker.count if worker is not None else 1
         limits = ConnectionLimits(
@@ -286,23 +295,69 @@ class MailServer:
                 # The runner is in worker 0: tell it of new entries.
                 channel = worker.channel
                 queue.elsewhere = lambda: channel.publish(QUEUE)
-            if cfg.ports.http and (worker is None or "http" in worker.sockets):
-                # Webmail (web/): uvicorn in this event loop; it offers bound_port and stop().
-                from .web.service import HTTPService
-
-                http_socks = worker.sockets.get("http") if worker is not None else None
-                http = HTTPService(
-                    self.services, cfg.server.bind, 0 if self.ephemeral_ports else cfg.ports.http,
-                    sock=http_socks[0] if http_socks else None,
-                )
-                await http.start()
-                self.listeners["http"] = http  # type: ignore[assignment]
-                logs.event(log, logging.INFO, "listening", proto="http", ip=cfg.server.bind, port=http.bound_port)
+            await self._start_web(worker)
             if cfg.metrics.listen and background:  # one endpoint: the first worker reads every worker's files
                 await self._start_metrics(store)
+            if cfg.tls.acme and background and self.acme_answers is not None:
+                self.acme = self._acme_manager(store, self.acme_answers)
+                self.acme.start()
         except BaseException:
             await self.stop()
             raise
+
+    async def _start_web(self, worker: WorkerRole | None) -> None:
+        """Webmail (web/): uvicorn in this event loop on the http port and,
+        with the server's certificate, the https port (each offers
+        bound_port and stop() like a Listener)."""
+        from .web.app import create_app
+        from .web.service import HTTPService
+
+        assert self.services is not None
+        cfg = self.config
+        # One app for both ports: a session made on one is known on the other.
+        app = None
+        for name in ("http", "https"):
+            port = getattr(cfg.ports, name)
+            if not port or (worker is not None and name not in worker.sockets):
+                continue
+            socks = worker.sockets.get(name) if worker is not None else None
+            service = HTTPService(
+                self.services, cfg.server.bind, 0 if self.ephemeral_ports else port,
+                sock=socks[0] if socks else None,
+                tls=self.tls if name == "https" else None, app=app,
+            )
+            if app is None:
+                app = service.app = create_app(self.services)
+            await service.start()
+            self.listeners[name] = service  # type: ignore[assignment]
+            logs.event(log, logging.INFO, "listening", proto=name, ip=cfg.server.bind, port=service.bound_port)
+        https = self.listeners.get("https")
+        if app is not None and https is not None:
+            app.state.web.https_port = https.bound_port
+
+    def _acme_manager(self, store: Store, answers: Challenges) -> AcmeManager:
+        """The ACME manager over ``[tls]`` (net/acme.py)."""
+        cfg = self.config
+        cert, key = self.cert_paths()
+
+        async def names() -> list[str]:
+            if cfg.tls.acme_names:
+                return [n.lower() for n in cfg.tls.acme_names]
+            return default_names(cfg.server.hostname, await store.list_domains())
+
+        def applied() -> None:
+            assert self.tls is not None
+            self.tls.reload()
+            if self.worker is not None:
+                signal_supervisor()  # the other workers reload too
+
+        ca_file = str(self.data_dir / cfg.tls.acme_ca_file) if cfg.tls.acme_ca_file else None
+        return AcmeManager(
+            cert_path=cert, key_path=key, account_key_path=self.data_dir / "tls" / "acme" / "account.key",
+            names=names, directory=cfg.tls.acme_directory, email=cfg.tls.acme_email,
+            challenge=cfg.tls.acme_challenge, renew_days=cfg.tls.acme_renew_days,
+            answers=answers, applied=applied, ca_file=ca_file,
+        )
 
     @staticmethod
     def _join_peers(worker: WorkerRole, store: Store, login: LoginService) -> None:
@@ -340,6 +395,9 @@ class MailServer:
             if not (cfg.cert and cfg.key):
                 raise ConfigError("[tls] needs both cert and key (or neither)")
             return self.data_dir / cfg.cert, self.data_dir / cfg.key
+        if cfg.acme:
+            # ACME's pair (net/acme.py); a self-signed one until the first order
+            return self.data_dir / "tls" / "acme" / "cert.pem", self.data_dir / "tls" / "acme" / "key.pem"
         return self.data_dir / "tls" / "cert.pem", self.data_dir / "tls" / "key.pem"
 
     def _relay_ca_file(self) -> str | None:
@@ -379,6 +437,9 @@ class MailServer:
     async def stop(self) -> None:
         """Stop accepting, let sessions end (SMTP answers 421), finish commits, close the store."""
         grace = self.config.server.shutdown_grace
+        if self.acme is not None:
+            await self.acme.stop()
+            self.acme = None
         await asyncio.gather(*(listener.stop(grace) for listener in self.listeners.values()))
         self.listeners.clear()
         if self.worker is not None:
