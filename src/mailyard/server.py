@@ -99,6 +99,21 @@ def pin_mmap_threshold() -> None:
         pass
 
 
+def certificate_paths(data_dir: Path, config: Config) -> tuple[Path, Path]:
+    """The certificate and key files: ``[tls]`` (relative to the data
+    directory), else ACME's pair with ``[tls] acme``, else the self-signed
+    pair `mailyard init` made."""
+    cfg = config.tls
+    if cfg.cert or cfg.key:
+        if not (cfg.cert and cfg.key):
+            raise ConfigError("[tls] needs both cert and key (or neither)")
+        return data_dir / cfg.cert, data_dir / cfg.key
+    if cfg.acme:
+        # ACME's pair (net/acme.py); a self-signed one until the first order
+        return data_dir / "tls" / "acme" / "cert.pem", data_dir / "tls" / "acme" / "key.pem"
+    return data_dir / "tls" / "cert.pem", data_dir / "tls" / "key.pem"
+
+
 @dataclass(frozen=True)
 class Service:
     """A protocol service: which port of [ports] it uses and how a session runs."""
@@ -388,17 +403,8 @@ class MailServer:
         self.listeners["metrics"] = listener  # type: ignore[assignment]
 
     def cert_paths(self) -> tuple[Path, Path]:
-        """The certificate and key files: ``[tls]`` (relative to the data
-        directory), else the self-signed pair `mailyard init` made."""
-        cfg = self.config.tls
-        if cfg.cert or cfg.key:
-            if not (cfg.cert and cfg.key):
-                raise ConfigError("[tls] needs both cert and key (or neither)")
-            return self.data_dir / cfg.cert, self.data_dir / cfg.key
-        if cfg.acme:
-            # ACME's pair (net/acme.py); a self-signed one until the first order
-            return self.data_dir / "tls" / "acme" / "cert.pem", self.data_dir / "tls" / "acme" / "key.pem"
-        return self.data_dir / "tls" / "cert.pem", self.data_dir / "tls" / "key.pem"
+        """The certificate and key files (`certificate_paths`)."""
+        return certificate_paths(self.data_dir, self.config)
 
     def _relay_ca_file(self) -> str | None:
         """delivery.relay_ca_file as an absolute path, checked to load now

@@ -18,6 +18,7 @@ import re
 import socket
 import stat
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,6 +114,7 @@ def start_acme_server(tmp_path: Path, dns: DNSServer, challenge: str) -> tuple[R
     cfg.tls.acme_ca_file = "acme-ca.pem"
     cfg.tls.acme_email = "postmaster@example.test"
     cfg.tls.acme_challenge = challenge
+    (data / "config.toml").write_text(cfg.to_toml())  # for `mailyard tls status`
     server = RunningServer(data, cfg, ephemeral_ports=False)
     try:
         server.start()
@@ -132,6 +134,14 @@ def served_certificate(port: int, starttls: str | None) -> x509.Certificate:
     match = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", out, re.S)
     assert match, out
     return x509.load_pem_x509_certificate(match.group(0).encode())
+
+
+def tls_status(data_dir: Path) -> str:
+    """`mailyard tls status` of a data directory (its config.toml is the server's)."""
+    out = subprocess.run([sys.executable, "-m", "mailyard", "--data", str(data_dir), "tls", "status"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 def assert_served_everywhere(server: RunningServer, cert_file: Path) -> None:
@@ -159,6 +169,12 @@ def test_http01_issue_and_renew_seen_on_every_tls_port(tmp_path: Path, dns: DNSS
             assert mode == 0o600, (name, oct(mode))
         assert server.server.tls is not None and not server.server.tls.self_signed
         assert_served_everywhere(server, cert_file)
+        status = tls_status(server.data_dir)
+        print(status)
+        for name in NAMES:
+            assert re.search(rf"^{re.escape(name)} +CN=Pebble Intermediate CA \w+ +"
+                             rf"{first.not_after:%Y-%m-%d %H:%M} UTC", status, re.M), status
+        assert "last ACME order" in status and ": ok;" in status
         first_serial = x509.load_pem_x509_certificate(cert_file.read_bytes()).serial_number
 
         # Not due yet: a check orders nothing.

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import datetime
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -52,6 +53,7 @@ __all__ = [
     "ACME_TLS_ALPN",
     "AcmeError",
     "AcmeManager",
+    "STATUS_FILE",
     "CertInfo",
     "Challenges",
     "cert_info",
@@ -70,6 +72,7 @@ BACKOFF_FIRST = 300.0
 BACKOFF_MAX = 86400.0
 CHECK_INTERVAL = 12 * 3600.0
 ORDER_DEADLINE = 120.0
+STATUS_FILE = "status.json"
 
 
 class AcmeError(Exception):
@@ -377,6 +380,7 @@ class AcmeManager:
                 self.last_error = str(exc)
                 self.backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, self.backoff * 2))
                 logs.event(log, logging.ERROR, "acme_failed", reason=str(exc), retry_in=int(self.backoff))
+                self._write_status(now, self.backoff)
                 return self.backoff
             # Key first, as net/tls.py does: a reload between the two writes
             # fails (mismatched pair) and keeps the old context.
@@ -389,7 +393,15 @@ class AcmeManager:
             logs.event(log, logging.INFO, "acme_issued", names=",".join(info.names), issuer=info.issuer,
                        not_after=info.not_after.isoformat())
             self.applied()
+            self._write_status(now, CHECK_INTERVAL)
             return CHECK_INTERVAL
+
+    def _write_status(self, now: datetime.datetime, retry_in: float) -> None:
+        """The last order's outcome, for `mailyard tls status` (another process)."""
+        status = {"last_attempt": now.isoformat(), "last_error": self.last_error,
+                  "next_attempt": (now + datetime.timedelta(seconds=retry_in)).isoformat()}
+        with contextlib.suppress(OSError):
+            _write_atomic(self.cert_path.parent / STATUS_FILE, json.dumps(status).encode(), 0o600)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mailyard-acme")
