@@ -30,6 +30,7 @@ from .mailauth.dnscache import Resolver
 from .mailauth.inbound import InboundChecker
 from .mailauth.signer import Signer
 from .net.acme import AcmeManager, Challenges, default_names, signal_supervisor
+from .net.addresses import AddressSet
 from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, client_context, ensure_certificate
@@ -297,6 +298,7 @@ class MailServer:
                     limits,
                     ssl_context=self.tls.listener_context if service.implicit_tls else None,
                     sockets=worker.sockets.get(service.name) if worker is not None else None,
+                    proxy_from=AddressSet(cfg.server.proxy_protocol_from),
                 )
                 await listener.start()
                 self.listeners[service.name] = listener
