@@ -155,6 +155,9 @@ class TLSConfig:
     acme_challenge: str = "http-01"
     # Renew this many days before the certificate expires.
     acme_renew_days: int = 30
+    # Seconds before the first retry of a failed order; each next retry
+    # waits twice as long, at most a day.
+    acme_retry: float = 300.0
     # A PEM file of CA certificates to trust for the ACME server itself
     # (a private CA); relative to the data directory. Empty: the system's CAs.
     acme_ca_file: str = ""
@@ -387,6 +390,7 @@ POSITIVE_KEYS = {
     ("limits", "max_connections_per_ip"),
     ("delivery", "max_connections"), ("delivery", "max_connections_per_domain"),
     ("delivery", "max_messages_per_connection"), ("delivery", "retry_factor"),
+    ("tls", "acme_renew_days"), ("tls", "acme_retry"),
 }
 
 

@@ -373,7 +373,7 @@ class MailServer:
             cert_path=cert, key_path=key, account_key_path=self.data_dir / "tls" / "acme" / "account.key",
             names=names, directory=cfg.tls.acme_directory, email=cfg.tls.acme_email,
             challenge=cfg.tls.acme_challenge, renew_days=cfg.tls.acme_renew_days,
-            answers=answers, applied=applied, ca_file=ca_file,
+            answers=answers, applied=applied, ca_file=ca_file, retry=cfg.tls.acme_retry,
         )
 
     @staticmethod

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -26,10 +27,12 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from mailyard.config import Config
 from mailyard.net.acme import BACKOFF_FIRST, cert_info
 from mailyard.net.tls import create_self_signed
 from tests.conftest import RunningServer, make_test_config, require_program
 from tests.integration.multihost import DNSServer
+from tests.integration.serve_process import ServeProcess
 from tests.waiting import wait_until
 
 NAMES = ["mx.example.test", "mail.example.test", "autoconfig.example.test", "mta-sts.example.test"]
@@ -248,4 +251,72 @@ def test_tls_alpn01_on_the_https_port(tmp_path: Path, dns: DNSServer) -> None:
         assert caught.value.headers["Location"] == f"https://mail.example.test:{server.port('https')}/login?x=1"
     finally:
         server.stop()
+        pebble.stop()
+
+
+def certificates_by_worker(proc: ServeProcess, port: int, tries: int = 60) -> dict[int, int]:
+    """The serial each worker's imaps listener presents: TLS connections until every worker held one."""
+    workers = set(proc.worker_pids())
+    found: dict[int, int] = {}
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    for _ in range(tries):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="mx.example.test") as tls:
+            der = tls.getpeercert(binary_form=True)
+            pid = proc.serving_pid(tls)
+            if pid in workers and pid not in found:
+                found[pid] = x509.load_der_x509_certificate(der).serial_number
+        if len(found) == len(workers):
+            break
+    assert len(found) == len(workers), (found, workers)
+    return found
+
+
+def test_every_worker_applies_the_new_certificate(tmp_path: Path, dns: DNSServer) -> None:
+    # One name fails at first, so both workers are up with the self-signed
+    # placeholder before the order that succeeds (retried after 1 s, 2 s, ...).
+    dns.remove("mta-sts.example.test")
+    http, https, imaps = free_port(), free_port(), free_port()
+    pebble = Pebble(tmp_path / "pebble", dns, http, https)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "acme-ca.pem").write_bytes(pebble.ca.read_bytes())
+
+    def configure(cfg: Config) -> None:
+        cfg.server.workers = 2
+        cfg.server.hostname = "mx.example.test"
+        cfg.ports.http, cfg.ports.https, cfg.ports.imaps = http, https, imaps
+        cfg.tls.acme = True
+        cfg.tls.acme_directory = pebble.directory
+        cfg.tls.acme_ca_file = "acme-ca.pem"
+        cfg.tls.acme_names = NAMES
+        cfg.tls.acme_retry = 1.0
+
+    try:
+        proc = ServeProcess(data, configure)
+    except BaseException:
+        pebble.stop()
+        raise
+    try:
+        wait_until(lambda: len(proc.worker_pids()) == 2, 30, "both workers to start")
+        status = data / "tls" / "acme" / "status.json"
+        wait_until(lambda: status.exists(), 60, "the first (failing) order")
+        assert "mta-sts.example.test" in json.loads(status.read_text())["last_error"]
+        before = certificates_by_worker(proc, imaps)
+        cert_file = data / "tls" / "acme" / "cert.pem"
+        assert cert_info(cert_file.read_bytes()).self_signed
+        dns.add("mta-sts.example.test", "A", "127.0.0.1")
+        wait_until(lambda: not cert_info(cert_file.read_bytes()).self_signed, 60, "the certificate")
+        issued = x509.load_pem_x509_certificate(cert_file.read_bytes()).serial_number
+
+        def all_new() -> bool:
+            return set(certificates_by_worker(proc, imaps).values()) == {issued}
+
+        wait_until(all_new, 30, "every worker to present the new certificate")
+        print(f"workers {sorted(before)}: self-signed before, serial {issued:x} after; {proc.tracebacks()!r}")
+        assert "Traceback" not in proc.tracebacks()
+    finally:
+        proc.stop()
         pebble.stop()

@@ -12,7 +12,7 @@ and renew it before it expires.
 - `AcmeManager` decides when: at start when the certificate is the
   self-signed placeholder, lacks a configured name, or is within
   ``acme_renew_days`` of expiry; on failure it tries again after a back-off
-  (5 minutes, doubling, at most a day). A new certificate is written to the
+  (``acme_retry``, 5 minutes, doubling, at most a day). A new certificate is written to the
   data directory (0600) and applied without a restart: this process reloads
   its TLS context and, under a supervisor, asks it to send SIGHUP to every
   worker (mailyard/workers.py).
@@ -328,7 +328,9 @@ class AcmeManager:
         answers: Challenges,
         applied: Callable[[], None],
         ca_file: str | None = None,
+        retry: float = BACKOFF_FIRST,
     ) -> None:
+        self.retry = retry
         self.cert_path = cert_path
         self.key_path = key_path
         self.account_key_path = account_key_path
@@ -378,7 +380,7 @@ class AcmeManager:
                 )
             except AcmeError as exc:
                 self.last_error = str(exc)
-                self.backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, self.backoff * 2))
+                self.backoff = min(BACKOFF_MAX, max(self.retry, self.backoff * 2))
                 logs.event(log, logging.ERROR, "acme_failed", reason=str(exc), retry_in=int(self.backoff))
                 self._write_status(now, self.backoff)
                 return self.backoff
