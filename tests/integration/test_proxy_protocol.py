@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import pytest
 
-from mailyard.net.proxy_protocol import V2_SIGNATURE
 from tests.conftest import USERS, RunningServer
 
 ALICE = "alice@example.test"
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"  # the PROXY protocol v2 signature (12 bytes)
 
 
 def proxied_server(make_server: Callable[..., RunningServer]) -> RunningServer:

@@ -22,6 +22,7 @@ In order, for each HTTP request:
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +43,16 @@ def forwarded_client(header: str, trusted: AddressSet) -> str | None:
     hops = [h.strip() for h in header.split(",") if h.strip()]
     for hop in reversed(hops):
         if hop not in trusted:
-            return hop
-    return hops[0] if hops else None
+            break
+    else:
+        if not hops:
+            return None
+        hop = hops[0]
+    try:
+        # (an "unknown" or obfuscated hop keeps the proxy's own address)
+        return str(ipaddress.ip_address(hop.split("%", 1)[0]))
+    except ValueError:
+        return None
 
 
 class Transport:
