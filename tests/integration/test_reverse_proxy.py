@@ -12,66 +12,22 @@ because the browser used HTTPS (X-Forwarded-Proto)."""
 from __future__ import annotations
 
 import logging
-import os
 import re
-import socket
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from mailyard.net.tls import create_self_signed
-from tests.conftest import USERS, RunningServer, require_program
-from tests.waiting import wait_until
+from tests.conftest import USERS, RunningServer
+from tests.integration.nginx import Nginx
 
 httpx = pytest.importorskip("httpx")
 
 ALICE = "alice@example.test"
 IP_MAX_FAILURES = 3
 
-NGINX_CONF = """
-{user}
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        server_name mail.example.test;
-        ssl_certificate     {tmp}/cert.pem;
-        ssl_certificate_key {tmp}/key.pem;
-        client_max_body_size 40m;
-        location / {{
-            proxy_pass http://127.0.0.1:{upstream};
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_buffering off;
-            proxy_read_timeout 1h;
-        }}
-    }}
-}}
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def proxied(make_server: Callable[..., RunningServer], tmp_path: Path) -> Iterator[tuple[RunningServer, int]]:
-    nginx = require_program("nginx", "nginx")
-
     def configure(cfg) -> None:  # noqa: ANN001
         cfg.http.trusted_proxies = ["127.0.0.1"]
         cfg.auth.base_delay = 0.001
@@ -79,30 +35,11 @@ def proxied(make_server: Callable[..., RunningServer], tmp_path: Path) -> Iterat
         cfg.auth.ip_max_failures = IP_MAX_FAILURES
 
     server = make_server(configure=configure)
-    tmp = tmp_path / "nginx"
-    tmp.mkdir()
-    create_self_signed("mail.example.test", tmp / "cert.pem", tmp / "key.pem")
-    port = free_port()
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(user="user root;" if os.geteuid() == 0 else "", tmp=tmp, port=port,
-                                      upstream=server.port("http")))
-    proc = subprocess.Popen([nginx, "-p", str(tmp), "-c", str(conf), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def up() -> bool:
-        assert proc.poll() is None, (tmp / "error.log").read_text() if (tmp / "error.log").exists() else ""
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
-
+    nginx = Nginx(tmp_path / "nginx", server.port("http"))
     try:
-        wait_until(up, timeout=20, what="nginx listening")
-        yield server, port
+        yield server, nginx.port
     finally:
-        proc.terminate()
-        proc.wait(10)
+        nginx.stop()
 
 
 def browser(base: str, source: str, **headers: str) -> httpx.Client:
