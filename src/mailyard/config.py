@@ -344,6 +344,12 @@ class Config:
                         + ", ".join(sorted(fields))
                     )
                 setattr(target, key, _coerce(section, key, getattr(target, key), value, source))
+        if self.tls.acme and not self.tls.cert:
+            # RFC 8555 8.3 / RFC 8737 3: the CA connects to the challenge's port.
+            needed = "http" if self.tls.acme_challenge == "http-01" else "https"
+            if not getattr(self.ports, needed):
+                raise ConfigError(f"{source}: 'tls.acme_challenge' {self.tls.acme_challenge} needs the"
+                                  f" {needed} port ([ports] {needed} is 0)")
         if self.authentication.dmarc_policy not in ("enforce", "record"):
             raise ConfigError(f"{source}: 'authentication.dmarc_policy' must be \"enforce\" or \"record\"")
 

@@ -320,3 +320,14 @@ def test_every_worker_applies_the_new_certificate(tmp_path: Path, dns: DNSServer
     finally:
         proc.stop()
         pebble.stop()
+
+
+def test_tls_status_without_acme(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "mailyard", "--data", str(data), "init", "--domain", "example.test"],
+                   check=True, capture_output=True)
+    status = tls_status(data)
+    assert re.search(r"^certificate .*/tls/cert\.pem \(file\)$", status, re.M), status
+    assert re.search(r"^localhost +O=mailyard self-signed,CN=\S+ \(self-signed\) +\d{4}-\d\d-\d\d", status,
+                     re.M), status
+    assert "ACME" not in status

@@ -128,3 +128,15 @@ def test_address_lists_are_checked(tmp_path: Path) -> None:
     path.write_text('[http]\ntrusted_proxies = "127.0.0.1"\n')
     with pytest.raises(ConfigError, match="must be list"):
         Config.load(path)
+
+
+def test_acme_needs_the_port_of_its_challenge(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[tls]\nacme = true\n[ports]\nhttp = 0\n')
+    with pytest.raises(ConfigError, match="http-01 needs the http port"):
+        Config.load(path)
+    path.write_text('[tls]\nacme = true\nacme_challenge = "tls-alpn-01"\n[ports]\nhttp = 0\n')
+    assert Config.load(path).tls.acme_challenge == "tls-alpn-01"
+    path.write_text('[tls]\nacme = true\nacme_challenge = "tls-alpn-01"\n[ports]\nhttps = 0\n')
+    with pytest.raises(ConfigError, match="tls-alpn-01 needs the https port"):
+        Config.load(path)
