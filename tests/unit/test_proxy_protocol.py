@@ -6,6 +6,8 @@ import ipaddress
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailyard.net.addresses import AddressSet
 from mailyard.net.proxy_protocol import V2_SIGNATURE, ProxyHeader, ProxyHeaderError, parse
@@ -61,3 +63,21 @@ def test_address_set() -> None:
     assert "2001:db8::5" in allowed
     assert "127.0.0.2" not in allowed and "junk" not in allowed and "" not in allowed
     assert not AddressSet([]) and "127.0.0.1" not in AddressSet([])
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_parse_or_refuse(data: bytes) -> None:
+    try:
+        header = parse(data)
+    except ProxyHeaderError:
+        return
+    if header is not None:
+        assert 15 <= header.length <= len(data)
+
+
+@given(st.sampled_from([b"PROXY TCP4 198.51.100.7 203.0.113.1 51234 25\r\n",
+                        v2(1, 0x11, bytes(12)), v2(1, 0x21, bytes(36) + b"\x01\x00\x02ab")]),
+       st.binary(max_size=50))
+def test_the_bytes_after_a_header_are_not_part_of_it(head: bytes, rest: bytes) -> None:
+    header = parse(head + rest)
+    assert header is not None and header.length == len(head)
