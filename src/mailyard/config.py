@@ -9,6 +9,7 @@ option; ``mailyard config defaults`` prints this file's defaults as TOML.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -35,6 +36,11 @@ class ServerConfig:
     workers: int = 0
     # "text": one line of key=value fields per event; "json": one JSON object per line (mailyard/logs.py).
     log_format: str = "text"
+    # Addresses (or networks, "10.0.0.0/8") of load balancers that put a
+    # PROXY protocol header (v1 or v2) before the mail protocols: from these
+    # the mail listeners read the header before the greeting and take the
+    # client's address from it; from anyone else a connection is ordinary.
+    proxy_protocol_from: list = field(default_factory=list)
 
 
 @dataclass
@@ -50,6 +56,9 @@ class PortsConfig:
     pop3: int = 2110
     pop3s: int = 2995
     http: int = 8080
+    # Webmail over TLS (production: 443) with the [tls] certificate; also
+    # answers ACME TLS-ALPN-01 (RFC 8737) challenges.
+    https: int = 8443
 
 
 @dataclass
@@ -121,11 +130,53 @@ class StoreConfig:
     index_min_free: int = 64 * 1024 * 1024
 
 
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+
+
 @dataclass
 class TLSConfig:
-    # PEM files; empty: the self-signed pair `mailyard init` creates in the data dir.
+    # PEM files; empty: the self-signed pair `mailyard init` creates in the
+    # data dir (or, with acme = true, the certificate ACME issued).
     cert: str = ""
     key: str = ""
+    # ACME (RFC 8555): get and renew the certificate from a certificate
+    # authority (mailyard/acme/). Needs the names below to point at this
+    # server and the http (HTTP-01) or https (TLS-ALPN-01) port reachable as
+    # 80 / 443 from the Internet.
+    acme: bool = False
+    acme_directory: str = LETS_ENCRYPT_DIRECTORY
+    # The account's contact address (expiry notices from the CA); may be empty.
+    acme_email: str = ""
+    # Host names the certificate covers; empty: [server] hostname plus mail.,
+    # autoconfig. and mta-sts. of each local domain.
+    acme_names: list = field(default_factory=list)
+    # "http-01" (RFC 8555 8.3, on the http port) or "tls-alpn-01" (RFC 8737,
+    # on the https port).
+    acme_challenge: str = "http-01"
+    # Renew this many days before the certificate expires.
+    acme_renew_days: int = 30
+    # Seconds before the first retry of a failed order; each next retry
+    # waits twice as long, at most a day.
+    acme_retry: float = 300.0
+    # A PEM file of CA certificates to trust for the ACME server itself
+    # (a private CA); relative to the data directory. Empty: the system's CAs.
+    acme_ca_file: str = ""
+
+
+@dataclass
+class HTTPConfig:
+    """The webmail's HTTP and HTTPS listeners."""
+
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For and
+    # X-Forwarded-Proto headers are believed: the login throttle and the
+    # logs then see the client's address. From anyone else they are ignored.
+    trusted_proxies: list = field(default_factory=list)
+    # Strict-Transport-Security max-age (RFC 6797) sent over HTTPS when the
+    # certificate is not the self-signed one; 0: no HSTS.
+    hsts_max_age: int = 31536000
+    # Plain HTTP redirects to the https port when the certificate is not the
+    # self-signed one (ACME challenges are always answered on HTTP).
+    redirect_https: bool = True
 
 
 @dataclass
@@ -298,6 +349,7 @@ class Config:
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -339,6 +391,12 @@ class Config:
                         + ", ".join(sorted(fields))
                     )
                 setattr(target, key, _coerce(section, key, getattr(target, key), value, source))
+        if self.tls.acme and not self.tls.cert:
+            # RFC 8555 8.3 / RFC 8737 3: the CA connects to the challenge's port.
+            needed = "http" if self.tls.acme_challenge == "http-01" else "https"
+            if not getattr(self.ports, needed):
+                raise ConfigError(f"{source}: 'tls.acme_challenge' {self.tls.acme_challenge} needs the"
+                                  f" {needed} port ([ports] {needed} is 0)")
         if self.authentication.dmarc_policy not in ("enforce", "record"):
             raise ConfigError(f"{source}: 'authentication.dmarc_policy' must be \"enforce\" or \"record\"")
         if self.mta_sts.max_age > 31557600:  # RFC 8461 3.2
@@ -371,7 +429,10 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     # RFC 7435 opportunistic STARTTLS to MX hosts, required, or never tried.
     ("delivery", "starttls"): ("opportunistic", "require", "never"),
     ("mta_sts", "mode"): ("testing", "enforce", "none"),
+    ("tls", "acme_challenge"): ("http-01", "tls-alpn-01"),
 }
+# Lists of IP addresses or networks.
+ADDRESS_LIST_KEYS = {("http", "trusted_proxies"), ("server", "proxy_protocol_from")}
 # TCP port numbers (0 disables a listener).
 PORT_KEYS = {("delivery", "smtp_port"), ("delivery", "relay_port"), ("mta_sts", "https_port")}
 # Sizes and counts that must be at least 1: 0 would refuse everything.
@@ -386,6 +447,7 @@ POSITIVE_KEYS = {
     ("delivery", "max_connections"), ("delivery", "max_connections_per_domain"),
     ("delivery", "max_messages_per_connection"), ("delivery", "retry_factor"),
     ("mta_sts", "max_policy_size"),
+    ("tls", "acme_renew_days"), ("tls", "acme_retry"),
 }
 
 
@@ -393,6 +455,16 @@ def _check_value(section: str, key: str, value: Any, source: str) -> Any:
     """Range and word checks beyond the type; returns the value (enumerated
     words folded to lower case)."""
     name = f"'{section}.{key}'"
+    if isinstance(value, list):
+        for item in value:
+            if not isinstance(item, str):
+                raise ConfigError(f"{source}: {name} must be a list of strings, not {item!r}")
+            if (section, key) in ADDRESS_LIST_KEYS:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ConfigError(f"{source}: {name}: {item!r} is not an IP address or network") from None
+        return value
     choices = CHOICES.get((section, key))
     if choices is not None:
         word = value.strip().lower()
@@ -428,6 +500,8 @@ def _coerce(section: str, key: str, current: Any, value: Any, source: str) -> An
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

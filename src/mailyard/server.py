@@ -37,6 +37,8 @@ from .mailauth.pool import CheckPool
 from .mailauth.signer import Signer
 from .mailauth.srs import SRS
 from .mailauth.srs import load_secret as load_srs_secret
+from .net.acme import AcmeManager, Challenges, default_names, signal_supervisor
+from .net.addresses import AddressSet
 from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, client_context, ensure_certificate
@@ -104,6 +106,21 @@ def pin_mmap_threshold() -> None:
             log.debug("mallopt(M_MMAP_THRESHOLD) refused")
     except (OSError, AttributeError):
         pass
+
+
+def certificate_paths(data_dir: Path, config: Config) -> tuple[Path, Path]:
+    """The certificate and key files: ``[tls]`` (relative to the data
+    directory), else ACME's pair with ``[tls] acme``, else the self-signed
+    pair `mailyard init` made."""
+    cfg = config.tls
+    if cfg.cert or cfg.key:
+        if not (cfg.cert and cfg.key):
+            raise ConfigError("[tls] needs both cert and key (or neither)")
+        return data_dir / cfg.cert, data_dir / cfg.key
+    if cfg.acme:
+        # ACME's pair (net/acme.py); a self-signed one until the first order
+        return data_dir / "tls" / "acme" / "cert.pem", data_dir / "tls" / "acme" / "key.pem"
+    return data_dir / "tls" / "cert.pem", data_dir / "tls" / "key.pem"
 
 
 @dataclass(frozen=True)
@@ -181,6 +198,10 @@ class MailServer:
         self._throttle = worker.throttle if worker is not None else throttle_from_config(config.auth)
         # Counters for tests and metrics (e.g. "smtp_sessions" on the MX port).
         self.stats: collections.Counter[str] = collections.Counter()
+        # ACME ([tls] acme): the answers to pending challenges, and the
+        # manager (in the process that runs background work), set by start().
+        self.acme_answers: Challenges | None = None
+        self.acme: AcmeManager | None = None
         # What every service receives, set by start().
         self.services: Services | None = None
 
@@ -247,6 +268,9 @@ class MailServer:
         router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients, srs=srs)
         if self.tls is None:
             self.tls = self._load_tls()
+        if cfg.tls.acme:
+            self.acme_answers = Challenges()
+            self.tls.sni_hook = self.acme_answers.tls_alpn01
         authserv_id = auth.authserv_id or cfg.server.hostname
         keyring = Signer(self.data_dir, cfg.server.hostname, authserv_id, auth.srs_domain)
         signer = keyring.sign if auth.dkim_sign else None
@@ -274,6 +298,7 @@ class MailServer:
             submission_engine=submission_engine_config(cfg),
             stats=self.stats,
             mailauth=mailauth,
+            acme_http01=self.acme_answers.http01 if self.acme_answers is not None else None,
         )
         share = worker.count if worker is not None else 1
         limits = ConnectionLimits(
@@ -300,6 +325,7 @@ class MailServer:
                     limits,
                     ssl_context=self.tls.listener_context if service.implicit_tls else None,
                     sockets=worker.sockets.get(service.name) if worker is not None else None,
+                    proxy_from=AddressSet(cfg.server.proxy_protocol_from),
                 )
                 await listener.start()
                 self.listeners[service.name] = listener
@@ -313,23 +339,69 @@ class MailServer:
                 # The runner is in worker 0: tell it of new entries.
                 channel = worker.channel
                 queue.elsewhere = lambda: channel.publish(QUEUE)
-            if cfg.ports.http and (worker is None or "http" in worker.sockets):
-                # Webmail (web/): uvicorn in this event loop; it offers bound_port and stop().
-                from .web.service import HTTPService
-
-                http_socks = worker.sockets.get("http") if worker is not None else None
-                http = HTTPService(
-                    self.services, cfg.server.bind, 0 if self.ephemeral_ports else cfg.ports.http,
-                    sock=http_socks[0] if http_socks else None,
-                )
-                await http.start()
-                self.listeners["http"] = http  # type: ignore[assignment]
-                logs.event(log, logging.INFO, "listening", proto="http", ip=cfg.server.bind, port=http.bound_port)
+            await self._start_web(worker)
             if cfg.metrics.listen and background:  # one endpoint: the first worker reads every worker's files
                 await self._start_metrics(store)
+            if cfg.tls.acme and background and self.acme_answers is not None:
+                self.acme = self._acme_manager(store, self.acme_answers)
+                self.acme.start()
         except BaseException:
             await self.stop()
             raise
+
+    async def _start_web(self, worker: WorkerRole | None) -> None:
+        """Webmail (web/): uvicorn in this event loop on the http port and,
+        with the server's certificate, the https port (each offers
+        bound_port and stop() like a Listener)."""
+        from .web.app import create_app
+        from .web.service import HTTPService
+
+        assert self.services is not None
+        cfg = self.config
+        # One app for both ports: a session made on one is known on the other.
+        app = None
+        for name in ("http", "https"):
+            port = getattr(cfg.ports, name)
+            if not port or (worker is not None and name not in worker.sockets):
+                continue
+            socks = worker.sockets.get(name) if worker is not None else None
+            service = HTTPService(
+                self.services, cfg.server.bind, 0 if self.ephemeral_ports else port,
+                sock=socks[0] if socks else None,
+                tls=self.tls if name == "https" else None, app=app,
+            )
+            if app is None:
+                app = service.app = create_app(self.services)
+            await service.start()
+            self.listeners[name] = service  # type: ignore[assignment]
+            logs.event(log, logging.INFO, "listening", proto=name, ip=cfg.server.bind, port=service.bound_port)
+        https = self.listeners.get("https")
+        if app is not None and https is not None:
+            app.state.web.https_port = https.bound_port
+
+    def _acme_manager(self, store: Store, answers: Challenges) -> AcmeManager:
+        """The ACME manager over ``[tls]`` (net/acme.py)."""
+        cfg = self.config
+        cert, key = self.cert_paths()
+
+        async def names() -> list[str]:
+            if cfg.tls.acme_names:
+                return [n.lower() for n in cfg.tls.acme_names]
+            return default_names(cfg.server.hostname, await store.list_domains())
+
+        def applied() -> None:
+            assert self.tls is not None
+            self.tls.reload()
+            if self.worker is not None:
+                signal_supervisor()  # the other workers reload too
+
+        ca_file = str(self.data_dir / cfg.tls.acme_ca_file) if cfg.tls.acme_ca_file else None
+        return AcmeManager(
+            cert_path=cert, key_path=key, account_key_path=self.data_dir / "tls" / "acme" / "account.key",
+            names=names, directory=cfg.tls.acme_directory, email=cfg.tls.acme_email,
+            challenge=cfg.tls.acme_challenge, renew_days=cfg.tls.acme_renew_days,
+            answers=answers, applied=applied, ca_file=ca_file, retry=cfg.tls.acme_retry,
+        )
 
     @staticmethod
     def _join_peers(worker: WorkerRole, store: Store, login: LoginService) -> None:
@@ -360,14 +432,8 @@ class MailServer:
         self.listeners["metrics"] = listener  # type: ignore[assignment]
 
     def cert_paths(self) -> tuple[Path, Path]:
-        """The certificate and key files: ``[tls]`` (relative to the data
-        directory), else the self-signed pair `mailyard init` made."""
-        cfg = self.config.tls
-        if cfg.cert or cfg.key:
-            if not (cfg.cert and cfg.key):
-                raise ConfigError("[tls] needs both cert and key (or neither)")
-            return self.data_dir / cfg.cert, self.data_dir / cfg.key
-        return self.data_dir / "tls" / "cert.pem", self.data_dir / "tls" / "key.pem"
+        """The certificate and key files (`certificate_paths`)."""
+        return certificate_paths(self.data_dir, self.config)
 
     def _transport_security(self) -> TransportSecurity | None:
         """DANE, MTA-STS and TLS-RPT for MX delivery (delivery/tlspolicy.py);
@@ -432,6 +498,9 @@ class MailServer:
     async def stop(self) -> None:
         """Stop accepting, let sessions end (SMTP answers 421), finish commits, close the store."""
         grace = self.config.server.shutdown_grace
+        if self.acme is not None:
+            await self.acme.stop()
+            self.acme = None
         await asyncio.gather(*(listener.stop(grace) for listener in self.listeners.values()))
         self.listeners.clear()
         if self.worker is not None:

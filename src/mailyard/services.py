@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +41,9 @@ class ServerTLS(Protocol):
 
     @property
     def context(self) -> ssl.SSLContext: ...
+
+    # The certificate is its own issuer (the development one).
+    self_signed: bool
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,3 +73,6 @@ class Services:
     # mailauth/inbound.py on threads); None:
     # the MX port does not check ([authentication] inbound_checks = false).
     mailauth: InboundChecker | CheckPool | None = None
+    # The key authorization of a pending ACME HTTP-01 challenge by token
+    # (net/acme.py ``Challenges.http01``); None when ACME is off.
+    acme_http01: Callable[[str], str | None] | None = None

@@ -55,6 +55,9 @@ from typing import Any
 
 from .config import Config
 
+# The webmail listeners: served by worker 0 only.
+WEB = ("http", "https")
+
 log = logging.getLogger("mailyard")
 
 RESTART_PAUSE = 1.0  # seconds before restarting a worker that died young
@@ -146,15 +149,15 @@ class Supervisor:
             log.info("removed %d stray spool file(s)", stray)
         services = [svc.name for svc in protocol_services() if getattr(cfg.ports, svc.name)]
         raise_fd_limit(len(services) * cfg.limits.max_connections + FD_RESERVE)
-        for name in [*services, "http"]:
+        for name in [*services, "http", "https"]:
             port = getattr(cfg.ports, name)
             if port:
                 self.sockets[name] = bind_sockets(
-                    cfg.server.bind, port, service="http (webmail)" if name == "http" else name)
+                    cfg.server.bind, port, service=f"{name} (webmail)" if name in WEB else name)
         # Import what every worker runs before forking: the pages are shared.
         from .net import imap, pop3, smtp  # noqa: F401
 
-        if cfg.ports.http:
+        if cfg.ports.http or cfg.ports.https:
             from .web import app, service  # noqa: F401
 
     # --- the supervisor's loop -------------------------------------------------------
@@ -356,8 +359,9 @@ class Supervisor:
             throttle=SharedThrottle(throttle_conn, self.throttle.throttle.policy),
             # Webmail sessions live in the memory of the process that made
             # them (web/security.py): one worker serves HTTP, so a browser's
-            # requests all reach the process that knows its session.
-            sockets={n: socks for n, socks in self.sockets.items() if n != "http" or index == 0},
+            # requests all reach the process that knows its session. That
+            # worker (slot 0) also runs ACME, so it holds the challenge answers.
+            sockets={n: socks for n, socks in self.sockets.items() if n not in WEB or index == 0},
         )
         self.runner(MailServer(self.data_dir, self.cfg, worker=role).serve_forever())
         return 0

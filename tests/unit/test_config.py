@@ -60,6 +60,7 @@ ENUMERATED = [
     ("delivery", "relay_tls", "none", "tls", ["starttls", "implicit", "opportunistic", "none"]),
     ("delivery", "starttls", "require", "always", ["opportunistic", "require", "never"]),
     ("mta_sts", "mode", "enforce", "strict", ["testing", "enforce", "none"]),
+    ("tls", "acme_challenge", "tls-alpn-01", "dns-01", ["http-01", "tls-alpn-01"]),
 ]
 
 
@@ -112,3 +113,31 @@ def test_numbers_are_range_checked(tmp_path: Path, text: str, words: str) -> Non
     assert words in str(info.value)
     path.write_text("[ports]\nsmtp = 0\nhttp = 65535\n")  # the ends of the range are fine
     assert Config.load(path).ports.http == 65535
+
+
+def test_address_lists_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[http]\ntrusted_proxies = ["127.0.0.1", "10.0.0.0/8", "::1"]\n'
+                    '[server]\nproxy_protocol_from = ["192.0.2.7"]\n')
+    cfg = Config.load(path)
+    assert cfg.http.trusted_proxies == ["127.0.0.1", "10.0.0.0/8", "::1"]
+    assert cfg.server.proxy_protocol_from == ["192.0.2.7"]
+    assert 'trusted_proxies = ["127.0.0.1", "10.0.0.0/8", "::1"]' in cfg.to_toml()
+    path.write_text('[http]\ntrusted_proxies = ["proxy.example"]\n')
+    with pytest.raises(ConfigError, match="'http.trusted_proxies': 'proxy.example' is not an IP address"):
+        Config.load(path)
+    path.write_text('[http]\ntrusted_proxies = "127.0.0.1"\n')
+    with pytest.raises(ConfigError, match="must be list"):
+        Config.load(path)
+
+
+def test_acme_needs_the_port_of_its_challenge(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[tls]\nacme = true\n[ports]\nhttp = 0\n')
+    with pytest.raises(ConfigError, match="http-01 needs the http port"):
+        Config.load(path)
+    path.write_text('[tls]\nacme = true\nacme_challenge = "tls-alpn-01"\n[ports]\nhttp = 0\n')
+    assert Config.load(path).tls.acme_challenge == "tls-alpn-01"
+    path.write_text('[tls]\nacme = true\nacme_challenge = "tls-alpn-01"\n[ports]\nhttps = 0\n')
+    with pytest.raises(ConfigError, match="tls-alpn-01 needs the https port"):
+        Config.load(path)

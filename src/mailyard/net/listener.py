@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import logs
+from .addresses import AddressSet
 from .conncaps import ConnectionCaps
+from .proxy_protocol import accept_proxied
 
 log = logging.getLogger("mailyard.net")
 
@@ -82,8 +84,11 @@ class Listener:
         limits: ConnectionLimits,
         ssl_context: Callable[[], ssl.SSLContext] | None = None,
         sockets: list[socket.socket] | None = None,
+        proxy_from: AddressSet | None = None,
     ) -> None:
         self.name = name
+        # Addresses that must send a PROXY protocol header first (net/proxy_protocol.py).
+        self.proxy_from = proxy_from
         # Listening sockets bound by the supervisor of a multi-process server
         # (mailyard/workers.py): every worker accepts on the same ones.
         self.sockets = sockets or []
@@ -94,11 +99,17 @@ class Listener:
         self.ssl_context = ssl_context
         self._server: asyncio.Server | None = None
         self._more: list[asyncio.Server] = []  # the other addresses of ``sockets``
+        # With proxy_from: the accept loops and their listening sockets.
+        self._accepting: list[asyncio.Task] = []
+        self._proxied_socks: list[socket.socket] = []
+        self._proxied_port = 0
         self.caps = ConnectionCaps(limits.max_connections, limits.max_connections_per_ip)
 
     @property
     def bound_port(self) -> int:
         """The real port (useful when configured as 0: an ephemeral port)."""
+        if self._proxied_port:
+            return self._proxied_port
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
 
@@ -116,6 +127,9 @@ class Listener:
     async def start(self) -> None:
         ctx = self.ssl_context() if self.ssl_context else None
         factory = self.protocol_factory
+        if self.proxy_from:
+            await self._start_proxied()
+            return
         loop = asyncio.get_running_loop()
         if self.sockets:
             for sock in self.sockets:
@@ -143,9 +157,36 @@ class Listener:
             raise listen_error(self.name, self.host, self.port, exc) from exc
         logs.event(log, logging.INFO, "listening", proto=self.name, ip=self.host, port=self.bound_port)
 
+    async def _start_proxied(self) -> None:
+        """Accept with `accept_proxied` (net/proxy_protocol.py): the PROXY
+        header of ``proxy_from`` addresses comes before the session and TLS."""
+        assert self.proxy_from is not None
+        socks = self.sockets or bind_sockets(self.host, self.port, service=self.name)
+        self._proxied_socks = [] if self.sockets else socks  # (the supervisor's are not ours to close)
+        self._proxied_port = socks[0].getsockname()[1]
+        factory = self.protocol_factory
+
+        def session(source: tuple[str, int] | None) -> asyncio.Protocol:
+            protocol = factory(self)
+            if source is not None:
+                protocol.peer_override = source  # type: ignore[attr-defined]
+            return protocol
+
+        for sock in socks:
+            self._accepting.append(asyncio.get_running_loop().create_task(
+                accept_proxied(sock, self.proxy_from, session, self.ssl_context, self.name)))
+        logs.event(log, logging.INFO, "listening", proto=self.name, ip=self.host, port=self.bound_port,
+                   proxy_protocol="yes")
+
     async def stop_accepting(self) -> None:
+        for task in self._accepting:
+            task.cancel()
+        self._accepting.clear()
         if self._server is not None:
             self._server.close()
+        for sock in self._proxied_socks:
+            sock.close()
+        self._proxied_socks = []
         for server in self._more:
             server.close()
 

@@ -181,7 +181,8 @@ class SessionProtocol(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
-        peer = transport.get_extra_info("peername") or ("", 0)
+        # The client's address from a PROXY protocol header (net/proxy_protocol.py), or the socket's.
+        peer = getattr(self, "peer_override", None) or transport.get_extra_info("peername") or ("", 0)
         self.peer_ip, self.peer_port = peer[0], peer[1]
         self.tls = transport.get_extra_info("sslcontext") is not None
         over = self.listener.admit(self, self.peer_ip)

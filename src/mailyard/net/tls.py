@@ -225,6 +225,15 @@ def client_context(
     return ctx
 
 
+def _is_self_signed(cert_path: str) -> bool:
+    """True when the first certificate of the file names itself as issuer."""
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    except (OSError, ValueError):
+        return True
+    return cert.issuer == cert.subject
+
+
 # --- reloadable holder ---------------------------------------------------------------
 
 
@@ -259,6 +268,13 @@ class ReloadableTLS:
         self.generation = 1
         self.last_error: str | None = None
         self._front: ssl.SSLContext | None = None
+        # Whether the loaded certificate is its own issuer (the development
+        # one): the webmail then neither redirects to HTTPS nor sends HSTS.
+        self.self_signed = _is_self_signed(self.cert_path)
+        # Called with the SNI name of each handshake of ``listener_context``;
+        # a context it returns is used instead of the current one (ACME
+        # TLS-ALPN-01, RFC 8737 section 3: the validation certificate).
+        self.sni_hook: Callable[[str | None], ssl.SSLContext | None] | None = None
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -280,6 +296,7 @@ class ReloadableTLS:
         with self._lock:
             self._context = new
             self.generation += 1
+        self.self_signed = _is_self_signed(self.cert_path)
         self.last_error = None
         log.info(
             "TLS certificate reloaded from %s (generation %d)", self.cert_path, self.generation
@@ -298,7 +315,8 @@ class ReloadableTLS:
             front = self._factory(self.cert_path, self.key_path)
 
             def _switch(obj: ssl.SSLObject | ssl.SSLSocket, name: str | None, _: object) -> None:
-                current = self._context
+                hook = self.sni_hook
+                current = (hook(name) if hook is not None else None) or self._context
                 if obj.context is not current:
                     obj.context = current
                 return None

@@ -59,6 +59,7 @@ from .security import (
     same_origin,
     token_ok,
 )
+from .transport import Transport
 from .worker import DEFAULT_MEMORY, RenderPool, TooComplex
 
 if TYPE_CHECKING:
@@ -111,6 +112,8 @@ class WebState:
     pool: RenderPool = field(default_factory=RenderPool)
     # the sanitised body prepared with a read page, for its body frame's request
     bodies: BodyCache = field(default_factory=lambda: BodyCache())
+    # the bound https port (0: no HTTPS listener), for the redirect of web/transport.py
+    https_port: int = 0
 
 
 def _env() -> jinja2.Environment:
@@ -1012,6 +1015,9 @@ def create_app(services: Services) -> Starlette:
         routes=routes,
         # SecurityHeaders outermost, so the 413 of BodyLimits carries them too
         middleware=[
+            # outermost: the client's address from a trusted proxy, ACME
+            # HTTP-01 answers, the HTTPS redirect and HSTS (web/transport.py)
+            Middleware(Transport, services=services),
             Middleware(SecurityHeaders),
             Middleware(BodyLimits, limit_for=route_limits(services.config.smtp.max_message_size)),
         ],

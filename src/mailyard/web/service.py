@@ -19,6 +19,7 @@ from .limits import limited_h11
 
 if TYPE_CHECKING:
     from ..config import LimitsConfig
+    from ..net.tls import ReloadableTLS
     from ..services import Services
 
 log = logging.getLogger("mailyard.web")
@@ -41,9 +42,14 @@ def _connection_limits(cfg: LimitsConfig) -> ConnectionLimits:
 
 
 class HTTPService:
-    name = "http"
+    """The webmail on one port: plain HTTP, or HTTPS when given ``tls`` (the
+    server's reloadable certificate, net/tls.py: a renewal applies to the
+    next handshake). ``app`` may be shared by the HTTP and HTTPS services."""
 
-    def __init__(self, services: Services, host: str, port: int, sock: socket.socket | None = None) -> None:
+    def __init__(self, services: Services, host: str, port: int, sock: socket.socket | None = None,
+                 *, tls: ReloadableTLS | None = None, app: Any = None) -> None:
+        self.name = "https" if tls is not None else "http"
+        self.tls = tls
         self.services = services
         self.host = host
         self.port = port
@@ -52,12 +58,13 @@ class HTTPService:
         self.bound_port = 0
         self._task: asyncio.Task | None = None
         self._uvicorn: _Server | None = None
-        self.app: Any = None
+        self.app: Any = app
 
     async def start(self) -> None:
         from .app import create_app
 
-        self.app = create_app(self.services)
+        if self.app is None:
+            self.app = create_app(self.services)
         if self._bound is not None:
             sock = self._bound
         else:
@@ -68,7 +75,7 @@ class HTTPService:
                 sock.bind((self.host, self.port))
             except OSError as exc:
                 sock.close()
-                raise listen_error("http (webmail)", self.host, self.port, exc) from exc
+                raise listen_error(f"{self.name} (webmail)", self.host, self.port, exc) from exc
             sock.listen(128)
         sock.setblocking(False)
         self.bound_port = sock.getsockname()[1]
@@ -83,12 +90,18 @@ class HTTPService:
             access_log=False,
             timeout_graceful_shutdown=2,
             server_header=False,
+            # X-Forwarded-* from [http] trusted_proxies only: web/transport.py
             proxy_headers=False,
             # [limits] connection caps and request-head deadline (web/limits.py)
             http=limited_h11(_connection_limits(self.services.config.limits)),
         )
+        if self.tls is not None:
+            config.load()
+            # The front context switches each handshake to the current
+            # certificate (reloads, ACME TLS-ALPN-01 answers).
+            config.ssl = self.tls.listener_context()
         self._uvicorn = _Server(config)
-        self._task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="mailyard-http")
+        self._task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name=f"mailyard-{self.name}")
         while not self._uvicorn.started:
             if self._task.done():
                 self._task.result()  # raises the start-up error
@@ -98,7 +111,7 @@ class HTTPService:
     async def stop(self, grace: float = 2.0) -> None:
         if self.app is not None:
             self.app.state.web.closing.set()  # ends server-sent event streams
-            self.app.state.web.pool.close()  # the render worker processes
+            self.app.state.web.pool.close()  # the render worker processes (closing twice is harmless)
         if self._uvicorn is None or self._task is None:
             return
         self._uvicorn.should_exit = True
