@@ -1,0 +1,645 @@
+"""The Sieve interpreter: a compiled script, a message and its envelope in,
+the actions out (RFC 5228 2.10, 4), without I/O.
+
+``run`` walks the checked tree of parser.py. Execution is bounded
+(``Limits``): a deadline on the clock, the number of commands run, the
+actions and the redirects a message may cause; a script that reaches one
+raises ``SieveRuntimeError`` and the caller keeps the message (RFC 5228
+2.10.6: an error cancels the script's actions and the implicit keep
+applies).
+
+What each action becomes (``Result.actions``, in order, duplicates merged
+as RFC 5228 2.10.3 asks): ``Keep`` (into the INBOX, with IMAP flags of RFC
+5232), ``FileInto`` (a mailbox, with flags, ``:create`` of RFC 5490),
+``Redirect`` (RFC 5228 4.2, ``:copy`` of RFC 3894), ``Reject`` (RFC 5429),
+``Vacation`` (RFC 5230: whether to answer is for vacation.py to decide),
+``Discard``. The implicit keep (RFC 5228 2.10.2) is a ``Keep`` added at the
+end when no action cancelled it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+from ..message.address import Group, Mailbox, parse_address_list
+from ..message.headers import bytes_to_text, decode_words, split_fields
+from ..message.parse import parse_message, split_header_body
+from .errors import SieveRuntimeError
+from .parser import Node, Script
+
+# ---------------------------------------------------------------------------
+# actions
+
+
+@dataclass(frozen=True)
+class Keep:
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FileInto:
+    mailbox: str
+    flags: tuple[str, ...] = ()
+    create: bool = False
+    copy: bool = False
+
+
+@dataclass(frozen=True)
+class Redirect:
+    address: str
+    copy: bool = False
+
+
+@dataclass(frozen=True)
+class Reject:
+    reason: str
+    extended: bool = False  # ereject: refuse at SMTP time where possible (RFC 5429 2.1)
+
+
+@dataclass(frozen=True)
+class Discard:
+    pass
+
+
+@dataclass(frozen=True)
+class Vacation:
+    reason: str
+    subject: str | None = None
+    from_: str | None = None
+    addresses: tuple[str, ...] = ()
+    seconds: int = 7 * 86400  # RFC 5230 4.1: :days defaults to 7
+    mime: bool = False
+    handle: str = ""
+
+
+Action = Keep | FileInto | Redirect | Reject | Discard | Vacation
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The SMTP envelope of the delivery (RFC 5228 5.4): ``from_`` the
+    reverse-path ("" for the null sender), ``to`` the recipient address as
+    given in RCPT (before plus-addressing is stripped, so ``:detail`` sees
+    the tag)."""
+
+    from_: str
+    to: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one run. ``separator`` is the subaddress delimiter (RFC
+    5233 ``:user``/``:detail``), "" for none."""
+
+    max_seconds: float = 1.0
+    max_steps: int = 100_000
+    max_actions: int = 32
+    max_redirects: int = 4
+    max_value_chars: int = 64 * 1024  # a header value or body part is cut here before matching
+    min_vacation_seconds: int = 3600
+    max_vacation_seconds: int = 90 * 86400
+    separator: str = "+"
+
+
+@dataclass
+class Result:
+    actions: list[Action] = field(default_factory=list)
+    implicit_keep: bool = True
+
+    def describe(self) -> list[str]:
+        """One line per action, for the CLI and logs."""
+        out = []
+        for a in self.actions:
+            if isinstance(a, Keep):
+                out.append("keep" + (f" flags={' '.join(a.flags)}" if a.flags else ""))
+            elif isinstance(a, FileInto):
+                extra = (" :create" if a.create else "") + (f" flags={' '.join(a.flags)}" if a.flags else "")
+                out.append(f"fileinto {a.mailbox!r}{extra}")
+            elif isinstance(a, Redirect):
+                out.append(f"redirect {a.address!r}" + (" :copy" if a.copy else ""))
+            elif isinstance(a, Reject):
+                out.append(("ereject " if a.extended else "reject ") + repr(a.reason))
+            elif isinstance(a, Discard):
+                out.append("discard")
+            elif isinstance(a, Vacation):
+                out.append(f"vacation days={a.seconds / 86400:g} subject={a.subject!r} handle={a.handle!r}")
+        return out
+
+
+# ---------------------------------------------------------------------------
+# comparators and match types (RFC 5228 2.7, RFC 4790, RFC 5231)
+
+_ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _fold(comparator: str, s: str) -> str:
+    return s.translate(_ASCII_FOLD) if comparator == "i;ascii-casemap" else s
+
+
+def _numeric(s: str) -> float:
+    """RFC 4790 9.1: the leading digits as a number; none is positive infinity."""
+    m = re.match(r"[0-9]+", s)
+    return int(m.group()) if m else float("inf")
+
+
+def _relate(op: str, a: object, b: object) -> bool:
+    return {
+        "gt": lambda: a > b, "ge": lambda: a >= b, "lt": lambda: a < b,  # type: ignore[operator]
+        "le": lambda: a <= b, "eq": lambda: a == b, "ne": lambda: a != b,  # type: ignore[operator]
+    }[op]()
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """RFC 5228 2.7.1 :matches: ``*`` any sequence, ``?`` one character,
+    ``\\`` quotes the next; each wildcard a group (RFC 5229 3.2 captures),
+    matching as little as possible."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif c == "*":
+            out.append("(.*?)")
+        elif c == "?":
+            out.append("(.)")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _glob_match(pattern: str, value: str) -> bool:
+    """Whether ``value`` matches the wildcard ``pattern``, in linear-ish time
+    whatever the pattern (the classic single-backtrack algorithm)."""
+    toks: list[str | None] = []  # None: "*", "\0?": "?", else a literal char
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            i += 1
+            toks.append(pattern[i])
+        elif c == "*":
+            toks.append(None)
+        elif c == "?":
+            toks.append("\0?")
+        else:
+            toks.append(c)
+        i += 1
+    p = v = 0
+    star = -1
+    mark = 0
+    while v < len(value):
+        if p < len(toks) and toks[p] is not None and (toks[p] == "\0?" or toks[p] == value[v]):
+            p += 1
+            v += 1
+        elif p < len(toks) and toks[p] is None:
+            star = p
+            mark = v
+            p += 1
+        elif star >= 0:
+            p = star + 1
+            mark += 1
+            v = mark
+        else:
+            return False
+    while p < len(toks) and toks[p] is None:
+        p += 1
+    return p == len(toks)
+
+
+class _Matcher:
+    """A test's comparator and match type, applied to values and keys."""
+
+    def __init__(self, node: Node, ctx: _Context) -> None:
+        self.ctx = ctx
+        self.comparator = node.tags.get(":comparator", "i;ascii-casemap")
+        if ":count" in node.tags:
+            self.kind, self.rel = "count", ctx.expand(node.tags[":count"]).lower()
+        elif ":value" in node.tags:
+            self.kind, self.rel = "value", ctx.expand(node.tags[":value"]).lower()
+        else:
+            self.kind = next((t[1:] for t in (":is", ":contains", ":matches") if t in node.tags), "is")
+            self.rel = ""
+
+    def test(self, values: Iterable[str], keys: list[str]) -> bool:
+        keys = [self.ctx.expand(k) for k in keys]
+        if self.kind == "count":
+            n = str(sum(1 for v in values if v is not None))
+            return any(self.compare_value(n, k) for k in keys)
+        for value in values:
+            value = value[: self.ctx.limits.max_value_chars]
+            for key in keys:
+                if self.one(value, key):
+                    return True
+        return False
+
+    def compare_value(self, value: str, key: str) -> bool:
+        if self.comparator == "i;ascii-numeric":
+            return _relate(self.rel, _numeric(value), _numeric(key))
+        return _relate(self.rel, _fold(self.comparator, value), _fold(self.comparator, key))
+
+    def one(self, value: str, key: str) -> bool:
+        self.ctx.step()
+        if self.kind == "value":
+            return self.compare_value(value, key)
+        if self.comparator == "i;ascii-numeric":
+            if self.kind != "is":
+                return False  # RFC 4790 9.1: i;ascii-numeric offers equality and ordering only
+            return _numeric(value) == _numeric(key)
+        fv, fk = _fold(self.comparator, value), _fold(self.comparator, key)
+        if self.kind == "is":
+            return fv == fk
+        if self.kind == "contains":
+            return fk in fv
+        if not _glob_match(fk, fv):
+            return False
+        if self.ctx.variables_on:
+            m = _glob_regex(fk).fullmatch(fv)
+            if m is not None:  # RFC 5229 3.2: ${0} the whole value, ${1}... each wildcard
+                self.ctx.match_vars = [value] + [value[s:e] for s, e in (m.span(g) for g in range(1, m.lastindex + 1
+                                                                                                    if m.lastindex else 1))]
+        return True
+
+
+# ---------------------------------------------------------------------------
+# the message as tests see it
+
+
+class _MessageView:
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        header, self.body_raw = split_header_body(raw)
+        self.fields = [(name.lower(), value) for name, value in split_fields(header)]
+        self._parsed: EmailMessage | None = None
+
+    def headers(self, name: str) -> list[str]:
+        """The values of the fields named ``name``, unfolded and RFC 2047
+        decoded (RFC 5228 2.7.2), leading and trailing white space removed."""
+        name = name.lower()
+        return [decode_words(bytes_to_text(v)) for n, v in self.fields if n == name]
+
+    def raw_headers(self, name: str) -> list[str]:
+        name = name.lower()
+        return [bytes_to_text(v) for n, v in self.fields if n == name]
+
+    def parsed(self) -> EmailMessage:
+        if self._parsed is None:
+            self._parsed = parse_message(self.raw)
+        return self._parsed
+
+
+def _address_part(addr: Mailbox | str, part: str, separator: str) -> str | None:
+    if isinstance(addr, Mailbox):
+        local, domain = addr.local_part, addr.domain or ""
+        full = addr.addr_spec
+    else:
+        full = addr
+        local, _, domain = addr.rpartition("@") if "@" in addr else (addr, "", "")
+    if part == "all":
+        return full
+    if part == "localpart":
+        return local
+    if part == "domain":
+        return domain
+    # RFC 5233 4: :user before the first separator, :detail after it; no
+    # separator in the local part: :detail names nothing (the test fails)
+    if separator and separator in local:
+        user, _, detail = local.partition(separator)
+    else:
+        user, detail = local, None
+    return user if part == "user" else detail
+
+
+# ---------------------------------------------------------------------------
+# the run
+
+
+class _Stop(Exception):
+    pass
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*|[0-9]+)\}")
+
+
+class _Context:
+    def __init__(self, script: Script, message: bytes, envelope: Envelope, limits: Limits,
+                 mailbox_exists: Callable[[str], bool] | None) -> None:
+        self.script = script
+        self.msg = _MessageView(message)
+        self.size = len(message)
+        self.envelope = envelope
+        self.limits = limits
+        self.mailbox_exists = mailbox_exists
+        self.deadline = time.monotonic() + limits.max_seconds
+        self.steps = 0
+        self.result = Result()
+        self.flags: list[str] = []
+        self.variables: dict[str, str] = {}
+        self.match_vars: list[str] = []
+        self.variables_on = "variables" in script.require
+        self.redirects = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > self.limits.max_steps:
+            raise SieveRuntimeError("the script ran too many steps")
+        if self.steps % 64 == 0 and time.monotonic() > self.deadline:
+            raise SieveRuntimeError("the script ran too long")
+
+    def expand(self, s: str) -> str:
+        """RFC 5229 3: ``${name}`` and ``${N}`` replaced (an unknown one by "")."""
+        if not self.variables_on or "${" not in s:
+            return s
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name.isdigit():
+                n = int(name)
+                return self.match_vars[n] if n < len(self.match_vars) else ""
+            return self.variables.get(name.lower(), "")
+
+        return _VAR.sub(sub, s)
+
+    def add(self, action: Action) -> None:
+        if len(self.result.actions) >= self.limits.max_actions:
+            raise SieveRuntimeError(f"too many actions (at most {self.limits.max_actions})")
+        actions = self.result.actions
+        if isinstance(action, Redirect):
+            if any(isinstance(a, Redirect) and a.address.lower() == action.address.lower() for a in actions):
+                return  # RFC 5228 2.10.3: once per address
+            self.redirects += 1
+            if self.redirects > self.limits.max_redirects:
+                raise SieveRuntimeError(f"too many redirects (at most {self.limits.max_redirects})")
+        if isinstance(action, Keep | FileInto):
+            name = "INBOX" if isinstance(action, Keep) else action.mailbox
+            for a in actions:
+                other = "INBOX" if isinstance(a, Keep) else a.mailbox if isinstance(a, FileInto) else None
+                if other is not None and _same_mailbox(name, other):
+                    return  # RFC 5228 2.10.3: filed once
+        if isinstance(action, Vacation) and any(isinstance(a, Vacation) for a in actions):
+            raise SieveRuntimeError("more than one vacation action (RFC 5230 4.7)")
+        if isinstance(action, Reject):
+            if any(isinstance(a, Reject) for a in actions):
+                raise SieveRuntimeError("more than one reject action")
+        rejects = any(isinstance(a, Reject) for a in [*actions, action])
+        if rejects and any(isinstance(a, Vacation | Keep | FileInto) or (isinstance(a, Redirect) and not a.copy)
+                           for a in [*actions, action]):
+            # RFC 5429 2.1: reject cannot be combined with vacation, keep, fileinto or redirect
+            raise SieveRuntimeError("reject cannot be combined with keep, fileinto, redirect or vacation")
+        actions.append(action)
+
+    def flag_list(self, values: Iterable[str]) -> list[str]:
+        """RFC 5232 2: flags separated by spaces, each once (system flags
+        compared without case)."""
+        out: list[str] = []
+        seen: set[str] = set()
+        for v in values:
+            for f in self.expand(v).split():
+                key = f.lower() if f.startswith("\\") else f
+                if key not in seen:
+                    seen.add(key)
+                    out.append(f)
+        return out
+
+
+def _same_mailbox(a: str, b: str) -> bool:
+    if a.upper() == "INBOX" and b.upper() == "INBOX":
+        return True
+    return a == b
+
+
+def _block(ctx: _Context, commands: list[Node]) -> None:
+    for node in commands:
+        _command(ctx, node)
+
+
+def _command(ctx: _Context, node: Node) -> None:
+    ctx.step()
+    name = node.name
+    t = node.tags
+    if name == "if":
+        for test, block in node.branches:
+            if test is None or _test(ctx, test):
+                _block(ctx, block)
+                return
+        return
+    if name == "stop":
+        raise _Stop
+    if name == "keep":
+        flags = ctx.flag_list(t[":flags"]) if ":flags" in t else list(ctx.flags)
+        ctx.add(Keep(tuple(flags)))
+        ctx.result.implicit_keep = False
+    elif name == "discard":
+        ctx.add(Discard())
+        ctx.result.implicit_keep = False
+    elif name == "fileinto":
+        flags = ctx.flag_list(t[":flags"]) if ":flags" in t else list(ctx.flags)
+        copy = ":copy" in t
+        ctx.add(FileInto(ctx.expand(node.pos[0]), tuple(flags), ":create" in t, copy))
+        if not copy:
+            ctx.result.implicit_keep = False
+    elif name == "redirect":
+        address = ctx.expand(node.pos[0]).strip()
+        if address.startswith("<") and address.endswith(">"):
+            address = address[1:-1]
+        if "@" not in address or any(c in address for c in " \t\r\n<>,"):
+            # RFC 5228 4.2: the argument must be a syntactically valid address
+            raise SieveRuntimeError(f"redirect to an invalid address {address!r}")
+        copy = ":copy" in t
+        ctx.add(Redirect(address, copy))
+        if not copy:
+            ctx.result.implicit_keep = False
+    elif name in ("reject", "ereject"):
+        ctx.add(Reject(ctx.expand(node.pos[0]), name == "ereject"))
+        ctx.result.implicit_keep = False
+    elif name == "vacation":
+        _vacation(ctx, node)
+    elif name in ("setflag", "addflag", "removeflag"):
+        var, flags = node.pos
+        current = (ctx.flag_list([ctx.variables.get(ctx.expand(var).lower(), "")]) if var is not None
+                   else list(ctx.flags))
+        new = ctx.flag_list(flags)
+        if name == "setflag":
+            current = new
+        elif name == "addflag":
+            current = ctx.flag_list([*current, *new])
+        else:
+            drop = {f.lower() if f.startswith("\\") else f for f in new}
+            current = [f for f in current if (f.lower() if f.startswith("\\") else f) not in drop]
+        if var is not None:
+            ctx.variables[ctx.expand(var).lower()] = " ".join(current)
+        else:
+            ctx.flags = current
+    elif name == "set":
+        _set(ctx, node)
+
+
+def _set(ctx: _Context, node: Node) -> None:
+    """RFC 5229 4: modifiers apply from the highest precedence down."""
+    t = node.tags
+    value = ctx.expand(node.pos[1])
+    if ":lower" in t:
+        value = value.lower()
+    if ":upper" in t:
+        value = value.upper()
+    if ":lowerfirst" in t:
+        value = value[:1].lower() + value[1:]
+    if ":upperfirst" in t:
+        value = value[:1].upper() + value[1:]
+    if ":quotewildcard" in t:
+        value = re.sub(r"([*?\\])", r"\\\1", value)
+    if ":length" in t:
+        value = str(len(value))
+    ctx.variables[node.pos[0].lower()] = value[: ctx.limits.max_value_chars]
+
+
+def _vacation(ctx: _Context, node: Node) -> None:
+    t = node.tags
+    lim = ctx.limits
+    if ":seconds" in t:
+        seconds = t[":seconds"]
+    else:
+        seconds = t.get(":days", 7) * 86400
+    # RFC 5230 4.1 / RFC 6131 2: the site bounds the period; 0 (RFC 6131) stays 0
+    if seconds:
+        seconds = max(lim.min_vacation_seconds, min(lim.max_vacation_seconds, seconds))
+    reason = ctx.expand(node.pos[0])
+    subject = ctx.expand(t[":subject"]) if ":subject" in t else None
+    from_ = ctx.expand(t[":from"]) if ":from" in t else None
+    handle = ctx.expand(t[":handle"]) if ":handle" in t else ""
+    if not handle:
+        # RFC 5230 4.2: without :handle, the reason, subject, from and mime decide the handle
+        handle = "\0".join([reason, subject or "", from_ or "", "mime" if ":mime" in t else ""])
+    addresses = tuple(ctx.expand(a) for a in t.get(":addresses", []))
+    ctx.add(Vacation(reason, subject, from_, addresses, seconds, ":mime" in t, handle))
+
+
+def _test(ctx: _Context, node: Node) -> bool:
+    ctx.step()
+    name = node.name
+    t = node.tags
+    if name == "true":
+        return True
+    if name == "false":
+        return False
+    if name == "not":
+        return not _test(ctx, node.tests[0])
+    if name == "allof":
+        return all(_test(ctx, x) for x in node.tests)
+    if name == "anyof":
+        return any(_test(ctx, x) for x in node.tests)
+    if name == "size":
+        if ":over" in t:
+            return ctx.size > t[":over"]
+        return ctx.size < t[":under"]
+    if name == "exists":
+        return all(ctx.msg.headers(ctx.expand(h)) for h in node.pos[0])
+    matcher = _Matcher(node, ctx)
+    if name == "header":
+        values = [v for h in node.pos[0] for v in ctx.msg.headers(ctx.expand(h))]
+        return matcher.test(values, node.pos[1])
+    if name in ("address", "envelope"):
+        part = next((p[1:] for p in (":all", ":localpart", ":domain", ":user", ":detail") if p in t), "all")
+        sep = ctx.limits.separator
+        values2: list[str | None] = []
+        if name == "address":
+            for h in node.pos[0]:
+                for raw in ctx.msg.raw_headers(ctx.expand(h)):
+                    try:
+                        items = parse_address_list(raw)
+                    except Exception:  # noqa: BLE001 - an unparsable field has no address to test
+                        continue
+                    for item in items:
+                        boxes = item.mailboxes if isinstance(item, Group) else (item,)
+                        values2.extend(_address_part(b, part, sep) for b in boxes)
+        else:
+            for h in node.pos[0]:
+                which = ctx.expand(h).lower()
+                addr = ctx.envelope.from_ if which == "from" else ctx.envelope.to if which == "to" else None
+                if addr is None:
+                    continue
+                # RFC 5228 5.4: the null reverse-path is "", and so are its parts
+                values2.append(_address_part(addr, part, sep) if addr else "")
+        return matcher.test([v for v in values2 if v is not None], node.pos[1])
+    if name == "hasflag":
+        var, keys = node.pos
+        # RFC 5232 5: the flags held by the named variables, or the internal one
+        flags = (ctx.flag_list([ctx.variables.get(ctx.expand(v).lower(), "") for v in var])
+                 if var is not None else list(ctx.flags))
+        return matcher.test(flags, keys)
+    if name == "string":
+        sources = [ctx.expand(s) for s in node.pos[0]]
+        if matcher.kind == "count":
+            sources = [s for s in sources if s]  # RFC 5229 5: empty strings are not counted
+        return matcher.test(sources, node.pos[1])
+    if name == "body":
+        return matcher.test(_body_parts(ctx, node), node.pos[0])
+    if name == "mailboxexists":
+        if ctx.mailbox_exists is None:
+            return False
+        return all(ctx.mailbox_exists(ctx.expand(m)) for m in node.pos[0])
+    raise SieveRuntimeError(f"unknown test {name}")
+
+
+def _body_parts(ctx: _Context, node: Node) -> list[str]:
+    """RFC 5173 5: :raw the undecoded body; :text (the default) the decoded
+    text/* parts; :content the decoded parts of the given types."""
+    t = node.tags
+    if ":raw" in t:
+        return [bytes_to_text(ctx.msg.body_raw)]
+    if ":content" in t:
+        wanted = [ctx.expand(c).lower() for c in t[":content"]]
+    else:
+        wanted = ["text"]
+    out: list[str] = []
+    for part in ctx.msg.parsed().walk():
+        ctx.step()
+        ctype = part.get_content_type().lower()
+        if part.is_multipart():
+            # RFC 5173 5.2: a multipart is matched by its prologue and epilogue only
+            if any(w and (ctype == w or ctype.split("/")[0] == w) for w in wanted):
+                out.append((part.preamble or "") + (part.epilogue or ""))
+            continue
+        if not any(w == "" or ctype == w or ("/" not in w and ctype.split("/")[0] == w) for w in wanted):
+            continue
+        try:
+            content = part.get_content()
+        except Exception:  # noqa: BLE001 - a broken transfer encoding: the raw text
+            content = part.get_payload()
+        if isinstance(content, bytes):
+            content = bytes_to_text(content)
+        if isinstance(content, str):
+            out.append(content)
+    return out
+
+
+def run(script: Script, message: bytes, envelope: Envelope, limits: Limits | None = None, *,
+        mailbox_exists: Callable[[str], bool] | None = None) -> Result:
+    """Run ``script`` on ``message`` (the bytes as delivered) for ``envelope``.
+
+    Returns the actions; the implicit keep is in them as a trailing ``Keep``
+    when no action cancelled it. Raises ``SieveRuntimeError`` when the run
+    fails (a limit, conflicting actions): the caller then keeps the message.
+    ``mailbox_exists`` answers the ``mailboxexists`` test (RFC 5490 3.1).
+    """
+    ctx = _Context(script, message, envelope, limits or Limits(), mailbox_exists)
+    try:
+        _block(ctx, script.commands)
+    except _Stop:
+        pass
+    except RecursionError as exc:
+        raise SieveRuntimeError("the script nests too deeply") from exc
+    result = ctx.result
+    if result.implicit_keep:
+        # RFC 5232 3: the implicit keep files with the current flags
+        keep = Keep(tuple(ctx.flags))
+        if not any(isinstance(a, Keep) or (isinstance(a, FileInto) and _same_mailbox(a.mailbox, "INBOX"))
+                   for a in result.actions):
+            result.actions.append(keep)
+    return result
