@@ -214,6 +214,12 @@ class DeliveryConfig:
     # Client timeouts (RFC 5321 4.5.3.2): connect, and a cap on every reply wait.
     connect_timeout: float = 30.0
     reply_timeout_cap: float = 600.0
+    # Plus-addressing (subaddresses, RFC 5233): "user+tag@domain" is
+    # delivered to "user@domain" when no address "user+tag" exists, and
+    # Sieve sees "tag" as :detail. "" turns it off.
+    recipient_delimiter: str = "+"
+    # Run each account's active Sieve script at local delivery (``mailyard sieve``).
+    sieve: bool = True
 
 
 @dataclass
@@ -294,6 +300,9 @@ class Config:
                 setattr(target, key, _coerce(section, key, getattr(target, key), value, source))
         if self.authentication.dmarc_policy not in ("enforce", "record"):
             raise ConfigError(f"{source}: 'authentication.dmarc_policy' must be \"enforce\" or \"record\"")
+        delim = self.delivery.recipient_delimiter
+        if len(delim) > 1 or delim in ("@", " ", '"'):
+            raise ConfigError(f"{source}: 'delivery.recipient_delimiter' must be one character (such as \"+\") or \"\"")
 
     def to_toml(self) -> str:
         """The configuration as TOML (used by `init` and `config defaults`)."""

@@ -26,6 +26,7 @@ from .auth.throttle_shared import SharedThrottle
 from .config import Config, ConfigError
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
+from .delivery.sieve import ScriptStore, SieveDelivery
 from .mailauth.dnscache import Resolver
 from .mailauth.inbound import InboundChecker
 from .mailauth.signer import Signer
@@ -225,7 +226,8 @@ class MailServer:
                 log.info("removed %d stray spool file(s)", stray)
         else:
             store.attach_peers(worker.channel)
-        router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients)
+        router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients,
+                        cfg.delivery.recipient_delimiter)
         if self.tls is None:
             self.tls = self._load_tls()
         signer = Signer(self.data_dir, cfg.server.hostname).sign if cfg.authentication.dkim_sign else None
@@ -247,6 +249,8 @@ class MailServer:
             submission_engine=submission_engine_config(cfg),
             stats=self.stats,
             mailauth=mailauth,
+            sieve=(SieveDelivery(store, ScriptStore(self.data_dir / "sieve"), cfg.delivery.recipient_delimiter)
+                   if cfg.delivery.sieve else None),
         )
         share = worker.count if worker is not None else 1
         limits = ConnectionLimits(

@@ -25,6 +25,7 @@ from .auth.service import LoginService
 from .config import Config
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
+from .delivery.sieve import SieveDelivery
 from .mailauth.inbound import InboundChecker
 from .protocols.smtp.server import ServerConfig
 from .store.api import Store
@@ -67,3 +68,5 @@ class Services:
     # The SPF / DKIM / DMARC checks of the MX port (mailauth/inbound.py); None:
     # the MX port does not check ([authentication] inbound_checks = false).
     mailauth: InboundChecker | None = None
+    # Sieve filters at local delivery (delivery/sieve.py); None: off.
+    sieve: SieveDelivery | None = None

@@ -4,7 +4,10 @@ A forward-path resolves to local accounts (whose INBOX gets the message) and
 remote addresses (for the outbound queue), by expanding aliases and mailing
 lists recursively. An address that is no account, alias or list goes to its
 domain's catch-all (the alias ``@domain``), whose target ``@other`` is a
-domain alias: the same local part at ``other``. Expansion is loop-safe (an address seen once is not expanded
+domain alias: the same local part at ``other``. With a recipient delimiter
+(``[delivery] recipient_delimiter``, RFC 5233 subaddresses) an address
+``user+tag`` that names nothing itself goes where ``user`` goes, before the
+catch-all is asked. Expansion is loop-safe (an address seen once is not expanded
 again) and bounded in depth and size, so a misconfigured alias loop or a huge
 list cannot run away.
 """
@@ -96,8 +99,10 @@ class DirectoryCache:
 
 
 class Router:
-    def __init__(self, store: Store, max_depth: int = 10, max_recipients: int = 1000) -> None:
+    def __init__(self, store: Store, max_depth: int = 10, max_recipients: int = 1000,
+                 recipient_delimiter: str = "+") -> None:
         self.store = store
+        self.recipient_delimiter = recipient_delimiter
         self.max_depth = max_depth
         self.max_recipients = max_recipients
         self.directory = DirectoryCache(store)
@@ -161,6 +166,12 @@ class Router:
         targets = await self.directory.alias(key)
         if targets is None:
             targets = await self.directory.list_members(key)
+        if targets is None and self.recipient_delimiter:
+            local, _, _dom = addr.rpartition("@")
+            user, sep, _tag = local.partition(self.recipient_delimiter)
+            if sep and user:
+                # RFC 5233: user+tag is user's (the tag is Sieve's :detail)
+                return await self._expand(f"{user}@{domain}", depth, seen, out, catch_all)
         if targets is None:
             # The catch-all comes last, after accounts, aliases and lists.
             targets = await self.directory.alias("@" + domain) if catch_all else None

@@ -432,11 +432,14 @@ class SMTPSession(SessionProtocol):
     async def _deliver(self, event: MessageReceived, data: bytes) -> Reply:
         accounts = []
         remote: list[NewRecipient] = []
+        envelope_to: dict[int, str] = {}  # the address each account was reached by (Sieve's envelope "to")
         rcpt_events = {r.forward_path: r for r in event.rcpts}
         for path in event.forward_paths:
             resolution = self.resolutions.get(path)
             if resolution is not None:
                 accounts.extend(resolution.accounts)
+                for a in resolution.accounts:
+                    envelope_to.setdefault(a.id, resolution.address)
                 rcpt = rcpt_events.get(path)
                 # RFC 3461 4.1/4.2: NOTIFY and ORCPT travel with the recipient
                 for addr in resolution.remote:
@@ -471,7 +474,7 @@ class SMTPSession(SessionProtocol):
                 self.services, data, event.reverse_path, accounts, remote,
                 trace=trace, account=self.account,
                 envid=mail.envid if mail else None, ret=mail.ret if mail else None,
-                smtputf8=bool(mail and mail.smtputf8), junk=junk,
+                smtputf8=bool(mail and mail.smtputf8), junk=junk, envelope_to=envelope_to,
             )
         except SenderNotAllowed as exc:
             self._message_rejected(queue_id, "sender-not-allowed", exc.verdict.reason, logging.WARNING)

@@ -1,0 +1,294 @@
+"""Sieve at local delivery: where each account's scripts live, and what
+their actions become.
+
+Scripts are files: ``DATA/sieve/<account id>/<name>.sieve``, the active
+one named by the file ``active`` beside them (one line: the script name).
+Files keep the schema untouched and let an operator read and back up a
+user's filters as text. A script is compiled when it is stored (``put``
+refuses one that does not compile, RFC 5804 2.6) and its compiled form is
+kept in memory keyed by the file's size and modification time, so a
+delivery re-reads nothing that did not change.
+
+``SieveDelivery.plan`` runs the account's active script on a message: the
+result says which mailboxes (with which IMAP flags) get a copy, where to
+redirect, whether to reject and what vacation reply to send. A script that
+fails (a limit, conflicting actions, a ``fileinto`` to a mailbox that does
+not exist without ``:create``) never loses the message: it is kept in the
+INBOX and a log line says why (RFC 5228 2.10.6).
+
+Vacation replies sent are recorded under ``DATA/sieve/<account id>/vacation/``
+(one small file per sender and handle holding the time until which no
+other reply goes to that sender, RFC 5230 4.2), so the record survives a
+restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import logs
+from ..sieve import (
+    Discard,
+    Envelope,
+    FileInto,
+    Keep,
+    Limits,
+    Redirect,
+    Reject,
+    Script,
+    SieveError,
+    SieveRuntimeError,
+    Vacation,
+    compile_script,
+    run,
+)
+from ..store.api import Account, InvalidName, Store
+
+log = logging.getLogger("mailyard.sieve")
+
+ACTIVE = "active"
+SUFFIX = ".sieve"
+MAX_SCRIPT_BYTES = 256 * 1024
+MAX_SCRIPTS = 32
+# RFC 5804 1.6: script names are Unicode without control characters;
+# here also no "/" (a file name) and no leading dot.
+_NAME = re.compile(r"[^\x00-\x1f\x7f/\\]{1,128}")
+
+
+class ScriptProblem(Exception):
+    """A script name, size or count refused, or no such script; the text
+    is fit for the user."""
+
+
+def check_name(name: str) -> str:
+    if not _NAME.fullmatch(name) or name.startswith(".") or name == ACTIVE:
+        raise ScriptProblem(f"bad script name {name!r}")
+    return name
+
+
+class ScriptStore:
+    """The scripts of every account under ``root`` (``DATA/sieve``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._compiled: dict[Path, tuple[tuple[int, int], Script]] = {}
+
+    def dir(self, account_id: int) -> Path:
+        return self.root / str(int(account_id))
+
+    def list(self, account_id: int) -> list[tuple[str, bool]]:
+        """(name, active) for each script, by name."""
+        d = self.dir(account_id)
+        if not d.is_dir():
+            return []
+        active = self.active_name(account_id)
+        names = sorted(p.name[: -len(SUFFIX)] for p in d.iterdir() if p.name.endswith(SUFFIX))
+        return [(n, n == active) for n in names]
+
+    def active_name(self, account_id: int) -> str | None:
+        try:
+            name = (self.dir(account_id) / ACTIVE).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return name or None
+
+    def get(self, account_id: int, name: str) -> str:
+        try:
+            return (self.dir(account_id) / (check_name(name) + SUFFIX)).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ScriptProblem(f"no script named {name!r}") from None
+
+    def put(self, account_id: int, name: str, text: str) -> Script:
+        """Compile ``text`` (SieveError when it does not) and store it
+        durably (written to a temporary file, synced, renamed)."""
+        check_name(name)
+        if len(text.encode("utf-8")) > MAX_SCRIPT_BYTES:
+            raise ScriptProblem(f"script too large (at most {MAX_SCRIPT_BYTES} bytes)")
+        script = compile_script(text)
+        names = [n for n, _ in self.list(account_id)]
+        if name not in names and len(names) >= MAX_SCRIPTS:
+            raise ScriptProblem(f"too many scripts (at most {MAX_SCRIPTS})")
+        d = self.dir(account_id)
+        d.mkdir(parents=True, exist_ok=True)
+        _write(d / (name + SUFFIX), text)
+        return script
+
+    def activate(self, account_id: int, name: str | None) -> None:
+        """Make ``name`` the active script; None: no script is active."""
+        d = self.dir(account_id)
+        if name is None:
+            try:
+                (d / ACTIVE).unlink()
+            except FileNotFoundError:
+                pass
+            return
+        self.get(account_id, name)  # exists
+        _write(d / ACTIVE, name + "\n")
+
+    def delete(self, account_id: int, name: str) -> None:
+        if self.active_name(account_id) == name:
+            raise ScriptProblem("the active script cannot be deleted")  # RFC 5804 2.10
+        try:
+            (self.dir(account_id) / (check_name(name) + SUFFIX)).unlink()
+        except FileNotFoundError:
+            raise ScriptProblem(f"no script named {name!r}") from None
+
+    def rename(self, account_id: int, old: str, new: str) -> None:
+        d = self.dir(account_id)
+        src, dst = d / (check_name(old) + SUFFIX), d / (check_name(new) + SUFFIX)
+        if not src.exists():
+            raise ScriptProblem(f"no script named {old!r}")
+        if dst.exists():
+            raise ScriptProblem(f"a script named {new!r} exists already")
+        os.rename(src, dst)
+        if self.active_name(account_id) == old:
+            _write(d / ACTIVE, new + "\n")
+
+    def active_script(self, account_id: int) -> Script | None:
+        """The compiled active script, or None; raises SieveError if the
+        file was changed behind our back into something that does not compile."""
+        name = self.active_name(account_id)
+        if name is None:
+            return None
+        path = self.dir(account_id) / (name + SUFFIX)
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        key = (st.st_size, st.st_mtime_ns)
+        hit = self._compiled.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        script = compile_script(path.read_text(encoding="utf-8"))
+        if len(self._compiled) > 10_000:
+            self._compiled.clear()
+        self._compiled[path] = (key, script)
+        return script
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class Plan:
+    """What a script decided for one account's copy of a message."""
+
+    targets: list[tuple[int, frozenset[str]]] = field(default_factory=list)  # mailbox id, IMAP flags
+    redirects: list[str] = field(default_factory=list)
+    reject: Reject | None = None
+    vacation: Vacation | None = None
+    actions: list[str] = field(default_factory=list)  # described, for the log
+
+
+class SieveDelivery:
+    """Runs the account's active script at delivery (see module doc)."""
+
+    def __init__(self, store: Store, scripts: ScriptStore, separator: str = "+",
+                 limits: Limits | None = None) -> None:
+        self.store = store
+        self.scripts = scripts
+        self.separator = separator
+        self.limits = limits or Limits(separator=separator)
+        self.vacations = VacationLog(scripts.root)
+
+    async def plan(self, account: Account, message: bytes, envelope: Envelope, inbox_id: int) -> Plan | None:
+        """The plan for ``account``'s copy; None: no active script (the INBOX)."""
+        try:
+            script = self.scripts.active_script(account.id)
+        except (SieveError, OSError, UnicodeDecodeError) as exc:
+            self._failed(account, f"the active script does not load: {exc}")
+            return None
+        if script is None:
+            return None
+        try:
+            mailboxes = {b.name for b in await self.store.list_mailboxes(account.id)}
+            result = run(script, message, envelope, self.limits, mailbox_exists=mailboxes.__contains__)
+            return await self._apply(account, result.actions, mailboxes, inbox_id)
+        except (SieveRuntimeError, InvalidName, _NoMailbox) as exc:
+            self._failed(account, str(exc))
+            return None
+
+    def _failed(self, account: Account, why: str) -> None:
+        # The user must never lose mail to a bad script: INBOX, and a line saying why.
+        logs.event(log, logging.WARNING, "sieve_failed", user=account.address, reason=why[:300])
+
+    async def _apply(self, account: Account, actions: list, mailboxes: set[str], inbox_id: int) -> Plan:
+        plan = Plan()
+        for action in actions:
+            if isinstance(action, Keep):
+                plan.targets.append((inbox_id, frozenset(action.flags)))
+            elif isinstance(action, FileInto):
+                box_id = await self._mailbox(account, action, mailboxes, inbox_id)
+                if all(t[0] != box_id for t in plan.targets):
+                    plan.targets.append((box_id, frozenset(action.flags)))
+            elif isinstance(action, Redirect):
+                plan.redirects.append(action.address)
+            elif isinstance(action, Reject):
+                plan.reject = action
+            elif isinstance(action, Vacation):
+                plan.vacation = action
+            elif isinstance(action, Discard):
+                pass
+        return plan
+
+    async def _mailbox(self, account: Account, action: FileInto, mailboxes: set[str], inbox_id: int) -> int:
+        name = action.mailbox
+        if name.upper() == "INBOX":
+            return inbox_id
+        box = await self.store.get_mailbox(account.id, name)
+        if box is None:
+            if not action.create:
+                # RFC 5490 3.2: without :create a missing mailbox is an error
+                raise _NoMailbox(f"fileinto {name!r}: no such mailbox (use :create)")
+            try:
+                box = await self.store.create_mailbox(account.id, name, subscribe=True)
+            except InvalidName:
+                raise
+            except Exception:  # noqa: BLE001 - made meanwhile by another delivery
+                box = await self.store.get_mailbox(account.id, name)
+            if box is None:
+                raise _NoMailbox(f"fileinto {name!r}: cannot create the mailbox")
+            mailboxes.add(box.name)
+        return box.id
+
+
+class _NoMailbox(Exception):
+    pass
+
+
+class VacationLog:
+    """Which senders got a vacation reply, until when (RFC 5230 4.2)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, account_id: int, handle: str, sender: str) -> Path:
+        digest = hashlib.sha256(f"{handle}\0{sender.lower()}".encode()).hexdigest()[:32]
+        return self.root / str(int(account_id)) / "vacation" / digest
+
+    def due(self, account_id: int, handle: str, sender: str, now: float | None = None) -> bool:
+        """Whether a reply may go to ``sender`` now."""
+        now = time.time() if now is None else now
+        try:
+            until = float(self._path(account_id, handle, sender).read_text(encoding="ascii"))
+        except (OSError, ValueError):
+            return True
+        return now >= until
+
+    def record(self, account_id: int, handle: str, sender: str, seconds: int, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        path = self._path(account_id, handle, sender)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(path, f"{now + seconds:.0f}")
