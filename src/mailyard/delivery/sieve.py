@@ -78,6 +78,8 @@ class ScriptStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._compiled: dict[Path, tuple[tuple[int, int], Script]] = {}
+        # account id -> (mtime of its directory, when that was seen, the active script)
+        self._active: dict[int, tuple[int, int, Script | None]] = {}
 
     def dir(self, account_id: int) -> Path:
         return self.root / str(int(account_id))
@@ -152,7 +154,28 @@ class ScriptStore:
 
     def active_script(self, account_id: int) -> Script | None:
         """The compiled active script, or None; raises SieveError if the
-        file was changed behind our back into something that does not compile."""
+        file was changed behind our back into something that does not compile.
+
+        Every change here replaces a file by a rename, which moves the
+        directory's modification time: while it stays, one ``stat`` answers.
+        A time seen less than two seconds after it was set is not trusted
+        (a second change within the file system's clock tick would not show)."""
+        d = self.dir(account_id)
+        try:
+            mtime = d.stat().st_mtime_ns
+        except OSError:
+            return None
+        hit = self._active.get(account_id)
+        if hit is not None and hit[0] == mtime and hit[1] - mtime > 2_000_000_000:
+            return hit[2]
+        seen = time.time_ns()
+        script = self._load_active(account_id)
+        if len(self._active) > 100_000:
+            self._active.clear()
+        self._active[account_id] = (mtime, seen, script)
+        return script
+
+    def _load_active(self, account_id: int) -> Script | None:
         name = self.active_name(account_id)
         if name is None:
             return None
@@ -213,7 +236,9 @@ class SieveDelivery:
         if script is None:
             return None
         try:
-            mailboxes = {b.name for b in await self.store.list_mailboxes(account.id)}
+            mailboxes: set[str] = set()
+            if "mailboxexists" in script.names:
+                mailboxes = {b.name for b in await self.store.list_mailboxes(account.id)}
             result = run(script, message, envelope, self.limits, mailbox_exists=mailboxes.__contains__)
             return await self._apply(account, result.actions, mailboxes, inbox_id)
         except (SieveRuntimeError, InvalidName, _NoMailbox) as exc:

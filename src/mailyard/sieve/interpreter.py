@@ -137,7 +137,9 @@ _ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstu
 
 
 def _fold(comparator: str, s: str) -> str:
-    return s.translate(_ASCII_FOLD) if comparator == "i;ascii-casemap" else s
+    if comparator != "i;ascii-casemap":
+        return s
+    return s.lower() if s.isascii() else s.translate(_ASCII_FOLD)
 
 
 def _numeric(s: str) -> float:
@@ -174,23 +176,12 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.DOTALL)
 
 
-def _glob_match(pattern: str, value: str) -> bool:
-    """Whether ``value`` matches the wildcard ``pattern``, in linear-ish time
-    whatever the pattern (the classic single-backtrack algorithm)."""
-    toks: list[str | None] = []  # None: "*", "\0?": "?", else a literal char
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\" and i + 1 < len(pattern):
-            i += 1
-            toks.append(pattern[i])
-        elif c == "*":
-            toks.append(None)
-        elif c == "?":
-            toks.append("\0?")
-        else:
-            toks.append(c)
-        i += 1
+def _glob_match(toks: list[str | None], value: str) -> bool:
+    """Whether ``value`` matches the wildcard pattern ``toks`` (_glob_tokens),
+    in linear-ish time whatever the pattern (the classic single-backtrack
+    algorithm; patterns without ``?`` take the str.find path)."""
+    if "\0?" not in toks:
+        return _star_match(_pieces(toks), value)
     p = v = 0
     star = -1
     mark = 0
@@ -213,58 +204,140 @@ def _glob_match(pattern: str, value: str) -> bool:
     return p == len(toks)
 
 
-class _Matcher:
-    """A test's comparator and match type, applied to values and keys."""
+def _pieces(toks: list[str | None]) -> list[str]:
+    pieces: list[str] = [""]
+    for t in toks:
+        if t is None:
+            pieces.append("")
+        else:
+            pieces[-1] += t
+    return pieces
 
-    def __init__(self, node: Node, ctx: _Context) -> None:
-        self.ctx = ctx
+
+def _star_match(pieces: list[str], value: str) -> bool:
+    """A pattern of literals and ``*`` only (``pieces``: the literals between
+    the stars): each found in order (the leftmost place is always right)."""
+    if len(pieces) == 1:
+        return value == pieces[0]
+    first, last = pieces[0], pieces[-1]
+    if len(first) + len(last) > len(value) or not value.startswith(first) or not value.endswith(last):
+        return False
+    pos, end = len(first), len(value) - len(last)
+    for piece in pieces[1:-1]:
+        found = value.find(piece, pos, end)
+        if found < 0:
+            return False
+        pos = found + len(piece)
+    return True
+
+
+def _glob_tokens(pattern: str) -> list[str | None]:
+    """A :matches pattern as tokens: None for ``*``, "\\0?" for ``?``, else one literal character."""
+    toks: list[str | None] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            i += 1
+            toks.append(pattern[i])
+        elif c == "*":
+            toks.append(None)
+        elif c == "?":
+            toks.append("\0?")
+        else:
+            toks.append(c)
+        i += 1
+    return toks
+
+
+class _Pieces(list):
+    """The literals between the stars of a pattern without ``?``."""
+
+
+def _prepare_glob(pattern: str) -> list:
+    toks = _glob_tokens(pattern)
+    return _Pieces(_pieces(toks)) if "\0?" not in toks else toks
+
+
+class _Matcher:
+    """A test's comparator and match type, prepared once per compiled test
+    (kept on the node) and applied to values and keys."""
+
+    def __init__(self, node: Node, variables_on: bool) -> None:
         self.comparator = node.tags.get(":comparator", "i;ascii-casemap")
-        if ":count" in node.tags:
-            self.kind, self.rel = "count", ctx.expand(node.tags[":count"]).lower()
-        elif ":value" in node.tags:
-            self.kind, self.rel = "value", ctx.expand(node.tags[":value"]).lower()
+        self.variables_on = variables_on
+        self.dynamic_rel = False
+        if ":count" in node.tags or ":value" in node.tags:
+            self.kind = "count" if ":count" in node.tags else "value"
+            rel = node.tags[":" + self.kind]
+            self.dynamic_rel = variables_on and "${" in rel
+            self.rel = rel.lower()
         else:
             self.kind = next((t[1:] for t in (":is", ":contains", ":matches") if t in node.tags), "is")
             self.rel = ""
+        self.part = next((p[1:] for p in (":all", ":localpart", ":domain", ":user", ":detail") if p in node.tags),
+                         "all")
+        keys = node.pos[-1]
+        self.static = not (variables_on and any("${" in k for k in keys))
+        self.keys: list[str] = list(keys)
+        self.folded = [_fold(self.comparator, k) for k in keys] if self.static else []
+        self.globs = [_prepare_glob(k) for k in self.folded] if self.static and self.kind == "matches" else []
 
-    def test(self, values: Iterable[str], keys: list[str]) -> bool:
-        keys = [self.ctx.expand(k) for k in keys]
+    def test(self, ctx: _Context, values: Iterable[str]) -> bool:
+        if self.static:
+            keys, folded, globs = self.keys, self.folded, self.globs
+        else:
+            keys = [ctx.expand(k) for k in self.keys]
+            folded = [_fold(self.comparator, k) for k in keys]
+            globs = [_prepare_glob(k) for k in folded] if self.kind == "matches" else []
+        rel = ctx.expand(self.rel).lower() if self.dynamic_rel else self.rel
         if self.kind == "count":
-            n = str(sum(1 for v in values if v is not None))
-            return any(self.compare_value(n, k) for k in keys)
+            n = str(sum(1 for _ in values))
+            return any(self.compare_value(rel, n, k) for k in keys)
+        limit = ctx.limits.max_value_chars
+        if self.static and self.kind in ("is", "contains") and self.comparator != "i;ascii-numeric":
+            # the plain cases without a per-pair step (one step per value and key still counted)
+            ctx.steps += len(values) * len(folded) if isinstance(values, list) else 0
+            ctx.step()
+            for value in values:
+                fv = _fold(self.comparator, value[:limit])
+                if self.kind == "is":
+                    if fv in folded:
+                        return True
+                elif any(k in fv for k in folded):
+                    return True
+            return False
         for value in values:
-            value = value[: self.ctx.limits.max_value_chars]
-            for key in keys:
-                if self.one(value, key):
+            value = value[:limit]
+            fv = _fold(self.comparator, value) if self.kind != "value" else value
+            for i, key in enumerate(keys):
+                ctx.step()
+                if self.kind == "value":
+                    if self.compare_value(rel, value, key):
+                        return True
+                elif self.comparator == "i;ascii-numeric":
+                    # RFC 4790 9.1: i;ascii-numeric offers equality and ordering only
+                    if self.kind == "is" and _numeric(value) == _numeric(key):
+                        return True
+                elif self.kind == "is":
+                    if fv == folded[i]:
+                        return True
+                elif self.kind == "contains":
+                    if folded[i] in fv:
+                        return True
+                elif (_star_match(globs[i], fv) if isinstance(globs[i], _Pieces) else _glob_match(globs[i], fv)):
+                    if self.variables_on:
+                        m = _glob_regex(folded[i]).fullmatch(fv)
+                        if m is not None:  # RFC 5229 3.2: ${0} the whole value, ${1}... each wildcard
+                            ctx.match_vars = [value] + [value[a:b] for a, b in
+                                                        (m.span(g) for g in range(1, (m.lastindex or 0) + 1))]
                     return True
         return False
 
-    def compare_value(self, value: str, key: str) -> bool:
+    def compare_value(self, rel: str, value: str, key: str) -> bool:
         if self.comparator == "i;ascii-numeric":
-            return _relate(self.rel, _numeric(value), _numeric(key))
-        return _relate(self.rel, _fold(self.comparator, value), _fold(self.comparator, key))
-
-    def one(self, value: str, key: str) -> bool:
-        self.ctx.step()
-        if self.kind == "value":
-            return self.compare_value(value, key)
-        if self.comparator == "i;ascii-numeric":
-            if self.kind != "is":
-                return False  # RFC 4790 9.1: i;ascii-numeric offers equality and ordering only
-            return _numeric(value) == _numeric(key)
-        fv, fk = _fold(self.comparator, value), _fold(self.comparator, key)
-        if self.kind == "is":
-            return fv == fk
-        if self.kind == "contains":
-            return fk in fv
-        if not _glob_match(fk, fv):
-            return False
-        if self.ctx.variables_on:
-            m = _glob_regex(fk).fullmatch(fv)
-            if m is not None:  # RFC 5229 3.2: ${0} the whole value, ${1}... each wildcard
-                self.ctx.match_vars = [value] + [value[s:e] for s, e in (m.span(g) for g in range(1, m.lastindex + 1
-                                                                                                    if m.lastindex else 1))]
-        return True
+            return _relate(rel, _numeric(value), _numeric(key))
+        return _relate(rel, _fold(self.comparator, value), _fold(self.comparator, key))
 
 
 # ---------------------------------------------------------------------------
@@ -277,12 +350,39 @@ class _MessageView:
         header, self.body_raw = split_header_body(raw)
         self.fields = [(name.lower(), value) for name, value in split_fields(header)]
         self._parsed: EmailMessage | None = None
+        self._headers: dict[str, list[str]] = {}
+        self._addresses: dict[tuple[str, str, str], list[str]] = {}
 
     def headers(self, name: str) -> list[str]:
         """The values of the fields named ``name``, unfolded and RFC 2047
         decoded (RFC 5228 2.7.2), leading and trailing white space removed."""
         name = name.lower()
-        return [decode_words(bytes_to_text(v)) for n, v in self.fields if n == name]
+        hit = self._headers.get(name)
+        if hit is None:
+            hit = self._headers[name] = [decode_words(bytes_to_text(v)) for n, v in self.fields if n == name]
+        return hit
+
+    def addresses(self, name: str, part: str, separator: str) -> list[str]:
+        """The ``part`` of each address in the fields named ``name`` (RFC
+        5228 5.1); a part that names nothing (``:detail`` without a
+        separator) is left out."""
+        key = (name.lower(), part, separator)
+        hit = self._addresses.get(key)
+        if hit is not None:
+            return hit
+        out: list[str] = []
+        for raw in self.raw_headers(name):
+            try:
+                items = parse_address_list(raw)
+            except Exception:  # noqa: BLE001 - an unparsable field has no address to test
+                continue
+            for item in items:
+                for box in item.mailboxes if isinstance(item, Group) else (item,):
+                    value = _address_part(box, part, separator)
+                    if value is not None:
+                        out.append(value)
+        self._addresses[key] = out
+        return out
 
     def raw_headers(self, name: str) -> list[str]:
         name = name.lower()
@@ -523,6 +623,12 @@ def _vacation(ctx: _Context, node: Node) -> None:
 def _test(ctx: _Context, node: Node) -> bool:
     ctx.step()
     name = node.name
+    matcher = node.prepared
+    if name == "header" and matcher is not None:  # the common case first
+        names = node.pos[0]
+        if len(names) == 1:
+            return matcher.test(ctx, ctx.msg.headers(ctx.expand(names[0])))
+        return matcher.test(ctx, [v for h in names for v in ctx.msg.headers(ctx.expand(h))])
     t = node.tags
     if name == "true":
         return True
@@ -540,24 +646,19 @@ def _test(ctx: _Context, node: Node) -> bool:
         return ctx.size < t[":under"]
     if name == "exists":
         return all(ctx.msg.headers(ctx.expand(h)) for h in node.pos[0])
-    matcher = _Matcher(node, ctx)
+    if matcher is None:
+        matcher = node.prepared = _Matcher(node, ctx.variables_on)
     if name == "header":
-        values = [v for h in node.pos[0] for v in ctx.msg.headers(ctx.expand(h))]
-        return matcher.test(values, node.pos[1])
+        if len(node.pos[0]) == 1:
+            return matcher.test(ctx, ctx.msg.headers(ctx.expand(node.pos[0][0])))
+        return matcher.test(ctx, [v for h in node.pos[0] for v in ctx.msg.headers(ctx.expand(h))])
     if name in ("address", "envelope"):
-        part = next((p[1:] for p in (":all", ":localpart", ":domain", ":user", ":detail") if p in t), "all")
+        part = matcher.part
         sep = ctx.limits.separator
-        values2: list[str | None] = []
+        values: list[str] = []
         if name == "address":
             for h in node.pos[0]:
-                for raw in ctx.msg.raw_headers(ctx.expand(h)):
-                    try:
-                        items = parse_address_list(raw)
-                    except Exception:  # noqa: BLE001 - an unparsable field has no address to test
-                        continue
-                    for item in items:
-                        boxes = item.mailboxes if isinstance(item, Group) else (item,)
-                        values2.extend(_address_part(b, part, sep) for b in boxes)
+                values.extend(ctx.msg.addresses(ctx.expand(h), part, sep))
         else:
             for h in node.pos[0]:
                 which = ctx.expand(h).lower()
@@ -565,21 +666,23 @@ def _test(ctx: _Context, node: Node) -> bool:
                 if addr is None:
                     continue
                 # RFC 5228 5.4: the null reverse-path is "", and so are its parts
-                values2.append(_address_part(addr, part, sep) if addr else "")
-        return matcher.test([v for v in values2 if v is not None], node.pos[1])
+                value = _address_part(addr, part, sep) if addr else ""
+                if value is not None:
+                    values.append(value)
+        return matcher.test(ctx, values)
     if name == "hasflag":
-        var, keys = node.pos
+        var = node.pos[0]
         # RFC 5232 5: the flags held by the named variables, or the internal one
         flags = (ctx.flag_list([ctx.variables.get(ctx.expand(v).lower(), "") for v in var])
                  if var is not None else list(ctx.flags))
-        return matcher.test(flags, keys)
+        return matcher.test(ctx, flags)
     if name == "string":
         sources = [ctx.expand(s) for s in node.pos[0]]
         if matcher.kind == "count":
             sources = [s for s in sources if s]  # RFC 5229 5: empty strings are not counted
-        return matcher.test(sources, node.pos[1])
+        return matcher.test(ctx, sources)
     if name == "body":
-        return matcher.test(_body_parts(ctx, node), node.pos[0])
+        return matcher.test(ctx, _body_parts(ctx, node))
     if name == "mailboxexists":
         if ctx.mailbox_exists is None:
             return False

@@ -155,6 +155,9 @@ class Node:
     tests: list[Node] = field(default_factory=list)
     block: list[Node] | None = None
     branches: list[tuple[Node | None, list[Node]]] = field(default_factory=list)
+    # What the interpreter prepares once per test (its matcher), kept here
+    # so that each delivery does not redo it.
+    prepared: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -165,6 +168,7 @@ class Script:
     require: frozenset[str]
     size: int  # characters of source
     rules: int  # commands and tests in it (for figures and limits)
+    names: frozenset[str] = frozenset()  # the commands and tests it uses
 
 
 @dataclass
@@ -305,6 +309,7 @@ def _decode_encoded(text: str) -> str:
 class _Checker:
     def __init__(self) -> None:
         self.require: set[str] = set()
+        self.names: set[str] = set()
 
     def need(self, ext: str | None, tok: Token, what: str) -> None:
         if ext is not None and ext not in self.require:
@@ -351,6 +356,7 @@ class _Checker:
     def node(self, raw: _Raw, spec: Spec, kind: str) -> Node:
         tok = raw.tok
         self.need(spec.ext, tok, f"{kind} '{raw.name}'")
+        self.names.add(raw.name)
         node = Node(raw.name, tok.line, tok.column)
         groups: dict[str, str] = {}
         args = raw.args
@@ -477,4 +483,4 @@ def compile_script(text: str) -> Script:
     raws = parser.commands(0, False)
     checker = _Checker()
     commands = checker.block(raws, True)
-    return Script(commands, frozenset(checker.require), len(text), parser.count)
+    return Script(commands, frozenset(checker.require), len(text), parser.count, frozenset(checker.names))
