@@ -50,6 +50,8 @@ class PortsConfig:
     pop3: int = 2110
     pop3s: int = 2995
     http: int = 8080
+    # ManageSieve (RFC 5804; production 4190): users manage their Sieve filters.
+    managesieve: int = 24190
 
 
 @dataclass

@@ -111,7 +111,7 @@ class Service:
 
 def protocol_services() -> list[Service]:
     """Every protocol service this build offers, in start-up order."""
-    from .net import imap, pop3, smtp
+    from .net import imap, managesieve, pop3, smtp
 
     return [
         Service("smtp", protocol=smtp.smtp_protocol),
@@ -123,6 +123,8 @@ def protocol_services() -> list[Service]:
         # RFC 8314: implicit TLS from the first byte (POP3S 995, IMAPS 993).
         Service("pop3s", protocol=pop3.pop3_protocol, implicit_tls=True),
         Service("imaps", protocol=imap.imap_protocol, implicit_tls=True),
+        # RFC 5804: ManageSieve, STARTTLS on the plain port.
+        Service("managesieve", protocol=managesieve.managesieve_protocol),
     ]
 
 

@@ -102,7 +102,7 @@ class ScriptStore:
 
     def get(self, account_id: int, name: str) -> str:
         try:
-            return (self.dir(account_id) / (check_name(name) + SUFFIX)).read_text(encoding="utf-8")
+            return _read(self.dir(account_id) / (check_name(name) + SUFFIX))
         except FileNotFoundError:
             raise ScriptProblem(f"no script named {name!r}") from None
 
@@ -188,16 +188,23 @@ class ScriptStore:
         hit = self._compiled.get(path)
         if hit is not None and hit[0] == key:
             return hit[1]
-        script = compile_script(path.read_text(encoding="utf-8"))
+        script = compile_script(_read(path))
         if len(self._compiled) > 10_000:
             self._compiled.clear()
         self._compiled[path] = (key, script)
         return script
 
 
+def _read(path: Path) -> str:
+    """The text as stored: line ends untouched (GETSCRIPT gives back the
+    octets PUTSCRIPT stored)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()
+
+
 def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
