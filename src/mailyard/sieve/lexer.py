@@ -128,7 +128,7 @@ def tokenize(text: str) -> list[Token]:
             tokens.append(Token(TAG, ":" + m.group().lower(), start_line, start_col))
             pos = m.end()
             continue
-        if ch.isdigit():
+        if "0" <= ch <= "9":
             m = _NUMBER.match(text, pos)
             assert m
             value = int(m.group(1)) * _QUANTIFIER.get(m.group(2).upper(), 1) if m.group(2) else int(m.group(1))
