@@ -23,7 +23,9 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
+from email.utils import format_datetime, parsedate_to_datetime
 
 from ..message.address import Group, Mailbox, parse_address_list
 from ..message.headers import bytes_to_text, decode_words, split_fields
@@ -275,6 +277,8 @@ class _Matcher:
         else:
             self.kind = next((t[1:] for t in (":is", ":contains", ":matches") if t in node.tags), "is")
             self.rel = ""
+        self.index: int | None = node.tags.get(":index")
+        self.last = ":last" in node.tags
         self.part = next((p[1:] for p in (":all", ":localpart", ":domain", ":user", ":detail") if p in node.tags),
                          "all")
         keys = node.pos[-1]
@@ -444,6 +448,7 @@ class _Context:
         self.match_vars: list[str] = []
         self.variables_on = "variables" in script.require
         self.redirects = 0
+        self.now = 0.0
 
     def step(self) -> None:
         self.steps += 1
@@ -624,7 +629,7 @@ def _test(ctx: _Context, node: Node) -> bool:
     ctx.step()
     name = node.name
     matcher = node.prepared
-    if name == "header" and matcher is not None:  # the common case first
+    if name == "header" and matcher is not None and matcher.index is None:  # the common case first
         names = node.pos[0]
         if len(names) == 1:
             return matcher.test(ctx, ctx.msg.headers(ctx.expand(names[0])))
@@ -648,6 +653,10 @@ def _test(ctx: _Context, node: Node) -> bool:
         return all(ctx.msg.headers(ctx.expand(h)) for h in node.pos[0])
     if matcher is None:
         matcher = node.prepared = _Matcher(node, ctx.variables_on)
+    if matcher.index is not None and name in ("header", "address", "date"):
+        return _indexed(ctx, node, matcher)
+    if name in ("date", "currentdate"):
+        return _date_test(ctx, node, matcher, None)
     if name == "header":
         if len(node.pos[0]) == 1:
             return matcher.test(ctx, ctx.msg.headers(ctx.expand(node.pos[0][0])))
@@ -690,6 +699,108 @@ def _test(ctx: _Context, node: Node) -> bool:
     raise SieveRuntimeError(f"unknown test {name}")
 
 
+def _indexed(ctx: _Context, node: Node, matcher: _Matcher) -> bool:
+    """RFC 5260 6: only the ``:index``-th field of those named (counted
+    from the end with ``:last``), in the order they stand in the header."""
+    named = [node.pos[0]] if node.name == "date" else node.pos[0]
+    names = {ctx.expand(h).lower() for h in named}
+    fields = [(n, v) for n, v in ctx.msg.fields if n in names]
+    i = matcher.index or 1
+    if i > len(fields):
+        return False
+    fname, raw = fields[-i] if matcher.last else fields[i - 1]
+    if node.name == "header":
+        return matcher.test(ctx, [decode_words(bytes_to_text(raw))])
+    if node.name == "date":
+        return _date_test(ctx, node, matcher, bytes_to_text(raw))
+    values: list[str] = []
+    try:
+        items = parse_address_list(bytes_to_text(raw))
+    except Exception:  # noqa: BLE001 - an unparsable field has no address to test
+        items = []
+    for item in items:
+        for box in item.mailboxes if isinstance(item, Group) else (item,):
+            value = _address_part(box, matcher.part, ctx.limits.separator)
+            if value is not None:
+                values.append(value)
+    return matcher.test(ctx, values)
+
+
+def _zone(text: str) -> timezone:
+    sign = -1 if text[0] == "-" else 1
+    return timezone(sign * timedelta(hours=int(text[1:3]), minutes=int(text[3:5])))
+
+
+def _date_part(when: datetime, part: str) -> str:
+    """RFC 5260 4.2 date-parts."""
+    if part == "year":
+        return f"{when.year:04d}"
+    if part == "month":
+        return f"{when.month:02d}"
+    if part == "day":
+        return f"{when.day:02d}"
+    if part == "date":
+        return when.strftime("%Y-%m-%d")
+    if part == "julian":
+        # the Modified Julian Day: days since 1858-11-17
+        return str((when.date() - datetime(1858, 11, 17).date()).days)
+    if part == "hour":
+        return f"{when.hour:02d}"
+    if part == "minute":
+        return f"{when.minute:02d}"
+    if part == "second":
+        return f"{when.second:02d}"
+    if part == "time":
+        return when.strftime("%H:%M:%S")
+    if part == "iso8601":
+        return when.isoformat(timespec="seconds")
+    if part == "std11":
+        return format_datetime(when)
+    if part == "zone":
+        offset = when.utcoffset() or timedelta(0)
+        minutes = int(offset.total_seconds() // 60)
+        return f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
+    if part == "weekday":
+        return str((when.weekday() + 1) % 7)  # 0 is Sunday
+    raise SieveRuntimeError(f"unknown date part {part!r}")
+
+
+def _date_test(ctx: _Context, node: Node, matcher: _Matcher, field: str | None) -> bool:
+    """RFC 5260 4 (date) and 5 (currentdate): a part of a date, in the zone
+    asked for (``:zone``), the field's own (``:originalzone``) or the
+    server's."""
+    t = node.tags
+    part = ctx.expand(node.pos[-2]).lower()
+    zone_text = ctx.expand(t[":zone"]) if ":zone" in t else None
+    if zone_text is not None and not re.fullmatch(r"[+-][0-9]{4}", zone_text):
+        return False
+    zone = _zone(zone_text) if zone_text is not None else None
+    if node.name == "currentdate":
+        when = datetime.fromtimestamp(ctx.now, zone or UTC)
+        if zone is None:
+            when = when.astimezone()
+        return matcher.test(ctx, [_date_part(when, part)])
+    header = ctx.expand(node.pos[0]).lower()
+    raws = ctx.msg.raw_headers(header) if field is None else [field]
+    values: list[str] = []
+    for raw in raws:
+        text = " ".join(raw.split())
+        if header == "received":
+            text = text.rpartition(";")[2].strip()  # RFC 5260 4.1: the date after the last ";"
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            continue  # RFC 5260 4: a field that holds no date does not match
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        if zone is not None:
+            when = when.astimezone(zone)
+        elif ":originalzone" not in t:
+            when = when.astimezone()
+        values.append(_date_part(when, part))
+    return matcher.test(ctx, values)
+
+
 def _body_parts(ctx: _Context, node: Node) -> list[str]:
     """RFC 5173 5: :raw the undecoded body; :text (the default) the decoded
     text/* parts; :content the decoded parts of the given types."""
@@ -723,15 +834,17 @@ def _body_parts(ctx: _Context, node: Node) -> list[str]:
 
 
 def run(script: Script, message: bytes, envelope: Envelope, limits: Limits | None = None, *,
-        mailbox_exists: Callable[[str], bool] | None = None) -> Result:
+        mailbox_exists: Callable[[str], bool] | None = None, now: float | None = None) -> Result:
     """Run ``script`` on ``message`` (the bytes as delivered) for ``envelope``.
 
     Returns the actions; the implicit keep is in them as a trailing ``Keep``
     when no action cancelled it. Raises ``SieveRuntimeError`` when the run
     fails (a limit, conflicting actions): the caller then keeps the message.
-    ``mailbox_exists`` answers the ``mailboxexists`` test (RFC 5490 3.1).
+    ``mailbox_exists`` answers the ``mailboxexists`` test (RFC 5490 3.1);
+    ``now`` is the time ``currentdate`` sees (RFC 5260 5), by default the clock's.
     """
     ctx = _Context(script, message, envelope, limits or Limits(), mailbox_exists)
+    ctx.now = time.time() if now is None else now
     try:
         _block(ctx, script.commands)
     except _Stop:

@@ -38,8 +38,12 @@ EXTENSIONS: tuple[str, ...] = (
     "reject",
     "ereject",
     "comparator-i;ascii-numeric",
+    "date",
+    "index",
 )
 
+DATE_PARTS = {"year", "month", "day", "date", "julian", "hour", "minute", "second", "time", "iso8601", "std11",
+              "zone", "weekday"}
 COMPARATORS = {"i;octet", "i;ascii-casemap", "i;ascii-numeric"}
 RELATIONS = {"gt", "ge", "lt", "le", "eq", "ne"}
 
@@ -80,6 +84,8 @@ ADDRESS_PART = {
     ":detail": TagSpec(None, "subaddress", "part"),
 }
 FLAGS = {":flags": TagSpec("strings", "imap4flags")}
+INDEX = {":index": TagSpec("number", "index"), ":last": TagSpec(None, "index")}
+ZONE = {":zone": TagSpec("string", None, "zone")}
 COPY = {":copy": TagSpec(None, "copy")}
 
 COMMANDS: dict[str, Spec] = {
@@ -118,9 +124,13 @@ COMMANDS: dict[str, Spec] = {
 }
 
 TESTS: dict[str, Spec] = {
-    "address": Spec(tags={**COMPARATOR, **MATCH, **ADDRESS_PART}, pos=("strings", "strings")),
+    "address": Spec(tags={**COMPARATOR, **MATCH, **ADDRESS_PART, **INDEX}, pos=("strings", "strings")),
     "envelope": Spec(ext="envelope", tags={**COMPARATOR, **MATCH, **ADDRESS_PART}, pos=("strings", "strings")),
-    "header": Spec(tags={**COMPARATOR, **MATCH}, pos=("strings", "strings")),
+    "header": Spec(tags={**COMPARATOR, **MATCH, **INDEX}, pos=("strings", "strings")),
+    "date": Spec(ext="date", tags={**COMPARATOR, **MATCH, **INDEX, **ZONE,
+                                   ":originalzone": TagSpec(None, None, "zone")},
+                 pos=("string", "string", "strings")),
+    "currentdate": Spec(ext="date", tags={**COMPARATOR, **MATCH, **ZONE}, pos=("string", "strings")),
     "exists": Spec(pos=("strings",)),
     "size": Spec(tags={":over": TagSpec("number", None, "size"), ":under": TagSpec("number", None, "size")}),
     "allof": Spec(tests="list"),
@@ -465,6 +475,17 @@ class _Checker:
             for part in node.pos[0]:
                 if part.lower() not in ("from", "to") and "${" not in part:
                     raise SieveError(f"unknown envelope part \"{part}\"", tok.line, tok.column)
+        if ":last" in node.tags and ":index" not in node.tags:
+            raise SieveError(":last needs :index", tok.line, tok.column)
+        if ":index" in node.tags and node.tags[":index"] < 1:
+            raise SieveError(":index counts from 1", tok.line, tok.column)
+        if node.name in ("date", "currentdate"):
+            part = node.pos[-2]
+            if part.lower() not in DATE_PARTS and "${" not in part:
+                raise SieveError(f"unknown date part \"{part}\"", tok.line, tok.column)
+            zone = node.tags.get(":zone")
+            if zone is not None and "${" not in zone and not re.fullmatch(r"[+-][0-9]{4}", zone):
+                raise SieveError(f"bad time zone \"{zone}\" (+hhmm or -hhmm)", tok.line, tok.column)
         if node.name == "vacation":
             for tag in (":days", ":seconds"):
                 if tag in node.tags and node.tags[tag] < 0:

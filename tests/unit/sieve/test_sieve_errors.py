@@ -51,6 +51,11 @@ ENV = Envelope("carol@remote.test", "alice@example.test")
     ('require "fileinto";\nfileinto text:\nno end', "line 2, column 10: unterminated text: block"),
     ("if keep { }", "line 1, column 4: 'keep' is a command, not a test"),
     ('require "envelope";\nif envelope "bcc" "x" { keep; }', 'line 2, column 4: unknown envelope part "bcc"'),
+    ('require "date";\nif date "date" "fortnight" "1" { keep; }', 'line 2, column 4: unknown date part "fortnight"'),
+    ('require "date";\nif currentdate :zone "CET" "year" "1" { keep; }',
+     'line 2, column 4: bad time zone "CET" (+hhmm or -hhmm)'),
+    ('require "index";\nif header :last "a" "b" { keep; }', "line 2, column 4: :last needs :index"),
+    ('if header :index 1 "a" "b" { keep; }', 'line 1, column 11: tag :index needs require "index"'),
     ("if " + "not " * 40 + "true { keep; }", "line 1, column 128: tests nested too deeply"),
 ])
 def test_compile_errors(script: str, error: str) -> None:

@@ -332,3 +332,49 @@ def test_table(script: str, msg: str, env: Envelope, expected: list[str]) -> Non
 
 def test_table_is_large() -> None:
     assert len(CASES) >= 150, len(CASES)
+
+
+# --- date, currentdate and index (RFC 5260): a fixed clock, explicit zones ---
+
+DATED = (b"Received: from a by b; Tue, 1 Dec 2026 23:30:00 -0500\r\n"
+         b"Received: from c by d; Mon, 30 Nov 2026 08:00:00 +0000\r\n"
+         b"Date: Tue, 1 Dec 2026 22:15:30 -0500\r\n"
+         b"From: first@a.test\r\nFrom: second@b.test\r\nSubject: one\r\nSubject: two\r\n\r\nx\r\n")
+NOW = 1_796_169_600.0  # 2026-12-02 00:00:00 UTC, a Wednesday
+D = 'require ["date", "index", "relational", "variables", "fileinto", "vacation"];\n'
+
+DATE_CASES: list[tuple[str, str, list[str]]] = [
+    ("date-original-zone", D + 'if date :originalzone "date" "date" "2026-12-01" { discard; }', ["discard"]),
+    ("date-utc", D + 'if date :zone "+0000" "date" "date" "2026-12-02" { discard; }', ["discard"]),
+    ("date-hour-zone", D + 'if date :zone "+0100" "date" "hour" "04" { discard; }', ["discard"]),
+    ("date-time", D + 'if date :originalzone "date" "time" "22:15:30" { discard; }', ["discard"]),
+    ("date-zone-part", D + 'if date :originalzone "date" "zone" "-0500" { discard; }', ["discard"]),
+    ("date-weekday", D + 'if date :originalzone "date" "weekday" "2" { discard; }', ["discard"]),
+    ("date-julian", D + 'if date :zone "+0000" "date" "julian" "61376" { discard; }', ["discard"]),
+    ("date-iso8601", D + 'if date :zone "+0000" "date" "iso8601" "2026-12-02T03:15:30+00:00" { discard; }',
+     ["discard"]),
+    ("date-year-value", D + 'if date :value "ge" :originalzone "date" "year" "2026" { discard; }', ["discard"]),
+    ("date-matches-capture", D + 'if date :matches :originalzone "date" "date" "*-*-*" { fileinto "${1}/${2}"; }',
+     ["fileinto '2026/12'"]),
+    ("date-no-field", D + 'if date :zone "+0000" "x-nope" "year" "2026" { discard; }', ["keep"]),
+    ("date-received", D + 'if date :zone "+0000" "received" "day" "02" { discard; }', ["discard"]),
+    ("date-received-index-last", D + 'if date :index 1 :last :zone "+0000" "received" "day" "30" { discard; }',
+     ["discard"]),
+    ("date-received-index-first", D + 'if date :index 1 :zone "+0000" "received" "day" "30" { discard; }', ["keep"]),
+    ("currentdate", D + 'if currentdate :zone "+0000" "date" "2026-12-02" { discard; }', ["discard"]),
+    ("currentdate-range", D + 'if allof (currentdate :zone "+0000" :value "ge" "date" "2026-12-01",\n'
+     '  currentdate :zone "+0000" :value "le" "date" "2026-12-10") { vacation :handle "h" "away"; }',
+     ["vacation days=7 subject=None handle='h'", "keep"]),
+    ("currentdate-out-of-range", D + 'if currentdate :zone "+0000" :value "lt" "date" "2026-12-01" { discard; }',
+     ["keep"]),
+    ("index-header", D + 'if header :index 2 "subject" "two" { discard; }', ["discard"]),
+    ("index-header-first", D + 'if header :index 1 "subject" "two" { discard; }', ["keep"]),
+    ("index-last", D + 'if header :index 1 :last "subject" "two" { discard; }', ["discard"]),
+    ("index-beyond", D + 'if header :index 3 :contains "subject" "" { discard; }', ["keep"]),
+    ("index-address", D + 'if address :index 2 :domain "from" "b.test" { discard; }', ["discard"]),
+]
+
+
+@pytest.mark.parametrize(("script", "expected"), [c[1:] for c in DATE_CASES], ids=[c[0] for c in DATE_CASES])
+def test_date_and_index(script: str, expected: list[str]) -> None:
+    assert run(compile_script(script), DATED, ENV, now=NOW).describe() == expected
