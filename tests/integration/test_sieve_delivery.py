@@ -183,3 +183,23 @@ def test_a_failing_script_keeps_the_message(mailserver: RunningServer) -> None:
     install(mailserver, ALICE, 'require "fileinto";\r\nfileinto "No such folder";\r\n')
     send(mailserver, "carol@remote.test", ALICE, "must not be lost")
     assert subjects(mailserver, ALICE) == ["must not be lost"]
+
+
+def test_ereject_refuses_in_smtp_for_a_single_recipient(mailserver: RunningServer) -> None:
+    install(mailserver, ALICE, 'require "ereject";\r\nif header :contains "subject" "offer" '
+                               '{ ereject "No offers, thanks"; }\r\n')
+    with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), local_hostname="client.remote.test", timeout=10) as s:
+        s.ehlo()
+        s.mail(BOB)
+        assert s.rcpt(ALICE)[0] == 250
+        code, text = s.data(message(BOB, ALICE, "great offer"))
+    # RFC 5429 2.1: refused in the protocol, nothing stored, no DSN of ours
+    assert (code, text) == (550, b"5.7.1 No offers, thanks")
+    assert subjects(mailserver, ALICE) == [] and mailserver.messages(BOB) == []
+    # with another recipient the message is accepted for them, and the sender gets a DSN
+    with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), local_hostname="client.remote.test", timeout=10) as s:
+        assert s.sendmail(BOB, [ALICE, "postmaster@example.test"], message(BOB, ALICE, "second offer")) == {}
+    assert subjects(mailserver, ALICE) == []
+    assert subjects(mailserver, "postmaster@example.test") == ["second offer"]
+    dsns = mailserver.messages(BOB)
+    assert len(dsns) == 1 and b"Status: 5.7.1" in dsns[0] and b"No offers, thanks" in dsns[0]

@@ -108,6 +108,11 @@ class SenderNotAllowed(SubmissionRefused):
         self.verdict = verdict
 
 
+class SieveRejected(SubmissionRefused):
+    """The only recipient's Sieve script ``ereject``ed the message (RFC 5429
+    2.1): refused in the protocol (SMTP 550 5.7.1) before anything is stored."""
+
+
 class RemoteUnavailable(SubmissionRefused):
     """Remote recipients, but this server runs no outbound queue."""
 
@@ -187,6 +192,7 @@ async def accept_message(
     smtputf8: bool = False,
     junk: bool = False,
     envelope_to: Mapping[int, str] | None = None,
+    refuse_in_protocol: bool = False,
 ) -> Accepted:
     """Accept ``data`` for the local ``accounts`` and the ``remote`` recipients.
 
@@ -203,7 +209,9 @@ async def accept_message(
     copies its script chose; ``envelope_to`` names the address each account
     was reached by (the RCPT, with its ``+tag``: Sieve's envelope "to"),
     by default the account's own. Redirects, rejects and vacation replies
-    go out once the delivery is durable (``_after_sieve``).
+    go out once the delivery is durable (``_after_sieve``). With
+    ``refuse_in_protocol`` (SMTP), an ``ereject`` by the script of the only
+    recipient raises ``SieveRejected`` and nothing is stored (RFC 5429 2.1).
     """
     auth_user = None
     if account is not None:
@@ -237,6 +245,10 @@ async def accept_message(
     if intake.sieve is not None and not junk:
         plans = await _sieve_plans(intake, intake.sieve, received + data, reverse_path, wanted, inbox_id,
                                    envelope_to or {})
+    if refuse_in_protocol and len({a.id for a in wanted}) == 1 and not remote:
+        plan = plans.get(wanted[0].id)
+        if plan is not None and plan.reject is not None and plan.reject.extended:
+            raise SieveRejected(" ".join(plan.reject.reason.split())[:300] or "rejected")
     placements = {aid: plan.targets for aid, plan in plans.items()} or None
     while True:
         if accounts and not wanted and not remote:
