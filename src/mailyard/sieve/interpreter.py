@@ -27,11 +27,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime, parsedate_to_datetime
 
+import regex
+
 from ..message.address import Group, Mailbox, parse_address_list
 from ..message.headers import bytes_to_text, decode_words, split_fields
 from ..message.parse import parse_message, split_header_body
 from .errors import SieveRuntimeError
-from .parser import Node, Script
+from .parser import Node, Script, compile_regex
 
 # ---------------------------------------------------------------------------
 # actions
@@ -252,6 +254,9 @@ def _glob_tokens(pattern: str) -> list[str | None]:
     return toks
 
 
+REGEX_SECONDS = 0.1  # one :regex search, at most
+
+
 class _Pieces(list):
     """The literals between the stars of a pattern without ``?``."""
 
@@ -275,7 +280,7 @@ class _Matcher:
             self.dynamic_rel = variables_on and "${" in rel
             self.rel = rel.lower()
         else:
-            self.kind = next((t[1:] for t in (":is", ":contains", ":matches") if t in node.tags), "is")
+            self.kind = next((t[1:] for t in (":is", ":contains", ":matches", ":regex") if t in node.tags), "is")
             self.rel = ""
         self.index: int | None = node.tags.get(":index")
         self.last = ":last" in node.tags
@@ -286,6 +291,8 @@ class _Matcher:
         self.keys: list[str] = list(keys)
         self.folded = [_fold(self.comparator, k) for k in keys] if self.static else []
         self.globs = [_prepare_glob(k) for k in self.folded] if self.static and self.kind == "matches" else []
+        self.regexes = ([compile_regex(k, self.comparator) for k in self.keys]
+                        if self.static and self.kind == "regex" else [])
 
     def test(self, ctx: _Context, values: Iterable[str]) -> bool:
         if self.static:
@@ -295,6 +302,8 @@ class _Matcher:
             folded = [_fold(self.comparator, k) for k in keys]
             globs = [_prepare_glob(k) for k in folded] if self.kind == "matches" else []
         rel = ctx.expand(self.rel).lower() if self.dynamic_rel else self.rel
+        if self.kind == "regex":
+            return self.test_regex(ctx, values, keys)
         if self.kind == "count":
             n = str(sum(1 for _ in values))
             return any(self.compare_value(rel, n, k) for k in keys)
@@ -335,6 +344,33 @@ class _Matcher:
                         if m is not None:  # RFC 5229 3.2: ${0} the whole value, ${1}... each wildcard
                             ctx.match_vars = [value] + [value[a:b] for a, b in
                                                         (m.span(g) for g in range(1, (m.lastindex or 0) + 1))]
+                    return True
+        return False
+
+    def test_regex(self, ctx: _Context, values: Iterable[str], keys: list[str]) -> bool:
+        """:regex (draft-ietf-sieve-regex): a search anywhere in the value;
+        ${0} the match, ${1}... its groups. Each search is cut off at the
+        run's deadline (at most REGEX_SECONDS), so a pathological expression
+        fails the run (the message is kept) instead of holding the server."""
+        if self.comparator == "i;ascii-numeric":
+            return False
+        try:
+            patterns = self.regexes if self.static else [compile_regex(k, self.comparator) for k in keys]
+        except regex.error as exc:
+            raise SieveRuntimeError(f"bad regular expression: {exc}") from None
+        limit = ctx.limits.max_value_chars
+        for value in values:
+            value = value[:limit]
+            for rx in patterns:
+                ctx.step()
+                budget = max(0.001, min(REGEX_SECONDS, ctx.deadline - time.monotonic()))
+                try:
+                    m = rx.search(value, timeout=budget)
+                except TimeoutError:
+                    raise SieveRuntimeError("a regular expression took too long") from None
+                if m is not None:
+                    if ctx.variables_on:
+                        ctx.match_vars = [m.group(0)] + [g or "" for g in m.groups()[:9]]
                     return True
         return False
 
@@ -599,6 +635,8 @@ def _set(ctx: _Context, node: Node) -> None:
         value = value[:1].upper() + value[1:]
     if ":quotewildcard" in t:
         value = re.sub(r"([*?\\])", r"\\\1", value)
+    if ":quoteregex" in t:
+        value = re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\1", value)
     if ":length" in t:
         value = str(len(value))
     ctx.variables[node.pos[0].lower()] = value[: ctx.limits.max_value_chars]

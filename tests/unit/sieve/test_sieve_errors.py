@@ -150,3 +150,15 @@ def test_vacation_reply_bytes() -> None:
         b"Content-Transfer-Encoding: 7bit",
     ]
     assert body == b"Back on Monday.\r\n"
+
+
+def test_bad_regex_is_refused_when_compiled() -> None:
+    with pytest.raises(SieveError, match=r"line 2, column 4: bad regular expression '\(unclosed'"):
+        compile_script('require "regex";\nif header :regex "subject" "(unclosed" { keep; }')
+
+
+def test_pathological_regex_fails_the_run_in_bounded_time() -> None:
+    script = compile_script('require "regex";\nif header :regex "subject" "(x+x+)+y" { discard; }')
+    msg = b"Subject: " + b"x" * 5000 + b"\r\n\r\n"
+    with pytest.raises(SieveRuntimeError, match="took too long"):
+        run(script, msg, ENV)

@@ -378,3 +378,30 @@ DATE_CASES: list[tuple[str, str, list[str]]] = [
 @pytest.mark.parametrize(("script", "expected"), [c[1:] for c in DATE_CASES], ids=[c[0] for c in DATE_CASES])
 def test_date_and_index(script: str, expected: list[str]) -> None:
     assert run(compile_script(script), DATED, ENV, now=NOW).describe() == expected
+
+
+# --- regex (draft-ietf-sieve-regex) ---
+
+X = 'require ["regex", "variables", "fileinto"];\n'
+REGEX_CASES: list[tuple[str, str, list[str]]] = [
+    ("regex-search", X + 'if header :regex "subject" "port$" { discard; }', ["discard"]),
+    ("regex-anchored-no", X + 'if header :regex "subject" "^Report" { discard; }', ["keep"]),
+    ("regex-casemap", X + 'if header :regex "subject" "^quarterly" { discard; }', ["discard"]),
+    ("regex-octet", X + 'if header :regex :comparator "i;octet" "subject" "^quarterly" { discard; }', ["keep"]),
+    ("regex-class", X + 'if header :regex "x-spam-score" "^[0-9]{2,}$" { discard; }', ["discard"]),
+    ("regex-captures", X + 'if address :regex "from" "^([a-z]+)@(.*)$" { fileinto "${2}/${1}"; }',
+     ["fileinto 'remote.test/carol'"]),
+    ("regex-alternation", X + 'if header :regex "subject" "invoice|report" { discard; }', ["discard"]),
+    ("regex-quoteregex", X + 'set :quoteregex "q" "a.b"; if string :regex "axb" "${q}" { discard; }', ["keep"]),
+    ("regex-quoteregex-match", X + 'set :quoteregex "q" "a.b"; if string :regex "a.b" "^${q}$" { discard; }',
+     ["discard"]),
+]
+
+
+@pytest.mark.parametrize(("script", "expected"), [c[1:] for c in REGEX_CASES], ids=[c[0] for c in REGEX_CASES])
+def test_regex(script: str, expected: list[str]) -> None:
+    assert run(compile_script(script), MESSAGES["plain"], ENV).describe() == expected
+
+
+def test_all_tables_hold_190_cases() -> None:
+    assert len(CASES) + len(DATE_CASES) + len(REGEX_CASES) >= 190
