@@ -11,6 +11,7 @@ SIEVE capability lists exactly the extensions the interpreter implements.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -82,8 +83,7 @@ class ManageSieveSession(SessionProtocol):
 
     def on_event(self, event: Any) -> Coroutine[Any, Any, None] | None:
         if isinstance(event, ScriptCommand):
-            self.script_command(event)
-            return None
+            return self.script_step(event)
         return self.step(event)
 
     def goodbye(self) -> bytes:
@@ -154,7 +154,9 @@ class ManageSieveSession(SessionProtocol):
         engine.login_failed(text, close=self._failures >= MAX_LOGIN_FAILURES)
 
     # --- scripts (RFC 5804 2.6-2.13) ----------------------------------------------
-    def script_command(self, event: ScriptCommand) -> None:
+    async def script_step(self, event: ScriptCommand) -> None:
+        """A script command, its file work and compiling off the event loop
+        (a 256 KiB script takes a while to check): other sessions go on."""
         engine = self.engine
         assert engine is not None
         if event.name == "UNAUTHENTICATE":
@@ -168,63 +170,66 @@ class ManageSieveSession(SessionProtocol):
         if not self.services.store.credentials_current(account.id, account.epoch):
             engine.respond(False, "the account was removed or its password changed", "AUTH-TOO-WEAK")
             return
+        ok, text, code, data = await asyncio.to_thread(self.script_command, scripts, account, event)
+        if not self.closed:
+            engine.respond(ok, text, code, data)
+
+    def script_command(self, scripts: ScriptStore, account: Account,
+                       event: ScriptCommand) -> tuple[bool, str, str | None, bytes]:
+        """(OK?, text, response code, data lines) for one script command."""
         try:
-            self._script_command(engine, scripts, account, event)
+            return self._script_command(scripts, account, event)
         except ScriptProblem as exc:
             text = str(exc)
             code = ("NONEXISTENT" if text.startswith("no script") else "ACTIVE" if "active" in text
                     else "ALREADYEXISTS" if "exists already" in text
                     else "QUOTA/MAXSCRIPTS" if "too many" in text
                     else "QUOTA/MAXSIZE" if "too large" in text else None)
-            engine.respond(False, text, code)
+            return False, text, code, b""
         except OSError as exc:
             log.error("managesieve %s for %s failed: %s", event.name, account.address, exc)
-            engine.respond(False, "the scripts cannot be read or written now", "TRYLATER")
+            return False, "the scripts cannot be read or written now", "TRYLATER", b""
 
-    def _script_command(self, engine: ManageSieveServer, scripts: ScriptStore, account: Account,
-                        event: ScriptCommand) -> None:
+    def _script_command(self, scripts: ScriptStore, account: Account,
+                        event: ScriptCommand) -> tuple[bool, str, str | None, bytes]:
         name, args = event.name, event.args
         if name == "LISTSCRIPTS":
             data = b"".join(quote(n) + (b" ACTIVE" if active else b"") + b"\r\n"
                             for n, active in scripts.list(account.id))
-            engine.respond(True, "listscripts completed", data=data)
-        elif name == "GETSCRIPT":
+            return True, "listscripts completed", None, data
+        if name == "GETSCRIPT":
             text = scripts.get(account.id, args[0]).encode("utf-8")
-            engine.respond(True, "getscript completed", data=b"{%d}\r\n" % len(text) + text + b"\r\n")
-        elif name in ("PUTSCRIPT", "CHECKSCRIPT"):
-            raw = args[-1]
+            return True, "getscript completed", None, b"{%d}\r\n" % len(text) + text + b"\r\n"
+        if name in ("PUTSCRIPT", "CHECKSCRIPT"):
             try:
-                text = raw.decode("utf-8")
+                source = args[-1].decode("utf-8")
             except UnicodeDecodeError:
-                engine.respond(False, "the script is not UTF-8")
-                return
+                return False, "the script is not UTF-8", None, b""
             try:
                 if name == "PUTSCRIPT":
-                    scripts.put(account.id, args[0], text)
+                    scripts.put(account.id, args[0], source)
                 else:
-                    compile_script(text)
+                    compile_script(source)
             except SieveError as exc:
-                engine.respond(False, str(exc))
-                return
-            engine.respond(True, f"{name.lower()} completed")
-        elif name == "SETACTIVE":
+                return False, str(exc), None, b""
+            return True, f"{name.lower()} completed", None, b""
+        if name == "SETACTIVE":
             scripts.activate(account.id, args[0] or None)  # RFC 5804 2.8: "" deactivates
-            engine.respond(True, "setactive completed")
-        elif name == "DELETESCRIPT":
+            return True, "setactive completed", None, b""
+        if name == "DELETESCRIPT":
             scripts.delete(account.id, args[0])
-            engine.respond(True, "deletescript completed")
-        elif name == "RENAMESCRIPT":
+            return True, "deletescript completed", None, b""
+        if name == "RENAMESCRIPT":
             scripts.rename(account.id, args[0], args[1])
-            engine.respond(True, "renamescript completed")
-        elif name == "HAVESPACE":
-            check_name(args[0])
-            names = [n for n, _ in scripts.list(account.id)]
-            if args[1] > MAX_SCRIPT_BYTES:
-                engine.respond(False, f"scripts are limited to {MAX_SCRIPT_BYTES} octets", "QUOTA/MAXSIZE")
-            elif args[0] not in names and len(names) >= MAX_SCRIPTS:
-                engine.respond(False, f"at most {MAX_SCRIPTS} scripts", "QUOTA/MAXSCRIPTS")
-            else:
-                engine.respond(True, "putscript would succeed")
+            return True, "renamescript completed", None, b""
+        # HAVESPACE
+        check_name(args[0])
+        names = [n for n, _ in scripts.list(account.id)]
+        if args[1] > MAX_SCRIPT_BYTES:
+            return False, f"scripts are limited to {MAX_SCRIPT_BYTES} octets", "QUOTA/MAXSIZE", b""
+        if args[0] not in names and len(names) >= MAX_SCRIPTS:
+            return False, f"at most {MAX_SCRIPTS} scripts", "QUOTA/MAXSCRIPTS", b""
+        return True, "putscript would succeed", None, b""
 
 
 def managesieve_protocol(services: Services, listener: Listener) -> ManageSieveSession:
