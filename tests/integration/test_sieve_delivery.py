@@ -203,3 +203,20 @@ def test_ereject_refuses_in_smtp_for_a_single_recipient(mailserver: RunningServe
     assert subjects(mailserver, "postmaster@example.test") == ["second offer"]
     dsns = mailserver.messages(BOB)
     assert len(dsns) == 1 and b"Status: 5.7.1" in dsns[0] and b"No offers, thanks" in dsns[0]
+
+
+def test_include_of_a_personal_and_a_global_script(mailserver: RunningServer) -> None:
+    account = mailserver.call(mailserver.store.get_account(ALICE))
+    assert account is not None
+    scripts = ScriptStore(mailserver.data_dir / "sieve")
+    scripts.put(account.id, "reports", 'require ["fileinto", "mailbox"];\r\n'
+                                       'if header :contains "subject" "report" { fileinto :create "Reports"; stop; }\r\n')
+    site = mailserver.data_dir / "sieve" / "global"
+    site.mkdir(parents=True)
+    (site / "flag.sieve").write_text('require "imap4flags";\r\naddflag "seen-by-site";\r\n')
+    install(mailserver, ALICE, 'require "include";\r\ninclude :global "flag";\r\ninclude "reports";\r\n')
+    send(mailserver, "carol@remote.test", ALICE, "monthly report")
+    send(mailserver, "carol@remote.test", ALICE, "hello")
+    assert subjects(mailserver, ALICE, "Reports") == ["monthly report"]
+    assert subjects(mailserver, ALICE) == ["hello"]
+    assert "seen-by-site" in flags(mailserver, ALICE, "Reports")[0] and "seen-by-site" in flags(mailserver, ALICE)[0]

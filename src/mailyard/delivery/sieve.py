@@ -2,7 +2,9 @@
 their actions become.
 
 Scripts are files: ``DATA/sieve/<account id>/<name>.sieve``, the active
-one named by the file ``active`` beside them (one line: the script name).
+one named by the file ``active`` beside them (one line: the script name);
+the site's scripts that ``include :global`` reaches (RFC 6609) are
+``DATA/sieve/global/<name>.sieve``.
 Files keep the schema untouched and let an operator read and back up a
 user's filters as text. A script is compiled when it is stored (``put``
 refuses one that does not compile, RFC 5804 2.6) and its compiled form is
@@ -77,7 +79,7 @@ class ScriptStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._compiled: dict[Path, tuple[tuple[int, int], Script]] = {}
+        self._compiled: dict[Path, tuple[tuple[int, int, int], Script]] = {}
         # account id -> (mtime of its directory, when that was seen, the active script)
         self._active: dict[int, tuple[int, int, Script | None]] = {}
 
@@ -179,12 +181,28 @@ class ScriptStore:
         name = self.active_name(account_id)
         if name is None:
             return None
-        path = self.dir(account_id) / (name + SUFFIX)
+        return self._compiled_file(self.dir(account_id) / (name + SUFFIX))
+
+    def included(self, account_id: int, location: str, name: str) -> Script | None:
+        """The script an ``include`` names (RFC 6609 3.2): one of the
+        account's own (:personal) or of ``DATA/sieve/global`` (:global),
+        compiled; None when there is none or it does not compile."""
+        try:
+            check_name(name)
+        except ScriptProblem:
+            return None
+        d = self.root / "global" if location == "global" else self.dir(account_id)
+        try:
+            return self._compiled_file(d / (name + SUFFIX))
+        except (SieveError, OSError, UnicodeDecodeError):
+            return None
+
+    def _compiled_file(self, path: Path) -> Script | None:
         try:
             st = path.stat()
         except OSError:
             return None
-        key = (st.st_size, st.st_mtime_ns)
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
         hit = self._compiled.get(path)
         if hit is not None and hit[0] == key:
             return hit[1]
@@ -246,7 +264,8 @@ class SieveDelivery:
             mailboxes: set[str] = set()
             if "mailboxexists" in script.names:
                 mailboxes = {b.name for b in await self.store.list_mailboxes(account.id)}
-            result = run(script, message, envelope, self.limits, mailbox_exists=mailboxes.__contains__)
+            result = run(script, message, envelope, self.limits, mailbox_exists=mailboxes.__contains__,
+                         include=lambda location, name: self.scripts.included(account.id, location, name))
             return await self._apply(account, result.actions, mailboxes, inbox_id)
         except (SieveRuntimeError, InvalidName, _NoMailbox) as exc:
             self._failed(account, str(exc))

@@ -481,6 +481,13 @@ class _Context:
         self.result = Result()
         self.flags: list[str] = []
         self.variables: dict[str, str] = {}
+        # RFC 6609 3.4: variables declared global are shared by the scripts a
+        # run includes; each script's own are local to it
+        self.globals: dict[str, str] = {}
+        self.global_names: set[str] = set()
+        self.include_depth = 0
+        self.included: set[tuple[str, str]] = set()
+        self.include_loader: Callable[[str, str], Script | None] | None = None
         self.match_vars: list[str] = []
         self.variables_on = "variables" in script.require
         self.redirects = 0
@@ -493,6 +500,23 @@ class _Context:
         if self.steps % 64 == 0 and time.monotonic() > self.deadline:
             raise SieveRuntimeError("the script ran too long")
 
+    def get_var(self, name: str) -> str:
+        name = name.lower()
+        if name.startswith("global."):  # RFC 6609 3.5: the "global" namespace
+            return self.globals.get(name[7:], "")
+        if name in self.global_names:
+            return self.globals.get(name, "")
+        return self.variables.get(name, "")
+
+    def set_var(self, name: str, value: str) -> None:
+        name = name.lower()
+        if name.startswith("global."):
+            self.globals[name[7:]] = value
+        elif name in self.global_names:
+            self.globals[name] = value
+        else:
+            self.variables[name] = value
+
     def expand(self, s: str) -> str:
         """RFC 5229 3: ``${name}`` and ``${N}`` replaced (an unknown one by "")."""
         if not self.variables_on or "${" not in s:
@@ -503,7 +527,7 @@ class _Context:
             if name.isdigit():
                 n = int(name)
                 return self.match_vars[n] if n < len(self.match_vars) else ""
-            return self.variables.get(name.lower(), "")
+            return self.get_var(name)
 
         return _VAR.sub(sub, s)
 
@@ -603,7 +627,7 @@ def _command(ctx: _Context, node: Node) -> None:
         _vacation(ctx, node)
     elif name in ("setflag", "addflag", "removeflag"):
         var, flags = node.pos
-        current = (ctx.flag_list([ctx.variables.get(ctx.expand(var).lower(), "")]) if var is not None
+        current = (ctx.flag_list([ctx.get_var(ctx.expand(var))]) if var is not None
                    else list(ctx.flags))
         new = ctx.flag_list(flags)
         if name == "setflag":
@@ -614,11 +638,62 @@ def _command(ctx: _Context, node: Node) -> None:
             drop = {f.lower() if f.startswith("\\") else f for f in new}
             current = [f for f in current if (f.lower() if f.startswith("\\") else f) not in drop]
         if var is not None:
-            ctx.variables[ctx.expand(var).lower()] = " ".join(current)
+            ctx.set_var(ctx.expand(var), " ".join(current))
         else:
             ctx.flags = current
     elif name == "set":
         _set(ctx, node)
+    elif name == "global":
+        for var in node.pos[0]:
+            ctx.global_names.add(ctx.expand(var).lower())
+    elif name == "return":
+        raise _Return
+    elif name == "include":
+        _include(ctx, node)
+
+
+MAX_INCLUDE_DEPTH = 8
+MAX_INCLUDES = 32
+
+
+class _Return(Exception):
+    pass
+
+
+def _include(ctx: _Context, node: Node) -> None:
+    """RFC 6609 3.2: run another script of the user (:personal, the
+    default) or of the site (:global) here, with its own variables but the
+    globals, the actions and the flags shared; :once runs it at most once,
+    :optional ignores a missing one. Bounded in depth and count; a loop is
+    an error (RFC 6609 3.2)."""
+    t = node.tags
+    location = "global" if ":global" in t else "personal"
+    name = ctx.expand(node.pos[0])
+    key = (location, name)
+    if ":once" in t and key in ctx.included:
+        return
+    if ctx.include_depth >= MAX_INCLUDE_DEPTH:
+        raise SieveRuntimeError(f"includes nested deeper than {MAX_INCLUDE_DEPTH} (a loop?)")
+    if len(ctx.included) >= MAX_INCLUDES and key not in ctx.included:
+        raise SieveRuntimeError(f"more than {MAX_INCLUDES} scripts included")
+    script = ctx.include_loader(location, name) if ctx.include_loader is not None else None
+    if script is None:
+        if ":optional" in t:
+            return
+        raise SieveRuntimeError(f"include: no {location} script {name!r}")
+    ctx.included.add(key)
+    saved = (ctx.script, ctx.variables, ctx.global_names, ctx.variables_on, ctx.match_vars)
+    ctx.script, ctx.variables, ctx.global_names = script, {}, set()
+    ctx.variables_on = "variables" in script.require
+    ctx.match_vars = []
+    ctx.include_depth += 1
+    try:
+        _block(ctx, script.commands)
+    except _Return:
+        pass
+    finally:
+        ctx.include_depth -= 1
+        ctx.script, ctx.variables, ctx.global_names, ctx.variables_on, ctx.match_vars = saved
 
 
 def _set(ctx: _Context, node: Node) -> None:
@@ -639,7 +714,7 @@ def _set(ctx: _Context, node: Node) -> None:
         value = re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\1", value)
     if ":length" in t:
         value = str(len(value))
-    ctx.variables[node.pos[0].lower()] = value[: ctx.limits.max_value_chars]
+    ctx.set_var(node.pos[0], value[: ctx.limits.max_value_chars])
 
 
 def _vacation(ctx: _Context, node: Node) -> None:
@@ -720,7 +795,7 @@ def _test(ctx: _Context, node: Node) -> bool:
     if name == "hasflag":
         var = node.pos[0]
         # RFC 5232 5: the flags held by the named variables, or the internal one
-        flags = (ctx.flag_list([ctx.variables.get(ctx.expand(v).lower(), "") for v in var])
+        flags = (ctx.flag_list([ctx.get_var(ctx.expand(v)) for v in var])
                  if var is not None else list(ctx.flags))
         return matcher.test(ctx, flags)
     if name == "string":
@@ -872,20 +947,24 @@ def _body_parts(ctx: _Context, node: Node) -> list[str]:
 
 
 def run(script: Script, message: bytes, envelope: Envelope, limits: Limits | None = None, *,
-        mailbox_exists: Callable[[str], bool] | None = None, now: float | None = None) -> Result:
+        mailbox_exists: Callable[[str], bool] | None = None, now: float | None = None,
+        include: Callable[[str, str], Script | None] | None = None) -> Result:
     """Run ``script`` on ``message`` (the bytes as delivered) for ``envelope``.
 
     Returns the actions; the implicit keep is in them as a trailing ``Keep``
     when no action cancelled it. Raises ``SieveRuntimeError`` when the run
     fails (a limit, conflicting actions): the caller then keeps the message.
     ``mailbox_exists`` answers the ``mailboxexists`` test (RFC 5490 3.1);
-    ``now`` is the time ``currentdate`` sees (RFC 5260 5), by default the clock's.
+    ``now`` is the time ``currentdate`` sees (RFC 5260 5), by default the clock's;
+    ``include(location, name)`` gives the compiled script an ``include``
+    names ("personal" or "global"), None when there is none (RFC 6609).
     """
     ctx = _Context(script, message, envelope, limits or Limits(), mailbox_exists)
     ctx.now = time.time() if now is None else now
+    ctx.include_loader = include
     try:
         _block(ctx, script.commands)
-    except _Stop:
+    except (_Stop, _Return):
         pass
     except RecursionError as exc:
         raise SieveRuntimeError("the script nests too deeply") from exc

@@ -43,6 +43,7 @@ EXTENSIONS: tuple[str, ...] = (
     "date",
     "index",
     "regex",
+    "include",
 )
 
 DATE_PARTS = {"year", "month", "day", "date", "julian", "hour", "minute", "second", "time", "iso8601", "std11",
@@ -117,6 +118,14 @@ COMMANDS: dict[str, Spec] = {
     "setflag": Spec(ext="imap4flags", pos=("string", "strings"), pos_min=1),
     "addflag": Spec(ext="imap4flags", pos=("string", "strings"), pos_min=1),
     "removeflag": Spec(ext="imap4flags", pos=("string", "strings"), pos_min=1),
+    "include": Spec(ext="include", pos=("string",), tags={
+        ":personal": TagSpec(None, None, "location"),
+        ":global": TagSpec(None, None, "location"),
+        ":once": TagSpec(None),
+        ":optional": TagSpec(None),
+    }),
+    "return": Spec(ext="include"),
+    "global": Spec(ext="include", pos=("strings",)),
     "set": Spec(ext="variables", pos=("string", "string"), tags={
         ":lower": TagSpec(None, None, "case"),
         ":upper": TagSpec(None, None, "case"),
@@ -516,6 +525,12 @@ class _Checker:
             for tag in (":days", ":seconds"):
                 if tag in node.tags and node.tags[tag] < 0:
                     raise SieveError(f"{tag} must not be negative", tok.line, tok.column)
+        if node.name == "global" and "variables" not in self.require:
+            raise SieveError('global needs require "variables"', tok.line, tok.column)  # RFC 6609 3.4
+        if node.name == "include":
+            name = node.pos[0]
+            if "/" in name or name.startswith(".") or not name:
+                raise SieveError(f"bad script name \"{name}\"", tok.line, tok.column)  # RFC 6609 3.2
         if node.name == "set":
             name = node.pos[0]
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):

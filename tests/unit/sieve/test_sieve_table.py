@@ -405,3 +405,59 @@ def test_regex(script: str, expected: list[str]) -> None:
 
 def test_all_tables_hold_190_cases() -> None:
     assert len(CASES) + len(DATE_CASES) + len(REGEX_CASES) >= 190
+
+
+# --- include (RFC 6609) ---
+
+LIBRARY = {
+    ("personal", "lists"): 'require ["fileinto", "include", "variables"];\n'
+                           'global "box";\nif header :contains "subject" "[team]" { fileinto "${box}"; return; }\n'
+                           'fileinto "not-reached-for-lists";',
+    ("personal", "spam"): 'require ["fileinto"];\nif header :contains "x-spam-score" "12" { fileinto "Junk"; stop; }',
+    ("global", "site"): 'require ["imap4flags"];\naddflag "site-checked";',
+    ("personal", "loop"): 'require "include";\ninclude "loop";',
+    ("personal", "local-vars"): 'require ["variables", "fileinto"];\nset "box" "local";\nfileinto "${box}";',
+}
+INC = 'require ["include", "variables", "fileinto"];\n'
+INCLUDE_CASES: list[tuple[str, str, str, list[str]]] = [
+    ("include-personal", INC + 'include "spam";', "plain", ["fileinto 'Junk'"]),
+    ("include-stop-ends-all", INC + 'include "spam"; fileinto "after";', "plain", ["fileinto 'Junk'"]),
+    ("include-global", INC + 'include :global "site"; keep;', "plain", ["keep flags=site-checked"]),
+    ("include-global-var-return", INC + 'global "box"; set "box" "Lists/team";\ninclude "lists"; fileinto "after";',
+     "list", ["fileinto 'Lists/team'", "fileinto 'after'"]),
+    ("include-not-matching", INC + 'global "box"; set "box" "L"; include "lists";', "plain",
+     ["fileinto 'not-reached-for-lists'"]),
+    ("include-local-vars-private", INC + 'set "box" "mine"; include "local-vars"; fileinto "${box}";', "plain",
+     ["fileinto 'local'", "fileinto 'mine'"]),
+    ("include-global-namespace", INC + 'global "box"; set "box" "G"; fileinto "${global.box}";', "plain",
+     ["fileinto 'G'"]),
+    ("include-once", INC + 'include :once :global "site"; include :once :global "site"; keep;', "plain",
+     ["keep flags=site-checked"]),
+    ("include-optional-missing", INC + 'include :optional "nope"; fileinto "x";', "plain", ["fileinto 'x'"]),
+    ("return-top-level", INC + 'return; fileinto "x";', "plain", ["keep"]),
+]
+
+
+@pytest.mark.parametrize(("script", "msg", "expected"), [c[1:] for c in INCLUDE_CASES],
+                         ids=[c[0] for c in INCLUDE_CASES])
+def test_include(script: str, msg: str, expected: list[str]) -> None:
+    def load(location: str, name: str):
+        text = LIBRARY.get((location, name))
+        return compile_script(text) if text is not None else None
+
+    assert run(compile_script(script), MESSAGES[msg], ENV, include=load).describe() == expected
+
+
+@pytest.mark.parametrize(("script", "error"), [
+    (INC + 'include "loop";', "includes nested deeper than 8"),
+    (INC + 'include "nope";', "include: no personal script 'nope'"),
+])
+def test_include_errors(script: str, error: str) -> None:
+    from mailyard.sieve import SieveRuntimeError
+
+    def load(location: str, name: str):
+        text = LIBRARY.get((location, name))
+        return compile_script(text) if text is not None else None
+
+    with pytest.raises(SieveRuntimeError, match=error):
+        run(compile_script(script), MESSAGES["plain"], ENV, include=load)
