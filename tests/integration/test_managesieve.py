@@ -18,7 +18,7 @@ from tests.conftest import USERS, RunningServer, require_program
 ALICE = "alice@example.test"
 PASSWORD = USERS[ALICE]
 SIEVE_CAP = (b'"SIEVE" "fileinto mailbox envelope encoded-character imap4flags vacation vacation-seconds copy '
-             b'variables relational subaddress body reject ereject comparator-i;ascii-numeric date index regex include"\r\n')
+             b'variables relational subaddress body reject ereject comparator-i;ascii-numeric date index regex include duplicate"\r\n')
 
 
 class Raw:

@@ -220,3 +220,26 @@ def test_include_of_a_personal_and_a_global_script(mailserver: RunningServer) ->
     assert subjects(mailserver, ALICE, "Reports") == ["monthly report"]
     assert subjects(mailserver, ALICE) == ["hello"]
     assert "seen-by-site" in flags(mailserver, ALICE, "Reports")[0] and "seen-by-site" in flags(mailserver, ALICE)[0]
+
+
+def test_duplicate_drops_a_message_seen_before(mailserver: RunningServer) -> None:
+    install(mailserver, ALICE, 'require "duplicate";\r\nif duplicate { discard; stop; }\r\n')
+    raw = b"From: carol@remote.test\r\nTo: alice@example.test\r\nSubject: once\r\nMessage-ID: <dup-1@remote.test>\r\n\r\nx\r\n"
+    for _ in range(2):  # the same message through two list expansions, say
+        with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), timeout=10) as s:
+            assert s.sendmail("carol@remote.test", [ALICE], raw) == {}
+    with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), timeout=10) as s:
+        s.sendmail("carol@remote.test", [ALICE], raw.replace(b"dup-1", b"dup-2").replace(b"once", b"other"))
+    assert subjects(mailserver, ALICE) == ["once", "other"]
+
+
+def test_an_internal_error_in_a_run_keeps_the_message(mailserver: RunningServer, monkeypatch) -> None:
+    import mailyard.delivery.sieve as glue
+
+    def broken(*args, **kwargs):
+        raise IndexError("a bug")
+
+    monkeypatch.setattr(glue, "run", broken)
+    install(mailserver, ALICE, "discard;\r\n")
+    send(mailserver, "carol@remote.test", ALICE, "still here")
+    assert subjects(mailserver, ALICE) == ["still here"]

@@ -37,6 +37,7 @@ from pathlib import Path
 from .. import logs
 from ..sieve import (
     Discard,
+    DuplicateMark,
     Envelope,
     FileInto,
     Keep,
@@ -238,6 +239,7 @@ class Plan:
     reject: Reject | None = None
     vacation: Vacation | None = None
     actions: list[str] = field(default_factory=list)  # described, for the log
+    duplicates: list[DuplicateMark] = field(default_factory=list)  # to record once delivered (RFC 7352)
 
 
 class SieveDelivery:
@@ -250,6 +252,7 @@ class SieveDelivery:
         self.separator = separator
         self.limits = limits or Limits(separator=separator)
         self.vacations = VacationLog(scripts.root)
+        self.duplicates = VacationLog(scripts.root, "duplicate")
 
     async def plan(self, account: Account, message: bytes, envelope: Envelope, inbox_id: int) -> Plan | None:
         """The plan for ``account``'s copy; None: no active script (the INBOX)."""
@@ -265,10 +268,17 @@ class SieveDelivery:
             if "mailboxexists" in script.names:
                 mailboxes = {b.name for b in await self.store.list_mailboxes(account.id)}
             result = run(script, message, envelope, self.limits, mailbox_exists=mailboxes.__contains__,
-                         include=lambda location, name: self.scripts.included(account.id, location, name))
-            return await self._apply(account, result.actions, mailboxes, inbox_id)
+                         include=lambda location, name: self.scripts.included(account.id, location, name),
+                         duplicate_seen=lambda handle, ident: not self.duplicates.due(account.id, handle, ident))
+            plan = await self._apply(account, result.actions, mailboxes, inbox_id)
+            plan.duplicates = result.duplicates
+            return plan
         except (SieveRuntimeError, InvalidName, _NoMailbox) as exc:
             self._failed(account, str(exc))
+            return None
+        except Exception as exc:  # noqa: BLE001 - a bug in a run must not refuse the message: INBOX
+            log.exception("sieve run for %s failed", account.address)
+            self._failed(account, f"internal error: {exc!r}")
             return None
 
     def _failed(self, account: Account, why: str) -> None:
@@ -320,14 +330,17 @@ class _NoMailbox(Exception):
 
 
 class VacationLog:
-    """Which senders got a vacation reply, until when (RFC 5230 4.2)."""
+    """Which senders got a vacation reply, until when (RFC 5230 4.2); with
+    ``kind="duplicate"``, which message ids were seen (RFC 7352)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, kind: str = "vacation") -> None:
         self.root = Path(root)
+        self.kind = kind
 
     def _path(self, account_id: int, handle: str, sender: str) -> Path:
-        digest = hashlib.sha256(f"{handle}\0{sender.lower()}".encode()).hexdigest()[:32]
-        return self.root / str(int(account_id)) / "vacation" / digest
+        key = sender.lower() if self.kind == "vacation" else sender
+        digest = hashlib.sha256(f"{handle}\0{key}".encode()).hexdigest()[:32]
+        return self.root / str(int(account_id)) / self.kind / digest
 
     def due(self, account_id: int, handle: str, sender: str, now: float | None = None) -> bool:
         """Whether a reply may go to ``sender`` now."""

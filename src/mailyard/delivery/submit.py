@@ -329,6 +329,11 @@ async def _after_sieve(intake: Intake, account: Account, plan: Plan, message: by
     """The actions that send mail, once the delivery is durable: each
     failure is logged, the message itself is already where the script put it."""
     try:
+        sieve = intake.sieve
+        if sieve is not None:
+            for mark in plan.duplicates:  # RFC 7352 3: recorded once the message is delivered
+                if mark.last or sieve.duplicates.due(account.id, mark.handle, mark.id):
+                    sieve.duplicates.record(account.id, mark.handle, mark.id, mark.seconds)
         for address in plan.redirects:
             await _redirect(intake, account, message, reverse_path, address)
         if plan.reject is not None:

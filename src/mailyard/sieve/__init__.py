@@ -12,6 +12,7 @@ from __future__ import annotations
 from .errors import SieveError, SieveRuntimeError
 from .interpreter import (
     Discard,
+    DuplicateMark,
     Envelope,
     FileInto,
     Keep,
@@ -27,6 +28,7 @@ from .parser import EXTENSIONS, Script, compile_script
 __all__ = [
     "EXTENSIONS",
     "Discard",
+    "DuplicateMark",
     "Envelope",
     "FileInto",
     "Keep",

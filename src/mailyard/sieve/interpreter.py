@@ -109,10 +109,22 @@ class Limits:
     separator: str = "+"
 
 
+@dataclass(frozen=True)
+class DuplicateMark:
+    """A ``duplicate`` test's id to record once the delivery succeeded
+    (RFC 7352 3: the record is kept only when the script completes)."""
+
+    handle: str
+    id: str
+    seconds: int
+    last: bool  # :last: the period counts from this message
+
+
 @dataclass
 class Result:
     actions: list[Action] = field(default_factory=list)
     implicit_keep: bool = True
+    duplicates: list[DuplicateMark] = field(default_factory=list)
 
     def describe(self) -> list[str]:
         """One line per action, for the CLI and logs."""
@@ -488,6 +500,7 @@ class _Context:
         self.include_depth = 0
         self.included: set[tuple[str, str]] = set()
         self.include_loader: Callable[[str, str], Script | None] | None = None
+        self.duplicate_seen: Callable[[str, str], bool] | None = None
         self.match_vars: list[str] = []
         self.variables_on = "variables" in script.require
         self.redirects = 0
@@ -764,6 +777,8 @@ def _test(ctx: _Context, node: Node) -> bool:
         return ctx.size < t[":under"]
     if name == "exists":
         return all(ctx.msg.headers(ctx.expand(h)) for h in node.pos[0])
+    if name == "duplicate":
+        return _duplicate(ctx, node)
     if matcher is None:
         matcher = node.prepared = _Matcher(node, ctx.variables_on)
     if matcher.index is not None and name in ("header", "address", "date"):
@@ -810,6 +825,35 @@ def _test(ctx: _Context, node: Node) -> bool:
             return False
         return all(ctx.mailbox_exists(ctx.expand(m)) for m in node.pos[0])
     raise SieveRuntimeError(f"unknown test {name}")
+
+
+DUPLICATE_SECONDS = 7 * 86400  # RFC 7352 3.2: the site's default period
+MAX_DUPLICATE_SECONDS = 90 * 86400
+
+
+def _duplicate(ctx: _Context, node: Node) -> bool:
+    """RFC 7352 3: whether a message with this id (the Message-ID, or
+    :header's field, or :uniqueid) was seen for this :handle within the
+    period; the id is recorded when the delivery succeeds. No id: false."""
+    t = node.tags
+    if ":uniqueid" in t:
+        ident = ctx.expand(t[":uniqueid"])
+    else:
+        values = ctx.msg.headers(ctx.expand(t.get(":header", "message-id")))
+        if not values:
+            return False
+        ident = " ".join(values[0].split())
+        if ":header" not in t:
+            ident = ident.strip("<>").strip()  # RFC 7352 3.1: the Message-ID without its angle brackets
+    if not ident:
+        return False
+    handle = ctx.expand(t.get(":handle", ""))
+    seconds = min(int(t.get(":seconds", DUPLICATE_SECONDS)), MAX_DUPLICATE_SECONDS)
+    seen = ctx.duplicate_seen(handle, ident) if ctx.duplicate_seen is not None else False
+    seen = seen or any(d.handle == handle and d.id == ident for d in ctx.result.duplicates)
+    if not seen or ":last" in t:
+        ctx.result.duplicates.append(DuplicateMark(handle, ident, seconds, ":last" in t))
+    return seen
 
 
 def _indexed(ctx: _Context, node: Node, matcher: _Matcher) -> bool:
@@ -948,7 +992,8 @@ def _body_parts(ctx: _Context, node: Node) -> list[str]:
 
 def run(script: Script, message: bytes, envelope: Envelope, limits: Limits | None = None, *,
         mailbox_exists: Callable[[str], bool] | None = None, now: float | None = None,
-        include: Callable[[str, str], Script | None] | None = None) -> Result:
+        include: Callable[[str, str], Script | None] | None = None,
+        duplicate_seen: Callable[[str, str], bool] | None = None) -> Result:
     """Run ``script`` on ``message`` (the bytes as delivered) for ``envelope``.
 
     Returns the actions; the implicit keep is in them as a trailing ``Keep``
@@ -957,11 +1002,14 @@ def run(script: Script, message: bytes, envelope: Envelope, limits: Limits | Non
     ``mailbox_exists`` answers the ``mailboxexists`` test (RFC 5490 3.1);
     ``now`` is the time ``currentdate`` sees (RFC 5260 5), by default the clock's;
     ``include(location, name)`` gives the compiled script an ``include``
-    names ("personal" or "global"), None when there is none (RFC 6609).
+    names ("personal" or "global"), None when there is none (RFC 6609);
+    ``duplicate_seen(handle, id)`` answers whether an id is recorded within
+    its period (RFC 7352); the ids to record are ``Result.duplicates``.
     """
     ctx = _Context(script, message, envelope, limits or Limits(), mailbox_exists)
     ctx.now = time.time() if now is None else now
     ctx.include_loader = include
+    ctx.duplicate_seen = duplicate_seen
     try:
         _block(ctx, script.commands)
     except (_Stop, _Return):

@@ -44,6 +44,7 @@ EXTENSIONS: tuple[str, ...] = (
     "index",
     "regex",
     "include",
+    "duplicate",
 )
 
 DATE_PARTS = {"year", "month", "day", "date", "julian", "hour", "minute", "second", "time", "iso8601", "std11",
@@ -161,6 +162,13 @@ TESTS: dict[str, Spec] = {
         ":text": TagSpec(None, None, "transform"),
     }, pos=("strings",)),
     "mailboxexists": Spec(ext="mailbox", pos=("strings",)),
+    "duplicate": Spec(ext="duplicate", tags={
+        ":handle": TagSpec("string"),
+        ":header": TagSpec("string", None, "id"),
+        ":uniqueid": TagSpec("string", None, "id"),
+        ":seconds": TagSpec("number"),
+        ":last": TagSpec(None),
+    }),
 }
 
 
@@ -510,7 +518,7 @@ class _Checker:
                     compile_regex(key, node.tags.get(":comparator", "i;ascii-casemap"))
                 except regex.error as exc:
                     raise SieveError(f"bad regular expression {key!r}: {exc}", tok.line, tok.column) from None
-        if ":last" in node.tags and ":index" not in node.tags:
+        if ":last" in node.tags and ":index" not in node.tags and node.name != "duplicate":
             raise SieveError(":last needs :index", tok.line, tok.column)
         if ":index" in node.tags and node.tags[":index"] < 1:
             raise SieveError(":index counts from 1", tok.line, tok.column)

@@ -461,3 +461,30 @@ def test_include_errors(script: str, error: str) -> None:
 
     with pytest.raises(SieveRuntimeError, match=error):
         run(compile_script(script), MESSAGES["plain"], ENV, include=load)
+
+
+# --- duplicate (RFC 7352) ---
+
+DUP = 'require ["duplicate", "fileinto", "variables"];\n'
+
+
+@pytest.mark.parametrize(("script", "seen", "expected", "marks"), [
+    (DUP + 'if duplicate { discard; }', set(), ["keep"], [("", "plain@remote.test", 604800, False)]),
+    (DUP + 'if duplicate { discard; }', {("", "plain@remote.test")}, ["discard"], []),
+    (DUP + 'if duplicate :last { discard; }', {("", "plain@remote.test")}, ["discard"],
+     [("", "plain@remote.test", 604800, True)]),
+    (DUP + 'if duplicate :handle "h" :seconds 60 { discard; }', {("", "plain@remote.test")}, ["keep"],
+     [("h", "plain@remote.test", 60, False)]),
+    (DUP + 'if duplicate :header "subject" { discard; }', set(), ["keep"],
+     [("", "Quarterly Report", 604800, False)]),
+    (DUP + 'if duplicate :header "x-nope" { discard; }', set(), ["keep"], []),
+    (DUP + 'if header :matches "subject" "*" { if duplicate :uniqueid "${1}" { discard; } }',
+     {("", "Quarterly Report")}, ["discard"], []),
+    # the same id twice in one run: the second is a duplicate of the first
+    (DUP + 'if duplicate { fileinto "a"; } if duplicate { fileinto "b"; }', set(), ["fileinto 'b'"],
+     [("", "plain@remote.test", 604800, False)]),
+], ids=["first", "seen", "seen-last-refreshes", "other-handle", "header", "no-header", "uniqueid", "twice"])
+def test_duplicate(script: str, seen: set, expected: list[str], marks: list) -> None:
+    result = run(compile_script(script), MESSAGES["plain"], ENV, duplicate_seen=lambda h, i: (h, i) in seen)
+    assert result.describe() == expected
+    assert [(m.handle, m.id, m.seconds, m.last) for m in result.duplicates] == marks
