@@ -21,8 +21,8 @@ from pathlib import Path
 
 from .common import Result, cpu_count
 
-BENCHES = ["smtp", "pop3", "imap", "imap-load", "sort", "index", "outbound", "limits", "quota", "mailauth", "scale",
-           "backup", "import"]
+BENCHES = ["smtp", "pop3", "imap", "imap-load", "sort", "index", "outbound", "limits", "quota", "mailauth", "sieve",
+           "scale", "backup", "import"]
 
 
 def main(argv: list[str] | None = None) -> int:

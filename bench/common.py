@@ -65,7 +65,7 @@ class BenchServer:
         """Point config.toml at this server's ports and settings."""
         cfg = self.data / "config.toml"
         text = cfg.read_text()
-        for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http", "https"):
+        for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http", "https", "managesieve"):
             text = re.sub(rf"^{name} = \d+$", f"{name} = {self.ports.get(name, 0)}", text, flags=re.M)
         text = re.sub(r"^fsync = \w+$", f"fsync = {'true' if self.fsync else 'false'}", text, flags=re.M)
         text = re.sub(r'^log_level = ".*"$', 'log_level = "warning"', text, flags=re.M)

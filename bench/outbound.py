@@ -47,7 +47,7 @@ class Instance(BenchServer):
         cfg = Config.load(path)
         cfg.server.bind = self.ip
         cfg.server.log_level = "warning"
-        for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http", "https"):
+        for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http", "https", "managesieve"):
             setattr(cfg.ports, name, 0)
         cfg.ports.smtp = self.smtp_port
         cfg.ports.imap = self.ports["imap"] = free_port(self.ip)

@@ -59,6 +59,8 @@ class PortsConfig:
     # Webmail over TLS (production: 443) with the [tls] certificate; also
     # answers ACME TLS-ALPN-01 (RFC 8737) challenges.
     https: int = 8443
+    # ManageSieve (RFC 5804; production 4190): users manage their Sieve filters.
+    managesieve: int = 24190
 
 
 @dataclass
@@ -272,6 +274,12 @@ class DeliveryConfig:
     # SMTP TLS Reporting (RFC 8460): record outgoing TLS results per policy
     # domain and mail the daily report to the domain's _smtp._tls rua.
     tls_reports: bool = True
+    # Plus-addressing (subaddresses, RFC 5233): "user+tag@domain" is
+    # delivered to "user@domain" when no address "user+tag" exists, and
+    # Sieve sees "tag" as :detail. "" turns it off.
+    recipient_delimiter: str = "+"
+    # Run each account's active Sieve script at local delivery (``mailyard sieve``).
+    sieve: bool = True
 
 
 @dataclass
@@ -401,6 +409,9 @@ class Config:
             raise ConfigError(f"{source}: 'authentication.dmarc_policy' must be \"enforce\" or \"record\"")
         if self.mta_sts.max_age > 31557600:  # RFC 8461 3.2
             raise ConfigError(f"{source}: 'mta_sts.max_age' must be at most 31557600 (one year)")
+        delim = self.delivery.recipient_delimiter
+        if len(delim) > 1 or delim in ("@", " ", '"'):
+            raise ConfigError(f"{source}: 'delivery.recipient_delimiter' must be one character (such as \"+\") or \"\"")
 
     def to_toml(self) -> str:
         """The configuration as TOML (used by `init` and `config defaults`)."""

@@ -29,6 +29,7 @@ from .delivery.mtasts import PolicyResolver
 from .delivery.mx import MXResolver, make_resolver
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
+from .delivery.sieve import ScriptStore, SieveDelivery
 from .delivery.tlspolicy import TransportSecurity
 from .delivery.tlsrpt import TLSReports
 from .mailauth.dnscache import Resolver
@@ -135,7 +136,7 @@ class Service:
 
 def protocol_services() -> list[Service]:
     """Every protocol service this build offers, in start-up order."""
-    from .net import imap, pop3, smtp
+    from .net import imap, managesieve, pop3, smtp
 
     return [
         Service("smtp", protocol=smtp.smtp_protocol),
@@ -147,6 +148,8 @@ def protocol_services() -> list[Service]:
         # RFC 8314: implicit TLS from the first byte (POP3S 995, IMAPS 993).
         Service("pop3s", protocol=pop3.pop3_protocol, implicit_tls=True),
         Service("imaps", protocol=imap.imap_protocol, implicit_tls=True),
+        # RFC 5804: ManageSieve, STARTTLS on the plain port.
+        Service("managesieve", protocol=managesieve.managesieve_protocol),
     ]
 
 
@@ -265,7 +268,8 @@ class MailServer:
             except OSError as exc:
                 # forwarding still works, with the original reverse-path
                 log.warning("SRS is off: cannot read or create its secret: %s", exc)
-        router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients, srs=srs)
+        router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients, srs=srs,
+                        recipient_delimiter=cfg.delivery.recipient_delimiter)
         if self.tls is None:
             self.tls = self._load_tls()
         if cfg.tls.acme:
@@ -299,6 +303,8 @@ class MailServer:
             stats=self.stats,
             mailauth=mailauth,
             acme_http01=self.acme_answers.http01 if self.acme_answers is not None else None,
+            sieve=(SieveDelivery(store, ScriptStore(self.data_dir / "sieve"), cfg.delivery.recipient_delimiter)
+                   if cfg.delivery.sieve else None),
         )
         share = worker.count if worker is not None else 1
         limits = ConnectionLimits(

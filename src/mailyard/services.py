@@ -26,6 +26,7 @@ from .auth.service import LoginService
 from .config import Config
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
+from .delivery.sieve import SieveDelivery
 from .mailauth.inbound import InboundChecker
 from .mailauth.pool import CheckPool
 from .protocols.smtp.server import ServerConfig
@@ -76,3 +77,5 @@ class Services:
     # The key authorization of a pending ACME HTTP-01 challenge by token
     # (net/acme.py ``Challenges.http01``); None when ACME is off.
     acme_http01: Callable[[str], str | None] | None = None
+    # Sieve filters at local delivery (delivery/sieve.py); None: off.
+    sieve: SieveDelivery | None = None

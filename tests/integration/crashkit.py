@@ -160,7 +160,7 @@ class CrashServer:
         cfg.server.workers = 1  # one process unless the scenario asks for more
         cfg.authentication.inbound_checks = False  # no test asks the outside DNS
         cfg.metrics.listen = ""
-        for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http", "https"):
+        for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http", "https", "managesieve"):
             setattr(cfg.ports, name, self.ports.get(name, 0))
         if self.configure is not None:
             self.configure(cfg)

@@ -305,7 +305,7 @@ class MultiHost:
         cfg.server.hostname = f"mx.{domain}"
         cfg.server.bind = ip
         cfg.store.fsync = False
-        for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http", "https"):
+        for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http", "https", "managesieve"):
             setattr(cfg.ports, name, 0)
         cfg.ports.smtp = self.smtp_port
         cfg.ports.imap = free_port(ip)

@@ -38,7 +38,7 @@ class ServeProcess:
             input=USERS[ALICE] + "\n", text=True, check=True, capture_output=True,
         )
         cfg = Config.load(data / "config.toml")
-        for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http", "https"):
+        for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http", "https", "managesieve"):
             setattr(cfg.ports, name, self.ports.get(name, 0))
         cfg.store.fsync = False  # throwaway data; the figures here are memory
         # a free port of its own: processes running side by side must not collide on the default

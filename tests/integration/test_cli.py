@@ -63,14 +63,14 @@ def test_clear_errors(tmp_path: Path) -> None:
     try:
         (data / "config.toml").write_text(
             f"[ports]\nsmtp = {port}\nsubmission = 0\nsmtps = 0\nimap = 0\nimaps = 0\n"
-            "pop3 = 0\npop3s = 0\nhttp = 0\n"
+            "pop3 = 0\npop3s = 0\nhttp = 0\nmanagesieve = 0\n"
         )
         r = run(data, "serve")
         assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr and "[ports]" in r.stderr
         # Every listener says the same, webmail too.
         (data / "config.toml").write_text(
             f"[ports]\nsmtp = 0\nsubmission = 0\nsmtps = 0\nimap = 0\nimaps = 0\n"
-            f"pop3 = 0\npop3s = 0\nhttp = {port}\n"
+            f"pop3 = 0\npop3s = 0\nhttp = {port}\nmanagesieve = 0\n"
         )
         r = run(data, "serve")
         assert r.returncode == 1, r.stderr

@@ -142,6 +142,42 @@ class SMTPAccept(Scenario):
         return {"acknowledged": len(self.acked), "completed": len(self.completed)}
 
 
+class SieveAccept(SMTPAccept):
+    """As SMTPAccept, but alice's active Sieve script files every message into
+    "Filtered" with a keyword: a 250 means it is there exactly once, flagged,
+    never also in her INBOX, and bob's plain INBOX got the same messages (the
+    script's choice is part of the one commit)."""
+
+    name = "sieve-accept"
+    mailboxes = ("Filtered",)
+
+    async def seed(self, h: Harness, store: SQLiteStore) -> None:
+        from mailyard.delivery.sieve import ScriptStore
+
+        account = await store.get_account(f"alice@{DOMAIN}")
+        assert account is not None
+        scripts = ScriptStore(h.server.data / "sieve")
+        scripts.put(account.id, "crash", 'require ["fileinto", "imap4flags"];\r\n'
+                                         'addflag "sieved";\r\nfileinto "Filtered";\r\n')
+        scripts.activate(account.id, "crash")
+
+    def check(self, h: Harness, snap: Snapshot) -> None:
+        ok = h.checks.ok
+        filtered = cids_in(snap, "alice", "Filtered")
+        inbox = cids_in(snap, "alice", "INBOX")
+        bob = cids_in(snap, "bob", "INBOX")
+        ok(not inbox, "sieve-filed-never-in-inbox", str(sorted(inbox)))
+        for cid, n in filtered.items():
+            ok(n == 1, "stored-exactly-once", f"alice/Filtered: {cid} x{n}")
+            ok(cid in self.completed, "no-message-not-sent-completely", f"alice: {cid}")
+        for m in snap[("alice", "Filtered")].messages.values():
+            if m.cid is not None and not is_probe(m.cid):
+                ok("sieved" in m.flags, "sieve-flag-kept", f"{m.cid}: {sorted(m.flags)}")
+        for cid in self.acked:
+            ok(filtered[cid] == 1 and bob[cid] == 1, "acknowledged-message-present", f"{cid} lost")
+        ok(set(filtered) == set(bob), "delivery-atomic-across-recipients", str(set(filtered) ^ set(bob)))
+
+
 # --- IMAP APPEND ----------------------------------------------------------------------
 
 
@@ -905,6 +941,10 @@ def run(tmp_path: Path, scenario: Scenario) -> dict[str, Any]:
 
 def test_smtp_accept_survives_sigkill(tmp_path: Path) -> None:
     run(tmp_path, SMTPAccept())
+
+
+def test_sieve_filed_delivery_survives_sigkill(tmp_path: Path) -> None:
+    run(tmp_path, SieveAccept())
 
 
 def test_imap_append_survives_sigkill(tmp_path: Path) -> None:

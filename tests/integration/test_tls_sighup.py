@@ -102,7 +102,7 @@ def test_sighup_reloads_certificate(tmp_path: Path) -> None:
     )
     ports = {name: free_port() for name in ("pop3", "pop3s", "imaps")}
     text = (data / "config.toml").read_text()
-    for name in ("smtp", "submission", "smtps", "imap", "http"):
+    for name in ("smtp", "submission", "smtps", "imap", "http", "managesieve"):
         text = re.sub(rf"^{name} = \d+$", f"{name} = 0", text, flags=re.M)
     for name, port in ports.items():
         text = re.sub(rf"^{name} = \d+$", f"{name} = {port}", text, flags=re.M)

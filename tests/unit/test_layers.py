@@ -59,25 +59,30 @@ LAYERS: dict[str, Layer] = {
         {"observability", "auth", "store", "message", "config"},
         "policy/ returns verdicts: it imports neither protocols/ (replies) nor delivery/",
     ),
+    "sieve": layer(
+        {"message"},
+        "sieve/ (the Sieve language) takes a script, a message and an envelope and returns actions: "
+        "it imports only message/",
+    ),
     "mailauth": layer(
         {"message", "config"},
         "mailauth/ (SPF, DKIM, DMARC) takes a message and DNS answers and returns verdicts: "
         "it imports only message/ and config",
     ),
     "delivery": layer(
-        {"observability", "mailauth", "protocols", "policy", "auth", "store", "message", "config"},
+        {"observability", "sieve", "mailauth", "protocols", "policy", "auth", "store", "message", "config"},
         "delivery/ imports neither net/ nor the server (nor services.py)",
     ),
     "services": layer(
-        {"observability", "delivery", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
+        {"observability", "delivery", "sieve", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
         "services.py (the typed services object) sits below net/ and web/",
     ),
     "net": layer(
-        {"observability", "services", "delivery", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
+        {"observability", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
         "net/ receives the services object; it never imports the server, cli or web/",
     ),
     "web": layer(
-        {"observability", "net", "services", "delivery", "mailauth", "policy", "auth", "store", "message", "config"},
+        {"observability", "net", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "message", "config"},
         "web/ receives the services object; it never imports the server or cli",
     ),
     "client": layer(
@@ -85,7 +90,7 @@ LAYERS: dict[str, Layer] = {
         "client/ (the mail user agent) uses message/ and protocols/ only, not the server side",
     ),
     "server": layer(
-        {"observability", "net", "web", "services", "delivery", "mailauth", "policy", "auth", "store", "protocols", "message",
+        {"observability", "net", "web", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "protocols", "message",
          "config"},
         "server.py composes the services; only cli.py is above it",
     ),
@@ -95,7 +100,7 @@ LAYERS: dict[str, Layer] = {
         "delivery/ or server",
     ),
     "cli": layer(
-        {"transfer", "observability", "server", "client", "net", "web", "services", "delivery", "mailauth", "policy", "auth", "store",
+        {"transfer", "observability", "server", "client", "net", "web", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store",
          "protocols", "message", "config"},
         "cli.py is the top",
     ),
@@ -113,6 +118,7 @@ LAYER_OF: dict[str, str] = {
     "policy": "policy",
     "delivery": "delivery",
     "mailauth": "mailauth",
+    "sieve": "sieve",
     "services": "services",
     "net": "net",
     "web": "web",

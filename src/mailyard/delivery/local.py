@@ -16,7 +16,7 @@ quarantine (RFC 7489 6.3 p=quarantine) is filed there instead of the INBOX.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from ..message.trace import delivered_to_header, return_path_header
 from ..store.api import Account, DeliveryTarget, NotFound, Store
@@ -47,11 +47,14 @@ async def deliver_local(
     inbox_id: Callable[[int], Awaitable[int | None]] | None = None,
     *,
     enforce_quota: bool = False,
+    placements: Mapping[int, Sequence[tuple[int, frozenset[str]]]] | None = None,
 ) -> list[int]:
     """Deliver ``body`` to each account's INBOX; returns the UIDs in order.
 
     ``inbox_id`` looks up an account's INBOX (the router's directory cache
-    passes its cached lookup); by default the store is asked."""
+    passes its cached lookup); by default the store is asked. ``placements``
+    overrides the INBOX for the accounts it names: the mailboxes (and IMAP
+    flags) their Sieve script chose, none when it discarded the message."""
     targets: list[DeliveryTarget] = []
     return_path = return_path_header(reverse_path)
     seen: set[int] = set()
@@ -59,6 +62,11 @@ async def deliver_local(
         if account.id in seen:
             continue  # one copy per mailbox, however many addresses led to it
         seen.add(account.id)
+        if placements is not None and account.id in placements:
+            prefix = return_path + delivered_to_header(account.address)
+            targets.extend(DeliveryTarget(box, prefix, flags, enforce_quota=enforce_quota)
+                           for box, flags in placements[account.id])
+            continue
         if inbox_id is not None:
             mailbox_id = await inbox_id(account.id)
         else:

@@ -311,6 +311,7 @@ class OutboundQueue:
         accounts: Sequence[Account] = (),
         inbox_id: Any = None,
         enforce_quota: bool = False,
+        placements: Any = None,
         envid: str | None = None,
         ret: str | None = None,
         smtputf8: bool = False,
@@ -334,7 +335,8 @@ class OutboundQueue:
             body = await self.sign(body, sender)
             if forwarded and self.sealer is not None:
                 body = await self.seal(body)
-        targets = await self.local_targets(reverse_path, accounts, inbox_id, enforce_quota=enforce_quota)
+        targets = await self.local_targets(reverse_path, accounts, inbox_id, enforce_quota=enforce_quota,
+                                           placements=placements)
         if eight_bit is None:
             eight_bit = not body.isascii()
         entry = NewQueueEntry(sender, rcpts, envid, ret, smtputf8, eight_bit) if rcpts else None
@@ -382,8 +384,9 @@ class OutboundQueue:
             return reverse_path
 
     async def local_targets(self, reverse_path: str, accounts: Sequence[Account], inbox_id: Any = None,
-                            *, enforce_quota: bool = False) -> list[DeliveryTarget]:
-        """The INBOX targets of a local delivery (as delivery/local.py builds them)."""
+                            *, enforce_quota: bool = False, placements: Any = None) -> list[DeliveryTarget]:
+        """The INBOX targets of a local delivery (as delivery/local.py builds
+        them, ``placements`` too: the mailboxes a Sieve script chose)."""
         targets = []
         seen: set[int] = set()
         return_path = return_path_header(reverse_path)
@@ -391,6 +394,11 @@ class OutboundQueue:
             if account.id in seen:
                 continue
             seen.add(account.id)
+            if placements is not None and account.id in placements:
+                prefix = return_path + delivered_to_header(account.address)
+                targets.extend(DeliveryTarget(box, prefix, flags, enforce_quota=enforce_quota)
+                               for box, flags in placements[account.id])
+                continue
             if inbox_id is not None:
                 box_id = await inbox_id(account.id)
             else:

@@ -7,7 +7,10 @@ domain's catch-all (the alias ``@domain``), whose target ``@other`` is a
 domain alias: the same local part at ``other``. An SRS address
 (mailauth/srs.py) at a local domain resolves, when its hash and age are
 good, to the address it was made from, like an alias; a forged or expired
-one is unknown (550 5.1.1). Expansion is loop-safe (an address seen once is not expanded
+one is unknown (550 5.1.1). With a recipient delimiter
+(``[delivery] recipient_delimiter``, RFC 5233 subaddresses) an address
+``user+tag`` that names nothing itself goes where ``user`` goes, before the
+catch-all is asked. Expansion is loop-safe (an address seen once is not expanded
 again) and bounded in depth and size, so a misconfigured alias loop or a huge
 list cannot run away.
 """
@@ -101,9 +104,10 @@ class DirectoryCache:
 
 class Router:
     def __init__(self, store: Store, max_depth: int = 10, max_recipients: int = 1000,
-                 srs: SRS | None = None) -> None:
+                 srs: SRS | None = None, recipient_delimiter: str = "+") -> None:
         self.store = store
         self.srs = srs
+        self.recipient_delimiter = recipient_delimiter
         self.max_depth = max_depth
         self.max_recipients = max_recipients
         self.directory = DirectoryCache(store)
@@ -175,6 +179,12 @@ class Router:
         targets = await self.directory.alias(key)
         if targets is None:
             targets = await self.directory.list_members(key)
+        if targets is None and self.recipient_delimiter:
+            local, _, _dom = addr.rpartition("@")
+            user, sep, _tag = local.partition(self.recipient_delimiter)
+            if sep and user:
+                # RFC 5233: user+tag is user's (the tag is Sieve's :detail)
+                return await self._expand(f"{user}@{domain}", depth, seen, out, catch_all)
         if targets is None:
             # The catch-all comes last, after accounts, aliases and lists.
             targets = await self.directory.alias("@" + domain) if catch_all else None

@@ -43,7 +43,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -53,6 +53,8 @@ from ..message.headers import split_fields
 from ..message.parse import split_header_body
 from ..message.trace import received_header
 from ..policy.submission import AddressOwners, SenderRefused, SenderRule, complete_message
+from ..sieve import Envelope
+from ..sieve.vacation import build_reply, decide
 from ..store.api import (
     Account,
     NewRecipient,
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..store.api import Store
     from .queue import OutboundQueue
+    from .sieve import Plan, SieveDelivery
 
 
 class Intake(Protocol):
@@ -85,6 +88,9 @@ class Intake(Protocol):
     @property
     def queue(self) -> OutboundQueue | None: ...
 
+    @property
+    def sieve(self) -> SieveDelivery | None: ...
+
 
 class SubmissionRefused(Exception):
     """The message cannot be accepted; the text is fit to show the user."""
@@ -100,6 +106,11 @@ class SenderNotAllowed(SubmissionRefused):
     def __init__(self, verdict: SenderRefused) -> None:
         super().__init__(verdict.reason, [verdict.address])
         self.verdict = verdict
+
+
+class SieveRejected(SubmissionRefused):
+    """The only recipient's Sieve script ``ereject``ed the message (RFC 5429
+    2.1): refused in the protocol (SMTP 550 5.7.1) before anything is stored."""
 
 
 class RemoteUnavailable(SubmissionRefused):
@@ -181,6 +192,8 @@ async def accept_message(
     smtputf8: bool = False,
     junk: bool = False,
     forwarded: Sequence[str | NewRecipient] = (),
+    envelope_to: Mapping[int, str] | None = None,
+    refuse_in_protocol: bool = False,
 ) -> Accepted:
     """Accept ``data`` for the local ``accounts`` and the ``remote`` recipients.
 
@@ -195,6 +208,14 @@ async def accept_message(
     addresses a local alias or list sends the message on to; they are
     queued apart from ``remote`` (their entry has its own, SRS-rewritten,
     reverse-path and the copy an ARC seal: ``OutboundQueue.enqueue``).
+
+    An account with an active Sieve script (delivery/sieve.py) gets the
+    copies its script chose; ``envelope_to`` names the address each account
+    was reached by (the RCPT, with its ``+tag``: Sieve's envelope "to"),
+    by default the account's own. Redirects, rejects and vacation replies
+    go out once the delivery is durable (``_after_sieve``). With
+    ``refuse_in_protocol`` (SMTP), an ``ereject`` by the script of the only
+    recipient raises ``SieveRejected`` and nothing is stored (RFC 5429 2.1).
     """
     auth_user = None
     if account is not None:
@@ -227,6 +248,15 @@ async def accept_message(
     queue_id = None
     over_quota: list[Account] = []
     wanted = list(accounts)
+    plans: dict[int, Plan] = {}
+    if intake.sieve is not None and not junk:
+        plans = await _sieve_plans(intake, intake.sieve, received + data, reverse_path, wanted, inbox_id,
+                                   envelope_to or {})
+    if refuse_in_protocol and len({a.id for a in wanted}) == 1 and not first:
+        plan = plans.get(wanted[0].id)
+        if plan is not None and plan.reject is not None and plan.reject.extended:
+            raise SieveRejected(" ".join(plan.reject.reason.split())[:300] or "rejected")
+    placements = {aid: plan.targets for aid, plan in plans.items()} or None
     while True:
         if accounts and not wanted and not first:
             raise QuotaExceeded("mailbox full: " + ", ".join(a.address for a in over_quota))
@@ -236,16 +266,18 @@ async def accept_message(
                 # Local copies and the queue entry in one durable commit (Store.queue_submit).
                 queue_id = await queue.enqueue(
                     received + data, reverse_path, first, accounts=wanted, inbox_id=inbox_id,
-                    enforce_quota=True, envid=envid, ret=ret, smtputf8=smtputf8, msgid=trace.id,
-                    forwarded=first_forwarded,
+                    enforce_quota=True, placements=placements, envid=envid, ret=ret, smtputf8=smtputf8,
+                    msgid=trace.id, forwarded=first_forwarded,
                 )
             elif wanted:
                 await deliver_local(intake.store, received + data, reverse_path, wanted, inbox_id=inbox_id,
-                                    enforce_quota=True)
+                                    enforce_quota=True, placements=placements)
             break
         except QuotaExceeded as exc:
             # RFC 9208 5: these accounts are left out; the others still get it
-            refused = [a for a in wanted if await inbox_id(a.id) in exc.mailbox_ids]
+            refused = [a for a in wanted
+                       if (await inbox_id(a.id) in exc.mailbox_ids if a.id not in plans
+                           else any(box in exc.mailbox_ids for box, _ in plans[a.id].targets))]
             if not refused:
                 raise
             over_quota += refused
@@ -260,7 +292,120 @@ async def accept_message(
         metrics.observe_delivery("local", time.monotonic() - started)
     # over quota after acceptance: the sender gets a DSN
     metrics.count_delivery("local", "bounced", len(over_quota))
+    for account in wanted:
+        plan = plans.pop(account.id, None)
+        if plan is not None:
+            await _after_sieve(intake, account, plan, received + data, reverse_path,
+                               (envelope_to or {}).get(account.id, account.address))
     return Accepted(data, queue_id, over_quota)
+
+
+def _delivered_to(message: bytes, address: str) -> bool:
+    """Whether ``message`` already carries ``Delivered-To: address`` (it
+    passed through this account before: a forwarding loop)."""
+    header, _body = split_header_body(message)
+    want = address.lower()
+    return any(name.lower() == "delivered-to" and value.decode("utf-8", "replace").strip().lower() == want
+               for name, value in split_fields(header))
+
+
+async def _sieve_plans(intake: Intake, sieve: SieveDelivery, message: bytes, reverse_path: str,
+                       accounts: Sequence[Account], inbox_id: Callable[[int], Awaitable[int | None]],
+                       envelope_to: Mapping[int, str]) -> dict[int, Plan]:
+    """Each account's Sieve plan (accounts without an active script: none)."""
+    plans: dict[int, Plan] = {}
+    for account in accounts:
+        if account.id in plans:
+            continue
+        box = await inbox_id(account.id)
+        if box is None:
+            continue
+        envelope = Envelope(reverse_path, envelope_to.get(account.id, account.address))
+        plan = await sieve.plan(account, message, envelope, box)
+        if plan is None:
+            continue
+        if plan.redirects and _delivered_to(message, account.address):
+            # This account redirected the message before: a loop (two
+            # accounts redirecting to each other). Keep it here instead.
+            logs.event(log, logging.WARNING, "sieve_redirect_loop", user=account.address,
+                       to=plan.redirects)
+            plan.redirects = []
+            if all(t[0] != box for t in plan.targets):
+                plan.targets.append((box, frozenset()))
+        plans[account.id] = plan
+    return plans
+
+
+async def _after_sieve(intake: Intake, account: Account, plan: Plan, message: bytes, reverse_path: str,
+                       rcpt: str) -> None:
+    """The actions that send mail, once the delivery is durable: each
+    failure is logged, the message itself is already where the script put it."""
+    try:
+        sieve = intake.sieve
+        if sieve is not None:
+            for mark in plan.duplicates:  # RFC 7352 3: recorded once the message is delivered
+                if mark.last or sieve.duplicates.due(account.id, mark.handle, mark.id):
+                    sieve.duplicates.record(account.id, mark.handle, mark.id, mark.seconds)
+        for address in plan.redirects:
+            await _redirect(intake, account, message, reverse_path, address)
+        if plan.reject is not None:
+            await report_rejected(intake, message, reverse_path, rcpt, plan.reject.reason)
+        if plan.vacation is not None:
+            await _vacation(intake, account, plan, message, reverse_path, rcpt)
+    except Exception:  # noqa: BLE001 - the message is delivered; a reply that fails must not undo it
+        log.exception("sieve actions for %s failed", account.address)
+
+
+async def _redirect(intake: Intake, account: Account, message: bytes, reverse_path: str, address: str) -> None:
+    """RFC 5228 4.2: the message, unchanged but for a ``Delivered-To`` of
+    this account (which stops loops), to ``address`` with the original
+    envelope sender."""
+    resolution = await intake.router.resolve(address)
+    if resolution.verdict not in (Verdict.LOCAL, Verdict.REMOTE):
+        logs.event(log, logging.WARNING, "sieve_redirect_failed", user=account.address, to=address,
+                   reason=resolution.verdict.value)
+        return
+    body = b"Delivered-To: " + account.address.encode() + b"\r\n" + message
+    local = resolution.accounts if resolution.verdict is Verdict.LOCAL else []
+    remote = list(resolution.remote)
+    envelope = {a.id: resolution.address for a in local}
+    await accept_message(intake, body, reverse_path, local, remote,
+                         trace=Trace(protocol="local", id=new_msgid()), envelope_to=envelope)
+    logs.event(log, logging.INFO, "sieve_redirected", user=account.address, to=address)
+
+
+async def _vacation(intake: Intake, account: Account, plan: Plan, message: bytes, reverse_path: str,
+                    rcpt: str) -> None:
+    """RFC 5230: a reply unless vacation.py's rules or the record of replies say no."""
+    sieve = intake.sieve
+    action = plan.vacation
+    assert sieve is not None and action is not None
+    own = [account.address, rcpt, *action.addresses]
+    why_not = decide(message, reverse_path, own)
+    if why_not is None and not sieve.vacations.due(account.id, action.handle, reverse_path):
+        why_not = "replied to this sender within the period (RFC 5230 4.2)"
+    if why_not is not None:
+        logs.event(log, logging.INFO, "vacation_skipped", user=account.address, to=reverse_path[:200],
+                   reason=why_not)
+        return
+    reply = build_reply(message, action, reverse_path, rcpt, intake.config.server.hostname)
+    resolution = await intake.router.resolve(reverse_path)
+    local = resolution.accounts if resolution.verdict is Verdict.LOCAL else []
+    remote = list(resolution.remote) if resolution.verdict in (Verdict.LOCAL, Verdict.REMOTE) else []
+    if not local and not remote:
+        return
+    # RFC 3834 3.3: the reply's reverse-path is null, so nothing answers it
+    await accept_message(intake, reply, "", local, remote, trace=Trace(protocol="local", id=new_msgid()))
+    sieve.vacations.record(account.id, action.handle, reverse_path, action.seconds)
+    logs.event(log, logging.INFO, "vacation_sent", user=account.address, to=reverse_path[:200])
+
+
+async def report_rejected(intake: Intake, original: bytes, reverse_path: str, rcpt: str, reason: str) -> bool:
+    """A Sieve ``reject`` (RFC 5429 2.1): the sender gets a DSN saying the
+    recipient refused the message, with the script's reason."""
+    text = " ".join(reason.split())[:300] or "rejected"
+    return await report_over_quota(intake, original, reverse_path, [(rcpt, None)],
+                                   status="5.7.1", diagnostic=f"550 5.7.1 {text}")
 
 
 async def report_over_quota(
@@ -271,6 +416,8 @@ async def report_over_quota(
     *,
     envid: str | None = None,
     ret: str | None = None,
+    status: str = "5.2.2",
+    diagnostic: str = "552 5.2.2 Mailbox full",
 ) -> bool:
     """Tell the sender (a DSN, RFC 3464) that ``refused`` (address, and the
     recipient's RFC 3461 NOTIFY / ORCPT when known) did not get ``original``
@@ -284,7 +431,7 @@ async def report_over_quota(
     ]
     entry = QueueEntry(0, reverse_path, envid, ret, False, False, len(original), time.time(), False, recipients)
     # RFC 3461 4.1: only recipients whose NOTIFY asks for failures
-    reported = [ReportedRecipient(r, "failed", "5.2.2", "552 5.2.2 Mailbox full")
+    reported = [ReportedRecipient(r, "failed", status, diagnostic)
                 for r in recipients if wants_report(r, "failed")]
     if not reverse_path or not reported:
         return False

@@ -21,6 +21,7 @@ from ..delivery.router import Resolution, Verdict
 from ..delivery.submit import (
     RemoteUnavailable,
     SenderNotAllowed,
+    SieveRejected,
     Trace,
     accept_message,
     new_msgid,
@@ -433,11 +434,14 @@ class SMTPSession(SessionProtocol):
         accounts = []
         remote: list[NewRecipient] = []
         forwarded: list[NewRecipient] = []  # where a local alias or list sends it on
+        envelope_to: dict[int, str] = {}  # the address each account was reached by (Sieve's envelope "to")
         rcpt_events = {r.forward_path: r for r in event.rcpts}
         for path in event.forward_paths:
             resolution = self.resolutions.get(path)
             if resolution is not None:
                 accounts.extend(resolution.accounts)
+                for a in resolution.accounts:
+                    envelope_to.setdefault(a.id, resolution.address)
                 rcpt = rcpt_events.get(path)
                 # RFC 3461 4.1/4.2: NOTIFY and ORCPT travel with the recipient
                 onward = forwarded if resolution.verdict is Verdict.LOCAL else remote
@@ -473,12 +477,18 @@ class SMTPSession(SessionProtocol):
                 self.services, data, event.reverse_path, accounts, remote,
                 trace=trace, account=self.account,
                 envid=mail.envid if mail else None, ret=mail.ret if mail else None,
-                smtputf8=bool(mail and mail.smtputf8), junk=junk, forwarded=forwarded,
+                smtputf8=bool(mail and mail.smtputf8), junk=junk, forwarded=forwarded, envelope_to=envelope_to,
+                refuse_in_protocol=True,
             )
         except SenderNotAllowed as exc:
             self._message_rejected(queue_id, "sender-not-allowed", exc.verdict.reason, logging.WARNING)
             # RFC 5321 4.2.2 550, RFC 3463 5.7.1: delivery not authorized.
             return Reply(550, "5.7.1", exc.verdict.reason)
+        except SieveRejected as exc:
+            # RFC 5429 2.1: ereject refuses in the protocol, with the script's reason
+            text = str(exc).encode("ascii", "replace").decode("ascii")  # a reply line is ASCII
+            self._message_rejected(queue_id, "sieve-ereject", text)
+            return Reply(550, "5.7.1", text)
         except RemoteUnavailable:
             self._message_rejected(queue_id, "remote-unavailable")
             return Reply(451, "4.4.0", "Remote delivery is not available yet")

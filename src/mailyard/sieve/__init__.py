@@ -1,0 +1,45 @@
+"""Sieve (RFC 5228): a mail filtering language, parsed and run without I/O.
+
+``compile_script`` turns a script's text into a checked ``Script`` (errors
+name the line and column: ``SieveError``); ``run`` takes a compiled script,
+a message and its envelope and returns the actions to take (``Result``).
+Nothing here touches the store, the network or files: delivery/sieve.py
+applies the actions, the CLI and ManageSieve check scripts with it.
+"""
+
+from __future__ import annotations
+
+from .errors import SieveError, SieveRuntimeError
+from .interpreter import (
+    Discard,
+    DuplicateMark,
+    Envelope,
+    FileInto,
+    Keep,
+    Limits,
+    Redirect,
+    Reject,
+    Result,
+    Vacation,
+    run,
+)
+from .parser import EXTENSIONS, Script, compile_script
+
+__all__ = [
+    "EXTENSIONS",
+    "Discard",
+    "DuplicateMark",
+    "Envelope",
+    "FileInto",
+    "Keep",
+    "Limits",
+    "Redirect",
+    "Reject",
+    "Result",
+    "Script",
+    "SieveError",
+    "SieveRuntimeError",
+    "Vacation",
+    "compile_script",
+    "run",
+]

@@ -1,0 +1,1026 @@
+"""The Sieve interpreter: a compiled script, a message and its envelope in,
+the actions out (RFC 5228 2.10, 4), without I/O.
+
+``run`` walks the checked tree of parser.py. Execution is bounded
+(``Limits``): a deadline on the clock, the number of commands run, the
+actions and the redirects a message may cause; a script that reaches one
+raises ``SieveRuntimeError`` and the caller keeps the message (RFC 5228
+2.10.6: an error cancels the script's actions and the implicit keep
+applies).
+
+What each action becomes (``Result.actions``, in order, duplicates merged
+as RFC 5228 2.10.3 asks): ``Keep`` (into the INBOX, with IMAP flags of RFC
+5232), ``FileInto`` (a mailbox, with flags, ``:create`` of RFC 5490),
+``Redirect`` (RFC 5228 4.2, ``:copy`` of RFC 3894), ``Reject`` (RFC 5429),
+``Vacation`` (RFC 5230: whether to answer is for vacation.py to decide),
+``Discard``. The implicit keep (RFC 5228 2.10.2) is a ``Keep`` added at the
+end when no action cancelled it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from email.message import EmailMessage
+from email.utils import format_datetime, parsedate_to_datetime
+
+import regex
+
+from ..message.address import Group, Mailbox, parse_address_list
+from ..message.headers import bytes_to_text, decode_words, split_fields
+from ..message.parse import parse_message, split_header_body
+from .errors import SieveRuntimeError
+from .parser import Node, Script, compile_regex
+
+# ---------------------------------------------------------------------------
+# actions
+
+
+@dataclass(frozen=True)
+class Keep:
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FileInto:
+    mailbox: str
+    flags: tuple[str, ...] = ()
+    create: bool = False
+    copy: bool = False
+
+
+@dataclass(frozen=True)
+class Redirect:
+    address: str
+    copy: bool = False
+
+
+@dataclass(frozen=True)
+class Reject:
+    reason: str
+    extended: bool = False  # ereject: refuse at SMTP time where possible (RFC 5429 2.1)
+
+
+@dataclass(frozen=True)
+class Discard:
+    pass
+
+
+@dataclass(frozen=True)
+class Vacation:
+    reason: str
+    subject: str | None = None
+    from_: str | None = None
+    addresses: tuple[str, ...] = ()
+    seconds: int = 7 * 86400  # RFC 5230 4.1: :days defaults to 7
+    mime: bool = False
+    handle: str = ""
+
+
+Action = Keep | FileInto | Redirect | Reject | Discard | Vacation
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The SMTP envelope of the delivery (RFC 5228 5.4): ``from_`` the
+    reverse-path ("" for the null sender), ``to`` the recipient address as
+    given in RCPT (before plus-addressing is stripped, so ``:detail`` sees
+    the tag)."""
+
+    from_: str
+    to: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one run. ``separator`` is the subaddress delimiter (RFC
+    5233 ``:user``/``:detail``), "" for none."""
+
+    max_seconds: float = 1.0
+    max_steps: int = 100_000
+    max_actions: int = 32
+    max_redirects: int = 4
+    max_value_chars: int = 64 * 1024  # a header value or body part is cut here before matching
+    min_vacation_seconds: int = 3600
+    max_vacation_seconds: int = 90 * 86400
+    separator: str = "+"
+
+
+@dataclass(frozen=True)
+class DuplicateMark:
+    """A ``duplicate`` test's id to record once the delivery succeeded
+    (RFC 7352 3: the record is kept only when the script completes)."""
+
+    handle: str
+    id: str
+    seconds: int
+    last: bool  # :last: the period counts from this message
+
+
+@dataclass
+class Result:
+    actions: list[Action] = field(default_factory=list)
+    implicit_keep: bool = True
+    duplicates: list[DuplicateMark] = field(default_factory=list)
+
+    def describe(self) -> list[str]:
+        """One line per action, for the CLI and logs."""
+        out = []
+        for a in self.actions:
+            if isinstance(a, Keep):
+                out.append("keep" + (f" flags={' '.join(a.flags)}" if a.flags else ""))
+            elif isinstance(a, FileInto):
+                extra = (" :create" if a.create else "") + (f" flags={' '.join(a.flags)}" if a.flags else "")
+                out.append(f"fileinto {a.mailbox!r}{extra}")
+            elif isinstance(a, Redirect):
+                out.append(f"redirect {a.address!r}" + (" :copy" if a.copy else ""))
+            elif isinstance(a, Reject):
+                out.append(("ereject " if a.extended else "reject ") + repr(a.reason))
+            elif isinstance(a, Discard):
+                out.append("discard")
+            elif isinstance(a, Vacation):
+                out.append(f"vacation days={a.seconds / 86400:g} subject={a.subject!r} handle={a.handle!r}")
+        return out
+
+
+# ---------------------------------------------------------------------------
+# comparators and match types (RFC 5228 2.7, RFC 4790, RFC 5231)
+
+_ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _fold(comparator: str, s: str) -> str:
+    if comparator != "i;ascii-casemap":
+        return s
+    return s.lower() if s.isascii() else s.translate(_ASCII_FOLD)
+
+
+def _numeric(s: str) -> float:
+    """RFC 4790 9.1: the leading digits as a number; none is positive infinity."""
+    m = re.match(r"[0-9]+", s)
+    return int(m.group()) if m else float("inf")
+
+
+def _relate(op: str, a: object, b: object) -> bool:
+    return {
+        "gt": lambda: a > b, "ge": lambda: a >= b, "lt": lambda: a < b,  # type: ignore[operator]
+        "le": lambda: a <= b, "eq": lambda: a == b, "ne": lambda: a != b,  # type: ignore[operator]
+    }[op]()
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """RFC 5228 2.7.1 :matches: ``*`` any sequence, ``?`` one character,
+    ``\\`` quotes the next; each wildcard a group (RFC 5229 3.2 captures),
+    matching as little as possible."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif c == "*":
+            out.append("(.*?)")
+        elif c == "?":
+            out.append("(.)")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _glob_match(toks: list[str | None], value: str) -> bool:
+    """Whether ``value`` matches the wildcard pattern ``toks`` (_glob_tokens),
+    in linear-ish time whatever the pattern (the classic single-backtrack
+    algorithm; patterns without ``?`` take the str.find path)."""
+    if "\0?" not in toks:
+        return _star_match(_pieces(toks), value)
+    p = v = 0
+    star = -1
+    mark = 0
+    while v < len(value):
+        if p < len(toks) and toks[p] is not None and (toks[p] == "\0?" or toks[p] == value[v]):
+            p += 1
+            v += 1
+        elif p < len(toks) and toks[p] is None:
+            star = p
+            mark = v
+            p += 1
+        elif star >= 0:
+            p = star + 1
+            mark += 1
+            v = mark
+        else:
+            return False
+    while p < len(toks) and toks[p] is None:
+        p += 1
+    return p == len(toks)
+
+
+def _pieces(toks: list[str | None]) -> list[str]:
+    pieces: list[str] = [""]
+    for t in toks:
+        if t is None:
+            pieces.append("")
+        else:
+            pieces[-1] += t
+    return pieces
+
+
+def _star_match(pieces: list[str], value: str) -> bool:
+    """A pattern of literals and ``*`` only (``pieces``: the literals between
+    the stars): each found in order (the leftmost place is always right)."""
+    if len(pieces) == 1:
+        return value == pieces[0]
+    first, last = pieces[0], pieces[-1]
+    if len(first) + len(last) > len(value) or not value.startswith(first) or not value.endswith(last):
+        return False
+    pos, end = len(first), len(value) - len(last)
+    for piece in pieces[1:-1]:
+        found = value.find(piece, pos, end)
+        if found < 0:
+            return False
+        pos = found + len(piece)
+    return True
+
+
+def _glob_tokens(pattern: str) -> list[str | None]:
+    """A :matches pattern as tokens: None for ``*``, "\\0?" for ``?``, else one literal character."""
+    toks: list[str | None] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            i += 1
+            toks.append(pattern[i])
+        elif c == "*":
+            toks.append(None)
+        elif c == "?":
+            toks.append("\0?")
+        else:
+            toks.append(c)
+        i += 1
+    return toks
+
+
+REGEX_SECONDS = 0.1  # one :regex search, at most
+
+
+class _Pieces(list):
+    """The literals between the stars of a pattern without ``?``."""
+
+
+def _prepare_glob(pattern: str) -> list:
+    toks = _glob_tokens(pattern)
+    return _Pieces(_pieces(toks)) if "\0?" not in toks else toks
+
+
+class _Matcher:
+    """A test's comparator and match type, prepared once per compiled test
+    (kept on the node) and applied to values and keys."""
+
+    def __init__(self, node: Node, variables_on: bool) -> None:
+        self.comparator = node.tags.get(":comparator", "i;ascii-casemap")
+        self.variables_on = variables_on
+        self.dynamic_rel = False
+        if ":count" in node.tags or ":value" in node.tags:
+            self.kind = "count" if ":count" in node.tags else "value"
+            rel = node.tags[":" + self.kind]
+            self.dynamic_rel = variables_on and "${" in rel
+            self.rel = rel.lower()
+        else:
+            self.kind = next((t[1:] for t in (":is", ":contains", ":matches", ":regex") if t in node.tags), "is")
+            self.rel = ""
+        self.index: int | None = node.tags.get(":index")
+        self.last = ":last" in node.tags
+        self.part = next((p[1:] for p in (":all", ":localpart", ":domain", ":user", ":detail") if p in node.tags),
+                         "all")
+        keys = node.pos[-1]
+        self.static = not (variables_on and any("${" in k for k in keys))
+        self.keys: list[str] = list(keys)
+        self.folded = [_fold(self.comparator, k) for k in keys] if self.static else []
+        self.globs = [_prepare_glob(k) for k in self.folded] if self.static and self.kind == "matches" else []
+        self.regexes = ([compile_regex(k, self.comparator) for k in self.keys]
+                        if self.static and self.kind == "regex" else [])
+
+    def test(self, ctx: _Context, values: Iterable[str]) -> bool:
+        if self.static:
+            keys, folded, globs = self.keys, self.folded, self.globs
+        else:
+            keys = [ctx.expand(k) for k in self.keys]
+            folded = [_fold(self.comparator, k) for k in keys]
+            globs = [_prepare_glob(k) for k in folded] if self.kind == "matches" else []
+        rel = ctx.expand(self.rel).lower() if self.dynamic_rel else self.rel
+        if self.kind == "regex":
+            return self.test_regex(ctx, values, keys)
+        if self.kind == "count":
+            n = str(sum(1 for _ in values))
+            return any(self.compare_value(rel, n, k) for k in keys)
+        limit = ctx.limits.max_value_chars
+        if self.static and self.kind in ("is", "contains") and self.comparator != "i;ascii-numeric":
+            # the plain cases without a per-pair step (one step per value and key still counted)
+            ctx.steps += len(values) * len(folded) if isinstance(values, list) else 0
+            ctx.step()
+            for value in values:
+                fv = _fold(self.comparator, value[:limit])
+                if self.kind == "is":
+                    if fv in folded:
+                        return True
+                elif any(k in fv for k in folded):
+                    return True
+            return False
+        for value in values:
+            value = value[:limit]
+            fv = _fold(self.comparator, value) if self.kind != "value" else value
+            for i, key in enumerate(keys):
+                ctx.step()
+                if self.kind == "value":
+                    if self.compare_value(rel, value, key):
+                        return True
+                elif self.comparator == "i;ascii-numeric":
+                    # RFC 4790 9.1: i;ascii-numeric offers equality and ordering only
+                    if self.kind == "is" and _numeric(value) == _numeric(key):
+                        return True
+                elif self.kind == "is":
+                    if fv == folded[i]:
+                        return True
+                elif self.kind == "contains":
+                    if folded[i] in fv:
+                        return True
+                elif (_star_match(globs[i], fv) if isinstance(globs[i], _Pieces) else _glob_match(globs[i], fv)):
+                    if self.variables_on:
+                        m = _glob_regex(folded[i]).fullmatch(fv)
+                        if m is not None:  # RFC 5229 3.2: ${0} the whole value, ${1}... each wildcard
+                            ctx.match_vars = [value] + [value[a:b] for a, b in
+                                                        (m.span(g) for g in range(1, (m.lastindex or 0) + 1))]
+                    return True
+        return False
+
+    def test_regex(self, ctx: _Context, values: Iterable[str], keys: list[str]) -> bool:
+        """:regex (draft-ietf-sieve-regex): a search anywhere in the value;
+        ${0} the match, ${1}... its groups. Each search is cut off at the
+        run's deadline (at most REGEX_SECONDS), so a pathological expression
+        fails the run (the message is kept) instead of holding the server."""
+        if self.comparator == "i;ascii-numeric":
+            return False
+        try:
+            patterns = self.regexes if self.static else [compile_regex(k, self.comparator) for k in keys]
+        except regex.error as exc:
+            raise SieveRuntimeError(f"bad regular expression: {exc}") from None
+        limit = ctx.limits.max_value_chars
+        for value in values:
+            value = value[:limit]
+            for rx in patterns:
+                ctx.step()
+                budget = max(0.001, min(REGEX_SECONDS, ctx.deadline - time.monotonic()))
+                try:
+                    m = rx.search(value, timeout=budget)
+                except TimeoutError:
+                    raise SieveRuntimeError("a regular expression took too long") from None
+                if m is not None:
+                    if ctx.variables_on:
+                        ctx.match_vars = [m.group(0)] + [g or "" for g in m.groups()[:9]]
+                    return True
+        return False
+
+    def compare_value(self, rel: str, value: str, key: str) -> bool:
+        if self.comparator == "i;ascii-numeric":
+            return _relate(rel, _numeric(value), _numeric(key))
+        return _relate(rel, _fold(self.comparator, value), _fold(self.comparator, key))
+
+
+# ---------------------------------------------------------------------------
+# the message as tests see it
+
+
+class _MessageView:
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        header, self.body_raw = split_header_body(raw)
+        self.fields = [(name.lower(), value) for name, value in split_fields(header)]
+        self._parsed: EmailMessage | None = None
+        self._headers: dict[str, list[str]] = {}
+        self._addresses: dict[tuple[str, str, str], list[str]] = {}
+
+    def headers(self, name: str) -> list[str]:
+        """The values of the fields named ``name``, unfolded and RFC 2047
+        decoded (RFC 5228 2.7.2), leading and trailing white space removed."""
+        name = name.lower()
+        hit = self._headers.get(name)
+        if hit is None:
+            hit = self._headers[name] = [decode_words(bytes_to_text(v)) for n, v in self.fields if n == name]
+        return hit
+
+    def addresses(self, name: str, part: str, separator: str) -> list[str]:
+        """The ``part`` of each address in the fields named ``name`` (RFC
+        5228 5.1); a part that names nothing (``:detail`` without a
+        separator) is left out."""
+        key = (name.lower(), part, separator)
+        hit = self._addresses.get(key)
+        if hit is not None:
+            return hit
+        out: list[str] = []
+        for raw in self.raw_headers(name):
+            try:
+                items = parse_address_list(raw)
+            except Exception:  # noqa: BLE001 - an unparsable field has no address to test
+                continue
+            for item in items:
+                for box in item.mailboxes if isinstance(item, Group) else (item,):
+                    value = _address_part(box, part, separator)
+                    if value is not None:
+                        out.append(value)
+        self._addresses[key] = out
+        return out
+
+    def raw_headers(self, name: str) -> list[str]:
+        name = name.lower()
+        return [bytes_to_text(v) for n, v in self.fields if n == name]
+
+    def parsed(self) -> EmailMessage:
+        if self._parsed is None:
+            self._parsed = parse_message(self.raw)
+        return self._parsed
+
+
+def _address_part(addr: Mailbox | str, part: str, separator: str) -> str | None:
+    if isinstance(addr, Mailbox):
+        local, domain = addr.local_part, addr.domain or ""
+        full = addr.addr_spec
+    else:
+        full = addr
+        local, _, domain = addr.rpartition("@") if "@" in addr else (addr, "", "")
+    if part == "all":
+        return full
+    if part == "localpart":
+        return local
+    if part == "domain":
+        return domain
+    # RFC 5233 4: :user before the first separator, :detail after it; no
+    # separator in the local part: :detail names nothing (the test fails)
+    if separator and separator in local:
+        user, _, detail = local.partition(separator)
+    else:
+        user, detail = local, None
+    return user if part == "user" else detail
+
+
+# ---------------------------------------------------------------------------
+# the run
+
+
+class _Stop(Exception):
+    pass
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*|[0-9]+)\}")
+
+
+class _Context:
+    def __init__(self, script: Script, message: bytes, envelope: Envelope, limits: Limits,
+                 mailbox_exists: Callable[[str], bool] | None) -> None:
+        self.script = script
+        self.msg = _MessageView(message)
+        self.size = len(message)
+        self.envelope = envelope
+        self.limits = limits
+        self.mailbox_exists = mailbox_exists
+        self.deadline = time.monotonic() + limits.max_seconds
+        self.steps = 0
+        self.result = Result()
+        self.flags: list[str] = []
+        self.variables: dict[str, str] = {}
+        # RFC 6609 3.4: variables declared global are shared by the scripts a
+        # run includes; each script's own are local to it
+        self.globals: dict[str, str] = {}
+        self.global_names: set[str] = set()
+        self.include_depth = 0
+        self.included: set[tuple[str, str]] = set()
+        self.include_loader: Callable[[str, str], Script | None] | None = None
+        self.duplicate_seen: Callable[[str, str], bool] | None = None
+        self.match_vars: list[str] = []
+        self.variables_on = "variables" in script.require
+        self.redirects = 0
+        self.now = 0.0
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > self.limits.max_steps:
+            raise SieveRuntimeError("the script ran too many steps")
+        if self.steps % 64 == 0 and time.monotonic() > self.deadline:
+            raise SieveRuntimeError("the script ran too long")
+
+    def get_var(self, name: str) -> str:
+        name = name.lower()
+        if name.startswith("global."):  # RFC 6609 3.5: the "global" namespace
+            return self.globals.get(name[7:], "")
+        if name in self.global_names:
+            return self.globals.get(name, "")
+        return self.variables.get(name, "")
+
+    def set_var(self, name: str, value: str) -> None:
+        name = name.lower()
+        if name.startswith("global."):
+            self.globals[name[7:]] = value
+        elif name in self.global_names:
+            self.globals[name] = value
+        else:
+            self.variables[name] = value
+
+    def expand(self, s: str) -> str:
+        """RFC 5229 3: ``${name}`` and ``${N}`` replaced (an unknown one by "")."""
+        if not self.variables_on or "${" not in s:
+            return s
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name.isdigit():
+                n = int(name)
+                return self.match_vars[n] if n < len(self.match_vars) else ""
+            return self.get_var(name)
+
+        return _VAR.sub(sub, s)
+
+    def add(self, action: Action) -> None:
+        if len(self.result.actions) >= self.limits.max_actions:
+            raise SieveRuntimeError(f"too many actions (at most {self.limits.max_actions})")
+        actions = self.result.actions
+        if isinstance(action, Redirect):
+            if any(isinstance(a, Redirect) and a.address.lower() == action.address.lower() for a in actions):
+                return  # RFC 5228 2.10.3: once per address
+            self.redirects += 1
+            if self.redirects > self.limits.max_redirects:
+                raise SieveRuntimeError(f"too many redirects (at most {self.limits.max_redirects})")
+        if isinstance(action, Keep | FileInto):
+            name = "INBOX" if isinstance(action, Keep) else action.mailbox
+            for a in actions:
+                other = "INBOX" if isinstance(a, Keep) else a.mailbox if isinstance(a, FileInto) else None
+                if other is not None and _same_mailbox(name, other):
+                    return  # RFC 5228 2.10.3: filed once
+        if isinstance(action, Vacation) and any(isinstance(a, Vacation) for a in actions):
+            raise SieveRuntimeError("more than one vacation action (RFC 5230 4.7)")
+        if isinstance(action, Reject):
+            if any(isinstance(a, Reject) for a in actions):
+                raise SieveRuntimeError("more than one reject action")
+        rejects = any(isinstance(a, Reject) for a in [*actions, action])
+        if rejects and any(isinstance(a, Vacation | Keep | FileInto) or (isinstance(a, Redirect) and not a.copy)
+                           for a in [*actions, action]):
+            # RFC 5429 2.1: reject cannot be combined with vacation, keep, fileinto or redirect
+            raise SieveRuntimeError("reject cannot be combined with keep, fileinto, redirect or vacation")
+        actions.append(action)
+
+    def flag_list(self, values: Iterable[str]) -> list[str]:
+        """RFC 5232 2: flags separated by spaces, each once (system flags
+        compared without case)."""
+        out: list[str] = []
+        seen: set[str] = set()
+        for v in values:
+            for f in self.expand(v).split():
+                key = f.lower() if f.startswith("\\") else f
+                if key not in seen:
+                    seen.add(key)
+                    out.append(f)
+        return out
+
+
+def _same_mailbox(a: str, b: str) -> bool:
+    if a.upper() == "INBOX" and b.upper() == "INBOX":
+        return True
+    return a == b
+
+
+def _block(ctx: _Context, commands: list[Node]) -> None:
+    for node in commands:
+        _command(ctx, node)
+
+
+def _command(ctx: _Context, node: Node) -> None:
+    ctx.step()
+    name = node.name
+    t = node.tags
+    if name == "if":
+        for test, block in node.branches:
+            if test is None or _test(ctx, test):
+                _block(ctx, block)
+                return
+        return
+    if name == "stop":
+        raise _Stop
+    if name == "keep":
+        flags = ctx.flag_list(t[":flags"]) if ":flags" in t else list(ctx.flags)
+        ctx.add(Keep(tuple(flags)))
+        ctx.result.implicit_keep = False
+    elif name == "discard":
+        ctx.add(Discard())
+        ctx.result.implicit_keep = False
+    elif name == "fileinto":
+        flags = ctx.flag_list(t[":flags"]) if ":flags" in t else list(ctx.flags)
+        copy = ":copy" in t
+        ctx.add(FileInto(ctx.expand(node.pos[0]), tuple(flags), ":create" in t, copy))
+        if not copy:
+            ctx.result.implicit_keep = False
+    elif name == "redirect":
+        address = ctx.expand(node.pos[0]).strip()
+        if address.startswith("<") and address.endswith(">"):
+            address = address[1:-1]
+        if "@" not in address or any(c in address for c in " \t\r\n<>,"):
+            # RFC 5228 4.2: the argument must be a syntactically valid address
+            raise SieveRuntimeError(f"redirect to an invalid address {address!r}")
+        copy = ":copy" in t
+        ctx.add(Redirect(address, copy))
+        if not copy:
+            ctx.result.implicit_keep = False
+    elif name in ("reject", "ereject"):
+        ctx.add(Reject(ctx.expand(node.pos[0]), name == "ereject"))
+        ctx.result.implicit_keep = False
+    elif name == "vacation":
+        _vacation(ctx, node)
+    elif name in ("setflag", "addflag", "removeflag"):
+        var, flags = node.pos
+        current = (ctx.flag_list([ctx.get_var(ctx.expand(var))]) if var is not None
+                   else list(ctx.flags))
+        new = ctx.flag_list(flags)
+        if name == "setflag":
+            current = new
+        elif name == "addflag":
+            current = ctx.flag_list([*current, *new])
+        else:
+            drop = {f.lower() if f.startswith("\\") else f for f in new}
+            current = [f for f in current if (f.lower() if f.startswith("\\") else f) not in drop]
+        if var is not None:
+            ctx.set_var(ctx.expand(var), " ".join(current))
+        else:
+            ctx.flags = current
+    elif name == "set":
+        _set(ctx, node)
+    elif name == "global":
+        for var in node.pos[0]:
+            ctx.global_names.add(ctx.expand(var).lower())
+    elif name == "return":
+        raise _Return
+    elif name == "include":
+        _include(ctx, node)
+
+
+MAX_INCLUDE_DEPTH = 8
+MAX_INCLUDES = 32
+
+
+class _Return(Exception):
+    pass
+
+
+def _include(ctx: _Context, node: Node) -> None:
+    """RFC 6609 3.2: run another script of the user (:personal, the
+    default) or of the site (:global) here, with its own variables but the
+    globals, the actions and the flags shared; :once runs it at most once,
+    :optional ignores a missing one. Bounded in depth and count; a loop is
+    an error (RFC 6609 3.2)."""
+    t = node.tags
+    location = "global" if ":global" in t else "personal"
+    name = ctx.expand(node.pos[0])
+    key = (location, name)
+    if ":once" in t and key in ctx.included:
+        return
+    if ctx.include_depth >= MAX_INCLUDE_DEPTH:
+        raise SieveRuntimeError(f"includes nested deeper than {MAX_INCLUDE_DEPTH} (a loop?)")
+    if len(ctx.included) >= MAX_INCLUDES and key not in ctx.included:
+        raise SieveRuntimeError(f"more than {MAX_INCLUDES} scripts included")
+    script = ctx.include_loader(location, name) if ctx.include_loader is not None else None
+    if script is None:
+        if ":optional" in t:
+            return
+        raise SieveRuntimeError(f"include: no {location} script {name!r}")
+    ctx.included.add(key)
+    saved = (ctx.script, ctx.variables, ctx.global_names, ctx.variables_on, ctx.match_vars)
+    ctx.script, ctx.variables, ctx.global_names = script, {}, set()
+    ctx.variables_on = "variables" in script.require
+    ctx.match_vars = []
+    ctx.include_depth += 1
+    try:
+        _block(ctx, script.commands)
+    except _Return:
+        pass
+    finally:
+        ctx.include_depth -= 1
+        ctx.script, ctx.variables, ctx.global_names, ctx.variables_on, ctx.match_vars = saved
+
+
+def _set(ctx: _Context, node: Node) -> None:
+    """RFC 5229 4: modifiers apply from the highest precedence down."""
+    t = node.tags
+    value = ctx.expand(node.pos[1])
+    if ":lower" in t:
+        value = value.lower()
+    if ":upper" in t:
+        value = value.upper()
+    if ":lowerfirst" in t:
+        value = value[:1].lower() + value[1:]
+    if ":upperfirst" in t:
+        value = value[:1].upper() + value[1:]
+    if ":quotewildcard" in t:
+        value = re.sub(r"([*?\\])", r"\\\1", value)
+    if ":quoteregex" in t:
+        value = re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\1", value)
+    if ":length" in t:
+        value = str(len(value))
+    ctx.set_var(node.pos[0], value[: ctx.limits.max_value_chars])
+
+
+def _vacation(ctx: _Context, node: Node) -> None:
+    t = node.tags
+    lim = ctx.limits
+    if ":seconds" in t:
+        seconds = t[":seconds"]
+    else:
+        seconds = t.get(":days", 7) * 86400
+    # RFC 5230 4.1 / RFC 6131 2: the site bounds the period; 0 (RFC 6131) stays 0
+    if seconds:
+        seconds = max(lim.min_vacation_seconds, min(lim.max_vacation_seconds, seconds))
+    reason = ctx.expand(node.pos[0])
+    subject = ctx.expand(t[":subject"]) if ":subject" in t else None
+    from_ = ctx.expand(t[":from"]) if ":from" in t else None
+    handle = ctx.expand(t[":handle"]) if ":handle" in t else ""
+    if not handle:
+        # RFC 5230 4.2: without :handle, the reason, subject, from and mime decide the handle
+        handle = "\0".join([reason, subject or "", from_ or "", "mime" if ":mime" in t else ""])
+    addresses = tuple(ctx.expand(a) for a in t.get(":addresses", []))
+    ctx.add(Vacation(reason, subject, from_, addresses, seconds, ":mime" in t, handle))
+
+
+def _test(ctx: _Context, node: Node) -> bool:
+    ctx.step()
+    name = node.name
+    matcher = node.prepared
+    if name == "header" and matcher is not None and matcher.index is None:  # the common case first
+        names = node.pos[0]
+        if len(names) == 1:
+            return matcher.test(ctx, ctx.msg.headers(ctx.expand(names[0])))
+        return matcher.test(ctx, [v for h in names for v in ctx.msg.headers(ctx.expand(h))])
+    t = node.tags
+    if name == "true":
+        return True
+    if name == "false":
+        return False
+    if name == "not":
+        return not _test(ctx, node.tests[0])
+    if name == "allof":
+        return all(_test(ctx, x) for x in node.tests)
+    if name == "anyof":
+        return any(_test(ctx, x) for x in node.tests)
+    if name == "size":
+        if ":over" in t:
+            return ctx.size > t[":over"]
+        return ctx.size < t[":under"]
+    if name == "exists":
+        return all(ctx.msg.headers(ctx.expand(h)) for h in node.pos[0])
+    if name == "duplicate":
+        return _duplicate(ctx, node)
+    if matcher is None:
+        matcher = node.prepared = _Matcher(node, ctx.variables_on)
+    if matcher.index is not None and name in ("header", "address", "date"):
+        return _indexed(ctx, node, matcher)
+    if name in ("date", "currentdate"):
+        return _date_test(ctx, node, matcher, None)
+    if name == "header":
+        if len(node.pos[0]) == 1:
+            return matcher.test(ctx, ctx.msg.headers(ctx.expand(node.pos[0][0])))
+        return matcher.test(ctx, [v for h in node.pos[0] for v in ctx.msg.headers(ctx.expand(h))])
+    if name in ("address", "envelope"):
+        part = matcher.part
+        sep = ctx.limits.separator
+        values: list[str] = []
+        if name == "address":
+            for h in node.pos[0]:
+                values.extend(ctx.msg.addresses(ctx.expand(h), part, sep))
+        else:
+            for h in node.pos[0]:
+                which = ctx.expand(h).lower()
+                addr = ctx.envelope.from_ if which == "from" else ctx.envelope.to if which == "to" else None
+                if addr is None:
+                    continue
+                # RFC 5228 5.4: the null reverse-path is "", and so are its parts
+                value = _address_part(addr, part, sep) if addr else ""
+                if value is not None:
+                    values.append(value)
+        return matcher.test(ctx, values)
+    if name == "hasflag":
+        var = node.pos[0]
+        # RFC 5232 5: the flags held by the named variables, or the internal one
+        flags = (ctx.flag_list([ctx.get_var(ctx.expand(v)) for v in var])
+                 if var is not None else list(ctx.flags))
+        return matcher.test(ctx, flags)
+    if name == "string":
+        sources = [ctx.expand(s) for s in node.pos[0]]
+        if matcher.kind == "count":
+            sources = [s for s in sources if s]  # RFC 5229 5: empty strings are not counted
+        return matcher.test(ctx, sources)
+    if name == "body":
+        return matcher.test(ctx, _body_parts(ctx, node))
+    if name == "mailboxexists":
+        if ctx.mailbox_exists is None:
+            return False
+        return all(ctx.mailbox_exists(ctx.expand(m)) for m in node.pos[0])
+    raise SieveRuntimeError(f"unknown test {name}")
+
+
+DUPLICATE_SECONDS = 7 * 86400  # RFC 7352 3.2: the site's default period
+MAX_DUPLICATE_SECONDS = 90 * 86400
+
+
+def _duplicate(ctx: _Context, node: Node) -> bool:
+    """RFC 7352 3: whether a message with this id (the Message-ID, or
+    :header's field, or :uniqueid) was seen for this :handle within the
+    period; the id is recorded when the delivery succeeds. No id: false."""
+    t = node.tags
+    if ":uniqueid" in t:
+        ident = ctx.expand(t[":uniqueid"])
+    else:
+        values = ctx.msg.headers(ctx.expand(t.get(":header", "message-id")))
+        if not values:
+            return False
+        ident = " ".join(values[0].split())
+        if ":header" not in t:
+            ident = ident.strip("<>").strip()  # RFC 7352 3.1: the Message-ID without its angle brackets
+    if not ident:
+        return False
+    handle = ctx.expand(t.get(":handle", ""))
+    seconds = min(int(t.get(":seconds", DUPLICATE_SECONDS)), MAX_DUPLICATE_SECONDS)
+    seen = ctx.duplicate_seen(handle, ident) if ctx.duplicate_seen is not None else False
+    seen = seen or any(d.handle == handle and d.id == ident for d in ctx.result.duplicates)
+    if not seen or ":last" in t:
+        ctx.result.duplicates.append(DuplicateMark(handle, ident, seconds, ":last" in t))
+    return seen
+
+
+def _indexed(ctx: _Context, node: Node, matcher: _Matcher) -> bool:
+    """RFC 5260 6: only the ``:index``-th field of those named (counted
+    from the end with ``:last``), in the order they stand in the header."""
+    named = [node.pos[0]] if node.name == "date" else node.pos[0]
+    names = {ctx.expand(h).lower() for h in named}
+    fields = [(n, v) for n, v in ctx.msg.fields if n in names]
+    i = matcher.index or 1
+    if i > len(fields):
+        return False
+    fname, raw = fields[-i] if matcher.last else fields[i - 1]
+    if node.name == "header":
+        return matcher.test(ctx, [decode_words(bytes_to_text(raw))])
+    if node.name == "date":
+        return _date_test(ctx, node, matcher, bytes_to_text(raw))
+    values: list[str] = []
+    try:
+        items = parse_address_list(bytes_to_text(raw))
+    except Exception:  # noqa: BLE001 - an unparsable field has no address to test
+        items = []
+    for item in items:
+        for box in item.mailboxes if isinstance(item, Group) else (item,):
+            value = _address_part(box, matcher.part, ctx.limits.separator)
+            if value is not None:
+                values.append(value)
+    return matcher.test(ctx, values)
+
+
+def _zone(text: str) -> timezone:
+    sign = -1 if text[0] == "-" else 1
+    return timezone(sign * timedelta(hours=int(text[1:3]), minutes=int(text[3:5])))
+
+
+def _date_part(when: datetime, part: str) -> str:
+    """RFC 5260 4.2 date-parts."""
+    if part == "year":
+        return f"{when.year:04d}"
+    if part == "month":
+        return f"{when.month:02d}"
+    if part == "day":
+        return f"{when.day:02d}"
+    if part == "date":
+        return when.strftime("%Y-%m-%d")
+    if part == "julian":
+        # the Modified Julian Day: days since 1858-11-17
+        return str((when.date() - datetime(1858, 11, 17).date()).days)
+    if part == "hour":
+        return f"{when.hour:02d}"
+    if part == "minute":
+        return f"{when.minute:02d}"
+    if part == "second":
+        return f"{when.second:02d}"
+    if part == "time":
+        return when.strftime("%H:%M:%S")
+    if part == "iso8601":
+        return when.isoformat(timespec="seconds")
+    if part == "std11":
+        return format_datetime(when)
+    if part == "zone":
+        offset = when.utcoffset() or timedelta(0)
+        minutes = int(offset.total_seconds() // 60)
+        return f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
+    if part == "weekday":
+        return str((when.weekday() + 1) % 7)  # 0 is Sunday
+    raise SieveRuntimeError(f"unknown date part {part!r}")
+
+
+def _date_test(ctx: _Context, node: Node, matcher: _Matcher, field: str | None) -> bool:
+    """RFC 5260 4 (date) and 5 (currentdate): a part of a date, in the zone
+    asked for (``:zone``), the field's own (``:originalzone``) or the
+    server's."""
+    t = node.tags
+    part = ctx.expand(node.pos[-2]).lower()
+    zone_text = ctx.expand(t[":zone"]) if ":zone" in t else None
+    if zone_text is not None and not re.fullmatch(r"[+-][0-9]{4}", zone_text):
+        return False
+    zone = _zone(zone_text) if zone_text is not None else None
+    if node.name == "currentdate":
+        when = datetime.fromtimestamp(ctx.now, zone or UTC)
+        if zone is None:
+            when = when.astimezone()
+        return matcher.test(ctx, [_date_part(when, part)])
+    header = ctx.expand(node.pos[0]).lower()
+    raws = ctx.msg.raw_headers(header) if field is None else [field]
+    values: list[str] = []
+    for raw in raws:
+        text = " ".join(raw.split())
+        if header == "received":
+            text = text.rpartition(";")[2].strip()  # RFC 5260 4.1: the date after the last ";"
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            continue  # RFC 5260 4: a field that holds no date does not match
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        if zone is not None:
+            when = when.astimezone(zone)
+        elif ":originalzone" not in t:
+            when = when.astimezone()
+        values.append(_date_part(when, part))
+    return matcher.test(ctx, values)
+
+
+def _body_parts(ctx: _Context, node: Node) -> list[str]:
+    """RFC 5173 5: :raw the undecoded body; :text (the default) the decoded
+    text/* parts; :content the decoded parts of the given types."""
+    t = node.tags
+    if ":raw" in t:
+        return [bytes_to_text(ctx.msg.body_raw)]
+    if ":content" in t:
+        wanted = [ctx.expand(c).lower() for c in t[":content"]]
+    else:
+        wanted = ["text"]
+    out: list[str] = []
+    for part in ctx.msg.parsed().walk():
+        ctx.step()
+        ctype = part.get_content_type().lower()
+        if part.is_multipart():
+            # RFC 5173 5.2: a multipart is matched by its prologue and epilogue only
+            if any(w and (ctype == w or ctype.split("/")[0] == w) for w in wanted):
+                out.append((part.preamble or "") + (part.epilogue or ""))
+            continue
+        if not any(w == "" or ctype == w or ("/" not in w and ctype.split("/")[0] == w) for w in wanted):
+            continue
+        try:
+            content = part.get_content()
+        except Exception:  # noqa: BLE001 - a broken transfer encoding: the raw text
+            content = part.get_payload()
+        if isinstance(content, bytes):
+            content = bytes_to_text(content)
+        if isinstance(content, str):
+            out.append(content)
+    return out
+
+
+def run(script: Script, message: bytes, envelope: Envelope, limits: Limits | None = None, *,
+        mailbox_exists: Callable[[str], bool] | None = None, now: float | None = None,
+        include: Callable[[str, str], Script | None] | None = None,
+        duplicate_seen: Callable[[str, str], bool] | None = None) -> Result:
+    """Run ``script`` on ``message`` (the bytes as delivered) for ``envelope``.
+
+    Returns the actions; the implicit keep is in them as a trailing ``Keep``
+    when no action cancelled it. Raises ``SieveRuntimeError`` when the run
+    fails (a limit, conflicting actions): the caller then keeps the message.
+    ``mailbox_exists`` answers the ``mailboxexists`` test (RFC 5490 3.1);
+    ``now`` is the time ``currentdate`` sees (RFC 5260 5), by default the clock's;
+    ``include(location, name)`` gives the compiled script an ``include``
+    names ("personal" or "global"), None when there is none (RFC 6609);
+    ``duplicate_seen(handle, id)`` answers whether an id is recorded within
+    its period (RFC 7352); the ids to record are ``Result.duplicates``.
+    """
+    ctx = _Context(script, message, envelope, limits or Limits(), mailbox_exists)
+    ctx.now = time.time() if now is None else now
+    ctx.include_loader = include
+    ctx.duplicate_seen = duplicate_seen
+    try:
+        _block(ctx, script.commands)
+    except (_Stop, _Return):
+        pass
+    except RecursionError as exc:
+        raise SieveRuntimeError("the script nests too deeply") from exc
+    result = ctx.result
+    if result.implicit_keep:
+        # RFC 5232 3: the implicit keep files with the current flags
+        keep = Keep(tuple(ctx.flags))
+        if not any(isinstance(a, Keep) or (isinstance(a, FileInto) and _same_mailbox(a.mailbox, "INBOX"))
+                   for a in result.actions):
+            result.actions.append(keep)
+    return result

@@ -1,0 +1,245 @@
+"""Sieve at local delivery, through real SMTP (smtplib) on a real server
+over the SQLite store: fileinto, flags, discard, plus-addressing and
+:detail, redirect (and a redirect loop between two accounts stopped),
+reject, vacation (once per sender, never to lists, bulk or automatic mail,
+and no reply loop between two vacationing users), a broken script keeps."""
+
+from __future__ import annotations
+
+import smtplib
+
+import pytest
+
+from mailyard.delivery.sieve import ScriptStore
+from tests.conftest import RunningServer
+
+ALICE = "alice@example.test"
+BOB = "bob@example.test"
+
+
+def message(sender: str, to: str, subject: str, extra: str = "") -> bytes:
+    return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n{extra}"
+            f"Message-ID: <{abs(hash((sender, to, subject, extra)))}@remote.test>\r\n\r\nhello\r\n").encode()
+
+
+def send(server: RunningServer, sender: str, rcpt: str, subject: str, extra: str = "", to_header: str = "") -> None:
+    with smtplib.SMTP(server.host, server.port("smtp"), local_hostname="client.remote.test", timeout=10) as s:
+        assert s.sendmail(sender, [rcpt], message(sender, to_header or rcpt, subject, extra)) == {}
+
+
+def install(server: RunningServer, address: str, text: str) -> None:
+    account = server.call(server.store.get_account(address))
+    assert account is not None
+    scripts = ScriptStore(server.data_dir / "sieve")
+    scripts.put(account.id, "main", text)
+    scripts.activate(account.id, "main")
+
+
+def subjects(server: RunningServer, address: str, mailbox: str = "INBOX") -> list[str]:
+    out = []
+    for raw in server.messages(address, mailbox):
+        for line in raw.split(b"\r\n"):
+            if line.startswith(b"Subject: "):
+                out.append(line[9:].decode())
+    return out
+
+
+def flags(server: RunningServer, address: str, mailbox: str = "INBOX") -> list[set[str]]:
+    async def read() -> list[set[str]]:
+        account = await server.store.get_account(address)
+        assert account is not None
+        box = await server.store.get_mailbox(account.id, mailbox)
+        assert box is not None
+        return [set(m.flags) for m in await server.store.list_messages(box)]
+
+    return server.call(read())
+
+
+def test_fileinto_files_a_message_sent_by_smtp(mailserver: RunningServer) -> None:
+    install(mailserver, ALICE, 'require ["fileinto", "mailbox"];\r\n'
+                               'if header :contains "subject" "report" { fileinto :create "Reports"; }\r\n')
+    send(mailserver, "carol@remote.test", ALICE, "weekly report")
+    send(mailserver, "carol@remote.test", ALICE, "lunch?")
+    assert subjects(mailserver, ALICE, "Reports") == ["weekly report"]
+    assert subjects(mailserver, ALICE) == ["lunch?"]
+    raw = mailserver.messages(ALICE, "Reports")[0]
+    assert raw.startswith(b"Return-Path: <carol@remote.test>\r\nDelivered-To: alice@example.test\r\n")
+
+
+def test_flags_discard_and_keep_copy(mailserver: RunningServer) -> None:
+    install(mailserver, ALICE, 'require ["imap4flags", "fileinto", "copy"];\r\n'
+                               'if header :is "subject" "spam" { discard; stop; }\r\n'
+                               'if header :is "subject" "flag me" { addflag ["\\\\Flagged", "work"]; }\r\n'
+                               'if header :is "subject" "copy" { fileinto :copy "INBOX"; }\r\n')
+    send(mailserver, "carol@remote.test", ALICE, "spam")
+    send(mailserver, "carol@remote.test", ALICE, "flag me")
+    send(mailserver, "carol@remote.test", ALICE, "copy")
+    assert subjects(mailserver, ALICE) == ["flag me", "copy"]  # filed once (RFC 5228 2.10.3)
+    assert flags(mailserver, ALICE)[0] >= {"\\Flagged", "work"}
+
+
+def test_plus_addressing_and_detail(mailserver: RunningServer) -> None:
+    install(mailserver, ALICE, 'require ["fileinto", "mailbox", "envelope", "subaddress", "variables"];\r\n'
+                               'if envelope :detail :matches "to" "*" { if string :is "${1}" "" { keep; stop; }\r\n'
+                               '  fileinto :create "tags/${1}"; }\r\n')
+    send(mailserver, "carol@remote.test", "alice+shop@example.test", "from the shop")
+    send(mailserver, "carol@remote.test", ALICE, "plain")
+    assert subjects(mailserver, ALICE, "tags/shop") == ["from the shop"]
+    assert subjects(mailserver, ALICE) == ["plain"]
+
+
+def test_plus_addressing_off(make_server) -> None:
+    def configure(cfg) -> None:
+        cfg.delivery.recipient_delimiter = ""
+
+    server = make_server(configure=configure)
+    with smtplib.SMTP(server.host, server.port("smtp"), local_hostname="client.remote.test", timeout=10) as s:
+        s.ehlo()
+        s.mail("carol@remote.test")
+        code, _ = s.rcpt("alice+shop@example.test")
+    assert code == 550
+
+
+def test_redirect_to_a_local_account(mailserver: RunningServer) -> None:
+    install(mailserver, ALICE, 'redirect "bob@example.test";\r\n')
+    send(mailserver, "carol@remote.test", ALICE, "for bob")
+    assert subjects(mailserver, ALICE) == []
+    assert subjects(mailserver, BOB) == ["for bob"]
+    raw = mailserver.messages(BOB)[0]
+    # the original sender stays the envelope sender (RFC 5228 4.2)
+    assert raw.startswith(b"Return-Path: <carol@remote.test>\r\nDelivered-To: bob@example.test\r\n")
+    assert b"\r\nDelivered-To: alice@example.test\r\n" in raw
+
+
+def test_redirect_loop_between_two_accounts_is_stopped(mailserver: RunningServer) -> None:
+    install(mailserver, ALICE, 'redirect "bob@example.test";\r\n')
+    install(mailserver, BOB, 'redirect "alice@example.test";\r\n')
+    send(mailserver, "carol@remote.test", ALICE, "ping pong")
+    # alice -> bob -> alice: alice sees her own Delivered-To and keeps it
+    assert subjects(mailserver, ALICE) == ["ping pong"]
+    assert subjects(mailserver, BOB) == []
+
+
+def test_reject_sends_a_dsn_with_the_reason(mailserver: RunningServer) -> None:
+    install(mailserver, ALICE, 'require "reject";\r\nif address :is "from" "bob@example.test" '
+                               '{ reject "I do not read mail from you"; }\r\n')
+    send(mailserver, BOB, ALICE, "hello alice")
+    assert subjects(mailserver, ALICE) == []
+    dsns = mailserver.messages(BOB)
+    assert len(dsns) == 1
+    assert b"Status: 5.7.1" in dsns[0] and b"I do not read mail from you" in dsns[0]
+
+
+VACATION = ('require "vacation";\r\n'
+            'vacation :days 3 :subject "Away" "I am away until Monday.";\r\n')
+
+
+def test_vacation_replies_once_per_sender(mailserver: RunningServer) -> None:
+    install(mailserver, ALICE, VACATION)
+    send(mailserver, BOB, ALICE, "first")
+    send(mailserver, BOB, ALICE, "second")
+    assert subjects(mailserver, ALICE) == ["first", "second"]
+    replies = mailserver.messages(BOB)
+    assert len(replies) == 1
+    reply = replies[0]
+    assert reply.startswith(b"Return-Path: <>\r\n")
+    assert b"\r\nSubject: Away\r\n" in reply and b"\r\nAuto-Submitted: auto-replied" in reply
+    assert b"\r\nFrom: alice@example.test\r\nTo: bob@example.test\r\n" in reply
+    assert b"I am away until Monday.\r\n" in reply
+    assert b"\r\nIn-Reply-To: <" in reply
+
+
+@pytest.mark.parametrize("extra", [
+    "List-Id: <team.lists.example.test>\r\n",
+    "Precedence: bulk\r\n",
+    "Precedence: list\r\n",
+    "Auto-Submitted: auto-generated\r\n",
+])
+def test_vacation_never_answers_lists_bulk_or_automatic_mail(mailserver: RunningServer, extra: str) -> None:
+    install(mailserver, ALICE, VACATION)
+    send(mailserver, BOB, ALICE, "automatic", extra)
+    assert subjects(mailserver, ALICE) == ["automatic"]
+    assert mailserver.messages(BOB) == []
+
+
+def test_vacation_not_to_the_null_sender_nor_when_not_addressed(mailserver: RunningServer) -> None:
+    install(mailserver, ALICE, VACATION)
+    send(mailserver, "", ALICE, "a bounce")
+    send(mailserver, BOB, ALICE, "bcc'd", to_header="team@elsewhere.test")
+    assert subjects(mailserver, ALICE) == ["a bounce", "bcc'd"]
+    assert mailserver.messages(BOB) == []
+
+
+def test_two_vacations_do_not_loop(mailserver: RunningServer) -> None:
+    install(mailserver, ALICE, VACATION)
+    install(mailserver, BOB, VACATION)
+    send(mailserver, BOB, ALICE, "are you there?")
+    # alice answers bob once; bob's vacation does not answer an auto-reply
+    assert subjects(mailserver, BOB) == ["Away"]
+    assert subjects(mailserver, ALICE) == ["are you there?"]
+
+
+def test_a_failing_script_keeps_the_message(mailserver: RunningServer) -> None:
+    install(mailserver, ALICE, 'require "fileinto";\r\nfileinto "No such folder";\r\n')
+    send(mailserver, "carol@remote.test", ALICE, "must not be lost")
+    assert subjects(mailserver, ALICE) == ["must not be lost"]
+
+
+def test_ereject_refuses_in_smtp_for_a_single_recipient(mailserver: RunningServer) -> None:
+    install(mailserver, ALICE, 'require "ereject";\r\nif header :contains "subject" "offer" '
+                               '{ ereject "No offers, thanks"; }\r\n')
+    with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), local_hostname="client.remote.test", timeout=10) as s:
+        s.ehlo()
+        s.mail(BOB)
+        assert s.rcpt(ALICE)[0] == 250
+        code, text = s.data(message(BOB, ALICE, "great offer"))
+    # RFC 5429 2.1: refused in the protocol, nothing stored, no DSN of ours
+    assert (code, text) == (550, b"5.7.1 No offers, thanks")
+    assert subjects(mailserver, ALICE) == [] and mailserver.messages(BOB) == []
+    # with another recipient the message is accepted for them, and the sender gets a DSN
+    with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), local_hostname="client.remote.test", timeout=10) as s:
+        assert s.sendmail(BOB, [ALICE, "postmaster@example.test"], message(BOB, ALICE, "second offer")) == {}
+    assert subjects(mailserver, ALICE) == []
+    assert subjects(mailserver, "postmaster@example.test") == ["second offer"]
+    dsns = mailserver.messages(BOB)
+    assert len(dsns) == 1 and b"Status: 5.7.1" in dsns[0] and b"No offers, thanks" in dsns[0]
+
+
+def test_include_of_a_personal_and_a_global_script(mailserver: RunningServer) -> None:
+    account = mailserver.call(mailserver.store.get_account(ALICE))
+    assert account is not None
+    scripts = ScriptStore(mailserver.data_dir / "sieve")
+    scripts.put(account.id, "reports", 'require ["fileinto", "mailbox"];\r\n'
+                                       'if header :contains "subject" "report" { fileinto :create "Reports"; stop; }\r\n')
+    site = mailserver.data_dir / "sieve" / "global"
+    site.mkdir(parents=True)
+    (site / "flag.sieve").write_text('require "imap4flags";\r\naddflag "seen-by-site";\r\n')
+    install(mailserver, ALICE, 'require "include";\r\ninclude :global "flag";\r\ninclude "reports";\r\n')
+    send(mailserver, "carol@remote.test", ALICE, "monthly report")
+    send(mailserver, "carol@remote.test", ALICE, "hello")
+    assert subjects(mailserver, ALICE, "Reports") == ["monthly report"]
+    assert subjects(mailserver, ALICE) == ["hello"]
+    assert "seen-by-site" in flags(mailserver, ALICE, "Reports")[0] and "seen-by-site" in flags(mailserver, ALICE)[0]
+
+
+def test_duplicate_drops_a_message_seen_before(mailserver: RunningServer) -> None:
+    install(mailserver, ALICE, 'require "duplicate";\r\nif duplicate { discard; stop; }\r\n')
+    raw = b"From: carol@remote.test\r\nTo: alice@example.test\r\nSubject: once\r\nMessage-ID: <dup-1@remote.test>\r\n\r\nx\r\n"
+    for _ in range(2):  # the same message through two list expansions, say
+        with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), timeout=10) as s:
+            assert s.sendmail("carol@remote.test", [ALICE], raw) == {}
+    with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), timeout=10) as s:
+        s.sendmail("carol@remote.test", [ALICE], raw.replace(b"dup-1", b"dup-2").replace(b"once", b"other"))
+    assert subjects(mailserver, ALICE) == ["once", "other"]
+
+
+def test_an_internal_error_in_a_run_keeps_the_message(mailserver: RunningServer, monkeypatch) -> None:
+    import mailyard.delivery.sieve as glue
+
+    def broken(*args, **kwargs):
+        raise IndexError("a bug")
+
+    monkeypatch.setattr(glue, "run", broken)
+    install(mailserver, ALICE, "discard;\r\n")
+    send(mailserver, "carol@remote.test", ALICE, "still here")
+    assert subjects(mailserver, ALICE) == ["still here"]
