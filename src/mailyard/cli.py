@@ -819,10 +819,10 @@ def _transfer_summary(summary: Any, verb: str, verbose: bool = False) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     """``mailyard import mbox|maildir|maildir-tree|imap``: see the parser's help texts."""
+    from .store.import_state import ImportState
     from .transfer import imapsource, jobs
     from .transfer.importer import ImportError_, QuotaFull
     from .transfer.progress import Progress, Summary
-    from .transfer.state import ImportState
 
     d = require_data_dir(args)
     summary = Summary()

@@ -14,9 +14,9 @@ from bench.import_ import mailyard, new_data_dir, read_store
 
 from mailyard.store import open_store
 from mailyard.store.api import AppendItem
+from mailyard.store.import_state import ImportState
 from mailyard.transfer.importer import Importer, Incoming, digest
 from mailyard.transfer.progress import Summary
-from mailyard.transfer.state import ImportState
 from tests.conftest import USERS, RunningServer
 from tests.unit.test_transfer_mbox import LF_MBOX
 

@@ -19,8 +19,8 @@ from ..store.api import (
     QuotaExceeded,
     Store,
 )
+from ..store.import_state import ImportState
 from .progress import Progress, Summary
-from .state import ImportState
 
 SYSTEM_FLAGS = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})
 # RFC 9051 9: flag-keyword = atom; atom-specials excluded

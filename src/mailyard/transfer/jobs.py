@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..store.api import HIERARCHY_DELIMITER, Store
+from ..store.import_state import ImportState
 from . import imapsource, maildir, mbox
 from .importer import ContentKeys, Importer, Incoming, clean_flags, target_name
 from .progress import Progress, Summary
-from .state import ImportState
 
 FILE_BATCH = 500  # messages read ahead before they are written ...
 FILE_BATCH_OCTETS = 16 << 20  # ... and at most this many octets of them (bar one larger message)

@@ -1,6 +1,7 @@
-"""What earlier imports brought in: the source key of every imported
-message, kept in ``DATA/import-state.sqlite`` (beside the store, not in it,
-so the store's schema stays as it is).
+"""What earlier imports (transfer/) brought in: the source key of every
+imported message, kept in ``DATA/import-state.sqlite`` (beside the store's
+own database, not in it, so the store's schema stays as it is; SQLite is
+the store layer's business, so this file lives here).
 
 A key is remembered per (account, source): for IMAP the source is the
 server, user and folder and the key is ``UIDVALIDITY:UID``; for files the
