@@ -133,7 +133,7 @@ class Importer:
         self._known: dict[str, set[str]] = {}
 
     async def settle_pending(self) -> None:
-        """Decide the batches an interrupted run left pending (see state.py)."""
+        """Decide the batches an interrupted run left pending (see store/import_state.py)."""
         rows = self.state.pending(self.account.address)
         by_box: dict[tuple[int, int, int], list[tuple[str, str, str]]] = {}
         for source, key, mailbox_id, uid_validity, uid_from, dig in rows:
