@@ -390,11 +390,13 @@ class AcmeManager:
             _write_atomic(self.cert_path, chain, 0o600)
             self.backoff = 0.0
             self.last_error = None
-            self.issued += 1
             info = cert_info(chain)
             logs.event(log, logging.INFO, "acme_issued", names=",".join(info.names), issuer=info.issuer,
                        not_after=info.not_after.isoformat())
             self.applied()
+            # counted once applied: whoever watches the count (tests, status)
+            # then finds the new certificate in use
+            self.issued += 1
             self._write_status(now, CHECK_INTERVAL)
             return CHECK_INTERVAL
 
