@@ -30,6 +30,8 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from ..mailauth.dnscache import parse_nameservers  # one reader of [delivery] nameservers
+
 
 class DNSError(Exception):
     pass
@@ -52,25 +54,6 @@ class MXHost:
     name: str
     preference: int
     addresses: tuple[str, ...]
-
-
-def parse_nameservers(text: str) -> list[tuple[str, int]]:
-    """``"127.0.0.1:5353, 10.0.0.1"`` -> [("127.0.0.1", 5353), ("10.0.0.1", 53)]."""
-    out = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item.startswith("["):  # [v6]:port
-            host, _, rest = item[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") else 53
-        elif item.count(":") == 1:
-            host, _, p = item.partition(":")
-            port = int(p)
-        else:
-            host, port = item, 53
-        out.append((host, port))
-    return out
 
 
 def make_resolver(nameservers: str = "", timeout: float = 10.0) -> dns.asyncresolver.Resolver:
