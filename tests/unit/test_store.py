@@ -106,6 +106,29 @@ async def test_account_has_inbox_and_special_use(store: Store) -> None:
     assert await store.get_account("alice@example.test") is None
 
 
+async def test_account_settings_are_json_values_per_key(backend: Backend) -> None:
+    store = backend.open()
+    await store.add_domain("example.test")
+    alice = await store.add_account("alice@example.test", "h")
+    bob = await store.add_account("bob@example.test", "h")
+    assert await store.get_settings(alice.id) == {}
+    got = await store.set_settings(alice.id, {"per_page": 50, "identities": [{"name": "Alice", "address": "alice@example.test"}]})
+    assert got == {"per_page": 50, "identities": [{"name": "Alice", "address": "alice@example.test"}]}
+    assert await store.set_settings(alice.id, {"per_page": None, "threads": True}) == {
+        "identities": [{"name": "Alice", "address": "alice@example.test"}], "threads": True}
+    assert await store.get_settings(bob.id) == {}
+    with pytest.raises(InvalidName):
+        await store.set_settings(alice.id, {"bad": float("nan")})
+    with pytest.raises(NotFound):
+        await store.set_settings(9999, {"x": 1})
+    await store.close()
+    store = backend.open()
+    assert (await store.get_settings(alice.id))["threads"] is True
+    await store.remove_account("alice@example.test")
+    assert await store.get_settings(alice.id) == {}
+    await store.close()
+
+
 async def test_aliases_and_lists(store: Store) -> None:
     await store.add_account("alice@example.test", "h")
     await store.add_alias("info@example.test", ["alice@example.test", "x@remote.test"])

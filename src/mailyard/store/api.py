@@ -38,9 +38,9 @@ opens a data directory's store; nothing outside store/ names a backend.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from ..message.threadkeys import SortKeys, ThreadKeys
@@ -519,6 +519,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def allowed_senders(self, account_id: int) -> list[str]:
         """The account's sender grants, sorted."""
+
+    # --- account settings -------------------------------------------------
+    @abc.abstractmethod
+    async def get_settings(self, account_id: int) -> dict[str, Any]:
+        """The account's settings (webmail preferences, spam filing, ...):
+        JSON values by key; keys never set are absent, so each reader keeps
+        its own defaults. Empty for no such account."""
+
+    @abc.abstractmethod
+    async def set_settings(self, account_id: int, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Set the given keys (a value of None removes the key), all in one
+        commit; returns every setting of the account. NotFound for no such
+        account; InvalidName for a value JSON cannot hold."""
 
     # --- aliases and lists ------------------------------------------------
     @abc.abstractmethod

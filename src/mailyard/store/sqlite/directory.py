@@ -10,10 +10,11 @@ An address is one account, one alias or one list, never two of them.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from ..api import (
     KEEP,
@@ -263,6 +264,36 @@ class DirectoryMixin(SQLiteCore):
     async def allowed_senders(self, account_id: int) -> list[str]:
         rows = self._q("SELECT pattern FROM sender_grants WHERE account_id = ? ORDER BY pattern", (account_id,))
         return [r[0] for r in rows]
+
+    # --- account settings -------------------------------------------------
+    async def get_settings(self, account_id: int) -> dict[str, Any]:
+        rows = self._q("SELECT key, value FROM account_settings WHERE account_id = ?", (account_id,))
+        return {key: json.loads(value) for key, value in rows}
+
+    async def set_settings(self, account_id: int, values: Mapping[str, Any]) -> dict[str, Any]:
+        encoded: list[tuple[str, str | None]] = []
+        for key, value in values.items():
+            if not isinstance(key, str) or not key:
+                raise InvalidName("a setting needs a name")
+            try:
+                encoded.append((key, None if value is None else json.dumps(value, allow_nan=False)))
+            except (TypeError, ValueError) as exc:
+                raise InvalidName(f"setting {key}: {exc}") from None
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if c.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
+                raise NotFound(f"no account with id {account_id}")
+            for key, text in encoded:
+                if text is None:
+                    c.execute("DELETE FROM account_settings WHERE account_id = ? AND key = ?", (account_id, key))
+                else:
+                    c.execute(
+                        "INSERT OR REPLACE INTO account_settings(account_id, key, value) VALUES (?, ?, ?)",
+                        (account_id, key, text),
+                    )
+
+        await self._write(op)
+        return await self.get_settings(account_id)
 
     # --- aliases and lists ------------------------------------------------
     async def add_alias(self, source: str, targets: Sequence[str]) -> None:

@@ -56,7 +56,7 @@ from . import textindex
 
 log = logging.getLogger("mailyard.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -202,6 +202,13 @@ CREATE TABLE IF NOT EXISTS sender_grants (
     account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
     pattern    TEXT NOT NULL COLLATE NOCASE,
     PRIMARY KEY (account_id, pattern)
+) WITHOUT ROWID;
+-- Version 6: an account's settings, a JSON value per key (Store.get_settings).
+CREATE TABLE IF NOT EXISTS account_settings (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    PRIMARY KEY (account_id, key)
 ) WITHOUT ROWID;
 """
 
@@ -364,6 +371,7 @@ def migrate(c: sqlite3.Connection) -> None:
             # sort_keys exists (SCHEMA) but is empty: bodies derived before
             # get their rows in the background, from body id 0 on
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('sort_keys_backfill', '0')")
+        # version 6 only adds account_settings (SCHEMA creates it)
         c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         c.execute("COMMIT")
     except BaseException:
