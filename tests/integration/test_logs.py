@@ -12,7 +12,6 @@ import re
 import smtplib
 import socket
 import ssl
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from mailyard.config import Config
 from mailyard.logs import render_value
 from tests.conftest import USERS, RunningServer
 from tests.integration.serve_process import ServeProcess, free_port
+from tests.waiting import wait_until
 
 ALICE = "alice@example.test"
 
@@ -63,13 +63,11 @@ def _session(proc: ServeProcess) -> None:
 
 
 def _wait_for(proc: ServeProcess, what: Callable[[list[str]], bool]) -> list[str]:
-    deadline = time.monotonic() + 30
-    while True:
-        lines = [line.rstrip("\n") for line in list(proc.output)]
-        if what(lines):
-            return lines
-        assert time.monotonic() < deadline, "\n".join(lines)
-        time.sleep(0.05)
+    def lines() -> list[str]:
+        return [line.rstrip("\n") for line in list(proc.output)]
+
+    wait_until(lambda: what(lines()), timeout=30, what=lambda: "\n".join(lines()))
+    return lines()
 
 
 def _has_events(**counts: int) -> Callable[[list[str]], bool]:
@@ -188,10 +186,8 @@ def test_no_asyncio_warning_when_a_tls_client_closes(
         plain = tls.unwrap()  # sends close_notify
         plain.close()
     listeners = server.server.listeners
-    deadline = time.monotonic() + 10
-    while any(listeners[s].active for s in ("imaps", "pop3s", "smtps")):
-        assert time.monotonic() < deadline, "the server kept the connections"
-        time.sleep(0.02)
+    wait_until(lambda: not any(listeners[s].active for s in ("imaps", "pop3s", "smtps")),
+               what="the server to let the connections go")
     warnings = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
     assert warnings == [], warnings
 
@@ -224,14 +220,10 @@ def test_a_failed_remote_delivery_names_no_relay_it_never_reached(
     queue = server.server.queue
     assert queue is not None
     server.call(queue.enqueue(b"Subject: x\r\n\r\nbody\r\n", ALICE, ["someone@nowhere.invalid"]))
-    deadline = time.monotonic() + 60
-    while True:
-        outcomes = [r.getMessage() for r in caplog.records
-                    if r.getMessage().startswith(("bounced ", "deferred ", "expired "))]
-        if outcomes:
-            break
-        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
-        time.sleep(0.05)
+    outcomes = wait_until(
+        lambda: [r.getMessage() for r in caplog.records
+                 if r.getMessage().startswith(("bounced ", "deferred ", "expired "))],
+        timeout=60, what=lambda: str([r.getMessage() for r in caplog.records]))
     print(outcomes)
     assert "to=someone@nowhere.invalid" in outcomes[0]
     assert "relay=" not in outcomes[0] and "None" not in outcomes[0], outcomes
