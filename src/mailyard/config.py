@@ -332,6 +332,10 @@ class AuthenticationConfig:
     # "enforce": DMARC p=reject is refused (550 5.7.1) and p=quarantine filed
     # in Junk; "record": only the Authentication-Results field says so.
     dmarc_policy: str = "enforce"
+    # Send DMARC aggregate reports (RFC 7489 7.2) once a day to the rua=
+    # addresses of the domains whose mail the MX port checked: the client
+    # addresses that sent as each domain, with their SPF/DKIM results.
+    dmarc_reports: bool = False
     # Seconds the checks of one message wait for DNS before temperror.
     dns_timeout: float = 5.0
     # Worker processes that run the checks (mailauth/pool.py), so the event

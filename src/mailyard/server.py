@@ -25,6 +25,7 @@ from .auth.throttle import LoginThrottle
 from .auth.throttle_shared import SharedThrottle
 from .config import Config, ConfigError
 from .delivery.dane import DANE
+from .delivery.dmarcrpt import DMARCReports
 from .delivery.mtasts import PolicyResolver
 from .delivery.mx import MXResolver, make_resolver
 from .delivery.queue import OutboundQueue
@@ -285,6 +286,8 @@ class MailServer:
             await mailauth.start()
         elif auth.inbound_checks:
             mailauth = InboundChecker(Resolver(cfg.delivery.nameservers, auth.dns_timeout), authserv_id)
+        dmarc_reports = (DMARCReports(self.data_dir / "dmarc-reports")
+                         if auth.inbound_checks and auth.dmarc_reports else None)
         self.services = Services(
             config=cfg,
             data_dir=self.data_dir,
@@ -296,12 +299,13 @@ class MailServer:
                                 relay_ca_file=self._relay_ca_file(), signer=signer,
                                 security=self._transport_security(),
                                 sealer=keyring.seal if auth.dkim_sign else None, srs=srs,
-                                srs_domain=auth.srs_domain),
+                                srs_domain=auth.srs_domain, dmarc_reports=dmarc_reports),
             tls=self.tls,
             smtp_engine=engine_config(cfg),
             submission_engine=submission_engine_config(cfg),
             stats=self.stats,
             mailauth=mailauth,
+            dmarc_reports=dmarc_reports,
             acme_http01=self.acme_answers.http01 if self.acme_answers is not None else None,
             sieve=(SieveDelivery(store, ScriptStore(self.data_dir / "sieve"), cfg.delivery.recipient_delimiter)
                    if cfg.delivery.sieve else None),

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from .auth.service import LoginService
 from .config import Config
+from .delivery.dmarcrpt import DMARCReports
 from .delivery.queue import OutboundQueue
 from .delivery.router import Router
 from .delivery.sieve import SieveDelivery
@@ -74,6 +75,9 @@ class Services:
     # mailauth/inbound.py on threads); None:
     # the MX port does not check ([authentication] inbound_checks = false).
     mailauth: InboundChecker | CheckPool | None = None
+    # Where the MX port records each DMARC evaluation for the daily aggregate
+    # reports (delivery/dmarcrpt.py); None: no reports ([authentication] dmarc_reports).
+    dmarc_reports: DMARCReports | None = None
     # The key authorization of a pending ACME HTTP-01 challenge by token
     # (net/acme.py ``Challenges.http01``); None when ACME is off.
     acme_http01: Callable[[str], str | None] | None = None

@@ -247,3 +247,61 @@ def test_large_signed_message_checks_memory_and_others_served(tmp_path: Path, ch
             serve.stop()
     finally:
         dns.stop()
+
+
+def test_dmarc_aggregate_report_reaches_the_domains_rua(hosts: MultiHost) -> None:
+    """RFC 7489 7.2: b.test records what its MX port saw of a.test's mail and
+    mails a.test's rua a gzipped XML report (Appendix C): one row per client
+    address and outcome, with its count. A rua outside a.test that does not
+    confirm in DNS (7.1) gets nothing."""
+    import gzip
+    import time
+    import xml.etree.ElementTree as ET
+
+    from mailyard.delivery.dailylog import day_of
+
+    def reporting(cfg: Config) -> None:
+        checking(cfg)
+        cfg.authentication.dmarc_reports = True
+
+    a = hosts.add("a.test", A, {"alice": "alice-pw-1", "dmarc": "dmarc-pw-1"})
+    b = hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=reporting)
+    publish(hosts, a.data_dir, "a.test")
+    hosts.dns.add("_dmarc.a.test", "TXT",
+                  '"v=DMARC1; p=quarantine; rua=mailto:dmarc@a.test,mailto:someone@elsewhere.test"')
+    hosts.dns.add("mx.a.test", "TXT", f'"v=spf1 ip4:{A} -all"')
+    submit(hosts, "alice@a.test", ["bob@b.test"], MESSAGE)
+    submit(hosts, "alice@a.test", ["bob@b.test"], MESSAGE.replace(b"auth1@", b"auth2@"))
+    hosts.wait_messages("bob@b.test", 2)
+    # a forgery from another address: fails, quarantined
+    code, _ = mx_send(hosts, "mx.evil.test", "x@evil.test", MESSAGE.replace(b"auth1@", b"forged@"), source="127.0.0.4")
+    assert code == 250
+    assert b.server.queue is not None
+    sent = b.call(b.server.queue.send_dmarc_reports(day_of(time.time())))
+    assert sent == 1
+    (raw,) = hosts.wait_messages("dmarc@a.test")
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert str(msg["Subject"]).startswith("Report Domain: a.test Submitter: ")
+    assert msg["To"] == "dmarc@a.test"  # elsewhere.test did not confirm (RFC 7489 7.1)
+    (attachment,) = [p for p in msg.iter_attachments() if p.get_content_type() == "application/gzip"]
+    assert attachment.get_filename().endswith(".xml.gz") and "!a.test!" in attachment.get_filename()
+    root = ET.fromstring(gzip.decompress(attachment.get_content()))
+    print(ET.tostring(root).decode()[:2000])
+    assert root.findtext("policy_published/domain") == "a.test"
+    assert root.findtext("policy_published/p") == "quarantine"
+    rows = {r.findtext("row/source_ip"): r for r in root.findall("record")}
+    assert set(rows) == {A, "127.0.0.4"}
+    good, bad = rows[A], rows["127.0.0.4"]
+    assert good.findtext("row/count") == "2"
+    assert (good.findtext("row/policy_evaluated/dkim"), good.findtext("row/policy_evaluated/spf")) == ("pass", "pass")
+    assert good.findtext("row/policy_evaluated/disposition") == "none"
+    assert good.find("row/policy_evaluated/reason") is None  # passed: nothing was sampled out
+    assert good.findtext("identifiers/header_from") == "a.test"
+    assert {d.findtext("result") for d in good.findall("auth_results/dkim")} == {"pass"}
+    assert len(good.findall("auth_results/dkim")) == 2
+    assert good.findtext("auth_results/spf/result") == "pass"
+    assert bad.findtext("row/count") == "1"
+    assert bad.findtext("row/policy_evaluated/disposition") == "quarantine"
+    assert (bad.findtext("row/policy_evaluated/dkim"), bad.findtext("row/policy_evaluated/spf")) == ("fail", "fail")
+    # the day is reported once
+    assert not (b.data_dir / "dmarc-reports" / f"{day_of(time.time())}.jsonl").exists()

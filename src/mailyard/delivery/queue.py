@@ -64,6 +64,15 @@ from ..store.api import (
 from .bounce import ReportedRecipient, build_dsn, should_report, status_of, wants_report
 from .dane import DANETempError, peer_chain
 from .dane import verify as dane_verify
+from .dmarcrpt import (
+    DMARCReports,
+    needs_verification,
+    report_destinations,
+    verification_name,
+    verified,
+)
+from .dmarcrpt import build_reports as build_dmarc_reports
+from .dmarcrpt import report_message as dmarc_report_message
 from .mx import MXResolver, NullMX, PermanentDNSError, TemporaryDNSError, make_resolver
 from .router import Router, Verdict
 from .tlspolicy import TLSPlan, TransportSecurity
@@ -269,7 +278,8 @@ class OutboundQueue:
     def __init__(self, store: Store, router: Router, cfg: DeliveryConfig, hostname: str,
                  client_tls: ClientTLS, relay_ca_file: str | None = None,
                  signer: MessageSigner | None = None, security: TransportSecurity | None = None,
-                 sealer: MessageSealer | None = None, srs: SRS | None = None, srs_domain: str = "") -> None:
+                 sealer: MessageSealer | None = None, srs: SRS | None = None, srs_domain: str = "",
+                 dmarc_reports: DMARCReports | None = None) -> None:
         if cfg.relay_tls not in RELAY_STARTTLS:
             # Config.load refuses it; this guards configurations built in code.
             raise ValueError(f"delivery.relay_tls {cfg.relay_tls!r} is not one of {', '.join(RELAY_STARTTLS)}")
@@ -286,6 +296,8 @@ class OutboundQueue:
         self.mx = MXResolver(make_resolver(self.cfg.nameservers, self.cfg.dns_timeout))
         # DANE, MTA-STS and TLS-RPT of MX delivery (delivery/tlspolicy.py); None: opportunistic TLS only.
         self.security = security
+        # DMARC aggregate reports (delivery/dmarcrpt.py) of what the MX port checked; None: not sent.
+        self.dmarc_reports = dmarc_reports
         self._reports_checked = 0.0
         self._wake = asyncio.Event()
         # Where new entries are announced when the runner is in another
@@ -439,7 +451,7 @@ class OutboundQueue:
             self._wake.clear()
             try:
                 await self._dispatch()
-                await self._tls_reports_due()
+                await self._reports_due()
                 nxt = await self.store.queue_next_due()
             except asyncio.CancelledError:
                 raise
@@ -660,19 +672,23 @@ class OutboundQueue:
             raise
 
     # --- TLS reports (RFC 8460) ------------------------------------------------------
-    async def _tls_reports_due(self) -> None:
-        """Once a minute: mail the reports of days that have ended."""
-        security = self.security
-        reports = security.reports if security is not None else None
-        if reports is None or time.monotonic() - self._reports_checked < 60:
+    async def _reports_due(self) -> None:
+        """Once a minute: mail the TLS and DMARC reports of days that have ended."""
+        if time.monotonic() - self._reports_checked < 60:
             return
         self._reports_checked = time.monotonic()
-        for day in await asyncio.to_thread(reports.days_due):
-            try:
-                await self.send_tls_reports(day)
-            except TemporaryDNSError as exc:
-                log.info("tlsrpt: reports of %s wait: %s", day, exc)
-                return
+        security = self.security
+        kinds = [("tlsrpt", security.reports if security is not None else None, self.send_tls_reports),
+                 ("dmarc", self.dmarc_reports, self.send_dmarc_reports)]
+        for name, reports, send in kinds:
+            if reports is None:
+                continue
+            for day in await asyncio.to_thread(reports.days_due):
+                try:
+                    await send(day)
+                except TemporaryDNSError as exc:
+                    log.info("%s: reports of %s wait: %s", name, day, exc)
+                    break
 
     async def send_tls_reports(self, day: str) -> int:
         """Queue the reports of ``day`` to each policy domain's ``rua``
@@ -700,16 +716,69 @@ class OutboundQueue:
 
     async def _rua(self, domain: str) -> list[str]:
         """The ``rua`` URIs of ``_smtp._tls.DOMAIN`` (RFC 8460 3)."""
+        return parse_rua(await self._txt(f"_smtp._tls.{domain}"))
+
+    async def _txt(self, name: str) -> list[str]:
+        """The TXT records at ``name`` (none for NXDOMAIN or NODATA);
+        TemporaryDNSError when DNS does not answer."""
         import dns.exception
         import dns.resolver
 
         try:
-            answer = await self.mx.resolver.resolve(f"_smtp._tls.{domain}", "TXT", search=False)
+            answer = await self.mx.resolver.resolve(name, "TXT", search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return []
         except dns.exception.DNSException as exc:
-            raise TemporaryDNSError(f"TXT _smtp._tls.{domain}: {exc.__class__.__name__}") from exc
-        return parse_rua(b"".join(r.strings).decode("utf-8", "replace") for r in answer)
+            raise TemporaryDNSError(f"TXT {name}: {exc.__class__.__name__}") from exc
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+
+    # --- DMARC aggregate reports (RFC 7489 7.2) ----------------------------------------
+    async def send_dmarc_reports(self, day: str) -> int:
+        """Queue the aggregate reports of ``day`` to each policy domain's
+        ``rua`` addresses (delivery/dmarcrpt.py); returns how many messages
+        were queued. A destination that DNS does not confirm (RFC 7489 7.1),
+        or whose size limit the report passes, is left out."""
+        assert self.dmarc_reports is not None
+        reports = self.dmarc_reports
+        lines = await asyncio.to_thread(reports.lines, day)
+        domains = await self.store.list_domains()
+        own = domains[0] if domains else self.hostname
+        built = await asyncio.to_thread(build_dmarc_reports, day, lines, organization=own,
+                                        contact=f"postmaster@{own}")
+        sent = 0
+        for domain, (xml, rua) in built.items():
+            rcpts = []
+            for address, limit in report_destinations(rua):
+                if needs_verification(domain, address) and not verified(
+                        await self._txt(verification_name(domain, address))):
+                    logs.event(log, logging.INFO, "dmarc_report_refused", domain=domain, to=address,
+                               reason="destination not confirmed in DNS (RFC 7489 7.1)")
+                    continue
+                body = dmarc_report_message(xml, policy_domain=domain, submitter=self.hostname,
+                                            sender=f"dmarc-noreply@{own}", recipients=[address])
+                if limit is not None and len(body) > limit:
+                    logs.event(log, logging.INFO, "dmarc_report_refused", domain=domain, to=address,
+                               reason=f"report of {len(body)} octets over the limit of {limit}")
+                    continue
+                rcpts.append(address)
+            if not rcpts:
+                continue
+            body = dmarc_report_message(xml, policy_domain=domain, submitter=self.hostname,
+                                        sender=f"dmarc-noreply@{own}", recipients=rcpts)
+            local, remote = [], []
+            for address in rcpts:
+                resolution = await self.router.resolve(address)
+                if resolution.verdict is Verdict.LOCAL:
+                    local.extend(resolution.accounts)
+                    remote.extend(resolution.remote)
+                elif resolution.verdict is Verdict.REMOTE:
+                    remote.extend(resolution.remote)
+            # RFC 3834 3.3 / RFC 5321 4.5.5: a report's reverse-path is null
+            await self.enqueue(body, "", remote, accounts=local)
+            logs.event(log, logging.INFO, "dmarc_report_sent", domain=domain, to=rcpts, day=day)
+            sent += 1
+        await asyncio.to_thread(reports.mark_sent, day)
+        return sent
 
     async def _wait_for_jobs(self, dest: str, jobs: deque[Job]) -> bool:
         """Keep an idle connection open for ``connection_cache_time`` seconds in

@@ -3,10 +3,9 @@ the receiving domains once a day.
 
 Each outgoing session to a domain with a TLS policy (MTA-STS, delivery/
 mtasts.py, or DANE, delivery/dane.py) is one line in
-``DATA/tlsrpt/YYYY-MM-DD.jsonl`` (UTC day): the policy domain and type,
-success or the failure's result type (RFC 8460 4.3), the MX host and
-addresses. Files are appended to, so nothing is lost on a crash and no
-schema is needed.
+``DATA/tlsrpt/YYYY-MM-DD.jsonl`` (UTC day, delivery/dailylog.py): the
+policy domain and type, success or the failure's result type (RFC 8460
+4.3), the MX host and addresses.
 
 After a day ends, ``build_reports`` folds its lines into one report per
 policy domain in the JSON format of RFC 8460 4.4 (``policies``, each with
@@ -24,15 +23,12 @@ import datetime
 import gzip
 import json
 import logging
-import os
-import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
+
+from .dailylog import DailyLog, report_mail
 
 log = logging.getLogger("mailyard.tlsrpt")
 
@@ -43,10 +39,6 @@ RESULT_TYPES = (
     "sts-policy-fetch-error", "sts-policy-invalid", "sts-webpki-invalid",
 )
 MEDIA_TYPE = "application/tlsrpt+gzip"
-
-
-def day_of(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d")
 
 
 def parse_rua(records: Iterable[str]) -> list[str]:
@@ -90,12 +82,8 @@ def classify_tls_error(exc: BaseException) -> str:
     return "validation-failure"
 
 
-class TLSReports:
+class TLSReports(DailyLog):
     """Session results kept per UTC day in ``directory`` (module docstring)."""
-
-    def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
-        self.directory = directory
-        self.clock = clock
 
     def record(self, *, policy_type: str, policy_domain: str, policy_strings: Iterable[str] = (),
                mx_patterns: Iterable[str] = (), success: bool, result_type: str | None = None,
@@ -103,52 +91,14 @@ class TLSReports:
                reason: str | None = None) -> None:
         """One session's outcome (a failure names its ``result_type``)."""
         line: dict[str, Any] = {
-            "t": self.clock(), "policy-type": policy_type, "policy-domain": policy_domain.lower(),
+            "policy-type": policy_type, "policy-domain": policy_domain.lower(),
             "policy-string": list(policy_strings), "mx-host": list(mx_patterns), "ok": success,
         }
         if not success:
             line.update({"result-type": result_type or "validation-failure", "sending-mta-ip": sending_ip,
                          "receiving-mx-hostname": receiving_mx, "receiving-ip": receiving_ip,
                          "additional-information": (reason or "")[:300]})
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / f"{day_of(line['t'])}.jsonl"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                os.write(fd, (json.dumps(line, separators=(",", ":")) + "\n").encode())
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            log.warning("tlsrpt: cannot record a session result: %s", exc)
-
-    def days_due(self) -> list[str]:
-        """Days before today (UTC) whose results have not been reported."""
-        today = day_of(self.clock())
-        if not self.directory.is_dir():
-            return []
-        return sorted(p.stem for p in self.directory.glob("*.jsonl") if p.stem < today)
-
-    def lines(self, day: str) -> list[dict[str, Any]]:
-        out = []
-        try:
-            text = (self.directory / f"{day}.jsonl").read_text(encoding="utf-8")
-        except OSError:
-            return []
-        for raw in text.splitlines():
-            try:
-                item = json.loads(raw)
-            except ValueError:
-                continue  # a line cut short by a crash
-            if isinstance(item, dict):
-                out.append(item)
-        return out
-
-    def mark_sent(self, day: str) -> None:
-        path = self.directory / f"{day}.jsonl"
-        try:
-            os.replace(path, path.with_suffix(".sent"))
-        except OSError as exc:
-            log.warning("tlsrpt: cannot mark %s reported: %s", path, exc)
+        self.append(line)
 
 
 def build_reports(day: str, lines: Iterable[dict[str, Any]], *, organization: str,
@@ -201,12 +151,8 @@ def report_message(report: dict[str, Any], *, policy_domain: str, submitter: str
     """The report as mail (RFC 8460 5.3): multipart/report; report-type=tlsrpt,
     a text part and the gzipped JSON as ``application/tlsrpt+gzip``."""
     report_id = report["report-id"]
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = ", ".join(recipients)
-    msg["Subject"] = f"Report Domain: {policy_domain} Submitter: {submitter} Report-ID: <{report_id}>"
-    msg["Date"] = format_datetime(datetime.datetime.now(datetime.UTC))
-    msg["Message-ID"] = make_msgid(domain=submitter)
+    msg = report_mail(sender=sender, recipients=recipients, policy_domain=policy_domain, submitter=submitter,
+                      report_id=report_id)
     msg["TLS-Report-Domain"] = policy_domain  # RFC 8460 5.3
     msg["TLS-Report-Submitter"] = submitter
     msg.set_content(f"This is an aggregate TLS report from {submitter} for {policy_domain} (RFC 8460).\n")

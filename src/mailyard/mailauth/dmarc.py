@@ -48,6 +48,7 @@ class Policy:
     adkim: str
     aspf: str
     rua: str = ""
+    fo: str = "0"  # failure reporting options (RFC 7489 6.3), echoed in aggregate reports
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,12 @@ class DMARCResult:
     policy: str  # the policy that applies: none, quarantine, reject ("none" when no record)
     disposition: str  # what to do: none, quarantine, reject (after pct=)
     reason: str = ""
+    # The domain whose record applied (the From domain or its organisational
+    # domain, RFC 7489 6.6.3) and that record: aggregate reports go to its rua.
+    policy_domain: str = ""
+    published: Policy | None = None
+    spf_aligned: bool = False
+    dkim_aligned: bool = False
 
 
 _POLICIES = ("none", "quarantine", "reject")
@@ -86,7 +93,10 @@ def parse_record(text: str) -> Policy | None:
         pct = 100
     adkim = "s" if tags.get("adkim", "r").lower() == "s" else "r"
     aspf = "s" if tags.get("aspf", "r").lower() == "s" else "r"
-    return Policy(p, sp, pct, adkim, aspf, tags.get("rua", ""))
+    fo = tags.get("fo", "0")
+    if not fo or any(c not in "01ds:" for c in fo):
+        fo = "0"
+    return Policy(p, sp, pct, adkim, aspf, tags.get("rua", ""), fo)
 
 
 def _lookup(resolver: Resolver, domain: str) -> Policy | None:
@@ -128,8 +138,10 @@ def evaluate(
     from_domain = domains[0]
     org = organizational_domain(from_domain)
     try:
+        policy_domain = from_domain
         policy = _lookup(resolver, from_domain)
         if policy is None and org != from_domain:
+            policy_domain = org
             policy = _lookup(resolver, org)
             applied = policy.sp if policy is not None else "none"
         else:
@@ -141,12 +153,13 @@ def evaluate(
     spf_ok = spf is not None and spf.identity == "mailfrom" and spf.result == "pass" and aligned(
         spf.domain, from_domain, policy.aspf)
     dkim_ok = any(r.result == "pass" and aligned(r.domain, from_domain, policy.adkim) for r in dkim)
+    found = {"policy_domain": policy_domain, "published": policy, "spf_aligned": spf_ok, "dkim_aligned": dkim_ok}
     if spf_ok or dkim_ok:
         how = "aligned SPF and DKIM" if spf_ok and dkim_ok else ("aligned SPF" if spf_ok else "aligned DKIM")
-        return DMARCResult("pass", from_domain, applied, "none", how)
+        return DMARCResult("pass", from_domain, applied, "none", how, **found)
     disposition = applied
     if applied != "none" and policy.pct < 100:
         chooser = rng or random.Random()
         if chooser.randrange(100) >= policy.pct:
             disposition = _weaker(applied)  # RFC 7489 6.6.4
-    return DMARCResult("fail", from_domain, applied, disposition, "neither SPF nor DKIM aligned")
+    return DMARCResult("fail", from_domain, applied, disposition, "neither SPF nor DKIM aligned", **found)

@@ -463,6 +463,11 @@ class SMTPSession(SessionProtocol):
             verdict = await self._authenticate(event, data)
             if verdict is not None:
                 data = verdict.header + verdict.message
+                reports = self.services.dmarc_reports
+                if reports is not None and verdict.dmarc is not None:
+                    reports.record(ip=self.peer_ip or "", envelope_from=event.reverse_path,
+                                   envelope_to=event.forward_paths[0].rpartition("@")[2] if event.forward_paths else "",
+                                   dmarc=verdict.dmarc, spf=verdict.spf, dkim=verdict.dkim)
                 enforce = self.services.config.authentication.dmarc_policy == "enforce"
                 if enforce and verdict.disposition == "reject":
                     # RFC 7489 6.6.3 / 7.3 (p=reject): refused after the whole message was seen
