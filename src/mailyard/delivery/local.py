@@ -16,10 +16,14 @@ quarantine (RFC 7489 6.3 p=quarantine) is filed there instead of the INBOX.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
+from ..message.correspondents import header_mailboxes
 from ..message.trace import delivered_to_header, return_path_header
-from ..store.api import Account, DeliveryTarget, NotFound, Store
+from ..store.api import Account, DeliveryTarget, NotFound, Store, StoreError
+
+log = logging.getLogger("mailyard.delivery")
 
 JUNK = "Junk"
 
@@ -76,4 +80,19 @@ async def deliver_local(
             raise NotFound(f"account {account.address} has no INBOX")
         prefix = return_path + delivered_to_header(account.address)
         targets.append(DeliveryTarget(mailbox_id, prefix, enforce_quota=enforce_quota))
-    return await store.deliver(body, targets)
+    uids = await store.deliver(body, targets)
+    await note_received(store, body, seen)
+    return uids
+
+
+async def note_received(store: Store, body: bytes, account_ids: Iterable[int]) -> None:
+    """Count the message's From addresses as received by each account (the
+    address book's suggestions); a failure here never fails the delivery."""
+    senders = header_mailboxes(body, ("from",))
+    if not senders:
+        return
+    for account_id in account_ids:
+        try:
+            await store.note_correspondents(account_id, senders, sent=False)
+        except StoreError as exc:
+            log.warning("delivery: correspondents of account %d not counted: %s", account_id, exc)

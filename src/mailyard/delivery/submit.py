@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .. import logs, metrics
 from ..message.address import iter_mailboxes, parse_address_list
+from ..message.correspondents import header_mailboxes
 from ..message.headers import split_fields
 from ..message.parse import split_header_body
 from ..message.trace import received_header
@@ -61,6 +62,7 @@ from ..store.api import (
     QueueEntry,
     QueueRecipient,
     QuotaExceeded,
+    StoreError,
 )
 from .bounce import ReportedRecipient, build_dsn, wants_report
 from .local import deliver_local, junk_mailbox_id
@@ -463,6 +465,18 @@ def _header_addresses(fields: list[tuple[str, bytes]], name: str) -> list[str]:
     return out
 
 
+async def note_sent(store: Store, account_id: int, data: bytes, recipients: Sequence[str]) -> None:
+    """Count the recipients as written to by the account (the address book's
+    suggestions), with the display names the To and Cc fields give them; a
+    failure here never fails the submission."""
+    named = {a.casefold(): (n, a) for n, a in header_mailboxes(data, ("to", "cc"))}
+    people = [named.get(r.casefold(), ("", r)) for r in recipients]
+    try:
+        await store.note_correspondents(account_id, people, sent=True)
+    except StoreError as exc:
+        log.warning("submission: correspondents of account %d not counted: %s", account_id, exc)
+
+
 async def submit_message(
     intake: Intake,
     account: Account,
@@ -527,6 +541,7 @@ async def submit_message(
                size=len(accepted.data), delivered=len(accounts) - len(accepted.over_quota), queued=len(remote),
                **{"from": reverse_path, "to": list(recipients)})
     metrics.count_message(service, "accepted")
+    await note_sent(intake.store, account.id, data, recipients)
     if accepted.over_quota:
         await report_over_quota(intake, accepted.data, reverse_path, [(a.address, None) for a in accepted.over_quota])
     return SubmitResult(accepted.data, local, remote, accepted.queue_id)
