@@ -251,3 +251,43 @@ def test_sessions_list_and_log_out_others(mailserver: RunningServer) -> None:
     assert r.status_code == 303 and "Logged%20out%201%20other%20session." in r.headers["location"]
     assert other.get(f"/box/{inbox}").headers.get("location") == "/login"
     assert client.get(f"/box/{inbox}").status_code == 200
+
+
+def test_compose_uses_identities_and_replies_from_the_address_written_to(mailserver: RunningServer) -> None:
+    import html
+
+    async def setup() -> None:
+        await mailserver.store.add_alias("alice.smith@example.test", [ALICE])
+
+    mailserver.call(setup())
+    client = login(mailserver)
+    token = csrf(client)
+    for name, address, sig in (("Alice", ALICE, "A."), ("Alice Smith", "alice.smith@example.test", "Alice Smith\nCEO")):
+        r = client.post("/settings", data={"csrf": token, "section": "identity-add", "name": name,
+                                           "address": address, "signature_text": sig})
+        assert r.status_code == 303
+    data = (b"From: Gil <gil@remote.test>\r\nTo: alice.smith@example.test\r\nSubject: q\r\n"
+            b"Message-ID: <q1@remote.test>\r\n\r\nquestion\r\n")
+    uid = append(mailserver, ALICE, data)
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    page = html.unescape(client.get(f"/compose?reply={inbox}:{uid}").text)
+    assert 'id="from" name="from" type="text" value="Alice Smith <alice.smith@example.test>"' in page
+    body = re.search(r'<textarea id="body" name="body" rows="16">(.*?)</textarea>', page, re.S).group(1)
+    assert body.startswith("\n\n-- \nAlice Smith\nCEO\n\n") and "> question" in body
+    page = html.unescape(client.get("/compose").text)
+    assert f'value="Alice <{ALICE}>"' in page and 'id="identity-list"' in page
+    assert re.search(r'<textarea id="body" name="body" rows="16">(.*?)</textarea>', page, re.S).group(1) == \
+        "\n\n-- \nA.\n"
+    # sent as the identity: the display name goes out
+    r = client.post("/compose", data={"csrf": token, "from": "Alice Smith <alice.smith@example.test>", "to": BOB,
+                                      "subject": "as alias", "body": "hi"})
+    assert r.status_code == 303, r.text
+    sent = box_id(mailserver, ALICE, "Sent")
+
+    async def sent_from() -> bytes:
+        account = await mailserver.store.get_account(ALICE)
+        box = await mailserver.store.get_mailbox_by_id(account.id, sent)
+        infos = await mailserver.store.list_messages(box)
+        return await mailserver.store.read_message(box, infos[-1].uid)
+
+    assert b"From: Alice Smith <alice.smith@example.test>" in mailserver.call(sent_from())

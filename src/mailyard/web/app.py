@@ -658,6 +658,8 @@ async def compose_view(request: Request) -> Response:
     session = current(request)
     qp = request.query_params
     draft = Draft(to=qp.get("to", "")[:2000])
+    sent_to: list[str] = []  # the addresses an answered message was sent to
+    chosen = ""
     for mode in ("reply", "replyall", "forward", "draft"):
         ref = qp.get(mode)
         if not ref:
@@ -668,6 +670,9 @@ async def compose_view(request: Request) -> Response:
         if uid is None:
             raise HTTPException(404)
         raw = await read_raw(request, box, uid)
+        chosen = mode
+        if mode in ("reply", "replyall"):
+            sent_to = settings.sent_to(raw)
         pool = state(request).pool
         try:
             if mode in ("reply", "replyall"):
@@ -700,7 +705,9 @@ async def compose_view(request: Request) -> Response:
             draft.references = view.references_raw
             draft.draft_uid = str(uid)
             draft.kept = [(a.spec, a.filename, a.content_type, a.size) for a in view.attachments]
-    return page(request, "compose.html", draft=draft, folders=await folders(request, session), errors=[],
+    if chosen != "draft":
+        settings.apply_identity(draft, prefs.current(), sent_to)
+    return page(request, "compose.html", identities=prefs.current().identities, draft=draft, folders=await folders(request, session), errors=[],
                 notice=qp.get("notice", ""))
 
 

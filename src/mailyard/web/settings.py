@@ -228,6 +228,31 @@ async def _change_password(request: Request, session: Session, form: Any) -> Res
     return response
 
 
+def sent_to(raw: bytes) -> list[str]:
+    """The addresses a message was sent to: its To and Cc fields (RFC 5322
+    3.6.3) and the Delivered-To trace fields of its delivery."""
+    from ..message.correspondents import header_mailboxes
+
+    return [a for _, a in header_mailboxes(raw, ("to", "cc", "delivered-to"))]
+
+
+def apply_identity(draft: Any, current: prefs.Prefs, answered_to: list[str]) -> None:
+    """Fill a new message's From with an identity and add its signature:
+    for a reply the identity the answered message was sent to, else the
+    first one. A signature follows the "-- " line (RFC 3676 4.3), above
+    the quoted text."""
+    if not current.identities:
+        return
+    identity = next((i for a in answered_to if (i := current.identity_for(a))), current.identities[0])
+    from ..message.reading import readable_address
+
+    draft.sender = readable_address(identity.name or None, identity.address)
+    if identity.signature_text.strip():
+        signature = "-- \n" + identity.signature_text.replace("\r\n", "\n").strip("\n") + "\n"
+        body = draft.body.lstrip("\n")
+        draft.body = "\n\n" + signature + ("\n" + body if body else "")
+
+
 def routes() -> list[Route]:
     return [
         Route("/settings", settings_view, methods=["GET"]),
