@@ -62,10 +62,9 @@ from ..store.api import (
     QueueEntry,
     QueueRecipient,
     QuotaExceeded,
-    StoreError,
 )
 from .bounce import ReportedRecipient, build_dsn, wants_report
-from .local import deliver_local, junk_mailbox_id
+from .local import deliver_local, junk_mailbox_id, note_received, note_sent
 from .router import Router, Verdict
 
 if TYPE_CHECKING:
@@ -289,6 +288,12 @@ async def accept_message(
         # a second entry, for the copies an alias or list forwards
         await queue.enqueue(received + data, reverse_path, forwarded, envid=envid, ret=ret, smtputf8=smtputf8,
                             msgid=trace.id, forwarded=True)
+    # the address book's suggestions (store note_correspondents), counted
+    # apart from the acceptance: its reply does not wait for them
+    if wanted:
+        note_received(intake.store, data, [a.id for a in wanted])
+    if account is not None:
+        _note_sent(intake.store, account, data)
     if wanted:
         metrics.count_delivery("local", "delivered", len(wanted))
         metrics.observe_delivery("local", time.monotonic() - started)
@@ -465,16 +470,13 @@ def _header_addresses(fields: list[tuple[str, bytes]], name: str) -> list[str]:
     return out
 
 
-async def note_sent(store: Store, account_id: int, data: bytes, recipients: Sequence[str]) -> None:
-    """Count the recipients as written to by the account (the address book's
-    suggestions), with the display names the To and Cc fields give them; a
-    failure here never fails the submission."""
-    named = {a.casefold(): (n, a) for n, a in header_mailboxes(data, ("to", "cc"))}
-    people = [named.get(r.casefold(), ("", r)) for r in recipients]
-    try:
-        await store.note_correspondents(account_id, people, sent=True)
-    except StoreError as exc:
-        log.warning("submission: correspondents of account %d not counted: %s", account_id, exc)
+def _note_sent(store: Store, account: Account, data: bytes) -> None:
+    """Count the people a message the account submitted is addressed to
+    (its To and Cc fields, RFC 5322 3.6.3, with their display names) as
+    written to. Its envelope is not used: it holds what aliases and lists
+    expanded to, not what the user wrote."""
+    own = account.address.casefold()
+    note_sent(store, account.id, [(n, a) for n, a in header_mailboxes(data, ("to", "cc")) if a.casefold() != own])
 
 
 async def submit_message(
@@ -541,7 +543,6 @@ async def submit_message(
                size=len(accepted.data), delivered=len(accounts) - len(accepted.over_quota), queued=len(remote),
                **{"from": reverse_path, "to": list(recipients)})
     metrics.count_message(service, "accepted")
-    await note_sent(intake.store, account.id, data, recipients)
     if accepted.over_quota:
         await report_over_quota(intake, accepted.data, reverse_path, [(a.address, None) for a in accepted.over_quota])
     return SubmitResult(accepted.data, local, remote, accepted.queue_id)
