@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import smtplib
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -198,6 +200,9 @@ def test_remote_content_allowed_per_sender(mailserver: RunningServer) -> None:
     page = other.get(f"/box/{inbox}/msg/{uid}").text
     assert 'id="remote-notice"' not in page
     assert "tracker.remote.test" in other.get(f"/box/{inbox}/msg/{uid}/body").text
+    # not in Junk: a forged From must not load a spammer's tracking images
+    junk_uid = append(mailserver, ALICE, REMOTE_HTML, "Junk")
+    assert 'id="remote-notice"' in other.get(f"/box/{box_id(mailserver, ALICE, 'Junk')}/msg/{junk_uid}").text
     # bob's list is his own
     bob_uid = append(mailserver, BOB, REMOTE_HTML)
     bob = login(mailserver, BOB)
@@ -293,3 +298,27 @@ def test_compose_uses_identities_and_replies_from_the_address_written_to(mailser
         return await mailserver.store.read_message(box, infos[-1].uid)
 
     assert b"From: Alice Smith <alice.smith@example.test>" in mailserver.call(sent_from())
+
+
+def test_password_change_counts_as_a_login_attempt(make_server: Callable[..., RunningServer]) -> None:
+    def configure(cfg: Any) -> None:
+        cfg.auth.base_delay = 0.01
+        cfg.auth.max_delay = 0.02
+        cfg.auth.account_max_failures = 2
+
+    server = make_server(configure=configure)
+    client = login(server)
+    token = csrf(client)
+    form = {"csrf": token, "section": "password", "new_password": "new-password-9",
+            "new_password_again": "new-password-9"}
+    for _ in range(2):
+        r = client.post("/settings", data={**form, "old_password": "wrong-one"})
+        assert r.status_code == 400 and "current password is wrong" in r.text
+    # the account is locked out: the right old password gets the same refusal as the login form
+    r = client.post("/settings", data={**form, "old_password": USERS[ALICE]})
+    assert r.status_code == 429 and "Too many attempts" in r.text
+    anonymous = httpx.Client(base_url=f"http://127.0.0.1:{server.port('http')}")
+    page = anonymous.get("/login").text
+    login_token = re.search(r'name="login_token" value="([^"]+)"', page).group(1)
+    r = anonymous.post("/login", data={"username": ALICE, "password": USERS[ALICE], "login_token": login_token})
+    assert r.status_code == 429

@@ -451,7 +451,7 @@ async def message_view(request: Request) -> Response:
     web = state(request)
     store = web.services.store
     key = f"{box.id}:{uid}"
-    if request.query_params.get("remote") == "1" or contacts.remote_allowed(raw):
+    if request.query_params.get("remote") == "1" or contacts.remote_allowed(raw, box):
         session.remote_ok.add(key)
     allow_remote = key in session.remote_ok
     back = _safe_back(request.query_params.get("back"), f"/box/{box.id}")

@@ -20,7 +20,7 @@ from ..message.address import is_valid_addr_spec
 from ..message.correspondents import header_mailboxes
 from ..message.reading import readable_address
 from ..message.vcard import Card, VCardError, parse, serialise
-from ..store.api import Contact, InvalidName, NotFound
+from ..store.api import Contact, InvalidName, Mailbox, NotFound
 from . import prefs
 
 MAX_IMPORT = 5 * 1024 * 1024  # octets of a vCard file
@@ -34,11 +34,13 @@ def _app() -> Any:
     return app
 
 
-def remote_allowed(raw: bytes) -> bool:
+def remote_allowed(raw: bytes, box: Mailbox) -> bool:
     """Remote content of this message is allowed by the user's list
-    (``remote_content_allowed``: addresses or ``@domain``) for its sender."""
+    (``remote_content_allowed``: addresses or ``@domain``) for its sender.
+    Never in the Junk folder: a From field is easily forged, and spam that
+    names a trusted sender must not get its tracking images loaded."""
     allowed = prefs.current().remote_content_allowed
-    if not allowed:
+    if not allowed or (box.special_use or "").lower() == "\\junk":
         return False
     senders = header_mailboxes(raw, ("from",))
     return bool(senders) and all(
