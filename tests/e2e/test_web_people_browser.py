@@ -100,3 +100,17 @@ def test_recipient_suggestions_by_keyboard_and_chips(browser: Any, mailserver: R
     page.locator("#to-suggestions [role=option]").first.wait_for()
     page.keyboard.press("ArrowDown")
     screenshot(page, f"compose-suggestions-{width}")
+
+
+@pytest.mark.parametrize("width, height", [(390, 844), (1440, 900)])
+def test_contacts_and_settings_pages_fit_the_screen(browser: Any, mailserver: RunningServer, width: int,
+                                                    height: int) -> None:
+    add_contacts(mailserver)
+    for path, name in (("/contacts", "contacts"), ("/settings", "settings")):
+        page = new_page(browser, mailserver, width, height)
+        log_in(page, ALICE)
+        page.goto(path)
+        # no sideways scrolling
+        wide = page.evaluate("[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1).map(e => e.tagName + '#' + e.id + '.' + e.className).slice(0, 8)")
+        assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth"), (path, wide)
+        screenshot(page, f"{name}-{width}", full_page=True)
