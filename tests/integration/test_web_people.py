@@ -322,3 +322,28 @@ def test_password_change_counts_as_a_login_attempt(make_server: Callable[..., Ru
     login_token = re.search(r'name="login_token" value="([^"]+)"', page).group(1)
     r = anonymous.post("/login", data={"username": ALICE, "password": USERS[ALICE], "login_token": login_token})
     assert r.status_code == 429
+
+
+def test_import_of_a_large_address_book(mailserver: RunningServer) -> None:
+    import time
+
+    cards = "".join(f"BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Person {i}\r\nEMAIL:p{i}@remote.test\r\nEND:VCARD\r\n"
+                    for i in range(3000)).encode()
+    assert len(cards) > 200_000  # over the 64 KB other forms may have
+    client = login(mailserver)
+    started = time.monotonic()
+    r = client.post("/contacts", data={"csrf": csrf(client), "action": "import"},
+                    files={"file": ("big.vcf", cards, "text/vcard")})
+    print(f"imported 3000 cards ({len(cards)} octets) in {time.monotonic() - started:.2f} s")
+    assert r.status_code == 303 and "Imported%203000%20new" in r.headers["location"]
+    assert len(server_contacts(mailserver)) == 3000
+    got = client.get("/contacts/suggest?q=person 29").json()["suggestions"]
+    assert len(got) == 10 and all(s["name"].startswith("Person 29") for s in got)
+    # over 5 MB: refused before it is read whole
+    r = client.post("/contacts", data={"csrf": csrf(client), "action": "import"},
+                    files={"file": ("huge.vcf", b"x" * (6 * 1024 * 1024), "text/vcard")})
+    assert r.status_code == 413
+
+
+def server_contacts(server: RunningServer) -> list:
+    return server.call(server.store.list_contacts(account_id(server, ALICE)))
