@@ -20,6 +20,7 @@ from mailyard.store.api import (
     PENDING,
     AlreadyExists,
     AppendItem,
+    Contact,
     DeliveryTarget,
     InvalidName,
     Mailbox,
@@ -127,6 +128,74 @@ async def test_account_settings_are_json_values_per_key(backend: Backend) -> Non
     await store.remove_account("alice@example.test")
     assert await store.get_settings(alice.id) == {}
     await store.close()
+
+
+async def test_contacts_are_per_account_and_searched_by_prefix(backend: Backend) -> None:
+    store = backend.open()
+    await store.add_domain("example.test")
+    alice = await store.add_account("alice@example.test", "h")
+    bob = await store.add_account("bob@example.test", "h")
+    carol = await store.add_contact(alice.id, Contact("Carol Émile Smith", ("carol@remote.test", "c2@remote.test"),
+                                                      ("+1 555",), "ACME", "met at a fair"))
+    assert carol.id > 0 and carol.uid.startswith("urn:uuid:")
+    dave = await store.add_contact(alice.id, Contact("", ("dave@remote.test",)))
+    assert dave.name == "dave@remote.test"  # an address alone names the entry
+    await store.add_contact(bob.id, Contact("Carl", ("carl@remote.test",)))
+    assert [c.name for c in await store.list_contacts(alice.id)] == ["Carol Émile Smith", "dave@remote.test"]
+    # a prefix of the name, of a word of it (casefolded), of an address
+    for prefix in ("car", "SMI", "émi", "c2@", "CAROL@REMOTE"):
+        assert [c.id for c in await store.list_contacts(alice.id, prefix)] == [carol.id], prefix
+    assert await store.list_contacts(alice.id, "arol") == []  # not a substring search
+    assert await store.list_contacts(alice.id, "%") == [] and await store.list_contacts(alice.id, "_") == []
+    assert len(await store.list_contacts(alice.id, "", limit=1)) == 1
+    assert await store.get_contact(alice.id, carol.id) == carol
+    # another account's id is unknown, for reading, changing and removing
+    assert await store.get_contact(bob.id, carol.id) is None
+    with pytest.raises(NotFound):
+        await store.update_contact(bob.id, Contact("x", ("x@y.test",), id=carol.id))
+    with pytest.raises(NotFound):
+        await store.delete_contact(bob.id, carol.id)
+    changed = await store.update_contact(alice.id, Contact("Carol Jones", ("carol@remote.test",), id=carol.id,
+                                                           uid=carol.uid))
+    assert (await store.get_contact(alice.id, carol.id)) == changed and changed.uid == carol.uid
+    assert await store.list_contacts(alice.id, "smith") == []
+    with pytest.raises(InvalidName):
+        await store.add_contact(alice.id, Contact("", ()))
+    with pytest.raises(InvalidName):
+        await store.add_contact(alice.id, Contact("a\r\nBcc: x", ("a@b.test",)))
+    with pytest.raises(NotFound):
+        await store.add_contact(9999, Contact("x", ("x@y.test",)))
+    await store.delete_contact(alice.id, dave.id)
+    await store.close()
+    store = backend.open()
+    assert [c.name for c in await store.list_contacts(alice.id)] == ["Carol Jones"]
+    await store.remove_account("alice@example.test")
+    assert await store.list_contacts(alice.id) == []
+    await store.close()
+
+
+async def test_suggestions_from_contacts_then_most_used_correspondents(store: Store) -> None:
+    alice = await store.add_account("alice@example.test", "h")
+    bob = await store.add_account("bob@example.test", "h")
+    await store.add_contact(alice.id, Contact("Robert Book", ("rob@remote.test",)))
+    await store.note_correspondents(alice.id, [("Rosa Received", "rosa@remote.test")], sent=False)
+    for _ in range(2):
+        await store.note_correspondents(alice.id, [("Ron Written", "Ron@Remote.test"), ("", "bad")], sent=True)
+    await store.note_correspondents(alice.id, [("", "rob@remote.test")], sent=True)
+    got = await store.suggest_addresses(alice.id, "ro")
+    assert [(s.name, s.address, s.contact) for s in got] == [
+        ("Robert Book", "rob@remote.test", True),  # the address book first, each address once
+        ("Ron Written", "ron@remote.test", False),  # written to twice
+        ("Rosa Received", "rosa@remote.test", False),
+    ]
+    assert got[1].sent == 2 and got[2].received == 1
+    assert [s.address for s in await store.suggest_addresses(alice.id, "writ")] == ["ron@remote.test"]
+    assert len(await store.suggest_addresses(alice.id, "r", limit=2)) == 2
+    assert await store.suggest_addresses(alice.id, "") == []
+    assert await store.suggest_addresses(bob.id, "ro") == []  # per account
+    # a name seen later replaces the former one; an empty one does not
+    await store.note_correspondents(alice.id, [("", "ron@remote.test")], sent=False)
+    assert (await store.suggest_addresses(alice.id, "ron"))[0].name == "Ron Written"
 
 
 async def test_aliases_and_lists(store: Store) -> None:

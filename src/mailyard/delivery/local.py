@@ -16,10 +16,16 @@ quarantine (RFC 7489 6.3 p=quarantine) is filed there instead of the INBOX.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any
 
+from ..message.correspondents import header_mailboxes
 from ..message.trace import delivered_to_header, return_path_header
 from ..store.api import Account, DeliveryTarget, NotFound, Store
+
+log = logging.getLogger("mailyard.delivery")
 
 JUNK = "Junk"
 
@@ -77,3 +83,36 @@ async def deliver_local(
         prefix = return_path + delivered_to_header(account.address)
         targets.append(DeliveryTarget(mailbox_id, prefix, enforce_quota=enforce_quota))
     return await store.deliver(body, targets)
+
+
+_counting: set[asyncio.Task] = set()  # the counts under way (a task needs a reference)
+
+
+def note_received(store: Store, body: bytes, account_ids: Iterable[int]) -> None:
+    """Count the message's From addresses as received by each account (the
+    address book's suggestions), after the delivery and apart from it: its
+    reply does not wait for this commit, and a failure here never fails it."""
+    senders = header_mailboxes(body, ("from",))
+    if senders:
+        in_background(_note(store, list(account_ids), senders, sent=False))
+
+
+def in_background(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    _counting.add(task)
+    task.add_done_callback(_counting.discard)
+
+
+async def _note(store: Store, account_ids: list[int], people: list[tuple[str, str]], sent: bool) -> None:
+    for account_id in account_ids:
+        try:
+            await store.note_correspondents(account_id, people, sent=sent)
+        except Exception as exc:  # noqa: BLE001 - a count is not worth failing anything for (e.g. store closing)
+            log.info("correspondents of account %d not counted: %s", account_id, exc)
+            return
+
+
+def note_sent(store: Store, account_id: int, people: list[tuple[str, str]]) -> None:
+    """Count the recipients of a message the account submitted, in the background."""
+    if people:
+        in_background(_note(store, [account_id], people, sent=True))

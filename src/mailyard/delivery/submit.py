@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .. import logs, metrics
 from ..message.address import iter_mailboxes, parse_address_list
+from ..message.correspondents import header_mailboxes
 from ..message.headers import split_fields
 from ..message.parse import split_header_body
 from ..message.trace import received_header
@@ -63,7 +64,7 @@ from ..store.api import (
     QuotaExceeded,
 )
 from .bounce import ReportedRecipient, build_dsn, wants_report
-from .local import deliver_local, junk_mailbox_id
+from .local import deliver_local, junk_mailbox_id, note_received, note_sent
 from .router import Router, Verdict
 
 if TYPE_CHECKING:
@@ -287,6 +288,12 @@ async def accept_message(
         # a second entry, for the copies an alias or list forwards
         await queue.enqueue(received + data, reverse_path, forwarded, envid=envid, ret=ret, smtputf8=smtputf8,
                             msgid=trace.id, forwarded=True)
+    # the address book's suggestions (store note_correspondents), counted
+    # apart from the acceptance: its reply does not wait for them
+    if wanted:
+        note_received(intake.store, data, [a.id for a in wanted])
+    if account is not None:
+        _note_sent(intake.store, account, data)
     if wanted:
         metrics.count_delivery("local", "delivered", len(wanted))
         metrics.observe_delivery("local", time.monotonic() - started)
@@ -461,6 +468,15 @@ def _header_addresses(fields: list[tuple[str, bytes]], name: str) -> list[str]:
             text = value.decode("utf-8", "replace")
             out.extend(m.addr_spec for m in iter_mailboxes(parse_address_list(text)))
     return out
+
+
+def _note_sent(store: Store, account: Account, data: bytes) -> None:
+    """Count the people a message the account submitted is addressed to
+    (its To and Cc fields, RFC 5322 3.6.3, with their display names) as
+    written to. Its envelope is not used: it holds what aliases and lists
+    expanded to, not what the user wrote."""
+    own = account.address.casefold()
+    note_sent(store, account.id, [(n, a) for n, a in header_mailboxes(data, ("to", "cc")) if a.casefold() != own])
 
 
 async def submit_message(

@@ -137,6 +137,32 @@ class Mailbox:
 
 
 @dataclass(frozen=True, slots=True)
+class Contact:
+    """An entry of a user's address book (the fields of a vCard it keeps:
+    RFC 6350 FN, EMAIL, TEL, ORG, NOTE, UID). ``id`` 0: not stored yet."""
+
+    name: str
+    emails: tuple[str, ...] = ()  # the preferred address first
+    phones: tuple[str, ...] = ()
+    org: str = ""
+    note: str = ""
+    uid: str = ""  # made by the store when empty
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    """An address offered for a recipient field: from the address book
+    (``contact`` True) or from the mail the user wrote and received."""
+
+    name: str
+    address: str
+    contact: bool
+    sent: int = 0
+    received: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class MessageInfo:
     """Index data of one message in one mailbox (no bytes)."""
 
@@ -532,6 +558,46 @@ class Store(abc.ABC):
         """Set the given keys (a value of None removes the key), all in one
         commit; returns every setting of the account. NotFound for no such
         account; InvalidName for a value JSON cannot hold."""
+
+    # --- address book ---------------------------------------------------
+    @abc.abstractmethod
+    async def add_contact(self, account_id: int, contact: Contact) -> Contact:
+        """Store a new entry in the account's address book; returns it with
+        its id (and a UID when it had none). NotFound for no such account;
+        InvalidName for an entry with neither a name nor an address."""
+
+    @abc.abstractmethod
+    async def update_contact(self, account_id: int, contact: Contact) -> Contact:
+        """Replace the entry ``contact.id``; NotFound unless it is this
+        account's (another account's id is as unknown as a missing one)."""
+
+    @abc.abstractmethod
+    async def delete_contact(self, account_id: int, contact_id: int) -> None:
+        """Remove an entry; NotFound unless it is this account's."""
+
+    @abc.abstractmethod
+    async def get_contact(self, account_id: int, contact_id: int) -> Contact | None:
+        """One entry of this account's address book, None if there is none."""
+
+    @abc.abstractmethod
+    async def list_contacts(self, account_id: int, prefix: str = "", limit: int | None = None) -> list[Contact]:
+        """The account's entries sorted by name (case-insensitively); with
+        ``prefix`` only those whose name, a word of the name, or an address
+        starts with it (case-insensitively)."""
+
+    @abc.abstractmethod
+    async def note_correspondents(self, account_id: int, addresses: Sequence[tuple[str, str]],
+                                  sent: bool, when: float | None = None) -> None:
+        """Count a message the account wrote to (``sent``) or received from
+        the (display name, addr-spec) pairs, for suggestions. Bounded: an
+        account keeps its most used few thousand addresses."""
+
+    @abc.abstractmethod
+    async def suggest_addresses(self, account_id: int, prefix: str, limit: int = 10) -> list[Suggestion]:
+        """Addresses for a recipient field starting with ``prefix`` (in the
+        address, the name, or a word of the name): address book entries
+        first, then the addresses written to and received from, most used
+        first (written-to counting more); each address once; at most ``limit``."""
 
     # --- aliases and lists ------------------------------------------------
     @abc.abstractmethod

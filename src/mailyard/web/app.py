@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +43,9 @@ from ..message.dates import format_date
 from ..message.reading import human_size, limit_size
 from ..message.reply import forward_subject
 from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError
-from . import render, wellknown
+from . import contacts, prefs, render, settings, wellknown
 from .bodies import BodyLimits, route_limits
-from .listing import PAGE_SIZE, SORTS, Listing, NotReady
+from .listing import SORTS, Listing, NotReady
 from .security import (
     DOWNLOAD_CSP,
     LOGIN_COOKIE,
@@ -130,15 +129,8 @@ def _env() -> jinja2.Environment:
 
 
 def when(ts: float | None) -> str:
-    if not ts:
-        return ""
-    now = time.time()
-    lt = time.localtime(ts)
-    if now - ts < 20 * 3600 and time.localtime(now).tm_yday == lt.tm_yday:
-        return time.strftime("%H:%M", lt)
-    if now - ts < 300 * 86400:
-        return time.strftime("%d %b", lt)
-    return time.strftime("%Y-%m-%d", lt)
+    """A time as lists show it, in the user's zone and date format (prefs.py)."""
+    return prefs.format_when(ts) if ts else ""
 
 
 TEMPLATES = _env()
@@ -361,7 +353,8 @@ async def login(request: Request) -> Response:
     if result is None:
         return _login_page(request, "Wrong address or password.", username, 401)
     account = result
-    session, cookie = web.sessions.create(account.id, account.address, account.epoch)
+    session, cookie = web.sessions.create(account.id, account.address, account.epoch, ip,
+                                          request.headers.get("user-agent", ""))
     response = redirect("/")
     response.set_cookie(SESSION_COOKIE, cookie, **cookie_kwargs(request))
     response.delete_cookie(LOGIN_COOKIE, path="/")
@@ -419,14 +412,15 @@ async def mailbox_view(request: Request) -> Response:
     assert web.listing is not None
     preparing = None
     try:
-        pg = await web.listing.page(box, sort, descending, _int(qp.get("after")), _int(qp.get("before")), only)
+        pg = await web.listing.page(box, sort, descending, _int(qp.get("after")), _int(qp.get("before")), only,
+                                    size=prefs.current().per_page)
     except NotReady as progress:
         # first sort of a big folder by sender/subject: show date order meanwhile
         preparing = progress
-        pg = await web.listing.page(box, "date", True, None, None, only)
+        pg = await web.listing.page(box, "date", True, None, None, only, size=prefs.current().per_page)
     ctx = {
         "box": box, "folders": await folders(request, session), "pg": pg, "sort": sort,
-        "dir": "desc" if descending else "asc", "q": query, "page_size": PAGE_SIZE,
+        "dir": "desc" if descending else "asc", "q": query, "page_size": prefs.current().per_page,
         "notice": qp.get("notice", ""), "is_trash": box.special_use == "\\Trash",
         "preparing": preparing,
     }
@@ -457,7 +451,7 @@ async def message_view(request: Request) -> Response:
     web = state(request)
     store = web.services.store
     key = f"{box.id}:{uid}"
-    if request.query_params.get("remote") == "1":
+    if request.query_params.get("remote") == "1" or contacts.remote_allowed(raw, box):
         session.remote_ok.add(key)
     allow_remote = key in session.remote_ok
     back = _safe_back(request.query_params.get("back"), f"/box/{box.id}")
@@ -664,6 +658,8 @@ async def compose_view(request: Request) -> Response:
     session = current(request)
     qp = request.query_params
     draft = Draft(to=qp.get("to", "")[:2000])
+    sent_to: list[str] = []  # the addresses an answered message was sent to
+    chosen = ""
     for mode in ("reply", "replyall", "forward", "draft"):
         ref = qp.get(mode)
         if not ref:
@@ -674,6 +670,9 @@ async def compose_view(request: Request) -> Response:
         if uid is None:
             raise HTTPException(404)
         raw = await read_raw(request, box, uid)
+        chosen = mode
+        if mode in ("reply", "replyall"):
+            sent_to = settings.sent_to(raw)
         pool = state(request).pool
         try:
             if mode in ("reply", "replyall"):
@@ -706,7 +705,9 @@ async def compose_view(request: Request) -> Response:
             draft.references = view.references_raw
             draft.draft_uid = str(uid)
             draft.kept = [(a.spec, a.filename, a.content_type, a.size) for a in view.attachments]
-    return page(request, "compose.html", draft=draft, folders=await folders(request, session), errors=[],
+    if chosen != "draft":
+        settings.apply_identity(draft, prefs.current(), sent_to)
+    return page(request, "compose.html", identities=prefs.current().identities, draft=draft, folders=await folders(request, session), errors=[],
                 notice=qp.get("notice", ""))
 
 
@@ -1009,6 +1010,8 @@ def create_app(services: Services) -> Starlette:
         Route("/compose", compose_submit, methods=["POST"]),
         Route("/events", events),
         *wellknown.routes(current),
+        *contacts.routes(),
+        *settings.routes(),
         Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(
@@ -1019,6 +1022,7 @@ def create_app(services: Services) -> Starlette:
             # HTTP-01 answers, the HTTPS redirect and HSTS (web/transport.py)
             Middleware(Transport, services=services),
             Middleware(SecurityHeaders),
+            Middleware(prefs.PrefsContext),
             Middleware(BodyLimits, limit_for=route_limits(services.config.smtp.max_message_size)),
         ],
         exception_handlers={HTTPException: http_error, MailboxGone: mailbox_gone},

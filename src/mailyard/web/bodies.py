@@ -57,6 +57,8 @@ def route_limits(max_message_size: int) -> Callable[[str, str], int]:
     def limit_for(method: str, path: str) -> int:
         if method == "POST" and path == "/compose":
             return max_message_size + COMPOSE_OVERHEAD
+        if method == "POST" and path == "/contacts":  # a vCard file to import (web/contacts.py)
+            return 5 * 1024 * 1024 + COMPOSE_OVERHEAD
         if path in ("/login", "/logout", "/folders") or path.lower() == "/autodiscover/autodiscover.xml":
             return SMALL_FORM
         return DEFAULT_LIMIT

@@ -64,6 +64,8 @@ class Session:
     last_seen: float
     remote_ok: set[str] = field(default_factory=set)
     epoch: int = 0  # the account's credential epoch at login (store.credentials_current)
+    ip: str = ""  # where the login came from, and the browser's User-Agent (the sessions list)
+    agent: str = ""
 
 
 class Sessions:
@@ -71,12 +73,14 @@ class Sessions:
         self._signer = Signer(secrets.token_bytes(32), salt="mailyard-session")
         self._sessions: dict[str, Session] = {}
 
-    def create(self, account_id: int, address: str, epoch: int = 0) -> tuple[Session, str]:
+    def create(self, account_id: int, address: str, epoch: int = 0, ip: str = "",
+               agent: str = "") -> tuple[Session, str]:
         now = time.monotonic()
         if len(self._sessions) >= MAX_SESSIONS:
             self._prune(now, force=True)
         sid = secrets.token_urlsafe(32)
-        session = Session(sid, account_id, address, secrets.token_urlsafe(32), now, now, epoch=epoch)
+        session = Session(sid, account_id, address, secrets.token_urlsafe(32), now, now, epoch=epoch,
+                          ip=ip, agent=agent[:200])
         self._sessions[sid] = session
         return session, self._signer.sign(sid).decode()
 
@@ -99,6 +103,20 @@ class Sessions:
 
     def drop(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
+
+    def of_account(self, account_id: int) -> list[Session]:
+        """The live sessions of an account in this process, newest first."""
+        now = time.monotonic()
+        return sorted((s for s in self._sessions.values() if s.account_id == account_id
+                       and now - s.last_seen <= IDLE_TIMEOUT and now - s.created <= MAX_AGE),
+                      key=lambda s: s.created, reverse=True)
+
+    def drop_others(self, keep: Session) -> int:
+        """End every session of ``keep``'s account but ``keep``; how many."""
+        others = [s.id for s in self._sessions.values() if s.account_id == keep.account_id and s.id != keep.id]
+        for sid in others:
+            self._sessions.pop(sid, None)
+        return len(others)
 
     def drop_account(self, account_id: int) -> None:
         for sid in [s.id for s in self._sessions.values() if s.account_id == account_id]:

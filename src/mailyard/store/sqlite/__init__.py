@@ -8,6 +8,7 @@ aggregate on a shared core:
 - schema.py: the tables, and the migration of older data directories;
 - bodies.py: message bytes in segment files, reference counts, compaction;
 - directory.py: domains, accounts, sender grants, aliases, lists;
+- contacts.py: the address book and the addresses written to and received from;
 - mailboxes.py: mailboxes, subscriptions, \\Recent, status;
 - messages.py: messages, flags, UIDs, expunge, copy, changes; expunged
   messages sessions of any process still hold (holds.py);
@@ -26,6 +27,7 @@ import sqlite3
 import time
 
 from .bodies import COMPACT_INTERVAL
+from .contacts import ContactsMixin
 from .core import DB_FILE
 from .directory import DirectoryMixin
 from .mailboxes import MailboxesMixin
@@ -36,7 +38,7 @@ from .search import SearchMixin
 __all__ = ["DB_FILE", "SQLiteStore"]
 
 
-class SQLiteStore(DirectoryMixin, MailboxesMixin, MessagesMixin, SearchMixin, QueueMixin):
+class SQLiteStore(DirectoryMixin, MailboxesMixin, MessagesMixin, SearchMixin, QueueMixin, ContactsMixin):
     """Store backend on SQLite + segment files in ``data_dir``."""
 
     _next_compaction = 0.0  # monotonic time of the next compaction pass

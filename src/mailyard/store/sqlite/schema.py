@@ -1,4 +1,4 @@
-"""The tables of the SQLite store (version 5), and how an older data
+"""The tables of the SQLite store (version 7), and how an older data
 directory is brought up to date when it is opened (``create``).
 
 The schema only adds (``CREATE ... IF NOT EXISTS``); ``migrate`` does what
@@ -41,6 +41,15 @@ the background indexer (``meta.sort_keys_backfill``: the last body id done),
 or by the first SORT / THREAD / FETCH THREADID that meets them.
 ``meta.objectid_key`` is the store's secret for the opaque EMAILID and
 THREADID (message/objectids.py), made once per data directory.
+
+Version 6: ``account_settings``, a JSON value per key per account.
+
+Version 7: the address book. ``contacts`` holds the entries a user keeps
+(a vCard's name, addresses, phones, organisation, note, UID);
+``correspondents`` the addresses a user has written to and received mail
+from, counted as it happens (submission, delivery), so recipient
+suggestions are one indexed read of a small table however large the
+mailboxes (a query over the header data would read every message's From).
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ from . import textindex
 
 log = logging.getLogger("mailyard.store")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -209,6 +218,30 @@ CREATE TABLE IF NOT EXISTS account_settings (
     key        TEXT NOT NULL,
     value      TEXT NOT NULL,
     PRIMARY KEY (account_id, key)
+) WITHOUT ROWID;
+-- Version 7: the address book (contacts.py).
+CREATE TABLE IF NOT EXISTS contacts (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name       TEXT NOT NULL,   -- vCard FN
+    emails     TEXT NOT NULL,   -- JSON list, the preferred first
+    phones     TEXT NOT NULL,   -- JSON list
+    org        TEXT NOT NULL,
+    note       TEXT NOT NULL,
+    uid        TEXT NOT NULL,   -- vCard UID (RFC 6350 6.7.6), kept across export and import
+    search     TEXT NOT NULL,   -- casefolded name and addresses, for prefix search
+    updated    REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS contacts_account ON contacts(account_id, name);
+CREATE TABLE IF NOT EXISTS correspondents (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    address    TEXT NOT NULL,             -- casefolded addr-spec
+    name       TEXT NOT NULL,             -- the display name last seen with it
+    folded     TEXT NOT NULL,             -- ' ' + casefolded name, for prefix search of its words
+    sent       INTEGER NOT NULL DEFAULT 0,  -- messages the user wrote to it
+    received   INTEGER NOT NULL DEFAULT 0,  -- messages received from it
+    last       REAL NOT NULL,
+    PRIMARY KEY (account_id, address)
 ) WITHOUT ROWID;
 """
 
@@ -371,7 +404,8 @@ def migrate(c: sqlite3.Connection) -> None:
             # sort_keys exists (SCHEMA) but is empty: bodies derived before
             # get their rows in the background, from body id 0 on
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('sort_keys_backfill', '0')")
-        # version 6 only adds account_settings (SCHEMA creates it)
+        # version 6 only adds account_settings, version 7 contacts and
+        # correspondents (SCHEMA creates them)
         c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         c.execute("COMMIT")
     except BaseException:
