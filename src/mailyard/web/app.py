@@ -47,6 +47,7 @@ from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreErro
 from . import render, wellknown
 from .bodies import BodyLimits, route_limits
 from .listing import PAGE_SIZE, SORTS, Listing, NotReady
+from .redirect import routes as redirect_routes
 from .security import (
     DOWNLOAD_CSP,
     LOGIN_COOKIE,
@@ -1008,6 +1009,7 @@ def create_app(services: Services) -> Starlette:
         Route("/compose", compose_view, methods=["GET"]),
         Route("/compose", compose_submit, methods=["POST"]),
         Route("/events", events),
+        *redirect_routes(),
         *wellknown.routes(current),
         Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
