@@ -3,6 +3,7 @@ forward pages, the display name in From, undo send, attachments kept."""
 
 from __future__ import annotations
 
+import re
 from email import message_from_bytes
 from email.policy import default as default_policy
 
@@ -90,3 +91,159 @@ def test_redirect_of_a_local_colleagues_message_is_refused(mailserver: RunningSe
     r = client.post(f"/box/{inbox}/msg/{uid}/redirect", data={"csrf": csrf(client), "to": "postmaster@example.test"})
     assert r.status_code == 400 and "From &lt;bob@example.test&gt; is not an address of alice@example.test" in r.text
     assert mailserver.messages("postmaster@example.test") == []
+
+
+def _rich_original() -> bytes:
+    msg = compose("Carol <carol@elsewhere.test>", ALICE, subject="plans", text="line one\nline two\n",
+                  attachments=[("notes.txt", b"attached notes\n", "text/plain")])
+    return to_bytes(msg)
+
+
+def test_reply_page_title_focus_and_answered(mailserver: RunningServer) -> None:
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, _rich_original())
+    client = login(mailserver)
+    for mode, title in (("reply", "Reply"), ("replyall", "Reply all"), ("forward", "Forward")):
+        page = client.get(f"/compose?{mode}={inbox}:{uid}")
+        assert page.status_code == 200
+        assert f"<title>{title} – mailyard webmail</title>" in page.text
+        assert f'<h1 id="compose-title">{title}</h1>' in page.text and "New message" not in page.text
+        # the cursor is in the body, which starts with the empty lines above the quote
+        body = re.search(r'<textarea id="body" name="body" rows="16"( autofocus)?>(.*?)</textarea>',
+                         page.text, re.S)
+        assert body.group(1) == " autofocus", mode
+        assert 'id="to" name="to" type="text" value' in page.text and "autocomplete=\"email\" autofocus" not in page.text
+        if mode != "forward":
+            assert body.group(2).startswith("\n\nOn ") and "&gt; line one" in body.group(2)
+    new = client.get("/compose")
+    assert "<title>New message – mailyard webmail</title>" in new.text
+    assert 'autocomplete="email" autofocus' in new.text  # a new message starts at To
+    token = csrf(client)
+    r = client.post("/compose", data={"csrf": token, "to": BOB, "subject": "Re: plans", "body": "ok",
+                                      "mode": "reply", "reply_to": f"{inbox}:{uid}", "action": "send"})
+    assert r.status_code == 303, r.text
+
+    async def flags() -> frozenset:
+        account = await mailserver.store.get_account(ALICE)
+        box = await mailserver.store.get_mailbox(account.id, "INBOX")
+        return (await mailserver.store.get_messages(box, [uid]))[0].flags
+
+    assert "\\Answered" in mailserver.call(flags())
+
+
+def _flags(server: RunningServer, user: str, mailbox: str, uid: int) -> frozenset:
+    async def go() -> frozenset:
+        account = await server.store.get_account(user)
+        box = await server.store.get_mailbox(account.id, mailbox)
+        return (await server.store.get_messages(box, [uid]))[0].flags
+
+    return server.call(go())
+
+
+def _form_fields(html: str) -> dict[str, str]:
+    fields = dict(re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)"', html))
+    for name in ("from", "to", "cc", "bcc", "subject"):
+        m = re.search(rf'<input id="{name}" name="{name}" type="text" value="([^"]*)"', html)
+        fields[name] = m.group(1) if m else ""
+    m = re.search(r'<textarea id="body" name="body"[^>]*>(.*?)</textarea>', html, re.S)
+    fields["body"] = m.group(1).replace("&gt;", ">").replace("&lt;", "<").replace("&#34;", '"').replace("&amp;", "&")
+    return {k: v.replace("&lt;", "<").replace("&gt;", ">").replace("&#34;", '"').replace("&amp;", "&")
+            for k, v in fields.items()}
+
+
+def test_forward_attached_sets_forwarded_and_adds_no_sentence(mailserver: RunningServer) -> None:
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    raw = _rich_original()
+    uid = append(mailserver, ALICE, raw)
+    client = login(mailserver)
+    page = client.get(f"/compose?forward={inbox}:{uid}")
+    fields = _form_fields(page.text)
+    assert fields["body"] == "" and fields["subject"] == "Fwd: plans"
+    assert 'name="forward_mode" value="attached" checked' in page.text
+    r = client.post("/compose", data={**fields, "to": BOB, "action": "send"})
+    assert r.status_code == 303, r.text
+    (got,) = mailserver.messages(BOB)
+    msg = message_from_bytes(got, policy=default_policy)
+    assert msg.get_body(("plain",)).get_content().strip() == ""  # nothing of ours was added
+    (att,) = list(msg.iter_attachments())
+    assert att.get_content_type() == "message/rfc822" and att.get_content()["Subject"] == "plans"
+    assert "$Forwarded" in _flags(mailserver, ALICE, "INBOX", uid)
+
+
+def test_forward_inline_quotes_the_text_and_copies_attachments(mailserver: RunningServer) -> None:
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, _rich_original())
+    client = login(mailserver)
+    page = client.get(f"/compose?forward={inbox}:{uid}&how=inline")
+    fields = _form_fields(page.text)
+    assert 'name="forward_mode" value="inline" checked' in page.text
+    assert fields["body"].startswith("\n\n---------- Forwarded message ----------\nFrom: Carol <carol@elsewhere.test>")
+    assert fields["body"].endswith("Subject: plans\nTo: alice@example.test\n\nline one\nline two\n")
+    fields["body"] = "see below" + fields["body"]
+    r = client.post("/compose", data={**fields, "forward_mode": "inline", "to": BOB, "action": "send"})
+    assert r.status_code == 303, r.text
+    (got,) = mailserver.messages(BOB)
+    msg = message_from_bytes(got, policy=default_policy)
+    text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text.startswith("see below\n\n---------- Forwarded message ----------") and "line two" in text
+    (att,) = list(msg.iter_attachments())
+    assert att.get_filename() == "notes.txt" and att.get_content() == "attached notes\n"
+    assert "$Forwarded" in _flags(mailserver, ALICE, "INBOX", uid)
+
+
+def _set_identity(server: RunningServer, user: str, name: str) -> None:
+    async def go() -> None:
+        account = await server.store.get_account(user)
+        await server.store.set_settings(account.id, {"identities": [{"name": name, "address": user}]})
+
+    server.call(go())
+
+
+def test_display_name_of_the_identity_in_from(mailserver: RunningServer) -> None:
+    client = login(mailserver)
+    token = csrf(client)
+    # no identity: the address alone
+    r = client.post("/compose", data={"csrf": token, "to": BOB, "subject": "one", "body": "x", "action": "send"})
+    assert r.status_code == 303
+    assert message_from_bytes(mailserver.messages(BOB)[-1], policy=default_policy)["From"] == ALICE
+    _set_identity(mailserver, ALICE, "Alice Ärger")
+    page = client.get("/compose")
+    assert 'name="from" type="text" value="Alice Ärger &lt;alice@example.test&gt;"' in page.text
+    # the address alone typed (or an old form): the identity's name goes with it
+    for sender in ("", ALICE, "Alice Ärger <alice@example.test>"):
+        r = client.post("/compose", data={"csrf": token, "from": sender, "to": BOB, "subject": "two",
+                                          "body": "x", "action": "send"})
+        assert r.status_code == 303
+        got = mailserver.messages(BOB)[-1]
+        assert b"\r\nFrom: Alice =?utf-8?q?=C3=84rger?= <alice@example.test>\r\n" in got, (sender, got[:600])
+    # a name typed by the user wins
+    r = client.post("/compose", data={"csrf": token, "from": "Al <alice@example.test>", "to": BOB,
+                                      "subject": "three", "body": "x", "action": "send"})
+    assert b"\r\nFrom: Al <alice@example.test>\r\n" in mailserver.messages(BOB)[-1]
+
+
+def test_a_draft_opens_in_the_editor(mailserver: RunningServer) -> None:
+    drafts_raw = to_bytes(compose(ALICE, BOB, subject="half done", text="first thoughts\n",
+                                  attachments=[("plan.txt", b"the plan\n", "text/plain")]))
+    client = login(mailserver)
+    csrf(client)
+    client.post("/compose", data={"csrf": csrf(client), "to": "", "action": "save"})  # makes Drafts
+    drafts = box_id(mailserver, ALICE, "Drafts")
+    uid = append(mailserver, ALICE, drafts_raw, "Drafts", ["\\Draft"])
+    r = client.get(f"/box/{drafts}/msg/{uid}")
+    assert r.status_code == 303 and r.headers["location"] == f"/compose?draft={drafts}:{uid}"
+    page = client.get(r.headers["location"])
+    fields = _form_fields(page.text)
+    assert fields["to"] == BOB and fields["subject"] == "half done" and fields["body"].strip() == "first thoughts"
+    assert fields["draft_uid"] == str(uid) and fields["mode"] == "draft"
+    assert "<title>Draft – mailyard webmail</title>" in page.text
+    assert re.search(r'name="keep" value="2" checked> plan.txt', page.text)
+    # ?view=1 still shows it as a message; another user's draft is a 404
+    assert client.get(f"/box/{drafts}/msg/{uid}?view=1").status_code == 200
+    assert client.get(f"/box/{drafts}/msg/999").status_code == 404
+    # sending it deletes the draft and keeps its attachment
+    r = client.post("/compose", data={**fields, "keep": "2", "action": "send"})
+    assert r.status_code == 303, r.text
+    got = message_from_bytes(mailserver.messages(BOB)[-1], policy=default_policy)
+    assert [a.get_filename() for a in got.iter_attachments()] == ["plan.txt"]
+    assert [m for m in mailserver.messages(ALICE, "Drafts") if b"half done" in m] == []

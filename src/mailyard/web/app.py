@@ -46,6 +46,7 @@ from ..message.reply import forward_subject
 from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError
 from . import render, wellknown
 from .bodies import BodyLimits, route_limits
+from .drafts import default_from, named
 from .listing import PAGE_SIZE, SORTS, Listing, NotReady
 from .redirect import routes as redirect_routes
 from .security import (
@@ -454,6 +455,11 @@ async def message_view(request: Request) -> Response:
     session = current(request)
     box = await own_mailbox(request, session, request.path_params["box_id"])
     uid = request.path_params["uid"]
+    if box.special_use == "\\Drafts" and request.query_params.get("view") != "1":
+        # a draft opens in the editor (?view=1 shows it as a message)
+        if await _info(request, box, uid) is None:
+            raise HTTPException(404, "no such message")
+        return redirect(f"/compose?draft={box.id}:{uid}")
     raw = await read_raw(request, box, uid)
     web = state(request)
     store = web.services.store
@@ -659,6 +665,8 @@ class Draft:
     forward: str = ""  # "box_id:uid" of a message to attach as message/rfc822
     reply_to: str = ""  # "box_id:uid" answered (gets \Answered when sent)
     kept: list = field(default_factory=list)  # attachments of a resumed draft
+    mode: str = ""  # what the page is: "reply", "replyall", "forward", "draft" or "" (new)
+    forward_mode: str = "attached"  # a forward carries the original "attached" or "inline"
 
 
 async def compose_view(request: Request) -> Response:
@@ -669,6 +677,7 @@ async def compose_view(request: Request) -> Response:
         ref = qp.get(mode)
         if not ref:
             continue
+        draft.mode = mode
         box_id, _, uid_s = ref.partition(":")
         box = await own_mailbox(request, session, box_id)
         uid = _int(uid_s)
@@ -684,6 +693,10 @@ async def compose_view(request: Request) -> Response:
                                         mode == "replyall", arrived)
             else:
                 view = await pool.run(render.show, raw, f"/box/{box.id}/msg/{uid}", False, False)
+                if mode == "forward" and qp.get("how") == "inline":
+                    info = await _info(request, box, uid)
+                    inline_text = await pool.run(render.forward_text, raw,
+                                                 info.internal_date if info is not None else None)
         except TooComplex as exc:
             return too_complex(request, box, uid, str(exc), await folders(request, session), f"/box/{box.id}")
         del raw
@@ -694,8 +707,11 @@ async def compose_view(request: Request) -> Response:
             draft.reply_to = f"{box.id}:{uid}"
         elif mode == "forward":
             draft.subject = forward_subject(view.subject)
-            draft.body = "\n\n(The forwarded message is attached.)\n"
             draft.forward = f"{box.id}:{uid}"
+            if qp.get("how") == "inline":
+                # the original's header block and text, below the cursor
+                draft.forward_mode = "inline"
+                draft.body = "\n\n" + inline_text
         else:  # resume a draft
             draft.sender = render.draft_addresses(view.from_)
             draft.to = render.draft_addresses(view.to)
@@ -707,6 +723,8 @@ async def compose_view(request: Request) -> Response:
             draft.references = view.references_raw
             draft.draft_uid = str(uid)
             draft.kept = [(a.spec, a.filename, a.content_type, a.size) for a in view.attachments]
+    if not draft.sender:
+        draft.sender = await default_from(state(request).services.store, session)
     return page(request, "compose.html", draft=draft, folders=await folders(request, session), errors=[],
                 notice=qp.get("notice", ""))
 
@@ -744,6 +762,8 @@ async def compose_submit(request: Request) -> Response:
         "to", "cc", "bcc", "subject", "body", "in_reply_to", "references", "draft_uid", "forward",
         "reply_to")})
     draft.sender = str(form.get("from") or "")
+    draft.mode = str(form.get("mode") or "")[:10]
+    draft.forward_mode = "inline" if form.get("forward_mode") == "inline" else "attached"
     errors: list[str] = []
     # Any address may be typed; sending checks it is the user's own
     # (policy/submission.py, the same rule as the submission ports).
@@ -785,6 +805,9 @@ async def compose_submit(request: Request) -> Response:
         forward_raw = await read_raw(request, fbox, fuid)
     built: tuple[bytes, bytes] | str | None = None
     sender = (author[0][0] or None, author[0][1]) if author else (None, session.address)
+    if sender[0] is None:
+        # the address alone: the identity's display name goes with it
+        sender = await named(store, session, sender[1])
     attach_limit = render.attachment_limit(limit)
 
     async def build(uploads: list[tuple[str, bytes, str | None]], old_raw: bytes | None,
@@ -796,7 +819,7 @@ async def compose_submit(request: Request) -> Response:
                 render.outgoing, sender, to, cc, bcc, draft.subject, draft.body.replace("\r\n", "\n"),
                 uploads, old_raw, list(form.getlist("keep")), forward_raw, draft.in_reply_to or None,
                 [r for r in draft.references.split() if r.startswith("<")], attach_limit,
-                too_large_attachments(attach_limit, limit), limit)
+                too_large_attachments(attach_limit, limit), limit, draft.forward_mode == "inline")
         except TooComplex as exc:
             return f"The message could not be built ({exc})."
 
@@ -854,12 +877,15 @@ async def compose_submit(request: Request) -> Response:
         notice = "Message sent; no copy was kept in Sent: your mailbox is full (quota reached)."
     if old_draft is not None:
         await store.expunge(drafts, [old_draft])
-    if draft.reply_to:
-        box_id, _, uid_s = draft.reply_to.partition(":")
+    for ref, flag in ((draft.reply_to, "\\Answered"), (draft.forward, "$Forwarded")):
+        # RFC 9051 2.3.2 \Answered; $Forwarded: the RFC 5788 keyword registry
+        if not ref:
+            continue
+        box_id, _, uid_s = ref.partition(":")
         with _suppress():
             rbox = await own_mailbox(request, session, box_id)
             if _int(uid_s):
-                await store.store_flags(rbox, [int(uid_s)], ["\\Answered"], "add")
+                await store.store_flags(rbox, [int(uid_s)], [flag], "add")
     inbox = await store.get_mailbox(session.account_id, "INBOX")
     return redirect(notice_url(f"/box/{inbox.id if inbox else sent.id}", notice))
 

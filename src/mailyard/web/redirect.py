@@ -21,6 +21,7 @@ from starlette.routing import Route
 from .. import logs, metrics
 from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.resend import resend, resent_block
+from .drafts import identity
 
 log = logging.getLogger("mailyard.web")
 
@@ -61,7 +62,7 @@ async def redirect_submit(request: Request) -> Response:
         raise HTTPException(401)
     if not errors:
         raw = await a.read_raw(request, box, uid)
-        name = await display_name(request, session.account_id)
+        name, _address = await identity(web.services.store, session.account_id)
         try:
             data = resend(raw, resent_block((name, account.address), rcpts))
         except ValueError as exc:
@@ -81,22 +82,6 @@ async def redirect_submit(request: Request) -> Response:
         return a.page(request, "redirect.html", status=400, box=box, uid=uid, to=to_text, errors=errors,
                       folders=await a.folders(request, session), notice="")
     return a.redirect(a.notice_url(f"/box/{box.id}/msg/{uid}", f"Message redirected to {', '.join(rcpts)}."))
-
-
-async def display_name(request: Request, account_id: int) -> str | None:
-    """The display name of the user's first identity (setting ``identities``),
-    None when there is none: From shows the address alone then."""
-    store = _app().state(request).services.store
-    try:
-        settings = await store.get_settings(account_id)
-    except Exception:  # noqa: BLE001 - a missing setting is no name, never a failed send
-        return None
-    identities = settings.get("identities") if isinstance(settings, dict) else None
-    if isinstance(identities, list) and identities and isinstance(identities[0], dict):
-        name = identities[0].get("name")
-        if isinstance(name, str) and name.strip() and "\r" not in name and "\n" not in name:
-            return name.strip()[:200]
-    return None
 
 
 def routes() -> list[Route]:

@@ -1,0 +1,58 @@
+"""Webmail drafts and sender identity: the From a new message starts with
+(the display name of the user's first identity) and the autosave endpoint
+that keeps one current copy of the message being written in Drafts.
+
+Autosave (``POST /compose/autosave``, by ``static/compose.js`` every few
+seconds while the form changes; the form's "Save draft" button does the same
+without JavaScript): the form becomes a message that is APPENDed to Drafts
+with ``\\Draft`` and ``\\Seen`` (RFC 9051 2.3.2) and the version it replaces
+is expunged, so Drafts holds one copy. The answer names the new UID, which
+the page sends with its next save or with Send (which expunges it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..message.reading import readable_address
+
+if TYPE_CHECKING:
+    from ..store.api import Store
+    from .security import Session
+
+
+async def identity(store: Store, account_id: int) -> tuple[str | None, str | None]:
+    """(display name, address) of the user's first identity (setting
+    ``identities``); None for what it does not say (no name: From shows the
+    address alone)."""
+    try:
+        settings = await store.get_settings(account_id)
+    except Exception:  # noqa: BLE001 - an unreadable setting is no identity, never a failed page
+        return None, None
+    items = settings.get("identities") if isinstance(settings, dict) else None
+    if not (isinstance(items, list) and items and isinstance(items[0], dict)):
+        return None, None
+    name, address = items[0].get("name"), items[0].get("address")
+
+    def clean(value: Any) -> str | None:
+        if not isinstance(value, str) or not value.strip() or "\r" in value or "\n" in value:
+            return None
+        return value.strip()[:200]
+
+    return clean(name), clean(address)
+
+
+async def named(store: Store, session: Session, address: str) -> tuple[str | None, str]:
+    """``address`` with the identity's display name when the identity is
+    that address (or names none: the account's own)."""
+    name, id_address = await identity(store, session.account_id)
+    if name and address.casefold() == (id_address or session.address).casefold():
+        return name, address
+    return None, address
+
+
+async def default_from(store: Store, session: Session) -> str:
+    """The From field of a new message: ``Name <address>`` of the first
+    identity, or the account's address alone."""
+    name, address = await identity(store, session.account_id)
+    return readable_address(name, address or session.address)
