@@ -46,7 +46,8 @@ from ..message.reply import forward_subject
 from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError
 from . import render, wellknown
 from .bodies import BodyLimits, route_limits
-from .drafts import default_from, named
+from .drafts import autosaved, default_from, named
+from .drafts import routes as drafts_routes
 from .listing import PAGE_SIZE, SORTS, Listing, NotReady
 from .redirect import routes as redirect_routes
 from .security import (
@@ -757,7 +758,8 @@ async def compose_submit(request: Request) -> Response:
     form = await checked_form(request, session)
     web = state(request)
     store = web.services.store
-    action = str(form.get("action") or "send")
+    autosave = getattr(request.state, "autosave", False)
+    action = "save" if autosave else str(form.get("action") or "send")
     draft = Draft(**{k: str(form.get(k) or "") for k in (
         "to", "cc", "bcc", "subject", "body", "in_reply_to", "references", "draft_uid", "forward",
         "reply_to")})
@@ -796,7 +798,8 @@ async def compose_submit(request: Request) -> Response:
         except NotFound:
             old_raw = None
     forward_raw: bytes | None = None
-    if draft.forward:
+    if draft.forward and old_raw is None:
+        # (once saved, the draft carries the original: attached or copied)
         box_id, _, uid_s = draft.forward.partition(":")
         fbox = await own_mailbox(request, session, box_id)
         fuid = _int(uid_s)
@@ -829,6 +832,8 @@ async def compose_submit(request: Request) -> Response:
             errors.append(built)
     elif uploads:
         built = await build(uploads, old_raw, forward_raw)  # to keep the attachments in a draft
+    if errors and autosave:
+        return JSONResponse({"error": "Not saved: " + " ".join(errors)}, status_code=400)
     if errors:
         # A browser cannot refill file inputs: chosen files are kept in a draft.
         if uploads and not isinstance(built, str) and built is not None:
@@ -849,6 +854,8 @@ async def compose_submit(request: Request) -> Response:
         if old_draft is not None:
             await store.expunge(drafts, [old_draft])
         draft.draft_uid = str(uid)
+        if autosave:
+            return await autosaved(request, drafts, uid, full)
         return redirect(notice_url(f"/compose?draft={drafts.id}:{uid}", "Draft saved."))
     recipients = [a for _, a in to + cc + bcc]
     account = await store.get_account_by_id(session.account_id)
@@ -1036,6 +1043,7 @@ def create_app(services: Services) -> Starlette:
         Route("/compose", compose_submit, methods=["POST"]),
         Route("/events", events),
         *redirect_routes(),
+        *drafts_routes(compose_submit),
         *wellknown.routes(current),
         Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
     ]

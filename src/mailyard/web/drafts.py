@@ -12,12 +12,18 @@ the page sends with its next save or with Send (which expunges it).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..message.reading import readable_address
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..message.reading import human_size, readable_address
+from . import render
 
 if TYPE_CHECKING:
-    from ..store.api import Store
+    from ..store.api import Mailbox, Store
     from .security import Session
 
 
@@ -56,3 +62,32 @@ async def default_from(store: Store, session: Session) -> str:
     identity, or the account's address alone."""
     name, address = await identity(store, session.account_id)
     return readable_address(name, address or session.address)
+
+
+async def autosaved(request: Request, drafts: Mailbox, uid: int, full: bytes) -> Response:
+    """The answer to an autosave: the new draft's UID and its attachments
+    (part number, name, type, size) as the form's "keep" boxes list them."""
+    from .worker import TooComplex
+
+    web = request.app.state.web
+    try:
+        view = await web.pool.run(render.show, full, f"/box/{drafts.id}/msg/{uid}", False, False)
+        kept = [[a.spec, a.filename, a.content_type, human_size(a.size)] for a in view.attachments]
+    except TooComplex:
+        kept = []
+    return JSONResponse({"draft_uid": str(uid), "mailbox": drafts.id, "kept": kept})
+
+
+def routes(compose_submit: Callable[[Request], Awaitable[Response]]) -> list[Route]:
+    """``POST /compose/autosave``: the compose form's handler, saving (and
+    answering in JSON) whatever button the form names."""
+
+    async def autosave(request: Request) -> Response:
+        request.state.autosave = True
+        response = await compose_submit(request)
+        if isinstance(response, JSONResponse):
+            return response
+        # a refusal the handler answers with a page (e.g. the quota)
+        return JSONResponse({"error": "Not saved; press \u201cSave draft\u201d to see why."}, status_code=400)
+
+    return [Route("/compose/autosave", autosave, methods=["POST"])]
