@@ -283,3 +283,114 @@ def test_autosave_replaces_the_previous_version(mailserver: RunningServer) -> No
     got = message_from_bytes(mailserver.messages(BOB)[-1], policy=default_policy)
     assert [a.get_filename() for a in got.iter_attachments()] == ["a.txt"]
     assert client.get(f"/box/{drafts_id}").status_code == 200
+
+
+def _set_delay(server: RunningServer, user: str, seconds: object) -> None:
+    async def go() -> None:
+        account = await server.store.get_account(user)
+        await server.store.set_settings(account.id, {"send_delay": seconds})
+
+    server.call(go())
+
+
+def _wait(condition, what: str, timeout: float = 30.0):  # noqa: ANN001, ANN202
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_undo_send_takes_the_message_back(mailserver: RunningServer) -> None:
+    _set_delay(mailserver, ALICE, 30)
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, _rich_original())
+    client = login(mailserver)
+    token = csrf(client)
+    r = client.post("/compose", data={"csrf": token, "to": BOB, "subject": "Re: plans", "body": "oops",
+                                      "reply_to": f"{inbox}:{uid}", "action": "send"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/compose/pending/"), r.text
+    pending = r.headers["location"]
+    page = client.get(pending)
+    assert 'id="undo"' in page.text and "Your message goes in 30 seconds." in page.text
+    # held as a draft meanwhile, nothing sent
+    (held,) = mailserver.messages(ALICE, "Drafts")
+    assert b"oops" in held and mailserver.messages(BOB) == []
+    # another user cannot see or undo it; without CSRF nothing happens
+    other = login(mailserver, BOB)
+    assert other.post(f"{pending}/undo", data={"csrf": csrf(other)}).status_code == 404
+    assert client.post(f"{pending}/undo", data={}).status_code == 403
+    r = client.post(f"{pending}/undo", data={"csrf": token})
+    assert r.status_code == 303
+    drafts = box_id(mailserver, ALICE, "Drafts")
+    assert r.headers["location"].startswith(f"/compose?draft={drafts}:")
+    editor = client.get(r.headers["location"])
+    assert "oops" in editor.text and "Sending undone" in editor.text
+    # the record is gone: the timer can no longer send it
+    assert list((mailserver.data_dir / "web-outbox").glob("*.json")) == []
+    assert client.post(f"{pending}/undo", data={"csrf": token}).status_code == 404
+    assert mailserver.messages(BOB) == [] and len(mailserver.messages(ALICE, "Drafts")) == 1
+    assert "\\Answered" not in _flags(mailserver, ALICE, "INBOX", uid)
+
+
+def test_undo_send_delay_then_sent(mailserver: RunningServer) -> None:
+    _set_delay(mailserver, ALICE, 1)
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, _rich_original())
+    client = login(mailserver)
+    token = csrf(client)
+    r = client.post("/compose", data={"csrf": token, "to": BOB, "bcc": "postmaster@example.test",
+                                      "subject": "Fwd: plans", "body": "fyi", "forward": f"{inbox}:{uid}",
+                                      "action": "send"})
+    assert r.headers["location"].startswith("/compose/pending/")
+    (got,) = _wait(lambda: mailserver.messages(BOB), "the held message to be sent")
+    assert b"Bcc" not in got.split(b"\r\n\r\n")[0]
+    assert len(_wait(lambda: mailserver.messages("postmaster@example.test"), "the Bcc copy")) == 1
+    _wait(lambda: mailserver.messages(ALICE, "Drafts") == [], "the draft to go")
+    (sent,) = _wait(lambda: mailserver.messages(ALICE, "Sent"), "the Sent copy")
+    assert b"Bcc: postmaster@example.test" in sent
+    _wait(lambda: "$Forwarded" in _flags(mailserver, ALICE, "INBOX", uid), "$Forwarded")
+    # too late to undo: the pending page says it went
+    page = client.get(r.headers["location"], follow_redirects=True)
+    assert "Message sent." in page.text
+    # a recipient that does not exist is refused at once, not after the delay
+    r = client.post("/compose", data={"csrf": token, "to": "nobody@example.test", "subject": "x", "body": "y",
+                                      "action": "send"})
+    assert r.status_code == 400 and "no such recipient: nobody@example.test" in r.text
+    # a bad setting is bounded: over 30 counts as 30, nonsense as 0 (sent at once)
+    _set_delay(mailserver, ALICE, "soon")
+    r = client.post("/compose", data={"csrf": token, "to": BOB, "subject": "now", "body": "y", "action": "send"})
+    assert r.headers["location"].startswith("/box/")
+
+
+def test_held_message_survives_a_restart(make_server) -> None:  # noqa: ANN001
+    import json
+
+    from ..conftest import RunningServer as Running
+
+    first = make_server()
+    _set_delay(first, ALICE, 30)
+    client = login(first)
+    r = client.post("/compose", data={"csrf": csrf(client), "to": BOB, "subject": "after restart",
+                                      "body": "still here", "action": "send"})
+    assert r.headers["location"].startswith("/compose/pending/")
+    data_dir, config = first.data_dir, first.config
+    first.call(first.server.stop())  # the server stops (its loop is the fixture's to close)
+    first.server = None
+    (record,) = list((data_dir / "web-outbox").glob("*.json"))
+    # the delay ran out while the server was down
+    held = json.loads(record.read_text())
+    record.write_text(json.dumps({**held, "due": held["due"] - 60}))
+    second = Running(data_dir, config, seed_defaults=False)
+    try:
+        second.start()
+        (got,) = _wait(lambda: second.messages(BOB), "the held message after the restart")
+        assert b"still here" in got
+        _wait(lambda: second.messages(ALICE, "Drafts") == [], "the draft to go")
+        assert list((data_dir / "web-outbox").iterdir()) == []
+    finally:
+        second.stop()

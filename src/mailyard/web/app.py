@@ -44,7 +44,7 @@ from ..message.dates import format_date
 from ..message.reading import human_size, limit_size
 from ..message.reply import forward_subject
 from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError
-from . import render, wellknown
+from . import render, undo, wellknown
 from .bodies import BodyLimits, route_limits
 from .drafts import autosaved, default_from, named
 from .drafts import routes as drafts_routes
@@ -862,7 +862,13 @@ async def compose_submit(request: Request) -> Response:
     if account is None:
         raise HTTPException(401)
     client_ip = request.client.host if request.client else "127.0.0.1"
+    delay = await undo.send_delay(web.services, session.account_id)
     try:
+        if delay:
+            # undo send: held as a draft for ``delay`` seconds (web/undo.py)
+            token, _uid = await undo.hold(web.services, account, full, recipients, drafts, old_draft,
+                                          {"reply_to": draft.reply_to, "forward": draft.forward}, delay, client_ip)
+            return redirect(f"/compose/pending/{token}")
         await submit_message(web.services, account, wire, recipients, client_ip=client_ip,
                              protocol="HTTP", helo="webmail", service="web")
     except SubmissionRefused as exc:
@@ -884,15 +890,7 @@ async def compose_submit(request: Request) -> Response:
         notice = "Message sent; no copy was kept in Sent: your mailbox is full (quota reached)."
     if old_draft is not None:
         await store.expunge(drafts, [old_draft])
-    for ref, flag in ((draft.reply_to, "\\Answered"), (draft.forward, "$Forwarded")):
-        # RFC 9051 2.3.2 \Answered; $Forwarded: the RFC 5788 keyword registry
-        if not ref:
-            continue
-        box_id, _, uid_s = ref.partition(":")
-        with _suppress():
-            rbox = await own_mailbox(request, session, box_id)
-            if _int(uid_s):
-                await store.store_flags(rbox, [int(uid_s)], [flag], "add")
+    await undo.mark_original(web.services, session.account_id, {"reply_to": draft.reply_to, "forward": draft.forward})
     inbox = await store.get_mailbox(session.account_id, "INBOX")
     return redirect(notice_url(f"/box/{inbox.id if inbox else sent.id}", notice))
 
@@ -1044,6 +1042,7 @@ def create_app(services: Services) -> Starlette:
         Route("/events", events),
         *redirect_routes(),
         *drafts_routes(compose_submit),
+        *undo.routes(),
         *wellknown.routes(current),
         Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
