@@ -127,3 +127,29 @@ def test_reply_puts_the_cursor_in_the_body_above_the_quote(browser: Any, mailser
     page.keyboard.type("Yes, I am.")
     assert page.input_value("#body").startswith("Yes, I am.\n\nOn ")
     page.context.close()
+
+
+def test_undo_send_in_the_browser(browser: Any, mailserver: RunningServer) -> None:
+    async def delay() -> None:
+        account = await mailserver.store.get_account(ALICE)
+        await mailserver.store.set_settings(account.id, {"send_delay": 30})
+
+    mailserver.call(delay())
+    for width, height, name in ((1440, 900, "undo-send"), (390, 844, "undo-send-phone")):
+        page = new_page(browser, mailserver, width, height)
+        log_in(page, ALICE)
+        page.click("#compose-link")
+        page.fill("#to", BOB)
+        page.fill("#subject", f"Second thoughts {width}")
+        page.fill("#body", "I take it back")
+        page.click("#send")
+        page.wait_for_selector("#undo")
+        assert "Your message goes in" in page.locator("#pending-status").inner_text()
+        screenshot(page, name)
+        page.click("#undo")
+        page.wait_for_selector("text=Sending undone")
+        assert page.input_value("#body").strip() == "I take it back"
+        assert page.input_value("#subject") == f"Second thoughts {width}"
+        assert mailserver.messages(BOB) == []
+        page.context.close()
+    assert len(mailserver.messages(ALICE, "Drafts")) == 2
