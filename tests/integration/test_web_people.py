@@ -129,7 +129,14 @@ def test_settings_saved_and_checked(mailserver: RunningServer) -> None:
                                        "timezone": "Asia/Tokyo", "date_format": "iso"})
     assert r.status_code == 303
     assert settings_of(mailserver, ALICE) == {"conversations": False, "per_page": 20, "timezone": "Asia/Tokyo",
-                                              "date_format": "iso"}
+                                              "date_format": "iso", "send_delay": 0}
+    r = client.post("/settings", data={"csrf": token, "section": "general", "per_page": "20",
+                                       "date_format": "iso", "send_delay": "10"})
+    assert r.status_code == 303 and settings_of(mailserver, ALICE)["send_delay"] == 10
+    r = client.post("/settings", data={"csrf": token, "section": "general", "per_page": "20",
+                                       "date_format": "iso", "send_delay": "31"})
+    assert r.status_code == 400 and "Undo send" in r.text
+    assert settings_of(mailserver, ALICE)["send_delay"] == 10
     r = client.post("/settings", data={"csrf": token, "section": "general", "per_page": "7",
                                        "timezone": "Mars/Olympus", "date_format": "x", "conversations": "on"})
     assert r.status_code == 400 and "not a known zone" in r.text and "Messages per page" in r.text
@@ -279,11 +286,11 @@ def test_compose_uses_identities_and_replies_from_the_address_written_to(mailser
     inbox = box_id(mailserver, ALICE, "INBOX")
     page = html.unescape(client.get(f"/compose?reply={inbox}:{uid}").text)
     assert 'id="from" name="from" type="text" value="Alice Smith <alice.smith@example.test>"' in page
-    body = re.search(r'<textarea id="body" name="body" rows="16">(.*?)</textarea>', page, re.S).group(1)
+    body = re.search(r'<textarea id="body" name="body" rows="16"[^>]*>\n(.*?)</textarea>', page, re.S).group(1)
     assert body.startswith("\n\n-- \nAlice Smith\nCEO\n\n") and "> question" in body
     page = html.unescape(client.get("/compose").text)
     assert f'value="Alice <{ALICE}>"' in page and 'id="identity-list"' in page
-    assert re.search(r'<textarea id="body" name="body" rows="16">(.*?)</textarea>', page, re.S).group(1) == \
+    assert re.search(r'<textarea id="body" name="body" rows="16"[^>]*>\n(.*?)</textarea>', page, re.S).group(1) == \
         "\n\n-- \nA.\n"
     # sent as the identity: the display name goes out
     r = client.post("/compose", data={"csrf": token, "from": "Alice Smith <alice.smith@example.test>", "to": BOB,

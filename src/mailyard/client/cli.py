@@ -673,6 +673,44 @@ def cmd_forward(args: argparse.Namespace) -> None:
     _mark(acct, args.folder, uid, b"$Forwarded")  # RFC 5788 keyword registry
 
 
+def cmd_redirect(args: argparse.Namespace) -> None:
+    """Resend a message unchanged ("bounce"), with a resent block on top
+    (RFC 5322 3.6.6, message/resend.py); the envelope sender is the user."""
+    from ..message.reading import limit_size
+    from ..message.resend import resend, resent_block
+    from . import transport
+
+    _s, acct = _account(args)
+    uid = parse_ids(args.id)[0]
+    rcpts = [_addr_spec(r) for r in _recipients(args.to)]
+    if not rcpts:
+        raise ClientError("redirect to whom? give --to ADDRESS")
+    raw, _orig, _arrived = _fetch_message(acct, args.folder, uid)
+    name, address = _from(acct)
+    try:
+        wire = resend(raw, resent_block((name or None, address), rcpts))
+    except ValueError as exc:
+        raise ClientError(str(exc)) from exc
+    _err(f"redirecting {len(wire)} bytes to {len(rcpts)} recipient(s) via {acct.smtp.describe()} ...")
+    with transport.smtp(acct) as s:
+        size = (s.esmtp_features.get("size") or "").strip()
+        if size.isdigit() and 0 < int(size) < len(wire):
+            raise ClientError(f"message is {limit_size(len(wire))}, the server accepts at most "
+                              f"{limit_size(int(size))}; nothing sent")
+        refused = s.sendmail(address, rcpts, wire)
+    for rcpt, (code, text) in refused.items():
+        _err(f"  refused {rcpt}: {code} {text.decode('utf-8', 'replace') if isinstance(text, bytes) else text}")
+    accepted = [r for r in rcpts if r not in refused]
+    print(f"redirected message {uid} to {len(accepted)} recipient(s): {', '.join(accepted)}")
+
+
+def _addr_spec(value: str) -> str:
+    from ..message.address import parse_address
+
+    mb = parse_address(value)
+    return mb.addr_spec if mb is not None else value
+
+
 # --- folders and message management ---------------------------------------------------
 
 
@@ -1020,6 +1058,12 @@ def add_mail_parser(sub: Any) -> None:
                       help="put the original's text in the body (its attachments are re-attached)")
     q.set_defaults(inline=False)
     body_opts(q)
+
+    q = cmd("redirect", "resend a message unchanged to other addresses (mutt's bounce), "
+                        "with Resent- fields naming you", cmd_redirect)
+    q.add_argument("id", help="UID of the message")
+    folder_opt(q)
+    q.add_argument("--to", "-t", action="append", metavar="ADDR", help="recipient(s)")
 
     q = cmd("folders", "list folders with unread counts; create, rename, delete, (un)subscribe", cmd_folders)
     fsub = q.add_subparsers(dest="action", metavar="ACTION")

@@ -33,7 +33,7 @@ from .headers import SafeFoldPolicy, check_header_name, check_header_value
 from .msgid import make_msgid
 from .parse import split_header_body
 
-__all__ = ["Attachment", "compose", "delivery_status_part", "to_bytes"]
+__all__ = ["Attachment", "compose", "delivery_status_part", "to_bytes", "without_bcc"]
 
 # Composition policy: 7-bit transfer encodings for bodies, RFC 2047 for headers.
 # SafeFoldPolicy (= email.policy.SMTP otherwise): re-folding a forwarded
@@ -277,8 +277,13 @@ def to_bytes(msg: EmailMessage, *, strip_bcc: bool = False) -> bytes:
     must not be disclosed; submission, RFC 6409 8.1, strips it before relay).
     """
     data = msg.as_bytes(policy=OUTPUT_POLICY)
-    if not strip_bcc:
-        return data
+    return without_bcc(data) if strip_bcc else data
+
+
+def without_bcc(data: bytes) -> bytes:
+    """``data`` (a whole message) without its Bcc field (RFC 5322 3.6.3), the
+    rest byte for byte: what goes on the wire of a message whose stored copy
+    keeps its Bcc."""
     header, body = split_header_body(data)
     kept: list[bytes] = []
     skipping = False

@@ -134,6 +134,14 @@ class SenderRule:
         header, _body = split_header_body(message)
         wanted = {f.lower(): f for f in SENDER_FIELDS}
         checked = 0
+        # A redirection (RFC 5322 3.6.6) is a message reintroduced by this
+        # user: its resent block on top names them, while From and Sender
+        # still name the original author and stay as they are. Then those
+        # two are checked only where they name an address of this server's
+        # own domains, which must still be the user's own (else a made-up
+        # resent block would let anyone sign as a local colleague); an
+        # author elsewhere is the other domain's business (its DMARC policy).
+        resent = _top_resent_block(header)
         # A regex finds the few fields wanted without walking every line of
         # a large header in Python; continuation lines start with WSP (RFC
         # 5322 2.2.3), and a space before the colon is the obsolete form
@@ -149,15 +157,58 @@ class SenderRule:
                 return SenderRefused(
                     field, value, f"{field}: cannot read the address in {_shown(value.strip())!r}"
                 )
+            older_resent = resent is not None and field.startswith("Resent-") and match.start() >= resent
             for mb in mailboxes:
                 checked += 1
                 if checked > MAX_SENDER_ADDRESSES:
                     return SenderRefused(
                         field, mb.addr_spec, f"too many sender addresses (at most {MAX_SENDER_ADDRESSES})"
                     )
+                if (resent is not None and (older_resent or not field.startswith("Resent-"))
+                        and await self.expand(_plain(mb.addr_spec)) is None):
+                    continue  # the original's author (or an earlier resender) elsewhere
                 if not await self.owns(mb.addr_spec):
                     return self._refused(field, mb.addr_spec)
         return None
+
+
+_TRACE_OR_RESENT = re.compile(rb"(?:resent-[!-9;-~]+|received|return-path)[ \t]*:", re.IGNORECASE)
+
+
+def _top_resent_block(header: bytes) -> int | None:
+    """Where the topmost resent block of ``header`` ends (the offset of the
+    first field after it), if the header starts with one naming a
+    Resent-From (RFC 5322 3.6.6: the block is prepended, newest on top; trace
+    fields a delivery added above it may precede it); None otherwise."""
+    pos = 0
+    seen_resent = False
+    has_from = False
+    resent_names: set[bytes] = set()
+    for line in header.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            pos += len(line)
+            continue
+        m = _TRACE_OR_RESENT.match(line)
+        if m is None:
+            break
+        name = line.split(b":", 1)[0].strip().lower()
+        if name.startswith(b"resent-"):
+            if name in resent_names:
+                break  # a second block starts: an earlier redirection
+            resent_names.add(name)
+            seen_resent = True
+            has_from = has_from or name == b"resent-from"
+        elif seen_resent:
+            break
+        pos += len(line)
+    return pos if seen_resent and has_from else None
+
+
+def _plain(address: str) -> str:
+    try:
+        return normalize_address(canonical_address(address))
+    except InvalidName:
+        return address
 
 
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)

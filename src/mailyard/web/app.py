@@ -43,9 +43,12 @@ from ..message.dates import format_date
 from ..message.reading import human_size, limit_size
 from ..message.reply import forward_subject
 from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError
-from . import contacts, prefs, render, settings, wellknown
+from . import contacts, prefs, render, settings, undo, wellknown
 from .bodies import BodyLimits, route_limits
+from .drafts import autosaved, named
+from .drafts import routes as drafts_routes
 from .listing import SORTS, Listing, NotReady
+from .redirect import routes as redirect_routes
 from .security import (
     DOWNLOAD_CSP,
     LOGIN_COOKIE,
@@ -447,6 +450,11 @@ async def message_view(request: Request) -> Response:
     session = current(request)
     box = await own_mailbox(request, session, request.path_params["box_id"])
     uid = request.path_params["uid"]
+    if box.special_use == "\\Drafts" and request.query_params.get("view") != "1":
+        # a draft opens in the editor (?view=1 shows it as a message)
+        if await _info(request, box, uid) is None:
+            raise HTTPException(404, "no such message")
+        return redirect(f"/compose?draft={box.id}:{uid}")
     raw = await read_raw(request, box, uid)
     web = state(request)
     store = web.services.store
@@ -652,6 +660,8 @@ class Draft:
     forward: str = ""  # "box_id:uid" of a message to attach as message/rfc822
     reply_to: str = ""  # "box_id:uid" answered (gets \Answered when sent)
     kept: list = field(default_factory=list)  # attachments of a resumed draft
+    mode: str = ""  # what the page is: "reply", "replyall", "forward", "draft" or "" (new)
+    forward_mode: str = "attached"  # a forward carries the original "attached" or "inline"
 
 
 async def compose_view(request: Request) -> Response:
@@ -664,6 +674,7 @@ async def compose_view(request: Request) -> Response:
         ref = qp.get(mode)
         if not ref:
             continue
+        draft.mode = mode
         box_id, _, uid_s = ref.partition(":")
         box = await own_mailbox(request, session, box_id)
         uid = _int(uid_s)
@@ -682,6 +693,10 @@ async def compose_view(request: Request) -> Response:
                                         mode == "replyall", arrived)
             else:
                 view = await pool.run(render.show, raw, f"/box/{box.id}/msg/{uid}", False, False)
+                if mode == "forward" and qp.get("how") == "inline":
+                    info = await _info(request, box, uid)
+                    inline_text = await pool.run(render.forward_text, raw,
+                                                 info.internal_date if info is not None else None)
         except TooComplex as exc:
             return too_complex(request, box, uid, str(exc), await folders(request, session), f"/box/{box.id}")
         del raw
@@ -692,8 +707,11 @@ async def compose_view(request: Request) -> Response:
             draft.reply_to = f"{box.id}:{uid}"
         elif mode == "forward":
             draft.subject = forward_subject(view.subject)
-            draft.body = "\n\n(The forwarded message is attached.)\n"
             draft.forward = f"{box.id}:{uid}"
+            if qp.get("how") == "inline":
+                # the original's header block and text, below the cursor
+                draft.forward_mode = "inline"
+                draft.body = "\n\n" + inline_text
         else:  # resume a draft
             draft.sender = render.draft_addresses(view.from_)
             draft.to = render.draft_addresses(view.to)
@@ -707,7 +725,8 @@ async def compose_view(request: Request) -> Response:
             draft.kept = [(a.spec, a.filename, a.content_type, a.size) for a in view.attachments]
     if chosen != "draft":
         settings.apply_identity(draft, prefs.current(), sent_to)
-    return page(request, "compose.html", identities=prefs.current().identities, draft=draft, folders=await folders(request, session), errors=[],
+    return page(request, "compose.html", identities=prefs.current().identities, draft=draft,
+                folders=await folders(request, session), errors=[],
                 notice=qp.get("notice", ""))
 
 
@@ -739,11 +758,14 @@ async def compose_submit(request: Request) -> Response:
     form = await checked_form(request, session)
     web = state(request)
     store = web.services.store
-    action = str(form.get("action") or "send")
+    autosave = getattr(request.state, "autosave", False)
+    action = "save" if autosave else str(form.get("action") or "send")
     draft = Draft(**{k: str(form.get(k) or "") for k in (
         "to", "cc", "bcc", "subject", "body", "in_reply_to", "references", "draft_uid", "forward",
         "reply_to")})
     draft.sender = str(form.get("from") or "")
+    draft.mode = str(form.get("mode") or "")[:10]
+    draft.forward_mode = "inline" if form.get("forward_mode") == "inline" else "attached"
     errors: list[str] = []
     # Any address may be typed; sending checks it is the user's own
     # (policy/submission.py, the same rule as the submission ports).
@@ -776,7 +798,8 @@ async def compose_submit(request: Request) -> Response:
         except NotFound:
             old_raw = None
     forward_raw: bytes | None = None
-    if draft.forward:
+    if draft.forward and old_raw is None:
+        # (once saved, the draft carries the original: attached or copied)
         box_id, _, uid_s = draft.forward.partition(":")
         fbox = await own_mailbox(request, session, box_id)
         fuid = _int(uid_s)
@@ -785,6 +808,9 @@ async def compose_submit(request: Request) -> Response:
         forward_raw = await read_raw(request, fbox, fuid)
     built: tuple[bytes, bytes] | str | None = None
     sender = (author[0][0] or None, author[0][1]) if author else (None, session.address)
+    if sender[0] is None:
+        # the address alone: the identity's display name goes with it
+        sender = named(session, sender[1])
     attach_limit = render.attachment_limit(limit)
 
     async def build(uploads: list[tuple[str, bytes, str | None]], old_raw: bytes | None,
@@ -796,7 +822,7 @@ async def compose_submit(request: Request) -> Response:
                 render.outgoing, sender, to, cc, bcc, draft.subject, draft.body.replace("\r\n", "\n"),
                 uploads, old_raw, list(form.getlist("keep")), forward_raw, draft.in_reply_to or None,
                 [r for r in draft.references.split() if r.startswith("<")], attach_limit,
-                too_large_attachments(attach_limit, limit), limit)
+                too_large_attachments(attach_limit, limit), limit, draft.forward_mode == "inline")
         except TooComplex as exc:
             return f"The message could not be built ({exc})."
 
@@ -806,6 +832,8 @@ async def compose_submit(request: Request) -> Response:
             errors.append(built)
     elif uploads:
         built = await build(uploads, old_raw, forward_raw)  # to keep the attachments in a draft
+    if errors and autosave:
+        return JSONResponse({"error": "Not saved: " + " ".join(errors)}, status_code=400)
     if errors:
         # A browser cannot refill file inputs: chosen files are kept in a draft.
         if uploads and not isinstance(built, str) and built is not None:
@@ -826,13 +854,21 @@ async def compose_submit(request: Request) -> Response:
         if old_draft is not None:
             await store.expunge(drafts, [old_draft])
         draft.draft_uid = str(uid)
+        if autosave:
+            return await autosaved(request, drafts, uid, full)
         return redirect(notice_url(f"/compose?draft={drafts.id}:{uid}", "Draft saved."))
     recipients = [a for _, a in to + cc + bcc]
     account = await store.get_account_by_id(session.account_id)
     if account is None:
         raise HTTPException(401)
     client_ip = request.client.host if request.client else "127.0.0.1"
+    delay = prefs.current().send_delay
     try:
+        if delay:
+            # undo send: held as a draft for ``delay`` seconds (web/undo.py)
+            token, _uid = await undo.hold(web.services, account, full, recipients, drafts, old_draft,
+                                          {"reply_to": draft.reply_to, "forward": draft.forward}, delay, client_ip)
+            return redirect(f"/compose/pending/{token}")
         await submit_message(web.services, account, wire, recipients, client_ip=client_ip,
                              protocol="HTTP", helo="webmail", service="web")
     except SubmissionRefused as exc:
@@ -854,12 +890,7 @@ async def compose_submit(request: Request) -> Response:
         notice = "Message sent; no copy was kept in Sent: your mailbox is full (quota reached)."
     if old_draft is not None:
         await store.expunge(drafts, [old_draft])
-    if draft.reply_to:
-        box_id, _, uid_s = draft.reply_to.partition(":")
-        with _suppress():
-            rbox = await own_mailbox(request, session, box_id)
-            if _int(uid_s):
-                await store.store_flags(rbox, [int(uid_s)], ["\\Answered"], "add")
+    await undo.mark_original(web.services, session.account_id, {"reply_to": draft.reply_to, "forward": draft.forward})
     inbox = await store.get_mailbox(session.account_id, "INBOX")
     return redirect(notice_url(f"/box/{inbox.id if inbox else sent.id}", notice))
 
@@ -1009,6 +1040,9 @@ def create_app(services: Services) -> Starlette:
         Route("/compose", compose_view, methods=["GET"]),
         Route("/compose", compose_submit, methods=["POST"]),
         Route("/events", events),
+        *redirect_routes(),
+        *drafts_routes(compose_submit),
+        *undo.routes(),
         *wellknown.routes(current),
         *contacts.routes(),
         *settings.routes(),

@@ -36,6 +36,9 @@ MAX_LIST = 1000  # entries of an allow, block or remote-content list
 MAX_IDENTITIES = 50
 MAX_SIGNATURE = 10_000
 
+# Undo send (web/undo.py): seconds a webmail message waits before it goes
+# out; 0 (the default) sends at once, as every other way of sending does.
+MAX_SEND_DELAY = 30
 
 @dataclass(frozen=True)
 class Identity:
@@ -152,7 +155,7 @@ def parse(settings: dict[str, Any]) -> Prefs:
         spam_threshold=float(num("spam_threshold", 0, 100, DEFAULT_SPAM_THRESHOLD)),
         spam_allow=_addresses(s.get("spam_allow")),
         spam_block=_addresses(s.get("spam_block")),
-        send_delay=int(num("send_delay", 0, 30, 0)),
+        send_delay=int(num("send_delay", 0, MAX_SEND_DELAY, 0)),
         raw=dict(s),
     )
 

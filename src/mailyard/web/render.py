@@ -37,7 +37,7 @@ from ..message.reading import (
 )
 from ..message.reading import header_text as _header
 from ..message.reading import part_bytes as part_bytes  # the web's name for it (app.py)
-from ..message.reply import build_reply, forward_attachment
+from ..message.reply import build_reply, forward_attachment, inline_forward
 
 ALLOWED_TAGS = {
     "a", "abbr", "acronym", "address", "area", "b", "bdi", "bdo", "big", "blockquote", "br",
@@ -429,6 +429,14 @@ def reply_draft(raw: bytes, own: frozenset[str], reply_all: bool, arrived: float
                       reply.in_reply_to or "", " ".join(reply.references), reply.quoted)
 
 
+def forward_text(raw: bytes, arrived: float | None = None) -> str:
+    """The body of a forward inline: the original's header block and text
+    (message/reply.py, as the terminal client writes it); no words of ours."""
+    check_parts(raw)
+    text, _copies = inline_forward(parse_message(raw), "", arrived)
+    return text
+
+
 def draft_addresses(items: list[tuple[str, str]]) -> str:
     """(name, address) pairs as an editable address field."""
     return ", ".join(readable_address(n, a) for n, a in items)
@@ -449,7 +457,7 @@ def outgoing(
     subject: str, text: str, uploads: list[tuple[str, bytes, str | None]],
     draft_raw: bytes | None, keep: list[str], forward_raw: bytes | None,
     in_reply_to: str | None, references: list[str], limit: int, too_large: str,
-    max_message_size: int = 0,
+    max_message_size: int = 0, forward_inline: bool = False,
 ) -> tuple[bytes, bytes] | str:
     """The message a compose form describes (``sender``: display name or
     None, address), as (bytes for the Sent folder,
@@ -457,7 +465,8 @@ def outgoing(
     the user. ``uploads`` are the new attachments (name, data, type or None
     to guess); ``keep`` the part numbers of ``draft_raw`` (the draft being
     resumed) to carry over; ``forward_raw`` a message to attach whole
-    (RFC 2046 5.2.1). The attachments together may have ``limit`` bytes
+    (RFC 2046 5.2.1), or with ``forward_inline`` only its attachments (its
+    text is in ``text`` already). The attachments together may have ``limit`` bytes
     (``too_large`` is the refusal; ``{size}`` in it becomes their size); the
     whole message ``max_message_size`` (0: no check)."""
     from ..message.compose import Attachment, compose, to_bytes
@@ -476,7 +485,12 @@ def outgoing(
                 data = part_bytes(p.part)
                 total += len(data)
                 attachments.append(Attachment(p.filename, data, p.content_type))
-    if forward_raw is not None:
+    if forward_raw is not None and forward_inline:
+        check_parts(forward_raw)
+        _text, copies = inline_forward(parse_message(forward_raw))
+        total += sum(len(c.data) for c in copies)
+        attachments.extend(copies)
+    elif forward_raw is not None:
         check_parts(forward_raw)
         total += len(forward_raw)
         attachments.append(forward_attachment(forward_raw))

@@ -65,6 +65,12 @@ class HTTPService:
 
         if self.app is None:
             self.app = create_app(self.services)
+        if not getattr(self.app.state, "resumed", False):
+            # messages held for undo send when the server stopped (web/undo.py)
+            from .undo import resume
+
+            self.app.state.resumed = True
+            resume(self.services)
         if self._bound is not None:
             sock = self._bound
         else:
@@ -111,6 +117,9 @@ class HTTPService:
     async def stop(self, grace: float = 2.0) -> None:
         if self.app is not None:
             self.app.state.web.closing.set()  # ends server-sent event streams
+            from .undo import cancel_all
+
+            cancel_all(self.services)  # held sends wait on disk for the next start
             self.app.state.web.pool.close()  # the render worker processes (closing twice is harmless)
         if self._uvicorn is None or self._task is None:
             return

@@ -118,8 +118,12 @@ async def settings_action(request: Request) -> Response:
         date_format = str(form.get("date_format") or "auto")
         if date_format not in prefs.DATE_FORMATS:
             errors.append("Date format: choose one of the offered formats.")
+        raw_delay = form.get("send_delay")
+        delay = current.send_delay if raw_delay in (None, "") else app._int(raw_delay)
+        if delay is None or not 0 <= delay <= prefs.MAX_SEND_DELAY:
+            errors.append(f"Undo send: give a number of seconds from 0 to {prefs.MAX_SEND_DELAY}.")
         values = {"conversations": form.get("conversations") == "on", "per_page": per_page,
-                  "timezone": tz or None, "date_format": date_format}
+                  "timezone": tz or None, "date_format": date_format, "send_delay": delay}
     elif section == "identity-add":
         account = await store.get_account_by_id(session.account_id)
         if account is None:

@@ -1,0 +1,91 @@
+"""Webmail's Redirect: send a stored message on, unchanged, to other
+addresses ("bounce" in mutt's words), with a resent block on top (RFC 5322
+3.6.6, built by message/resend.py, as the terminal client does).
+
+The message goes through the one submission path (delivery/submit.py) with
+the user as the envelope sender; the sender rule reads the resent block
+(policy/submission.py): Resent-From must be the user's own. No copy is
+kept in Sent: the message is the original, already in a folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .. import logs, metrics
+from ..delivery.submit import SubmissionRefused, submit_message
+from ..message.resend import resend, resent_block
+from .drafts import identity
+
+log = logging.getLogger("mailyard.web")
+
+
+def _app() -> Any:
+    from . import app  # the app module imports this one to register the routes
+
+    return app
+
+
+async def redirect_form(request: Request) -> Response:
+    """The Redirect page of one message: whom to send it to."""
+    a = _app()
+    session = a.current(request)
+    box = await a.own_mailbox(request, session, request.path_params["box_id"])
+    uid = request.path_params["uid"]
+    if await a._info(request, box, uid) is None:
+        raise HTTPException(404, "no such message")
+    return a.page(request, "redirect.html", box=box, uid=uid, to="", errors=[],
+                  folders=await a.folders(request, session), notice="")
+
+
+async def redirect_submit(request: Request) -> Response:
+    """Resend the message to the addresses of the form."""
+    a = _app()
+    session = a.current(request)
+    form = await a.checked_form(request, session)
+    box = await a.own_mailbox(request, session, request.path_params["box_id"])
+    uid = request.path_params["uid"]
+    web = a.state(request)
+    to_text = str(form.get("to") or "")[:2000]
+    errors: list[str] = []
+    rcpts = [addr for _name, addr in a.parse_recipients(to_text, "To", errors)]
+    if not rcpts and not errors:
+        errors.append("Add at least one recipient.")
+    account = await web.services.store.get_account_by_id(session.account_id)
+    if account is None:
+        raise HTTPException(401)
+    if not errors:
+        raw = await a.read_raw(request, box, uid)
+        name, _address = identity()
+        try:
+            data = resend(raw, resent_block((name, account.address), rcpts))
+        except ValueError as exc:
+            errors.append(str(exc))
+        else:
+            del raw
+            client_ip = request.client.host if request.client else "127.0.0.1"
+            try:
+                await submit_message(web.services, account, data, rcpts, reverse_path=account.address,
+                                     client_ip=client_ip, protocol="HTTP", helo="webmail", service="web")
+            except SubmissionRefused as exc:
+                logs.event(log, logging.INFO, "message_rejected", proto="web", ip=client_ip,
+                           user=account.address, reason="refused", detail=str(exc))
+                metrics.count_message("web", "rejected", "refused")
+                errors.append(f"Not sent: {exc}")
+    if errors:
+        return a.page(request, "redirect.html", status=400, box=box, uid=uid, to=to_text, errors=errors,
+                      folders=await a.folders(request, session), notice="")
+    return a.redirect(a.notice_url(f"/box/{box.id}/msg/{uid}", f"Message redirected to {', '.join(rcpts)}."))
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/box/{box_id:int}/msg/{uid:int}/redirect", redirect_form, methods=["GET"]),
+        Route("/box/{box_id:int}/msg/{uid:int}/redirect", redirect_submit, methods=["POST"]),
+    ]

@@ -1,0 +1,136 @@
+// mailyard webmail, the compose page: autosave, attachments by drag and drop,
+// upload progress. Without it the form works as it is ("Save draft", the
+// file input, a plain submit).
+"use strict";
+(function () {
+  var form = document.getElementById("compose-form");
+  if (!form || !window.fetch || !window.FormData) { return; }
+  var status = document.getElementById("compose-status");
+  var fileInput = document.getElementById("attachment");
+  function say(text) { if (status) { status.textContent = text; } }
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+
+  // --- autosave: every few seconds while the form changes, the form (less
+  // the files still to upload) replaces the previous version in Drafts.
+  var every = parseInt(form.getAttribute("data-autosave-ms"), 10) || 5000;
+  var dirty = false, saving = null, sending = false;
+  form.addEventListener("input", function (e) {
+    if (e.target !== fileInput) { dirty = true; }
+  });
+
+  function renderKept(kept) {
+    var box = document.getElementById("kept-attachments");
+    if (!box) { return; }
+    var list = document.getElementById("kept-list");
+    while (list.firstChild) { list.removeChild(list.firstChild); }
+    kept.forEach(function (k) {
+      var label = document.createElement("label"), cb = document.createElement("input"), meta = document.createElement("span");
+      label.className = "check";
+      cb.type = "checkbox"; cb.name = "keep"; cb.value = k[0]; cb.checked = true;
+      meta.className = "meta"; meta.textContent = " (" + k[2] + ", " + k[3] + ")";
+      label.appendChild(cb); label.appendChild(document.createTextNode(" " + k[1])); label.appendChild(meta);
+      list.appendChild(label);
+    });
+    box.hidden = kept.length === 0;
+  }
+
+  function save() {
+    if (saving || !dirty || sending) { return saving; }
+    dirty = false;
+    var data = new FormData(form);
+    data.delete("attachment");
+    data.set("action", "save");
+    say("Saving draft\u2026");
+    saving = fetch("/compose/autosave", { method: "POST", body: data, credentials: "same-origin" })
+      .then(function (r) { return r.json().then(function (j) { return { ok: r.ok, j: j }; }); })
+      .then(function (res) {
+        if (res.ok) {
+          form.elements.draft_uid.value = res.j.draft_uid;
+          renderKept(res.j.kept || []);
+          var d = new Date();
+          say("Draft saved at " + pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()) + ".");
+        } else {
+          dirty = true;
+          say(res.j.error || "Not saved.");
+        }
+      }, function () { dirty = true; say("Not saved (no connection); trying again."); })
+      .then(function () { saving = null; });
+    return saving;
+  }
+  window.setInterval(save, every);
+
+  // --- drag and drop onto the form: the files join the file input's list.
+  var zone = document.getElementById("drop-zone");
+  function addFiles(files) {
+    if (!fileInput || !window.DataTransfer) { return; }
+    var dt = new DataTransfer();
+    Array.prototype.forEach.call(fileInput.files || [], function (f) { dt.items.add(f); });
+    Array.prototype.forEach.call(files, function (f) { dt.items.add(f); });
+    fileInput.files = dt.files;
+    fileInput.dispatchEvent(new Event("change", { bubbles: true }));  // the size check of app.js
+  }
+  if (zone && fileInput) {
+    ["dragenter", "dragover"].forEach(function (name) {
+      form.addEventListener(name, function (e) {
+        if (e.dataTransfer && Array.prototype.indexOf.call(e.dataTransfer.types || [], "Files") >= 0) {
+          e.preventDefault(); zone.classList.add("over");
+        }
+      });
+    });
+    form.addEventListener("dragleave", function (e) {
+      if (!form.contains(e.relatedTarget)) { zone.classList.remove("over"); }
+    });
+    form.addEventListener("drop", function (e) {
+      if (!e.dataTransfer || !e.dataTransfer.files || !e.dataTransfer.files.length) { return; }
+      e.preventDefault(); zone.classList.remove("over");
+      addFiles(e.dataTransfer.files);
+    });
+    fileInput.addEventListener("change", function () {
+      var names = Array.prototype.map.call(fileInput.files || [], function (f) { return f.name; });
+      var shown = document.getElementById("chosen-files");
+      if (shown) { shown.textContent = names.length ? "To attach: " + names.join(", ") : ""; }
+    });
+  }
+
+  // --- submit: after any save under way (its UID is the one to replace),
+  // with the upload's progress when there are files.
+  var progress = document.getElementById("upload-progress");
+  form.addEventListener("submit", function (e) {
+    if (e.defaultPrevented) { return; }
+    var button = e.submitter;
+    var hasFiles = fileInput && fileInput.files && fileInput.files.length > 0;
+    if (!saving && !hasFiles) { sending = true; return; }
+    e.preventDefault();
+    sending = true;
+    Promise.resolve(saving).then(function () {
+      var data = new FormData(form);
+      if (button && button.name) { data.set(button.name, button.value); }
+      if (!hasFiles || !window.XMLHttpRequest) {
+        if (button && button.name) {
+          var hidden = document.createElement("input");
+          hidden.type = "hidden"; hidden.name = button.name; hidden.value = button.value;
+          form.appendChild(hidden);
+        }
+        form.submit();
+        return;
+      }
+      var xhr = new XMLHttpRequest();
+      xhr.open("POST", form.getAttribute("action"));  // (form.action is the button named "action")
+      if (progress) { progress.hidden = false; progress.value = 0; }
+      xhr.upload.addEventListener("progress", function (p) {
+        if (p.lengthComputable && progress) { progress.value = Math.round(p.loaded / p.total * 100); }
+        if (p.lengthComputable) { say("Uploading\u2026 " + Math.round(p.loaded / p.total * 100) + " %"); }
+      });
+      xhr.addEventListener("load", function () {
+        if (xhr.status < 300 && xhr.responseURL) { window.location.assign(xhr.responseURL); return; }
+        // refused: the server's page, which lists the files it kept
+        document.open(); document.write(xhr.responseText); document.close();
+      });
+      xhr.addEventListener("error", function () {
+        sending = false; if (progress) { progress.hidden = true; }
+        say("The upload failed (no connection?); your text is still here.");
+      });
+      xhr.send(data);
+    });
+  });
+})();

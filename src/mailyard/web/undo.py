@@ -1,0 +1,298 @@
+"""Undo send: a message sent from webmail waits ``send_delay`` seconds (the
+user's setting, 0-30; default 0: sent at once) before it goes to the
+submission path, and an Undo button on the page shown meanwhile takes it
+back into the editor.
+
+Durability: while it waits, the message is a draft in the user's Drafts
+folder (the store's own durable commit), and a record of the pending send
+(``DATA/web-outbox/<token>.json``: account, mailbox, UIDVALIDITY and UID of
+the draft, recipients, due time, the messages it answers or forwards) is
+written to disk (fsynced) before the page answers. A server that stops
+during the delay finds the record at its next start (``resume``) and sends
+the message then, late rather than never. The send and the undo each claim
+the record first by renaming it (atomic on one file system), so exactly one
+of them wins, also between the worker processes of a multi-process server.
+A send that was under way when the server stopped (``.sending`` left over)
+is not tried again: its draft stays in Drafts for the user to check (at
+most once, never twice).
+
+Before the wait, the recipients are resolved and the sender rule checked,
+so a mistake is shown on the form at once, not after the delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .. import logs, metrics
+from ..delivery.router import Verdict
+from ..delivery.submit import SenderNotAllowed, SubmissionRefused, sender_rule, submit_message
+from ..message.compose import without_bcc
+from ..store.api import NotFound, QuotaExceeded, StoreError
+
+if TYPE_CHECKING:
+    from ..services import Services
+    from ..store.api import Account, Mailbox
+
+log = logging.getLogger("mailyard.web")
+
+_TOKEN_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def outbox(services: Services) -> Path:
+    return Path(services.data_dir) / "web-outbox"
+
+
+def _record_path(services: Services, token: str, suffix: str = ".json") -> Path:
+    if not token or len(token) > 64 or not set(token) <= _TOKEN_CHARS:
+        raise HTTPException(404, "no such message on its way")
+    return outbox(services) / f"{token}{suffix}"
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a crash
+    finally:
+        os.close(fd)
+
+
+def _claim(services: Services, token: str, suffix: str) -> dict | None:
+    """Take the record of ``token`` for a send or an undo (rename to
+    ``suffix``); None if the other one took it first."""
+    src = _record_path(services, token)
+    dst = _record_path(services, token, suffix)
+    try:
+        os.rename(src, dst)
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(dst.read_bytes())
+    except (OSError, ValueError):
+        log.warning("web: unreadable pending-send record %s", dst)
+        return None
+
+
+_REGISTRY: dict[int, dict[str, asyncio.Task]] = {}
+
+
+def _tasks(services: Services) -> dict[str, asyncio.Task]:
+    """The timers of this process's pending sends, by token."""
+    return _REGISTRY.setdefault(id(services), {})
+
+
+async def precheck(services: Services, account: Account, wire: bytes, recipients: list[str]) -> None:
+    """What the submission path would refuse at once (a recipient that does
+    not exist, a From that is not the user's): raised now, before the delay."""
+    bad = []
+    for rcpt in recipients:
+        verdict = (await services.router.resolve(rcpt)).verdict
+        if verdict not in (Verdict.LOCAL, Verdict.REMOTE):
+            bad.append(rcpt)
+    if bad:
+        raise SubmissionRefused(f"no such recipient: {', '.join(bad)}", bad)
+    rule = await sender_rule(services, account)
+    verdict = await rule.check_header(wire)
+    if verdict is not None:
+        raise SenderNotAllowed(verdict)
+
+
+async def hold(services: Services, account: Account, full: bytes, recipients: list[str], drafts: Mailbox,
+               old_draft: int | None, refs: dict[str, str], delay: int, client_ip: str) -> tuple[str, int]:
+    """Keep the message as a draft and schedule its send in ``delay``
+    seconds; (the token of the pending send, the draft's UID)."""
+    await precheck(services, account, without_bcc(full), recipients)
+    uid = await services.store.append(drafts, full, ["\\Draft", "\\Seen"])
+    if old_draft is not None:
+        await services.store.expunge(drafts, [old_draft])
+    token = secrets.token_urlsafe(18)
+    record = {
+        "account_id": account.id, "mailbox_id": drafts.id, "uid_validity": drafts.uid_validity, "uid": uid,
+        "recipients": recipients, "due": time.time() + delay, "refs": refs, "client_ip": client_ip,
+    }
+    await asyncio.to_thread(_write_durably, _record_path(services, token), json.dumps(record).encode())
+    schedule(services, token, delay)
+    return token, uid
+
+
+def schedule(services: Services, token: str, delay: float) -> None:
+    async def later() -> None:
+        await asyncio.sleep(max(0.0, delay))
+        await fire(services, token)
+
+    tasks = _tasks(services)
+    task = asyncio.ensure_future(later())
+    tasks[token] = task
+    task.add_done_callback(lambda _t: tasks.pop(token, None))
+
+
+async def fire(services: Services, token: str) -> None:
+    """Send the held message of ``token`` unless it was undone."""
+    record = _claim(services, token, ".sending")
+    if record is None:
+        return
+    try:
+        await _send(services, record)
+    except Exception:  # noqa: BLE001 - the draft stays in Drafts; the server carries on
+        log.exception("web: sending a held message failed; it stays in Drafts")
+    finally:
+        with contextlib.suppress(OSError):
+            _record_path(services, token, ".sending").unlink()
+
+
+async def _send(services: Services, record: dict) -> None:
+    store = services.store
+    account = await store.get_account_by_id(int(record["account_id"]))
+    drafts = await store.get_mailbox_by_id(int(record["account_id"]), int(record["mailbox_id"]))
+    if account is None or drafts is None or drafts.uid_validity != record["uid_validity"]:
+        return
+    uid = int(record["uid"])
+    try:
+        full = await store.read_message(drafts, uid)
+    except NotFound:
+        return  # deleted from Drafts meanwhile (by another client): not sent
+    client_ip = str(record.get("client_ip") or "127.0.0.1")
+    try:
+        await submit_message(services, account, without_bcc(full), list(record["recipients"]), client_ip=client_ip,
+                             protocol="HTTP", helo="webmail", service="web")
+    except SubmissionRefused as exc:
+        logs.event(log, logging.INFO, "message_rejected", proto="web", ip=client_ip, user=account.address,
+                   reason="refused", detail=str(exc))
+        metrics.count_message("web", "rejected", "refused")
+        return  # it stays in Drafts
+    await store.expunge(drafts, [uid])
+    sent = next((b for b in await store.list_mailboxes(account.id) if b.special_use == "\\Sent"), None)
+    if sent is not None:
+        with contextlib.suppress(QuotaExceeded):
+            await store.append(sent, full, ["\\Seen"])
+    await mark_original(services, account.id, record.get("refs") or {})
+
+
+async def mark_original(services: Services, account_id: int, refs: dict[str, str]) -> None:
+    """\\Answered on the message replied to (RFC 9051 2.3.2), $Forwarded on
+    the one forwarded (RFC 5788 keyword registry); refs name them "box:uid"."""
+    for key, flag in (("reply_to", "\\Answered"), ("forward", "$Forwarded")):
+        box_id, _, uid_s = str(refs.get(key) or "").partition(":")
+        if not (box_id.isdigit() and uid_s.isdigit()):
+            continue
+        box = await services.store.get_mailbox_by_id(account_id, int(box_id))
+        if box is not None and box.account_id == account_id:
+            with contextlib.suppress(StoreError):
+                await services.store.store_flags(box, [int(uid_s)], [flag], "add")
+
+
+def cancel_all(services: Services) -> None:
+    """At stop: the timers end; the records stay for ``resume``."""
+    for task in _REGISTRY.pop(id(services), {}).values():
+        task.cancel()
+
+
+def resume(services: Services) -> int:
+    """At start: schedule every pending send found on disk (those overdue
+    at once); drop the records of sends that were under way (see the module
+    doc). Returns how many were scheduled."""
+    folder = outbox(services)
+    if not folder.is_dir():
+        return 0
+    now = time.time()
+    count = 0
+    for path in folder.iterdir():
+        if path.suffix == ".sending":
+            log.warning("web: a held message was being sent when the server stopped; it stays in Drafts")
+            with contextlib.suppress(OSError):
+                path.unlink()
+        elif path.suffix == ".json":
+            try:
+                due = float(json.loads(path.read_bytes())["due"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            schedule(services, path.stem, due - now)
+            count += 1
+    return count
+
+
+# --- the pages ---------------------------------------------------------------
+def _app() -> Any:
+    from . import app
+
+    return app
+
+
+async def _own_record(request: Request, token: str) -> tuple[Any, dict]:
+    a = _app()
+    session = a.current(request)
+    path = _record_path(a.state(request).services, token)
+    try:
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        raise HTTPException(404, "no such message on its way (already sent?)") from None
+    if record.get("account_id") != session.account_id:
+        raise HTTPException(404, "no such message on its way (already sent?)")
+    return session, record
+
+
+async def _inbox_url(request: Request) -> str:
+    a = _app()
+    session = a.current(request)
+    inbox = await a.state(request).services.store.get_mailbox(session.account_id, "INBOX")
+    return f"/box/{inbox.id}" if inbox is not None else "/"
+
+
+async def pending_page(request: Request) -> Response:
+    """"Sending in N seconds" with the Undo button."""
+    a = _app()
+    token = request.path_params["token"]
+    try:
+        session, record = await _own_record(request, token)
+    except HTTPException:
+        return a.redirect(a.notice_url(await _inbox_url(request), "Message sent."))
+    left = max(0, round(float(record["due"]) - time.time()))
+    return a.page(request, "pending.html", token=token, left=left, folders=await a.folders(request, session),
+                  notice="")
+
+
+async def undo(request: Request) -> Response:
+    """Take the message back: it is not sent and opens in the editor."""
+    a = _app()
+    token = request.path_params["token"]
+    session = a.current(request)
+    await a.checked_form(request, session)
+    _session, record = await _own_record(request, token)
+    services = a.state(request).services
+    claimed = _claim(services, token, ".undone")
+    if claimed is None:
+        return a.redirect(a.notice_url(await _inbox_url(request), "Too late: the message was sent."))
+    task = _tasks(services).pop(token, None)
+    if task is not None:
+        task.cancel()
+    with contextlib.suppress(OSError):
+        _record_path(services, token, ".undone").unlink()
+    return a.redirect(a.notice_url(f"/compose?draft={record['mailbox_id']}:{record['uid']}",
+                                   "Sending undone: the message is back in the editor."))
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/compose/pending/{token:str}", pending_page, methods=["GET"]),
+        Route("/compose/pending/{token:str}/undo", undo, methods=["POST"]),
+    ]

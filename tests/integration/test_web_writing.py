@@ -1,0 +1,396 @@
+"""Webmail writing: redirect, drafts in the editor, autosave, reply and
+forward pages, the display name in From, undo send, attachments kept."""
+
+from __future__ import annotations
+
+import re
+from email import message_from_bytes
+from email.policy import default as default_policy
+
+import pytest
+
+from mailyard.message.compose import compose, to_bytes
+
+from ..conftest import RunningServer
+from .test_web_http import ALICE, BOB, append, box_id, csrf, login
+
+httpx = pytest.importorskip("httpx")
+
+
+def _original(sender: str = "Carol <carol@elsewhere.test>") -> bytes:
+    msg = compose(sender, ALICE, subject="the original", text="original body\n")
+    return b"Return-Path: <carol@elsewhere.test>\r\nDelivered-To: alice@example.test\r\n" + to_bytes(msg)
+
+
+def test_redirect_resends_unchanged_with_resent_block(mailserver: RunningServer) -> None:
+    raw = _original()
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, raw)
+    client = login(mailserver)
+    page = client.get(f"/box/{inbox}/msg/{uid}")
+    assert f'href="/box/{inbox}/msg/{uid}/redirect" id="redirect"' in page.text
+    form = client.get(f"/box/{inbox}/msg/{uid}/redirect")
+    assert form.status_code == 200 and 'id="redirect-to"' in form.text and "autofocus" in form.text
+    token = csrf(client)
+    r = client.post(f"/box/{inbox}/msg/{uid}/redirect", data={"csrf": token, "to": "Bob <bob@example.test>"})
+    assert r.status_code == 303, r.text
+    assert "redirected" in r.headers["location"]
+    (got,) = mailserver.messages(BOB)
+    # the envelope sender is the user (the delivery's Return-Path), the block on top
+    assert got.startswith(b"Return-Path: <alice@example.test>\r\n")
+    header = got.split(b"\r\n\r\n", 1)[0]
+    fields = [line.split(b":", 1)[0] for line in header.split(b"\r\n") if line[:1] not in (b" ", b"\t")]
+    resent = [f for f in fields if f.startswith(b"Resent-")]
+    assert resent == [b"Resent-From", b"Resent-To", b"Resent-Date", b"Resent-Message-ID"]
+    assert b"\r\nResent-From: alice@example.test\r\nResent-To: bob@example.test\r\n" in got
+    # everything from the original's own header on is its bytes, less the trace
+    # fields of its last delivery (Return-Path, Delivered-To)
+    original = raw.split(b"Delivered-To: alice@example.test\r\n", 1)[1]
+    assert got.endswith(original)
+    assert got.count(b"Delivered-To: alice@example.test") == 0
+    msg = message_from_bytes(got, policy=default_policy)
+    assert msg["From"] == "Carol <carol@elsewhere.test>" and msg["Subject"] == "the original"
+    # no copy in Sent: the message is the original, already filed
+    assert not _has(mailserver, ALICE, "Sent") or mailserver.messages(ALICE, "Sent") == []
+
+
+def _has(server: RunningServer, user: str, name: str) -> bool:
+    async def go() -> bool:
+        account = await server.store.get_account(user)
+        return await server.store.get_mailbox(account.id, name) is not None
+
+    return server.call(go())
+
+
+def test_redirect_refusals(mailserver: RunningServer) -> None:
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, _original())
+    client = login(mailserver)
+    token = csrf(client)
+    for to, words in (("", "Add at least one recipient"), ("not-an-address@", "To: "),
+                      ("nobody@example.test", "no such recipient")):
+        r = client.post(f"/box/{inbox}/msg/{uid}/redirect", data={"csrf": token, "to": to})
+        assert r.status_code == 400 and words in r.text, (to, r.text)
+    # without the CSRF token, and for another user's message: nothing sent
+    r = client.post(f"/box/{inbox}/msg/{uid}/redirect", data={"to": BOB})
+    assert r.status_code == 403
+    bob_inbox = box_id(mailserver, BOB, "INBOX")
+    bob_uid = append(mailserver, BOB, _original())
+    r = client.post(f"/box/{bob_inbox}/msg/{bob_uid}/redirect", data={"csrf": token, "to": ALICE})
+    assert r.status_code == 404
+    assert len(mailserver.messages(BOB)) == 1 and len(mailserver.messages(ALICE)) == 1
+
+
+def test_redirect_of_a_local_colleagues_message_is_refused(mailserver: RunningServer) -> None:
+    """A resent block does not let the user put a local address they do not
+    own in From: a made-up "original" from a colleague would otherwise be
+    signed by this server's domain."""
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, _original("Bob <bob@example.test>"))
+    client = login(mailserver)
+    r = client.post(f"/box/{inbox}/msg/{uid}/redirect", data={"csrf": csrf(client), "to": "postmaster@example.test"})
+    assert r.status_code == 400 and "From &lt;bob@example.test&gt; is not an address of alice@example.test" in r.text
+    assert mailserver.messages("postmaster@example.test") == []
+
+
+def _rich_original() -> bytes:
+    msg = compose("Carol <carol@elsewhere.test>", ALICE, subject="plans", text="line one\nline two\n",
+                  attachments=[("notes.txt", b"attached notes\n", "text/plain")])
+    return to_bytes(msg)
+
+
+def test_reply_page_title_focus_and_answered(mailserver: RunningServer) -> None:
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, _rich_original())
+    client = login(mailserver)
+    for mode, title in (("reply", "Reply"), ("replyall", "Reply all"), ("forward", "Forward")):
+        page = client.get(f"/compose?{mode}={inbox}:{uid}")
+        assert page.status_code == 200
+        assert f"<title>{title} – mailyard webmail</title>" in page.text
+        assert f'<h1 id="compose-title">{title}</h1>' in page.text and "New message" not in page.text
+        # the cursor is in the body, which starts with the empty lines above the quote
+        body = re.search(r'<textarea id="body" name="body" rows="16"( autofocus)?>\n(.*?)</textarea>',
+                         page.text, re.S)
+        assert body.group(1) == " autofocus", mode
+        assert 'id="to" name="to" type="text" value' in page.text and "autocomplete=\"email\" autofocus" not in page.text
+        if mode != "forward":
+            assert body.group(2).startswith("\n\nOn ") and "&gt; line one" in body.group(2)
+    new = client.get("/compose")
+    assert "<title>New message – mailyard webmail</title>" in new.text
+    assert 'autocomplete="email" autofocus' in new.text  # a new message starts at To
+    token = csrf(client)
+    r = client.post("/compose", data={"csrf": token, "to": BOB, "subject": "Re: plans", "body": "ok",
+                                      "mode": "reply", "reply_to": f"{inbox}:{uid}", "action": "send"})
+    assert r.status_code == 303, r.text
+
+    async def flags() -> frozenset:
+        account = await mailserver.store.get_account(ALICE)
+        box = await mailserver.store.get_mailbox(account.id, "INBOX")
+        return (await mailserver.store.get_messages(box, [uid]))[0].flags
+
+    assert "\\Answered" in mailserver.call(flags())
+
+
+def _flags(server: RunningServer, user: str, mailbox: str, uid: int) -> frozenset:
+    async def go() -> frozenset:
+        account = await server.store.get_account(user)
+        box = await server.store.get_mailbox(account.id, mailbox)
+        return (await server.store.get_messages(box, [uid]))[0].flags
+
+    return server.call(go())
+
+
+def _form_fields(html: str) -> dict[str, str]:
+    fields = dict(re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)"', html))
+    for name in ("from", "to", "cc", "bcc", "subject"):
+        m = re.search(rf'<input id="{name}" name="{name}" type="text" value="([^"]*)"', html)
+        fields[name] = m.group(1) if m else ""
+    m = re.search(r'<textarea id="body" name="body"[^>]*>(.*?)</textarea>', html, re.S)
+    # (HTML drops the one line break right after <textarea>: the template writes one)
+    assert m.group(1).startswith("\n")
+    fields["body"] = m.group(1)[1:].replace("&gt;", ">").replace("&lt;", "<").replace("&#34;", '"').replace("&amp;", "&")
+    return {k: v.replace("&lt;", "<").replace("&gt;", ">").replace("&#34;", '"').replace("&amp;", "&")
+            for k, v in fields.items()}
+
+
+def test_forward_attached_sets_forwarded_and_adds_no_sentence(mailserver: RunningServer) -> None:
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    raw = _rich_original()
+    uid = append(mailserver, ALICE, raw)
+    client = login(mailserver)
+    page = client.get(f"/compose?forward={inbox}:{uid}")
+    fields = _form_fields(page.text)
+    assert fields["body"] == "" and fields["subject"] == "Fwd: plans"
+    assert 'name="forward_mode" value="attached" checked' in page.text
+    r = client.post("/compose", data={**fields, "to": BOB, "action": "send"})
+    assert r.status_code == 303, r.text
+    (got,) = mailserver.messages(BOB)
+    msg = message_from_bytes(got, policy=default_policy)
+    assert msg.get_body(("plain",)).get_content().strip() == ""  # nothing of ours was added
+    (att,) = list(msg.iter_attachments())
+    assert att.get_content_type() == "message/rfc822" and att.get_content()["Subject"] == "plans"
+    assert "$Forwarded" in _flags(mailserver, ALICE, "INBOX", uid)
+
+
+def test_forward_inline_quotes_the_text_and_copies_attachments(mailserver: RunningServer) -> None:
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, _rich_original())
+    client = login(mailserver)
+    page = client.get(f"/compose?forward={inbox}:{uid}&how=inline")
+    fields = _form_fields(page.text)
+    assert 'name="forward_mode" value="inline" checked' in page.text
+    assert fields["body"].startswith("\n\n---------- Forwarded message ----------\nFrom: Carol <carol@elsewhere.test>")
+    assert fields["body"].endswith("Subject: plans\nTo: alice@example.test\n\nline one\nline two\n")
+    fields["body"] = "see below" + fields["body"]
+    r = client.post("/compose", data={**fields, "forward_mode": "inline", "to": BOB, "action": "send"})
+    assert r.status_code == 303, r.text
+    (got,) = mailserver.messages(BOB)
+    msg = message_from_bytes(got, policy=default_policy)
+    text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text.startswith("see below\n\n---------- Forwarded message ----------") and "line two" in text
+    (att,) = list(msg.iter_attachments())
+    assert att.get_filename() == "notes.txt" and att.get_content() == "attached notes\n"
+    assert "$Forwarded" in _flags(mailserver, ALICE, "INBOX", uid)
+
+
+def _set_identity(server: RunningServer, user: str, name: str) -> None:
+    async def go() -> None:
+        account = await server.store.get_account(user)
+        await server.store.set_settings(account.id, {"identities": [{"name": name, "address": user}]})
+
+    server.call(go())
+
+
+def test_display_name_of_the_identity_in_from(mailserver: RunningServer) -> None:
+    client = login(mailserver)
+    token = csrf(client)
+    # no identity: the address alone
+    r = client.post("/compose", data={"csrf": token, "to": BOB, "subject": "one", "body": "x", "action": "send"})
+    assert r.status_code == 303
+    assert message_from_bytes(mailserver.messages(BOB)[-1], policy=default_policy)["From"] == ALICE
+    _set_identity(mailserver, ALICE, "Alice Ärger")
+    page = client.get("/compose")
+    assert 'name="from" type="text" value="Alice Ärger &lt;alice@example.test&gt;"' in page.text
+    # the address alone typed (or an old form): the identity's name goes with it
+    for sender in ("", ALICE, "Alice Ärger <alice@example.test>"):
+        r = client.post("/compose", data={"csrf": token, "from": sender, "to": BOB, "subject": "two",
+                                          "body": "x", "action": "send"})
+        assert r.status_code == 303
+        got = mailserver.messages(BOB)[-1]
+        assert b"\r\nFrom: Alice =?utf-8?q?=C3=84rger?= <alice@example.test>\r\n" in got, (sender, got[:600])
+    # a name typed by the user wins
+    r = client.post("/compose", data={"csrf": token, "from": "Al <alice@example.test>", "to": BOB,
+                                      "subject": "three", "body": "x", "action": "send"})
+    assert b"\r\nFrom: Al <alice@example.test>\r\n" in mailserver.messages(BOB)[-1]
+
+
+def test_a_draft_opens_in_the_editor(mailserver: RunningServer) -> None:
+    drafts_raw = to_bytes(compose(ALICE, BOB, subject="half done", text="first thoughts\n",
+                                  attachments=[("plan.txt", b"the plan\n", "text/plain")]))
+    client = login(mailserver)
+    csrf(client)
+    client.post("/compose", data={"csrf": csrf(client), "to": "", "action": "save"})  # makes Drafts
+    drafts = box_id(mailserver, ALICE, "Drafts")
+    uid = append(mailserver, ALICE, drafts_raw, "Drafts", ["\\Draft"])
+    r = client.get(f"/box/{drafts}/msg/{uid}")
+    assert r.status_code == 303 and r.headers["location"] == f"/compose?draft={drafts}:{uid}"
+    page = client.get(r.headers["location"])
+    fields = _form_fields(page.text)
+    assert fields["to"] == BOB and fields["subject"] == "half done" and fields["body"].strip() == "first thoughts"
+    assert fields["draft_uid"] == str(uid) and fields["mode"] == "draft"
+    assert "<title>Draft – mailyard webmail</title>" in page.text
+    assert re.search(r'name="keep" value="2" checked> plan.txt', page.text)
+    # ?view=1 still shows it as a message; another user's draft is a 404
+    assert client.get(f"/box/{drafts}/msg/{uid}?view=1").status_code == 200
+    assert client.get(f"/box/{drafts}/msg/999").status_code == 404
+    # sending it deletes the draft and keeps its attachment
+    r = client.post("/compose", data={**fields, "keep": "2", "action": "send"})
+    assert r.status_code == 303, r.text
+    got = message_from_bytes(mailserver.messages(BOB)[-1], policy=default_policy)
+    assert [a.get_filename() for a in got.iter_attachments()] == ["plan.txt"]
+    assert [m for m in mailserver.messages(ALICE, "Drafts") if b"half done" in m] == []
+
+
+def test_autosave_replaces_the_previous_version(mailserver: RunningServer) -> None:
+    client = login(mailserver)
+    token = csrf(client)
+    form = {"csrf": token, "to": BOB, "subject": "work in progress", "body": "v1", "draft_uid": "",
+            "action": "send"}  # autosave saves whatever button the form names
+    r = client.post("/compose/autosave", data=form,
+                    files={"attachment": ("a.txt", b"kept across saves\n", "text/plain")})
+    assert r.status_code == 200, r.text
+    first = r.json()
+    assert first["kept"] == [["2", "a.txt", "text/plain", first["kept"][0][3]]]
+    drafts = mailserver.messages(ALICE, "Drafts")
+    assert len(drafts) == 1 and b"v1" in drafts[0] and b"a2VwdCBhY3Jvc3Mgc2F2ZXMK" in drafts[0]
+    r = client.post("/compose/autosave", data={**form, "body": "v2", "draft_uid": first["draft_uid"], "keep": "2"})
+    second = r.json()
+    assert int(second["draft_uid"]) > int(first["draft_uid"]) and second["kept"][0][:3] == ["2", "a.txt", "text/plain"]
+    (only,) = mailserver.messages(ALICE, "Drafts")  # APPEND new + expunge old: one copy
+    assert b"v2" in only and b"a2VwdCBhY3Jvc3Mgc2F2ZXMK" in only
+    drafts_id = box_id(mailserver, ALICE, "Drafts")
+    assert "\\Draft" in _flags(mailserver, ALICE, "Drafts", int(second["draft_uid"]))
+    # a form that cannot become a message is answered in JSON, nothing replaced
+    r = client.post("/compose/autosave", data={**form, "to": "bad@", "draft_uid": second["draft_uid"]})
+    assert r.status_code == 400 and r.json()["error"].startswith("Not saved: To: ")
+    assert len(mailserver.messages(ALICE, "Drafts")) == 1
+    # CSRF as on every POST
+    assert client.post("/compose/autosave", data={**form, "csrf": "x"}).status_code == 403
+    # sending deletes the draft
+    r = client.post("/compose", data={**form, "body": "final", "draft_uid": second["draft_uid"], "keep": "2"})
+    assert r.status_code == 303, r.text
+    assert mailserver.messages(ALICE, "Drafts") == []
+    got = message_from_bytes(mailserver.messages(BOB)[-1], policy=default_policy)
+    assert [a.get_filename() for a in got.iter_attachments()] == ["a.txt"]
+    assert client.get(f"/box/{drafts_id}").status_code == 200
+
+
+def _set_delay(server: RunningServer, user: str, seconds: object) -> None:
+    async def go() -> None:
+        account = await server.store.get_account(user)
+        await server.store.set_settings(account.id, {"send_delay": seconds})
+
+    server.call(go())
+
+
+def _wait(condition, what: str, timeout: float = 30.0):  # noqa: ANN001, ANN202
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_undo_send_takes_the_message_back(mailserver: RunningServer) -> None:
+    _set_delay(mailserver, ALICE, 30)
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, _rich_original())
+    client = login(mailserver)
+    token = csrf(client)
+    r = client.post("/compose", data={"csrf": token, "to": BOB, "subject": "Re: plans", "body": "oops",
+                                      "reply_to": f"{inbox}:{uid}", "action": "send"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/compose/pending/"), r.text
+    pending = r.headers["location"]
+    page = client.get(pending)
+    assert 'id="undo"' in page.text and "Your message goes in 30 seconds." in page.text
+    # held as a draft meanwhile, nothing sent
+    (held,) = mailserver.messages(ALICE, "Drafts")
+    assert b"oops" in held and mailserver.messages(BOB) == []
+    # another user cannot see or undo it; without CSRF nothing happens
+    other = login(mailserver, BOB)
+    assert other.post(f"{pending}/undo", data={"csrf": csrf(other)}).status_code == 404
+    assert client.post(f"{pending}/undo", data={}).status_code == 403
+    r = client.post(f"{pending}/undo", data={"csrf": token})
+    assert r.status_code == 303
+    drafts = box_id(mailserver, ALICE, "Drafts")
+    assert r.headers["location"].startswith(f"/compose?draft={drafts}:")
+    editor = client.get(r.headers["location"])
+    assert "oops" in editor.text and "Sending undone" in editor.text
+    # the record is gone: the timer can no longer send it
+    assert list((mailserver.data_dir / "web-outbox").glob("*.json")) == []
+    assert client.post(f"{pending}/undo", data={"csrf": token}).status_code == 404
+    assert mailserver.messages(BOB) == [] and len(mailserver.messages(ALICE, "Drafts")) == 1
+    assert "\\Answered" not in _flags(mailserver, ALICE, "INBOX", uid)
+
+
+def test_undo_send_delay_then_sent(mailserver: RunningServer) -> None:
+    _set_delay(mailserver, ALICE, 1)
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, _rich_original())
+    client = login(mailserver)
+    token = csrf(client)
+    r = client.post("/compose", data={"csrf": token, "to": BOB, "bcc": "postmaster@example.test",
+                                      "subject": "Fwd: plans", "body": "fyi", "forward": f"{inbox}:{uid}",
+                                      "action": "send"})
+    assert r.headers["location"].startswith("/compose/pending/")
+    (got,) = _wait(lambda: mailserver.messages(BOB), "the held message to be sent")
+    assert b"Bcc" not in got.split(b"\r\n\r\n")[0]
+    assert len(_wait(lambda: mailserver.messages("postmaster@example.test"), "the Bcc copy")) == 1
+    _wait(lambda: mailserver.messages(ALICE, "Drafts") == [], "the draft to go")
+    (sent,) = _wait(lambda: mailserver.messages(ALICE, "Sent"), "the Sent copy")
+    assert b"Bcc: postmaster@example.test" in sent
+    _wait(lambda: "$Forwarded" in _flags(mailserver, ALICE, "INBOX", uid), "$Forwarded")
+    # too late to undo: the pending page says it went
+    page = client.get(r.headers["location"], follow_redirects=True)
+    assert "Message sent." in page.text
+    # a recipient that does not exist is refused at once, not after the delay
+    r = client.post("/compose", data={"csrf": token, "to": "nobody@example.test", "subject": "x", "body": "y",
+                                      "action": "send"})
+    assert r.status_code == 400 and "no such recipient: nobody@example.test" in r.text
+    # a bad setting is bounded: over 30 counts as 30, nonsense as 0 (sent at once)
+    _set_delay(mailserver, ALICE, "soon")
+    r = client.post("/compose", data={"csrf": token, "to": BOB, "subject": "now", "body": "y", "action": "send"})
+    assert r.headers["location"].startswith("/box/")
+
+
+def test_held_message_survives_a_restart(make_server) -> None:  # noqa: ANN001
+    import json
+
+    from ..conftest import RunningServer as Running
+
+    first = make_server()
+    _set_delay(first, ALICE, 30)
+    client = login(first)
+    r = client.post("/compose", data={"csrf": csrf(client), "to": BOB, "subject": "after restart",
+                                      "body": "still here", "action": "send"})
+    assert r.headers["location"].startswith("/compose/pending/")
+    data_dir, config = first.data_dir, first.config
+    first.call(first.server.stop())  # the server stops (its loop is the fixture's to close)
+    first.server = None
+    (record,) = list((data_dir / "web-outbox").glob("*.json"))
+    # the delay ran out while the server was down
+    held = json.loads(record.read_text())
+    record.write_text(json.dumps({**held, "due": held["due"] - 60}))
+    second = Running(data_dir, config, seed_defaults=False)
+    try:
+        second.start()
+        (got,) = _wait(lambda: second.messages(BOB), "the held message after the restart")
+        assert b"still here" in got
+        _wait(lambda: second.messages(ALICE, "Drafts") == [], "the draft to go")
+        assert list((data_dir / "web-outbox").iterdir()) == []
+    finally:
+        second.stop()
