@@ -44,9 +44,12 @@ from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, client_context, ensure_certificate
 from .services import Services
+from .spam.checker import SpamChecker
+from .spam.rspamd import RspamdClient
 from .store import open_store
 from .store.api import Store
 from .store.notify import QUEUE, SETTLED, ChangeChannel
+from .store.spamlog import DecisionLog
 from .store.spool import MessageSpool
 
 log = logging.getLogger("mailyard")
@@ -285,6 +288,14 @@ class MailServer:
             await mailauth.start()
         elif auth.inbound_checks:
             mailauth = InboundChecker(Resolver(cfg.delivery.nameservers, auth.dns_timeout), authserv_id)
+        spam: SpamChecker | None = None
+        if cfg.spam.checks or cfg.spam.rspamd_url:
+            spam = SpamChecker(
+                cfg.spam, store, DecisionLog(self.data_dir / "spam", cfg.spam.log_max_bytes),
+                Resolver(cfg.delivery.nameservers, cfg.spam.dns_timeout) if cfg.spam.checks else None,
+                RspamdClient(cfg.spam.rspamd_url, cfg.spam.rspamd_timeout) if cfg.spam.rspamd_url else None,
+                hostname=cfg.server.hostname,
+            )
         self.services = Services(
             config=cfg,
             data_dir=self.data_dir,
@@ -303,6 +314,7 @@ class MailServer:
             stats=self.stats,
             mailauth=mailauth,
             acme_http01=self.acme_answers.http01 if self.acme_answers is not None else None,
+            spam=spam,
             sieve=(SieveDelivery(store, ScriptStore(self.data_dir / "sieve"), cfg.delivery.recipient_delimiter)
                    if cfg.delivery.sieve else None),
         )
@@ -515,6 +527,8 @@ class MailServer:
             await self.queue.stop()
         if self.services is not None and self.services.mailauth is not None:
             self.services.mailauth.close()
+        if self.services is not None and self.services.spam is not None:
+            await self.services.spam.close()
         if self._store is not None:
             await self._store.close()
             self._store = None
