@@ -76,7 +76,7 @@ def verdict_fields(score: float, required: float, tests: Sequence[str], flag: bo
     names = list(tests) or ["none"]
     for i, name in enumerate(names):
         piece = name + ("," if i < len(names) - 1 else "")
-        if len(lines[-1]) + len(piece) > 76 and lines[-1].strip():
+        if len(lines[-1]) + len(piece) > 78 and lines[-1].strip():
             lines.append("\t")
         lines[-1] += piece
     out = b"X-Spam-Flag: YES\r\n" if flag else b""
