@@ -37,6 +37,11 @@ from .score import Tests, builtin_tests, parse_list, parse_scores
 
 log = logging.getLogger("mailyard.spam")
 
+# The DNS signals of a client (address, HELO) are reused this many seconds,
+# for at most this many clients.
+RECENT_TTL = 60.0
+RECENT_MAX = 10_000
+
 # The fields we write ourselves: rspamd's own versions of them are not copied.
 _OURS = ("x-spam-status", "x-spam-score", "x-spam-flag")
 
@@ -96,6 +101,8 @@ class SpamChecker:
         self.lists = [parse_list(item) for item in config.dnsbl]
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_networks]
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spam")
+        # (ip, helo) -> (expires, the DNS signals): see _builtin
+        self._recent: dict[tuple[str, str], tuple[float, tuple[Any, ...]]] = {}
 
     def _trusted(self, ip: str) -> bool:
         try:
@@ -105,21 +112,37 @@ class SpamChecker:
         return any(address in net for net in self.trusted)
 
     def _builtin(self, ip: str, helo: str, own_names: Sequence[str], own_ips: Sequence[str],
-                 auth: InboundVerdict | None) -> Builtin:
-        """The built-in checks (blocking: DNS)."""
-        resolver = self.resolver
+                 auth: InboundVerdict | None, cache_only: bool = False) -> Builtin:
+        """The built-in checks (blocking: DNS); with ``cache_only`` from the
+        resolver's cache alone (``signals.NotCached`` on a miss)."""
+        resolver: Resolver | signals.CacheOnly | None = self.resolver
+        if cache_only and resolver is not None:
+            resolver = signals.CacheOnly(resolver)
         spf = auth.spf.result if auth is not None else None
         dkim = [r.result for r in auth.dkim] if auth is not None else []
         dmarc = auth.dmarc.result if auth is not None and auth.dmarc is not None else None
         if resolver is None or self._trusted(ip):
             return Builtin(builtin_tests(rdns="ok", helo="ok", listed=(), spf=spf, dkim=dkim, dmarc=dmarc,
                                          scores=self.scores))
-        rdns, rdns_name = signals.fcrdns(resolver, ip)
-        helo_state = signals.check_helo(resolver, helo, ip, own_names, own_ips)
-        listed, problems = signals.listed_on(resolver, ip, self.lists)
-        for what, state in (("rdns", rdns), ("helo", helo_state)):
-            if state == "temperror":
-                problems.append(f"{what}: temperror")
+        key = (ip, helo.lower())
+        now = time.monotonic()
+        hit = self._recent.get(key)
+        if hit is not None and hit[0] > now:
+            rdns, rdns_name, helo_state, listed, problems = hit[1]
+            problems = list(problems)
+        else:
+            rdns, rdns_name = signals.fcrdns(resolver, ip)
+            helo_state = signals.check_helo(resolver, helo, ip, own_names, own_ips)
+            listed, problems = signals.listed_on(resolver, ip, self.lists)
+            for what, state in (("rdns", rdns), ("helo", helo_state)):
+                if state == "temperror":
+                    problems.append(f"{what}: temperror")
+            if not problems:
+                # A sender's next messages (a connection's, a list's) reuse
+                # these: the DNS answers behind them are cached as long anyway.
+                self._recent[key] = (now + RECENT_TTL, (rdns, rdns_name, helo_state, listed, tuple(problems)))
+                while len(self._recent) > RECENT_MAX:
+                    self._recent.pop(next(iter(self._recent)))
         tests = builtin_tests(rdns=rdns, helo=helo_state, listed=listed, spf=spf, dkim=dkim, dmarc=dmarc,
                               scores=self.scores)
         return Builtin(tests, rdns, rdns_name, helo_state, problems)
@@ -152,7 +175,12 @@ class SpamChecker:
         message_id, from_addresses = _header_info(message)
         own_names = [self.hostname, *(await self.store.list_domains())]
         loop = asyncio.get_running_loop()
-        builtin_call = loop.run_in_executor(self._pool, self._builtin, ip, helo, own_names, own_ips, auth)
+        builtin_call: asyncio.Future[Builtin]
+        try:
+            builtin_call = loop.create_future()
+            builtin_call.set_result(self._builtin(ip, helo, own_names, own_ips, auth, cache_only=True))
+        except signals.NotCached:
+            builtin_call = loop.run_in_executor(self._pool, self._builtin, ip, helo, own_names, own_ips, auth)
         verdict: RspamdResult | str | None = None
         if self.rspamd is not None:
             # The Hostname header wants a validated name: known only after

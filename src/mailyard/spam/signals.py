@@ -15,8 +15,28 @@ from collections.abc import Collection, Sequence
 
 import dns.reversename
 
-from ..mailauth.dnscache import DNSTempError, Resolver
+from ..mailauth.dnscache import Answer, DNSTempError, Resolver
 from .score import ListEntry, is_list_error
+
+
+class NotCached(Exception):
+    """A ``CacheOnly`` lookup whose answer is not in the cache."""
+
+
+class CacheOnly:
+    """The resolver's cached answers only: ``query`` raises ``NotCached``
+    rather than ask. The checker first runs the signals through this on the
+    event loop (a repeat sender's answers are all cached: no thread hop),
+    and only on a miss runs them again on a thread with the real resolver."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+
+    def query(self, name: str, rdtype: str) -> Answer:
+        answer = self.resolver.cached(name, rdtype)
+        if answer is None:
+            raise NotCached(f"{name} {rdtype}")
+        return answer
 
 # At most this many PTR names are followed back (RFC 8601 / SpamAssassin do the same kind of bound).
 MAX_PTR_NAMES = 10
@@ -25,14 +45,14 @@ MAX_PTR_NAMES = 10
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 
 
-def _addresses(resolver: Resolver, name: str) -> set[str]:
+def _addresses(resolver: Resolver | CacheOnly, name: str) -> set[str]:
     out: set[str] = set()
     for rdtype in ("A", "AAAA"):
         out.update(resolver.query(name, rdtype).records)
     return out
 
 
-def fcrdns(resolver: Resolver, ip: str) -> tuple[str, str | None]:
+def fcrdns(resolver: Resolver | CacheOnly, ip: str) -> tuple[str, str | None]:
     """``("ok", name)`` when a PTR name of ``ip`` resolves back to it,
     ``("not-confirmed", name)``, ``("none", None)`` without PTR, or
     ``("temperror", None)``."""
@@ -71,7 +91,7 @@ def _literal(helo: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def check_helo(resolver: Resolver, helo: str, ip: str, own_names: Collection[str], own_ips: Collection[str]) -> str:
+def check_helo(resolver: Resolver | CacheOnly, helo: str, ip: str, own_names: Collection[str], own_ips: Collection[str]) -> str:
     """``ok``, ``syntax``, ``ours`` (this server's name, one of its domains
     or addresses), ``literal-mismatch``, ``nxdomain`` or ``temperror``."""
     if not helo_syntax_ok(helo):
@@ -104,7 +124,7 @@ def list_query_name(ip: str, zone: str) -> str:
     return ".".join(reversed(address.exploded.replace(":", ""))) + "." + zone
 
 
-def listed_on(resolver: Resolver, ip: str, entries: Sequence[ListEntry]) -> tuple[list[ListEntry], list[str]]:
+def listed_on(resolver: Resolver | CacheOnly, ip: str, entries: Sequence[ListEntry]) -> tuple[list[ListEntry], list[str]]:
     """The entries whose zone lists ``ip`` with one of their answer codes,
     and the problems met (a list's error answer, a DNS failure), in words."""
     hits: list[ListEntry] = []

@@ -27,12 +27,15 @@ class DecisionLog:
         self.directory = directory
         self.path = directory / FILE
         self.max_bytes = max(max_bytes, 4096)
+        self._made = False
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Add one decision; raises OSError (the caller logs it: the
         message is delivered whether or not its record is written)."""
         line = (json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n").encode()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self._made:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._made = True
         try:
             if self.path.stat().st_size + len(line) > self.max_bytes:
                 os.replace(self.path, self.path.with_name(FILE + ".1"))
