@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -103,6 +104,7 @@ class SpamChecker:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spam")
         # (ip, helo) -> (expires, the DNS signals): see _builtin
         self._recent: dict[tuple[str, str], tuple[float, tuple[Any, ...]]] = {}
+        self._recent_lock = threading.Lock()  # used on the event loop and the pool's threads
 
     def _trusted(self, ip: str) -> bool:
         try:
@@ -126,7 +128,8 @@ class SpamChecker:
                                          scores=self.scores))
         key = (ip, helo.lower())
         now = time.monotonic()
-        hit = self._recent.get(key)
+        with self._recent_lock:
+            hit = self._recent.get(key)
         if hit is not None and hit[0] > now:
             rdns, rdns_name, helo_state, listed, problems = hit[1]
             problems = list(problems)
@@ -140,9 +143,10 @@ class SpamChecker:
             if not problems:
                 # A sender's next messages (a connection's, a list's) reuse
                 # these: the DNS answers behind them are cached as long anyway.
-                self._recent[key] = (now + RECENT_TTL, (rdns, rdns_name, helo_state, listed, tuple(problems)))
-                while len(self._recent) > RECENT_MAX:
-                    self._recent.pop(next(iter(self._recent)))
+                with self._recent_lock:
+                    self._recent[key] = (now + RECENT_TTL, (rdns, rdns_name, helo_state, listed, tuple(problems)))
+                    while len(self._recent) > RECENT_MAX:
+                        self._recent.pop(next(iter(self._recent)))
         tests = builtin_tests(rdns=rdns, helo=helo_state, listed=listed, spf=spf, dkim=dkim, dmarc=dmarc,
                               scores=self.scores)
         return Builtin(tests, rdns, rdns_name, helo_state, problems)
