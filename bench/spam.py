@@ -6,8 +6,8 @@ minimal configuration: tests/integration/rspamd_server.py). A real
 ``mailyard serve``, DNS answered by the project's DNS test server on
 loopback, 20 concurrent clients (bench/mailauth.py's client loop), 1 KB
 messages, fsync on, SPF/DKIM/DMARC off in all three so the figure is the
-spam checks' own. The issue's target: the built-in checks at most 15 %
-lower than off.
+spam checks' own; two interleaved rounds, the best rate of each kept. The
+issue's target: the built-in checks at most 15 % lower than off.
 """
 
 from __future__ import annotations
@@ -66,10 +66,14 @@ def run(quick: bool = False) -> list[Result]:
             runs = [("off", False, ""), ("built-in", True, "")]
             if rspamd is not None:
                 runs.append(("built-in + rspamd", True, rspamd.url))
-            for name, checks, url in runs:
-                progress(f"{count} messages of 1 KB, {SESSIONS} clients, spam checks {name}")
-                rates[name] = _rate(dns.address, count, body, checks, url)
-                progress(f"{rates[name]:.0f} msgs/s")
+            # Interleaved rounds, the best of each kept: on a shared machine
+            # a neighbour's burst then costs one sample, not the figure.
+            for _round in range(1 if quick else 2):
+                for name, checks, url in runs:
+                    progress(f"{count} messages of 1 KB, {SESSIONS} clients, spam checks {name}")
+                    rate = _rate(dns.address, count, body, checks, url)
+                    rates[name] = max(rates.get(name, 0.0), rate)
+                    progress(f"{rate:.0f} msgs/s")
             if rspamd is not None:
                 rspamd.stop()
                 rspamd = None
