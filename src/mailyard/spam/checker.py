@@ -187,10 +187,16 @@ class SpamChecker:
             builtin_call = loop.run_in_executor(self._pool, self._builtin, ip, helo, own_names, own_ips, auth)
         verdict: RspamdResult | str | None = None
         if self.rspamd is not None:
-            # The Hostname header wants a validated name: known only after
-            # the rDNS check, so rspamd gets none rather than a wait.
+            # Hostname: the forward-confirmed name ("unknown" without one,
+            # as milters pass it), when the rDNS answer is at hand already;
+            # else none rather than a wait for the check's thread.
+            hostname = None
+            if builtin_call.done():
+                known = builtin_call.result()
+                hostname = known.rdns_name if known.rdns == "ok" else (
+                    "unknown" if known.rdns in ("none", "not-confirmed") else None)
             verdict = await self._rspamd(message, ip=ip, helo=helo, mail_from=reverse_path, rcpts=rcpts,
-                                         hostname=None, queue_id=queue_id, user=user)
+                                         hostname=hostname, queue_id=queue_id, user=user)
         builtin = await builtin_call
         tests = list(builtin.tests.hits)
         action, text, spam = "accept", "", False
