@@ -354,6 +354,45 @@ class AuthenticationConfig:
 
 
 @dataclass
+class SpamConfig:
+    """The spam verdict of mail received on the MX port (spam/): a built-in
+    score from the sender's reputation (forward-confirmed reverse DNS, HELO,
+    DNS blocklists and allowlists, SPF/DKIM/DMARC) and, when ``rspamd_url``
+    is set, rspamd's content scan. DNS goes to ``[delivery] nameservers``."""
+
+    # The built-in checks (they ask DNS: rDNS, HELO, the lists below).
+    checks: bool = True
+    # rspamd's normal worker (its HTTP protocol, /checkv2); "": no rspamd.
+    rspamd_url: str = ""
+    # Seconds to wait for rspamd; past that, the built-in score alone decides.
+    rspamd_timeout: float = 15.0
+    # Seconds the built-in checks wait for DNS.
+    dns_timeout: float = 5.0
+    # Score at or over which a message goes to the recipient's Junk folder
+    # (per account: ``mailyard spam threshold``); also the "required" of X-Spam-Status.
+    junk_threshold: float = 6.0
+    # DNS blocklists and allowlists: "ZONE WEIGHT [CODES] [NAME]"; CODES are
+    # addresses, ranges (127.0.0.2-127.0.0.3) or networks, comma-separated
+    # (default any 127.0.0.0/8 answer); answers in 127.255.255.0/24 are the
+    # list's errors (query refused, over quota) and never count. A negative
+    # WEIGHT makes an allowlist.
+    dnsbl: list[str] = field(default_factory=lambda: [
+        "zen.spamhaus.org 4.0 127.0.0.2-127.0.0.3,127.0.0.9 SPAMHAUS_SBL",
+        "zen.spamhaus.org 4.0 127.0.0.4-127.0.0.7 SPAMHAUS_XBL",
+        "zen.spamhaus.org 2.5 127.0.0.10-127.0.0.11 SPAMHAUS_PBL",
+    ])
+    # Mail from these networks is not scored by the built-in checks (local
+    # programs handing mail to the MX port); rspamd still scans it.
+    trusted_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # Overrides of the built-in scores, "NAME=SCORE" (the names and their
+    # defaults: spam/score.py DEFAULT_SCORES, README).
+    scores: list[str] = field(default_factory=list)
+    # The decision log (DATA/spam/decisions.jsonl), rotated past this many
+    # bytes (one older file kept).
+    log_max_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     ports: PortsConfig = field(default_factory=PortsConfig)
@@ -367,6 +406,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     authentication: AuthenticationConfig = field(default_factory=AuthenticationConfig)
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
+    spam: SpamConfig = field(default_factory=SpamConfig)
 
     @classmethod
     def load(cls, path: Path | None) -> Config:
@@ -413,6 +453,7 @@ class Config:
             raise ConfigError(f"{source}: 'authentication.dmarc_policy' must be \"enforce\" or \"record\"")
         if self.mta_sts.max_age > 31557600:  # RFC 8461 3.2
             raise ConfigError(f"{source}: 'mta_sts.max_age' must be at most 31557600 (one year)")
+        _check_spam(self.spam, source)
         delim = self.delivery.recipient_delimiter
         if len(delim) > 1 or delim in ("@", " ", '"'):
             raise ConfigError(f"{source}: 'delivery.recipient_delimiter' must be one character (such as \"+\") or \"\"")
@@ -447,7 +488,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("tls", "acme_challenge"): ("http-01", "tls-alpn-01"),
 }
 # Lists of IP addresses or networks.
-ADDRESS_LIST_KEYS = {("http", "trusted_proxies"), ("server", "proxy_protocol_from")}
+ADDRESS_LIST_KEYS = {("http", "trusted_proxies"), ("server", "proxy_protocol_from"), ("spam", "trusted_networks")}
 # TCP port numbers (0 disables a listener).
 PORT_KEYS = {("delivery", "smtp_port"), ("delivery", "relay_port"), ("mta_sts", "https_port")}
 # Sizes and counts that must be at least 1: 0 would refuse everything.
@@ -464,6 +505,38 @@ POSITIVE_KEYS = {
     ("mta_sts", "max_policy_size"),
     ("tls", "acme_renew_days"), ("tls", "acme_retry"),
 }
+
+
+def _check_spam(spam: SpamConfig, source: str) -> None:
+    """``[spam]`` entries have their own small syntax: check it at load time."""
+    url = spam.rspamd_url
+    if url and not (url.startswith("http://") or url.startswith("https://")):
+        raise ConfigError(f"{source}: 'spam.rspamd_url' must be an http:// or https:// URL or \"\"")
+    for item in spam.scores:
+        name, eq, value = item.partition("=")
+        try:
+            float(value)
+        except ValueError:
+            eq = ""
+        if not eq or not name.strip():
+            raise ConfigError(f"{source}: 'spam.scores': {item!r} is not NAME=SCORE")
+    for item in spam.dnsbl:
+        parts = item.split()
+        ok = 2 <= len(parts) <= 4
+        if ok:
+            try:
+                float(parts[1])
+            except ValueError:
+                ok = False
+        if ok and len(parts) >= 3:
+            for code in parts[2].split(","):
+                try:
+                    for piece in code.split("-"):
+                        ipaddress.ip_network(piece, strict=False)
+                except ValueError:
+                    ok = False
+        if not ok:
+            raise ConfigError(f"{source}: 'spam.dnsbl': {item!r} is not \"ZONE WEIGHT [CODES] [NAME]\"")
 
 
 def _check_value(section: str, key: str, value: Any, source: str) -> Any:

@@ -45,9 +45,12 @@ from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, client_context, ensure_certificate
 from .services import Services
+from .spam.checker import SpamChecker
+from .spam.rspamd import RspamdClient
 from .store import open_store
 from .store.api import Store
 from .store.notify import QUEUE, SETTLED, ChangeChannel
+from .store.spamlog import DecisionLog
 from .store.spool import MessageSpool
 
 log = logging.getLogger("mailyard")
@@ -288,6 +291,14 @@ class MailServer:
             mailauth = InboundChecker(Resolver(cfg.delivery.nameservers, auth.dns_timeout), authserv_id)
         dmarc_reports = (DMARCReports(self.data_dir / "dmarc-reports")
                          if auth.inbound_checks and auth.dmarc_reports else None)
+        spam: SpamChecker | None = None
+        if cfg.spam.checks or cfg.spam.rspamd_url:
+            spam = SpamChecker(
+                cfg.spam, store, DecisionLog(self.data_dir / "spam", cfg.spam.log_max_bytes),
+                Resolver(cfg.delivery.nameservers, cfg.spam.dns_timeout) if cfg.spam.checks else None,
+                RspamdClient(cfg.spam.rspamd_url, cfg.spam.rspamd_timeout) if cfg.spam.rspamd_url else None,
+                hostname=cfg.server.hostname,
+            )
         self.services = Services(
             config=cfg,
             data_dir=self.data_dir,
@@ -307,6 +318,7 @@ class MailServer:
             mailauth=mailauth,
             dmarc_reports=dmarc_reports,
             acme_http01=self.acme_answers.http01 if self.acme_answers is not None else None,
+            spam=spam,
             sieve=(SieveDelivery(store, ScriptStore(self.data_dir / "sieve"), cfg.delivery.recipient_delimiter)
                    if cfg.delivery.sieve else None),
         )
@@ -519,6 +531,8 @@ class MailServer:
             await self.queue.stop()
         if self.services is not None and self.services.mailauth is not None:
             self.services.mailauth.close()
+        if self.services is not None and self.services.spam is not None:
+            await self.services.spam.close()
         if self._store is not None:
             await self._store.close()
             self._store = None

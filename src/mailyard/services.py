@@ -31,6 +31,7 @@ from .delivery.sieve import SieveDelivery
 from .mailauth.inbound import InboundChecker
 from .mailauth.pool import CheckPool
 from .protocols.smtp.server import ServerConfig
+from .spam.checker import SpamChecker
 from .store.api import Store
 from .store.spool import MessageSpool
 
@@ -83,3 +84,6 @@ class Services:
     acme_http01: Callable[[str], str | None] | None = None
     # Sieve filters at local delivery (delivery/sieve.py); None: off.
     sieve: SieveDelivery | None = None
+    # The spam verdict of the MX port (spam/checker.py); None: no built-in
+    # checks and no rspamd ([spam] checks = false, rspamd_url = "").
+    spam: SpamChecker | None = None

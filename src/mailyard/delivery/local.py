@@ -54,13 +54,16 @@ async def deliver_local(
     *,
     enforce_quota: bool = False,
     placements: Mapping[int, Sequence[tuple[int, frozenset[str]]]] | None = None,
+    fields: Mapping[int, bytes] | None = None,
 ) -> list[int]:
     """Deliver ``body`` to each account's INBOX; returns the UIDs in order.
 
     ``inbox_id`` looks up an account's INBOX (the router's directory cache
     passes its cached lookup); by default the store is asked. ``placements``
     overrides the INBOX for the accounts it names: the mailboxes (and IMAP
-    flags) their Sieve script chose, none when it discarded the message."""
+    flags) their Sieve script chose, none when it discarded the message.
+    ``fields``: header fields for one account's copy only, after its trace
+    fields (its spam verdict: X-Spam-Status with its own threshold)."""
     targets: list[DeliveryTarget] = []
     return_path = return_path_header(reverse_path)
     seen: set[int] = set()
@@ -68,8 +71,9 @@ async def deliver_local(
         if account.id in seen:
             continue  # one copy per mailbox, however many addresses led to it
         seen.add(account.id)
+        own = fields.get(account.id, b"") if fields else b""
         if placements is not None and account.id in placements:
-            prefix = return_path + delivered_to_header(account.address)
+            prefix = return_path + delivered_to_header(account.address) + own
             targets.extend(DeliveryTarget(box, prefix, flags, enforce_quota=enforce_quota)
                            for box, flags in placements[account.id])
             continue
@@ -80,7 +84,7 @@ async def deliver_local(
             mailbox_id = inbox.id if inbox is not None else None
         if mailbox_id is None:
             raise NotFound(f"account {account.address} has no INBOX")
-        prefix = return_path + delivered_to_header(account.address)
+        prefix = return_path + delivered_to_header(account.address) + own
         targets.append(DeliveryTarget(mailbox_id, prefix, enforce_quota=enforce_quota))
     return await store.deliver(body, targets)
 

@@ -324,6 +324,7 @@ class OutboundQueue:
         inbox_id: Any = None,
         enforce_quota: bool = False,
         placements: Any = None,
+        fields: Any = None,
         envid: str | None = None,
         ret: str | None = None,
         smtputf8: bool = False,
@@ -338,7 +339,8 @@ class OutboundQueue:
         ``forwarded``: the recipients are where a local alias or list sends
         the message on (see the class doc): the queue entry's reverse-path is
         SRS-rewritten and the message ARC-sealed; the local copies keep the
-        original reverse-path."""
+        original reverse-path. ``fields``: header fields of one account's
+        local copy (delivery/local.py)."""
         rcpts = [r if isinstance(r, NewRecipient) else NewRecipient(r) for r in recipients]
         sender = reverse_path
         if rcpts and forwarded:
@@ -348,7 +350,7 @@ class OutboundQueue:
             if forwarded and self.sealer is not None:
                 body = await self.seal(body)
         targets = await self.local_targets(reverse_path, accounts, inbox_id, enforce_quota=enforce_quota,
-                                           placements=placements)
+                                           placements=placements, fields=fields)
         if eight_bit is None:
             eight_bit = not body.isascii()
         entry = NewQueueEntry(sender, rcpts, envid, ret, smtputf8, eight_bit) if rcpts else None
@@ -396,7 +398,8 @@ class OutboundQueue:
             return reverse_path
 
     async def local_targets(self, reverse_path: str, accounts: Sequence[Account], inbox_id: Any = None,
-                            *, enforce_quota: bool = False, placements: Any = None) -> list[DeliveryTarget]:
+                            *, enforce_quota: bool = False, placements: Any = None,
+                            fields: Any = None) -> list[DeliveryTarget]:
         """The INBOX targets of a local delivery (as delivery/local.py builds
         them, ``placements`` too: the mailboxes a Sieve script chose)."""
         targets = []
@@ -406,8 +409,9 @@ class OutboundQueue:
             if account.id in seen:
                 continue
             seen.add(account.id)
+            own = fields.get(account.id, b"") if fields else b""
             if placements is not None and account.id in placements:
-                prefix = return_path + delivered_to_header(account.address)
+                prefix = return_path + delivered_to_header(account.address) + own
                 targets.extend(DeliveryTarget(box, prefix, flags, enforce_quota=enforce_quota)
                                for box, flags in placements[account.id])
                 continue
@@ -418,7 +422,7 @@ class OutboundQueue:
                 box_id = box.id if box is not None else None
             if box_id is None:
                 raise NotFound(f"account {account.address} has no INBOX")  # as delivery/local.py
-            targets.append(DeliveryTarget(box_id, return_path + delivered_to_header(account.address),
+            targets.append(DeliveryTarget(box_id, return_path + delivered_to_header(account.address) + own,
                                           enforce_quota=enforce_quota))
         return targets
 

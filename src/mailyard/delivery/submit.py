@@ -43,7 +43,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -195,6 +195,8 @@ async def accept_message(
     forwarded: Sequence[str | NewRecipient] = (),
     envelope_to: Mapping[int, str] | None = None,
     refuse_in_protocol: bool = False,
+    junk_accounts: Collection[int] = (),
+    fields: Mapping[int, bytes] | None = None,
 ) -> Accepted:
     """Accept ``data`` for the local ``accounts`` and the ``remote`` recipients.
 
@@ -217,6 +219,10 @@ async def accept_message(
     go out once the delivery is durable (``_after_sieve``). With
     ``refuse_in_protocol`` (SMTP), an ``ereject`` by the script of the only
     recipient raises ``SieveRejected`` and nothing is stored (RFC 5429 2.1).
+
+    ``junk_accounts``: these accounts' copies go to their Junk folder (the
+    spam verdict, spam/filing.py), past their Sieve script; ``fields``:
+    header fields of one account's copy only (its X-Spam-* verdict).
     """
     auth_user = None
     if account is not None:
@@ -245,13 +251,16 @@ async def accept_message(
     inbox_id: Callable[[int], Awaitable[int | None]] = intake.router.directory.inbox_id
     if junk:
         inbox_id = functools.partial(junk_mailbox_id, intake.store)
+    elif junk_accounts:
+        inbox_id = _junk_for(intake, frozenset(junk_accounts), inbox_id)
     started = time.monotonic()
     queue_id = None
     over_quota: list[Account] = []
     wanted = list(accounts)
     plans: dict[int, Plan] = {}
     if intake.sieve is not None and not junk:
-        plans = await _sieve_plans(intake, intake.sieve, received + data, reverse_path, wanted, inbox_id,
+        filtered = [a for a in wanted if a.id not in junk_accounts]
+        plans = await _sieve_plans(intake, intake.sieve, received + data, reverse_path, filtered, inbox_id,
                                    envelope_to or {})
     if refuse_in_protocol and len({a.id for a in wanted}) == 1 and not first:
         plan = plans.get(wanted[0].id)
@@ -267,12 +276,13 @@ async def accept_message(
                 # Local copies and the queue entry in one durable commit (Store.queue_submit).
                 queue_id = await queue.enqueue(
                     received + data, reverse_path, first, accounts=wanted, inbox_id=inbox_id,
-                    enforce_quota=True, placements=placements, envid=envid, ret=ret, smtputf8=smtputf8,
+                    enforce_quota=True, placements=placements, fields=fields, envid=envid, ret=ret,
+                    smtputf8=smtputf8,
                     msgid=trace.id, forwarded=first_forwarded,
                 )
             elif wanted:
                 await deliver_local(intake.store, received + data, reverse_path, wanted, inbox_id=inbox_id,
-                                    enforce_quota=True, placements=placements)
+                                    enforce_quota=True, placements=placements, fields=fields)
             break
         except QuotaExceeded as exc:
             # RFC 9208 5: these accounts are left out; the others still get it
@@ -305,6 +315,18 @@ async def accept_message(
             await _after_sieve(intake, account, plan, received + data, reverse_path,
                                (envelope_to or {}).get(account.id, account.address))
     return Accepted(data, queue_id, over_quota)
+
+
+def _junk_for(intake: Intake, junk: frozenset[int],
+              inbox_id: Callable[[int], Awaitable[int | None]]) -> Callable[[int], Awaitable[int | None]]:
+    """``inbox_id`` with the Junk folder for the accounts in ``junk``."""
+
+    async def lookup(account_id: int) -> int | None:
+        if account_id in junk:
+            return await junk_mailbox_id(intake.store, account_id)
+        return await inbox_id(account_id)
+
+    return lookup
 
 
 def _delivered_to(message: bytes, address: str) -> bool:

@@ -141,6 +141,20 @@ class Resolver:
         self._store(key, now + min(ttl, MAX_TTL), answer)
         return answer
 
+    def cached(self, name: str, rdtype: str) -> Answer | None:
+        """The answer ``query`` would give from the cache alone, None when it
+        would have to ask (a cached failure raises ``DNSTempError``): lets a
+        caller on the event loop skip the thread hop when every answer it
+        needs is at hand."""
+        key = (name.lower().rstrip("."), rdtype.upper())
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        if isinstance(hit[1], DNSTempError):
+            raise hit[1]
+        return hit[1]
+
     def _store(self, key: tuple[str, str], expires: float, value: Answer | DNSTempError) -> None:
         with self._lock:
             self._cache[key] = (expires, value)

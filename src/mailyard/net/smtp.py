@@ -48,6 +48,7 @@ from ..protocols.smtp.events import (
 )
 from ..protocols.smtp.replies import Reply
 from ..protocols.smtp.server import ServerConfig, SMTPServerEngine, State
+from ..spam.checker import Judgement, SpamChecker
 from ..store.api import Account, NewRecipient, QuotaExceeded, StorageFull
 from ..store.spool import SpoolFile
 from .budgets import abuse_budgets
@@ -459,6 +460,7 @@ class SMTPSession(SessionProtocol):
         )
         mail = event.mail
         junk = False
+        verdict: InboundVerdict | None = None
         if self.account is None and not self.submission and self.services.mailauth is not None:
             verdict = await self._authenticate(event, data)
             if verdict is not None:
@@ -475,6 +477,20 @@ class SMTPSession(SessionProtocol):
                              verdict.dmarc.from_domain if verdict.dmarc else "")
                     return Reply(550, "5.7.1", "Message rejected by the DMARC policy of the sender's domain")
                 junk = enforce and verdict.disposition == "quarantine"
+        junk_accounts: frozenset[int] = frozenset()
+        fields: dict[int, bytes] | None = None
+        if self.account is None and not self.submission and self.services.spam is not None:
+            judgement = await self._judge(self.services.spam, event, data, queue_id, accounts, verdict)
+            if judgement is not None:
+                # a reply line is ASCII (RFC 5321 4.5.3.1.5 bounds it too)
+                text = " ".join(judgement.text.encode("ascii", "replace").decode("ascii").split())[:300]
+                if judgement.action == "reject":
+                    self._message_rejected(queue_id, "spam", text)
+                    return Reply(550, "5.7.1", text or "Spam message rejected")
+                if judgement.action == "tempfail":
+                    self._message_rejected(queue_id, "spam-tempfail", text)
+                    return Reply(451, "4.7.1", text or "Try again later")
+                data, junk_accounts, fields = judgement.message, judgement.junk, judgement.fields
         try:
             # The one acceptance path (delivery/submit.py): the submission
             # policy when a user authenticated, then one durable commit.
@@ -483,7 +499,7 @@ class SMTPSession(SessionProtocol):
                 trace=trace, account=self.account,
                 envid=mail.envid if mail else None, ret=mail.ret if mail else None,
                 smtputf8=bool(mail and mail.smtputf8), junk=junk, forwarded=forwarded, envelope_to=envelope_to,
-                refuse_in_protocol=True,
+                refuse_in_protocol=True, junk_accounts=junk_accounts, fields=fields,
             )
         except SenderNotAllowed as exc:
             self._message_rejected(queue_id, "sender-not-allowed", exc.verdict.reason, logging.WARNING)
@@ -539,6 +555,24 @@ class SMTPSession(SessionProtocol):
             return await checker.check(data, ip=self.peer_ip or "", helo=self.helo, reverse_path=event.reverse_path)
         except Exception:
             log.exception("smtp: authentication checks failed for %s", self.peer_ip)
+            return None
+
+    async def _judge(self, spam: SpamChecker, event: MessageReceived, data: bytes, queue_id: str,
+                     accounts: list[Account], auth: InboundVerdict | None) -> Judgement | None:
+        """The spam verdict (spam/checker.py): built-in checks and rspamd.
+        None if the checker itself broke: the message is then filed as if
+        clean, and the error logged (mail is not lost to a bug here)."""
+        own_ips: list[str] = []
+        if self.transport is not None:
+            sockname = self.transport.get_extra_info("sockname")
+            if sockname:
+                own_ips.append(str(sockname[0]))
+        try:
+            return await spam.judge(data, queue_id=queue_id, ip=self.peer_ip or "", helo=self.helo,
+                                    reverse_path=event.reverse_path, rcpts=list(event.forward_paths),
+                                    accounts=accounts, auth=auth, own_ips=own_ips)
+        except Exception:
+            log.exception("smtp: spam checks failed for %s", self.peer_ip)
             return None
 
     async def _report_over_quota(self, event: MessageReceived, data: bytes, refused: list[Account],

@@ -1,0 +1,272 @@
+"""The spam verdict of one message received on the MX port, all together:
+the built-in reputation checks (signals.py, on a thread: the resolver
+blocks) and rspamd (rspamd.py, async) run side by side after DATA, their
+scores add up, rspamd's action decides refusals, and each recipient's
+settings decide their filing (filing.py). Every decision is logged in one
+line (``spam_verdict``) and recorded (store/spamlog.py) for
+``mailyard spam explain``.
+
+rspamd unreachable, slow or broken: the built-in score alone decides and
+the failure is logged; mail is never refused because rspamd is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import logs
+from ..config import SpamConfig
+from ..mailauth.dnscache import Resolver
+from ..mailauth.inbound import InboundVerdict
+from ..message.address import iter_mailboxes, parse_address_list
+from ..message.headers import split_fields
+from ..message.parse import split_header_body
+from ..store.api import Account, Store
+from ..store.spamlog import DecisionLog
+from . import headers, signals
+from .filing import Filing, file_message, prefs
+from .rspamd import RspamdClient, RspamdResult, RspamdUnavailable
+from .score import Tests, builtin_tests, parse_list, parse_scores
+
+log = logging.getLogger("mailyard.spam")
+
+# The DNS signals of a client (address, HELO) are reused this many seconds,
+# for at most this many clients.
+RECENT_TTL = 60.0
+RECENT_MAX = 10_000
+
+# The fields we write ourselves: rspamd's own versions of them are not copied.
+_OURS = ("x-spam-status", "x-spam-score", "x-spam-flag")
+
+
+@dataclass
+class Judgement:
+    """What the MX glue does with the message."""
+
+    action: str  # "accept", "reject" (550 5.7.1) or "tempfail" (451 4.7.1)
+    text: str  # the reply text of a refusal
+    score: float
+    message: bytes  # the message with the verdict's header edits
+    filings: dict[int, Filing] = field(default_factory=dict)  # by account id
+
+    @property
+    def junk(self) -> frozenset[int]:
+        return frozenset(aid for aid, f in self.filings.items() if f.junk)
+
+    @property
+    def fields(self) -> dict[int, bytes]:
+        return {aid: f.fields for aid, f in self.filings.items()}
+
+
+@dataclass
+class Builtin:
+    tests: Tests
+    rdns: str = "skipped"
+    rdns_name: str | None = None
+    helo: str = "skipped"
+    problems: list[str] = field(default_factory=list)
+
+
+def _header_info(message: bytes) -> tuple[str, list[str]]:
+    """The Message-ID and the From addresses."""
+    header, _ = split_header_body(message[:256 * 1024])
+    message_id, senders = "", []
+    for name, value in split_fields(header):
+        lname = name.lower()
+        if lname == "message-id" and not message_id:
+            message_id = value.decode("utf-8", "replace").strip()[:300]
+        elif lname == "from":
+            text = value.decode("utf-8", "replace")
+            senders.extend(m.addr_spec for m in iter_mailboxes(parse_address_list(text)))
+    return message_id, senders
+
+
+class SpamChecker:
+    def __init__(self, config: SpamConfig, store: Store, decisions: DecisionLog, resolver: Resolver | None,
+                 rspamd: RspamdClient | None, *, hostname: str) -> None:
+        self.config = config
+        self.store = store
+        self.decisions = decisions
+        self.resolver = resolver if config.checks else None
+        self.rspamd = rspamd
+        self.hostname = hostname
+        self.scores = parse_scores(config.scores)
+        self.lists = [parse_list(item) for item in config.dnsbl]
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_networks]
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spam")
+        # (ip, helo) -> (expires, the DNS signals): see _builtin
+        self._recent: dict[tuple[str, str], tuple[float, tuple[Any, ...]]] = {}
+        self._recent_lock = threading.Lock()  # used on the event loop and the pool's threads
+
+    def _trusted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in net for net in self.trusted)
+
+    def _builtin(self, ip: str, helo: str, own_names: Sequence[str], own_ips: Sequence[str],
+                 auth: InboundVerdict | None, cache_only: bool = False) -> Builtin:
+        """The built-in checks (blocking: DNS); with ``cache_only`` from the
+        resolver's cache alone (``signals.NotCached`` on a miss)."""
+        resolver: Resolver | signals.CacheOnly | None = self.resolver
+        if cache_only and resolver is not None:
+            resolver = signals.CacheOnly(resolver)
+        spf = auth.spf.result if auth is not None else None
+        dkim = [r.result for r in auth.dkim] if auth is not None else []
+        dmarc = auth.dmarc.result if auth is not None and auth.dmarc is not None else None
+        if resolver is None or self._trusted(ip):
+            return Builtin(builtin_tests(rdns="ok", helo="ok", listed=(), spf=spf, dkim=dkim, dmarc=dmarc,
+                                         scores=self.scores))
+        key = (ip, helo.lower())
+        now = time.monotonic()
+        with self._recent_lock:
+            hit = self._recent.get(key)
+        if hit is not None and hit[0] > now:
+            rdns, rdns_name, helo_state, listed, problems = hit[1]
+            problems = list(problems)
+        else:
+            rdns, rdns_name = signals.fcrdns(resolver, ip)
+            helo_state = signals.check_helo(resolver, helo, ip, own_names, own_ips)
+            listed, problems = signals.listed_on(resolver, ip, self.lists)
+            for what, state in (("rdns", rdns), ("helo", helo_state)):
+                if state == "temperror":
+                    problems.append(f"{what}: temperror")
+            if not problems:
+                # A sender's next messages (a connection's, a list's) reuse
+                # these: the DNS answers behind them are cached as long anyway.
+                with self._recent_lock:
+                    self._recent[key] = (now + RECENT_TTL, (rdns, rdns_name, helo_state, listed, tuple(problems)))
+                    while len(self._recent) > RECENT_MAX:
+                        self._recent.pop(next(iter(self._recent)))
+        tests = builtin_tests(rdns=rdns, helo=helo_state, listed=listed, spf=spf, dkim=dkim, dmarc=dmarc,
+                              scores=self.scores)
+        return Builtin(tests, rdns, rdns_name, helo_state, problems)
+
+    async def _rspamd(self, message: bytes, **envelope: Any) -> RspamdResult | str:
+        assert self.rspamd is not None
+        try:
+            return await self.rspamd.check(message, **envelope)
+        except RspamdUnavailable as exc:
+            return str(exc) or "unavailable"
+
+    async def judge(
+        self,
+        message: bytes,
+        *,
+        queue_id: str,
+        ip: str,
+        helo: str,
+        reverse_path: str,
+        rcpts: Sequence[str],
+        accounts: Sequence[Account],
+        auth: InboundVerdict | None = None,
+        own_ips: Sequence[str] = (),
+        user: str | None = None,
+    ) -> Judgement:
+        """The verdict on ``message`` (see module doc); never raises for
+        anything rspamd or DNS do."""
+        started = time.monotonic()
+        message = headers.strip_fields(message)
+        message_id, from_addresses = _header_info(message)
+        own_names = [self.hostname, *(await self.store.list_domains())]
+        loop = asyncio.get_running_loop()
+        builtin_call: asyncio.Future[Builtin]
+        try:
+            builtin_call = loop.create_future()
+            builtin_call.set_result(self._builtin(ip, helo, own_names, own_ips, auth, cache_only=True))
+        except signals.NotCached:
+            builtin_call = loop.run_in_executor(self._pool, self._builtin, ip, helo, own_names, own_ips, auth)
+        verdict: RspamdResult | str | None = None
+        if self.rspamd is not None:
+            # Hostname: the forward-confirmed name ("unknown" without one,
+            # as milters pass it), when the rDNS answer is at hand already;
+            # else none rather than a wait for the check's thread.
+            hostname = None
+            if builtin_call.done():
+                known = builtin_call.result()
+                hostname = known.rdns_name if known.rdns == "ok" else (
+                    "unknown" if known.rdns in ("none", "not-confirmed") else None)
+            verdict = await self._rspamd(message, ip=ip, helo=helo, mail_from=reverse_path, rcpts=rcpts,
+                                         hostname=hostname, queue_id=queue_id, user=user)
+        builtin = await builtin_call
+        tests = list(builtin.tests.hits)
+        action, text, spam = "accept", "", False
+        if isinstance(verdict, RspamdResult):
+            tests += [(name, round(points, 2)) for name, points in verdict.symbols.items() if points]
+            if verdict.action == "reject":
+                action, text = "reject", verdict.message or "Spam message rejected"
+            elif verdict.action in ("soft reject", "greylist"):
+                action, text = "tempfail", verdict.message or "Try again later"
+            elif verdict.action in ("add header", "rewrite subject"):
+                spam = True
+            if action == "accept":
+                remove = [n for n in verdict.remove_headers if n.lower() not in _OURS]
+                if remove:
+                    message = headers.strip_fields(message, (), remove)
+                add = [(n, v) for n, v in verdict.add_headers if n.lower() not in _OURS]
+                if add:
+                    message = headers.add_fields(message, add)
+                if verdict.action == "rewrite subject" and verdict.subject:
+                    message = headers.rewrite_subject(message, verdict.subject)
+        score = round(sum(p for _, p in tests), 2)
+        names = [n for n, _ in tests]
+        filings: dict[int, Filing] = {}
+        users: dict[str, dict[str, Any]] = {}
+        if action == "accept":
+            senders = [reverse_path, *from_addresses]
+            for account in accounts:
+                if account.id in filings:
+                    continue
+                filing = file_message(score, names, spam=spam, prefs=prefs(await self.store.get_settings(account.id)),
+                                      default_threshold=self.config.junk_threshold, senders=senders)
+                filings[account.id] = filing
+                users[account.address] = {"junk": filing.junk, "required": filing.required,
+                                          "reason": filing.reason}
+        record: dict[str, Any] = {
+            "ts": round(time.time(), 3), "queue_id": queue_id, "message_id": message_id, "ip": ip, "helo": helo[:255],
+            "from": reverse_path[:300], "to": [r[:300] for r in rcpts[:50]], "action": action, "score": score,
+            "tests": dict(tests), "rdns": builtin.rdns, "rdns_name": builtin.rdns_name, "helo_check": builtin.helo,
+            "problems": builtin.problems, "users": users,
+        }
+        if isinstance(verdict, RspamdResult):
+            record["rspamd"] = {"action": verdict.action, "score": verdict.score, "required": verdict.required}
+        elif isinstance(verdict, str):
+            record["rspamd"] = {"error": verdict}
+        if text:
+            record["reply"] = text
+        record["ms"] = round((time.monotonic() - started) * 1000, 1)
+        self._report(record, verdict)
+        return Judgement(action, text, score, message, filings)
+
+    def _report(self, record: dict[str, Any], verdict: RspamdResult | str | None) -> None:
+        junk = [u for u, f in record["users"].items() if f["junk"]]
+        level = logging.INFO
+        rspamd = None
+        if isinstance(verdict, RspamdResult):
+            rspamd = f"{verdict.action}/{verdict.score:g}"
+        elif isinstance(verdict, str):
+            rspamd, level = f"unavailable: {verdict}", logging.WARNING
+        logs.event(log, level, "spam_verdict", ip=record["ip"], msgid=record["queue_id"],
+                   action=record["action"], score=record["score"],
+                   tests=[f"{n}={p:g}" for n, p in record["tests"].items()], rspamd=rspamd,
+                   junk=junk or None, reasons=[f"{u}:{f['reason']}" for u, f in record["users"].items()
+                                               if f["reason"]] or None,
+                   problems=record["problems"] or None, reply=record.get("reply"))
+        try:
+            self.decisions.append(record)
+        except OSError as exc:
+            log.error("spam: the decision record cannot be written: %s", exc)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.rspamd is not None:
+            await self.rspamd.close()

@@ -1,0 +1,227 @@
+"""The spam layer's pure parts byte for byte (scores, X-Spam-* fields,
+header edits, per-user filing, rspamd's JSON, the decision record) and its
+DNS signals against the project's DNS test server (multihost.py): forward-
+confirmed reverse DNS, HELO names, a DNS blocklist zone with return codes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailyard.config import Config, ConfigError
+from mailyard.mailauth.dnscache import Resolver
+from mailyard.spam import filing, headers, signals
+from mailyard.spam.rspamd import RspamdUnavailable, parse_reply, request_headers
+from mailyard.spam.score import DEFAULT_SCORES, builtin_tests, parse_list, parse_scores
+from mailyard.store.spamlog import DecisionLog
+from tests.integration.multihost import DNSServer
+
+MSG = (b"Received: from x\r\n\tby y\r\n"
+       b"X-Spam-Flag: YES\r\n"
+       b"Subject: hello\r\n"
+       b"x-spam-status: No, score=-100\r\n\tcontinued\r\n"
+       b"X-Rspamd-Score: -50\r\n"
+       b"From: a@b.test\r\n"
+       b"\r\n"
+       b"X-Spam-Flag: YES in the body stays\r\n")
+
+
+def test_strip_fields_removes_outside_verdicts_and_keeps_the_rest_byte_for_byte() -> None:
+    assert headers.strip_fields(MSG) == (
+        b"Received: from x\r\n\tby y\r\nSubject: hello\r\nFrom: a@b.test\r\n\r\n"
+        b"X-Spam-Flag: YES in the body stays\r\n")
+
+
+def test_verdict_fields_in_spamassassin_format_folded() -> None:
+    assert headers.verdict_fields(7.25, 6.0, ["HELO_SYNTAX", "RDNS_NONE"], True) == (
+        b"X-Spam-Flag: YES\r\nX-Spam-Score: 7.2\r\n"
+        b"X-Spam-Status: Yes, score=7.2 required=6.0 tests=HELO_SYNTAX,RDNS_NONE\r\n")
+    assert headers.verdict_fields(0, 6.0, [], False) == (
+        b"X-Spam-Score: 0.0\r\nX-Spam-Status: No, score=0.0 required=6.0 tests=none\r\n")
+    many = headers.verdict_fields(1, 6.0, [f"TEST_NUMBER_{i}" for i in range(12)], False)
+    assert all(len(line) <= 78 for line in many.split(b"\r\n"))
+    assert b"\r\n\tTEST_NUMBER_" in many
+
+
+def test_rewrite_subject_and_add_fields() -> None:
+    out = headers.rewrite_subject(b"Subject: old\r\n subject\r\nFrom: a@b.test\r\n\r\nbody", "*** SPAM *** old")
+    assert out == b"Subject: *** SPAM *** old\r\nFrom: a@b.test\r\n\r\nbody"
+    out = headers.rewrite_subject(b"From: a@b.test\r\n\r\nbody", "caf\u00e9")
+    assert out == b"Subject: =?utf-8?b?Y2Fmw6k=?=\r\nFrom: a@b.test\r\n\r\nbody"
+    assert headers.add_fields(b"A: 1\r\n\r\n", [("X-Virus", "no")]) == b"X-Virus: no\r\nA: 1\r\n\r\n"
+
+
+def test_builtin_scores_and_overrides() -> None:
+    scores = parse_scores(["RDNS_NONE=3", "dmarc_pass=-2.5"])
+    assert scores["RDNS_NONE"] == 3.0 and scores["DMARC_PASS"] == -2.5
+    sbl = parse_list("zen.spamhaus.org 4.0 127.0.0.2-127.0.0.3,127.0.0.9 SPAMHAUS_SBL")
+    tests = builtin_tests(rdns="none", helo="syntax", listed=[sbl], spf="softfail", dkim=["fail"], dmarc="fail",
+                          scores=scores)
+    assert tests.hits == [("RDNS_NONE", 3.0), ("HELO_SYNTAX", 2.0), ("SPAMHAUS_SBL", 4.0), ("SPF_SOFTFAIL", 1.0),
+                          ("DKIM_FAIL", 1.5), ("DMARC_FAIL", 2.5)]
+    assert tests.score == 14.0
+    clean = builtin_tests(rdns="ok", helo="ok", listed=[], spf="pass", dkim=["pass", "fail"], dmarc="pass",
+                          scores=DEFAULT_SCORES)
+    assert clean.hits == [("DMARC_PASS", -1.0)]
+
+
+def test_no_single_honest_fault_reaches_the_default_threshold() -> None:
+    threshold = Config().spam.junk_threshold
+    honest = ["RDNS_NONE", "RDNS_NOT_CONFIRMED", "HELO_SYNTAX", "HELO_NXDOMAIN", "SPF_SOFTFAIL", "DKIM_FAIL"]
+    assert sum(DEFAULT_SCORES[n] for n in honest[:3]) < threshold  # no rDNS and a bad HELO together: still INBOX
+
+
+def test_list_entries_honour_return_codes_and_list_errors() -> None:
+    sbl, pbl = (parse_list(x) for x in Config().spam.dnsbl[::2])
+    assert sbl.matches("127.0.0.2") and sbl.matches("127.0.0.9") and not sbl.matches("127.0.0.4")
+    assert pbl.matches("127.0.0.11") and not pbl.matches("127.0.0.2")
+    anything = parse_list("bl.example.test 1.5")
+    assert anything.name == "DNSBL_BL_EXAMPLE_TEST" and anything.matches("127.0.0.5")
+    for error in ("127.255.255.254", "127.255.255.252", "127.255.255.255"):
+        assert not anything.matches(error) and not sbl.matches(error)
+    assert parse_list("wl.example.test -2 127.0.10.0/24").name == "DNSWL_WL_EXAMPLE_TEST"
+
+
+@pytest.mark.parametrize("item", ["zen.spamhaus.org", "zen x", "zen 1 127.0.0.300", "a b c d e"])
+def test_bad_list_entries_are_config_errors(item: str) -> None:
+    with pytest.raises(ConfigError, match="spam.dnsbl"):
+        Config().apply({"spam": {"dnsbl": [item]}})
+
+
+def test_bad_scores_and_url_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="NAME=SCORE"):
+        Config().apply({"spam": {"scores": ["RDNS_NONE"]}})
+    with pytest.raises(ConfigError, match="rspamd_url"):
+        Config().apply({"spam": {"rspamd_url": "127.0.0.1:11333"}})
+    with pytest.raises(ConfigError, match="trusted_networks"):
+        Config().apply({"spam": {"trusted_networks": ["nonsense"]}})
+
+
+def test_filing_threshold_allow_and_block() -> None:
+    prefs = filing.prefs({"spam_threshold": 4, "spam_allow": ["friend@x.test"], "spam_block": ["@spammy.test"]})
+    assert prefs == filing.Prefs(4.0, ("friend@x.test",), ("@spammy.test",))
+    f = filing.file_message(4.0, ["A"], spam=False, prefs=prefs, default_threshold=6.0, senders=["a@b.test"])
+    assert (f.junk, f.reason, f.required) == (True, "score", 4.0)
+    assert f.fields.startswith(b"X-Spam-Flag: YES\r\n")
+    f = filing.file_message(30.0, ["A"], spam=True, prefs=prefs, default_threshold=6.0,
+                            senders=["", "Friend@X.test"])
+    assert (f.junk, f.reason) == (False, "allow-list friend@x.test")
+    f = filing.file_message(0.0, [], spam=False, prefs=prefs, default_threshold=6.0, senders=["a@mail.spammy.test"])
+    assert (f.junk, f.reason) == (True, "block-list @spammy.test")
+    f = filing.file_message(1.0, [], spam=True, prefs=filing.prefs({}), default_threshold=6.0, senders=["a@b.test"])
+    assert (f.junk, f.reason, f.required) == (True, "rspamd", 6.0)
+    assert filing.prefs({"spam_threshold": "high", "spam_allow": "x"}) == filing.Prefs()
+
+
+@pytest.mark.parametrize(("text", "want"), [("Alice@Example.COM", "alice@example.com"), ("example.com", "@example.com"),
+                                            ("@Example.com", "@example.com")])
+def test_normalize_pattern(text: str, want: str) -> None:
+    assert filing.normalize_pattern(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "@", "nodot", "a b@c.test", "@x@y.test"])
+def test_normalize_pattern_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        filing.normalize_pattern(text)
+
+
+def test_rspamd_reply_parsing() -> None:
+    doc = {"action": "rewrite subject", "score": 9.5, "required_score": 15, "subject": "*** SPAM *** hi",
+           "symbols": {"GTUBE": {"name": "GTUBE", "score": 0}, "R_X": {"score": 2.5}},
+           "messages": {"smtp_message": "go away"},
+           "milter": {"add_headers": {"X-Spamd-Bar": {"value": "+++", "order": 0}, "X-Other": ["a", {"value": "b"}]},
+                      "remove_headers": {"X-Spamd-Bar": 1}}}
+    r = parse_reply(doc)
+    assert (r.action, r.score, r.required, r.subject, r.message) == ("rewrite subject", 9.5, 15.0, "*** SPAM *** hi",
+                                                                   "go away")
+    assert r.symbols == {"GTUBE": 0.0, "R_X": 2.5}
+    assert r.add_headers == [("X-Spamd-Bar", "+++"), ("X-Other", "a"), ("X-Other", "b")]
+    assert r.remove_headers == ["X-Spamd-Bar"]
+    for bad in ({}, {"action": "explode"}, {"action": "reject", "score": "x"}, []):
+        with pytest.raises(RspamdUnavailable):
+            parse_reply(bad)
+
+
+def test_rspamd_request_headers() -> None:
+    assert request_headers(ip="192.0.2.1", helo="", mail_from="a@b.test", rcpts=["x@y.test", "z@y.test"],
+                           hostname=None, queue_id="q1", user="u\r\nX: y") == [
+        ("IP", "192.0.2.1"), ("Helo", "unknown"), ("From", "a@b.test"), ("Queue-Id", "q1"),
+        ("Rcpt", "x@y.test"), ("Rcpt", "z@y.test"), ("User", "u  X: y")]
+
+
+def test_decision_log_finds_by_queue_id_or_message_id_and_stays_bounded(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "spam", max_bytes=4096)
+    for i in range(200):
+        log.append({"queue_id": f"q{i}", "message_id": f"<m{i}@x.test>", "pad": "x" * 100})
+    files = sorted(p.name for p in (tmp_path / "spam").iterdir())
+    assert files == ["decisions.jsonl", "decisions.jsonl.1"]
+    assert sum(p.stat().st_size for p in (tmp_path / "spam").iterdir()) <= 2 * 4096
+    assert [r["queue_id"] for r in log.find("q199")] == ["q199"]
+    assert [r["queue_id"] for r in log.find("M199@X.test")] == ["q199"]
+    assert [r["queue_id"] for r in log.find("<m199@x.test>")] == ["q199"]
+    assert log.find("q0") == []  # rotated away
+
+
+@pytest.fixture(scope="module")
+def dns() -> Iterator[DNSServer]:
+    server = DNSServer()
+    server.ttl = 0
+    # 192.0.2.10: forward-confirmed; .11: PTR to a name without its address; .12: no PTR
+    server.add("10.2.0.192.in-addr.arpa", "PTR", "mail.good.test.")
+    server.add("mail.good.test", "A", "192.0.2.10")
+    server.add("11.2.0.192.in-addr.arpa", "PTR", "host.other.test.")
+    server.add("host.other.test", "A", "198.51.100.1")
+    server.add("v6.good.test", "AAAA", "2001:db8::10")
+    server.add("0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa", "PTR", "v6.good.test.")
+    # the blocklist: .12 is on SBL and PBL, .11 gets the list's "refused" error code
+    server.add("12.2.0.192.zen.test", "A", "127.0.0.2")
+    server.add("12.2.0.192.zen.test", "A", "127.0.0.10")
+    server.add("11.2.0.192.zen.test", "A", "127.255.255.254")
+    server.servfail.add("13.2.0.192.zen.test.")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def resolver(dns: DNSServer) -> Resolver:
+    return Resolver(dns.address, timeout=3.0)
+
+
+def test_fcrdns(resolver: Resolver) -> None:
+    assert signals.fcrdns(resolver, "192.0.2.10") == ("ok", "mail.good.test")
+    assert signals.fcrdns(resolver, "192.0.2.11") == ("not-confirmed", "host.other.test")
+    assert signals.fcrdns(resolver, "192.0.2.12") == ("none", None)
+    assert signals.fcrdns(resolver, "2001:db8::10") == ("ok", "v6.good.test")
+
+
+@pytest.mark.parametrize(("helo", "ip", "want"), [
+    ("mail.good.test", "192.0.2.10", "ok"),
+    ("mail.good.test.", "192.0.2.99", "ok"),  # resolves; need not be the client's own name
+    ("localhost", "192.0.2.10", "syntax"),
+    ("192.0.2.10", "192.0.2.10", "syntax"),  # an address without brackets (RFC 5321 4.1.3)
+    ("bad_name.test", "192.0.2.10", "syntax"),
+    ("[192.0.2.10]", "192.0.2.10", "ok"),
+    ("[192.0.2.11]", "192.0.2.10", "literal-mismatch"),
+    ("[IPv6:2001:db8::10]", "2001:db8::10", "ok"),
+    ("[203.0.113.5]", "192.0.2.10", "ours"),
+    ("mx.example.test", "192.0.2.10", "ours"),
+    ("Example.Test", "192.0.2.10", "ours"),
+    ("nothing.good.test", "192.0.2.10", "nxdomain"),
+])
+def test_helo_checks(resolver: Resolver, helo: str, ip: str, want: str) -> None:
+    assert signals.check_helo(resolver, helo, ip, ["mx.example.test", "example.test"], ["203.0.113.5"]) == want
+
+
+def test_blocklist_codes_errors_and_failures(resolver: Resolver) -> None:
+    entries = [parse_list(x.replace("zen.spamhaus.org", "zen.test")) for x in Config().spam.dnsbl]
+    hits, problems = signals.listed_on(resolver, "192.0.2.12", entries)
+    assert [h.name for h in hits] == ["SPAMHAUS_SBL", "SPAMHAUS_PBL"] and problems == []
+    assert signals.listed_on(resolver, "192.0.2.11", entries) == ([], ["zen.test: refused (127.255.255.254)"])
+    assert signals.listed_on(resolver, "192.0.2.10", entries) == ([], [])
+    assert signals.listed_on(resolver, "192.0.2.13", entries) == ([], ["zen.test: temperror"])
+    assert signals.list_query_name("2001:db8::1", "zen.test") == (
+        "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.zen.test")
