@@ -350,6 +350,45 @@ class AuthenticationConfig:
 
 
 @dataclass
+class SpamConfig:
+    """Abuse defences: rates on the MX port, early talkers, greylisting,
+    outbound limits of accounts, learning from users' Junk moves (spam/)."""
+
+    # Connections and messages (MAIL commands) a client address may open or
+    # send on the MX port per minute (0: no limit): over it, 421 4.7.0 at
+    # connect and 451 4.7.1 at MAIL. A busy peer (a large provider's
+    # outbound server) reuses connections and stays far below.
+    mx_connections_per_minute: int = 120
+    mx_messages_per_minute: int = 300
+    # A network (/24 IPv4, /64 IPv6) may use this many times an address's budget.
+    mx_network_factor: int = 4
+    # Addresses and networks the rates and greylisting never apply to.
+    rate_exempt: list = field(default_factory=lambda: ["127.0.0.0/8", "::1"])
+    # Seconds the MX port waits before its greeting; a client that talks
+    # first (RFC 5321 4.3.1) is refused. 0: greet at once.
+    greet_pause: float = 0.0
+    # Greylisting of the MX port (off by default): a first delivery attempt of
+    # a (client network, sender, recipient) triplet gets 451 4.7.1; a retry
+    # after greylist_delay seconds and within greylist_retry_window passes.
+    greylisting: bool = False
+    greylist_delay: float = 300.0
+    greylist_retry_window: float = 2 * 86400.0
+    # Days a (network, sender domain) that retried correctly passes unasked.
+    greylist_allow_days: float = 35.0
+    # Sender domains whose SPF- or DKIM-authenticated mail is never greylisted.
+    greylist_known_good: list = field(default_factory=list)
+    # Per account, on submission and webmail sends (0: no limit); an account
+    # overrides them with ``mailyard user limits``.
+    messages_per_hour: int = 300
+    recipients_per_day: int = 2000
+    # Messages in the outbound queue above which the log warns (once per crossing); 0: never.
+    queue_alert: int = 1000
+    # rspamd's controller (learn_spam / learn_ham on users' Junk moves); "": no learning.
+    rspamd_controller_url: str = "http://127.0.0.1:11334"
+    rspamd_controller_password: str = ""
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     ports: PortsConfig = field(default_factory=PortsConfig)
@@ -363,6 +402,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     authentication: AuthenticationConfig = field(default_factory=AuthenticationConfig)
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
+    spam: SpamConfig = field(default_factory=SpamConfig)
 
     @classmethod
     def load(cls, path: Path | None) -> Config:
@@ -443,7 +483,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("tls", "acme_challenge"): ("http-01", "tls-alpn-01"),
 }
 # Lists of IP addresses or networks.
-ADDRESS_LIST_KEYS = {("http", "trusted_proxies"), ("server", "proxy_protocol_from")}
+ADDRESS_LIST_KEYS = {("http", "trusted_proxies"), ("server", "proxy_protocol_from"), ("spam", "rate_exempt")}
 # TCP port numbers (0 disables a listener).
 PORT_KEYS = {("delivery", "smtp_port"), ("delivery", "relay_port"), ("mta_sts", "https_port")}
 # Sizes and counts that must be at least 1: 0 would refuse everything.
@@ -459,6 +499,7 @@ POSITIVE_KEYS = {
     ("delivery", "max_messages_per_connection"), ("delivery", "retry_factor"),
     ("mta_sts", "max_policy_size"),
     ("tls", "acme_renew_days"), ("tls", "acme_retry"),
+    ("spam", "mx_network_factor"),
 }
 
 

@@ -44,6 +44,7 @@ from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, client_context, ensure_certificate
 from .services import Services
+from .spam.rates import RateLimiter, rate_policy_from_config
 from .store import open_store
 from .store.api import Store
 from .store.notify import QUEUE, SETTLED, ChangeChannel
@@ -219,6 +220,15 @@ class MailServer:
         if self.services is not None:
             self.services.login.throttle = throttle
 
+    def _mx_rates(self) -> Callable[[str, str], str | None]:
+        """The MX port's rate counter: the supervisor's, shared by all workers
+        (over the login throttle's channel), or this process's own."""
+        local = RateLimiter(rate_policy_from_config(self.config.spam))
+        shared = self.worker.throttle if self.worker is not None else None
+        if isinstance(shared, SharedThrottle):
+            return lambda kind, ip: shared.ask_or(local.hit, "spam_rate", kind, ip)
+        return local.hit
+
     @property
     def login(self) -> LoginService | None:
         """The login service (auth/service.py), once started."""
@@ -305,6 +315,8 @@ class MailServer:
             acme_http01=self.acme_answers.http01 if self.acme_answers is not None else None,
             sieve=(SieveDelivery(store, ScriptStore(self.data_dir / "sieve"), cfg.delivery.recipient_delimiter)
                    if cfg.delivery.sieve else None),
+            mx_rates=self._mx_rates(),
+            mx_exempt=rate_policy_from_config(cfg.spam).is_exempt,
         )
         share = worker.count if worker is not None else 1
         limits = ConnectionLimits(

@@ -79,3 +79,9 @@ class Services:
     acme_http01: Callable[[str], str | None] | None = None
     # Sieve filters at local delivery (delivery/sieve.py); None: off.
     sieve: SieveDelivery | None = None
+    # The MX port's connection and message rates (spam/rates.py), shared by
+    # the workers: ``mx_rates(kind, ip)`` counts one and returns the reason
+    # the client is over its budget, or None. None: no rate limits.
+    mx_rates: Callable[[str, str], str | None] | None = None
+    # Whether a client address is exempt from the MX port's abuse defences ([spam] rate_exempt).
+    mx_exempt: Callable[[str], bool] | None = None

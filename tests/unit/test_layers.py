@@ -69,20 +69,25 @@ LAYERS: dict[str, Layer] = {
         "mailauth/ (SPF, DKIM, DMARC) takes a message and DNS answers and returns verdicts: "
         "it imports only message/ and config",
     ),
+    "spam": layer(
+        {"observability", "mailauth", "policy", "auth", "store", "message", "config"},
+        "spam/ decides on abuse (rates, greylisting, limits) from values the glue passes in: "
+        "it imports no protocol, net or delivery",
+    ),
     "delivery": layer(
-        {"observability", "sieve", "mailauth", "protocols", "policy", "auth", "store", "message", "config"},
+        {"spam", "observability", "sieve", "mailauth", "protocols", "policy", "auth", "store", "message", "config"},
         "delivery/ imports neither net/ nor the server (nor services.py)",
     ),
     "services": layer(
-        {"observability", "delivery", "sieve", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
+        {"spam", "observability", "delivery", "sieve", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
         "services.py (the typed services object) sits below net/ and web/",
     ),
     "net": layer(
-        {"observability", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
+        {"spam", "observability", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
         "net/ receives the services object; it never imports the server, cli or web/",
     ),
     "web": layer(
-        {"observability", "net", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "message", "config"},
+        {"spam", "observability", "net", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "message", "config"},
         "web/ receives the services object; it never imports the server or cli",
     ),
     "client": layer(
@@ -90,17 +95,17 @@ LAYERS: dict[str, Layer] = {
         "client/ (the mail user agent) uses message/ and protocols/ only, not the server side",
     ),
     "server": layer(
-        {"observability", "net", "web", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "protocols", "message",
+        {"spam", "observability", "net", "web", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "protocols", "message",
          "config"},
         "server.py composes the services; only cli.py is above it",
     ),
     "transfer": layer(
-        {"observability", "store", "protocols", "message", "config"},
+        {"spam", "observability", "store", "protocols", "message", "config"},
         "transfer/ (import and export) reads sources and writes through the store: it uses no net/, "
         "delivery/ or server",
     ),
     "cli": layer(
-        {"transfer", "observability", "server", "client", "net", "web", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store",
+        {"spam", "transfer", "observability", "server", "client", "net", "web", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store",
          "protocols", "message", "config"},
         "cli.py is the top",
     ),
@@ -119,6 +124,7 @@ LAYER_OF: dict[str, str] = {
     "delivery": "delivery",
     "mailauth": "mailauth",
     "sieve": "sieve",
+    "spam": "spam",
     "services": "services",
     "net": "net",
     "web": "web",
