@@ -44,6 +44,7 @@ from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, client_context, ensure_certificate
 from .services import Services
+from .spam.limits import SendLimiter
 from .spam.rates import RateLimiter, rate_policy_from_config
 from .store import open_store
 from .store.api import Store
@@ -229,6 +230,15 @@ class MailServer:
             return lambda kind, ip: shared.ask_or(local.hit, "spam_rate", kind, ip)
         return local.hit
 
+    def _send_limits(self) -> Callable[[str, int, int, int], str | None]:
+        """The accounts' submission limits: the supervisor's, shared by all
+        workers, or this process's own."""
+        local = SendLimiter()
+        shared = self.worker.throttle if self.worker is not None else None
+        if isinstance(shared, SharedThrottle):
+            return lambda *args: shared.ask_or(local.check, "spam_send", *args)
+        return local.check
+
     @property
     def login(self) -> LoginService | None:
         """The login service (auth/service.py), once started."""
@@ -306,7 +316,7 @@ class MailServer:
                                 relay_ca_file=self._relay_ca_file(), signer=signer,
                                 security=self._transport_security(),
                                 sealer=keyring.seal if auth.dkim_sign else None, srs=srs,
-                                srs_domain=auth.srs_domain),
+                                srs_domain=auth.srs_domain, queue_alert=cfg.spam.queue_alert),
             tls=self.tls,
             smtp_engine=engine_config(cfg),
             submission_engine=submission_engine_config(cfg),
@@ -316,6 +326,7 @@ class MailServer:
             sieve=(SieveDelivery(store, ScriptStore(self.data_dir / "sieve"), cfg.delivery.recipient_delimiter)
                    if cfg.delivery.sieve else None),
             mx_rates=self._mx_rates(),
+            send_limits=self._send_limits(),
             mx_exempt=rate_policy_from_config(cfg.spam).is_exempt,
         )
         share = worker.count if worker is not None else 1

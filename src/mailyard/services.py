@@ -83,5 +83,8 @@ class Services:
     # the workers: ``mx_rates(kind, ip)`` counts one and returns the reason
     # the client is over its budget, or None. None: no rate limits.
     mx_rates: Callable[[str, str], str | None] | None = None
+    # The accounts' submission limits (spam/limits.py), shared by the workers;
+    # see delivery/submit.py Intake.send_limits. None: no limits.
+    send_limits: Callable[[str, int, int, int], str | None] | None = None
     # Whether a client address is exempt from the MX port's abuse defences ([spam] rate_exempt).
     mx_exempt: Callable[[str], bool] | None = None

@@ -23,6 +23,7 @@ from ..delivery.submit import (
     RemoteUnavailable,
     SenderNotAllowed,
     SieveRejected,
+    SubmissionLimited,
     Trace,
     accept_message,
     new_msgid,
@@ -557,6 +558,9 @@ class SMTPSession(SessionProtocol):
             self._message_rejected(queue_id, "sender-not-allowed", exc.verdict.reason, logging.WARNING)
             # RFC 5321 4.2.2 550, RFC 3463 5.7.1: delivery not authorized.
             return Reply(550, "5.7.1", exc.verdict.reason)
+        except SubmissionLimited as exc:
+            # RFC 3463 4.7.1: refused for now; the limit is logged by delivery/submit.py
+            return Reply(451, "4.7.1", f"{exc}, try again later")
         except SieveRejected as exc:
             # RFC 5429 2.1: ereject refuses in the protocol, with the script's reason
             text = str(exc).encode("ascii", "replace").decode("ascii")  # a reply line is ASCII
