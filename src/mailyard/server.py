@@ -48,6 +48,7 @@ from .spam.limits import SendLimiter
 from .spam.rates import RateLimiter, rate_policy_from_config
 from .store import open_store
 from .store.api import Store
+from .store.greylist import GreylistState
 from .store.notify import QUEUE, SETTLED, ChangeChannel
 from .store.spool import MessageSpool
 
@@ -326,6 +327,8 @@ class MailServer:
             sieve=(SieveDelivery(store, ScriptStore(self.data_dir / "sieve"), cfg.delivery.recipient_delimiter)
                    if cfg.delivery.sieve else None),
             mx_rates=self._mx_rates(),
+            greylist=(GreylistState.in_data_dir(self.data_dir, cfg.spam.greylist_retry_window)
+                      if cfg.spam.greylisting else None),
             send_limits=self._send_limits(),
             mx_exempt=rate_policy_from_config(cfg.spam).is_exempt,
         )
@@ -538,6 +541,8 @@ class MailServer:
             await self.queue.stop()
         if self.services is not None and self.services.mailauth is not None:
             self.services.mailauth.close()
+        if self.services is not None and self.services.greylist is not None:
+            self.services.greylist.close()
         if self._store is not None:
             await self._store.close()
             self._store = None

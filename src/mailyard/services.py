@@ -31,6 +31,7 @@ from .mailauth.inbound import InboundChecker
 from .mailauth.pool import CheckPool
 from .protocols.smtp.server import ServerConfig
 from .store.api import Store
+from .store.greylist import GreylistState
 from .store.spool import MessageSpool
 
 
@@ -86,5 +87,7 @@ class Services:
     # The accounts' submission limits (spam/limits.py), shared by the workers;
     # see delivery/submit.py Intake.send_limits. None: no limits.
     send_limits: Callable[[str, int, int, int], str | None] | None = None
+    # Greylisting state of the MX port (store/greylist.py); None: greylisting off.
+    greylist: GreylistState | None = None
     # Whether a client address is exempt from the MX port's abuse defences ([spam] rate_exempt).
     mx_exempt: Callable[[str], bool] | None = None

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -51,8 +52,10 @@ from ..protocols.smtp.events import (
 )
 from ..protocols.smtp.replies import Reply
 from ..protocols.smtp.server import ServerConfig, SMTPServerEngine, State
-from ..spam.rates import CONNECTION, MESSAGE
+from ..spam.greylist import GreylistPolicy, decide, known_good, sender_domain, triplet
+from ..spam.rates import CONNECTION, MESSAGE, network_of
 from ..store.api import Account, NewRecipient, QuotaExceeded, StorageFull
+from ..store.greylist import GreylistState
 from ..store.spool import SpoolFile
 from .budgets import abuse_budgets
 from .listener import Listener
@@ -533,6 +536,7 @@ class SMTPSession(SessionProtocol):
         )
         mail = event.mail
         junk = False
+        verdict: InboundVerdict | None = None
         if self.account is None and not self.submission and self.services.mailauth is not None:
             verdict = await self._authenticate(event, data)
             if verdict is not None:
@@ -544,6 +548,13 @@ class SMTPSession(SessionProtocol):
                              verdict.dmarc.from_domain if verdict.dmarc else "")
                     return Reply(550, "5.7.1", "Message rejected by the DMARC policy of the sender's domain")
                 junk = enforce and verdict.disposition == "quarantine"
+        if self.account is None and not self.submission and self.services.greylist is not None \
+                and not self._exempt():
+            why = await self._greylisted(event, verdict)
+            if why is not None:
+                # RFC 5321 4.5.4.1: a real mail server retries; RFC 3463 4.7.1
+                self._abuse("greylisted", why)
+                return Reply(451, "4.7.1", why)
         try:
             # The one acceptance path (delivery/submit.py): the submission
             # policy when a user authenticated, then one durable commit.
@@ -600,6 +611,27 @@ class SMTPSession(SessionProtocol):
                    user=self.account.address if self.account else None, msgid=msgid, reason=reason, detail=detail)
         metrics.count_message(self.listener.name, "rejected", reason)
 
+    async def _greylisted(self, event: MessageReceived, verdict: InboundVerdict | None) -> str | None:
+        """The greylisting verdict on this message (spam/greylist.py over
+        store/greylist.py, in a thread: the state is an SQLite file): the
+        reason to refuse it for now, or None."""
+        state = self.services.greylist
+        assert state is not None
+        spam = self.services.config.spam
+        policy = GreylistPolicy(spam.greylist_delay, spam.greylist_retry_window, spam.greylist_allow_days * 86400.0,
+                                frozenset(d.lower() for d in spam.greylist_known_good))
+        authenticated: list[str] = []
+        if verdict is not None:
+            if verdict.spf.result == "pass":
+                authenticated.append(verdict.spf.domain)
+            authenticated.extend(r.domain for r in verdict.dkim if r.result == "pass")
+        try:
+            return await asyncio.to_thread(_greylist_check, state, policy, self.peer_ip, event.reverse_path,
+                                           list(event.forward_paths), authenticated, time.time())
+        except Exception:
+            log.exception("smtp: greylisting failed for %s; the message is not delayed", self.peer_ip)
+            return None
+
     async def _authenticate(self, event: MessageReceived, data: bytes) -> InboundVerdict | None:
         """SPF, DKIM, ARC and DMARC of a message received on the MX port
         (mailauth/inbound.py), in the checks' worker processes or threads
@@ -653,6 +685,30 @@ class SMTPSession(SessionProtocol):
         if not members:
             return Reply(550, "5.1.1", f"{address} has no members")
         return Reply(250, "2.1.5", members)
+
+
+def _greylist_check(state: GreylistState, policy: GreylistPolicy, ip: str, reverse_path: str,
+                    recipients: list[str], authenticated: list[str], now: float) -> str | None:
+    """Decide on each recipient's triplet and record what the decisions say;
+    the first reason to defer, or None when the message passes."""
+    network, domain = network_of(ip), sender_domain(reverse_path)
+    allowed = state.is_allowed(network, domain, now)
+    good = known_good(policy, authenticated)
+    deferred: str | None = None
+    passed: list[tuple[str, str, str]] = []
+    for rcpt in recipients:
+        key = triplet(ip, reverse_path, rcpt)
+        decision = decide(policy, now, None if allowed or good else state.first_seen(*key),
+                          allowed=allowed, good_domain=good)
+        if decision.first:
+            state.record_first(*key, now)
+        if decision.defer:
+            deferred = deferred or decision.reason
+        elif decision.allow:
+            passed.append(key)
+    if deferred is None and passed:
+        state.allow(network, domain, now, now + policy.allow_for, passed)
+    return deferred
 
 
 def smtp_protocol(services: Services, listener: Listener) -> SMTPSession:
