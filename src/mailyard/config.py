@@ -449,6 +449,9 @@ class Config:
             raise ConfigError(f"{source}: 'authentication.dmarc_policy' must be \"enforce\" or \"record\"")
         if self.mta_sts.max_age > 31557600:  # RFC 8461 3.2
             raise ConfigError(f"{source}: 'mta_sts.max_age' must be at most 31557600 (one year)")
+        url = self.spam.rspamd_controller_url
+        if url and not (url.startswith("http://") and len(url) > 7):
+            raise ConfigError(f"{source}: 'spam.rspamd_controller_url' must be \"http://host:port\" or \"\"")
         delim = self.delivery.recipient_delimiter
         if len(delim) > 1 or delim in ("@", " ", '"'):
             raise ConfigError(f"{source}: 'delivery.recipient_delimiter' must be one character (such as \"+\") or \"\"")

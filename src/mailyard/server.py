@@ -40,10 +40,12 @@ from .mailauth.srs import SRS
 from .mailauth.srs import load_secret as load_srs_secret
 from .net.acme import AcmeManager, Challenges, default_names, signal_supervisor
 from .net.addresses import AddressSet
+from .net.learning import Learner
 from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, client_context, ensure_certificate
 from .services import Services
+from .spam.learning import Controller
 from .spam.limits import SendLimiter
 from .spam.rates import RateLimiter, rate_policy_from_config
 from .store import open_store
@@ -208,6 +210,8 @@ class MailServer:
         # manager (in the process that runs background work), set by start().
         self.acme_answers: Challenges | None = None
         self.acme: AcmeManager | None = None
+        # Teaches rspamd from users' Junk moves ([spam] rspamd_controller_url), set by start().
+        self.learner: Learner | None = None
         # What every service receives, set by start().
         self.services: Services | None = None
 
@@ -306,6 +310,9 @@ class MailServer:
             await mailauth.start()
         elif auth.inbound_checks:
             mailauth = InboundChecker(Resolver(cfg.delivery.nameservers, auth.dns_timeout), authserv_id)
+        if cfg.spam.rspamd_controller_url:
+            self.learner = Learner(store, Controller.parse(cfg.spam.rspamd_controller_url,
+                                                           cfg.spam.rspamd_controller_password))
         self.services = Services(
             config=cfg,
             data_dir=self.data_dir,
@@ -327,6 +334,7 @@ class MailServer:
             sieve=(SieveDelivery(store, ScriptStore(self.data_dir / "sieve"), cfg.delivery.recipient_delimiter)
                    if cfg.delivery.sieve else None),
             mx_rates=self._mx_rates(),
+            learn=self.learner.submit if self.learner is not None else None,
             greylist=(GreylistState.in_data_dir(self.data_dir, cfg.spam.greylist_retry_window)
                       if cfg.spam.greylisting else None),
             send_limits=self._send_limits(),
@@ -541,6 +549,8 @@ class MailServer:
             await self.queue.stop()
         if self.services is not None and self.services.mailauth is not None:
             self.services.mailauth.close()
+        if self.learner is not None:
+            await self.learner.stop()
         if self.services is not None and self.services.greylist is not None:
             self.services.greylist.close()
         if self._store is not None:
