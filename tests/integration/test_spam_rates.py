@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -195,5 +196,48 @@ def test_connection_rate_holds_across_workers(tmp_path: Path) -> None:
         # both workers greeted, and the budget of 20 was one for the two
         assert served == set(proc.worker_pids()), served
         assert greetings == [b"220"] * 20 + [b"421"] * 4
+    finally:
+        proc.stop()
+
+
+def test_a_connection_burst_is_refused_cheaply_and_others_are_served(tmp_path: Path) -> None:
+    """400 connections from one address as fast as they open: all past the
+    budget get 421 and close; the server's memory stays flat and a client
+    from another network is greeted meanwhile."""
+    import threading
+
+    proc = ServeProcess(tmp_path / "data", limits(conns=10, factor=2))
+    try:
+        port = proc.port("smtp")
+        before = proc.rss()
+        codes: list[bytes] = []
+        done = threading.Event()
+
+        def burst() -> None:
+            for _ in range(400):
+                try:
+                    c = Client(port, "127.0.0.9")
+                    codes.append(c.line()[:3])
+                    c.close()
+                except (OSError, EOFError):
+                    codes.append(b"err")
+            done.set()
+
+        t = threading.Thread(target=burst)
+        t.start()
+        wait_until(lambda: len(codes) >= 100 or done.is_set(), TIMEOUT * 3, "the burst to get going")
+        started = time.monotonic()
+        other = Client(port, "127.0.1.9")
+        greeting = other.line()
+        latency = time.monotonic() - started
+        other.close()
+        during = proc.rss()
+        t.join(120)
+        print(f"burst: {codes.count(b'220')} greeted, {codes.count(b'421')} refused, {codes.count(b'err')} errors;"
+              f" RSS {before / 2**20:.1f} MB before, {during / 2**20:.1f} MB during;"
+              f" another network's greeting in {latency * 1000:.0f} ms")
+        assert greeting.startswith(b"220 ")
+        assert codes.count(b"220") == 10 and codes.count(b"421") == 390
+        assert during - before < 20 * 2**20
     finally:
         proc.stop()

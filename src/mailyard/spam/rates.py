@@ -35,7 +35,7 @@ CONNECTION = "connection"
 MESSAGE = "message"
 
 # Keys held at most; past it, the windows that ended are dropped first.
-MAX_KEYS = 200_000
+MAX_KEYS = 50_000
 
 
 def network_of(ip: str) -> str:
