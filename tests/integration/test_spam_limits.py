@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mailyard import metrics
 from mailyard.config import Config
 from tests.conftest import USERS, RunningServer
 from tests.waiting import wait_until
@@ -60,6 +61,8 @@ def test_a_looping_submitter_is_stopped_with_451(make_server: Callable[..., Runn
                                                  caplog: pytest.LogCaptureFixture) -> None:
     server = make_server(per_hour(3))
     caplog.set_level(logging.INFO)
+    counter = metrics.ABUSE_REFUSALS.labels("submission", "submission-limit")
+    before = counter._value.get()
     with submission(server) as s:
         for i in range(3):
             s.sendmail(ALICE, [BOB], message(i))
@@ -72,6 +75,7 @@ def test_a_looping_submitter_is_stopped_with_451(make_server: Callable[..., Runn
     lines = [r.getMessage() for r in caplog.records if "submission_limited" in r.getMessage()]
     print("\n".join(lines))
     assert len(lines) == 1 and "user=alice@example.test" in lines[0]
+    assert counter._value.get() == before + 1  # mailyard_abuse_refusals
     # another account has its own budget
     with submission(server, BOB) as s:
         s.sendmail(BOB, [ALICE], f"From: {BOB}\r\nSubject: hi\r\n\r\nhi\r\n".encode())
