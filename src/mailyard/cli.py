@@ -20,6 +20,7 @@ from typing import Any
 
 from . import __version__, logs
 from .config import Config, ConfigError
+from .spam.limits import MESSAGES_KEY, RECIPIENTS_KEY, account_limits
 from .store import open_store, store_exists
 from .store.api import KEEP, Quota, Store, StoreError
 
@@ -457,6 +458,8 @@ def cmd_user(args: argparse.Namespace) -> None:
                 grants = await store.disallow_senders(args.address, args.senders)
             shown = ", ".join(grants) if grants else "(only its own addresses)"
             print(f"{args.address} may also send as: {shown}")
+        elif args.action == "limits":
+            await _user_limits(store, args)
         elif args.action == "quota":
             storage = getattr(args, "storage", KEEP)  # not given: left as it is
             messages = getattr(args, "messages", KEEP)
@@ -498,6 +501,43 @@ def parse_storage_limit(text: str) -> int | None:
     if value < 0 or value != value or value == float("inf"):
         raise argparse.ArgumentTypeError(f"not a size: {text!r}")
     return int(value * _SIZE_UNITS[unit])
+
+
+async def _user_limits(store: Store, args: argparse.Namespace) -> None:
+    """``user limits``: show or set an account's submission limits (spam/limits.py),
+    kept in its settings; ``default`` removes the account's own value."""
+    account = await store.get_account(args.address)
+    if account is None:
+        raise CLIError(f"no such user: {args.address}")
+    changes: dict[str, Any] = {}
+    for option, key in (("messages_per_hour", MESSAGES_KEY), ("recipients_per_day", RECIPIENTS_KEY)):
+        value = getattr(args, option, KEEP)
+        if value != KEEP:
+            changes[key] = value  # None: back to the server's default
+    settings = await store.set_settings(account.id, changes) if changes else await store.get_settings(account.id)
+    spam = load_config(args).spam
+    per_hour, per_day = account_limits(settings, spam.messages_per_hour, spam.recipients_per_day)
+
+    def show(value: int, key: str, unit: str) -> str:
+        text = f"{value} {unit}" if value else f"no limit on {unit}"
+        return text + ("" if key in settings else " (server default)")
+
+    print(f"{account.address}: {show(per_hour, MESSAGES_KEY, 'messages per hour')}, "
+          f"{show(per_day, RECIPIENTS_KEY, 'recipients per day')}")
+
+
+def parse_send_limit(text: str) -> int | None:
+    """``--messages-per-hour`` / ``--recipients-per-day``: a count (0: no
+    limit), or ``default`` for the server's ``[spam]`` value."""
+    if text.strip().lower() == "default":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (a number, or 'default')") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (a number, or 'default')")
+    return value
 
 
 def parse_count_limit(text: str) -> int | None:
@@ -1117,6 +1157,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="storage limit: octets, or with K/M/G/T (powers of 1024), e.g. 2G; 'none' removes it")
     q.add_argument("--messages", type=parse_count_limit, default=argparse.SUPPRESS, metavar="N",
                    help="message-count limit, e.g. 100000; 'none' removes it")
+    q = usub.add_parser(
+        "limits", parents=[common],
+        help="show or set what an account may submit (451 4.7.1 over it): messages per hour, recipients per day",
+    )
+    q.add_argument("address", help="the account, user@domain")
+    q.add_argument("--messages-per-hour", type=parse_send_limit, default=argparse.SUPPRESS, metavar="N",
+                   help="messages per hour (0: no limit; 'default': [spam] messages_per_hour)")
+    q.add_argument("--recipients-per-day", type=parse_send_limit, default=argparse.SUPPRESS, metavar="N",
+                   help="recipients per day (0: no limit; 'default': [spam] recipients_per_day)")
     q = usub.add_parser("list", parents=[common], help="list accounts")
     q.add_argument("--domain", help="only this domain")
     q = usub.add_parser(

@@ -355,10 +355,12 @@ class AuthenticationConfig:
 
 @dataclass
 class SpamConfig:
-    """The spam verdict of mail received on the MX port (spam/): a built-in
-    score from the sender's reputation (forward-confirmed reverse DNS, HELO,
-    DNS blocklists and allowlists, SPF/DKIM/DMARC) and, when ``rspamd_url``
-    is set, rspamd's content scan. DNS goes to ``[delivery] nameservers``."""
+    """Spam and abuse defences (spam/): the spam verdict of mail received on
+    the MX port (a built-in score from the sender's reputation: forward-
+    confirmed reverse DNS, HELO, DNS blocklists and allowlists, SPF/DKIM/DMARC;
+    and, when ``rspamd_url`` is set, rspamd's content scan; DNS goes to
+    ``[delivery] nameservers``), rates on the MX port, early talkers,
+    greylisting, outbound limits of accounts, learning from users' Junk moves."""
 
     # The built-in checks (they ask DNS: rDNS, HELO, the lists below).
     checks: bool = True
@@ -381,8 +383,9 @@ class SpamConfig:
         "zen.spamhaus.org 4.0 127.0.0.4-127.0.0.7 SPAMHAUS_XBL",
         "zen.spamhaus.org 2.5 127.0.0.10-127.0.0.11 SPAMHAUS_PBL",
     ])
-    # Mail from these networks is not scored by the built-in checks (local
-    # programs handing mail to the MX port); rspamd still scans it.
+    # Clients on these networks (local programs handing mail to the MX port)
+    # are not scored by the built-in checks (rspamd still scans their mail)
+    # and are exempt from the rates, early-talker rules and greylisting.
     trusted_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     # Overrides of the built-in scores, "NAME=SCORE" (the names and their
     # defaults: spam/score.py DEFAULT_SCORES, README).
@@ -390,6 +393,38 @@ class SpamConfig:
     # The decision log (DATA/spam/decisions.jsonl), rotated past this many
     # bytes (one older file kept).
     log_max_bytes: int = 16 * 1024 * 1024
+
+    # Connections and messages (MAIL commands) a client address may open or
+    # send on the MX port per minute (0: no limit): over it, 421 4.7.0 at
+    # connect and 451 4.7.1 at MAIL. A busy peer (a large provider's
+    # outbound server) reuses connections and stays far below.
+    mx_connections_per_minute: int = 120
+    mx_messages_per_minute: int = 300
+    # A network (/24 IPv4, /64 IPv6) may use this many times an address's budget.
+    mx_network_factor: int = 4
+    # Seconds the MX port waits before its greeting; a client that talks
+    # first (RFC 5321 4.3.1) is refused. 0: greet at once.
+    greet_pause: float = 0.0
+    # Greylisting of the MX port (off by default): a first delivery attempt of
+    # a (client network, sender, recipient) triplet gets 451 4.7.1; a retry
+    # after greylist_delay seconds and within greylist_retry_window passes.
+    greylisting: bool = False
+    greylist_delay: float = 300.0
+    greylist_retry_window: float = 2 * 86400.0
+    # Days a (network, sender domain) that retried correctly passes unasked.
+    greylist_allow_days: float = 35.0
+    # Sender domains whose SPF- or DKIM-authenticated mail is never greylisted.
+    greylist_known_good: list = field(default_factory=list)
+    # Per account, on submission and webmail sends (0: no limit); an account
+    # overrides them with ``mailyard user limits``.
+    messages_per_hour: int = 300
+    recipients_per_day: int = 2000
+    # Messages in the outbound queue above which the log warns (once per crossing); 0: never.
+    queue_alert: int = 1000
+    # rspamd's controller (learn_spam / learn_ham on users' Junk moves), e.g.
+    # "http://127.0.0.1:11334"; "": no learning.
+    rspamd_controller_url: str = ""
+    rspamd_controller_password: str = ""
 
 
 @dataclass
@@ -454,6 +489,9 @@ class Config:
         if self.mta_sts.max_age > 31557600:  # RFC 8461 3.2
             raise ConfigError(f"{source}: 'mta_sts.max_age' must be at most 31557600 (one year)")
         _check_spam(self.spam, source)
+        url = self.spam.rspamd_controller_url
+        if url and not (url.startswith("http://") and len(url) > 7):
+            raise ConfigError(f"{source}: 'spam.rspamd_controller_url' must be \"http://host:port\" or \"\"")
         delim = self.delivery.recipient_delimiter
         if len(delim) > 1 or delim in ("@", " ", '"'):
             raise ConfigError(f"{source}: 'delivery.recipient_delimiter' must be one character (such as \"+\") or \"\"")
@@ -504,6 +542,7 @@ POSITIVE_KEYS = {
     ("delivery", "max_messages_per_connection"), ("delivery", "retry_factor"),
     ("mta_sts", "max_policy_size"),
     ("tls", "acme_renew_days"), ("tls", "acme_retry"),
+    ("spam", "mx_network_factor"),
 }
 
 

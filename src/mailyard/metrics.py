@@ -63,7 +63,11 @@ DELIVERY_SECONDS = Histogram(
     " bounced), per kind", ["kind"], registry=None,
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, float("inf")),
 )
-_ALL = (CONNECTIONS, LOGINS, MESSAGES, RECIPIENTS_REJECTED, DELIVERIES, DELIVERY_SECONDS)
+ABUSE_REFUSALS = Counter(
+    "mailyard_abuse_refusals", "Clients and accounts refused by the abuse defences (spam/), by service and"
+    " reason (rate, early-talker, out-of-sync, greylisted, submission-limit)", ["service", "reason"], registry=None,
+)
+_ALL = (CONNECTIONS, LOGINS, MESSAGES, RECIPIENTS_REJECTED, DELIVERIES, DELIVERY_SECONDS, ABUSE_REFUSALS)
 
 # This process's values (single-process mode).
 _LOCAL = CollectorRegistry(auto_describe=True)
@@ -118,6 +122,11 @@ def count_message(service: str, result: str, reason: str = "") -> None:
 
 def count_recipient_rejected(service: str, reason: str) -> None:
     RECIPIENTS_REJECTED.labels(service, reason).inc()
+
+
+def count_abuse(service: str, reason: str) -> None:
+    """A connection, message or recipient refused by an abuse defence."""
+    ABUSE_REFUSALS.labels(service, reason).inc()
 
 
 def count_delivery(kind: str, result: str, count: int = 1) -> None:

@@ -41,14 +41,19 @@ from .mailauth.srs import SRS
 from .mailauth.srs import load_secret as load_srs_secret
 from .net.acme import AcmeManager, Challenges, default_names, signal_supervisor
 from .net.addresses import AddressSet
+from .net.learning import Learner
 from .net.listener import ConnectionLimits, Listener
 from .net.login import throttle_from_config
 from .net.tls import ReloadableTLS, client_context, ensure_certificate
 from .services import Services
 from .spam.checker import SpamChecker
+from .spam.learning import Controller
+from .spam.limits import SendLimiter
+from .spam.rates import RateLimiter, rate_policy_from_config
 from .spam.rspamd import RspamdClient
 from .store import open_store
 from .store.api import Store
+from .store.greylist import GreylistState
 from .store.notify import QUEUE, SETTLED, ChangeChannel
 from .store.spamlog import DecisionLog
 from .store.spool import MessageSpool
@@ -209,6 +214,8 @@ class MailServer:
         # manager (in the process that runs background work), set by start().
         self.acme_answers: Challenges | None = None
         self.acme: AcmeManager | None = None
+        # Teaches rspamd from users' Junk moves ([spam] rspamd_controller_url), set by start().
+        self.learner: Learner | None = None
         # What every service receives, set by start().
         self.services: Services | None = None
 
@@ -222,6 +229,24 @@ class MailServer:
         self._throttle = throttle
         if self.services is not None:
             self.services.login.throttle = throttle
+
+    def _mx_rates(self) -> Callable[[str, str], str | None]:
+        """The MX port's rate counter: the supervisor's, shared by all workers
+        (over the login throttle's channel), or this process's own."""
+        local = RateLimiter(rate_policy_from_config(self.config.spam))
+        shared = self.worker.throttle if self.worker is not None else None
+        if isinstance(shared, SharedThrottle):
+            return lambda kind, ip: shared.ask_or(local.hit, "spam_rate", kind, ip)
+        return local.hit
+
+    def _send_limits(self) -> Callable[[str, int, int, int], str | None]:
+        """The accounts' submission limits: the supervisor's, shared by all
+        workers, or this process's own."""
+        local = SendLimiter()
+        shared = self.worker.throttle if self.worker is not None else None
+        if isinstance(shared, SharedThrottle):
+            return lambda *args: shared.ask_or(local.check, "spam_send", *args)
+        return local.check
 
     @property
     def login(self) -> LoginService | None:
@@ -299,6 +324,9 @@ class MailServer:
                 RspamdClient(cfg.spam.rspamd_url, cfg.spam.rspamd_timeout) if cfg.spam.rspamd_url else None,
                 hostname=cfg.server.hostname,
             )
+        if cfg.spam.rspamd_controller_url:
+            self.learner = Learner(store, Controller.parse(cfg.spam.rspamd_controller_url,
+                                                           cfg.spam.rspamd_controller_password))
         self.services = Services(
             config=cfg,
             data_dir=self.data_dir,
@@ -310,7 +338,8 @@ class MailServer:
                                 relay_ca_file=self._relay_ca_file(), signer=signer,
                                 security=self._transport_security(),
                                 sealer=keyring.seal if auth.dkim_sign else None, srs=srs,
-                                srs_domain=auth.srs_domain, dmarc_reports=dmarc_reports),
+                                srs_domain=auth.srs_domain, dmarc_reports=dmarc_reports,
+                                queue_alert=cfg.spam.queue_alert),
             tls=self.tls,
             smtp_engine=engine_config(cfg),
             submission_engine=submission_engine_config(cfg),
@@ -321,6 +350,12 @@ class MailServer:
             spam=spam,
             sieve=(SieveDelivery(store, ScriptStore(self.data_dir / "sieve"), cfg.delivery.recipient_delimiter)
                    if cfg.delivery.sieve else None),
+            mx_rates=self._mx_rates(),
+            learn=self.learner.submit if self.learner is not None else None,
+            greylist=(GreylistState.in_data_dir(self.data_dir, cfg.spam.greylist_retry_window)
+                      if cfg.spam.greylisting else None),
+            send_limits=self._send_limits(),
+            mx_exempt=rate_policy_from_config(cfg.spam).is_exempt,
         )
         share = worker.count if worker is not None else 1
         limits = ConnectionLimits(
@@ -533,6 +568,10 @@ class MailServer:
             self.services.mailauth.close()
         if self.services is not None and self.services.spam is not None:
             await self.services.spam.close()
+        if self.learner is not None:
+            await self.learner.stop()
+        if self.services is not None and self.services.greylist is not None:
+            self.services.greylist.close()
         if self._store is not None:
             await self._store.close()
             self._store = None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -32,7 +32,8 @@ from .mailauth.inbound import InboundChecker
 from .mailauth.pool import CheckPool
 from .protocols.smtp.server import ServerConfig
 from .spam.checker import SpamChecker
-from .store.api import Store
+from .store.api import Account, Mailbox, Store
+from .store.greylist import GreylistState
 from .store.spool import MessageSpool
 
 
@@ -87,3 +88,18 @@ class Services:
     # The spam verdict of the MX port (spam/checker.py); None: no built-in
     # checks and no rspamd ([spam] checks = false, rspamd_url = "").
     spam: SpamChecker | None = None
+    # The MX port's connection and message rates (spam/rates.py), shared by
+    # the workers: ``mx_rates(kind, ip)`` counts one and returns the reason
+    # the client is over its budget, or None. None: no rate limits.
+    mx_rates: Callable[[str, str], str | None] | None = None
+    # The accounts' submission limits (spam/limits.py), shared by the workers;
+    # see delivery/submit.py Intake.send_limits. None: no limits.
+    send_limits: Callable[[str, int, int, int], str | None] | None = None
+    # Teaches the spam filter from users' moves into and out of Junk
+    # (net/learning.py ``Learner.submit``: account, mailbox, UIDs there,
+    # "spam" or "ham"; returns at once). None: no learning.
+    learn: Callable[[Account, Mailbox, Sequence[int], str], None] | None = None
+    # Greylisting state of the MX port (store/greylist.py); None: greylisting off.
+    greylist: GreylistState | None = None
+    # Whether a client address is exempt from the MX port's abuse defences ([spam] trusted_networks).
+    mx_exempt: Callable[[str], bool] | None = None

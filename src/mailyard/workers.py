@@ -164,6 +164,8 @@ class Supervisor:
     def run(self) -> int:
         from .auth.throttle_shared import ThrottleServer
         from .net.login import throttle_from_config
+        from .spam.limits import SendLimiter
+        from .spam.rates import RateLimiter, rate_policy_from_config
         from .store.notify import make_slots
 
         try:
@@ -172,7 +174,11 @@ class Supervisor:
             self._close_sockets()
             raise
         self.notes = make_slots(self.count)
-        self.throttle = ThrottleServer(throttle_from_config(self.cfg.auth))
+        # The login throttle, the MX port's rates and the accounts' submission
+        # limits: one of each for all workers.
+        rates = RateLimiter(rate_policy_from_config(self.cfg.spam))
+        self.throttle = ThrottleServer(throttle_from_config(self.cfg.auth),
+                                       extra={"spam_rate": rates.hit, "spam_send": SendLimiter().check})
         self.selector = selectors.DefaultSelector()
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)

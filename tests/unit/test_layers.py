@@ -71,8 +71,8 @@ LAYERS: dict[str, Layer] = {
     ),
     "spam": layer(
         {"observability", "mailauth", "policy", "auth", "store", "message", "config"},
-        "spam/ (the spam verdict) takes signals, DNS answers and rspamd's answer and returns a verdict: "
-        "it sits below delivery/",
+        "spam/ (spam and abuse defences) takes signals, DNS answers, rspamd's answer and counters and returns "
+        "verdicts: it sits below delivery/ and imports no protocol or net",
     ),
     "delivery": layer(
         {"spam", "observability", "sieve", "mailauth", "protocols", "policy", "auth", "store", "message", "config"},

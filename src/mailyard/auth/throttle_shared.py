@@ -22,6 +22,12 @@ Should the supervisor stop answering (it is gone: the worker is about to be
 killed too), a worker falls back to the throttle tables of its own process
 rather than letting logins through unthrottled.
 
+The same channel carries the other counters every worker must share (the
+MX port's connection and message rates, spam/rates.py): the supervisor
+registers each as a named call (``ThrottleServer(extra=...)``) and a
+worker asks it with `SharedThrottle.ask_or`, which falls back to the
+worker's own counter like the throttle does.
+
 Messages are pickles: both ends are processes of the same program,
 connected by a socket pair nobody else holds.
 """
@@ -46,9 +52,11 @@ REPLY_TIMEOUT = 5.0  # seconds; the supervisor answers in microseconds
 class ThrottleServer:
     """The supervisor's side: the one throttle, and the attempts each worker holds."""
 
-    def __init__(self, throttle: LoginThrottle) -> None:
+    def __init__(self, throttle: LoginThrottle, extra: dict[str, Callable[..., Any]] | None = None) -> None:
         self.throttle = throttle
         self._held: dict[socket.socket, dict[int, Attempt]] = {}
+        # Other shared counters, by call name (see the module docstring).
+        self.extra: dict[str, Callable[..., Any]] = dict(extra or {})
 
     def handle(self, conn: socket.socket) -> bool:
         """Answer one request waiting on ``conn``; False when the worker is gone."""
@@ -95,6 +103,8 @@ class ThrottleServer:
             return t.record_success(*args)
         if method == "len":
             return len(t)
+        if method in self.extra:
+            return self.extra[method](*args)
         raise ValueError(f"unknown throttle call {method!r}")
 
     def release_all(self, conn: socket.socket, now: float) -> int:
@@ -198,6 +208,16 @@ class SharedThrottle(LoginThrottle):
             except _Unavailable:
                 pass
         super().record_success(ip, account, now)
+
+    def ask_or(self, fallback: Callable[..., Any], method: str, *args: Any) -> Any:
+        """Ask the supervisor's counter registered as ``method``; while the
+        supervisor does not answer, ``fallback(*args)`` (this process's own)."""
+        if not self.fallback:
+            try:
+                return self._ask(method, *args)
+            except _Unavailable:
+                pass
+        return fallback(*args)
 
     def __len__(self) -> int:
         if not self.fallback:

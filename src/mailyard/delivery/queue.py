@@ -46,6 +46,7 @@ from ..protocols.smtp.client import (
     TransactionResult,
 )
 from ..protocols.smtp.replies import Reply
+from ..spam.limits import QueueWatch
 from ..store.api import (
     DELIVERED,
     FAILED,
@@ -82,6 +83,8 @@ if TYPE_CHECKING:
     from ..config import DeliveryConfig
 
 log = logging.getLogger("mailyard.queue")
+# Seconds between two counts of the queue for [spam] queue_alert.
+WATCH_EVERY = 2.0
 
 
 def queue_name(queue_id: int, created: float) -> str:
@@ -279,7 +282,7 @@ class OutboundQueue:
                  client_tls: ClientTLS, relay_ca_file: str | None = None,
                  signer: MessageSigner | None = None, security: TransportSecurity | None = None,
                  sealer: MessageSealer | None = None, srs: SRS | None = None, srs_domain: str = "",
-                 dmarc_reports: DMARCReports | None = None) -> None:
+                 dmarc_reports: DMARCReports | None = None, queue_alert: int = 0) -> None:
         if cfg.relay_tls not in RELAY_STARTTLS:
             # Config.load refuses it; this guards configurations built in code.
             raise ValueError(f"delivery.relay_tls {cfg.relay_tls!r} is not one of {', '.join(RELAY_STARTTLS)}")
@@ -312,6 +315,10 @@ class OutboundQueue:
         self._recording: set[asyncio.Task] = set()  # outcome commits in flight
         self._stopping = False
         self.stats: dict[str, int] = defaultdict(int)  # connections, transactions, delivered, deferred, failed
+        # A queue suddenly much larger than usual (a stolen account, a loop)
+        # is told in the log once per crossing ([spam] queue_alert).
+        self._watch = QueueWatch(queue_alert)
+        self._watched = 0.0
 
     # --- entering the queue ------------------------------------------------------
     async def enqueue(
@@ -455,6 +462,7 @@ class OutboundQueue:
             self._wake.clear()
             try:
                 await self._dispatch()
+                await self._watch_size()
                 await self._reports_due()
                 nxt = await self.store.queue_next_due()
             except asyncio.CancelledError:
@@ -468,6 +476,20 @@ class OutboundQueue:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay if delay > 0 else 0.001):
                     await self._wake.wait()
+
+    async def _watch_size(self) -> None:
+        """Log when the queue grows past ``[spam] queue_alert`` entries (and
+        when it is back under half of it); counted at most every few seconds."""
+        now = time.monotonic()
+        if self._watch.threshold <= 0 or now - self._watched < WATCH_EVERY:
+            return
+        self._watched = now
+        size = await self.store.queue_size()
+        change = self._watch.observe(size)
+        if change == "over":
+            logs.event(log, logging.WARNING, "queue_alert", size=size, threshold=self._watch.threshold)
+        elif change == "under":
+            logs.event(log, logging.INFO, "queue_alert_cleared", size=size, threshold=self._watch.threshold)
 
     async def _dispatch(self) -> None:
         now = time.time()

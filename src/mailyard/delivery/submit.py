@@ -56,6 +56,7 @@ from ..message.trace import received_header
 from ..policy.submission import AddressOwners, SenderRefused, SenderRule, complete_message
 from ..sieve import Envelope
 from ..sieve.vacation import build_reply, decide
+from ..spam.limits import account_limits
 from ..store.api import (
     Account,
     NewRecipient,
@@ -92,6 +93,12 @@ class Intake(Protocol):
     @property
     def sieve(self) -> SieveDelivery | None: ...
 
+    # The accounts' submission limits (spam/limits.py ``SendLimiter.check``,
+    # shared by the workers): ``send_limits(address, recipients, per_hour,
+    # per_day)`` counts a message or says why it is over. None: no limits.
+    @property
+    def send_limits(self) -> Callable[[str, int, int, int], str | None] | None: ...
+
 
 class SubmissionRefused(Exception):
     """The message cannot be accepted; the text is fit to show the user."""
@@ -112,6 +119,11 @@ class SenderNotAllowed(SubmissionRefused):
 class SieveRejected(SubmissionRefused):
     """The only recipient's Sieve script ``ereject``ed the message (RFC 5429
     2.1): refused in the protocol (SMTP 550 5.7.1) before anything is stored."""
+
+
+class SubmissionLimited(SubmissionRefused):
+    """The account is over its messages per hour or recipients per day
+    (spam/limits.py): refused for now (SMTP 451 4.7.1), nothing stored."""
 
 
 class RemoteUnavailable(SubmissionRefused):
@@ -230,6 +242,7 @@ async def accept_message(
         verdict = await rule.check_header(data) or await rule.check_reverse_path(reverse_path)
         if verdict is not None:
             raise SenderNotAllowed(verdict)
+        await _within_limits(intake, account, len(accounts) + len(remote) + len(forwarded))
         # RFC 6409 8.2, 8.3: complete a missing Message-ID and Date.
         data, _added = complete_message(data, intake.config.server.hostname)
         auth_user = account.address
@@ -327,6 +340,24 @@ def _junk_for(intake: Intake, junk: frozenset[int],
         return await inbox_id(account_id)
 
     return lookup
+
+
+async def _within_limits(intake: Intake, account: Account, recipients: int) -> None:
+    """Count a submission of ``account`` against its limits, or raise
+    ``SubmissionLimited`` (one warning in the log and a counter) when it is
+    over: both ways a user sends (SMTP submission and webmail) meet here."""
+    check = intake.send_limits
+    if check is None:
+        return
+    spam = intake.config.spam
+    settings = await intake.store.get_settings(account.id)
+    per_hour, per_day = account_limits(settings, spam.messages_per_hour, spam.recipients_per_day)
+    reason = check(account.address, recipients, per_hour, per_day)
+    if reason is not None:
+        logs.event(log, logging.WARNING, "submission_limited", user=account.address, recipients=recipients,
+                   reason=reason)
+        metrics.count_abuse("submission", "submission-limit")
+        raise SubmissionLimited(reason)
 
 
 def _delivered_to(message: bytes, address: str) -> bool:

@@ -105,7 +105,7 @@ class ImapLoginService:
         return plaintext_allowed(self.services, self.conn)
 
     def backend(self, account: Account) -> StoreBackend:
-        return StoreBackend(self.services.store, account)
+        return StoreBackend(self.services.store, account, self.services.learn)
 
     async def login(self, user: str, password: str) -> StoreBackend | LoginRefused:
         result = await self.authenticator.password(user, password)

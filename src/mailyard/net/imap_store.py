@@ -20,8 +20,12 @@ from typing import Any
 from ..message.binary import encode_nul_parts
 from ..protocols.imap import backend as b
 from ..protocols.imap.backend import NewMessage
+from ..spam.learning import learn_kind
 from ..store import api as store_api
 from ..store.api import Account, AppendItem, Mailbox, Store
+
+# (account, the mailbox the messages are in now, their UIDs there, "spam" or "ham")
+Learn = Callable[[Account, Mailbox, Sequence[int], str], None]
 
 
 def _checked(name: str, **fixed: Any) -> Callable[..., Awaitable[Any]]:
@@ -42,12 +46,14 @@ def _checked(name: str, **fixed: Any) -> Callable[..., Awaitable[Any]]:
 class StoreBackend:
     """An account's mailboxes in the store, as IMAP uses them."""
 
-    __slots__ = ("account", "account_id", "store")
+    __slots__ = ("account", "account_id", "learn", "store")
 
-    def __init__(self, store: Store, account: Account) -> None:
+    def __init__(self, store: Store, account: Account, learn: Learn | None = None) -> None:
         self.store = store
         self.account = account
         self.account_id = account.id
+        # Teaches the spam filter from moves into and out of Junk (net/learning.py); None: off.
+        self.learn = learn
 
     # calls on one mailbox's messages: the store's, taking the Mailbox record as it is
     mailbox_summary = _checked("mailbox_summary")
@@ -151,13 +157,18 @@ class StoreBackend:
         self, src: Mailbox, uids: Sequence[int], dst: Mailbox, move: bool = False
     ) -> list[tuple[int, int]]:
         try:
-            return await self.store.copy_messages(src, uids, dst, move=move, holder=self)
+            copied = await self.store.copy_messages(src, uids, dst, move=move, holder=self)
         except store_api.MailboxGone as exc:
             raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
         except store_api.QuotaExceeded as exc:
             raise b.OverQuota(str(exc)) from exc
         except store_api.StorageFull as exc:
             raise b.NoSpace(str(exc)) from exc
+        kind = learn_kind(src.special_use, dst.special_use) if self.learn is not None else None
+        if kind is not None and copied and self.learn is not None:
+            # queued: the tagged reply does not wait for the filter
+            self.learn(self.account, dst, [new for _old, new in copied], kind)
+        return copied
 
     async def append_messages(self, mailbox: Mailbox, items: Sequence[NewMessage]) -> list[int]:
         try:

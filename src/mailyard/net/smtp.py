@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
+import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,7 @@ from ..delivery.submit import (
     RemoteUnavailable,
     SenderNotAllowed,
     SieveRejected,
+    SubmissionLimited,
     Trace,
     accept_message,
     new_msgid,
@@ -31,6 +34,7 @@ from ..delivery.submit import (
 from ..mailauth.inbound import InboundVerdict
 from ..message.trace import with_protocol
 from ..policy.relay import routing_trick
+from ..protocols.contract import Closed
 from ..protocols.smtp.events import (
     AuthCancelled,
     AuthReceived,
@@ -49,7 +53,10 @@ from ..protocols.smtp.events import (
 from ..protocols.smtp.replies import Reply
 from ..protocols.smtp.server import ServerConfig, SMTPServerEngine, State
 from ..spam.checker import Judgement, SpamChecker
+from ..spam.greylist import GreylistPolicy, decide, known_good, sender_domain, triplet
+from ..spam.rates import CONNECTION, MESSAGE, network_of
 from ..store.api import Account, NewRecipient, QuotaExceeded, StorageFull
+from ..store.greylist import GreylistState
 from ..store.spool import SpoolFile
 from .budgets import abuse_budgets
 from .listener import Listener
@@ -81,13 +88,21 @@ def engine_config(config: Config) -> ServerConfig:
         vrfy_enabled=cfg.vrfy,
         expn_enabled=cfg.expn,
         budgets=abuse_budgets(config, "smtp"),
+        # The MX port refuses clients that do not wait for replies (RFC 2920 3.1).
+        strict_pipelining=True,
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _lenient(config: ServerConfig) -> ServerConfig:
+    """``config`` without the pipelining rule (for clients exempt from the abuse defences)."""
+    return dataclasses.replace(config, strict_pipelining=False)
 
 
 def submission_engine_config(config: Config) -> ServerConfig:
     """The submission ports (587 STARTTLS, 465 implicit TLS): AUTH before MAIL
     (RFC 6409 4.3, RFC 4954 6: 530 5.7.0)."""
-    return dataclasses.replace(engine_config(config), require_auth_for_mail=True)
+    return dataclasses.replace(engine_config(config), require_auth_for_mail=True, strict_pipelining=False)
 
 
 class SMTPSession(SessionProtocol):
@@ -124,15 +139,58 @@ class SMTPSession(SessionProtocol):
         # The parts of a large message received so far (MessageData), on disk.
         self._spool: SpoolFile | None = None
         self._spool_error: OSError | None = None
+        self._greeted = True  # False while the MX port's greet_pause runs
+        self._greet_timer: asyncio.TimerHandle | None = None
 
     # --- SessionProtocol hooks ----------------------------------------------
     def start(self) -> None:
         self.services.stats["submission_sessions" if self.submission else "smtp_sessions"] += 1
         self.set_timeout(self._timeouts.timeout_command)
+        config = self._engine_config
+        if config.strict_pipelining and self._exempt():
+            config = _lenient(config)  # local tools and own addresses may pipeline as they like
         # tls: implicit TLS (RFC 8314)
-        self.engine = SMTPServerEngine(self._engine_config, tls_active=self.tls)
+        self.engine = SMTPServerEngine(config, tls_active=self.tls)
         self._advertise()
+        if not self.submission:
+            reason = self._over_rate(CONNECTION)
+            if reason is not None:
+                # RFC 5321 3.1 / 3.8: a 421 greeting refuses the connection for now.
+                self._abuse("rate", reason)
+                self.write(b"421 4.7.0 " + self._host() + f" {reason}, try again later\r\n".encode())
+                self.close()
+                return
+            pause = self.services.config.spam.greet_pause
+            if pause > 0 and not self._exempt():
+                # RFC 5321 4.3.1: the client waits for the greeting; one that
+                # talks first is not a mail server (``received``).
+                self._greeted = False
+                self._greet_timer = self.loop.call_later(pause, self._greet)
+                return
         self.write(self.engine.greeting())
+
+    def _greet(self) -> None:
+        self._greet_timer = None
+        if not self.closed:
+            self._greeted = True
+            self.write(self.engine.greeting())
+
+    def _exempt(self) -> bool:
+        """The client is one the abuse defences never apply to ([spam] trusted_networks)."""
+        exempt = self.services.mx_exempt
+        return exempt is not None and exempt(self.peer_ip)
+
+    def _over_rate(self, kind: str) -> str | None:
+        """Count a connection or message of this client against the MX port's
+        rates (spam/rates.py); the reason it is over, or None."""
+        rates = self.services.mx_rates
+        return rates(kind, self.peer_ip) if rates is not None and self.peer_ip else None
+
+    def _abuse(self, reason: str, detail: str) -> None:
+        """One log line and a counter for a refusal by an abuse defence."""
+        logs.event(log, logging.WARNING, "abuse_refused", proto=self.listener.name, ip=self.peer_ip,
+                   user=self.account.address if self.account else None, reason=reason, detail=detail)
+        metrics.count_abuse(self.listener.name, reason)
 
     def _plaintext_ok(self) -> bool:
         return plaintext_allowed(self.services, self)
@@ -152,10 +210,23 @@ class SMTPSession(SessionProtocol):
         self.engine.offer(extras, auth_unadvertised=hidden)
 
     def received(self, data: bytes) -> None:
+        if not self._greeted and data:
+            # RFC 5321 4.3.1: bytes before the greeting (an early talker).
+            self._abuse("early-talker", "sent data before the greeting")
+            self.write(b"554 5.5.1 " + self._host() + b" SMTP synchronization error: data sent before the greeting\r\n")
+            self.close()
+            return
         self.engine.receive_data(data)
+
+    def ended(self, event: Closed) -> None:
+        if event.reason == "out-of-sync":
+            self._abuse("out-of-sync", "command sent before the reply to the one before (RFC 2920 3.1)")
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self._greet_timer is not None:
+            self._greet_timer.cancel()
+            self._greet_timer = None
         if self._auth is not None:
             self._auth.close()  # an AUTH exchange left open counts as a failure
         self._drop_spool()  # an unfinished transfer leaves nothing behind
@@ -191,7 +262,13 @@ class SMTPSession(SessionProtocol):
         elif isinstance(event, MailFromReceived) and self.account is None:
             self.resolutions.clear()
             self.declared_size = event.size or 0
-            engine.respond()
+            reason = None if self.submission else self._over_rate(MESSAGE)
+            if reason is not None:
+                # RFC 5321 4.2.5 / RFC 3463 4.7.1: refused for now, a real server retries.
+                self._abuse("rate", reason)
+                engine.respond(Reply(451, "4.7.1", f"{reason}, try again later"))
+            else:
+                engine.respond()
         elif isinstance(event, MessageData):
             self._spool_write(event.data)
         elif isinstance(event, ProtocolError) and engine.state is not State.DATA:
@@ -477,6 +554,13 @@ class SMTPSession(SessionProtocol):
                              verdict.dmarc.from_domain if verdict.dmarc else "")
                     return Reply(550, "5.7.1", "Message rejected by the DMARC policy of the sender's domain")
                 junk = enforce and verdict.disposition == "quarantine"
+        if self.account is None and not self.submission and self.services.greylist is not None \
+                and not self._exempt():
+            why = await self._greylisted(event, verdict)
+            if why is not None:
+                # RFC 5321 4.5.4.1: a real mail server retries; RFC 3463 4.7.1
+                self._abuse("greylisted", why)
+                return Reply(451, "4.7.1", why)
         junk_accounts: frozenset[int] = frozenset()
         fields: dict[int, bytes] | None = None
         if self.account is None and not self.submission and self.services.spam is not None:
@@ -505,6 +589,9 @@ class SMTPSession(SessionProtocol):
             self._message_rejected(queue_id, "sender-not-allowed", exc.verdict.reason, logging.WARNING)
             # RFC 5321 4.2.2 550, RFC 3463 5.7.1: delivery not authorized.
             return Reply(550, "5.7.1", exc.verdict.reason)
+        except SubmissionLimited as exc:
+            # RFC 3463 4.7.1: refused for now; the limit is logged by delivery/submit.py
+            return Reply(451, "4.7.1", f"{exc}, try again later")
         except SieveRejected as exc:
             # RFC 5429 2.1: ereject refuses in the protocol, with the script's reason
             text = str(exc).encode("ascii", "replace").decode("ascii")  # a reply line is ASCII
@@ -543,6 +630,27 @@ class SMTPSession(SessionProtocol):
         logs.event(log, level, "message_rejected", proto=self.listener.name, ip=self.peer_ip,
                    user=self.account.address if self.account else None, msgid=msgid, reason=reason, detail=detail)
         metrics.count_message(self.listener.name, "rejected", reason)
+
+    async def _greylisted(self, event: MessageReceived, verdict: InboundVerdict | None) -> str | None:
+        """The greylisting verdict on this message (spam/greylist.py over
+        store/greylist.py, in a thread: the state is an SQLite file): the
+        reason to refuse it for now, or None."""
+        state = self.services.greylist
+        assert state is not None
+        spam = self.services.config.spam
+        policy = GreylistPolicy(spam.greylist_delay, spam.greylist_retry_window, spam.greylist_allow_days * 86400.0,
+                                frozenset(d.lower() for d in spam.greylist_known_good))
+        authenticated: list[str] = []
+        if verdict is not None:
+            if verdict.spf.result == "pass":
+                authenticated.append(verdict.spf.domain)
+            authenticated.extend(r.domain for r in verdict.dkim if r.result == "pass")
+        try:
+            return await asyncio.to_thread(_greylist_check, state, policy, self.peer_ip, event.reverse_path,
+                                           list(event.forward_paths), authenticated, time.time())
+        except Exception:
+            log.exception("smtp: greylisting failed for %s; the message is not delayed", self.peer_ip)
+            return None
 
     async def _authenticate(self, event: MessageReceived, data: bytes) -> InboundVerdict | None:
         """SPF, DKIM, ARC and DMARC of a message received on the MX port
@@ -615,6 +723,30 @@ class SMTPSession(SessionProtocol):
         if not members:
             return Reply(550, "5.1.1", f"{address} has no members")
         return Reply(250, "2.1.5", members)
+
+
+def _greylist_check(state: GreylistState, policy: GreylistPolicy, ip: str, reverse_path: str,
+                    recipients: list[str], authenticated: list[str], now: float) -> str | None:
+    """Decide on each recipient's triplet and record what the decisions say;
+    the first reason to defer, or None when the message passes."""
+    network, domain = network_of(ip), sender_domain(reverse_path)
+    allowed = state.is_allowed(network, domain, now)
+    good = known_good(policy, authenticated)
+    deferred: str | None = None
+    passed: list[tuple[str, str, str]] = []
+    for rcpt in recipients:
+        key = triplet(ip, reverse_path, rcpt)
+        decision = decide(policy, now, None if allowed or good else state.first_seen(*key),
+                          allowed=allowed, good_domain=good)
+        if decision.first:
+            state.record_first(*key, now)
+        if decision.defer:
+            deferred = deferred or decision.reason
+        elif decision.allow:
+            passed.append(key)
+    if deferred is None and passed:
+        state.allow(network, domain, now, now + policy.allow_for, passed)
+    return deferred
 
 
 def smtp_protocol(services: Services, listener: Listener) -> SMTPSession:

@@ -59,7 +59,8 @@ class Closed:
     (the client said goodbye), ``"eof"`` (the client went away), ``"errors"``
     (an abuse budget was used up), ``"rejected"`` (the glue answered with a
     closing reply), ``"shutdown"``, ``"withdrawn"`` (the account's
-    authorization ended mid-session).
+    authorization ended mid-session), ``"out-of-sync"`` (the client sent
+    commands ahead of a reply where pipelining does not allow it).
     """
 
     reason: str

@@ -915,6 +915,10 @@ class Store(abc.ABC):
         attempt log), oldest first, at most ``limit``."""
 
     @abc.abstractmethod
+    async def queue_size(self) -> int:
+        """How many entries the outbound queue holds."""
+
+    @abc.abstractmethod
     async def queue_next_due(self) -> float | None:
         """The earliest next attempt of any pending recipient; None when none is pending."""
 

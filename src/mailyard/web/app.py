@@ -42,6 +42,7 @@ from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_a
 from ..message.dates import format_date
 from ..message.reading import human_size, limit_size
 from ..message.reply import forward_subject
+from ..spam.learning import learn_kind
 from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError
 from . import contacts, prefs, render, settings, undo, wellknown
 from .bodies import BodyLimits, route_limits
@@ -597,6 +598,7 @@ async def message_action(request: Request) -> Response:
         if target.id == box.id:
             return redirect(back)
         moved = await store.copy_messages(box, uids, target, move=True)
+        await _learn(request, session, box, target, moved)
         return redirect(notice_url(f"/box/{box.id}", f"{len(moved)} moved to {target.name}."))
     if action == "delete":
         if box.special_use == "\\Trash":
@@ -606,6 +608,18 @@ async def message_action(request: Request) -> Response:
         moved = await store.copy_messages(box, uids, trash, move=True)
         return redirect(notice_url(f"/box/{box.id}", f"{len(moved)} moved to Trash."))
     raise HTTPException(400, "unknown action")
+
+
+async def _learn(request: Request, session: Any, source: Mailbox, target: Mailbox, moved: list[tuple[int, int]]) -> None:
+    """A move into Junk (the "Spam" button is a move there) teaches the
+    filter spam, out of Junk ham (net/learning.py, queued)."""
+    learn = state(request).services.learn
+    kind = learn_kind(source.special_use, target.special_use)
+    if learn is None or kind is None or not moved:
+        return
+    account = await state(request).services.store.get_account_by_id(session.account_id)
+    if account is not None:
+        learn(account, target, [new for _old, new in moved], kind)
 
 
 # --- folder management -----------------------------------------------------------

@@ -100,6 +100,11 @@ class ServerConfig:
     # Message data held in memory before it is handed out as MessageData
     # events (the glue spools it); 0: never, the whole message is held.
     spill_at: int = SPILL_AT
+    # Refuse a client that sends commands ahead of a reply where pipelining
+    # does not allow it (RFC 2920 3.1; RFC 5321 4.3.1 without PIPELINING):
+    # 554 5.5.1 and the session ends. The MX port sets it: senders that do
+    # not wait for replies are spam engines, not mail servers.
+    strict_pipelining: bool = False
 
 
 class State(enum.Enum):
@@ -113,6 +118,11 @@ class State(enum.Enum):
     AUTH = "auth"  # inside a SASL exchange (RFC 4954 4)
     CLOSED = "closed"
 
+
+# RFC 2920 3.1: these change the session's state, so they may only end a
+# pipelined group; nothing may follow them before their reply. QUIT is left
+# out: what follows it is never read anyway.
+_GROUP_ENDERS = frozenset({"EHLO", "HELO", "DATA", "VRFY", "EXPN", "TURN", "NOOP"})
 
 _COMMAND_STATES = (State.CONNECTED, State.READY, State.MAIL, State.RCPT)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # HT allowed, other controls not
@@ -472,12 +482,31 @@ class SMTPServerEngine:
             return self._error(500, "5.5.2", "Invalid character in command", unknown=True)
         verb, _, argument = text.partition(" ")
         verb = verb.upper()
+        if buf and self.config.strict_pipelining and self._pipelined_too_early(verb):
+            return self._out_of_sync(verb)
         row = TRANSITIONS.get((self._state, verb))
         if row is None:
             if verb in _NOT_IMPLEMENTED:
                 return self._error(502, "5.5.1", "Command not implemented", unknown=True)
             return self._error(500, "5.5.2", "Command unrecognized", unknown=True)
         return self._run(row, argument.strip(" "))
+
+    def _pipelined_too_early(self, verb: str) -> bool:
+        """More input came before the reply to ``verb``: allowed only inside a
+        pipelined group of an EHLO session (RFC 2920 3.1: PIPELINING was
+        offered), and never after a command that ends a group. STARTTLS is
+        left to its own rule (what follows it is dropped, RFC 3207 4.2)."""
+        if verb in ("QUIT", "STARTTLS"):
+            return False
+        return not self._extended or verb in _GROUP_ENDERS
+
+    def _out_of_sync(self, verb: str) -> bool:
+        """Refuse a client that did not wait for a reply, and end the session."""
+        text = f"{self.config.hostname} SMTP synchronization error: command sent before the reply to {verb[:16]}"
+        self._write(Reply(554, "5.5.1", text))
+        self._events.append(ProtocolError(554, text))
+        self._close("out-of-sync")
+        return True
 
     def _line_too_long(self) -> bool:
         if self._state is State.AUTH:

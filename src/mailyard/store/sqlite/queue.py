@@ -223,6 +223,10 @@ class QueueMixin(BodiesMixin):
         )
         return self._entries(rows, with_attempts=False)
 
+    async def queue_size(self) -> int:
+        row = self._q1("SELECT count(*) FROM queue")
+        return int(row[0]) if row else 0
+
     async def queue_next_due(self) -> float | None:
         row = self._q1("SELECT min(next_attempt) FROM queue_rcpts WHERE state = 'pending'")
         return row[0] if row else None
