@@ -44,7 +44,7 @@ from ..message.dates import format_date
 from ..message.reading import human_size, limit_size
 from ..message.reply import forward_subject
 from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError
-from . import render, wellknown
+from . import render, searchquery, wellknown
 from .bodies import BodyLimits, route_limits
 from .listing import PAGE_SIZE, SORTS, Listing, NotReady
 from .security import (
@@ -114,6 +114,8 @@ class WebState:
     bodies: BodyCache = field(default_factory=lambda: BodyCache())
     # the bound https port (0: no HTTPS listener), for the redirect of web/transport.py
     https_port: int = 0
+    # flags, sizes and dates per mailbox for search operators (searchquery.py)
+    info_index: Any = None
 
 
 def _env() -> jinja2.Environment:
@@ -414,8 +416,14 @@ async def mailbox_view(request: Request) -> Response:
     sort = qp.get("sort", "date")
     sort = sort if sort in SORTS else "date"
     descending = qp.get("dir", "desc" if sort == "date" else "asc") != "asc"
-    query = (qp.get("q") or "").strip()[:200]
-    only = await web.services.store.search_text(box, query, "text") if query else None
+    query = (qp.get("q") or "").strip()[:500]
+    only: set[int] | None = None
+    search_errors: list[str] = []
+    if query:
+        found = await searchquery.search(request, session, box, query)
+        if isinstance(found, Response):
+            return found  # results from other folders: their own page
+        only, search_errors = found
     assert web.listing is not None
     preparing = None
     try:
@@ -428,12 +436,16 @@ async def mailbox_view(request: Request) -> Response:
         "box": box, "folders": await folders(request, session), "pg": pg, "sort": sort,
         "dir": "desc" if descending else "asc", "q": query, "page_size": PAGE_SIZE,
         "notice": qp.get("notice", ""), "is_trash": box.special_use == "\\Trash",
-        "preparing": preparing,
+        "preparing": preparing, "search_errors": search_errors,
+        "to_column": box.special_use in ("\\Sent", "\\Drafts"),
     }
+    ctx["unseen"] = next((f["unseen"] for f in ctx["folders"] if f["id"] == box.id), 0)
     if qp.get("fragment"):
         list_html = TEMPLATES.get_template("_list.html").render(request=request, session=session, **ctx)
         nav_html = TEMPLATES.get_template("_folders.html").render(request=request, session=session, **ctx)
-        return JSONResponse({"list": list_html, "folders": nav_html, "modseq": box.highest_modseq})
+        title = f"{box.name} ({ctx['unseen']})" if ctx["unseen"] else box.name
+        return JSONResponse({"list": list_html, "folders": nav_html, "modseq": box.highest_modseq,
+                             "title": f"{title} \u2013 mailyard webmail"})
     return page(request, "mailbox.html", **ctx)
 
 
@@ -591,6 +603,8 @@ async def message_action(request: Request) -> Response:
             back = f"/box/{box.id}"  # reading it again would mark it read
         return redirect(back)
     if action == "move":
+        if not form.get("target"):
+            return redirect(notice_url(back, "Choose a folder to move to."))
         target = await own_mailbox(request, session, form.get("target"))
         if target.id == box.id:
             return redirect(back)

@@ -100,6 +100,7 @@
           if (!data) { return; }
           var navList = $("#nav");
           if (navList) { navList.innerHTML = data.folders; }
+          if (data.title) { document.title = data.title; }
           if (list) {
             var checked = $$("#list input[name=uid]:checked").map(function (cb) { return cb.value; });
             list.innerHTML = data.list;
