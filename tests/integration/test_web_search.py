@@ -52,6 +52,14 @@ def seed(server: RunningServer) -> None:
         server.call(go())
 
 
+def set_conversations(server: RunningServer, user: str, on: bool) -> None:
+    async def go() -> None:
+        account = await server.store.get_account(user)
+        await server.store.set_settings(account.id, {"conversations": on})
+
+    server.call(go())
+
+
 def search(client: httpx.Client, box: int, q: str) -> list[str]:
     r = client.get(f"/box/{box}", params={"q": q})
     assert r.status_code == 200, r.text
@@ -149,10 +157,15 @@ def test_sent_and_drafts_list_a_to_column(mailserver: RunningServer) -> None:
     append(mailserver, ALICE, data, mailbox="Drafts")
     append(mailserver, ALICE, data)
     c = login(mailserver)
-    for name in ("Sent", "Drafts"):
-        page = c.get(f"/box/{box_id(mailserver, ALICE, name)}").text
-        assert re.search(r'<th scope="col" class="from"><a href="[^"]*sort=to[^"]*">To<', page)
-        assert '<td class="from to" title="zoe@example.test">Zoe Zed</td>' in page
+    for conversations in (True, False):
+        set_conversations(mailserver, ALICE, conversations)
+        for name in ("Sent", "Drafts"):
+            page = c.get(f"/box/{box_id(mailserver, ALICE, name)}").text
+            if conversations and name == "Sent":
+                assert re.search(r'<th scope="col" class="from">To<', page)
+            else:  # the flat list sorts by it
+                assert re.search(r'<th scope="col" class="from"><a href="[^"]*sort=to[^"]*">To<', page)
+            assert '<td class="from to" title="zoe@example.test">Zoe Zed</td>' in page
     page = c.get(f"/box/{box_id(mailserver, ALICE, 'INBOX')}").text
     assert ">From<" in page and '<td class="from" title="alice@example.test">' in page
 

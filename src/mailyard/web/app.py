@@ -44,7 +44,7 @@ from ..message.dates import format_date
 from ..message.reading import human_size, limit_size
 from ..message.reply import forward_subject
 from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError
-from . import render, searchquery, wellknown
+from . import conversations, render, searchquery, wellknown
 from .bodies import BodyLimits, route_limits
 from .listing import PAGE_SIZE, SORTS, Listing, NotReady
 from .security import (
@@ -116,6 +116,8 @@ class WebState:
     https_port: int = 0
     # flags, sizes and dates per mailbox for search operators (searchquery.py)
     info_index: Any = None
+    # each folder's threads for the conversation list (conversations.py)
+    conversations: Any = None
 
 
 def _env() -> jinja2.Environment:
@@ -439,6 +441,7 @@ async def mailbox_view(request: Request) -> Response:
         "preparing": preparing, "search_errors": search_errors,
         "to_column": box.special_use in ("\\Sent", "\\Drafts"),
     }
+    ctx["conv"] = await conversations.list_page(request, session, box, query, sort, preparing)
     ctx["unseen"] = next((f["unseen"] for f in ctx["folders"] if f["id"] == box.id), 0)
     if qp.get("fragment"):
         list_html = TEMPLATES.get_template("_list.html").render(request=request, session=session, **ctx)
@@ -550,8 +553,10 @@ async def message_part(request: Request) -> Response:
     if found is None:
         raise HTTPException(404, "no such part")
     data, ctype, filename, charset = found
-    inline = request.query_params.get("inline") == "1" and ctype in (
-        "image/png", "image/gif", "image/jpeg", "image/webp", "image/bmp")
+    # images and PDF may be shown in the page (a PDF in a sandboxed frame;
+    # DOWNLOAD_CSP lets no script run in either)
+    inline = request.query_params.get("inline") == "1" and (
+        ctype in render.PREVIEW_IMAGES or ctype == "application/pdf")
     if ctype.startswith("text/"):
         if charset and charset.isascii() and charset.replace("-", "").replace("_", "").isalnum():
             ctype += f"; charset={charset}"
@@ -1017,6 +1022,7 @@ def create_app(services: Services) -> Starlette:
         Route("/box/{box_id:int}/msg/{uid:int}/body", message_body),
         Route("/box/{box_id:int}/msg/{uid:int}/raw", message_raw),
         Route("/box/{box_id:int}/msg/{uid:int}/part/{spec:str}", message_part),
+        *conversations.routes(),
         Route("/folders", folders_view),
         Route("/folders", folder_action, methods=["POST"]),
         Route("/compose", compose_view, methods=["GET"]),

@@ -266,6 +266,10 @@ class Listing:
         next_uid = uids[-1] if start + size < total and uids else None
         return Page(rows, total, start, prev_uid, next_uid)
 
+    async def arrivals(self, box: Mailbox) -> dict[int, float]:
+        """Every UID of ``box`` with its arrival time (INTERNALDATE), kept current."""
+        return (await self._cache(box)).uids.entries
+
     async def info(self, box: Mailbox, uid: int) -> MessageInfo | None:
         found = await self.store.get_messages(box, [uid])
         return found[0] if found else None
