@@ -11,7 +11,6 @@ import re
 import pytest
 
 from mailyard.message.compose import Attachment, compose, to_bytes
-from mailyard.web.searchquery import Term, parse, parse_size
 
 from ..conftest import RunningServer
 from .test_web_http import ALICE, append, box_id, csrf, login
@@ -67,6 +66,8 @@ def search(client: httpx.Client, box: int, q: str) -> list[str]:
 
 
 def test_parse_operators() -> None:
+    from mailyard.web.searchquery import Term, parse, parse_size
+
     q = parse('from:anna -subject:"tax return" "exact words" is:unread has:attachment larger:2M in:all word')
     assert q.folder == "all" and not q.errors
     assert q.terms == [
