@@ -198,3 +198,15 @@ def test_print_view(mailserver: RunningServer) -> None:
     csp = r.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
     assert "<script>" not in r.text
+
+
+def test_subject_alone_joins_only_within_a_window(mailserver: RunningServer) -> None:
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    put(mailserver, mail("Status", "s1@x", day=1), when=T0)
+    put(mailserver, mail("Status", "s2@x", day=3), when=T0 + 2 * 86400)
+    later = mail("Status", "s3@x").replace(b"01 Jan 2024", b"01 Jun 2024")
+    put(mailserver, later, when=T0 + 152 * 86400)
+    c = login(mailserver)
+    page = c.get(f"/box/{inbox}").text
+    assert [s for _l, s in rows(page)] == ["Status", "Status"]
+    assert '<span class="count" title="2 messages">2</span>' in page

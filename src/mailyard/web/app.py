@@ -427,9 +427,11 @@ async def mailbox_view(request: Request) -> Response:
             return found  # results from other folders: their own page
         only, search_errors = found
     assert web.listing is not None
-    preparing = None
+    preparing = pg = None
+    conv = await conversations.list_page(request, session, box, query, sort)
     try:
-        pg = await web.listing.page(box, sort, descending, _int(qp.get("after")), _int(qp.get("before")), only)
+        if conv is None:
+            pg = await web.listing.page(box, sort, descending, _int(qp.get("after")), _int(qp.get("before")), only)
     except NotReady as progress:
         # first sort of a big folder by sender/subject: show date order meanwhile
         preparing = progress
@@ -441,7 +443,7 @@ async def mailbox_view(request: Request) -> Response:
         "preparing": preparing, "search_errors": search_errors,
         "to_column": box.special_use in ("\\Sent", "\\Drafts"),
     }
-    ctx["conv"] = await conversations.list_page(request, session, box, query, sort, preparing)
+    ctx["conv"] = conv
     ctx["unseen"] = next((f["unseen"] for f in ctx["folders"] if f["id"] == box.id), 0)
     if qp.get("fragment"):
         list_html = TEMPLATES.get_template("_list.html").render(request=request, session=session, **ctx)

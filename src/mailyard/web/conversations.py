@@ -30,6 +30,7 @@ from starlette.routing import Route
 from ..message.threading import Node, ThreadMessage, references, release
 from ..store.api import Mailbox, Store
 from ..store.view import MailboxView
+from . import searchquery
 from .listing import Row, has_attachment, sender_of, subject_of
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ PAGE_SIZE = 50
 MAX_CACHED = 64
 # a conversation page shows at most this many messages (the newest)
 MAX_SHOWN = 100
+# messages without References/In-Reply-To links join a conversation of the
+# same base subject only when sent within the same window of this many seconds
+SUBJECT_WINDOW = 30 * 86400
 
 
 @dataclass
@@ -51,11 +55,14 @@ class Threads:
     # per conversation: its members (mailbox id, uid, sent date), oldest first
     members: list[list[tuple[int, int, float]]]
     of: dict[tuple[int, int], int]  # (mailbox id, uid) -> conversation index
+    # the conversations with a message in the folder, by the arrival of their
+    # newest message there, ascending: (arrival, that message's uid, index)
+    order: list[tuple[float, int, int]] = field(default_factory=list)
 
 
 @dataclass
 class _Entry:
-    views: dict[int, MailboxView[None]] = field(default_factory=dict)
+    views: dict[int, MailboxView[float]] = field(default_factory=dict)
     threads: Threads | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -79,7 +86,7 @@ class Conversations:
         async with entry.lock:
             moved = entry.threads is None
             for b in boxes:
-                view = entry.views.setdefault(b.id, MailboxView())
+                view = entry.views.setdefault(b.id, MailboxView(_arrival))
                 if (await view.refresh(self.store, b)).moved:
                     moved = True
             if moved:
@@ -87,19 +94,29 @@ class Conversations:
             assert entry.threads is not None
             return entry.threads
 
-    async def _build(self, boxes: list[Mailbox], views: dict[int, MailboxView[None]]) -> Threads:
+    async def _build(self, boxes: list[Mailbox], views: dict[int, MailboxView[float]]) -> Threads:
         msgs: list[ThreadMessage] = []
         where: list[tuple[int, int]] = []
         for b in boxes:
             keys = await self.store.thread_keys(b, list(views[b.id]))
-            for uid, k in keys.items():
-                # ThreadMessage.uid holds the index into ``where``
-                msgs.append(ThreadMessage(len(msgs) + 1, len(where), *k))
+            for uid, (date, subject, refwd, mid, parents) in keys.items():
+                # ThreadMessage.uid holds the index into ``where``; the base
+                # subject carries its time window, so step 5 of REFERENCES
+                # gathers messages of one subject only within a window
+                # ("Lunch?" next month is another conversation)
+                if subject:
+                    subject = f"{subject}\0{int(date // SUBJECT_WINDOW)}"
+                msgs.append(ThreadMessage(len(msgs) + 1, len(where), date, subject, refwd, mid, parents))
                 where.append((b.id, uid))
-        return await asyncio.to_thread(_group, msgs, where)
+        return await asyncio.to_thread(_group, msgs, where, boxes[0].id, dict(views[boxes[0].id].entries))
 
 
-def _group(msgs: list[ThreadMessage], where: list[tuple[int, int]]) -> Threads:
+def _arrival(info: Any) -> float:
+    return info.internal_date
+
+
+def _group(msgs: list[ThreadMessage], where: list[tuple[int, int]], box_id: int,
+           arrival: dict[int, float]) -> Threads:
     """RFC 5256 REFERENCES threads of ``msgs``, flattened to member lists."""
     roots = references(msgs)
     members: list[list[tuple[int, int, float]]] = []
@@ -119,7 +136,15 @@ def _group(msgs: list[ThreadMessage], where: list[tuple[int, int]]) -> Threads:
         for box_id, uid, _d in found:
             of[(box_id, uid)] = index
     release(roots)
-    return Threads(members, of)
+    latest: dict[int, tuple[float, int]] = {}
+    for uid, when in arrival.items():
+        c = of.get((box_id, uid))
+        if c is not None:
+            old = latest.get(c)
+            if old is None or (when, uid) > old:
+                latest[c] = (when, uid)
+    order = sorted((w, u, c) for c, (w, u) in latest.items())
+    return Threads(members, of, order)
 
 
 @dataclass
@@ -167,14 +192,13 @@ async def enabled(store: Store, session: Session) -> bool:
     return value is not False
 
 
-async def list_page(request: Request, session: Session, box: Mailbox, query: str, sort: str,
-                    preparing: Any) -> ConvPage | None:
+async def list_page(request: Request, session: Session, box: Mailbox, query: str, sort: str) -> ConvPage | None:
     """The conversation list of ``box`` for the mailbox page, or None for the
     flat list (setting off, a folder shown flat, sorted other than by date,
     searched)."""
     web = _web(request)
     store: Store = web.services.store
-    if query or sort != "date" or preparing is not None or box.special_use in FLAT_USES:
+    if query or sort != "date" or box.special_use in FLAT_USES:
         return None
     if not await enabled(store, session):
         return None
@@ -182,25 +206,20 @@ async def list_page(request: Request, session: Session, box: Mailbox, query: str
     descending = qp.get("dir", "desc") != "asc"
     companion = await companion_of(store, session, box)
     threads = await web.conversations.threads(box, companion)
-    arrival = await web.listing.arrivals(box)
-    latest: dict[int, tuple[float, int]] = {}
-    for uid, when in arrival.items():
-        c = threads.of.get((box.id, uid))
-        if c is None:
-            continue
-        old = latest.get(c)
-        if old is None or (when, uid) > old:
-            latest[c] = (when, uid)
-    order = sorted(((w, u, c) for c, (w, u) in latest.items()), reverse=descending)
+    order = threads.order
     try:
         start = max(0, int(qp.get("start") or 0))
     except ValueError:
         start = 0
-    chunk = order[start : start + PAGE_SIZE]
+    if descending:
+        end = max(0, len(order) - start)
+        chunk = order[max(0, end - PAGE_SIZE) : end][::-1]
+    else:
+        chunk = order[start : start + PAGE_SIZE]
     uids = [u for _w, u, _c in chunk]
-    here = sorted({u for _w, _u, c in chunk for (b, u, _d) in threads.members[c] if b == box.id})
     derived = await store.get_derived(box, uids, fields=("envelope", "bodystructure")) if uids else {}
-    infos = {m.uid: m for m in await store.get_messages(box, here)} if here else {}
+    infos = {m.uid: m for m in await store.get_messages(box, uids)} if uids else {}
+    flags = await searchquery.info_index(web).rows(box)  # uid -> (flag bits, size, date), kept current
     rows: list[ConvRow] = []
     for _w, uid, c in chunk:
         info = infos.get(uid)
@@ -209,7 +228,7 @@ async def list_page(request: Request, session: Session, box: Mailbox, query: str
         d = derived.get(uid, {})
         name, addr = sender_of(d)
         members = threads.members[c]
-        unread = any("\\Seen" not in infos[u].flags for b, u, _d in members if b == box.id and u in infos)
+        unread = any(not flags[u][0] & searchquery.SEEN for b, u, _d in members if b == box.id and u in flags)
         row = Row(uid, info, name, addr, subject_of(d), info.internal_date, has_attachment(d.get("bodystructure")),
                   *sender_of(d, 5))
         href = f"/box/{box.id}/conv/{uid}" if len(members) > 1 else f"/box/{box.id}/msg/{uid}"

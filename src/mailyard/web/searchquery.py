@@ -289,6 +289,13 @@ class Hit:
     row: Any
 
 
+def info_index(web: Any) -> InfoIndex:
+    """The web app's ``InfoIndex`` (web/app.py WebState), made on first use."""
+    if web.info_index is None:
+        web.info_index = InfoIndex(web.services.store)
+    return web.info_index
+
+
 async def search(request: Request, session: Session, box: Mailbox, text: str) -> tuple[set[int] | None, list[str]] | Response:
     """Run the search box's ``text`` on the page of ``box``: the UIDs of
     ``box`` that match and the words for the user about terms left out; or,
@@ -298,9 +305,7 @@ async def search(request: Request, session: Session, box: Mailbox, text: str) ->
 
     web = state(request)
     store = web.services.store
-    if web.info_index is None:
-        web.info_index = InfoIndex(store)
-    index: InfoIndex = web.info_index
+    index = info_index(web)
     query = parse(text)
     boxes = await store.list_mailboxes(session.account_id)
     targets = resolve_folders(boxes, box, query.folder)
