@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 FLAT_USES = ("\\Drafts", "\\Junk", "\\Trash")
 PAGE_SIZE = 50
-MAX_CACHED = 64
+MAX_CACHED = 16
 # a conversation page shows at most this many messages (the newest)
 MAX_SHOWN = 100
 # messages without References/In-Reply-To links join a conversation of the

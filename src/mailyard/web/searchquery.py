@@ -162,7 +162,7 @@ class InfoIndex:
     and then kept current from ``changes_since`` (new messages, flag changes,
     expunges), for the operators the text indexes cannot answer."""
 
-    def __init__(self, store: Store, max_boxes: int = 64) -> None:
+    def __init__(self, store: Store, max_boxes: int = 32) -> None:
         self.store = store
         self.max_boxes = max_boxes
         self._boxes: OrderedDict[int, _Entries] = OrderedDict()
