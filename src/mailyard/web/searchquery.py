@@ -29,6 +29,7 @@ import calendar
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -205,60 +206,67 @@ class InfoIndex:
         return {u for u in candidates if known.get(u)}
 
 
-async def _term_uids(store: Store, index: InfoIndex, box: Mailbox, term: Term,
-                     rows: dict[int, tuple[int, int, float]]) -> set[int]:
+MEMORY_KEYS = frozenset({"is", "before", "after", "larger", "smaller"})
+
+
+def _predicate(term: Term) -> Callable[[tuple[int, int, float]], bool]:
+    """The test of an in-memory term on a message's (flag bits, size, date)."""
+    key, value = term.key, term.value
+    if key == "is":
+        if value == "unread":
+            return lambda r: not r[0] & SEEN
+        bit = {"read": SEEN, "flagged": FLAGGED, "answered": ANSWERED}[value]
+        return lambda r: bool(r[0] & bit)
+    if key in ("before", "after"):
+        day = parse_day(value)
+        assert day is not None
+        return (lambda r: r[2] < day) if key == "before" else (lambda r: r[2] >= day)
+    size = parse_size(value)
+    assert size is not None
+    return (lambda r: r[1] > size) if key == "larger" else (lambda r: r[1] < size)
+
+
+async def _index_uids(store: Store, index: InfoIndex, box: Mailbox, term: Term) -> set[int]:
+    """The UIDs an indexed term (words, header fields, attachments) matches."""
     key, value = term.key, term.value
     if key == "text":
         return await store.search_text(box, value, "text")
     if key in HEADER_KEYS:
         return await store.search_headers(box, key, value)
-    if key == "has":
-        # a message with an attachment is multipart/mixed (RFC 2046 5.1.3) or
-        # a single part that is itself the attachment; the BODYSTRUCTURE decides
-        candidates = await store.search_headers(box, "content-type", "multipart/mixed")
-        candidates |= await store.search_headers(box, "content-disposition", "attachment")
-        return await index.with_attachment(box, candidates)
-    if key == "is":
-        if value == "unread":
-            return {u for u, r in rows.items() if not r[0] & SEEN}
-        bit = {"read": SEEN, "flagged": FLAGGED, "answered": ANSWERED}[value]
-        return {u for u, r in rows.items() if r[0] & bit}
-    if key in ("before", "after"):
-        day = parse_day(value)
-        assert day is not None
-        if key == "before":
-            return {u for u, r in rows.items() if r[2] < day}
-        return {u for u, r in rows.items() if r[2] >= day}
-    size = parse_size(value)
-    assert size is not None
-    if key == "larger":
-        return {u for u, r in rows.items() if r[1] > size}
-    return {u for u, r in rows.items() if r[1] < size}
+    # has:attachment: a message with an attachment is multipart/mixed (RFC
+    # 2046 5.1.3) or a single part that is itself the attachment; the
+    # BODYSTRUCTURE decides
+    candidates = await store.search_headers(box, "content-type", "multipart/mixed")
+    candidates |= await store.search_headers(box, "content-disposition", "attachment")
+    return await index.with_attachment(box, candidates)
 
 
 async def evaluate(store: Store, index: InfoIndex, box: Mailbox, query: Query) -> set[int]:
     """The UIDs of ``box`` matching every term of ``query`` (``in:`` aside:
-    the caller picks the mailboxes). Positive terms are answered first and
-    intersected; negated ones are subtracted."""
+    the caller picks the mailboxes). The indexed terms are intersected
+    first; the flag, date and size tests then filter what is left in one
+    pass over it; negated indexed terms are subtracted last."""
     rows = await index.rows(box)
     result: set[int] | None = None
-    for term in sorted((t for t in query.terms if not t.negated), key=_cost):
-        found = await _term_uids(store, index, box, term, rows)
+    indexed = [t for t in query.terms if t.key not in MEMORY_KEYS]
+    for term in sorted((t for t in indexed if not t.negated), key=lambda t: t.key == "has"):
+        found = await _index_uids(store, index, box, term)
         result = found if result is None else result & found
         if not result:
             return set()
-    if result is None:
+    tests = [(_predicate(t), t.negated) for t in query.terms if t.key in MEMORY_KEYS]
+    if tests:
+        candidates = rows.keys() if result is None else result
+        get = rows.get
+        result = {u for u in candidates if (r := get(u)) is not None
+                  and all(test(r) != negated for test, negated in tests)}
+    elif result is None:
         result = set(rows)
-    for term in (t for t in query.terms if t.negated):
-        result -= await _term_uids(store, index, box, term, rows)
+    for term in (t for t in indexed if t.negated):
         if not result:
             break
+        result -= await _index_uids(store, index, box, term)
     return result
-
-
-def _cost(term: Term) -> int:
-    # the in-memory filters first, then the indexes; the attachment test last
-    return {"is": 0, "before": 0, "after": 0, "larger": 0, "smaller": 0, "text": 1, "has": 3}.get(term.key, 2)
 
 
 def resolve_folders(boxes: list[Mailbox], current: Mailbox, name: str | None) -> list[Mailbox] | None:
