@@ -210,3 +210,27 @@ def test_subject_alone_joins_only_within_a_window(mailserver: RunningServer) -> 
     page = c.get(f"/box/{inbox}").text
     assert [s for _l, s in rows(page)] == ["Status", "Status"]
     assert '<span class="count" title="2 messages">2</span>' in page
+
+
+def test_actions_on_a_conversation_row_act_on_the_whole_conversation(mailserver: RunningServer) -> None:
+    from .test_web_http import csrf
+
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    first = put(mailserver, mail("Plan", "q1@x", day=1), when=T0)
+    second = put(mailserver, mail("Re: Plan", "q2@x", refs="q1@x", day=2), when=T0 + 86400)
+    put(mailserver, mail("Other", "q3@x", day=3), when=T0 + 2 * 86400)
+    c = login(mailserver)
+    page = c.get(f"/box/{inbox}").text
+    assert '<input type="hidden" name="whole" value="1">' in page
+    newest = re.search(r'<input type="checkbox" name="uid" value="(\d+)" aria-label="Select message Re: Plan"', page)
+    r = c.post(f"/box/{inbox}/action", data={"csrf": csrf(c), "action": "flag", "uid": newest.group(1),
+                                             "whole": "1"})
+    assert r.status_code == 303
+
+    async def flagged() -> list[int]:
+        account = await mailserver.store.get_account(ALICE)
+        box = await mailserver.store.get_mailbox(account.id, "INBOX")
+        return sorted(m.uid for m in await mailserver.store.list_messages(box) if "\\Flagged" in m.flags)
+
+    assert newest.group(1) == str(second)
+    assert mailserver.call(flagged()) == [first, second]  # not "Other"

@@ -591,6 +591,8 @@ async def message_action(request: Request) -> Response:
     uids = sorted({u for u in (_int(v) for v in form.getlist("uid")) if u is not None and u > 0})
     action = str(form.get("action") or "")
     back = _safe_back(form.get("back"), f"/box/{box.id}")
+    if form.get("whole") == "1":  # rows of the conversation list: their whole conversations
+        uids = await conversations.whole(request, session, box, uids)
     if action == "empty":
         if box.special_use != "\\Trash":
             raise HTTPException(400, "only the Trash can be emptied")

@@ -261,6 +261,20 @@ async def _fill_senders(store: Store, box: Mailbox, companion: Mailbox | None, t
             conv_row.senders = ", ".join(seen)
 
 
+async def whole(request: Request, session: Session, box: Mailbox, uids: list[int]) -> list[int]:
+    """The UIDs of every message in ``box`` of the conversations the
+    conversation list's checked rows (their newest message's UIDs) stand for:
+    an action on a row acts on the whole conversation in this folder."""
+    web = _web(request)
+    threads = await web.conversations.threads(box, await companion_of(web.services.store, session, box))
+    out = set(uids)
+    for uid in uids:
+        c = threads.of.get((box.id, uid))
+        if c is not None:
+            out.update(u for b, u, _d in threads.members[c] if b == box.id)
+    return sorted(out)
+
+
 # --- reading a conversation --------------------------------------------------------
 async def conversation_view(request: Request) -> Response:
     from . import render
