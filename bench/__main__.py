@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .common import Result, cpu_count
 
-BENCHES = ["smtp", "pop3", "imap", "imap-load", "sort", "index", "outbound", "limits", "quota", "mailauth", "spam", "sieve",
+BENCHES = ["smtp", "pop3", "imap", "imap-load", "sort", "web", "index", "outbound", "limits", "quota", "mailauth", "spam", "sieve",
            "scale", "backup", "import"]
 
 

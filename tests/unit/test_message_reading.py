@@ -180,3 +180,19 @@ def test_safe_filename_bounds_octets() -> None:
 ])
 def test_human_size(n: int, expected: str) -> None:
     assert human_size(n) == expected
+
+
+def test_report_parts_get_readable_names() -> None:
+    """RFC 3464 / RFC 6522 report parts carry no file name: the reading core
+    names them for people (webmail and the terminal client alike)."""
+    from mailyard.message.parse import parse_message
+    from mailyard.message.reading import attachments
+
+    raw = (b"From: MAILER-DAEMON@example.test\r\nTo: a@example.test\r\nSubject: Undelivered\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+           b"--b\r\nContent-Type: text/plain\r\n\r\nIt failed.\r\n"
+           b"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.test\r\n\r\n"
+           b"Final-Recipient: rfc822; x@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+           b"--b\r\nContent-Type: text/rfc822-headers\r\n\r\nSubject: lost\r\n\r\n--b--\r\n")
+    names = [a.filename for a in attachments(parse_message(raw))]
+    assert names == ["Delivery report.txt", "Returned headers.txt"]

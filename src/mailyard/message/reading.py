@@ -42,6 +42,7 @@ __all__ = [
     "message_date",
     "part_bytes",
     "part_filename",
+    "part_label",
     "part_text",
     "readable_address",
     "readable_addresses",
@@ -386,9 +387,34 @@ def part_filename(part: Message) -> str | None:
     return decode_words(name) if "=?" in name else name
 
 
+# Parts of reports that carry no file name, named for people with the usual
+# extension: delivery status notifications (RFC 3464 2.1, RFC 6533 3 for the
+# internationalised ones; the returned header is RFC 6522's
+# text/rfc822-headers), disposition notifications (RFC 8098 3), abuse
+# feedback (RFC 5965 3), and calendar data (RFC 5545 3.1).
+PART_LABELS = {
+    "message/delivery-status": "Delivery report.txt",
+    "message/global-delivery-status": "Delivery report.txt",
+    "text/rfc822-headers": "Returned headers.txt",
+    "message/global-headers": "Returned headers.txt",
+    "message/disposition-notification": "Read receipt.txt",
+    "message/global-disposition-notification": "Read receipt.txt",
+    "message/feedback-report": "Feedback report.txt",
+    "text/calendar": "Invitation.ics",
+    "message/global": "message.eml",
+}
+
+
+def part_label(content_type: str) -> str | None:
+    """A readable name for a part of ``content_type`` that has none of its
+    own (``Delivery report.txt`` for message/delivery-status), else None."""
+    return PART_LABELS.get(content_type.lower())
+
+
 def attachment_filename(part: Message, fallback: str) -> str:
     """The name to show and save a part under: its declared name; for an
-    attached message without one, its Subject with ``.eml``; else ``fallback``.
+    attached message without one, its Subject with ``.eml``; for a report
+    part, what it is (``part_label``); else ``fallback``.
     Not made safe for a file system: see ``safe_filename``."""
     name = part_filename(part)
     if name:
@@ -397,7 +423,7 @@ def attachment_filename(part: Message, fallback: str) -> str:
         inner = part.get_payload()
         subject = header_text(inner[0], "Subject") if isinstance(inner, list) and inner else ""
         return (subject[:150] or "message") + ".eml"
-    return fallback
+    return part_label(part.get_content_type()) or fallback
 
 
 def safe_filename(name: str | None, fallback: str = "attachment") -> str:

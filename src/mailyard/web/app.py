@@ -44,7 +44,7 @@ from ..message.reading import human_size, limit_size
 from ..message.reply import forward_subject
 from ..spam.learning import learn_kind
 from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError
-from . import contacts, prefs, render, settings, undo, wellknown
+from . import contacts, conversations, prefs, render, searchquery, settings, undo, wellknown
 from .bodies import BodyLimits, route_limits
 from .drafts import autosaved, named
 from .drafts import routes as drafts_routes
@@ -117,6 +117,10 @@ class WebState:
     bodies: BodyCache = field(default_factory=lambda: BodyCache())
     # the bound https port (0: no HTTPS listener), for the redirect of web/transport.py
     https_port: int = 0
+    # flags, sizes and dates per mailbox for search operators (searchquery.py)
+    info_index: Any = None
+    # each folder's threads for the conversation list (conversations.py)
+    conversations: Any = None
 
 
 def _env() -> jinja2.Environment:
@@ -411,13 +415,21 @@ async def mailbox_view(request: Request) -> Response:
     sort = qp.get("sort", "date")
     sort = sort if sort in SORTS else "date"
     descending = qp.get("dir", "desc" if sort == "date" else "asc") != "asc"
-    query = (qp.get("q") or "").strip()[:200]
-    only = await web.services.store.search_text(box, query, "text") if query else None
+    query = (qp.get("q") or "").strip()[:500]
+    only: set[int] | None = None
+    search_errors: list[str] = []
+    if query:
+        found = await searchquery.search(request, session, box, query)
+        if isinstance(found, Response):
+            return found  # results from other folders: their own page
+        only, search_errors = found
     assert web.listing is not None
-    preparing = None
+    preparing = pg = None
+    conv = await conversations.list_page(request, session, box, query, sort)
     try:
-        pg = await web.listing.page(box, sort, descending, _int(qp.get("after")), _int(qp.get("before")), only,
-                                    size=prefs.current().per_page)
+        if conv is None:
+            pg = await web.listing.page(box, sort, descending, _int(qp.get("after")), _int(qp.get("before")), only,
+                                        size=prefs.current().per_page)
     except NotReady as progress:
         # first sort of a big folder by sender/subject: show date order meanwhile
         preparing = progress
@@ -426,12 +438,17 @@ async def mailbox_view(request: Request) -> Response:
         "box": box, "folders": await folders(request, session), "pg": pg, "sort": sort,
         "dir": "desc" if descending else "asc", "q": query, "page_size": prefs.current().per_page,
         "notice": qp.get("notice", ""), "is_trash": box.special_use == "\\Trash",
-        "preparing": preparing,
+        "preparing": preparing, "search_errors": search_errors,
+        "to_column": box.special_use in ("\\Sent", "\\Drafts"),
     }
+    ctx["conv"] = conv
+    ctx["unseen"] = next((f["unseen"] for f in ctx["folders"] if f["id"] == box.id), 0)
     if qp.get("fragment"):
         list_html = TEMPLATES.get_template("_list.html").render(request=request, session=session, **ctx)
         nav_html = TEMPLATES.get_template("_folders.html").render(request=request, session=session, **ctx)
-        return JSONResponse({"list": list_html, "folders": nav_html, "modseq": box.highest_modseq})
+        title = f"{box.name} ({ctx['unseen']})" if ctx["unseen"] else box.name
+        return JSONResponse({"list": list_html, "folders": nav_html, "modseq": box.highest_modseq,
+                             "title": f"{title} \u2013 mailyard webmail"})
     return page(request, "mailbox.html", **ctx)
 
 
@@ -541,8 +558,10 @@ async def message_part(request: Request) -> Response:
     if found is None:
         raise HTTPException(404, "no such part")
     data, ctype, filename, charset = found
-    inline = request.query_params.get("inline") == "1" and ctype in (
-        "image/png", "image/gif", "image/jpeg", "image/webp", "image/bmp")
+    # images and PDF may be shown in the page (a PDF in a sandboxed frame;
+    # DOWNLOAD_CSP lets no script run in either)
+    inline = request.query_params.get("inline") == "1" and (
+        ctype in render.PREVIEW_IMAGES or ctype == "application/pdf")
     if ctype.startswith("text/"):
         if charset and charset.isascii() and charset.replace("-", "").replace("_", "").isalnum():
             ctype += f"; charset={charset}"
@@ -575,6 +594,8 @@ async def message_action(request: Request) -> Response:
     uids = sorted({u for u in (_int(v) for v in form.getlist("uid")) if u is not None and u > 0})
     action = str(form.get("action") or "")
     back = _safe_back(form.get("back"), f"/box/{box.id}")
+    if form.get("whole") == "1":  # rows of the conversation list: their whole conversations
+        uids = await conversations.whole(request, session, box, uids)
     if action == "empty":
         if box.special_use != "\\Trash":
             raise HTTPException(400, "only the Trash can be emptied")
@@ -594,6 +615,8 @@ async def message_action(request: Request) -> Response:
             back = f"/box/{box.id}"  # reading it again would mark it read
         return redirect(back)
     if action == "move":
+        if not form.get("target"):
+            return redirect(notice_url(back, "Choose a folder to move to."))
         target = await own_mailbox(request, session, form.get("target"))
         if target.id == box.id:
             return redirect(back)
@@ -1049,6 +1072,7 @@ def create_app(services: Services) -> Starlette:
         Route("/box/{box_id:int}/msg/{uid:int}/body", message_body),
         Route("/box/{box_id:int}/msg/{uid:int}/raw", message_raw),
         Route("/box/{box_id:int}/msg/{uid:int}/part/{spec:str}", message_part),
+        *conversations.routes(),
         Route("/folders", folders_view),
         Route("/folders", folder_action, methods=["POST"]),
         Route("/compose", compose_view, methods=["GET"]),

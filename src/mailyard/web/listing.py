@@ -2,10 +2,13 @@
 
 A folder of 100,000 messages must page as fast as one of 100. So:
 
-- per mailbox the web keeps its UIDs in a ``MailboxView`` (store/view.py:
-  ``store.mailbox_summary``, one read, then only what ``store.changes_since``
-  reports when the mailbox's highest mod-sequence has moved); "date" order is
-  arrival (UID) order;
+- per mailbox the web keeps its UIDs with their arrival times in a
+  ``MailboxView`` (store/view.py: ``store.list_messages``, one read, then only
+  what ``store.changes_since`` reports when the mailbox's highest
+  mod-sequence has moved); "date" order is the arrival time (INTERNALDATE,
+  equal times in UID order), the date the Date column shows, so what is shown
+  and how it is sorted agree even for imported mail whose UIDs are not in
+  date order;
 - sort keys for sender and subject are computed once per message (from the
   derived data stored at delivery, never by re-parsing) and kept; the sorted
   order is rebuilt only when messages come or go, not when flags change;
@@ -32,17 +35,21 @@ PAGE_SIZE = 50
 # Sort keys computed inside a request at most for this many messages; more go
 # to a background task (NotReady) so no request waits for a whole big folder.
 SYNC_KEY_LIMIT = 5000
-SORTS = ("date", "from", "subject")
+SORTS = ("date", "from", "to", "subject")
 MAX_CACHED_MAILBOXES = 256
 
 
 @dataclass
 class _BoxCache:
-    uids: MailboxView[None] = field(default_factory=MailboxView)
-    keys: dict[str, dict[int, Any]] = field(default_factory=lambda: {"from": {}, "subject": {}})
+    uids: MailboxView[float] = field(default_factory=lambda: MailboxView(_arrival))
+    keys: dict[str, dict[int, Any]] = field(default_factory=lambda: {"from": {}, "to": {}, "subject": {}})
     order: dict[str, list[tuple[Any, int]]] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     filling: asyncio.Future | None = None
+
+
+def _arrival(info: MessageInfo) -> float:
+    return info.internal_date
 
 
 class NotReady(Exception):
@@ -61,8 +68,10 @@ class Row:
     sender: str
     sender_addr: str
     subject: str
-    date: float
+    date: float  # the arrival time (INTERNALDATE), which "date" order sorts by
     has_attachment: bool
+    recipient: str = ""  # the first To address's name (or address), for Sent and Drafts
+    recipient_addr: str = ""
 
     @property
     def seen(self) -> bool:
@@ -90,9 +99,11 @@ def _env_text(value: Any) -> str:
     return decode_words(value) if isinstance(value, str) else ""
 
 
-def sender_of(derived: dict) -> tuple[str, str]:
+def sender_of(derived: dict, slot: int = 2) -> tuple[str, str]:
+    """The first address of the envelope's From (``slot`` 2; 5 for To,
+    RFC 9051 7.5.2 ENVELOPE) as (name or address, address)."""
     env = derived.get("envelope") or []
-    addrs = env[2] if len(env) > 2 and env[2] else []
+    addrs = env[slot] if len(env) > slot and env[slot] else []
     for a in addrs:
         if a and a[2] is not None and a[3] is not None:
             addr = f"{a[2]}@{a[3]}"
@@ -164,8 +175,7 @@ class Listing:
         if order is not None:
             return order
         if sort == "date":
-            # arrival order: UIDs are assigned in arrival order (RFC 9051 2.3.1.1)
-            order = [(uid, uid) for uid in cache.uids]  # ascending already
+            order = sorted((date, uid) for uid, date in cache.uids.entries.items())
         else:
             keys = cache.keys[sort]
             missing = [uid for uid in cache.uids if uid not in keys]
@@ -187,9 +197,11 @@ class Listing:
             derived = await self._derived(box, chunk)
             for uid, d in derived.items():
                 cache.keys["from"][uid] = sender_of(d)[0].casefold()
+                cache.keys["to"][uid] = sender_of(d, 5)[0].casefold()
                 cache.keys["subject"][uid] = base_subject(subject_of(d)).casefold()
             for uid in chunk:
                 cache.keys["from"].setdefault(uid, "")
+                cache.keys["to"].setdefault(uid, "")
                 cache.keys["subject"].setdefault(uid, "")
             await asyncio.sleep(0)  # let other requests run between batches
 
@@ -247,11 +259,16 @@ class Listing:
             if info is None:
                 continue  # expunged meanwhile
             name, addr = sender_of(d)
-            rows.append(Row(uid, info, name, addr, subject_of(d), d.get("date") or info.internal_date,
-                            has_attachment(d.get("bodystructure"))))
+            # the arrival time, the order "date" sorts by (UIDs grow with arrival)
+            rows.append(Row(uid, info, name, addr, subject_of(d), info.internal_date,
+                            has_attachment(d.get("bodystructure")), *sender_of(d, 5)))
         prev_uid = uids[0] if start > 0 and uids else None
         next_uid = uids[-1] if start + size < total and uids else None
         return Page(rows, total, start, prev_uid, next_uid)
+
+    async def arrivals(self, box: Mailbox) -> dict[int, float]:
+        """Every UID of ``box`` with its arrival time (INTERNALDATE), kept current."""
+        return (await self._cache(box)).uids.entries
 
     async def info(self, box: Mailbox, uid: int) -> MessageInfo | None:
         found = await self.store.get_messages(box, [uid])
@@ -260,7 +277,7 @@ class Listing:
     @staticmethod
     def _key_of(cache: _BoxCache, sort: str, uid: int) -> Any:
         if sort == "date":
-            return uid
+            return cache.uids.entries.get(uid)
         return cache.keys[sort].get(uid)
 
 

@@ -121,6 +121,8 @@ class View(Summary):
     parts: dict[str, Part] = field(default_factory=dict)
     headers: list[tuple[str, str]] = field(default_factory=list)
     raw_headers: list[tuple[str, str]] = field(default_factory=list)  # as written, not decoded
+    # attached messages (message/rfc822 parts) with their part numbers, shown inline
+    embedded: list[tuple[str, View]] = field(default_factory=list)
 
 
 def content_disposition(kind: str, filename: str) -> str:
@@ -165,8 +167,19 @@ def number_parts(msg: EmailMessage) -> list[tuple[str, EmailMessage]]:
     return out
 
 
-def build_view(raw: bytes) -> View:
-    msg = parse_message(raw)
+# Attached messages shown inline, this many levels deep (a forward of a
+# forward of ...); deeper ones stay downloads.
+MAX_EMBED_DEPTH = 4
+_CID_REF = re.compile(r"""cid:\s*<?([^"'\s)>]+)""", re.I)
+
+
+def build_view(raw: bytes | EmailMessage, prefix: str = "", depth: int = 0,
+               registry: dict[str, Part] | None = None) -> View:
+    """What a page shows of a message (``raw``) or of a message/rfc822
+    part's message (then ``prefix`` is that part's number, so its parts are
+    numbered as IMAP numbers them, RFC 9051 6.4.5: ``2.1``, ``2.2``...).
+    Every part, nested ones too, is in the top view's ``parts``."""
+    msg = parse_message(raw) if isinstance(raw, bytes) else raw
     headers = []
     raw_headers = [(k, str(v)) for k, v in msg._headers]
     for k, v in msg._headers:
@@ -188,7 +201,10 @@ def build_view(raw: bytes) -> View:
         headers=headers,
         raw_headers=raw_headers,
     )
-    for spec, part in number_parts(msg):
+    parts = view.parts if registry is None else registry
+    listed: list[Part] = []
+    for sub, part in number_parts(msg):
+        spec = f"{prefix}.{sub}" if prefix else sub
         ctype = part.get_content_type()
         try:
             disposition = part.get_content_disposition()
@@ -197,7 +213,7 @@ def build_view(raw: bytes) -> View:
         filename = part_filename(part)
         cid = (part.get("Content-ID") or "").strip().strip("<>") or None
         p = Part(spec, part, ctype, safe_filename(filename, f"part-{spec}"), disposition, cid)
-        view.parts[spec] = p
+        parts[spec] = p
         if cid:
             view.cids[cid] = spec
         is_body = disposition != "attachment" and not filename
@@ -211,9 +227,18 @@ def build_view(raw: bytes) -> View:
             continue
         if cid and disposition != "attachment" and ctype.startswith("image/") and not filename:
             continue  # an inline image only the HTML shows
-        if ctype == "message/rfc822" and not filename:
+        if not filename:
             p.filename = safe_filename(attachment_filename(part, f"part-{spec}"))
-        view.attachments.append(p)
+        if ctype == "message/rfc822" and depth < MAX_EMBED_DEPTH:
+            inner = part.get_payload()
+            if isinstance(inner, list) and inner and isinstance(inner[0], EmailMessage):
+                view.embedded.append((spec, build_view(inner[0], spec, depth + 1, parts)))
+        listed.append(p)
+    # an image the HTML shows by its Content-ID (RFC 2392) is not listed
+    # again as an attachment, whatever its disposition or name
+    shown = {c.strip("<>") for c in _CID_REF.findall(view.html or "")}
+    view.attachments = [p for p in listed if not (p.content_id and p.content_id in shown
+                                                  and p.content_type.startswith("image/"))]
     return view
 
 
@@ -343,12 +368,65 @@ def checked_html(html: str) -> str:
     return html
 
 
+# Attachments previewed in the page: images as <img> (the types the part
+# route serves inline), PDF in a sandboxed frame.
+PREVIEW_IMAGES = frozenset({"image/png", "image/gif", "image/jpeg", "image/webp", "image/bmp"})
+
+
 @dataclass
 class AttachmentInfo:
     spec: str
     filename: str
     content_type: str
     size: int
+    within: str = ""  # the subject of the attached message it belongs to ("": the message itself)
+
+    @property
+    def preview(self) -> str:
+        """"image", "pdf" or "": how the read page previews it."""
+        if self.content_type in PREVIEW_IMAGES:
+            return "image"
+        return "pdf" if self.content_type == "application/pdf" else ""
+
+
+def _attachment_infos(view: View, within: str = "") -> list[AttachmentInfo]:
+    return [AttachmentInfo(p.spec, p.filename, p.content_type, len(part_bytes(p.part)), within)
+            for p in view.attachments]
+
+
+def _embedded_infos(view: View) -> list[AttachmentInfo]:
+    """The attachments of the attached messages, at every depth."""
+    out: list[AttachmentInfo] = []
+    for _spec, inner in view.embedded:
+        out += _attachment_infos(inner, inner.subject or "(no subject)")
+        out += _embedded_infos(inner)
+    return out
+
+
+def _body_html(view: View, base: str, allow_remote: bool) -> tuple[str, bool]:
+    """The body of ``view`` for the frame (sanitised HTML, or the text
+    escaped), followed by each attached message: its header block and body,
+    recursively."""
+    import html as _html
+
+    if view.html is not None:
+        body, blocked = sanitize_html(checked_html(view.html), base, view.cids, allow_remote)
+    else:
+        body, blocked = f"<pre>{_html.escape(view.text or '')}</pre>", False
+    for spec, inner in view.embedded:
+        rows = []
+        for label, value in (("From", draft_addresses(inner.from_)), ("To", draft_addresses(inner.to)),
+                             ("Cc", draft_addresses(inner.cc)), ("Date", inner.date),
+                             ("Subject", inner.subject)):
+            if value:
+                rows.append(f"<tr><th style=\"text-align:left;padding-right:1em\">{label}</th>"
+                            f"<td>{_html.escape(value)}</td></tr>")
+        inner_body, inner_blocked = _body_html(inner, base, allow_remote)
+        blocked = blocked or inner_blocked
+        body += (f'<section class="forwarded" id="fwd-{_html.escape(spec)}" style="border-left:3px solid #999;'
+                 'margin:1em 0;padding:0 0 0 .8em"><p style="font-weight:bold">Attached message</p>'
+                 f'<table class="fwd-headers">{"".join(rows)}</table>{inner_body}</section>')
+    return body, blocked
 
 
 @dataclass
@@ -365,12 +443,13 @@ class Shown(Summary):
     bcc: list[tuple[str, str]] = field(default_factory=list)
     in_reply_to: str = ""
     references_raw: str = ""
+    # attachments of attached messages (shown inline in the body)
+    forwarded: list[AttachmentInfo] = field(default_factory=list)
 
 
 def show(raw: bytes, base: str, allow_remote: bool, body: bool = True) -> Shown:
     """Parse ``raw`` for display within the complexity limits (``TooComplex``
     past them). ``body``: sanitise the body for the frame."""
-    import html as _html
 
     check_parts(raw)
     view = build_view(raw)
@@ -383,8 +462,7 @@ def show(raw: bytes, base: str, allow_remote: bool, body: bool = True) -> Shown:
     out = Shown(
         subject=view.subject, from_=view.from_, to=view.to, cc=view.cc, reply_to=view.reply_to,
         date=view.date, message_id=view.message_id, references=view.references, headers=view.headers,
-        attachments=[AttachmentInfo(p.spec, p.filename, p.content_type, len(part_bytes(p.part)))
-                     for p in view.attachments],
+        attachments=_attachment_infos(view), forwarded=_embedded_infos(view),
         text=view.text, has_html=view.html is not None,
     )
     for k, v in view.raw_headers:
@@ -399,10 +477,7 @@ def show(raw: bytes, base: str, allow_remote: bool, body: bool = True) -> Shown:
     out.in_reply_to = in_reply_to
     out.references_raw = references_raw
     if body:
-        if view.html is not None:
-            out.body, out.blocked = sanitize_html(checked_html(view.html), base, view.cids, allow_remote)
-        else:
-            out.body = f"<pre>{_html.escape(view.text or '')}</pre>"
+        out.body, out.blocked = _body_html(view, base, allow_remote)
     return out
 
 

@@ -100,6 +100,7 @@
           if (!data) { return; }
           var navList = $("#nav");
           if (navList) { navList.innerHTML = data.folders; }
+          if (data.title) { document.title = data.title; }
           if (list) {
             var checked = $$("#list input[name=uid]:checked").map(function (cb) { return cb.value; });
             list.innerHTML = data.list;
@@ -136,4 +137,25 @@
   };
   frame.addEventListener("load", fit);
   if (frame.contentDocument && frame.contentDocument.readyState === "complete") { fit(); }
+})();
+
+// conversations: size every message frame of a conversation to its content,
+// also when a collapsed message is opened (its frame loads lazily then).
+(function () {
+  var fit = function (frame) {
+    try {
+      var doc = frame.contentDocument;
+      if (doc && doc.body) {
+        frame.style.height = Math.max(120, Math.min(doc.body.scrollHeight + 32, 20000)) + "px";
+      }
+    } catch (e) { /* keep the CSS height */ }
+  };
+  Array.prototype.forEach.call(document.querySelectorAll("iframe.body.fit"), function (frame) {
+    frame.addEventListener("load", function () { fit(frame); });
+    if (frame.contentDocument && frame.contentDocument.readyState === "complete") { fit(frame); }
+  });
+  document.addEventListener("toggle", function (e) {
+    var frame = e.target && e.target.querySelector && e.target.querySelector("iframe.body.fit");
+    if (frame && e.target.open) { fit(frame); }
+  }, true);
 })();

@@ -1,0 +1,236 @@
+"""Webmail conversations and reading over HTTP (httpx) against a running
+server: threads by References/In-Reply-To and by subject (RFC 5256
+REFERENCES, message/threading.py) across the folder and Sent, the per-user
+switch to the flat list, the conversation page (older messages collapsed,
+newest open); attached messages shown inline, previews, sizes, cid: images,
+report part names, the print view."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from mailyard.message.compose import Attachment, compose, to_bytes
+
+from ..conftest import RunningServer
+from .test_web_http import ALICE, append, box_id, login
+from .test_web_search import set_conversations
+
+httpx = pytest.importorskip("httpx")
+
+T0 = 1_704_067_200
+
+
+def mk(server: RunningServer, name: str, use: str | None) -> int:
+    async def go() -> int:
+        account = await server.store.get_account(ALICE)
+        box = await server.store.get_mailbox(account.id, name)
+        if box is None:
+            box = await server.store.create_mailbox(account.id, name, use)
+        return box.id
+
+    return server.call(go())
+
+
+def put(server: RunningServer, raw: bytes, mailbox: str = "INBOX", when: int = T0, flags=()) -> int:
+    async def go() -> int:
+        account = await server.store.get_account(ALICE)
+        box = await server.store.get_mailbox(account.id, mailbox)
+        return await server.store.append(box, raw, list(flags), internal_date=when)
+
+    return server.call(go())
+
+
+def mail(subject: str, mid: str, sender: str = "Bob <bob@example.test>", to: str = ALICE,
+         refs: str = "", day: int = 1, body: str = "text") -> bytes:
+    head = (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{mid}>\r\n"
+            f"Date: {day:02d} Jan 2024 10:00:00 +0000\r\n")
+    if refs:
+        head += f"In-Reply-To: <{refs.split()[-1]}>\r\nReferences: " + " ".join(f"<{r}>" for r in refs.split()) + "\r\n"
+    return (head + f"\r\n{body}\r\n").encode()
+
+
+def rows(page: str) -> list[tuple[str, str]]:
+    """(link, subject) of each list row."""
+    return re.findall(r'<a href="([^"]+)" class="open">([^<]+)</a>', page)
+
+
+def test_conversation_list_groups_threads_across_sent(mailserver: RunningServer) -> None:
+    mk(mailserver, "Sent", "\\Sent")
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    put(mailserver, mail("Lunch?", "a1@x", day=1), when=T0)
+    put(mailserver, mail("Re: Lunch?", "a3@x", refs="a1@x a2@x", day=3), when=T0 + 3 * 86400)
+    # the user's reply, in Sent
+    put(mailserver, mail("Re: Lunch?", "a2@x", sender=ALICE, to="bob@example.test", refs="a1@x", day=2),
+        mailbox="Sent", when=T0 + 2 * 86400, flags=("\\Seen",))
+    # same subject, no references: joined by subject (RFC 5256 REFERENCES step 5)
+    put(mailserver, mail("Lunch?", "a4@x", day=4), when=T0 + 4 * 86400, flags=("\\Seen",))
+    put(mailserver, mail("Other", "b1@x", day=5), when=T0 + 5 * 86400)
+    c = login(mailserver)
+    page = c.get(f"/box/{inbox}").text
+    found = rows(page)
+    assert [s for _l, s in found] == ["Other", "Lunch?"]
+    assert found[0][0].startswith(f"/box/{inbox}/msg/")  # alone: the message itself
+    conv_link = found[1][0]
+    assert re.fullmatch(rf"/box/{inbox}/conv/\d+", conv_link)
+    assert '<span class="count" title="4 messages">4</span>' in page
+    assert "1–2 of 2 conversations" in page
+    # the conversation: every message, oldest first; only the newest open
+    conv = c.get(conv_link).text
+    details = re.findall(r'<details class="convmsg[^"]*" id="m-(\d+)-(\d+)"( open)?>', conv)
+    assert len(details) == 4
+    assert [d[2] for d in details] == ["", "", "", " open"]
+    sent = box_id(mailserver, ALICE, "Sent")
+    assert [int(d[0]) for d in details] == [inbox, sent, inbox, inbox]
+    assert '<span class="folder">Sent</span>' in conv
+    assert len(re.findall(r'<iframe class="body fit"', conv)) == 4
+    # reading it marked its messages read
+    assert "unread" not in re.search(r'<tr class="msg([^"]*)"[^>]*>\s*<td class="sel"><input[^>]*>\s*</td>\s*'
+                                     r'<td class="flag">[^\n]*\n\s*<td class="from"[^>]*>[^<]*</td>\s*'
+                                     r'<td class="subject"><a href="/box/\d+/conv/',
+                                     c.get(f"/box/{inbox}").text).group(1)
+    # a message of the thread's body is served to its frame
+    first_uid = details[0][1]
+    assert "text" in c.get(f"/box/{inbox}/msg/{first_uid}/body").text
+
+
+def test_conversations_off_gives_the_flat_list(mailserver: RunningServer) -> None:
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    put(mailserver, mail("Plan", "p1@x", day=1), when=T0)
+    put(mailserver, mail("Re: Plan", "p2@x", refs="p1@x", day=2), when=T0 + 86400)
+    c = login(mailserver)
+    assert len(rows(c.get(f"/box/{inbox}").text)) == 1
+    set_conversations(mailserver, ALICE, False)
+    flat = rows(c.get(f"/box/{inbox}").text)
+    assert [s for _l, s in flat] == ["Re: Plan", "Plan"]
+    assert all("/msg/" in link for link, _s in flat)
+
+
+def test_conversation_of_another_account_is_not_found(mailserver: RunningServer) -> None:
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = put(mailserver, mail("Mine", "m1@x"))
+    put(mailserver, mail("Re: Mine", "m2@x", refs="m1@x"))
+    bob = login(mailserver, "bob@example.test")
+    assert bob.get(f"/box/{inbox}/conv/{uid}").status_code == 404
+    assert bob.get(f"/box/{inbox}/msg/{uid}/print").status_code == 404
+
+
+def forwarded_message() -> bytes:
+    inner = compose("Dora <dora@example.test>", "carl@example.test", subject="Original talk",
+                    text="the inner body words",
+                    attachments=[Attachment("inner.txt", b"inner attachment", "text/plain")])
+    outer = compose("Bob <bob@example.test>", ALICE, subject="Fwd: Original talk", text="see below",
+                    attachments=[inner])
+    return to_bytes(outer)
+
+
+def test_forwarded_message_is_shown_inline_with_its_attachments(mailserver: RunningServer) -> None:
+    uid = append(mailserver, ALICE, forwarded_message())
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    c = login(mailserver)
+    page = c.get(f"/box/{inbox}/msg/{uid}").text
+    assert "Original talk.eml" in page and "shown below" in page
+    # the attached message's own attachment, numbered inside it (RFC 9051 6.4.5)
+    link = re.search(r'href="(/box/\d+/msg/\d+/part/2\.2)" download class="attachment" data-spec="2.2">'
+                     r'<img[^>]*> inner.txt</a>\s*<span class="meta"><span class="asize">16 B</span> · text/plain · '
+                     r'in “Original talk”', page)
+    assert link is not None
+    assert c.get(link.group(1)).content == b"inner attachment"
+    body = c.get(f"/box/{inbox}/msg/{uid}/body").text
+    assert "see below" in body
+    section = re.search(r'<section class="forwarded" id="fwd-2".*?</section>', body, re.S)
+    assert section is not None
+    assert "Dora &lt;dora@example.test&gt;" in section.group(0) and "the inner body words" in section.group(0)
+    assert "Original talk" in section.group(0)
+
+
+def test_previews_sizes_cid_and_report_names(mailserver: RunningServer) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 200
+    html = '<p>logo: <img src="cid:logo@x"></p>'
+    raw = (
+        "From: bob@example.test\r\nTo: alice@example.test\r\nSubject: files\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        '--B\r\nContent-Type: multipart/related; boundary="R"\r\n\r\n'
+        f'--R\r\nContent-Type: text/html\r\n\r\n{html}\r\n'
+        '--R\r\nContent-Type: image/png; name="logo.png"\r\nContent-Disposition: inline; filename="logo.png"\r\n'
+        "Content-ID: <logo@x>\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + __import__("base64").b64encode(png).decode() + "\r\n--R--\r\n"
+        '--B\r\nContent-Type: image/png; name="photo.png"\r\nContent-Disposition: attachment; filename="photo.png"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\n" + __import__("base64").b64encode(png).decode() + "\r\n"
+        '--B\r\nContent-Type: application/pdf; name="doc.pdf"\r\nContent-Disposition: attachment; filename="doc.pdf"\r\n'
+        "\r\n%PDF-1.4 minimal\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.test\r\n\r\n"
+        "Final-Recipient: rfc822; x@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        "--B\r\nContent-Type: text/rfc822-headers\r\n\r\nSubject: lost\r\n\r\n"
+        "--B--\r\n"
+    ).encode()
+    uid = append(mailserver, ALICE, raw)
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    c = login(mailserver)
+    page = c.get(f"/box/{inbox}/msg/{uid}").text
+    names = re.findall(r'<img src="/static/clip.svg" alt="" width="14" height="14"> ([^<]+)</a>', page)
+    # the cid: image the HTML shows is not listed; the report parts have names
+    assert names == ["photo.png", "doc.pdf", "Delivery report.txt", "Returned headers.txt"]
+    assert '<span class="asize">208 B</span>' in page
+    base = f"/box/{inbox}/msg/{uid}"
+    assert f'<img src="{base}/part/2?inline=1" alt="photo.png" loading="lazy">' in page
+    frame = re.search(rf'<iframe class="pdf" src="({base}/part/3\?inline=1)" title="doc.pdf" sandbox', page)
+    assert frame is not None
+    r = c.get(frame.group(1))
+    assert r.headers["content-type"] == "application/pdf"
+    assert r.headers["content-disposition"].startswith("inline")
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "sandbox" in csp and "script-src" not in csp
+    # a type that is not previewed stays a download even when asked inline
+    assert c.get(f"{base}/part/4?inline=1").headers["content-disposition"].startswith("attachment")
+
+
+def test_print_view(mailserver: RunningServer) -> None:
+    uid = append(mailserver, ALICE, mail("Print me", "pr@x", body="paper words <b>"))
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    c = login(mailserver)
+    assert f'href="/box/{inbox}/msg/{uid}/print"' in c.get(f"/box/{inbox}/msg/{uid}").text
+    r = c.get(f"/box/{inbox}/msg/{uid}/print")
+    assert r.status_code == 200
+    assert "<h1>Print me</h1>" in r.text and "paper words &lt;b&gt;" in r.text
+    assert '<link rel="stylesheet" href="/static/print.css">' in r.text
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+    assert "<script>" not in r.text
+
+
+def test_subject_alone_joins_only_within_a_window(mailserver: RunningServer) -> None:
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    put(mailserver, mail("Status", "s1@x", day=1), when=T0)
+    put(mailserver, mail("Status", "s2@x", day=3), when=T0 + 2 * 86400)
+    later = mail("Status", "s3@x").replace(b"01 Jan 2024", b"01 Jun 2024")
+    put(mailserver, later, when=T0 + 152 * 86400)
+    c = login(mailserver)
+    page = c.get(f"/box/{inbox}").text
+    assert [s for _l, s in rows(page)] == ["Status", "Status"]
+    assert '<span class="count" title="2 messages">2</span>' in page
+
+
+def test_actions_on_a_conversation_row_act_on_the_whole_conversation(mailserver: RunningServer) -> None:
+    from .test_web_http import csrf
+
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    first = put(mailserver, mail("Plan", "q1@x", day=1), when=T0)
+    second = put(mailserver, mail("Re: Plan", "q2@x", refs="q1@x", day=2), when=T0 + 86400)
+    put(mailserver, mail("Other", "q3@x", day=3), when=T0 + 2 * 86400)
+    c = login(mailserver)
+    page = c.get(f"/box/{inbox}").text
+    assert '<input type="hidden" name="whole" value="1">' in page
+    newest = re.search(r'<input type="checkbox" name="uid" value="(\d+)" aria-label="Select message Re: Plan"', page)
+    r = c.post(f"/box/{inbox}/action", data={"csrf": csrf(c), "action": "flag", "uid": newest.group(1),
+                                             "whole": "1"})
+    assert r.status_code == 303
+
+    async def flagged() -> list[int]:
+        account = await mailserver.store.get_account(ALICE)
+        box = await mailserver.store.get_mailbox(account.id, "INBOX")
+        return sorted(m.uid for m in await mailserver.store.list_messages(box) if "\\Flagged" in m.flags)
+
+    assert newest.group(1) == str(second)
+    assert mailserver.call(flagged()) == [first, second]  # not "Other"
