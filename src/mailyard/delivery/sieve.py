@@ -42,6 +42,7 @@ from ..sieve import (
     FileInto,
     Keep,
     Limits,
+    Notify,
     Redirect,
     Reject,
     Script,
@@ -240,6 +241,8 @@ class Plan:
     vacation: Vacation | None = None
     actions: list[str] = field(default_factory=list)  # described, for the log
     duplicates: list[DuplicateMark] = field(default_factory=list)  # to record once delivered (RFC 7352)
+    notifications: list[Notify] = field(default_factory=list)  # enotify (RFC 5435), sent once delivered
+    message: bytes | None = None  # the message as editheader left it (RFC 5293); None: unchanged
 
 
 class SieveDelivery:
@@ -272,6 +275,7 @@ class SieveDelivery:
                          duplicate_seen=lambda handle, ident: not self.duplicates.due(account.id, handle, ident))
             plan = await self._apply(account, result.actions, mailboxes, inbox_id)
             plan.duplicates = result.duplicates
+            plan.message = result.message
             return plan
         except (SieveRuntimeError, InvalidName, _NoMailbox) as exc:
             self._failed(account, str(exc))
@@ -300,6 +304,8 @@ class SieveDelivery:
                 plan.reject = action
             elif isinstance(action, Vacation):
                 plan.vacation = action
+            elif isinstance(action, Notify):
+                plan.notifications.append(action)
             elif isinstance(action, Discard):
                 pass
         return plan

@@ -24,8 +24,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime, parsedate_to_datetime
+from urllib.parse import quote
 
 import regex
 
@@ -33,7 +35,8 @@ from ..message.address import Group, Mailbox, parse_address_list
 from ..message.headers import bytes_to_text, decode_words, split_fields
 from ..message.parse import parse_message, split_header_body
 from .errors import SieveRuntimeError
-from .parser import Node, Script, compile_regex
+from .mailto import parse_mailto
+from .parser import FIELD_NAME, PROTECTED_FIELDS, Node, Script, compile_regex
 
 # ---------------------------------------------------------------------------
 # actions
@@ -80,7 +83,19 @@ class Vacation:
     handle: str = ""
 
 
-Action = Keep | FileInto | Redirect | Reject | Discard | Vacation
+@dataclass(frozen=True)
+class Notify:
+    """An ``enotify`` notification (RFC 5435 3): ``method`` a mailto URI
+    (RFC 5436), sent once the delivery is durable (delivery/submit.py)."""
+
+    method: str
+    from_: str | None = None
+    importance: str = "2"  # RFC 5435 3.6: 1 high, 2 normal, 3 low
+    options: tuple[str, ...] = ()
+    message: str | None = None
+
+
+Action = Keep | FileInto | Redirect | Reject | Discard | Vacation | Notify
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,9 @@ class Limits:
     min_vacation_seconds: int = 3600
     max_vacation_seconds: int = 90 * 86400
     separator: str = "+"
+    max_notifications: int = 3  # notify actions kept per message (RFC 5435 3.9), more are dropped
+    max_header_edits: int = 64  # addheader / deleteheader commands run (RFC 5293)
+    spam_required: float = 5.0  # the threshold when the verdict header names none (SpamAssassin's default)
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,9 @@ class Result:
     actions: list[Action] = field(default_factory=list)
     implicit_keep: bool = True
     duplicates: list[DuplicateMark] = field(default_factory=list)
+    # RFC 5293: the message as editheader left it (None: unchanged); what
+    # keep, fileinto and redirect deliver
+    message: bytes | None = None
 
     def describe(self) -> list[str]:
         """One line per action, for the CLI and logs."""
@@ -143,6 +164,9 @@ class Result:
                 out.append("discard")
             elif isinstance(a, Vacation):
                 out.append(f"vacation days={a.seconds / 86400:g} subject={a.subject!r} handle={a.handle!r}")
+            elif isinstance(a, Notify):
+                extra = (f" from={a.from_!r}" if a.from_ else "") + (f" message={a.message!r}" if a.message else "")
+                out.append(f"notify {a.method!r} importance={a.importance}{extra}")
         return out
 
 
@@ -400,10 +424,24 @@ class _MessageView:
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
         header, self.body_raw = split_header_body(raw)
-        self.fields = [(name.lower(), value) for name, value in split_fields(header)]
+        self.original = split_fields(header)  # (name as written, raw value): what editheader changes
+        self.fields = [(name.lower(), value) for name, value in self.original]
+        self.edited = False
         self._parsed: EmailMessage | None = None
         self._headers: dict[str, list[str]] = {}
         self._addresses: dict[tuple[str, str, str], list[str]] = {}
+        self._spam: tuple[int, int] | None = None
+
+    def edit(self, original: list[tuple[str, bytes]]) -> None:
+        """Replace the header fields (RFC 5293): later tests see the new ones."""
+        self.original = original
+        self.fields = [(name.lower(), value) for name, value in original]
+        self.edited = True
+        self._parsed = None
+        self._spam = None
+        self._headers.clear()
+        self._addresses.clear()
+        self.raw = b"".join(n.encode("ascii") + b": " + v + b"\r\n" for n, v in original) + b"\r\n" + self.body_raw
 
     def headers(self, name: str) -> list[str]:
         """The values of the fields named ``name``, unfolded and RFC 2047
@@ -440,10 +478,67 @@ class _MessageView:
         name = name.lower()
         return [bytes_to_text(v) for n, v in self.fields if n == name]
 
+    def spam(self, required: float) -> tuple[int, int]:
+        """The spam verdict as (spamtest 0..10, spamtestplus :percent 0..100): see ``spam_levels``."""
+        if self._spam is None:
+            status = self.raw_headers("x-spam-status")
+            score = self.raw_headers("x-spam-score")
+            self._spam = spam_levels(status[0] if status else None, score[0] if score else None, required)
+        return self._spam
+
     def parsed(self) -> EmailMessage:
         if self._parsed is None:
             self._parsed = parse_message(self.raw)
         return self._parsed
+
+
+_SCORE = re.compile(r"\bscore=(-?[0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)
+_REQUIRED = re.compile(r"\brequired=(-?[0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)
+_NUMBER = re.compile(r"\s*(-?[0-9]+(?:\.[0-9]+)?)")
+
+
+def spam_levels(status: str | None, score: str | None, required: float = 5.0) -> tuple[int, int]:
+    """The spam verdict header written at delivery (SpamAssassin's
+    ``X-Spam-Status: Yes, score=S required=R tests=...``, or only
+    ``X-Spam-Score: S``) as the values of RFC 5235's tests.
+
+    ``spamtest`` (RFC 5235 3.1): 0 when no verdict header is there (not
+    tested); else 1 + floor(5 * S / R) kept within 1..10, so a score of 0
+    or less is 1 (clear), the threshold R is 6 and twice the threshold or
+    more is 10 (certainly spam); a "Yes" verdict is at least 6 and a "No"
+    at most 5 whatever the numbers say.
+    ``spamtest :percent`` (RFC 5235 3.2): round(50 * S / R) within 0..100,
+    so the threshold is 50 % and twice it 100 %; no verdict is 0.
+    R is the header's ``required=``, else ``required``."""
+    verdict: bool | None = None
+    s: float | None = None
+    r = required
+    if status is not None:
+        text = " ".join(status.split())
+        head = text.split(",", 1)[0].strip().lower()
+        verdict = True if head == "yes" else False if head == "no" else None
+        m = _SCORE.search(text)
+        if m:
+            s = float(m.group(1))
+        m = _REQUIRED.search(text)
+        if m:
+            r = float(m.group(1))
+    if s is None and score is not None:
+        m = _NUMBER.match(score)
+        if m:
+            s = float(m.group(1))
+    if s is None:
+        if verdict is None:
+            return 0, 0
+        s = 2 * r if verdict else 0.0
+    ratio = s / r if r > 0 else (2.0 if s > 0 else 0.0)
+    level = max(1, min(10, 1 + int(5 * ratio // 1))) if ratio > 0 else 1
+    if verdict is True:
+        level = max(level, 6)
+    elif verdict is False:
+        level = min(level, 5)
+    percent = max(0, min(100, round(50 * ratio)))
+    return level, percent
 
 
 def _address_part(addr: Mailbox | str, part: str, separator: str) -> str | None:
@@ -504,6 +599,7 @@ class _Context:
         self.match_vars: list[str] = []
         self.variables_on = "variables" in script.require
         self.redirects = 0
+        self.edits = 0
         self.now = 0.0
 
     def step(self) -> None:
@@ -560,6 +656,14 @@ class _Context:
                 other = "INBOX" if isinstance(a, Keep) else a.mailbox if isinstance(a, FileInto) else None
                 if other is not None and _same_mailbox(name, other):
                     return  # RFC 5228 2.10.3: filed once
+        if isinstance(action, Notify):
+            if any(isinstance(a, Notify) and a.method.lower() == action.method.lower()
+                   and a.message == action.message for a in actions):
+                return  # RFC 5435 3.8: the same notification once
+            if sum(isinstance(a, Notify) for a in actions) >= self.limits.max_notifications:
+                return  # RFC 5435 3.9: the site limits how many a message causes
+            actions.append(action)
+            return
         if isinstance(action, Vacation) and any(isinstance(a, Vacation) for a in actions):
             raise SieveRuntimeError("more than one vacation action (RFC 5230 4.7)")
         if isinstance(action, Reject):
@@ -663,6 +767,10 @@ def _command(ctx: _Context, node: Node) -> None:
         raise _Return
     elif name == "include":
         _include(ctx, node)
+    elif name in ("addheader", "deleteheader"):
+        _editheader(ctx, node)
+    elif name == "notify":
+        _notify(ctx, node)
 
 
 MAX_INCLUDE_DEPTH = 8
@@ -725,9 +833,82 @@ def _set(ctx: _Context, node: Node) -> None:
         value = re.sub(r"([*?\\])", r"\\\1", value)
     if ":quoteregex" in t:
         value = re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\1", value)
+    if ":encodeurl" in t:
+        value = quote(value, safe="-._~")  # RFC 5435 4.1: RFC 3986 percent-encoding of the UTF-8
     if ":length" in t:
         value = str(len(value))
     ctx.set_var(node.pos[0], value[: ctx.limits.max_value_chars])
+
+
+def _field_name(name: str) -> str:
+    """A field name an edit may touch (a name built from variables is checked here)."""
+    if not FIELD_NAME.fullmatch(name):
+        raise SieveRuntimeError(f"bad header field name {name!r}")
+    if name.lower() in PROTECTED_FIELDS:
+        raise SieveRuntimeError(f"the {name} field may not be changed (RFC 5293 6)")
+    return name
+
+
+def _editheader(ctx: _Context, node: Node) -> None:
+    """RFC 5293: ``addheader`` puts a field first (``:last``: last);
+    ``deleteheader`` removes the fields of that name (only the ``:index``-th,
+    counted from the end with ``:last``), those whose value matches one of
+    the patterns when some are given. Later tests see the edited message;
+    the edited message is the one filed and redirected."""
+    ctx.edits += 1
+    if ctx.edits > ctx.limits.max_header_edits:
+        raise SieveRuntimeError(f"too many header edits (at most {ctx.limits.max_header_edits})")
+    msg = ctx.msg
+    fields = list(msg.original)
+    name = _field_name(ctx.expand(node.pos[0]))
+    if node.name == "addheader":
+        value = ctx.expand(node.pos[1]).replace("\r", " ").replace("\n", " ")[: ctx.limits.max_value_chars]
+        # RFC 5293 4: non-ASCII text goes in RFC 2047 encoded words; long values are folded
+        encoded = Header(value, "us-ascii" if value.isascii() else "utf-8", header_name=name).encode("\r\n")
+        item = (name, encoded.encode("ascii"))
+        if ":last" in node.tags:
+            fields.append(item)
+        else:
+            fields.insert(0, item)
+        msg.edit(fields)
+        ctx.size = len(msg.raw)
+        return
+    lname = name.lower()
+    positions = [i for i, (n, _v) in enumerate(fields) if n.lower() == lname]
+    index = node.tags.get(":index")
+    if index is not None:
+        if index > len(positions):
+            return
+        positions = [positions[-index] if ":last" in node.tags else positions[index - 1]]
+    if node.pos[1] is not None:
+        matcher = node.prepared
+        if matcher is None:
+            matcher = node.prepared = _Matcher(node, ctx.variables_on)
+        positions = [i for i in positions if matcher.test(ctx, [decode_words(bytes_to_text(fields[i][1]))])]
+    if positions:
+        drop = set(positions)
+        msg.edit([f for i, f in enumerate(fields) if i not in drop])
+        ctx.size = len(msg.raw)
+
+
+def _notify(ctx: _Context, node: Node) -> None:
+    """RFC 5435 3: a notification by the mailto method (RFC 5436); an
+    invalid URI or :from fails the run (RFC 5435 3.1, 3.3)."""
+    t = node.tags
+    method = ctx.expand(node.pos[0]).strip()
+    try:
+        parse_mailto(method)
+    except ValueError as exc:
+        raise SieveRuntimeError(f"notify: {exc}") from None
+    from_ = ctx.expand(t[":from"]).strip() if ":from" in t else None
+    if from_ is not None and ("@" not in from_ or any(c in from_ for c in "\r\n")):
+        raise SieveRuntimeError(f"notify: bad :from address {from_!r}")
+    importance = ctx.expand(t[":importance"]) if ":importance" in t else "2"
+    if importance not in ("1", "2", "3"):
+        importance = "2"
+    options = tuple(ctx.expand(o) for o in t.get(":options", []))
+    message = ctx.expand(t[":message"]) if ":message" in t else None
+    ctx.add(Notify(method, from_, importance, options, message))
 
 
 def _vacation(ctx: _Context, node: Node) -> None:
@@ -820,11 +1001,30 @@ def _test(ctx: _Context, node: Node) -> bool:
         return matcher.test(ctx, sources)
     if name == "body":
         return matcher.test(ctx, _body_parts(ctx, node))
+    if name == "spamtest":
+        level, percent = ctx.msg.spam(ctx.limits.spam_required)
+        return matcher.test(ctx, [str(percent if ":percent" in t else level)])
+    if name == "valid_notify_method":
+        # RFC 5435 5: true when every URI is one this implementation can send
+        return all(_valid_method(ctx.expand(u)) for u in node.pos[0])
+    if name == "notify_method_capability":
+        # RFC 5436 2.2: whether a mailto recipient is "online" is never known: "maybe"
+        if not _valid_method(ctx.expand(node.pos[0])) or ctx.expand(node.pos[1]).lower() != "online":
+            return False
+        return matcher.test(ctx, ["maybe"])
     if name == "mailboxexists":
         if ctx.mailbox_exists is None:
             return False
         return all(ctx.mailbox_exists(ctx.expand(m)) for m in node.pos[0])
     raise SieveRuntimeError(f"unknown test {name}")
+
+
+def _valid_method(uri: str) -> bool:
+    try:
+        parse_mailto(uri)
+    except ValueError:
+        return False
+    return True
 
 
 DUPLICATE_SECONDS = 7 * 86400  # RFC 7352 3.2: the site's default period
@@ -1017,6 +1217,8 @@ def run(script: Script, message: bytes, envelope: Envelope, limits: Limits | Non
     except RecursionError as exc:
         raise SieveRuntimeError("the script nests too deeply") from exc
     result = ctx.result
+    if ctx.msg.edited:
+        result.message = ctx.msg.raw
     if result.implicit_keep:
         # RFC 5232 3: the implicit keep files with the current flags
         keep = Keep(tuple(ctx.flags))
