@@ -83,8 +83,13 @@ def run(quick: bool = False) -> list[Result]:
                 return deliveries / (time.perf_counter() - started)
 
             await rate(plain)  # warm up
-            none = statistics.median([await rate(plain) for _ in range(3)])
-            fifty = statistics.median([await rate(filtered) for _ in range(3)])
+            # interleaved rounds, the best of each: on a shared machine the
+            # other load hits both sides alike instead of one
+            nones, fifties = [], []
+            for _ in range(3):
+                nones.append(await rate(plain))
+                fifties.append(await rate(filtered))
+            none, fifty = max(nones), max(fifties)
             box = await store.get_mailbox(filtered.id, "Reports")
             assert box is not None and len(await store.list_messages(box)) == 3 * deliveries
             progress(f"no script {none:.0f}/s, 50 rules {fifty:.0f}/s")

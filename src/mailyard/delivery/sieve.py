@@ -65,6 +65,9 @@ MAX_SCRIPTS = 32
 _NAME = re.compile(r"[^\x00-\x1f\x7f/\\]{1,128}")
 
 
+MAILBOX_TTL = 2.0
+
+
 class ScriptProblem(Exception):
     """A script name, size or count refused, or no such script; the text
     is fit for the user."""
@@ -255,6 +258,12 @@ class SieveDelivery:
         self.separator = separator
         self.limits = limits or Limits(separator=separator)
         self.vacations = VacationLog(scripts.root)
+        # (account id, mailbox name) -> (until, mailbox id): the mailboxes
+        # scripts file into, looked up once per MAILBOX_TTL seconds as the
+        # router's directory cache does for the INBOX (a rename or delete
+        # is seen within that time; a stale id fails the delivery, which
+        # the sender retries, it never files into another account)
+        self._boxes: dict[tuple[int, str], tuple[float, int]] = {}
         self.duplicates = VacationLog(scripts.root, "duplicate")
 
     async def plan(self, account: Account, message: bytes, envelope: Envelope, inbox_id: int) -> Plan | None:
@@ -314,6 +323,10 @@ class SieveDelivery:
         name = action.mailbox
         if name.upper() == "INBOX":
             return inbox_id
+        now = time.monotonic()
+        hit = self._boxes.get((account.id, name))
+        if hit is not None and hit[0] > now:
+            return hit[1]
         box = await self.store.get_mailbox(account.id, name)
         if box is None:
             if not action.create:
@@ -328,6 +341,9 @@ class SieveDelivery:
             if box is None:
                 raise _NoMailbox(f"fileinto {name!r}: cannot create the mailbox")
             mailboxes.add(box.name)
+        if len(self._boxes) > 100_000:
+            self._boxes.clear()
+        self._boxes[(account.id, name)] = (now + MAILBOX_TTL, box.id)
         return box.id
 
 

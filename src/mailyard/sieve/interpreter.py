@@ -329,6 +329,7 @@ class _Matcher:
         self.globs = [_prepare_glob(k) for k in self.folded] if self.static and self.kind == "matches" else []
         self.regexes = ([compile_regex(k, self.comparator) for k in self.keys]
                         if self.static and self.kind == "regex" else [])
+        self.fast = _fast_test(node, self, variables_on)
 
     def test(self, ctx: _Context, values: Iterable[str]) -> bool:
         if self.static:
@@ -420,6 +421,56 @@ class _Matcher:
 # the message as tests see it
 
 
+def _fast_test(node: Node, m: _Matcher, variables_on: bool) -> Callable[[_Context], bool] | None:
+    """The common tests (``header`` / ``address`` with literal names and
+    keys, :is, :contains or a :matches without ``?``, no :index, no
+    captures) as one closure over the message view's folded values, cached
+    per message: what a long list of simple rules costs at each delivery.
+    None: the general path."""
+    if not m.static or m.index is not None or m.comparator == "i;ascii-numeric" or node.name not in ("header",
+                                                                                                     "address"):
+        return None
+    if m.kind not in ("is", "contains", "matches"):
+        return None
+    if m.kind == "matches" and (variables_on or not all(isinstance(g, _Pieces) for g in m.globs)):
+        return None
+    names = tuple(n.lower() for n in node.pos[0])
+    if variables_on and any("${" in n for n in names):
+        return None
+    comparator, part, n_keys = m.comparator, m.part, len(m.folded)
+    key = (node.name, names, comparator, part)
+
+    def values(ctx: _Context) -> list[str]:
+        vals = ctx.msg._folded.get(key)
+        if vals is None:
+            vals = ctx.msg.folded(key, ctx.limits)
+        # the test's own step and one per value and key, as the general path counts them
+        ctx.steps += len(vals) * n_keys + 1
+        ctx.step()
+        return vals
+
+    if m.kind == "is":
+        keys = frozenset(m.folded)
+
+        def test_is(ctx: _Context) -> bool:
+            vals = values(ctx)
+            return not keys.isdisjoint(vals)
+        return test_is
+    if m.kind == "contains":
+        ckeys = tuple(m.folded)
+
+        def test_contains(ctx: _Context) -> bool:
+            vals = values(ctx)
+            return any(k in v for v in vals for k in ckeys)
+        return test_contains
+    globs = tuple(m.globs)
+
+    def test_matches(ctx: _Context) -> bool:
+        vals = values(ctx)
+        return any(_star_match(g, v) for v in vals for g in globs)
+    return test_matches
+
+
 class _MessageView:
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
@@ -431,6 +482,21 @@ class _MessageView:
         self._headers: dict[str, list[str]] = {}
         self._addresses: dict[tuple[str, str, str], list[str]] = {}
         self._spam: tuple[int, int] | None = None
+        self._folded: dict[tuple, list[str]] = {}
+
+    def folded(self, key: tuple, limits: Limits) -> list[str]:
+        """The values a fast test compares (``_fast_test``): the fields'
+        decoded values or the addresses' parts, cut and folded, once per
+        message and key."""
+        hit = self._folded.get(key)
+        if hit is None:
+            kind, names, comparator, part = key
+            limit = limits.max_value_chars
+            raw: list[str] = []
+            for name in names:
+                raw += self.headers(name) if kind == "header" else self.addresses(name, part, limits.separator)
+            hit = self._folded[key] = [_fold(comparator, v[:limit]) for v in raw]
+        return hit
 
     def edit(self, original: list[tuple[str, bytes]]) -> None:
         """Replace the header fields (RFC 5293): later tests see the new ones."""
@@ -441,6 +507,7 @@ class _MessageView:
         self._spam = None
         self._headers.clear()
         self._addresses.clear()
+        self._folded.clear()
         self.raw = b"".join(n.encode("ascii") + b": " + v + b"\r\n" for n, v in original) + b"\r\n" + self.body_raw
 
     def headers(self, name: str) -> list[str]:
@@ -704,13 +771,18 @@ def _block(ctx: _Context, commands: list[Node]) -> None:
 def _command(ctx: _Context, node: Node) -> None:
     ctx.step()
     name = node.name
-    t = node.tags
     if name == "if":
         for test, block in node.branches:
-            if test is None or _test(ctx, test):
-                _block(ctx, block)
+            if test is not None:
+                m = test.prepared
+                # a fast test counts its own step (_fast_test)
+                hit = m.fast(ctx) if m is not None and m.fast is not None else _test(ctx, test)
+            if test is None or hit:
+                for child in block:
+                    _command(ctx, child)
                 return
         return
+    t = node.tags
     if name == "stop":
         raise _Stop
     if name == "keep":
@@ -934,9 +1006,11 @@ def _vacation(ctx: _Context, node: Node) -> None:
 
 def _test(ctx: _Context, node: Node) -> bool:
     ctx.step()
-    name = node.name
     matcher = node.prepared
-    if name == "header" and matcher is not None and matcher.index is None:  # the common case first
+    if matcher is not None and matcher.fast is not None:  # the common case first
+        return matcher.fast(ctx)
+    name = node.name
+    if name == "header" and matcher is not None and matcher.index is None:
         names = node.pos[0]
         if len(names) == 1:
             return matcher.test(ctx, ctx.msg.headers(ctx.expand(names[0])))
@@ -949,9 +1023,15 @@ def _test(ctx: _Context, node: Node) -> bool:
     if name == "not":
         return not _test(ctx, node.tests[0])
     if name == "allof":
-        return all(_test(ctx, x) for x in node.tests)
+        for x in node.tests:
+            if not _test(ctx, x):
+                return False
+        return True
     if name == "anyof":
-        return any(_test(ctx, x) for x in node.tests)
+        for x in node.tests:
+            if _test(ctx, x):
+                return True
+        return False
     if name == "size":
         if ":over" in t:
             return ctx.size > t[":over"]
@@ -962,6 +1042,8 @@ def _test(ctx: _Context, node: Node) -> bool:
         return _duplicate(ctx, node)
     if matcher is None:
         matcher = node.prepared = _Matcher(node, ctx.variables_on)
+        if matcher.fast is not None:
+            return matcher.fast(ctx)
     if matcher.index is not None and name in ("header", "address", "date"):
         return _indexed(ctx, node, matcher)
     if name in ("date", "currentdate"):
