@@ -61,6 +61,10 @@ class PortsConfig:
     https: int = 8443
     # ManageSieve (RFC 5804; production 4190): users manage their Sieve filters.
     managesieve: int = 24190
+    # ManageSieve over implicit TLS (TLS from the first byte, like imaps;
+    # RFC 5804 offers STARTTLS only, but some clients and TLS-terminating
+    # setups want it): off by default, 24191 is the development choice.
+    managesieve_tls: int = 0
 
 
 @dataclass

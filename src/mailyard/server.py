@@ -150,6 +150,8 @@ def protocol_services() -> list[Service]:
         Service("imaps", protocol=imap.imap_protocol, implicit_tls=True),
         # RFC 5804: ManageSieve, STARTTLS on the plain port.
         Service("managesieve", protocol=managesieve.managesieve_protocol),
+        # the same over implicit TLS ([ports] managesieve_tls, off unless set)
+        Service("managesieve_tls", protocol=managesieve.managesieve_protocol, implicit_tls=True),
     ]
 
 
