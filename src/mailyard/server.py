@@ -271,7 +271,8 @@ class MailServer:
                 # forwarding still works, with the original reverse-path
                 log.warning("SRS is off: cannot read or create its secret: %s", exc)
         router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients, srs=srs,
-                        recipient_delimiter=cfg.delivery.recipient_delimiter)
+                        recipient_delimiter=cfg.delivery.recipient_delimiter,
+                        delimiter_off_domains=cfg.delivery.recipient_delimiter_off_domains)
         if self.tls is None:
             self.tls = self._load_tls()
         if cfg.tls.acme:

@@ -61,3 +61,32 @@ def test_notify_never_for_automatic_mail_nor_between_two_scripts(mailserver) -> 
     # alice's notification reaches bob; it is auto-notified, so bob's script sends none back
     assert len(subjects(mailserver, BOB)) == 1
     assert subjects(mailserver, ALICE) == ["robot", "human"]
+
+
+def test_plus_addressing_off_for_one_domain(make_server) -> None:
+    """[delivery] recipient_delimiter_off_domains: "user+tag" is refused in
+    that domain and still delivered to "user" in the others."""
+    import smtplib
+
+    async def seed(store) -> None:
+        await store.add_domain("strict.test")
+        await store.add_account("dora@strict.test", "x")
+
+    def configure(cfg) -> None:
+        cfg.delivery.recipient_delimiter_off_domains = ["Strict.test"]
+
+    server = make_server(configure=configure, seed=seed)
+    with smtplib.SMTP(server.host, server.port("smtp"), local_hostname="client.remote.test", timeout=10) as s:
+        s.ehlo()
+        s.mail("carol@remote.test")
+        assert s.rcpt("dora+shop@strict.test")[0] == 550
+        assert s.rcpt("dora@strict.test")[0] == 250
+        assert s.rcpt("alice+shop@example.test")[0] == 250
+
+
+def test_recipient_delimiter_off_domains_must_be_a_list() -> None:
+    from mailyard.config import Config, ConfigError
+
+    Config().apply({"delivery": {"recipient_delimiter_off_domains": ["strict.test"]}})
+    with pytest.raises(ConfigError, match="recipient_delimiter_off_domains"):
+        Config().apply({"delivery": {"recipient_delimiter_off_domains": ["a@strict.test"]}})
