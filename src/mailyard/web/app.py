@@ -990,6 +990,8 @@ async def health(request: Request) -> Response:
 
 def create_app(services: Services) -> Starlette:
     """The webmail app of a running server (``services``: mailyard/services.py)."""
+    from . import filters as filter_pages  # its routes use this module's helpers
+
     routes = [
         Route("/", home),
         Route("/health", health),
@@ -1009,6 +1011,7 @@ def create_app(services: Services) -> Starlette:
         Route("/compose", compose_submit, methods=["POST"]),
         Route("/events", events),
         *wellknown.routes(current),
+        *filter_pages.routes(),
         Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(
