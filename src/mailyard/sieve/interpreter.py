@@ -557,8 +557,9 @@ def _build_segment(cmds: list[Node], start: int, end: int) -> _Segment:
         if node.name == "not":
             return f"(not {expr(node.tests[0])})"
         if node.name in ("allof", "anyof"):
+            # the tests have no effect but their answer: the cheap ones first
             joiner = " and " if node.name == "allof" else " or "
-            return "(" + joiner.join(expr(t) for t in node.tests) + ")"
+            return "(" + joiner.join(expr(t) for t in sorted(node.tests, key=_weight)) + ")"
         if node.name == "size":
             if ":over" in node.tags:
                 return f"(size > {int(node.tags[':over'])})"
@@ -577,6 +578,9 @@ def _build_segment(cmds: list[Node], start: int, end: int) -> _Segment:
         if m.kind == "contains":
             consts[c] = tuple(m.folded)
             return f"_contains({v}, {c})"
+        if all(len(g) == 3 and not g[0] and not g[2] for g in m.globs):
+            consts[c] = tuple(g[1] for g in m.globs)  # "*text*" is "contains text"
+            return f"_contains({v}, {c})"
         consts[c] = tuple(m.globs)
         return f"_matches({v}, {c})"
 
@@ -593,6 +597,14 @@ def _build_segment(cmds: list[Node], start: int, end: int) -> _Segment:
     exec(compile(source, "<sieve rules>", "exec"), namespace)  # noqa: S102 - built from indices and names above
     per_rule = max(1, cost // max(1, end - start))
     return _Segment(start, end, keys, namespace["find"], per_rule + 1)  # type: ignore[arg-type]
+
+
+def _weight(node: Node) -> int:
+    if node.name == "size":
+        return 0
+    if node.name in ("header", "address"):
+        return {"is": 1, "contains": 2}.get(node.prepared.kind, 3)
+    return 4
 
 
 def _top(ctx: _Context, script: Script) -> None:
