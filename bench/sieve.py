@@ -75,22 +75,35 @@ def run(quick: bool = False) -> list[Result]:
             router = Router(store)
             intake = Intake(Config(), store, router, None, SieveDelivery(store, scripts))
 
+            cpu: dict[int, list[float]] = {plain.id: [], filtered.id: []}
+
             async def rate(account: Any) -> float:
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 for i in range(deliveries):
                     await accept_message(intake, MESSAGE % (i, i), "carol@remote.test", [account], [],
                                          trace=Trace("ESMTP", id="bench"))
+                # the process's CPU time (every thread: the store's writer too), which
+                # the other load of a shared machine disturbs less than the clock
+                cpu[account.id].append(deliveries / (time.process_time() - cpu_started))
                 return deliveries / (time.perf_counter() - started)
 
             await rate(plain)  # warm up
-            none = statistics.median([await rate(plain) for _ in range(3)])
-            fifty = statistics.median([await rate(filtered) for _ in range(3)])
+            # interleaved rounds, the best of each: on a shared machine the
+            # other load hits both sides alike instead of one
+            nones, fifties = [], []
+            for _ in range(3):
+                nones.append(await rate(plain))
+                fifties.append(await rate(filtered))
+            none, fifty = max(nones), max(fifties)
             box = await store.get_mailbox(filtered.id, "Reports")
             assert box is not None and len(await store.list_messages(box)) == 3 * deliveries
             progress(f"no script {none:.0f}/s, 50 rules {fifty:.0f}/s")
             results.append(Result("sieve", "local deliveries/s, no script", none, "msg/s", "fsync off"))
             results.append(Result("sieve", "local deliveries/s, 50-rule script", fifty, "msg/s",
                                   f"{100 * fifty / none:.0f} % of no script (the issue asks >= 80 %)"))
+            cpu_none, cpu_fifty = max(cpu[plain.id]), max(cpu[filtered.id])
+            results.append(Result("sieve", "deliveries per CPU second, 50-rule script", cpu_fifty, "msg/s",
+                                  f"{100 * cpu_fifty / cpu_none:.0f} % of no script's {cpu_none:.0f}"))
         finally:
             await store.close()
 

@@ -61,6 +61,10 @@ class PortsConfig:
     https: int = 8443
     # ManageSieve (RFC 5804; production 4190): users manage their Sieve filters.
     managesieve: int = 24190
+    # ManageSieve over implicit TLS (TLS from the first byte, like imaps;
+    # RFC 5804 offers STARTTLS only, but some clients and TLS-terminating
+    # setups want it): off by default, 24191 is the development choice.
+    managesieve_tls: int = 0
 
 
 @dataclass
@@ -278,6 +282,9 @@ class DeliveryConfig:
     # delivered to "user@domain" when no address "user+tag" exists, and
     # Sieve sees "tag" as :detail. "" turns it off.
     recipient_delimiter: str = "+"
+    # Domains where plus-addressing is off although recipient_delimiter is
+    # set (their "user+tag" addresses exist only when created as such).
+    recipient_delimiter_off_domains: list = field(default_factory=list)
     # Run each account's active Sieve script at local delivery (``mailyard sieve``).
     sieve: bool = True
 
@@ -495,6 +502,9 @@ class Config:
         delim = self.delivery.recipient_delimiter
         if len(delim) > 1 or delim in ("@", " ", '"'):
             raise ConfigError(f"{source}: 'delivery.recipient_delimiter' must be one character (such as \"+\") or \"\"")
+        off = self.delivery.recipient_delimiter_off_domains
+        if not isinstance(off, list) or not all(isinstance(d, str) and d and "@" not in d for d in off):
+            raise ConfigError(f"{source}: 'delivery.recipient_delimiter_off_domains' must be a list of domain names")
 
     def to_toml(self) -> str:
         """The configuration as TOML (used by `init` and `config defaults`)."""

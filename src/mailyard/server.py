@@ -159,6 +159,8 @@ def protocol_services() -> list[Service]:
         Service("imaps", protocol=imap.imap_protocol, implicit_tls=True),
         # RFC 5804: ManageSieve, STARTTLS on the plain port.
         Service("managesieve", protocol=managesieve.managesieve_protocol),
+        # the same over implicit TLS ([ports] managesieve_tls, off unless set)
+        Service("managesieve_tls", protocol=managesieve.managesieve_protocol, implicit_tls=True),
     ]
 
 
@@ -298,7 +300,8 @@ class MailServer:
                 # forwarding still works, with the original reverse-path
                 log.warning("SRS is off: cannot read or create its secret: %s", exc)
         router = Router(store, cfg.smtp.max_expansion_depth, cfg.smtp.max_expansion_recipients, srs=srs,
-                        recipient_delimiter=cfg.delivery.recipient_delimiter)
+                        recipient_delimiter=cfg.delivery.recipient_delimiter,
+                        delimiter_off_domains=cfg.delivery.recipient_delimiter_off_domains)
         if self.tls is None:
             self.tls = self._load_tls()
         if cfg.tls.acme:

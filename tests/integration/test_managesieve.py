@@ -18,7 +18,8 @@ from tests.conftest import USERS, RunningServer, require_program
 ALICE = "alice@example.test"
 PASSWORD = USERS[ALICE]
 SIEVE_CAP = (b'"SIEVE" "fileinto mailbox envelope encoded-character imap4flags vacation vacation-seconds copy '
-             b'variables relational subaddress body reject ereject comparator-i;ascii-numeric date index regex include duplicate"\r\n')
+             b'variables relational subaddress body reject ereject comparator-i;ascii-numeric date index regex include duplicate '
+             b'editheader enotify spamtest spamtestplus"\r\n')
 
 
 class Raw:
@@ -163,3 +164,27 @@ def test_garbage_gets_no_and_the_session_goes_on(mailserver: RunningServer, junk
     c.reply()
     assert c.cmd(junk).startswith(b"NO ")
     assert c.cmd(b"NOOP\r\n") == b'OK "done"\r\n'
+
+
+
+def test_managesieve_over_implicit_tls(make_server) -> None:
+    """[ports] managesieve_tls: TLS from the first byte (as imaps); the
+    greeting offers no STARTTLS and PLAIN works though passwords need TLS
+    (loopback treated as remote). Off by default."""
+    from tests.integration.test_tls_auth import client_context, no_loopback_plaintext
+
+    assert "managesieve_tls" not in make_server().server.listeners
+
+    def configure(cfg) -> None:
+        no_loopback_plaintext(cfg)
+        cfg.ports.managesieve_tls = 24191
+
+    server = make_server(configure=configure)
+    raw = socket.create_connection((server.host, server.port("managesieve_tls")), timeout=10)
+    c = Raw.__new__(Raw)
+    c.sock, c.buf = client_context(server).wrap_socket(raw, server_hostname="localhost"), b""
+    assert c.reply() == (b'"IMPLEMENTATION" "mailyard 0.1.0"\r\n"SASL" "PLAIN SCRAM-SHA-256"\r\n' + SIEVE_CAP +
+                         b'"MAXREDIRECTS" "4"\r\n"VERSION" "1.0"\r\nOK "mailyard ManageSieve ready"\r\n')
+    assert c.cmd(b'AUTHENTICATE "PLAIN" "' + plain(ALICE, PASSWORD) + b'"\r\n') == b'OK "authenticated"\r\n'
+    assert c.cmd(b"LISTSCRIPTS\r\n") == b'OK "listscripts completed"\r\n'
+    c.sock.close()

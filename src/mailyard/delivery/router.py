@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,10 +104,13 @@ class DirectoryCache:
 
 class Router:
     def __init__(self, store: Store, max_depth: int = 10, max_recipients: int = 1000,
-                 srs: SRS | None = None, recipient_delimiter: str = "+") -> None:
+                 srs: SRS | None = None, recipient_delimiter: str = "+",
+                 delimiter_off_domains: Iterable[str] = ()) -> None:
         self.store = store
         self.srs = srs
         self.recipient_delimiter = recipient_delimiter
+        # domains where "user+tag" is not "user" ([delivery] recipient_delimiter_off_domains)
+        self.delimiter_off_domains = frozenset(d.strip().lower().rstrip(".") for d in delimiter_off_domains)
         self.max_depth = max_depth
         self.max_recipients = max_recipients
         self.directory = DirectoryCache(store)
@@ -179,7 +182,7 @@ class Router:
         targets = await self.directory.alias(key)
         if targets is None:
             targets = await self.directory.list_members(key)
-        if targets is None and self.recipient_delimiter:
+        if targets is None and self.recipient_delimiter and domain.lower() not in self.delimiter_off_domains:
             local, _, _dom = addr.rpartition("@")
             user, sep, _tag = local.partition(self.recipient_delimiter)
             if sep and user:

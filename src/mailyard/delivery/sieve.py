@@ -42,6 +42,7 @@ from ..sieve import (
     FileInto,
     Keep,
     Limits,
+    Notify,
     Redirect,
     Reject,
     Script,
@@ -62,6 +63,9 @@ MAX_SCRIPTS = 32
 # RFC 5804 1.6: script names are Unicode without control characters;
 # here also no "/" (a file name) and no leading dot.
 _NAME = re.compile(r"[^\x00-\x1f\x7f/\\]{1,128}")
+
+
+MAILBOX_TTL = 2.0
 
 
 class ScriptProblem(Exception):
@@ -240,6 +244,8 @@ class Plan:
     vacation: Vacation | None = None
     actions: list[str] = field(default_factory=list)  # described, for the log
     duplicates: list[DuplicateMark] = field(default_factory=list)  # to record once delivered (RFC 7352)
+    notifications: list[Notify] = field(default_factory=list)  # enotify (RFC 5435), sent once delivered
+    message: bytes | None = None  # the message as editheader left it (RFC 5293); None: unchanged
 
 
 class SieveDelivery:
@@ -252,6 +258,12 @@ class SieveDelivery:
         self.separator = separator
         self.limits = limits or Limits(separator=separator)
         self.vacations = VacationLog(scripts.root)
+        # (account id, mailbox name) -> (until, mailbox id): the mailboxes
+        # scripts file into, looked up once per MAILBOX_TTL seconds as the
+        # router's directory cache does for the INBOX (a rename or delete
+        # is seen within that time; a stale id fails the delivery, which
+        # the sender retries, it never files into another account)
+        self._boxes: dict[tuple[int, str], tuple[float, int]] = {}
         self.duplicates = VacationLog(scripts.root, "duplicate")
 
     async def plan(self, account: Account, message: bytes, envelope: Envelope, inbox_id: int) -> Plan | None:
@@ -272,6 +284,7 @@ class SieveDelivery:
                          duplicate_seen=lambda handle, ident: not self.duplicates.due(account.id, handle, ident))
             plan = await self._apply(account, result.actions, mailboxes, inbox_id)
             plan.duplicates = result.duplicates
+            plan.message = result.message
             return plan
         except (SieveRuntimeError, InvalidName, _NoMailbox) as exc:
             self._failed(account, str(exc))
@@ -300,6 +313,8 @@ class SieveDelivery:
                 plan.reject = action
             elif isinstance(action, Vacation):
                 plan.vacation = action
+            elif isinstance(action, Notify):
+                plan.notifications.append(action)
             elif isinstance(action, Discard):
                 pass
         return plan
@@ -308,6 +323,10 @@ class SieveDelivery:
         name = action.mailbox
         if name.upper() == "INBOX":
             return inbox_id
+        now = time.monotonic()
+        hit = self._boxes.get((account.id, name))
+        if hit is not None and hit[0] > now:
+            return hit[1]
         box = await self.store.get_mailbox(account.id, name)
         if box is None:
             if not action.create:
@@ -322,6 +341,9 @@ class SieveDelivery:
             if box is None:
                 raise _NoMailbox(f"fileinto {name!r}: cannot create the mailbox")
             mailboxes.add(box.name)
+        if len(self._boxes) > 100_000:
+            self._boxes.clear()
+        self._boxes[(account.id, name)] = (now + MAILBOX_TTL, box.id)
         return box.id
 
 

@@ -54,7 +54,9 @@ from ..message.headers import split_fields
 from ..message.parse import split_header_body
 from ..message.trace import received_header
 from ..policy.submission import AddressOwners, SenderRefused, SenderRule, complete_message
-from ..sieve import Envelope
+from ..sieve import Envelope, Notify
+from ..sieve.notify import build_notification
+from ..sieve.notify import decide as notify_decide
 from ..sieve.vacation import build_reply, decide
 from ..spam.limits import account_limits
 from ..store.api import (
@@ -279,9 +281,13 @@ async def accept_message(
         plan = plans.get(wanted[0].id)
         if plan is not None and plan.reject is not None and plan.reject.extended:
             raise SieveRejected(" ".join(plan.reject.reason.split())[:300] or "rejected")
+    # RFC 5293: a copy whose script edited the header is stored on its own, as edited
+    edited = [a for a in wanted if a.id in plans and plans[a.id].message is not None]
+    if edited:
+        wanted = [a for a in wanted if a not in edited]
     placements = {aid: plan.targets for aid, plan in plans.items()} or None
     while True:
-        if accounts and not wanted and not first:
+        if accounts and not wanted and not first and not edited:
             raise QuotaExceeded("mailbox full: " + ", ".join(a.address for a in over_quota))
         try:
             if first:
@@ -306,6 +312,18 @@ async def accept_message(
                 raise
             over_quota += refused
             wanted = [a for a in wanted if a not in refused]
+    for account in list(edited):
+        plan = plans[account.id]
+        assert plan.message is not None
+        try:
+            await deliver_local(intake.store, plan.message, reverse_path, [account], inbox_id=inbox_id,
+                                enforce_quota=True, placements={account.id: plan.targets})
+        except QuotaExceeded:
+            edited.remove(account)
+            over_quota.append(account)
+    if accounts and not wanted and not edited and not first and over_quota:
+        raise QuotaExceeded("mailbox full: " + ", ".join(a.address for a in over_quota))
+    wanted += edited
     if remote and forwarded:
         assert queue is not None
         # a second entry, for the copies an alias or list forwards
@@ -407,7 +425,9 @@ async def _after_sieve(intake: Intake, account: Account, plan: Plan, message: by
                 if mark.last or sieve.duplicates.due(account.id, mark.handle, mark.id):
                     sieve.duplicates.record(account.id, mark.handle, mark.id, mark.seconds)
         for address in plan.redirects:
-            await _redirect(intake, account, message, reverse_path, address)
+            await _redirect(intake, account, plan.message or message, reverse_path, address)
+        for note in plan.notifications[: sieve.limits.max_notifications if sieve is not None else 0]:
+            await _notify(intake, account, note, message, reverse_path, rcpt)
         if plan.reject is not None:
             await report_rejected(intake, message, reverse_path, rcpt, plan.reject.reason)
         if plan.vacation is not None:
@@ -432,6 +452,40 @@ async def _redirect(intake: Intake, account: Account, message: bytes, reverse_pa
     await accept_message(intake, body, reverse_path, local, remote,
                          trace=Trace(protocol="local", id=new_msgid()), envelope_to=envelope)
     logs.event(log, logging.INFO, "sieve_redirected", user=account.address, to=address)
+
+
+async def _notify(intake: Intake, account: Account, action: Notify, message: bytes, reverse_path: str,
+                  rcpt: str) -> None:
+    """RFC 5435 / RFC 5436: a notification by mail, through the same
+    acceptance path as a redirect (local copies, or the outbound queue),
+    from the null reverse-path so that nothing answers it (RFC 3834 3.3)."""
+    why_not = notify_decide(message)
+    if why_not is not None:
+        logs.event(log, logging.INFO, "notify_skipped", user=account.address, reason=why_not)
+        return
+    try:
+        recipients, note = build_notification(message, action, rcpt or account.address,
+                                              intake.config.server.hostname)
+    except ValueError as exc:
+        logs.event(log, logging.WARNING, "notify_failed", user=account.address, reason=str(exc)[:200])
+        return
+    local: list[Account] = []
+    remote: list[str | NewRecipient] = []
+    for address in recipients:
+        resolution = await intake.router.resolve(address)
+        if resolution.verdict is Verdict.LOCAL:
+            local += [a for a in resolution.accounts if a not in local]
+        elif resolution.verdict is Verdict.REMOTE:
+            remote += list(resolution.remote)
+    if not local and not remote:
+        logs.event(log, logging.WARNING, "notify_failed", user=account.address, reason="no deliverable recipient")
+        return
+    if remote and intake.queue is None:
+        remote = []
+        if not local:
+            return
+    await accept_message(intake, note, "", local, remote, trace=Trace(protocol="local", id=new_msgid()))
+    logs.event(log, logging.INFO, "notify_sent", user=account.address, to=",".join(recipients)[:200])
 
 
 async def _vacation(intake: Intake, account: Account, plan: Plan, message: bytes, reverse_path: str,

@@ -17,11 +17,13 @@ from .interpreter import (
     FileInto,
     Keep,
     Limits,
+    Notify,
     Redirect,
     Reject,
     Result,
     Vacation,
     run,
+    spam_levels,
 )
 from .parser import EXTENSIONS, Script, compile_script
 
@@ -33,6 +35,7 @@ __all__ = [
     "FileInto",
     "Keep",
     "Limits",
+    "Notify",
     "Redirect",
     "Reject",
     "Result",
@@ -42,4 +45,5 @@ __all__ = [
     "Vacation",
     "compile_script",
     "run",
+    "spam_levels",
 ]

@@ -24,8 +24,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime, parsedate_to_datetime
+from urllib.parse import quote
 
 import regex
 
@@ -33,7 +35,8 @@ from ..message.address import Group, Mailbox, parse_address_list
 from ..message.headers import bytes_to_text, decode_words, split_fields
 from ..message.parse import parse_message, split_header_body
 from .errors import SieveRuntimeError
-from .parser import Node, Script, compile_regex
+from .mailto import parse_mailto
+from .parser import FIELD_NAME, PROTECTED_FIELDS, Node, Script, compile_regex
 
 # ---------------------------------------------------------------------------
 # actions
@@ -80,7 +83,19 @@ class Vacation:
     handle: str = ""
 
 
-Action = Keep | FileInto | Redirect | Reject | Discard | Vacation
+@dataclass(frozen=True)
+class Notify:
+    """An ``enotify`` notification (RFC 5435 3): ``method`` a mailto URI
+    (RFC 5436), sent once the delivery is durable (delivery/submit.py)."""
+
+    method: str
+    from_: str | None = None
+    importance: str = "2"  # RFC 5435 3.6: 1 high, 2 normal, 3 low
+    options: tuple[str, ...] = ()
+    message: str | None = None
+
+
+Action = Keep | FileInto | Redirect | Reject | Discard | Vacation | Notify
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,9 @@ class Limits:
     min_vacation_seconds: int = 3600
     max_vacation_seconds: int = 90 * 86400
     separator: str = "+"
+    max_notifications: int = 3  # notify actions kept per message (RFC 5435 3.9), more are dropped
+    max_header_edits: int = 64  # addheader / deleteheader commands run (RFC 5293)
+    spam_required: float = 5.0  # the threshold when the verdict header names none (SpamAssassin's default)
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,9 @@ class Result:
     actions: list[Action] = field(default_factory=list)
     implicit_keep: bool = True
     duplicates: list[DuplicateMark] = field(default_factory=list)
+    # RFC 5293: the message as editheader left it (None: unchanged); what
+    # keep, fileinto and redirect deliver
+    message: bytes | None = None
 
     def describe(self) -> list[str]:
         """One line per action, for the CLI and logs."""
@@ -143,6 +164,9 @@ class Result:
                 out.append("discard")
             elif isinstance(a, Vacation):
                 out.append(f"vacation days={a.seconds / 86400:g} subject={a.subject!r} handle={a.handle!r}")
+            elif isinstance(a, Notify):
+                extra = (f" from={a.from_!r}" if a.from_ else "") + (f" message={a.message!r}" if a.message else "")
+                out.append(f"notify {a.method!r} importance={a.importance}{extra}")
         return out
 
 
@@ -305,6 +329,7 @@ class _Matcher:
         self.globs = [_prepare_glob(k) for k in self.folded] if self.static and self.kind == "matches" else []
         self.regexes = ([compile_regex(k, self.comparator) for k in self.keys]
                         if self.static and self.kind == "regex" else [])
+        self.fast = _fast_test(node, self, variables_on)
 
     def test(self, ctx: _Context, values: Iterable[str]) -> bool:
         if self.static:
@@ -396,14 +421,263 @@ class _Matcher:
 # the message as tests see it
 
 
+def _fast_test(node: Node, m: _Matcher, variables_on: bool) -> Callable[[_Context], bool] | None:
+    """The common tests (``header`` / ``address`` with literal names and
+    keys, :is, :contains or a :matches without ``?``, no :index, no
+    captures) as one closure over the message view's folded values, cached
+    per message: what a long list of simple rules costs at each delivery.
+    None: the general path."""
+    if not m.static or m.index is not None or m.comparator == "i;ascii-numeric" or node.name not in ("header",
+                                                                                                     "address"):
+        return None
+    if m.kind not in ("is", "contains", "matches"):
+        return None
+    if m.kind == "matches" and (variables_on or not all(isinstance(g, _Pieces) for g in m.globs)):
+        return None
+    names = tuple(n.lower() for n in node.pos[0])
+    if variables_on and any("${" in n for n in names):
+        return None
+    comparator, part, n_keys = m.comparator, m.part, len(m.folded)
+    key = (node.name, names, comparator, part)
+
+    def values(ctx: _Context) -> list[str]:
+        vals = ctx.msg._folded.get(key)
+        if vals is None:
+            vals = ctx.msg.folded(key, ctx.limits)
+        # the test's own step and one per value and key, as the general path counts them
+        ctx.steps += len(vals) * n_keys + 1
+        ctx.step()
+        return vals
+
+    if m.kind == "is":
+        keys = frozenset(m.folded)
+
+        def test_is(ctx: _Context) -> bool:
+            vals = values(ctx)
+            return not keys.isdisjoint(vals)
+        return test_is
+    if m.kind == "contains":
+        ckeys = tuple(m.folded)
+
+        def test_contains(ctx: _Context) -> bool:
+            vals = values(ctx)
+            return any(k in v for v in vals for k in ckeys)
+        return test_contains
+    globs = tuple(m.globs)
+
+    def test_matches(ctx: _Context) -> bool:
+        vals = values(ctx)
+        return any(_star_match(g, v) for v in vals for g in globs)
+    return test_matches
+
+
+def _contains(values: list[str], keys: tuple[str, ...]) -> bool:
+    for v in values:
+        for k in keys:
+            if k in v:
+                return True
+    return False
+
+
+def _matches(values: list[str], globs: tuple) -> bool:
+    for v in values:
+        for g in globs:
+            if _star_match(g, v):
+                return True
+    return False
+
+
+@dataclass
+class _Segment:
+    """A run of top-level ``if`` commands (one branch each) whose tests are
+    all fast tests, ``size`` and ``allof``/``anyof``/``not`` of them,
+    evaluated by one generated function: ``find(values, size, start)``
+    gives the index (from the segment's start) of the first rule at or
+    after ``start`` whose test is true, or the segment's length."""
+
+    start: int
+    end: int
+    keys: list[tuple]
+    find: Callable[[list[list[str]], int, int], int]
+    cost: int  # steps charged per rule evaluated (the tests and keys it holds)
+
+
+_NO_CHAIN = frozenset({"addheader", "deleteheader", "include"})
+
+
+def _chain_plan(script: Script) -> list[_Segment] | None:
+    """The segments of ``script`` (cached on it); None when the script uses
+    what could change the values between rules (variables, editheader) or
+    has no rule that fits. Generated code is built only from indices and
+    constants kept apart from the source text (no script text is in it)."""
+    plan = getattr(script, "_chain", False)
+    if plan is not False:
+        return plan
+    result: list[_Segment] | None = None
+    if "variables" not in script.require and not (script.names & _NO_CHAIN):
+        result = []
+        run_start = None
+        cmds = script.commands
+        for i in range(len(cmds) + 1):
+            ok = i < len(cmds) and cmds[i].name == "if" and len(cmds[i].branches) == 1 and \
+                _chainable(cmds[i].branches[0][0])
+            if ok and run_start is None:
+                run_start = i
+            elif not ok and run_start is not None:
+                if i - run_start >= 4:
+                    result.append(_build_segment(cmds, run_start, i))
+                run_start = None
+        result = result or None
+    script._chain = result  # type: ignore[attr-defined]
+    return result
+
+
+def _chainable(node: Node | None) -> bool:
+    if node is None:
+        return False
+    if node.name in ("allof", "anyof", "not"):
+        return all(_chainable(t) for t in node.tests)
+    if node.name == "size":
+        return True
+    if node.name not in ("header", "address"):
+        return False
+    m = node.prepared if node.prepared is not None else _Matcher(node, False)
+    node.prepared = m
+    return m.fast is not None
+
+
+def _build_segment(cmds: list[Node], start: int, end: int) -> _Segment:
+    keys: list[tuple] = []
+    consts: dict[str, object] = {"_contains": _contains, "_matches": _matches}
+    cost = 0
+
+    def expr(node: Node) -> str:
+        nonlocal cost
+        cost += 1
+        if node.name == "not":
+            return f"(not {expr(node.tests[0])})"
+        if node.name in ("allof", "anyof"):
+            # the tests have no effect but their answer: the cheap ones first
+            joiner = " and " if node.name == "allof" else " or "
+            return "(" + joiner.join(expr(t) for t in sorted(node.tests, key=_weight)) + ")"
+        if node.name == "size":
+            if ":over" in node.tags:
+                return f"(size > {int(node.tags[':over'])})"
+            return f"(size < {int(node.tags[':under'])})"
+        m: _Matcher = node.prepared
+        names = tuple(n.lower() for n in node.pos[0])
+        key = (node.name, names, m.comparator, m.part)
+        if key not in keys:
+            keys.append(key)
+        v = f"v{keys.index(key)}"
+        c = f"c{len(consts)}"
+        cost += len(m.folded)
+        if m.kind == "is":
+            consts[c] = frozenset(m.folded)
+            return f"(not {c}.isdisjoint({v}))"
+        if m.kind == "contains":
+            consts[c] = tuple(m.folded)
+            return f"_contains({v}, {c})"
+        if all(len(g) == 3 and not g[0] and not g[2] for g in m.globs):
+            consts[c] = tuple(g[1] for g in m.globs)  # "*text*" is "contains text"
+            return f"_contains({v}, {c})"
+        consts[c] = tuple(m.globs)
+        return f"_matches({v}, {c})"
+
+    lines = []
+    for i in range(start, end):
+        test = cmds[i].branches[0][0]
+        assert test is not None
+        lines.append(f"    if start <= {i - start} and {expr(test)}: return {i - start}")
+    head = "def find(values, size, start):\n"
+    if keys:
+        head += "    " + "".join(f"v{k}, " for k in range(len(keys))) + "= values\n"
+    source = head + "\n".join(lines) + f"\n    return {end - start}\n"
+    namespace: dict[str, object] = dict(consts)
+    exec(compile(source, "<sieve rules>", "exec"), namespace)  # noqa: S102 - built from indices and names above
+    per_rule = max(1, cost // max(1, end - start))
+    return _Segment(start, end, keys, namespace["find"], per_rule + 1)  # type: ignore[arg-type]
+
+
+def _weight(node: Node) -> int:
+    if node.name == "size":
+        return 0
+    if node.name in ("header", "address"):
+        return {"is": 1, "contains": 2}.get(node.prepared.kind, 3)
+    return 4
+
+
+def _top(ctx: _Context, script: Script) -> None:
+    """The script's commands, each run of simple rules through its
+    generated function (``_chain_plan``), the rest one by one."""
+    plan = _chain_plan(script)
+    cmds = script.commands
+    if plan is None:
+        _block(ctx, cmds)
+        return
+    i = 0
+    for seg in plan:
+        while i < seg.start:
+            _command(ctx, cmds[i])
+            i += 1
+        values = [ctx.msg.folded(key, ctx.limits) for key in seg.keys]
+        n = seg.end - seg.start
+        at = 0
+        while at < n:
+            hit = seg.find(values, ctx.size, at)
+            ctx.steps += (min(hit, n - 1) - at + 1) * seg.cost
+            ctx.step()
+            if time.monotonic() > ctx.deadline:
+                raise SieveRuntimeError("the script ran too long")
+            if hit >= n:
+                break
+            for child in cmds[seg.start + hit].branches[0][1]:
+                _command(ctx, child)
+            at = hit + 1
+        i = seg.end
+    while i < len(cmds):
+        _command(ctx, cmds[i])
+        i += 1
+
+
 class _MessageView:
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
         header, self.body_raw = split_header_body(raw)
-        self.fields = [(name.lower(), value) for name, value in split_fields(header)]
+        self.original = split_fields(header)  # (name as written, raw value): what editheader changes
+        self.fields = [(name.lower(), value) for name, value in self.original]
+        self.edited = False
         self._parsed: EmailMessage | None = None
         self._headers: dict[str, list[str]] = {}
         self._addresses: dict[tuple[str, str, str], list[str]] = {}
+        self._spam: tuple[int, int] | None = None
+        self._folded: dict[tuple, list[str]] = {}
+
+    def folded(self, key: tuple, limits: Limits) -> list[str]:
+        """The values a fast test compares (``_fast_test``): the fields'
+        decoded values or the addresses' parts, cut and folded, once per
+        message and key."""
+        hit = self._folded.get(key)
+        if hit is None:
+            kind, names, comparator, part = key
+            limit = limits.max_value_chars
+            raw: list[str] = []
+            for name in names:
+                raw += self.headers(name) if kind == "header" else self.addresses(name, part, limits.separator)
+            hit = self._folded[key] = [_fold(comparator, v[:limit]) for v in raw]
+        return hit
+
+    def edit(self, original: list[tuple[str, bytes]]) -> None:
+        """Replace the header fields (RFC 5293): later tests see the new ones."""
+        self.original = original
+        self.fields = [(name.lower(), value) for name, value in original]
+        self.edited = True
+        self._parsed = None
+        self._spam = None
+        self._headers.clear()
+        self._addresses.clear()
+        self._folded.clear()
+        self.raw = b"".join(n.encode("ascii") + b": " + v + b"\r\n" for n, v in original) + b"\r\n" + self.body_raw
 
     def headers(self, name: str) -> list[str]:
         """The values of the fields named ``name``, unfolded and RFC 2047
@@ -440,10 +714,67 @@ class _MessageView:
         name = name.lower()
         return [bytes_to_text(v) for n, v in self.fields if n == name]
 
+    def spam(self, required: float) -> tuple[int, int]:
+        """The spam verdict as (spamtest 0..10, spamtestplus :percent 0..100): see ``spam_levels``."""
+        if self._spam is None:
+            status = self.raw_headers("x-spam-status")
+            score = self.raw_headers("x-spam-score")
+            self._spam = spam_levels(status[0] if status else None, score[0] if score else None, required)
+        return self._spam
+
     def parsed(self) -> EmailMessage:
         if self._parsed is None:
             self._parsed = parse_message(self.raw)
         return self._parsed
+
+
+_SCORE = re.compile(r"\bscore=(-?[0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)
+_REQUIRED = re.compile(r"\brequired=(-?[0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)
+_NUMBER = re.compile(r"\s*(-?[0-9]+(?:\.[0-9]+)?)")
+
+
+def spam_levels(status: str | None, score: str | None, required: float = 5.0) -> tuple[int, int]:
+    """The spam verdict header written at delivery (SpamAssassin's
+    ``X-Spam-Status: Yes, score=S required=R tests=...``, or only
+    ``X-Spam-Score: S``) as the values of RFC 5235's tests.
+
+    ``spamtest`` (RFC 5235 3.1): 0 when no verdict header is there (not
+    tested); else 1 + floor(5 * S / R) kept within 1..10, so a score of 0
+    or less is 1 (clear), the threshold R is 6 and twice the threshold or
+    more is 10 (certainly spam); a "Yes" verdict is at least 6 and a "No"
+    at most 5 whatever the numbers say.
+    ``spamtest :percent`` (RFC 5235 3.2): round(50 * S / R) within 0..100,
+    so the threshold is 50 % and twice it 100 %; no verdict is 0.
+    R is the header's ``required=``, else ``required``."""
+    verdict: bool | None = None
+    s: float | None = None
+    r = required
+    if status is not None:
+        text = " ".join(status.split())
+        head = text.split(",", 1)[0].strip().lower()
+        verdict = True if head == "yes" else False if head == "no" else None
+        m = _SCORE.search(text)
+        if m:
+            s = float(m.group(1))
+        m = _REQUIRED.search(text)
+        if m:
+            r = float(m.group(1))
+    if s is None and score is not None:
+        m = _NUMBER.match(score)
+        if m:
+            s = float(m.group(1))
+    if s is None:
+        if verdict is None:
+            return 0, 0
+        s = 2 * r if verdict else 0.0
+    ratio = s / r if r > 0 else (2.0 if s > 0 else 0.0)
+    level = max(1, min(10, 1 + int(5 * ratio // 1))) if ratio > 0 else 1
+    if verdict is True:
+        level = max(level, 6)
+    elif verdict is False:
+        level = min(level, 5)
+    percent = max(0, min(100, round(50 * ratio)))
+    return level, percent
 
 
 def _address_part(addr: Mailbox | str, part: str, separator: str) -> str | None:
@@ -504,6 +835,7 @@ class _Context:
         self.match_vars: list[str] = []
         self.variables_on = "variables" in script.require
         self.redirects = 0
+        self.edits = 0
         self.now = 0.0
 
     def step(self) -> None:
@@ -560,6 +892,14 @@ class _Context:
                 other = "INBOX" if isinstance(a, Keep) else a.mailbox if isinstance(a, FileInto) else None
                 if other is not None and _same_mailbox(name, other):
                     return  # RFC 5228 2.10.3: filed once
+        if isinstance(action, Notify):
+            if any(isinstance(a, Notify) and a.method.lower() == action.method.lower()
+                   and a.message == action.message for a in actions):
+                return  # RFC 5435 3.8: the same notification once
+            if sum(isinstance(a, Notify) for a in actions) >= self.limits.max_notifications:
+                return  # RFC 5435 3.9: the site limits how many a message causes
+            actions.append(action)
+            return
         if isinstance(action, Vacation) and any(isinstance(a, Vacation) for a in actions):
             raise SieveRuntimeError("more than one vacation action (RFC 5230 4.7)")
         if isinstance(action, Reject):
@@ -600,13 +940,18 @@ def _block(ctx: _Context, commands: list[Node]) -> None:
 def _command(ctx: _Context, node: Node) -> None:
     ctx.step()
     name = node.name
-    t = node.tags
     if name == "if":
         for test, block in node.branches:
-            if test is None or _test(ctx, test):
-                _block(ctx, block)
+            if test is not None:
+                m = test.prepared
+                # a fast test counts its own step (_fast_test)
+                hit = m.fast(ctx) if m is not None and m.fast is not None else _test(ctx, test)
+            if test is None or hit:
+                for child in block:
+                    _command(ctx, child)
                 return
         return
+    t = node.tags
     if name == "stop":
         raise _Stop
     if name == "keep":
@@ -663,6 +1008,10 @@ def _command(ctx: _Context, node: Node) -> None:
         raise _Return
     elif name == "include":
         _include(ctx, node)
+    elif name in ("addheader", "deleteheader"):
+        _editheader(ctx, node)
+    elif name == "notify":
+        _notify(ctx, node)
 
 
 MAX_INCLUDE_DEPTH = 8
@@ -725,9 +1074,82 @@ def _set(ctx: _Context, node: Node) -> None:
         value = re.sub(r"([*?\\])", r"\\\1", value)
     if ":quoteregex" in t:
         value = re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\1", value)
+    if ":encodeurl" in t:
+        value = quote(value, safe="-._~")  # RFC 5435 4.1: RFC 3986 percent-encoding of the UTF-8
     if ":length" in t:
         value = str(len(value))
     ctx.set_var(node.pos[0], value[: ctx.limits.max_value_chars])
+
+
+def _field_name(name: str) -> str:
+    """A field name an edit may touch (a name built from variables is checked here)."""
+    if not FIELD_NAME.fullmatch(name):
+        raise SieveRuntimeError(f"bad header field name {name!r}")
+    if name.lower() in PROTECTED_FIELDS:
+        raise SieveRuntimeError(f"the {name} field may not be changed (RFC 5293 6)")
+    return name
+
+
+def _editheader(ctx: _Context, node: Node) -> None:
+    """RFC 5293: ``addheader`` puts a field first (``:last``: last);
+    ``deleteheader`` removes the fields of that name (only the ``:index``-th,
+    counted from the end with ``:last``), those whose value matches one of
+    the patterns when some are given. Later tests see the edited message;
+    the edited message is the one filed and redirected."""
+    ctx.edits += 1
+    if ctx.edits > ctx.limits.max_header_edits:
+        raise SieveRuntimeError(f"too many header edits (at most {ctx.limits.max_header_edits})")
+    msg = ctx.msg
+    fields = list(msg.original)
+    name = _field_name(ctx.expand(node.pos[0]))
+    if node.name == "addheader":
+        value = ctx.expand(node.pos[1]).replace("\r", " ").replace("\n", " ")[: ctx.limits.max_value_chars]
+        # RFC 5293 4: non-ASCII text goes in RFC 2047 encoded words; long values are folded
+        encoded = Header(value, "us-ascii" if value.isascii() else "utf-8", header_name=name).encode("\r\n")
+        item = (name, encoded.encode("ascii"))
+        if ":last" in node.tags:
+            fields.append(item)
+        else:
+            fields.insert(0, item)
+        msg.edit(fields)
+        ctx.size = len(msg.raw)
+        return
+    lname = name.lower()
+    positions = [i for i, (n, _v) in enumerate(fields) if n.lower() == lname]
+    index = node.tags.get(":index")
+    if index is not None:
+        if index > len(positions):
+            return
+        positions = [positions[-index] if ":last" in node.tags else positions[index - 1]]
+    if node.pos[1] is not None:
+        matcher = node.prepared
+        if matcher is None:
+            matcher = node.prepared = _Matcher(node, ctx.variables_on)
+        positions = [i for i in positions if matcher.test(ctx, [decode_words(bytes_to_text(fields[i][1]))])]
+    if positions:
+        drop = set(positions)
+        msg.edit([f for i, f in enumerate(fields) if i not in drop])
+        ctx.size = len(msg.raw)
+
+
+def _notify(ctx: _Context, node: Node) -> None:
+    """RFC 5435 3: a notification by the mailto method (RFC 5436); an
+    invalid URI or :from fails the run (RFC 5435 3.1, 3.3)."""
+    t = node.tags
+    method = ctx.expand(node.pos[0]).strip()
+    try:
+        parse_mailto(method)
+    except ValueError as exc:
+        raise SieveRuntimeError(f"notify: {exc}") from None
+    from_ = ctx.expand(t[":from"]).strip() if ":from" in t else None
+    if from_ is not None and ("@" not in from_ or any(c in from_ for c in "\r\n")):
+        raise SieveRuntimeError(f"notify: bad :from address {from_!r}")
+    importance = ctx.expand(t[":importance"]) if ":importance" in t else "2"
+    if importance not in ("1", "2", "3"):
+        importance = "2"
+    options = tuple(ctx.expand(o) for o in t.get(":options", []))
+    message = ctx.expand(t[":message"]) if ":message" in t else None
+    ctx.add(Notify(method, from_, importance, options, message))
 
 
 def _vacation(ctx: _Context, node: Node) -> None:
@@ -753,9 +1175,11 @@ def _vacation(ctx: _Context, node: Node) -> None:
 
 def _test(ctx: _Context, node: Node) -> bool:
     ctx.step()
-    name = node.name
     matcher = node.prepared
-    if name == "header" and matcher is not None and matcher.index is None:  # the common case first
+    if matcher is not None and matcher.fast is not None:  # the common case first
+        return matcher.fast(ctx)
+    name = node.name
+    if name == "header" and matcher is not None and matcher.index is None:
         names = node.pos[0]
         if len(names) == 1:
             return matcher.test(ctx, ctx.msg.headers(ctx.expand(names[0])))
@@ -768,9 +1192,15 @@ def _test(ctx: _Context, node: Node) -> bool:
     if name == "not":
         return not _test(ctx, node.tests[0])
     if name == "allof":
-        return all(_test(ctx, x) for x in node.tests)
+        for x in node.tests:
+            if not _test(ctx, x):
+                return False
+        return True
     if name == "anyof":
-        return any(_test(ctx, x) for x in node.tests)
+        for x in node.tests:
+            if _test(ctx, x):
+                return True
+        return False
     if name == "size":
         if ":over" in t:
             return ctx.size > t[":over"]
@@ -781,6 +1211,8 @@ def _test(ctx: _Context, node: Node) -> bool:
         return _duplicate(ctx, node)
     if matcher is None:
         matcher = node.prepared = _Matcher(node, ctx.variables_on)
+        if matcher.fast is not None:
+            return matcher.fast(ctx)
     if matcher.index is not None and name in ("header", "address", "date"):
         return _indexed(ctx, node, matcher)
     if name in ("date", "currentdate"):
@@ -820,11 +1252,30 @@ def _test(ctx: _Context, node: Node) -> bool:
         return matcher.test(ctx, sources)
     if name == "body":
         return matcher.test(ctx, _body_parts(ctx, node))
+    if name == "spamtest":
+        level, percent = ctx.msg.spam(ctx.limits.spam_required)
+        return matcher.test(ctx, [str(percent if ":percent" in t else level)])
+    if name == "valid_notify_method":
+        # RFC 5435 5: true when every URI is one this implementation can send
+        return all(_valid_method(ctx.expand(u)) for u in node.pos[0])
+    if name == "notify_method_capability":
+        # RFC 5436 2.2: whether a mailto recipient is "online" is never known: "maybe"
+        if not _valid_method(ctx.expand(node.pos[0])) or ctx.expand(node.pos[1]).lower() != "online":
+            return False
+        return matcher.test(ctx, ["maybe"])
     if name == "mailboxexists":
         if ctx.mailbox_exists is None:
             return False
         return all(ctx.mailbox_exists(ctx.expand(m)) for m in node.pos[0])
     raise SieveRuntimeError(f"unknown test {name}")
+
+
+def _valid_method(uri: str) -> bool:
+    try:
+        parse_mailto(uri)
+    except ValueError:
+        return False
+    return True
 
 
 DUPLICATE_SECONDS = 7 * 86400  # RFC 7352 3.2: the site's default period
@@ -1011,12 +1462,14 @@ def run(script: Script, message: bytes, envelope: Envelope, limits: Limits | Non
     ctx.include_loader = include
     ctx.duplicate_seen = duplicate_seen
     try:
-        _block(ctx, script.commands)
+        _top(ctx, script)
     except (_Stop, _Return):
         pass
     except RecursionError as exc:
         raise SieveRuntimeError("the script nests too deeply") from exc
     result = ctx.result
+    if ctx.msg.edited:
+        result.message = ctx.msg.raw
     if result.implicit_keep:
         # RFC 5232 3: the implicit keep files with the current flags
         keep = Keep(tuple(ctx.flags))

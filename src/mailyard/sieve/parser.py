@@ -45,7 +45,18 @@ EXTENSIONS: tuple[str, ...] = (
     "regex",
     "include",
     "duplicate",
+    "editheader",
+    "enotify",
+    "spamtest",
+    "spamtestplus",
 )
+
+# RFC 5293 6 (Security Considerations): trace fields a script must not add
+# or remove, so a filter cannot hide where a message came from or make an
+# automatic message look human (the loop protection of RFC 3834 rests on it).
+PROTECTED_FIELDS = frozenset({"received", "auto-submitted"})
+FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 2.2: printable US-ASCII but ":"
+IMPORTANCE = {"1", "2", "3"}  # RFC 5435 3.6
 
 DATE_PARTS = {"year", "month", "day", "date", "julian", "hour", "minute", "second", "time", "iso8601", "std11",
               "zone", "weekday"}
@@ -93,6 +104,8 @@ FLAGS = {":flags": TagSpec("strings", "imap4flags")}
 INDEX = {":index": TagSpec("number", "index"), ":last": TagSpec(None, "index")}
 ZONE = {":zone": TagSpec("string", None, "zone")}
 COPY = {":copy": TagSpec(None, "copy")}
+# RFC 5293 5: deleteheader's own :index / :last (no "index" require needed)
+EDIT_INDEX = {":index": TagSpec("number"), ":last": TagSpec(None)}
 
 COMMANDS: dict[str, Spec] = {
     "require": Spec(pos=("strings",)),
@@ -135,6 +148,16 @@ COMMANDS: dict[str, Spec] = {
         ":quotewildcard": TagSpec(None),
         ":quoteregex": TagSpec(None, "regex"),
         ":length": TagSpec(None),
+        ":encodeurl": TagSpec(None, "enotify"),  # RFC 5435 4.1
+    }),
+    "addheader": Spec(ext="editheader", pos=("string", "string"), tags={":last": TagSpec(None)}),
+    "deleteheader": Spec(ext="editheader", pos=("string", "strings"), pos_min=1,
+                         tags={**COMPARATOR, **MATCH, **EDIT_INDEX}),
+    "notify": Spec(ext="enotify", pos=("string",), tags={
+        ":from": TagSpec("string"),
+        ":importance": TagSpec("string"),
+        ":options": TagSpec("strings"),
+        ":message": TagSpec("string"),
     }),
 }
 
@@ -169,6 +192,11 @@ TESTS: dict[str, Spec] = {
         ":seconds": TagSpec("number"),
         ":last": TagSpec(None),
     }),
+    "valid_notify_method": Spec(ext="enotify", pos=("strings",)),
+    "notify_method_capability": Spec(ext="enotify", tags={**COMPARATOR, **MATCH},
+                                     pos=("string", "string", "strings")),
+    "spamtest": Spec(ext="spamtest", tags={**COMPARATOR, **MATCH, ":percent": TagSpec(None, "spamtestplus")},
+                     pos=("strings",)),
 }
 
 
@@ -378,6 +406,8 @@ class _Checker:
                     if ext not in EXTENSIONS:
                         raise SieveError(f"unsupported extension \"{ext}\"", tok.line, tok.column)
                     self.require.add(ext)
+                    if ext == "spamtestplus":
+                        self.require.add("spamtest")  # RFC 5235 3.2: it implies "spamtest"
                 continue
             seen_other = True
             spec = COMMANDS.get(raw.name)
@@ -510,7 +540,7 @@ class _Checker:
             for part in node.pos[0]:
                 if part.lower() not in ("from", "to") and "${" not in part:
                     raise SieveError(f"unknown envelope part \"{part}\"", tok.line, tok.column)
-        if ":regex" in node.tags:
+        if ":regex" in node.tags and node.pos[-1] is not None:
             for key in node.pos[-1]:
                 if "${" in key and "variables" in self.require:
                     continue
@@ -518,7 +548,7 @@ class _Checker:
                     compile_regex(key, node.tags.get(":comparator", "i;ascii-casemap"))
                 except regex.error as exc:
                     raise SieveError(f"bad regular expression {key!r}: {exc}", tok.line, tok.column) from None
-        if ":last" in node.tags and ":index" not in node.tags and node.name != "duplicate":
+        if ":last" in node.tags and ":index" not in node.tags and node.name not in ("duplicate", "addheader"):
             raise SieveError(":last needs :index", tok.line, tok.column)
         if ":index" in node.tags and node.tags[":index"] < 1:
             raise SieveError(":index counts from 1", tok.line, tok.column)
@@ -539,6 +569,27 @@ class _Checker:
             name = node.pos[0]
             if "/" in name or name.startswith(".") or not name:
                 raise SieveError(f"bad script name \"{name}\"", tok.line, tok.column)  # RFC 6609 3.2
+        if node.name in ("addheader", "deleteheader"):
+            if node.name == "deleteheader" and node.pos[0] is None:
+                # one positional argument: the field name, no value patterns (RFC 5293 5)
+                if len(node.pos[1]) != 1:
+                    raise SieveError("deleteheader needs a field name", tok.line, tok.column)
+                node.pos = [node.pos[1][0], None]
+            field = node.pos[0]
+            if "${" not in field or "variables" not in self.require:
+                if not FIELD_NAME.fullmatch(field):
+                    raise SieveError(f"bad header field name \"{field}\"", tok.line, tok.column)
+                if field.lower() in PROTECTED_FIELDS:
+                    # RFC 5293 6: these stay as the message arrived
+                    raise SieveError(f"{node.name} may not change the {field} field", tok.line, tok.column)
+        if node.name == "notify":
+            imp = node.tags.get(":importance")
+            if imp is not None and "${" not in imp and imp not in IMPORTANCE:
+                raise SieveError(":importance must be \"1\", \"2\" or \"3\"", tok.line, tok.column)
+            method = node.pos[0]
+            if "${" not in method and not method.lower().startswith("mailto:"):
+                raise SieveError(f"unsupported notification method \"{method}\" (mailto only)",
+                                 tok.line, tok.column)
         if node.name == "set":
             name = node.pos[0]
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):

@@ -1059,6 +1059,8 @@ async def health(request: Request) -> Response:
 
 def create_app(services: Services) -> Starlette:
     """The webmail app of a running server (``services``: mailyard/services.py)."""
+    from . import filters as filter_pages  # its routes use this module's helpers
+
     routes = [
         Route("/", home),
         Route("/health", health),
@@ -1084,6 +1086,7 @@ def create_app(services: Services) -> Starlette:
         *wellknown.routes(current),
         *contacts.routes(),
         *settings.routes(),
+        *filter_pages.routes(),
         Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(

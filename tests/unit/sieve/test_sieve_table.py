@@ -488,3 +488,141 @@ def test_duplicate(script: str, seen: set, expected: list[str], marks: list) -> 
     result = run(compile_script(script), MESSAGES["plain"], ENV, duplicate_seen=lambda h, i: (h, i) in seen)
     assert result.describe() == expected
     assert [(m.handle, m.id, m.seconds, m.last) for m in result.duplicates] == marks
+
+
+# --- editheader (RFC 5293), enotify with mailto (RFC 5435, RFC 5436), spamtest (RFC 5235) ---
+
+E = 'require ["editheader", "fileinto", "variables", "index", "relational"];\n'
+N = 'require ["enotify", "variables", "fileinto"];\n'
+S = 'require ["spamtest", "relational", "comparator-i;ascii-numeric", "fileinto"];\n'
+SP = 'require ["spamtestplus", "relational", "comparator-i;ascii-numeric", "fileinto"];\n'
+GE = ':value "ge" :comparator "i;ascii-numeric"'
+
+SPAM = (b"From: bulk@spam.test\r\nTo: alice@example.test\r\nSubject: cheap\r\n"
+        b"X-Spam-Status: Yes, score=7.3 required=6.0 tests=BAYES_99,URIBL\r\nX-Spam-Score: 7.3\r\n\r\nbuy\r\n")
+HAM = b"From: a@b.test\r\nSubject: hi\r\nX-Spam-Status: No, score=-0.5 required=5.0 tests=none\r\n\r\nx\r\n"
+SCORE_ONLY = b"From: a@b.test\r\nSubject: hi\r\nX-Spam-Score: 12.5\r\n\r\nx\r\n"
+UNTESTED = b"From: a@b.test\r\nSubject: hi\r\n\r\nx\r\n"
+EXTRA = {"spam": SPAM, "ham": HAM, "score-only": SCORE_ONLY, "untested": UNTESTED}
+
+EXT_CASES: list[tuple[str, str, str, list[str]]] = [
+    # RFC 5293 4/5: later tests see the edit
+    ("addheader-seen", E + 'addheader "X-Sieve" "yes"; if header :is "x-sieve" "yes" { fileinto "a"; }', "plain",
+     ["fileinto 'a'"]),
+    ("addheader-first", E + 'addheader "X-One" "1"; if header :index 1 :is "x-one" "1" { fileinto "a"; }', "plain",
+     ["fileinto 'a'"]),
+    ("addheader-last-index", E + 'addheader :last "To" "z@example.test";'
+     ' if address :index 1 :last :is "to" "z@example.test" { fileinto "a"; }', "plain", ["fileinto 'a'"]),
+    ("deleteheader-all", E + 'deleteheader "subject"; if not exists "subject" { fileinto "a"; }', "plain",
+     ["fileinto 'a'"]),
+    ("deleteheader-value", E + 'deleteheader :contains "x-spam-score" "1";'
+     ' if exists "x-spam-score" { fileinto "kept"; }', "plain", ["keep"]),
+    ("deleteheader-value-nomatch", E + 'deleteheader :is "x-spam-score" "99";'
+     ' if exists "x-spam-score" { fileinto "kept"; }', "plain", ["fileinto 'kept'"]),
+    ("deleteheader-index", E + 'addheader "X-N" "1"; addheader :last "X-N" "2"; deleteheader :index 1 :last "X-N";'
+     ' if header :count "eq" "x-n" "1" { if header :is "x-n" "1" { fileinto "first-left"; } }', "plain",
+     ["fileinto 'first-left'"]),
+    ("deleteheader-matches", E + 'deleteheader :matches "to" "*alice*"; if exists "to" { fileinto "a"; }', "plain",
+     ["keep"]),
+    ("deleteheader-missing", E + 'deleteheader "x-none"; keep;', "plain", ["keep"]),
+    ("addheader-variable", E + 'set "v" "from-var"; addheader "X-V" "${v}";'
+     ' if header :is "x-v" "from-var" { fileinto "a"; }', "plain", ["fileinto 'a'"]),
+    ("addheader-encoded", E + 'addheader "X-U" "Grüße"; if header :is "x-u" "Grüße" { fileinto "a"; }', "plain",
+     ["fileinto 'a'"]),
+    # RFC 5435 / 5436
+    ("notify", N + 'notify "mailto:bob@example.test";', "plain",
+     ["notify 'mailto:bob@example.test' importance=2", "keep"]),
+    ("notify-tags", N + 'notify :from "me@example.test" :importance "3" :message "hi" "mailto:b@example.test";',
+     "plain", ["notify 'mailto:b@example.test' importance=3 from='me@example.test' message='hi'", "keep"]),
+    ("notify-once", N + 'notify "mailto:b@example.test"; notify "mailto:b@example.test";', "plain",
+     ["notify 'mailto:b@example.test' importance=2", "keep"]),
+    ("notify-limit", N + 'notify "mailto:a@x.test"; notify "mailto:b@x.test"; notify "mailto:c@x.test";'
+     ' notify "mailto:d@x.test";', "plain",
+     ["notify 'mailto:a@x.test' importance=2", "notify 'mailto:b@x.test' importance=2",
+      "notify 'mailto:c@x.test' importance=2", "keep"]),
+    ("notify-variables", N + 'if header :matches "subject" "*" { notify :message "${1}" "mailto:b@x.test"; }',
+     "plain", ["notify 'mailto:b@x.test' importance=2 message='Quarterly Report'", "keep"]),
+    ("valid-method", N + 'if valid_notify_method ["mailto:a@b.test", "mailto:c@d.test?subject=x"]'
+     ' { fileinto "a"; }', "plain", ["fileinto 'a'"]),
+    ("invalid-method", N + 'if valid_notify_method "xmpp:a@b.test" { fileinto "a"; }', "plain", ["keep"]),
+    ("invalid-mailto", N + 'if valid_notify_method "mailto:" { fileinto "a"; }', "plain", ["keep"]),
+    ("capability-online", N + 'if notify_method_capability "mailto:a@b.test" "Online" "maybe"'
+     ' { fileinto "a"; }', "plain", ["fileinto 'a'"]),
+    ("capability-other", N + 'if notify_method_capability "mailto:a@b.test" "other" "maybe"'
+     ' { fileinto "a"; }', "plain", ["keep"]),
+    ("encodeurl", N + 'set :encodeurl "s" "a b&c/ü"; fileinto "${s}";', "plain",
+     ["fileinto 'a%20b%26c%2F%C3%BC'"]),
+    # RFC 5235: 0 untested, 1..10; :percent 0..100 (the mapping: sieve/interpreter.py spam_levels)
+    ("spamtest-spam", S + f'if spamtest {GE} "6" {{ fileinto "Junk"; }}', "spam", ["fileinto 'Junk'"]),
+    ("spamtest-value", S + 'if spamtest :is "7" { fileinto "seven"; }', "spam", ["fileinto 'seven'"]),
+    ("spamtest-ham", S + f'if spamtest {GE} "6" {{ fileinto "Junk"; }}', "ham", ["keep"]),
+    ("spamtest-ham-is-1", S + 'if spamtest :is "1" { fileinto "clean"; }', "ham", ["fileinto 'clean'"]),
+    ("spamtest-untested", S + 'if spamtest :is "0" { fileinto "untested"; }', "untested", ["fileinto 'untested'"]),
+    ("spamtest-score-only", S + 'if spamtest :is "10" { fileinto "ten"; }', "score-only", ["fileinto 'ten'"]),
+    ("spamtest-count", S + 'if spamtest :count "eq" :comparator "i;ascii-numeric" "1" { fileinto "one"; }',
+     "ham", ["fileinto 'one'"]),
+    ("spamtestplus-percent", SP + f'if spamtest :percent {GE} "60" {{ fileinto "Junk"; }}', "spam",
+     ["fileinto 'Junk'"]),
+    ("spamtestplus-percent-is", SP + 'if spamtest :percent :is "61" { fileinto "61"; }', "spam", ["fileinto '61'"]),
+    ("spamtestplus-untested", SP + 'if spamtest :percent :is "0" { fileinto "zero"; }', "untested",
+     ["fileinto 'zero'"]),
+    ("spamtestplus-plain", SP + 'if spamtest :is "7" { fileinto "seven"; }', "spam", ["fileinto 'seven'"]),
+]
+
+
+@pytest.mark.parametrize(("script", "msg", "expected"), [c[1:] for c in EXT_CASES], ids=[c[0] for c in EXT_CASES])
+def test_extensions(script: str, msg: str, expected: list[str]) -> None:
+    raw = EXTRA.get(msg) or MESSAGES[msg]
+    assert run(compile_script(script), raw, ENV).describe() == expected
+
+
+def test_editheader_result_is_the_edited_message() -> None:
+    result = run(compile_script(E + 'deleteheader "cc"; addheader :last "X-Last" "end";'), MESSAGES["plain"], ENV)
+    assert result.message is not None
+    head = result.message.split(b"\r\n\r\n", 1)[0]
+    assert b"Cc:" not in head and head.endswith(b"\r\nX-Last: end")
+    assert run(compile_script(E + "keep;"), MESSAGES["plain"], ENV).message is None
+
+
+@pytest.mark.parametrize(("script", "error"), [
+    ('require "editheader"; deleteheader "Received";', "may not change the Received field"),
+    ('require "editheader"; addheader "Auto-Submitted" "no";', "may not change"),
+    ('require "editheader"; addheader "Bad Name" "x";', "bad header field name"),
+    ('require "editheader"; addheader :index 1 "X" "x";', "takes no tag :index"),
+    ('addheader "X" "y";', 'needs require "editheader"'),
+    ('require "enotify"; notify "xmpp:a@b.test";', "mailto only"),
+    ('require "enotify"; notify :importance "0" "mailto:a@b.test";', ":importance must be"),
+    ('require "spamtest"; if spamtest :percent "1" { keep; }', 'needs require "spamtestplus"'),
+    ('if spamtest "1" { keep; }', 'needs require "spamtest"'),
+])
+def test_extension_errors(script: str, error: str) -> None:
+    from mailyard.sieve import SieveError
+
+    with pytest.raises(SieveError, match=error):
+        compile_script(script)
+
+
+@pytest.mark.parametrize(("status", "score", "levels"), [
+    (None, None, (0, 0)),
+    ("No, score=0.0 required=5.0", None, (1, 0)),
+    ("No, score=4.9 required=5.0", None, (5, 49)),
+    ("Yes, score=5.0 required=5.0", None, (6, 50)),
+    ("Yes, score=10.0 required=5.0", None, (10, 100)),
+    ("Yes, score=50 required=5.0", None, (10, 100)),
+    ("Yes, score=4.0 required=5.0", None, (6, 40)),  # the verdict wins for spamtest's 6
+    (None, "7.5", (8, 75)),  # the default threshold, 5.0
+    ("garbage", None, (0, 0)),
+])
+def test_spam_levels_mapping(status, score, levels) -> None:
+    from mailyard.sieve import spam_levels
+
+    assert spam_levels(status, score) == levels
+
+
+def test_runtime_editheader_protected_through_variables() -> None:
+    from mailyard.sieve import SieveRuntimeError
+
+    with pytest.raises(SieveRuntimeError, match="may not be changed"):
+        run(compile_script(E + 'set "f" "received"; deleteheader "${f}";'), MESSAGES["plain"], ENV)
+    with pytest.raises(SieveRuntimeError, match="bad address"):
+        run(compile_script(N + 'set "m" "mailto:nobody"; notify "${m}";'), MESSAGES["plain"], ENV)
