@@ -235,11 +235,20 @@ class MailServer:
     def _mx_rates(self) -> Callable[[str, str], str | None]:
         """The MX port's rate counter: the supervisor's, shared by all workers
         (over the login throttle's channel), or this process's own."""
-        local = RateLimiter(rate_policy_from_config(self.config.spam))
+        policy = rate_policy_from_config(self.config.spam)
+        local = RateLimiter(policy)
         shared = self.worker.throttle if self.worker is not None else None
-        if isinstance(shared, SharedThrottle):
-            return lambda kind, ip: shared.ask_or(local.hit, "spam_rate", kind, ip)
-        return local.hit
+        if not isinstance(shared, SharedThrottle):
+            return local.hit
+
+        def hit(kind: str, ip: str) -> str | None:
+            # exempt clients and a kind without a budget never cost a round
+            # trip to the supervisor (it is a blocking call on the event loop)
+            if policy.budget(kind) <= 0 or policy.is_exempt(ip):
+                return None
+            return shared.ask_or(local.hit, "spam_rate", kind, ip)
+
+        return hit
 
     def _send_limits(self) -> Callable[[str, int, int, int], str | None]:
         """The accounts' submission limits: the supervisor's, shared by all
