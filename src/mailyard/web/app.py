@@ -596,6 +596,13 @@ async def message_action(request: Request) -> Response:
             return redirect(back)
         moved = await store.copy_messages(box, uids, target, move=True)
         return redirect(notice_url(f"/box/{box.id}", f"{len(moved)} moved to {target.name}."))
+    if action in ("archive", "spam"):
+        # the account's special-use folders (RFC 6154 2): \Archive, \Junk
+        target = await special(request, session, "\\Archive" if action == "archive" else "\\Junk")
+        if target.id == box.id:
+            return redirect(notice_url(back, f"Already in {target.name}."))
+        moved = await store.copy_messages(box, uids, target, move=True)
+        return redirect(notice_url(f"/box/{box.id}", f"{len(moved)} moved to {target.name}."))
     if action == "delete":
         if box.special_use == "\\Trash":
             removed = await store.expunge(box, uids)

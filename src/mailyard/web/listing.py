@@ -63,6 +63,9 @@ class Row:
     subject: str
     date: float
     has_attachment: bool
+    # the first text of the body (RFC 8970 3, at most 256 characters), kept
+    # with the derived data at delivery: the phone list's second line
+    preview: str = ""
 
     @property
     def seen(self) -> bool:
@@ -131,6 +134,10 @@ def has_attachment(bs: Any) -> bool:
     return isinstance(bs[0], str) and bs[0].upper() == "MESSAGE"
 
 
+def _preview(value: Any) -> str:
+    return " ".join(value.split())[:200] if isinstance(value, str) else ""
+
+
 class Listing:
     """Per-server cache of mailbox indexes for the web (see module doc)."""
 
@@ -138,8 +145,9 @@ class Listing:
         self.store = store
         self._boxes: OrderedDict[int, _BoxCache] = OrderedDict()
 
-    async def _derived(self, box: Mailbox, uids: list[int]) -> dict[int, dict]:
-        return await self.store.get_derived(box, uids, fields=("envelope", "bodystructure", "date"))
+    async def _derived(self, box: Mailbox, uids: list[int],
+                       fields: tuple[str, ...] = ("envelope", "bodystructure", "date")) -> dict[int, dict]:
+        return await self.store.get_derived(box, uids, fields=fields)
 
     async def _cache(self, box: Mailbox) -> _BoxCache:
         cache = self._boxes.get(box.id)
@@ -238,7 +246,7 @@ class Listing:
                 start = max(0, pos - size)
         chunk = order[start : start + size]
         uids = [uid for _k, uid in chunk]
-        derived = await self._derived(box, uids) if uids else {}
+        derived = await self._derived(box, uids, ("envelope", "bodystructure", "date", "preview")) if uids else {}
         infos = {m.uid: m for m in await self.store.get_messages(box, uids)} if uids else {}
         rows: list[Row] = []
         for uid in uids:
@@ -248,7 +256,7 @@ class Listing:
                 continue  # expunged meanwhile
             name, addr = sender_of(d)
             rows.append(Row(uid, info, name, addr, subject_of(d), d.get("date") or info.internal_date,
-                            has_attachment(d.get("bodystructure"))))
+                            has_attachment(d.get("bodystructure")), _preview(d.get("preview"))))
         prev_uid = uids[0] if start > 0 and uids else None
         next_uid = uids[-1] if start + size < total and uids else None
         return Page(rows, total, start, prev_uid, next_uid)
