@@ -179,14 +179,13 @@ def test_desktop_three_panes(browser: Any, mailserver: RunningServer) -> None:
     assert page.evaluate("window.__sameDocument") == 1
     assert page.locator("#pane-subject").inner_text().startswith("Quarterly planning")
     assert page.locator("tr.msg.current", has_text="Quarterly planning").count() == 1
-    page.wait_for_function("document.querySelector('#pane iframe.body').contentDocument.body"
-                           " && document.querySelector('#pane iframe.body').contentDocument.body"
-                           ".innerText.includes('agenda is unchanged')")
+    assert "agenda is unchanged" in page.frame_locator("#pane iframe.body").locator("body").inner_text()
     # ids stay unique with the message in the pane
     assert page.evaluate("new Set([...document.querySelectorAll('[id]')].map(e => e.id)).size"
                          " === document.querySelectorAll('[id]').length")
     # it is read now: the live update marks the row read
     page.wait_for_selector("tr.msg:not(.unread):has-text('Quarterly planning')")
+    page.locator("#pane").focus()
     check_page(page, "inbox with a message in the pane (desktop)")
     screenshot(page, "inbox")
     # the pane's own buttons work (the same forms): flag it
@@ -210,6 +209,8 @@ def test_desktop_three_panes(browser: Any, mailserver: RunningServer) -> None:
     log_in(page, ALICE)
     page.locator("tr.msg", has_text="Photos from the trip").locator("a.open").click()
     page.wait_for_selector("#pane article.read")
+    page.wait_for_selector("tr.msg:not(.unread):has-text('Photos from the trip')")
+    page.locator("#pane").focus()
     check_page(page, "inbox with the pane (desktop, dark)")
     screenshot(page, "inbox-dark")
     page.goto("/folders")
@@ -320,13 +321,13 @@ def test_desktop_notification_for_new_mail(browser: Any, mailserver: RunningServ
     button = page.locator("#notify-toggle")
     assert button.is_visible() and button.inner_text() == "Notify me of new mail"
     button.click()
-    page.wait_for_function("window.__asked === 1")
+    wait_until(lambda: page.evaluate("window.__asked") == 1, what="the permission request")
     wait_until(lambda: button.inner_text() == "Notifications on", what="the button to say on")
     assert button.get_attribute("aria-pressed") == "true"
     with smtplib.SMTP("127.0.0.1", mailserver.port("smtp")) as s:
         s.sendmail("carol@example.test", [ALICE], to_bytes(compose("carol@example.test", ALICE,
                                                                     subject="Ping", text="x")))
-    page.wait_for_function("window.__notes.length === 1", timeout=15_000)
+    wait_until(lambda: page.evaluate("window.__notes.length") == 1, timeout=15, what="a notification")
     title, body = page.evaluate("window.__notes[0]")
     assert title == "mailyard: new mail" and body == "1 new message in INBOX (1 unread)"
     # the unread count shows in the tab title
