@@ -277,7 +277,20 @@ def test_keyboard_shortcuts(browser: Any, mailserver: RunningServer) -> None:
         assert text not in page.locator("#list").inner_text()
         assert any(text.encode() in m for m in mailserver.messages(ALICE, folder)), (key, folder)
 
+    # with a message in the pane, the action follows the cursor once it moved on
+    page.keyboard.press("j")
+    page.keyboard.press("o")
+    page.wait_for_selector("#pane article.read")
+    opened = page.locator("#pane-subject").inner_text()
     act("e", "Archive")
+    assert opened in page.locator("#list").inner_text()
+    page.keyboard.press("j")
+    page.keyboard.press("o")
+    page.wait_for_selector("#pane article.read")
+    pane_subject = page.locator("#pane-subject").inner_text()
+    page.keyboard.press("e")  # the pane's own Archive button
+    page.wait_for_selector("text=1 moved to Archive.")
+    assert pane_subject not in page.locator("#list").inner_text()
     act("#", "Trash")
     act("!", "Junk")
 

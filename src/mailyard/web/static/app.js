@@ -135,11 +135,12 @@
   function actionFor(key) {
     var listForm = $("#list-form");
     var selected = $$("#list input[name=uid]:checked");
+    var row = cursorRow();
     var pane = $("#pane article.read");
-    var scope = selected.length ? null : (pane || $("main article.read"));
+    if (pane && row && row.getAttribute("data-uid") !== paneUid) { pane = null; }  // the cursor moved on
+    var scope = selected.length ? null : (pane || $("main > article.read"));
     if (scope) { return $("[data-key='" + key + "']", scope); }
     if (!listForm) { return null; }
-    var row = cursorRow();
     if (key === "r" || key === "a" || key === "f") {
       if (!row) { return null; }
       var mode = { r: "reply", a: "replyall", f: "forward" }[key];
@@ -182,7 +183,7 @@
       case "/": { var q = $("#q"); if (q) { e.preventDefault(); q.focus(); } break; }
       case "?": e.preventDefault(); showHelp(true); break;
       case "c": press($("#compose-link")); break;
-      case "u": press($("main article.read [data-key='u']")); break;
+      case "u": press($("main > article.read [data-key='u']")); break;
       case "r": case "a": case "f": case "e": case "#": case "!": press(actionFor(e.key)); break;
       default: break;
     }
