@@ -213,6 +213,10 @@ def test_desktop_three_panes(browser: Any, mailserver: RunningServer) -> None:
     page.locator("#pane").focus()
     check_page(page, "inbox with the pane (desktop, dark)")
     screenshot(page, "inbox-dark")
+    # a plain-text body is dark too (HTML mail keeps its white page)
+    frame_html = page.frame_locator("#pane iframe.body").locator("html")
+    assert frame_html.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(22, 24, 28)"
+    assert frame_html.evaluate("e => getComputedStyle(e.querySelector('body')).color") == "rgb(230, 232, 235)"
     page.goto("/folders")
     check_page(page, "folders (desktop, dark)")
     ctx.close()

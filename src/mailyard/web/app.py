@@ -516,7 +516,11 @@ async def message_body(request: Request) -> Response:
     doc = (
         "<!doctype html><html><head><meta charset=\"utf-8\">"
         "<style>body{font:15px/1.45 system-ui,sans-serif;margin:8px;color:#111;word-wrap:break-word}"
-        "pre{white-space:pre-wrap}img{max-width:100%;height:auto}</style></head><body>"
+        "pre{white-space:pre-wrap}img{max-width:100%;height:auto}"
+        # a plain-text body (one <pre>, ours) follows the dark setting; HTML
+        # mail keeps the white page its sender designed for
+        "@media (prefers-color-scheme:dark){html:has(body>pre:only-child){background:#16181c}"
+        "html:has(body>pre:only-child) body{color:#e6e8eb}}</style></head><body>"
         f"{body}</body></html>"
     )
     response = HTMLResponse(doc)
