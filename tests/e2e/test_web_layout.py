@@ -221,6 +221,19 @@ def test_desktop_three_panes(browser: Any, mailserver: RunningServer) -> None:
     check_page(page, "folders (desktop, dark)")
     ctx.close()
 
+    # without scripts the links lead to the message page; on a phone nothing is folded away
+    ctx = context(browser, mailserver, PHONE, java_script_enabled=False)
+    page = ctx.new_page()
+    log_in(page, ALICE)
+    for selector in ("#folder-list", "#logout", "#move-button"):
+        assert page.locator(selector).is_visible(), selector
+    assert not page.locator("#navtoggle").is_visible()
+    # (page.evaluate waits for scripts forever here: the boxes tell the width)
+    for selector in (".top", "#nav", ".listpane .toolbar", "table.messages"):
+        box = page.locator(selector).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (selector, box)
+    ctx.close()
+
     # without scripts the links lead to the message page
     ctx = context(browser, mailserver, DESKTOP, java_script_enabled=False)
     page = ctx.new_page()
