@@ -1,7 +1,7 @@
 """Webmail in a real browser (Playwright + Debian's chromium): receive over SMTP,
 read, reply with an attachment that the recipient reads over IMAP, move,
-delete, folders, drafts, live updates, phone width, keyboard. Screenshots of
-the main pages go to docs/screenshots/."""
+delete, folders, drafts, live updates, phone width, keyboard. The login page's
+screenshot goes to docs/screenshots/ (the others: test_web_layout.py)."""
 
 from __future__ import annotations
 
@@ -89,7 +89,6 @@ def test_receive_read_reply_with_attachment(browser: Any, mailserver: RunningSer
     row = page.locator("tr.msg", has_text="Lunch on Friday?")
     assert "unread" in (row.get_attribute("class") or "")
     assert page.locator("#folder-list a", has_text="INBOX").locator(".count").inner_text() == "1"
-    screenshot(page, "inbox")
 
     row.locator("a.open").click()
     page.wait_for_url(re.compile(r"/msg/\d+"))
@@ -104,7 +103,6 @@ def test_receive_read_reply_with_attachment(browser: Any, mailserver: RunningSer
     link = body_frame.locator("a").first
     assert link.get_attribute("target") == "_blank"
     assert set((link.get_attribute("rel") or "").split()) >= {"noopener", "noreferrer"}
-    screenshot(page, "message", full_page=True)
     page.click("#toggle-headers")
     assert "Message-ID" in page.locator("#full-headers").inner_text()
 
@@ -119,7 +117,6 @@ def test_receive_read_reply_with_attachment(browser: Any, mailserver: RunningSer
         {"name": "plan.txt", "mimeType": "text/plain", "buffer": plan},
         {"name": "map.png", "mimeType": "image/png", "buffer": image},
     ])
-    screenshot(page, "compose")
     page.click("#send")
     page.wait_for_selector("text=Message sent.")
 
@@ -177,7 +174,6 @@ def test_move_delete_empty_trash_and_folders(browser: Any, mailserver: RunningSe
     row.locator("input[name=name]").fill("Projects 2026")
     row.locator("button[value=rename]").click()
     page.wait_for_selector("text=Folder Projects renamed to Projects 2026.")
-    screenshot(page, "folders")
     page.locator("tr[data-folder='Projects 2026'] button[value=delete]").click()
     page.wait_for_selector("text=Folder Projects 2026 deleted.")
     # special folders cannot be deleted
@@ -273,7 +269,6 @@ def test_phone_width_and_keyboard(browser: Any, mailserver: RunningServer) -> No
     log_in(page, ALICE)
     assert page.locator("#navtoggle").is_visible()
     assert not page.locator("#nav").is_visible()
-    screenshot(page, "inbox-phone")
     page.click("#navtoggle")
     assert page.locator("#nav").is_visible()
     # no horizontal scrolling at phone width
@@ -283,7 +278,6 @@ def test_phone_width_and_keyboard(browser: Any, mailserver: RunningServer) -> No
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r"/msg/\d+"))
     assert page.locator("#subject").inner_text().startswith("Note 2")
-    screenshot(page, "message-phone")
     page.keyboard.press("u")
     page.wait_for_url(re.compile(r"/box/\d+$"))
     page.context.close()

@@ -446,9 +446,7 @@ async def mailbox_view(request: Request) -> Response:
     if qp.get("fragment"):
         list_html = TEMPLATES.get_template("_list.html").render(request=request, session=session, **ctx)
         nav_html = TEMPLATES.get_template("_folders.html").render(request=request, session=session, **ctx)
-        title = f"{box.name} ({ctx['unseen']})" if ctx["unseen"] else box.name
-        return JSONResponse({"list": list_html, "folders": nav_html, "modseq": box.highest_modseq,
-                             "title": f"{title} \u2013 mailyard webmail"})
+        return JSONResponse({"list": list_html, "folders": nav_html, "modseq": box.highest_modseq})
     return page(request, "mailbox.html", **ctx)
 
 
@@ -536,7 +534,11 @@ async def message_body(request: Request) -> Response:
     doc = (
         "<!doctype html><html><head><meta charset=\"utf-8\">"
         "<style>body{font:15px/1.45 system-ui,sans-serif;margin:8px;color:#111;word-wrap:break-word}"
-        "pre{white-space:pre-wrap}img{max-width:100%;height:auto}</style></head><body>"
+        "pre{white-space:pre-wrap}img{max-width:100%;height:auto}"
+        # a plain-text body (one <pre>, ours) follows the dark setting; HTML
+        # mail keeps the white page its sender designed for
+        "@media (prefers-color-scheme:dark){html:has(body>pre:only-child){background:#16181c}"
+        "html:has(body>pre:only-child) body{color:#e6e8eb}}</style></head><body>"
         f"{body}</body></html>"
     )
     response = HTMLResponse(doc)
@@ -622,6 +624,13 @@ async def message_action(request: Request) -> Response:
             return redirect(back)
         moved = await store.copy_messages(box, uids, target, move=True)
         await _learn(request, session, box, target, moved)
+        return redirect(notice_url(f"/box/{box.id}", f"{len(moved)} moved to {target.name}."))
+    if action in ("archive", "spam"):
+        # the account's special-use folders (RFC 6154 2): \Archive, \Junk
+        target = await special(request, session, "\\Archive" if action == "archive" else "\\Junk")
+        if target.id == box.id:
+            return redirect(notice_url(back, f"Already in {target.name}."))
+        moved = await store.copy_messages(box, uids, target, move=True)
         return redirect(notice_url(f"/box/{box.id}", f"{len(moved)} moved to {target.name}."))
     if action == "delete":
         if box.special_use == "\\Trash":

@@ -31,7 +31,7 @@ from ..message.threading import Node, ThreadMessage, references, release
 from ..store.api import Mailbox, Store
 from ..store.view import MailboxView
 from . import prefs, searchquery
-from .listing import Row, has_attachment, sender_of, subject_of
+from .listing import Row, has_attachment, preview_text, sender_of, subject_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -211,7 +211,7 @@ async def list_page(request: Request, session: Session, box: Mailbox, query: str
     else:
         chunk = order[start : start + page_size]
     uids = [u for _w, u, _c in chunk]
-    derived = await store.get_derived(box, uids, fields=("envelope", "bodystructure")) if uids else {}
+    derived = await store.get_derived(box, uids, fields=("envelope", "bodystructure", "preview")) if uids else {}
     infos = {m.uid: m for m in await store.get_messages(box, uids)} if uids else {}
     flags = await searchquery.info_index(web).rows(box)  # uid -> (flag bits, size, date), kept current
     rows: list[ConvRow] = []
@@ -224,7 +224,7 @@ async def list_page(request: Request, session: Session, box: Mailbox, query: str
         members = threads.members[c]
         unread = any(not flags[u][0] & searchquery.SEEN for b, u, _d in members if b == box.id and u in flags)
         row = Row(uid, info, name, addr, subject_of(d), info.internal_date, has_attachment(d.get("bodystructure")),
-                  *sender_of(d, 5))
+                  *sender_of(d, 5), preview_text(d.get("preview")))
         href = f"/box/{box.id}/conv/{uid}" if len(members) > 1 else f"/box/{box.id}/msg/{uid}"
         rows.append(ConvRow(row, len(members), "", unread, href))
     await _fill_senders(store, box, companion, threads, chunk, rows)

@@ -72,6 +72,9 @@ class Row:
     has_attachment: bool
     recipient: str = ""  # the first To address's name (or address), for Sent and Drafts
     recipient_addr: str = ""
+    # the first text of the body (RFC 8970 3, at most 256 characters), kept
+    # with the derived data at delivery: the phone list's second line
+    preview: str = ""
 
     @property
     def seen(self) -> bool:
@@ -142,6 +145,10 @@ def has_attachment(bs: Any) -> bool:
     return isinstance(bs[0], str) and bs[0].upper() == "MESSAGE"
 
 
+def preview_text(value: Any) -> str:
+    return " ".join(value.split())[:200] if isinstance(value, str) else ""
+
+
 class Listing:
     """Per-server cache of mailbox indexes for the web (see module doc)."""
 
@@ -149,8 +156,9 @@ class Listing:
         self.store = store
         self._boxes: OrderedDict[int, _BoxCache] = OrderedDict()
 
-    async def _derived(self, box: Mailbox, uids: list[int]) -> dict[int, dict]:
-        return await self.store.get_derived(box, uids, fields=("envelope", "bodystructure", "date"))
+    async def _derived(self, box: Mailbox, uids: list[int],
+                       fields: tuple[str, ...] = ("envelope", "bodystructure", "date")) -> dict[int, dict]:
+        return await self.store.get_derived(box, uids, fields=fields)
 
     async def _cache(self, box: Mailbox) -> _BoxCache:
         cache = self._boxes.get(box.id)
@@ -250,7 +258,7 @@ class Listing:
                 start = max(0, pos - size)
         chunk = order[start : start + size]
         uids = [uid for _k, uid in chunk]
-        derived = await self._derived(box, uids) if uids else {}
+        derived = await self._derived(box, uids, ("envelope", "bodystructure", "date", "preview")) if uids else {}
         infos = {m.uid: m for m in await self.store.get_messages(box, uids)} if uids else {}
         rows: list[Row] = []
         for uid in uids:
@@ -261,7 +269,7 @@ class Listing:
             name, addr = sender_of(d)
             # the arrival time, the order "date" sorts by (UIDs grow with arrival)
             rows.append(Row(uid, info, name, addr, subject_of(d), info.internal_date,
-                            has_attachment(d.get("bodystructure")), *sender_of(d, 5)))
+                            has_attachment(d.get("bodystructure")), *sender_of(d, 5), preview_text(d.get("preview"))))
         prev_uid = uids[0] if start > 0 and uids else None
         next_uid = uids[-1] if start + size < total and uids else None
         return Page(rows, total, start, prev_uid, next_uid)

@@ -3,8 +3,24 @@
 // shortcuts and live updates (server-sent events from /events).
 "use strict";
 (function () {
+  // Size a message body frame to its content (it is same-origin, script-free).
+  function fitFrame(frame) {
+    var fit = function () {
+      try {
+        var doc = frame.contentDocument;
+        if (doc && doc.body) {
+          var h = doc.body.scrollHeight;  // the content, not the frame's viewport
+          frame.style.height = Math.max(160, Math.min(h + 32, 20000)) + "px";
+        }
+      } catch (err) { /* keep the CSS height */ }
+    };
+    frame.addEventListener("load", fit);
+    if (frame.contentDocument && frame.contentDocument.readyState === "complete") { fit(); }
+  }
   function $(sel, root) { return (root || document).querySelector(sel); }
   function $$(sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); }
+
+  $$("iframe.body").forEach(fitFrame);
 
   // Phone width: the folder list folds away behind a button.
   var toggle = $("#navtoggle"), nav = $("#nav");
@@ -47,8 +63,53 @@
     if (text && !window.confirm(text)) { e.preventDefault(); }
   });
 
-  // Keyboard: j/k move between messages, Enter/o opens, x selects, c composes,
-  // / searches, r replies, u goes back to the list.
+  // Menus that fold away on small screens (account menu, "More" actions):
+  // a button with aria-controls toggles the element's "open" class.
+  document.documentElement.classList.add("js");
+  function closeMenus(except) {
+    $$(".menutoggle[aria-expanded=true], .moretoggle[aria-expanded=true]").forEach(function (b) {
+      if (b === except) { return; }
+      b.setAttribute("aria-expanded", "false");
+      var m = document.getElementById(b.getAttribute("aria-controls"));
+      if (m) { m.classList.remove("open"); }
+    });
+  }
+  document.addEventListener("click", function (e) {
+    var b = e.target.closest ? e.target.closest(".menutoggle, .moretoggle") : null;
+    if (!b) {
+      if (!(e.target.closest && e.target.closest(".menu, .more-items"))) { closeMenus(null); }
+      return;
+    }
+    closeMenus(b);
+    var m = document.getElementById(b.getAttribute("aria-controls"));
+    if (!m) { return; }
+    var open = m.classList.toggle("open");
+    b.setAttribute("aria-expanded", open ? "true" : "false");
+    if (open) { var first = $("button, select, a, input", m); if (first) { first.focus(); } }
+  });
+
+  // Keyboard shortcuts (listed in the help overlay, #help): never while
+  // typing in a field. Message actions press the page's own buttons, so they
+  // go through the same forms (and CSRF token) as a click.
+  var help = $("#help");
+  var helpReturn = null;
+  function showHelp(show) {
+    if (!help) { return; }
+    if (show) {
+      helpReturn = document.activeElement;
+      help.hidden = false;
+      $("#help-close").focus();
+    } else {
+      help.hidden = true;
+      if (helpReturn && helpReturn.focus) { helpReturn.focus(); }
+    }
+  }
+  document.addEventListener("click", function (e) {
+    var id = e.target && e.target.id;
+    if (id === "help-open") { closeMenus(null); showHelp(true); }
+    else if (id === "help-close" || e.target === help) { showHelp(false); }
+  });
+
   var rows = function () { return $$("#list tr.msg"); };
   var cursor = -1;
   function focusRow(i) {
@@ -61,24 +122,169 @@
     var link = $("a.open", row);
     if (link) { link.focus(); }
   }
+  function cursorRow() {
+    var list = rows();
+    return cursor >= 0 && cursor < list.length ? list[cursor] : null;
+  }
+  function typing(t) {
+    return t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable);
+  }
+  // The element a message shortcut presses: in the reading pane or on the
+  // message page, its own buttons; on a list, the list's buttons for the
+  // selected messages (the cursor's message when none is selected).
+  function actionFor(key) {
+    var listForm = $("#list-form");
+    var selected = $$("#list input[name=uid]:checked");
+    var row = cursorRow();
+    var pane = $("#pane article.read");
+    if (pane && row && row.getAttribute("data-uid") !== paneUid) { pane = null; }  // the cursor moved on
+    var scope = selected.length ? null : (pane || $("main > article.read"));
+    if (scope) { return $("[data-key='" + key + "']", scope); }
+    if (!listForm) { return null; }
+    if (key === "r" || key === "a" || key === "f") {
+      if (!row) { return null; }
+      var mode = { r: "reply", a: "replyall", f: "forward" }[key];
+      return { click: function () {
+        window.location.href = "/compose?" + mode + "=" + $("#list").getAttribute("data-box") + ":" + row.getAttribute("data-uid");
+      } };
+    }
+    if (!selected.length) {
+      if (!row) { return null; }
+      $("input[name=uid]", row).checked = true;
+    }
+    return $("[data-key='" + key + "']", listForm);
+  }
   document.addEventListener("keydown", function (e) {
     var t = e.target;
-    if (e.ctrlKey || e.metaKey || e.altKey) { return; }
-    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT")) { return; }
-    var go = function (sel) { var a = $(sel); if (a) { e.preventDefault(); a.click(); } };
+    if (help && !help.hidden) {
+      if (e.key === "Escape" || e.key === "?") { e.preventDefault(); showHelp(false); }
+      else if (e.key === "Tab") { e.preventDefault(); $("#help-close").focus(); }
+      return;
+    }
+    if (e.key === "Escape") { closeMenus(null); return; }
+    if (e.ctrlKey || e.metaKey || e.altKey || typing(t)) { return; }
+    var press = function (el) { if (el) { e.preventDefault(); el.click(); } };
     switch (e.key) {
       case "j": e.preventDefault(); focusRow(cursor + 1); break;
       case "k": e.preventDefault(); focusRow(cursor - 1); break;
+      case "o": case "Enter": {
+        var row = cursorRow();
+        // Enter on a link or button does what it always does
+        if (row && !(e.key === "Enter" && t && (t.tagName === "A" || t.tagName === "BUTTON"))) {
+          press($("a.open", row));
+        }
+        break;
+      }
       case "x": {
-        var row = rows()[cursor];
-        if (row) { var cb = $("input[name=uid]", row); cb.checked = !cb.checked; e.preventDefault(); }
+        var r = cursorRow();
+        if (r) { var cb = $("input[name=uid]", r); cb.checked = !cb.checked; e.preventDefault(); }
         break;
       }
       case "/": { var q = $("#q"); if (q) { e.preventDefault(); q.focus(); } break; }
-      case "c": go("#compose-link"); break;
-      case "r": go("#reply"); break;
-      case "u": go("#back"); break;
+      case "?": e.preventDefault(); showHelp(true); break;
+      case "c": press($("#compose-link")); break;
+      case "u": press($("main > article.read [data-key='u']")); break;
+      case "r": case "a": case "f": case "e": case "#": case "!": press(actionFor(e.key)); break;
       default: break;
+    }
+  });
+
+  // Three panes (wide screens): a message opens in the reading pane next to
+  // the list. The link still leads to the message page without scripts, on
+  // narrow screens, and with a modifier key (new tab).
+  var pane = $("#pane");
+  var paneUid = null;
+  function paneShown() { return pane && window.getComputedStyle(pane).display !== "none"; }
+  function markCurrent() {
+    rows().forEach(function (r) {
+      var on = r.getAttribute("data-uid") === paneUid;
+      r.classList.toggle("current", on);
+      var a = $("a.open", r);
+      if (a) { if (on) { a.setAttribute("aria-current", "true"); } else { a.removeAttribute("aria-current"); } }
+    });
+  }
+  function openInPane(href, row) {
+    fetch(href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        var doc = html && new DOMParser().parseFromString(html, "text/html");
+        var article = doc && doc.querySelector("article.read");
+        if (!article) { window.location.href = href; return; }
+        // ids stay unique on the page: the pane's copies get a prefix
+        $$("[id]", article).forEach(function (el) { el.id = "pane-" + el.id; });
+        ["for", "aria-controls", "aria-labelledby"].forEach(function (attr) {
+          $$("[" + attr + "]", article).forEach(function (el) { el.setAttribute(attr, "pane-" + el.getAttribute(attr)); });
+        });
+        if (article.getAttribute("aria-labelledby")) {
+          article.setAttribute("aria-labelledby", "pane-" + article.getAttribute("aria-labelledby"));
+        }
+        pane.replaceChildren(document.importNode(article, true));
+        paneUid = row ? row.getAttribute("data-uid") : null;
+        markCurrent();
+        $$("iframe.body", pane).forEach(fitFrame);
+        pane.scrollTop = 0;
+      })
+      .catch(function () { window.location.href = href; });
+  }
+  document.addEventListener("click", function (e) {
+    var a = e.target.closest ? e.target.closest("#list a.open") : null;
+    if (!a || !paneShown() || e.ctrlKey || e.metaKey || e.shiftKey || e.button !== 0) { return; }
+    e.preventDefault();
+    var row = a.closest("tr.msg");
+    var list = rows();
+    cursor = list.indexOf(row);
+    list.forEach(function (r) { r.classList.toggle("cursor", r === row); });
+    openInPane(a.href, row);
+  });
+  document.addEventListener("mailyard:refreshed", function () {
+    markCurrent();
+    var list = rows();
+    if (cursor >= 0 && cursor < list.length) { list[cursor].classList.add("cursor"); }
+  });
+
+  // Desktop notifications for new mail in INBOX: permission is asked only
+  // when the user presses the button (never on page load), and only once.
+  var notifyButton = $("#notify-toggle");
+  var notifyKey = "mailyard.notify";
+  function notifyOn() {
+    return window.Notification && window.Notification.permission === "granted" && window.localStorage.getItem(notifyKey) === "1";
+  }
+  function notifyLabel() {
+    if (!notifyButton) { return; }
+    var denied = window.Notification.permission === "denied";
+    notifyButton.textContent = denied ? "Notifications blocked" : (notifyOn() ? "Notifications on" : "Notify me of new mail");
+    notifyButton.setAttribute("aria-pressed", notifyOn() ? "true" : "false");
+    notifyButton.disabled = denied;
+  }
+  if (notifyButton && window.Notification) {
+    notifyButton.hidden = false;
+    notifyLabel();
+    notifyButton.addEventListener("click", function () {
+      if (window.Notification.permission === "default") {
+        Promise.resolve(window.Notification.requestPermission()).then(function (p) {
+          if (p === "granted") { window.localStorage.setItem(notifyKey, "1"); }
+          notifyLabel();
+        });
+      } else if (window.Notification.permission === "granted") {
+        window.localStorage.setItem(notifyKey, notifyOn() ? "0" : "1");
+        notifyLabel();
+      }
+    });
+  }
+  function inboxUnseen() {
+    var c = $("#folder-list a[data-inbox] .count");
+    return c ? parseInt(c.textContent, 10) || 0 : 0;
+  }
+  var baseTitle = document.title.replace(/^\(\d+\) /, "");
+  document.addEventListener("mailyard:folders", function (e) {
+    var now = inboxUnseen();
+    document.title = (now ? "(" + now + ") " : "") + baseTitle;
+    if (now > e.detail.before && notifyOn()) {
+      var n = now - e.detail.before;
+      var note = new window.Notification("mailyard: new mail", {
+        body: n + " new message" + (n > 1 ? "s" : "") + " in INBOX (" + now + " unread)", tag: "mailyard-new-mail",
+      });
+      note.onclick = function () { window.focus(); };
     }
   });
 
@@ -90,7 +296,11 @@
     var refresh = function () {
       pending = null;
       var url = new URL(window.location.href);
-      if (!list) { url = new URL("/box/" + ($("#folder-list a[aria-current]") || {dataset: {}}).dataset.box, window.location.href); }
+      if (!list) {
+        var at = $("#folder-list a[aria-current]") || $("#folder-list a[data-inbox]") || { dataset: {} };
+        url = new URL("/box/" + at.dataset.box, window.location.href);
+        url.search = "";
+      }
       url.searchParams.set("fragment", "1");
       url.searchParams.delete("notice");
       if (!list && !/^\/box\/\d+$/.test(url.pathname)) { return; }
@@ -99,8 +309,9 @@
         .then(function (data) {
           if (!data) { return; }
           var navList = $("#nav");
+          var before = inboxUnseen();
           if (navList) { navList.innerHTML = data.folders; }
-          if (data.title) { document.title = data.title; }
+          document.dispatchEvent(new CustomEvent("mailyard:folders", { detail: { before: before } }));
           if (list) {
             var checked = $$("#list input[name=uid]:checked").map(function (cb) { return cb.value; });
             list.innerHTML = data.list;
@@ -120,23 +331,6 @@
     });
     window.addEventListener("beforeunload", function () { source.close(); });
   }
-})();
-
-// Size the message body frame to its content (it is same-origin, script-free).
-(function () {
-  var frame = document.getElementById("body-frame");
-  if (!frame) { return; }
-  var fit = function () {
-    try {
-      var doc = frame.contentDocument;
-      if (doc && doc.body) {
-        var h = doc.body.scrollHeight;  // the content, not the frame's viewport
-        frame.style.height = Math.max(160, Math.min(h + 32, 20000)) + "px";
-      }
-    } catch (e) { /* keep the CSS height */ }
-  };
-  frame.addEventListener("load", fit);
-  if (frame.contentDocument && frame.contentDocument.readyState === "complete") { fit(); }
 })();
 
 // conversations: size every message frame of a conversation to its content,
