@@ -21,6 +21,7 @@ import pytest
 from mailyard.config import Config
 from mailyard.server import MailServer
 from mailyard.store.sqlite import SQLiteStore
+from tests.pgcluster import pg_cluster  # noqa: F401  (the session's PostgreSQL cluster)
 
 T = TypeVar("T")
 
