@@ -51,7 +51,8 @@ def _free_port() -> int:
 class PgCluster:
     """One running cluster; ``new_dsn()`` gives a fresh database in it."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, durable: bool = False) -> None:
+        """``durable``: fsync as in production (benchmarks); tests need no crash safety."""
         self.bindir = bindir
         self.root = Path(tempfile.mkdtemp(prefix="mailyard-pg-"))
         self.data = self.root / "data"
@@ -68,7 +69,9 @@ class PgCluster:
         self._run([str(bindir / "initdb"), "-D", str(self.data), "-U", self.user, "-A", "trust",
                    "-E", "UTF8", "--locale=C", "--no-sync"])
         opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root}"
-                " -c fsync=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB")
+                " -c max_connections=200 -c shared_buffers=32MB")
+        if not durable:
+            opts += " -c fsync=off -c full_page_writes=off"
         self._run([str(bindir / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"),
                    "-w", "-t", "60", "start"])
         self.admin_dsn = f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"

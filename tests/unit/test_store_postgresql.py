@@ -159,3 +159,42 @@ def test_store_config_names_the_backend(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="dsn"):
         open_store(tmp_path, StoreConfig(backend="postgresql"))
     assert isinstance(open_store(tmp_path, StoreConfig(backend="postgresql", dsn="postgresql://x/y")), PostgreSQLStore)
+
+
+async def test_due_queue_entries_are_claimed_by_one_node(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    """Two nodes asking for due entries at once get disjoint shares, each
+    entry once; an entry whose node died (no outcome recorded) is due again
+    for another node once the claim runs out."""
+    from mailyard.store.api import PENDING, NewQueueEntry, NewRecipient
+    from mailyard.store.postgresql.store import QUEUE_LEASE
+
+    dsn = pg_cluster.new_dsn()
+    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
+    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
+    try:
+        ids = []
+        for n in range(40):
+            _, qid = await a.queue_submit(b"x\r\n", NewQueueEntry("s@example.test", [NewRecipient(f"r{n}@b.test")],
+                                                                  next_attempt=1000.0))
+            ids.append(qid)
+        shares: list[list[int]] = [[], []]
+
+        async def claim(node: PostgreSQLStore, share: list[int]) -> None:
+            for _ in range(10):
+                share += [e.id for e in await node.queue_due(2000.0, limit=3)]
+
+        await asyncio.gather(claim(a, shares[0]), claim(b, shares[1]))
+        assert sorted(shares[0] + shares[1]) == ids  # every entry once, none twice
+        assert await b.queue_due(2000.0) == []  # all claimed
+        # B records its attempts; A's claims run out (A died): B takes them over
+        from mailyard.store.api import RecipientOutcome
+
+        for qid in shares[1]:
+            entry = await b.queue_entry(qid)
+            assert entry is not None
+            await b.queue_update(qid, [RecipientOutcome(entry.recipients[0].id, PENDING, "451 later", None, 1e11)])
+        again = await b.queue_due(2000.0 + QUEUE_LEASE + 1)
+        assert sorted(e.id for e in again) == sorted(shares[0])
+    finally:
+        await a.close()
+        await b.close()

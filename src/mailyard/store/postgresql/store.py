@@ -26,6 +26,7 @@ from ..api import (
     DERIVED_FIELDS,
     HIERARCHY_DELIMITER,
     KEEP,
+    PENDING,
     SPECIAL_USE_MAILBOXES,
     Account,
     AlreadyExists,
@@ -85,7 +86,10 @@ _ORDER_BY = {"ARRIVAL": "m.internal_date", "SIZE": "m.size", "DATE": "coalesce(k
              "SUBJECT": 'k.subject COLLATE "C"', "FROM": 'k.from_mailbox COLLATE "C"',
              "TO": 'k.to_mailbox COLLATE "C"', "CC": 'k.cc_mailbox COLLATE "C"',
              "DISPLAYFROM": 'k.from_display COLLATE "C"', "DISPLAYTO": 'k.to_display COLLATE "C"'}
-_RETRIES = 20  # a write that met a deadlock or a serialization failure runs again
+_RETRIES = 20
+# Seconds a node's claim on due queue recipients lasts (queue_due): longer
+# than an attempt takes; after it another node may try them.
+QUEUE_LEASE = 900.0  # a write that met a deadlock or a serialization failure runs again
 
 
 def _like(text: str) -> str:
@@ -337,8 +341,16 @@ class PostgreSQLStore(Store):
         return key[0] == mailbox.account_id and key[1] == mailbox.uid_validity
 
     async def _owned(self, mailbox: MailboxRef) -> int:
-        row = await self._q1("SELECT account_id, uid_validity FROM mailboxes WHERE id = %s", (mailbox.id,))
-        if row is None or row[0] != mailbox.account_id or row[1] != mailbox.uid_validity:
+        """The id of ``mailbox`` for a read, after checking the reference
+        (from memory, as ``mailbox_current``). A deletion racing with the
+        read leaves it nothing to read: the rows go with the mailbox and its
+        id is never reused (an identity column)."""
+        await self._ready()
+        if mailbox.id not in self._live:
+            row = await self._q1("SELECT account_id, uid_validity FROM mailboxes WHERE id = %s", (mailbox.id,))
+            if row is not None:
+                self._live[mailbox.id] = (row[0], row[1])
+        if not self.mailbox_current(mailbox):
             raise MailboxGone(mailbox.id)
         return mailbox.id
 
@@ -1364,13 +1376,19 @@ class PostgreSQLStore(Store):
 
         return await self._write(op)
 
-    async def _entries(self, rows: list[tuple], with_attempts: bool) -> list[QueueEntry]:
+    async def _entries(self, rows: list[tuple], with_attempts: bool,
+                       conn: psycopg.AsyncConnection | None = None) -> list[QueueEntry]:
         if not rows:
             return []
+        if conn is not None:
+            async def q(sql: str, args: Sequence[Any]) -> list[tuple]:
+                return await _all(conn, sql, args)
+        else:
+            q = self._q
         ids = [row[0] for row in rows]
         rcpts: dict[int, list[QueueRecipient]] = {i: [] for i in ids}
         attempts: dict[int, list[QueueAttempt]] = {i: [] for i in ids}
-        for r in await self._q(f"SELECT {_RCPT_COLS} FROM queue_rcpts WHERE queue_id = ANY(%s) ORDER BY id", (ids,)):
+        for r in await q(f"SELECT {_RCPT_COLS} FROM queue_rcpts WHERE queue_id = ANY(%s) ORDER BY id", (ids,)):
             notify = frozenset(r[4].split(",")) if r[4] is not None else None
             orcpt = None
             if r[5] is not None:
@@ -1378,7 +1396,7 @@ class PostgreSQLStore(Store):
                 orcpt = (kind, addr)
             rcpts[r[1]].append(QueueRecipient(r[0], r[2], r[3], notify, orcpt, r[6], r[7], r[8], r[9], r[10]))
         if with_attempts:
-            for a in await self._q("SELECT queue_id, ts, domain, host, outcome FROM queue_attempts"
+            for a in await q("SELECT queue_id, ts, domain, host, outcome FROM queue_attempts"
                                    " WHERE queue_id = ANY(%s) ORDER BY id", (ids,)):
                 attempts[a[0]].append(QueueAttempt(*a[1:]))
         return [QueueEntry(r[0], r[1], r[2], r[3], bool(r[4]), bool(r[5]), r[6], r[7], bool(r[8]),
@@ -1393,11 +1411,28 @@ class PostgreSQLStore(Store):
         return await self._entries(await self._q(f"SELECT {_ENTRY_COLS} FROM queue ORDER BY id"), with_attempts=False)
 
     async def queue_due(self, now: float, limit: int = 1000) -> list[QueueEntry]:
-        rows = await self._q(
-            f"SELECT {', '.join('q.' + c.strip() for c in _ENTRY_COLS.split(','))} FROM queue q"
-            " WHERE q.id IN (SELECT DISTINCT queue_id FROM queue_rcpts WHERE state = 'pending'"
-            " AND next_attempt <= %s) ORDER BY q.id LIMIT %s", (now, limit))
-        return await self._entries(rows, with_attempts=False)
+        """Due entries, claimed for this node: the entry rows are taken with
+        ``FOR UPDATE SKIP LOCKED`` (a node claiming at the same moment gets
+        others), and the due recipients' next attempt moves ``QUEUE_LEASE``
+        ahead, so no other node's runner takes them while this one works on
+        them; the attempt's outcome (``queue_update``) sets the real next
+        attempt. A node that dies leaves the lease to run out: another node
+        retries then (RFC 5321 4.5.4.1)."""
+        await self._ready()
+        async with self._pool.connection() as c, c.transaction():
+            rows = await _all(
+                c, f"SELECT {', '.join('q.' + col.strip() for col in _ENTRY_COLS.split(','))} FROM queue q"
+                " WHERE EXISTS (SELECT 1 FROM queue_rcpts r WHERE r.queue_id = q.id AND r.state = 'pending'"
+                " AND r.next_attempt <= %s) ORDER BY q.id LIMIT %s FOR UPDATE SKIP LOCKED", (now, limit))
+            # read again after the lock (a new statement, a new snapshot): a
+            # node that claimed an entry just before leaves it leased, not due
+            entries = [e for e in await self._entries(rows, with_attempts=False, conn=c)
+                       if any(r.state == PENDING and r.next_attempt <= now for r in e.recipients)]
+            if entries:
+                await c.execute("UPDATE queue_rcpts SET next_attempt = %s WHERE queue_id = ANY(%s)"
+                                " AND state = 'pending' AND next_attempt <= %s",
+                                (now + QUEUE_LEASE, [e.id for e in entries], now))
+        return entries
 
     async def queue_next_due(self) -> float | None:
         row = await self._q1("SELECT min(next_attempt) FROM queue_rcpts WHERE state = 'pending'")
