@@ -20,6 +20,7 @@ import pytest
 
 from mailyard.config import Config
 from mailyard.server import MailServer
+from mailyard.store import open_store
 from mailyard.store.sqlite import SQLiteStore
 from tests.pgcluster import pg_cluster  # noqa: F401  (the session's PostgreSQL cluster)
 
@@ -63,7 +64,8 @@ class RunningServer:
 
     def start(self, seed: Callable[[SQLiteStore], Coroutine[Any, Any, None]] | None = None) -> None:
         async def go() -> MailServer:
-            store = SQLiteStore(self.data_dir, self.config.store)
+            # the configured backend ([store] backend, SQLite unless a test says otherwise)
+            store = open_store(self.data_dir, self.config.store)
             if self.seed_defaults:
                 await seed_store(store)
             if seed is not None:
