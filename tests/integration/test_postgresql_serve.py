@@ -5,6 +5,7 @@ a second server ("node") on the same database hears the delivery in IDLE."""
 from __future__ import annotations
 
 import imaplib
+import poplib
 import smtplib
 import time
 from collections.abc import Callable
@@ -81,5 +82,41 @@ def test_smtp_delivery_then_imap_fetch_on_postgresql(make_server: Callable[..., 
         typ, data = imap.uid("SEARCH", "BODY", '"the datab"')
         assert data == [b"1"]
         imap.logout()
+    finally:
+        other.stop()
+
+
+def test_pop3_maildrop_lock_holds_across_nodes(make_server: Callable[..., RunningServer],
+                                              pg_cluster: PgCluster, tmp_path: Path) -> None:
+    """RFC 1939 8 / RFC 2449 8.1.2: a maildrop open on node A is IN-USE on node B."""
+    server = make_server(configure=_on(pg_cluster.new_dsn()))
+    other = RunningServer(tmp_path / "node-b", server.config)
+    other.seed_defaults = False
+    other.start()
+    try:
+        a = poplib.POP3(HOST, server.port("pop3"), timeout=30)
+        a.user("alice@example.test")
+        assert a.pass_(USERS["alice@example.test"]).startswith(b"+OK")
+        b = poplib.POP3(HOST, other.port("pop3"), timeout=30)
+        b.user("alice@example.test")
+        try:
+            b.pass_(USERS["alice@example.test"])
+            raise AssertionError("node B opened a maildrop locked on node A")
+        except poplib.error_proto as exc:
+            assert str(exc) == "b'-ERR [IN-USE] maildrop already locked by another POP3 session'"
+        b.close()
+        a.quit()  # A's lock goes; B may open the maildrop now
+        deadline = time.monotonic() + 10
+        while True:
+            b = poplib.POP3(HOST, other.port("pop3"), timeout=30)
+            b.user("alice@example.test")
+            try:
+                assert b.pass_(USERS["alice@example.test"]).startswith(b"+OK")
+                break
+            except poplib.error_proto:
+                b.close()
+                assert time.monotonic() < deadline, "the lock was not released"
+                time.sleep(0.05)
+        b.quit()
     finally:
         other.stop()

@@ -198,3 +198,22 @@ async def test_due_queue_entries_are_claimed_by_one_node(pg_cluster: PgCluster, 
     finally:
         await a.close()
         await b.close()
+
+
+async def test_exclusive_locks_hold_across_nodes_and_go_with_a_dead_node(pg_cluster: PgCluster,
+                                                                         tmp_path: Path) -> None:
+    dsn = pg_cluster.new_dsn()
+    a, b, c = (PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / n) for n in "abc")
+    try:
+        assert await a.lock_exclusive("pop3-maildrop", 7)
+        assert not await b.lock_exclusive("pop3-maildrop", 7)
+        assert await b.lock_exclusive("pop3-maildrop", 8)  # another key
+        assert await b.lock_exclusive("other", 7)  # another space
+        a.unlock_exclusive("pop3-maildrop", 7)
+        await until(lambda: not a._background)
+        assert await b.lock_exclusive("pop3-maildrop", 7)
+        await b.close()  # the node dies: its locks go with its connection
+        assert await c.lock_exclusive("pop3-maildrop", 7)
+    finally:
+        for s in (a, b, c):
+            await s.close()

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -92,6 +93,16 @@ _RETRIES = 20
 QUEUE_LEASE = 900.0  # a write that met a deadlock or a serialization failure runs again
 
 
+def _lock_space(space: str) -> int:
+    """An advisory lock's first key: a stable 31-bit number for ``space``."""
+    return zlib.crc32(("mailyard:" + space).encode()) & 0x7FFFFFFF
+
+
+def _int32(key: int) -> int:
+    """An advisory lock's second key (int4): ids above 2**31 wrap around."""
+    return (key + 2**31) % 2**32 - 2**31
+
+
 def _like(text: str) -> str:
     """``text`` as a LIKE pattern matching itself anywhere."""
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -142,6 +153,9 @@ class PostgreSQLStore(Store):
         self._held_by: dict[object, int] = {}
         self._objectid_key: bytes | None = None
         self._closed = False
+        self._lock_conn: psycopg.AsyncConnection | None = None
+        self._lock_mutex = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- life cycle ------------------------------------------------------------
     async def _ready(self) -> None:
@@ -168,9 +182,12 @@ class PostgreSQLStore(Store):
             self._listen_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._listen_task
-        if self._listen_conn is not None:
-            with contextlib.suppress(Exception):
-                await self._listen_conn.close()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        for conn in (self._listen_conn, self._lock_conn):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
         if self._opened is not None:
             await self._pool.close()
         with self._sync_lock:
@@ -306,6 +323,38 @@ class PostgreSQLStore(Store):
         payload = f"{self.node}:{kind.decode()}:{','.join(map(str, sorted(ids)))}"
         async with self._pool.connection() as c:
             await c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+
+    # --- locks across nodes -----------------------------------------------------
+    # Session-level advisory locks on one connection of their own: PostgreSQL
+    # drops them when that connection ends, so a node that dies releases its
+    # locks. They are reentrant per connection, so the caller keeps its own
+    # lock within the process (net/pop3.py MaildropLocks) and asks here second.
+    async def _lock_connection(self) -> psycopg.AsyncConnection:
+        await self._ready()
+        if self._lock_conn is None or self._lock_conn.closed:
+            self._lock_conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        return self._lock_conn
+
+    async def lock_exclusive(self, space: str, key: int) -> bool:
+        async with self._lock_mutex:
+            conn = await self._lock_connection()
+            row = await (await conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                            (_lock_space(space), _int32(key)))).fetchone()
+            return bool(row and row[0])
+
+    def unlock_exclusive(self, space: str, key: int) -> None:
+        async def release() -> None:
+            async with self._lock_mutex:
+                if self._lock_conn is not None and not self._lock_conn.closed:
+                    await self._lock_conn.execute("SELECT pg_advisory_unlock(%s, %s)",
+                                                  (_lock_space(space), _int32(key)))
+
+        try:
+            task = asyncio.get_running_loop().create_task(release())
+        except RuntimeError:
+            return  # no event loop: the lock goes with the connection
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- validity of session references ----------------------------------------
     def _sync_q1(self, sql: str, args: Sequence[Any]) -> tuple | None:
