@@ -58,20 +58,32 @@ from ..api import (
     StoreError,
     derive_record,
 )
-from ..names import normalize_address, normalize_domain, normalize_sender_pattern
+from ..names import (
+    alias_source,
+    canonical_name,
+    normalize_address,
+    normalize_domain,
+    normalize_sender_pattern,
+)
 from ..notify import DIRECTORY, MAILBOXES, QUEUE
 from ..revocation import RevocationSignal
-from ..sqlite.directory import alias_source
-from ..sqlite.mailboxes import MAILBOX_COLS, canonical_name, mailbox_row
-from ..sqlite.messages import QUOTA_COLS, flags_set, flags_text, message_row, quota_row
-from ..sqlite.search import THREAD_LOOKUP_IDS
+from ..rows import (
+    MAILBOX_COLS,
+    MESSAGE_COLS,
+    QUOTA_COLS,
+    THREAD_LOOKUP_IDS,
+    flags_set,
+    flags_text,
+    mailbox_row,
+    message_row,
+    quota_row,
+)
 from . import schema
 
 log = logging.getLogger("mailyard.store")
 
 CHANNEL = "mailyard_changes"
 REVOKE = b"R"  # sessions or mailbox references ended: validity caches forget
-_MESSAGE_COLS = "mailbox_id, uid, size, flags, internal_date, modseq, save_date"
 _ACCOUNT_COLS = "id, address, password_hash, apop_secret, scram_sha256, epoch"
 _RCPT_COLS = "id, queue_id, address, domain, notify, orcpt, state, attempts, next_attempt, last_reply, last_host"
 _ENTRY_COLS = "id, reverse_path, envid, ret, smtputf8, eight_bit, size, created, warned"
@@ -1029,14 +1041,14 @@ class PostgreSQLStore(Store):
 
     async def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
         mailbox_id = await self._owned(mailbox)
-        rows = await self._q(f"SELECT {_MESSAGE_COLS} FROM messages WHERE mailbox_id = %s ORDER BY uid", (mailbox_id,))
+        rows = await self._q(f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = %s ORDER BY uid", (mailbox_id,))
         return [message_row(r) for r in rows]
 
     async def get_messages(self, mailbox: MailboxRef, uids: Sequence[int], expunged: bool = False
                            ) -> list[MessageInfo]:
         mailbox_id = await self._owned(mailbox)
         where = -mailbox_id if expunged else mailbox_id
-        rows = await self._q(f"SELECT {_MESSAGE_COLS} FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)"
+        rows = await self._q(f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)"
                              " ORDER BY uid", (where, sorted(set(uids))))
         return [message_row((mailbox_id, *r[1:])) for r in rows]
 
@@ -1142,7 +1154,7 @@ class PostgreSQLStore(Store):
                 " WHERE m.mailbox_id = %s AND m.uid = v.uid",
                 (modseq, [u for u, _ in changed], [t for _, t in changed], mailbox_id))
             tx.changed.add(mailbox_id)
-            infos = await _all(c, f"SELECT {_MESSAGE_COLS} FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)"
+            infos = await _all(c, f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)"
                                   " ORDER BY uid", (mailbox_id, [u for u, _ in changed]))
             return [message_row(r) for r in infos], failed
 
@@ -1214,7 +1226,7 @@ class PostgreSQLStore(Store):
             top = await _one(c, "SELECT highest_modseq FROM mailboxes WHERE id = %s", (mailbox_id,))
             if top is None:
                 raise NotFound("no such mailbox")
-            changed = await _all(c, f"SELECT {_MESSAGE_COLS} FROM messages WHERE mailbox_id = %s AND modseq > %s"
+            changed = await _all(c, f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = %s AND modseq > %s"
                                     " ORDER BY uid", (mailbox_id, modseq))
             vanished = await _all(c, "SELECT uid FROM expunged WHERE mailbox_id = %s AND modseq > %s ORDER BY uid",
                                   (mailbox_id, modseq))
