@@ -217,3 +217,33 @@ async def test_exclusive_locks_hold_across_nodes_and_go_with_a_dead_node(pg_clus
     finally:
         for s in (a, b, c):
             await s.close()
+
+
+async def test_notifications_resume_after_the_listening_connection_is_lost(pg_cluster: PgCluster,
+                                                                           tmp_path: Path) -> None:
+    import psycopg
+
+    dsn = pg_cluster.new_dsn()
+    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
+    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
+    try:
+        await a.add_domain("example.test")
+        alice = await a.add_account("alice@example.test", "h")
+        inbox = await b.get_mailbox(alice.id, "INBOX")
+        assert inbox is not None and b._listen_conn is not None
+        heard: list[int] = []
+        b.add_listener(heard.append)
+        b.hold_expunged(object(), inbox)  # a session of B has the INBOX selected
+        pid = b._listen_conn.info.backend_pid
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        # the note of a delivery made while B was not listening is made up for
+        await a.deliver(b"Subject: gap\r\n\r\nx\r\n", [DeliveryTarget(inbox.id)])
+        await until(lambda: inbox.id in heard)
+        await until(lambda: b._listen_conn is not None and b._listen_conn.info.backend_pid != pid)
+        heard.clear()
+        await a.deliver(b"Subject: after\r\n\r\nx\r\n", [DeliveryTarget(inbox.id)])
+        await until(lambda: inbox.id in heard)
+    finally:
+        await a.close()
+        await b.close()

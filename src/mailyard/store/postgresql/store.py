@@ -102,7 +102,9 @@ _ORDER_BY = {"ARRIVAL": "m.internal_date", "SIZE": "m.size", "DATE": "coalesce(k
 _RETRIES = 20
 # Seconds a node's claim on due queue recipients lasts (queue_due): longer
 # than an attempt takes; after it another node may try them.
-QUEUE_LEASE = 900.0  # a write that met a deadlock or a serialization failure runs again
+QUEUE_LEASE = 900.0
+# Seconds between attempts to listen again after the connection was lost: first, most.
+LISTEN_RETRY = (0.1, 5.0)  # a write that met a deadlock or a serialization failure runs again
 
 
 def _lock_space(space: str) -> int:
@@ -275,22 +277,58 @@ class PostgreSQLStore(Store):
         self._listen_task = asyncio.get_running_loop().create_task(self._listen(conn))
 
     async def _listen(self, conn: psycopg.AsyncConnection) -> None:
-        try:
-            async for note in conn.notifies():
-                node, _, rest = note.payload.partition(":")
-                if node == self.node:
-                    continue
-                kind, _, text = rest.partition(":")
-                ids = [int(x) for x in text.split(",") if x]
+        """Hear the other nodes' notes; when the connection is lost (the
+        database restarted, a network cut), connect again with a growing
+        pause, and then treat every note missed meanwhile as having come."""
+        pause = LISTEN_RETRY[0]
+        while True:
+            try:
+                async for note in conn.notifies():
+                    pause = LISTEN_RETRY[0]
+                    self._note(note.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._closed:
+                    return
+                log.warning("store: notification connection lost (%s); connecting again", exc)
+            if self._closed:
+                return
+            with contextlib.suppress(Exception):
+                await conn.close()
+            while not self._closed:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LISTEN_RETRY[1])
                 try:
-                    self._peer_note(kind.encode(), ids)
-                except Exception:
-                    log.exception("change note handling failed")
-        except asyncio.CancelledError:
-            raise
+                    conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                except Exception as exc:
+                    log.warning("store: cannot listen for notifications yet: %s", exc)
+                    continue
+                self._listen_conn = conn
+                self._missed_notes()
+                break
+
+    def _note(self, payload: str) -> None:
+        node, _, rest = payload.partition(":")
+        if node == self.node:
+            return
+        kind, _, text = rest.partition(":")
+        ids = [int(x) for x in text.split(",") if x]
+        try:
+            self._peer_note(kind.encode(), ids)
         except Exception:
-            if not self._closed:
-                log.exception("store: lost the notification connection")
+            log.exception("change note handling failed")
+
+    def _missed_notes(self) -> None:
+        """After a gap in listening: caches forget, the queue runner looks,
+        and the sessions of every mailbox held here look for changes."""
+        self._live.clear()
+        self._epochs.clear()
+        self.directory_version += 1
+        if self.on_queue_note is not None:
+            self.on_queue_note()
+        self.notify_local(list(self._holds))
 
     def _peer_note(self, kind: bytes, ids: list[int]) -> None:
         if kind == MAILBOXES:
