@@ -130,8 +130,13 @@ def make_test_config() -> Config:
     return cfg
 
 
+# MAILYARD_TEST_BACKEND=postgresql: the servers of the integration tests
+# keep their store in a database of the session's PostgreSQL cluster.
+TEST_BACKEND = os.environ.get("MAILYARD_TEST_BACKEND", "sqlite")
+
+
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+def make_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., RunningServer]]:
     """Factory: ``make_server(configure=fn, seed=coro_fn)`` starts a server;
     all are stopped at the end of the test."""
     started: list[RunningServer] = []
@@ -141,6 +146,9 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
         seed: Callable[[SQLiteStore], Coroutine[Any, Any, None]] | None = None,
     ) -> RunningServer:
         cfg = make_test_config()
+        if TEST_BACKEND == "postgresql":
+            cfg.store.backend = "postgresql"
+            cfg.store.dsn = request.getfixturevalue("pg_cluster").new_dsn()
         if configure is not None:
             configure(cfg)
         rs = RunningServer(tmp_path / f"data{len(started)}", cfg)
