@@ -172,7 +172,7 @@ class Supervisor:
             self._close_sockets()
             raise
         self.notes = make_slots(self.count)
-        self.throttle = ThrottleServer(throttle_from_config(self.cfg.auth))
+        self.throttle = ThrottleServer(throttle_from_config(self.cfg.auth, self.cfg.store))
         self.selector = selectors.DefaultSelector()
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
