@@ -1047,11 +1047,13 @@ class PostgreSQLStore(Store):
         (rec,) = await self._derive([body])
 
         async def op(c: psycopg.AsyncConnection, tx: _Tx) -> list[int]:
+            # the body first: the mailbox rows stay locked only for the message rows
+            body_id = await _store_body(c, body, len(targets))
+            await _save_body_rows(c, body_id, rec)
             await _lock_mailboxes(c, [t.mailbox_id for t in targets])
             await _check_targets(c, targets, len(body))
-            body_id = await _store_body(c, body, len(targets))
             uids = await _insert_targets(c, tx, body_id, len(body), targets)
-            await _save_derived(c, body_id, rec)
+            await _save_sort_keys(c, body_id, rec)
             return uids
 
         return await self._write(op)
@@ -1633,40 +1635,48 @@ async def _insert_targets(c: psycopg.AsyncConnection, tx: _Tx, body_id: int, bod
 
 
 async def _save_derived(c: psycopg.AsyncConnection, body_id: int, rec: DerivedRecord) -> None:
-    """A body's derived data, header fields, SORT keys with its thread
-    (RFC 8474 5.2) and text index, in the write that stores it."""
-    await c.execute("INSERT INTO body_derived(body_id, envelope, bodystructure, body, meta)"
-                    " VALUES (%s, %s, %s, %s, %s)",
-                    (body_id, rec.envelope_imap, rec.bodystructure_imap, rec.body_imap, json.dumps(rec.meta)))
-    if rec.headers:
-        async with c.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO header_fields(body_id, name, n, value, folded) VALUES (%s, %s, %s, %s, %s)",
-                [(body_id, name, n, _clean(value), _clean(search_value(name, value).casefold()))
-                 for n, (name, value) in enumerate(rec.headers)])
+    """A body's derived data, header fields, text index and SORT keys with
+    its thread (RFC 8474 5.2), in the write that stores it, after its
+    message rows (the thread is looked up among the account's messages)."""
+    await _save_body_rows(c, body_id, rec)
+    await _save_sort_keys(c, body_id, rec)
+
+
+async def _save_body_rows(c: psycopg.AsyncConnection, body_id: int, rec: DerivedRecord) -> None:
+    """The derived rows that need no message row: written before the
+    mailbox rows are locked, in one round trip (pipeline mode)."""
+    header, body = _clean(rec.header_text.casefold()), _clean(rec.body_text.casefold())
+    async with c.pipeline():
+        await c.execute("INSERT INTO body_derived(body_id, envelope, bodystructure, body, meta)"
+                        " VALUES (%s, %s, %s, %s, %s)",
+                        (body_id, rec.envelope_imap, rec.bodystructure_imap, rec.body_imap, json.dumps(rec.meta)))
+        if rec.headers:
+            async with c.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO header_fields(body_id, name, n, value, folded) VALUES (%s, %s, %s, %s, %s)",
+                    [(body_id, name, n, _clean(value), _clean(search_value(name, value).casefold()))
+                     for n, (name, value) in enumerate(rec.headers)])
+        await c.execute("INSERT INTO search_text(body_id, header, body, words)"
+                        " VALUES (%s, %s, %s, to_tsvector('simple', left(%s, 1000000)))",
+                        (body_id, header, body, body))
+
+
+async def _save_sort_keys(c: psycopg.AsyncConnection, body_id: int, rec: DerivedRecord) -> None:
     k = keys_from_json(rec.meta["sort"])
     ids = list(dict.fromkeys([*k.parents[-THREAD_LOOKUP_IDS:], *([k.message_id] if k.message_id else [])]))
-    thread = body_id
-    if ids:
-        # the first body of the same account(s) carrying one of the ids
-        row = await _one(
-            c, "SELECT min(k.thread_id) FROM sort_keys k WHERE k.message_id = ANY(%s) AND k.body_id != %s"
-            " AND EXISTS (SELECT 1 FROM messages m JOIN mailboxes x ON x.id = m.mailbox_id"
-            "  WHERE m.body_id = k.body_id AND x.account_id IN"
-            "  (SELECT x2.account_id FROM messages m2 JOIN mailboxes x2 ON x2.id = m2.mailbox_id"
-            "   WHERE m2.body_id = %s))", (ids, body_id, body_id))
-        if row is not None and row[0] is not None:
-            thread = min(thread, row[0])
+    # the thread: the first body of the same account(s) carrying one of the ids
     await c.execute(
         f"INSERT INTO sort_keys(body_id, {', '.join(_SORT_COLS)}, thread_id)"
-        f" VALUES ({', '.join(['%s'] * 12)})",
+        f" VALUES ({', '.join(['%s'] * 11)}, least(%s, (SELECT min(k.thread_id) FROM sort_keys k"
+        " WHERE k.message_id = ANY(%s) AND k.body_id != %s"
+        " AND EXISTS (SELECT 1 FROM messages m JOIN mailboxes x ON x.id = m.mailbox_id"
+        "  WHERE m.body_id = k.body_id AND x.account_id IN"
+        "  (SELECT x2.account_id FROM messages m2 JOIN mailboxes x2 ON x2.id = m2.mailbox_id"
+        "   WHERE m2.body_id = %s)))))",
         (body_id, k.date, _clean(k.subject), k.refwd, _clean(k.from_mailbox), _clean(k.from_display),
          _clean(k.to_mailbox), _clean(k.to_display), _clean(k.cc_mailbox),
-         _clean(k.message_id) if k.message_id else None, _clean(" ".join(k.parents)), thread))
-    header, body = _clean(rec.header_text.casefold()), _clean(rec.body_text.casefold())
-    await c.execute("INSERT INTO search_text(body_id, header, body, words)"
-                    " VALUES (%s, %s, %s, to_tsvector('simple', left(%s, 1000000)))",
-                    (body_id, header, body, body))
+         _clean(k.message_id) if k.message_id else None, _clean(" ".join(k.parents)),
+         body_id, ids, body_id, body_id))
 
 
 def _clean(text: str) -> str:
