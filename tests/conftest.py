@@ -20,7 +20,9 @@ import pytest
 
 from mailyard.config import Config
 from mailyard.server import MailServer
+from mailyard.store import open_store
 from mailyard.store.sqlite import SQLiteStore
+from tests.pgcluster import pg_cluster  # noqa: F401  (the session's PostgreSQL cluster)
 
 T = TypeVar("T")
 
@@ -62,7 +64,8 @@ class RunningServer:
 
     def start(self, seed: Callable[[SQLiteStore], Coroutine[Any, Any, None]] | None = None) -> None:
         async def go() -> MailServer:
-            store = SQLiteStore(self.data_dir, self.config.store)
+            # the configured backend ([store] backend, SQLite unless a test says otherwise)
+            store = open_store(self.data_dir, self.config.store)
             if self.seed_defaults:
                 await seed_store(store)
             if seed is not None:
@@ -129,8 +132,13 @@ def make_test_config() -> Config:
     return cfg
 
 
+# MAILYARD_TEST_BACKEND=postgresql: the servers of the integration tests
+# keep their store in a database of the session's PostgreSQL cluster.
+TEST_BACKEND = os.environ.get("MAILYARD_TEST_BACKEND", "sqlite")
+
+
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+def make_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., RunningServer]]:
     """Factory: ``make_server(configure=fn, seed=coro_fn)`` starts a server;
     all are stopped at the end of the test."""
     started: list[RunningServer] = []
@@ -140,6 +148,9 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
         seed: Callable[[SQLiteStore], Coroutine[Any, Any, None]] | None = None,
     ) -> RunningServer:
         cfg = make_test_config()
+        if TEST_BACKEND == "postgresql":
+            cfg.store.backend = "postgresql"
+            cfg.store.dsn = request.getfixturevalue("pg_cluster").new_dsn()
         if configure is not None:
             configure(cfg)
         rs = RunningServer(tmp_path / f"data{len(started)}", cfg)

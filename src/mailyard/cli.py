@@ -21,7 +21,7 @@ from typing import Any
 from . import __version__, logs
 from .config import Config, ConfigError
 from .spam.limits import MESSAGES_KEY, RECIPIENTS_KEY, account_limits
-from .store import open_store, store_exists
+from .store import migrate_store, open_store, store_exists
 from .store.api import KEEP, Quota, Store, StoreError
 
 DEMO_USERS = ("alice", "bob")
@@ -51,7 +51,7 @@ def load_config(args: argparse.Namespace) -> Config:
 
 def require_data_dir(args: argparse.Namespace) -> Path:
     d = data_dir(args)
-    if not store_exists(d):
+    if not store_exists(d) and not (config_path(args).exists() and load_config(args).store.backend == "postgresql"):
         raise CLIError(
             f"{d} is not a mailyard data directory; create one with: mailyard --data {d} init --domain YOUR.DOMAIN"
         )
@@ -271,6 +271,24 @@ def _ensure_dkim_keys(d: Path, domain: str) -> None:
         gen = keys.generate(d, domain, activate=True)
         print(f"made DKIM keys for {domain.lower()} (selectors {gen}-rsa, {gen}-ed25519); "
               f"publish them: mailyard dns {domain.lower()}")
+
+
+def cmd_store(args: argparse.Namespace) -> None:
+    """``store migrate``: apply pending schema migrations (every node of a
+    PostgreSQL store may run it; an advisory lock makes them take turns)."""
+    d = data_dir(args)
+    cfg = load_config(args)
+    if cfg.store.backend != "postgresql" and not store_exists(d):
+        require_data_dir(args)
+    try:
+        before, after = migrate_store(d, cfg.store)
+    except Exception as exc:  # the database is unreachable, or refuses
+        raise CLIError(f"store migration failed: {exc}") from exc
+    where = cfg.store.backend
+    if before == after:
+        print(f"{where} store schema is at version {after}: nothing to do")
+    else:
+        print(f"{where} store schema migrated from version {before} to {after}")
 
 
 def cmd_domain(args: argparse.Namespace) -> None:
@@ -1241,6 +1259,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = qsub.add_parser("delete", parents=[common], help="remove an entry without delivering it")
     q.add_argument("id", type=int)
     p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("store", parents=[common], help="the store itself: bring its schema up to date")
+    ssub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ssub.add_parser("migrate", parents=[common],
+                    help="apply the store's pending schema migrations (SQLite or PostgreSQL, per [store] backend)")
+    p.set_defaults(func=cmd_store)
 
     p = sub.add_parser("dkim", parents=[common], help="DKIM signing keys of a domain (RFC 6376)")
     ksub = p.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -134,6 +134,14 @@ class StoreConfig:
     # bytes free for mail; below, reads derive it on the spot and the
     # background indexer waits for room.
     index_min_free: int = 64 * 1024 * 1024
+    # "sqlite": the embedded store in the data directory; "postgresql": the
+    # database ``dsn`` names (several nodes may share it).
+    backend: str = "sqlite"
+    # libpq connection string or URI for the postgresql backend,
+    # e.g. "postgresql://mailyard@db.example.com/mailyard".
+    dsn: str = ""
+    # Most connections the postgresql backend keeps open per process.
+    pool_size: int = 10
 
 
 LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
@@ -534,6 +542,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("delivery", "starttls"): ("opportunistic", "require", "never"),
     ("mta_sts", "mode"): ("testing", "enforce", "none"),
     ("tls", "acme_challenge"): ("http-01", "tls-alpn-01"),
+    ("store", "backend"): ("sqlite", "postgresql"),
 }
 # Lists of IP addresses or networks.
 ADDRESS_LIST_KEYS = {("http", "trusted_proxies"), ("server", "proxy_protocol_from"), ("spam", "trusted_networks")}
@@ -543,7 +552,7 @@ PORT_KEYS = {("delivery", "smtp_port"), ("delivery", "relay_port"), ("mta_sts", 
 POSITIVE_KEYS = {
     ("smtp", "max_message_size"), ("smtp", "max_recipients"), ("smtp", "max_command_line"),
     ("smtp", "max_text_line"), ("smtp", "max_expansion_recipients"),
-    ("store", "segment_size"), ("store", "group_commit_max"),
+    ("store", "segment_size"), ("store", "group_commit_max"), ("store", "pool_size"),
     ("limits", "imap_max_line"), ("limits", "imap_max_literal"),
     ("limits", "imap_max_command_unauthenticated"), ("limits", "imap_max_command"),
     ("limits", "imap_max_append_command"), ("limits", "max_connections"),

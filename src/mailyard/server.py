@@ -209,7 +209,7 @@ class MailServer:
         self.tls: ReloadableTLS | None = None
         # One login throttle for every protocol (auth/throttle.py, config [auth]),
         # used by the one login service (auth/service.py) that start() builds.
-        self._throttle = worker.throttle if worker is not None else throttle_from_config(config.auth)
+        self._throttle = worker.throttle if worker is not None else throttle_from_config(config.auth, config.store)
         # Counters for tests and metrics (e.g. "smtp_sessions" on the MX port).
         self.stats: collections.Counter[str] = collections.Counter()
         # ACME ([tls] acme): the answers to pending challenges, and the

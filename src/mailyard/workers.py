@@ -177,7 +177,7 @@ class Supervisor:
         # The login throttle, the MX port's rates and the accounts' submission
         # limits: one of each for all workers.
         rates = RateLimiter(rate_policy_from_config(self.cfg.spam))
-        self.throttle = ThrottleServer(throttle_from_config(self.cfg.auth),
+        self.throttle = ThrottleServer(throttle_from_config(self.cfg.auth, self.cfg.store),
                                        extra={"spam_rate": rates.hit, "spam_send": SendLimiter().check})
         self.selector = selectors.DefaultSelector()
         wake_r, wake_w = os.pipe()

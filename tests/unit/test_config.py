@@ -61,6 +61,7 @@ ENUMERATED = [
     ("delivery", "starttls", "require", "always", ["opportunistic", "require", "never"]),
     ("mta_sts", "mode", "enforce", "strict", ["testing", "enforce", "none"]),
     ("tls", "acme_challenge", "tls-alpn-01", "dns-01", ["http-01", "tls-alpn-01"]),
+    ("store", "backend", "postgresql", "mysql", ["sqlite", "postgresql"]),
 ]
 
 

@@ -42,7 +42,16 @@ from mailyard.store.sqlite import SQLiteStore
 # ``mailyard serve``).
 BACKENDS: dict[str, Callable[[Path, StoreConfig], Store]] = {
     "sqlite": lambda place, config: SQLiteStore(place, config),
+    "postgresql": lambda place, config: _open_postgresql(place, config),
 }
+# place -> the database of that place (a test's own, from tests/pgcluster.py)
+_PG_DSNS: dict[Path, str] = {}
+
+
+def _open_postgresql(place: Path, config: StoreConfig) -> Store:
+    from mailyard.store.postgresql import PostgreSQLStore
+
+    return PostgreSQLStore(_PG_DSNS[place], config, data_dir=place)
 
 
 @dataclass
@@ -56,7 +65,10 @@ class Backend:
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return Backend(request.param, tmp_path / "store")
+    place = tmp_path / "store"
+    if request.param == "postgresql":
+        _PG_DSNS[place] = request.getfixturevalue("pg_cluster").new_dsn()
+    return Backend(request.param, place)
 
 
 @pytest.fixture

@@ -1,38 +1,40 @@
-"""store/view.py ``MailboxView`` over a real SQLiteStore: what it shows after
+"""store/view.py ``MailboxView`` over a real store (each backend of
+tests/unit/test_store.py): what it shows after
 deliveries, flag changes and expunges (also by another store instance on the
 same data, as a second process would), and when it reads everything again."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from mailyard.config import StoreConfig
 from mailyard.store.api import DeliveryTarget, Mailbox, MailboxGone, MessageInfo, Store
-from mailyard.store.sqlite import SQLiteStore
 from mailyard.store.view import MailboxView, ViewUpdate
+from tests.unit.test_store import Backend
+from tests.unit.test_store import backend as backend  # noqa: F401  (the parametrised fixture)
 
 
-def _open(place: Path) -> Store:
-    return SQLiteStore(place, StoreConfig(segment_size=4096))
+def _open(backend: Backend) -> Store:
+    return backend.open(StoreConfig(segment_size=4096))
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = _open(tmp_path / "store")
+async def store(backend: Backend) -> AsyncIterator[Store]:  # noqa: F811
+    s = _open(backend)
     await s.add_domain("example.test")
     yield s
     await s.close()
 
 
 @pytest.fixture
-async def other(tmp_path: Path, store: Store) -> AsyncIterator[Store]:
+async def other(backend: Backend, store: Store) -> AsyncIterator[Store]:  # noqa: F811
     """A second store instance on the same data: another session's process."""
-    s = _open(tmp_path / "store")
+    s = _open(backend)
     yield s
     await s.close()
+
 
 
 async def _inbox(store: Store) -> Mailbox:

@@ -19,25 +19,30 @@ from ..auth.service import LoginSession, TryLater
 from ..auth.throttle import LoginThrottle, ThrottlePolicy
 
 if TYPE_CHECKING:
-    from ..config import AuthConfig
+    from ..config import AuthConfig, StoreConfig
     from ..services import Services
     from .session_protocol import SessionProtocol
 
 __all__ = ["Authenticator", "TryLater", "plaintext_allowed", "throttle_from_config"]
 
 
-def throttle_from_config(cfg: AuthConfig) -> LoginThrottle:
-    return LoginThrottle(
-        ThrottlePolicy(
-            base_delay=cfg.base_delay,
-            max_delay=cfg.max_delay,
-            window=cfg.window,
-            account_max_failures=max(1, cfg.account_max_failures),
-            account_lockout=cfg.account_lockout,
-            ip_max_failures=max(1, cfg.ip_max_failures),
-            ip_lockout=cfg.ip_lockout,
-        )
+def throttle_from_config(cfg: AuthConfig, store: StoreConfig | None = None) -> LoginThrottle:
+    """The login throttle of ``[auth]``: in this process, or, on a store in
+    PostgreSQL (several nodes), in that database (auth/throttle_db.py)."""
+    policy = ThrottlePolicy(
+        base_delay=cfg.base_delay,
+        max_delay=cfg.max_delay,
+        window=cfg.window,
+        account_max_failures=max(1, cfg.account_max_failures),
+        account_lockout=cfg.account_lockout,
+        ip_max_failures=max(1, cfg.ip_max_failures),
+        ip_lockout=cfg.ip_lockout,
     )
+    if store is not None and store.backend == "postgresql" and store.dsn:
+        from ..auth.throttle_db import DatabaseThrottle
+
+        return DatabaseThrottle(store.dsn, policy)
+    return LoginThrottle(policy)
 
 
 def plaintext_allowed(services: Services, conn: SessionProtocol) -> bool:

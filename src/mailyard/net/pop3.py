@@ -185,6 +185,10 @@ class MaildropCache:
             self._cached -= evicted.counted
 
 
+# The store's lock space of POP3 maildrops (Store.lock_exclusive).
+MAILDROP_LOCK = "pop3-maildrop"
+
+
 class MaildropLocks:
     """RFC 1939 section 8: one session per maildrop, across processes.
 
@@ -459,7 +463,25 @@ class POP3Session(SessionProtocol):
             # RFC 2449 section 8.1.2: the maildrop is locked by another session.
             engine.reject_login("IN-USE", "maildrop already locked by another POP3 session")
             return
-        self.account, self.mailbox = acct, mailbox
+        self.account, self.mailbox = acct, mailbox  # unlock() from here on releases it
+        try:
+            # and by no session of another node sharing the store
+            shared = await self.store.lock_exclusive(MAILDROP_LOCK, acct.id)
+        except Exception:
+            log.exception("pop3: locking the maildrop of %s failed", acct.address)
+            shared = None
+        if self.account is not acct:  # the session ended meanwhile (unlock ran)
+            if shared:
+                self.store.unlock_exclusive(MAILDROP_LOCK, acct.id)
+            return
+        if not shared:
+            self.service.locked.release(acct.id)
+            self.account = None
+            if shared is None:
+                engine.reject_login("SYS/TEMP", "cannot lock the maildrop, try again later")
+            else:
+                engine.reject_login("IN-USE", "maildrop already locked by another POP3 session")
+            return
         try:
             maildrop, self._crlf_clean = await self.service.maildrops.maildrop(self.store, mailbox)
         except Exception:
@@ -491,6 +513,7 @@ class POP3Session(SessionProtocol):
 
     def unlock(self) -> None:
         if self.account is not None:
+            self.store.unlock_exclusive(MAILDROP_LOCK, self.account.id)
             self.service.locked.release(self.account.id)
             self.account = None
 

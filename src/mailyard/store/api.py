@@ -443,6 +443,19 @@ class Store(abc.ABC):
         backend no other process opens has nothing to share."""
         return None
 
+    async def lock_exclusive(self, space: str, key: int) -> bool:
+        """Take the lock (``space``, ``key``) unless another process or node
+        serving this store holds it (the POP3 maildrop lock, RFC 1939 8,
+        held across nodes); False when it is held. Released by
+        ``unlock_exclusive`` or when the process holding it dies. A backend
+        only one machine opens answers True: the caller's own lock (flock)
+        already excludes every process there."""
+        return True
+
+    def unlock_exclusive(self, space: str, key: int) -> None:
+        """Release a lock taken with ``lock_exclusive``."""
+        return None
+
     # --- life cycle -------------------------------------------------------
     @abc.abstractmethod
     async def close(self) -> None:

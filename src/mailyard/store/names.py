@@ -72,3 +72,21 @@ def check_mailbox_name(name: str) -> None:
             raise InvalidName(f"bad mailbox name {name!r}: empty, '.' or '..' hierarchy level")
     if "*" in name or "%" in name:
         raise InvalidName("a mailbox name cannot contain the LIST wildcards * and %")
+
+
+def alias_source(source: str) -> str:
+    """An alias source: an address, or ``@domain`` for the domain's catch-all
+    (the notation of Postfix's virtual alias maps)."""
+    text = source.strip()
+    if text.startswith("@"):
+        return "@" + normalize_domain(text[1:])
+    return normalize_address(text)
+
+
+def canonical_name(name: str) -> str:
+    """``name`` checked (InvalidName), with an INBOX prefix in upper case."""
+    check_mailbox_name(name)
+    first, sep, rest = name.partition(HIERARCHY_DELIMITER)
+    if first.upper() == "INBOX":
+        return "INBOX" + sep + rest
+    return name

@@ -26,22 +26,13 @@ from ..api import (
     Quota,
     StoreError,
 )
-from ..names import normalize_address, normalize_domain, normalize_sender_pattern
+from ..names import alias_source, normalize_address, normalize_domain, normalize_sender_pattern
 from .core import SQLiteCore
 from .mailboxes import insert_mailbox
 from .messages import QUOTA_COLS, drop_mailbox_messages, quota_row
 from .writer import WriteContext
 
 ACCOUNT_COLS = "id, address, password_hash, apop_secret, scram_sha256, epoch"
-
-
-def alias_source(source: str) -> str:
-    """An alias source: an address, or ``@domain`` for the domain's catch-all
-    (the notation of Postfix's virtual alias maps)."""
-    text = source.strip()
-    if text.startswith("@"):
-        return "@" + normalize_domain(text[1:])
-    return normalize_address(text)
 
 
 class DirectoryMixin(SQLiteCore):

@@ -30,7 +30,8 @@ from ..api import (
     NotFound,
     StoreError,
 )
-from ..names import check_mailbox_name
+from ..names import canonical_name
+from ..rows import MAILBOX_COLS, mailbox_row
 from .core import SQLiteCore
 from .messages import bump_modseq, drop_mailbox_messages
 from .writer import WriteContext
@@ -52,25 +53,6 @@ DISTINCT_FLAGS = (
     " WHERE f.flags IS NOT NULL)"
     " SELECT flags FROM f WHERE flags IS NOT NULL"
 )
-
-MAILBOX_COLS = (
-    "id, account_id, name, uid_validity, uid_next, highest_modseq, special_use,"
-    " EXISTS(SELECT 1 FROM subscriptions s WHERE s.account_id = mailboxes.account_id AND s.name = mailboxes.name)"
-)
-
-
-def mailbox_row(row: tuple) -> Mailbox:
-    return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
-
-
-def canonical_name(name: str) -> str:
-    """``name`` checked (InvalidName), with an INBOX prefix in upper case."""
-    check_mailbox_name(name)
-    first, sep, rest = name.partition(HIERARCHY_DELIMITER)
-    if first.upper() == "INBOX":
-        return "INBOX" + sep + rest
-    return name
-
 
 def next_uid_validity(c: sqlite3.Connection) -> int:
     """UIDVALIDITY values strictly increase across the store, so a mailbox

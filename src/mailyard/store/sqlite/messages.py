@@ -54,6 +54,7 @@ from ..api import (
     QuotaExceeded,
 )
 from ..notify import ChangeChannel
+from ..rows import MESSAGE_COLS, QUOTA_COLS, flags_set, flags_text, message_row, quota_row
 from . import changelog
 from .bodies import BodiesMixin, release_bodies
 from .changelog import ChangeLog
@@ -64,38 +65,6 @@ from .writer import WriteContext
 log = logging.getLogger("mailyard.store")
 
 PUBLISH_DELAY = 0.1  # seconds a rise of this process's holds may wait to be published (coalescing)
-
-MESSAGE_COLS = "mailbox_id, uid, size, flags, internal_date, modseq, save_date"
-
-
-def flags_text(flags: Iterable[str]) -> str:
-    return " ".join(sorted(set(flags)))
-
-
-_FLAG_SETS: dict[str, frozenset[str]] = {}
-
-
-def flags_set(text: str) -> frozenset[str]:
-    # A mailbox has few distinct flag combinations: share their frozensets
-    # (SELECT / FETCH FLAGS of 10,000 messages builds 10,000 MessageInfos).
-    fs = _FLAG_SETS.get(text)
-    if fs is None:
-        fs = frozenset(text.split()) if text else frozenset()
-        if len(_FLAG_SETS) < 4096:
-            _FLAG_SETS[text] = fs
-    return fs
-
-
-def message_row(row: tuple) -> MessageInfo:
-    return MessageInfo(row[0], row[1], row[2], flags_set(row[3]), row[4], row[5], row[6])
-
-
-QUOTA_COLS = "quota_storage, quota_messages, used_storage, used_messages"
-
-
-def quota_row(row: tuple) -> Quota:
-    return Quota(storage_limit=row[0], messages_limit=row[1], storage_used=row[2], messages_used=row[3])
-
 
 def mailbox_quota(c: sqlite3.Connection, mailbox_id: int) -> Quota:
     """The quota of the account owning ``mailbox_id``, in the caller's transaction."""

@@ -32,6 +32,7 @@ from ...message.derived import derive
 from ...message.objectids import EMAIL, THREAD, opaque_id
 from ...message.threadkeys import KEY_FIELDS, SortKeys, ThreadKeys, keys_from_json, sort_keys
 from ..api import DERIVED_FIELDS, DerivedRecord, MailboxRef, StorageFull, derive_record
+from ..rows import THREAD_LOOKUP_IDS
 from . import textindex
 from .core import DB_FILE, SQLiteCore, select_uids
 
@@ -50,9 +51,6 @@ INDEX_BACKOFF = (1.0, 60.0)
 INDEX_FREE_POLL = 1.0  # seconds between looks at the free space while it is below the reserve
 SORT_INLINE = 2_000  # more messages' SORT/THREAD keys than this are read off the event loop
 SORT_BACKFILL_BATCH = 500  # bodies per slice of filling sort_keys for bodies derived before it existed
-# The ids a new body's thread is looked up by (RFC 8474 5.2): its own
-# Message-ID and the last of its parent ids (its nearest ancestors).
-THREAD_LOOKUP_IDS = 20
 _SORT_COLS = ("date", "subject", "refwd", "from_mailbox", "from_display", "to_mailbox", "to_display", "cc_mailbox",
               "message_id", "parents")
 _SORT_SELECT = ("SELECT m.uid, m.body_id, k.body_id, " + ", ".join(f"k.{c}" for c in _SORT_COLS)

@@ -1,0 +1,149 @@
+"""The login throttle kept in PostgreSQL, shared by every node of a store
+on it, so a password-guessing client cannot multiply its budget by the
+number of nodes (nor by spreading attempts in flight over them).
+
+``DatabaseThrottle`` is auth/throttle.py's ``LoginThrottle`` with its three
+tables held in the database instead of this process: each call locks the
+counters of its keys (a transaction-scoped advisory lock per key, taken in
+key order), loads them, runs the pure throttle logic on them and writes them
+back, in one transaction. Times are stored as wall-clock seconds (the
+callers' clock is monotonic and differs between hosts). An attempt in
+flight holds its reservation for at most ``PENDING_TTL`` seconds, so a node
+that dies mid-login does not hold the budget for ever.
+
+The calls block for one round trip, as the worker processes' calls to the
+supervisor's throttle do (auth/throttle_shared.py); a login costs far more.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from .throttle import Attempt, Busy, Locked, LoginThrottle, ThrottlePolicy, _Entry, _Table
+
+# Seconds a reservation counts as in flight at most (the longest delay, the
+# password check and a slow client's SASL exchange fit well within it).
+PENDING_TTL = 120.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS login_throttle (
+    kind          TEXT NOT NULL,     -- ip, account or pair
+    key           BYTEA NOT NULL,    -- UTF-8 (a pair's key holds a NUL)
+    failures      INTEGER NOT NULL,
+    pending       INTEGER NOT NULL,
+    pending_until DOUBLE PRECISION NOT NULL,  -- wall-clock end of the newest reservation
+    last_failure  DOUBLE PRECISION NOT NULL,  -- wall clock
+    locked_until  DOUBLE PRECISION NOT NULL,  -- wall clock, 0: not locked
+    PRIMARY KEY (kind, key)
+)
+"""
+
+
+class DatabaseThrottle(LoginThrottle):
+    """A ``LoginThrottle`` whose counters live in the database ``dsn`` names."""
+
+    def __init__(self, dsn: str, policy: ThrottlePolicy | None = None) -> None:
+        super().__init__(policy)
+        self.dsn = dsn
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self._local = threading.local()  # inside _run on this thread
+        # the callers' clock (time.monotonic, auth/service.py) -> wall clock
+        self._shift = time.time() - time.monotonic()
+
+    def _connection(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.dsn, autocommit=True)
+            self._conn.execute(SCHEMA)
+        return self._conn
+
+    def _tables(self) -> dict[str, _Table]:
+        return {"ip": self._ips, "account": self._accounts, "pair": self._pairs}
+
+    def _run(self, keys: tuple[str | None, str | None, str | None], now: float, fn: Any) -> Any:
+        """``fn()`` on the counters of ``keys`` (ip, account, pair) loaded from
+        the database, which gets them back in the same transaction."""
+        if getattr(self._local, "inside", False):  # reserve() asks before_attempt(): the counters are loaded already
+            return fn()
+        wanted = [(kind, key) for kind, key in zip(("ip", "account", "pair"), keys, strict=True) if key is not None]
+        raw = {key: key.encode("utf-8", "surrogatepass") for _, key in wanted}
+        with self._lock:
+            conn = self._connection()
+            shift = self._shift
+            wall = now + shift
+            with conn.transaction():
+                for kind, key in sorted(wanted):
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s || encode(%s, 'hex'), 0))",
+                                 (f"throttle:{kind}:", raw[key]))
+                rows = conn.execute(
+                    "SELECT kind, key, failures, pending, pending_until, last_failure, locked_until"
+                    " FROM login_throttle WHERE (kind, key) IN (SELECT * FROM unnest(%s::text[], %s::bytea[]))",
+                    ([k for k, _ in wanted], [raw[k] for _, k in wanted])).fetchall()
+                tables = self._tables()
+                for table in tables.values():
+                    table.entries.clear()
+                for kind, key, failures, pending, pending_until, last_failure, locked_until in rows:
+                    tables[kind].entries[bytes(key).decode("utf-8", "surrogatepass")] = _Entry(
+                        failures=failures, pending=pending if pending_until > wall else 0,
+                        last_failure=last_failure - shift, locked_until=locked_until - shift if locked_until else 0.0)
+                self._local.inside = True
+                try:
+                    result = fn()
+                finally:
+                    self._local.inside = False
+                for kind, key in wanted:
+                    entry = tables[kind].entries.get(key)
+                    if entry is None:
+                        conn.execute("DELETE FROM login_throttle WHERE kind = %s AND key = %s", (kind, raw[key]))
+                        continue
+                    conn.execute(
+                        "INSERT INTO login_throttle VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (kind, key)"
+                        " DO UPDATE SET failures = excluded.failures, pending = excluded.pending,"
+                        " pending_until = CASE WHEN excluded.pending > login_throttle.pending"
+                        "  THEN excluded.pending_until ELSE login_throttle.pending_until END,"
+                        " last_failure = excluded.last_failure, locked_until = excluded.locked_until",
+                        (kind, raw[key], entry.failures, entry.pending, wall + PENDING_TTL, entry.last_failure + shift,
+                         entry.locked_until + shift if entry.locked_until else 0.0))
+                for table in tables.values():
+                    table.entries.clear()
+            return result
+
+    # -- the public API, each call one transaction ----------------------------------
+    def before_attempt(self, ip: str, account: str | None, now: float) -> float | Locked | Busy:
+        parent = super().before_attempt
+        return self._run(self._keys(ip, account), now, lambda: parent(ip, account, now))
+
+    def reserve(self, ip: str, account: str | None, now: float) -> Attempt | Locked | Busy:
+        parent = super().reserve
+        return self._run(self._keys(ip, account), now, lambda: parent(ip, account, now))
+
+    def fail(self, attempt: Attempt, now: float) -> None:
+        parent = super().fail
+        self._run((attempt.ip_key, attempt.account_key, attempt.pair_key), now, lambda: parent(attempt, now))
+
+    def succeed(self, attempt: Attempt, now: float) -> None:
+        parent = super().succeed
+        self._run((attempt.ip_key, attempt.account_key, attempt.pair_key), now, lambda: parent(attempt, now))
+
+    def record_failure(self, ip: str, account: str | None, now: float) -> None:
+        parent = super().record_failure
+        self._run(self._keys(ip, account), now, lambda: parent(ip, account, now))
+
+    def record_success(self, ip: str, account: str, now: float) -> None:
+        parent = super().record_success
+        self._run(self._keys(ip, account), now, lambda: parent(ip, account, now))
+
+    def __len__(self) -> int:
+        with self._lock:
+            row = self._connection().execute("SELECT count(*) FROM login_throttle").fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

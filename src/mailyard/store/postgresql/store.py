@@ -1,0 +1,1714 @@
+"""``PostgreSQLStore``: the Store API over psycopg 3's async connection pool
+(see the package docstring for the guarantees)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import AsyncConnectionPool
+
+from ...config import StoreConfig
+from ...message.address import search_value
+from ...message.objectids import EMAIL, THREAD, opaque_id
+from ...message.threadkeys import SortKeys, ThreadKeys, keys_from_json
+from ..api import (
+    DERIVED_FIELDS,
+    HIERARCHY_DELIMITER,
+    KEEP,
+    PENDING,
+    SPECIAL_USE_MAILBOXES,
+    Account,
+    AlreadyExists,
+    AppendItem,
+    Changes,
+    ChannelLike,
+    DeliveryTarget,
+    DerivedRecord,
+    FlagMode,
+    InvalidName,
+    Mailbox,
+    MailboxGone,
+    MailboxRef,
+    MailboxStatus,
+    MailboxSummary,
+    MessageInfo,
+    NewMessage,
+    NewQueueEntry,
+    NotFound,
+    QueueAttempt,
+    QueueEntry,
+    QueueRecipient,
+    Quota,
+    QuotaExceeded,
+    RecipientOutcome,
+    StorageFull,
+    Store,
+    StoreError,
+    derive_record,
+)
+from ..names import (
+    alias_source,
+    canonical_name,
+    normalize_address,
+    normalize_domain,
+    normalize_sender_pattern,
+)
+from ..notify import DIRECTORY, MAILBOXES, QUEUE
+from ..revocation import RevocationSignal
+from ..rows import (
+    MAILBOX_COLS,
+    MESSAGE_COLS,
+    QUOTA_COLS,
+    THREAD_LOOKUP_IDS,
+    flags_set,
+    flags_text,
+    mailbox_row,
+    message_row,
+    quota_row,
+)
+from . import schema
+
+log = logging.getLogger("mailyard.store")
+
+CHANNEL = "mailyard_changes"
+REVOKE = b"R"  # sessions or mailbox references ended: validity caches forget
+_ACCOUNT_COLS = "id, address, password_hash, apop_secret, scram_sha256, epoch"
+_RCPT_COLS = "id, queue_id, address, domain, notify, orcpt, state, attempts, next_attempt, last_reply, last_host"
+_ENTRY_COLS = "id, reverse_path, envid, ret, smtputf8, eight_bit, size, created, warned"
+_IMAP_COLS = {"envelope_imap": "envelope", "bodystructure_imap": "bodystructure", "body_imap": "body"}
+_META_KEYS = frozenset({"envelope", "bodystructure", "parts", "messages", "date", "size", "preview"})
+_OBJECT_IDS = frozenset({"email_id", "thread_id"})
+_SORT_COLS = ("date", "subject", "refwd", "from_mailbox", "from_display", "to_mailbox", "to_display", "cc_mailbox",
+              "message_id", "parents")
+# SORT keys (RFC 5256 section 3, RFC 5957) over messages m and sort_keys k;
+# text compares in the C collation: code point order, as i;unicode-casemap
+# keys are compared (RFC 5051 2)
+_ORDER_BY = {"ARRIVAL": "m.internal_date", "SIZE": "m.size", "DATE": "coalesce(k.date, m.internal_date)",
+             "SUBJECT": 'k.subject COLLATE "C"', "FROM": 'k.from_mailbox COLLATE "C"',
+             "TO": 'k.to_mailbox COLLATE "C"', "CC": 'k.cc_mailbox COLLATE "C"',
+             "DISPLAYFROM": 'k.from_display COLLATE "C"', "DISPLAYTO": 'k.to_display COLLATE "C"'}
+_RETRIES = 20
+# Seconds a node's claim on due queue recipients lasts (queue_due): longer
+# than an attempt takes; after it another node may try them.
+QUEUE_LEASE = 900.0
+# Seconds between attempts to listen again after the connection was lost: first, most.
+LISTEN_RETRY = (0.1, 5.0)  # a write that met a deadlock or a serialization failure runs again
+
+
+def _lock_space(space: str) -> int:
+    """An advisory lock's first key: a stable 31-bit number for ``space``."""
+    return zlib.crc32(("mailyard:" + space).encode()) & 0x7FFFFFFF
+
+
+def _int32(key: int) -> int:
+    """An advisory lock's second key (int4): ids above 2**31 wrap around."""
+    return (key + 2**31) % 2**32 - 2**31
+
+
+def _like(text: str) -> str:
+    """``text`` as a LIKE pattern matching itself anywhere."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class _Tx:
+    """What a write collects besides its SQL: the mailboxes it changed, and
+    notes for other nodes (sent with pg_notify inside the transaction)."""
+
+    def __init__(self) -> None:
+        self.changed: set[int] = set()
+        self.notes: set[bytes] = set()
+
+
+class PostgreSQLStore(Store):
+    """Store backend on a PostgreSQL database named by ``dsn``."""
+
+    def __init__(self, dsn: str, config: StoreConfig | None = None, background: bool = True,
+                 pool_size: int = 10, data_dir: Path | None = None) -> None:
+        """``data_dir``: the node's data directory, when there is one: the
+        processes of one node (the CLI beside ``mailyard serve``, workers)
+        see each other's revocations at once through its revocation file;
+        other nodes a moment later, through the database's notifications."""
+        self.config = config or StoreConfig()
+        self.dsn = dsn
+        self.node = os.urandom(6).hex()  # tells this store's notes from other nodes'
+        self.peers: ChannelLike | None = None
+        self._pool = AsyncConnectionPool(dsn, min_size=1, max_size=pool_size, open=False,
+                                         kwargs={"autocommit": True})
+        self._opened: asyncio.Future[None] | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._listen_conn: psycopg.AsyncConnection | None = None
+        self._listeners: list[Callable[[int], None]] = []
+        self._handlers: dict[bytes, list[Callable[[list[int]], None]]] = {}
+        # validity checks are not coroutines (api.py): a plain connection
+        # answers their cache misses; notes of revocations clear the caches
+        self._sync: psycopg.Connection | None = None
+        self._sync_lock = threading.Lock()
+        self._live: dict[int, tuple[int, int]] = {}
+        self._epochs: dict[int, int | None] = {}
+        self._revoked: RevocationSignal | None = None
+        if data_dir is not None:
+            Path(data_dir).mkdir(parents=True, exist_ok=True)
+            self._revoked = RevocationSignal(Path(data_dir) / "revocations")
+            self._token = self._revoked.value()
+        # hold_expunged (RFC 2180 4.1.1), for this node's sessions
+        self._holds: dict[int, dict[object, int]] = {}
+        self._held_by: dict[object, int] = {}
+        self._objectid_key: bytes | None = None
+        self._closed = False
+        self._lock_conn: psycopg.AsyncConnection | None = None
+        self._lock_mutex = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --- life cycle ------------------------------------------------------------
+    async def _ready(self) -> None:
+        if self._opened is None:
+            self._opened = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.to_thread(schema.migrate_sync, self.dsn)
+                await self._pool.open(wait=True)
+                await self._start_listening()
+            except BaseException as exc:
+                self._opened.set_exception(exc)
+                fut, self._opened = self._opened, None
+                fut.exception()
+                raise
+            self._opened.set_result(None)
+        else:
+            await self._opened
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._listen_task
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        for conn in (self._listen_conn, self._lock_conn):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        if self._opened is not None:
+            await self._pool.close()
+        with self._sync_lock:
+            if self._sync is not None:
+                self._sync.close()
+                self._sync = None
+        if self._revoked is not None:
+            self._revoked.close()
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        await self._ready()
+        async with self._pool.connection() as conn:
+            yield conn
+
+    async def _q(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        async with self._conn() as c:
+            return await (await c.execute(sql, args)).fetchall()
+
+    async def _q1(self, sql: str, args: Sequence[Any] = ()) -> tuple | None:
+        async with self._conn() as c:
+            return await (await c.execute(sql, args)).fetchone()
+
+    async def _write(self, op: Callable[[psycopg.AsyncConnection, _Tx], Any], directory: bool = False,
+                     revoke: bool = False) -> Any:
+        """Run ``op`` in one transaction; returns its result once committed.
+        A deadlock or serialization failure (concurrent writers) runs it again."""
+        await self._ready()
+        for attempt in range(_RETRIES):
+            tx = _Tx()
+            if directory:
+                tx.notes.add(DIRECTORY)
+            if revoke:
+                tx.notes.add(REVOKE)
+            try:
+                async with self._pool.connection() as c, c.transaction():
+                    result = await op(c, tx)
+                    if tx.changed:
+                        tx.notes.add(MAILBOXES)
+                    for kind in tx.notes:
+                        ids = tx.changed if kind == MAILBOXES else ()
+                        payload = f"{self.node}:{kind.decode()}:{','.join(map(str, sorted(ids)))}"
+                        await c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
+                if attempt == _RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.001 * (attempt + 1))
+                continue
+            break
+        if directory:
+            self.directory_version += 1
+        if revoke:
+            self._live.clear()
+            self._epochs.clear()
+            if self._revoked is not None:
+                self._revoked.bump()
+        if tx.changed:
+            self.notify_local(tx.changed)
+        return result
+
+    def translate_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, StoreError):
+            return exc
+        if isinstance(exc, pg_errors.DiskFull):
+            return StorageFull("the database is full")
+        return exc
+
+    # --- change notification -------------------------------------------------
+    async def _start_listening(self) -> None:
+        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        await conn.execute(f"LISTEN {CHANNEL}")
+        self._listen_conn = conn
+        self._listen_task = asyncio.get_running_loop().create_task(self._listen(conn))
+
+    async def _listen(self, conn: psycopg.AsyncConnection) -> None:
+        """Hear the other nodes' notes; when the connection is lost (the
+        database restarted, a network cut), connect again with a growing
+        pause, and then treat every note missed meanwhile as having come."""
+        pause = LISTEN_RETRY[0]
+        while True:
+            try:
+                async for note in conn.notifies():
+                    pause = LISTEN_RETRY[0]
+                    self._note(note.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._closed:
+                    return
+                log.warning("store: notification connection lost (%s); connecting again", exc)
+            if self._closed:
+                return
+            with contextlib.suppress(Exception):
+                await conn.close()
+            while not self._closed:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LISTEN_RETRY[1])
+                try:
+                    conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                except Exception as exc:
+                    log.warning("store: cannot listen for notifications yet: %s", exc)
+                    continue
+                self._listen_conn = conn
+                self._missed_notes()
+                break
+
+    def _note(self, payload: str) -> None:
+        node, _, rest = payload.partition(":")
+        if node == self.node:
+            return
+        kind, _, text = rest.partition(":")
+        ids = [int(x) for x in text.split(",") if x]
+        try:
+            self._peer_note(kind.encode(), ids)
+        except Exception:
+            log.exception("change note handling failed")
+
+    def _missed_notes(self) -> None:
+        """After a gap in listening: caches forget, the queue runner looks,
+        and the sessions of every mailbox held here look for changes."""
+        self._live.clear()
+        self._epochs.clear()
+        self.directory_version += 1
+        if self.on_queue_note is not None:
+            self.on_queue_note()
+        self.notify_local(list(self._holds))
+
+    def _peer_note(self, kind: bytes, ids: list[int]) -> None:
+        if kind == MAILBOXES:
+            self.notify_local(ids)
+        elif kind == DIRECTORY:
+            self.directory_version += 1
+        elif kind == REVOKE:
+            self._live.clear()
+            self._epochs.clear()
+        elif kind == QUEUE and self.on_queue_note is not None:
+            self.on_queue_note()
+        for handle in self._handlers.get(kind, ()):
+            handle(ids)
+
+    def attach_peers(self, channel: ChannelLike) -> None:
+        """The nodes already hear each other through LISTEN/NOTIFY; a local
+        channel (worker processes of one node) also gets this store's notes."""
+        self.peers = channel
+        channel.on(MAILBOXES, self.notify_local)
+        channel.on(DIRECTORY, lambda ids: setattr(self, "directory_version", self.directory_version + 1))
+
+    def notify_local(self, mailbox_ids: Iterable[int]) -> None:
+        for mailbox_id in mailbox_ids:
+            for callback in list(self._listeners):
+                try:
+                    callback(mailbox_id)
+                except Exception:
+                    log.exception("store listener failed")
+
+    def add_listener(self, callback: Callable[[int], None]) -> Callable[[], None]:
+        self._listeners.append(callback)
+
+        def remove() -> None:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return remove
+
+    async def publish(self, kind: bytes, ids: Iterable[int] = ()) -> None:
+        """Send a note to every other node (``kind`` as store/notify.py's)."""
+        await self._ready()
+        payload = f"{self.node}:{kind.decode()}:{','.join(map(str, sorted(ids)))}"
+        async with self._pool.connection() as c:
+            await c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+
+    # --- locks across nodes -----------------------------------------------------
+    # Session-level advisory locks on one connection of their own: PostgreSQL
+    # drops them when that connection ends, so a node that dies releases its
+    # locks. They are reentrant per connection, so the caller keeps its own
+    # lock within the process (net/pop3.py MaildropLocks) and asks here second.
+    async def _lock_connection(self) -> psycopg.AsyncConnection:
+        await self._ready()
+        if self._lock_conn is None or self._lock_conn.closed:
+            self._lock_conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        return self._lock_conn
+
+    async def lock_exclusive(self, space: str, key: int) -> bool:
+        async with self._lock_mutex:
+            conn = await self._lock_connection()
+            row = await (await conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                            (_lock_space(space), _int32(key)))).fetchone()
+            return bool(row and row[0])
+
+    def unlock_exclusive(self, space: str, key: int) -> None:
+        async def release() -> None:
+            async with self._lock_mutex:
+                if self._lock_conn is not None and not self._lock_conn.closed:
+                    await self._lock_conn.execute("SELECT pg_advisory_unlock(%s, %s)",
+                                                  (_lock_space(space), _int32(key)))
+
+        try:
+            task = asyncio.get_running_loop().create_task(release())
+        except RuntimeError:
+            return  # no event loop: the lock goes with the connection
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- validity of session references ----------------------------------------
+    def _sync_q1(self, sql: str, args: Sequence[Any]) -> tuple | None:
+        with self._sync_lock:
+            if self._sync is None or self._sync.closed:
+                self._sync = psycopg.connect(self.dsn, autocommit=True)
+            return self._sync.execute(sql, args).fetchone()
+
+    def _fresh(self) -> None:
+        """Drop the validity caches if a process of this node revoked something."""
+        if self._revoked is not None:
+            token = self._revoked.value()
+            if token != self._token:
+                self._token = token
+                self._live.clear()
+                self._epochs.clear()
+
+    def credentials_current(self, account_id: int, epoch: int) -> bool:
+        self._fresh()
+        if account_id not in self._epochs:
+            row = self._sync_q1("SELECT epoch FROM accounts WHERE id = %s", (account_id,))
+            self._epochs[account_id] = row[0] if row else None
+        return self._epochs[account_id] == epoch
+
+    def mailbox_current(self, mailbox: MailboxRef) -> bool:
+        self._fresh()
+        key = self._live.get(mailbox.id)
+        if key is None:
+            row = self._sync_q1("SELECT account_id, uid_validity FROM mailboxes WHERE id = %s", (mailbox.id,))
+            if row is None:
+                return False
+            key = self._live[mailbox.id] = (row[0], row[1])
+        return key[0] == mailbox.account_id and key[1] == mailbox.uid_validity
+
+    async def _owned(self, mailbox: MailboxRef) -> int:
+        """The id of ``mailbox`` for a read, after checking the reference
+        (from memory, as ``mailbox_current``). A deletion racing with the
+        read leaves it nothing to read: the rows go with the mailbox and its
+        id is never reused (an identity column)."""
+        await self._ready()
+        if mailbox.id not in self._live:
+            row = await self._q1("SELECT account_id, uid_validity FROM mailboxes WHERE id = %s", (mailbox.id,))
+            if row is not None:
+                self._live[mailbox.id] = (row[0], row[1])
+        if not self.mailbox_current(mailbox):
+            raise MailboxGone(mailbox.id)
+        return mailbox.id
+
+    @staticmethod
+    async def _owned_w(c: psycopg.AsyncConnection, mailbox: MailboxRef, lock: bool = True) -> int:
+        """Check the reference inside a write, locking the mailbox row: the
+        writers of a mailbox on every node take turns on it."""
+        row = await (await c.execute(
+            "SELECT 1 FROM mailboxes WHERE id = %s AND account_id = %s AND uid_validity = %s"
+            + (" FOR UPDATE" if lock else ""),
+            (mailbox.id, mailbox.account_id, mailbox.uid_validity),
+        )).fetchone()
+        if row is None:
+            raise MailboxGone(mailbox.id)
+        return mailbox.id
+
+    # --- domains -----------------------------------------------------------------
+    async def add_domain(self, name: str) -> None:
+        domain = normalize_domain(name)
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            if await _one(c, "SELECT 1 FROM domains WHERE name = %s", (domain,)):
+                raise AlreadyExists(f"domain {domain} exists already")
+            await c.execute("INSERT INTO domains(name) VALUES (%s)", (domain,))
+
+        await self._write(op, directory=True)
+
+    async def remove_domain(self, name: str) -> None:
+        domain = normalize_domain(name)
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            if not await _one(c, "SELECT 1 FROM domains WHERE name = %s", (domain,)):
+                raise NotFound(f"no domain {domain}")
+            target = await _domain_alias_target(c, domain)
+            if target is not None:
+                raise StoreError(f"{domain} is an alias of {target}; remove it with: "
+                                 f"mailyard domain alias remove {domain}")
+            aliased = [r[0][1:] for r in await _all(
+                c, "SELECT source FROM aliases WHERE lower(target) = %s ORDER BY source", ("@" + domain,))]
+            if aliased:
+                raise StoreError(f"domain {domain} is the target of the domain alias(es) {', '.join(aliased)}; "
+                                 "remove them first")
+            like = "%@" + domain
+            used = (await _one(c, "SELECT count(*) FROM accounts WHERE domain = %s", (domain,)))[0]
+            used += (await _one(c, "SELECT count(*) FROM aliases WHERE lower(source) LIKE %s", (like,)))[0]
+            used += (await _one(c, "SELECT count(*) FROM lists WHERE lower(address) LIKE %s", (like,)))[0]
+            if used:
+                raise StoreError(
+                    f"domain {domain} still has {used} account(s), alias(es) or list(s); remove them first")
+            await c.execute("DELETE FROM domains WHERE name = %s", (domain,))
+
+        await self._write(op, directory=True)
+
+    async def list_domains(self) -> list[str]:
+        return [r[0] for r in await self._q('SELECT name FROM domains ORDER BY name COLLATE "C"')]
+
+    async def is_local_domain(self, name: str) -> bool:
+        try:
+            domain = normalize_domain(name)
+        except InvalidName:
+            return False
+        return await self._q1("SELECT 1 FROM domains WHERE name = %s", (domain,)) is not None
+
+    # --- accounts ----------------------------------------------------------------
+    async def add_account(self, address: str, password_hash: str, apop_secret: str | None = None,
+                          scram_sha256: str | None = None) -> Account:
+        addr = normalize_address(address)
+        domain = addr.rpartition("@")[2]
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> int:
+            if not await _one(c, "SELECT 1 FROM domains WHERE name = %s", (domain,)):
+                raise NotFound(f"{domain} is not a local domain; add it first (mailyard domain add {domain})")
+            target = await _domain_alias_target(c, domain)
+            if target is not None:
+                raise StoreError(f"{domain} is an alias of {target}; add the account there")
+            if await _one(c, "SELECT 1 FROM aliases WHERE lower(source) = lower(%s)", (addr,)) or await _one(
+                    c, "SELECT 1 FROM lists WHERE lower(address) = lower(%s)", (addr,)):
+                raise AlreadyExists(f"{addr} is an alias or a list already")
+            if await _one(c, "SELECT 1 FROM accounts WHERE lower(address) = lower(%s)", (addr,)):
+                raise AlreadyExists(f"account {addr} exists already")
+            row = await _one(
+                c, "INSERT INTO accounts(address, domain, password_hash, apop_secret, scram_sha256, created)"
+                " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                (addr, domain, password_hash, apop_secret, scram_sha256, time.time()))
+            account_id = row[0]
+            await _insert_mailbox(c, account_id, "INBOX", None, subscribe=True)
+            for name, use in SPECIAL_USE_MAILBOXES:
+                await _insert_mailbox(c, account_id, name, use, subscribe=True)
+            return account_id
+
+        account_id = await self._write(op, directory=True)
+        account = await self.get_account_by_id(account_id)
+        assert account is not None
+        return account
+
+    async def get_account(self, address: str) -> Account | None:
+        try:
+            addr = normalize_address(address)
+        except InvalidName:
+            return None
+        row = await self._q1(f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE lower(address) = lower(%s)", (addr,))
+        return Account(*row) if row else None
+
+    async def get_account_by_id(self, account_id: int) -> Account | None:
+        row = await self._q1(f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = %s", (account_id,))
+        return Account(*row) if row else None
+
+    async def list_accounts(self, domain: str | None = None) -> list[Account]:
+        if domain is None:
+            rows = await self._q(f'SELECT {_ACCOUNT_COLS} FROM accounts ORDER BY address COLLATE "C"')
+        else:
+            rows = await self._q(f'SELECT {_ACCOUNT_COLS} FROM accounts WHERE domain = %s ORDER BY address COLLATE "C"',
+                                 (normalize_domain(domain),))
+        return [Account(*r) for r in rows]
+
+    async def set_password(self, address: str, password_hash: str, apop_secret: str | None = None,
+                           scram_sha256: str | None = None) -> None:
+        addr = normalize_address(address)
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            cur = await c.execute(
+                "UPDATE accounts SET password_hash = %s, apop_secret = %s, scram_sha256 = %s, epoch = epoch + 1"
+                " WHERE lower(address) = lower(%s)", (password_hash, apop_secret, scram_sha256, addr))
+            if cur.rowcount == 0:
+                raise NotFound(f"no account {addr}")
+
+        await self._write(op, directory=True, revoke=True)
+
+    async def remove_account(self, address: str) -> None:
+        addr = normalize_address(address)
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            row = await _one(c, "SELECT id FROM accounts WHERE lower(address) = lower(%s) FOR UPDATE", (addr,))
+            if row is None:
+                raise NotFound(f"no account {addr}")
+            for (mailbox_id,) in await _all(c, "SELECT id FROM mailboxes WHERE account_id = %s ORDER BY id FOR UPDATE",
+                                            (row[0],)):
+                await _drop_mailbox_messages(c, mailbox_id)
+                tx.changed.add(mailbox_id)
+            await c.execute("DELETE FROM accounts WHERE id = %s", (row[0],))
+
+        await self._write(op, directory=True, revoke=True)
+
+    # --- quotas ----------------------------------------------------------------
+    async def set_quota(self, address: str, *, storage: int | None | Literal["keep"] = KEEP,
+                        messages: int | None | Literal["keep"] = KEEP) -> Quota:
+        addr = normalize_address(address)
+        for name, value in (("storage", storage), ("message", messages)):
+            if isinstance(value, int) and value < 0:
+                raise InvalidName(f"a {name} limit cannot be negative")
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> Quota:
+            row = await _one(c, "SELECT id FROM accounts WHERE lower(address) = lower(%s)", (addr,))
+            if row is None:
+                raise NotFound(f"no account {addr}")
+            if storage != KEEP:
+                await c.execute("UPDATE accounts SET quota_storage = %s WHERE id = %s", (storage, row[0]))
+            if messages != KEEP:
+                await c.execute("UPDATE accounts SET quota_messages = %s WHERE id = %s", (messages, row[0]))
+            return quota_row(await _one(c, f"SELECT {QUOTA_COLS} FROM accounts WHERE id = %s", (row[0],)))
+
+        return await self._write(op, directory=True)
+
+    async def get_quota(self, account_id: int) -> Quota:
+        row = await self._q1(f"SELECT {QUOTA_COLS} FROM accounts WHERE id = %s", (account_id,))
+        if row is None:
+            raise NotFound(f"no account with id {account_id}")
+        return quota_row(row)
+
+    # --- sender grants ------------------------------------------------------------
+    async def allow_senders(self, address: str, patterns: Sequence[str]) -> list[str]:
+        addr = normalize_address(address)
+        grants = [normalize_sender_pattern(p) for p in patterns]
+        if not grants:
+            raise InvalidName("give at least one address or pattern")
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> int:
+            row = await _one(c, "SELECT id FROM accounts WHERE lower(address) = lower(%s)", (addr,))
+            if row is None:
+                raise NotFound(f"no account {addr}")
+            for g in grants:
+                await c.execute("INSERT INTO sender_grants(account_id, pattern) VALUES (%s, %s)"
+                                " ON CONFLICT DO NOTHING", (row[0], g))
+            return row[0]
+
+        return await self.allowed_senders(await self._write(op, directory=True))
+
+    async def disallow_senders(self, address: str, patterns: Sequence[str] = ()) -> list[str]:
+        addr = normalize_address(address)
+        grants = [normalize_sender_pattern(p) for p in patterns]
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> int:
+            row = await _one(c, "SELECT id FROM accounts WHERE lower(address) = lower(%s)", (addr,))
+            if row is None:
+                raise NotFound(f"no account {addr}")
+            if grants:
+                for g in grants:
+                    await c.execute("DELETE FROM sender_grants WHERE account_id = %s AND lower(pattern) = lower(%s)",
+                                    (row[0], g))
+            else:
+                await c.execute("DELETE FROM sender_grants WHERE account_id = %s", (row[0],))
+            return row[0]
+
+        return await self.allowed_senders(await self._write(op, directory=True))
+
+    async def allowed_senders(self, account_id: int) -> list[str]:
+        rows = await self._q('SELECT pattern FROM sender_grants WHERE account_id = %s ORDER BY pattern COLLATE "C"',
+                             (account_id,))
+        return [r[0] for r in rows]
+
+    # --- account settings -----------------------------------------------------------
+    async def get_settings(self, account_id: int) -> dict[str, Any]:
+        rows = await self._q("SELECT key, value FROM account_settings WHERE account_id = %s", (account_id,))
+        return {key: json.loads(value) for key, value in rows}
+
+    async def set_settings(self, account_id: int, values: Mapping[str, Any]) -> dict[str, Any]:
+        encoded: list[tuple[str, str | None]] = []
+        for key, value in values.items():
+            if not isinstance(key, str) or not key:
+                raise InvalidName("a setting needs a name")
+            try:
+                encoded.append((key, None if value is None else json.dumps(value, allow_nan=False)))
+            except (TypeError, ValueError) as exc:
+                raise InvalidName(f"setting {key}: {exc}") from None
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            if await _one(c, "SELECT 1 FROM accounts WHERE id = %s", (account_id,)) is None:
+                raise NotFound(f"no account with id {account_id}")
+            for key, text in encoded:
+                if text is None:
+                    await c.execute("DELETE FROM account_settings WHERE account_id = %s AND key = %s",
+                                    (account_id, key))
+                else:
+                    await c.execute(
+                        "INSERT INTO account_settings(account_id, key, value) VALUES (%s, %s, %s)"
+                        " ON CONFLICT (account_id, key) DO UPDATE SET value = excluded.value",
+                        (account_id, key, text))
+
+        await self._write(op)
+        return await self.get_settings(account_id)
+
+    # --- aliases and lists -------------------------------------------------------------
+    async def add_alias(self, source: str, targets: Sequence[str]) -> None:
+        src = alias_source(source)
+        dests = [normalize_address(t) for t in targets]
+        if not dests:
+            raise InvalidName("an alias needs at least one target address")
+        domain = src.rpartition("@")[2]
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            if not await _one(c, "SELECT 1 FROM domains WHERE name = %s", (domain,)):
+                raise NotFound(f"{domain} is not a local domain; add it first (mailyard domain add {domain})")
+            target = await _domain_alias_target(c, domain)
+            if src.startswith("@") and target is not None:
+                raise AlreadyExists(f"{domain} is an alias of {target}: all its mail goes there already")
+            if await _one(c, "SELECT 1 FROM accounts WHERE lower(address) = lower(%s)", (src,)) or await _one(
+                    c, "SELECT 1 FROM lists WHERE lower(address) = lower(%s)", (src,)):
+                raise AlreadyExists(f"{src} is an account or a list already")
+            for d in dests:
+                await c.execute("INSERT INTO aliases(source, target) VALUES (%s, %s) ON CONFLICT DO NOTHING", (src, d))
+
+        await self._write(op, directory=True)
+
+    async def remove_alias(self, source: str, targets: Sequence[str] = ()) -> None:
+        src = alias_source(source)
+        dests = [normalize_address(t) for t in targets]
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            if not await _one(c, "SELECT 1 FROM aliases WHERE lower(source) = lower(%s) AND target NOT LIKE '@%%'",
+                              (src,)):
+                raise NotFound(f"no alias {src}")
+            if dests:
+                for d in dests:
+                    await c.execute("DELETE FROM aliases WHERE lower(source) = lower(%s) AND lower(target) = lower(%s)",
+                                    (src, d))
+            else:
+                await c.execute("DELETE FROM aliases WHERE lower(source) = lower(%s)", (src,))
+
+        await self._write(op, directory=True)
+
+    async def get_alias(self, source: str) -> list[str] | None:
+        try:
+            src = alias_source(source)
+        except InvalidName:
+            return None
+        rows = await self._q('SELECT target FROM aliases WHERE lower(source) = lower(%s) ORDER BY lower(target) COLLATE "C"',
+                             (src,))
+        return [r[0] for r in rows] or None
+
+    async def list_aliases(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for src, dst in await self._q("SELECT source, target FROM aliases WHERE target NOT LIKE '@%%'"
+                                      ' ORDER BY lower(source) COLLATE "C", lower(target) COLLATE "C"'):
+            out.setdefault(src, []).append(dst)
+        return out
+
+    async def add_domain_alias(self, alias: str, target: str) -> None:
+        src = normalize_domain(alias)
+        dst = normalize_domain(target)
+        if src == dst:
+            raise InvalidName(f"{src} cannot be an alias of itself")
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            if await _one(c, "SELECT 1 FROM domains WHERE name = %s", (src,)):
+                raise AlreadyExists(f"{src} is a local domain already; remove it first (mailyard domain remove {src})")
+            if not await _one(c, "SELECT 1 FROM domains WHERE name = %s", (dst,)):
+                raise NotFound(f"{dst} is not a local domain; add it first (mailyard domain add {dst})")
+            other = await _domain_alias_target(c, dst)
+            if other is not None:
+                raise StoreError(f"{dst} is itself an alias of {other}; name {other}")
+            await c.execute("INSERT INTO domains(name) VALUES (%s)", (src,))
+            await c.execute("INSERT INTO aliases(source, target) VALUES (%s, %s)", ("@" + src, "@" + dst))
+
+        await self._write(op, directory=True)
+
+    async def remove_domain_alias(self, alias: str) -> None:
+        src = normalize_domain(alias)
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            if await _domain_alias_target(c, src) is None:
+                raise NotFound(f"no domain alias {src}")
+            like = "%@" + src
+            used = (await _one(c, "SELECT count(*) FROM aliases WHERE lower(source) LIKE %s AND lower(source) != %s",
+                               (like, "@" + src)))[0]
+            used += (await _one(c, "SELECT count(*) FROM lists WHERE lower(address) LIKE %s", (like,)))[0]
+            if used:
+                raise StoreError(f"{src} still has {used} alias(es) or list(s) of its own; remove them first")
+            await c.execute("DELETE FROM aliases WHERE lower(source) = %s", ("@" + src,))
+            await c.execute("DELETE FROM domains WHERE name = %s", (src,))
+
+        await self._write(op, directory=True)
+
+    async def list_domain_aliases(self) -> dict[str, str]:
+        return {src[1:]: dst[1:] for src, dst in await self._q(
+            "SELECT source, target FROM aliases WHERE source LIKE '@%%' AND target LIKE '@%%' ORDER BY source")}
+
+    async def remove_address_everywhere(self, address: str) -> tuple[list[str], list[str]]:
+        addr = normalize_address(address)
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> tuple[list[str], list[str]]:
+            aliases = [r[0] for r in await _all(
+                c, "SELECT source FROM aliases WHERE lower(target) = lower(%s) ORDER BY source", (addr,))]
+            lists = [r[0] for r in await _all(
+                c, "SELECT list FROM list_members WHERE lower(member) = lower(%s) ORDER BY list", (addr,))]
+            await c.execute("DELETE FROM aliases WHERE lower(target) = lower(%s)", (addr,))
+            await c.execute("DELETE FROM list_members WHERE lower(member) = lower(%s)", (addr,))
+            return aliases, lists
+
+        return await self._write(op, directory=True)
+
+    async def add_list(self, address: str) -> None:
+        addr = normalize_address(address)
+        domain = addr.rpartition("@")[2]
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            if not await _one(c, "SELECT 1 FROM domains WHERE name = %s", (domain,)):
+                raise NotFound(f"{domain} is not a local domain; add it first (mailyard domain add {domain})")
+            if await _one(c, "SELECT 1 FROM accounts WHERE lower(address) = lower(%s)", (addr,)) or await _one(
+                    c, "SELECT 1 FROM aliases WHERE lower(source) = lower(%s)", (addr,)):
+                raise AlreadyExists(f"{addr} is an account or an alias already")
+            if await _one(c, "SELECT 1 FROM lists WHERE lower(address) = lower(%s)", (addr,)):
+                raise AlreadyExists(f"list {addr} exists already")
+            await c.execute("INSERT INTO lists(address) VALUES (%s)", (addr,))
+
+        await self._write(op, directory=True)
+
+    async def remove_list(self, address: str) -> None:
+        addr = normalize_address(address)
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            if (await c.execute("DELETE FROM lists WHERE lower(address) = lower(%s)", (addr,))).rowcount == 0:
+                raise NotFound(f"no list {addr}")
+            await c.execute("DELETE FROM list_members WHERE lower(list) = lower(%s)", (addr,))
+
+        await self._write(op, directory=True)
+
+    async def subscribe_list(self, address: str, member: str) -> None:
+        addr = normalize_address(address)
+        who = normalize_address(member)
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            row = await _one(c, "SELECT address FROM lists WHERE lower(address) = lower(%s)", (addr,))
+            if not row:
+                raise NotFound(f"no list {addr}")
+            await c.execute("INSERT INTO list_members(list, member) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                            (row[0], who))
+
+        await self._write(op, directory=True)
+
+    async def unsubscribe_list(self, address: str, member: str) -> None:
+        addr = normalize_address(address)
+        who = normalize_address(member)
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            if not await _one(c, "SELECT 1 FROM lists WHERE lower(address) = lower(%s)", (addr,)):
+                raise NotFound(f"no list {addr}")
+            cur = await c.execute("DELETE FROM list_members WHERE lower(list) = lower(%s) AND lower(member) = lower(%s)",
+                                  (addr, who))
+            if cur.rowcount == 0:
+                raise NotFound(f"{who} is not a member of {addr}")
+
+        await self._write(op, directory=True)
+
+    async def get_list_members(self, address: str) -> list[str] | None:
+        try:
+            addr = normalize_address(address)
+        except InvalidName:
+            return None
+        if await self._q1("SELECT 1 FROM lists WHERE lower(address) = lower(%s)", (addr,)) is None:
+            return None
+        return [r[0] for r in await self._q(
+            'SELECT member FROM list_members WHERE lower(list) = lower(%s) ORDER BY lower(member) COLLATE "C"', (addr,))]
+
+    async def list_lists(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {r[0]: [] for r in await self._q(
+            'SELECT address FROM lists ORDER BY lower(address) COLLATE "C"')}
+        keys = {k.lower(): k for k in out}
+        for lst, member in await self._q(
+                'SELECT list, member FROM list_members ORDER BY lower(list) COLLATE "C", lower(member) COLLATE "C"'):
+            out.setdefault(keys.get(lst.lower(), lst), []).append(member)
+        return out
+
+    # --- mailboxes ---------------------------------------------------------------------
+    async def create_mailbox(self, account_id: int, name: str, special_use: str | None = None,
+                             subscribe: bool = False) -> Mailbox:
+        canonical = canonical_name(name)
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> int:
+            if await _one(c, "SELECT 1 FROM accounts WHERE id = %s", (account_id,)) is None:
+                raise NotFound(f"no account with id {account_id}")
+            return await _insert_mailbox(c, account_id, canonical, special_use, subscribe)
+
+        mailbox_id = await self._write(op, directory=True)
+        mailbox = await self.get_mailbox_by_id(account_id, mailbox_id)
+        assert mailbox is not None
+        return mailbox
+
+    async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
+        try:
+            canonical = canonical_name(name)
+        except InvalidName:
+            return None
+        row = await self._q1(f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE account_id = %s AND name = %s",
+                             (account_id, canonical))
+        return mailbox_row(row) if row else None
+
+    async def get_mailbox_by_id(self, account_id: int, mailbox_id: int) -> Mailbox | None:
+        row = await self._q1(f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE id = %s AND account_id = %s",
+                             (mailbox_id, account_id))
+        return mailbox_row(row) if row else None
+
+    async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
+        rows = await self._q(f'SELECT {MAILBOX_COLS} FROM mailboxes WHERE account_id = %s ORDER BY name COLLATE "C"',
+                             (account_id,))
+        return [mailbox_row(r) for r in rows]
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        old_name = canonical_name(old)
+        new_name = canonical_name(new)
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            src = await _one(c, "SELECT id, uid_next FROM mailboxes WHERE account_id = %s AND name = %s FOR UPDATE",
+                             (account_id, old_name))
+            if src is None:
+                raise NotFound(f"no mailbox {old_name}")
+            if await _one(c, "SELECT 1 FROM mailboxes WHERE account_id = %s AND name = %s", (account_id, new_name)):
+                raise AlreadyExists(f"mailbox {new_name} exists already")
+            if new_name == old_name or new_name.startswith(old_name + HIERARCHY_DELIMITER):
+                raise InvalidName("a mailbox cannot be renamed into itself")
+            if old_name == "INBOX":
+                # RFC 9051 6.3.6: renaming INBOX moves its messages to the new
+                # mailbox and leaves INBOX empty; its inferiors stay where they are.
+                new_id = await _insert_mailbox(c, account_id, new_name, None)
+                await c.execute("UPDATE mailboxes SET uid_next = %s WHERE id = %s", (src[1], new_id))
+                modseq = await _bump_modseq(c, src[0])
+                await c.execute(
+                    "INSERT INTO expunged(mailbox_id, uid, modseq) SELECT mailbox_id, uid, %s FROM messages"
+                    " WHERE mailbox_id = %s ON CONFLICT (mailbox_id, uid) DO UPDATE SET modseq = excluded.modseq",
+                    (modseq, src[0]))
+                await c.execute("UPDATE messages SET mailbox_id = %s WHERE mailbox_id = %s", (new_id, src[0]))
+                tx.changed.update((src[0], new_id))
+                return
+            prefix = old_name + HIERARCHY_DELIMITER
+            rows = await _all(c, "SELECT id, name FROM mailboxes WHERE account_id = %s"
+                                 " AND (name = %s OR left(name, %s) = %s) ORDER BY id FOR UPDATE",
+                              (account_id, old_name, len(prefix), prefix))
+            for mailbox_id, name in rows:
+                renamed = new_name + name[len(old_name):]
+                if await _one(c, "SELECT 1 FROM mailboxes WHERE account_id = %s AND name = %s", (account_id, renamed)):
+                    raise AlreadyExists(f"mailbox {renamed} exists already")
+                await c.execute("UPDATE mailboxes SET name = %s WHERE id = %s", (renamed, mailbox_id))
+                cur = await c.execute("DELETE FROM subscriptions WHERE account_id = %s AND name = %s",
+                                      (account_id, name))
+                if cur.rowcount:
+                    await c.execute("INSERT INTO subscriptions(account_id, name) VALUES (%s, %s)"
+                                    " ON CONFLICT DO NOTHING", (account_id, renamed))
+                tx.changed.add(mailbox_id)
+
+        await self._write(op, directory=True)
+
+    async def delete_mailbox(self, account_id: int, name: str) -> None:
+        canonical = canonical_name(name)
+        if canonical == "INBOX":
+            raise StoreError("INBOX cannot be deleted")
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            row = await _one(c, "SELECT id FROM mailboxes WHERE account_id = %s AND name = %s FOR UPDATE",
+                             (account_id, canonical))
+            if row is None:
+                raise NotFound(f"no mailbox {canonical}")
+            await _drop_mailbox_messages(c, row[0])
+            await c.execute("DELETE FROM mailboxes WHERE id = %s", (row[0],))
+            # the subscription stays (RFC 9051 6.3.7 "MUST NOT unilaterally remove")
+            tx.changed.add(row[0])
+
+        await self._write(op, directory=True, revoke=True)
+
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        canonical = canonical_name(name)
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            if subscribed:
+                await c.execute("INSERT INTO subscriptions(account_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                                (account_id, canonical))
+            else:
+                await c.execute("DELETE FROM subscriptions WHERE account_id = %s AND name = %s",
+                                (account_id, canonical))
+
+        await self._write(op)
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        return [r[0] for r in await self._q(
+            'SELECT name FROM subscriptions WHERE account_id = %s ORDER BY name COLLATE "C"', (account_id,))]
+
+    async def claim_recent(self, mailbox: MailboxRef, claim: bool = True, upto: int | None = None) -> int:
+        await self._owned(mailbox)
+        if not claim:
+            row = await self._q1("SELECT recent_uid FROM mailboxes WHERE id = %s", (mailbox.id,))
+            if row is None:
+                raise NotFound("no such mailbox")
+            return row[0]
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> int:
+            await self._owned_w(c, mailbox, lock=False)
+            # the row lock makes exactly one session (of any node) claim each UID
+            row = await _one(c, "SELECT recent_uid, uid_next - 1 FROM mailboxes WHERE id = %s FOR UPDATE",
+                             (mailbox.id,))
+            if row is None:
+                raise NotFound("no such mailbox")
+            target = row[1] if upto is None else min(upto, row[1])
+            if target > row[0]:
+                await c.execute("UPDATE mailboxes SET recent_uid = %s WHERE id = %s", (target, mailbox.id))
+            return row[0]
+
+        return await self._write(op)
+
+    async def mailbox_status(self, mailbox: MailboxRef) -> MailboxStatus:
+        mailbox_id = await self._owned(mailbox)
+        row = await self._q1(
+            "SELECT b.uid_next, b.uid_validity, b.highest_modseq, count(m.uid), coalesce(sum(m.size), 0),"
+            " count(m.uid) FILTER (WHERE position(' \\Seen ' in ' ' || m.flags || ' ') = 0),"
+            " count(m.uid) FILTER (WHERE position(' \\Deleted ' in ' ' || m.flags || ' ') > 0),"
+            " coalesce(sum(m.size) FILTER (WHERE position(' \\Deleted ' in ' ' || m.flags || ' ') > 0), 0)"
+            " FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id WHERE b.id = %s"
+            " GROUP BY b.id", (mailbox_id,))
+        if row is None:
+            raise NotFound("no such mailbox")
+        return MailboxStatus(messages=row[3], unseen=row[5], deleted=row[6], size=int(row[4]),
+                             uid_next=row[0], uid_validity=row[1], highest_modseq=row[2], deleted_size=int(row[7]))
+
+    async def mailbox_summary(self, mailbox: MailboxRef) -> MailboxSummary:
+        await self._ready()
+        async with self._pool.connection() as c, c.transaction():
+            # one snapshot for all three reads
+            await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            row = await _one(c, f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE id = %s AND account_id = %s"
+                                " AND uid_validity = %s", (mailbox.id, mailbox.account_id, mailbox.uid_validity))
+            if row is None:
+                raise MailboxGone(mailbox.id)
+            rows = await _all(c, "SELECT uid, flags FROM messages WHERE mailbox_id = %s ORDER BY uid", (mailbox.id,))
+        uids = [r[0] for r in rows]
+        keywords = {f for text in {r[1] for r in rows} for f in text.split() if not f.startswith("\\")}
+        first_unseen = next((r[0] for r in rows if "\\Seen" not in flags_set(r[1])), None)
+        return MailboxSummary(mailbox_row(row), uids, frozenset(keywords), first_unseen)
+
+    # --- messages --------------------------------------------------------------------
+    async def _derive(self, bodies: Sequence[bytes]) -> list[DerivedRecord]:
+        """Derived data of new bodies, computed off the event loop before the
+        write's transaction (so no row lock is held while parsing)."""
+        return await asyncio.to_thread(lambda: [derive_record(b) for b in bodies])
+
+    async def deliver(self, body: bytes, targets: Sequence[DeliveryTarget]) -> list[int]:
+        if not targets:
+            return []
+        (rec,) = await self._derive([body])
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> list[int]:
+            # the body first: the mailbox rows stay locked only for the message rows
+            body_id = await _store_body(c, body, len(targets))
+            await _save_body_rows(c, body_id, rec)
+            await _lock_mailboxes(c, [t.mailbox_id for t in targets])
+            await _check_targets(c, targets, len(body))
+            uids = await _insert_targets(c, tx, body_id, len(body), targets)
+            await _save_sort_keys(c, body_id, rec)
+            return uids
+
+        return await self._write(op)
+
+    async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem]) -> list[int]:
+        if not items:
+            return []
+        batch = list(items)
+        records = await self._derive([item.data for item in batch])
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> list[int]:
+            mailbox_id = await self._owned_w(c, mailbox)
+            # RFC 9208 / RFC 3502: the whole MULTIAPPEND fits, or none of it is written
+            if not (await _mailbox_quota(c, mailbox_id)).fits(sum(len(i.data) for i in batch), len(batch)):
+                raise QuotaExceeded("over quota", [mailbox_id])
+            uids: list[int] = []
+            for item, rec in zip(batch, records, strict=True):
+                body_id = await _store_body(c, item.data, 1)
+                target = DeliveryTarget(mailbox_id, b"", item.flags, item.internal_date)
+                uids += await _insert_targets(c, tx, body_id, len(item.data), [target])
+                await _save_derived(c, body_id, rec)
+            return uids
+
+        return await self._write(op)
+
+    async def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
+        mailbox_id = await self._owned(mailbox)
+        rows = await self._q(f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = %s ORDER BY uid", (mailbox_id,))
+        return [message_row(r) for r in rows]
+
+    async def get_messages(self, mailbox: MailboxRef, uids: Sequence[int], expunged: bool = False
+                           ) -> list[MessageInfo]:
+        mailbox_id = await self._owned(mailbox)
+        where = -mailbox_id if expunged else mailbox_id
+        rows = await self._q(f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)"
+                             " ORDER BY uid", (where, sorted(set(uids))))
+        return [message_row((mailbox_id, *r[1:])) for r in rows]
+
+    async def read_message(self, mailbox: MailboxRef, uid: int, expunged: bool = False) -> bytes:
+        mailbox_id = await self._owned(mailbox)
+        ids = [mailbox_id, -mailbox_id] if expunged else [mailbox_id]
+        row = await self._q1("SELECT m.prefix || b.data FROM messages m JOIN bodies b ON b.id = m.body_id"
+                             " WHERE m.mailbox_id = ANY(%s) AND m.uid = %s ORDER BY m.mailbox_id DESC LIMIT 1",
+                             (ids, uid))
+        if row is None:
+            raise NotFound(f"no message with UID {uid}")
+        return bytes(row[0])
+
+    async def read_messages(self, mailbox: MailboxRef, uids: Sequence[int]) -> list[tuple[int, bytes]]:
+        mailbox_id = await self._owned(mailbox)
+        rows = await self._q("SELECT m.uid, m.prefix || b.data FROM messages m JOIN bodies b ON b.id = m.body_id"
+                             " WHERE m.mailbox_id = %s AND m.uid = ANY(%s) ORDER BY m.uid",
+                             (mailbox_id, sorted(set(uids))))
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    def hold_expunged(self, holder: object, mailbox: MailboxRef | None, seen_modseq: int = 0) -> None:
+        mailbox_id = None if mailbox is None else mailbox.id
+        before = self._held_by.pop(holder, None)
+        if before is not None:
+            holders = self._holds.get(before, {})
+            holders.pop(holder, None)
+            if not holders:
+                self._holds.pop(before, None)
+        if mailbox_id is not None:
+            self._holds.setdefault(mailbox_id, {})[holder] = seen_modseq
+            self._held_by[holder] = mailbox_id
+        for m in {x for x in (before, mailbox_id) if x is not None}:
+            self._purge_soon(m)
+
+    def _purge_soon(self, mailbox_id: int) -> None:
+        """Drop the held rows of a mailbox that every holder has announced."""
+        holders = self._holds.get(mailbox_id)
+        upto = min(holders.values()) if holders else None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            rows = await _all(
+                c, "SELECT g.uid, g.body_id FROM messages g LEFT JOIN expunged e ON e.mailbox_id = %s AND e.uid = g.uid"
+                " WHERE g.mailbox_id = %s AND (%s::bigint IS NULL OR coalesce(e.modseq, 0) <= %s)",
+                (mailbox_id, -mailbox_id, upto, upto))
+            if rows:
+                await c.execute("DELETE FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)",
+                                (-mailbox_id, [r[0] for r in rows]))
+                await _release_bodies(c, [r[1] for r in rows])
+
+        async def run() -> None:
+            with contextlib.suppress(Exception):
+                await self._write(op)
+
+        if not self._closed and self._opened is not None:
+            loop.create_task(run())
+
+    async def _remove_rows(self, c: psycopg.AsyncConnection, mailbox_id: int, rows: Sequence[tuple[int, int]],
+                           holder: object) -> None:
+        """Expunge (uid, body_id) rows: kept under the negated mailbox id while
+        a session other than ``holder`` holds the mailbox (RFC 2180 4.1.1)."""
+        uids = [r[0] for r in rows]
+        if any(h is not holder for h in self._holds.get(mailbox_id, ())):
+            size = (await _one(c, "SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)",
+                               (mailbox_id, uids)))[0]
+            await c.execute("UPDATE messages SET mailbox_id = %s WHERE mailbox_id = %s AND uid = ANY(%s)",
+                            (-mailbox_id, mailbox_id, uids))
+            await c.execute("UPDATE accounts SET used_storage = used_storage - %s, used_messages = used_messages - %s"
+                            " WHERE id = (SELECT account_id FROM mailboxes WHERE id = %s)",
+                            (size, len(uids), mailbox_id))
+            return
+        await c.execute("DELETE FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)", (mailbox_id, uids))
+        await _release_bodies(c, [r[1] for r in rows])
+
+    async def store_flags(self, mailbox: MailboxRef, uids: Sequence[int], flags: Iterable[str], mode: FlagMode,
+                          unchanged_since: int | None = None) -> tuple[list[MessageInfo], list[int]]:
+        flag_set = frozenset(flags)
+        wanted = sorted(set(uids))
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> tuple[list[MessageInfo], list[int]]:
+            mailbox_id = await self._owned_w(c, mailbox)
+            changed: list[tuple[int, str]] = []
+            failed: list[int] = []
+            for uid, text, modseq in await _all(
+                    c, "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = %s AND uid = ANY(%s) ORDER BY uid",
+                    (mailbox_id, wanted)):
+                # RFC 7162 3.1.3: UNCHANGEDSINCE fails messages modified after it.
+                if unchanged_since is not None and modseq > unchanged_since:
+                    failed.append(uid)
+                    continue
+                current = flags_set(text)
+                new = current | flag_set if mode == "add" else current - flag_set if mode == "remove" else flag_set
+                if new != current:
+                    changed.append((uid, flags_text(new)))
+            if not changed:
+                return [], failed
+            modseq = await _bump_modseq(c, mailbox_id)
+            await c.execute(
+                "UPDATE messages m SET flags = v.flags, modseq = %s FROM unnest(%s::bigint[], %s::text[]) AS v(uid, flags)"
+                " WHERE m.mailbox_id = %s AND m.uid = v.uid",
+                (modseq, [u for u, _ in changed], [t for _, t in changed], mailbox_id))
+            tx.changed.add(mailbox_id)
+            infos = await _all(c, f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)"
+                                  " ORDER BY uid", (mailbox_id, [u for u, _ in changed]))
+            return [message_row(r) for r in infos], failed
+
+        return await self._write(op)
+
+    async def expunge(self, mailbox: MailboxRef, uids: Sequence[int], holder: object = None) -> list[int]:
+        wanted = sorted(set(uids))
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> list[int]:
+            mailbox_id = await self._owned_w(c, mailbox)
+            rows = await _all(c, "SELECT uid, body_id FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)",
+                              (mailbox_id, wanted))
+            if not rows:
+                return []
+            modseq = await _bump_modseq(c, mailbox_id)
+            await self._remove_rows(c, mailbox_id, rows, holder)
+            await _remember_expunged(c, mailbox_id, [r[0] for r in rows], modseq)
+            tx.changed.add(mailbox_id)
+            return sorted(r[0] for r in rows)
+
+        return await self._write(op)
+
+    async def copy_messages(self, src: MailboxRef, uids: Sequence[int], dst: MailboxRef, move: bool = False,
+                            holder: object = None) -> list[tuple[int, int]]:
+        wanted = sorted(set(uids))
+        if dst.account_id != src.account_id:
+            raise MailboxGone(dst.id, "the target mailbox does not exist")
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> list[tuple[int, int]]:
+            await _lock_mailboxes(c, [src.id, dst.id])
+            src_id = await self._owned_w(c, src, lock=False)
+            try:
+                dst_id = await self._owned_w(c, dst, lock=False)
+            except MailboxGone as exc:
+                raise MailboxGone(dst.id, "the target mailbox does not exist") from exc
+            rows = await _all(c, "SELECT uid, body_id, prefix, size, flags, internal_date FROM messages"
+                                 " WHERE mailbox_id = %s AND uid = ANY(%s) ORDER BY uid", (src_id, wanted))
+            if not rows:
+                return []
+            if not move and not (await _mailbox_quota(c, dst_id)).fits(sum(r[3] for r in rows), len(rows)):
+                raise QuotaExceeded("over quota", [dst_id])
+            start, modseq = await _one(
+                c, "UPDATE mailboxes SET uid_next = uid_next + %s, highest_modseq = highest_modseq + 1"
+                " WHERE id = %s RETURNING uid_next - %s, highest_modseq", (len(rows), dst_id, len(rows)))
+            now = time.time()
+            async with c.cursor() as cur:
+                # RFC 8514 2: the copy is saved now; INTERNALDATE is kept (RFC 9051 6.4.7)
+                await cur.executemany(
+                    "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq,"
+                    " save_date) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(dst_id, start + i, r[1], r[2], r[3], r[4], r[5], modseq, now) for i, r in enumerate(rows)])
+            await c.execute("UPDATE bodies b SET refs = refs + v.n FROM (SELECT x AS id, count(*) AS n"
+                            " FROM unnest(%s::bigint[]) x GROUP BY x) v WHERE b.id = v.id", ([r[1] for r in rows],))
+            tx.changed.add(dst_id)
+            if move:
+                src_modseq = await _bump_modseq(c, src_id)
+                await self._remove_rows(c, src_id, [(r[0], r[1]) for r in rows], holder)
+                await _remember_expunged(c, src_id, [r[0] for r in rows], src_modseq)
+                tx.changed.add(src_id)
+            return [(r[0], start + i) for i, r in enumerate(rows)]
+
+        return await self._write(op)
+
+    async def changes_since(self, mailbox: MailboxRef, modseq: int) -> Changes:
+        mailbox_id = await self._owned(mailbox)
+        await self._ready()
+        async with self._pool.connection() as c, c.transaction():
+            await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            top = await _one(c, "SELECT highest_modseq FROM mailboxes WHERE id = %s", (mailbox_id,))
+            if top is None:
+                raise NotFound("no such mailbox")
+            changed = await _all(c, f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = %s AND modseq > %s"
+                                    " ORDER BY uid", (mailbox_id, modseq))
+            vanished = await _all(c, "SELECT uid FROM expunged WHERE mailbox_id = %s AND modseq > %s ORDER BY uid",
+                                  (mailbox_id, modseq))
+        return Changes(top[0], [message_row(r) for r in changed], [r[0] for r in vanished])
+
+    # --- derived data and search ---------------------------------------------------------
+    @property
+    def objectid_key(self) -> bytes:
+        if self._objectid_key is None:
+            row = self._sync_q1("SELECT value FROM meta WHERE key = 'objectid_key'", ())
+            assert row is not None
+            self._objectid_key = bytes.fromhex(row[0])
+        return self._objectid_key
+
+    async def get_derived(self, mailbox: MailboxRef, uids: Sequence[int], fields: Iterable[str] | None = None,
+                          expunged: bool = False) -> dict[int, dict]:
+        mailbox_id = await self._owned(mailbox)
+        wanted = set(DERIVED_FIELDS - _IMAP_COLS.keys() - _OBJECT_IDS) if fields is None else set(fields)
+        unknown = wanted - DERIVED_FIELDS
+        if unknown:
+            raise ValueError(f"unknown derived fields: {', '.join(sorted(unknown))}")
+        imap = [k for k in _IMAP_COLS if k in wanted]
+        meta_keys = _META_KEYS & wanted
+        ids = [mailbox_id, -mailbox_id] if expunged else [mailbox_id]
+        cols = ", ".join(["m.uid", "m.body_id", *(f"d.{_IMAP_COLS[k]}" for k in imap), "d.meta", "k.thread_id"])
+        rows = await self._q(
+            f"SELECT DISTINCT ON (m.uid) {cols} FROM messages m JOIN body_derived d ON d.body_id = m.body_id"
+            " LEFT JOIN sort_keys k ON k.body_id = m.body_id"
+            " WHERE m.mailbox_id = ANY(%s) AND m.uid = ANY(%s) ORDER BY m.uid, m.mailbox_id DESC",
+            (ids, sorted(set(uids))))
+        out: dict[int, dict] = {}
+        body_of: dict[int, int] = {}
+        thread_of: dict[int, int] = {}
+        for row in rows:
+            uid = row[0]
+            body_of[uid] = row[1]
+            thread_of[uid] = row[-1] if row[-1] is not None else row[1]
+            item: dict = {key: bytes(row[2 + i]) for i, key in enumerate(imap)}
+            if meta_keys:
+                data = json.loads(row[2 + len(imap)])
+                for key in meta_keys:
+                    item[key] = data.get(key)
+            out[uid] = item
+        if "body_id" in wanted:
+            for uid, item in out.items():
+                item["body_id"] = body_of[uid]
+        if "email_id" in wanted or "thread_id" in wanted:
+            key = self.objectid_key
+            for uid, item in out.items():
+                if "email_id" in wanted:
+                    item["email_id"] = opaque_id(key, EMAIL, body_of[uid])
+                if "thread_id" in wanted:
+                    item["thread_id"] = opaque_id(key, THREAD, thread_of[uid])
+        if "headers" in wanted and out:
+            by_body: dict[int, dict[str, list[str]]] = {}
+            for body_id, name, value in await self._q(
+                    "SELECT body_id, name, value FROM header_fields WHERE body_id = ANY(%s) ORDER BY body_id, n",
+                    (sorted(set(body_of.values())),)):
+                by_body.setdefault(body_id, {}).setdefault(name, []).append(value)
+            for uid in out:
+                out[uid]["headers"] = by_body.get(body_of[uid], {})
+        return out
+
+    async def search_headers(self, mailbox: MailboxRef, field: str, text: str) -> set[int]:
+        mailbox_id = await self._owned(mailbox)
+        sql = ("SELECT m.uid FROM messages m WHERE m.mailbox_id = %s AND EXISTS"
+               " (SELECT 1 FROM header_fields h WHERE h.body_id = m.body_id AND h.name = %s")
+        if not text:
+            rows = await self._q(sql + ")", (mailbox_id, field.lower()))
+        else:
+            rows = await self._q(sql + " AND strpos(h.folded, %s) > 0)", (mailbox_id, field.lower(), text.casefold()))
+        return {r[0] for r in rows}
+
+    async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"]) -> set[int]:
+        mailbox_id = await self._owned(mailbox)
+        needle = text.strip()
+        if not needle:
+            return {r[0] for r in await self._q("SELECT uid FROM messages WHERE mailbox_id = %s", (mailbox_id,))}
+        folded = needle.casefold()
+        # LIKE on the case-folded text: the trigram index (schema.py) finds
+        # the candidates, the comparison itself is the exact substring test
+        # of RFC 9051 6.4.4
+        cond = "t.body LIKE %s" if where == "body" else "(t.body LIKE %s OR t.header LIKE %s)"
+        args: tuple = (_like(folded),) if where == "body" else (_like(folded), _like(folded))
+        rows = await self._q(f"SELECT m.uid FROM messages m JOIN search_text t ON t.body_id = m.body_id"
+                             f" WHERE m.mailbox_id = %s AND {cond}", (mailbox_id, *args))
+        return {r[0] for r in rows}
+
+    async def sort_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, SortKeys]:
+        mailbox_id = await self._owned(mailbox)
+        rows = await self._q(
+            "SELECT m.uid, " + ", ".join(f"k.{c}" for c in _SORT_COLS) + " FROM messages m JOIN sort_keys k"
+            " ON k.body_id = m.body_id WHERE m.mailbox_id = %s AND m.uid = ANY(%s)", (mailbox_id, sorted(set(uids))))
+        return {r[0]: SortKeys(r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], tuple(r[10].split()))
+                for r in rows}
+
+    async def sort_order(self, mailbox: MailboxRef, keys: Sequence[tuple[str, bool]], uids: Sequence[int]) -> list[int]:
+        mailbox_id = await self._owned(mailbox)
+        if not uids:
+            return []
+        order = ", ".join(f"{_ORDER_BY[name]}{' DESC' if reverse else ''}" for name, reverse in keys)
+        rows = await self._q(
+            "SELECT m.uid FROM messages m LEFT JOIN sort_keys k ON k.body_id = m.body_id"
+            f" WHERE m.mailbox_id = %s AND m.uid = ANY(%s) ORDER BY {order}, m.uid",
+            (mailbox_id, sorted(set(uids))))
+        return [r[0] for r in rows]
+
+    async def thread_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, ThreadKeys]:
+        mailbox_id = await self._owned(mailbox)
+        rows = await self._q(
+            "SELECT m.uid, coalesce(k.date, m.internal_date), k.subject, k.refwd, k.message_id, k.parents"
+            " FROM messages m JOIN sort_keys k ON k.body_id = m.body_id WHERE m.mailbox_id = %s AND m.uid = ANY(%s)",
+            (mailbox_id, sorted(set(uids))))
+        return {r[0]: (r[1], r[2], bool(r[3]), r[4], tuple(r[5].split()) if r[5] else ()) for r in rows}
+
+    # --- the outbound queue ------------------------------------------------------------
+    async def _op_new_message(self, c: psycopg.AsyncConnection, tx: _Tx, msg: NewMessage,
+                              rec: DerivedRecord | None) -> tuple[list[int], int | None]:
+        refs = len(msg.targets) + (1 if msg.entry is not None else 0)
+        if refs == 0:
+            return [], None
+        await _lock_mailboxes(c, [t.mailbox_id for t in msg.targets])
+        await _check_targets(c, msg.targets, len(msg.body))
+        body_id = await _store_body(c, msg.body, refs)
+        uids = await _insert_targets(c, tx, body_id, len(msg.body), msg.targets) if msg.targets else []
+        if rec is not None:
+            await _save_derived(c, body_id, rec)
+        queue_id = None
+        entry = msg.entry
+        if entry is not None:
+            now = time.time()
+            (queue_id,) = await _one(
+                c, "INSERT INTO queue(body_id, reverse_path, envid, ret, smtputf8, eight_bit, size, created)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (body_id, entry.reverse_path, entry.envid, entry.ret, entry.smtputf8, entry.eight_bit,
+                 len(msg.body), now))
+            due = entry.next_attempt if entry.next_attempt is not None else now
+            async with c.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO queue_rcpts(queue_id, address, domain, notify, orcpt, next_attempt)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
+                    [(queue_id, r.address, r.address.rpartition("@")[2].lower(),
+                      ",".join(sorted(r.notify)) if r.notify is not None else None,
+                      f"{r.orcpt[0]};{r.orcpt[1]}" if r.orcpt is not None else None, due) for r in entry.recipients])
+            tx.notes.add(QUEUE)
+        return uids, queue_id
+
+    async def queue_submit(self, body: bytes, entry: NewQueueEntry | None, targets: Sequence[DeliveryTarget] = ()
+                           ) -> tuple[list[int], int | None]:
+        msg = NewMessage(body, targets, entry if entry is not None and entry.recipients else None)
+        rec = (await self._derive([body]))[0] if targets else None
+        return await self._write(lambda c, tx: self._op_new_message(c, tx, msg, rec))
+
+    async def queue_update(self, queue_id: int, outcomes: Sequence[RecipientOutcome],
+                           attempts: Iterable[tuple[str, str | None, str]] = (), *, warned: bool = False,
+                           follow_up: Sequence[NewMessage] = ()) -> bool:
+        now = time.time()
+        log_rows = list(attempts)
+        records = await self._derive([m.body for m in follow_up])
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> bool:
+            row = await _one(c, "SELECT body_id FROM queue WHERE id = %s FOR UPDATE", (queue_id,))
+            if row is None:
+                return True  # deleted meanwhile (mailyard queue delete)
+            for o in outcomes:
+                await c.execute(
+                    "UPDATE queue_rcpts SET state = %s, attempts = attempts + 1, next_attempt = %s,"
+                    " last_reply = %s, last_host = %s WHERE id = %s AND queue_id = %s",
+                    (o.state, o.next_attempt, o.reply, o.host, o.recipient_id, queue_id))
+            for d, h, text in log_rows:
+                await c.execute("INSERT INTO queue_attempts(queue_id, ts, domain, host, outcome)"
+                                " VALUES (%s, %s, %s, %s, %s)", (queue_id, now, d, h, text))
+            if warned:
+                await c.execute("UPDATE queue SET warned = true WHERE id = %s", (queue_id,))
+            for msg, rec in zip(follow_up, records, strict=True):
+                await self._op_new_message(c, tx, msg, rec)
+            left = (await _one(c, "SELECT count(*) FROM queue_rcpts WHERE queue_id = %s AND state = 'pending'",
+                               (queue_id,)))[0]
+            if left:
+                return False
+            await _drop_queue_entry(c, queue_id, row[0])
+            return True
+
+        return await self._write(op)
+
+    async def queue_delete(self, queue_id: int) -> None:
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            row = await _one(c, "SELECT body_id FROM queue WHERE id = %s FOR UPDATE", (queue_id,))
+            if row is None:
+                raise NotFound(f"no queue entry {queue_id}")
+            await _drop_queue_entry(c, queue_id, row[0])
+
+        await self._write(op)
+
+    async def queue_retry(self, queue_id: int | None = None) -> int:
+        now = time.time()
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> int:
+            if queue_id is None:
+                cur = await c.execute("UPDATE queue_rcpts SET next_attempt = %s WHERE state = 'pending'", (now,))
+            else:
+                if await _one(c, "SELECT 1 FROM queue WHERE id = %s", (queue_id,)) is None:
+                    raise NotFound(f"no queue entry {queue_id}")
+                cur = await c.execute("UPDATE queue_rcpts SET next_attempt = %s WHERE state = 'pending'"
+                                      " AND queue_id = %s", (now, queue_id))
+            tx.notes.add(QUEUE)
+            return cur.rowcount
+
+        return await self._write(op)
+
+    async def _entries(self, rows: list[tuple], with_attempts: bool,
+                       conn: psycopg.AsyncConnection | None = None) -> list[QueueEntry]:
+        if not rows:
+            return []
+        if conn is not None:
+            async def q(sql: str, args: Sequence[Any]) -> list[tuple]:
+                return await _all(conn, sql, args)
+        else:
+            q = self._q
+        ids = [row[0] for row in rows]
+        rcpts: dict[int, list[QueueRecipient]] = {i: [] for i in ids}
+        attempts: dict[int, list[QueueAttempt]] = {i: [] for i in ids}
+        for r in await q(f"SELECT {_RCPT_COLS} FROM queue_rcpts WHERE queue_id = ANY(%s) ORDER BY id", (ids,)):
+            notify = frozenset(r[4].split(",")) if r[4] is not None else None
+            orcpt = None
+            if r[5] is not None:
+                kind, _, addr = r[5].partition(";")
+                orcpt = (kind, addr)
+            rcpts[r[1]].append(QueueRecipient(r[0], r[2], r[3], notify, orcpt, r[6], r[7], r[8], r[9], r[10]))
+        if with_attempts:
+            for a in await q("SELECT queue_id, ts, domain, host, outcome FROM queue_attempts"
+                                   " WHERE queue_id = ANY(%s) ORDER BY id", (ids,)):
+                attempts[a[0]].append(QueueAttempt(*a[1:]))
+        return [QueueEntry(r[0], r[1], r[2], r[3], bool(r[4]), bool(r[5]), r[6], r[7], bool(r[8]),
+                           rcpts[r[0]], attempts[r[0]]) for r in rows]
+
+    async def queue_entry(self, queue_id: int) -> QueueEntry | None:
+        entries = await self._entries(await self._q(f"SELECT {_ENTRY_COLS} FROM queue WHERE id = %s", (queue_id,)),
+                                      with_attempts=True)
+        return entries[0] if entries else None
+
+    async def queue_list(self) -> list[QueueEntry]:
+        return await self._entries(await self._q(f"SELECT {_ENTRY_COLS} FROM queue ORDER BY id"), with_attempts=False)
+
+    async def queue_due(self, now: float, limit: int = 1000) -> list[QueueEntry]:
+        """Due entries, claimed for this node: the entry rows are taken with
+        ``FOR UPDATE SKIP LOCKED`` (a node claiming at the same moment gets
+        others), and the due recipients' next attempt moves ``QUEUE_LEASE``
+        ahead, so no other node's runner takes them while this one works on
+        them; the attempt's outcome (``queue_update``) sets the real next
+        attempt. A node that dies leaves the lease to run out: another node
+        retries then (RFC 5321 4.5.4.1)."""
+        await self._ready()
+        async with self._pool.connection() as c, c.transaction():
+            rows = await _all(
+                c, f"SELECT {', '.join('q.' + col.strip() for col in _ENTRY_COLS.split(','))} FROM queue q"
+                " WHERE EXISTS (SELECT 1 FROM queue_rcpts r WHERE r.queue_id = q.id AND r.state = 'pending'"
+                " AND r.next_attempt <= %s) ORDER BY q.id LIMIT %s FOR UPDATE SKIP LOCKED", (now, limit))
+            # read again after the lock (a new statement, a new snapshot): a
+            # node that claimed an entry just before leaves it leased, not due
+            entries = [e for e in await self._entries(rows, with_attempts=False, conn=c)
+                       if any(r.state == PENDING and r.next_attempt <= now for r in e.recipients)]
+            if entries:
+                await c.execute("UPDATE queue_rcpts SET next_attempt = %s WHERE queue_id = ANY(%s)"
+                                " AND state = 'pending' AND next_attempt <= %s",
+                                (now + QUEUE_LEASE, [e.id for e in entries], now))
+        return entries
+
+    async def queue_next_due(self) -> float | None:
+        row = await self._q1("SELECT min(next_attempt) FROM queue_rcpts WHERE state = 'pending'")
+        return row[0] if row else None
+
+    async def queue_body(self, queue_id: int) -> bytes:
+        row = await self._q1("SELECT b.data FROM queue q JOIN bodies b ON b.id = q.body_id WHERE q.id = %s",
+                             (queue_id,))
+        if row is None:
+            raise NotFound(f"no queue entry {queue_id}")
+        return bytes(row[0])
+
+
+# --- helpers inside a write's transaction ------------------------------------------------------
+async def _one(c: psycopg.AsyncConnection, sql: str, args: Sequence[Any] = ()) -> Any:
+    return await (await c.execute(sql, args)).fetchone()
+
+
+async def _all(c: psycopg.AsyncConnection, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+    return await (await c.execute(sql, args)).fetchall()
+
+
+async def _domain_alias_target(c: psycopg.AsyncConnection, domain: str) -> str | None:
+    row = await _one(c, "SELECT target FROM aliases WHERE lower(source) = %s AND target LIKE '@%%'", ("@" + domain,))
+    return row[0][1:] if row else None
+
+
+async def _next_uid_validity(c: psycopg.AsyncConnection) -> int:
+    """UIDVALIDITY values strictly increase across the store (RFC 9051 2.3.1.1)."""
+    row = await _one(
+        c, "INSERT INTO meta(key, value) VALUES ('last_uid_validity', %s) ON CONFLICT (key) DO UPDATE"
+        " SET value = greatest(%s::bigint, meta.value::bigint + 1)::text RETURNING value",
+        (str(int(time.time())), int(time.time())))
+    return int(row[0])
+
+
+async def _insert_mailbox(c: psycopg.AsyncConnection, account_id: int, name: str, special_use: str | None,
+                          subscribe: bool = False) -> int:
+    if await _one(c, "SELECT 1 FROM mailboxes WHERE account_id = %s AND name = %s", (account_id, name)):
+        raise AlreadyExists(f"mailbox {name} exists already")
+    row = await _one(c, "INSERT INTO mailboxes(account_id, name, uid_validity, special_use) VALUES (%s, %s, %s, %s)"
+                        " RETURNING id", (account_id, name, await _next_uid_validity(c), special_use))
+    if subscribe:
+        await c.execute("INSERT INTO subscriptions(account_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                        (account_id, name))
+    return row[0]
+
+
+async def _lock_mailboxes(c: psycopg.AsyncConnection, ids: Iterable[int]) -> None:
+    """Lock mailbox rows in id order, so writers of several mailboxes never deadlock."""
+    await c.execute("SELECT id FROM mailboxes WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (sorted(set(ids)),))
+
+
+async def _bump_modseq(c: psycopg.AsyncConnection, mailbox_id: int) -> int:
+    row = await _one(c, "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = %s"
+                        " RETURNING highest_modseq", (mailbox_id,))
+    if row is None:
+        raise NotFound("no such mailbox")
+    return row[0]
+
+
+async def _mailbox_quota(c: psycopg.AsyncConnection, mailbox_id: int) -> Quota:
+    row = await _one(c, f"SELECT {QUOTA_COLS} FROM accounts WHERE id = (SELECT account_id FROM mailboxes"
+                        " WHERE id = %s)", (mailbox_id,))
+    if row is None:
+        raise NotFound(f"mailbox {mailbox_id} does not exist")
+    return quota_row(row)
+
+
+async def _check_targets(c: psycopg.AsyncConnection, targets: Sequence[DeliveryTarget], body_len: int) -> None:
+    over = [t.mailbox_id for t in targets if t.enforce_quota
+            and not (await _mailbox_quota(c, t.mailbox_id)).fits(len(t.trace_prefix) + body_len, 1)]
+    if over:
+        raise QuotaExceeded("over quota", over)
+
+
+async def _store_body(c: psycopg.AsyncConnection, body: bytes, refs: int) -> int:
+    return (await _one(c, "INSERT INTO bodies(data, refs) VALUES (%s, %s) RETURNING id", (body, refs)))[0]
+
+
+async def _insert_targets(c: psycopg.AsyncConnection, tx: _Tx, body_id: int, body_len: int,
+                          targets: Sequence[DeliveryTarget]) -> list[int]:
+    now = time.time()
+    uids = []
+    for t in targets:
+        row = await _one(c, "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1"
+                            " WHERE id = %s RETURNING uid_next - 1, highest_modseq", (t.mailbox_id,))
+        if row is None:
+            raise NotFound(f"mailbox {t.mailbox_id} does not exist")
+        uid, modseq = row
+        await c.execute(
+            "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq, save_date)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (t.mailbox_id, uid, body_id, t.trace_prefix, len(t.trace_prefix) + body_len, flags_text(t.flags),
+             t.internal_date if t.internal_date is not None else now, modseq, now))
+        tx.changed.add(t.mailbox_id)
+        uids.append(uid)
+    return uids
+
+
+async def _save_derived(c: psycopg.AsyncConnection, body_id: int, rec: DerivedRecord) -> None:
+    """A body's derived data, header fields, text index and SORT keys with
+    its thread (RFC 8474 5.2), in the write that stores it, after its
+    message rows (the thread is looked up among the account's messages)."""
+    await _save_body_rows(c, body_id, rec)
+    await _save_sort_keys(c, body_id, rec)
+
+
+async def _save_body_rows(c: psycopg.AsyncConnection, body_id: int, rec: DerivedRecord) -> None:
+    """The derived rows that need no message row: written before the
+    mailbox rows are locked, in one round trip (pipeline mode)."""
+    header, body = _clean(rec.header_text.casefold()), _clean(rec.body_text.casefold())
+    async with c.pipeline():
+        await c.execute("INSERT INTO body_derived(body_id, envelope, bodystructure, body, meta)"
+                        " VALUES (%s, %s, %s, %s, %s)",
+                        (body_id, rec.envelope_imap, rec.bodystructure_imap, rec.body_imap, json.dumps(rec.meta)))
+        if rec.headers:
+            async with c.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO header_fields(body_id, name, n, value, folded) VALUES (%s, %s, %s, %s, %s)",
+                    [(body_id, name, n, _clean(value), _clean(search_value(name, value).casefold()))
+                     for n, (name, value) in enumerate(rec.headers)])
+        await c.execute("INSERT INTO search_text(body_id, header, body, words)"
+                        " VALUES (%s, %s, %s, to_tsvector('simple', left(%s, 1000000)))",
+                        (body_id, header, body, body))
+
+
+async def _save_sort_keys(c: psycopg.AsyncConnection, body_id: int, rec: DerivedRecord) -> None:
+    k = keys_from_json(rec.meta["sort"])
+    ids = list(dict.fromkeys([*k.parents[-THREAD_LOOKUP_IDS:], *([k.message_id] if k.message_id else [])]))
+    # the thread: the first body of the same account(s) carrying one of the ids
+    await c.execute(
+        f"INSERT INTO sort_keys(body_id, {', '.join(_SORT_COLS)}, thread_id)"
+        f" VALUES ({', '.join(['%s'] * 11)}, least(%s, (SELECT min(k.thread_id) FROM sort_keys k"
+        " WHERE k.message_id = ANY(%s) AND k.body_id != %s"
+        " AND EXISTS (SELECT 1 FROM messages m JOIN mailboxes x ON x.id = m.mailbox_id"
+        "  WHERE m.body_id = k.body_id AND x.account_id IN"
+        "  (SELECT x2.account_id FROM messages m2 JOIN mailboxes x2 ON x2.id = m2.mailbox_id"
+        "   WHERE m2.body_id = %s)))))",
+        (body_id, k.date, _clean(k.subject), k.refwd, _clean(k.from_mailbox), _clean(k.from_display),
+         _clean(k.to_mailbox), _clean(k.to_display), _clean(k.cc_mailbox),
+         _clean(k.message_id) if k.message_id else None, _clean(" ".join(k.parents)),
+         body_id, ids, body_id, body_id))
+
+
+def _clean(text: str) -> str:
+    """PostgreSQL text holds no NUL character."""
+    return text.replace("\x00", "") if "\x00" in text else text
+
+
+async def _release_bodies(c: psycopg.AsyncConnection, body_ids: Sequence[int]) -> None:
+    """Drop one reference to each body; a body nobody uses goes with its derived data."""
+    if not body_ids:
+        return
+    await c.execute("UPDATE bodies b SET refs = refs - v.n FROM (SELECT x AS id, count(*) AS n"
+                    " FROM unnest(%s::bigint[]) x GROUP BY x) v WHERE b.id = v.id", (list(body_ids),))
+    await c.execute("DELETE FROM bodies WHERE id = ANY(%s) AND refs <= 0", (list(set(body_ids)),))
+
+
+async def _remember_expunged(c: psycopg.AsyncConnection, mailbox_id: int, uids: Sequence[int], modseq: int) -> None:
+    """RFC 7162 3.2.10: expunged UIDs with the mod-sequence that removed them (VANISHED)."""
+    await c.execute("INSERT INTO expunged(mailbox_id, uid, modseq) SELECT %s, u, %s FROM unnest(%s::bigint[]) u"
+                    " ON CONFLICT (mailbox_id, uid) DO UPDATE SET modseq = excluded.modseq",
+                    (mailbox_id, modseq, list(uids)))
+
+
+async def _drop_mailbox_messages(c: psycopg.AsyncConnection, mailbox_id: int) -> None:
+    body_ids = [r[0] for r in await _all(c, "SELECT body_id FROM messages WHERE mailbox_id IN (%s, %s)",
+                                         (mailbox_id, -mailbox_id))]
+    await c.execute("DELETE FROM messages WHERE mailbox_id IN (%s, %s)", (mailbox_id, -mailbox_id))
+    await c.execute("DELETE FROM expunged WHERE mailbox_id = %s", (mailbox_id,))
+    await _release_bodies(c, body_ids)
+
+
+async def _drop_queue_entry(c: psycopg.AsyncConnection, queue_id: int, body_id: int) -> None:
+    await c.execute("DELETE FROM queue WHERE id = %s", (queue_id,))
+    await _release_bodies(c, [body_id])
+

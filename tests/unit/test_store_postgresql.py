@@ -1,0 +1,249 @@
+"""What only the PostgreSQL store has, beside the contract suite
+(tests/unit/test_store.py runs that on it too): several store objects and
+processes ("nodes") on one database, LISTEN/NOTIFY between them, the
+versioned schema and ``mailyard store migrate``, the [store] settings."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mailyard.config import Config, ConfigError, StoreConfig
+from mailyard.store import open_store
+from mailyard.store.api import DeliveryTarget, StoreError
+from mailyard.store.postgresql import PostgreSQLStore
+from mailyard.store.postgresql.schema import SCHEMA_VERSION
+from tests.pgcluster import PgCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}")
+
+
+async def test_a_delivery_through_one_node_wakes_listeners_of_another(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    dsn = pg_cluster.new_dsn()
+    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
+    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
+    try:
+        await a.add_domain("example.test")
+        alice = await a.add_account("alice@example.test", "h")
+        inbox = await b.get_mailbox(alice.id, "INBOX")
+        assert inbox is not None
+        heard: list[int] = []
+        b.add_listener(heard.append)
+        await a.deliver(b"Subject: x\r\n\r\nhi\r\n", [DeliveryTarget(inbox.id)])
+        await until(lambda: inbox.id in heard)
+        version = b.directory_version
+        await a.add_domain("other.test")
+        await until(lambda: b.directory_version > version)  # caches of lookups forget on B too
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_delivery_by_another_process_is_heard(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    """Two processes, as two nodes: the child delivers, this process hears it."""
+    dsn = pg_cluster.new_dsn()
+    store = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
+    try:
+        await store.add_domain("example.test")
+        alice = await store.add_account("alice@example.test", "h")
+        inbox = await store.get_mailbox(alice.id, "INBOX")
+        assert inbox is not None
+        heard: list[int] = []
+        store.add_listener(heard.append)
+        code = textwrap.dedent(f"""
+            import asyncio
+            from mailyard.store.api import DeliveryTarget
+            from mailyard.store.postgresql import PostgreSQLStore
+
+            async def main():
+                s = PostgreSQLStore({dsn!r})
+                print(await s.deliver(b"Subject: y\\r\\n\\r\\nfrom B\\r\\n", [DeliveryTarget({inbox.id})]))
+                await s.close()
+
+            asyncio.run(main())
+        """)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, env=_env(),
+                                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert out.decode().strip() == "[1]"
+        await until(lambda: inbox.id in heard)
+        assert await store.read_message(inbox, 1) == b"Subject: y\r\n\r\nfrom B\r\n"
+    finally:
+        await store.close()
+
+
+async def test_uids_strictly_increase_under_writers_on_several_nodes(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    dsn = pg_cluster.new_dsn()
+    nodes = [PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / str(i)) for i in range(3)]
+    try:
+        await nodes[0].add_domain("example.test")
+        alice = await nodes[0].add_account("alice@example.test", "h")
+        bob = await nodes[0].add_account("bob@example.test", "h")
+        a_in = await nodes[0].get_mailbox(alice.id, "INBOX")
+        b_in = await nodes[0].get_mailbox(bob.id, "INBOX")
+        assert a_in is not None and b_in is not None
+
+        async def writer(node: PostgreSQLStore, n: int) -> list[list[int]]:
+            out = []
+            for i in range(n):
+                # both orders of two mailboxes: row locks in id order, no deadlock
+                targets = [DeliveryTarget(a_in.id), DeliveryTarget(b_in.id)]
+                out.append(await node.deliver(f"Subject: {i}\r\n\r\nx\r\n".encode(), targets[:: 1 - 2 * (i % 2)]))
+            return out
+
+        results = await asyncio.gather(*(writer(node, 15) for node in nodes))
+        infos = await nodes[1].list_messages(a_in)
+        assert [m.uid for m in infos] == list(range(1, 46))  # gap-free, each once
+        modseqs = [m.modseq for m in infos]
+        assert modseqs == sorted(modseqs) and len(set(modseqs)) == 45
+        assert sum(len(r) for r in results) == 45
+    finally:
+        for node in nodes:
+            await node.close()
+
+
+def test_store_migrate_command_on_both_backends(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    # PostgreSQL: a new database gets every migration, a second run has nothing to do
+    import psycopg
+
+    with psycopg.connect(pg_cluster.admin_dsn, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE migrate_me")
+    dsn = pg_cluster.dsn("migrate_me")
+    data = tmp_path / "pg"
+    data.mkdir()
+    (data / "config.toml").write_text(f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\n')
+    argv = [sys.executable, "-m", "mailyard", "--data", str(data), "store", "migrate"]
+    first = subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == f"postgresql store schema migrated from version 0 to {SCHEMA_VERSION}"
+    again = subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=120)
+    assert again.stdout.strip() == f"postgresql store schema is at version {SCHEMA_VERSION}: nothing to do"
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT array_agg(version ORDER BY version) FROM schema_version").fetchone()[0] == list(
+            range(1, SCHEMA_VERSION + 1))
+    # SQLite: the data directory's store, created and then current
+    lite = tmp_path / "lite"
+    argv = [sys.executable, "-m", "mailyard", "--data", str(lite), "init", "--domain", "example.test"]
+    assert subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=120).returncode == 0
+    argv = [sys.executable, "-m", "mailyard", "--data", str(lite), "store", "migrate"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("sqlite store schema is at version ")
+
+
+def test_store_config_names_the_backend(tmp_path: Path) -> None:
+    cfg = Config()
+    cfg.apply({"store": {"backend": "PostgreSQL", "dsn": "postgresql://db/mail"}})
+    assert cfg.store.backend == "postgresql" and cfg.store.dsn == "postgresql://db/mail"
+    with pytest.raises(ConfigError, match="store.backend"):
+        Config().apply({"store": {"backend": "mysql"}})
+    with pytest.raises(StoreError, match="dsn"):
+        open_store(tmp_path, StoreConfig(backend="postgresql"))
+    assert isinstance(open_store(tmp_path, StoreConfig(backend="postgresql", dsn="postgresql://x/y")), PostgreSQLStore)
+
+
+async def test_due_queue_entries_are_claimed_by_one_node(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    """Two nodes asking for due entries at once get disjoint shares, each
+    entry once; an entry whose node died (no outcome recorded) is due again
+    for another node once the claim runs out."""
+    from mailyard.store.api import PENDING, NewQueueEntry, NewRecipient
+    from mailyard.store.postgresql.store import QUEUE_LEASE
+
+    dsn = pg_cluster.new_dsn()
+    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
+    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
+    try:
+        ids = []
+        for n in range(40):
+            _, qid = await a.queue_submit(b"x\r\n", NewQueueEntry("s@example.test", [NewRecipient(f"r{n}@b.test")],
+                                                                  next_attempt=1000.0))
+            ids.append(qid)
+        shares: list[list[int]] = [[], []]
+
+        async def claim(node: PostgreSQLStore, share: list[int]) -> None:
+            for _ in range(10):
+                share += [e.id for e in await node.queue_due(2000.0, limit=3)]
+
+        await asyncio.gather(claim(a, shares[0]), claim(b, shares[1]))
+        assert sorted(shares[0] + shares[1]) == ids  # every entry once, none twice
+        assert await b.queue_due(2000.0) == []  # all claimed
+        # B records its attempts; A's claims run out (A died): B takes them over
+        from mailyard.store.api import RecipientOutcome
+
+        for qid in shares[1]:
+            entry = await b.queue_entry(qid)
+            assert entry is not None
+            await b.queue_update(qid, [RecipientOutcome(entry.recipients[0].id, PENDING, "451 later", None, 1e11)])
+        again = await b.queue_due(2000.0 + QUEUE_LEASE + 1)
+        assert sorted(e.id for e in again) == sorted(shares[0])
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_exclusive_locks_hold_across_nodes_and_go_with_a_dead_node(pg_cluster: PgCluster,
+                                                                         tmp_path: Path) -> None:
+    dsn = pg_cluster.new_dsn()
+    a, b, c = (PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / n) for n in "abc")
+    try:
+        assert await a.lock_exclusive("pop3-maildrop", 7)
+        assert not await b.lock_exclusive("pop3-maildrop", 7)
+        assert await b.lock_exclusive("pop3-maildrop", 8)  # another key
+        assert await b.lock_exclusive("other", 7)  # another space
+        a.unlock_exclusive("pop3-maildrop", 7)
+        await until(lambda: not a._background)
+        assert await b.lock_exclusive("pop3-maildrop", 7)
+        await b.close()  # the node dies: its locks go with its connection
+        assert await c.lock_exclusive("pop3-maildrop", 7)
+    finally:
+        for s in (a, b, c):
+            await s.close()
+
+
+async def test_notifications_resume_after_the_listening_connection_is_lost(pg_cluster: PgCluster,
+                                                                           tmp_path: Path) -> None:
+    import psycopg
+
+    dsn = pg_cluster.new_dsn()
+    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
+    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
+    try:
+        await a.add_domain("example.test")
+        alice = await a.add_account("alice@example.test", "h")
+        inbox = await b.get_mailbox(alice.id, "INBOX")
+        assert inbox is not None and b._listen_conn is not None
+        heard: list[int] = []
+        b.add_listener(heard.append)
+        b.hold_expunged(object(), inbox)  # a session of B has the INBOX selected
+        pid = b._listen_conn.info.backend_pid
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        # the note of a delivery made while B was not listening is made up for
+        await a.deliver(b"Subject: gap\r\n\r\nx\r\n", [DeliveryTarget(inbox.id)])
+        await until(lambda: inbox.id in heard)
+        await until(lambda: b._listen_conn is not None and b._listen_conn.info.backend_pid != pid)
+        heard.clear()
+        await a.deliver(b"Subject: after\r\n\r\nx\r\n", [DeliveryTarget(inbox.id)])
+        await until(lambda: inbox.id in heard)
+    finally:
+        await a.close()
+        await b.close()
