@@ -269,12 +269,18 @@ def test_dmarc_aggregate_report_reaches_the_domains_rua(hosts: MultiHost) -> Non
     publish(hosts, a.data_dir, "a.test")
     hosts.dns.add("_dmarc.a.test", "TXT",
                   '"v=DMARC1; p=quarantine; rua=mailto:dmarc@a.test,mailto:someone@elsewhere.test"')
+    # a domain whose only rua is elsewhere, where the RFC 7489 7.1 check gets
+    # SERVFAIL: its report waits for nothing, and nobody gets a report twice
+    hosts.dns.add("_dmarc.c.test", "TXT", '"v=DMARC1; p=none; rua=mailto:r@broken.test"')
+    hosts.dns.servfail.add("c.test._report._dmarc.broken.test.")
     hosts.dns.add("mx.a.test", "TXT", f'"v=spf1 ip4:{A} -all"')
     submit(hosts, "alice@a.test", ["bob@b.test"], MESSAGE)
     submit(hosts, "alice@a.test", ["bob@b.test"], MESSAGE.replace(b"auth1@", b"auth2@"))
     hosts.wait_messages("bob@b.test", 2)
     # a forgery from another address: fails, quarantined
     code, _ = mx_send(hosts, "mx.evil.test", "x@evil.test", MESSAGE.replace(b"auth1@", b"forged@"), source="127.0.0.4")
+    assert code == 250
+    code, _ = mx_send(hosts, "mx.c.test", "x@c.test", MESSAGE.replace(b"alice@a.test", b"news@c.test"))
     assert code == 250
     assert b.server.queue is not None
     sent = b.call(b.server.queue.send_dmarc_reports(day_of(time.time())))
@@ -303,5 +309,7 @@ def test_dmarc_aggregate_report_reaches_the_domains_rua(hosts: MultiHost) -> Non
     assert bad.findtext("row/count") == "1"
     assert bad.findtext("row/policy_evaluated/disposition") == "quarantine"
     assert (bad.findtext("row/policy_evaluated/dkim"), bad.findtext("row/policy_evaluated/spf")) == ("fail", "fail")
-    # the day is reported once
+    # the day is reported once, c.test's report not sent (its destination
+    # did not confirm), and a second run finds nothing to send
     assert not (b.data_dir / "dmarc-reports" / f"{day_of(time.time())}.jsonl").exists()
+    assert b.call(b.server.queue.send_dmarc_reports(day_of(time.time()))) == 0

@@ -122,3 +122,13 @@ def test_days_due_and_marking_sent(tmp_path: Path) -> None:
     path = tmp_path / f"{day_of(now[0])}.jsonl"
     path.write_text('{"ip": "1.2.3.4", "policy_domain": "exa')
     assert reports.lines(day_of(now[0])) == []
+
+
+def test_a_domains_lines_per_day_are_bounded(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import mailyard.delivery.dmarcrpt as dmarcrpt
+
+    monkeypatch.setattr(dmarcrpt, "MAX_LINES_PER_DOMAIN", 3)
+    reports = DMARCReports(tmp_path, clock=lambda: NOON)
+    for i in range(5):
+        _record(reports, f"192.0.2.{i}", "example.test", "pass", "pass")
+    assert len(reports.lines(day_of(NOON))) == 3

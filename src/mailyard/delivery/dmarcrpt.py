@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import gzip
 import re
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
 from ..mailauth.dkim import DKIMResult
 from ..mailauth.dmarc import DMARCResult, organizational_domain
 from ..mailauth.spf import SPFResult
-from .dailylog import DailyLog, day_bounds, report_mail
+from .dailylog import DailyLog, day_bounds, day_of, report_mail
 from .tlsrpt import mailto_addresses
 
 _SIZE = re.compile(r"^(\d+)([kmgt]?)$", re.IGNORECASE)
@@ -71,15 +73,33 @@ def verified(records: Iterable[str]) -> bool:
     return any(r.strip().startswith("v=DMARC1") for r in records)
 
 
+# Lines one process records for one policy domain in one day: a sender that
+# publishes rua= decides how much of its mail is recorded, so the day's file
+# (read whole when the report is built) is bounded.
+MAX_LINES_PER_DOMAIN = 20_000
+
+
 class DMARCReports(DailyLog):
     """The day's DMARC evaluations (module docstring)."""
 
+    def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(directory, clock)
+        self._counts: dict[tuple[str, str], int] = {}  # (day, policy domain) -> lines recorded here
+
     def record(self, *, ip: str, envelope_from: str, envelope_to: str, dmarc: DMARCResult,
                spf: SPFResult | None, dkim: Sequence[DKIMResult]) -> None:
-        """One message's evaluation; nothing when its domain asks for no reports."""
+        """One message's evaluation; nothing when its domain asks for no
+        reports, or past MAX_LINES_PER_DOMAIN for the day."""
         policy = dmarc.published
         if policy is None or not policy.rua or not dmarc.policy_domain:
             return
+        day = day_of(self.clock())
+        key = (day, dmarc.policy_domain)
+        if key not in self._counts:
+            self._counts = {k: v for k, v in self._counts.items() if k[0] == day}  # days past are done
+        if self._counts.get(key, 0) >= MAX_LINES_PER_DOMAIN:
+            return
+        self._counts[key] = self._counts.get(key, 0) + 1
         self.append({
             "ip": ip, "policy_domain": dmarc.policy_domain, "header_from": dmarc.from_domain,
             "envelope_from": envelope_from.rpartition("@")[2].lower(), "envelope_to": envelope_to.lower(),

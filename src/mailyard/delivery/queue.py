@@ -775,11 +775,18 @@ class OutboundQueue:
         for domain, (xml, rua) in built.items():
             rcpts = []
             for address, limit in report_destinations(rua):
-                if needs_verification(domain, address) and not verified(
-                        await self._txt(verification_name(domain, address))):
-                    logs.event(log, logging.INFO, "dmarc_report_refused", domain=domain, to=address,
-                               reason="destination not confirmed in DNS (RFC 7489 7.1)")
-                    continue
+                if needs_verification(domain, address):
+                    try:
+                        confirmed = verified(await self._txt(verification_name(domain, address)))
+                    except TemporaryDNSError as exc:
+                        # not confirmed this time: the day's other reports
+                        # still go, and the day is closed (no report twice)
+                        confirmed, why = False, f"DNS did not answer the RFC 7489 7.1 check: {exc}"
+                    else:
+                        why = "destination not confirmed in DNS (RFC 7489 7.1)"
+                    if not confirmed:
+                        logs.event(log, logging.INFO, "dmarc_report_refused", domain=domain, to=address, reason=why)
+                        continue
                 body = dmarc_report_message(xml, policy_domain=domain, submitter=self.hostname,
                                             sender=f"dmarc-noreply@{own}", recipients=[address])
                 if limit is not None and len(body) > limit:

@@ -542,16 +542,12 @@ class SMTPSession(SessionProtocol):
             verdict = await self._authenticate(event, data)
             if verdict is not None:
                 data = verdict.header + verdict.message
-                reports = self.services.dmarc_reports
-                if reports is not None and verdict.dmarc is not None:
-                    reports.record(ip=self.peer_ip or "", envelope_from=event.reverse_path,
-                                   envelope_to=event.forward_paths[0].rpartition("@")[2] if event.forward_paths else "",
-                                   dmarc=verdict.dmarc, spf=verdict.spf, dkim=verdict.dkim)
                 enforce = self.services.config.authentication.dmarc_policy == "enforce"
                 if enforce and verdict.disposition == "reject":
                     # RFC 7489 6.6.3 / 7.3 (p=reject): refused after the whole message was seen
                     log.info("smtp %s refused: DMARC policy of %s is reject", queue_id,
                              verdict.dmarc.from_domain if verdict.dmarc else "")
+                    self._report_dmarc(event, verdict)
                     return Reply(550, "5.7.1", "Message rejected by the DMARC policy of the sender's domain")
                 junk = enforce and verdict.disposition == "quarantine"
         if self.account is None and not self.submission and self.services.greylist is not None \
@@ -621,9 +617,21 @@ class SMTPSession(SessionProtocol):
             **{"from": event.reverse_path, "to": event.forward_paths},
         )
         metrics.count_message(self.listener.name, "accepted")
+        if verdict is not None:
+            self._report_dmarc(event, verdict)
         if accepted.over_quota:
             await self._report_over_quota(event, accepted.data, accepted.over_quota, queue_id)
         return Reply(250, "2.0.0", f"OK queued as {queue_id}")
+
+    def _report_dmarc(self, event: MessageReceived, verdict: InboundVerdict) -> None:
+        """Count a message whose fate is decided (accepted, or refused by its
+        DMARC policy) for the daily aggregate report (delivery/dmarcrpt.py);
+        attempts deferred with a 4xx are not, as their retry will be."""
+        reports = self.services.dmarc_reports
+        if reports is not None and verdict.dmarc is not None:
+            reports.record(ip=self.peer_ip or "", envelope_from=event.reverse_path,
+                           envelope_to=event.forward_paths[0].rpartition("@")[2] if event.forward_paths else "",
+                           dmarc=verdict.dmarc, spf=verdict.spf, dkim=verdict.dkim)
 
     def _message_rejected(self, msgid: str, reason: str, detail: str | None = None,
                           level: int = logging.INFO) -> None:
