@@ -301,3 +301,16 @@ def test_junk_senders_are_not_suggested(make_server: Callable[..., RunningServer
     # counted in the background, in delivery order: once zoe is there, zed would be too
     wait_until(lambda: suggested(), timeout=10)
     assert suggested() == ["zoe@good.test"]
+
+
+def test_a_copy_edited_by_sieve_keeps_its_verdict_fields(make_server: Callable[..., RunningServer],
+                                                         dns: DNSServer) -> None:
+    from tests.integration.test_sieve_delivery import install
+
+    server = make_server(configure=spam_config(dns))
+    install(server, ALICE, 'require "editheader"; addheader "X-Filed" "yes";\r\n')
+    assert send(server, msg("lunch"), source=GOOD, helo="mail.good.test")[0] == 250
+    (raw,) = server.messages(ALICE)
+    assert prefix(raw) == (
+        b"Return-Path: <carol@good.test>\r\nDelivered-To: alice@example.test\r\n"
+        b"X-Spam-Score: 0.0\r\nX-Spam-Status: No, score=0.0 required=6.0 tests=none\r\nX-Filed: yes\r\n")

@@ -540,16 +540,13 @@ async def _notify(intake: Intake, account: Account, action: Notify, message: byt
 
 async def _own_from(rule: SenderRule, wanted: str | None, rcpt: str) -> str:
     """The From of a message a script sends for the rule's account: ``wanted``
-    (a ``:from``, RFC 5322 mailbox syntax) when it names exactly one address
-    the account may send as, else ``rcpt`` (the address the message reached
-    it by) when the account owns that, else the account's own address."""
-    if wanted is not None:
-        try:
-            boxes = list(iter_mailboxes(parse_address_list(wanted)))
-        except Exception:  # noqa: BLE001 - an unreadable :from is not used
-            boxes = []
-        if len(boxes) == 1 and boxes[0].domain and await rule.owns(boxes[0].addr_spec) \
-                and not any(c in wanted for c in "\r\n"):
+    (a ``:from``, RFC 5322 address list syntax) when the submission policy
+    would pass it as the From of a message the account submits (every
+    address one the account may send as, all of them readable), else
+    ``rcpt`` (the address the message reached it by) when the account owns
+    that, else the account's own address."""
+    if wanted is not None and wanted.strip() and not any(c in wanted for c in "\r\n"):
+        if await rule.check_header(b"From: " + wanted.encode("utf-8") + b"\r\n\r\n") is None:
             return wanted
     if rcpt and await rule.owns(rcpt):
         return rcpt
@@ -570,8 +567,9 @@ async def _vacation(intake: Intake, account: Account, plan: Plan, message: bytes
         logs.event(log, logging.INFO, "vacation_skipped", user=account.address, to=reverse_path[:200],
                    reason=why_not)
         return
-    # RFC 5230 4.4: ":from" must be one of the user's addresses; else the
-    # account's own (the same rule as for a submission, ``SenderRule``)
+    # RFC 5230 4.3: the server may restrict ":from", a value that fails is
+    # ignored: only an address the account may send as (``SenderRule``, the
+    # rule of a submission), else the account's own
     own_from = await _own_from(await sender_rule(intake, account), action.from_, rcpt)
     if action.from_ is not None and own_from != action.from_:
         logs.event(log, logging.WARNING, "vacation_from_refused", user=account.address, from_=action.from_[:200])

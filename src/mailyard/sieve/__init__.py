@@ -25,6 +25,7 @@ from .interpreter import (
     Vacation,
     run,
     spam_levels,
+    verdict_from_header,
 )
 from .parser import EXTENSIONS, Script, compile_script
 
@@ -48,4 +49,5 @@ __all__ = [
     "compile_script",
     "run",
     "spam_levels",
+    "verdict_from_header",
 ]

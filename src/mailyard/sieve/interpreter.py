@@ -754,6 +754,12 @@ def spam_levels(status: str | None, score: str | None, required: float = 5.0) ->
     ``spamtest :percent`` (RFC 5235 3.2): round(50 * S / R) within 0..100,
     so the threshold is 50 % and twice it 100 %; no verdict is 0.
     R is the header's ``required=``, else ``required``."""
+    verdict, s, r = _parse_verdict(status, score, required)
+    return _levels(verdict, s, r)
+
+
+def _parse_verdict(status: str | None, score: str | None, required: float) -> tuple[bool | None, float | None, float]:
+    """(Yes / No / neither, the score if any, the threshold) of the header forms ``spam_levels`` reads."""
     verdict: bool | None = None
     s: float | None = None
     r = required
@@ -771,7 +777,19 @@ def spam_levels(status: str | None, score: str | None, required: float = 5.0) ->
         m = _NUMBER.match(score)
         if m:
             s = float(m.group(1))
-    return _levels(verdict, s, r)
+    return verdict, s, r
+
+
+def verdict_from_header(status: str | None, score: str | None, required: float = 5.0) -> SpamVerdict | None:
+    """The verdict a header written by this server records (the forms
+    ``spam_levels`` reads), for a message whose header is trusted (an
+    operator testing a stored copy: ``mailyard sieve test``); None: none."""
+    verdict, s, r = _parse_verdict(status, score, required)
+    if s is None:
+        if verdict is None:
+            return None
+        s = 2 * r if verdict else 0.0
+    return SpamVerdict(s, r, verdict)
 
 
 def _levels(verdict: bool | None, s: float | None, r: float) -> tuple[int, int]:

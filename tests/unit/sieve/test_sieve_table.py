@@ -623,9 +623,11 @@ def test_extension_errors(script: str, error: str) -> None:
     ("garbage", None, (0, 0)),
 ])
 def test_spam_levels_mapping(status, score, levels) -> None:
-    from mailyard.sieve import spam_levels
+    from mailyard.sieve import spam_levels, verdict_from_header
 
     assert spam_levels(status, score) == levels
+    verdict = verdict_from_header(status, score)  # the same mapping through a SpamVerdict
+    assert (verdict.levels() if verdict is not None else (0, 0)) == levels
 
 
 def test_runtime_editheader_protected_through_variables() -> None:
