@@ -775,7 +775,15 @@ def cmd_sieve(args: argparse.Namespace) -> None:
     """``mailyard sieve``: a user's Sieve scripts (delivery/sieve.py keeps
     them under DATA/sieve), checking a script, and a dry run on a message."""
     from .delivery.sieve import ScriptProblem, ScriptStore
-    from .sieve import Envelope, Limits, SieveError, SieveRuntimeError, compile_script, run
+    from .sieve import (
+        Envelope,
+        Limits,
+        SieveError,
+        SieveRuntimeError,
+        compile_script,
+        run,
+        verdict_from_header,
+    )
 
     def read_text(path: str | None) -> str:
         try:
@@ -841,7 +849,11 @@ def cmd_sieve(args: argparse.Namespace) -> None:
                 message = sys.stdin.buffer.read() if args.message == "-" else Path(args.message).read_bytes()
             except OSError as exc:
                 raise CLIError(f"cannot read {args.message}: {exc}") from exc
-            envelope = Envelope(args.sender if args.sender is not None else "", args.rcpt or account.address)
+            # the file is the operator's (a stored copy): its X-Spam-* verdict
+            # stands for this server's, which spamtest reads (RFC 5235)
+            spam = verdict_from_header(_first_field(message, "x-spam-status"), _first_field(message, "x-spam-score"),
+                                       cfg.spam.junk_threshold)
+            envelope = Envelope(args.sender if args.sender is not None else "", args.rcpt or account.address, spam)
             limits = Limits(separator=cfg.delivery.recipient_delimiter)
             try:
                 result = run(script, message, envelope, limits)
@@ -852,6 +864,15 @@ def cmd_sieve(args: argparse.Namespace) -> None:
                 print(line)
     except ScriptProblem as exc:
         raise CLIError(str(exc)) from exc
+
+
+def _first_field(message: bytes, name: str) -> str | None:
+    """The first value of the header field ``name`` of ``message``, unfolded; None if absent."""
+    from .message.headers import bytes_to_text, split_fields
+    from .message.parse import split_header_body
+
+    header, _body = split_header_body(message)
+    return next((bytes_to_text(v) for n, v in split_fields(header) if n.lower() == name), None)
 
 
 def cmd_spam(args: argparse.Namespace) -> None:

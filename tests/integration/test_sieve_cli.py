@@ -48,6 +48,17 @@ def test_sieve_commands(tmp_path: Path) -> None:
     assert r.returncode == 0 and r.stdout == "fileinto 'Reports'\n", r.stdout + r.stderr
     r = run(data, "sieve", "test", "alice@example.test", str(msg), "--to", "alice+shop@example.test")
     assert r.stdout == "fileinto 'Shop'\n"
+    # spamtest: the file's verdict fields stand for this server's (the operator's own file)
+    spamtest = tmp_path / "spamtest.sieve"
+    spamtest.write_text('require ["spamtest", "relational", "comparator-i;ascii-numeric", "fileinto"];\n'
+                        'if spamtest :value "ge" :comparator "i;ascii-numeric" "6" { fileinto "Junk"; }\n'
+                        'elsif spamtest :is "0" { fileinto "Untested"; }\n')
+    spam = tmp_path / "spam.eml"
+    spam.write_text("X-Spam-Status: Yes, score=7.5 required=6.0 tests=TEST_BL\r\n" + MESSAGE)
+    r = run(data, "sieve", "test", "alice@example.test", str(spam), "--script", str(spamtest))
+    assert r.stdout == "fileinto 'Junk'\n", r.stdout + r.stderr
+    r = run(data, "sieve", "test", "alice@example.test", str(msg), "--script", str(spamtest))
+    assert r.stdout == "fileinto 'Untested'\n", r.stdout + r.stderr
     r = run(data, "sieve", "test", "alice@example.test", str(msg), "--script", str(tmp_path / "none"))
     assert r.returncode == 1 and "cannot read" in r.stderr
     assert run(data, "sieve", "deactivate", "alice@example.test").returncode == 0

@@ -90,3 +90,115 @@ def test_recipient_delimiter_off_domains_must_be_a_list() -> None:
     Config().apply({"delivery": {"recipient_delimiter_off_domains": ["strict.test"]}})
     with pytest.raises(ConfigError, match="recipient_delimiter_off_domains"):
         Config().apply({"delivery": {"recipient_delimiter_off_domains": ["a@strict.test"]}})
+
+
+# --- what a script sends is held to the submission policy (RFC 6409 8) ---
+
+
+def test_notify_from_is_only_an_address_of_the_user(mailserver) -> None:
+    # RFC 5436 2.3 lets the server override :from: a forged author never reaches bob
+    install(mailserver, ALICE, 'require ["enotify"];\r\n'
+                               'notify :from "The CEO <ceo@example.test>"\r\n'
+                               '  "mailto:bob@example.test?subject=Wire%20money&body=Pay%20now";\r\n')
+    send(mailserver, "carol@remote.test", ALICE, "hello")
+    (note,) = mailserver.messages(BOB)
+    assert b"\r\nFrom: alice@example.test\r\nTo: bob@example.test\r\nSubject: Wire money\r\n" in note
+    assert b"ceo@" not in note.lower()
+    # an address the user may send as is kept as written
+    install(mailserver, ALICE, 'require ["enotify"];\r\n'
+                               'notify :from "Alice Smith <alice@example.test>" "mailto:bob@example.test";\r\n')
+    send(mailserver, "carol@remote.test", ALICE, "again")
+    assert b"\r\nFrom: Alice Smith <alice@example.test>\r\n" in mailserver.messages(BOB)[1]
+
+
+def test_notify_counts_against_the_sending_limits(make_server) -> None:
+    def configure(cfg) -> None:
+        cfg.spam.messages_per_hour = 2
+
+    server = make_server(configure=configure)
+    install(server, ALICE, 'require ["enotify"]; notify "mailto:bob@example.test";\r\n')
+    for i in range(4):
+        send(server, "carol@remote.test", ALICE, f"note {i}")
+    # every message is delivered; only the first two notifications go out
+    assert subjects(server, ALICE) == ["note 0", "note 1", "note 2", "note 3"]
+    assert len(server.messages(BOB)) == 2
+
+
+def test_vacation_from_is_only_an_address_of_the_user(mailserver) -> None:
+    # RFC 5230 4.3: the server may restrict :from (a value that fails is ignored)
+    install(mailserver, ALICE, 'require "vacation";\r\n'
+                               'vacation :from "The CEO <ceo@example.test>" :subject "Away" "Back Monday.";\r\n')
+    send(mailserver, BOB, ALICE, "hi")
+    (reply,) = mailserver.messages(BOB)
+    assert b"\r\nFrom: alice@example.test\r\nTo: bob@example.test\r\nSubject: Away\r\n" in reply
+    install(mailserver, BOB, 'require "vacation";\r\n'
+                             'vacation :from "Bob B <bob@example.test>" :subject "Gone" "Back Monday.";\r\n')
+    send(mailserver, ALICE, BOB, "hi")
+    assert subjects(mailserver, ALICE) == ["hi", "Gone"]  # bob's message, then bob's reply
+    reply = mailserver.messages(ALICE)[1]
+    assert b"\r\nFrom: Bob B <bob@example.test>\r\nTo: alice@example.test\r\nSubject: Gone\r\n" in reply
+
+
+def test_spamtest_trusts_no_verdict_the_sender_wrote(make_server) -> None:
+    def configure(cfg) -> None:
+        cfg.spam.checks = False
+
+    server = make_server(configure=configure)
+    install(server, ALICE, 'require ["spamtest", "relational", "comparator-i;ascii-numeric", "fileinto"];\r\n'
+                           'if spamtest :value "ge" :comparator "i;ascii-numeric" "1" { fileinto "Junk"; }\r\n')
+    forged = "X-Spam-Status: Yes, score=99 required=5.0 tests=X\r\nX-Spam-Score: 99\r\nX-Spam-Flag: YES\r\n"
+    send(server, "carol@remote.test", ALICE, "forged on the MX port", extra=forged)
+    # and from a local user over submission
+    import smtplib
+    import ssl
+
+    from tests.conftest import USERS
+    context = ssl.create_default_context(cafile=str(server.data_dir / "tls" / "cert.pem"))
+    with smtplib.SMTP(server.host, server.port("submission"), timeout=10) as s:
+        s.starttls(context=context)
+        s.login(BOB, USERS[BOB])
+        s.sendmail(BOB, [ALICE], (f"From: {BOB}\r\nTo: {ALICE}\r\nSubject: forged by bob\r\n{forged}\r\nx\r\n")
+                   .encode())
+    # RFC 5235 3.1: no verdict of this server is "not tested", 0
+    assert subjects(server, ALICE) == ["forged on the MX port", "forged by bob"]
+    assert server.messages(ALICE, "Junk") == []
+
+
+def test_editheader_copy_that_fails_after_the_commit_is_kept_unedited(mailserver, monkeypatch) -> None:
+    import smtplib
+
+    from mailyard.delivery import sieve as delivery_sieve
+    from tests.integration.test_sieve_delivery import message
+
+    # the mailbox id a script files into is cached: keep it for the whole test
+    monkeypatch.setattr(delivery_sieve, "MAILBOX_TTL", 3600.0)
+    install(mailserver, ALICE, 'require ["editheader", "fileinto", "mailbox"];\r\n'
+                               'addheader "X-Filed" "yes"; fileinto :create "Work";\r\n')
+    send(mailserver, "carol@remote.test", ALICE, "first")
+    assert subjects(mailserver, ALICE, "Work") == ["first"]
+    account = mailserver.call(mailserver.store.get_account(ALICE))
+    mailserver.call(mailserver.store.delete_mailbox(account.id, "Work"))
+    # the stale id fails alice's edited copy after bob's copy is committed:
+    # the message is accepted once (no retry, no second copy for bob) and
+    # alice gets the unedited message in her INBOX
+    with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), local_hostname="client.remote.test",
+                      timeout=10) as s:
+        assert s.sendmail("carol@remote.test", [BOB, ALICE],
+                          message("carol@remote.test", f"{BOB}, {ALICE}", "second")) == {}
+    assert subjects(mailserver, BOB) == ["second"]
+    assert subjects(mailserver, ALICE) == ["second"]
+    assert b"X-Filed" not in mailserver.messages(ALICE)[0]
+
+
+@pytest.mark.parametrize("forged", [
+    "ceo@example.test",
+    "Alice <alice@example.test>, ceo@example.test",  # every author must be the user's
+    "ceo@example.test <alice@example.test>",  # an address hidden in an unquoted display name
+    "carol@remote.test",
+])
+def test_notify_from_forms_that_name_someone_else(mailserver, forged: str) -> None:
+    install(mailserver, ALICE, 'require ["enotify"];\r\n'
+                               f'notify :from "{forged}" "mailto:bob@example.test";\r\n')
+    send(mailserver, "carol@remote.test", ALICE, "hello")
+    (note,) = mailserver.messages(BOB)
+    assert b"\r\nFrom: alice@example.test\r\nTo: bob@example.test\r\n" in note

@@ -257,3 +257,60 @@ def test_ordinary_mail_sees_no_rejection_and_no_junk(make_server: Callable[..., 
 
 def test_rspamd_package_is_named_in_ci() -> None:
     assert "rspamd" in (ROOT / ".ci/run").read_text().split()
+
+
+def test_spamtest_sees_each_accounts_verdict(make_server: Callable[..., RunningServer], dns: DNSServer) -> None:
+    """Sieve's spamtest (RFC 5235) reads this server's verdict on the
+    account's copy, with the account's own threshold."""
+    from tests.integration.test_sieve_delivery import install
+
+    server = make_server(configure=spam_config(dns))
+    rules = ('require ["spamtest", "relational", "comparator-i;ascii-numeric", "fileinto", "mailbox"];\r\n'
+             'if spamtest :value "ge" :comparator "i;ascii-numeric" "1" { fileinto :create "Tested"; }\r\n'
+             'if spamtest :is "4" { fileinto :create "Four"; }\r\n')
+    install(server, ALICE, rules)
+    install(server, BOB, rules)
+    bob = server.call(server.store.get_account(BOB))
+    server.call(server.store.set_settings(bob.id, {"spam_threshold": 9.5}))
+    # clean: tested, level 1
+    code, _ = send(server, msg("lunch"), source=GOOD, helo="mail.good.test")
+    assert code == 250
+    assert [prefix(m).count(b"score=0.0") for m in server.messages(ALICE, "Tested")] == [1]
+    assert server.messages(ALICE) == []
+    # score 7.5: Junk for alice past her script (threshold 6); bob's
+    # threshold is 9.5, so his script sees 1 + floor(5 * 7.5 / 9.5) = 4
+    code, _ = send(server, msg("cheap pills"), source=SPAMMER, helo="localhost", rcpts=(ALICE, BOB))
+    assert code == 250
+    assert len(server.messages(ALICE, "Junk")) == 1
+    (raw,) = server.messages(BOB, "Four")
+    assert b"X-Spam-Status: No, score=7.5 required=9.5 " in prefix(raw)
+
+
+def test_junk_senders_are_not_suggested(make_server: Callable[..., RunningServer], dns: DNSServer) -> None:
+    from tests.waiting import wait_until
+
+    server = make_server(configure=spam_config(dns))
+    alice = server.call(server.store.get_account(ALICE))
+    assert send(server, msg("cheap pills", sender="zed@good.test"), source=SPAMMER, helo="localhost")[0] == 250
+    assert len(server.messages(ALICE, "Junk")) == 1
+    assert send(server, msg("lunch", sender="zoe@good.test"), source=GOOD, helo="mail.good.test")[0] == 250
+
+    def suggested() -> list[str]:
+        return [s.address for s in server.call(server.store.suggest_addresses(alice.id, "z"))]
+
+    # counted in the background, in delivery order: once zoe is there, zed would be too
+    wait_until(lambda: suggested(), timeout=10)
+    assert suggested() == ["zoe@good.test"]
+
+
+def test_a_copy_edited_by_sieve_keeps_its_verdict_fields(make_server: Callable[..., RunningServer],
+                                                         dns: DNSServer) -> None:
+    from tests.integration.test_sieve_delivery import install
+
+    server = make_server(configure=spam_config(dns))
+    install(server, ALICE, 'require "editheader"; addheader "X-Filed" "yes";\r\n')
+    assert send(server, msg("lunch"), source=GOOD, helo="mail.good.test")[0] == 250
+    (raw,) = server.messages(ALICE)
+    assert prefix(raw) == (
+        b"Return-Path: <carol@good.test>\r\nDelivered-To: alice@example.test\r\n"
+        b"X-Spam-Score: 0.0\r\nX-Spam-Status: No, score=0.0 required=6.0 tests=none\r\nX-Filed: yes\r\n")

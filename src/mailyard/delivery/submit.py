@@ -44,7 +44,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from .. import logs, metrics
@@ -54,7 +54,7 @@ from ..message.headers import split_fields
 from ..message.parse import split_header_body
 from ..message.trace import received_header
 from ..policy.submission import AddressOwners, SenderRefused, SenderRule, complete_message
-from ..sieve import Envelope, Notify
+from ..sieve import Envelope, Notify, SpamVerdict
 from ..sieve.notify import build_notification
 from ..sieve.notify import decide as notify_decide
 from ..sieve.vacation import build_reply, decide
@@ -211,6 +211,7 @@ async def accept_message(
     refuse_in_protocol: bool = False,
     junk_accounts: Collection[int] = (),
     fields: Mapping[int, bytes] | None = None,
+    spam: Mapping[int, SpamVerdict] | None = None,
 ) -> Accepted:
     """Accept ``data`` for the local ``accounts`` and the ``remote`` recipients.
 
@@ -236,7 +237,9 @@ async def accept_message(
 
     ``junk_accounts``: these accounts' copies go to their Junk folder (the
     spam verdict, spam/filing.py), past their Sieve script; ``fields``:
-    header fields of one account's copy only (its X-Spam-* verdict).
+    header fields of one account's copy only (its X-Spam-* verdict);
+    ``spam``: the same verdict for each account's Sieve ``spamtest`` (RFC
+    5235), which reads nothing else (an account without one: not tested).
     """
     auth_user = None
     if account is not None:
@@ -276,7 +279,7 @@ async def accept_message(
     if intake.sieve is not None and not junk:
         filtered = [a for a in wanted if a.id not in junk_accounts]
         plans = await _sieve_plans(intake, intake.sieve, received + data, reverse_path, filtered, inbox_id,
-                                   envelope_to or {})
+                                   envelope_to or {}, spam or {})
     if refuse_in_protocol and len({a.id for a in wanted}) == 1 and not first:
         plan = plans.get(wanted[0].id)
         if plan is not None and plan.reject is not None and plan.reject.extended:
@@ -312,15 +315,29 @@ async def accept_message(
                 raise
             over_quota += refused
             wanted = [a for a in wanted if a not in refused]
+    committed = bool(first) or bool(wanted)
     for account in list(edited):
         plan = plans[account.id]
         assert plan.message is not None
         try:
             await deliver_local(intake.store, plan.message, reverse_path, [account], inbox_id=inbox_id,
-                                enforce_quota=True, placements={account.id: plan.targets})
+                                enforce_quota=True, placements={account.id: plan.targets}, fields=fields)
         except QuotaExceeded:
             edited.remove(account)
             over_quota.append(account)
+        except Exception as exc:
+            # Others have their copy already: raising now would make the
+            # sender retry and deliver it to them twice. The unedited
+            # message goes to the INBOX instead (RFC 5228 2.10.6: a script
+            # that fails keeps the message), and the log says why.
+            if not committed:
+                raise
+            edited.remove(account)
+            if not await _keep_unedited(intake, account, received + data, reverse_path, fields, exc):
+                continue
+            wanted.append(account)
+            plans.pop(account.id, None)
+        committed = True
     if accounts and not wanted and not edited and not first and over_quota:
         raise QuotaExceeded("mailbox full: " + ", ".join(a.address for a in over_quota))
     wanted += edited
@@ -331,8 +348,10 @@ async def accept_message(
                             msgid=trace.id, forwarded=True)
     # the address book's suggestions (store note_correspondents), counted
     # apart from the acceptance: its reply does not wait for them
-    if wanted:
-        note_received(intake.store, data, [a.id for a in wanted])
+    # (mail filed as junk is no correspondence: its senders are not counted)
+    correspondents = [] if junk else [a.id for a in wanted if a.id not in junk_accounts]
+    if correspondents:
+        note_received(intake.store, data, correspondents)
     if account is not None:
         _note_sent(intake.store, account, data)
     if wanted:
@@ -346,6 +365,21 @@ async def accept_message(
             await _after_sieve(intake, account, plan, received + data, reverse_path,
                                (envelope_to or {}).get(account.id, account.address))
     return Accepted(data, queue_id, over_quota)
+
+
+async def _keep_unedited(intake: Intake, account: Account, message: bytes, reverse_path: str,
+                         fields: Mapping[int, bytes] | None, why: Exception) -> bool:
+    """The unedited ``message`` into ``account``'s INBOX, when storing the
+    copy its script edited failed after the delivery's commit; whether it
+    was stored (a failure is logged, never raised: see the caller)."""
+    logs.event(log, logging.WARNING, "sieve_edited_copy_failed", user=account.address, reason=repr(why)[:300])
+    try:
+        await deliver_local(intake.store, message, reverse_path, [account],
+                            inbox_id=intake.router.directory.inbox_id, fields=fields)
+    except Exception:  # noqa: BLE001 - the others' copies are committed; this one is logged
+        log.exception("the unedited copy for %s could not be stored either", account.address)
+        return False
+    return True
 
 
 def _junk_for(intake: Intake, junk: frozenset[int],
@@ -389,8 +423,9 @@ def _delivered_to(message: bytes, address: str) -> bool:
 
 async def _sieve_plans(intake: Intake, sieve: SieveDelivery, message: bytes, reverse_path: str,
                        accounts: Sequence[Account], inbox_id: Callable[[int], Awaitable[int | None]],
-                       envelope_to: Mapping[int, str]) -> dict[int, Plan]:
-    """Each account's Sieve plan (accounts without an active script: none)."""
+                       envelope_to: Mapping[int, str], spam: Mapping[int, SpamVerdict]) -> dict[int, Plan]:
+    """Each account's Sieve plan (accounts without an active script: none);
+    ``spam`` the verdict each account's ``spamtest`` sees."""
     plans: dict[int, Plan] = {}
     for account in accounts:
         if account.id in plans:
@@ -398,7 +433,7 @@ async def _sieve_plans(intake: Intake, sieve: SieveDelivery, message: bytes, rev
         box = await inbox_id(account.id)
         if box is None:
             continue
-        envelope = Envelope(reverse_path, envelope_to.get(account.id, account.address))
+        envelope = Envelope(reverse_path, envelope_to.get(account.id, account.address), spam.get(account.id))
         plan = await sieve.plan(account, message, envelope, box)
         if plan is None:
             continue
@@ -458,14 +493,24 @@ async def _notify(intake: Intake, account: Account, action: Notify, message: byt
                   rcpt: str) -> None:
     """RFC 5435 / RFC 5436: a notification by mail, through the same
     acceptance path as a redirect (local copies, or the outbound queue),
-    from the null reverse-path so that nothing answers it (RFC 3834 3.3)."""
+    from the null reverse-path so that nothing answers it (RFC 3834 3.3).
+
+    The user writes this message, so the submission policy's rules hold:
+    its From is ``:from`` only when the account may send as that address
+    (``SenderRule``), else the account's (RFC 5436 2.3 lets the
+    implementation override ``:from``), and it counts against the
+    account's sending limits; over them it is skipped, the delivery stands."""
     why_not = notify_decide(message)
     if why_not is not None:
         logs.event(log, logging.INFO, "notify_skipped", user=account.address, reason=why_not)
         return
+    rule = await sender_rule(intake, account)
+    own = await _own_from(rule, action.from_, rcpt)
+    if action.from_ is not None and own != action.from_:
+        logs.event(log, logging.WARNING, "notify_from_refused", user=account.address, from_=action.from_[:200])
     try:
-        recipients, note = build_notification(message, action, rcpt or account.address,
-                                              intake.config.server.hostname)
+        recipients, note = build_notification(message, replace(action, from_=own),
+                                              account.address, intake.config.server.hostname)
     except ValueError as exc:
         logs.event(log, logging.WARNING, "notify_failed", user=account.address, reason=str(exc)[:200])
         return
@@ -484,8 +529,28 @@ async def _notify(intake: Intake, account: Account, action: Notify, message: byt
         remote = []
         if not local:
             return
+    try:
+        await _within_limits(intake, account, len(local) + len(remote))
+    except SubmissionLimited as exc:
+        logs.event(log, logging.WARNING, "notify_skipped", user=account.address, reason=str(exc)[:200])
+        return
     await accept_message(intake, note, "", local, remote, trace=Trace(protocol="local", id=new_msgid()))
     logs.event(log, logging.INFO, "notify_sent", user=account.address, to=",".join(recipients)[:200])
+
+
+async def _own_from(rule: SenderRule, wanted: str | None, rcpt: str) -> str:
+    """The From of a message a script sends for the rule's account: ``wanted``
+    (a ``:from``, RFC 5322 address list syntax) when the submission policy
+    would pass it as the From of a message the account submits (every
+    address one the account may send as, all of them readable), else
+    ``rcpt`` (the address the message reached it by) when the account owns
+    that, else the account's own address."""
+    if wanted is not None and wanted.strip() and not any(c in wanted for c in "\r\n"):
+        if await rule.check_header(b"From: " + wanted.encode("utf-8") + b"\r\n\r\n") is None:
+            return wanted
+    if rcpt and await rule.owns(rcpt):
+        return rcpt
+    return rule.account.address
 
 
 async def _vacation(intake: Intake, account: Account, plan: Plan, message: bytes, reverse_path: str,
@@ -502,7 +567,14 @@ async def _vacation(intake: Intake, account: Account, plan: Plan, message: bytes
         logs.event(log, logging.INFO, "vacation_skipped", user=account.address, to=reverse_path[:200],
                    reason=why_not)
         return
-    reply = build_reply(message, action, reverse_path, rcpt, intake.config.server.hostname)
+    # RFC 5230 4.3: the server may restrict ":from", a value that fails is
+    # ignored: only an address the account may send as (``SenderRule``, the
+    # rule of a submission), else the account's own
+    own_from = await _own_from(await sender_rule(intake, account), action.from_, rcpt)
+    if action.from_ is not None and own_from != action.from_:
+        logs.event(log, logging.WARNING, "vacation_from_refused", user=account.address, from_=action.from_[:200])
+    reply = build_reply(message, replace(action, from_=own_from), reverse_path, account.address,
+                        intake.config.server.hostname)
     resolution = await intake.router.resolve(reverse_path)
     local = resolution.accounts if resolution.verdict is Verdict.LOCAL else []
     remote = list(resolution.remote) if resolution.verdict in (Verdict.LOCAL, Verdict.REMOTE) else []

@@ -52,6 +52,7 @@ from ..protocols.smtp.events import (
 )
 from ..protocols.smtp.replies import Reply
 from ..protocols.smtp.server import ServerConfig, SMTPServerEngine, State
+from ..sieve import SpamVerdict
 from ..spam.checker import Judgement, SpamChecker
 from ..spam.greylist import GreylistPolicy, decide, known_good, sender_domain, triplet
 from ..spam.rates import CONNECTION, MESSAGE, network_of
@@ -559,6 +560,7 @@ class SMTPSession(SessionProtocol):
                 return Reply(451, "4.7.1", why)
         junk_accounts: frozenset[int] = frozenset()
         fields: dict[int, bytes] | None = None
+        spam: dict[int, SpamVerdict] | None = None
         if self.account is None and not self.submission and self.services.spam is not None:
             judgement = await self._judge(self.services.spam, event, data, queue_id, accounts, verdict)
             if judgement is not None:
@@ -571,6 +573,9 @@ class SMTPSession(SessionProtocol):
                     self._message_rejected(queue_id, "spam-tempfail", text)
                     return Reply(451, "4.7.1", text or "Try again later")
                 data, junk_accounts, fields = judgement.message, judgement.junk, judgement.fields
+                # each account's verdict, as its X-Spam-Status says, for Sieve's spamtest (RFC 5235)
+                spam = {aid: SpamVerdict(judgement.score, f.required, f.junk)
+                        for aid, f in judgement.filings.items()}
         try:
             # The one acceptance path (delivery/submit.py): the submission
             # policy when a user authenticated, then one durable commit.
@@ -579,7 +584,7 @@ class SMTPSession(SessionProtocol):
                 trace=trace, account=self.account,
                 envid=mail.envid if mail else None, ret=mail.ret if mail else None,
                 smtputf8=bool(mail and mail.smtputf8), junk=junk, forwarded=forwarded, envelope_to=envelope_to,
-                refuse_in_protocol=True, junk_accounts=junk_accounts, fields=fields,
+                refuse_in_protocol=True, junk_accounts=junk_accounts, fields=fields, spam=spam,
             )
         except SenderNotAllowed as exc:
             self._message_rejected(queue_id, "sender-not-allowed", exc.verdict.reason, logging.WARNING)

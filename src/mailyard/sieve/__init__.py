@@ -21,9 +21,11 @@ from .interpreter import (
     Redirect,
     Reject,
     Result,
+    SpamVerdict,
     Vacation,
     run,
     spam_levels,
+    verdict_from_header,
 )
 from .parser import EXTENSIONS, Script, compile_script
 
@@ -42,8 +44,10 @@ __all__ = [
     "Script",
     "SieveError",
     "SieveRuntimeError",
+    "SpamVerdict",
     "Vacation",
     "compile_script",
     "run",
     "spam_levels",
+    "verdict_from_header",
 ]

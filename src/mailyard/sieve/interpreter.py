@@ -99,14 +99,32 @@ Action = Keep | FileInto | Redirect | Reject | Discard | Vacation | Notify
 
 
 @dataclass(frozen=True)
+class SpamVerdict:
+    """This server's spam verdict on one account's copy: the ``score``,
+    the account's threshold ``required``, and whether the copy was judged
+    spam (True / False; None: only the score is known)."""
+
+    score: float
+    required: float = 5.0
+    spam: bool | None = None
+
+    def levels(self) -> tuple[int, int]:
+        """(spamtest 0..10, spamtest :percent 0..100): see ``spam_levels``."""
+        return _levels(self.spam, self.score, self.required)
+
+
+@dataclass(frozen=True)
 class Envelope:
     """The SMTP envelope of the delivery (RFC 5228 5.4): ``from_`` the
     reverse-path ("" for the null sender), ``to`` the recipient address as
     given in RCPT (before plus-addressing is stripped, so ``:detail`` sees
-    the tag)."""
+    the tag). ``spam``: this server's verdict on the copy, the only thing
+    ``spamtest`` reads (RFC 5235 3.1: None is "not tested", 0); X-Spam-*
+    fields in the message are never trusted, since a sender can write them."""
 
     from_: str
     to: str
+    spam: SpamVerdict | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +142,6 @@ class Limits:
     separator: str = "+"
     max_notifications: int = 3  # notify actions kept per message (RFC 5435 3.9), more are dropped
     max_header_edits: int = 64  # addheader / deleteheader commands run (RFC 5293)
-    spam_required: float = 5.0  # the threshold when the verdict header names none (SpamAssassin's default)
 
 
 @dataclass(frozen=True)
@@ -650,7 +667,6 @@ class _MessageView:
         self._parsed: EmailMessage | None = None
         self._headers: dict[str, list[str]] = {}
         self._addresses: dict[tuple[str, str, str], list[str]] = {}
-        self._spam: tuple[int, int] | None = None
         self._folded: dict[tuple, list[str]] = {}
 
     def folded(self, key: tuple, limits: Limits) -> list[str]:
@@ -673,7 +689,6 @@ class _MessageView:
         self.fields = [(name.lower(), value) for name, value in original]
         self.edited = True
         self._parsed = None
-        self._spam = None
         self._headers.clear()
         self._addresses.clear()
         self._folded.clear()
@@ -714,14 +729,6 @@ class _MessageView:
         name = name.lower()
         return [bytes_to_text(v) for n, v in self.fields if n == name]
 
-    def spam(self, required: float) -> tuple[int, int]:
-        """The spam verdict as (spamtest 0..10, spamtestplus :percent 0..100): see ``spam_levels``."""
-        if self._spam is None:
-            status = self.raw_headers("x-spam-status")
-            score = self.raw_headers("x-spam-score")
-            self._spam = spam_levels(status[0] if status else None, score[0] if score else None, required)
-        return self._spam
-
     def parsed(self) -> EmailMessage:
         if self._parsed is None:
             self._parsed = parse_message(self.raw)
@@ -734,9 +741,10 @@ _NUMBER = re.compile(r"\s*(-?[0-9]+(?:\.[0-9]+)?)")
 
 
 def spam_levels(status: str | None, score: str | None, required: float = 5.0) -> tuple[int, int]:
-    """The spam verdict header written at delivery (SpamAssassin's
+    """A spam verdict header as written at delivery (SpamAssassin's
     ``X-Spam-Status: Yes, score=S required=R tests=...``, or only
-    ``X-Spam-Score: S``) as the values of RFC 5235's tests.
+    ``X-Spam-Score: S``) as the values of RFC 5235's tests; ``spamtest``
+    itself maps the delivery's ``SpamVerdict`` the same way, not a header.
 
     ``spamtest`` (RFC 5235 3.1): 0 when no verdict header is there (not
     tested); else 1 + floor(5 * S / R) kept within 1..10, so a score of 0
@@ -746,6 +754,12 @@ def spam_levels(status: str | None, score: str | None, required: float = 5.0) ->
     ``spamtest :percent`` (RFC 5235 3.2): round(50 * S / R) within 0..100,
     so the threshold is 50 % and twice it 100 %; no verdict is 0.
     R is the header's ``required=``, else ``required``."""
+    verdict, s, r = _parse_verdict(status, score, required)
+    return _levels(verdict, s, r)
+
+
+def _parse_verdict(status: str | None, score: str | None, required: float) -> tuple[bool | None, float | None, float]:
+    """(Yes / No / neither, the score if any, the threshold) of the header forms ``spam_levels`` reads."""
     verdict: bool | None = None
     s: float | None = None
     r = required
@@ -763,6 +777,22 @@ def spam_levels(status: str | None, score: str | None, required: float = 5.0) ->
         m = _NUMBER.match(score)
         if m:
             s = float(m.group(1))
+    return verdict, s, r
+
+
+def verdict_from_header(status: str | None, score: str | None, required: float = 5.0) -> SpamVerdict | None:
+    """The verdict a header written by this server records (the forms
+    ``spam_levels`` reads), for a message whose header is trusted (an
+    operator testing a stored copy: ``mailyard sieve test``); None: none."""
+    verdict, s, r = _parse_verdict(status, score, required)
+    if s is None:
+        if verdict is None:
+            return None
+        s = 2 * r if verdict else 0.0
+    return SpamVerdict(s, r, verdict)
+
+
+def _levels(verdict: bool | None, s: float | None, r: float) -> tuple[int, int]:
     if s is None:
         if verdict is None:
             return 0, 0
@@ -1253,7 +1283,9 @@ def _test(ctx: _Context, node: Node) -> bool:
     if name == "body":
         return matcher.test(ctx, _body_parts(ctx, node))
     if name == "spamtest":
-        level, percent = ctx.msg.spam(ctx.limits.spam_required)
+        # RFC 5235 3.1: this server's verdict only (the Envelope's), never the header
+        verdict = ctx.envelope.spam
+        level, percent = verdict.levels() if verdict is not None else (0, 0)
         return matcher.test(ctx, [str(percent if ":percent" in t else level)])
     if name == "valid_notify_method":
         # RFC 5435 5: true when every URI is one this implementation can send

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailyard.sieve import Envelope, Limits, compile_script, run
+from mailyard.sieve import Envelope, Limits, SpamVerdict, compile_script, run
 
 MESSAGES = {
     "plain": (
@@ -503,7 +503,11 @@ SPAM = (b"From: bulk@spam.test\r\nTo: alice@example.test\r\nSubject: cheap\r\n"
 HAM = b"From: a@b.test\r\nSubject: hi\r\nX-Spam-Status: No, score=-0.5 required=5.0 tests=none\r\n\r\nx\r\n"
 SCORE_ONLY = b"From: a@b.test\r\nSubject: hi\r\nX-Spam-Score: 12.5\r\n\r\nx\r\n"
 UNTESTED = b"From: a@b.test\r\nSubject: hi\r\n\r\nx\r\n"
-EXTRA = {"spam": SPAM, "ham": HAM, "score-only": SCORE_ONLY, "untested": UNTESTED}
+EXTRA = {"spam": SPAM, "ham": HAM, "score-only": SCORE_ONLY, "untested": UNTESTED, "forged": SPAM}
+# spamtest reads this server's verdict (the Envelope's), never the X-Spam-* fields:
+# "forged" carries the same fields as "spam" but no verdict, so it is untested
+VERDICTS = {"spam": SpamVerdict(7.3, 6.0, True), "ham": SpamVerdict(-0.5, 5.0, False),
+            "score-only": SpamVerdict(12.5)}
 
 EXT_CASES: list[tuple[str, str, str, list[str]]] = [
     # RFC 5293 4/5: later tests see the edit
@@ -567,13 +571,18 @@ EXT_CASES: list[tuple[str, str, str, list[str]]] = [
     ("spamtestplus-untested", SP + 'if spamtest :percent :is "0" { fileinto "zero"; }', "untested",
      ["fileinto 'zero'"]),
     ("spamtestplus-plain", SP + 'if spamtest :is "7" { fileinto "seven"; }', "spam", ["fileinto 'seven'"]),
+    ("spamtest-forged-header", S + 'if spamtest :is "0" { fileinto "untested"; }', "forged",
+     ["fileinto 'untested'"]),
+    ("spamtestplus-forged-header", SP + 'if spamtest :percent :is "0" { fileinto "zero"; }', "forged",
+     ["fileinto 'zero'"]),
 ]
 
 
 @pytest.mark.parametrize(("script", "msg", "expected"), [c[1:] for c in EXT_CASES], ids=[c[0] for c in EXT_CASES])
 def test_extensions(script: str, msg: str, expected: list[str]) -> None:
     raw = EXTRA.get(msg) or MESSAGES[msg]
-    assert run(compile_script(script), raw, ENV).describe() == expected
+    env = Envelope(ENV.from_, ENV.to, VERDICTS.get(msg))
+    assert run(compile_script(script), raw, env).describe() == expected
 
 
 def test_editheader_result_is_the_edited_message() -> None:
@@ -614,9 +623,11 @@ def test_extension_errors(script: str, error: str) -> None:
     ("garbage", None, (0, 0)),
 ])
 def test_spam_levels_mapping(status, score, levels) -> None:
-    from mailyard.sieve import spam_levels
+    from mailyard.sieve import spam_levels, verdict_from_header
 
     assert spam_levels(status, score) == levels
+    verdict = verdict_from_header(status, score)  # the same mapping through a SpamVerdict
+    assert (verdict.levels() if verdict is not None else (0, 0)) == levels
 
 
 def test_runtime_editheader_protected_through_variables() -> None:
