@@ -354,3 +354,50 @@ def test_import_of_a_large_address_book(mailserver: RunningServer) -> None:
 
 def server_contacts(server: RunningServer) -> list:
     return server.call(server.store.list_contacts(account_id(server, ALICE)))
+
+
+def test_a_pathological_vcard_file_does_not_stop_other_requests(mailserver: RunningServer) -> None:
+    import threading
+
+    from mailyard.web.contacts import MAX_IMPORT
+
+    # one card with ~5 MB of distinct EMAIL lines: a linear scan per line would
+    # take hours of CPU on the event loop
+    line_no, parts, size = 0, [b"BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Many\r\n"], 40
+    while size < MAX_IMPORT - 100:
+        part = b"EMAIL:p%d@remote.test\r\n" % line_no
+        parts.append(part)
+        size += len(part)
+        line_no += 1
+    parts.append(b"END:VCARD\r\n")
+    data = b"".join(parts)
+    assert len(data) <= MAX_IMPORT
+    client = login(mailserver)
+    token = csrf(client)
+    other = login(mailserver, BOB)
+    result: dict[str, Any] = {}
+
+    def upload() -> None:
+        try:
+            result["r"] = client.post("/contacts", data={"csrf": token, "action": "import"},
+                                      files={"file": ("many.vcf", data, "text/vcard")}, timeout=600)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            result["r"] = exc
+
+    thread = threading.Thread(target=upload, daemon=True)
+    thread.start()
+    answered = 0
+    while thread.is_alive() or answered == 0:
+        # another user is served meanwhile (a generous timeout: no time is asserted)
+        assert other.get("/contacts", timeout=10).status_code == 200
+        answered += 1
+    thread.join(timeout=600)
+    r = result["r"]
+    print(f"{line_no} EMAIL lines in {len(data)} octets; another user answered {answered} times meanwhile")
+    assert not isinstance(r, Exception), r
+    # refused (too many lines) or imported with at most 20 addresses: never a 500
+    assert r.status_code in (303, 400), r.text
+    if r.status_code == 400:
+        assert "Not imported: more than" in r.text
+    else:
+        assert all(len(c.emails) <= 20 for c in server_contacts(mailserver))

@@ -132,7 +132,9 @@ async def _import(request: Request, session: Any, form: Any) -> Response:
     if len(data) > MAX_IMPORT:
         return await _page(request, session, 400, errors=["The file is larger than 5 MB."])
     try:
-        cards = parse(data.decode("utf-8", "replace"))
+        # a large file is parsed in a thread: the event loop keeps serving
+        # other requests meanwhile
+        cards = await asyncio.to_thread(lambda: parse(data.decode("utf-8", "replace")))
     except VCardError as exc:
         return await _page(request, session, 400, errors=[f"Not imported: {exc}."])
     existing = {c.uid: c for c in await store.list_contacts(session.account_id) if c.uid}
