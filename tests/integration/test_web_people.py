@@ -401,3 +401,16 @@ def test_a_pathological_vcard_file_does_not_stop_other_requests(mailserver: Runn
         assert "Not imported: more than" in r.text
     else:
         assert all(len(c.emails) <= 20 for c in server_contacts(mailserver))
+
+
+def test_time_zone_names_are_listed_once(mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zoneinfo
+
+    calls = []
+    real = zoneinfo.available_timezones
+    monkeypatch.setattr(zoneinfo, "available_timezones", lambda: calls.append(1) or real())
+    client = login(mailserver)
+    for _ in range(3):
+        page = client.get("/settings")
+        assert page.status_code == 200 and "Europe/Paris" in page.text
+    assert len(calls) <= 1  # at most the first page reads the zone files
