@@ -130,6 +130,29 @@ async def test_account_settings_are_json_values_per_key(backend: Backend) -> Non
     await store.close()
 
 
+async def test_a_list_setting_is_merged_in_one_write_and_capped(backend: Backend) -> None:
+    store = backend.open()
+    await store.add_domain("example.test")
+    alice = await store.add_account("alice@example.test", "h")
+    assert await store.update_setting_list(alice.id, "spam_allow", ["a@x.test", "B@x.test"], 3) == [
+        "a@x.test", "B@x.test"]
+    # entries there already (without case) are skipped; past the cap the oldest go
+    assert await store.update_setting_list(alice.id, "spam_allow", ["b@x.test", "c@x.test", "d@x.test"], 3) == [
+        "B@x.test", "c@x.test", "d@x.test"]
+    # many merges at once, and a save of another key meanwhile: none is lost
+    await asyncio.gather(*(store.update_setting_list(alice.id, "spam_allow", [f"m{i}@x.test"], 100)
+                           for i in range(20)), store.set_settings(alice.id, {"per_page": 25}))
+    got = await store.get_settings(alice.id)
+    assert got["per_page"] == 25 and len(got["spam_allow"]) == 23
+    assert {f"m{i}@x.test" for i in range(20)} <= set(got["spam_allow"])
+    # a value that is not a list counts as empty
+    await store.set_settings(alice.id, {"spam_allow": "nonsense"})
+    assert await store.update_setting_list(alice.id, "spam_allow", ["e@x.test"], 3) == ["e@x.test"]
+    with pytest.raises(NotFound):
+        await store.update_setting_list(9999, "spam_allow", ["e@x.test"], 3)
+    await store.close()
+
+
 async def test_contacts_are_per_account_and_searched_by_prefix(backend: Backend) -> None:
     store = backend.open()
     await store.add_domain("example.test")

@@ -559,6 +559,15 @@ class Store(abc.ABC):
         commit; returns every setting of the account. NotFound for no such
         account; InvalidName for a value JSON cannot hold."""
 
+    @abc.abstractmethod
+    async def update_setting_list(self, account_id: int, key: str, add: Sequence[str], cap: int) -> list[str]:
+        """Append ``add`` to the list of strings setting ``key`` in one
+        atomic read-modify-write (a concurrent set_settings of other keys, or
+        another merge, loses nothing): entries already there (compared
+        without case) are skipped, and past ``cap`` entries the oldest, at
+        the front, are dropped. A value that is not a list counts as empty.
+        Returns the new list; NotFound for no such account."""
+
     # --- address book ---------------------------------------------------
     @abc.abstractmethod
     async def add_contact(self, account_id: int, contact: Contact) -> Contact:
