@@ -414,3 +414,36 @@ def test_time_zone_names_are_listed_once(mailserver: RunningServer, monkeypatch:
         page = client.get("/settings")
         assert page.status_code == 200 and "Europe/Paris" in page.text
     assert len(calls) <= 1  # at most the first page reads the zone files
+
+
+def test_the_address_book_is_bounded_and_listed_by_pages(mailserver: RunningServer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import mailyard.store.sqlite.contacts as stored
+    import mailyard.web.contacts as pages
+
+    monkeypatch.setattr(stored, "MAX_CONTACTS", 5, raising=False)
+    monkeypatch.setattr(pages, "PER_PAGE", 2, raising=False)
+    cards = "".join(f"BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Person {i}\r\nEMAIL:p{i}@remote.test\r\nEND:VCARD\r\n"
+                    for i in range(8)).encode()
+    client = login(mailserver)
+    token = csrf(client)
+    r = client.post("/contacts", data={"csrf": token, "action": "import"},
+                    files={"file": ("eight.vcf", cards, "text/vcard")})
+    assert r.status_code == 303
+    notice = client.get(r.headers["location"]).text
+    assert ("Imported 5 new, 0 updated. Not added: 3 more, the address book is full (delete some contacts "
+            "first).") in notice
+    assert len(server_contacts(mailserver)) == 5
+    r = client.post("/contacts", data={"csrf": token, "action": "add", "name": "One more",
+                                       "emails": "more@remote.test"})
+    assert r.status_code == 400 and "the address book is full (5 contacts)" in r.text
+    # two a page, in name order, with links between the pages
+    seen = []
+    for page_no, has_prev, has_next in ((0, False, True), (1, True, True), (2, True, False)):
+        page = client.get(f"/contacts?page={page_no}").text
+        rows = re.findall(r'data-contact="\d+">\s*<td>(Person \d)', page)
+        assert len(rows) == (1 if page_no == 2 else 2), page_no
+        seen += rows
+        assert ('rel="prev"' in page) == has_prev and ('rel="next"' in page) == has_next
+    assert seen == [f"Person {i}" for i in range(5)]
+    assert client.get("/contacts?page=99999999999").status_code == 200
