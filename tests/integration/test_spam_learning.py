@@ -170,3 +170,26 @@ def test_the_webmail_move_to_junk_teaches(make_server: Callable[..., RunningServ
     assert r.status_code == 303, r.text
     wait_until(lambda: len(controller.requests) == 1, 10, "the learn_spam request")
     assert controller.requests[0][0] == "/learnspam"
+
+
+def test_the_allow_list_is_capped_and_merged(make_server: Callable[..., RunningServer],
+                                             controller: Controller) -> None:
+    server = make_server(learning_to(controller))
+    store = server.store
+    account = server.call(store.get_account(ALICE))
+    full = [f"old{i}@remote.test" for i in range(1000)]  # what the webmail reads (web/prefs.py MAX_LIST)
+    server.call(store.set_settings(account.id, {"spam_allow": full}))
+    deliver(server)
+    m = imap(server)
+    m.select("INBOX")
+    assert m.uid("MOVE", "1", "Junk")[0] == "OK"
+    m.select("Junk")
+    assert m.uid("MOVE", "1", "INBOX")[0] == "OK"  # "not spam": the sender is learned
+    m.logout()
+
+    def allow() -> list:
+        return server.call(store.get_settings(account.id)).get("spam_allow")
+
+    wait_until(lambda: "spammer@bad.example" in allow(), 10, "the sender on the allow list")
+    # the newest is kept, the oldest dropped: the list never outgrows what is read
+    assert allow() == [*full[1:], "spammer@bad.example"]

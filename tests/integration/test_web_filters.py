@@ -149,3 +149,21 @@ def test_vacation_outside_the_dates_stays_quiet(mailserver: RunningServer) -> No
     send(mailserver, BOB, ALICE, "hello")
     assert subjects(mailserver, ALICE) == ["hello"]
     assert subjects(mailserver, BOB) == []
+
+
+def test_malformed_numbers_and_marker_types_are_refused_not_errors(mailserver: RunningServer) -> None:
+    client = login(mailserver)
+    token = csrf(client)
+    for field, reason in (("size", "number of KB"), ("spam", "level from 1 to 10")):
+        r = client.post("/filters", data={"csrf": token, "action": "add", "field": field, "op": "over",
+                                          "value": "²", "then": "read"})
+        assert r.status_code == 400 and reason in r.text, (field, r.status_code)
+    # a marker line edited by hand with a string where a number belongs
+    marker = ('# mailyard-filters: {"rules":[],"vacation":{"enabled":true,"start":"","end":"","subject":"",'
+              '"text":"away","days":"7"}}\nkeep;\n')
+    assert client.post("/filters", data={"csrf": token, "action": "raw", "script": marker}).status_code == 303
+    assert client.get("/filters").status_code == 200
+    assert client.get("/vacation").status_code == 200
+    r = client.post("/vacation", data={"csrf": token, "enabled": "on", "text": "back soon", "days": "7"})
+    assert r.status_code == 400 and "written by hand" in r.text
+    assert active(mailserver, ALICE)[1] == marker

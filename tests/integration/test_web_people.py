@@ -354,3 +354,96 @@ def test_import_of_a_large_address_book(mailserver: RunningServer) -> None:
 
 def server_contacts(server: RunningServer) -> list:
     return server.call(server.store.list_contacts(account_id(server, ALICE)))
+
+
+def test_a_pathological_vcard_file_does_not_stop_other_requests(mailserver: RunningServer) -> None:
+    import threading
+
+    from mailyard.web.contacts import MAX_IMPORT
+
+    # one card with ~5 MB of distinct EMAIL lines: a linear scan per line would
+    # take hours of CPU on the event loop
+    line_no, parts, size = 0, [b"BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Many\r\n"], 40
+    while size < MAX_IMPORT - 100:
+        part = b"EMAIL:p%d@remote.test\r\n" % line_no
+        parts.append(part)
+        size += len(part)
+        line_no += 1
+    parts.append(b"END:VCARD\r\n")
+    data = b"".join(parts)
+    assert len(data) <= MAX_IMPORT
+    client = login(mailserver)
+    token = csrf(client)
+    other = login(mailserver, BOB)
+    result: dict[str, Any] = {}
+
+    def upload() -> None:
+        try:
+            result["r"] = client.post("/contacts", data={"csrf": token, "action": "import"},
+                                      files={"file": ("many.vcf", data, "text/vcard")}, timeout=600)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            result["r"] = exc
+
+    thread = threading.Thread(target=upload, daemon=True)
+    thread.start()
+    answered = 0
+    while thread.is_alive() or answered == 0:
+        # another user is served meanwhile (a generous timeout: no time is asserted)
+        assert other.get("/contacts", timeout=10).status_code == 200
+        answered += 1
+    thread.join(timeout=600)
+    r = result["r"]
+    print(f"{line_no} EMAIL lines in {len(data)} octets; another user answered {answered} times meanwhile")
+    assert not isinstance(r, Exception), r
+    # refused (too many lines) or imported with at most 20 addresses: never a 500
+    assert r.status_code in (303, 400), r.text
+    if r.status_code == 400:
+        assert "Not imported: more than" in r.text
+    else:
+        assert all(len(c.emails) <= 20 for c in server_contacts(mailserver))
+
+
+def test_time_zone_names_are_listed_once(mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zoneinfo
+
+    calls = []
+    real = zoneinfo.available_timezones
+    monkeypatch.setattr(zoneinfo, "available_timezones", lambda: calls.append(1) or real())
+    client = login(mailserver)
+    for _ in range(3):
+        page = client.get("/settings")
+        assert page.status_code == 200 and "Europe/Paris" in page.text
+    assert len(calls) <= 1  # at most the first page reads the zone files
+
+
+def test_the_address_book_is_bounded_and_listed_by_pages(mailserver: RunningServer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import mailyard.store.sqlite.contacts as stored
+    import mailyard.web.contacts as pages
+
+    monkeypatch.setattr(stored, "MAX_CONTACTS", 5, raising=False)
+    monkeypatch.setattr(pages, "PER_PAGE", 2, raising=False)
+    cards = "".join(f"BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Person {i}\r\nEMAIL:p{i}@remote.test\r\nEND:VCARD\r\n"
+                    for i in range(8)).encode()
+    client = login(mailserver)
+    token = csrf(client)
+    r = client.post("/contacts", data={"csrf": token, "action": "import"},
+                    files={"file": ("eight.vcf", cards, "text/vcard")})
+    assert r.status_code == 303
+    notice = client.get(r.headers["location"]).text
+    assert ("Imported 5 new, 0 updated. Not added: 3 more, the address book is full (delete some contacts "
+            "first).") in notice
+    assert len(server_contacts(mailserver)) == 5
+    r = client.post("/contacts", data={"csrf": token, "action": "add", "name": "One more",
+                                       "emails": "more@remote.test"})
+    assert r.status_code == 400 and "the address book is full (5 contacts)" in r.text
+    # two a page, in name order, with links between the pages
+    seen = []
+    for page_no, has_prev, has_next in ((0, False, True), (1, True, True), (2, True, False)):
+        page = client.get(f"/contacts?page={page_no}").text
+        rows = re.findall(r'data-contact="\d+">\s*<td>(Person \d)', page)
+        assert len(rows) == (1 if page_no == 2 else 2), page_no
+        seen += rows
+        assert ('rel="prev"' in page) == has_prev and ('rel="next"' in page) == has_next
+    assert seen == [f"Person {i}" for i in range(5)]
+    assert client.get("/contacts?page=99999999999").status_code == 200

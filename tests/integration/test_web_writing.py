@@ -395,3 +395,43 @@ def test_held_message_survives_a_restart(make_server) -> None:  # noqa: ANN001
         assert list((data_dir / "web-outbox").iterdir()) == []
     finally:
         second.stop()
+
+
+def _set_quota(server: RunningServer, user: str, storage: int | None) -> None:
+    server.call(server.store.set_quota(user, storage=storage))
+
+
+def test_undo_send_with_a_full_mailbox_sends_at_once_and_says_so(mailserver: RunningServer) -> None:
+    _set_delay(mailserver, ALICE, 30)
+    _set_quota(mailserver, ALICE, 1)  # no room for the draft the delay needs
+    client = login(mailserver)
+    r = client.post("/compose", data={"csrf": csrf(client), "to": BOB, "subject": "full box", "body": "still goes",
+                                      "action": "send"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/box/"), r.text
+    page = client.get(r.headers["location"]).text
+    assert ("Message sent at once, without the delay to undo it: your mailbox is full (quota reached), "
+            "and no copy was kept in Sent.") in page
+    (got,) = mailserver.messages(BOB)
+    assert b"still goes" in got
+    assert mailserver.messages(ALICE, "Drafts") == [] and mailserver.messages(ALICE, "Sent") == []
+
+
+def test_undo_send_refused_when_due_says_not_sent(mailserver: RunningServer) -> None:
+    _set_delay(mailserver, ALICE, 1)
+    _set_quota(mailserver, BOB, 1)  # the recipient's mailbox is full: refused when the delay is over
+    client = login(mailserver)
+    r = client.post("/compose", data={"csrf": csrf(client), "to": BOB, "subject": "refused later",
+                                      "body": "kept", "action": "send"})
+    pending = r.headers["location"]
+    assert pending.startswith("/compose/pending/")
+    page = _wait(lambda: (p := client.get(pending, follow_redirects=True)).status_code == 200
+                 and "goes in" not in p.text and p, "the delay to be over")
+    assert "Message sent." not in page.text
+    assert "Not sent: the recipient&#39;s mailbox is full" in page.text
+    (held,) = mailserver.messages(ALICE, "Drafts")
+    assert b"kept" in held and mailserver.messages(BOB) == []
+    drafts = box_id(mailserver, ALICE, "Drafts")
+    assert re.search(rf'href="/compose\?draft={drafts}:\d+"', page.text)
+    # another user learns nothing from the token
+    other = login(mailserver, BOB)
+    assert "Not sent" not in other.get(pending, follow_redirects=True).text

@@ -18,6 +18,7 @@ from mailyard.store.api import (
     DELIVERED,
     FAILED,
     PENDING,
+    AddressBookFull,
     AlreadyExists,
     AppendItem,
     Contact,
@@ -139,6 +140,49 @@ async def test_account_settings_are_json_values_per_key(backend: Backend) -> Non
     assert (await store.get_settings(alice.id))["threads"] is True
     await store.remove_account("alice@example.test")
     assert await store.get_settings(alice.id) == {}
+    await store.close()
+
+
+async def test_a_list_setting_is_merged_in_one_write_and_capped(backend: Backend) -> None:
+    store = backend.open()
+    await store.add_domain("example.test")
+    alice = await store.add_account("alice@example.test", "h")
+    assert await store.update_setting_list(alice.id, "spam_allow", ["a@x.test", "B@x.test"], 3) == [
+        "a@x.test", "B@x.test"]
+    # entries there already (without case) are skipped; past the cap the oldest go
+    assert await store.update_setting_list(alice.id, "spam_allow", ["b@x.test", "c@x.test", "d@x.test"], 3) == [
+        "B@x.test", "c@x.test", "d@x.test"]
+    # many merges at once, and a save of another key meanwhile: none is lost
+    await asyncio.gather(*(store.update_setting_list(alice.id, "spam_allow", [f"m{i}@x.test"], 100)
+                           for i in range(20)), store.set_settings(alice.id, {"per_page": 25}))
+    got = await store.get_settings(alice.id)
+    assert got["per_page"] == 25 and len(got["spam_allow"]) == 23
+    assert {f"m{i}@x.test" for i in range(20)} <= set(got["spam_allow"])
+    # a value that is not a list counts as empty
+    await store.set_settings(alice.id, {"spam_allow": "nonsense"})
+    assert await store.update_setting_list(alice.id, "spam_allow", ["e@x.test"], 3) == ["e@x.test"]
+    with pytest.raises(NotFound):
+        await store.update_setting_list(9999, "spam_allow", ["e@x.test"], 3)
+    await store.close()
+
+
+async def test_the_address_book_is_bounded_and_read_by_pages(backend: Backend,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import mailyard.store.sqlite.contacts as stored
+
+    monkeypatch.setattr(stored, "MAX_CONTACTS", 3)
+    store = backend.open()
+    await store.add_domain("example.test")
+    alice = await store.add_account("alice@example.test", "h")
+    bob = await store.add_account("bob@example.test", "h")
+    results = await asyncio.gather(*(store.add_contact(alice.id, Contact(f"P{i}", (f"p{i}@x.test",)))
+                                     for i in range(5)), return_exceptions=True)
+    assert sum(isinstance(r, AddressBookFull) for r in results) == 2  # checked inside the write
+    await store.add_contact(bob.id, Contact("B", ("b@x.test",)))  # per account
+    names = [c.name for c in await store.list_contacts(alice.id)]
+    assert len(names) == 3
+    assert [c.name for c in await store.list_contacts(alice.id, "", 2, 1)] == names[1:3]
+    assert [c.name for c in await store.list_contacts(alice.id, "", None, 2)] == names[2:]
     await store.close()
 
 

@@ -37,3 +37,25 @@ def test_parse_vcard3_lf_groups_quoted_params_and_n_without_fn() -> None:
 def test_parse_refuses_what_is_not_a_vcard_stream(text: str, reason: str) -> None:
     with pytest.raises(VCardError, match=reason):
         parse(text)
+
+
+def test_values_past_the_limit_are_dropped_and_duplicates_found_in_constant_time() -> None:
+    from mailyard.message.vcard import MAX_VALUES
+
+    lines = "".join(f"EMAIL:p{i}@example.test\r\nTEL:+1 555 {i}\r\n" for i in range(20_000))
+    (card,) = parse(f"BEGIN:VCARD\r\nFN:Many\r\nEMAIL:p0@example.test\r\n{lines}END:VCARD\r\n")
+    assert card.emails == [f"p{i}@example.test" for i in range(MAX_VALUES)]
+    assert card.phones == [f"+1 555 {i}" for i in range(MAX_VALUES)]
+
+
+def test_too_many_lines_are_refused() -> None:
+    from mailyard.message.vcard import MAX_LINES
+
+    with pytest.raises(VCardError, match=f"more than {MAX_LINES} lines"):
+        parse("BEGIN:VCARD\r\nFN:x\r\n" + "NOTE:n\r\n" * MAX_LINES + "END:VCARD\r\n")
+
+
+@pytest.mark.parametrize("pref", ["²", "1" * 5000, "-1", ""])
+def test_a_pref_that_is_not_a_small_ascii_number_is_no_preference(pref: str) -> None:
+    text = f"BEGIN:VCARD\r\nFN:x\r\nEMAIL:a@example.test\r\nEMAIL;PREF={pref}:b@example.test\r\nEND:VCARD\r\n"
+    assert parse(text)[0].emails == ["a@example.test", "b@example.test"]

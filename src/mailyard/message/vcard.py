@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 MAX_CARDS = 10_000
 MAX_LINE = 64 * 1024  # an unfolded content line longer than this is skipped
+MAX_VALUES = 20  # addresses, and phones, kept of one card (the store's limit too)
+MAX_LINES = 200_000  # content lines of one stream: more is refused, not read
 
 
 @dataclass
@@ -176,7 +178,12 @@ def parse(text: str) -> list[Card]:
     card: Card | None = None
     n_name = ""
     pref_email: tuple[int, str] | None = None
-    for line in unfold(text):
+    # the values of the open card, for a duplicate test in constant time
+    seen_emails: set[str] = set()
+    seen_phones: set[str] = set()
+    for count, line in enumerate(unfold(text)):
+        if count >= MAX_LINES:
+            raise VCardError(f"more than {MAX_LINES} lines")
         if not line.strip() or len(line) > MAX_LINE:
             continue
         parsed = split_line(line)
@@ -187,6 +194,7 @@ def parse(text: str) -> list[Card]:
             if card is not None:
                 raise VCardError("a vCard begins inside another (nested cards are not read)")
             card, n_name, pref_email = Card(), "", None
+            seen_emails, seen_phones = set(), set()
             continue
         if card is None:
             continue
@@ -214,18 +222,23 @@ def parse(text: str) -> list[Card]:
             email = unescape(value).strip()
             if email.lower().startswith("mailto:"):
                 email = email[7:]
-            if email and email not in card.emails:
+            if email and email not in seen_emails and len(card.emails) < MAX_VALUES:
+                seen_emails.add(email)
                 card.emails.append(email)
                 pref = params.get("PREF", "")
                 types = params.get("TYPE", "").lower().split(",")
-                rank = int(pref) if pref.isdigit() else (1 if "pref" in types else 101)  # 5.3, RFC 2426 3.3.2
+                # 5.3: PREF is an integer 1-100 (ASCII digits only: str.isdigit
+                # is also true of "²", which int() refuses); RFC 2426 3.3.2 TYPE=pref
+                numeric = pref.isascii() and pref.isdigit() and len(pref) <= 3
+                rank = int(pref) if numeric else (1 if "pref" in types else 101)
                 if rank <= 100 and (pref_email is None or rank < pref_email[0]):
                     pref_email = (rank, email)
         elif name == "TEL":
             phone = unescape(value).strip()
             if phone.lower().startswith("tel:"):
                 phone = phone[4:]
-            if phone and phone not in card.phones:
+            if phone and phone not in seen_phones and len(card.phones) < MAX_VALUES:
+                seen_phones.add(phone)
                 card.phones.append(phone)
         elif name == "ORG":
             card.org = " ".join(p.strip() for p in split_structured(value) if p.strip())

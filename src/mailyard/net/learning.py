@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .. import logs
-from ..spam.learning import HAM, Controller, allow_list_with, read_reply, request_bytes, sender_of
+from ..spam.learning import HAM, Controller, read_reply, request_bytes, sender_of
 from ..store.api import Account, Mailbox, NotFound, Store
 
 log = logging.getLogger("mailyard.learning")
@@ -27,6 +27,7 @@ QUEUE_SIZE = 256  # jobs waiting at most; more are dropped (and logged)
 MAX_PER_JOB = 100  # messages of one move that are learned
 REQUEST_TIMEOUT = 30.0  # seconds one learn request may take
 MAX_REPLY = 64 * 1024
+MAX_ALLOW = 1000  # entries of the allow list kept (what the webmail reads: web/prefs.py MAX_LIST)
 
 
 @dataclass(frozen=True)
@@ -108,17 +109,11 @@ class Learner:
             await self._allow(job.account, senders)
 
     async def _allow(self, account: Account, senders: list[str]) -> None:
-        """"Not spam": the senders go on the user's allow list."""
-        settings = await self.store.get_settings(account.id)
-        allow = settings.get("spam_allow")
-        changed = False
-        for sender in senders:
-            updated = allow_list_with(allow, sender)
-            if updated is not None:
-                allow, changed = updated, True
-        if changed:
-            await self.store.set_settings(account.id, {"spam_allow": allow})
-            logs.event(log, logging.INFO, "spam_allow_added", user=account.address, senders=senders)
+        """"Not spam": the senders go on the user's allow list, merged in one
+        store write (a settings page saved meanwhile loses nothing), the
+        oldest entries dropped past MAX_ALLOW."""
+        await self.store.update_setting_list(account.id, "spam_allow", senders, MAX_ALLOW)
+        logs.event(log, logging.INFO, "spam_allow_added", user=account.address, senders=senders)
 
     async def _post(self, kind: str, message: bytes) -> tuple[bool, str]:
         c = self.controller

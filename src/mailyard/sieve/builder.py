@@ -23,6 +23,7 @@ OPS = ("contains", "not-contains", "is", "matches", "over", "under", "ge")
 ACTIONS = ("fileinto", "read", "flag", "forward", "forward-copy", "discard", "reject")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")
+_NUMBER = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit is also true of "²"
 
 
 class RuleError(ValueError):
@@ -75,10 +76,10 @@ def check_rule(rule: Rule) -> Rule:
     rule.arg = _one_line(rule.arg)
     rule.header = rule.header.strip()
     if rule.field == "size":
-        if rule.op not in ("over", "under") or not rule.value.isdigit():
+        if rule.op not in ("over", "under") or not _NUMBER.fullmatch(rule.value):
             raise RuleError("a size rule needs over or under and a number of KB")
     elif rule.field == "spam":
-        if not rule.value.isdigit() or not 1 <= int(rule.value) <= 10:
+        if not _NUMBER.fullmatch(rule.value) or not 1 <= int(rule.value) <= 10:
             raise RuleError("a spam rule needs a level from 1 to 10")
         rule.op = "ge"
     else:
@@ -184,16 +185,36 @@ def to_script(model: Filters) -> str:
     return "\n".join(head + [""] + body) + "\n"
 
 
+def _typed(cls: type, data: object) -> object:
+    """An instance of the dataclass ``cls`` from the JSON object ``data``,
+    each known key of the type of its default (bool for bool, int not bool
+    for int, str for str); TypeError otherwise."""
+    if not isinstance(data, dict):
+        raise TypeError("not an object")
+    values = {}
+    for name, f in cls.__dataclass_fields__.items():
+        if name not in data:
+            continue
+        value, kind = data[name], type(f.default)
+        if type(value) is not kind:  # exact: True is not an int here, nor "7"
+            raise TypeError(f"{name} is not a {kind.__name__}")
+        values[name] = value
+    return cls(**values)
+
+
 def from_script(text: str) -> Filters | None:
-    """The model a script written by ``to_script`` holds; None for another script."""
+    """The model a script written by ``to_script`` holds; None for another
+    script, or one whose marker line (which anyone may edit) does not hold
+    a model of the right types."""
     first = text.split("\n", 1)[0].rstrip("\r")
     if not first.startswith(MARKER):
         return None
     try:
         data = json.loads(first[len(MARKER):])
-        rules = [Rule(**{k: v for k, v in r.items() if k in Rule.__dataclass_fields__}) for r in data["rules"]]
-        vac = VacationSetting(**{k: v for k, v in data["vacation"].items()
-                                 if k in VacationSetting.__dataclass_fields__})
-    except (ValueError, KeyError, TypeError):
+        if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+            return None
+        rules = [_typed(Rule, r) for r in data["rules"]]
+        vac = _typed(VacationSetting, data.get("vacation", {}))
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
-    return Filters(rules, vac)
+    return Filters(rules, vac)  # type: ignore[arg-type]

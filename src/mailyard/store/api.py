@@ -87,6 +87,11 @@ class QuotaExceeded(StorageFull):
         self.mailbox_ids = frozenset(mailbox_ids)
 
 
+class AddressBookFull(StorageFull):
+    """The account's address book holds the most entries allowed; the new
+    one was not added."""
+
+
 class MailboxGone(NotFound):
     """A session's reference to a mailbox is no longer good: the mailbox was
     deleted (or its account removed), belongs to another account, or has
@@ -572,12 +577,23 @@ class Store(abc.ABC):
         commit; returns every setting of the account. NotFound for no such
         account; InvalidName for a value JSON cannot hold."""
 
+    @abc.abstractmethod
+    async def update_setting_list(self, account_id: int, key: str, add: Sequence[str], cap: int) -> list[str]:
+        """Append ``add`` to the list of strings setting ``key`` in one
+        atomic read-modify-write (a concurrent set_settings of other keys, or
+        another merge, loses nothing): entries already there (compared
+        without case) are skipped, and past ``cap`` entries the oldest, at
+        the front, are dropped. A value that is not a list counts as empty.
+        Returns the new list; NotFound for no such account."""
+
     # --- address book ---------------------------------------------------
     @abc.abstractmethod
     async def add_contact(self, account_id: int, contact: Contact) -> Contact:
         """Store a new entry in the account's address book; returns it with
         its id (and a UID when it had none). NotFound for no such account;
-        InvalidName for an entry with neither a name nor an address."""
+        InvalidName for an entry with neither a name nor an address;
+        AddressBookFull when the account has MAX_CONTACTS entries (checked
+        inside the write, so concurrent adds cannot pass it)."""
 
     @abc.abstractmethod
     async def update_contact(self, account_id: int, contact: Contact) -> Contact:
@@ -593,10 +609,12 @@ class Store(abc.ABC):
         """One entry of this account's address book, None if there is none."""
 
     @abc.abstractmethod
-    async def list_contacts(self, account_id: int, prefix: str = "", limit: int | None = None) -> list[Contact]:
+    async def list_contacts(self, account_id: int, prefix: str = "", limit: int | None = None,
+                            offset: int = 0) -> list[Contact]:
         """The account's entries sorted by name (case-insensitively); with
         ``prefix`` only those whose name, a word of the name, or an address
-        starts with it (case-insensitively)."""
+        starts with it (case-insensitively); ``offset`` entries skipped, at
+        most ``limit`` returned (a page)."""
 
     @abc.abstractmethod
     async def note_correspondents(self, account_id: int, addresses: Sequence[tuple[str, str]],

@@ -909,12 +909,18 @@ async def compose_submit(request: Request) -> Response:
         raise HTTPException(401)
     client_ip = request.client.host if request.client else "127.0.0.1"
     delay = prefs.current().send_delay
+    no_room_to_wait = False
     try:
         if delay:
-            # undo send: held as a draft for ``delay`` seconds (web/undo.py)
-            token, _uid = await undo.hold(web.services, account, full, recipients, drafts, old_draft,
-                                          {"reply_to": draft.reply_to, "forward": draft.forward}, delay, client_ip)
-            return redirect(f"/compose/pending/{token}")
+            # undo send: held as a draft for ``delay`` seconds (web/undo.py);
+            # with no room in Drafts to wait in, sent at once instead (and said so)
+            try:
+                token, _uid = await undo.hold(web.services, account, full, recipients, drafts, old_draft,
+                                              {"reply_to": draft.reply_to, "forward": draft.forward}, delay,
+                                              client_ip)
+                return redirect(f"/compose/pending/{token}")
+            except QuotaExceeded:
+                no_room_to_wait = True
         await submit_message(web.services, account, wire, recipients, client_ip=client_ip,
                              protocol="HTTP", helo="webmail", service="web")
     except SubmissionRefused as exc:
@@ -934,6 +940,9 @@ async def compose_submit(request: Request) -> Response:
     except QuotaExceeded:
         # the message is on its way; only the sender's own copy does not fit
         notice = "Message sent; no copy was kept in Sent: your mailbox is full (quota reached)."
+    if no_room_to_wait:
+        notice = ("Message sent at once, without the delay to undo it: your mailbox is full (quota reached)"
+                  + (", and no copy was kept in Sent." if "no copy" in notice else "."))
     if old_draft is not None:
         await store.expunge(drafts, [old_draft])
     await undo.mark_original(web.services, session.account_id, {"reply_to": draft.reply_to, "forward": draft.forward})

@@ -21,13 +21,15 @@ from ..message.address import is_valid_addr_spec
 from ..message.correspondents import header_mailboxes
 from ..message.reading import readable_address
 from ..message.vcard import Card, VCardError, parse, serialise
-from ..store.api import Contact, InvalidName, Mailbox, NotFound
+from ..store.api import AddressBookFull, Contact, InvalidName, Mailbox, NotFound
 from . import prefs
 
 MAX_IMPORT = 5 * 1024 * 1024  # octets of a vCard file
 MAX_SUGGESTIONS = 10
 IMPORT_CHUNK = 200
 MAX_QUERY = 100
+PER_PAGE = 200  # contacts a page of /contacts lists
+MAX_PAGE = 10_000  # a page number past this is the last one asked for
 
 
 def _app() -> Any:
@@ -67,21 +69,24 @@ async def contacts_view(request: Request) -> Response:
     session = app.current(request)
     store = app.state(request).services.store
     q = (request.query_params.get("q") or "").strip()[:MAX_QUERY]
+    page_no = min(max(app._int(request.query_params.get("page")) or 0, 0), MAX_PAGE)
     edit = None
     edit_id = app._int(request.query_params.get("edit"))
     if edit_id is not None:
         edit = await store.get_contact(session.account_id, edit_id)
         if edit is None:
             raise HTTPException(404, "no such contact")
-    return await _page(request, session, q=q, edit=edit)
+    return await _page(request, session, q=q, edit=edit, page_no=page_no)
 
 
 async def _page(request: Request, session: Any, status: int = 200, q: str = "", edit: Contact | None = None,
-                errors: list[str] | None = None, notice: str | None = None) -> Response:
+                errors: list[str] | None = None, notice: str | None = None, page_no: int = 0) -> Response:
     app = _app()
     store = app.state(request).services.store
-    items = await store.list_contacts(session.account_id, q)
-    return app.page(request, "contacts.html", status=status, contacts=items, q=q, edit=edit, errors=errors or [],
+    # one page (and one more entry, to know whether there is a next page)
+    items = await store.list_contacts(session.account_id, q, PER_PAGE + 1, page_no * PER_PAGE)
+    return app.page(request, "contacts.html", status=status, contacts=items[:PER_PAGE], q=q, edit=edit,
+                    page_no=page_no, has_next=len(items) > PER_PAGE, errors=errors or [],
                     folders=await app.folders(request, session),
                     notice=request.query_params.get("notice", "") if notice is None else notice)
 
@@ -115,7 +120,7 @@ async def contacts_action(request: Request) -> Response:
             return app.redirect(app.notice_url("/contacts", f"{contact.name or 'Contact'} saved."))
         if action == "import":
             return await _import(request, session, form)
-    except InvalidName as exc:
+    except (InvalidName, AddressBookFull) as exc:
         return await _page(request, session, 400, errors=[str(exc)])
     except NotFound:
         raise HTTPException(404, "no such contact") from None
@@ -132,11 +137,13 @@ async def _import(request: Request, session: Any, form: Any) -> Response:
     if len(data) > MAX_IMPORT:
         return await _page(request, session, 400, errors=["The file is larger than 5 MB."])
     try:
-        cards = parse(data.decode("utf-8", "replace"))
+        # a large file is parsed in a thread: the event loop keeps serving
+        # other requests meanwhile
+        cards = await asyncio.to_thread(lambda: parse(data.decode("utf-8", "replace")))
     except VCardError as exc:
         return await _page(request, session, 400, errors=[f"Not imported: {exc}."])
     existing = {c.uid: c for c in await store.list_contacts(session.account_id) if c.uid}
-    added = updated = skipped = 0
+    added = updated = skipped = full = 0
 
     async def one(card: Card) -> str:
         contact = Contact(card.name, tuple(card.emails), tuple(card.phones), card.org, card.note, card.uid)
@@ -150,6 +157,8 @@ async def _import(request: Request, session: Any, form: Any) -> Response:
             return "added"
         except InvalidName:
             return "skipped"
+        except AddressBookFull:
+            return "full"
 
     # a chunk of writes at a time: the store's writer commits them together
     for start in range(0, len(cards), IMPORT_CHUNK):
@@ -157,7 +166,13 @@ async def _import(request: Request, session: Any, form: Any) -> Response:
             added += outcome == "added"
             updated += outcome == "updated"
             skipped += outcome == "skipped"
+            full += outcome == "full"
+        if full:
+            break
     text = f"Imported {added} new, {updated} updated" + (f", {skipped} skipped (not readable)" if skipped else "")
+    if full:
+        text += (f". Not added: {len(cards) - added - updated - skipped} more, the address book is full"
+                 " (delete some contacts first)")
     return app.redirect(app.notice_url("/contacts", text + "."))
 
 

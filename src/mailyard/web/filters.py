@@ -164,7 +164,7 @@ async def filters_action(request: Request) -> Response:
             raise RuleError("unknown action")
         await _save_model(request, session, model)
         return redirect(notice_url("/filters", "Filters saved."))
-    except (RuleError, SieveError, ScriptProblem) as exc:
+    except (ValueError, SieveError, ScriptProblem) as exc:  # ValueError: RuleError, or a value not checked
         extra = {"raw_text": form.get("script")} if action == "raw" else {}
         return _show(request, "filters.html", ctx, error=str(exc), status=400, **extra)
 

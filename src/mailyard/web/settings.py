@@ -15,6 +15,7 @@ of the account in every process; this browser gets a new session.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import zoneinfo
 from typing import Any
@@ -31,6 +32,13 @@ from .security import SESSION_COOKIE, Session, cookie_kwargs
 
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
+
+
+@functools.cache
+def _zones() -> list[str]:
+    """The IANA zone names offered, sorted: read once (listing the zone
+    files takes tens of milliseconds, too long for the event loop per page)."""
+    return sorted(zoneinfo.available_timezones())
 
 
 def _app() -> Any:
@@ -92,7 +100,7 @@ async def _page(request: Request, session: Session, status: int = 200, errors: l
         request, "settings.html", status=status, prefs=current, errors=errors or [],
         notice=request.query_params.get("notice", "") if notice is None else notice,
         folders=await app.folders(request, session), senders=await sender_addresses(request, account),
-        zones=sorted(zoneinfo.available_timezones()), date_formats=prefs.DATE_FORMATS,
+        zones=_zones(), date_formats=prefs.DATE_FORMATS,
         per_page_choices=prefs.PER_PAGE_CHOICES, sessions=sessions,
     )
 

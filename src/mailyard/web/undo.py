@@ -14,7 +14,10 @@ the record first by renaming it (atomic on one file system), so exactly one
 of them wins, also between the worker processes of a multi-process server.
 A send that was under way when the server stopped (``.sending`` left over)
 is not tried again: its draft stays in Drafts for the user to check (at
-most once, never twice).
+most once, never twice). A send refused when its time came (a recipient's
+mailbox full, a limit reached) leaves ``<token>.failed`` with the reason,
+which the pending page shows with a link to the draft; such records older
+than FAILED_KEPT seconds are removed at the next start.
 
 Before the wait, the recipients are resolved and the sender rule checked,
 so a mistake is shown on the form at once, not after the delay.
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailyard.web")
 
+FAILED_KEPT = 7 * 86400  # seconds a refused send's record is kept for its page
 _TOKEN_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
@@ -152,25 +156,34 @@ async def fire(services: Services, token: str) -> None:
     if record is None:
         return
     try:
-        await _send(services, record)
+        failure = await _send(services, record)
     except Exception:  # noqa: BLE001 - the draft stays in Drafts; the server carries on
         log.exception("web: sending a held message failed; it stays in Drafts")
+        failure = "an error on the server"
+    try:
+        if failure is not None:
+            # for the pending page: what happened, and where the draft is
+            failed = {k: record.get(k) for k in ("account_id", "mailbox_id", "uid")}
+            await asyncio.to_thread(_write_durably, _record_path(services, token, ".failed"),
+                                    json.dumps({**failed, "reason": failure}).encode())
     finally:
         with contextlib.suppress(OSError):
             _record_path(services, token, ".sending").unlink()
 
 
-async def _send(services: Services, record: dict) -> None:
+async def _send(services: Services, record: dict) -> str | None:
+    """Send the held draft of ``record``; None when it went (or is gone
+    from Drafts meanwhile), else why it was refused (it stays in Drafts)."""
     store = services.store
     account = await store.get_account_by_id(int(record["account_id"]))
     drafts = await store.get_mailbox_by_id(int(record["account_id"]), int(record["mailbox_id"]))
     if account is None or drafts is None or drafts.uid_validity != record["uid_validity"]:
-        return
+        return None
     uid = int(record["uid"])
     try:
         full = await store.read_message(drafts, uid)
     except NotFound:
-        return  # deleted from Drafts meanwhile (by another client): not sent
+        return None  # deleted from Drafts meanwhile (by another client): not sent
     client_ip = str(record.get("client_ip") or "127.0.0.1")
     try:
         await submit_message(services, account, without_bcc(full), list(record["recipients"]), client_ip=client_ip,
@@ -179,13 +192,14 @@ async def _send(services: Services, record: dict) -> None:
         logs.event(log, logging.INFO, "message_rejected", proto="web", ip=client_ip, user=account.address,
                    reason="refused", detail=str(exc))
         metrics.count_message("web", "rejected", "refused")
-        return  # it stays in Drafts
+        return str(exc)  # it stays in Drafts
     await store.expunge(drafts, [uid])
     sent = next((b for b in await store.list_mailboxes(account.id) if b.special_use == "\\Sent"), None)
     if sent is not None:
         with contextlib.suppress(QuotaExceeded):
             await store.append(sent, full, ["\\Seen"])
     await mark_original(services, account.id, record.get("refs") or {})
+    return None
 
 
 async def mark_original(services: Services, account_id: int, refs: dict[str, str]) -> None:
@@ -217,7 +231,11 @@ def resume(services: Services) -> int:
     now = time.time()
     count = 0
     for path in folder.iterdir():
-        if path.suffix == ".sending":
+        if path.suffix == ".failed":
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < now - FAILED_KEPT:
+                    path.unlink()
+        elif path.suffix == ".sending":
             log.warning("web: a held message was being sent when the server stopped; it stays in Drafts")
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -238,10 +256,10 @@ def _app() -> Any:
     return app
 
 
-async def _own_record(request: Request, token: str) -> tuple[Any, dict]:
+async def _own_record(request: Request, token: str, suffix: str = ".json") -> tuple[Any, dict]:
     a = _app()
     session = a.current(request)
-    path = _record_path(a.state(request).services, token)
+    path = _record_path(a.state(request).services, token, suffix)
     try:
         record = json.loads(path.read_bytes())
     except (OSError, ValueError):
@@ -249,6 +267,21 @@ async def _own_record(request: Request, token: str) -> tuple[Any, dict]:
     if record.get("account_id") != session.account_id:
         raise HTTPException(404, "no such message on its way (already sent?)")
     return session, record
+
+
+def _own_failure(request: Request, token: str) -> dict | None:
+    """The record of this session's send of ``token`` refused at its time
+    (``reason``, the draft's ``mailbox_id`` and ``uid``), or None."""
+    a = _app()
+    session = a.current(request)
+    try:
+        record = json.loads(_record_path(a.state(request).services, token, ".failed").read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("account_id") != session.account_id:
+        return None
+    return {"reason": str(record.get("reason") or "refused"),
+            "draft": f"{int(record.get('mailbox_id') or 0)}:{int(record.get('uid') or 0)}"}
 
 
 async def _inbox_url(request: Request) -> str:
@@ -263,11 +296,18 @@ async def pending_page(request: Request) -> Response:
     a = _app()
     token = request.path_params["token"]
     try:
-        session, record = await _own_record(request, token)
+        try:
+            session, record = await _own_record(request, token)
+        except HTTPException:  # being sent right now: "in 0 seconds", and the page looks again
+            session, record = await _own_record(request, token, ".sending")
     except HTTPException:
+        failed = _own_failure(request, token)
+        if failed is not None:
+            return a.page(request, "pending.html", token=token, left=0, failed=failed,
+                          folders=await a.folders(request, a.current(request)), notice="")
         return a.redirect(a.notice_url(await _inbox_url(request), "Message sent."))
     left = max(0, round(float(record["due"]) - time.time()))
-    return a.page(request, "pending.html", token=token, left=left, folders=await a.folders(request, session),
+    return a.page(request, "pending.html", token=token, left=left, failed=None, folders=await a.folders(request, session),
                   notice="")
 
 

@@ -52,3 +52,37 @@ def test_vacation_dates_checked() -> None:
 
 def test_hand_written_script_has_no_model() -> None:
     assert from_script('require "fileinto";\nkeep;\n') is None
+
+
+@pytest.mark.parametrize(("rule", "error"), [
+    (Rule("size", "over", "²", action="discard"), "number of KB"),
+    (Rule("size", "over", "1" * 5000, action="discard"), "number of KB"),
+    (Rule("spam", "ge", "²", action="discard"), "level from 1 to 10"),
+    (Rule("spam", "ge", "٣", action="discard"), "level from 1 to 10"),
+])
+def test_numbers_are_ascii_digits(rule: Rule, error: str) -> None:
+    with pytest.raises(RuleError, match=error):
+        to_script(Filters([rule]))
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d["vacation"].update(days="7"),
+    lambda d: d["vacation"].update(enabled="yes"),
+    lambda d: d["vacation"].update(days=True),
+    lambda d: d["rules"][0].update(stop=1),
+    lambda d: d["rules"][0].update(value=5),
+    lambda d: d.update(rules={"a": 1}),
+    lambda d: d["rules"].append("x"),
+    lambda d: d.update(vacation=[]),
+])
+def test_a_marker_line_of_the_wrong_types_is_no_model(change) -> None:  # noqa: ANN001
+    import json
+
+    from mailyard.sieve.builder import MARKER
+
+    text = to_script(Filters([Rule("subject", "is", "x", action="read")], VacationSetting(True, text="away")))
+    first, rest = text.split("\n", 1)
+    data = json.loads(first[len(MARKER):])
+    assert from_script(text) is not None
+    change(data)
+    assert from_script(MARKER + json.dumps(data) + "\n" + rest) is None

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from ..api import Contact, InvalidName, NotFound, Suggestion
+from ..api import AddressBookFull, Contact, InvalidName, NotFound, Suggestion
 from .core import SQLiteCore
 from .writer import WriteContext
 
@@ -24,6 +24,7 @@ MAX_CORRESPONDENTS = 5000
 MAX_FIELD = 1000  # characters of a name, organisation, address or phone
 MAX_NOTE = 10_000
 MAX_VALUES = 20  # addresses or phones of one entry
+MAX_CONTACTS = 10_000  # entries of one account's address book
 
 _COLS = "id, name, emails, phones, org, note, uid"
 
@@ -87,6 +88,10 @@ class ContactsMixin(SQLiteCore):
         def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
             if c.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
                 raise NotFound(f"no account with id {account_id}")
+            # the entry past the limit, if there is one (the index on account_id)
+            if c.execute("SELECT 1 FROM contacts WHERE account_id = ? LIMIT 1 OFFSET ?",
+                         (account_id, MAX_CONTACTS - 1)).fetchone() is not None:
+                raise AddressBookFull(f"the address book is full ({MAX_CONTACTS} contacts)")
             cur = c.execute(
                 "INSERT INTO contacts(account_id, name, emails, phones, org, note, uid, search, updated)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -126,16 +131,17 @@ class ContactsMixin(SQLiteCore):
         row = self._q1(f"SELECT {_COLS} FROM contacts WHERE id = ? AND account_id = ?", (contact_id, account_id))
         return _row(row) if row else None
 
-    async def list_contacts(self, account_id: int, prefix: str = "", limit: int | None = None) -> list[Contact]:
+    async def list_contacts(self, account_id: int, prefix: str = "", limit: int | None = None,
+                            offset: int = 0) -> list[Contact]:
         sql = f"SELECT {_COLS} FROM contacts WHERE account_id = ?"
         args: list = [account_id]
         if prefix:
             sql += " AND search LIKE ? ESCAPE '\\'"
             args.append(_like_prefix(prefix))
         sql += " ORDER BY name COLLATE NOCASE, id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(max(0, limit))
+        if limit is not None or offset:
+            sql += " LIMIT ? OFFSET ?"
+            args += [-1 if limit is None else max(0, limit), max(0, offset)]
         return [_row(r) for r in self._q(sql, args)]
 
     async def note_correspondents(self, account_id: int, addresses: Sequence[tuple[str, str]],

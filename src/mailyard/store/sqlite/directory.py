@@ -286,6 +286,33 @@ class DirectoryMixin(SQLiteCore):
         await self._write(op)
         return await self.get_settings(account_id)
 
+    async def update_setting_list(self, account_id: int, key: str, add: Sequence[str], cap: int) -> list[str]:
+        if not isinstance(key, str) or not key:
+            raise InvalidName("a setting needs a name")
+        adding = [str(a) for a in add]
+        result: list[str] = []
+
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            # read and write in the writer's one transaction: nothing in between
+            if c.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
+                raise NotFound(f"no account with id {account_id}")
+            row = c.execute("SELECT value FROM account_settings WHERE account_id = ? AND key = ?",
+                            (account_id, key)).fetchone()
+            current = json.loads(row[0]) if row is not None else []
+            entries = [str(e) for e in current] if isinstance(current, list) else []
+            seen = {e.casefold() for e in entries}
+            for item in adding:
+                if item.casefold() not in seen:
+                    seen.add(item.casefold())
+                    entries.append(item)
+            entries = entries[max(0, len(entries) - cap):]
+            c.execute("INSERT OR REPLACE INTO account_settings(account_id, key, value) VALUES (?, ?, ?)",
+                      (account_id, key, json.dumps(entries)))
+            result[:] = entries
+
+        await self._write(op)
+        return result
+
     # --- aliases and lists ------------------------------------------------
     async def add_alias(self, source: str, targets: Sequence[str]) -> None:
         src = alias_source(source)
