@@ -19,7 +19,7 @@ from ..message.address import iter_mailboxes, parse_address_list
 from ..message.headers import split_fields
 from ..message.parse import split_header_body
 
-__all__ = ["SPAM", "HAM", "learn_kind", "Controller", "request_bytes", "read_reply", "sender_of", "allow_list_with"]
+__all__ = ["SPAM", "HAM", "learn_kind", "Controller", "request_bytes", "read_reply", "sender_of"]
 
 SPAM = "spam"
 HAM = "ham"
@@ -95,11 +95,3 @@ def sender_of(message: bytes) -> str | None:
                 if "@" in m.addr_spec:
                     return m.addr_spec.lower()
     return None
-
-
-def allow_list_with(current: object, address: str) -> list[str] | None:
-    """The allow list with ``address`` added; None when it is there already."""
-    entries = [str(e) for e in current] if isinstance(current, list) else []
-    if address.lower() in (e.lower() for e in entries):
-        return None
-    return [*entries, address]
