@@ -105,6 +105,16 @@ class SpamChecker:
         # (ip, helo) -> (expires, the DNS signals): see _builtin
         self._recent: dict[tuple[str, str], tuple[float, tuple[Any, ...]]] = {}
         self._recent_lock = threading.Lock()  # used on the event loop and the pool's threads
+        # this server's names (its host name and local domains), kept while
+        # the store's directory_version stays
+        self._own_names: tuple[int, list[str]] | None = None
+
+    async def _names(self) -> list[str]:
+        """This server's host name and local domains (the HELO check's "ours")."""
+        version = self.store.directory_version
+        if self._own_names is None or self._own_names[0] != version:
+            self._own_names = (version, [self.hostname, *(await self.store.list_domains())])
+        return self._own_names[1]
 
     def _trusted(self, ip: str) -> bool:
         try:
@@ -177,7 +187,7 @@ class SpamChecker:
         started = time.monotonic()
         message = headers.strip_fields(message)
         message_id, from_addresses = _header_info(message)
-        own_names = [self.hostname, *(await self.store.list_domains())]
+        own_names = await self._names()
         loop = asyncio.get_running_loop()
         builtin_call: asyncio.Future[Builtin]
         try:
