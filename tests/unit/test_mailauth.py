@@ -464,3 +464,32 @@ def test_fast_path_leaves_simple_canonicalization_to_dkimpy(domain_keys: keys.Si
     # simple canonicalisation: a whitespace change that relaxed would forgive fails
     assert [r.result for r in dkim.verify(field + MESSAGE.replace(b"Subject: ", b"Subject:  "), resolver.txt)] == [
         "fail"]
+
+
+async def test_a_sender_whose_answers_are_cached_is_checked_without_a_thread(
+        domain_keys: keys.SigningKeys, dns: DNSServer, resolver: Resolver) -> None:
+    """InboundChecker: the first message of a sender asks DNS on the
+    checker's thread; the next, its answers all cached, is checked at once on
+    the event loop, with the same verdict (a cache miss deep inside pyspf or
+    dkimpy is never mistaken for a temperror)."""
+    from mailyard.mailauth.inbound import InboundChecker
+
+    txt(dns, "a.test", "v=spf1 ip4:192.0.2.10 -all")
+    txt(dns, "mail.a.test", "v=spf1 ip4:192.0.2.10 -all")
+    txt(dns, "_dmarc.a.test", "v=DMARC1; p=reject")
+    signed = dkim.sign(MESSAGE, domain_keys) + MESSAGE
+    checker = InboundChecker(resolver, "mx.b.test")
+    sent = []
+    submit = checker._pool.submit
+    checker._pool.submit = lambda *args, **kw: sent.append(args) or submit(*args, **kw)  # type: ignore[method-assign]
+    try:
+        first = await checker.check(signed, ip=IP, helo="mail.a.test", reverse_path="alice@a.test")
+        assert len(sent) == 1
+        again = await checker.check(signed, ip=IP, helo="mail.a.test", reverse_path="alice@a.test")
+        assert len(sent) == 1  # no thread this time
+        assert again.header == first.header and b"dmarc=pass" in again.header
+        # a new sender's answers are not cached: a thread again
+        await checker.check(signed, ip="198.51.100.7", helo="other.test", reverse_path="bob@other.test")
+        assert len(sent) == 2
+    finally:
+        checker.close()

@@ -180,3 +180,38 @@ class Resolver:
 
     def txt(self, name: str) -> list[str]:
         return list(self.query(name, "TXT").records)
+
+
+class NotCached(BaseException):
+    """A ``CacheOnly`` lookup whose answer is not in the cache.
+
+    A BaseException, not an Exception: the checks it runs through (pyspf,
+    dkimpy, our own record parsers) turn any Exception into a ``permerror``
+    or ``temperror`` verdict, and a missing cache entry is no verdict at all;
+    it must reach the caller, which then asks DNS for real on a thread."""
+
+
+class CacheOnly:
+    """A resolver's cached answers only: ``query`` raises ``NotCached``
+    rather than ask. A caller on the event loop first runs its checks
+    through this (a repeat sender's answers are all cached: no thread hop, no
+    contention for the interpreter lock between the loop and a check
+    thread), and only on a miss runs them again on a thread with the real
+    resolver."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+
+    def query(self, name: str, rdtype: str) -> Answer:
+        answer = self.resolver.cached(name, rdtype)
+        if answer is None:
+            raise NotCached(f"{name} {rdtype}")
+        return answer
+
+    def txt(self, name: str) -> list[str]:
+        return list(self.query(name, "TXT").records)
+
+    def remember(self, key: Hashable, ttl: float, compute: Callable[[], T]) -> T:
+        """As ``Resolver.remember``; ``compute`` asks through this object, so a
+        miss raises ``NotCached`` and nothing is kept."""
+        return self.resolver.remember(key, ttl, compute)

@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import logs
 from ..config import SpamConfig
-from ..mailauth.dnscache import Resolver
+from ..mailauth.dnscache import CacheOnly, NotCached, Resolver
 from ..mailauth.inbound import InboundVerdict
 from ..message.address import iter_mailboxes, parse_address_list
 from ..message.headers import split_fields
@@ -126,10 +126,10 @@ class SpamChecker:
     def _builtin(self, ip: str, helo: str, own_names: Sequence[str], own_ips: Sequence[str],
                  auth: InboundVerdict | None, cache_only: bool = False) -> Builtin:
         """The built-in checks (blocking: DNS); with ``cache_only`` from the
-        resolver's cache alone (``signals.NotCached`` on a miss)."""
-        resolver: Resolver | signals.CacheOnly | None = self.resolver
+        resolver's cache alone (``NotCached`` on a miss)."""
+        resolver: Resolver | CacheOnly | None = self.resolver
         if cache_only and resolver is not None:
-            resolver = signals.CacheOnly(resolver)
+            resolver = CacheOnly(resolver)
         spf = auth.spf.result if auth is not None else None
         dkim = [r.result for r in auth.dkim] if auth is not None else []
         dmarc = auth.dmarc.result if auth is not None and auth.dmarc is not None else None
@@ -193,7 +193,7 @@ class SpamChecker:
         try:
             builtin_call = loop.create_future()
             builtin_call.set_result(self._builtin(ip, helo, own_names, own_ips, auth, cache_only=True))
-        except signals.NotCached:
+        except NotCached:
             builtin_call = loop.run_in_executor(self._pool, self._builtin, ip, helo, own_names, own_ips, auth)
         verdict: RspamdResult | str | None = None
         if self.rspamd is not None:

@@ -15,28 +15,8 @@ from collections.abc import Collection, Sequence
 
 import dns.reversename
 
-from ..mailauth.dnscache import Answer, DNSTempError, Resolver
+from ..mailauth.dnscache import CacheOnly, DNSTempError, Resolver
 from .score import ListEntry, is_list_error
-
-
-class NotCached(Exception):
-    """A ``CacheOnly`` lookup whose answer is not in the cache."""
-
-
-class CacheOnly:
-    """The resolver's cached answers only: ``query`` raises ``NotCached``
-    rather than ask. The checker first runs the signals through this on the
-    event loop (a repeat sender's answers are all cached: no thread hop),
-    and only on a miss runs them again on a thread with the real resolver."""
-
-    def __init__(self, resolver: Resolver) -> None:
-        self.resolver = resolver
-
-    def query(self, name: str, rdtype: str) -> Answer:
-        answer = self.resolver.cached(name, rdtype)
-        if answer is None:
-            raise NotCached(f"{name} {rdtype}")
-        return answer
 
 # At most this many PTR names are followed back (RFC 8601 / SpamAssassin do the same kind of bound).
 MAX_PTR_NAMES = 10
