@@ -21,6 +21,7 @@ from pathlib import Path
 from .common import BenchServer, Result, progress
 
 SESSIONS = 20
+ROUNDS = 3
 
 
 def _message(size: int, sender: str = "news@remote.test") -> bytes:
@@ -108,25 +109,37 @@ def _accept(quick: bool) -> list[Result]:
         dns.add("remote.test", "TXT", '"v=spf1 ip4:127.0.0.1 -all"')
         dns.add("mx.remote.test", "TXT", '"v=spf1 ip4:127.0.0.1 -all"')
         dns.add("_dmarc.remote.test", "TXT", '"v=DMARC1; p=reject"')
-        for checks in (False, True):
-            server = BenchServer(("smtp",))
-            server.setup()
-            cfg = server.data / "config.toml"
-            text = cfg.read_text()
-            text = re.sub(r'^nameservers = ".*"$', f'nameservers = "{dns.address}"', text, flags=re.M)
-            text = re.sub(r"^inbound_checks = \w+$", f"inbound_checks = {'true' if checks else 'false'}",
-                          text, flags=re.M)
-            cfg.write_text(text)
-            server.start()
-            try:
-                progress(f"{count} signed messages of 1 KB, {SESSIONS} clients, checks {'on' if checks else 'off'}")
-                elapsed = asyncio.run(_source(server.ports["smtp"], count, body))
+        # both servers run at once and the rounds alternate, the best of each
+        # kept: on a shared machine the other load then hits both sides alike
+        servers: dict[bool, BenchServer] = {}
+        try:
+            for checks in (False, True):
+                server = servers[checks] = BenchServer(("smtp",))
+                server.setup()
+                cfg = server.data / "config.toml"
+                text = cfg.read_text()
+                text = re.sub(r'^nameservers = ".*"$', f'nameservers = "{dns.address}"', text, flags=re.M)
+                text = re.sub(r"^inbound_checks = \w+$", f"inbound_checks = {'true' if checks else 'false'}",
+                              text, flags=re.M)
+                cfg.write_text(text)
+                server.start()
+            best: dict[bool, float] = {False: 0.0, True: 0.0}
+            sent: dict[bool, int] = {False: 0, True: 0}
+            for round_ in range(ROUNDS):
+                for checks in (False, True):
+                    progress(f"round {round_ + 1}: {count} signed messages of 1 KB, {SESSIONS} clients, "
+                             f"checks {'on' if checks else 'off'}")
+                    elapsed = asyncio.run(_source(servers[checks].ports["smtp"], count, body))
+                    sent[checks] += count
+                    best[checks] = max(best[checks], count / elapsed)
+                    progress(f"{count / elapsed:.0f} msgs/s")
+            for checks, server in servers.items():
                 stored = _count(server)
-                if stored != count:
-                    raise RuntimeError(f"{count} messages sent but {stored} stored")
-                rates[checks] = count / elapsed
-                progress(f"{rates[checks]:.0f} msgs/s")
-            finally:
+                if stored != sent[checks]:
+                    raise RuntimeError(f"{sent[checks]} messages sent but {stored} stored")
+            rates.update(best)
+        finally:
+            for server in servers.values():
                 server.stop()
     finally:
         dns.stop()
