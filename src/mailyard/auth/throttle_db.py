@@ -11,6 +11,9 @@ callers' clock is monotonic and differs between hosts). An attempt in
 flight holds its reservation for at most ``PENDING_TTL`` seconds, so a node
 that dies mid-login does not hold the budget for ever.
 
+The table is migration 3 of the store's schema
+(store/postgresql/schema.py), applied when the first connection opens.
+
 The calls block for one round trip, as the worker processes' calls to the
 supervisor's throttle do (auth/throttle_shared.py); a login costs far more.
 """
@@ -27,20 +30,6 @@ from .throttle import Attempt, Busy, Locked, LoginThrottle, ThrottlePolicy, _Ent
 # password check and a slow client's SASL exchange fit well within it).
 PENDING_TTL = 120.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS login_throttle (
-    kind          TEXT NOT NULL,     -- ip, account or pair
-    key           BYTEA NOT NULL,    -- UTF-8 (a pair's key holds a NUL)
-    failures      INTEGER NOT NULL,
-    pending       INTEGER NOT NULL,
-    pending_until DOUBLE PRECISION NOT NULL,  -- wall-clock end of the newest reservation
-    last_failure  DOUBLE PRECISION NOT NULL,  -- wall clock
-    locked_until  DOUBLE PRECISION NOT NULL,  -- wall clock, 0: not locked
-    PRIMARY KEY (kind, key)
-)
-"""
-
-
 class DatabaseThrottle(LoginThrottle):
     """A ``LoginThrottle`` whose counters live in the database ``dsn`` names."""
 
@@ -48,6 +37,7 @@ class DatabaseThrottle(LoginThrottle):
         super().__init__(policy)
         self.dsn = dsn
         self._conn: Any = None
+        self._migrated = False
         self._lock = threading.Lock()
         self._local = threading.local()  # inside _run on this thread
         # the callers' clock (time.monotonic, auth/service.py) -> wall clock
@@ -57,8 +47,12 @@ class DatabaseThrottle(LoginThrottle):
         import psycopg
 
         if self._conn is None or self._conn.closed:
+            if not self._migrated:
+                from ..store.postgresql.schema import migrate_sync
+
+                migrate_sync(self.dsn)
+                self._migrated = True
             self._conn = psycopg.connect(self.dsn, autocommit=True)
-            self._conn.execute(SCHEMA)
         return self._conn
 
     def _tables(self) -> dict[str, _Table]:

@@ -79,6 +79,7 @@ from ..rows import (
     quota_row,
 )
 from . import schema
+from .contacts import ContactsMixin
 
 log = logging.getLogger("mailyard.store")
 
@@ -131,7 +132,7 @@ class _Tx:
         self.notes: set[bytes] = set()
 
 
-class PostgreSQLStore(Store):
+class PostgreSQLStore(ContactsMixin, Store):
     """Store backend on a PostgreSQL database named by ``dsn``."""
 
     def __init__(self, dsn: str, config: StoreConfig | None = None, background: bool = True,
@@ -1534,6 +1535,10 @@ class PostgreSQLStore(Store):
                                 " AND state = 'pending' AND next_attempt <= %s",
                                 (now + QUEUE_LEASE, [e.id for e in entries], now))
         return entries
+
+    async def queue_size(self) -> int:
+        row = await self._q1("SELECT count(*) FROM queue")
+        return int(row[0]) if row else 0
 
     async def queue_next_due(self) -> float | None:
         row = await self._q1("SELECT min(next_attempt) FROM queue_rcpts WHERE state = 'pending'")
