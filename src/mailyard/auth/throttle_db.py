@@ -20,10 +20,12 @@ supervisor's throttle do (auth/throttle_shared.py); a login costs far more.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
 
+from ..store.api import StoreUnavailable
 from .throttle import Attempt, Busy, Locked, LoginThrottle, ThrottlePolicy, _Entry, _Table
 
 # Seconds a reservation counts as in flight at most (the longest delay, the
@@ -64,6 +66,24 @@ class DatabaseThrottle(LoginThrottle):
         if getattr(self._local, "inside", False):  # reserve() asks before_attempt(): the counters are loaded already
             return fn()
         wanted = [(kind, key) for kind, key in zip(("ip", "account", "pair"), keys, strict=True) if key is not None]
+        import psycopg
+
+        for attempt in (1, 2):
+            try:
+                return self._run_once(wanted, now, fn)
+            except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+                # a connection from before a restart of the database is dead:
+                # once more on a new one; then the login is refused for now
+                with self._lock:
+                    if self._conn is not None:
+                        with contextlib.suppress(Exception):
+                            self._conn.close()
+                        self._conn = None
+                if attempt == 2:
+                    raise StoreUnavailable("the login service is unavailable, try again later") from exc
+        raise AssertionError("unreachable")
+
+    def _run_once(self, wanted: list[tuple[str, str]], now: float, fn: Any) -> Any:
         raw = {key: key.encode("utf-8", "surrogatepass") for _, key in wanted}
         with self._lock:
             conn = self._connection()

@@ -78,6 +78,13 @@ class StorageFull(StoreError):
     """The disk is full or a quota is reached; nothing was written."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now (a database server down or out of
+    connections); nothing was written. Temporary: the same request may
+    succeed later, without a restart (protocols answer it as a temporary
+    failure)."""
+
+
 class QuotaExceeded(StorageFull):
     """The write would take an account over its quota (RFC 9208); nothing
     was written. ``mailbox_ids``: the target mailboxes that would go over."""

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ...config import StoreConfig
 from ...message.address import search_value
@@ -56,6 +56,7 @@ from ..api import (
     StorageFull,
     Store,
     StoreError,
+    StoreUnavailable,
     derive_record,
 )
 from ..names import (
@@ -108,6 +109,16 @@ QUEUE_LEASE = 900.0
 LISTEN_RETRY = (0.1, 5.0)  # a write that met a deadlock or a serialization failure runs again
 
 
+# Seconds after a failure that looked like the database going away during
+# which the pool tests each connection before handing it out (connections
+# opened before a restart are dead; the test costs a round trip).
+SUSPECT_WINDOW = 60.0
+# Errors meaning the database cannot be reached (a deadlock or serialization
+# failure, also an OperationalError, is retried by ``_write`` first; a full
+# disk is StorageFull).
+_DOWN = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
+
+
 def _lock_space(space: str) -> int:
     """An advisory lock's first key: a stable 31-bit number for ``space``."""
     return zlib.crc32(("mailyard:" + space).encode()) & 0x7FFFFFFF
@@ -145,8 +156,11 @@ class PostgreSQLStore(ContactsMixin, Store):
         self.dsn = dsn
         self.node = os.urandom(6).hex()  # tells this store's notes from other nodes'
         self.peers: ChannelLike | None = None
-        self._pool = AsyncConnectionPool(dsn, min_size=1, max_size=pool_size, open=False,
-                                         kwargs={"autocommit": True})
+        timeout = self.config.pool_timeout
+        self._connect_args: dict[str, Any] = {"autocommit": True, "connect_timeout": max(2, round(timeout))}
+        self._suspect_until = 0.0
+        self._pool = AsyncConnectionPool(dsn, min_size=1, max_size=pool_size, open=False, timeout=timeout,
+                                         kwargs=self._connect_args, check=self._check)
         self._opened: asyncio.Future[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._listen_conn: psycopg.AsyncConnection | None = None
@@ -214,9 +228,30 @@ class PostgreSQLStore(ContactsMixin, Store):
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection]:
-        await self._ready()
-        async with self._pool.connection() as conn:
-            yield conn
+        try:
+            await self._ready()
+            async with self._pool.connection() as conn:
+                yield conn
+        except StoreError:
+            raise
+        except pg_errors.DiskFull as exc:
+            raise StorageFull("the database is full") from exc
+        except _DOWN as exc:
+            raise self._down(exc) from exc
+
+    def _down(self, exc: BaseException) -> StoreUnavailable:
+        """The StoreUnavailable for a failure to reach the database; the pool
+        tests its connections for a while (those it holds may be dead)."""
+        if time.monotonic() > self._suspect_until:
+            log.warning("store: the database is unavailable: %s", str(exc).strip() or type(exc).__name__)
+        self._suspect_until = time.monotonic() + SUSPECT_WINDOW
+        return StoreUnavailable("the mail store is unavailable, try again later")
+
+    async def _check(self, conn: psycopg.AsyncConnection) -> None:
+        """The pool's test of a connection it hands out: only after a failure
+        (``_down``), when connections opened before may be dead."""
+        if time.monotonic() < self._suspect_until:
+            await AsyncConnectionPool.check_connection(conn)
 
     async def _q(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
         async with self._conn() as c:
@@ -230,7 +265,10 @@ class PostgreSQLStore(ContactsMixin, Store):
                      revoke: bool = False) -> Any:
         """Run ``op`` in one transaction; returns its result once committed.
         A deadlock or serialization failure (concurrent writers) runs it again."""
-        await self._ready()
+        try:
+            await self._ready()
+        except _DOWN as exc:
+            raise self._down(exc) from exc
         for attempt in range(_RETRIES):
             tx = _Tx()
             if directory:
@@ -251,6 +289,15 @@ class PostgreSQLStore(ContactsMixin, Store):
                     raise
                 await asyncio.sleep(0.001 * (attempt + 1))
                 continue
+            except pg_errors.DiskFull as exc:
+                raise StorageFull("the database is full") from exc
+            except StoreError:
+                raise
+            except _DOWN as exc:
+                # a COMMIT whose answer was lost may have been applied: the
+                # caller reports a temporary failure, the client retries
+                # (RFC 5321 6.1 accepts the rare duplicate that may follow)
+                raise self._down(exc) from exc
             break
         if directory:
             self.directory_version += 1
@@ -268,11 +315,13 @@ class PostgreSQLStore(ContactsMixin, Store):
             return exc
         if isinstance(exc, pg_errors.DiskFull):
             return StorageFull("the database is full")
+        if isinstance(exc, _DOWN):
+            return self._down(exc)
         return exc
 
     # --- change notification -------------------------------------------------
     async def _start_listening(self) -> None:
-        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(self.dsn, **self._connect_args)
         await conn.execute(f"LISTEN {CHANNEL}")
         self._listen_conn = conn
         self._listen_task = asyncio.get_running_loop().create_task(self._listen(conn))
@@ -293,6 +342,7 @@ class PostgreSQLStore(ContactsMixin, Store):
                 if self._closed:
                     return
                 log.warning("store: notification connection lost (%s); connecting again", exc)
+                self._suspect_until = time.monotonic() + SUSPECT_WINDOW
             if self._closed:
                 return
             with contextlib.suppress(Exception):
@@ -301,7 +351,7 @@ class PostgreSQLStore(ContactsMixin, Store):
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, LISTEN_RETRY[1])
                 try:
-                    conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                    conn = await psycopg.AsyncConnection.connect(self.dsn, **self._connect_args)
                     await conn.execute(f"LISTEN {CHANNEL}")
                 except Exception as exc:
                     log.warning("store: cannot listen for notifications yet: %s", exc)
@@ -370,9 +420,8 @@ class PostgreSQLStore(ContactsMixin, Store):
 
     async def publish(self, kind: bytes, ids: Iterable[int] = ()) -> None:
         """Send a note to every other node (``kind`` as store/notify.py's)."""
-        await self._ready()
         payload = f"{self.node}:{kind.decode()}:{','.join(map(str, sorted(ids)))}"
-        async with self._pool.connection() as c:
+        async with self._conn() as c:
             await c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
     # --- locks across nodes -----------------------------------------------------
@@ -381,17 +430,34 @@ class PostgreSQLStore(ContactsMixin, Store):
     # locks. They are reentrant per connection, so the caller keeps its own
     # lock within the process (net/pop3.py MaildropLocks) and asks here second.
     async def _lock_connection(self) -> psycopg.AsyncConnection:
-        await self._ready()
+        try:
+            await self._ready()
+        except _DOWN as exc:
+            raise self._down(exc) from exc
         if self._lock_conn is None or self._lock_conn.closed:
-            self._lock_conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            self._lock_conn = await psycopg.AsyncConnection.connect(self.dsn, **self._connect_args)
         return self._lock_conn
 
     async def lock_exclusive(self, space: str, key: int) -> bool:
         async with self._lock_mutex:
-            conn = await self._lock_connection()
-            row = await (await conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                                            (_lock_space(space), _int32(key)))).fetchone()
-            return bool(row and row[0])
+            for attempt in (1, 2):
+                try:
+                    conn = await self._lock_connection()
+                    row = await (await conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                                    (_lock_space(space), _int32(key)))).fetchone()
+                    return bool(row and row[0])
+                except StoreError:
+                    raise
+                except _DOWN as exc:
+                    # a connection from before a restart of the database is
+                    # dead, and the locks it held went with it: a new one
+                    if self._lock_conn is not None:
+                        with contextlib.suppress(Exception):
+                            await self._lock_conn.close()
+                        self._lock_conn = None
+                    if attempt == 2:
+                        raise self._down(exc) from exc
+            raise AssertionError("unreachable")
 
     def unlock_exclusive(self, space: str, key: int) -> None:
         async def release() -> None:
@@ -410,9 +476,20 @@ class PostgreSQLStore(ContactsMixin, Store):
     # --- validity of session references ----------------------------------------
     def _sync_q1(self, sql: str, args: Sequence[Any]) -> tuple | None:
         with self._sync_lock:
-            if self._sync is None or self._sync.closed:
-                self._sync = psycopg.connect(self.dsn, autocommit=True)
-            return self._sync.execute(sql, args).fetchone()
+            for attempt in (1, 2):
+                try:
+                    if self._sync is None or self._sync.closed:
+                        self._sync = psycopg.connect(self.dsn, **self._connect_args)
+                    return self._sync.execute(sql, args).fetchone()
+                except _DOWN as exc:
+                    # dead since a restart of the database: once more, on a new connection
+                    if self._sync is not None:
+                        with contextlib.suppress(Exception):
+                            self._sync.close()
+                        self._sync = None
+                    if attempt == 2:
+                        raise self._down(exc) from exc
+            raise AssertionError("unreachable")
 
     def _fresh(self) -> None:
         """Drop the validity caches if a process of this node revoked something."""
@@ -445,7 +522,6 @@ class PostgreSQLStore(ContactsMixin, Store):
         (from memory, as ``mailbox_current``). A deletion racing with the
         read leaves it nothing to read: the rows go with the mailbox and its
         id is never reused (an identity column)."""
-        await self._ready()
         if mailbox.id not in self._live:
             row = await self._q1("SELECT account_id, uid_validity FROM mailboxes WHERE id = %s", (mailbox.id,))
             if row is not None:
@@ -1022,8 +1098,7 @@ class PostgreSQLStore(ContactsMixin, Store):
                              uid_next=row[0], uid_validity=row[1], highest_modseq=row[2], deleted_size=int(row[7]))
 
     async def mailbox_summary(self, mailbox: MailboxRef) -> MailboxSummary:
-        await self._ready()
-        async with self._pool.connection() as c, c.transaction():
+        async with self._conn() as c, c.transaction():
             # one snapshot for all three reads
             await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             row = await _one(c, f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE id = %s AND account_id = %s"
@@ -1261,8 +1336,7 @@ class PostgreSQLStore(ContactsMixin, Store):
 
     async def changes_since(self, mailbox: MailboxRef, modseq: int) -> Changes:
         mailbox_id = await self._owned(mailbox)
-        await self._ready()
-        async with self._pool.connection() as c, c.transaction():
+        async with self._conn() as c, c.transaction():
             await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             top = await _one(c, "SELECT highest_modseq FROM mailboxes WHERE id = %s", (mailbox_id,))
             if top is None:
@@ -1520,8 +1594,7 @@ class PostgreSQLStore(ContactsMixin, Store):
         them; the attempt's outcome (``queue_update``) sets the real next
         attempt. A node that dies leaves the lease to run out: another node
         retries then (RFC 5321 4.5.4.1)."""
-        await self._ready()
-        async with self._pool.connection() as c, c.transaction():
+        async with self._conn() as c, c.transaction():
             rows = await _all(
                 c, f"SELECT {', '.join('q.' + col.strip() for col in _ENTRY_COLS.split(','))} FROM queue q"
                 " WHERE EXISTS (SELECT 1 FROM queue_rcpts r WHERE r.queue_id = q.id AND r.state = 'pending'"
