@@ -53,6 +53,7 @@ from ..api import (
     Quota,
     QuotaExceeded,
     RecipientOutcome,
+    RestoredMessage,
     StorageFull,
     Store,
     StoreError,
@@ -1154,6 +1155,68 @@ class PostgreSQLStore(ContactsMixin, Store):
             return uids
 
         return await self._write(op)
+
+    async def restore_mailbox(self, account_id: int, name: str, uid_validity: int, uid_next: int,
+                              highest_modseq: int, special_use: str | None = None) -> Mailbox:
+        canonical = canonical_name(name)
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> int:
+            if await _one(c, "SELECT 1 FROM accounts WHERE id = %s", (account_id,)) is None:
+                raise NotFound(f"no account with id {account_id}")
+            row = await _one(c, "SELECT id, uid_validity, uid_next FROM mailboxes WHERE account_id = %s"
+                                " AND name = %s FOR UPDATE", (account_id, canonical))
+            if row is not None and row[1] == uid_validity:
+                await c.execute("UPDATE mailboxes SET uid_next = greatest(uid_next, %s),"
+                                " highest_modseq = greatest(highest_modseq, %s) WHERE id = %s",
+                                (uid_next, highest_modseq, row[0]))
+                tx.changed.add(row[0])
+                return int(row[0])
+            if row is not None:
+                if row[2] != 1:
+                    raise AlreadyExists(f"mailbox {canonical} exists already with other UIDs")
+                # never held a message: made again (a new id: references to the old one end)
+                await c.execute("DELETE FROM mailboxes WHERE id = %s", (row[0],))
+                tx.changed.add(row[0])
+            await c.execute(
+                "INSERT INTO meta(key, value) VALUES ('last_uid_validity', %s) ON CONFLICT (key) DO UPDATE"
+                " SET value = greatest(%s::bigint, meta.value::bigint)::text", (str(uid_validity), uid_validity))
+            new = await _one(c, "INSERT INTO mailboxes(account_id, name, uid_validity, uid_next, highest_modseq,"
+                                " special_use) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                             (account_id, canonical, uid_validity, max(uid_next, 1), max(highest_modseq, 1),
+                              special_use))
+            return int(new[0])
+
+        mailbox_id = await self._write(op, directory=True, revoke=True)
+        mailbox = await self.get_mailbox_by_id(account_id, mailbox_id)
+        assert mailbox is not None
+        return mailbox
+
+    async def restore_messages(self, mailbox: MailboxRef, items: Sequence[RestoredMessage]) -> None:
+        batch = sorted(items, key=lambda m: m.uid)
+        if not batch:
+            return
+        records = await self._derive([item.data for item in batch])
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            mailbox_id = await self._owned_w(c, mailbox)
+            top = (await _one(c, "SELECT coalesce(max(uid), 0) FROM messages WHERE mailbox_id = %s",
+                              (mailbox_id,)))[0]
+            if batch[0].uid <= top or len({m.uid for m in batch}) != len(batch):
+                raise AlreadyExists(f"UID {batch[0].uid} is not above the mailbox's UIDs")
+            for item, rec in zip(batch, records, strict=True):
+                body_id = await _store_body(c, item.data, 1)
+                await c.execute(
+                    "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq,"
+                    " save_date) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (mailbox_id, item.uid, body_id, b"", len(item.data), flags_text(item.flags), item.internal_date,
+                     item.modseq, item.save_date))
+                await _save_derived(c, body_id, rec)
+            await c.execute("UPDATE mailboxes SET uid_next = greatest(uid_next, %s),"
+                            " highest_modseq = greatest(highest_modseq, %s) WHERE id = %s",
+                            (batch[-1].uid + 1, max(m.modseq for m in batch), mailbox_id))
+            tx.changed.add(mailbox_id)
+
+        await self._write(op)
 
     async def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
         mailbox_id = await self._owned(mailbox)
