@@ -94,6 +94,8 @@ async def copy_store(src: Store, dst: Store, advance: Advance | None = None,
                 counts.octets += size
                 if advance is not None:
                     advance(len(items), size)
+            # \\Recent (RFC 3501 2.3.2): claimed up to where the source's sessions claimed
+            await dst.claim_recent(copy, claim=True, upto=await src.claim_recent(box, claim=False))
         wanted = set(await src.list_subscriptions(account.id))
         present = set(await dst.list_subscriptions(target))
         for name in wanted - present:
