@@ -1,0 +1,169 @@
+"""Two ``mailyard serve`` nodes on one PostgreSQL database, as the README's
+"Running several nodes" sets them up: node A on 127.0.0.2 and node B on
+127.0.0.3 with the same ports (what DNS round robin or HAProxy in front
+expects), the store in the database, and the files every node needs alike
+(TLS certificate, DKIM keys, the SRS and SCRAM secrets, Sieve scripts)
+shared through symbolic links to one directory.
+
+Mail delivered through node A reaches an IDLE session on node B (LISTEN/
+NOTIFY; the latency is printed), and a POP3 maildrop open on node A is
+locked on node B (RFC 2449 8.1.2 IN-USE) until A's session ends."""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mailyard.config import Config
+from mailyard.store.postgresql import PostgreSQLStore
+from tests.conftest import USERS, seed_store
+from tests.integration.multihost import shared_port
+from tests.integration.serve_process import ServeProcess
+from tests.pgcluster import PgCluster
+
+ALICE = "alice@example.test"
+NODES = ("127.0.0.2", "127.0.0.3")
+# what every node reads from its data directory and must find alike
+SHARED = ("tls", "dkim", "sieve", "srs.secret", "scram-salt.key")
+MESSAGE = (b"From: someone@remote.test\r\nTo: alice@example.test\r\nSubject: through node A\r\n"
+           b"Message-ID: <nodes-1@remote.test>\r\n\r\nseen on node B\r\n")
+
+
+def _node(data: Path, bind: str, ports: dict[str, int], dsn: str, shared: Path) -> ServeProcess:
+    def configure(cfg: Config) -> None:
+        cfg.server.bind = bind
+        cfg.server.hostname = "mx.example.test"
+        for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http", "https",
+                     "managesieve"):
+            setattr(cfg.ports, name, ports.get(name, 0))
+        cfg.store.backend = "postgresql"
+        cfg.store.dsn = dsn
+        cfg.spam.checks = False
+
+    def prepare(data: Path) -> None:
+        # the node's own copies go; the shared ones take their place
+        for name in SHARED:
+            path = data / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            path.symlink_to(shared / name)
+
+    return ServeProcess(data, configure, prepare)
+
+
+def _starttls_cert(host: str, port: int) -> bytes:
+    """The certificate a node presents after STARTTLS (DER)."""
+    with smtplib.SMTP(host, port, timeout=30) as smtp:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        smtp.starttls(context=context)
+        der = smtp.sock.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+
+def test_two_nodes_share_one_database(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    dsn = pg_cluster.new_dsn()
+
+    async def seed() -> None:
+        store = PostgreSQLStore(dsn)
+        try:
+            await seed_store(store)
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    # the shared directory: made once (here from a fresh data directory's
+    # files, as `mailyard init` makes them), then linked from every node
+    shared = tmp_path / "shared"
+    seed_dir = tmp_path / "seed"
+    subprocess.run([sys.executable, "-m", "mailyard", "--data", str(seed_dir), "init", "--domain", "example.test"],
+                   check=True, capture_output=True)
+    shared.mkdir()
+    for name in ("tls", "dkim"):
+        shutil.copytree(seed_dir / name, shared / name)
+    shutil.copy(seed_dir / "srs.secret", shared / "srs.secret")
+    (shared / "sieve").mkdir()
+    ports = {name: shared_port(list(NODES)) for name in ("smtp", "imap", "pop3")}
+    a = _node(tmp_path / "node-a", NODES[0], ports, dsn, shared)
+    b = None
+    try:
+        b = _node(tmp_path / "node-b", NODES[1], ports, dsn, shared)
+        # one certificate for both (the names in DNS lead to either node)
+        assert _starttls_cert(NODES[0], ports["smtp"]) == _starttls_cert(NODES[1], ports["smtp"])
+
+        # IDLE on node B hears a delivery made through node A
+        idle = imaplib.IMAP4(NODES[1], ports["imap"])
+        idle.login(ALICE, USERS[ALICE])
+        idle.select("INBOX")
+        tag = idle._new_tag().decode()
+        idle.send(f"{tag} IDLE\r\n".encode())
+        assert idle.readline().startswith(b"+")
+        with smtplib.SMTP(NODES[0], ports["smtp"], timeout=30) as smtp:
+            smtp.ehlo("client.test")
+            smtp.mail("someone@remote.test")
+            smtp.rcpt(ALICE)
+            sent = time.monotonic()  # the message and its final dot go now
+            code, _ = smtp.data(MESSAGE)
+            accepted = time.monotonic()
+            assert code == 250
+            idle.sock.settimeout(10)
+            line = idle.readline()
+            seen = time.monotonic()
+        print(f"node A: message sent to 250 in {(accepted - sent) * 1000:.1f} ms; node B: EXISTS in IDLE "
+              f"{(seen - sent) * 1000:.1f} ms after the message was sent")
+        assert line == b"* 1 EXISTS\r\n"
+        idle.send(b"DONE\r\n")
+        rest = idle.readline()
+        while rest.startswith(b"* "):
+            rest = idle.readline()
+        assert rest.startswith(tag.encode() + b" OK")
+        _, data = idle.fetch("1", "(BODY.PEEK[TEXT])")
+        assert data[0][1] == b"seen on node B\r\n"
+        idle.logout()
+
+        # the POP3 maildrop lock holds across the nodes
+        pop_a = socket.create_connection((NODES[0], ports["pop3"]), timeout=30)
+        fa = pop_a.makefile("rb")
+        assert fa.readline().startswith(b"+OK")
+        pop_a.sendall(f"USER {ALICE}\r\nPASS {USERS[ALICE]}\r\n".encode())
+        assert fa.readline().startswith(b"+OK")
+        assert fa.readline().startswith(b"+OK")
+
+        def pop_b_login() -> bytes:
+            with socket.create_connection((NODES[1], ports["pop3"]), timeout=30) as pop_b:
+                fb = pop_b.makefile("rb")
+                assert fb.readline().startswith(b"+OK")
+                pop_b.sendall(f"USER {ALICE}\r\nPASS {USERS[ALICE]}\r\n".encode())
+                assert fb.readline().startswith(b"+OK")
+                reply = fb.readline()
+                pop_b.sendall(b"QUIT\r\n")
+                fb.readline()
+                return reply
+
+        assert pop_b_login() == b"-ERR [IN-USE] maildrop already locked by another POP3 session\r\n"
+        pop_a.sendall(b"QUIT\r\n")
+        assert fa.readline().startswith(b"+OK")
+        pop_a.close()
+        deadline = time.monotonic() + 10
+        reply = pop_b_login()
+        while not reply.startswith(b"+OK") and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for the release, bounded: not ordering by sleep
+            reply = pop_b_login()
+        assert reply.startswith(b"+OK alice@example.test's maildrop has 1 message"), reply
+        assert not a.tracebacks() and not b.tracebacks(), a.tracebacks() + b.tracebacks()
+    finally:
+        if b is not None:
+            b.stop()
+        a.stop()
