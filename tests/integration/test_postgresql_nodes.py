@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
+import re
 import shutil
 import smtplib
 import socket
@@ -20,14 +21,17 @@ import ssl
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from mailyard.config import Config
+from mailyard.store.api import NewQueueEntry, NewRecipient
 from mailyard.store.postgresql import PostgreSQLStore
-from tests.conftest import USERS, seed_store
-from tests.integration.multihost import shared_port
+from tests.conftest import USERS, RunningServer, make_test_config, seed_store
+from tests.integration.multihost import MultiHost, shared_port
 from tests.integration.serve_process import ServeProcess
 from tests.pgcluster import PgCluster
+from tests.waiting import wait_until
 
 ALICE = "alice@example.test"
 NODES = ("127.0.0.2", "127.0.0.3")
@@ -167,3 +171,48 @@ def test_two_nodes_share_one_database(pg_cluster: PgCluster, tmp_path: Path) -> 
         if b is not None:
             b.stop()
         a.stop()
+
+
+def test_three_nodes_drain_one_queue_sending_each_message_once(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    """A queue shared by three nodes (claims with FOR UPDATE SKIP LOCKED and a
+    lease): 1,000 messages queued while the nodes run, so every node's runner
+    wakes for them at once; the receiving server sees each exactly once."""
+    dsn = pg_cluster.new_dsn()
+    hosts = MultiHost(tmp_path)
+    sink = hosts.add_scripted("remote.test", "127.0.0.6")
+    nodes: list[RunningServer] = []
+    try:
+        for n in range(3):
+            cfg = make_test_config()
+            hosts.delivery_config(cfg)
+            cfg.store.backend = "postgresql"
+            cfg.store.dsn = dsn
+            node = RunningServer(tmp_path / f"node-{n}", cfg, seed_defaults=n == 0)
+            node.start()
+            nodes.append(node)
+        count = 1000
+
+        async def fill() -> None:
+            store = PostgreSQLStore(dsn)
+            try:
+                for i in range(count):
+                    body = (f"From: alice@example.test\r\nTo: far@remote.test\r\nSubject: {i}\r\n"
+                            f"Message-ID: <q-{i}@example.test>\r\n\r\nmessage {i}\r\n").encode()
+                    await store.queue_submit(body, NewQueueEntry(ALICE, [NewRecipient("far@remote.test")]))
+            finally:
+                await store.close()
+
+        started = time.monotonic()
+        asyncio.run(fill())
+
+        def drained() -> bool:
+            return len(sink.transactions) >= count and not nodes[0].call(nodes[0].store.queue_size())
+
+        wait_until(drained, timeout=300, what=lambda: f"{len(sink.transactions)} of {count} messages sent")
+        print(f"{count} queued messages sent by 3 nodes in {time.monotonic() - started:.1f} s")
+        ids = Counter(re.search(rb"Message-ID: <(q-\d+)@", tx["data"]).group(1) for tx in sink.transactions)
+        assert len(ids) == count and set(ids.values()) == {1}, ids.most_common(3)
+    finally:
+        for node in nodes:
+            node.stop()
+        hosts.stop()
