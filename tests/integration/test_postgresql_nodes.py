@@ -27,7 +27,7 @@ from pathlib import Path
 from mailyard.config import Config
 from mailyard.store.api import NewQueueEntry, NewRecipient
 from mailyard.store.postgresql import PostgreSQLStore
-from tests.conftest import USERS, RunningServer, make_test_config, seed_store
+from tests.conftest import HOST, USERS, RunningServer, make_test_config, seed_store
 from tests.integration.multihost import MultiHost, shared_port
 from tests.integration.serve_process import ServeProcess
 from tests.pgcluster import PgCluster
@@ -216,3 +216,54 @@ def test_three_nodes_drain_one_queue_sending_each_message_once(pg_cluster: PgClu
         for node in nodes:
             node.stop()
         hosts.stop()
+
+
+def test_a_message_expunged_on_one_node_stays_readable_for_a_session_of_another(
+        pg_cluster: PgCluster, tmp_path: Path) -> None:
+    """RFC 2180 4.1.1: a session on node B that has not been told of an
+    expunge made through node A (FETCH may not announce one: RFC 9051 7.5.1)
+    still reads the message; once B announced it, the held copy goes."""
+    dsn = pg_cluster.new_dsn()
+    nodes: list[RunningServer] = []
+    try:
+        for n in range(2):
+            cfg = make_test_config()
+            cfg.store.backend = "postgresql"
+            cfg.store.dsn = dsn
+            node = RunningServer(tmp_path / f"node-{n}", cfg, seed_defaults=n == 0)
+            node.start()
+            nodes.append(node)
+        a, b = nodes
+        with smtplib.SMTP(HOST, a.port("smtp"), timeout=30) as smtp:
+            smtp.sendmail("someone@remote.test", [ALICE], MESSAGE)
+        on_b = imaplib.IMAP4(HOST, b.port("imap"))
+        on_b.login(ALICE, USERS[ALICE])
+        assert on_b.select("INBOX") == ("OK", [b"1"])
+        on_a = imaplib.IMAP4(HOST, a.port("imap"))
+        on_a.login(ALICE, USERS[ALICE])
+        on_a.select("INBOX")
+        on_a.store("1", "+FLAGS", r"(\Deleted)")
+        assert on_a.expunge() == ("OK", [b"1"])
+        on_a.logout()
+
+        def gone_on_a() -> bool:
+            return not a.call(a.store.list_messages(a.call(a.store.get_mailbox(
+                a.call(a.store.get_account(ALICE)).id, "INBOX"))))
+
+        wait_until(gone_on_a, what="the expunge committed")
+        typ, data = on_b.fetch("1", "(BODY.PEEK[TEXT])")  # no EXPUNGE may come with a FETCH
+        assert typ == "OK" and data[0][1] == b"seen on node B\r\n", data
+        typ, data = on_b.noop()  # now B is told
+        assert on_b.response("EXPUNGE")[1] == [b"1"]
+
+        def purged() -> bool:
+            import psycopg
+
+            with psycopg.connect(dsn) as conn:
+                return conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+
+        wait_until(purged, what="the held copy purged once node B announced the expunge")
+        on_b.logout()
+    finally:
+        for node in nodes:
+            node.stop()

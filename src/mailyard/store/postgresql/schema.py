@@ -234,6 +234,23 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (kind, key)
     );
     """,
+    # 4: which node's sessions hold which mailbox, and up to which
+    # mod-sequence they have announced its expunges (RFC 2180 4.1.1): an
+    # expunge through one node keeps the message for the sessions of the
+    # others until they have told their clients. ``node`` names a store
+    # instance whose validity connection carries application_name
+    # 'mailyard-' || node; the rows of one without it are stale.
+    # seen_modseq NULL: the node holds it no more; ``gen`` orders one
+    # node's writes (a late one does not undo a newer).
+    """
+    CREATE TABLE mailbox_holds (
+        mailbox_id  BIGINT NOT NULL,
+        node        TEXT NOT NULL,
+        seen_modseq BIGINT,
+        gen         BIGINT NOT NULL,
+        PRIMARY KEY (mailbox_id, node)
+    );
+    """,
 ]
 
 # pgcrypto may be absent: 32 random bytes from md5 of random() values would be

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -160,8 +161,11 @@ class PostgreSQLStore(ContactsMixin, Store):
         timeout = self.config.pool_timeout
         self._connect_args: dict[str, Any] = {"autocommit": True, "connect_timeout": max(2, round(timeout))}
         self._suspect_until = 0.0
+        # reconnect_timeout: the pool's attempts to reconnect back off (1, 2,
+        # 4 ... s) and stop after it; the next request starts them afresh at
+        # once, so a database back after a long outage is used within seconds
         self._pool = AsyncConnectionPool(dsn, min_size=1, max_size=pool_size, open=False, timeout=timeout,
-                                         kwargs=self._connect_args, check=self._check)
+                                         reconnect_timeout=timeout, kwargs=self._connect_args, check=self._check)
         self._opened: asyncio.Future[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._listen_conn: psycopg.AsyncConnection | None = None
@@ -181,6 +185,11 @@ class PostgreSQLStore(ContactsMixin, Store):
         # hold_expunged (RFC 2180 4.1.1), for this node's sessions
         self._holds: dict[int, dict[object, int]] = {}
         self._held_by: dict[object, int] = {}
+        # mailbox id -> the lowest announced mod-sequence of this node's
+        # holders as the other nodes see it (table mailbox_holds)
+        self._published_holds: dict[int, int] = {}
+        self._hold_gens = itertools.count(1)
+        self._hold_gen: dict[int, int] = {}  # mailbox id -> gen of the latest write of its hold
         self._objectid_key: bytes | None = None
         self._closed = False
         self._lock_conn: psycopg.AsyncConnection | None = None
@@ -480,7 +489,9 @@ class PostgreSQLStore(ContactsMixin, Store):
             for attempt in (1, 2):
                 try:
                     if self._sync is None or self._sync.closed:
-                        self._sync = psycopg.connect(self.dsn, **self._connect_args)
+                        # its name marks this store's rows of mailbox_holds as live
+                        self._sync = psycopg.connect(self.dsn, **self._connect_args,
+                                                     application_name=f"mailyard-{self.node}")
                     return self._sync.execute(sql, args).fetchone()
                 except _DOWN as exc:
                     # dead since a restart of the database: once more, on a new connection
@@ -1260,18 +1271,37 @@ class PostgreSQLStore(ContactsMixin, Store):
             self._holds.setdefault(mailbox_id, {})[holder] = seen_modseq
             self._held_by[holder] = mailbox_id
         for m in {x for x in (before, mailbox_id) if x is not None}:
+            low = self._hold_low(m)
+            published = self._published_holds.get(m)
+            if low is not None and (published is None or low < published):
+                # the other nodes must see this hold before the session goes
+                # on (an expunge through them meanwhile would not keep the
+                # message): one round trip, now; rises and ends can wait
+                gen = self._hold_gen[m] = next(self._hold_gens)
+                self._sync_q1(_PUBLISH_HOLD + " RETURNING 1", (m, self.node, low, gen))
+                self._published_holds[m] = low
             self._purge_soon(m)
 
-    def _purge_soon(self, mailbox_id: int) -> None:
-        """Drop the held rows of a mailbox that every holder has announced."""
+    def _hold_low(self, mailbox_id: int) -> int | None:
+        """The lowest announced mod-sequence of this node's holders of a mailbox."""
         holders = self._holds.get(mailbox_id)
-        upto = min(holders.values()) if holders else None
+        return min(holders.values()) if holders else None
+
+    def _purge_soon(self, mailbox_id: int) -> None:
+        """Publish this node's hold of a mailbox as it rose or ended, and drop
+        the held rows that every holder, on every node, has announced."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
 
         async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            local = self._hold_low(mailbox_id)
+            # the holds of stores that are gone (their connection with them) count no more
+            await c.execute(f"DELETE FROM mailbox_holds h WHERE mailbox_id = %s AND NOT {_LIVE_HOLD}",
+                            (mailbox_id,))
+            remote = await _remote_hold(c, mailbox_id, self.node)
+            upto = local if remote is None else remote if local is None else min(local, remote)
             rows = await _all(
                 c, "SELECT g.uid, g.body_id FROM messages g LEFT JOIN expunged e ON e.mailbox_id = %s AND e.uid = g.uid"
                 " WHERE g.mailbox_id = %s AND (%s::bigint IS NULL OR coalesce(e.modseq, 0) <= %s)",
@@ -1283,17 +1313,34 @@ class PostgreSQLStore(ContactsMixin, Store):
 
         async def run() -> None:
             with contextlib.suppress(Exception):
+                low = self._hold_low(mailbox_id)
+                if low != self._published_holds.get(mailbox_id):
+                    # one statement outside any transaction: the row is never
+                    # locked across a round trip (the synchronous write above
+                    # may wait for it on this thread)
+                    gen = self._hold_gen[mailbox_id] = next(self._hold_gens)
+                    async with self._conn() as c:
+                        await c.execute(_PUBLISH_HOLD, (mailbox_id, self.node, low, gen))
+                    if self._hold_gen.get(mailbox_id) == gen:
+                        if low is None:
+                            self._published_holds.pop(mailbox_id, None)
+                            self._hold_gen.pop(mailbox_id, None)
+                        else:
+                            self._published_holds[mailbox_id] = low
                 await self._write(op)
 
         if not self._closed and self._opened is not None:
-            loop.create_task(run())
+            task = loop.create_task(run())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _remove_rows(self, c: psycopg.AsyncConnection, mailbox_id: int, rows: Sequence[tuple[int, int]],
                            holder: object) -> None:
         """Expunge (uid, body_id) rows: kept under the negated mailbox id while
         a session other than ``holder`` holds the mailbox (RFC 2180 4.1.1)."""
         uids = [r[0] for r in rows]
-        if any(h is not holder for h in self._holds.get(mailbox_id, ())):
+        if (any(h is not holder for h in self._holds.get(mailbox_id, ()))
+                or await _remote_hold(c, mailbox_id, self.node) is not None):
             size = (await _one(c, "SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)",
                                (mailbox_id, uids)))[0]
             await c.execute("UPDATE messages SET mailbox_id = %s WHERE mailbox_id = %s AND uid = ANY(%s)",
@@ -1689,6 +1736,23 @@ class PostgreSQLStore(ContactsMixin, Store):
 
 
 # --- helpers inside a write's transaction ------------------------------------------------------
+# A row of mailbox_holds whose store is still connected (its validity connection's name).
+_LIVE_HOLD = "EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = 'mailyard-' || h.node)"
+
+
+_PUBLISH_HOLD = ("INSERT INTO mailbox_holds(mailbox_id, node, seen_modseq, gen) VALUES (%s, %s, %s, %s)"
+                 " ON CONFLICT (mailbox_id, node) DO UPDATE SET seen_modseq = excluded.seen_modseq,"
+                 " gen = excluded.gen WHERE mailbox_holds.gen < excluded.gen")
+
+
+async def _remote_hold(c: psycopg.AsyncConnection, mailbox_id: int, node: str) -> int | None:
+    """The lowest mod-sequence up to which the sessions of other live nodes
+    holding ``mailbox_id`` have announced its expunges; None: none holds it."""
+    row = await _one(c, "SELECT min(h.seen_modseq) FROM mailbox_holds h WHERE h.mailbox_id = %s AND h.node <> %s"
+                        f" AND {_LIVE_HOLD}", (mailbox_id, node))
+    return None if row is None else row[0]
+
+
 async def _one(c: psycopg.AsyncConnection, sql: str, args: Sequence[Any] = ()) -> Any:
     return await (await c.execute(sql, args)).fetchone()
 
