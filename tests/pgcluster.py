@@ -72,10 +72,20 @@ class PgCluster:
                 " -c max_connections=200 -c shared_buffers=32MB")
         if not durable:
             opts += " -c fsync=off -c full_page_writes=off"
-        self._run([str(bindir / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"),
-                   "-w", "-t", "60", "start"])
+        self._opts = opts
+        self.resume()
         self.admin_dsn = f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
         self.template = None  # name of a template database with the schema, once made
+
+    def pause(self) -> None:
+        """Stop the server (fast shutdown: sessions are ended), keeping its
+        data: the database becomes unreachable, as when its host goes down."""
+        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def resume(self) -> None:
+        """Start the server (again), on the same port."""
+        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", self._opts, "-l",
+                   str(self.root / "log"), "-w", "-t", "60", "start"])
 
     def _run(self, argv: list[str]) -> None:
         env = dict(os.environ, LC_ALL="C")

@@ -273,9 +273,73 @@ def _ensure_dkim_keys(d: Path, domain: str) -> None:
               f"publish them: mailyard dns {domain.lower()}")
 
 
+def _is_dsn(where: str) -> bool:
+    return where.startswith(("postgresql://", "postgres://"))
+
+
+def _open_other_store(where: str, create: bool) -> Store:
+    """The store ``store copy --to/--from`` names: a PostgreSQL URI, or the
+    path of a data directory whose store is SQLite."""
+    from .config import StoreConfig
+
+    if _is_dsn(where):
+        from .store.postgresql import PostgreSQLStore
+
+        return PostgreSQLStore(where, StoreConfig(backend="postgresql", dsn=where))
+    path = Path(where)
+    if not create and not store_exists(path):
+        raise CLIError(f"{path}: no store there")
+    path.mkdir(parents=True, exist_ok=True)
+    return open_store(path, StoreConfig(), background=create)
+
+
+def cmd_store_copy(args: argparse.Namespace) -> None:
+    """``store copy --to X`` / ``--from X``: copy this data directory's store
+    into X, or X into this data directory's store (store/copy.py), with
+    progress on stderr and a summary on stdout."""
+    from .store.copy import copy_store
+    from .transfer.progress import Progress
+
+    d = data_dir(args)
+    cfg = load_config(args)
+    other = args.to or args.source
+    if cfg.store.backend == "postgresql" and _is_dsn(other) and other == cfg.store.dsn or (
+            cfg.store.backend != "postgresql" and not _is_dsn(other) and Path(other).resolve() == d.resolve()):
+        raise CLIError("the source and the target are the same store")
+    if args.to and cfg.store.backend != "postgresql" and not store_exists(d):
+        require_data_dir(args)
+    if args.source:
+        d.mkdir(parents=True, exist_ok=True)
+
+    async def main() -> Any:
+        here = open_store(d, cfg.store, background=bool(args.source))
+        there = _open_other_store(other, create=bool(args.to))
+        src, dst = (here, there) if args.to else (there, here)
+        progress = Progress("copy", total=0)
+        try:
+            return await copy_store(src, dst, advance=progress.advance, add_total=progress.add_total)
+        finally:
+            progress.finish()
+            await there.close()
+            await here.close()
+
+    try:
+        counts = asyncio.run(main())
+    except StoreError as exc:
+        raise CLIError(f"store copy failed: {exc}") from exc
+    print(f"copied {counts.messages} messages ({counts.octets / 1e6:.1f} MB) of {counts.accounts} accounts in "
+          f"{counts.mailboxes} mailboxes, {counts.queued} queue entries")
+    if counts.already:
+        print(f"already there from an earlier run: {counts.already} messages")
+
+
 def cmd_store(args: argparse.Namespace) -> None:
     """``store migrate``: apply pending schema migrations (every node of a
-    PostgreSQL store may run it; an advisory lock makes them take turns)."""
+    PostgreSQL store may run it; an advisory lock makes them take turns).
+    ``store copy``: see cmd_store_copy."""
+    if args.action == "copy":
+        cmd_store_copy(args)
+        return
     d = data_dir(args)
     cfg = load_config(args)
     if cfg.store.backend != "postgresql" and not store_exists(d):
@@ -1285,6 +1349,16 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     ssub.add_parser("migrate", parents=[common],
                     help="apply the store's pending schema migrations (SQLite or PostgreSQL, per [store] backend)")
+    q = ssub.add_parser(
+        "copy", parents=[common], help="copy this store into another one, or another one into this",
+        description="Copy every domain, account, alias, list, mailbox (with its UIDs, flags and dates) and queued "
+        "message from one store into another: --to postgresql://... moves an installation to PostgreSQL, --from "
+        "postgresql://... into an SQLite data directory makes a backup. Resumable: run it again after an "
+        "interruption and it continues; nothing is copied twice.")
+    way = q.add_mutually_exclusive_group(required=True)
+    way.add_argument("--to", metavar="TARGET", help="a postgresql:// URI or a data directory to copy this store into")
+    way.add_argument("--from", dest="source", metavar="SOURCE",
+                     help="a postgresql:// URI or a data directory to copy into this store")
     p.set_defaults(func=cmd_store)
 
     p = sub.add_parser("dkim", parents=[common], help="DKIM signing keys of a domain (RFC 6376)")

@@ -142,6 +142,10 @@ class StoreConfig:
     dsn: str = ""
     # Most connections the postgresql backend keeps open per process.
     pool_size: int = 10
+    # Seconds a request of the postgresql backend waits for a connection
+    # (the database unreachable, or every connection busy) before it is
+    # answered as a temporary failure.
+    pool_timeout: float = 10.0
 
 
 LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"

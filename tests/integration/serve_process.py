@@ -26,7 +26,10 @@ class ServeProcess:
     its memory is its own: VmHWM in /proc/PID/status is the peak RSS, and
     writing 5 to /proc/PID/clear_refs resets it (Linux 4.0+)."""
 
-    def __init__(self, data: Path, configure: Callable[[Config], None]) -> None:
+    def __init__(self, data: Path, configure: Callable[[Config], None],
+                 prepare: Callable[[Path], None] | None = None) -> None:
+        """``prepare``: called with the data directory once it is made,
+        before the server starts (files shared with other nodes)."""
         self.data = data
         self.ports = {name: free_port() for name in ("smtp", "imap", "pop3")}
         subprocess.run(
@@ -48,6 +51,8 @@ class ServeProcess:
         cfg.authentication.inbound_checks = False  # no test asks the outside DNS (configure may change it)
         configure(cfg)
         (data / "config.toml").write_text(cfg.to_toml())
+        if prepare is not None:
+            prepare(data)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailyard", "--data", str(data), "serve"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

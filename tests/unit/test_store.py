@@ -32,6 +32,7 @@ from mailyard.store.api import (
     NotFound,
     QuotaExceeded,
     RecipientOutcome,
+    RestoredMessage,
     Store,
     StoreError,
 )
@@ -851,3 +852,44 @@ async def test_save_date_is_the_time_of_the_save(store: Store) -> None:
     await store.copy_messages(inbox, [m.uid], work)
     (c,) = await store.list_messages(work)
     assert c.internal_date == m.internal_date and c.save_date >= m.save_date
+
+
+async def test_restored_mailboxes_and_messages_keep_their_imap_identity(store: Store) -> None:
+    # a copy from another store: UIDVALIDITY, UIDs, flags, dates and MODSEQs as they were
+    import time
+
+    acct = await store.add_account("alice@example.test", "h")
+    validity = int(time.time()) + 100_000  # above what this store would hand out now
+    inbox = await store.restore_mailbox(acct.id, "INBOX", validity, 10, 50)
+    assert (inbox.uid_validity, inbox.uid_next, inbox.highest_modseq) == (validity, 10, 50)
+    assert await store.get_mailbox(acct.id, "INBOX") == inbox
+    items = [RestoredMessage(7, b"Subject: b\r\n\r\nb\r\n", frozenset({"\\Seen", "$Work"}), 1_600_000_100.0, 45,
+                             1_600_000_200.0),
+             RestoredMessage(3, b"Subject: a\r\n\r\na\r\n", frozenset(), 1_600_000_000.0, 20, 1_600_000_050.0)]
+    await store.restore_messages(inbox, items)
+    got = await store.list_messages(inbox)
+    assert [(m.uid, m.flags, m.internal_date, m.modseq, m.save_date, m.size) for m in got] == [
+        (3, frozenset(), 1_600_000_000.0, 20, 1_600_000_050.0, 17),
+        (7, frozenset({"\\Seen", "$Work"}), 1_600_000_100.0, 45, 1_600_000_200.0, 17)]
+    assert await store.read_message(inbox, 7) == items[0].data
+    # a resumed copy cannot store a UID again, nor one below the mailbox's highest
+    with pytest.raises(AlreadyExists):
+        await store.restore_messages(inbox, [RestoredMessage(5, b"x\r\n", frozenset(), 1.0, 30, 1.0)])
+    assert [m.uid for m in await store.list_messages(inbox)] == [3, 7]
+    # the same mailbox again: kept, with its messages; UIDNEXT and HIGHESTMODSEQ only rise
+    again = await store.restore_mailbox(acct.id, "INBOX", validity, 12, 40)
+    assert (again.id, again.uid_next, again.highest_modseq) == (inbox.id, 12, 50)
+    await store.restore_messages(again, [RestoredMessage(15, b"y\r\n", frozenset(), 2.0, 60, 2.0)])
+    status = await store.mailbox_status(again)
+    assert (status.messages, status.uid_next, status.highest_modseq) == (3, 16, 60)
+    # new messages and flag changes go on above
+    uid = (await store.append_many(again, [AppendItem(b"z\r\n")]))[0]
+    assert uid == 16
+    assert (await store.list_messages(again))[-1].modseq > 60
+    # a mailbox that holds messages under another UIDVALIDITY is not replaced
+    with pytest.raises(AlreadyExists):
+        await store.restore_mailbox(acct.id, "INBOX", validity + 1, 1, 1)
+    # a new one made later gets a higher UIDVALIDITY still (RFC 9051 2.3.1.1)
+    assert (await store.create_mailbox(acct.id, "Later")).uid_validity > validity
+    made = await store.restore_mailbox(acct.id, "Old/Stuff", 77, 5, 9, None)
+    assert (made.name, made.uid_validity, made.uid_next) == ("Old/Stuff", 77, 5)

@@ -17,7 +17,7 @@ import pytest
 
 from mailyard.config import Config, ConfigError, StoreConfig
 from mailyard.store import open_store
-from mailyard.store.api import DeliveryTarget, StoreError
+from mailyard.store.api import DeliveryTarget, StoreError, StoreUnavailable
 from mailyard.store.postgresql import PostgreSQLStore
 from mailyard.store.postgresql.schema import SCHEMA_VERSION
 from tests.pgcluster import PgCluster
@@ -247,3 +247,22 @@ async def test_notifications_resume_after_the_listening_connection_is_lost(pg_cl
     finally:
         await a.close()
         await b.close()
+
+
+async def test_an_unreachable_database_raises_store_unavailable(tmp_path: Path) -> None:
+    # nothing listens on this port: every call fails at once, as StoreUnavailable
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = PostgreSQLStore(f"postgresql://nobody@127.0.0.1:{port}/none", StoreConfig(pool_timeout=1.0))
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.get_account("alice@example.test")
+        with pytest.raises(StoreUnavailable):
+            await store.add_domain("example.test")
+        with pytest.raises(StoreUnavailable):
+            store.credentials_current(1, 0)
+    finally:
+        await store.close()

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import logs, metrics
-from ..store.api import Account, InvalidName, Store, StoreError
+from ..store.api import Account, InvalidName, Store, StoreError, StoreUnavailable
 from ..store.names import normalize_address
 from . import sasl
 from .passwords import SCRAM_SALT_BYTES, ScramKeys, parse_scram_sha256, verify_password_async
@@ -138,6 +138,8 @@ class LoginService:
     async def resolve(self, name: str) -> Account | None:
         try:
             return await self.store.get_account(name)
+        except StoreUnavailable:
+            raise  # not "no such account": the login is refused for now
         except (InvalidName, StoreError, ValueError):
             return None
 

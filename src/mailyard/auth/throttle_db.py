@@ -11,35 +11,26 @@ callers' clock is monotonic and differs between hosts). An attempt in
 flight holds its reservation for at most ``PENDING_TTL`` seconds, so a node
 that dies mid-login does not hold the budget for ever.
 
+The table is migration 3 of the store's schema
+(store/postgresql/schema.py), applied when the first connection opens.
+
 The calls block for one round trip, as the worker processes' calls to the
 supervisor's throttle do (auth/throttle_shared.py); a login costs far more.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
 
+from ..store.api import StoreUnavailable
 from .throttle import Attempt, Busy, Locked, LoginThrottle, ThrottlePolicy, _Entry, _Table
 
 # Seconds a reservation counts as in flight at most (the longest delay, the
 # password check and a slow client's SASL exchange fit well within it).
 PENDING_TTL = 120.0
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS login_throttle (
-    kind          TEXT NOT NULL,     -- ip, account or pair
-    key           BYTEA NOT NULL,    -- UTF-8 (a pair's key holds a NUL)
-    failures      INTEGER NOT NULL,
-    pending       INTEGER NOT NULL,
-    pending_until DOUBLE PRECISION NOT NULL,  -- wall-clock end of the newest reservation
-    last_failure  DOUBLE PRECISION NOT NULL,  -- wall clock
-    locked_until  DOUBLE PRECISION NOT NULL,  -- wall clock, 0: not locked
-    PRIMARY KEY (kind, key)
-)
-"""
-
 
 class DatabaseThrottle(LoginThrottle):
     """A ``LoginThrottle`` whose counters live in the database ``dsn`` names."""
@@ -48,6 +39,7 @@ class DatabaseThrottle(LoginThrottle):
         super().__init__(policy)
         self.dsn = dsn
         self._conn: Any = None
+        self._migrated = False
         self._lock = threading.Lock()
         self._local = threading.local()  # inside _run on this thread
         # the callers' clock (time.monotonic, auth/service.py) -> wall clock
@@ -57,8 +49,12 @@ class DatabaseThrottle(LoginThrottle):
         import psycopg
 
         if self._conn is None or self._conn.closed:
+            if not self._migrated:
+                from ..store.postgresql.schema import migrate_sync
+
+                migrate_sync(self.dsn)
+                self._migrated = True
             self._conn = psycopg.connect(self.dsn, autocommit=True)
-            self._conn.execute(SCHEMA)
         return self._conn
 
     def _tables(self) -> dict[str, _Table]:
@@ -70,6 +66,24 @@ class DatabaseThrottle(LoginThrottle):
         if getattr(self._local, "inside", False):  # reserve() asks before_attempt(): the counters are loaded already
             return fn()
         wanted = [(kind, key) for kind, key in zip(("ip", "account", "pair"), keys, strict=True) if key is not None]
+        import psycopg
+
+        for attempt in (1, 2):
+            try:
+                return self._run_once(wanted, now, fn)
+            except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+                # a connection from before a restart of the database is dead:
+                # once more on a new one; then the login is refused for now
+                with self._lock:
+                    if self._conn is not None:
+                        with contextlib.suppress(Exception):
+                            self._conn.close()
+                        self._conn = None
+                if attempt == 2:
+                    raise StoreUnavailable("the login service is unavailable, try again later") from exc
+        raise AssertionError("unreachable")
+
+    def _run_once(self, wanted: list[tuple[str, str]], now: float, fn: Any) -> Any:
         raw = {key: key.encode("utf-8", "surrogatepass") for _, key in wanted}
         with self._lock:
             conn = self._connection()

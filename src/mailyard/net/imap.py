@@ -28,12 +28,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .. import __version__
 from ..auth import sasl
 from ..protocols.contract import Closed
-from ..protocols.imap.backend import BackendError, ConnectionEnding, LoginRefused, SaslChallenge
+from ..protocols.imap.backend import (
+    BackendError,
+    ConnectionEnding,
+    LoginRefused,
+    SaslChallenge,
+    Unavailable,
+)
 from ..protocols.imap.commands import Command
 from ..protocols.imap.engine import ImapEngine
 from ..protocols.imap.framing import Limits
 from ..protocols.imap.session import FLUSH_AT, ImapConfig, ImapSession
-from ..store.api import Account, StoreError
+from ..store.api import Account, StoreError, StoreUnavailable
 from .budgets import abuse_budgets
 from .imap_store import StoreBackend
 from .login import Authenticator, TryLater, plaintext_allowed
@@ -182,6 +188,7 @@ class ImapConnection(SessionProtocol):
                 version=__version__,
                 budgets=abuse_budgets(cfg, "imap"),
                 failures=(BackendError, StoreError),
+                unavailable=(Unavailable, StoreUnavailable),
                 unauthenticate=cfg.auth.imap_unauthenticate,
             ),
         )

@@ -64,7 +64,7 @@ from ..protocols.pop3.engine import (
     UserPassLogin,
     pop3_message_bytes,
 )
-from ..store.api import Account, Mailbox, NotFound, Store
+from ..store.api import Account, Mailbox, NotFound, Store, StoreUnavailable
 from ..store.view import MailboxView
 from .budgets import abuse_budgets
 from .listener import Listener
@@ -334,6 +334,16 @@ class POP3Session(SessionProtocol):
     async def step(self, event: Event) -> None:
         try:
             await self.handle(event)
+        except StoreUnavailable:
+            # the store cannot be reached (its database down): RFC 3206 4
+            # SYS/TEMP, a temporary failure; the client tries again later
+            text = "mail store unavailable, try again later"
+            if isinstance(event, RetrieveMessage):
+                self.engine.message_unavailable("[SYS/TEMP] " + text)
+            elif isinstance(event, UserPassLogin | APOPLogin | SASLStart | SASLResponse):
+                self.engine.reject_login("SYS/TEMP", text)
+            else:
+                raise
         finally:
             if self.closed:  # the client left while the step ran
                 self.unlock()

@@ -56,7 +56,7 @@ from ..sieve import SpamVerdict
 from ..spam.checker import Judgement, SpamChecker
 from ..spam.greylist import GreylistPolicy, decide, known_good, sender_domain, triplet
 from ..spam.rates import CONNECTION, MESSAGE, network_of
-from ..store.api import Account, NewRecipient, QuotaExceeded, StorageFull
+from ..store.api import Account, NewRecipient, QuotaExceeded, StorageFull, StoreUnavailable
 from ..store.greylist import GreylistState
 from ..store.spool import SpoolFile
 from .budgets import abuse_budgets
@@ -303,6 +303,18 @@ class SMTPSession(SessionProtocol):
         return self.services.config.server.hostname.encode("ascii", "replace")
 
     async def handle(self, event: Event) -> None:
+        try:
+            await self._handle(event)
+        except StoreUnavailable:
+            # the store cannot be reached (its database down): a temporary
+            # failure, the client tries again (RFC 3463 4.3.0; RFC 4954 6:
+            # 454 4.7.0 for an authentication that could not be checked)
+            if isinstance(event, AuthReceived | AuthResponse):
+                self.engine.respond(Reply(454, "4.7.0", "Temporary authentication failure"))
+            else:
+                self.engine.respond(Reply(451, "4.3.0", "Mail store unavailable, try again later"))
+
+    async def _handle(self, event: Event) -> None:
         engine = self.engine
         account = self.account
         if account is not None and not self.services.store.credentials_current(account.id, account.epoch):
@@ -609,6 +621,9 @@ class SMTPSession(SessionProtocol):
         except StorageFull:
             self._message_rejected(queue_id, "storage-full", level=logging.ERROR)
             return Reply(452, "4.3.1", "Insufficient system storage, try again later")
+        except StoreUnavailable:
+            self._message_rejected(queue_id, "store-unavailable", level=logging.ERROR)
+            return Reply(451, "4.3.0", "Mail store unavailable, try again later")
         except Exception:
             log.exception("delivery %s failed", queue_id)
             metrics.count_message(self.listener.name, "rejected", "error")

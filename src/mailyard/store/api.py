@@ -78,6 +78,13 @@ class StorageFull(StoreError):
     """The disk is full or a quota is reached; nothing was written."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now (a database server down or out of
+    connections); nothing was written. Temporary: the same request may
+    succeed later, without a restart (protocols answer it as a temporary
+    failure)."""
+
+
 class QuotaExceeded(StorageFull):
     """The write would take an account over its quota (RFC 9208); nothing
     was written. ``mailbox_ids``: the target mailboxes that would go over."""
@@ -259,6 +266,20 @@ class AppendItem:
     data: bytes
     flags: frozenset[str] = frozenset()
     internal_date: float | None = None  # None: the time of the commit
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredMessage:
+    """A message copied from another store with its IMAP identity: its UID,
+    flags and keywords, INTERNALDATE, MODSEQ and save date
+    (``restore_messages``)."""
+
+    uid: int
+    data: bytes
+    flags: frozenset[str]
+    internal_date: float
+    modseq: int
+    save_date: float
 
 
 FlagMode = Literal["add", "remove", "replace"]
@@ -702,6 +723,26 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
+
+    @abc.abstractmethod
+    async def restore_mailbox(self, account_id: int, name: str, uid_validity: int, uid_next: int,
+                              highest_modseq: int, special_use: str | None = None) -> Mailbox:
+        """The mailbox ``name`` with the given UIDVALIDITY, for a copy of a
+        mailbox from another store (clients keep their caches: RFC 9051
+        2.3.1.1). Created if missing; one with that UIDVALIDITY already is
+        kept (a copy resumed), its UIDNEXT and HIGHESTMODSEQ raised to the
+        given ones; one that never held a message (a new account's INBOX) is
+        made again with the given values. AlreadyExists when one with another
+        UIDVALIDITY holds or held messages. Later new mailboxes get higher
+        UIDVALIDITYs still."""
+
+    @abc.abstractmethod
+    async def restore_messages(self, mailbox: MailboxRef, items: Sequence[RestoredMessage]) -> None:
+        """Store copied messages with their UIDs, flags, dates and MODSEQs,
+        all or none (one commit, no quota check: the account had them).
+        Each UID must be above every UID in the mailbox (AlreadyExists
+        otherwise: a resumed copy never doubles a message); UIDNEXT and
+        HIGHESTMODSEQ rise to cover them."""
 
     @abc.abstractmethod
     async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:

@@ -43,7 +43,7 @@ from ..message.dates import format_date
 from ..message.reading import human_size, limit_size
 from ..message.reply import forward_subject
 from ..spam.learning import learn_kind
-from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError
+from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError, StoreUnavailable
 from . import contacts, conversations, prefs, render, searchquery, settings, undo, wellknown
 from .bodies import BodyLimits, route_limits
 from .drafts import autosaved, named
@@ -173,9 +173,12 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         static = scope.get("path", "").startswith("/static/")
+        started = False
 
         async def send_with_headers(message: Any) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers", []))
                 present = {k.lower() for k, _ in headers}
                 for k, v in self.DEFAULTS:
@@ -186,7 +189,15 @@ class SecurityHeaders:
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except StoreUnavailable:
+            # raised before the routes (the middleware reading preferences
+            # and the session): answered as the routes' handler does
+            if started:
+                raise
+            response = await store_unavailable(Request(scope), StoreUnavailable())
+            await response(scope, receive, send_with_headers)
 
 
 # --- helpers ---------------------------------------------------------------
@@ -1066,6 +1077,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    """The store cannot be reached (its database down): RFC 9110 15.6.4 503,
+    with Retry-After (10.2.3); no page around it, as that would read the store."""
+    return PlainTextResponse("The mail store is unavailable, try again in a moment.\n", status_code=503,
+                             headers={"Retry-After": "10"})
+
+
 async def mailbox_gone(request: Request, exc: Exception) -> Response:
     """A folder deleted (by another client) while this request used it."""
     return await http_error(request, HTTPException(404, "no such folder"))
@@ -1118,7 +1136,7 @@ def create_app(services: Services) -> Starlette:
             Middleware(prefs.PrefsContext),
             Middleware(BodyLimits, limit_for=route_limits(services.config.smtp.max_message_size)),
         ],
-        exception_handlers={HTTPException: http_error, MailboxGone: mailbox_gone},
+        exception_handlers={HTTPException: http_error, MailboxGone: mailbox_gone, StoreUnavailable: store_unavailable},
     )
     # the worker's memory: what the stdlib parser and nh3 need for a message
     # of the largest size accepted, with room to spare

@@ -45,6 +45,10 @@ class BackendError(Exception):
     """An operation the backend refused; the text is fit to show a user."""
 
 
+class Unavailable(BackendError):
+    """The backend cannot be reached now; the client may try again later (UNAVAILABLE)."""
+
+
 class NoSpace(BackendError):
     """The disk is full or a quota is reached; nothing was written (OVERQUOTA)."""
 

@@ -33,7 +33,15 @@ from dataclasses import dataclass
 
 from ..contract import AbuseBudgets, Closed
 from . import commands as c
-from .backend import BackendError, ConnectionEnding, ImapBackend, ImapIO, ImapLogin, MailboxGone
+from .backend import (
+    BackendError,
+    ConnectionEnding,
+    ImapBackend,
+    ImapIO,
+    ImapLogin,
+    MailboxGone,
+    Unavailable,
+)
 from .engine import IdleDone, ImapEngine, State
 from .framing import Limits
 from .handlers import HANDLERS
@@ -56,6 +64,8 @@ class ImapConfig:
     budgets: AbuseBudgets = AbuseBudgets()
     # exceptions meaning "the backend refused or failed this operation": NO with their text
     failures: tuple[type[BaseException], ...] = (BackendError,)
+    # exceptions meaning "the backend cannot be reached now": NO [UNAVAILABLE] (RFC 5530 3)
+    unavailable: tuple[type[BaseException], ...] = (Unavailable,)
     # RFC 8437 UNAUTHENTICATE offered (RFC 8437 8: there must be a way to turn it off)
     unauthenticate: bool = True
 
@@ -172,9 +182,9 @@ class ImapSession:
 
     async def execute(self, cmd: c.Command) -> None:
         """Answer one command; its responses are queued on the engine."""
-        if self.backend is not None and not self.references_current():
-            return
         try:
+            if self.backend is not None and not self.references_current():
+                return
             await HANDLERS[cmd.name](self, cmd)
         except MailboxGone as exc:
             sel = self.sel
@@ -184,6 +194,11 @@ class ImapSession:
                 await self.finish("NO", "Mailbox does not exist", "NONEXISTENT", allow_expunge=False)
         except ConnectionEnding as end:
             self.engine.bye(end.text, end.code)
+        except self.config.unavailable as exc:
+            # RFC 5530 3 UNAVAILABLE: a subsystem is down; the client may try again
+            log.info("imap: %s failed: %s", cmd.name, exc)
+            if self.engine.current is not None:
+                self.engine.complete("NO", str(exc) or "Service unavailable, try again later", "UNAVAILABLE")
         except self.config.failures as exc:
             log.info("imap: %s failed: %s", cmd.name, exc)
             if self.engine.current is not None:

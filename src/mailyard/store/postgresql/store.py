@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ...config import StoreConfig
 from ...message.address import search_value
@@ -53,9 +54,11 @@ from ..api import (
     Quota,
     QuotaExceeded,
     RecipientOutcome,
+    RestoredMessage,
     StorageFull,
     Store,
     StoreError,
+    StoreUnavailable,
     derive_record,
 )
 from ..names import (
@@ -79,6 +82,7 @@ from ..rows import (
     quota_row,
 )
 from . import schema
+from .contacts import ContactsMixin
 
 log = logging.getLogger("mailyard.store")
 
@@ -107,6 +111,16 @@ QUEUE_LEASE = 900.0
 LISTEN_RETRY = (0.1, 5.0)  # a write that met a deadlock or a serialization failure runs again
 
 
+# Seconds after a failure that looked like the database going away during
+# which the pool tests each connection before handing it out (connections
+# opened before a restart are dead; the test costs a round trip).
+SUSPECT_WINDOW = 60.0
+# Errors meaning the database cannot be reached (a deadlock or serialization
+# failure, also an OperationalError, is retried by ``_write`` first; a full
+# disk is StorageFull).
+_DOWN = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
+
+
 def _lock_space(space: str) -> int:
     """An advisory lock's first key: a stable 31-bit number for ``space``."""
     return zlib.crc32(("mailyard:" + space).encode()) & 0x7FFFFFFF
@@ -131,7 +145,7 @@ class _Tx:
         self.notes: set[bytes] = set()
 
 
-class PostgreSQLStore(Store):
+class PostgreSQLStore(ContactsMixin, Store):
     """Store backend on a PostgreSQL database named by ``dsn``."""
 
     def __init__(self, dsn: str, config: StoreConfig | None = None, background: bool = True,
@@ -144,8 +158,14 @@ class PostgreSQLStore(Store):
         self.dsn = dsn
         self.node = os.urandom(6).hex()  # tells this store's notes from other nodes'
         self.peers: ChannelLike | None = None
-        self._pool = AsyncConnectionPool(dsn, min_size=1, max_size=pool_size, open=False,
-                                         kwargs={"autocommit": True})
+        timeout = self.config.pool_timeout
+        self._connect_args: dict[str, Any] = {"autocommit": True, "connect_timeout": max(2, round(timeout))}
+        self._suspect_until = 0.0
+        # reconnect_timeout: the pool's attempts to reconnect back off (1, 2,
+        # 4 ... s) and stop after it; the next request starts them afresh at
+        # once, so a database back after a long outage is used within seconds
+        self._pool = AsyncConnectionPool(dsn, min_size=1, max_size=pool_size, open=False, timeout=timeout,
+                                         reconnect_timeout=timeout, kwargs=self._connect_args, check=self._check)
         self._opened: asyncio.Future[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._listen_conn: psycopg.AsyncConnection | None = None
@@ -165,6 +185,11 @@ class PostgreSQLStore(Store):
         # hold_expunged (RFC 2180 4.1.1), for this node's sessions
         self._holds: dict[int, dict[object, int]] = {}
         self._held_by: dict[object, int] = {}
+        # mailbox id -> the lowest announced mod-sequence of this node's
+        # holders as the other nodes see it (table mailbox_holds)
+        self._published_holds: dict[int, int] = {}
+        self._hold_gens = itertools.count(1)
+        self._hold_gen: dict[int, int] = {}  # mailbox id -> gen of the latest write of its hold
         self._objectid_key: bytes | None = None
         self._closed = False
         self._lock_conn: psycopg.AsyncConnection | None = None
@@ -213,9 +238,30 @@ class PostgreSQLStore(Store):
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection]:
-        await self._ready()
-        async with self._pool.connection() as conn:
-            yield conn
+        try:
+            await self._ready()
+            async with self._pool.connection() as conn:
+                yield conn
+        except StoreError:
+            raise
+        except pg_errors.DiskFull as exc:
+            raise StorageFull("the database is full") from exc
+        except _DOWN as exc:
+            raise self._down(exc) from exc
+
+    def _down(self, exc: BaseException) -> StoreUnavailable:
+        """The StoreUnavailable for a failure to reach the database; the pool
+        tests its connections for a while (those it holds may be dead)."""
+        if time.monotonic() > self._suspect_until:
+            log.warning("store: the database is unavailable: %s", str(exc).strip() or type(exc).__name__)
+        self._suspect_until = time.monotonic() + SUSPECT_WINDOW
+        return StoreUnavailable("the mail store is unavailable, try again later")
+
+    async def _check(self, conn: psycopg.AsyncConnection) -> None:
+        """The pool's test of a connection it hands out: only after a failure
+        (``_down``), when connections opened before may be dead."""
+        if time.monotonic() < self._suspect_until:
+            await AsyncConnectionPool.check_connection(conn)
 
     async def _q(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
         async with self._conn() as c:
@@ -229,7 +275,10 @@ class PostgreSQLStore(Store):
                      revoke: bool = False) -> Any:
         """Run ``op`` in one transaction; returns its result once committed.
         A deadlock or serialization failure (concurrent writers) runs it again."""
-        await self._ready()
+        try:
+            await self._ready()
+        except _DOWN as exc:
+            raise self._down(exc) from exc
         for attempt in range(_RETRIES):
             tx = _Tx()
             if directory:
@@ -250,6 +299,15 @@ class PostgreSQLStore(Store):
                     raise
                 await asyncio.sleep(0.001 * (attempt + 1))
                 continue
+            except pg_errors.DiskFull as exc:
+                raise StorageFull("the database is full") from exc
+            except StoreError:
+                raise
+            except _DOWN as exc:
+                # a COMMIT whose answer was lost may have been applied: the
+                # caller reports a temporary failure, the client retries
+                # (RFC 5321 6.1 accepts the rare duplicate that may follow)
+                raise self._down(exc) from exc
             break
         if directory:
             self.directory_version += 1
@@ -267,11 +325,13 @@ class PostgreSQLStore(Store):
             return exc
         if isinstance(exc, pg_errors.DiskFull):
             return StorageFull("the database is full")
+        if isinstance(exc, _DOWN):
+            return self._down(exc)
         return exc
 
     # --- change notification -------------------------------------------------
     async def _start_listening(self) -> None:
-        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(self.dsn, **self._connect_args)
         await conn.execute(f"LISTEN {CHANNEL}")
         self._listen_conn = conn
         self._listen_task = asyncio.get_running_loop().create_task(self._listen(conn))
@@ -292,6 +352,7 @@ class PostgreSQLStore(Store):
                 if self._closed:
                     return
                 log.warning("store: notification connection lost (%s); connecting again", exc)
+                self._suspect_until = time.monotonic() + SUSPECT_WINDOW
             if self._closed:
                 return
             with contextlib.suppress(Exception):
@@ -300,7 +361,7 @@ class PostgreSQLStore(Store):
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, LISTEN_RETRY[1])
                 try:
-                    conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                    conn = await psycopg.AsyncConnection.connect(self.dsn, **self._connect_args)
                     await conn.execute(f"LISTEN {CHANNEL}")
                 except Exception as exc:
                     log.warning("store: cannot listen for notifications yet: %s", exc)
@@ -369,9 +430,8 @@ class PostgreSQLStore(Store):
 
     async def publish(self, kind: bytes, ids: Iterable[int] = ()) -> None:
         """Send a note to every other node (``kind`` as store/notify.py's)."""
-        await self._ready()
         payload = f"{self.node}:{kind.decode()}:{','.join(map(str, sorted(ids)))}"
-        async with self._pool.connection() as c:
+        async with self._conn() as c:
             await c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
     # --- locks across nodes -----------------------------------------------------
@@ -380,17 +440,34 @@ class PostgreSQLStore(Store):
     # locks. They are reentrant per connection, so the caller keeps its own
     # lock within the process (net/pop3.py MaildropLocks) and asks here second.
     async def _lock_connection(self) -> psycopg.AsyncConnection:
-        await self._ready()
+        try:
+            await self._ready()
+        except _DOWN as exc:
+            raise self._down(exc) from exc
         if self._lock_conn is None or self._lock_conn.closed:
-            self._lock_conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            self._lock_conn = await psycopg.AsyncConnection.connect(self.dsn, **self._connect_args)
         return self._lock_conn
 
     async def lock_exclusive(self, space: str, key: int) -> bool:
         async with self._lock_mutex:
-            conn = await self._lock_connection()
-            row = await (await conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                                            (_lock_space(space), _int32(key)))).fetchone()
-            return bool(row and row[0])
+            for attempt in (1, 2):
+                try:
+                    conn = await self._lock_connection()
+                    row = await (await conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                                    (_lock_space(space), _int32(key)))).fetchone()
+                    return bool(row and row[0])
+                except StoreError:
+                    raise
+                except _DOWN as exc:
+                    # a connection from before a restart of the database is
+                    # dead, and the locks it held went with it: a new one
+                    if self._lock_conn is not None:
+                        with contextlib.suppress(Exception):
+                            await self._lock_conn.close()
+                        self._lock_conn = None
+                    if attempt == 2:
+                        raise self._down(exc) from exc
+            raise AssertionError("unreachable")
 
     def unlock_exclusive(self, space: str, key: int) -> None:
         async def release() -> None:
@@ -409,9 +486,22 @@ class PostgreSQLStore(Store):
     # --- validity of session references ----------------------------------------
     def _sync_q1(self, sql: str, args: Sequence[Any]) -> tuple | None:
         with self._sync_lock:
-            if self._sync is None or self._sync.closed:
-                self._sync = psycopg.connect(self.dsn, autocommit=True)
-            return self._sync.execute(sql, args).fetchone()
+            for attempt in (1, 2):
+                try:
+                    if self._sync is None or self._sync.closed:
+                        # its name marks this store's rows of mailbox_holds as live
+                        self._sync = psycopg.connect(self.dsn, **self._connect_args,
+                                                     application_name=f"mailyard-{self.node}")
+                    return self._sync.execute(sql, args).fetchone()
+                except _DOWN as exc:
+                    # dead since a restart of the database: once more, on a new connection
+                    if self._sync is not None:
+                        with contextlib.suppress(Exception):
+                            self._sync.close()
+                        self._sync = None
+                    if attempt == 2:
+                        raise self._down(exc) from exc
+            raise AssertionError("unreachable")
 
     def _fresh(self) -> None:
         """Drop the validity caches if a process of this node revoked something."""
@@ -444,7 +534,6 @@ class PostgreSQLStore(Store):
         (from memory, as ``mailbox_current``). A deletion racing with the
         read leaves it nothing to read: the rows go with the mailbox and its
         id is never reused (an identity column)."""
-        await self._ready()
         if mailbox.id not in self._live:
             row = await self._q1("SELECT account_id, uid_validity FROM mailboxes WHERE id = %s", (mailbox.id,))
             if row is not None:
@@ -1021,8 +1110,7 @@ class PostgreSQLStore(Store):
                              uid_next=row[0], uid_validity=row[1], highest_modseq=row[2], deleted_size=int(row[7]))
 
     async def mailbox_summary(self, mailbox: MailboxRef) -> MailboxSummary:
-        await self._ready()
-        async with self._pool.connection() as c, c.transaction():
+        async with self._conn() as c, c.transaction():
             # one snapshot for all three reads
             await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             row = await _one(c, f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE id = %s AND account_id = %s"
@@ -1079,6 +1167,68 @@ class PostgreSQLStore(Store):
 
         return await self._write(op)
 
+    async def restore_mailbox(self, account_id: int, name: str, uid_validity: int, uid_next: int,
+                              highest_modseq: int, special_use: str | None = None) -> Mailbox:
+        canonical = canonical_name(name)
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> int:
+            if await _one(c, "SELECT 1 FROM accounts WHERE id = %s", (account_id,)) is None:
+                raise NotFound(f"no account with id {account_id}")
+            row = await _one(c, "SELECT id, uid_validity, uid_next FROM mailboxes WHERE account_id = %s"
+                                " AND name = %s FOR UPDATE", (account_id, canonical))
+            if row is not None and row[1] == uid_validity:
+                await c.execute("UPDATE mailboxes SET uid_next = greatest(uid_next, %s),"
+                                " highest_modseq = greatest(highest_modseq, %s) WHERE id = %s",
+                                (uid_next, highest_modseq, row[0]))
+                tx.changed.add(row[0])
+                return int(row[0])
+            if row is not None:
+                if row[2] != 1:
+                    raise AlreadyExists(f"mailbox {canonical} exists already with other UIDs")
+                # never held a message: made again (a new id: references to the old one end)
+                await c.execute("DELETE FROM mailboxes WHERE id = %s", (row[0],))
+                tx.changed.add(row[0])
+            await c.execute(
+                "INSERT INTO meta(key, value) VALUES ('last_uid_validity', %s) ON CONFLICT (key) DO UPDATE"
+                " SET value = greatest(%s::bigint, meta.value::bigint)::text", (str(uid_validity), uid_validity))
+            new = await _one(c, "INSERT INTO mailboxes(account_id, name, uid_validity, uid_next, highest_modseq,"
+                                " special_use) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                             (account_id, canonical, uid_validity, max(uid_next, 1), max(highest_modseq, 1),
+                              special_use))
+            return int(new[0])
+
+        mailbox_id = await self._write(op, directory=True, revoke=True)
+        mailbox = await self.get_mailbox_by_id(account_id, mailbox_id)
+        assert mailbox is not None
+        return mailbox
+
+    async def restore_messages(self, mailbox: MailboxRef, items: Sequence[RestoredMessage]) -> None:
+        batch = sorted(items, key=lambda m: m.uid)
+        if not batch:
+            return
+        records = await self._derive([item.data for item in batch])
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            mailbox_id = await self._owned_w(c, mailbox)
+            top = (await _one(c, "SELECT coalesce(max(uid), 0) FROM messages WHERE mailbox_id = %s",
+                              (mailbox_id,)))[0]
+            if batch[0].uid <= top or len({m.uid for m in batch}) != len(batch):
+                raise AlreadyExists(f"UID {batch[0].uid} is not above the mailbox's UIDs")
+            for item, rec in zip(batch, records, strict=True):
+                body_id = await _store_body(c, item.data, 1)
+                await c.execute(
+                    "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq,"
+                    " save_date) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (mailbox_id, item.uid, body_id, b"", len(item.data), flags_text(item.flags), item.internal_date,
+                     item.modseq, item.save_date))
+                await _save_derived(c, body_id, rec)
+            await c.execute("UPDATE mailboxes SET uid_next = greatest(uid_next, %s),"
+                            " highest_modseq = greatest(highest_modseq, %s) WHERE id = %s",
+                            (batch[-1].uid + 1, max(m.modseq for m in batch), mailbox_id))
+            tx.changed.add(mailbox_id)
+
+        await self._write(op)
+
     async def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
         mailbox_id = await self._owned(mailbox)
         rows = await self._q(f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = %s ORDER BY uid", (mailbox_id,))
@@ -1121,18 +1271,37 @@ class PostgreSQLStore(Store):
             self._holds.setdefault(mailbox_id, {})[holder] = seen_modseq
             self._held_by[holder] = mailbox_id
         for m in {x for x in (before, mailbox_id) if x is not None}:
+            low = self._hold_low(m)
+            published = self._published_holds.get(m)
+            if low is not None and (published is None or low < published):
+                # the other nodes must see this hold before the session goes
+                # on (an expunge through them meanwhile would not keep the
+                # message): one round trip, now; rises and ends can wait
+                gen = self._hold_gen[m] = next(self._hold_gens)
+                self._sync_q1(_PUBLISH_HOLD + " RETURNING 1", (m, self.node, low, gen))
+                self._published_holds[m] = low
             self._purge_soon(m)
 
-    def _purge_soon(self, mailbox_id: int) -> None:
-        """Drop the held rows of a mailbox that every holder has announced."""
+    def _hold_low(self, mailbox_id: int) -> int | None:
+        """The lowest announced mod-sequence of this node's holders of a mailbox."""
         holders = self._holds.get(mailbox_id)
-        upto = min(holders.values()) if holders else None
+        return min(holders.values()) if holders else None
+
+    def _purge_soon(self, mailbox_id: int) -> None:
+        """Publish this node's hold of a mailbox as it rose or ended, and drop
+        the held rows that every holder, on every node, has announced."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
 
         async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            local = self._hold_low(mailbox_id)
+            # the holds of stores that are gone (their connection with them) count no more
+            await c.execute(f"DELETE FROM mailbox_holds h WHERE mailbox_id = %s AND NOT {_LIVE_HOLD}",
+                            (mailbox_id,))
+            remote = await _remote_hold(c, mailbox_id, self.node)
+            upto = local if remote is None else remote if local is None else min(local, remote)
             rows = await _all(
                 c, "SELECT g.uid, g.body_id FROM messages g LEFT JOIN expunged e ON e.mailbox_id = %s AND e.uid = g.uid"
                 " WHERE g.mailbox_id = %s AND (%s::bigint IS NULL OR coalesce(e.modseq, 0) <= %s)",
@@ -1144,17 +1313,34 @@ class PostgreSQLStore(Store):
 
         async def run() -> None:
             with contextlib.suppress(Exception):
+                low = self._hold_low(mailbox_id)
+                if low != self._published_holds.get(mailbox_id):
+                    # one statement outside any transaction: the row is never
+                    # locked across a round trip (the synchronous write above
+                    # may wait for it on this thread)
+                    gen = self._hold_gen[mailbox_id] = next(self._hold_gens)
+                    async with self._conn() as c:
+                        await c.execute(_PUBLISH_HOLD, (mailbox_id, self.node, low, gen))
+                    if self._hold_gen.get(mailbox_id) == gen:
+                        if low is None:
+                            self._published_holds.pop(mailbox_id, None)
+                            self._hold_gen.pop(mailbox_id, None)
+                        else:
+                            self._published_holds[mailbox_id] = low
                 await self._write(op)
 
         if not self._closed and self._opened is not None:
-            loop.create_task(run())
+            task = loop.create_task(run())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _remove_rows(self, c: psycopg.AsyncConnection, mailbox_id: int, rows: Sequence[tuple[int, int]],
                            holder: object) -> None:
         """Expunge (uid, body_id) rows: kept under the negated mailbox id while
         a session other than ``holder`` holds the mailbox (RFC 2180 4.1.1)."""
         uids = [r[0] for r in rows]
-        if any(h is not holder for h in self._holds.get(mailbox_id, ())):
+        if (any(h is not holder for h in self._holds.get(mailbox_id, ()))
+                or await _remote_hold(c, mailbox_id, self.node) is not None):
             size = (await _one(c, "SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)",
                                (mailbox_id, uids)))[0]
             await c.execute("UPDATE messages SET mailbox_id = %s WHERE mailbox_id = %s AND uid = ANY(%s)",
@@ -1260,8 +1446,7 @@ class PostgreSQLStore(Store):
 
     async def changes_since(self, mailbox: MailboxRef, modseq: int) -> Changes:
         mailbox_id = await self._owned(mailbox)
-        await self._ready()
-        async with self._pool.connection() as c, c.transaction():
+        async with self._conn() as c, c.transaction():
             await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             top = await _one(c, "SELECT highest_modseq FROM mailboxes WHERE id = %s", (mailbox_id,))
             if top is None:
@@ -1519,8 +1704,7 @@ class PostgreSQLStore(Store):
         them; the attempt's outcome (``queue_update``) sets the real next
         attempt. A node that dies leaves the lease to run out: another node
         retries then (RFC 5321 4.5.4.1)."""
-        await self._ready()
-        async with self._pool.connection() as c, c.transaction():
+        async with self._conn() as c, c.transaction():
             rows = await _all(
                 c, f"SELECT {', '.join('q.' + col.strip() for col in _ENTRY_COLS.split(','))} FROM queue q"
                 " WHERE EXISTS (SELECT 1 FROM queue_rcpts r WHERE r.queue_id = q.id AND r.state = 'pending'"
@@ -1535,6 +1719,10 @@ class PostgreSQLStore(Store):
                                 (now + QUEUE_LEASE, [e.id for e in entries], now))
         return entries
 
+    async def queue_size(self) -> int:
+        row = await self._q1("SELECT count(*) FROM queue")
+        return int(row[0]) if row else 0
+
     async def queue_next_due(self) -> float | None:
         row = await self._q1("SELECT min(next_attempt) FROM queue_rcpts WHERE state = 'pending'")
         return row[0] if row else None
@@ -1548,6 +1736,23 @@ class PostgreSQLStore(Store):
 
 
 # --- helpers inside a write's transaction ------------------------------------------------------
+# A row of mailbox_holds whose store is still connected (its validity connection's name).
+_LIVE_HOLD = "EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = 'mailyard-' || h.node)"
+
+
+_PUBLISH_HOLD = ("INSERT INTO mailbox_holds(mailbox_id, node, seen_modseq, gen) VALUES (%s, %s, %s, %s)"
+                 " ON CONFLICT (mailbox_id, node) DO UPDATE SET seen_modseq = excluded.seen_modseq,"
+                 " gen = excluded.gen WHERE mailbox_holds.gen < excluded.gen")
+
+
+async def _remote_hold(c: psycopg.AsyncConnection, mailbox_id: int, node: str) -> int | None:
+    """The lowest mod-sequence up to which the sessions of other live nodes
+    holding ``mailbox_id`` have announced its expunges; None: none holds it."""
+    row = await _one(c, "SELECT min(h.seen_modseq) FROM mailbox_holds h WHERE h.mailbox_id = %s AND h.node <> %s"
+                        f" AND {_LIVE_HOLD}", (mailbox_id, node))
+    return None if row is None else row[0]
+
+
 async def _one(c: psycopg.AsyncConnection, sql: str, args: Sequence[Any] = ()) -> Any:
     return await (await c.execute(sql, args)).fetchone()
 

@@ -33,12 +33,14 @@ from .directory import DirectoryMixin
 from .mailboxes import MailboxesMixin
 from .messages import MessagesMixin
 from .queue import QueueMixin
+from .restore import RestoreMixin
 from .search import SearchMixin
 
 __all__ = ["DB_FILE", "SQLiteStore"]
 
 
-class SQLiteStore(DirectoryMixin, MailboxesMixin, MessagesMixin, SearchMixin, QueueMixin, ContactsMixin):
+class SQLiteStore(DirectoryMixin, MailboxesMixin, MessagesMixin, SearchMixin, QueueMixin, ContactsMixin,
+                  RestoreMixin):
     """Store backend on SQLite + segment files in ``data_dir``."""
 
     _next_compaction = 0.0  # monotonic time of the next compaction pass

@@ -1,0 +1,159 @@
+"""The address book on PostgreSQL: the same entries, validation and
+suggestion order as the SQLite store's (store/sqlite/contacts.py, whose pure
+helpers this module shares), in the tables of migration 2."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from ..api import Contact, NotFound, Suggestion
+from ..sqlite.contacts import (
+    MAX_CORRESPONDENTS,
+    MAX_FIELD,
+    _clean,
+    _like_prefix,
+    _row,
+    _search_text,
+)
+
+_COLS = "id, name, emails, phones, org, note, uid"
+# SQLite's COLLATE NOCASE folds ASCII letters only, whatever the database's locale
+_NOCASE = "translate(name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') COLLATE \"C\""
+
+
+class ContactsMixin:
+    """Contacts and correspondents of each account (mixed into PostgreSQLStore)."""
+
+    _write: Any
+    _q: Any
+    _q1: Any
+
+    async def add_contact(self, account_id: int, contact: Contact) -> Contact:
+        entry = _clean(contact)
+
+        async def op(c: psycopg.AsyncConnection, tx: object) -> int:
+            if await (await c.execute("SELECT 1 FROM accounts WHERE id = %s", (account_id,))).fetchone() is None:
+                raise NotFound(f"no account with id {account_id}")
+            row = await (await c.execute(
+                "INSERT INTO contacts(account_id, name, emails, phones, org, note, uid, search, updated)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (account_id, entry.name, json.dumps(list(entry.emails)), json.dumps(list(entry.phones)),
+                 entry.org, entry.note, entry.uid, _search_text(entry), time.time()),
+            )).fetchone()
+            return int(row[0])
+
+        new_id = await self._write(op)
+        return Contact(entry.name, entry.emails, entry.phones, entry.org, entry.note, entry.uid, new_id)
+
+    async def update_contact(self, account_id: int, contact: Contact) -> Contact:
+        entry = _clean(contact)
+
+        async def op(c: psycopg.AsyncConnection, tx: object) -> None:
+            cur = await c.execute(
+                "UPDATE contacts SET name = %s, emails = %s, phones = %s, org = %s, note = %s, uid = %s,"
+                " search = %s, updated = %s WHERE id = %s AND account_id = %s",
+                (entry.name, json.dumps(list(entry.emails)), json.dumps(list(entry.phones)), entry.org,
+                 entry.note, entry.uid, _search_text(entry), time.time(), contact.id, account_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound("no such contact")
+
+        await self._write(op)
+        return entry
+
+    async def delete_contact(self, account_id: int, contact_id: int) -> None:
+        async def op(c: psycopg.AsyncConnection, tx: object) -> None:
+            cur = await c.execute("DELETE FROM contacts WHERE id = %s AND account_id = %s", (contact_id, account_id))
+            if cur.rowcount == 0:
+                raise NotFound("no such contact")
+
+        await self._write(op)
+
+    async def get_contact(self, account_id: int, contact_id: int) -> Contact | None:
+        row = await self._q1(f"SELECT {_COLS} FROM contacts WHERE id = %s AND account_id = %s",
+                             (contact_id, account_id))
+        return _row(row) if row else None
+
+    async def list_contacts(self, account_id: int, prefix: str = "", limit: int | None = None) -> list[Contact]:
+        sql = f"SELECT {_COLS} FROM contacts WHERE account_id = %s"
+        args: list = [account_id]
+        if prefix:
+            sql += " AND search LIKE %s ESCAPE '\\'"
+            args.append(_like_prefix(prefix))
+        sql += f" ORDER BY {_NOCASE}, id"
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(max(0, limit))
+        return [_row(r) for r in await self._q(sql, args)]
+
+    async def note_correspondents(self, account_id: int, addresses: Sequence[tuple[str, str]],
+                                  sent: bool, when: float | None = None) -> None:
+        now = time.time() if when is None else when
+        rows: dict[str, str] = {}
+        for name, address in addresses:
+            address = (address or "").strip()
+            if "@" not in address or len(address) > MAX_FIELD or any(c in address for c in "\r\n\0 "):
+                continue
+            rows[address.casefold()] = " ".join((name or "").split())[:MAX_FIELD]
+        if not rows:
+            return
+        column = "sent" if sent else "received"
+
+        async def op(c: psycopg.AsyncConnection, tx: object) -> None:
+            if await (await c.execute("SELECT 1 FROM accounts WHERE id = %s", (account_id,))).fetchone() is None:
+                return  # removed meanwhile: nothing to remember
+            for address in sorted(rows):  # one order for every writer: no deadlock between them
+                name = rows[address]
+                await c.execute(
+                    f"INSERT INTO correspondents AS o (account_id, address, name, folded, {column}, last)"
+                    " VALUES (%s, %s, %s, %s, 1, %s)"
+                    f" ON CONFLICT (account_id, address) DO UPDATE SET {column} = o.{column} + 1,"
+                    " name = CASE WHEN excluded.name <> '' THEN excluded.name ELSE o.name END,"
+                    " folded = CASE WHEN excluded.name <> '' THEN excluded.folded ELSE o.folded END,"
+                    " last = greatest(o.last, excluded.last)",
+                    (account_id, address, name, " " + name.casefold(), now),
+                )
+            row = await (await c.execute("SELECT count(*) FROM correspondents WHERE account_id = %s",
+                                         (account_id,))).fetchone()
+            count = int(row[0])
+            if count > MAX_CORRESPONDENTS:
+                await c.execute(
+                    "DELETE FROM correspondents WHERE account_id = %s AND address IN (SELECT address FROM"
+                    " correspondents WHERE account_id = %s ORDER BY 2 * sent + received, last LIMIT %s)",
+                    (account_id, account_id, count - MAX_CORRESPONDENTS),
+                )
+
+        await self._write(op)
+
+    async def suggest_addresses(self, account_id: int, prefix: str, limit: int = 10) -> list[Suggestion]:
+        limit = max(0, min(limit, 100))
+        prefix = prefix.strip()
+        if not prefix or not limit:
+            return []
+        out: list[Suggestion] = []
+        seen: set[str] = set()
+        for contact in await self.list_contacts(account_id, prefix, limit):
+            for address in contact.emails:
+                folded = address.casefold()
+                if folded in seen:
+                    continue
+                seen.add(folded)
+                out.append(Suggestion(contact.name, address, True))
+        folded_prefix = prefix.casefold()
+        rows = await self._q(
+            "SELECT address, name, sent, received FROM correspondents WHERE account_id = %s"
+            " AND (substr(address, 1, %s) = %s OR folded LIKE %s ESCAPE '\\')"
+            " ORDER BY 2 * sent + received DESC, last DESC LIMIT %s",
+            (account_id, len(folded_prefix), folded_prefix, _like_prefix(prefix), limit + len(seen)),
+        )
+        for address, name, sent_count, received in rows:
+            if address in seen:
+                continue
+            seen.add(address)
+            out.append(Suggestion(name, address, False, int(sent_count), int(received)))
+        return out[:limit]
