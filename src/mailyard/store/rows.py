@@ -5,7 +5,7 @@ columns for these)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from .api import Mailbox, MessageInfo, Quota
 
@@ -55,3 +55,16 @@ def quota_row(row: tuple) -> Quota:
 # The ids a new body's thread is looked up by (RFC 8474 5.2): its own
 # Message-ID and the last of its parent ids (its nearest ancestors).
 THREAD_LOOKUP_IDS = 20
+
+
+def merged_list(current: object, adding: Sequence[str], cap: int) -> list[str]:
+    """A list setting with ``adding`` appended (entries already there, compared
+    without case, are not added again), the oldest dropped past ``cap``
+    (``Store.update_setting_list``); a value that is no list counts as empty."""
+    entries = [str(e) for e in current] if isinstance(current, list) else []
+    seen = {e.casefold() for e in entries}
+    for item in adding:
+        if item.casefold() not in seen:
+            seen.add(item.casefold())
+            entries.append(item)
+    return entries[max(0, len(entries) - cap):]

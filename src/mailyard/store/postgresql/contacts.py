@@ -11,7 +11,8 @@ from typing import Any
 
 import psycopg
 
-from ..api import Contact, NotFound, Suggestion
+from ..api import AddressBookFull, Contact, NotFound, Suggestion
+from ..sqlite import contacts as sqlite_contacts
 from ..sqlite.contacts import (
     MAX_CORRESPONDENTS,
     MAX_FIELD,
@@ -37,8 +38,14 @@ class ContactsMixin:
         entry = _clean(contact)
 
         async def op(c: psycopg.AsyncConnection, tx: object) -> int:
-            if await (await c.execute("SELECT 1 FROM accounts WHERE id = %s", (account_id,))).fetchone() is None:
+            # the account's row locked: concurrent adds count one after another
+            if await (await c.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE",
+                                      (account_id,))).fetchone() is None:
                 raise NotFound(f"no account with id {account_id}")
+            limit = sqlite_contacts.MAX_CONTACTS
+            if await (await c.execute("SELECT 1 FROM contacts WHERE account_id = %s ORDER BY id LIMIT 1 OFFSET %s",
+                                      (account_id, limit - 1))).fetchone() is not None:
+                raise AddressBookFull(f"the address book is full ({limit} contacts)")
             row = await (await c.execute(
                 "INSERT INTO contacts(account_id, name, emails, phones, org, note, uid, search, updated)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
@@ -79,7 +86,8 @@ class ContactsMixin:
                              (contact_id, account_id))
         return _row(row) if row else None
 
-    async def list_contacts(self, account_id: int, prefix: str = "", limit: int | None = None) -> list[Contact]:
+    async def list_contacts(self, account_id: int, prefix: str = "", limit: int | None = None,
+                            offset: int = 0) -> list[Contact]:
         sql = f"SELECT {_COLS} FROM contacts WHERE account_id = %s"
         args: list = [account_id]
         if prefix:
@@ -89,6 +97,9 @@ class ContactsMixin:
         if limit is not None:
             sql += " LIMIT %s"
             args.append(max(0, limit))
+        if offset:
+            sql += " OFFSET %s"
+            args.append(max(0, offset))
         return [_row(r) for r in await self._q(sql, args)]
 
     async def note_correspondents(self, account_id: int, addresses: Sequence[tuple[str, str]],

@@ -78,6 +78,7 @@ from ..rows import (
     flags_set,
     flags_text,
     mailbox_row,
+    merged_list,
     message_row,
     quota_row,
 )
@@ -779,6 +780,29 @@ class PostgreSQLStore(ContactsMixin, Store):
 
         await self._write(op)
         return await self.get_settings(account_id)
+
+    async def update_setting_list(self, account_id: int, key: str, add: Sequence[str], cap: int) -> list[str]:
+        if not isinstance(key, str) or not key:
+            raise InvalidName("a setting needs a name")
+        adding = [str(a) for a in add]
+        result: list[str] = []
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            # the account's row locked: two merges into one list follow each other
+            if await _one(c, "SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (account_id,)) is None:
+                raise NotFound(f"no account with id {account_id}")
+            row = await _one(c, "SELECT value FROM account_settings WHERE account_id = %s AND key = %s",
+                             (account_id, key))
+            current = json.loads(row[0]) if row is not None else []
+            entries = merged_list(current, adding, cap)
+            await c.execute(
+                "INSERT INTO account_settings(account_id, key, value) VALUES (%s, %s, %s)"
+                " ON CONFLICT (account_id, key) DO UPDATE SET value = excluded.value",
+                (account_id, key, json.dumps(entries)))
+            result[:] = entries
+
+        await self._write(op)
+        return result
 
     # --- aliases and lists -------------------------------------------------------------
     async def add_alias(self, source: str, targets: Sequence[str]) -> None:

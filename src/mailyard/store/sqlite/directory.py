@@ -27,6 +27,7 @@ from ..api import (
     StoreError,
 )
 from ..names import alias_source, normalize_address, normalize_domain, normalize_sender_pattern
+from ..rows import merged_list
 from .core import SQLiteCore
 from .mailboxes import insert_mailbox
 from .messages import QUOTA_COLS, drop_mailbox_messages, quota_row
@@ -299,13 +300,7 @@ class DirectoryMixin(SQLiteCore):
             row = c.execute("SELECT value FROM account_settings WHERE account_id = ? AND key = ?",
                             (account_id, key)).fetchone()
             current = json.loads(row[0]) if row is not None else []
-            entries = [str(e) for e in current] if isinstance(current, list) else []
-            seen = {e.casefold() for e in entries}
-            for item in adding:
-                if item.casefold() not in seen:
-                    seen.add(item.casefold())
-                    entries.append(item)
-            entries = entries[max(0, len(entries) - cap):]
+            entries = merged_list(current, adding, cap)
             c.execute("INSERT OR REPLACE INTO account_settings(account_id, key, value) VALUES (?, ?, ?)",
                       (account_id, key, json.dumps(entries)))
             result[:] = entries
