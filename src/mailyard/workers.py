@@ -342,7 +342,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         # a SIGHUP before the event loop takes it must not end the worker
-        # (it loads the certificate files as they are now anyway)
+        # (ReloadableTLS.install_sighup loads files changed since their first load)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         _die_with_parent()
         if os.getppid() != self.pid:

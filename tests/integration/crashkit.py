@@ -159,6 +159,10 @@ class CrashServer:
         cfg.store.segment_size = 128 * 1024
         cfg.server.workers = 1  # one process unless the scenario asks for more
         cfg.authentication.inbound_checks = False  # no test asks the outside DNS
+        # the load submits hundreds of messages as one user within seconds:
+        # the accounts' sending limits (300 an hour by default) would refuse it
+        cfg.spam.messages_per_hour = 0
+        cfg.spam.recipients_per_day = 0
         cfg.metrics.listen = ""
         for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http", "https", "managesieve"):
             setattr(cfg.ports, name, self.ports.get(name, 0))

@@ -264,6 +264,7 @@ class ReloadableTLS:
         self._factory = factory or server_context
         self._lock = threading.Lock()
         # The first load must succeed: there is no old context to keep.
+        self._stamps = self._file_stamps()
         self._context = self._factory(self.cert_path, self.key_path)
         self.generation = 1
         self.last_error: str | None = None
@@ -280,8 +281,21 @@ class ReloadableTLS:
     def context(self) -> ssl.SSLContext:
         return self._context
 
+    def _file_stamps(self) -> tuple:
+        """What identifies the files' contents on disk (device, inode, size,
+        modification time of each): a renewal changes them."""
+        out = []
+        for path in (self.cert_path, self.key_path):
+            try:
+                st = os.stat(path)
+                out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
     def reload(self) -> ReloadResult:
         """Re-read certificate and key; keep the old context if that fails."""
+        stamps = self._file_stamps()
         try:
             new = self._factory(self.cert_path, self.key_path)
         except (OSError, ssl.SSLError, ValueError) as exc:
@@ -296,6 +310,7 @@ class ReloadableTLS:
         with self._lock:
             self._context = new
             self.generation += 1
+            self._stamps = stamps
         self.self_signed = _is_self_signed(self.cert_path)
         self.last_error = None
         log.info(
@@ -331,3 +346,7 @@ class ReloadableTLS:
             loop.add_signal_handler(signal.SIGHUP, self.reload)
         else:
             signal.signal(signal.SIGHUP, lambda _s, _f: self.reload())
+        # A SIGHUP that came between the first load and now went unheard (a
+        # worker ignores it while it starts): files changed since are loaded.
+        if self._file_stamps() != self._stamps:
+            self.reload()
