@@ -31,7 +31,7 @@ class ServeProcess:
         """``prepare``: called with the data directory once it is made,
         before the server starts (files shared with other nodes)."""
         self.data = data
-        self.ports = {name: free_port() for name in ("smtp", "imap", "pop3")}
+        self.ports: dict[str, int] = {}
         subprocess.run(
             [sys.executable, "-m", "mailyard", "--data", str(data), "init", "--domain", "example.test"],
             check=True, capture_output=True,
@@ -50,9 +50,16 @@ class ServeProcess:
         cfg.server.workers = 1  # one process: its RSS is the server's (configure may change it)
         cfg.authentication.inbound_checks = False  # no test asks the outside DNS (configure may change it)
         configure(cfg)
-        (data / "config.toml").write_text(cfg.to_toml())
         if prepare is not None:
             prepare(data)
+        # the ports are picked last, just before the server binds them: a
+        # configure or prepare that fills a big mailbox takes long enough for
+        # another process to take a port picked before it
+        for name in ("smtp", "imap", "pop3"):
+            if getattr(cfg.ports, name) == 0:
+                setattr(cfg.ports, name, free_port())
+            self.ports[name] = getattr(cfg.ports, name)
+        (data / "config.toml").write_text(cfg.to_toml())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailyard", "--data", str(data), "serve"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
