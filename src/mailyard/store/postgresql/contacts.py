@@ -20,6 +20,8 @@ from ..sqlite.contacts import (
     _like_prefix,
     _row,
     _search_text,
+    contact_suggestions,
+    with_correspondents,
 )
 
 _COLS = "id, name, emails, phones, org, note, uid"
@@ -146,15 +148,7 @@ class ContactsMixin:
         prefix = prefix.strip()
         if not prefix or not limit:
             return []
-        out: list[Suggestion] = []
-        seen: set[str] = set()
-        for contact in await self.list_contacts(account_id, prefix, limit):
-            for address in contact.emails:
-                folded = address.casefold()
-                if folded in seen:
-                    continue
-                seen.add(folded)
-                out.append(Suggestion(contact.name, address, True))
+        out, seen = contact_suggestions(await self.list_contacts(account_id, prefix, limit))
         folded_prefix = prefix.casefold()
         rows = await self._q(
             "SELECT address, name, sent, received FROM correspondents WHERE account_id = %s"
@@ -162,9 +156,4 @@ class ContactsMixin:
             " ORDER BY 2 * sent + received DESC, last DESC LIMIT %s",
             (account_id, len(folded_prefix), folded_prefix, _like_prefix(prefix), limit + len(seen)),
         )
-        for address, name, sent_count, received in rows:
-            if address in seen:
-                continue
-            seen.add(address)
-            out.append(Suggestion(name, address, False, int(sent_count), int(received)))
-        return out[:limit]
+        return with_correspondents(out, seen, rows)[:limit]

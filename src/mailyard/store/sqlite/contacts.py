@@ -14,7 +14,8 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from ..api import AddressBookFull, Contact, InvalidName, NotFound, Suggestion
 from .core import SQLiteCore
@@ -78,6 +79,30 @@ def _like_prefix(prefix: str) -> str:
     escaped = prefix.casefold().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"% {escaped}%"
 
+
+
+def contact_suggestions(contacts: Sequence[Contact]) -> tuple[list[Suggestion], set[str]]:
+    """Address-book entries as suggestions (each address once), and the
+    case-folded addresses taken: the first part of ``suggest_addresses``."""
+    out: list[Suggestion] = []
+    seen: set[str] = set()
+    for contact in contacts:
+        for address in contact.emails:
+            folded = address.casefold()
+            if folded not in seen:
+                seen.add(folded)
+                out.append(Suggestion(contact.name, address, True))
+    return out, seen
+
+
+def with_correspondents(out: list[Suggestion], seen: set[str], rows: Iterable[Sequence[Any]]) -> list[Suggestion]:
+    """``out`` followed by the correspondents (address, name, sent, received)
+    not among the addresses already there, in the order given."""
+    for address, name, sent, received in rows:
+        if address not in seen:
+            seen.add(address)
+            out.append(Suggestion(name, address, False, int(sent), int(received)))
+    return out
 
 class ContactsMixin(SQLiteCore):
     """Contacts and correspondents of each account."""
@@ -185,15 +210,7 @@ class ContactsMixin(SQLiteCore):
         prefix = prefix.strip()
         if not prefix or not limit:
             return []
-        out: list[Suggestion] = []
-        seen: set[str] = set()
-        for contact in await self.list_contacts(account_id, prefix, limit):
-            for address in contact.emails:
-                folded = address.casefold()
-                if folded in seen:
-                    continue
-                seen.add(folded)
-                out.append(Suggestion(contact.name, address, True))
+        out, seen = contact_suggestions(await self.list_contacts(account_id, prefix, limit))
         folded_prefix = prefix.casefold()
         pattern = _like_prefix(prefix)
         # the account's rows only (primary key prefix); the LIKE on the name
@@ -204,9 +221,4 @@ class ContactsMixin(SQLiteCore):
             " ORDER BY 2 * sent + received DESC, last DESC LIMIT ?",
             (account_id, len(folded_prefix), folded_prefix, pattern, limit + len(seen)),
         )
-        for address, name, sent, received in rows:
-            if address in seen:
-                continue
-            seen.add(address)
-            out.append(Suggestion(name, address, False, sent, received))
-        return out[:limit]
+        return with_correspondents(out, seen, rows)[:limit]
