@@ -45,9 +45,8 @@ async def junk_mailbox_id(store: Store, account_id: int) -> int | None:
     return box.id if box is not None else None
 
 
-async def deliver_local(
+async def local_targets(
     store: Store,
-    body: bytes,
     reverse_path: str,
     accounts: Sequence[Account],
     inbox_id: Callable[[int], Awaitable[int | None]] | None = None,
@@ -55,8 +54,10 @@ async def deliver_local(
     enforce_quota: bool = False,
     placements: Mapping[int, Sequence[tuple[int, frozenset[str]]]] | None = None,
     fields: Mapping[int, bytes] | None = None,
-) -> list[int]:
-    """Deliver ``body`` to each account's INBOX; returns the UIDs in order.
+) -> list[DeliveryTarget]:
+    """The store targets of a local delivery: each account's INBOX once (one
+    copy per mailbox, however many addresses led to it), behind its own
+    Return-Path and Delivered-To fields (RFC 5321 4.4).
 
     ``inbox_id`` looks up an account's INBOX (the router's directory cache
     passes its cached lookup); by default the store is asked. ``placements``
@@ -69,11 +70,11 @@ async def deliver_local(
     seen: set[int] = set()
     for account in accounts:
         if account.id in seen:
-            continue  # one copy per mailbox, however many addresses led to it
+            continue
         seen.add(account.id)
         own = fields.get(account.id, b"") if fields else b""
+        prefix = return_path + delivered_to_header(account.address) + own
         if placements is not None and account.id in placements:
-            prefix = return_path + delivered_to_header(account.address) + own
             targets.extend(DeliveryTarget(box, prefix, flags, enforce_quota=enforce_quota)
                            for box, flags in placements[account.id])
             continue
@@ -84,8 +85,25 @@ async def deliver_local(
             mailbox_id = inbox.id if inbox is not None else None
         if mailbox_id is None:
             raise NotFound(f"account {account.address} has no INBOX")
-        prefix = return_path + delivered_to_header(account.address) + own
         targets.append(DeliveryTarget(mailbox_id, prefix, enforce_quota=enforce_quota))
+    return targets
+
+
+async def deliver_local(
+    store: Store,
+    body: bytes,
+    reverse_path: str,
+    accounts: Sequence[Account],
+    inbox_id: Callable[[int], Awaitable[int | None]] | None = None,
+    *,
+    enforce_quota: bool = False,
+    placements: Mapping[int, Sequence[tuple[int, frozenset[str]]]] | None = None,
+    fields: Mapping[int, bytes] | None = None,
+) -> list[int]:
+    """Deliver ``body`` to the accounts (see ``local_targets``); returns the
+    UIDs in order."""
+    targets = await local_targets(store, reverse_path, accounts, inbox_id, enforce_quota=enforce_quota,
+                                  placements=placements, fields=fields)
     return await store.deliver(body, targets)
 
 

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 from .. import logs, metrics
 from ..mailauth.srs import SRS, SRSError
-from ..message.trace import delivered_to_header, return_path_header
 from ..protocols.smtp.client import (
     NEED_DATA,
     OutboundMessage,
@@ -56,7 +55,6 @@ from ..store.api import (
     NewMessage,
     NewQueueEntry,
     NewRecipient,
-    NotFound,
     QueueEntry,
     QueueRecipient,
     RecipientOutcome,
@@ -74,6 +72,7 @@ from .dmarcrpt import (
 )
 from .dmarcrpt import build_reports as build_dmarc_reports
 from .dmarcrpt import report_message as dmarc_report_message
+from .local import local_targets
 from .mx import MXResolver, NullMX, PermanentDNSError, TemporaryDNSError, make_resolver
 from .router import Router, Verdict
 from .tlspolicy import TLSPlan, TransportSecurity
@@ -407,31 +406,9 @@ class OutboundQueue:
     async def local_targets(self, reverse_path: str, accounts: Sequence[Account], inbox_id: Any = None,
                             *, enforce_quota: bool = False, placements: Any = None,
                             fields: Any = None) -> list[DeliveryTarget]:
-        """The INBOX targets of a local delivery (as delivery/local.py builds
-        them, ``placements`` too: the mailboxes a Sieve script chose)."""
-        targets = []
-        seen: set[int] = set()
-        return_path = return_path_header(reverse_path)
-        for account in accounts:
-            if account.id in seen:
-                continue
-            seen.add(account.id)
-            own = fields.get(account.id, b"") if fields else b""
-            if placements is not None and account.id in placements:
-                prefix = return_path + delivered_to_header(account.address) + own
-                targets.extend(DeliveryTarget(box, prefix, flags, enforce_quota=enforce_quota)
-                               for box, flags in placements[account.id])
-                continue
-            if inbox_id is not None:
-                box_id = await inbox_id(account.id)
-            else:
-                box = await self.store.get_mailbox(account.id, "INBOX")
-                box_id = box.id if box is not None else None
-            if box_id is None:
-                raise NotFound(f"account {account.address} has no INBOX")  # as delivery/local.py
-            targets.append(DeliveryTarget(box_id, return_path + delivered_to_header(account.address) + own,
-                                          enforce_quota=enforce_quota))
-        return targets
+        """The targets of a local delivery from the queue (delivery/local.py)."""
+        return await local_targets(self.store, reverse_path, accounts, inbox_id, enforce_quota=enforce_quota,
+                                   placements=placements, fields=fields)
 
     def wake(self) -> None:
         self._wake.set()
