@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import selectors
@@ -65,6 +66,9 @@ YOUNG = 1.0  # a worker dying within this many seconds of its start "died young"
 GIVE_UP = 5  # a worker that died young this many times in a row: the server stops (status 1)
 KILL_AFTER = 15.0  # seconds past shutdown_grace before a draining worker is killed
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_M_ARENA_MAX = -8  # <malloc.h>
+# glibc malloc arenas per process (its default: 8 per core).
+MALLOC_ARENAS = 2
 
 
 def worker_count(cfg: Config) -> int:
@@ -85,11 +89,35 @@ def serve(data_dir: Path, cfg: Config, runner: Callable[[Any], Any] = asyncio.ru
     """Run ``mailyard serve`` until SIGTERM/SIGINT; returns the exit status."""
     from .server import MailServer
 
+    limit_malloc_arenas()
+
     count = worker_count(cfg)
     if count <= 1 or not hasattr(os, "fork"):
         runner(MailServer(data_dir, cfg).serve_forever())
         return 0
     return Supervisor(data_dir, cfg, count, runner).run()
+
+
+def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> None:
+    """Cap glibc's malloc arenas for this process and the workers it forks.
+
+    glibc gives threads that allocate at the same time arenas of their own,
+    and memory freed in an arena stays mapped while any live allocation
+    pins its pages. The server's short-lived thread work (argon2 password
+    checks, store reads and writes) then leaves fragments in many arenas
+    while the sessions it served live on: with 1,000 IDLE connections the
+    memory per connection more than doubled (24 KiB against 10 KiB with two
+    arenas, `make bench` imap). The threads spend most of their time in C
+    with the GIL released or waiting for it, so two arenas cost no
+    measurable contention. A MALLOC_ARENA_MAX set in the environment wins.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.mallopt(_M_ARENA_MAX, count)
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator has its own policy
 
 
 def _die_with_parent() -> None:
@@ -159,6 +187,12 @@ class Supervisor:
 
         if cfg.ports.http or cfg.ports.https:
             from .web import app, service  # noqa: F401
+        if cfg.ports.managesieve or cfg.ports.managesieve_tls:
+            from .net import managesieve  # noqa: F401
+        # The objects made so far are kept for good: moved out of the
+        # collector's reach, a worker's collections never write to (and so
+        # copy) the pages it shares with the others.
+        gc.freeze()
 
     # --- the supervisor's loop -------------------------------------------------------
     def run(self) -> int:
