@@ -48,3 +48,20 @@ def slow_pdf(fills: int = 200_000, pages: int = 5) -> bytes:
             b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(content) + content + b"\nendstream"]
     objs += [b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 3 0 R >>"] * pages
     return _assemble(objs)
+
+
+def image_bomb(side: int = 20_000) -> bytes:
+    """A one-page PDF holding a ``side`` x ``side`` RGB image of zeros under
+    FlateDecode: about 1.2 MB on disk for 20 000, 1.2 GB of pixels inflated."""
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (side * 3)
+    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    content = b"q 595 0 0 842 0 0 cm /Im1 Do Q"
+    objs = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] "
+            b"/Resources << /XObject << /Im1 5 0 R >> >> /Contents 4 0 R >>",
+            b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+            b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB "
+            b"/BitsPerComponent 8 /Filter /FlateDecode /Length %d >>\nstream\n" % (side, side, len(data))
+            + data + b"\nendstream"]
+    return _assemble(objs)

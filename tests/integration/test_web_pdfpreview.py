@@ -2,16 +2,17 @@
 over HTTP against a running server: the frame page and its PNGs, the access
 checks, the cache, a malformed PDF, more pages than are shown, the server
 without poppler-utils, and a PDF that is slow to draw hitting the bounds while
-another user is served."""
+another user is served; and in a ``mailyard serve`` process, the server's
+memory and its SMTP greeting while decompression bombs are drawn."""
 
 from __future__ import annotations
 
 import re
-import resource
 import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,11 @@ from mailyard.message.compose import Attachment, compose, to_bytes
 from mailyard.web import pdfpreview
 
 from ..conftest import RunningServer, require_program
-from ..pdfsamples import slow_pdf, text_pdf
+from ..pdfsamples import image_bomb, slow_pdf, text_pdf
 from ..waiting import wait_until
+from . import test_web_abuse as abuse
+from .serve_process import MB, ServeProcess, children
+from .test_web_abuse import serve  # noqa: F401 (fixture)
 from .test_web_http import ALICE, BOB, append, box_id, login
 
 httpx = pytest.importorskip("httpx")
@@ -184,11 +188,78 @@ def test_slow_pdf_hits_the_bounds_and_others_are_served(mailserver: RunningServe
     assert ('<p class="unavailable">Preview not available: it takes too long or too much memory '
             "to draw.</p>") in r.text
     assert not list(tmp_path.glob("mailyard-pdf-*"))
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(f"\nslow PDF: another user's read page answered in {latency:.2f} s during the render; "
-          f"largest child process so far {peak // 1024} MB")
+    print(f"\nslow PDF: another user's read page answered in {latency:.2f} s during the render")
     assert latency < 10
     # the verdict is cached: asking again does not draw it again
     renders = count_renders(monkeypatch)
     assert "too long" in alice.get(f"{base}/part/2/preview").text
     assert renders == []
+
+
+def _comm(pid: int) -> str:
+    """The program name of a process ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _vm_peak(pid: int) -> int:
+    """VmHWM (peak RSS, bytes) of a live process; 0 once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"^VmHWM:\s+(\d+) kB", text, re.M)
+    return int(found.group(1)) * 1024 if found else 0
+
+
+@pytest.mark.parametrize("bomb", ["fills", "image"])
+def test_pdf_bombs_in_a_serve_process(serve: Callable[..., ServeProcess], bomb: str) -> None:  # noqa: F811
+    """``fills``: 14 KB inflating to 200 000 page-sized fills; ``image``: 1.2 MB
+    inflating to a 20 000 x 20 000 image (1.2 GB of pixels). Each is stopped at
+    the 10 s bound; the server's own memory hardly grows (the drawing is in
+    pdftoppm, whose memory is bounded by RLIMIT_AS) and it greets new SMTP
+    connections meanwhile."""
+    server = serve()
+    data = slow_pdf() if bomb == "fills" else image_bomb()
+    raw = to_bytes(compose("Mallory <mallory@elsewhere.test>", ALICE, subject="bomb", text="open me",
+                           attachments=[Attachment("bomb.pdf", data, "application/pdf")]))
+    abuse._deliver(server, raw)
+    client = abuse.login(server)
+    url = abuse._first_message(client)
+    assert f"{url}/part/2/preview" in client.get(url).text
+    base = server.rss()
+    server.reset_peak()
+    pages: list[httpx.Response] = []
+    opener = threading.Thread(target=lambda: pages.append(client.get(f"{url}/part/2/preview")), daemon=True)
+    child_peak = 0
+    drawn = False
+
+    def watch() -> None:
+        nonlocal child_peak, drawn
+        while opener.is_alive():
+            for pid in children(server.proc.pid):
+                if _comm(pid) == "pdftoppm":
+                    drawn = True
+                    child_peak = max(child_peak, _vm_peak(pid))
+            opener.join(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    opener.start()
+    watcher.start()
+    latencies = abuse.probe_while(server, opener)
+    opener.join(120)
+    watcher.join(10)
+    grown = server.peak() - base
+    print(f"\n{bomb} PDF ({len(data) // 1024} KB): SMTP greeting latency max {max(latencies) * 1000:.0f} ms "
+          f"over {len(latencies)} probes; server RSS peak growth {grown / MB:.1f} MB; "
+          f"pdftoppm peak RSS {child_peak / MB:.1f} MB")
+    assert pages and pages[0].status_code == 200
+    assert "Preview not available: it takes too long or too much memory to draw." in pages[0].text
+    assert drawn
+    assert child_peak <= pdfpreview.ADDRESS_SPACE
+    assert grown < 100 * MB
+    assert not [pid for pid in children(server.proc.pid) if _comm(pid) in ("pdftoppm", "pdfinfo")]
+    assert abuse.greeting_latency(server) < 10
+    assert server.alive()
