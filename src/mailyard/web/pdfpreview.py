@@ -332,7 +332,7 @@ async def preview_page(request: Request) -> Response:
         body = note + figures
     else:
         body = f"<p class=\"unavailable\">Preview not available: {html.escape(pages.reason)}.</p>"
-    doc = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>PDF preview</title>{style}</head>"
+    doc = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>PDF preview</title>{style}</head>"
            f"<body>{body}</body></html>")
     response = HTMLResponse(doc)
     response.headers["Content-Security-Policy"] = FRAME_CSP
