@@ -124,6 +124,8 @@ class WebState:
 
 
 def _env() -> jinja2.Environment:
+    from . import pdfpreview
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(HERE / "templates")),
         autoescape=True,
@@ -133,6 +135,7 @@ def _env() -> jinja2.Environment:
     env.filters["limitsize"] = limit_size
     env.filters["when"] = when
     env.filters["addrs"] = render.draft_addresses
+    env.globals["pdf_preview_ok"] = pdfpreview.available
     return env
 
 
@@ -571,8 +574,9 @@ async def message_part(request: Request) -> Response:
     if found is None:
         raise HTTPException(404, "no such part")
     data, ctype, filename, charset = found
-    # images and PDF may be shown in the page (a PDF in a sandboxed frame;
-    # DOWNLOAD_CSP lets no script run in either)
+    # images may be shown in the page and a PDF opened in a tab of its own
+    # (the read page previews it as images: pdfpreview.py); DOWNLOAD_CSP lets
+    # no script run in either
     inline = request.query_params.get("inline") == "1" and (
         ctype in render.PREVIEW_IMAGES or ctype == "application/pdf")
     if ctype.startswith("text/"):
@@ -1096,6 +1100,7 @@ async def health(request: Request) -> Response:
 def create_app(services: Services) -> Starlette:
     """The webmail app of a running server (``services``: mailyard/services.py)."""
     from . import filters as filter_pages  # its routes use this module's helpers
+    from . import pdfpreview
 
     routes = [
         Route("/", home),
@@ -1111,6 +1116,7 @@ def create_app(services: Services) -> Starlette:
         Route("/box/{box_id:int}/msg/{uid:int}/raw", message_raw),
         Route("/box/{box_id:int}/msg/{uid:int}/part/{spec:str}", message_part),
         *conversations.routes(),
+        *pdfpreview.routes(),
         Route("/folders", folders_view),
         Route("/folders", folder_action, methods=["POST"]),
         Route("/compose", compose_view, methods=["GET"]),
@@ -1142,6 +1148,7 @@ def create_app(services: Services) -> Starlette:
     # of the largest size accepted, with room to spare
     pool = RenderPool(memory_limit=max(DEFAULT_MEMORY, 16 * services.config.smtp.max_message_size))
     app.state.web = WebState(services, listing=Listing(services.store), pool=pool)
+    app.state.pdf_previews = pdfpreview.Previewer()
     return app
 
 
