@@ -13,7 +13,7 @@ The PDF is treated as hostile input for a C program:
 
 - ``pdfinfo`` (the page count) and ``pdftoppm`` run as subprocesses (no
   shell) off the event loop, with a wall-clock bound (``RENDER_TIMEOUT``,
-  then killed) and resource limits set between fork and exec: address space,
+  then killed) and resource limits set by util-linux prlimit: address space,
   CPU seconds, file size, open files, no core file. Input is a file in a
   private temporary directory (mode 0700), output goes there too, and the
   directory is removed afterwards.
@@ -39,7 +39,6 @@ import html
 import logging
 import os
 import re
-import resource
 import shutil
 import tempfile
 import time
@@ -84,7 +83,7 @@ IMAGE_CSP = "default-src 'none'; sandbox"
 def programs() -> tuple[str, str] | None:
     """The paths of ``pdfinfo`` and ``pdftoppm``, or None when poppler-utils is missing."""
     info, ppm = shutil.which("pdfinfo"), shutil.which("pdftoppm")
-    return (info, ppm) if info and ppm else None
+    return (info, ppm) if info and ppm and shutil.which("prlimit") else None
 
 
 def available() -> bool:
@@ -131,14 +130,15 @@ class PreviewCache:
             self._bytes -= old.size
 
 
-def _limits() -> None:
-    """Runs in the child between fork and exec: the bounds of a render."""
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-    # SIGXCPU at the soft limit, SIGKILL at the hard one
-    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 1))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def _limited(argv: list[str]) -> list[str]:
+    """``argv`` under util-linux's prlimit: the bounds of a render, set by
+    the exec'd program itself rather than by Python code between fork and
+    exec (not safe in a process with threads)."""
+    prlimit = shutil.which("prlimit") or "/usr/bin/prlimit"
+    return [prlimit, f"--as={ADDRESS_SPACE}",
+            # SIGXCPU at the soft limit, SIGKILL at the hard one
+            f"--cpu={CPU_SECONDS}:{CPU_SECONDS + 1}",
+            f"--fsize={MAX_FILE_BYTES}", f"--nofile={MAX_OPEN_FILES}", "--core=0", "--", *argv]
 
 
 async def _run(argv: list[str], workdir: Path, deadline: float, name: str) -> tuple[int, str]:
@@ -150,9 +150,9 @@ async def _run(argv: list[str], workdir: Path, deadline: float, name: str) -> tu
     out_path, err_path = workdir / f"{name}.out", workdir / f"{name}.err"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, cwd=workdir,
+            *_limited(argv), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, cwd=workdir,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "HOME": str(workdir)},
-            preexec_fn=_limits, close_fds=True,
+            close_fds=True,
         )
     try:
         await asyncio.wait_for(proc.wait(), max(0.1, deadline - loop.time()))
