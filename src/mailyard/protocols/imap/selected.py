@@ -233,8 +233,10 @@ class SelectedMailbox:
     recent: RecentUids = field(default_factory=RecentUids)
     # RFC 9051 7.3.5: the flags the client was told of in FLAGS, and keywords
     # seen on messages since that it was not told of yet
-    known_flags: set[str] = field(default_factory=lambda: set(PERMANENT_FLAGS))
-    new_keywords: set[str] = field(default_factory=set)
+    # (immutable: the common case, no keywords, shares one set among all
+    # sessions; an IDLE session is kept small)
+    known_flags: frozenset[str] = frozenset(PERMANENT_FLAGS)
+    new_keywords: frozenset[str] = frozenset()
     # RFC 5267 4.3: live SEARCH / SORT results by command tag (contexts.py),
     # told of the messages each change touched
     contexts: dict[str, UpdateContext] = field(default_factory=dict)
@@ -244,14 +246,14 @@ class SelectedMailbox:
         known = self.known_flags
         for m in records:
             if not m.flags <= known:
-                self.new_keywords.update(f for f in m.flags if f not in known and not f.startswith("\\"))
+                self.new_keywords |= {f for f in m.flags if f not in known and not f.startswith("\\")}
 
     def send_flags(self, engine: ImapEngine) -> None:
         """``* FLAGS`` and ``* OK [PERMANENTFLAGS]`` (RFC 9051 7.3.5, 7.1):
         at SELECT, and again when a keyword comes into use, before any FETCH
         shows it -- a client drops keywords it was not told of."""
         self.known_flags |= self.new_keywords
-        self.new_keywords.clear()
+        self.new_keywords = frozenset()
         keywords = sorted(f for f in self.known_flags if not f.startswith("\\"))
         flags = flag_list([*PERMANENT_FLAGS, *keywords])
         engine.untagged(Atom("FLAGS"), flags)

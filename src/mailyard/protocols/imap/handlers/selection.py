@@ -47,7 +47,8 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
     highest = box.highest_modseq
     sel = s.sel = SelectedMailbox(box, cmd.readonly, view, highest, condstore=condstore)
     sel.hold(b)
-    sel.known_flags.update(summary.keywords)
+    if summary.keywords:
+        sel.known_flags |= frozenset(summary.keywords)
     eng.untagged(len(view), Atom("EXISTS"))
     if not eng.rev2:
         # RFC 3501 6.3.1 / 2.3.2: messages no session has seen yet are \Recent
