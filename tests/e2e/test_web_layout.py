@@ -245,6 +245,31 @@ def test_desktop_three_panes(browser: Any, mailserver: RunningServer) -> None:
     ctx.close()
 
 
+@pytest.mark.parametrize(("width", "height", "panes"), [(1279, 800, False), (1280, 800, True), (1440, 900, True)])
+def test_three_panes_from_1280_px(browser: Any, mailserver: RunningServer, width: int, height: int,
+                                  panes: bool) -> None:
+    """The reading pane appears from 1280 px wide (a common laptop width):
+    folders, list and pane side by side, nothing scrolling sideways."""
+    seed(mailserver)
+    ctx = context(browser, mailserver, {"width": width, "height": height})
+    page = ctx.new_page()
+    log_in(page, ALICE)
+    assert page.locator("#pane").is_visible() == panes
+    if panes:
+        nav, listpane, pane = (page.locator(s).bounding_box() for s in ("#nav", ".listpane", "#pane"))
+        assert nav["x"] + nav["width"] <= listpane["x"] + 1 and listpane["x"] + listpane["width"] <= pane["x"] + 1
+        assert pane["x"] + pane["width"] <= width + 1 and pane["width"] >= 400, pane
+        page.locator("tr.msg", has_text="Quarterly planning").locator("a.open").click()
+        page.wait_for_selector("#pane article.read")
+        assert "agenda is unchanged" in page.frame_locator("#pane iframe.body").locator("body").inner_text()
+        page.locator("#pane").focus()
+        check_page(page, f"three panes at {width}x{height}")
+        screenshot(page, f"inbox-{width}x{height}")
+    else:
+        check_page(page, f"classic layout at {width}x{height}")
+    ctx.close()
+
+
 def test_keyboard_shortcuts(browser: Any, mailserver: RunningServer) -> None:
     seed(mailserver)
     ctx = context(browser, mailserver, DESKTOP)
