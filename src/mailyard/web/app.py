@@ -45,6 +45,7 @@ from ..message.reply import forward_subject
 from ..spam.learning import learn_kind
 from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError, StoreUnavailable
 from . import contacts, conversations, prefs, render, searchquery, settings, undo, wellknown
+from . import signatures as sig
 from .bodies import BodyLimits, route_limits
 from .drafts import autosaved, named
 from .drafts import routes as drafts_routes
@@ -148,6 +149,11 @@ def page(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResp
     session: Session | None = getattr(request.state, "session", None)
     if name == "compose.html" and "attachment_limit" not in ctx:
         ctx["attachment_limit"] = render.attachment_limit(state(request).services.config.smtp.max_message_size)
+    if name == "compose.html":
+        ctx.setdefault("signatures", sig.previews(prefs.current()))
+        sender = getattr(ctx.get("draft"), "sender", "") or (session.address if session else "")
+        shown = sig.address_of(sender).casefold()
+        ctx.setdefault("signature_shown", next((h for a, h in ctx["signatures"] if a == shown), ""))
     html = TEMPLATES.get_template(name).render(request=request, session=session, **ctx)
     return HTMLResponse(html, status_code=status)
 
@@ -775,7 +781,7 @@ async def compose_view(request: Request) -> Response:
             draft.cc = render.draft_addresses(view.cc)
             draft.bcc = render.draft_addresses(view.bcc)
             draft.subject = view.subject
-            draft.body = view.text or ""
+            draft.body = sig.unsign_draft(prefs.current(), draft.sender, view.text or "")
             draft.in_reply_to = view.in_reply_to
             draft.references = view.references_raw
             draft.draft_uid = str(uid)
@@ -879,7 +885,8 @@ async def compose_submit(request: Request) -> Response:
                 render.outgoing, sender, to, cc, bcc, draft.subject, draft.body.replace("\r\n", "\n"),
                 uploads, old_raw, list(form.getlist("keep")), forward_raw, draft.in_reply_to or None,
                 [r for r in draft.references.split() if r.startswith("<")], attach_limit,
-                too_large_attachments(attach_limit, limit), limit, draft.forward_mode == "inline")
+                too_large_attachments(attach_limit, limit), limit, draft.forward_mode == "inline",
+                sig.for_sender(prefs.current(), sender[1]))
         except TooComplex as exc:
             return f"The message could not be built ({exc})."
 

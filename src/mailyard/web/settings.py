@@ -251,14 +251,16 @@ def sent_to(raw: bytes) -> list[str]:
 def apply_identity(draft: Any, current: prefs.Prefs, answered_to: list[str]) -> None:
     """Fill a new message's From with an identity and add its signature:
     for a reply the identity the answered message was sent to, else the
-    first one. A signature follows the "-- " line (RFC 3676 4.3), above
-    the quoted text."""
+    first one. A plain signature follows the "-- " line (RFC 3676 4.3), above
+    the quoted text; an HTML one is not put in the text (web/signatures.py)."""
     if not current.identities:
         return
     identity = next((i for a in answered_to if (i := current.identity_for(a))), current.identities[0])
     from ..message.reading import readable_address
 
     draft.sender = readable_address(identity.name or None, identity.address)
+    if identity.signature_html.strip():
+        return  # shown under the text and added once when built (signatures.py)
     if identity.signature_text.strip():
         signature = "-- \n" + identity.signature_text.replace("\r\n", "\n").strip("\n") + "\n"
         body = draft.body.lstrip("\n")
