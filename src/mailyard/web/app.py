@@ -50,6 +50,7 @@ from .bodies import BodyLimits, route_limits
 from .drafts import autosaved, named
 from .drafts import routes as drafts_routes
 from .listing import SORTS, Listing, NotReady
+from .notify import routes as notify_routes
 from .redirect import routes as redirect_routes
 from .security import (
     DOWNLOAD_CSP,
@@ -1123,6 +1124,7 @@ def create_app(services: Services) -> Starlette:
         Route("/compose", compose_view, methods=["GET"]),
         Route("/compose", compose_submit, methods=["POST"]),
         Route("/events", events),
+        *notify_routes(),
         *redirect_routes(),
         *drafts_routes(compose_submit),
         *undo.routes(),
