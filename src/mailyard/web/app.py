@@ -45,6 +45,7 @@ from ..message.reply import forward_subject
 from ..spam.learning import learn_kind
 from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError, StoreUnavailable
 from . import contacts, conversations, prefs, render, searchquery, settings, undo, wellknown
+from . import sessionlog as records
 from . import signatures as sig
 from .bodies import BodyLimits, route_limits
 from .drafts import autosaved, named
@@ -381,6 +382,7 @@ async def login(request: Request) -> Response:
     account = result
     session, cookie = web.sessions.create(account.id, account.address, account.epoch, ip,
                                           request.headers.get("user-agent", ""))
+    await records.record(web.services.store, session)
     response = redirect("/")
     response.set_cookie(SESSION_COOKIE, cookie, **cookie_kwargs(request))
     response.delete_cookie(LOGIN_COOKIE, path="/")
@@ -404,6 +406,7 @@ async def logout(request: Request) -> Response:
     session = current(request)
     await checked_form(request, session)
     state(request).sessions.drop(session)
+    await records.end(state(request).services.store, session)
     response = redirect("/login")
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -1028,7 +1031,8 @@ async def events(request: Request) -> Response:
         try:
             yield "retry: 3000\n\n"
             while not web.closing.is_set():
-                if not store.credentials_current(session.account_id, session.epoch):
+                if not store.credentials_current(session.account_id, session.epoch) or \
+                        not await records.still_good(store, session):
                     web.sessions.drop(session)
                     break
                 if waiter is None:
@@ -1142,6 +1146,7 @@ def create_app(services: Services) -> Starlette:
             # HTTP-01 answers, the HTTPS redirect and HSTS (web/transport.py)
             Middleware(Transport, services=services),
             Middleware(SecurityHeaders),
+            Middleware(records.SessionRecords),
             Middleware(prefs.PrefsContext),
             Middleware(BodyLimits, limit_for=route_limits(services.config.smtp.max_message_size)),
         ],
