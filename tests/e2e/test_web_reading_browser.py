@@ -53,7 +53,7 @@ def test_conversation_collapsed_and_open(browser: Any, mailserver: RunningServer
     row = page.locator("tr.msg", has_text="Trip to Lisbon")
     assert row.locator(".count").inner_text() == "3"
     row.locator("a.open").click()
-    if width >= 1400:
+    if width >= 1280:
         # three panes: the conversation opens in the reading pane beside the list
         root = page.locator("#pane")
         root.locator("details.convmsg").first.wait_for()

@@ -51,7 +51,9 @@ def base_url(server: RunningServer) -> str:
     return f"http://127.0.0.1:{server.port('http')}"
 
 
-def new_page(browser: Any, server: RunningServer, width: int = 1280, height: int = 860) -> Any:
+def new_page(browser: Any, server: RunningServer, width: int = 1200, height: int = 860) -> Any:
+    """A page of a new browser context; the default size shows the classic
+    layout (a message opens as a page of its own; three panes start at 1280 px)."""
     context = browser.new_context(viewport={"width": width, "height": height}, base_url=base_url(server))
     context.set_default_timeout(15_000)
     page = context.new_page()

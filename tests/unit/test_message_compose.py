@@ -175,3 +175,20 @@ def test_forwarded_message_header_cannot_split_into_two_fields(subject: bytes) -
     # the attached message as its own download (web/client part_bytes) too
     again = original.as_bytes()
     assert not any(line.startswith(b"X-Injected") for line in again.splitlines())
+
+
+def test_signed_bodies_put_the_signature_once_in_each_part() -> None:
+    from mailyard.message.compose import signed_bodies, unsigned
+
+    plain, html = signed_bodies("Hi <you> & co\r\n\r\nhttps://example.test/x\n\n", "", "<b>Alice</b><br>Example")
+    assert plain == "Hi <you> & co\n\nhttps://example.test/x\n\n-- \nAlice\nExample\n"
+    assert "<p>Hi &lt;you&gt; &amp; co</p>\n<p>https://example.test/x</p>" in html  # no link made
+    assert html.count('<div class="signature">-- <br>\n<b>Alice</b><br>Example</div>') == 1
+    raw = to_bytes(compose("a@example.test", "b@example.test", text=plain, html=html))
+    assert b"Content-Type: multipart/alternative" in raw and b"\r\n-- \r\nAlice\r\n" in raw
+    # a plain signature, when given, is the text part's; taken off again once
+    plain, _ = signed_bodies("text", "Alice E.\r\n", "<b>x</b>")
+    assert plain == "text\n\n-- \nAlice E.\n"
+    assert unsigned(plain, "Alice E.") == "text\n"
+    assert unsigned("text\n\n-- \nsomeone else\n", "Alice E.") == "text\n\n-- \nsomeone else\n"
+    assert unsigned("-- \nAlice E.\n", "Alice E.") == "\n"

@@ -35,6 +35,7 @@ from mailyard.store.api import (
     RestoredMessage,
     Store,
     StoreError,
+    WebSession,
 )
 from mailyard.store.sqlite import SQLiteStore
 
@@ -141,6 +142,40 @@ async def test_account_settings_are_json_values_per_key(backend: Backend) -> Non
     assert (await store.get_settings(alice.id))["threads"] is True
     await store.remove_account("alice@example.test")
     assert await store.get_settings(alice.id) == {}
+    await store.close()
+
+
+async def test_web_sessions_are_kept_for_every_process(backend: Backend) -> None:
+    store = backend.open()
+    await store.add_domain("example.test")
+    alice = await store.add_account("alice@example.test", "h")
+    bob = await store.add_account("bob@example.test", "h")
+    for i in range(4):
+        await store.add_web_session(WebSession(f"k{i}", alice.id, 1000.0 + i, 1000.0 + i, "192.0.2.1", f"B{i}"),
+                                    keep_at_most=3, seen_after=0)
+    await store.add_web_session(WebSession("b0", bob.id, 1000.0, 1000.0), keep_at_most=3, seen_after=0)
+    # the newest first; past the bound the least recently seen went
+    assert [s.key for s in await store.list_web_sessions(alice.id)] == ["k3", "k2", "k1"]
+    assert await store.get_web_session("k0") is None
+    assert await store.get_web_session("k2") == WebSession("k2", alice.id, 1002.0, 1002.0, "192.0.2.1", "B2")
+    assert await store.touch_web_session("k1", 2000.0) and not await store.touch_web_session("k0", 2000.0)
+    assert (await store.get_web_session("k1")).last_seen == 2000.0
+    # another instance on the same data (another worker process) sees them
+    other = backend.open()
+    assert [s.key for s in await other.list_web_sessions(alice.id)] == ["k3", "k2", "k1"]
+    assert await other.remove_web_sessions(alice.id, keep="k3") == 2
+    assert [s.key for s in await store.list_web_sessions(alice.id)] == ["k3"]
+    # only the account's own: another account's key is not removed through it
+    assert await store.remove_web_sessions(alice.id, ["b0", "k3"]) == 1
+    assert await store.get_web_session("b0") is not None and await store.list_web_sessions(alice.id) == []
+    # a login drops the sessions not seen since the cut-off
+    await store.add_web_session(WebSession("b1", bob.id, 3000.0, 3000.0), keep_at_most=3, seen_after=2000.0)
+    assert [s.key for s in await store.list_web_sessions(bob.id)] == ["b1"]
+    with pytest.raises(NotFound):
+        await store.add_web_session(WebSession("x", 9999, 1.0, 1.0), keep_at_most=3, seen_after=0)
+    await store.remove_account("bob@example.test")
+    assert await store.get_web_session("b1") is None
+    await other.close()
     await store.close()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import email.policy
 import email.utils
+import html as _html
 import mimetypes
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ from .headers import SafeFoldPolicy, check_header_name, check_header_value
 from .msgid import make_msgid
 from .parse import split_header_body
 
-__all__ = ["Attachment", "compose", "delivery_status_part", "to_bytes", "without_bcc"]
+__all__ = ["Attachment", "compose", "delivery_status_part", "signature_text", "signed_bodies", "text_to_html",
+           "to_bytes", "unsigned", "without_bcc"]
 
 # Composition policy: 7-bit transfer encodings for bodies, RFC 2047 for headers.
 # SafeFoldPolicy (= email.policy.SMTP otherwise): re-folding a forwarded
@@ -232,6 +234,60 @@ def compose(
         if part is not msg and "MIME-Version" in part:
             del part["MIME-Version"]
     return msg
+
+
+# --- signatures --------------------------------------------------------------------
+# RFC 3676 4.3: a signature follows a line of "-- " (dash, dash, space).
+SIGNATURE_SEPARATOR = "-- "
+
+
+def signature_text(plain: str, html: str) -> str:
+    """The plain-text form of a signature: ``plain`` when it says anything,
+    else a text rendering of ``html``; without a trailing line break."""
+    if plain.strip():
+        return plain.replace("\r\n", "\n").strip("\n")
+    if html.strip():
+        from .reading import html_to_text
+
+        return html_to_text(html).strip("\n")
+    return ""
+
+
+def text_to_html(text: str) -> str:
+    """Plain text as HTML: escaped, paragraphs at empty lines, line breaks
+    kept; nothing is turned into a link (the text is the user's, as written)."""
+    paragraphs = [p for p in text.replace("\r\n", "\n").split("\n\n") if p.strip("\n")]
+    return "\n".join("<p>" + "<br>\n".join(_html.escape(line, quote=False) for line in p.strip("\n").split("\n"))
+                     + "</p>" for p in paragraphs)
+
+
+def signed_bodies(text: str, plain_signature: str, safe_html_signature: str) -> tuple[str, str]:
+    """The text/plain and text/html bodies of a message whose sender signs
+    with an HTML signature (``safe_html_signature``: sanitised by the caller,
+    this module knows no policy of what HTML may hold).
+
+    The plain body is ``text``, the "-- " line (RFC 3676 4.3) and the plain
+    signature (``signature_text``); the HTML body is ``text`` as escaped
+    paragraphs, then the separator and the HTML signature. compose() puts
+    them in a multipart/alternative (RFC 2046 5.1.4), plain first."""
+    body = text.replace("\r\n", "\n").rstrip("\n")
+    plain_sig = signature_text(plain_signature, safe_html_signature)
+    plain = (body + "\n\n" if body else "") + SIGNATURE_SEPARATOR + "\n" + plain_sig + "\n"
+    html = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head><body>\n" + text_to_html(body)
+            + f'\n<div class="signature">{SIGNATURE_SEPARATOR}<br>\n{safe_html_signature}</div>\n</body></html>\n')
+    return plain, html
+
+
+def unsigned(text: str, plain_signature: str) -> str:
+    """``text`` without a trailing signature block equal to
+    ``plain_signature`` (a draft saved with its signature, opened again: the
+    signature is added once more when it is sent)."""
+    sig = plain_signature.replace("\r\n", "\n").strip("\n")
+    body = text.replace("\r\n", "\n").rstrip("\n")
+    block = SIGNATURE_SEPARATOR + "\n" + sig
+    if sig and (body == block or body.endswith("\n" + block)):
+        return body[: len(body) - len(block)].rstrip("\n") + "\n"
+    return text
 
 
 def _attach(msg: EmailMessage, att: Attachment | tuple | MIMEPart) -> None:

@@ -149,6 +149,21 @@ class Mailbox:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSession:
+    """A webmail session as the store keeps it, so that every server
+    process (and node) lists and ends it. ``key`` is a digest of the
+    session's secret id, never the id itself: reading the store gives no
+    cookie to present. Times are seconds since the epoch."""
+
+    key: str
+    account_id: int
+    created: float
+    last_seen: float
+    ip: str = ""
+    agent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Contact:
     """An entry of a user's address book (the fields of a vCard it keeps:
     RFC 6350 FN, EMAIL, TEL, ORG, NOTE, UID). ``id`` 0: not stored yet."""
@@ -584,6 +599,32 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def allowed_senders(self, account_id: int) -> list[str]:
         """The account's sender grants, sorted."""
+
+    # --- webmail sessions ----------------------------------------------------
+    @abc.abstractmethod
+    async def add_web_session(self, session: WebSession, keep_at_most: int, seen_after: float) -> None:
+        """Record a new webmail session (replacing one of the same key); in
+        the same commit, drop the account's sessions last seen before
+        ``seen_after`` and its oldest beyond ``keep_at_most``. NotFound for
+        no such account."""
+
+    @abc.abstractmethod
+    async def get_web_session(self, key: str) -> WebSession | None:
+        """The session of ``key``, or None once it was removed."""
+
+    @abc.abstractmethod
+    async def list_web_sessions(self, account_id: int) -> list[WebSession]:
+        """The account's sessions, the newest first."""
+
+    @abc.abstractmethod
+    async def touch_web_session(self, key: str, last_seen: float) -> bool:
+        """Note that the session was used; False if it is gone."""
+
+    @abc.abstractmethod
+    async def remove_web_sessions(self, account_id: int, keys: Sequence[str] | None = None,
+                                  keep: str | None = None) -> int:
+        """End sessions of the account: those of ``keys``, or with None every
+        one but ``keep``; how many were removed."""
 
     # --- account settings -------------------------------------------------
     @abc.abstractmethod

@@ -45,10 +45,13 @@ from ..message.reply import forward_subject
 from ..spam.learning import learn_kind
 from ..store.api import Mailbox, MailboxGone, NotFound, QuotaExceeded, StoreError, StoreUnavailable
 from . import contacts, conversations, prefs, render, searchquery, settings, undo, wellknown
+from . import sessionlog as records
+from . import signatures as sig
 from .bodies import BodyLimits, route_limits
 from .drafts import autosaved, named
 from .drafts import routes as drafts_routes
 from .listing import SORTS, Listing, NotReady
+from .notify import routes as notify_routes
 from .redirect import routes as redirect_routes
 from .security import (
     DOWNLOAD_CSP,
@@ -151,6 +154,11 @@ def page(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResp
     session: Session | None = getattr(request.state, "session", None)
     if name == "compose.html" and "attachment_limit" not in ctx:
         ctx["attachment_limit"] = render.attachment_limit(state(request).services.config.smtp.max_message_size)
+    if name == "compose.html":
+        ctx.setdefault("signatures", sig.previews(prefs.current()))
+        sender = getattr(ctx.get("draft"), "sender", "") or (session.address if session else "")
+        shown = sig.address_of(sender).casefold()
+        ctx.setdefault("signature_shown", next((h for a, h in ctx["signatures"] if a == shown), ""))
     html = TEMPLATES.get_template(name).render(request=request, session=session, **ctx)
     return HTMLResponse(html, status_code=status)
 
@@ -377,6 +385,7 @@ async def login(request: Request) -> Response:
     account = result
     session, cookie = web.sessions.create(account.id, account.address, account.epoch, ip,
                                           request.headers.get("user-agent", ""))
+    await records.record(web.services.store, session)
     response = redirect("/")
     response.set_cookie(SESSION_COOKIE, cookie, **cookie_kwargs(request))
     response.delete_cookie(LOGIN_COOKIE, path="/")
@@ -400,6 +409,7 @@ async def logout(request: Request) -> Response:
     session = current(request)
     await checked_form(request, session)
     state(request).sessions.drop(session)
+    await records.end(state(request).services.store, session)
     response = redirect("/login")
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -779,7 +789,7 @@ async def compose_view(request: Request) -> Response:
             draft.cc = render.draft_addresses(view.cc)
             draft.bcc = render.draft_addresses(view.bcc)
             draft.subject = view.subject
-            draft.body = view.text or ""
+            draft.body = sig.unsign_draft(prefs.current(), draft.sender, view.text or "")
             draft.in_reply_to = view.in_reply_to
             draft.references = view.references_raw
             draft.draft_uid = str(uid)
@@ -883,7 +893,8 @@ async def compose_submit(request: Request) -> Response:
                 render.outgoing, sender, to, cc, bcc, draft.subject, draft.body.replace("\r\n", "\n"),
                 uploads, old_raw, list(form.getlist("keep")), forward_raw, draft.in_reply_to or None,
                 [r for r in draft.references.split() if r.startswith("<")], attach_limit,
-                too_large_attachments(attach_limit, limit), limit, draft.forward_mode == "inline")
+                too_large_attachments(attach_limit, limit), limit, draft.forward_mode == "inline",
+                sig.for_sender(prefs.current(), sender[1]))
         except TooComplex as exc:
             return f"The message could not be built ({exc})."
 
@@ -1024,7 +1035,8 @@ async def events(request: Request) -> Response:
         try:
             yield "retry: 3000\n\n"
             while not web.closing.is_set():
-                if not store.credentials_current(session.account_id, session.epoch):
+                if not store.credentials_current(session.account_id, session.epoch) or \
+                        not await records.still_good(store, session):
                     web.sessions.drop(session)
                     break
                 if waiter is None:
@@ -1122,6 +1134,7 @@ def create_app(services: Services) -> Starlette:
         Route("/compose", compose_view, methods=["GET"]),
         Route("/compose", compose_submit, methods=["POST"]),
         Route("/events", events),
+        *notify_routes(),
         *redirect_routes(),
         *drafts_routes(compose_submit),
         *undo.routes(),
@@ -1139,6 +1152,7 @@ def create_app(services: Services) -> Starlette:
             # HTTP-01 answers, the HTTPS redirect and HSTS (web/transport.py)
             Middleware(Transport, services=services),
             Middleware(SecurityHeaders),
+            Middleware(records.SessionRecords),
             Middleware(prefs.PrefsContext),
             Middleware(BodyLimits, limit_for=route_limits(services.config.smtp.max_message_size)),
         ],

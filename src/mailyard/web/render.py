@@ -532,7 +532,7 @@ def outgoing(
     subject: str, text: str, uploads: list[tuple[str, bytes, str | None]],
     draft_raw: bytes | None, keep: list[str], forward_raw: bytes | None,
     in_reply_to: str | None, references: list[str], limit: int, too_large: str,
-    max_message_size: int = 0, forward_inline: bool = False,
+    max_message_size: int = 0, forward_inline: bool = False, signature: tuple[str, str] | None = None,
 ) -> tuple[bytes, bytes] | str:
     """The message a compose form describes (``sender``: display name or
     None, address), as (bytes for the Sent folder,
@@ -543,8 +543,14 @@ def outgoing(
     (RFC 2046 5.2.1), or with ``forward_inline`` only its attachments (its
     text is in ``text`` already). The attachments together may have ``limit`` bytes
     (``too_large`` is the refusal; ``{size}`` in it becomes their size); the
-    whole message ``max_message_size`` (0: no check)."""
-    from ..message.compose import Attachment, compose, to_bytes
+    whole message ``max_message_size`` (0: no check). ``signature`` (plain,
+    HTML) of an identity with an HTML signature makes the text a
+    multipart/alternative with the signature under it (``signature_html``)."""
+    from ..message.compose import Attachment, compose, signed_bodies, to_bytes
+
+    html: str | None = None
+    if signature is not None:
+        text, html = signed_bodies(text, signature[0], signature_html(signature[1]))
 
     attachments: list = [Attachment(name, data, ctype) for name, data, ctype in uploads]
     total = sum(len(data) for _, data, _ in uploads)
@@ -573,7 +579,7 @@ def outgoing(
         return too_large.replace("{size}", limit_size(total))
     try:
         msg = compose(
-            sender, to, cc=cc, bcc=bcc, subject=subject, text=text, attachments=attachments,
+            sender, to, cc=cc, bcc=bcc, subject=subject, text=text, html=html, attachments=attachments,
             in_reply_to=in_reply_to, references=references,
             extra_headers=[("User-Agent", "mailyard webmail")],
         )
@@ -584,6 +590,17 @@ def outgoing(
         return (f"The message is {limit_size(len(wire))}; the server accepts at most "
                 f"{limit_size(max_message_size)}.")
     return full, wire
+
+
+def signature_html(source: str) -> str:
+    """A user's HTML signature as it may go out and be shown: through the
+    sanitiser every message body passes (no scripts, event handlers, forms
+    or styles that run code), with no base for ``cid:`` parts (dropped) and
+    remote images dropped (their URL would tell the sender's mail was read)."""
+    if not source.strip():
+        return ""
+    safe, _blocked = sanitize_html(checked_html(source), "", {}, False)
+    return safe
 
 
 # Room in a message for its header and text beside the attachments.

@@ -1,7 +1,8 @@
 """Webmail sessions, CSRF protection and security headers.
 
 - A session is server-side (in memory: logging out or restarting the server
-  ends it for real); the cookie holds only its random id, signed with a
+  ends it for real), with a record in the store that every process lists
+  and ends (sessionlog.py); the cookie holds only its random id, signed with a
   per-process key (itsdangerous), HttpOnly, SameSite=Strict, Secure over HTTPS.
   Sessions end after ``IDLE_TIMEOUT`` without use and ``MAX_AGE`` in any case.
 - CSRF: every state-changing request (POST) must carry the session's random
@@ -66,6 +67,7 @@ class Session:
     epoch: int = 0  # the account's credential epoch at login (store.credentials_current)
     ip: str = ""  # where the login came from, and the browser's User-Agent (the sessions list)
     agent: str = ""
+    stored_seen: float = 0.0  # when its last use was written to its store record (sessionlog.py)
 
 
 class Sessions:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 import zoneinfo
 from typing import Any
 
@@ -27,7 +26,7 @@ from starlette.routing import Route
 
 from ..auth.service import TryLater
 from ..store.api import Account, StoreError
-from . import prefs
+from . import prefs, sessionlog
 from .security import SESSION_COOKIE, Session, cookie_kwargs
 
 MIN_PASSWORD = 8
@@ -92,10 +91,7 @@ async def _page(request: Request, session: Session, status: int = 200, errors: l
     if account is None:
         raise HTTPException(401)
     current = await prefs.load(web.services.store, session.account_id)
-    now, mono = time.time(), time.monotonic()
-    sessions = [{"id": s.id[:8], "current": s.id == session.id, "ip": s.ip, "agent": s.agent,
-                 "since": now - (mono - s.created), "seen": now - (mono - s.last_seen)}
-                for s in web.sessions.of_account(session.account_id)]
+    sessions = await sessionlog.listing(web.services.store, session)  # of every process
     return app.page(
         request, "settings.html", status=status, prefs=current, errors=errors or [],
         notice=request.query_params.get("notice", "") if notice is None else notice,
@@ -178,7 +174,9 @@ async def settings_action(request: Request) -> Response:
     elif section == "password":
         return await _change_password(request, session, form)
     elif section == "sessions":
-        ended = web.sessions.drop_others(session)
+        # in every process: the others find their records gone (sessionlog.py)
+        ended = await sessionlog.end_others(store, session)
+        web.sessions.drop_others(session)
         return app.redirect(app.notice_url("/settings", f"Logged out {ended} other session{'s' * (ended != 1)}."))
     else:
         raise HTTPException(400, "unknown settings section")
@@ -232,8 +230,10 @@ async def _change_password(request: Request, session: Session, form: Any) -> Res
     if account is None:
         raise HTTPException(401)
     web.sessions.drop_account(account.id)
+    await web.services.store.remove_web_sessions(account.id)
     new_session, cookie = web.sessions.create(account.id, account.address, account.epoch, ip,
                                               request.headers.get("user-agent", ""))
+    await sessionlog.record(web.services.store, new_session)
     response = app.redirect(app.notice_url("/settings", "Password changed; other sessions were logged out."))
     response.set_cookie(SESSION_COOKIE, cookie, **cookie_kwargs(request))
     del new_session
@@ -251,14 +251,16 @@ def sent_to(raw: bytes) -> list[str]:
 def apply_identity(draft: Any, current: prefs.Prefs, answered_to: list[str]) -> None:
     """Fill a new message's From with an identity and add its signature:
     for a reply the identity the answered message was sent to, else the
-    first one. A signature follows the "-- " line (RFC 3676 4.3), above
-    the quoted text."""
+    first one. A plain signature follows the "-- " line (RFC 3676 4.3), above
+    the quoted text; an HTML one is not put in the text (web/signatures.py)."""
     if not current.identities:
         return
     identity = next((i for a in answered_to if (i := current.identity_for(a))), current.identities[0])
     from ..message.reading import readable_address
 
     draft.sender = readable_address(identity.name or None, identity.address)
+    if identity.signature_html.strip():
+        return  # shown under the text and added once when built (signatures.py)
     if identity.signature_text.strip():
         signature = "-- \n" + identity.signature_text.replace("\r\n", "\n").strip("\n") + "\n"
         body = draft.body.lstrip("\n")

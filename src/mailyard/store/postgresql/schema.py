@@ -251,6 +251,19 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (mailbox_id, node)
     );
     """,
+    # 5: webmail sessions (Store.add_web_session), listed and ended by every
+    # node; key: a digest of the session's id
+    """
+    CREATE TABLE web_sessions (
+        key        TEXT PRIMARY KEY,
+        account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        created    DOUBLE PRECISION NOT NULL,
+        last_seen  DOUBLE PRECISION NOT NULL,
+        ip         TEXT NOT NULL,
+        agent      TEXT NOT NULL
+    );
+    CREATE INDEX web_sessions_account ON web_sessions (account_id, last_seen);
+    """,
 ]
 
 # pgcrypto may be absent: 32 random bytes from md5 of random() values would be

@@ -59,6 +59,7 @@ from ..api import (
     Store,
     StoreError,
     StoreUnavailable,
+    WebSession,
     derive_record,
 )
 from ..names import (
@@ -749,6 +750,54 @@ class PostgreSQLStore(ContactsMixin, Store):
         rows = await self._q('SELECT pattern FROM sender_grants WHERE account_id = %s ORDER BY pattern COLLATE "C"',
                              (account_id,))
         return [r[0] for r in rows]
+
+    # --- webmail sessions -------------------------------------------------------------
+    async def add_web_session(self, session: WebSession, keep_at_most: int, seen_after: float) -> None:
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
+            if await _one(c, "SELECT 1 FROM accounts WHERE id = %s", (session.account_id,)) is None:
+                raise NotFound(f"no account with id {session.account_id}")
+            await c.execute("DELETE FROM web_sessions WHERE account_id = %s AND last_seen < %s",
+                            (session.account_id, seen_after))
+            await c.execute(
+                "INSERT INTO web_sessions(key, account_id, created, last_seen, ip, agent)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO UPDATE SET account_id = excluded.account_id,"
+                " created = excluded.created, last_seen = excluded.last_seen, ip = excluded.ip, agent = excluded.agent",
+                (session.key, session.account_id, session.created, session.last_seen, session.ip, session.agent))
+            await c.execute("DELETE FROM web_sessions WHERE key IN (SELECT key FROM web_sessions WHERE account_id = %s"
+                            " ORDER BY last_seen DESC, key OFFSET %s)", (session.account_id, max(1, keep_at_most)))
+
+        await self._write(op)
+
+    async def get_web_session(self, key: str) -> WebSession | None:
+        row = await self._q1("SELECT key, account_id, created, last_seen, ip, agent FROM web_sessions WHERE key = %s",
+                             (key,))
+        return WebSession(*row) if row else None
+
+    async def list_web_sessions(self, account_id: int) -> list[WebSession]:
+        rows = await self._q("SELECT key, account_id, created, last_seen, ip, agent FROM web_sessions"
+                             " WHERE account_id = %s ORDER BY created DESC, key", (account_id,))
+        return [WebSession(*r) for r in rows]
+
+    async def touch_web_session(self, key: str, last_seen: float) -> bool:
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> bool:
+            cur = await c.execute("UPDATE web_sessions SET last_seen = greatest(last_seen, %s) WHERE key = %s",
+                                  (last_seen, key))
+            return cur.rowcount > 0
+
+        return bool(await self._write(op))
+
+    async def remove_web_sessions(self, account_id: int, keys: Sequence[str] | None = None,
+                                  keep: str | None = None) -> int:
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> int:
+            if keys is None:
+                cur = await c.execute("DELETE FROM web_sessions WHERE account_id = %s AND key IS DISTINCT FROM %s",
+                                      (account_id, keep))
+            else:
+                cur = await c.execute("DELETE FROM web_sessions WHERE account_id = %s AND key = ANY(%s)",
+                                      (account_id, list(keys)))
+            return cur.rowcount
+
+        return int(await self._write(op))
 
     # --- account settings -----------------------------------------------------------
     async def get_settings(self, account_id: int) -> dict[str, Any]:

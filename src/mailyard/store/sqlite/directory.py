@@ -25,6 +25,7 @@ from ..api import (
     NotFound,
     Quota,
     StoreError,
+    WebSession,
 )
 from ..names import alias_source, normalize_address, normalize_domain, normalize_sender_pattern
 from ..rows import merged_list
@@ -256,6 +257,48 @@ class DirectoryMixin(SQLiteCore):
     async def allowed_senders(self, account_id: int) -> list[str]:
         rows = self._q("SELECT pattern FROM sender_grants WHERE account_id = ? ORDER BY pattern", (account_id,))
         return [r[0] for r in rows]
+
+    # --- webmail sessions ----------------------------------------------------
+    async def add_web_session(self, session: WebSession, keep_at_most: int, seen_after: float) -> None:
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
+            if c.execute("SELECT 1 FROM accounts WHERE id = ?", (session.account_id,)).fetchone() is None:
+                raise NotFound(f"no account with id {session.account_id}")
+            c.execute("DELETE FROM web_sessions WHERE account_id = ? AND last_seen < ?",
+                      (session.account_id, seen_after))
+            c.execute("INSERT OR REPLACE INTO web_sessions(key, account_id, created, last_seen, ip, agent)"
+                      " VALUES (?, ?, ?, ?, ?, ?)", (session.key, session.account_id, session.created,
+                                                     session.last_seen, session.ip, session.agent))
+            c.execute("DELETE FROM web_sessions WHERE key IN (SELECT key FROM web_sessions WHERE account_id = ?"
+                      " ORDER BY last_seen DESC, key LIMIT -1 OFFSET ?)", (session.account_id, max(1, keep_at_most)))
+
+        await self._write(op)
+
+    async def get_web_session(self, key: str) -> WebSession | None:
+        row = self._q1("SELECT key, account_id, created, last_seen, ip, agent FROM web_sessions WHERE key = ?", (key,))
+        return WebSession(*row) if row else None
+
+    async def list_web_sessions(self, account_id: int) -> list[WebSession]:
+        rows = self._q("SELECT key, account_id, created, last_seen, ip, agent FROM web_sessions"
+                       " WHERE account_id = ? ORDER BY created DESC, key", (account_id,))
+        return [WebSession(*r) for r in rows]
+
+    async def touch_web_session(self, key: str, last_seen: float) -> bool:
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> bool:
+            return c.execute("UPDATE web_sessions SET last_seen = max(last_seen, ?) WHERE key = ?",
+                             (last_seen, key)).rowcount > 0
+
+        return bool(await self._write(op))
+
+    async def remove_web_sessions(self, account_id: int, keys: Sequence[str] | None = None,
+                                  keep: str | None = None) -> int:
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
+            if keys is None:
+                return c.execute("DELETE FROM web_sessions WHERE account_id = ? AND key IS NOT ?",
+                                 (account_id, keep)).rowcount
+            return sum(c.execute("DELETE FROM web_sessions WHERE account_id = ? AND key = ?",
+                                 (account_id, k)).rowcount for k in keys)
+
+        return int(await self._write(op))
 
     # --- account settings -------------------------------------------------
     async def get_settings(self, account_id: int) -> dict[str, Any]:

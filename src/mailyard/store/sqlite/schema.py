@@ -1,4 +1,4 @@
-"""The tables of the SQLite store (version 7), and how an older data
+"""The tables of the SQLite store (version 8), and how an older data
 directory is brought up to date when it is opened (``create``).
 
 The schema only adds (``CREATE ... IF NOT EXISTS``); ``migrate`` does what
@@ -50,6 +50,10 @@ Version 7: the address book. ``contacts`` holds the entries a user keeps
 from, counted as it happens (submission, delivery), so recipient
 suggestions are one indexed read of a small table however large the
 mailboxes (a query over the header data would read every message's From).
+
+Version 8: ``web_sessions``, the webmail's sessions (a digest of each
+session's id, its account, times, address and browser), so every worker
+process lists the sessions of an account and ends them (web/sessionlog.py).
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ from . import textindex
 
 log = logging.getLogger("mailyard.store")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -219,6 +223,16 @@ CREATE TABLE IF NOT EXISTS account_settings (
     value      TEXT NOT NULL,
     PRIMARY KEY (account_id, key)
 ) WITHOUT ROWID;
+-- Version 8: webmail sessions (Store.add_web_session); key: a digest of the id.
+CREATE TABLE IF NOT EXISTS web_sessions (
+    key        TEXT PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    created    REAL NOT NULL,
+    last_seen  REAL NOT NULL,
+    ip         TEXT NOT NULL,
+    agent      TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS web_sessions_account ON web_sessions(account_id, last_seen);
 -- Version 7: the address book (contacts.py).
 CREATE TABLE IF NOT EXISTS contacts (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -405,7 +419,7 @@ def migrate(c: sqlite3.Connection) -> None:
             # get their rows in the background, from body id 0 on
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('sort_keys_backfill', '0')")
         # version 6 only adds account_settings, version 7 contacts and
-        # correspondents (SCHEMA creates them)
+        # correspondents, version 8 web_sessions (SCHEMA creates them)
         c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         c.execute("COMMIT")
     except BaseException:

@@ -264,10 +264,12 @@
         Promise.resolve(window.Notification.requestPermission()).then(function (p) {
           if (p === "granted") { window.localStorage.setItem(notifyKey, "1"); }
           notifyLabel();
+          startFromNow();
         });
       } else if (window.Notification.permission === "granted") {
         window.localStorage.setItem(notifyKey, notifyOn() ? "0" : "1");
         notifyLabel();
+        startFromNow();
       }
     });
   }
@@ -279,14 +281,39 @@
   document.addEventListener("mailyard:folders", function (e) {
     var now = inboxUnseen();
     document.title = (now ? "(" + now + ") " : "") + baseTitle;
-    if (now > e.detail.before && notifyOn()) {
-      var n = now - e.detail.before;
-      var note = new window.Notification("mailyard: new mail", {
-        body: n + " new message" + (n > 1 ? "s" : "") + " in INBOX (" + now + " unread)", tag: "mailyard-new-mail",
-      });
-      note.onclick = function () { window.focus(); };
-    }
+    if (now > e.detail.before && notifyOn()) { announce(now - e.detail.before); }
   });
+  // What a notification says: the sender and subject of the newest unread
+  // message that came after the last one announced, "and N more" with it
+  // (/events/newest, this session's own INBOX only); the count alone when
+  // that cannot be had.
+  var announced = null;
+  function newest(after) {
+    return fetch("/events/newest" + (after === null ? "" : "?after=" + after),
+                 { credentials: "same-origin", headers: { "Accept": "application/json" } })
+      .then(function (r) { return r.ok ? r.json() : null; });
+  }
+  function show(body) {
+    var note = new window.Notification("mailyard: new mail", { body: body, tag: "mailyard-new-mail" });
+    note.onclick = function () { window.focus(); };
+  }
+  function announce(n) {
+    var fallback = n + " new message" + (n > 1 ? "s" : "") + " in INBOX";
+    if (announced === null) { show(fallback); return; }
+    newest(announced).then(function (d) {
+      if (!d) { show(fallback); return; }
+      announced = Math.max(announced, d.uid || 0);
+      if (!d.count) { return; }
+      var line = (d.from || "(unknown sender)") + ": " + (d.subject || "(no subject)");
+      show(d.count > 1 ? line + "\nand " + (d.count - 1) + " more" : line);
+    }).catch(function () { show(fallback); });
+  }
+  function startFromNow() {
+    if (notifyOn() && announced === null && window.fetch) {
+      newest(null).then(function (d) { if (d && announced === null) { announced = d.uid || 0; } }).catch(function () {});
+    }
+  }
+  startFromNow();
 
   // Live updates: when a folder of ours changes (new mail, flags from IMAP, ...),
   // re-render the message list and the folder counts without a full reload.

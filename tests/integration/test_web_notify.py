@@ -1,0 +1,39 @@
+"""What a new-mail notification may say (``GET /events/newest``, web/notify.py)
+over HTTP: the session's own INBOX only, its newest unread message after a
+given UID and how many, nothing for another site's request or without a
+session."""
+
+from __future__ import annotations
+
+import pytest
+
+from ..conftest import RunningServer
+from .test_web_http import ALICE, BOB, append, login, simple
+
+httpx = pytest.importorskip("httpx")
+
+
+def test_newest_unread_for_the_sessions_own_inbox_only(mailserver: RunningServer) -> None:
+    first = append(mailserver, ALICE, simple("Already there"))
+    alice, bob = login(mailserver), login(mailserver, BOB)
+    r = alice.get("/events/newest")
+    assert r.status_code == 200 and r.json() == {"uid": first, "count": 0}
+    assert r.headers["cache-control"] == "no-store"
+    append(mailserver, ALICE, simple("read already", "Eve <eve@example.test>"), flags=["\\Seen"])
+    append(mailserver, ALICE, simple("Lunch on Friday", "Alice Cooper <cooper@example.test>"))
+    last = append(mailserver, ALICE, simple("=?utf-8?q?Caf=C3=A9?= at noon", "bea@example.test"))
+    assert alice.get(f"/events/newest?after={first}").json() == {
+        "uid": last, "count": 2, "from": "bea@example.test", "subject": "Caf\u00e9 at noon"}
+    assert alice.get(f"/events/newest?after={last - 1}").json()["count"] == 1
+    assert alice.get(f"/events/newest?after={last}").json() == {"uid": last, "count": 0}
+    # another account's session sees its own INBOX, never Alice's
+    other = bob.get(f"/events/newest?after={first}").json()
+    assert other.get("count") == 0 and "from" not in other
+    # no session: no answer; another site's request: nothing
+    anonymous = httpx.Client(base_url=str(alice.base_url))
+    r = anonymous.get("/events/newest?after=0")
+    assert r.status_code in (302, 303, 401) and "Lunch" not in r.text
+    r = alice.get("/events/newest?after=0", headers={"Sec-Fetch-Site": "cross-site"})
+    assert r.status_code == 403 and "Lunch" not in r.text
+    # a malformed UID is the starting point, not an error
+    assert alice.get("/events/newest?after=-1").json() == {"uid": last, "count": 0}
