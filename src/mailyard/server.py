@@ -422,17 +422,19 @@ class MailServer:
         """Webmail (web/): uvicorn in this event loop on the http port and,
         with the server's certificate, the https port (each offers
         bound_port and stop() like a Listener)."""
+        assert self.services is not None
+        cfg = self.config
+        served = [name for name in ("http", "https") if getattr(cfg.ports, name)
+                  and (worker is None or name in worker.sockets)]
+        if not served:
+            return  # the webmail's modules (several MB) are not even imported
         from .web.app import create_app
         from .web.service import HTTPService
 
-        assert self.services is not None
-        cfg = self.config
         # One app for both ports: a session made on one is known on the other.
         app = None
-        for name in ("http", "https"):
+        for name in served:
             port = getattr(cfg.ports, name)
-            if not port or (worker is not None and name not in worker.sockets):
-                continue
             socks = worker.sockets.get(name) if worker is not None else None
             service = HTTPService(
                 self.services, cfg.server.bind, 0 if self.ephemeral_ports else port,
