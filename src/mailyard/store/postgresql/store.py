@@ -1201,19 +1201,31 @@ class PostgreSQLStore(ContactsMixin, Store):
         records = await self._derive([item.data for item in batch])
 
         async def op(c: psycopg.AsyncConnection, tx: _Tx) -> list[int]:
-            mailbox_id = await self._owned_w(c, mailbox)
+            # As in deliver: bodies and derived rows first, then the mailbox
+            # row's lock, the quota and the message rows in one round trip
+            # (pipeline mode); a gone mailbox or a refusal rolls it all back.
+            body_cursors = [await c.execute(_BODY_SQL, (item.data, 1)) for item in batch]
+            body_ids = [(await cur.fetchone())[0] for cur in body_cursors]
+            for body_id, rec in zip(body_ids, records, strict=True):
+                await _save_body_rows(c, body_id, rec)
+                await _save_sort_keys(c, body_id, rec, [mailbox.id])
+            owned = await c.execute("SELECT 1 FROM mailboxes WHERE id = %s AND account_id = %s"
+                                    " AND uid_validity = %s FOR UPDATE",
+                                    (mailbox.id, mailbox.account_id, mailbox.uid_validity))
+            quota = await c.execute(_QUOTA_SQL, (mailbox.id,))
+            pending = []
+            for item, body_id in zip(batch, body_ids, strict=True):
+                target = DeliveryTarget(mailbox.id, b"", item.flags, item.internal_date)
+                pending += await _queue_targets(c, body_id, len(item.data), [target])
+            if await owned.fetchone() is None:
+                raise MailboxGone(mailbox.id)
             # RFC 9208 / RFC 3502: the whole MULTIAPPEND fits, or none of it is written
-            if not (await _mailbox_quota(c, mailbox_id)).fits(sum(len(i.data) for i in batch), len(batch)):
-                raise QuotaExceeded("over quota", [mailbox_id])
-            uids: list[int] = []
-            for item, rec in zip(batch, records, strict=True):
-                body_id = await _store_body(c, item.data, 1)
-                target = DeliveryTarget(mailbox_id, b"", item.flags, item.internal_date)
-                uids += await _insert_targets(c, tx, body_id, len(item.data), [target])
-                await _save_derived(c, body_id, rec)
-            return uids
+            row = await quota.fetchone()
+            if row is None or not quota_row(row).fits(sum(len(i.data) for i in batch), len(batch)):
+                raise QuotaExceeded("over quota", [mailbox.id])
+            return await _collect_targets(tx, pending)
 
-        return await self._write(op)
+        return await self._write(op, pipeline=True)
 
     async def restore_mailbox(self, account_id: int, name: str, uid_validity: int, uid_next: int,
                               highest_modseq: int, special_use: str | None = None) -> Mailbox:
@@ -1866,8 +1878,11 @@ async def _check_targets(c: psycopg.AsyncConnection, targets: Sequence[DeliveryT
         raise QuotaExceeded("over quota", over)
 
 
+_BODY_SQL = "INSERT INTO bodies(data, refs) VALUES (%s, %s) RETURNING id"
+
+
 async def _store_body(c: psycopg.AsyncConnection, body: bytes, refs: int) -> int:
-    return (await _one(c, "INSERT INTO bodies(data, refs) VALUES (%s, %s) RETURNING id", (body, refs)))[0]
+    return (await _one(c, _BODY_SQL, (body, refs)))[0]
 
 
 async def _insert_targets(c: psycopg.AsyncConnection, tx: _Tx, body_id: int, body_len: int,
@@ -1932,9 +1947,10 @@ async def _save_derived(c: psycopg.AsyncConnection, body_id: int, rec: DerivedRe
 
 async def _save_body_rows(c: psycopg.AsyncConnection, body_id: int, rec: DerivedRecord) -> None:
     """The derived rows that need no message row: written before the
-    mailbox rows are locked, in one round trip (pipeline mode)."""
+    mailbox rows are locked, in one round trip (pipeline mode; inside a
+    pipeline already, with the statements that follow)."""
     header, body = _clean(rec.header_text.casefold()), _clean(rec.body_text.casefold())
-    async with c.pipeline():
+    async with contextlib.nullcontext() if c.pgconn.pipeline_status else c.pipeline():
         await c.execute("INSERT INTO body_derived(body_id, envelope, bodystructure, body, meta)"
                         " VALUES (%s, %s, %s, %s, %s)",
                         (body_id, rec.envelope_imap, rec.bodystructure_imap, rec.body_imap, json.dumps(rec.meta)))
