@@ -73,6 +73,10 @@ class PgCluster:
         self.admin_dsn = f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
         self.template = None  # name of a template database with the schema, once made
 
+    def pid(self) -> int:
+        """The postmaster's process id (its tree: every backend), for CPU figures."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def pause(self) -> None:
         """Stop the server (fast shutdown: sessions are ended), keeping its
         data: the database becomes unreachable, as when its host goes down."""
