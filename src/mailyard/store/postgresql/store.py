@@ -137,6 +137,14 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+class _AfterCommit:
+    """What an ``op`` of ``_write`` returns to have its answers read once
+    the COMMIT went in the same round trip (pipeline mode)."""
+
+    def __init__(self, read: Callable[[], Any]) -> None:
+        self.read = read
+
+
 class _Tx:
     """What a write collects besides its SQL: the mailboxes it changed, and
     notes for other nodes (sent with pg_notify inside the transaction)."""
@@ -294,15 +302,17 @@ class PostgreSQLStore(ContactsMixin, Store):
             if revoke:
                 tx.notes.add(REVOKE)
             try:
-                async with self._pool.connection() as c, \
-                        (c.pipeline() if pipeline else contextlib.nullcontext()), c.transaction():
-                    result = await op(c, tx)
-                    if tx.changed:
-                        tx.notes.add(MAILBOXES)
-                    for kind in tx.notes:
-                        ids = tx.changed if kind == MAILBOXES else ()
-                        payload = f"{self.node}:{kind.decode()}:{','.join(map(str, sorted(ids)))}"
-                        await c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                async with self._pool.connection() as c:
+                    async with c.pipeline() if pipeline else contextlib.nullcontext(), c.transaction():
+                        result = await op(c, tx)
+                        if tx.changed:
+                            tx.notes.add(MAILBOXES)
+                        for kind in tx.notes:
+                            ids = tx.changed if kind == MAILBOXES else ()
+                            payload = f"{self.node}:{kind.decode()}:{','.join(map(str, sorted(ids)))}"
+                            await c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                    if isinstance(result, _AfterCommit):
+                        result = await result.read()
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
                     raise
@@ -1167,6 +1177,8 @@ class PostgreSQLStore(ContactsMixin, Store):
         (rec,) = await self._derive([body])
 
         mailbox_ids = sorted({t.mailbox_id for t in targets})
+        if len(targets) == 1:
+            return await self._deliver_one(body, targets[0], rec)
 
         async def op(c: psycopg.AsyncConnection, tx: _Tx) -> list[int]:
             # The body and its derived rows first, so the mailbox rows stay
@@ -1193,6 +1205,41 @@ class PostgreSQLStore(ContactsMixin, Store):
             return await _collect_targets(tx, pending)
 
         return await self._write(op, pipeline=True)
+
+    async def _deliver_one(self, body: bytes, target: DeliveryTarget, rec: DerivedRecord) -> list[int]:
+        """A delivery to one mailbox in two round trips: the body's id, then
+        everything else with the COMMIT, the quota checked by the statement
+        that writes the message row. No round trip to this process happens
+        while the mailbox row is locked: the lock is held for the database's
+        own work and the commit's flush. A refusal (over quota, or no such
+        mailbox) commits the body without a message: it is released then."""
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> _AfterCommit:
+            body_id = await _store_body(c, body, 1)
+            await _save_body_rows(c, body_id, rec)
+            await _save_sort_keys(c, body_id, rec, [target.mailbox_id])
+            # a statement of its own: the quota is read with a snapshot taken
+            # once the lock is held (RFC 9208: the usage other deliveries left)
+            await _lock_mailboxes(c, [target.mailbox_id])
+            now = time.time()
+            cur = await c.execute(_TARGET_QUOTA_SQL, (
+                target.mailbox_id, target.enforce_quota, len(target.trace_prefix) + len(body),
+                body_id, target.trace_prefix, len(target.trace_prefix) + len(body), flags_text(target.flags),
+                target.internal_date if target.internal_date is not None else now, now))
+            tx.changed.add(target.mailbox_id)
+
+            async def read() -> tuple[int, tuple | None]:
+                return body_id, await cur.fetchone()
+
+            return _AfterCommit(read)
+
+        body_id, row = await self._write(op, pipeline=True)
+        if row is not None:
+            return [int(row[0])]
+        await self._write(lambda c, tx: _release_bodies(c, [body_id]))
+        if await self._q1("SELECT 1 FROM mailboxes WHERE id = %s", (target.mailbox_id,)) is None:
+            raise NotFound(f"mailbox {target.mailbox_id} does not exist")
+        raise QuotaExceeded("over quota", [target.mailbox_id])
 
     async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem]) -> list[int]:
         if not items:
@@ -1910,6 +1957,18 @@ async def _insert_targets(c: psycopg.AsyncConnection, tx: _Tx, body_id: int, bod
 _TARGET_SQL = (
     "WITH u AS (UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1"
     " WHERE id = %s RETURNING id, uid_next - 1 AS uid, highest_modseq)"
+    " INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq, save_date)"
+    " SELECT u.id, u.uid, %s, %s, %s, %s, %s, u.highest_modseq, %s FROM u RETURNING uid")
+
+
+# _TARGET_SQL for one target whose quota the statement checks itself (Quota.fits):
+# no UID is taken and no row written when the message does not fit.
+_TARGET_QUOTA_SQL = (
+    "WITH u AS (UPDATE mailboxes x SET uid_next = x.uid_next + 1, highest_modseq = x.highest_modseq + 1"
+    " WHERE x.id = %s AND (NOT %s OR EXISTS (SELECT 1 FROM accounts a WHERE a.id = x.account_id"
+    "  AND (a.quota_storage IS NULL OR a.used_storage + %s <= a.quota_storage)"
+    "  AND (a.quota_messages IS NULL OR a.used_messages + 1 <= a.quota_messages)))"
+    " RETURNING x.id, x.uid_next - 1 AS uid, x.highest_modseq)"
     " INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq, save_date)"
     " SELECT u.id, u.uid, %s, %s, %s, %s, %s, u.highest_modseq, %s FROM u RETURNING uid")
 
