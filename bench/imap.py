@@ -329,6 +329,69 @@ def _idle_memory(server: BenchServer, n: int) -> dict[str, float]:
             "each": (after - before) / n, "each_warm": (after - warm) / n}
 
 
+def single_client_figures(ports: list[int], which: list[int], runs: int = RUNS,
+                          hosts: list[str] | None = None) -> dict[str, list[list[float]]]:
+    """The single-client figures (seconds) on each server of ``ports``
+    holding the same INBOX: ``values[name][k]`` lists the runs on server
+    ``k``. One warm-up pass on each server (Dovecot builds its index and
+    cache on first access), then the measured runs alternate between the
+    servers (A, B, A, B, ...), so a load from elsewhere on the shared
+    machine falls on all of them alike. ``which``: the sequence numbers of
+    the random ``FETCH n BODY.PEEK[]``."""
+    hosts = hosts or ["127.0.0.1"] * len(ports)
+
+    def login(k: int) -> imaplib.IMAP4:
+        c = imaplib.IMAP4(hosts[k], ports[k], timeout=120)
+        c.login(ALICE, USERS[ALICE])
+        return c
+
+    def login_select(k: int) -> float:
+        start = time.perf_counter()
+        c = login(k)
+        typ, _ = c.select("INBOX")
+        elapsed = time.perf_counter() - start
+        assert typ == "OK"
+        c.logout()
+        return elapsed
+
+    conns = [login(k) for k in range(len(ports))]
+    for c in conns:
+        c.select("INBOX", readonly=True)
+
+    def random_fetches(c: imaplib.IMAP4) -> float:
+        start = time.perf_counter()
+        for i in which:
+            typ, _ = c.fetch(str(i), "(BODY.PEEK[])")
+            assert typ == "OK"
+        return time.perf_counter() - start
+
+    figures = {
+        "login": login_select,
+        "select": lambda k: _timed_command(conns[k], lambda c: c.select("INBOX", readonly=True)),
+        "login_only": lambda k: _timed(lambda: login(k).logout()),
+        "flags": lambda k: _timed_command(conns[k], lambda c: c.fetch("1:*", "(FLAGS)")),
+        "env": lambda k: _timed_command(conns[k], lambda c: c.uid("FETCH", "1:*", "(ENVELOPE)")),
+        "subj": lambda k: _timed_command(conns[k], lambda c: c.search(None, "SUBJECT", "foxtrot")),
+        "body": lambda k: _timed_command(conns[k], lambda c: c.search(None, "BODY", "hotel")),
+        "rand": lambda k: random_fetches(conns[k]),
+    }
+    for k in range(len(ports)):
+        for name, fig in figures.items():
+            try:
+                fig(k)
+            except Exception as exc:
+                raise RuntimeError(f"warm-up {name} on server {k}") from exc
+    values: dict[str, list[list[float]]] = {name: [[] for _ in ports] for name in figures}
+    for name, fig in figures.items():
+        for _ in range(max(1, runs * 3 // 5) if name == "rand" else runs):
+            for k in range(len(ports)):
+                gc.collect()  # as in _median
+                values[name][k].append(fig(k))
+    for c in conns:
+        c.logout()
+    return values
+
+
 def run(quick: bool = False) -> list[Result]:
     from . import dovecot
     from .pop3 import password_hash
@@ -361,44 +424,8 @@ def run(quick: bool = False) -> list[Result]:
             ports.append(ref.ports["imap"])
         rng = random.Random(3501)
         which = [rng.randint(1, count) for _ in range(fetches)]
-        conns = [_login(p) for p in ports]
-        for c in conns:
-            c.select("INBOX", readonly=True)
-
-        def random_fetches(c: imaplib.IMAP4) -> float:
-            start = time.perf_counter()
-            for i in which:
-                typ, _ = c.fetch(str(i), "(BODY.PEEK[])")
-                assert typ == "OK"
-            return time.perf_counter() - start
-
-        figures = {
-            "login": lambda k: _login_select(ports[k]),
-            "select": lambda k: _timed_command(conns[k], lambda c: c.select("INBOX", readonly=True)),
-            "login_only": lambda k: _timed(lambda: _login(ports[k]).logout()),
-            "flags": lambda k: _timed_command(conns[k], lambda c: c.fetch("1:*", "(FLAGS)")),
-            "env": lambda k: _timed_command(conns[k], lambda c: c.uid("FETCH", "1:*", "(ENVELOPE)")),
-            "subj": lambda k: _timed_command(conns[k], lambda c: c.search(None, "SUBJECT", "foxtrot")),
-            "body": lambda k: _timed_command(conns[k], lambda c: c.search(None, "BODY", "hotel")),
-            "rand": lambda k: random_fetches(conns[k]),
-        }
-        # One warm-up pass on each server (Dovecot builds its index and cache
-        # on first access), then the measured runs alternate between servers.
-        for k in range(len(ports)):
-            for name, fig in figures.items():
-                try:
-                    fig(k)
-                except Exception as exc:
-                    raise RuntimeError(f"warm-up {name} on server {k}") from exc
-        values: dict[str, list[list[float]]] = {name: [[] for _ in ports] for name in figures}
-        for name, fig in figures.items():
-            for _ in range(3 if name == "rand" else RUNS):
-                for k in range(len(ports)):
-                    gc.collect()  # as in _median
-                    values[name][k].append(fig(k))
+        values = single_client_figures(ports, which)
         med = {name: [statistics.median(v) for v in per] for name, per in values.items()}
-        for c in conns:
-            c.logout()
         progress("client floor: the same imaplib calls against a replay of mailyard's answers")
         floor = _floors(port, which)
         appends = _appends(port, 8, 25 if quick else 100)

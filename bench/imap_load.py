@@ -42,6 +42,7 @@ import statistics
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -215,8 +216,8 @@ async def _step(c: Client, rng: random.Random, kind: str, bodies: list[bytes]) -
         await c.command(kind, b"EXPUNGE")
 
 
-async def _connect(port: int, stats: Stats) -> Client:
-    r, w = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+async def _connect(port: int, stats: Stats, host: str = "127.0.0.1") -> Client:
+    r, w = await asyncio.open_connection(host, port, limit=1 << 20)
     greeting = await r.readline()
     if not greeting.startswith(b"* OK"):
         raise RuntimeError(f"no greeting: {greeting!r}")
@@ -271,15 +272,22 @@ def self_cpu() -> float:
 
 
 async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
-                    bodies: list[bytes]) -> dict:
+                    bodies: list[bytes], *, servers: Sequence[tuple[str, int]] = (),
+                    cpu_pids: Sequence[int] = ()) -> dict:
+    """One measured run. ``servers``: (host, port) of several servers
+    (nodes) sharing the mailbox, client k connecting to ``servers[k % n]``
+    (default: ``port`` on 127.0.0.1); ``cpu_pids``: more process trees
+    whose CPU counts as the server's (the nodes, the database)."""
     stats = Stats()
     sem = asyncio.Semaphore(10)
+    servers = list(servers) or [("127.0.0.1", port)]
 
-    async def connect() -> Client:
+    async def connect(k: int) -> Client:
         async with sem:
-            return await _connect(port, stats)
+            host, p = servers[k % len(servers)]
+            return await _connect(p, stats, host)
 
-    conns = await asyncio.gather(*(connect() for _ in range(clients)))
+    conns = await asyncio.gather(*(connect(k) for k in range(clients)))
     kinds = [k for k, _ in MIX]
     weights = [w for _, w in MIX]
     go = asyncio.Event()
@@ -293,12 +301,12 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
 
     tasks = [asyncio.ensure_future(work(k, c)) for k, c in enumerate(conns)]
     await asyncio.sleep(0.2)
-    cpu0, me0, main0 = tree_cpu(pid), self_cpu(), thread_cpu(pid, pid)
+    cpu0, me0, main0 = sum(tree_cpu(p) for p in (pid, *cpu_pids)), self_cpu(), thread_cpu(pid, pid)
     start = time.perf_counter()
     go.set()
     done = await asyncio.gather(*tasks, return_exceptions=True)
     elapsed = time.perf_counter() - start
-    cpu1, me1, main1 = tree_cpu(pid), self_cpu(), thread_cpu(pid, pid)
+    cpu1, me1, main1 = sum(tree_cpu(p) for p in (pid, *cpu_pids)), self_cpu(), thread_cpu(pid, pid)
     failures = [repr(d) for d in done if isinstance(d, BaseException)]
     for c in conns:
         try:
@@ -329,9 +337,9 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
     }
 
 
-def _prepare_archive(port: int) -> None:
+def _prepare_archive(port: int, host: str = "127.0.0.1") -> None:
     async def go() -> None:
-        c = await _connect(port, Stats())
+        c = await _connect(port, Stats(), host)
         await c.command("CREATE", b"CREATE Archive", timed=False)
         c.w.write(b"z LOGOUT\r\n")
         c.w.close()

@@ -17,12 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.pgcluster import PgCluster, pg_bindir
-
 from mailyard.config import StoreConfig
 from mailyard.store.api import DeliveryTarget, Store
 from mailyard.store.postgresql import PostgreSQLStore
 from mailyard.store.sqlite import SQLiteStore
+
+from .pgcluster import PgCluster, pg_bindir
 
 BODY = (b"From: a@remote.test\r\nTo: alice@example.test\r\nSubject: bench\r\n"
         b"Message-ID: <x@remote.test>\r\n\r\n" + b"lorem ipsum dolor sit amet " * 150 + b"\r\n")

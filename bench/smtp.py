@@ -30,14 +30,14 @@ from .common import BenchServer, Result, progress
 SESSIONS = 20
 
 
-def _smtp_source(port: int, count: int, size: int, sessions: int = SESSIONS) -> float:
+def _smtp_source(port: int, count: int, size: int, sessions: int = SESSIONS, host: str = "127.0.0.1") -> float:
     """Run smtp-source; any line it writes to stderr (a refused connection,
     an error reply, a lost session) fails the run."""
     exe = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
     start = time.perf_counter()
     out = subprocess.run(
         [exe, "-c", "-s", str(sessions), "-m", str(count), "-l", str(size), "-f", "load@remote.test",
-         "-t", "alice@example.test", f"127.0.0.1:{port}"],
+         "-t", "alice@example.test", f"{host}:{port}"],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     elapsed = time.perf_counter() - start
@@ -46,12 +46,13 @@ def _smtp_source(port: int, count: int, size: int, sessions: int = SESSIONS) -> 
     return elapsed
 
 
-async def _asyncio_source(port: int, count: int, size: int, sessions: int = SESSIONS) -> float:
+async def _asyncio_source(port: int, count: int, size: int, sessions: int = SESSIONS,
+                          host: str = "127.0.0.1") -> float:
     body = b"Subject: load\r\n\r\n" + (b"x" * 76 + b"\r\n") * max(1, size // 78)
     left = count
 
     async def one() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection(host, port)
 
         async def reply() -> bytes:
             while True:

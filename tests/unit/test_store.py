@@ -874,6 +874,26 @@ async def test_quota_refuses_appends_copies_and_enforced_deliveries(store: Store
     assert not (await store.get_quota(a.id)).full
 
 
+async def test_a_refused_delivery_takes_no_uid_and_a_missing_mailbox_is_not_found(store: Store) -> None:
+    """RFC 9051 2.3.1.1: the UID a refused (over-quota) delivery would have
+    had is not used up; the next message gets the next UID in order."""
+    a = await store.add_account("r@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    assert inbox
+    await store.set_quota("r@example.test", storage=100, messages=None)
+    assert await store.deliver(b"a" * 60, [DeliveryTarget(inbox.id, enforce_quota=True)]) == [1]
+    with pytest.raises(QuotaExceeded) as exc:
+        await store.deliver(b"b" * 60, [DeliveryTarget(inbox.id, enforce_quota=True)])
+    assert exc.value.mailbox_ids == {inbox.id}
+    box = await store.get_mailbox(a.id, "INBOX")
+    assert box is not None and box.uid_next == 2
+    assert await store.deliver(b"c" * 60, [DeliveryTarget(inbox.id)]) == [2]
+    assert [m.uid for m in await store.list_messages(inbox)] == [1, 2]
+    assert await store.read_message(inbox, 2) == b"c" * 60
+    with pytest.raises(NotFound):
+        await store.deliver(b"d" * 10, [DeliveryTarget(inbox.id + 1000)])
+
+
 async def test_save_date_is_the_time_of_the_save(store: Store) -> None:
     """RFC 8514: APPEND with an old INTERNALDATE, then COPY: the save date
     of each is when it was saved, not the INTERNALDATE."""

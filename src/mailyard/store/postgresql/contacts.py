@@ -118,18 +118,20 @@ class ContactsMixin:
         column = "sent" if sent else "received"
 
         async def op(c: psycopg.AsyncConnection, tx: object) -> None:
-            if await (await c.execute("SELECT 1 FROM accounts WHERE id = %s", (account_id,))).fetchone() is None:
-                return  # removed meanwhile: nothing to remember
+            # Pipeline mode (``_write``): the upserts and the count in one
+            # round trip, so a sender's row (every delivery from that sender
+            # updates it) stays locked only for that and the COMMIT. An
+            # account removed meanwhile gets no row (the INSERT selects none).
             for address in sorted(rows):  # one order for every writer: no deadlock between them
                 name = rows[address]
                 await c.execute(
                     f"INSERT INTO correspondents AS o (account_id, address, name, folded, {column}, last)"
-                    " VALUES (%s, %s, %s, %s, 1, %s)"
+                    " SELECT id, %s, %s, %s, 1, %s FROM accounts WHERE id = %s"
                     f" ON CONFLICT (account_id, address) DO UPDATE SET {column} = o.{column} + 1,"
                     " name = CASE WHEN excluded.name <> '' THEN excluded.name ELSE o.name END,"
                     " folded = CASE WHEN excluded.name <> '' THEN excluded.folded ELSE o.folded END,"
                     " last = greatest(o.last, excluded.last)",
-                    (account_id, address, name, " " + name.casefold(), now),
+                    (address, name, " " + name.casefold(), now, account_id),
                 )
             row = await (await c.execute("SELECT count(*) FROM correspondents WHERE account_id = %s",
                                          (account_id,))).fetchone()
@@ -141,7 +143,7 @@ class ContactsMixin:
                     (account_id, account_id, count - MAX_CORRESPONDENTS),
                 )
 
-        await self._write(op)
+        await self._write(op, pipeline=True)
 
     async def suggest_addresses(self, account_id: int, prefix: str, limit: int = 10) -> list[Suggestion]:
         limit = max(0, min(limit, 100))

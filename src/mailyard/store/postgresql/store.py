@@ -138,6 +138,14 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+class _AfterCommit:
+    """What an ``op`` of ``_write`` returns to have its answers read once
+    the COMMIT went in the same round trip (pipeline mode)."""
+
+    def __init__(self, read: Callable[[], Any]) -> None:
+        self.read = read
+
+
 class _Tx:
     """What a write collects besides its SQL: the mailboxes it changed, and
     notes for other nodes (sent with pg_notify inside the transaction)."""
@@ -274,9 +282,16 @@ class PostgreSQLStore(ContactsMixin, Store):
             return await (await c.execute(sql, args)).fetchone()
 
     async def _write(self, op: Callable[[psycopg.AsyncConnection, _Tx], Any], directory: bool = False,
-                     revoke: bool = False) -> Any:
+                     revoke: bool = False, pipeline: bool = False) -> Any:
         """Run ``op`` in one transaction; returns its result once committed.
-        A deadlock or serialization failure (concurrent writers) runs it again."""
+        A deadlock or serialization failure (concurrent writers) runs it again.
+
+        ``pipeline``: the transaction runs in psycopg's pipeline mode, so
+        BEGIN goes with the first statement and the notes with the COMMIT,
+        and statements whose results ``op`` does not read wait for the next
+        one it does (fewer round trips, above all while mailbox rows are
+        locked). Only for an ``op`` that catches no database error: one
+        surfaces at the next read, or at the COMMIT."""
         try:
             await self._ready()
         except _DOWN as exc:
@@ -288,14 +303,17 @@ class PostgreSQLStore(ContactsMixin, Store):
             if revoke:
                 tx.notes.add(REVOKE)
             try:
-                async with self._pool.connection() as c, c.transaction():
-                    result = await op(c, tx)
-                    if tx.changed:
-                        tx.notes.add(MAILBOXES)
-                    for kind in tx.notes:
-                        ids = tx.changed if kind == MAILBOXES else ()
-                        payload = f"{self.node}:{kind.decode()}:{','.join(map(str, sorted(ids)))}"
-                        await c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                async with self._pool.connection() as c:
+                    async with c.pipeline() if pipeline else contextlib.nullcontext(), c.transaction():
+                        result = await op(c, tx)
+                        if tx.changed:
+                            tx.notes.add(MAILBOXES)
+                        for kind in tx.notes:
+                            ids = tx.changed if kind == MAILBOXES else ()
+                            payload = f"{self.node}:{kind.decode()}:{','.join(map(str, sorted(ids)))}"
+                            await c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                    if isinstance(result, _AfterCommit):
+                        result = await result.read()
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
                     raise
@@ -1207,17 +1225,70 @@ class PostgreSQLStore(ContactsMixin, Store):
             return []
         (rec,) = await self._derive([body])
 
+        mailbox_ids = sorted({t.mailbox_id for t in targets})
+        if len(targets) == 1:
+            return await self._deliver_one(body, targets[0], rec)
+
         async def op(c: psycopg.AsyncConnection, tx: _Tx) -> list[int]:
-            # the body first: the mailbox rows stay locked only for the message rows
+            # The body and its derived rows first, so the mailbox rows stay
+            # locked only for the message rows and the COMMIT. In pipeline
+            # mode (``_write``) everything after the body's id goes in one
+            # round trip: the derived rows, the locks, the quota checks and
+            # the message rows; an over-quota target rolls it all back.
             body_id = await _store_body(c, body, len(targets))
             await _save_body_rows(c, body_id, rec)
-            await _lock_mailboxes(c, [t.mailbox_id for t in targets])
-            await _check_targets(c, targets, len(body))
-            uids = await _insert_targets(c, tx, body_id, len(body), targets)
-            await _save_sort_keys(c, body_id, rec)
-            return uids
+            await _save_sort_keys(c, body_id, rec, mailbox_ids)
+            await _lock_mailboxes(c, mailbox_ids)
+            # each quota is read before any of this message's rows is written
+            quotas = [(t, await c.execute(_QUOTA_SQL, (t.mailbox_id,))) for t in targets if t.enforce_quota]
+            pending = await _queue_targets(c, body_id, len(body), targets)
+            over = []
+            for t, cur in quotas:
+                row = await cur.fetchone()
+                if row is None:
+                    raise NotFound(f"mailbox {t.mailbox_id} does not exist")
+                if not quota_row(row).fits(len(t.trace_prefix) + len(body), 1):
+                    over.append(t.mailbox_id)
+            if over:
+                raise QuotaExceeded("over quota", over)
+            return await _collect_targets(tx, pending)
 
-        return await self._write(op)
+        return await self._write(op, pipeline=True)
+
+    async def _deliver_one(self, body: bytes, target: DeliveryTarget, rec: DerivedRecord) -> list[int]:
+        """A delivery to one mailbox in two round trips: the body's id, then
+        everything else with the COMMIT, the quota checked by the statement
+        that writes the message row. No round trip to this process happens
+        while the mailbox row is locked: the lock is held for the database's
+        own work and the commit's flush. A refusal (over quota, or no such
+        mailbox) commits the body without a message: it is released then."""
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> _AfterCommit:
+            body_id = await _store_body(c, body, 1)
+            await _save_body_rows(c, body_id, rec)
+            await _save_sort_keys(c, body_id, rec, [target.mailbox_id])
+            # a statement of its own: the quota is read with a snapshot taken
+            # once the lock is held (RFC 9208: the usage other deliveries left)
+            await _lock_mailboxes(c, [target.mailbox_id])
+            now = time.time()
+            cur = await c.execute(_TARGET_QUOTA_SQL, (
+                target.mailbox_id, target.enforce_quota, len(target.trace_prefix) + len(body),
+                body_id, target.trace_prefix, len(target.trace_prefix) + len(body), flags_text(target.flags),
+                target.internal_date if target.internal_date is not None else now, now))
+            tx.changed.add(target.mailbox_id)
+
+            async def read() -> tuple[int, tuple | None]:
+                return body_id, await cur.fetchone()
+
+            return _AfterCommit(read)
+
+        body_id, row = await self._write(op, pipeline=True)
+        if row is not None:
+            return [int(row[0])]
+        await self._write(lambda c, tx: _release_bodies(c, [body_id]))
+        if await self._q1("SELECT 1 FROM mailboxes WHERE id = %s", (target.mailbox_id,)) is None:
+            raise NotFound(f"mailbox {target.mailbox_id} does not exist")
+        raise QuotaExceeded("over quota", [target.mailbox_id])
 
     async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem]) -> list[int]:
         if not items:
@@ -1226,19 +1297,31 @@ class PostgreSQLStore(ContactsMixin, Store):
         records = await self._derive([item.data for item in batch])
 
         async def op(c: psycopg.AsyncConnection, tx: _Tx) -> list[int]:
-            mailbox_id = await self._owned_w(c, mailbox)
+            # As in deliver: bodies and derived rows first, then the mailbox
+            # row's lock, the quota and the message rows in one round trip
+            # (pipeline mode); a gone mailbox or a refusal rolls it all back.
+            body_cursors = [await c.execute(_BODY_SQL, (item.data, 1)) for item in batch]
+            body_ids = [(await cur.fetchone())[0] for cur in body_cursors]
+            for body_id, rec in zip(body_ids, records, strict=True):
+                await _save_body_rows(c, body_id, rec)
+                await _save_sort_keys(c, body_id, rec, [mailbox.id])
+            owned = await c.execute("SELECT 1 FROM mailboxes WHERE id = %s AND account_id = %s"
+                                    " AND uid_validity = %s FOR UPDATE",
+                                    (mailbox.id, mailbox.account_id, mailbox.uid_validity))
+            quota = await c.execute(_QUOTA_SQL, (mailbox.id,))
+            pending = []
+            for item, body_id in zip(batch, body_ids, strict=True):
+                target = DeliveryTarget(mailbox.id, b"", item.flags, item.internal_date)
+                pending += await _queue_targets(c, body_id, len(item.data), [target])
+            if await owned.fetchone() is None:
+                raise MailboxGone(mailbox.id)
             # RFC 9208 / RFC 3502: the whole MULTIAPPEND fits, or none of it is written
-            if not (await _mailbox_quota(c, mailbox_id)).fits(sum(len(i.data) for i in batch), len(batch)):
-                raise QuotaExceeded("over quota", [mailbox_id])
-            uids: list[int] = []
-            for item, rec in zip(batch, records, strict=True):
-                body_id = await _store_body(c, item.data, 1)
-                target = DeliveryTarget(mailbox_id, b"", item.flags, item.internal_date)
-                uids += await _insert_targets(c, tx, body_id, len(item.data), [target])
-                await _save_derived(c, body_id, rec)
-            return uids
+            row = await quota.fetchone()
+            if row is None or not quota_row(row).fits(sum(len(i.data) for i in batch), len(batch)):
+                raise QuotaExceeded("over quota", [mailbox.id])
+            return await _collect_targets(tx, pending)
 
-        return await self._write(op)
+        return await self._write(op, pipeline=True)
 
     async def restore_mailbox(self, account_id: int, name: str, uid_validity: int, uid_next: int,
                               highest_modseq: int, special_use: str | None = None) -> Mailbox:
@@ -1873,9 +1956,12 @@ async def _bump_modseq(c: psycopg.AsyncConnection, mailbox_id: int) -> int:
     return row[0]
 
 
+_QUOTA_SQL = (f"SELECT {QUOTA_COLS} FROM accounts WHERE id = (SELECT account_id FROM mailboxes"
+              " WHERE id = %s)")
+
+
 async def _mailbox_quota(c: psycopg.AsyncConnection, mailbox_id: int) -> Quota:
-    row = await _one(c, f"SELECT {QUOTA_COLS} FROM accounts WHERE id = (SELECT account_id FROM mailboxes"
-                        " WHERE id = %s)", (mailbox_id,))
+    row = await _one(c, _QUOTA_SQL, (mailbox_id,))
     if row is None:
         raise NotFound(f"mailbox {mailbox_id} does not exist")
     return quota_row(row)
@@ -1888,8 +1974,11 @@ async def _check_targets(c: psycopg.AsyncConnection, targets: Sequence[DeliveryT
         raise QuotaExceeded("over quota", over)
 
 
+_BODY_SQL = "INSERT INTO bodies(data, refs) VALUES (%s, %s) RETURNING id"
+
+
 async def _store_body(c: psycopg.AsyncConnection, body: bytes, refs: int) -> int:
-    return (await _one(c, "INSERT INTO bodies(data, refs) VALUES (%s, %s) RETURNING id", (body, refs)))[0]
+    return (await _one(c, _BODY_SQL, (body, refs)))[0]
 
 
 async def _insert_targets(c: psycopg.AsyncConnection, tx: _Tx, body_id: int, body_len: int,
@@ -1912,6 +2001,50 @@ async def _insert_targets(c: psycopg.AsyncConnection, tx: _Tx, body_id: int, bod
     return uids
 
 
+# One statement per target: its UID and mod-sequence from the mailbox row
+# (locked by the UPDATE, or before by _lock_mailboxes) and its message row.
+_TARGET_SQL = (
+    "WITH u AS (UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1"
+    " WHERE id = %s RETURNING id, uid_next - 1 AS uid, highest_modseq)"
+    " INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq, save_date)"
+    " SELECT u.id, u.uid, %s, %s, %s, %s, %s, u.highest_modseq, %s FROM u RETURNING uid")
+
+
+# _TARGET_SQL for one target whose quota the statement checks itself (Quota.fits):
+# no UID is taken and no row written when the message does not fit.
+_TARGET_QUOTA_SQL = (
+    "WITH u AS (UPDATE mailboxes x SET uid_next = x.uid_next + 1, highest_modseq = x.highest_modseq + 1"
+    " WHERE x.id = %s AND (NOT %s OR EXISTS (SELECT 1 FROM accounts a WHERE a.id = x.account_id"
+    "  AND (a.quota_storage IS NULL OR a.used_storage + %s <= a.quota_storage)"
+    "  AND (a.quota_messages IS NULL OR a.used_messages + 1 <= a.quota_messages)))"
+    " RETURNING x.id, x.uid_next - 1 AS uid, x.highest_modseq)"
+    " INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq, save_date)"
+    " SELECT u.id, u.uid, %s, %s, %s, %s, %s, u.highest_modseq, %s FROM u RETURNING uid")
+
+
+async def _queue_targets(c: psycopg.AsyncConnection, body_id: int, body_len: int,
+                         targets: Sequence[DeliveryTarget]) -> list[tuple[int, psycopg.AsyncCursor]]:
+    """Send the message rows of ``targets`` (``_TARGET_SQL``) without reading
+    the answers: in pipeline mode they travel with what precedes them;
+    ``_collect_targets`` reads the UIDs."""
+    now = time.time()
+    return [(t.mailbox_id, await c.execute(
+        _TARGET_SQL, (t.mailbox_id, body_id, t.trace_prefix, len(t.trace_prefix) + body_len, flags_text(t.flags),
+                      t.internal_date if t.internal_date is not None else now, now)))
+            for t in targets]
+
+
+async def _collect_targets(tx: _Tx, pending: Sequence[tuple[int, psycopg.AsyncCursor]]) -> list[int]:
+    uids = []
+    for mailbox_id, cur in pending:
+        row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"mailbox {mailbox_id} does not exist")
+        tx.changed.add(mailbox_id)
+        uids.append(row[0])
+    return uids
+
+
 async def _save_derived(c: psycopg.AsyncConnection, body_id: int, rec: DerivedRecord) -> None:
     """A body's derived data, header fields, text index and SORT keys with
     its thread (RFC 8474 5.2), in the write that stores it, after its
@@ -1922,9 +2055,10 @@ async def _save_derived(c: psycopg.AsyncConnection, body_id: int, rec: DerivedRe
 
 async def _save_body_rows(c: psycopg.AsyncConnection, body_id: int, rec: DerivedRecord) -> None:
     """The derived rows that need no message row: written before the
-    mailbox rows are locked, in one round trip (pipeline mode)."""
+    mailbox rows are locked, in one round trip (pipeline mode; inside a
+    pipeline already, with the statements that follow)."""
     header, body = _clean(rec.header_text.casefold()), _clean(rec.body_text.casefold())
-    async with c.pipeline():
+    async with contextlib.nullcontext() if c.pgconn.pipeline_status else c.pipeline():
         await c.execute("INSERT INTO body_derived(body_id, envelope, bodystructure, body, meta)"
                         " VALUES (%s, %s, %s, %s, %s)",
                         (body_id, rec.envelope_imap, rec.bodystructure_imap, rec.body_imap, json.dumps(rec.meta)))
@@ -1939,22 +2073,28 @@ async def _save_body_rows(c: psycopg.AsyncConnection, body_id: int, rec: Derived
                         (body_id, header, body, body))
 
 
-async def _save_sort_keys(c: psycopg.AsyncConnection, body_id: int, rec: DerivedRecord) -> None:
+async def _save_sort_keys(c: psycopg.AsyncConnection, body_id: int, rec: DerivedRecord,
+                          mailbox_ids: Sequence[int] | None = None) -> None:
+    """The body's SORT keys and thread. The thread is looked up among the
+    messages of the accounts that hold the body: those of ``mailbox_ids``
+    when given (the statement may then precede the message rows), else
+    those its message rows, written before, belong to."""
     k = keys_from_json(rec.meta["sort"])
     ids = list(dict.fromkeys([*k.parents[-THREAD_LOOKUP_IDS:], *([k.message_id] if k.message_id else [])]))
+    accounts = ("(SELECT x2.account_id FROM mailboxes x2 WHERE x2.id = ANY(%s))" if mailbox_ids is not None else
+                "(SELECT x2.account_id FROM messages m2 JOIN mailboxes x2 ON x2.id = m2.mailbox_id"
+                " WHERE m2.body_id = %s)")
     # the thread: the first body of the same account(s) carrying one of the ids
     await c.execute(
         f"INSERT INTO sort_keys(body_id, {', '.join(_SORT_COLS)}, thread_id)"
         f" VALUES ({', '.join(['%s'] * 11)}, least(%s, (SELECT min(k.thread_id) FROM sort_keys k"
         " WHERE k.message_id = ANY(%s) AND k.body_id != %s"
         " AND EXISTS (SELECT 1 FROM messages m JOIN mailboxes x ON x.id = m.mailbox_id"
-        "  WHERE m.body_id = k.body_id AND x.account_id IN"
-        "  (SELECT x2.account_id FROM messages m2 JOIN mailboxes x2 ON x2.id = m2.mailbox_id"
-        "   WHERE m2.body_id = %s)))))",
+        f"  WHERE m.body_id = k.body_id AND x.account_id IN {accounts}))))",
         (body_id, k.date, _clean(k.subject), k.refwd, _clean(k.from_mailbox), _clean(k.from_display),
          _clean(k.to_mailbox), _clean(k.to_display), _clean(k.cc_mailbox),
          _clean(k.message_id) if k.message_id else None, _clean(" ".join(k.parents)),
-         body_id, ids, body_id, body_id))
+         body_id, ids, body_id, list(mailbox_ids) if mailbox_ids is not None else body_id))
 
 
 def _clean(text: str) -> str:
