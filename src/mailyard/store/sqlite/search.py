@@ -51,7 +51,7 @@ INDEX_BACKOFF = (1.0, 60.0)
 INDEX_FREE_POLL = 1.0  # seconds between looks at the free space while it is below the reserve
 SORT_INLINE = 2_000  # more messages' SORT/THREAD keys than this are read off the event loop
 SORT_BACKFILL_BATCH = 500  # bodies per slice of filling sort_keys for bodies derived before it existed
-FIELDS_BACKFILL_BATCH = 500  # bodies per slice of filling fts_fields for bodies derived before it existed
+FIELDS_BACKFILL_BATCH = 200  # bodies per slice of filling fts_fields for bodies derived before it existed
 _SORT_COLS = ("date", "subject", "refwd", "from_mailbox", "from_display", "to_mailbox", "to_display", "cc_mailbox",
               "message_id", "parents")
 _SORT_SELECT = ("SELECT m.uid, m.body_id, k.body_id, " + ", ".join(f"k.{c}" for c in _SORT_COLS)
