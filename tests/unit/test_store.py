@@ -527,6 +527,21 @@ async def test_search_headers_and_text_from_the_indexes(store: Store) -> None:
     assert await store.search_headers(inbox, "from", "remote") == {u2}
 
 
+async def test_searches_within_a_set_of_uids(store: Store) -> None:
+    """``within``: the answer is the search's, limited to those UIDs (the
+    webmail checks each later term only on what the earlier ones left)."""
+    inbox = await _inbox(store)
+    uids = [await store.append(inbox, (f"From: s{n}@remote.test\r\nSubject: note {n % 2}\r\n\r\n"
+                                       f"body {'kiwi' if n % 3 else 'fig'}\r\n").encode()) for n in range(6)]
+    assert await store.search_headers(inbox, "subject", "note 1", within=uids[:4]) == {uids[1], uids[3]}
+    assert await store.search_headers(inbox, "subject", "", within=uids[2:3]) == {uids[2]}
+    assert await store.search_headers(inbox, "from", "s5@", within=uids[:5]) == set()
+    assert await store.search_text(inbox, "KIWI", "body", within=uids[3:]) == {uids[4], uids[5]}
+    assert await store.search_text(inbox, "note 0", "text", within=[uids[0], uids[1], 999]) == {uids[0]}
+    assert await store.search_text(inbox, " ", "text", within=uids[1:2]) == {uids[1]}
+    assert await store.search_text(inbox, "fig", "text", within=[]) == set()
+
+
 async def test_get_messages_in_uid_order(store: Store) -> None:
     inbox = await _inbox(store)
     uids = [await store.append(inbox, b"m%d\r\n" % i, ["\\Seen"] if i % 2 else []) for i in range(200)]

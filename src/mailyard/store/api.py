@@ -38,7 +38,7 @@ opens a data directory's store; nothing outside store/ names a backend.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -943,17 +943,21 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def search_headers(self, mailbox: MailboxRef, field: str, text: str) -> set[int]:
+    async def search_headers(self, mailbox: MailboxRef, field: str, text: str,
+                             within: Collection[int] | None = None) -> set[int]:
         """UIDs whose header has a field ``field`` (case-insensitive name)
         whose decoded value contains ``text`` (case-insensitive substring, RFC
         9051 6.4.4); an empty ``text`` matches every message having the field.
-        Answered from the stored header fields, not by decoding messages."""
+        Answered from the stored header fields, not by decoding messages.
+        ``within``: only those of these UIDs (a search combining terms checks
+        each later term only on what the earlier ones left)."""
 
     @abc.abstractmethod
-    async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"]) -> set[int]:
+    async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"],
+                          within: Collection[int] | None = None) -> set[int]:
         """UIDs whose body ("body": RFC 9051 SEARCH BODY) or header+body ("text":
         SEARCH TEXT) contains ``text`` (case-insensitive substring semantics),
-        answered from the full-text index."""
+        answered from the full-text index. ``within``: only those of these UIDs."""
 
     @abc.abstractmethod
     async def sort_order(self, mailbox: MailboxRef, keys: Sequence[tuple[str, bool]],

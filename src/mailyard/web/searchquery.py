@@ -206,6 +206,9 @@ class InfoIndex:
         return {u for u in candidates if known.get(u)}
 
 
+# has:attachment within at most this many messages: their BODYSTRUCTUREs
+# are read directly instead of searching the header fields first
+ATTACHMENT_DIRECT = 500
 MEMORY_KEYS = frozenset({"is", "before", "after", "larger", "smaller"})
 
 
@@ -226,32 +229,45 @@ def _predicate(term: Term) -> Callable[[tuple[int, int, float]], bool]:
     return (lambda r: r[1] > size) if key == "larger" else (lambda r: r[1] < size)
 
 
-async def _index_uids(store: Store, index: InfoIndex, box: Mailbox, term: Term) -> set[int]:
-    """The UIDs an indexed term (words, header fields, attachments) matches."""
+async def _index_uids(store: Store, index: InfoIndex, box: Mailbox, term: Term,
+                      within: set[int] | None = None) -> set[int]:
+    """The UIDs an indexed term (words, header fields, attachments) matches,
+    of ``within`` if given (the store then checks only those)."""
     key, value = term.key, term.value
     if key == "text":
-        return await store.search_text(box, value, "text")
+        return await store.search_text(box, value, "text", within=within)
     if key in HEADER_KEYS:
-        return await store.search_headers(box, key, value)
+        return await store.search_headers(box, key, value, within=within)
     # has:attachment: a message with an attachment is multipart/mixed (RFC
     # 2046 5.1.3) or a single part that is itself the attachment; the
     # BODYSTRUCTURE decides
-    candidates = await store.search_headers(box, "content-type", "multipart/mixed")
-    candidates |= await store.search_headers(box, "content-disposition", "attachment")
+    if within is not None and len(within) <= ATTACHMENT_DIRECT:
+        return await index.with_attachment(box, within)
+    candidates = await store.search_headers(box, "content-type", "multipart/mixed", within=within)
+    candidates |= await store.search_headers(box, "content-disposition", "attachment", within=within)
     return await index.with_attachment(box, candidates)
+
+
+def _order(term: Term) -> tuple[bool, bool, int]:
+    """The order positive indexed terms are searched in: each later one
+    checks only what the earlier ones left, so the likely most selective
+    first: a header field (an index of that field alone) before words (the
+    whole text), longer strings (fewer candidates) before shorter, and
+    has:attachment last (it reads the candidates' BODYSTRUCTURE)."""
+    return (term.key == "has", term.key == "text", -len(term.value))
 
 
 async def evaluate(store: Store, index: InfoIndex, box: Mailbox, query: Query) -> set[int]:
     """The UIDs of ``box`` matching every term of ``query`` (``in:`` aside:
-    the caller picks the mailboxes). The indexed terms are intersected
-    first; the flag, date and size tests then filter what is left in one
-    pass over it; negated indexed terms are subtracted last."""
+    the caller picks the mailboxes). The indexed terms are searched first,
+    each within what the ones before it left (``_order``); the flag, date
+    and size tests then filter what is left in one pass over it; negated
+    indexed terms are subtracted last, each searched within what is left."""
     rows = await index.rows(box)
     result: set[int] | None = None
     indexed = [t for t in query.terms if t.key not in MEMORY_KEYS]
-    for term in sorted((t for t in indexed if not t.negated), key=lambda t: t.key == "has"):
-        found = await _index_uids(store, index, box, term)
-        result = found if result is None else result & found
+    for term in sorted((t for t in indexed if not t.negated), key=_order):
+        result = await _index_uids(store, index, box, term, result)
         if not result:
             return set()
     tests = [(_predicate(t), t.negated) for t in query.terms if t.key in MEMORY_KEYS]
@@ -262,10 +278,10 @@ async def evaluate(store: Store, index: InfoIndex, box: Mailbox, query: Query) -
                   and all(test(r) != negated for test, negated in tests)}
     elif result is None:
         result = set(rows)
-    for term in (t for t in indexed if t.negated):
+    for term in sorted((t for t in indexed if t.negated), key=_order):
         if not result:
             break
-        result -= await _index_uids(store, index, box, term)
+        result -= await _index_uids(store, index, box, term, result)
     return result
 
 

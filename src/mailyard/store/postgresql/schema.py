@@ -276,6 +276,8 @@ TRGM = [
     "CREATE EXTENSION IF NOT EXISTS pg_trgm",
     "CREATE INDEX IF NOT EXISTS search_text_body_trgm ON search_text USING GIN (body gin_trgm_ops)",
     "CREATE INDEX IF NOT EXISTS search_text_header_trgm ON search_text USING GIN (header gin_trgm_ops)",
+    # header search (store.py search_headers: LIKE on the folded value)
+    "CREATE INDEX IF NOT EXISTS header_fields_folded_trgm ON header_fields USING GIN (folded gin_trgm_ops)",
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

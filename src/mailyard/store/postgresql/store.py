@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -1671,21 +1671,31 @@ class PostgreSQLStore(ContactsMixin, Store):
                 out[uid]["headers"] = by_body.get(body_of[uid], {})
         return out
 
-    async def search_headers(self, mailbox: MailboxRef, field: str, text: str) -> set[int]:
+    async def search_headers(self, mailbox: MailboxRef, field: str, text: str,
+                             within: Collection[int] | None = None) -> set[int]:
         mailbox_id = await self._owned(mailbox)
-        sql = ("SELECT m.uid FROM messages m WHERE m.mailbox_id = %s AND EXISTS"
-               " (SELECT 1 FROM header_fields h WHERE h.body_id = m.body_id AND h.name = %s")
+        sql = ("SELECT m.uid FROM messages m WHERE m.mailbox_id = %s"
+               + (" AND m.uid = ANY(%s::bigint[])" if within is not None else "")
+               + " AND EXISTS (SELECT 1 FROM header_fields h WHERE h.body_id = m.body_id AND h.name = %s")
+        args: tuple = (mailbox_id, *([sorted(within)] if within is not None else []), field.lower())
         if not text:
-            rows = await self._q(sql + ")", (mailbox_id, field.lower()))
+            rows = await self._q(sql + ")", args)
         else:
-            rows = await self._q(sql + " AND strpos(h.folded, %s) > 0)", (mailbox_id, field.lower(), text.casefold()))
+            # LIKE on the case-folded value: the trigram index (schema.py)
+            # finds the candidates, the comparison itself is the exact
+            # substring test of RFC 9051 6.4.4
+            rows = await self._q(sql + " AND h.folded LIKE %s)", (*args, _like(text.casefold())))
         return {r[0] for r in rows}
 
-    async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"]) -> set[int]:
+    async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"],
+                          within: Collection[int] | None = None) -> set[int]:
         mailbox_id = await self._owned(mailbox)
         needle = text.strip()
+        only = " AND m.uid = ANY(%s::bigint[])" if within is not None else ""
+        some: tuple = (sorted(within),) if within is not None else ()
         if not needle:
-            return {r[0] for r in await self._q("SELECT uid FROM messages WHERE mailbox_id = %s", (mailbox_id,))}
+            return {r[0] for r in await self._q(f"SELECT uid FROM messages m WHERE mailbox_id = %s{only}",
+                                                (mailbox_id, *some))}
         folded = needle.casefold()
         # LIKE on the case-folded text: the trigram index (schema.py) finds
         # the candidates, the comparison itself is the exact substring test
@@ -1693,7 +1703,7 @@ class PostgreSQLStore(ContactsMixin, Store):
         cond = "t.body LIKE %s" if where == "body" else "(t.body LIKE %s OR t.header LIKE %s)"
         args: tuple = (_like(folded),) if where == "body" else (_like(folded), _like(folded))
         rows = await self._q(f"SELECT m.uid FROM messages m JOIN search_text t ON t.body_id = m.body_id"
-                             f" WHERE m.mailbox_id = %s AND {cond}", (mailbox_id, *args))
+                             f" WHERE m.mailbox_id = %s{only} AND {cond}", (mailbox_id, *some, *args))
         return {r[0] for r in rows}
 
     async def sort_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, SortKeys]:

@@ -1,4 +1,4 @@
-"""The tables of the SQLite store (version 8), and how an older data
+"""The tables of the SQLite store (version 9), and how an older data
 directory is brought up to date when it is opened (``create``).
 
 The schema only adds (``CREATE ... IF NOT EXISTS``); ``migrate`` does what
@@ -54,6 +54,11 @@ mailboxes (a query over the header data would read every message's From).
 Version 8: ``web_sessions``, the webmail's sessions (a digest of each
 session's id, its account, times, address and browser), so every worker
 process lists the sessions of an account and ends them (web/sessionlog.py).
+Version 9: ``fts_fields``, a trigram index of the address fields and Subject
+for header search (textindex.py). Bodies derived before it get their rows
+from the background indexer (``meta.fields_index_backfill``: the last body id
+done, then "done"); until then header search reads the mailbox's rows, as
+before.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ from . import textindex
 
 log = logging.getLogger("mailyard.store")
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -420,6 +425,10 @@ def migrate(c: sqlite3.Connection) -> None:
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('sort_keys_backfill', '0')")
         # version 6 only adds account_settings, version 7 contacts and
         # correspondents, version 8 web_sessions (SCHEMA creates them)
+        if version < 9:
+            # fts_fields exists (textindex.SCHEMA) but is empty: bodies
+            # derived before get their rows in the background, from body id 0 on
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('fields_index_backfill', '0')")
         c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         c.execute("COMMIT")
     except BaseException:

@@ -24,7 +24,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Literal, TypeVar
 
 from ...message.address import search_value
@@ -51,6 +51,7 @@ INDEX_BACKOFF = (1.0, 60.0)
 INDEX_FREE_POLL = 1.0  # seconds between looks at the free space while it is below the reserve
 SORT_INLINE = 2_000  # more messages' SORT/THREAD keys than this are read off the event loop
 SORT_BACKFILL_BATCH = 500  # bodies per slice of filling sort_keys for bodies derived before it existed
+FIELDS_BACKFILL_BATCH = 200  # bodies per slice of filling fts_fields for bodies derived before it existed
 _SORT_COLS = ("date", "subject", "refwd", "from_mailbox", "from_display", "to_mailbox", "to_display", "cc_mailbox",
               "message_id", "parents")
 _SORT_SELECT = ("SELECT m.uid, m.body_id, k.body_id, " + ", ".join(f"k.{c}" for c in _SORT_COLS)
@@ -168,7 +169,8 @@ class SearchMixin(SQLiteCore):
                 out[uid]["headers"] = by_body.get(body_of[uid], {})
         return out
 
-    async def search_headers(self, mailbox: MailboxRef, field: str, text: str) -> set[int]:
+    async def search_headers(self, mailbox: MailboxRef, field: str, text: str,
+                             within: Collection[int] | None = None) -> set[int]:
         mailbox_id = self._owned(mailbox)
         pending = await self._ensure_indexed(mailbox_id)
         name = field.lower()
@@ -179,18 +181,25 @@ class SearchMixin(SQLiteCore):
                 " (SELECT 1 FROM header_fields h WHERE h.body_id = m.body_id AND h.name = ?)",
                 (mailbox_id, name),
             )
+            found = {r[0] for r in rows}
         else:
-            rows = self._q(
-                "SELECT m.uid FROM messages m WHERE m.mailbox_id = ? AND EXISTS"
-                " (SELECT 1 FROM header_fields h WHERE h.body_id = m.body_id AND h.name = ?"
-                " AND instr(h.folded, ?) > 0)",
-                (mailbox_id, name, needle),
-            )
-        found = {r[0] for r in rows}
+            found = textindex.search_fields(self._read, mailbox_id, name, needle, self._fields_indexed(), within)
         for uid, rec in pending.items():
             if any(n == name and needle in search_value(n, value).casefold() for n, value in rec.headers):
                 found.add(uid)
-        return found
+        return found if within is None else found.intersection(within)
+
+    def _fields_indexed(self) -> bool:
+        """Whether every derived body has its rows in ``fts_fields``
+        (textindex.py): not while the backfill of a directory from before
+        schema version 9 runs (``meta.fields_index_backfill``)."""
+        if self.__dict__.get("_fields_done"):
+            return True
+        row = self._q1("SELECT value FROM meta WHERE key = 'fields_index_backfill'")
+        done = row is None or row[0] == "done"
+        if done:
+            self._fields_done = True
+        return done
 
     async def sort_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, SortKeys]:
         mailbox_id = self._owned(mailbox)
@@ -432,17 +441,48 @@ class SearchMixin(SQLiteCore):
             log.info("store: sort keys of older bodies filled in")
         return bool(ids)
 
-    async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"]) -> set[int]:
+    def _backfill_fields(self, c: sqlite3.Connection) -> bool:
+        """Background work on the writer thread: the ``fts_fields`` rows of a
+        slice of the bodies derived before the table existed (schema version
+        9); True if a slice was done. Until the last slice, header search
+        reads the mailbox's rows (``_fields_indexed``)."""
+        row = c.execute("SELECT value FROM meta WHERE key = 'fields_index_backfill'").fetchone()
+        if row is None or row[0] == "done" or self._index_deferred():
+            return False
+        started = time.monotonic()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            last = textindex.backfill_fields(c, int(row[0]), FIELDS_BACKFILL_BATCH)
+            c.execute("UPDATE meta SET value = ? WHERE key = 'fields_index_backfill'",
+                      (str(last) if last is not None else "done",))
+            c.execute("COMMIT")
+        except BaseException as exc:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            if not isinstance(self.translate_error(exc), StorageFull):
+                raise
+            log.warning("store: header field index backfill paused, the disk is full")
+            self._index_failed()
+            return False
+        if last is None:
+            log.info("store: header field index of older bodies filled in")
+        else:
+            log.debug("store: header field index filled up to body %d (%.3f s)", last, time.monotonic() - started)
+        return last is not None
+
+    async def search_text(self, mailbox: MailboxRef, text: str, where: Literal["body", "text"],
+                          within: Collection[int] | None = None) -> set[int]:
         mailbox_id = self._owned(mailbox)
         pending = await self._ensure_indexed(mailbox_id)
         needle = text.strip()
         if not needle:
-            return {r[0] for r in self._q("SELECT uid FROM messages WHERE mailbox_id = ?", (mailbox_id,))}
-        found = textindex.search(self._read, mailbox_id, needle, where)
-        for uid, rec in pending.items():
-            if textindex.matches(rec.header_text, rec.body_text, needle, where):
-                found.add(uid)
-        return found
+            found = {r[0] for r in self._q("SELECT uid FROM messages WHERE mailbox_id = ?", (mailbox_id,))}
+        else:
+            found = textindex.search(self._read, mailbox_id, needle, where, within)
+            for uid, rec in pending.items():
+                if textindex.matches(rec.header_text, rec.body_text, needle, where):
+                    found.add(uid)
+        return found if within is None else found.intersection(within)
 
     async def _ensure_indexed(self, mailbox_id: int) -> dict[int, DerivedRecord]:
         """Derive the mailbox's bodies the indexer has not reached yet. Returns,
@@ -574,12 +614,13 @@ class SearchMixin(SQLiteCore):
                  json.dumps(rec.meta, separators=(",", ":"))),
             )
             c.execute("DELETE FROM header_fields WHERE body_id = ?", (body_id,))
+            folded = [(name, search_value(name, value).casefold()) for name, value in rec.headers]
             c.executemany(
                 "INSERT OR REPLACE INTO header_fields(body_id, name, n, value, folded) VALUES (?, ?, ?, ?, ?)",
-                [(body_id, name, n, value, search_value(name, value).casefold())
-                 for n, (name, value) in enumerate(rec.headers)],
+                [(body_id, name, n, value, folded[n][1]) for n, (name, value) in enumerate(rec.headers)],
             )
             textindex.save(c, body_id, rec.header_text, rec.body_text)
+            textindex.save_fields(c, body_id, folded)
             _save_sort_keys(c, [(body_id, keys_from_json(rec.meta["sort"]))])
 
     # --- when index data may be written -----------------------------------------
@@ -628,7 +669,7 @@ class SearchMixin(SQLiteCore):
             "SELECT id, segment, offset, length FROM bodies WHERE derived IS NULL LIMIT ?", (INDEX_BATCH,)
         ).fetchall()
         if not rows:
-            return self._backfill_sort_keys(c)
+            return self._backfill_sort_keys(c) or self._backfill_fields(c)
         items: list[tuple[int, DerivedRecord]] = []
         started = time.monotonic()
         for body_id, segment, offset, length in rows:

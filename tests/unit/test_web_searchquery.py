@@ -1,0 +1,71 @@
+"""The webmail's evaluation of a query with several indexed terms
+(web/searchquery.py ``evaluate``) over a real SQLite store: the answer is
+the intersection of the terms' answers, and each term after the first is
+asked of the store only within what the earlier terms left, negated terms
+included, so a combined search checks the candidates of its most selective
+term instead of every term's matches in the whole mailbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mailyard.config import StoreConfig
+from mailyard.store.api import DeliveryTarget
+from mailyard.store.sqlite import SQLiteStore
+from mailyard.web import searchquery
+
+
+def _message(n: int) -> bytes:
+    sender = f"sender{n % 7}@remote.test"
+    subject = ["lunch plans", "party time", "lunch party", "review"][n % 4]
+    attach = n % 3 == 0
+    head = f"From: {sender}\r\nTo: a@example.test\r\nSubject: {subject} {n}\r\n"
+    if not attach:
+        return (head + f"\r\nbody {n} words\r\n").encode()
+    return (head + 'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+            "Content-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: application/pdf\r\n"
+            "Content-Disposition: attachment; filename=a.pdf\r\n\r\n%PDF\r\n--b--\r\n").encode()
+
+
+async def test_later_terms_are_searched_within_what_the_earlier_left(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False))
+    try:
+        await store.add_domain("example.test")
+        account = await store.add_account("a@example.test", "h")
+        box = await store.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        for n in range(120):
+            await store.deliver(_message(n), [DeliveryTarget(box.id)])
+        box = await store.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        calls: list[tuple[str, str, Any]] = []
+        search_text, search_headers = store.search_text, store.search_headers
+
+        async def text(b: Any, value: str, where: Any, within: Any = None) -> set[int]:
+            calls.append(("text", value, None if within is None else set(within)))
+            return await search_text(b, value, where, within=within)
+
+        async def headers(b: Any, field: str, value: str, within: Any = None) -> set[int]:
+            calls.append((field, value, None if within is None else set(within)))
+            return await search_headers(b, field, value, within=within)
+
+        store.search_text = text  # type: ignore[method-assign]
+        store.search_headers = headers  # type: ignore[method-assign]
+        index = searchquery.InfoIndex(store)
+        query = searchquery.parse("lunch from:sender3 -party has:attachment")
+        found = await searchquery.evaluate(store, index, box, query)
+        # the rule: subject or text holds lunch, from sender3, no party, an attachment
+        want_all = {n + 1 for n in range(120) if n % 4 == 0 and n % 7 == 3}
+        want = {u for u in want_all if (u - 1) % 3 == 0}
+        assert want and want < want_all
+        assert found == want
+        first, *later = calls
+        assert first == ("from", "sender3", None)  # a header field first: its own index
+        assert [(k, v) for k, v, _w in later] == [("text", "lunch"), ("text", "party")], calls
+        assert all(within is not None and len(within) <= 120 // 7 + 1 for _k, _v, within in later), calls
+        calls.clear()
+        assert await searchquery.evaluate(store, index, box, searchquery.parse("-party lunch from:sender3")) == want_all
+        assert [within is None for _k, _v, within in calls] == [True, False, False], calls
+    finally:
+        await store.close()
