@@ -22,6 +22,7 @@ from mailyard.config import Config
 from mailyard.server import MailServer
 from mailyard.store import open_store
 from mailyard.store.sqlite import SQLiteStore
+from tests.integration.rspamd_server import rspamd_service  # noqa: F401  (the session's rspamd)
 from tests.pgcluster import pg_cluster  # noqa: F401  (the session's PostgreSQL cluster)
 
 T = TypeVar("T")
