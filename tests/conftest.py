@@ -179,3 +179,18 @@ def require_program(name: str, package: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the background fills of the big-mailbox modules collected
+    (tests/integration/prefill.py)."""
+    from tests.integration import prefill
+
+    if not session.config.option.collectonly:
+        prefill.start([item.nodeid for item in session.items])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests.integration import prefill
+
+    prefill.stop_all()
