@@ -22,6 +22,7 @@ from mailyard.config import Config
 from mailyard.server import MailServer
 from mailyard.store import open_store
 from mailyard.store.sqlite import SQLiteStore
+from tests.integration.rspamd_server import rspamd_service  # noqa: F401  (the session's rspamd)
 from tests.pgcluster import pg_cluster  # noqa: F401  (the session's PostgreSQL cluster)
 
 T = TypeVar("T")
@@ -178,3 +179,18 @@ def require_program(name: str, package: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the background fills of the big-mailbox modules collected
+    (tests/integration/prefill.py)."""
+    from tests.integration import prefill
+
+    if not session.config.option.collectonly:
+        prefill.start([item.nodeid for item in session.items])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests.integration import prefill
+
+    prefill.stop_all()

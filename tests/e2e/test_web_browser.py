@@ -17,7 +17,7 @@ from typing import Any
 from mailyard.message.compose import Attachment, compose, to_bytes
 
 from ..conftest import USERS, RunningServer
-from .webtools import browser_fixture, log_in, new_page, screenshot  # noqa: F401 (fixture)
+from .webtools import log_in, new_page, screenshot
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..conftest import RunningServer
-from .webtools import browser_fixture, log_in, new_page, screenshot  # noqa: F401 (fixture)
+from .webtools import log_in, new_page, screenshot
 
 ALICE = "alice@example.test"
 

@@ -16,7 +16,7 @@ from mailyard.message.compose import Attachment, compose, to_bytes
 
 from ..conftest import RunningServer
 from ..waiting import wait_until
-from .webtools import base_url, browser_fixture, log_in, screenshot  # noqa: F401 (fixture)
+from .webtools import base_url, log_in, screenshot
 
 ALICE = "alice@example.test"
 PHONE = {"width": 390, "height": 844}

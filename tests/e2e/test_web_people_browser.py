@@ -12,7 +12,7 @@ import pytest
 from mailyard.store.api import Contact
 
 from ..conftest import RunningServer
-from .webtools import browser_fixture, log_in, new_page, screenshot  # noqa: F401 (fixture)
+from .webtools import log_in, new_page, screenshot
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 

@@ -9,7 +9,7 @@ from mailyard.message.compose import compose, to_bytes
 
 from ..conftest import RunningServer
 from ..integration.test_web_http import ALICE, append, box_id
-from .webtools import browser_fixture, log_in, new_page  # noqa: F401 (fixture)
+from .webtools import log_in, new_page
 
 FAKE = ('<div style="margin-top:-400px;background-color:#fff;display:block">'
         '<table><tr><td>From</td><td>ceo@example.test</td></tr><tr><td>Subject</td><td>Wire the money</td></tr>'

@@ -18,7 +18,6 @@ from ..conftest import USERS
 from ..integration.nginx import Nginx
 from .webtools import (  # noqa: F401
     CHROMIUM_ARGS,
-    browser_fixture,  # noqa: F401 (fixture)
     playwright_api,
 )
 

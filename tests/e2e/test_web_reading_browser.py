@@ -12,7 +12,7 @@ import pytest
 
 from ..conftest import RunningServer
 from ..integration.test_web_conversations import T0, mail, mk, put
-from .webtools import browser_fixture, log_in, new_page, screenshot  # noqa: F401 (fixture)
+from .webtools import log_in, new_page, screenshot
 
 ALICE = "alice@example.test"
 VIEWPORTS = [("desktop", 1440, 900), ("phone", 390, 844)]

@@ -15,7 +15,7 @@ from mailyard.web.render import sanitize_html
 
 from ..conftest import RunningServer
 from ..waiting import wait_until
-from .webtools import base_url, browser_fixture, log_in, new_page  # noqa: F401 (fixture)
+from .webtools import base_url, log_in, new_page
 
 ALICE = "alice@example.test"
 JS = "parent.__xss=1"

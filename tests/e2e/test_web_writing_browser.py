@@ -10,7 +10,7 @@ from email.policy import default as default_policy
 from typing import Any
 
 from ..conftest import RunningServer
-from .webtools import browser_fixture, log_in, new_page, screenshot  # noqa: F401 (fixture)
+from .webtools import log_in, new_page, screenshot
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 

@@ -35,8 +35,11 @@ def playwright_api() -> Any:
     return sync_api
 
 
-@pytest.fixture(scope="module", name="browser")
+@pytest.fixture(scope="package", name="browser")
 def browser_fixture() -> Iterator[Any]:
+    """One chromium for the whole tests/e2e package (tests/e2e/conftest.py
+    provides it; a launch costs seconds): each test opens its own context,
+    so no cookies or storage cross between tests."""
     path = require_program("chromium", "chromium")
     api = playwright_api()
     with api.sync_playwright() as p:

@@ -21,25 +21,33 @@ from tests.conftest import USERS
 ALICE = "alice@example.test"
 
 
+def init_data(data: Path) -> None:
+    """A data directory as ``mailyard init`` makes it, for example.test with
+    the user alice@example.test."""
+    subprocess.run(
+        [sys.executable, "-m", "mailyard", "--data", str(data), "init", "--domain", "example.test"],
+        check=True, capture_output=True,
+    )
+    subprocess.run(
+        [sys.executable, "-m", "mailyard", "--data", str(data), "user", "add", ALICE, "--password-stdin"],
+        input=USERS[ALICE] + "\n", text=True, check=True, capture_output=True,
+    )
+
+
 class ServeProcess:
     """``mailyard serve`` in a subprocess (SMTP, IMAP, POP3 on free ports) so
     its memory is its own: VmHWM in /proc/PID/status is the peak RSS, and
     writing 5 to /proc/PID/clear_refs resets it (Linux 4.0+)."""
 
     def __init__(self, data: Path, configure: Callable[[Config], None],
-                 prepare: Callable[[Path], None] | None = None) -> None:
+                 prepare: Callable[[Path], None] | None = None, *, made: bool = False) -> None:
         """``prepare``: called with the data directory once it is made,
-        before the server starts (files shared with other nodes)."""
+        before the server starts (files shared with other nodes). ``made``:
+        the directory was made with ``init_data`` already (prefill.py)."""
         self.data = data
         self.ports: dict[str, int] = {}
-        subprocess.run(
-            [sys.executable, "-m", "mailyard", "--data", str(data), "init", "--domain", "example.test"],
-            check=True, capture_output=True,
-        )
-        subprocess.run(
-            [sys.executable, "-m", "mailyard", "--data", str(data), "user", "add", ALICE, "--password-stdin"],
-            input=USERS[ALICE] + "\n", text=True, check=True, capture_output=True,
-        )
+        if not made:
+            init_data(data)
         cfg = Config.load(data / "config.toml")
         for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http", "https", "managesieve"):
             setattr(cfg.ports, name, self.ports.get(name, 0))
@@ -54,24 +62,35 @@ class ServeProcess:
             prepare(data)
         # the ports are picked last, just before the server binds them: a
         # configure or prepare that fills a big mailbox takes long enough for
-        # another process to take a port picked before it
-        for name in ("smtp", "imap", "pop3"):
-            if getattr(cfg.ports, name) == 0:
+        # another process to take a port picked before it. A port taken
+        # between the pick and the bind all the same (other servers on the
+        # machine) is picked again, twice at most.
+        picked = [name for name in ("smtp", "imap", "pop3") if getattr(cfg.ports, name) == 0]
+        metrics = cfg.metrics.listen
+        for attempt in range(3):
+            for name in picked:
                 setattr(cfg.ports, name, free_port())
-            self.ports[name] = getattr(cfg.ports, name)
-        (data / "config.toml").write_text(cfg.to_toml())
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailyard", "--data", str(data), "serve"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
-        assert self.proc.stdout is not None
-        seen = []
-        for line in self.proc.stdout:
-            seen.append(line.decode(errors="replace"))
-            if b"mailyard is running" in line:
-                break
-        else:
-            pytest.fail("server did not start:\n" + "".join(seen))
+            if attempt and cfg.metrics.listen == metrics:
+                cfg.metrics.listen = metrics = f"127.0.0.1:{free_port()}"
+            for name in ("smtp", "imap", "pop3"):
+                self.ports[name] = getattr(cfg.ports, name)
+            (data / "config.toml").write_text(cfg.to_toml())
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mailyard", "--data", str(data), "serve"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            )
+            assert self.proc.stdout is not None
+            seen = []
+            for line in self.proc.stdout:
+                seen.append(line.decode(errors="replace"))
+                if b"mailyard is running" in line:
+                    break
+            else:
+                self.proc.wait()
+                if attempt < 2 and "address already in use" in "".join(seen):
+                    continue
+                pytest.fail("server did not start:\n" + "".join(seen))
+            break
         self.output: list[str] = seen  # the start-up lines too ("listening" lines)
         threading.Thread(target=self._drain, daemon=True).start()
         self.host = "127.0.0.1"

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from mailyard.config import Config, StoreConfig
+from mailyard.config import StoreConfig
 from mailyard.protocols.imap.contexts import MAX_CONTEXTS
 from mailyard.store.api import AppendItem
 from mailyard.store.sqlite import SQLiteStore
 from tests.conftest import USERS
+from tests.integration import prefill
 from tests.integration.serve_process import ALICE, ServeProcess
 
 pytestmark = pytest.mark.slow
@@ -66,13 +67,10 @@ def _login(server: ServeProcess) -> socket.socket:
     return s
 
 
-def test_many_contexts_on_a_big_mailbox(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-
-    def configure(cfg: Config) -> None:
-        _fill(data)
-
-    server = ServeProcess(data, configure)
+def test_many_contexts_on_a_big_mailbox() -> None:
+    # the mailbox ``_fill`` makes, filled in the background from the start
+    # of the session (prefill.py)
+    server = ServeProcess(prefill.filled(__name__), lambda cfg: None, made=True)
     try:
         holder, changer = _login(server), _login(server)
 

@@ -10,14 +10,16 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mailyard.config import Config, StoreConfig
+from mailyard.config import StoreConfig
 from mailyard.store.api import AppendItem
 from mailyard.store.sqlite import SQLiteStore
 from tests.conftest import USERS
+from tests.integration import prefill
 from tests.integration.serve_process import ALICE, ServeProcess
 
 pytestmark = pytest.mark.slow
@@ -82,13 +84,10 @@ def _login(server: ServeProcess) -> socket.socket:
 
 
 @pytest.fixture(scope="module")
-def big_server(tmp_path_factory: pytest.TempPathFactory) -> ServeProcess:
-    data = tmp_path_factory.mktemp("sortload") / "data"
-
-    def configure(cfg: Config) -> None:
-        _fill(data)
-
-    server = ServeProcess(data, configure)
+def big_server() -> Iterator[ServeProcess]:
+    """The filled mailbox (``_fill``, run in the background from the start
+    of the session by prefill.py) served by ``mailyard serve``."""
+    server = ServeProcess(prefill.filled(__name__), lambda cfg: None, made=True)
     yield server
     server.stop()
 

@@ -24,7 +24,7 @@ import pytest
 from bench.corpus import corpus
 
 from mailyard.config import Config
-from tests.conftest import RunningServer, require_program
+from tests.conftest import RunningServer
 from tests.integration.multihost import DNSServer, free_port
 from tests.integration.rspamd_server import RspamdServer
 
@@ -165,16 +165,12 @@ def test_rspamd_down_leaves_the_builtin_score(make_server: Callable[..., Running
 
 # --- rspamd ------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def rspamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Debian's rspamd on loopback with a minimal private configuration
-    (rspamd_server.py); skipped without the package, failed in CI."""
-    server = RspamdServer(require_program("rspamd", "rspamd"), tmp_path_factory.mktemp("rspamd"))
-    try:
-        server.wait_ready()
-        yield server.url
-    finally:
-        server.stop()
+@pytest.fixture
+def rspamd(rspamd_service: RspamdServer) -> str:
+    """The session's rspamd (rspamd_server.py: Debian's rspamd on loopback
+    with a minimal private configuration); skipped without the package,
+    failed in CI."""
+    return rspamd_service.url
 
 
 def test_rspamd_rejects_gtube_and_accepts_clean_mail(make_server: Callable[..., RunningServer], dns: DNSServer,

@@ -1,0 +1,101 @@
+"""Big mailboxes filled ahead of their tests, in a background process.
+
+A module that needs a data directory holding tens of thousands of messages
+names its fill here (FILLS: the module's own ``_fill(data)``). When the
+session's tests are collected (tests/conftest.py ``pytest_collection_finish``)
+and such a module is among them, a subprocess makes the directory as
+``ServeProcess`` does (``init_data``) and runs the fill, on the core the
+serial test run leaves idle; the module's fixture then takes the finished
+directory with ``filled(module)`` (waiting if the fill is still running)
+and serves it with ``ServeProcess(..., made=True)``. The directory and its
+contents are the same as a fill in the fixture's own setup would make.
+
+Run as ``python -m tests.integration.prefill MODULE DATA`` it is that
+subprocess.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# test module (its node id's file part) -> its importable name
+FILLS = {
+    "tests/integration/test_imap_sort_load.py": "tests.integration.test_imap_sort_load",
+    "tests/integration/test_imap_context_load.py": "tests.integration.test_imap_context_load",
+}
+FILL_TIMEOUT = 1_800.0  # seconds: 100,000 messages derived on a loaded 2-core machine
+ROOT = Path(__file__).resolve().parents[2]
+
+_base: Path | None = None
+_started: dict[str, tuple[subprocess.Popen, Path]] = {}
+
+
+def _spawn(module: str) -> tuple[subprocess.Popen, Path]:
+    global _base
+    if _base is None:
+        _base = Path(tempfile.mkdtemp(prefix="mailyard-prefill-"))
+    data = _base / module.rsplit(".", 1)[-1] / "data"
+    data.parent.mkdir(parents=True)
+    log = (data.parent / "fill.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "tests.integration.prefill", module, str(data)], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    return proc, data
+
+
+def start(nodeids: list[str]) -> None:
+    """Start the fill of every FILLS module with a test among ``nodeids``."""
+    wanted = {nodeid.split("::", 1)[0] for nodeid in nodeids}
+    for path, module in FILLS.items():
+        if path in wanted and module not in _started:
+            _started[module] = _spawn(module)
+
+
+def filled(module: str) -> Path:
+    """The data directory ``module``'s fill made (started now if no test
+    collection started it, as when the module is imported by hand)."""
+    if module not in _started:
+        _started[module] = _spawn(module)
+    proc, data = _started[module]
+    try:
+        code = proc.wait(FILL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"the fill of {module} did not finish in {FILL_TIMEOUT:.0f} s") from None
+    log = (data.parent / "fill.log").read_text(errors="replace")
+    assert code == 0, f"the fill of {module} failed ({code}):\n{log[-3000:]}"
+    return data
+
+
+def stop_all() -> None:
+    """End fills still running (an interrupted session) and remove the directories."""
+    global _base
+    for proc, _data in _started.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _started.clear()
+    if _base is not None:
+        shutil.rmtree(_base, ignore_errors=True)
+        _base = None
+
+
+def main(module: str, data: str) -> None:
+    from tests.integration.serve_process import init_data
+
+    started = time.monotonic()
+    init_data(Path(data))
+    importlib.import_module(module)._fill(Path(data))
+    print(f"{module}: filled in {time.monotonic() - started:.1f} s (pid {os.getpid()})")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
