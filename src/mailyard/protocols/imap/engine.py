@@ -135,7 +135,9 @@ class ImapEngine:
         self.framer = Framer(limits, admissible=lambda first: self._precheck(first) is None)
         self.state = State.NOT_AUTHENTICATED
         self.writer = Writer()
-        self.enabled: set[str] = set()
+        # immutable, replaced on change: most sessions enable nothing and
+        # share the one empty set
+        self.enabled: frozenset[str] = frozenset()
         self.current: c.Command | None = None
         self._mode = _Mode.COMMAND
         # Output as a list of pieces joined once per write: a FETCH body is
@@ -174,15 +176,16 @@ class ImapEngine:
     def forget_enabled(self) -> None:
         """UNAUTHENTICATE: every ENABLEd extension ceases to be enabled
         (RFC 8437 4.1), and names go back to modified UTF-7."""
-        self.enabled.clear()
+        self.enabled = frozenset()
         self.writer.utf8 = False
 
     def enable(self, names: list[str]) -> None:
         """Record newly enabled extensions (the glue decides which are known)."""
-        self.enabled.update(names)
+        enabled = self.enabled.union(names)
+        if "QRESYNC" in enabled:
+            enabled |= {"CONDSTORE"}  # RFC 7162 3.2.3: QRESYNC implies CONDSTORE
+        self.enabled = enabled
         self.writer.utf8 = self.utf8
-        if "QRESYNC" in self.enabled:
-            self.enabled.add("CONDSTORE")  # RFC 7162 3.2.3: QRESYNC implies CONDSTORE
 
     # --- input ------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:

@@ -252,8 +252,9 @@ class SelectedMailbox:
         """``* FLAGS`` and ``* OK [PERMANENTFLAGS]`` (RFC 9051 7.3.5, 7.1):
         at SELECT, and again when a keyword comes into use, before any FETCH
         shows it -- a client drops keywords it was not told of."""
-        self.known_flags |= self.new_keywords
-        self.new_keywords = frozenset()
+        if self.new_keywords:
+            self.known_flags |= self.new_keywords
+            self.new_keywords = frozenset()
         keywords = sorted(f for f in self.known_flags if not f.startswith("\\"))
         flags = flag_list([*PERMANENT_FLAGS, *keywords])
         engine.untagged(Atom("FLAGS"), flags)
@@ -340,7 +341,8 @@ class SelectedMailbox:
         mailbox's HIGHESTMODSEQ in an untagged OK. The value is the one this
         session has announced changes up to, so a client that keeps it
         misses nothing still to come."""
-        engine.enabled.add("CONDSTORE")
+        if "CONDSTORE" not in engine.enabled:
+            engine.enabled |= {"CONDSTORE"}
         if not self.condstore:
             self.condstore = True
             engine.untagged_status("OK", "Highest", f"HIGHESTMODSEQ {self.known_modseq}")
