@@ -523,6 +523,36 @@ def test_cache_honours_positive_and_negative_answers(dns: DNSServer, resolver: R
     assert resolver.queries == asked
 
 
+def test_spf_result_is_kept_no_longer_than_the_dns_answers_it_rests_on(
+        dns: DNSServer, resolver: Resolver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SPF result is kept (``Resolver.remember``), so a sender's stream of
+    mail is not evaluated again for every message; but not past the TTL of
+    the records it was computed from: once the record's 5 seconds are up, a
+    changed record gives its new result (a clock of the test's own)."""
+    from mailyard.mailauth import dnscache
+
+    class Clock:
+        now = 1000.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(dnscache, "time", clock)
+    dns.ttl = 5
+    txt(dns, "ttl.test", "v=spf1 ip4:192.0.2.10 -all")
+    assert spf.check_host(resolver, IP, "a@ttl.test", "mail.ttl.test").result == "pass"
+    dns.remove("ttl.test")
+    txt(dns, "ttl.test", "v=spf1 -all")
+    asked = resolver.queries
+    clock.now += 4  # within the TTL: the kept result, no question asked
+    assert spf.check_host(resolver, IP, "a@ttl.test", "mail.ttl.test").result == "pass"
+    assert resolver.queries == asked
+    clock.now += 2  # past it: evaluated again, with the record as it is now
+    assert spf.check_host(resolver, IP, "a@ttl.test", "mail.ttl.test").result == "fail"
+    assert resolver.queries > asked
+
+
 def test_authentication_config_section() -> None:
     from mailyard.config import Config, ConfigError
 
