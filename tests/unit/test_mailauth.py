@@ -630,6 +630,20 @@ def test_fast_path_leaves_simple_canonicalization_to_dkimpy(domain_keys: keys.Si
         "fail"]
 
 
+def test_the_public_suffix_list_is_read_when_the_checker_starts(resolver: Resolver) -> None:
+    """The checks run on the event loop: the Public Suffix List (read once,
+    tens of milliseconds) is loaded as the server builds its checker, not by
+    the first message's DMARC evaluation."""
+    from mailyard.mailauth.inbound import InboundChecker
+
+    dmarc._psl.cache_clear()
+    checker = InboundChecker(resolver, "mx.b.test")
+    try:
+        assert dmarc._psl.cache_info().currsize == 1
+    finally:
+        checker.close()
+
+
 async def test_a_sender_whose_answers_are_cached_is_checked_without_a_thread(
         domain_keys: keys.SigningKeys, dns: DNSServer, resolver: Resolver) -> None:
     """InboundChecker: the first message of a sender asks DNS on the
