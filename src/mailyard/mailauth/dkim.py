@@ -8,8 +8,9 @@ anyone append content), and the header set of RFC 6376 5.4.1 where present,
 with From, To, Subject, Date and Message-ID signed once more than they occur
 ("oversigning", RFC 6376 5.4.2 and 8.15), so that none can be added later.
 
-Verification: ``verify`` checks every DKIM-Signature of a message and gives
-one result per signature in RFC 8601 2.7.1 terms: ``pass``; ``fail`` (body
+Verification: ``verify`` checks the DKIM-Signatures of a message (all, or
+for DMARC's needs only until one of the From domain passes) and gives
+one result per signature checked in RFC 8601 2.7.1 terms: ``pass``; ``fail`` (body
 hash or signature mismatch, expired ``x=``, revoked key, RSA key under 1024
 bits: RFC 8301 3.2 says such a signature MUST NOT be considered valid);
 ``neutral`` (a malformed signature field); ``permerror`` (no key record);
