@@ -350,14 +350,14 @@ def test_check_message_writes_one_field(domain_keys: keys.SigningKeys, dns: DNSS
                       reverse_path="alice@a.test")
     assert v.message == signed and v.disposition == "none"
     # RFC 8601 2.2: a value with "/" (a tspecial) is a quoted-string
-    ed_b = authresults._value(dkim._tags(signed.split(b"DKIM-Signature:")[1])["b"][:8])
     rsa_b = authresults._value(dkim._tags(signed.split(b"DKIM-Signature:")[2])["b"][:8])
     gen = domain_keys.generation
+    # the From domain's rsa-sha256 signature passed first: DMARC needs no
+    # more, so the Ed25519 one is not verified, and not reported
     assert v.header == (
         "Authentication-Results: mx.b.test;\r\n"
         "\tspf=pass smtp.mailfrom=alice@a.test;\r\n"
         "\tspf=pass smtp.helo=mail.a.test;\r\n"
-        f"\tdkim=pass header.d=a.test header.s={gen}-ed25519 header.a=ed25519-sha256 header.b={ed_b};\r\n"
         f"\tdkim=pass header.d=a.test header.s={gen}-rsa header.a=rsa-sha256 header.b={rsa_b};\r\n"
         "\tarc=none;\r\n"
         "\tdmarc=pass (aligned SPF and DKIM) header.from=a.test\r\n"
@@ -368,6 +368,140 @@ def test_check_message_writes_one_field(domain_keys: keys.SigningKeys, dns: DNSS
                        reverse_path="x@evil.test")
     assert v2.disposition == "reject"
     assert b"dkim=none" in v2.header and b"dmarc=fail" in v2.header and b"p=reject dis=reject" in v2.header
+
+
+def _second_signer(tmp_path: Path, dns: DNSServer, domain: str) -> keys.SigningKeys:
+    keys.generate(tmp_path / domain, domain)
+    loaded = keys.load(tmp_path / domain, domain)
+    assert loaded is not None
+    for rec in keys.records(loaded):
+        txt(dns, rec.name, rec.text)
+    return loaded
+
+
+def _dkim_lines(header: bytes) -> list[str]:
+    return [line.strip().rstrip(";") for line in header.decode().split("\r\n") if line.strip().startswith("dkim=")]
+
+
+def _b(field: bytes) -> str:
+    """The header.b value of a DKIM-Signature field (RFC 6008, RFC 8601 2.2 quoting)."""
+    return authresults._value(dkim._tags(field.partition(b":")[2])["b"][:8])
+
+
+def _key_lookups(dns: DNSServer) -> list[str]:
+    return sorted(name for name, _rdtype in dns.queries if "._domainkey." in name)
+
+
+def test_dkim_stops_at_the_first_pass_of_the_from_domain(domain_keys: keys.SigningKeys, dns: DNSServer,
+                                                         resolver: Resolver, tmp_path: Path) -> None:
+    """RFC 6376 6.1: a Verifier may try the signatures in any order and stop
+    once one verifies; DMARC (RFC 7489 3.1.1) needs one that passes with
+    d= aligned to the From domain. A mailing list's signatures (c.test) on
+    top of the author's two: the author's rsa-sha256 signature is tried
+    first and passes, and none of the other three is verified (their keys
+    are not even looked up) or reported."""
+    txt(dns, "_dmarc.a.test", "v=DMARC1; p=reject")
+    lister = _second_signer(tmp_path, dns, "c.test")
+    author = dkim.sign(MESSAGE, domain_keys)
+    listed = dkim.sign(author + MESSAGE, lister) + author + MESSAGE
+    dns.queries.clear()
+    v = check_message(resolver, listed, authserv_id="mx.b.test", ip="198.51.100.7", helo="list.c.test",
+                      reverse_path="list@c.test")
+    rsa_field = b"DKIM-Signature:" + author.split(b"DKIM-Signature:")[2]
+    assert _dkim_lines(v.header) == [
+        f"dkim=pass header.d=a.test header.s={domain_keys.generation}-rsa header.a=rsa-sha256 "
+        f"header.b={_b(rsa_field)}"]
+    assert [(r.domain, r.algorithm, r.result) for r in v.dkim] == [("a.test", "rsa-sha256", "pass")]
+    assert _key_lookups(dns) == [f"{domain_keys.rsa_selector}._domainkey.a.test."]
+    assert v.dmarc is not None and (v.dmarc.result, v.dmarc.dkim_aligned) == ("pass", True)
+    # without a From domain to stop for, every signature is verified
+    assert [r.result for r in dkim.verify(listed, resolver.txt)] == ["pass"] * 4
+
+
+def test_dkim_goes_on_after_a_failure_and_reports_what_it_verified(domain_keys: keys.SigningKeys, dns: DNSServer,
+                                                                   resolver: Resolver, tmp_path: Path) -> None:
+    """The author's rsa-sha256 signature fails (its key is revoked): its
+    Ed25519 signature is verified next and passes; both are reported, in
+    the order of the fields, and the list's signatures are not."""
+    txt(dns, "_dmarc.a.test", "v=DMARC1; p=reject")
+    lister = _second_signer(tmp_path, dns, "c.test")
+    author = dkim.sign(MESSAGE, domain_keys)
+    listed = dkim.sign(author + MESSAGE, lister) + author + MESSAGE
+    dns.remove(f"{domain_keys.rsa_selector}._domainkey.a.test")
+    txt(dns, f"{domain_keys.rsa_selector}._domainkey.a.test", "v=DKIM1; k=rsa; p=")
+    v = check_message(resolver, listed, authserv_id="mx.b.test", ip="198.51.100.7", helo="list.c.test",
+                      reverse_path="list@c.test")
+    ed_field, rsa_field = (b"DKIM-Signature:" + f for f in author.split(b"DKIM-Signature:")[1:])
+    gen = domain_keys.generation
+    assert _dkim_lines(v.header) == [
+        f"dkim=pass header.d=a.test header.s={gen}-ed25519 header.a=ed25519-sha256 header.b={_b(ed_field)}",
+        f"dkim=fail (key revoked) header.d=a.test header.s={gen}-rsa header.a=rsa-sha256 header.b={_b(rsa_field)}",
+    ]
+    assert v.dmarc is not None and v.dmarc.result == "pass"
+
+
+def test_dkim_verifies_every_signature_when_none_of_the_from_domain_passes(
+        domain_keys: keys.SigningKeys, dns: DNSServer, resolver: Resolver, tmp_path: Path) -> None:
+    """A message whose From domain signed nothing (only a list did): every
+    signature is verified and reported, and DMARC fails for the From
+    domain (a list's signature is not aligned with it)."""
+    txt(dns, "_dmarc.a.test", "v=DMARC1; p=reject")
+    lister = _second_signer(tmp_path, dns, "c.test")
+    listed = dkim.sign(MESSAGE, lister) + MESSAGE
+    v = check_message(resolver, listed, authserv_id="mx.b.test", ip="198.51.100.7", helo="list.c.test",
+                      reverse_path="list@c.test")
+    assert [(r.domain, r.algorithm, r.result) for r in v.dkim] == [
+        ("c.test", "ed25519-sha256", "pass"), ("c.test", "rsa-sha256", "pass")]
+    assert len(_dkim_lines(v.header)) == 2
+    assert v.dmarc is not None and (v.dmarc.result, v.dmarc.dkim_aligned) == ("fail", False)
+
+
+def test_a_signature_with_a_duplicated_tag_is_not_passed(domain_keys: keys.SigningKeys,
+                                                         resolver: Resolver) -> None:
+    """RFC 6376 3.2: a tag-list with a tag name twice is invalid as a whole.
+    The signature below is otherwise correct (made over its own field, the
+    duplicate q= included): it must not pass, not on the fast path either."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    private = serialization.load_pem_private_key(domain_keys.rsa_pem, None)
+    header, body = MESSAGE.split(b"\r\n\r\n", 1)
+    bh = base64.b64encode(hashlib.sha256(dkim._relaxed_body(body)).digest()).decode()
+    value = (f"v=1; a=rsa-sha256; c=relaxed/relaxed; d=a.test; s={domain_keys.rsa_selector}; q=dns/txt;"
+             f" q=dns/txt; t={int(time.time())}; h=from:subject; bh={bh}; b=").encode()
+    fields = dict(line.split(b": ", 1) for line in header.split(b"\r\n"))
+    data = (dkim._relaxed_field("From", fields[b"From"]) + b"\r\n" + dkim._relaxed_field("Subject", fields[b"Subject"])
+            + b"\r\n" + dkim._relaxed_field("DKIM-Signature", value))
+    signature = private.sign(data, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr]
+    signed = b"DKIM-Signature: " + value + base64.b64encode(signature) + b"\r\n" + MESSAGE
+    (result,) = dkim.verify(signed, resolver.txt)
+    assert result.result == "neutral" and "q" in result.reason, result
+    # the same signature without the duplicate passes: the test's signing is right
+    value = value.replace(b" q=dns/txt;", b"", 1)
+    data = data.rpartition(b"\r\n")[0] + b"\r\n" + dkim._relaxed_field("DKIM-Signature", value)
+    signature = private.sign(data, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr]
+    single = b"DKIM-Signature: " + value + base64.b64encode(signature) + b"\r\n" + MESSAGE
+    assert [r.result for r in dkim.verify(single, resolver.txt)] == ["pass"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_relaxed_canonicalization_agrees_with_dkimpy(seed: int) -> None:
+    """The fast path's relaxed canonicalisation (RFC 6376 3.4.2, 3.4.4), done
+    with bytes methods, gives dkimpy's output on random bodies and fields
+    made of the octets that matter (WSP runs, line ends, trailing empty
+    lines)."""
+    from dkim.canonicalization import Relaxed
+
+    rng = random.Random(seed)
+    pieces = [b" ", b"\t", b"  \t ", b"\r\n", b"\r\n\r\n", b"a", b"bc", b";", b"=", b"\r\n "]
+    for _ in range(2000):
+        text = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40)))
+        assert dkim._relaxed_body(text) == Relaxed.canonicalize_body(text), text
+        value = text.replace(b"\r\n", b"\r\n ")  # a header value: continuation lines start with WSP
+        ((name, canon),) = Relaxed.canonicalize_headers([(b"X-Test ", value)])
+        assert dkim._relaxed_field("X-Test ", value) + b"\r\n" == name + b":" + canon, value
 
 
 # --- the DNS cache ---------------------------------------------------------------------
@@ -387,6 +521,36 @@ def test_cache_honours_positive_and_negative_answers(dns: DNSServer, resolver: R
     with pytest.raises(DNSTempError):  # RFC 2308 7.1: the failure is remembered for a while
         resolver.txt("sf.c.test")
     assert resolver.queries == asked
+
+
+def test_spf_result_is_kept_no_longer_than_the_dns_answers_it_rests_on(
+        dns: DNSServer, resolver: Resolver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SPF result is kept (``Resolver.remember``), so a sender's stream of
+    mail is not evaluated again for every message; but not past the TTL of
+    the records it was computed from: once the record's 5 seconds are up, a
+    changed record gives its new result (a clock of the test's own)."""
+    from mailyard.mailauth import dnscache
+
+    class Clock:
+        now = 1000.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(dnscache, "time", clock)
+    dns.ttl = 5
+    txt(dns, "ttl.test", "v=spf1 ip4:192.0.2.10 -all")
+    assert spf.check_host(resolver, IP, "a@ttl.test", "mail.ttl.test").result == "pass"
+    dns.remove("ttl.test")
+    txt(dns, "ttl.test", "v=spf1 -all")
+    asked = resolver.queries
+    clock.now += 4  # within the TTL: the kept result, no question asked
+    assert spf.check_host(resolver, IP, "a@ttl.test", "mail.ttl.test").result == "pass"
+    assert resolver.queries == asked
+    clock.now += 2  # past it: evaluated again, with the record as it is now
+    assert spf.check_host(resolver, IP, "a@ttl.test", "mail.ttl.test").result == "fail"
+    assert resolver.queries > asked
 
 
 def test_authentication_config_section() -> None:
@@ -464,6 +628,20 @@ def test_fast_path_leaves_simple_canonicalization_to_dkimpy(domain_keys: keys.Si
     # simple canonicalisation: a whitespace change that relaxed would forgive fails
     assert [r.result for r in dkim.verify(field + MESSAGE.replace(b"Subject: ", b"Subject:  "), resolver.txt)] == [
         "fail"]
+
+
+def test_the_public_suffix_list_is_read_when_the_checker_starts(resolver: Resolver) -> None:
+    """The checks run on the event loop: the Public Suffix List (read once,
+    tens of milliseconds) is loaded as the server builds its checker, not by
+    the first message's DMARC evaluation."""
+    from mailyard.mailauth.inbound import InboundChecker
+
+    dmarc._psl.cache_clear()
+    checker = InboundChecker(resolver, "mx.b.test")
+    try:
+        assert dmarc._psl.cache_info().currsize == 1
+    finally:
+        checker.close()
 
 
 async def test_a_sender_whose_answers_are_cached_is_checked_without_a_thread(

@@ -63,15 +63,18 @@ class _ARC(dkimpy.ARC):
             self.signature_algorithm = b"rsa-sha256"
 
 
-def _instances(header: bytes) -> int:
+def _instances(fields: list[tuple[str, bytes]]) -> int:
     """How many ARC fields the header holds (0: no chain, nothing to parse)."""
-    return sum(1 for name, _value in split_fields(header) if name.lower() in _ARC_FIELDS)
+    return sum(1 for name, _value in fields if name.lower() in _ARC_FIELDS)
 
 
-def verify(message: bytes, txt: Callable[[str], list[str]]) -> ARCResult:
-    """The chain validation result of ``message`` (RFC 8617 5.2)."""
-    header, _body = split_header_body(message)
-    count = _instances(header)
+def verify(message: bytes, txt: Callable[[str], list[str]],
+           fields: list[tuple[str, bytes]] | None = None) -> ARCResult:
+    """The chain validation result of ``message`` (RFC 8617 5.2); ``fields``:
+    its header fields when the caller has them already."""
+    if fields is None:
+        fields = split_fields(split_header_body(message)[0])
+    count = _instances(fields)
     if count == 0:
         return ARCResult("none")
     if count > 3 * MAX_SETS:

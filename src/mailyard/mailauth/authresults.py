@@ -17,17 +17,19 @@ from ..message.parse import split_header_body
 _WS = re.compile(rb"[ \t\r\n]+")
 # RFC 8601 2.2: the authserv-id is the first token, before ";" or CFWS.
 _AUTHSERV = re.compile(rb"^\s*(?:\([^)]*\)\s*)*([^\s;()]+)")
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~@]+")
+_NOT_IN_COMMENT = re.compile(r"[()\\\r\n]")
 
 
 def _value(text: str) -> str:
     """A value as a token, or as a quoted-string when it holds specials (RFC 2045 5.1)."""
-    if text and re.fullmatch(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~@]+", text):
+    if text and _TOKEN.fullmatch(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _comment(text: str) -> str:
-    clean = re.sub(r"[()\\\r\n]", " ", text).strip()
+    clean = _NOT_IN_COMMENT.sub(" ", text).strip()
     return f" ({clean})" if clean else ""
 
 

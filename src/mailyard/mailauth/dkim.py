@@ -8,8 +8,9 @@ anyone append content), and the header set of RFC 6376 5.4.1 where present,
 with From, To, Subject, Date and Message-ID signed once more than they occur
 ("oversigning", RFC 6376 5.4.2 and 8.15), so that none can be added later.
 
-Verification: ``verify`` checks every DKIM-Signature of a message and gives
-one result per signature in RFC 8601 2.7.1 terms: ``pass``; ``fail`` (body
+Verification: ``verify`` checks the DKIM-Signatures of a message (all, or
+for DMARC's needs only until one of the From domain passes) and gives
+one result per signature checked in RFC 8601 2.7.1 terms: ``pass``; ``fail`` (body
 hash or signature mismatch, expired ``x=``, revoked key, RSA key under 1024
 bits: RFC 8301 3.2 says such a signature MUST NOT be considered valid);
 ``neutral`` (a malformed signature field); ``permerror`` (no key record);
@@ -30,9 +31,10 @@ from dataclasses import dataclass
 
 import dkim as dkimpy
 import nacl.exceptions
+import nacl.signing
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from ..message.headers import split_fields
@@ -146,12 +148,26 @@ class DKIMResult:
     b_prefix: str = ""  # the first characters of b= (RFC 6008 header.b)
 
 
-_TAG = re.compile(rb"(?:^|;)\s*([a-z]+)\s*=\s*([^;]*)", re.IGNORECASE)
+_DUPLICATE = "\0duplicate"  # the key _tags adds when a tag name occurs twice
 
 
 def _tags(value: bytes) -> dict[str, str]:
-    return {m.group(1).decode("ascii", "replace").lower(): re.sub(rb"\s+", b"", m.group(2)).decode("ascii", "replace")
-            for m in _TAG.finditer(value)}
+    """The ``tag=value`` list of a signature field (RFC 6376 3.2), names
+    lower-cased, all whitespace removed from the values (folding and FWS
+    carry no meaning in them). A name given twice makes the signature
+    invalid (RFC 6376 3.2: "Tags with duplicate names MUST NOT occur"):
+    the key ``_DUPLICATE`` is then present, and only dkimpy judges it."""
+    out: dict[str, str] = {}
+    for part in value.split(b";"):
+        name, sep, text = part.partition(b"=")
+        name = name.strip()
+        if not sep or not name.isalpha():
+            continue
+        key = name.decode("ascii").lower()
+        if key in out:
+            out[_DUPLICATE] = key
+        out[key] = b"".join(text.split()).decode("ascii", "replace")
+    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -216,16 +232,24 @@ class _Verifier(dkimpy.DKIM):
 # result and its reason. A pass is sound on its own: the signature verified
 # over the canonical form (RFC 6376 3.4.2, 3.4.4) of the fields h= names and
 # of the body, as RFC 6376 3.7 computes it.
-_WSP_RUN = re.compile(rb"[ \t]+")
-_WSP_EOL = re.compile(rb"[ \t]+\r\n")
-_B_TAG = re.compile(rb"(^|;)(\s*b\s*=)[^;]*")
 _FAST_SIG_TAGS = frozenset({"v", "a", "b", "bh", "c", "d", "h", "i", "q", "s", "t"})
 _FAST_KEY_TAGS = frozenset({"v", "k", "p", "n"})
 
 
+def _one_space(text: bytes) -> bytes:
+    """Every run of WSP (SP, HTAB) in ``text`` as one SP, with bytes methods
+    only: a regular expression tries a match at every octet, several times
+    slower on a message body (most octets are not WSP)."""
+    if b"\t" in text:
+        text = text.replace(b"\t", b" ")
+    while b"  " in text:  # each pass halves every run: log2(longest run) passes
+        text = text.replace(b"  ", b" ")
+    return text
+
+
 def _relaxed_field(name: str, value: bytes) -> bytes:
     """RFC 6376 3.4.2: lower-case name, unfolded, WSP runs as one SP, none at the ends."""
-    value = _WSP_RUN.sub(b" ", value.replace(b"\r\n", b"").replace(b"\n", b"")).strip(b" ")
+    value = _one_space(value.replace(b"\r\n", b"").replace(b"\n", b"")).strip(b" ")
     return name.strip().lower().encode("ascii") + b":" + value
 
 
@@ -233,10 +257,14 @@ def _relaxed_body(body: bytes) -> bytes:
     """RFC 6376 3.4.4: no WSP at line ends, WSP runs as one SP, no empty lines at the end."""
     if b"\r\n" not in body and b"\n" in body:
         body = body.replace(b"\n", b"\r\n")
-    body = _WSP_RUN.sub(b" ", _WSP_EOL.sub(b"\r\n", body))
-    body = _WSP_EOL.sub(b"\r\n", body)
-    while body.endswith(b"\r\n\r\n"):
-        body = body[:-2]
+    body = _one_space(body)
+    if b" \r\n" in body:  # runs are single SPs now: one pass removes them all
+        body = body.replace(b" \r\n", b"\r\n")
+    end = len(body)
+    while body.endswith(b"\r\n\r\n", 0, end):
+        end -= 2
+    if end < len(body):
+        body = body[:end]
     if body == b"\r\n":
         return b""
     if body and not body.endswith(b"\r\n"):
@@ -244,9 +272,20 @@ def _relaxed_body(body: bytes) -> bytes:
     return body
 
 
+def _without_b(value: bytes) -> bytes:
+    """A signature field's value with the b= value deleted (RFC 6376 3.7:
+    the signature is computed with b= empty), the rest byte for byte."""
+    parts = value.split(b";")
+    for i, part in enumerate(parts):
+        name, sep, _signature = part.partition(b"=")
+        if sep and name.strip() == b"b":
+            parts[i] = name + b"="
+    return b";".join(parts)
+
+
 @functools.lru_cache(maxsize=256)
 def _fast_key(record: bytes) -> tuple[str, object] | None:
-    """("rsa" | "ed25519", OpenSSL public key) for a plain key record, else None."""
+    """("rsa" | "ed25519", its public key) for a plain key record, else None."""
     try:
         tags = {k.decode().lower(): v for k, v in dkimpy.util.parse_tag_value(record).items()}
     except Exception:  # noqa: BLE001 - dkimpy judges the record
@@ -259,24 +298,36 @@ def _fast_key(record: bytes) -> tuple[str, object] | None:
             key = serialization.load_der_public_key(raw)
             return ("rsa", key) if isinstance(key, rsa.RSAPublicKey) and key.key_size >= MIN_RSA_BITS else None
         if tags.get("k") == b"ed25519":
-            return ("ed25519", ed25519.Ed25519PublicKey.from_public_bytes(raw))
-    except (ValueError, TypeError):
+            # libsodium (PyNaCl, as dkimpy uses) verifies in about half
+            # OpenSSL's time here, and refuses non-canonical encodings
+            return ("ed25519", nacl.signing.VerifyKey(raw))
+    except (ValueError, TypeError, nacl.exceptions.CryptoError):
         return None
     return None
 
 
 class _Fast:
-    """The fast path for one message: its fields, and body hashes by algorithm."""
+    """The fast path for one message: its fields, and the body hash."""
 
     def __init__(self, fields: list[tuple[str, bytes]], body: bytes) -> None:
         self.fields = fields
         self.body = body
         self._bh: bytes | None = None
+        self._by_name: dict[str, list[int]] | None = None
 
     def body_hash(self) -> bytes:
         if self._bh is None:
             self._bh = hashlib.sha256(_relaxed_body(self.body)).digest()
         return self._bh
+
+    def instances(self) -> dict[str, list[int]]:
+        """Field positions by lower-case name, the bottom one first."""
+        if self._by_name is None:
+            by_name: dict[str, list[int]] = {}
+            for i in range(len(self.fields) - 1, -1, -1):
+                by_name.setdefault(self.fields[i][0].strip().lower(), []).append(i)
+            self._by_name = by_name
+        return self._by_name
 
     def passes(self, position: int, tags: dict[str, str], record: bytes) -> bool:
         """Whether the signature in field ``position`` verifies (False: ask dkimpy)."""
@@ -301,25 +352,27 @@ class _Fast:
             signature = base64.b64decode(tags.get("b", ""), validate=True)
         except ValueError:
             return False
-        # RFC 6376 5.4.2: each name takes the next instance from the bottom
-        used: set[int] = set()
+        # RFC 6376 5.4.2: each name takes the next instance from the bottom;
+        # a name with no instance left contributes nothing (the null string)
+        instances = self.instances()
+        taken: dict[str, int] = {}
         parts: list[bytes] = []
         for name in names:
-            for i in range(len(self.fields) - 1, -1, -1):
-                if i not in used and self.fields[i][0].strip().lower() == name:
-                    used.add(i)
-                    parts.append(_relaxed_field(*self.fields[i]) + b"\r\n")
-                    break
+            at = instances.get(name)
+            n = taken.get(name, 0)
+            if at is not None and n < len(at):
+                taken[name] = n + 1
+                parts.append(_relaxed_field(*self.fields[at[n]]) + b"\r\n")
         sig_name, sig_value = self.fields[position]
-        parts.append(_relaxed_field(sig_name, _B_TAG.sub(rb"\1\2", sig_value)))
+        parts.append(_relaxed_field(sig_name, _without_b(sig_value)))
         data = b"".join(parts)
         try:
             if found[0] == "rsa":
-                found[1].verify(signature, data, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr]
+                found[1].verify(signature, data, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[attr-defined]
             else:
                 # RFC 8463 3: Ed25519 signs the SHA-256 of the signed data
-                found[1].verify(signature, hashlib.sha256(data).digest())  # type: ignore[union-attr]
-        except (InvalidSignature, ValueError):
+                found[1].verify(hashlib.sha256(data).digest(), signature)  # type: ignore[attr-defined]
+        except (InvalidSignature, ValueError, nacl.exceptions.CryptoError):
             return False
         return True
 
@@ -344,83 +397,119 @@ def _key_problem(record: str | None) -> tuple[str, str] | None:
     return None
 
 
-def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool = False) -> list[DKIMResult]:
-    """Check every DKIM-Signature of ``message`` (at most 10: more are not
-    looked at, so a message cannot make the server do unbounded work).
+def _order(tags: dict[str, str], position: int, author_domain: str) -> tuple[int, int, int]:
+    """The order ``verify`` tries signatures in when it may stop at the
+    first that passes for ``author_domain``: that domain's first, rsa-sha256
+    before others (an RSA public-key operation costs a fraction of an Ed25519
+    verification), then the order of the fields."""
+    return (0 if tags.get("d", "").lower() == author_domain else 1,
+            0 if tags.get("a", "").lower() == "rsa-sha256" else 1, position)
+
+
+def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool = False,
+           parsed: tuple[list[tuple[str, bytes]], bytes] | None = None,
+           author_domain: str | None = None) -> list[DKIMResult]:
+    """Check the DKIM-Signatures of ``message`` (at most 10: more are not
+    looked at, so a message cannot make the server do unbounded work); one
+    result per signature checked, in the order of the fields.
+
+    ``parsed``: the message's header fields (``split_fields``) and body,
+    when the caller has them already.
+
+    ``author_domain``: the RFC5322.From domain, when the caller needs no
+    more than DMARC does (RFC 7489 3.1.1: one passing signature whose d= is
+    aligned with it; d= equal to it is aligned in both modes). That domain's
+    signatures are tried first (``_order``) and checking stops at the first
+    that passes: RFC 6376 6.1 lets a Verifier try signatures in any order and
+    stop once one verifies. The signatures not checked then are left out of
+    the result (RFC 6376 3.9 asks for those that verified or met a temporary
+    failure; RFC 8601 2.7.1 has no result for a signature not evaluated):
+    one that was not verified is never reported, least of all as pass.
 
     ``rsa-sha1`` signatures fail (RFC 8301 3.1: verifiers MUST NOT consider
     them valid) unless ``allow_sha1``, which only the interoperability tests
     use, to check another signer's canonicalisation and hashing."""
-    header, body = split_header_body(message)
-    fields = split_fields(header)
-    positions = [i for i, (name, _value) in enumerate(fields) if name.strip().lower() == "dkim-signature"]
-    sigs = [fields[i][1] for i in positions]
-    results: list[DKIMResult] = []
-    if not sigs:
-        return results  # nothing to check: the message is not parsed again
+    if parsed is None:
+        header, body = split_header_body(message)
+        fields = split_fields(header)
+    else:
+        fields, body = parsed
+    positions = [i for i, (name, _value) in enumerate(fields) if name.strip().lower() == "dkim-signature"][:10]
+    if not positions:
+        return []  # nothing to check: the message is not parsed again
+    # (index among the signatures, as dkimpy counts them; field position; tags)
+    todo = [(idx, pos, _tags(fields[pos][1])) for idx, pos in enumerate(positions)]
+    if author_domain:
+        author_domain = author_domain.lower().rstrip(".")
+        todo.sort(key=lambda item: _order(item[2], item[1], author_domain))
+    results: list[tuple[int, DKIMResult]] = []
     fast = _Fast(fields, body)
-    checker: _Verifier | None = None
-    for idx, value in enumerate(sigs[:10]):
-        tags = _tags(value)
-        d, s, a = tags.get("d", ""), tags.get("s", ""), tags.get("a", "")
-        b_prefix = tags.get("b", "")[:8]
+    slow: list[_Verifier] = []  # dkimpy's parse of the message, made at most once
+    for idx, position, tags in todo:
+        result = _verify_one(message, txt, fast, slow, idx, position, tags, allow_sha1)
+        if result is None:
+            continue
+        results.append((position, result))
+        if author_domain and result.result == "pass" and result.domain == author_domain:
+            break
+    results.sort(key=lambda item: item[0])
+    return [r for _position, r in results]
 
-        def made(result: str, reason: str = "", d: str = d, s: str = s, a: str = a, b: str = b_prefix) -> DKIMResult:
-            return DKIMResult(result, d.lower(), s, a, reason, b)
 
-        if a.lower() == "rsa-sha1" and not allow_sha1:
-            results.append(made("fail", "rsa-sha1 is not accepted (RFC 8301)"))
-            continue
-        if "l" in tags:
-            # RFC 6376 8.2: a body length limit lets content be appended
-            # after the signed part; such signatures are not trusted here.
-            results.append(made("neutral", "l= is not accepted"))
-            continue
-        if "x" not in tags and "z" not in tags:
-            # the common case, checked without dkimpy when it passes
-            try:
-                record_now = next((r for r in txt(f"{s}._domainkey.{d}") if "p=" in r), None)
-            except DNSTempError:
-                record_now = None
-            if record_now is not None and _key_problem(record_now) is None and fast.passes(
-                    positions[idx], tags, record_now.encode()):
-                results.append(made("pass"))
-                continue
-        if checker is None:
-            checker = _Verifier(message, logger=_quiet, minkey=MIN_RSA_BITS)
+def _verify_one(message: bytes, txt: Callable[[str], list[str]], fast: _Fast, slow: list[_Verifier], idx: int,
+                position: int, tags: dict[str, str], allow_sha1: bool) -> DKIMResult | None:
+    """The result of the signature in field ``position`` (the ``idx``-th),
+    on the fast path when it passes there, else by dkimpy (its parse of the
+    message kept in ``slow`` for the other signatures); None when dkimpy
+    finds nothing to check."""
+    d, s, a = tags.get("d", ""), tags.get("s", ""), tags.get("a", "")
+    b_prefix = tags.get("b", "")[:8]
+
+    def made(result: str, reason: str = "") -> DKIMResult:
+        return DKIMResult(result, d.lower(), s, a, reason, b_prefix)
+
+    if a.lower() == "rsa-sha1" and not allow_sha1:
+        return made("fail", "rsa-sha1 is not accepted (RFC 8301)")
+    if "l" in tags:
+        # RFC 6376 8.2: a body length limit lets content be appended
+        # after the signed part; such signatures are not trusted here.
+        return made("neutral", "l= is not accepted")
+    if "x" not in tags and "z" not in tags:
+        # the common case, checked without dkimpy when it passes
         try:
-            prep = checker.verify_headerprep(idx)
-        except dkimpy.DKIMException as exc:
-            text = str(exc)
-            if "x= value is past" in text:
-                # RFC 6376 3.5 x=: past the expiry (dkimpy allows 10 hours of clock skew)
-                results.append(made("fail", "signature expired"))
-            else:
-                results.append(made("neutral", text[:120]))
-            continue
-        if not prep:
-            continue
-        name = f"{s}._domainkey.{d}"
-        try:
-            found = txt(name)
-        except DNSTempError as exc:
-            results.append(made("temperror", f"key lookup: {exc}"[:120]))
-            continue
-        record = next((r for r in found if "p=" in r), found[0] if found else None)
-        problem = _key_problem(record)
-        if problem is not None:
-            results.append(made(*problem))
-            continue
-        checker.record = record.encode()
-        sig, include, sigheaders = prep
-        try:
-            ok = checker.verify_sig(sig, include, sigheaders[idx], None)
-        except (dkimpy.DKIMException, nacl.exceptions.CryptoError) as exc:
-            text = str(exc)
-            results.append(made("fail", "body hash did not verify" if "body hash" in text else text[:120]))
-            continue
-        if ok:
-            results.append(made("pass"))
-        else:
-            results.append(made("fail", "signature did not verify"))
-    return results
+            record_now = next((r for r in txt(f"{s}._domainkey.{d}") if "p=" in r), None)
+        except DNSTempError:
+            record_now = None
+        if record_now is not None and _key_problem(record_now) is None and fast.passes(
+                position, tags, record_now.encode()):
+            return made("pass")
+    if not slow:
+        slow.append(_Verifier(message, logger=_quiet, minkey=MIN_RSA_BITS))
+    checker = slow[0]
+    try:
+        prep = checker.verify_headerprep(idx)
+    except dkimpy.DKIMException as exc:
+        text = str(exc)
+        if "x= value is past" in text:
+            # RFC 6376 3.5 x=: past the expiry (dkimpy allows 10 hours of clock skew)
+            return made("fail", "signature expired")
+        return made("neutral", text[:120])
+    if not prep:
+        return None
+    name = f"{s}._domainkey.{d}"
+    try:
+        found = txt(name)
+    except DNSTempError as exc:
+        return made("temperror", f"key lookup: {exc}"[:120])
+    record = next((r for r in found if "p=" in r), found[0] if found else None)
+    problem = _key_problem(record)
+    if problem is not None:
+        return made(*problem)
+    checker.record = record.encode()  # type: ignore[union-attr]
+    sig, include, sigheaders = prep
+    try:
+        ok = checker.verify_sig(sig, include, sigheaders[idx], None)
+    except (dkimpy.DKIMException, nacl.exceptions.CryptoError) as exc:
+        text = str(exc)
+        return made("fail", "body hash did not verify" if "body hash" in text else text[:120])
+    return made("pass") if ok else made("fail", "signature did not verify")

@@ -33,6 +33,7 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+@lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """RFC 7489 3.2: the public suffix plus one label (the domain itself when
     it is a public suffix or shorter)."""
@@ -69,6 +70,7 @@ class DMARCResult:
 _POLICIES = ("none", "quarantine", "reject")
 
 
+@lru_cache(maxsize=1024)
 def parse_record(text: str) -> Policy | None:
     """RFC 7489 6.3 / 6.4; None when it is not a valid DMARC record."""
     tags: dict[str, str] = {}

@@ -103,6 +103,7 @@ class Resolver:
         self._cache: OrderedDict[tuple[str, str], tuple[float, Answer | DNSTempError]] = OrderedDict()
         self._derived: OrderedDict[Hashable, tuple[float, object]] = OrderedDict()
         self._lock = threading.Lock()
+        self._local = threading.local()  # per thread: the expiries ``remember`` collects
         self._max = max_entries
         self.queries = 0  # questions sent (not answered from the cache)
 
@@ -117,6 +118,7 @@ class Resolver:
                     self._cache.move_to_end(key)
                     if isinstance(hit[1], DNSTempError):
                         raise hit[1]
+                    self._used(hit[0])
                     return hit[1]
                 del self._cache[key]
         self.queries += 1
@@ -139,6 +141,7 @@ class Resolver:
                 answer = Answer(tuple(_text(r, key[1]) for r in result.rrset))
                 ttl = float(result.rrset.ttl)
         self._store(key, now + min(ttl, MAX_TTL), answer)
+        self._used(now + min(ttl, MAX_TTL))
         return answer
 
     def cached(self, name: str, rdtype: str) -> Answer | None:
@@ -153,6 +156,7 @@ class Resolver:
             return None
         if isinstance(hit[1], DNSTempError):
             raise hit[1]
+        self._used(hit[0])
         return hit[1]
 
     def _store(self, key: tuple[str, str], expires: float, value: Answer | DNSTempError) -> None:
@@ -161,19 +165,37 @@ class Resolver:
             while len(self._cache) > self._max:
                 self._cache.popitem(last=False)
 
+    def _used(self, expires: float) -> None:
+        """An answer valid until ``expires`` was used: a ``remember`` running
+        on this thread keeps its result no longer than that."""
+        pending = getattr(self._local, "expiries", None)
+        if pending and expires < pending[-1]:
+            pending[-1] = expires
+
     def remember(self, key: Hashable, ttl: float, compute: Callable[[], T]) -> T:
-        """``compute()``, kept ``ttl`` seconds under ``key``: for a verdict that
-        rests only on DNS answers and ``key`` (an SPF result). A result whose
-        ``result`` attribute is ``temperror`` is not kept."""
+        """``compute()``, kept under ``key`` for a verdict that rests only on
+        DNS answers and ``key`` (an SPF result): at most ``ttl`` seconds, and
+        never past the expiry of any answer ``compute`` used from this
+        resolver, so the verdict is the one a new evaluation would give as
+        long as it is kept (a changed record is seen once its TTL has run
+        out, as for the answer itself). A result whose ``result`` attribute
+        is ``temperror`` is not kept."""
         now = time.monotonic()
         with self._lock:
             hit = self._derived.get(key)
             if hit is not None and hit[0] > now:
+                self._used(hit[0])  # an enclosing verdict rests on this one's answers
                 return hit[1]  # type: ignore[no-any-return]
-        value = compute()
-        if getattr(value, "result", None) != "temperror":
+        pending = self._local.__dict__.setdefault("expiries", [])
+        pending.append(now + ttl)
+        try:
+            value = compute()
+        finally:
+            expires = pending.pop()
+        self._used(expires)
+        if getattr(value, "result", None) != "temperror" and expires > now:
             with self._lock:
-                self._derived[key] = (now + ttl, value)
+                self._derived[key] = (expires, value)
                 while len(self._derived) > self._max:
                     self._derived.popitem(last=False)
         return value

@@ -1,5 +1,5 @@
 """The inbound checks of the MX port, together: SPF (MAIL FROM and HELO),
-DKIM (every signature), ARC (the chain, RFC 8617), DMARC, and the one Authentication-Results field that
+DKIM (until a signature of the From domain passes), ARC (the chain, RFC 8617), DMARC, and the one Authentication-Results field that
 records them (RFC 8601).
 
 ``check_message`` is blocking (dkimpy, pyspf, DNS through
@@ -42,14 +42,23 @@ class InboundVerdict:
         return self.dmarc.disposition if self.dmarc is not None else "none"
 
 
-def from_domains(message: bytes) -> list[str]:
-    """The domains of the RFC5322.From addresses (RFC 7489 3.1)."""
-    header, _body = split_header_body(message)
+@functools.lru_cache(maxsize=1024)
+def _domains_of(value: bytes) -> tuple[str, ...]:
+    """The domains of the addresses in one From field's value (a sender's
+    stream of mail repeats it: parsed once)."""
+    text = value.decode("utf-8", "replace")
+    return tuple(m.addr_spec.rpartition("@")[2] for m in iter_mailboxes(parse_address_list(text)))
+
+
+def from_domains(message: bytes, fields: list[tuple[str, bytes]] | None = None) -> list[str]:
+    """The domains of the RFC5322.From addresses (RFC 7489 3.1); ``fields``:
+    the message's header fields when the caller has them already."""
+    if fields is None:
+        fields = split_fields(split_header_body(message)[0])
     out: list[str] = []
-    for name, value in split_fields(header):
+    for name, value in fields:
         if name.lower() == "from":
-            text = value.decode("utf-8", "replace")
-            out.extend(m.addr_spec.rpartition("@")[2] for m in iter_mailboxes(parse_address_list(text)))
+            out.extend(_domains_of(value))
     return out
 
 
@@ -72,9 +81,17 @@ def check_message(
         # RFC 7208 2.4: a null reverse-path is checked as postmaster@HELO
         mailfrom = spf.SPFResult(helo_result.result, "mailfrom", helo_result.domain, helo_result.sender,
                                  helo_result.explanation)
-    dkim_results = dkim.verify(message, resolver.txt)
-    arc_result = arc.verify(message, resolver.txt)
-    dmarc_result = dmarc.evaluate(resolver, from_domains(message), mailfrom, dkim_results, rng=rng)
+    # one parse of the header for every check
+    header, body = split_header_body(message)
+    fields = split_fields(header)
+    authors = from_domains(message, fields)
+    # DMARC needs one aligned passing signature: with one From domain,
+    # DKIM stops at the first of its signatures that passes (dkim.verify)
+    author = authors[0].lower().rstrip(".") if authors else ""
+    single = author if author and all(d.lower().rstrip(".") == author for d in authors) else None
+    dkim_results = dkim.verify(message, resolver.txt, parsed=(fields, body), author_domain=single)
+    arc_result = arc.verify(message, resolver.txt, fields=fields)
+    dmarc_result = dmarc.evaluate(resolver, authors, mailfrom, dkim_results, rng=rng)
     results = [
         resinfo("spf", mailfrom.result, mailfrom.explanation if mailfrom.result != "pass" else "",
                 [("smtp.mailfrom", mailfrom.sender)]),
@@ -99,7 +116,7 @@ def check_message(
 
 
 # A message at most this large is first checked on the event loop from the
-# resolver's cache alone (about half a millisecond for 1 KB with two
+# resolver's cache alone (about 0.13 ms of CPU for 1 KB with two
 # signatures; the body hash grows with the size, so larger ones always go
 # to a thread).
 INLINE_MAX = 64 * 1024
@@ -119,6 +136,9 @@ class InboundChecker:
         self.resolver = resolver
         self.authserv_id = authserv_id
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mailauth")
+        # the Public Suffix List (RFC 7489 3.2) is read now, as the server
+        # starts, rather than by the first message's check on the event loop
+        dmarc.organizational_domain("example.com")
 
     async def check(self, message: bytes, *, ip: str, helo: str, reverse_path: str) -> InboundVerdict:
         if len(message) <= INLINE_MAX:

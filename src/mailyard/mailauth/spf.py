@@ -21,8 +21,9 @@ from .dnscache import DNSTempError, Resolver
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
 
 # A result is a function of (client address, sender, HELO) and of DNS; the
-# resolver keeps it this long (``Resolver.remember``), so a sender's stream
-# of mail is evaluated once a minute rather than once a message.
+# resolver keeps it at most this long, and never past the TTL of a DNS
+# answer it rests on (``Resolver.remember``), so a sender's stream of mail
+# is evaluated about once a minute rather than once a message.
 RESULT_TTL = 60.0
 
 
