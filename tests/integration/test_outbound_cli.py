@@ -6,10 +6,17 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from mailyard.config import Config
+from mailyard.store import open_store
 from mailyard.store.api import NewQueueEntry, NewRecipient, RecipientOutcome
-from mailyard.store.sqlite import SQLiteStore
+
+# each test runs on the SQLite and on the PostgreSQL store (tests/conftest.py)
+pytestmark = pytest.mark.both_backends
 
 
 def run(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -19,12 +26,15 @@ def run(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_queue_commands(tmp_path: Path) -> None:
+def test_queue_commands(tmp_path: Path, use_store_backend: Callable[[Config], None]) -> None:
     data = tmp_path / "data"
     assert run(data, "init", "--domain", "a.test").returncode == 0
+    cfg = Config.load(data / "config.toml")
+    use_store_backend(cfg)
+    (data / "config.toml").write_text(cfg.to_toml())
 
     async def fill() -> tuple[int, int]:
-        store = SQLiteStore(data)
+        store = open_store(data, cfg.store, background=False)
         try:
             body = b"Subject: queued\r\n\r\nx\r\n"
             _, first = await store.queue_submit(body, NewQueueEntry(

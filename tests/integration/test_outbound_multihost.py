@@ -8,20 +8,24 @@ import email
 import email.policy
 import re
 import smtplib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from mailyard.config import Config
 from mailyard.store.api import NewRecipient
 
 from .multihost import MultiHost, ScriptedSMTP
 
+# each test runs on the SQLite and on the PostgreSQL store (tests/conftest.py)
+pytestmark = pytest.mark.both_backends
+
 
 @pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[MultiHost]:
+def hosts(tmp_path: Path, use_store_backend: Callable[[Config], None]) -> Iterator[MultiHost]:
     """The multi-host harness; every instance and the DNS server stopped at the end."""
-    harness = MultiHost(tmp_path)
+    harness = MultiHost(tmp_path, store=use_store_backend)
     try:
         yield harness
     finally:

@@ -19,6 +19,9 @@ from mailyard.auth.throttle import LoginThrottle, ThrottlePolicy
 from mailyard.store.api import DeliveryTarget
 from tests.conftest import USERS, RunningServer
 
+# each test runs on the SQLite and on the PostgreSQL store (tests/conftest.py)
+pytestmark = pytest.mark.both_backends
+
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
 

@@ -13,6 +13,9 @@ import pytest
 
 from tests.conftest import RunningServer
 
+# each test runs on the SQLite and on the PostgreSQL store (tests/conftest.py)
+pytestmark = pytest.mark.both_backends
+
 MESSAGE = (
     b"From: Carol <carol@remote.test>\r\n"
     b"To: Alice <alice@example.test>\r\n"

@@ -16,6 +16,9 @@ from mailyard.message.compose import Attachment, compose, to_bytes
 from ..conftest import USERS, RunningServer
 from ..waiting import wait_until
 
+# each test runs on the SQLite and on the PostgreSQL store (tests/conftest.py)
+pytestmark = pytest.mark.both_backends
+
 httpx = pytest.importorskip("httpx")
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
