@@ -167,20 +167,27 @@ def store_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def use_store_backend(store_backend: str, request: pytest.FixtureRequest) -> Callable[[Config], None]:
+def use_store_backend(store_backend: str, request: pytest.FixtureRequest) -> Iterator[Callable[[Config], None]]:
     """``use_store_backend(cfg)`` points a server's ``[store]`` at this test's
     backend: nothing to change for SQLite (the data directory), a new
     database of the session's cluster for PostgreSQL at every call. Without
     PostgreSQL's binaries the test is skipped naming the Debian package, or
     fails under CI=true (the ``pg_cluster`` fixture)."""
     cluster = request.getfixturevalue("pg_cluster") if store_backend == "postgresql" else None
+    handed: list[str] = []
 
     def apply(cfg: Config) -> None:
         if cluster is not None:
             cfg.store.backend = "postgresql"
             cfg.store.dsn = cluster.new_dsn()
+            handed.append(cfg.store.dsn)
 
-    return apply
+    yield apply
+    # torn down after the fixtures that use it (their servers are stopped):
+    # the databases are emptied for the next tests
+    if cluster is not None:
+        for dsn in handed:
+            cluster.recycle(dsn)
 
 
 # --- end of the store backend block --------------------------------------------------
