@@ -205,11 +205,18 @@ class CrashServer:
                     self.ports = {}  # a port was taken meanwhile: new ones
                     continue
                 raise RuntimeError("server did not start:\n" + "".join(seen))
-            # keep draining its output so the server never blocks on a full pipe
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            # keep draining its output so the server never blocks on a full pipe,
+            # into a file next to the data directory (the server's tracebacks)
+            threading.Thread(target=self._drain, args=(proc.stdout, "".join(seen)), daemon=True).start()
             self.proc = proc
             return
         raise RuntimeError("server did not start:\n" + "".join(self.output))
+
+    def _drain(self, out: Any, first: str) -> None:
+        with open(self.data.parent / "serve.log", "a", encoding="utf-8", errors="replace") as log:
+            log.write(f"--- generation {self.generation}\n{first}")
+            for line in out:
+                log.write(line.decode(errors="replace"))
 
     def port(self, name: str) -> int:
         return self.ports[name]

@@ -805,3 +805,48 @@ def test_message_rfc822_sections_and_address_search_over_sqlite(mailserver: Runn
         assert say(b"a6 FETCH 2 ENVELOPE", b"a6")[0] == (
             b'* 2 FETCH (ENVELOPE (NIL NIL ((NIL NIL "user-from" "domain.org")) ((NIL NIL "user-from" "domain.org"))'
             b' ((NIL NIL "user-from" "domain.org")) (("Real Name" NIL "user" "domain.example")) NIL NIL NIL NIL))\r\n')
+
+
+def test_simultaneous_first_logins_on_a_store_still_opening(
+    tmp_path, use_store_backend: Callable[..., None]  # noqa: ANN001
+) -> None:
+    """The first commands a freshly started server gets, several LOGINs in
+    the same moment, all reach the store while it is still opening (the
+    PostgreSQL store connects and checks its schema on first use): each is
+    answered OK, none with a server error."""
+    from mailyard.store import open_store
+    from tests.conftest import make_test_config, seed_store
+
+    cfg = make_test_config()
+    use_store_backend(cfg)
+    data = tmp_path / "data"
+
+    async def seed() -> None:
+        store = open_store(data, cfg.store)
+        try:
+            await seed_store(store)
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    server = RunningServer(data, cfg, seed_defaults=False)
+    server.start()  # nothing has asked the store anything yet
+    socks = []
+    try:
+        for _ in range(8):
+            s = socket.create_connection(("127.0.0.1", server.port("imap")), timeout=30)
+            socks.append(s)
+            assert s.recv(4096).startswith(b"* OK ")
+        for s in socks:  # every LOGIN on the wire before the first is answered
+            s.sendall(b"a1 LOGIN " + ALICE.encode() + b" " + USERS[ALICE].encode() + b"\r\n")
+        for s in socks:
+            got = b""
+            while not got.endswith(b"\r\n") or b"a1 " not in got:
+                chunk = s.recv(4096)
+                assert chunk, got
+                got += chunk
+            assert got.splitlines()[-1].startswith(b"a1 OK "), got
+    finally:
+        for s in socks:
+            s.close()
+        server.stop()

@@ -212,7 +212,13 @@ class PostgreSQLStore(ContactsMixin, Store):
                 raise
             self._opened.set_result(None)
         else:
-            await self._opened
+            # each caller waits on a future of its own (shield): IMAP and POP3
+            # start a command's step by hand and give what it waits on to a
+            # task only afterwards (net/session_protocol.py eager_steps), and
+            # asyncio refuses a pending future awaited by a second such step
+            # before the first's task took it ("await wasn't used with
+            # future"); nor may a cancelled caller cancel the others' opening
+            await asyncio.shield(self._opened)
 
     async def close(self) -> None:
         if self._closed:
