@@ -762,7 +762,8 @@ def check_store_files(data: Path, checks: Checks) -> None:
             checks.ok(seg in segments, "body-segment-known", f"body {body_id} in unknown segment {seg}")
             checks.ok(sizes.get(seg, -1) >= offset + length, "body-bytes-on-disk",
                       f"body {body_id}: segment {seg} has {sizes.get(seg)} bytes, needs {offset + length}")
-            checks.ok(count == refs.pop(body_id, 0), "body-refcount", f"body {body_id}: refs {count}")
+            used = refs.pop(body_id, 0)
+            checks.ok(count == used, "body-refcount", f"body {body_id}: refs {count}, used by {used} row(s)")
         checks.ok(not refs, "no-dangling-body-reference", f"rows point at missing bodies {list(refs)[:5]}")
         for box, uid_next, top, gone in conn.execute(
             "SELECT b.id, b.uid_next, (SELECT max(uid) FROM messages m WHERE m.mailbox_id = b.id),"
@@ -783,7 +784,8 @@ def check_store_rows(dsn: str, checks: Checks) -> None:
         refs = Counter(r[0] for r in conn.execute("SELECT body_id FROM messages"))
         refs.update(r[0] for r in conn.execute("SELECT body_id FROM queue"))
         for body_id, count in conn.execute("SELECT id, refs FROM bodies"):
-            checks.ok(count == refs.pop(body_id, 0), "body-refcount", f"body {body_id}: refs {count}")
+            used = refs.pop(body_id, 0)
+            checks.ok(count == used, "body-refcount", f"body {body_id}: refs {count}, used by {used} row(s)")
         checks.ok(not refs, "no-dangling-body-reference", f"rows point at missing bodies {list(refs)[:5]}")
         for box, uid_next, top, gone in conn.execute(
             "SELECT b.id, b.uid_next, (SELECT max(uid) FROM messages m WHERE m.mailbox_id = b.id),"

@@ -310,3 +310,16 @@ def test_first_sort_of_a_big_folder_is_prepared_in_the_background(
     r = wait_until(prepared, what="the sorted listing to be prepared in the background")
     subjects = re.findall(r'class="open">([^<]+)<', r.text)
     assert subjects == [f"topic {i:02d}" for i in range(20)]
+
+
+def test_move_of_an_own_message_to_another_folder(web: RunningServer) -> None:
+    """The list's Move action: the message leaves INBOX and is in the target, bytes intact."""
+    data = simple("to be moved")
+    uid = append(web, ALICE, data)
+    inbox, junk = box_id(web, ALICE, "INBOX"), box_id(web, ALICE, "Junk")
+    client = login(web)
+    r = client.post(f"/box/{inbox}/action",
+                    data={"uid": uid, "action": "move", "target": junk, "csrf": csrf(client)})
+    assert r.status_code == 303
+    assert web.messages(ALICE) == []
+    assert web.messages(ALICE, "Junk") == [data]

@@ -305,3 +305,4 @@ async def test_first_calls_from_eagerly_started_steps_share_the_opening(pg_clust
         assert found == ["alice@example.test"] * 4
     finally:
         await store.close()
+

@@ -1337,9 +1337,14 @@ class PostgreSQLStore(ContactsMixin, Store):
                 " WHERE g.mailbox_id = %s AND (%s::bigint IS NULL OR coalesce(e.modseq, 0) <= %s)",
                 (mailbox_id, -mailbox_id, upto, upto))
             if rows:
-                await c.execute("DELETE FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)",
-                                (-mailbox_id, [r[0] for r in rows]))
-                await _release_bodies(c, [r[1] for r in rows])
+                # this op takes no mailbox lock: a purge of another holder
+                # (of this node or another) may delete the same rows at the
+                # same moment, so only the rows this DELETE removed give up
+                # their body's reference (READ COMMITTED: the second DELETE
+                # waits for the first and then finds them gone)
+                gone = await _all(c, "DELETE FROM messages WHERE mailbox_id = %s AND uid = ANY(%s) RETURNING body_id",
+                                  (-mailbox_id, [r[0] for r in rows]))
+                await _release_bodies(c, [r[0] for r in gone])
 
         async def run() -> None:
             with contextlib.suppress(Exception):
