@@ -71,12 +71,22 @@ class PgCluster:
             self.user = "nobody"
         self._run([str(bindir / "initdb"), "-D", str(self.data), "-U", self.user, "-A", "trust",
                    "-E", "UTF8", "--locale=C", "--no-sync"])
-        opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root}"
-                " -c max_connections=200 -c shared_buffers=32MB")
-        if not durable:
-            opts += " -c fsync=off -c full_page_writes=off"
-        self._opts = opts
-        self.resume()
+        for attempt in range(3):
+            opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root}"
+                    " -c max_connections=200 -c shared_buffers=32MB")
+            if not durable:
+                opts += " -c fsync=off -c full_page_writes=off"
+            self._opts = opts
+            try:
+                self.resume()
+                break
+            except RuntimeError:
+                # the free port was taken meanwhile (other test sessions start
+                # clusters too): another one
+                log = self.root / "log"
+                if attempt == 2 or not log.exists() or "could not" not in log.read_text(errors="replace"):
+                    raise
+                self.port = _free_port()
         self.admin_dsn = f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
         self.template = None  # name of a template database with the schema, once made
 

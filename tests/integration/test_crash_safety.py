@@ -48,8 +48,7 @@ from tests.integration.crashkit import (
 )
 from tests.waiting import wait_until
 
-# each test runs on the SQLite and on the PostgreSQL store (tests/conftest.py)
-pytestmark = [pytest.mark.slow, pytest.mark.both_backends]
+pytestmark = pytest.mark.slow
 
 StoreChoice = Callable[[Config], None]  # conftest use_store_backend
 
@@ -934,6 +933,7 @@ def run(tmp_path: Path, scenario: Scenario, store: StoreChoice) -> dict[str, Any
     return result
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_smtp_accept_survives_sigkill(tmp_path: Path, use_store_backend: StoreChoice) -> None:
     run(tmp_path, SMTPAccept(), use_store_backend)
 
@@ -946,6 +946,7 @@ def test_imap_append_survives_sigkill(tmp_path: Path, use_store_backend: StoreCh
     run(tmp_path, IMAPAppend(), use_store_backend)
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_imap_copy_move_survive_sigkill(tmp_path: Path, use_store_backend: StoreChoice) -> None:
     run(tmp_path, IMAPCopyMove(), use_store_backend)
 

@@ -21,9 +21,6 @@ from imapclient import IMAPClient
 from tests.conftest import USERS, RunningServer
 from tests.waiting import wait_until
 
-# each test runs on the SQLite and on the PostgreSQL store (tests/conftest.py)
-pytestmark = pytest.mark.both_backends
-
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
 
@@ -96,6 +93,7 @@ def test_authenticate_plain(mailserver: RunningServer) -> None:
     c.logout()
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_folder_hierarchy(imap) -> None:
     c = imap()
     assert c.create("Work/Projects/2024")[0] == "OK"
@@ -124,6 +122,7 @@ def test_folder_hierarchy(imap) -> None:
     assert b"MESSAGES 1" in c.status("Old-Inbox", "(MESSAGES)")[1][0]
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_append_then_fetch_identical_bytes_and_partial(imap) -> None:
     c = imap()
     typ, data = c.append("INBOX", "(\\Flagged)", None, MULTIPART)
@@ -148,6 +147,7 @@ def test_append_then_fetch_identical_bytes_and_partial(imap) -> None:
     assert b"\\Seen" in data[0]
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_flags_across_two_sessions(imap) -> None:
     a = imap()
     b = imap()
@@ -168,6 +168,7 @@ def test_flags_across_two_sessions(imap) -> None:
     assert data == [b"1"]
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_search_keys(imap) -> None:
     c = imap()
     c.append("INBOX", "(\\Seen)", None, simple(1, "apples and pears"))
@@ -189,6 +190,7 @@ def test_search_keys(imap) -> None:
     assert typ == "NO" and b"BADCHARSET" in data[0]
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_idle_wakes_on_smtp_delivery(mailserver: RunningServer, imap) -> None:
     c = imap()
     c.select("INBOX")
@@ -212,6 +214,7 @@ def test_idle_wakes_on_smtp_delivery(mailserver: RunningServer, imap) -> None:
     assert c.readline() == tag + b" OK IDLE terminated\r\n"
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_move_and_uidplus_codes(imap) -> None:
     c = imap()
     for i in range(3):
@@ -233,6 +236,7 @@ def test_move_and_uidplus_codes(imap) -> None:
     assert typ == "OK" and c.untagged_responses.get("EXPUNGE") == [b"2"]
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_imapclient_uidplus_condstore_qresync(mailserver: RunningServer) -> None:
     with IMAPClient(mailserver.host, port=mailserver.port("imap"), ssl=False, timeout=10) as c:
         c.login(ALICE, USERS[ALICE])
@@ -501,6 +505,7 @@ def test_subscribe_names_that_do_not_exist(mailserver: RunningServer) -> None:
         assert not any(b"Peach" in x for x in say(b'a7 LSUB "" "*"', b"a7"))
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_subscriptions_survive_delete_and_create_does_not_subscribe(mailserver: RunningServer) -> None:
     """RFC 9051 6.3.7: only SUBSCRIBE and UNSUBSCRIBE change subscriptions (a
     server "MUST NOT unilaterally remove" one), over the SQLite store: CREATE
@@ -563,6 +568,7 @@ def test_append_utf8_data_item_over_the_store_rfc6855_4(mailserver: RunningServe
     assert mailserver.messages(ALICE)[-1] == msg
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_recent_is_seen_by_one_session_only(mailserver: RunningServer, imap) -> None:
     """RFC 3501 2.3.2 / 6.3.1: \\Recent for the first session told of a
     message; EXAMINE does not take it; rev2 clients never see it."""
@@ -606,6 +612,7 @@ def test_recent_is_seen_by_one_session_only(mailserver: RunningServer, imap) -> 
         assert b"\\Recent" not in say(b"e3 FETCH 4 (FLAGS)", b"e3")[0]
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_fetch_of_expunged_is_served_until_announced_and_uid_fetch(mailserver: RunningServer, imap) -> None:
     """RFC 2180 4.1.1: FETCH by number of a message another session expunged
     still returns its data, and OK; the EXPUNGE comes at a point where
@@ -636,6 +643,7 @@ def test_fetch_of_expunged_is_served_until_announced_and_uid_fetch(mailserver: R
         assert out.index(b"* 1 EXPUNGE\r\n") > out.index(b"* 1 FETCH (UID 1 FLAGS (\\Deleted \\Recent))\r\n")
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_multiappend_all_or_nothing(mailserver: RunningServer) -> None:
     """RFC 3502: MULTIAPPEND either appends every message or none."""
     s, say = _login_raw(mailserver)
@@ -648,6 +656,7 @@ def test_multiappend_all_or_nothing(mailserver: RunningServer) -> None:
         assert out[0] == b'* STATUS "INBOX" (MESSAGES 2)\r\n'
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_rev2_search_answers_with_esearch_and_header_keys(mailserver: RunningServer) -> None:
     """RFC 9051 6.4.4: a rev2 SEARCH is answered with ESEARCH (ALL when no
     RETURN); header keys come from the header index."""
@@ -807,6 +816,7 @@ def test_message_rfc822_sections_and_address_search_over_sqlite(mailserver: Runn
             b' ((NIL NIL "user-from" "domain.org")) (("Real Name" NIL "user" "domain.example")) NIL NIL NIL NIL))\r\n')
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_simultaneous_first_logins_on_a_store_still_opening(
     tmp_path, use_store_backend: Callable[..., None]  # noqa: ANN001
 ) -> None:

@@ -15,9 +15,6 @@ import pytest
 from ..conftest import RunningServer
 from .test_web_http import ALICE, BOB, append, box_id, csrf, login
 
-# each test runs on the SQLite and on the PostgreSQL store (tests/conftest.py)
-pytestmark = pytest.mark.both_backends
-
 httpx = pytest.importorskip("httpx")
 
 CAROL = "carol@example.test"
