@@ -9,8 +9,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from mailyard.config import Config
 from mailyard.store import open_store
 from mailyard.store.api import NewQueueEntry, NewRecipient, RecipientOutcome
