@@ -133,13 +133,71 @@ def make_test_config() -> Config:
     return cfg
 
 
-# MAILYARD_TEST_BACKEND=postgresql: the servers of the integration tests
-# keep their store in a database of the session's PostgreSQL cluster.
-TEST_BACKEND = os.environ.get("MAILYARD_TEST_BACKEND", "sqlite")
+# --- the store backend of the integration tests ----------------------------------------
+#
+# A module (or test) marked ``pytest.mark.both_backends`` runs every test twice,
+# with ids ``[sqlite]`` and ``[postgresql]``: the servers it starts keep their
+# store in their data directory or in a fresh database of the session's
+# PostgreSQL cluster (tests/pgcluster.py). Unmarked tests use SQLite.
+# MAILYARD_TEST_BACKEND=sqlite|postgresql forces every test onto that one
+# backend (marked tests then run once, with that id).
+BACKENDS = ("sqlite", "postgresql")
+FORCED_BACKEND = os.environ.get("MAILYARD_TEST_BACKEND") or None
+TEST_BACKEND = FORCED_BACKEND or "sqlite"
+if TEST_BACKEND not in BACKENDS:
+    raise ValueError(f"MAILYARD_TEST_BACKEND={TEST_BACKEND!r}: expected one of {', '.join(BACKENDS)}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_backends: run on the SQLite and the PostgreSQL store (ids [sqlite], [postgresql])"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``store_backend`` of tests marked both_backends."""
+    if "store_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_backends"):
+        backends = (FORCED_BACKEND,) if FORCED_BACKEND else BACKENDS
+        metafunc.parametrize("store_backend", backends, indirect=True, ids=list(backends))
 
 
 @pytest.fixture
-def make_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., RunningServer]]:
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """The store backend of this test's servers: "sqlite" or "postgresql"."""
+    return str(getattr(request, "param", TEST_BACKEND))
+
+
+@pytest.fixture
+def use_store_backend(store_backend: str, request: pytest.FixtureRequest) -> Iterator[Callable[[Config], None]]:
+    """``use_store_backend(cfg)`` points a server's ``[store]`` at this test's
+    backend: nothing to change for SQLite (the data directory), a new
+    database of the session's cluster for PostgreSQL at every call. Without
+    PostgreSQL's binaries the test is skipped naming the Debian package, or
+    fails under CI=true (the ``pg_cluster`` fixture)."""
+    cluster = request.getfixturevalue("pg_cluster") if store_backend == "postgresql" else None
+    handed: list[str] = []
+
+    def apply(cfg: Config) -> None:
+        if cluster is not None:
+            cfg.store.backend = "postgresql"
+            cfg.store.dsn = cluster.new_dsn()
+            handed.append(cfg.store.dsn)
+
+    yield apply
+    # torn down after the fixtures that use it (their servers are stopped):
+    # the databases are emptied for the next tests
+    if cluster is not None:
+        for dsn in handed:
+            cluster.recycle(dsn)
+
+
+# --- end of the store backend block --------------------------------------------------
+
+
+@pytest.fixture
+def make_server(
+    tmp_path: Path, use_store_backend: Callable[[Config], None]
+) -> Iterator[Callable[..., RunningServer]]:
     """Factory: ``make_server(configure=fn, seed=coro_fn)`` starts a server;
     all are stopped at the end of the test."""
     started: list[RunningServer] = []
@@ -149,9 +207,7 @@ def make_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Call
         seed: Callable[[SQLiteStore], Coroutine[Any, Any, None]] | None = None,
     ) -> RunningServer:
         cfg = make_test_config()
-        if TEST_BACKEND == "postgresql":
-            cfg.store.backend = "postgresql"
-            cfg.store.dsn = request.getfixturevalue("pg_cluster").new_dsn()
+        use_store_backend(cfg)
         if configure is not None:
             configure(cfg)
         rs = RunningServer(tmp_path / f"data{len(started)}", cfg)

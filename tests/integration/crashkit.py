@@ -61,6 +61,7 @@ import imapclient
 
 from mailyard.auth.passwords import Credentials
 from mailyard.config import Config
+from mailyard.store import open_store
 from mailyard.store.api import AppendItem
 from mailyard.store.sqlite import SQLiteStore
 
@@ -138,10 +139,18 @@ class Checks:
 class CrashServer:
     """``mailyard serve`` in a subprocess on its own data directory."""
 
-    def __init__(self, root: Path, services: tuple[str, ...], configure: Callable[[Config], None] | None) -> None:
+    def __init__(self, root: Path, services: tuple[str, ...], configure: Callable[[Config], None] | None,
+                 store: Callable[[Config], None] | None = None) -> None:
+        """``store``: points ``[store]`` at the test's backend (conftest
+        ``use_store_backend``), once: every restart keeps that store."""
         self.data = root / "data"
         self.services = services
         self.configure = configure
+        self.store_config = Config().store
+        if store is not None:
+            probe = Config()
+            store(probe)
+            self.store_config = probe.store
         self.proc: subprocess.Popen[bytes] | None = None
         self.ports: dict[str, int] = {}
         self.generation = 0  # incremented at every start
@@ -157,6 +166,8 @@ class CrashServer:
         # small segments: the load rolls over to new segment files, and the
         # compaction pass after each start has sealed segments to rewrite
         cfg.store.segment_size = 128 * 1024
+        cfg.store.backend = self.store_config.backend
+        cfg.store.dsn = self.store_config.dsn
         cfg.server.workers = 1  # one process unless the scenario asks for more
         cfg.authentication.inbound_checks = False  # no test asks the outside DNS
         # the load submits hundreds of messages as one user within seconds:
@@ -194,11 +205,18 @@ class CrashServer:
                     self.ports = {}  # a port was taken meanwhile: new ones
                     continue
                 raise RuntimeError("server did not start:\n" + "".join(seen))
-            # keep draining its output so the server never blocks on a full pipe
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            # keep draining its output so the server never blocks on a full pipe,
+            # into a file next to the data directory (the server's tracebacks)
+            threading.Thread(target=self._drain, args=(proc.stdout, "".join(seen)), daemon=True).start()
             self.proc = proc
             return
         raise RuntimeError("server did not start:\n" + "".join(self.output))
+
+    def _drain(self, out: Any, first: str) -> None:
+        with open(self.data.parent / "serve.log", "a", encoding="utf-8", errors="replace") as log:
+            log.write(f"--- generation {self.generation}\n{first}")
+            for line in out:
+                log.write(line.decode(errors="replace"))
 
     def port(self, name: str) -> int:
         return self.ports[name]
@@ -345,9 +363,10 @@ class Scenario:
 
 
 class Harness:
-    def __init__(self, root: Path, scenario: Scenario) -> None:
+    def __init__(self, root: Path, scenario: Scenario, store: Callable[[Config], None] | None = None) -> None:
+        """``store``: the test's store backend (conftest ``use_store_backend``); SQLite without it."""
         self.scenario = scenario
-        self.server = CrashServer(root, tuple(sorted(set(scenario.services) | {"imap"})), scenario.configure)
+        self.server = CrashServer(root, tuple(sorted(set(scenario.services) | {"imap"})), scenario.configure, store)
         self.checks = Checks()
         self.uids = UIDLedger()
         self.stop = threading.Event()
@@ -365,7 +384,10 @@ class Harness:
         assert self.server.proc is None
 
         async def go() -> Any:
-            store = SQLiteStore(self.server.data)
+            if self.postgresql:
+                store = open_store(self.server.data, self.server.store_config, background=False)
+            else:
+                store = SQLiteStore(self.server.data)
             try:
                 return await fn(store)
             finally:
@@ -487,9 +509,33 @@ class Harness:
         finally:
             _logout(conns)
 
+    @property
+    def postgresql(self) -> bool:
+        return self.server.store_config.backend == "postgresql"
+
+    def queue_size(self) -> int:
+        """Entries in the outbound queue, read by another connection while the server runs."""
+        if self.postgresql:
+            import psycopg
+
+            with psycopg.connect(self.server.store_config.dsn) as conn:
+                row = conn.execute("SELECT count(*) FROM queue").fetchone()
+        else:
+            conn = sqlite3.connect(f"file:{self.server.data / 'index.sqlite3'}?mode=ro", uri=True)
+            try:
+                row = conn.execute("SELECT count(*) FROM queue").fetchone()
+            finally:
+                conn.close()
+        assert row is not None
+        return int(row[0])
+
     def check_store(self) -> None:
-        """With the server down: the index and the segment files agree."""
-        check_store_files(self.server.data, self.checks)
+        """With the server down: the index and the segment files agree
+        (SQLite), the rows agree (PostgreSQL)."""
+        if self.postgresql:
+            check_store_rows(self.server.store_config.dsn, self.checks)
+        else:
+            check_store_files(self.server.data, self.checks)
 
     # --- the run --------------------------------------------------------------
     def run(self, cycles: int = CYCLES) -> dict[str, Any]:
@@ -588,8 +634,9 @@ class WorkerKillHarness(Harness):
     client saw acknowledged, by either worker, is there exactly once. The
     store's files are checked after the final, normal stop."""
 
-    def __init__(self, root: Path, scenario: Scenario, workers: int = 2) -> None:
-        super().__init__(root, scenario)
+    def __init__(self, root: Path, scenario: Scenario, workers: int = 2,
+                 store: Callable[[Config], None] | None = None) -> None:
+        super().__init__(root, scenario, store)
         self.workers = workers
         self.victims: list[int] = []
 
@@ -715,7 +762,8 @@ def check_store_files(data: Path, checks: Checks) -> None:
             checks.ok(seg in segments, "body-segment-known", f"body {body_id} in unknown segment {seg}")
             checks.ok(sizes.get(seg, -1) >= offset + length, "body-bytes-on-disk",
                       f"body {body_id}: segment {seg} has {sizes.get(seg)} bytes, needs {offset + length}")
-            checks.ok(count == refs.pop(body_id, 0), "body-refcount", f"body {body_id}: refs {count}")
+            used = refs.pop(body_id, 0)
+            checks.ok(count == used, "body-refcount", f"body {body_id}: refs {count}, used by {used} row(s)")
         checks.ok(not refs, "no-dangling-body-reference", f"rows point at missing bodies {list(refs)[:5]}")
         for box, uid_next, top, gone in conn.execute(
             "SELECT b.id, b.uid_next, (SELECT max(uid) FROM messages m WHERE m.mailbox_id = b.id),"
@@ -724,3 +772,23 @@ def check_store_files(data: Path, checks: Checks) -> None:
             checks.ok(uid_next > max(top or 0, gone or 0), "uid-next-above-used", f"mailbox {box}")
     finally:
         conn.close()
+
+
+def check_store_rows(dsn: str, checks: Checks) -> None:
+    """The PostgreSQL store's invariants after a crash: every body's
+    reference count is the number of message and queue rows naming it, no
+    row names a missing body, and no mailbox's next UID is one already used."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        refs = Counter(r[0] for r in conn.execute("SELECT body_id FROM messages"))
+        refs.update(r[0] for r in conn.execute("SELECT body_id FROM queue"))
+        for body_id, count in conn.execute("SELECT id, refs FROM bodies"):
+            used = refs.pop(body_id, 0)
+            checks.ok(count == used, "body-refcount", f"body {body_id}: refs {count}, used by {used} row(s)")
+        checks.ok(not refs, "no-dangling-body-reference", f"rows point at missing bodies {list(refs)[:5]}")
+        for box, uid_next, top, gone in conn.execute(
+            "SELECT b.id, b.uid_next, (SELECT max(uid) FROM messages m WHERE m.mailbox_id = b.id),"
+            " (SELECT max(uid) FROM expunged e WHERE e.mailbox_id = b.id) FROM mailboxes b"
+        ):
+            checks.ok(uid_next > max(top or 0, gone or 0), "uid-next-above-used", f"mailbox {box}")

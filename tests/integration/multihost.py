@@ -260,8 +260,12 @@ ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "1
 
 
 class MultiHost:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, store: Callable[[Config], None] | None = None) -> None:
+        """``store``: points each instance's ``[store]`` at the test's backend
+        (conftest ``use_store_backend``); SQLite in the data directory without it."""
         self.tmp_path = tmp_path
+        self.store = store
+        self._seeded: set[str] = set()  # instances whose store has its domain and users
         self.dns = DNSServer()
         self.smtp_port = shared_port(ADDRESSES)
         self.servers: dict[str, RunningServer] = {}
@@ -305,6 +309,8 @@ class MultiHost:
         cfg.server.hostname = f"mx.{domain}"
         cfg.server.bind = ip
         cfg.store.fsync = False
+        if self.store is not None:
+            self.store(cfg)
         for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "http", "https", "managesieve"):
             setattr(cfg.ports, name, 0)
         cfg.ports.smtp = self.smtp_port
@@ -333,6 +339,7 @@ class MultiHost:
         self._seeds[domain] = seed
         if start:
             rs.start(seed)
+            self._seeded.add(domain)
         return rs
 
     def restart(self, domain: str) -> RunningServer:
@@ -340,8 +347,9 @@ class MultiHost:
         old = self.servers[domain]
         rs = RunningServer(old.data_dir, old.config, ephemeral_ports=False, seed_defaults=False)
         self.servers[domain] = rs
-        first = not (old.data_dir / "index.sqlite3").exists()
+        first = domain not in self._seeded
         rs.start(self._seeds[domain] if first else None)
+        self._seeded.add(domain)
         return rs
 
     def imap_messages(self, address: str, mailbox: str = "INBOX") -> list[bytes]:

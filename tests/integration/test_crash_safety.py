@@ -17,10 +17,10 @@ import random
 import re
 import smtplib
 import socketserver
-import sqlite3
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,8 @@ from tests.integration.crashkit import (
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
+
+StoreChoice = Callable[[Config], None]  # conftest use_store_backend
 
 SMTP_ERRORS = (*CONNECTION_ERRORS, smtplib.SMTPException)
 POP_ERRORS = (*CONNECTION_ERRORS, poplib.error_proto)
@@ -853,16 +855,8 @@ class QueueDelivery(Scenario):
         end of its work: the peer records a delivery before its 250, and an
         attempt's outcome, its DSN (a local copy for alice) and the removal
         of the entry commit together (Store.queue_update)."""
-        db = f"file:{h.server.data / 'index.sqlite3'}?mode=ro"
-
-        def left() -> int:
-            conn = sqlite3.connect(db, uri=True)
-            try:
-                return conn.execute("SELECT count(*) FROM queue").fetchone()[0]
-            finally:
-                conn.close()
-
-        wait_until(lambda: left() == 0, 60, what=lambda: f"the queue to empty after the restart ({left()} left)")
+        wait_until(lambda: h.queue_size() == 0, 60,
+                   what=lambda: f"the queue to empty after the restart ({h.queue_size()} left)")
 
     def check(self, h: Harness, snap: Snapshot) -> None:
         ok = h.checks.ok
@@ -931,44 +925,46 @@ class QueueDelivery(Scenario):
 # --- the tests --------------------------------------------------------------------------
 
 
-def run(tmp_path: Path, scenario: Scenario) -> dict[str, Any]:
-    result = Harness(tmp_path, scenario).run()
+def run(tmp_path: Path, scenario: Scenario, store: StoreChoice) -> dict[str, Any]:
+    result = Harness(tmp_path, scenario, store).run()
     assert result["cycles"] == CYCLES
     # each cycle's kill waited for the load to get going
     assert scenario.progress() >= CYCLES * scenario.min_progress
     return result
 
 
-def test_smtp_accept_survives_sigkill(tmp_path: Path) -> None:
-    run(tmp_path, SMTPAccept())
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
+def test_smtp_accept_survives_sigkill(tmp_path: Path, use_store_backend: StoreChoice) -> None:
+    run(tmp_path, SMTPAccept(), use_store_backend)
 
 
-def test_sieve_filed_delivery_survives_sigkill(tmp_path: Path) -> None:
-    run(tmp_path, SieveAccept())
+def test_sieve_filed_delivery_survives_sigkill(tmp_path: Path, use_store_backend: StoreChoice) -> None:
+    run(tmp_path, SieveAccept(), use_store_backend)
 
 
-def test_imap_append_survives_sigkill(tmp_path: Path) -> None:
-    run(tmp_path, IMAPAppend())
+def test_imap_append_survives_sigkill(tmp_path: Path, use_store_backend: StoreChoice) -> None:
+    run(tmp_path, IMAPAppend(), use_store_backend)
 
 
-def test_imap_copy_move_survive_sigkill(tmp_path: Path) -> None:
-    run(tmp_path, IMAPCopyMove())
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
+def test_imap_copy_move_survive_sigkill(tmp_path: Path, use_store_backend: StoreChoice) -> None:
+    run(tmp_path, IMAPCopyMove(), use_store_backend)
 
 
-def test_imap_expunge_survives_sigkill(tmp_path: Path) -> None:
-    run(tmp_path, IMAPExpunge())
+def test_imap_expunge_survives_sigkill(tmp_path: Path, use_store_backend: StoreChoice) -> None:
+    run(tmp_path, IMAPExpunge(), use_store_backend)
 
 
-def test_imap_store_survives_sigkill(tmp_path: Path) -> None:
-    run(tmp_path, IMAPStore())
+def test_imap_store_survives_sigkill(tmp_path: Path, use_store_backend: StoreChoice) -> None:
+    run(tmp_path, IMAPStore(), use_store_backend)
 
 
-def test_pop3_quit_deletions_survive_sigkill(tmp_path: Path) -> None:
-    run(tmp_path, POP3Quit())
+def test_pop3_quit_deletions_survive_sigkill(tmp_path: Path, use_store_backend: StoreChoice) -> None:
+    run(tmp_path, POP3Quit(), use_store_backend)
 
 
-def test_queue_delivery_and_bounces_survive_sigkill(tmp_path: Path) -> None:
-    result = run(tmp_path, QueueDelivery())
+def test_queue_delivery_and_bounces_survive_sigkill(tmp_path: Path, use_store_backend: StoreChoice) -> None:
+    result = run(tmp_path, QueueDelivery(), use_store_backend)
     assert result["dsns"] > 0, "no bounce was made"
 
 
@@ -1017,21 +1013,22 @@ class POP3QuitWorkers(POP3Quit):
 
 
 @pytest.mark.parametrize("scenario", [IMAPAppendWorkers, POP3QuitWorkers], ids=["imap-append", "pop3-quit"])
-def test_writes_survive_worker_sigkill(tmp_path: Path, scenario: type[Scenario]) -> None:
+def test_writes_survive_worker_sigkill(tmp_path: Path, scenario: type[Scenario],
+                                       use_store_backend: StoreChoice) -> None:
     s = scenario()
-    result = WorkerKillHarness(tmp_path, s).run()
+    result = WorkerKillHarness(tmp_path, s, store=use_store_backend).run()
     assert result["cycles"] == CYCLES and result["workers_killed"] == CYCLES
     assert s.progress() >= CYCLES * s.min_progress
 
 
-def test_smtp_accept_survives_worker_sigkill(tmp_path: Path) -> None:
+def test_smtp_accept_survives_worker_sigkill(tmp_path: Path, use_store_backend: StoreChoice) -> None:
     scenario = SMTPAcceptWorkers()
-    result = WorkerKillHarness(tmp_path, scenario).run()
+    result = WorkerKillHarness(tmp_path, scenario, store=use_store_backend).run()
     assert result["cycles"] == CYCLES and result["workers_killed"] == CYCLES
     assert scenario.progress() >= CYCLES * scenario.min_progress
 
 
-def test_queue_delivery_survives_worker_sigkill(tmp_path: Path) -> None:
+def test_queue_delivery_survives_worker_sigkill(tmp_path: Path, use_store_backend: StoreChoice) -> None:
     scenario = QueueDeliveryWorkers()
-    result = WorkerKillHarness(tmp_path, scenario).run()
+    result = WorkerKillHarness(tmp_path, scenario, store=use_store_backend).run()
     assert result["cycles"] == CYCLES and result["workers_killed"] == CYCLES

@@ -93,6 +93,7 @@ def test_authenticate_plain(mailserver: RunningServer) -> None:
     c.logout()
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_folder_hierarchy(imap) -> None:
     c = imap()
     assert c.create("Work/Projects/2024")[0] == "OK"
@@ -121,6 +122,7 @@ def test_folder_hierarchy(imap) -> None:
     assert b"MESSAGES 1" in c.status("Old-Inbox", "(MESSAGES)")[1][0]
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_append_then_fetch_identical_bytes_and_partial(imap) -> None:
     c = imap()
     typ, data = c.append("INBOX", "(\\Flagged)", None, MULTIPART)
@@ -145,6 +147,7 @@ def test_append_then_fetch_identical_bytes_and_partial(imap) -> None:
     assert b"\\Seen" in data[0]
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_flags_across_two_sessions(imap) -> None:
     a = imap()
     b = imap()
@@ -165,6 +168,7 @@ def test_flags_across_two_sessions(imap) -> None:
     assert data == [b"1"]
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_search_keys(imap) -> None:
     c = imap()
     c.append("INBOX", "(\\Seen)", None, simple(1, "apples and pears"))
@@ -186,6 +190,7 @@ def test_search_keys(imap) -> None:
     assert typ == "NO" and b"BADCHARSET" in data[0]
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_idle_wakes_on_smtp_delivery(mailserver: RunningServer, imap) -> None:
     c = imap()
     c.select("INBOX")
@@ -209,6 +214,7 @@ def test_idle_wakes_on_smtp_delivery(mailserver: RunningServer, imap) -> None:
     assert c.readline() == tag + b" OK IDLE terminated\r\n"
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_move_and_uidplus_codes(imap) -> None:
     c = imap()
     for i in range(3):
@@ -230,6 +236,7 @@ def test_move_and_uidplus_codes(imap) -> None:
     assert typ == "OK" and c.untagged_responses.get("EXPUNGE") == [b"2"]
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_imapclient_uidplus_condstore_qresync(mailserver: RunningServer) -> None:
     with IMAPClient(mailserver.host, port=mailserver.port("imap"), ssl=False, timeout=10) as c:
         c.login(ALICE, USERS[ALICE])
@@ -414,8 +421,12 @@ def test_rfc9051_envelope_and_body_examples_byte_exact(mailserver: RunningServer
 
 
 def _wait_indexed(mailserver: RunningServer) -> None:
+    """Until the background indexer has derived every stored body. The
+    PostgreSQL store derives a body in the write that stores it."""
     import sqlite3
 
+    if mailserver.config.store.backend == "postgresql":
+        return
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         conn = sqlite3.connect(mailserver.data_dir / "index.sqlite3")
@@ -494,6 +505,7 @@ def test_subscribe_names_that_do_not_exist(mailserver: RunningServer) -> None:
         assert not any(b"Peach" in x for x in say(b'a7 LSUB "" "*"', b"a7"))
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_subscriptions_survive_delete_and_create_does_not_subscribe(mailserver: RunningServer) -> None:
     """RFC 9051 6.3.7: only SUBSCRIBE and UNSUBSCRIBE change subscriptions (a
     server "MUST NOT unilaterally remove" one), over the SQLite store: CREATE
@@ -556,6 +568,7 @@ def test_append_utf8_data_item_over_the_store_rfc6855_4(mailserver: RunningServe
     assert mailserver.messages(ALICE)[-1] == msg
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_recent_is_seen_by_one_session_only(mailserver: RunningServer, imap) -> None:
     """RFC 3501 2.3.2 / 6.3.1: \\Recent for the first session told of a
     message; EXAMINE does not take it; rev2 clients never see it."""
@@ -599,6 +612,7 @@ def test_recent_is_seen_by_one_session_only(mailserver: RunningServer, imap) -> 
         assert b"\\Recent" not in say(b"e3 FETCH 4 (FLAGS)", b"e3")[0]
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_fetch_of_expunged_is_served_until_announced_and_uid_fetch(mailserver: RunningServer, imap) -> None:
     """RFC 2180 4.1.1: FETCH by number of a message another session expunged
     still returns its data, and OK; the EXPUNGE comes at a point where
@@ -629,6 +643,7 @@ def test_fetch_of_expunged_is_served_until_announced_and_uid_fetch(mailserver: R
         assert out.index(b"* 1 EXPUNGE\r\n") > out.index(b"* 1 FETCH (UID 1 FLAGS (\\Deleted \\Recent))\r\n")
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_multiappend_all_or_nothing(mailserver: RunningServer) -> None:
     """RFC 3502: MULTIAPPEND either appends every message or none."""
     s, say = _login_raw(mailserver)
@@ -641,6 +656,7 @@ def test_multiappend_all_or_nothing(mailserver: RunningServer) -> None:
         assert out[0] == b'* STATUS "INBOX" (MESSAGES 2)\r\n'
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_rev2_search_answers_with_esearch_and_header_keys(mailserver: RunningServer) -> None:
     """RFC 9051 6.4.4: a rev2 SEARCH is answered with ESEARCH (ALL when no
     RETURN); header keys come from the header index."""
@@ -798,3 +814,49 @@ def test_message_rfc822_sections_and_address_search_over_sqlite(mailserver: Runn
         assert say(b"a6 FETCH 2 ENVELOPE", b"a6")[0] == (
             b'* 2 FETCH (ENVELOPE (NIL NIL ((NIL NIL "user-from" "domain.org")) ((NIL NIL "user-from" "domain.org"))'
             b' ((NIL NIL "user-from" "domain.org")) (("Real Name" NIL "user" "domain.example")) NIL NIL NIL NIL))\r\n')
+
+
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
+def test_simultaneous_first_logins_on_a_store_still_opening(
+    tmp_path, use_store_backend: Callable[..., None]  # noqa: ANN001
+) -> None:
+    """The first commands a freshly started server gets, several LOGINs in
+    the same moment, all reach the store while it is still opening (the
+    PostgreSQL store connects and checks its schema on first use): each is
+    answered OK, none with a server error."""
+    from mailyard.store import open_store
+    from tests.conftest import make_test_config, seed_store
+
+    cfg = make_test_config()
+    use_store_backend(cfg)
+    data = tmp_path / "data"
+
+    async def seed() -> None:
+        store = open_store(data, cfg.store)
+        try:
+            await seed_store(store)
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    server = RunningServer(data, cfg, seed_defaults=False)
+    server.start()  # nothing has asked the store anything yet
+    socks = []
+    try:
+        for _ in range(8):
+            s = socket.create_connection(("127.0.0.1", server.port("imap")), timeout=30)
+            socks.append(s)
+            assert s.recv(4096).startswith(b"* OK ")
+        for s in socks:  # every LOGIN on the wire before the first is answered
+            s.sendall(b"a1 LOGIN " + ALICE.encode() + b" " + USERS[ALICE].encode() + b"\r\n")
+        for s in socks:
+            got = b""
+            while not got.endswith(b"\r\n") or b"a1 " not in got:
+                chunk = s.recv(4096)
+                assert chunk, got
+                got += chunk
+            assert got.splitlines()[-1].startswith(b"a1 OK "), got
+    finally:
+        for s in socks:
+            s.close()
+        server.stop()

@@ -6,10 +6,15 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from mailyard.config import Config
+from mailyard.store import open_store
 from mailyard.store.api import NewQueueEntry, NewRecipient, RecipientOutcome
-from mailyard.store.sqlite import SQLiteStore
+
+# the store of MAILYARD_TEST_BACKEND (conftest.py); not both_backends: each of its
+# CLI subprocesses opens the PostgreSQL store anew, 20 s on the shared CI machine
 
 
 def run(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -19,12 +24,15 @@ def run(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_queue_commands(tmp_path: Path) -> None:
+def test_queue_commands(tmp_path: Path, use_store_backend: Callable[[Config], None]) -> None:
     data = tmp_path / "data"
     assert run(data, "init", "--domain", "a.test").returncode == 0
+    cfg = Config.load(data / "config.toml")
+    use_store_backend(cfg)
+    (data / "config.toml").write_text(cfg.to_toml())
 
     async def fill() -> tuple[int, int]:
-        store = SQLiteStore(data)
+        store = open_store(data, cfg.store, background=False)
         try:
             body = b"Subject: queued\r\n\r\nx\r\n"
             _, first = await store.queue_submit(body, NewQueueEntry(

@@ -8,20 +8,21 @@ import email
 import email.policy
 import re
 import smtplib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from mailyard.config import Config
 from mailyard.store.api import NewRecipient
 
 from .multihost import MultiHost, ScriptedSMTP
 
 
 @pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[MultiHost]:
+def hosts(tmp_path: Path, use_store_backend: Callable[[Config], None]) -> Iterator[MultiHost]:
     """The multi-host harness; every instance and the DNS server stopped at the end."""
-    harness = MultiHost(tmp_path)
+    harness = MultiHost(tmp_path, store=use_store_backend)
     try:
         yield harness
     finally:
@@ -59,6 +60,7 @@ def parsed(raw: bytes) -> email.message.EmailMessage:
     return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_alice_to_bob_carol_and_dave_over_three_servers(hosts: MultiHost) -> None:
     hosts.add("a.test", A, {"alice": "alice-pw-1"})
     b = hosts.add("b.test", B, {"bob": "bob-pw-1", "carol": "carol-pw-1"})
@@ -125,6 +127,7 @@ def test_no_mx_falls_back_to_a_record(hosts: MultiHost) -> None:
     hosts.wait_messages("bob@b.test")
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_temporary_failure_then_success(hosts: MultiHost) -> None:
     a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
     # b.test is down at first: connection refused -> 4xx -> retried with back-off.
@@ -139,6 +142,7 @@ def test_temporary_failure_then_success(hosts: MultiHost) -> None:
     assert a.server.queue.stats["deferred"] >= 1 and a.server.queue.stats["delivered"] == 1
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_5xx_bounce_arrives_in_alices_inbox_as_dsn(hosts: MultiHost) -> None:
     hosts.add("a.test", A, {"alice": "alice-pw-1"})
     hosts.add("b.test", B, {"bob": "bob-pw-1"})
@@ -234,6 +238,7 @@ def test_bounce_of_a_bounce_is_never_sent(hosts: MultiHost) -> None:
     assert a.messages("alice@a.test") == [] and a.messages("postmaster@a.test") == []
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_queue_survives_a_restart(hosts: MultiHost) -> None:
     a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
     hosts.add("b.test", B, {"bob": "bob-pw-1"}, start=False)

@@ -76,6 +76,7 @@ def retr(p: poplib.POP3, n: int) -> bytes:
     return b"".join(line + b"\r\n" for line in lines)
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_user_pass_stat_list_retr_bytes_exact(pop3server: RunningServer) -> None:
     msgs = [message(1), message(2, (b"x" * 98 + b"\r\n") * 50), message(3)]
     put(pop3server, ALICE, *msgs)
@@ -161,6 +162,7 @@ def test_auth_scram_sha256(pop3server: RunningServer) -> None:
     p.quit()
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_top_and_uidl_stable_and_never_reused(pop3server: RunningServer) -> None:
     put(pop3server, ALICE, message(1), message(2))
     p = login(pop3server)
@@ -184,6 +186,7 @@ def test_top_and_uidl_stable_and_never_reused(pop3server: RunningServer) -> None
     assert len(set(ids2)) == 2
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_rset_undoes_dele(pop3server: RunningServer) -> None:
     put(pop3server, ALICE, message(1), message(2))
     p = login(pop3server)
@@ -200,6 +203,7 @@ def test_rset_undoes_dele(pop3server: RunningServer) -> None:
     assert len(remaining) == 1 and b"Subject: message 1" in remaining[0]
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_maildrop_locked_against_second_session(pop3server: RunningServer) -> None:
     put(pop3server, ALICE, message(1))
     first = login(pop3server)
@@ -232,6 +236,7 @@ def wait_unlocked(server: RunningServer, address: str) -> poplib.POP3:
             time.sleep(0.05)
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_dropped_connection_deletes_nothing(pop3server: RunningServer) -> None:
     put(pop3server, ALICE, message(1), message(2))
     p = login(pop3server)
@@ -245,6 +250,7 @@ def test_dropped_connection_deletes_nothing(pop3server: RunningServer) -> None:
     assert len(pop3server.messages(ALICE)) == 2
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_quit_removes_deleted_messages(pop3server: RunningServer) -> None:
     put(pop3server, ALICE, message(1), message(2), message(3))
     p = login(pop3server)
@@ -328,6 +334,7 @@ def test_commands_before_login_refused(pop3server: RunningServer) -> None:
     p.quit()
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_listing_follows_changes_between_sessions(pop3server: RunningServer) -> None:
     """The per-process maildrop cache (net/pop3.py MaildropCache) must see new
     mail, expunges by other sessions (IMAP), and flag-only changes."""
@@ -422,6 +429,7 @@ def test_stls_upgrade_and_injection_discarded(pop3server: RunningServer) -> None
     tls.close()
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_imap_session_sees_pop3_deletions_after_quit(pop3server: RunningServer) -> None:
     import imaplib
 

@@ -46,6 +46,7 @@ def split_trace(stored: bytes) -> tuple[list[bytes], bytes]:
     return trace, b"\r\n".join(lines[i:])
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_delivery_bytes_exact_with_trace(mailserver: RunningServer) -> None:
     with smtp(mailserver) as s:
         code, banner = s.ehlo()
@@ -65,6 +66,7 @@ def test_delivery_bytes_exact_with_trace(mailserver: RunningServer) -> None:
     assert "[127.0.0.1]" in received and "by mx.example.test" in received and "ESMTP" in received
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_two_recipients_one_rejected(mailserver: RunningServer) -> None:
     with smtp(mailserver) as s:
         s.ehlo()
@@ -97,6 +99,7 @@ def test_postmaster_always_accepted(mailserver: RunningServer) -> None:
     assert len(mailserver.messages("postmaster@example.test")) == 1  # one copy per mailbox
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_alias_and_list_expand_and_store_once_per_mailbox(mailserver: RunningServer) -> None:
     store = mailserver.store
     mailserver.call(store.add_alias("info@example.test", ["alice@example.test", "team@example.test"]))
@@ -134,6 +137,7 @@ def test_vrfy_and_expn_when_enabled(make_server) -> None:  # noqa: ANN001
         assert code == 250 and b"<bob@example.test>" in text
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_oversized_message_refused_and_nothing_stored(make_server) -> None:  # noqa: ANN001
     server = make_server(lambda cfg: setattr(cfg.smtp, "max_message_size", 10_000))
     with smtp(server) as s:
@@ -170,6 +174,7 @@ def test_pipelined_transaction_in_one_write(mailserver: RunningServer) -> None:
     assert len(mailserver.messages("bob@example.test")) == 1
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_abrupt_disconnect_mid_data_stores_nothing(mailserver: RunningServer) -> None:
     with socket.create_connection((mailserver.host, mailserver.port("smtp")), timeout=10) as sock:
         f = sock.makefile("rb")
@@ -184,6 +189,7 @@ def test_abrupt_disconnect_mid_data_stores_nothing(mailserver: RunningServer) ->
     assert len(mailserver.messages("alice@example.test")) == 1
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 async def test_aiosmtplib_concurrent_clients(mailserver: RunningServer) -> None:
     port = mailserver.port("smtp")
 

@@ -146,6 +146,7 @@ def test_csrf_is_required_on_every_post(web: RunningServer) -> None:
     assert web.messages(ALICE) == []
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_no_access_to_another_users_messages(web: RunningServer) -> None:
     bob_uid = append(web, BOB, simple("bob's secret", body="secret text of bob"), flags=[])
     bob_inbox = box_id(web, BOB, "INBOX")
@@ -187,6 +188,7 @@ def test_no_access_to_another_users_messages(web: RunningServer) -> None:
     assert "\\Seen" not in flags
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_pagination_by_key_and_sorting(web: RunningServer) -> None:
     async def seed() -> None:
         account = await web.store.get_account(ALICE)
@@ -227,6 +229,7 @@ def test_pagination_by_key_and_sorting(web: RunningServer) -> None:
     assert re.findall(r'class="open">([^<]+)<', r.text) == ["subject 042"]
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_attachment_download_name_and_type(web: RunningServer) -> None:
     msg = compose("Carol <carol@example.test>", ALICE, subject="files", text="see files",
                   attachments=[Attachment("Grüße & \"quotes\".pdf", b"%PDF-1.4 data", "application/pdf")])
@@ -246,6 +249,7 @@ def test_attachment_download_name_and_type(web: RunningServer) -> None:
     assert raw.headers["content-type"].startswith("text/plain") and "Subject: files" in raw.text
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_send_from_webmail_uses_submission_path(web: RunningServer) -> None:
     client = login(web)
     token = csrf(client)
@@ -279,6 +283,7 @@ def test_compose_validates_addresses(web: RunningServer) -> None:
     assert web.messages(BOB) == []
 
 
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
 def test_smtp_delivery_then_web_listing(web: RunningServer) -> None:
     with smtplib.SMTP("127.0.0.1", web.port("smtp")) as s:
         s.sendmail("carol@example.test", [ALICE], simple("over smtp"))
@@ -307,3 +312,17 @@ def test_first_sort_of_a_big_folder_is_prepared_in_the_background(
     r = wait_until(prepared, what="the sorted listing to be prepared in the background")
     subjects = re.findall(r'class="open">([^<]+)<', r.text)
     assert subjects == [f"topic {i:02d}" for i in range(20)]
+
+
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
+def test_move_of_an_own_message_to_another_folder(web: RunningServer) -> None:
+    """The list's Move action: the message leaves INBOX and is in the target, bytes intact."""
+    data = simple("to be moved")
+    uid = append(web, ALICE, data)
+    inbox, junk = box_id(web, ALICE, "INBOX"), box_id(web, ALICE, "Junk")
+    client = login(web)
+    r = client.post(f"/box/{inbox}/action",
+                    data={"uid": uid, "action": "move", "target": junk, "csrf": csrf(client)})
+    assert r.status_code == 303
+    assert web.messages(ALICE) == []
+    assert web.messages(ALICE, "Junk") == [data]

@@ -266,3 +266,43 @@ async def test_an_unreachable_database_raises_store_unavailable(tmp_path: Path) 
             store.credentials_current(1, 0)
     finally:
         await store.close()
+
+
+async def test_first_calls_from_eagerly_started_steps_share_the_opening(pg_cluster: PgCluster,
+                                                                         tmp_path: Path) -> None:
+    """IMAP and POP3 start each command's step by hand (net/session_protocol.py
+    ``eager_steps``) and hand what it waits on to a task afterwards. Several
+    sessions whose first commands reach a store still opening all wait for
+    that one opening: each must get an answer, not "await wasn't used with
+    future" (a future awaited by two hand-started coroutines before either
+    task ran)."""
+    from mailyard.net.session_protocol import _Resume
+
+    dsn = pg_cluster.new_dsn()
+    seed = PostgreSQLStore(dsn, StoreConfig())
+    try:
+        await seed.add_domain("example.test")
+        await seed.add_account("alice@example.test", "h")
+    finally:
+        await seed.close()
+    store = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "node")
+    try:
+        found: list[str] = []
+
+        async def login() -> None:
+            account = await store.get_account("alice@example.test")
+            found.append(account.address if account is not None else "")
+
+        async def run(resume: _Resume) -> None:
+            await resume
+
+        tasks = []
+        for _ in range(4):  # as SessionProtocol.advance does for each session's LOGIN
+            step = login()
+            waiting = step.send(None)
+            tasks.append(asyncio.get_running_loop().create_task(run(_Resume(step, waiting))))
+        await asyncio.gather(*tasks)
+        assert found == ["alice@example.test"] * 4
+    finally:
+        await store.close()
+

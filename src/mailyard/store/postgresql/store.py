@@ -221,7 +221,13 @@ class PostgreSQLStore(ContactsMixin, Store):
                 raise
             self._opened.set_result(None)
         else:
-            await self._opened
+            # each caller waits on a future of its own (shield): IMAP and POP3
+            # start a command's step by hand and give what it waits on to a
+            # task only afterwards (net/session_protocol.py eager_steps), and
+            # asyncio refuses a pending future awaited by a second such step
+            # before the first's task took it ("await wasn't used with
+            # future"); nor may a cancelled caller cancel the others' opening
+            await asyncio.shield(self._opened)
 
     async def close(self) -> None:
         if self._closed:
@@ -1463,9 +1469,14 @@ class PostgreSQLStore(ContactsMixin, Store):
                 " WHERE g.mailbox_id = %s AND (%s::bigint IS NULL OR coalesce(e.modseq, 0) <= %s)",
                 (mailbox_id, -mailbox_id, upto, upto))
             if rows:
-                await c.execute("DELETE FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)",
-                                (-mailbox_id, [r[0] for r in rows]))
-                await _release_bodies(c, [r[1] for r in rows])
+                # this op takes no mailbox lock: a purge of another holder
+                # (of this node or another) may delete the same rows at the
+                # same moment, so only the rows this DELETE removed give up
+                # their body's reference (READ COMMITTED: the second DELETE
+                # waits for the first and then finds them gone)
+                gone = await _all(c, "DELETE FROM messages WHERE mailbox_id = %s AND uid = ANY(%s) RETURNING body_id",
+                                  (-mailbox_id, [r[0] for r in rows]))
+                await _release_bodies(c, [r[0] for r in gone])
 
         async def run() -> None:
             with contextlib.suppress(Exception):
