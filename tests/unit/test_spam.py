@@ -340,3 +340,40 @@ async def test_decision_log_writes_a_turns_records_together_and_follows_a_rotati
     assert (tmp_path / "spam" / "decisions.jsonl").read_bytes().endswith(b'"}\n{"queue_id":"q3"}\n')
     first.close()
     second.close()
+
+
+async def test_a_clients_dns_checks_start_at_helo_and_run_once_for_its_messages(dns: DNSServer,
+                                                                                tmp_path: Path) -> None:
+    cfg = Config().spam
+    cfg.trusted_networks = []
+    cfg.dnsbl = [x.replace("zen.spamhaus.org", "zen.test") for x in cfg.dnsbl]
+    alice = Account(1, "alice@example.test", "h")
+    message = b"From: Dan <dan@other.test>\r\nMessage-ID: <m@other.test>\r\n\r\nhi\r\n"
+
+    def checker(name: str) -> tuple[SpamChecker, Resolver]:
+        resolver = Resolver(dns.address, timeout=3.0)
+        return SpamChecker(cfg, _SettingsStore(1), DecisionLog(tmp_path / name), resolver, None,  # type: ignore[arg-type]
+                           hostname="mx.example.test"), resolver
+
+    async def judge(c: SpamChecker, ip: str) -> tuple[float, list[bytes]]:
+        j = await c.judge(message, queue_id="q", ip=ip, helo="mail.good.test", reverse_path="dan@other.test",
+                          rcpts=[alice.address], accounts=[alice], own_ips=["203.0.113.5"])
+        return j.score, [f.fields for f in j.filings.values()]
+
+    # one message of a listed client without prefetch: the verdict and the DNS questions it takes
+    plain, plain_dns = checker("plain")
+    await judge(plain, "192.0.2.10")  # another client first: the server's own names are known
+    asked = plain_dns.queries
+    want = await judge(plain, "192.0.2.12")
+    questions = plain_dns.queries - asked
+    assert want[0] == 8.0 and b"tests=RDNS_NONE,SPAMHAUS_SBL,\r\n\tSPAMHAUS_PBL\r\n" in want[1][0] and questions > 0
+    # the same client, its checks started at its HELO and five of its messages
+    # judged while they run: the same verdicts, each DNS question asked once
+    early, early_dns = checker("early")
+    await judge(early, "192.0.2.10")
+    asked = early_dns.queries
+    early.prefetch("192.0.2.12", "mail.good.test", ["203.0.113.5"])
+    assert await asyncio.gather(*(judge(early, "192.0.2.12") for _ in range(5))) == [want] * 5
+    assert early_dns.queries - asked == questions
+    await plain.close()
+    await early.close()

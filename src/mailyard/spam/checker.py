@@ -13,6 +13,7 @@ the failure is logged; mail is never refused because rspamd is down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import re
@@ -48,6 +49,9 @@ RECENT_MAX = 10_000
 PREFS_MAX = 10_000
 # Client addresses whose [spam] trusted_networks answer is kept.
 TRUSTED_MAX = 10_000
+# At most this many clients' DNS checks started ahead of their message
+# (prefetch) run at once; past it a client's checks wait for its message.
+PREFETCH_MAX = 32
 
 # The fields we write ourselves: rspamd's own versions of them are not copied.
 _OURS = ("x-spam-status", "x-spam-score", "x-spam-flag")
@@ -149,6 +153,10 @@ class SpamChecker:
         self._prefs_cache: dict[int, tuple[int, Prefs]] = {}
         # client address -> in [spam] trusted_networks
         self._trusted_cache: dict[str, bool] = {}
+        # (ip, helo) -> the DNS checks of that client under way on the pool:
+        # the messages meanwhile wait for them rather than ask DNS again
+        self._inflight: dict[tuple[str, str], asyncio.Future[Builtin]] = {}
+        self._prefetches = 0  # of _inflight, the ones prefetch started
 
     async def _names(self) -> list[str]:
         """This server's host name and local domains (the HELO check's "ours")."""
@@ -225,6 +233,63 @@ class SpamChecker:
                               scores=self.scores)
         return Builtin(tests, rdns, rdns_name, helo_state, problems)
 
+    def _known(self, ip: str, helo: str, own_names: Sequence[str], own_ips: Sequence[str],
+                auth: InboundVerdict | None) -> Builtin | None:
+        """The built-in checks from what is at hand (no DNS), or None."""
+        try:
+            return self._builtin(ip, helo, own_names, own_ips, auth, cache_only=True)
+        except NotCached:
+            return None
+
+    def _run(self, key: tuple[str, str], ip: str, helo: str, own_names: Sequence[str], own_ips: Sequence[str],
+             auth: InboundVerdict | None, prefetch: bool = False) -> asyncio.Future[Builtin]:
+        """The built-in checks on the pool, known as under way for ``key``."""
+        call = asyncio.get_running_loop().run_in_executor(self._pool, self._builtin, ip, helo, own_names, own_ips,
+                                                          auth)
+        self._inflight[key] = call
+        if prefetch:
+            self._prefetches += 1
+
+        def done(f: asyncio.Future[Builtin]) -> None:
+            if self._inflight.get(key) is f:
+                del self._inflight[key]
+            if prefetch:
+                self._prefetches -= 1
+                if not f.cancelled():
+                    f.exception()  # retrieved: a failure shows in the message's own run
+
+        call.add_done_callback(done)
+        return call
+
+    async def _after(self, pending: asyncio.Future[Builtin], ip: str, helo: str, own_names: Sequence[str],
+                     own_ips: Sequence[str], auth: InboundVerdict | None) -> Builtin:
+        """The built-in checks once the same client's run under way ended:
+        from its answers (kept by the resolver and _recent), else a run of
+        this message's own."""
+        with contextlib.suppress(Exception):
+            await asyncio.shield(pending)
+        known = self._known(ip, helo, own_names, own_ips, auth)
+        if known is not None:
+            return known
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._builtin, ip, helo, own_names,
+                                                                 own_ips, auth)
+
+    def prefetch(self, ip: str, helo: str, own_ips: Sequence[str]) -> None:
+        """Start a client's DNS checks (reverse DNS, HELO, DNS lists: they
+        depend on its address and HELO name only) as soon as it has named
+        itself, so its message's verdict finds them done; the verdict is
+        the same as without. Nothing when they are at hand or under way
+        already, for a trusted client, before this server's own names are
+        known, or with PREFETCH_MAX runs under way."""
+        names = self._own_names
+        if (self.resolver is None or self._prefetches >= PREFETCH_MAX or names is None
+                or names[0] != self.store.directory_version or self._trusted(ip)):
+            return
+        key = (ip, helo.lower())
+        if key in self._inflight or self._known(ip, helo, names[1], own_ips, None) is not None:
+            return
+        self._run(key, ip, helo, names[1], own_ips, None, prefetch=True)
+
     async def _rspamd(self, message: bytes, **envelope: Any) -> RspamdResult | str:
         assert self.rspamd is not None
         try:
@@ -254,11 +319,19 @@ class SpamChecker:
         own_names = await self._names()
         loop = asyncio.get_running_loop()
         builtin_call: asyncio.Future[Builtin]
-        try:
+        known = self._known(ip, helo, own_names, own_ips, auth)
+        if known is not None:
             builtin_call = loop.create_future()
-            builtin_call.set_result(self._builtin(ip, helo, own_names, own_ips, auth, cache_only=True))
-        except NotCached:
-            builtin_call = loop.run_in_executor(self._pool, self._builtin, ip, helo, own_names, own_ips, auth)
+            builtin_call.set_result(known)
+        else:
+            key = (ip, helo.lower())
+            pending = self._inflight.get(key)
+            if pending is not None:
+                # the same client's checks are under way (its prefetch, a
+                # message of another of its connections): their answers serve
+                builtin_call = asyncio.ensure_future(self._after(pending, ip, helo, own_names, own_ips, auth))
+            else:
+                builtin_call = self._run(key, ip, helo, own_names, own_ips, auth)
         verdict: RspamdResult | str | None = None
         if self.rspamd is not None:
             # Hostname: the forward-confirmed name ("unknown" without one,
