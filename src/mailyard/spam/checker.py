@@ -6,6 +6,12 @@ settings decide their filing (filing.py). Every decision is logged in one
 line (``spam_verdict``) and recorded (store/spamlog.py) for
 ``mailyard spam explain``.
 
+What depends only on the client is done once per client, not per message:
+its DNS checks start at its HELO (``prefetch``) and their answers serve its
+messages for RECENT_TTL seconds (one run at a time per client); each
+account's preferences are read again only when the store's
+``settings_version`` says some process changed settings.
+
 rspamd unreachable, slow or broken: the built-in score alone decides and
 the failure is logged; mail is never refused because rspamd is down.
 """
