@@ -5,6 +5,7 @@ confirmed reverse DNS, HELO names, a DNS blocklist zone with return codes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,9 +13,15 @@ import pytest
 
 from mailyard.config import Config, ConfigError
 from mailyard.mailauth.dnscache import Resolver
+from mailyard.message.address import iter_mailboxes, parse_address_list
+from mailyard.message.headers import split_fields
+from mailyard.message.parse import split_header_body
 from mailyard.spam import filing, headers, signals
+from mailyard.spam.checker import SpamChecker, _header_info
 from mailyard.spam.rspamd import RspamdUnavailable, parse_reply, request_headers
 from mailyard.spam.score import DEFAULT_SCORES, builtin_tests, parse_list, parse_scores
+from mailyard.store import spamlog
+from mailyard.store.api import Account
 from mailyard.store.spamlog import DecisionLog
 from tests.integration.multihost import DNSServer
 
@@ -225,3 +232,148 @@ def test_blocklist_codes_errors_and_failures(resolver: Resolver) -> None:
     assert signals.listed_on(resolver, "192.0.2.13", entries) == ([], ["zen.test: temperror"])
     assert signals.list_query_name("2001:db8::1", "zen.test") == (
         "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.zen.test")
+
+
+def _split_fields_reading(message: bytes) -> tuple[str, list[str]]:
+    """The Message-ID and From addresses as message/headers.py split_fields reads them."""
+    header, _ = split_header_body(message[:256 * 1024])
+    message_id, senders = "", []
+    for name, value in split_fields(header):
+        if name.lower() == "message-id" and not message_id:
+            message_id = value.decode("utf-8", "replace").strip()[:300]
+        elif name.lower() == "from":
+            senders += [m.addr_spec for m in iter_mailboxes(parse_address_list(value.decode("utf-8", "replace")))]
+    return message_id, senders
+
+
+@pytest.mark.parametrize("message", [
+    MSG,
+    b"Message-ID: <a@b.test>\r\nFrom: A <a@b.test>, b@c.test\r\n\r\nFrom: body@x.test\r\n",
+    b"message-id:\r\n <folded@b.test>\r\nFROM : \"Last, First\"\r\n\t<first@b.test>\r\nfrom:second@b.test\r\n\r\n",
+    b"From a@b.test Sat Dec  5 08:00:00 2026\nX-From: no@x.test\nResent-From: no@x.test\nFrom:\tlf@b.test\n"
+    b"Message-ID: <one@x>\nMessage-ID: <two@x>\n\nbody",
+    b"Subject: bare CR\rFrom: cr@b.test\r\nMessage-ID: <cr@x>\r\n\r\n",
+    b"From: =?utf-8?q?Caf=C3=A9?= <cafe@b.test>\r\nMessage-ID: <" + b"x" * 400 + b">\r\n\r\n",
+    b"bad line\r\n from: cont@b.test\r\nFrom: ok@b.test",
+    b"From: caf\xc3\xa9 <\xff@b.test>\r\nMessage-ID: \r\n\r\n",
+    b"\r\nFrom: body@b.test\r\n",
+])
+def test_header_fields_read_as_split_fields_reads_them(message: bytes) -> None:
+    assert _header_info(message) == _split_fields_reading(message)
+
+
+class _SettingsStore:
+    """What SpamChecker asks of the store, counting settings reads."""
+
+    directory_version = 0
+
+    def __init__(self, version: int | None) -> None:
+        self.version = version
+        self.settings: dict[int, dict[str, object]] = {}
+        self.reads = 0
+
+    async def list_domains(self) -> list[str]:
+        return ["example.test"]
+
+    async def get_settings(self, account_id: int) -> dict[str, object]:
+        self.reads += 1
+        return dict(self.settings.get(account_id, {}))
+
+    def settings_version(self) -> int | None:
+        return self.version
+
+
+async def test_spam_preferences_are_read_again_only_after_a_settings_change(tmp_path: Path) -> None:
+    store = _SettingsStore(1)
+    checker = SpamChecker(Config().spam, store, DecisionLog(tmp_path / "spam"), None, None,  # type: ignore[arg-type]
+                          hostname="mx.example.test")
+    alice = Account(1, "alice@example.test", "h")
+    message = b"From: Dan <dan@other.test>\r\nMessage-ID: <m@other.test>\r\n\r\nhi\r\n"
+
+    async def junk() -> bool:
+        judged = await checker.judge(message, queue_id="q", ip="192.0.2.1", helo="mx.other.test",
+                                     reverse_path="bounce@list.test", rcpts=[alice.address], accounts=[alice])
+        return alice.id in judged.junk
+
+    try:
+        assert not await junk() and not await junk()
+        assert store.reads == 1  # the second message reused the first one's read
+        # a change (by any process) moves the version: the next message sees it,
+        # a From address on the block list included
+        store.settings[alice.id] = {"spam_block": ["@other.test"]}
+        store.version = 2
+        assert await junk() and await junk()
+        assert store.reads == 2
+        # a store without the signal is asked every time
+        store.version = None
+        store.settings[alice.id] = {}
+        assert not await junk() and not await junk()
+        assert store.reads == 4
+    finally:
+        await checker.close()
+
+
+async def test_decision_log_writes_a_turns_records_together_and_follows_a_rotation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = DecisionLog(tmp_path / "spam", max_bytes=4096), DecisionLog(tmp_path / "spam", max_bytes=4096)
+    writes: list[bytes] = []
+    real_write = spamlog.os.write
+
+    def counting(fd: int, data: bytes) -> int:
+        if fd in (first._fd, second._fd):
+            writes.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(spamlog.os, "write", counting)
+    for i in range(3):
+        first.append_soon({"queue_id": f"q{i}"})
+    assert [r["queue_id"] for r in first.records()] == []  # held until the loop's next turn
+    await asyncio.sleep(0)
+    assert [r["queue_id"] for r in first.records()] == ["q0", "q1", "q2"]
+    assert writes == [b'{"queue_id":"q0"}\n{"queue_id":"q1"}\n{"queue_id":"q2"}\n']  # one write
+    # another process renames the file away: this one's next line goes to the new file
+    second.append({"queue_id": "s0", "pad": "x" * 4050})
+    assert (tmp_path / "spam" / "decisions.jsonl.1").exists()
+    first.append({"queue_id": "q3"})
+    assert [r["queue_id"] for r in DecisionLog(tmp_path / "spam").records()] == ["q0", "q1", "q2", "s0", "q3"]
+    assert (tmp_path / "spam" / "decisions.jsonl.1").read_bytes().endswith(b'{"queue_id":"q2"}\n')
+    assert (tmp_path / "spam" / "decisions.jsonl").read_bytes().endswith(b'"}\n{"queue_id":"q3"}\n')
+    first.close()
+    second.close()
+
+
+async def test_a_clients_dns_checks_start_at_helo_and_run_once_for_its_messages(dns: DNSServer,
+                                                                                tmp_path: Path) -> None:
+    cfg = Config().spam
+    cfg.trusted_networks = []
+    cfg.dnsbl = [x.replace("zen.spamhaus.org", "zen.test") for x in cfg.dnsbl]
+    alice = Account(1, "alice@example.test", "h")
+    message = b"From: Dan <dan@other.test>\r\nMessage-ID: <m@other.test>\r\n\r\nhi\r\n"
+
+    def checker(name: str) -> tuple[SpamChecker, Resolver]:
+        resolver = Resolver(dns.address, timeout=3.0)
+        return SpamChecker(cfg, _SettingsStore(1), DecisionLog(tmp_path / name), resolver, None,  # type: ignore[arg-type]
+                           hostname="mx.example.test"), resolver
+
+    async def judge(c: SpamChecker, ip: str) -> tuple[float, list[bytes]]:
+        j = await c.judge(message, queue_id="q", ip=ip, helo="mail.good.test", reverse_path="dan@other.test",
+                          rcpts=[alice.address], accounts=[alice], own_ips=["203.0.113.5"])
+        return j.score, [f.fields for f in j.filings.values()]
+
+    # one message of a listed client without prefetch: the verdict and the DNS questions it takes
+    plain, plain_dns = checker("plain")
+    await judge(plain, "192.0.2.10")  # another client first: the server's own names are known
+    asked = plain_dns.queries
+    want = await judge(plain, "192.0.2.12")
+    questions = plain_dns.queries - asked
+    assert want[0] == 8.0 and b"tests=RDNS_NONE,SPAMHAUS_SBL,\r\n\tSPAMHAUS_PBL\r\n" in want[1][0] and questions > 0
+    # the same client, its checks started at its HELO and five of its messages
+    # judged while they run: the same verdicts, each DNS question asked once
+    early, early_dns = checker("early")
+    await judge(early, "192.0.2.10")
+    asked = early_dns.queries
+    early.prefetch("192.0.2.12", "mail.good.test", ["203.0.113.5"])
+    assert await asyncio.gather(*(judge(early, "192.0.2.12") for _ in range(5))) == [want] * 5
+    assert early_dns.queries - asked == questions
+    await plain.close()
+    await early.close()

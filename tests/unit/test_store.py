@@ -202,6 +202,35 @@ async def test_a_list_setting_is_merged_in_one_write_and_capped(backend: Backend
     await store.close()
 
 
+async def test_settings_version_moves_with_every_settings_write_in_any_process(backend: Backend) -> None:
+    # s1: the server, s2: a `mailyard user`/`spam` command (or another node) beside it
+    s1, s2 = backend.open(), backend.open()
+    await s1.add_domain("example.test")
+    alice = await s1.add_account("alice@example.test", "h")
+    # both opened (a PostgreSQL store listens for the others' notes from then on)
+    assert await s1.get_settings(alice.id) == {} and await s2.get_settings(alice.id) == {}
+    seen = s1.settings_version()
+    assert seen is not None
+    await s1.set_settings(alice.id, {"spam_threshold": 4.0})
+    assert s1.settings_version() != seen  # at once in the store that wrote
+    seen = s1.settings_version()
+    await s2.set_settings(alice.id, {"spam_threshold": 5.0})
+    await until(lambda: s1.settings_version() != seen)
+    seen = s1.settings_version()
+    await s2.update_setting_list(alice.id, "spam_block", ["@spammy.test"], 10)
+    await until(lambda: s1.settings_version() != seen)
+    assert await s1.get_settings(alice.id) == {"spam_threshold": 5.0, "spam_block": ["@spammy.test"]}
+    # other writes leave it: a cache of settings keeps its value under load
+    seen = s1.settings_version()
+    await s1.add_account("bob@example.test", "h")
+    inbox = await s1.get_mailbox(alice.id, "INBOX")
+    assert inbox is not None
+    await s1.deliver(b"Subject: x\r\n\r\nbody\r\n", [DeliveryTarget(inbox.id, b"")])
+    assert s1.settings_version() == seen
+    await s1.close()
+    await s2.close()
+
+
 async def test_the_address_book_is_bounded_and_read_by_pages(backend: Backend,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import mailyard.store.sqlite.contacts as stored

@@ -259,6 +259,7 @@ class SMTPSession(SessionProtocol):
         engine = self.engine
         if isinstance(event, HeloReceived):
             self.helo = event.name
+            self._prefetch_checks()
             engine.respond()
         elif isinstance(event, MailFromReceived) and self.account is None:
             self.resolutions.clear()
@@ -326,6 +327,7 @@ class SMTPSession(SessionProtocol):
             return
         if isinstance(event, HeloReceived):
             self.helo = event.name
+            self._prefetch_checks()
             engine.respond()
         elif isinstance(event, MailFromReceived):
             self.resolutions.clear()
@@ -693,16 +695,31 @@ class SMTPSession(SessionProtocol):
             log.exception("smtp: authentication checks failed for %s", self.peer_ip)
             return None
 
+    def _own_ips(self) -> list[str]:
+        """The server address this client connected to (the HELO check's "ours")."""
+        if self.transport is not None:
+            sockname = self.transport.get_extra_info("sockname")
+            if sockname:
+                return [str(sockname[0])]
+        return []
+
+    def _prefetch_checks(self) -> None:
+        """On the MX port, start the spam checks that depend only on the
+        client (its address and HELO name: DNS) while it sends its message
+        (spam/checker.py prefetch); its verdict is the same as without."""
+        spam = self.services.spam
+        if spam is not None and self.account is None and not self.submission and self.helo:
+            try:
+                spam.prefetch(self.peer_ip or "", self.helo, self._own_ips())
+            except Exception:
+                log.exception("smtp: spam checks could not start for %s", self.peer_ip)
+
     async def _judge(self, spam: SpamChecker, event: MessageReceived, data: bytes, queue_id: str,
                      accounts: list[Account], auth: InboundVerdict | None) -> Judgement | None:
         """The spam verdict (spam/checker.py): built-in checks and rspamd.
         None if the checker itself broke: the message is then filed as if
         clean, and the error logged (mail is not lost to a bug here)."""
-        own_ips: list[str] = []
-        if self.transport is not None:
-            sockname = self.transport.get_extra_info("sockname")
-            if sockname:
-                own_ips.append(str(sockname[0]))
+        own_ips = self._own_ips()
         try:
             return await spam.judge(data, queue_id=queue_id, ip=self.peer_ip or "", helo=self.helo,
                                     reverse_path=event.reverse_path, rcpts=list(event.forward_paths),

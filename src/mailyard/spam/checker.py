@@ -6,6 +6,12 @@ settings decide their filing (filing.py). Every decision is logged in one
 line (``spam_verdict``) and recorded (store/spamlog.py) for
 ``mailyard spam explain``.
 
+What depends only on the client is done once per client, not per message:
+its DNS checks start at its HELO (``prefetch``) and their answers serve its
+messages for RECENT_TTL seconds (one run at a time per client); each
+account's preferences are read again only when the store's
+``settings_version`` says some process changed settings.
+
 rspamd unreachable, slow or broken: the built-in score alone decides and
 the failure is logged; mail is never refused because rspamd is down.
 """
@@ -13,8 +19,10 @@ the failure is logged; mail is never refused because rspamd is down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -32,7 +40,7 @@ from ..message.parse import split_header_body
 from ..store.api import Account, Store
 from ..store.spamlog import DecisionLog
 from . import headers, signals
-from .filing import Filing, file_message, prefs
+from .filing import Filing, Prefs, file_message, prefs
 from .rspamd import RspamdClient, RspamdResult, RspamdUnavailable
 from .score import Tests, builtin_tests, parse_list, parse_scores
 
@@ -43,8 +51,21 @@ log = logging.getLogger("mailyard.spam")
 RECENT_TTL = 60.0
 RECENT_MAX = 10_000
 
+# Accounts whose spam preferences are kept (see _prefs).
+PREFS_MAX = 10_000
+# Client addresses whose [spam] trusted_networks answer is kept.
+TRUSTED_MAX = 10_000
+# At most this many clients' DNS checks started ahead of their message
+# (prefetch) run at once; past it a client's checks wait for its message.
+PREFETCH_MAX = 32
+
 # The fields we write ourselves: rspamd's own versions of them are not copied.
 _OURS = ("x-spam-status", "x-spam-score", "x-spam-flag")
+
+# The Message-ID and From fields of a header whose lines all end in LF: a
+# field is its line and the continuation lines after it (RFC 5322 2.2); the
+# name may have WSP before its colon, as split_fields allows.
+_WANTED_FIELDS = re.compile(rb"^(message-id|from)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.I | re.M)
 
 
 @dataclass
@@ -75,18 +96,43 @@ class Builtin:
     problems: list[str] = field(default_factory=list)
 
 
+def _header_fields(message: bytes) -> tuple[str, list[bytes]]:
+    """The Message-ID and the raw values of the From fields (as
+    message/headers.py split_fields gives them), from the first 256 KB."""
+    header, _ = split_header_body(message[:256 * 1024])
+    if header.count(b"\r") != header.count(b"\r\n"):
+        # a bare CR ends a line for split_fields: its reading, the slow way
+        fields = [(n.lower(), v) for n, v in split_fields(header) if n.lower() in ("message-id", "from")]
+    else:
+        fields = []
+        for m in _WANTED_FIELDS.finditer(header):
+            value = m.group(2)
+            if value.endswith(b"\r"):
+                value = value[:-1]  # the CR of the field's last CRLF
+            fields.append((m.group(1).lower().decode(), value[1:] if value[:1] == b" " else value))
+    message_id = ""
+    froms: list[bytes] = []
+    for name, value in fields:
+        if name == "message-id":
+            if not message_id:
+                message_id = value.decode("utf-8", "replace").strip()[:300]
+        else:
+            froms.append(value)
+    return message_id, froms
+
+
+def _from_addresses(froms: Sequence[bytes]) -> list[str]:
+    """The addresses of From field values."""
+    senders: list[str] = []
+    for value in froms:
+        senders.extend(m.addr_spec for m in iter_mailboxes(parse_address_list(value.decode("utf-8", "replace"))))
+    return senders
+
+
 def _header_info(message: bytes) -> tuple[str, list[str]]:
     """The Message-ID and the From addresses."""
-    header, _ = split_header_body(message[:256 * 1024])
-    message_id, senders = "", []
-    for name, value in split_fields(header):
-        lname = name.lower()
-        if lname == "message-id" and not message_id:
-            message_id = value.decode("utf-8", "replace").strip()[:300]
-        elif lname == "from":
-            text = value.decode("utf-8", "replace")
-            senders.extend(m.addr_spec for m in iter_mailboxes(parse_address_list(text)))
-    return message_id, senders
+    message_id, froms = _header_fields(message)
+    return message_id, _from_addresses(froms)
 
 
 class SpamChecker:
@@ -108,6 +154,15 @@ class SpamChecker:
         # this server's names (its host name and local domains), kept while
         # the store's directory_version stays
         self._own_names: tuple[int, list[str]] | None = None
+        # account id -> (the store's settings_version, its spam preferences):
+        # reused while no process changed any account's settings
+        self._prefs_cache: dict[int, tuple[int, Prefs]] = {}
+        # client address -> in [spam] trusted_networks
+        self._trusted_cache: dict[str, bool] = {}
+        # (ip, helo) -> the DNS checks of that client under way on the pool:
+        # the messages meanwhile wait for them rather than ask DNS again
+        self._inflight: dict[tuple[str, str], asyncio.Future[Builtin]] = {}
+        self._prefetches = 0  # of _inflight, the ones prefetch started
 
     async def _names(self) -> list[str]:
         """This server's host name and local domains (the HELO check's "ours")."""
@@ -116,12 +171,35 @@ class SpamChecker:
             self._own_names = (version, [self.hostname, *(await self.store.list_domains())])
         return self._own_names[1]
 
+    async def _prefs(self, account_id: int) -> Prefs:
+        """The account's spam preferences (filing.py), read again only when
+        the store's settings_version moved (a settings change committed by
+        any process), so a change is seen by the next message."""
+        version = self.store.settings_version()  # before the read: a change meanwhile moves it
+        if version is not None:
+            hit = self._prefs_cache.get(account_id)
+            if hit is not None and hit[0] == version:
+                return hit[1]
+        found = prefs(await self.store.get_settings(account_id))
+        if version is not None:
+            if len(self._prefs_cache) >= PREFS_MAX:
+                self._prefs_cache.clear()
+            self._prefs_cache[account_id] = (version, found)
+        return found
+
     def _trusted(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(address in net for net in self.trusted)
+        known = self._trusted_cache.get(ip)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(ip)
+            except ValueError:
+                known = False
+            else:
+                known = any(address in net for net in self.trusted)
+            if len(self._trusted_cache) >= TRUSTED_MAX:
+                self._trusted_cache.clear()
+            self._trusted_cache[ip] = known
+        return known
 
     def _builtin(self, ip: str, helo: str, own_names: Sequence[str], own_ips: Sequence[str],
                  auth: InboundVerdict | None, cache_only: bool = False) -> Builtin:
@@ -161,6 +239,63 @@ class SpamChecker:
                               scores=self.scores)
         return Builtin(tests, rdns, rdns_name, helo_state, problems)
 
+    def _known(self, ip: str, helo: str, own_names: Sequence[str], own_ips: Sequence[str],
+                auth: InboundVerdict | None) -> Builtin | None:
+        """The built-in checks from what is at hand (no DNS), or None."""
+        try:
+            return self._builtin(ip, helo, own_names, own_ips, auth, cache_only=True)
+        except NotCached:
+            return None
+
+    def _run(self, key: tuple[str, str], ip: str, helo: str, own_names: Sequence[str], own_ips: Sequence[str],
+             auth: InboundVerdict | None, prefetch: bool = False) -> asyncio.Future[Builtin]:
+        """The built-in checks on the pool, known as under way for ``key``."""
+        call = asyncio.get_running_loop().run_in_executor(self._pool, self._builtin, ip, helo, own_names, own_ips,
+                                                          auth)
+        self._inflight[key] = call
+        if prefetch:
+            self._prefetches += 1
+
+        def done(f: asyncio.Future[Builtin]) -> None:
+            if self._inflight.get(key) is f:
+                del self._inflight[key]
+            if prefetch:
+                self._prefetches -= 1
+                if not f.cancelled():
+                    f.exception()  # retrieved: a failure shows in the message's own run
+
+        call.add_done_callback(done)
+        return call
+
+    async def _after(self, pending: asyncio.Future[Builtin], ip: str, helo: str, own_names: Sequence[str],
+                     own_ips: Sequence[str], auth: InboundVerdict | None) -> Builtin:
+        """The built-in checks once the same client's run under way ended:
+        from its answers (kept by the resolver and _recent), else a run of
+        this message's own."""
+        with contextlib.suppress(Exception):
+            await asyncio.shield(pending)
+        known = self._known(ip, helo, own_names, own_ips, auth)
+        if known is not None:
+            return known
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._builtin, ip, helo, own_names,
+                                                                 own_ips, auth)
+
+    def prefetch(self, ip: str, helo: str, own_ips: Sequence[str]) -> None:
+        """Start a client's DNS checks (reverse DNS, HELO, DNS lists: they
+        depend on its address and HELO name only) as soon as it has named
+        itself, so its message's verdict finds them done; the verdict is
+        the same as without. Nothing when they are at hand or under way
+        already, for a trusted client, before this server's own names are
+        known, or with PREFETCH_MAX runs under way."""
+        names = self._own_names
+        if (self.resolver is None or self._prefetches >= PREFETCH_MAX or names is None
+                or names[0] != self.store.directory_version or self._trusted(ip)):
+            return
+        key = (ip, helo.lower())
+        if key in self._inflight or self._known(ip, helo, names[1], own_ips, None) is not None:
+            return
+        self._run(key, ip, helo, names[1], own_ips, None, prefetch=True)
+
     async def _rspamd(self, message: bytes, **envelope: Any) -> RspamdResult | str:
         assert self.rspamd is not None
         try:
@@ -186,15 +321,23 @@ class SpamChecker:
         anything rspamd or DNS do."""
         started = time.monotonic()
         message = headers.strip_fields(message)
-        message_id, from_addresses = _header_info(message)
+        message_id, froms = _header_fields(message)
         own_names = await self._names()
         loop = asyncio.get_running_loop()
         builtin_call: asyncio.Future[Builtin]
-        try:
+        known = self._known(ip, helo, own_names, own_ips, auth)
+        if known is not None:
             builtin_call = loop.create_future()
-            builtin_call.set_result(self._builtin(ip, helo, own_names, own_ips, auth, cache_only=True))
-        except NotCached:
-            builtin_call = loop.run_in_executor(self._pool, self._builtin, ip, helo, own_names, own_ips, auth)
+            builtin_call.set_result(known)
+        else:
+            key = (ip, helo.lower())
+            pending = self._inflight.get(key)
+            if pending is not None:
+                # the same client's checks are under way (its prefetch, a
+                # message of another of its connections): their answers serve
+                builtin_call = asyncio.ensure_future(self._after(pending, ip, helo, own_names, own_ips, auth))
+            else:
+                builtin_call = self._run(key, ip, helo, own_names, own_ips, auth)
         verdict: RspamdResult | str | None = None
         if self.rspamd is not None:
             # Hostname: the forward-confirmed name ("unknown" without one,
@@ -232,12 +375,17 @@ class SpamChecker:
         filings: dict[int, Filing] = {}
         users: dict[str, dict[str, Any]] = {}
         if action == "accept":
-            senders = [reverse_path, *from_addresses]
+            senders: list[str] | None = None
             for account in accounts:
                 if account.id in filings:
                     continue
-                filing = file_message(score, names, spam=spam, prefs=prefs(await self.store.get_settings(account.id)),
-                                      default_threshold=self.config.junk_threshold, senders=senders)
+                own = await self._prefs(account.id)
+                if senders is None and (own.allow or own.block):
+                    # the From addresses count only against an allow or block list
+                    senders = [reverse_path, *_from_addresses(froms)]
+                filing = file_message(score, names, spam=spam, prefs=own,
+                                      default_threshold=self.config.junk_threshold,
+                                      senders=senders if senders is not None else [reverse_path])
                 filings[account.id] = filing
                 users[account.address] = {"junk": filing.junk, "required": filing.required,
                                           "reason": filing.reason}
@@ -271,12 +419,19 @@ class SpamChecker:
                    junk=junk or None, reasons=[f"{u}:{f['reason']}" for u, f in record["users"].items()
                                                if f["reason"]] or None,
                    problems=record["problems"] or None, reply=record.get("reply"))
-        try:
-            self.decisions.append(record)
-        except OSError as exc:
-            log.error("spam: the decision record cannot be written: %s", exc)
+        if record["action"] == "accept":
+            # written with the others of this turn of the event loop, before
+            # the message's delivery commits (store/spamlog.py)
+            self.decisions.append_soon(record)
+        else:
+            # a refusal is answered at once: its record is written first
+            try:
+                self.decisions.append(record)
+            except OSError as exc:
+                log.error("spam: the decision record cannot be written: %s", exc)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.decisions.close()
         if self.rspamd is not None:
             await self.rspamd.close()

@@ -37,6 +37,9 @@ def strip_fields(message: bytes, prefixes: Iterable[bytes] = OUR_PREFIXES, names
     header, rest = message[:end], message[end:]
     lowered = tuple(p.lower() for p in prefixes)
     exact = {n.lower().encode() for n in names}
+    folded = header.lower()
+    if not any(p in folded for p in lowered) and not any(n in folded for n in exact):
+        return message  # no field can match: nothing to take out (most mail)
     kept = []
     for f in _fields(header):
         name = f.split(b":", 1)[0].strip().lower()

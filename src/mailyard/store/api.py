@@ -648,6 +648,15 @@ class Store(abc.ABC):
         the front, are dropped. A value that is not a list counts as empty.
         Returns the new list; NotFound for no such account."""
 
+    def settings_version(self) -> int | None:
+        """A value that moves whenever any process sharing this store commits
+        a change to any account's settings (set_settings,
+        update_setting_list), so a cache of ``get_settings`` (the spam
+        checker's, spam/checker.py) knows to forget; read it before the
+        settings cached under it. None: this backend gives no such signal,
+        and nothing may be cached."""
+        return None
+
     # --- address book ---------------------------------------------------
     @abc.abstractmethod
     async def add_contact(self, account_id: int, contact: Contact) -> Contact:

@@ -72,9 +72,10 @@ _PROBE = 64 * 1024
 # Files and folders of a data directory a backup leaves out: the store itself
 # (copied by snapshot, above), and state that only a running server needs
 # (locks, the message spool of transactions in flight, metrics, the
-# revocation counter that only makes caches forget).
+# revocation and settings signals that only make caches forget).
 STORE_ENTRIES = frozenset({DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal", "blobs"})
-TRANSIENT_ENTRIES = frozenset({"run", "locks", "spool", "write.lock", "revocations", ".write-test"})
+TRANSIENT_ENTRIES = frozenset({"run", "locks", "spool", "write.lock", "revocations", "settings-changes",
+                               ".write-test"})
 
 Progress = Callable[[str], None]
 

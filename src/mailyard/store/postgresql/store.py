@@ -90,6 +90,7 @@ log = logging.getLogger("mailyard.store")
 
 CHANNEL = "mailyard_changes"
 REVOKE = b"R"  # sessions or mailbox references ended: validity caches forget
+SETTINGS = b"S"  # account settings changed: caches of get_settings forget (settings_version)
 _ACCOUNT_COLS = "id, address, password_hash, apop_secret, scram_sha256, epoch"
 _RCPT_COLS = "id, queue_id, address, domain, notify, orcpt, state, attempts, next_attempt, last_reply, last_host"
 _ENTRY_COLS = "id, reverse_path, envid, ret, smtputf8, eight_bit, size, created, warned"
@@ -188,6 +189,10 @@ class PostgreSQLStore(ContactsMixin, Store):
         self._live: dict[int, tuple[int, int]] = {}
         self._epochs: dict[int, int | None] = {}
         self._revoked: RevocationSignal | None = None
+        # settings_version: moved by this store's settings writes and by the
+        # SETTINGS notes of every other store (other nodes, other workers,
+        # a `mailyard user` command), each a process of its own
+        self._settings_changes = 0
         if data_dir is not None:
             Path(data_dir).mkdir(parents=True, exist_ok=True)
             self._revoked = RevocationSignal(Path(data_dir) / "revocations")
@@ -413,6 +418,7 @@ class PostgreSQLStore(ContactsMixin, Store):
         self._live.clear()
         self._epochs.clear()
         self.directory_version += 1
+        self._settings_changes += 1
         if self.on_queue_note is not None:
             self.on_queue_note()
         self.notify_local(list(self._holds))
@@ -425,6 +431,8 @@ class PostgreSQLStore(ContactsMixin, Store):
         elif kind == REVOKE:
             self._live.clear()
             self._epochs.clear()
+        elif kind == SETTINGS:
+            self._settings_changes += 1
         elif kind == QUEUE and self.on_queue_note is not None:
             self.on_queue_note()
         for handle in self._handlers.get(kind, ()):
@@ -828,6 +836,24 @@ class PostgreSQLStore(ContactsMixin, Store):
         rows = await self._q("SELECT key, value FROM account_settings WHERE account_id = %s", (account_id,))
         return {key: json.loads(value) for key, value in rows}
 
+    def settings_version(self) -> int | None:
+        return self._settings_changes
+
+    async def _settings_write(self, op: Callable[[psycopg.AsyncConnection, _Tx], Any]) -> None:
+        """Run a write of account settings that tells the other stores
+        (a SETTINGS note in its transaction), then move this store's own
+        ``settings_version`` (also when the write failed: it may have
+        committed before its answer was lost)."""
+
+        async def noted(c: psycopg.AsyncConnection, tx: _Tx) -> Any:
+            tx.notes.add(SETTINGS)
+            return await op(c, tx)
+
+        try:
+            await self._write(noted)
+        finally:
+            self._settings_changes += 1
+
     async def set_settings(self, account_id: int, values: Mapping[str, Any]) -> dict[str, Any]:
         encoded: list[tuple[str, str | None]] = []
         for key, value in values.items():
@@ -851,7 +877,7 @@ class PostgreSQLStore(ContactsMixin, Store):
                         " ON CONFLICT (account_id, key) DO UPDATE SET value = excluded.value",
                         (account_id, key, text))
 
-        await self._write(op)
+        await self._settings_write(op)
         return await self.get_settings(account_id)
 
     async def update_setting_list(self, account_id: int, key: str, add: Sequence[str], cap: int) -> list[str]:
@@ -874,7 +900,7 @@ class PostgreSQLStore(ContactsMixin, Store):
                 (account_id, key, json.dumps(entries)))
             result[:] = entries
 
-        await self._write(op)
+        await self._settings_write(op)
         return result
 
     # --- aliases and lists -------------------------------------------------------------

@@ -52,6 +52,10 @@ class SQLiteCore(Store):
         # any process sharing the directory revokes something.
         self._revoked = RevocationSignal(self.data_dir / "revocations")
         self._token = self._revoked.value()
+        # Moved by every commit of account settings, in any process sharing
+        # the directory (a `mailyard user` command beside the server): the
+        # same eight shared bytes as the revocation signal, in a file of its own.
+        self._settings_changes = RevocationSignal(self.data_dir / "settings-changes")
         self._live: dict[int, tuple[int, int]] = {}  # mailbox id -> (account id, UIDVALIDITY)
         self._epochs: dict[int, int | None] = {}  # account id -> epoch, None: removed
         self._changelogs: dict[int, ChangeLog] = {}  # mailbox id -> its recent changes, oldest use first
@@ -116,6 +120,7 @@ class SQLiteCore(Store):
 
             await asyncio.to_thread(close_bulk)
         self._revoked.close()
+        self._settings_changes.close()
 
     # --- reads and writes ---------------------------------------------------------
     def _q(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:

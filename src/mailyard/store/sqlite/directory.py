@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from ..api import (
@@ -305,6 +305,18 @@ class DirectoryMixin(SQLiteCore):
         rows = self._q("SELECT key, value FROM account_settings WHERE account_id = ?", (account_id,))
         return {key: json.loads(value) for key, value in rows}
 
+    def settings_version(self) -> int | None:
+        return self._settings_changes.value()
+
+    async def _settings_write(self, op: Callable[[sqlite3.Connection, WriteContext], Any]) -> None:
+        """Run a write of account settings, then move ``settings_version``
+        for every process (also when the write failed: it may have committed
+        before its answer was lost, and a needless move only costs a read)."""
+        try:
+            await self._write(op)
+        finally:
+            self._settings_changes.bump()
+
     async def set_settings(self, account_id: int, values: Mapping[str, Any]) -> dict[str, Any]:
         encoded: list[tuple[str, str | None]] = []
         for key, value in values.items():
@@ -327,7 +339,7 @@ class DirectoryMixin(SQLiteCore):
                         (account_id, key, text),
                     )
 
-        await self._write(op)
+        await self._settings_write(op)
         return await self.get_settings(account_id)
 
     async def update_setting_list(self, account_id: int, key: str, add: Sequence[str], cap: int) -> list[str]:
@@ -348,7 +360,7 @@ class DirectoryMixin(SQLiteCore):
                       (account_id, key, json.dumps(entries)))
             result[:] = entries
 
-        await self._write(op)
+        await self._settings_write(op)
         return result
 
     # --- aliases and lists ------------------------------------------------
