@@ -264,6 +264,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX web_sessions_account ON web_sessions (account_id, last_seen);
     """,
+    # 6: which node holds a queue recipient's lease (store.py queue_due):
+    # a lease whose node is gone (no connection named 'mailyard-' || node,
+    # as for mailbox_holds) is over at once, not when its time runs out
+    """
+    ALTER TABLE queue_rcpts ADD COLUMN lease_node TEXT;
+    CREATE INDEX queue_rcpts_leased ON queue_rcpts (lease_node) WHERE lease_node IS NOT NULL;
+    """,
 ]
 
 # pgcrypto may be absent: 32 random bytes from md5 of random() values would be

@@ -1822,7 +1822,7 @@ class PostgreSQLStore(ContactsMixin, Store):
             for o in outcomes:
                 await c.execute(
                     "UPDATE queue_rcpts SET state = %s, attempts = attempts + 1, next_attempt = %s,"
-                    " last_reply = %s, last_host = %s WHERE id = %s AND queue_id = %s",
+                    " last_reply = %s, last_host = %s, lease_node = NULL WHERE id = %s AND queue_id = %s",
                     (o.state, o.next_attempt, o.reply, o.host, o.recipient_id, queue_id))
             for d, h, text in log_rows:
                 await c.execute("INSERT INTO queue_attempts(queue_id, ts, domain, host, outcome)"
@@ -1905,9 +1905,20 @@ class PostgreSQLStore(ContactsMixin, Store):
         others), and the due recipients' next attempt moves ``QUEUE_LEASE``
         ahead, so no other node's runner takes them while this one works on
         them; the attempt's outcome (``queue_update``) sets the real next
-        attempt. A node that dies leaves the lease to run out: another node
-        retries then (RFC 5321 4.5.4.1)."""
+        attempt. The lease names its node: the leases of a node that is gone
+        (its store's connections closed: it died, or it was restarted and is
+        a new store) are over at once, and any node, the restarted one too,
+        retries them (RFC 5321 4.5.4.1) instead of waiting for the lease's
+        time to run out."""
+        if self._sync is None or self._sync.closed:
+            # the connection whose name says this node is alive (_LIVE_HOLD)
+            # is open before the node takes a lease that names it
+            await asyncio.to_thread(self._sync_q1, "SELECT 1", ())
         async with self._conn() as c, c.transaction():
+            await c.execute(
+                "UPDATE queue_rcpts r SET next_attempt = %s, lease_node = NULL WHERE r.lease_node IS NOT NULL"
+                " AND r.state = 'pending' AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a"
+                " WHERE a.application_name = 'mailyard-' || r.lease_node)", (now,))
             rows = await _all(
                 c, f"SELECT {', '.join('q.' + col.strip() for col in _ENTRY_COLS.split(','))} FROM queue q"
                 " WHERE EXISTS (SELECT 1 FROM queue_rcpts r WHERE r.queue_id = q.id AND r.state = 'pending'"
@@ -1917,9 +1928,9 @@ class PostgreSQLStore(ContactsMixin, Store):
             entries = [e for e in await self._entries(rows, with_attempts=False, conn=c)
                        if any(r.state == PENDING and r.next_attempt <= now for r in e.recipients)]
             if entries:
-                await c.execute("UPDATE queue_rcpts SET next_attempt = %s WHERE queue_id = ANY(%s)"
+                await c.execute("UPDATE queue_rcpts SET next_attempt = %s, lease_node = %s WHERE queue_id = ANY(%s)"
                                 " AND state = 'pending' AND next_attempt <= %s",
-                                (now + QUEUE_LEASE, [e.id for e in entries], now))
+                                (now + QUEUE_LEASE, self.node, [e.id for e in entries], now))
         return entries
 
     async def queue_size(self) -> int:
