@@ -424,10 +424,11 @@ class ImapConnection(SessionProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def wait_input(self, timeout: float) -> None:
+    async def wait_input(self, timeout: float | None) -> None:
         """Wait, with reading resumed, until bytes (or the end of input) reach
         the engine or `wake` is called. Raises TimeoutError after ``timeout``
-        seconds, ConnectionEnding when the server stops."""
+        seconds (None: the session's idle timer ends the wait, by closing
+        the connection), ConnectionEnding when the server stops."""
         if self.input_over:
             return
         if self._stopping:  # the stop came while this step was busy elsewhere
@@ -440,14 +441,15 @@ class ImapConnection(SessionProtocol):
             return
         fut = self.loop.create_future()
         self._waiter = fut
-        timer = self.loop.call_later(timeout, _expire, fut)
+        timer = self.loop.call_later(timeout, _expire, fut) if timeout is not None else None
         self.reading_wanted = True
         if self.transport is not None:
             self.transport.resume_reading()
         try:
             await fut
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             self._waiter = None
             self.reading_wanted = False
             if self.transport is not None and not self.closed:
@@ -476,13 +478,11 @@ class ImapConnection(SessionProtocol):
             return False
         # RFC 9051 5.4: the autologout timer counts the client's silence
         # (its last byte, net/timers.py), not our reports.
-        left = self.timers.last_activity + self.idle_timeout - self.loop.time()
-        try:
-            if left <= 0:
-                raise TimeoutError
-            await self.wait_input(left)
-        except TimeoutError:
-            raise ConnectionEnding("Autologout; idle for too long") from None
+        # The session's idle timer (net/timers.py) ends a silence that runs
+        # too long with the BYE below: no timer of its own per IDLE wait.
+        if self.timers.last_activity + self.idle_timeout - self.loop.time() <= 0:
+            raise ConnectionEnding("Autologout; idle for too long")
+        await self.wait_input(None)
         return True
 
 

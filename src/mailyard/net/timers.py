@@ -35,6 +35,7 @@ class TimedSession(Protocol):
 
     closed: bool
     busy: bool  # a step of the server's own is running: the client waits for us
+    reading_wanted: bool  # ... unless that step waits for the client (IMAP IDLE)
 
     def input_state(self) -> tuple[bool, int, float]: ...
     def idle_expired(self) -> None: ...
@@ -101,7 +102,9 @@ class SessionTimers:
         if session.closed:
             return
         left = self.last_activity + self.idle_timeout - self.loop.time()
-        if left > 0 or session.busy:  # activity since, or our own step is slow
+        # activity since, or our own step is slow (a step waiting for the
+        # client, as IDLE does, is the client's silence: RFC 9051 5.4)
+        if left > 0 or (session.busy and not session.reading_wanted):
             self._idle_timer = self.loop.call_later(max(left, 1.0), self._idle_fired)
             return
         session.idle_expired()
