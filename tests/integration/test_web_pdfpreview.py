@@ -139,6 +139,20 @@ def test_only_the_first_five_pages_are_drawn(mailserver: RunningServer) -> None:
     assert c.get(f"{base}/part/2/page/6").status_code == 404
 
 
+@pytest.mark.parametrize("title", [b"Pages:          1", b"Pages: " + b"9" * 5000])
+def test_the_page_count_is_not_taken_from_the_title(mailserver: RunningServer, title: bytes) -> None:
+    """pdfinfo prints the document's Title (the sender's text, newlines
+    included) before its own "Pages:" line: a Title holding a line of that
+    form does not set the page count (nor break the preview with a number
+    too long for int())."""
+    info = b"<< /Title (Report\\n" + title + b") >>"
+    base = with_pdf(mailserver, text_pdf([f"Page {n}" for n in range(1, 4)], info=info))
+    c = login(mailserver)
+    r = c.get(f"{base}/part/2/preview")
+    assert r.status_code == 200
+    assert len(re.findall(r"<img ", r.text)) == 3 and "<figcaption>page 3 of 3</figcaption>" in r.text
+
+
 def test_without_poppler_the_page_says_which_package(mailserver: RunningServer,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     base = with_pdf(mailserver, text_pdf(["x"]))

@@ -197,10 +197,13 @@ async def render_pdf(data: bytes) -> Pages:
         src = workdir / "in.pdf"
         await asyncio.to_thread(src.write_bytes, data)
         status, info = await _run([pdfinfo, str(src)], workdir, deadline, "info")
-        count = re.search(r"^Pages:\s+(\d+)", info, re.M)
-        if status != 0 or count is None:
+        # the last "Pages:" line: pdfinfo prints the document's Title and
+        # other metadata (the sender's text, newlines and all) before it,
+        # and after it only fields of its own
+        counts = re.findall(r"^Pages:[ \t]+(\d{1,9})[ \t]*$", info, re.M)
+        if status != 0 or not counts:
             return Pages(reason=_reason(status, loop.time() >= deadline))
-        pages = int(count.group(1))
+        pages = int(counts[-1])
         if pages < 1:
             return Pages(reason="the PDF has no pages")
         status, _ = await _run(
