@@ -7,7 +7,11 @@ from __future__ import annotations
 import zlib
 
 
-def _assemble(objs: list[bytes]) -> bytes:
+def _assemble(objs: list[bytes], info: bytes | None = None) -> bytes:
+    """The PDF file of ``objs`` (object 1 the catalog); ``info``: a document
+    information dictionary (PDF 1.7 14.3.3) added as the last object."""
+    if info is not None:
+        objs = [*objs, info]
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for i, body in enumerate(objs):
@@ -17,13 +21,15 @@ def _assemble(objs: list[bytes]) -> bytes:
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
     for off in offsets:
         out += b"%010d 00000 n \n" % off
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
+    trailer_info = b" /Info %d 0 R" % len(objs) if info is not None else b""
+    out += b"trailer\n<< /Size %d /Root 1 0 R%s >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, trailer_info, xref)
     return bytes(out)
 
 
-def text_pdf(pages: list[str]) -> bytes:
+def text_pdf(pages: list[str], info: bytes | None = None) -> bytes:
     """A valid PDF of A4 pages (595 x 842 pt), each with one line of large
-    Helvetica text (``pages``: ASCII without parentheses or backslashes)."""
+    Helvetica text (``pages``: ASCII without parentheses or backslashes);
+    ``info``: its document information dictionary, if any."""
     n = len(pages)
     kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(n))
     objs = [b"<< /Type /Catalog /Pages 2 0 R >>",
@@ -34,7 +40,7 @@ def text_pdf(pages: list[str]) -> bytes:
         objs.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] "
                     f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>".encode())
         objs.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-    return _assemble(objs)
+    return _assemble(objs, info)
 
 
 def slow_pdf(fills: int = 200_000, pages: int = 5) -> bytes:

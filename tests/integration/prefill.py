@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -88,9 +89,30 @@ def stop_all() -> None:
         _base = None
 
 
+def _end_with_parent(folder: Path) -> None:
+    """End this process, removing ``folder``, once the test session that
+    started it is gone: a session killed outright (SIGKILL, or SIGTERM from
+    ``timeout``) runs no ``pytest_sessionfinish``, and the fill would go on
+    for up to FILL_TIMEOUT on the machine's cores."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            folder.parent.rmdir()  # the session's folder of fills, once the last is gone
+        except OSError:
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="prefill-parent-watch", daemon=True).start()
+
+
 def main(module: str, data: str) -> None:
     from tests.integration.serve_process import init_data
 
+    _end_with_parent(Path(data).parent)
     started = time.monotonic()
     init_data(Path(data))
     importlib.import_module(module)._fill(Path(data))

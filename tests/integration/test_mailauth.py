@@ -316,3 +316,28 @@ def test_dmarc_aggregate_report_reaches_the_domains_rua(hosts: MultiHost) -> Non
     # did not confirm), and a second run finds nothing to send
     assert not (b.data_dir / "dmarc-reports" / f"{day_of(time.time())}.jsonl").exists()
     assert b.call(b.server.queue.send_dmarc_reports(day_of(time.time()))) == 0
+
+
+@pytest.mark.parametrize("header", [
+    b" a continuation line of no field\r\n",  # the header's first line
+    b"From: security@bank.test\r\nwire the money today\r\n",  # a line that is no field
+], ids=["leading-continuation", "line-without-colon"])
+def test_a_malformed_header_does_not_escape_dmarc(hosts: MultiHost, header: bytes) -> None:
+    """A forged From of a p=reject domain with a DKIM-Signature (any: the
+    forger has no key) and a header line DKIM's parser cannot read: the
+    checks still give their verdict (the signature is neutral, DMARC fails)
+    and the message is refused, rather than the checks breaking and the
+    message being accepted without one."""
+    b = hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=checking)
+    hosts.dns.add("evil.test", "TXT", f'"v=spf1 ip4:{A} -all"')
+    hosts.dns.add("_dmarc.bank.test", "TXT", '"v=DMARC1; p=reject"')
+    signature = (b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=bank.test; s=sel; h=from:subject;"
+                 b" bh=AAAA; b=AAAA\r\n")
+    fields = b"Subject: urgent\r\nTo: bob@b.test\r\n\r\nPlease pay.\r\n"
+    if header.startswith(b" "):
+        spoof = header + signature + b"From: security@bank.test\r\n" + fields
+    else:
+        spoof = signature + header + fields
+    code, text = mx_send(hosts, "mx.evil.test", "x@evil.test", spoof)
+    assert (code, text) == (550, b"5.7.1 Message rejected by the DMARC policy of the sender's domain")
+    assert b.messages("bob@b.test") == []

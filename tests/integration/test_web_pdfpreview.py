@@ -139,6 +139,20 @@ def test_only_the_first_five_pages_are_drawn(mailserver: RunningServer) -> None:
     assert c.get(f"{base}/part/2/page/6").status_code == 404
 
 
+@pytest.mark.parametrize("title", [b"Pages:          1", b"Pages: " + b"9" * 5000])
+def test_the_page_count_is_not_taken_from_the_title(mailserver: RunningServer, title: bytes) -> None:
+    """pdfinfo prints the document's Title (the sender's text, newlines
+    included) before its own "Pages:" line: a Title holding a line of that
+    form does not set the page count (nor break the preview with a number
+    too long for int())."""
+    info = b"<< /Title (Report\\n" + title + b") >>"
+    base = with_pdf(mailserver, text_pdf([f"Page {n}" for n in range(1, 4)], info=info))
+    c = login(mailserver)
+    r = c.get(f"{base}/part/2/preview")
+    assert r.status_code == 200
+    assert len(re.findall(r"<img ", r.text)) == 3 and "<figcaption>page 3 of 3</figcaption>" in r.text
+
+
 def test_without_poppler_the_page_says_which_package(mailserver: RunningServer,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     base = with_pdf(mailserver, text_pdf(["x"]))
@@ -263,3 +277,48 @@ def test_pdf_bombs_in_a_serve_process(serve: Callable[..., ServeProcess], bomb: 
     assert not [pid for pid in children(server.proc.pid) if _comm(pid) in ("pdftoppm", "pdfinfo")]
     assert abuse.greeting_latency(server) < 10
     assert server.alive()
+
+
+def test_renders_waiting_for_one_account_are_bounded(mailserver: RunningServer,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each render that waits for its account's turn holds the whole PDF
+    (up to MAX_PDF_BYTES); one user asking for many different previews at
+    once must not pile them up in the server's memory: beyond
+    PENDING_PER_ACCOUNT renders under way or waiting, a preview is refused
+    at once ("try again") instead of queued, and not cached as such."""
+    release = threading.Event()
+    started: list[int] = []
+
+    async def held(data: bytes) -> pdfpreview.Pages:
+        import asyncio
+
+        started.append(len(data))
+        while not release.is_set():
+            await asyncio.sleep(0.02)
+        return pdfpreview.Pages(reason="stub")
+
+    monkeypatch.setattr(pdfpreview, "render_pdf", held)
+    monkeypatch.setattr(pdfpreview, "available", lambda: True)
+    asks = 8
+    bases = [with_pdf(mailserver, text_pdf([f"page of message {n}"])) for n in range(asks)]
+    alice = login(mailserver)
+    answers: list[str] = []
+    threads = [threading.Thread(target=lambda b=b: answers.append(alice.get(f"{b}/part/2/preview", timeout=60).text))
+               for b in bases]
+    try:
+        for t in threads:
+            t.start()
+        bound = pdfpreview.PENDING_PER_ACCOUNT
+        wait_until(lambda: len(answers) >= asks - bound, timeout=10,
+                   what=lambda: f"refusals of the previews beyond {bound} ({len(answers)} answered)")
+        busy = [a for a in answers if "try again" in a]
+        print(f"\n{asks} previews asked at once: {len(busy)} refused at once, {len(started)} renders started")
+        assert len(busy) == asks - bound
+        assert len(started) <= bound
+    finally:
+        release.set()
+        for t in threads:
+            t.join(60)
+    assert len(answers) == asks and sum("stub" in a for a in answers) == bound
+    # a refusal is not cached: asked again, every preview is drawn
+    assert all("stub" in alice.get(f"{b}/part/2/preview").text for b in bases)

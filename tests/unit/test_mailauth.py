@@ -671,3 +671,29 @@ async def test_a_sender_whose_answers_are_cached_is_checked_without_a_thread(
         assert len(sent) == 2
     finally:
         checker.close()
+
+
+@pytest.mark.parametrize("inserted", [
+    b"Wire the money to account 12345 today, the CEO\r\n",  # a line without a colon
+    b"X Note: a name with a space\r\n",  # not a field name (RFC 5322 2.2: printable, no SP)
+    b"\xc3\xa9crit: 8-bit name\r\n",
+])
+def test_a_header_line_that_is_not_a_field_is_not_passed(domain_keys: keys.SigningKeys, dns: DNSServer,
+                                                         resolver: Resolver, inserted: bytes) -> None:
+    """RFC 6376 3.4.2 / 5.4 canonicalise the header *fields*; a line in the
+    header section that is no field is not one DKIM knows how to sign, and
+    dkimpy refuses the message. A reader's parser (Python's email package,
+    as the webmail uses) ends the header at such a line and shows it, and
+    every field after it, as body text: a line added in transit to a signed
+    message must not leave it with DKIM pass and an aligned DMARC pass."""
+    from mailyard.message.parse import parse_message
+
+    txt(dns, "_dmarc.a.test", "v=DMARC1; p=reject")
+    signed = dkim.sign(MESSAGE, domain_keys) + MESSAGE
+    forged = signed.replace(b"\r\n\r\nHello", b"\r\n" + inserted + b"\r\nHello", 1)
+    shown = parse_message(forged).get_body(("plain",))
+    assert shown is not None and inserted.strip()[-12:].decode() in shown.get_content()  # what a reader sees
+    assert "pass" not in {r.result for r in dkim.verify(forged, resolver.txt)}
+    v = check_message(resolver, forged, authserv_id="mx.b.test", ip="198.51.100.66", helo="evil.test",
+                      reverse_path="x@evil.test")
+    assert b"dkim=pass" not in v.header and v.disposition == "reject", v.header

@@ -62,10 +62,51 @@ async def test_later_terms_are_searched_within_what_the_earlier_left(tmp_path: P
         assert found == want
         first, *later = calls
         assert first == ("from", "sender3", None)  # a header field first: its own index
-        assert [(k, v) for k, v, _w in later] == [("text", "lunch"), ("text", "party")], calls
+        assert [(k, v) for k, v, _w in later] == [("text", "lunch"), ("content-type", "multipart/mixed"),
+                                                  ("content-disposition", "attachment"), ("text", "party")], calls
         assert all(within is not None and len(within) <= 120 // 7 + 1 for _k, _v, within in later), calls
         calls.clear()
         assert await searchquery.evaluate(store, index, box, searchquery.parse("-party lunch from:sender3")) == want_all
         assert [within is None for _k, _v, within in calls] == [True, False, False], calls
+    finally:
+        await store.close()
+
+
+async def test_has_attachment_gives_one_answer_whatever_the_other_terms(tmp_path: Path) -> None:
+    """``has:attachment`` narrowed by another term finds exactly the
+    messages of the plain ``has:attachment`` that the term also matches:
+    the answer for a message does not depend on how many messages the
+    earlier terms left."""
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False))
+    try:
+        await store.add_domain("example.test")
+        account = await store.add_account("a@example.test", "h")
+        box = await store.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        messages = [
+            # a single part named as a file, without Content-Disposition
+            b"From: bob@remote.test\r\nSubject: scan\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: application/pdf; name=scan.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n",
+            # an attachment inside multipart/related
+            b"From: bob@remote.test\r\nSubject: related\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/related; boundary="r"\r\n\r\n--r\r\nContent-Type: text/html\r\n\r\n<p>hi</p>\r\n'
+            b"--r\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=r.pdf\r\n\r\n"
+            b"%PDF\r\n--r--\r\n",
+            # the usual multipart/mixed
+            b"From: bob@remote.test\r\nSubject: mixed\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/mixed; boundary="m"\r\n\r\n--m\r\nContent-Type: text/plain\r\n\r\nsee\r\n'
+            b"--m\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=m.pdf\r\n\r\n"
+            b"%PDF\r\n--m--\r\n",
+            b"From: carol@remote.test\r\nSubject: plain\r\n\r\nno attachment\r\n",
+        ]
+        for raw in messages:
+            await store.deliver(raw, [DeliveryTarget(box.id)])
+        box = await store.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        alone = await searchquery.evaluate(store, searchquery.InfoIndex(store), box, searchquery.parse("has:attachment"))
+        narrowed = await searchquery.evaluate(store, searchquery.InfoIndex(store), box,
+                                              searchquery.parse("from:bob has:attachment"))
+        assert 3 in alone
+        assert narrowed == alone, (alone, narrowed)
     finally:
         await store.close()

@@ -22,7 +22,10 @@ The PDF is treated as hostile input for a C program:
   previewed.
 - At most ``MAX_RENDERS`` renders at once per server process, one at a time
   per account, and at most ``RATE_RENDERS`` per account per ``RATE_WINDOW``
-  seconds, so one user cannot take the CPU from the others.
+  seconds, so one user cannot take the CPU from the others. A render waiting
+  for its turn holds its PDF: at most ``PENDING_PER_ACCOUNT`` renders of one
+  account and ``PENDING_AT_MOST`` in all are under way or waiting; a preview
+  beyond is refused at once (not cached), so the memory they hold is bounded.
 - The result (pages or the reason there are none) is cached per message
   part, keyed by account, mailbox id, UIDVALIDITY, UID and part number, so
   reloading the page or fetching its images renders nothing again; the cache
@@ -67,6 +70,9 @@ ADDRESS_SPACE = 512 * 1024 * 1024
 MAX_FILE_BYTES = 32 * 1024 * 1024  # any one file the programs write
 MAX_OPEN_FILES = 64
 MAX_RENDERS = 2  # renders at once in this process
+# renders under way or waiting (each holds its PDF): per account, and in all
+PENDING_PER_ACCOUNT = 2
+PENDING_AT_MOST = 8
 RATE_RENDERS = 20  # renders (cache misses) per account and window
 RATE_WINDOW = 60.0
 CACHE_BYTES = 48 * 1024 * 1024
@@ -191,10 +197,13 @@ async def render_pdf(data: bytes) -> Pages:
         src = workdir / "in.pdf"
         await asyncio.to_thread(src.write_bytes, data)
         status, info = await _run([pdfinfo, str(src)], workdir, deadline, "info")
-        count = re.search(r"^Pages:\s+(\d+)", info, re.M)
-        if status != 0 or count is None:
+        # the last "Pages:" line: pdfinfo prints the document's Title and
+        # other metadata (the sender's text, newlines and all) before it,
+        # and after it only fields of its own
+        counts = re.findall(r"^Pages:[ \t]+(\d{1,9})[ \t]*$", info, re.M)
+        if status != 0 or not counts:
             return Pages(reason=_reason(status, loop.time() >= deadline))
-        pages = int(count.group(1))
+        pages = int(counts[-1])
         if pages < 1:
             return Pages(reason="the PDF has no pages")
         status, _ = await _run(
@@ -228,6 +237,7 @@ class Previewer:
         self._slots: asyncio.Semaphore | None = None
         self._accounts: dict[int, asyncio.Lock] = {}
         self._recent: dict[int, list[float]] = {}
+        self._pending: dict[int, int] = {}  # renders under way or waiting, per account
 
     def _rate_ok(self, account_id: int) -> bool:
         now = time.monotonic()
@@ -255,13 +265,24 @@ class Previewer:
                 return pages
             if not available():  # not cached: the package may be installed later
                 return await render_pdf(data)
+            if self._pending.get(account_id, 0) >= PENDING_PER_ACCOUNT or len(self._running) >= PENDING_AT_MOST:
+                return Pages(reason="other PDF previews are being drawn; try again in a moment")
             if not self._rate_ok(account_id):
                 return Pages(reason="too many PDF previews in a short time; try again in a minute")
             task = asyncio.get_running_loop().create_task(self._render(key, account_id, data))
             self._running[key] = task
-            task.add_done_callback(lambda _t: self._running.pop(key, None))
+            self._pending[account_id] = self._pending.get(account_id, 0) + 1
+            task.add_done_callback(lambda _t: self._done(key, account_id))
         # shielded: a request that goes away leaves the render to finish for the cache
         return await asyncio.shield(task)
+
+    def _done(self, key: tuple, account_id: int) -> None:
+        self._running.pop(key, None)
+        left = self._pending.get(account_id, 1) - 1
+        if left > 0:
+            self._pending[account_id] = left
+        else:
+            self._pending.pop(account_id, None)
 
     async def _render(self, key: tuple, account_id: int, data: bytes) -> Pages:
         if self._slots is None:

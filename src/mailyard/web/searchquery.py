@@ -206,9 +206,6 @@ class InfoIndex:
         return {u for u in candidates if known.get(u)}
 
 
-# has:attachment within at most this many messages: their BODYSTRUCTUREs
-# are read directly instead of searching the header fields first
-ATTACHMENT_DIRECT = 500
 MEMORY_KEYS = frozenset({"is", "before", "after", "larger", "smaller"})
 
 
@@ -240,9 +237,9 @@ async def _index_uids(store: Store, index: InfoIndex, box: Mailbox, term: Term,
         return await store.search_headers(box, key, value, within=within)
     # has:attachment: a message with an attachment is multipart/mixed (RFC
     # 2046 5.1.3) or a single part that is itself the attachment; the
-    # BODYSTRUCTURE decides
-    if within is not None and len(within) <= ATTACHMENT_DIRECT:
-        return await index.with_attachment(box, within)
+    # BODYSTRUCTURE decides. The same two header searches narrow every
+    # has:attachment (within what earlier terms left, if any), so a
+    # message's answer never depends on the other terms of the query.
     candidates = await store.search_headers(box, "content-type", "multipart/mixed", within=within)
     candidates |= await store.search_headers(box, "content-disposition", "attachment", within=within)
     return await index.with_attachment(box, candidates)
