@@ -341,3 +341,23 @@ def test_a_malformed_header_does_not_escape_dmarc(hosts: MultiHost, header: byte
     code, text = mx_send(hosts, "mx.evil.test", "x@evil.test", spoof)
     assert (code, text) == (550, b"5.7.1 Message rejected by the DMARC policy of the sender's domain")
     assert b.messages("bob@b.test") == []
+
+
+def test_checks_that_break_ask_the_sender_to_retry(hosts: MultiHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the checks themselves fail on a message (a bug, whatever its
+    cause), the MX port answers 451 4.7.0 and stores nothing: accepting the
+    message without a verdict would let what broke the checks skip DMARC.
+    The next message, checked normally, is accepted."""
+    b = hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=checking)
+    checker = b.server.services.mailauth
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a check broke")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checker, "check", broken)
+        code, text = mx_send(hosts, "mx.a.test", "alice@a.test", MESSAGE)
+    assert (code, text) == (451, b"4.7.0 The sender authentication checks failed; try again later")
+    assert b.messages("bob@b.test") == []
+    code, _ = mx_send(hosts, "mx.a.test", "alice@a.test", MESSAGE)
+    assert code == 250

@@ -555,16 +555,20 @@ class SMTPSession(SessionProtocol):
         verdict: InboundVerdict | None = None
         if self.account is None and not self.submission and self.services.mailauth is not None:
             verdict = await self._authenticate(event, data)
-            if verdict is not None:
-                data = verdict.header + verdict.message
-                enforce = self.services.config.authentication.dmarc_policy == "enforce"
-                if enforce and verdict.disposition == "reject":
-                    # RFC 7489 6.6.3 / 7.3 (p=reject): refused after the whole message was seen
-                    log.info("smtp %s refused: DMARC policy of %s is reject", queue_id,
-                             verdict.dmarc.from_domain if verdict.dmarc else "")
-                    self._report_dmarc(event, verdict)
-                    return Reply(550, "5.7.1", "Message rejected by the DMARC policy of the sender's domain")
-                junk = enforce and verdict.disposition == "quarantine"
+            if verdict is None:
+                # The checks broke on this message: accepting it without a
+                # verdict would let whatever broke them skip DMARC, so the
+                # sender is asked to retry (as Postfix does when a milter fails)
+                return Reply(451, "4.7.0", "The sender authentication checks failed; try again later")
+            data = verdict.header + verdict.message
+            enforce = self.services.config.authentication.dmarc_policy == "enforce"
+            if enforce and verdict.disposition == "reject":
+                # RFC 7489 6.6.3 / 7.3 (p=reject): refused after the whole message was seen
+                log.info("smtp %s refused: DMARC policy of %s is reject", queue_id,
+                         verdict.dmarc.from_domain if verdict.dmarc else "")
+                self._report_dmarc(event, verdict)
+                return Reply(550, "5.7.1", "Message rejected by the DMARC policy of the sender's domain")
+            junk = enforce and verdict.disposition == "quarantine"
         if self.account is None and not self.submission and self.services.greylist is not None \
                 and not self._exempt():
             why = await self._greylisted(event, verdict)
@@ -686,7 +690,7 @@ class SMTPSession(SessionProtocol):
         """SPF, DKIM, ARC and DMARC of a message received on the MX port
         (mailauth/inbound.py), in the checks' worker processes or threads
         (mailauth/pool.py): the libraries and their DNS lookups block. None if the checks themselves broke (the
-        message is then accepted without a verdict, and the error logged)."""
+        error is logged and the message refused for now)."""
         checker = self.services.mailauth
         assert checker is not None
         try:
