@@ -26,7 +26,12 @@ The clients are cheap on purpose: one asyncio process, raw sockets, one
 regular expression per untagged line, literals read by length. Two cores
 are shared by client and server, so the client's own CPU is printed too.
 
-Usage: python -m bench imap-load [--clients 10 50] [--commands 300] ...
+With ``--per-kind N``, after the mix each command type runs alone for a
+short phase (N commands per client, the servers alternating), and the
+server CPU per command of each type is reported: where the mix's figure
+comes from, type by type, against Dovecot's.
+
+Usage: python -m bench imap-load [--clients 10 50] [--commands 300] [--per-kind 40] ...
 """
 
 from __future__ import annotations
@@ -273,11 +278,12 @@ def self_cpu() -> float:
 
 async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
                     bodies: list[bytes], *, servers: Sequence[tuple[str, int]] = (),
-                    cpu_pids: Sequence[int] = ()) -> dict:
-    """One measured run. ``servers``: (host, port) of several servers
-    (nodes) sharing the mailbox, client k connecting to ``servers[k % n]``
-    (default: ``port`` on 127.0.0.1); ``cpu_pids``: more process trees
-    whose CPU counts as the server's (the nodes, the database)."""
+                    cpu_pids: Sequence[int] = (), mix: list[tuple[str, int]] | None = None) -> dict:
+    """One measured phase: ``clients`` sessions run ``commands`` steps each
+    of ``mix`` (default MIX, the full mix). ``servers``: (host, port) of
+    several servers (nodes) sharing the mailbox, client k connecting to
+    ``servers[k % n]`` (default: ``port`` on 127.0.0.1); ``cpu_pids``: more
+    process trees whose CPU counts as the server's (the nodes, the database)."""
     stats = Stats()
     sem = asyncio.Semaphore(10)
     servers = list(servers) or [("127.0.0.1", port)]
@@ -288,8 +294,8 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
             return await _connect(p, stats, host)
 
     conns = await asyncio.gather(*(connect(k) for k in range(clients)))
-    kinds = [k for k, _ in MIX]
-    weights = [w for _, w in MIX]
+    kinds = [k for k, _ in mix or MIX]
+    weights = [w for _, w in mix or MIX]
     go = asyncio.Event()
 
     async def work(k: int, c: Client) -> None:
@@ -358,8 +364,11 @@ def _fmt(name: str, r: dict) -> str:
 
 
 def run(quick: bool = False, clients: tuple[int, ...] = (10, 50), commands: int | None = None,
-        rounds: int = 1, dovecot_too: bool = True, seed: int = 9051) -> list[Result]:
-    """The bench runner's entry (bench/__main__.py); also ``main`` below."""
+        rounds: int = 1, dovecot_too: bool = True, seed: int = 9051, per_kind: int = 0) -> list[Result]:
+    """The bench runner's entry (bench/__main__.py); also ``main`` below.
+    ``per_kind`` > 0: after the mix, a phase of each command type alone
+    (that many commands per client, servers alternating), for the server
+    CPU per command of each type."""
     from . import dovecot
     from .corpus import corpus
     from .pop3 import password_hash
@@ -371,6 +380,7 @@ def run(quick: bool = False, clients: tuple[int, ...] = (10, 50), commands: int 
     server = BenchServer(("imap",))
     ref: dovecot.Dovecot | None = None
     results: dict[str, list[dict]] = defaultdict(list)
+    kinds: dict[tuple[str, int, str], dict] = {}
     try:
         server.setup()
         cfg = server.data / "config.toml"
@@ -404,6 +414,14 @@ def run(quick: bool = False, clients: tuple[int, ...] = (10, 50), commands: int 
                         progress(f"   {e['count']:>5} x {e['command']}: {e['response']}")
                     for f in r["client_failures"][:3]:
                         progress(f"   client failed: {f}")
+        for n in clients if per_kind else ():
+            for kind, _w in MIX:
+                for name, port, pid in targets:
+                    r = asyncio.run(_run_once(port, pid, n, per_kind, seed, bodies, mix=[(kind, 1)]))
+                    kinds[(name, n, kind)] = r
+                    progress(f"{name} {n} clients, {kind} alone: {r['server_cpu_ms_per_command']:.2f} ms "
+                             f"server CPU/command, {r['commands_per_s']:.0f} commands/s, "
+                             f"{sum(e['count'] for e in r['errors'])} protocol errors")
     finally:
         server.stop()
         if ref is not None:
@@ -425,6 +443,10 @@ def run(quick: bool = False, clients: tuple[int, ...] = (10, 50), commands: int 
         errors = sum(e["count"] for r in runs for e in r["errors"])
         out.append(Result("imap-load", f"  {label} {n} clients protocol errors", errors, "count",
                           "; ".join(f"{e['count']}x {e['command']}: {e['response']}" for e in last["errors"][:5])))
+    for (name, n, kind), r in kinds.items():
+        label = "Dovecot (this run)" if name == "dovecot" else "mailyard"
+        out.append(Result("imap-load", f"  {label} {n} clients CPU/command, {kind} alone",
+                          r["server_cpu_ms_per_command"], "ms", f"{r['commands_per_s']:.0f} cmd/s"))
     return out
 
 
@@ -436,10 +458,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="runs of each (server, clients) pair, alternating")
     parser.add_argument("--seed", type=int, default=9051)
     parser.add_argument("--no-dovecot", action="store_true", help="mailyard only")
+    parser.add_argument("--per-kind", type=int, default=0, metavar="N",
+                        help="also run each command type alone, N commands per client (server CPU per type)")
     parser.add_argument("--output", default=str(Path(__file__).with_name("results-imap-load.json")))
     args = parser.parse_args(argv)
     results = run(quick=args.quick, clients=tuple(args.clients), commands=args.commands, rounds=args.rounds,
-                  dovecot_too=not args.no_dovecot, seed=args.seed)
+                  dovecot_too=not args.no_dovecot, seed=args.seed, per_kind=args.per_kind)
     width = max([len(r.name) for r in results] + [10])
     print()
     print(f"{'figure':<{width}} {'value':>10} {'unit':<6} reference")

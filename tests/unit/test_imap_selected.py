@@ -119,3 +119,26 @@ def test_view_of_a_large_mailbox_holds_bytes_not_bytes_per_message() -> None:
     assert len(view) == 100_000 and view.uid_of(100_000) == 100_002
     print(f"\nview of 100,000 UIDs: {held} bytes")
     assert held < 4096
+
+
+def test_expunge_works_run_by_run_not_uid_by_uid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every session rebuilds its map after each expunge it announces (with
+    50 sessions on a mailbox, 50 rebuilds per EXPUNGE): the rebuild goes run
+    by run, never walking the UIDs one by one, so it costs the same in a
+    mailbox of 200,000 messages as in one of 20. The map after it is the
+    one a fresh map of the remaining UIDs would be (same runs)."""
+    from mailyard.protocols.imap.selected import UidRuns
+
+    uids = [u for u in range(1, 200_000) if u % 50_000]  # four runs
+    view = MessageMap(uids)
+
+    def walked(self: UidRuns) -> None:
+        raise AssertionError("the expunge walked every UID of the map")
+
+    monkeypatch.setattr(UidRuns, "__iter__", walked)
+    assert view.expunge([3, 7, 60_000, 199_999, 250_000]) == [3, 6, 59_997, 199_993]
+    monkeypatch.undo()
+    remaining = [u for u in uids if u not in (3, 7, 60_000, 199_999)]
+    fresh = UidRuns(remaining)
+    assert list(view.uids.starts) == list(fresh.starts) and list(view.uids.firsts) == list(fresh.firsts)
+    assert len(view) == len(remaining) and view.uid_of(len(remaining)) == 199_998

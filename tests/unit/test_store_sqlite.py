@@ -408,3 +408,38 @@ async def test_bodies_derived_by_an_earlier_derivation_are_derived_again(tmp_pat
         assert s3._read.execute("SELECT count(*) FROM bodies WHERE derived IS NULL").fetchone()[0] == 0
     finally:
         await s3.close()
+
+
+async def test_sessions_told_of_a_claimed_delivery_claim_without_reading(tmp_path: Path) -> None:
+    """RFC 3501 2.3.2: one session gets a new message as \\Recent; every
+    other session that announces it claims too and finds it taken. Those
+    claims are answered without a query: claims only raise recent_uid, so
+    a value this process read or committed that covers ``upto`` settles it.
+    A claim beyond what this process knows (another process claimed, or a
+    new delivery) still asks the database, and exactly one session wins."""
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        await s.add_domain("example.test")
+        inbox = await _inbox(s)
+        for _ in range(3):
+            await s.append(inbox, MIME)
+        assert await s.claim_recent(inbox, upto=3) == 0  # this session: 1..3 are \Recent
+        reads: list[str] = []
+        s._read.set_trace_callback(lambda sql: reads.append(sql) if "recent_uid" in sql else None)
+        assert [await s.claim_recent(inbox, upto=3) for _ in range(20)] == [3] * 20
+        s._read.set_trace_callback(None)
+        assert reads == []
+        # another process appends UID 4 and a session of it claims it
+        other = sqlite3.connect(tmp_path / "d" / "index.sqlite3", isolation_level=None)
+        try:
+            await s.append(inbox, MIME)
+            other.execute("UPDATE mailboxes SET recent_uid = 4 WHERE id = ?", (inbox.id,))
+        finally:
+            other.close()
+        assert await s.claim_recent(inbox, upto=4) == 4  # read: taken elsewhere
+        await s.append(inbox, MIME)
+        firsts = await asyncio.gather(*(s.claim_recent(inbox, upto=5) for _ in range(5)))
+        assert sorted(firsts) == [4, 5, 5, 5, 5]  # exactly one session gets UID 5
+        assert await s.claim_recent(inbox, claim=False) == 5  # EXAMINE reads the truth
+    finally:
+        await s.close()

@@ -197,3 +197,18 @@ def test_a_refused_select_keeps_the_selection() -> None:
     c.expect("a1 SELECT INBOX (QRESYNC (1 1 1:9))", "a1 BAD QRESYNC is not enabled")
     c.expect("a2 UID EXPUNGE 3", "a2 OK UID EXPUNGE completed")
     c.expect("a3 FETCH 1 (UID)", "* 1 FETCH (UID 1)", "a3 OK FETCH completed")
+
+
+def test_expunge_removes_only_deleted_messages_the_session_was_told_of_rfc9051_6_4_3() -> None:
+    """EXPUNGE finds the \\Deleted messages among those this session has
+    announced: one delivered \\Deleted meanwhile is first announced (EXISTS
+    after the EXPUNGE responses), and goes at the next EXPUNGE, by then
+    under the sequence number the client knows it by."""
+    store = store_with_mail()
+    c = connect(store, select="INBOX")
+    c.untagged("a1 STORE 2 +FLAGS.SILENT (\\Deleted)")
+    store.deliver("alice", SHORT, flags=("\\Deleted",))
+    c.expect("a2 EXPUNGE", "* 2 EXPUNGE", "* 3 EXISTS", "* 3 RECENT", "a2 OK EXPUNGE completed")
+    assert sorted(store.find("alice", "INBOX").messages) == [1, 3, 4]
+    c.expect("a3 EXPUNGE", "* 3 EXPUNGE", "a3 OK EXPUNGE completed")
+    c.expect("a4 FETCH 1:* (UID)", "* 1 FETCH (UID 1)", "* 2 FETCH (UID 3)", "a4 OK FETCH completed")

@@ -127,12 +127,36 @@ class UidRuns(Sequence[int]):
 
     def append(self, uid: int) -> None:
         """Add a UID above all held ones."""
-        if self._n and uid == self.last() + 1:
-            self._n += 1
+        self._add_run(uid, 1)
+
+    def _add_run(self, start: int, length: int) -> None:
+        """Add ``length`` consecutive UIDs from ``start``, above all held ones."""
+        if self._n and start == self.last() + 1:
+            self._n += length
             return
-        self.starts.append(uid)
+        self.starts.append(start)
         self.firsts.append(self._n)
-        self._n += 1
+        self._n += length
+
+    def without(self, gone: Sequence[int]) -> UidRuns:
+        """A copy without the UIDs ``gone`` (ascending, each held). Works run
+        by run: every session rebuilds its view after each expunge it
+        announces, so the cost follows the runs and the expunged UIDs, not
+        the size of the mailbox."""
+        out = UidRuns()
+        k, n = 0, len(gone)
+        for r, start in enumerate(self.starts):
+            end = start + self._run_length(r)  # one past the run's last UID
+            lo = start
+            while k < n and gone[k] < end:
+                uid = gone[k]
+                k += 1
+                if uid > lo:
+                    out._add_run(lo, uid - lo)
+                lo = uid + 1
+            if lo < end:
+                out._add_run(lo, end - lo)
+        return out
 
 
 class MessageMap:
@@ -200,13 +224,14 @@ class MessageMap:
         """Remove UIDs; return the sequence numbers to announce, in order, each
         valid at the time of its EXPUNGE response (RFC 9051 7.5.1)."""
         out: list[int] = []
+        present: list[int] = []
         for uid in sorted(set(uids)):
             seq = self.seq_of(uid)
             if seq is not None:
                 out.append(seq - len(out))  # each earlier EXPUNGE moved it down by one
-        if out:
-            gone = {seq + k for k, seq in enumerate(out)}  # the sequence numbers before any EXPUNGE
-            self.uids = UidRuns(uid for seq, uid in enumerate(self.uids, 1) if seq not in gone)
+                present.append(uid)
+        if present:
+            self.uids = self.uids.without(present)
         return out
 
 

@@ -81,11 +81,17 @@ def insert_mailbox(c: sqlite3.Connection, account_id: int, name: str, special_us
     return cur.lastrowid
 
 
+_CLAIMED_MAX = 100_000  # mailboxes whose claimed \Recent UID is remembered
+
+
 class MailboxesMixin(SQLiteCore):
     """Mailboxes of accounts, subscriptions, \\Recent and status."""
 
     def __init__(self, data_dir: Path, config: StoreConfig | None = None, background: bool = True) -> None:
         self._claim_locks: dict[int, asyncio.Lock] = {}  # claim_recent, per mailbox
+        # mailbox id -> a recent_uid this process read or committed: a lower
+        # bound of the one in the database (claims only raise it)
+        self._claimed: dict[int, int] = {}
         super().__init__(data_dir, config, background)
 
     async def create_mailbox(self, account_id: int, name: str, special_use: str | None = None,
@@ -209,24 +215,40 @@ class MailboxesMixin(SQLiteCore):
 
     async def claim_recent(self, mailbox: MailboxRef, claim: bool = True, upto: int | None = None) -> int:
         mailbox_id = self._owned(mailbox)
+        claimed = self._claimed
+        if claim and upto is not None and claimed.get(mailbox_id, -1) >= upto:
+            # Every session of a mailbox claims after each delivery it
+            # announces, and all but the first find the UIDs claimed: known
+            # here without a read. The value answered is at or above ``upto``
+            # as the database's is, so the caller's new \Recent range is
+            # empty either way.
+            return claimed[mailbox_id]
+
+        def seen(recent_uid: int) -> None:
+            if recent_uid > claimed.get(mailbox_id, -1):
+                if len(claimed) >= _CLAIMED_MAX and mailbox_id not in claimed:
+                    claimed.clear()
+                claimed[mailbox_id] = recent_uid
 
         def target(row: tuple[int, int]) -> int:
             # never beyond the last UID given out, never beyond what the caller announced
             return row[1] if upto is None else min(upto, row[1])
 
-        def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> tuple[int, int]:
             self._owned_w(c, mailbox)
             row = c.execute("SELECT recent_uid, uid_next - 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
             if row is None:
                 raise NotFound("no such mailbox")
             if claim and target(row) > row[0]:
                 c.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (target(row), mailbox_id))
-            return row[0]
+                return row[0], target(row)
+            return row[0], row[0]
 
         def peek() -> int | None:
             row = self._q1("SELECT recent_uid, uid_next - 1 FROM mailboxes WHERE id = ?", (mailbox_id,))
             if row is None:
                 raise NotFound("no such mailbox")
+            seen(row[0])
             return row[0] if not claim or target(row) <= row[0] else None  # None: something to claim
 
         first = peek()
@@ -238,7 +260,11 @@ class MailboxesMixin(SQLiteCore):
         try:
             async with lock:
                 first = peek()
-                return first if first is not None else await self._write(op)
+                if first is not None:
+                    return first
+                first, now = await self._write(op)
+                seen(now)  # committed
+                return first
         finally:
             if not lock.locked():
                 self._claim_locks.pop(mailbox_id, None)

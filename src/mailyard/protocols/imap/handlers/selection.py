@@ -114,11 +114,15 @@ async def cmd_expunge(s: ImapSession, cmd: c.Command) -> None:
         return
     b = _backend(s)
     infos = await sel.infos(b)
-    candidates = sel.view.uids
     if isinstance(cmd, c.UidExpunge):
         # RFC 4315 2.1: only the given UIDs, and only if \Deleted
         candidates = [uid for _, uid in sel.view.resolve_uids(_saved(s, cmd.sequence_set))]
-    doomed = [u for u in candidates if u in infos and "\\Deleted" in infos[u].flags]
+        doomed = [u for u in candidates if u in infos and "\\Deleted" in infos[u].flags]
+    else:
+        # RFC 9051 6.4.3: every \Deleted message this session knows of (in
+        # its view), found by one pass over the index data
+        seq_of = sel.view.seq_of
+        doomed = sorted(u for u, m in infos.items() if "\\Deleted" in m.flags and seq_of(u) is not None)
     removed = await b.expunge(sel.mailbox, doomed) if doomed else []
     sel.announce_expunge(s.engine, removed)
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}EXPUNGE completed")
