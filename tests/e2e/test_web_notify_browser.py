@@ -12,7 +12,7 @@ from mailyard.store.api import AppendItem
 
 from ..conftest import RunningServer
 from ..waiting import wait_until
-from .webtools import base_url, browser_fixture, log_in  # noqa: F401 (fixture)
+from .webtools import base_url, log_in
 
 ALICE = "alice@example.test"
 

@@ -14,7 +14,7 @@ from mailyard.message.compose import Attachment, compose, to_bytes
 from ..conftest import RunningServer, require_program
 from ..integration.test_web_http import ALICE, append, box_id
 from ..pdfsamples import text_pdf
-from .webtools import browser_fixture, log_in, new_page, screenshot  # noqa: F401 (fixture)
+from .webtools import log_in, new_page, screenshot
 
 VIEWPORTS = [(1440, 900), (390, 844)]
 

@@ -11,7 +11,7 @@ import pytest
 
 from ..conftest import RunningServer
 from ..waiting import wait_until
-from .webtools import browser_fixture, log_in, new_page, screenshot  # noqa: F401 (fixture)
+from .webtools import log_in, new_page, screenshot
 
 ALICE, ALIAS = "alice@example.test", "alice.smith@example.test"
 
