@@ -15,6 +15,7 @@ CSP unless the user allows remote content for that message.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -592,11 +593,14 @@ def outgoing(
     return full, wire
 
 
+@functools.lru_cache(maxsize=256)
 def signature_html(source: str) -> str:
     """A user's HTML signature as it may go out and be shown: through the
     sanitiser every message body passes (no scripts, event handlers, forms
     or styles that run code), with no base for ``cid:`` parts (dropped) and
-    remote images dropped (their URL would tell the sender's mail was read)."""
+    remote images dropped (their URL would tell the sender's mail was read).
+    Kept per source text: the compose page shows every identity's signature
+    on each view, and sanitising runs on the event loop."""
     if not source.strip():
         return ""
     safe, _blocked = sanitize_html(checked_html(source), "", {}, False)
