@@ -33,6 +33,12 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+def load_public_suffixes() -> None:
+    """Read the Public Suffix List now (tens of milliseconds), not at the
+    first organisational-domain lookup."""
+    _psl()
+
+
 @lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """RFC 7489 3.2: the public suffix plus one label (the domain itself when

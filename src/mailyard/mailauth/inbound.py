@@ -138,7 +138,7 @@ class InboundChecker:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mailauth")
         # the Public Suffix List (RFC 7489 3.2) is read now, as the server
         # starts, rather than by the first message's check on the event loop
-        dmarc.organizational_domain("example.com")
+        dmarc.load_public_suffixes()
 
     async def check(self, message: bytes, *, ip: str, helo: str, reverse_path: str) -> InboundVerdict:
         if len(message) <= INLINE_MAX:
