@@ -32,7 +32,7 @@ install: $(STAMP)
 ## Set up and run the whole test suite.
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
