@@ -15,9 +15,9 @@ from mailyard.config import Config, ConfigError
 from mailyard.mailauth.dnscache import Resolver
 from mailyard.message.address import iter_mailboxes, parse_address_list
 from mailyard.message.headers import split_fields
-from mailyard.message.parse import split_header_body
+from mailyard.message.parse import header_end, split_header_body
 from mailyard.spam import filing, headers, signals
-from mailyard.spam.checker import SpamChecker, _header_info
+from mailyard.spam.checker import SpamChecker, _header_fields, _header_info
 from mailyard.spam.rspamd import RspamdUnavailable, parse_reply, request_headers
 from mailyard.spam.score import DEFAULT_SCORES, builtin_tests, parse_list, parse_scores
 from mailyard.store import spamlog
@@ -260,6 +260,35 @@ def _split_fields_reading(message: bytes) -> tuple[str, list[str]]:
 ])
 def test_header_fields_read_as_split_fields_reads_them(message: bytes) -> None:
     assert _header_info(message) == _split_fields_reading(message)
+
+
+_BIG = 256 * 1024
+_FILL = b"X-Fill: " + b"y" * 70 + b"\r\n"
+
+
+@pytest.mark.parametrize("message", [
+    MSG,
+    b"From: a@b.test\r\nX-Spam-Flag: YES\r\nX-Spam-Score:\r\n 9\r\nMessage-ID: <s@x>\r\n\r\nX-Spam-Flag: body\r\n",
+    b"X-Rspamd-Score: 1\nFrom: lf@b.test\n\nbody",
+    b"\r\nFrom: body@b.test\r\n",
+    b"From: all-header@b.test\r\nX-Spam-Flag: YES\r\n",
+    # a header longer than the 256 KB read, and empty lines at and around its edge
+    b"From: long@b.test\r\n" + _FILL * (_BIG // len(_FILL) + 10) + b"\r\nbody",
+    (b"From: edge@b.test\r\n" + _FILL * (_BIG // len(_FILL)))[:_BIG - 1] + b"\n\r\nbody",
+    (b"From: edge@b.test\r\n" + _FILL * (_BIG // len(_FILL)))[:_BIG - 1] + b"\n\nbody",
+    (b"From: edge@b.test\r\n" + _FILL * (_BIG // len(_FILL)))[:_BIG - 2] + b"\n\r\nbody",
+    (b"From: edge@b.test\r\n" + _FILL * (_BIG // len(_FILL)))[:_BIG - 3] + b"\n\r\nbody",
+])
+def test_judge_reading_of_the_header_from_one_header_end_is_the_same(message: bytes) -> None:
+    """judge finds the header's end once and hands it to strip_fields and
+    _header_fields: what they give is what they give when they find it
+    themselves."""
+    end, body_start = header_end(message)
+    stripped = headers.strip_fields(message, end=end)
+    assert stripped == headers.strip_fields(message)
+    if stripped is not message:
+        end, body_start = header_end(stripped)
+    assert _header_fields(stripped, body_start) == _header_fields(stripped)
 
 
 class _SettingsStore:

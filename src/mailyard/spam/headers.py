@@ -30,10 +30,13 @@ def _fields(header: bytes) -> list[bytes]:
     return out
 
 
-def strip_fields(message: bytes, prefixes: Iterable[bytes] = OUR_PREFIXES, names: Iterable[str] = ()) -> bytes:
+def strip_fields(message: bytes, prefixes: Iterable[bytes] = OUR_PREFIXES, names: Iterable[str] = (),
+                 end: int | None = None) -> bytes:
     """``message`` without the fields whose name starts with one of
-    ``prefixes`` or is one of ``names`` (case-insensitive)."""
-    end, _body_start = header_end(message)
+    ``prefixes`` or is one of ``names`` (case-insensitive). ``end``: where
+    its header ends (message/parse.py header_end), when the caller knows."""
+    if end is None:
+        end, _body_start = header_end(message)
     header, rest = message[:end], message[end:]
     lowered = tuple(p.lower() for p in prefixes)
     exact = {n.lower().encode() for n in names}
