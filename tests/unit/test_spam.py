@@ -270,10 +270,12 @@ _FILL = b"X-Fill: " + b"y" * 70 + b"\r\n"
     MSG,
     b"From: a@b.test\r\nX-Spam-Flag: YES\r\nX-Spam-Score:\r\n 9\r\nMessage-ID: <s@x>\r\n\r\nX-Spam-Flag: body\r\n",
     b"X-Rspamd-Score: 1\nFrom: lf@b.test\n\nbody",
+    b"X-SPAMD-Result: x\r\nX-Spammy: kept\r\nX-RSPAMD-Bar:\r\n\t+\r\nFrom: u@b.test\r\n\r\nX-Rspamd-Score: 1\r\n",
+    b"X-Spammy: kept, no field of ours\r\nSubject: x-rspamd- in a value\r\n\r\nbody",
     b"\r\nFrom: body@b.test\r\n",
     b"From: all-header@b.test\r\nX-Spam-Flag: YES\r\n",
     # a header longer than the 256 KB read, and empty lines at and around its edge
-    b"From: long@b.test\r\n" + _FILL * (_BIG // len(_FILL) + 10) + b"\r\nbody",
+    b"From: long@b.test\r\n" + _FILL * (_BIG // len(_FILL) + 10) + b"From: past-256k@b.test\r\n\r\nbody",
     (b"From: edge@b.test\r\n" + _FILL * (_BIG // len(_FILL)))[:_BIG - 1] + b"\n\r\nbody",
     (b"From: edge@b.test\r\n" + _FILL * (_BIG // len(_FILL)))[:_BIG - 1] + b"\n\nbody",
     (b"From: edge@b.test\r\n" + _FILL * (_BIG // len(_FILL)))[:_BIG - 2] + b"\n\r\nbody",
@@ -282,10 +284,11 @@ _FILL = b"X-Fill: " + b"y" * 70 + b"\r\n"
 def test_judge_reading_of_the_header_from_one_header_end_is_the_same(message: bytes) -> None:
     """judge finds the header's end once and hands it to strip_fields and
     _header_fields: what they give is what they give when they find it
-    themselves."""
+    themselves (and the verdict's strip of OUR_PREFIXES what the general
+    strip of the same prefixes gives)."""
     end, body_start = header_end(message)
     stripped = headers.strip_fields(message, end=end)
-    assert stripped == headers.strip_fields(message)
+    assert stripped == headers.strip_fields(message, tuple(headers.OUR_PREFIXES))
     if stripped is not message:
         end, body_start = header_end(stripped)
     assert _header_fields(stripped, body_start) == _header_fields(stripped)

@@ -38,11 +38,19 @@ def strip_fields(message: bytes, prefixes: Iterable[bytes] = OUR_PREFIXES, names
     if end is None:
         end, _body_start = header_end(message)
     header, rest = message[:end], message[end:]
-    lowered = tuple(p.lower() for p in prefixes)
-    exact = {n.lower().encode() for n in names}
     folded = header.lower()
-    if not any(p in folded for p in lowered) and not any(n in folded for n in exact):
-        return message  # no field can match: nothing to take out (most mail)
+    if prefixes is OUR_PREFIXES and not names:
+        # the verdict's own strip, once per message: every name with one of
+        # OUR_PREFIXES holds b"x-spam" or b"x-rspamd-"
+        if b"x-spam" not in folded and b"x-rspamd-" not in folded:
+            return message  # no field can match: nothing to take out (most mail)
+        lowered: tuple[bytes, ...] = OUR_PREFIXES
+        exact: set[bytes] = set()
+    else:
+        lowered = tuple(p.lower() for p in prefixes)
+        exact = {n.lower().encode() for n in names}
+        if not any(p in folded for p in lowered) and not any(n in folded for n in exact):
+            return message  # no field can match: nothing to take out (most mail)
     kept = []
     for f in _fields(header):
         name = f.split(b":", 1)[0].strip().lower()
