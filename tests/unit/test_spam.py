@@ -52,6 +52,18 @@ def test_verdict_fields_in_spamassassin_format_folded() -> None:
     assert b"\r\n\tTEST_NUMBER_" in many
 
 
+def test_verdict_fields_repeated_are_each_verdicts_own() -> None:
+    """The fields are kept for repeated verdicts: a kept one is returned only
+    for the same texts (-0.0 and 0.0 are equal floats but read differently)."""
+    for _ in range(2):
+        assert headers.verdict_fields(-0.0, 6.0, [], False).startswith(b"X-Spam-Score: -0.0\r\n")
+        assert headers.verdict_fields(0.0, 6.0, [], False).startswith(b"X-Spam-Score: 0.0\r\n")
+        assert headers.verdict_fields(0.0, 6.0, ["A"], False).endswith(b"tests=A\r\n")
+        assert headers.verdict_fields(0.0, 6.0, ("A", "B"), True).endswith(b"tests=A,B\r\n")
+        assert headers.verdict_fields(6.04, 6, ["A"], True).startswith(
+            b"X-Spam-Flag: YES\r\nX-Spam-Score: 6.0\r\nX-Spam-Status: Yes, score=6.0 required=6.0 tests=A\r\n")
+
+
 def test_rewrite_subject_and_add_fields() -> None:
     out = headers.rewrite_subject(b"Subject: old\r\n subject\r\nFrom: a@b.test\r\n\r\nbody", "*** SPAM *** old")
     assert out == b"Subject: *** SPAM *** old\r\nFrom: a@b.test\r\n\r\nbody"

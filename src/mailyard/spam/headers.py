@@ -9,6 +9,7 @@ stays byte for byte as received (DKIM signatures keep verifying)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from email.header import Header
 
@@ -85,7 +86,14 @@ def verdict_fields(score: float, required: float, tests: Sequence[str], flag: bo
     """``X-Spam-Flag`` (only when spam), ``X-Spam-Score`` and
     ``X-Spam-Status: Yes, score=7.3 required=6.0 tests=A,B`` folded at
     commas to keep lines under 78 characters (RFC 5322 2.1.1)."""
-    status = f"X-Spam-Status: {'Yes' if flag else 'No'}, score={score:.1f} required={required:.1f} tests="
+    return _verdict_fields(f"{score:.1f}", f"{required:.1f}", tuple(tests), flag)
+
+
+@functools.lru_cache(maxsize=512)
+def _verdict_fields(score: str, required: str, tests: tuple[str, ...], flag: bool) -> bytes:
+    # kept by the numbers as written (-0.0 and 0.0 are one float key, two
+    # texts): a sender's messages, and most mail (no test hit), repeat a verdict
+    status = f"X-Spam-Status: {'Yes' if flag else 'No'}, score={score} required={required} tests="
     lines = [status]
     names = list(tests) or ["none"]
     for i, name in enumerate(names):
@@ -94,6 +102,6 @@ def verdict_fields(score: float, required: float, tests: Sequence[str], flag: bo
             lines.append("\t")
         lines[-1] += piece
     out = b"X-Spam-Flag: YES\r\n" if flag else b""
-    out += f"X-Spam-Score: {score:.1f}\r\n".encode()
+    out += f"X-Spam-Score: {score}\r\n".encode()
     out += ("\r\n".join(lines) + "\r\n").encode("ascii", "replace")
     return out
