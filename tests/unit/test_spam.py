@@ -15,9 +15,9 @@ from mailyard.config import Config, ConfigError
 from mailyard.mailauth.dnscache import Resolver
 from mailyard.message.address import iter_mailboxes, parse_address_list
 from mailyard.message.headers import split_fields
-from mailyard.message.parse import split_header_body
+from mailyard.message.parse import header_end, split_header_body
 from mailyard.spam import filing, headers, signals
-from mailyard.spam.checker import SpamChecker, _header_info
+from mailyard.spam.checker import SpamChecker, _header_fields, _header_info
 from mailyard.spam.rspamd import RspamdUnavailable, parse_reply, request_headers
 from mailyard.spam.score import DEFAULT_SCORES, builtin_tests, parse_list, parse_scores
 from mailyard.store import spamlog
@@ -50,6 +50,18 @@ def test_verdict_fields_in_spamassassin_format_folded() -> None:
     many = headers.verdict_fields(1, 6.0, [f"TEST_NUMBER_{i}" for i in range(12)], False)
     assert all(len(line) <= 78 for line in many.split(b"\r\n"))
     assert b"\r\n\tTEST_NUMBER_" in many
+
+
+def test_verdict_fields_repeated_are_each_verdicts_own() -> None:
+    """The fields are kept for repeated verdicts: a kept one is returned only
+    for the same texts (-0.0 and 0.0 are equal floats but read differently)."""
+    for _ in range(2):
+        assert headers.verdict_fields(-0.0, 6.0, [], False).startswith(b"X-Spam-Score: -0.0\r\n")
+        assert headers.verdict_fields(0.0, 6.0, [], False).startswith(b"X-Spam-Score: 0.0\r\n")
+        assert headers.verdict_fields(0.0, 6.0, ["A"], False).endswith(b"tests=A\r\n")
+        assert headers.verdict_fields(0.0, 6.0, ("A", "B"), True).endswith(b"tests=A,B\r\n")
+        assert headers.verdict_fields(6.04, 6, ["A"], True).startswith(
+            b"X-Spam-Flag: YES\r\nX-Spam-Score: 6.0\r\nX-Spam-Status: Yes, score=6.0 required=6.0 tests=A\r\n")
 
 
 def test_rewrite_subject_and_add_fields() -> None:
@@ -260,6 +272,38 @@ def _split_fields_reading(message: bytes) -> tuple[str, list[str]]:
 ])
 def test_header_fields_read_as_split_fields_reads_them(message: bytes) -> None:
     assert _header_info(message) == _split_fields_reading(message)
+
+
+_BIG = 256 * 1024
+_FILL = b"X-Fill: " + b"y" * 70 + b"\r\n"
+
+
+@pytest.mark.parametrize("message", [
+    MSG,
+    b"From: a@b.test\r\nX-Spam-Flag: YES\r\nX-Spam-Score:\r\n 9\r\nMessage-ID: <s@x>\r\n\r\nX-Spam-Flag: body\r\n",
+    b"X-Rspamd-Score: 1\nFrom: lf@b.test\n\nbody",
+    b"X-SPAMD-Result: x\r\nX-Spammy: kept\r\nX-RSPAMD-Bar:\r\n\t+\r\nFrom: u@b.test\r\n\r\nX-Rspamd-Score: 1\r\n",
+    b"X-Spammy: kept, no field of ours\r\nSubject: x-rspamd- in a value\r\n\r\nbody",
+    b"\r\nFrom: body@b.test\r\n",
+    b"From: all-header@b.test\r\nX-Spam-Flag: YES\r\n",
+    # a header longer than the 256 KB read, and empty lines at and around its edge
+    b"From: long@b.test\r\n" + _FILL * (_BIG // len(_FILL) + 10) + b"From: past-256k@b.test\r\n\r\nbody",
+    (b"From: edge@b.test\r\n" + _FILL * (_BIG // len(_FILL)))[:_BIG - 1] + b"\n\r\nbody",
+    (b"From: edge@b.test\r\n" + _FILL * (_BIG // len(_FILL)))[:_BIG - 1] + b"\n\nbody",
+    (b"From: edge@b.test\r\n" + _FILL * (_BIG // len(_FILL)))[:_BIG - 2] + b"\n\r\nbody",
+    (b"From: edge@b.test\r\n" + _FILL * (_BIG // len(_FILL)))[:_BIG - 3] + b"\n\r\nbody",
+])
+def test_judge_reading_of_the_header_from_one_header_end_is_the_same(message: bytes) -> None:
+    """judge finds the header's end once and hands it to strip_fields and
+    _header_fields: what they give is what they give when they find it
+    themselves (and the verdict's strip of OUR_PREFIXES what the general
+    strip of the same prefixes gives)."""
+    end, body_start = header_end(message)
+    stripped = headers.strip_fields(message, end=end)
+    assert stripped == headers.strip_fields(message, tuple(headers.OUR_PREFIXES))
+    if stripped is not message:
+        end, body_start = header_end(stripped)
+    assert _header_fields(stripped, body_start) == _header_fields(stripped)
 
 
 class _SettingsStore:

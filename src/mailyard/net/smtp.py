@@ -140,6 +140,7 @@ class SMTPSession(SessionProtocol):
         # The parts of a large message received so far (MessageData), on disk.
         self._spool: SpoolFile | None = None
         self._spool_error: OSError | None = None
+        self._own_ips_known: list[str] | None = None  # see _own_ips
         self._greeted = True  # False while the MX port's greet_pause runs
         self._greet_timer: asyncio.TimerHandle | None = None
 
@@ -700,12 +701,14 @@ class SMTPSession(SessionProtocol):
             return None
 
     def _own_ips(self) -> list[str]:
-        """The server address this client connected to (the HELO check's "ours")."""
-        if self.transport is not None:
+        """The server address this client connected to (the HELO check's
+        "ours"): the connection's, so asked of the transport once."""
+        if self._own_ips_known is None:
+            if self.transport is None:
+                return []
             sockname = self.transport.get_extra_info("sockname")
-            if sockname:
-                return [str(sockname[0])]
-        return []
+            self._own_ips_known = [str(sockname[0])] if sockname else []
+        return self._own_ips_known
 
     def _prefetch_checks(self) -> None:
         """On the MX port, start the spam checks that depend only on the

@@ -36,7 +36,7 @@ from ..mailauth.dnscache import CacheOnly, NotCached, Resolver
 from ..mailauth.inbound import InboundVerdict
 from ..message.address import iter_mailboxes, parse_address_list
 from ..message.headers import split_fields
-from ..message.parse import split_header_body
+from ..message.parse import header_end, split_header_body
 from ..store.api import Account, Store
 from ..store.spamlog import DecisionLog
 from . import headers, signals
@@ -58,6 +58,9 @@ TRUSTED_MAX = 10_000
 # At most this many clients' DNS checks started ahead of their message
 # (prefetch) run at once; past it a client's checks wait for its message.
 PREFETCH_MAX = 32
+
+# The part of a message whose Message-ID and From fields are read.
+_HEADER_MAX = 256 * 1024
 
 # The fields we write ourselves: rspamd's own versions of them are not copied.
 _OURS = ("x-spam-status", "x-spam-score", "x-spam-flag")
@@ -96,10 +99,17 @@ class Builtin:
     problems: list[str] = field(default_factory=list)
 
 
-def _header_fields(message: bytes) -> tuple[str, list[bytes]]:
+def _header_fields(message: bytes, body_start: int | None = None) -> tuple[str, list[bytes]]:
     """The Message-ID and the raw values of the From fields (as
-    message/headers.py split_fields gives them), from the first 256 KB."""
-    header, _ = split_header_body(message[:256 * 1024])
+    message/headers.py split_fields gives them), from the first 256 KB.
+    ``body_start``: where the message's body starts (header_end), when the
+    caller knows: the header is then the same bytes as this function finds
+    in the first 256 KB alone (an empty line found only past them leaves
+    all 256 KB header, as does a body starting past them)."""
+    if body_start is None:
+        header, _ = split_header_body(message[:_HEADER_MAX])
+    else:
+        header = message[:min(body_start, _HEADER_MAX)]
     if header.count(b"\r") != header.count(b"\r\n"):
         # a bare CR ends a line for split_fields: its reading, the slow way
         fields = [(n.lower(), v) for n, v in split_fields(header) if n.lower() in ("message-id", "from")]
@@ -287,11 +297,18 @@ class SpamChecker:
         the same as without. Nothing when they are at hand or under way
         already, for a trusted client, before this server's own names are
         known, or with PREFETCH_MAX runs under way."""
+        key = (ip, helo.lower())
+        if self.resolver is not None:
+            with self._recent_lock:
+                hit = self._recent.get(key)
+            if hit is not None and hit[0] > time.monotonic():
+                # at hand (a client in _recent is not a trusted one, see
+                # _builtin): the message's own lookup finds them
+                return
         names = self._own_names
         if (self.resolver is None or self._prefetches >= PREFETCH_MAX or names is None
                 or names[0] != self.store.directory_version or self._trusted(ip)):
             return
-        key = (ip, helo.lower())
         if key in self._inflight or self._known(ip, helo, names[1], own_ips, None) is not None:
             return
         self._run(key, ip, helo, names[1], own_ips, None, prefetch=True)
@@ -320,8 +337,12 @@ class SpamChecker:
         """The verdict on ``message`` (see module doc); never raises for
         anything rspamd or DNS do."""
         started = time.monotonic()
-        message = headers.strip_fields(message)
-        message_id, froms = _header_fields(message)
+        end, body_start = header_end(message)  # once: both steps below need it
+        stripped = headers.strip_fields(message, end=end)
+        if stripped is not message:
+            end, body_start = header_end(stripped)
+        message = stripped
+        message_id, froms = _header_fields(message, body_start)
         own_names = await self._names()
         loop = asyncio.get_running_loop()
         builtin_call: asyncio.Future[Builtin]

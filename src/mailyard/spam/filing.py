@@ -65,6 +65,8 @@ def normalize_pattern(text: str) -> str:
 def matching(senders: Iterable[str], patterns: Sequence[str]) -> str | None:
     """The first pattern matching one of ``senders`` (``@domain`` matches
     the domain and its subdomains)."""
+    if not patterns:
+        return None  # most accounts have no list: the senders need no reading
     for sender in senders:
         address = sender.strip().lower()
         if not address:

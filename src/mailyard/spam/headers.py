@@ -9,6 +9,7 @@ stays byte for byte as received (DKIM signatures keep verifying)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from email.header import Header
 
@@ -30,16 +31,27 @@ def _fields(header: bytes) -> list[bytes]:
     return out
 
 
-def strip_fields(message: bytes, prefixes: Iterable[bytes] = OUR_PREFIXES, names: Iterable[str] = ()) -> bytes:
+def strip_fields(message: bytes, prefixes: Iterable[bytes] = OUR_PREFIXES, names: Iterable[str] = (),
+                 end: int | None = None) -> bytes:
     """``message`` without the fields whose name starts with one of
-    ``prefixes`` or is one of ``names`` (case-insensitive)."""
-    end, _body_start = header_end(message)
+    ``prefixes`` or is one of ``names`` (case-insensitive). ``end``: where
+    its header ends (message/parse.py header_end), when the caller knows."""
+    if end is None:
+        end, _body_start = header_end(message)
     header, rest = message[:end], message[end:]
-    lowered = tuple(p.lower() for p in prefixes)
-    exact = {n.lower().encode() for n in names}
     folded = header.lower()
-    if not any(p in folded for p in lowered) and not any(n in folded for n in exact):
-        return message  # no field can match: nothing to take out (most mail)
+    if prefixes is OUR_PREFIXES and not names:
+        # the verdict's own strip, once per message: every name with one of
+        # OUR_PREFIXES holds b"x-spam" or b"x-rspamd-"
+        if b"x-spam" not in folded and b"x-rspamd-" not in folded:
+            return message  # no field can match: nothing to take out (most mail)
+        lowered: tuple[bytes, ...] = OUR_PREFIXES
+        exact: set[bytes] = set()
+    else:
+        lowered = tuple(p.lower() for p in prefixes)
+        exact = {n.lower().encode() for n in names}
+        if not any(p in folded for p in lowered) and not any(n in folded for n in exact):
+            return message  # no field can match: nothing to take out (most mail)
     kept = []
     for f in _fields(header):
         name = f.split(b":", 1)[0].strip().lower()
@@ -74,7 +86,14 @@ def verdict_fields(score: float, required: float, tests: Sequence[str], flag: bo
     """``X-Spam-Flag`` (only when spam), ``X-Spam-Score`` and
     ``X-Spam-Status: Yes, score=7.3 required=6.0 tests=A,B`` folded at
     commas to keep lines under 78 characters (RFC 5322 2.1.1)."""
-    status = f"X-Spam-Status: {'Yes' if flag else 'No'}, score={score:.1f} required={required:.1f} tests="
+    return _verdict_fields(f"{score:.1f}", f"{required:.1f}", tuple(tests), flag)
+
+
+@functools.lru_cache(maxsize=512)
+def _verdict_fields(score: str, required: str, tests: tuple[str, ...], flag: bool) -> bytes:
+    # kept by the numbers as written (-0.0 and 0.0 are one float key, two
+    # texts): a sender's messages, and most mail (no test hit), repeat a verdict
+    status = f"X-Spam-Status: {'Yes' if flag else 'No'}, score={score} required={required} tests="
     lines = [status]
     names = list(tests) or ["none"]
     for i, name in enumerate(names):
@@ -83,6 +102,6 @@ def verdict_fields(score: float, required: float, tests: Sequence[str], flag: bo
             lines.append("\t")
         lines[-1] += piece
     out = b"X-Spam-Flag: YES\r\n" if flag else b""
-    out += f"X-Spam-Score: {score:.1f}\r\n".encode()
+    out += f"X-Spam-Score: {score}\r\n".encode()
     out += ("\r\n".join(lines) + "\r\n").encode("ascii", "replace")
     return out
