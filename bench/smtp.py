@@ -4,11 +4,11 @@ the recipient's mailbox and its ``250`` was sent. Then the same with 100 and
 1,000 concurrent clients: every connection must be served (no refusal, no
 error reply, no lost message: the mailbox is counted after each run).
 
-All clients connect from 127.0.0.1, so for the 1,000-client runs the
-server's per-address cap (``[limits] max_connections_per_ip``, 100 by
-default: a defence against one host taking every slot) is raised to just
-above the client count; the total cap (``max_connections``, 2,000 per
-listener) is left as it is.
+All clients connect from 127.0.0.1, so the bench server's per-address cap
+(``[limits] max_connections_per_ip``, 100 by default: a defence against one
+host taking every slot) is raised to the total cap, 2,000 (bench/common.py;
+each worker gets its share of both, so 1,000 clients spread unevenly over
+two workers still fit).
 
 The load generator is Postfix's ``smtp-source`` when installed (the standard
 tool, and C, so it leaves the CPU to the server), else an asyncio generator.
@@ -20,7 +20,6 @@ mailyard, each figure with a row "Postfix (this run)".
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 import subprocess
 import time
@@ -38,11 +37,12 @@ def _smtp_source(port: int, count: int, size: int, sessions: int = SESSIONS, hos
     out = subprocess.run(
         [exe, "-c", "-s", str(sessions), "-m", str(count), "-l", str(size), "-f", "load@remote.test",
          "-t", "alice@example.test", f"{host}:{port}"],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     elapsed = time.perf_counter() - start
-    if out.stderr.strip():
-        raise RuntimeError(f"smtp-source with {sessions} sessions reported:\n{out.stderr[:2000]}")
+    if out.returncode != 0 or out.stderr.strip():
+        raise RuntimeError(f"smtp-source with {sessions} sessions (exit {out.returncode}) reported:\n"
+                           f"{out.stderr[:2000]}")
     return elapsed
 
 
@@ -101,10 +101,6 @@ def _accept(size: int, count: int, sessions: int, use_source: bool) -> float:
     server = BenchServer(("smtp",))
     try:
         server.setup()
-        if sessions > 100:
-            cfg = server.data / "config.toml"
-            cfg.write_text(re.sub(r"^max_connections_per_ip = \d+$", f"max_connections_per_ip = {sessions + 100}",
-                                  cfg.read_text(), flags=re.M))
         server.start()
         port = server.ports["smtp"]
         if use_source:
@@ -138,8 +134,8 @@ def run(quick: bool = False) -> list[Result]:
             (100 * 1024, 200 if quick else 1500, SESSIONS, "Postfix 480, aiosmtpd+fsync 190; target >= 600"),
             (1024, 400 if quick else 4000, 100, ""),
             (100 * 1024, 200 if quick else 1500, 100, ""),
-            (1024, 2000 if quick else 5000, 1000, "per-address cap raised to 1,100"),
-            (100 * 1024, 1000 if quick else 2000, 1000, "per-address cap raised to 1,100"),
+            (1024, 2000 if quick else 5000, 1000, "per-address cap raised to 2,000"),
+            (100 * 1024, 1000 if quick else 2000, 1000, "per-address cap raised to 2,000"),
         ):
             progress(f"{count} messages of {size // 1024} KB, {sessions} clients ({tool})")
             elapsed = _accept(size, count, sessions, use_source)
