@@ -40,10 +40,13 @@ class ServeProcess:
     writing 5 to /proc/PID/clear_refs resets it (Linux 4.0+)."""
 
     def __init__(self, data: Path, configure: Callable[[Config], None],
-                 prepare: Callable[[Path], None] | None = None, *, made: bool = False) -> None:
+                 prepare: Callable[[Path], None] | None = None, *, made: bool = False,
+                 pick: tuple[str, ...] = ()) -> None:
         """``prepare``: called with the data directory once it is made,
         before the server starts (files shared with other nodes). ``made``:
-        the directory was made with ``init_data`` already (prefill.py)."""
+        the directory was made with ``init_data`` already (prefill.py).
+        ``pick``: more ports (e.g. "http") to serve on free ports picked here
+        like the mail ports' (in ``ports``), whatever ``configure`` set."""
         self.data = data
         self.ports: dict[str, int] = {}
         if not made:
@@ -65,14 +68,14 @@ class ServeProcess:
         # another process to take a port picked before it. A port taken
         # between the pick and the bind all the same (other servers on the
         # machine) is picked again, twice at most.
-        picked = [name for name in ("smtp", "imap", "pop3") if getattr(cfg.ports, name) == 0]
+        picked = [name for name in ("smtp", "imap", "pop3") if getattr(cfg.ports, name) == 0] + list(pick)
         metrics = cfg.metrics.listen
         for attempt in range(3):
             for name in picked:
                 setattr(cfg.ports, name, free_port())
             if attempt and cfg.metrics.listen == metrics:
                 cfg.metrics.listen = metrics = f"127.0.0.1:{free_port()}"
-            for name in ("smtp", "imap", "pop3"):
+            for name in ("smtp", "imap", "pop3", *pick):
                 self.ports[name] = getattr(cfg.ports, name)
             (data / "config.toml").write_text(cfg.to_toml())
             self.proc = subprocess.Popen(

@@ -24,7 +24,7 @@ import pytest
 from mailyard.config import Config
 
 from ..conftest import USERS
-from .serve_process import ALICE, MB, ServeProcess, free_port
+from .serve_process import ALICE, MB, ServeProcess
 
 httpx = pytest.importorskip("httpx")
 
@@ -36,15 +36,12 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     started: list[ServeProcess] = []
 
     def start(configure: Callable[[Config], None] | None = None) -> ServeProcess:
-        http = free_port()
-
         def conf(cfg: Config) -> None:
-            cfg.ports.http = http
             if configure is not None:
                 configure(cfg)
 
-        proc = ServeProcess(tmp_path / f"data{len(started)}", conf)
-        proc.ports["http"] = http
+        # the webmail's port is picked (and picked again if taken meanwhile) by ServeProcess
+        proc = ServeProcess(tmp_path / f"data{len(started)}", conf, pick=("http",))
         started.append(proc)
         return proc
 
