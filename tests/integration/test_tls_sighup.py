@@ -122,6 +122,10 @@ def test_sighup_reloads_certificate(tmp_path: Path) -> None:
     log = ServerLog(proc)
     try:
         log.wait_for(b"mailyard is running", timeout=30)
+        # every worker has loaded the certificate before the "renewal"
+        # rewrites it (a worker reading the pair halfway through its rewrite
+        # fails its start and is started again, with no reload to report)
+        log.wait_for(b"imaps accepting", times=WORKERS, timeout=30)
 
         cert, key = data / "tls" / "cert.pem", data / "tls" / "key.pem"
         old = file_fingerprint(cert)
