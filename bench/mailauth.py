@@ -101,10 +101,27 @@ async def _source(port: int, count: int, body: bytes) -> float:
     return time.perf_counter() - start
 
 
+def _published(dns: object, ip: str) -> bytes:
+    """A 1 KB message from remote.test signed with both its keys, and that
+    domain's records (both DKIM keys, SPF allowing ``ip``, DMARC p=reject)
+    on the bench's DNS server."""
+    from mailyard.mailauth import dkim, keys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        keys.generate(Path(tmp), "remote.test")
+        signing = keys.load(Path(tmp), "remote.test")
+        assert signing is not None
+        for rec in keys.records(signing):
+            dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))  # type: ignore[attr-defined]
+        msg = _message(1024)
+        body = dkim.sign(msg, signing) + msg
+    dns.add("remote.test", "TXT", f'"v=spf1 ip4:{ip} -all"')  # type: ignore[attr-defined]
+    dns.add("_dmarc.remote.test", "TXT", '"v=DMARC1; p=reject"')  # type: ignore[attr-defined]
+    return body
+
+
 def _accept(quick: bool) -> list[Result]:
     from tests.integration.multihost import DNSServer
-
-    from mailyard.mailauth import dkim, keys
 
     from .smtp import _count
 
@@ -112,17 +129,8 @@ def _accept(quick: bool) -> list[Result]:
     count = 300 if quick else 2000
     rates: dict[bool, float] = {}
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            keys.generate(Path(tmp), "remote.test")
-            signing = keys.load(Path(tmp), "remote.test")
-            assert signing is not None
-            for rec in keys.records(signing):
-                dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))
-            msg = _message(1024)
-            body = dkim.sign(msg, signing) + msg
-        dns.add("remote.test", "TXT", '"v=spf1 ip4:127.0.0.1 -all"')
+        body = _published(dns, "127.0.0.1")
         dns.add("mx.remote.test", "TXT", '"v=spf1 ip4:127.0.0.1 -all"')
-        dns.add("_dmarc.remote.test", "TXT", '"v=DMARC1; p=reject"')
         # both servers run at once and the rounds alternate, the best of each
         # kept: on a shared machine the other load then hits both sides alike
         servers: dict[bool, BenchServer] = {}
@@ -184,7 +192,6 @@ def _pool_cost(quick: bool) -> list[Result]:
     signatures whose DNS answers are cached."""
     from tests.integration.multihost import DNSServer
 
-    from mailyard.mailauth import dkim, keys
     from mailyard.mailauth.dnscache import Resolver
     from mailyard.mailauth.inbound import check_message
     from mailyard.mailauth.pool import CheckPool
@@ -193,16 +200,7 @@ def _pool_cost(quick: bool) -> list[Result]:
     count = 100 if quick else 300
     dns = DNSServer()
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            keys.generate(Path(tmp), "remote.test")
-            signing = keys.load(Path(tmp), "remote.test")
-            assert signing is not None
-            for rec in keys.records(signing):
-                dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))
-            msg = _message(1024)
-            body = dkim.sign(msg, signing) + msg
-        dns.add("remote.test", "TXT", f'"v=spf1 ip4:{ip} -all"')
-        dns.add("_dmarc.remote.test", "TXT", '"v=DMARC1; p=reject"')
+        body = _published(dns, ip)
         progress(f"server CPU per check: {count} checks in the worker process, then in process")
 
         async def pooled() -> float:
