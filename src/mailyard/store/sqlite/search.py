@@ -409,6 +409,26 @@ class SearchMixin(SQLiteCore):
             key = self._objectid_key = bytes.fromhex(row[0])
         return key
 
+    def _backfill_slice(self, c: sqlite3.Connection, mark: str, what: str, work: Callable[[], int | None]) -> bool:
+        """One slice of a background backfill in one transaction: ``work``
+        writes the slice and returns the last body id done (None: nothing
+        was left), which goes to ``meta`` under ``mark`` ("done" at the end).
+        False when the disk is full: the backfill pauses and is tried later."""
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            last = work()
+            c.execute("UPDATE meta SET value = ? WHERE key = ?", (str(last) if last is not None else "done", mark))
+            c.execute("COMMIT")
+        except BaseException as exc:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            if not isinstance(self.translate_error(exc), StorageFull):
+                raise
+            log.warning("store: %s backfill paused, the disk is full", what)
+            self._index_failed()
+            return False
+        return True
+
     def _backfill_sort_keys(self, c: sqlite3.Connection) -> bool:
         """Background work on the writer thread: sort_keys rows for a slice of
         the bodies derived before the table existed (schema version 5), from
@@ -423,19 +443,12 @@ class SearchMixin(SQLiteCore):
             (last, SORT_BACKFILL_BATCH),
         )]
         found = _keys_from_derived(c, ids)
-        c.execute("BEGIN IMMEDIATE")
-        try:
+
+        def save() -> int | None:
             _save_sort_keys(c, sorted(found.items()))
-            c.execute("UPDATE meta SET value = ? WHERE key = 'sort_keys_backfill'",
-                      (str(ids[-1]) if ids else "done",))
-            c.execute("COMMIT")
-        except BaseException as exc:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            if not isinstance(self.translate_error(exc), StorageFull):
-                raise
-            log.warning("store: sort keys backfill paused, the disk is full")
-            self._index_failed()
+            return ids[-1] if ids else None
+
+        if not self._backfill_slice(c, "sort_keys_backfill", "sort keys", save):
             return False
         if not ids:
             log.info("store: sort keys of older bodies filled in")
@@ -450,20 +463,15 @@ class SearchMixin(SQLiteCore):
         if row is None or row[0] == "done" or self._index_deferred():
             return False
         started = time.monotonic()
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            last = textindex.backfill_fields(c, int(row[0]), FIELDS_BACKFILL_BATCH)
-            c.execute("UPDATE meta SET value = ? WHERE key = 'fields_index_backfill'",
-                      (str(last) if last is not None else "done",))
-            c.execute("COMMIT")
-        except BaseException as exc:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            if not isinstance(self.translate_error(exc), StorageFull):
-                raise
-            log.warning("store: header field index backfill paused, the disk is full")
-            self._index_failed()
+        done: list[int | None] = []
+
+        def fill() -> int | None:
+            done.append(textindex.backfill_fields(c, int(row[0]), FIELDS_BACKFILL_BATCH))
+            return done[0]
+
+        if not self._backfill_slice(c, "fields_index_backfill", "header field index", fill):
             return False
+        last = done[0]
         if last is None:
             log.info("store: header field index of older bodies filled in")
         else:
