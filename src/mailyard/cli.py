@@ -608,31 +608,27 @@ async def _user_limits(store: Store, args: argparse.Namespace) -> None:
           f"{show(per_day, RECIPIENTS_KEY, 'recipients per day')}")
 
 
-def parse_send_limit(text: str) -> int | None:
-    """``--messages-per-hour`` / ``--recipients-per-day``: a count (0: no
-    limit), or ``default`` for the server's ``[spam]`` value."""
-    if text.strip().lower() == "default":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a count: {text!r} (a number, or 'default')") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"not a count: {text!r} (a number, or 'default')")
-    return value
+def _count_or(word: str, what: str) -> Callable[[str], int | None]:
+    """An argparse type: a count of at least 0, or ``word`` (any case) for
+    None; a refusal names ``what`` was expected."""
+    def parse(text: str) -> int | None:
+        if text.strip().lower() == word:
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}")
+        return value
+    return parse
 
 
-def parse_count_limit(text: str) -> int | None:
-    """``--messages``: a message count, or ``none`` for no limit."""
-    if text.strip().lower() == "none":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of messages: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"not a number of messages: {text!r}")
-    return value
+#: ``--messages-per-hour`` / ``--recipients-per-day``: a count (0: no limit),
+#: or ``default`` for the server's ``[spam]`` value.
+parse_send_limit = _count_or("default", "a count (a number, or 'default')")
+#: ``--messages``: a message count, or ``none`` for no limit.
+parse_count_limit = _count_or("none", "a number of messages")
 
 
 def _size(octets: int) -> str:
