@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ..message.address import iter_mailboxes, parse_address_list
 from ..message.headers import split_fields
-from ..message.parse import split_header_body
+from ..message.parse import header_end, split_header_body
 from . import arc, dkim, dmarc, spf
 from .authresults import format_header, resinfo, strip_ours
 from .dnscache import CacheOnly, NotCached, Resolver
@@ -120,13 +120,35 @@ def check_message(
 # signatures; the body hash grows with the size, so larger ones always go
 # to a thread).
 INLINE_MAX = 64 * 1024
+# ... and only when its header holds at most this many octets and this many
+# DKIM-Signature fields, and no ARC set: every signature the fast path does
+# not pass, and every ARC set, is verified by dkimpy (a millisecond or more
+# each, over the whole message), which must not hold up the event loop.
+INLINE_HEADER_MAX = 16 * 1024
+INLINE_SIGNATURES = 2
+
+
+def cheap_to_check(message: bytes) -> bool:
+    """Whether ``message``'s check is bounded enough to run on the event
+    loop (see ``INLINE_MAX``): a look at the header's field names only. A
+    name counted in a folded value (never at a line start) cannot be, so the
+    count errs, if at all, towards the thread."""
+    if len(message) > INLINE_MAX:
+        return False
+    end, _body = header_end(message)
+    if end > INLINE_HEADER_MAX:
+        return False
+    header = b"\n" + message[:end].lower()
+    return header.count(b"\ndkim-signature") <= INLINE_SIGNATURES and b"\narc-" not in header
 
 
 class InboundChecker:
     """The checks as the MX port runs them. A small message whose DNS
-    answers are all cached (a sender seen in the last minutes) is checked on
-    the event loop at once: a thread hop costs more than the check, and a
-    check thread contends with the loop for the interpreter lock. Any other
+    answers are all cached (a sender seen in the last minutes) and whose
+    check is bounded (``cheap_to_check``: at most two DKIM signatures, no
+    ARC set) is checked on the event loop at once: a thread hop costs more
+    than the check, and a check thread contends with the loop for the
+    interpreter lock. Any other
     runs ``check_message`` on a small thread pool of its own, so at most
     ``workers`` messages are checked at a time (a check holds a few copies of
     the message: dkimpy's parse and its canonical body) and the event loop's
@@ -141,7 +163,7 @@ class InboundChecker:
         dmarc.load_public_suffixes()
 
     async def check(self, message: bytes, *, ip: str, helo: str, reverse_path: str) -> InboundVerdict:
-        if len(message) <= INLINE_MAX:
+        if cheap_to_check(message):
             try:
                 return check_message(CacheOnly(self.resolver), message, authserv_id=self.authserv_id,  # type: ignore[arg-type]
                                      ip=ip, helo=helo, reverse_path=reverse_path)
