@@ -22,7 +22,7 @@ from ..message.address import iter_mailboxes, parse_address_list
 from ..message.headers import split_fields
 from ..message.parse import header_end, split_header_body
 from . import arc, dkim, dmarc, spf
-from .authresults import format_header, resinfo, strip_ours
+from .authresults import format_header, resinfo, resinfo_kept, strip_ours
 from .dnscache import CacheOnly, NotCached, Resolver
 
 
@@ -92,10 +92,12 @@ def check_message(
     dkim_results = dkim.verify(message, resolver.txt, parsed=(fields, body), author_domain=single)
     arc_result = arc.verify(message, resolver.txt, fields=fields)
     dmarc_result = dmarc.evaluate(resolver, authors, mailfrom, dkim_results, rng=rng)
+    # the lines other than DKIM's (whose header.b differs in every message)
+    # repeat for a sender's stream of mail: made once (resinfo_kept)
     results = [
-        resinfo("spf", mailfrom.result, mailfrom.explanation if mailfrom.result != "pass" else "",
-                [("smtp.mailfrom", mailfrom.sender)]),
-        resinfo("spf", helo_result.result, "", [("smtp.helo", helo)]) if helo else None,
+        resinfo_kept("spf", mailfrom.result, mailfrom.explanation if mailfrom.result != "pass" else "",
+                     (("smtp.mailfrom", mailfrom.sender),)),
+        resinfo_kept("spf", helo_result.result, "", (("smtp.helo", helo),)) if helo else None,
     ]
     lines = [r for r in results if r]
     if dkim_results:
@@ -106,11 +108,11 @@ def check_message(
         lines.append(resinfo("dkim", "none"))
     # RFC 8617 4.4 / RFC 8601 2.7: the chain validation status, which the
     # seal of a forwarded copy carries on as cv= (arc.seal)
-    lines.append(resinfo("arc", arc_result.result, arc_result.reason))
+    lines.append(resinfo_kept("arc", arc_result.result, arc_result.reason))
     reason = dmarc_result.reason
     if dmarc_result.result == "fail":
         reason += f"; p={dmarc_result.policy} dis={dmarc_result.disposition}"
-    lines.append(resinfo("dmarc", dmarc_result.result, reason, [("header.from", dmarc_result.from_domain)]))
+    lines.append(resinfo_kept("dmarc", dmarc_result.result, reason, (("header.from", dmarc_result.from_domain),)))
     return InboundVerdict(message, format_header(authserv_id, lines), mailfrom, helo_result, dkim_results,
                           dmarc_result, arc_result)
 
