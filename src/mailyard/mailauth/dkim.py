@@ -293,7 +293,8 @@ def _without_b(value: bytes) -> bytes:
 def _fast_key(record: str) -> tuple[str, object] | None:
     """("rsa" | "ed25519", its public key) for a plain key record, else None.
     Kept by the record's text (the resolver's cached answer, whose hash the
-    str keeps): the key is parsed once per record and TTL, not per message."""
+    str keeps): a key is parsed once, not per message, and a changed record
+    (seen once its TTL has run out) is another text, parsed anew."""
     try:
         tags = {k.decode().lower(): v for k, v in dkimpy.util.parse_tag_value(record.encode()).items()}
     except Exception:  # noqa: BLE001 - dkimpy judges the record
