@@ -9,6 +9,7 @@ otherwise be trusted by the user's agents).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -39,6 +40,13 @@ def resinfo(method: str, result: str, reason: str = "", props: Sequence[tuple[st
     for name, value in props:
         out += f" {name}={_value(value)}"
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def resinfo_kept(method: str, result: str, reason: str = "", props: tuple[tuple[str, str], ...] = ()) -> str:
+    """``resinfo`` for a result that repeats from message to message (a
+    sender's SPF and DMARC results, ``arc=none``): made once, then looked up."""
+    return resinfo(method, result, reason, props)
 
 
 def format_header(authserv_id: str, results: Sequence[str]) -> bytes:

@@ -150,6 +150,8 @@ class DKIMResult:
 
 _DUPLICATE = "\0duplicate"  # the key _tags adds when a tag name occurs twice
 
+_ASCII_WS = b" \t\n\r\x0b\x0c"  # what bytes.split() and strip() take as whitespace
+
 
 def _tags(value: bytes) -> dict[str, str]:
     """The ``tag=value`` list of a signature field (RFC 6376 3.2), names
@@ -160,13 +162,16 @@ def _tags(value: bytes) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in value.split(b";"):
         name, sep, text = part.partition(b"=")
-        name = name.strip()
-        if not sep or not name.isalpha():
+        if not sep:
             continue
-        key = name.decode("ascii").lower()
+        name = name.strip()
+        if not name.isalpha():
+            continue
+        key = name.lower().decode("ascii")
         if key in out:
             out[_DUPLICATE] = key
-        out[key] = b"".join(text.split()).decode("ascii", "replace")
+        # one C call removes FWS (RFC 6376 3.2) from the value
+        out[key] = text.translate(None, _ASCII_WS).decode("ascii", "replace")
     return out
 
 
@@ -249,8 +254,9 @@ def _one_space(text: bytes) -> bytes:
 
 def _relaxed_field(name: str, value: bytes) -> bytes:
     """RFC 6376 3.4.2: lower-case name, unfolded, WSP runs as one SP, none at the ends."""
-    value = _one_space(value.replace(b"\r\n", b"").replace(b"\n", b"")).strip(b" ")
-    return name.strip().lower().encode("ascii") + b":" + value
+    if b"\n" in value:
+        value = value.replace(b"\r\n", b"").replace(b"\n", b"")
+    return name.strip().lower().encode("ascii") + b":" + _one_space(value).strip(b" ")
 
 
 def _relaxed_body(body: bytes) -> bytes:
@@ -284,10 +290,13 @@ def _without_b(value: bytes) -> bytes:
 
 
 @functools.lru_cache(maxsize=256)
-def _fast_key(record: bytes) -> tuple[str, object] | None:
-    """("rsa" | "ed25519", its public key) for a plain key record, else None."""
+def _fast_key(record: str) -> tuple[str, object] | None:
+    """("rsa" | "ed25519", its public key) for a plain key record, else None.
+    Kept by the record's text (the resolver's cached answer, whose hash the
+    str keeps): a key is parsed once, not per message, and a changed record
+    (seen once its TTL has run out) is another text, parsed anew."""
     try:
-        tags = {k.decode().lower(): v for k, v in dkimpy.util.parse_tag_value(record).items()}
+        tags = {k.decode().lower(): v for k, v in dkimpy.util.parse_tag_value(record.encode()).items()}
     except Exception:  # noqa: BLE001 - dkimpy judges the record
         return None
     if not set(tags) <= _FAST_KEY_TAGS or tags.get("v", b"DKIM1") != b"DKIM1":
@@ -307,8 +316,12 @@ def _fast_key(record: bytes) -> tuple[str, object] | None:
 
 
 # RFC 5322 2.2: a field line starts with its name (printable US-ASCII, no
-# colon, no SP) and a colon, as dkimpy reads it.
-_FIELD_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+# colon, no SP) and a colon, as dkimpy reads it. A line that is none of a
+# field line, a continuation line (starting with WSP) and an empty line,
+# after the first line (searched from each LF only: the pattern starts with it):
+_NOT_A_FIELD_LINE = re.compile(rb"\n(?![ \t]|\r?(?:\n|\Z)|[\x21-\x39\x3b-\x7e]+:)")
+# the first line that is not empty is a field line, or there is none
+_FIRST_LINE = re.compile(rb"(?:\r?\n)*(?:[\x21-\x39\x3b-\x7e]+:|\r?\Z)")
 
 
 def _only_fields(header: bytes) -> bool:
@@ -321,18 +334,9 @@ def _only_fields(header: bytes) -> bool:
     which refuses it."""
     if header.count(b"\r") != header.count(b"\r\n"):
         return False  # a bare CR: splitlines() and dkimpy see other lines
-    seen = False
-    for line in header.split(b"\n"):
-        if line in (b"", b"\r"):
-            continue  # the empty line that ends the header
-        if line[:1] in (b" ", b"\t"):
-            if not seen:
-                return False  # a continuation of no field
-            continue
-        if not _FIELD_LINE.match(line):
-            return False
-        seen = True
-    return True
+    # empty lines (the one that ends the header) are skipped; a continuation
+    # of no field, or a line that is no field, is not taken
+    return _FIRST_LINE.match(header) is not None and _NOT_A_FIELD_LINE.search(header) is None
 
 
 class _Fast:
@@ -360,11 +364,12 @@ class _Fast:
             self._by_name = by_name
         return self._by_name
 
-    def passes(self, position: int, tags: dict[str, str], record: bytes) -> bool:
+    def passes(self, position: int, tags: dict[str, str], record: str) -> bool:
         """Whether the signature in field ``position`` verifies (False: ask dkimpy)."""
         if not self.plain:
             return False
-        if not set(tags) <= _FAST_SIG_TAGS or tags.get("v") != "1" or tags.get("c", "").lower() != "relaxed/relaxed":
+        if not _FAST_SIG_TAGS.issuperset(tags) or tags.get("v") != "1" \
+                or tags.get("c", "").lower() != "relaxed/relaxed":
             return False
         algorithm, domain = tags.get("a", "").lower(), tags.get("d", "").lower()
         found = _fast_key(record)
@@ -376,7 +381,7 @@ class _Fast:
         stamp = tags.get("t", "0")
         if not stamp.isdigit() or int(stamp) > time.time() + 300:
             return False
-        names = [n.strip().lower() for n in tags.get("h", "").split(":")]
+        names = tags.get("h", "").lower().split(":")  # _tags took every whitespace out
         if "from" not in names:
             return False
         try:
@@ -515,7 +520,7 @@ def _verify_one(message: bytes, txt: Callable[[str], list[str]], fast: _Fast, sl
         except DNSTempError:
             record_now = None
         if record_now is not None and _key_problem(record_now) is None and fast.passes(
-                position, tags, record_now.encode()):
+                position, tags, record_now):
             return made("pass")
     if not slow:
         try:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 from ..message.address import iter_mailboxes, parse_address_list
 from ..message.headers import split_fields
-from ..message.parse import split_header_body
+from ..message.parse import header_end, split_header_body
 from . import arc, dkim, dmarc, spf
-from .authresults import format_header, resinfo, strip_ours
+from .authresults import format_header, resinfo, resinfo_kept, strip_ours
 from .dnscache import CacheOnly, NotCached, Resolver
 
 
@@ -92,10 +92,12 @@ def check_message(
     dkim_results = dkim.verify(message, resolver.txt, parsed=(fields, body), author_domain=single)
     arc_result = arc.verify(message, resolver.txt, fields=fields)
     dmarc_result = dmarc.evaluate(resolver, authors, mailfrom, dkim_results, rng=rng)
+    # the lines other than DKIM's (whose header.b differs in every message)
+    # repeat for a sender's stream of mail: made once (resinfo_kept)
     results = [
-        resinfo("spf", mailfrom.result, mailfrom.explanation if mailfrom.result != "pass" else "",
-                [("smtp.mailfrom", mailfrom.sender)]),
-        resinfo("spf", helo_result.result, "", [("smtp.helo", helo)]) if helo else None,
+        resinfo_kept("spf", mailfrom.result, mailfrom.explanation if mailfrom.result != "pass" else "",
+                     (("smtp.mailfrom", mailfrom.sender),)),
+        resinfo_kept("spf", helo_result.result, "", (("smtp.helo", helo),)) if helo else None,
     ]
     lines = [r for r in results if r]
     if dkim_results:
@@ -106,11 +108,11 @@ def check_message(
         lines.append(resinfo("dkim", "none"))
     # RFC 8617 4.4 / RFC 8601 2.7: the chain validation status, which the
     # seal of a forwarded copy carries on as cv= (arc.seal)
-    lines.append(resinfo("arc", arc_result.result, arc_result.reason))
+    lines.append(resinfo_kept("arc", arc_result.result, arc_result.reason))
     reason = dmarc_result.reason
     if dmarc_result.result == "fail":
         reason += f"; p={dmarc_result.policy} dis={dmarc_result.disposition}"
-    lines.append(resinfo("dmarc", dmarc_result.result, reason, [("header.from", dmarc_result.from_domain)]))
+    lines.append(resinfo_kept("dmarc", dmarc_result.result, reason, (("header.from", dmarc_result.from_domain),)))
     return InboundVerdict(message, format_header(authserv_id, lines), mailfrom, helo_result, dkim_results,
                           dmarc_result, arc_result)
 
@@ -120,13 +122,35 @@ def check_message(
 # signatures; the body hash grows with the size, so larger ones always go
 # to a thread).
 INLINE_MAX = 64 * 1024
+# ... and only when its header holds at most this many octets and this many
+# DKIM-Signature fields, and no ARC set: every signature the fast path does
+# not pass, and every ARC set, is verified by dkimpy (a millisecond or more
+# each, over the whole message), which must not hold up the event loop.
+INLINE_HEADER_MAX = 16 * 1024
+INLINE_SIGNATURES = 2
+
+
+def cheap_to_check(message: bytes) -> bool:
+    """Whether ``message``'s check is bounded enough to run on the event
+    loop (see ``INLINE_MAX``): a look at the header's field names only. A
+    name counted in a folded value (never at a line start) cannot be, so the
+    count errs, if at all, towards the thread."""
+    if len(message) > INLINE_MAX:
+        return False
+    end, _body = header_end(message)
+    if end > INLINE_HEADER_MAX:
+        return False
+    header = b"\n" + message[:end].lower()
+    return header.count(b"\ndkim-signature") <= INLINE_SIGNATURES and b"\narc-" not in header
 
 
 class InboundChecker:
     """The checks as the MX port runs them. A small message whose DNS
-    answers are all cached (a sender seen in the last minutes) is checked on
-    the event loop at once: a thread hop costs more than the check, and a
-    check thread contends with the loop for the interpreter lock. Any other
+    answers are all cached (a sender seen in the last minutes) and whose
+    check is bounded (``cheap_to_check``: at most two DKIM signatures, no
+    ARC set) is checked on the event loop at once: a thread hop costs more
+    than the check, and a check thread contends with the loop for the
+    interpreter lock. Any other
     runs ``check_message`` on a small thread pool of its own, so at most
     ``workers`` messages are checked at a time (a check holds a few copies of
     the message: dkimpy's parse and its canonical body) and the event loop's
@@ -141,7 +165,7 @@ class InboundChecker:
         dmarc.load_public_suffixes()
 
     async def check(self, message: bytes, *, ip: str, helo: str, reverse_path: str) -> InboundVerdict:
-        if len(message) <= INLINE_MAX:
+        if cheap_to_check(message):
             try:
                 return check_message(CacheOnly(self.resolver), message, authserv_id=self.authserv_id,  # type: ignore[arg-type]
                                      ip=ip, helo=helo, reverse_path=reverse_path)
