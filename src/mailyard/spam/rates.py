@@ -58,6 +58,9 @@ def _networks(values: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.
     return tuple(ipaddress.ip_network(v, strict=False) for v in values)
 
 
+MAX_EXEMPT_KNOWN = 4096  # client addresses whose exemption RatePolicy remembers
+
+
 @dataclass(frozen=True)
 class RatePolicy:
     """Budgets per minute; 0 turns a budget off. A network gets
@@ -75,17 +78,25 @@ class RatePolicy:
               exempt: Iterable[str]) -> RatePolicy:
         return cls(connections_per_minute, messages_per_minute, max(1, network_factor), _networks(exempt))
 
+    # is_exempt's answers (every connection and message of a client asks), bounded
+    _exempt_known: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+
     def is_exempt(self, ip: str) -> bool:
-        return _in_networks(self.exempt, ip)
+        known = self._exempt_known
+        answer = known.get(ip)
+        if answer is None:
+            answer = _in_networks(self.exempt, ip)
+            if len(known) >= MAX_EXEMPT_KNOWN:
+                known.clear()
+            known[ip] = answer
+        return answer
 
     def budget(self, kind: str) -> int:
         return self.connections_per_minute if kind == CONNECTION else self.messages_per_minute
 
 
-@functools.lru_cache(maxsize=4096)
 def _in_networks(networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], ip: str) -> bool:
-    """Whether ``ip`` (an IPv4-mapped IPv6 address as IPv4) is in one of
-    ``networks``; cached, as every connection and message of a client asks."""
+    """Whether ``ip`` (an IPv4-mapped IPv6 address as IPv4) is in one of ``networks``."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
