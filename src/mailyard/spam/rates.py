@@ -79,7 +79,7 @@ class RatePolicy:
         return cls(connections_per_minute, messages_per_minute, max(1, network_factor), _networks(exempt))
 
     # is_exempt's answers (every connection and message of a client asks), bounded
-    _exempt_known: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    _exempt_known: dict[str, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def is_exempt(self, ip: str) -> bool:
         known = self._exempt_known
