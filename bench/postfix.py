@@ -110,6 +110,11 @@ biff = no
         self.running = True
         self.warm()
 
+    @property
+    def pid(self) -> int:
+        """The master's process id (every Postfix daemon runs below it)."""
+        return int((self.root / "queue" / "pid" / "master.pid").read_text().split()[0])
+
     def warm(self) -> None:
         """One message through, so the first run does not pay the start-up."""
         self.send(1, 1024, 1)

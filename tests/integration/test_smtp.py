@@ -4,6 +4,7 @@ aiosmtplib; delivered bytes are read back through the store API."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import smtplib
 import socket
 import time
@@ -256,3 +257,66 @@ def test_over_long_command_line_and_garbage_keep_session(mailserver: RunningServ
         assert f.readline()[:1] == b"5"
         sock.sendall(b"NOOP\r\n")
         assert f.readline().startswith(b"250")
+
+
+def _raw_send(server: RunningServer, message: bytes, pieces: int = 37) -> list[bytes]:
+    """One transaction over a raw socket, the message (ending with CRLF)
+    dot-stuffed and written in pieces; the replies to DATA's end and QUIT."""
+    stuffed = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in message.split(b"\r\n"))
+    with socket.create_connection((server.host, server.port("smtp")), timeout=10) as sock:
+        f = sock.makefile("rb")
+
+        def reply() -> bytes:
+            while True:
+                line = f.readline()
+                if line[3:4] != b"-":
+                    return line
+
+        reply()
+        for command in (b"EHLO client.remote.test", b"MAIL FROM:<carol@remote.test>", b"RCPT TO:<alice@example.test>",
+                        b"DATA"):
+            sock.sendall(command + b"\r\n")
+            assert reply()[:1] in (b"2", b"3")
+        data = stuffed + b".\r\n"  # the message ends with CRLF
+        step = len(data) // pieces + 1
+        for i in range(0, len(data), step):
+            sock.sendall(data[i : i + step])
+        end = reply()
+        sock.sendall(b"QUIT\r\n")
+        return [end, reply()]
+
+
+def test_large_message_stored_exactly_with_its_received_field(mailserver: RunningServer) -> None:
+    """A message past the reader's spill size (spooled), with dot lines,
+    lines of exactly 998 octets, lines without any dot (base64) and a text
+    body: the stored bytes are the Received field and the message as sent."""
+    base64ish = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0NTY3"[:76]
+    message = (
+        b"From: Carol <carol@remote.test>\r\nTo: <alice@example.test>\r\nSubject: big\r\n"
+        b"Message-ID: <big@remote.test>\r\n\r\n"
+        + b".starts with a dot\r\n..two\r\n.\r\n" * 3
+        + (b"y" * 998 + b"\r\n") * 5
+        + (base64ish + b"\r\n") * 2000
+        + b"Text. With dots... and a line\r\n.\r\nend\r\n"
+    )
+    end, bye = _raw_send(mailserver, message)
+    assert end.startswith(b"250 2.0.0 OK queued as ") and bye.startswith(b"221")
+    queue_id = end.split()[-1].decode()
+    (stored,) = mailserver.messages("alice@example.test")
+    trace, rest = split_trace(stored)
+    assert rest == message
+    assert trace[:2] == [b"Return-Path: <carol@remote.test>", b"Delivered-To: alice@example.test"]
+    received = trace[2].decode()
+    head, _, date = received.rpartition("; ")
+    assert head == ("Received: from client.remote.test ([127.0.0.1])\r\n\tby mx.example.test with ESMTP"
+                    f" id {queue_id}\r\n\tfor <alice@example.test>")
+    assert abs(email.utils.parsedate_to_datetime(date).timestamp() - time.time()) < 300
+
+
+def test_a_999_octet_line_in_a_large_message_is_refused(mailserver: RunningServer) -> None:
+    """RFC 5321 4.5.3.1.6: 1000 octets with CRLF; one more is refused (500
+    5.5.2) wherever it lies in a large message, and nothing is stored."""
+    message = b"Subject: long\r\n\r\n" + (b"x" * 76 + b"\r\n") * 1500 + b"z" * 999 + b"\r\n" + b"tail\r\n" * 100
+    end, bye = _raw_send(mailserver, message)
+    assert end.startswith(b"500 5.5.2") and bye.startswith(b"221")
+    assert mailserver.messages("alice@example.test") == []

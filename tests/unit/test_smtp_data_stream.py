@@ -57,3 +57,32 @@ def test_a_large_message_is_held_in_kilobytes() -> None:
     result = reader.feed(b".\r\n")
     assert result is not None and result.error is None and result.data is not None
     assert taken + len(result.data) == 100 * 256 * 999
+
+
+def _too_long(message: bytes, max_line: int) -> bool:
+    """Line by line (RFC 5321 4.5.3.1.6): a text line is at most ``max_line``
+    octets with its CRLF; the dot a client stuffed in front does not count."""
+    return any(len(line) + 2 - line.startswith(b".") > max_line for line in message.split(b"\r\n"))
+
+
+def test_line_limit_matches_a_line_by_line_check() -> None:
+    """Lines just under, at and over the limit, long runs without any line
+    end, stuffed dots, cut anywhere: the verdict is the line-by-line one."""
+    rnd = random.Random(1000)
+    for _ in range(1000):
+        max_line = rnd.choice([12, 41, 100, 1000])
+        pieces = [b"\r\n", b".", b"x", b"y" * (max_line - 3), b"y" * (max_line - 2), b"y" * (max_line - 1),
+                  b"z" * (3 * max_line)]
+        weights = [8, 3, 8, 2, 2, 2, 1]
+        message = b"".join(rnd.choices(pieces, weights, k=rnd.randint(0, 30)))
+        if b"\r\n.\r\n" in b"\r\n" + message + b"\r\n":
+            continue  # a line that is a lone dot ends the data (tested elsewhere)
+        stream = message + b"\r\n.\r\nQUIT\r\n"
+        chunks = [rnd.randint(1, 3 * max_line) for _ in range(len(stream))]
+        data, code, rest = _read(stream, chunks, spill_at=rnd.choice([16, 1 << 16]), max_size=0, max_line=max_line)
+        assert rest == b"QUIT\r\n"
+        if _too_long(message, max_line):
+            assert code == 500, (message, max_line)
+        else:
+            assert code is None, (message, max_line)
+            assert data == message.replace(b"\r\n.", b"\r\n").removeprefix(b".") + b"\r\n"

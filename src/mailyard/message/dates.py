@@ -28,11 +28,23 @@ def format_date(ts: float | None = None, tz: _dt.tzinfo | None = None) -> str:
     ``tz`` None means the machine's local zone, as RFC 5322 3.3 expects the
     originator's local time with its offset. Seconds are truncated.
     """
+    global _last_local
     if ts is None:
         ts = time.time()
-    when = _dt.datetime.fromtimestamp(int(ts), tz=_dt.UTC)
+    second = int(ts)
+    if tz is None:
+        last = _last_local
+        if last[0] == second:
+            return last[1]  # a busy server stamps many Received fields in one second
+    when = _dt.datetime.fromtimestamp(second, tz=_dt.UTC)
     when = when.astimezone(tz) if tz is not None else when.astimezone()
-    return format_datetime(when)
+    text = format_datetime(when)
+    if tz is None:
+        _last_local = (second, text)
+    return text
+
+
+_last_local: tuple[int | None, str] = (None, "")  # format_date's last local-zone answer
 
 
 def _strip_comments(s: str) -> str:

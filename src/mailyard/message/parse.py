@@ -52,7 +52,9 @@ def header_end(raw: bytes, start: int = 0, end: int | None = None) -> tuple[int,
     if raw.startswith(b"\n", start) and start + 1 <= end:
         return start, start + 1
     crlf = raw.find(b"\n\r\n", start, end)
-    lf = raw.find(b"\n\n", start, end)
+    # Only a bare-LF empty line before the CRLF one matters: the search for
+    # it stops there instead of running through the whole body.
+    lf = raw.find(b"\n\n", start, crlf + 1 if crlf >= 0 else end)
     if crlf < 0 and lf < 0:
         return end, end
     if lf < 0 or (0 <= crlf < lf):

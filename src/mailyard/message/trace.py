@@ -10,6 +10,7 @@ front of them, RFC 5321 4.4.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -54,6 +55,7 @@ def with_protocol(*, esmtp: bool = True, tls: bool = False, auth: bool = False,
     return base + ("S" if tls else "") + ("A" if auth else "")
 
 
+@functools.lru_cache(maxsize=1024)  # one client sends many messages
 def _address_literal(ip: str) -> str:
     # RFC 5321 4.1.3: IPv4 as [a.b.c.d], IPv6 as [IPv6:...]
     try:

@@ -20,6 +20,7 @@ counts in its own.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections.abc import Iterable
@@ -38,9 +39,11 @@ MESSAGE = "message"
 MAX_KEYS = 50_000
 
 
+@functools.lru_cache(maxsize=4096)
 def network_of(ip: str) -> str:
     """The network an address belongs to for the per-network budget: its /24
-    (IPv4) or /64 (IPv6); an IPv4-mapped IPv6 address counts as IPv4."""
+    (IPv4) or /64 (IPv6); an IPv4-mapped IPv6 address counts as IPv4.
+    Cached: every connection and message of a client asks."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
@@ -53,6 +56,9 @@ def network_of(ip: str) -> str:
 
 def _networks(values: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+MAX_EXEMPT_KNOWN = 4096  # client addresses whose exemption RatePolicy remembers
 
 
 @dataclass(frozen=True)
@@ -72,17 +78,32 @@ class RatePolicy:
               exempt: Iterable[str]) -> RatePolicy:
         return cls(connections_per_minute, messages_per_minute, max(1, network_factor), _networks(exempt))
 
+    # is_exempt's answers (every connection and message of a client asks), bounded
+    _exempt_known: dict[str, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
+
     def is_exempt(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.exempt)
+        known = self._exempt_known
+        answer = known.get(ip)
+        if answer is None:
+            answer = _in_networks(self.exempt, ip)
+            if len(known) >= MAX_EXEMPT_KNOWN:
+                known.clear()
+            known[ip] = answer
+        return answer
 
     def budget(self, kind: str) -> int:
         return self.connections_per_minute if kind == CONNECTION else self.messages_per_minute
+
+
+def _in_networks(networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], ip: str) -> bool:
+    """Whether ``ip`` (an IPv4-mapped IPv6 address as IPv4) is in one of ``networks``."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)
 
 
 class RateLimiter:

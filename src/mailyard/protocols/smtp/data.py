@@ -2,7 +2,11 @@
 
 Works on whole chunks, never line by line in Python: the terminator is found
 with ``bytearray.find``, dot-unstuffing is one ``replace`` (RFC 5321 4.5.2),
-line lengths are measured with ``split`` + ``max(map(len, ...))``.
+line lengths are checked a block of half the limit at a time (one ``find``
+for an LF in each, see ``_check_limits``). Both the
+terminator and a stuffed dot contain a ``.``: a region without one (one
+``memchr``, as in base64 attachments) skips the searches for them, which
+cost a pass over the bytes each.
 
 The reader starts with a virtual ``CRLF`` (the one that ended the DATA
 command), so ``.\\r\\n`` straight after DATA is an empty message and a dot
@@ -110,11 +114,13 @@ class DataReader:
         body = self._body
         old_len = len(body)
         body += chunk
-        idx = body.find(_TERMINATOR, max(0, old_len - 4))
+        scan = max(0, old_len - 4)  # a terminator may have begun in the last chunk
+        dotted = body.find(b".", scan) >= 0
+        idx = body.find(_TERMINATOR, scan) if dotted else -1
         end = idx + 2 if idx >= 0 else len(body)
 
         if self.error is None:
-            self._check_limits(body, old_len, end)
+            self._check_limits(body, old_len, end, dotted)
 
         if idx < 0:
             if self.error is not None:
@@ -151,7 +157,7 @@ class DataReader:
         # RFC 5321 4.5.2: a line starting with a dot loses that dot. The only
         # line that is a single dot is the terminator, already cut off; a
         # "\r\n." never spans ``cut``, which is where a CRLF begins.
-        if body.find(b"\r\n.", 0, cut) >= 0:
+        if body.find(b".", 0, cut) >= 0 and body.find(b"\r\n.", 0, cut) >= 0:
             self._out += bytes(region).replace(b"\r\n.", b"\r\n")
         else:
             self._out += region
@@ -160,27 +166,42 @@ class DataReader:
         self._consumed += cut
         self._line_start = max(0, self._line_start - cut)
 
-    def _check_limits(self, body: bytearray, old_len: int, end: int) -> None:
+    def _check_limits(self, body: bytearray, old_len: int, end: int, dotted: bool) -> None:
         # Stuffed dots in the new region; windows [old_len-2, end) never
-        # overlap, so each "\r\n." is counted once.
-        self._stuffed += body.count(b"\r\n.", max(0, old_len - 2), end)
+        # overlap, so each "\r\n." is counted once. ``dotted``: the new
+        # bytes from old_len-4 on hold a dot (else none can be stuffed).
+        if dotted:
+            self._stuffed += body.count(b"\r\n.", max(0, old_len - 2), end)
         if self.max_size and self._consumed + end - 2 - self._stuffed > self.max_size:
             self.error = TOO_BIG
             return
         start = self._line_start
         if end - start <= self.max_line - 2:
             return  # no line in this region can be too long
-        segments = body[start:end].split(b"\n")
-        last = segments.pop()  # incomplete line (b"" when end is a line end)
-        self._line_start = end - len(last)
         limit = self.max_line
-        if segments and max(map(len, segments)) + 1 > limit:
-            # Exact check only for the few long lines: "+1" is the LF, the
-            # CR is inside the segment; the stuffed dot does not count.
-            for seg in segments:
-                if len(seg) + 1 > limit and len(seg) + 1 - seg.startswith(b".") > limit:
-                    self.error = LINE_TOO_LONG
-                    return
-        partial = len(last) - last.endswith(b"\r") - last.startswith(b".")
+        nl = body.rfind(b"\n", start, end)
+        last_start = nl + 1 if nl >= 0 else start  # the incomplete line begins here
+        self._line_start = last_start
+        # Complete lines lie in [start, last_start). A line of ``limit`` or
+        # more octets before its LF holds a whole block of ``step`` octets
+        # aligned on ``pos`` (2 * step - 1 <= limit), so only blocks without
+        # an LF (one memchr each) need the exact look: no pass over every line.
+        step = max(1, limit // 2)
+        pos = start
+        while pos + step <= last_start:
+            if body.find(b"\n", pos, pos + step) >= 0:
+                pos += step
+                continue
+            line_start = body.rfind(b"\n", start, pos) + 1 or start
+            line_end = body.find(b"\n", pos + step, last_start)  # the LF at last_start - 1 at the latest
+            length = line_end - line_start + 1  # "+1" is the LF, the CR is inside
+            # the stuffed dot does not count
+            if length > limit and length - (body[line_start] == 0x2E) > limit:
+                self.error = LINE_TOO_LONG
+                return
+            pos = line_end + 1
+        partial = end - last_start
+        if partial:
+            partial -= (body[end - 1] == 0x0D) + (body[last_start] == 0x2E)
         if partial > limit - 2:
             self.error = LINE_TOO_LONG
