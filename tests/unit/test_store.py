@@ -317,6 +317,10 @@ async def test_suggestions_from_contacts_then_most_used_correspondents(store: St
     # a name seen later replaces the former one; an empty one does not
     await store.note_correspondents(alice.id, [("", "ron@remote.test")], sent=False)
     assert (await store.suggest_addresses(alice.id, "ron"))[0].name == "Ron Written"
+    # each pair is one message: coalesced messages give an address several times
+    await store.note_correspondents(alice.id, [("Rosa R", "rosa@remote.test"), ("", "ROSA@remote.test")], sent=False)
+    rosa = (await store.suggest_addresses(alice.id, "rosa"))[0]
+    assert (rosa.name, rosa.received) == ("Rosa R", 3)
 
 
 async def test_aliases_and_lists(store: Store) -> None:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from ..message.correspondents import header_mailboxes
 from ..message.trace import delivered_to_header, return_path_header
@@ -107,7 +107,52 @@ async def deliver_local(
     return await store.deliver(body, targets)
 
 
-_counting: set[asyncio.Task] = set()  # the counts under way (a task needs a reference)
+class _Tally:
+    """The address book's counts waiting for one store, coalesced: while one
+    write runs, the messages delivered meanwhile gather, and the next write
+    counts them all, one per account and direction. A lone message is
+    written at once; under load the writes do not grow with the messages."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pending: dict[tuple[int, bool], list[tuple[str, str]]] = {}
+        self.task: asyncio.Task | None = None
+
+    def add(self, account_ids: Iterable[int], people: Sequence[tuple[str, str]], sent: bool) -> None:
+        named: dict[str, tuple[str, str]] = {}
+        for name, address in people:  # one message counts an address once, by its last given name
+            key = address.casefold()
+            if name or key not in named:
+                named[key] = (name, address)
+        once = list(named.values())
+        for account_id in account_ids:
+            self.pending.setdefault((account_id, sent), []).extend(once)
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.done() or self.task.get_loop() is not loop:
+            self.task = loop.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, {}
+                for (account_id, sent), people in batch.items():
+                    try:
+                        await self.store.note_correspondents(account_id, people, sent=sent)
+                    except Exception as exc:  # noqa: BLE001 - a count is not worth failing anything for (e.g. store closing)
+                        log.info("correspondents of account %d not counted: %s", account_id, exc)
+        finally:
+            if self.task is asyncio.current_task():
+                self.task = None
+
+
+_tallies: weakref.WeakKeyDictionary[Store, _Tally] = weakref.WeakKeyDictionary()
+
+
+def _tally(store: Store) -> _Tally:
+    tally = _tallies.get(store)
+    if tally is None:
+        tally = _tallies[store] = _Tally(store)
+    return tally
 
 
 def note_received(store: Store, body: bytes, account_ids: Iterable[int]) -> None:
@@ -116,25 +161,10 @@ def note_received(store: Store, body: bytes, account_ids: Iterable[int]) -> None
     reply does not wait for this commit, and a failure here never fails it."""
     senders = header_mailboxes(body, ("from",))
     if senders:
-        in_background(_note(store, list(account_ids), senders, sent=False))
-
-
-def in_background(work: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.get_running_loop().create_task(work)
-    _counting.add(task)
-    task.add_done_callback(_counting.discard)
-
-
-async def _note(store: Store, account_ids: list[int], people: list[tuple[str, str]], sent: bool) -> None:
-    for account_id in account_ids:
-        try:
-            await store.note_correspondents(account_id, people, sent=sent)
-        except Exception as exc:  # noqa: BLE001 - a count is not worth failing anything for (e.g. store closing)
-            log.info("correspondents of account %d not counted: %s", account_id, exc)
-            return
+        _tally(store).add(account_ids, senders, sent=False)
 
 
 def note_sent(store: Store, account_id: int, people: list[tuple[str, str]]) -> None:
     """Count the recipients of a message the account submitted, in the background."""
     if people:
-        in_background(_note(store, [account_id], people, sent=True))
+        _tally(store).add([account_id], people, sent=True)

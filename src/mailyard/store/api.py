@@ -690,9 +690,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def note_correspondents(self, account_id: int, addresses: Sequence[tuple[str, str]],
                                   sent: bool, when: float | None = None) -> None:
-        """Count a message the account wrote to (``sent``) or received from
-        the (display name, addr-spec) pairs, for suggestions. Bounded: an
-        account keeps its most used few thousand addresses."""
+        """Count messages the account wrote to (``sent``) or received from
+        the (display name, addr-spec) pairs, for suggestions: each pair is
+        one message, so an address given n times counts n (the caller's
+        coalesced messages). Bounded: an account keeps its most used few
+        thousand addresses."""
 
     @abc.abstractmethod
     async def suggest_addresses(self, account_id: int, prefix: str, limit: int = 10) -> list[Suggestion]:

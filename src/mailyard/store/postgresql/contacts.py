@@ -15,12 +15,12 @@ from ..api import AddressBookFull, Contact, NotFound, Suggestion
 from ..sqlite import contacts as sqlite_contacts
 from ..sqlite.contacts import (
     MAX_CORRESPONDENTS,
-    MAX_FIELD,
     _clean,
     _like_prefix,
     _row,
     _search_text,
     contact_suggestions,
+    tally_correspondents,
     with_correspondents,
 )
 
@@ -107,12 +107,7 @@ class ContactsMixin:
     async def note_correspondents(self, account_id: int, addresses: Sequence[tuple[str, str]],
                                   sent: bool, when: float | None = None) -> None:
         now = time.time() if when is None else when
-        rows: dict[str, str] = {}
-        for name, address in addresses:
-            address = (address or "").strip()
-            if "@" not in address or len(address) > MAX_FIELD or any(c in address for c in "\r\n\0 "):
-                continue
-            rows[address.casefold()] = " ".join((name or "").split())[:MAX_FIELD]
+        rows = tally_correspondents(addresses)
         if not rows:
             return
         column = "sent" if sent else "received"
@@ -123,15 +118,15 @@ class ContactsMixin:
             # updates it) stays locked only for that and the COMMIT. An
             # account removed meanwhile gets no row (the INSERT selects none).
             for address in sorted(rows):  # one order for every writer: no deadlock between them
-                name = rows[address]
+                name, times = rows[address]
                 await c.execute(
                     f"INSERT INTO correspondents AS o (account_id, address, name, folded, {column}, last)"
-                    " SELECT id, %s, %s, %s, 1, %s FROM accounts WHERE id = %s"
-                    f" ON CONFLICT (account_id, address) DO UPDATE SET {column} = o.{column} + 1,"
+                    " SELECT id, %s, %s, %s, %s, %s FROM accounts WHERE id = %s"
+                    f" ON CONFLICT (account_id, address) DO UPDATE SET {column} = o.{column} + excluded.{column},"
                     " name = CASE WHEN excluded.name <> '' THEN excluded.name ELSE o.name END,"
                     " folded = CASE WHEN excluded.name <> '' THEN excluded.folded ELSE o.folded END,"
                     " last = greatest(o.last, excluded.last)",
-                    (address, name, " " + name.casefold(), now, account_id),
+                    (address, name, " " + name.casefold(), times, now, account_id),
                 )
             row = await (await c.execute("SELECT count(*) FROM correspondents WHERE account_id = %s",
                                          (account_id,))).fetchone()

@@ -95,6 +95,22 @@ def contact_suggestions(contacts: Sequence[Contact]) -> tuple[list[Suggestion], 
     return out, seen
 
 
+def tally_correspondents(addresses: Iterable[tuple[str, str]]) -> dict[str, tuple[str, int]]:
+    """The (display name, addr-spec) pairs of ``note_correspondents`` by
+    folded address: the last non-empty name and how many times the address
+    was given (each time one message); unusable addresses left out."""
+    rows: dict[str, tuple[str, int]] = {}
+    for name, address in addresses:
+        address = (address or "").strip()
+        if "@" not in address or len(address) > MAX_FIELD or any(c in address for c in "\r\n\0 "):
+            continue
+        key = address.casefold()
+        name = " ".join((name or "").split())[:MAX_FIELD]
+        known = rows.get(key)
+        rows[key] = (name or known[0], known[1] + 1) if known else (name, 1)
+    return rows
+
+
 def with_correspondents(out: list[Suggestion], seen: set[str], rows: Iterable[Sequence[Any]]) -> list[Suggestion]:
     """``out`` followed by the correspondents (address, name, sent, received)
     not among the addresses already there, in the order given."""
@@ -172,12 +188,7 @@ class ContactsMixin(SQLiteCore):
     async def note_correspondents(self, account_id: int, addresses: Sequence[tuple[str, str]],
                                   sent: bool, when: float | None = None) -> None:
         now = time.time() if when is None else when
-        rows: dict[str, str] = {}
-        for name, address in addresses:
-            address = (address or "").strip()
-            if "@" not in address or len(address) > MAX_FIELD or any(c in address for c in "\r\n\0 "):
-                continue
-            rows[address.casefold()] = " ".join((name or "").split())[:MAX_FIELD]
+        rows = tally_correspondents(addresses)
         if not rows:
             return
         column = "sent" if sent else "received"
@@ -185,15 +196,15 @@ class ContactsMixin(SQLiteCore):
         def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
             if c.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
                 return  # removed meanwhile: nothing to remember
-            for address, name in rows.items():
+            for address, (name, times) in rows.items():
                 c.execute(
                     f"INSERT INTO correspondents(account_id, address, name, folded, {column}, last)"
-                    " VALUES (?, ?, ?, ?, 1, ?)"
-                    f" ON CONFLICT(account_id, address) DO UPDATE SET {column} = {column} + 1,"
+                    " VALUES (?, ?, ?, ?, ?, ?)"
+                    f" ON CONFLICT(account_id, address) DO UPDATE SET {column} = {column} + excluded.{column},"
                     " name = CASE WHEN excluded.name != '' THEN excluded.name ELSE name END,"
                     " folded = CASE WHEN excluded.name != '' THEN excluded.folded ELSE folded END,"
                     " last = max(last, excluded.last)",
-                    (account_id, address, name, " " + name.casefold(), now),
+                    (account_id, address, name, " " + name.casefold(), times, now),
                 )
             count = c.execute("SELECT count(*) FROM correspondents WHERE account_id = ?", (account_id,)).fetchone()[0]
             if count > MAX_CORRESPONDENTS:
