@@ -152,6 +152,43 @@ def delete(c: sqlite3.Connection, body_id: int) -> None:
     c.execute("DELETE FROM search_text WHERE body_id = ?", (body_id,))
 
 
+# meta key: JSON list of the ids of bodies gone whose index rows are still to be removed
+UNINDEX_KEY = "text_unindex"
+
+
+def defer_delete(c: sqlite3.Connection, body_id: int) -> None:
+    """List a body that is gone for ``delete`` later (``delete_deferred``),
+    inside the caller's transaction: rolled back with it, kept across a
+    restart, seen by every process sharing the database."""
+    c.execute(
+        "INSERT INTO meta(key, value) VALUES (?, json_array(?))"
+        " ON CONFLICT(key) DO UPDATE SET value = json_insert(meta.value, '$[#]', ?)",
+        (UNINDEX_KEY, body_id, body_id),
+    )
+
+
+def deferred(c: sqlite3.Connection) -> bool:
+    """Whether bodies listed by ``defer_delete`` wait for ``delete_deferred``."""
+    return c.execute("SELECT 1 FROM meta WHERE key = ?", (UNINDEX_KEY,)).fetchone() is not None
+
+
+def delete_deferred(c: sqlite3.Connection, limit: int) -> int:
+    """Remove from the index up to ``limit`` of the bodies ``defer_delete``
+    listed, inside the caller's transaction; returns how many are left."""
+    row = c.execute("SELECT value FROM meta WHERE key = ?", (UNINDEX_KEY,)).fetchone()
+    if row is None:
+        return 0
+    ids = json.loads(row[0])
+    for body_id in ids[:limit]:
+        delete(c, body_id)
+    rest = ids[limit:]
+    if rest:
+        c.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps(rest), UNINDEX_KEY))
+    else:
+        c.execute("DELETE FROM meta WHERE key = ?", (UNINDEX_KEY,))
+    return len(rest)
+
+
 def save_fields(c: sqlite3.Connection, body_id: int, fields: list[tuple[str, str]]) -> None:
     """Index the ``FIELD_SLOTS`` fields of one body: ``fields`` are its
     (lower-case name, folded value) pairs in header order, as in
