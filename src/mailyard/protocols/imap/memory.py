@@ -47,6 +47,7 @@ from .backend import (
     NoSpace,
     NoSuchMailbox,
     OverQuota,
+    RecentClaim,
     SaslChallenge,
 )
 from .framing import Limits
@@ -558,12 +559,16 @@ class MemoryBackend:
             self.store.notify(src.id)
         return pairs
 
-    async def append_messages(self, mailbox: MailboxRecord, items: Sequence[NewMessage]) -> list[int]:
+    async def append_messages(self, mailbox: MailboxRecord, items: Sequence[NewMessage],
+                              recent: RecentClaim | None = None) -> list[int]:
         box = self._box(mailbox)
         self._write()
         self._check_quota(sum(len(m.data) for m in items), len(items))  # all or none (RFC 3502)
         uids = [box.add(m.data, m.flags, self.store.clock if m.internal_date is None else m.internal_date,
                         self.store.clock) for m in items]
+        if recent is not None and uids and box.recent_uid == uids[0] - 1:
+            box.recent_uid = recent.last = uids[-1]  # claimed with the write (RFC 3501 2.3.2)
+            recent.first = uids[0] - 1
         self.store.notify(box.id)
         return uids
 

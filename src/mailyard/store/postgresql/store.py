@@ -53,6 +53,7 @@ from ..api import (
     QueueRecipient,
     Quota,
     QuotaExceeded,
+    RecentClaim,
     RecipientOutcome,
     RestoredMessage,
     StorageFull,
@@ -1322,13 +1323,14 @@ class PostgreSQLStore(ContactsMixin, Store):
             raise NotFound(f"mailbox {target.mailbox_id} does not exist")
         raise QuotaExceeded("over quota", [target.mailbox_id])
 
-    async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem]) -> list[int]:
+    async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem],
+                          recent: RecentClaim | None = None) -> list[int]:
         if not items:
             return []
         batch = list(items)
         records = await self._derive([item.data for item in batch])
 
-        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> list[int]:
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> tuple[list[int], bool]:
             # As in deliver: bodies and derived rows first, then the mailbox
             # row's lock, the quota and the message rows in one round trip
             # (pipeline mode); a gone mailbox or a refusal rolls it all back.
@@ -1351,9 +1353,19 @@ class PostgreSQLStore(ContactsMixin, Store):
             row = await quota.fetchone()
             if row is None or not quota_row(row).fits(sum(len(i.data) for i in batch), len(batch)):
                 raise QuotaExceeded("over quota", [mailbox.id])
-            return await _collect_targets(tx, pending)
+            uids = await _collect_targets(tx, pending)
+            claimed = False
+            if recent is not None and uids:
+                # RFC 3501 2.3.2: \Recent for the appending session, in this
+                # write, unless an earlier message is still unclaimed
+                claimed = await _one(c, "UPDATE mailboxes SET recent_uid = %s WHERE id = %s AND recent_uid = %s"
+                                     " RETURNING 1", (uids[-1], mailbox.id, uids[0] - 1)) is not None
+            return uids, claimed
 
-        return await self._write(op, pipeline=True)
+        uids, claimed = await self._write(op, pipeline=True)
+        if recent is not None and claimed:
+            recent.first, recent.last = uids[0] - 1, uids[-1]
+        return uids
 
     async def restore_mailbox(self, account_id: int, name: str, uid_validity: int, uid_next: int,
                               highest_modseq: int, special_use: str | None = None) -> Mailbox:
