@@ -214,6 +214,7 @@ class MailboxStatus:
     uid_validity: int
     highest_modseq: int
     deleted_size: int = 0  # octets of the \Deleted messages (RFC 9208 DELETED-STORAGE)
+    recent: int = 0  # messages no session claimed as \Recent yet (RFC 3501 6.3.10 STATUS RECENT)
 
 
 @dataclass(frozen=True, slots=True)

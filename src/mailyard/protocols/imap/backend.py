@@ -158,6 +158,8 @@ class StatusRecord(Protocol):
     def highest_modseq(self) -> int: ...
     @property
     def deleted_size(self) -> int: ...  # octets of the \Deleted messages (RFC 9208 DELETED-STORAGE)
+    @property
+    def recent(self) -> int: ...  # messages no session claimed as \Recent yet (RFC 3501 6.3.10)
 
 
 class QuotaRecord(Protocol):

@@ -105,6 +105,7 @@ class MemStatus:
     uid_validity: int
     highest_modseq: int
     deleted_size: int = 0
+    recent: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,7 +407,8 @@ class MemoryBackend:
         deleted = [m for m in infos if "\\Deleted" in m.flags]
         return MemStatus(len(infos), sum("\\Seen" not in m.flags for m in infos),
                          len(deleted), sum(m.size for m in infos),
-                         box.uid_next, box.uid_validity, box.highest_modseq, sum(m.size for m in deleted))
+                         box.uid_next, box.uid_validity, box.highest_modseq, sum(m.size for m in deleted),
+                         sum(uid > box.recent_uid for uid in box.messages))
 
     async def get_quota(self) -> MemQuota:
         return self.store.quota(self.user)

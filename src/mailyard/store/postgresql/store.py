@@ -1225,13 +1225,15 @@ class PostgreSQLStore(ContactsMixin, Store):
             "SELECT b.uid_next, b.uid_validity, b.highest_modseq, count(m.uid), coalesce(sum(m.size), 0),"
             " count(m.uid) FILTER (WHERE position(' \\Seen ' in ' ' || m.flags || ' ') = 0),"
             " count(m.uid) FILTER (WHERE position(' \\Deleted ' in ' ' || m.flags || ' ') > 0),"
-            " coalesce(sum(m.size) FILTER (WHERE position(' \\Deleted ' in ' ' || m.flags || ' ') > 0), 0)"
+            " coalesce(sum(m.size) FILTER (WHERE position(' \\Deleted ' in ' ' || m.flags || ' ') > 0), 0),"
+            " count(m.uid) FILTER (WHERE m.uid > b.recent_uid)"
             " FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id WHERE b.id = %s"
             " GROUP BY b.id", (mailbox_id,))
         if row is None:
             raise NotFound("no such mailbox")
         return MailboxStatus(messages=row[3], unseen=row[5], deleted=row[6], size=int(row[4]),
-                             uid_next=row[0], uid_validity=row[1], highest_modseq=row[2], deleted_size=int(row[7]))
+                             uid_next=row[0], uid_validity=row[1], highest_modseq=row[2], deleted_size=int(row[7]),
+                             recent=row[8])
 
     async def mailbox_summary(self, mailbox: MailboxRef) -> MailboxSummary:
         async with self._conn() as c, c.transaction():

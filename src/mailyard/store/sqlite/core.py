@@ -216,7 +216,11 @@ class SQLiteCore(Store):
 
     def notify_local(self, mailbox_ids: Iterable[int]) -> None:
         """Run this process's listeners for ``mailbox_ids``."""
+        # STATUS counts (mailboxes.py) of a changed mailbox are read again,
+        # also after a change that kept its modseq, uid_next and recent_uid
+        status_cache = self.__dict__.get("_status_cache", {})
         for mailbox_id in mailbox_ids:
+            status_cache.pop(mailbox_id, None)
             for callback in list(self._listeners):
                 try:
                     callback(mailbox_id)
