@@ -118,3 +118,43 @@ async def test_search_right_after_fetch_finds_text_not_indexed_yet(
         assert store._derived_queue == {} and store._q1("SELECT count(*) FROM search_text") == (4,)
     finally:
         await store.close()
+
+
+async def test_indexing_new_bodies_and_removing_gone_ones_query_fts_fields_once(tmp_path: Path) -> None:
+    # A DELETE from an FTS5 table queries it, which writes the rows given in
+    # the transaction so far into a segment of their own: per body, that was
+    # most of the cost of a slice of indexing (textindex.py delete_fields).
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
+    store._writer._between = None  # the slices run here, traced
+    try:
+        await store.add_domain("example.test")
+        account = await store.add_account("a@example.test", "h")
+        box = await store.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        for n in range(8):
+            await store.deliver(_message(n), [DeliveryTarget(box.id)])
+        statements: list[str] = []
+
+        def traced(c: Any, ctx: Any) -> None:
+            c.set_trace_callback(statements.append)
+            try:
+                store._upkeep_slice(c)
+            finally:
+                c.set_trace_callback(None)
+
+        store._queue_derived([(b, search.derive_record(store.blobs.read(*store._q1(
+            "SELECT segment, offset, length FROM bodies WHERE id = ?", (b,))))) for b in range(1, 9)])
+        await store._writer.run_exclusive(lambda: traced(store._writer._conn, None))
+        assert store._q1("SELECT count(*) FROM search_text") == (8,)
+        deletes = [s for s in statements if "DELETE FROM fts_fields" in s]
+        assert not deletes, f"fts_fields queried for bodies it has no rows of: {len(deletes)}"
+        assert store._q1("SELECT count(*) FROM fts_fields_content") == (8 * 2,)  # From and Subject
+        await store.expunge(box, list(range(1, 9)))
+        statements.clear()
+        await store._writer.run_exclusive(lambda: traced(store._writer._conn, None))
+        assert store._q1("SELECT count(*) FROM search_text") == (0,)
+        deletes = [s for s in statements if "DELETE FROM fts_fields" in s]
+        assert len(deletes) == 1, deletes
+        assert store._q1("SELECT count(*) FROM fts_fields_content") == (0,)
+    finally:
+        await store.close()
