@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import json
 import logging
 import os
@@ -129,8 +130,7 @@ class SearchMixin(SQLiteCore):
             # FETCH answers from what it derived; the save to the cache needs
             # no wait for its commit (the fsync of everyone's writes). Records
             # derived by an earlier FETCH and not saved yet are taken as they are.
-            queued = self._derived_queue
-            records = {b: queued[b] for b in {body_of[u] for u in missing} if b in queued}
+            records = self._queued_records({body_of[u] for u in missing})
             rest = [body_of[u] for u in missing if body_of[u] not in records]
             if rest:
                 derived, _saved = await self._derive_now(rest, wait=False)
@@ -628,6 +628,13 @@ class SearchMixin(SQLiteCore):
                 self._derived_queue_chars += size
         self._writer.wake_upkeep()
 
+    def _queued_records(self, body_ids: Iterable[int]) -> dict[int, DerivedRecord]:
+        """The queued records of those of ``body_ids`` that have one (the
+        writer thread takes saved ones out meanwhile: under the lock)."""
+        with self._derived_queue_lock:
+            queue = self._derived_queue
+            return {b: queue[b] for b in body_ids if b in queue}
+
     def _unqueue_derived(self, body_ids: Iterable[int]) -> None:
         with self._derived_queue_lock:
             for body_id in body_ids:
@@ -638,7 +645,7 @@ class SearchMixin(SQLiteCore):
     async def _save_queued(self, body_ids: Iterable[int]) -> None:
         """Save now (in the next batch, waiting for it) the queued records of
         ``body_ids``, for a reader that needs them in the database."""
-        items = [(b, self._derived_queue[b]) for b in body_ids if b in self._derived_queue]
+        items = list(self._queued_records(body_ids).items())
         if not items:
             return
         try:
@@ -650,7 +657,8 @@ class SearchMixin(SQLiteCore):
         self._unqueue_derived(b for b, _ in items)
 
     def _upkeep_wanted(self, c: sqlite3.Connection) -> bool:
-        return bool(self._derived_queue) or textindex.deferred(c)
+        # (records wait while the disk is short of the reserve for index data)
+        return (bool(self._derived_queue) and not self._index_deferred()) or textindex.deferred(c)
 
     def _upkeep_slice(self, c: sqlite3.Connection) -> bool:
         """On the writer thread, between batches: remove from the full-text
@@ -662,7 +670,7 @@ class SearchMixin(SQLiteCore):
         again)."""
         started = time.monotonic()
         with self._derived_queue_lock:
-            queued = list(self._derived_queue.items())[:INDEX_BATCH]
+            queued = list(itertools.islice(self._derived_queue.items(), INDEX_BATCH))
         save = not self._index_deferred()
         done: list[int] = []
         c.execute("PRAGMA synchronous=OFF")
@@ -679,13 +687,13 @@ class SearchMixin(SQLiteCore):
             except BaseException as exc:
                 if c.in_transaction:
                     c.execute("ROLLBACK")
+                # the records are dropped (not tried again after each batch):
+                # the background indexer derives their bodies later
+                self._unqueue_derived(b for b, _ in queued)
                 if not isinstance(self.translate_error(exc), StorageFull):
                     raise
                 log.warning("store: derived data not saved, the disk is full")
                 self._index_failed()
-                if save:
-                    # the records are dropped: the background indexer derives them later
-                    self._unqueue_derived(b for b, _ in queued)
                 return False
         finally:
             c.execute(f"PRAGMA synchronous={self._synchronous}")
@@ -694,7 +702,9 @@ class SearchMixin(SQLiteCore):
         return save or textindex.deferred(c)
 
     async def _flush_upkeep(self) -> None:
-        await self._save_queued(list(self._derived_queue))
+        with self._derived_queue_lock:
+            ids = list(self._derived_queue)
+        await self._save_queued(ids)
 
     @staticmethod
     def _save_derived(c: sqlite3.Connection, items: list[tuple[int, DerivedRecord]]) -> None:
