@@ -170,10 +170,15 @@ class StoreBackend:
             self.learn(self.account, dst, [new for _old, new in copied], kind)
         return copied
 
-    async def append_messages(self, mailbox: Mailbox, items: Sequence[NewMessage]) -> list[int]:
+    async def append_messages(self, mailbox: Mailbox, items: Sequence[NewMessage],
+                              recent: b.RecentClaim | None = None) -> list[int]:
+        claim = None if recent is None else store_api.RecentClaim()
         try:
-            return await self.store.append_many(
-                mailbox, [AppendItem(m.data, m.flags, m.internal_date) for m in items])
+            uids = await self.store.append_many(
+                mailbox, [AppendItem(m.data, m.flags, m.internal_date) for m in items], recent=claim)
+            if recent is not None and claim is not None and claim.first is not None:
+                recent.first, recent.last = claim.first, claim.last
+            return uids
         except store_api.MailboxGone as exc:
             raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
         except store_api.QuotaExceeded as exc:

@@ -214,6 +214,7 @@ class MailboxStatus:
     uid_validity: int
     highest_modseq: int
     deleted_size: int = 0  # octets of the \Deleted messages (RFC 9208 DELETED-STORAGE)
+    recent: int = 0  # messages no session claimed as \Recent yet (RFC 3501 6.3.10 STATUS RECENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +282,21 @@ class AppendItem:
     data: bytes
     flags: frozenset[str] = frozenset()
     internal_date: float | None = None  # None: the time of the commit
+
+
+@dataclass(slots=True)
+class RecentClaim:
+    """Asked of ``append_many`` by an IMAP session that has the mailbox
+    selected read-write (RFC 3501 2.3.2: a new message is \\Recent in the
+    first session told of it, and the appending session tells its client in
+    the APPEND's reply): claim the new messages' \\Recent in the APPEND's
+    own write instead of a write of its own after it. Filled in only when
+    claimed (no earlier message was left unclaimed): ``first`` is the last
+    claimed UID before, ``last`` the highest new UID. Left empty, the
+    session claims as usual."""
+
+    first: int | None = None
+    last: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -856,10 +872,13 @@ class Store(abc.ABC):
         return uid
 
     @abc.abstractmethod
-    async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem]) -> list[int]:
+    async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem],
+                          recent: RecentClaim | None = None) -> list[int]:
         """Add several messages to one mailbox in one atomic, durable write
         (RFC 3502 MULTIAPPEND: all or none); returns their UIDs in order.
-        QuotaExceeded when they would take the account over quota (RFC 9208)."""
+        QuotaExceeded when they would take the account over quota (RFC 9208).
+        ``recent``: claim their \\Recent in the same write if no earlier
+        message is unclaimed, and say so in it (``RecentClaim``)."""
 
     @abc.abstractmethod
     async def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:

@@ -158,6 +158,8 @@ class StatusRecord(Protocol):
     def highest_modseq(self) -> int: ...
     @property
     def deleted_size(self) -> int: ...  # octets of the \Deleted messages (RFC 9208 DELETED-STORAGE)
+    @property
+    def recent(self) -> int: ...  # messages no session claimed as \Recent yet (RFC 3501 6.3.10)
 
 
 class QuotaRecord(Protocol):
@@ -180,6 +182,18 @@ class NewMessage:
     data: bytes
     flags: frozenset[str] = frozenset()
     internal_date: float | None = None  # None: the time of the write
+
+
+@dataclass(slots=True)
+class RecentClaim:
+    """Asked of ``append_messages`` by a session with the mailbox selected
+    read-write: claim the new messages' \\Recent (RFC 3501 2.3.2) in the
+    APPEND's own write. Filled in only if claimed (no earlier message was
+    unclaimed): ``first`` the last claimed UID before, ``last`` the highest
+    new UID; else the session claims as usual when it announces them."""
+
+    first: int | None = None
+    last: int = 0
 
 
 class ImapBackend(Protocol):
@@ -284,9 +298,11 @@ class ImapBackend(Protocol):
         OverQuota for a copy (not a move) that would take the account over quota."""
         ...
 
-    async def append_messages(self, mailbox: MailboxRecord, items: Sequence[NewMessage]) -> Sequence[int]:
+    async def append_messages(self, mailbox: MailboxRecord, items: Sequence[NewMessage],
+                              recent: RecentClaim | None = None) -> Sequence[int]:
         """All or none, durably (RFC 3502); the new UIDs in order; raises NoSpace
-        (OverQuota when they would take the account over quota)."""
+        (OverQuota when they would take the account over quota). ``recent``:
+        see ``RecentClaim``."""
         ...
 
     async def encode_binary(self, data: bytes) -> bytes | None:

@@ -47,6 +47,7 @@ from .backend import (
     NoSpace,
     NoSuchMailbox,
     OverQuota,
+    RecentClaim,
     SaslChallenge,
 )
 from .framing import Limits
@@ -104,6 +105,7 @@ class MemStatus:
     uid_validity: int
     highest_modseq: int
     deleted_size: int = 0
+    recent: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,7 +407,8 @@ class MemoryBackend:
         deleted = [m for m in infos if "\\Deleted" in m.flags]
         return MemStatus(len(infos), sum("\\Seen" not in m.flags for m in infos),
                          len(deleted), sum(m.size for m in infos),
-                         box.uid_next, box.uid_validity, box.highest_modseq, sum(m.size for m in deleted))
+                         box.uid_next, box.uid_validity, box.highest_modseq, sum(m.size for m in deleted),
+                         sum(uid > box.recent_uid for uid in box.messages))
 
     async def get_quota(self) -> MemQuota:
         return self.store.quota(self.user)
@@ -558,12 +561,16 @@ class MemoryBackend:
             self.store.notify(src.id)
         return pairs
 
-    async def append_messages(self, mailbox: MailboxRecord, items: Sequence[NewMessage]) -> list[int]:
+    async def append_messages(self, mailbox: MailboxRecord, items: Sequence[NewMessage],
+                              recent: RecentClaim | None = None) -> list[int]:
         box = self._box(mailbox)
         self._write()
         self._check_quota(sum(len(m.data) for m in items), len(items))  # all or none (RFC 3502)
         uids = [box.add(m.data, m.flags, self.store.clock if m.internal_date is None else m.internal_date,
                         self.store.clock) for m in items]
+        if recent is not None and uids and box.recent_uid == uids[0] - 1:
+            box.recent_uid = recent.last = uids[-1]  # claimed with the write (RFC 3501 2.3.2)
+            recent.first = uids[0] - 1
         self.store.notify(box.id)
         return uids
 

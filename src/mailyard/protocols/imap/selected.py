@@ -256,6 +256,9 @@ class SelectedMailbox:
     held_modseq: int = -1  # what hold_expunged was last told
     # RFC 3501 2.3.2: UIDs that are \\Recent in this session (rev1 clients only)
     recent: RecentUids = field(default_factory=RecentUids)
+    # (last claimed UID before, highest UID) this session's APPEND claimed in
+    # its own write, for this session to take when it announces them
+    claimed_ahead: tuple[int, int] | None = None
     # RFC 9051 7.3.5: the flags the client was told of in FLAGS, and keywords
     # seen on messages since that it was not told of yet
     # (immutable: the common case, no keywords, shares one set among all
@@ -385,6 +388,15 @@ class SelectedMailbox:
         command that noticed them. The claim goes no further than ``upto``,
         the highest UID this session announced: a message delivered since
         is left for the session that announces it."""
+        ahead, self.claimed_ahead = self.claimed_ahead, None
+        if ahead is not None and ahead[1] <= upto:
+            # claimed by this session's APPEND (RFC 3501 2.3.2): taken here
+            # without a write; what arrived after it is claimed as usual
+            first, last = ahead
+            self.recent.add(first if above is None else max(first, above), last)
+            if last == upto:
+                return
+            above = last if above is None else max(above, last)
         try:
             first = await backend.claim_recent(self.mailbox, claim=not self.readonly, upto=upto)
         except NoSpace:

@@ -53,6 +53,7 @@ from ..api import (
     QueueRecipient,
     Quota,
     QuotaExceeded,
+    RecentClaim,
     RecipientOutcome,
     RestoredMessage,
     StorageFull,
@@ -1224,13 +1225,15 @@ class PostgreSQLStore(ContactsMixin, Store):
             "SELECT b.uid_next, b.uid_validity, b.highest_modseq, count(m.uid), coalesce(sum(m.size), 0),"
             " count(m.uid) FILTER (WHERE position(' \\Seen ' in ' ' || m.flags || ' ') = 0),"
             " count(m.uid) FILTER (WHERE position(' \\Deleted ' in ' ' || m.flags || ' ') > 0),"
-            " coalesce(sum(m.size) FILTER (WHERE position(' \\Deleted ' in ' ' || m.flags || ' ') > 0), 0)"
+            " coalesce(sum(m.size) FILTER (WHERE position(' \\Deleted ' in ' ' || m.flags || ' ') > 0), 0),"
+            " count(m.uid) FILTER (WHERE m.uid > b.recent_uid)"
             " FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id WHERE b.id = %s"
             " GROUP BY b.id", (mailbox_id,))
         if row is None:
             raise NotFound("no such mailbox")
         return MailboxStatus(messages=row[3], unseen=row[5], deleted=row[6], size=int(row[4]),
-                             uid_next=row[0], uid_validity=row[1], highest_modseq=row[2], deleted_size=int(row[7]))
+                             uid_next=row[0], uid_validity=row[1], highest_modseq=row[2], deleted_size=int(row[7]),
+                             recent=row[8])
 
     async def mailbox_summary(self, mailbox: MailboxRef) -> MailboxSummary:
         async with self._conn() as c, c.transaction():
@@ -1322,13 +1325,14 @@ class PostgreSQLStore(ContactsMixin, Store):
             raise NotFound(f"mailbox {target.mailbox_id} does not exist")
         raise QuotaExceeded("over quota", [target.mailbox_id])
 
-    async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem]) -> list[int]:
+    async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem],
+                          recent: RecentClaim | None = None) -> list[int]:
         if not items:
             return []
         batch = list(items)
         records = await self._derive([item.data for item in batch])
 
-        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> list[int]:
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> tuple[list[int], bool]:
             # As in deliver: bodies and derived rows first, then the mailbox
             # row's lock, the quota and the message rows in one round trip
             # (pipeline mode); a gone mailbox or a refusal rolls it all back.
@@ -1351,9 +1355,19 @@ class PostgreSQLStore(ContactsMixin, Store):
             row = await quota.fetchone()
             if row is None or not quota_row(row).fits(sum(len(i.data) for i in batch), len(batch)):
                 raise QuotaExceeded("over quota", [mailbox.id])
-            return await _collect_targets(tx, pending)
+            uids = await _collect_targets(tx, pending)
+            claimed = False
+            if recent is not None and uids:
+                # RFC 3501 2.3.2: \Recent for the appending session, in this
+                # write, unless an earlier message is still unclaimed
+                claimed = await _one(c, "UPDATE mailboxes SET recent_uid = %s WHERE id = %s AND recent_uid = %s"
+                                     " RETURNING 1", (uids[-1], mailbox.id, uids[0] - 1)) is not None
+            return uids, claimed
 
-        return await self._write(op, pipeline=True)
+        uids, claimed = await self._write(op, pipeline=True)
+        if recent is not None and claimed:
+            recent.first, recent.last = uids[0] - 1, uids[-1]
+        return uids
 
     async def restore_mailbox(self, account_id: int, name: str, uid_validity: int, uid_next: int,
                               highest_modseq: int, special_use: str | None = None) -> Mailbox:

@@ -47,14 +47,20 @@ def count_segment_bytes(c: sqlite3.Connection, segment: int, length: int) -> Non
 
 def release_bodies(c: sqlite3.Connection, body_ids: Iterable[int]) -> None:
     """Drop one reference to each body; a body nobody uses goes, with its
-    derived data, and its bytes count as dead in their segment."""
+    derived data, and its bytes count as dead in their segment.
+
+    Its full-text index rows are not removed here but listed for removal
+    (textindex.py ``defer_delete``): that costs as much as indexing the text
+    again, and would hold up every write batched with the expunge. Rows of a
+    body that is gone match no message (ids are never reused), so a search
+    is right before they go."""
     for body_id in body_ids:
         row = c.execute(
             "UPDATE bodies SET refs = refs - 1 WHERE id = ? RETURNING refs, segment, length", (body_id,)
         ).fetchone()
         if row is not None and row[0] <= 0:
             c.execute("DELETE FROM bodies WHERE id = ?", (body_id,))
-            textindex.delete(c, body_id)
+            textindex.defer_delete(c, body_id)
             c.execute("DELETE FROM body_derived WHERE body_id = ?", (body_id,))
             c.execute("DELETE FROM header_fields WHERE body_id = ?", (body_id,))
             c.execute("DELETE FROM sort_keys WHERE body_id = ?", (body_id,))

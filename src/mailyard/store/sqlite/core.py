@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,12 @@ class SQLiteCore(Store):
         self._changelogs: dict[int, ChangeLog] = {}  # mailbox id -> its recent changes, oldest use first
         self._changelog_cost = 0  # records held by the logs (changelog.LOG_BUDGET)
         self._pending_saves: set[asyncio.Task[None]] = set()  # cache writes nobody waits for
+        # Derived records FETCH computed, waiting for the writer to save them
+        # between its batches (search.py _upkeep_slice): body id -> record,
+        # and the characters of text they hold (bounded).
+        self._derived_queue: dict[int, Any] = {}
+        self._derived_queue_chars = 0
+        self._derived_queue_lock = threading.Lock()
         write_conn = self._connect(db_path)
         schema.create(write_conn)
         self._recover(write_conn)
@@ -80,6 +87,7 @@ class SQLiteCore(Store):
             # Background indexing and compaction run in one process of a
             # multi-process server (``background``), not in all at once.
             idle_work=self._background_work if background else None,
+            between=(self._upkeep_wanted, self._upkeep_slice),
         )
 
     def _connect(self, path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -101,6 +109,7 @@ class SQLiteCore(Store):
         return "FULL" if self.config.fsync else "OFF"
 
     async def close(self) -> None:
+        await self._flush_upkeep()
         if self._pending_saves:
             await asyncio.gather(*self._pending_saves, return_exceptions=True)
         self.peers = None
@@ -150,6 +159,18 @@ class SQLiteCore(Store):
         """Idle-time work on the writer thread (SQLiteStore fills it in)."""
         return False
 
+    def _upkeep_wanted(self, c: sqlite3.Connection) -> bool:
+        """Whether cache upkeep waits to run between write batches (search.py fills it in)."""
+        return False
+
+    def _upkeep_slice(self, c: sqlite3.Connection) -> bool:
+        """One short slice of that upkeep, in its own transaction; False if
+        it cannot go on now (search.py fills it in)."""
+        return False
+
+    async def _flush_upkeep(self) -> None:
+        """At close: save what only this process holds for the upkeep (search.py fills it in)."""
+
     def _recover(self, c: sqlite3.Connection) -> None:
         """At start, before the writer runs: drop what only the sessions of
         an earlier run needed (messages.py fills it in)."""
@@ -195,7 +216,11 @@ class SQLiteCore(Store):
 
     def notify_local(self, mailbox_ids: Iterable[int]) -> None:
         """Run this process's listeners for ``mailbox_ids``."""
+        # STATUS counts (mailboxes.py) of a changed mailbox are read again,
+        # also after a change that kept its modseq, uid_next and recent_uid
+        status_cache = self.__dict__.get("_status_cache", {})
         for mailbox_id in mailbox_ids:
+            status_cache.pop(mailbox_id, None)
             for callback in list(self._listeners):
                 try:
                     callback(mailbox_id)

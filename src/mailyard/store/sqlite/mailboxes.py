@@ -81,7 +81,8 @@ def insert_mailbox(c: sqlite3.Connection, account_id: int, name: str, special_us
     return cur.lastrowid
 
 
-_CLAIMED_MAX = 100_000  # mailboxes whose claimed \Recent UID is remembered
+_CLAIMED_MAX = 100_000  # mailboxes whose claimed \Recent UID (or STATUS counts) is remembered
+_STATUS_KEY = "SELECT uid_next, uid_validity, highest_modseq, recent_uid FROM mailboxes WHERE id = ?"
 
 
 class MailboxesMixin(SQLiteCore):
@@ -92,6 +93,8 @@ class MailboxesMixin(SQLiteCore):
         # mailbox id -> a recent_uid this process read or committed: a lower
         # bound of the one in the database (claims only raise it)
         self._claimed: dict[int, int] = {}
+        # mailbox id -> (uid_next, uid_validity, highest_modseq, recent_uid), and the STATUS counts then
+        self._status_cache: dict[int, tuple[tuple, MailboxStatus]] = {}
         super().__init__(data_dir, config, background)
 
     async def create_mailbox(self, account_id: int, name: str, special_use: str | None = None,
@@ -276,13 +279,23 @@ class MailboxesMixin(SQLiteCore):
     async def mailbox_status(self, mailbox: MailboxRef) -> MailboxStatus:
         mailbox_id = self._owned(mailbox)
         c = self._read
+        key = c.execute(_STATUS_KEY, (mailbox_id,)).fetchone()
+        if key is None:
+            raise NotFound("no such mailbox")
+        # Every change to the counts moves the mailbox's highest_modseq
+        # (RFC 7162 3.1.1: flags, expunge) or its uid_next (a new message),
+        # and a \Recent claim its recent_uid: counts read at the same four
+        # values still hold, and are not read again (many sessions ask
+        # STATUS of one mailbox between its changes).
+        cached = self._status_cache.get(mailbox_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         c.execute("BEGIN")  # one read snapshot (WAL) for the counts
         try:
-            box = c.execute(
-                "SELECT uid_next, uid_validity, highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,)
-            ).fetchone()
-            if box is None:
+            key = c.execute(_STATUS_KEY, (mailbox_id,)).fetchone()
+            if key is None:
                 raise NotFound("no such mailbox")
+            box = key
             # each count from an index (schema.py messages_flags, messages_unseen,
             # messages_deleted), not from the message rows
             messages, size = c.execute(
@@ -297,12 +310,19 @@ class MailboxesMixin(SQLiteCore):
                 f" WHERE mailbox_id = ? AND {DELETED}",
                 (mailbox_id,),
             ).fetchone()
+            # RFC 3501 6.3.10 RECENT: the UIDs above the last claimed (primary key range)
+            recent = c.execute("SELECT count(*) FROM messages WHERE mailbox_id = ? AND uid > ?",
+                               (mailbox_id, box[3])).fetchone()[0]
         finally:
             c.execute("COMMIT")
-        return MailboxStatus(
+        status = MailboxStatus(
             messages=messages, unseen=unseen, deleted=deleted, size=size,
-            uid_next=box[0], uid_validity=box[1], highest_modseq=box[2], deleted_size=deleted_size,
+            uid_next=box[0], uid_validity=box[1], highest_modseq=box[2], deleted_size=deleted_size, recent=recent,
         )
+        if len(self._status_cache) >= _CLAIMED_MAX:
+            self._status_cache.clear()
+        self._status_cache[mailbox_id] = (key, status)
+        return status
 
     async def mailbox_summary(self, mailbox: MailboxRef) -> MailboxSummary:
         mailbox_id = mailbox.id

@@ -52,6 +52,7 @@ from ..api import (
     NotFound,
     Quota,
     QuotaExceeded,
+    RecentClaim,
 )
 from ..notify import ChangeChannel
 from ..rows import MESSAGE_COLS, QUOTA_COLS, flags_set, flags_text, message_row, quota_row
@@ -408,12 +409,13 @@ class MessagesMixin(BodiesMixin):
 
         return await self._write(op)
 
-    async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem]) -> list[int]:
+    async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem],
+                          recent: RecentClaim | None = None) -> list[int]:
         if not items:
             return []
         batch = list(items)
 
-        def op(c: sqlite3.Connection, ctx: WriteContext) -> list[int]:
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> tuple[list[int], int | None]:
             mailbox_id = self._owned_w(c, mailbox)
             # RFC 9208 / RFC 3502: the whole MULTIAPPEND fits, or none of it is written
             check_quota(c, mailbox_id, sum(len(item.data) for item in batch), len(batch))
@@ -423,9 +425,20 @@ class MessagesMixin(BodiesMixin):
                 body_id = self._store_body(c, item.data, 1)
                 target = DeliveryTarget(mailbox_id, b"", item.flags, item.internal_date)
                 uids += insert_targets(c, ctx, body_id, len(item.data), [target])
-            return uids
+            # RFC 3501 2.3.2: \Recent for the appending session, in this
+            # write, unless an earlier message is still unclaimed (that one
+            # goes to the first session told of it, with these)
+            claimed = recent is not None and c.execute(
+                "UPDATE mailboxes SET recent_uid = ? WHERE id = ? AND recent_uid = ?",
+                (uids[-1], mailbox_id, uids[0] - 1)).rowcount > 0
+            return uids, uids[0] - 1 if claimed else None
 
-        return await self._write(op)
+        uids, first = await self._write(op)
+        if recent is not None and first is not None:
+            recent.first, recent.last = first, uids[-1]
+            if self._claimed.get(mailbox.id, -1) < uids[-1]:
+                self._claimed[mailbox.id] = uids[-1]  # (mailboxes.py claim_recent: known without a read)
+        return uids
 
     async def store_flags(
         self,

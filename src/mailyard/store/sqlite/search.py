@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import json
 import logging
 import os
@@ -44,6 +45,10 @@ INDEX_BATCH = 50
 # Fewer bodies than this waiting for the indexer: SEARCH finds those of its
 # mailbox from the bodies' side (_ensure_indexed).
 FEW_UNINDEXED = 1000
+# Characters of text the derived records waiting for their save between
+# write batches may hold (core.py _derived_queue); beyond, a record is dropped.
+DERIVED_QUEUE_CHARS = 8_000_000
+UNINDEX_BATCH = 20  # gone bodies removed from the full-text index per slice between write batches
 INDEX_SLICE = 0.01  # seconds of deriving the background indexer does before it looks at the write queue
 INDEXED = "2"  # bodies.derived once body_derived/header_fields/the text index hold the body's data
 # Disk full while indexing: first wait, doubled after each failure up to the last.
@@ -123,8 +128,13 @@ class SearchMixin(SQLiteCore):
             out[uid] = item
         if missing:
             # FETCH answers from what it derived; the save to the cache needs
-            # no wait for its commit (the fsync of everyone's writes)
-            records, _saved = await self._derive_now([body_of[u] for u in missing], wait=False)
+            # no wait for its commit (the fsync of everyone's writes). Records
+            # derived by an earlier FETCH and not saved yet are taken as they are.
+            records = self._queued_records({body_of[u] for u in missing})
+            rest = [body_of[u] for u in missing if body_of[u] not in records]
+            if rest:
+                derived, _saved = await self._derive_now(rest, wait=False)
+                records.update(derived)
             for uid in missing:
                 rec = records.get(body_of[uid])
                 if rec is None:
@@ -381,11 +391,10 @@ class SearchMixin(SQLiteCore):
         """The thread (RFC 8474 5.2: the body id of its first known message)
         of each of ``body_ids`` that is derived; bodies derived before
         sort_keys existed get their row now."""
-        if self._pending_saves:
-            # derived data FETCH saves in the background (_derive_now wait=False):
-            # a thread is decided when its row is written, so let those land first
-            await asyncio.gather(*list(self._pending_saves), return_exceptions=True)
         ids = sorted(set(body_ids))
+        # derived data FETCH left for the writer to save (_derive_now wait=False):
+        # a thread is decided when its row is written, so those are saved first
+        await self._save_queued(ids)
         out: dict[int, int] = {}
         for i in range(0, len(ids), 900):
             chunk = ids[i : i + 900]
@@ -565,7 +574,12 @@ class SearchMixin(SQLiteCore):
         idle long enough for the background indexer, and every FETCH of a new
         message would otherwise wait for an fsync."""
         places = {}
+        queued: dict[int, DerivedRecord] = {}  # derived by a FETCH, not saved yet
         for body_id in dict.fromkeys(body_ids):
+            rec = self._derived_queue.get(body_id)
+            if rec is not None:
+                queued[body_id] = rec
+                continue
             row = self._q1("SELECT segment, offset, length FROM bodies WHERE id = ?", (body_id,))
             if row is not None:
                 places[body_id] = row
@@ -578,15 +592,14 @@ class SearchMixin(SQLiteCore):
         # stall the other clients (the background indexer runs on the writer
         # thread for the same reason).
         out = await asyncio.to_thread(derive_all) if places else {}
+        out.update(queued)
         items = list(out.items())
         if not items:
             return out, True
         if self._index_deferred():
             return out, False
         if not wait:
-            task = asyncio.get_running_loop().create_task(self._save_derived_soon(items))
-            self._pending_saves.add(task)
-            task.add_done_callback(self._pending_saves.discard)
+            self._queue_derived(items)
             return out, False
         try:
             await self._write(lambda c, ctx: self._save_derived(c, items))
@@ -596,18 +609,102 @@ class SearchMixin(SQLiteCore):
             log.warning("store: derived data not saved, the disk is full")
             self._index_failed()
             return out, False
+        self._unqueue_derived(queued)
         return out, True
 
-    async def _save_derived_soon(self, items: list[tuple[int, DerivedRecord]]) -> None:
-        """The background save of ``_derive_now(wait=False)``: a failure is
-        logged, never raised (nobody waits for it)."""
+    # --- derived data saved between write batches --------------------------------
+    def _queue_derived(self, items: list[tuple[int, DerivedRecord]]) -> None:
+        """Leave records FETCH derived for the writer to save between its
+        batches (``_upkeep_slice``): saving one is mostly indexing its text,
+        which inside a batch would hold up every write and every session
+        waiting for that commit. Past ``DERIVED_QUEUE_CHARS`` of text a record
+        is dropped (the background indexer derives its body again later)."""
+        with self._derived_queue_lock:
+            for body_id, rec in items:
+                size = len(rec.header_text) + len(rec.body_text)
+                if body_id in self._derived_queue or self._derived_queue_chars + size > DERIVED_QUEUE_CHARS:
+                    continue
+                self._derived_queue[body_id] = rec
+                self._derived_queue_chars += size
+        self._writer.wake_upkeep()
+
+    def _queued_records(self, body_ids: Iterable[int]) -> dict[int, DerivedRecord]:
+        """The queued records of those of ``body_ids`` that have one (the
+        writer thread takes saved ones out meanwhile: under the lock)."""
+        with self._derived_queue_lock:
+            queue = self._derived_queue
+            return {b: queue[b] for b in body_ids if b in queue}
+
+    def _unqueue_derived(self, body_ids: Iterable[int]) -> None:
+        with self._derived_queue_lock:
+            for body_id in body_ids:
+                rec = self._derived_queue.pop(body_id, None)
+                if rec is not None:
+                    self._derived_queue_chars -= len(rec.header_text) + len(rec.body_text)
+
+    async def _save_queued(self, body_ids: Iterable[int]) -> None:
+        """Save now (in the next batch, waiting for it) the queued records of
+        ``body_ids``, for a reader that needs them in the database."""
+        items = list(self._queued_records(body_ids).items())
+        if not items:
+            return
         try:
             await self._write(lambda c, ctx: self._save_derived(c, items))
         except StorageFull:
             log.warning("store: derived data not saved, the disk is full")
             self._index_failed()
-        except Exception:
-            log.exception("store: derived data not saved")
+            return
+        self._unqueue_derived(b for b, _ in items)
+
+    def _upkeep_wanted(self, c: sqlite3.Connection) -> bool:
+        # (records wait while the disk is short of the reserve for index data)
+        return (bool(self._derived_queue) and not self._index_deferred()) or textindex.deferred(c)
+
+    def _upkeep_slice(self, c: sqlite3.Connection) -> bool:
+        """On the writer thread, between batches: remove from the full-text
+        index a few bodies that are gone, and save derived records FETCH
+        left (``_queue_derived``), in one transaction, for at most about
+        ``INDEX_SLICE`` seconds or until a write is queued. Committed without
+        an fsync: it is all a cache (the next durable commit syncs it; if it
+        is lost, the bodies are still marked not derived and are derived
+        again)."""
+        started = time.monotonic()
+        with self._derived_queue_lock:
+            queued = list(itertools.islice(self._derived_queue.items(), INDEX_BATCH))
+        save = not self._index_deferred()
+        done: list[int] = []
+        c.execute("PRAGMA synchronous=OFF")
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                textindex.delete_deferred(c, UNINDEX_BATCH)
+                for body_id, rec in queued if save else ():
+                    if done and (self._writer.has_pending() or time.monotonic() - started > INDEX_SLICE):
+                        break
+                    self._save_derived(c, [(body_id, rec)])
+                    done.append(body_id)
+                c.execute("COMMIT")
+            except BaseException as exc:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                # the records are dropped (not tried again after each batch):
+                # the background indexer derives their bodies later
+                self._unqueue_derived(b for b, _ in queued)
+                if not isinstance(self.translate_error(exc), StorageFull):
+                    raise
+                log.warning("store: derived data not saved, the disk is full")
+                self._index_failed()
+                return False
+        finally:
+            c.execute(f"PRAGMA synchronous={self._synchronous}")
+        self._unqueue_derived(done)
+        # (disk nearly full: the records wait, the gone bodies' rows still go)
+        return save or textindex.deferred(c)
+
+    async def _flush_upkeep(self) -> None:
+        with self._derived_queue_lock:
+            ids = list(self._derived_queue)
+        await self._save_queued(ids)
 
     @staticmethod
     def _save_derived(c: sqlite3.Connection, items: list[tuple[int, DerivedRecord]]) -> None:
@@ -668,6 +765,11 @@ class SearchMixin(SQLiteCore):
         most INDEX_BATCH bodies; when the free space falls below the reserve,
         or a commit fails with the disk full, it stops and returns the seconds
         after which to look again."""
+        if self._upkeep_wanted(c):
+            # first what this process derived already (no second parse)
+            self._upkeep_slice(c)
+            if self._derived_queue and not self._index_deferred():
+                return True
         wait = self._index_deferred()
         if wait:
             if c.execute("SELECT 1 FROM bodies WHERE derived IS NULL LIMIT 1").fetchone() is None:

@@ -141,6 +141,10 @@ def delete(c: sqlite3.Connection, body_id: int) -> None:
     """Remove a body from the index. A contentless FTS5 table forgets a row
     when told the very text it indexed, which ``search_text`` still has."""
     delete_fields(c, body_id)
+    _delete_text(c, body_id)
+
+
+def _delete_text(c: sqlite3.Connection, body_id: int) -> None:
     row = c.execute(
         "SELECT header_head, header_rest, body_head, body_rest FROM search_text WHERE body_id = ?", (body_id,)
     ).fetchone()
@@ -150,6 +154,44 @@ def delete(c: sqlite3.Connection, body_id: int) -> None:
         text = _join(head, rest)[:INDEX_CHARS]
         c.execute(f"INSERT INTO {table}({table}, rowid, text) VALUES ('delete', ?, ?)", (body_id, text))
     c.execute("DELETE FROM search_text WHERE body_id = ?", (body_id,))
+
+
+# meta key: JSON list of the ids of bodies gone whose index rows are still to be removed
+UNINDEX_KEY = "text_unindex"
+
+
+def defer_delete(c: sqlite3.Connection, body_id: int) -> None:
+    """List a body that is gone for ``delete`` later (``delete_deferred``),
+    inside the caller's transaction: rolled back with it, kept across a
+    restart, seen by every process sharing the database."""
+    c.execute(
+        "INSERT INTO meta(key, value) VALUES (?, json_array(?))"
+        " ON CONFLICT(key) DO UPDATE SET value = json_insert(meta.value, '$[#]', ?)",
+        (UNINDEX_KEY, body_id, body_id),
+    )
+
+
+def deferred(c: sqlite3.Connection) -> bool:
+    """Whether bodies listed by ``defer_delete`` wait for ``delete_deferred``."""
+    return c.execute("SELECT 1 FROM meta WHERE key = ?", (UNINDEX_KEY,)).fetchone() is not None
+
+
+def delete_deferred(c: sqlite3.Connection, limit: int) -> int:
+    """Remove from the index up to ``limit`` of the bodies ``defer_delete``
+    listed, inside the caller's transaction; returns how many are left."""
+    row = c.execute("SELECT value FROM meta WHERE key = ?", (UNINDEX_KEY,)).fetchone()
+    if row is None:
+        return 0
+    ids = json.loads(row[0])
+    _delete_fields_rows(c, ids[:limit])  # (one query of fts_fields for all: see delete_fields)
+    for body_id in ids[:limit]:
+        _delete_text(c, body_id)
+    rest = ids[limit:]
+    if rest:
+        c.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps(rest), UNINDEX_KEY))
+    else:
+        c.execute("DELETE FROM meta WHERE key = ?", (UNINDEX_KEY,))
+    return len(rest)
 
 
 def save_fields(c: sqlite3.Connection, body_id: int, fields: list[tuple[str, str]]) -> None:
@@ -167,8 +209,24 @@ def save_fields(c: sqlite3.Connection, body_id: int, fields: list[tuple[str, str
 
 
 def delete_fields(c: sqlite3.Connection, body_id: int) -> None:
-    """Drop a body's rows of ``fts_fields`` (none is fine)."""
-    c.execute("DELETE FROM fts_fields WHERE rowid BETWEEN ? AND ?", (body_id * 8, body_id * 8 + 7))
+    """Drop a body's rows of ``fts_fields`` (none is fine).
+
+    A DELETE from an FTS5 table first queries it, and a query makes FTS5
+    write the rows it was given in this transaction into a segment of their
+    own (merging segments as they pile up): done for every body of a slice
+    of indexing, that was most of the indexing's time. So the table's
+    content (``fts_fields_content``, an ordinary table) is asked first, and
+    a body without rows, as every body being indexed the first time, costs
+    no DELETE."""
+    _delete_fields_rows(c, [body_id])
+
+
+def _delete_fields_rows(c: sqlite3.Connection, body_ids: Collection[int]) -> None:
+    rowids = [r[0] for b in body_ids for r in c.execute(
+        "SELECT id FROM fts_fields_content WHERE id BETWEEN ? AND ?", (b * 8, b * 8 + 7))]
+    if rowids:
+        # one statement: FTS5 is queried (and flushed) once for them all
+        c.execute("DELETE FROM fts_fields WHERE rowid IN (SELECT value FROM json_each(?))", (json.dumps(rowids),))
 
 
 def backfill_fields(c: sqlite3.Connection, after: int, limit: int) -> int | None:

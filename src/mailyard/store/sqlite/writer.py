@@ -28,6 +28,7 @@ log = logging.getLogger("mailyard.store")
 
 _STOP = object()
 _WAKE = object()  # idle work has something new (another process wrote)
+_UPKEEP = object()  # the upkeep between batches has something new
 IDLE_PAUSE = 0.2  # seconds without writes before background work starts
 
 
@@ -59,6 +60,7 @@ class GroupCommitWriter:
         before_commit: Callable[[], None],
         after_commit: Callable[[set[int]], None],
         idle_work: Callable[[sqlite3.Connection], bool | float] | None = None,
+        between: tuple[Callable[[sqlite3.Connection], bool], Callable[[sqlite3.Connection], bool]] | None = None,
     ) -> None:
         self._conn = conn
         self._owner = owner
@@ -66,6 +68,9 @@ class GroupCommitWriter:
         self._before_commit = before_commit
         self._after_commit = after_commit
         self._idle_work = idle_work
+        # (has work, do a slice of it): cache upkeep kept out of the write
+        # batches, done between them when no write waits (see _between_batches)
+        self._between = between
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="mailyard-store-writer", daemon=True)
         self._idle_pending = True
@@ -106,6 +111,12 @@ class GroupCommitWriter:
         if self._idle_work is not None and not self._idle_pending:
             self._queue.put(_WAKE)
 
+    def wake_upkeep(self) -> None:
+        """Let the upkeep between batches run even if no write comes (it was
+        given work outside a write)."""
+        if self._between is not None:
+            self._queue.put(_UPKEEP)
+
     def close(self) -> None:
         self._queue.put(_STOP)
         self._thread.join()
@@ -128,6 +139,10 @@ class GroupCommitWriter:
                     self._idle_wait = IDLE_PAUSE
                     item = None
                     continue
+                if item is _UPKEEP:
+                    self._between_batches()
+                    item = None
+                    continue
                 if isinstance(item[0], _Exclusive):
                     self._run_exclusive(item)
                     item = None
@@ -141,13 +156,32 @@ class GroupCommitWriter:
                             more = self._queue.get_nowait()
                         except queue.Empty:
                             break
-                        if more is _WAKE:
-                            continue  # this batch's commit wakes idle work anyway
+                        if more is _WAKE or more is _UPKEEP:
+                            continue  # this batch's commit wakes idle work and the upkeep anyway
                         if more is _STOP or isinstance(more[0], _Exclusive):
                             item = more  # after this batch's commit
                             break
                         batch.append(more)
                     self._commit(batch)
+                if item is None:
+                    self._between_batches()
+
+    def _between_batches(self) -> None:
+        """Upkeep of caches (the full-text index) in a transaction of its own
+        after a batch, not inside it: the writes of a batch, and the sessions
+        waiting for its commit, never wait for it. It runs only when no write
+        of this process waits, one short slice at a time; a write queued
+        meanwhile waits for at most that slice."""
+        if self._between is None:
+            return
+        wants, work = self._between
+        try:
+            while self._queue.empty() and wants(self._conn):
+                with self._turn():
+                    if not work(self._conn):
+                        break
+        except Exception:
+            log.exception("store upkeep between writes failed")
 
     @contextlib.contextmanager
     def _turn(self) -> Any:

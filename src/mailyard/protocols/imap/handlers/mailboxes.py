@@ -262,17 +262,14 @@ async def _status_line(s: ImapSession, box: MailboxRecord, items: tuple[str, ...
     values = {
         "MESSAGES": st.messages, "UIDNEXT": st.uid_next, "UIDVALIDITY": st.uid_validity,
         "UNSEEN": st.unseen, "DELETED": st.deleted, "SIZE": st.size,
-        "HIGHESTMODSEQ": st.highest_modseq, "RECENT": 0,
+        # RFC 3501 6.3.10: messages not yet claimed as \Recent by a session
+        "HIGHESTMODSEQ": st.highest_modseq, "RECENT": st.recent,
         # RFC 7889 5: the largest message APPEND takes into this mailbox
         "APPENDLIMIT": s.engine.framer.limits.max_append,
         # RFC 9208 4.2: what EXPUNGE would free, in STORAGE's units of 1024 octets
         "DELETED-STORAGE": kib(st.deleted_size),
         "MAILBOXID": [Atom(objectid.mailbox_id(box))],  # RFC 8474 4.3
     }
-    if "RECENT" in items:
-        # RFC 3501 6.3.10: messages not yet claimed as \Recent by a session
-        first = await b.claim_recent(box, claim=False)
-        values["RECENT"] = len([m for m in await b.list_messages(box) if m.uid > first])
     data: list = []
     for item in items:
         data += [Atom(item), values[item]]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .. import commands as c
 from .. import fetch as f
 from .. import imapurl, names
-from ..backend import NewMessage, NoSpace
+from ..backend import NewMessage, NoSpace, RecentClaim
 from ..fetch_plan import MessageParts, encode_items, index_values, plan
 from ..flags import flags_from_client, flags_reporter, session_flags
 from ..response import Atom, Raw, format_uid_list_ordered, format_uid_set
@@ -342,12 +342,19 @@ async def cmd_append(s: ImapSession, cmd: c.Append) -> None:
             await s.finish("NO", "NUL octets outside a part's body", "UNKNOWN-CTE")
             return
         prepared.append((data, flags, m.internal_date))
+    sel = s.sel
+    # RFC 3501 2.3.2: the new messages are \Recent in this session, which
+    # tells of them in this reply: claimed in the APPEND's own write
+    recent = (RecentClaim() if sel is not None and sel.mailbox.id == box.id and not sel.readonly
+              and not s.engine.rev2 else None)
     try:
         # RFC 3502 3: MULTIAPPEND is all or nothing -- one atomic store write
         uids = await b.append_messages(
-            box, [NewMessage(data, frozenset(flags), date) for data, flags, date in prepared])
+            box, [NewMessage(data, frozenset(flags), date) for data, flags, date in prepared], recent=recent)
     except NoSpace:
         await s.finish("NO", "Over quota", "OVERQUOTA")
         return
+    if recent is not None and recent.first is not None and sel is s.sel:
+        sel.claimed_ahead = (recent.first, recent.last)
     # RFC 4315 3: APPENDUID uidvalidity uid-set
     await s.finish("OK", "APPEND completed", f"APPENDUID {box.uid_validity} {format_uid_list_ordered(uids)}")

@@ -1,0 +1,160 @@
+"""The full-text index (store/sqlite/textindex.py) is kept up outside the
+write batches: indexing the text of a body a FETCH derived, and removing the
+rows of a body that is gone, each cost about as much as a dozen writes, and
+inside a batch every write batched with it, and every session waiting for
+that commit, would wait for them too. They run between batches on the writer
+thread (store/sqlite/search.py ``_upkeep_slice``); a SEARCH still finds a
+message whose text is not indexed yet (RFC 9051 6.4.4)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailyard.config import StoreConfig
+from mailyard.store.api import DeliveryTarget
+from mailyard.store.sqlite import SQLiteStore, search, textindex, writer
+
+
+@pytest.fixture
+def in_batch(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """Records each full-text index write and whether it ran inside a write batch."""
+    calls: list[tuple[str, bool]] = []
+    inside = {"now": False}
+    commit_once = writer.GroupCommitWriter._commit_once
+
+    def traced_commit(self: Any, batch: Any) -> Any:
+        inside["now"] = True
+        try:
+            return commit_once(self, batch)
+        finally:
+            inside["now"] = False
+
+    def traced(name: str, fn: Any) -> Any:
+        def call(*args: Any, **kw: Any) -> Any:
+            calls.append((name, inside["now"]))
+            return fn(*args, **kw)
+        return call
+
+    monkeypatch.setattr(writer.GroupCommitWriter, "_commit_once", traced_commit)
+    monkeypatch.setattr(textindex, "save", traced("save", textindex.save))
+    monkeypatch.setattr(textindex, "delete", traced("delete", textindex.delete))
+    return calls
+
+
+async def _until(cond: Any, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+def _message(n: int) -> bytes:
+    return (f"From: a@remote.test\r\nSubject: note {n}\r\n\r\n"
+            f"body of note {n} {'wombat' if n % 2 else 'quokka'}\r\n" + "filler line\r\n" * 200).encode()
+
+
+async def test_fetch_and_expunge_keep_text_indexing_out_of_the_write_batches(
+        tmp_path: Path, in_batch: list[tuple[str, bool]]) -> None:
+    # no background indexer: only what FETCH derives gets indexed here
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
+    try:
+        await store.add_domain("example.test")
+        account = await store.add_account("a@example.test", "h")
+        box = await store.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        for n in range(6):
+            await store.deliver(_message(n), [DeliveryTarget(box.id)])
+        got = await store.get_derived(box, list(range(1, 7)), ["envelope_imap"])  # FETCH ENVELOPE
+        assert set(got) == set(range(1, 7))
+        await _until(lambda: store._q1("SELECT count(*) FROM bodies WHERE derived IS NULL") == (0,),
+                     "the derived data FETCH computed was never saved")
+        assert store._q1("SELECT count(*) FROM search_text") == (6,)
+        await store.expunge(box, [1, 2, 3])
+        await _until(lambda: store._q1("SELECT count(*) FROM search_text") == (3,),
+                     "the index rows of expunged bodies were kept")
+        saves = [inside for name, inside in in_batch if name == "save"]
+        deletes = [inside for name, inside in in_batch if name == "delete"]
+        assert len(saves) == 6 and len(deletes) >= 3, in_batch
+        assert not any(saves), "a body's text was indexed inside a write batch"
+        assert not any(deletes), "a gone body's text left the index inside a write batch"
+        assert await store.search_text(box, "wombat", "body") == {4, 6}
+        assert await store.search_text(box, "QUOKKA", "text") == {5}
+    finally:
+        await store.close()
+
+
+async def test_search_right_after_fetch_finds_text_not_indexed_yet(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
+    # the writer never reaches its upkeep: the records FETCH derived stay queued
+    monkeypatch.setattr(store, "_upkeep_wanted", lambda c: False)
+    parses = []
+    derive_record = search.derive_record
+
+    def counted(raw: bytes) -> Any:
+        parses.append(1)
+        return derive_record(raw)
+
+    monkeypatch.setattr(search, "derive_record", counted)
+    try:
+        await store.add_domain("example.test")
+        account = await store.add_account("a@example.test", "h")
+        box = await store.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        for n in range(4):
+            await store.deliver(_message(n), [DeliveryTarget(box.id)])
+        await store.get_derived(box, [1, 2, 3, 4], ["envelope_imap"])
+        assert len(store._derived_queue) == 4
+        assert store._q1("SELECT count(*) FROM search_text") == (0,)
+        # a second FETCH and the SEARCH use what the first derived (no second parse)
+        await store.get_derived(box, [1, 2], ["bodystructure_imap"])
+        assert await store.search_text(box, "wombat", "body") == {2, 4}
+        assert await store.search_headers(box, "subject", "note 3") == {4}
+        assert len(parses) == 4
+        assert store._derived_queue == {} and store._q1("SELECT count(*) FROM search_text") == (4,)
+    finally:
+        await store.close()
+
+
+async def test_indexing_new_bodies_and_removing_gone_ones_query_fts_fields_once(tmp_path: Path) -> None:
+    # A DELETE from an FTS5 table queries it, which writes the rows given in
+    # the transaction so far into a segment of their own: per body, that was
+    # most of the cost of a slice of indexing (textindex.py delete_fields).
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
+    store._writer._between = None  # the slices run here, traced
+    try:
+        await store.add_domain("example.test")
+        account = await store.add_account("a@example.test", "h")
+        box = await store.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        for n in range(8):
+            await store.deliver(_message(n), [DeliveryTarget(box.id)])
+        statements: list[str] = []
+
+        def traced(c: Any, ctx: Any) -> None:
+            c.set_trace_callback(statements.append)
+            try:
+                store._upkeep_slice(c)
+            finally:
+                c.set_trace_callback(None)
+
+        store._queue_derived([(b, search.derive_record(store.blobs.read(*store._q1(
+            "SELECT segment, offset, length FROM bodies WHERE id = ?", (b,))))) for b in range(1, 9)])
+        await store._writer.run_exclusive(lambda: traced(store._writer._conn, None))
+        assert store._q1("SELECT count(*) FROM search_text") == (8,)
+        deletes = [s for s in statements if "DELETE FROM fts_fields" in s]
+        assert not deletes, f"fts_fields queried for bodies it has no rows of: {len(deletes)}"
+        assert store._q1("SELECT count(*) FROM fts_fields_content") == (8 * 2,)  # From and Subject
+        await store.expunge(box, list(range(1, 9)))
+        statements.clear()
+        await store._writer.run_exclusive(lambda: traced(store._writer._conn, None))
+        assert store._q1("SELECT count(*) FROM search_text") == (0,)
+        deletes = [s for s in statements if "DELETE FROM fts_fields" in s]
+        assert len(deletes) == 1, deletes
+        assert store._q1("SELECT count(*) FROM fts_fields_content") == (0,)
+    finally:
+        await store.close()
