@@ -91,7 +91,7 @@ async def test_search_right_after_fetch_finds_text_not_indexed_yet(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
     # the writer never reaches its upkeep: the records FETCH derived stay queued
-    monkeypatch.setattr(store, "_upkeep_wanted", lambda c: False)
+    store._writer._between = None
     parses = []
     derive_record = search.derive_record
 
