@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mailyard.config import StoreConfig
-from mailyard.store.api import DeliveryTarget
+from mailyard.store.api import AppendItem, DeliveryTarget
 from mailyard.store.sqlite import SQLiteStore, search, textindex, writer
 
 
@@ -156,5 +156,64 @@ async def test_indexing_new_bodies_and_removing_gone_ones_query_fts_fields_once(
         deletes = [s for s in statements if "DELETE FROM fts_fields" in s]
         assert len(deletes) == 1, deletes
         assert store._q1("SELECT count(*) FROM fts_fields_content") == (0,)
+    finally:
+        await store.close()
+
+
+async def test_an_expunge_of_many_messages_lists_their_bodies_in_rows_of_constant_size(tmp_path: Path) -> None:
+    # Each gone body waits for the removal of its index rows in a row of its
+    # own: one JSON list in one meta row was rewritten whole for each body
+    # added (json_insert) and for each slice removed, so an expunge of n
+    # messages cost O(n^2) inside one write (tens of seconds of the write
+    # lock for a few ten thousand messages, every process waiting).
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
+    between, store._writer._between = store._writer._between, None  # the listing is looked at before it drains
+    try:
+        await store.add_domain("example.test")
+        account = await store.add_account("a@example.test", "h")
+        box = await store.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        count = 2000
+        uids = await store.append_many(box, [AppendItem(b"Subject: n%d\r\n\r\nx\r\n" % n) for n in range(count)])
+        await store.expunge(box, uids)
+        listed = store._q1("SELECT count(*), max(length(value)), max(length(key)) FROM meta"
+                           " WHERE key >= 'text_unindex' AND key < 'text_unindex;'")
+        assert listed is not None
+        print(f"\n{count} gone bodies listed in {listed[0]} meta rows, the longest row {listed[1] + listed[2]} chars")
+        assert listed[1] + listed[2] < 64, "one row holds the whole list: rewritten for each body"
+        assert listed[0] == count
+        store._writer._between = between
+        store._writer.wake_upkeep()
+        await _until(lambda: not store._q1("SELECT 1 FROM meta WHERE key >= 'text_unindex' AND key < 'text_unindex;'"),
+                     "the listed bodies were never taken out of the index")
+    finally:
+        store._writer._between = between
+        await store.close()
+
+
+async def test_a_gone_body_list_of_the_one_row_form_is_still_worked_off(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
+    try:
+        await store.add_domain("example.test")
+        account = await store.add_account("a@example.test", "h")
+        box = await store.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        for n in range(4):
+            await store.deliver(_message(n), [DeliveryTarget(box.id)])
+        await store.get_derived(box, [1, 2, 3, 4])
+        await store._flush_upkeep()
+        assert store._q1("SELECT count(*) FROM search_text") == (4,)
+
+        def gone_as_one_row(c: Any, ctx: Any) -> None:
+            # bodies 1 and 2 gone, listed the way a directory written before may hold them
+            c.execute("UPDATE messages SET body_id = 3 WHERE body_id IN (1, 2)")
+            c.execute("DELETE FROM bodies WHERE id IN (1, 2)")
+            c.execute("INSERT INTO meta(key, value) VALUES ('text_unindex', '[1,2]')")
+
+        await store._write(gone_as_one_row)
+        store._writer.wake_upkeep()
+        await _until(lambda: store._q1("SELECT count(*) FROM search_text") == (2,),
+                     "the bodies of the one-row list kept their index rows")
+        assert store._q1("SELECT 1 FROM meta WHERE key >= 'text_unindex' AND key < 'text_unindex;'") is None
     finally:
         await store.close()

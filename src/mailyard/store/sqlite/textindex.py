@@ -156,42 +156,45 @@ def _delete_text(c: sqlite3.Connection, body_id: int) -> None:
     c.execute("DELETE FROM search_text WHERE body_id = ?", (body_id,))
 
 
-# meta key: JSON list of the ids of bodies gone whose index rows are still to be removed
+# meta keys: one row per body gone whose index rows are still to be removed,
+# ``text_unindex:<body id>`` (a row each, so listing one costs the same however
+# many wait: one JSON list in one row was rewritten whole by each addition and
+# each removal, quadratic in an expunge of many messages). ``text_unindex``
+# alone is such a JSON list written by an earlier version.
 UNINDEX_KEY = "text_unindex"
+_UNINDEX_PREFIX = UNINDEX_KEY + ":"
+_UNINDEX_RANGE = (UNINDEX_KEY, UNINDEX_KEY + ";")  # the keys from "text_unindex" to "text_unindex:<id>" (";" follows ":")
 
 
 def defer_delete(c: sqlite3.Connection, body_id: int) -> None:
     """List a body that is gone for ``delete`` later (``delete_deferred``),
     inside the caller's transaction: rolled back with it, kept across a
     restart, seen by every process sharing the database."""
-    c.execute(
-        "INSERT INTO meta(key, value) VALUES (?, json_array(?))"
-        " ON CONFLICT(key) DO UPDATE SET value = json_insert(meta.value, '$[#]', ?)",
-        (UNINDEX_KEY, body_id, body_id),
-    )
+    c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, '')", (f"{_UNINDEX_PREFIX}{body_id}",))
 
 
 def deferred(c: sqlite3.Connection) -> bool:
     """Whether bodies listed by ``defer_delete`` wait for ``delete_deferred``."""
-    return c.execute("SELECT 1 FROM meta WHERE key = ?", (UNINDEX_KEY,)).fetchone() is not None
+    return c.execute("SELECT 1 FROM meta WHERE key >= ? AND key < ? LIMIT 1", _UNINDEX_RANGE).fetchone() is not None
 
 
 def delete_deferred(c: sqlite3.Connection, limit: int) -> int:
     """Remove from the index up to ``limit`` of the bodies ``defer_delete``
-    listed, inside the caller's transaction; returns how many are left."""
-    row = c.execute("SELECT value FROM meta WHERE key = ?", (UNINDEX_KEY,)).fetchone()
-    if row is None:
-        return 0
-    ids = json.loads(row[0])
-    _delete_fields_rows(c, ids[:limit])  # (one query of fts_fields for all: see delete_fields)
-    for body_id in ids[:limit]:
-        _delete_text(c, body_id)
-    rest = ids[limit:]
-    if rest:
-        c.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps(rest), UNINDEX_KEY))
-    else:
+    listed, inside the caller's transaction; returns 1 if some are left, else 0."""
+    legacy = c.execute("SELECT value FROM meta WHERE key = ?", (UNINDEX_KEY,)).fetchone()
+    if legacy is not None:
+        # an earlier version's list: one row per body from now on
+        c.executemany("INSERT OR IGNORE INTO meta(key, value) VALUES (?, '')",
+                      [(f"{_UNINDEX_PREFIX}{int(b)}",) for b in json.loads(legacy[0])])
         c.execute("DELETE FROM meta WHERE key = ?", (UNINDEX_KEY,))
-    return len(rest)
+    keys = [r[0] for r in c.execute(
+        "SELECT key FROM meta WHERE key > ? AND key < ? LIMIT ?", (_UNINDEX_PREFIX, _UNINDEX_RANGE[1], limit + 1))]
+    ids = [int(k[len(_UNINDEX_PREFIX):]) for k in keys[:limit]]
+    _delete_fields_rows(c, ids)  # (one query of fts_fields for all: see delete_fields)
+    for body_id in ids:
+        _delete_text(c, body_id)
+    c.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k in keys[:limit]])
+    return int(len(keys) > limit)
 
 
 def save_fields(c: sqlite3.Connection, body_id: int, fields: list[tuple[str, str]]) -> None:
