@@ -217,3 +217,46 @@ async def test_a_gone_body_list_of_the_one_row_form_is_still_worked_off(tmp_path
         assert store._q1("SELECT 1 FROM meta WHERE key >= 'text_unindex' AND key < 'text_unindex;'") is None
     finally:
         await store.close()
+
+
+async def test_the_queue_of_derived_records_is_bounded_in_memory_for_small_messages(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A FETCH of many small messages queues a record per body for the writer
+    # to save between its batches; a record holds a few kilobytes however
+    # short its text (envelope, body structure, header list), so a bound on
+    # the text alone let a mailbox of small messages hold hundreds of MB in
+    # the queue, for good while the disk is below the index reserve.
+    import gc
+    import pickle
+    import tracemalloc
+
+    budget = 400_000
+    monkeypatch.setattr(search, "DERIVED_QUEUE_BYTES", budget, raising=False)
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
+    between, store._writer._between = store._writer._between, None  # nothing drains the queue here
+    try:
+        await store.add_domain("example.test")
+        account = await store.add_account("a@example.test", "h")
+        box = await store.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        count = 2000
+        await store.append_many(box, [AppendItem(b"Subject: n%d\r\n\r\nx\r\n" % n) for n in range(count)])
+        got = await store.get_derived(box, list(range(1, count + 1)), ["envelope_imap"])  # FETCH 1:* ENVELOPE
+        assert len(got) == count
+        queued = len(store._derived_queue)
+        # the memory the queued records hold: that of a copy of them
+        frozen = pickle.dumps(list(store._derived_queue.values()))
+        gc.collect()
+        tracemalloc.start()
+        try:
+            copy = pickle.loads(frozen)
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        del copy
+        print(f"\n{queued} records queued, holding {held / 1e6:.2f} MB for a budget of {budget / 1e6:.2f} MB")
+        assert queued > 0
+        assert held < 2 * budget, "the queue holds far more than its budget"
+    finally:
+        store._writer._between = between
+        await store.close()

@@ -64,7 +64,7 @@ class SQLiteCore(Store):
         self._pending_saves: set[asyncio.Task[None]] = set()  # cache writes nobody waits for
         # Derived records FETCH computed, waiting for the writer to save them
         # between its batches (search.py _upkeep_slice): body id -> record,
-        # and the characters of text they hold (bounded).
+        # and the memory they hold (search.py _queued_cost: bounded).
         self._derived_queue: dict[int, Any] = {}
         self._derived_queue_chars = 0
         self._derived_queue_lock = threading.Lock()

@@ -45,9 +45,10 @@ INDEX_BATCH = 50
 # Fewer bodies than this waiting for the indexer: SEARCH finds those of its
 # mailbox from the bodies' side (_ensure_indexed).
 FEW_UNINDEXED = 1000
-# Characters of text the derived records waiting for their save between
-# write batches may hold (core.py _derived_queue); beyond, a record is dropped.
-DERIVED_QUEUE_CHARS = 8_000_000
+# Octets of memory (as ``_queued_cost`` reckons them) the derived records
+# waiting for their save between write batches may hold (core.py
+# _derived_queue); beyond, a record is dropped.
+DERIVED_QUEUE_BYTES = 8_000_000
 UNINDEX_BATCH = 20  # gone bodies removed from the full-text index per slice between write batches
 INDEX_SLICE = 0.01  # seconds of deriving the background indexer does before it looks at the write queue
 INDEXED = "2"  # bodies.derived once body_derived/header_fields/the text index hold the body's data
@@ -76,6 +77,16 @@ _SORT_UPSERT = (
 _META_KEYS = frozenset({"envelope", "bodystructure", "parts", "messages", "date", "size", "preview"})
 _OBJECT_IDS = frozenset({"email_id", "thread_id"})  # computed, only when asked for
 _IMAP_COLS = {"envelope_imap": "envelope", "bodystructure_imap": "bodystructure", "body_imap": "body"}
+
+
+def _queued_cost(rec: DerivedRecord) -> int:
+    """About the octets of memory a derived record holds: its text, its IMAP
+    forms (the body structure a second time as the JSON-able tree in
+    ``meta``), a tuple per header field and a few kilobytes whatever its size
+    (a record of a message of a few octets holds about 2.5 KB)."""
+    return (len(rec.header_text) + len(rec.body_text)
+            + 4 * (len(rec.envelope_imap) + len(rec.body_imap)) + 8 * len(rec.bodystructure_imap)
+            + 256 * len(rec.headers) + 2048)
 
 
 class SearchMixin(SQLiteCore):
@@ -617,12 +628,12 @@ class SearchMixin(SQLiteCore):
         """Leave records FETCH derived for the writer to save between its
         batches (``_upkeep_slice``): saving one is mostly indexing its text,
         which inside a batch would hold up every write and every session
-        waiting for that commit. Past ``DERIVED_QUEUE_CHARS`` of text a record
+        waiting for that commit. Past ``DERIVED_QUEUE_BYTES`` of records one
         is dropped (the background indexer derives its body again later)."""
         with self._derived_queue_lock:
             for body_id, rec in items:
-                size = len(rec.header_text) + len(rec.body_text)
-                if body_id in self._derived_queue or self._derived_queue_chars + size > DERIVED_QUEUE_CHARS:
+                size = _queued_cost(rec)
+                if body_id in self._derived_queue or self._derived_queue_chars + size > DERIVED_QUEUE_BYTES:
                     continue
                 self._derived_queue[body_id] = rec
                 self._derived_queue_chars += size
@@ -640,7 +651,7 @@ class SearchMixin(SQLiteCore):
             for body_id in body_ids:
                 rec = self._derived_queue.pop(body_id, None)
                 if rec is not None:
-                    self._derived_queue_chars -= len(rec.header_text) + len(rec.body_text)
+                    self._derived_queue_chars -= _queued_cost(rec)
 
     async def _save_queued(self, body_ids: Iterable[int]) -> None:
         """Save now (in the next batch, waiting for it) the queued records of
