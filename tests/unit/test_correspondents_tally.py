@@ -47,3 +47,22 @@ async def test_messages_delivered_during_a_write_are_counted_in_one_more_write()
                                       "s2@remote.test": 6})
     # one message naming an address twice counts it once, with the name it was given
     assert [people for _, people, sent in store.calls if sent] == [[("Ann", "ann@remote.test")]]
+
+
+async def test_a_store_done_with_is_not_kept_alive_by_its_counts() -> None:
+    # The coalesced counts are kept per store in a weak mapping; the tally
+    # held its store strongly, so the mapping's value kept its own key alive
+    # and every store that ever counted a message stayed in memory for good.
+    import gc
+    import weakref
+
+    store = _SlowStore()
+    store.release.set()
+    note_sent(store, 1, [("Ann", "ann@remote.test")])  # type: ignore[arg-type]
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert len(store.calls) == 1
+    ref = weakref.ref(store)
+    del store
+    gc.collect()
+    assert ref() is None, "the store is still referenced after its counts were written"

@@ -114,7 +114,9 @@ class _Tally:
     written at once; under load the writes do not grow with the messages."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
+        # held weakly: ``_tallies`` maps the store to this weakly, which a
+        # strong reference here would make a strong one for good
+        self.store = weakref.ref(store)
         self.pending: dict[tuple[int, bool], list[tuple[str, str]]] = {}
         self.task: asyncio.Task | None = None
 
@@ -135,9 +137,12 @@ class _Tally:
         try:
             while self.pending:
                 batch, self.pending = self.pending, {}
+                store = self.store()
+                if store is None:
+                    return
                 for (account_id, sent), people in batch.items():
                     try:
-                        await self.store.note_correspondents(account_id, people, sent=sent)
+                        await store.note_correspondents(account_id, people, sent=sent)
                     except Exception as exc:  # noqa: BLE001 - a count is not worth failing anything for (e.g. store closing)
                         log.info("correspondents of account %d not counted: %s", account_id, exc)
         finally:
