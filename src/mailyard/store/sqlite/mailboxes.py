@@ -82,7 +82,11 @@ def insert_mailbox(c: sqlite3.Connection, account_id: int, name: str, special_us
 
 
 _CLAIMED_MAX = 100_000  # mailboxes whose claimed \Recent UID (or STATUS counts) is remembered
-_STATUS_KEY = "SELECT uid_next, uid_validity, highest_modseq, recent_uid FROM mailboxes WHERE id = ?"
+# A state of a mailbox, which its STATUS counts follow (``mailbox_status``);
+# the highest UID (one seek of the primary key) for restore_messages, which
+# adds messages below the uid_next and modseq restore_mailbox set already.
+_STATUS_KEY = ("SELECT uid_next, uid_validity, highest_modseq, recent_uid,"
+               " (SELECT max(uid) FROM messages WHERE mailbox_id = mailboxes.id) FROM mailboxes WHERE id = ?")
 
 
 class MailboxesMixin(SQLiteCore):
@@ -93,7 +97,7 @@ class MailboxesMixin(SQLiteCore):
         # mailbox id -> a recent_uid this process read or committed: a lower
         # bound of the one in the database (claims only raise it)
         self._claimed: dict[int, int] = {}
-        # mailbox id -> (uid_next, uid_validity, highest_modseq, recent_uid), and the STATUS counts then
+        # mailbox id -> (uid_next, uid_validity, highest_modseq, recent_uid, highest UID), and the STATUS counts then
         self._status_cache: dict[int, tuple[tuple, MailboxStatus]] = {}
         super().__init__(data_dir, config, background)
 
@@ -284,9 +288,10 @@ class MailboxesMixin(SQLiteCore):
             raise NotFound("no such mailbox")
         # Every change to the counts moves the mailbox's highest_modseq
         # (RFC 7162 3.1.1: flags, expunge) or its uid_next (a new message),
-        # and a \Recent claim its recent_uid: counts read at the same four
-        # values still hold, and are not read again (many sessions ask
-        # STATUS of one mailbox between its changes).
+        # a \Recent claim its recent_uid, and a restored message its highest
+        # UID: counts read at the same five values still hold, and are not
+        # read again (many sessions ask STATUS of one mailbox between its
+        # changes).
         cached = self._status_cache.get(mailbox_id)
         if cached is not None and cached[0] == key:
             return cached[1]
