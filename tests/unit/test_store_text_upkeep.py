@@ -260,3 +260,45 @@ async def test_the_queue_of_derived_records_is_bounded_in_memory_for_small_messa
     finally:
         store._writer._between = between
         await store.close()
+
+
+async def test_cache_commits_never_run_with_synchronous_off_when_the_store_syncs(tmp_path: Path) -> None:
+    # The cache writes between batches (and the background indexer's) skip
+    # the fsync of their commit. With synchronous=OFF a commit that reaches
+    # the WAL's checkpoint threshold also copies the WAL, with the mail
+    # committed durably before, into the database file without syncing it;
+    # the next write then starts the WAL over those frames, and a power loss
+    # loses that mail or corrupts the file (SQLite 3.40 under strace: such a
+    # commit wrote 1209 pages into the database file and synced nothing).
+    # NORMAL skips the commit's sync as well but syncs a checkpoint.
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=True))
+    levels: list[str] = []
+    current = {"level": "FULL"}
+
+    def traced(statement: str) -> None:
+        text = statement.strip().upper()
+        if text.startswith("PRAGMA SYNCHRONOUS="):
+            current["level"] = text.split("=", 1)[1]
+        elif text == "COMMIT":
+            levels.append(current["level"])
+
+    conn = store._writer._conn
+    await store._writer.run_exclusive(lambda: conn.set_trace_callback(traced))
+    try:
+        await store.add_domain("example.test")
+        account = await store.add_account("a@example.test", "h")
+        box = await store.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        for n in range(4):
+            await store.deliver(_message(n), [DeliveryTarget(box.id)])
+        await store.get_derived(box, [1, 2], ["envelope_imap"])  # FETCH: saved between batches
+        await _until(lambda: store._q1("SELECT count(*) FROM bodies WHERE derived IS NULL") == (0,),
+                     "the bodies were never derived")  # 3 and 4 by the background indexer
+        await store.expunge(box, [1, 2, 3])
+        await _until(lambda: store._q1("SELECT count(*) FROM search_text") == (1,),
+                     "the index rows of expunged bodies were kept")
+        print(f"\ncommits on the writer connection at synchronous: {levels}")
+        assert "OFF" not in levels
+    finally:
+        await store._writer.run_exclusive(lambda: conn.set_trace_callback(None))
+        await store.close()

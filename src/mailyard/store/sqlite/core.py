@@ -108,6 +108,15 @@ class SQLiteCore(Store):
     def _synchronous(self) -> str:
         return "FULL" if self.config.fsync else "OFF"
 
+    @property
+    def _cache_synchronous(self) -> str:
+        """For a commit of cache data only, which need not be durable: no
+        sync of its WAL frames (the next durable commit syncs them). NORMAL,
+        not OFF: a commit may run the WAL checkpoint, which copies the mail
+        committed before into the database file, and under OFF it would not
+        sync that file before the WAL is written over again."""
+        return "NORMAL" if self.config.fsync else "OFF"
+
     async def close(self) -> None:
         await self._flush_upkeep()
         if self._pending_saves:

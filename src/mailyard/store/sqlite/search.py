@@ -678,13 +678,13 @@ class SearchMixin(SQLiteCore):
         ``INDEX_SLICE`` seconds or until a write is queued. Committed without
         an fsync: it is all a cache (the next durable commit syncs it; if it
         is lost, the bodies are still marked not derived and are derived
-        again)."""
+        again; see ``_cache_synchronous``)."""
         started = time.monotonic()
         with self._derived_queue_lock:
             queued = list(itertools.islice(self._derived_queue.items(), INDEX_BATCH))
         save = not self._index_deferred()
         done: list[int] = []
-        c.execute("PRAGMA synchronous=OFF")
+        c.execute(f"PRAGMA synchronous={self._cache_synchronous}")
         try:
             c.execute("BEGIN IMMEDIATE")
             try:
@@ -799,9 +799,10 @@ class SearchMixin(SQLiteCore):
                 break
         # Derived data can always be computed again (bodies.derived stays NULL if
         # this commit is lost), so it is committed without an fsync: the next
-        # durable commit syncs the WAL up to and including it. A delivery that
+        # durable commit syncs the WAL up to and including it (a checkpoint
+        # this commit runs still syncs: ``_cache_synchronous``). A delivery that
         # arrives meanwhile then waits for a memory write, not for a disk flush.
-        c.execute("PRAGMA synchronous=OFF")
+        c.execute(f"PRAGMA synchronous={self._cache_synchronous}")
         try:
             c.execute("BEGIN IMMEDIATE")
             try:
