@@ -29,10 +29,12 @@ install: $(STAMP)
 	ln -sf $(abspath $(VENV))/bin/mailyard $(BINDIR)/mailyard
 	@case ":$$PATH:" in *":$(BINDIR):"*) ;; *) echo "note: $(BINDIR) is not on your PATH; add it to use 'mailyard'";; esac
 
-## Set up and run the whole test suite.
+## Set up and run the whole test suite, in parallel worker processes (pytest-xdist;
+## a test file stays on one worker). Serially: make test PYTEST_ARGS=-p\ no:xdist
+PYTEST_ARGS ?= -n 3 --dist loadfile
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -239,11 +239,32 @@ def require_program(name: str, package: str) -> str:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the background fills of the big-mailbox modules collected
-    (tests/integration/prefill.py)."""
+    (tests/integration/prefill.py); an xdist worker takes the controller's."""
     from tests.integration import prefill
 
-    if not session.config.option.collectonly:
+    workerinput = getattr(session.config, "workerinput", None)
+    if workerinput is not None:
+        prefill.share(workerinput["mailyard_prefill"])
+    elif not session.config.option.collectonly:
         prefill.start([item.nodeid for item in session.items])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist controller: tell each worker the folder of the fills."""
+    from tests.integration import prefill
+
+    node.workerinput["mailyard_prefill"] = str(prefill.base())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """pytest-xdist controller: start the fills of the modules collected
+    (every worker collects the same tests; ``start`` starts each fill once)."""
+    from tests.integration import prefill
+
+    if not node.config.option.collectonly:
+        prefill.start(ids)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -10,6 +10,12 @@ directory with ``filled(module)`` (waiting if the fill is still running)
 and serves it with ``ServeProcess(..., made=True)``. The directory and its
 contents are the same as a fill in the fixture's own setup would make.
 
+Under pytest-xdist every worker collects every test, but runs only some: the
+controller process starts the fills instead (``start`` from the conftest's
+``pytest_xdist_node_collection_finished``), each once, in a folder it hands
+to the workers (``share``), and records each fill's exit status next to its
+directory (``exit``); a worker's ``filled`` waits for that file.
+
 Run as ``python -m tests.integration.prefill MODULE DATA`` it is that
 subprocess.
 """
@@ -36,18 +42,43 @@ ROOT = Path(__file__).resolve().parents[2]
 
 _base: Path | None = None
 _started: dict[str, tuple[subprocess.Popen, Path]] = {}
+_shared: Path | None = None  # an xdist worker: the controller's folder of fills
 
 
-def _spawn(module: str) -> tuple[subprocess.Popen, Path]:
+def base() -> Path:
+    """This session's folder of fills (made on first use)."""
     global _base
     if _base is None:
         _base = Path(tempfile.mkdtemp(prefix="mailyard-prefill-"))
-    data = _base / module.rsplit(".", 1)[-1] / "data"
+    return _base
+
+
+def share(folder: str) -> None:
+    """Take the fills from the controller's ``folder`` (an xdist worker)."""
+    global _shared
+    _shared = Path(folder)
+
+
+def _record_exit(proc: subprocess.Popen, data: Path) -> None:
+    """Write the fill's exit status to ``exit`` beside its directory once it
+    ends, for the workers waiting on it (written whole, then renamed)."""
+    code = proc.wait()
+    part = data.parent / "exit.part"
+    try:
+        part.write_text(str(code))
+        part.rename(data.parent / "exit")
+    except OSError:
+        pass  # the session ended and removed the folder
+
+
+def _spawn(module: str) -> tuple[subprocess.Popen, Path]:
+    data = base() / module.rsplit(".", 1)[-1] / "data"
     data.parent.mkdir(parents=True)
     log = (data.parent / "fill.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "tests.integration.prefill", module, str(data)], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()
+    threading.Thread(target=_record_exit, args=(proc, data), name=f"prefill-{module}", daemon=True).start()
     return proc, data
 
 
@@ -71,6 +102,22 @@ def filled(module: str) -> Path:
         proc.kill()
         proc.wait()
         raise AssertionError(f"the fill of {module} did not finish in {FILL_TIMEOUT:.0f} s") from None
+    log = (data.parent / "fill.log").read_text(errors="replace")
+    assert code == 0, f"the fill of {module} failed ({code}):\n{log[-3000:]}"
+    return data
+
+
+def _filled_by_controller(module: str, folder: Path) -> Path:
+    """The data directory the xdist controller's fill of ``module`` made,
+    once its exit status is recorded."""
+    data = folder / module.rsplit(".", 1)[-1] / "data"
+    status = data.parent / "exit"
+    assert data.parent.is_dir(), f"the xdist controller started no fill of {module} in {folder}"
+    deadline = time.monotonic() + FILL_TIMEOUT
+    while not status.exists():
+        assert time.monotonic() < deadline, f"the fill of {module} did not finish in {FILL_TIMEOUT:.0f} s"
+        time.sleep(0.5)
+    code = int(status.read_text())
     log = (data.parent / "fill.log").read_text(errors="replace")
     assert code == 0, f"the fill of {module} failed ({code}):\n{log[-3000:]}"
     return data

@@ -241,7 +241,15 @@ def test_smtp_wrong_password(mailserver: RunningServer) -> None:
         assert s.mail(ALICE)[0] == 530
 
 
-def test_smtp_fifth_failed_auth_closes_connection(mailserver: RunningServer) -> None:
+def test_smtp_fifth_failed_auth_closes_connection(make_server: Callable[..., RunningServer]) -> None:
+    def short_delays(cfg: Config) -> None:
+        # What is checked is the per-connection count ([auth]
+        # smtp_connection_max_failures), not the throttle's doubling delays
+        # (1+2+4+8 s by default, checked by the throttle's own tests).
+        cfg.auth.base_delay = 0.01
+        cfg.auth.max_delay = 0.05
+
+    mailserver = make_server(short_delays)
     with submission(mailserver) as s:
         s.ehlo()
         s.starttls(context=client_context(mailserver))
