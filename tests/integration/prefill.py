@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -136,6 +137,23 @@ def stop_all() -> None:
         _base = None
 
 
+_ending = threading.Event()  # the session is gone: the watcher removes the folder and ends the process
+
+
+def _kill_children() -> None:
+    """Kill this process's children (Linux 3.5+: /proc/PID/task/TID/children)."""
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+
+
 def _end_with_parent(folder: Path) -> None:
     """End this process, removing ``folder``, once the test session that
     started it is gone: a session killed outright (SIGKILL, or SIGTERM from
@@ -146,6 +164,8 @@ def _end_with_parent(folder: Path) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
+        _ending.set()
+        _kill_children()  # a `mailyard init` under way would write on into the folder
         shutil.rmtree(folder, ignore_errors=True)
         try:
             folder.parent.rmdir()  # the session's folder of fills, once the last is gone
@@ -161,8 +181,13 @@ def main(module: str, data: str) -> None:
 
     _end_with_parent(Path(data).parent)
     started = time.monotonic()
-    init_data(Path(data))
-    importlib.import_module(module)._fill(Path(data))
+    try:
+        init_data(Path(data))
+        importlib.import_module(module)._fill(Path(data))
+    except BaseException:
+        if _ending.is_set():  # its session is gone and the work cut short: let the watcher finish
+            time.sleep(60)
+        raise
     print(f"{module}: filled in {time.monotonic() - started:.1f} s (pid {os.getpid()})")
 
 
