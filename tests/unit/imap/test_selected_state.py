@@ -129,3 +129,32 @@ def test_fetch_and_store_of_messages_expunged_elsewhere_rfc2180_4_1_1_and_4_2_1(
     c.expect("y4 UID FETCH 1:* (FLAGS)", *served, "* 1 FETCH (UID 1 FLAGS (\\Answered \\Seen))",
              "y4 OK UID FETCH completed")
     assert box.held == {}  # every holder announced it: nothing kept
+
+
+def test_recent_uids_agree_with_a_plain_set_over_many_claims() -> None:
+    """RecentUids (ranges, bisected) answers membership and counts as the
+    set of the UIDs it was handed does: claims in order, touching ones that
+    merge, an out-of-order one, over a plain list and over UidRuns views."""
+    import random
+
+    from mailyard.protocols.imap.flags import RecentUids
+    from mailyard.protocols.imap.selected import UidRuns
+
+    rng = random.Random(3501)
+    recent, plain = RecentUids(), set()
+    top = 0
+    for _ in range(300):
+        above = top + rng.choice((0, 0, 1, 3))  # touching the last claim, or after a gap
+        upto = above + rng.randint(0, 4)
+        recent.add(above, upto)
+        plain.update(range(above + 1, upto + 1))
+        top = max(top, upto)
+    recent.add(5, 9)  # out of order: overlaps earlier claims
+    plain.update(range(6, 10))
+    assert all((uid in recent) == (uid in plain) for uid in range(top + 3))
+    for _ in range(20):
+        view = sorted(rng.sample(range(1, top + 3), 200))
+        want = sum(1 for uid in view if uid in plain)
+        assert recent.count(view) == want
+        assert recent.count(UidRuns(view)) == want
+    assert len(recent.ranges) < 300  # touching claims were merged
