@@ -158,3 +158,35 @@ def test_recent_uids_agree_with_a_plain_set_over_many_claims() -> None:
         assert recent.count(view) == want
         assert recent.count(UidRuns(view)) == want
     assert len(recent.ranges) < 300  # touching claims were merged
+
+
+def test_fetch_of_a_message_announced_before_its_notification_arrived() -> None:
+    """A commit the end-of-command sync reads before its notification reaches
+    the session (another worker's datagram still in flight) puts a message in
+    the view that the session's index-data cache has not loaded: a FETCH of
+    it right after the EXISTS must answer with its data, not NO
+    [EXPUNGEISSUED] (nothing was expunged; RFC 9051 7.4.1)."""
+    store = store_with_mail()
+    c = connect(store, select="INBOX")
+    c.untagged("a1 FETCH 1 (FLAGS)")  # the cache of index data is loaded
+    store.deliver(USER, SHORT)  # notified: the session is told to look again
+    backend = c.session.backend
+    real = backend.changes_since
+    calls = 0
+
+    async def changes_since(mailbox, modseq):  # noqa: ANN001, ANN202
+        nonlocal calls
+        calls += 1
+        out = await real(mailbox, modseq)
+        if calls == 1:
+            # committed after the cache's refresh, its notification not yet delivered
+            listeners, store._listeners = store._listeners, []
+            store.deliver(USER, MULTIPART)
+            store._listeners = listeners
+        return out
+
+    backend.changes_since = changes_since
+    c.expect("a2 FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS (\\Seen \\Recent))", "* 5 EXISTS", "* 5 RECENT",
+             "a2 OK FETCH completed")
+    backend.changes_since = real
+    c.expect("a3 FETCH 5 (FLAGS)", "* 5 FETCH (FLAGS (\\Recent))", "a3 OK FETCH completed")

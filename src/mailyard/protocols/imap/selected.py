@@ -426,6 +426,13 @@ class SelectedMailbox:
                 elif info.uid not in self.pending_expunge and self.own_changes.get(info.uid) != info.modseq:
                     updated.append(info)
             self.known_modseq = max(self.known_modseq, changes.highest_modseq)
+            if changes.highest_modseq > self.infos_modseq:
+                # The view now holds what the index-data cache may not: a
+                # commit read here before its notification arrived (another
+                # worker's datagram, the event loop's callback) leaves no
+                # other mark, and a FETCH of a message just announced must
+                # find its data (RFC 9051 7.4.1: announced, so it exists).
+                self.infos_stale = True
             self.own_changes.clear()
             self.note_flags(changes.changed)
             if allow_expunge:
