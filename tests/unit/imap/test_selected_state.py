@@ -168,8 +168,16 @@ def test_fetch_of_a_message_announced_before_its_notification_arrived() -> None:
     [EXPUNGEISSUED] (nothing was expunged; RFC 9051 7.4.1)."""
     store = store_with_mail()
     c = connect(store, select="INBOX")
-    c.untagged("a1 FETCH 1 (FLAGS)")  # the cache of index data is loaded
-    store.deliver(USER, SHORT)  # notified: the session is told to look again
+
+    def silently(data: bytes) -> None:
+        # committed, its notification not delivered yet
+        listeners, store._listeners = store._listeners, []
+        store.deliver(USER, data)
+        store._listeners = listeners
+
+    silently(SHORT)  # UID 4: the view does not know it yet
+    c.expect("a1 FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS (\\Seen \\Recent))", "a1 OK FETCH completed")  # the cache loads
+    store.deliver(USER, SHORT)  # UID 5, notified
     backend = c.session.backend
     real = backend.changes_since
     calls = 0
@@ -179,14 +187,38 @@ def test_fetch_of_a_message_announced_before_its_notification_arrived() -> None:
         calls += 1
         out = await real(mailbox, modseq)
         if calls == 1:
-            # committed after the cache's refresh, its notification not yet delivered
-            listeners, store._listeners = store._listeners, []
-            store.deliver(USER, MULTIPART)
-            store._listeners = listeners
+            silently(MULTIPART)  # UID 6: after the cache's refresh, before the sync's read
         return out
 
     backend.changes_since = changes_since
-    c.expect("a2 FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS (\\Seen \\Recent))", "* 5 EXISTS", "* 5 RECENT",
+    c.expect("a2 FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS (\\Seen \\Recent))", "* 6 EXISTS", "* 6 RECENT",
              "a2 OK FETCH completed")
     backend.changes_since = real
-    c.expect("a3 FETCH 5 (FLAGS)", "* 5 FETCH (FLAGS (\\Recent))", "a3 OK FETCH completed")
+    c.expect("a3 FETCH 6 (FLAGS)", "* 6 FETCH (FLAGS (\\Recent))", "a3 OK FETCH completed")
+
+
+def test_one_read_of_the_changes_per_command() -> None:
+    """After a change is notified, a FETCH (whose cache of index data needs
+    the changes) and the sync at its end (which announces them) read them
+    from the backend once, and so does a NOOP followed by a FETCH."""
+    store = store_with_mail()
+    c = connect(store, select="INBOX")
+    c.untagged("a1 FETCH 1:* (FLAGS)")
+    backend = c.session.backend
+    real = backend.changes_since
+    calls = []
+
+    async def counting(mailbox, modseq):  # noqa: ANN001, ANN202
+        calls.append(modseq)
+        return await real(mailbox, modseq)
+
+    backend.changes_since = counting
+    store.deliver(USER, SHORT)
+    c.expect("a2 FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS (\\Seen \\Recent))", "* 4 EXISTS", "* 4 RECENT",
+             "a2 OK FETCH completed")
+    c.expect("a3 FETCH 4 (FLAGS)", "* 4 FETCH (FLAGS (\\Recent))", "a3 OK FETCH completed")
+    assert len(calls) == 1
+    store.deliver(USER, SHORT)
+    c.expect("a4 NOOP", "* 5 EXISTS", "* 5 RECENT", "a4 OK NOOP completed")
+    c.expect("a5 FETCH 5 (FLAGS)", "* 5 FETCH (FLAGS (\\Recent))", "a5 OK FETCH completed")
+    assert len(calls) == 2

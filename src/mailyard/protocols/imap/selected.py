@@ -253,6 +253,11 @@ class SelectedMailbox:
     infos_cache: dict[int, MessageRecord] | None = None
     infos_modseq: int = 0
     infos_stale: bool = False
+    notes: int = 0  # notifications of changes received (``changed``)
+    # (since, notes when read, changes): the changes infos() read during
+    # this command, for the sync at its end to use instead of reading the
+    # same again; dropped when the sync is done
+    read_changes: tuple[int, int, Any] | None = None
     held_modseq: int = -1  # what hold_expunged was last told
     # RFC 3501 2.3.2: UIDs that are \\Recent in this session (rev1 clients only)
     recent: RecentUids = field(default_factory=RecentUids)
@@ -301,6 +306,22 @@ class SelectedMailbox:
         """The backend reported a change to this mailbox."""
         self.dirty = True
         self.infos_stale = True
+        self.notes += 1
+
+    async def changes_since(self, backend: ImapBackend, since: int) -> Any:
+        """``backend.changes_since`` of this mailbox, or the answer infos()
+        got for the same question in this command if no change was notified
+        since it was read: a FETCH or STORE reads the changes for the cache
+        and the end-of-command sync asks the same question, and the second
+        read could differ only by commits not notified yet, which the
+        session learns of when their notification arrives, as always."""
+        memo = self.read_changes
+        if memo is not None and memo[0] == since and memo[1] == self.notes:
+            return memo[2]
+        notes = self.notes
+        ch = await backend.changes_since(self.mailbox, since)
+        self.read_changes = (since, notes, ch)
+        return ch
 
     async def infos(self, backend: ImapBackend) -> dict[int, MessageRecord]:
         """Index data of the mailbox by UID, from the session's cache.
@@ -321,21 +342,25 @@ class SelectedMailbox:
             await self._keep_expunged(backend, [u for u in self.view.uids if u not in cache])
         elif self.infos_stale:
             self.infos_stale = False
-            ch = await backend.changes_since(self.mailbox, self.infos_modseq)
-            kept = []
-            for uid in ch.vanished:
-                if self.view.seq_of(uid) is None:
-                    cache.pop(uid, None)
-                else:
-                    kept.append(uid)  # not announced yet: still served (RFC 2180 4.1.1)
-            if kept:
-                await self._keep_expunged(backend, kept)  # with the flags they ended with
-                self.pending_expunge.update(kept)
-            for m in ch.changed:
-                cache[m.uid] = m
-            self.note_flags(ch.changed)
-            self.infos_modseq = max(self.infos_modseq, ch.highest_modseq)
+            ch = await self.changes_since(backend, self.infos_modseq)
+            await self._update_cache(backend, cache, ch)
         return cache
+
+    async def _update_cache(self, backend: ImapBackend, cache: dict[int, MessageRecord], ch: Any) -> None:
+        """Bring the index-data cache up to ``ch`` (changes after ``infos_modseq``)."""
+        kept = []
+        for uid in ch.vanished:
+            if self.view.seq_of(uid) is None:
+                cache.pop(uid, None)
+            else:
+                kept.append(uid)  # not announced yet: still served (RFC 2180 4.1.1)
+        if kept:
+            await self._keep_expunged(backend, kept)  # with the flags they ended with
+            self.pending_expunge.update(kept)
+        for m in ch.changed:
+            cache[m.uid] = m
+        self.note_flags(ch.changed)
+        self.infos_modseq = max(self.infos_modseq, ch.highest_modseq)
 
     async def _keep_expunged(self, backend: ImapBackend, uids: list[int]) -> None:
         """Index data of messages of the view expunged elsewhere, which the
@@ -411,8 +436,26 @@ class SelectedMailbox:
         sequence numbers must not shift under the client)."""
         if self.dirty:
             self.dirty = False
-            changes = await backend.changes_since(self.mailbox, self.known_modseq)
+            cache = self.infos_cache
+            # The cache asks from where the view does: these changes bring
+            # both up to date, so the next FETCH reads nothing more. (Not
+            # while an expunge the view keeps needs the held record:
+            # infos() fetches it when a command needs the cache.)
+            shared = cache is not None and self.infos_modseq == self.known_modseq
+            if shared:
+                self.infos_stale = False  # (a notification during the read sets it again)
+            changes = await self.changes_since(backend, self.known_modseq)
+            self.read_changes = None
             view = self.view
+            if shared and cache is self.infos_cache and (
+                allow_expunge or not any(view.seq_of(u) is not None for u in changes.vanished)
+            ):
+                for uid in changes.vanished:
+                    if view.seq_of(uid) is None:
+                        cache.pop(uid, None)  # (one in the view: announced below, which drops it)
+                for m in changes.changed:
+                    cache[m.uid] = m
+                self.infos_modseq = max(self.infos_modseq, changes.highest_modseq)
             for uid in changes.vanished:
                 if view.seq_of(uid) is not None:
                     self.pending_expunge.add(uid)
