@@ -222,3 +222,33 @@ def test_one_read_of_the_changes_per_command() -> None:
     c.expect("a4 NOOP", "* 5 EXISTS", "* 5 RECENT", "a4 OK NOOP completed")
     c.expect("a5 FETCH 5 (FLAGS)", "* 5 FETCH (FLAGS (\\Recent))", "a5 OK FETCH completed")
     assert len(calls) == 2
+
+
+def test_uid_runs_without_matches_a_plain_list() -> None:
+    """UidRuns.without (rebuilding only the runs between the first and the
+    last expunged UID, shifting the rest) keeps the same UIDs, positions and
+    maximal runs as a view built afresh from the remaining UIDs."""
+    import random
+
+    from mailyard.protocols.imap.selected import UidRuns
+
+    rng = random.Random(2180)
+    for _ in range(300):
+        uids = sorted(rng.sample(range(1, 400), rng.randint(0, 150)))
+        if rng.random() < 0.3:
+            uids = sorted(set(uids) | set(range(50, 250)))  # long runs too
+        gone = sorted(rng.sample(uids, rng.randint(0, min(len(uids), 6))))
+        left = [u for u in uids if u not in set(gone)]
+        got = UidRuns(uids).without(gone)
+        want = UidRuns(left)
+        assert list(got) == left
+        assert len(got) == len(left)
+        assert (list(got.starts), list(got.firsts)) == (list(want.starts), list(want.firsts))
+        for i in range(len(left)):
+            assert got[i] == left[i]
+        for uid in range(0, 402):
+            assert got.index_left(uid) == sum(1 for u in left if u < uid)
+        if left:
+            assert got.last() == left[-1]
+            got.append(left[-1] + 1)  # still extends its last run
+            assert list(got) == [*left, left[-1] + 1]

@@ -139,13 +139,25 @@ class UidRuns(Sequence[int]):
         self._n += length
 
     def without(self, gone: Sequence[int]) -> UidRuns:
-        """A copy without the UIDs ``gone`` (ascending, each held). Works run
-        by run: every session rebuilds its view after each expunge it
-        announces, so the cost follows the runs and the expunged UIDs, not
-        the size of the mailbox."""
+        """A copy without the UIDs ``gone`` (ascending, each held). Every
+        session rebuilds its view after each expunge it announces, so only
+        the runs from the first expunged UID to the last are rebuilt; the
+        runs before them are copied as they are and those after them with
+        their indexes moved down (array slices, not a call per run), and the
+        cost follows the expunged UIDs, not the mailbox's runs."""
         out = UidRuns()
-        k, n = 0, len(gone)
-        for r, start in enumerate(self.starts):
+        n = len(gone)
+        if not n:
+            out.starts, out.firsts, out._n = self.starts[:], self.firsts[:], self._n
+            return out
+        starts, firsts = self.starts, self.firsts
+        r = max(0, bisect_right(starts, gone[0]) - 1)  # the run holding the first expunged UID
+        out.starts, out.firsts = starts[:r], firsts[:r]
+        out._n = firsts[r] if r < len(firsts) else self._n
+        k = 0
+        runs = len(starts)
+        while r < runs and k < n:
+            start = starts[r]
             end = start + self._run_length(r)  # one past the run's last UID
             lo = start
             while k < n and gone[k] < end:
@@ -156,6 +168,15 @@ class UidRuns(Sequence[int]):
                 lo = uid + 1
             if lo < end:
                 out._add_run(lo, end - lo)
+            r += 1
+        if r < runs:
+            # the runs after the last expunged UID: the same UIDs, n places
+            # earlier (never adjacent to the run before them: runs are maximal
+            # and an expunge only takes UIDs away)
+            shift = self._n - out._n - (self._n - firsts[r])  # UIDs removed
+            out.starts.extend(starts[r:])
+            out.firsts.extend(array("I", [f - shift for f in firsts[r:]]))
+            out._n = self._n - shift
         return out
 
 
