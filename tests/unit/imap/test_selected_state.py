@@ -233,7 +233,7 @@ def test_uid_runs_without_matches_a_plain_list() -> None:
     from mailyard.protocols.imap.selected import UidRuns
 
     rng = random.Random(2180)
-    for _ in range(300):
+    for _ in range(100):
         uids = sorted(rng.sample(range(1, 400), rng.randint(0, 150)))
         if rng.random() < 0.3:
             uids = sorted(set(uids) | set(range(50, 250)))  # long runs too
@@ -246,7 +246,7 @@ def test_uid_runs_without_matches_a_plain_list() -> None:
         assert (list(got.starts), list(got.firsts)) == (list(want.starts), list(want.firsts))
         for i in range(len(left)):
             assert got[i] == left[i]
-        for uid in range(0, 402):
+        for uid in range(0, 402, 7):
             assert got.index_left(uid) == sum(1 for u in left if u < uid)
         if left:
             assert got.last() == left[-1]
