@@ -252,3 +252,18 @@ def test_uid_runs_without_matches_a_plain_list() -> None:
             assert got.last() == left[-1]
             got.append(left[-1] + 1)  # still extends its last run
             assert list(got) == [*left, left[-1] + 1]
+
+
+def test_own_seen_change_after_a_notified_change_is_reported_once() -> None:
+    """FETCH BODY[] of an unseen message after another session's change was
+    notified: the sync at its end reads the changes again after the implicit
+    \\Seen (the command's own write), so the flag change is reported in the
+    FETCH only, never again as an unsolicited FETCH at the next command."""
+    store = store_with_mail(SHORT, SHORT, seen_first=False)
+    c = connect(store, select="INBOX", enable="IMAP4rev2")
+    c.untagged("a1 FETCH 1:* (FLAGS)")
+    store.deliver(USER, SHORT)
+    c.expect("a2 FETCH 1 (BODY[] FLAGS)",
+             "* 1 FETCH (BODY[] {46}\r\nFrom: bob@example.test\r\nSubject: short\r\n\r\nhi\r\n FLAGS (\\Seen))",
+             "* 3 EXISTS", "a2 OK FETCH completed")
+    c.expect("a3 NOOP", "a3 OK NOOP completed")

@@ -335,7 +335,9 @@ class SelectedMailbox:
         since it was read: a FETCH or STORE reads the changes for the cache
         and the end-of-command sync asks the same question, and the second
         read could differ only by commits not notified yet, which the
-        session learns of when their notification arrives, as always."""
+        session learns of when their notification arrives, as always. (The
+        backends notify a write's own session before the write returns, so a
+        command's own writes, the \\Seen of a FETCH BODY[], are read again.)"""
         memo = self.read_changes
         if memo is not None and memo[0] == since and memo[1] == self.notes:
             return memo[2]
