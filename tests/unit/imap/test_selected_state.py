@@ -129,3 +129,141 @@ def test_fetch_and_store_of_messages_expunged_elsewhere_rfc2180_4_1_1_and_4_2_1(
     c.expect("y4 UID FETCH 1:* (FLAGS)", *served, "* 1 FETCH (UID 1 FLAGS (\\Answered \\Seen))",
              "y4 OK UID FETCH completed")
     assert box.held == {}  # every holder announced it: nothing kept
+
+
+def test_recent_uids_agree_with_a_plain_set_over_many_claims() -> None:
+    """RecentUids (ranges, bisected) answers membership and counts as the
+    set of the UIDs it was handed does: claims in order, touching ones that
+    merge, an out-of-order one, over a plain list and over UidRuns views."""
+    import random
+
+    from mailyard.protocols.imap.flags import RecentUids
+    from mailyard.protocols.imap.selected import UidRuns
+
+    rng = random.Random(3501)
+    recent, plain = RecentUids(), set()
+    top = 0
+    for _ in range(300):
+        above = top + rng.choice((0, 0, 1, 3))  # touching the last claim, or after a gap
+        upto = above + rng.randint(0, 4)
+        recent.add(above, upto)
+        plain.update(range(above + 1, upto + 1))
+        top = max(top, upto)
+    recent.add(5, 9)  # out of order: overlaps earlier claims
+    plain.update(range(6, 10))
+    assert all((uid in recent) == (uid in plain) for uid in range(top + 3))
+    for _ in range(20):
+        view = sorted(rng.sample(range(1, top + 3), 200))
+        want = sum(1 for uid in view if uid in plain)
+        assert recent.count(view) == want
+        assert recent.count(UidRuns(view)) == want
+    assert len(recent.ranges) < 300  # touching claims were merged
+
+
+def test_fetch_of_a_message_announced_before_its_notification_arrived() -> None:
+    """A commit the end-of-command sync reads before its notification reaches
+    the session (another worker's datagram still in flight) puts a message in
+    the view that the session's index-data cache has not loaded: a FETCH of
+    it right after the EXISTS must answer with its data, not NO
+    [EXPUNGEISSUED] (nothing was expunged; RFC 9051 7.4.1)."""
+    store = store_with_mail()
+    c = connect(store, select="INBOX")
+
+    def silently(data: bytes) -> None:
+        # committed, its notification not delivered yet
+        listeners, store._listeners = store._listeners, []
+        store.deliver(USER, data)
+        store._listeners = listeners
+
+    silently(SHORT)  # UID 4: the view does not know it yet
+    c.expect("a1 FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS (\\Seen \\Recent))", "a1 OK FETCH completed")  # the cache loads
+    store.deliver(USER, SHORT)  # UID 5, notified
+    backend = c.session.backend
+    real = backend.changes_since
+    calls = 0
+
+    async def changes_since(mailbox, modseq):  # noqa: ANN001, ANN202
+        nonlocal calls
+        calls += 1
+        out = await real(mailbox, modseq)
+        if calls == 1:
+            silently(MULTIPART)  # UID 6: after the cache's refresh, before the sync's read
+        return out
+
+    backend.changes_since = changes_since
+    c.expect("a2 FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS (\\Seen \\Recent))", "* 6 EXISTS", "* 6 RECENT",
+             "a2 OK FETCH completed")
+    backend.changes_since = real
+    c.expect("a3 FETCH 6 (FLAGS)", "* 6 FETCH (FLAGS (\\Recent))", "a3 OK FETCH completed")
+
+
+def test_one_read_of_the_changes_per_command() -> None:
+    """After a change is notified, a FETCH (whose cache of index data needs
+    the changes) and the sync at its end (which announces them) read them
+    from the backend once, and so does a NOOP followed by a FETCH."""
+    store = store_with_mail()
+    c = connect(store, select="INBOX")
+    c.untagged("a1 FETCH 1:* (FLAGS)")
+    backend = c.session.backend
+    real = backend.changes_since
+    calls = []
+
+    async def counting(mailbox, modseq):  # noqa: ANN001, ANN202
+        calls.append(modseq)
+        return await real(mailbox, modseq)
+
+    backend.changes_since = counting
+    store.deliver(USER, SHORT)
+    c.expect("a2 FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS (\\Seen \\Recent))", "* 4 EXISTS", "* 4 RECENT",
+             "a2 OK FETCH completed")
+    c.expect("a3 FETCH 4 (FLAGS)", "* 4 FETCH (FLAGS (\\Recent))", "a3 OK FETCH completed")
+    assert len(calls) == 1
+    store.deliver(USER, SHORT)
+    c.expect("a4 NOOP", "* 5 EXISTS", "* 5 RECENT", "a4 OK NOOP completed")
+    c.expect("a5 FETCH 5 (FLAGS)", "* 5 FETCH (FLAGS (\\Recent))", "a5 OK FETCH completed")
+    assert len(calls) == 2
+
+
+def test_uid_runs_without_matches_a_plain_list() -> None:
+    """UidRuns.without (rebuilding only the runs between the first and the
+    last expunged UID, shifting the rest) keeps the same UIDs, positions and
+    maximal runs as a view built afresh from the remaining UIDs."""
+    import random
+
+    from mailyard.protocols.imap.selected import UidRuns
+
+    rng = random.Random(2180)
+    for _ in range(100):
+        uids = sorted(rng.sample(range(1, 400), rng.randint(0, 150)))
+        if rng.random() < 0.3:
+            uids = sorted(set(uids) | set(range(50, 250)))  # long runs too
+        gone = sorted(rng.sample(uids, rng.randint(0, min(len(uids), 6))))
+        left = [u for u in uids if u not in set(gone)]
+        got = UidRuns(uids).without(gone)
+        want = UidRuns(left)
+        assert list(got) == left
+        assert len(got) == len(left)
+        assert (list(got.starts), list(got.firsts)) == (list(want.starts), list(want.firsts))
+        for i in range(len(left)):
+            assert got[i] == left[i]
+        for uid in range(0, 402, 7):
+            assert got.index_left(uid) == sum(1 for u in left if u < uid)
+        if left:
+            assert got.last() == left[-1]
+            got.append(left[-1] + 1)  # still extends its last run
+            assert list(got) == [*left, left[-1] + 1]
+
+
+def test_own_seen_change_after_a_notified_change_is_reported_once() -> None:
+    """FETCH BODY[] of an unseen message after another session's change was
+    notified: the sync at its end reads the changes again after the implicit
+    \\Seen (the command's own write), so the flag change is reported in the
+    FETCH only, never again as an unsolicited FETCH at the next command."""
+    store = store_with_mail(SHORT, SHORT, seen_first=False)
+    c = connect(store, select="INBOX", enable="IMAP4rev2")
+    c.untagged("a1 FETCH 1:* (FLAGS)")
+    store.deliver(USER, SHORT)
+    c.expect("a2 FETCH 1 (BODY[] FLAGS)",
+             "* 1 FETCH (BODY[] {46}\r\nFrom: bob@example.test\r\nSubject: short\r\n\r\nhi\r\n FLAGS (\\Seen))",
+             "* 3 EXISTS", "a2 OK FETCH completed")
+    c.expect("a3 NOOP", "a3 OK NOOP completed")

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -44,31 +44,61 @@ class RecentUids:
     claim in the store (claim_recent) hands a session the UIDs above the last
     claim up to the highest it announced, so a few ranges describe even a
     mailbox of new messages, and an idle connection keeps no per-message set
-    (RFC 3501 2.3.2)."""
+    (RFC 3501 2.3.2).
 
-    __slots__ = ("ranges",)
+    The ranges are kept ascending and disjoint, with their upper ends in a
+    list of their own: a session of a busy mailbox claims once per command
+    that noticed new mail, so it can hold hundreds of ranges, and both the
+    test of one UID (FETCH FLAGS, per message) and the count (the RECENT
+    response, per command that noticed new mail) are bisections, not walks
+    over every range."""
+
+    __slots__ = ("_his", "ranges")
 
     def __init__(self) -> None:
         self.ranges: list[tuple[int, int]] = []
+        self._his: list[int] = []  # the ranges' upper ends, ascending
 
     def add(self, above: int, upto: int) -> None:
-        if upto > above:
-            self.ranges.append((above, upto))
+        if upto <= above:
+            return
+        ranges = self.ranges
+        if ranges and above <= ranges[-1][1]:
+            lo, hi = ranges[-1]
+            if above >= lo:  # touches or overlaps the last range: extend it
+                ranges[-1] = (lo, max(hi, upto))
+                self._his[-1] = max(hi, upto)
+                return
+            self._normalise((above, upto))
+            return
+        ranges.append((above, upto))
+        self._his.append(upto)
+
+    def _normalise(self, extra: tuple[int, int]) -> None:
+        """Sort and merge the ranges with ``extra``, which came out of order."""
+        merged: list[tuple[int, int]] = []
+        for lo, hi in sorted([*self.ranges, extra]):
+            if merged and lo <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+            else:
+                merged.append((lo, hi))
+        self.ranges = merged
+        self._his = [hi for _, hi in merged]
 
     def __bool__(self) -> bool:
         return bool(self.ranges)
 
     def __contains__(self, uid: object) -> bool:
-        # A plain loop: asked once per message by FETCH 1:* (FLAGS), where a
-        # generator expression cost 40% of the command (bench/imap.py).
-        for lo, hi in self.ranges:
-            if lo < uid <= hi:  # type: ignore[operator]
-                return True
-        return False
+        # the first range ending at or above uid is the only one that can hold it
+        i = bisect_left(self._his, uid)  # type: ignore[call-overload]
+        return i < len(self.ranges) and self.ranges[i][0] < uid  # type: ignore[operator]
 
     def count(self, uids: Sequence[int]) -> int:
         """How many of ``uids`` (ascending: a view's) are \\Recent."""
-        return sum(bisect_right(uids, hi) - bisect_right(uids, lo) for lo, hi in self.ranges)
+        above = getattr(uids, "index_right", None)  # UidRuns: a bisection over its runs
+        if above is None:
+            return sum(bisect_right(uids, hi) - bisect_right(uids, lo) for lo, hi in self.ranges)
+        return sum(above(hi) - above(lo) for lo, hi in self.ranges)
 
 
 _FLAG_BYTES: dict[frozenset[str], bytes] = {}

@@ -139,13 +139,25 @@ class UidRuns(Sequence[int]):
         self._n += length
 
     def without(self, gone: Sequence[int]) -> UidRuns:
-        """A copy without the UIDs ``gone`` (ascending, each held). Works run
-        by run: every session rebuilds its view after each expunge it
-        announces, so the cost follows the runs and the expunged UIDs, not
-        the size of the mailbox."""
+        """A copy without the UIDs ``gone`` (ascending, each held). Every
+        session rebuilds its view after each expunge it announces, so only
+        the runs from the first expunged UID to the last are rebuilt; the
+        runs before them are copied as they are and those after them with
+        their indexes moved down (array slices, not a call per run), and the
+        cost follows the expunged UIDs, not the mailbox's runs."""
         out = UidRuns()
-        k, n = 0, len(gone)
-        for r, start in enumerate(self.starts):
+        n = len(gone)
+        if not n:
+            out.starts, out.firsts, out._n = self.starts[:], self.firsts[:], self._n
+            return out
+        starts, firsts = self.starts, self.firsts
+        r = max(0, bisect_right(starts, gone[0]) - 1)  # the run holding the first expunged UID
+        out.starts, out.firsts = starts[:r], firsts[:r]
+        out._n = firsts[r] if r < len(firsts) else self._n
+        k = 0
+        runs = len(starts)
+        while r < runs and k < n:
+            start = starts[r]
             end = start + self._run_length(r)  # one past the run's last UID
             lo = start
             while k < n and gone[k] < end:
@@ -156,6 +168,15 @@ class UidRuns(Sequence[int]):
                 lo = uid + 1
             if lo < end:
                 out._add_run(lo, end - lo)
+            r += 1
+        if r < runs:
+            # the runs after the last expunged UID: the same UIDs, n places
+            # earlier (never adjacent to the run before them: runs are maximal
+            # and an expunge only takes UIDs away)
+            shift = self._n - out._n - (self._n - firsts[r])  # UIDs removed
+            out.starts.extend(starts[r:])
+            out.firsts.extend(array("I", [f - shift for f in firsts[r:]]))
+            out._n = self._n - shift
         return out
 
 
@@ -253,6 +274,11 @@ class SelectedMailbox:
     infos_cache: dict[int, MessageRecord] | None = None
     infos_modseq: int = 0
     infos_stale: bool = False
+    notes: int = 0  # notifications of changes received (``changed``)
+    # (since, notes when read, changes): the changes infos() read during
+    # this command, for the sync at its end to use instead of reading the
+    # same again; dropped when the sync is done
+    read_changes: tuple[int, int, Any] | None = None
     held_modseq: int = -1  # what hold_expunged was last told
     # RFC 3501 2.3.2: UIDs that are \\Recent in this session (rev1 clients only)
     recent: RecentUids = field(default_factory=RecentUids)
@@ -301,6 +327,24 @@ class SelectedMailbox:
         """The backend reported a change to this mailbox."""
         self.dirty = True
         self.infos_stale = True
+        self.notes += 1
+
+    async def changes_since(self, backend: ImapBackend, since: int) -> Any:
+        """``backend.changes_since`` of this mailbox, or the answer infos()
+        got for the same question in this command if no change was notified
+        since it was read: a FETCH or STORE reads the changes for the cache
+        and the end-of-command sync asks the same question, and the second
+        read could differ only by commits not notified yet, which the
+        session learns of when their notification arrives, as always. (The
+        backends notify a write's own session before the write returns, so a
+        command's own writes, the \\Seen of a FETCH BODY[], are read again.)"""
+        memo = self.read_changes
+        if memo is not None and memo[0] == since and memo[1] == self.notes:
+            return memo[2]
+        notes = self.notes
+        ch = await backend.changes_since(self.mailbox, since)
+        self.read_changes = (since, notes, ch)
+        return ch
 
     async def infos(self, backend: ImapBackend) -> dict[int, MessageRecord]:
         """Index data of the mailbox by UID, from the session's cache.
@@ -321,21 +365,25 @@ class SelectedMailbox:
             await self._keep_expunged(backend, [u for u in self.view.uids if u not in cache])
         elif self.infos_stale:
             self.infos_stale = False
-            ch = await backend.changes_since(self.mailbox, self.infos_modseq)
-            kept = []
-            for uid in ch.vanished:
-                if self.view.seq_of(uid) is None:
-                    cache.pop(uid, None)
-                else:
-                    kept.append(uid)  # not announced yet: still served (RFC 2180 4.1.1)
-            if kept:
-                await self._keep_expunged(backend, kept)  # with the flags they ended with
-                self.pending_expunge.update(kept)
-            for m in ch.changed:
-                cache[m.uid] = m
-            self.note_flags(ch.changed)
-            self.infos_modseq = max(self.infos_modseq, ch.highest_modseq)
+            ch = await self.changes_since(backend, self.infos_modseq)
+            await self._update_cache(backend, cache, ch)
         return cache
+
+    async def _update_cache(self, backend: ImapBackend, cache: dict[int, MessageRecord], ch: Any) -> None:
+        """Bring the index-data cache up to ``ch`` (changes after ``infos_modseq``)."""
+        kept = []
+        for uid in ch.vanished:
+            if self.view.seq_of(uid) is None:
+                cache.pop(uid, None)
+            else:
+                kept.append(uid)  # not announced yet: still served (RFC 2180 4.1.1)
+        if kept:
+            await self._keep_expunged(backend, kept)  # with the flags they ended with
+            self.pending_expunge.update(kept)
+        for m in ch.changed:
+            cache[m.uid] = m
+        self.note_flags(ch.changed)
+        self.infos_modseq = max(self.infos_modseq, ch.highest_modseq)
 
     async def _keep_expunged(self, backend: ImapBackend, uids: list[int]) -> None:
         """Index data of messages of the view expunged elsewhere, which the
@@ -411,8 +459,26 @@ class SelectedMailbox:
         sequence numbers must not shift under the client)."""
         if self.dirty:
             self.dirty = False
-            changes = await backend.changes_since(self.mailbox, self.known_modseq)
+            cache = self.infos_cache
+            # The cache asks from where the view does: these changes bring
+            # both up to date, so the next FETCH reads nothing more. (Not
+            # while an expunge the view keeps needs the held record:
+            # infos() fetches it when a command needs the cache.)
+            shared = cache is not None and self.infos_modseq == self.known_modseq
+            if shared:
+                self.infos_stale = False  # (a notification during the read sets it again)
+            changes = await self.changes_since(backend, self.known_modseq)
+            self.read_changes = None
             view = self.view
+            if shared and cache is self.infos_cache and (
+                allow_expunge or not any(view.seq_of(u) is not None for u in changes.vanished)
+            ):
+                for uid in changes.vanished:
+                    if view.seq_of(uid) is None:
+                        cache.pop(uid, None)  # (one in the view: announced below, which drops it)
+                for m in changes.changed:
+                    cache[m.uid] = m
+                self.infos_modseq = max(self.infos_modseq, changes.highest_modseq)
             for uid in changes.vanished:
                 if view.seq_of(uid) is not None:
                     self.pending_expunge.add(uid)
@@ -426,6 +492,13 @@ class SelectedMailbox:
                 elif info.uid not in self.pending_expunge and self.own_changes.get(info.uid) != info.modseq:
                     updated.append(info)
             self.known_modseq = max(self.known_modseq, changes.highest_modseq)
+            if changes.highest_modseq > self.infos_modseq:
+                # The view now holds what the index-data cache may not: a
+                # commit read here before its notification arrived (another
+                # worker's datagram, the event loop's callback) leaves no
+                # other mark, and a FETCH of a message just announced must
+                # find its data (RFC 9051 7.4.1: announced, so it exists).
+                self.infos_stale = True
             self.own_changes.clear()
             self.note_flags(changes.changed)
             if allow_expunge:

@@ -214,9 +214,11 @@ class ImapSession:
         """Send pending mailbox updates, then the tagged response."""
         sel = self.sel
         # (no coroutine at all for the usual command that has nothing to announce)
-        if (sel is not None and (sel.dirty or (allow_expunge and sel.pending_expunge))
-                and self.backend is not None and self.engine.state is State.SELECTED):
-            await sel.sync(self.engine, self.backend, allow_expunge)
+        if sel is not None:
+            if ((sel.dirty or (allow_expunge and sel.pending_expunge))
+                    and self.backend is not None and self.engine.state is State.SELECTED):
+                await sel.sync(self.engine, self.backend, allow_expunge)
+            sel.read_changes = None  # (kept for this command's sync only)
         self.engine.complete(status, text, code)
 
     async def sync(self, allow_expunge: bool) -> None:
@@ -236,6 +238,7 @@ class ImapSession:
         engine.start_idle()
         if self.sel is not None:
             self.sel.infos_cache = None  # an idle connection keeps little memory
+            self.sel.read_changes = None
             await self.sync(allow_expunge=True)
         await self.io.flush()
         while True:
