@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mailyard.config import StoreConfig
-from mailyard.store.api import AppendItem, DeliveryTarget
+from mailyard.store.api import AppendItem, DeliveryTarget, Mailbox
 from mailyard.store.sqlite import SQLiteStore, search, textindex, writer
 
 
@@ -52,6 +52,15 @@ async def _until(cond: Any, what: str) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _inbox(store: SQLiteStore) -> Mailbox:
+    """The INBOX of a@example.test, made in ``store``."""
+    await store.add_domain("example.test")
+    account = await store.add_account("a@example.test", "h")
+    box = await store.get_mailbox(account.id, "INBOX")
+    assert box is not None
+    return box
+
+
 def _message(n: int) -> bytes:
     return (f"From: a@remote.test\r\nSubject: note {n}\r\n\r\n"
             f"body of note {n} {'wombat' if n % 2 else 'quokka'}\r\n" + "filler line\r\n" * 200).encode()
@@ -62,10 +71,7 @@ async def test_fetch_and_expunge_keep_text_indexing_out_of_the_write_batches(
     # no background indexer: only what FETCH derives gets indexed here
     store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
     try:
-        await store.add_domain("example.test")
-        account = await store.add_account("a@example.test", "h")
-        box = await store.get_mailbox(account.id, "INBOX")
-        assert box is not None
+        box = await _inbox(store)
         for n in range(6):
             await store.deliver(_message(n), [DeliveryTarget(box.id)])
         got = await store.get_derived(box, list(range(1, 7)), ["envelope_imap"])  # FETCH ENVELOPE
@@ -101,10 +107,7 @@ async def test_search_right_after_fetch_finds_text_not_indexed_yet(
 
     monkeypatch.setattr(search, "derive_record", counted)
     try:
-        await store.add_domain("example.test")
-        account = await store.add_account("a@example.test", "h")
-        box = await store.get_mailbox(account.id, "INBOX")
-        assert box is not None
+        box = await _inbox(store)
         for n in range(4):
             await store.deliver(_message(n), [DeliveryTarget(box.id)])
         await store.get_derived(box, [1, 2, 3, 4], ["envelope_imap"])
@@ -127,10 +130,7 @@ async def test_indexing_new_bodies_and_removing_gone_ones_query_fts_fields_once(
     store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
     store._writer._between = None  # the slices run here, traced
     try:
-        await store.add_domain("example.test")
-        account = await store.add_account("a@example.test", "h")
-        box = await store.get_mailbox(account.id, "INBOX")
-        assert box is not None
+        box = await _inbox(store)
         for n in range(8):
             await store.deliver(_message(n), [DeliveryTarget(box.id)])
         statements: list[str] = []
@@ -169,10 +169,7 @@ async def test_an_expunge_of_many_messages_lists_their_bodies_in_rows_of_constan
     store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
     between, store._writer._between = store._writer._between, None  # the listing is looked at before it drains
     try:
-        await store.add_domain("example.test")
-        account = await store.add_account("a@example.test", "h")
-        box = await store.get_mailbox(account.id, "INBOX")
-        assert box is not None
+        box = await _inbox(store)
         count = 2000
         uids = await store.append_many(box, [AppendItem(b"Subject: n%d\r\n\r\nx\r\n" % n) for n in range(count)])
         await store.expunge(box, uids)
@@ -194,10 +191,7 @@ async def test_an_expunge_of_many_messages_lists_their_bodies_in_rows_of_constan
 async def test_a_gone_body_list_of_the_one_row_form_is_still_worked_off(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
     try:
-        await store.add_domain("example.test")
-        account = await store.add_account("a@example.test", "h")
-        box = await store.get_mailbox(account.id, "INBOX")
-        assert box is not None
+        box = await _inbox(store)
         for n in range(4):
             await store.deliver(_message(n), [DeliveryTarget(box.id)])
         await store.get_derived(box, [1, 2, 3, 4])
@@ -235,10 +229,7 @@ async def test_the_queue_of_derived_records_is_bounded_in_memory_for_small_messa
     store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
     between, store._writer._between = store._writer._between, None  # nothing drains the queue here
     try:
-        await store.add_domain("example.test")
-        account = await store.add_account("a@example.test", "h")
-        box = await store.get_mailbox(account.id, "INBOX")
-        assert box is not None
+        box = await _inbox(store)
         count = 2000
         await store.append_many(box, [AppendItem(b"Subject: n%d\r\n\r\nx\r\n" % n) for n in range(count)])
         got = await store.get_derived(box, list(range(1, count + 1)), ["envelope_imap"])  # FETCH 1:* ENVELOPE
@@ -285,10 +276,7 @@ async def test_cache_commits_never_run_with_synchronous_off_when_the_store_syncs
     conn = store._writer._conn
     await store._writer.run_exclusive(lambda: conn.set_trace_callback(traced))
     try:
-        await store.add_domain("example.test")
-        account = await store.add_account("a@example.test", "h")
-        box = await store.get_mailbox(account.id, "INBOX")
-        assert box is not None
+        box = await _inbox(store)
         for n in range(4):
             await store.deliver(_message(n), [DeliveryTarget(box.id)])
         await store.get_derived(box, [1, 2], ["envelope_imap"])  # FETCH: saved between batches
