@@ -860,3 +860,25 @@ def test_simultaneous_first_logins_on_a_store_still_opening(
         for s in socks:
             s.close()
         server.stop()
+
+
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
+def test_silent_store_announces_another_sessions_change_to_the_message_rfc9051_6_4_6(
+        mailserver: RunningServer, imap) -> None:
+    """Over the store: another session flags message 1, then this session
+    STOREs .SILENT on it; the other session's \\Flagged is announced with an
+    untagged FETCH (RFC 9051 6.4.6), and a .SILENT STORE with no external
+    change is answered with the tagged OK alone."""
+    imap().append("INBOX", None, None, simple(1))
+    s, say = _login_raw(mailserver)
+    assert say(b"s1 ENABLE IMAP4rev2", b"s1")[-1].startswith(b"s1 OK")
+    assert say(b"s2 SELECT INBOX", b"s2")[-1].startswith(b"s2 OK")
+    assert say(b"s3 FETCH 1 (FLAGS)", b"s3") == [b"* 1 FETCH (FLAGS ())\r\n", b"s3 OK FETCH completed\r\n"]
+    b = imap()
+    b.select("INBOX")
+    assert b.store("1", "+FLAGS.SILENT", "(\\Flagged)")[0] == "OK"
+    assert say(b"s4 STORE 1 +FLAGS.SILENT (\\Seen)", b"s4") == [
+        b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Seen))\r\n", b"s4 OK STORE completed\r\n"]
+    assert say(b"s5 STORE 1 -FLAGS.SILENT (\\Seen)", b"s5") == [b"s5 OK STORE completed\r\n"]
+    assert say(b"s6 NOOP", b"s6") == [b"s6 OK NOOP completed\r\n"]
+    s.close()

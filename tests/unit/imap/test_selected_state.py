@@ -267,3 +267,33 @@ def test_own_seen_change_after_a_notified_change_is_reported_once() -> None:
              "* 1 FETCH (BODY[] {46}\r\nFrom: bob@example.test\r\nSubject: short\r\n\r\nhi\r\n FLAGS (\\Seen))",
              "* 3 EXISTS", "a2 OK FETCH completed")
     c.expect("a3 NOOP", "a3 OK NOOP completed")
+
+
+def test_silent_store_after_another_sessions_change_to_the_same_message_rfc9051_6_4_6() -> None:
+    """Another session flags a message; this session then STOREs .SILENT on
+    the same message. The store's record after the STORE carries both
+    changes at this session's own modseq: the other session's change must
+    still be announced (RFC 9051 6.4.6: with or without .SILENT, a change
+    from an external source gets an untagged FETCH), also when its
+    notification had not arrived before the STORE (another worker's), and
+    a .SILENT STORE with no external change stays silent."""
+    store = store_with_mail()
+    a = connect(store, select="INBOX", enable="IMAP4rev2")
+    b = connect(store, select="INBOX", enable="IMAP4rev2")
+    a.untagged("a1 FETCH 1:* (FLAGS)")
+    b.untagged("b1 STORE 2 +FLAGS.SILENT (\\Flagged)")
+    a.expect("a2 STORE 2 +FLAGS.SILENT (\\Seen)", "* 2 FETCH (UID 2 FLAGS (\\Flagged \\Seen))",
+             "a2 OK STORE completed")
+    a.expect("a3 NOOP", "a3 OK NOOP completed")
+
+    # the other session's change committed, its notification not delivered yet
+    listeners, store._listeners = store._listeners, [e for e in store._listeners if e[1].__self__ is not a.session]
+    b.untagged("b2 STORE 3 +FLAGS.SILENT (\\Answered)")
+    store._listeners = listeners
+    a.expect("a4 STORE 3 +FLAGS.SILENT (\\Seen)", "* 3 FETCH (UID 3 FLAGS (\\Answered \\Seen))",
+             "a4 OK STORE completed")
+    a.expect("a5 STORE 1 -FLAGS.SILENT (\\Seen)", "a5 OK STORE completed")
+    a.expect("a6 UID STORE 1 +FLAGS.SILENT (\\Seen \\Deleted)", "a6 OK UID STORE completed")
+    a.expect("a7 NOOP", "a7 OK NOOP completed")
+    a.expect("a8 FETCH 1:3 (FLAGS)", "* 1 FETCH (FLAGS (\\Deleted \\Seen))", "* 2 FETCH (FLAGS (\\Flagged \\Seen))",
+             "* 3 FETCH (FLAGS (\\Answered \\Seen))", "a8 OK FETCH completed")

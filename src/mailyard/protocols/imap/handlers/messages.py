@@ -18,6 +18,8 @@ from ..search import partial_slice
 from ..selected import SequenceError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from ..backend import ImapBackend, MessageRecord
     from ..selected import SelectedMailbox
     from ..session import ImapSession
@@ -156,9 +158,24 @@ async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
     if cmd.unchanged_since is not None:
         sel.enable_condstore(s.engine)  # RFC 7162 3.1
     uids = [u for _, u in pairs]
+    # .SILENT: the flags as this session last showed them, to tell the
+    # STORE's own change from another session's to the same message
+    before = await sel.infos(b) if cmd.silent else None
+    known = sel.known_modseq
     changed, failed = await b.store_flags(sel.mailbox, uids, flags, cmd.mode, cmd.unchanged_since)
     by_uid = {m.uid: m for m in changed}
     for m in changed:
+        if before is not None:
+            # RFC 9051 6.4.6: with or without .SILENT, a change from an
+            # external source gets an untagged FETCH. The record carries it
+            # at this STORE's modseq, so the sync at the end of the command
+            # announces the message unless it is marked as this STORE's own:
+            # only when the new flags are what the client expects from the
+            # flags it was shown (a record not announced yet, modseq past
+            # known_modseq, is not known to the client).
+            old = before.get(m.uid)
+            if old is None or old.modseq > known or m.flags != _stored(old.flags, flags, cmd.mode):
+                continue
         sel.own_changes[m.uid] = m.modseq
     sel.note_flags(changed)
     report: dict[int, MessageRecord] = dict(by_uid)
@@ -192,6 +209,12 @@ async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
         nums = failed if cmd.uid else [q for q, u in pairs if u in set(failed)]
         code = f"MODIFIED {format_uid_set(nums)}"
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}STORE completed", code, allow_expunge=cmd.uid)
+
+
+def _stored(old: frozenset[str], flags: Iterable[str], mode: str) -> frozenset[str]:
+    """The flags a STORE of ``flags`` in ``mode`` makes of ``old`` (RFC 9051 6.4.6)."""
+    given = frozenset(flags)
+    return old | given if mode == "add" else old - given if mode == "remove" else given
 
 
 async def cmd_copy(s: ImapSession, cmd: c.Copy) -> None:
