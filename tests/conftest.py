@@ -21,6 +21,7 @@ import pytest
 from mailyard.config import Config
 from mailyard.server import MailServer
 from mailyard.store import open_store
+from mailyard.store.api import NotFound
 from mailyard.store.sqlite import SQLiteStore
 from tests.integration.rspamd_server import rspamd_service  # noqa: F401  (the session's rspamd)
 from tests.pgcluster import pg_cluster  # noqa: F401  (the session's PostgreSQL cluster)
@@ -87,15 +88,22 @@ class RunningServer:
         return self.server.port(name)
 
     def messages(self, address: str, mailbox: str = "INBOX") -> list[bytes]:
-        """The exact bytes of every message in a user's mailbox, in UID order."""
+        """The exact bytes of every message in a user's mailbox, in UID order
+        (a message expunged while they are read is left out: the server may
+        be working on the mailbox meanwhile)."""
 
         async def read() -> list[bytes]:
             account = await self.store.get_account(address)
             assert account is not None, address
             box = await self.store.get_mailbox(account.id, mailbox)
             assert box is not None
-            infos = await self.store.list_messages(box)
-            return [await self.store.read_message(box, m.uid) for m in infos]
+            out = []
+            for m in await self.store.list_messages(box):
+                try:
+                    out.append(await self.store.read_message(box, m.uid))
+                except NotFound:
+                    continue
+            return out
 
         return self.call(read())
 
