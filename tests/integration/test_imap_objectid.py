@@ -102,7 +102,10 @@ def test_preview_stored_and_on_demand(mailserver: RunningServer) -> None:
     store = mailserver.store
 
     async def forget() -> int:
-        # as a body derived before previews were kept
+        # as a body derived before previews were kept; the record FETCH
+        # derived is saved between write batches: save it first
+        await store._flush_upkeep()
+
         def op(con, ctx):  # noqa: ANN001, ANN202
             return con.execute("UPDATE body_derived SET meta = json_remove(meta, '$.preview')").rowcount
         return await store._write(op)
@@ -110,6 +113,7 @@ def test_preview_stored_and_on_demand(mailserver: RunningServer) -> None:
     assert mailserver.call(forget()) >= 1
     want[1] = b"a3 OK FETCH completed"
     assert c.command(b"a3", b"FETCH 1 (PREVIEW (LAZY))") == [want[0].replace(b"a2", b"a3"), want[1]]
+    mailserver.call(store._flush_upkeep())
     kept = store._q("SELECT json_extract(meta, '$.preview') FROM body_derived")
     assert ("Hello Joe, do you think we can meet at 3:30 tomorrow?",) in kept
 
