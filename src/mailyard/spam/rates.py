@@ -44,12 +44,9 @@ def network_of(ip: str) -> str:
     """The network an address belongs to for the per-network budget: its /24
     (IPv4) or /64 (IPv6); an IPv4-mapped IPv6 address counts as IPv4.
     Cached: every connection and message of a client asks."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
+    addr = _client_address(ip)
+    if addr is None:
         return ip
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
     prefix = 24 if addr.version == 4 else 64
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
 
@@ -97,13 +94,20 @@ class RatePolicy:
 
 def _in_networks(networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], ip: str) -> bool:
     """Whether ``ip`` (an IPv4-mapped IPv6 address as IPv4) is in one of ``networks``."""
+    addr = _client_address(ip)
+    return addr is not None and any(addr in net for net in networks)
+
+
+def _client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``ip`` parsed, an IPv4-mapped IPv6 address as the IPv4 one; None if
+    it is not an IP address."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
-        return False
+        return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in networks)
+        return addr.ipv4_mapped
+    return addr
 
 
 class RateLimiter:
