@@ -290,3 +290,51 @@ async def test_cache_commits_never_run_with_synchronous_off_when_the_store_syncs
     finally:
         await store._writer.run_exclusive(lambda: conn.set_trace_callback(None))
         await store.close()
+
+
+async def test_the_upkeep_waits_while_writes_keep_coming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The upkeep runs once the writer has had no write for UPKEEP_PAUSE: one
+    # of its slices holds the write lock (of every worker) for up to
+    # INDEX_SLICE, so while writes keep coming none of them waits behind it.
+    monkeypatch.setattr(writer, "UPKEEP_PAUSE", 60.0, raising=False)
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
+    slices: list[int] = []
+    wants, work = store._writer._between
+
+    def traced(c: Any) -> bool:
+        slices.append(len(store._derived_queue))
+        return work(c)
+
+    store._writer._between = (wants, traced)
+    try:
+        box = await _inbox(store)
+        for n in range(3):
+            await store.deliver(_message(n), [DeliveryTarget(box.id)])
+        await store.get_derived(box, [1, 2, 3], ["envelope_imap"])  # FETCH: records queued for the upkeep
+        for n in range(3, 13):
+            await store.deliver(_message(n), [DeliveryTarget(box.id)])
+        assert slices == [], "the upkeep ran between writes that kept coming"
+        assert len(store._derived_queue) == 3
+        # once the writes stop, it runs by itself
+        monkeypatch.setattr(writer, "UPKEEP_PAUSE", 0.05)
+        await store.deliver(_message(13), [DeliveryTarget(box.id)])
+        await _until(lambda: not store._derived_queue, "the upkeep never ran after the writes stopped")
+        assert slices and store._q1("SELECT count(*) FROM search_text") == (3,)
+    finally:
+        await store.close()
+
+
+async def test_the_upkeep_of_a_fetch_without_writes_runs_after_the_pause(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
+    try:
+        box = await _inbox(store)
+        for n in range(2):
+            await store.deliver(_message(n), [DeliveryTarget(box.id)])
+        monkeypatch.setattr(writer, "UPKEEP_PAUSE", 0.05)
+        await store.get_derived(box, [1, 2], ["envelope_imap"])  # no write follows
+        await _until(lambda: store._q1("SELECT count(*) FROM search_text") == (2,),
+                     "what a FETCH derived was never saved")
+        assert not store._derived_queue
+    finally:
+        await store.close()

@@ -21,6 +21,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,9 @@ _STOP = object()
 _WAKE = object()  # idle work has something new (another process wrote)
 _UPKEEP = object()  # the upkeep between batches has something new
 IDLE_PAUSE = 0.2  # seconds without writes before background work starts
+# seconds without writes before the upkeep between batches runs: while
+# writes keep coming it waits, so they never queue behind it
+UPKEEP_PAUSE = 0.1
 
 
 class _Exclusive:
@@ -71,6 +75,7 @@ class GroupCommitWriter:
         # (has work, do a slice of it): cache upkeep kept out of the write
         # batches, done between them when no write waits (see _between_batches)
         self._between = between
+        self._upkeep_due: float | None = None  # monotonic time the upkeep between batches may run
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="mailyard-store-writer", daemon=True)
         self._idle_pending = True
@@ -123,13 +128,15 @@ class GroupCommitWriter:
 
     def _run(self) -> None:
         while True:
+            timeout, upkeep = self._wait()
             try:
-                # idle work starts after 0.2 s without writes, then continues
-                # slice after slice until it is done or a write arrives
-                timeout = (0.0 if self._idle_running else self._idle_wait) if self._idle_pending else None
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
-                self._do_idle_work()
+                if upkeep:
+                    self._upkeep_due = None
+                    self._between_batches()
+                else:
+                    self._do_idle_work()
                 continue
             while item is not None:
                 if item is _STOP:
@@ -140,7 +147,7 @@ class GroupCommitWriter:
                     item = None
                     continue
                 if item is _UPKEEP:
-                    self._between_batches()
+                    self._want_upkeep(postpone=False)
                     item = None
                     continue
                 if isinstance(item[0], _Exclusive):
@@ -163,8 +170,27 @@ class GroupCommitWriter:
                             break
                         batch.append(more)
                     self._commit(batch)
-                if item is None:
-                    self._between_batches()
+                self._want_upkeep(postpone=True)
+
+    def _wait(self) -> tuple[float | None, bool]:
+        """Seconds the writer waits for a write before its next piece of
+        background work (None: there is none), and whether that piece is the
+        upkeep between batches (else the idle work). Idle work starts after
+        ``IDLE_PAUSE`` without writes, then continues slice after slice until
+        it is done or a write arrives."""
+        idle = (0.0 if self._idle_running else self._idle_wait) if self._idle_pending else None
+        if self._upkeep_due is not None:
+            upkeep = max(0.0, self._upkeep_due - time.monotonic())
+            if idle is None or upkeep <= idle:
+                return upkeep, True
+        return idle, False
+
+    def _want_upkeep(self, postpone: bool) -> None:
+        """Ask for the upkeep between batches once no write has come for
+        ``UPKEEP_PAUSE`` (``postpone``: a batch was just committed, so the
+        pause starts again)."""
+        if self._between is not None and (postpone or self._upkeep_due is None):
+            self._upkeep_due = time.monotonic() + UPKEEP_PAUSE
 
     def _between_batches(self) -> None:
         """Upkeep of caches (the full-text index) in a transaction of its own
