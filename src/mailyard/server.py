@@ -39,6 +39,7 @@ from .mailauth.pool import CheckPool
 from .mailauth.signer import Signer
 from .mailauth.srs import SRS
 from .mailauth.srs import load_secret as load_srs_secret
+from .net.accept import AcceptShare
 from .net.acme import AcmeManager, Challenges, default_names, signal_supervisor
 from .net.addresses import AddressSet
 from .net.learning import Learner
@@ -176,6 +177,8 @@ class WorkerRole:
     channel: ChangeChannel
     throttle: LoginThrottle
     sockets: dict[str, list[socket.socket]] = field(default_factory=dict)
+    # each worker's count of connections per service, to take turns accepting (net/accept.py)
+    accept_share: AcceptShare | None = None
 
     @property
     def runs_background(self) -> bool:
@@ -395,6 +398,8 @@ class MailServer:
                     ssl_context=self.tls.listener_context if service.implicit_tls else None,
                     sockets=worker.sockets.get(service.name) if worker is not None else None,
                     proxy_from=AddressSet(cfg.server.proxy_protocol_from),
+                    load=worker.accept_share.load(service.name, worker.slot)
+                    if worker is not None and worker.accept_share is not None else None,
                 )
                 await listener.start()
                 self.listeners[service.name] = listener

@@ -197,6 +197,7 @@ class Supervisor:
     # --- the supervisor's loop -------------------------------------------------------
     def run(self) -> int:
         from .auth.throttle_shared import ThrottleServer
+        from .net.accept import AcceptShare
         from .net.login import throttle_from_config
         from .spam.limits import SendLimiter
         from .spam.rates import RateLimiter, rate_policy_from_config
@@ -208,6 +209,8 @@ class Supervisor:
             self._close_sockets()
             raise
         self.notes = make_slots(self.count)
+        # every worker accepts on every mail port (not webmail: one worker serves it)
+        self.accept_share = AcceptShare([n for n in self.sockets if n not in WEB], self.count)
         # The login throttle, the MX port's rates and the accounts' submission
         # limits: one of each for all workers.
         rates = RateLimiter(rate_policy_from_config(self.cfg.spam))
@@ -307,6 +310,7 @@ class Supervisor:
 
     def _ended(self, slot: _Slot, status: int, stopping: bool) -> None:
         slot.pid = 0
+        self.accept_share.gone(slot.index)
         if slot.conn is not None:
             self._drop_conn(slot)
         if stopping:
@@ -402,6 +406,7 @@ class Supervisor:
             # requests all reach the process that knows its session. That
             # worker (slot 0) also runs ACME, so it holds the challenge answers.
             sockets={n: socks for n, socks in self.sockets.items() if n not in WEB or index == 0},
+            accept_share=self.accept_share,
         )
         self.runner(MailServer(self.data_dir, self.cfg, worker=role).serve_forever())
         return 0

@@ -458,3 +458,30 @@ def test_a_burst_of_correct_logins_is_served_by_every_worker(server: ServeProces
     print(f"{burst} concurrent logins of one account over {WORKERS} workers: {time.monotonic() - start:.1f} s")
     refused = [r for r in replies if not r.startswith(b"a OK")]
     assert len(replies) == burst and not refused, refused[:3]
+
+
+def test_clients_that_connect_together_are_spread_over_the_workers(server: ServeProcess) -> None:
+    # 10 IMAP clients that start together: each worker serves about half of
+    # them, not one worker all ten for the life of their sessions. (First one
+    # session on each worker: both are accepting.)
+    def greeted() -> Line:
+        c = Line(server.port("imap"))
+        assert c.line().startswith(b"* OK")
+        return c
+
+    first = on_each_worker(server, greeted, lambda c: c.sock, Line.close)
+    port = server.port("imap")
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(10)]
+    try:
+        for sock in socks:
+            sock.settimeout(TIMEOUT)
+            assert sock.recv(4096).startswith(b"* OK")
+        held = [server.serving_pid(sock) for sock in socks]
+        spread = sorted(held.count(pid) for pid in server.worker_pids())
+        print(f"the 10 new sessions per worker: {spread}")
+        assert len(spread) == WORKERS and spread[0] >= 3, spread
+    finally:
+        for sock in socks:
+            sock.close()
+        for c in first.values():
+            c.close()

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import logs
+from .accept import Acceptor, WorkerLoad
 from .addresses import AddressSet
 from .conncaps import ConnectionCaps
-from .proxy_protocol import accept_proxied
+from .proxy_protocol import header_reader
 
 log = logging.getLogger("mailyard.net")
 
@@ -85,6 +86,7 @@ class Listener:
         ssl_context: Callable[[], ssl.SSLContext] | None = None,
         sockets: list[socket.socket] | None = None,
         proxy_from: AddressSet | None = None,
+        load: WorkerLoad | None = None,
     ) -> None:
         self.name = name
         # Addresses that must send a PROXY protocol header first (net/proxy_protocol.py).
@@ -99,17 +101,22 @@ class Listener:
         self.ssl_context = ssl_context
         self._server: asyncio.Server | None = None
         self._more: list[asyncio.Server] = []  # the other addresses of ``sockets``
-        # With proxy_from: the accept loops and their listening sockets.
-        self._accepting: list[asyncio.Task] = []
-        self._proxied_socks: list[socket.socket] = []
-        self._proxied_port = 0
+        # With our own accept loops (proxy_from, load): the loops, and the listening sockets we bound.
+        self._accepting: list[Acceptor] = []
+        self._own_socks: list[socket.socket] = []
+        self._accept_port = 0
         self.caps = ConnectionCaps(limits.max_connections, limits.max_connections_per_ip)
+        # With ``sockets`` shared by several workers: this worker's count of
+        # connections among theirs, to take turns accepting (net/accept.py).
+        self.load = load
+        if load is not None:
+            load.active = lambda: self.caps.active
 
     @property
     def bound_port(self) -> int:
         """The real port (useful when configured as 0: an ephemeral port)."""
-        if self._proxied_port:
-            return self._proxied_port
+        if self._accept_port:
+            return self._accept_port
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
 
@@ -119,16 +126,21 @@ class Listener:
 
     def admit(self, protocol: Any, ip: str) -> str | None:
         """Count a connection in (net/conncaps.py); returns why it is refused, or None."""
-        return self.caps.admit(protocol, ip)
+        refused = self.caps.admit(protocol, ip)
+        if self.load is not None:
+            self.load.update()
+        return refused
 
     def release(self, protocol: Any) -> None:
         self.caps.release(protocol)
+        if self.load is not None:
+            self.load.update()
 
     async def start(self) -> None:
         ctx = self.ssl_context() if self.ssl_context else None
         factory = self.protocol_factory
-        if self.proxy_from:
-            await self._start_proxied()
+        if self.proxy_from or self.load is not None:
+            await self._start_accepting()
             return
         loop = asyncio.get_running_loop()
         if self.sockets:
@@ -157,13 +169,14 @@ class Listener:
             raise listen_error(self.name, self.host, self.port, exc) from exc
         logs.event(log, logging.INFO, "listening", proto=self.name, ip=self.host, port=self.bound_port)
 
-    async def _start_proxied(self) -> None:
-        """Accept with `accept_proxied` (net/proxy_protocol.py): the PROXY
-        header of ``proxy_from`` addresses comes before the session and TLS."""
-        assert self.proxy_from is not None
+    async def _start_accepting(self) -> None:
+        """Accept with our own loop (`Acceptor`, net/accept.py),
+        not asyncio's: to take turns with the other workers (``load``), and
+        for the PROXY header of ``proxy_from`` addresses, which comes before
+        the session and TLS (net/proxy_protocol.py)."""
         socks = self.sockets or bind_sockets(self.host, self.port, service=self.name)
-        self._proxied_socks = [] if self.sockets else socks  # (the supervisor's are not ours to close)
-        self._proxied_port = socks[0].getsockname()[1]
+        self._own_socks = [] if self.sockets else socks  # (the supervisor's are not ours to close)
+        self._accept_port = socks[0].getsockname()[1]
         factory = self.protocol_factory
 
         def session(source: tuple[str, int] | None) -> asyncio.Protocol:
@@ -172,21 +185,23 @@ class Listener:
                 protocol.peer_override = source  # type: ignore[attr-defined]
             return protocol
 
+        source_of = header_reader(self.proxy_from, self.name) if self.proxy_from else None
         for sock in socks:
-            self._accepting.append(asyncio.get_running_loop().create_task(
-                accept_proxied(sock, self.proxy_from, session, self.ssl_context, self.name)))
+            acceptor = Acceptor(sock, session, self.ssl_context, self.name, source_of=source_of, load=self.load)
+            acceptor.start()
+            self._accepting.append(acceptor)
         logs.event(log, logging.INFO, "listening", proto=self.name, ip=self.host, port=self.bound_port,
-                   proxy_protocol="yes")
+                   proxy_protocol="yes" if self.proxy_from else "no")
 
     async def stop_accepting(self) -> None:
-        for task in self._accepting:
-            task.cancel()
+        for acceptor in self._accepting:
+            acceptor.close()
         self._accepting.clear()
         if self._server is not None:
             self._server.close()
-        for sock in self._proxied_socks:
+        for sock in self._own_socks:
             sock.close()
-        self._proxied_socks = []
+        self._own_socks = []
         for server in self._more:
             server.close()
 

@@ -8,26 +8,25 @@ addresses allowed to send it; from those a connection must start with the
 header, from anyone else it is an ordinary connection (so a client cannot
 claim another address).
 
-`parse` is the sans-I/O parser. `accept_proxied` is the accept loop of a
-listener with such addresses: it reads exactly the header's bytes from the
-accepted socket (no byte after it), then hands the socket to asyncio with
-the session and, on an implicit-TLS port, TLS (the header precedes the
-TLS handshake; the ClientHello may follow in the same segment).
+`parse` is the sans-I/O parser. `header_reader` is the step the accept
+loop of a listener with such addresses (net/accept.py) takes first: it
+reads exactly the header's bytes from the accepted socket (no byte after
+it); the loop then hands the socket to asyncio with the session and, on an
+implicit-TLS port, TLS (the header precedes the TLS handshake; the
+ClientHello may follow in the same segment).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import socket
-import ssl
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .. import logs
+from .accept import SourceOf
 from .addresses import AddressSet
 
 log = logging.getLogger("mailyard.net")
@@ -141,50 +140,19 @@ async def read_header(sock: socket.socket, timeout: float = HEADER_TIMEOUT) -> P
     return await asyncio.wait_for(read(), timeout)
 
 
-async def accept_proxied(
-    listening: socket.socket,
-    allowed: AddressSet,
-    factory: Callable[[tuple[str, int] | None], asyncio.Protocol],
-    ssl_context: Callable[[], ssl.SSLContext] | None,
-    name: str,
-) -> None:
-    """Accept connections on ``listening`` until cancelled: from ``allowed``
-    after reading the header, from others at once; TLS (implicit-TLS ports)
-    starts after the header. ``factory(source)`` makes the session with the
-    header's client address (None: the socket's own peer)."""
-    loop = asyncio.get_running_loop()
-    pending: set[asyncio.Task] = set()
+def header_reader(allowed: AddressSet, name: str) -> SourceOf:
+    """The PROXY step of `Acceptor` (net/accept.py): for a socket
+    from ``allowed``, the client's address from the header it must send
+    (False, logged, when it sends none or a bad one); None for any other."""
 
-    async def serve(conn: socket.socket, peer: Any) -> None:
-        source: tuple[str, int] | None = None
-        if peer and peer[0] in allowed:
-            try:
-                source = (await read_header(conn)).source
-            except (ProxyHeaderError, TimeoutError, OSError) as exc:
-                logs.event(log, logging.WARNING, "proxy_header_refused", proto=name, ip=peer[0],
-                           reason=str(exc) or type(exc).__name__)
-                conn.close()
-                return
-        ctx = ssl_context() if ssl_context else None
+    async def source_of(conn: socket.socket, peer: Any) -> tuple[str, int] | None | bool:
+        if not (peer and peer[0] in allowed):
+            return None
         try:
-            await loop.connect_accepted_socket(lambda: factory(source), conn, ssl=ctx,
-                                               ssl_handshake_timeout=30 if ctx else None)
-        except (OSError, ssl.SSLError, ConnectionError, TimeoutError):
-            with contextlib.suppress(OSError):
-                conn.close()
+            return (await read_header(conn)).source
+        except (ProxyHeaderError, TimeoutError, OSError) as exc:
+            logs.event(log, logging.WARNING, "proxy_header_refused", proto=name, ip=peer[0],
+                       reason=str(exc) or type(exc).__name__)
+            return False
 
-    try:
-        while True:
-            try:
-                conn, peer = await loop.sock_accept(listening)
-            except OSError as exc:  # EMFILE and the like: back off a little
-                log.warning("%s: accept failed: %s", name, exc)
-                await asyncio.sleep(0.1)
-                continue
-            conn.setblocking(False)
-            task = loop.create_task(serve(conn, peer))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-    finally:
-        for task in pending:
-            task.cancel()
+    return source_of
