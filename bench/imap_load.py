@@ -22,6 +22,14 @@ counted by command and response text. A correct server sends none for this
 mix (a FETCH of a message another session expunged is answered with data
 or nothing, not NO).
 
+Each phase starts from a quiet server (`settle`: two quarter-seconds in a
+row under 2 % of a core), the same for both servers, so one phase's leftover
+work (or the initial INBOX's indexing) does not land in the next. What a
+server leaves for after a phase (mailyard indexes the text of what FETCH
+derived once its writer has had no write for 0.1 s) is measured after it
+the same way and printed as CPU per command "after the phase". For
+mailyard the sessions held by each worker process are printed too.
+
 The clients are cheap on purpose: one asyncio process, raw sockets, one
 regular expression per untagged line, literals read by length. Two cores
 are shared by client and server, so the client's own CPU is printed too.
@@ -271,6 +279,68 @@ def thread_cpu(pid: int, tid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def sessions_per_worker(root: int, port: int) -> list[int]:
+    """How many of the established connections to ``port`` each process
+    under ``root`` holds (mailyard's workers; Dovecot's imap processes),
+    from /proc: whether the sessions are spread over the server's cores."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # ESTABLISHED, local port
+                inodes.add(fields[9])
+    counts = []
+    for pid in _descendants(root):
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        n = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
+        if n:
+            counts.append(n)
+    return sorted(counts)
+
+
+def _descendants(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                text = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(text[text.rindex(")") + 2 :].split()[1])
+    found, todo = [root], [root]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, q in parents.items() if q == p]
+        found += kids
+        todo += kids
+    return found
+
+
+async def settle(pids: Sequence[int], window: float = 0.25, quiet: float = 0.02,
+                 limit: float = 60.0) -> tuple[float, float]:
+    """Wait until the servers ``pids`` (process trees) are quiet: two windows
+    in a row in which they used at most ``quiet`` of a core. A measured phase
+    starts from a quiet server, the same for every server; the work a server
+    left for later (its background indexing) is measured after the phase
+    the same way. Returns the seconds waited and the CPU seconds used."""
+    started = time.perf_counter()
+    first = last = sum(tree_cpu(p) for p in pids)
+    calm = 0
+    while calm < 2 and time.perf_counter() - started < limit:
+        await asyncio.sleep(window)
+        now = sum(tree_cpu(p) for p in pids)
+        calm = calm + 1 if now - last <= quiet * window else 0
+        last = now
+    return time.perf_counter() - started, last - first
+
+
 def self_cpu() -> float:
     t = os.times()
     return t.user + t.system
@@ -287,6 +357,7 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
     stats = Stats()
     sem = asyncio.Semaphore(10)
     servers = list(servers) or [("127.0.0.1", port)]
+    settled_s, _ = await settle((pid, *cpu_pids))
 
     async def connect(k: int) -> Client:
         async with sem:
@@ -306,6 +377,7 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
             await _step(c, rng, kind, bodies)
 
     tasks = [asyncio.ensure_future(work(k, c)) for k, c in enumerate(conns)]
+    spread = sessions_per_worker(pid, port) if len(servers) == 1 else []
     await asyncio.sleep(0.2)
     cpu0, me0, main0 = sum(tree_cpu(p) for p in (pid, *cpu_pids)), self_cpu(), thread_cpu(pid, pid)
     start = time.perf_counter()
@@ -320,6 +392,8 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
             c.w.close()
         except Exception:  # noqa: BLE001, S110
             pass
+    # what the phase left for later (background indexing), until the server is quiet again
+    after_s, after_cpu = await settle((pid, *cpu_pids))
     lat = {}
     for kind, values in sorted(stats.latencies.items()):
         values.sort()
@@ -335,6 +409,11 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
         "commands_per_s": stats.commands / elapsed,
         "server_cpu_s": cpu1 - cpu0,
         "server_cpu_ms_per_command": 1000 * (cpu1 - cpu0) / max(stats.commands, 1),
+        "sessions_per_worker": spread,
+        "settled_before_s": settled_s,
+        "server_cpu_after_s": after_cpu,  # deferred work, done once the phase was over
+        "server_cpu_after_ms_per_command": 1000 * after_cpu / max(stats.commands, 1),
+        "settled_after_s": after_s,
         "server_main_thread_busy": (main1 - main0) / elapsed,  # mailyard: the event loop's share of one core
         "client_cpu_s": me1 - me0,
         "latency": lat,
@@ -358,9 +437,11 @@ def _fmt(name: str, r: dict) -> str:
     worst = max(lat.values(), key=lambda v: v["p50_ms"]) if lat else {"p50_ms": 0}
     loop = f"event loop {100 * r['server_main_thread_busy']:.0f}% busy, " if name == "mailyard" else ""
     return (f"{name} {r['clients']} clients: {r['commands_per_s']:.0f} commands/s, "
-            f"{r['server_cpu_ms_per_command']:.2f} ms server CPU/command, {loop}"
+            f"{r['server_cpu_ms_per_command']:.2f} ms server CPU/command "
+            f"(+{r['server_cpu_after_ms_per_command']:.2f} ms after the phase), {loop}"
             f"client CPU {r['client_cpu_s']:.1f} s of {r['seconds']:.1f} s, "
-            f"worst p50 {worst['p50_ms']:.1f} ms, {sum(e['count'] for e in r['errors'])} protocol errors")
+            f"worst p50 {worst['p50_ms']:.1f} ms, {sum(e['count'] for e in r['errors'])} protocol errors"
+            + (f", sessions per process {r['sessions_per_worker']}" if name == "mailyard" else ""))
 
 
 def run(quick: bool = False, clients: tuple[int, ...] = (10, 50), commands: int | None = None,
