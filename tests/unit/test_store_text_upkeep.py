@@ -338,3 +338,27 @@ async def test_the_upkeep_of_a_fetch_without_writes_runs_after_the_pause(
         assert not store._derived_queue
     finally:
         await store.close()
+
+
+async def test_a_pressing_backlog_is_worked_off_between_writes_that_keep_coming(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under a steady load the writes never pause: once the queue of derived
+    # records is more than half full, the upkeep runs after each batch again
+    # (a full queue drops records that FETCH then derives again).
+    monkeypatch.setattr(writer, "UPKEEP_PAUSE", 60.0)
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
+    try:
+        box = await _inbox(store)
+        for n in range(3):
+            await store.deliver(_message(n), [DeliveryTarget(box.id)])
+        await store.get_derived(box, [1, 2, 3], ["envelope_imap"])
+        assert len(store._derived_queue) == 3
+        limit = search.DERIVED_QUEUE_BYTES
+        assert not store._upkeep_pressing()
+        monkeypatch.setattr(search, "DERIVED_QUEUE_BYTES", 2 * store._derived_queue_chars - 1)
+        assert store._upkeep_pressing()
+        await store.deliver(_message(3), [DeliveryTarget(box.id)])  # a batch: the slices follow it
+        await _until(lambda: not store._derived_queue, "a pressing backlog waited for a pause in the writes")
+        monkeypatch.setattr(search, "DERIVED_QUEUE_BYTES", limit)
+    finally:
+        await store.close()

@@ -88,6 +88,7 @@ class SQLiteCore(Store):
             # multi-process server (``background``), not in all at once.
             idle_work=self._background_work if background else None,
             between=(self._upkeep_wanted, self._upkeep_slice),
+            pressing=self._upkeep_pressing,
         )
 
     def _connect(self, path: Path, readonly: bool = False) -> sqlite3.Connection:

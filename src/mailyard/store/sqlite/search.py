@@ -671,6 +671,13 @@ class SearchMixin(SQLiteCore):
         # (records wait while the disk is short of the reserve for index data)
         return (bool(self._derived_queue) and not self._index_deferred()) or textindex.deferred(c)
 
+    def _upkeep_pressing(self) -> bool:
+        """The queue of derived records is more than half full: the upkeep
+        runs after each batch instead of waiting for a pause in the writes
+        (under a steady load there is none, and a full queue drops records
+        that FETCH then derives again, in every worker)."""
+        return self._derived_queue_chars > DERIVED_QUEUE_BYTES // 2
+
     def _upkeep_slice(self, c: sqlite3.Connection) -> bool:
         """On the writer thread, between batches: remove from the full-text
         index a few bodies that are gone, and save derived records FETCH

@@ -32,7 +32,8 @@ _WAKE = object()  # idle work has something new (another process wrote)
 _UPKEEP = object()  # the upkeep between batches has something new
 IDLE_PAUSE = 0.2  # seconds without writes before background work starts
 # seconds without writes before the upkeep between batches runs: while
-# writes keep coming it waits, so they never queue behind it
+# writes keep coming it waits (unless its backlog presses), so they do not
+# queue behind it
 UPKEEP_PAUSE = 0.1
 
 
@@ -65,6 +66,7 @@ class GroupCommitWriter:
         after_commit: Callable[[set[int]], None],
         idle_work: Callable[[sqlite3.Connection], bool | float] | None = None,
         between: tuple[Callable[[sqlite3.Connection], bool], Callable[[sqlite3.Connection], bool]] | None = None,
+        pressing: Callable[[], bool] | None = None,
     ) -> None:
         self._conn = conn
         self._owner = owner
@@ -76,6 +78,8 @@ class GroupCommitWriter:
         # batches, done between them when no write waits (see _between_batches)
         self._between = between
         self._upkeep_due: float | None = None  # monotonic time the upkeep between batches may run
+        # whether the upkeep's backlog is too large to wait for a pause in the writes
+        self._pressing = pressing
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="mailyard-store-writer", daemon=True)
         self._idle_pending = True
@@ -170,7 +174,10 @@ class GroupCommitWriter:
                             break
                         batch.append(more)
                     self._commit(batch)
-                self._want_upkeep(postpone=True)
+                if item is None and self._pressing is not None and self._pressing():
+                    self._between_batches()  # writes that keep coming wait for a slice, else it grows
+                else:
+                    self._want_upkeep(postpone=True)
 
     def _wait(self) -> tuple[float | None, bool]:
         """Seconds the writer waits for a write before its next piece of
