@@ -9,7 +9,7 @@ import random
 import pytest
 
 from mailyard.protocols.imap.commands import SequenceSet
-from mailyard.protocols.imap.selected import MessageMap, SequenceError
+from mailyard.protocols.imap.selected import MessageMap, SequenceError, UidRuns
 
 
 def _reference_seqs(uids: list[int], ranges: tuple) -> list[tuple[int, int]]:
@@ -142,3 +142,18 @@ def test_expunge_works_run_by_run_not_uid_by_uid(monkeypatch: pytest.MonkeyPatch
     fresh = UidRuns(remaining)
     assert list(view.uids.starts) == list(fresh.starts) and list(view.uids.firsts) == list(fresh.firsts)
     assert len(view) == len(remaining) and view.uid_of(len(remaining)) == 199_998
+
+
+def test_uid_runs_built_in_one_pass_equal_runs_built_one_uid_at_a_time() -> None:
+    # a SELECT builds the whole mailbox's runs at once (UidRuns(uids), extend)
+    for seed in range(500):
+        rng = random.Random(seed)
+        uids = sorted(rng.sample(range(1, 300), rng.randint(0, 100)))
+        split = rng.randint(0, len(uids))
+        one_by_one = UidRuns()
+        for uid in uids:
+            one_by_one.append(uid)
+        at_once = UidRuns(uids[:split])
+        at_once.extend(uids[split:])
+        assert list(at_once) == uids and len(at_once) == len(uids)
+        assert (list(at_once.starts), list(at_once.firsts)) == (list(one_by_one.starts), list(one_by_one.firsts))

@@ -59,8 +59,7 @@ class UidRuns(Sequence[int]):
         self.starts = array("I")
         self.firsts = array("I")
         self._n = 0
-        for uid in uids:
-            self.append(uid)
+        self.extend(uids)
 
     def __len__(self) -> int:
         return self._n
@@ -128,6 +127,20 @@ class UidRuns(Sequence[int]):
     def append(self, uid: int) -> None:
         """Add a UID above all held ones."""
         self._add_run(uid, 1)
+
+    def extend(self, uids: Iterable[int]) -> None:
+        """Add ascending UIDs above all held ones (a SELECT's whole mailbox:
+        one pass, a run started only where the UIDs break)."""
+        starts, firsts = self.starts.append, self.firsts.append
+        n = self._n
+        prev = self.last() if n else -2
+        for uid in uids:
+            if uid != prev + 1:
+                starts(uid)
+                firsts(n)
+            prev = uid
+            n += 1
+        self._n = n
 
     def _add_run(self, start: int, length: int) -> None:
         """Add ``length`` consecutive UIDs from ``start``, above all held ones."""
