@@ -190,8 +190,11 @@ class Listener:
             acceptor = Acceptor(sock, session, self.ssl_context, self.name, source_of=source_of, load=self.load)
             acceptor.start()
             self._accepting.append(acceptor)
-        logs.event(log, logging.INFO, "listening", proto=self.name, ip=self.host, port=self.bound_port,
-                   proxy_protocol="yes" if self.proxy_from else "no")
+        if self.proxy_from:
+            logs.event(log, logging.INFO, "listening", proto=self.name, ip=self.host, port=self.bound_port,
+                       proxy_protocol="yes")
+        else:  # a worker on the supervisor's sockets, as with asyncio's loop below
+            log.info("%s accepting on %s:%d", self.name, self.host, self.bound_port)
 
     async def stop_accepting(self) -> None:
         for acceptor in self._accepting:
