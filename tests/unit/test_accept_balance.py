@@ -131,3 +131,11 @@ def test_a_small_difference_among_many_connections_is_no_reason_to_wait() -> Non
     a.update()
     b.update()
     assert a.busier()
+
+
+def test_a_share_of_no_service_marks_any_slot_gone() -> None:
+    # a server with webmail only: the workers share no mail port's counts
+    share = AcceptShare([], 3)
+    assert share.load("imap", 0) is None
+    for slot in range(3):
+        share.gone(slot)

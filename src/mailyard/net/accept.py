@@ -64,8 +64,9 @@ class AcceptShare:
 
     def gone(self, slot: int) -> None:
         """The worker in ``slot`` ended: its connections ended with it."""
-        for base in range(0, len(self._counts), self.workers):
-            self._counts[base + slot] = GONE
+        # (the services' counts only: with none shared, the map still has its one word)
+        for service in range(len(self.services)):
+            self._counts[service * self.workers + slot] = GONE
 
 
 class WorkerLoad:
