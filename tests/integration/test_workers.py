@@ -16,6 +16,8 @@ import signal
 import smtplib
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +29,7 @@ from mailyard.auth.passwords import ARGON2_POOL_IDLE_SECONDS
 from mailyard.config import Config
 from mailyard.net.tls import create_self_signed
 from tests.conftest import USERS
-from tests.integration.serve_process import ALICE, MB, ServeProcess, free_port
+from tests.integration.serve_process import ALICE, MB, ServeProcess, free_port, init_data
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
@@ -485,3 +487,39 @@ def test_clients_that_connect_together_are_spread_over_the_workers(server: Serve
             sock.close()
         for c in first.values():
             c.close()
+
+
+def test_a_webmail_only_server_of_two_workers_stops_cleanly(tmp_path: Path) -> None:
+    # every mail port off, webmail on: the workers share no accept counts,
+    # and the supervisor still stops them (SIGTERM) and exits 0
+    data = tmp_path / "data"
+    init_data(data)
+    cfg = Config.load(data / "config.toml")
+    for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "https",
+                 "managesieve", "managesieve_tls"):
+        setattr(cfg.ports, name, 0)
+    cfg.ports.http = free_port()
+    cfg.server.workers = WORKERS
+    cfg.store.fsync = False
+    cfg.metrics.listen = f"127.0.0.1:{free_port()}"
+    cfg.authentication.inbound_checks = False
+    (data / "config.toml").write_text(cfg.to_toml())
+    proc = subprocess.Popen([sys.executable, "-m", "mailyard", "--data", str(data), "serve"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line.decode(errors="replace"))
+            if b"mailyard is running" in line:
+                break
+        else:
+            pytest.fail("server did not start:\n" + "".join(seen))
+        proc.send_signal(signal.SIGTERM)
+        out = proc.stdout.read().decode(errors="replace")
+        status = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert status == 0 and "Traceback" not in out, out

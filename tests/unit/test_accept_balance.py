@@ -131,3 +131,43 @@ def test_a_small_difference_among_many_connections_is_no_reason_to_wait() -> Non
     a.update()
     b.update()
     assert a.busier()
+
+
+def test_a_share_of_no_service_marks_any_slot_gone() -> None:
+    # a server with webmail only: the workers share no mail port's counts
+    share = AcceptShare([], 3)
+    assert share.load("imap", 0) is None
+    for slot in range(3):
+        share.gone(slot)
+
+
+def test_a_connection_another_worker_took_leaves_the_next_one_its_own_wait() -> None:
+    # worker 0 is busier; slot 1 is a live worker whose accepts the test
+    # makes itself. Worker 0 leaves each connection to it, not only the
+    # first: the wait spent on a connection the other took is no reason
+    # to take the next one at once.
+    async def go() -> int:
+        share = AcceptShare(["imap"], 2)
+        listening = _listening()
+        other = share.load("imap", 1)
+        assert other is not None  # live, holding nothing
+        acceptor, held = await _worker(share, 0, listening)
+        acceptor.load.active = lambda: 10  # type: ignore[union-attr]
+        acceptor.load.update()  # type: ignore[union-attr]
+        port = listening.getsockname()[1]
+        taken, clients = [], []
+        for _ in range(2):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT))
+            # worker 0 either waits for the other (paused) or takes it
+            await wait_until_async(lambda: acceptor._later is not None or held, TIMEOUT, "worker 0 to look")
+            if held:
+                break
+            taken.append(listening.accept()[0])  # the other worker takes it
+            await wait_until_async(lambda: acceptor._later is None, TIMEOUT, "worker 0 to watch again")
+        acceptor.close()
+        for sock in taken + clients:
+            sock.close()
+        listening.close()
+        return len(held)
+
+    assert asyncio.run(go()) == 0

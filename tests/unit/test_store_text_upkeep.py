@@ -362,3 +362,51 @@ async def test_a_pressing_backlog_is_worked_off_between_writes_that_keep_coming(
         monkeypatch.setattr(search, "DERIVED_QUEUE_BYTES", limit)
     finally:
         await store.close()
+
+
+def test_the_idle_work_starts_idle_pause_after_the_last_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The upkeep's own wait (UPKEEP_PAUSE) after a commit is part of the
+    # pause the idle work waits for, not a delay before that pause starts.
+    # The writer runs here on the test's thread, with a clock that moves
+    # only by the writer's own waits.
+    import queue
+    import sqlite3
+
+    now = [0.0]
+    monkeypatch.setattr(writer.time, "monotonic", lambda: now[0])
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    conn.execute("CREATE TABLE t(x)")
+    idle_at: list[float] = []
+
+    def idle(c: Any) -> bool:
+        idle_at.append(now[0])
+        return False
+
+    w = writer.GroupCommitWriter(conn, None, 10, lambda: None, lambda changed: None, idle_work=idle,
+                                 between=(lambda c: False, lambda c: False))
+    w.close()  # its own thread: the test runs the writer's loop itself below
+    idle_at.clear()
+    loop = asyncio.new_event_loop()
+    fut = loop.create_future()
+    loop.close()  # (nobody waits for the write's outcome)
+
+    class Queue:
+        items: list[Any] = [(lambda c, ctx: c.execute("INSERT INTO t VALUES (1)"), fut, loop)]
+
+        def get(self, timeout: float | None = None) -> Any:
+            if self.items:
+                return self.items.pop(0)
+            if idle_at or timeout is None:
+                return writer._STOP
+            now[0] += timeout
+            raise queue.Empty
+
+        def get_nowait(self) -> Any:
+            raise queue.Empty
+
+        def empty(self) -> bool:
+            return True
+
+    w._queue = Queue()  # type: ignore[assignment]
+    w._run()
+    assert idle_at == [pytest.approx(writer.IDLE_PAUSE)], idle_at

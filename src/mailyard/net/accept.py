@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import mmap
+import select
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -64,8 +65,9 @@ class AcceptShare:
 
     def gone(self, slot: int) -> None:
         """The worker in ``slot`` ended: its connections ended with it."""
-        for base in range(0, len(self._counts), self.workers):
-            self._counts[base + slot] = GONE
+        # (the services' counts only: with none shared, the map still has its one word)
+        for service in range(len(self.services)):
+            self._counts[service * self.workers + slot] = GONE
 
 
 class WorkerLoad:
@@ -149,9 +151,13 @@ class Acceptor:
 
     def _resume(self) -> None:
         self._later = None
-        if not self._closed:
-            self.start()
+        if self._closed:
+            return
+        self.start()
+        if _waiting(self.listening):
             self._ready()
+        else:
+            self._deferred = 0.0  # another worker took it: the next connection has a wait of its own
 
     def _ready(self) -> None:
         for _ in range(ACCEPT_BURST):
@@ -163,6 +169,7 @@ class Acceptor:
             try:
                 conn, peer = self.listening.accept()
             except (BlockingIOError, InterruptedError):
+                self._deferred = 0.0  # (taken by another worker meanwhile)
                 return
             except OSError as exc:  # EMFILE and the like: back off a little
                 log.warning("%s: accept failed: %s", self.name, exc)
@@ -196,3 +203,10 @@ class Acceptor:
             if self.load is not None:
                 self.load.opening -= 1
                 self.load.update()
+
+
+def _waiting(listening: socket.socket) -> bool:
+    """Whether a connection waits on ``listening`` to be accepted (without taking it)."""
+    poller = select.poll()
+    poller.register(listening.fileno(), select.POLLIN)
+    return bool(poller.poll(0))

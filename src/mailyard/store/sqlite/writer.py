@@ -138,6 +138,9 @@ class GroupCommitWriter:
             except queue.Empty:
                 if upkeep:
                     self._upkeep_due = None
+                    if self._idle_pending and not self._idle_running and timeout is not None:
+                        # that wait counts towards the idle work's pause
+                        self._idle_wait = max(0.0, self._idle_wait - timeout)
                     self._between_batches()
                 else:
                     self._do_idle_work()
