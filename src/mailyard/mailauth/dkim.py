@@ -339,16 +339,29 @@ def _only_fields(header: bytes) -> bool:
     return _FIRST_LINE.match(header) is not None and _NOT_A_FIELD_LINE.search(header) is None
 
 
+def field_index(fields: list[tuple[str, bytes]]) -> dict[str, list[int]]:
+    """The positions of ``fields`` by lower-case name, the bottom one first
+    (RFC 6376 5.4.2 takes instances from the bottom). Made once per message
+    by the inbound checks, and read by DKIM (its signatures, the fields
+    they sign), ARC (whether there is a set) and DMARC (the From fields),
+    rather than each walking the header's names again."""
+    by_name: dict[str, list[int]] = {}
+    for i in range(len(fields) - 1, -1, -1):
+        by_name.setdefault(fields[i][0].strip().lower(), []).append(i)
+    return by_name
+
+
 class _Fast:
     """The fast path for one message: its fields, and the body hash."""
 
-    def __init__(self, fields: list[tuple[str, bytes]], body: bytes, header: bytes | None = None) -> None:
+    def __init__(self, fields: list[tuple[str, bytes]], body: bytes, header: bytes | None = None,
+                 index: dict[str, list[int]] | None = None) -> None:
         self.fields = fields
         self.body = body
         # None: the raw header is not known, the fast path is not taken
         self.plain = header is not None and _only_fields(header)
         self._bh: bytes | None = None
-        self._by_name: dict[str, list[int]] | None = None
+        self._by_name = index
 
     def body_hash(self) -> bytes:
         if self._bh is None:
@@ -358,10 +371,7 @@ class _Fast:
     def instances(self) -> dict[str, list[int]]:
         """Field positions by lower-case name, the bottom one first."""
         if self._by_name is None:
-            by_name: dict[str, list[int]] = {}
-            for i in range(len(self.fields) - 1, -1, -1):
-                by_name.setdefault(self.fields[i][0].strip().lower(), []).append(i)
-            self._by_name = by_name
+            self._by_name = field_index(self.fields)
         return self._by_name
 
     def passes(self, position: int, tags: dict[str, str], record: str) -> bool:
@@ -446,13 +456,14 @@ def _order(tags: dict[str, str], position: int, author_domain: str) -> tuple[int
 
 def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool = False,
            parsed: tuple[list[tuple[str, bytes]], bytes] | None = None,
-           author_domain: str | None = None) -> list[DKIMResult]:
+           author_domain: str | None = None, index: dict[str, list[int]] | None = None) -> list[DKIMResult]:
     """Check the DKIM-Signatures of ``message`` (at most 10: more are not
     looked at, so a message cannot make the server do unbounded work); one
     result per signature checked, in the order of the fields.
 
     ``parsed``: the message's header fields (``split_fields``) and body,
-    when the caller has them already.
+    when the caller has them already; ``index``: ``field_index`` of those
+    fields, when it has that too.
 
     ``author_domain``: the RFC5322.From domain, when the caller needs no
     more than DMARC does (RFC 7489 3.1.1: one passing signature whose d= is
@@ -473,7 +484,10 @@ def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool 
     else:
         fields, body = parsed
         header = message[:len(message) - len(body)] if message.endswith(body) else None
-    positions = [i for i, (name, _value) in enumerate(fields) if name.strip().lower() == "dkim-signature"][:10]
+    if index is None:
+        positions = [i for i, (name, _value) in enumerate(fields) if name.strip().lower() == "dkim-signature"][:10]
+    else:
+        positions = index.get("dkim-signature", [])[::-1][:10]
     if not positions:
         return []  # nothing to check: the message is not parsed again
     # (index among the signatures, as dkimpy counts them; field position; tags)
@@ -482,7 +496,7 @@ def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool 
         author_domain = author_domain.lower().rstrip(".")
         todo.sort(key=lambda item: _order(item[2], item[1], author_domain))
     results: list[tuple[int, DKIMResult]] = []
-    fast = _Fast(fields, body, header)
+    fast = _Fast(fields, body, header, index)
     slow: list[_Verifier] = []  # dkimpy's parse of the message, made at most once
     for idx, position, tags in todo:
         result = _verify_one(message, txt, fast, slow, idx, position, tags, allow_sha1)
