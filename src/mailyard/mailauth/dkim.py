@@ -237,6 +237,8 @@ class _Verifier(dkimpy.DKIM):
 # result and its reason. A pass is sound on its own: the signature verified
 # over the canonical form (RFC 6376 3.4.2, 3.4.4) of the fields h= names and
 # of the body, as RFC 6376 3.7 computes it.
+_PKCS1 = padding.PKCS1v15()
+_SHA256_DONE = Prehashed(hashes.SHA256())
 _FAST_SIG_TAGS = frozenset({"v", "a", "b", "bh", "c", "d", "h", "i", "q", "s", "t"})
 _FAST_KEY_TAGS = frozenset({"v", "k", "p", "n"})
 
@@ -416,7 +418,10 @@ class _Fast:
         data = b"".join(parts)
         try:
             if found[0] == "rsa":
-                found[1].verify(signature, data, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[attr-defined]
+                # RFC 6376 3.3.1: RSASSA-PKCS1-v1_5 over the SHA-256 of the
+                # signed data, hashed by hashlib (whose code the body hash
+                # has just run) and handed over as such
+                found[1].verify(signature, hashlib.sha256(data).digest(), _PKCS1, _SHA256_DONE)  # type: ignore[attr-defined]
             else:
                 # RFC 8463 3: Ed25519 signs the SHA-256 of the signed data
                 found[1].verify(hashlib.sha256(data).digest(), signature)  # type: ignore[attr-defined]
