@@ -811,3 +811,54 @@ def test_fast_path_agrees_with_dkimpy_on_changed_signature_fields(domain_keys: k
         assert [r == "pass" for r in fast] == [r == "pass" for r in slow], changed[:header_len + 40]
         passed_fast += fast.count("pass")
     assert passed_fast > 0  # some changes (FWS between tags) keep a signature valid
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_the_shared_field_index_gives_what_each_check_finds_alone(domain_keys: keys.SigningKeys, resolver: Resolver,
+                                                                   seed: int) -> None:
+    """check_message reads the header's names once (``dkim.field_index``)
+    for DKIM, ARC and the From domains. On random changes to a signed
+    message (names in other cases, fields repeated, moved or dropped, ARC
+    fields added), each check given the index gives what it gives when it
+    walks the fields itself."""
+    from mailyard.mailauth import arc
+    from mailyard.mailauth.inbound import from_domains
+    from mailyard.message.headers import split_fields
+    from mailyard.message.parse import split_header_body
+
+    rng = random.Random(seed)
+    signed = dkim.sign(MESSAGE, domain_keys) + MESSAGE
+    extra = [b"FROM: Other <x@b.test>\r\n", b"from: c@a.test, d@e.test\r\n", b"DKIM-signature: v=1; d=b.test\r\n",
+             b"ARC-Seal: i=1; a=rsa-sha256; d=b.test; s=x; cv=none; b=AA==\r\n", b"arc-message-signature: i=1\r\n",
+             b"Subject: again\r\n", b"X-Other: y\r\n"]
+    for _ in range(60):
+        header, body = split_header_body(signed)
+        lines = [line + b"\r\n" for line in header.split(b"\r\n") if line]
+        # keep folded lines with their field: edit whole fields only
+        fields_raw: list[bytes] = []
+        for line in lines:
+            if line[:1] in (b" ", b"\t") and fields_raw:
+                fields_raw[-1] += line
+            else:
+                fields_raw.append(line)
+        for _edit in range(rng.randrange(0, 4)):
+            choice = rng.randrange(3)
+            if choice == 0:
+                fields_raw.insert(rng.randrange(len(fields_raw) + 1), rng.choice(extra))
+            elif choice == 1 and fields_raw:
+                fields_raw.pop(rng.randrange(len(fields_raw)))
+            elif fields_raw:
+                at = rng.randrange(len(fields_raw))
+                name, sep, rest = fields_raw[at].partition(b":")
+                fields_raw[at] = name.swapcase() + sep + rest
+        message = b"".join(fields_raw) + b"\r\n" + body
+        head, body = split_header_body(message)
+        fields = split_fields(head)
+        index = dkim.field_index(fields)
+        assert from_domains(message, fields, index) == from_domains(message, fields)
+        authors = from_domains(message, fields)
+        single = authors[0].lower() if authors and len(set(d.lower() for d in authors)) == 1 else None
+        assert dkim.verify(message, resolver.txt, parsed=(fields, body), author_domain=single, index=index) == \
+            dkim.verify(message, resolver.txt, parsed=(fields, body), author_domain=single)
+        assert arc.verify(message, resolver.txt, fields=fields, index=index) == \
+            arc.verify(message, resolver.txt, fields=fields)

@@ -69,12 +69,13 @@ def _instances(fields: list[tuple[str, bytes]]) -> int:
 
 
 def verify(message: bytes, txt: Callable[[str], list[str]],
-           fields: list[tuple[str, bytes]] | None = None) -> ARCResult:
+           fields: list[tuple[str, bytes]] | None = None, index: dict[str, list[int]] | None = None) -> ARCResult:
     """The chain validation result of ``message`` (RFC 8617 5.2); ``fields``:
-    its header fields when the caller has them already."""
+    its header fields when the caller has them already, ``index``: their
+    positions by lower-case name (``dkim.field_index``)."""
     if fields is None:
         fields = split_fields(split_header_body(message)[0])
-    count = _instances(fields)
+    count = _instances(fields) if index is None else sum(len(index.get(name, ())) for name in _ARC_FIELDS)
     if count == 0:
         return ARCResult("none")
     if count > 3 * MAX_SETS:

@@ -56,9 +56,11 @@ def format_header(authserv_id: str, results: Sequence[str]) -> bytes:
     return text.encode("utf-8")
 
 
-def strip_ours(message: bytes, authserv_id: str) -> bytes:
-    """``message`` without the Authentication-Results fields that name ``authserv_id``."""
-    header, body = split_header_body(message)
+def strip_ours(message: bytes, authserv_id: str, parts: tuple[bytes, bytes] | None = None) -> bytes:
+    """``message`` without the Authentication-Results fields that name
+    ``authserv_id`` (``message`` itself when it has none); ``parts``: its
+    header and body (``split_header_body``) when the caller has them."""
+    header, body = split_header_body(message) if parts is None else parts
     if b"authentication-results" not in header.lower():
         return message
     ours = authserv_id.lower().encode()

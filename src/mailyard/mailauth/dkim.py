@@ -237,6 +237,8 @@ class _Verifier(dkimpy.DKIM):
 # result and its reason. A pass is sound on its own: the signature verified
 # over the canonical form (RFC 6376 3.4.2, 3.4.4) of the fields h= names and
 # of the body, as RFC 6376 3.7 computes it.
+_PKCS1 = padding.PKCS1v15()
+_SHA256_DONE = Prehashed(hashes.SHA256())
 _FAST_SIG_TAGS = frozenset({"v", "a", "b", "bh", "c", "d", "h", "i", "q", "s", "t"})
 _FAST_KEY_TAGS = frozenset({"v", "k", "p", "n"})
 
@@ -339,16 +341,29 @@ def _only_fields(header: bytes) -> bool:
     return _FIRST_LINE.match(header) is not None and _NOT_A_FIELD_LINE.search(header) is None
 
 
+def field_index(fields: list[tuple[str, bytes]]) -> dict[str, list[int]]:
+    """The positions of ``fields`` by lower-case name, the bottom one first
+    (RFC 6376 5.4.2 takes instances from the bottom). Made once per message
+    by the inbound checks, and read by DKIM (its signatures, the fields
+    they sign), ARC (whether there is a set) and DMARC (the From fields),
+    rather than each walking the header's names again."""
+    by_name: dict[str, list[int]] = {}
+    for i in range(len(fields) - 1, -1, -1):
+        by_name.setdefault(fields[i][0].strip().lower(), []).append(i)
+    return by_name
+
+
 class _Fast:
     """The fast path for one message: its fields, and the body hash."""
 
-    def __init__(self, fields: list[tuple[str, bytes]], body: bytes, header: bytes | None = None) -> None:
+    def __init__(self, fields: list[tuple[str, bytes]], body: bytes, header: bytes | None = None,
+                 index: dict[str, list[int]] | None = None) -> None:
         self.fields = fields
         self.body = body
         # None: the raw header is not known, the fast path is not taken
         self.plain = header is not None and _only_fields(header)
         self._bh: bytes | None = None
-        self._by_name: dict[str, list[int]] | None = None
+        self._by_name = index
 
     def body_hash(self) -> bytes:
         if self._bh is None:
@@ -358,10 +373,7 @@ class _Fast:
     def instances(self) -> dict[str, list[int]]:
         """Field positions by lower-case name, the bottom one first."""
         if self._by_name is None:
-            by_name: dict[str, list[int]] = {}
-            for i in range(len(self.fields) - 1, -1, -1):
-                by_name.setdefault(self.fields[i][0].strip().lower(), []).append(i)
-            self._by_name = by_name
+            self._by_name = field_index(self.fields)
         return self._by_name
 
     def passes(self, position: int, tags: dict[str, str], record: str) -> bool:
@@ -406,7 +418,10 @@ class _Fast:
         data = b"".join(parts)
         try:
             if found[0] == "rsa":
-                found[1].verify(signature, data, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[attr-defined]
+                # RFC 6376 3.3.1: RSASSA-PKCS1-v1_5 over the SHA-256 of the
+                # signed data, hashed by hashlib (whose code the body hash
+                # has just run) and handed over as such
+                found[1].verify(signature, hashlib.sha256(data).digest(), _PKCS1, _SHA256_DONE)  # type: ignore[attr-defined]
             else:
                 # RFC 8463 3: Ed25519 signs the SHA-256 of the signed data
                 found[1].verify(hashlib.sha256(data).digest(), signature)  # type: ignore[attr-defined]
@@ -446,13 +461,14 @@ def _order(tags: dict[str, str], position: int, author_domain: str) -> tuple[int
 
 def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool = False,
            parsed: tuple[list[tuple[str, bytes]], bytes] | None = None,
-           author_domain: str | None = None) -> list[DKIMResult]:
+           author_domain: str | None = None, index: dict[str, list[int]] | None = None) -> list[DKIMResult]:
     """Check the DKIM-Signatures of ``message`` (at most 10: more are not
     looked at, so a message cannot make the server do unbounded work); one
     result per signature checked, in the order of the fields.
 
     ``parsed``: the message's header fields (``split_fields``) and body,
-    when the caller has them already.
+    when the caller has them already; ``index``: ``field_index`` of those
+    fields, when it has that too.
 
     ``author_domain``: the RFC5322.From domain, when the caller needs no
     more than DMARC does (RFC 7489 3.1.1: one passing signature whose d= is
@@ -473,7 +489,10 @@ def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool 
     else:
         fields, body = parsed
         header = message[:len(message) - len(body)] if message.endswith(body) else None
-    positions = [i for i, (name, _value) in enumerate(fields) if name.strip().lower() == "dkim-signature"][:10]
+    if index is None:
+        positions = [i for i, (name, _value) in enumerate(fields) if name.strip().lower() == "dkim-signature"][:10]
+    else:
+        positions = index.get("dkim-signature", [])[::-1][:10]
     if not positions:
         return []  # nothing to check: the message is not parsed again
     # (index among the signatures, as dkimpy counts them; field position; tags)
@@ -482,7 +501,7 @@ def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool 
         author_domain = author_domain.lower().rstrip(".")
         todo.sort(key=lambda item: _order(item[2], item[1], author_domain))
     results: list[tuple[int, DKIMResult]] = []
-    fast = _Fast(fields, body, header)
+    fast = _Fast(fields, body, header, index)
     slow: list[_Verifier] = []  # dkimpy's parse of the message, made at most once
     for idx, position, tags in todo:
         result = _verify_one(message, txt, fast, slow, idx, position, tags, allow_sha1)

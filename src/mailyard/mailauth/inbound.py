@@ -50,12 +50,18 @@ def _domains_of(value: bytes) -> tuple[str, ...]:
     return tuple(m.addr_spec.rpartition("@")[2] for m in iter_mailboxes(parse_address_list(text)))
 
 
-def from_domains(message: bytes, fields: list[tuple[str, bytes]] | None = None) -> list[str]:
+def from_domains(message: bytes, fields: list[tuple[str, bytes]] | None = None,
+                 index: dict[str, list[int]] | None = None) -> list[str]:
     """The domains of the RFC5322.From addresses (RFC 7489 3.1); ``fields``:
-    the message's header fields when the caller has them already."""
+    the message's header fields when the caller has them already, ``index``:
+    their positions by lower-case name (``dkim.field_index``)."""
     if fields is None:
         fields = split_fields(split_header_body(message)[0])
     out: list[str] = []
+    if index is not None:
+        for i in reversed(index.get("from", ())):
+            out.extend(_domains_of(fields[i][1]))
+        return out
     for name, value in fields:
         if name.lower() == "from":
             out.extend(_domains_of(value))
@@ -73,7 +79,12 @@ def check_message(
     rng: random.Random | None = None,
 ) -> InboundVerdict:
     """Run every check on ``message`` as received from ``ip`` (see module doc)."""
-    message = strip_ours(message, authserv_id)
+    # one split of the header for every check (and for strip_ours)
+    header, body = split_header_body(message)
+    stripped = strip_ours(message, authserv_id, (header, body))
+    if stripped is not message:
+        message = stripped
+        header, body = split_header_body(message)
     helo_result = spf.check_helo(resolver, ip, helo)
     if reverse_path:
         mailfrom = spf.check_host(resolver, ip, reverse_path, helo)
@@ -81,16 +92,16 @@ def check_message(
         # RFC 7208 2.4: a null reverse-path is checked as postmaster@HELO
         mailfrom = spf.SPFResult(helo_result.result, "mailfrom", helo_result.domain, helo_result.sender,
                                  helo_result.explanation)
-    # one parse of the header for every check
-    header, body = split_header_body(message)
+    # one parse of the header, and one index of its names, for every check
     fields = split_fields(header)
-    authors = from_domains(message, fields)
+    index = dkim.field_index(fields)
+    authors = from_domains(message, fields, index)
     # DMARC needs one aligned passing signature: with one From domain,
     # DKIM stops at the first of its signatures that passes (dkim.verify)
     author = authors[0].lower().rstrip(".") if authors else ""
     single = author if author and all(d.lower().rstrip(".") == author for d in authors) else None
-    dkim_results = dkim.verify(message, resolver.txt, parsed=(fields, body), author_domain=single)
-    arc_result = arc.verify(message, resolver.txt, fields=fields)
+    dkim_results = dkim.verify(message, resolver.txt, parsed=(fields, body), author_domain=single, index=index)
+    arc_result = arc.verify(message, resolver.txt, fields=fields, index=index)
     dmarc_result = dmarc.evaluate(resolver, authors, mailfrom, dkim_results, rng=rng)
     # the lines other than DKIM's (whose header.b differs in every message)
     # repeat for a sender's stream of mail: made once (resinfo_kept)
