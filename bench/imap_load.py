@@ -395,7 +395,10 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
     # what the phase left for later (background indexing), until the server is quiet again
     after_s, after_cpu = await settle((pid, *cpu_pids))
     lat = {}
-    for kind, values in sorted(stats.latencies.items()):
+    every = [v for values in stats.latencies.values() for v in values]
+    for kind, values in [*sorted(stats.latencies.items()), ("all commands", every)]:
+        if not values:
+            continue
         values.sort()
         lat[kind] = {
             "count": len(values),
