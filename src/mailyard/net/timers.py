@@ -4,9 +4,14 @@ Three timers bound what a client can hold without doing its part:
 
 - the idle timeout: silence for longer than it (RFC 5321 4.5.3.2, RFC 1939
   section 3, RFC 9051 5.4) ends the session with the protocol's timeout
-  reply. One timer per connection, noting the time on each read and
-  re-arming itself for the remainder when it fires early, so a busy
-  connection does not re-arm a timer per packet.
+  reply. The time is noted on each read; the check comes when the timeout
+  would end, and re-arms for the remainder when there was activity since,
+  so a busy connection re-arms nothing per packet. The checks of all the
+  sessions of an event loop are kept in buckets of ``IDLE_GRANULARITY``
+  seconds run by one timer (`IdleSweep`), not a timer per session: an
+  asyncio timer held about 0.6 KB per connection (its handle, libuv's
+  timer, the bound method), a bucket entry a few dozen bytes; a timeout is
+  noticed at most ``IDLE_GRANULARITY`` late, never early.
 - the command deadline (listener.CommandClock): an incomplete command, SMTP
   message or IMAP literal must be complete within its deadline however the
   client spaces its bytes (slowloris).
@@ -20,14 +25,19 @@ none of them runs while a step of the session's own is in progress.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import math
+import weakref
 from typing import Protocol
 
 from .listener import CommandClock
 
 log = logging.getLogger("mailyard.net")
 
-__all__ = ["SessionTimers", "TimedSession"]
+__all__ = ["IdleSweep", "SessionTimers", "TimedSession"]
+
+IDLE_GRANULARITY = 0.25  # seconds: how late an idle timeout may be noticed, at most
 
 
 class TimedSession(Protocol):
@@ -43,14 +53,84 @@ class TimedSession(Protocol):
     def output_stalled(self) -> None: ...
 
 
+class IdleSweep:
+    """The idle-timeout checks of the sessions of one event loop, in buckets
+    of ``IDLE_GRANULARITY`` seconds; one timer, for the earliest bucket."""
+
+    __slots__ = ("__weakref__", "_buckets", "_due", "_keys", "_loop", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)  # (the sweeps are kept by their loop: no cycle through it)
+        self._buckets: dict[int, set[SessionTimers]] = {}
+        self._keys: list[int] = []  # heap of the buckets' keys
+        self._timer: asyncio.TimerHandle | None = None
+        self._due: int | None = None  # the bucket the timer is set for
+
+    @staticmethod
+    def of(loop: asyncio.AbstractEventLoop) -> IdleSweep:
+        """The sweep of ``loop`` (made on first use)."""
+        sweep = _SWEEPS.get(loop)
+        if sweep is None:
+            sweep = _SWEEPS[loop] = IdleSweep(loop)
+        return sweep
+
+    def add(self, timers: SessionTimers, at: float) -> int:
+        """Check ``timers`` (its ``_idle_fired``) at ``at`` or up to
+        ``IDLE_GRANULARITY`` after it; returns the bucket's key."""
+        key = math.ceil(at / IDLE_GRANULARITY)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = set()
+            heapq.heappush(self._keys, key)
+            if self._due is None or key < self._due:
+                self._arm(key)
+        bucket.add(timers)
+        return key
+
+    def discard(self, timers: SessionTimers, key: int) -> None:
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.discard(timers)  # (an empty bucket goes when its time comes)
+
+    def _arm(self, key: int) -> None:
+        loop = self._loop()
+        if loop is None or loop.is_closed():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._due = key
+        self._timer = loop.call_at(key * IDLE_GRANULARITY, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = self._due = None
+        loop = self._loop()
+        if loop is None:
+            return
+        now = loop.time()
+        keys = self._keys
+        while keys and keys[0] * IDLE_GRANULARITY <= now:
+            for timers in list(self._buckets.pop(heapq.heappop(keys), ())):
+                timers._idle_key = None
+                try:
+                    timers._idle_fired()
+                except Exception:
+                    log.exception("idle timeout check failed")
+        if keys:
+            self._arm(keys[0])
+
+
+_SWEEPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, IdleSweep] = weakref.WeakKeyDictionary()
+
+
 class SessionTimers:
     """Idle timeout, command deadline and stall timer of one session."""
 
     __slots__ = (
         "_deadline_timer",
         "_deadline_unit",
-        "_idle_timer",
+        "_idle_key",
         "_stall_timer",
+        "_sweep",
         "clock",
         "idle_timeout",
         "last_activity",
@@ -68,36 +148,40 @@ class SessionTimers:
         self.stall_timeout = stall_timeout
         self.last_activity = 0.0
         self.clock = CommandClock()
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._sweep = IdleSweep.of(loop)
+        self._idle_key: int | None = None  # the sweep's bucket holding this session's idle check
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_unit: tuple[float | None, int, float] | None = None  # what the timer is for
         self._stall_timer: asyncio.TimerHandle | None = None
 
     def cancel(self) -> None:
         """The connection is gone: stop every timer."""
-        for timer in (self._idle_timer, self._deadline_timer, self._stall_timer):
+        if self._idle_key is not None:
+            self._sweep.discard(self, self._idle_key)
+            self._idle_key = None
+        for timer in (self._deadline_timer, self._stall_timer):
             if timer is not None:
                 timer.cancel()
-        self._idle_timer = self._deadline_timer = self._stall_timer = None
+        self._deadline_timer = self._stall_timer = None
 
     # --- idle timeout --------------------------------------------------------
     def touch(self) -> None:
         """The client sent something (or the session began): restart the idle clock."""
-        self.last_activity = self.loop.time()
-        if self._idle_timer is None:
-            self._idle_timer = self.loop.call_later(self.idle_timeout, self._idle_fired)
+        self.last_activity = now = self.loop.time()
+        if self._idle_key is None:
+            self._idle_key = self._sweep.add(self, now + self.idle_timeout)
 
     def set_idle_timeout(self, seconds: float) -> None:
         """Change the idle timeout (e.g. RFC 5321 4.5.3.2 values per state)."""
         if seconds != self.idle_timeout:
             self.idle_timeout = seconds
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
+            if self._idle_key is not None:
+                self._sweep.discard(self, self._idle_key)
+                self._idle_key = None
             self.touch()
 
     def _idle_fired(self) -> None:
-        self._idle_timer = None
+        """The sweep's check, at or just after the timeout's end."""
         session = self.session
         if session.closed:
             return
@@ -105,7 +189,7 @@ class SessionTimers:
         # activity since, or our own step is slow (a step waiting for the
         # client, as IDLE does, is the client's silence: RFC 9051 5.4)
         if left > 0 or (session.busy and not session.reading_wanted):
-            self._idle_timer = self.loop.call_later(max(left, 1.0), self._idle_fired)
+            self._idle_key = self._sweep.add(self, self.loop.time() + max(left, 1.0))
             return
         session.idle_expired()
 
