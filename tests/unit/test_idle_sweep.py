@@ -5,6 +5,8 @@ timeout is ended, never before it, at most IDLE_GRANULARITY after it."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -155,3 +157,26 @@ def test_a_thousand_idle_sessions_share_one_timer() -> None:
     finally:
         loop.close()
     assert n == 1000 and timers <= 1 + 1 / IDLE_GRANULARITY, timers
+
+
+def test_a_loop_that_ended_with_sessions_in_the_buckets_is_freed() -> None:
+    # A server whose loop stops with connections still open (a test server's
+    # thread, an embedding application) leaves their checks in the buckets:
+    # the sweep must not keep that loop, its sessions and their buffers
+    # alive for the rest of the process.
+    async def go() -> weakref.ref[asyncio.AbstractEventLoop]:
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            _Session(loop).timers.touch()  # never cancelled: the loop ends first
+        return weakref.ref(loop)
+
+    gone = asyncio.run(go())
+    gc.collect()
+    assert gone() is None, "the ended loop is still held"
+    # and a later loop has a sweep of its own that works
+    async def again() -> None:
+        s = _Session(asyncio.get_running_loop())
+        s.timers.touch()
+        await wait_until_async(lambda: s.expired_at is not None, BOUND, "the idle timeout on a new loop")
+
+    asyncio.run(again())

@@ -60,7 +60,7 @@ class IdleSweep:
     __slots__ = ("__weakref__", "_buckets", "_due", "_keys", "_loop", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = weakref.ref(loop)  # (the sweeps are kept by their loop: no cycle through it)
+        self._loop = weakref.ref(loop)
         self._buckets: dict[int, set[SessionTimers]] = {}
         self._keys: list[int] = []  # heap of the buckets' keys
         self._timer: asyncio.TimerHandle | None = None
@@ -69,9 +69,9 @@ class IdleSweep:
     @staticmethod
     def of(loop: asyncio.AbstractEventLoop) -> IdleSweep:
         """The sweep of ``loop`` (made on first use)."""
-        sweep = _SWEEPS.get(loop)
-        if sweep is None:
-            sweep = _SWEEPS[loop] = IdleSweep(loop)
+        sweep = _SWEEPS.get(id(loop))
+        if sweep is None or sweep._loop() is not loop:  # (a dead loop's id may be reused)
+            sweep = _SWEEPS[id(loop)] = IdleSweep(loop)
         return sweep
 
     def add(self, timers: SessionTimers, at: float) -> int:
@@ -119,7 +119,12 @@ class IdleSweep:
             self._arm(keys[0])
 
 
-_SWEEPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, IdleSweep] = weakref.WeakKeyDictionary()
+# The sweeps by id of their loop, held weakly: a sweep lives while its
+# sessions (``SessionTimers._sweep``) or its armed timer (in the loop) hold
+# it. Not a WeakKeyDictionary on the loop: its values are held strongly, and
+# a sweep's buckets hold sessions that hold the loop, so a loop that ended
+# with sessions in the buckets would never be freed, nor anything it holds.
+_SWEEPS: weakref.WeakValueDictionary[int, IdleSweep] = weakref.WeakValueDictionary()
 
 
 class SessionTimers:
