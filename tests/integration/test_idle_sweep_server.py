@@ -6,10 +6,13 @@ process. Runs on the production loop (uvloop) when it is installed."""
 from __future__ import annotations
 
 import gc
+import math
 import socket
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
+from mailyard.config import Config
 from tests.conftest import HOST, RunningServer, make_test_config
 
 
@@ -30,3 +33,16 @@ def test_a_server_stopped_with_clients_connected_is_freed(tmp_path: Path) -> Non
     finally:
         for c in clients:
             c.close()
+
+
+def test_an_infinite_idle_timeout_serves_the_clients(make_server: Callable[..., RunningServer]) -> None:
+    # TOML has ``inf``, and the configuration takes it as "never time out".
+    def configure(cfg: Config) -> None:
+        cfg.limits.idle_timeout = math.inf
+        cfg.limits.imap_idle_timeout = math.inf
+
+    server = make_server(configure=configure)
+    with socket.create_connection((HOST, server.port("imap")), timeout=10) as c:
+        assert c.recv(1000).startswith(b"* OK")
+        c.sendall(b"a1 NOOP\r\n")
+        assert c.recv(1000) == b"a1 OK NOOP completed\r\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import weakref
 
 import pytest
@@ -180,3 +181,25 @@ def test_a_loop_that_ended_with_sessions_in_the_buckets_is_freed() -> None:
         await wait_until_async(lambda: s.expired_at is not None, BOUND, "the idle timeout on a new loop")
 
     asyncio.run(again())
+
+
+def test_an_infinite_idle_timeout_never_ends_the_session() -> None:
+    # TOML has ``inf``: the configuration accepts "never" as a timeout
+    # (limits.idle_timeout, smtp.timeout_command, ...), as huge values.
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        never = _Session(loop, "never")
+        never.timers.idle_timeout = math.inf
+        never.timers.touch()
+        huge = _Session(loop, "huge")
+        huge.timers.touch()
+        huge.timers.set_idle_timeout(1e308)
+        witness = _Session(loop, "witness")
+        witness.timers.touch()
+        await wait_until_async(lambda: witness.expired_at is not None, BOUND, "the witness's timeout")
+        never.timers.touch()  # activity re-arms nothing and raises nothing
+        assert never.expired_at is None and huge.expired_at is None
+        never.timers.cancel()
+        huge.timers.cancel()
+
+    asyncio.run(go())

@@ -38,6 +38,10 @@ log = logging.getLogger("mailyard.net")
 __all__ = ["IdleSweep", "SessionTimers", "TimedSession"]
 
 IDLE_GRANULARITY = 0.25  # seconds: how late an idle timeout may be noticed, at most
+# The latest check a bucket may hold, in loop time (monotonic seconds, about
+# the time since boot): an idle timeout of ``inf`` (TOML allows it: "never")
+# is checked then, that is never.
+_NEVER = 1e12
 
 
 class TimedSession(Protocol):
@@ -77,6 +81,8 @@ class IdleSweep:
     def add(self, timers: SessionTimers, at: float) -> int:
         """Check ``timers`` (its ``_idle_fired``) at ``at`` or up to
         ``IDLE_GRANULARITY`` after it; returns the bucket's key."""
+        if not at < _NEVER:  # (also NaN)
+            at = _NEVER
         key = math.ceil(at / IDLE_GRANULARITY)
         bucket = self._buckets.get(key)
         if bucket is None:
