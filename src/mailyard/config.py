@@ -646,6 +646,8 @@ def _coerce(section: str, key: str, current: Any, value: Any, source: str) -> An
         )
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise ConfigError(f"{source}: '{section}.{key}' must not be negative")
+    if isinstance(value, float) and value != value:  # TOML's nan: no number at all (inf is "never")
+        raise ConfigError(f"{source}: '{section}.{key}' must be a number, not nan")
     return _check_value(section, key, value, source)
 
 

@@ -105,6 +105,7 @@ def test_relay_tls_ssl_names_the_right_word(tmp_path: Path) -> None:
     ("[limits]\nimap_max_line = 0\n", "'limits.imap_max_line' must be at least 1"),
     ("[delivery]\nretry_initial = -5\n", "'delivery.retry_initial' must not be negative"),
     ("[delivery]\nretry_factor = 0.5\n", "'delivery.retry_factor' must be at least 1"),
+    ("[limits]\nidle_timeout = nan\n", "'limits.idle_timeout' must be a number, not nan"),
 ])
 def test_numbers_are_range_checked(tmp_path: Path, text: str, words: str) -> None:
     path = tmp_path / "config.toml"
