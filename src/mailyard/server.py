@@ -39,7 +39,7 @@ from .mailauth.pool import CheckPool
 from .mailauth.signer import Signer
 from .mailauth.srs import SRS
 from .mailauth.srs import load_secret as load_srs_secret
-from .net.accept import AcceptShare
+from .net.accept import AcceptShare, WorkerLoad
 from .net.acme import AcmeManager, Challenges, default_names, signal_supervisor
 from .net.addresses import AddressSet
 from .net.learning import Learner
@@ -183,6 +183,11 @@ class WorkerRole:
     @property
     def runs_background(self) -> bool:
         return self.slot == 0
+
+    def accept_load(self, service: str) -> WorkerLoad | None:
+        """This worker's count of ``service``'s connections among the others'
+        (None: the service is not shared, or there is no table)."""
+        return self.accept_share.load(service, self.slot) if self.accept_share is not None else None
 
 
 class MailServer:
@@ -398,8 +403,7 @@ class MailServer:
                     ssl_context=self.tls.listener_context if service.implicit_tls else None,
                     sockets=worker.sockets.get(service.name) if worker is not None else None,
                     proxy_from=AddressSet(cfg.server.proxy_protocol_from),
-                    load=worker.accept_share.load(service.name, worker.slot)
-                    if worker is not None and worker.accept_share is not None else None,
+                    load=worker.accept_load(service.name) if worker is not None else None,
                 )
                 await listener.start()
                 self.listeners[service.name] = listener

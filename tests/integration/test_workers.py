@@ -48,11 +48,16 @@ def two_workers(extra: Callable[[Config], None] | None = None) -> Callable[[Conf
     return configure
 
 
+def start_two_workers(data: Path, extra: Callable[[Config], None] | None = None) -> ServeProcess:
+    """A real ``mailyard serve`` of two workers on ``data``, once both are up."""
+    proc = ServeProcess(data, two_workers(extra))
+    wait_until(lambda: len(proc.worker_pids()) == WORKERS, TIMEOUT, "both workers to start")
+    return proc
+
+
 @pytest.fixture
 def server(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
-    extra = getattr(request, "param", None)
-    proc = ServeProcess(tmp_path / "data", two_workers(extra))
-    wait_until(lambda: len(proc.worker_pids()) == WORKERS, TIMEOUT, "both workers to start")
+    proc = start_two_workers(tmp_path / "data", getattr(request, "param", None))
     yield proc
     proc.stop()
 

@@ -31,7 +31,7 @@ from tests.integration.test_workers import (
     Line,
     imap_login,
     on_each_worker,
-    two_workers,
+    start_two_workers,
 )
 from tests.waiting import wait_until
 
@@ -42,8 +42,7 @@ BODY = b"Subject: held across workers\r\n\r\nstill readable\r\n"
 
 @pytest.fixture
 def server(tmp_path: Path) -> Any:
-    proc = ServeProcess(tmp_path / "data", two_workers())
-    wait_until(lambda: len(proc.worker_pids()) == WORKERS, TIMEOUT, "both workers to start")
+    proc = start_two_workers(tmp_path / "data")
     yield proc
     proc.stop()
 

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from tests.integration.serve_process import ServeProcess
-from tests.integration.test_workers import WORKERS, Line, imap_login, on_each_worker, two_workers
-from tests.waiting import wait_until
+from tests.integration.test_workers import Line, imap_login, on_each_worker, start_two_workers
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
 
@@ -23,8 +22,7 @@ TIMEOUT = 10.0
 
 @pytest.fixture
 def server(tmp_path: Path) -> Any:
-    proc = ServeProcess(tmp_path / "data", two_workers())
-    wait_until(lambda: len(proc.worker_pids()) == WORKERS, TIMEOUT, "both workers to start")
+    proc = start_two_workers(tmp_path / "data")
     yield proc
     proc.stop()
 

@@ -75,7 +75,8 @@ class GroupCommitWriter:
         self._after_commit = after_commit
         self._idle_work = idle_work
         # (has work, do a slice of it): cache upkeep kept out of the write
-        # batches, done between them when no write waits (see _between_batches)
+        # batches, done between them once the writes pause (UPKEEP_PAUSE) or
+        # its backlog presses (see _between_batches)
         self._between = between
         self._upkeep_due: float | None = None  # monotonic time the upkeep between batches may run
         # whether the upkeep's backlog is too large to wait for a pause in the writes
