@@ -33,6 +33,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.waiting import wait_until
+
 # test module (its node id's file part) -> its importable name
 FILLS = {
     "tests/integration/test_imap_sort_load.py": "tests.integration.test_imap_sort_load",
@@ -114,10 +116,7 @@ def _filled_by_controller(module: str, folder: Path) -> Path:
     data = folder / module.rsplit(".", 1)[-1] / "data"
     status = data.parent / "exit"
     assert data.parent.is_dir(), f"the xdist controller started no fill of {module} in {folder}"
-    deadline = time.monotonic() + FILL_TIMEOUT
-    while not status.exists():
-        assert time.monotonic() < deadline, f"the fill of {module} did not finish in {FILL_TIMEOUT:.0f} s"
-        time.sleep(0.5)
+    wait_until(status.exists, FILL_TIMEOUT, f"the fill of {module} to finish", interval=0.5)
     code = int(status.read_text())
     log = (data.parent / "fill.log").read_text(errors="replace")
     assert code == 0, f"the fill of {module} failed ({code}):\n{log[-3000:]}"
