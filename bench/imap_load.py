@@ -59,7 +59,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .common import USERS, BenchServer, Result, cpu_count, progress
+from .common import USERS, BenchServer, Result, _children, cpu_count, progress
 
 ALICE = "alice@example.test"
 INITIAL = 500  # messages in INBOX before the run
@@ -280,8 +280,8 @@ def thread_cpu(pid: int, tid: int) -> float:
 
 
 def sessions_per_worker(root: int, port: int) -> list[int]:
-    """How many of the established connections to ``port`` each process
-    under ``root`` holds (mailyard's workers; Dovecot's imap processes),
+    """How many of the established connections to ``port`` ``root`` and each
+    of its children holds (mailyard's workers; Dovecot's imap processes),
     from /proc: whether the sessions are spread over the server's cores."""
     inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -294,7 +294,7 @@ def sessions_per_worker(root: int, port: int) -> list[int]:
             if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # ESTABLISHED, local port
                 inodes.add(fields[9])
     counts = []
-    for pid in _descendants(root):
+    for pid in [root, *_children(root)]:
         try:
             links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
         except OSError:
@@ -303,24 +303,6 @@ def sessions_per_worker(root: int, port: int) -> list[int]:
         if n:
             counts.append(n)
     return sorted(counts)
-
-
-def _descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                text = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(text[text.rindex(")") + 2 :].split()[1])
-    found, todo = [root], [root]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, q in parents.items() if q == p]
-        found += kids
-        todo += kids
-    return found
 
 
 async def settle(pids: Sequence[int], window: float = 0.25, quiet: float = 0.02,
