@@ -270,7 +270,7 @@ def tree_cpu(root: int) -> float:
 
 
 def thread_cpu(pid: int, tid: int) -> float:
-    """CPU seconds of one thread (for mailyard's main thread: the event loop)."""
+    """CPU seconds of one thread (a process's main thread: for mailyard, its event loop)."""
     try:
         text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
     except OSError:
@@ -360,13 +360,16 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
 
     tasks = [asyncio.ensure_future(work(k, c)) for k, c in enumerate(conns)]
     spread = sessions_per_worker(pid, port) if len(servers) == 1 else []
+    # the event loops: each worker's main thread (the supervisor runs none),
+    # or the one process's when it has no workers
+    loops = _children(pid) or [pid]
     await asyncio.sleep(0.2)
-    cpu0, me0, main0 = sum(tree_cpu(p) for p in (pid, *cpu_pids)), self_cpu(), thread_cpu(pid, pid)
+    cpu0, me0, main0 = sum(tree_cpu(p) for p in (pid, *cpu_pids)), self_cpu(), [thread_cpu(p, p) for p in loops]
     start = time.perf_counter()
     go.set()
     done = await asyncio.gather(*tasks, return_exceptions=True)
     elapsed = time.perf_counter() - start
-    cpu1, me1, main1 = sum(tree_cpu(p) for p in (pid, *cpu_pids)), self_cpu(), thread_cpu(pid, pid)
+    cpu1, me1, main1 = sum(tree_cpu(p) for p in (pid, *cpu_pids)), self_cpu(), [thread_cpu(p, p) for p in loops]
     failures = [repr(d) for d in done if isinstance(d, BaseException)]
     for c in conns:
         try:
@@ -399,7 +402,8 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
         "server_cpu_after_s": after_cpu,  # deferred work, done once the phase was over
         "server_cpu_after_ms_per_command": 1000 * after_cpu / max(stats.commands, 1),
         "settled_after_s": after_s,
-        "server_main_thread_busy": (main1 - main0) / elapsed,  # mailyard: the event loop's share of one core
+        # mailyard: each event loop's share of one core
+        "server_event_loops_busy": [round((b - a) / elapsed, 3) for a, b in zip(main0, main1, strict=True)],
         "client_cpu_s": me1 - me0,
         "latency": lat,
         "errors": [{"command": k, "response": t, "count": n} for (k, t), n in stats.errors.most_common()],
@@ -420,7 +424,8 @@ def _prepare_archive(port: int, host: str = "127.0.0.1") -> None:
 def _fmt(name: str, r: dict) -> str:
     lat = r["latency"]
     worst = max(lat.values(), key=lambda v: v["p50_ms"]) if lat else {"p50_ms": 0}
-    loop = f"event loop {100 * r['server_main_thread_busy']:.0f}% busy, " if name == "mailyard" else ""
+    busy = "/".join(f"{100 * b:.0f}" for b in r.get("server_event_loops_busy", []))
+    loop = f"event loops {busy}% busy, " if name == "mailyard" and busy else ""
     return (f"{name} {r['clients']} clients: {r['commands_per_s']:.0f} commands/s, "
             f"{r['server_cpu_ms_per_command']:.2f} ms server CPU/command "
             f"(+{r['server_cpu_after_ms_per_command']:.2f} ms after the phase), {loop}"
