@@ -34,6 +34,13 @@ The clients are cheap on purpose: one asyncio process, raw sockets, one
 regular expression per untagged line, literals read by length. Two cores
 are shared by client and server, so the client's own CPU is printed too.
 
+During each measured phase of the mix an independent client in its own
+process (bench/imap_probe.py, INBOX selected) sends a NOOP or a STATUS every
+5 ms: what one user's client sees while the others load the server. The
+load clients' own figures include their waits for each other in their one
+process, which a server that answers several of them at once (a group
+commit) makes longer; the probe's do not.
+
 With ``--per-kind N``, after the mix each command type runs alone for a
 short phase (N commands per client, the servers alternating), and the
 server CPU per command of each type is reported: where the mix's figure
@@ -328,14 +335,48 @@ def self_cpu() -> float:
     return t.user + t.system
 
 
+def _percentiles(values: list[float]) -> dict:
+    values = sorted(values)
+    return {
+        "count": len(values),
+        "p50_ms": 1000 * statistics.median(values),
+        "p99_ms": 1000 * values[min(len(values) - 1, int(0.99 * len(values)))],
+    }
+
+
+async def _start_probe(host: str, port: int) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.imap_probe", host, str(port), ALICE, USERS[ALICE],
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent)
+    assert proc.stdout is not None
+    ready = await asyncio.wait_for(proc.stdout.readline(), 30)
+    if ready.strip() != b"ready":
+        proc.kill()
+        raise RuntimeError(f"the probe client did not start: {ready!r}")
+    return proc
+
+
+async def _stop_probe(proc: asyncio.subprocess.Process) -> dict[str, list[float]]:
+    out, _ = await asyncio.wait_for(proc.communicate(b"stop\n"), 30)
+    result = json.loads(out.splitlines()[-1])
+    if "error" in result:
+        raise RuntimeError(f"the probe client failed: {result['error']}")
+    return result
+
+
 async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
                     bodies: list[bytes], *, servers: Sequence[tuple[str, int]] = (),
-                    cpu_pids: Sequence[int] = (), mix: list[tuple[str, int]] | None = None) -> dict:
+                    cpu_pids: Sequence[int] = (), mix: list[tuple[str, int]] | None = None,
+                    probe: bool = False) -> dict:
     """One measured phase: ``clients`` sessions run ``commands`` steps each
     of ``mix`` (default MIX, the full mix). ``servers``: (host, port) of
     several servers (nodes) sharing the mailbox, client k connecting to
     ``servers[k % n]`` (default: ``port`` on 127.0.0.1); ``cpu_pids``: more
-    process trees whose CPU counts as the server's (the nodes, the database)."""
+    process trees whose CPU counts as the server's (the nodes, the database).
+    ``probe``: an independent client in its own process (bench/imap_probe.py)
+    sends a NOOP or STATUS every 5 ms during the phase; its latencies are
+    what one user's client sees while the others load the server."""
     stats = Stats()
     sem = asyncio.Semaphore(10)
     servers = list(servers) or [("127.0.0.1", port)]
@@ -359,6 +400,7 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
             await _step(c, rng, kind, bodies)
 
     tasks = [asyncio.ensure_future(work(k, c)) for k, c in enumerate(conns)]
+    prober = await _start_probe(*servers[0]) if probe else None
     spread = sessions_per_worker(pid, port) if len(servers) == 1 else []
     # the event loops: each worker's main thread (the supervisor runs none),
     # or the one process's when it has no workers
@@ -370,6 +412,7 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
     done = await asyncio.gather(*tasks, return_exceptions=True)
     elapsed = time.perf_counter() - start
     cpu1, me1, main1 = sum(tree_cpu(p) for p in (pid, *cpu_pids)), self_cpu(), [thread_cpu(p, p) for p in loops]
+    probed = await _stop_probe(prober) if prober is not None else {}
     failures = [repr(d) for d in done if isinstance(d, BaseException)]
     for c in conns:
         try:
@@ -379,17 +422,9 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
             pass
     # what the phase left for later (background indexing), until the server is quiet again
     after_s, after_cpu = await settle((pid, *cpu_pids))
-    lat = {}
     every = [v for values in stats.latencies.values() for v in values]
-    for kind, values in [*sorted(stats.latencies.items()), ("all commands", every)]:
-        if not values:
-            continue
-        values.sort()
-        lat[kind] = {
-            "count": len(values),
-            "p50_ms": 1000 * statistics.median(values),
-            "p99_ms": 1000 * values[min(len(values) - 1, int(0.99 * len(values)))],
-        }
+    lat = {kind: _percentiles(values)
+           for kind, values in [*sorted(stats.latencies.items()), ("all commands", every)] if values}
     return {
         "clients": clients,
         "commands": stats.commands,
@@ -406,6 +441,7 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
         "server_event_loops_busy": [round((b - a) / elapsed, 3) for a, b in zip(main0, main1, strict=True)],
         "client_cpu_s": me1 - me0,
         "latency": lat,
+        "probe": {kind: _percentiles(values) for kind, values in probed.items() if values},
         "errors": [{"command": k, "response": t, "count": n} for (k, t), n in stats.errors.most_common()],
         "client_failures": failures,
     }
@@ -431,7 +467,9 @@ def _fmt(name: str, r: dict) -> str:
             f"(+{r['server_cpu_after_ms_per_command']:.2f} ms after the phase), {loop}"
             f"client CPU {r['client_cpu_s']:.1f} s of {r['seconds']:.1f} s, "
             f"worst p50 {worst['p50_ms']:.1f} ms, {sum(e['count'] for e in r['errors'])} protocol errors"
-            + (f", sessions per process {r['sessions_per_worker']}" if name == "mailyard" else ""))
+            + (f", sessions per process {r['sessions_per_worker']}" if name == "mailyard" else "")
+            + "".join(f", probe {kind} p50 {v['p50_ms']:.2f} ms p99 {v['p99_ms']:.1f} ms"
+                      for kind, v in r.get("probe", {}).items()))
 
 
 def run(quick: bool = False, clients: tuple[int, ...] = (10, 50), commands: int | None = None,
@@ -478,7 +516,7 @@ def run(quick: bool = False, clients: tuple[int, ...] = (10, 50), commands: int 
             for n in clients:
                 for name, port, pid in targets:
                     progress(f"round {rnd + 1}/{rounds}: {name}, {n} clients x {per_client} commands")
-                    r = asyncio.run(_run_once(port, pid, n, per_client, seed + rnd, bodies))
+                    r = asyncio.run(_run_once(port, pid, n, per_client, seed + rnd, bodies, probe=True))
                     results[f"{name}/{n}"].append(r)
                     progress(_fmt(name, r))
                     for e in r["errors"][:8]:
@@ -511,6 +549,9 @@ def run(quick: bool = False, clients: tuple[int, ...] = (10, 50), commands: int 
         last = runs[-1]
         for kind, v in last["latency"].items():
             out.append(Result("imap-load", f"    {kind} p50 / p99", v["p50_ms"], "ms", f"p99 {v['p99_ms']:.1f} ms"))
+        for kind, v in last.get("probe", {}).items():
+            out.append(Result("imap-load", f"    probe {kind} (own process) p50 / p99", v["p50_ms"], "ms",
+                              f"p99 {v['p99_ms']:.1f} ms, {v['count']} commands"))
         errors = sum(e["count"] for r in runs for e in r["errors"])
         out.append(Result("imap-load", f"  {label} {n} clients protocol errors", errors, "count",
                           "; ".join(f"{e['count']}x {e['command']}: {e['response']}" for e in last["errors"][:5])))
