@@ -528,8 +528,10 @@ def run(quick: bool = False, clients: tuple[int, ...] = (10, 50), commands: int 
                 for name, port, pid in targets:
                     r = asyncio.run(_run_once(port, pid, n, per_kind, seed, bodies, mix=[(kind, 1)]))
                     kinds[(name, n, kind)] = r
+                    lat = r["latency"].get(kind, {"p50_ms": 0.0, "p99_ms": 0.0})
                     progress(f"{name} {n} clients, {kind} alone: {r['server_cpu_ms_per_command']:.2f} ms "
                              f"server CPU/command, {r['commands_per_s']:.0f} commands/s, "
+                             f"p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.1f} ms, "
                              f"{sum(e['count'] for e in r['errors'])} protocol errors")
     finally:
         server.stop()
