@@ -357,11 +357,11 @@ class _Fast:
     """The fast path for one message: its fields, and the body hash."""
 
     def __init__(self, fields: list[tuple[str, bytes]], body: bytes, header: bytes | None = None,
-                 index: dict[str, list[int]] | None = None) -> None:
+                 index: dict[str, list[int]] | None = None, only_fields: bool = False) -> None:
         self.fields = fields
         self.body = body
         # None: the raw header is not known, the fast path is not taken
-        self.plain = header is not None and _only_fields(header)
+        self.plain = header is not None and (only_fields or _only_fields(header))
         self._bh: bytes | None = None
         self._by_name = index
 
@@ -461,14 +461,18 @@ def _order(tags: dict[str, str], position: int, author_domain: str) -> tuple[int
 
 def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool = False,
            parsed: tuple[list[tuple[str, bytes]], bytes] | None = None,
-           author_domain: str | None = None, index: dict[str, list[int]] | None = None) -> list[DKIMResult]:
+           author_domain: str | None = None, index: dict[str, list[int]] | None = None,
+           only_fields: bool = False) -> list[DKIMResult]:
     """Check the DKIM-Signatures of ``message`` (at most 10: more are not
     looked at, so a message cannot make the server do unbounded work); one
     result per signature checked, in the order of the fields.
 
     ``parsed``: the message's header fields (``split_fields``) and body,
     when the caller has them already; ``index``: ``field_index`` of those
-    fields, when it has that too.
+    fields, when it has that too; ``only_fields``: the caller found every
+    line of the header to be a field or a continuation line
+    (``split_plain_fields`` split it), which ``_only_fields`` then need not
+    check again.
 
     ``author_domain``: the RFC5322.From domain, when the caller needs no
     more than DMARC does (RFC 7489 3.1.1: one passing signature whose d= is
@@ -501,7 +505,7 @@ def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool 
         author_domain = author_domain.lower().rstrip(".")
         todo.sort(key=lambda item: _order(item[2], item[1], author_domain))
     results: list[tuple[int, DKIMResult]] = []
-    fast = _Fast(fields, body, header, index)
+    fast = _Fast(fields, body, header, index, only_fields)
     slow: list[_Verifier] = []  # dkimpy's parse of the message, made at most once
     for idx, position, tags in todo:
         result = _verify_one(message, txt, fast, slow, idx, position, tags, allow_sha1)
