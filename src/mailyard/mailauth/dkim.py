@@ -255,10 +255,15 @@ def _one_space(text: bytes) -> bytes:
 
 
 def _relaxed_field(name: str, value: bytes) -> bytes:
-    """RFC 6376 3.4.2: lower-case name, unfolded, WSP runs as one SP, none at the ends."""
+    """RFC 6376 3.4.2: lower-case name, unfolded, WSP runs as one SP, none at
+    the ends (``_one_space`` written out: this runs for every signed field)."""
     if b"\n" in value:
         value = value.replace(b"\r\n", b"").replace(b"\n", b"")
-    return name.strip().lower().encode("ascii") + b":" + _one_space(value).strip(b" ")
+    if b"\t" in value:
+        value = value.replace(b"\t", b" ")
+    while b"  " in value:
+        value = value.replace(b"  ", b" ")
+    return name.strip().lower().encode("ascii") + b":" + value.strip(b" ")
 
 
 def _relaxed_body(body: bytes) -> bytes:
@@ -289,6 +294,22 @@ def _without_b(value: bytes) -> bytes:
         if sep and name.strip() == b"b":
             parts[i] = name + b"="
     return b";".join(parts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signed_plan(h: str) -> tuple[tuple[tuple[str, int], ...], bool]:
+    """The h= list (whitespace already out, ``_tags``) as (lower-case name,
+    which instance counted from the bottom) pairs, RFC 6376 5.4.2: a name
+    listed again takes the next instance up; and whether From is signed
+    (RFC 6376 5.4: it MUST be). Kept by the text: a signer's h= repeats in
+    every message it signs."""
+    seen: dict[str, int] = {}
+    plan: list[tuple[str, int]] = []
+    for name in h.lower().split(":"):
+        n = seen.get(name, 0)
+        seen[name] = n + 1
+        plan.append((name, n))
+    return tuple(plan), "from" in seen
 
 
 @functools.lru_cache(maxsize=256)
@@ -393,8 +414,8 @@ class _Fast:
         stamp = tags.get("t", "0")
         if not stamp.isdigit() or int(stamp) > time.time() + 300:
             return False
-        names = tags.get("h", "").lower().split(":")  # _tags took every whitespace out
-        if "from" not in names:
+        plan, signs_from = _signed_plan(tags.get("h", ""))
+        if not signs_from:
             return False
         try:
             if base64.b64decode(tags.get("bh", ""), validate=True) != self.body_hash():
@@ -403,19 +424,19 @@ class _Fast:
         except ValueError:
             return False
         # RFC 6376 5.4.2: each name takes the next instance from the bottom;
-        # a name with no instance left contributes nothing (the null string)
+        # a name with no instance left contributes nothing (the null string).
+        # RFC 6376 3.7: each signed field with its CRLF, then the signature
+        # field itself without one.
         instances = self.instances()
-        taken: dict[str, int] = {}
+        fields = self.fields
         parts: list[bytes] = []
-        for name in names:
+        for name, n in plan:
             at = instances.get(name)
-            n = taken.get(name, 0)
             if at is not None and n < len(at):
-                taken[name] = n + 1
-                parts.append(_relaxed_field(*self.fields[at[n]]) + b"\r\n")
-        sig_name, sig_value = self.fields[position]
+                parts.append(_relaxed_field(*fields[at[n]]))
+        sig_name, sig_value = fields[position]
         parts.append(_relaxed_field(sig_name, _without_b(sig_value)))
-        data = b"".join(parts)
+        data = b"\r\n".join(parts)
         try:
             if found[0] == "rsa":
                 # RFC 6376 3.3.1: RSASSA-PKCS1-v1_5 over the SHA-256 of the
