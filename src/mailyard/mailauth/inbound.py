@@ -22,7 +22,7 @@ from ..message.address import iter_mailboxes, parse_address_list
 from ..message.headers import split_fields, split_plain_fields
 from ..message.parse import header_end, split_header_body
 from . import arc, dkim, dmarc, spf
-from .authresults import format_header, resinfo, resinfo_kept, strip_ours
+from .authresults import format_header, resinfo, resinfo_kept, resinfo_props, strip_ours
 from .dnscache import CacheOnly, NotCached, Resolver
 
 
@@ -117,8 +117,10 @@ def check_message(
     lines = [r for r in results if r]
     if dkim_results:
         for r in dkim_results:
-            lines.append(resinfo("dkim", r.result, r.reason, [("header.d", r.domain), ("header.s", r.selector),
-                                                              ("header.a", r.algorithm), ("header.b", r.b_prefix)]))
+            # all but header.b repeat for a signer's stream of mail (RFC 8601 2.7.1, RFC 6008)
+            lines.append(resinfo_kept("dkim", r.result, r.reason, (("header.d", r.domain), ("header.s", r.selector),
+                                                                  ("header.a", r.algorithm)))
+                         + resinfo_props((("header.b", r.b_prefix),)))
     else:
         lines.append(resinfo("dkim", "none"))
     # RFC 8617 4.4 / RFC 8601 2.7: the chain validation status, which the
