@@ -319,6 +319,27 @@ def test_dmarc_pct_samples(dns: DNSServer, resolver: Resolver) -> None:
     assert (r.result, r.policy, r.disposition) == ("fail", "reject", "quarantine")
 
 
+def test_dmarc_results_are_kept_no_longer_than_the_record_and_pct_is_drawn_per_message(
+        dns: DNSServer, resolver: Resolver) -> None:
+    """The resolver keeps a DMARC result (the same sender's stream of mail
+    repeats it), but RFC 7489 6.6.4's pct= sampling is drawn for every
+    message, and a changed record is seen once its TTL has run out."""
+    txt(dns, "_dmarc.a.test", "v=DMARC1; p=reject; pct=50")
+    rng, expected_rng = random.Random(7), random.Random(7)
+    got = [dmarc.evaluate(resolver, ["a.test"], spf_result("fail", "a.test"), [], rng=rng)
+           for _ in range(40)]
+    assert [r.disposition for r in got] == [
+        "reject" if expected_rng.randrange(100) < 50 else "quarantine" for _ in range(40)]
+    assert {r.disposition for r in got} == {"reject", "quarantine"}
+    assert {(r.result, r.policy, r.published) for r in got} == {("fail", "reject", got[0].published)}
+    dns.ttl = 0  # answers not to be cached: the record below changes
+    txt(dns, "_dmarc.b.test", "v=DMARC1; p=reject")
+    assert dmarc.evaluate(resolver, ["b.test"], spf_result("fail", "b.test"), []).policy == "reject"
+    dns.remove("_dmarc.b.test", "TXT")
+    txt(dns, "_dmarc.b.test", "v=DMARC1; p=none")
+    assert dmarc.evaluate(resolver, ["b.test"], spf_result("fail", "b.test"), []).policy == "none"
+
+
 def test_dmarc_none_temperror_and_organizational_domain(dns: DNSServer, resolver: Resolver) -> None:
     assert dmarc.evaluate(resolver, ["a.test"], spf_result("fail", "a.test"), []).result == "none"
     dns.servfail.add("_dmarc.t.test.")
