@@ -21,6 +21,7 @@ injected ``txt`` function (``dnscache.Resolver.txt``).
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import hashlib
 import logging
@@ -255,15 +256,21 @@ def _one_space(text: bytes) -> bytes:
 
 
 def _relaxed_field(name: str, value: bytes) -> bytes:
-    """RFC 6376 3.4.2: lower-case name, unfolded, WSP runs as one SP, none at
-    the ends (``_one_space`` written out: this runs for every signed field)."""
+    """RFC 6376 3.4.2: lower-case name, unfolded, WSP runs as one SP, none at the ends."""
+    return name.strip().lower().encode("ascii") + b":" + _relaxed_value(value)
+
+
+def _relaxed_value(value: bytes) -> bytes:
+    """A field value as RFC 6376 3.4.2 canonicalises it: unfolded, WSP runs
+    as one SP, none at the ends (``_one_space`` written out: this runs for
+    every signed field)."""
     if b"\n" in value:
         value = value.replace(b"\r\n", b"").replace(b"\n", b"")
     if b"\t" in value:
         value = value.replace(b"\t", b" ")
     while b"  " in value:
         value = value.replace(b"  ", b" ")
-    return name.strip().lower().encode("ascii") + b":" + value.strip(b" ")
+    return value.strip(b" ")
 
 
 def _relaxed_body(body: bytes) -> bytes:
@@ -297,18 +304,19 @@ def _without_b(value: bytes) -> bytes:
 
 
 @functools.lru_cache(maxsize=1024)
-def _signed_plan(h: str) -> tuple[tuple[tuple[str, int], ...], bool]:
+def _signed_plan(h: str) -> tuple[tuple[tuple[str, int, bytes], ...], bool]:
     """The h= list (whitespace already out, ``_tags``) as (lower-case name,
-    which instance counted from the bottom) pairs, RFC 6376 5.4.2: a name
-    listed again takes the next instance up; and whether From is signed
-    (RFC 6376 5.4: it MUST be). Kept by the text: a signer's h= repeats in
-    every message it signs."""
+    which instance counted from the bottom, the canonical "name:" of RFC
+    6376 3.4.2) triples, RFC 6376 5.4.2: a name listed again takes the next
+    instance up; and whether From is signed (RFC 6376 5.4: it MUST be).
+    Kept by the text: a signer's h= repeats in every message it signs."""
     seen: dict[str, int] = {}
-    plan: list[tuple[str, int]] = []
+    plan: list[tuple[str, int, bytes]] = []
     for name in h.lower().split(":"):
         n = seen.get(name, 0)
         seen[name] = n + 1
-        plan.append((name, n))
+        # a name that is not ASCII matches no field (split_fields reads ASCII names)
+        plan.append((name, n, name.encode("ascii", "replace") + b":"))
     return tuple(plan), "from" in seen
 
 
@@ -418,24 +426,28 @@ class _Fast:
         if not signs_from:
             return False
         try:
-            if base64.b64decode(tags.get("bh", ""), validate=True) != self.body_hash():
+            # strict: only the base64 alphabet, padding at the end only (RFC
+            # 4648 4); what it refuses, b64decode(validate=True) reads as no
+            # octets at all, which never verifies either
+            if binascii.a2b_base64(tags.get("bh", ""), strict_mode=True) != self.body_hash():
                 return False
-            signature = base64.b64decode(tags.get("b", ""), validate=True)
+            signature = binascii.a2b_base64(tags.get("b", ""), strict_mode=True)
         except ValueError:
             return False
         # RFC 6376 5.4.2: each name takes the next instance from the bottom;
         # a name with no instance left contributes nothing (the null string).
         # RFC 6376 3.7: each signed field with its CRLF, then the signature
         # field itself without one.
+        # The index's names are the fields' own, lower-cased: each field's
+        # canonical name is the one h= gave it (the plan's "name:").
         instances = self.instances()
         fields = self.fields
         parts: list[bytes] = []
-        for name, n in plan:
+        for name, n, canonical in plan:
             at = instances.get(name)
             if at is not None and n < len(at):
-                parts.append(_relaxed_field(*fields[at[n]]))
-        sig_name, sig_value = fields[position]
-        parts.append(_relaxed_field(sig_name, _without_b(sig_value)))
+                parts.append(canonical + _relaxed_value(fields[at[n]][1]))
+        parts.append(b"dkim-signature:" + _relaxed_value(_without_b(fields[position][1])))
         data = b"\r\n".join(parts)
         try:
             if found[0] == "rsa":

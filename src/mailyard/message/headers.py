@@ -32,8 +32,9 @@ _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
 _FIELD_NAME_STR = re.compile(r"[\x21-\x39\x3b-\x7e]+\Z")
 # RFC 5322 2.2 and 2.2.3: one field whose every line ends with LF (CRLF or a
 # bare LF): the name, WSP, the colon and the one conventional SP, the value
-# (its line end lost), each continuation line starting with WSP.
-_PLAIN_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*: ?([^\n]*(?:\n[ \t][^\n]*)*)\n")
+# (its line end lost), each continuation line starting with WSP ("." is
+# any octet but LF: no DOTALL).
+_PLAIN_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*: ?(.*(?:\n[ \t].*)*)\n")
 # RFC 5322 2.2.3: unfolding removes each CRLF that is followed by WSP.
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 
