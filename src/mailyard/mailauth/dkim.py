@@ -292,15 +292,25 @@ def _relaxed_body(body: bytes) -> bytes:
     return body
 
 
+# RFC 6376 3.2: a tag named b, at the start of a tag-spec (after ";", here
+# also put before the first), FWS around the name; found from each ";" only
+# (the pattern starts with it), so the long b= value is skipped at C speed
+_B_TAG = re.compile(rb";[ \t\n\r\x0b\x0c]*b[ \t\n\r\x0b\x0c]*=")
+
+
 def _without_b(value: bytes) -> bytes:
     """A signature field's value with the b= value deleted (RFC 6376 3.7:
     the signature is computed with b= empty), the rest byte for byte."""
-    parts = value.split(b";")
-    for i, part in enumerate(parts):
-        name, sep, _signature = part.partition(b"=")
-        if sep and name.strip() == b"b":
-            parts[i] = name + b"="
-    return b";".join(parts)
+    text = b";" + value
+    pieces: list[bytes] = []
+    start = 0
+    for match in _B_TAG.finditer(text):
+        pieces.append(text[start:match.end()])
+        start = text.find(b";", match.end())  # the b= value runs to the next tag-spec
+        if start < 0:
+            start = len(text)
+    pieces.append(text[start:])
+    return b"".join(pieces)[1:]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -385,12 +395,12 @@ def field_index(fields: list[tuple[str, bytes]]) -> dict[str, list[int]]:
 class _Fast:
     """The fast path for one message: its fields, and the body hash."""
 
-    def __init__(self, fields: list[tuple[str, bytes]], body: bytes, header: bytes | None = None,
-                 index: dict[str, list[int]] | None = None, only_fields: bool = False) -> None:
+    def __init__(self, fields: list[tuple[str, bytes]], body: bytes, plain: bool,
+                 index: dict[str, list[int]] | None = None) -> None:
         self.fields = fields
         self.body = body
-        # None: the raw header is not known, the fast path is not taken
-        self.plain = header is not None and (only_fields or _only_fields(header))
+        # whether the header is only fields (_only_fields): else no fast path
+        self.plain = plain
         self._bh: bytes | None = None
         self._by_name = index
 
@@ -523,9 +533,12 @@ def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool 
     if parsed is None:
         header, body = split_header_body(message)
         fields = split_fields(header)
+        plain = _only_fields(header)
+    elif not message.endswith(body := parsed[1]):
+        fields, plain = parsed[0], False  # not this message's parse: dkimpy reads the message
     else:
-        fields, body = parsed
-        header = message[:len(message) - len(body)] if message.endswith(body) else None
+        fields = parsed[0]
+        plain = only_fields or _only_fields(message[:len(message) - len(body)])
     if index is None:
         positions = [i for i, (name, _value) in enumerate(fields) if name.strip().lower() == "dkim-signature"][:10]
     else:
@@ -538,7 +551,7 @@ def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool 
         author_domain = author_domain.lower().rstrip(".")
         todo.sort(key=lambda item: _order(item[2], item[1], author_domain))
     results: list[tuple[int, DKIMResult]] = []
-    fast = _Fast(fields, body, header, index, only_fields)
+    fast = _Fast(fields, body, plain, index)
     slow: list[_Verifier] = []  # dkimpy's parse of the message, made at most once
     for idx, position, tags in todo:
         result = _verify_one(message, txt, fast, slow, idx, position, tags, allow_sha1)
@@ -558,10 +571,9 @@ def _verify_one(message: bytes, txt: Callable[[str], list[str]], fast: _Fast, sl
     message kept in ``slow`` for the other signatures); None when dkimpy
     finds nothing to check."""
     d, s, a = tags.get("d", ""), tags.get("s", ""), tags.get("a", "")
-    b_prefix = tags.get("b", "")[:8]
 
     def made(result: str, reason: str = "") -> DKIMResult:
-        return DKIMResult(result, d.lower(), s, a, reason, b_prefix)
+        return DKIMResult(result, d.lower(), s, a, reason, tags.get("b", "")[:8])
 
     if a.lower() == "rsa-sha1" and not allow_sha1:
         return made("fail", "rsa-sha1 is not accepted (RFC 8301)")

@@ -102,7 +102,8 @@ def check_message(
     # DMARC needs one aligned passing signature: with one From domain,
     # DKIM stops at the first of its signatures that passes (dkim.verify)
     author = authors[0].lower().rstrip(".") if authors else ""
-    single = author if author and all(d.lower().rstrip(".") == author for d in authors) else None
+    single = author if author and (len(authors) == 1 or all(d.lower().rstrip(".") == author for d in authors)) \
+        else None
     dkim_results = dkim.verify(message, resolver.txt, parsed=(fields, body), author_domain=single, index=index,
                                only_fields=plain is not None)
     arc_result = arc.verify(message, resolver.txt, fields=fields, index=index)
