@@ -797,16 +797,21 @@ def _only_fields_reference(header: bytes) -> bool:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_tag_list_and_header_shape_readers_agree_with_the_plain_reading(seed: int) -> None:
-    """The tag-list reader (RFC 6376 3.2, duplicates flagged) and the check
-    that every header line is a field or a continuation (RFC 5322 2.2), both
-    on every message's path, give what the plain line-by-line reading gives
-    on random inputs made of the octets that matter."""
+    """The tag-list reader (RFC 6376 3.2, duplicates flagged), its a= and d=
+    reader for the order of signatures, and the check that every header line
+    is a field or a continuation (RFC 5322 2.2), all on every message's
+    path, give what the plain line-by-line reading gives on random inputs
+    made of the octets that matter."""
     rng = random.Random(seed)
     pieces = [b" ", b"\t", b"\r\n ", b"\r\n", b"\n", b"\r", b"\x0b", b"\x0c", b";", b"=", b":", b"a", b"B", b"h",
-              b"bh", b"x1", b"_", b"\xff", b"\x7f", b"From:", b"X-Y", b"d=", b"v=1", b"\x00", b"b =", b"\r\n\r\n"]
+              b"bh", b"x1", b"_", b"\xff", b"\x7f", b"From:", b"X-Y", b"d=", b"v=1", b"\x00", b"b =", b"\r\n\r\n",
+              b"D", b"A =", b"; a=", b"ad"]
     for _ in range(20000):
         text = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 30)))
-        assert dkim._tags(text) == _tags_reference(text), text
+        tags = _tags_reference(text)
+        assert dkim._tags(text) == tags, text
+        # the order of signatures reads a= and d= alone, as the full reading gives them
+        assert dkim._order_tags(text) == {name: tags[name] for name in ("a", "d") if name in tags}, text
         assert dkim._only_fields(text) == _only_fields_reference(text), text
 
 

@@ -154,6 +154,9 @@ _DUPLICATE = "\0duplicate"  # the key _tags adds when a tag name occurs twice
 _ASCII_WS = b" \t\n\r\x0b\x0c"  # what bytes.split() and strip() take as whitespace
 
 
+_TAG_NAMES = {name.encode(): name for name in ("v", "a", "b", "bh", "c", "d", "h", "i", "l", "q", "s", "t", "x", "z")}
+
+
 def _tags(value: bytes) -> dict[str, str]:
     """The ``tag=value`` list of a signature field (RFC 6376 3.2), names
     lower-cased, all whitespace removed from the values (folding and FWS
@@ -166,9 +169,11 @@ def _tags(value: bytes) -> dict[str, str]:
         if not sep:
             continue
         name = name.strip()
-        if not name.isalpha():
-            continue
-        key = name.lower().decode("ascii")
+        key = _TAG_NAMES.get(name)  # the names RFC 6376 3.5 defines, spelt as usual
+        if key is None:
+            if not name.isalpha():
+                continue
+            key = name.lower().decode("ascii")
         if key in out:
             out[_DUPLICATE] = key
         # one C call removes FWS (RFC 6376 3.2) from the value
@@ -493,6 +498,19 @@ def _key_problem(record: str | None) -> tuple[str, str] | None:
     return None
 
 
+# RFC 6376 3.2: a tag-spec named a or d (either case, FWS around the name),
+# found from each ";" only (one is put before the first tag-spec)
+_ORDER_TAGS = re.compile(rb";[ \t\n\r\x0b\x0c]*([aAdD])[ \t\n\r\x0b\x0c]*=([^;]*)")
+
+
+def _order_tags(value: bytes) -> dict[str, str]:
+    """The a= and d= of a signature field as ``_tags`` reads them (the last
+    of each, whitespace out), all ``_order`` looks at: one regex that skips
+    from ";" to ";" at C speed, rather than every tag-spec read."""
+    return {name.lower().decode("ascii"): text.translate(None, _ASCII_WS).decode("ascii", "replace")
+            for name, text in _ORDER_TAGS.findall(b";" + value)}
+
+
 def _order(tags: dict[str, str], position: int, author_domain: str) -> tuple[int, int, int]:
     """The order ``verify`` tries signatures in when it may stop at the
     first that passes for ``author_domain``: that domain's first, rsa-sha256
@@ -545,16 +563,18 @@ def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool 
         positions = index.get("dkim-signature", [])[::-1][:10]
     if not positions:
         return []  # nothing to check: the message is not parsed again
-    # (index among the signatures, as dkimpy counts them; field position; tags)
-    todo = [(idx, pos, _tags(fields[pos][1])) for idx, pos in enumerate(positions)]
+    # (index among the signatures, as dkimpy counts them; field position)
+    todo = list(enumerate(positions))
     if author_domain:
         author_domain = author_domain.lower().rstrip(".")
-        todo.sort(key=lambda item: _order(item[2], item[1], author_domain))
+        if len(todo) > 1:
+            # the order needs a= and d= only: a signature never checked is not read further
+            todo.sort(key=lambda item: _order(_order_tags(fields[item[1]][1]), item[1], author_domain))
     results: list[tuple[int, DKIMResult]] = []
     fast = _Fast(fields, body, plain, index)
     slow: list[_Verifier] = []  # dkimpy's parse of the message, made at most once
-    for idx, position, tags in todo:
-        result = _verify_one(message, txt, fast, slow, idx, position, tags, allow_sha1)
+    for idx, position in todo:
+        result = _verify_one(message, txt, fast, slow, idx, position, _tags(fields[position][1]), allow_sha1)
         if result is None:
             continue
         results.append((position, result))
