@@ -393,7 +393,12 @@ def field_index(fields: list[tuple[str, bytes]]) -> dict[str, list[int]]:
     rather than each walking the header's names again."""
     by_name: dict[str, list[int]] = {}
     for i in range(len(fields) - 1, -1, -1):
-        by_name.setdefault(fields[i][0].strip().lower(), []).append(i)
+        name = fields[i][0].strip().lower()
+        at = by_name.get(name)
+        if at is None:
+            by_name[name] = [i]
+        else:
+            at.append(i)
     return by_name
 
 
