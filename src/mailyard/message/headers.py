@@ -33,8 +33,11 @@ _FIELD_NAME_STR = re.compile(r"[\x21-\x39\x3b-\x7e]+\Z")
 # RFC 5322 2.2 and 2.2.3: one field whose every line ends with LF (CRLF or a
 # bare LF): the name, WSP, the colon and the one conventional SP, the value
 # (its line end lost), each continuation line starting with WSP ("." is
-# any octet but LF: no DOTALL).
-_PLAIN_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*: ?(.*(?:\n[ \t].*)*)\n")
+# any octet but LF: no DOTALL). Possessive: what a repeat took is never
+# given back, so a line that does not end (a hostile megabyte without LF)
+# fails at once rather than being tried again octet by octet; a block that
+# is only fields never needs to give anything back.
+_PLAIN_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]++)[ \t]*+: ?(.*+(?:\n[ \t].*+)*+)\n")
 # RFC 5322 2.2.3: unfolding removes each CRLF that is followed by WSP.
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 
