@@ -333,6 +333,13 @@ def test_dmarc_results_are_kept_no_longer_than_the_record_and_pct_is_drawn_per_m
         "reject" if expected_rng.randrange(100) < 50 else "quarantine" for _ in range(40)]
     assert {r.disposition for r in got} == {"reject", "quarantine"}
     assert {(r.result, r.policy, r.published) for r in got} == {("fail", "reject", got[0].published)}
+    # every input of the verdict tells kept results apart: DKIM and SPF alignment
+    assert dmarc.evaluate(resolver, ["a.test"], spf_result("fail", "a.test"), [dkim_result("pass", "a.test")]).result \
+        == "pass"
+    assert dmarc.evaluate(resolver, ["a.test"], spf_result("fail", "a.test"), [dkim_result("fail", "a.test")]).result \
+        == "fail"
+    assert dmarc.evaluate(resolver, ["a.test"], spf_result("pass", "a.test"), []).result == "pass"
+    assert dmarc.evaluate(resolver, ["a.test"], spf_result("pass", "other.test"), []).result == "fail"
     dns.ttl = 0  # answers not to be cached: the record below changes
     txt(dns, "_dmarc.b.test", "v=DMARC1; p=reject")
     assert dmarc.evaluate(resolver, ["b.test"], spf_result("fail", "b.test"), []).policy == "reject"
