@@ -5,6 +5,7 @@ Authentication-Results field, the DNS cache and the key files."""
 from __future__ import annotations
 
 import base64
+import binascii
 import random
 import shutil
 import stat
@@ -317,6 +318,34 @@ def test_dmarc_pct_samples(dns: DNSServer, resolver: Resolver) -> None:
     txt(dns, "_dmarc.a.test", "v=DMARC1; p=reject; pct=0")
     r = dmarc.evaluate(resolver, ["a.test"], spf_result("fail", "a.test"), [], rng=random.Random(1))
     assert (r.result, r.policy, r.disposition) == ("fail", "reject", "quarantine")
+
+
+def test_dmarc_results_are_kept_no_longer_than_the_record_and_pct_is_drawn_per_message(
+        dns: DNSServer, resolver: Resolver) -> None:
+    """The resolver keeps a DMARC result (the same sender's stream of mail
+    repeats it), but RFC 7489 6.6.4's pct= sampling is drawn for every
+    message, and a changed record is seen once its TTL has run out."""
+    txt(dns, "_dmarc.a.test", "v=DMARC1; p=reject; pct=50")
+    rng, expected_rng = random.Random(7), random.Random(7)
+    got = [dmarc.evaluate(resolver, ["a.test"], spf_result("fail", "a.test"), [], rng=rng)
+           for _ in range(40)]
+    assert [r.disposition for r in got] == [
+        "reject" if expected_rng.randrange(100) < 50 else "quarantine" for _ in range(40)]
+    assert {r.disposition for r in got} == {"reject", "quarantine"}
+    assert {(r.result, r.policy, r.published) for r in got} == {("fail", "reject", got[0].published)}
+    # every input of the verdict tells kept results apart: DKIM and SPF alignment
+    assert dmarc.evaluate(resolver, ["a.test"], spf_result("fail", "a.test"), [dkim_result("pass", "a.test")]).result \
+        == "pass"
+    assert dmarc.evaluate(resolver, ["a.test"], spf_result("fail", "a.test"), [dkim_result("fail", "a.test")]).result \
+        == "fail"
+    assert dmarc.evaluate(resolver, ["a.test"], spf_result("pass", "a.test"), []).result == "pass"
+    assert dmarc.evaluate(resolver, ["a.test"], spf_result("pass", "other.test"), []).result == "fail"
+    dns.ttl = 0  # answers not to be cached: the record below changes
+    txt(dns, "_dmarc.b.test", "v=DMARC1; p=reject")
+    assert dmarc.evaluate(resolver, ["b.test"], spf_result("fail", "b.test"), []).policy == "reject"
+    dns.remove("_dmarc.b.test", "TXT")
+    txt(dns, "_dmarc.b.test", "v=DMARC1; p=none")
+    assert dmarc.evaluate(resolver, ["b.test"], spf_result("fail", "b.test"), []).policy == "none"
 
 
 def test_dmarc_none_temperror_and_organizational_domain(dns: DNSServer, resolver: Resolver) -> None:
@@ -775,17 +804,60 @@ def _only_fields_reference(header: bytes) -> bool:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_tag_list_and_header_shape_readers_agree_with_the_plain_reading(seed: int) -> None:
-    """The tag-list reader (RFC 6376 3.2, duplicates flagged) and the check
-    that every header line is a field or a continuation (RFC 5322 2.2), both
-    on every message's path, give what the plain line-by-line reading gives
-    on random inputs made of the octets that matter."""
+    """The tag-list reader (RFC 6376 3.2, duplicates flagged), its a= and d=
+    reader for the order of signatures, and the check that every header line
+    is a field or a continuation (RFC 5322 2.2), all on every message's
+    path, give what the plain line-by-line reading gives on random inputs
+    made of the octets that matter."""
     rng = random.Random(seed)
     pieces = [b" ", b"\t", b"\r\n ", b"\r\n", b"\n", b"\r", b"\x0b", b"\x0c", b";", b"=", b":", b"a", b"B", b"h",
-              b"bh", b"x1", b"_", b"\xff", b"\x7f", b"From:", b"X-Y", b"d=", b"v=1", b"\x00", b"b =", b"\r\n\r\n"]
+              b"bh", b"x1", b"_", b"\xff", b"\x7f", b"From:", b"X-Y", b"d=", b"v=1", b"\x00", b"b =", b"\r\n\r\n",
+              b"D", b"A =", b"; a=", b"ad"]
     for _ in range(20000):
         text = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 30)))
-        assert dkim._tags(text) == _tags_reference(text), text
+        tags = _tags_reference(text)
+        assert dkim._tags(text) == tags, text
+        # the order of signatures reads a= and d= alone, as the full reading gives them
+        assert dkim._order_tags(text) == {name: tags[name] for name in ("a", "d") if name in tags}, text
         assert dkim._only_fields(text) == _only_fields_reference(text), text
+
+
+def _without_b_reference(value: bytes) -> bytes:
+    """RFC 6376 3.7's "b= empty" read tag-spec by tag-spec (RFC 6376 3.2)."""
+    parts = value.split(b";")
+    for i, part in enumerate(parts):
+        name, sep, _signature = part.partition(b"=")
+        if sep and name.strip() == b"b":
+            parts[i] = name + b"="
+    return b";".join(parts)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_signature_value_without_b_and_strict_base64_agree_with_the_plain_reading(seed: int) -> None:
+    """The fast path's deletion of the b= value (RFC 6376 3.7) gives what
+    the tag-spec by tag-spec reading gives, on random values made of the
+    octets that matter (FWS around names, several b=, bh=, empty values);
+    and its strict base64 decoding of bh= and b= (RFC 4648 4) gives what
+    ``b64decode(validate=True)`` gives wherever it accepts, and refuses only
+    what that reads as no octets at all (a value that never verifies)."""
+    rng = random.Random(seed)
+    pieces = [b" ", b"\t", b"\r\n ", b"\r\n", b"\x0b", b";", b"=", b"a", b"b", b"B", b"bh", b"b=", b" b =",
+              b"x", b"\xff", b"; b=", b"b\t="]
+    for _ in range(20000):
+        text = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 25)))
+        assert dkim._without_b(text) == _without_b_reference(text), text
+    letters = "Ab+/=9 -!"
+    for _ in range(20000):
+        text = "".join(rng.choice(letters) for _ in range(rng.randrange(0, 12)))
+        try:
+            plain: bytes | None = base64.b64decode(text, validate=True)
+        except ValueError:
+            plain = None
+        try:
+            strict: bytes | None = binascii.a2b_base64(text, strict_mode=True)
+        except ValueError:
+            strict = None
+        assert strict == plain or (strict is None and plain == b""), text
 
 
 @pytest.mark.parametrize("seed", range(2))

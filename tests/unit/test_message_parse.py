@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import pathlib
+import random
+import re
 
 import pytest
 
-from mailyard.message.headers import bytes_to_text, decode_words, split_fields, unfold
+from mailyard.message.headers import (
+    bytes_to_text,
+    decode_words,
+    split_fields,
+    split_plain_fields,
+    unfold,
+)
 from mailyard.message.parse import parse_message, split_header_body
 
 DATA = pathlib.Path(__file__).parent / "data" / "message"
@@ -89,6 +97,52 @@ def test_split_fields():
              b"X-8bit\xff: v\r\nSubject:\r\nEmpty:x\r\n")
     assert split_fields(block) == [("From", b"John <j@x>"), ("To", b"a@b,\r\n c@d"),
                                    ("Subject", b""), ("Empty", b"x")]
+
+
+def _split_fields_reference(block: bytes) -> list[tuple[str, bytes]]:
+    """``split_fields`` read line by line (RFC 5322 2.2), the plain way."""
+    fields: list[tuple[str, bytes]] = []
+    name: str | None = None
+    chunks: list[bytes] = []
+    for line in block.splitlines(keepends=True) + [b"X"]:  # a last line that ends the last field
+        if line[:1] in (b" ", b"\t"):
+            if name is not None:
+                chunks.append(line)
+            continue
+        if not line.strip():
+            continue
+        if name is not None:
+            value = b"".join(chunks)
+            value = value[:-2] if value.endswith(b"\r\n") else value[:-1] if value.endswith(b"\n") else value
+            fields.append((name, value))
+        colon = line.find(b":")
+        head = line[:colon].rstrip(b" \t") if colon > 0 else b""
+        name = head.decode("ascii") if head and re.fullmatch(rb"[\x21-\x39\x3b-\x7e]+", head) else None
+        rest = line[colon + 1:]
+        chunks = [rest[1:] if rest[:1] == b" " else rest]
+    return fields
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_split_fields_agrees_with_the_line_by_line_reading(seed: int) -> None:
+    """``split_fields`` (one match per field when the block is only fields,
+    ``split_plain_fields``, else line by line) gives what the plain
+    line-by-line reading gives, on random blocks of the octets that matter:
+    line ends (CRLF, LF, bare CR), WSP, colons, empty and whitespace-only
+    lines, names with SP or 8-bit octets, mbox ``From `` lines."""
+    rng = random.Random(seed)
+    starts = [b"From: ", b"To:", b"X-Y \t: ", b"Subject:  ", b" ", b"\t", b"From x@y 00:00", b"no colon",
+              b":x", b"A\xff: ", b"B\x0b: ", b"", b"DKIM-Signature: v=1;"]
+    middles = [b"a", b" ", b"\t", b":", b"\r", b"\x00", b"\xff", b"\x0b", b"b c", b";"]
+    ends = [b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r", b""]
+    plain = 0
+    for _ in range(20000):
+        lines = [rng.choice(starts) + b"".join(rng.choice(middles) for _ in range(rng.randrange(3)))
+                 + rng.choice(ends) for _ in range(rng.randrange(6))]
+        block = b"".join(lines) + rng.choice([b"", b"\r\n", b"\n"])
+        assert split_fields(block) == _split_fields_reference(block), block
+        plain += split_plain_fields(block) is not None
+    assert plain > 2000  # the one-match-per-field path is taken often
 
 
 def test_parse_deeply_nested_mime_keeps_the_body_raw():

@@ -63,6 +63,9 @@ class _ARC(dkimpy.ARC):
             self.signature_algorithm = b"rsa-sha256"
 
 
+_NONE = ARCResult("none")
+
+
 def _instances(fields: list[tuple[str, bytes]]) -> int:
     """How many ARC fields the header holds (0: no chain, nothing to parse)."""
     return sum(1 for name, _value in fields if name.lower() in _ARC_FIELDS)
@@ -73,11 +76,13 @@ def verify(message: bytes, txt: Callable[[str], list[str]],
     """The chain validation result of ``message`` (RFC 8617 5.2); ``fields``:
     its header fields when the caller has them already, ``index``: their
     positions by lower-case name (``dkim.field_index``)."""
+    if index is not None and _ARC_FIELDS.isdisjoint(index):
+        return _NONE  # no ARC field: the common message, nothing to count
     if fields is None:
         fields = split_fields(split_header_body(message)[0])
     count = _instances(fields) if index is None else sum(len(index.get(name, ())) for name in _ARC_FIELDS)
     if count == 0:
-        return ARCResult("none")
+        return _NONE
     if count > 3 * MAX_SETS:
         return ARCResult("fail", "too many ARC sets", count // 3)
     temp: list[str] = []

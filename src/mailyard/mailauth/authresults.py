@@ -36,10 +36,12 @@ def _comment(text: str) -> str:
 
 def resinfo(method: str, result: str, reason: str = "", props: Sequence[tuple[str, str]] = ()) -> str:
     """One ``method=result (reason) ptype.prop=value ...`` (RFC 8601 2.2)."""
-    out = f"{method}={result}{_comment(reason)}"
-    for name, value in props:
-        out += f" {name}={_value(value)}"
-    return out
+    return f"{method}={result}{_comment(reason)}" + resinfo_props(props)
+
+
+def resinfo_props(props: Sequence[tuple[str, str]]) -> str:
+    """The `` ptype.prop=value`` part of a resinfo (RFC 8601 2.2), each with its leading SP."""
+    return "".join(f" {name}={_value(value)}" for name, value in props)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -21,6 +21,7 @@ injected ``txt`` function (``dnscache.Resolver.txt``).
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import hashlib
 import logging
@@ -153,6 +154,9 @@ _DUPLICATE = "\0duplicate"  # the key _tags adds when a tag name occurs twice
 _ASCII_WS = b" \t\n\r\x0b\x0c"  # what bytes.split() and strip() take as whitespace
 
 
+_TAG_NAMES = {name.encode(): name for name in ("v", "a", "b", "bh", "c", "d", "h", "i", "l", "q", "s", "t", "x", "z")}
+
+
 def _tags(value: bytes) -> dict[str, str]:
     """The ``tag=value`` list of a signature field (RFC 6376 3.2), names
     lower-cased, all whitespace removed from the values (folding and FWS
@@ -165,9 +169,11 @@ def _tags(value: bytes) -> dict[str, str]:
         if not sep:
             continue
         name = name.strip()
-        if not name.isalpha():
-            continue
-        key = name.lower().decode("ascii")
+        key = _TAG_NAMES.get(name)  # the names RFC 6376 3.5 defines, spelt as usual
+        if key is None:
+            if not name.isalpha():
+                continue
+            key = name.lower().decode("ascii")
         if key in out:
             out[_DUPLICATE] = key
         # one C call removes FWS (RFC 6376 3.2) from the value
@@ -256,9 +262,20 @@ def _one_space(text: bytes) -> bytes:
 
 def _relaxed_field(name: str, value: bytes) -> bytes:
     """RFC 6376 3.4.2: lower-case name, unfolded, WSP runs as one SP, none at the ends."""
+    return name.strip().lower().encode("ascii") + b":" + _relaxed_value(value)
+
+
+def _relaxed_value(value: bytes) -> bytes:
+    """A field value as RFC 6376 3.4.2 canonicalises it: unfolded, WSP runs
+    as one SP, none at the ends (``_one_space`` written out: this runs for
+    every signed field)."""
     if b"\n" in value:
         value = value.replace(b"\r\n", b"").replace(b"\n", b"")
-    return name.strip().lower().encode("ascii") + b":" + _one_space(value).strip(b" ")
+    if b"\t" in value:
+        value = value.replace(b"\t", b" ")
+    while b"  " in value:
+        value = value.replace(b"  ", b" ")
+    return value.strip(b" ")
 
 
 def _relaxed_body(body: bytes) -> bytes:
@@ -280,15 +297,42 @@ def _relaxed_body(body: bytes) -> bytes:
     return body
 
 
+# RFC 6376 3.2: a tag named b, at the start of a tag-spec (after ";", here
+# also put before the first), FWS around the name; found from each ";" only
+# (the pattern starts with it), so the long b= value is skipped at C speed
+_B_TAG = re.compile(rb";[ \t\n\r\x0b\x0c]*b[ \t\n\r\x0b\x0c]*=")
+
+
 def _without_b(value: bytes) -> bytes:
     """A signature field's value with the b= value deleted (RFC 6376 3.7:
     the signature is computed with b= empty), the rest byte for byte."""
-    parts = value.split(b";")
-    for i, part in enumerate(parts):
-        name, sep, _signature = part.partition(b"=")
-        if sep and name.strip() == b"b":
-            parts[i] = name + b"="
-    return b";".join(parts)
+    text = b";" + value
+    pieces: list[bytes] = []
+    start = 0
+    for match in _B_TAG.finditer(text):
+        pieces.append(text[start:match.end()])
+        start = text.find(b";", match.end())  # the b= value runs to the next tag-spec
+        if start < 0:
+            start = len(text)
+    pieces.append(text[start:])
+    return b"".join(pieces)[1:]
+
+
+@functools.lru_cache(maxsize=1024)
+def _signed_plan(h: str) -> tuple[tuple[tuple[str, int, bytes], ...], bool]:
+    """The h= list (whitespace already out, ``_tags``) as (lower-case name,
+    which instance counted from the bottom, the canonical "name:" of RFC
+    6376 3.4.2) triples, RFC 6376 5.4.2: a name listed again takes the next
+    instance up; and whether From is signed (RFC 6376 5.4: it MUST be).
+    Kept by the text: a signer's h= repeats in every message it signs."""
+    seen: dict[str, int] = {}
+    plan: list[tuple[str, int, bytes]] = []
+    for name in h.lower().split(":"):
+        n = seen.get(name, 0)
+        seen[name] = n + 1
+        # a name that is not ASCII matches no field (split_fields reads ASCII names)
+        plan.append((name, n, name.encode("ascii", "replace") + b":"))
+    return tuple(plan), "from" in seen
 
 
 @functools.lru_cache(maxsize=256)
@@ -349,19 +393,24 @@ def field_index(fields: list[tuple[str, bytes]]) -> dict[str, list[int]]:
     rather than each walking the header's names again."""
     by_name: dict[str, list[int]] = {}
     for i in range(len(fields) - 1, -1, -1):
-        by_name.setdefault(fields[i][0].strip().lower(), []).append(i)
+        name = fields[i][0].strip().lower()
+        at = by_name.get(name)
+        if at is None:
+            by_name[name] = [i]
+        else:
+            at.append(i)
     return by_name
 
 
 class _Fast:
     """The fast path for one message: its fields, and the body hash."""
 
-    def __init__(self, fields: list[tuple[str, bytes]], body: bytes, header: bytes | None = None,
+    def __init__(self, fields: list[tuple[str, bytes]], body: bytes, plain: bool,
                  index: dict[str, list[int]] | None = None) -> None:
         self.fields = fields
         self.body = body
-        # None: the raw header is not known, the fast path is not taken
-        self.plain = header is not None and _only_fields(header)
+        # whether the header is only fields (_only_fields): else no fast path
+        self.plain = plain
         self._bh: bytes | None = None
         self._by_name = index
 
@@ -393,29 +442,33 @@ class _Fast:
         stamp = tags.get("t", "0")
         if not stamp.isdigit() or int(stamp) > time.time() + 300:
             return False
-        names = tags.get("h", "").lower().split(":")  # _tags took every whitespace out
-        if "from" not in names:
+        plan, signs_from = _signed_plan(tags.get("h", ""))
+        if not signs_from:
             return False
         try:
-            if base64.b64decode(tags.get("bh", ""), validate=True) != self.body_hash():
+            # strict: only the base64 alphabet, padding at the end only (RFC
+            # 4648 4); what it refuses, b64decode(validate=True) reads as no
+            # octets at all, which never verifies either
+            if binascii.a2b_base64(tags.get("bh", ""), strict_mode=True) != self.body_hash():
                 return False
-            signature = base64.b64decode(tags.get("b", ""), validate=True)
+            signature = binascii.a2b_base64(tags.get("b", ""), strict_mode=True)
         except ValueError:
             return False
         # RFC 6376 5.4.2: each name takes the next instance from the bottom;
-        # a name with no instance left contributes nothing (the null string)
+        # a name with no instance left contributes nothing (the null string).
+        # RFC 6376 3.7: each signed field with its CRLF, then the signature
+        # field itself without one.
+        # The index's names are the fields' own, lower-cased: each field's
+        # canonical name is the one h= gave it (the plan's "name:").
         instances = self.instances()
-        taken: dict[str, int] = {}
+        fields = self.fields
         parts: list[bytes] = []
-        for name in names:
+        for name, n, canonical in plan:
             at = instances.get(name)
-            n = taken.get(name, 0)
             if at is not None and n < len(at):
-                taken[name] = n + 1
-                parts.append(_relaxed_field(*self.fields[at[n]]) + b"\r\n")
-        sig_name, sig_value = self.fields[position]
-        parts.append(_relaxed_field(sig_name, _without_b(sig_value)))
-        data = b"".join(parts)
+                parts.append(canonical + _relaxed_value(fields[at[n]][1]))
+        parts.append(b"dkim-signature:" + _relaxed_value(_without_b(fields[position][1])))
+        data = b"\r\n".join(parts)
         try:
             if found[0] == "rsa":
                 # RFC 6376 3.3.1: RSASSA-PKCS1-v1_5 over the SHA-256 of the
@@ -450,6 +503,19 @@ def _key_problem(record: str | None) -> tuple[str, str] | None:
     return None
 
 
+# RFC 6376 3.2: a tag-spec named a or d (either case, FWS around the name),
+# found from each ";" only (one is put before the first tag-spec)
+_ORDER_TAGS = re.compile(rb";[ \t\n\r\x0b\x0c]*([aAdD])[ \t\n\r\x0b\x0c]*=([^;]*)")
+
+
+def _order_tags(value: bytes) -> dict[str, str]:
+    """The a= and d= of a signature field as ``_tags`` reads them (the last
+    of each, whitespace out), all ``_order`` looks at: one regex that skips
+    from ";" to ";" at C speed, rather than every tag-spec read."""
+    return {name.lower().decode("ascii"): text.translate(None, _ASCII_WS).decode("ascii", "replace")
+            for name, text in _ORDER_TAGS.findall(b";" + value)}
+
+
 def _order(tags: dict[str, str], position: int, author_domain: str) -> tuple[int, int, int]:
     """The order ``verify`` tries signatures in when it may stop at the
     first that passes for ``author_domain``: that domain's first, rsa-sha256
@@ -461,14 +527,18 @@ def _order(tags: dict[str, str], position: int, author_domain: str) -> tuple[int
 
 def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool = False,
            parsed: tuple[list[tuple[str, bytes]], bytes] | None = None,
-           author_domain: str | None = None, index: dict[str, list[int]] | None = None) -> list[DKIMResult]:
+           author_domain: str | None = None, index: dict[str, list[int]] | None = None,
+           only_fields: bool = False) -> list[DKIMResult]:
     """Check the DKIM-Signatures of ``message`` (at most 10: more are not
     looked at, so a message cannot make the server do unbounded work); one
     result per signature checked, in the order of the fields.
 
     ``parsed``: the message's header fields (``split_fields``) and body,
     when the caller has them already; ``index``: ``field_index`` of those
-    fields, when it has that too.
+    fields, when it has that too; ``only_fields``: the caller found every
+    line of the header to be a field or a continuation line
+    (``split_plain_fields`` split it), which ``_only_fields`` then need not
+    check again.
 
     ``author_domain``: the RFC5322.From domain, when the caller needs no
     more than DMARC does (RFC 7489 3.1.1: one passing signature whose d= is
@@ -486,25 +556,30 @@ def verify(message: bytes, txt: Callable[[str], list[str]], *, allow_sha1: bool 
     if parsed is None:
         header, body = split_header_body(message)
         fields = split_fields(header)
+        plain = _only_fields(header)
+    elif not message.endswith(body := parsed[1]):
+        fields, plain = parsed[0], False  # not this message's parse: dkimpy reads the message
     else:
-        fields, body = parsed
-        header = message[:len(message) - len(body)] if message.endswith(body) else None
+        fields = parsed[0]
+        plain = only_fields or _only_fields(message[:len(message) - len(body)])
     if index is None:
         positions = [i for i, (name, _value) in enumerate(fields) if name.strip().lower() == "dkim-signature"][:10]
     else:
         positions = index.get("dkim-signature", [])[::-1][:10]
     if not positions:
         return []  # nothing to check: the message is not parsed again
-    # (index among the signatures, as dkimpy counts them; field position; tags)
-    todo = [(idx, pos, _tags(fields[pos][1])) for idx, pos in enumerate(positions)]
+    # (index among the signatures, as dkimpy counts them; field position)
+    todo = list(enumerate(positions))
     if author_domain:
         author_domain = author_domain.lower().rstrip(".")
-        todo.sort(key=lambda item: _order(item[2], item[1], author_domain))
+        if len(todo) > 1:
+            # the order needs a= and d= only: a signature never checked is not read further
+            todo.sort(key=lambda item: _order(_order_tags(fields[item[1]][1]), item[1], author_domain))
     results: list[tuple[int, DKIMResult]] = []
-    fast = _Fast(fields, body, header, index)
+    fast = _Fast(fields, body, plain, index)
     slow: list[_Verifier] = []  # dkimpy's parse of the message, made at most once
-    for idx, position, tags in todo:
-        result = _verify_one(message, txt, fast, slow, idx, position, tags, allow_sha1)
+    for idx, position in todo:
+        result = _verify_one(message, txt, fast, slow, idx, position, _tags(fields[position][1]), allow_sha1)
         if result is None:
             continue
         results.append((position, result))
@@ -521,10 +596,9 @@ def _verify_one(message: bytes, txt: Callable[[str], list[str]], fast: _Fast, sl
     message kept in ``slow`` for the other signatures); None when dkimpy
     finds nothing to check."""
     d, s, a = tags.get("d", ""), tags.get("s", ""), tags.get("a", "")
-    b_prefix = tags.get("b", "")[:8]
 
     def made(result: str, reason: str = "") -> DKIMResult:
-        return DKIMResult(result, d.lower(), s, a, reason, b_prefix)
+        return DKIMResult(result, d.lower(), s, a, reason, tags.get("b", "")[:8])
 
     if a.lower() == "rsa-sha1" and not allow_sha1:
         return made("fail", "rsa-sha1 is not accepted (RFC 8301)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from publicsuffixlist import PublicSuffixList
@@ -26,6 +26,10 @@ from publicsuffixlist import PublicSuffixList
 from .dkim import DKIMResult
 from .dnscache import DNSTempError, Resolver
 from .spf import SPFResult
+
+# A result is kept at most this long (and never past the TTL of a DNS answer
+# it rests on), as SPF's (spf.RESULT_TTL).
+RESULT_TTL = 60.0
 
 
 @lru_cache(maxsize=1)
@@ -144,6 +148,23 @@ def evaluate(
         return DMARCResult("permerror", ",".join(domains), "none", "none",
                            "no From domain" if not domains else "From names several domains")
     from_domain = domains[0]
+    # the result rests only on DNS answers and on what the key names (a
+    # sender's stream of mail repeats it): kept by the resolver, no longer
+    # than those answers (``Resolver.remember``); the pct= sampling is not
+    # part of it and is drawn anew for every message
+    key = ("dmarc", from_domain, (spf.identity, spf.result, spf.domain) if spf is not None else None,
+           tuple(r.domain for r in dkim if r.result == "pass"))
+    found = resolver.remember(key, RESULT_TTL, lambda: _evaluate(resolver, from_domain, spf, dkim))
+    published = found.published
+    if found.result == "fail" and found.disposition != "none" and published is not None and published.pct < 100:
+        chooser = rng or random.Random()
+        if chooser.randrange(100) >= published.pct:
+            return replace(found, disposition=_weaker(found.disposition))  # RFC 7489 6.6.4
+    return found
+
+
+def _evaluate(resolver: Resolver, from_domain: str, spf: SPFResult | None, dkim: Sequence[DKIMResult]) -> DMARCResult:
+    """``evaluate`` for one From domain, before the pct= sampling."""
     org = organizational_domain(from_domain)
     try:
         policy_domain = from_domain
@@ -165,9 +186,4 @@ def evaluate(
     if spf_ok or dkim_ok:
         how = "aligned SPF and DKIM" if spf_ok and dkim_ok else ("aligned SPF" if spf_ok else "aligned DKIM")
         return DMARCResult("pass", from_domain, applied, "none", how, **found)
-    disposition = applied
-    if applied != "none" and policy.pct < 100:
-        chooser = rng or random.Random()
-        if chooser.randrange(100) >= policy.pct:
-            disposition = _weaker(applied)  # RFC 7489 6.6.4
-    return DMARCResult("fail", from_domain, applied, disposition, "neither SPF nor DKIM aligned", **found)
+    return DMARCResult("fail", from_domain, applied, applied, "neither SPF nor DKIM aligned", **found)

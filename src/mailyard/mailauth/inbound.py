@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..message.address import iter_mailboxes, parse_address_list
-from ..message.headers import split_fields
+from ..message.headers import split_fields, split_plain_fields
 from ..message.parse import header_end, split_header_body
 from . import arc, dkim, dmarc, spf
-from .authresults import format_header, resinfo, resinfo_kept, strip_ours
+from .authresults import format_header, resinfo, resinfo_kept, resinfo_props, strip_ours
 from .dnscache import CacheOnly, NotCached, Resolver
 
 
@@ -92,15 +92,20 @@ def check_message(
         # RFC 7208 2.4: a null reverse-path is checked as postmaster@HELO
         mailfrom = spf.SPFResult(helo_result.result, "mailfrom", helo_result.domain, helo_result.sender,
                                  helo_result.explanation)
-    # one parse of the header, and one index of its names, for every check
-    fields = split_fields(header)
+    # one parse of the header, and one index of its names, for every check;
+    # a header of fields only (RFC 5322 2.2), the common one, is split with
+    # one match per field and need not be looked at again by DKIM
+    plain = split_plain_fields(header)
+    fields = plain if plain is not None else split_fields(header)
     index = dkim.field_index(fields)
     authors = from_domains(message, fields, index)
     # DMARC needs one aligned passing signature: with one From domain,
     # DKIM stops at the first of its signatures that passes (dkim.verify)
     author = authors[0].lower().rstrip(".") if authors else ""
-    single = author if author and all(d.lower().rstrip(".") == author for d in authors) else None
-    dkim_results = dkim.verify(message, resolver.txt, parsed=(fields, body), author_domain=single, index=index)
+    single = author if author and (len(authors) == 1 or all(d.lower().rstrip(".") == author for d in authors)) \
+        else None
+    dkim_results = dkim.verify(message, resolver.txt, parsed=(fields, body), author_domain=single, index=index,
+                               only_fields=plain is not None)
     arc_result = arc.verify(message, resolver.txt, fields=fields, index=index)
     dmarc_result = dmarc.evaluate(resolver, authors, mailfrom, dkim_results, rng=rng)
     # the lines other than DKIM's (whose header.b differs in every message)
@@ -113,8 +118,10 @@ def check_message(
     lines = [r for r in results if r]
     if dkim_results:
         for r in dkim_results:
-            lines.append(resinfo("dkim", r.result, r.reason, [("header.d", r.domain), ("header.s", r.selector),
-                                                              ("header.a", r.algorithm), ("header.b", r.b_prefix)]))
+            # all but header.b repeat for a signer's stream of mail (RFC 8601 2.7.1, RFC 6008)
+            lines.append(resinfo_kept("dkim", r.result, r.reason, (("header.d", r.domain), ("header.s", r.selector),
+                                                                  ("header.a", r.algorithm)))
+                         + resinfo_props((("header.b", r.b_prefix),)))
     else:
         lines.append(resinfo("dkim", "none"))
     # RFC 8617 4.4 / RFC 8601 2.7: the chain validation status, which the
