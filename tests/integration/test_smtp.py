@@ -12,6 +12,7 @@ import time
 import aiosmtplib
 import pytest
 
+from mailyard.net.session_protocol import SessionProtocol
 from tests.conftest import RunningServer
 
 MESSAGE = (
@@ -173,6 +174,40 @@ def test_pipelined_transaction_in_one_write(mailserver: RunningServer) -> None:
         assert f.readline()[:3] == b"250"
         assert f.readline()[:3] == b"221"
     assert len(mailserver.messages("bob@example.test")) == 1
+
+
+def test_replies_to_a_pipelined_group_are_written_as_one_unit(mailserver: RunningServer,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 2920 3.2: the replies to MAIL, RCPT and DATA of one group go out
+    in one write, and so do the 250 of a message and the 221 of the QUIT
+    pipelined after it (every reply is still sent before the server waits
+    for input)."""
+    writes: list[bytes] = []
+    real = SessionProtocol.write
+
+    def spy(self: SessionProtocol, data: bytes) -> None:
+        if data and self.protocol_label == "smtp":
+            writes.append(bytes(data))
+        real(self, data)
+
+    monkeypatch.setattr(SessionProtocol, "write", spy)
+    with socket.create_connection((mailserver.host, mailserver.port("smtp")), timeout=10) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        sock.sendall(b"EHLO pipe.test\r\n")
+        while f.readline()[3:4] == b"-":
+            pass
+        sock.sendall(b"MAIL FROM:<carol@remote.test>\r\nRCPT TO:<alice@example.test>\r\n"
+                     b"RCPT TO:<ghost@example.test>\r\nDATA\r\n")
+        assert [f.readline()[:3] for _ in range(4)] == [b"250", b"250", b"550", b"354"]
+        sock.sendall(b"Subject: p\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        assert f.readline()[:3] == b"250"
+        assert f.readline()[:3] == b"221"
+        assert f.read() == b""  # closed after the 221
+    assert [w[:3] for w in writes[2:]] == [b"250", b"250"]
+    assert [line[:3] for line in writes[2].splitlines()] == [b"250", b"250", b"550", b"354"]
+    assert [line[:3] for line in writes[3].splitlines()] == [b"250", b"221"]
+    assert len(mailserver.messages("alice@example.test")) == 1
 
 
 @pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)

@@ -295,11 +295,15 @@ class SMTPSession(SessionProtocol):
         )
 
     async def step(self, event: Event) -> None:
-        """Answer one event that needs the outside world, then flush."""
-        try:
-            await self.handle(event)
-        finally:
-            self.write(self.engine.data_to_send())
+        """Answer one event that needs the outside world. Its reply is
+        written with those of the commands pipelined after it, once the
+        engine has no complete command left (the skeleton's pump flushes
+        before it waits for input; a shutdown's 421 carries it too): RFC
+        2920 3.2 asks a server to send the replies to a group as a unit,
+        and never to wait for input with replies unsent. MAIL, RCPT and
+        DATA of a pipelined group are answered in one write, and so are
+        the 250 of a message and the 221 of a QUIT sent right after it."""
+        await self.handle(event)
 
     def _host(self) -> bytes:
         return self.services.config.server.hostname.encode("ascii", "replace")
