@@ -5,7 +5,10 @@ The rest of the code calls the small API here (`count_connection`,
 `count_login`, `count_message`, `count_recipient_rejected`,
 `count_delivery`, `observe_delivery`); it never touches prometheus_client.
 Each call is an increment of an in-memory value (a dict lookup and a lock;
-in multiprocess mode a write into an mmap()ed file), no system call.
+in multiprocess mode a write into an mmap()ed file), no system call: the
+multiprocess values tell a forked child by the process id this module
+keeps (``_process_id``, renewed in the child at fork), not by a getpid()
+per increment, prometheus_client's default.
 
 Several processes: `enable_multiprocess` points prometheus_client's
 multiprocess mode at a directory (the data directory's ``run/metrics``),
@@ -76,6 +79,28 @@ for _metric in _ALL:
 
 _multiproc_dir: Path | None = None
 
+_pid = os.getpid()
+
+
+def _renew_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_renew_pid)
+
+
+def _process_id() -> int:
+    """This process's id, as prometheus_client's multiprocess values ask for
+    it at every increment to notice a fork (``MultiProcessValue``)."""
+    return _pid
+
+
+def _file_values() -> None:
+    """Values in per-process files from here on (prometheus_client picks its
+    value class when imported; the directory is set now)."""
+    values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)
+
 
 def enable_multiprocess(directory: Path) -> None:
     """Keep every process's values in files under ``directory`` (emptied
@@ -89,9 +114,7 @@ def enable_multiprocess(directory: Path) -> None:
     for metric in _ALL:
         metric.clear()  # children made before hold in-process values
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    # prometheus_client picks its value class when imported; choose again
-    # now the directory is set (values created from here on use files).
-    values.ValueClass = values.get_value_class()
+    _file_values()
     _multiproc_dir = directory
 
 
@@ -100,7 +123,7 @@ def inherit_multiprocess() -> None:
     global _multiproc_dir
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path and _multiproc_dir is None:
-        values.ValueClass = values.get_value_class()
+        _file_values()
         _multiproc_dir = Path(path)
 
 
