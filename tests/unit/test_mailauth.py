@@ -706,6 +706,7 @@ async def test_a_sender_whose_answers_are_cached_is_checked_without_a_thread(
     b"Wire the money to account 12345 today, the CEO\r\n",  # a line without a colon
     b"X Note: a name with a space\r\n",  # not a field name (RFC 5322 2.2: printable, no SP)
     b"\xc3\xa9crit: 8-bit name\r\n",
+    b"X-Note : WSP before the colon\r\n",  # obs-optional (RFC 5322 4.5.8): no field to dkimpy or a reader
 ])
 def test_a_header_line_that_is_not_a_field_is_not_passed(domain_keys: keys.SigningKeys, dns: DNSServer,
                                                          resolver: Resolver, inserted: bytes) -> None:
@@ -820,6 +821,27 @@ def test_tag_list_and_header_shape_readers_agree_with_the_plain_reading(seed: in
         # the order of signatures reads a= and d= alone, as the full reading gives them
         assert dkim._order_tags(text) == {name: tags[name] for name in ("a", "d") if name in tags}, text
         assert dkim._only_fields(text) == _only_fields_reference(text), text
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_header_split_one_match_per_field_is_one_the_fast_path_may_sign(seed: int) -> None:
+    """The inbound checks split the header with ``split_plain_fields`` and,
+    when it succeeds, tell DKIM the header is only fields, so the fast path
+    skips ``_only_fields``: every block it splits must be one that check
+    accepts (a line dkimpy and a reader's parser take for no field, such as
+    WSP before the colon, must leave the message to dkimpy)."""
+    from mailyard.message.headers import split_plain_fields
+
+    rng = random.Random(seed)
+    pieces = [b"A", b"From", b"x", b":", b": ", b" :", b"\t:", b" ", b"\t", b"\r\n", b"\n", b"\r", b"\r\n ",
+              b"\n\t", b"\r\n\r\n", b"X-Y", b"\x00", b"\xff", b"\x0b", b"=", b";"]
+    split = 0
+    for _ in range(20000):
+        block = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 20)))
+        if split_plain_fields(block) is not None:
+            split += 1
+            assert dkim._only_fields(block), block
+    assert split > 500
 
 
 def _without_b_reference(value: bytes) -> bytes:
