@@ -729,6 +729,32 @@ def test_a_header_line_that_is_not_a_field_is_not_passed(domain_keys: keys.Signi
     assert b"dkim=pass" not in v.header and v.disposition == "reject", v.header
 
 
+def test_long_signature_texts_are_not_kept(domain_keys: keys.SigningKeys, resolver: Resolver) -> None:
+    """The checks keep what repeats for a signer's stream of mail (h= plans,
+    Authentication-Results lines) in caches bounded by entries, not octets:
+    an h= or an a= folded over many header lines is the message's own and
+    is not kept, while the result is the one a short text gives."""
+    def fold(value: bytes) -> bytes:
+        return b"\r\n ".join(value[i:i + 900] for i in range(0, len(value), 900))
+
+    selector = domain_keys.rsa_selector.encode()
+    verdicts = []
+    for m in range(2):
+        names = b":".join(b"x%d-%x" % (m, i) for i in range(2000))
+        message = (b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=a.test; s=" + selector
+                   + b"; h=from:" + fold(names) + b"; bh=AAAA; b=AAAA\r\n"
+                   + b"DKIM-Signature: v=1; a=" + fold(b"%d" % m + b"y" * 5000)
+                   + b"; c=relaxed/relaxed; d=a.test; s=" + selector + b"; h=from; bh=AAAA; b=AAAA\r\n" + MESSAGE)
+        plans, lines = dkim._signed_plan.cache_info().currsize, authresults.resinfo_kept.cache_info().currsize
+        verdicts.append(check_message(resolver, message, authserv_id="mx.b.test", ip=IP, helo="",
+                                      reverse_path="x@a.test"))
+        assert dkim._signed_plan.cache_info().currsize == plans
+        if m:  # the SPF, ARC and DMARC lines are the first message's again
+            assert authresults.resinfo_kept.cache_info().currsize == lines
+    assert [r.result for r in verdicts[1].dkim] == ["fail", "neutral"]
+    assert b"header.a=1yyyy" in verdicts[1].header
+
+
 @pytest.mark.parametrize("expensive", ["signatures", "arc", "header"])
 async def test_an_expensive_check_is_never_run_on_the_event_loop(
         domain_keys: keys.SigningKeys, dns: DNSServer, resolver: Resolver, expensive: str) -> None:

@@ -68,6 +68,14 @@ def from_domains(message: bytes, fields: list[tuple[str, bytes]] | None = None,
     return out
 
 
+# The longest text (d=, s=, a= and the reason together) of a DKIM result
+# whose Authentication-Results line is kept (``resinfo_kept``): a real
+# signer's is well under this (a domain name has at most 253 octets, RFC
+# 1035 2.3.4), while a hostile signature field can be folded over megabytes,
+# and the cache bounds entries, not octets.
+KEPT_MAX = 1024
+
+
 def check_message(
     resolver: Resolver,
     message: bytes,
@@ -118,10 +126,12 @@ def check_message(
     lines = [r for r in results if r]
     if dkim_results:
         for r in dkim_results:
-            # all but header.b repeat for a signer's stream of mail (RFC 8601 2.7.1, RFC 6008)
-            lines.append(resinfo_kept("dkim", r.result, r.reason, (("header.d", r.domain), ("header.s", r.selector),
-                                                                  ("header.a", r.algorithm)))
-                         + resinfo_props((("header.b", r.b_prefix),)))
+            # all but header.b repeat for a signer's stream of mail (RFC 8601 2.7.1, RFC 6008); d=, s=
+            # and a= are the message's own text: only short ones are kept (KEPT_MAX)
+            props = (("header.d", r.domain), ("header.s", r.selector), ("header.a", r.algorithm))
+            made = resinfo_kept if len(r.domain) + len(r.selector) + len(r.algorithm) + len(r.reason) <= KEPT_MAX \
+                else resinfo
+            lines.append(made("dkim", r.result, r.reason, props) + resinfo_props((("header.b", r.b_prefix),)))
     else:
         lines.append(resinfo("dkim", "none"))
     # RFC 8617 4.4 / RFC 8601 2.7: the chain validation status, which the
