@@ -755,6 +755,34 @@ def test_long_signature_texts_are_not_kept(domain_keys: keys.SigningKeys, resolv
     assert b"header.a=1yyyy" in verdicts[1].header
 
 
+def test_a_long_from_field_is_not_kept(resolver: Resolver) -> None:
+    """The From domains (RFC 7489 3.1) of a field value, the DMARC result,
+    its Authentication-Results line, the organisational domain and the DNS
+    answers are kept for the next message of the stream, but not for a
+    value folded over megabytes (whose "domain" is the address parser's
+    64 KB reading): the checks leave no memory behind for it."""
+    import gc
+    import tracemalloc
+
+    words = b"\r\n ".join(b"w%07d" % i for i in range(200_000))  # about 2 MB of folded display name
+    message = b"From: " + words + b" <x@a.test>\r\nTo: y@b.test\r\nSubject: s\r\n\r\nbody\r\n"
+    check_message(resolver, message.replace(b"w0000000", b"warm"), authserv_id="mx.b.test", ip=IP, helo="",
+                  reverse_path="x@a.test")  # the DNS answers and the other cached lines, once
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        verdict = check_message(resolver, message, authserv_id="mx.b.test", ip=IP, helo="", reverse_path="x@a.test")
+        assert verdict.dmarc is not None and verdict.dmarc.result == "none" and b"dmarc=none" in verdict.header
+        del verdict
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    print(f"\nkept after a 2 MB From field: {kept / 1024:.0f} KB")
+    assert kept < 16 * 1024
+
+
 @pytest.mark.parametrize("expensive", ["signatures", "arc", "header"])
 async def test_an_expensive_check_is_never_run_on_the_event_loop(
         domain_keys: keys.SigningKeys, dns: DNSServer, resolver: Resolver, expensive: str) -> None:

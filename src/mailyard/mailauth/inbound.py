@@ -42,10 +42,29 @@ class InboundVerdict:
         return self.dmarc.disposition if self.dmarc is not None else "none"
 
 
-@functools.lru_cache(maxsize=1024)
+# The longest text kept in a cache for a sender's stream of mail: a From
+# field value (``_domains_of``), or the texts of a DKIM or DMARC result
+# together (its Authentication-Results line, ``resinfo_kept``). A
+# real sender's is well under this (a domain name has at most 253 octets, RFC
+# 1035 2.3.4), while a hostile signature field can be folded over megabytes,
+# and the cache bounds entries, not octets.
+KEPT_MAX = 1024
+
+
 def _domains_of(value: bytes) -> tuple[str, ...]:
     """The domains of the addresses in one From field's value (a sender's
-    stream of mail repeats it: parsed once)."""
+    stream of mail repeats it: parsed once, when at most ``KEPT_MAX``
+    octets; the cache bounds entries, not octets, and a hostile From can be
+    folded over megabytes)."""
+    return _kept_domains_of(value) if len(value) <= KEPT_MAX else _parse_domains(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _kept_domains_of(value: bytes) -> tuple[str, ...]:
+    return _parse_domains(value)
+
+
+def _parse_domains(value: bytes) -> tuple[str, ...]:
     text = value.decode("utf-8", "replace")
     return tuple(m.addr_spec.rpartition("@")[2] for m in iter_mailboxes(parse_address_list(text)))
 
@@ -66,14 +85,6 @@ def from_domains(message: bytes, fields: list[tuple[str, bytes]] | None = None,
         if name.lower() == "from":
             out.extend(_domains_of(value))
     return out
-
-
-# The longest text (d=, s=, a= and the reason together) of a DKIM result
-# whose Authentication-Results line is kept (``resinfo_kept``): a real
-# signer's is well under this (a domain name has at most 253 octets, RFC
-# 1035 2.3.4), while a hostile signature field can be folded over megabytes,
-# and the cache bounds entries, not octets.
-KEPT_MAX = 1024
 
 
 def check_message(
@@ -140,7 +151,8 @@ def check_message(
     reason = dmarc_result.reason
     if dmarc_result.result == "fail":
         reason += f"; p={dmarc_result.policy} dis={dmarc_result.disposition}"
-    lines.append(resinfo_kept("dmarc", dmarc_result.result, reason, (("header.from", dmarc_result.from_domain),)))
+    made = resinfo_kept if len(dmarc_result.from_domain) + len(reason) <= KEPT_MAX else resinfo
+    lines.append(made("dmarc", dmarc_result.result, reason, (("header.from", dmarc_result.from_domain),)))
     return InboundVerdict(message, format_header(authserv_id, lines), mailfrom, helo_result, dkim_results,
                           dmarc_result, arc_result)
 
