@@ -250,6 +250,84 @@ def test_large_signed_message_checks_memory_and_others_served(tmp_path: Path, ch
         dns.stop()
 
 
+def test_hostile_signature_fields_leave_no_memory_behind(tmp_path: Path) -> None:
+    """Signature fields folded over megabytes of header lines on the MX port
+    of a real ``mailyard serve``: an h= of a few hundred thousand names (for
+    a key that exists, so the fast path reads it) and an a= of megabytes.
+    The checks' caches bound entries, not octets: what a message brings
+    must not stay behind once it is checked, and another client is still
+    greeted meanwhile."""
+    import socket
+    import threading
+    import time
+
+    from .multihost import DNSServer
+    from .serve_process import MB, ServeProcess
+
+    dns = DNSServer()
+    try:
+        keys.generate(tmp_path / "k", "remote.test")
+        signing = keys.load(tmp_path / "k", "remote.test")
+        assert signing is not None
+        for rec in keys.records(signing):
+            dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))
+
+        def configure(cfg: Config) -> None:
+            cfg.authentication.inbound_checks = True
+            cfg.delivery.nameservers = dns.address
+
+        def fold(value: bytes) -> bytes:
+            return b"\r\n ".join(value[i:i + 900] for i in range(0, len(value), 900))
+
+        serve = ServeProcess(tmp_path / "data", configure)
+        try:
+            body = (b"From: x@remote.test\r\nTo: alice@example.test\r\nSubject: hostile\r\n"
+                    b"Date: Sat, 05 Dec 2026 08:00:00 +0000\r\n\r\nhello\r\n")
+            latencies: list[float] = []
+            done = threading.Event()
+
+            def probe() -> None:
+                while not done.is_set():
+                    start = time.perf_counter()
+                    with socket.create_connection((serve.host, serve.port("smtp")), timeout=10) as sock:
+                        line = sock.makefile("rb").readline()
+                        assert line.startswith(b"220"), line
+                        latencies.append(time.perf_counter() - start)
+                        sock.sendall(b"QUIT\r\n")
+                    done.wait(0.05)
+
+            prober = threading.Thread(target=probe, daemon=True)
+            base = serve.rss()
+            prober.start()
+            try:
+                for m in range(6):
+                    names = b":".join(b"x%d-%x" % (m, i) for i in range(300_000))  # about 3 MB, new each time
+                    wire = (b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=remote.test; s="
+                            + signing.rsa_selector.encode() + b"; h=" + fold(names) + b"; bh=AAAA; b=AAAA\r\n"
+                            + b"DKIM-Signature: v=1; a=" + fold(b"%d" % m + b"y" * 3 * MB)
+                            + b"; c=relaxed/relaxed; d=remote.test; s=" + signing.rsa_selector.encode()
+                            + b"; h=from; bh=AAAA; b=AAAA\r\n" + body)
+                    with smtplib.SMTP(serve.host, serve.port("smtp"), timeout=120) as client:
+                        client.ehlo("mx.remote.test")
+                        client.mail("x@remote.test")
+                        client.rcpt("alice@example.test")
+                        code, text = client.data(wire)
+                    assert code == 250, text
+            finally:
+                done.set()
+                prober.join(15)
+            grown = serve.rss() - base
+            print(f"\n6 messages of 6 MB hostile signature fields: RSS after {grown / MB:+.1f} MB; "
+                  f"other clients' greetings: {len(latencies)} probes, worst {max(latencies) * 1000:.1f} ms")
+            assert latencies, "another client was greeted meanwhile"
+            assert grown < 200 * MB
+            assert serve.alive() and not serve.tracebacks()
+        finally:
+            serve.stop()
+    finally:
+        dns.stop()
+
+
 def test_dmarc_aggregate_report_reaches_the_domains_rua(hosts: MultiHost) -> None:
     """RFC 7489 7.2: b.test records what its MX port saw of a.test's mail and
     mails a.test's rua a gzipped XML report (Appendix C): one row per client

@@ -706,6 +706,7 @@ async def test_a_sender_whose_answers_are_cached_is_checked_without_a_thread(
     b"Wire the money to account 12345 today, the CEO\r\n",  # a line without a colon
     b"X Note: a name with a space\r\n",  # not a field name (RFC 5322 2.2: printable, no SP)
     b"\xc3\xa9crit: 8-bit name\r\n",
+    b"X-Note : WSP before the colon\r\n",  # obs-optional (RFC 5322 4.5.8): no field to dkimpy or a reader
 ])
 def test_a_header_line_that_is_not_a_field_is_not_passed(domain_keys: keys.SigningKeys, dns: DNSServer,
                                                          resolver: Resolver, inserted: bytes) -> None:
@@ -726,6 +727,60 @@ def test_a_header_line_that_is_not_a_field_is_not_passed(domain_keys: keys.Signi
     v = check_message(resolver, forged, authserv_id="mx.b.test", ip="198.51.100.66", helo="evil.test",
                       reverse_path="x@evil.test")
     assert b"dkim=pass" not in v.header and v.disposition == "reject", v.header
+
+
+def test_long_signature_texts_are_not_kept(domain_keys: keys.SigningKeys, resolver: Resolver) -> None:
+    """The checks keep what repeats for a signer's stream of mail (h= plans,
+    Authentication-Results lines) in caches bounded by entries, not octets:
+    an h= or an a= folded over many header lines is the message's own and
+    is not kept, while the result is the one a short text gives."""
+    def fold(value: bytes) -> bytes:
+        return b"\r\n ".join(value[i:i + 900] for i in range(0, len(value), 900))
+
+    selector = domain_keys.rsa_selector.encode()
+    verdicts = []
+    for m in range(2):
+        names = b":".join(b"x%d-%x" % (m, i) for i in range(2000))
+        message = (b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=a.test; s=" + selector
+                   + b"; h=from:" + fold(names) + b"; bh=AAAA; b=AAAA\r\n"
+                   + b"DKIM-Signature: v=1; a=" + fold(b"%d" % m + b"y" * 5000)
+                   + b"; c=relaxed/relaxed; d=a.test; s=" + selector + b"; h=from; bh=AAAA; b=AAAA\r\n" + MESSAGE)
+        plans, lines = dkim._signed_plan.cache_info().currsize, authresults.resinfo_kept.cache_info().currsize
+        verdicts.append(check_message(resolver, message, authserv_id="mx.b.test", ip=IP, helo="",
+                                      reverse_path="x@a.test"))
+        assert dkim._signed_plan.cache_info().currsize == plans
+        if m:  # the SPF, ARC and DMARC lines are the first message's again
+            assert authresults.resinfo_kept.cache_info().currsize == lines
+    assert [r.result for r in verdicts[1].dkim] == ["fail", "neutral"]
+    assert b"header.a=1yyyy" in verdicts[1].header
+
+
+def test_a_long_from_field_is_not_kept(resolver: Resolver) -> None:
+    """The From domains (RFC 7489 3.1) of a field value, the DMARC result,
+    its Authentication-Results line, the organisational domain and the DNS
+    answers are kept for the next message of the stream, but not for a
+    value folded over megabytes (whose "domain" is the address parser's
+    64 KB reading): the checks leave no memory behind for it."""
+    import gc
+    import tracemalloc
+
+    words = b"\r\n ".join(b"w%07d" % i for i in range(200_000))  # about 2 MB of folded display name
+    message = b"From: " + words + b" <x@a.test>\r\nTo: y@b.test\r\nSubject: s\r\n\r\nbody\r\n"
+    check_message(resolver, message.replace(b"w0000000", b"warm"), authserv_id="mx.b.test", ip=IP, helo="",
+                  reverse_path="x@a.test")  # the DNS answers and the other cached lines, once
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        verdict = check_message(resolver, message, authserv_id="mx.b.test", ip=IP, helo="", reverse_path="x@a.test")
+        assert verdict.dmarc is not None and verdict.dmarc.result == "none" and b"dmarc=none" in verdict.header
+        del verdict
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    print(f"\nkept after a 2 MB From field: {kept / 1024:.0f} KB")
+    assert kept < 16 * 1024
 
 
 @pytest.mark.parametrize("expensive", ["signatures", "arc", "header"])
@@ -820,6 +875,27 @@ def test_tag_list_and_header_shape_readers_agree_with_the_plain_reading(seed: in
         # the order of signatures reads a= and d= alone, as the full reading gives them
         assert dkim._order_tags(text) == {name: tags[name] for name in ("a", "d") if name in tags}, text
         assert dkim._only_fields(text) == _only_fields_reference(text), text
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_header_split_one_match_per_field_is_one_the_fast_path_may_sign(seed: int) -> None:
+    """The inbound checks split the header with ``split_plain_fields`` and,
+    when it succeeds, tell DKIM the header is only fields, so the fast path
+    skips ``_only_fields``: every block it splits must be one that check
+    accepts (a line dkimpy and a reader's parser take for no field, such as
+    WSP before the colon, must leave the message to dkimpy)."""
+    from mailyard.message.headers import split_plain_fields
+
+    rng = random.Random(seed)
+    pieces = [b"A", b"From", b"x", b":", b": ", b" :", b"\t:", b" ", b"\t", b"\r\n", b"\n", b"\r", b"\r\n ",
+              b"\n\t", b"\r\n\r\n", b"X-Y", b"\x00", b"\xff", b"\x0b", b"=", b";"]
+    split = 0
+    for _ in range(20000):
+        block = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 20)))
+        if split_plain_fields(block) is not None:
+            split += 1
+            assert dkim._only_fields(block), block
+    assert split > 500
 
 
 def _without_b_reference(value: bytes) -> bytes:

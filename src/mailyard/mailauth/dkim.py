@@ -27,7 +27,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import dkim as dkimpy
@@ -318,21 +318,33 @@ def _without_b(value: bytes) -> bytes:
     return b"".join(pieces)[1:]
 
 
-@functools.lru_cache(maxsize=1024)
-def _signed_plan(h: str) -> tuple[tuple[tuple[str, int, bytes], ...], bool]:
+def _plan(h: str) -> Iterator[tuple[str, int, bytes]]:
     """The h= list (whitespace already out, ``_tags``) as (lower-case name,
     which instance counted from the bottom, the canonical "name:" of RFC
     6376 3.4.2) triples, RFC 6376 5.4.2: a name listed again takes the next
-    instance up; and whether From is signed (RFC 6376 5.4: it MUST be).
-    Kept by the text: a signer's h= repeats in every message it signs."""
+    instance up."""
     seen: dict[str, int] = {}
-    plan: list[tuple[str, int, bytes]] = []
     for name in h.lower().split(":"):
         n = seen.get(name, 0)
         seen[name] = n + 1
         # a name that is not ASCII matches no field (split_fields reads ASCII names)
-        plan.append((name, n, name.encode("ascii", "replace") + b":"))
-    return tuple(plan), "from" in seen
+        yield name, n, name.encode("ascii", "replace") + b":"
+
+
+# The longest h= whose plan is kept (``_signed_plan``): a signer's list of
+# a few dozen names is a few hundred characters. The cache bounds entries,
+# not octets; a plan takes about 25 times its h= in memory, and a hostile
+# h= folded over megabytes of header lines must not stay behind.
+PLAN_KEPT_MAX = 1024
+
+
+@functools.lru_cache(maxsize=256)
+def _signed_plan(h: str) -> tuple[tuple[tuple[str, int, bytes], ...], bool]:
+    """``_plan(h)`` and whether From is signed (RFC 6376 5.4: it MUST be),
+    kept by the text (at most ``PLAN_KEPT_MAX`` characters): a signer's h=
+    repeats in every message it signs."""
+    plan = tuple(_plan(h))
+    return plan, any(name == "from" for name, _n, _canonical in plan)
 
 
 @functools.lru_cache(maxsize=256)
@@ -442,7 +454,12 @@ class _Fast:
         stamp = tags.get("t", "0")
         if not stamp.isdigit() or int(stamp) > time.time() + 300:
             return False
-        plan, signs_from = _signed_plan(tags.get("h", ""))
+        h = tags.get("h", "")
+        plan: Iterable[tuple[str, int, bytes]]
+        if len(h) <= PLAN_KEPT_MAX:
+            plan, signs_from = _signed_plan(h)
+        else:  # walked once, not kept
+            plan, signs_from = _plan(h), "from" in h.lower().split(":")
         if not signs_from:
             return False
         try:

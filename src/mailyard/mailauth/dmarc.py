@@ -24,7 +24,7 @@ from functools import lru_cache
 from publicsuffixlist import PublicSuffixList
 
 from .dkim import DKIMResult
-from .dnscache import DNSTempError, Resolver
+from .dnscache import MAX_NAME_CHARS, DNSTempError, Resolver
 from .spf import SPFResult
 
 # A result is kept at most this long (and never past the TTL of a DNS answer
@@ -43,10 +43,20 @@ def load_public_suffixes() -> None:
     _psl()
 
 
-@lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """RFC 7489 3.2: the public suffix plus one label (the domain itself when
-    it is a public suffix or shorter)."""
+    it is a public suffix or shorter). Kept for names of DNS length only
+    (``MAX_NAME_CHARS``): a From domain can be a hostile message's
+    kilobytes."""
+    return _kept_organizational_domain(domain) if len(domain) <= MAX_NAME_CHARS else _organizational(domain)
+
+
+@lru_cache(maxsize=4096)
+def _kept_organizational_domain(domain: str) -> str:
+    return _organizational(domain)
+
+
+def _organizational(domain: str) -> str:
     domain = domain.lower().rstrip(".")
     return _psl().privatesuffix(domain) or domain
 
@@ -154,7 +164,10 @@ def evaluate(
     # part of it and is drawn anew for every message
     key = ("dmarc", from_domain, (spf.identity, spf.result, spf.domain) if spf is not None else None,
            tuple(r.domain for r in dkim if r.result == "pass"))
-    found = resolver.remember(key, RESULT_TTL, lambda: _evaluate(resolver, from_domain, spf, dkim))
+    if len(from_domain) <= MAX_NAME_CHARS:
+        found = resolver.remember(key, RESULT_TTL, lambda: _evaluate(resolver, from_domain, spf, dkim))
+    else:  # no DNS name (a hostile message's kilobytes): evaluated, not kept
+        found = _evaluate(resolver, from_domain, spf, dkim)
     published = found.published
     if found.result == "fail" and found.disposition != "none" and published is not None and published.pct < 100:
         chooser = rng or random.Random()

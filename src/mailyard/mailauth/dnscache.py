@@ -33,6 +33,11 @@ MAX_TTL = 3600.0
 # A time-out or SERVFAIL is remembered this long (RFC 2308 7.1 allows up to
 # five minutes), so a dead name server costs one wait, not one per message.
 FAILURE_TTL = 30.0
+# A name longer than this (in text: 255 octets, RFC 1035 2.3.4, each
+# written as at most a 4-character escape) is no DNS name: dnspython refuses
+# it, so it has no records; it is answered so without being kept, as a
+# hostile message can name megabytes (a From domain, a DKIM d=).
+MAX_NAME_CHARS = 1024
 
 
 T = TypeVar("T")
@@ -111,6 +116,9 @@ class Resolver:
         """The records of type ``rdtype`` at ``name``; raises ``DNSTempError``."""
         key = (name.lower().rstrip("."), rdtype.upper())
         now = time.monotonic()
+        if len(key[0]) > MAX_NAME_CHARS:
+            self._used(now + DEFAULT_NEGATIVE_TTL)  # as long as the malformed name's answer below is kept
+            return Answer(())
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:

@@ -42,10 +42,29 @@ class InboundVerdict:
         return self.dmarc.disposition if self.dmarc is not None else "none"
 
 
-@functools.lru_cache(maxsize=1024)
+# The longest text kept in a cache for a sender's stream of mail: a From
+# field value (``_domains_of``), or the texts of a DKIM or DMARC result
+# together (its Authentication-Results line, ``resinfo_kept``). A
+# real sender's is well under this (a domain name has at most 253 octets, RFC
+# 1035 2.3.4), while a hostile signature field can be folded over megabytes,
+# and the cache bounds entries, not octets.
+KEPT_MAX = 1024
+
+
 def _domains_of(value: bytes) -> tuple[str, ...]:
     """The domains of the addresses in one From field's value (a sender's
-    stream of mail repeats it: parsed once)."""
+    stream of mail repeats it: parsed once, when at most ``KEPT_MAX``
+    octets; the cache bounds entries, not octets, and a hostile From can be
+    folded over megabytes)."""
+    return _kept_domains_of(value) if len(value) <= KEPT_MAX else _parse_domains(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _kept_domains_of(value: bytes) -> tuple[str, ...]:
+    return _parse_domains(value)
+
+
+def _parse_domains(value: bytes) -> tuple[str, ...]:
     text = value.decode("utf-8", "replace")
     return tuple(m.addr_spec.rpartition("@")[2] for m in iter_mailboxes(parse_address_list(text)))
 
@@ -118,10 +137,12 @@ def check_message(
     lines = [r for r in results if r]
     if dkim_results:
         for r in dkim_results:
-            # all but header.b repeat for a signer's stream of mail (RFC 8601 2.7.1, RFC 6008)
-            lines.append(resinfo_kept("dkim", r.result, r.reason, (("header.d", r.domain), ("header.s", r.selector),
-                                                                  ("header.a", r.algorithm)))
-                         + resinfo_props((("header.b", r.b_prefix),)))
+            # all but header.b repeat for a signer's stream of mail (RFC 8601 2.7.1, RFC 6008); d=, s=
+            # and a= are the message's own text: only short ones are kept (KEPT_MAX)
+            props = (("header.d", r.domain), ("header.s", r.selector), ("header.a", r.algorithm))
+            made = resinfo_kept if len(r.domain) + len(r.selector) + len(r.algorithm) + len(r.reason) <= KEPT_MAX \
+                else resinfo
+            lines.append(made("dkim", r.result, r.reason, props) + resinfo_props((("header.b", r.b_prefix),)))
     else:
         lines.append(resinfo("dkim", "none"))
     # RFC 8617 4.4 / RFC 8601 2.7: the chain validation status, which the
@@ -130,7 +151,8 @@ def check_message(
     reason = dmarc_result.reason
     if dmarc_result.result == "fail":
         reason += f"; p={dmarc_result.policy} dis={dmarc_result.disposition}"
-    lines.append(resinfo_kept("dmarc", dmarc_result.result, reason, (("header.from", dmarc_result.from_domain),)))
+    made = resinfo_kept if len(dmarc_result.from_domain) + len(reason) <= KEPT_MAX else resinfo
+    lines.append(made("dmarc", dmarc_result.result, reason, (("header.from", dmarc_result.from_domain),)))
     return InboundVerdict(message, format_header(authserv_id, lines), mailfrom, helo_result, dkim_results,
                           dmarc_result, arc_result)
 
