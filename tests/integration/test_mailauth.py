@@ -439,3 +439,38 @@ def test_checks_that_break_ask_the_sender_to_retry(hosts: MultiHost, monkeypatch
     assert b.messages("bob@b.test") == []
     code, _ = mx_send(hosts, "mx.a.test", "alice@a.test", MESSAGE)
     assert code == 250
+
+
+@pytest.mark.parametrize("from_field", [
+    b"From: security@bank.test, friend@evil.test\r\n",  # a second address in another domain
+    b"From: security@bank.test\r\nFrom: friend@evil.test\r\n",  # a second From field
+    b"From: " + b"\r\n ".join([b"Bank" * 150] * 150) + b" <security@bank.test>\r\n",  # too long to read
+    b"",  # no From field at all
+], ids=["two-addresses", "two-fields", "unreadable", "none"])
+def test_a_forger_cannot_step_around_the_authors_policy(hosts: MultiHost, from_field: bytes) -> None:
+    """RFC 7489 6.6.1: each From domain is checked and the strictest failing
+    policy applies, so bank.test's p=reject holds with another address
+    beside its own; a message naming no From domain that can be checked
+    has no policy to pass and is refused (RFC 5322 3.6.2 asks for one)."""
+    b = hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=checking)
+    hosts.dns.add("evil.test", "TXT", f'"v=spf1 ip4:{A} -all"')
+    hosts.dns.add("_dmarc.evil.test", "TXT", '"v=DMARC1; p=none"')
+    hosts.dns.add("_dmarc.bank.test", "TXT", '"v=DMARC1; p=reject"')
+    spoof = from_field + b"To: bob@b.test\r\nSubject: urgent\r\n\r\nPlease pay.\r\n"
+    code, text = mx_send(hosts, "mx.evil.test", "friend@evil.test", spoof)
+    assert code == 550, text
+    assert text.startswith(b"5.7.1 Message rejected")
+    assert b.messages("bob@b.test") == []
+
+
+def test_several_from_domains_that_all_pass_are_delivered(hosts: MultiHost) -> None:
+    """Both authors' domains aligned (SPF for a.test's own, none asked of
+    the other): the message is not refused for naming two."""
+    hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=checking)
+    hosts.dns.add("evil.test", "TXT", f'"v=spf1 ip4:{A} -all"')
+    hosts.dns.add("_dmarc.evil.test", "TXT", '"v=DMARC1; p=reject"')
+    message = b"From: one@evil.test, two@other.test\r\nTo: bob@b.test\r\nSubject: both\r\n\r\nHi.\r\n"
+    code, _ = mx_send(hosts, "mx.evil.test", "one@evil.test", message)
+    assert code == 250
+    (raw,) = hosts.wait_messages("bob@b.test")
+    assert "dmarc=none (no DMARC record; From names 2 domains) header.from=other.test" in ar_fields(raw)[0]

@@ -313,6 +313,29 @@ def test_dmarc_subdomain_policy(dns: DNSServer, resolver: Resolver) -> None:
     assert dmarc.evaluate(resolver2, ["news.a.test"], spf_result("fail", "x.test"), []).policy == "quarantine"
 
 
+def test_dmarc_of_several_from_domains_applies_the_strictest_failing_policy(dns: DNSServer,
+                                                                              resolver: Resolver) -> None:
+    """RFC 7489 6.6.1: each From domain is checked as the Author Domain and
+    the strictest policy among the checks that fail applies; no From domain,
+    or more than MAX_FROM_DOMAINS of them, is a permerror to refuse."""
+    txt(dns, "_dmarc.a.test", "v=DMARC1; p=quarantine")
+    txt(dns, "_dmarc.b.test", "v=DMARC1; p=reject")
+    txt(dns, "_dmarc.c.test", "v=DMARC1; p=reject")
+    fail = spf_result("fail", "x.test")
+    r = dmarc.evaluate(resolver, ["a.test", "b.test"], fail, [])
+    assert (r.result, r.from_domain, r.disposition) == ("fail", "b.test", "reject")
+    # c.test passes (its own aligned signature), a.test does not: a.test's quarantine applies
+    r = dmarc.evaluate(resolver, ["c.test", "a.test"], fail, [dkim_result("pass", "c.test")])
+    assert (r.result, r.from_domain, r.disposition) == ("fail", "a.test", "quarantine")
+    r = dmarc.evaluate(resolver, ["c.test", "b.test"], fail, [dkim_result("pass", "c.test"),
+                                                              dkim_result("pass", "b.test")])
+    assert (r.result, r.disposition) == ("pass", "none")
+    assert dmarc.evaluate(resolver, [], fail, []).disposition == "reject"
+    many = [f"d{i}.test" for i in range(dmarc.MAX_FROM_DOMAINS + 1)]
+    r = dmarc.evaluate(resolver, many, fail, [])
+    assert (r.result, r.disposition) == ("permerror", "reject")
+
+
 def test_dmarc_pct_samples(dns: DNSServer, resolver: Resolver) -> None:
     # RFC 7489 6.6.4: pct=0 never applies the policy; the next weaker one applies
     txt(dns, "_dmarc.a.test", "v=DMARC1; p=reject; pct=0")
@@ -759,8 +782,9 @@ def test_a_long_from_field_is_not_kept(resolver: Resolver) -> None:
     """The From domains (RFC 7489 3.1) of a field value, the DMARC result,
     its Authentication-Results line, the organisational domain and the DNS
     answers are kept for the next message of the stream, but not for a
-    value folded over megabytes (whose "domain" is the address parser's
-    64 KB reading): the checks leave no memory behind for it."""
+    value folded over megabytes (which the address parser reads no further
+    than 64 KB, so it names no domain: DMARC's permerror, RFC 7489 6.6.1):
+    the checks leave no memory behind for it."""
     import gc
     import tracemalloc
 
@@ -773,7 +797,8 @@ def test_a_long_from_field_is_not_kept(resolver: Resolver) -> None:
     try:
         before = tracemalloc.get_traced_memory()[0]
         verdict = check_message(resolver, message, authserv_id="mx.b.test", ip=IP, helo="", reverse_path="x@a.test")
-        assert verdict.dmarc is not None and verdict.dmarc.result == "none" and b"dmarc=none" in verdict.header
+        assert verdict.dmarc is not None and verdict.dmarc.result == "permerror"
+        assert verdict.disposition == "reject" and b"dmarc=permerror" in verdict.header
         del verdict
         gc.collect()
         kept = tracemalloc.get_traced_memory()[0] - before

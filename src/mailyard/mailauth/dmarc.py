@@ -140,6 +140,12 @@ def _weaker(policy: str) -> str:
     return {"reject": "quarantine", "quarantine": "none"}.get(policy, "none")
 
 
+# RFC 7489 6.6.1 checks each From domain; more than this many in one message
+# are not looked up (each costs DNS queries): the message is refused.
+MAX_FROM_DOMAINS = 8
+_STRICTNESS = {"none": 0, "quarantine": 1, "reject": 2}
+
+
 def evaluate(
     resolver: Resolver,
     from_domains: Sequence[str],
@@ -150,14 +156,38 @@ def evaluate(
 ) -> DMARCResult:
     """The DMARC result for a message whose From field names ``from_domains``.
 
-    RFC 7489 6.6.1: a message with no From domain, or From addresses in more
-    than one domain, cannot be evaluated: ``permerror`` here, and a
-    receiver should reject it; the caller decides (it records the result)."""
+    RFC 7489 6.6.1: when the From field names several domains, the check is
+    made with each as the Author Domain, and the strictest policy among the
+    checks that fail applies; a message with no From domain to check (no
+    From field, or one that names no address that can be read, RFC 5322
+    3.6.2 asks for one) has no policy to be checked by, and receivers
+    typically reject it: ``permerror`` with the disposition ``reject``, as
+    for more than ``MAX_FROM_DOMAINS`` domains. Otherwise a forger could
+    escape the real author's ``p=reject`` by adding a second address, or by
+    a From field too long to read."""
     domains = sorted({d.lower().rstrip(".") for d in from_domains if d})
-    if len(domains) != 1:
-        return DMARCResult("permerror", ",".join(domains), "none", "none",
-                           "no From domain" if not domains else "From names several domains")
-    from_domain = domains[0]
+    if not domains:
+        return DMARCResult("permerror", "", "none", "reject", "no From domain")
+    if len(domains) > MAX_FROM_DOMAINS:
+        return DMARCResult("permerror", domains[0], "none", "reject", f"From names {len(domains)} domains")
+    results = [_one(resolver, domain, spf, dkim, rng) for domain in domains]
+    if len(results) == 1:
+        return results[0]
+    several = f"From names {len(domains)} domains"
+    failing = [r for r in results if r.result == "fail"]
+    if failing:
+        worst = max(failing, key=lambda r: _STRICTNESS.get(r.disposition, 0))
+        return replace(worst, reason=f"{worst.reason}; {several}")
+    for kind in ("temperror", "none"):
+        found = next((r for r in results if r.result == kind), None)
+        if found is not None:
+            return replace(found, reason=f"{found.reason}; {several}")
+    return replace(results[0], reason=f"{results[0].reason}; {several}")
+
+
+def _one(resolver: Resolver, from_domain: str, spf: SPFResult | None, dkim: Sequence[DKIMResult],
+         rng: random.Random | None) -> DMARCResult:
+    """The result for one Author Domain, after the pct= sampling."""
     # the result rests only on DNS answers and on what the key names (a
     # sender's stream of mail repeats it): kept by the resolver, no longer
     # than those answers (``Resolver.remember``); the pct= sampling is not

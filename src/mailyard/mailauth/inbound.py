@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -64,9 +65,21 @@ def _kept_domains_of(value: bytes) -> tuple[str, ...]:
     return _parse_domains(value)
 
 
+# What may be the domain of a From address for DMARC (RFC 7489 3.2: a DNS
+# name): at most 253 octets of no space, quote, bracket or other special;
+# anything else the address parser returns (a value it could not read
+# whole, a domain literal) names no domain a policy can be looked up for.
+_DOMAIN = re.compile(r"[^\s\"<>()\[\]@,;:\\]{1,253}")
+
+
 def _parse_domains(value: bytes) -> tuple[str, ...]:
     text = value.decode("utf-8", "replace")
-    return tuple(m.addr_spec.rpartition("@")[2] for m in iter_mailboxes(parse_address_list(text)))
+    out = []
+    for m in iter_mailboxes(parse_address_list(text)):
+        local, at, domain = m.addr_spec.rpartition("@")
+        if at and local and _DOMAIN.fullmatch(domain):
+            out.append(domain)
+    return tuple(out)
 
 
 def from_domains(message: bytes, fields: list[tuple[str, bytes]] | None = None,

@@ -569,9 +569,14 @@ class SMTPSession(SessionProtocol):
             enforce = self.services.config.authentication.dmarc_policy == "enforce"
             if enforce and verdict.disposition == "reject":
                 # RFC 7489 6.6.3 / 7.3 (p=reject): refused after the whole message was seen
+                self._report_dmarc(event, verdict)
+                if verdict.dmarc is not None and verdict.dmarc.result == "permerror":
+                    # RFC 7489 6.6.1: no single From domain to check (RFC 5322 3.6.2)
+                    log.info("smtp %s refused: %s", queue_id, verdict.dmarc.reason)
+                    return Reply(550, "5.7.1", "Message rejected: its From field names no domain the sender"
+                                 " can be checked by (it needs one From address, RFC 5322 3.6.2)")
                 log.info("smtp %s refused: DMARC policy of %s is reject", queue_id,
                          verdict.dmarc.from_domain if verdict.dmarc else "")
-                self._report_dmarc(event, verdict)
                 return Reply(550, "5.7.1", "Message rejected by the DMARC policy of the sender's domain")
             junk = enforce and verdict.disposition == "quarantine"
         if self.account is None and not self.submission and self.services.greylist is not None \
