@@ -9,6 +9,9 @@ from __future__ import annotations
 import email
 import email.policy
 import smtplib
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from mailyard.config import Config
 from mailyard.mailauth import keys
 
 from .multihost import MultiHost
+from .serve_process import MB, ServeProcess
 
 A, B = "127.0.0.2", "127.0.0.3"
 
@@ -41,6 +45,40 @@ def hosts(tmp_path: Path) -> Iterator[MultiHost]:
         yield harness
     finally:
         harness.stop()
+
+
+class GreetingProbe:
+    """While in its ``with`` block, another client connects to the SMTP port
+    of ``serve`` every 50 ms and times its greeting: the server keeps
+    serving others while one message is checked."""
+
+    def __init__(self, serve: ServeProcess) -> None:
+        self.serve = serve
+        self.latencies: list[float] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._probe, daemon=True)
+
+    def _probe(self) -> None:
+        while not self.done.is_set():
+            start = time.perf_counter()
+            with socket.create_connection((self.serve.host, self.serve.port("smtp")), timeout=10) as sock:
+                line = sock.makefile("rb").readline()
+                assert line.startswith(b"220"), line
+                self.latencies.append(time.perf_counter() - start)
+                sock.sendall(b"QUIT\r\n")
+            self.done.wait(0.05)
+
+    def __enter__(self) -> GreetingProbe:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(15)
+
+    def __str__(self) -> str:
+        worst = max(self.latencies, default=0.0) * 1000
+        return f"{len(self.latencies)} probes, worst {worst:.1f} ms"
 
 
 def checking(cfg: Config) -> None:
@@ -183,14 +221,9 @@ def test_large_signed_message_checks_memory_and_others_served(tmp_path: Path, ch
     """A 20 MB message with two DKIM signatures on the MX port of a real
     ``mailyard serve``: the checks run in a worker thread, the server's peak
     RSS stays bounded and another client's greeting still comes."""
-    import socket
-    import threading
-    import time
-
     from mailyard.mailauth import dkim
 
     from .multihost import DNSServer
-    from .serve_process import MB, ServeProcess
 
     dns = DNSServer()
     try:
@@ -213,35 +246,18 @@ def test_large_signed_message_checks_memory_and_others_served(tmp_path: Path, ch
             wire = dkim.sign(msg, signing) + msg
             base = serve.rss()
             serve.reset_peak()
-            latencies: list[float] = []
-            done = threading.Event()
-
-            def probe() -> None:
-                while not done.is_set():
-                    start = time.perf_counter()
-                    with socket.create_connection((serve.host, serve.port("smtp")), timeout=10) as sock:
-                        line = sock.makefile("rb").readline()
-                        assert line.startswith(b"220"), line
-                        latencies.append(time.perf_counter() - start)
-                        sock.sendall(b"QUIT\r\n")
-                    done.wait(0.05)
-
-            prober = threading.Thread(target=probe, daemon=True)
+            prober = GreetingProbe(serve)
             with smtplib.SMTP(serve.host, serve.port("smtp"), timeout=60) as client:
                 client.ehlo("mx.remote.test")
-                prober.start()
-                try:
+                with prober:
                     client.mail("big@remote.test")
                     client.rcpt("alice@example.test")
                     code, text = client.data(wire)
-                finally:
-                    done.set()
-                    prober.join(15)
             assert code == 250, text
             grown = serve.peak() - base
             print(f"\n20 MB signed message, checks {'on' if checks else 'off'}: peak RSS {grown / MB:+.1f} MB; "
-                  f"other clients' greetings: {len(latencies)} probes, worst {max(latencies) * 1000:.1f} ms")
-            assert latencies, "another client was greeted meanwhile"
+                  f"other clients' greetings: {prober}")
+            assert prober.latencies, "another client was greeted meanwhile"
             assert grown < 400 * MB
             assert serve.alive() and not serve.tracebacks()
         finally:
@@ -257,12 +273,7 @@ def test_hostile_signature_fields_leave_no_memory_behind(tmp_path: Path) -> None
     The checks' caches bound entries, not octets: what a message brings
     must not stay behind once it is checked, and another client is still
     greeted meanwhile."""
-    import socket
-    import threading
-    import time
-
     from .multihost import DNSServer
-    from .serve_process import MB, ServeProcess
 
     dns = DNSServer()
     try:
@@ -283,23 +294,9 @@ def test_hostile_signature_fields_leave_no_memory_behind(tmp_path: Path) -> None
         try:
             body = (b"From: x@remote.test\r\nTo: alice@example.test\r\nSubject: hostile\r\n"
                     b"Date: Sat, 05 Dec 2026 08:00:00 +0000\r\n\r\nhello\r\n")
-            latencies: list[float] = []
-            done = threading.Event()
-
-            def probe() -> None:
-                while not done.is_set():
-                    start = time.perf_counter()
-                    with socket.create_connection((serve.host, serve.port("smtp")), timeout=10) as sock:
-                        line = sock.makefile("rb").readline()
-                        assert line.startswith(b"220"), line
-                        latencies.append(time.perf_counter() - start)
-                        sock.sendall(b"QUIT\r\n")
-                    done.wait(0.05)
-
-            prober = threading.Thread(target=probe, daemon=True)
+            prober = GreetingProbe(serve)
             base = serve.rss()
-            prober.start()
-            try:
+            with prober:
                 for m in range(6):
                     names = b":".join(b"x%d-%x" % (m, i) for i in range(300_000))  # about 3 MB, new each time
                     wire = (b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=remote.test; s="
@@ -313,13 +310,10 @@ def test_hostile_signature_fields_leave_no_memory_behind(tmp_path: Path) -> None
                         client.rcpt("alice@example.test")
                         code, text = client.data(wire)
                     assert code == 250, text
-            finally:
-                done.set()
-                prober.join(15)
             grown = serve.rss() - base
             print(f"\n6 messages of 6 MB hostile signature fields: RSS after {grown / MB:+.1f} MB; "
-                  f"other clients' greetings: {len(latencies)} probes, worst {max(latencies) * 1000:.1f} ms")
-            assert latencies, "another client was greeted meanwhile"
+                  f"other clients' greetings: {prober}")
+            assert prober.latencies, "another client was greeted meanwhile"
             assert grown < 200 * MB
             assert serve.alive() and not serve.tracebacks()
         finally:

@@ -8,6 +8,7 @@ import email.utils
 import smtplib
 import socket
 import time
+from typing import BinaryIO
 
 import aiosmtplib
 import pytest
@@ -157,13 +158,19 @@ def test_oversized_message_refused_and_nothing_stored(make_server) -> None:  # n
     assert server.messages("alice@example.test") == []
 
 
+def greeted_ehlo(sock: socket.socket) -> BinaryIO:
+    """Read the greeting, say EHLO and read its reply; the reader for what follows."""
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"220 ")
+    sock.sendall(b"EHLO pipe.test\r\n")
+    while f.readline()[3:4] == b"-":
+        pass
+    return f
+
+
 def test_pipelined_transaction_in_one_write(mailserver: RunningServer) -> None:
     with socket.create_connection((mailserver.host, mailserver.port("smtp")), timeout=10) as sock:
-        f = sock.makefile("rb")
-        assert f.readline().startswith(b"220 ")
-        sock.sendall(b"EHLO pipe.test\r\n")
-        while f.readline()[3:4] == b"-":
-            pass
+        f = greeted_ehlo(sock)
         sock.sendall(
             b"MAIL FROM:<carol@remote.test>\r\nRCPT TO:<alice@example.test>\r\n"
             b"RCPT TO:<ghost@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
@@ -192,11 +199,7 @@ def test_replies_to_a_pipelined_group_are_written_as_one_unit(mailserver: Runnin
 
     monkeypatch.setattr(SessionProtocol, "write", spy)
     with socket.create_connection((mailserver.host, mailserver.port("smtp")), timeout=10) as sock:
-        f = sock.makefile("rb")
-        assert f.readline().startswith(b"220 ")
-        sock.sendall(b"EHLO pipe.test\r\n")
-        while f.readline()[3:4] == b"-":
-            pass
+        f = greeted_ehlo(sock)
         sock.sendall(b"MAIL FROM:<carol@remote.test>\r\nRCPT TO:<alice@example.test>\r\n"
                      b"RCPT TO:<ghost@example.test>\r\nDATA\r\n")
         assert [f.readline()[:3] for _ in range(4)] == [b"250", b"250", b"550", b"354"]
