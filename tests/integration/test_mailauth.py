@@ -474,3 +474,22 @@ def test_several_from_domains_that_all_pass_are_delivered(hosts: MultiHost) -> N
     assert code == 250
     (raw,) = hosts.wait_messages("bob@b.test")
     assert "dmarc=none (no DMARC record; From names 2 domains) header.from=other.test" in ar_fields(raw)[0]
+
+
+def test_an_internationalised_author_domain_passes_by_its_a_label(hosts: MultiHost) -> None:
+    """RFC 8616 6 (RFC 6532 From in UTF-8): From: x@bänk.test is the domain
+    xn--bnk-qla.test, whose p=reject and SPF the sender passes: delivered,
+    not refused as unaligned."""
+    hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=checking)
+    hosts.dns.add("xn--bnk-qla.test", "TXT", f'"v=spf1 ip4:{A} -all"')
+    hosts.dns.add("_dmarc.xn--bnk-qla.test", "TXT", '"v=DMARC1; p=reject"')
+    message = ("From: Bänk <info@bänk.test>\r\nTo: bob@b.test\r\nSubject: ümlaut\r\n\r\nHallo.\r\n").encode()
+    b = hosts.servers["b.test"]
+    with smtplib.SMTP(b.host, b.config.ports.smtp, timeout=10, source_address=(A, 0)) as client:
+        client.ehlo("mx.xn--bnk-qla.test")
+        assert client.mail("info@xn--bnk-qla.test", ["SMTPUTF8"])[0] == 250
+        assert client.rcpt("bob@b.test")[0] == 250
+        code, text = client.data(message)
+    assert code == 250, text
+    (raw,) = hosts.wait_messages("bob@b.test")
+    assert ar_fields(raw)[0].endswith("dmarc=pass (aligned SPF) header.from=xn--bnk-qla.test")
