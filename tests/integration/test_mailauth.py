@@ -441,6 +441,13 @@ def test_checks_that_break_ask_the_sender_to_retry(hosts: MultiHost, monkeypatch
     assert code == 250
 
 
+def untrusted(cfg: Config) -> None:
+    """The checks, with the sending hosts (loopback addresses) not on
+    [spam] trusted_networks: a peer MTA, not a local program."""
+    checking(cfg)
+    cfg.spam.trusted_networks = []
+
+
 @pytest.mark.parametrize("from_field", [
     b"From: security@bank.test, friend@evil.test\r\n",  # a second address in another domain
     b"From: security@bank.test\r\nFrom: friend@evil.test\r\n",  # a second From field
@@ -452,7 +459,7 @@ def test_a_forger_cannot_step_around_the_authors_policy(hosts: MultiHost, from_f
     policy applies, so bank.test's p=reject holds with another address
     beside its own; a message naming no From domain that can be checked
     has no policy to pass and is refused (RFC 5322 3.6.2 asks for one)."""
-    b = hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=checking)
+    b = hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=untrusted)
     hosts.dns.add("evil.test", "TXT", f'"v=spf1 ip4:{A} -all"')
     hosts.dns.add("_dmarc.evil.test", "TXT", '"v=DMARC1; p=none"')
     hosts.dns.add("_dmarc.bank.test", "TXT", '"v=DMARC1; p=reject"')
@@ -493,3 +500,18 @@ def test_an_internationalised_author_domain_passes_by_its_a_label(hosts: MultiHo
     assert code == 250, text
     (raw,) = hosts.wait_messages("bob@b.test")
     assert ar_fields(raw)[0].endswith("dmarc=pass (aligned SPF) header.from=xn--bnk-qla.test")
+
+
+@pytest.mark.parametrize("from_field", [b"", b"From: root\r\n"], ids=["none", "unqualified"])
+def test_a_local_program_without_a_from_domain_is_not_refused(hosts: MultiHost, from_field: bytes) -> None:
+    """A program on [spam] trusted_networks (loopback by default) handing
+    the MX port a message with no From domain (a script's bare message, an
+    unqualified "root") names no author whose policy could be escaped:
+    delivered, with dmarc=permerror recorded; a peer elsewhere is refused
+    (test_a_forger_cannot_step_around_the_authors_policy)."""
+    hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=checking)
+    message = from_field + b"To: bob@b.test\r\nSubject: cron\r\n\r\ndisk 91% full\r\n"
+    code, text = mx_send(hosts, "localhost", "root@localhost", message)
+    assert code == 250, text
+    (raw,) = hosts.wait_messages("bob@b.test")
+    assert 'dmarc=permerror (no From domain) header.from=""' in ar_fields(raw)[0]

@@ -587,10 +587,15 @@ class SMTPSession(SessionProtocol):
                 return Reply(451, "4.7.0", "The sender authentication checks failed; try again later")
             data = verdict.header + verdict.message
             enforce = self.services.config.authentication.dmarc_policy == "enforce"
-            if enforce and verdict.disposition == "reject":
+            permerror = verdict.dmarc is not None and verdict.dmarc.result == "permerror"
+            # A local program on [spam] trusted_networks may hand over a
+            # message whose From names no domain (none, or an unqualified
+            # "root"): no author domain's policy is at stake, so it is
+            # recorded (dmarc=permerror), not refused.
+            if enforce and verdict.disposition == "reject" and not (permerror and self._exempt()):
                 # RFC 7489 6.6.3 / 7.3 (p=reject): refused after the whole message was seen
                 self._report_dmarc(event, verdict)
-                if verdict.dmarc is not None and verdict.dmarc.result == "permerror":
+                if permerror:
                     # RFC 7489 6.6.1: no single From domain to check (RFC 5322 3.6.2)
                     log.info("smtp %s refused: %s", queue_id, verdict.dmarc.reason)
                     return Reply(550, "5.7.1", "Message rejected: its From field names no domain the sender"
