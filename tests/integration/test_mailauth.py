@@ -435,6 +435,13 @@ def test_checks_that_break_ask_the_sender_to_retry(hosts: MultiHost, monkeypatch
     assert code == 250
 
 
+def untrusted(cfg: Config) -> None:
+    """The checks, with the sending hosts (loopback addresses) not on
+    [spam] trusted_networks: a peer MTA, not a local program."""
+    checking(cfg)
+    cfg.spam.trusted_networks = []
+
+
 @pytest.mark.parametrize("from_field", [
     b"From: security@bank.test, friend@evil.test\r\n",  # a second address in another domain
     b"From: security@bank.test\r\nFrom: friend@evil.test\r\n",  # a second From field
@@ -446,7 +453,7 @@ def test_a_forger_cannot_step_around_the_authors_policy(hosts: MultiHost, from_f
     policy applies, so bank.test's p=reject holds with another address
     beside its own; a message naming no From domain that can be checked
     has no policy to pass and is refused (RFC 5322 3.6.2 asks for one)."""
-    b = hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=checking)
+    b = hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=untrusted)
     hosts.dns.add("evil.test", "TXT", f'"v=spf1 ip4:{A} -all"')
     hosts.dns.add("_dmarc.evil.test", "TXT", '"v=DMARC1; p=none"')
     hosts.dns.add("_dmarc.bank.test", "TXT", '"v=DMARC1; p=reject"')
@@ -468,3 +475,37 @@ def test_several_from_domains_that_all_pass_are_delivered(hosts: MultiHost) -> N
     assert code == 250
     (raw,) = hosts.wait_messages("bob@b.test")
     assert "dmarc=none (no DMARC record; From names 2 domains) header.from=other.test" in ar_fields(raw)[0]
+
+
+def test_an_internationalised_author_domain_passes_by_its_a_label(hosts: MultiHost) -> None:
+    """RFC 8616 6 (RFC 6532 From in UTF-8): From: x@bänk.test is the domain
+    xn--bnk-qla.test, whose p=reject and SPF the sender passes: delivered,
+    not refused as unaligned."""
+    hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=checking)
+    hosts.dns.add("xn--bnk-qla.test", "TXT", f'"v=spf1 ip4:{A} -all"')
+    hosts.dns.add("_dmarc.xn--bnk-qla.test", "TXT", '"v=DMARC1; p=reject"')
+    message = ("From: Bänk <info@bänk.test>\r\nTo: bob@b.test\r\nSubject: ümlaut\r\n\r\nHallo.\r\n").encode()
+    b = hosts.servers["b.test"]
+    with smtplib.SMTP(b.host, b.config.ports.smtp, timeout=10, source_address=(A, 0)) as client:
+        client.ehlo("mx.xn--bnk-qla.test")
+        assert client.mail("info@xn--bnk-qla.test", ["SMTPUTF8"])[0] == 250
+        assert client.rcpt("bob@b.test")[0] == 250
+        code, text = client.data(message)
+    assert code == 250, text
+    (raw,) = hosts.wait_messages("bob@b.test")
+    assert ar_fields(raw)[0].endswith("dmarc=pass (aligned SPF) header.from=xn--bnk-qla.test")
+
+
+@pytest.mark.parametrize("from_field", [b"", b"From: root\r\n"], ids=["none", "unqualified"])
+def test_a_local_program_without_a_from_domain_is_not_refused(hosts: MultiHost, from_field: bytes) -> None:
+    """A program on [spam] trusted_networks (loopback by default) handing
+    the MX port a message with no From domain (a script's bare message, an
+    unqualified "root") names no author whose policy could be escaped:
+    delivered, with dmarc=permerror recorded; a peer elsewhere is refused
+    (test_a_forger_cannot_step_around_the_authors_policy)."""
+    hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=checking)
+    message = from_field + b"To: bob@b.test\r\nSubject: cron\r\n\r\ndisk 91% full\r\n"
+    code, text = mx_send(hosts, "localhost", "root@localhost", message)
+    assert code == 250, text
+    (raw,) = hosts.wait_messages("bob@b.test")
+    assert 'dmarc=permerror (no From domain) header.from=""' in ar_fields(raw)[0]

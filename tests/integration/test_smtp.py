@@ -14,6 +14,7 @@ import aiosmtplib
 import pytest
 
 from mailyard.net.session_protocol import SessionProtocol
+from mailyard.net.smtp import SMTPSession
 from tests.conftest import RunningServer
 
 MESSAGE = (
@@ -211,6 +212,29 @@ def test_replies_to_a_pipelined_group_are_written_as_one_unit(mailserver: Runnin
     assert [line[:3] for line in writes[2].splitlines()] == [b"250", b"250", b"550", b"354"]
     assert [line[:3] for line in writes[3].splitlines()] == [b"250", b"221"]
     assert len(mailserver.messages("alice@example.test")) == 1
+
+
+def test_a_step_that_fails_still_sends_the_replies_queued_before_it(mailserver: RunningServer,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that raises (here the recipient lookup) does not swallow the
+    replies queued for the commands pipelined before it (RFC 2920 3.2: each
+    command gets its reply), and the client is told the session ends (RFC
+    5321 3.8: 421) rather than finding the connection closed in silence."""
+
+    async def broken(self: SMTPSession, forward_path: str) -> None:
+        raise RuntimeError("router broke")
+
+    monkeypatch.setattr(SMTPSession, "rcpt", broken)
+    with socket.create_connection((mailserver.host, mailserver.port("smtp")), timeout=10) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        sock.sendall(b"EHLO pipe.test\r\n")
+        while f.readline()[3:4] == b"-":
+            pass
+        sock.sendall(b"MAIL FROM:<carol@remote.test>\r\nRCPT TO:<alice@example.test>\r\n")
+        assert f.readline() == b"250 2.1.0 Sender OK\r\n"
+        assert f.readline().startswith(b"421 4.3.0 mx.example.test ")
+        assert f.read() == b""  # closed after the 421
 
 
 @pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)

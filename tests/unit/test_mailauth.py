@@ -336,6 +336,25 @@ def test_dmarc_of_several_from_domains_applies_the_strictest_failing_policy(dns:
     assert (r.result, r.disposition) == ("permerror", "reject")
 
 
+def test_dmarc_of_an_internationalised_from_domain_is_checked_as_its_a_label(dns: DNSServer,
+                                                                              resolver: Resolver) -> None:
+    """RFC 8616 6: a From domain written in U-labels (an SMTPUTF8 message,
+    RFC 6532) is the A-label domain its policy is published at and its
+    signatures name in d= (RFC 8616 4): a signature of xn--bnk-qla.test
+    is aligned with From: x@bänk.test, and BÄNK.test. is the same domain."""
+    txt(dns, "_dmarc.xn--bnk-qla.test", "v=DMARC1; p=reject")
+    fail = spf_result("fail", "x.test")
+    r = dmarc.evaluate(resolver, ["bänk.test"], fail, [dkim_result("pass", "xn--bnk-qla.test")])
+    assert (r.result, r.from_domain, r.disposition, r.reason) == ("pass", "xn--bnk-qla.test", "none", "aligned DKIM")
+    # aligned SPF of an SMTPUTF8 MAIL FROM in U-labels, strict or relaxed
+    r = dmarc.evaluate(resolver, ["BÄNK.test."], spf_result("pass", "bänk.test"), [])
+    assert (r.result, r.reason) == ("pass", "aligned SPF")
+    # one domain in either form, not two
+    r = dmarc.evaluate(resolver, ["bänk.test", "xn--bnk-qla.test"], fail, [])
+    assert (r.result, r.from_domain, r.disposition, r.reason) == (
+        "fail", "xn--bnk-qla.test", "reject", "neither SPF nor DKIM aligned")
+
+
 def test_dmarc_pct_samples(dns: DNSServer, resolver: Resolver) -> None:
     # RFC 7489 6.6.4: pct=0 never applies the policy; the next weaker one applies
     txt(dns, "_dmarc.a.test", "v=DMARC1; p=reject; pct=0")

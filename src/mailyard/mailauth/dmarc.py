@@ -23,6 +23,7 @@ from functools import lru_cache
 
 from publicsuffixlist import PublicSuffixList
 
+from ..message.address import canonical_domain
 from .dkim import DKIMResult
 from .dnscache import MAX_NAME_CHARS, DNSTempError, Resolver
 from .spf import SPFResult
@@ -129,8 +130,11 @@ def _lookup(resolver: Resolver, domain: str) -> Policy | None:
 
 
 def aligned(a: str, b: str, mode: str) -> bool:
-    """RFC 7489 3.1.1 / 3.1.2: strict is the same name, relaxed the same organisational domain."""
-    a, b = a.lower().rstrip("."), b.lower().rstrip(".")
+    """RFC 7489 3.1.1 / 3.1.2: strict is the same name, relaxed the same
+    organisational domain. Both are compared as A-labels (RFC 8616 6: a
+    From domain may be written as U-labels, while DKIM's d= is A-labels,
+    RFC 8616 4, and an SMTPUTF8 MAIL FROM either)."""
+    a, b = canonical_domain(a), canonical_domain(b)
     if mode == "s":
         return a == b
     return organizational_domain(a) == organizational_domain(b)
@@ -164,8 +168,12 @@ def evaluate(
     typically reject it: ``permerror`` with the disposition ``reject``, as
     for more than ``MAX_FROM_DOMAINS`` domains. Otherwise a forger could
     escape the real author's ``p=reject`` by adding a second address, or by
-    a From field too long to read."""
-    domains = sorted({d.lower().rstrip(".") for d in from_domains if d})
+    a From field too long to read.
+
+    Each domain is taken as its A-label (RFC 8616 6): ``bücher.example``
+    in a From field is ``xn--bcher-kva.example``, the name its policy is
+    published at and its signatures' d= names."""
+    domains = sorted({c for c in map(canonical_domain, from_domains) if c})
     if not domains:
         return DMARCResult("permerror", "", "none", "reject", "no From domain")
     if len(domains) > MAX_FROM_DOMAINS:

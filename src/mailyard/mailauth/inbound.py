@@ -19,7 +19,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..message.address import iter_mailboxes, parse_address_list
+from ..message.address import canonical_domain, iter_mailboxes, parse_address_list
 from ..message.headers import split_fields, split_plain_fields
 from ..message.parse import header_end, split_header_body
 from . import arc, dkim, dmarc, spf
@@ -133,8 +133,9 @@ def check_message(
     authors = from_domains(message, fields, index)
     # DMARC needs one aligned passing signature: with one From domain,
     # DKIM stops at the first of its signatures that passes (dkim.verify)
-    author = authors[0].lower().rstrip(".") if authors else ""
-    single = author if author and (len(authors) == 1 or all(d.lower().rstrip(".") == author for d in authors)) \
+    # (as A-labels, the form of d=: RFC 8616 4)
+    author = canonical_domain(authors[0]) if authors else ""
+    single = author if author and (len(authors) == 1 or all(canonical_domain(d) == author for d in authors)) \
         else None
     dkim_results = dkim.verify(message, resolver.txt, parsed=(fields, body), author_domain=single, index=index,
                                only_fields=plain is not None)

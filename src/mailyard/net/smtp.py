@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import ssl
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,7 @@ from ..delivery.submit import (
 from ..mailauth.inbound import InboundVerdict
 from ..message.trace import with_protocol
 from ..policy.relay import routing_trick
-from ..protocols.contract import Closed
+from ..protocols.contract import Closed, ProtocolMisuse
 from ..protocols.smtp.events import (
     AuthCancelled,
     AuthReceived,
@@ -302,8 +303,27 @@ class SMTPSession(SessionProtocol):
         2920 3.2 asks a server to send the replies to a group as a unit,
         and never to wait for input with replies unsent. MAIL, RCPT and
         DATA of a pipelined group are answered in one write, and so are
-        the 250 of a message and the 221 of a QUIT sent right after it."""
-        await self.handle(event)
+        the 250 of a message and the 221 of a QUIT sent right after it.
+
+        A step that breaks (a bug, a library's surprise) still lets the
+        replies queued before it out, then ends the session with 421 (RFC
+        5321 3.8) instead of closing in silence: the client retries what
+        got no 250. A connection already gone is left to the skeleton."""
+        try:
+            await self.handle(event)
+        except (ConnectionError, ssl.SSLError):
+            raise
+        except Exception:
+            log.exception("smtp: %s of %s failed", type(event).__name__, self.peer_ip)
+            engine = self.engine
+            try:
+                engine.respond(Reply(421, "4.3.0", f"{self.services.config.server.hostname}"
+                                     " Local error in processing, closing connection"))
+                out = engine.data_to_send()
+            except ProtocolMisuse:  # the event was answered before the failure
+                out = engine.shutdown_reply()
+            self.write(out)
+            self.close()
 
     def _host(self) -> bytes:
         return self.services.config.server.hostname.encode("ascii", "replace")
@@ -567,10 +587,15 @@ class SMTPSession(SessionProtocol):
                 return Reply(451, "4.7.0", "The sender authentication checks failed; try again later")
             data = verdict.header + verdict.message
             enforce = self.services.config.authentication.dmarc_policy == "enforce"
-            if enforce and verdict.disposition == "reject":
+            permerror = verdict.dmarc is not None and verdict.dmarc.result == "permerror"
+            # A local program on [spam] trusted_networks may hand over a
+            # message whose From names no domain (none, or an unqualified
+            # "root"): no author domain's policy is at stake, so it is
+            # recorded (dmarc=permerror), not refused.
+            if enforce and verdict.disposition == "reject" and not (permerror and self._exempt()):
                 # RFC 7489 6.6.3 / 7.3 (p=reject): refused after the whole message was seen
                 self._report_dmarc(event, verdict)
-                if verdict.dmarc is not None and verdict.dmarc.result == "permerror":
+                if permerror:
                     # RFC 7489 6.6.1: no single From domain to check (RFC 5322 3.6.2)
                     log.info("smtp %s refused: %s", queue_id, verdict.dmarc.reason)
                     return Reply(550, "5.7.1", "Message rejected: its From field names no domain the sender"
