@@ -598,8 +598,8 @@ class SMTPSession(SessionProtocol):
                 if permerror:
                     # RFC 7489 6.6.1: no single From domain to check (RFC 5322 3.6.2)
                     log.info("smtp %s refused: %s", queue_id, verdict.dmarc.reason)
-                    return Reply(550, "5.7.1", "Message rejected: its From field names no domain the sender"
-                                 " can be checked by (it needs one From address, RFC 5322 3.6.2)")
+                    return Reply(550, "5.7.1", f"Message rejected: {verdict.dmarc.reason}; the sender is checked"
+                                 " by the domain of the From address (RFC 5322 3.6.2, RFC 7489 6.6.1)")
                 log.info("smtp %s refused: DMARC policy of %s is reject", queue_id,
                          verdict.dmarc.from_domain if verdict.dmarc else "")
                 return Reply(550, "5.7.1", "Message rejected by the DMARC policy of the sender's domain")
