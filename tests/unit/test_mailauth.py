@@ -175,6 +175,25 @@ def test_sign_two_signatures_relaxed_oversigned_no_l(domain_keys: keys.SigningKe
     assert ed["s"] == f"{domain_keys.generation}-ed25519" and rsa_sig["s"] == f"{domain_keys.generation}-rsa"
 
 
+def test_the_signing_key_is_parsed_once(domain_keys: keys.SigningKeys, resolver: Resolver,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """dkimpy reads the RSA key's PEM at every signature before OpenSSL
+    signs; the reading is kept per key text, so the second message signed
+    with a key does not read it again, and its signatures still verify."""
+    from dkim import crypto as dkimpy_crypto
+
+    dkim.sign(MESSAGE, domain_keys)
+
+    def no_second_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the key was parsed again")
+
+    monkeypatch.setattr(dkimpy_crypto, "asn1_parse", no_second_reading)
+    signed = dkim.sign(MESSAGE, domain_keys) + MESSAGE
+    monkeypatch.undo()  # the verifier reads the public key
+    assert by_algorithm(dkim.verify(signed, resolver.txt)) == {
+        "ed25519-sha256": ("pass", ""), "rsa-sha256": ("pass", "")}
+
+
 def test_verify_good_rsa_and_ed25519(domain_keys: keys.SigningKeys, resolver: Resolver) -> None:
     signed = dkim.sign(MESSAGE, domain_keys) + MESSAGE
     assert by_algorithm(dkim.verify(signed, resolver.txt)) == {
