@@ -7,6 +7,9 @@ canonicalisation, never ``l=`` (RFC 6376 8.2: a body length limit lets
 anyone append content), and the header set of RFC 6376 5.4.1 where present,
 with From, To, Subject, Date and Message-ID signed once more than they occur
 ("oversigning", RFC 6376 5.4.2 and 8.15), so that none can be added later.
+A header that is only fields is signed by ``_sign_fast`` (hashlib, OpenSSL,
+libsodium, one body hash for both signatures); any other goes to dkimpy
+(``_sign_dkimpy``), the reference the fast path is tested against.
 
 Verification: ``verify`` checks the DKIM-Signatures of a message (all, or
 for DMARC's needs only until one of the From domain passes) and gives
