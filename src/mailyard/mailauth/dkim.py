@@ -64,8 +64,15 @@ _quiet.propagate = False
 
 
 def _include_headers(header: bytes) -> list[bytes]:
+    """The h= list for a header section: ``_include_headers_of`` its fields."""
+    return _include_headers_of(split_fields(header))
+
+
+def _include_headers_of(fields: list[tuple[str, bytes]]) -> list[bytes]:
+    """The names of SIGNED_FIELDS present, each as often as it occurs (plus
+    once for OVERSIGNED ones), in the order of SIGNED_FIELDS."""
     counts: dict[str, int] = {}
-    for name, _value in split_fields(header):
+    for name, _value in fields:
         lname = name.lower()
         if lname in SIGNED_FIELDS:
             counts[lname] = counts.get(lname, 0) + 1
@@ -137,7 +144,7 @@ def sign(message: bytes, keys: SigningKeys) -> bytes:
     (``_sign_dkimpy``), which also refuses what it cannot sign."""
     header, body = split_header_body(message)
     fields = split_plain_fields(header)
-    if fields is not None and not _STRIPPED_NOT_WSP.search(header):
+    if fields is not None and b"\x0b" not in header and b"\x0c" not in header:
         rsa_key, ed_key = _rsa_key_or_none(keys.rsa_pem), _ed25519_key(keys.ed25519_seed_b64)
         if rsa_key is not None and ed_key is not None:
             return _sign_fast(fields, body, keys, rsa_key, ed_key)
@@ -168,10 +175,9 @@ def _sign_dkimpy(message: bytes, keys: SigningKeys, include: list[bytes]) -> byt
 # expressions per message. The tags are dkimpy's, in its order; the folding
 # is this module's (``_fold_signature``).
 
-# dkimpy's relaxed header canonicalisation strips a value with bytes.strip(),
-# which takes VT and FF as well as WSP (RFC 6376 3.4.2 removes WSP only): a
-# header with either is signed by dkimpy, so that its verifier agrees.
-_STRIPPED_NOT_WSP = re.compile(rb"[\x0b\x0c]")
+# A header with VT or FF is signed by dkimpy (``sign``): its relaxed header
+# canonicalisation strips a value with bytes.strip(), which takes them as
+# well as WSP (RFC 6376 3.4.2 removes WSP only), and its verifier must agree.
 _FOLD_AT = 78  # RFC 5322 2.1.1: lines SHOULD be at most 78 characters
 _FIELD_NAME = b"DKIM-Signature:"
 
@@ -236,20 +242,6 @@ def _sign_fast(fields: list[tuple[str, bytes]], body: bytes, keys: SigningKeys,
             # RFC 8463 3: Ed25519 signs the SHA-256 of the signed data
             signature = ed_key.sign(digest).signature
         out = _fold_signature(value, base64.b64encode(signature)) + out  # RFC 6376 5.6: on top
-    return out
-
-
-def _include_headers_of(fields: list[tuple[str, bytes]]) -> list[bytes]:
-    """``_include_headers`` for fields already split."""
-    counts: dict[str, int] = {}
-    for name, _value in fields:
-        lname = name.lower()
-        if lname in SIGNED_FIELDS:
-            counts[lname] = counts.get(lname, 0) + 1
-    out: list[bytes] = []
-    for lname in SIGNED_FIELDS:
-        n = counts.get(lname, 0) + (1 if lname in OVERSIGNED else 0)
-        out.extend([lname.encode()] * n)
     return out
 
 
