@@ -3,6 +3,7 @@ free loopback ports with a fresh data directory, progress lines, and results."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,24 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+async def smtp_client(port: int, helo: str, host: str = "127.0.0.1"
+                      ) -> tuple[asyncio.StreamWriter, Callable[[], Awaitable[bytes]]]:
+    """A bench client's SMTP connection, greeted and past EHLO: its writer,
+    and ``reply()``, which reads one reply (the last line of a multi-line one)."""
+    reader, writer = await asyncio.open_connection(host, port)
+
+    async def reply() -> bytes:
+        while True:
+            line = await reader.readline()
+            if line[3:4] != b"-":
+                return line
+
+    await reply()
+    writer.write(b"EHLO " + helo.encode() + b"\r\n")
+    await reply()
+    return writer, reply
 
 
 class BenchServer:

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import USERS, BenchServer, Result, _children, progress
+from .common import USERS, BenchServer, Result, _children, progress, smtp_client
 
 SESSIONS = 20
 ROUNDS = 3
@@ -78,17 +78,7 @@ async def _source(port: int, count: int, body: bytes) -> float:
     left = count
 
     async def one() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-
-        async def reply() -> bytes:
-            while True:
-                line = await reader.readline()
-                if line[3:4] != b"-":
-                    return line
-
-        await reply()
-        writer.write(b"EHLO mx.remote.test\r\n")
-        await reply()
+        writer, reply = await smtp_client(port, "mx.remote.test")
         writer.write(b"MAIL FROM:<news@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
         for _ in range(3):
             await reply()
@@ -255,17 +245,7 @@ async def _submit(port: int, count: int, pid: int, sessions: int = SESSIONS) -> 
 
     async def session() -> None:
         nonlocal left
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-
-        async def reply() -> bytes:
-            while True:
-                line = await reader.readline()
-                if line[3:4] != b"-":
-                    return line
-
-        await reply()
-        writer.write(b"EHLO client.example.test\r\n")
-        await reply()
+        writer, reply = await smtp_client(port, "client.example.test")
         writer.write(b"AUTH PLAIN " + plain + b"\r\n")
         answer = await reply()
         assert answer.startswith(b"235"), answer

@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import time
 
-from .common import BenchServer, Result, progress
+from .common import BenchServer, Result, progress, smtp_client
 from .imap_load import tree_cpu
 
 SESSIONS = 20
@@ -60,17 +60,7 @@ async def _asyncio_source(port: int, count: int, size: int, sessions: int = SESS
     left = count
 
     async def one() -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-
-        async def reply() -> bytes:
-            while True:
-                line = await reader.readline()
-                if line[3:4] != b"-":
-                    return line
-
-        await reply()
-        writer.write(b"EHLO load\r\n")
-        await reply()
+        writer, reply = await smtp_client(port, "load", host)
         writer.write(b"MAIL FROM:<load@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
         for _ in range(3):
             await reply()
