@@ -103,14 +103,10 @@ def _published(dns: object, ip: str) -> bytes:
     """A 1 KB message from remote.test signed with both its keys, and that
     domain's records (both DKIM keys, SPF allowing ``ip``, DMARC p=reject)
     on the bench's DNS server."""
-    from mailyard.mailauth import dkim, keys
+    from mailyard.mailauth import dkim
 
     with tempfile.TemporaryDirectory() as tmp:
-        keys.generate(Path(tmp), "remote.test")
-        signing = keys.load(Path(tmp), "remote.test")
-        assert signing is not None
-        for rec in keys.records(signing):
-            dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))  # type: ignore[attr-defined]
+        signing = dns.publish_dkim(Path(tmp), "remote.test")  # type: ignore[attr-defined]
         msg = _message(1024)
         body = dkim.sign(msg, signing) + msg
     dns.add("remote.test", "TXT", f'"v=spf1 ip4:{ip} -all"')  # type: ignore[attr-defined]

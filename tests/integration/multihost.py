@@ -37,6 +37,7 @@ import pytest
 
 from mailyard.auth.passwords import Credentials
 from mailyard.config import Config
+from mailyard.mailauth import keys
 from tests.conftest import RunningServer, make_test_config
 from tests.waiting import wait_until
 
@@ -83,6 +84,20 @@ class DNSServer:
 
     def add(self, name: str, rdtype: str, rdata: str) -> None:
         self.records.setdefault((self._key(name), rdtype.upper()), []).append(rdata)
+
+    def publish_dkim(self, data_dir: Path, domain: str, *, activate: bool = False) -> keys.SigningKeys:
+        """A new generation of ``domain``'s DKIM keys in ``data_dir``
+        (``mailyard dkim rotate``'s work), its key records published here."""
+        keys.generate(data_dir, domain, activate=activate)
+        loaded = keys.load(data_dir, domain)
+        assert loaded is not None
+        self.publish_key_records(loaded)
+        return loaded
+
+    def publish_key_records(self, signing: keys.SigningKeys) -> None:
+        """The TXT records of ``signing``'s selectors (RFC 6376 3.6.2.1, RFC 8463 4)."""
+        for rec in keys.records(signing):
+            self.add(rec.name, "TXT", keys.txt_zone_value(rec.text))
 
     def remove(self, name: str, rdtype: str | None = None) -> None:
         for key in list(self.records):

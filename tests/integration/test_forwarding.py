@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mailyard.config import Config
-from mailyard.mailauth import dkim, keys
+from mailyard.mailauth import dkim
 from mailyard.mailauth.dnscache import Resolver
 from mailyard.mailauth.srs import SECRET_FILE, SRS
 
@@ -52,12 +52,7 @@ def checking(cfg: Config) -> None:
 
 
 def publish(hosts: MultiHost, domain: str) -> None:
-    data_dir = hosts.servers[domain].data_dir
-    keys.generate(data_dir, domain, activate=True)
-    loaded = keys.load(data_dir, domain)
-    assert loaded is not None
-    for rec in keys.records(loaded):
-        hosts.dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))
+    hosts.dns.publish_dkim(hosts.servers[domain].data_dir, domain, activate=True)
 
 
 def submit(hosts: MultiHost, sender: str, rcpts: list[str], data: bytes) -> None:

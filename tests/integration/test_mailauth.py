@@ -6,6 +6,7 @@ p=reject failures with 550 5.7.1 and files p=quarantine failures in Junk."""
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import smtplib
@@ -20,7 +21,7 @@ import pytest
 from mailyard.config import Config
 from mailyard.mailauth import keys
 
-from .multihost import MultiHost
+from .multihost import DNSServer, MultiHost
 from .serve_process import MB, ServeProcess
 
 A, B = "127.0.0.2", "127.0.0.3"
@@ -45,6 +46,29 @@ def hosts(tmp_path: Path) -> Iterator[MultiHost]:
         yield harness
     finally:
         harness.stop()
+
+
+@contextlib.contextmanager
+def remote_sender_and_serve(tmp_path: Path, checks: bool
+                            ) -> Iterator[tuple[ServeProcess, DNSServer, keys.SigningKeys]]:
+    """A real ``mailyard serve`` whose MX port checks mail (``checks``)
+    against a private DNS server that publishes remote.test's DKIM keys:
+    the server, the DNS server, and remote.test's signing keys."""
+    dns = DNSServer()
+    try:
+        signing = dns.publish_dkim(tmp_path / "k", "remote.test")
+
+        def configure(cfg: Config) -> None:
+            cfg.authentication.inbound_checks = checks
+            cfg.delivery.nameservers = dns.address
+
+        serve = ServeProcess(tmp_path / "data", configure)
+        try:
+            yield serve, dns, signing
+        finally:
+            serve.stop()
+    finally:
+        dns.stop()
 
 
 class GreetingProbe:
@@ -85,15 +109,6 @@ def checking(cfg: Config) -> None:
     cfg.authentication.inbound_checks = True
 
 
-def publish(hosts: MultiHost, data_dir: Path, domain: str) -> keys.SigningKeys:
-    keys.generate(data_dir, domain)
-    loaded = keys.load(data_dir, domain)
-    assert loaded is not None
-    for rec in keys.records(loaded):
-        hosts.dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))
-    return loaded
-
-
 def submit(hosts: MultiHost, sender: str, rcpts: list[str], data: bytes) -> None:
     rs = hosts.servers[sender.rpartition("@")[2]]
     with smtplib.SMTP(rs.host, rs.config.ports.submission, timeout=10) as client:
@@ -112,7 +127,7 @@ def ar_fields(raw: bytes) -> list[str]:
 def test_submitted_mail_arrives_with_dkim_spf_dmarc_pass(hosts: MultiHost) -> None:
     a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
     hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=checking)
-    signing = publish(hosts, a.data_dir, "a.test")
+    signing = hosts.dns.publish_dkim(a.data_dir, "a.test")
     hosts.dns.add("_dmarc.a.test", "TXT", '"v=DMARC1; p=reject"')
     hosts.dns.add("mx.a.test", "TXT", f'"v=spf1 ip4:{A} -all"')
     forged = b"Authentication-Results: mx.b.test; dkim=pass; dmarc=pass\r\n"
@@ -204,7 +219,7 @@ def test_a_dsn_to_another_server_is_signed(hosts: MultiHost) -> None:
     signed with a.test's keys (its host name's domain) and passes DKIM there."""
     a = hosts.add("a.test", A, {"alice": "alice-pw-1"})
     hosts.add("c.test", "127.0.0.4", {"carol": "carol-pw-1"}, configure=checking)
-    signing = publish(hosts, a.data_dir, "a.test")
+    signing = hosts.dns.publish_dkim(a.data_dir, "a.test")
     hosts.dns.add("nowhere.test", "MX", "0 .")  # RFC 7505: bounces at once
     a.call(a.store.add_alias("team@a.test", ["dave@nowhere.test"]))
     note = MESSAGE.replace(b"Alice <alice@a.test>", b"carol@c.test").replace(b"bob@b.test", b"team@a.test")
@@ -223,47 +238,28 @@ def test_large_signed_message_checks_memory_and_others_served(tmp_path: Path, ch
     RSS stays bounded and another client's greeting still comes."""
     from mailyard.mailauth import dkim
 
-    from .multihost import DNSServer
-
-    dns = DNSServer()
-    try:
-        keys.generate(tmp_path / "k", "remote.test")
-        signing = keys.load(tmp_path / "k", "remote.test")
-        assert signing is not None
-        for rec in keys.records(signing):
-            dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))
+    with remote_sender_and_serve(tmp_path, checks) as (serve, dns, signing):
         dns.add("remote.test", "TXT", '"v=spf1 ip4:127.0.0.1 -all"')
-
-        def configure(cfg: Config) -> None:
-            cfg.authentication.inbound_checks = checks
-            cfg.delivery.nameservers = dns.address
-
-        serve = ServeProcess(tmp_path / "data", configure)
-        try:
-            head = (b"From: big@remote.test\r\nTo: alice@example.test\r\nSubject: big\r\n"
-                    b"Date: Sat, 05 Dec 2026 08:00:00 +0000\r\nMessage-ID: <big@remote.test>\r\n\r\n")
-            msg = head + (b"y" * 98 + b"\r\n") * (20 * MB // 100)
-            wire = dkim.sign(msg, signing) + msg
-            base = serve.rss()
-            serve.reset_peak()
-            prober = GreetingProbe(serve)
-            with smtplib.SMTP(serve.host, serve.port("smtp"), timeout=60) as client:
-                client.ehlo("mx.remote.test")
-                with prober:
-                    client.mail("big@remote.test")
-                    client.rcpt("alice@example.test")
-                    code, text = client.data(wire)
-            assert code == 250, text
-            grown = serve.peak() - base
-            print(f"\n20 MB signed message, checks {'on' if checks else 'off'}: peak RSS {grown / MB:+.1f} MB; "
-                  f"other clients' greetings: {prober}")
-            assert prober.latencies, "another client was greeted meanwhile"
-            assert grown < 400 * MB
-            assert serve.alive() and not serve.tracebacks()
-        finally:
-            serve.stop()
-    finally:
-        dns.stop()
+        head = (b"From: big@remote.test\r\nTo: alice@example.test\r\nSubject: big\r\n"
+                b"Date: Sat, 05 Dec 2026 08:00:00 +0000\r\nMessage-ID: <big@remote.test>\r\n\r\n")
+        msg = head + (b"y" * 98 + b"\r\n") * (20 * MB // 100)
+        wire = dkim.sign(msg, signing) + msg
+        base = serve.rss()
+        serve.reset_peak()
+        prober = GreetingProbe(serve)
+        with smtplib.SMTP(serve.host, serve.port("smtp"), timeout=60) as client:
+            client.ehlo("mx.remote.test")
+            with prober:
+                client.mail("big@remote.test")
+                client.rcpt("alice@example.test")
+                code, text = client.data(wire)
+        assert code == 250, text
+        grown = serve.peak() - base
+        print(f"\n20 MB signed message, checks {'on' if checks else 'off'}: peak RSS {grown / MB:+.1f} MB; "
+              f"other clients' greetings: {prober}")
+        assert prober.latencies, "another client was greeted meanwhile"
+        assert grown < 400 * MB
+        assert serve.alive() and not serve.tracebacks()
 
 
 def test_hostile_signature_fields_leave_no_memory_behind(tmp_path: Path) -> None:
@@ -273,53 +269,35 @@ def test_hostile_signature_fields_leave_no_memory_behind(tmp_path: Path) -> None
     The checks' caches bound entries, not octets: what a message brings
     must not stay behind once it is checked, and another client is still
     greeted meanwhile."""
-    from .multihost import DNSServer
 
-    dns = DNSServer()
-    try:
-        keys.generate(tmp_path / "k", "remote.test")
-        signing = keys.load(tmp_path / "k", "remote.test")
-        assert signing is not None
-        for rec in keys.records(signing):
-            dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))
+    def fold(value: bytes) -> bytes:
+        return b"\r\n ".join(value[i:i + 900] for i in range(0, len(value), 900))
 
-        def configure(cfg: Config) -> None:
-            cfg.authentication.inbound_checks = True
-            cfg.delivery.nameservers = dns.address
-
-        def fold(value: bytes) -> bytes:
-            return b"\r\n ".join(value[i:i + 900] for i in range(0, len(value), 900))
-
-        serve = ServeProcess(tmp_path / "data", configure)
-        try:
-            body = (b"From: x@remote.test\r\nTo: alice@example.test\r\nSubject: hostile\r\n"
-                    b"Date: Sat, 05 Dec 2026 08:00:00 +0000\r\n\r\nhello\r\n")
-            prober = GreetingProbe(serve)
-            base = serve.rss()
-            with prober:
-                for m in range(6):
-                    names = b":".join(b"x%d-%x" % (m, i) for i in range(300_000))  # about 3 MB, new each time
-                    wire = (b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=remote.test; s="
-                            + signing.rsa_selector.encode() + b"; h=" + fold(names) + b"; bh=AAAA; b=AAAA\r\n"
-                            + b"DKIM-Signature: v=1; a=" + fold(b"%d" % m + b"y" * 3 * MB)
-                            + b"; c=relaxed/relaxed; d=remote.test; s=" + signing.rsa_selector.encode()
-                            + b"; h=from; bh=AAAA; b=AAAA\r\n" + body)
-                    with smtplib.SMTP(serve.host, serve.port("smtp"), timeout=120) as client:
-                        client.ehlo("mx.remote.test")
-                        client.mail("x@remote.test")
-                        client.rcpt("alice@example.test")
-                        code, text = client.data(wire)
-                    assert code == 250, text
-            grown = serve.rss() - base
-            print(f"\n6 messages of 6 MB hostile signature fields: RSS after {grown / MB:+.1f} MB; "
-                  f"other clients' greetings: {prober}")
-            assert prober.latencies, "another client was greeted meanwhile"
-            assert grown < 200 * MB
-            assert serve.alive() and not serve.tracebacks()
-        finally:
-            serve.stop()
-    finally:
-        dns.stop()
+    with remote_sender_and_serve(tmp_path, True) as (serve, _dns, signing):
+        body = (b"From: x@remote.test\r\nTo: alice@example.test\r\nSubject: hostile\r\n"
+                b"Date: Sat, 05 Dec 2026 08:00:00 +0000\r\n\r\nhello\r\n")
+        prober = GreetingProbe(serve)
+        base = serve.rss()
+        with prober:
+            for m in range(6):
+                names = b":".join(b"x%d-%x" % (m, i) for i in range(300_000))  # about 3 MB, new each time
+                wire = (b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=remote.test; s="
+                        + signing.rsa_selector.encode() + b"; h=" + fold(names) + b"; bh=AAAA; b=AAAA\r\n"
+                        + b"DKIM-Signature: v=1; a=" + fold(b"%d" % m + b"y" * 3 * MB)
+                        + b"; c=relaxed/relaxed; d=remote.test; s=" + signing.rsa_selector.encode()
+                        + b"; h=from; bh=AAAA; b=AAAA\r\n" + body)
+                with smtplib.SMTP(serve.host, serve.port("smtp"), timeout=120) as client:
+                    client.ehlo("mx.remote.test")
+                    client.mail("x@remote.test")
+                    client.rcpt("alice@example.test")
+                    code, text = client.data(wire)
+                assert code == 250, text
+        grown = serve.rss() - base
+        print(f"\n6 messages of 6 MB hostile signature fields: RSS after {grown / MB:+.1f} MB; "
+              f"other clients' greetings: {prober}")
+        assert prober.latencies, "another client was greeted meanwhile"
+        assert grown < 200 * MB
+        assert serve.alive() and not serve.tracebacks()
 
 
 def test_dmarc_aggregate_report_reaches_the_domains_rua(hosts: MultiHost) -> None:
@@ -339,7 +317,7 @@ def test_dmarc_aggregate_report_reaches_the_domains_rua(hosts: MultiHost) -> Non
 
     a = hosts.add("a.test", A, {"alice": "alice-pw-1", "dmarc": "dmarc-pw-1"})
     b = hosts.add("b.test", B, {"bob": "bob-pw-1"}, configure=reporting)
-    signing = publish(hosts, a.data_dir, "a.test")
+    signing = hosts.dns.publish_dkim(a.data_dir, "a.test")
     hosts.dns.add("_dmarc.a.test", "TXT",
                   '"v=DMARC1; p=quarantine; rua=mailto:dmarc@a.test,mailto:someone@elsewhere.test"')
     # a domain whose only rua is elsewhere, where the RFC 7489 7.1 check gets

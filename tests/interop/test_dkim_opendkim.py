@@ -100,11 +100,6 @@ def opendkim_verify(tmp_path: Path, message: bytes) -> subprocess.CompletedProce
     )
 
 
-def publish(dns: DNSServer, signing: keys.SigningKeys) -> None:
-    for rec in keys.records(signing):
-        dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))
-
-
 def split_signatures(signed: bytes) -> tuple[bytes, bytes]:
     """(the Ed25519 field, the RSA field) of ``dkim.sign``'s output."""
     first, second = (b"DKIM-Signature:" + f for f in signed.split(b"DKIM-Signature:")[1:])
@@ -112,10 +107,7 @@ def split_signatures(signed: bytes) -> tuple[bytes, bytes]:
 
 
 def test_opendkim_verifies_mailyard_signatures(tmp_path: Path, dns: DNSServer, port53: str) -> None:
-    keys.generate(tmp_path, "a.test")
-    signing = keys.load(tmp_path, "a.test")
-    assert signing is not None
-    publish(dns, signing)
+    signing = dns.publish_dkim(tmp_path, "a.test")
     ed, rsa = split_signatures(dkim.sign(MESSAGE, signing))
     for name, field in (("rsa-sha256", rsa), ("ed25519-sha256", ed)):
         good = opendkim_verify(tmp_path, field + MESSAGE)
@@ -127,10 +119,7 @@ def test_opendkim_verifies_mailyard_signatures(tmp_path: Path, dns: DNSServer, p
 
 def test_mailyard_verifies_an_opendkim_signature(tmp_path: Path, dns: DNSServer) -> None:
     testmsg = require_program("opendkim-testmsg", "opendkim-tools")
-    keys.generate(tmp_path, "a.test")
-    signing = keys.load(tmp_path, "a.test")
-    assert signing is not None
-    publish(dns, signing)
+    signing = dns.publish_dkim(tmp_path, "a.test")
     key_file = tmp_path / "dkim" / "a.test" / f"{signing.generation}.rsa.pem"
     signed = subprocess.run([testmsg, "-C", "-d", "a.test", "-s", signing.rsa_selector, "-k", str(key_file)],
                             input=MESSAGE, capture_output=True, timeout=60, check=True).stdout
@@ -173,7 +162,7 @@ def test_signature_survives_transport_to_postfix(tmp_path: Path) -> None:
         keys.generate(a.data_dir, "a.test")
         signing = keys.load(a.data_dir, "a.test")
         assert signing is not None
-        publish(hosts.dns, signing)
+        hosts.dns.publish_key_records(signing)
         outgoing = MESSAGE.replace(b"bob@b.test", b"carol@p.test") + b"z" * 900 + b"  \r\n"
         with smtplib.SMTP(a.host, a.config.ports.submission, timeout=10) as client:
             client.login("alice@a.test", "alice-pw-1")
@@ -218,10 +207,7 @@ def test_opendkim_verifies_fast_path_signatures_of_varied_messages(tmp_path: Pat
     """The fast signer (mailauth/dkim.py ``_sign_fast``) folds its fields
     itself: OpenDKIM verifies each signature of messages that exercise the
     header and body canonicalisation (RFC 6376 3.4.2, 3.4.4)."""
-    keys.generate(tmp_path, "a.test")
-    signing = keys.load(tmp_path, "a.test")
-    assert signing is not None
-    publish(dns, signing)
+    signing = dns.publish_dkim(tmp_path, "a.test")
     ed, rsa = split_signatures(dkim.sign(message, signing))
     for name, field in (("rsa-sha256", rsa), ("ed25519-sha256", ed)):
         result = opendkim_verify(tmp_path, field + message)

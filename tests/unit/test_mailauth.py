@@ -138,12 +138,7 @@ MESSAGE = (
 
 @pytest.fixture
 def domain_keys(tmp_path: Path, dns: DNSServer) -> keys.SigningKeys:
-    keys.generate(tmp_path, "a.test")
-    loaded = keys.load(tmp_path, "a.test")
-    assert loaded is not None
-    for rec in keys.records(loaded):
-        txt(dns, rec.name, rec.text)
-    return loaded
+    return dns.publish_dkim(tmp_path, "a.test")
 
 
 def by_algorithm(results: list[dkim.DKIMResult]) -> dict[str, tuple[str, str]]:

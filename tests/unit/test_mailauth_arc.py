@@ -44,12 +44,7 @@ def resolver(dns: DNSServer) -> Resolver:
 
 
 def publish(dns: DNSServer, data_dir: Path, domain: str) -> keys.SigningKeys:
-    keys.generate(data_dir, domain, activate=True)
-    loaded = keys.load(data_dir, domain)
-    assert loaded is not None
-    for rec in keys.records(loaded):
-        dns.add(rec.name, "TXT", keys.txt_zone_value(rec.text))
-    return loaded
+    return dns.publish_dkim(data_dir, domain, activate=True)
 
 
 def dkimpy_dns(resolver: Resolver):  # noqa: ANN201 - dkimpy's dnsfunc face
