@@ -246,6 +246,8 @@ async def _submit(port: int, count: int, pid: int, sessions: int = SESSIONS) -> 
         answer = await reply()
         assert answer.startswith(b"235"), answer
         ready.append(None)
+        if len(ready) == sessions:
+            logged_in.set()
         await go.wait()
         while left > 0:
             left -= 1
@@ -260,13 +262,14 @@ async def _submit(port: int, count: int, pid: int, sessions: int = SESSIONS) -> 
         writer.close()
 
     ready: list[None] = []
+    logged_in = asyncio.Event()
     tasks = [asyncio.ensure_future(session()) for _ in range(sessions)]
-    while len(ready) < sessions:
-        await asyncio.sleep(0.05)
-        for task in tasks:
-            if task.done():
-                task.result()  # a session that failed to log in: say why
-    await asyncio.sleep(1.0)  # the logins' argon2 work is over
+    waiter = asyncio.ensure_future(logged_in.wait())
+    done, _pending = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task is not waiter:
+            task.result()  # a session that ended before the start: say why
+    # (each 235 came after its password check: the logins' argon2 work is over)
     cpu0, start = _cpu_seconds(pid), time.perf_counter()
     go.set()
     await asyncio.gather(*tasks)
