@@ -26,10 +26,10 @@ def in_batch(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     inside = {"now": False}
     commit_once = writer.GroupCommitWriter._commit_once
 
-    def traced_commit(self: Any, batch: Any) -> Any:
+    def traced_commit(self: Any, *args: Any) -> Any:
         inside["now"] = True
         try:
-            return commit_once(self, batch)
+            return commit_once(self, *args)
         finally:
             inside["now"] = False
 

@@ -5,6 +5,8 @@ write's caller gets the disk-full error, the batch's other writes commit."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mailyard.config import StoreConfig
-from mailyard.store.api import StorageFull
+from mailyard.store.api import DeliveryTarget, StorageFull
 from mailyard.store.sqlite import SQLiteStore
 
 
@@ -62,5 +64,81 @@ async def test_the_writer_keeps_working_after_such_a_failure(tmp_path: Path, err
         assert "savepoint" not in str(failed.value)
         await s.add_domain("example.test")
         assert await s.list_domains() == ["example.test"]
+    finally:
+        await s.close()
+
+
+async def test_callers_are_woken_after_the_write_lock_is_given_up(tmp_path: Path) -> None:
+    # The writers of every worker take turns through one lock file: waking
+    # this process's callers (a system call, and a contest for the GIL)
+    # while holding it would make the others wait for that too.
+    s = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False))
+    lock_path = tmp_path / "write.lock"
+    s._writer.lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    probe = os.open(lock_path, os.O_RDWR)
+    loop = asyncio.get_running_loop()
+    held_at_wake: list[bool] = []
+    wake = loop.call_soon_threadsafe
+
+    def watched(*args: object) -> object:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held_at_wake.append(True)
+        else:
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            held_at_wake.append(False)
+        return wake(*args)  # type: ignore[arg-type]
+
+    loop.call_soon_threadsafe = watched  # type: ignore[method-assign]
+    try:
+        await s.add_domain("example.test")
+        assert held_at_wake and not any(held_at_wake), held_at_wake
+    finally:
+        del loop.call_soon_threadsafe
+        os.close(probe)
+        await s.close()
+
+
+async def test_bodies_left_in_a_full_segment_are_synced_before_the_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A batch whose writes fill a segment and go on in the next must sync
+    # both files before its rows are committed (a crash would otherwise
+    # leave committed messages whose bytes never reached the disk).
+    s = SQLiteStore(tmp_path / "data", StoreConfig(fsync=True, segment_size=4096))
+    try:
+        await s.add_domain("example.test")
+        account = await s.add_account("a@example.test", "h")
+        box = await s.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        synced: list[str] = []
+        unsynced: set[str] = set()
+        write, fdatasync = os.write, os.fdatasync
+
+        def name(fd: int) -> str:
+            return os.readlink(f"/proc/self/fd/{fd}")
+
+        def tracked_write(fd: int, data: bytes) -> int:
+            if name(fd).endswith(".seg"):
+                unsynced.add(name(fd))
+            return write(fd, data)
+
+        def tracked_sync(fd: int) -> None:
+            fdatasync(fd)
+            synced.append(name(fd))
+            unsynced.discard(name(fd))
+
+        monkeypatch.setattr(os, "write", tracked_write)
+        monkeypatch.setattr(os, "fdatasync", tracked_sync)
+        gate = threading.Event()
+        held = s._writer.run_exclusive(gate.wait)  # the deliveries below share one batch
+        body = b"Subject: x\r\n\r\n" + b"y" * 1500 + b"\r\n"
+        futures = [asyncio.ensure_future(s.deliver(body, [DeliveryTarget(box.id)])) for _ in range(6)]
+        await asyncio.sleep(0)
+        gate.set()
+        await held
+        await asyncio.gather(*futures)
+        assert len({p for p in synced if p.endswith(".seg")}) >= 2, synced  # the batch crossed a segment
+        assert not unsynced, f"segment bytes committed without a sync: {unsynced}"
     finally:
         await s.close()

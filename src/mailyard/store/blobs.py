@@ -46,8 +46,12 @@ class SegmentFiles:
 
     # --- writer side -----------------------------------------------------
     def open_for_append(self, segment: int) -> None:
-        """Continue appending to ``segment`` (created if absent)."""
+        """Continue appending to ``segment`` (created if absent). What was
+        appended to the segment left is synced first: the rows pointing at
+        it are committed after the next ``sync``, which syncs only the
+        current segment."""
         if self._write_fd >= 0:
+            self.sync()
             os.close(self._write_fd)
         created = not self.path(segment).exists()
         self._write_fd = os.open(self.path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

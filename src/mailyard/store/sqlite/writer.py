@@ -164,6 +164,7 @@ class GroupCommitWriter:
                     continue
                 batch = [item]
                 item = None
+                resolved: list[_Resolved] = []
                 # (writes that queue while this waits for its turn join the batch)
                 with self._turn():
                     while len(batch) < self._max_batch:
@@ -177,7 +178,11 @@ class GroupCommitWriter:
                             item = more  # after this batch's commit
                             break
                         batch.append(more)
-                    self._commit(batch)
+                    resolved = self._commit(batch)
+                # The callers are woken after the lock is given up: the other
+                # processes' writers wait for it, and waking a loop is a
+                # system call and a contest for this process's GIL.
+                _hand_over(resolved, self._owner)
                 if item is None and self._pressing is not None and self._pressing():
                     self._between_batches()  # writes that keep coming wait for a slice, else it grows
                 else:
@@ -246,15 +251,20 @@ class GroupCommitWriter:
         except RuntimeError:
             pass
 
-    def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]]) -> None:
+    def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]]) -> list[_Resolved]:
+        """Run and commit ``batch``; returns the outcomes to hand to the
+        callers' loops (``_hand_over``)."""
+        resolved: list[_Resolved] = []
         while batch:
-            batch = self._commit_once(batch)
+            batch = self._commit_once(batch, resolved)
+        return resolved
 
     def _commit_once(
-        self, batch: list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]]
+        self, batch: list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]], resolved: list[_Resolved]
     ) -> list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]]:
-        """Run and commit ``batch``; returns the writes to run again when one
-        of them failed in a way that rolled back the whole transaction."""
+        """Run and commit ``batch``, adding its outcomes to ``resolved``;
+        returns the writes to run again when one of them failed in a way that
+        rolled back the whole transaction."""
         conn = self._conn
         ctx = WriteContext(self._owner)
         outcomes: list[tuple[asyncio.Future[Any], asyncio.AbstractEventLoop, Any, BaseException | None]] = []
@@ -303,11 +313,7 @@ class GroupCommitWriter:
         for fut, loop, result, exc in outcomes:
             by_loop.setdefault(loop, []).append((fut, result, exc))
         changed = frozenset(ctx.changed)
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_resolve, items, changed, self._owner)
-            except RuntimeError:  # that loop is closed; nobody is waiting
-                pass
+        resolved.extend((loop, items, changed) for loop, items in by_loop.items())
         return again
 
     def _do_idle_work(self) -> None:
@@ -324,6 +330,19 @@ class GroupCommitWriter:
         self._idle_pending = bool(more)
         self._idle_running = more is True
         self._idle_wait = IDLE_PAUSE if more is True or not more else float(more)
+
+
+# (the loop of the callers, their (future, result, error) triples, the mailboxes the commit changed)
+_Resolved = tuple[asyncio.AbstractEventLoop, list[Any], frozenset[int]]
+
+
+def _hand_over(resolved: list[_Resolved], owner: Any) -> None:
+    """Resolve committed writes' futures on their loops."""
+    for loop, items, changed in resolved:
+        try:
+            loop.call_soon_threadsafe(_resolve, items, changed, owner)
+        except RuntimeError:  # that loop is closed; nobody is waiting
+            pass
 
 
 def _resolve(items: list[Any], changed: frozenset[int], owner: Any) -> None:
