@@ -5,6 +5,7 @@ write's caller gets the disk-full error, the batch's other writes commit."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 import sqlite3
@@ -140,5 +141,43 @@ async def test_bodies_left_in_a_full_segment_are_synced_before_the_commit(
         await asyncio.gather(*futures)
         assert len({p for p in synced if p.endswith(".seg")}) >= 2, synced  # the batch crossed a segment
         assert not unsynced, f"segment bytes committed without a sync: {unsynced}"
+    finally:
+        await s.close()
+
+
+async def test_a_failed_sync_of_a_full_segment_fails_the_whole_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Linux reports a writeback error to one fdatasync only: if the sync of
+    # the segment left at a rollover failed inside one write, a later sync
+    # would succeed and the batch's other writes into it would be committed
+    # with bytes that never reached the disk.
+    s = SQLiteStore(tmp_path / "data", StoreConfig(fsync=True, segment_size=4096))
+    try:
+        await s.add_domain("example.test")
+        account = await s.add_account("a@example.test", "h")
+        box = await s.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        fdatasync = os.fdatasync
+        failed: list[str] = []
+
+        def failing_once(fd: int) -> None:
+            if os.readlink(f"/proc/self/fd/{fd}").endswith("00000001.seg") and not failed:
+                failed.append("eio")
+                raise OSError(errno.EIO, "Input/output error")
+            fdatasync(fd)
+
+        monkeypatch.setattr(os, "fdatasync", failing_once)
+        gate = threading.Event()
+        held = s._writer.run_exclusive(gate.wait)  # the deliveries below share one batch
+        body = b"Subject: x\r\n\r\n" + b"y" * 1500 + b"\r\n"
+        futures = [asyncio.ensure_future(s.deliver(body, [DeliveryTarget(box.id)])) for _ in range(6)]
+        await asyncio.sleep(0)
+        gate.set()
+        await held
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert failed, "the batch never synced segment 1"
+        assert all(isinstance(r, Exception) for r in results), results
+        assert (await s.mailbox_status(box)).messages == 0
+        assert await s.deliver(body, [DeliveryTarget(box.id)]) == [1]  # the store goes on
     finally:
         await s.close()

@@ -37,6 +37,7 @@ class SegmentFiles:
         self._write_fd = -1
         self._write_pos = 0
         self._dirty = False
+        self._left: list[int] = []  # segments rolled over from, open until their bytes are synced
 
     def path(self, segment: int) -> Path:
         return self.directory / f"{segment:08d}.seg"
@@ -46,13 +47,16 @@ class SegmentFiles:
 
     # --- writer side -----------------------------------------------------
     def open_for_append(self, segment: int) -> None:
-        """Continue appending to ``segment`` (created if absent). What was
-        appended to the segment left is synced first: the rows pointing at
-        it are committed after the next ``sync``, which syncs only the
-        current segment."""
+        """Continue appending to ``segment`` (created if absent). A segment
+        left with bytes not yet synced stays open until the next ``sync``
+        (before the commit of the rows that point at them), so a failure to
+        sync it fails that commit."""
         if self._write_fd >= 0:
-            self.sync()
-            os.close(self._write_fd)
+            if self._dirty:
+                self._left.append(self._write_fd)
+                self._dirty = False
+            else:
+                os.close(self._write_fd)
         created = not self.path(segment).exists()
         self._write_fd = os.open(self.path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._write_segment = segment
@@ -100,6 +104,10 @@ class SegmentFiles:
 
     def sync(self) -> None:
         """Make every appended byte durable (called once per group commit)."""
+        while self._left:
+            if self.fsync:
+                os.fdatasync(self._left[0])
+            os.close(self._left.pop(0))
         if self._dirty and self.fsync:
             os.fdatasync(self._write_fd)
         self._dirty = False

@@ -165,24 +165,26 @@ class GroupCommitWriter:
                 batch = [item]
                 item = None
                 resolved: list[_Resolved] = []
-                # (writes that queue while this waits for its turn join the batch)
-                with self._turn():
-                    while len(batch) < self._max_batch:
-                        try:
-                            more = self._queue.get_nowait()
-                        except queue.Empty:
-                            break
-                        if more is _WAKE or more is _UPKEEP:
-                            continue  # this batch's commit wakes idle work and the upkeep anyway
-                        if more is _STOP or isinstance(more[0], _Exclusive):
-                            item = more  # after this batch's commit
-                            break
-                        batch.append(more)
-                    resolved = self._commit(batch)
                 # The callers are woken after the lock is given up: the other
                 # processes' writers wait for it, and waking a loop is a
                 # system call and a contest for this process's GIL.
-                _hand_over(resolved, self._owner)
+                try:
+                    # (writes that queue while this waits for its turn join the batch)
+                    with self._turn():
+                        while len(batch) < self._max_batch:
+                            try:
+                                more = self._queue.get_nowait()
+                            except queue.Empty:
+                                break
+                            if more is _WAKE or more is _UPKEEP:
+                                continue  # this batch's commit wakes idle work and the upkeep anyway
+                            if more is _STOP or isinstance(more[0], _Exclusive):
+                                item = more  # after this batch's commit
+                                break
+                            batch.append(more)
+                        resolved = self._commit(batch)
+                finally:
+                    _hand_over(resolved, self._owner)
                 if item is None and self._pressing is not None and self._pressing():
                     self._between_batches()  # writes that keep coming wait for a slice, else it grows
                 else:
