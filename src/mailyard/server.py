@@ -15,7 +15,7 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,14 +258,22 @@ class MailServer:
 
         return hit
 
-    def _send_limits(self) -> Callable[[str, int, int, int], str | None]:
+    def _send_limits(self) -> Callable[[str, int, int, int], Awaitable[str | None]]:
         """The accounts' submission limits: the supervisor's, shared by all
         workers, or this process's own."""
         local = SendLimiter()
         shared = self.worker.throttle if self.worker is not None else None
         if isinstance(shared, SharedThrottle):
-            return lambda *args: shared.ask_or(local.check, "spam_send", *args)
-        return local.check
+            async def ask(account: str, recipients: int, per_hour: int, per_day: int) -> str | None:
+                # a blocking round trip to the supervisor, which may wait
+                # for a core: off the event loop, which serves the others
+                return await asyncio.to_thread(shared.ask_or, local.check, "spam_send",
+                                               account, recipients, per_hour, per_day)
+            return ask
+
+        async def check(account: str, recipients: int, per_hour: int, per_day: int) -> str | None:
+            return local.check(account, recipients, per_hour, per_day)
+        return check
 
     @property
     def login(self) -> LoginService | None:

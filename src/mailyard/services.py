@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -94,7 +94,7 @@ class Services:
     mx_rates: Callable[[str, str], str | None] | None = None
     # The accounts' submission limits (spam/limits.py), shared by the workers;
     # see delivery/submit.py Intake.send_limits. None: no limits.
-    send_limits: Callable[[str, int, int, int], str | None] | None = None
+    send_limits: Callable[[str, int, int, int], Awaitable[str | None]] | None = None
     # Teaches the spam filter from users' moves into and out of Junk
     # (net/learning.py ``Learner.submit``: account, mailbox, UIDs there,
     # "spam" or "ham"; returns at once). None: no learning.

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
 from mailyard.spam.limits import QueueWatch, SendLimiter, account_limits
 
 
@@ -36,3 +42,60 @@ def test_queue_watch_tells_each_crossing_once() -> None:
     assert [watch.observe(n) for n in (5, 10, 11, 50, 12)] == [None, None, "over", None, None]
     assert [watch.observe(n) for n in (6, 5, 11)] == [None, "under", "over"]
     assert QueueWatch(0).observe(10**6) is None
+
+
+async def test_the_shared_budget_is_asked_off_the_event_loop() -> None:
+    # With several workers the budget lives in the supervisor: a blocking
+    # round trip, answered only once the supervisor gets a core. The event
+    # loop of the submitting worker serves its other sessions meanwhile.
+    from mailyard.auth.throttle import LoginThrottle, ThrottlePolicy
+    from mailyard.auth.throttle_shared import SharedThrottle, ThrottleServer
+    from mailyard.server import MailServer
+
+    policy = ThrottlePolicy()
+    supervisor = ThrottleServer(LoginThrottle(policy), extra={"spam_send": SendLimiter().check})
+    sup_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    worker = SimpleNamespace(worker=SimpleNamespace(throttle=SharedThrottle(worker_end, policy)))
+    check = MailServer._send_limits(worker)  # type: ignore[arg-type]
+
+    def slow_supervisor() -> None:
+        sup_end.settimeout(5)
+        time.sleep(0.3)
+        assert supervisor.handle(sup_end)
+
+    answer = threading.Thread(target=slow_supervisor)
+    answer.start()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    beat = asyncio.ensure_future(ticker())
+    try:
+        assert await check("a@x.test", 1, 300, 2000) is None
+    finally:
+        beat.cancel()
+        answer.join()
+        sup_end.close()
+        worker_end.close()
+    assert ticks >= 10, f"the event loop stood still while the supervisor answered ({ticks} ticks in 0.3 s)"
+
+
+async def test_an_account_without_limits_costs_no_round_trip() -> None:
+    from mailyard.delivery.submit import _within_limits
+
+    async def never(*args: object) -> str | None:
+        raise AssertionError("asked for an account without limits")
+
+    class Store:
+        async def get_settings(self, account_id: int) -> dict[str, int]:
+            return {"limit_messages_per_hour": 0, "limit_recipients_per_day": 0}
+
+    intake = SimpleNamespace(send_limits=never, store=Store(),
+                             config=SimpleNamespace(spam=SimpleNamespace(messages_per_hour=300,
+                                                                         recipients_per_day=2000)))
+    account = SimpleNamespace(id=1, address="a@x.test")
+    await _within_limits(intake, account, 5)  # type: ignore[arg-type]

@@ -98,10 +98,13 @@ def test_server_context_settings(pair: tuple[Path, Path]) -> None:
     assert ctx.options & ssl.OP_NO_COMPRESSION
 
 
-def test_handshake_verified_tls12_and_13(pair: tuple[Path, Path]) -> None:
+def test_handshake_verified_tls12_and_13(pair: tuple[Path, Path], tmp_path: Path) -> None:
     cert, key = pair
     server = tls.server_context(cert, key)
-    client = tls.client_context(verify=True, cafile=cert)
+    # a CA file of its own: the context is shared by its callers, and this test changes it
+    own = tmp_path / "ca.pem"
+    own.write_bytes(cert.read_bytes())
+    client = tls.client_context(verify=True, cafile=own)
     client.verify_flags |= ssl.VERIFY_X509_STRICT  # as Python 3.13's default context does
     for host in ("mail.example.test", "localhost", "127.0.0.1"):
         version, der, err = handshake(server, client, host)
@@ -109,6 +112,23 @@ def test_handshake_verified_tls12_and_13(pair: tuple[Path, Path]) -> None:
     client.maximum_version = ssl.TLSVersion.TLSv1_2
     version, _, _ = handshake(server, client, "localhost")
     assert version == "TLSv1.2"
+
+
+def test_client_contexts_are_shared_and_made_again_when_the_ca_file_changes(tmp_path: Path) -> None:
+    # Making a context reads the system's CA store (about 20 ms of CPU): the
+    # outbound queue asks for one per connection, on its event loop.
+    assert tls.client_context(verify=False) is tls.client_context(verify=False)
+    ca, key = tmp_path / "ca.pem", tmp_path / "ca.key"
+    tls.create_self_signed("one.test", ca, key)
+    first = tls.client_context(verify=True, cafile=ca)
+    assert tls.client_context(verify=True, cafile=str(ca)) is first
+    assert tls.client_context(verify=False) is not first
+    assert handshake(tls.server_context(ca, key), first, "one.test")[0] is not None
+    # a new CA in the file is trusted at the next connection, without a restart
+    tls.create_self_signed("two.test", ca, key)
+    second = tls.client_context(verify=True, cafile=ca)
+    assert second is not first
+    assert handshake(tls.server_context(ca, key), second, "two.test")[0] is not None
 
 
 def test_wrong_hostname_fails_verification(pair: tuple[Path, Path]) -> None:

@@ -96,10 +96,11 @@ class Intake(Protocol):
     def sieve(self) -> SieveDelivery | None: ...
 
     # The accounts' submission limits (spam/limits.py ``SendLimiter.check``,
-    # shared by the workers): ``send_limits(address, recipients, per_hour,
-    # per_day)`` counts a message or says why it is over. None: no limits.
+    # shared by the workers): ``await send_limits(address, recipients,
+    # per_hour, per_day)`` counts a message or says why it is over. None: no
+    # limits.
     @property
-    def send_limits(self) -> Callable[[str, int, int, int], str | None] | None: ...
+    def send_limits(self) -> Callable[[str, int, int, int], Awaitable[str | None]] | None: ...
 
 
 class SubmissionRefused(Exception):
@@ -404,7 +405,9 @@ async def _within_limits(intake: Intake, account: Account, recipients: int) -> N
     spam = intake.config.spam
     settings = await intake.store.get_settings(account.id)
     per_hour, per_day = account_limits(settings, spam.messages_per_hour, spam.recipients_per_day)
-    reason = check(account.address, recipients, per_hour, per_day)
+    if per_hour <= 0 and per_day <= 0:
+        return  # no limit (spam/limits.py: 0 is none), so nothing to count
+    reason = await check(account.address, recipients, per_hour, per_day)
     if reason is not None:
         logs.event(log, logging.WARNING, "submission_limited", user=account.address, recipients=recipients,
                    reason=reason)

@@ -28,6 +28,7 @@ import signal
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,20 +203,52 @@ def _harden_server(ctx: ssl.SSLContext) -> None:
     ctx.verify_mode = ssl.CERT_NONE
 
 
+# Client contexts are kept and shared by connections: making one reads the
+# system's CA certificates (about 20 ms of CPU each time, on the event loop
+# of the outbound queue, once per connection). An entry is made again when
+# its CA file changes, and after CLIENT_CONTEXT_LIFETIME seconds, so an
+# update of the system's CA store is seen without a restart.
+CLIENT_CONTEXT_LIFETIME = 600.0
+_CLIENT_CONTEXTS_MAX = 32
+_client_contexts: dict[tuple[object, ...], tuple[float, ssl.SSLContext]] = {}
+_client_contexts_lock = threading.Lock()
+
+
 def client_context(
     verify: bool = True,
     cafile: str | os.PathLike[str] | None = None,
     *,
     minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
 ) -> ssl.SSLContext:
-    """A client context for outbound SMTP (and tests).
+    """A client context for outbound SMTP (and tests), shared: callers must
+    not change it.
 
     ``verify`` True checks the chain (system CAs, or ``cafile``) and the host
     name. False is for opportunistic STARTTLS to MX hosts (RFC 3207 section
     4.1 / RFC 7435): encryption without authentication beats plaintext.
     """
+    path = os.fspath(cafile) if cafile is not None else None
+    stamp: tuple[int, int, int] | None = None
+    if path is not None:
+        st = os.stat(path)
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    key = (verify, path, stamp, minimum_version)
+    now = time.monotonic()
+    with _client_contexts_lock:
+        kept = _client_contexts.get(key)
+        if kept is not None and now - kept[0] < CLIENT_CONTEXT_LIFETIME:
+            return kept[1]
+    ctx = _new_client_context(verify, path, minimum_version)
+    with _client_contexts_lock:
+        if len(_client_contexts) >= _CLIENT_CONTEXTS_MAX:
+            _client_contexts.clear()
+        _client_contexts[key] = (now, ctx)
+    return ctx
+
+
+def _new_client_context(verify: bool, cafile: str | None, minimum_version: ssl.TLSVersion) -> ssl.SSLContext:
     ctx = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH, cafile=os.fspath(cafile) if cafile is not None else None
+        ssl.Purpose.SERVER_AUTH, cafile=cafile
     )
     ctx.minimum_version = minimum_version
     ctx.options |= ssl.OP_NO_COMPRESSION
