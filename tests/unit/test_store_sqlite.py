@@ -443,3 +443,35 @@ async def test_sessions_told_of_a_claimed_delivery_claim_without_reading(tmp_pat
         assert await s.claim_recent(inbox, claim=False) == 5  # EXAMINE reads the truth
     finally:
         await s.close()
+
+
+async def test_finding_the_due_queue_entries_does_not_walk_the_whole_queue(tmp_path: Path) -> None:
+    # The queue runner asks for the due entries at every wake-up (each new
+    # message), on its event loop: that must cost the same with 20,000
+    # deferred entries waiting as with none.
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False))
+    try:
+        def backlog(c: sqlite3.Connection, ctx: object) -> None:
+            c.executemany("INSERT INTO queue(id, body_id, reverse_path, size, created) VALUES (?, 0, 'a@x.test', 1, 0)",
+                          [(i,) for i in range(1, 20_002)])
+            c.executemany("INSERT INTO queue_rcpts(queue_id, address, domain, next_attempt) VALUES (?, 'b@y.test', 'y.test', ?)",
+                          [(i, 5000.0 if i <= 20_000 else 10.0) for i in range(1, 20_002)])
+
+        await store._write(backlog)
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        store._read.set_progress_handler(count, 100)
+        try:
+            due = await store.queue_due(100.0)
+        finally:
+            store._read.set_progress_handler(None, 0)
+        assert [entry.id for entry in due] == [20_001]
+        # a walk over every recipient is hundreds of thousands of VM steps
+        assert steps * 100 < 20_000, f"about {steps * 100} SQLite VM steps for one due entry"
+    finally:
+        await store.close()
