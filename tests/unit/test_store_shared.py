@@ -174,3 +174,40 @@ async def test_a_login_waiting_for_another_workers_attempt_goes_on_when_it_settl
             channel.detach(loop)
         stop.set()
         supervisor.join()
+
+
+def test_a_late_reply_of_the_supervisor_is_never_taken_for_another_callers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Asks run in threads (the submission budget): one that gives up
+    # waiting makes the worker fall back, and a caller queued behind it
+    # must not read the late reply meant for the first.
+    import threading
+    import time
+
+    from mailyard.auth import throttle_shared
+
+    monkeypatch.setattr(throttle_shared, "REPLY_TIMEOUT", 0.2)
+    policy = ThrottlePolicy()
+    server = ThrottleServer(LoginThrottle(policy), extra={"spam_send": lambda who: f"reply for {who}"})
+    sup_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    worker = SharedThrottle(worker_end, policy)
+
+    def slow_supervisor() -> None:
+        time.sleep(0.3)  # after the first caller gave up
+        _serve_one(server, sup_end)
+
+    answers: dict[str, object] = {}
+
+    def ask(who: str) -> None:
+        answers[who] = worker.ask_or(lambda w: f"local for {w}", "spam_send", who)
+
+    threads = [threading.Thread(target=slow_supervisor), threading.Thread(target=ask, args=("A",))]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    second = threading.Thread(target=ask, args=("B",))  # waits for the first's turn
+    second.start()
+    for t in [*threads, second]:
+        t.join()
+    sup_end.close()
+    worker_end.close()
+    assert answers == {"A": "local for A", "B": "local for B"}

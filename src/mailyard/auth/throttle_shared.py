@@ -135,6 +135,10 @@ class SharedThrottle(LoginThrottle):
 
     def _ask(self, method: str, *args: Any) -> Any:
         with self._lock:
+            if self.fallback:
+                # A caller before this one gave up waiting: its late reply
+                # may still come, and must not be read as this one's.
+                raise _Unavailable
             try:
                 self._conn.send(pickle.dumps((method, args)))
                 data = self._conn.recv(_MAX_MESSAGE)
