@@ -28,24 +28,17 @@ import time
 from pathlib import Path
 
 from .common import USERS, BenchServer, Result, _children, progress, smtp_client
+from .imap_load import settle
 
 SESSIONS = 20
 ROUNDS = 3
 
 
-def _settle(servers: dict[bool, BenchServer], limit: float = 60.0) -> None:
-    """Wait until every server is idle: a round just measured leaves work
-    behind (worker 0 indexes the bodies it stored, a round later), and it
-    would run during the other server's round and count against it."""
-    deadline = time.monotonic() + limit
-    for server in servers.values():
-        before = _cpu_seconds(server.pid)
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            now = _cpu_seconds(server.pid)
-            if now - before < 0.02:  # under 4 % of a core over the half second
-                break
-            before = now
+def _settle(servers: dict[bool, BenchServer]) -> None:
+    """Wait until both servers are idle (imap_load.settle): a round just
+    measured leaves work behind (worker 0 indexes the bodies it stored),
+    which would run during the other server's round and count against it."""
+    asyncio.run(settle([server.pid for server in servers.values()]))
 
 
 def _message(size: int, sender: str = "news@remote.test") -> bytes:
