@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mailyard.config import StoreConfig
-from mailyard.store.api import DeliveryTarget, StorageFull
+from mailyard.store.api import DeliveryTarget, Mailbox, StorageFull
 from mailyard.store.sqlite import SQLiteStore
 
 
@@ -101,17 +101,38 @@ async def test_callers_are_woken_after_the_write_lock_is_given_up(tmp_path: Path
         await s.close()
 
 
+_BODY = b"Subject: x\r\n\r\n" + b"y" * 1500 + b"\r\n"  # three to a 4 KiB segment
+
+
+async def _small_segments(tmp_path: Path) -> tuple[SQLiteStore, Mailbox]:
+    """A durable store whose segments hold three of ``_BODY``, and an INBOX in it."""
+    s = SQLiteStore(tmp_path / "data", StoreConfig(fsync=True, segment_size=4096))
+    await s.add_domain("example.test")
+    account = await s.add_account("a@example.test", "h")
+    box = await s.get_mailbox(account.id, "INBOX")
+    assert box is not None
+    return s, box
+
+
+async def _one_batch_of_deliveries(s: SQLiteStore, box: Mailbox, count: int = 6) -> list[object]:
+    """Deliver ``count`` copies of ``_BODY`` in one batch (they queue while the
+    writer is held); each delivery's UIDs or its error."""
+    gate = threading.Event()
+    held = s._writer.run_exclusive(gate.wait)
+    futures = [asyncio.ensure_future(s.deliver(_BODY, [DeliveryTarget(box.id)])) for _ in range(count)]
+    await asyncio.sleep(0)
+    gate.set()
+    await held
+    return await asyncio.gather(*futures, return_exceptions=True)
+
+
 async def test_bodies_left_in_a_full_segment_are_synced_before_the_commit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A batch whose writes fill a segment and go on in the next must sync
     # both files before its rows are committed (a crash would otherwise
     # leave committed messages whose bytes never reached the disk).
-    s = SQLiteStore(tmp_path / "data", StoreConfig(fsync=True, segment_size=4096))
+    s, box = await _small_segments(tmp_path)
     try:
-        await s.add_domain("example.test")
-        account = await s.add_account("a@example.test", "h")
-        box = await s.get_mailbox(account.id, "INBOX")
-        assert box is not None
         synced: list[str] = []
         unsynced: set[str] = set()
         write, fdatasync = os.write, os.fdatasync
@@ -131,14 +152,8 @@ async def test_bodies_left_in_a_full_segment_are_synced_before_the_commit(
 
         monkeypatch.setattr(os, "write", tracked_write)
         monkeypatch.setattr(os, "fdatasync", tracked_sync)
-        gate = threading.Event()
-        held = s._writer.run_exclusive(gate.wait)  # the deliveries below share one batch
-        body = b"Subject: x\r\n\r\n" + b"y" * 1500 + b"\r\n"
-        futures = [asyncio.ensure_future(s.deliver(body, [DeliveryTarget(box.id)])) for _ in range(6)]
-        await asyncio.sleep(0)
-        gate.set()
-        await held
-        await asyncio.gather(*futures)
+        for result in await _one_batch_of_deliveries(s, box):
+            assert isinstance(result, list), result
         assert len({p for p in synced if p.endswith(".seg")}) >= 2, synced  # the batch crossed a segment
         assert not unsynced, f"segment bytes committed without a sync: {unsynced}"
     finally:
@@ -151,12 +166,8 @@ async def test_a_failed_sync_of_a_full_segment_fails_the_whole_batch(
     # the segment left at a rollover failed inside one write, a later sync
     # would succeed and the batch's other writes into it would be committed
     # with bytes that never reached the disk.
-    s = SQLiteStore(tmp_path / "data", StoreConfig(fsync=True, segment_size=4096))
+    s, box = await _small_segments(tmp_path)
     try:
-        await s.add_domain("example.test")
-        account = await s.add_account("a@example.test", "h")
-        box = await s.get_mailbox(account.id, "INBOX")
-        assert box is not None
         fdatasync = os.fdatasync
         failed: list[str] = []
 
@@ -167,17 +178,10 @@ async def test_a_failed_sync_of_a_full_segment_fails_the_whole_batch(
             fdatasync(fd)
 
         monkeypatch.setattr(os, "fdatasync", failing_once)
-        gate = threading.Event()
-        held = s._writer.run_exclusive(gate.wait)  # the deliveries below share one batch
-        body = b"Subject: x\r\n\r\n" + b"y" * 1500 + b"\r\n"
-        futures = [asyncio.ensure_future(s.deliver(body, [DeliveryTarget(box.id)])) for _ in range(6)]
-        await asyncio.sleep(0)
-        gate.set()
-        await held
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        results = await _one_batch_of_deliveries(s, box)
         assert failed, "the batch never synced segment 1"
         assert all(isinstance(r, Exception) for r in results), results
         assert (await s.mailbox_status(box)).messages == 0
-        assert await s.deliver(body, [DeliveryTarget(box.id)]) == [1]  # the store goes on
+        assert await s.deliver(_BODY, [DeliveryTarget(box.id)]) == [1]  # the store goes on
     finally:
         await s.close()
