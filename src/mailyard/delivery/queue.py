@@ -438,10 +438,18 @@ class OutboundQueue:
         while not self._stopping:
             self._wake.clear()
             try:
-                await self._dispatch()
+                now = time.time()
+                await self._dispatch(now)
                 await self._watch_size()
                 await self._reports_due()
-                nxt = await self.store.queue_next_due()
+                # What is due by now was dispatched: it is being delivered,
+                # or waits for a connection, and each delivery that ends
+                # wakes the runner. So the next wake-up is for what falls
+                # due later (else the runner would spin, reading every due
+                # entry each millisecond, while a slow delivery runs); due
+                # entries it did not take (another node's claim, past
+                # queue_due's limit) wait at most the poll interval.
+                nxt = await self.store.queue_next_due(after=now)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -468,8 +476,7 @@ class OutboundQueue:
         elif change == "under":
             logs.event(log, logging.INFO, "queue_alert_cleared", size=size, threshold=self._watch.threshold)
 
-    async def _dispatch(self) -> None:
-        now = time.time()
+    async def _dispatch(self, now: float) -> None:
         due = await self.store.queue_due(now)
         for entry in due:
             by_domain: dict[str, list[QueueRecipient]] = defaultdict(list)

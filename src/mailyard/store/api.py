@@ -1066,8 +1066,9 @@ class Store(abc.ABC):
         """How many entries the outbound queue holds."""
 
     @abc.abstractmethod
-    async def queue_next_due(self) -> float | None:
-        """The earliest next attempt of any pending recipient; None when none is pending."""
+    async def queue_next_due(self, after: float | None = None) -> float | None:
+        """The earliest next attempt of any pending recipient (of those
+        due after ``after``, when given); None when there is none."""
 
     @abc.abstractmethod
     async def queue_body(self, queue_id: int) -> bytes:

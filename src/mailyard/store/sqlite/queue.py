@@ -230,8 +230,12 @@ class QueueMixin(BodiesMixin):
         row = self._q1("SELECT count(*) FROM queue")
         return int(row[0]) if row else 0
 
-    async def queue_next_due(self) -> float | None:
-        row = self._q1("SELECT min(next_attempt) FROM queue_rcpts WHERE state = 'pending'")
+    async def queue_next_due(self, after: float | None = None) -> float | None:
+        if after is None:
+            row = self._q1("SELECT min(next_attempt) FROM queue_rcpts WHERE state = 'pending'")
+        else:
+            row = self._q1("SELECT min(next_attempt) FROM queue_rcpts WHERE state = 'pending' AND next_attempt > ?",
+                           (after,))
         return row[0] if row else None
 
     async def queue_body(self, queue_id: int) -> bytes:
