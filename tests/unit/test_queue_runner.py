@@ -6,7 +6,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mailyard.config import DeliveryConfig, StoreConfig
+from mailyard.delivery import queue as queue_module
 from mailyard.delivery.queue import OutboundQueue
 from mailyard.net.tls import client_context
 from mailyard.store.sqlite import SQLiteStore
@@ -51,4 +54,36 @@ async def test_the_runner_waits_while_its_deliveries_are_in_flight(tmp_path: Pat
             writer.close()  # the delivery fails at once, and the runner stops without waiting for it
         smarthost.close()
         await queue.stop()
+        await store.close()
+
+
+async def test_due_entries_past_one_read_go_out_without_waiting_for_a_connection_to_close(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The runner reads DUE_BATCH due entries at a time. The rest must follow
+    # as soon as those are recorded, not once the open connection has idled
+    # for connection_cache_time and closed.
+    from tests.integration.test_crash_safety import FakePeer
+
+    monkeypatch.setattr(queue_module, "DUE_BATCH", 2)
+    peer = FakePeer(lambda: 0)
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False))
+    cfg = DeliveryConfig(relay_host="127.0.0.1", relay_port=peer.server_address[1], relay_tls="none",
+                         connection_cache_time=60.0, poll_interval=60.0)
+    queue = OutboundQueue(store, None, cfg, "mx.example.test", client_tls=client_context)  # type: ignore[arg-type]
+    try:
+        for n in range(6):
+            await queue.enqueue(b"From: a@example.test\r\nSubject: %d\r\n\r\nhi\r\n" % n, "a@example.test",
+                                [f"b{n}@remote.test"])
+        await queue.start()
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            with peer.lock:
+                sent = len(peer.accepted)
+            if sent == 6:
+                break
+            assert asyncio.get_running_loop().time() < deadline, f"{sent} of 6 sent; the rest waited"
+            await asyncio.sleep(0.02)
+    finally:
+        await queue.stop()
+        peer.close()
         await store.close()

@@ -84,6 +84,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailyard.queue")
 # Seconds between two counts of the queue for [spam] queue_alert.
 WATCH_EVERY = 2.0
+DUE_BATCH = 1000  # due entries the runner reads at a time
 
 
 def queue_name(queue_id: int, created: float) -> str:
@@ -308,6 +309,10 @@ class OutboundQueue:
         self._task: asyncio.Task | None = None
         self._workers: set[asyncio.Task] = set()
         self._inflight: set[tuple[int, str]] = set()
+        # The last dispatch left due work it could not take: more than a
+        # batch was due, or recipients due while their job was in flight.
+        # Each job that leaves ``_inflight`` then wakes the runner.
+        self._held_back = False
         self._pending: dict[str, deque[Job]] = defaultdict(deque)
         self._active: dict[str, int] = defaultdict(int)
         self._job_added: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
@@ -476,8 +481,15 @@ class OutboundQueue:
         elif change == "under":
             logs.event(log, logging.INFO, "queue_alert_cleared", size=size, threshold=self._watch.threshold)
 
+    def _release(self, job: Job) -> None:
+        """``job`` is no longer in flight: its outcome is recorded, or it failed."""
+        self._inflight.discard(job.key)
+        if self._held_back:
+            self._wake.set()  # what the last dispatch left may be taken now
+
     async def _dispatch(self, now: float) -> None:
-        due = await self.store.queue_due(now)
+        due = await self.store.queue_due(now, limit=DUE_BATCH)
+        held_back = len(due) >= DUE_BATCH
         for entry in due:
             by_domain: dict[str, list[QueueRecipient]] = defaultdict(list)
             for r in entry.recipients:
@@ -486,11 +498,13 @@ class OutboundQueue:
             for domain, rcpts in by_domain.items():
                 job = Job(entry, domain, rcpts)
                 if job.key in self._inflight:
+                    held_back = True
                     continue
                 self._inflight.add(job.key)
                 dest = RELAY_KEY if self.cfg.relay_host else domain
                 self._pending[dest].append(job)
                 self._job_added[dest].set()
+        self._held_back = held_back
         total = sum(self._active.values())
         for dest, jobs in list(self._pending.items()):
             while jobs and total < self.cfg.max_connections and (
@@ -564,8 +578,7 @@ class OutboundQueue:
         except Exception:
             log.exception("delivery to %s failed", dest)
             while jobs:
-                job = jobs.popleft()
-                self._inflight.discard(job.key)
+                self._release(jobs.popleft())
         finally:
             self._active[dest] -= 1
             if not self._stopping:
@@ -831,7 +844,7 @@ class OutboundQueue:
             # RFC 3461 5.2.2: a next hop without DSN cannot take NOTIFY=SUCCESS on; report "relayed".
             dsn_relayed = conn.ready is not None and "DSN" not in conn.ready.extensions
         except BaseException:
-            self._inflight.discard(job.key)
+            self._release(job)
             raise
         # The outcome's commit need not hold up the connection: the next message
         # goes out while this one's result is being made durable (group commit
@@ -920,7 +933,7 @@ class OutboundQueue:
         try:
             await self.store.queue_update(entry.id, outcomes, attempt_log, warned=warned, follow_up=follow_up)
         finally:
-            self._inflight.discard(job.key)
+            self._release(job)
         if follow_up:
             self.wake()
 
