@@ -43,6 +43,9 @@ def wait_for(condition: Any, what: str, timeout: float = 30.0) -> Any:
 
 def drop_files(page: Any, files: list[tuple[str, str, str]]) -> None:
     """Drop ``(name, type, text)`` files on the compose form, as a drag from the desktop does."""
+    # compose.js wires the drop zone when it runs (a deferred script): a drop
+    # before the page's load event would find no listener
+    page.wait_for_load_state("load")
     page.evaluate(
         """(files) => {
           const dt = new DataTransfer();
