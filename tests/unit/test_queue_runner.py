@@ -17,8 +17,8 @@ from mailyard.store.sqlite import SQLiteStore
 
 async def test_the_runner_waits_while_its_deliveries_are_in_flight(tmp_path: Path) -> None:
     # A delivery in flight keeps its entry due. The runner must not read the
-    # due entries again and again meanwhile (it did, once a millisecond, on
-    # the event loop of worker 0): the delivery wakes it when it ends.
+    # due entries again and again meanwhile, on the event loop of worker 0:
+    # the delivery wakes it when it ends.
     peers: list[asyncio.StreamWriter] = []
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
