@@ -106,6 +106,15 @@ class BenchServer:
             text = re.sub(r"^workers = \d+$", f"workers = {int(workers)}", text, flags=re.M)
         cfg.write_text(text)
 
+    def set(self, **values: str) -> None:
+        """Set keys of config.toml (the ``key = ...`` line of each, in
+        whatever section) to the TOML values given."""
+        cfg = self.data / "config.toml"
+        text = cfg.read_text()
+        for key, value in values.items():
+            text = re.sub(rf"^{key} = .*$", lambda _m, line=f"{key} = {value}": line, text, flags=re.M)
+        cfg.write_text(text)
+
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailyard", "--data", str(self.data), "serve"],

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from .common import USERS, BenchServer, Result, _children, progress, smtp_client
-from .imap_load import settle
+from .common import USERS, BenchServer, Result, progress, smtp_client
+from .imap_load import settle, tree_cpu
 
 SESSIONS = 20
 ROUNDS = 3
@@ -46,19 +45,6 @@ def _message(size: int, sender: str = "news@remote.test") -> bytes:
             "Date: Sat, 05 Dec 2026 08:00:00 +0000\r\nMessage-ID: <load@remote.test>\r\n\r\n").encode()
     line = b"x" * 76 + b"\r\n"
     return head + line * max(1, (size - len(head)) // len(line))
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children so far, from /proc
-    (robust on a shared machine, where throughput is not)."""
-    ticks = 0
-    for proc in [pid, *_children(pid)]:
-        try:
-            fields = Path(f"/proc/{proc}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime (proc(5) fields 14, 15)
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _signing(quick: bool) -> list[Result]:
@@ -129,63 +115,90 @@ def _accept(quick: bool) -> list[Result]:
 
     dns = DNSServer()
     count = 300 if quick else 2000
-    rates: dict[bool, float] = {}
     try:
         body = _published(dns, "127.0.0.1")
         dns.add("mx.remote.test", "TXT", '"v=spf1 ip4:127.0.0.1 -all"')
-        # both servers run at once and the rounds alternate, the best of each
-        # kept: on a shared machine the other load then hits both sides alike;
-        # each round starts once both servers are idle (_settle)
-        servers: dict[bool, BenchServer] = {}
+        servers = _two_servers("smtp", dns.address, "inbound_checks")
         try:
-            for checks in (False, True):
-                server = servers[checks] = BenchServer(("smtp",))
-                server.setup()
-                cfg = server.data / "config.toml"
-                text = cfg.read_text()
-                text = re.sub(r'^nameservers = ".*"$', f'nameservers = "{dns.address}"', text, flags=re.M)
-                text = re.sub(r"^inbound_checks = \w+$", f"inbound_checks = {'true' if checks else 'false'}",
-                              text, flags=re.M)
-                cfg.write_text(text)
-                server.start()
-            best: dict[bool, float] = {False: 0.0, True: 0.0}
-            sent: dict[bool, int] = {False: 0, True: 0}
-            cpu: dict[bool, float] = {False: 0.0, True: 0.0}
-            for round_ in range(ROUNDS):
-                for checks in (False, True):
-                    _settle(servers)
-                    progress(f"round {round_ + 1}: {count} signed messages of 1 KB, {SESSIONS} clients, "
-                             f"checks {'on' if checks else 'off'}")
-                    before = _cpu_seconds(servers[checks].pid)
-                    elapsed = asyncio.run(_source(servers[checks].ports["smtp"], count, body))
-                    used = _cpu_seconds(servers[checks].pid) - before
-                    cpu[checks] += used
-                    sent[checks] += count
-                    best[checks] = max(best[checks], count / elapsed)
-                    progress(f"{count / elapsed:.0f} msgs/s, server CPU {used / count * 1000:.3f} ms/msg")
-            for checks, server in servers.items():
+            def measure(server: BenchServer) -> tuple[float, float]:
+                before = tree_cpu(server.pid)
+                elapsed = asyncio.run(_source(server.ports["smtp"], count, body))
+                return elapsed, tree_cpu(server.pid) - before
+
+            best, per_msg = _alternate(servers, count, f"{count} signed messages of 1 KB, {SESSIONS} clients, checks",
+                                       measure)
+            for server in servers.values():
                 stored = _count(server)
-                if stored != sent[checks]:
-                    raise RuntimeError(f"{sent[checks]} messages sent but {stored} stored")
-            rates.update(best)
+                if stored != count * ROUNDS:
+                    raise RuntimeError(f"{count * ROUNDS} messages sent but {stored} stored")
         finally:
             for server in servers.values():
                 server.stop()
     finally:
         dns.stop()
-    lower = (1 - rates[True] / rates[False]) * 100
-    per_msg = {checks: cpu[checks] / sent[checks] * 1000 for checks in (False, True)}
+    return _compared(best, per_msg, count, 15, (
+        ("MX accept 1 KB, checks off", ""), ("MX accept 1 KB, SPF+DKIM+DMARC on", "at most 15 % lower than off"),
+        "MX accept, cost of the checks", "MX server CPU per message, checks off",
+        "MX server CPU per message, checks on"))
+
+
+def _two_servers(service: str, nameserver: str, switch: str,
+                 prepare: Callable[[BenchServer], None] | None = None) -> dict[bool, BenchServer]:
+    """The two servers compared, started: ``switch`` false and true, both
+    asking the bench's DNS server. They run side by side and the rounds
+    alternate (``_alternate``): on a shared machine the other load then hits
+    both alike."""
+    servers: dict[bool, BenchServer] = {}
+    try:
+        for on in (False, True):
+            server = servers[on] = BenchServer((service,))
+            server.setup()
+            server.set(nameservers=f'"{nameserver}"', **{switch: "true" if on else "false"})
+            if prepare is not None:
+                prepare(server)
+            server.start()
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers
+
+
+def _alternate(servers: dict[bool, BenchServer], count: int, what: str,
+               measure: Callable[[BenchServer], tuple[float, float]]) -> tuple[dict[bool, float], dict[bool, float]]:
+    """``ROUNDS`` rounds of ``count`` messages on each server in turn, each
+    round from idle servers (``_settle``); ``measure`` gives a round's
+    seconds and server CPU seconds. Returns the best msgs/s of each server
+    and its server CPU per message over all rounds (ms)."""
+    best = {False: 0.0, True: 0.0}
+    cpu = {False: 0.0, True: 0.0}
+    for round_ in range(ROUNDS):
+        for on in (False, True):
+            _settle(servers)
+            progress(f"round {round_ + 1}: {what} {'on' if on else 'off'}")
+            elapsed, used = measure(servers[on])
+            cpu[on] += used
+            best[on] = max(best[on], count / elapsed)
+            progress(f"{count / elapsed:.0f} msgs/s, server CPU {used / count * 1000:.3f} ms/msg")
+    per_msg = {on: cpu[on] / (count * ROUNDS) * 1000 for on in (False, True)}
     progress(f"server CPU per message: off {per_msg[False]:.3f} ms, on {per_msg[True]:.3f} ms "
              f"(+{per_msg[True] - per_msg[False]:.3f} ms, {(per_msg[True] / per_msg[False] - 1) * 100:.0f} %)")
+    return best, per_msg
+
+
+def _compared(best: dict[bool, float], per_msg: dict[bool, float], count: int, target: int,
+              names: tuple[tuple[str, str], tuple[str, str], str, str, str]) -> list[Result]:
+    """The figures of an on/off comparison: each side's msgs/s (name,
+    reference), how much lower on is, each side's server CPU per message."""
+    (off_name, off_ref), (on_name, on_ref), lower_name, off_cpu, on_cpu = names
+    lower = (1 - best[True] / best[False]) * 100
+    rounds = {"messages": count * ROUNDS}
     return [
-        Result("mailauth", "MX accept 1 KB, checks off", rates[False], "msgs/s", "", {"messages": count}),
-        Result("mailauth", "MX accept 1 KB, SPF+DKIM+DMARC on", rates[True], "msgs/s",
-               "at most 15 % lower than off", {"messages": count}),
-        Result("mailauth", "MX accept, cost of the checks", lower, "% lower", "target <= 15"),
-        Result("mailauth", "MX server CPU per message, checks off", per_msg[False], "ms/msg",
-               "from /proc, all rounds", {"messages": sent[False]}),
-        Result("mailauth", "MX server CPU per message, checks on", per_msg[True], "ms/msg",
-               "from /proc, all rounds", {"messages": sent[True]}),
+        Result("mailauth", off_name, best[False], "msgs/s", off_ref, {"messages": count}),
+        Result("mailauth", on_name, best[True], "msgs/s", on_ref, {"messages": count}),
+        Result("mailauth", lower_name, lower, "% lower", f"target <= {target}"),
+        Result("mailauth", off_cpu, per_msg[False], "ms/msg", "from /proc, all rounds", rounds),
+        Result("mailauth", on_cpu, per_msg[True], "ms/msg", "from /proc, all rounds", rounds),
     ]
 
 
@@ -280,10 +293,10 @@ async def _submit(port: int, count: int, pid: int, sessions: int = SESSIONS) -> 
         if task is not waiter:
             task.result()  # a session that ended before the start: say why
     # (each 235 came after its password check: the logins' argon2 work is over)
-    cpu0, start = _cpu_seconds(pid), time.perf_counter()
+    cpu0, start = tree_cpu(pid), time.perf_counter()
     go.set()
     await asyncio.gather(*tasks)
-    return time.perf_counter() - start, _cpu_seconds(pid) - cpu0
+    return time.perf_counter() - start, tree_cpu(pid) - cpu0
 
 
 def _outbound(quick: bool) -> list[Result]:
@@ -291,55 +304,32 @@ def _outbound(quick: bool) -> list[Result]:
 
     dns = DNSServer()
     count = 300 if quick else 2000
-    best: dict[bool, float] = {False: 0.0, True: 0.0}
-    cpu: dict[bool, float] = {False: 0.0, True: 0.0}
-    sent: dict[bool, int] = {False: 0, True: 0}
-    servers: dict[bool, BenchServer] = {}
+
+    def prepare(server: BenchServer) -> None:
+        server.set(retry_initial="3600.0")
+        # the account's submission budgets (an abuse defence) would stop the run: none for alice
+        server.mailyard("user", "limits", "alice@example.test", "--messages-per-hour", "0",
+                        "--recipients-per-day", "0")
+
     try:
         # the remote domain's MX refuses connections: each first attempt is deferred
         dns.add("remote.test", "MX", "10 mx.remote.test.")
         dns.add("mx.remote.test", "A", "127.0.0.9")
-        for signing in (False, True):
-            server = servers[signing] = BenchServer(("submission",))
-            server.setup()
-            cfg = server.data / "config.toml"
-            text = cfg.read_text()
-            text = re.sub(r'^nameservers = ".*"$', f'nameservers = "{dns.address}"', text, flags=re.M)
-            text = re.sub(r"^dkim_sign = \w+$", f"dkim_sign = {'true' if signing else 'false'}", text, flags=re.M)
-            text = re.sub(r"^retry_initial = [\d.]+$", "retry_initial = 3600.0", text, flags=re.M)
-            cfg.write_text(text)
-            # the account's submission budgets (an abuse defence) would stop the run: none for alice
-            server.mailyard("user", "limits", "alice@example.test", "--messages-per-hour", "0",
-                            "--recipients-per-day", "0")
-            server.start()
-        for round_ in range(ROUNDS):
-            for signing in (False, True):
-                _settle(servers)
-                progress(f"round {round_ + 1}: {count} submitted messages of 1 KB to a remote domain, "
-                         f"{SESSIONS} clients, signing {'on' if signing else 'off'}")
-                elapsed, used = asyncio.run(_submit(servers[signing].ports["submission"], count,
-                                                    servers[signing].pid))
-                cpu[signing] += used
-                sent[signing] += count
-                best[signing] = max(best[signing], count / elapsed)
-                progress(f"{count / elapsed:.0f} msgs/s, server CPU {used / count * 1000:.3f} ms/msg")
+        servers = _two_servers("submission", dns.address, "dkim_sign", prepare)
+        try:
+            best, per_msg = _alternate(
+                servers, count, f"{count} submitted messages of 1 KB to a remote domain, {SESSIONS} clients, signing",
+                lambda server: asyncio.run(_submit(server.ports["submission"], count, server.pid)))
+        finally:
+            for server in servers.values():
+                server.stop()
     finally:
-        for server in servers.values():
-            server.stop()
         dns.stop()
-    lower = (1 - best[True] / best[False]) * 100
-    per_msg = {signing: cpu[signing] / sent[signing] * 1000 for signing in (False, True)}
-    return [
-        Result("mailauth", "outbound submit 1 KB, signing off", best[False], "msgs/s", "queued for a remote domain",
-               {"messages": count}),
-        Result("mailauth", "outbound submit 1 KB, rsa+ed25519 signing on", best[True], "msgs/s",
-               "at most 10 % lower than off", {"messages": count}),
-        Result("mailauth", "outbound, cost of signing", lower, "% lower", "target <= 10"),
-        Result("mailauth", "outbound server CPU per message, signing off", per_msg[False], "ms/msg",
-               "from /proc, all rounds", {"messages": sent[False]}),
-        Result("mailauth", "outbound server CPU per message, signing on", per_msg[True], "ms/msg",
-               "from /proc, all rounds", {"messages": sent[True]}),
-    ]
+    return _compared(best, per_msg, count, 10, (
+        ("outbound submit 1 KB, signing off", "queued for a remote domain"),
+        ("outbound submit 1 KB, rsa+ed25519 signing on", "at most 10 % lower than off"),
+        "outbound, cost of signing", "outbound server CPU per message, signing off",
+        "outbound server CPU per message, signing on"))
 
 
 def run(quick: bool = False) -> list[Result]:

@@ -16,31 +16,13 @@ at most 1.15 times off).
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from .common import BenchServer, Result, _children, progress
+from .common import BenchServer, Result, progress
+from .imap_load import tree_cpu
 from .mailauth import SESSIONS, _message, _source
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its descendants (the
-    serve supervisor, its workers, the checks' processes), from /proc."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (proc(5))
-        pending.extend(_children(current))
-    return total
 
 
 def _rate(dns_address: str, count: int, body: bytes, checks: bool, rspamd_url: str) -> tuple[float, float]:
@@ -49,22 +31,15 @@ def _rate(dns_address: str, count: int, body: bytes, checks: bool, rspamd_url: s
 
     server = BenchServer(("smtp",))
     server.setup()
-    cfg = server.data / "config.toml"
-    text = cfg.read_text()
-    text = re.sub(r'^nameservers = ".*"$', f'nameservers = "{dns_address}"', text, flags=re.M)
-    text = re.sub(r"^checks = \w+$", f"checks = {'true' if checks else 'false'}", text, flags=re.M)
     # the clients are on loopback: not trusted, so the checks score them,
     # but without the rate limits, which the bench's load would trip
-    text = re.sub(r"^trusted_networks = .*$", "trusted_networks = []", text, flags=re.M)
-    text = re.sub(r"^mx_connections_per_minute = \d+$", "mx_connections_per_minute = 0", text, flags=re.M)
-    text = re.sub(r"^mx_messages_per_minute = \d+$", "mx_messages_per_minute = 0", text, flags=re.M)
-    text = re.sub(r'^rspamd_url = ".*"$', f'rspamd_url = "{rspamd_url}"', text, flags=re.M)
-    cfg.write_text(text)
+    server.set(nameservers=f'"{dns_address}"', checks="true" if checks else "false", trusted_networks="[]",
+               mx_connections_per_minute="0", mx_messages_per_minute="0", rspamd_url=f'"{rspamd_url}"')
     server.start()
     try:
-        cpu = _cpu_seconds(server.pid)
+        cpu = tree_cpu(server.pid)
         elapsed = asyncio.run(_source(server.ports["smtp"], count, body))
-        cpu = _cpu_seconds(server.pid) - cpu
+        cpu = tree_cpu(server.pid) - cpu
         stored = _count(server)
         if stored != count:
             raise RuntimeError(f"{count} messages sent but {stored} stored")
