@@ -151,10 +151,16 @@ def test_submitted_mail_arrives_with_dkim_spf_dmarc_pass(hosts: MultiHost) -> No
 def mx_send(hosts: MultiHost, helo: str, mail_from: str, data: bytes, source: str = A) -> tuple[int, bytes]:
     """A peer MTA on ``source`` sends ``data`` to b.test's MX port."""
     b = hosts.servers["b.test"]
-    with smtplib.SMTP(b.host, b.config.ports.smtp, timeout=10, source_address=(source, 0)) as client:
+    return send_to(b.host, b.config.ports.smtp, helo, mail_from, "bob@b.test", data, source=(source, 0))
+
+
+def send_to(host: str, port: int, helo: str, mail_from: str, rcpt: str, data: bytes, timeout: float = 10,
+            source: tuple[str, int] | None = None) -> tuple[int, bytes]:
+    """One message over SMTP, as a peer MTA sends it; the reply to its data."""
+    with smtplib.SMTP(host, port, timeout=timeout, source_address=source) as client:
         client.ehlo(helo)
         client.mail(mail_from)
-        client.rcpt("bob@b.test")
+        client.rcpt(rcpt)
         code, text = client.data(data)
         return code, text
 
@@ -247,12 +253,9 @@ def test_large_signed_message_checks_memory_and_others_served(tmp_path: Path, ch
         base = serve.rss()
         serve.reset_peak()
         prober = GreetingProbe(serve)
-        with smtplib.SMTP(serve.host, serve.port("smtp"), timeout=60) as client:
-            client.ehlo("mx.remote.test")
-            with prober:
-                client.mail("big@remote.test")
-                client.rcpt("alice@example.test")
-                code, text = client.data(wire)
+        with prober:
+            code, text = send_to(serve.host, serve.port("smtp"), "mx.remote.test", "big@remote.test",
+                                 "alice@example.test", wire, timeout=60)
         assert code == 250, text
         grown = serve.peak() - base
         print(f"\n20 MB signed message, checks {'on' if checks else 'off'}: peak RSS {grown / MB:+.1f} MB; "
@@ -286,11 +289,8 @@ def test_hostile_signature_fields_leave_no_memory_behind(tmp_path: Path) -> None
                         + b"DKIM-Signature: v=1; a=" + fold(b"%d" % m + b"y" * 3 * MB)
                         + b"; c=relaxed/relaxed; d=remote.test; s=" + signing.rsa_selector.encode()
                         + b"; h=from; bh=AAAA; b=AAAA\r\n" + body)
-                with smtplib.SMTP(serve.host, serve.port("smtp"), timeout=120) as client:
-                    client.ehlo("mx.remote.test")
-                    client.mail("x@remote.test")
-                    client.rcpt("alice@example.test")
-                    code, text = client.data(wire)
+                code, text = send_to(serve.host, serve.port("smtp"), "mx.remote.test", "x@remote.test",
+                                     "alice@example.test", wire, timeout=120)
                 assert code == 250, text
         grown = serve.rss() - base
         print(f"\n6 messages of 6 MB hostile signature fields: RSS after {grown / MB:+.1f} MB; "
