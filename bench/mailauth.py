@@ -23,7 +23,7 @@ import asyncio
 import base64
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .common import USERS, BenchServer, Result, progress, smtp_client
@@ -68,17 +68,24 @@ def _signing(quick: bool) -> list[Result]:
     return results
 
 
+async def _transaction(writer: asyncio.StreamWriter, reply: Callable[[], Awaitable[bytes]], sender: str, rcpt: str,
+                       body: bytes, then: bytes = b"") -> None:
+    """MAIL, RCPT and DATA pipelined (RFC 2920), then ``body``, its end and
+    ``then``; the message must be answered 250."""
+    writer.write(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
+    for _ in range(3):
+        await reply()
+    writer.write(body + b".\r\n" + then)
+    answer = await reply()
+    assert answer.startswith(b"250"), answer
+
+
 async def _source(port: int, count: int, body: bytes) -> float:
     left = count
 
     async def one() -> None:
         writer, reply = await smtp_client(port, "mx.remote.test")
-        writer.write(b"MAIL FROM:<news@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
-        for _ in range(3):
-            await reply()
-        writer.write(body + b".\r\nQUIT\r\n")
-        answer = await reply()
-        assert answer.startswith(b"250"), answer
+        await _transaction(writer, reply, "news@remote.test", "alice@example.test", body, then=b"QUIT\r\n")
         await reply()
         writer.close()
 
@@ -274,12 +281,7 @@ async def _submit(port: int, count: int, pid: int, sessions: int = SESSIONS) -> 
         await go.wait()
         while left > 0:
             left -= 1
-            writer.write(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<carol@remote.test>\r\nDATA\r\n")
-            for _ in range(3):
-                await reply()
-            writer.write(body + b".\r\n")
-            answer = await reply()
-            assert answer.startswith(b"250"), answer
+            await _transaction(writer, reply, "alice@example.test", "carol@remote.test", body)
         writer.write(b"QUIT\r\n")
         await reply()
         writer.close()
