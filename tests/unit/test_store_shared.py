@@ -203,7 +203,8 @@ def test_a_late_reply_of_the_supervisor_is_never_taken_for_another_callers(monke
     threads = [threading.Thread(target=slow_supervisor), threading.Thread(target=ask, args=("A",))]
     for t in threads:
         t.start()
-    time.sleep(0.05)
+    while not worker._lock.locked():  # the first caller is waiting for its reply
+        time.sleep(0.001)
     second = threading.Thread(target=ask, args=("B",))  # waits for the first's turn
     second.start()
     for t in [*threads, second]:

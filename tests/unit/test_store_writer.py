@@ -120,7 +120,8 @@ async def _one_batch_of_deliveries(s: SQLiteStore, box: Mailbox, count: int = 6)
     gate = threading.Event()
     held = s._writer.run_exclusive(gate.wait)
     futures = [asyncio.ensure_future(s.deliver(_BODY, [DeliveryTarget(box.id)])) for _ in range(count)]
-    await asyncio.sleep(0)
+    while s._writer._queue.qsize() < count:  # every delivery waits behind the gate
+        await asyncio.sleep(0)
     gate.set()
     await held
     return await asyncio.gather(*futures, return_exceptions=True)
