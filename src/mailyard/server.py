@@ -240,21 +240,23 @@ class MailServer:
         if self.services is not None:
             self.services.login.throttle = throttle
 
-    def _mx_rates(self) -> Callable[[str, str], str | None]:
+    def _mx_rates(self) -> Callable[[str, str], Awaitable[str | None]]:
         """The MX port's rate counter: the supervisor's, shared by all workers
         (over the login throttle's channel), or this process's own."""
         policy = rate_policy_from_config(self.config.spam)
         local = RateLimiter(policy)
         shared = self.worker.throttle if self.worker is not None else None
         if not isinstance(shared, SharedThrottle):
-            return local.hit
+            async def count(kind: str, ip: str) -> str | None:
+                return local.hit(kind, ip)
+            return count
 
-        def hit(kind: str, ip: str) -> str | None:
+        async def hit(kind: str, ip: str) -> str | None:
             # exempt clients and a kind without a budget never cost a round
-            # trip to the supervisor (it is a blocking call on the event loop)
+            # trip to the supervisor
             if policy.budget(kind) <= 0 or policy.is_exempt(ip):
                 return None
-            return shared.ask_or(local.hit, "spam_rate", kind, ip)
+            return await shared.ask_or_async(local.hit, "spam_rate", kind, ip)
 
         return hit
 
@@ -265,10 +267,7 @@ class MailServer:
         shared = self.worker.throttle if self.worker is not None else None
         if isinstance(shared, SharedThrottle):
             async def ask(account: str, recipients: int, per_hour: int, per_day: int) -> str | None:
-                # a blocking round trip to the supervisor, which may wait
-                # for a core: off the event loop, which serves the others
-                return await asyncio.to_thread(shared.ask_or, local.check, "spam_send",
-                                               account, recipients, per_hour, per_day)
+                return await shared.ask_or_async(local.check, "spam_send", account, recipients, per_hour, per_day)
             return ask
 
         async def check(account: str, recipients: int, per_hour: int, per_day: int) -> str | None:
@@ -500,6 +499,7 @@ class MailServer:
         channel.on(SETTLED, lambda _ids: login.peer_settled())
         if isinstance(worker.throttle, SharedThrottle):
             worker.throttle.on_settle = lambda: channel.publish(SETTLED)
+            worker.throttle.attach(asyncio.get_running_loop())
         channel.attach(asyncio.get_running_loop())
 
     async def _start_metrics(self, store: Store) -> None:
@@ -593,6 +593,8 @@ class MailServer:
         self.listeners.clear()
         if self.worker is not None:
             self.worker.channel.detach(asyncio.get_running_loop())
+            if isinstance(self.worker.throttle, SharedThrottle):
+                self.worker.throttle.detach()
         if self.queue is not None:
             await self.queue.stop()
         if self.services is not None and self.services.mailauth is not None:

@@ -89,9 +89,9 @@ class Services:
     # checks and no rspamd ([spam] checks = false, rspamd_url = "").
     spam: SpamChecker | None = None
     # The MX port's connection and message rates (spam/rates.py), shared by
-    # the workers: ``mx_rates(kind, ip)`` counts one and returns the reason
-    # the client is over its budget, or None. None: no rate limits.
-    mx_rates: Callable[[str, str], str | None] | None = None
+    # the workers: ``await mx_rates(kind, ip)`` counts one and returns the
+    # reason the client is over its budget, or None. None: no rate limits.
+    mx_rates: Callable[[str, str], Awaitable[str | None]] | None = None
     # The accounts' submission limits (spam/limits.py), shared by the workers;
     # see delivery/submit.py Intake.send_limits. None: no limits.
     send_limits: Callable[[str, int, int, int], Awaitable[str | None]] | None = None

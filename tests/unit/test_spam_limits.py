@@ -6,8 +6,11 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
+from typing import Any
 
+from mailyard.config import Config
 from mailyard.spam.limits import QueueWatch, SendLimiter, account_limits
 
 
@@ -44,19 +47,21 @@ def test_queue_watch_tells_each_crossing_once() -> None:
     assert QueueWatch(0).observe(10**6) is None
 
 
-async def test_the_shared_budget_is_asked_off_the_event_loop() -> None:
-    # With several workers the budget lives in the supervisor: a blocking
-    # round trip, answered only once the supervisor gets a core. The event
-    # loop of the submitting worker serves its other sessions meanwhile.
+async def _asked_with_a_slow_supervisor(extra: dict[str, Any],
+                                        ask: Callable[[Any], Awaitable[object]]) -> tuple[object, int]:
+    """``ask(worker)``'s answer from a supervisor that answers only after
+    0.3 s (it waits for a core), and how often the event loop ticked
+    meanwhile: with several workers the counters live in the supervisor,
+    and the asking worker's loop serves its other sessions while it waits."""
     from mailyard.auth.throttle import LoginThrottle, ThrottlePolicy
     from mailyard.auth.throttle_shared import SharedThrottle, ThrottleServer
-    from mailyard.server import MailServer
 
     policy = ThrottlePolicy()
-    supervisor = ThrottleServer(LoginThrottle(policy), extra={"spam_send": SendLimiter().check})
+    supervisor = ThrottleServer(LoginThrottle(policy), extra=extra)
     sup_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    worker = SimpleNamespace(worker=SimpleNamespace(throttle=SharedThrottle(worker_end, policy)))
-    check = MailServer._send_limits(worker)  # type: ignore[arg-type]
+    throttle = SharedThrottle(worker_end, policy)
+    throttle.attach(asyncio.get_running_loop())  # as server.py does in a worker
+    worker = SimpleNamespace(config=Config(), worker=SimpleNamespace(throttle=throttle))
 
     def slow_supervisor() -> None:
         sup_end.settimeout(5)
@@ -75,12 +80,43 @@ async def test_the_shared_budget_is_asked_off_the_event_loop() -> None:
 
     beat = asyncio.ensure_future(ticker())
     try:
-        assert await check("a@x.test", 1, 300, 2000) is None
+        result = await ask(worker)
     finally:
         beat.cancel()
         answer.join()
+        throttle.detach()
         sup_end.close()
         worker_end.close()
+    return result, ticks
+
+
+async def test_the_shared_budget_is_asked_off_the_event_loop() -> None:
+    from mailyard.server import MailServer
+
+    def ask(worker: Any) -> Awaitable[object]:
+        return MailServer._send_limits(worker)("a@x.test", 1, 300, 2000)
+
+    result, ticks = await _asked_with_a_slow_supervisor({"spam_send": SendLimiter().check}, ask)
+    assert result is None
+    assert ticks >= 10, f"the event loop stood still while the supervisor answered ({ticks} ticks in 0.3 s)"
+
+
+async def test_the_mx_rates_are_asked_off_the_event_loop() -> None:
+    # the MX port counts every connection and message of a client outside
+    # trusted_networks: with several workers, against the supervisor's counter
+    from mailyard.server import MailServer
+
+    asked: list[tuple[str, str]] = []
+
+    def counted(kind: str, ip: str) -> str:
+        asked.append((kind, ip))
+        return "over"
+
+    def ask(worker: Any) -> Awaitable[object]:
+        return MailServer._mx_rates(worker)("connection", "192.0.2.7")
+
+    result, ticks = await _asked_with_a_slow_supervisor({"spam_rate": counted}, ask)
+    assert (result, asked) == ("over", [("connection", "192.0.2.7")])
     assert ticks >= 10, f"the event loop stood still while the supervisor answered ({ticks} ticks in 0.3 s)"
 
 

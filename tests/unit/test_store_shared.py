@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -160,7 +160,7 @@ async def test_a_login_waiting_for_another_workers_attempt_goes_on_when_it_settl
         channels.append(channel)
     a, b = logins
     try:
-        held = b.throttle.reserve("192.0.2.9", "a@example.test", b.clock())
+        held = await b.throttle.reserve_async("192.0.2.9", "a@example.test", b.clock())
         assert isinstance(held, Attempt)
         waiting = asyncio.ensure_future(a.reserve("192.0.2.1", "a@example.test", "a", "imap"))
         await asyncio.sleep(0)
@@ -172,6 +172,8 @@ async def test_a_login_waiting_for_another_workers_attempt_goes_on_when_it_settl
         loop = asyncio.get_running_loop()
         for channel in channels:
             channel.detach(loop)
+        for login in logins:
+            login.throttle.detach()  # type: ignore[attr-defined]
         stop.set()
         supervisor.join()
 
@@ -212,3 +214,116 @@ def test_a_late_reply_of_the_supervisor_is_never_taken_for_another_callers(monke
     sup_end.close()
     worker_end.close()
     assert answers == {"A": "local for A", "B": "local for B"}
+
+
+class _Supervisor:
+    """The supervisor's side of one worker's throttle connection, answering
+    in a thread as its selector loop would, until ``paused``."""
+
+    def __init__(self, extra: dict[str, Callable[..., object]] | None = None,
+                 policy: ThrottlePolicy | None = None) -> None:
+        import threading
+
+        self.policy = policy or ThrottlePolicy(base_delay=0.0)
+        self.server = ThrottleServer(LoginThrottle(self.policy), extra=extra)
+        self.end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.worker = SharedThrottle(worker_end, self.policy)
+        self.paused = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import selectors
+
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.end, selectors.EVENT_READ)
+            while not self.stop.is_set():
+                if self.paused.is_set():
+                    self.stop.wait(0.01)
+                    continue
+                for _key, _ev in sel.select(0.01):
+                    self.end.setblocking(False)
+                    self.server.handle(self.end)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.worker.detach()
+        self.end.close()
+
+
+async def test_replies_reach_their_own_callers_when_many_ask_at_once() -> None:
+    sup = _Supervisor(extra={"echo": lambda n: n * 10})
+    sup.worker.attach(asyncio.get_running_loop())
+    try:
+        answers = await asyncio.gather(*(sup.worker.ask_or_async(lambda n: -1, "echo", n) for n in range(200)))
+        assert answers == [n * 10 for n in range(200)]
+        # another thread of the worker still gets its own answer (the loop sends and reads)
+        assert await asyncio.to_thread(sup.worker.ask_or, lambda n: -1, "echo", 7) == 70
+        assert not sup.worker.fallback
+    finally:
+        sup.close()
+
+
+async def test_a_reservation_whose_caller_left_counts_as_a_failure_and_is_given_back() -> None:
+    # A client that disconnects while its login waits for the supervisor:
+    # the attempt the supervisor reserved for it must not hold the budget
+    # until the worker dies; it counts as the abandoned attempt it is.
+    sup = _Supervisor(policy=ThrottlePolicy(base_delay=0.0, account_max_failures=1))
+    loop = asyncio.get_running_loop()
+    sup.worker.attach(loop)
+    try:
+        sup.paused.set()
+        gone = asyncio.ensure_future(sup.worker.reserve_async("192.0.2.1", "a@example.test", 1.0))
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        sup.paused.clear()
+        deadline = loop.time() + 5
+        while sup.server._held.get(sup.end) != {} and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert sup.server._held.get(sup.end) == {}, "the reservation of the caller that left is still held"
+        # the abandoned attempt was the account's one failure allowed
+        assert isinstance(await sup.worker.reserve_async("192.0.2.2", "a@example.test", 2.0), Locked)
+    finally:
+        sup.close()
+
+
+async def test_an_attached_worker_falls_back_when_the_supervisor_stops_answering(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailyard.auth import throttle_shared
+
+    monkeypatch.setattr(throttle_shared, "REPLY_TIMEOUT", 0.2)
+    sup = _Supervisor(extra={"echo": lambda n: n}, policy=ThrottlePolicy(base_delay=0.0, account_max_failures=2))
+    loop = asyncio.get_running_loop()
+    sup.worker.attach(loop)
+    try:
+        sup.paused.set()
+        started = loop.time()
+        answers = await asyncio.gather(*(sup.worker.ask_or_async(lambda n: f"local {n}", "echo", n) for n in (1, 2)))
+        assert answers == ["local 1", "local 2"]
+        assert loop.time() - started < 2
+        assert sup.worker.fallback
+        # what is reported from now on counts in this worker's own tables
+        sup.worker.record_failure("192.0.2.1", "a@example.test", 4.0)
+        sup.worker.record_failure("192.0.2.1", "a@example.test", 4.0)
+        assert isinstance(await sup.worker.reserve_async("192.0.2.1", "a@example.test", 4.0), Locked)
+    finally:
+        sup.close()
+
+
+async def test_reports_in_flight_when_the_supervisor_goes_count_in_the_worker() -> None:
+    sup = _Supervisor(policy=ThrottlePolicy(base_delay=0.0, account_max_failures=2))
+    sup.worker.attach(asyncio.get_running_loop())
+    try:
+        sup.paused.set()
+        sup.worker.record_failure("192.0.2.1", "a@example.test", 4.0)
+        sup.worker.record_failure("192.0.2.1", "a@example.test", 4.0)
+        sup.end.close()  # the supervisor is gone with both reports unanswered
+        await asyncio.sleep(0.05)
+        assert sup.worker.fallback
+        assert isinstance(await sup.worker.reserve_async("192.0.2.1", "a@example.test", 4.0), Locked)
+    finally:
+        sup.stop.set()
+        sup.thread.join()
+        sup.worker.detach()

@@ -170,14 +170,14 @@ class LoginService:
         While the budget left is held by attempts in flight, wait for one of
         them to settle (at most ``BUSY_WAIT`` seconds, then `TryLater`)."""
         now = self.clock()
-        verdict = self.throttle.reserve(ip, key, now)
+        verdict = await self.throttle.reserve_async(ip, key, now)
         deadline = now + BUSY_WAIT
         while isinstance(verdict, Busy):
             if not await self._settled(deadline - now):
                 _login_failed(protocol, ip, name, "busy", scope=verdict.scope)
                 return TryLater(self.throttle.policy.base_delay)
             now = self.clock()
-            verdict = self.throttle.reserve(ip, key, now)
+            verdict = await self.throttle.reserve_async(ip, key, now)
         if isinstance(verdict, Locked):
             _login_failed(protocol, ip, name, "locked-out", scope=verdict.scope,
                           retry_after=round(verdict.retry_after(now)))
@@ -372,7 +372,7 @@ class LoginSession:
                     key = None
                     if ev.authcid is not None:
                         key = service.key(ev.authcid, await service.resolve(ev.authcid))
-                        if isinstance(service.throttle.before_attempt(self.ip, key, service.clock()), Locked):
+                        if isinstance(await service.throttle.before_attempt_async(self.ip, key, service.clock()), Locked):
                             return sasl.Failure("too many failed attempts", "temporary", ev.authcid)
                     service.failed(None, self.ip, ev.authcid, self.protocol, ev.reason, key)
                 else:

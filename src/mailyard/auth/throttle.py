@@ -328,6 +328,16 @@ class LoginThrottle:
         self._take(self._pairs, pair_key, now)
         return Attempt(ip_key, acct_key, pair_key, verdict)
 
+    async def reserve_async(self, ip: str, account: str | None, now: float) -> Attempt | Locked | Busy:
+        """`reserve` for a caller on the event loop. Here the tables are in
+        memory; a throttle shared between processes (auth/throttle_shared.py)
+        answers without blocking the loop while it asks."""
+        return self.reserve(ip, account, now)
+
+    async def before_attempt_async(self, ip: str, account: str | None, now: float) -> float | Locked | Busy:
+        """`before_attempt` for a caller on the event loop (see `reserve_async`)."""
+        return self.before_attempt(ip, account, now)
+
     def fail(self, attempt: Attempt, now: float) -> None:
         """The reserved attempt failed (wrong password, unknown user, bad
         proof, abandoned exchange): count it everywhere it was reserved."""

@@ -144,6 +144,7 @@ class SMTPSession(SessionProtocol):
         self._own_ips_known: list[str] | None = None  # see _own_ips
         self._greeted = True  # False while the MX port's greet_pause runs
         self._greet_timer: asyncio.TimerHandle | None = None
+        self._admission: asyncio.Task[None] | None = None  # the MX port's rate check before the greeting
 
     # --- SessionProtocol hooks ----------------------------------------------
     def start(self) -> None:
@@ -155,22 +156,36 @@ class SMTPSession(SessionProtocol):
         # tls: implicit TLS (RFC 8314)
         self.engine = SMTPServerEngine(config, tls_active=self.tls)
         self._advertise()
-        if not self.submission:
-            reason = self._over_rate(CONNECTION)
-            if reason is not None:
-                # RFC 5321 3.1 / 3.8: a 421 greeting refuses the connection for now.
-                self._abuse("rate", reason)
-                self.write(b"421 4.7.0 " + self._host() + f" {reason}, try again later\r\n".encode())
-                self.close()
-                return
-            pause = self.services.config.spam.greet_pause
-            if pause > 0 and not self._exempt():
-                # RFC 5321 4.3.1: the client waits for the greeting; one that
-                # talks first is not a mail server (``received``).
-                self._greeted = False
-                self._greet_timer = self.loop.call_later(pause, self._greet)
-                return
+        if not self.submission and not self._exempt():
+            # RFC 5321 4.3.1: the client waits for the greeting; one that
+            # talks first is not a mail server (``received``).
+            self._greeted = False
+            self._admission = self.loop.create_task(self._admit())
+            return
         self.write(self.engine.greeting())
+
+    async def _admit(self) -> None:
+        """Greet a client of the MX port once its connection is counted
+        against the rates (the count may be the supervisor's, asked without
+        blocking the loop), and after ``[spam] greet_pause``."""
+        try:
+            reason = await self._over_rate(CONNECTION)
+        except Exception:  # noqa: BLE001 - a counter that breaks refuses nobody
+            log.exception("smtp: counting the connection of %s failed", self.peer_ip)
+            reason = None
+        if self.closed:
+            return
+        if reason is not None:
+            # RFC 5321 3.1 / 3.8: a 421 greeting refuses the connection for now.
+            self._abuse("rate", reason)
+            self.write(b"421 4.7.0 " + self._host() + f" {reason}, try again later\r\n".encode())
+            self.close()
+            return
+        pause = self.services.config.spam.greet_pause
+        if pause > 0:
+            self._greet_timer = self.loop.call_later(pause, self._greet)
+        else:
+            self._greet()
 
     def _greet(self) -> None:
         self._greet_timer = None
@@ -183,11 +198,11 @@ class SMTPSession(SessionProtocol):
         exempt = self.services.mx_exempt
         return exempt is not None and exempt(self.peer_ip)
 
-    def _over_rate(self, kind: str) -> str | None:
+    async def _over_rate(self, kind: str) -> str | None:
         """Count a connection or message of this client against the MX port's
         rates (spam/rates.py); the reason it is over, or None."""
         rates = self.services.mx_rates
-        return rates(kind, self.peer_ip) if rates is not None and self.peer_ip else None
+        return await rates(kind, self.peer_ip) if rates is not None and self.peer_ip else None
 
     def _abuse(self, reason: str, detail: str) -> None:
         """One log line and a counter for a refusal by an abuse defence."""
@@ -230,6 +245,9 @@ class SMTPSession(SessionProtocol):
         if self._greet_timer is not None:
             self._greet_timer.cancel()
             self._greet_timer = None
+        if self._admission is not None:
+            self._admission.cancel()
+            self._admission = None
         if self._auth is not None:
             self._auth.close()  # an AUTH exchange left open counts as a failure
         self._drop_spool()  # an unfinished transfer leaves nothing behind
@@ -263,16 +281,10 @@ class SMTPSession(SessionProtocol):
             self.helo = event.name
             self._prefetch_checks()
             engine.respond()
-        elif isinstance(event, MailFromReceived) and self.account is None:
+        elif isinstance(event, MailFromReceived) and self.account is None and (self.submission or self._exempt()):
             self.resolutions.clear()
             self.declared_size = event.size or 0
-            reason = None if self.submission else self._over_rate(MESSAGE)
-            if reason is not None:
-                # RFC 5321 4.2.5 / RFC 3463 4.7.1: refused for now, a real server retries.
-                self._abuse("rate", reason)
-                engine.respond(Reply(451, "4.7.1", f"{reason}, try again later"))
-            else:
-                engine.respond()
+            engine.respond()
         elif isinstance(event, MessageData):
             self._spool_write(event.data)
         elif isinstance(event, ProtocolError) and engine.state is not State.DATA:
@@ -361,6 +373,13 @@ class SMTPSession(SessionProtocol):
             if self.account is not None:
                 rule = await sender_rule(self.services, self.account)
                 verdict = await rule.check_reverse_path(event.reverse_path)
+            elif not self.submission:
+                reason = await self._over_rate(MESSAGE)
+                if reason is not None:
+                    # RFC 5321 4.2.5 / RFC 3463 4.7.1: refused for now, a real server retries.
+                    self._abuse("rate", reason)
+                    engine.respond(Reply(451, "4.7.1", f"{reason}, try again later"))
+                    return
             if verdict is not None:
                 # RFC 6409 4.3, RFC 5321 4.2.2 553: the user may not send as this address.
                 logs.event(log, logging.WARNING, "sender_refused", proto=self.listener.name, ip=self.peer_ip,
