@@ -397,6 +397,9 @@ class MailServer:
         listening = [svc for svc in protocol_services() if getattr(cfg.ports, svc.name)]
         raise_fd_limit(len(listening) * cfg.limits.max_connections + FD_RESERVE)
         try:
+            if worker is not None:
+                # before the first session: its logins and rates use the peers
+                self._join_peers(worker, store, self.services.login)
             for service in protocol_services():
                 port = getattr(cfg.ports, service.name)
                 if port == 0:
@@ -414,8 +417,6 @@ class MailServer:
                 )
                 await listener.start()
                 self.listeners[service.name] = listener
-            if worker is not None:
-                self._join_peers(worker, store, self.services.login)
             queue = self.services.queue
             if queue is not None and background:
                 await queue.start()
@@ -498,7 +499,10 @@ class MailServer:
         channel = worker.channel
         channel.on(SETTLED, lambda _ids: login.peer_settled())
         if isinstance(worker.throttle, SharedThrottle):
-            worker.throttle.on_settle = lambda: channel.publish(SETTLED)
+            def settled() -> None:
+                channel.publish(SETTLED)
+                login.peer_settled()  # this worker's waiting logins too: the supervisor has it now
+            worker.throttle.on_settle = settled
             worker.throttle.attach(asyncio.get_running_loop())
         channel.attach(asyncio.get_running_loop())
 

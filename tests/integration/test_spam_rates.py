@@ -196,6 +196,16 @@ def test_connection_rate_holds_across_workers(tmp_path: Path) -> None:
         # both workers greeted, and the budget of 20 was one for the two
         assert served == set(proc.worker_pids()), served
         assert greetings == [b"220"] * 20 + [b"421"] * 4
+        # Without greet_pause, a client that talks before the greeting (while
+        # its connection is counted by the supervisor) is served, as always.
+        for _ in range(5):
+            eager = Client(port, "127.0.2.8")
+            eager.send(b"EHLO eager.example.org\r\n")
+            assert eager.line().startswith(b"220 ")
+            assert eager.reply().startswith(b"250-")
+            eager.send(b"QUIT\r\n")
+            assert eager.line().startswith(b"221 ")
+            eager.close()
     finally:
         proc.stop()
 

@@ -224,6 +224,8 @@ class _Supervisor:
                  policy: ThrottlePolicy | None = None) -> None:
         import threading
 
+        self.dropped = False  # handle() gave up on the worker, as workers.py then drops it
+
         self.policy = policy or ThrottlePolicy(base_delay=0.0)
         self.server = ThrottleServer(LoginThrottle(self.policy), extra=extra)
         self.end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -239,12 +241,15 @@ class _Supervisor:
         with selectors.DefaultSelector() as sel:
             sel.register(self.end, selectors.EVENT_READ)
             while not self.stop.is_set():
-                if self.paused.is_set():
+                ready = sel.select(0.01)
+                if self.paused.is_set():  # checked after the wait: a request sent once paused waits
                     self.stop.wait(0.01)
                     continue
-                for _key, _ev in sel.select(0.01):
+                for _key, _ev in ready:
                     self.end.setblocking(False)
-                    self.server.handle(self.end)
+                    if not self.server.handle(self.end):
+                        self.dropped = True
+                        return
 
     def close(self) -> None:
         self.stop.set()
@@ -319,6 +324,8 @@ async def test_reports_in_flight_when_the_supervisor_goes_count_in_the_worker() 
         sup.paused.set()
         sup.worker.record_failure("192.0.2.1", "a@example.test", 4.0)
         sup.worker.record_failure("192.0.2.1", "a@example.test", 4.0)
+        sup.stop.set()
+        sup.thread.join()
         sup.end.close()  # the supervisor is gone with both reports unanswered
         await asyncio.sleep(0.05)
         assert sup.worker.fallback
@@ -327,3 +334,72 @@ async def test_reports_in_flight_when_the_supervisor_goes_count_in_the_worker() 
         sup.stop.set()
         sup.thread.join()
         sup.worker.detach()
+
+
+async def test_a_burst_of_requests_never_makes_the_supervisor_drop_the_worker() -> None:
+    # Hundreds of MX clients counted in one busy loop iteration: the
+    # supervisor's non-blocking socket cannot take more replies than the
+    # pair's buffer holds, and a reply it cannot send ends the worker's
+    # connection (the worker is taken for dead, its logins failed).
+    import time
+
+    sup = _Supervisor(extra={"spam_rate": lambda kind, ip: None})
+    loop = asyncio.get_running_loop()
+    sup.worker.attach(loop)
+    try:
+        asks = [asyncio.ensure_future(sup.worker.ask_or_async(lambda kind, ip: "local", "spam_rate", "c", f"ip{n}"))
+                for n in range(1000)]
+        loop.call_soon(time.sleep, 0.3)  # the loop busy while the supervisor answers
+        answers = await asyncio.gather(*asks)
+        assert not sup.dropped
+        assert answers == [None] * 1000 and not sup.worker.fallback
+    finally:
+        sup.close()
+
+
+async def test_a_reservation_cancelled_after_its_reply_came_is_given_back() -> None:
+    # The reply is read and the caller cancelled in the same loop iteration,
+    # before the caller resumed to keep the attempt.
+    sup = _Supervisor(policy=ThrottlePolicy(base_delay=0.0, account_max_failures=1))
+    loop = asyncio.get_running_loop()
+    worker = sup.worker
+    caller: list[asyncio.Future[object]] = []
+    readable = worker._readable
+
+    def read_then_cancel() -> None:
+        readable()
+        if caller:
+            caller.pop().cancel()  # e.g. the client's connection torn down
+
+    worker._readable = read_then_cancel  # type: ignore[method-assign]
+    worker.attach(loop)
+    try:
+        sup.paused.set()
+        caller.append(asyncio.ensure_future(worker.reserve_async("192.0.2.1", "a@example.test", 1.0)))
+        await asyncio.sleep(0.02)
+        sup.paused.clear()
+        deadline = loop.time() + 5
+        while sup.server._held.get(sup.end) != {} and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert sup.server._held.get(sup.end) == {}, "the reservation of the cancelled caller is still held"
+    finally:
+        sup.close()
+
+
+async def test_replies_still_due_at_detach_are_never_read_as_later_calls() -> None:
+    sup = _Supervisor(policy=ThrottlePolicy(base_delay=0.0, account_max_failures=1))
+    worker = sup.worker
+    worker.attach(asyncio.get_running_loop())
+    try:
+        sup.paused.set()
+        in_flight = asyncio.ensure_future(worker.reserve_async("192.0.2.7", "b@example.test", 2.0))
+        await asyncio.sleep(0)
+        worker.detach()  # the server stops with a login waiting for its reply
+        sup.paused.clear()
+        got = await in_flight
+        assert isinstance(got, Attempt) and isinstance(got.delay, float)
+        assert worker.fallback  # the supervisor's late reply is never read as the next call's
+        worker.record_failure("192.0.2.1", "a@example.test", 3.0)
+        assert isinstance(worker.reserve("192.0.2.1", "a@example.test", 3.0), Locked)
+    finally:
+        sup.close()

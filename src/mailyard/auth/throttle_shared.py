@@ -38,6 +38,7 @@ connected by a socket pair nobody else holds.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import pickle
@@ -53,6 +54,11 @@ log = logging.getLogger("mailyard.auth.throttle")
 
 _MAX_MESSAGE = 64 * 1024
 REPLY_TIMEOUT = 5.0  # seconds; the supervisor answers in microseconds
+# Requests a worker's loop has sent and not had answered; more wait in the
+# worker. The supervisor's socket is non-blocking and a reply it cannot
+# send ends the connection (the worker is taken for dead): the replies in
+# flight must fit in the pair's buffer (about 270 small ones by default).
+MAX_IN_FLIGHT = 64
 
 
 class ThrottleServer:
@@ -165,8 +171,10 @@ class SharedThrottle(LoginThrottle):
                 loop.add_reader(self._conn.fileno(), self._readable)
 
     def detach(self) -> None:
-        """Back to blocking calls (the loop is closing); requests still
-        waiting for their reply count as unanswered."""
+        """Back to blocking calls (the loop is closing). Requests still
+        waiting count as unanswered, and since their replies may still come
+        and would be read as later calls', this process's tables count from
+        then on."""
         loop = self._loop
         if loop is None:
             return
@@ -174,6 +182,8 @@ class SharedThrottle(LoginThrottle):
         self._loop = self._loop_thread = None
         waiting, self._waiting = self._waiting, deque()
         self._outbox.clear()
+        if waiting:
+            self.fallback = True
         for on_reply in waiting:
             on_reply(None)
         self._conn.setblocking(True)
@@ -185,34 +195,33 @@ class SharedThrottle(LoginThrottle):
     def _post(self, method: str, args: tuple, on_reply: _OnReply) -> None:
         """Send one request from the loop's thread; ``on_reply`` gets its
         reply, or None if it will never come (the supervisor is gone)."""
-        if self.fallback:
+        if self.fallback or self._loop is None:
             raise _Unavailable
-        assert self._loop is not None
-        self._waiting.append(on_reply)
         data = pickle.dumps((method, args))
-        if self._outbox:
-            self._outbox.append(data)
-            return
-        try:
-            self._conn.send(data)
-        except (BlockingIOError, InterruptedError):
-            self._outbox.append(data)
-            self._loop.add_writer(self._conn.fileno(), self._writable)
-        except OSError as exc:
-            self._lost(str(exc))
+        self._waiting.append(on_reply)
+        self._outbox.append(data)
+        self._flush()
 
-    def _writable(self) -> None:
-        while self._outbox:
+    def _flush(self) -> None:
+        """Send the requests waiting in the worker, at most MAX_IN_FLIGHT
+        unanswered; the rest go as replies come (`_readable`)."""
+        loop = self._loop
+        while self._outbox and len(self._waiting) - len(self._outbox) < MAX_IN_FLIGHT:
             try:
                 self._conn.send(self._outbox[0])
             except (BlockingIOError, InterruptedError):
+                if loop is not None:
+                    loop.add_writer(self._conn.fileno(), self._writable)
                 return
             except OSError as exc:
                 self._lost(str(exc))
                 return
             self._outbox.popleft()
+
+    def _writable(self) -> None:
         if self._loop is not None:
             self._loop.remove_writer(self._conn.fileno())
+        self._flush()
 
     def _readable(self) -> None:
         while True:
@@ -228,6 +237,7 @@ class SharedThrottle(LoginThrottle):
                 return
             if self._waiting:
                 self._waiting.popleft()(data)
+                self._flush()
 
     def _stop_watching(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -252,7 +262,8 @@ class SharedThrottle(LoginThrottle):
         loop. A reply that finds its caller gone (cancelled: the client
         left) goes to ``orphan``."""
         loop = self._loop
-        assert loop is not None
+        if loop is None:
+            raise _Unavailable
         fut: asyncio.Future[bytes] = loop.create_future()
 
         def on_reply(data: bytes | None) -> None:
@@ -271,6 +282,12 @@ class SharedThrottle(LoginThrottle):
         timer = loop.call_later(REPLY_TIMEOUT, lambda: fut.done() or self._lost("no reply"))
         try:
             data = await fut
+        except asyncio.CancelledError:
+            # cancelled after the reply came, before this coroutine resumed
+            if orphan is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+                with contextlib.suppress(Exception):
+                    orphan(_value(fut.result()))
+            raise
         finally:
             timer.cancel()
         return _value(data)
@@ -290,7 +307,17 @@ class SharedThrottle(LoginThrottle):
             if self._on_loop():
                 raise RuntimeError(f"shared throttle: a blocking {method!r} on the event loop")
             # another thread of an attached worker: the loop sends and reads
-            return asyncio.run_coroutine_threadsafe(self._ask_async(method, args), self._loop).result()
+            ask = self._ask_async(method, args)
+            try:
+                call = asyncio.run_coroutine_threadsafe(ask, self._loop)
+            except RuntimeError:  # the loop is closed
+                ask.close()
+                raise _Unavailable from None
+            try:
+                return call.result(REPLY_TIMEOUT + 1.0)
+            except concurrent.futures.TimeoutError:  # the loop is stuck
+                call.cancel()
+                raise _Unavailable from None
         with self._lock:
             if self.fallback:
                 # A caller before this one gave up waiting: its late reply
@@ -336,7 +363,7 @@ class SharedThrottle(LoginThrottle):
                 # reserved for a caller that is gone: it counts as the
                 # abandoned attempt it is, and its budget comes back
                 if isinstance(verdict, Attempt):
-                    self._tell("fail", (token, now))
+                    self._tell("fail", (token, now), lambda data: data is not None and self._settled())
 
             try:
                 return self._keep_token(await self._ask_async("reserve", (token, ip, account, now), orphan), token)

@@ -290,11 +290,16 @@ class SessionProtocol(asyncio.Protocol):
                     self.close()
                     return
                 step = _Resume(step, waiting)  # type: ignore[arg-type]
-            self.busy = True
-            if self.transport is not None and not self.reading_wanted:
-                self.transport.pause_reading()
-            self._task = self.loop.create_task(self._run_step(step))
+            self.begin_step(step)
             return
+
+    def begin_step(self, step: Coroutine[Any, Any, None] | _Resume) -> None:
+        """Run ``step`` as the session's one step in progress: the client's
+        input waits for it (reading paused, unless ``reading_wanted``)."""
+        self.busy = True
+        if self.transport is not None and not self.reading_wanted:
+            self.transport.pause_reading()
+        self._task = self.loop.create_task(self._run_step(step))
 
     async def _run_step(self, step: Coroutine[Any, Any, None] | _Resume) -> None:
         try:

@@ -76,6 +76,11 @@ log = logging.getLogger("mailyard.smtp")
 # A spooled message up to this size is read back on the event loop.
 _READ_INLINE = 1 << 20
 
+# What an MX client may send while its connection is counted, before the
+# greeting (``_admit``): a command line or two (RFC 5321 4.5.3.1.4: 512
+# octets each); more is an early talker's, refused.
+MAX_HELD = 4096
+
 # Queue IDs: unique per process (random prefix) and cheap (a counter).
 
 
@@ -144,7 +149,7 @@ class SMTPSession(SessionProtocol):
         self._own_ips_known: list[str] | None = None  # see _own_ips
         self._greeted = True  # False while the MX port's greet_pause runs
         self._greet_timer: asyncio.TimerHandle | None = None
-        self._admission: asyncio.Task[None] | None = None  # the MX port's rate check before the greeting
+        self._held: bytes | None = None  # input while the MX port counts the connection (``_admit``)
 
     # --- SessionProtocol hooks ----------------------------------------------
     def start(self) -> None:
@@ -157,22 +162,24 @@ class SMTPSession(SessionProtocol):
         self.engine = SMTPServerEngine(config, tls_active=self.tls)
         self._advertise()
         if not self.submission and not self._exempt():
-            # RFC 5321 4.3.1: the client waits for the greeting; one that
-            # talks first is not a mail server (``received``).
-            self._greeted = False
-            self._admission = self.loop.create_task(self._admit())
+            # the client's input waits until it is counted (and greeted)
+            self._held = b""
+            self.begin_step(self._admit())
             return
         self.write(self.engine.greeting())
 
     async def _admit(self) -> None:
         """Greet a client of the MX port once its connection is counted
         against the rates (the count may be the supervisor's, asked without
-        blocking the loop), and after ``[spam] greet_pause``."""
+        blocking the loop), and after ``[spam] greet_pause``. What it sends
+        meanwhile is held (``received``) and read after the greeting: the
+        count alone makes no early talker; the pause does."""
         try:
             reason = await self._over_rate(CONNECTION)
         except Exception:  # noqa: BLE001 - a counter that breaks refuses nobody
             log.exception("smtp: counting the connection of %s failed", self.peer_ip)
             reason = None
+        held, self._held = self._held, None
         if self.closed:
             return
         if reason is not None:
@@ -183,9 +190,17 @@ class SMTPSession(SessionProtocol):
             return
         pause = self.services.config.spam.greet_pause
         if pause > 0:
+            # RFC 5321 4.3.1: the client waits for the greeting; one that
+            # talks first is not a mail server (``received``).
+            self._greeted = False
+            if held:
+                self.received(held)
+                return
             self._greet_timer = self.loop.call_later(pause, self._greet)
-        else:
-            self._greet()
+            return
+        self._greet()
+        if held:
+            self.engine.receive_data(held)  # read once this step ends
 
     def _greet(self) -> None:
         self._greet_timer = None
@@ -228,13 +243,26 @@ class SMTPSession(SessionProtocol):
         self.engine.offer(extras, auth_unadvertised=hidden)
 
     def received(self, data: bytes) -> None:
+        if self._held is not None:
+            # the connection is being counted (``_admit``)
+            if not data:
+                self.close()  # the client left
+            elif len(self._held) + len(data) > MAX_HELD:
+                self._held = None
+                self._early_talker()
+            else:
+                self._held += data
+            return
         if not self._greeted and data:
-            # RFC 5321 4.3.1: bytes before the greeting (an early talker).
-            self._abuse("early-talker", "sent data before the greeting")
-            self.write(b"554 5.5.1 " + self._host() + b" SMTP synchronization error: data sent before the greeting\r\n")
-            self.close()
+            self._early_talker()
             return
         self.engine.receive_data(data)
+
+    def _early_talker(self) -> None:
+        # RFC 5321 4.3.1: bytes before the greeting.
+        self._abuse("early-talker", "sent data before the greeting")
+        self.write(b"554 5.5.1 " + self._host() + b" SMTP synchronization error: data sent before the greeting\r\n")
+        self.close()
 
     def ended(self, event: Closed) -> None:
         if event.reason == "out-of-sync":
@@ -245,9 +273,6 @@ class SMTPSession(SessionProtocol):
         if self._greet_timer is not None:
             self._greet_timer.cancel()
             self._greet_timer = None
-        if self._admission is not None:
-            self._admission.cancel()
-            self._admission = None
         if self._auth is not None:
             self._auth.close()  # an AUTH exchange left open counts as a failure
         self._drop_spool()  # an unfinished transfer leaves nothing behind
