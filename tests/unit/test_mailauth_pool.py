@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import signal
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from mailyard.mailauth import dkim, keys
+from mailyard.mailauth.arc import ARCResult
+from mailyard.mailauth.dkim import DKIMResult
+from mailyard.mailauth.dmarc import DMARCResult
 from mailyard.mailauth.dnscache import Resolver
-from mailyard.mailauth.inbound import check_message
-from mailyard.mailauth.pool import CheckPool
+from mailyard.mailauth.inbound import InboundVerdict, check_message
+from mailyard.mailauth.pool import CheckPool, _pack, _unpack
+from mailyard.mailauth.spf import SPFResult
 from tests.integration.multihost import DNSServer
 
 IP = "192.0.2.10"
@@ -80,6 +86,61 @@ def test_same_verdict_as_in_process_and_forged_field_removed(dns: DNSServer, sig
             pool.close()
 
     run(go())
+
+
+def test_the_reply_carries_everything_callers_read(dns: DNSServer, signed: bytes) -> None:
+    """The verdict crosses the socket as plain values (``_pack``, ``_unpack``):
+    each field must arrive equal to the in-process verdict's, for a message
+    that passes and for one its DMARC policy rejects (the SMTP layer reads
+    the field, the message, the disposition and DMARC's reason and From
+    domain; greylisting and the spam checker SPF's and each signature's
+    result and domain; the aggregate reports the DMARC record's tags)."""
+    dns.remove("_dmarc.remote.test", "TXT")
+    dns.add("_dmarc.remote.test", "TXT", '"v=DMARC1; p=reject; sp=quarantine; adkim=s; rua=mailto:d@remote.test"')
+    cases = [(signed, IP), (MESSAGE, "198.51.100.7")]  # signed from an allowed IP; unsigned from another
+
+    async def go() -> None:
+        pool = CheckPool(dns.address, 3.0, "mx.example.test")
+        resolver = Resolver(dns.address, 3.0)
+        try:
+            await pool.start()
+            verdicts = []
+            for message, ip in cases:
+                expected = check_message(resolver, message, authserv_id="mx.example.test", ip=ip,
+                                         helo="mx.remote.test", reverse_path="news@remote.test")
+                got = await pool.check(message, ip=ip, helo="mx.remote.test", reverse_path="news@remote.test")
+                assert got == expected  # every field, the nested results' too
+                assert (got.spf, got.helo, got.dkim, got.arc) == (expected.spf, expected.helo, expected.dkim,
+                                                                   expected.arc)
+                assert got.dmarc == expected.dmarc and got.dmarc is not None and expected.dmarc is not None
+                assert got.dmarc.published == expected.dmarc.published
+                assert got.dmarc.published is not None and got.dmarc.published.rua == "mailto:d@remote.test"
+                verdicts.append(got)
+            passed, refused = verdicts
+            assert (passed.disposition, passed.spf.result, [r.result for r in passed.dkim]) == (
+                "none", "pass", ["pass"])
+            assert (refused.disposition, refused.dmarc.result, refused.spf.result, refused.dkim) == (
+                "reject", "fail", "fail", [])
+            assert pool.stats["process"] == 2
+        finally:
+            pool.close()
+
+    run(go())
+
+
+def test_the_reply_codec_keeps_absent_results() -> None:
+    """``_pack``/``_unpack`` carry a verdict without DMARC, ARC, signatures
+    or a DMARC record as it is, and every field of ``InboundVerdict`` (a
+    field added there must be added to the codec too)."""
+    spf = SPFResult("pass", "mailfrom", "remote.test", "news@remote.test", "ok")
+    helo = SPFResult("none", "helo", "mx.remote.test", "postmaster@mx.remote.test")
+    no_record = DMARCResult("none", "remote.test", "none", "none", "no policy")
+    for verdict in (InboundVerdict(b"", b"Authentication-Results: x; dkim=none\r\n", spf, helo),
+                    InboundVerdict(b"m", b"h", spf, helo, [DKIMResult("fail", "d.test", "s", "rsa-sha256", "bad", "Ab")],
+                                   no_record, ARCResult("fail", "i=2", 2))):
+        packed = _pack(verdict)
+        assert len(packed) == len(fields(InboundVerdict))
+        assert _unpack(pickle.loads(pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL))) == verdict
 
 
 def test_dead_worker_falls_back_then_restarts(dns: DNSServer, signed: bytes) -> None:
