@@ -58,7 +58,12 @@ def signed(tmp_path: Path, dns: DNSServer) -> bytes:
 
 
 def run(coro):  # noqa: ANN001, ANN201 - a test helper
-    return asyncio.run(coro)
+    """On the production event loop: cli.py runs uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def check(pool: CheckPool, message: bytes):  # noqa: ANN201

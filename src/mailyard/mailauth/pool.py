@@ -168,8 +168,7 @@ class _Worker(asyncio.Protocol):
         self._buffer = bytearray()  # the start of a frame not whole yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
