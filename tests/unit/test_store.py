@@ -849,6 +849,26 @@ async def test_queue_delete_retry_and_unknown_ids(store: Store) -> None:
             await call
 
 
+async def test_queue_due_leaves_out_held_recipients_and_skipped_domains(store: Store) -> None:
+    ids = []
+    for rcpts in (["x@b.test"], ["x@c.test"], ["y@b.test", "y@c.test"]):
+        _, qid = await store.queue_submit(BODY, NewQueueEntry("a@example.test", [NewRecipient(r) for r in rcpts],
+                                                              next_attempt=1000.0))
+        ids.append(qid)
+    at_b, at_c, at_both = ids
+    (x_c,) = (await store.queue_entry(at_c)).recipients
+    y_b, y_c = (await store.queue_entry(at_both)).recipients
+    assert await store.queue_due(2000.0, limit=0) == []
+    assert await store.queue_due(2000.0, skip_domains=["b.test", "c.test"]) == []
+    # due at a skipped domain and at another: the entry comes with all its recipients
+    (entry,) = await store.queue_due(2000.0, exclude=[x_c.id], skip_domains=["b.test"])
+    assert entry.id == at_both and [r.id for r in entry.recipients] == [y_b.id, y_c.id]
+    # each later than the claims a store took before (PostgreSQL's leases):
+    # an entry counts while one of its due recipients is not held
+    assert [e.id for e in await store.queue_due(1e7, exclude=[y_b.id, y_c.id])] == [at_b, at_c]
+    assert [e.id for e in await store.queue_due(2e7, exclude=[y_b.id])] == ids
+
+
 async def test_queue_survives_reopening(backend: Backend) -> None:
     s = backend.open()
     _, qid = await s.queue_submit(BODY, NewQueueEntry("x@a.test", [NewRecipient("b@b.test")]))

@@ -200,6 +200,33 @@ async def test_due_queue_entries_are_claimed_by_one_node(pg_cluster: PgCluster, 
         await b.close()
 
 
+async def test_a_node_keeps_its_claims_on_the_recipients_it_holds(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    """The recipients a node names in ``queue_due``'s ``exclude`` (its
+    runner holds them: waiting for a connection, or being delivered) stay
+    its own past the lease's first term; another node takes only those it
+    let go."""
+    from mailyard.store.api import NewQueueEntry, NewRecipient
+    from mailyard.store.postgresql.store import QUEUE_LEASE
+
+    dsn = pg_cluster.new_dsn()
+    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
+    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
+    try:
+        ids = []
+        for n in range(2):
+            _, qid = await a.queue_submit(b"x\r\n", NewQueueEntry("s@example.test", [NewRecipient(f"r{n}@b.test")],
+                                                                  next_attempt=1000.0))
+            ids.append(qid)
+        held, dropped = await a.queue_due(2000.0)
+        assert [held.id, dropped.id] == ids
+        assert await a.queue_due(2000.0 + QUEUE_LEASE * 0.75, limit=0, exclude=[held.recipients[0].id]) == []
+        again = await b.queue_due(2000.0 + QUEUE_LEASE + 1)
+        assert [e.id for e in again] == [dropped.id]
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_exclusive_locks_hold_across_nodes_and_go_with_a_dead_node(pg_cluster: PgCluster,
                                                                          tmp_path: Path) -> None:
     dsn = pg_cluster.new_dsn()

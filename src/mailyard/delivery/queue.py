@@ -9,7 +9,11 @@ groups them by destination domain, and gives each destination up to
 connection goes to the first MX host that answers (delivery/mx.py; or the
 smarthost), carries one transaction per queued message with all of that
 message's recipients at the domain, and is reused for the next queued message
-to the same domain.
+to the same domain. Due entries are read ``DUE_BATCH`` at a time, leaving out
+the recipients the runner holds and the destinations that have enough
+waiting, and read again as deliveries make room (``_release``): a backlog
+costs a read per half a batch delivered, not one per message, and mail for
+other destinations is not held up behind it.
 
 Per recipient: 2xx is done; 4xx (or no host reachable) is retried with
 exponential back-off (``retry_initial`` * ``retry_factor`` ** n, capped at
@@ -85,6 +89,10 @@ log = logging.getLogger("mailyard.queue")
 # Seconds between two counts of the queue for [spam] queue_alert.
 WATCH_EVERY = 2.0
 DUE_BATCH = 1000  # due entries the runner reads at a time
+# The runner reads no more while it holds this many reads' worth of jobs
+# (waiting for a connection or being delivered): its memory stays bounded
+# whatever the queue holds.
+HELD_BATCHES = 4
 
 
 def queue_name(queue_id: int, created: float) -> str:
@@ -308,11 +316,18 @@ class OutboundQueue:
         self.elsewhere: Callable[[], None] | None = None
         self._task: asyncio.Task | None = None
         self._workers: set[asyncio.Task] = set()
+        # The jobs read and not finished (waiting or being delivered), and
+        # their recipients, which reads leave out.
         self._inflight: set[tuple[int, str]] = set()
-        # The last dispatch left due work it could not take: more than a
-        # batch was due, or recipients due while their job was in flight.
-        # Each job that leaves ``_inflight`` then wakes the runner.
-        self._held_back = False
+        self._held: set[int] = set()
+        # What the last read may have left due: its limit cut it short (any
+        # destination), it skipped destinations with enough waiting, or it
+        # met recipients due beside a job in flight for the same entry and
+        # domain (taken once that job ends).
+        self._cut = False
+        self._skipped: set[str] = set()
+        self._blocked: set[tuple[int, str]] = set()
+        self._asked = 0.0  # time.monotonic() of the last read
         self._pending: dict[str, deque[Job]] = defaultdict(deque)
         self._active: dict[str, int] = defaultdict(int)
         self._job_added: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
@@ -447,13 +462,16 @@ class OutboundQueue:
                 await self._dispatch(now)
                 await self._watch_size()
                 await self._reports_due()
-                # What is due by now was dispatched: it is being delivered,
-                # or waits for a connection, and each delivery that ends
-                # wakes the runner. So the next wake-up is for what falls
-                # due later (else the runner would spin, reading every due
-                # entry each millisecond, while a slow delivery runs); due
-                # entries it did not take (another node's claim, past
-                # queue_due's limit) wait at most the poll interval.
+                # What is due by now was read: it is being delivered, or
+                # waits for a connection, and each delivery that ends wakes
+                # the runner when a read may find more (_release); what the
+                # read left for later (past its limit, or for a destination
+                # with enough waiting) is read as deliveries make room. So
+                # the next wake-up is for what falls due later (else the
+                # runner would spin, reading every due entry each
+                # millisecond, while a slow delivery runs); due entries no
+                # read took (another node's claim) wait at most the poll
+                # interval.
                 nxt = await self.store.queue_next_due(after=now)
             except asyncio.CancelledError:
                 raise
@@ -482,14 +500,48 @@ class OutboundQueue:
             logs.event(log, logging.INFO, "queue_alert_cleared", size=size, threshold=self._watch.threshold)
 
     def _release(self, job: Job) -> None:
-        """``job`` is no longer in flight: its outcome is recorded, or it failed."""
-        self._inflight.discard(job.key)
-        if self._held_back:
-            self._wake.set()  # what the last dispatch left may be taken now
+        """``job`` is no longer in flight: its outcome is recorded, or it failed.
+
+        Wakes the runner when a read may now find due work: a read met
+        recipients due beside this job (``_blocked``), or it left work behind
+        for the job's destination (``_cut``, ``_skipped``) and the waiting
+        jobs there are down to half a read, with room for half a read more.
+        A backlog is so read a batch at a time, once per half a batch of
+        deliveries, not once per delivery."""
+        if job.key not in self._inflight:
+            return
+        self._inflight.remove(job.key)
+        self._held.difference_update(r.id for r in job.recipients)
+        if job.key in self._blocked:
+            self._blocked.discard(job.key)
+            self._wake.set()
+            return
+        low = DUE_BATCH // 2
+        dest = RELAY_KEY if self.cfg.relay_host else job.domain
+        if ((self._cut or dest in self._skipped) and len(self._pending.get(dest, ())) <= low
+                and HELD_BATCHES * DUE_BATCH - len(self._inflight) >= low):
+            self._wake.set()
 
     async def _dispatch(self, now: float) -> None:
-        due = await self.store.queue_due(now, limit=DUE_BATCH)
-        held_back = len(due) >= DUE_BATCH
+        relay = bool(self.cfg.relay_host)
+        # A destination with more than half a read waiting is left out of
+        # the read: one destination's backlog must not take the reads (and
+        # the room) that other destinations' due mail needs. It is read
+        # again when its waiting jobs are down to half a read (_release).
+        full = {dest for dest, jobs in self._pending.items() if len(jobs) > DUE_BATCH // 2}
+        limit = max(0, min(DUE_BATCH, HELD_BATCHES * DUE_BATCH - len(self._inflight)))
+        if relay and full:
+            limit = 0  # the smarthost is the one destination
+        if limit or time.monotonic() - self._asked >= self.cfg.poll_interval:
+            # (With nothing to take the store is asked once per poll
+            # interval, for its claims on what is held: PostgreSQL's leases.)
+            self._asked = time.monotonic()
+            due = await self.store.queue_due(now, limit=limit, exclude=list(self._held),
+                                             skip_domains=() if relay else sorted(full))
+        else:
+            due = []
+        self._cut = len(due) >= limit
+        self._skipped = full
         for entry in due:
             by_domain: dict[str, list[QueueRecipient]] = defaultdict(list)
             for r in entry.recipients:
@@ -498,13 +550,17 @@ class OutboundQueue:
             for domain, rcpts in by_domain.items():
                 job = Job(entry, domain, rcpts)
                 if job.key in self._inflight:
-                    held_back = True
+                    # Its recipients are held (SQLite shows them due while
+                    # they are delivered); another due beside them waits for
+                    # the job to end: one job per entry and domain at a time.
+                    if any(r.id not in self._held for r in rcpts):
+                        self._blocked.add(job.key)
                     continue
                 self._inflight.add(job.key)
-                dest = RELAY_KEY if self.cfg.relay_host else domain
+                self._held.update(r.id for r in rcpts)
+                dest = RELAY_KEY if relay else domain
                 self._pending[dest].append(job)
                 self._job_added[dest].set()
-        self._held_back = held_back
         total = sum(self._active.values())
         for dest, jobs in list(self._pending.items()):
             while jobs and total < self.cfg.max_connections and (

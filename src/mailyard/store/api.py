@@ -1057,9 +1057,17 @@ class Store(abc.ABC):
         """Every entry with its recipients (no attempt log), oldest first."""
 
     @abc.abstractmethod
-    async def queue_due(self, now: float, limit: int = 1000) -> list[QueueEntry]:
+    async def queue_due(self, now: float, limit: int = 1000, *, exclude: Collection[int] = (),
+                        skip_domains: Collection[str] = ()) -> list[QueueEntry]:
         """Entries with at least one pending recipient due at ``now`` (no
-        attempt log), oldest first, at most ``limit``."""
+        attempt log), oldest first, at most ``limit``. Recipients that do not
+        count: those in ``exclude`` (ids of recipients the caller holds
+        already) and those at ``skip_domains`` (the caller has enough for
+        those domains). An entry returned has all its recipients, and the
+        caller takes every due one it does not hold, those at
+        ``skip_domains`` too. A store that claims what it returns
+        (PostgreSQL) keeps its claims on the ``exclude`` recipients, also
+        when ``limit`` is 0."""
 
     @abc.abstractmethod
     async def queue_size(self) -> int:

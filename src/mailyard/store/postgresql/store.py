@@ -1913,7 +1913,8 @@ class PostgreSQLStore(ContactsMixin, Store):
     async def queue_list(self) -> list[QueueEntry]:
         return await self._entries(await self._q(f"SELECT {_ENTRY_COLS} FROM queue ORDER BY id"), with_attempts=False)
 
-    async def queue_due(self, now: float, limit: int = 1000) -> list[QueueEntry]:
+    async def queue_due(self, now: float, limit: int = 1000, *, exclude: Collection[int] = (),
+                        skip_domains: Collection[str] = ()) -> list[QueueEntry]:
         """Due entries, claimed for this node: the entry rows are taken with
         ``FOR UPDATE SKIP LOCKED`` (a node claiming at the same moment gets
         others), and the due recipients' next attempt moves ``QUEUE_LEASE``
@@ -1923,24 +1924,38 @@ class PostgreSQLStore(ContactsMixin, Store):
         (its store's connections closed: it died, or it was restarted and is
         a new store) are over at once, and any node, the restarted one too,
         retries them (RFC 5321 4.5.4.1) instead of waiting for the lease's
-        time to run out."""
+        time to run out. The recipients in ``exclude`` are this node's
+        still: their leases past half their time are renewed, so a delivery
+        that waits long for its connection is not taken over by another
+        node."""
         if self._sync is None or self._sync.closed:
             # the connection whose name says this node is alive (_LIVE_HOLD)
             # is open before the node takes a lease that names it
             await asyncio.to_thread(self._sync_q1, "SELECT 1", ())
+        held = list(exclude)
+        held_ids = set(held)
+        skip = set(skip_domains)
         async with self._conn() as c, c.transaction():
             await c.execute(
                 "UPDATE queue_rcpts r SET next_attempt = %s, lease_node = NULL WHERE r.lease_node IS NOT NULL"
                 " AND r.state = 'pending' AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a"
                 " WHERE a.application_name = 'mailyard-' || r.lease_node)", (now,))
+            if held:
+                await c.execute("UPDATE queue_rcpts SET next_attempt = %s WHERE id = ANY(%s::bigint[])"
+                                " AND state = 'pending' AND lease_node = %s AND next_attempt < %s",
+                                (now + QUEUE_LEASE, held, self.node, now + QUEUE_LEASE / 2))
+            if limit <= 0:
+                return []
             rows = await _all(
                 c, f"SELECT {', '.join('q.' + col.strip() for col in _ENTRY_COLS.split(','))} FROM queue q"
                 " WHERE EXISTS (SELECT 1 FROM queue_rcpts r WHERE r.queue_id = q.id AND r.state = 'pending'"
-                " AND r.next_attempt <= %s) ORDER BY q.id LIMIT %s FOR UPDATE SKIP LOCKED", (now, limit))
+                " AND r.next_attempt <= %s AND NOT (r.id = ANY(%s::bigint[])) AND NOT (r.domain = ANY(%s::text[])))"
+                " ORDER BY q.id LIMIT %s FOR UPDATE SKIP LOCKED", (now, held, list(skip), limit))
             # read again after the lock (a new statement, a new snapshot): a
             # node that claimed an entry just before leaves it leased, not due
             entries = [e for e in await self._entries(rows, with_attempts=False, conn=c)
-                       if any(r.state == PENDING and r.next_attempt <= now for r in e.recipients)]
+                       if any(r.state == PENDING and r.next_attempt <= now and r.id not in held_ids
+                              and r.domain not in skip for r in e.recipients)]
             if entries:
                 await c.execute("UPDATE queue_rcpts SET next_attempt = %s, lease_node = %s WHERE queue_id = ANY(%s)"
                                 " AND state = 'pending' AND next_attempt <= %s",

@@ -17,9 +17,10 @@ queued), so a crash can neither lose the bounce nor send it twice.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from ..api import (
     DeliveryTarget,
@@ -213,17 +214,26 @@ class QueueMixin(BodiesMixin):
         rows = self._q(f"SELECT {_ENTRY_COLS} FROM queue ORDER BY id")
         return self._entries(rows, with_attempts=False)
 
-    async def queue_due(self, now: float, limit: int = 1000) -> list[QueueEntry]:
-        """Entries with at least one recipient due at ``now`` (oldest first)."""
+    async def queue_due(self, now: float, limit: int = 1000, *, exclude: Collection[int] = (),
+                        skip_domains: Collection[str] = ()) -> list[QueueEntry]:
+        """Entries with at least one recipient due at ``now`` (oldest first)
+        that is neither in ``exclude`` nor at one of ``skip_domains``."""
+        if limit <= 0:
+            return []
         # (No DISTINCT in the subquery: IN ignores repeats, and with it SQLite
         # walks every recipient in queue_id order instead of the due index,
-        # work that grows with the queue on every dispatch.)
-        rows = self._q(
-            f"SELECT {', '.join('q.' + c.strip() for c in _ENTRY_COLS.split(','))} FROM queue q"
-            " WHERE q.id IN (SELECT queue_id FROM queue_rcpts WHERE state = 'pending'"
-            " AND next_attempt <= ?) ORDER BY q.id LIMIT ?",
-            (now, limit),
-        )
+        # work that grows with the queue on every dispatch.) The lists are
+        # one JSON parameter each, whatever their length.
+        sql = (f"SELECT {', '.join('q.' + c.strip() for c in _ENTRY_COLS.split(','))} FROM queue q"
+               " WHERE q.id IN (SELECT queue_id FROM queue_rcpts WHERE state = 'pending' AND next_attempt <= ?")
+        args: list[object] = [now]
+        if exclude:
+            sql += " AND id NOT IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps(list(exclude)))
+        if skip_domains:
+            sql += " AND domain NOT IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps(list(skip_domains)))
+        rows = self._q(sql + ") ORDER BY q.id LIMIT ?", (*args, limit))
         return self._entries(rows, with_attempts=False)
 
     async def queue_size(self) -> int:
