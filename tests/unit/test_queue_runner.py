@@ -188,3 +188,36 @@ async def test_a_retry_goes_out_when_due_while_the_same_message_waits_at_another
         await queue.stop()
         peer.close()
         await store.close()
+
+
+async def test_a_delivery_report_that_cannot_be_made_leaves_nothing_stranded_or_sent_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Making the bounce fails (a store error while reading the body, say):
+    # the outcomes are recorded all the same, the jobs leave flight (else
+    # their recipients are never read again and, held, fill the runner
+    # until it reads no more), and no recipient gets a second attempt.
+    monkeypatch.setattr(queue_module, "DUE_BATCH", 2)  # the runner holds at most 8 jobs
+    peer = FakePeer(lambda: 0)
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False))
+    cfg = DeliveryConfig(relay_host="127.0.0.1", relay_port=peer.server_address[1], relay_tls="none",
+                         connection_cache_time=0.1, poll_interval=0.2)
+    queue = OutboundQueue(store, None, cfg, "mx.example.test", client_tls=client_context)
+
+    async def broken_report(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("the store failed while the report was made")
+
+    monkeypatch.setattr(queue, "_report", broken_report)
+    try:
+        await queue.start()
+        for n in range(8):
+            await queue.enqueue(message(n), "a@example.test", [f"reject-{n}@remote.test"])
+        await wait_until_async(lambda: queue.stats["failed"] == 8, timeout=10, what="8 refusals recorded")
+        await queue.enqueue(message(99), "a@example.test", ["ok@remote.test"])
+        await wait_until_async(lambda: "ok@remote.test" in accepted(peer), timeout=5, what="the next message")
+        await asyncio.sleep(0.5)  # more than two poll intervals
+        assert queue.stats["failed"] == 8  # no refused recipient was tried again
+        assert not queue._inflight
+    finally:
+        await queue.stop()
+        peer.close()
+        await store.close()

@@ -12,8 +12,10 @@ message's recipients at the domain, and is reused for the next queued message
 to the same domain. Due entries are read ``DUE_BATCH`` at a time, leaving out
 the recipients the runner holds and the destinations that have enough
 waiting, and read again as deliveries make room (``_release``): a backlog
-costs a read per half a batch delivered, not one per message, and mail for
-other destinations is not held up behind it.
+costs a read per half a batch delivered, not one per message. Mail for
+other destinations due meanwhile is taken by the next read that finds the
+backlog's destination with enough waiting (and so skips it): a new message,
+or the poll interval, at the latest.
 
 Per recipient: 2xx is done; 4xx (or no host reachable) is retried with
 exponential back-off (``retry_initial`` * ``retry_factor`` ** n, capped at
@@ -939,6 +941,15 @@ class OutboundQueue:
             metrics.observe_delivery("remote", now - entry.created)
 
     async def _record(self, job: Job, replies: list[Reply], host: str | None, dsn_relayed: bool) -> None:
+        """Record the outcome of ``job``'s attempt; the job leaves flight
+        whatever happens here (else its recipients would never be read
+        again, and on PostgreSQL their leases would be renewed for good)."""
+        try:
+            await self._record_outcomes(job, replies, host, dsn_relayed)
+        finally:
+            self._release(job)
+
+    async def _record_outcomes(self, job: Job, replies: list[Reply], host: str | None, dsn_relayed: bool) -> None:
         entry = job.entry
         cfg = self.cfg
         now = time.time()
@@ -977,19 +988,22 @@ class OutboundQueue:
             reports["delayed"] = delayed
         follow_up: list[NewMessage] = []
         if should_report(entry):
-            body = None
-            for action in ("failed", "delayed", "relayed"):
-                wanted = [r for r in reports.get(action, []) if wants_report(r.recipient, action)]
-                if not wanted:
-                    continue
-                if body is None:
-                    body = await self.store.queue_body(entry.id)
-                follow_up.extend(await self._report(entry, body, wanted, expires))
+            try:
+                body = None
+                for action in ("failed", "delayed", "relayed"):
+                    wanted = [r for r in reports.get(action, []) if wants_report(r.recipient, action)]
+                    if not wanted:
+                        continue
+                    if body is None:
+                        body = await self.store.queue_body(entry.id)
+                    follow_up.extend(await self._report(entry, body, wanted, expires))
+            except Exception:
+                # The outcomes are recorded all the same: recipients that
+                # took the message must not get it again (RFC 5321 6.1).
+                log.exception("queue %s: the delivery report could not be made", queue_name(entry.id, entry.created))
+                follow_up = []
         attempt_log = [(job.domain, host, "; ".join(sorted({o.reply for o in outcomes})))]
-        try:
-            await self.store.queue_update(entry.id, outcomes, attempt_log, warned=warned, follow_up=follow_up)
-        finally:
-            self._release(job)
+        await self.store.queue_update(entry.id, outcomes, attempt_log, warned=warned, follow_up=follow_up)
         if follow_up:
             self.wake()
 
