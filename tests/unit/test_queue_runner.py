@@ -221,3 +221,30 @@ async def test_a_delivery_report_that_cannot_be_made_leaves_nothing_stranded_or_
         await queue.stop()
         peer.close()
         await store.close()
+
+
+async def test_the_runner_reads_at_least_every_few_minutes_whatever_the_poll_interval(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reads renew the store's claims on what the runner holds (PostgreSQL's
+    # 15-minute leases, past half their term): a poll interval of an hour
+    # must not let them lapse while a delivery waits.
+    monkeypatch.setattr(queue_module, "MAX_POLL", 0.1)
+    smarthost, peers = await silent_server("127.0.0.1")
+    port = smarthost.sockets[0].getsockname()[1]
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False))
+    cfg = DeliveryConfig(relay_host="127.0.0.1", relay_port=port, relay_tls="none", poll_interval=3600.0)
+    queue = OutboundQueue(store, None, cfg, "mx.example.test", client_tls=client_context)  # type: ignore[arg-type]
+    reads = count_reads(store)
+    await queue.start()
+    try:
+        await queue.enqueue(message(0), "a@example.test", ["b@remote.test"])
+        await wait_until_async(lambda: peers, what="the delivery's connection")
+        before = len(reads)
+        await asyncio.sleep(0.6)
+        assert len(reads) - before >= 3, f"{len(reads) - before} reads in 0.6 s"
+    finally:
+        for writer in peers:
+            writer.close()
+        smarthost.close()
+        await queue.stop()
+        await store.close()

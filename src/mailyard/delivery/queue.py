@@ -95,6 +95,10 @@ DUE_BATCH = 1000  # due entries the runner reads at a time
 # (waiting for a connection or being delivered): its memory stays bounded
 # whatever the queue holds.
 HELD_BATCHES = 4
+# The runner reads the queue at least this often, whatever [delivery]
+# poll_interval says: reads renew the store's claims on the recipients it
+# holds (PostgreSQL's 15-minute leases, renewed past half their term).
+MAX_POLL = 300.0
 
 
 def queue_name(queue_id: int, created: float) -> str:
@@ -480,7 +484,7 @@ class OutboundQueue:
             except Exception:
                 log.exception("queue runner failed; retrying")
                 nxt = None
-            delay = self.cfg.poll_interval
+            delay = self._poll_interval
             if nxt is not None:
                 delay = max(0.0, min(delay, nxt - time.time()))
             with contextlib.suppress(TimeoutError):
@@ -500,6 +504,10 @@ class OutboundQueue:
             logs.event(log, logging.WARNING, "queue_alert", size=size, threshold=self._watch.threshold)
         elif change == "under":
             logs.event(log, logging.INFO, "queue_alert_cleared", size=size, threshold=self._watch.threshold)
+
+    @property
+    def _poll_interval(self) -> float:
+        return min(self.cfg.poll_interval, MAX_POLL)
 
     def _release(self, job: Job) -> None:
         """``job`` is no longer in flight: its outcome is recorded, or it failed.
@@ -534,7 +542,7 @@ class OutboundQueue:
         limit = max(0, min(DUE_BATCH, HELD_BATCHES * DUE_BATCH - len(self._inflight)))
         if relay and full:
             limit = 0  # the smarthost is the one destination
-        if limit or time.monotonic() - self._asked >= self.cfg.poll_interval:
+        if limit or time.monotonic() - self._asked >= self._poll_interval:
             # (With nothing to take the store is asked once per poll
             # interval, for its claims on what is held: PostgreSQL's leases.)
             self._asked = time.monotonic()
