@@ -882,3 +882,22 @@ def test_silent_store_announces_another_sessions_change_to_the_message_rfc9051_6
     assert say(b"s5 STORE 1 -FLAGS.SILENT (\\Seen)", b"s5") == [b"s5 OK STORE completed\r\n"]
     assert say(b"s6 NOOP", b"s6") == [b"s6 OK NOOP completed\r\n"]
     s.close()
+
+
+def test_a_list_pattern_of_many_wildcards_is_answered_at_once(mailserver: RunningServer) -> None:
+    """A LIST or LSUB pattern with many wildcards against a long name the
+    user made (RFC 9051 6.3.9) is answered without holding the server: a
+    backtracking match took seconds at 16 wildcards, hours at 20. Too many
+    patterns in one LIST are refused (RFC 5530 LIMIT)."""
+    s, say = _login_raw(mailserver)
+    with s:
+        long_name = b"a" * 200
+        assert say(b"a1 CREATE " + long_name, b"a1")[-1].startswith(b"a1 OK")
+        assert say(b"a2 SUBSCRIBE " + long_name, b"a2")[-1].startswith(b"a2 OK")
+        evil = b"*a" * 40 + b"Z"
+        assert say(b'a3 LIST "" "' + evil + b'"', b"a3") == [b"a3 OK LIST completed\r\n"]
+        assert say(b'a4 LSUB "" "' + evil + b'"', b"a4") == [b"a4 OK LSUB completed\r\n"]
+        assert say(b'a5 LIST "" "' + b"*a" * 40 + b'"', b"a5") == [
+            b'* LIST (\\HasNoChildren) "/" "' + long_name + b'"\r\n', b"a5 OK LIST completed\r\n"]
+        many = b" ".join(b'"x%d"' % i for i in range(101))
+        assert say(b'a6 LIST "" (' + many + b")", b"a6") == [b"a6 NO [LIMIT] At most 100 patterns in one LIST\r\n"]

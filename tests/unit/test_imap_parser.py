@@ -259,3 +259,43 @@ def test_engine_output_is_counted_and_handed_over_once() -> None:
     assert eng.pending == len(b"* OK hi\r\n* OK\r\n")
     assert eng.data_to_send() == b"* OK hi\r\n* OK\r\n"
     assert eng.pending == 0 and eng.data_to_send() == b""
+
+
+def _reference_match(reference: str, pattern: str, name: str) -> bool:
+    """RFC 9051 6.3.9 spelled out as a regex, the reference of the differential test."""
+    import re
+
+    full = reference + pattern
+    body = "".join(".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch) for ch in full)
+    if full[:5].upper() == "INBOX" and (len(full) == 5 or full[5] in "/*%"):
+        body = "INBOX" + body[len(re.escape(full[:5])):]
+    return re.fullmatch(body, name, re.DOTALL) is not None
+
+
+def test_list_patterns_match_as_rfc_9051_says() -> None:
+    import random
+
+    rng = random.Random(7)
+    alphabet = ["a", "b", "/", "*", "%", "x"]
+    for _ in range(4000):
+        pattern = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+        name = "".join(rng.choice("ab/x") for _ in range(rng.randint(0, 10)))
+        reference = rng.choice(["", "a/", "b"])
+        assert names.matches(names.compile_pattern(reference, pattern), name) == _reference_match(
+            reference, pattern, name), (reference, pattern, name)
+    for pattern, name, hit in [("inbox", "INBOX", True), ("InBoX/%", "INBOX/x", True), ("Inboxes", "INBOX", False),
+                               ("%", "a/b", False), ("*", "a/b", True), ("a/%/c", "a/b/c", True), ("", "a", False)]:
+        assert names.matches(names.compile_pattern("", pattern), name) == hit, (pattern, name)
+
+
+def test_a_list_pattern_takes_linear_time_whatever_its_wildcards() -> None:
+    # "*a" repeated against a long name of a's: a backtracking regex takes
+    # time exponential in the wildcards (hours at 16); any user can send it.
+    import time
+
+    started = time.process_time()
+    for stars in (8, 16, 200):
+        pattern = names.compile_pattern("", "*a" * stars + "Z")
+        assert not names.matches(pattern, "a" * 500)
+    assert names.matches(names.compile_pattern("", "*a" * 200), "a" * 500)
+    assert time.process_time() - started < 5.0

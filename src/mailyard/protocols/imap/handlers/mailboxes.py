@@ -149,6 +149,9 @@ def _order(name: str) -> tuple[bool, str]:
 # options this server knows; any other is answered BAD.
 SELECT_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-USE"})
+# Patterns one LIST may give (RFC 5258 3: a list of them); each is matched
+# against every mailbox and subscription name.
+MAX_PATTERNS = 100
 
 
 async def cmd_list(s: ImapSession, cmd: c.List) -> None:
@@ -170,12 +173,16 @@ async def cmd_list(s: ImapSession, cmd: c.List) -> None:
         # RFC 5258 3: an unrecognized return option is answered with BAD
         eng.complete("BAD", "Invalid LIST return options")
         return
+    if len(cmd.patterns) > MAX_PATTERNS:
+        # each pattern is matched against every name (RFC 5530 LIMIT)
+        eng.complete("NO", f"At most {MAX_PATTERNS} patterns in one LIST", "LIMIT")
+        return
     boxes = await b.list_mailboxes()
     existing, all_names, with_children = _tree(boxes)
-    regexes = [names.compile_pattern(cmd.reference, p) for p in cmd.patterns if p]
+    patterns = [names.compile_pattern(cmd.reference, p) for p in cmd.patterns if p]
 
     def listed(name: str) -> bool:
-        return any(names.matches(r, name) for r in regexes)
+        return any(names.matches(r, name) for r in patterns)
 
     subscribed = set(await b.list_subscriptions())
     childinfo: set[str] = set()
@@ -233,17 +240,17 @@ async def _lsub(s: ImapSession, cmd: c.List) -> None:
         eng.untagged(Atom("LSUB"), [Atom("\\Noselect")], "/", "")
         await s.finish("OK", "LSUB completed")
         return
-    regex = names.compile_pattern(cmd.reference, cmd.patterns[0])
+    pattern = names.compile_pattern(cmd.reference, cmd.patterns[0])
     subscribed = set(await b.list_subscriptions())
     # RFC 3501 6.3.9: every subscribed name, whether or not it exists; and a
     # name the pattern stops at ("%") above a subscribed name it does not
     # reach, not itself subscribed, is returned with \Noselect ("foo" for
     # LSUB "" % when only "foo/bar" is subscribed).
-    found = {name: False for name in subscribed if names.matches(regex, name)}
+    found = {name: False for name in subscribed if names.matches(pattern, name)}
     for sub in subscribed:
         if sub not in found:
             for parent in names.parents(sub):
-                if parent not in subscribed and names.matches(regex, parent):
+                if parent not in subscribed and names.matches(pattern, parent):
                     found[parent] = True
     for name in sorted(found, key=_order):
         eng.untagged(Atom("LSUB"), [Atom("\\Noselect")] if found[name] else [], "/", Mailbox(name))
