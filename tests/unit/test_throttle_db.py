@@ -55,3 +55,43 @@ def test_the_store_backend_picks_the_throttle() -> None:
     assert type(throttle_from_config(AuthConfig())).__name__ == "LoginThrottle"
     pg = throttle_from_config(AuthConfig(), StoreConfig(backend="postgresql", dsn="postgresql://db/mail"))
     assert isinstance(pg, DatabaseThrottle)
+
+
+async def test_calls_from_an_event_loop_never_wait_for_the_database(pg_cluster: PgCluster) -> None:
+    # A round trip may wait for another node's lock on the same keys: the
+    # loop serving every session of the process goes on meanwhile, and the
+    # reports it queues count before any later reservation asks.
+    import asyncio
+
+    throttle = DatabaseThrottle(pg_cluster.new_dsn(), ThrottlePolicy(base_delay=0.0, max_delay=0.0,
+                                                                      account_max_failures=2))
+    run = throttle._run
+
+    def slow(*args: object) -> object:
+        time.sleep(0.1)  # the database takes its time
+        return run(*args)  # type: ignore[arg-type]
+
+    throttle._run = slow  # type: ignore[method-assign]
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    beat = asyncio.ensure_future(ticker())
+    try:
+        now = time.monotonic()
+        attempt = await throttle.reserve_async("192.0.2.1", "alice@example.test", now)
+        assert isinstance(attempt, Attempt)
+        started = time.monotonic()
+        throttle.fail(attempt, now)
+        throttle.record_failure("192.0.2.1", "alice@example.test", now)
+        assert time.monotonic() - started < 0.05  # queued, not waited for
+        verdict = await throttle.before_attempt_async("192.0.2.2", "alice@example.test", now)
+        assert isinstance(verdict, Locked) and verdict.scope == "account"
+        assert ticks >= 20, f"the event loop stood still while the database answered ({ticks} ticks in 0.4 s)"
+    finally:
+        beat.cancel()
+        throttle.close()

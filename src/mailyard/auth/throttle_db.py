@@ -14,15 +14,24 @@ that dies mid-login does not hold the budget for ever.
 The table is migration 3 of the store's schema
 (store/postgresql/schema.py), applied when the first connection opens.
 
-The calls block for one round trip, as the worker processes' calls to the
-supervisor's throttle do (auth/throttle_shared.py); a login costs far more.
+A call is a round trip to the database, which may also wait for another
+node's lock on the same keys: from an event loop, calls run on one thread
+of this throttle's own, in the order they are made (``reserve_async``,
+``before_attempt_async`` wait there; ``fail``, ``succeed`` and the
+``record_*`` reports are queued and the caller goes on), so the loop never
+waits for the database and a report is always counted before a later
+reservation asks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..store.api import StoreUnavailable
@@ -31,6 +40,8 @@ from .throttle import Attempt, Busy, Locked, LoginThrottle, ThrottlePolicy, _Ent
 # Seconds a reservation counts as in flight at most (the longest delay, the
 # password check and a slow client's SASL exchange fit well within it).
 PENDING_TTL = 120.0
+
+log = logging.getLogger("mailyard.auth.throttle")
 
 class DatabaseThrottle(LoginThrottle):
     """A ``LoginThrottle`` whose counters live in the database ``dsn`` names."""
@@ -44,6 +55,8 @@ class DatabaseThrottle(LoginThrottle):
         self._local = threading.local()  # inside _run on this thread
         # the callers' clock (time.monotonic, auth/service.py) -> wall clock
         self._shift = time.time() - time.monotonic()
+        # the calls of event loops, in order (see the module docstring)
+        self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailyard-throttle-db")
 
     def _connection(self) -> Any:
         import psycopg
@@ -135,21 +148,46 @@ class DatabaseThrottle(LoginThrottle):
         parent = super().reserve
         return self._run(self._keys(ip, account), now, lambda: parent(ip, account, now))
 
+    async def reserve_async(self, ip: str, account: str | None, now: float) -> Attempt | Locked | Busy:
+        return await asyncio.get_running_loop().run_in_executor(self._calls, self.reserve, ip, account, now)
+
+    async def before_attempt_async(self, ip: str, account: str | None, now: float) -> float | Locked | Busy:
+        return await asyncio.get_running_loop().run_in_executor(self._calls, self.before_attempt, ip, account, now)
+
+    def _report(self, fn: Callable[[], None]) -> None:
+        """Run a report now, or (called from an event loop) queue it on the
+        throttle's thread, ahead of any later call."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            fn()
+            return
+
+        def run() -> None:
+            try:
+                fn()
+            except Exception:
+                log.exception("the login throttle's database did not take a report")
+
+        self._calls.submit(run)
+
     def fail(self, attempt: Attempt, now: float) -> None:
         parent = super().fail
-        self._run((attempt.ip_key, attempt.account_key, attempt.pair_key), now, lambda: parent(attempt, now))
+        keys = (attempt.ip_key, attempt.account_key, attempt.pair_key)
+        self._report(lambda: self._run(keys, now, lambda: parent(attempt, now)))
 
     def succeed(self, attempt: Attempt, now: float) -> None:
         parent = super().succeed
-        self._run((attempt.ip_key, attempt.account_key, attempt.pair_key), now, lambda: parent(attempt, now))
+        keys = (attempt.ip_key, attempt.account_key, attempt.pair_key)
+        self._report(lambda: self._run(keys, now, lambda: parent(attempt, now)))
 
     def record_failure(self, ip: str, account: str | None, now: float) -> None:
         parent = super().record_failure
-        self._run(self._keys(ip, account), now, lambda: parent(ip, account, now))
+        self._report(lambda: self._run(self._keys(ip, account), now, lambda: parent(ip, account, now)))
 
     def record_success(self, ip: str, account: str, now: float) -> None:
         parent = super().record_success
-        self._run(self._keys(ip, account), now, lambda: parent(ip, account, now))
+        self._report(lambda: self._run(self._keys(ip, account), now, lambda: parent(ip, account, now)))
 
     def __len__(self) -> int:
         with self._lock:
@@ -157,6 +195,7 @@ class DatabaseThrottle(LoginThrottle):
         return int(row[0]) if row else 0
 
     def close(self) -> None:
+        self._calls.shutdown(wait=True)  # the reports queued are counted
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
