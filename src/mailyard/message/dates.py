@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import calendar
 import datetime as _dt
+import email.utils
 import re
 import time
+from collections.abc import Sequence
 from email.utils import format_datetime, parsedate_tz
 
-__all__ = ["format_date", "parse_date", "to_timestamp"]
+__all__ = ["format_date", "parse_date", "sent_day", "to_timestamp"]
 
 
 def format_date(ts: float | None = None, tz: _dt.tzinfo | None = None) -> str:
@@ -132,3 +134,17 @@ def to_timestamp(s: str | None) -> float | None:
         return d.timestamp()
     except (ValueError, OverflowError):
         return None
+
+
+def sent_day(values: Sequence[str]) -> _dt.date | None:
+    """The day SEARCH SENTBEFORE / SENTON / SENTSINCE compare (RFC 9051
+    6.4.4, RFC 3501 6.4.4): the date part of the first Date field as written
+    in it, "disregarding time and timezone"; None when there is no Date
+    field or the first one cannot be read (such a message matches no SENT*
+    key)."""
+    for value in values:
+        try:
+            return email.utils.parsedate_to_datetime(value).date()
+        except (TypeError, ValueError, IndexError):
+            return None
+    return None

@@ -65,6 +65,7 @@ class StoreBackend:
     mailbox_status = _checked("mailbox_status")
     search_headers = _checked("search_headers")
     search_text = _checked("search_text")
+    sent_dates = _checked("sent_dates")
     sort_keys = _checked("sort_keys")
     sort_order = _checked("sort_order")
     thread_keys = _checked("thread_keys")

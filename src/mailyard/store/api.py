@@ -38,9 +38,12 @@ opens a data directory's store; nothing outside store/ names a backend.
 from __future__ import annotations
 
 import abc
+import datetime as _dt
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from ..message.dates import sent_day
 
 if TYPE_CHECKING:
     from ..message.threadkeys import SortKeys, ThreadKeys
@@ -53,6 +56,9 @@ SPECIAL_USE_MAILBOXES: tuple[tuple[str, str], ...] = (
     ("Junk", "\\Junk"),
     ("Archive", "\\Archive"),
 )
+
+# Messages per get_derived call of the default ``Store.sent_dates``.
+SENT_BATCH = 500
 
 # The hierarchy delimiter used in mailbox names (RFC 9051 section 5.1).
 HIERARCHY_DELIMITER = "/"
@@ -988,6 +994,26 @@ class Store(abc.ABC):
         """UIDs whose body ("body": RFC 9051 SEARCH BODY) or header+body ("text":
         SEARCH TEXT) contains ``text`` (case-insensitive substring semantics),
         answered from the full-text index. ``within``: only those of these UIDs."""
+
+    async def sent_dates(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, _dt.date | None]:
+        """For each of ``uids`` present (expunged messages still held too):
+        the day SEARCH SENTBEFORE / SENTON / SENTSINCE compare (RFC 9051
+        6.4.4), message/dates.py ``sent_day`` of its stored Date fields; None
+        without a readable Date. The stored sort key ``sort_keys.date`` cannot
+        answer it: it is the Date in UTC, and SENT* wants the day as written
+        in the field, whatever its zone.
+
+        This default reads the header fields a batch at a time through
+        ``get_derived``, each batch an await (a store that waits for its
+        database between batches, as PostgreSQL's, never holds the event
+        loop for long); the SQLite store reads them in a worker thread."""
+        out: dict[int, _dt.date | None] = {}
+        wanted = list(uids)
+        for start in range(0, len(wanted), SENT_BATCH):
+            chunk = wanted[start : start + SENT_BATCH]
+            for uid, d in (await self.get_derived(mailbox, chunk, ("headers",), expunged=True)).items():
+                out[uid] = sent_day(d.get("headers", {}).get("date", ()))
+        return out
 
     @abc.abstractmethod
     async def sort_order(self, mailbox: MailboxRef, keys: Sequence[tuple[str, bool]],

@@ -46,6 +46,7 @@ HEADER_KEYS = ("from", "to", "cc", "subject")
 IS_VALUES = ("unread", "read", "flagged", "answered")
 KEYS = (*HEADER_KEYS, "has", "is", "in", "before", "after", "larger", "smaller")
 MAX_TERMS = 20
+ATTACHMENT_CHUNK = 10_000  # BODYSTRUCTUREs per store call of the has:attachment test
 _SIZE = re.compile(r"(\d{1,12})(?:\.(\d{1,3}))?\s*([kmg]?)b?", re.I)
 _DATE = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})")
 _TOKEN = re.compile(r'(-?)(?:([A-Za-z]+):)?(?:"([^"]*)"?|(\S+))')
@@ -198,8 +199,10 @@ class InfoIndex:
         entries = self._boxes.get(box.id)
         known = entries.attachment if entries is not None else {}
         missing = sorted(u for u in candidates if u not in known)
-        for i in range(0, len(missing), 1000):
-            chunk = missing[i : i + 1000]
+        # big chunks: the SQLite store reads and decodes a request of more
+        # than 2,000 messages off the event loop (a small one in place)
+        for i in range(0, len(missing), ATTACHMENT_CHUNK):
+            chunk = missing[i : i + ATTACHMENT_CHUNK]
             derived = await self.store.get_derived(box, chunk, fields=("bodystructure",))
             for uid in chunk:
                 known[uid] = has_attachment(derived.get(uid, {}).get("bodystructure"))

@@ -32,6 +32,7 @@ raises) is an operation refused, answered with NO and the exception's text.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
@@ -318,6 +319,13 @@ class ImapBackend(Protocol):
 
     async def search_text(self, mailbox: MailboxRecord, text: str, where: Literal["body", "text"]) -> set[int]:
         """UIDs whose body (or header and body) contains ``text``."""
+        ...
+
+    async def sent_dates(self, mailbox: MailboxRecord, uids: Sequence[int]) -> Mapping[int, dt.date | None]:
+        """For each of ``uids`` present: the day SEARCH SENTBEFORE / SENTON /
+        SENTSINCE compare (RFC 9051 6.4.4; message/dates.py ``sent_day`` of
+        its Date fields), None without a readable Date. One call for a whole
+        mailbox: a real backend reads it where the event loop is not held."""
         ...
 
     async def sort_order(self, mailbox: MailboxRecord, keys: Sequence[tuple[str, bool]],

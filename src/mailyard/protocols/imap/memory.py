@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from ...message.address import search_value
 from ...message.binary import encode_nul_parts
+from ...message.dates import sent_day
 from ...message.derived import Derived, body_structure, derive
 from ...message.imap_syntax import body_bytes, envelope_bytes  # as the store derives them
 from ...message.objectids import EMAIL, THREAD, opaque_id
@@ -597,6 +599,15 @@ class MemoryBackend:
             hay = d.body_text if where == "body" else d.header_text + "\n" + d.body_text
             if needle in hay.casefold():
                 out.add(uid)
+        return out
+
+    async def sent_dates(self, mailbox: MailboxRecord, uids: Sequence[int]) -> dict[int, dt.date | None]:
+        box = self._box(mailbox)
+        out: dict[int, dt.date | None] = {}
+        for uid in uids:
+            entry = box.messages.get(uid) or box.held.get(uid)
+            if entry is not None:
+                out[uid] = sent_day(self.store.derived(entry[0]).headers.get("date", ()))
         return out
 
     async def sort_order(self, mailbox: MailboxRecord, keys: Sequence[tuple[str, bool]],

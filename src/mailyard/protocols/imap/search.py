@@ -10,11 +10,11 @@ bodies.
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ...message.address import search_value
+from ...message.dates import sent_day
 from .commands import SearchKey, SequenceSet
 from .response import Atom, format_uid_list_ordered, format_uid_set
 
@@ -30,6 +30,9 @@ class SearchMessage:
     # lower-case field name -> decoded values; None when no key needs them
     headers: Mapping[str, Sequence[str]] | None = None
     save_date: float | None = None  # RFC 8514; None: the mailbox keeps no save dates
+    # the day SENT* compare (message/dates.py sent_day), when ``headers`` is
+    # None: the backend's ``sent_dates`` answered it for the whole mailbox
+    sent: dt.date | None = None
 
 
 @dataclass
@@ -68,6 +71,12 @@ def id_queries(key: SearchKey) -> set[tuple[str, str]]:
     return {(k.name, k.args[0]) for k in walk(key) if k.name in _ID_KEYS}
 
 
+def needs_sent(key: SearchKey) -> bool:
+    """Whether the program has a SENTBEFORE / SENTON / SENTSINCE key (the
+    backend's ``sent_dates`` answers them)."""
+    return any(k.name in _SENT_KEYS for k in walk(key))
+
+
 def needs_headers(key: SearchKey, indexed: bool = True) -> bool:
     """Whether messages need their header fields (``SearchMessage.headers``):
     with the header index (``header_queries``) only the SENT* keys do."""
@@ -98,16 +107,6 @@ def uses_modseq(key: SearchKey) -> bool:
 
 def _utc_date(ts: float) -> dt.date:
     return dt.datetime.fromtimestamp(ts, dt.UTC).date()
-
-
-def _sent_date(headers: Mapping[str, Sequence[str]]) -> dt.date | None:
-    # RFC 9051 6.4.4 SENT*: the Date header, "disregarding time and timezone"
-    for value in headers.get("date", ()):
-        try:
-            return email.utils.parsedate_to_datetime(value).date()
-        except (TypeError, ValueError, IndexError):
-            return None
-    return None
 
 
 def _contains(name: str, values: Sequence[str] | None, needle: str) -> bool:
@@ -198,7 +197,8 @@ def _header(k: SearchKey, m: SearchMessage, c: SearchContext) -> bool:
 
 def _sent(cmp: Callable[[dt.date, dt.date], bool]) -> Callable[[SearchKey, SearchMessage, SearchContext], bool]:
     def ev(k: SearchKey, m: SearchMessage, c: SearchContext) -> bool:
-        d = _sent_date(m.headers or {})
+        # RFC 9051 6.4.4 SENT*: the Date header, "disregarding time and timezone"
+        d = m.sent if m.headers is None else sent_day(m.headers.get("date", ()))
         return d is not None and cmp(d, k.args[0])
 
     return ev

@@ -17,6 +17,7 @@ once there is room.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gc
 import itertools
 import json
@@ -29,6 +30,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Literal, TypeVar
 
 from ...message.address import search_value
+from ...message.dates import sent_day
 from ...message.derived import derive
 from ...message.objectids import EMAIL, THREAD, opaque_id
 from ...message.threadkeys import KEY_FIELDS, SortKeys, ThreadKeys, keys_from_json, sort_keys
@@ -60,6 +62,10 @@ SORT_BACKFILL_BATCH = 500  # bodies per slice of filling sort_keys for bodies de
 FIELDS_BACKFILL_BATCH = 200  # bodies per slice of filling fts_fields for bodies derived before it existed
 _SORT_COLS = ("date", "subject", "refwd", "from_mailbox", "from_display", "to_mailbox", "to_display", "cc_mailbox",
               "message_id", "parents")
+# the first Date field of each message, and whether its body is derived
+_SENT_SELECT = ("SELECT m.uid, b.derived IS NOT NULL, (SELECT h.value FROM header_fields h WHERE h.body_id = m.body_id"
+                " AND h.name = 'date' ORDER BY h.n LIMIT 1) FROM messages m JOIN bodies b ON b.id = m.body_id"
+                " WHERE m.mailbox_id = ?")
 _SORT_SELECT = ("SELECT m.uid, m.body_id, k.body_id, " + ", ".join(f"k.{c}" for c in _SORT_COLS)
                 + " FROM messages m LEFT JOIN sort_keys k ON k.body_id = m.body_id WHERE m.mailbox_id = ?")
 # SORT keys (RFC 5256 section 3, RFC 5957) as SQL over messages m and sort_keys k
@@ -110,33 +116,43 @@ class SearchMixin(SQLiteCore):
         cols = ", ".join(["m.uid", "m.body_id", "d.body_id", *(f"d.{_IMAP_COLS[k]}" for k in imap),
                           *(["d.meta"] if meta_keys else [])])
         sql = f"SELECT {cols} FROM messages m LEFT JOIN body_derived d ON d.body_id = m.body_id WHERE m.mailbox_id = ?"
-        rows = select_uids(self._read, sql, mailbox_id, list(uids), column="m.uid")
-        if expunged and len(rows) < len(set(uids)):
-            # expunged messages still held: their rows sit under the negated id (messages.py)
-            found = {r[0] for r in rows}
-            rows += select_uids(self._read, sql, -mailbox_id, [u for u in set(uids) if u not in found],
-                                column="m.uid")
-        out: dict[int, dict] = {}
-        body_of: dict[int, int] = {}
-        missing: list[int] = []
-        no_preview: list[int] = []  # derived before previews were (RFC 8970)
+        wanted_uids = list(uids)
         n_imap = len(imap)
-        for row in rows:
-            uid = row[0]
-            body_of[uid] = row[1]
-            if row[2] is None:  # not derived yet
-                missing.append(uid)
-                continue
-            item: dict = {}
-            for i, key in enumerate(imap):
-                item[key] = row[3 + i]
-            if meta_keys:
-                data = json.loads(row[3 + n_imap])
-                for key in meta_keys:
-                    item[key] = data.get(key)
-                if "preview" in meta_keys and item["preview"] is None:
-                    no_preview.append(uid)
-            out[uid] = item
+
+        def read(c: sqlite3.Connection) -> tuple[dict[int, dict], dict[int, int], list[int], list[int]]:
+            rows = select_uids(c, sql, mailbox_id, wanted_uids, column="m.uid")
+            if expunged and len(rows) < len(set(wanted_uids)):
+                # expunged messages still held: their rows sit under the negated id (messages.py)
+                found = {r[0] for r in rows}
+                rows += select_uids(c, sql, -mailbox_id, [u for u in set(wanted_uids) if u not in found],
+                                    column="m.uid")
+            out: dict[int, dict] = {}
+            body_of: dict[int, int] = {}
+            missing: list[int] = []
+            no_preview: list[int] = []  # derived before previews were (RFC 8970)
+            for row in rows:
+                uid = row[0]
+                body_of[uid] = row[1]
+                if row[2] is None:  # not derived yet
+                    missing.append(uid)
+                    continue
+                item: dict = {}
+                for i, key in enumerate(imap):
+                    item[key] = row[3 + i]
+                if meta_keys:
+                    data = json.loads(row[3 + n_imap])
+                    for key in meta_keys:
+                        item[key] = data.get(key)
+                    if "preview" in meta_keys and item["preview"] is None:
+                        no_preview.append(uid)
+                out[uid] = item
+            return out, body_of, missing, no_preview
+
+        # FETCH asks for at most a thousand at a time (in place, one step);
+        # a bigger request (the webmail's attachment test over a mailbox)
+        # reads and decodes its rows off the event loop
+        big = len(wanted_uids) > SORT_INLINE
+        out, body_of, missing, no_preview = await self._bulk_read(read) if big else read(self._read)
         if missing:
             # FETCH answers from what it derived; the save to the cache needs
             # no wait for its commit (the fsync of everyone's writes). Records
@@ -176,16 +192,21 @@ class SearchMixin(SQLiteCore):
                 item["thread_id"] = opaque_id(key, THREAD, threads.get(body_id, body_id))
         if "headers" in wanted:
             need = [u for u in out if "headers" not in out[u]]
-            by_body: dict[int, dict[str, list[str]]] = {}
             ids = sorted({body_of[u] for u in need})
-            for i in range(0, len(ids), 900):
-                chunk = ids[i : i + 900]
-                for body_id, name, value in self._q(
-                    f"SELECT body_id, name, value FROM header_fields WHERE body_id IN ({','.join('?' * len(chunk))})"
-                    " ORDER BY body_id, n",
-                    chunk,
-                ):
-                    by_body.setdefault(body_id, {}).setdefault(name, []).append(value)
+
+            def read_fields(c: sqlite3.Connection) -> dict[int, dict[str, list[str]]]:
+                by_body: dict[int, dict[str, list[str]]] = {}
+                for i in range(0, len(ids), 900):
+                    chunk = ids[i : i + 900]
+                    for body_id, name, value in c.execute(
+                        f"SELECT body_id, name, value FROM header_fields WHERE body_id IN ({','.join('?' * len(chunk))})"
+                        " ORDER BY body_id, n",
+                        chunk,
+                    ):
+                        by_body.setdefault(body_id, {}).setdefault(name, []).append(value)
+                return by_body
+
+            by_body = await self._bulk_read(read_fields) if len(ids) > SORT_INLINE else read_fields(self._read)
             for uid in need:
                 out[uid]["headers"] = by_body.get(body_of[uid], {})
         return out
@@ -196,15 +217,19 @@ class SearchMixin(SQLiteCore):
         pending = await self._ensure_indexed(mailbox_id)
         name = field.lower()
         needle = text.casefold()
-        if not text:
-            rows = self._q(
-                "SELECT m.uid FROM messages m WHERE m.mailbox_id = ? AND EXISTS"
-                " (SELECT 1 FROM header_fields h WHERE h.body_id = m.body_id AND h.name = ?)",
-                (mailbox_id, name),
-            )
-            found = {r[0] for r in rows}
-        else:
-            found = textindex.search_fields(self._read, mailbox_id, name, needle, self._fields_indexed(), within)
+        fields_indexed = self._fields_indexed()
+
+        def read(c: sqlite3.Connection) -> set[int]:
+            if not text:
+                rows = c.execute(
+                    "SELECT m.uid FROM messages m WHERE m.mailbox_id = ? AND EXISTS"
+                    " (SELECT 1 FROM header_fields h WHERE h.body_id = m.body_id AND h.name = ?)",
+                    (mailbox_id, name),
+                )
+                return {r[0] for r in rows}
+            return textindex.search_fields(c, mailbox_id, name, needle, fields_indexed, within)
+
+        found = await self._search_read(mailbox_id, within, read)
         for uid, rec in pending.items():
             if any(n == name and needle in search_value(n, value).casefold() for n, value in rec.headers):
                 found.add(uid)
@@ -356,11 +381,19 @@ class SearchMixin(SQLiteCore):
 
     async def _bulk_read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """``fn`` on a read-only connection of its own in a worker thread:
-        reads of a whole big mailbox that would hold up the event loop."""
+        reads of a whole big mailbox, and searches over the text and header
+        indexes, that would hold up the event loop.
+
+        Cancelled (the caller is gone), a read that has not started is
+        skipped and one that runs is interrupted at its next SQLite step
+        (``Connection.interrupt``), so the connection is free for the next."""
 
         lock = self.__dict__.get("_bulk_lock")
         if lock is None:
             lock = self._bulk_lock = threading.Lock()
+        cancelled = threading.Event()
+        running: list[sqlite3.Connection] = []  # the connection while fn runs on it
+        guard = threading.Lock()
 
         def run() -> _T:
             # no cyclic garbage collection meanwhile: 100,000 rows are
@@ -371,15 +404,30 @@ class SearchMixin(SQLiteCore):
             gc.disable()
             try:
                 with lock:
+                    if cancelled.is_set():
+                        raise asyncio.CancelledError  # nobody waits for it
                     conn = self.__dict__.get("_bulk_conn")
                     if conn is None:
                         conn = self._bulk_conn = self._connect(self.data_dir / DB_FILE, readonly=True)
-                    return fn(conn)
+                    with guard:
+                        running.append(conn)
+                    try:
+                        return fn(conn)
+                    finally:
+                        with guard:
+                            running.clear()
             finally:
                 if was:
                     gc.enable()
 
-        return await asyncio.to_thread(run)
+        try:
+            return await asyncio.to_thread(run)
+        except asyncio.CancelledError:
+            cancelled.set()
+            with guard:
+                for conn in running:
+                    conn.interrupt()
+            raise
 
     async def _fill_sort_keys(self, body_ids: list[int], off_loop: bool = False) -> dict[int, SortKeys]:
         """The sort_keys rows of bodies derived before the table existed:
@@ -503,14 +551,64 @@ class SearchMixin(SQLiteCore):
         mailbox_id = self._owned(mailbox)
         pending = await self._ensure_indexed(mailbox_id)
         needle = text.strip()
-        if not needle:
-            found = {r[0] for r in self._q("SELECT uid FROM messages WHERE mailbox_id = ?", (mailbox_id,))}
-        else:
-            found = textindex.search(self._read, mailbox_id, needle, where, within)
+
+        def read(c: sqlite3.Connection) -> set[int]:
+            if not needle:
+                return {r[0] for r in c.execute("SELECT uid FROM messages WHERE mailbox_id = ?", (mailbox_id,))}
+            return textindex.search(c, mailbox_id, needle, where, within)
+
+        found = await self._search_read(mailbox_id, within, read)
+        if needle:
             for uid, rec in pending.items():
                 if textindex.matches(rec.header_text, rec.body_text, needle, where):
                     found.add(uid)
         return found if within is None else found.intersection(within)
+
+    async def _search_read(self, mailbox_id: int, within: Collection[int] | None,
+                           fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``fn``, a search over the text or header index: in place when it
+        checks a handful of messages without the index (textindex.py
+        ``few_messages``), else off the event loop (``_bulk_read``). Its cost
+        follows the bodies of every account holding the string's trigrams,
+        and for a short or common string the size of the mailbox, which the
+        other sessions of this worker must not wait for (RFC 9051 6.4.4
+        BODY/TEXT are substring matches: the candidates are checked one by
+        one)."""
+        if textindex.few_messages(self._read, mailbox_id, within):
+            return fn(self._read)
+        return await self._bulk_read(fn)
+
+    async def sent_dates(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, dt.date | None]:
+        mailbox_id = self._owned(mailbox)
+        pending = await self._ensure_indexed(mailbox_id)
+        wanted = list(uids)
+
+        def read(c: sqlite3.Connection) -> tuple[dict[int, dt.date | None], list[int]]:
+            # the first Date field of each message (header_fields is in field
+            # order, n), parsed here: 100,000 of them are seconds of work
+            rows = select_uids(c, _SENT_SELECT, mailbox_id, wanted, column="m.uid")
+            if len(rows) < len(set(wanted)):
+                # expunged messages the session still holds (RFC 2180 4.1.1)
+                found = {r[0] for r in rows}
+                rows += select_uids(c, _SENT_SELECT, -mailbox_id, [u for u in set(wanted) if u not in found],
+                                    column="m.uid")
+            out: dict[int, dt.date | None] = {}
+            underived: list[int] = []
+            for uid, derived, value in rows:
+                if derived:
+                    out[uid] = sent_day(() if value is None else (value,))
+                elif uid in pending:  # derived, but not stored (the disk is full)
+                    out[uid] = sent_day(_headers_dict(pending[uid].headers).get("date", ()))
+                else:
+                    underived.append(uid)
+            return out, underived
+
+        out, underived = await self._bulk_read(read) if len(wanted) > SORT_INLINE else read(self._read)
+        if underived:
+            # held expunged messages the indexer has not reached: derived now
+            for uid, d in (await self.get_derived(mailbox, underived, ("headers",), expunged=True)).items():
+                out[uid] = sent_day(d.get("headers", {}).get("date", ()))
+        return out
 
     async def _ensure_indexed(self, mailbox_id: int) -> dict[int, DerivedRecord]:
         """Derive the mailbox's bodies the indexer has not reached yet. Returns,
@@ -533,11 +631,13 @@ class SearchMixin(SQLiteCore):
                 (mailbox_id,),
             )
         else:
-            rows = self._q(
+            # a big backlog (an import): a walk over the mailbox's messages,
+            # off the event loop
+            rows = await self._bulk_read(lambda c: c.execute(
                 "SELECT m.uid, b.id FROM messages m JOIN bodies b ON b.id = m.body_id"
                 " WHERE m.mailbox_id = ? AND b.derived IS NULL",
                 (mailbox_id,),
-            )
+            ).fetchall())
         if not rows:
             return {}
         records, saved = await self._derive_now([r[1] for r in rows])
@@ -584,16 +684,28 @@ class SearchMixin(SQLiteCore):
         group commit: under a steady stream of writes the writer is never
         idle long enough for the background indexer, and every FETCH of a new
         message would otherwise wait for an fsync."""
-        places = {}
         queued: dict[int, DerivedRecord] = {}  # derived by a FETCH, not saved yet
+        look: list[int] = []
         for body_id in dict.fromkeys(body_ids):
             rec = self._derived_queue.get(body_id)
             if rec is not None:
                 queued[body_id] = rec
-                continue
-            row = self._q1("SELECT segment, offset, length FROM bodies WHERE id = ?", (body_id,))
-            if row is not None:
-                places[body_id] = row
+            else:
+                look.append(body_id)
+
+        def read_places(c: sqlite3.Connection) -> dict[int, tuple[int, int, int]]:
+            found: dict[int, tuple[int, int, int]] = {}
+            for i in range(0, len(look), 900):
+                chunk = look[i : i + 900]
+                for body_id, *place in c.execute(
+                    f"SELECT id, segment, offset, length FROM bodies WHERE id IN ({','.join('?' * len(chunk))})", chunk
+                ):
+                    found[body_id] = tuple(place)  # type: ignore[assignment]
+            return found
+
+        # (after an import, a search may meet thousands: read off the event loop)
+        found = await self._bulk_read(read_places) if len(look) > SORT_INLINE else read_places(self._read)
+        places = {b: found[b] for b in look if b in found}  # in the order asked
 
         def derive_all() -> dict[int, DerivedRecord]:
             return {body_id: derive_record(self.blobs.read(*row)) for body_id, row in places.items()}

@@ -273,6 +273,18 @@ def _count(c: sqlite3.Connection, mailbox_id: int) -> int:
     return int(row[0])
 
 
+def few_messages(c: sqlite3.Connection, mailbox_id: int, within: Collection[int] | None) -> bool:
+    """Whether a search checks fewer than ``FEW_MESSAGES`` messages (of
+    ``within`` if given), which ``_source`` does without the trigram index:
+    then its cost depends neither on the size of the mailbox nor on the
+    index of the other mailboxes."""
+    if within is not None:
+        return len(within) < FEW_MESSAGES
+    row = c.execute("SELECT count(*) FROM (SELECT 1 FROM messages WHERE mailbox_id = ? LIMIT ?)",
+                    (mailbox_id, FEW_MESSAGES)).fetchone()
+    return int(row[0]) < FEW_MESSAGES
+
+
 def _source(c: sqlite3.Connection, mailbox_id: int, within: Collection[int] | None,
             candidates: str | None) -> tuple[str, str, dict, bool]:
     """Which messages a search checks, as the FROM and WHERE of its query

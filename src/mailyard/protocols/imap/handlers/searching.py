@@ -11,8 +11,11 @@ ImapIO.compute when the mailbox is big; neither reads the messages.
 
 BODY and TEXT keys are answered by the backend's full-text index
 (search_text), FROM/TO/CC/BCC/SUBJECT/HEADER by its index of header fields
-(search_headers); only SENT* read header fields per message. OLDER and
-YOUNGER (RFC 5032) compare with the time `ImapIO.now` gives.
+(search_headers), SENT* by the day of each message's Date field
+(sent_dates); a real backend runs those reads where they do not hold up the
+event loop. The rest is evaluated per message, off the event loop
+(ImapIO.compute) for a big mailbox. OLDER and YOUNGER (RFC 5032) compare
+with the time `ImapIO.now` gives.
 
 RETURN (UPDATE ...) on SEARCH or SORT leaves a live context on the selected
 mailbox (contexts.py, RFC 5267 section 4); CANCELUPDATE ends one.
@@ -44,6 +47,10 @@ HEADER_BATCH = 500
 # SORT / THREAD of more messages than this (some milliseconds of work) run
 # through ImapIO.compute, off the event loop
 COMPUTE_INLINE = 2_000
+# SEARCH keys evaluated per message (SINCE, LARGER, SENT*, sequence sets ...)
+# cost about 3 us a message: over more than this (15 ms) they run through
+# ImapIO.compute
+EVALUATE_INLINE = 5_000
 _T = TypeVar("_T")
 
 
@@ -112,35 +119,45 @@ async def _matching(s: ImapSession, key: c.SearchKey) -> tuple[list[tuple[int, i
     ids = sr.id_queries(key)
     if ids:
         await _id_hits(b, sel, ids, ctx)
-    want_headers = sr.needs_headers(key)
-    hits: list[tuple[int, int]] = []
-    modseq = 0
     uids = list(sel.view.uids)
     # keys the indexes answer whole (the usual SUBJECT x / BODY x, UNSEEN)
     # need no per-message evaluation; messages expunged elsewhere are left out
-    gone = sel.pending_expunge
+    gone = frozenset(sel.pending_expunge)
     found = sr.match_set(key, ctx, {u for u in uids if u in infos and u not in gone})
     if found is not None:
         hits = [(i, u) for i, u in enumerate(uids, 1) if u in found]
         modseq = max((infos[u].modseq for _, u in hits), default=0)
-        uids = []
+        return hits, modseq, mod
     recent = sel.recent_of(s.engine)
-    for start in range(0, len(uids), HEADER_BATCH):
-        chunk = uids[start : start + HEADER_BATCH]
-        derived = await b.get_derived(sel.mailbox, chunk, ("headers",)) if want_headers else {}
-        for i, uid in enumerate(chunk, start + 1):
+    # SENT* (RFC 9051 6.4.4): the day of each message's Date field, read by
+    # the backend for the whole view in one call
+    sent = (await b.sent_dates(sel.mailbox, [u for u in uids if u in infos and u not in gone])
+            if sr.needs_sent(key) else {})
+
+    def evaluate() -> tuple[list[tuple[int, int]], int]:
+        # on the session's view as it stands (seq = position in ``uids``):
+        # the view changes only between this session's commands
+        out: list[tuple[int, int]] = []
+        top = 0
+        for i, uid in enumerate(uids, 1):
             info = infos.get(uid)
             if info is None or uid in gone:
                 continue  # expunged elsewhere, not yet announced
             flags = info.flags
             if recent and uid in recent:
                 flags = flags | RECENT  # RFC 3501 2.3.2: \Recent in this session only
-            m = sr.SearchMessage(i, uid, flags, info.internal_date, info.size, info.modseq,
-                                 derived.get(uid, {}).get("headers") if want_headers else None,
-                                 info.save_date)
+            m = sr.SearchMessage(i, uid, flags, info.internal_date, info.size, info.modseq, None,
+                                 info.save_date, sent.get(uid))
             if sr.matches(key, m, ctx):
-                hits.append((i, uid))
-                modseq = max(modseq, info.modseq)
+                out.append((i, uid))
+                top = max(top, info.modseq)
+        return out, top
+
+    # a big mailbox is evaluated off the event loop, as SORT and THREAD are
+    if len(uids) > EVALUATE_INLINE:
+        hits, modseq = await s.io.compute(evaluate)
+    else:
+        hits, modseq = evaluate()
     return hits, modseq, mod
 
 
