@@ -711,6 +711,48 @@ def test_pipelined_fetches_answered_in_order_to_a_slow_reader(mailserver: Runnin
         assert tags == [b"f%d" % i for i in range(count)] + [b"z"]
 
 
+def test_a_fetch_of_big_messages_lets_another_session_in_between(mailserver: RunningServer, imap) -> None:
+    """FETCH BODY.PEEK[] (RFC 9051 6.4.5) of several messages of 4 MB is
+    answered in batches cut by size, the event loop serving the other
+    connections between them: another session's NOOP is answered while the
+    FETCH still has messages to read, not after the last."""
+    count, big = 8, b"Subject: big\r\n\r\n" + (b"y" * 76 + b"\r\n") * (4 * 1024 * 1024 // 78)
+    writer = imap()
+    for _ in range(count):
+        assert writer.append("INBOX", None, None, big)[0] == "OK"
+    other = imap()
+    store = mailserver.store
+    events: list[str] = []  # appended by the server's thread and this one, in the order they happen
+    original = store.read_message
+
+    async def recorded(*args: object, **kwargs: object) -> bytes:
+        events.append("read")
+        return await original(*args, **kwargs)  # type: ignore[arg-type]
+
+    store.read_message = recorded  # type: ignore[method-assign]
+    try:
+        s, say = _login_raw(mailserver)
+        with s:
+            say(b"a1 EXAMINE INBOX", b"a1")
+            s.sendall(b"a2 FETCH 1:%d (BODY.PEEK[])\r\n" % count)
+            first = b""
+            while not first.endswith(b"}\r\n"):  # the first response has begun
+                first += s.recv(1)
+            assert first.startswith(b"* 1 FETCH (BODY[] {"), first
+            assert other.noop()[0] == "OK"
+            events.append("noop answered")
+            rest = b""
+            while not rest.endswith(b"a2 OK FETCH completed\r\n"):
+                chunk = s.recv(1 << 20)
+                assert chunk, "connection closed early"
+                rest += chunk
+    finally:
+        store.read_message = original  # type: ignore[method-assign]
+    assert rest.count(b" FETCH (BODY[] {") == count - 1
+    assert events.count("read") == count
+    assert "read" in events[events.index("noop answered"):], events
+
+
 def test_shutdown_while_idle_is_reporting_changes_says_bye(mailserver: RunningServer) -> None:
     """A server stop that comes while IDLE is busy reporting changes (not yet
     waiting for DONE) still ends IDLE with BYE right away, rather than the

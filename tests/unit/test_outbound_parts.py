@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import email
+import email.feedparser
 import email.policy
 import random
 
@@ -13,6 +14,7 @@ from mailyard.config import DeliveryConfig
 from mailyard.delivery.bounce import (
     ReportedRecipient,
     build_dsn,
+    make_dsn,
     should_report,
     status_of,
     wants_report,
@@ -118,6 +120,84 @@ def test_dsn_ret_full_returns_the_message() -> None:
     parts = list(msg.iter_parts())
     assert parts[2].get_content_type() == "message/rfc822"
     assert b"Will-Retry-Until:" in raw and b"Action: delayed" in raw
+
+
+def _many_parts(count: int) -> bytes:
+    head = (b"From: a@a.test\r\nTo: b@b.test\r\nSubject: many\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=\"p\"\r\n\r\n")
+    return head + b"--p\r\nContent-Type: text/plain\r\n\r\nx\r\n" * count + b"--p--\r\n"
+
+
+def _full_dsn(original: bytes) -> bytes:
+    rcpt = QueueRecipient(1, "x@b.test", "b.test", None, None)
+    entry = QueueEntry(7, "alice@a.test", None, "FULL", False, False, len(original), 1_700_000_000.0, False)
+    return build_dsn(reporting_mta="h", entry=entry, original=original,
+                     reported=[ReportedRecipient(rcpt, "failed", "5.2.2", "552 5.2.2 Mailbox full")],
+                     postmaster_domain="a.test")
+
+
+def test_dsn_ret_full_attaches_the_original_without_parsing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RET=FULL (RFC 3461 4.3) returns the original as the bytes it is, in a
+    message/rfc822 part (RFC 6522 3): the email parser never sees it, so a
+    message of 50,000 MIME parts costs what its size costs."""
+    original = _many_parts(50_000)
+
+    def no_parsing(self: object, data: object) -> None:
+        raise AssertionError("the original was parsed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(email.feedparser.FeedParser, "feed", no_parsing)
+        raw = _full_dsn(original)
+    head, found, tail = raw.partition(original)
+    assert found, "the original is in the DSN byte for byte"
+    part_header = head[head.rindex(b"\r\n--"):]
+    assert b"Content-Type: message/rfc822\r\n" in part_header
+    assert b"Content-Transfer-Encoding: 7bit\r\n" in part_header
+    delimiter = part_header[2:part_header.index(b"\r\n", 2)]
+    assert tail == b"\r\n" + delimiter + b"--\r\n" and delimiter not in original
+    assert raw.isascii() and max(map(len, raw.split(b"\r\n"))) <= 998
+
+    small = _full_dsn(BODY)
+    msg = email.message_from_bytes(small, policy=email.policy.default)
+    human, status, returned = msg.iter_parts()
+    assert returned.get_content_type() == "message/rfc822"
+    assert returned.get_payload(0).as_bytes(policy=email.policy.SMTP) == BODY
+    assert "original message are attached" in " ".join(human.get_content().split())
+
+
+@pytest.mark.parametrize("original", [
+    "From: a@a.test\r\nSubject: s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    "Content-Transfer-Encoding: 8bit\r\n\r\nh\u00e9llo\r\n".encode(),
+    "From: a@a.test\r\nSubject: s\r\n\r\nh\u00e9llo, no charset\r\n".encode(),
+    "From: a@a.test\r\nSubject: \u00e9t\u00e9\r\n\r\nhello\r\n".encode(),
+    b"From: a@a.test\r\nSubject: s\r\n\r\n" + b"x" * 999 + b"\r\n",
+], ids=["8bit-text", "8bit-no-charset", "utf8-header", "long-line"])
+def test_dsn_ret_full_of_what_7bit_cannot_carry_returns_the_header(original: bytes) -> None:
+    """A DSN is sent without 8BITMIME (RFC 6152) and its lines are at most
+    998 octets (RFC 5322 2.1.1): an original that does not fit is returned
+    as its header section (text/rfc822-headers, RFC 6522), and the text says so."""
+    raw = _full_dsn(original)
+    assert raw.isascii() and max(map(len, raw.split(b"\r\n"))) <= 998
+    human, _status, returned = email.message_from_bytes(raw, policy=email.policy.default).iter_parts()
+    assert returned.get_content_type() == "text/rfc822-headers"
+    assert returned.get_content().replace("\r\n", "\n").startswith("From: a@a.test\nSubject: ")
+    assert "header of the original message are attached" in " ".join(human.get_content().split())
+
+
+def test_dsn_ret_full_gives_bare_line_ends_as_crlf() -> None:
+    """RFC 5322 2.3: the returned message's lines end in CRLF, like the DSN's."""
+    raw = _full_dsn(b"From: a@a.test\nSubject: s\n\nline one\rline two\n")
+    assert b"\r\n\r\nFrom: a@a.test\r\nSubject: s\r\n\r\nline one\r\nline two\r\n\r\n--" in raw
+
+
+async def test_make_dsn_builds_a_large_one_too() -> None:
+    """``make_dsn`` (in a thread above INLINE_ORIGINAL) gives the same DSN."""
+    original = _many_parts(20_000)
+    rcpt = QueueRecipient(1, "x@b.test", "b.test", None, None)
+    entry = QueueEntry(7, "alice@a.test", None, "FULL", False, False, len(original), 1_700_000_000.0, False)
+    raw = await make_dsn(reporting_mta="h", entry=entry, original=original,
+                         reported=[ReportedRecipient(rcpt, "failed", "5.1.1", None)], postmaster_domain="a.test")
+    assert original in raw and b"Content-Type: message/rfc822" in raw
 
 
 def test_notify_rules() -> None:

@@ -30,6 +30,7 @@ from mailyard.store.api import (
     NewQueueEntry,
     NewRecipient,
     NotFound,
+    QueueStats,
     QuotaExceeded,
     RecipientOutcome,
     RestoredMessage,
@@ -867,6 +868,28 @@ async def test_queue_due_leaves_out_held_recipients_and_skipped_domains(store: S
     # an entry counts while one of its due recipients is not held
     assert [e.id for e in await store.queue_due(1e7, exclude=[y_b.id, y_c.id])] == [at_b, at_c]
     assert [e.id for e in await store.queue_due(2e7, exclude=[y_b.id])] == ids
+
+
+async def test_queue_stats_counts_in_the_store(store: Store) -> None:
+    """``queue_stats``: entries, recipient rows per state and the oldest
+    entry's creation time, the figures ``queue_list`` would give."""
+    assert await store.queue_stats() == QueueStats(0, {}, None)
+    _, first = await store.queue_submit(BODY, NewQueueEntry("a@example.test", [NewRecipient("b@b.test"),
+                                                                                NewRecipient("c@c.test")]))
+    _, second = await store.queue_submit(BODY, NewQueueEntry("", [NewRecipient("d@d.test")]))
+    assert first is not None and second is not None
+    b, _c = (await store.queue_entry(first)).recipients
+    await store.queue_update(first, [RecipientOutcome(b.id, DELIVERED, "250 ok")])
+    stats = await store.queue_stats()
+    entries = await store.queue_list()
+    assert stats == QueueStats(2, {PENDING: 2, DELIVERED: 1}, min(e.created for e in entries))
+    assert stats.oldest == (await store.queue_entry(first)).created
+    (d,) = (await store.queue_entry(second)).recipients
+    await store.queue_update(second, [RecipientOutcome(d.id, FAILED, "550 no")])
+    stats = await store.queue_stats()
+    assert (stats.entries, dict(stats.recipients)) == (1, {PENDING: 1, DELIVERED: 1})
+    await store.queue_delete(first)
+    assert await store.queue_stats() == QueueStats(0, {}, None)
 
 
 async def test_queue_survives_reopening(backend: Backend) -> None:

@@ -66,7 +66,7 @@ from ..store.api import (
     RecipientOutcome,
     Store,
 )
-from .bounce import ReportedRecipient, build_dsn, should_report, status_of, wants_report
+from .bounce import ReportedRecipient, make_dsn, should_report, status_of, wants_report
 from .dane import DANETempError, peer_chain
 from .dane import verify as dane_verify
 from .dmarcrpt import (
@@ -1024,7 +1024,7 @@ class OutboundQueue:
         if local_domain is None:
             domains = await self.store.list_domains()
             local_domain = domains[0] if domains else self.hostname
-        dsn = build_dsn(
+        dsn = await make_dsn(
             reporting_mta=self.hostname, entry=entry, original=original, reported=reported,
             postmaster_domain=local_domain, retry_until=expires,
         )

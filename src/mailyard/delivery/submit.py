@@ -66,7 +66,7 @@ from ..store.api import (
     QueueRecipient,
     QuotaExceeded,
 )
-from .bounce import ReportedRecipient, build_dsn, wants_report
+from .bounce import ReportedRecipient, make_dsn, wants_report
 from .local import deliver_local, junk_mailbox_id, note_received, note_sent
 from .router import Router, Verdict
 
@@ -628,8 +628,8 @@ async def report_over_quota(
     if not await intake.store.is_local_domain(domain):
         domains = await intake.store.list_domains()
         domain = domains[0] if domains else hostname
-    dsn = build_dsn(reporting_mta=hostname, entry=entry, original=original, reported=reported,
-                    postmaster_domain=domain)
+    dsn = await make_dsn(reporting_mta=hostname, entry=entry, original=original, reported=reported,
+                         postmaster_domain=domain)
     resolution = await intake.router.resolve(reverse_path)
     local = resolution.accounts if resolution.verdict is Verdict.LOCAL else []
     remote = resolution.remote if resolution.verdict is Verdict.LOCAL else (

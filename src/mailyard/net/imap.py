@@ -402,6 +402,9 @@ class ImapConnection(SessionProtocol):
             self.write(data)
             await self.drain()
 
+    async def pause(self) -> None:
+        await asyncio.sleep(0)  # the loop runs the callbacks ready meanwhile: other sessions' input
+
     async def begin_tls(self) -> None:
         tls = self.services.tls
         assert tls is not None

@@ -5,7 +5,9 @@ exposed with it.
 A deliberately small HTTP/1.1 server (RFC 9112): one request per
 connection, a bounded request head read under a deadline, ``Connection:
 close``. The body is mailyard/metrics.py's exposition with the shared state
-(queue, store size) read at scrape time."""
+read at scrape time: the queue's figures counted by the store
+(``Store.queue_stats``, never the entries themselves) and the store's size
+on disk, walked in a thread."""
 
 from __future__ import annotations
 
@@ -46,14 +48,12 @@ def _dir_bytes(root: Path) -> int:
 
 async def snapshot(store: Store, store_dir: Path) -> metrics.Snapshot:
     """The queue and store figures, read now."""
-    entries = await store.queue_list()
-    pending = sum(1 for e in entries for r in e.recipients if r.state == PENDING)
-    oldest = min((e.created for e in entries), default=None)
+    queue = await store.queue_stats()  # counted by the store, not read entry by entry
     size = await asyncio.get_running_loop().run_in_executor(None, _dir_bytes, store_dir)
     return metrics.Snapshot(
-        queue_messages=len(entries),
-        queue_recipients=pending,
-        queue_oldest_seconds=max(0.0, time.time() - oldest) if oldest is not None else 0.0,
+        queue_messages=queue.entries,
+        queue_recipients=queue.recipients.get(PENDING, 0),
+        queue_oldest_seconds=max(0.0, time.time() - queue.oldest) if queue.oldest is not None else 0.0,
         store_bytes=size,
     )
 

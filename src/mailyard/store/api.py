@@ -375,6 +375,15 @@ class QueueEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueStats:
+    """The outbound queue in figures (``Store.queue_stats``), for monitoring."""
+
+    entries: int
+    recipients: Mapping[str, int]  # recipient rows by state (PENDING, ...); a state with none is left out
+    oldest: float | None  # ``created`` of the oldest entry; None when the queue is empty
+
+
+@dataclass(frozen=True, slots=True)
 class NewRecipient:
     """A remote recipient to queue, with its RFC 3461 parameters."""
 
@@ -1098,6 +1107,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def queue_size(self) -> int:
         """How many entries the outbound queue holds."""
+
+    @abc.abstractmethod
+    async def queue_stats(self) -> QueueStats:
+        """The queue's entry count, recipients per state and oldest entry,
+        counted by the backend in one consistent read: a scrape of the
+        metrics must not read every entry into the process (``queue_list``
+        of 100,000 entries is most of a second)."""
 
     @abc.abstractmethod
     async def queue_next_due(self, after: float | None = None) -> float | None:

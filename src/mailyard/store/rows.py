@@ -1,13 +1,13 @@
 """Rows as every SQL backend stores them: the column lists and the
-conversions of mailbox, message and quota rows to store/api.py's types,
-shared by store/sqlite/ and store/postgresql/ (their tables have the same
-columns for these)."""
+conversions of mailbox, message, quota and queue-figure rows to
+store/api.py's types, shared by store/sqlite/ and store/postgresql/ (their
+tables have the same columns for these)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from .api import Mailbox, MessageInfo, Quota
+from .api import Mailbox, MessageInfo, QueueStats, Quota
 
 MAILBOX_COLS = (
     "id, account_id, name, uid_validity, uid_next, highest_modseq, special_use,"
@@ -43,6 +43,21 @@ def flags_set(text: str) -> frozenset[str]:
 
 def message_row(row: tuple) -> MessageInfo:
     return MessageInfo(row[0], row[1], row[2], flags_set(row[3]), row[4], row[5], row[6])
+
+
+# The entry count and oldest entry beside each state's recipient count, one
+# row per state (one row of NULLs for the state when no recipient is left).
+QUEUE_STATS_SQL = (
+    "SELECT e.n, e.oldest, r.state, r.n FROM (SELECT count(*) AS n, min(created) AS oldest FROM queue) AS e"
+    " LEFT JOIN (SELECT state, count(*) AS n FROM queue_rcpts GROUP BY state) AS r ON 1 = 1"
+)
+
+
+def queue_stats_row(rows: Sequence[tuple]) -> QueueStats:
+    """``QUEUE_STATS_SQL``'s rows as a ``QueueStats``."""
+    entries, oldest = rows[0][0], rows[0][1]
+    return QueueStats(int(entries), {r[2]: int(r[3]) for r in rows if r[2] is not None},
+                      float(oldest) if oldest is not None else None)
 
 
 QUOTA_COLS = "quota_storage, quota_messages, used_storage, used_messages"

@@ -3,6 +3,10 @@ BINARY; RFC 7162 3.1.4 CHANGEDSINCE/MODSEQ, 3.2.6 VANISHED)."""
 
 from __future__ import annotations
 
+import base64
+
+from mailyard.protocols.imap.fetch import decode_cte
+
 from .helpers import MULTIPART, PLAIN, SHORT, connect, store_with_mail
 
 DATE = '"14-Nov-2023 22:13:20 +0000"'
@@ -174,6 +178,45 @@ def test_big_fetch_is_flushed_as_it_goes() -> None:
     assert len([x for x in lines if b" FETCH (BODY[] {" in x]) == 303
     # the first batches are written at once: 50 messages, then 200
     assert len(flushes) >= 2 and flushes[0] < flushes[1]
+
+
+def test_fetch_of_big_messages_is_batched_by_size() -> None:
+    """Batches that read messages stop at FETCH_BATCH_OCTETS (at least one
+    message each), each flushed, with a pause for the other connections
+    between two: five messages of 3 MB are five batches, not one."""
+    big = b"Subject: big\r\n\r\n" + (b"y" * 76 + b"\r\n") * (3 * 1024 * 1024 // 78)
+    store = store_with_mail()
+    for _ in range(5):
+        store.deliver("alice", big)
+    c = connect(store, select="INBOX")
+    flushes = []
+    flush = c.conv.flush
+
+    async def counting() -> None:
+        flushes.append(c.session.engine.pending)
+        await flush()
+
+    c.conv.flush = counting  # type: ignore[method-assign]
+    paused = c.conv.paused
+    lines = c.untagged("a1 FETCH 4:8 (BODY.PEEK[])")
+    assert len([x for x in lines if b" FETCH (BODY[] {" in x]) == 5
+    assert c.conv.paused == paused + 4
+    assert len(flushes) >= 4 and all(len(big) <= n < 2 * len(big) for n in flushes[:4]), flushes
+    # the messages' bytes do not count when none is read: one batch
+    paused = c.conv.paused
+    c.untagged("a2 FETCH 1:8 (FLAGS RFC822.SIZE)")
+    assert c.conv.paused == paused
+
+
+def test_binary_of_base64_ignores_what_is_not_the_alphabet_rfc2045_6_8() -> None:
+    """Line breaks, spaces and stray characters in base64 are skipped and a
+    missing padding is no error (RFC 2045 6.8); the octets come back whole."""
+    header = b"Content-Transfer-Encoding: base64\r\n\r\n"
+    assert decode_cte(b"AAEC\r\nAwQ=\r\n", header) == b"\x00\x01\x02\x03\x04"
+    assert decode_cte(b"AA EC\tAw*Q\r\n", header) == b"\x00\x01\x02\x03\x04"  # no padding
+    assert decode_cte(b"AAECAwQ=\r\ntrailing", header) == b"\x00\x01\x02\x03\x04"
+    data = bytes(range(256)) * 4096
+    assert decode_cte(base64.encodebytes(data).replace(b"\n", b"\r\n"), header) == data
 
 
 # --- section numbers inside MESSAGE/RFC822 (RFC 9051 6.4.5) ----------------------

@@ -440,6 +440,12 @@ class ImapIO(Protocol):
         """Write what the engine has queued; wait while the client is behind."""
         ...
 
+    async def pause(self) -> None:
+        """Let the other connections be served before the command goes on
+        (between the batches of a long FETCH): one turn of the event loop in
+        the server, nothing in the test harness."""
+        ...
+
     async def more_input(self) -> bool:
         """Wait for more of the current command's input (an AUTHENTICATE
         line) under the command deadline; False at the end of input (the

@@ -8,7 +8,6 @@ body_end)}``), so a FETCH never re-parses MIME. Pure functions, no I/O.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import datetime as dt
 import re
@@ -126,7 +125,10 @@ def decode_cte(data: bytes, header: bytes) -> bytes:
         return data
     if cte == b"base64":
         try:
-            return base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", data) + b"===")
+            # RFC 2045 6.8: characters outside the alphabet (line breaks
+            # among them) are ignored, which a2b_base64 does itself, in C, at
+            # about 400 MB/s; the padding added makes a missing one no error.
+            return binascii.a2b_base64(data + b"===")
         except (binascii.Error, ValueError) as exc:
             raise UnknownCTE("corrupt base64") from exc
     if cte == b"quoted-printable":

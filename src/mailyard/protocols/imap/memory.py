@@ -729,6 +729,7 @@ class Conversation:
         self.tls_started = 0
         self.compression_active = False
         self.computed = 0
+        self.paused = 0
         self.login = MemoryLogin(store, plaintext, lambda: self.tls_active)
         self.session = ImapSession(self, self.login, limits, config)
         self._out = bytearray()
@@ -752,6 +753,9 @@ class Conversation:
 
     async def flush(self) -> None:
         self._out += self.session.engine.data_to_send()
+
+    async def pause(self) -> None:
+        self.paused += 1  # tests see where a long command let others in
 
     @property
     def eof(self) -> bool:

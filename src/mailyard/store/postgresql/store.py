@@ -51,6 +51,7 @@ from ..api import (
     QueueAttempt,
     QueueEntry,
     QueueRecipient,
+    QueueStats,
     Quota,
     QuotaExceeded,
     RecentClaim,
@@ -75,6 +76,7 @@ from ..revocation import RevocationSignal
 from ..rows import (
     MAILBOX_COLS,
     MESSAGE_COLS,
+    QUEUE_STATS_SQL,
     QUOTA_COLS,
     THREAD_LOOKUP_IDS,
     flags_set,
@@ -82,6 +84,7 @@ from ..rows import (
     mailbox_row,
     merged_list,
     message_row,
+    queue_stats_row,
     quota_row,
 )
 from . import schema
@@ -1965,6 +1968,9 @@ class PostgreSQLStore(ContactsMixin, Store):
     async def queue_size(self) -> int:
         row = await self._q1("SELECT count(*) FROM queue")
         return int(row[0]) if row else 0
+
+    async def queue_stats(self) -> QueueStats:
+        return queue_stats_row(await self._q(QUEUE_STATS_SQL))
 
     async def queue_next_due(self, after: float | None = None) -> float | None:
         if after is None:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ...config import StoreConfig
 from ..api import MailboxGone, MailboxRef, StorageFull, Store, StoreError
@@ -34,6 +35,8 @@ log = logging.getLogger("mailyard.store")
 
 DB_FILE = "index.sqlite3"
 _CACHE_MAX = 100_000  # entries of each validity cache
+
+_T = TypeVar("_T")
 
 
 class SQLiteCore(Store):
@@ -129,7 +132,7 @@ class SQLiteCore(Store):
             self._writer.lock_fd = None
         self.blobs.close()
         self._read.close()
-        bulk = self.__dict__.get("_bulk_conn")  # search.py: big reads off the event loop
+        bulk = self.__dict__.get("_bulk_conn")  # _bulk_read: big reads off the event loop
         if bulk is not None:
             lock = self.__dict__["_bulk_lock"]
 
@@ -142,6 +145,56 @@ class SQLiteCore(Store):
         self._settings_changes.close()
 
     # --- reads and writes ---------------------------------------------------------
+    async def _bulk_read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``fn`` on a read-only connection of its own in a worker thread:
+        reads of a whole big mailbox or queue, and searches over the text and
+        header indexes, that would hold up the event loop.
+
+        Cancelled (the caller is gone), a read that has not started is
+        skipped and one that runs is interrupted at its next SQLite step
+        (``Connection.interrupt``), so the connection is free for the next."""
+
+        lock = self.__dict__.get("_bulk_lock")
+        if lock is None:
+            lock = self._bulk_lock = threading.Lock()
+        cancelled = threading.Event()
+        running: list[sqlite3.Connection] = []  # the connection while fn runs on it
+        guard = threading.Lock()
+
+        def run() -> _T:
+            # no cyclic garbage collection meanwhile: 100,000 rows are
+            # 300,000 new tuples, which would start full collections that
+            # hold the GIL, and so the event loop, while they walk every
+            # object of the process (rows hold no cycles)
+            was = gc.isenabled()
+            gc.disable()
+            try:
+                with lock:
+                    if cancelled.is_set():
+                        raise asyncio.CancelledError  # nobody waits for it
+                    conn = self.__dict__.get("_bulk_conn")
+                    if conn is None:
+                        conn = self._bulk_conn = self._connect(self.data_dir / DB_FILE, readonly=True)
+                    with guard:
+                        running.append(conn)
+                    try:
+                        return fn(conn)
+                    finally:
+                        with guard:
+                            running.clear()
+            finally:
+                if was:
+                    gc.enable()
+
+        try:
+            return await asyncio.to_thread(run)
+        except asyncio.CancelledError:
+            cancelled.set()
+            with guard:
+                for conn in running:
+                    conn.interrupt()
+            raise
+
     def _q(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
         return self._read.execute(sql, args).fetchall()
 

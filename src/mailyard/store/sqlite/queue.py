@@ -30,8 +30,10 @@ from ..api import (
     QueueAttempt,
     QueueEntry,
     QueueRecipient,
+    QueueStats,
     RecipientOutcome,
 )
+from ..rows import QUEUE_STATS_SQL, queue_stats_row
 from .bodies import BodiesMixin, release_bodies
 from .messages import check_targets, insert_targets
 from .writer import WriteContext
@@ -239,6 +241,15 @@ class QueueMixin(BodiesMixin):
     async def queue_size(self) -> int:
         row = self._q1("SELECT count(*) FROM queue")
         return int(row[0]) if row else 0
+
+    async def queue_stats(self) -> QueueStats:
+        """One statement (one snapshot), run off the event loop: it walks
+        every recipient row, tens of milliseconds for 100,000 entries."""
+
+        def read(c: sqlite3.Connection) -> QueueStats:
+            return queue_stats_row(c.execute(QUEUE_STATS_SQL).fetchall())
+
+        return await self._bulk_read(read)
 
     async def queue_next_due(self, after: float | None = None) -> float | None:
         if after is None:

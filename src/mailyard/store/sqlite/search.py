@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import gc
 import itertools
 import json
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Literal, TypeVar
@@ -37,11 +35,10 @@ from ...message.threadkeys import KEY_FIELDS, SortKeys, ThreadKeys, keys_from_js
 from ..api import DERIVED_FIELDS, DerivedRecord, MailboxRef, StorageFull, derive_record
 from ..rows import THREAD_LOOKUP_IDS
 from . import textindex
-from .core import DB_FILE, SQLiteCore, select_uids
-
-_T = TypeVar("_T")
+from .core import SQLiteCore, select_uids
 
 log = logging.getLogger("mailyard.store")
+_T = TypeVar("_T")
 
 INDEX_BATCH = 50
 # Fewer bodies than this waiting for the indexer: SEARCH finds those of its
@@ -378,56 +375,6 @@ class SearchMixin(SQLiteCore):
                 if u in dates:
                     out[u] = (dates[u] if k.date is None else k.date, k.subject, k.refwd, k.message_id, k.parents)
         return out
-
-    async def _bulk_read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """``fn`` on a read-only connection of its own in a worker thread:
-        reads of a whole big mailbox, and searches over the text and header
-        indexes, that would hold up the event loop.
-
-        Cancelled (the caller is gone), a read that has not started is
-        skipped and one that runs is interrupted at its next SQLite step
-        (``Connection.interrupt``), so the connection is free for the next."""
-
-        lock = self.__dict__.get("_bulk_lock")
-        if lock is None:
-            lock = self._bulk_lock = threading.Lock()
-        cancelled = threading.Event()
-        running: list[sqlite3.Connection] = []  # the connection while fn runs on it
-        guard = threading.Lock()
-
-        def run() -> _T:
-            # no cyclic garbage collection meanwhile: 100,000 rows are
-            # 300,000 new tuples, which would start full collections that
-            # hold the GIL, and so the event loop, while they walk every
-            # object of the process (rows hold no cycles)
-            was = gc.isenabled()
-            gc.disable()
-            try:
-                with lock:
-                    if cancelled.is_set():
-                        raise asyncio.CancelledError  # nobody waits for it
-                    conn = self.__dict__.get("_bulk_conn")
-                    if conn is None:
-                        conn = self._bulk_conn = self._connect(self.data_dir / DB_FILE, readonly=True)
-                    with guard:
-                        running.append(conn)
-                    try:
-                        return fn(conn)
-                    finally:
-                        with guard:
-                            running.clear()
-            finally:
-                if was:
-                    gc.enable()
-
-        try:
-            return await asyncio.to_thread(run)
-        except asyncio.CancelledError:
-            cancelled.set()
-            with guard:
-                for conn in running:
-                    conn.interrupt()
-            raise
 
     async def _fill_sort_keys(self, body_ids: list[int], off_loop: bool = False) -> dict[int, SortKeys]:
         """The sort_keys rows of bodies derived before the table existed:

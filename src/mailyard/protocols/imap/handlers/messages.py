@@ -26,6 +26,23 @@ if TYPE_CHECKING:
 
 FETCH_BATCH = 200
 FIRST_BATCH = 50
+# A batch that reads messages stops once their sizes pass this (it holds at
+# least one): a batch is read, decoded and formatted without a break, and the
+# other connections of the event loop wait for it.
+FETCH_BATCH_OCTETS = 4 * 1024 * 1024
+
+
+def _batch_end(pairs: list, start: int, end: int, infos: dict) -> int:
+    """Where a batch of ``pairs[start:end]`` that reads the messages ends:
+    before the one whose size (RFC822.SIZE) takes the batch past
+    FETCH_BATCH_OCTETS, after at least one."""
+    total = 0
+    for i in range(start, end):
+        info = infos.get(pairs[i][1])
+        total += info.size if info is not None else 0
+        if total > FETCH_BATCH_OCTETS and i > start:
+            return i
+    return end
 
 
 def _selected(s: ImapSession) -> tuple[SelectedMailbox, ImapBackend]:
@@ -90,11 +107,16 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     missing = False
     # Small first batches, each written at once, so the client starts reading
     # at once and never waits while the rest is formatted (FETCH 1:* of a
-    # large mailbox): 50, 200, 800 messages, then full batches.
+    # large mailbox): 50, 200, 800 messages, then full batches; with message
+    # bytes read, also no more than FETCH_BATCH_OCTETS of them. Between two
+    # batches the other connections get their turn.
     start, size = 0, min(batch_size, FIRST_BATCH)
     while start < len(pairs):
-        batch = pairs[start : start + size]
-        start += size
+        end = min(len(pairs), start + size)
+        if need_raw:
+            end = _batch_end(pairs, start, end, infos)
+        batch = pairs[start:end]
+        start = end
         derived = await b.get_derived(sel.mailbox, [u for _, u in batch], fields) if fields else {}
         out: list[bytes] = []
         if line_format is not None and values_of is not None:
@@ -129,6 +151,7 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
         s.engine.raw(b"".join(out))
         if start < len(pairs):
             await (s.io.flush() if size < batch_size else s.maybe_flush())
+            await s.io.pause()
         size = min(batch_size, size * 4)
     if missing and not cmd.uid:
         # A message expunged elsewhere is served until announced (RFC 2180
