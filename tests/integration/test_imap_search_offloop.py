@@ -134,3 +134,27 @@ def test_sent_keys_compare_the_date_as_written(make_server, criteria: str, expec
     assert typ == "OK"
     assert [int(x) for x in data[0].split()] == expected
     c.logout()
+
+
+async def _seed_overflowing_date(store: SQLiteStore) -> None:
+    account = await store.get_account(ALICE)
+    assert account is not None
+    box = await store.get_mailbox(account.id, "INBOX")
+    assert box is not None
+    await store.append_many(box, [
+        AppendItem(b"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\nSubject: ok\r\n\r\nx\r\n"),
+        # a year no datetime holds: the message matches no SENT* key, the others still do
+        AppendItem(b"Date: Mon, 01 Jan 99999999999999999999 00:00:00 +0000\r\nSubject: bad\r\n\r\nx\r\n"),
+    ])
+
+
+def test_a_date_no_calendar_holds_does_not_break_sent_searches(make_server) -> None:  # noqa: ANN001
+    server = make_server(seed=_seed_overflowing_date)
+    c = imaplib.IMAP4(server.host, server.port("imap"), timeout=30)
+    try:
+        c.login(ALICE, USERS[ALICE])
+        c.select("INBOX")
+        assert c.search(None, "SENTON 1-Jan-2024") == ("OK", [b"1"])
+        assert c.uid("SEARCH", "UID 1 SENTON 1-Jan-2024") == ("OK", [b"1"])
+    finally:
+        c.logout()

@@ -145,6 +145,6 @@ def sent_day(values: Sequence[str]) -> _dt.date | None:
     for value in values:
         try:
             return email.utils.parsedate_to_datetime(value).date()
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):  # a year past what datetime holds
             return None
     return None
