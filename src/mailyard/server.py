@@ -609,6 +609,8 @@ class MailServer:
             await self.learner.stop()
         if self.services is not None and self.services.greylist is not None:
             self.services.greylist.close()
+        if self.services is not None and self.services.sieve is not None:
+            self.services.sieve.close()
         if self._store is not None:
             await self._store.close()
             self._store = None

@@ -243,3 +243,71 @@ def test_an_internal_error_in_a_run_keeps_the_message(mailserver: RunningServer,
     install(mailserver, ALICE, "discard;\r\n")
     send(mailserver, "carol@remote.test", ALICE, "still here")
     assert subjects(mailserver, ALICE) == ["still here"]
+
+
+def test_a_body_test_on_a_message_of_many_parts_leaves_the_server_answering(mailserver: RunningServer) -> None:
+    """RFC 5173 ``body`` on a message of 50,000 MIME parts: the script runs
+    off the event loop (and looks at a bounded number of parts), so another
+    session is answered while the delivery runs. Run on the event loop,
+    the parse alone held every session of the worker for seconds."""
+    import threading
+    import time
+
+    install(mailserver, ALICE, 'require "body";\r\nif body :contains "unsubscribe" { discard; }\r\n')
+    parts = b"--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n" * 50_000
+    raw = (b"From: carol@remote.test\r\nTo: alice@example.test\r\nSubject: many parts\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + parts
+           + b"--b\r\nContent-Type: text/plain\r\n\r\nunsubscribe here\r\n--b--\r\n")
+    done = threading.Event()
+    outcome: list[object] = []
+
+    def deliver() -> None:
+        try:
+            with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), timeout=60) as s:
+                outcome.append(s.sendmail("carol@remote.test", [ALICE], raw))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), timeout=60) as other:
+        other.ehlo()
+        sender = threading.Thread(target=deliver)
+        sender.start()
+        slowest = 0.0
+        while not done.is_set():
+            started = time.monotonic()
+            assert other.noop()[0] == 250
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.005)
+        sender.join()
+    assert outcome == [{}]
+    # a bound far above a NOOP's time, far below the seconds the parse held the loop
+    assert slowest < 2.0, f"a NOOP waited {slowest:.1f}s while the script ran"
+    # more than 1,000 parts: the one after them is not looked at (the message is kept)
+    assert subjects(mailserver, ALICE) == ["many parts"]
+
+
+def test_vacation_and_duplicate_records_are_written_off_the_event_loop(mailserver: RunningServer,
+                                                                       monkeypatch) -> None:
+    """The records of RFC 5230 replies and RFC 7352 ids are files written
+    and synced: in a thread, never on the loop that serves the sessions."""
+    import threading
+
+    from mailyard.delivery.sieve import VacationLog
+
+    written: list[tuple[str, threading.Thread]] = []
+    record = VacationLog.record
+
+    def watched(self, *args, **kwargs):
+        written.append((self.kind, threading.current_thread()))
+        return record(self, *args, **kwargs)
+
+    monkeypatch.setattr(VacationLog, "record", watched)
+    install(mailserver, ALICE, 'require ["vacation", "duplicate"];\r\nif duplicate { discard; stop; }\r\n'
+                               'vacation :subject "Away" "I am away.";\r\n')
+    send(mailserver, BOB, ALICE, "first")
+    send(mailserver, BOB, ALICE, "first")
+    assert subjects(mailserver, ALICE) == ["first"] and len(mailserver.messages(BOB)) == 1
+    assert sorted(kind for kind, _ in written) == ["duplicate", "vacation"]
+    assert all(thread is not mailserver._thread for _, thread in written)

@@ -159,3 +159,53 @@ def test_parse_deeply_nested_mime_keeps_the_body_raw():
     deep = parse_message(nested(1000))
     assert deep["subject"] == "deep" and not deep.is_multipart()
     assert "innermost" in deep.get_payload()
+
+
+def _stepped(raw: bytes, **bounds: int):
+    from mailyard.message.parse import SteppedParse
+
+    parse = SteppedParse(raw, **bounds)
+    steps = 1
+    while not parse.step():
+        steps += 1
+    return parse, steps
+
+
+def _nested(depth: int) -> bytes:
+    head = b"Subject: deep\r\nMIME-Version: 1.0\r\n"
+    opens = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(depth))
+    closes = b"".join(b"--b%d--\r\n" % i for i in reversed(range(depth)))
+    return head + opens + b"Content-Type: text/plain\r\n\r\ninnermost\r\n" + closes
+
+
+def test_stepped_parse_gives_what_parse_message_gives():
+    """Within its bounds SteppedParse is parse_message, a slice at a time."""
+    samples = [p.read_bytes() for p in sorted(DATA.glob("*.eml"))]
+    big_text = (b"Subject: long\r\nContent-Type: text/plain\r\n\r\n" + b"line of text\r\n" * 5000)
+    samples += [big_text, _nested(5), _nested(1000), b"", b"Subject: no body", b"\r\n\r\nno header\r\n"]
+    for raw in samples:
+        parse, _steps = _stepped(raw)
+        assert parse.message is not None and not parse.truncated
+        assert parse.message.as_bytes() == parse_message(raw).as_bytes(), raw[:60]
+    assert _stepped(big_text)[1] > 5  # fed in slices
+
+
+def test_stepped_parse_bounds_parts_and_long_runs():
+    """At most max_parts parts are built (plus a slice's worth); a part's
+    lines are cut at max_run octets and the parts after it still parse."""
+    parts = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\npart %d\r\n" % i for i in range(5000))
+    raw = (b'Subject: many\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+           + parts + b"--b--\r\n")
+    parse, _steps = _stepped(raw, max_parts=100)
+    assert parse.truncated
+    assert 100 < len(list(parse.message.walk())) < 600
+
+    long_part = b"x" * 100 + b"\r\n" + b"y" * 5000 + b"\r\n" + b"z" * 3000 + b"\r\n"
+    raw = (b'Subject: long\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+           b"--b\r\nContent-Type: text/plain\r\n\r\n" + long_part
+           + b"--b\r\nContent-Type: text/plain\r\n\r\nafter\r\n--b--\r\n")
+    parse, _steps = _stepped(raw, max_run=1000)
+    first, second = list(parse.message.walk())[1:]
+    content = first.get_content()
+    assert content.startswith("x" * 100) and "y" * 800 in content and "z" not in content and len(content) < 1100
+    assert second.get_content().strip() == "after"

@@ -18,6 +18,16 @@ fails (a limit, conflicting actions, a ``fileinto`` to a mailbox that does
 not exist without ``:create``) never loses the message: it is kept in the
 INBOX and a log line says why (RFC 5228 2.10.6).
 
+The run itself happens off the event loop, in a thread of a small pool of
+its own (``SIEVE_THREADS``): a script is the user's code and the message
+the sender's, and the loop serves every other session of the worker. The
+interpreter is pure Python and still competes with the loop for the GIL,
+so it also keeps its own bounds (``Limits``: a deadline every test looks
+at, the MIME parts a ``body`` test parses); with few threads the loop
+waits for the GIL at most a switch interval or two. The records of
+vacation replies and duplicate ids (files written and synced) are read
+and written in a thread too, as ManageSieve and webmail write scripts.
+
 Vacation replies sent are recorded under ``DATA/sieve/<account id>/vacation/``
 (one small file per sender and handle holding the time until which no
 other reply goes to that sender, RFC 5230 4.2), so the record survives a
@@ -26,11 +36,15 @@ restart.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import logging
 import os
 import re
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +61,7 @@ from ..sieve import (
     Reject,
     Script,
     SieveError,
+    SieveMessage,
     SieveRuntimeError,
     Vacation,
     compile_script,
@@ -66,6 +81,11 @@ _NAME = re.compile(r"[^\x00-\x1f\x7f/\\]{1,128}")
 
 
 MAILBOX_TTL = 2.0
+
+# Threads that run scripts, per process. The interpreter holds the GIL
+# while it works, so more threads add no throughput, only more contenders
+# the event loop waits behind; two let a short script pass a long one.
+SIEVE_THREADS = 2
 
 
 class ScriptProblem(Exception):
@@ -265,9 +285,19 @@ class SieveDelivery:
         # the sender retries, it never files into another account)
         self._boxes: dict[tuple[int, str], tuple[float, int]] = {}
         self.duplicates = VacationLog(scripts.root, "duplicate")
+        self._threads: ThreadPoolExecutor | None = None
 
-    async def plan(self, account: Account, message: bytes, envelope: Envelope, inbox_id: int) -> Plan | None:
-        """The plan for ``account``'s copy; None: no active script (the INBOX)."""
+    def close(self) -> None:
+        """Let the script threads end (a run going on finishes by its deadline)."""
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
+
+    async def plan(self, account: Account, message: bytes | SieveMessage, envelope: Envelope,
+                   inbox_id: int) -> Plan | None:
+        """The plan for ``account``'s copy; None: no active script (the INBOX).
+        ``message``: the bytes, or a ``SieveMessage`` the plans for the
+        other recipients of the delivery share (its MIME parse done once)."""
         try:
             script = self.scripts.active_script(account.id)
         except (SieveError, OSError, UnicodeDecodeError) as exc:
@@ -279,9 +309,13 @@ class SieveDelivery:
             mailboxes: set[str] = set()
             if "mailboxexists" in script.names:
                 mailboxes = {b.name for b in await self.store.list_mailboxes(account.id)}
-            result = run(script, message, envelope, self.limits, mailbox_exists=mailboxes.__contains__,
-                         include=lambda location, name: self.scripts.included(account.id, location, name),
-                         duplicate_seen=lambda handle, ident: not self.duplicates.due(account.id, handle, ident))
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(SIEVE_THREADS, thread_name_prefix="mailyard-sieve")
+            # in a thread: the script, its includes and the duplicate records it reads (see module doc)
+            result = await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(
+                run, script, message, envelope, self.limits, mailbox_exists=mailboxes.__contains__,
+                include=lambda location, name: self.scripts.included(account.id, location, name),
+                duplicate_seen=lambda handle, ident: not self.duplicates.due(account.id, handle, ident)))
             plan = await self._apply(account, result.actions, mailboxes, inbox_id)
             plan.duplicates = result.duplicates
             plan.message = result.message
@@ -293,6 +327,18 @@ class SieveDelivery:
             log.exception("sieve run for %s failed", account.address)
             self._failed(account, f"internal error: {exc!r}")
             return None
+
+    async def record_duplicates(self, account: Account, marks: Sequence[DuplicateMark]) -> None:
+        """RFC 7352 3: the ids of a delivered message's ``duplicate`` tests,
+        recorded (a file each, synced) in a thread."""
+        if marks:
+            await asyncio.to_thread(self._record_duplicates, account.id, list(marks))
+
+    def _record_duplicates(self, account_id: int, marks: list[DuplicateMark]) -> None:
+        for mark in marks:
+            # RFC 7352 3: with :last the period restarts at each message
+            if mark.last or self.duplicates.due(account_id, mark.handle, mark.id):
+                self.duplicates.record(account_id, mark.handle, mark.id, mark.seconds)
 
     def _failed(self, account: Account, why: str) -> None:
         # The user must never lose mail to a bad script: INBOX, and a line saying why.

@@ -38,6 +38,7 @@ disclosed (RFC 5322 3.6.3): the caller passes the bytes to send
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import logging
@@ -54,7 +55,7 @@ from ..message.headers import split_fields
 from ..message.parse import split_header_body
 from ..message.trace import received_header
 from ..policy.submission import AddressOwners, SenderRefused, SenderRule, complete_message
-from ..sieve import Envelope, Notify, SpamVerdict
+from ..sieve import Envelope, Notify, SieveMessage, SpamVerdict
 from ..sieve.notify import build_notification
 from ..sieve.notify import decide as notify_decide
 from ..sieve.vacation import build_reply, decide
@@ -428,8 +429,10 @@ async def _sieve_plans(intake: Intake, sieve: SieveDelivery, message: bytes, rev
                        accounts: Sequence[Account], inbox_id: Callable[[int], Awaitable[int | None]],
                        envelope_to: Mapping[int, str], spam: Mapping[int, SpamVerdict]) -> dict[int, Plan]:
     """Each account's Sieve plan (accounts without an active script: none);
-    ``spam`` the verdict each account's ``spamtest`` sees."""
+    ``spam`` the verdict each account's ``spamtest`` sees. The scripts share
+    one ``SieveMessage``: a body test's MIME parse is done once per message."""
     plans: dict[int, Plan] = {}
+    shared = SieveMessage(message)
     for account in accounts:
         if account.id in plans:
             continue
@@ -437,7 +440,7 @@ async def _sieve_plans(intake: Intake, sieve: SieveDelivery, message: bytes, rev
         if box is None:
             continue
         envelope = Envelope(reverse_path, envelope_to.get(account.id, account.address), spam.get(account.id))
-        plan = await sieve.plan(account, message, envelope, box)
+        plan = await sieve.plan(account, shared, envelope, box)
         if plan is None:
             continue
         if plan.redirects and _delivered_to(message, account.address):
@@ -459,9 +462,8 @@ async def _after_sieve(intake: Intake, account: Account, plan: Plan, message: by
     try:
         sieve = intake.sieve
         if sieve is not None:
-            for mark in plan.duplicates:  # RFC 7352 3: recorded once the message is delivered
-                if mark.last or sieve.duplicates.due(account.id, mark.handle, mark.id):
-                    sieve.duplicates.record(account.id, mark.handle, mark.id, mark.seconds)
+            # RFC 7352 3: recorded once the message is delivered
+            await sieve.record_duplicates(account, plan.duplicates)
         for address in plan.redirects:
             await _redirect(intake, account, plan.message or message, reverse_path, address)
         for note in plan.notifications[: sieve.limits.max_notifications if sieve is not None else 0]:
@@ -564,7 +566,7 @@ async def _vacation(intake: Intake, account: Account, plan: Plan, message: bytes
     assert sieve is not None and action is not None
     own = [account.address, rcpt, *action.addresses]
     why_not = decide(message, reverse_path, own)
-    if why_not is None and not sieve.vacations.due(account.id, action.handle, reverse_path):
+    if why_not is None and not await asyncio.to_thread(sieve.vacations.due, account.id, action.handle, reverse_path):
         why_not = "replied to this sender within the period (RFC 5230 4.2)"
     if why_not is not None:
         logs.event(log, logging.INFO, "vacation_skipped", user=account.address, to=reverse_path[:200],
@@ -585,7 +587,8 @@ async def _vacation(intake: Intake, account: Account, plan: Plan, message: bytes
         return
     # RFC 3834 3.3: the reply's reverse-path is null, so nothing answers it
     await accept_message(intake, reply, "", local, remote, trace=Trace(protocol="local", id=new_msgid()))
-    sieve.vacations.record(account.id, action.handle, reverse_path, action.seconds)
+    # RFC 5230 4.2: the sender gets no other reply within the period (a file, synced: in a thread)
+    await asyncio.to_thread(sieve.vacations.record, account.id, action.handle, reverse_path, action.seconds)
     logs.event(log, logging.INFO, "vacation_sent", user=account.address, to=reverse_path[:200])
 
 

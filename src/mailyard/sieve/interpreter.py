@@ -6,7 +6,15 @@ the actions out (RFC 5228 2.10, 4), without I/O.
 actions and the redirects a message may cause; a script that reaches one
 raises ``SieveRuntimeError`` and the caller keeps the message (RFC 5228
 2.10.6: an error cancels the script's actions and the implicit keep
-applies).
+applies). The deadline holds inside a test too: the wildcard matcher of
+``:matches``, ``:regex`` and the MIME parse of ``body`` (RFC 5173) look at
+the clock as they go, so no single test runs on past it; a ``body`` test
+looks at the first ``Limits.max_body_parts`` MIME parts only.
+
+``SieveMessage`` is the message as the runs of one delivery share it (the
+header split and the MIME parse done once for every recipient's script);
+``run`` takes it or the bytes. The caller chooses where a run happens (the
+delivery runs it in a thread, delivery/sieve.py): nothing here does I/O.
 
 What each action becomes (``Result.actions``, in order, duplicates merged
 as RFC 5228 2.10.3 asks): ``Keep`` (into the INBOX, with IMAP flags of RFC
@@ -33,7 +41,7 @@ import regex
 
 from ..message.address import Group, Mailbox, parse_address_list
 from ..message.headers import bytes_to_text, decode_words, split_fields
-from ..message.parse import parse_message, split_header_body
+from ..message.parse import SteppedParse, split_header_body
 from .errors import SieveRuntimeError
 from .mailto import parse_mailto
 from .parser import FIELD_NAME, PROTECTED_FIELDS, Node, Script, compile_regex
@@ -142,6 +150,12 @@ class Limits:
     separator: str = "+"
     max_notifications: int = 3  # notify actions kept per message (RFC 5435 3.9), more are dropped
     max_header_edits: int = 64  # addheader / deleteheader commands run (RFC 5293)
+    # The MIME parts (the message, multiparts and leaves, in the order RFC
+    # 5173 5 walks them) a body test looks at; parts after these are not
+    # seen, as if the message ended there. Parsing costs about 0.2 ms a part:
+    # 1,000 is far more than mail has and a bounded cost for mail made to be
+    # parsed (50,000 parts took 10 s).
+    max_body_parts: int = 1000
 
 
 @dataclass(frozen=True)
@@ -212,37 +226,45 @@ def _relate(op: str, a: object, b: object) -> bool:
     }[op]()
 
 
-def _glob_regex(pattern: str) -> re.Pattern[str]:
+def _glob_regex(pattern: str) -> regex.Pattern[str]:
     """RFC 5228 2.7.1 :matches: ``*`` any sequence, ``?`` one character,
     ``\\`` quotes the next; each wildcard a group (RFC 5229 3.2 captures),
-    matching as little as possible."""
+    matching as little as possible. The ``regex`` module's, so that a search
+    can be given a timeout (lazy groups can backtrack for long)."""
     out = []
     i = 0
     while i < len(pattern):
         c = pattern[i]
         if c == "\\" and i + 1 < len(pattern):
             i += 1
-            out.append(re.escape(pattern[i]))
+            out.append(regex.escape(pattern[i]))
         elif c == "*":
             out.append("(.*?)")
         elif c == "?":
             out.append("(.)")
         else:
-            out.append(re.escape(c))
+            out.append(regex.escape(c))
         i += 1
-    return re.compile("".join(out), re.DOTALL)
+    return regex.compile("".join(out), regex.DOTALL)
 
 
-def _glob_match(toks: list[str | None], value: str) -> bool:
+def _glob_match(toks: list[str | None], value: str, deadline: float = float("inf")) -> bool:
     """Whether ``value`` matches the wildcard pattern ``toks`` (_glob_tokens),
-    in linear-ish time whatever the pattern (the classic single-backtrack
-    algorithm; patterns without ``?`` take the str.find path)."""
+    by the classic single-backtrack algorithm (patterns without ``?`` take
+    the str.find path). Its time is at worst the pattern's length times the
+    value's (402 characters against 64 KB: 4 s), so it looks at the clock
+    every few thousand steps and raises ``SieveRuntimeError`` past
+    ``deadline`` (RFC 5228 2.10.6: the run fails, the message is kept)."""
     if "\0?" not in toks:
         return _star_match(_pieces(toks), value)
     p = v = 0
     star = -1
     mark = 0
+    n = 0
     while v < len(value):
+        n += 1
+        if not n & 0xFFF and time.monotonic() > deadline:
+            raise SieveRuntimeError("the script ran too long")
         if p < len(toks) and toks[p] is not None and (toks[p] == "\0?" or toks[p] == value[v]):
             p += 1
             v += 1
@@ -392,9 +414,13 @@ class _Matcher:
                 elif self.kind == "contains":
                     if folded[i] in fv:
                         return True
-                elif (_star_match(globs[i], fv) if isinstance(globs[i], _Pieces) else _glob_match(globs[i], fv)):
+                elif (_star_match(globs[i], fv) if isinstance(globs[i], _Pieces)
+                      else _glob_match(globs[i], fv, ctx.deadline)):
                     if self.variables_on:
-                        m = _glob_regex(folded[i]).fullmatch(fv)
+                        try:
+                            m = _glob_regex(folded[i]).fullmatch(fv, timeout=ctx.budget())
+                        except TimeoutError:
+                            raise SieveRuntimeError("the script ran too long") from None
                         if m is not None:  # RFC 5229 3.2: ${0} the whole value, ${1}... each wildcard
                             ctx.match_vars = [value] + [value[a:b] for a, b in
                                                         (m.span(g) for g in range(1, (m.lastindex or 0) + 1))]
@@ -417,7 +443,7 @@ class _Matcher:
             value = value[:limit]
             for rx in patterns:
                 ctx.step()
-                budget = max(0.001, min(REGEX_SECONDS, ctx.deadline - time.monotonic()))
+                budget = min(REGEX_SECONDS, ctx.budget())
                 try:
                     m = rx.search(value, timeout=budget)
                 except TimeoutError:
@@ -657,14 +683,73 @@ def _top(ctx: _Context, script: Script) -> None:
         i += 1
 
 
-class _MessageView:
+class SieveMessage:
+    """A message as the Sieve runs of one delivery share it (``run`` takes
+    it or the bytes): the header split once, and the MIME parse a ``body``
+    test needs (RFC 5173) done at most once whatever the number of
+    recipients' scripts, with each part's decoded content.
+
+    The parse goes a slice at a time (message/parse.py ``SteppedParse``)
+    under the deadline of the run that needs it; a run out of time fails
+    (RFC 5228 2.10.6) and leaves the rest to the next run that asks. It
+    builds at most ``Limits.max_body_parts`` parts (plus a slice's worth)
+    and keeps of a part's lines the first ``16 * max_value_chars`` octets
+    (enough to decode the ``max_value_chars`` characters a test compares,
+    whatever the encoding). Meant for runs with the same ``Limits``; one
+    run at a time."""
+
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
         header, self.body_raw = split_header_body(raw)
-        self.original = split_fields(header)  # (name as written, raw value): what editheader changes
+        self.fields = split_fields(header)  # (name as written, raw value)
+        self._parse: SteppedParse | None = None
+        self._parts: list[EmailMessage] | None = None
+        self._contents: dict[int, str | None] = {}
+
+    def body_parts(self, limits: Limits, deadline: float) -> list[EmailMessage]:
+        """The first ``limits.max_body_parts`` MIME parts, in ``walk`` order;
+        ``SieveRuntimeError`` when the parse does not end by ``deadline``."""
+        if self._parts is None:
+            if self._parse is None:
+                self._parse = SteppedParse(self.raw, max_parts=limits.max_body_parts,
+                                           max_run=16 * limits.max_value_chars)
+            while not self._parse.step():
+                if time.monotonic() > deadline:
+                    raise SieveRuntimeError("the script ran too long")
+            assert self._parse.message is not None
+            parts: list[EmailMessage] = []
+            for part in self._parse.message.walk():
+                if len(parts) >= limits.max_body_parts:
+                    break
+                parts.append(part)  # type: ignore[arg-type]
+            self._parts = parts
+        return self._parts
+
+    def content(self, index: int, part: EmailMessage) -> str | None:
+        """The decoded content of the ``index``-th part (a broken transfer
+        encoding: the raw text); None when it is no text."""
+        if index not in self._contents:
+            try:
+                content = part.get_content()
+            except Exception:  # noqa: BLE001 - a broken transfer encoding: the raw text
+                content = part.get_payload()
+            if isinstance(content, bytes):
+                content = bytes_to_text(content)
+            self._contents[index] = content if isinstance(content, str) else None
+        return self._contents[index]
+
+
+class _MessageView:
+    """The message one run sees: the shared ``SieveMessage`` until
+    editheader (RFC 5293) changes the header, then a copy of its own."""
+
+    def __init__(self, message: SieveMessage) -> None:
+        self.source = message
+        self.raw = message.raw
+        self.body_raw = message.body_raw
+        self.original = message.fields  # (name as written, raw value): what editheader changes
         self.fields = [(name.lower(), value) for name, value in self.original]
         self.edited = False
-        self._parsed: EmailMessage | None = None
         self._headers: dict[str, list[str]] = {}
         self._addresses: dict[tuple[str, str, str], list[str]] = {}
         self._folded: dict[tuple, list[str]] = {}
@@ -688,11 +773,11 @@ class _MessageView:
         self.original = original
         self.fields = [(name.lower(), value) for name, value in original]
         self.edited = True
-        self._parsed = None
         self._headers.clear()
         self._addresses.clear()
         self._folded.clear()
         self.raw = b"".join(n.encode("ascii") + b": " + v + b"\r\n" for n, v in original) + b"\r\n" + self.body_raw
+        self.source = SieveMessage(self.raw)  # the body tests see the edited header (Content-Type)
 
     def headers(self, name: str) -> list[str]:
         """The values of the fields named ``name``, unfolded and RFC 2047
@@ -729,10 +814,6 @@ class _MessageView:
         name = name.lower()
         return [bytes_to_text(v) for n, v in self.fields if n == name]
 
-    def parsed(self) -> EmailMessage:
-        if self._parsed is None:
-            self._parsed = parse_message(self.raw)
-        return self._parsed
 
 
 _SCORE = re.compile(r"\bscore=(-?[0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)
@@ -841,11 +922,11 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*|[0-9]+)\}")
 
 
 class _Context:
-    def __init__(self, script: Script, message: bytes, envelope: Envelope, limits: Limits,
+    def __init__(self, script: Script, message: SieveMessage, envelope: Envelope, limits: Limits,
                  mailbox_exists: Callable[[str], bool] | None) -> None:
         self.script = script
         self.msg = _MessageView(message)
-        self.size = len(message)
+        self.size = len(message.raw)
         self.envelope = envelope
         self.limits = limits
         self.mailbox_exists = mailbox_exists
@@ -874,6 +955,16 @@ class _Context:
             raise SieveRuntimeError("the script ran too many steps")
         if self.steps % 64 == 0 and time.monotonic() > self.deadline:
             raise SieveRuntimeError("the script ran too long")
+
+    def check_time(self) -> None:
+        """The deadline, looked at now (for work that takes more than a step's time)."""
+        if time.monotonic() > self.deadline:
+            raise SieveRuntimeError("the script ran too long")
+
+    def budget(self) -> float:
+        """The seconds left before the deadline (at least a millisecond: a
+        timeout of 0 would mean none)."""
+        return max(0.001, self.deadline - time.monotonic())
 
     def get_var(self, name: str) -> str:
         name = name.lower()
@@ -1443,7 +1534,11 @@ def _date_test(ctx: _Context, node: Node, matcher: _Matcher, field: str | None) 
 
 def _body_parts(ctx: _Context, node: Node) -> list[str]:
     """RFC 5173 5: :raw the undecoded body; :text (the default) the decoded
-    text/* parts; :content the decoded parts of the given types."""
+    text/* parts; :content the decoded parts of the given types. Of the
+    MIME parts only the first ``Limits.max_body_parts`` are looked at (RFC
+    5173 sets no bound; a body test's cost is the server's to bound, the
+    message being the sender's), each decoded once per message
+    (``SieveMessage``) and the clock looked at before each."""
     t = node.tags
     if ":raw" in t:
         return [bytes_to_text(ctx.msg.body_raw)]
@@ -1452,8 +1547,9 @@ def _body_parts(ctx: _Context, node: Node) -> list[str]:
     else:
         wanted = ["text"]
     out: list[str] = []
-    for part in ctx.msg.parsed().walk():
+    for index, part in enumerate(ctx.msg.source.body_parts(ctx.limits, ctx.deadline)):
         ctx.step()
+        ctx.check_time()
         ctype = part.get_content_type().lower()
         if part.is_multipart():
             # RFC 5173 5.2: a multipart is matched by its prologue and epilogue only
@@ -1462,22 +1558,18 @@ def _body_parts(ctx: _Context, node: Node) -> list[str]:
             continue
         if not any(w == "" or ctype == w or ("/" not in w and ctype.split("/")[0] == w) for w in wanted):
             continue
-        try:
-            content = part.get_content()
-        except Exception:  # noqa: BLE001 - a broken transfer encoding: the raw text
-            content = part.get_payload()
-        if isinstance(content, bytes):
-            content = bytes_to_text(content)
-        if isinstance(content, str):
+        content = ctx.msg.source.content(index, part)
+        if content is not None:
             out.append(content)
     return out
 
 
-def run(script: Script, message: bytes, envelope: Envelope, limits: Limits | None = None, *,
+def run(script: Script, message: bytes | SieveMessage, envelope: Envelope, limits: Limits | None = None, *,
         mailbox_exists: Callable[[str], bool] | None = None, now: float | None = None,
         include: Callable[[str, str], Script | None] | None = None,
         duplicate_seen: Callable[[str, str], bool] | None = None) -> Result:
-    """Run ``script`` on ``message`` (the bytes as delivered) for ``envelope``.
+    """Run ``script`` on ``message`` (the bytes as delivered, or a
+    ``SieveMessage`` shared by the runs for each recipient) for ``envelope``.
 
     Returns the actions; the implicit keep is in them as a trailing ``Keep``
     when no action cancelled it. Raises ``SieveRuntimeError`` when the run
@@ -1489,6 +1581,8 @@ def run(script: Script, message: bytes, envelope: Envelope, limits: Limits | Non
     ``duplicate_seen(handle, id)`` answers whether an id is recorded within
     its period (RFC 7352); the ids to record are ``Result.duplicates``.
     """
+    if not isinstance(message, SieveMessage):
+        message = SieveMessage(message)
     ctx = _Context(script, message, envelope, limits or Limits(), mailbox_exists)
     ctx.now = time.time() if now is None else now
     ctx.include_loader = include

@@ -162,3 +162,60 @@ def test_pathological_regex_fails_the_run_in_bounded_time() -> None:
     msg = b"Subject: " + b"x" * 5000 + b"\r\n\r\n"
     with pytest.raises(SieveRuntimeError, match="took too long"):
         run(script, msg, ENV)
+
+
+def test_pathological_matches_on_a_large_body_is_stopped_by_the_deadline() -> None:
+    """``?`` and ``*`` against 64 KB cost the pattern's length times the
+    value's (4 s for 402 characters): the matcher looks at the clock, the
+    run fails (RFC 5228 2.10.6: the caller keeps the message)."""
+    import time
+
+    pattern = "*" + "a?" * 200 + "b"
+    script = compile_script(f'require "body";\nif body :raw :matches "{pattern}" {{ discard; }}')
+    msg = b"Subject: m\r\n\r\n" + b"a" * 65536 + b"\r\n"
+    limits = Limits(max_seconds=0.2)
+    started = time.monotonic()
+    with pytest.raises(SieveRuntimeError, match="ran too long"):
+        run(script, msg, ENV, limits)
+    assert time.monotonic() - started < 5 * limits.max_seconds
+
+
+def _parts(n: int, needle_at: int) -> bytes:
+    parts = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\n%s %d\r\n" % (b"needle" if i == needle_at else b"hay", i)
+                     for i in range(n))
+    return (b'Subject: parts\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+            + parts + b"--b--\r\n")
+
+
+BODY = compile_script('require "body";\nif body :contains "needle" { discard; }')
+
+
+def test_a_body_test_looks_at_the_first_max_body_parts_parts() -> None:
+    """RFC 5173: the parts after the first ``max_body_parts`` (counting the
+    message and its multipart) are not looked at."""
+    limits = Limits(max_body_parts=10)
+    # the multipart, then its parts: the 9th leaf is the 10th part, the 10th is not looked at
+    assert run(BODY, _parts(20, needle_at=8), ENV, limits).describe() == ["discard"]
+    assert run(BODY, _parts(20, needle_at=9), ENV, limits).describe() == ["keep"]
+    assert run(BODY, _parts(20, needle_at=9), ENV).describe() == ["discard"]
+
+
+def test_the_runs_of_a_delivery_share_one_parse_that_goes_on_where_it_stopped() -> None:
+    """A SieveMessage is parsed once for every recipient's run; a run whose
+    deadline passes in the parse fails, and the next one goes on with it."""
+    from mailyard.sieve import SieveMessage
+
+    shared = SieveMessage(_parts(3000, needle_at=2990))
+    limits = Limits(max_body_parts=5000, max_seconds=0.01)
+    with pytest.raises(SieveRuntimeError, match="ran too long"):
+        run(BODY, shared, ENV, limits)
+    roomy = Limits(max_body_parts=5000, max_seconds=60)
+    assert run(BODY, shared, ENV, roomy).describe() == ["discard"]
+    parts = shared.body_parts(roomy, float("inf"))
+    assert run(BODY, shared, ENV, roomy).describe() == ["discard"]
+    assert shared.body_parts(roomy, float("inf")) is parts  # parsed once
+    # an edited header is parsed apart: the shared parse is not changed
+    edit = compile_script('require ["editheader", "body"];\naddheader "X-Seen" "1";\n'
+                          'if body :contains "needle" { discard; }')
+    assert run(edit, shared, ENV, roomy).describe() == ["discard"]
+    assert shared.body_parts(roomy, float("inf")) is parts
