@@ -311,3 +311,48 @@ def test_vacation_and_duplicate_records_are_written_off_the_event_loop(mailserve
     assert subjects(mailserver, ALICE) == ["first"] and len(mailserver.messages(BOB)) == 1
     assert sorted(kind for kind, _ in written) == ["duplicate", "vacation"]
     assert all(thread is not mailserver._thread for _, thread in written)
+
+
+def test_records_of_one_key_written_at_once_all_land(tmp_path) -> None:  # noqa: ANN001
+    """Vacation and duplicate records are written in threads: two
+    deliveries recording the same key at once (two copies of one list
+    message, RFC 7352 :last) must both succeed, and a reader never sees a
+    half-written record (a failed record would cost its delivery the
+    redirects and replies after it)."""
+    import threading
+
+    from mailyard.delivery.sieve import VacationLog
+
+    log = VacationLog(tmp_path, "duplicate")
+    errors: list[str] = []
+    torn: list[str] = []
+    stop = threading.Event()
+
+    def write() -> None:
+        for _ in range(300):
+            try:
+                log.record(1, "", "<id@example.test>", 3600)
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(repr(exc))
+
+    def read() -> None:
+        path = log._path(1, "", "<id@example.test>")
+        while not stop.is_set():
+            try:
+                text = path.read_text()
+            except OSError:
+                continue
+            if not text.isdigit():
+                torn.append(text)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    reader.join()
+    assert not errors and not torn, (errors[:2], torn[:2])
+    assert [p.name for p in (tmp_path / "1" / "duplicate").iterdir()] == [log._path(1, "", "<id@example.test>").name]

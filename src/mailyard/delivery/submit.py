@@ -459,11 +459,14 @@ async def _after_sieve(intake: Intake, account: Account, plan: Plan, message: by
                        rcpt: str) -> None:
     """The actions that send mail, once the delivery is durable: each
     failure is logged, the message itself is already where the script put it."""
-    try:
-        sieve = intake.sieve
-        if sieve is not None:
+    sieve = intake.sieve
+    if sieve is not None:
+        try:
             # RFC 7352 3: recorded once the message is delivered
             await sieve.record_duplicates(account, plan.duplicates)
+        except Exception:  # noqa: BLE001 - the actions below go all the same
+            log.exception("sieve: recording duplicates for %s failed", account.address)
+    try:
         for address in plan.redirects:
             await _redirect(intake, account, plan.message or message, reverse_path, address)
         for note in plan.notifications[: sieve.limits.max_notifications if sieve is not None else 0]:
