@@ -27,6 +27,7 @@ end when no action cancelled it.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -699,12 +700,26 @@ class SieveMessage:
     run at a time."""
 
     def __init__(self, raw: bytes) -> None:
+        # made on the event loop for every delivery while Sieve is on, used
+        # only by a run (in a thread): the header is split there, on first use
         self.raw = raw
-        header, self.body_raw = split_header_body(raw)
-        self.fields = split_fields(header)  # (name as written, raw value)
         self._parse: SteppedParse | None = None
         self._parts: list[EmailMessage] | None = None
         self._contents: dict[int, str | None] = {}
+
+    @functools.cached_property
+    def _split(self) -> tuple[list[tuple[str, bytes]], bytes]:
+        header, body = split_header_body(self.raw)
+        return split_fields(header), body
+
+    @property
+    def fields(self) -> list[tuple[str, bytes]]:
+        """The header fields: (name as written, raw value)."""
+        return self._split[0]
+
+    @property
+    def body_raw(self) -> bytes:
+        return self._split[1]
 
     def body_parts(self, limits: Limits, deadline: float) -> list[EmailMessage]:
         """The first ``limits.max_body_parts`` MIME parts, in ``walk`` order;

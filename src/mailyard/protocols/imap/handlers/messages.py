@@ -108,8 +108,8 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     # Small first batches, each written at once, so the client starts reading
     # at once and never waits while the rest is formatted (FETCH 1:* of a
     # large mailbox): 50, 200, 800 messages, then full batches; with message
-    # bytes read, also no more than FETCH_BATCH_OCTETS of them. Between two
-    # batches the other connections get their turn.
+    # bytes read, also no more than FETCH_BATCH_OCTETS of them, and between two
+    # such batches the other connections get their turn.
     start, size = 0, min(batch_size, FIRST_BATCH)
     while start < len(pairs):
         end = min(len(pairs), start + size)
@@ -151,7 +151,8 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
         s.engine.raw(b"".join(out))
         if start < len(pairs):
             await (s.io.flush() if size < batch_size else s.maybe_flush())
-            await s.io.pause()
+            if need_raw:
+                await s.io.pause()  # message bytes were read: the other sessions' turn
         size = min(batch_size, size * 4)
     if missing and not cmd.uid:
         # A message expunged elsewhere is served until announced (RFC 2180
