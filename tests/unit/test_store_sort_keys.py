@@ -159,3 +159,16 @@ async def test_sql_sort_order_is_the_rfc5256_order(tmp_path: Path) -> None:
                         assert await s.sort_order(inbox, program, some) == [u for u in want if u in some]
     finally:
         await s.close()
+
+
+def test_first_address_takes_linear_time_on_long_runs_of_blanks() -> None:
+    # a From/To/Cc value of a name and 60,000 blanks (folded, anyone can send
+    # it): quadratic for the one-address patterns, 5 s per field
+    import time
+
+    from mailyard.message.threadkeys import first_address
+
+    started = time.process_time()
+    first_address("a" + " " * 60_000 + "x")
+    assert first_address("Al" + " " * 2000 + "<al@example.test>") == ("al", "Al")
+    assert time.process_time() - started < 1.0

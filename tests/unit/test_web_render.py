@@ -55,3 +55,22 @@ def test_remote_images_blocked_until_allowed() -> None:
 def test_plain_message_has_no_attachment_marker() -> None:
     raw = to_bytes(compose("a@example.test", "b@example.test", subject="s", text="t"))
     assert not has_attachment(derive(raw).to_json()["bodystructure"])
+
+
+def test_html_depth_takes_linear_time_and_finds_the_tags_the_pattern_does() -> None:
+    # "<a" repeated with no ">": cubic for the tag pattern run over the
+    # whole text (13 s at 1,000, any sender's HTML or a user's signature)
+    import random
+    import time
+
+    from mailyard.web import render
+
+    rng = random.Random(5)
+    for _ in range(5000):
+        html = "".join(rng.choice(["<", ">", "a", "/", " ", "b", "1", "<a", "</a", "/>"]) for _ in range(rng.randint(0, 30)))
+        assert [(m.span(), m.groups()) for m in render._tags(html)] == [
+            (m.span(), m.groups()) for m in render._TAG.finditer(html)], html
+    started = time.process_time()
+    assert render.html_depth("<a" * 5000) == 0
+    assert render.html_depth("<div>" * 5000) > render.MAX_HTML_DEPTH
+    assert time.process_time() - started < 2.0

@@ -50,6 +50,10 @@ _MSG_ID = re.compile(r"<([^<>]*)>")
 # One address alone, in the two common forms (``Name <a@b>``, ``"Name" <a@b>``
 # and ``a@b``); anything else goes through the address-list parser.
 _ONE_ANGLE = re.compile(r'\s*(?:"([^"\\]*)"|([^"\\,;:<>()\[\]@]*?))\s*<([^<>@\s",;:()\\]+)@([^<>\s",;:()\\]*)>\s*\Z')
+# The two patterns above take time quadratic in a value's blanks (the name
+# and the white space around it overlap): only values of an address's usual
+# length try them; longer ones go to the parser, which is linear.
+FAST_PATH_MAX = 1024
 _ONE_BARE = re.compile(r'\s*([^<>@\s",;:()\\]+)@([^<>\s",;:()\\]+)\s*\Z')
 # a subject with nothing RFC 5256 2.1 could remove but white space at its ends
 _PLAIN_SUBJECT = re.compile(r"[^\[\]:()\t\r\n]*\Z")
@@ -151,13 +155,14 @@ def first_address(value: str | None) -> tuple[str, str]:
     """
     if not value:
         return "", ""
-    m = _ONE_ANGLE.match(value)
-    if m is not None:
-        name = (m[1] if m[1] is not None else m[2]).strip()
-        return m[3], name or f"{m[3]}@{m[4]}"
-    m = _ONE_BARE.match(value)
-    if m is not None:
-        return m[1], f"{m[1]}@{m[2]}"
+    if len(value) <= FAST_PATH_MAX:
+        m = _ONE_ANGLE.match(value)
+        if m is not None:
+            name = (m[1] if m[1] is not None else m[2]).strip()
+            return m[3], name or f"{m[3]}@{m[4]}"
+        m = _ONE_BARE.match(value)
+        if m is not None:
+            return m[1], f"{m[1]}@{m[2]}"
     for item in parse_address_list(value, decode=False):
         if isinstance(item, Group):
             if not item.mailboxes:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from urllib.parse import quote
@@ -339,6 +340,28 @@ def check_parts(raw: bytes, limit: int = MAX_DISPLAY_PARTS) -> None:
                 raise TooComplex(f"it has more than {limit} MIME parts")
 
 
+def _tags(html: str) -> Iterator[re.Match[str]]:
+    """``_TAG.finditer(html)`` in time linear in ``html``. A tag ends at
+    the first ">" after its "<", so each "<" is matched against that span
+    alone: run over the whole text, the pattern takes time cubic in a run
+    of "<a" with no ">" (any sender's HTML, any user's signature)."""
+    pos, gt = 0, -1
+    while True:
+        lt = html.find("<", pos)
+        if lt < 0:
+            return
+        if gt <= lt:
+            gt = html.find(">", lt + 1)
+            if gt < 0:
+                return
+        m = _TAG.fullmatch(html, lt, gt + 1)
+        if m is None:
+            pos = lt + 1
+        else:
+            yield m
+            pos = gt + 1
+
+
 def html_depth(html: str, stop: int = MAX_HTML_DEPTH) -> int:
     """How deep elements nest in ``html`` (an upper estimate: an end tag
     closes the innermost open element whatever its name); stops counting at
@@ -346,7 +369,7 @@ def html_depth(html: str, stop: int = MAX_HTML_DEPTH) -> int:
     if html.count("<") <= stop:
         return min(html.count("<"), stop)
     depth = deepest = 0
-    for m in _TAG.finditer(html):
+    for m in _tags(html):
         if m.group(3) or m.group(2).lower() in _NO_DEPTH:
             continue
         if m.group(1):
