@@ -68,3 +68,26 @@ async def wait_until_async(
 
 def _describe(what: str | Callable[[], str]) -> str:
     return what() if callable(what) else what
+
+
+class LoopTicks:
+    """``async with LoopTicks() as ticks``: counts the turns the running
+    event loop gets (one per 10 ms) while the body waits for something that
+    must not hold the loop still (a slow supervisor, a slow database)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._beat: asyncio.Future[None] | None = None
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            self.count += 1
+
+    async def __aenter__(self) -> LoopTicks:
+        self._beat = asyncio.ensure_future(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._beat is not None
+        self._beat.cancel()

@@ -12,6 +12,7 @@ from typing import Any
 
 from mailyard.config import Config
 from mailyard.spam.limits import QueueWatch, SendLimiter, account_limits
+from tests.waiting import LoopTicks
 
 
 def test_messages_per_hour_and_refusals_are_not_counted() -> None:
@@ -70,24 +71,15 @@ async def _asked_with_a_slow_supervisor(extra: dict[str, Any],
 
     answer = threading.Thread(target=slow_supervisor)
     answer.start()
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    beat = asyncio.ensure_future(ticker())
     try:
-        result = await ask(worker)
+        async with LoopTicks() as ticks:
+            result = await ask(worker)
     finally:
-        beat.cancel()
         answer.join()
         throttle.detach()
         sup_end.close()
         worker_end.close()
-    return result, ticks
+    return result, ticks.count
 
 
 async def test_the_shared_budget_is_asked_off_the_event_loop() -> None:

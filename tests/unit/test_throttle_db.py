@@ -10,6 +10,7 @@ from mailyard.auth.throttle_db import PENDING_TTL, DatabaseThrottle
 from mailyard.config import AuthConfig, StoreConfig
 from mailyard.net.login import throttle_from_config
 from tests.pgcluster import PgCluster
+from tests.waiting import LoopTicks
 
 POLICY = ThrottlePolicy(base_delay=0.0, max_delay=0.0, account_max_failures=10, ip_max_failures=30)
 
@@ -61,7 +62,6 @@ async def test_calls_from_an_event_loop_never_wait_for_the_database(pg_cluster: 
     # A round trip may wait for another node's lock on the same keys: the
     # loop serving every session of the process goes on meanwhile, and the
     # reports it queues count before any later reservation asks.
-    import asyncio
 
     throttle = DatabaseThrottle(pg_cluster.new_dsn(), ThrottlePolicy(base_delay=0.0, max_delay=0.0,
                                                                       account_max_failures=2))
@@ -72,26 +72,18 @@ async def test_calls_from_an_event_loop_never_wait_for_the_database(pg_cluster: 
         return run(*args)  # type: ignore[arg-type]
 
     throttle._run = slow  # type: ignore[method-assign]
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    beat = asyncio.ensure_future(ticker())
     try:
-        now = time.monotonic()
-        attempt = await throttle.reserve_async("192.0.2.1", "alice@example.test", now)
-        assert isinstance(attempt, Attempt)
-        started = time.monotonic()
-        throttle.fail(attempt, now)
-        throttle.record_failure("192.0.2.1", "alice@example.test", now)
-        assert time.monotonic() - started < 0.05  # queued, not waited for
-        verdict = await throttle.before_attempt_async("192.0.2.2", "alice@example.test", now)
-        assert isinstance(verdict, Locked) and verdict.scope == "account"
-        assert ticks >= 20, f"the event loop stood still while the database answered ({ticks} ticks in 0.4 s)"
+        async with LoopTicks() as ticks:
+            now = time.monotonic()
+            attempt = await throttle.reserve_async("192.0.2.1", "alice@example.test", now)
+            assert isinstance(attempt, Attempt)
+            started = time.monotonic()
+            throttle.fail(attempt, now)
+            throttle.record_failure("192.0.2.1", "alice@example.test", now)
+            assert time.monotonic() - started < 0.05  # queued, not waited for
+            verdict = await throttle.before_attempt_async("192.0.2.2", "alice@example.test", now)
+            assert isinstance(verdict, Locked) and verdict.scope == "account"
+        assert ticks.count >= 20, (
+            f"the event loop stood still while the database answered ({ticks.count} ticks in 0.4 s)")
     finally:
-        beat.cancel()
         throttle.close()
