@@ -18,6 +18,7 @@ from mailyard.auth.throttle_shared import SharedThrottle, ThrottleServer
 from mailyard.config import StoreConfig
 from mailyard.store.api import DeliveryTarget, Mailbox
 from mailyard.store.sqlite import SQLiteStore
+from tests.waiting import wait_until_async
 
 
 def _open(place: Path) -> SQLiteStore:
@@ -281,7 +282,7 @@ async def test_a_reservation_whose_caller_left_counts_as_a_failure_and_is_given_
     try:
         sup.paused.set()
         gone = asyncio.ensure_future(sup.worker.reserve_async("192.0.2.1", "a@example.test", 1.0))
-        await asyncio.sleep(0.05)
+        await wait_until_async(lambda: sup.worker._waiting, what="the reservation to be sent")
         gone.cancel()
         sup.paused.clear()
         deadline = loop.time() + 5
@@ -327,8 +328,7 @@ async def test_reports_in_flight_when_the_supervisor_goes_count_in_the_worker() 
         sup.stop.set()
         sup.thread.join()
         sup.end.close()  # the supervisor is gone with both reports unanswered
-        await asyncio.sleep(0.05)
-        assert sup.worker.fallback
+        await wait_until_async(lambda: sup.worker.fallback, what="the worker to fall back")
         assert isinstance(await sup.worker.reserve_async("192.0.2.1", "a@example.test", 4.0), Locked)
     finally:
         sup.stop.set()
