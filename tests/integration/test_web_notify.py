@@ -5,10 +5,13 @@ session."""
 
 from __future__ import annotations
 
+import re
+import time
+
 import pytest
 
 from ..conftest import RunningServer
-from .test_web_http import ALICE, BOB, append, login, simple
+from .test_web_http import ALICE, BOB, append, box_id, login, simple
 
 httpx = pytest.importorskip("httpx")
 
@@ -37,3 +40,39 @@ def test_newest_unread_for_the_sessions_own_inbox_only(mailserver: RunningServer
     assert r.status_code == 403 and "Lunch" not in r.text
     # a malformed UID is the starting point, not an error
     assert alice.get("/events/newest?after=-1").json() == {"uid": last, "count": 0}
+
+
+def first_events(client: httpx.Client, url: str, wanted: int, seconds: float = 5.0) -> list[str]:
+    """The first ``wanted`` ``change`` events of the stream at ``url`` (fewer
+    if the stream sends no more within ``seconds``)."""
+    changes: list[str] = []
+    with client.stream("GET", url, timeout=httpx.Timeout(30, read=seconds)) as r:
+        assert r.status_code == 200
+        try:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    changes.append(line[len("data: "):])
+                    if len(changes) == wanted:
+                        break
+        except httpx.ReadTimeout:
+            pass
+    return changes
+
+
+def test_a_change_between_render_and_stream_reaches_the_page(mailserver: RunningServer) -> None:
+    """New mail that lands after a page was rendered and before its browser
+    opened the event stream is announced when the stream opens; a page whose
+    render time the stream no longer covers is told to refresh as well."""
+    alice = login(mailserver)
+    page = alice.get("/", follow_redirects=True)
+    since = re.search(r'data-since="([0-9.]+)"', page.text).group(1)
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    append(mailserver, ALICE, simple("Lunch on Friday"))  # before the stream opens
+    assert first_events(alice, f"/events?since={since}", 1) == [f'{{"mailbox": {inbox}}}']
+    # a later page: nothing changed since it, so nothing is replayed
+    time.sleep(1.2)  # past the clock margin of web/recent.py
+    later = re.search(r'data-since="([0-9.]+)"', alice.get("/folders").text).group(1)
+    assert first_events(alice, f"/events?since={later}", 1, seconds=1.0) == []
+    # older than anything remembered, or no render time: every folder refreshes
+    replayed = first_events(alice, "/events?since=0", 100, seconds=1.0)
+    assert f'{{"mailbox": {inbox}}}' in replayed and len(replayed) > 1

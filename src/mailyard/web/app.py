@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,7 @@ from .drafts import autosaved, named
 from .drafts import routes as drafts_routes
 from .listing import SORTS, Listing, NotReady
 from .notify import routes as notify_routes
+from .recent import RecentChanges
 from .redirect import routes as redirect_routes
 from .security import (
     DOWNLOAD_CSP,
@@ -124,6 +126,8 @@ class WebState:
     info_index: Any = None
     # each folder's threads for the conversation list (conversations.py)
     conversations: Any = None
+    # what changed lately, replayed when a page's event stream opens (recent.py)
+    recent: RecentChanges = field(default_factory=RecentChanges)
 
 
 def _env() -> jinja2.Environment:
@@ -159,7 +163,8 @@ def page(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResp
         sender = getattr(ctx.get("draft"), "sender", "") or (session.address if session else "")
         shown = sig.address_of(sender).casefold()
         ctx.setdefault("signature_shown", next((h for a, h in ctx["signatures"] if a == shown), ""))
-    html = TEMPLATES.get_template(name).render(request=request, session=session, **ctx)
+    since = getattr(request.state, "since", None)
+    html = TEMPLATES.get_template(name).render(request=request, session=session, live_since=since, **ctx)
     return HTMLResponse(html, status_code=status)
 
 
@@ -236,6 +241,8 @@ def current(request: Request) -> Session:
     if session is None:
         raise HTTPException(401)
     request.state.session = session
+    if not hasattr(request.state, "since"):
+        request.state.since = time.time()  # where the page's live updates start
     return session
 
 
@@ -1028,6 +1035,14 @@ async def events(request: Request) -> Response:
 
     known: set[int] = set(mine)
     remove = store.add_listener(on_change)
+    # what changed between the page's render and now (recent.py)
+    try:
+        missed = web.recent.since(float(request.query_params.get("since", "")))
+    except ValueError:
+        missed = None
+    for mailbox_id in sorted(mine if missed is None else missed & mine):
+        with _ignore_full():
+            queue.put_nowait(mailbox_id)
 
     async def stream() -> Any:
         closer = asyncio.ensure_future(web.closing.wait())
@@ -1162,6 +1177,7 @@ def create_app(services: Services) -> Starlette:
     # of the largest size accepted, with room to spare
     pool = RenderPool(memory_limit=max(DEFAULT_MEMORY, 16 * services.config.smtp.max_message_size))
     app.state.web = WebState(services, listing=Listing(services.store), pool=pool)
+    services.store.add_listener(app.state.web.recent.record)
     app.state.pdf_previews = pdfpreview.Previewer()
     return app
 

@@ -352,7 +352,9 @@
         })
         .catch(function () {});
     };
-    var source = new EventSource("/events");
+    // the stream first replays what changed since this page's request (web/recent.py)
+    var since = document.body.getAttribute("data-since");
+    var source = new EventSource("/events" + (since ? "?since=" + encodeURIComponent(since) : ""));
     source.addEventListener("change", function () {
       if (!pending) { pending = window.setTimeout(refresh, 150); }
     });
