@@ -51,7 +51,25 @@ _SENDER_FIELD = re.compile(
 )
 
 # Quoted strings (RFC 5322 3.2.4) may hold "@" without naming an address.
-_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# Possessive, and a quote left open runs to the end: one pass over the value
+# (``_without_quoted``), where retrying from every later quote would be
+# quadratic in a run of escaped quotes.
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*+(")?', re.DOTALL)
+
+
+def _without_quoted(value: str) -> str:
+    """``value`` less its closed quoted strings. Once a quote finds no closing
+    quote, neither does any later one (their escapes pair up the same way),
+    so the rest is kept as it is."""
+    kept: list[str] = []
+    pos = 0
+    for m in _QUOTED.finditer(value):
+        if m.group(1) is None:
+            break
+        kept.append(value[pos:m.start()])
+        pos = m.end()
+    kept.append(value[pos:])
+    return "".join(kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +170,7 @@ class SenderRule:
             if len(value) > MAX_PARSE_CHARS:
                 return SenderRefused(field, value[:200], f"{field}: the field is too long")
             mailboxes = list(iter_mailboxes(parse_address_list(value, decode=False)))
-            ats = _QUOTED.sub("", value).count("@")
+            ats = _without_quoted(value).count("@")
             if not mailboxes or any(mb.domain is None for mb in mailboxes) or ats > len(mailboxes):
                 return SenderRefused(
                     field, value, f"{field}: cannot read the address in {_shown(value.strip())!r}"
