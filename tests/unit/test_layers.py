@@ -47,16 +47,19 @@ LAYERS: dict[str, Layer] = {
     "observability": layer(
         (), "logs.py and metrics.py are leaves: the server side reports events through them"
     ),
+    "fsutil": layer(
+        (), "fsutil.py (replacing a file durably) is a leaf: every layer that writes files may use it"
+    ),
     "protocols": layer(
         {"message"}, "protocols/ imports no other layer of mailyard (it may use message/)"
     ),
     "store": layer(
-        {"observability", "message", "config"},
+        {"fsutil", "observability", "message", "config"},
         "store/ imports no protocol, net, delivery, policy or auth and knows no wire format",
     ),
-    "auth": layer({"observability", "store", "message", "config"}, "auth/ sits below policy/ and delivery/"),
+    "auth": layer({"fsutil", "observability", "store", "message", "config"}, "auth/ sits below policy/ and delivery/"),
     "policy": layer(
-        {"observability", "auth", "store", "message", "config"},
+        {"fsutil", "observability", "auth", "store", "message", "config"},
         "policy/ returns verdicts: it imports neither protocols/ (replies) nor delivery/",
     ),
     "sieve": layer(
@@ -65,47 +68,47 @@ LAYERS: dict[str, Layer] = {
         "it imports only message/",
     ),
     "mailauth": layer(
-        {"message", "config"},
+        {"fsutil", "message", "config"},
         "mailauth/ (SPF, DKIM, DMARC) takes a message and DNS answers and returns verdicts: "
-        "it imports only message/ and config",
+        "it imports only message/, config and fsutil.py",
     ),
     "spam": layer(
-        {"observability", "mailauth", "policy", "auth", "store", "message", "config"},
+        {"fsutil", "observability", "mailauth", "policy", "auth", "store", "message", "config"},
         "spam/ (spam and abuse defences) takes signals, DNS answers, rspamd's answer and counters and returns "
         "verdicts: it sits below delivery/ and imports no protocol or net",
     ),
     "delivery": layer(
-        {"spam", "observability", "sieve", "mailauth", "protocols", "policy", "auth", "store", "message", "config"},
+        {"fsutil", "spam", "observability", "sieve", "mailauth", "protocols", "policy", "auth", "store", "message", "config"},
         "delivery/ imports neither net/ nor the server (nor services.py)",
     ),
     "services": layer(
-        {"spam", "observability", "delivery", "sieve", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
+        {"fsutil", "spam", "observability", "delivery", "sieve", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
         "services.py (the typed services object) sits below net/ and web/",
     ),
     "net": layer(
-        {"spam", "observability", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
+        {"fsutil", "spam", "observability", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "protocols", "message", "config"},
         "net/ receives the services object; it never imports the server, cli or web/",
     ),
     "web": layer(
-        {"spam", "observability", "net", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "message", "config"},
+        {"fsutil", "spam", "observability", "net", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "message", "config"},
         "web/ receives the services object; it never imports the server or cli",
     ),
     "client": layer(
-        {"protocols", "message", "config"},
-        "client/ (the mail user agent) uses message/ and protocols/ only, not the server side",
+        {"fsutil", "protocols", "message", "config"},
+        "client/ (the mail user agent) uses message/, protocols/ and fsutil.py only, not the server side",
     ),
     "server": layer(
-        {"spam", "observability", "net", "web", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "protocols", "message",
+        {"fsutil", "spam", "observability", "net", "web", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "protocols", "message",
          "config"},
         "server.py composes the services; only cli.py is above it",
     ),
     "transfer": layer(
-        {"spam", "observability", "store", "protocols", "message", "config"},
+        {"fsutil", "spam", "observability", "store", "protocols", "message", "config"},
         "transfer/ (import and export) reads sources and writes through the store: it uses no net/, "
         "delivery/ or server",
     ),
     "cli": layer(
-        {"spam", "transfer", "observability", "server", "client", "net", "web", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store",
+        {"fsutil", "spam", "transfer", "observability", "server", "client", "net", "web", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store",
          "protocols", "message", "config"},
         "cli.py is the top",
     ),
@@ -117,6 +120,7 @@ LAYER_OF: dict[str, str] = {
     "config": "config",
     "logs": "observability",
     "metrics": "observability",
+    "fsutil": "fsutil",
     "protocols": "protocols",
     "store": "store",
     "auth": "auth",

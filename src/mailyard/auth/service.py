@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import logs, metrics
+from ..fsutil import write_atomic
 from ..store.api import Account, InvalidName, Store, StoreError, StoreUnavailable
 from ..store.names import normalize_address
 from . import sasl
@@ -83,20 +83,11 @@ def load_secret(path: Path) -> bytes:
         log.warning("cannot read %s (%s): fake SCRAM salts change at restart", path, exc)
         return secrets.token_bytes(32)
     secret = secrets.token_bytes(32)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, secret)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # fails if another process made it first: use theirs
-        except FileExistsError:
+            write_atomic(path, secret, exclusive=True)
+        except FileExistsError:  # another process made it first: use theirs
             return path.read_bytes()[:32]
-        finally:
-            tmp.unlink(missing_ok=True)
     except OSError as exc:
         log.warning("cannot create %s (%s): fake SCRAM salts change at restart", path, exc)
     return secret

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import TLS_MODE_ALIASES
+from ..fsutil import write_atomic
 
 # Connection security, in the server's vocabulary (config.TLS_MODES): TLS from
 # the first byte (RFC 8314 "implicit TLS"), STARTTLS required, or none.
@@ -245,9 +246,7 @@ class AccountStore:
                 lines.append(f"port = {ep.port}")
                 lines.append(f"security = {_toml_value(ep.security)}")
             lines.append("")
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "\n".join(lines).encode("utf-8"))
 
     def get(self, name: str | None) -> Account:
         if not self.accounts:

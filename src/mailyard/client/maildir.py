@@ -20,6 +20,8 @@ import socket
 import time
 from pathlib import Path
 
+from ..fsutil import write_atomic
+
 _counter = itertools.count()
 
 
@@ -79,6 +81,4 @@ class UIDLState:
         server has committed the deletions; in keep mode those gone from the server."""
         remembered = self.load()
         kept = sorted(remembered & keep)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(u + "\n" for u in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(u + "\n" for u in kept).encode("utf-8"))

@@ -32,9 +32,9 @@ the address with the name in SNI and in the certificate check.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import os
 import re
 import ssl
 import time
@@ -45,6 +45,8 @@ from pathlib import Path
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
+
+from ..fsutil import write_atomic
 
 log = logging.getLogger("mailyard.mtasts")
 
@@ -220,16 +222,15 @@ class PolicyResolver:
         return hit
 
     def _store(self, hit: Cached) -> None:
-        self._cache[hit.domain] = hit
+        """Keep ``hit`` on disk for the next start, replaced at once and
+        durably; it blocks on the disk, so the event loop runs it in a thread."""
         path = self._file(hit.domain)
         if path is None:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"id": hit.sts_id, "policy": hit.policy.text, "fetched": hit.fetched}),
-                           encoding="utf-8")
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps({"id": hit.sts_id, "policy": hit.policy.text,
+                                           "fetched": hit.fetched}).encode("utf-8"))
         except OSError as exc:
             log.warning("mta-sts: cannot keep the policy of %s on disk: %s", hit.domain, exc)
 
@@ -341,7 +342,8 @@ class PolicyResolver:
         log.info("mta-sts: policy of %s: mode %s, mx %s, max_age %d (id %s)", domain, policy.mode,
                  ",".join(policy.mx), policy.max_age, sts_id)
         fresh = Cached(domain, sts_id, policy, now)
-        self._store(fresh)
+        self._cache[domain] = fresh
+        await asyncio.to_thread(self._store, fresh)
         return Lookup(_active(fresh))
 
 

@@ -37,13 +37,11 @@ restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import logs
+from ..fsutil import write_atomic
 from ..sieve import (
     Discard,
     DuplicateMark,
@@ -248,20 +247,9 @@ def _read(path: Path) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` at once: readers see the old text or
-    the new, never a part. The temporary file is each writer's own, since
-    writers of one process run in threads at the same time."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with open(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Replace ``path`` with ``text`` at once and durably (readers see the
+    old text or the new, never a part)."""
+    write_atomic(path, text.encode("utf-8"))
 
 
 @dataclass

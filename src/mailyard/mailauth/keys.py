@@ -26,6 +26,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from ..fsutil import write_atomic
+
 RSA_BITS = 2048
 _GEN = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 
@@ -64,15 +66,6 @@ def dkim_dir(data_dir: Path, domain: str) -> Path:
     return Path(data_dir) / "dkim" / domain.lower().rstrip(".")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def new_generation_name(data_dir: Path, domain: str, now: float | None = None) -> str:
     """``myYYYYMMDD`` (``myYYYYMMDDb``, ... when taken): a selector that says when it was made."""
     base = "my" + time.strftime("%Y%m%d", time.gmtime(time.time() if now is None else now))
@@ -101,8 +94,10 @@ def generate(data_dir: Path, domain: str, generation: str | None = None, *, acti
     ed_key = ed25519.Ed25519PrivateKey.generate()
     seed = ed_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                 serialization.NoEncryption())
-    _write_private(folder / f"{gen}.rsa.pem", rsa_pem)
-    _write_private(folder / f"{gen}.ed25519.key", base64.b64encode(seed) + b"\n")
+    # Whole files or none (a crash never leaves half a key), 0600 from the
+    # start, and never over a generation that exists: its key may be in DNS.
+    write_atomic(folder / f"{gen}.rsa.pem", rsa_pem, exclusive=True)
+    write_atomic(folder / f"{gen}.ed25519.key", base64.b64encode(seed) + b"\n", exclusive=True)
     if activate or active_generation(data_dir, domain) is None:
         set_active(data_dir, domain, gen)
     return gen
@@ -127,9 +122,7 @@ def set_active(data_dir: Path, domain: str, generation: str) -> None:
     folder = dkim_dir(data_dir, domain)
     if generation not in generations(data_dir, domain):
         raise DKIMKeyError(f"{domain} has no DKIM key generation {generation!r}")
-    tmp = folder / "active.tmp"
-    tmp.write_text(generation + "\n")
-    os.replace(tmp, folder / "active")
+    write_atomic(folder / "active", (generation + "\n").encode("utf-8"))
 
 
 def load(data_dir: Path, domain: str, generation: str | None = None) -> SigningKeys | None:

@@ -29,10 +29,11 @@ import base64
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import time
 from pathlib import Path
+
+from ..fsutil import write_atomic
 
 log = logging.getLogger("mailyard.srs")
 
@@ -68,19 +69,10 @@ def load_secret(data_dir: Path) -> bytes:
     except FileNotFoundError:
         pass
     secret = base64.b64encode(secrets.token_bytes(32))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, secret + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # fails if another process made it first: use theirs
-    except FileExistsError:
+        write_atomic(path, secret + b"\n", exclusive=True)
+    except FileExistsError:  # another process made it first: use theirs
         return path.read_bytes().strip()
-    finally:
-        tmp.unlink(missing_ok=True)
     return secret
 
 

@@ -47,7 +47,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from .. import logs
-from .tls import _harden_server, _write_atomic
+from ..fsutil import write_atomic
+from .tls import _harden_server
 
 __all__ = [
     "ACME_TLS_ALPN",
@@ -173,17 +174,22 @@ class Challenges:
 # --- one order -----------------------------------------------------------------------
 
 
+def _save(path: Path, data: bytes) -> None:
+    """Replace one of ACME's files (all private: mode 0600), making its folder on first use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data, mode=0o600)
+
+
 def _load_account_key(path: Path) -> jose.JWKRSA:
     if path.exists():
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     else:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        _write_atomic(
+        _save(
             path,
             key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             ),
-            0o600,
         )
     return jose.JWKRSA(key=key)
 
@@ -386,8 +392,8 @@ class AcmeManager:
                 return self.backoff
             # Key first, as net/tls.py does: a reload between the two writes
             # fails (mismatched pair) and keeps the old context.
-            _write_atomic(self.key_path, key, 0o600)
-            _write_atomic(self.cert_path, chain, 0o600)
+            _save(self.key_path, key)
+            _save(self.cert_path, chain)
             self.backoff = 0.0
             self.last_error = None
             info = cert_info(chain)
@@ -405,7 +411,7 @@ class AcmeManager:
         status = {"last_attempt": now.isoformat(), "last_error": self.last_error,
                   "next_attempt": (now + datetime.timedelta(seconds=retry_in)).isoformat()}
         with contextlib.suppress(OSError):
-            _write_atomic(self.cert_path.parent / STATUS_FILE, json.dumps(status).encode(), 0o600)
+            _save(self.cert_path.parent / STATUS_FILE, json.dumps(status).encode())
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mailyard-acme")

@@ -19,14 +19,12 @@ Nothing here opens sockets; reading and writing the PEM files is the only I/O.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
 import logging
 import os
 import signal
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +36,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ..fsutil import write_atomic
 
 __all__ = [
     "DEV_CERT_VALIDITY_DAYS",
@@ -55,27 +55,6 @@ DEV_CERT_VALIDITY_DAYS = 3650  # 10 years: a development certificate
 
 
 # --- certificates ------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temporary file and rename, so a reload never reads half a file.
-
-    The temporary file is created with ``mode`` from the start (a key is
-    never readable by others, not even briefly).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def create_self_signed(
@@ -157,10 +136,12 @@ def create_self_signed(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+    for path in (Path(key_path), Path(cert_path)):
+        path.parent.mkdir(parents=True, exist_ok=True)
     # Key first: if we stop between the two writes, the old cert no longer
     # matches and a reload fails loudly instead of serving a wrong pair.
-    _write_atomic(Path(key_path), key_pem, 0o600)
-    _write_atomic(Path(cert_path), cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(key_path, key_pem, mode=0o600)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
 def ensure_certificate(

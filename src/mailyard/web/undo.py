@@ -43,6 +43,7 @@ from starlette.routing import Route
 from .. import logs, metrics
 from ..delivery.router import Verdict
 from ..delivery.submit import SenderNotAllowed, SubmissionRefused, sender_rule, submit_message
+from ..fsutil import write_atomic
 from ..message.compose import without_bcc
 from ..store.api import NotFound, QuotaExceeded, StoreError
 
@@ -68,17 +69,7 @@ def _record_path(services: Services, token: str, suffix: str = ".json") -> Path:
 
 def _write_durably(path: Path, data: bytes) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself survives a crash
-    finally:
-        os.close(fd)
+    write_atomic(path, data)
 
 
 def _claim(services: Services, token: str, suffix: str) -> dict | None:
