@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -45,14 +46,27 @@ def test_the_mode_is_set_before_the_data_is_there_and_the_rename_is_synced(
     real_fsync = os.fsync
     seen: list[tuple[str, int, list[str], bytes]] = []
 
+    in_temp: list[bytes] = []
+    sizes_at_chmod: list[int] = []
+    real_fchmod = os.fchmod
+
     def watching_fsync(fd: int) -> None:
         st = os.fstat(fd)
         kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
         seen.append((kind, stat.S_IMODE(st.st_mode), _names(tmp_path), path.read_bytes()))
+        if kind == "file":  # what the file holds on disk when it is synced: all of it, flushed
+            in_temp.append(os.pread(fd, 100, 0))
         real_fsync(fd)
 
+    def watching_fchmod(fd: int, mode: int) -> None:
+        sizes_at_chmod.append(os.fstat(fd).st_size)
+        real_fchmod(fd, mode)
+
     monkeypatch.setattr(fsutil.os, "fsync", watching_fsync)
+    monkeypatch.setattr(fsutil.os, "fchmod", watching_fchmod)
     write_atomic(path, b"new key", mode=0o400)
+    assert sizes_at_chmod == [0]
+    assert in_temp == [b"new key"]
 
     assert [s[0] for s in seen] == ["file", "dir"]
     _, file_mode, names, content = seen[0]
@@ -126,3 +140,64 @@ def test_concurrent_writers_never_share_a_temporary_file(tmp_path: Path) -> None
     assert torn == []
     assert path.read_bytes() in contents
     assert _names(tmp_path) == ["active"]
+
+
+def test_exclusive_creators_at_once_one_wins(tmp_path: Path) -> None:
+    """Threads creating one secret at once: exactly one succeeds, every
+    other gets FileExistsError, and the file is the winner's whole."""
+    path = tmp_path / "scram.secret"
+    racers = 8
+    start = threading.Barrier(racers)
+    won: list[bytes] = []
+    lost: list[BaseException] = []
+
+    def racer(data: bytes) -> None:
+        start.wait()
+        try:
+            write_atomic(path, data, exclusive=True)
+            won.append(data)
+        except FileExistsError as exc:
+            lost.append(exc)
+
+    threads = [threading.Thread(target=racer, args=(bytes([65 + i]) * 32,)) for i in range(racers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(lost) == racers - 1
+    assert path.read_bytes() == won[0]
+    assert _names(tmp_path) == ["scram.secret"]
+
+
+def test_exclusive_without_hard_links_creates_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_links(*args: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(fsutil.os, "link", no_links)
+    path = tmp_path / "gen.rsa.pem"
+    write_atomic(path, b"key", exclusive=True)
+    assert path.read_bytes() == b"key" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(FileExistsError):
+        write_atomic(path, b"other", exclusive=True)
+    assert path.read_bytes() == b"key"
+    assert _names(tmp_path) == ["gen.rsa.pem"]
+
+
+def test_a_directory_that_cannot_be_synced_is_no_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_fsync = os.fsync
+    synced: list[str] = []
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append("dir")
+            raise OSError(errno.EINVAL, "Invalid argument")
+        synced.append("file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(fsutil.os, "fsync", fsync)
+    path = tmp_path / "active"
+    write_atomic(path, b"new")
+    assert path.read_bytes() == b"new" and synced == ["file", "dir"]
+    synced.clear()
+    write_atomic(path, b"newer", sync_directory=False)
+    assert path.read_bytes() == b"newer" and synced == ["file"]

@@ -246,10 +246,10 @@ def _read(path: Path) -> str:
         return f.read()
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: Path, text: str, *, sync_directory: bool = True) -> None:
     """Replace ``path`` with ``text`` at once and durably (readers see the
     old text or the new, never a part)."""
-    write_atomic(path, text.encode("utf-8"))
+    write_atomic(path, text.encode("utf-8"), sync_directory=sync_directory)
 
 
 @dataclass
@@ -421,4 +421,6 @@ class VacationLog:
         now = time.time() if now is None else now
         path = self._path(account_id, handle, sender)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write(path, f"{now + seconds:.0f}")
+        # a record lost in a crash costs one more reply: its name is left to
+        # the file system's own time (the SMTP reply waits for this write)
+        _write(path, f"{now + seconds:.0f}", sync_directory=False)

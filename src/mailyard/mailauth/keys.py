@@ -122,7 +122,8 @@ def set_active(data_dir: Path, domain: str, generation: str) -> None:
     folder = dkim_dir(data_dir, domain)
     if generation not in generations(data_dir, domain):
         raise DKIMKeyError(f"{domain} has no DKIM key generation {generation!r}")
-    write_atomic(folder / "active", (generation + "\n").encode("utf-8"))
+    # not secret, and read by whichever user runs the server
+    write_atomic(folder / "active", (generation + "\n").encode("utf-8"), mode=0o644)
 
 
 def load(data_dir: Path, domain: str, generation: str | None = None) -> SigningKeys | None:

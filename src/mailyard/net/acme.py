@@ -388,12 +388,13 @@ class AcmeManager:
                 self.last_error = str(exc)
                 self.backoff = min(BACKOFF_MAX, max(self.retry, self.backoff * 2))
                 logs.event(log, logging.ERROR, "acme_failed", reason=str(exc), retry_in=int(self.backoff))
-                self._write_status(now, self.backoff)
+                await self._write_status(now, self.backoff)
                 return self.backoff
             # Key first, as net/tls.py does: a reload between the two writes
-            # fails (mismatched pair) and keeps the old context.
-            _save(self.key_path, key)
-            _save(self.cert_path, chain)
+            # fails (mismatched pair) and keeps the old context. The writes
+            # fsync: off the event loop.
+            await asyncio.to_thread(_save, self.key_path, key)
+            await asyncio.to_thread(_save, self.cert_path, chain)
             self.backoff = 0.0
             self.last_error = None
             info = cert_info(chain)
@@ -403,15 +404,15 @@ class AcmeManager:
             # counted once applied: whoever watches the count (tests, status)
             # then finds the new certificate in use
             self.issued += 1
-            self._write_status(now, CHECK_INTERVAL)
+            await self._write_status(now, CHECK_INTERVAL)
             return CHECK_INTERVAL
 
-    def _write_status(self, now: datetime.datetime, retry_in: float) -> None:
+    async def _write_status(self, now: datetime.datetime, retry_in: float) -> None:
         """The last order's outcome, for `mailyard tls status` (another process)."""
         status = {"last_attempt": now.isoformat(), "last_error": self.last_error,
                   "next_attempt": (now + datetime.timedelta(seconds=retry_in)).isoformat()}
         with contextlib.suppress(OSError):
-            _save(self.cert_path.parent / STATUS_FILE, json.dumps(status).encode())
+            await asyncio.to_thread(_save, self.cert_path.parent / STATUS_FILE, json.dumps(status).encode())
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mailyard-acme")
