@@ -45,7 +45,6 @@ import os
 import random
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -64,6 +63,7 @@ from mailyard.config import Config
 from mailyard.store import open_store
 from mailyard.store.api import AppendItem
 from mailyard.store.sqlite import SQLiteStore
+from tests.ports import free_port
 
 DOMAIN = "example.test"
 HOST = "127.0.0.1"
@@ -104,12 +104,6 @@ def crash_id(raw: bytes) -> str | None:
 
 def digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 class InvariantError(AssertionError):

@@ -18,7 +18,6 @@ on its own address (127.0.0.2:P, 127.0.0.3:P, ...) and every instance's
 from __future__ import annotations
 
 import imaplib
-import random
 import select
 import socket
 import socketserver
@@ -39,6 +38,7 @@ from mailyard.auth.passwords import Credentials
 from mailyard.config import Config
 from mailyard.mailauth import keys
 from tests.conftest import RunningServer, make_test_config
+from tests.ports import free_port
 from tests.waiting import wait_until
 
 DNS_HOST = "127.0.0.1"
@@ -161,28 +161,7 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
 
 def shared_port(addresses: list[str]) -> int:
     """A port that is free on every one of ``addresses``."""
-    for _ in range(200):
-        port = random.randint(20000, 60000)
-        socks = []
-        try:
-            for addr in addresses:
-                s = socket.socket()
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                socks.append(s)
-                s.bind((addr, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no shared free port")
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_port(*addresses)
 
 
 class ScriptedSMTP:

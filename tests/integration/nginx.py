@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mailyard.net.tls import create_self_signed
 from tests.conftest import require_program
+from tests.ports import free_port
 from tests.waiting import wait_until
 
 NGINX_CONF = """
@@ -44,13 +45,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 
 class Nginx:

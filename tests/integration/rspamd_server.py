@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.ports import free_port
 from tests.waiting import wait_until
 
 CONF = """
@@ -62,14 +62,6 @@ classifier "bayes" {{
 TEST_TLDS = ("com", "org", "net", "test", "example", "invalid", "localhost")
 
 PASSWORD = "learn-secret-1"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free on ``host`` now (this module is loaded by tests/conftest.py,
-    so it imports none of the modules that import conftest)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class RspamdServer:

@@ -17,6 +17,7 @@ import pytest
 
 from mailyard.config import Config
 from tests.conftest import USERS
+from tests.ports import free_port
 
 ALICE = "alice@example.test"
 
@@ -174,12 +175,6 @@ class ServeProcess:
 
 # TCP states (include/net/tcp_states.h) in which the local side has not sent its FIN.
 _NOT_CLOSED_BY_SERVER = {"01", "03", "08"}  # ESTABLISHED, SYN_RECV, CLOSE_WAIT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 MB = 1024 * 1024

@@ -33,6 +33,7 @@ from mailyard.net.tls import create_self_signed
 from tests.conftest import RunningServer, make_test_config, require_program
 from tests.integration.multihost import DNSServer
 from tests.integration.serve_process import ServeProcess
+from tests.ports import free_port
 from tests.waiting import wait_until
 
 NAMES = ["mx.example.test", "mail.example.test", "autoconfig.example.test", "mta-sts.example.test"]
@@ -40,12 +41,6 @@ TLS_PORTS = {  # port name: openssl s_client -starttls protocol (None: implicit 
     "smtp": "smtp", "submission": "smtp", "smtps": None, "imap": "imap", "imaps": None,
     "pop3": "pop3", "pop3s": None, "https": None,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Pebble:

@@ -19,13 +19,8 @@ from pathlib import Path
 import pytest
 
 from mailyard.net.tls import create_self_signed
+from tests.ports import free_port
 from tests.waiting import wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fingerprint(port: int, starttls_pop3: bool = False) -> str:

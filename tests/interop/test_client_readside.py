@@ -27,6 +27,7 @@ import pytest
 from mailyard.message.compose import Attachment, compose, to_bytes
 from tests.conftest import USERS, require_program
 from tests.integration.test_client import MailCLI, parse
+from tests.ports import free_port as _free_port
 
 USER = "alice@example.test"
 PASSWORD = USERS[USER]
@@ -61,12 +62,6 @@ class Backend:
             return int(data[0])
         finally:
             c.logout()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 DOVECOT_CONF = """\
