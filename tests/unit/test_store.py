@@ -683,13 +683,13 @@ async def test_mailbox_references_are_checked_on_every_call(store: Store) -> Non
     await store.append(work, b"Subject: a\r\n\r\nalice\r\n")
     bob_inbox = await store.get_mailbox(b.id, "INBOX")
     assert bob_inbox and await store.append(bob_inbox, b"Subject: b\r\n\r\nbob\r\n") == 1
-    assert store.mailbox_current(work)
+    assert await store.mailbox_current(work)
     foreign = replace(bob_inbox, account_id=a.id)  # alice's session naming bob's mailbox
     stale = replace(work, uid_validity=work.uid_validity - 1)
     await store.delete_mailbox(a.id, "Work")
     assert await store.get_mailbox_by_id(a.id, bob_inbox.id) is None
     for ref in (work, foreign, stale):
-        assert not store.mailbox_current(ref)
+        assert not await store.mailbox_current(ref)
         calls = [
             store.read_message(ref, 1), store.list_messages(ref), store.get_messages(ref, [1]),
             store.mailbox_status(ref), store.mailbox_summary(ref), store.changes_since(ref, 0),
@@ -719,15 +719,15 @@ async def test_credentials_current_across_store_instances(backend: Backend) -> N
         box = await s1.create_mailbox(a.id, "Work")
         assert a.epoch == 0
         for _ in range(3):  # the answer is cached from here on
-            assert s1.credentials_current(a.id, 0) and s1.mailbox_current(box)
+            assert await s1.credentials_current(a.id, 0) and await s1.mailbox_current(box)
         await s2.set_password("a@example.test", "h2")
-        assert not s1.credentials_current(a.id, 0)
-        assert s1.credentials_current(a.id, 1)
+        assert not await s1.credentials_current(a.id, 0)
+        assert await s1.credentials_current(a.id, 1)
         assert (await s1.get_account("a@example.test")).epoch == 1
         await s2.delete_mailbox(a.id, "Work")
-        assert not s1.mailbox_current(box)
+        assert not await s1.mailbox_current(box)
         await s2.remove_account("a@example.test")
-        assert not s1.credentials_current(a.id, 1)
+        assert not await s1.credentials_current(a.id, 1)
     finally:
         await s1.close()
         await s2.close()

@@ -290,7 +290,7 @@ async def test_an_unreachable_database_raises_store_unavailable(tmp_path: Path) 
         with pytest.raises(StoreUnavailable):
             await store.add_domain("example.test")
         with pytest.raises(StoreUnavailable):
-            store.credentials_current(1, 0)
+            await store.credentials_current(1, 0)
     finally:
         await store.close()
 
@@ -333,3 +333,95 @@ async def test_first_calls_from_eagerly_started_steps_share_the_opening(pg_clust
     finally:
         await store.close()
 
+
+
+async def test_a_new_hold_is_written_off_the_event_loop_before_the_mailbox_is_read(pg_cluster: PgCluster,
+                                                                                  tmp_path: Path) -> None:
+    """A session's hold (RFC 2180 4.1.1) must be in the database before it
+    reads the mailbox, so that an expunge through another node keeps what
+    it sees. With the database slow to take the write, the event loop goes
+    on meanwhile, and the read waits for the write."""
+    import threading
+    import time
+
+    import psycopg
+
+    from tests.waiting import LoopTicks
+
+    dsn = pg_cluster.new_dsn()
+    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
+    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
+    locked, release = threading.Event(), threading.Event()
+
+    def slow_database() -> None:
+        with psycopg.connect(dsn) as admin:
+            admin.execute("LOCK TABLE mailbox_holds IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            release.wait(2)  # (without a loop left to set it, at most 2 s)
+            time.sleep(0.3)  # the database stays slow a while after the hold was asked for
+
+    try:
+        await a.add_domain("example.test")
+        alice = await a.add_account("alice@example.test", "h")
+        inbox = await a.get_mailbox(alice.id, "INBOX")
+        assert inbox is not None
+        body = b"Subject: held\r\n\r\nstill here\r\n"
+        [uid] = await a.deliver(body, [DeliveryTarget(inbox.id)])
+        inbox = await a.get_mailbox(alice.id, "INBOX")
+        assert inbox is not None
+        holder = threading.Thread(target=slow_database)
+        holder.start()
+        try:
+            await asyncio.to_thread(locked.wait, 10)
+            async with LoopTicks() as ticks:
+                a.hold_expunged(object(), inbox, 0)  # a session selects the INBOX
+                release.set()
+                summary = await a.mailbox_summary(inbox)
+        finally:
+            release.set()
+            await asyncio.to_thread(holder.join, 10)
+        assert ticks.count >= 10, f"the event loop stood still while the hold was written ({ticks.count} turns)"
+        assert summary.uids == [uid]
+        await b.expunge(inbox, [uid])  # through another node: kept for a's session
+        assert await a.read_message(inbox, uid, expunged=True) == body
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_revocation_heard_while_credentials_are_read_is_not_trusted(pg_cluster: PgCluster,
+                                                                         tmp_path: Path) -> None:
+    """A credentials check that asks the database while another node changes
+    the password may read the row before that commit and get its answer
+    after the revocation's note: it must read again, neither answering nor
+    keeping what was true before."""
+    dsn = pg_cluster.new_dsn()
+    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
+    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
+    try:
+        await b.add_domain("example.test")
+        alice = await b.add_account("alice@example.test", "h")
+        assert alice.epoch == 0
+        read, answer = asyncio.Event(), asyncio.Event()
+        real = a._q1
+
+        async def late(sql: str, args: tuple = ()) -> tuple | None:
+            row = await real(sql, args)
+            if "FROM accounts" in sql and not answer.is_set():
+                read.set()
+                await answer.wait()  # the answer comes back late
+            return row
+
+        a._q1 = late  # type: ignore[method-assign]
+        check = asyncio.ensure_future(a.credentials_current(alice.id, 0))
+        await asyncio.wait_for(read.wait(), 10)  # epoch 0 read, not answered yet
+        forgotten = a._forgotten
+        await b.set_password("alice@example.test", "h2")  # another node; its note reaches a
+        await until(lambda: a._forgotten != forgotten)
+        answer.set()
+        assert await check is False
+        assert await a.credentials_current(alice.id, 0) is False
+        assert a.credentials_known(alice.id, 1) is True
+    finally:
+        await a.close()
+        await b.close()

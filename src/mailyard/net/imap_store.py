@@ -79,11 +79,11 @@ class StoreBackend:
             raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
 
     # --- validity ------------------------------------------------------------------
-    def account_current(self) -> bool:
-        return self.store.credentials_current(self.account_id, self.account.epoch)
+    async def account_current(self) -> bool:
+        return await self.store.credentials_current(self.account_id, self.account.epoch)
 
-    def mailbox_current(self, mailbox: Mailbox) -> bool:
-        return self.store.mailbox_current(mailbox)
+    async def mailbox_current(self, mailbox: Mailbox) -> bool:
+        return await self.store.mailbox_current(mailbox)
 
     def hold_expunged(self, mailbox: Mailbox | None, seen_modseq: int = 0) -> None:
         self.store.hold_expunged(self, mailbox, seen_modseq)

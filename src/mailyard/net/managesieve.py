@@ -167,7 +167,7 @@ class ManageSieveSession(SessionProtocol):
         if account is None or scripts is None:
             engine.respond(False, "Sieve is turned off on this server")
             return
-        if not self.services.store.credentials_current(account.id, account.epoch):
+        if not await self.services.store.credentials_current(account.id, account.epoch):
             engine.respond(False, "the account was removed or its password changed", "AUTH-TOO-WEAK")
             return
         ok, text, code, data = await asyncio.to_thread(self.script_command, scripts, account, event)

@@ -291,6 +291,7 @@ class POP3Session(SessionProtocol):
         self._mech: sasl.Mechanism | None = None
         self._auth: Authenticator | None = None
         self._updated = False  # UPDATE ran: the sign-off is the last word
+        self._checked = False  # _check_credentials just asked the store: the next pump need not
 
     # --- SessionProtocol hooks ------------------------------------------------
 
@@ -318,12 +319,37 @@ class POP3Session(SessionProtocol):
 
     def pump(self) -> Coroutine[Any, Any, None] | None:
         account = self.account
-        if account is not None and not self.store.credentials_current(account.id, account.epoch):
+        if self._checked:
+            self._checked = False  # by the step that just ran
+        elif account is not None:
             # checked before the engine answers the commands just received
             # (it answers STAT, LIST, DELE... from the listing it holds)
+            current = self.store.credentials_known(account.id, account.epoch)
+            if current is None:
+                # only the database can tell: a step asks it, and the pump
+                # runs again after it (the engine's input waits meanwhile)
+                return self._check_credentials(account)
+            if not current:
+                assert self.engine is not None
+                self.engine.withdraw("account removed or password changed")
+        return super().pump()
+
+    async def _check_credentials(self, account: Account) -> None:
+        """Ask the store whether the session's credentials are current; a
+        store that cannot tell ends the session with a temporary failure as
+        the answer to the command waiting (RFC 3206 4 SYS/TEMP), before the
+        engine has answered anything from its listing."""
+        try:
+            current = await self.store.credentials_current(account.id, account.epoch)
+        except StoreUnavailable:
+            log.info("pop3: ending the session of %s: the store cannot check its credentials", account.address)
+            self.write(b"-ERR [SYS/TEMP] mail store unavailable, try again later\r\n")
+            self.close()
+            return
+        if not current:
             assert self.engine is not None
             self.engine.withdraw("account removed or password changed")
-        return super().pump()
+        self._checked = True
 
     def on_event(self, event: Event) -> Coroutine[Any, Any, None] | None:
         return self.step(event)  # every POP3 event needs the store, the login service or TLS

@@ -380,7 +380,7 @@ class SMTPSession(SessionProtocol):
     async def _handle(self, event: Event) -> None:
         engine = self.engine
         account = self.account
-        if account is not None and not self.services.store.credentials_current(account.id, account.epoch):
+        if account is not None and not await self.services.store.credentials_current(account.id, account.epoch):
             # The account was removed or its password changed since AUTH: the
             # session ends (RFC 5321 3.8: 421, and the server closes), so no
             # further message is submitted under the old credentials.

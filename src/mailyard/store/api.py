@@ -488,8 +488,9 @@ class ChannelLike(Protocol):
 
 
 class Store(abc.ABC):
-    """Backend-independent store API. All methods are coroutines but the two
-    per-command validity checks and ``add_listener``.
+    """Backend-independent store API. All methods are coroutines but
+    ``credentials_known`` (the validity check answered from memory),
+    ``hold_expunged`` and ``add_listener``.
 
     Every call on a mailbox's messages takes the session's ``MailboxRef`` and
     raises ``MailboxGone`` unless that mailbox still exists with that owner
@@ -584,19 +585,28 @@ class Store(abc.ABC):
         (``credentials_current`` turns False)."""
 
     @abc.abstractmethod
-    def credentials_current(self, account_id: int, epoch: int) -> bool:
+    async def credentials_current(self, account_id: int, epoch: int) -> bool:
         """Whether a session that logged in to ``account_id`` under credential
         ``epoch`` may go on: False once the account is removed or its password
-        changed (``set_password``), whichever process did it.
+        changed (``set_password``), whichever process or node did it.
 
-        Not a coroutine: every protocol asks it before every command, and it
-        is answered from memory unless something was revoked since."""
+        Every protocol asks it before every command. It is answered from
+        memory (without suspending) unless something was revoked since; then
+        the backend asks its database, for a remote one without holding the
+        event loop, and never answers from what it knew before the
+        revocation."""
+
+    def credentials_known(self, account_id: int, epoch: int) -> bool | None:
+        """``credentials_current`` from memory, for a caller that cannot
+        wait (the POP3 pump): None when only the database can tell, and the
+        caller awaits ``credentials_current``."""
+        return None
 
     @abc.abstractmethod
-    def mailbox_current(self, mailbox: MailboxRef) -> bool:
+    async def mailbox_current(self, mailbox: MailboxRef) -> bool:
         """Whether ``mailbox`` still exists with this owner and UIDVALIDITY
         (what every call taking a MailboxRef checks); answered from memory
-        unless something was revoked since."""
+        unless something was revoked since, as ``credentials_current``."""
 
     # --- quotas (RFC 9208) ---------------------------------------------------
     @abc.abstractmethod

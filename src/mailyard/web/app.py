@@ -225,11 +225,13 @@ def live_session(request: Request) -> Session | None:
     """The session of the request's cookie, if it is still good: not
     expired, and its account neither removed nor given a new password since
     the login (by any process: ``mailyard user remove`` / ``user passwd``
-    write the same store). A session that is no longer good is dropped, so
-    its cookie stays refused."""
+    write the same store). The credentials were checked for this request by
+    ``sessionlog.SessionRecords`` (which may wait for the database); here
+    only what the store knows in memory is looked at again. A session that
+    is no longer good is dropped, so its cookie stays refused."""
     web = state(request)
     session = web.sessions.get(request.cookies.get(SESSION_COOKIE))
-    if session is not None and not web.services.store.credentials_current(session.account_id, session.epoch):
+    if session is not None and web.services.store.credentials_known(session.account_id, session.epoch) is False:
         log.info("web: ending session of %s: account removed or password changed", session.address)
         web.sessions.drop(session)
         return None
@@ -1050,7 +1052,7 @@ async def events(request: Request) -> Response:
         try:
             yield "retry: 3000\n\n"
             while not web.closing.is_set():
-                if not store.credentials_current(session.account_id, session.epoch) or \
+                if not await store.credentials_current(session.account_id, session.epoch) or \
                         not await records.still_good(store, session):
                     web.sessions.drop(session)
                     break

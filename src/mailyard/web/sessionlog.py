@@ -9,8 +9,11 @@ secret id (so a store read gives no cookie to present), its account,
 login and last-use times, address and browser. The record is the proof
 that the session may go on: ``SessionRecords`` looks it up on every
 request and ends a session whose record is gone (logged out from another
-process) or has expired. Use is written back at most once a minute, so a
-busy session costs one indexed read per request and one write a minute.
+process) or has expired, or whose account was removed or given a new
+password since the login (``Store.credentials_current``, awaited here so
+that a store asking its database does not hold the event loop). Use is
+written back at most once a minute, so a busy session costs one indexed
+read per request and one write a minute.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import logging
 import time
 from typing import Any
 
-from ..store.api import Store, StoreError, WebSession
+from starlette.responses import PlainTextResponse
+
+from ..store.api import Store, StoreError, StoreUnavailable, WebSession
 from .security import IDLE_TIMEOUT, MAX_AGE, SESSION_COOKIE, Session
 
 log = logging.getLogger("mailyard.web")
@@ -77,8 +82,11 @@ async def end(store: Store, session: Session) -> None:
 
 class SessionRecords:
     """Pure ASGI middleware: a request whose session has no current record
-    in the store is served as one without a session (the process forgets
-    it). It does not buffer responses (the event stream passes through)."""
+    in the store, or whose credentials are no longer current, is served as
+    one without a session (the process forgets it). When the store cannot
+    tell whether the credentials are current, the answer is 503 (RFC 9110
+    15.6.4), as for any page the store cannot serve. It does not buffer
+    responses (the event stream passes through)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -90,6 +98,19 @@ class SessionRecords:
             web = getattr(getattr(scope.get("app"), "state", None), "web", None)
             cookie = _cookie(scope, SESSION_COOKIE)
             session = web.sessions.get(cookie) if web is not None and cookie else None
+            if session is not None:
+                store = web.services.store
+                try:
+                    current = await store.credentials_current(session.account_id, session.epoch)
+                except StoreUnavailable:
+                    response = PlainTextResponse("The mail store is unavailable, try again in a moment.\n",
+                                                 status_code=503, headers={"Retry-After": "10"})
+                    await response(scope, receive, send)
+                    return
+                if not current:
+                    log.info("web: ending session of %s: account removed or password changed", session.address)
+                    web.sessions.drop(session)
+                    session = None
             if session is not None:
                 try:
                     good = await still_good(web.services.store, session)

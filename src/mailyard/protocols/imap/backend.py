@@ -347,13 +347,14 @@ class ImapBackend(Protocol):
         fields, from data derived once per message, without reading messages."""
         ...
 
-    # --- validity (asked before every command, answered from memory) ---------------
-    def account_current(self) -> bool:
+    # --- validity (asked before every command; answered from memory, without
+    # suspending, unless something was revoked since) -----------------------------
+    async def account_current(self) -> bool:
         """Whether the account still exists under the credentials the session
         logged in with (not removed, password not changed)."""
         ...
 
-    def mailbox_current(self, mailbox: MailboxRecord) -> bool:
+    async def mailbox_current(self, mailbox: MailboxRecord) -> bool:
         """Whether the mailbox still exists with this id and UIDVALIDITY."""
         ...
 

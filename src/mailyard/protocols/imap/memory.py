@@ -319,10 +319,10 @@ class MemoryBackend:
             raise MailboxGone(mailbox.id)
         return box
 
-    def account_current(self) -> bool:
+    async def account_current(self) -> bool:
         return self.user in self.store.passwords and self.store.epochs[self.user] == self.epoch
 
-    def mailbox_current(self, mailbox: MailboxRecord) -> bool:
+    async def mailbox_current(self, mailbox: MailboxRecord) -> bool:
         box = self.store.boxes.get(mailbox.id)
         return box is not None and box.account == self.user and box.uid_validity == mailbox.uid_validity
 

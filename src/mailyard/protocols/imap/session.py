@@ -151,11 +151,11 @@ class ImapSession:
             self.io.wake()  # IDLE announces it at once
 
     # --- commands -------------------------------------------------------------
-    def references_current(self) -> bool:
+    async def references_current(self) -> bool:
         """Whether the session may go on: its account still exists under the
         credentials it logged in with, and its selected mailbox still exists
         (same UIDVALIDITY). Asked before every command; the backend answers
-        from memory.
+        from memory unless something was revoked since.
 
         If not, the session ends with ``* BYE``: RFC 2180 3.2 (a server may
         let a mailbox be deleted and disconnect the other clients that have it
@@ -166,12 +166,12 @@ class ImapSession:
         backend = self.backend
         if backend is None:
             return True
-        if not backend.account_current():
+        if not await backend.account_current():
             log.info("imap: ending a session: account removed or password changed")
             self.engine.bye("Account removed or password changed; log in again", reason="withdrawn")
             return False
         sel = self.sel
-        if sel is not None and not backend.mailbox_current(sel.mailbox):
+        if sel is not None and not await backend.mailbox_current(sel.mailbox):
             self.selected_mailbox_gone()
             return False
         return True
@@ -183,7 +183,7 @@ class ImapSession:
     async def execute(self, cmd: c.Command) -> None:
         """Answer one command; its responses are queued on the engine."""
         try:
-            if self.backend is not None and not self.references_current():
+            if self.backend is not None and not await self.references_current():
                 return
             await HANDLERS[cmd.name](self, cmd)
         except MailboxGone as exc:

@@ -12,7 +12,15 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,6 +103,7 @@ log = logging.getLogger("mailyard.store")
 CHANNEL = "mailyard_changes"
 REVOKE = b"R"  # sessions or mailbox references ended: validity caches forget
 SETTINGS = b"S"  # account settings changed: caches of get_settings forget (settings_version)
+HELD = b"H"  # an expunge kept rows for holders (hold_expunged): their nodes purge them once announced
 _ACCOUNT_COLS = "id, address, password_hash, apop_secret, scram_sha256, epoch"
 _RCPT_COLS = "id, queue_id, address, domain, notify, orcpt, state, attempts, next_attempt, last_reply, last_host"
 _ENTRY_COLS = "id, reverse_path, envid, ret, smtputf8, eight_bit, size, created, warned"
@@ -111,6 +120,8 @@ _ORDER_BY = {"ARRIVAL": "m.internal_date", "SIZE": "m.size", "DATE": "coalesce(k
              "TO": 'k.to_mailbox COLLATE "C"', "CC": 'k.cc_mailbox COLLATE "C"',
              "DISPLAYFROM": 'k.from_display COLLATE "C"', "DISPLAYTO": 'k.to_display COLLATE "C"'}
 _RETRIES = 20
+_CACHE_MAX = 100_000  # entries of each validity cache
+_UNKNOWN = object()  # not in a validity cache
 # Seconds a node's claim on due queue recipients lasts (queue_due): longer
 # than an attempt takes; after it another node may try them.
 QUEUE_LEASE = 900.0
@@ -126,6 +137,13 @@ SUSPECT_WINDOW = 60.0
 # failure, also an OperationalError, is retried by ``_write`` first; a full
 # disk is StorageFull).
 _DOWN = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
+
+
+def _settled(task: asyncio.Task[Any]) -> None:
+    """A background task's end: its failure is retrieved (whoever needed its
+    result has awaited it and seen the failure)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("store: background task failed: %s", task.exception())
 
 
 def _lock_space(space: str) -> int:
@@ -152,11 +170,13 @@ class _AfterCommit:
 
 
 class _Tx:
-    """What a write collects besides its SQL: the mailboxes it changed, and
-    notes for other nodes (sent with pg_notify inside the transaction)."""
+    """What a write collects besides its SQL: the mailboxes it changed, those
+    where an expunge kept rows for holders, and notes for other nodes (sent
+    with pg_notify inside the transaction)."""
 
     def __init__(self) -> None:
         self.changed: set[int] = set()
+        self.held: set[int] = set()
         self.notes: set[bytes] = set()
 
 
@@ -186,12 +206,20 @@ class PostgreSQLStore(ContactsMixin, Store):
         self._listen_conn: psycopg.AsyncConnection | None = None
         self._listeners: list[Callable[[int], None]] = []
         self._handlers: dict[bytes, list[Callable[[list[int]], None]]] = {}
-        # validity checks are not coroutines (api.py): a plain connection
-        # answers their cache misses; notes of revocations clear the caches
-        self._sync: psycopg.Connection | None = None
-        self._sync_lock = threading.Lock()
+        # validity caches (credentials_current, mailbox_current): filled by
+        # reads through the pool, cleared by notes of revocations;
+        # ``_forgotten`` counts the clearings, so that a read that was under
+        # way during one is not cached (nor answered) from before it
         self._live: dict[int, tuple[int, int]] = {}
         self._epochs: dict[int, int | None] = {}
+        self._forgotten = 0
+        self._lookups: dict[tuple[str, int], asyncio.Task[Any]] = {}  # reads under way, shared by their askers
+        # a plain connection whose name (application_name) marks this store
+        # as alive to the other nodes (_LIVE_HOLD); it publishes the holds
+        # that must be seen before a session goes on, always off the event
+        # loop (asyncio.to_thread)
+        self._sync: psycopg.Connection | None = None
+        self._sync_lock = threading.Lock()
         self._revoked: RevocationSignal | None = None
         # settings_version: moved by this store's settings writes and by the
         # SETTINGS notes of every other store (other nodes, other workers,
@@ -204,16 +232,25 @@ class PostgreSQLStore(ContactsMixin, Store):
         # hold_expunged (RFC 2180 4.1.1), for this node's sessions
         self._holds: dict[int, dict[object, int]] = {}
         self._held_by: dict[object, int] = {}
-        # mailbox id -> the lowest announced mod-sequence of this node's
-        # holders as the other nodes see it (table mailbox_holds)
+        # mailbox id -> the mod-sequence this node's row of mailbox_holds
+        # says its holders announced: at most their lowest (a row below it
+        # only keeps more), raised only when held rows wait for a purge
         self._published_holds: dict[int, int] = {}
         self._hold_gens = itertools.count(1)
         self._hold_gen: dict[int, int] = {}  # mailbox id -> gen of the latest write of its hold
+        # mailbox id -> the write of a lowered hold: reads of the mailbox wait for it
+        self._publishing: dict[int, asyncio.Future[Any]] = {}
+        # mailboxes where held rows may wait for this store's purge (an
+        # expunge kept some, a HELD note, this store's row lowered); the
+        # purge runs when this node's holders move, one at a time per mailbox
+        self._unpurged: set[int] = set()
+        self._purging: set[int] = set()
+        self._purge_again: set[int] = set()
         self._objectid_key: bytes | None = None
         self._closed = False
         self._lock_conn: psycopg.AsyncConnection | None = None
         self._lock_mutex = asyncio.Lock()
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
 
     # --- life cycle ------------------------------------------------------------
     async def _ready(self) -> None:
@@ -323,8 +360,10 @@ class PostgreSQLStore(ContactsMixin, Store):
                         result = await op(c, tx)
                         if tx.changed:
                             tx.notes.add(MAILBOXES)
+                        if tx.held:
+                            tx.notes.add(HELD)
                         for kind in tx.notes:
-                            ids = tx.changed if kind == MAILBOXES else ()
+                            ids = tx.changed if kind == MAILBOXES else tx.held if kind == HELD else ()
                             payload = f"{self.node}:{kind.decode()}:{','.join(map(str, sorted(ids)))}"
                             await c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
                     if isinstance(result, _AfterCommit):
@@ -347,12 +386,14 @@ class PostgreSQLStore(ContactsMixin, Store):
         if directory:
             self.directory_version += 1
         if revoke:
-            self._live.clear()
-            self._epochs.clear()
+            self._forget()
             if self._revoked is not None:
                 self._revoked.bump()
         if tx.changed:
             self.notify_local(tx.changed)
+        for mailbox_id in tx.held:
+            self._unpurged.add(mailbox_id)
+            self._purge_soon(mailbox_id)
         return result
 
     def translate_error(self, exc: BaseException) -> BaseException:
@@ -418,14 +459,21 @@ class PostgreSQLStore(ContactsMixin, Store):
 
     def _missed_notes(self) -> None:
         """After a gap in listening: caches forget, the queue runner looks,
-        and the sessions of every mailbox held here look for changes."""
-        self._live.clear()
-        self._epochs.clear()
+        the sessions of every mailbox held here look for changes, and held
+        rows are looked for where this node holds or held a mailbox (a HELD
+        note may be among the missed). The connection that marks this store
+        alive is opened again (the database may have restarted), off the
+        event loop."""
+        self._forget()
         self.directory_version += 1
         self._settings_changes += 1
         if self.on_queue_note is not None:
             self.on_queue_note()
         self.notify_local(list(self._holds))
+        self._background_task(asyncio.to_thread(self._sync_q1, "SELECT 1", ()))
+        for mailbox_id in set(self._holds) | set(self._published_holds):
+            self._unpurged.add(mailbox_id)
+            self._purge_soon(mailbox_id)
 
     def _peer_note(self, kind: bytes, ids: list[int]) -> None:
         if kind == MAILBOXES:
@@ -433,8 +481,12 @@ class PostgreSQLStore(ContactsMixin, Store):
         elif kind == DIRECTORY:
             self.directory_version += 1
         elif kind == REVOKE:
-            self._live.clear()
-            self._epochs.clear()
+            self._forget()
+        elif kind == HELD:
+            for mailbox_id in ids:
+                if mailbox_id in self._holds or mailbox_id in self._published_holds:
+                    self._unpurged.add(mailbox_id)
+                    self._purge_soon(mailbox_id)
         elif kind == SETTINGS:
             self._settings_changes += 1
         elif kind == QUEUE and self.on_queue_note is not None:
@@ -515,14 +567,25 @@ class PostgreSQLStore(ContactsMixin, Store):
                                                   (_lock_space(space), _int32(key)))
 
         try:
-            task = asyncio.get_running_loop().create_task(release())
+            asyncio.get_running_loop()
         except RuntimeError:
             return  # no event loop: the lock goes with the connection
+        self._background_task(release())
+
+    def _background_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` in a task ``close`` waits for; its failure is logged
+        at debug level only (whoever needs its result awaits the task)."""
+        task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
+        task.add_done_callback(_settled)
         task.add_done_callback(self._background.discard)
+        return task
 
     # --- validity of session references ----------------------------------------
     def _sync_q1(self, sql: str, args: Sequence[Any]) -> tuple | None:
+        """One statement on the connection that marks this store alive,
+        (re)opened as needed. It waits for the database: never called on the
+        event loop (asyncio.to_thread, or a caller without a loop)."""
         with self._sync_lock:
             for attempt in (1, 2):
                 try:
@@ -541,42 +604,99 @@ class PostgreSQLStore(ContactsMixin, Store):
                         raise self._down(exc) from exc
             raise AssertionError("unreachable")
 
+    def _forget(self) -> None:
+        """Drop the validity caches: something was revoked (or notes of
+        revocations may have been missed)."""
+        self._live.clear()
+        self._epochs.clear()
+        self._forgotten += 1
+
     def _fresh(self) -> None:
         """Drop the validity caches if a process of this node revoked something."""
         if self._revoked is not None:
             token = self._revoked.value()
             if token != self._token:
                 self._token = token
-                self._live.clear()
-                self._epochs.clear()
+                self._forget()
 
-    def credentials_current(self, account_id: int, epoch: int) -> bool:
+    def credentials_known(self, account_id: int, epoch: int) -> bool | None:
         self._fresh()
-        if account_id not in self._epochs:
-            row = self._sync_q1("SELECT epoch FROM accounts WHERE id = %s", (account_id,))
-            self._epochs[account_id] = row[0] if row else None
-        return self._epochs[account_id] == epoch
+        current = self._epochs.get(account_id, _UNKNOWN)
+        if current is _UNKNOWN:
+            return None
+        return current == epoch
 
-    def mailbox_current(self, mailbox: MailboxRef) -> bool:
+    async def credentials_current(self, account_id: int, epoch: int) -> bool:
+        known = self.credentials_known(account_id, epoch)
+        if known is not None:
+            return known
+        return await self._look_up("epoch", account_id) == epoch
+
+    async def mailbox_current(self, mailbox: MailboxRef) -> bool:
         self._fresh()
         key = self._live.get(mailbox.id)
         if key is None:
-            row = self._sync_q1("SELECT account_id, uid_validity FROM mailboxes WHERE id = %s", (mailbox.id,))
-            if row is None:
+            key = await self._look_up("mailbox", mailbox.id)
+            if key is None:
                 return False
-            key = self._live[mailbox.id] = (row[0], row[1])
         return key[0] == mailbox.account_id and key[1] == mailbox.uid_validity
+
+    async def _look_up(self, kind: Literal["epoch", "mailbox"], key: int) -> Any:
+        """The database's value for a validity cache's entry: an account's
+        epoch (None: removed) or a mailbox's (owner, UIDVALIDITY) (None: no
+        such mailbox). Read through the pool, so the event loop goes on
+        while the database answers; the askers of one entry share one read."""
+        task = self._lookups.get((kind, key))
+        if task is None:
+            task = self._lookups[(kind, key)] = self._background_task(self._read_validity(kind, key))
+
+            def done(t: asyncio.Task[Any]) -> None:
+                if self._lookups.get((kind, key)) is t:
+                    del self._lookups[(kind, key)]
+
+            task.add_done_callback(done)
+        # each asker waits on a future of its own (shield), as in _ready
+        return await asyncio.shield(task)
+
+    async def _read_validity(self, kind: Literal["epoch", "mailbox"], key: int) -> Any:
+        """``_look_up``'s read. A revocation heard while it was under way
+        (``_forgotten`` moved: its note may have come after the read's
+        snapshot) makes it read again, so no asker gets, and no cache keeps,
+        what was true before the revocation."""
+        while True:
+            forgotten = self._forgotten
+            value: Any
+            if kind == "epoch":
+                row = await self._q1("SELECT epoch FROM accounts WHERE id = %s", (key,))
+                # a removed account is remembered as None: its id is never reused
+                value = row[0] if row else None
+            else:
+                row = await self._q1("SELECT account_id, uid_validity FROM mailboxes WHERE id = %s", (key,))
+                value = (row[0], row[1]) if row else None
+            self._fresh()
+            if forgotten != self._forgotten:
+                continue
+            if kind == "epoch":
+                if len(self._epochs) >= _CACHE_MAX:
+                    self._epochs.clear()
+                self._epochs[key] = value
+            elif value is not None:
+                # owner and UIDVALIDITY of an id never change; only deletion (which revokes) ends it
+                if len(self._live) >= _CACHE_MAX:
+                    self._live.clear()
+                self._live[key] = value
+            return value
 
     async def _owned(self, mailbox: MailboxRef) -> int:
         """The id of ``mailbox`` for a read, after checking the reference
-        (from memory, as ``mailbox_current``). A deletion racing with the
-        read leaves it nothing to read: the rows go with the mailbox and its
-        id is never reused (an identity column)."""
-        if mailbox.id not in self._live:
-            row = await self._q1("SELECT account_id, uid_validity FROM mailboxes WHERE id = %s", (mailbox.id,))
-            if row is not None:
-                self._live[mailbox.id] = (row[0], row[1])
-        if not self.mailbox_current(mailbox):
+        (``mailbox_current``) and after this node's hold of the mailbox,
+        when one is being published, is in the database (``hold_expunged``).
+        A deletion racing with the read leaves it nothing to read: the rows
+        go with the mailbox and its id is never reused (an identity column)."""
+        pending = self._publishing.get(mailbox.id)
+        if pending is not None:
+            await asyncio.shield(pending)
+        if not await self.mailbox_current(mailbox):
             raise MailboxGone(mailbox.id)
         return mailbox.id
 
@@ -1239,6 +1359,9 @@ class PostgreSQLStore(ContactsMixin, Store):
                              recent=row[8])
 
     async def mailbox_summary(self, mailbox: MailboxRef) -> MailboxSummary:
+        pending = self._publishing.get(mailbox.id)
+        if pending is not None:
+            await asyncio.shield(pending)  # this node's hold first (hold_expunged), then the snapshot
         async with self._conn() as c, c.transaction():
             # one snapshot for all three reads
             await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -1465,6 +1588,15 @@ class PostgreSQLStore(ContactsMixin, Store):
         return [(r[0], bytes(r[1])) for r in rows]
 
     def hold_expunged(self, holder: object, mailbox: MailboxRef | None, seen_modseq: int = 0) -> None:
+        """As ``Store.hold_expunged``. Across nodes, this node's holders of a
+        mailbox are one row of mailbox_holds, which the expunges of every
+        node read. Its mod-sequence may lag below what the holders announced
+        (the row then keeps more than they need, never less): it is lowered
+        for a new holder before that holder reads the mailbox (a write off the
+        event loop that the mailbox's reads wait for, ``_owned``), and raised
+        or ended only when held rows wait for a purge (``_purge``). So a
+        SELECT writes nothing while the row already covers it, and nothing is
+        written while nothing is held."""
         mailbox_id = None if mailbox is None else mailbox.id
         before = self._held_by.pop(holder, None)
         if before is not None:
@@ -1479,13 +1611,37 @@ class PostgreSQLStore(ContactsMixin, Store):
             low = self._hold_low(m)
             published = self._published_holds.get(m)
             if low is not None and (published is None or low < published):
-                # the other nodes must see this hold before the session goes
-                # on (an expunge through them meanwhile would not keep the
-                # message): one round trip, now; rises and ends can wait
-                gen = self._hold_gen[m] = next(self._hold_gens)
-                self._sync_q1(_PUBLISH_HOLD + " RETURNING 1", (m, self.node, low, gen))
-                self._published_holds[m] = low
+                self._publish_lower(m, low)
             self._purge_soon(m)
+
+    def _publish_lower(self, mailbox_id: int, low: int) -> None:
+        """Lower this node's row of mailbox_holds to ``low``: the other nodes
+        must see it before the new holder reads the mailbox (an expunge through
+        them meanwhile would not keep the message). The write runs in a
+        thread, on the connection that marks this store alive, and the reads
+        of the mailbox wait for it (``_owned``); a failed one is written by
+        the next holder."""
+        gen = self._hold_gen[mailbox_id] = next(self._hold_gens)
+        self._published_holds[mailbox_id] = low
+        # a lowered row may hold back rows kept before for others: looked at
+        # when this node's holders next move
+        self._unpurged.add(mailbox_id)
+        args = (mailbox_id, self.node, low, gen)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._sync_q1(_PUBLISH_HOLD + " RETURNING 1", args)  # no event loop to hold still
+            return
+        task = self._background_task(asyncio.to_thread(self._sync_q1, _PUBLISH_HOLD + " RETURNING 1", args))
+        self._publishing[mailbox_id] = task
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if self._publishing.get(mailbox_id) is t:
+                del self._publishing[mailbox_id]
+            if (t.cancelled() or t.exception() is not None) and self._hold_gen.get(mailbox_id) == gen:
+                self._published_holds.pop(mailbox_id, None)
+
+        task.add_done_callback(done)
 
     def _hold_low(self, mailbox_id: int) -> int | None:
         """The lowest announced mod-sequence of this node's holders of a mailbox."""
@@ -1493,64 +1649,100 @@ class PostgreSQLStore(ContactsMixin, Store):
         return min(holders.values()) if holders else None
 
     def _purge_soon(self, mailbox_id: int) -> None:
-        """Publish this node's hold of a mailbox as it rose or ended, and drop
-        the held rows that every holder, on every node, has announced."""
+        """If held rows may wait in the mailbox (``_unpurged``), purge them in
+        the background (``_purge``): one run at a time per mailbox, and a call
+        during a run makes it run once more."""
+        if mailbox_id in self._purging:
+            self._purge_again.add(mailbox_id)
+            return
+        if mailbox_id not in self._unpurged or self._closed or self._opened is None:
+            return
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:
             return
+        self._purging.add(mailbox_id)
 
-        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
-            local = self._hold_low(mailbox_id)
+        async def run() -> None:
+            try:
+                while True:
+                    self._unpurged.discard(mailbox_id)
+                    self._purge_again.discard(mailbox_id)
+                    try:
+                        unannounced = await self._purge(mailbox_id)
+                    except Exception as exc:
+                        log.debug("store: purge of held rows failed: %s", exc)
+                        self._unpurged.add(mailbox_id)  # again when the holders next move
+                        return
+                    if unannounced:
+                        self._unpurged.add(mailbox_id)
+                    if self._closed or mailbox_id not in self._purge_again or mailbox_id not in self._unpurged:
+                        return
+            finally:
+                self._purging.discard(mailbox_id)
+
+        self._background_task(run())
+
+    async def _purge(self, mailbox_id: int) -> bool:
+        """Publish this node's hold of a mailbox as it now is (raised or
+        ended), and drop the held rows that every holder, on every node, has
+        announced. Reads only, when nothing is held. Returns whether held
+        rows remain above this node's published hold: the next purge, once
+        its holders move, publishes it higher. (Rows at or below it wait for
+        other nodes' holders; the HELD note that kept them marked those nodes,
+        and the last of them to publish its hold drops them.)"""
+        if not await self._q("SELECT 1 FROM messages WHERE mailbox_id = %s LIMIT 1", (-mailbox_id,)):
+            return False
+        low = self._hold_low(mailbox_id)
+        if low != self._published_holds.get(mailbox_id):
+            # one statement outside any transaction: the row is never locked
+            # across a round trip (a lowering, on the connection of
+            # _sync_q1, may wait for it in its thread)
+            gen = self._hold_gen[mailbox_id] = next(self._hold_gens)
+            async with self._conn() as c:
+                await c.execute(_PUBLISH_HOLD, (mailbox_id, self.node, low, gen))
+            if self._hold_gen.get(mailbox_id) == gen:
+                if low is None:
+                    self._published_holds.pop(mailbox_id, None)
+                    self._hold_gen.pop(mailbox_id, None)
+                else:
+                    self._published_holds[mailbox_id] = low
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> bool:
+            # the hold just published, or lower if a holder came since
+            now = self._hold_low(mailbox_id)
+            local = now if low is None else low if now is None else min(low, now)
             # the holds of stores that are gone (their connection with them) count no more
             await c.execute(f"DELETE FROM mailbox_holds h WHERE mailbox_id = %s AND NOT {_LIVE_HOLD}",
                             (mailbox_id,))
             remote = await _remote_hold(c, mailbox_id, self.node)
             upto = local if remote is None else remote if local is None else min(local, remote)
             rows = await _all(
-                c, "SELECT g.uid, g.body_id FROM messages g LEFT JOIN expunged e ON e.mailbox_id = %s AND e.uid = g.uid"
-                " WHERE g.mailbox_id = %s AND (%s::bigint IS NULL OR coalesce(e.modseq, 0) <= %s)",
-                (mailbox_id, -mailbox_id, upto, upto))
-            if rows:
+                c, "SELECT g.uid, coalesce(e.modseq, 0) FROM messages g LEFT JOIN expunged e ON e.mailbox_id = %s"
+                " AND e.uid = g.uid WHERE g.mailbox_id = %s", (mailbox_id, -mailbox_id))
+            done = [uid for uid, modseq in rows if upto is None or modseq <= upto]
+            if done:
                 # this op takes no mailbox lock: a purge of another holder
                 # (of this node or another) may delete the same rows at the
                 # same moment, so only the rows this DELETE removed give up
                 # their body's reference (READ COMMITTED: the second DELETE
                 # waits for the first and then finds them gone)
                 gone = await _all(c, "DELETE FROM messages WHERE mailbox_id = %s AND uid = ANY(%s) RETURNING body_id",
-                                  (-mailbox_id, [r[0] for r in rows]))
+                                  (-mailbox_id, done))
                 await _release_bodies(c, [r[0] for r in gone])
+            return local is not None and any(modseq > local for _, modseq in rows)
 
-        async def run() -> None:
-            with contextlib.suppress(Exception):
-                low = self._hold_low(mailbox_id)
-                if low != self._published_holds.get(mailbox_id):
-                    # one statement outside any transaction: the row is never
-                    # locked across a round trip (the synchronous write above
-                    # may wait for it on this thread)
-                    gen = self._hold_gen[mailbox_id] = next(self._hold_gens)
-                    async with self._conn() as c:
-                        await c.execute(_PUBLISH_HOLD, (mailbox_id, self.node, low, gen))
-                    if self._hold_gen.get(mailbox_id) == gen:
-                        if low is None:
-                            self._published_holds.pop(mailbox_id, None)
-                            self._hold_gen.pop(mailbox_id, None)
-                        else:
-                            self._published_holds[mailbox_id] = low
-                await self._write(op)
+        return bool(await self._write(op))
 
-        if not self._closed and self._opened is not None:
-            task = loop.create_task(run())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def _remove_rows(self, c: psycopg.AsyncConnection, mailbox_id: int, rows: Sequence[tuple[int, int]],
-                           holder: object) -> None:
+    async def _remove_rows(self, c: psycopg.AsyncConnection, tx: _Tx, mailbox_id: int,
+                           rows: Sequence[tuple[int, int]], holder: object) -> None:
         """Expunge (uid, body_id) rows: kept under the negated mailbox id while
-        a session other than ``holder`` holds the mailbox (RFC 2180 4.1.1)."""
+        a session other than ``holder`` holds the mailbox (RFC 2180 4.1.1);
+        the holders' stores hear of it (HELD) to purge them once announced."""
         uids = [r[0] for r in rows]
         if (any(h is not holder for h in self._holds.get(mailbox_id, ()))
                 or await _remote_hold(c, mailbox_id, self.node) is not None):
+            tx.held.add(mailbox_id)
             size = (await _one(c, "SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)",
                                (mailbox_id, uids)))[0]
             await c.execute("UPDATE messages SET mailbox_id = %s WHERE mailbox_id = %s AND uid = ANY(%s)",
@@ -1606,7 +1798,7 @@ class PostgreSQLStore(ContactsMixin, Store):
             if not rows:
                 return []
             modseq = await _bump_modseq(c, mailbox_id)
-            await self._remove_rows(c, mailbox_id, rows, holder)
+            await self._remove_rows(c, tx, mailbox_id, rows, holder)
             await _remember_expunged(c, mailbox_id, [r[0] for r in rows], modseq)
             tx.changed.add(mailbox_id)
             return sorted(r[0] for r in rows)
@@ -1647,7 +1839,7 @@ class PostgreSQLStore(ContactsMixin, Store):
             tx.changed.add(dst_id)
             if move:
                 src_modseq = await _bump_modseq(c, src_id)
-                await self._remove_rows(c, src_id, [(r[0], r[1]) for r in rows], holder)
+                await self._remove_rows(c, tx, src_id, [(r[0], r[1]) for r in rows], holder)
                 await _remember_expunged(c, src_id, [r[0] for r in rows], src_modseq)
                 tx.changed.add(src_id)
             return [(r[0], start + i) for i, r in enumerate(rows)]
@@ -1668,10 +1860,10 @@ class PostgreSQLStore(ContactsMixin, Store):
         return Changes(top[0], [message_row(r) for r in changed], [r[0] for r in vanished])
 
     # --- derived data and search ---------------------------------------------------------
-    @property
-    def objectid_key(self) -> bytes:
+    async def _object_key(self) -> bytes:
+        """The secret of the opaque EMAILID and THREADID (RFC 8474), read once."""
         if self._objectid_key is None:
-            row = self._sync_q1("SELECT value FROM meta WHERE key = 'objectid_key'", ())
+            row = await self._q1("SELECT value FROM meta WHERE key = 'objectid_key'")
             assert row is not None
             self._objectid_key = bytes.fromhex(row[0])
         return self._objectid_key
@@ -1709,7 +1901,7 @@ class PostgreSQLStore(ContactsMixin, Store):
             for uid, item in out.items():
                 item["body_id"] = body_of[uid]
         if "email_id" in wanted or "thread_id" in wanted:
-            key = self.objectid_key
+            key = await self._object_key()
             for uid, item in out.items():
                 if "email_id" in wanted:
                     item["email_id"] = opaque_id(key, EMAIL, body_of[uid])

@@ -310,7 +310,11 @@ class SQLiteCore(Store):
             self._live.clear()
             self._epochs.clear()
 
-    def credentials_current(self, account_id: int, epoch: int) -> bool:
+    async def credentials_current(self, account_id: int, epoch: int) -> bool:
+        return self.credentials_known(account_id, epoch)
+
+    def credentials_known(self, account_id: int, epoch: int) -> bool:
+        # a read of the local database: answered here, never None
         self._fresh()
         epochs = self._epochs
         if account_id in epochs:
@@ -322,7 +326,10 @@ class SQLiteCore(Store):
         epochs[account_id] = current = row[0] if row else None
         return current == epoch
 
-    def mailbox_current(self, mailbox: MailboxRef) -> bool:
+    async def mailbox_current(self, mailbox: MailboxRef) -> bool:
+        return self._mailbox_current(mailbox)
+
+    def _mailbox_current(self, mailbox: MailboxRef) -> bool:
         self._fresh()
         key = self._live.get(mailbox.id)
         if key is None:
@@ -340,7 +347,7 @@ class SQLiteCore(Store):
         """The id of ``mailbox`` for a read, after checking the reference.
         A deletion racing with the read leaves it nothing to read: the rows go
         with the mailbox and its id is never reused."""
-        if not self.mailbox_current(mailbox):
+        if not self._mailbox_current(mailbox):
             raise MailboxGone(mailbox.id)
         return mailbox.id
 

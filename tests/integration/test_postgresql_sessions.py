@@ -1,0 +1,334 @@
+"""Sessions on the PostgreSQL store against a slow or shared database.
+
+Every protocol checks a session's credentials before each command
+(``Store.credentials_current``). After a revocation anywhere (another node
+changed a password) every node forgets what it knew and asks the database
+again: that read must not hold the event loop, which serves every other
+session of the process, and the revoked session must still be refused.
+
+IMAP SELECT tells the store which expunges the session has seen
+(``Store.hold_expunged``, RFC 2180 4.1.1); the other nodes read that in
+mailbox_holds. A SELECT writes nothing there while this node's row already
+covers it and nothing is held, and a message expunged through another node
+still stays readable for a session that has not been told."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from mailyard.config import Config
+from mailyard.store.postgresql import PostgreSQLStore
+from mailyard.web.security import SESSION_COOKIE
+from tests.conftest import HOST, USERS, RunningServer, make_test_config
+from tests.pgcluster import PgCluster
+from tests.waiting import LoopTicks, wait_until
+
+httpx = pytest.importorskip("httpx")
+
+ALICE, BOB = "alice@example.test", "bob@example.test"
+MESSAGE = (b"From: someone@remote.test\r\nTo: alice@example.test\r\nSubject: held\r\n"
+           b"Message-ID: <held-1@remote.test>\r\n\r\nstill readable\r\n")
+
+
+class Lines:
+    """A line-oriented client on a raw socket."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=30)
+        self.buf = b""
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"connection closed; pending {self.buf!r}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def until(self, prefix: bytes) -> list[bytes]:
+        """Lines up to and including the first that starts with ``prefix``."""
+        out = [self.line()]
+        while not out[-1].startswith(prefix):
+            out.append(self.line())
+        return out
+
+    def reply(self) -> bytes:
+        """The last line of an SMTP reply."""
+        line = self.line()
+        while line[3:4] == b"-":
+            line = self.line()
+        return line
+
+    def closed(self) -> bool:
+        try:
+            while self.sock.recv(65536):
+                pass
+        except OSError:
+            pass
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _plain(user: str) -> str:
+    return base64.b64encode(f"\0{user}\0{USERS[user]}".encode()).decode()
+
+
+class Sessions:
+    """One user's logged-in sessions in every protocol of a server."""
+
+    def __init__(self, server: RunningServer, user: str) -> None:
+        self.imap = Lines(server.port("imap"))
+        assert self.imap.line().startswith(b"* OK")
+        self.imap.send(f'i1 LOGIN {user} "{USERS[user]}"\r\ni2 SELECT INBOX\r\n'.encode())
+        assert self.imap.until(b"i2 ")[-1].startswith(b"i2 OK")
+        self.pop = Lines(server.port("pop3"))
+        assert self.pop.line().startswith(b"+OK")
+        self.pop.send(f"USER {user}\r\nPASS {USERS[user]}\r\n".encode())
+        assert self.pop.line().startswith(b"+OK") and self.pop.line().startswith(b"+OK")
+        self.smtp = Lines(server.port("submission"))
+        assert self.smtp.reply().startswith(b"220")
+        self.smtp.send(b"EHLO client.test\r\n")
+        assert self.smtp.reply().startswith(b"250")
+        self.smtp.send(f"AUTH PLAIN {_plain(user)}\r\n".encode())
+        assert self.smtp.reply().startswith(b"235")
+        self.sieve = Lines(server.port("managesieve"))
+        assert self.sieve.until(b"OK")[-1].startswith(b"OK")
+        self.sieve.send(f'AUTHENTICATE "PLAIN" "{_plain(user)}"\r\n'.encode())
+        assert self.sieve.line().startswith(b"OK")
+        web = httpx.Client(base_url=f"http://{HOST}:{server.port('http')}", follow_redirects=False, timeout=30)
+        token = re.search(r'name="login_token" value="([^"]+)"', web.get("/login").text).group(1)
+        r = web.post("/login", data={"username": user, "password": USERS[user], "login_token": token})
+        assert r.status_code == 303, r.text
+        self.cookie = web.cookies[SESSION_COOKIE]
+        web.close()
+        self.web_port = server.port("http")
+        self.web: Lines | None = None
+
+    def send_commands(self) -> None:
+        """A command on every session at once (the answers are read later)."""
+        self.imap.send(b"i3 NOOP\r\n")
+        self.pop.send(b"STAT\r\n")
+        self.smtp.send(b"MAIL FROM:<bob@example.test>\r\n")
+        self.sieve.send(b"LISTSCRIPTS\r\n")
+        self.web = Lines(self.web_port)
+        self.web.send(f"GET /folders HTTP/1.1\r\nHost: {HOST}\r\nCookie: {SESSION_COOKIE}={self.cookie}\r\n"
+                      "Connection: close\r\n\r\n".encode())
+
+    def answers(self) -> dict[str, bytes]:
+        assert self.web is not None
+        return {"imap": self.imap.until(b"i3 ")[-1], "pop3": self.pop.line(), "smtp": self.smtp.reply(),
+                "managesieve": self.sieve.until(b"OK")[-1], "web": self.web.line()}
+
+    def close(self) -> None:
+        for c in (self.imap, self.pop, self.smtp, self.sieve, self.web):
+            if c is not None:
+                c.close()
+
+
+def _on(dsn: str) -> Callable[[Config], None]:
+    def configure(cfg: Config) -> None:
+        cfg.store.backend = "postgresql"
+        cfg.store.dsn = dsn
+
+    return configure
+
+
+def _waiting_for_lock(admin: psycopg.Connection, table: str) -> int:
+    """Sessions of the database waiting for a lock, in a statement on ``table``."""
+    row = admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND wait_event_type = 'Lock' AND query ILIKE %s", (f"%FROM {table}%",)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_credential_checks_wait_for_a_slow_database_off_the_event_loop(
+        make_server: Callable[..., RunningServer], pg_cluster: PgCluster) -> None:
+    """Another node changes alice's password: this node forgets every
+    account's credentials. While the database keeps its accounts table
+    locked, bob's next command in every protocol waits for it, and the
+    server's event loop goes on turning meanwhile; once it answers, bob's
+    commands succeed and every session of alice is refused."""
+    dsn = pg_cluster.new_dsn()
+    server = make_server(configure=_on(dsn))
+    bob, alice = Sessions(server, BOB), Sessions(server, ALICE)
+
+    async def change_password() -> None:
+        other = PostgreSQLStore(dsn)  # another node
+        try:
+            await other.set_password(ALICE, "$argon2id$not-the-old-one")
+        finally:
+            await other.close()
+
+    asyncio.run(change_password())
+    wait_until(lambda: not server.store._epochs, what="the revocation heard by the server's store")
+    ticks = LoopTicks()
+    with psycopg.connect(dsn) as admin:
+        admin.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")  # the database is slow to answer
+        server.call(ticks.__aenter__())
+        try:
+            bob.send_commands()
+            wait_until(lambda: _waiting_for_lock(admin, "accounts") > 0,
+                       what="a credentials check waiting for the database")
+            before = ticks.count
+            time.sleep(0.3)  # the database stays slow a while
+            during = ticks.count - before
+        finally:
+            admin.rollback()
+        answers = bob.answers()
+        server.call(ticks.__aexit__(None, None, None))
+    print(f"server event loop turns while the database was slow for 0.3 s: {during}")
+    assert during >= 10, f"the event loop stood still while a credentials check waited ({during} turns in 0.3 s)"
+    assert answers["imap"].startswith(b"i3 OK"), answers
+    assert answers["pop3"].startswith(b"+OK"), answers
+    assert answers["smtp"].startswith(b"250"), answers
+    assert answers["managesieve"].startswith(b"OK"), answers
+    assert answers["web"].startswith(b"HTTP/1.1 200"), answers
+
+    # alice's sessions, each at its next command, on this node
+    alice.send_commands()
+    answers = {}
+    answers["imap"] = b"\r\n".join(alice.imap.until(b"* BYE"))
+    answers["pop3"] = alice.pop.line()
+    answers["smtp"] = alice.smtp.reply()
+    answers["managesieve"] = alice.sieve.line()
+    assert alice.web is not None
+    answers["web"] = alice.web.line()
+    assert b"password changed" in answers["imap"], answers
+    assert answers["pop3"].startswith(b"-ERR [AUTH]"), answers
+    assert answers["smtp"].startswith(b"421 4.7.0"), answers
+    assert answers["managesieve"].startswith(b"NO"), answers
+    assert re.match(rb"HTTP/1.1 (303|401)", answers["web"]), answers
+    for c in (alice.imap, alice.pop, alice.smtp):
+        assert c.closed()
+    bob.close()
+    alice.close()
+
+
+class Statements:
+    """Counts the statements every psycopg connection of this process sends
+    (the server runs in a thread of the test's process)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.seen: list[str] = []
+        for cls in (psycopg.AsyncConnection, psycopg.Connection, psycopg.AsyncCursor, psycopg.Cursor):
+            monkeypatch.setattr(cls, "execute", self._wrap(cls.execute))
+
+    def _wrap(self, execute: Callable) -> Callable:
+        def counted(conn: object, query: object, *args: object, **kw: object) -> object:
+            self.seen.append(" ".join(str(query).split()))
+            return execute(conn, query, *args, **kw)
+
+        return counted
+
+    def on_holds(self) -> list[str]:
+        """The statements on mailbox_holds, and the writes of messages (an
+        expunge keeping or a purge dropping held rows)."""
+        return [q for q in self.seen
+                if "mailbox_holds" in q or (re.match(r"(DELETE|UPDATE|INSERT) ", q) and " messages " in q)]
+
+
+@pytest.fixture
+def two_nodes(pg_cluster: PgCluster, tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer, str]]:
+    dsn = pg_cluster.new_dsn()
+    nodes: list[RunningServer] = []
+    try:
+        for n in range(2):
+            cfg = make_test_config()
+            _on(dsn)(cfg)
+            node = RunningServer(tmp_path / f"node-{n}", cfg, seed_defaults=n == 0)
+            node.start()
+            nodes.append(node)
+        yield nodes[0], nodes[1], dsn
+    finally:
+        for node in nodes:
+            node.stop()
+        pg_cluster.recycle(dsn)
+
+
+def _count(dsn: str, sql: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(sql).fetchone()
+        return int(row[0]) if row else 0
+
+
+def test_select_writes_no_hold_while_nothing_is_held_and_expunges_are_still_kept(
+        two_nodes: tuple[RunningServer, RunningServer, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session of node B going between two mailboxes (SELECT, EXAMINE,
+    UNSELECT) sends nothing about holds once B's row covers each mailbox;
+    a message expunged through node A still stays readable for it until it
+    has told its client, and then goes; after B's sessions left, the next
+    expunge's copy kept for B's leftover row goes too."""
+    a, b, dsn = two_nodes
+    on_b = Lines(b.port("imap"))
+    assert on_b.line().startswith(b"* OK")
+    on_b.send(f'b1 LOGIN {ALICE} "{USERS[ALICE]}"\r\nb2 SELECT INBOX\r\nb3 SELECT Sent\r\n'.encode())
+    assert on_b.until(b"b3 ")[-1].startswith(b"b3 OK")
+    wait_until(lambda: not b.store._background, what="node B's background work done")
+
+    counted = Statements(monkeypatch)
+    for n in range(10):  # a client going between two mailboxes
+        on_b.send(f"s{n} SELECT INBOX\r\nx{n} EXAMINE Sent\r\nu{n} UNSELECT\r\n".encode())
+        assert on_b.until(f"u{n} ".encode())[-1].startswith(f"u{n} OK".encode())
+    on_b.send(b"b4 SELECT INBOX\r\n")
+    assert on_b.until(b"b4 ")[-1].startswith(b"b4 OK")
+    wait_until(lambda: not b.store._background, what="node B's background work done")
+    print(f"statements on holds during 21 SELECTs: {len(counted.on_holds())}")
+    assert counted.on_holds() == [], counted.on_holds()[:6]
+    monkeypatch.undo()
+
+    # what the hold is for: a message expunged through node A stays
+    # readable for node B's session until B has told its client
+    import smtplib
+
+    with smtplib.SMTP(HOST, a.port("smtp"), timeout=30) as smtp:
+        smtp.sendmail("someone@remote.test", [ALICE], MESSAGE)
+    on_b.send(b"b5 NOOP\r\n")
+    assert b"* 1 EXISTS" in on_b.until(b"b5 ")
+    on_a = Lines(a.port("imap"))
+    assert on_a.line().startswith(b"* OK")
+    on_a.send(f'a1 LOGIN {ALICE} "{USERS[ALICE]}"\r\na2 SELECT INBOX\r\na3 STORE 1 +FLAGS (\\Deleted)\r\n'
+              "a4 EXPUNGE\r\na5 LOGOUT\r\n".encode())
+    assert b"* 1 EXPUNGE" in on_a.until(b"a5 ")
+    on_a.close()
+    wait_until(lambda: _count(dsn, "SELECT count(*) FROM messages WHERE mailbox_id > 0") == 0,
+               what="the expunge committed")
+    on_b.send(b"b6 FETCH 1 (BODY.PEEK[TEXT])\r\n")  # no EXPUNGE may come with a FETCH (RFC 9051 7.5.1)
+    reply = b"\r\n".join(on_b.until(b"b6 "))
+    assert b"still readable" in reply and b"b6 OK" in reply, reply
+    on_b.send(b"b7 NOOP\r\n")
+    assert b"* 1 EXPUNGE" in on_b.until(b"b7 ")
+    wait_until(lambda: _count(dsn, "SELECT count(*) FROM messages") == 0,
+               what="the held copy purged once node B told its client")
+
+    # node B's session leaves; its row stays behind, and the next expunge
+    # through node A, which keeps the message for it, makes B end the row
+    # and drop the copy
+    on_b.send(b"b8 LOGOUT\r\n")
+    on_b.until(b"b8 ")
+    on_b.close()
+    with smtplib.SMTP(HOST, a.port("smtp"), timeout=30) as smtp:
+        smtp.sendmail("someone@remote.test", [ALICE], MESSAGE.replace(b"held-1", b"held-2"))
+    on_a = Lines(a.port("imap"))
+    assert on_a.line().startswith(b"* OK")
+    on_a.send(f'a1 LOGIN {ALICE} "{USERS[ALICE]}"\r\na2 SELECT INBOX\r\na3 STORE 1 +FLAGS (\\Deleted)\r\n'
+              "a4 EXPUNGE\r\na5 LOGOUT\r\n".encode())
+    assert b"* 1 EXPUNGE" in on_a.until(b"a5 ")
+    on_a.close()
+    wait_until(lambda: _count(dsn, "SELECT count(*) FROM messages") == 0,
+               what="the copy kept for a node whose sessions left purged")
+    assert _count(dsn, "SELECT count(*) FROM bodies") == 0
