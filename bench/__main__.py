@@ -22,7 +22,7 @@ from pathlib import Path
 from .common import Result, cpu_count
 
 BENCHES = ["smtp", "pop3", "imap", "imap-load", "sort", "web", "index", "outbound", "limits", "quota", "mailauth", "spam", "sieve",
-           "scale", "backup", "import", "pg"]
+           "scale", "idle", "backup", "import", "pg"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -213,3 +213,140 @@ async def test_a_fetch_of_a_new_message_does_not_wait_for_the_writer(tmp_path: P
     finally:
         gate.set()
         await s.close()
+
+
+def _list_off_the_loop(s: SQLiteStore, monkeypatch, lanes: list[str]) -> None:  # noqa: ANN001
+    """Every mailbox of more than two messages counts as big here, and the
+    store's reads off the event loop are recorded by lane."""
+    from mailyard.store.sqlite import mailboxes, messages
+
+    monkeypatch.setattr(messages, "LIST_INLINE", 2, raising=False)
+    monkeypatch.setattr(mailboxes, "LIST_INLINE", 2, raising=False)
+    bulk = s._bulk_read
+
+    async def recorded(fn, lane: str = "bulk"):  # noqa: ANN001, ANN202
+        lanes.append(lane)
+        return await bulk(fn, lane)
+
+    monkeypatch.setattr(s, "_bulk_read", recorded)
+
+
+async def test_a_big_mailbox_is_listed_off_the_event_loop_and_shared(tmp_path: Path, monkeypatch) -> None:
+    """A big mailbox's listing and SELECT summary are read on the listing
+    lane of the bulk reads (a thread); the listing is then kept by the log
+    and brought forward by what changed, as a small one's is."""
+    s, inbox, _ = await _store(tmp_path)
+    lanes: list[str] = []
+    try:
+        for _ in range(5):
+            await s.append(inbox, MIME)
+        _list_off_the_loop(s, monkeypatch, lanes)
+        summary = await s.mailbox_summary(inbox)
+        assert lanes == ["list"]
+        assert list(summary.uids) == [1, 2, 3, 4, 5] and summary.first_unseen == 1
+        first = await s.list_messages(inbox)
+        assert lanes == ["list", "list"]
+        assert first == _from_sqlite(s, inbox, -1).changed
+        reads: list[str] = []
+        s._read.set_trace_callback(lambda sql: reads.append(sql) if "FROM messages" in sql else None)
+        await s.store_flags(inbox, [1], ["\\Seen"], "add")
+        await s.expunge(inbox, [2])
+        await s.append(inbox, MIME, flags=["$Work"])
+        lists = [await s.list_messages(inbox) for _ in range(20)]
+        s._read.set_trace_callback(None)
+        assert lanes == ["list", "list"]  # not read again
+        assert len(reads) == 1, reads  # the three writes' rows, once
+        assert lists[0] == _from_sqlite(s, inbox, -1).changed
+        assert [m.uid for m in lists[0]] == [1, 3, 4, 5, 6]
+        assert lists[0][1] is first[2]  # the unchanged record is shared, not read again
+    finally:
+        await s.close()
+
+
+async def test_a_listing_read_while_others_write_is_kept_exact(tmp_path: Path, monkeypatch) -> None:
+    """Writes land between the start of a big listing and its read in the
+    thread, and between that read and its return to the event loop; with a
+    small log (trimmed often) the list read is sometimes too old to keep.
+    Every listing, the first and those brought forward from it, is the
+    mailbox as SQLite has it."""
+    monkeypatch.setattr(changelog, "MAX_ENTRIES", 4)
+    s, inbox, _ = await _store(tmp_path)
+    rng = random.Random(9051)
+    lanes: list[str] = []
+    try:
+        for _ in range(4):
+            await s.append(inbox, MIME)
+        _list_off_the_loop(s, monkeypatch, lanes)
+        bulk = s._bulk_read
+
+        states: list[list] = []  # the mailbox after each write of a listing's span
+
+        async def write() -> None:
+            uids = [r[0] for r in s._q("SELECT uid FROM messages WHERE mailbox_id = ?", (inbox.id,))]
+            kind = rng.choice(["append", "store", "expunge"]) if len(uids) > 3 else "append"
+            if kind == "append":
+                await s.append(inbox, MIME)
+            elif kind == "store":
+                await s.store_flags(inbox, rng.sample(uids, 2), [rng.choice(["\\Seen", "$A"])], "add")
+            else:
+                await s.expunge(inbox, [rng.choice(uids)])
+            states.append(_from_sqlite(s, inbox, -1).changed)
+
+        racing = True
+
+        async def raced(fn, lane: str = "bulk"):  # noqa: ANN001, ANN202
+            for _ in range(rng.randint(0, 3) if racing else 0):
+                await write()  # before the read
+            out = await bulk(fn, lane)
+            for _ in range(rng.randint(0, 6) if racing else 0):
+                await write()  # after it, before the log is given the list
+                if rng.random() < 0.5:
+                    # another session's sync moves the log on
+                    log = s._changelogs.get(inbox.id)
+                    await s.changes_since(inbox, log.top if log is not None else 0)
+            return out
+
+        monkeypatch.setattr(s, "_bulk_read", raced)
+        for step in range(80):
+            if rng.random() < 0.3:
+                s._changelogs.clear()  # the log went (memory budget): the next listing reads again
+                s._changelog_cost = 0
+            for _ in range(rng.randint(0, 2)):
+                await write()
+            racing = True
+            states[:] = [_from_sqlite(s, inbox, -1).changed]
+            listed = await s.list_messages(inbox)
+            assert listed in states, step  # the mailbox as it was at some moment of the call
+            racing = False
+            assert await s.list_messages(inbox) == _from_sqlite(s, inbox, -1).changed, step
+        assert "list" in lanes
+    finally:
+        await s.close()
+
+
+async def test_a_question_from_before_the_log_of_a_big_mailbox_is_answered_off_the_loop(
+        tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A session far behind (or QRESYNC, CHANGEDSINCE from long ago) asks
+    from before the log: every message may have changed since, so a big
+    mailbox's answer is read on the listing lane, and it is SQLite's."""
+    monkeypatch.setattr(changelog, "MAX_ENTRIES", 4)
+    s, inbox, _ = await _store(tmp_path)
+    lanes: list[str] = []
+    try:
+        for _ in range(5):
+            await s.append(inbox, MIME)
+        await s.changes_since(inbox, 5)  # the log begins
+        for uid in (1, 2, 3, 4, 5, 1):
+            await s.store_flags(inbox, [uid], ["\\Seen"], "replace" if uid != 1 else "add")
+            await s.changes_since(inbox, 0)
+        await s.expunge(inbox, [2])
+        _list_off_the_loop(s, monkeypatch, lanes)
+        log = s._changelogs[inbox.id]
+        assert log.base > 1
+        for since in (0, 1, log.base - 1):
+            assert await s.changes_since(inbox, since) == _from_sqlite(s, inbox, since), since
+        assert lanes == ["list"] * 3
+        assert await s.changes_since(inbox, log.base) == _from_sqlite(s, inbox, log.base)
+        assert lanes == ["list"] * 3  # (from the log)
+    finally:
+        await s.close()

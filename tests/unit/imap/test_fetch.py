@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
 from mailyard.protocols.imap.fetch import decode_cte
 
 from .helpers import MULTIPART, PLAIN, SHORT, connect, store_with_mail
@@ -205,6 +207,28 @@ def test_fetch_of_big_messages_is_batched_by_size() -> None:
     # the messages' bytes do not count when none is read: one batch
     paused = c.conv.paused
     c.untagged("a2 FETCH 1:8 (FLAGS RFC822.SIZE)")
+    assert c.conv.paused == paused
+
+
+def test_a_long_fetch_of_index_data_lets_the_others_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FETCH that reads no message pauses for the other connections once
+    per FETCH_TURN messages formatted (FETCH 1:* FLAGS of a mailbox of
+    200,000 messages would hold the event loop for a third of a second),
+    and a short one never does (it stays one step, no task switch)."""
+    from mailyard.protocols.imap.handlers import messages
+
+    monkeypatch.setattr(messages, "FIRST_BATCH", 1)
+    monkeypatch.setattr(messages, "FETCH_TURN", 1, raising=False)
+    store = store_with_mail()
+    for _ in range(7):
+        store.deliver("alice", SHORT)
+    c = connect(store, select="INBOX")
+    paused = c.conv.paused
+    lines = c.untagged("a1 FETCH 1:* (UID FLAGS)")  # batches of 1, 4 and 5 messages
+    assert len(lines) == 10
+    assert c.conv.paused == paused + 2
+    paused = c.conv.paused
+    c.untagged("a2 FETCH 1 (FLAGS)")
     assert c.conv.paused == paused
 
 

@@ -3,7 +3,13 @@ end of input; and the session's watch on the backend."""
 
 from __future__ import annotations
 
-from .helpers import SHORT, connect, store_with_mail
+import pytest
+
+from mailyard.protocols.imap import selected
+from mailyard.protocols.imap.backend import MailboxRecord
+from mailyard.protocols.imap.memory import MemoryBackend
+
+from .helpers import MULTIPART, SHORT, connect, store_with_mail
 
 
 def test_idle_announces_changes_at_once_rfc2177_3() -> None:
@@ -61,3 +67,119 @@ def test_a_closed_session_stops_watching() -> None:
     a.conv.close()
     assert store._listeners == []
     store.deliver("alice", SHORT)  # no session left to tell
+
+
+# --- a big mailbox's index data is kept across IDLE ------------------------------------
+# (selected.LARGE_VIEW lowered: every mailbox of more than 2 messages is big)
+
+
+def _big_mailboxes(monkeypatch: pytest.MonkeyPatch) -> list[MemoryBackend]:
+    """Make 3 messages a big mailbox; the listings the backends are asked
+    for (each a read of every message), by the session's backend."""
+    monkeypatch.setattr(selected, "LARGE_VIEW", 2, raising=False)
+    listings: list[MemoryBackend] = []
+    listed = MemoryBackend.list_messages
+
+    async def counted(self: MemoryBackend, mailbox: MailboxRecord) -> list:
+        listings.append(self)
+        return await listed(self, mailbox)
+
+    monkeypatch.setattr(MemoryBackend, "list_messages", counted)
+    return listings
+
+
+def test_idle_done_does_not_list_a_big_mailbox_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that IDLEs and then FETCHes what is new (RFC 2177; every
+    few minutes, and after every change) has its index data read once."""
+    listings = _big_mailboxes(monkeypatch)
+    a = connect(store_with_mail(), select="INBOX")
+    assert a.untagged("x1 UID FETCH 1:* (FLAGS)")[0] == b"* 1 FETCH (UID 1 FLAGS (\\Seen \\Recent))"
+    for n in range(3):
+        a.expect(f"i{n} IDLE", "+ idling")
+        a.expect("DONE", f"i{n} OK IDLE terminated")
+        a.expect(f"f{n} UID FETCH 3:* (FLAGS)", "* 3 FETCH (UID 3 FLAGS (\\Recent))",
+                 f"f{n} OK UID FETCH completed")
+    assert listings == [a.session.backend]
+
+
+def test_changes_during_idle_reach_the_kept_index_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another session's flags, new mail and expunge during IDLE are
+    announced at once (RFC 2177 3, RFC 9051 7.4.1, 7.5.1), and the FETCH
+    after DONE answers from the index data as they left it, not read again."""
+    listings = _big_mailboxes(monkeypatch)
+    store = store_with_mail()
+    a = connect(store, select="INBOX")
+    b = connect(store, select="INBOX", enable="IMAP4rev2")
+    a.untagged("x1 FETCH 1:* (FLAGS)")
+    a.expect("x2 IDLE", "+ idling")
+    b.untagged("y1 STORE 2 +FLAGS.SILENT (\\Flagged)")
+    assert a.poll() == b"* 2 FETCH (UID 2 FLAGS (\\Flagged \\Recent))\r\n"
+    store.deliver("alice", SHORT)
+    assert a.poll() == b"* 4 EXISTS\r\n* 4 RECENT\r\n"
+    b.untagged("y2 STORE 1 +FLAGS.SILENT (\\Deleted)")
+    b.untagged("y3 EXPUNGE")
+    assert a.poll() == b"* 1 EXPUNGE\r\n"
+    a.expect("DONE", "x2 OK IDLE terminated")
+    a.expect("x3 FETCH 1:* (UID FLAGS RFC822.SIZE)",
+             f"* 1 FETCH (UID 2 FLAGS (\\Flagged \\Recent) RFC822.SIZE {len(MULTIPART)})",
+             f"* 2 FETCH (UID 3 FLAGS (\\Recent) RFC822.SIZE {len(SHORT)})",
+             f"* 3 FETCH (UID 4 FLAGS (\\Recent) RFC822.SIZE {len(SHORT)})",
+             "x3 OK FETCH completed")
+    b.untagged("y4 STORE 2 -FLAGS.SILENT (\\Flagged)")  # after DONE, before a's next command
+    a.expect("x4 UID FETCH 3 (FLAGS)", "* 2 FETCH (UID 3 FLAGS (\\Recent))", "x4 OK UID FETCH completed")
+    assert listings.count(a.session.backend) == 1
+
+
+def test_qresync_changes_during_idle_reach_the_kept_index_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With QRESYNC: VANISHED and MODSEQ during IDLE (RFC 7162 3.2.10,
+    3.1.4), and after DONE a CHANGEDSINCE FETCH (3.1.4.1, VANISHED 3.2.6)
+    sees the changes in the index data kept through IDLE."""
+    listings = _big_mailboxes(monkeypatch)
+    store = store_with_mail()
+    a = connect(store, enable="QRESYNC", select="INBOX")
+    b = connect(store, select="INBOX", enable="IMAP4rev2")
+    modseqs = a.untagged("x1 UID FETCH 1:* (MODSEQ)")
+    since = max(int(line.split(b"MODSEQ (")[1].split(b")")[0]) for line in modseqs)
+    a.expect("x2 IDLE", "+ idling")
+    b.untagged("y1 STORE 2 +FLAGS.SILENT ($Work)")
+    got = a.poll()
+    assert got.startswith(b"* FLAGS (") and b"* 2 FETCH (UID 2 FLAGS (\\Recent $Work) MODSEQ (" in got, got
+    b.untagged("y2 STORE 1 +FLAGS.SILENT (\\Deleted)")
+    b.untagged("y3 EXPUNGE")
+    assert a.poll() == b"* VANISHED 1\r\n"
+    a.expect("DONE", "x2 OK IDLE terminated")
+    lines = a.untagged(f"x3 UID FETCH 1:* (FLAGS) (CHANGEDSINCE {since} VANISHED)")
+    assert lines[0] == b"* VANISHED (EARLIER) 1", lines
+    assert len(lines) == 2 and lines[1].startswith(b"* 1 FETCH (UID 2 FLAGS (\\Recent $Work) MODSEQ ("), lines
+    assert listings.count(a.session.backend) == 1
+
+
+def test_a_big_mailbox_is_mapped_and_indexed_through_compute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SELECT's sequence-number map and the first FETCH's index data of a
+    big mailbox are made through ImapIO.compute (a worker thread in the
+    server), not on the event loop."""
+    _big_mailboxes(monkeypatch)
+    a = connect(store_with_mail())
+    a.untagged("x1 SELECT INBOX")
+    assert a.conv.computed == 1
+    a.untagged("x2 FETCH 1:* (FLAGS)")
+    assert a.conv.computed == 2
+
+
+def test_a_change_notified_while_select_reads_is_announced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery committed after SELECT's snapshot was read, and notified
+    before the mailbox was selected (the read of a big mailbox waits for a
+    thread), is announced by the next command (RFC 9051 7.4.1)."""
+    store = store_with_mail()
+    summary = MemoryBackend.mailbox_summary
+
+    async def racing(self: MemoryBackend, mailbox: MailboxRecord) -> object:
+        out = await summary(self, mailbox)
+        store.deliver("alice", SHORT)  # committed and notified while SELECT is under way
+        return out
+
+    monkeypatch.setattr(MemoryBackend, "mailbox_summary", racing)
+    a = connect(store)
+    assert b"* 3 EXISTS" in a.send("x1 SELECT INBOX")
+    monkeypatch.setattr(MemoryBackend, "mailbox_summary", summary)
+    a.expect("x2 NOOP", "* 4 EXISTS", "* 4 RECENT", "x2 OK NOOP completed")

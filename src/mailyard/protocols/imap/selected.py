@@ -24,8 +24,9 @@ from __future__ import annotations
 import logging
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .backend import NoSpace
@@ -39,6 +40,18 @@ if TYPE_CHECKING:
     from .engine import ImapEngine
 
 log = logging.getLogger("mailyard.imap")
+
+# A mailbox of more messages than this is big: its index-data cache is built
+# where it does not hold up the other connections (ImapIO.compute), and kept
+# while the session IDLEs, since building it again after every DONE would
+# cost a read of every message each time, while the syncs during IDLE keep it
+# current for the cost of the changes. A smaller mailbox's cache is dropped
+# in IDLE (an idle connection keeps little memory) and built again in a few
+# milliseconds, mostly from the list the store shares among its sessions.
+LARGE_VIEW = 10_000
+
+# ImapIO.compute: ``fn()`` where it does not hold up the other connections
+Compute = Callable[[Callable[[], Any]], Awaitable[Any]]
 
 
 class SequenceError(ValueError):
@@ -269,6 +282,32 @@ class MessageMap:
         return out
 
 
+async def message_map(uids: Sequence[int], compute: Compute) -> MessageMap:
+    """SELECT's sequence-number map of ``uids`` (ascending); a big
+    mailbox's is made through ``compute``, off the event loop."""
+    if len(uids) > LARGE_VIEW:
+        return await compute(partial(MessageMap, uids))
+    return MessageMap(uids)
+
+
+def _index(records: Sequence[MessageRecord], modseq: int, uids: UidRuns, known: frozenset[str],
+           ) -> tuple[dict[int, MessageRecord], int, frozenset[str], list[int]]:
+    """A session's index-data cache loaded from a listing read at ``modseq``
+    or later: the records by UID, the mod-sequence it is current to, the
+    keywords the client was not told of (``note_flags``), and the UIDs of
+    the view ``uids`` the listing lacks (expunged since the view was made;
+    the listing may also hold newer messages not announced yet, so counting
+    is not enough)."""
+    cache = {m.uid: m for m in records}
+    top = max(modseq, max((m.modseq for m in records), default=0))
+    keywords: set[str] = set()
+    for m in records:
+        if not m.flags <= known:
+            keywords.update(f for f in m.flags if f not in known and not f.startswith("\\"))
+    missing = [u for u in uids if u not in cache]
+    return cache, top, frozenset(keywords), missing
+
+
 @dataclass(eq=False)
 class SelectedMailbox:
     """The selected mailbox as this session sees it."""
@@ -307,6 +346,8 @@ class SelectedMailbox:
     # RFC 5267 4.3: live SEARCH / SORT results by command tag (contexts.py),
     # told of the messages each change touched
     contexts: dict[str, UpdateContext] = field(default_factory=dict)
+    # ImapIO.compute, for the work on every message of a big mailbox; None: in place
+    compute: Compute | None = None
 
     def note_flags(self, records: Iterable[MessageRecord]) -> None:
         """Look for keywords the client has not been told of in FLAGS."""
@@ -364,23 +405,40 @@ class SelectedMailbox:
 
         The cache is loaded once (list_messages) and then brought up to date
         with changes_since whenever the backend reported a change, so a FETCH
-        of one message does not list the whole mailbox."""
+        of one message does not list the whole mailbox. The cache of a big
+        mailbox (LARGE_VIEW) is built through ``compute``: a dictionary of
+        200,000 records and a pass over the view take some 50 ms."""
         cache = self.infos_cache
         if cache is None:
             box = await backend.get_mailbox_by_id(self.mailbox.id)
             modseq = box.highest_modseq if box else 0
-            self.infos_stale = False
-            cache = self.infos_cache = {m.uid: m for m in await backend.list_messages(self.mailbox)}
-            self.infos_modseq = max([modseq, *(m.modseq for m in cache.values())])
-            self.note_flags(cache.values())
-            # messages of the view expunged since it was made (the cache may
-            # also hold newer ones not announced yet, so counting is not enough)
-            await self._keep_expunged(backend, [u for u in self.view.uids if u not in cache])
+            self.infos_stale = False  # (a notification during the reads sets it again)
+            records = await backend.list_messages(self.mailbox)
+            # on the view as it stands: it changes only between this
+            # session's commands, so the work may run in another thread
+            index = partial(_index, records, modseq, self.view.uids, self.known_flags)
+            if self.compute is not None and max(len(records), len(self.view)) > LARGE_VIEW:
+                cache, self.infos_modseq, keywords, missing = await self.compute(index)
+            else:
+                cache, self.infos_modseq, keywords, missing = index()
+            self.infos_cache = cache
+            if keywords:
+                self.new_keywords |= keywords
+            await self._keep_expunged(backend, missing)
         elif self.infos_stale:
             self.infos_stale = False
             ch = await self.changes_since(backend, self.infos_modseq)
             await self._update_cache(backend, cache, ch)
         return cache
+
+    def idle_begins(self) -> None:
+        """IDLE (RFC 2177) starts: a small mailbox's index-data cache goes,
+        so an idle connection keeps little memory; a big one's is kept
+        (LARGE_VIEW) and kept current by the syncs of the changes."""
+        self.read_changes = None
+        cache = self.infos_cache
+        if cache is not None and len(cache) <= LARGE_VIEW:
+            self.infos_cache = None
 
     async def _update_cache(self, backend: ImapBackend, cache: dict[int, MessageRecord], ch: Any) -> None:
         """Bring the index-data cache up to ``ch`` (changes after ``infos_modseq``)."""

@@ -74,7 +74,7 @@ class ImapSession:
     """One connection's IMAP state: the engine, the logged-in account's
     backend, the selected mailbox."""
 
-    __slots__ = ("_sel", "_unwatch", "backend", "closed", "config", "engine", "io", "login")
+    __slots__ = ("_sel", "_unwatch", "backend", "closed", "config", "engine", "io", "login", "notes")
 
     def __init__(self, io: ImapIO, login: ImapLogin, limits: Limits | None = None,
                  config: ImapConfig | None = None) -> None:
@@ -86,6 +86,9 @@ class ImapSession:
         self._sel: SelectedMailbox | None = None
         self.closed = False  # the connection is gone
         self._unwatch: Callable[[], None] | None = None
+        # change notifications received, of any mailbox: a SELECT that read
+        # its snapshot while one arrived (no mailbox selected yet) asks again
+        self.notes = 0
 
     @property
     def sel(self) -> SelectedMailbox | None:
@@ -145,6 +148,7 @@ class ImapSession:
 
     def changed(self, mailbox_id: int) -> None:
         """The backend committed a change to ``mailbox_id`` (any session's)."""
+        self.notes += 1
         sel = self.sel
         if sel is not None and sel.mailbox.id == mailbox_id:
             sel.changed()
@@ -237,8 +241,7 @@ class ImapSession:
         engine = self.engine
         engine.start_idle()
         if self.sel is not None:
-            self.sel.infos_cache = None  # an idle connection keeps little memory
-            self.sel.read_changes = None
+            self.sel.idle_begins()
             await self.sync(allow_expunge=True)
         await self.io.flush()
         while True:

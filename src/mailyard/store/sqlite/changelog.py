@@ -103,6 +103,24 @@ class ChangeLog:
         vanished = sorted(e for e in latest.values() if isinstance(e, int))
         return Changes(self.top, changed, vanished)
 
+    def listed(self) -> bool:
+        """Whether the log keeps the mailbox's list: ``messages`` then costs
+        the changes since it was read, not a read of every message."""
+        return self.snapshot is not None and self.snap_at >= self.base
+
+    def adopt(self, listed: dict[int, MessageInfo], at: int) -> bool:
+        """Keep ``listed`` (every message by UID, in UID order, as of the
+        mod-sequence ``at``; read on another connection, off the event loop)
+        unless the log keeps a list already or its changes no longer reach
+        back to ``at``. ``messages`` brings it forward from ``at``; a list
+        read past the log's top is current once the log has caught up,
+        which ``messages``' callers do first in their read snapshot."""
+        if self.listed() or at < self.base:
+            return False
+        self.snapshot = listed
+        self.snap_at = at
+        return True
+
     def messages(self, load: Callable[[], list[MessageInfo]]) -> tuple[list[MessageInfo], bool]:
         """Every message of the mailbox as of ``top``, in UID order, and
         whether ``load`` (a read of them all, in the caller's snapshot at

@@ -59,7 +59,7 @@ from ..rows import MESSAGE_COLS, QUOTA_COLS, flags_set, flags_text, message_row,
 from . import changelog
 from .bodies import BodiesMixin, release_bodies
 from .changelog import ChangeLog
-from .core import select_uids
+from .core import LIST_INLINE, LIST_LANE, select_uids
 from .holds import HoldBoard
 from .writer import WriteContext
 
@@ -85,8 +85,39 @@ def check_quota(c: sqlite3.Connection, mailbox_id: int, octets: int, messages: i
         raise QuotaExceeded("over quota", [mailbox_id])
 
 
-def _message_count(c: sqlite3.Connection, mailbox_id: int) -> int:
-    return c.execute("SELECT count(*) FROM messages WHERE mailbox_id = ?", (mailbox_id,)).fetchone()[0]
+def _read_listing(c: sqlite3.Connection, mailbox_id: int) -> tuple[int, dict[int, MessageInfo]]:
+    """Every message of a mailbox by UID, in UID order, and the mailbox's
+    highest mod-sequence they are the state at (one read snapshot): a
+    listing read by ``_bulk_read``, in its thread."""
+    c.execute("BEGIN")
+    try:
+        box = c.execute("SELECT highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+        if box is None:
+            raise MailboxGone(mailbox_id)  # deleted since the reference was checked
+        rows = c.execute(f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,))
+        return box[0], {r[1]: message_row(r) for r in rows}
+    finally:
+        c.execute("COMMIT")
+
+
+def _read_changes(c: sqlite3.Connection, mailbox_id: int, modseq: int) -> Changes:
+    """What changed in a mailbox after ``modseq``, from the tables in one
+    read snapshot (``Store.changes_since`` without the change log)."""
+    c.execute("BEGIN")
+    try:
+        box = c.execute("SELECT highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+        if box is None:
+            raise MailboxGone(mailbox_id)  # deleted since the reference was checked
+        changed = c.execute(
+            f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+            (mailbox_id, modseq),
+        ).fetchall()
+        vanished = c.execute(
+            "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid", (mailbox_id, modseq)
+        ).fetchall()
+    finally:
+        c.execute("COMMIT")
+    return Changes(box[0], [message_row(r) for r in changed], [r[0] for r in vanished])
 
 
 def bump_modseq(c: sqlite3.Connection, mailbox_id: int) -> int:
@@ -576,17 +607,38 @@ class MessagesMixin(BodiesMixin):
         # Each session that selects the mailbox lists it (SELECT, the first
         # FETCH, STATUS RECENT): from one list kept current by the change
         # log (changelog.py), within the logs' memory budget.
+        out: list[MessageInfo] | None = None
         c.execute("BEGIN")  # one read snapshot: the list is the state at the log's top
         try:
             log = self._current_log(c, mailbox_id, None)
-            if log.snapshot is None and _message_count(c, mailbox_id) > changelog.LOG_BUDGET // 4:
-                return load()  # too large to keep: read it each time
             before = log.cost()
-            out, _loaded = log.messages(load)
+            if log.listed():
+                out, _loaded = log.messages(load)  # brought forward: the changes' cost
+            else:
+                most = c.execute("SELECT uid_next - 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+                if most is None or most[0] <= LIST_INLINE:
+                    out, _loaded = log.messages(load)
         finally:
             c.execute("COMMIT")
-        self._charge(mailbox_id, log.cost() - before)
-        return out
+        if out is not None:
+            self._charge(mailbox_id, log.cost() - before)
+            return out
+        # A big mailbox (uid_next bounds its count) is read off the event
+        # loop; the list is kept for the other sessions unless too large.
+        top, listed = await self._bulk_read(lambda conn: _read_listing(conn, mailbox_id), LIST_LANE)
+        if len(listed) <= changelog.LOG_BUDGET // 4:
+            self._keep_listing(mailbox_id, top, listed)
+        return list(listed.values())
+
+    def _keep_listing(self, mailbox_id: int, top: int, listed: dict[int, MessageInfo]) -> None:
+        """Give the mailbox's change log a list read off the event loop at
+        mod-sequence ``top``, for the next listings to bring forward."""
+        log = self._changelogs.get(mailbox_id)
+        if log is None:
+            return  # (the log went for the budget meanwhile: the next listing reads again)
+        before = log.cost()
+        if log.adopt(listed, top):
+            self._charge(mailbox_id, log.cost() - before)
 
     async def get_messages(
         self, mailbox: MailboxRef, uids: Sequence[int], expunged: bool = False
@@ -642,14 +694,13 @@ class MessagesMixin(BodiesMixin):
                 c.execute("COMMIT")
         if modseq >= log.base:
             return log.since(modseq)
-        changed = self._q(
-            f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
-            (mailbox_id, modseq),
-        )
-        vanished = self._q(
-            "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid", (mailbox_id, modseq)
-        )
-        return Changes(log.top, [message_row(r) for r in changed], [r[0] for r in vanished])
+        # A question from before the log (a session far behind, QRESYNC,
+        # CHANGEDSINCE) is answered from the tables: a big mailbox's off the
+        # event loop, since every message may have changed since.
+        most = c.execute("SELECT uid_next - 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+        if most is not None and most[0] > LIST_INLINE:
+            return await self._bulk_read(lambda conn: _read_changes(conn, mailbox_id, modseq), LIST_LANE)
+        return _read_changes(c, mailbox_id, modseq)
 
     def _current_log(self, c: sqlite3.Connection, mailbox_id: int, since: int | None) -> ChangeLog:
         """The mailbox's change log brought up to its highest_modseq, inside

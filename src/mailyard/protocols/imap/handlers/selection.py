@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from .. import commands as c
 from .. import objectid
 from ..response import Atom, Mailbox, flag_list, format_uid_set
-from ..selected import MessageMap, SelectedMailbox
+from ..selected import SelectedMailbox, message_map
 
 if TYPE_CHECKING:
     from ..backend import ImapBackend
@@ -40,12 +40,18 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
     b.hold_expunged(box, 0)
     # RFC 9051 6.3.2 needs counts, UIDNEXT, flags in use: read in one snapshot;
     # the per-message index data is loaded when a command first needs it
+    notes = s.notes
     summary = await b.mailbox_summary(box)
     box = summary.mailbox
-    view = MessageMap(summary.uids)
+    view = await message_map(summary.uids, s.io.compute)
     condstore = cmd.condstore or cmd.qresync is not None or "CONDSTORE" in eng.enabled
     highest = box.highest_modseq
-    sel = s.sel = SelectedMailbox(box, cmd.readonly, view, highest, condstore=condstore)
+    sel = s.sel = SelectedMailbox(box, cmd.readonly, view, highest, condstore=condstore, compute=s.io.compute)
+    if s.notes != notes:
+        # a change was notified while the snapshot was read (the backend's
+        # read or the map may wait), before this mailbox was selected: the
+        # next sync asks what changed since the snapshot
+        sel.dirty = True
     sel.hold(b)
     if summary.keywords:
         sel.known_flags |= frozenset(summary.keywords)

@@ -1,0 +1,361 @@
+"""A big mailbox over the real SQLite store and a real server: SELECT and
+the first FETCH read it off the event loop, so the other sessions of the
+worker are served meanwhile, and IDLE -> DONE does not read it again: the
+session's index data is kept through IDLE and kept current by the changes
+it announces (RFC 2177, RFC 9051 7.4.1 / 7.5.1, RFC 7162 3.2.10), in one
+process and across two worker processes.
+
+The thresholds that make a mailbox big (store/sqlite/core.py LIST_INLINE,
+protocols/imap/selected.py LARGE_VIEW) are lowered here for the in-process
+server (tests/conftest.py: it runs in this process, so the patches reach
+it), and the read of the messages is slowed, so a read that holds the
+event loop holds it for a measurable time whatever the machine. The loop's
+turns are counted (LoopTicks on the server's loop), never timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, TypeVar
+
+import pytest
+
+from mailyard.config import StoreConfig
+from mailyard.protocols.imap import selected
+from mailyard.store import rows
+from mailyard.store.api import AppendItem
+from mailyard.store.sqlite import SQLiteStore, mailboxes, messages
+from tests.conftest import USERS, RunningServer
+from tests.integration.serve_process import ServeProcess
+from tests.integration.test_workers import TIMEOUT, Line, imap_login, on_each_worker, two_workers
+from tests.integration.test_workers_holds import command, ok
+from tests.waiting import LoopTicks, wait_until
+
+ALICE = "alice@example.test"
+MESSAGES = 30
+SLOW = 1.0  # seconds the slowed read of the mailbox takes
+T = TypeVar("T")
+
+
+def _message(n: int) -> bytes:
+    return f"From: bob@example.test\r\nSubject: m{n}\r\nMessage-ID: <m{n}@example.test>\r\n\r\nbody {n}\r\n".encode()
+
+
+async def _seed(store: SQLiteStore) -> None:
+    account = await store.get_account(ALICE)
+    assert account is not None
+    box = await store.get_mailbox(account.id, "INBOX")
+    assert box is not None
+    await store.append_many(box, [AppendItem(_message(n)) for n in range(MESSAGES)])
+
+
+@pytest.fixture
+def big(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mailbox of more than 5 messages is big: listed off the event loop
+    by the store, its sequence-number map and index data made through
+    ImapIO.compute, its index data kept through IDLE."""
+    monkeypatch.setattr(messages, "LIST_INLINE", 5, raising=False)
+    monkeypatch.setattr(mailboxes, "LIST_INLINE", 5, raising=False)
+    monkeypatch.setattr(selected, "LARGE_VIEW", 5, raising=False)
+
+
+def _client(server: RunningServer) -> imaplib.IMAP4:
+    c = imaplib.IMAP4(server.host, server.port("imap"), timeout=60)
+    c.login(ALICE, USERS[ALICE])
+    return c
+
+
+def _raw(server: RunningServer) -> Line:
+    c = Line(server.port("imap"))
+    assert c.line().startswith(b"* OK")
+    ok(command(c, "l", f"LOGIN {ALICE} {USERS[ALICE]}"))
+    return c
+
+
+def _while_served(server: RunningServer, started: threading.Event, run: Callable[[], T],
+                  other: imaplib.IMAP4) -> tuple[T, int]:
+    """``run()`` (a command on one connection) in a thread; once its slowed
+    read has started, a NOOP on ``other``, which must be answered before
+    ``run`` ends. Returns ``run``'s result and the server loop's turns
+    (LoopTicks) while it ran."""
+    result: list[Any] = []
+    done = threading.Event()
+
+    def command_thread() -> None:
+        try:
+            result.append(run())
+        except BaseException as exc:  # reported below
+            result.append(exc)
+        finally:
+            done.set()
+
+    async def watch() -> int:
+        async with LoopTicks() as ticks:
+            worker = threading.Thread(target=command_thread)
+            worker.start()
+            await asyncio.to_thread(started.wait, 30)
+            assert started.is_set(), "the slowed read never started"
+            assert (await asyncio.to_thread(other.noop))[0] == "OK"
+            assert not done.is_set(), "the NOOP waited for the command"
+            await asyncio.to_thread(worker.join, 60)
+        return ticks.count
+
+    ticks = server.call(watch(), timeout=120)
+    assert result and not isinstance(result[0], BaseException), result
+    return result[0], ticks
+
+
+def test_select_of_a_big_mailbox_leaves_the_other_sessions_served(
+        make_server: Callable[..., RunningServer], big: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SELECT reads every UID of the mailbox (RFC 9051 6.3.2: EXISTS, the
+    first unseen): for a big one in a thread, while the event loop keeps
+    turning and another session's NOOP is answered."""
+    server = make_server(seed=_seed)
+    selecting, other = _client(server), _client(server)
+    started = threading.Event()
+
+    def slow_loads(text: str) -> Any:
+        started.set()
+        time.sleep(SLOW)
+        return json.loads(text)
+
+    monkeypatch.setattr(mailboxes, "json", SimpleNamespace(loads=slow_loads))
+    (typ, data), ticks = _while_served(server, started, lambda: selecting.select("INBOX"), other)
+    assert typ == "OK" and data == [str(MESSAGES).encode()]
+    # SLOW / 10 ms turns if the loop never waits; none while it is held
+    print(f"\nserver loop turns while the command ran: {ticks}")
+    assert ticks >= 10, ticks
+    selecting.logout()
+    other.logout()
+
+
+def test_first_fetch_of_a_big_mailbox_leaves_the_other_sessions_served(
+        make_server: Callable[..., RunningServer], big: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first FETCH after SELECT loads the session's index data (every
+    message's flags, size, dates): for a big mailbox in a thread, while the
+    event loop keeps turning and another session's NOOP is answered."""
+    server = make_server(seed=_seed)
+    fetching, other = _client(server), _client(server)
+    assert fetching.select("INBOX")[0] == "OK"
+    started = threading.Event()
+    message_row = rows.message_row
+
+    def slow_row(row: tuple) -> Any:
+        started.set()
+        time.sleep(SLOW / MESSAGES)
+        return message_row(row)
+
+    monkeypatch.setattr(messages, "message_row", slow_row)
+    (typ, data), ticks = _while_served(server, started, lambda: fetching.fetch("1:*", "(FLAGS)"), other)
+    assert typ == "OK" and len(data) == MESSAGES
+    print(f"\nserver loop turns while the command ran: {ticks}")
+    assert ticks >= 10, ticks
+    fetching.logout()
+    other.logout()
+
+
+@pytest.fixture
+def listings(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The store's listings of every message of a mailbox (list_messages)."""
+    calls: list[int] = []
+    listed = SQLiteStore.list_messages
+
+    async def counted(self: SQLiteStore, mailbox: Any) -> Any:
+        calls.append(mailbox.id)
+        return await listed(self, mailbox)
+
+    monkeypatch.setattr(SQLiteStore, "list_messages", counted)
+    yield calls
+
+
+def _idle(c: Line, tag: str) -> None:
+    c.send(f"{tag} IDLE\r\n".encode())
+    assert c.line().startswith(b"+ ")
+
+
+def _done(c: Line, tag: str) -> list[bytes]:
+    c.send(b"DONE\r\n")
+    lines = []
+    while not (line := c.line()).startswith(tag.encode() + b" "):
+        lines.append(line)
+    assert line.startswith(tag.encode() + b" OK"), line
+    return lines
+
+
+def _fetched(lines: list[bytes]) -> dict[int, tuple[int, frozenset[bytes]]]:
+    """UID -> (sequence number, flags) of the FETCH responses among ``lines``."""
+    out = {}
+    for line in lines:
+        m = re.match(rb"\* (\d+) FETCH \(UID (\d+) FLAGS \(([^)]*)\)", line)
+        if m:
+            out[int(m.group(2))] = (int(m.group(1)), frozenset(m.group(3).split()))
+    return out
+
+
+def test_idle_done_does_not_read_a_big_mailbox_again_and_reports_every_change(
+        make_server: Callable[..., RunningServer], big: None, listings: list[int]) -> None:
+    """A client that IDLEs, and after each DONE fetches what is new: another
+    session's flag change, expunge and new mail during IDLE are announced
+    at once, the FETCH after DONE shows them, and no IDLE -> DONE reads
+    the mailbox's messages again."""
+    server = make_server(seed=_seed)
+    b = _client(server)
+    b.select("INBOX")
+    b.fetch("1:*", "(FLAGS)")  # b's own index data, kept (no IDLE)
+    a = _raw(server)
+    assert f"* {MESSAGES} EXISTS".encode() in ok(command(a, "s", "SELECT INBOX"))
+    assert len(_fetched(ok(command(a, "f", "UID FETCH 1:* (FLAGS)")))) == MESSAGES
+    listings.clear()
+
+    # a flag changed by the other session
+    _idle(a, "i1")
+    assert b.uid("STORE", "3", "+FLAGS", "(\\Flagged)")[0] == "OK"
+    assert re.match(rb"\* 3 FETCH \(UID 3 FLAGS \(.*\\Flagged", a.line())
+    _done(a, "i1")
+    assert b"\\Flagged" in _fetched(ok(command(a, "f1", "UID FETCH 3 (FLAGS)")))[3][1]
+
+    # an expunge by the other session
+    _idle(a, "i2")
+    assert b.uid("STORE", "4", "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+    assert b.expunge()[0] == "OK"
+    assert a.until(lambda x: not x.endswith(b"(\\Deleted))")) == b"* 4 EXPUNGE"
+    _done(a, "i2")
+    now = _fetched(ok(command(a, "f2", "UID FETCH 1:* (FLAGS)")))
+    assert sorted(now) == [u for u in range(1, MESSAGES + 1) if u != 4]
+    assert [now[u][0] for u in sorted(now)] == list(range(1, MESSAGES))
+
+    # new mail
+    _idle(a, "i3")
+    assert b.append("INBOX", "", None, _message(99))[0] == "OK"
+    assert a.line() == f"* {MESSAGES} EXISTS".encode()
+    assert a.line().endswith(b" RECENT")  # (RFC 3501: a is not told of the message first)
+    _done(a, "i3")
+    new = _fetched(ok(command(a, "f3", f"UID FETCH {MESSAGES + 1}:* (FLAGS)")))
+    assert list(new) == [MESSAGES + 1] and new[MESSAGES + 1][0] == MESSAGES
+
+    # nothing changed
+    for n in range(3):
+        _idle(a, f"q{n}")
+        assert _done(a, f"q{n}") == []
+        assert list(_fetched(ok(command(a, f"g{n}", f"UID FETCH {MESSAGES + 1}:* (FLAGS)")))) == [MESSAGES + 1]
+    assert listings == []
+    b.logout()
+    a.close()
+
+
+def test_qresync_updates_during_idle_with_the_index_data_kept(
+        make_server: Callable[..., RunningServer], big: None, listings: list[int]) -> None:
+    """With QRESYNC (RFC 7162): MODSEQ on the FETCH of a flag change and
+    VANISHED for an expunge during IDLE (3.2.10), and after DONE a UID
+    FETCH CHANGEDSINCE ... VANISHED (3.2.6) answers from the kept index
+    data as SQLite has it."""
+    server = make_server(seed=_seed)
+    b = _client(server)
+    b.select("INBOX")
+    b.fetch("1:*", "(FLAGS)")
+    a = _raw(server)
+    ok(command(a, "e", "ENABLE QRESYNC"))
+    ok(command(a, "s", "SELECT INBOX"))
+    lines = ok(command(a, "f", "UID FETCH 1:* (FLAGS MODSEQ)"))
+    since = max(int(m.group(1)) for line in lines if (m := re.search(rb"MODSEQ \((\d+)\)", line)))
+    listings.clear()
+    _idle(a, "i")
+    assert b.uid("STORE", "5", "+FLAGS", "($Later)")[0] == "OK"
+    line = a.until(lambda x: b" FETCH " in x)
+    m = re.match(rb"\* 5 FETCH \(UID 5 FLAGS \(([^)]*)\) MODSEQ \((\d+)\)\)", line)
+    assert m and b"$Later" in m.group(1).split(), line
+    flagged_at = int(m.group(2))
+    assert b.uid("STORE", "6", "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+    assert b.expunge()[0] == "OK"
+    assert a.until(lambda x: b"FETCH (UID 6 " not in x) == b"* VANISHED 6"
+    _done(a, "i")
+    lines = ok(command(a, "c", f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {since} VANISHED)"))
+    assert lines[0] == b"* VANISHED (EARLIER) 6", lines
+    changed = [x for x in lines if x.startswith(b"* ") and b" FETCH " in x]
+    assert len(changed) == 1 and changed[0].startswith(b"* 5 FETCH (UID 5 "), lines
+    assert f"MODSEQ ({flagged_at})".encode() in changed[0]
+    assert listings == []
+    b.logout()
+    a.close()
+
+
+# --- two worker processes: the real thresholds, a mailbox above them --------------
+BIG = 10_050  # above selected.LARGE_VIEW (checked by the test)
+
+
+def _fill(data: Path) -> None:
+    async def go() -> None:
+        store = SQLiteStore(data, StoreConfig(fsync=False), background=False)
+        try:
+            account = await store.get_account(ALICE)
+            assert account is not None
+            box = await store.get_mailbox(account.id, "INBOX")
+            assert box is not None
+            for start in range(0, BIG, 5_000):
+                await store.append_many(box, [AppendItem(_message(n), frozenset({"\\Seen"}))
+                                              for n in range(start, min(BIG, start + 5_000))])
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+@pytest.fixture
+def two_workers_big(tmp_path: Path) -> Iterator[ServeProcess]:
+    proc = ServeProcess(tmp_path / "data", two_workers(), _fill)
+    wait_until(lambda: len(proc.worker_pids()) == 2, TIMEOUT, "both workers to start")
+    yield proc
+    proc.stop()
+
+
+def test_changes_on_another_worker_reach_an_idle_session_of_a_big_mailbox(two_workers_big: ServeProcess) -> None:
+    """A session on one worker has a mailbox above LARGE_VIEW selected and
+    its index data loaded, and IDLEs; a session on the other worker changes
+    a flag, expunges and appends. Each change is announced during IDLE,
+    and after DONE the FETCHes show the mailbox as the other worker left
+    it, from the index data kept through IDLE."""
+    assert BIG > selected.LARGE_VIEW
+    server = two_workers_big
+    sessions = on_each_worker(server, lambda: imap_login(server), lambda c: c.sock, Line.close)
+    (_, a), (_, b) = sorted(sessions.items())
+    assert f"* {BIG} EXISTS".encode() in ok(command(a, "s", "SELECT INBOX"))
+    assert len(_fetched(ok(command(a, "f", "UID FETCH 1:* (FLAGS)")))) == BIG
+    ok(command(b, "s", "SELECT INBOX"))
+    _idle(a, "i")
+    ok(command(b, "t", "UID STORE 5 +FLAGS.SILENT (\\Flagged)"))
+    line = a.line()
+    assert re.match(rb"\* 5 FETCH \(UID 5 FLAGS \(.*\\Flagged", line), line
+    ok(command(b, "d", "UID STORE 7 +FLAGS.SILENT (\\Deleted)"))
+    ok(command(b, "x", "UID EXPUNGE 7"))
+    assert a.until(lambda x: b"FETCH (UID 7 " not in x) == b"* 7 EXPUNGE"
+    body = _message(BIG)
+    b.send(f"p APPEND INBOX {{{len(body)}}}\r\n".encode())
+    assert b.line().startswith(b"+")
+    b.send(body + b"\r\n")
+    assert b.until(lambda x: x.startswith(b"p ")).startswith(b"p OK")
+    assert a.line() == f"* {BIG} EXISTS".encode()
+    _done(a, "i")
+    near = _fetched(ok(command(a, "g", "UID FETCH 5:8 (FLAGS)")))
+    assert sorted(near) == [5, 6, 8]
+    assert b"\\Flagged" in near[5][1] and b"\\Flagged" not in near[6][1]
+    assert (near[5][0], near[6][0], near[8][0]) == (5, 6, 7)
+    new = _fetched(ok(command(a, "n", f"UID FETCH {BIG + 1}:* (FLAGS)")))
+    assert list(new) == [BIG + 1] and new[BIG + 1][0] == BIG
+    # a change after DONE, announced at the next IDLE, then fetched
+    ok(command(b, "u", "UID STORE 6 +FLAGS.SILENT (\\Answered)"))
+    _idle(a, "j")
+    line = a.until(lambda x: b" FETCH " in x)
+    assert line.startswith(b"* 6 FETCH (UID 6 ") and b"\\Answered" in line, line
+    _done(a, "j")
+    assert b"\\Answered" in _fetched(ok(command(a, "h", "UID FETCH 6 (FLAGS)")))[6][1]
+    for c in (a, b):
+        c.close()
+    assert server.alive()
