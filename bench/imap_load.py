@@ -17,7 +17,9 @@ Figures per server and client count: commands/s over the measured phase
 latency per command type (request sent to tagged response read), server
 CPU per command (utime + stime, children included, of the server's whole
 process tree from /proc: for Dovecot the master, imap, imap-login, auth,
-...), and protocol errors: every tagged NO or BAD, and every untagged BAD,
+...), the time the server's threads were ready to run but waited for a
+core, per command (schedstat: on two cores shared with the clients, a
+part of every latency), and protocol errors: every tagged NO or BAD, and every untagged BAD,
 counted by command and response text. A correct server sends none for this
 mix (a FETCH of a message another session expunged is answered with data
 or nothing, not NO).
@@ -249,12 +251,11 @@ async def _connect(port: int, stats: Stats, host: str = "127.0.0.1") -> Client:
     return c
 
 
-def tree_cpu(root: int) -> float:
-    """CPU seconds (utime + stime, and cutime + cstime of reaped children)
-    of ``root`` and every process below it."""
-    tick = os.sysconf("SC_CLK_TCK")
+def _tree(root: int) -> dict[int, str]:
+    """``root`` and every process below it: pid to the fields of its
+    /proc/PID/stat after the command name."""
     parents: dict[int, int] = {}
-    times: dict[int, float] = {}
+    stats: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -265,15 +266,41 @@ def tree_cpu(root: int) -> float:
         fields = text[text.rindex(")") + 2 :].split()
         pid = int(entry)
         parents[pid] = int(fields[1])
-        times[pid] = sum(int(x) for x in fields[11:15]) / tick
-    total = 0.0
-    for pid in times:
+        stats[pid] = fields
+    out = {}
+    for pid, fields in stats.items():
         p = pid
         while p and p != root:
             p = parents.get(p, 0)
         if p == root:
-            total += times[pid]
-    return total
+            out[pid] = fields
+    return out
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds (utime + stime, and cutime + cstime of reaped children)
+    of ``root`` and every process below it."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return sum(sum(int(x) for x in fields[11:15]) / tick for fields in _tree(root).values())
+
+
+def tree_runqueue_wait(root: int) -> float:
+    """Seconds the threads of ``root`` and every process below it spent
+    runnable but waiting for a core (/proc/PID/task/TID/schedstat, second
+    field): time a server's work was ready and the machine had no core for
+    it, which a command's latency includes."""
+    total = 0
+    for pid in _tree(root):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total / 1e9
 
 
 def thread_cpu(pid: int, tid: int) -> float:
@@ -407,11 +434,13 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
     loops = _children(pid) or [pid]
     await asyncio.sleep(0.2)
     cpu0, me0, main0 = sum(tree_cpu(p) for p in (pid, *cpu_pids)), self_cpu(), [thread_cpu(p, p) for p in loops]
+    wait0 = sum(tree_runqueue_wait(p) for p in (pid, *cpu_pids))
     start = time.perf_counter()
     go.set()
     done = await asyncio.gather(*tasks, return_exceptions=True)
     elapsed = time.perf_counter() - start
     cpu1, me1, main1 = sum(tree_cpu(p) for p in (pid, *cpu_pids)), self_cpu(), [thread_cpu(p, p) for p in loops]
+    wait1 = sum(tree_runqueue_wait(p) for p in (pid, *cpu_pids))
     probed = await _stop_probe(prober) if prober is not None else {}
     failures = [repr(d) for d in done if isinstance(d, BaseException)]
     for c in conns:
@@ -432,6 +461,8 @@ async def _run_once(port: int, pid: int, clients: int, commands: int, seed: int,
         "commands_per_s": stats.commands / elapsed,
         "server_cpu_s": cpu1 - cpu0,
         "server_cpu_ms_per_command": 1000 * (cpu1 - cpu0) / max(stats.commands, 1),
+        # ready to run, no core free: part of every latency on a busy machine
+        "server_runqueue_wait_ms_per_command": 1000 * (wait1 - wait0) / max(stats.commands, 1),
         "sessions_per_worker": spread,
         "settled_before_s": settled_s,
         "server_cpu_after_s": after_cpu,  # deferred work, done once the phase was over
@@ -464,7 +495,8 @@ def _fmt(name: str, r: dict) -> str:
     loop = f"event loops {busy}% busy, " if name == "mailyard" and busy else ""
     return (f"{name} {r['clients']} clients: {r['commands_per_s']:.0f} commands/s, "
             f"{r['server_cpu_ms_per_command']:.2f} ms server CPU/command "
-            f"(+{r['server_cpu_after_ms_per_command']:.2f} ms after the phase), {loop}"
+            f"(+{r['server_cpu_after_ms_per_command']:.2f} ms after the phase), "
+            f"{r.get('server_runqueue_wait_ms_per_command', 0):.2f} ms waiting for a core/command, {loop}"
             f"client CPU {r['client_cpu_s']:.1f} s of {r['seconds']:.1f} s, "
             f"worst p50 {worst['p50_ms']:.1f} ms, {sum(e['count'] for e in r['errors'])} protocol errors"
             + (f", sessions per process {r['sessions_per_worker']}" if name == "mailyard" else "")
@@ -548,6 +580,9 @@ def run(quick: bool = False, clients: tuple[int, ...] = (10, 50), commands: int 
                           f"range {min(rates):.0f}-{max(rates):.0f}", detail))
         out.append(Result("imap-load", f"  {label} {n} clients CPU/command", statistics.median(cpus), "ms",
                           f"range {min(cpus):.2f}-{max(cpus):.2f}"))
+        waits = [r.get("server_runqueue_wait_ms_per_command", 0.0) for r in runs]
+        out.append(Result("imap-load", f"  {label} {n} clients waiting for a core/command", statistics.median(waits),
+                          "ms", "runnable server threads, no core free (schedstat)"))
         last = runs[-1]
         for kind, v in last["latency"].items():
             out.append(Result("imap-load", f"    {kind} p50 / p99", v["p50_ms"], "ms", f"p99 {v['p99_ms']:.1f} ms"))
