@@ -10,7 +10,8 @@ IMAP SELECT tells the store which expunges the session has seen
 (``Store.hold_expunged``, RFC 2180 4.1.1); the other nodes read that in
 mailbox_holds. A SELECT writes nothing there while this node's row already
 covers it and nothing is held, and a message expunged through another node
-still stays readable for a session that has not been told."""
+still stays readable for a session that has not been told, also after the
+database ended the connection that marks the node alive."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ import asyncio
 import base64
 import re
 import socket
+import ssl
+import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +29,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+import mailyard.store.postgresql.store as pg_store
 from mailyard.config import Config
+from mailyard.net.pop3 import service_for
 from mailyard.store.postgresql import PostgreSQLStore
 from mailyard.web.security import SESSION_COOKIE
 from tests.conftest import HOST, USERS, RunningServer, make_test_config
@@ -83,6 +89,22 @@ class Lines:
     def close(self) -> None:
         self.sock.close()
 
+    def reset(self) -> None:
+        """Leave with a TCP reset, as a client that crashed."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+
+class TLSLines(Lines):
+    """``Lines`` over implicit TLS (RFC 8314), the server's certificate unchecked."""
+
+    def __init__(self, port: int) -> None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        self.sock = context.wrap_socket(socket.create_connection((HOST, port), timeout=30))
+        self.buf = b""
+
 
 def _plain(user: str) -> str:
     return base64.b64encode(f"\0{user}\0{USERS[user]}".encode()).decode()
@@ -110,12 +132,7 @@ class Sessions:
         assert self.sieve.until(b"OK")[-1].startswith(b"OK")
         self.sieve.send(f'AUTHENTICATE "PLAIN" "{_plain(user)}"\r\n'.encode())
         assert self.sieve.line().startswith(b"OK")
-        web = httpx.Client(base_url=f"http://{HOST}:{server.port('http')}", follow_redirects=False, timeout=30)
-        token = re.search(r'name="login_token" value="([^"]+)"', web.get("/login").text).group(1)
-        r = web.post("/login", data={"username": user, "password": USERS[user], "login_token": token})
-        assert r.status_code == 303, r.text
-        self.cookie = web.cookies[SESSION_COOKIE]
-        web.close()
+        self.cookie = _web_login(server, user)
         self.web_port = server.port("http")
         self.web: Lines | None = None
 
@@ -140,6 +157,29 @@ class Sessions:
                 c.close()
 
 
+def _web_login(server: RunningServer, user: str) -> str:
+    """Log in to the webmail; the session cookie."""
+    with httpx.Client(base_url=f"http://{HOST}:{server.port('http')}", follow_redirects=False, timeout=30) as web:
+        token = re.search(r'name="login_token" value="([^"]+)"', web.get("/login").text).group(1)
+        r = web.post("/login", data={"username": user, "password": USERS[user], "login_token": token})
+        assert r.status_code == 303, r.text
+        return web.cookies[SESSION_COOKIE]
+
+
+def _change_password_elsewhere(dsn: str, user: str, server: RunningServer) -> None:
+    """Another node changes ``user``'s password; ``server`` hears of it and
+    forgets every account's credentials."""
+    async def change() -> None:
+        other = PostgreSQLStore(dsn)
+        try:
+            await other.set_password(user, "$argon2id$not-the-old-one")
+        finally:
+            await other.close()
+
+    asyncio.run(change())
+    wait_until(lambda: not server.store._epochs, what="the revocation heard by the server's store")
+
+
 def _on(dsn: str) -> Callable[[Config], None]:
     def configure(cfg: Config) -> None:
         cfg.store.backend = "postgresql"
@@ -149,7 +189,11 @@ def _on(dsn: str) -> Callable[[Config], None]:
 
 
 def _waiting_for_lock(admin: psycopg.Connection, table: str) -> int:
-    """Sessions of the database waiting for a lock, in a statement on ``table``."""
+    """Sessions of the database waiting for a lock, in a statement on ``table``.
+    ``admin`` may be inside the transaction that holds the lock: PostgreSQL
+    keeps the first look at pg_stat_activity for the rest of a transaction,
+    so each count takes a new one."""
+    admin.execute("SELECT pg_stat_clear_snapshot()")
     row = admin.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         " AND wait_event_type = 'Lock' AND query ILIKE %s", (f"%FROM {table}%",)).fetchone()
@@ -166,16 +210,7 @@ def test_credential_checks_wait_for_a_slow_database_off_the_event_loop(
     dsn = pg_cluster.new_dsn()
     server = make_server(configure=_on(dsn))
     bob, alice = Sessions(server, BOB), Sessions(server, ALICE)
-
-    async def change_password() -> None:
-        other = PostgreSQLStore(dsn)  # another node
-        try:
-            await other.set_password(ALICE, "$argon2id$not-the-old-one")
-        finally:
-            await other.close()
-
-    asyncio.run(change_password())
-    wait_until(lambda: not server.store._epochs, what="the revocation heard by the server's store")
+    _change_password_elsewhere(dsn, ALICE, server)
     ticks = LoopTicks()
     with psycopg.connect(dsn) as admin:
         admin.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")  # the database is slow to answer
@@ -217,6 +252,85 @@ def test_credential_checks_wait_for_a_slow_database_off_the_event_loop(
         assert c.closed()
     bob.close()
     alice.close()
+
+
+def test_waiting_for_lock_sees_sessions_that_wait_after_its_first_look(pg_cluster: PgCluster) -> None:
+    """The tests above poll, from the transaction that holds a lock, for a
+    statement that waits for it: a statement that begins waiting after the
+    first poll is seen."""
+    dsn = pg_cluster.new_dsn()
+    with psycopg.connect(dsn, autocommit=True) as setup:
+        setup.execute("CREATE TABLE slow_table (x int)")
+    with psycopg.connect(dsn) as admin, psycopg.connect(dsn, autocommit=True) as other:
+        admin.execute("LOCK TABLE slow_table IN ACCESS EXCLUSIVE MODE")
+        assert _waiting_for_lock(admin, "slow_table") == 0
+        reader = threading.Thread(target=lambda: other.execute("SELECT count(*) FROM slow_table"))
+        reader.start()
+        try:
+            wait_until(lambda: _waiting_for_lock(admin, "slow_table") > 0, what="the reader seen waiting")
+        finally:
+            admin.rollback()
+            reader.join(30)
+
+
+def test_a_web_session_is_checked_whatever_its_cookie_header(
+        make_server: Callable[..., RunningServer], pg_cluster: PgCluster) -> None:
+    """Right after another node changed alice's password, this node knows
+    nothing of her credentials in memory and asks the database before the
+    request goes on (web/sessionlog.py). A Cookie header that one cookie
+    parser refuses and another accepts (a malformed cookie before the
+    session's) must not take her session past that check: it is refused."""
+    dsn = pg_cluster.new_dsn()
+    server = make_server(configure=_on(dsn))
+    cookie = _web_login(server, ALICE)
+    odd = {"Cookie": f"a,b=1; {SESSION_COOKIE}={cookie}"}
+    with httpx.Client(base_url=f"http://{HOST}:{server.port('http')}", follow_redirects=False,
+                      timeout=30) as web:
+        assert web.get("/folders", headers=odd).status_code == 200
+        _change_password_elsewhere(dsn, ALICE, server)
+        r = web.get("/folders", headers=odd)
+        assert r.status_code == 303 and r.headers["location"] == "/login", r.status_code
+        r = web.get("/folders", headers={"Cookie": f"{SESSION_COOKIE}={cookie}"})
+        assert r.status_code == 303 and r.headers["location"] == "/login", r.status_code
+
+
+def test_a_pop3_client_leaving_during_a_credentials_check_leaves_its_maildrop_unlocked(
+        make_server: Callable[..., RunningServer], pg_cluster: PgCluster) -> None:
+    """After a revocation, a POP3 session asks the database whether its
+    credentials are current before the engine answers the next command (a
+    step of its own, net/pop3.py). A client that leaves with a reset while
+    that check waits for a slow database (over TLS, where the server sees
+    the reset while the step runs) has its maildrop lock released once the
+    check ends: its next login gets the maildrop, not [IN-USE]."""
+    dsn = pg_cluster.new_dsn()
+    server = make_server(configure=_on(dsn))
+    assert server.server is not None and server.server.services is not None
+    locks = service_for(server.server.services).locked
+    pop = TLSLines(server.port("pop3s"))
+    assert pop.line().startswith(b"+OK")
+    pop.send(f"USER {ALICE}\r\nPASS {USERS[ALICE]}\r\n".encode())
+    assert pop.line().startswith(b"+OK") and pop.line().startswith(b"+OK")
+    assert len(locks._held) == 1
+    _change_password_elsewhere(dsn, BOB, server)  # another account's: every cache forgets
+    pop3s = server.server.listeners["pop3s"]
+    with psycopg.connect(dsn) as admin:
+        admin.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")  # the database is slow to answer
+        try:
+            pop.send(b"STAT\r\n")
+            wait_until(lambda: _waiting_for_lock(admin, "accounts") > 0,
+                       what="the credentials check waiting for the database")
+            pop.reset()
+            wait_until(lambda: pop3s.active == 0, what="the server seeing the client leave")
+        finally:
+            admin.rollback()
+    wait_until(lambda: not locks._held, what="the maildrop unlocked once the check ended")
+    again = Lines(server.port("pop3"))
+    assert again.line().startswith(b"+OK")
+    again.send(f"USER {ALICE}\r\nPASS {USERS[ALICE]}\r\n".encode())
+    assert again.line().startswith(b"+OK")
+    reply = again.line()
+    assert reply.startswith(b"+OK"), reply
+    again.close()
 
 
 class Statements:
@@ -332,3 +446,50 @@ def test_select_writes_no_hold_while_nothing_is_held_and_expunges_are_still_kept
     wait_until(lambda: _count(dsn, "SELECT count(*) FROM messages") == 0,
                what="the copy kept for a node whose sessions left purged")
     assert _count(dsn, "SELECT count(*) FROM bodies") == 0
+
+
+@pytest.fixture
+def quick_marker_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nodes look at their liveness connection every 0.2 s (default 5 s)."""
+    monkeypatch.setattr(pg_store, "MARKER_CHECK", 0.2, raising=False)
+
+
+def test_a_node_whose_liveness_connection_was_ended_publishes_its_holds_again(
+        quick_marker_checks: None, two_nodes: tuple[RunningServer, RunningServer, str]) -> None:
+    """Node B marks itself alive to the other nodes by a connection whose
+    name is its own; the database may end it (a restart, an administrator)
+    while B's sessions go on, and the other nodes then take B's row of
+    mailbox_holds for a dead node's and drop it. B notices, opens the
+    connection again and publishes its holds again: a message B's session
+    was told of, expunged through node A afterwards, stays readable for it
+    until it has told its client (RFC 2180 4.1.1)."""
+    a, b, dsn = two_nodes
+    import smtplib
+
+    with smtplib.SMTP(HOST, a.port("smtp"), timeout=30) as smtp:
+        smtp.sendmail("someone@remote.test", [ALICE], MESSAGE)
+    on_b = Lines(b.port("imap"))
+    assert on_b.line().startswith(b"* OK")
+    on_b.send(f'b1 LOGIN {ALICE} "{USERS[ALICE]}"\r\nb2 SELECT INBOX\r\n'.encode())
+    assert b"* 1 EXISTS" in on_b.until(b"b2 ")
+    wait_until(lambda: not b.store._background, what="node B's background work done")
+    mine = f"SELECT count(*) FROM mailbox_holds WHERE node = '{b.store.node}' AND seen_modseq IS NOT NULL"
+    assert _count(dsn, mine) == 1
+    # as a purge of node A does while B's connection is gone, and the connection ended
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("DELETE FROM mailbox_holds WHERE node = %s", (b.store.node,))
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                      (f"mailyard-{b.store.node}",))
+    wait_until(lambda: _count(dsn, mine) == 1, what="node B's hold published again")
+    on_a = Lines(a.port("imap"))
+    assert on_a.line().startswith(b"* OK")
+    on_a.send(f'a1 LOGIN {ALICE} "{USERS[ALICE]}"\r\na2 SELECT INBOX\r\na3 STORE 1 +FLAGS (\\Deleted)\r\n'
+              "a4 EXPUNGE\r\na5 LOGOUT\r\n".encode())
+    assert b"* 1 EXPUNGE" in on_a.until(b"a5 ")
+    on_a.close()
+    wait_until(lambda: _count(dsn, "SELECT count(*) FROM messages WHERE mailbox_id > 0") == 0,
+               what="the expunge committed")
+    on_b.send(b"b3 UID FETCH 1 (BODY.PEEK[TEXT])\r\n")
+    reply = b"\r\n".join(on_b.until(b"b3 "))
+    assert b"still readable" in reply and b"b3 OK" in reply, reply
+    on_b.close()

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
+from mailyard.web.security import SESSION_COOKIE
+
 from ..conftest import USERS, RunningServer
 from .test_web_http import ALICE, box_id, csrf
 
@@ -50,5 +52,30 @@ def test_sessions_of_every_process_listed_and_logged_out(make_server: Callable[.
         assert b.get(f"/box/{inbox}").status_code == 200
         page = b.get("/settings").text
         assert "Browser-A/1.0" not in page and "Browser-B/2.0" in page
+    finally:
+        second.stop()
+
+
+def test_a_session_logged_out_elsewhere_is_refused_whatever_its_cookie_header(
+        make_server: Callable[..., RunningServer]) -> None:
+    """The session cookie is read in one place, the check of its record
+    before every request (web/sessionlog.py): a Cookie header that one
+    parser refuses and another accepts (a malformed cookie before the
+    session's) neither hides a good session nor lets an ended one through."""
+    first = make_server()
+    second = RunningServer(first.data_dir, first.config, seed_defaults=False)
+    second.start()
+    try:
+        a = browser(first, "Browser-A/1.0")
+        odd = {"Cookie": f"a,b=1; {SESSION_COOKIE}={a.cookies[SESSION_COOKIE]}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{first.port('http')}", timeout=30) as bare:
+            assert bare.get("/folders", headers=odd).status_code == 200
+            # "log out other sessions" through the second process ends it
+            b = browser(second, "Browser-B/2.0")
+            r = b.post("/settings", data={"csrf": csrf(b), "section": "sessions"})
+            assert r.status_code == 303 and "Logged%20out%201%20other%20session." in r.headers["location"]
+            r = bare.get("/folders", headers=odd)
+            assert r.status_code == 303 and r.headers["location"] == "/login", r.status_code
+            assert a.get("/folders").headers.get("location") == "/login"
     finally:
         second.stop()

@@ -425,3 +425,90 @@ async def test_a_revocation_heard_while_credentials_are_read_is_not_trusted(pg_c
     finally:
         await a.close()
         await b.close()
+
+
+async def test_credentials_are_answered_while_revocations_keep_coming(pg_cluster: PgCluster,
+                                                                      tmp_path: Path) -> None:
+    """Revocations heard during every read of an account's epoch (other
+    nodes changing passwords faster than this one reads) do not keep a
+    credentials check reading: it is answered from its VALIDITY_REREADS-th
+    read, whose answer is not kept."""
+    from mailyard.store.postgresql import store as pg_store
+
+    dsn = pg_cluster.new_dsn()
+    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
+    try:
+        await a.add_domain("example.test")
+        alice = await a.add_account("alice@example.test", "h")
+        a._forget()
+        reads = 0
+        real = a._q1
+
+        async def revoked_meanwhile(sql: str, args: tuple = ()) -> tuple | None:
+            nonlocal reads
+            row = await real(sql, args)
+            if "FROM accounts" in sql and reads < 100:  # (a bound, for a store that would read on)
+                reads += 1
+                a._forget()  # a note of a revocation came during the read
+            return row
+
+        a._q1 = revoked_meanwhile  # type: ignore[method-assign]
+        assert await a.credentials_current(alice.id, 0) is True
+        assert reads < 100, "the check read on while revocations came"
+        assert reads == pg_store.VALIDITY_REREADS
+        assert a.credentials_known(alice.id, 0) is None
+    finally:
+        await a.close()
+
+
+async def test_holds_are_published_again_when_the_liveness_connection_comes_back(pg_cluster: PgCluster,
+                                                                                 tmp_path: Path) -> None:
+    """While the connection that marks node B alive is gone (the database
+    restarted, or ended it), the other nodes take B's rows of mailbox_holds
+    for a dead node's, and a purge of theirs deletes them. Once B opens the
+    connection again, its holds are in the database again before its
+    sessions read on: an expunge through node A keeps the message for B's
+    session (RFC 2180 4.1.1)."""
+    import psycopg
+
+    dsn = pg_cluster.new_dsn()
+    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
+    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
+    try:
+        await a.add_domain("example.test")
+        alice = await a.add_account("alice@example.test", "h")
+        inbox = await a.get_mailbox(alice.id, "INBOX")
+        assert inbox is not None
+        body = b"Subject: held\r\n\r\nstill here\r\n"
+        [uid] = await a.deliver(body, [DeliveryTarget(inbox.id)])
+        inbox = await b.get_mailbox(alice.id, "INBOX")
+        assert inbox is not None
+        b.hold_expunged(object(), inbox, inbox.highest_modseq)  # a session of B selects the INBOX
+        assert (await b.mailbox_summary(inbox)).uids == [uid]  # after the hold is written
+
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+            async def rows_of_b() -> int:
+                cur = await admin.execute("SELECT count(*) FROM mailbox_holds WHERE node = %s"
+                                          " AND seen_modseq IS NOT NULL", (b.node,))
+                return (await cur.fetchone())[0]
+
+            async def marker_connections() -> int:
+                cur = await admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                          (f"mailyard-{b.node}",))
+                return (await cur.fetchone())[0]
+
+            assert await rows_of_b() == 1
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                " WHERE application_name = %s", (f"mailyard-{b.node}",))
+            while await marker_connections():
+                await asyncio.sleep(0.01)
+            await admin.execute("DELETE FROM mailbox_holds WHERE node = %s", (b.node,))  # as A's purge would
+            # B uses the connection again (after a gap in listening, or its regular look)
+            await asyncio.to_thread(b._sync_q1, "SELECT 1", ())
+            assert (await b.mailbox_summary(inbox)).uids == [uid]  # a read waits for the holds
+            assert await rows_of_b() == 1
+        await a.expunge(inbox, [uid])  # through another node: kept for B's session
+        assert await b.read_message(inbox, uid, expunged=True) == body
+    finally:
+        await a.close()
+        await b.close()

@@ -338,18 +338,25 @@ class POP3Session(SessionProtocol):
         """Ask the store whether the session's credentials are current; a
         store that cannot tell ends the session with a temporary failure as
         the answer to the command waiting (RFC 3206 4 SYS/TEMP), before the
-        engine has answered anything from its listing."""
+        engine has answered anything from its listing. A step as ``step``
+        is: a client that leaves meanwhile has its maildrop unlocked when it
+        ends (``connection_lost`` leaves that to the step in progress)."""
         try:
-            current = await self.store.credentials_current(account.id, account.epoch)
-        except StoreUnavailable:
-            log.info("pop3: ending the session of %s: the store cannot check its credentials", account.address)
-            self.write(b"-ERR [SYS/TEMP] mail store unavailable, try again later\r\n")
-            self.close()
-            return
-        if not current:
-            assert self.engine is not None
-            self.engine.withdraw("account removed or password changed")
-        self._checked = True
+            try:
+                current = await self.store.credentials_current(account.id, account.epoch)
+            except StoreUnavailable:
+                log.info("pop3: ending the session of %s: the store cannot check its credentials",
+                         account.address)
+                self.write(b"-ERR [SYS/TEMP] mail store unavailable, try again later\r\n")
+                self.close()
+                return
+            if not current:
+                assert self.engine is not None
+                self.engine.withdraw("account removed or password changed")
+            self._checked = True
+        finally:
+            if self.closed:  # the client left while the check ran
+                self.unlock()
 
     def on_event(self, event: Event) -> Coroutine[Any, Any, None] | None:
         return self.step(event)  # every POP3 event needs the store, the login service or TLS

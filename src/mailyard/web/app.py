@@ -222,16 +222,19 @@ def state(request: Request) -> WebState:
 
 
 def live_session(request: Request) -> Session | None:
-    """The session of the request's cookie, if it is still good: not
-    expired, and its account neither removed nor given a new password since
+    """The request's session, if it is still good: not expired, its record
+    current, and its account neither removed nor given a new password since
     the login (by any process: ``mailyard user remove`` / ``user passwd``
-    write the same store). The credentials were checked for this request by
-    ``sessionlog.SessionRecords`` (which may wait for the database); here
-    only what the store knows in memory is looked at again. A session that
-    is no longer good is dropped, so its cookie stays refused."""
+    write the same store). ``sessionlog.SessionRecords`` checked all that
+    for this request (waiting for the database if need be) and passed the
+    session on; a request it did not check has none here. What the store
+    knows in memory is looked at again (a revocation heard since), and a
+    session this process ended meanwhile is gone."""
     web = state(request)
-    session = web.sessions.get(request.cookies.get(SESSION_COOKIE))
-    if session is not None and web.services.store.credentials_known(session.account_id, session.epoch) is False:
+    session = records.checked_session(request.scope)
+    if session is None or not web.sessions.holds(session):
+        return None
+    if web.services.store.credentials_known(session.account_id, session.epoch) is False:
         log.info("web: ending session of %s: account removed or password changed", session.address)
         web.sessions.drop(session)
         return None
@@ -350,7 +353,7 @@ def _safe_back(value: Any, fallback: str) -> str:
 
 # --- login / logout ----------------------------------------------------------
 async def login_form(request: Request) -> Response:
-    if state(request).sessions.get(request.cookies.get(SESSION_COOKIE)):
+    if live_session(request) is not None:
         return redirect("/")
     return _login_page(request)
 

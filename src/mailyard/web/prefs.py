@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..message.address import is_valid_addr_spec
-from .security import SESSION_COOKIE
+from .sessionlog import checked_session
 
 PER_PAGE_CHOICES = (20, 50, 100, 200)
 DEFAULT_PER_PAGE = 50
@@ -216,28 +216,11 @@ class PrefsContext:
             return
         token = None
         web = getattr(getattr(scope.get("app"), "state", None), "web", None)
-        cookie = _cookie(scope, SESSION_COOKIE)
-        if web is not None and cookie:
-            session = web.sessions.get(cookie)
-            if session is not None:
-                token = _CURRENT.set(await load(web.services.store, session.account_id))
+        session = checked_session(scope)  # SessionRecords (outside this) checked it
+        if web is not None and session is not None:
+            token = _CURRENT.set(await load(web.services.store, session.account_id))
         try:
             await self.app(scope, receive, send)
         finally:
             if token is not None:
                 _CURRENT.reset(token)
-
-
-def _cookie(scope: Any, name: str) -> str | None:
-    from http.cookies import SimpleCookie
-
-    for key, value in scope.get("headers", []):
-        if key == b"cookie":
-            jar: SimpleCookie = SimpleCookie()
-            try:
-                jar.load(value.decode("latin-1"))
-            except Exception:  # noqa: BLE001 - a malformed cookie header is no session
-                return None
-            if name in jar:
-                return jar[name].value
-    return None

@@ -103,6 +103,10 @@ class Sessions:
         session.last_seen = now
         return session
 
+    def holds(self, session: Session) -> bool:
+        """Whether ``session`` is still one of this process's (not ended)."""
+        return self._sessions.get(session.id) is session
+
     def drop(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
 

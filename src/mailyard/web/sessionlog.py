@@ -14,6 +14,13 @@ password since the login (``Store.credentials_current``, awaited here so
 that a store asking its database does not hold the event loop). Use is
 written back at most once a minute, so a busy session costs one indexed
 read per request and one write a minute.
+
+``SessionRecords`` is the one place that reads the session cookie: it
+hands the session it checked (or None) to the rest of the request in the
+ASGI scope's state (``checked_session``), and the routes and the other
+middleware take the session from there only. A second reading of the
+cookie could disagree with it (a header that one parser refuses and
+another accepts) and find a session that was never checked.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import logging
 import time
 from typing import Any
 
+from starlette.requests import cookie_parser
 from starlette.responses import PlainTextResponse
 
 from ..store.api import Store, StoreError, StoreUnavailable, WebSession
@@ -32,6 +40,28 @@ log = logging.getLogger("mailyard.web")
 
 TOUCH_EVERY = 60.0  # seconds between two writes of a session's last use
 KEEP_AT_MOST = 100  # sessions an account keeps; a new login ends the least recently used beyond
+
+
+# the key of the ASGI scope's state under which SessionRecords leaves the checked session
+CHECKED = "checked_session"
+
+
+def session_cookie(scope: Any) -> str | None:
+    """The session cookie's value in a request's Cookie header(s) (RFC 6265
+    5.4; several, as HTTP/2 may send, are one list, RFC 9113 8.2.3), read
+    leniently as Starlette's ``Request.cookies``: a malformed other cookie
+    does not hide it."""
+    headers = [value.decode("latin-1") for key, value in scope.get("headers", []) if key == b"cookie"]
+    if not headers:
+        return None
+    return cookie_parser("; ".join(headers)).get(SESSION_COOKIE) or None
+
+
+def checked_session(scope: Any) -> Session | None:
+    """The session that ``SessionRecords`` checked for this request; None
+    when there is none or when the request did not pass that check."""
+    state = scope.get("state")
+    return state.get(CHECKED) if isinstance(state, dict) else None
 
 
 def key_of(session: Session) -> str:
@@ -85,18 +115,17 @@ class SessionRecords:
     in the store, or whose credentials are no longer current, is served as
     one without a session (the process forgets it). When the store cannot
     tell whether the credentials are current, the answer is 503 (RFC 9110
-    15.6.4), as for any page the store cannot serve. It does not buffer
-    responses (the event stream passes through)."""
+    15.6.4), as for any page the store cannot serve. The session that
+    passed (or None) goes on in the scope's state (``checked_session``).
+    It does not buffer responses (the event stream passes through)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and not scope.get("path", "").startswith("/static/"):
-            from .prefs import _cookie
-
             web = getattr(getattr(scope.get("app"), "state", None), "web", None)
-            cookie = _cookie(scope, SESSION_COOKIE)
+            cookie = session_cookie(scope)
             session = web.sessions.get(cookie) if web is not None and cookie else None
             if session is not None:
                 store = web.services.store
@@ -119,4 +148,7 @@ class SessionRecords:
                 if not good:
                     log.info("web: ending session of %s: logged out elsewhere or expired", session.address)
                     web.sessions.drop(session)
+                    session = None
+            # a state dict of this request's own (the server's may be shared by requests)
+            scope["state"] = {**(scope.get("state") or {}), CHECKED: session}
         await self.app(scope, receive, send)

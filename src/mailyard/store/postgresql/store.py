@@ -22,7 +22,7 @@ from collections.abc import (
     Sequence,
 )
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -122,11 +122,20 @@ _ORDER_BY = {"ARRIVAL": "m.internal_date", "SIZE": "m.size", "DATE": "coalesce(k
 _RETRIES = 20
 _CACHE_MAX = 100_000  # entries of each validity cache
 _UNKNOWN = object()  # not in a validity cache
+_T = TypeVar("_T")
 # Seconds a node's claim on due queue recipients lasts (queue_due): longer
 # than an attempt takes; after it another node may try them.
 QUEUE_LEASE = 900.0
 # Seconds between attempts to listen again after the connection was lost: first, most.
 LISTEN_RETRY = (0.1, 5.0)  # a write that met a deadlock or a serialization failure runs again
+# Seconds between two looks at the connection that marks this store alive
+# (``_watch_marker``). While it is gone, the other nodes take this node's
+# holds and queue leases for those of a dead node; an idle connection that
+# the database ended is noticed only when used, so it is used this often.
+MARKER_CHECK = 5.0
+# Reads of a validity entry in a row during each of which a revocation was
+# heard (``_read_validity``): the last one is answered, and not kept.
+VALIDITY_REREADS = 8
 
 
 # Seconds after a failure that looked like the database going away during
@@ -220,6 +229,9 @@ class PostgreSQLStore(ContactsMixin, Store):
         # loop (asyncio.to_thread)
         self._sync: psycopg.Connection | None = None
         self._sync_lock = threading.Lock()
+        self._sync_opens = 0  # times it was opened (a second one: _marker_reopened)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._marker_task: asyncio.Task[None] | None = None
         self._revoked: RevocationSignal | None = None
         # settings_version: moved by this store's settings writes and by the
         # SETTINGS notes of every other store (other nodes, other workers,
@@ -260,6 +272,8 @@ class PostgreSQLStore(ContactsMixin, Store):
                 await asyncio.to_thread(schema.migrate_sync, self.dsn)
                 await self._pool.open(wait=True)
                 await self._start_listening()
+                self._loop = asyncio.get_running_loop()
+                self._marker_task = self._loop.create_task(self._watch_marker())
             except BaseException as exc:
                 self._opened.set_exception(exc)
                 fut, self._opened = self._opened, None
@@ -279,10 +293,11 @@ class PostgreSQLStore(ContactsMixin, Store):
         if self._closed:
             return
         self._closed = True
-        if self._listen_task is not None:
-            self._listen_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._listen_task
+        for task in (self._listen_task, self._marker_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         for conn in (self._listen_conn, self._lock_conn):
@@ -586,6 +601,13 @@ class PostgreSQLStore(ContactsMixin, Store):
         """One statement on the connection that marks this store alive,
         (re)opened as needed. It waits for the database: never called on the
         event loop (asyncio.to_thread, or a caller without a loop)."""
+        return self._on_marker(lambda conn: conn.execute(sql, args).fetchone())
+
+    def _on_marker(self, work: Callable[[psycopg.Connection], _T]) -> _T:
+        """``work`` on the connection that marks this store alive, opened
+        again when the database ended it (a restart, a kill): then every
+        hold of this node is published again (``_marker_reopened``). Off the
+        event loop, as ``_sync_q1``."""
         with self._sync_lock:
             for attempt in (1, 2):
                 try:
@@ -593,7 +615,13 @@ class PostgreSQLStore(ContactsMixin, Store):
                         # its name marks this store's rows of mailbox_holds as live
                         self._sync = psycopg.connect(self.dsn, **self._connect_args,
                                                      application_name=f"mailyard-{self.node}")
-                    return self._sync.execute(sql, args).fetchone()
+                        self._sync_opens += 1
+                        if self._sync_opens > 1 and self._loop is not None:
+                            # scheduled before this work's own answer reaches the loop, so
+                            # a read that follows it waits for the holds (_owned)
+                            with contextlib.suppress(RuntimeError):  # the loop closed: the store is done
+                                self._loop.call_soon_threadsafe(self._marker_reopened)
+                    return work(self._sync)
                 except _DOWN as exc:
                     # dead since a restart of the database: once more, on a new connection
                     if self._sync is not None:
@@ -603,6 +631,35 @@ class PostgreSQLStore(ContactsMixin, Store):
                     if attempt == 2:
                         raise self._down(exc) from exc
             raise AssertionError("unreachable")
+
+    def _marker_reopened(self) -> None:
+        """The connection that marks this store alive was opened again. While
+        it was gone the other nodes took this node's rows of mailbox_holds
+        for those of a dead node, and a purge of theirs may have deleted
+        them: every hold of this node is published again, and the reads of
+        those mailboxes wait for it (``_owned``); the rows it published for
+        mailboxes no longer held are left to the purge."""
+        if self._closed:
+            return
+        lows = {m: low for m in self._holds if (low := self._hold_low(m)) is not None}
+        if lows:
+            self._publish_lowers(lows)
+        for mailbox_id in set(self._holds) | set(self._published_holds):
+            self._unpurged.add(mailbox_id)
+            self._purge_soon(mailbox_id)
+
+    async def _watch_marker(self) -> None:
+        """Use the connection that marks this store alive every
+        ``MARKER_CHECK`` seconds once it is open (off the event loop): one
+        the database ended while idle is opened again within that time,
+        with this node's holds (``_on_marker``)."""
+        while not self._closed:
+            await asyncio.sleep(MARKER_CHECK)
+            if self._sync is not None and not self._closed:
+                try:
+                    await asyncio.to_thread(self._sync_q1, "SELECT 1", ())
+                except Exception as exc:  # the database down: the next look tries again
+                    log.debug("store: the liveness connection cannot be opened: %s", exc)
 
     def _forget(self) -> None:
         """Drop the validity caches: something was revoked (or notes of
@@ -662,8 +719,12 @@ class PostgreSQLStore(ContactsMixin, Store):
         """``_look_up``'s read. A revocation heard while it was under way
         (``_forgotten`` moved: its note may have come after the read's
         snapshot) makes it read again, so no asker gets, and no cache keeps,
-        what was true before the revocation."""
-        while True:
+        what was true before the revocation. While revocations keep coming
+        faster than a read takes, the askers are answered from the
+        ``VALIDITY_REREADS``-th read, which is not kept: it began after the
+        revocation heard during the read before it, so its answer is one a
+        check that ended just before the latest revocation would have given."""
+        for reads in itertools.count(1):
             forgotten = self._forgotten
             value: Any
             if kind == "epoch":
@@ -675,7 +736,9 @@ class PostgreSQLStore(ContactsMixin, Store):
                 value = (row[0], row[1]) if row else None
             self._fresh()
             if forgotten != self._forgotten:
-                continue
+                if reads < VALIDITY_REREADS:
+                    continue
+                return value
             if kind == "epoch":
                 if len(self._epochs) >= _CACHE_MAX:
                     self._epochs.clear()
@@ -686,6 +749,7 @@ class PostgreSQLStore(ContactsMixin, Store):
                     self._live.clear()
                 self._live[key] = value
             return value
+        raise AssertionError("unreachable")
 
     async def _owned(self, mailbox: MailboxRef) -> int:
         """The id of ``mailbox`` for a read, after checking the reference
@@ -1617,29 +1681,43 @@ class PostgreSQLStore(ContactsMixin, Store):
     def _publish_lower(self, mailbox_id: int, low: int) -> None:
         """Lower this node's row of mailbox_holds to ``low``: the other nodes
         must see it before the new holder reads the mailbox (an expunge through
-        them meanwhile would not keep the message). The write runs in a
-        thread, on the connection that marks this store alive, and the reads
-        of the mailbox wait for it (``_owned``); a failed one is written by
-        the next holder."""
-        gen = self._hold_gen[mailbox_id] = next(self._hold_gens)
-        self._published_holds[mailbox_id] = low
-        # a lowered row may hold back rows kept before for others: looked at
-        # when this node's holders next move
-        self._unpurged.add(mailbox_id)
-        args = (mailbox_id, self.node, low, gen)
+        them meanwhile would not keep the message). See ``_publish_lowers``."""
+        self._publish_lowers({mailbox_id: low})
+
+    def _publish_lowers(self, lows: Mapping[int, int]) -> None:
+        """Write this node's rows of mailbox_holds at the given mod-sequences
+        (mailbox id -> low), in one call of a thread, on the connection that
+        marks this store alive; the reads of those mailboxes wait for it
+        (``_owned``). A failed write is written by the next holder."""
+        rows = []
+        for mailbox_id, low in lows.items():
+            gen = self._hold_gen[mailbox_id] = next(self._hold_gens)
+            self._published_holds[mailbox_id] = low
+            # a lowered row may hold back rows kept before for others: looked at
+            # when this node's holders next move
+            self._unpurged.add(mailbox_id)
+            rows.append((mailbox_id, self.node, low, gen))
+
+        def write(conn: psycopg.Connection) -> None:
+            for row in rows:
+                conn.execute(_PUBLISH_HOLD, row)
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            self._sync_q1(_PUBLISH_HOLD + " RETURNING 1", args)  # no event loop to hold still
+            self._on_marker(write)  # no event loop to hold still
             return
-        task = self._background_task(asyncio.to_thread(self._sync_q1, _PUBLISH_HOLD + " RETURNING 1", args))
-        self._publishing[mailbox_id] = task
+        task = self._background_task(asyncio.to_thread(self._on_marker, write))
+        for mailbox_id in lows:
+            self._publishing[mailbox_id] = task
 
         def done(t: asyncio.Task[Any]) -> None:
-            if self._publishing.get(mailbox_id) is t:
-                del self._publishing[mailbox_id]
-            if (t.cancelled() or t.exception() is not None) and self._hold_gen.get(mailbox_id) == gen:
-                self._published_holds.pop(mailbox_id, None)
+            failed = t.cancelled() or t.exception() is not None
+            for mailbox_id, _, _, gen in rows:
+                if self._publishing.get(mailbox_id) is t:
+                    del self._publishing[mailbox_id]
+                if failed and self._hold_gen.get(mailbox_id) == gen:
+                    self._published_holds.pop(mailbox_id, None)
 
         task.add_done_callback(done)
 
