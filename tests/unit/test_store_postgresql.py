@@ -512,3 +512,92 @@ async def test_holds_are_published_again_when_the_liveness_connection_comes_back
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_republish_that_fails_feeds_no_reconnect_loop(pg_cluster: PgCluster, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection that marks a node alive opens, but its statements fail
+    (a full disk; a pooler in front of a database that is down): the holds'
+    republish after the reopen must not open it again and again."""
+    import psycopg
+
+    from mailyard.store.postgresql import store as pg_store
+
+    dsn = pg_cluster.new_dsn()
+    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
+    try:
+        await b.add_domain("example.test")
+        alice = await b.add_account("alice@example.test", "h")
+        inbox = await b.get_mailbox(alice.id, "INBOX")
+        b.hold_expunged(object(), inbox, inbox.highest_modseq)
+        await b.mailbox_summary(inbox)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+            await admin.execute(
+                "CREATE FUNCTION full4(a bigint, b text, c bigint, d bigint) RETURNS int LANGUAGE plpgsql"
+                " AS $$ BEGIN RAISE EXCEPTION 'full' USING ERRCODE = 'disk_full'; END $$")
+            monkeypatch.setattr(pg_store, "_PUBLISH_HOLD",
+                                "SELECT full4(%s::bigint, %s::text, %s::bigint, %s::bigint)")
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                                (f"mailyard-{b.node}",))
+        await asyncio.to_thread(b._sync_q1, "SELECT 1", ())  # opened again: the republish fails
+        opens = b._sync_opens
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+        # a loop opens hundreds; one failed republish retries once (its second attempt)
+        assert b._sync_opens - opens <= 2
+        assert len(b._background) <= 2
+        monkeypatch.undo()
+        await asyncio.to_thread(b._sync_q1, "SELECT 1", ())  # works again: the holds are published
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+            async def published() -> bool:
+                cur = await admin.execute("SELECT count(*) FROM mailbox_holds WHERE mailbox_id = %s", (inbox.id,))
+                return (await cur.fetchone())[0] == 1
+            for _ in range(250):
+                if await published():
+                    break
+                await asyncio.sleep(0.02)
+            assert await published()
+    finally:
+        monkeypatch.undo()
+        await b.close()
+
+
+async def test_the_liveness_check_goes_on_after_a_reopen_that_failed(pg_cluster: PgCluster, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    from mailyard.store.postgresql import store as pg_store
+
+    monkeypatch.setattr(pg_store, "MARKER_CHECK", 0.1)
+    dsn = pg_cluster.new_dsn()
+    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
+    try:
+        await b.add_domain("example.test")
+        await asyncio.to_thread(b._sync_q1, "SELECT 1", ())
+        real = psycopg.connect
+        failed: list[int] = []
+
+        def connect(*args: object, **kwargs: object) -> psycopg.Connection:
+            if len(failed) < 4:
+                failed.append(1)
+                raise psycopg.OperationalError("the database is down")
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(pg_store.psycopg, "connect", connect)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                                (f"mailyard-{b.node}",))
+
+            async def markers() -> int:
+                cur = await admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                          (f"mailyard-{b.node}",))
+                return (await cur.fetchone())[0]
+
+            for _ in range(500):
+                if len(failed) >= 4 and await markers() == 1:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(failed) >= 4 and await markers() == 1  # the watcher opened it again by itself
+    finally:
+        monkeypatch.undo()
+        await b.close()

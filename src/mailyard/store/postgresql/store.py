@@ -230,6 +230,9 @@ class PostgreSQLStore(ContactsMixin, Store):
         self._sync: psycopg.Connection | None = None
         self._sync_lock = threading.Lock()
         self._sync_opens = 0  # times it was opened (a second one: _marker_reopened)
+        # opened again since the holds were last published on it: they are,
+        # after the next work that succeeds there (_on_marker)
+        self._republish_due = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._marker_task: asyncio.Task[None] | None = None
         self._revoked: RevocationSignal | None = None
@@ -612,16 +615,25 @@ class PostgreSQLStore(ContactsMixin, Store):
             for attempt in (1, 2):
                 try:
                     if self._sync is None or self._sync.closed:
+                        if self._closed:
+                            raise StoreUnavailable("the store is closed")
                         # its name marks this store's rows of mailbox_holds as live
                         self._sync = psycopg.connect(self.dsn, **self._connect_args,
                                                      application_name=f"mailyard-{self.node}")
                         self._sync_opens += 1
-                        if self._sync_opens > 1 and self._loop is not None:
-                            # scheduled before this work's own answer reaches the loop, so
-                            # a read that follows it waits for the holds (_owned)
-                            with contextlib.suppress(RuntimeError):  # the loop closed: the store is done
-                                self._loop.call_soon_threadsafe(self._marker_reopened)
-                    return work(self._sync)
+                        self._republish_due = self._sync_opens > 1
+                    result = work(self._sync)
+                    if self._republish_due and self._loop is not None:
+                        # Only once work succeeded there: a republish that fails
+                        # schedules no other (a database that takes connections
+                        # but fails statements would otherwise feed a reconnect
+                        # loop); the next use, or _watch_marker, tries again.
+                        # Scheduled before this work's answer reaches the loop,
+                        # so a read that follows it waits for the holds (_owned).
+                        self._republish_due = False
+                        with contextlib.suppress(RuntimeError):  # the loop closed: the store is done
+                            self._loop.call_soon_threadsafe(self._marker_reopened)
+                    return result
                 except _DOWN as exc:
                     # dead since a restart of the database: once more, on a new connection
                     if self._sync is not None:
@@ -655,9 +667,13 @@ class PostgreSQLStore(ContactsMixin, Store):
         with this node's holds (``_on_marker``)."""
         while not self._closed:
             await asyncio.sleep(MARKER_CHECK)
-            if self._sync is not None and not self._closed:
+            # once it was opened at all: also after a reopen that failed
+            if self._sync_opens and not self._closed:
                 try:
-                    await asyncio.to_thread(self._sync_q1, "SELECT 1", ())
+                    # shielded and in a task close() waits for: the thread
+                    # goes on when this task is cancelled
+                    await asyncio.shield(self._background_task(
+                        asyncio.to_thread(self._sync_q1, "SELECT 1", ())))
                 except Exception as exc:  # the database down: the next look tries again
                     log.debug("store: the liveness connection cannot be opened: %s", exc)
 
