@@ -32,7 +32,7 @@ from mailyard.config import StoreConfig
 from mailyard.protocols.imap import selected
 from mailyard.store import rows
 from mailyard.store.api import AppendItem
-from mailyard.store.sqlite import SQLiteStore, mailboxes, messages
+from mailyard.store.sqlite import SQLiteStore, core, mailboxes, messages
 from tests.conftest import USERS, RunningServer
 from tests.integration.serve_process import ServeProcess
 from tests.integration.test_workers import TIMEOUT, Line, imap_login, on_each_worker, two_workers
@@ -62,8 +62,7 @@ def big(monkeypatch: pytest.MonkeyPatch) -> None:
     """A mailbox of more than 5 messages is big: listed off the event loop
     by the store, its sequence-number map and index data made through
     ImapIO.compute, its index data kept through IDLE."""
-    monkeypatch.setattr(messages, "LIST_INLINE", 5, raising=False)
-    monkeypatch.setattr(mailboxes, "LIST_INLINE", 5, raising=False)
+    monkeypatch.setattr(core, "LIST_INLINE", 5)
     monkeypatch.setattr(selected, "LARGE_VIEW", 5, raising=False)
 
 
