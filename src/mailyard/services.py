@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -30,6 +30,7 @@ from .delivery.router import Router
 from .delivery.sieve import SieveDelivery
 from .mailauth.inbound import InboundChecker
 from .mailauth.pool import CheckPool
+from .protocols.imap.selected import KeptCaches
 from .protocols.smtp.server import ServerConfig
 from .spam.checker import SpamChecker
 from .store.api import Account, Mailbox, Store
@@ -103,3 +104,6 @@ class Services:
     greylist: GreylistState | None = None
     # Whether a client address is exempt from the MX port's abuse defences ([spam] trusted_networks).
     mx_exempt: Callable[[str], bool] | None = None
+    # The big mailboxes' index data the IMAP sessions keep through IDLE,
+    # under one budget (protocols/imap/selected.py KeptCaches).
+    imap_idle_caches: KeptCaches = field(default_factory=KeptCaches)

@@ -16,11 +16,13 @@ turns are counted (LoopTicks on the server's loop), never timed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import imaplib
 import json
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,9 +32,10 @@ import pytest
 
 from mailyard.config import StoreConfig
 from mailyard.protocols.imap import selected
+from mailyard.protocols.imap.session import ImapSession
 from mailyard.store import rows
 from mailyard.store.api import AppendItem
-from mailyard.store.sqlite import SQLiteStore, mailboxes, messages
+from mailyard.store.sqlite import SQLiteStore, core, mailboxes, messages
 from tests.conftest import USERS, RunningServer
 from tests.integration.serve_process import ServeProcess
 from tests.integration.test_workers import TIMEOUT, Line, imap_login, on_each_worker, two_workers
@@ -62,8 +65,7 @@ def big(monkeypatch: pytest.MonkeyPatch) -> None:
     """A mailbox of more than 5 messages is big: listed off the event loop
     by the store, its sequence-number map and index data made through
     ImapIO.compute, its index data kept through IDLE."""
-    monkeypatch.setattr(messages, "LIST_INLINE", 5, raising=False)
-    monkeypatch.setattr(mailboxes, "LIST_INLINE", 5, raising=False)
+    monkeypatch.setattr(core, "LIST_INLINE", 5)
     monkeypatch.setattr(selected, "LARGE_VIEW", 5, raising=False)
 
 
@@ -285,6 +287,52 @@ def test_qresync_updates_during_idle_with_the_index_data_kept(
     assert listings == []
     b.logout()
     a.close()
+
+
+class _Cache(dict):
+    """An index-data cache a test can hold a weak reference to."""
+
+
+def test_a_connection_gone_in_idle_frees_its_index_data_at_once(
+        make_server: Callable[..., RunningServer], big: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client drops its connection while IDLE in a big mailbox, whose
+    index data the session keeps through IDLE: that memory is freed as the
+    connection closes, not when the cycle collector finds the session and
+    its connection object (switched off here, as a big read in a thread
+    does for its time)."""
+    server = make_server(seed=_seed)
+    refs: list[weakref.ref] = []
+    index = selected._index
+
+    def traced(*args: Any) -> tuple:
+        cache, *rest = index(*args)
+        cache = _Cache(cache)
+        refs.append(weakref.ref(cache))
+        return (cache, *rest)
+
+    monkeypatch.setattr(selected, "_index", traced)
+    closed = threading.Event()
+    close = ImapSession.close
+
+    def closing(self: ImapSession) -> None:
+        close(self)
+        closed.set()
+
+    monkeypatch.setattr(ImapSession, "close", closing)
+    a = _raw(server)
+    ok(command(a, "s", "SELECT INBOX"))
+    assert len(_fetched(ok(command(a, "f", "UID FETCH 1:* (FLAGS)")))) == MESSAGES
+    _idle(a, "i")
+    assert len(refs) == 1 and refs[0]() is not None  # kept through IDLE
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        a.close()
+        assert closed.wait(TIMEOUT), "the server never saw the connection close"
+        assert refs[0]() is None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 # --- two worker processes: the real thresholds, a mailbox above them --------------

@@ -218,10 +218,9 @@ async def test_a_fetch_of_a_new_message_does_not_wait_for_the_writer(tmp_path: P
 def _list_off_the_loop(s: SQLiteStore, monkeypatch, lanes: list[str]) -> None:  # noqa: ANN001
     """Every mailbox of more than two messages counts as big here, and the
     store's reads off the event loop are recorded by lane."""
-    from mailyard.store.sqlite import mailboxes, messages
+    from mailyard.store.sqlite import core
 
-    monkeypatch.setattr(messages, "LIST_INLINE", 2, raising=False)
-    monkeypatch.setattr(mailboxes, "LIST_INLINE", 2, raising=False)
+    monkeypatch.setattr(core, "LIST_INLINE", 2)
     bulk = s._bulk_read
 
     async def recorded(fn, lane: str = "bulk"):  # noqa: ANN001, ANN202

@@ -190,6 +190,7 @@ class ImapConnection(SessionProtocol):
                 failures=(BackendError, StoreError),
                 unavailable=(Unavailable, StoreUnavailable),
                 unauthenticate=cfg.auth.imap_unauthenticate,
+                kept=services.imap_idle_caches,
             ),
         )
         self.idle_timeout = limits.imap_idle_timeout

@@ -3,11 +3,15 @@ end of input; and the session's watch on the backend."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 from mailyard.protocols.imap import selected
 from mailyard.protocols.imap.backend import MailboxRecord
 from mailyard.protocols.imap.memory import MemoryBackend
+from mailyard.protocols.imap.session import ImapConfig
 
 from .helpers import MULTIPART, SHORT, connect, store_with_mail
 
@@ -183,3 +187,69 @@ def test_a_change_notified_while_select_reads_is_announced(monkeypatch: pytest.M
     assert b"* 3 EXISTS" in a.send("x1 SELECT INBOX")
     monkeypatch.setattr(MemoryBackend, "mailbox_summary", summary)
     a.expect("x2 NOOP", "* 4 EXISTS", "* 4 RECENT", "x2 OK NOOP completed")
+
+
+class _Cache(dict):
+    """An index-data cache a test can hold a weak reference to."""
+
+
+def _weak_caches(monkeypatch: pytest.MonkeyPatch) -> list[weakref.ref]:
+    """Weak references to the index-data caches the sessions build."""
+    refs: list[weakref.ref] = []
+    index = selected._index
+
+    def traced(*args: object) -> tuple:
+        cache, *rest = index(*args)  # type: ignore[arg-type]
+        cache = _Cache(cache)
+        refs.append(weakref.ref(cache))
+        return (cache, *rest)
+
+    monkeypatch.setattr(selected, "_index", traced)
+    return refs
+
+
+def test_a_session_closed_in_idle_lets_go_of_its_kept_index_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection of a session IDLE in a big mailbox is gone: the index
+    data kept for it goes with it, without waiting for the cycle collector
+    (which would find the session and its I/O object much later)."""
+    _big_mailboxes(monkeypatch)
+    refs = _weak_caches(monkeypatch)
+    a = connect(store_with_mail(), select="INBOX")
+    a.untagged("x1 FETCH 1:* (FLAGS)")
+    a.expect("x2 IDLE", "+ idling")
+    assert len(refs) == 1 and refs[0]() is not None  # kept through IDLE
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        a.conv.close()
+        assert refs[0]() is None
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def test_the_caches_kept_through_idle_share_one_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sessions of a server keep their big caches through IDLE within
+    one budget of records (selected.IDLE_KEPT_RECORDS): beyond it the cache
+    of the session that began IDLE longest ago goes, and is read again by
+    its first command after DONE. A session out of IDLE, or gone, no
+    longer counts."""
+    listings = _big_mailboxes(monkeypatch)
+    monkeypatch.setattr(selected, "IDLE_KEPT_RECORDS", 7)  # two caches of 3 records
+    kept = selected.KeptCaches()
+    store = store_with_mail()
+    a, b, c = (connect(store, select="INBOX", config=ImapConfig(kept=kept)) for _ in range(3))
+    for n, s in enumerate((a, b, c)):
+        s.untagged(f"f{n} FETCH 1:* (FLAGS)")
+        s.expect(f"i{n} IDLE", "+ idling")
+    assert kept.records == 6 and len(kept) == 2  # a's went for c's
+    assert a.session.sel.infos_cache is None and b.session.sel.infos_cache is not None
+    for n, s in enumerate((a, b)):
+        s.expect("DONE", f"i{n} OK IDLE terminated")
+        s.expect(f"g{n} UID FETCH 3 (RFC822.SIZE)", f"* 3 FETCH (UID 3 RFC822.SIZE {len(SHORT)})",
+                 f"g{n} OK UID FETCH completed")
+    assert len(kept) == 1 and kept.records == 3  # c's, in IDLE
+    assert listings.count(a.session.backend) == 2  # read again after DONE
+    assert listings.count(b.session.backend) == 1
+    c.conv.close()
+    assert len(kept) == 0 and kept.records == 0

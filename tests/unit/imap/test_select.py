@@ -4,6 +4,11 @@ RFC 3501 2.3.2 \\Recent; RFC 7162 CONDSTORE/QRESYNC; RFC 4315 2.1)."""
 
 from __future__ import annotations
 
+import pytest
+
+from mailyard.protocols.imap.backend import BackendError, MailboxRecord
+from mailyard.protocols.imap.memory import MemoryBackend
+
 from .helpers import SHORT, connect, store_with_mail
 
 FLAGS = "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
@@ -212,3 +217,51 @@ def test_expunge_removes_only_deleted_messages_the_session_was_told_of_rfc9051_6
     assert sorted(store.find("alice", "INBOX").messages) == [1, 3, 4]
     c.expect("a3 EXPUNGE", "* 3 EXPUNGE", "a3 OK EXPUNGE completed")
     c.expect("a4 FETCH 1:* (UID)", "* 1 FETCH (UID 1)", "* 2 FETCH (UID 3)", "a4 OK FETCH completed")
+
+
+def test_a_select_whose_read_fails_holds_no_expunged_messages_rfc2180_4_1_1(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SELECT holds what is expunged from its snapshot on, so every message
+    of the view stays readable until announced. When its read fails (NO),
+    no mailbox is selected and nothing is held: a message another session
+    expunges goes at once."""
+    store = store_with_mail()
+    b = connect(store, select="INBOX")
+
+    async def failing(self: MemoryBackend, mailbox: MailboxRecord) -> object:
+        raise BackendError("disk error")
+
+    summary = MemoryBackend.mailbox_summary
+    monkeypatch.setattr(MemoryBackend, "mailbox_summary", failing)
+    a = connect(store)
+    a.expect("a1 SELECT INBOX", "a1 NO disk error")
+    monkeypatch.setattr(MemoryBackend, "mailbox_summary", summary)
+    b.untagged("b1 STORE 1 +FLAGS.SILENT (\\Deleted)")
+    b.untagged("b2 EXPUNGE")
+    assert a.session.backend not in store.held_by
+    assert store.find("alice", "INBOX").held == {}
+
+
+def test_a_qresync_select_does_not_call_a_message_of_its_view_vanished_rfc7162_3_2_5_1(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An expunge committed after SELECT's snapshot and before its QRESYNC
+    read of the changes: the message is counted in EXISTS, so it is not
+    reported as VANISHED (EARLIER), as if gone before this SELECT; the next
+    command announces its expunge."""
+    store = store_with_mail()
+    b = connect(store, select="INBOX")
+    summary = MemoryBackend.mailbox_summary
+
+    async def racing(self: MemoryBackend, mailbox: MailboxRecord) -> object:
+        out = await summary(self, mailbox)
+        if self is not b.session.backend:
+            b.untagged("b1 STORE 1 +FLAGS.SILENT (\\Deleted)")
+            b.untagged("b2 EXPUNGE")
+        return out
+
+    monkeypatch.setattr(MemoryBackend, "mailbox_summary", racing)
+    a = connect(store, enable="QRESYNC")
+    lines = a.untagged("a1 SELECT INBOX (QRESYNC (1 1))")
+    assert b"* 3 EXISTS" in lines
+    assert not any(line.startswith(b"* VANISHED") for line in lines), lines
+    a.expect("a2 NOOP", "* VANISHED 1", "a2 OK NOOP completed")

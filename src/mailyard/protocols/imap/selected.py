@@ -49,6 +49,12 @@ log = logging.getLogger("mailyard.imap")
 # in IDLE (an idle connection keeps little memory) and built again in a few
 # milliseconds, mostly from the list the store shares among its sessions.
 LARGE_VIEW = 10_000
+# Records the big caches kept through IDLE may hold together, in the
+# sessions that share one ``KeptCaches`` (a server process's): some 250 MB
+# at most (records are shared with the store's listing when it keeps one).
+# Beyond it, the cache of the session that began IDLE longest ago goes, and
+# is built again when a command needs it after DONE.
+IDLE_KEPT_RECORDS = 1_000_000
 
 # ImapIO.compute: ``fn()`` where it does not hold up the other connections
 Compute = Callable[[Callable[[], Any]], Awaitable[Any]]
@@ -308,6 +314,39 @@ def _index(records: Sequence[MessageRecord], modseq: int, uids: UidRuns, known: 
     return cache, top, frozenset(keywords), missing
 
 
+class KeptCaches:
+    """The big index-data caches kept through IDLE by the sessions that
+    share this object, oldest IDLE first, within ``IDLE_KEPT_RECORDS``.
+    Used on the sessions' one event loop, between their steps."""
+
+    __slots__ = ("_kept", "records")
+
+    def __init__(self) -> None:
+        self._kept: dict[SelectedMailbox, int] = {}  # -> records counted; the oldest first
+        self.records = 0
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def keep(self, sel: SelectedMailbox, records: int) -> None:
+        """``sel`` begins IDLE with a cache of ``records`` kept: count it,
+        and drop the oldest kept caches (this one too, if it alone is over)
+        while the count is over the budget."""
+        self.release(sel)
+        self._kept[sel] = records
+        self.records += records
+        while self.records > IDLE_KEPT_RECORDS:
+            oldest = next(iter(self._kept))
+            self.release(oldest)
+            oldest.infos_cache = None
+
+    def release(self, sel: SelectedMailbox) -> None:
+        """``sel``'s IDLE ended (or its session closed): no longer counted."""
+        records = self._kept.pop(sel, None)
+        if records is not None:
+            self.records -= records
+
+
 @dataclass(eq=False)
 class SelectedMailbox:
     """The selected mailbox as this session sees it."""
@@ -348,6 +387,9 @@ class SelectedMailbox:
     contexts: dict[str, UpdateContext] = field(default_factory=dict)
     # ImapIO.compute, for the work on every message of a big mailbox; None: in place
     compute: Compute | None = None
+    # the session's connection is gone: a command still under way builds
+    # no cache to keep (``release``)
+    released: bool = False
 
     def note_flags(self, records: Iterable[MessageRecord]) -> None:
         """Look for keywords the client has not been told of in FLAGS."""
@@ -421,24 +463,41 @@ class SelectedMailbox:
                 cache, self.infos_modseq, keywords, missing = await self.compute(index)
             else:
                 cache, self.infos_modseq, keywords, missing = index()
-            self.infos_cache = cache
+            if not self.released:
+                self.infos_cache = cache
             if keywords:
                 self.new_keywords |= keywords
-            await self._keep_expunged(backend, missing)
+            await self._keep_expunged(backend, cache, missing)
         elif self.infos_stale:
             self.infos_stale = False
             ch = await self.changes_since(backend, self.infos_modseq)
             await self._update_cache(backend, cache, ch)
         return cache
 
-    def idle_begins(self) -> None:
+    def idle_begins(self, kept: KeptCaches | None = None) -> None:
         """IDLE (RFC 2177) starts: a small mailbox's index-data cache goes,
         so an idle connection keeps little memory; a big one's is kept
-        (LARGE_VIEW) and kept current by the syncs of the changes."""
+        (LARGE_VIEW) and kept current by the syncs of the changes, within
+        the budget of the sessions sharing ``kept``."""
         self.read_changes = None
         cache = self.infos_cache
-        if cache is not None and len(cache) <= LARGE_VIEW:
+        if cache is None:
+            return
+        if len(cache) <= LARGE_VIEW:
             self.infos_cache = None
+        elif kept is not None:
+            kept.keep(self, len(cache))
+
+    def release(self) -> None:
+        """The session's connection is gone: what it keeps of the mailbox
+        goes now, not when the cycle collector finds the session (it and
+        its I/O object refer to each other), which may be long after for a
+        cache of 200,000 records. The view stays, for a command that is
+        still under way (its output goes nowhere)."""
+        self.released = True
+        self.infos_cache = None
+        self.read_changes = None
+        self.contexts.clear()
 
     async def _update_cache(self, backend: ImapBackend, cache: dict[int, MessageRecord], ch: Any) -> None:
         """Bring the index-data cache up to ``ch`` (changes after ``infos_modseq``)."""
@@ -449,19 +508,21 @@ class SelectedMailbox:
             else:
                 kept.append(uid)  # not announced yet: still served (RFC 2180 4.1.1)
         if kept:
-            await self._keep_expunged(backend, kept)  # with the flags they ended with
+            await self._keep_expunged(backend, cache, kept)  # with the flags they ended with
             self.pending_expunge.update(kept)
         for m in ch.changed:
             cache[m.uid] = m
         self.note_flags(ch.changed)
         self.infos_modseq = max(self.infos_modseq, ch.highest_modseq)
 
-    async def _keep_expunged(self, backend: ImapBackend, uids: list[int]) -> None:
+    async def _keep_expunged(self, backend: ImapBackend, cache: dict[int, MessageRecord], uids: list[int]) -> None:
         """Index data of messages of the view expunged elsewhere, which the
-        backend keeps for this session until it announces the expunge."""
-        if uids and self.infos_cache is not None:
+        backend keeps for this session until it announces the expunge, into
+        ``cache`` (the one the command uses, even if the session's went
+        meanwhile: KeptCaches, ``release``)."""
+        if uids:
             for m in await backend.expunged_messages(self.mailbox, uids):
-                self.infos_cache[m.uid] = m
+                cache[m.uid] = m
             self.pending_expunge.update(uids)
 
     def hold(self, backend: ImapBackend) -> None:

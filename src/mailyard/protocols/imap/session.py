@@ -46,7 +46,7 @@ from .engine import IdleDone, ImapEngine, State
 from .framing import Limits
 from .handlers import HANDLERS
 from .handlers.auth import capabilities
-from .selected import SelectedMailbox
+from .selected import KeptCaches, SelectedMailbox
 
 log = logging.getLogger("mailyard.imap")
 
@@ -68,6 +68,10 @@ class ImapConfig:
     unavailable: tuple[type[BaseException], ...] = (Unavailable,)
     # RFC 8437 UNAUTHENTICATE offered (RFC 8437 8: there must be a way to turn it off)
     unauthenticate: bool = True
+    # the budget of the big mailboxes' index data kept through IDLE, shared
+    # by the sessions of the server process (selected.py KeptCaches); None:
+    # no budget
+    kept: KeptCaches | None = None
 
 
 class ImapSession:
@@ -136,10 +140,16 @@ class ImapSession:
         self.engine = ImapEngine(self.engine.framer.limits, self.config.budgets)
 
     def close(self) -> None:
-        """The connection is gone: stop watching the backend; an
-        AUTHENTICATE left open counts as a failed login."""
+        """The connection is gone: stop watching the backend, let go of the
+        selected mailbox's index data; an AUTHENTICATE left open counts as
+        a failed login."""
         self.closed = True
         self.login.close()
+        sel = self._sel
+        if sel is not None:
+            sel.release()
+            if self.config.kept is not None:
+                self.config.kept.release(sel)
         if self.backend is not None:
             self.backend.hold_expunged(None)
         if self._unwatch is not None:
@@ -240,21 +250,27 @@ class ImapSession:
         """Wait for DONE, announcing changes as they happen (RFC 2177 3)."""
         engine = self.engine
         engine.start_idle()
-        if self.sel is not None:
-            self.sel.idle_begins()
-            await self.sync(allow_expunge=True)
-        await self.io.flush()
-        while True:
-            ev = engine.next_event()
-            if isinstance(ev, IdleDone):
-                await self.finish("OK" if ev.ok else "BAD", "IDLE terminated" if ev.ok else "Expected DONE")
-                return
-            if isinstance(ev, Closed):
-                return
-            if self.sel is not None and self.sel.dirty:
+        sel = self.sel
+        kept = self.config.kept
+        try:
+            if sel is not None:
+                sel.idle_begins(kept)
                 await self.sync(allow_expunge=True)
-                await self.io.flush()
-                continue
-            if not await self.io.wait_idle():
-                engine.bye("Connection closed", reason="eof")
-                return
+            await self.io.flush()
+            while True:
+                ev = engine.next_event()
+                if isinstance(ev, IdleDone):
+                    await self.finish("OK" if ev.ok else "BAD", "IDLE terminated" if ev.ok else "Expected DONE")
+                    return
+                if isinstance(ev, Closed):
+                    return
+                if self.sel is not None and self.sel.dirty:
+                    await self.sync(allow_expunge=True)
+                    await self.io.flush()
+                    continue
+                if not await self.io.wait_idle():
+                    engine.bye("Connection closed", reason="eof")
+                    return
+        finally:
+            if sel is not None and kept is not None:
+                kept.release(sel)  # (after IDLE the cache serves commands: not counted)

@@ -32,7 +32,7 @@ from ..api import (
 )
 from ..names import canonical_name
 from ..rows import MAILBOX_COLS, mailbox_row
-from .core import LIST_INLINE, LIST_LANE, SQLiteCore
+from .core import LIST_LANE, SQLiteCore, many_messages
 from .messages import bump_modseq, drop_mailbox_messages
 from .writer import WriteContext
 
@@ -364,9 +364,8 @@ class MailboxesMixin(SQLiteCore):
         return status
 
     async def mailbox_summary(self, mailbox: MailboxRef) -> MailboxSummary:
-        # a big mailbox's UIDs (uid_next bounds their count) are read off
-        # the event loop: 200,000 take some 60 ms
-        most = self._q1("SELECT uid_next - 1 FROM mailboxes WHERE id = ?", (mailbox.id,))
-        if most is not None and most[0] > LIST_INLINE:
+        # a big mailbox's UIDs are read off the event loop: 200,000 take
+        # some 60 ms
+        if many_messages(self._read, mailbox.id):
             return await self._bulk_read(lambda c: _read_summary(c, mailbox), LIST_LANE)
         return _read_summary(self._read, mailbox)

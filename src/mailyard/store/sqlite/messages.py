@@ -59,7 +59,7 @@ from ..rows import MESSAGE_COLS, QUOTA_COLS, flags_set, flags_text, message_row,
 from . import changelog
 from .bodies import BodiesMixin, release_bodies
 from .changelog import ChangeLog
-from .core import LIST_INLINE, LIST_LANE, select_uids
+from .core import LIST_LANE, many_changes, many_messages, select_uids
 from .holds import HoldBoard
 from .writer import WriteContext
 
@@ -614,17 +614,15 @@ class MessagesMixin(BodiesMixin):
             before = log.cost()
             if log.listed():
                 out, _loaded = log.messages(load)  # brought forward: the changes' cost
-            else:
-                most = c.execute("SELECT uid_next - 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
-                if most is None or most[0] <= LIST_INLINE:
-                    out, _loaded = log.messages(load)
+            elif not many_messages(c, mailbox_id):
+                out, _loaded = log.messages(load)
         finally:
             c.execute("COMMIT")
         if out is not None:
             self._charge(mailbox_id, log.cost() - before)
             return out
-        # A big mailbox (uid_next bounds its count) is read off the event
-        # loop; the list is kept for the other sessions unless too large.
+        # A big mailbox is read off the event loop; the list is kept for the
+        # other sessions unless too large.
         top, listed = await self._bulk_read(lambda conn: _read_listing(conn, mailbox_id), LIST_LANE)
         if len(listed) <= changelog.LOG_BUDGET // 4:
             self._keep_listing(mailbox_id, top, listed)
@@ -695,10 +693,9 @@ class MessagesMixin(BodiesMixin):
         if modseq >= log.base:
             return log.since(modseq)
         # A question from before the log (a session far behind, QRESYNC,
-        # CHANGEDSINCE) is answered from the tables: a big mailbox's off the
-        # event loop, since every message may have changed since.
-        most = c.execute("SELECT uid_next - 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
-        if most is not None and most[0] > LIST_INLINE:
+        # CHANGEDSINCE) is answered from the tables: off the event loop when
+        # that is a read of many rows (every message may have changed since).
+        if many_changes(c, mailbox_id, modseq):
             return await self._bulk_read(lambda conn: _read_changes(conn, mailbox_id, modseq), LIST_LANE)
         return _read_changes(c, mailbox_id, modseq)
 

@@ -41,9 +41,15 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
     # RFC 9051 6.3.2 needs counts, UIDNEXT, flags in use: read in one snapshot;
     # the per-message index data is loaded when a command first needs it
     notes = s.notes
-    summary = await b.mailbox_summary(box)
+    try:
+        summary = await b.mailbox_summary(box)
+        view = await message_map(summary.uids, s.io.compute)
+    except BaseException:
+        # nothing selected: the hold goes, or it would keep the mailbox's
+        # expunged messages until the next SELECT or the logout
+        b.hold_expunged(None)
+        raise
     box = summary.mailbox
-    view = await message_map(summary.uids, s.io.compute)
     condstore = cmd.condstore or cmd.qresync is not None or "CONDSTORE" in eng.enabled
     highest = box.highest_modseq
     sel = s.sel = SelectedMailbox(box, cmd.readonly, view, highest, condstore=condstore, compute=s.io.compute)
@@ -84,7 +90,10 @@ async def _qresync(s: ImapSession, q: c.Qresync) -> None:
     """RFC 7162 3.2.5.1: VANISHED (EARLIER) then FETCH of what changed since q.modseq."""
     assert s.sel is not None and s.backend is not None
     changes = await s.backend.changes_since(s.sel.mailbox, q.modseq)
-    gone = changes.vanished
+    # Read after SELECT's snapshot, the changes may hold an expunge the view
+    # does not show yet: that message is in EXISTS, and its expunge is
+    # announced by the next sync (VANISHED), not as one before this SELECT.
+    gone = [u for u in changes.vanished if s.sel.view.seq_of(u) is None]
     if q.known_uids is not None:
         largest = max(s.sel.view.max_uid, s.sel.mailbox.uid_next - 1)
         gone = [u for u in gone if q.known_uids.contains(u, largest)]
