@@ -136,3 +136,33 @@ async def test_an_interrupt_landing_on_the_commit_leaves_the_lane_usable(tmp_pat
         assert len(summary.uids) == BIG
     finally:
         await s.close()
+
+
+async def test_closing_while_another_lane_starts_closes_everything(tmp_path: Path) -> None:
+    """A read that opens a second lane while close() waits on the first:
+    close() ends every lane and its own files, and a read asked once the
+    lanes close is refused as the store being unavailable."""
+    import threading
+
+    from mailyard.store.api import StoreUnavailable
+
+    s, _inbox = await _big_store(tmp_path, 10)
+    gate = threading.Event()
+
+    def slow(conn: object) -> int:
+        gate.wait(5)
+        return 1
+
+    first = asyncio.create_task(s._bulk_read(slow, core.LIST_LANE))
+    await asyncio.sleep(0.05)
+    closing = asyncio.create_task(s.close())
+    await asyncio.sleep(0.05)
+    other = asyncio.create_task(s._bulk_read(lambda conn: 2, "bulk"))
+    await asyncio.sleep(0.05)
+    gate.set()
+    results = await asyncio.gather(first, closing, other, return_exceptions=True)
+    assert results[0] == 1 and results[1] is None, results
+    assert results[2] == 2 or isinstance(results[2], StoreUnavailable), results
+    assert all(lane.conn is None for lane in s._bulk_lanes.values())
+    with pytest.raises(StoreUnavailable):
+        await s._bulk_read(lambda conn: 3, core.LIST_LANE)

@@ -265,3 +265,23 @@ def test_a_qresync_select_does_not_call_a_message_of_its_view_vanished_rfc7162_3
     assert b"* 3 EXISTS" in lines
     assert not any(line.startswith(b"* VANISHED") for line in lines), lines
     a.expect("a2 NOOP", "* VANISHED 1", "a2 OK NOOP completed")
+
+
+def test_a_connection_closed_during_select_leaves_no_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 2180 4.1.1 holds keep expunged messages for sessions that may
+    still name them; a session whose connection went while SELECT read its
+    snapshot names nothing, and its hold would keep the rows for good."""
+    store = store_with_mail()
+    summary = MemoryBackend.mailbox_summary
+    holder: dict[str, object] = {}
+
+    async def closing(self: MemoryBackend, mailbox: MailboxRecord) -> object:
+        out = await summary(self, mailbox)
+        holder["a"].session.close()  # type: ignore[attr-defined]  # connection_lost meanwhile
+        return out
+
+    a = connect(store)
+    holder["a"] = a
+    monkeypatch.setattr(MemoryBackend, "mailbox_summary", closing)
+    a.untagged("a1 SELECT INBOX")
+    assert a.session.backend not in store.held_by

@@ -145,6 +145,14 @@ class ImapSession:
         a failed login."""
         self.closed = True
         self.login.close()
+        self._let_go()
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+
+    def _let_go(self) -> None:
+        """A closed session's hold on its mailbox: its index data, its place
+        in the budget of kept caches, its hold of expunged messages."""
         sel = self._sel
         if sel is not None:
             sel.release()
@@ -152,9 +160,6 @@ class ImapSession:
                 self.config.kept.release(sel)
         if self.backend is not None:
             self.backend.hold_expunged(None)
-        if self._unwatch is not None:
-            self._unwatch()
-            self._unwatch = None
 
     def changed(self, mailbox_id: int) -> None:
         """The backend committed a change to ``mailbox_id`` (any session's)."""
@@ -223,6 +228,12 @@ class ImapSession:
             log.exception("imap: %s crashed", cmd.name)
             if self.engine.current is not None:
                 self.engine.complete("NO", "Internal server error", "SERVERBUG")
+        finally:
+            if self.closed:
+                # the connection went while this command ran: what it took
+                # since (a SELECT's hold, a sync's) is let go here, as close()
+                # did for what was held then
+                self._let_go()
 
     async def finish(self, status: str, text: str, code: str | None = None, allow_expunge: bool = True) -> None:
         """Send pending mailbox updates, then the tagged response."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...config import StoreConfig
-from ..api import MailboxGone, MailboxRef, StorageFull, Store, StoreError
+from ..api import MailboxGone, MailboxRef, StorageFull, Store, StoreError, StoreUnavailable
 from ..blobs import SegmentFiles
 from ..notify import DIRECTORY, MAILBOXES, QUEUE, ChangeChannel
 from ..revocation import RevocationSignal
@@ -87,6 +87,7 @@ class SQLiteCore(Store):
         self._changelog_cost = 0  # records held by the logs (changelog.LOG_BUDGET)
         self._pending_saves: set[asyncio.Task[None]] = set()  # cache writes nobody waits for
         self._bulk_lanes: dict[str, _Lane] = {}  # _bulk_read's connections, made on first use
+        self._lanes_closed = False
         # Derived records FETCH computed, waiting for the writer to save them
         # between its batches (search.py _upkeep_slice): body id -> record,
         # and the memory they hold (search.py _queued_cost: bounded).
@@ -155,7 +156,8 @@ class SQLiteCore(Store):
         self.blobs.close()
         self._read.close()
         loop = asyncio.get_running_loop()
-        for lane in self._bulk_lanes.values():  # _bulk_read: big reads off the event loop
+        self._lanes_closed = True  # a read asked from now on is refused
+        for lane in list(self._bulk_lanes.values()):  # _bulk_read: big reads off the event loop
             # on the lane's thread: after the reads queued before
             await loop.run_in_executor(lane.executor, _close_lane, lane)
             lane.executor.shutdown(wait=False)
@@ -179,6 +181,8 @@ class SQLiteCore(Store):
         skipped and one that runs is interrupted at its next SQLite step
         (``Connection.interrupt``), so the connection is free for the next."""
 
+        if self._lanes_closed:
+            raise StoreUnavailable("the store is closed")
         bulk = self._bulk_lanes.get(lane)
         if bulk is None:
             bulk = self._bulk_lanes[lane] = _Lane(lane)
