@@ -50,11 +50,14 @@ LAYERS: dict[str, Layer] = {
     "fsutil": layer(
         (), "fsutil.py (replacing a file durably) is a leaf: every layer that writes files may use it"
     ),
+    "gcpause": layer(
+        (), "gcpause.py (one process-wide pause of the garbage collector) is a leaf"
+    ),
     "protocols": layer(
-        {"message"}, "protocols/ imports no other layer of mailyard (it may use message/)"
+        {"gcpause", "message"}, "protocols/ imports no other layer of mailyard (it may use message/ and gcpause.py)"
     ),
     "store": layer(
-        {"fsutil", "observability", "message", "config"},
+        {"fsutil", "gcpause", "observability", "message", "config"},
         "store/ imports no protocol, net, delivery, policy or auth and knows no wire format",
     ),
     "auth": layer({"fsutil", "observability", "store", "message", "config"}, "auth/ sits below policy/ and delivery/"),
@@ -121,6 +124,7 @@ LAYER_OF: dict[str, str] = {
     "logs": "observability",
     "metrics": "observability",
     "fsutil": "fsutil",
+    "gcpause": "gcpause",
     "protocols": "protocols",
     "store": "store",
     "auth": "auth",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gc
 import logging
 import os
 import sqlite3
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...config import StoreConfig
+from ...gcpause import gc_paused
 from ..api import MailboxGone, MailboxRef, StorageFull, Store, StoreError, StoreUnavailable
 from ..blobs import SegmentFiles
 from ..notify import DIRECTORY, MAILBOXES, QUEUE, ChangeChannel
@@ -197,9 +197,7 @@ class SQLiteCore(Store):
             # 300,000 new tuples, which would start full collections that
             # hold the GIL, and so the event loop, while they walk every
             # object of the process (rows hold no cycles)
-            was = gc.isenabled()
-            gc.disable()
-            try:
+            with gc_paused():
                 conn = bulk.conn
                 if conn is None:
                     conn = bulk.conn = self._connect(self.data_dir / DB_FILE, readonly=True)
@@ -220,9 +218,6 @@ class SQLiteCore(Store):
                         except sqlite3.Error:
                             conn.close()  # the next read opens another
                             bulk.conn = None
-            finally:
-                if was:
-                    gc.enable()
 
         try:
             return await asyncio.get_running_loop().run_in_executor(bulk.executor, run)

@@ -24,10 +24,10 @@ mailbox (contexts.py, RFC 5267 section 4); CANCELUPDATE ends one.
 from __future__ import annotations
 
 import contextlib
-import gc
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
+from ....gcpause import gc_paused
 from .. import commands as c
 from .. import contexts as cx
 from .. import search as sr
@@ -61,13 +61,8 @@ def _no_gc() -> Iterator[None]:
     object of the process, and the burst of allocations starts dozens of them,
     doubling the time. The thread trees' cycles are undone afterwards
     (thread.py ``release``), so nothing is left for a collection to find."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         yield
-    finally:
-        if was:
-            gc.enable()
 
 
 async def _id_hits(b: ImapBackend, sel: SelectedMailbox, ids: set[tuple[str, str]], ctx: sr.SearchContext) -> None:
