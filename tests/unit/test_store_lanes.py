@@ -166,3 +166,38 @@ async def test_closing_while_another_lane_starts_closes_everything(tmp_path: Pat
     assert all(lane.conn is None for lane in s._bulk_lanes.values())
     with pytest.raises(StoreUnavailable):
         await s._bulk_read(lambda conn: 3, core.LIST_LANE)
+
+
+async def test_a_read_cancelled_between_two_statements_stops_at_the_next(tmp_path: Path) -> None:
+    """The caller goes while the read is between statements (Python work in
+    ``fn``): the next statement stops at once rather than run to its end
+    (SQLite forgets an interrupt that lands between statements)."""
+    import threading
+
+    s, _inbox = await _big_store(tmp_path, 10)
+    try:
+        between = threading.Event()
+        cancelled_now = threading.Event()
+        finished: list[str] = []
+
+        def two_statements(c: sqlite3.Connection) -> None:
+            c.execute("SELECT count(*) FROM messages").fetchone()
+            between.set()
+            cancelled_now.wait(5)  # the caller is cancelled meanwhile
+            # a long statement: a count over a recursive series of ten million rows
+            c.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000000)"
+                      " SELECT count(*) FROM n").fetchone()
+            finished.append("second")
+
+        task = asyncio.create_task(s._bulk_read(two_statements, core.LIST_LANE))
+        while not between.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        cancelled_now.set()
+        # the lane is free again, and the second statement did not finish
+        assert await s._bulk_read(lambda c: c.execute("SELECT 1").fetchone()[0], core.LIST_LANE) == 1
+        assert finished == []
+    finally:
+        await s.close()

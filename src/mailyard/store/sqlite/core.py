@@ -178,8 +178,10 @@ class SQLiteCore(Store):
         never waits behind a text search of many seconds.
 
         Cancelled (the caller is gone), a read that has not started is
-        skipped and one that runs is interrupted at its next SQLite step
-        (``Connection.interrupt``), so the connection is free for the next."""
+        skipped and one that runs is stopped in the statement it runs or the
+        next one it starts (``Connection.interrupt``, and a progress handler
+        for the time between statements), so the connection is free for the
+        next."""
 
         if self._lanes_closed:
             raise StoreUnavailable("the store is closed")
@@ -203,9 +205,15 @@ class SQLiteCore(Store):
                     conn = bulk.conn = self._connect(self.data_dir / DB_FILE, readonly=True)
                 with guard:
                     running.append(conn)
+                # SQLite forgets an interrupt() that lands between two
+                # statements; this asks the flag during every statement
+                # (every 100,000 virtual-machine steps, not more often: each
+                # call takes the GIL back) and stops it as the interrupt does
+                conn.set_progress_handler(cancelled.is_set, 100_000)
                 try:
                     return fn(conn)
                 finally:
+                    conn.set_progress_handler(None, 0)
                     with guard:
                         running.clear()
                     if conn.in_transaction:
