@@ -147,18 +147,19 @@ async def test_closing_while_another_lane_starts_closes_everything(tmp_path: Pat
     from mailyard.store.api import StoreUnavailable
 
     s, _inbox = await _big_store(tmp_path, 10)
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
 
     def slow(conn: object) -> int:
+        started.set()
         gate.wait(5)
         return 1
 
     first = asyncio.create_task(s._bulk_read(slow, core.LIST_LANE))
-    await asyncio.sleep(0.05)
+    await wait_until_async(started.is_set, what="the first read running")
     closing = asyncio.create_task(s.close())
-    await asyncio.sleep(0.05)
+    await wait_until_async(lambda: getattr(s, "_lanes_closed", False), what="close() at the lanes")
     other = asyncio.create_task(s._bulk_read(lambda conn: 2, "bulk"))
-    await asyncio.sleep(0.05)
+    await wait_until_async(other.done, what="the other read answered")
     gate.set()
     results = await asyncio.gather(first, closing, other, return_exceptions=True)
     assert results[0] == 1 and results[1] is None, results

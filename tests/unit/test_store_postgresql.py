@@ -21,6 +21,7 @@ from mailyard.store.api import DeliveryTarget, StoreError, StoreUnavailable
 from mailyard.store.postgresql import PostgreSQLStore
 from mailyard.store.postgresql.schema import SCHEMA_VERSION
 from tests.pgcluster import PgCluster
+from tests.waiting import wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -541,8 +542,9 @@ async def test_a_republish_that_fails_feeds_no_reconnect_loop(pg_cluster: PgClus
                                 (f"mailyard-{b.node}",))
         await asyncio.to_thread(b._sync_q1, "SELECT 1", ())  # opened again: the republish fails
         opens = b._sync_opens
-        for _ in range(50):
-            await asyncio.sleep(0.02)
+        # the republish ran and failed: the holds are due again, nothing runs
+        await wait_until_async(lambda: getattr(b, "_republish_due", False) and not b._background,
+                               what="the failed republish to end")
         # a loop opens hundreds; one failed republish retries once (its second attempt)
         assert b._sync_opens - opens <= 2
         assert len(b._background) <= 2
