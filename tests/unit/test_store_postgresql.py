@@ -12,12 +12,13 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mailyard.config import Config, ConfigError, StoreConfig
 from mailyard.store import open_store
-from mailyard.store.api import DeliveryTarget, StoreError, StoreUnavailable
+from mailyard.store.api import DeliveryTarget, Mailbox, StoreError, StoreUnavailable
 from mailyard.store.postgresql import PostgreSQLStore
 from mailyard.store.postgresql.schema import SCHEMA_VERSION
 from tests.pgcluster import PgCluster
@@ -35,6 +36,20 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}")
+
+
+HELD = b"Subject: held\r\n\r\nstill here\r\n"
+
+
+async def _alice_with_one_message(store: PostgreSQLStore) -> tuple[Any, Mailbox, int]:
+    """example.test, alice and one message in her INBOX (the mailbox as
+    before the delivery; its UID)."""
+    await store.add_domain("example.test")
+    alice = await store.add_account("alice@example.test", "h")
+    inbox = await store.get_mailbox(alice.id, "INBOX")
+    assert inbox is not None
+    [uid] = await store.deliver(HELD, [DeliveryTarget(inbox.id)])
+    return alice, inbox, uid
 
 
 async def test_a_delivery_through_one_node_wakes_listeners_of_another(pg_cluster: PgCluster, tmp_path: Path) -> None:
@@ -362,12 +377,7 @@ async def test_a_new_hold_is_written_off_the_event_loop_before_the_mailbox_is_re
             time.sleep(0.3)  # the database stays slow a while after the hold was asked for
 
     try:
-        await a.add_domain("example.test")
-        alice = await a.add_account("alice@example.test", "h")
-        inbox = await a.get_mailbox(alice.id, "INBOX")
-        assert inbox is not None
-        body = b"Subject: held\r\n\r\nstill here\r\n"
-        [uid] = await a.deliver(body, [DeliveryTarget(inbox.id)])
+        alice, inbox, uid = await _alice_with_one_message(a)
         inbox = await a.get_mailbox(alice.id, "INBOX")
         assert inbox is not None
         holder = threading.Thread(target=slow_database)
@@ -384,7 +394,7 @@ async def test_a_new_hold_is_written_off_the_event_loop_before_the_mailbox_is_re
         assert ticks.count >= 10, f"the event loop stood still while the hold was written ({ticks.count} turns)"
         assert summary.uids == [uid]
         await b.expunge(inbox, [uid])  # through another node: kept for a's session
-        assert await a.read_message(inbox, uid, expunged=True) == body
+        assert await a.read_message(inbox, uid, expunged=True) == HELD
     finally:
         await a.close()
         await b.close()
@@ -476,12 +486,7 @@ async def test_holds_are_published_again_when_the_liveness_connection_comes_back
     a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
     b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
     try:
-        await a.add_domain("example.test")
-        alice = await a.add_account("alice@example.test", "h")
-        inbox = await a.get_mailbox(alice.id, "INBOX")
-        assert inbox is not None
-        body = b"Subject: held\r\n\r\nstill here\r\n"
-        [uid] = await a.deliver(body, [DeliveryTarget(inbox.id)])
+        alice, inbox, uid = await _alice_with_one_message(a)
         inbox = await b.get_mailbox(alice.id, "INBOX")
         assert inbox is not None
         b.hold_expunged(object(), inbox, inbox.highest_modseq)  # a session of B selects the INBOX
@@ -509,7 +514,7 @@ async def test_holds_are_published_again_when_the_liveness_connection_comes_back
             assert (await b.mailbox_summary(inbox)).uids == [uid]  # a read waits for the holds
             assert await rows_of_b() == 1
         await a.expunge(inbox, [uid])  # through another node: kept for B's session
-        assert await b.read_message(inbox, uid, expunged=True) == body
+        assert await b.read_message(inbox, uid, expunged=True) == HELD
     finally:
         await a.close()
         await b.close()
