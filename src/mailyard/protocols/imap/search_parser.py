@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .commands import SearchKey
 from .reader import ParseError, Reader
+from .terms import parse_date, parse_flag, parse_sequence_set
 
 _FLAG_KEYS = {
     "ANSWERED": ("\\Answered", True),
@@ -120,8 +121,6 @@ def parse_search_criteria(r: Reader) -> tuple[SearchKey, str]:
 
 
 def parse_search_key(r: Reader, depth: int) -> SearchKey:
-    from .parser import parse_date, parse_flag, parse_sequence_set
-
     if depth > MAX_DEPTH:
         raise ParseError("search program nested too deeply")
     ch = r.peek()
