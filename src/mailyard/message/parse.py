@@ -99,7 +99,7 @@ def _too_many_boundaries(raw: bytes) -> bool:
 
 class SteppedParse:
     """``parse_message`` a slice at a time, with bounds: for a caller that
-    must stop on a deadline (Sieve's ``body`` test, sieve/interpreter.py)
+    must stop on a deadline (Sieve's ``body`` test, sieve/message.py)
     and may go on later where it stopped.
 
     ``step()`` feeds the next ``SLICE`` octets of the message to the

@@ -9,8 +9,7 @@ applies the actions, the CLI and ManageSieve check scripts with it.
 
 from __future__ import annotations
 
-from .errors import SieveError, SieveRuntimeError
-from .interpreter import (
+from .actions import (
     Discard,
     DuplicateMark,
     Envelope,
@@ -21,14 +20,13 @@ from .interpreter import (
     Redirect,
     Reject,
     Result,
-    SieveMessage,
-    SpamVerdict,
     Vacation,
-    run,
-    spam_levels,
-    verdict_from_header,
 )
+from .errors import SieveError, SieveRuntimeError
+from .interpreter import run
+from .message import SieveMessage
 from .parser import EXTENSIONS, Script, compile_script
+from .spamtest import SpamVerdict, spam_levels, verdict_from_header
 
 __all__ = [
     "EXTENSIONS",

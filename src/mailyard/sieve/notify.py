@@ -21,7 +21,7 @@ from email.utils import formatdate
 
 from ..message.headers import bytes_to_text, decode_words, split_fields
 from ..message.parse import split_header_body
-from .interpreter import Notify
+from .actions import Notify
 from .mailto import parse_mailto
 
 # fields a mailto URI may not set in a notification (RFC 5436 2.7: the

@@ -27,7 +27,7 @@ from email.utils import formatdate
 from ..message.address import Group, parse_address_list
 from ..message.headers import bytes_to_text, decode_words, split_fields
 from ..message.parse import split_header_body
-from .interpreter import Vacation
+from .actions import Vacation
 
 _LIST_FIELDS = {"list-id", "list-help", "list-unsubscribe", "list-subscribe", "list-post", "list-owner",
                 "list-archive"}

@@ -1,5 +1,5 @@
 """Runs of simple rules go through one generated function
-(sieve/interpreter.py ``_chain_plan``): the actions must be exactly those
+(sieve/chain.py ``chain_plan``): the actions must be exactly those
 of the rule-by-rule path, for many scripts and messages."""
 
 from __future__ import annotations
@@ -8,7 +8,15 @@ import random
 
 import pytest
 
-from mailyard.sieve import Envelope, Limits, SieveRuntimeError, compile_script, interpreter, run
+from mailyard.sieve import (
+    Envelope,
+    Limits,
+    SieveRuntimeError,
+    chain,
+    compile_script,
+    interpreter,
+    run,
+)
 
 ENV = Envelope("carol@remote.test", "alice@example.test")
 MESSAGES = [
@@ -57,7 +65,7 @@ def test_chain_gives_the_same_actions(seed: int, monkeypatch: pytest.MonkeyPatch
     for message in MESSAGES:
         chained = run(compile_script(text), message, ENV).describe()
         with monkeypatch.context() as m:
-            m.setattr(interpreter, "_chain_plan", lambda script: None)
+            m.setattr(interpreter, "chain_plan", lambda script: None)
             plain = run(compile_script(text), message, ENV).describe()
         assert chained == plain, text
 
@@ -65,7 +73,7 @@ def test_chain_gives_the_same_actions(seed: int, monkeypatch: pytest.MonkeyPatch
 def test_chain_is_used_for_simple_rules() -> None:
     script = compile_script("\n".join(f'if header :is "subject" "s{i}" {{ discard; }}' for i in range(10)))
     run(script, MESSAGES[0], ENV)
-    plan = interpreter._chain_plan(script)
+    plan = chain.chain_plan(script)
     assert plan is not None and (plan[0].start, plan[0].end) == (0, 10)
 
 

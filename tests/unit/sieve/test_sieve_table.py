@@ -556,7 +556,7 @@ EXT_CASES: list[tuple[str, str, str, list[str]]] = [
      ' { fileinto "a"; }', "plain", ["keep"]),
     ("encodeurl", N + 'set :encodeurl "s" "a b&c/ü"; fileinto "${s}";', "plain",
      ["fileinto 'a%20b%26c%2F%C3%BC'"]),
-    # RFC 5235: 0 untested, 1..10; :percent 0..100 (the mapping: sieve/interpreter.py spam_levels)
+    # RFC 5235: 0 untested, 1..10; :percent 0..100 (the mapping: sieve/spamtest.py spam_levels)
     ("spamtest-spam", S + f'if spamtest {GE} "6" {{ fileinto "Junk"; }}', "spam", ["fileinto 'Junk'"]),
     ("spamtest-value", S + 'if spamtest :is "7" { fileinto "seven"; }', "spam", ["fileinto 'seven'"]),
     ("spamtest-ham", S + f'if spamtest {GE} "6" {{ fileinto "Junk"; }}', "ham", ["keep"]),
