@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import logs
-from .auth.service import SECRET_FILE, LoginService
+from .auth.service import SECRET_FILE, LoginService, load_secret
 from .auth.throttle import LoginThrottle
 from .auth.throttle_shared import SharedThrottle
 from .config import Config, ConfigError
@@ -354,12 +354,14 @@ class MailServer:
         if cfg.spam.rspamd_controller_url:
             self.learner = Learner(store, Controller.parse(cfg.spam.rspamd_controller_url,
                                                            cfg.spam.rspamd_controller_password))
+        # the fake SCRAM salts' key, read (or made) once off the event loop
+        scram_secret = await asyncio.to_thread(load_secret, self.data_dir / SECRET_FILE)
         self.services = Services(
             config=cfg,
             data_dir=self.data_dir,
             store=store,
             router=router,
-            login=LoginService(store, self._throttle, self.data_dir / SECRET_FILE),
+            login=LoginService(store, self._throttle, scram_secret),
             spool=spool,
             queue=OutboundQueue(store, router, cfg.delivery, cfg.server.hostname, client_tls=client_context,
                                 relay_ca_file=self._relay_ca_file(), signer=signer,

@@ -6,8 +6,17 @@ computed on demand (then kept) for a body derived before previews were."""
 from __future__ import annotations
 
 import socket
+import threading
+import time
+from collections.abc import Callable
 
+import pytest
+
+from mailyard.store.api import AppendItem
+from mailyard.store.sqlite import SQLiteStore
+from mailyard.store.sqlite import search as search_store
 from tests.conftest import USERS, RunningServer
+from tests.integration.test_imap_big_mailbox import SLOW, _client, _while_served
 from tests.integration.test_imap_compress import DeflateClient
 
 ALICE = "alice@example.test"
@@ -138,3 +147,52 @@ def test_catenate_over_the_store_and_only_own_mailboxes(mailserver: RunningServe
         tag = b"b%d" % i
         assert b.command(tag, b'APPEND Drafts CATENATE (URL "' + url + b'")') == [
             tag + b" NO [BADURL " + url + b"] CATENATE URL not valid"]
+
+
+BIG = 3_000  # more than store/sqlite/search.py SORT_INLINE: the big mailbox's read
+
+
+def _threaded(n: int) -> bytes:
+    """Message ``n`` of threads of three: each answers the first of its three."""
+    reply = f"In-Reply-To: <t{n - n % 3}@example.test>\r\n" if n % 3 else ""
+    return (f"From: bob@example.test\r\nSubject: m{n}\r\nMessage-ID: <t{n}@example.test>\r\n{reply}"
+            f"\r\nbody {n}\r\n").encode()
+
+
+async def _seed_big(store: SQLiteStore) -> None:
+    account = await store.get_account(ALICE)
+    assert account is not None
+    box = await store.get_mailbox(account.id, "INBOX")
+    assert box is not None
+    await store.append_many(box, [AppendItem(_threaded(n)) for n in range(BIG)])
+
+
+def test_emailid_threadid_search_of_a_big_mailbox_leaves_the_loop_turning(
+        make_server: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """SEARCH EMAILID / THREADID (RFC 8474 6) over a mailbox of thousands of
+    messages makes and compares their ids where the event loop is not held:
+    another session's NOOP is answered meanwhile, and the loop keeps turning
+    (LoopTicks), while the making of an id is slowed here."""
+    server = make_server(seed=_seed_big)
+    c = login(server)
+    c.command(b"a1", b"SELECT INBOX")
+    email = fetched_ids(c, b"a2", b"EMAILID", b"2500")[0]
+    thread = fetched_ids(c, b"a3", b"THREADID", b"1")[0]
+    # every message's thread decided and kept, the answer right
+    assert c.command(b"a4", b"SEARCH THREADID " + thread) == [b"* SEARCH 1 2 3", b"a4 OK SEARCH completed"]
+    started = threading.Event()
+    made = search_store.opaque_id
+
+    def slow_first(key: bytes, kind: str, number: int) -> str:
+        if not started.is_set():
+            started.set()
+            time.sleep(SLOW)
+        return made(key, kind, number)
+
+    monkeypatch.setattr(search_store, "opaque_id", slow_first)
+    other = _client(server)
+    program = b"SEARCH OR EMAILID " + email + b" THREADID " + thread
+    lines, ticks = _while_served(server, started, lambda: c.command(b"a5", program), other)
+    assert lines == [b"* SEARCH 1 2 3 2500", b"a5 OK SEARCH completed"]
+    print(f"\nserver loop turns while the SEARCH ran: {ticks}")
+    assert ticks >= 10, ticks

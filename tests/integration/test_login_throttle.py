@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import re
 import stat
 import threading
@@ -376,6 +377,25 @@ def test_fake_salts_are_stable_across_spellings_and_restarts(tmp_path: Path) -> 
     assert other not in salts[NOBODY]
     secret = tmp_path / "data" / "scram-salt.key"
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+def test_the_fake_salt_key_is_read_before_the_first_login(
+    make_server: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key of the fake salts is read (or made) as the server starts, off
+    its event loop: an unknown user's SCRAM exchange, the first login of the
+    server, reads no file while other sessions wait."""
+    from mailyard.auth import service
+
+    server = make_server(limits())
+    secret = server.data_dir / "scram-salt.key"
+    assert secret.exists() and stat.S_IMODE(secret.stat().st_mode) == 0o600
+    reads: list[Path] = []
+    monkeypatch.setattr(service, "load_secret", lambda path: reads.append(path) or b"x" * 32)
+    salt = _salt(server, NOBODY)
+    assert reads == []
+    # the salt comes from the key in the data folder: the same after a restart
+    assert salt == base64.b64encode(hmac.digest(secret.read_bytes()[:32], NOBODY.encode(), "sha256")[:16])
 
 
 # --- 8. one reply rule over the limit -------------------------------------------------------------

@@ -6,6 +6,7 @@ by SMTP."""
 from __future__ import annotations
 
 import base64
+import logging
 import smtplib
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import time
 
 import pytest
 
+from mailyard.store.api import StoreUnavailable
 from tests.conftest import USERS, RunningServer, require_program
 
 ALICE = "alice@example.test"
@@ -165,6 +167,42 @@ def test_garbage_gets_no_and_the_session_goes_on(mailserver: RunningServer, junk
     assert c.cmd(junk).startswith(b"NO ")
     assert c.cmd(b"NOOP\r\n") == b'OK "done"\r\n'
 
+
+def test_store_unavailable_answers_trylater_and_the_session_goes_on(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The store out of reach (its database down, or closed as the server
+    stops): a script command and a login are answered NO (TRYLATER) (RFC
+    5804 1.3) with a one-line log, and the session serves again once the
+    store is back."""
+    caplog.set_level(logging.INFO, logger="mailyard")
+    store = mailserver.store
+    down = {"on": False}
+
+    def unavailable(method):
+        async def call(*args, **kwargs):
+            if down["on"]:
+                raise StoreUnavailable("the store is closed")
+            return await method(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(store, "credentials_current", unavailable(store.credentials_current))
+    monkeypatch.setattr(store, "get_account", unavailable(store.get_account))
+    c = Raw(mailserver)
+    c.reply()
+    assert c.cmd(b'AUTHENTICATE "PLAIN" "' + plain(ALICE, PASSWORD) + b'"\r\n') == b'OK "authenticated"\r\n'
+    down["on"] = True
+    refused = b'NO (TRYLATER) "the mail store is unavailable, try again later"\r\n'
+    assert c.cmd(b"LISTSCRIPTS\r\n") == refused
+    assert c.cmd(b'PUTSCRIPT "main" "keep;"\r\n') == refused
+    other = Raw(mailserver)
+    other.reply()
+    assert other.cmd(b'AUTHENTICATE "PLAIN" "' + plain(ALICE, PASSWORD) + b'"\r\n') == refused
+    down["on"] = False
+    assert c.cmd(b'PUTSCRIPT "main" "keep;"\r\n') == b'OK "putscript completed"\r\n'
+    assert c.cmd(b"LISTSCRIPTS\r\n") == b'"main"\r\nOK "listscripts completed"\r\n'
+    assert other.cmd(b'AUTHENTICATE "PLAIN" "' + plain(ALICE, PASSWORD) + b'"\r\n') == b'OK "authenticated"\r\n'
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert sum("refused for now" in r.getMessage() for r in caplog.records if r.name == "mailyard.managesieve") == 3
 
 
 def test_managesieve_over_implicit_tls(make_server) -> None:

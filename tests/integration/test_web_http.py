@@ -326,3 +326,48 @@ def test_move_of_an_own_message_to_another_folder(web: RunningServer) -> None:
     assert r.status_code == 303
     assert web.messages(ALICE) == []
     assert web.messages(ALICE, "Junk") == [data]
+
+
+def test_a_background_sort_the_store_cannot_serve_is_logged_in_one_line_and_tried_again(
+    web: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store out of reach while a big folder's sort keys are prepared in
+    the background (its database down, or closed as the server stops): one
+    log line, no traceback, and the next request of the folder starts again."""
+    import asyncio
+    import logging
+
+    import mailyard.web.listing as listing
+    from mailyard.store.api import StoreUnavailable
+
+    caplog.set_level(logging.INFO, logger="mailyard")
+    monkeypatch.setattr(listing, "SYNC_KEY_LIMIT", 5)
+    for i in range(20):
+        append(web, ALICE, simple(f"topic {19 - i:02d}"))
+    inbox = box_id(web, ALICE, "INBOX")
+    client = login(web)
+    store = web.store
+    get_derived = store.get_derived
+    down = {"on": True}
+
+    async def unavailable(*args: object, **kwargs: object) -> object:
+        # only in the background work (a request's own reads would get a 503)
+        task = asyncio.current_task()
+        if down["on"] and task is not None and task.get_coro().__name__ == "_fill_keys":
+            raise StoreUnavailable("the store is closed")
+        return await get_derived(*args, **kwargs)
+
+    monkeypatch.setattr(store, "get_derived", unavailable)
+    r = client.get(f"/box/{inbox}?sort=subject&dir=asc")
+    assert r.status_code == 200 and 'id="preparing"' in r.text
+    line = "web: the sort keys of a folder were not prepared: the store is closed"
+    wait_until(lambda: line in [rec.getMessage() for rec in caplog.records], what="the failure's log line")
+    down["on"] = False
+
+    def prepared() -> httpx.Response | None:
+        page = client.get(f"/box/{inbox}?sort=subject&dir=asc")
+        return None if 'id="preparing"' in page.text else page
+
+    r = wait_until(prepared, what="the sorted listing to be prepared in the background")
+    assert re.findall(r'class="open">([^<]+)<', r.text) == [f"topic {i:02d}" for i in range(20)]
+    assert not [rec for rec in caplog.records if rec.exc_info], "a traceback was logged"

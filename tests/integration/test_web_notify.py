@@ -5,10 +5,12 @@ session."""
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
 
+from mailyard.store.api import StoreUnavailable
 from mailyard.web import recent
 
 from ..conftest import RunningServer
@@ -78,3 +80,34 @@ def test_a_change_between_render_and_stream_reaches_the_page(mailserver: Running
     # older than anything remembered, or no render time: every folder refreshes
     replayed = first_events(alice, "/events?since=0", 100, seconds=1.0)
     assert f'{{"mailbox": {inbox}}}' in replayed and len(replayed) > 1
+
+
+def test_the_event_stream_ends_cleanly_when_the_store_goes(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The store out of reach while a page's event stream is open (its
+    database down, or closed as the server stops): the stream ends as a
+    complete response, with a one-line log and no traceback; the browser
+    opens it again after the retry delay."""
+    caplog.set_level(logging.INFO, logger="mailyard")
+    alice = login(mailserver)
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    store = mailserver.store
+    checks = {"left": 2}  # the session's check before the route, the stream's first
+    credentials_current = store.credentials_current
+
+    async def unavailable_later(*args: object) -> bool:
+        checks["left"] -= 1
+        if checks["left"] < 0:
+            raise StoreUnavailable("the store is closed")
+        return await credentials_current(*args)
+
+    monkeypatch.setattr(store, "credentials_current", unavailable_later)
+    lines: list[str] = []
+    with alice.stream("GET", "/events", timeout=httpx.Timeout(30)) as r:
+        assert r.status_code == 200
+        lines.extend(r.iter_lines())  # every folder replayed, then the next check fails: the end
+    assert lines[0] == "retry: 3000" and f'data: {{"mailbox": {inbox}}}' in lines
+    assert checks["left"] < 0
+    assert not [rec for rec in caplog.records if rec.exc_info], "a traceback was logged"
+    ended = [rec.getMessage() for rec in caplog.records if rec.name == "mailyard.web"]
+    assert ended == [f"web: ending the event stream of {ALICE}: the store is closed"]

@@ -545,6 +545,38 @@ async def test_get_derived_fields_without_body_text(store: Store) -> None:
         await store.get_derived(inbox, [uid], ["body_text"])
 
 
+async def test_object_id_hits_agree_with_get_derived(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SEARCH EMAILID / THREADID's read (RFC 8474 6): the messages whose ids
+    ``get_derived`` gives, whether their thread is kept yet or not, and for
+    a big request as for a small one (SQLite reads the big one off the loop)."""
+    from mailyard.store.sqlite import search as sqlite_search
+
+    inbox = await _inbox(store)
+    root = await store.append(inbox, b"From: a@x.test\r\nMessage-ID: <r@x.test>\r\nSubject: s\r\n\r\nhi\r\n")
+    # asked for before the background indexer got to them: threads decided now
+    reply = await store.append(inbox, b"From: b@x.test\r\nMessage-ID: <q@x.test>\r\nIn-Reply-To: <r@x.test>\r\n"
+                                      b"Subject: Re: s\r\n\r\nho\r\n")
+    other = await store.append(inbox, b"From: c@x.test\r\nMessage-ID: <o@x.test>\r\nSubject: t\r\n\r\nhe\r\n")
+    uids = [root, reply, other]
+    wanted = {("email_id", "M" + "A" * 24), ("thread_id", "T" + "A" * 24)}
+    assert await store.object_id_hits(inbox, uids, wanted) == {key: set() for key in wanted}
+    ids = await store.get_derived(inbox, uids, ("email_id", "thread_id"))
+    assert ids[root]["thread_id"] == ids[reply]["thread_id"] != ids[other]["thread_id"]
+    for big in (False, True):
+        if big:
+            monkeypatch.setattr(sqlite_search, "SORT_INLINE", 0)
+        wanted = {("email_id", ids[reply]["email_id"]), ("thread_id", ids[root]["thread_id"]),
+                  ("thread_id", ids[other]["email_id"])}
+        assert await store.object_id_hits(inbox, uids, wanted) == {
+            ("email_id", ids[reply]["email_id"]): {reply},
+            ("thread_id", ids[root]["thread_id"]): {root, reply},
+            ("thread_id", ids[other]["email_id"]): set(),  # an EMAILID is no THREADID
+        }
+        assert await store.object_id_hits(inbox, [other], wanted) == {key: set() for key in wanted}
+    with pytest.raises(ValueError):
+        await store.object_id_hits(inbox, uids, {("size", "1")})
+
+
 async def test_search_headers_and_text_from_the_indexes(store: Store) -> None:
     inbox = await _inbox(store)
     u1 = await store.append(inbox, MIME)

@@ -110,14 +110,17 @@ class LoginService:
         self,
         store: Store,
         throttle: LoginThrottle,
-        secret_path: Path | None = None,
+        secret: bytes | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``secret``: the key of the fake SCRAM salts, read from the data
+        folder where the server is built (`load_secret`, in a thread, before
+        any client is served), so a login never waits on the disk; without
+        one, a secret of this process (the salts then change at restart)."""
         self.store = store
         self.throttle = throttle
-        self._secret_path = secret_path
-        self._secret: bytes | None = None
+        self._secret = secret if secret is not None else secrets.token_bytes(32)
         self.clock = clock
         # Every wait of a login goes through here (tests record the delays).
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -148,10 +151,8 @@ class LoginService:
 
     def fake_salt(self, key: str) -> bytes:
         """The SCRAM salt shown for a name with no SCRAM keys: stable per
-        normalised name and across restarts, unguessable without the secret."""
-        if self._secret is None:
-            path = self._secret_path
-            self._secret = load_secret(path) if path is not None else secrets.token_bytes(32)
+        normalised name and across restarts, unguessable without the secret
+        (SCRAM, RFC 5802 and RFC 7677: an unknown user looks like one with keys)."""
         return hmac.digest(self._secret, key.encode("utf-8", "surrogatepass"), "sha256")[:SCRAM_SALT_BYTES]
 
     # -- the throttle ------------------------------------------------------------

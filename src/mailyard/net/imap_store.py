@@ -66,6 +66,7 @@ class StoreBackend:
     search_headers = _checked("search_headers")
     search_text = _checked("search_text")
     sent_dates = _checked("sent_dates")
+    object_id_hits = _checked("object_id_hits")
     sort_keys = _checked("sort_keys")
     sort_order = _checked("sort_order")
     thread_keys = _checked("thread_keys")

@@ -29,7 +29,7 @@ from ..protocols.managesieve.engine import (
     quote,
 )
 from ..sieve import EXTENSIONS, SieveError, compile_script
-from ..store.api import Account
+from ..store.api import Account, StoreUnavailable
 from .listener import Listener
 from .login import Authenticator, plaintext_allowed
 from .session_protocol import SessionProtocol
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailyard.managesieve")
 
 MAX_LOGIN_FAILURES = 3  # per connection, then BYE
+# The answer while the store cannot be reached (its database down, or closed
+# as the server stops): RFC 5804 1.3 TRYLATER, a temporary failure.
+STORE_UNAVAILABLE = "the mail store is unavailable, try again later"
 
 
 class ManageSieveSession(SessionProtocol):
@@ -124,16 +127,27 @@ class ManageSieveSession(SessionProtocol):
 
             await self.upgrade_tls(tls.context, forget=forget)
             return
+        if not isinstance(event, Authenticate | SASLResponse):
+            return
+        try:
+            await self._login(engine, event)
+        except StoreUnavailable as exc:
+            # the login service could not look the name up: a temporary
+            # failure, not one of the session's failed logins; the client
+            # tries again later
+            self._mech = None
+            log.info("managesieve: login from %s refused for now: %s", self.peer_ip, exc)
+            engine.login_failed(STORE_UNAVAILABLE, "TRYLATER")
+
+    async def _login(self, engine: ManageSieveServer, event: Authenticate | SASLResponse) -> None:
         if self._auth is None:
             self._auth = Authenticator(self.services, self, self.listener.name)
         if isinstance(event, Authenticate):
             self._mech = sasl.start(event.mechanism)
             ev = self._mech.begin(event.initial_response)
-        elif isinstance(event, SASLResponse):
+        else:
             assert self._mech is not None
             ev = self._mech.step(event.data)
-        else:
-            return
         result = await self._auth.sasl(self._mech, ev)
         if isinstance(result, sasl.Challenge):
             engine.sasl_challenge(result.wire)
@@ -167,7 +181,15 @@ class ManageSieveSession(SessionProtocol):
         if account is None or scripts is None:
             engine.respond(False, "Sieve is turned off on this server")
             return
-        if not await self.services.store.credentials_current(account.id, account.epoch):
+        try:
+            current = await self.services.store.credentials_current(account.id, account.epoch)
+        except StoreUnavailable as exc:
+            # the credentials cannot be checked: no script work, and the
+            # session goes on (the next command asks the store again)
+            log.info("managesieve: %s for %s refused for now: %s", event.name, account.address, exc)
+            engine.respond(False, STORE_UNAVAILABLE, "TRYLATER")
+            return
+        if not current:
             engine.respond(False, "the account was removed or its password changed", "AUTH-TOO-WEAK")
             return
         ok, text, code, data = await asyncio.to_thread(self.script_command, scripts, account, event)

@@ -57,7 +57,8 @@ SPECIAL_USE_MAILBOXES: tuple[tuple[str, str], ...] = (
     ("Archive", "\\Archive"),
 )
 
-# Messages per get_derived call of the default ``Store.sent_dates``.
+# Messages per get_derived call of the default ``Store.sent_dates`` and
+# ``Store.object_id_hits``.
 SENT_BATCH = 500
 
 # The hierarchy delimiter used in mailbox names (RFC 9051 section 5.1).
@@ -1033,6 +1034,32 @@ class Store(abc.ABC):
             for uid, d in (await self.get_derived(mailbox, chunk, ("headers",), expunged=True)).items():
                 out[uid] = sent_day(d.get("headers", {}).get("date", ()))
         return out
+
+    async def object_id_hits(self, mailbox: MailboxRef, uids: Sequence[int],
+                             wanted: Collection[tuple[str, str]]) -> dict[tuple[str, str], set[int]]:
+        """For each (field, objectid) of ``wanted``, field "email_id" or
+        "thread_id" (RFC 8474 5.1 EMAILID, 5.2 THREADID, as ``get_derived``
+        gives them): those of ``uids`` (expunged messages still held too)
+        that have it; SEARCH EMAILID / THREADID (RFC 8474 6). The ids are
+        keyed hashes (message/objectids.py), so each message's are made and
+        compared: one call for a whole mailbox.
+
+        This default reads them a batch at a time through ``get_derived``,
+        each batch an await (as ``sent_dates``); the SQLite store reads and
+        compares them in a worker thread."""
+        hits: dict[tuple[str, str], set[int]] = {key: set() for key in wanted}
+        fields = tuple(sorted({name for name, _ in hits}))
+        if set(fields) - {"email_id", "thread_id"}:
+            raise ValueError(f"not an object id: {', '.join(fields)}")
+        asked = list(uids)
+        for start in range(0, len(asked), SENT_BATCH):
+            chunk = asked[start : start + SENT_BATCH]
+            for uid, d in (await self.get_derived(mailbox, chunk, fields, expunged=True)).items():
+                for name in fields:
+                    hit = hits.get((name, d.get(name, "")))
+                    if hit is not None:
+                        hit.add(uid)
+        return hits
 
     @abc.abstractmethod
     async def sort_order(self, mailbox: MailboxRef, keys: Sequence[tuple[str, bool]],

@@ -1079,6 +1079,12 @@ async def events(request: Request) -> Response:
                     known.update(ids)
                 for mailbox_id in sorted(ids & mine):
                     yield f"event: change\ndata: {json.dumps({'mailbox': mailbox_id})}\n\n"
+        except StoreUnavailable as exc:
+            # The store cannot be reached (its database down, or closed as the
+            # server stops): the response has begun, so no 503 can be sent;
+            # the stream ends, and the browser opens it again after the retry
+            # delay (HTML Living Standard 9.2, "retry").
+            log.info("web: ending the event stream of %s: %s", session.address, exc)
         finally:
             remove()
             closer.cancel()

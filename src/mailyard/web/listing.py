@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..message.headers import decode_words
 from ..message.reply import base_subject
-from ..store.api import Mailbox, MessageInfo, Store
+from ..store.api import Mailbox, MessageInfo, Store, StoreError
 from ..store.view import MailboxView
 
 PAGE_SIZE = 50
@@ -48,8 +49,26 @@ class _BoxCache:
     filling: asyncio.Future | None = None
 
 
+log = logging.getLogger("mailyard.web")
+
+
 def _arrival(info: MessageInfo) -> float:
     return info.internal_date
+
+
+def _filled(task: asyncio.Future) -> None:
+    """The end of a big folder's sort keys computed in the background: a
+    failure is logged here, in one line when the store could not serve
+    (its database down, the folder deleted), rather than left to asyncio's
+    "exception never retrieved" traceback. The folder's next request starts
+    the work again."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if isinstance(exc, StoreError):
+        log.info("web: the sort keys of a folder were not prepared: %s", exc)
+    elif exc is not None:
+        log.error("web: preparing the sort keys of a folder failed", exc_info=exc)
 
 
 class NotReady(Exception):
@@ -193,6 +212,7 @@ class Listing:
                 # hold the request (and the event loop) for seconds.
                 if cache.filling is None or cache.filling.done():
                     cache.filling = asyncio.ensure_future(self._fill_keys(box, cache, missing))
+                    cache.filling.add_done_callback(_filled)
                 raise NotReady(len(cache.uids) - len(missing), len(cache.uids))
             await self._fill_keys(box, cache, missing)
             order = sorted((keys[uid], uid) for uid in cache.uids)

@@ -109,3 +109,15 @@ def test_preview_is_at_most_256_characters_rfc8970_3() -> None:
     line = c.untagged("a1 FETCH 1 (PREVIEW)")[0]
     text = line[len(b'* 1 FETCH (PREVIEW "') : -2]
     assert text == b" ".join([b"word"] * 52)[:256] and len(text) == 256
+
+
+def test_threadid_search_context_follows_new_mail_rfc8474_6_rfc5267_4() -> None:
+    # a live THREADID result (RFC 5267 4.3): a new reply in the thread is
+    # added, a new message of another thread is not
+    store = store_with_mail(ROOT, REPLY, OTHER)
+    c = connect(store, select="INBOX", enable="IMAP4rev2")
+    c.expect(f"B01 UID SEARCH RETURN (UPDATE) THREADID {T1}", '* ESEARCH (TAG "B01") UID ALL 1:2',
+             "B01 OK UID SEARCH completed")
+    store.deliver("alice", LATER)
+    store.deliver("alice", DEEP)
+    c.expect("a1 NOOP", "* 5 EXISTS", '* ESEARCH (TAG "B01") UID ADDTO (0 5)', "a1 OK NOOP completed")

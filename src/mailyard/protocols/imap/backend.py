@@ -33,7 +33,7 @@ raises) is an operation refused, answered with NO and the exception's text.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -326,6 +326,15 @@ class ImapBackend(Protocol):
         SENTSINCE compare (RFC 9051 6.4.4; message/dates.py ``sent_day`` of
         its Date fields), None without a readable Date. One call for a whole
         mailbox: a real backend reads it where the event loop is not held."""
+        ...
+
+    async def object_id_hits(self, mailbox: MailboxRecord, uids: Sequence[int],
+                             wanted: Collection[tuple[str, str]]) -> Mapping[tuple[str, str], set[int]]:
+        """For each (field, objectid) of ``wanted``, field "email_id" or
+        "thread_id" (the EMAILID / THREADID ``get_derived`` gives): those of
+        ``uids`` that have it (RFC 8474 6 SEARCH EMAILID / THREADID). One
+        call for a whole mailbox: a real backend makes and compares the ids
+        where the event loop is not held."""
         ...
 
     async def sort_order(self, mailbox: MailboxRecord, keys: Sequence[tuple[str, bool]],

@@ -220,16 +220,13 @@ class UpdateContext:
 async def _id_hits(backend: ImapBackend, sel: SelectedMailbox, uids: list[int], ids: set[tuple[str, str]],
                    sc: sr.SearchContext) -> None:
     """RFC 8474 6: which of ``uids`` have the EMAILID / THREADID of the program."""
-    fields = tuple(sorted({"email_id" if name == "EMAILID" else "thread_id" for name, _ in ids}))
-    found = await backend.get_derived(sel.mailbox, uids, fields)
+    field = {"EMAILID": "email_id", "THREADID": "thread_id"}
+    found = await backend.object_id_hits(sel.mailbox, uids, {(field[name], value) for name, value in ids})
     for name, value in ids:
-        field = "email_id" if name == "EMAILID" else "thread_id"
+        have = found.get((field[name], value), set())
         hits = sc.id_hits.setdefault((name, value), set())
-        for uid in uids:
-            if found.get(uid, {}).get(field) == value:
-                hits.add(uid)
-            else:
-                hits.discard(uid)
+        hits.difference_update(uids)
+        hits.update(have)
 
 
 def _keep_gone(old: Sequence[int], present: Sequence[int]) -> list[int]:

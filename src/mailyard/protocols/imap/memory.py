@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -600,6 +600,17 @@ class MemoryBackend:
             if needle in hay.casefold():
                 out.add(uid)
         return out
+
+    async def object_id_hits(self, mailbox: MailboxRecord, uids: Sequence[int],
+                             wanted: Collection[tuple[str, str]]) -> dict[tuple[str, str], set[int]]:
+        hits: dict[tuple[str, str], set[int]] = {key: set() for key in wanted}
+        fields = tuple(sorted({name for name, _ in hits}))
+        for uid, d in (await self.get_derived(mailbox, uids, fields)).items():
+            for name in fields:
+                hit = hits.get((name, d[name]))
+                if hit is not None:
+                    hit.add(uid)
+        return hits
 
     async def sent_dates(self, mailbox: MailboxRecord, uids: Sequence[int]) -> dict[int, dt.date | None]:
         box = self._box(mailbox)

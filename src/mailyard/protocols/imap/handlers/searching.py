@@ -12,7 +12,8 @@ ImapIO.compute when the mailbox is big; neither reads the messages.
 BODY and TEXT keys are answered by the backend's full-text index
 (search_text), FROM/TO/CC/BCC/SUBJECT/HEADER by its index of header fields
 (search_headers), SENT* by the day of each message's Date field
-(sent_dates); a real backend runs those reads where they do not hold up the
+(sent_dates), EMAILID and THREADID by the backend's ids (object_id_hits);
+a real backend runs those reads where they do not hold up the
 event loop. The rest is evaluated per message, off the event loop
 (ImapIO.compute) for a big mailbox. OLDER and YOUNGER (RFC 5032) compare
 with the time `ImapIO.now` gives.
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from ..session import ImapSession
 
 CHARSETS = ("UTF-8", "US-ASCII")
-HEADER_BATCH = 500
 # SORT / THREAD of more messages than this (some milliseconds of work) run
 # through ImapIO.compute, off the event loop
 COMPUTE_INLINE = 2_000
@@ -67,19 +67,12 @@ def _no_gc() -> Iterator[None]:
 
 async def _id_hits(b: ImapBackend, sel: SelectedMailbox, ids: set[tuple[str, str]], ctx: sr.SearchContext) -> None:
     """RFC 8474 6: the messages with an EMAILID or THREADID. The ids are
-    opaque hashes (objectid.py), so the selected mailbox's are asked for
-    and compared: nothing outside it can match."""
-    fields = tuple(sorted({"email_id" if name == "EMAILID" else "thread_id" for name, _ in ids}))
-    by_id: dict[tuple[str, str], set[int]] = {key: set() for key in ids}
-    uids = list(sel.view.uids)
-    for start in range(0, len(uids), HEADER_BATCH):
-        chunk = uids[start : start + HEADER_BATCH]
-        for uid, d in (await b.get_derived(sel.mailbox, chunk, fields)).items():
-            for field, name in (("email_id", "EMAILID"), ("thread_id", "THREADID")):
-                hit = by_id.get((name, d.get(field, "")))
-                if hit is not None:
-                    hit.add(uid)
-    ctx.id_hits.update(by_id)
+    opaque hashes (objectid.py), so the selected mailbox's are made and
+    compared by the backend, in one call (``object_id_hits``, off the event
+    loop for a big mailbox): nothing outside the mailbox can match."""
+    field = {"EMAILID": "email_id", "THREADID": "thread_id"}
+    found = await b.object_id_hits(sel.mailbox, list(sel.view.uids), {(field[name], value) for name, value in ids})
+    ctx.id_hits.update({(name, value): found.get((field[name], value), set()) for name, value in ids})
 
 
 async def _charset_ok(s: ImapSession, charset: str | None) -> bool:
