@@ -31,11 +31,12 @@ from typing import Any, TypeVar
 import pytest
 
 from mailyard.config import StoreConfig
+from mailyard.net.imap import ImapConnection
 from mailyard.protocols.imap import selected
 from mailyard.protocols.imap.session import ImapSession
 from mailyard.store import rows
 from mailyard.store.api import AppendItem
-from mailyard.store.sqlite import SQLiteStore, core, mailboxes, messages
+from mailyard.store.sqlite import SQLiteStore, changelog, core, mailboxes, messages
 from tests.conftest import USERS, RunningServer
 from tests.integration.serve_process import ServeProcess
 from tests.integration.test_workers import TIMEOUT, Line, imap_login, on_each_worker, two_workers
@@ -329,6 +330,138 @@ def test_a_connection_gone_in_idle_frees_its_index_data_at_once(
     try:
         a.close()
         assert closed.wait(TIMEOUT), "the server never saw the connection close"
+        assert refs[0]() is None
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _inbox(server: RunningServer) -> Any:
+    """alice's INBOX, as the server's store hands it out."""
+    async def get() -> Any:
+        account = await server.store.get_account(ALICE)
+        assert account is not None
+        return await server.store.get_mailbox(account.id, "INBOX")
+
+    return server.call(get())
+
+
+def test_a_store_on_every_message_is_announced_in_slices_and_nothing_is_lost(
+        make_server: Callable[..., RunningServer], big: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another client's STORE 1:* +FLAGS.SILENT (\\Seen) on a big mailbox:
+    the IDLE session announces the 30 changes (RFC 2177 3, RFC 9051 7.5.2,
+    MODSEQ with CONDSTORE, RFC 7162 3.2.4) in slices of ANNOUNCE_TURN
+    (lowered to 7), written with a turn of the other connections between
+    them. A flag change committed during the first turn is announced once,
+    after them, and no change is announced twice."""
+    monkeypatch.setattr(selected, "ANNOUNCE_TURN", 7, raising=False)
+    server = make_server(seed=_seed)
+    box = _inbox(server)
+    turns: list[ImapConnection] = []
+    pause = ImapConnection.pause
+
+    async def turn(self: ImapConnection) -> None:
+        turns.append(self)
+        if len(turns) == 1:  # another session's change, committed meanwhile
+            await server.store.store_flags(box, [2], ["\\Flagged"], "add")
+        await pause(self)
+
+    monkeypatch.setattr(ImapConnection, "pause", turn)
+    a = _raw(server)
+    ok(command(a, "e", "ENABLE CONDSTORE"))
+    ok(command(a, "s", "SELECT INBOX"))
+    b = _client(server)
+    b.select("INBOX")
+    _idle(a, "i")
+    assert b.store("1:*", "+FLAGS.SILENT", "(\\Seen)")[0] == "OK"
+    lines = [a.line() for _ in range(MESSAGES)]
+    assert len(turns) == (MESSAGES - 1) // 7 and len(set(turns)) == 1  # a's, between its slices
+    lines.append(a.line())  # the change made during the first turn
+    assert _done(a, "i") == []  # nothing more: no change said twice
+    fetched = [re.match(rb"\* (\d+) FETCH \(UID (\d+) FLAGS \(([^)]*)\) MODSEQ \((\d+)\)\)$", x) for x in lines]
+    assert all(fetched), lines
+    said = [(int(m[1]), int(m[2]), frozenset(m[3].split()), int(m[4])) for m in fetched if m]
+    assert [(q, u) for q, u, _, _ in said[:MESSAGES]] == [(n, n) for n in range(1, MESSAGES + 1)]
+    assert all(b"\\Seen" in f and b"\\Flagged" not in f for _, _, f, _ in said[:MESSAGES])
+    seq, uid, flags, modseq = said[MESSAGES]
+    assert (seq, uid) == (2, 2) and {b"\\Seen", b"\\Flagged"} <= flags
+    assert modseq > said[1][3]
+    b.logout()
+    a.close()
+
+
+def test_a_store_on_every_message_is_read_off_the_event_loop(
+        make_server: Callable[..., RunningServer], big: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The change log reads at most changelog.CATCH_UP_INLINE changed rows
+    on the event loop (lowered to 5): the STORE 1:* of a big mailbox is
+    read for the IDLE session on the listing lane, every change announced."""
+    monkeypatch.setattr(changelog, "CATCH_UP_INLINE", 5, raising=False)
+    server = make_server(seed=_seed)
+    a = _raw(server)
+    ok(command(a, "s", "SELECT INBOX"))
+    b = _client(server)
+    b.select("INBOX")
+    on_loop: list[int] = []
+    message_row = rows.message_row
+
+    def traced(row: tuple) -> Any:
+        if threading.current_thread().name == "mailyard-test-server":
+            on_loop.append(row[1])
+        return message_row(row)
+
+    monkeypatch.setattr(messages, "message_row", traced)
+    _idle(a, "i")
+    assert b.store("1:*", "+FLAGS.SILENT", "(\\Seen)")[0] == "OK"
+    lines = [a.line() for _ in range(MESSAGES)]
+    assert _done(a, "i") == []
+    said = _fetched(lines)
+    assert sorted(said) == list(range(1, MESSAGES + 1)), lines
+    assert all(b"\\Seen" in flags for _, flags in said.values())
+    assert on_loop == []
+    b.logout()
+    a.close()
+
+
+def test_a_closed_session_frees_its_selected_mailbox_at_once(
+        make_server: Callable[..., RunningServer], big: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client leaves while IDLE in a big mailbox: the session's selected
+    mailbox (its sequence-number map, its view) is freed by reference
+    counting as the connection closes, with the cycle collector switched
+    off, not left for the collector to find."""
+    server = make_server(seed=_seed)
+    refs: list[weakref.ref] = []
+    closed = threading.Event()
+    close = ImapSession.close
+
+    def closing(self: ImapSession) -> None:
+        if self.sel is not None:
+            refs.append(weakref.ref(self.sel))
+        close(self)
+        closed.set()
+
+    monkeypatch.setattr(ImapSession, "close", closing)
+    idle_over = threading.Event()
+    execute = ImapSession.execute
+
+    async def executing(self: ImapSession, cmd: Any) -> None:
+        try:
+            await execute(self, cmd)
+        finally:
+            if cmd.name == "IDLE":
+                idle_over.set()
+
+    monkeypatch.setattr(ImapSession, "execute", executing)
+    a = _raw(server)
+    ok(command(a, "s", "SELECT INBOX"))
+    assert len(_fetched(ok(command(a, "f", "UID FETCH 1:* (FLAGS)")))) == MESSAGES
+    _idle(a, "i")
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        a.close()
+        assert closed.wait(TIMEOUT), "the server never saw the connection close"
+        assert idle_over.wait(TIMEOUT), "the IDLE step never ended"
+        assert len(refs) == 1
         assert refs[0]() is None
     finally:
         if collecting:

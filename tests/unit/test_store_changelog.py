@@ -349,3 +349,45 @@ async def test_a_question_from_before_the_log_of_a_big_mailbox_is_answered_off_t
         assert lanes == ["list"] * 3  # (from the log)
     finally:
         await s.close()
+
+
+async def test_a_write_of_many_rows_is_read_off_the_loop_once_for_the_sessions(
+        tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A STORE 1:* of a big mailbox changes more rows than the log reads on
+    the event loop (CATCH_UP_INLINE): the log starts again after it, and the
+    sessions asking from before it share one read on the listing lane, whose
+    answer is SQLite's. The next small write is answered by the log again."""
+    from mailyard.store.sqlite import messages
+
+    monkeypatch.setattr(changelog, "CATCH_UP_INLINE", 5, raising=False)
+    s, inbox, _ = await _store(tmp_path)
+    lanes: list[str] = []
+    on_loop: list[int] = []
+    loop_thread = threading.get_ident()
+    row = messages.message_row
+
+    def traced(r: tuple) -> object:
+        if threading.get_ident() == loop_thread:
+            on_loop.append(r[1])
+        return row(r)
+
+    try:
+        for _ in range(20):
+            await s.append(inbox, MIME)
+        known = (await s.mailbox_status(inbox)).highest_modseq
+        await s.changes_since(inbox, known)  # the log begins
+        _list_off_the_loop(s, monkeypatch, lanes)
+        monkeypatch.setattr(messages, "message_row", traced)
+        await s.store_flags(inbox, list(range(1, 21)), ["\\Seen"], "add")
+        answers = await asyncio.gather(*(s.changes_since(inbox, known) for _ in range(10)))
+        assert on_loop == []
+        assert lanes == ["list"]  # one read for the ten sessions
+        expected = _from_sqlite(s, inbox, known)
+        assert len(expected.changed) == 20
+        assert all(a == expected for a in answers)
+        top = answers[0].highest_modseq
+        await s.store_flags(inbox, [3], ["\\Flagged"], "add")
+        assert await s.changes_since(inbox, top) == _from_sqlite(s, inbox, top)
+        assert lanes == ["list"] and on_loop == [3]  # from the log
+    finally:
+        await s.close()

@@ -253,3 +253,30 @@ def test_the_caches_kept_through_idle_share_one_budget(monkeypatch: pytest.Monke
     assert listings.count(b.session.backend) == 1
     c.conv.close()
     assert len(kept) == 0 and kept.records == 0
+
+
+def test_the_budget_of_kept_caches_counts_what_arrives_during_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache kept through IDLE grows by every message that arrives
+    meanwhile (the syncs keep it current): the budget counts the records
+    the caches hold, and once they are over it the cache of the session
+    that began IDLE longest ago goes, as when a new one is kept."""
+    _big_mailboxes(monkeypatch)
+    monkeypatch.setattr(selected, "IDLE_KEPT_RECORDS", 7)  # two caches of 3 records
+    kept = selected.KeptCaches()
+    store = store_with_mail()
+    a, b = (connect(store, select="INBOX", config=ImapConfig(kept=kept)) for _ in range(2))
+    for n, s in enumerate((a, b)):
+        s.untagged(f"f{n} FETCH 1:* (FLAGS)")
+        s.expect(f"i{n} IDLE", "+ idling")
+    assert kept.records == 6 and len(kept) == 2
+    store.deliver("alice", SHORT)
+    assert a.poll().startswith(b"* 4 EXISTS") and b.poll().startswith(b"* 4 EXISTS")
+    assert a.session.sel.infos_cache is None  # the oldest IDLE's went
+    assert len(b.session.sel.infos_cache) == 4
+    assert len(kept) == 1 and kept.records == 4
+    a.expect("DONE", "i0 OK IDLE terminated")
+    a.expect("g0 UID FETCH 4 (RFC822.SIZE)", f"* 4 FETCH (UID 4 RFC822.SIZE {len(SHORT)})",
+             "g0 OK UID FETCH completed")
+    assert len(kept) == 1 and kept.records == 4
+    b.expect("DONE", "i1 OK IDLE terminated")
+    assert len(kept) == 0 and kept.records == 0

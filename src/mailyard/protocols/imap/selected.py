@@ -55,6 +55,11 @@ LARGE_VIEW = 10_000
 # Beyond it, the cache of the session that began IDLE longest ago goes, and
 # is built again when a command needs it after DONE.
 IDLE_KEPT_RECORDS = 1_000_000
+# Untagged FETCH lines of other sessions' flag changes a sync formats between
+# two turns of the other connections (like a FETCH of index data,
+# handlers/messages.py FETCH_TURN): a STORE 1:* on a big mailbox is announced
+# to every session of it, each in slices written as they are made.
+ANNOUNCE_TURN = 10_000
 
 # ImapIO.compute: ``fn()`` where it does not hold up the other connections
 Compute = Callable[[Callable[[], Any]], Awaitable[Any]]
@@ -335,6 +340,22 @@ class KeptCaches:
         self.release(sel)
         self._kept[sel] = records
         self.records += records
+        sel.kept = self
+        self._within_budget()
+
+    def resize(self, sel: SelectedMailbox, records: int) -> None:
+        """``sel``'s kept cache holds ``records`` now (the syncs during IDLE
+        add the messages that arrive, and drop the expunged): count that,
+        and drop the oldest kept caches while the count is over the budget,
+        as for a new one."""
+        counted = self._kept.get(sel)
+        if counted is None:
+            return
+        self._kept[sel] = records
+        self.records += records - counted
+        self._within_budget()
+
+    def _within_budget(self) -> None:
         while self.records > IDLE_KEPT_RECORDS:
             oldest = next(iter(self._kept))
             self.release(oldest)
@@ -345,6 +366,7 @@ class KeptCaches:
         records = self._kept.pop(sel, None)
         if records is not None:
             self.records -= records
+            sel.kept = None
 
 
 @dataclass(eq=False)
@@ -390,6 +412,9 @@ class SelectedMailbox:
     # the session's connection is gone: a command still under way builds
     # no cache to keep (``release``)
     released: bool = False
+    # the budget that counts the cache while it is kept through IDLE
+    # (``KeptCaches.keep`` to ``release``), told as the syncs change it
+    kept: KeptCaches | None = None
 
     def note_flags(self, records: Iterable[MessageRecord]) -> None:
         """Look for keywords the client has not been told of in FLAGS."""
@@ -493,7 +518,8 @@ class SelectedMailbox:
         goes now, not when the cycle collector finds the session (it and
         its I/O object refer to each other), which may be long after for a
         cache of 200,000 records. The view stays, for a command that is
-        still under way (its output goes nowhere)."""
+        still under way (its output goes nowhere); the session drops this
+        object itself once no command uses it (``ImapSession._let_go``)."""
         self.released = True
         self.infos_cache = None
         self.read_changes = None
@@ -585,10 +611,13 @@ class SelectedMailbox:
         # above: the new messages start there, so ranges stay disjoint
         self.recent.add(first if above is None else max(first, above), upto)
 
-    async def sync(self, engine: ImapEngine, backend: ImapBackend, allow_expunge: bool) -> None:
+    async def sync(self, engine: ImapEngine, backend: ImapBackend, allow_expunge: bool,
+                   turn: Callable[[], Awaitable[None]] | None = None) -> None:
         """Announce what other sessions changed (RFC 9051 5.2, 7.4.1, 7.5.1).
         Expunges wait while ``allow_expunge`` is False (FETCH, STORE, SEARCH:
-        sequence numbers must not shift under the client)."""
+        sequence numbers must not shift under the client). ``turn`` writes
+        out what is queued and lets the other connections in: awaited
+        between slices of ANNOUNCE_TURN flag changes."""
         if self.dirty:
             self.dirty = False
             cache = self.infos_cache
@@ -643,16 +672,7 @@ class SelectedMailbox:
                     await self.claim_recent(backend, min(new) - 1, max(new))
                     engine.untagged(self.recent.count(view.uids), Atom("RECENT"))  # RFC 3501 7.3.2
             self.announce_flags(engine)  # before a FETCH shows a new keyword
-            recent = self.recent_of(engine)
-            for info in updated:
-                seq = view.seq_of(info.uid)
-                if seq is None:
-                    continue
-                # RFC 9051 7.5.2: unsolicited FETCH must carry UID
-                items: list[object] = [Atom("UID"), info.uid, Atom("FLAGS"), Raw(session_flags(info, recent))]
-                if self.condstore:
-                    items += [Atom("MODSEQ"), [info.modseq]]
-                engine.untagged(seq, Atom("FETCH"), items)
+            await self._announce_fetches(engine, updated, turn)
             for ctx in list(self.contexts.values()):  # after EXISTS (RFC 5267 4.3.3)
                 await ctx.refresh(engine, backend, self, touched)
         else:
@@ -661,6 +681,39 @@ class SelectedMailbox:
                 self.pending_expunge.clear()
             self.announce_flags(engine)  # keywords seen by a command's own reads
         self.hold(backend)
+        if self.kept is not None:
+            # a cache kept through IDLE grew by the new messages (or shrank
+            # by the expunged): its budget counts the records it holds
+            cache = self.infos_cache
+            if cache is None:
+                self.kept.release(self)
+            else:
+                self.kept.resize(self, len(cache))
+
+    async def _announce_fetches(self, engine: ImapEngine, updated: list[MessageRecord],
+                                turn: Callable[[], Awaitable[None]] | None) -> None:
+        """``* n FETCH (UID FLAGS [MODSEQ])`` for the messages of ``updated``
+        (one change batch, UID order: RFC 9051 7.5.2, RFC 7162 3.2.4), in
+        slices of ANNOUNCE_TURN with ``turn`` between them. What the
+        session does across a turn is fixed before the first line: the
+        view changes only by this session's syncs, and a change notified
+        meanwhile marks the view dirty for the next sync, which reads from
+        the mod-sequence this one announced (so nothing is lost or said
+        twice)."""
+        recent = self.recent_of(engine)
+        view = self.view
+        for start in range(0, len(updated), ANNOUNCE_TURN):
+            if start and turn is not None:
+                await turn()
+            for info in updated[start : start + ANNOUNCE_TURN]:
+                seq = view.seq_of(info.uid)
+                if seq is None:
+                    continue
+                # RFC 9051 7.5.2: unsolicited FETCH must carry UID
+                items: list[object] = [Atom("UID"), info.uid, Atom("FLAGS"), Raw(session_flags(info, recent))]
+                if self.condstore:
+                    items += [Atom("MODSEQ"), [info.modseq]]
+                engine.untagged(seq, Atom("FETCH"), items)
 
     def announce_expunge(self, engine: ImapEngine, uids: Sequence[int]) -> None:
         """EXPUNGE per message, or one VANISHED with QRESYNC (RFC 7162 3.2.10)."""

@@ -78,7 +78,7 @@ class ImapSession:
     """One connection's IMAP state: the engine, the logged-in account's
     backend, the selected mailbox."""
 
-    __slots__ = ("_sel", "_unwatch", "backend", "closed", "config", "engine", "io", "login", "notes")
+    __slots__ = ("_running", "_sel", "_unwatch", "backend", "closed", "config", "engine", "io", "login", "notes")
 
     def __init__(self, io: ImapIO, login: ImapLogin, limits: Limits | None = None,
                  config: ImapConfig | None = None) -> None:
@@ -89,6 +89,7 @@ class ImapSession:
         self.backend: ImapBackend | None = None
         self._sel: SelectedMailbox | None = None
         self.closed = False  # the connection is gone
+        self._running = False  # a command is under way (``execute``)
         self._unwatch: Callable[[], None] | None = None
         # change notifications received, of any mailbox: a SELECT that read
         # its snapshot while one arrived (no mailbox selected yet) asks again
@@ -145,19 +146,27 @@ class ImapSession:
         a failed login."""
         self.closed = True
         self.login.close()
-        self._let_go()
+        # a command under way keeps the selected mailbox until it ends
+        # (``execute`` lets go of it then)
+        self._let_go(drop=not self._running)
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
 
-    def _let_go(self) -> None:
+    def _let_go(self, drop: bool = True) -> None:
         """A closed session's hold on its mailbox: its index data, its place
-        in the budget of kept caches, its hold of expunged messages."""
+        in the budget of kept caches, its hold of expunged messages, and
+        (``drop``) the selected mailbox itself. The session and its
+        connection object refer to each other, so what the session still
+        refers to goes only when the cycle collector finds them; the
+        selected mailbox (its sequence-number map and view) goes at once."""
         sel = self._sel
         if sel is not None:
             sel.release()
             if self.config.kept is not None:
                 self.config.kept.release(sel)
+            if drop:
+                self._sel = None
         if self.backend is not None:
             self.backend.hold_expunged(None)
 
@@ -201,6 +210,7 @@ class ImapSession:
 
     async def execute(self, cmd: c.Command) -> None:
         """Answer one command; its responses are queued on the engine."""
+        self._running = True
         try:
             if self.backend is not None and not await self.references_current():
                 return
@@ -229,6 +239,7 @@ class ImapSession:
             if self.engine.current is not None:
                 self.engine.complete("NO", "Internal server error", "SERVERBUG")
         finally:
+            self._running = False
             if self.closed:
                 # the connection went while this command ran: what it took
                 # since (a SELECT's hold, a sync's) is let go here, as close()
@@ -242,7 +253,7 @@ class ImapSession:
         if sel is not None:
             if ((sel.dirty or (allow_expunge and sel.pending_expunge))
                     and self.backend is not None and self.engine.state is State.SELECTED):
-                await sel.sync(self.engine, self.backend, allow_expunge)
+                await sel.sync(self.engine, self.backend, allow_expunge, self._turn)
             sel.read_changes = None  # (kept for this command's sync only)
         self.engine.complete(status, text, code)
 
@@ -250,7 +261,14 @@ class ImapSession:
         """Announce what changed in the selected mailbox (RFC 9051 5.2)."""
         sel = self.sel
         if sel is not None and self.backend is not None:
-            await sel.sync(self.engine, self.backend, allow_expunge)
+            await sel.sync(self.engine, self.backend, allow_expunge, self._turn)
+
+    async def _turn(self) -> None:
+        """Between the slices of a long announcement: write out what is
+        queued (waiting while the client is behind) and let the other
+        connections in."""
+        await self.io.flush()
+        await self.io.pause()
 
     async def maybe_flush(self) -> None:
         """Write out queued responses once they pass FLUSH_AT."""

@@ -16,10 +16,12 @@ all logs bounds the memory (least recently used logs go first).
 
 The log is exact only from its ``base`` on: older questions (a session that
 selected the mailbox before the log began, or one far behind after the log
-was trimmed) go to SQLite as before. Whether the log is current is decided by
-the mailbox's ``highest_modseq`` in the database, not by change
-notifications, so writes by another process sharing the directory are seen
-too. Only the loop thread reads (SQLiteCore: reads run on the caller's
+was trimmed) go to SQLite as before. A write of more rows than the event loop
+reads at once (``CATCH_UP_INLINE``) starts the log again after it: the
+questions from before it are answered from the tables, off the loop.
+Whether the log is current is decided by the mailbox's ``highest_modseq``
+in the database, not by change notifications, so writes by another process
+sharing the directory are seen too. Only the loop thread reads (SQLiteCore: reads run on the caller's
 thread), so there is no locking.
 """
 
@@ -36,6 +38,9 @@ MAX_ENTRIES = 8192  # per mailbox; the older half goes when it is full
 # at most); the least recently used logs go beyond it.
 LOG_BUDGET = 300_000
 FIRST_REACH = 1024  # a new log starts at the first question if it is at most this far behind
+# Changed rows a catch-up reads on the event loop (some 3 ms per 1,000, like
+# core.LIST_INLINE); a write of more starts the log again after it.
+CATCH_UP_INLINE = 2_000
 
 
 class ChangeLog:
@@ -62,10 +67,13 @@ class ChangeLog:
         return len(self.entries) + (len(self.snapshot) if self.snapshot is not None else 0)
 
     def catch_up(self, read: sqlite3.Connection, mailbox_id: int, top: int, cols: str,
-                 record: Callable[[tuple], MessageInfo]) -> None:
+                 record: Callable[[tuple], MessageInfo], most: int) -> bool:
         """Append the changes with mod-sequence in (self.top, top]; ``cols``
         selects a message row (its sixth column the mod-sequence) and
-        ``record`` makes the ``MessageInfo`` of one.
+        ``record`` makes the ``MessageInfo`` of one. False, and the log as
+        it was, when they are more than ``most`` rows: a write of many rows
+        (a STORE 1:* of a big mailbox) is not read on the event loop, whose
+        thread runs this; at most ``most + 1`` rows of each table are read.
 
         The caller read ``top`` from the mailbox row in the same read
         transaction (one WAL snapshot), so the rows read here are exactly the
@@ -74,13 +82,17 @@ class ChangeLog:
         (a session told of a higher UID first could not place it any more)."""
         lo = self.top
         rows = read.execute(
-            f"SELECT {cols} FROM messages WHERE mailbox_id = ? AND modseq > ? AND modseq <= ?",
-            (mailbox_id, lo, top),
+            f"SELECT {cols} FROM messages WHERE mailbox_id = ? AND modseq > ? AND modseq <= ? LIMIT ?",
+            (mailbox_id, lo, top, most + 1),
         ).fetchall()
+        if len(rows) > most:
+            return False
         gone = read.execute(
-            "SELECT uid, modseq FROM expunged WHERE mailbox_id = ? AND modseq > ? AND modseq <= ?",
-            (mailbox_id, lo, top),
+            "SELECT uid, modseq FROM expunged WHERE mailbox_id = ? AND modseq > ? AND modseq <= ? LIMIT ?",
+            (mailbox_id, lo, top, most + 1 - len(rows)),
         ).fetchall()
+        if len(rows) + len(gone) > most:
+            return False
         new: list[tuple[int, MessageInfo | int]] = [(r[5], record(r)) for r in rows]
         new += [(modseq, uid) for uid, modseq in gone]
         new.sort(key=lambda e: e[0])
@@ -92,6 +104,7 @@ class ChangeLog:
             self.base = self.modseqs[cut - 1]
             del self.modseqs[:cut]
             del self.entries[:cut]
+        return True
 
     def since(self, modseq: int) -> Changes:
         """What changed after ``modseq`` (at least ``base``), as SQLite would say."""

@@ -696,8 +696,35 @@ class MessagesMixin(BodiesMixin):
         # CHANGEDSINCE) is answered from the tables: off the event loop when
         # that is a read of many rows (every message may have changed since).
         if many_changes(c, mailbox_id, modseq):
-            return await self._bulk_read(lambda conn: _read_changes(conn, mailbox_id, modseq), LIST_LANE)
+            return await self._changes_off_loop(mailbox_id, modseq, log.top)
         return _read_changes(c, mailbox_id, modseq)
+
+    async def _changes_off_loop(self, mailbox_id: int, modseq: int, top: int) -> Changes:
+        """``_read_changes`` on the listing lane, one read for the sessions
+        that ask the same question while it runs: after a write of many
+        rows (a STORE 1:* of a big mailbox) every session of the mailbox
+        asks from where it was, most of them from the same mod-sequence.
+        A session joins a read only if the mailbox's ``top`` it sees is the
+        one seen when the read was asked for: the read's snapshot begins
+        after that, so it holds every change the session may have been told
+        of (a later commit makes another question)."""
+        key = (mailbox_id, modseq, top)
+        reads = self._change_reads
+        read = reads.get(key)
+        if read is None:
+            read = asyncio.ensure_future(
+                self._bulk_read(lambda conn: _read_changes(conn, mailbox_id, modseq), LIST_LANE))
+            reads[key] = read
+
+            def done(f: asyncio.Future[Changes]) -> None:
+                if reads.get(key) is f:
+                    del reads[key]
+                if not f.cancelled():
+                    f.exception()  # (retrieved: every asker may have gone)
+
+            read.add_done_callback(done)
+        # a session that goes (its client left) leaves the read to the others
+        return await asyncio.shield(read)
 
     def _current_log(self, c: sqlite3.Connection, mailbox_id: int, since: int | None) -> ChangeLog:
         """The mailbox's change log brought up to its highest_modseq, inside
@@ -716,7 +743,12 @@ class MessagesMixin(BodiesMixin):
         logs[mailbox_id] = log  # the most recently used last
         if top > log.top:
             before = log.cost()
-            log.catch_up(c, mailbox_id, top, MESSAGE_COLS, message_row)
+            if not log.catch_up(c, mailbox_id, top, MESSAGE_COLS, message_row, changelog.CATCH_UP_INLINE):
+                # more rows than are read on the event loop: the log starts
+                # again at ``top``, and the questions from before it are
+                # answered from the tables on the listing lane, one read
+                # for the sessions asking the same (``changes_since``)
+                log = logs[mailbox_id] = ChangeLog(top)
             self._charge(mailbox_id, log.cost() - before)
         return log
 
