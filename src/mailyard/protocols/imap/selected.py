@@ -27,7 +27,7 @@ from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .backend import NoSpace
 from .commands import SequenceSet
@@ -36,10 +36,20 @@ from .response import Atom, Raw, flag_list, format_uid_set
 
 if TYPE_CHECKING:
     from .backend import ImapBackend, MailboxRecord, MessageRecord
-    from .contexts import UpdateContext
     from .engine import ImapEngine
 
 log = logging.getLogger("mailyard.imap")
+
+
+class UpdatingResult(Protocol):
+    """A live SEARCH or SORT result of the selected mailbox (RFC 5267 4.3,
+    contexts.py): told of expunges before they are announced (4.3.4) and
+    refreshed with the new and changed messages after EXISTS (4.3.3)."""
+
+    def expunged(self, engine: ImapEngine, sel: SelectedMailbox, uids: Iterable[int]) -> None: ...
+
+    async def refresh(self, engine: ImapEngine, backend: ImapBackend, sel: SelectedMailbox,
+                      records: Sequence[MessageRecord]) -> None: ...
 
 # A mailbox of more messages than this is big: its index-data cache is built
 # where it does not hold up the other connections (ImapIO.compute), and kept
@@ -406,7 +416,7 @@ class SelectedMailbox:
     new_keywords: frozenset[str] = frozenset()
     # RFC 5267 4.3: live SEARCH / SORT results by command tag (contexts.py),
     # told of the messages each change touched
-    contexts: dict[str, UpdateContext] = field(default_factory=dict)
+    contexts: dict[str, UpdatingResult] = field(default_factory=dict)
     # ImapIO.compute, for the work on every message of a big mailbox; None: in place
     compute: Compute | None = None
     # the session's connection is gone: a command still under way builds
