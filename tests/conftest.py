@@ -49,7 +49,7 @@ class RunningServer:
         self.host = HOST if ephemeral_ports else config.server.bind
         self.ephemeral_ports = ephemeral_ports
         self.seed_defaults = seed_defaults
-        # The production event loop (cli.py runs uvloop when it is installed).
+        # The production event loop (``mailyard serve`` runs uvloop when it is installed).
         try:
             import uvloop
 

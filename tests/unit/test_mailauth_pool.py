@@ -58,7 +58,7 @@ def signed(tmp_path: Path, dns: DNSServer) -> bytes:
 
 
 def run(coro):  # noqa: ANN001, ANN201 - a test helper
-    """On the production event loop: cli.py runs uvloop when it is installed."""
+    """On the production event loop: ``mailyard serve`` runs uvloop when it is installed."""
     try:
         import uvloop
     except ImportError:

@@ -1,5 +1,5 @@
 """The import commands as coroutines over a store: what ``mailyard import``
-runs (cli.py only parses options, opens the store and prints)."""
+runs (cli/import_export.py only parses options, opens the store and prints)."""
 
 from __future__ import annotations
 
