@@ -379,6 +379,21 @@ def test_fake_salts_are_stable_across_spellings_and_restarts(tmp_path: Path) -> 
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
 
 
+def test_a_short_fake_salt_key_is_replaced(tmp_path: Path) -> None:
+    """An empty or cut-short key (a crash while it was made, a truncated
+    restore) is not used: anyone could compute fake salts from it and tell
+    unknown users from real ones. A new one replaces it, kept from then on."""
+    from mailyard.auth.service import load_secret
+
+    for short in (b"", b"x" * 31):
+        key = tmp_path / f"key-{len(short)}"
+        key.write_bytes(short)
+        secret = load_secret(key)
+        assert len(secret) == 32 and secret != short[:32]
+        assert key.read_bytes() == secret and stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert load_secret(key) == secret
+
+
 def test_the_fake_salt_key_is_read_before_the_first_login(
     make_server: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -205,6 +205,62 @@ def test_store_unavailable_answers_trylater_and_the_session_goes_on(
     assert sum("refused for now" in r.getMessage() for r in caplog.records if r.name == "mailyard.managesieve") == 3
 
 
+def test_logins_refused_for_now_count_against_the_connection(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A login answered NO (TRYLATER) because the store is out of reach is
+    one of the connection's refused logins: after three the server says BYE,
+    so one connection cannot keep trying without end."""
+    store = mailserver.store
+
+    async def get_account(*args, **kwargs):
+        raise StoreUnavailable("the store is closed")
+
+    monkeypatch.setattr(store, "get_account", get_account)
+    c = Raw(mailserver)
+    c.reply()
+    refused = b'NO (TRYLATER) "the mail store is unavailable, try again later"\r\n'
+    login = b'AUTHENTICATE "PLAIN" "' + plain(ALICE, PASSWORD) + b'"\r\n'
+    assert c.cmd(login) == refused
+    assert c.cmd(login) == refused
+    assert c.cmd(login) == refused
+    assert c.reply() == b'BYE "too many failed logins"\r\n'
+    assert c.sock.recv(1) == b""  # and the connection is closed
+
+
+def test_scram_with_the_store_gone_at_its_last_step_leaves_no_attempt_pending(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SCRAM exchange whose account lookup at the end finds the store out
+    of reach is answered NO (TRYLATER), and its reserved login attempt is
+    settled, not left pending: the throttle never forgets a pending
+    attempt, and ten of them would leave the account busy for good."""
+    from tests.integration.test_tls_auth import ScramClient
+
+    store = mailserver.store
+    calls = {"n": 0}
+    real = store.get_account
+
+    async def get_account(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the lookup of the exchange's last step
+            raise StoreUnavailable("the store is closed")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "get_account", get_account)
+    c = Raw(mailserver)
+    c.reply()
+    scram = ScramClient(ALICE, USERS[ALICE])
+    c.sock.sendall(b'AUTHENTICATE "SCRAM-SHA-256" "' + base64.b64encode(scram.first()) + b'"\r\n')
+    server_first = base64.b64decode(c.until(b"\r\n").strip().strip(b'"'))
+    c.sock.sendall(b'"' + base64.b64encode(scram.final(server_first)) + b'"\r\n')
+    server_final = c.until(b"\r\n")  # v=: the server's proof, answered with an empty response
+    assert base64.b64decode(server_final.strip().strip(b'"')).startswith(b"v=")
+    assert c.cmd(b'""\r\n') == b'NO (TRYLATER) "the mail store is unavailable, try again later"\r\n'
+    throttle = mailserver.server.services.login.throttle
+    entry = throttle._accounts.entries.get(ALICE)
+    assert entry is not None and entry.pending == 0
+    assert all(e.pending == 0 for e in throttle._ips.entries.values())
+
+
 def test_managesieve_over_implicit_tls(make_server) -> None:
     """[ports] managesieve_tls: TLS from the first byte (as imaps); the
     greeting offers no STARTTLS and PLAIN works though passwords need TLS

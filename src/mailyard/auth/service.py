@@ -78,16 +78,23 @@ def load_secret(path: Path) -> bytes:
         if len(data) >= 32:
             return data[:32]
     except FileNotFoundError:
-        pass
+        data = None
     except OSError as exc:
         log.warning("cannot read %s (%s): fake SCRAM salts change at restart", path, exc)
         return secrets.token_bytes(32)
     secret = secrets.token_bytes(32)
     try:
+        if data is not None:
+            # Empty or cut short (a crash while it was made, a truncated
+            # restore): a short key would let anyone compute the fake salts
+            # and tell unknown users from real ones (RFC 5802 5.1).
+            log.warning("%s holds %d bytes, not 32: a new secret replaces it", path, len(data))
+            write_atomic(path, secret)
+            return path.read_bytes()[:32]
         try:
             write_atomic(path, secret, exclusive=True)
         except FileExistsError:  # another process made it first: use theirs
-            return path.read_bytes()[:32]
+            return load_secret(path)
     except OSError as exc:
         log.warning("cannot create %s (%s): fake SCRAM salts change at restart", path, exc)
     return secret
@@ -372,7 +379,15 @@ class LoginSession:
                 return ev
             elif isinstance(ev, sasl.Success):
                 attempt, self._open = self._open, None
-                account = await service.resolve(ev.authcid)
+                try:
+                    account = await service.resolve(ev.authcid)
+                except BaseException as exc:
+                    # the attempt is settled whatever ends it (the store out
+                    # of reach, the connection gone): none is left pending
+                    if attempt is not None:
+                        why = "store unavailable" if isinstance(exc, StoreUnavailable) else "exchange abandoned"
+                        service.failed(attempt, self.ip, ev.authcid, self.protocol, why)
+                    raise
                 if account is None:  # removed during the exchange
                     if attempt is not None:
                         service.failed(attempt, self.ip, ev.authcid, self.protocol, "account vanished")

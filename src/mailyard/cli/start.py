@@ -96,6 +96,7 @@ def _init_tls(d: Path, cfg: Config) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from ..auth.service import SECRET_FILE, load_secret
     from ..workers import serve
 
     d = require_data_dir(args)
@@ -115,6 +116,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         runner: Callable[..., Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
+    # made here, once, before the workers each read it: they must show the
+    # same fake SCRAM salts (auth/service.py)
+    load_secret(d / SECRET_FILE)
     print(f"mailyard {__version__} serving {d} as {cfg.server.hostname}", flush=True)
     try:
         status = serve(d, cfg, runner)

@@ -133,11 +133,12 @@ class ManageSieveSession(SessionProtocol):
             await self._login(engine, event)
         except StoreUnavailable as exc:
             # the login service could not look the name up: a temporary
-            # failure, not one of the session's failed logins; the client
-            # tries again later
+            # failure; it counts against the connection's logins like any
+            # refusal, so one connection cannot try without end
             self._mech = None
+            self._failures += 1
             log.info("managesieve: login from %s refused for now: %s", self.peer_ip, exc)
-            engine.login_failed(STORE_UNAVAILABLE, "TRYLATER")
+            engine.login_failed(STORE_UNAVAILABLE, "TRYLATER", close=self._failures >= MAX_LOGIN_FAILURES)
 
     async def _login(self, engine: ManageSieveServer, event: Authenticate | SASLResponse) -> None:
         if self._auth is None:
@@ -159,10 +160,11 @@ class ManageSieveSession(SessionProtocol):
                 self.account = account
                 engine.login_ok()
                 return
-        if isinstance(result, sasl.Failure) and result.kind == "temporary":
-            engine.login_failed("too many failed logins, try again later", "TRYLATER")
-            return
         self._failures += 1
+        if isinstance(result, sasl.Failure) and result.kind == "temporary":
+            engine.login_failed("too many failed logins, try again later", "TRYLATER",
+                                close=self._failures >= MAX_LOGIN_FAILURES)
+            return
         text = "authentication cancelled" if isinstance(result, sasl.Failure) and result.kind == "cancelled" \
             else "authentication failed"
         engine.login_failed(text, close=self._failures >= MAX_LOGIN_FAILURES)
