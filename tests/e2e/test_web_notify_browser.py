@@ -62,3 +62,30 @@ def test_notification_names_sender_and_subject(browser: Any, mailserver: Running
     wait_until(lambda: page.evaluate("window.__notes.length") == 2, timeout=15, what="a second notification")
     assert page.evaluate("window.__notes[1]") == ["mailyard: new mail", "Di: Minutes of the meeting\nand 2 more"]
     ctx.close()
+
+
+def test_live_updates_come_back_after_the_server_refused_the_stream(browser: Any, mailserver: RunningServer) -> None:
+    """A stream the browser gave up on (the server answered 503 while its
+    store was out of reach) is opened again once the server answers, and
+    new mail then shows in the open folder without a reload."""
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900}, base_url=base_url(mailserver))
+    ctx.set_default_timeout(15_000)
+    page = ctx.new_page()
+    log_in(page, ALICE)
+    refused: list[str] = []
+
+    def unavailable(route: Any) -> None:
+        refused.append(route.request.url)
+        route.fulfill(status=503, body="the mail store is unavailable")
+
+    page.route("**/events*", unavailable)
+    page.reload()
+    # (route handlers run while Playwright has control: wait through it)
+    wait_until(lambda: page.wait_for_timeout(100) or len(refused) >= 2, timeout=15,
+               what="the stream refused, then asked again")
+    page.unroute("**/events*")
+    with page.expect_request(lambda r: "/events" in r.url and "newest" not in r.url, timeout=30_000):
+        pass
+    deliver(mailserver, ("Alice Cooper <cooper@example.test>", "Back online"))
+    wait_until(lambda: "Back online" in page.locator("#list").inner_text(), timeout=30, what="the new message listed")
+    ctx.close()

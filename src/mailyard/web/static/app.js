@@ -354,10 +354,35 @@
     };
     // the stream first replays what changed since this page's request (web/recent.py)
     var since = document.body.getAttribute("data-since");
-    var source = new EventSource("/events" + (since ? "?since=" + encodeURIComponent(since) : ""));
-    source.addEventListener("change", function () {
-      if (!pending) { pending = window.setTimeout(refresh, 150); }
-    });
+    var source = null;
+    var delay = 1000;
+    var open = function () {
+      source = new EventSource("/events" + (since ? "?since=" + encodeURIComponent(since) : ""));
+      source.addEventListener("open", function () { delay = 1000; });
+      source.addEventListener("change", function () {
+        if (!pending) { pending = window.setTimeout(refresh, 150); }
+      });
+      // A stream the browser gave up on (an error answer such as 503 while
+      // the store is out of reach) is opened again once the server answers,
+      // asked later and later; it asks from this page's start, so what
+      // changed meanwhile is replayed. A session that ended stops it.
+      source.addEventListener("error", function () {
+        if (source.readyState === EventSource.CLOSED) { later(); }  // else the browser retries by itself
+      });
+    };
+    var later = function () {
+      window.setTimeout(function () {
+        // the answer's status says which (EventSource does not tell it)
+        var probe = new AbortController();
+        fetch("/events", { credentials: "same-origin", redirect: "manual", signal: probe.signal })
+          .then(function (r) {
+            probe.abort();
+            if (r.ok) { open(); } else if (r.status === 503) { later(); }
+          }, later);
+      }, delay);
+      delay = Math.min(delay * 2, 60000);
+    };
+    open();
     window.addEventListener("beforeunload", function () { source.close(); });
   }
 })();
