@@ -237,6 +237,30 @@ def test_search_hits_of_a_big_folder_are_paged_off_the_loop(big: RunningServer,
     assert paged and loop not in paged, "the search hits were paged on the event loop"
 
 
+def test_a_big_folder_is_sorted_a_slice_at_a_time(big: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sort in a thread still holds the event loop if it is one C call
+    (list.sort keeps the GIL until it ends): a big folder's listing and its
+    conversations are sorted a slice at a time, and merged."""
+    monkeypatch.setattr(listing, "_SORT_SLICE", 4, raising=False)
+    sizes: list[int] = []
+
+    def counted(items: Any, **kwargs: Any) -> list[Any]:
+        items = list(items)
+        sizes.append(len(items))
+        return builtins.sorted(items, **kwargs)
+
+    monkeypatch.setattr(listing, "sorted", counted, raising=False)
+    inbox = box_id(big, ALICE, "INBOX")
+    client = login(big)
+    expected = [f"s{n:02d}" for n in range(1, MESSAGES + 1)]
+    for conversations_on in (False, True):
+        set_conversations(big, ALICE, conversations_on)
+        assert subjects(client.get(f"/box/{inbox}").text) == expected
+        assert subjects(client.get(f"/box/{inbox}", params={"sort": "subject", "dir": "desc"}).text) == \
+            sorted(expected, reverse=True)
+    assert sizes and max(sizes) <= 4, f"sorted {max(sizes)} entries in one call"
+
+
 def test_a_big_folders_conversations_leave_the_other_requests_served(big: RunningServer,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The conversation list groups every message of the folder and Sent

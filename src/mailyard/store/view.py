@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from ..gcpause import gc_paused
 from .api import Mailbox, MailboxGone, MessageInfo, Store
 
 V = TypeVar("V")
@@ -141,7 +142,8 @@ class MailboxView(Generic[V]):
 
 
 def _entries(listed: list[MessageInfo], value: Callable[[MessageInfo], V]) -> dict[int, V]:
-    return {m.uid: value(m) for m in listed}
+    with gc_paused():  # a burst of small objects holding no cycles
+        return {m.uid: value(m) for m in listed}
 
 
 _ABSENT = object()

@@ -27,11 +27,12 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from ..gcpause import gc_paused
 from ..message.threading import Node, ThreadMessage, references, release
 from ..store.api import Mailbox, Store
 from ..store.view import MailboxView
 from . import prefs, searchquery
-from .listing import Row, has_attachment, preview_text, sender_of, subject_of
+from .listing import Row, has_attachment, preview_text, sender_of, sorted_in_turns, subject_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -99,11 +100,16 @@ class Conversations:
         # the threads of a big folder take a second of CPU: in a thread, as
         # IMAP THREAD does (the views stay still: their refresh waits for the
         # entry's lock, held here)
-        return await asyncio.to_thread(_group, keys, boxes[0].id, views[boxes[0].id].entries)
+        return await asyncio.to_thread(_grouped, keys, boxes[0].id, views[boxes[0].id].entries)
 
 
 def _arrival(info: Any) -> float:
     return info.internal_date
+
+
+def _grouped(keys: list[tuple[int, dict[int, ThreadKeys]]], box_id: int, arrival: dict[int, float]) -> Threads:
+    with gc_paused():  # a burst of small objects: the threading's cycles are released (release)
+        return _group(keys, box_id, arrival)
 
 
 def _group(keys: list[tuple[int, dict[int, ThreadKeys]]], box_id: int, arrival: dict[int, float]) -> Threads:
@@ -148,7 +154,7 @@ def _group(keys: list[tuple[int, dict[int, ThreadKeys]]], box_id: int, arrival: 
             old = latest.get(c)
             if old is None or (when, uid) > old:
                 latest[c] = (when, uid)
-    order = sorted((w, u, c) for c, (w, u) in latest.items())
+    order = sorted_in_turns([(w, u, c) for c, (w, u) in latest.items()])
     return Threads(members, of, order)
 
 

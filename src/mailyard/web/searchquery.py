@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..gcpause import gc_paused
 from ..store.api import Mailbox, MessageInfo, Store
 from .listing import has_attachment
 
@@ -161,7 +162,8 @@ def _bits(flags: frozenset[str]) -> int:
 
 
 def _info_rows(infos: list[MessageInfo]) -> dict[int, tuple[int, int, float]]:
-    return {m.uid: (_bits(m.flags), m.size, m.internal_date) for m in infos}
+    with gc_paused():  # a burst of small objects holding no cycles
+        return {m.uid: (_bits(m.flags), m.size, m.internal_date) for m in infos}
 
 
 class InfoIndex:
