@@ -114,3 +114,17 @@ async def test_many_changes_are_decoded_off_the_event_loop(store: PostgreSQLStor
     top = in_place.highest_modseq
     assert (await store.changes_since(inbox, top)).vanished == []
     assert (await store.changes_since(inbox, 0)).vanished == in_place.vanished
+
+
+async def test_many_thread_keys_are_decoded_off_the_event_loop(store: PostgreSQLStore,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keys of IMAP THREAD and the webmail's conversations for a whole big mailbox."""
+    inbox = await _big_inbox(store)
+    uids = (await store.mailbox_summary(inbox)).uids
+    in_place = await store.thread_keys(inbox, uids)
+    assert len(in_place) == MESSAGES - 2
+    monkeypatch.setattr(pg_store, "LIST_INLINE", 5, raising=False)
+    # ``bool``, as the store's module sees it: each row's refwd column goes through it
+    monkeypatch.setattr(pg_store, "bool", bool, raising=False)
+    keys = await _off_the_loop(monkeypatch, "bool", lambda: store.thread_keys(inbox, uids))
+    assert keys == in_place
