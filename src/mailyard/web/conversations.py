@@ -138,14 +138,14 @@ def _group(keys: list[tuple[int, dict[int, ThreadKeys]]], box_id: int, arrival: 
         while stack:
             n = stack.pop()
             if n.msg is not None:
-                box_id, uid = where[n.msg.uid]
-                found.append((box_id, uid, n.msg.date))
+                b_id, uid = where[n.msg.uid]
+                found.append((b_id, uid, n.msg.date))
             stack.extend(n.children)
         found.sort(key=lambda m: (m[2], m[0], m[1]))
         index = len(members)
         members.append(found)
-        for box_id, uid, _d in found:
-            of[(box_id, uid)] = index
+        for b_id, uid, _d in found:
+            of[(b_id, uid)] = index
     release(roots)
     latest: dict[int, tuple[float, int]] = {}
     for uid, when in arrival.items():
