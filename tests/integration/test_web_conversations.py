@@ -95,6 +95,19 @@ def test_conversation_list_groups_threads_across_sent(mailserver: RunningServer)
     assert "text" in c.get(f"/box/{inbox}/msg/{first_uid}/body").text
 
 
+def test_a_newer_conversation_only_in_sent_leaves_the_folders_list_whole(mailserver: RunningServer) -> None:
+    """The folder's list is its conversations, whatever the companion
+    folder holds: a newer conversation of Sent alone is not in the Inbox's."""
+    mk(mailserver, "Sent", "\\Sent")
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    put(mailserver, mail("Alpha", "a1@x", day=1), when=T0)
+    put(mailserver, mail("Alpha 2", "a2@x", day=2), when=T0 + 86400)
+    put(mailserver, mail("Beta", "b1@x", sender=ALICE, to="bob@example.test", day=3), mailbox="Sent",
+        when=T0 + 3 * 86400, flags=("\\Seen",))
+    c = login(mailserver)
+    assert [s for _l, s in rows(c.get(f"/box/{inbox}").text)] == ["Alpha 2", "Alpha"]
+
+
 def test_conversations_off_gives_the_flat_list(mailserver: RunningServer) -> None:
     inbox = box_id(mailserver, ALICE, "INBOX")
     put(mailserver, mail("Plan", "p1@x", day=1), when=T0)

@@ -93,7 +93,7 @@ LAYERS: dict[str, Layer] = {
         "net/ receives the services object; it never imports the server, cli or web/",
     ),
     "web": layer(
-        {"fsutil", "spam", "observability", "net", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "message", "config"},
+        {"fsutil", "gcpause", "spam", "observability", "net", "services", "delivery", "sieve", "mailauth", "policy", "auth", "store", "message", "config"},
         "web/ receives the services object; it never imports the server or cli",
     ),
     "client": layer(

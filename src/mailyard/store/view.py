@@ -28,13 +28,19 @@ responses owed to one session, and must not import the store.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from ..gcpause import gc_paused
 from .api import Mailbox, MailboxGone, MessageInfo, Store
 
 V = TypeVar("V")
+# A view of more messages than this is built in a thread (asyncio.to_thread),
+# off the event loop that serves every session; a small one in place, where
+# the hop would cost more than the work.
+BUILD_INLINE = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +132,18 @@ class MailboxView(Generic[V]):
             # shows up again in the next changes_since, and applying it twice
             # is harmless.
             modseq = mailbox.highest_modseq
-            value = self._value
-            entries = {m.uid: value(m) for m in await store.list_messages(mailbox)}
+            listed = await store.list_messages(mailbox)
+            if len(listed) > BUILD_INLINE:
+                entries = await asyncio.to_thread(_entries, listed, self._value)
+            else:
+                entries = _entries(listed, self._value)
         self.mailbox_id, self.uid_validity = mailbox.id, mailbox.uid_validity
         self.modseq, self.entries = modseq, entries
+
+
+def _entries(listed: list[MessageInfo], value: Callable[[MessageInfo], V]) -> dict[int, V]:
+    with gc_paused():  # a burst of small objects holding no cycles
+        return {m.uid: value(m) for m in listed}
 
 
 _ABSENT = object()

@@ -27,15 +27,17 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from ..gcpause import gc_paused
 from ..message.threading import Node, ThreadMessage, references, release
 from ..store.api import Mailbox, Store
 from ..store.view import MailboxView
 from . import prefs, searchquery
-from .listing import Row, has_attachment, preview_text, sender_of, subject_of
+from .listing import Row, has_attachment, preview_text, sender_of, sorted_in_turns, subject_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
+    from ..message.threadkeys import ThreadKeys
     from .security import Session
 
 FLAT_USES = ("\\Drafts", "\\Junk", "\\Trash")
@@ -94,29 +96,39 @@ class Conversations:
             return entry.threads
 
     async def _build(self, boxes: list[Mailbox], views: dict[int, MailboxView[float]]) -> Threads:
-        msgs: list[ThreadMessage] = []
-        where: list[tuple[int, int]] = []
-        for b in boxes:
-            keys = await self.store.thread_keys(b, list(views[b.id]))
-            for uid, (date, subject, refwd, mid, parents) in keys.items():
-                # ThreadMessage.uid holds the index into ``where``; the base
-                # subject carries its time window, so step 5 of REFERENCES
-                # gathers messages of one subject only within a window
-                # ("Lunch?" next month is another conversation)
-                if subject:
-                    subject = f"{subject}\0{int(date // SUBJECT_WINDOW)}"
-                msgs.append(ThreadMessage(len(msgs) + 1, len(where), date, subject, refwd, mid, parents))
-                where.append((b.id, uid))
-        return await asyncio.to_thread(_group, msgs, where, boxes[0].id, dict(views[boxes[0].id].entries))
+        keys = [(b.id, await self.store.thread_keys(b, list(views[b.id]))) for b in boxes]
+        # the threads of a big folder take a second of CPU: in a thread, as
+        # IMAP THREAD does (the views stay still: their refresh waits for the
+        # entry's lock, held here)
+        return await asyncio.to_thread(_grouped, keys, boxes[0].id, views[boxes[0].id].entries)
 
 
 def _arrival(info: Any) -> float:
     return info.internal_date
 
 
-def _group(msgs: list[ThreadMessage], where: list[tuple[int, int]], box_id: int,
-           arrival: dict[int, float]) -> Threads:
-    """RFC 5256 REFERENCES threads of ``msgs``, flattened to member lists."""
+def _grouped(keys: list[tuple[int, dict[int, ThreadKeys]]], box_id: int, arrival: dict[int, float]) -> Threads:
+    with gc_paused():  # a burst of small objects: the threading's cycles are released (release)
+        return _group(keys, box_id, arrival)
+
+
+def _group(keys: list[tuple[int, dict[int, ThreadKeys]]], box_id: int, arrival: dict[int, float]) -> Threads:
+    """RFC 5256 REFERENCES threads of the messages of ``keys`` (per mailbox
+    id, each message's thread keys), flattened to member lists; the
+    conversations ordered by the ``arrival`` of their newest message in
+    mailbox ``box_id``."""
+    msgs: list[ThreadMessage] = []
+    where: list[tuple[int, int]] = []
+    for b_id, found_keys in keys:
+        for uid, (date, subject, refwd, mid, parents) in found_keys.items():
+            # ThreadMessage.uid holds the index into ``where``; the base
+            # subject carries its time window, so step 5 of REFERENCES
+            # gathers messages of one subject only within a window
+            # ("Lunch?" next month is another conversation)
+            if subject:
+                subject = f"{subject}\0{int(date // SUBJECT_WINDOW)}"
+            msgs.append(ThreadMessage(len(msgs) + 1, len(where), date, subject, refwd, mid, parents))
+            where.append((b_id, uid))
     roots = references(msgs)
     members: list[list[tuple[int, int, float]]] = []
     of: dict[tuple[int, int], int] = {}
@@ -126,14 +138,14 @@ def _group(msgs: list[ThreadMessage], where: list[tuple[int, int]], box_id: int,
         while stack:
             n = stack.pop()
             if n.msg is not None:
-                box_id, uid = where[n.msg.uid]
-                found.append((box_id, uid, n.msg.date))
+                b_id, uid = where[n.msg.uid]
+                found.append((b_id, uid, n.msg.date))
             stack.extend(n.children)
         found.sort(key=lambda m: (m[2], m[0], m[1]))
         index = len(members)
         members.append(found)
-        for box_id, uid, _d in found:
-            of[(box_id, uid)] = index
+        for b_id, uid, _d in found:
+            of[(b_id, uid)] = index
     release(roots)
     latest: dict[int, tuple[float, int]] = {}
     for uid, when in arrival.items():
@@ -142,7 +154,7 @@ def _group(msgs: list[ThreadMessage], where: list[tuple[int, int]], box_id: int,
             old = latest.get(c)
             if old is None or (when, uid) > old:
                 latest[c] = (when, uid)
-    order = sorted((w, u, c) for c, (w, u) in latest.items())
+    order = sorted_in_turns([(w, u, c) for c, (w, u) in latest.items()])
     return Threads(members, of, order)
 
 

@@ -15,22 +15,33 @@ A folder of 100,000 messages must page as fast as one of 100. So:
 - a page is found by its key (``after``/``before`` = a UID in the sorted
   order, located by a dict lookup), never by scanning ``OFFSET`` rows of
   decoded data; only the page's 50 messages get their index rows
-  (``get_messages``) and envelopes (``get_derived(fields=...)``) fetched.
+  (``get_messages``) and envelopes (``get_derived(fields=...)``) fetched;
+- sorting a folder of more than ``SORT_INLINE`` messages, and finding a page
+  in its order (search hits kept, the order reversed), run in a thread
+  (``asyncio.to_thread``), so a big folder never holds the event loop that
+  serves every other request and mail session; a small one is done in place,
+  where a thread hop would cost more than the work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import heapq
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from ..gcpause import gc_paused
 from ..message.headers import decode_words
 from ..message.reply import base_subject
 from ..store.api import Mailbox, MessageInfo, Store, StoreError
 from ..store.view import MailboxView
+
+_T = TypeVar("_T")
+_S = TypeVar("_S")
 
 PAGE_SIZE = 50
 # Sort keys computed inside a request at most for this many messages; more go
@@ -38,6 +49,10 @@ PAGE_SIZE = 50
 SYNC_KEY_LIMIT = 5000
 SORTS = ("date", "from", "to", "subject")
 MAX_CACHED_MAILBOXES = 256
+# Orders of more messages than this are built and paged in a thread: sorting
+# 100,000 entries takes some 100 ms of CPU, 2,000 about as long as the hop.
+SORT_INLINE = 2_000
+_SORT_SLICE = 4096  # entries per list.sort call of sorted_in_turns (about 2 ms)
 
 
 @dataclass
@@ -201,22 +216,29 @@ class Listing:
         order = cache.order.get(sort)
         if order is not None:
             return order
-        if sort == "date":
-            order = sorted((date, uid) for uid, date in cache.uids.entries.items())
-        else:
-            keys = cache.keys[sort]
-            missing = [uid for uid in cache.uids if uid not in keys]
-            if len(missing) > SYNC_KEY_LIMIT:
-                # A big folder sorted this way for the first time: compute the
-                # keys in the background and let the page say so, rather than
-                # hold the request (and the event loop) for seconds.
-                if cache.filling is None or cache.filling.done():
-                    cache.filling = asyncio.ensure_future(self._fill_keys(box, cache, missing))
-                    cache.filling.add_done_callback(_filled)
-                raise NotReady(len(cache.uids) - len(missing), len(cache.uids))
-            await self._fill_keys(box, cache, missing)
-            order = sorted((keys[uid], uid) for uid in cache.uids)
-        cache.order[sort] = order
+        # under the lock: a sort in a thread reads the view, which a refresh
+        # (_cache, under the same lock) changes
+        async with cache.lock:
+            order = cache.order.get(sort)
+            if order is not None:
+                return order
+            entries = cache.uids.entries
+            if sort == "date":
+                order = await _off_loop(len(entries), _date_order, entries)
+            else:
+                keys = cache.keys[sort]
+                missing = await _off_loop(len(entries), _missing, entries, keys)
+                if len(missing) > SYNC_KEY_LIMIT:
+                    # A big folder sorted this way for the first time: compute the
+                    # keys in the background and let the page say so, rather than
+                    # hold the request (and the event loop) for seconds.
+                    if cache.filling is None or cache.filling.done():
+                        cache.filling = asyncio.ensure_future(self._fill_keys(box, cache, missing))
+                        cache.filling.add_done_callback(_filled)
+                    raise NotReady(len(entries) - len(missing), len(entries))
+                await self._fill_keys(box, cache, missing)
+                order = await _off_loop(len(entries), _key_order, entries, keys)
+            cache.order[sort] = order
         return order
 
     async def _fill_keys(self, box: Mailbox, cache: _BoxCache, uids: list[int]) -> None:
@@ -248,35 +270,11 @@ class Listing:
             sort = "date"
         cache = await self._cache(box)
         order = await self._order(box, cache, sort)
-        if only is not None:
-            order = [k for k in order if k[1] in only]
-        if descending:
-            order = order[::-1]
-        total = len(order)
-
-        def position(uid: int | None) -> int | None:
-            if uid is None:
-                return None
-            key = self._key_of(cache, sort, uid)
-            if key is None:
-                return None
-            # the sorted list is ascending by (key, uid); find where this key sits
-            if descending:
-                idx = bisect.bisect_left(order, _Desc((key, uid)), key=_Desc)
-            else:
-                idx = bisect.bisect_left(order, (key, uid))
-            return idx
-
-        start = 0
-        if after is not None:
-            pos = position(after)
-            if pos is not None:
-                start = pos + (1 if pos < total and order[pos][1] == after else 0)
-        elif before is not None:
-            pos = position(before)
-            if pos is not None:
-                start = max(0, pos - size)
-        chunk = order[start : start + size]
+        after_key = self._key_of(cache, sort, after) if after is not None else None
+        before_key = self._key_of(cache, sort, before) if before is not None else None
+        chunk, start, total = await _off_loop(len(order), _window, order, only, descending,
+                                              (after_key, after) if after_key is not None else None,
+                                              (before_key, before) if before_key is not None else None, size)
         uids = [uid for _k, uid in chunk]
         derived = await self._derived(box, uids, ("envelope", "bodystructure", "date", "preview")) if uids else {}
         infos = {m.uid: m for m in await self.store.get_messages(box, uids)} if uids else {}
@@ -307,6 +305,68 @@ class Listing:
         if sort == "date":
             return cache.uids.entries.get(uid)
         return cache.keys[sort].get(uid)
+
+
+async def _off_loop(n: int, fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)``, over ``n`` messages: in a thread past ``SORT_INLINE``."""
+    if n > SORT_INLINE:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+def sorted_in_turns(items: list[_S]) -> list[_S]:
+    """``sorted(items)`` for work run in a thread beside the event loop:
+    ``list.sort`` is one C call that keeps the GIL all along (some 50 ms for
+    100,000 tuples), so the loop's thread would wait for it as if it ran on
+    the loop. Sorted a slice at a time and merged by ``heapq.merge`` (Python
+    code, between whose steps the GIL changes hands), about twice the CPU."""
+    if len(items) <= _SORT_SLICE:
+        return sorted(items)
+    runs = [sorted(items[i : i + _SORT_SLICE]) for i in range(0, len(items), _SORT_SLICE)]
+    return list(heapq.merge(*runs))
+
+
+def _date_order(entries: dict[int, float]) -> list[tuple[Any, int]]:
+    with gc_paused():  # a burst of tuples holding no cycles
+        return sorted_in_turns([(date, uid) for uid, date in entries.items()])
+
+
+def _missing(entries: dict[int, float], keys: dict[int, Any]) -> list[int]:
+    return [uid for uid in entries if uid not in keys]
+
+
+def _key_order(entries: dict[int, float], keys: dict[int, Any]) -> list[tuple[Any, int]]:
+    with gc_paused():
+        return sorted_in_turns([(keys[uid], uid) for uid in entries])
+
+
+def _window(order: list[tuple[Any, int]], only: set[int] | None, descending: bool,
+            after: tuple[Any, int] | None, before: tuple[Any, int] | None,
+            size: int) -> tuple[list[tuple[Any, int]], int, int]:
+    """The page of ``order`` (ascending by (key, uid)) a request asks for:
+    its entries, the index of its first and the number of entries in the
+    listing, after keeping only ``only`` and reversing when ``descending``.
+    ``after``/``before`` are the (key, uid) of the message the page follows
+    or precedes."""
+    if only is not None:
+        order = [k for k in order if k[1] in only]
+    if descending:
+        order = order[::-1]
+    total = len(order)
+
+    def position(at: tuple[Any, int]) -> int:
+        # the listing is ascending by (key, uid) (or descending): where this one sits
+        if descending:
+            return bisect.bisect_left(order, _Desc(at), key=_Desc)
+        return bisect.bisect_left(order, at)
+
+    start = 0
+    if after is not None:
+        pos = position(after)
+        start = pos + (1 if pos < total and order[pos][1] == after[1] else 0)
+    elif before is not None:
+        start = max(0, position(before) - size)
+    return order[start : start + size], start, total
 
 
 class _Desc:

@@ -33,7 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..store.api import Mailbox, Store
+from ..gcpause import gc_paused
+from ..store.api import Mailbox, MessageInfo, Store
 from .listing import has_attachment
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ IS_VALUES = ("unread", "read", "flagged", "answered")
 KEYS = (*HEADER_KEYS, "has", "is", "in", "before", "after", "larger", "smaller")
 MAX_TERMS = 20
 ATTACHMENT_CHUNK = 10_000  # BODYSTRUCTUREs per store call of the has:attachment test
+INFO_INLINE = 2_000  # a folder of more messages gets its InfoIndex rows made in a thread
 _SIZE = re.compile(r"(\d{1,12})(?:\.(\d{1,3}))?\s*([kmg]?)b?", re.I)
 _DATE = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})")
 _TOKEN = re.compile(r'(-?)(?:([A-Za-z]+):)?(?:"([^"]*)"?|(\S+))')
@@ -159,6 +161,11 @@ def _bits(flags: frozenset[str]) -> int:
     return bits
 
 
+def _info_rows(infos: list[MessageInfo]) -> dict[int, tuple[int, int, float]]:
+    with gc_paused():  # a burst of small objects holding no cycles
+        return {m.uid: (_bits(m.flags), m.size, m.internal_date) for m in infos}
+
+
 class InfoIndex:
     """Per mailbox: each message's flags, size and internal date, read once
     and then kept current from ``changes_since`` (new messages, flag changes,
@@ -181,7 +188,9 @@ class InfoIndex:
             if entries.uid_validity != box.uid_validity:
                 modseq = box.highest_modseq
                 infos = await self.store.list_messages(box)
-                entries.rows = {m.uid: (_bits(m.flags), m.size, m.internal_date) for m in infos}
+                # a big folder's rows in a thread, off the event loop
+                entries.rows = (await asyncio.to_thread(_info_rows, infos) if len(infos) > INFO_INLINE
+                                else _info_rows(infos))
                 entries.uid_validity, entries.modseq = box.uid_validity, modseq
             elif entries.modseq != box.highest_modseq:
                 changes = await self.store.changes_since(box, entries.modseq)

@@ -21,14 +21,17 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.adapt import Transformer
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ...config import StoreConfig
+from ...gcpause import gc_paused
 from ...message.address import search_value
 from ...message.objectids import EMAIL, THREAD, opaque_id
 from ...message.threadkeys import SortKeys, ThreadKeys, keys_from_json
@@ -123,6 +126,14 @@ _RETRIES = 20
 _CACHE_MAX = 100_000  # entries of each validity cache
 _UNKNOWN = object()  # not in a validity cache
 _T = TypeVar("_T")
+# A result of more rows than this (a whole big mailbox's message list, the
+# UIDs of its SELECT, a long list of changes) is decoded off the event loop,
+# on the store's listing lane (``_Rows``, ``_decoded``): some 3 ms of
+# decoding per 1,000 messages; the SQLite store's ``core.LIST_INLINE``.
+LIST_INLINE = 2_000
+# rows turned into Python values per call of psycopg's loader (a C call that
+# keeps the GIL): the event loop's thread gets its turn between slices
+_DECODE_SLICE = 500
 # Seconds a node's claim on due queue recipients lasts (queue_due): longer
 # than an attempt takes; after it another node may try them.
 QUEUE_LEASE = 900.0
@@ -266,6 +277,9 @@ class PostgreSQLStore(ContactsMixin, Store):
         self._lock_conn: psycopg.AsyncConnection | None = None
         self._lock_mutex = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
+        # the listing lane: one thread that decodes big results (_decoded),
+        # in turn, taking no thread of the loop's default executor
+        self._list_lane: ThreadPoolExecutor | None = None
 
     # --- life cycle ------------------------------------------------------------
     async def _ready(self) -> None:
@@ -313,6 +327,8 @@ class PostgreSQLStore(ContactsMixin, Store):
             if self._sync is not None:
                 self._sync.close()
                 self._sync = None
+        if self._list_lane is not None:
+            self._list_lane.shutdown(wait=False)
         if self._revoked is not None:
             self._revoked.close()
 
@@ -350,6 +366,23 @@ class PostgreSQLStore(ContactsMixin, Store):
     async def _q1(self, sql: str, args: Sequence[Any] = ()) -> tuple | None:
         async with self._conn() as c:
             return await (await c.execute(sql, args)).fetchone()
+
+    async def _decoded(self, make: Callable[..., _T], *results: _Rows) -> _T:
+        """``make(*rows)``, the rows of each of ``results`` as tuples: in
+        place when every result is small, else on the listing lane, so that
+        turning a big mailbox's rows into Python values (and ``make``'s
+        work over them) never holds the event loop. The rows came from the
+        database through the pool as usual; only their decoding moves."""
+        if all(r.rows is not None for r in results):
+            return make(*(r.rows for r in results))
+
+        def run() -> _T:
+            with gc_paused():  # a burst of small objects holding no cycles
+                return make(*(r.load() for r in results))
+
+        if self._list_lane is None:
+            self._list_lane = ThreadPoolExecutor(1, thread_name_prefix="mailyard-pg-list")
+        return await asyncio.get_running_loop().run_in_executor(self._list_lane, run)
 
     async def _write(self, op: Callable[[psycopg.AsyncConnection, _Tx], Any], directory: bool = False,
                      revoke: bool = False, pipeline: bool = False) -> Any:
@@ -1449,11 +1482,9 @@ class PostgreSQLStore(ContactsMixin, Store):
                                 " AND uid_validity = %s", (mailbox.id, mailbox.account_id, mailbox.uid_validity))
             if row is None:
                 raise MailboxGone(mailbox.id)
-            rows = await _all(c, "SELECT uid, flags FROM messages WHERE mailbox_id = %s ORDER BY uid", (mailbox.id,))
-        uids = [r[0] for r in rows]
-        keywords = {f for text in {r[1] for r in rows} for f in text.split() if not f.startswith("\\")}
-        first_unseen = next((r[0] for r in rows if "\\Seen" not in flags_set(r[1])), None)
-        return MailboxSummary(mailbox_row(row), uids, frozenset(keywords), first_unseen)
+            rows = await _rows(c, "SELECT uid, flags FROM messages WHERE mailbox_id = %s ORDER BY uid",
+                               (mailbox.id,))
+        return await self._decoded(lambda listed: _summary(mailbox_row(row), listed), rows)
 
     # --- messages --------------------------------------------------------------------
     async def _derive(self, bodies: Sequence[bytes]) -> list[DerivedRecord]:
@@ -1639,8 +1670,10 @@ class PostgreSQLStore(ContactsMixin, Store):
 
     async def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
         mailbox_id = await self._owned(mailbox)
-        rows = await self._q(f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = %s ORDER BY uid", (mailbox_id,))
-        return [message_row(r) for r in rows]
+        async with self._conn() as c:
+            rows = await _rows(c, f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = %s ORDER BY uid",
+                               (mailbox_id,))
+        return await self._decoded(_message_rows, rows)
 
     async def get_messages(self, mailbox: MailboxRef, uids: Sequence[int], expunged: bool = False
                            ) -> list[MessageInfo]:
@@ -1947,11 +1980,12 @@ class PostgreSQLStore(ContactsMixin, Store):
             top = await _one(c, "SELECT highest_modseq FROM mailboxes WHERE id = %s", (mailbox_id,))
             if top is None:
                 raise NotFound("no such mailbox")
-            changed = await _all(c, f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = %s AND modseq > %s"
-                                    " ORDER BY uid", (mailbox_id, modseq))
-            vanished = await _all(c, "SELECT uid FROM expunged WHERE mailbox_id = %s AND modseq > %s ORDER BY uid",
-                                  (mailbox_id, modseq))
-        return Changes(top[0], [message_row(r) for r in changed], [r[0] for r in vanished])
+            changed = await _rows(c, f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = %s AND modseq > %s"
+                                     " ORDER BY uid", (mailbox_id, modseq))
+            vanished = await _rows(c, "SELECT uid FROM expunged WHERE mailbox_id = %s AND modseq > %s ORDER BY uid",
+                                   (mailbox_id, modseq))
+        return await self._decoded(lambda rows, gone: Changes(top[0], _message_rows(rows), [r[0] for r in gone]),
+                                   changed, vanished)
 
     # --- derived data and search ---------------------------------------------------------
     async def _object_key(self) -> bytes:
@@ -2067,11 +2101,12 @@ class PostgreSQLStore(ContactsMixin, Store):
 
     async def thread_keys(self, mailbox: MailboxRef, uids: Sequence[int]) -> dict[int, ThreadKeys]:
         mailbox_id = await self._owned(mailbox)
-        rows = await self._q(
-            "SELECT m.uid, coalesce(k.date, m.internal_date), k.subject, k.refwd, k.message_id, k.parents"
-            " FROM messages m JOIN sort_keys k ON k.body_id = m.body_id WHERE m.mailbox_id = %s AND m.uid = ANY(%s)",
-            (mailbox_id, sorted(set(uids))))
-        return {r[0]: (r[1], r[2], bool(r[3]), r[4], tuple(r[5].split()) if r[5] else ()) for r in rows}
+        async with self._conn() as c:
+            rows = await _rows(
+                c, "SELECT m.uid, coalesce(k.date, m.internal_date), k.subject, k.refwd, k.message_id, k.parents"
+                " FROM messages m JOIN sort_keys k ON k.body_id = m.body_id WHERE m.mailbox_id = %s"
+                " AND m.uid = ANY(%s)", (mailbox_id, sorted(set(uids))))
+        return await self._decoded(_thread_keys, rows)
 
     # --- the outbound queue ------------------------------------------------------------
     async def _op_new_message(self, c: psycopg.AsyncConnection, tx: _Tx, msg: NewMessage,
@@ -2298,6 +2333,59 @@ async def _one(c: psycopg.AsyncConnection, sql: str, args: Sequence[Any] = ()) -
 
 async def _all(c: psycopg.AsyncConnection, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
     return await (await c.execute(sql, args)).fetchall()
+
+
+def _message_rows(rows: list[tuple]) -> list[MessageInfo]:
+    return [message_row(r) for r in rows]
+
+
+def _thread_keys(rows: list[tuple]) -> dict[int, ThreadKeys]:
+    return {r[0]: (r[1], r[2], bool(r[3]), r[4], tuple(r[5].split()) if r[5] else ()) for r in rows}
+
+
+def _summary(mailbox: Mailbox, rows: list[tuple]) -> MailboxSummary:
+    """SELECT's summary of a mailbox from its (uid, flags) rows in UID order."""
+    uids = [r[0] for r in rows]
+    keywords = {f for text in {r[1] for r in rows} for f in text.split() if not f.startswith("\\")}
+    first_unseen = next((r[0] for r in rows if "\\Seen" not in flags_set(r[1])), None)
+    return MailboxSummary(mailbox, uids, frozenset(keywords), first_unseen)
+
+
+class _Rows:
+    """The rows of one query for ``PostgreSQLStore._decoded``: decoded
+    (``rows``) when there are at most ``LIST_INLINE``, else the result as
+    libpq holds it, with the loaders of its columns, to decode in a thread
+    (``load``: it touches neither the connection nor the event loop)."""
+
+    __slots__ = ("rows", "_result", "_tx")
+
+    def __init__(self, rows: list[tuple] | None, result: Any = None, tx: Transformer | None = None) -> None:
+        self.rows = rows
+        self._result = result
+        self._tx = tx
+
+    def load(self) -> list[tuple]:
+        if self.rows is not None:
+            return self.rows
+        assert self._tx is not None and self._result is not None
+        n = self._result.ntuples
+        rows: list[tuple] = []
+        for i in range(0, n, _DECODE_SLICE):
+            rows += self._tx.load_rows(i, min(i + _DECODE_SLICE, n), tuple)
+        return rows
+
+
+async def _rows(c: psycopg.AsyncConnection, sql: str, args: Sequence[Any] = ()) -> _Rows:
+    """The rows of ``sql``: a small result decoded, a big one kept for the
+    listing lane (the loaders are set up here, on the loop, since making
+    them reads the connection's encoding)."""
+    cur = await c.execute(sql, args)
+    result = cur.pgresult
+    if result is None or result.ntuples <= LIST_INLINE:
+        return _Rows(await cur.fetchall())
+    tx = Transformer(cur)
+    tx.set_pgresult(result)
+    return _Rows(None, result, tx)
 
 
 async def _domain_alias_target(c: psycopg.AsyncConnection, domain: str) -> str | None:
