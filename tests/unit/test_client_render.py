@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mailyard.client import cli as client_cli
+from mailyard.client.commands import sending
+from mailyard.client.commands.common import parse_ids
 from mailyard.client.config import Account, AccountStore, ClientError, Endpoint, guess_endpoints
 from mailyard.client.maildir import Maildir, UIDLState
 from mailyard.client.render import safe_filename
@@ -26,12 +27,12 @@ def test_safe_filename(tmp_path: Path) -> None:
 
 
 def test_parse_ids() -> None:
-    assert client_cli.parse_ids("3") == [3]
-    assert client_cli.parse_ids("3,5, 9-11") == [3, 5, 9, 10, 11]
-    assert client_cli.parse_ids("4:2") == [2, 3, 4]
+    assert parse_ids("3") == [3]
+    assert parse_ids("3,5, 9-11") == [3, 5, 9, 10, 11]
+    assert parse_ids("4:2") == [2, 3, 4]
     for bad in ("x", "0", "", "-"):
         with pytest.raises(ClientError):
-            client_cli.parse_ids(bad)
+            parse_ids(bad)
 
 
 def test_guess_endpoints() -> None:
@@ -96,10 +97,10 @@ def test_body_from_editor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("VISUAL", raising=False)
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
     args = argparse.Namespace(body=None, body_file=None)
-    assert client_cli._body(args, template="> quoted\n") == "> quoted\nwritten in the editor\n"
+    assert sending._body(args, template="> quoted\n") == "> quoted\nwritten in the editor\n"
     script.write_text("")  # an editor that changes nothing: nothing is sent
     with pytest.raises(ClientError, match="empty message"):
-        client_cli._body(args, template="> quoted\n")
+        sending._body(args, template="> quoted\n")
 
 
 def test_safe_filename_long_names_and_dangling_links(tmp_path: Path) -> None:

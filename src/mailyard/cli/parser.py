@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         add(sub, common)
 
-    from ..client.cli import add_mail_parser  # the mail client: `mailyard mail ...`
+    from ..client.commands import add_mail_parser  # the mail client: `mailyard mail ...`
 
     add_mail_parser(sub)
     return parser
