@@ -91,7 +91,6 @@ def _deliver(acct: Account, msg: Any, save: bool = True) -> None:
     kept, RFC 5322 3.6.3) in the Sent folder."""
     from ...message.address import iter_mailboxes, parse_address_list
     from ...message.compose import to_bytes
-    from ...message.reading import limit_size
     from .. import transport
 
     rcpts: list[str] = []
@@ -104,17 +103,8 @@ def _deliver(acct: Account, msg: Any, save: bool = True) -> None:
         raise ClientError("no recipients: give at least one --to, --cc or --bcc")
     wire = to_bytes(msg, strip_bcc=True)
     err(f"sending {len(wire)} bytes to {len(rcpts)} recipient(s) via {acct.smtp.describe()} ...")
-    with transport.smtp(acct) as s:
-        # RFC 1870: the server's EHLO SIZE is its limit; say it in numbers
-        # rather than send the whole message to get 552 5.3.4.
-        size = (s.esmtp_features.get("size") or "").strip()
-        if size.isdigit() and 0 < int(size) < len(wire):
-            raise ClientError(f"message is {limit_size(len(wire))}, the server accepts at most "
-                              f"{limit_size(int(size))}; nothing sent")
-        refused = s.sendmail(acct.address, rcpts, wire)
+    refused = _submit(acct, acct.address, rcpts, wire)
     accepted = [r for r in rcpts if r not in refused]
-    for rcpt, (code, text) in refused.items():
-        err(f"  refused {rcpt}: {code} {text.decode('utf-8', 'replace') if isinstance(text, bytes) else text}")
     saved = ""
     if save and acct.imap.host:
         try:
@@ -243,12 +233,29 @@ def cmd_forward(args: argparse.Namespace) -> None:
     _mark(acct, args.folder, uid, b"$Forwarded")  # RFC 5788 keyword registry
 
 
+def _submit(acct: Account, sender: str, rcpts: list[str], wire: bytes) -> dict:
+    """Send ``wire`` through the account's submission server; the refused
+    recipients, each also said on standard error."""
+    from ...message.reading import limit_size
+    from .. import transport
+
+    with transport.smtp(acct) as s:
+        # RFC 1870: the server's EHLO SIZE is its limit; say it in numbers
+        # rather than send the whole message to get 552 5.3.4.
+        size = (s.esmtp_features.get("size") or "").strip()
+        if size.isdigit() and 0 < int(size) < len(wire):
+            raise ClientError(f"message is {limit_size(len(wire))}, the server accepts at most "
+                              f"{limit_size(int(size))}; nothing sent")
+        refused = s.sendmail(sender, rcpts, wire)
+    for rcpt, (code, text) in refused.items():
+        err(f"  refused {rcpt}: {code} {text.decode('utf-8', 'replace') if isinstance(text, bytes) else text}")
+    return refused
+
+
 def cmd_redirect(args: argparse.Namespace) -> None:
     """Resend a message unchanged ("bounce"), with a resent block on top
     (RFC 5322 3.6.6, message/resend.py); the envelope sender is the user."""
-    from ...message.reading import limit_size
     from ...message.resend import resend, resent_block
-    from .. import transport
 
     _s, acct = current_account(args)
     uid = parse_ids(args.id)[0]
@@ -262,14 +269,7 @@ def cmd_redirect(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise ClientError(str(exc)) from exc
     err(f"redirecting {len(wire)} bytes to {len(rcpts)} recipient(s) via {acct.smtp.describe()} ...")
-    with transport.smtp(acct) as s:
-        size = (s.esmtp_features.get("size") or "").strip()
-        if size.isdigit() and 0 < int(size) < len(wire):
-            raise ClientError(f"message is {limit_size(len(wire))}, the server accepts at most "
-                              f"{limit_size(int(size))}; nothing sent")
-        refused = s.sendmail(address, rcpts, wire)
-    for rcpt, (code, text) in refused.items():
-        err(f"  refused {rcpt}: {code} {text.decode('utf-8', 'replace') if isinstance(text, bytes) else text}")
+    refused = _submit(acct, address, rcpts, wire)
     accepted = [r for r in rcpts if r not in refused]
     print(f"redirected message {uid} to {len(accepted)} recipient(s): {', '.join(accepted)}")
 
