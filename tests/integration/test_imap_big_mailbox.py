@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import pytest
 
 from mailyard.config import StoreConfig
+from mailyard.net import imap_store
 from mailyard.net.imap import ImapConnection
 from mailyard.protocols.imap import selected
 from mailyard.protocols.imap.session import ImapSession
@@ -388,6 +389,62 @@ def test_a_store_on_every_message_is_announced_in_slices_and_nothing_is_lost(
     assert modseq > said[1][3]
     b.logout()
     a.close()
+
+
+def test_a_connection_gone_during_a_turn_stops_the_announcement(
+        make_server: Callable[..., RunningServer], big: None, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The client of an IDLE session leaves while its sync announces a
+    STORE 1:* in slices (ANNOUNCE_TURN lowered to 7): the sync stops at
+    that turn, formatting no more slices for nobody, and the session lets
+    go of its selected mailbox, its kept index data and its hold of
+    expunged messages as the IDLE step ends."""
+    monkeypatch.setattr(selected, "ANNOUNCE_TURN", 7, raising=False)
+    server = make_server(seed=_seed)
+    turns: list[ImapConnection] = []
+    pause = ImapConnection.pause
+
+    async def turn(self: ImapConnection) -> None:
+        turns.append(self)
+        if len(turns) == 1:
+            self.abort()  # the connection goes during the first turn
+        await pause(self)
+
+    monkeypatch.setattr(ImapConnection, "pause", turn)
+    holds: dict[int, Any] = {}
+    hold = imap_store.StoreBackend.hold_expunged
+
+    def holding(self: imap_store.StoreBackend, mailbox: Any, seen_modseq: int = 0) -> None:
+        holds[id(self)] = mailbox
+        hold(self, mailbox, seen_modseq)
+
+    monkeypatch.setattr(imap_store.StoreBackend, "hold_expunged", holding)
+    idle_over = threading.Event()
+    execute = ImapSession.execute
+
+    async def executing(self: ImapSession, cmd: Any) -> None:
+        try:
+            await execute(self, cmd)
+        finally:
+            if cmd.name == "IDLE":
+                idle_over.set()
+
+    monkeypatch.setattr(ImapSession, "execute", executing)
+    a = _raw(server)
+    ok(command(a, "s", "SELECT INBOX"))
+    assert len(_fetched(ok(command(a, "f", "UID FETCH 1:* (FLAGS)")))) == MESSAGES
+    _idle(a, "i")
+    b = _client(server)
+    b.select("INBOX")
+    assert b.store("1:*", "+FLAGS.SILENT", "(\\Seen)")[0] == "OK"
+    assert idle_over.wait(TIMEOUT), "the IDLE step never ended"
+    assert len(turns) == 1  # none after the connection went
+    session = turns[0].imap
+    assert session.sel is None
+    assert session.config.kept is not None and session.config.kept.records == 0
+    assert holds[id(session.backend)] is None
+    b.logout()
+    assert "crashed" not in caplog.text and "failed" not in caplog.text
 
 
 def test_a_store_on_every_message_is_read_off_the_event_loop(
