@@ -253,7 +253,7 @@ class ImapSession:
         if sel is not None:
             if ((sel.dirty or (allow_expunge and sel.pending_expunge))
                     and self.backend is not None and self.engine.state is State.SELECTED):
-                await sel.sync(self.engine, self.backend, allow_expunge, self._turn)
+                await sel.sync(self.engine, self.backend, allow_expunge, self.turn)
             sel.read_changes = None  # (kept for this command's sync only)
         self.engine.complete(status, text, code)
 
@@ -261,9 +261,9 @@ class ImapSession:
         """Announce what changed in the selected mailbox (RFC 9051 5.2)."""
         sel = self.sel
         if sel is not None and self.backend is not None:
-            await sel.sync(self.engine, self.backend, allow_expunge, self._turn)
+            await sel.sync(self.engine, self.backend, allow_expunge, self.turn)
 
-    async def _turn(self) -> None:
+    async def turn(self) -> None:
         """Between the slices of a long announcement: write out what is
         queued (waiting while the client is behind) and let the other
         connections in. Once the connection is gone the command stops here
