@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import pytest
 
 from mailyard.config import StoreConfig
+from mailyard.net import imap_store
 from mailyard.net.imap import ImapConnection
 from mailyard.protocols.imap import selected
 from mailyard.protocols.imap.session import ImapSession
@@ -388,6 +389,162 @@ def test_a_store_on_every_message_is_announced_in_slices_and_nothing_is_lost(
     assert modseq > said[1][3]
     b.logout()
     a.close()
+
+
+def test_a_connection_gone_during_a_turn_stops_the_announcement(
+        make_server: Callable[..., RunningServer], big: None, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The client of an IDLE session leaves while its sync announces a
+    STORE 1:* in slices (ANNOUNCE_TURN lowered to 7): the sync stops at
+    that turn, formatting no more slices for nobody, and the session lets
+    go of its selected mailbox, its kept index data and its hold of
+    expunged messages as the IDLE step ends."""
+    monkeypatch.setattr(selected, "ANNOUNCE_TURN", 7, raising=False)
+    server = make_server(seed=_seed)
+    turns: list[ImapConnection] = []
+    pause = ImapConnection.pause
+
+    async def turn(self: ImapConnection) -> None:
+        turns.append(self)
+        if len(turns) == 1:
+            self.abort()  # the connection goes during the first turn
+        await pause(self)
+
+    monkeypatch.setattr(ImapConnection, "pause", turn)
+    holds: dict[int, Any] = {}
+    hold = imap_store.StoreBackend.hold_expunged
+
+    def holding(self: imap_store.StoreBackend, mailbox: Any, seen_modseq: int = 0) -> None:
+        holds[id(self)] = mailbox
+        hold(self, mailbox, seen_modseq)
+
+    monkeypatch.setattr(imap_store.StoreBackend, "hold_expunged", holding)
+    idle_over = threading.Event()
+    execute = ImapSession.execute
+
+    async def executing(self: ImapSession, cmd: Any) -> None:
+        try:
+            await execute(self, cmd)
+        finally:
+            if cmd.name == "IDLE":
+                idle_over.set()
+
+    monkeypatch.setattr(ImapSession, "execute", executing)
+    a = _raw(server)
+    ok(command(a, "s", "SELECT INBOX"))
+    assert len(_fetched(ok(command(a, "f", "UID FETCH 1:* (FLAGS)")))) == MESSAGES
+    _idle(a, "i")
+    b = _client(server)
+    b.select("INBOX")
+    assert b.store("1:*", "+FLAGS.SILENT", "(\\Seen)")[0] == "OK"
+    assert idle_over.wait(TIMEOUT), "the IDLE step never ended"
+    assert len(turns) == 1  # none after the connection went
+    session = turns[0].imap
+    assert session.sel is None
+    assert session.config.kept is not None and session.config.kept.records == 0
+    assert holds[id(session.backend)] is None
+    b.logout()
+    assert "crashed" not in caplog.text and "failed" not in caplog.text
+
+
+def test_an_expunge_of_most_messages_is_announced_in_slices_with_the_right_numbers(
+        make_server: Callable[..., RunningServer], big: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another client expunges 26 of a big mailbox's 30 messages: each IDLE
+    session announces them in slices of ANNOUNCE_TURN (lowered to 7) with
+    a turn of the other connections between them: EXPUNGE lines in UID
+    order, each numbered as the message is when the line is sent (RFC 9051
+    7.5.1, RFC 3501 7.4.1: every EXPUNGE moves the later numbers down), or
+    VANISHED with QRESYNC (RFC 7162 3.2.10). A flag change and a delivery
+    committed during the first turn are announced after the expunges, with
+    the numbers of the mailbox left, once."""
+    monkeypatch.setattr(selected, "ANNOUNCE_TURN", 7, raising=False)
+    server = make_server(seed=_seed)
+    box = _inbox(server)
+    kept_uids = [1, 5, 17, 30]
+    gone = [u for u in range(1, MESSAGES + 1) if u not in kept_uids]
+    turns: list[ImapConnection] = []
+    counting = threading.Event()
+    pause = ImapConnection.pause
+
+    async def turn(self: ImapConnection) -> None:
+        if counting.is_set():
+            turns.append(self)
+            if len(turns) == 1:  # other changes, committed meanwhile
+                await server.store.store_flags(box, [17], ["\\Flagged"], "add")
+                await server.store.append(box, _message(MESSAGES))
+        await pause(self)
+
+    monkeypatch.setattr(ImapConnection, "pause", turn)
+    a = _raw(server)
+    ok(command(a, "s", "SELECT INBOX"))
+    q = _raw(server)
+    ok(command(q, "e", "ENABLE QRESYNC"))
+    ok(command(q, "s", "SELECT INBOX"))
+    b = _client(server)
+    b.select("INBOX")
+    assert b.uid("STORE", ",".join(map(str, gone)), "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+    ok(command(a, "n", "NOOP"))  # the \Deleted flags announced
+    ok(command(q, "n", "NOOP"))
+    _idle(a, "i")
+    _idle(q, "i")
+    counting.set()
+    status, numbers = b.expunge()
+    assert status == "OK" and numbers == [b"2"] * 3 + [b"3"] * 11 + [b"4"] * 12
+    assert len(turns) >= 3  # b's own EXPUNGE: its four slices have three turns
+    # a: EXPUNGE lines, then the delivery and the flag change
+    lines = _after_the_changes(a)
+    expunged = [int(m[1]) for x in lines if (m := re.match(rb"\* (\d+) EXPUNGE$", x))]
+    assert len(expunged) == len(gone) and lines[len(gone) - 1].endswith(b" EXPUNGE"), lines
+    view = list(range(1, MESSAGES + 1))
+    said = [view.pop(seq - 1) for seq in expunged]  # the client's view, line by line
+    assert said == gone
+    assert view == kept_uids
+    assert all(x.endswith(b" RECENT") for x in lines[len(gone):]
+               if x != b"* 5 EXISTS" and b"FETCH" not in x), lines
+    # q: VANISHED (UIDs, no numbers), then the same changes
+    lines = _after_the_changes(q)
+    vanished = [x for x in lines if x.startswith(b"* VANISHED ")]
+    assert len(vanished) == 4 and lines[3] == vanished[-1], lines  # 26 UIDs in slices of 7
+    told = [u for x in vanished for u in _uid_set(x.split()[-1])]
+    assert told == gone
+    # three turns for each session, between its four slices (b's own
+    # EXPUNGE too); nothing more after
+    assert len(set(turns)) == 3 and len(turns) == 9
+    assert _done(a, "i") == []
+    assert _done(q, "i") == []
+    assert ok(command(a, "c", "UID SEARCH ALL"))[0] == b"* SEARCH 1 5 17 30 31"
+    b.logout()
+    a.close()
+    q.close()
+
+
+def _after_the_changes(c: Line) -> list[bytes]:
+    """What ``c`` reads until it was told of the delivery and of the flag
+    change made during the first turn (each once, in either order: one
+    sync may read both or each its own); they count the messages left
+    (1, 5, 17, 30, then the new one)."""
+    lines: list[bytes] = []
+    seen = {b"* 5 EXISTS": 0, b"FETCH": 0}
+    while not all(seen.values()):
+        line = c.line()
+        lines.append(line)
+        if line == b"* 5 EXISTS":
+            seen[line] += 1
+            lines.append(c.line())
+            assert lines[-1].endswith(b" RECENT"), lines  # RFC 3501 7.3.2
+        elif b"FETCH" in line:
+            assert re.match(rb"\* 3 FETCH \(UID 17 FLAGS \([^)]*\\Flagged", line), lines
+            seen[b"FETCH"] += 1
+    return lines
+
+
+def _uid_set(text: bytes) -> list[int]:
+    """The UIDs of a sequence-set like 2:4,6 (ascending)."""
+    out: list[int] = []
+    for part in text.decode().split(","):
+        lo, _, hi = part.partition(":")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def test_a_store_on_every_message_is_read_off_the_event_loop(

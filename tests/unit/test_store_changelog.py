@@ -391,3 +391,112 @@ async def test_a_write_of_many_rows_is_read_off_the_loop_once_for_the_sessions(
         assert lanes == ["list"] and on_loop == [3]  # from the log
     finally:
         await s.close()
+
+
+async def _after_a_big_store(tmp_path: Path, monkeypatch, lanes: list[str]) -> tuple[SQLiteStore, Mailbox, int]:  # noqa: ANN001
+    """A store whose INBOX of 20 messages was just changed by a STORE of
+    every message, more rows than the log reads on the loop
+    (CATCH_UP_INLINE lowered to 5); the mod-sequence from before it."""
+    monkeypatch.setattr(changelog, "CATCH_UP_INLINE", 5, raising=False)
+    s, inbox, _ = await _store(tmp_path)
+    for _ in range(20):
+        await s.append(inbox, MIME)
+    known = (await s.mailbox_status(inbox)).highest_modseq
+    await s.changes_since(inbox, known)  # the log begins
+    _list_off_the_loop(s, monkeypatch, lanes)
+    await s.store_flags(inbox, list(range(1, 21)), ["\\Seen"], "add")
+    return s, inbox, known
+
+
+async def test_sessions_join_a_read_of_many_changes_that_holds_what_they_saw(
+        tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """Deliveries (small commits) go on while the sessions of a mailbox ask
+    for a big write's changes: a session joins the read under way when its
+    snapshot holds the mailbox as the session saw it, or the next read while
+    that has not started, instead of a read of every change per commit.
+    Each answer holds every change up to what its session saw."""
+    from mailyard.store.sqlite import messages
+
+    lanes: list[str] = []
+    s, inbox, known = await _after_a_big_store(tmp_path, monkeypatch, lanes)
+    gate, reading = threading.Event(), threading.Event()
+    row = messages.message_row
+
+    def held(r: tuple) -> object:
+        if threading.current_thread().name.startswith("mailyard-store-list"):
+            reading.set()  # the first read's snapshot is taken: it waits here
+            gate.wait(10)
+        return row(r)
+
+    monkeypatch.setattr(messages, "message_row", held)
+    try:
+        first = asyncio.ensure_future(s.changes_since(inbox, known))
+        assert await asyncio.to_thread(reading.wait, 10)
+        top = (await s.mailbox_status(inbox)).highest_modseq
+        same = asyncio.ensure_future(s.changes_since(inbox, known))  # joins the first read
+        await asyncio.sleep(0)  # (it asks now, before the next commit)
+        await s.store_flags(inbox, [1], ["\\Flagged"], "add")
+        after = asyncio.ensure_future(s.changes_since(inbox, known))  # a second read, queued
+        await asyncio.sleep(0)  # (it asks now, before the next commit)
+        await s.store_flags(inbox, [2], ["\\Flagged"], "add")
+        later = asyncio.ensure_future(s.changes_since(inbox, known))  # joins the second, not started
+        await asyncio.sleep(0)
+        gate.set()
+        answers = await asyncio.gather(first, same, after, later)
+        assert lanes == ["list", "list"]  # two reads for four sessions and three tops
+        assert answers[0] == answers[1] and answers[0].highest_modseq == top
+        assert all("\\Flagged" not in m.flags for m in answers[0].changed)
+        expected = _from_sqlite(s, inbox, known)
+        assert answers[2] == answers[3] == expected
+        assert [m.uid for m in expected.changed if "\\Flagged" in m.flags] == [1, 2]
+        assert s._change_reads == {}
+    finally:
+        gate.set()
+        await s.close()
+
+
+async def test_a_read_of_many_changes_stops_when_every_asker_has_gone(
+        tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """The sessions waiting for a shared read of many changes go (their
+    clients left): while one still waits the read goes on and answers it;
+    once the last has gone the read is stopped (a read not started is not
+    made at all), so the listing lane does not spend it on nobody."""
+    from mailyard.store.sqlite import messages
+    from mailyard.store.sqlite.core import LIST_LANE
+
+    lanes: list[str] = []
+    s, inbox, known = await _after_a_big_store(tmp_path, monkeypatch, lanes)
+    made: list[int] = []
+    read = messages._read_changes
+
+    def counted(*args: object) -> Changes:
+        made.append(1)
+        return read(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(messages, "_read_changes", counted)
+    gate = threading.Event()
+    try:
+        # the listing lane busy with another read: the shared one waits
+        busy = asyncio.ensure_future(s._bulk_read(lambda _conn: gate.wait(10), LIST_LANE))
+        one, two = (asyncio.ensure_future(s.changes_since(inbox, known)) for _ in range(2))
+        await asyncio.sleep(0.01)
+        one.cancel()
+        await asyncio.sleep(0)
+        gate.set()
+        assert await two == _from_sqlite(s, inbox, known)  # the other still answered
+        assert one.cancelled() and made == [1]
+        gate.clear()
+        busy = asyncio.ensure_future(s._bulk_read(lambda _conn: gate.wait(10), LIST_LANE))
+        askers = [asyncio.ensure_future(s.changes_since(inbox, known)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        for asker in askers:
+            asker.cancel()
+        await asyncio.gather(*askers, return_exceptions=True)
+        assert s._change_reads == {}
+        gate.set()
+        await busy
+        await s._bulk_read(lambda _conn: None, LIST_LANE)  # after the stopped read, in turn
+        assert made == [1]  # not made for nobody
+    finally:
+        gate.set()
+        await s.close()

@@ -280,3 +280,31 @@ def test_the_budget_of_kept_caches_counts_what_arrives_during_idle(monkeypatch: 
     assert len(kept) == 1 and kept.records == 4
     b.expect("DONE", "i1 OK IDLE terminated")
     assert len(kept) == 0 and kept.records == 0
+
+
+def test_the_sync_answering_done_leaves_the_other_kept_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message that arrives while a session IDLEs is announced by the sync
+    that answers its DONE (RFC 2177 3): that session's cache is leaving the
+    budget, so its growth there does not drop the cache of another session
+    still in IDLE."""
+    listings = _big_mailboxes(monkeypatch)
+    monkeypatch.setattr(selected, "IDLE_KEPT_RECORDS", 6)  # two caches of 3 records
+    kept = selected.KeptCaches()
+    store = store_with_mail()
+    a, b = (connect(store, select="INBOX", config=ImapConfig(kept=kept)) for _ in range(2))
+    for n, s in enumerate((a, b)):
+        s.untagged(f"f{n} FETCH 1:* (FLAGS)")
+    b.expect("i1 IDLE", "+ idling")  # the older IDLE
+    a.expect("i0 IDLE", "+ idling")
+    assert kept.records == 6 and len(kept) == 2
+    store.deliver("alice", SHORT)  # a hears of it only when DONE comes
+    assert a.send("DONE").startswith(b"* 4 EXISTS")
+    assert len(a.session.sel.infos_cache) == 4  # a's cache, current, serves its commands
+    assert b.session.sel.infos_cache is not None  # b's is kept
+    assert len(kept) == 1 and kept.records == 3
+    assert b.poll().startswith(b"* 4 EXISTS")
+    b.expect("DONE", "i1 OK IDLE terminated")
+    b.expect("g1 UID FETCH 4 (RFC822.SIZE)", f"* 4 FETCH (UID 4 RFC822.SIZE {len(SHORT)})",
+             "g1 OK UID FETCH completed")
+    assert listings.count(b.session.backend) == 1  # not read again
+    assert len(kept) == 0 and kept.records == 0

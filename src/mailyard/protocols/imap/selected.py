@@ -65,10 +65,11 @@ LARGE_VIEW = 10_000
 # Beyond it, the cache of the session that began IDLE longest ago goes, and
 # is built again when a command needs it after DONE.
 IDLE_KEPT_RECORDS = 1_000_000
-# Untagged FETCH lines of other sessions' flag changes a sync formats between
-# two turns of the other connections (like a FETCH of index data,
-# handlers/messages.py FETCH_TURN): a STORE 1:* on a big mailbox is announced
-# to every session of it, each in slices written as they are made.
+# Untagged FETCH lines of other sessions' flag changes, or expunged UIDs
+# (EXPUNGE lines, VANISHED), a session formats between two turns of the
+# other connections (like a FETCH of index data, handlers/messages.py
+# FETCH_TURN): a STORE 1:* or an expunge of most of a big mailbox is
+# announced to every session of it, each in slices written as they are made.
 ANNOUNCE_TURN = 10_000
 
 # ImapIO.compute: ``fn()`` where it does not hold up the other connections
@@ -627,7 +628,7 @@ class SelectedMailbox:
         Expunges wait while ``allow_expunge`` is False (FETCH, STORE, SEARCH:
         sequence numbers must not shift under the client). ``turn`` writes
         out what is queued and lets the other connections in: awaited
-        between slices of ANNOUNCE_TURN flag changes."""
+        between slices of ANNOUNCE_TURN expunges or flag changes."""
         if self.dirty:
             self.dirty = False
             cache = self.infos_cache
@@ -672,9 +673,9 @@ class SelectedMailbox:
                 self.infos_stale = True
             self.own_changes.clear()
             self.note_flags(changes.changed)
-            if allow_expunge:
-                self.announce_expunge(engine, list(self.pending_expunge))
-                self.pending_expunge.clear()
+            if allow_expunge and self.pending_expunge:
+                gone, self.pending_expunge = list(self.pending_expunge), set()
+                await self.announce_expunge(engine, gone, turn)
             if new:
                 view.append(new)
                 engine.untagged(len(view), Atom("EXISTS"))
@@ -687,8 +688,8 @@ class SelectedMailbox:
                 await ctx.refresh(engine, backend, self, touched)
         else:
             if allow_expunge and self.pending_expunge:
-                self.announce_expunge(engine, list(self.pending_expunge))
-                self.pending_expunge.clear()
+                gone, self.pending_expunge = list(self.pending_expunge), set()
+                await self.announce_expunge(engine, gone, turn)
             self.announce_flags(engine)  # keywords seen by a command's own reads
         self.hold(backend)
         if self.kept is not None:
@@ -725,20 +726,39 @@ class SelectedMailbox:
                     items += [Atom("MODSEQ"), [info.modseq]]
                 engine.untagged(seq, Atom("FETCH"), items)
 
-    def announce_expunge(self, engine: ImapEngine, uids: Sequence[int]) -> None:
-        """EXPUNGE per message, or one VANISHED with QRESYNC (RFC 7162 3.2.10)."""
+    async def announce_expunge(self, engine: ImapEngine, uids: Sequence[int],
+                               turn: Callable[[], Awaitable[None]] | None = None) -> None:
+        """EXPUNGE per message, or VANISHED with QRESYNC (RFC 7162 3.2.10),
+        in slices of ANNOUNCE_TURN UIDs with ``turn`` between them (another
+        client expunged most of a big mailbox: 200,000 EXPUNGE lines).
+
+        The UIDs go in ascending order; each slice takes its UIDs out of the
+        view as it formats them, so every EXPUNGE carries the sequence
+        number the message has when the line is sent (RFC 9051 7.5.1,
+        RFC 3501 7.4.1: each EXPUNGE moves the later numbers down by one).
+        No command of this session runs during a turn (its step is busy),
+        so none sees the view between two slices; a change notified
+        meanwhile marks the view dirty for the next sync."""
         if not uids:
             return
         for ctx in self.contexts.values():  # before the expunge (RFC 5267 4.3.4)
             ctx.expunged(engine, self, uids)
-        if self.infos_cache is not None:
-            for uid in uids:
-                self.infos_cache.pop(uid, None)
-        if "QRESYNC" in engine.enabled:
-            present = [u for u in uids if self.view.seq_of(u) is not None]
-            self.view.expunge(present)
-            if present:
-                engine.untagged(Atom("VANISHED"), Atom(format_uid_set(present)))
-            return
-        for seq in self.view.expunge(uids):
-            engine.untagged(seq, Atom("EXPUNGE"))
+        gone = sorted(set(uids))
+        qresync = "QRESYNC" in engine.enabled
+        view = self.view
+        for start in range(0, len(gone), ANNOUNCE_TURN):
+            if start and turn is not None:
+                await turn()
+            part = gone[start : start + ANNOUNCE_TURN]
+            cache = self.infos_cache  # (may have gone during the turn: KeptCaches)
+            if cache is not None:
+                for uid in part:
+                    cache.pop(uid, None)
+            if qresync:
+                present = [u for u in part if view.seq_of(u) is not None]
+                if present:
+                    view.uids = view.uids.without(present)
+                    engine.untagged(Atom("VANISHED"), Atom(format_uid_set(present)))
+                continue
+            for seq in view.expunge(part):
+                engine.untagged(seq, Atom("EXPUNGE"))

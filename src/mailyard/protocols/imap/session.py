@@ -253,7 +253,7 @@ class ImapSession:
         if sel is not None:
             if ((sel.dirty or (allow_expunge and sel.pending_expunge))
                     and self.backend is not None and self.engine.state is State.SELECTED):
-                await sel.sync(self.engine, self.backend, allow_expunge, self._turn)
+                await sel.sync(self.engine, self.backend, allow_expunge, self.turn)
             sel.read_changes = None  # (kept for this command's sync only)
         self.engine.complete(status, text, code)
 
@@ -261,14 +261,19 @@ class ImapSession:
         """Announce what changed in the selected mailbox (RFC 9051 5.2)."""
         sel = self.sel
         if sel is not None and self.backend is not None:
-            await sel.sync(self.engine, self.backend, allow_expunge, self._turn)
+            await sel.sync(self.engine, self.backend, allow_expunge, self.turn)
 
-    async def _turn(self) -> None:
+    async def turn(self) -> None:
         """Between the slices of a long announcement: write out what is
         queued (waiting while the client is behind) and let the other
-        connections in."""
-        await self.io.flush()
-        await self.io.pause()
+        connections in. Once the connection is gone the command stops here
+        (ConnectionError, as the I/O side's flush raises when it finds the
+        connection closed): the slices left would be formatted for nobody."""
+        if not self.closed:
+            await self.io.flush()
+            await self.io.pause()
+        if self.closed:
+            raise ConnectionError("connection closed")
 
     async def maybe_flush(self) -> None:
         """Write out queued responses once they pass FLUSH_AT."""
@@ -289,6 +294,12 @@ class ImapSession:
             while True:
                 ev = engine.next_event()
                 if isinstance(ev, IdleDone):
+                    if sel is not None and kept is not None:
+                        # IDLE ends here: the sync that answers DONE does
+                        # not count this cache against the budget (growing
+                        # it there could drop another idler's cache for a
+                        # count about to be let go)
+                        kept.release(sel)
                     await self.finish("OK" if ev.ok else "BAD", "IDLE terminated" if ev.ok else "Expected DONE")
                     return
                 if isinstance(ev, Closed):

@@ -85,9 +85,10 @@ class SQLiteCore(Store):
         self._epochs: dict[int, int | None] = {}  # account id -> epoch, None: removed
         self._changelogs: dict[int, ChangeLog] = {}  # mailbox id -> its recent changes, oldest use first
         self._changelog_cost = 0  # records held by the logs (changelog.LOG_BUDGET)
-        # (mailbox id, since, top) -> a read of many changes on the listing
-        # lane, shared by the sessions asking it meanwhile (messages.py)
-        self._change_reads: dict[tuple[int, int, int], asyncio.Future[Any]] = {}
+        # (mailbox id, since) -> the reads of many changes on the listing
+        # lane, each shared by the sessions asking it meanwhile
+        # (messages.py ``SharedRead``)
+        self._change_reads: dict[tuple[int, int], list[Any]] = {}
         self._pending_saves: set[asyncio.Task[None]] = set()  # cache writes nobody waits for
         self._bulk_lanes: dict[str, _Lane] = {}  # _bulk_read's connections, made on first use
         self._lanes_closed = False

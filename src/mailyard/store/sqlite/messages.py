@@ -100,14 +100,46 @@ def _read_listing(c: sqlite3.Connection, mailbox_id: int) -> tuple[int, dict[int
         c.execute("COMMIT")
 
 
-def _read_changes(c: sqlite3.Connection, mailbox_id: int, modseq: int) -> Changes:
+class SharedRead:
+    """A read of many changes on the listing lane (``_changes_off_loop``),
+    shared by the sessions that ask the same question while it waits or
+    runs. ``started`` is set in the lane's thread before its snapshot
+    begins and ``top`` (the mailbox's highest mod-sequence in it) once the
+    snapshot is read; ``waiters`` counts the sessions awaiting it, and the
+    last one to leave stops it."""
+
+    __slots__ = ("started", "task", "top", "waiters")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.top: int | None = None
+        self.waiters = 0
+        self.task: asyncio.Future[Changes] | None = None
+
+    def serves(self, top: int) -> bool:
+        """Whether a session that saw the mailbox at ``top`` may take this
+        read's answer: the read has not started (its snapshot begins later,
+        after ``top`` was committed), or its snapshot holds ``top``, so the
+        answer holds every change the session may have been told of."""
+        if not self.started:
+            return True
+        seen = self.top
+        return seen is not None and seen >= top
+
+
+def _read_changes(c: sqlite3.Connection, mailbox_id: int, modseq: int, shared: SharedRead | None = None) -> Changes:
     """What changed in a mailbox after ``modseq``, from the tables in one
-    read snapshot (``Store.changes_since`` without the change log)."""
+    read snapshot (``Store.changes_since`` without the change log);
+    ``shared`` is told where the snapshot stands."""
+    if shared is not None:
+        shared.started = True  # (before the snapshot: see SharedRead.serves)
     c.execute("BEGIN")
     try:
         box = c.execute("SELECT highest_modseq FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
         if box is None:
             raise MailboxGone(mailbox_id)  # deleted since the reference was checked
+        if shared is not None:
+            shared.top = box[0]
         changed = c.execute(
             f"SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
             (mailbox_id, modseq),
@@ -701,30 +733,53 @@ class MessagesMixin(BodiesMixin):
 
     async def _changes_off_loop(self, mailbox_id: int, modseq: int, top: int) -> Changes:
         """``_read_changes`` on the listing lane, one read for the sessions
-        that ask the same question while it runs: after a write of many
-        rows (a STORE 1:* of a big mailbox) every session of the mailbox
-        asks from where it was, most of them from the same mod-sequence.
-        A session joins a read only if the mailbox's ``top`` it sees is the
-        one seen when the read was asked for: the read's snapshot begins
-        after that, so it holds every change the session may have been told
-        of (a later commit makes another question)."""
-        key = (mailbox_id, modseq, top)
+        that ask the same question while it waits or runs: after a write of
+        many rows (a STORE 1:* of a big mailbox) every session of the
+        mailbox asks from where it was, most of them from the same
+        mod-sequence, while other commits (deliveries) move the mailbox's
+        top. A session that saw the mailbox at ``top`` joins a read that has
+        not started or whose snapshot holds ``top`` (``SharedRead.serves``),
+        so it never gets an answer older than what it may have been told
+        of; otherwise it starts another. The read is stopped (``_bulk_read``
+        cancelled: skipped if it has not started, interrupted if it runs)
+        when the last session waiting for it goes (its client left)."""
+        key = (mailbox_id, modseq)
         reads = self._change_reads
-        read = reads.get(key)
-        if read is None:
-            read = asyncio.ensure_future(
-                self._bulk_read(lambda conn: _read_changes(conn, mailbox_id, modseq), LIST_LANE))
-            reads[key] = read
+        shared = next((r for r in reads.get(key, ()) if r.serves(top)), None)
+        if shared is None:
+            shared = SharedRead()
+            one = shared
+            task = shared.task = asyncio.ensure_future(
+                self._bulk_read(lambda conn: _read_changes(conn, mailbox_id, modseq, one), LIST_LANE))
+            reads.setdefault(key, []).append(shared)
 
             def done(f: asyncio.Future[Changes]) -> None:
-                if reads.get(key) is f:
-                    del reads[key]
+                self._forget_read(key, one)
                 if not f.cancelled():
                     f.exception()  # (retrieved: every asker may have gone)
 
-            read.add_done_callback(done)
-        # a session that goes (its client left) leaves the read to the others
-        return await asyncio.shield(read)
+            task.add_done_callback(done)
+        task = shared.task
+        assert task is not None
+        shared.waiters += 1
+        try:
+            # a session that goes (its client left) leaves the read to the others
+            return await asyncio.shield(task)
+        finally:
+            shared.waiters -= 1
+            if not shared.waiters and not task.done():
+                # nobody waits for it any more; and nobody joins it
+                self._forget_read(key, shared)
+                task.cancel()
+
+    def _forget_read(self, key: tuple[int, int], shared: SharedRead) -> None:
+        """``shared`` is over (done, or stopped): no session joins it now."""
+        reads = self._change_reads
+        waiting = reads.get(key)
+        if waiting is not None and shared in waiting:
+            waiting.remove(shared)
+            if not waiting:
+                del reads[key]
 
     def _current_log(self, c: sqlite3.Connection, mailbox_id: int, since: int | None) -> ChangeLog:
         """The mailbox's change log brought up to its highest_modseq, inside

@@ -284,7 +284,7 @@ async def cmd_copy(s: ImapSession, cmd: c.Copy) -> None:
         # RFC 6851 4.3: COPYUID goes in an untagged OK before the expunges
         if code:
             s.engine.untagged_status("OK", "Moved", code)
-        sel.announce_expunge(s.engine, [a for a, _ in moved])
+        await sel.announce_expunge(s.engine, [a for a, _ in moved], s.turn)
         await s.finish("OK", f"{'UID ' if cmd.uid else ''}MOVE completed")
         return
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}COPY completed", code, allow_expunge=cmd.uid)

@@ -139,7 +139,7 @@ async def cmd_expunge(s: ImapSession, cmd: c.Command) -> None:
         seq_of = sel.view.seq_of
         doomed = sorted(u for u, m in infos.items() if "\\Deleted" in m.flags and seq_of(u) is not None)
     removed = await b.expunge(sel.mailbox, doomed) if doomed else []
-    sel.announce_expunge(s.engine, removed)
+    await sel.announce_expunge(s.engine, removed, s.turn)
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}EXPUNGE completed")
 
 
