@@ -356,3 +356,19 @@ def test_records_of_one_key_written_at_once_all_land(tmp_path) -> None:  # noqa:
     reader.join()
     assert not errors and not torn, (errors[:2], torn[:2])
     assert [p.name for p in (tmp_path / "1" / "duplicate").iterdir()] == [log._path(1, "", "<id@example.test>").name]
+
+
+def test_mail_to_a_recipient_whose_script_edits_the_header_is_not_counted_as_sent_by_her(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The address book counts the mail an account sends (delivery/submit.py
+    ``_note_sent``). Mail from outside to a recipient whose Sieve script
+    edits the header (RFC 5293) is received mail: nothing is counted as
+    sent, by her or anyone."""
+    from mailyard.delivery import submit
+
+    senders: list[str] = []
+    monkeypatch.setattr(submit, "_note_sent", lambda store, account, data: senders.append(account.address))
+    install(mailserver, ALICE, 'require ["editheader"];\r\naddheader "X-Filed" "yes";\r\n')
+    send(mailserver, "carol@remote.test", ALICE, "from outside")
+    assert subjects(mailserver, ALICE) == ["from outside"]
+    assert senders == []

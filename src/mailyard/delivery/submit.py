@@ -318,15 +318,15 @@ async def accept_message(
             over_quota += refused
             wanted = [a for a in wanted if a not in refused]
     committed = bool(first) or bool(wanted)
-    for account in list(edited):
-        plan = plans[account.id]
+    for owner in list(edited):
+        plan = plans[owner.id]
         assert plan.message is not None
         try:
-            await deliver_local(intake.store, plan.message, reverse_path, [account], inbox_id=inbox_id,
-                                enforce_quota=True, placements={account.id: plan.targets}, fields=fields)
+            await deliver_local(intake.store, plan.message, reverse_path, [owner], inbox_id=inbox_id,
+                                enforce_quota=True, placements={owner.id: plan.targets}, fields=fields)
         except QuotaExceeded:
-            edited.remove(account)
-            over_quota.append(account)
+            edited.remove(owner)
+            over_quota.append(owner)
         except Exception as exc:
             # Others have their copy already: raising now would make the
             # sender retry and deliver it to them twice. The unedited
@@ -334,11 +334,11 @@ async def accept_message(
             # that fails keeps the message), and the log says why.
             if not committed:
                 raise
-            edited.remove(account)
-            if not await _keep_unedited(intake, account, received + data, reverse_path, fields, exc):
+            edited.remove(owner)
+            if not await _keep_unedited(intake, owner, received + data, reverse_path, fields, exc):
                 continue
-            wanted.append(account)
-            plans.pop(account.id, None)
+            wanted.append(owner)
+            plans.pop(owner.id, None)
         committed = True
     if accounts and not wanted and not edited and not first and over_quota:
         raise QuotaExceeded("mailbox full: " + ", ".join(a.address for a in over_quota))
@@ -361,11 +361,11 @@ async def accept_message(
         metrics.observe_delivery("local", time.monotonic() - started)
     # over quota after acceptance: the sender gets a DSN
     metrics.count_delivery("local", "bounced", len(over_quota))
-    for account in wanted:
-        plan = plans.pop(account.id, None)
+    for owner in wanted:
+        plan = plans.pop(owner.id, None)
         if plan is not None:
-            await _after_sieve(intake, account, plan, received + data, reverse_path,
-                               (envelope_to or {}).get(account.id, account.address))
+            await _after_sieve(intake, owner, plan, received + data, reverse_path,
+                               (envelope_to or {}).get(owner.id, owner.address))
     return Accepted(data, queue_id, over_quota)
 
 
