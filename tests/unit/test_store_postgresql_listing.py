@@ -128,3 +128,32 @@ async def test_many_thread_keys_are_decoded_off_the_event_loop(store: PostgreSQL
     monkeypatch.setattr(pg_store, "bool", bool, raising=False)
     keys = await _off_the_loop(monkeypatch, "bool", lambda: store.thread_keys(inbox, uids))
     assert keys == in_place
+
+
+async def test_a_listing_decoded_after_the_store_closed_is_a_store_error(
+        pg_cluster: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read whose rows came before the store closed but are decoded after
+    it gets the store's closed error (StoreUnavailable, answered as a
+    temporary failure by every protocol), not an executor's RuntimeError."""
+    import asyncio
+
+    from mailyard.store.api import StoreUnavailable
+
+    store = PostgreSQLStore(pg_cluster.new_dsn(), StoreConfig(), data_dir=tmp_path)
+    inbox = await _big_inbox(store)
+    monkeypatch.setattr(pg_store, "LIST_INLINE", 5)
+    await store.list_messages(inbox)  # the lane exists
+    gate = asyncio.Event()
+    decoded = PostgreSQLStore._decoded
+
+    async def late(self: PostgreSQLStore, make: Any, *results: Any) -> Any:
+        await gate.wait()
+        return await decoded(self, make, *results)
+
+    monkeypatch.setattr(PostgreSQLStore, "_decoded", late)
+    read = asyncio.ensure_future(store.list_messages(inbox))
+    await asyncio.sleep(0.2)
+    await store.close()
+    gate.set()
+    with pytest.raises(StoreUnavailable):
+        await read

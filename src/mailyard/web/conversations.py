@@ -91,6 +91,10 @@ class Conversations:
                 if (await view.refresh(self.store, b)).moved:
                     moved = True
             if moved:
+                # forgotten first: a build cancelled midway (the request gone)
+                # leaves none, so the next request builds again rather than
+                # keep threads without the messages the views took in
+                entry.threads = None
                 entry.threads = await self._build(boxes, entry.views)
             assert entry.threads is not None
             return entry.threads

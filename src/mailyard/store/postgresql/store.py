@@ -380,9 +380,16 @@ class PostgreSQLStore(ContactsMixin, Store):
             with gc_paused():  # a burst of small objects holding no cycles
                 return make(*(r.load() for r in results))
 
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
         if self._list_lane is None:
             self._list_lane = ThreadPoolExecutor(1, thread_name_prefix="mailyard-pg-list")
-        return await asyncio.get_running_loop().run_in_executor(self._list_lane, run)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._list_lane, run)
+        except RuntimeError:
+            if self._closed:  # the lane was shut down as the store closed
+                raise StoreUnavailable("the store is closed") from None
+            raise
 
     async def _write(self, op: Callable[[psycopg.AsyncConnection, _Tx], Any], directory: bool = False,
                      revoke: bool = False, pipeline: bool = False) -> Any:
