@@ -291,3 +291,46 @@ def test_a_big_folders_flags_leave_the_other_requests_served(big: RunningServer,
     assert response.status_code == 200
     assert ticks >= 20, f"the event loop stood still while the folder's flags were indexed ({ticks} turns)"
     assert subjects(response.text) == [f"s{n:02d}" for n in range(1, MESSAGES + 1)]
+
+
+def test_a_big_folders_flag_filter_leaves_the_other_requests_served(big: RunningServer,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search by flag, size or date (``is:unread``) of a big folder tests
+    every message's row of the flags index: in a thread."""
+    inbox = box_id(big, ALICE, "INBOX")
+    client = login(big)
+    assert client.get(f"/box/{inbox}?q=is:unread").status_code == 200  # the index is made
+    started = threading.Event()
+    predicate = searchquery._predicate
+
+    def slowed_predicate(term: Any) -> Any:
+        return _slowed(started, predicate(term))
+
+    monkeypatch.setattr(searchquery, "_predicate", slowed_predicate)
+    response, ticks = _while_served(big, started, lambda: client.get(f"/box/{inbox}?q=is:unread"))
+    assert response.status_code == 200
+    assert ticks >= 20, f"the event loop stood still while the folder was filtered ({ticks} turns)"
+    assert len(subjects(response.text)) == min(MESSAGES, 50)
+
+
+def test_many_flag_changes_of_a_big_folder_are_applied_off_the_loop(big: RunningServer,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many flag changes at once ("mark all read" of a big folder, or IMAP
+    STORE 1:*) reach the flags index in a thread, and its answers follow."""
+    inbox = box_id(big, ALICE, "INBOX")
+    client = login(big)
+    assert len(subjects(client.get(f"/box/{inbox}?q=is:unread").text)) > 0
+
+    async def mark_all_read() -> None:
+        account = await big.store.get_account(ALICE)
+        box = await big.store.get_mailbox(account.id, "INBOX")
+        uids = [m.uid for m in await big.store.list_messages(box)]
+        await big.store.store_flags(box, uids, {"\\Seen"}, "add")
+
+    big.call(mark_all_read())
+    started = threading.Event()
+    monkeypatch.setattr(searchquery, "_bits", _slowed(started, searchquery._bits))
+    response, ticks = _while_served(big, started, lambda: client.get(f"/box/{inbox}?q=is:unread"))
+    assert response.status_code == 200
+    assert ticks >= 20, f"the event loop stood still while the changes were applied ({ticks} turns)"
+    assert subjects(response.text) == []

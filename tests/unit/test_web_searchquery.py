@@ -110,3 +110,35 @@ async def test_has_attachment_gives_one_answer_whatever_the_other_terms(tmp_path
         assert narrowed == alone, (alone, narrowed)
     finally:
         await store.close()
+
+
+async def test_a_folders_flags_are_read_once_for_requests_that_come_together(tmp_path: Path) -> None:
+    """Two requests for a folder whose flags index is not made yet: the
+    second waits for the first's reading, instead of reading it too."""
+    import asyncio
+
+    store = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False))
+    try:
+        await store.add_domain("example.test")
+        account = await store.add_account("a@example.test", "h")
+        box = await store.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        for n in range(5):
+            await store.deliver(_message(n), [DeliveryTarget(box.id)])
+        box = await store.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        reads: list[int] = []
+        list_messages = store.list_messages
+
+        async def counted(b: Any, *args: Any, **kwargs: Any) -> Any:
+            reads.append(b.id)
+            await asyncio.sleep(0.05)
+            return await list_messages(b, *args, **kwargs)
+
+        store.list_messages = counted  # type: ignore[method-assign]
+        index = searchquery.InfoIndex(store)
+        first, second = await asyncio.gather(index.rows(box), index.rows(box))
+        assert reads == [box.id]
+        assert first is second and len(first) == 5
+    finally:
+        await store.close()

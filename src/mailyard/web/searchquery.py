@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..gcpause import gc_paused
-from ..store.api import Mailbox, MessageInfo, Store
+from ..store.api import Changes, Mailbox, MessageInfo, Store
 from .listing import has_attachment
 
 if TYPE_CHECKING:
@@ -166,6 +166,22 @@ def _info_rows(infos: list[MessageInfo]) -> dict[int, tuple[int, int, float]]:
         return {m.uid: (_bits(m.flags), m.size, m.internal_date) for m in infos}
 
 
+def _apply(rows: dict[int, tuple[int, int, float]], changes: Changes) -> None:
+    """``rows`` brought up to ``changes`` (expunges, new and changed messages)."""
+    for uid in changes.vanished:
+        rows.pop(uid, None)
+    for m in changes.changed:
+        rows[m.uid] = (_bits(m.flags), m.size, m.internal_date)
+
+
+def _applied(rows: dict[int, tuple[int, int, float]], changes: Changes) -> dict[int, tuple[int, int, float]]:
+    """A copy of ``rows`` brought up to ``changes``."""
+    with gc_paused():
+        copy = dict(rows)
+        _apply(copy, changes)
+        return copy
+
+
 class InfoIndex:
     """Per mailbox: each message's flags, size and internal date, read once
     and then kept current from ``changes_since`` (new messages, flag changes,
@@ -178,7 +194,8 @@ class InfoIndex:
 
     async def rows(self, box: Mailbox) -> dict[int, tuple[int, int, float]]:
         entries = self._boxes.get(box.id)
-        if entries is None or entries.uid_validity != box.uid_validity:
+        # (an entry not read yet is being read: waited for, not read twice)
+        if entries is None or entries.uid_validity not in (None, box.uid_validity):
             entries = _Entries()
             self._boxes[box.id] = entries
             while len(self._boxes) > self.max_boxes:
@@ -195,10 +212,14 @@ class InfoIndex:
             elif entries.modseq != box.highest_modseq:
                 changes = await self.store.changes_since(box, entries.modseq)
                 for uid in changes.vanished:
-                    entries.rows.pop(uid, None)
                     entries.attachment.pop(uid, None)
-                for m in changes.changed:
-                    entries.rows[m.uid] = (_bits(m.flags), m.size, m.internal_date)
+                if len(changes.changed) + len(changes.vanished) > INFO_INLINE:
+                    # many changes ("mark all read" of a big folder): applied
+                    # to a copy in a thread, which then replaces the rows, so
+                    # a filter reading the old ones meanwhile is left alone
+                    entries.rows = await asyncio.to_thread(_applied, entries.rows, changes)
+                else:
+                    _apply(entries.rows, changes)
                 entries.modseq = max(entries.modseq, changes.highest_modseq)
         return entries.rows
 
@@ -266,6 +287,14 @@ def _order(term: Term) -> tuple[bool, bool, int]:
     return (term.key == "has", term.key == "text", -len(term.value))
 
 
+def _filtered(rows: dict[int, tuple[int, int, float]], candidates: list[int],
+              tests: list[tuple[Callable[[tuple[int, int, float]], bool], bool]]) -> set[int]:
+    """The ``candidates`` whose row passes every test (negated ones failing)."""
+    get = rows.get
+    return {u for u in candidates if (r := get(u)) is not None
+            and all(test(r) != negated for test, negated in tests)}
+
+
 async def evaluate(store: Store, index: InfoIndex, box: Mailbox, query: Query) -> set[int]:
     """The UIDs of ``box`` matching every term of ``query`` (``in:`` aside:
     the caller picks the mailboxes). The indexed terms are searched first,
@@ -281,10 +310,13 @@ async def evaluate(store: Store, index: InfoIndex, box: Mailbox, query: Query) -
             return set()
     tests = [(_predicate(t), t.negated) for t in query.terms if t.key in MEMORY_KEYS]
     if tests:
-        candidates = rows.keys() if result is None else result
-        get = rows.get
-        result = {u for u in candidates if (r := get(u)) is not None
-                  and all(test(r) != negated for test, negated in tests)}
+        candidates = list(rows) if result is None else list(result)
+        if len(candidates) > INFO_INLINE:
+            # a big folder's pass in a thread, off the event loop; the rows
+            # are never resized there (big changes replace them: InfoIndex.rows)
+            result = await asyncio.to_thread(_filtered, rows, candidates, tests)
+        else:
+            result = _filtered(rows, candidates, tests)
     elif result is None:
         result = set(rows)
     for term in sorted((t for t in indexed if t.negated), key=_order):
