@@ -697,3 +697,40 @@ def test_changes_on_another_worker_reach_an_idle_session_of_a_big_mailbox(two_wo
     for c in (a, b):
         c.close()
     assert server.alive()
+
+
+def test_a_live_search_is_told_of_a_big_expunge_slice_by_slice(
+        make_server: Callable[..., RunningServer], big: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session holding a live search (RFC 5267 CONTEXT=SEARCH) while
+    another client expunges most of a big mailbox: each slice of EXPUNGE
+    lines comes after the REMOVEFROM of its own messages (RFC 5267 4.3.4:
+    before their expunge), so no step of the server handles the whole
+    expunge for the context at once; the client's view and its search
+    result end up as the server's."""
+    monkeypatch.setattr(selected, "ANNOUNCE_TURN", 7, raising=False)
+    server = make_server(seed=_seed)
+    kept_uids = [1, 5, 17, 30]
+    gone = [u for u in range(1, MESSAGES + 1) if u not in kept_uids]
+    c = _raw(server)
+    ok(command(c, "s", "SELECT INBOX"))
+    ok(command(c, "u", "UID SEARCH RETURN (UPDATE) ALL"))
+    b = _client(server)
+    b.select("INBOX")
+    assert b.uid("STORE", ",".join(map(str, gone)), "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+    ok(command(c, "n", "NOOP"))  # the \Deleted flags announced
+    assert b.expunge()[0] == "OK"
+    lines = ok(command(c, "m", "NOOP"))
+    view = list(range(1, MESSAGES + 1))
+    result = set(view)
+    removals = 0
+    for line in lines:
+        if m := re.match(rb'\* ESEARCH \(TAG "u"\) UID REMOVEFROM \(0 ([0-9:,]+)\)$', line):
+            removals += 1
+            result -= set(_uid_set(m[1]))
+        elif m := re.match(rb"\* (\d+) EXPUNGE$", line):
+            uid = view.pop(int(m[1]) - 1)
+            assert uid not in result, f"EXPUNGE of {uid} before its REMOVEFROM: {lines}"
+    assert removals == 4, lines  # 26 messages in slices of 7
+    assert view == kept_uids and result == set(kept_uids)
+    b.logout()
+    c.close()

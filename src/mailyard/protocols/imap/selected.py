@@ -692,9 +692,12 @@ class SelectedMailbox:
                 await self.announce_expunge(engine, gone, turn)
             self.announce_flags(engine)  # keywords seen by a command's own reads
         self.hold(backend)
+        self._count_kept()
+
+    def _count_kept(self) -> None:
+        """A cache kept through IDLE grew by the new messages (or shrank by
+        the expunged): its budget counts the records it holds."""
         if self.kept is not None:
-            # a cache kept through IDLE grew by the new messages (or shrank
-            # by the expunged): its budget counts the records it holds
             cache = self.infos_cache
             if cache is None:
                 self.kept.release(self)
@@ -741,15 +744,16 @@ class SelectedMailbox:
         meanwhile marks the view dirty for the next sync."""
         if not uids:
             return
-        for ctx in self.contexts.values():  # before the expunge (RFC 5267 4.3.4)
-            ctx.expunged(engine, self, uids)
         gone = sorted(set(uids))
         qresync = "QRESYNC" in engine.enabled
         view = self.view
         for start in range(0, len(gone), ANNOUNCE_TURN):
             if start and turn is not None:
+                self._count_kept()  # the budget sees the cache as it is during the turn
                 await turn()
             part = gone[start : start + ANNOUNCE_TURN]
+            for ctx in self.contexts.values():  # before their expunge (RFC 5267 4.3.4)
+                ctx.expunged(engine, self, part)
             cache = self.infos_cache  # (may have gone during the turn: KeptCaches)
             if cache is not None:
                 for uid in part:
