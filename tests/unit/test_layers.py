@@ -388,7 +388,7 @@ def test_the_checker_sees_function_level_and_relative_imports() -> None:
     edges = import_edges(SRC / PACKAGE, PACKAGE)
     # cli/start.py imports the supervisor inside cmd_serve, and "from . import x" forms exist.
     assert any(e.source == f"{PACKAGE}.cli.start" and e.target == f"{PACKAGE}.workers" for e in edges)
-    assert any(e.source == f"{PACKAGE}.web.app" and e.target == f"{PACKAGE}.web.render" for e in edges)
+    assert any(e.source == f"{PACKAGE}.web.reading" and e.target == f"{PACKAGE}.web.render" for e in edges)
 
 
 # --- the checker on a synthetic package --------------------------------------------

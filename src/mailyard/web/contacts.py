@@ -22,7 +22,7 @@ from ..message.correspondents import header_mailboxes
 from ..message.reading import readable_address
 from ..message.vcard import Card, VCardError, parse, serialise
 from ..store.api import AddressBookFull, Contact, InvalidName, Mailbox, NotFound
-from . import prefs
+from . import pages, prefs
 
 MAX_IMPORT = 5 * 1024 * 1024  # octets of a vCard file
 MAX_SUGGESTIONS = 10
@@ -30,12 +30,6 @@ IMPORT_CHUNK = 200
 MAX_QUERY = 100
 PER_PAGE = 200  # contacts a page of /contacts lists
 MAX_PAGE = 10_000  # a page number past this is the last one asked for
-
-
-def _app() -> Any:
-    from . import app  # the app module registers these routes: imported when called
-
-    return app
 
 
 def remote_allowed(raw: bytes, box: Mailbox) -> bool:
@@ -65,13 +59,12 @@ def _contact_from_form(form: Any, contact_id: int = 0, uid: str = "") -> tuple[C
 
 
 async def contacts_view(request: Request) -> Response:
-    app = _app()
-    session = app.current(request)
-    store = app.state(request).services.store
+    session = pages.current(request)
+    store = pages.state(request).services.store
     q = (request.query_params.get("q") or "").strip()[:MAX_QUERY]
-    page_no = min(max(app._int(request.query_params.get("page")) or 0, 0), MAX_PAGE)
+    page_no = min(max(pages.to_int(request.query_params.get("page")) or 0, 0), MAX_PAGE)
     edit = None
-    edit_id = app._int(request.query_params.get("edit"))
+    edit_id = pages.to_int(request.query_params.get("edit"))
     if edit_id is not None:
         edit = await store.get_contact(session.account_id, edit_id)
         if edit is None:
@@ -81,43 +74,41 @@ async def contacts_view(request: Request) -> Response:
 
 async def _page(request: Request, session: Any, status: int = 200, q: str = "", edit: Contact | None = None,
                 errors: list[str] | None = None, notice: str | None = None, page_no: int = 0) -> Response:
-    app = _app()
-    store = app.state(request).services.store
+    store = pages.state(request).services.store
     # one page (and one more entry, to know whether there is a next page)
     items = await store.list_contacts(session.account_id, q, PER_PAGE + 1, page_no * PER_PAGE)
-    return app.page(request, "contacts.html", status=status, contacts=items[:PER_PAGE], q=q, edit=edit,
-                    page_no=page_no, has_next=len(items) > PER_PAGE, errors=errors or [],
-                    folders=await app.folders(request, session),
-                    notice=request.query_params.get("notice", "") if notice is None else notice)
+    return pages.page(request, "contacts.html", status=status, contacts=items[:PER_PAGE], q=q, edit=edit,
+                      page_no=page_no, has_next=len(items) > PER_PAGE, errors=errors or [],
+                      folders=await pages.folders(request, session),
+                      notice=request.query_params.get("notice", "") if notice is None else notice)
 
 
 async def contacts_action(request: Request) -> Response:
-    app = _app()
-    session = app.current(request)
-    form = await app.checked_form(request, session)
-    store = app.state(request).services.store
+    session = pages.current(request)
+    form = await pages.checked_form(request, session)
+    store = pages.state(request).services.store
     action = str(form.get("action") or "")
-    back = app._safe_back(form.get("back"), "/contacts")
+    back = pages.safe_back(form.get("back"), "/contacts")
     try:
         if action == "add":
             contact, errors = _contact_from_form(form)
             if errors:
                 return await _page(request, session, 400, errors=errors)
             added = await store.add_contact(session.account_id, contact)
-            return app.redirect(app.notice_url(back, f"{added.name} added to contacts."))
+            return pages.redirect(pages.notice_url(back, f"{added.name} added to contacts."))
         if action in ("update", "delete"):
-            contact_id = app._int(form.get("id"))
+            contact_id = pages.to_int(form.get("id"))
             old = await store.get_contact(session.account_id, contact_id) if contact_id is not None else None
             if old is None:
                 raise HTTPException(404, "no such contact")
             if action == "delete":
                 await store.delete_contact(session.account_id, old.id)
-                return app.redirect(app.notice_url("/contacts", f"{old.name} deleted."))
+                return pages.redirect(pages.notice_url("/contacts", f"{old.name} deleted."))
             contact, errors = _contact_from_form(form, old.id, old.uid)
             if errors:
                 return await _page(request, session, 400, edit=old, errors=errors)
             await store.update_contact(session.account_id, contact)
-            return app.redirect(app.notice_url("/contacts", f"{contact.name or 'Contact'} saved."))
+            return pages.redirect(pages.notice_url("/contacts", f"{contact.name or 'Contact'} saved."))
         if action == "import":
             return await _import(request, session, form)
     except (InvalidName, AddressBookFull) as exc:
@@ -128,8 +119,7 @@ async def contacts_action(request: Request) -> Response:
 
 
 async def _import(request: Request, session: Any, form: Any) -> Response:
-    app = _app()
-    store = app.state(request).services.store
+    store = pages.state(request).services.store
     upload = form.get("file")
     if not isinstance(upload, UploadFile) or not upload.filename:
         return await _page(request, session, 400, errors=["Choose a vCard file (.vcf) to import."])
@@ -173,13 +163,12 @@ async def _import(request: Request, session: Any, form: Any) -> Response:
     if full:
         text += (f". Not added: {len(cards) - added - updated - skipped} more, the address book is full"
                  " (delete some contacts first)")
-    return app.redirect(app.notice_url("/contacts", text + "."))
+    return pages.redirect(pages.notice_url("/contacts", text + "."))
 
 
 async def contacts_export(request: Request) -> Response:
-    app = _app()
-    session = app.current(request)
-    store = app.state(request).services.store
+    session = pages.current(request)
+    store = pages.state(request).services.store
     cards = [Card(c.name, list(c.emails), list(c.phones), c.org, c.note, c.uid)
              for c in await store.list_contacts(session.account_id)]
     from .render import content_disposition
@@ -191,9 +180,8 @@ async def contacts_export(request: Request) -> Response:
 async def suggest(request: Request) -> Response:
     """``{"suggestions": [{"name", "address", "label", "contact"}]}`` for the
     recipient field's text ``q``: at most MAX_SUGGESTIONS, this account's only."""
-    app = _app()
-    session = app.current(request)
-    store = app.state(request).services.store
+    session = pages.current(request)
+    store = pages.state(request).services.store
     q = (request.query_params.get("q") or "").strip()[:MAX_QUERY]
     found = await store.suggest_addresses(session.account_id, q, MAX_SUGGESTIONS) if q else []
     return JSONResponse({"suggestions": [

@@ -31,8 +31,20 @@ from ..gcpause import gc_paused
 from ..message.threading import Node, ThreadMessage, references, release
 from ..store.api import Mailbox, Store
 from ..store.view import MailboxView
-from . import prefs, searchquery
+from . import prefs, render, searchquery
 from .listing import Row, has_attachment, preview_text, sender_of, sorted_in_turns, subject_of
+from .pages import (
+    TEMPLATES,
+    body_key,
+    current,
+    folders,
+    own_mailbox,
+    page,
+    read_raw,
+    safe_back,
+    state,
+)
+from .worker import TooComplex
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -185,8 +197,6 @@ class ConvPage:
 
 
 def _web(request: Request) -> Any:
-    from .app import state
-
     web = state(request)
     if getattr(web, "conversations", None) is None:
         web.conversations = Conversations(web.services.store)
@@ -287,10 +297,6 @@ async def whole(request: Request, session: Session, box: Mailbox, uids: list[int
 
 # --- reading a conversation --------------------------------------------------------
 async def conversation_view(request: Request) -> Response:
-    from . import render
-    from .app import _body_key, _safe_back, current, folders, own_mailbox, page, read_raw
-    from .worker import TooComplex
-
     session = current(request)
     box = await own_mailbox(request, session, request.path_params["box_id"])
     uid = request.path_params["uid"]
@@ -325,7 +331,7 @@ async def conversation_view(request: Request) -> Response:
             view = None
         del raw
         if view is not None:
-            web.bodies.put(_body_key(session, mbox, m_uid, allow_remote), view.body or "")
+            web.bodies.put(body_key(session, mbox, m_uid, allow_remote), view.body or "")
             view.body = None  # the frame fetches it
         if b_id == box.id and "\\Seen" not in info.flags:
             unseen.append(m_uid)
@@ -334,7 +340,7 @@ async def conversation_view(request: Request) -> Response:
     if unseen:
         await store.store_flags(box, unseen, ["\\Seen"], "add")
     subject = next((s["view"].subject for s in shown if s["view"] is not None), "")
-    back = _safe_back(request.query_params.get("back"), f"/box/{box.id}")
+    back = safe_back(request.query_params.get("back"), f"/box/{box.id}")
     return page(request, "conversation.html", box=box, uid=uid, messages=shown, subject=subject,
                 folders=await folders(request, session), back=back, notice="", total=len(threads.members[c]))
 
@@ -342,10 +348,6 @@ async def conversation_view(request: Request) -> Response:
 async def print_view(request: Request) -> Response:
     """One message laid out for paper: its header fields, its body (the
     same sanitised HTML as the reading frame) and its attachment list."""
-    from . import render
-    from .app import current, own_mailbox, read_raw, state
-    from .worker import TooComplex
-
     session = current(request)
     box = await own_mailbox(request, session, request.path_params["box_id"])
     uid = request.path_params["uid"]
@@ -355,8 +357,6 @@ async def print_view(request: Request) -> Response:
         view = await state(request).pool.run(render.show, raw, base, f"{box.id}:{uid}" in session.remote_ok)
     except TooComplex as exc:
         raise HTTPException(422, f"This message is too complex to print ({exc}).") from None
-    from .app import TEMPLATES
-
     html = TEMPLATES.get_template("print.html").render(request=request, session=session, view=view, base=base)
     response = HTMLResponse(html)
     # the body is sanitised HTML: no script runs in it, its inline styles apply

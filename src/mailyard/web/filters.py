@@ -30,6 +30,7 @@ from ..sieve.builder import (
     from_script,
     to_script,
 )
+from .pages import checked_form, current, folders, notice_url, page, redirect, state
 
 SCRIPT = "webmail"
 MAX_RULES = 100
@@ -43,8 +44,6 @@ ACTION_LABELS = {"fileinto": "Move to folder", "read": "Mark as read", "flag": "
 
 
 def _scripts(request: Request) -> ScriptStore:
-    from .app import state
-
     services = state(request).services
     if services.sieve is not None:
         return services.sieve.scripts
@@ -68,8 +67,6 @@ def _store(scripts: ScriptStore, account_id: int, name: str, text: str) -> None:
 
 
 async def _state(request: Request, session: Any) -> dict:
-    from .app import folders
-
     scripts = _scripts(request)
     name, text = await asyncio.to_thread(_load, scripts, session.account_id)
     model = from_script(text) if text else Filters()
@@ -86,23 +83,17 @@ async def _state(request: Request, session: Any) -> dict:
 
 
 def _sieve_on(request: Request) -> bool:
-    from .app import state
-
     return state(request).services.sieve is not None
 
 
 def _show(request: Request, name: str, ctx: dict, *, error: str = "", notice: str = "", status: int = 200,
           **extra: Any) -> Response:
-    from .app import page
-
     ctx = {**ctx, **extra}
     ctx.setdefault("raw_text", ctx["script_text"])
     return page(request, name, status=status, error=error, notice=notice, **ctx)
 
 
 async def filters_view(request: Request) -> Response:
-    from .app import current
-
     session = current(request)
     return _show(request, "filters.html", await _state(request, session),
                  notice=request.query_params.get("notice", ""))
@@ -128,8 +119,6 @@ async def _save_model(request: Request, session: Any, model: Filters) -> str:
 async def filters_action(request: Request) -> Response:
     """add: a rule from the builder; delete / up: one rule by position;
     raw: the active script's text from the editor."""
-    from .app import checked_form, current, notice_url, redirect
-
     session = current(request)
     form = await checked_form(request, session)
     action = form.get("action")
@@ -170,8 +159,6 @@ async def filters_action(request: Request) -> Response:
 
 
 async def vacation_view(request: Request) -> Response:
-    from .app import current
-
     session = current(request)
     ctx = await _state(request, session)
     vacation = ctx["model"].vacation if ctx["model"] is not None else VacationSetting()
@@ -179,8 +166,6 @@ async def vacation_view(request: Request) -> Response:
 
 
 async def vacation_action(request: Request) -> Response:
-    from .app import checked_form, current, notice_url, redirect
-
     session = current(request)
     form = await checked_form(request, session)
     ctx = await _state(request, session)

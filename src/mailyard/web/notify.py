@@ -12,12 +12,11 @@ and never to a cache (``no-store``); ``after`` is checked as a number.
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from . import pages
 from .listing import sender_of, subject_of
 
 # Unread messages looked at per request: enough for any burst of new mail
@@ -25,21 +24,14 @@ from .listing import sender_of, subject_of
 MAX_LOOKED_AT = 500
 
 
-def _app() -> Any:
-    from . import app
-
-    return app
-
-
 async def newest(request: Request) -> Response:
-    app = _app()
-    session = app.current(request)
+    session = pages.current(request)
     headers = {"Cache-Control": "no-store"}
     if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
         return JSONResponse({"error": "not from this site"}, status_code=403, headers=headers)
     raw = request.query_params.get("after", "")
     after = int(raw) if raw.isdigit() and len(raw) <= 10 else None
-    web = app.state(request)
+    web = pages.state(request)
     store = web.services.store
     inbox = await store.get_mailbox(session.account_id, "INBOX")
     if inbox is None or inbox.account_id != session.account_id:

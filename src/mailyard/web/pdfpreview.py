@@ -54,6 +54,10 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from .pages import current, message_info, own_mailbox, read_raw, state
+from .render import part_content
+from .worker import TooComplex
+
 if TYPE_CHECKING:
     from starlette.requests import Request
 
@@ -303,10 +307,6 @@ def previewer(request: Request) -> Previewer:
 async def _part_pages(request: Request) -> tuple[str, Pages]:
     """The base URL of the message and the preview of its PDF part ``spec``,
     after the session's access checks (404 for what is not its own)."""
-    from .app import _info, current, own_mailbox, read_raw, state
-    from .render import part_content
-    from .worker import TooComplex
-
     session = current(request)
     box = await own_mailbox(request, session, request.path_params["box_id"])
     uid = request.path_params["uid"]
@@ -315,7 +315,7 @@ async def _part_pages(request: Request) -> tuple[str, Pages]:
     key = (session.account_id, box.id, box.uid_validity, uid, spec)
     cached = previewer(request).cache.get(key)
     if cached is not None:
-        if await _info(request, box, uid) is None:  # expunged since
+        if await message_info(request, box, uid) is None:  # expunged since
             raise HTTPException(404, "no such message")
         return base, cached
     raw = await read_raw(request, box, uid)

@@ -11,7 +11,6 @@ kept in Sent: the message is the original, already in a folder.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -21,47 +20,40 @@ from starlette.routing import Route
 from .. import logs, metrics
 from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.resend import resend, resent_block
+from . import compose, pages
 from .drafts import identity
 
 log = logging.getLogger("mailyard.web")
 
 
-def _app() -> Any:
-    from . import app  # the app module imports this one to register the routes
-
-    return app
-
-
 async def redirect_form(request: Request) -> Response:
     """The Redirect page of one message: whom to send it to."""
-    a = _app()
-    session = a.current(request)
-    box = await a.own_mailbox(request, session, request.path_params["box_id"])
+    session = pages.current(request)
+    box = await pages.own_mailbox(request, session, request.path_params["box_id"])
     uid = request.path_params["uid"]
-    if await a._info(request, box, uid) is None:
+    if await pages.message_info(request, box, uid) is None:
         raise HTTPException(404, "no such message")
-    return a.page(request, "redirect.html", box=box, uid=uid, to="", errors=[],
-                  folders=await a.folders(request, session), notice="")
+    return pages.page(request, "redirect.html", box=box, uid=uid, to="", errors=[],
+                      folders=await pages.folders(request, session), notice="")
 
 
 async def redirect_submit(request: Request) -> Response:
     """Resend the message to the addresses of the form."""
-    a = _app()
-    session = a.current(request)
-    form = await a.checked_form(request, session)
-    box = await a.own_mailbox(request, session, request.path_params["box_id"])
+    session = pages.current(request)
+    form = await pages.checked_form(request, session)
+    box = await pages.own_mailbox(request, session, request.path_params["box_id"])
     uid = request.path_params["uid"]
-    web = a.state(request)
+    web = pages.state(request)
     to_text = str(form.get("to") or "")[:2000]
     errors: list[str] = []
-    rcpts = [addr for _name, addr in a.parse_recipients(to_text, "To", errors)]
+    rcpts = [addr for _name, addr in compose.parse_recipients(to_text, "To", errors)]
     if not rcpts and not errors:
         errors.append("Add at least one recipient.")
     account = await web.services.store.get_account_by_id(session.account_id)
     if account is None:
         raise HTTPException(401)
     if not errors:
-        raw = await a.read_raw(request, box, uid)
+        raw = await pages.read_raw(request, box, uid)
         name, _address = identity()
         try:
             data = resend(raw, resent_block((name, account.address), rcpts))
@@ -79,9 +71,10 @@ async def redirect_submit(request: Request) -> Response:
                 metrics.count_message("web", "rejected", "refused")
                 errors.append(f"Not sent: {exc}")
     if errors:
-        return a.page(request, "redirect.html", status=400, box=box, uid=uid, to=to_text, errors=errors,
-                      folders=await a.folders(request, session), notice="")
-    return a.redirect(a.notice_url(f"/box/{box.id}/msg/{uid}", f"Message redirected to {', '.join(rcpts)}."))
+        return pages.page(request, "redirect.html", status=400, box=box, uid=uid, to=to_text, errors=errors,
+                          folders=await pages.folders(request, session), notice="")
+    return pages.redirect(pages.notice_url(f"/box/{box.id}/msg/{uid}",
+                                           f"Message redirected to {', '.join(rcpts)}."))
 
 
 def routes() -> list[Route]:

@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..gcpause import gc_paused
 from ..store.api import Changes, Mailbox, MessageInfo, Store
-from .listing import has_attachment
+from .listing import Row, has_attachment, sender_of, subject_of
+from .pages import folders, page, state
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -355,7 +356,7 @@ class Hit:
 
 
 def info_index(web: Any) -> InfoIndex:
-    """The web app's ``InfoIndex`` (web/app.py WebState), made on first use."""
+    """The web app's ``InfoIndex`` (web/pages.py WebState), made on first use."""
     if web.info_index is None:
         web.info_index = InfoIndex(web.services.store)
     return web.info_index
@@ -366,8 +367,6 @@ async def search(request: Request, session: Session, box: Mailbox, text: str) ->
     ``box`` that match and the words for the user about terms left out; or,
     for ``in:`` another folder or ``in:all``, the results page over those
     folders."""
-    from .app import state
-
     web = state(request)
     store = web.services.store
     index = info_index(web)
@@ -386,9 +385,6 @@ async def search(request: Request, session: Session, box: Mailbox, text: str) ->
 
 async def _results_page(request: Request, session: Session, store: Store, index: InfoIndex, box: Mailbox,
                         targets: list[Mailbox], query: Query, text: str) -> Response:
-    from .app import folders, page
-    from .listing import Row, sender_of, subject_of
-
     found: list[tuple[float, int, int]] = []
     by_id = {b.id: b for b in targets}
     for b in targets:

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from ..auth.service import TryLater
 from ..store.api import Account, StoreError
-from . import prefs, sessionlog
+from . import login, pages, prefs, sessionlog
 from .security import SESSION_COOKIE, Session, cookie_kwargs
 
 MIN_PASSWORD = 8
@@ -40,19 +40,13 @@ def _zones() -> list[str]:
     return sorted(zoneinfo.available_timezones())
 
 
-def _app() -> Any:
-    from . import app  # the app module registers these routes: imported when called
-
-    return app
-
-
 async def sender_addresses(request: Request, account: Account) -> list[str]:
     """The addresses the account may send as and the page offers: its own,
     the aliases that lead to it alone, its sender grants without wildcards;
     each checked with the submission rule."""
     from ..delivery.submit import sender_rule
 
-    services = _app().state(request).services
+    services = pages.state(request).services
     store = services.store
     rule = await sender_rule(services, account)
     candidates = [account.address]
@@ -78,34 +72,31 @@ def _lines(value: Any, limit: int = prefs.MAX_LIST) -> tuple[list[str], list[str
 
 
 async def settings_view(request: Request) -> Response:
-    app = _app()
-    session = app.current(request)
+    session = pages.current(request)
     return await _page(request, session)
 
 
 async def _page(request: Request, session: Session, status: int = 200, errors: list[str] | None = None,
                 notice: str | None = None) -> Response:
-    app = _app()
-    web = app.state(request)
+    web = pages.state(request)
     account = await web.services.store.get_account_by_id(session.account_id)
     if account is None:
         raise HTTPException(401)
     current = await prefs.load(web.services.store, session.account_id)
     sessions = await sessionlog.listing(web.services.store, session)  # of every process
-    return app.page(
+    return pages.page(
         request, "settings.html", status=status, prefs=current, errors=errors or [],
         notice=request.query_params.get("notice", "") if notice is None else notice,
-        folders=await app.folders(request, session), senders=await sender_addresses(request, account),
+        folders=await pages.folders(request, session), senders=await sender_addresses(request, account),
         zones=_zones(), date_formats=prefs.DATE_FORMATS,
         per_page_choices=prefs.PER_PAGE_CHOICES, sessions=sessions,
     )
 
 
 async def settings_action(request: Request) -> Response:
-    app = _app()
-    session = app.current(request)
-    form = await app.checked_form(request, session)
-    web = app.state(request)
+    session = pages.current(request)
+    form = await pages.checked_form(request, session)
+    web = pages.state(request)
     store = web.services.store
     section = str(form.get("section") or "")
     current = await prefs.load(store, session.account_id)
@@ -113,7 +104,7 @@ async def settings_action(request: Request) -> Response:
     values: dict[str, Any] = {}
     notice = "Settings saved."
     if section == "general":
-        per_page = app._int(form.get("per_page"))
+        per_page = pages.to_int(form.get("per_page"))
         if per_page not in prefs.PER_PAGE_CHOICES:
             errors.append("Messages per page: choose one of the offered numbers.")
         tz = str(form.get("timezone") or "")
@@ -123,7 +114,7 @@ async def settings_action(request: Request) -> Response:
         if date_format not in prefs.DATE_FORMATS:
             errors.append("Date format: choose one of the offered formats.")
         raw_delay = form.get("send_delay")
-        delay = current.send_delay if raw_delay in (None, "") else app._int(raw_delay)
+        delay = current.send_delay if raw_delay in (None, "") else pages.to_int(raw_delay)
         if delay is None or not 0 <= delay <= prefs.MAX_SEND_DELAY:
             errors.append(f"Undo send: give a number of seconds from 0 to {prefs.MAX_SEND_DELAY}.")
         values = {"conversations": form.get("conversations") == "on", "per_page": per_page,
@@ -177,7 +168,8 @@ async def settings_action(request: Request) -> Response:
         # in every process: the others find their records gone (sessionlog.py)
         ended = await sessionlog.end_others(store, session)
         web.sessions.drop_others(session)
-        return app.redirect(app.notice_url("/settings", f"Logged out {ended} other session{'s' * (ended != 1)}."))
+        return pages.redirect(pages.notice_url("/settings",
+                                               f"Logged out {ended} other session{'s' * (ended != 1)}."))
     else:
         raise HTTPException(400, "unknown settings section")
     if errors:
@@ -186,8 +178,8 @@ async def settings_action(request: Request) -> Response:
         await store.set_settings(session.account_id, values)
     except StoreError as exc:
         return await _page(request, session, 400, errors=[str(exc)], notice="")
-    back = app._safe_back(form.get("back"), "/settings")
-    return app.redirect(app.notice_url(back, notice))
+    back = pages.safe_back(form.get("back"), "/settings")
+    return pages.redirect(pages.notice_url(back, notice))
 
 
 def _float(value: Any) -> float | None:
@@ -201,13 +193,12 @@ def _float(value: Any) -> float | None:
 async def _change_password(request: Request, session: Session, form: Any) -> Response:
     from ..auth.passwords import Credentials
 
-    app = _app()
-    web = app.state(request)
+    web = pages.state(request)
     old = str(form.get("old_password") or "")
     new = str(form.get("new_password") or "")
     again = str(form.get("new_password_again") or "")
     ip = request.client.host if request.client else "unknown"
-    if not app.plaintext_ok(web.services.config.auth, request, ip):
+    if not login.plaintext_ok(web.services.config.auth, request, ip):
         return await _page(request, session, 403, errors=["Passwords are accepted only over HTTPS here."], notice="")
     if new != again:
         return await _page(request, session, 400, errors=["The new passwords differ."], notice="")
@@ -234,7 +225,7 @@ async def _change_password(request: Request, session: Session, form: Any) -> Res
     new_session, cookie = web.sessions.create(account.id, account.address, account.epoch, ip,
                                               request.headers.get("user-agent", ""))
     await sessionlog.record(web.services.store, new_session)
-    response = app.redirect(app.notice_url("/settings", "Password changed; other sessions were logged out."))
+    response = pages.redirect(pages.notice_url("/settings", "Password changed; other sessions were logged out."))
     response.set_cookie(SESSION_COOKIE, cookie, **cookie_kwargs(request))
     del new_session
     return response

@@ -46,6 +46,7 @@ from ..delivery.submit import SenderNotAllowed, SubmissionRefused, sender_rule, 
 from ..fsutil import write_atomic
 from ..message.compose import without_bcc
 from ..store.api import NotFound, QuotaExceeded, StoreError
+from . import pages
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -241,16 +242,9 @@ def resume(services: Services) -> int:
 
 
 # --- the pages ---------------------------------------------------------------
-def _app() -> Any:
-    from . import app
-
-    return app
-
-
 async def _own_record(request: Request, token: str, suffix: str = ".json") -> tuple[Any, dict]:
-    a = _app()
-    session = a.current(request)
-    path = _record_path(a.state(request).services, token, suffix)
+    session = pages.current(request)
+    path = _record_path(pages.state(request).services, token, suffix)
     try:
         record = json.loads(path.read_bytes())
     except (OSError, ValueError):
@@ -263,10 +257,9 @@ async def _own_record(request: Request, token: str, suffix: str = ".json") -> tu
 def _own_failure(request: Request, token: str) -> dict | None:
     """The record of this session's send of ``token`` refused at its time
     (``reason``, the draft's ``mailbox_id`` and ``uid``), or None."""
-    a = _app()
-    session = a.current(request)
+    session = pages.current(request)
     try:
-        record = json.loads(_record_path(a.state(request).services, token, ".failed").read_bytes())
+        record = json.loads(_record_path(pages.state(request).services, token, ".failed").read_bytes())
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("account_id") != session.account_id:
@@ -276,15 +269,13 @@ def _own_failure(request: Request, token: str) -> dict | None:
 
 
 async def _inbox_url(request: Request) -> str:
-    a = _app()
-    session = a.current(request)
-    inbox = await a.state(request).services.store.get_mailbox(session.account_id, "INBOX")
+    session = pages.current(request)
+    inbox = await pages.state(request).services.store.get_mailbox(session.account_id, "INBOX")
     return f"/box/{inbox.id}" if inbox is not None else "/"
 
 
 async def pending_page(request: Request) -> Response:
     """"Sending in N seconds" with the Undo button."""
-    a = _app()
     token = request.path_params["token"]
     try:
         try:
@@ -294,32 +285,31 @@ async def pending_page(request: Request) -> Response:
     except HTTPException:
         failed = _own_failure(request, token)
         if failed is not None:
-            return a.page(request, "pending.html", token=token, left=0, failed=failed,
-                          folders=await a.folders(request, a.current(request)), notice="")
-        return a.redirect(a.notice_url(await _inbox_url(request), "Message sent."))
+            return pages.page(request, "pending.html", token=token, left=0, failed=failed,
+                              folders=await pages.folders(request, pages.current(request)), notice="")
+        return pages.redirect(pages.notice_url(await _inbox_url(request), "Message sent."))
     left = max(0, round(float(record["due"]) - time.time()))
-    return a.page(request, "pending.html", token=token, left=left, failed=None, folders=await a.folders(request, session),
-                  notice="")
+    return pages.page(request, "pending.html", token=token, left=left, failed=None,
+                      folders=await pages.folders(request, session), notice="")
 
 
 async def undo(request: Request) -> Response:
     """Take the message back: it is not sent and opens in the editor."""
-    a = _app()
     token = request.path_params["token"]
-    session = a.current(request)
-    await a.checked_form(request, session)
+    session = pages.current(request)
+    await pages.checked_form(request, session)
     _session, record = await _own_record(request, token)
-    services = a.state(request).services
+    services = pages.state(request).services
     claimed = _claim(services, token, ".undone")
     if claimed is None:
-        return a.redirect(a.notice_url(await _inbox_url(request), "Too late: the message was sent."))
+        return pages.redirect(pages.notice_url(await _inbox_url(request), "Too late: the message was sent."))
     task = _tasks(services).pop(token, None)
     if task is not None:
         task.cancel()
     with contextlib.suppress(OSError):
         _record_path(services, token, ".undone").unlink()
-    return a.redirect(a.notice_url(f"/compose?draft={record['mailbox_id']}:{record['uid']}",
-                                   "Sending undone: the message is back in the editor."))
+    return pages.redirect(pages.notice_url(f"/compose?draft={record['mailbox_id']}:{record['uid']}",
+                                           "Sending undone: the message is back in the editor."))
 
 
 def routes() -> list[Route]:

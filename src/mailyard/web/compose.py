@@ -1,0 +1,342 @@
+"""Writing mail: the compose page (new, reply, reply all, forward, a
+draft resumed) and its form, which sends, or saves a draft.
+
+The message is built in the render pool (render.outgoing) and sent through
+the one submission path (delivery/submit.py), held first for the user's
+undo delay (undo.py); a copy goes to Sent. The autosave route (drafts.py)
+posts the same form. A refused form keeps its chosen files in a draft, as
+a browser cannot refill file inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import logs, metrics
+from ..delivery.submit import SubmissionRefused, submit_message
+from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_address_list
+from ..message.reading import limit_size
+from ..message.reply import forward_subject
+from ..store.api import Mailbox, NotFound, QuotaExceeded
+from . import prefs, render, settings, undo
+from . import signatures as sig
+from .drafts import autosaved, named
+from .pages import (
+    checked_form,
+    current,
+    folders,
+    message_info,
+    notice_url,
+    own_mailbox,
+    page,
+    read_raw,
+    redirect,
+    special,
+    state,
+    to_int,
+    too_complex,
+)
+from .security import Session
+from .worker import TooComplex
+
+log = logging.getLogger("mailyard.web")
+
+
+@dataclass
+class Draft:
+    sender: str = ""  # the From field; empty: the account's address
+    to: str = ""
+    cc: str = ""
+    bcc: str = ""
+    subject: str = ""
+    body: str = ""
+    in_reply_to: str = ""
+    references: str = ""
+    draft_uid: str = ""
+    forward: str = ""  # "box_id:uid" of a message to attach as message/rfc822
+    reply_to: str = ""  # "box_id:uid" answered (gets \Answered when sent)
+    kept: list = field(default_factory=list)  # attachments of a resumed draft
+    mode: str = ""  # what the page is: "reply", "replyall", "forward", "draft" or "" (new)
+    forward_mode: str = "attached"  # a forward carries the original "attached" or "inline"
+
+
+async def compose_view(request: Request) -> Response:
+    session = current(request)
+    qp = request.query_params
+    draft = Draft(to=qp.get("to", "")[:2000])
+    sent_to: list[str] = []  # the addresses an answered message was sent to
+    chosen = ""
+    for mode in ("reply", "replyall", "forward", "draft"):
+        ref = qp.get(mode)
+        if not ref:
+            continue
+        draft.mode = mode
+        box_id, _, uid_s = ref.partition(":")
+        box = await own_mailbox(request, session, box_id)
+        uid = to_int(uid_s)
+        if uid is None:
+            raise HTTPException(404)
+        raw = await read_raw(request, box, uid)
+        chosen = mode
+        if mode in ("reply", "replyall"):
+            sent_to = settings.sent_to(raw)
+        pool = state(request).pool
+        try:
+            if mode in ("reply", "replyall"):
+                info = await message_info(request, box, uid)
+                arrived = info.internal_date if info is not None else None
+                answer = await pool.run(render.reply_draft, raw, frozenset({session.address}),
+                                        mode == "replyall", arrived)
+            else:
+                view = await pool.run(render.show, raw, f"/box/{box.id}/msg/{uid}", False, False)
+                if mode == "forward" and qp.get("how") == "inline":
+                    info = await message_info(request, box, uid)
+                    inline_text = await pool.run(render.forward_text, raw,
+                                                 info.internal_date if info is not None else None)
+        except TooComplex as exc:
+            return too_complex(request, box, uid, str(exc), await folders(request, session), f"/box/{box.id}")
+        del raw
+        if mode in ("reply", "replyall"):
+            draft.to, draft.cc, draft.subject = answer.to, answer.cc, answer.subject
+            draft.body = f"\n\n{answer.quoted}"
+            draft.in_reply_to, draft.references = answer.in_reply_to, answer.references
+            draft.reply_to = f"{box.id}:{uid}"
+        elif mode == "forward":
+            draft.subject = forward_subject(view.subject)
+            draft.forward = f"{box.id}:{uid}"
+            if qp.get("how") == "inline":
+                # the original's header block and text, below the cursor
+                draft.forward_mode = "inline"
+                draft.body = "\n\n" + inline_text
+        else:  # resume a draft
+            draft.sender = render.draft_addresses(view.from_)
+            draft.to = render.draft_addresses(view.to)
+            draft.cc = render.draft_addresses(view.cc)
+            draft.bcc = render.draft_addresses(view.bcc)
+            draft.subject = view.subject
+            draft.body = sig.unsign_draft(prefs.current(), draft.sender, view.text or "")
+            draft.in_reply_to = view.in_reply_to
+            draft.references = view.references_raw
+            draft.draft_uid = str(uid)
+            draft.kept = [(a.spec, a.filename, a.content_type, a.size) for a in view.attachments]
+    if chosen != "draft":
+        settings.apply_identity(draft, prefs.current(), sent_to)
+    return page(request, "compose.html", identities=prefs.current().identities, draft=draft,
+                folders=await folders(request, session), errors=[],
+                notice=qp.get("notice", ""))
+
+
+def parse_recipients(value: str, what: str, errors: list[str]) -> list[tuple[str, str]]:
+    """Addresses of a To/Cc/Bcc field; every entry must be a valid addr-spec."""
+    value = value.strip()
+    if not value:
+        return []
+    if "\r" in value or "\n" in value:
+        errors.append(f"{what}: line breaks are not allowed")
+        return []
+    items = parse_address_list(value)
+    out: list[tuple[str, str]] = []
+    for item in items:
+        members = item.mailboxes if isinstance(item, Group) else [item]
+        for m in iter_mailboxes(members):
+            if not m.domain or not is_valid_addr_spec(m.addr_spec, smtputf8=True):
+                errors.append(f"{what}: {m.addr_spec!r} is not a valid address")
+            else:
+                out.append((m.display_name or "", m.addr_spec))
+    # every '@' typed must have become an address (the parser skips junk silently)
+    if value.count("@") > len(out) + len([e for e in errors if e.startswith(what)]) or not items:
+        errors.append(f"{what}: cannot read the address list {value!r}")
+    return out
+
+
+async def compose_submit(request: Request) -> Response:
+    session = current(request)
+    form = await checked_form(request, session)
+    web = state(request)
+    store = web.services.store
+    autosave = getattr(request.state, "autosave", False)
+    action = "save" if autosave else str(form.get("action") or "send")
+    draft = Draft(**{k: str(form.get(k) or "") for k in (
+        "to", "cc", "bcc", "subject", "body", "in_reply_to", "references", "draft_uid", "forward",
+        "reply_to")})
+    draft.sender = str(form.get("from") or "")
+    draft.mode = str(form.get("mode") or "")[:10]
+    draft.forward_mode = "inline" if form.get("forward_mode") == "inline" else "attached"
+    errors: list[str] = []
+    # Any address may be typed; sending checks it is the user's own
+    # (policy/submission.py, the same rule as the submission ports).
+    author = parse_recipients(draft.sender or session.address, "From", errors)
+    if len(author) > 1:
+        errors.append("From: give one address.")
+    to = parse_recipients(draft.to, "To", errors)
+    cc = parse_recipients(draft.cc, "Cc", errors)
+    bcc = parse_recipients(draft.bcc, "Bcc", errors)
+    if action == "send" and not (to or cc or bcc) and not errors:
+        errors.append("Add at least one recipient.")
+    limit = web.services.config.smtp.max_message_size
+    uploads: list[tuple[str, bytes, str | None]] = []
+    for upload in form.getlist("attachment"):
+        if isinstance(upload, UploadFile) and upload.filename:
+            # Starlette spooled the file to disk above 1 MB; BodyLimits
+            # bounded the whole form to the message size limit
+            data = await upload.read()
+            name = render.safe_filename(upload.filename)
+            ctype = (upload.content_type or "").split(";")[0].strip().lower()
+            if "/" not in ctype or any(c in ctype for c in "\r\n\"") or ctype == "application/x-unknown":
+                ctype = None  # compose() guesses from the name
+            uploads.append((name, data, ctype))
+    drafts = await special(request, session, "\\Drafts")
+    old_draft = to_int(draft.draft_uid)
+    old_raw: bytes | None = None
+    if old_draft is not None:
+        try:
+            old_raw = await store.read_message(drafts, old_draft)
+        except NotFound:
+            old_raw = None
+    forward_raw: bytes | None = None
+    if draft.forward and old_raw is None:
+        # (once saved, the draft carries the original: attached or copied)
+        box_id, _, uid_s = draft.forward.partition(":")
+        fbox = await own_mailbox(request, session, box_id)
+        fuid = to_int(uid_s)
+        if fuid is None:
+            raise HTTPException(404)
+        forward_raw = await read_raw(request, fbox, fuid)
+    built: tuple[bytes, bytes] | str | None = None
+    sender = (author[0][0] or None, author[0][1]) if author else (None, session.address)
+    if sender[0] is None:
+        # the address alone: the identity's display name goes with it
+        sender = named(session, sender[1])
+    attach_limit = render.attachment_limit(limit)
+
+    async def build(uploads: list[tuple[str, bytes, str | None]], old_raw: bytes | None,
+                    forward_raw: bytes | None) -> tuple[bytes, bytes] | str:
+        # parsing the draft or the forwarded message and encoding the
+        # attachments happen in a worker process (worker.py)
+        try:
+            return await web.pool.run(
+                render.outgoing, sender, to, cc, bcc, draft.subject, draft.body.replace("\r\n", "\n"),
+                uploads, old_raw, list(form.getlist("keep")), forward_raw, draft.in_reply_to or None,
+                [r for r in draft.references.split() if r.startswith("<")], attach_limit,
+                too_large_attachments(attach_limit, limit), limit, draft.forward_mode == "inline",
+                sig.for_sender(prefs.current(), sender[1]))
+        except TooComplex as exc:
+            return f"The message could not be built ({exc})."
+
+    if not errors:
+        built = await build(uploads, old_raw, forward_raw)
+        if isinstance(built, str):
+            errors.append(built)
+    elif uploads:
+        built = await build(uploads, old_raw, forward_raw)  # to keep the attachments in a draft
+    if errors and autosave:
+        return JSONResponse({"error": "Not saved: " + " ".join(errors)}, status_code=400)
+    if errors:
+        # A browser cannot refill file inputs: chosen files are kept in a draft.
+        if uploads and not isinstance(built, str) and built is not None:
+            errors += await _keep_as_draft(request, session, draft, drafts, old_draft, built[0])
+        elif uploads:
+            errors.append("The chosen files were not kept; choose them again.")
+        return page(request, "compose.html", status=400, draft=draft,
+                    folders=await folders(request, session), errors=errors)
+    del uploads, old_raw, forward_raw
+    assert built is not None and not isinstance(built, str)
+    full, wire = built
+    if action == "save":
+        try:
+            uid = await store.append(drafts, full, ["\\Draft", "\\Seen"])
+        except QuotaExceeded:
+            return page(request, "compose.html", status=400, draft=draft, folders=await folders(request, session),
+                        errors=["Not saved: your mailbox is full (quota reached)."])
+        if old_draft is not None:
+            await store.expunge(drafts, [old_draft])
+        draft.draft_uid = str(uid)
+        if autosave:
+            return await autosaved(request, drafts, uid, full)
+        return redirect(notice_url(f"/compose?draft={drafts.id}:{uid}", "Draft saved."))
+    recipients = [a for _, a in to + cc + bcc]
+    account = await store.get_account_by_id(session.account_id)
+    if account is None:
+        raise HTTPException(401)
+    client_ip = request.client.host if request.client else "127.0.0.1"
+    delay = prefs.current().send_delay
+    no_room_to_wait = False
+    try:
+        if delay:
+            # undo send: held as a draft for ``delay`` seconds (web/undo.py);
+            # with no room in Drafts to wait in, sent at once instead (and said so)
+            try:
+                token, _uid = await undo.hold(web.services, account, full, recipients, drafts, old_draft,
+                                              {"reply_to": draft.reply_to, "forward": draft.forward}, delay,
+                                              client_ip)
+                return redirect(f"/compose/pending/{token}")
+            except QuotaExceeded:
+                no_room_to_wait = True
+        await submit_message(web.services, account, wire, recipients, client_ip=client_ip,
+                             protocol="HTTP", helo="webmail", service="web")
+    except SubmissionRefused as exc:
+        logs.event(log, logging.INFO, "message_rejected", proto="web", ip=client_ip, user=account.address,
+                   reason="refused", detail=str(exc))
+        metrics.count_message("web", "rejected", "refused")
+        errors = [f"Not sent: {exc}"]
+        if form.getlist("attachment") and any(
+                isinstance(u, UploadFile) and u.filename for u in form.getlist("attachment")):
+            errors += await _keep_as_draft(request, session, draft, drafts, old_draft, full)
+        return page(request, "compose.html", status=400, draft=draft,
+                    folders=await folders(request, session), errors=errors)
+    sent = await special(request, session, "\\Sent")
+    notice = "Message sent."
+    try:
+        await store.append(sent, full, ["\\Seen"])
+    except QuotaExceeded:
+        # the message is on its way; only the sender's own copy does not fit
+        notice = "Message sent; no copy was kept in Sent: your mailbox is full (quota reached)."
+    if no_room_to_wait:
+        notice = ("Message sent at once, without the delay to undo it: your mailbox is full (quota reached)"
+                  + (", and no copy was kept in Sent." if "no copy" in notice else "."))
+    if old_draft is not None:
+        await store.expunge(drafts, [old_draft])
+    await undo.mark_original(web.services, session.account_id, {"reply_to": draft.reply_to, "forward": draft.forward})
+    inbox = await store.get_mailbox(session.account_id, "INBOX")
+    return redirect(notice_url(f"/box/{inbox.id if inbox else sent.id}", notice))
+
+
+def too_large_attachments(attach_limit: int, max_message_size: int) -> str:
+    """The refusal of attachments over the limit (``{size}``: theirs)."""
+    return (f"The attachments are {{size}} in all; at most {limit_size(attach_limit)} fit: a message "
+            f"may have {limit_size(max_message_size)}, and attachments grow by a third when sent.")
+
+
+async def _keep_as_draft(request: Request, session: Session, draft: Draft, drafts: Mailbox,
+                         old_draft: int | None, full: bytes) -> list[str]:
+    """Save a refused form with its new attachments as a draft (replacing the
+    one it came from) and point the form at it; the words for the user."""
+    store = state(request).services.store
+    try:
+        uid = await store.append(drafts, full, ["\\Draft", "\\Seen"])
+    except QuotaExceeded:
+        return ["The chosen files were not kept (your mailbox is full); choose them again."]
+    if old_draft is not None:
+        await store.expunge(drafts, [old_draft])
+    draft.draft_uid = str(uid)
+    try:
+        view = await state(request).pool.run(render.show, full, f"/box/{drafts.id}/msg/{uid}", False, False)
+    except TooComplex:
+        view = None
+    draft.kept = [(a.spec, a.filename, a.content_type, a.size) for a in view.attachments] if view else []
+    return [f"Your attachments were kept: this message is saved in {drafts.name} "
+            "and they are listed under \u201cAttachments of this draft\u201d."]
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/compose", compose_view, methods=["GET"]),
+        Route("/compose", compose_submit, methods=["POST"]),
+    ]

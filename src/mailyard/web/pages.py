@@ -1,0 +1,290 @@
+"""What every webmail page needs, shared by app.py and the route modules.
+
+The app's state (``WebState``) and the session of a request (``current``),
+the templates and ``page`` that renders one, the folder list beside every
+page, POST forms after their origin and CSRF checks (``checked_form``), the
+account's own mailboxes and messages (404 for another account's), redirects
+with a notice, and Back links that never leave the site. The route modules
+(and app.py, which builds the app from them) import this one; it imports
+none of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from ..message.reading import human_size, limit_size
+from ..store.api import Mailbox, NotFound
+from . import prefs, render
+from . import sessionlog as records
+from . import signatures as sig
+from .listing import Listing
+from .recent import RecentChanges
+from .security import Session, Sessions, same_origin, token_ok
+from .worker import RenderPool
+
+if TYPE_CHECKING:
+    from ..services import Services
+
+log = logging.getLogger("mailyard.web")
+
+HERE = Path(__file__).parent
+MAX_UPLOAD_FILES = 50
+SPECIAL_ORDER = {"INBOX": 0, "\\Drafts": 1, "\\Sent": 2, "\\Archive": 3, "\\Junk": 4, "\\Trash": 5}
+
+
+class BodyCache:
+    """Recently prepared message bodies, least recently used dropped first,
+    at most ``max_chars`` characters in all. A message's bytes never change
+    under one (mailbox id, UIDVALIDITY, UID), so an entry cannot go stale."""
+
+    def __init__(self, max_chars: int = 8 * 1024 * 1024) -> None:
+        from collections import OrderedDict
+
+        self.max_chars = max_chars
+        self._items: OrderedDict[tuple, str] = OrderedDict()
+        self._chars = 0
+
+    def get(self, key: tuple) -> str | None:
+        body = self._items.get(key)
+        if body is not None:
+            self._items.move_to_end(key)
+        return body
+
+    def put(self, key: tuple, body: str) -> None:
+        if len(body) > self.max_chars // 4 or key in self._items:
+            return
+        self._items[key] = body
+        self._chars += len(body)
+        while self._chars > self.max_chars:
+            _, old = self._items.popitem(last=False)
+            self._chars -= len(old)
+
+
+@dataclass
+class WebState:
+    services: Services
+    sessions: Sessions = field(default_factory=Sessions)
+    listing: Listing | None = None
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+    status_cache: dict[int, tuple[tuple[int, int], Any]] = field(default_factory=dict)
+    # parsing and sanitising for display run here, off the event loop (worker.py)
+    pool: RenderPool = field(default_factory=RenderPool)
+    # the sanitised body prepared with a read page, for its body frame's request
+    bodies: BodyCache = field(default_factory=lambda: BodyCache())
+    # the bound https port (0: no HTTPS listener), for the redirect of web/transport.py
+    https_port: int = 0
+    # flags, sizes and dates per mailbox for search operators (searchquery.py)
+    info_index: Any = None
+    # each folder's threads for the conversation list (conversations.py)
+    conversations: Any = None
+    # what changed lately, replayed when a page's event stream opens (recent.py)
+    recent: RecentChanges = field(default_factory=RecentChanges)
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(HERE / "templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["size"] = human_size
+    env.filters["limitsize"] = limit_size
+    env.filters["when"] = when
+    env.filters["addrs"] = render.draft_addresses
+    # "pdf_preview_ok" is set by app.py from pdfpreview.py (which imports this module)
+    return env
+
+
+def when(ts: float | None) -> str:
+    """A time as lists show it, in the user's zone and date format (prefs.py)."""
+    return prefs.format_when(ts) if ts else ""
+
+
+TEMPLATES = _env()
+
+
+def page(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    session: Session | None = getattr(request.state, "session", None)
+    if name == "compose.html" and "attachment_limit" not in ctx:
+        ctx["attachment_limit"] = render.attachment_limit(state(request).services.config.smtp.max_message_size)
+    if name == "compose.html":
+        ctx.setdefault("signatures", sig.previews(prefs.current()))
+        sender = getattr(ctx.get("draft"), "sender", "") or (session.address if session else "")
+        shown = sig.address_of(sender).casefold()
+        ctx.setdefault("signature_shown", next((h for a, h in ctx["signatures"] if a == shown), ""))
+    since = getattr(request.state, "since", None)
+    html = TEMPLATES.get_template(name).render(request=request, session=session, live_since=since, **ctx)
+    return HTMLResponse(html, status_code=status)
+
+
+def state(request: Request) -> WebState:
+    return request.app.state.web
+
+
+def live_session(request: Request) -> Session | None:
+    """The request's session, if it is still good: not expired, its record
+    current, and its account neither removed nor given a new password since
+    the login (by any process: ``mailyard user remove`` / ``user passwd``
+    write the same store). ``sessionlog.SessionRecords`` checked all that
+    for this request (waiting for the database if need be) and passed the
+    session on; a request it did not check has none here. What the store
+    knows in memory is looked at again (a revocation heard since), and a
+    session this process ended meanwhile is gone."""
+    web = state(request)
+    session = records.checked_session(request.scope)
+    if session is None or not web.sessions.holds(session):
+        return None
+    if web.services.store.credentials_known(session.account_id, session.epoch) is False:
+        log.info("web: ending session of %s: account removed or password changed", session.address)
+        web.sessions.drop(session)
+        return None
+    return session
+
+
+def current(request: Request) -> Session:
+    session = live_session(request)
+    if session is None:
+        raise HTTPException(401)
+    request.state.session = session
+    if not hasattr(request.state, "since"):
+        request.state.since = time.time()  # where the page's live updates start
+    return session
+
+
+async def checked_form(request: Request, session: Session | None = None) -> Any:
+    """The form of a POST, after the origin and CSRF checks (403 when they fail)."""
+    if not same_origin(request):
+        raise HTTPException(403, "cross-origin request refused")
+    form = await request.form(max_files=MAX_UPLOAD_FILES, max_fields=2000)
+    if session is not None:
+        given = form.get("csrf") or request.headers.get("x-csrf-token")
+        if not token_ok(session.csrf, given if isinstance(given, str) else None):
+            raise HTTPException(403, "missing or wrong CSRF token")
+    return form
+
+
+async def own_mailbox(request: Request, session: Session, box_id: Any) -> Mailbox:
+    """The mailbox ``box_id`` if it belongs to the session's account, else 404."""
+    try:
+        box = await state(request).services.store.get_mailbox_by_id(session.account_id, int(box_id))
+    except (TypeError, ValueError):
+        box = None
+    if box is None or box.account_id != session.account_id:
+        raise HTTPException(404, "no such folder")
+    return box
+
+
+async def special(request: Request, session: Session, use: str) -> Mailbox:
+    store = state(request).services.store
+    for box in await store.list_mailboxes(session.account_id):
+        if box.special_use == use:
+            return box
+    name = use.lstrip("\\")
+    box = await store.get_mailbox(session.account_id, name)
+    if box is None:
+        box = await store.create_mailbox(session.account_id, name, use)
+    return box
+
+
+async def folders(request: Request, session: Session) -> list[dict]:
+    store = state(request).services.store
+    boxes = await store.list_mailboxes(session.account_id)
+    out = []
+    cache = state(request).status_cache
+    for box in boxes:
+        # a mailbox's counts change only when its highest mod-sequence does
+        hit = cache.get(box.id)
+        if hit is not None and hit[0] == (box.uid_validity, box.highest_modseq):
+            status = hit[1]
+        else:
+            status = await store.mailbox_status(box)
+            if len(cache) > 10_000:
+                cache.clear()
+            cache[box.id] = ((box.uid_validity, box.highest_modseq), status)
+        out.append({
+            "id": box.id, "name": box.name, "special": box.special_use,
+            "unseen": status.unseen, "messages": status.messages,
+            "depth": box.name.count("/"), "label": box.name.rsplit("/", 1)[-1],
+        })
+
+    def order(f: dict) -> tuple:
+        key = "INBOX" if f["name"] == "INBOX" else f["special"]
+        return (SPECIAL_ORDER.get(key or "", 10), f["name"].casefold())
+
+    return sorted(out, key=order)
+
+
+async def read_raw(request: Request, box: Mailbox, uid: int) -> bytes:
+    try:
+        return await state(request).services.store.read_message(box, uid)
+    except NotFound:
+        raise HTTPException(404, "no such message") from None
+
+
+def redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+def notice_url(url: str, text: str) -> str:
+    from urllib.parse import quote
+
+    return f"{url}{'&' if '?' in url else '?'}notice={quote(text)}"
+
+
+# The pages a Back link may lead to: this app's own list, message, folder and
+# compose pages. Matching the whole path against the routes (rather than
+# refusing "//" or a scheme) also refuses what browsers rewrite into another
+# origin: tab, CR and LF are removed and a backslash read as "/" (WHATWG URL
+# parser), so "/<TAB>/host" and "/<backslash>host" both mean "//host" (CWE-601).
+_BACK_PATH = re.compile(r"/(?:box/[0-9]{1,18}(?:/msg/[0-9]{1,18})?|folders|compose)?")
+_BACK_QUERY = re.compile(r"[A-Za-z0-9._~%&=+:@/-]*")
+
+
+def safe_back(value: Any, fallback: str) -> str:
+    """``value`` if it is a path of this app (with an optional plain query),
+    else ``fallback``: a Back link never leaves the site."""
+    if not isinstance(value, str) or len(value) > 2000:
+        return fallback
+    path, _, query = value.partition("?")
+    if _BACK_PATH.fullmatch(path) and _BACK_QUERY.fullmatch(query):
+        return value
+    return fallback
+
+
+def to_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def body_key(session: Session, box: Mailbox, uid: int, allow_remote: bool) -> tuple:
+    return (session.account_id, box.id, box.uid_validity, uid, allow_remote)
+
+
+async def message_info(request: Request, box: Mailbox, uid: int) -> Any:
+    """The index row of one message, from the web's mailbox cache (kept current
+    with changes_since, so this is not a scan of the mailbox)."""
+    listing = state(request).listing
+    assert listing is not None
+    return await listing.info(box, uid)
+
+
+def too_complex(request: Request, box: Mailbox, uid: int, reason: str, folder_list: list[dict],
+                back: str) -> Response:
+    """The page shown instead of a message that cannot be prepared for
+    display within the worker's bounds: what happened and the download."""
+    return page(request, "complex.html", box=box, uid=uid, reason=reason, folders=folder_list, back=back,
+                notice="")
