@@ -75,6 +75,7 @@ class ManageSieveSession(SessionProtocol):
             sasl_mechanisms=self._mechanisms(),
             tls_available=tls is not None and not self.tls,
             max_literal=MAX_SCRIPT_BYTES,
+            max_command_unauthenticated=limits.managesieve_max_command_unauthenticated,
             max_bad_commands=limits.max_bad_commands,
         )
         self.set_timeout(limits.idle_timeout)
