@@ -166,8 +166,10 @@ class ManageSieveSession(SessionProtocol):
             engine.login_failed("too many failed logins, try again later", "TRYLATER",
                                 close=self._failures >= MAX_LOGIN_FAILURES)
             return
-        text = "authentication cancelled" if isinstance(result, sasl.Failure) and result.kind == "cancelled" \
-            else "authentication failed"
+        kind = result.kind if isinstance(result, sasl.Failure) else None
+        text = ("authentication cancelled" if kind == "cancelled"
+                else "cannot decode the authentication data" if kind in ("malformed", "too-long", "protocol")
+                else "authentication failed")
         engine.login_failed(text, close=self._failures >= MAX_LOGIN_FAILURES)
 
     # --- scripts (RFC 5804 2.6-2.13) ----------------------------------------------
