@@ -90,6 +90,9 @@ class LimitsConfig:
     imap_max_command_unauthenticated: int = 8 * 1024
     imap_max_command: int = 1024 * 1024
     imap_max_append_command: int = 100 * 1024 * 1024
+    # ManageSieve: a whole command (its line and literals together) before
+    # login; after it, a script of the size limit with its command line.
+    managesieve_max_command_unauthenticated: int = 8 * 1024
     # IMAP and POP3: bad commands (IMAP BAD in a row, POP3 -ERR for a bad
     # command) on one connection before it is closed.
     max_bad_commands: int = 20
@@ -559,7 +562,8 @@ POSITIVE_KEYS = {
     ("store", "segment_size"), ("store", "group_commit_max"), ("store", "pool_size"),
     ("limits", "imap_max_line"), ("limits", "imap_max_literal"),
     ("limits", "imap_max_command_unauthenticated"), ("limits", "imap_max_command"),
-    ("limits", "imap_max_append_command"), ("limits", "max_connections"),
+    ("limits", "imap_max_append_command"), ("limits", "managesieve_max_command_unauthenticated"),
+    ("limits", "max_connections"),
     ("limits", "max_connections_per_ip"),
     ("delivery", "max_connections"), ("delivery", "max_connections_per_domain"),
     ("delivery", "max_messages_per_connection"), ("delivery", "retry_factor"),

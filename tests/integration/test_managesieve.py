@@ -113,6 +113,25 @@ def test_oversized_literal_is_refused_unread(mailserver: RunningServer) -> None:
     assert other.reply().endswith(b'OK "mailyard ManageSieve ready"\r\n')
 
 
+def test_literals_before_login_end_the_session_at_the_budget(mailserver: RunningServer) -> None:
+    """One command of literals, each under the script limit, never a line
+    end: before login the whole command has 8 KiB, so the first literal past
+    that is refused unread and the connection closed (RFC 5804 literals are
+    non-synchronising: its octets cannot be skipped)."""
+    c = Raw(mailserver)
+    c.reply()
+    c.sock.sendall(b'AUTHENTICATE "PLAIN" {200000+}\r\n' + b"A" * 1000)
+    assert c.reply() == b'BYE "command too large (at most 8192 octets before login)"\r\n'
+    c.sock.settimeout(10)
+    try:
+        while c.sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass  # closed with unread input
+    other = Raw(mailserver)
+    assert other.reply().endswith(b'OK "mailyard ManageSieve ready"\r\n')
+
+
 def test_sievelib_client_then_smtp_delivery(mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
     from sievelib.managesieve import Client
 

@@ -96,6 +96,20 @@ def test_plain_bad_base64() -> None:
         assert isinstance(ev, Failure) and ev.kind == "malformed", bad
 
 
+def test_non_canonical_base64_is_malformed() -> None:
+    """RFC 4954 4 / RFC 4648 3.5: padding that is not needed, or pad bits
+    that are not zero, is not the base64 of any response: refused, never
+    decoded leniently into the same credentials."""
+    whole = b64(b"\x00tim\x00pw12")  # "AHRpbQBwdzEy": 9 octets, no padding
+    token = b64(b"\x00tim\x00pw")  # "AHRpbQBwdw=="
+    for bad in (whole + b"==", whole + b"====", token + b"==", b"AHRpbQBwdw", b"AHRpbQBwdx=="):
+        ev = sasl.start("PLAIN").begin(bad)
+        assert isinstance(ev, Failure) and ev.kind == "malformed", bad
+    assert sasl.start("PLAIN").begin(whole) == NeedCredentials("tim", "pw12")
+    assert sasl.start("PLAIN").begin(token) == NeedCredentials("tim", "pw")
+    assert sasl.decode_base64(b"") == b""
+
+
 def test_cancel_with_star() -> None:
     for name in ("PLAIN", "LOGIN", "SCRAM-SHA-256"):
         m = sasl.start(name)

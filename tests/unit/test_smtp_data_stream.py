@@ -86,3 +86,31 @@ def test_line_limit_matches_a_line_by_line_check() -> None:
         else:
             assert code is None, (message, max_line)
             assert data == message.replace(b"\r\n.", b"\r\n").removeprefix(b".") + b"\r\n"
+
+
+def test_bare_line_ends_are_held_in_kilobytes_with_the_same_outcome() -> None:
+    """Lines ending in bare LF (RFC 5321 2.3.8 forbids them) move out of the
+    reader as CRLF lines do: a transfer of megabytes holds kilobytes, so no
+    read rescans what came before, and the end of the data answers as the
+    whole message would (550 5.6.0 when strict, the data as sent when not)."""
+    head = b"Subject: bare\r\n\r\n..stuffed\r\n"
+    block = (b"y" * 76 + b"\n" + b".z\n") * 800  # no CRLF: only bare LF ends a line
+    expected = b"Subject: bare\r\n\r\n.stuffed\r\n" + block * 100
+    for strict in (True, False):
+        reader = DataReader(max_size=0, max_line=1000, strict_line_endings=strict, spill_at=64 * 1024)
+        parts: list[bytes] = []
+        assert reader.feed(head) is None
+        for _ in range(100):  # 6.4 MB
+            assert reader.feed(block) is None
+            part = reader.take()
+            if part is not None:
+                parts.append(part)
+            held = len(reader._body) + len(reader._out)  # noqa: SLF001
+            assert held < 64 * 1024 + len(block), (strict, held)
+        result = reader.feed(b"\r\n.\r\nQUIT\r\n")
+        assert result is not None and result.rest == b"QUIT\r\n"
+        if strict:
+            assert result.error is not None and result.error.code == 550 and result.data is None
+        else:
+            assert result.error is None and result.data is not None
+            assert b"".join(parts) + result.data == expected + b"\r\n"

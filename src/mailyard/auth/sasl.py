@@ -154,6 +154,21 @@ class UnsupportedMechanism(ValueError):
     """The client named a mechanism we do not offer (SMTP 504 5.5.4, IMAP NO)."""
 
 
+def decode_base64(text: bytes | str) -> bytes:
+    """Base64 as SASL carries it, decoded strictly: RFC 4954 4, RFC 9051
+    6.2.2 and RFC 5034 4 have a server reject a response it cannot decode.
+    Only the alphabet, in quanta of four with padding only where the last
+    one needs it and zero pad bits (RFC 4648 3.3, 3.5): the one encoding of
+    its octets, checked by encoding them again (``AAAA==``, which
+    ``b64decode`` takes even with ``validate=True``, is refused). Raises
+    ``binascii.Error``."""
+    raw = text.encode("ascii") if isinstance(text, str) else bytes(text)
+    data = binascii.a2b_base64(raw, strict_mode=True)
+    if binascii.b2a_base64(data, newline=False) != raw:
+        raise binascii.Error("not the canonical base64 of its octets")
+    return data
+
+
 class _Malformed(Exception):
     """Internal: a client message does not parse; becomes Failure("malformed")."""
 
@@ -205,7 +220,7 @@ class Mechanism:
         if response.strip() == b"*":
             return self._fail("authentication cancelled by client", "cancelled")
         try:
-            data = base64.b64decode(response, validate=True)
+            data = decode_base64(response)
         except (binascii.Error, ValueError):
             return self._fail("response is not valid base64", "malformed")
         return self._feed(data)
@@ -486,8 +501,8 @@ class ScramSha256Mechanism(Mechanism):
         if len(attrs) < 2 or not attrs[0].startswith("c=") or not attrs[1].startswith("r="):
             raise _Malformed("client-final-message must start c=...,r=...")
         try:
-            cbind_input = base64.b64decode(attrs[0][2:], validate=True)
-            proof = base64.b64decode(proof_b64, validate=True)
+            cbind_input = decode_base64(attrs[0][2:])
+            proof = decode_base64(proof_b64)
         except (binascii.Error, ValueError):
             raise _Malformed("bad base64 in client-final-message") from None
         # RFC 5802 section 6: without channel binding, c= is the base64 of the

@@ -75,6 +75,7 @@ class ManageSieveSession(SessionProtocol):
             sasl_mechanisms=self._mechanisms(),
             tls_available=tls is not None and not self.tls,
             max_literal=MAX_SCRIPT_BYTES,
+            max_command_unauthenticated=limits.managesieve_max_command_unauthenticated,
             max_bad_commands=limits.max_bad_commands,
         )
         self.set_timeout(limits.idle_timeout)
@@ -165,8 +166,10 @@ class ManageSieveSession(SessionProtocol):
             engine.login_failed("too many failed logins, try again later", "TRYLATER",
                                 close=self._failures >= MAX_LOGIN_FAILURES)
             return
-        text = "authentication cancelled" if isinstance(result, sasl.Failure) and result.kind == "cancelled" \
-            else "authentication failed"
+        kind = result.kind if isinstance(result, sasl.Failure) else None
+        text = ("authentication cancelled" if kind == "cancelled"
+                else "cannot decode the authentication data" if kind in ("malformed", "too-long", "protocol")
+                else "authentication failed")
         engine.login_failed(text, close=self._failures >= MAX_LOGIN_FAILURES)
 
     # --- scripts (RFC 5804 2.6-2.13) ----------------------------------------------

@@ -673,8 +673,11 @@ class _PlainExchange:
         if response == b"*":
             return LoginRefused("cancelled")
         try:
-            raw = base64.b64decode(b"" if response == b"=" else response or b"", validate=True)
+            wire = b"" if response == b"=" else response or b""
+            raw = base64.b64decode(wire, validate=True)
         except (binascii.Error, ValueError):
+            return LoginRefused("malformed")
+        if base64.b64encode(raw) != wire:  # only the canonical form, as auth/sasl.py decode_base64
             return LoginRefused("malformed")
         fields = raw.split(b"\0")
         if len(fields) != 3:

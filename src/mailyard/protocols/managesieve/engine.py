@@ -10,10 +10,15 @@ SETACTIVE, DELETESCRIPT, RENAMESCRIPT and HAVESPACE (the scripts). The glue
 answers with ``respond`` (OK / NO with a response code, RFC 5804 1.3),
 ``sasl_challenge``, ``login_ok`` / ``login_failed`` or ``tls_started``.
 
-Limits: a command line (without its literals) of at most ``max_line``
-octets, a literal of at most ``max_literal``; a bigger one ends the session
-with BYE (its bytes are not read). Bad commands count against
-``max_bad_commands``.
+Limits: a command line (without its literals' octets) of at most
+``max_line`` octets (a longer one is skipped and answered NO), a literal of
+at most ``max_literal``, and the whole command, its line and literal octets
+together, at most ``command_budget``: ``max_command_unauthenticated`` before
+login, a script with its command line after it. A literal over either limit
+ends the session with BYE before its octets are read: RFC 5804 literals are
+non-synchronising, so its octets follow at once and cannot be told from the
+next command. Input is parsed once: more input resumes where parsing
+stopped. Bad commands count against ``max_bad_commands``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ from ..contract import NEED_DATA, PAUSED, Closed, ProtocolMisuse
 
 __all__ = ["Authenticate", "ManageSieveServer", "SASLResponse", "ScriptCommand", "StartTLS", "quote"]
 
-_ATOM = re.compile(rb"[A-Za-z0-9_.-]+")
 _LITERAL = re.compile(rb"\{([0-9]{1,10})(\+?)\}\r\n")
 
 SCRIPT_COMMANDS = {
@@ -82,83 +86,127 @@ class _TooBig(Exception):
     pass
 
 
-def _parse(buf: bytes, max_line: int, max_literal: int) -> tuple[list[Any], int] | None:
-    """One command from the start of ``buf``: (tokens, octets used), or None
-    when it is not complete. Tokens: ("atom", str), ("string", bytes)."""
-    pos = 0
-    tokens: list[Any] = []
-    plain = 0  # octets outside literals
-    n = len(buf)
-    while True:
-        while pos < n and buf[pos] == 0x20:
-            pos += 1
-            plain += 1
-        if plain > max_line:
-            raise _Bad("line too long")
-        if pos >= n:
-            return None
-        c = buf[pos]
-        if buf.startswith(b"\r\n", pos):
-            return tokens, pos + 2
-        if c == 0x0D and pos + 1 >= n:
-            return None
-        if c == 0x22:  # quoted string
-            out = bytearray()
-            p = pos + 1
+_SPACES = re.compile(rb" *")
+_ATOM_CHARS = re.compile(rb"[A-Za-z0-9_.-]*")
+_QUOTED_CHARS = re.compile(rb'(?:[^"\\\r\n]|\\[\s\S])*')  # up to the closing quote
+_UNESCAPE = re.compile(rb"\\([\s\S])")
+
+# What holding one token of a command costs besides its octets (a bytes
+# object and its list slot): a chain of empty literals is not free.
+TOKEN_COST = 64
+
+
+class _Command:
+    """The command being read, from the start of the input buffer: where
+    parsing stopped, so that more input resumes there and each octet is
+    looked at once (a partial atom or quoted string from where its scan
+    stopped, a literal's octets by their count)."""
+
+    __slots__ = ("literal_end", "literal_octets", "pos", "scan", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens: list[Any] = []  # ("atom", str) or ("string", bytes)
+        self.pos = 0  # octets of the command parsed into tokens
+        self.scan = 0  # a partial atom or quoted string is scanned up to here
+        self.literal_end = -1  # the end of the literal being read, or -1
+        self.literal_octets = 0  # octets inside literals
+
+    def charged(self, octets: int) -> int:
+        """The command's cost once it holds ``octets`` octets."""
+        return octets + TOKEN_COST * len(self.tokens)
+
+    def parse(self, buf: bytearray, max_line: int, max_literal: int, budget: int) -> int | None:
+        """Go on with the command at the start of ``buf``: the octets it
+        takes once complete (``tokens`` then hold it), or None when more
+        input is needed. Raises _Bad for a command that can be skipped to
+        its line end, _TooBig for one whose octets cannot be skipped.
+
+        Line octets (outside literals) are limited to ``max_line``; the whole
+        command, line and literal octets and ``TOKEN_COST`` per token, to
+        ``budget``, checked before a literal's octets are read."""
+        n = len(buf)
+        pos = self.pos
+        try:
             while True:
-                if p >= n:
-                    if p - pos > max_line:
-                        raise _Bad("line too long")
-                    return None
-                ch = buf[p]
-                if ch == 0x22:
-                    break
-                if ch in (0x0D, 0x0A):
-                    raise _Bad("CR or LF in a quoted string")
-                if ch == 0x5C:
-                    if p + 1 >= n:
+                if self.literal_end >= 0:
+                    if n < self.literal_end:
                         return None
-                    p += 1
-                    ch = buf[p]
-                out.append(ch)
-                p += 1
-            plain += p + 1 - pos
-            tokens.append(("string", bytes(out)))
-            pos = p + 1
-            continue
-        if c == 0x7B:  # literal
-            m = _LITERAL.match(buf, pos)
-            if m is None:
-                if b"\r\n" in buf[pos:pos + 16] or n - pos >= 16:
-                    raise _Bad("bad literal")
-                return None
-            size = int(m.group(1))
-            if size > max_literal:
-                raise _TooBig(f"literal too large (at most {max_literal} octets)")
-            start = m.end()
-            if n < start + size:
-                return None
-            tokens.append(("string", buf[start:start + size]))
-            pos = start + size
-            continue
-        m = _ATOM.match(buf, pos)
-        if m is None:
-            raise _Bad("unexpected character")
-        tokens.append(("atom", m.group().decode("ascii")))
-        plain += m.end() - pos
-        pos = m.end()
+                    self.tokens.append(("string", bytes(buf[pos:self.literal_end])))
+                    pos, self.literal_end = self.literal_end, -1
+                pos = _SPACES.match(buf, pos).end()  # type: ignore[union-attr]
+                if pos - self.literal_octets > max_line:
+                    raise _Bad("line too long")
+                if self.charged(pos) > budget:
+                    raise _TooBig("command too large")
+                if pos >= n:
+                    return None
+                c = buf[pos]
+                if c == 0x0D:
+                    if pos + 1 >= n:
+                        return None
+                    if buf[pos + 1] == 0x0A:
+                        return pos + 2
+                    raise _Bad("unexpected character")
+                if c == 0x22:  # quoted string
+                    end = _QUOTED_CHARS.match(buf, max(pos + 1, self.scan)).end()  # type: ignore[union-attr]
+                    if end >= n or (buf[end] == 0x5C and end + 1 >= n):
+                        self.scan = end  # the closing quote has not come yet
+                        self._partial(n, max_line, budget)
+                        return None
+                    if buf[end] != 0x22:
+                        raise _Bad("CR or LF in a quoted string")
+                    self.tokens.append(("string", _UNESCAPE.sub(rb"\1", bytes(buf[pos + 1:end]))))
+                    pos, self.scan = end + 1, 0
+                    continue
+                if c == 0x7B:  # literal
+                    m = _LITERAL.match(buf, pos)
+                    if m is None:
+                        if buf.find(b"\r\n", pos, pos + 16) >= 0 or n - pos >= 16:
+                            raise _Bad("bad literal")
+                        return None
+                    size = int(m.group(1))
+                    if size > max_literal:
+                        raise _TooBig(f"literal too large (at most {max_literal} octets)")
+                    if self.charged(m.end() + size + TOKEN_COST) > budget:
+                        raise _TooBig("command too large")
+                    pos = m.end()
+                    self.literal_octets += size
+                    self.literal_end = pos + size
+                    continue
+                end = _ATOM_CHARS.match(buf, max(pos, self.scan)).end()  # type: ignore[union-attr]
+                if end == pos:
+                    raise _Bad("unexpected character")
+                if end >= n:
+                    self.scan = end  # the atom may go on
+                    self._partial(n, max_line, budget)
+                    return None
+                self.tokens.append(("atom", buf[pos:end].decode("ascii")))
+                pos, self.scan = end, 0
+        finally:
+            self.pos = pos
+
+    def _partial(self, n: int, max_line: int, budget: int) -> None:
+        """A token runs to the end of the input: its octets count already."""
+        if n - self.literal_octets > max_line:
+            raise _Bad("line too long")
+        if self.charged(n) > budget:
+            raise _TooBig("command too large")
 
 
 class ManageSieveServer:
     def __init__(self, *, capabilities: list[tuple[str, str | None]], sasl_mechanisms: list[str],
                  tls_available: bool, max_line: int = 8192, max_literal: int = 1 << 20,
-                 max_bad_commands: int = 20) -> None:
+                 max_command_unauthenticated: int = 8192, max_bad_commands: int = 20) -> None:
         self.capabilities = capabilities  # besides SASL and STARTTLS, which follow the state
         self.sasl_mechanisms = sasl_mechanisms
         self.tls_available = tls_available
         self.max_line = max_line
         self.max_literal = max_literal
+        self.max_command_unauthenticated = max_command_unauthenticated
         self.max_bad_commands = max_bad_commands
+        self._cmd = _Command()
+        self._skipped: int | None = None  # octets of a bad line skipped so far
+        self._skip_reason = ""
         self.bad_commands = 0
         self.authenticated = False
         self.lines_completed = 0
@@ -194,26 +242,22 @@ class ManageSieveServer:
         if self._waiting is not None:
             return PAUSED
         while True:
+            if self._skipped is not None and not self._skip_line():
+                return self._closed if self._closed is not None else self._eof_or_need()
             try:
-                parsed = _parse(bytes(self._in), self.max_line, self.max_literal)
+                used = self._cmd.parse(self._in, self.max_line, self.max_literal, self.command_budget)
             except _TooBig as exc:
-                self._close("errors", b"BYE " + quote(str(exc)) + b"\r\n")
+                self._close("errors", b"BYE " + quote(self._too_big(str(exc))) + b"\r\n")
                 return self._closed
             except _Bad as exc:
                 # skip to the end of the line
-                end = self._in.find(b"\r\n")
-                if end < 0:
-                    if len(self._in) > self.max_line:
-                        self._close("errors", b'BYE "line too long"\r\n')
-                        return self._closed
-                    return self._eof_or_need()
-                del self._in[:end + 2]
-                if self._bad(str(exc)):
-                    return self._closed
+                self._cmd = _Command()
+                self._skipped, self._skip_reason = 0, str(exc)
                 continue
-            if parsed is None:
+            if used is None:
                 return self._eof_or_need()
-            tokens, used = parsed
+            tokens = self._cmd.tokens
+            self._cmd = _Command()
             del self._in[:used]
             self.lines_completed += 1
             event = self._command(tokens)
@@ -222,6 +266,39 @@ class ManageSieveServer:
             if event is not None:
                 self._waiting = event
                 return event
+
+    @property
+    def command_budget(self) -> int:
+        """Octets one whole command may take (``TOKEN_COST`` per token
+        included): a few KB before login (an AUTHENTICATE with its initial
+        response, a SASL answer), a script of ``max_literal`` with its
+        command line after it."""
+        if not self.authenticated:
+            return self.max_command_unauthenticated
+        return self.max_literal + self.max_line
+
+    def _too_big(self, text: str) -> str:
+        if text == "command too large":
+            when = "" if self.authenticated else " before login"
+            return f"command too large (at most {self.command_budget} octets{when})"
+        return text
+
+    def _skip_line(self) -> bool:
+        """Drop input up to the end of a bad line, then answer NO; False
+        while the line end has not come (or the session ended: a bad line
+        longer than ``max_line`` cannot be told from a flood)."""
+        assert self._skipped is not None
+        end = self._in.find(b"\r\n")
+        if end < 0:
+            keep = 1 if self._in.endswith(b"\r") else 0
+            self._skipped += len(self._in) - keep
+            del self._in[:len(self._in) - keep]
+            if self._skipped > self.max_line:
+                self._close("errors", b'BYE "line too long"\r\n')
+            return False
+        del self._in[:end + 2]
+        self._skipped = None
+        return not self._bad(self._skip_reason)
 
     def _eof_or_need(self) -> Any:
         if self._eof:
@@ -378,6 +455,8 @@ class ManageSieveServer:
         the capabilities again."""
         self._answer(StartTLS)
         self._in.clear()
+        self._cmd = _Command()
+        self._skipped = None
         self.tls_available = False
         self._write_capabilities()
         self._out += b'OK "TLS negotiation successful"\r\n'

@@ -27,6 +27,11 @@ Limits, none of which buffer what exceeds them:
   default) a message containing any bare CR or bare LF is refused with
   ``550 5.6.0``, as Postfix (smtpd_forbid_bare_newline), Sendmail 8.18 and
   Exim 4.97 now do. RFC 5321 2.3.8 forbids bare CR/LF in SMTP text anyway.
+  Such a message is only read to its end, none of it kept.
+
+Lines end at any LF as far as holding goes (the line limit counts them so
+too): data with bare LF line ends moves out line by line like CRLF data,
+so memory and work per transfer do not depend on the line endings.
 """
 
 from __future__ import annotations
@@ -128,9 +133,7 @@ class DataReader:
                 del body[:-4]
                 self._out = bytearray()
             else:
-                # Move every complete line out; the next "\r\n." or
-                # terminator starts at the CRLF kept in front.
-                cut = body.rfind(b"\r\n")
+                cut = self._safe_cut(body)
                 if cut > 0:
                     self._move_out(cut)
             return None
@@ -147,21 +150,39 @@ class DataReader:
         data = bytes(memoryview(out)[2:]) if self._virtual else bytes(out)
         return DataResult(data, None, rest)
 
+    @staticmethod
+    def _safe_cut(body: bytearray) -> int:
+        """Where complete lines end in ``body``: everything before it can move
+        out. Lines end at any LF here, as the line limit counts them, so data
+        with bare LF line ends moves out like CRLF data and the raw input held
+        is one partial line whatever the line endings. After a CRLF the cut is
+        in front of it (the next ``\r\n.`` or terminator begins there); after
+        a bare LF it is behind it: no ``\r\n.``, CRLF or terminator can span
+        either point, so unstuffing, the bare CR/LF count and the terminator
+        search see the same octets as on the whole data."""
+        nl = body.rfind(b"\n")
+        if nl <= 0:
+            return 0
+        return nl - 1 if body[nl - 1] == 0x0D else nl + 1
+
     def _move_out(self, cut: int) -> None:
-        """Unstuff ``_body[:cut]`` (whole lines after a CRLF) into ``_out``."""
+        """Unstuff ``_body[:cut]`` (whole lines, see ``_safe_cut``) into ``_out``."""
         body = self._body
-        region = memoryview(body)[:cut]
         if self.strict:
             crlf = body.count(b"\r\n", 0, cut)
             self._bare += body.count(b"\n", 0, cut) - crlf + body.count(b"\r", 0, cut) - crlf
-        # RFC 5321 4.5.2: a line starting with a dot loses that dot. The only
-        # line that is a single dot is the terminator, already cut off; a
-        # "\r\n." never spans ``cut``, which is where a CRLF begins.
-        if body.find(b".", 0, cut) >= 0 and body.find(b"\r\n.", 0, cut) >= 0:
-            self._out += bytes(region).replace(b"\r\n.", b"\r\n")
+        if self.strict and self._bare:
+            # RFC 5321 2.3.8: the message is refused at its end (550 5.6.0)
+            # whatever else it holds, so none of it is kept.
+            self._out = bytearray()
+        elif body.find(b".", 0, cut) >= 0 and body.find(b"\r\n.", 0, cut) >= 0:
+            # RFC 5321 4.5.2: a line starting with a dot loses that dot. The
+            # only line that is a single dot is the terminator, already cut
+            # off; a "\r\n." never spans ``cut`` (``_safe_cut``).
+            self._out += body[:cut].replace(b"\r\n.", b"\r\n")
         else:
-            self._out += region
-        region.release()
+            with memoryview(body) as view:
+                self._out += view[:cut]
         del body[:cut]
         self._consumed += cut
         self._line_start = max(0, self._line_start - cut)
