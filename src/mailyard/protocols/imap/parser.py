@@ -12,9 +12,6 @@ CATENATE (RFC 4469), OBJECTID (RFC 8474), PREVIEW (RFC 8970).
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 from . import commands as c
 from . import names, utf7
 from .fetch_parser import parse_fetch_atts
@@ -131,13 +128,6 @@ def _authenticate(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
         if not initial:
             raise ParseError("expected initial response")
     return c.Authenticate(tag=tag, name=name, mechanism=mech, initial_response=initial)
-
-
-def decode_base64(raw: bytes) -> bytes:
-    try:
-        return base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ParseError("invalid base64") from exc
 
 
 def _enable(r: Reader, tag: str, name: str, utf8: bool) -> c.Command:
