@@ -78,6 +78,10 @@ class LimitsConfig:
     # Seconds to finish a command line once it began (SMTP, IMAP, POP3); a
     # trickle of bytes does not extend it (slowloris). 0: no deadline.
     command_deadline: float = 120.0
+    # HTTP request bodies: command_deadline seconds from the first wait for
+    # the body, plus one second per this many bytes received (a floor rate:
+    # 4 KiB/s, 32 kbit/s, brings 26 MB in under two hours). 0: no bound.
+    http_body_min_rate: int = 4096
     # Seconds for a whole IMAP literal (e.g. APPEND) once its command began.
     literal_deadline: float = 600.0
     # IMAP: longest command line, and largest literal outside APPEND (APPEND

@@ -19,7 +19,7 @@ and escaped, and a line never holds a raw line break.
 
 A record not logged through `event` (a plain ``log.info("...")``) becomes
 ``event=log msg="..."``; an exception's traceback becomes ``exc="..."`` on
-the same line.
+the same line (a long one keeps its end: the exception's type and message).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ _RANK = {name: i for i, name in enumerate(FIELD_ORDER)}
 # A value left bare: printable ASCII but space, '"', '=' and '\\'.
 _BARE = re.compile(r'[!#-<>-\[\]-~]+')
 
-# A value longer than this is cut (client-chosen strings end up here).
+# A value longer than this is cut (client-chosen strings end up here): its
+# end goes, but a traceback keeps its end and loses its start.
 MAX_VALUE = 512
 
 
@@ -120,8 +121,22 @@ def _fields(record: logging.LogRecord, formatter: logging.Formatter) -> list[tup
         if not record.exc_text:
             record.exc_text = formatter.formatException(record.exc_info)
     if record.exc_text:
-        head.append(("exc", record.exc_text))
+        head.append(("exc", _traceback_end(record.exc_text)))
     return head
+
+
+def _traceback_end(text: str) -> str:
+    """A traceback of more than ``MAX_VALUE`` characters cut from its start:
+    its end says what happened (the last line is the exception's type and
+    message, the frames before it where it was raised), its first lines only
+    where the call began. A last line longer than that keeps its own start
+    (the exception's type)."""
+    if len(text) <= MAX_VALUE:
+        return text
+    last = text.rstrip("\n").rpartition("\n")[2]
+    if len(last) > MAX_VALUE - 3:
+        return last[:MAX_VALUE - 3] + "..."
+    return "..." + text[-(MAX_VALUE - 3):]
 
 
 class KeyValueFormatter(logging.Formatter):

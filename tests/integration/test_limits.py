@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import imaplib
+import logging
 import os
 import poplib
 import re
@@ -811,4 +812,71 @@ def test_http_trickling_request_head_is_cut_off(make_server: Callable[..., Runni
         assert rest.startswith(b"HTTP/1.1 408 "), rest
         # a connection that never sends anything is closed too
         assert _read_until_closed(silent).startswith(b"HTTP/1.1 408 ")
+    _http_served(server)
+
+
+def _http_state(server: RunningServer):  # noqa: ANN202 - uvicorn's ServerState
+    assert server.server is not None
+    return server.server.listeners["http"]._uvicorn.server_state  # type: ignore[attr-defined]
+
+
+def _login_post(length: int, close: bool = False) -> bytes:
+    return (b"POST /login HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            + (b"Connection: close\r\n" if close else b"")
+            + b"Content-Length: %d\r\n\r\n" % length)
+
+
+def test_http_trickling_request_body_is_cut_off_while_a_steady_upload_is_served(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    """A request body gets command_deadline plus one second per
+    http_body_min_rate bytes received: a body trickled a byte at a time is
+    answered 408 and closed (its slot freed), while an upload at a steady
+    rate above the floor goes on past command_deadline and is served."""
+
+    def configure(cfg) -> None:  # noqa: ANN001
+        _short_deadlines(cfg)
+        cfg.limits.http_body_min_rate = 1000
+
+    server = make_server(configure)
+    steady_answer: list[bytes] = []
+
+    def steady_upload() -> None:
+        body = b"username=x&password=y&login_token=z&pad=" + b"p" * 5960
+        with _connect(server, "http") as sock:
+            sock.sendall(_login_post(len(body), close=True))
+            for i in range(0, len(body), 1000):  # 6 KB over 1.5 s: past the 1 s deadline, above 1 KB/s
+                sock.sendall(body[i : i + 1000])
+                time.sleep(0.3)
+            steady_answer.append(_read_until_closed(sock))
+
+    with _connect(server, "http") as slow:
+        slow.sendall(_login_post(4000))
+        rest = _trickle_until_answered(slow, b"u" * 50, steady_upload)
+    assert rest.startswith(b"HTTP/1.1 408 "), rest
+    assert b"\r\nconnection: close\r\n" in rest.lower()
+    # the login form's token is wrong, but the body was read to its end and answered
+    assert steady_answer[0].startswith(b"HTTP/1.1 403 "), steady_answer
+    state = _http_state(server)
+    wait_until(lambda: not state.connections, what=lambda: f"{len(state.connections)} connections still open")
+    _http_served(server)
+
+
+def test_http_client_leaving_mid_body_logs_no_error(
+    make_server: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that closes its connection in the middle of a request body
+    (a browser leaving the page, or anyone without logging in) ends the
+    request with one debug line, never an error with a traceback."""
+    caplog.set_level(logging.DEBUG, logger="mailyard.web")
+    server = make_server()
+    state = _http_state(server)
+    caplog.clear()  # what starting the server said
+    with _connect(server, "http") as sock:
+        sock.sendall(_login_post(100) + b"username=ab")
+        wait_until(lambda: state.tasks, what="the request to reach the application")
+    wait_until(lambda: not state.tasks and not state.connections, what="the request to end")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert [r for r in caplog.records if "client_gone" in r.getMessage()], caplog.text
     _http_served(server)

@@ -431,7 +431,8 @@ def create_app(services: Services) -> Starlette:
             Middleware(SecurityHeaders),
             Middleware(records.SessionRecords),
             Middleware(prefs.PrefsContext),
-            Middleware(BodyLimits, limit_for=route_limits(services.config.smtp.max_message_size)),
+            Middleware(BodyLimits, limit_for=route_limits(services.config.smtp.max_message_size),
+                       limits=services.config.limits),
         ],
         exception_handlers={HTTPException: http_error, MailboxGone: mailbox_gone, StoreUnavailable: store_unavailable},
     )

@@ -1,5 +1,6 @@
-"""Request body bounds for the HTTP port, per route, enforced before the
-application reads a byte.
+"""Request body bounds for the HTTP port: how large, per route, enforced
+before the application reads a byte; how long a body may take to arrive; and
+a client that leaves before its body ends.
 
 Why: Starlette reads a form (``request.form()``) to its end before the handler
 can look at it, and a urlencoded or multipart form may hold thousands of
@@ -19,14 +20,46 @@ method and path (``BodyLimits.limit_for``):
 uvicorn stops reading the socket while the application is not asking for the
 body (its flow control), so an unread body costs no memory here; multipart
 file parts are spooled to temporary files by Starlette above 1 MB each.
+
+A body must also arrive at a floor rate (``BodyPace``, from ``[limits]``):
+web/limits.py bounds the time to the end of a request head, and without a
+bound here a client could send a head, then trickle its body one byte every
+few seconds and hold its connection (and a slot of the connection caps)
+forever. From the first time the application asks for the body, the client
+has ``command_deadline`` seconds, plus one second for every
+``http_body_min_rate`` bytes it has sent: a slow but steady upload (the
+deadline scales with what arrives) is served, a trickle is answered
+``408 Request Timeout`` (RFC 9110 15.5.9) with ``Connection: close``
+(``BodyTimedOut``, an ``HTTPException`` like ``BodyTooLarge``), and the
+connection and its slot go. Only the waits for the client's bytes are
+bounded, and the clock starts when the application first asks for the body:
+the time the application spends before or between its reads is not the
+client's (a read that finds bytes waiting returns them).
+
+A client that closes its connection before its body ends makes Starlette
+raise ``ClientDisconnect`` wherever the body was being read; there is nobody
+to answer, so it ends the request here, for every route, with one debug line
+(uvicorn would log it as an error with its traceback, a line per request
+anyone can cause without logging in).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from .. import logs
+
+if TYPE_CHECKING:
+    from ..config import LimitsConfig
+
+log = logging.getLogger("mailyard.web")
 
 KB = 1024
 MB = 1024 * KB
@@ -49,6 +82,35 @@ class BodyTooLarge(HTTPException):
                          headers={"Connection": "close"})
 
 
+class BodyTimedOut(HTTPException):
+    """The request body did not arrive at the floor rate (``BodyPace``)."""
+
+    def __init__(self) -> None:
+        super().__init__(408, "The request took too long to arrive.", headers={"Connection": "close"})
+
+
+@dataclass(frozen=True)
+class BodyPace:
+    """How long a request body may take: ``grace`` seconds from the first
+    wait for it, plus one second for every ``min_rate`` bytes received.
+    Either at 0: no bound."""
+
+    grace: float
+    min_rate: float
+
+    @classmethod
+    def of(cls, limits: LimitsConfig) -> BodyPace:
+        """The pace of ``[limits]``: ``command_deadline`` and ``http_body_min_rate``."""
+        return cls(limits.command_deadline, limits.http_body_min_rate)
+
+    def deadline(self, started: float, received: int) -> float | None:
+        """When the next bytes are due, for a body whose first wait began at
+        ``started`` and of which ``received`` bytes arrived; None: no bound."""
+        if self.grace <= 0 or self.min_rate <= 0:
+            return None
+        return started + self.grace + received / self.min_rate
+
+
 def route_limits(max_message_size: int) -> Callable[[str, str], int]:
     """The per-route budget of the webmail app: the compose form may carry a
     message of up to ``max_message_size`` (smtp.max_message_size) plus its
@@ -67,11 +129,13 @@ def route_limits(max_message_size: int) -> Callable[[str, str], int]:
 
 
 class BodyLimits:
-    """Pure ASGI middleware bounding request bodies (see the module docstring)."""
+    """Pure ASGI middleware bounding request bodies (see the module docstring);
+    ``limits`` gives the body's pace (none without it)."""
 
-    def __init__(self, app: Any, limit_for: Callable[[str, str], int]) -> None:
+    def __init__(self, app: Any, limit_for: Callable[[str, str], int], limits: LimitsConfig | None = None) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.pace = BodyPace.of(limits) if limits is not None else BodyPace(0, 0)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -90,19 +154,47 @@ class BodyLimits:
                 await _refuse(send, limit)
                 return
         received = 0
+        complete = False  # the body has ended: later reads only wait for a disconnect (SSE)
+        started: float | None = None
+        timed_out = False
+        pace = self.pace
 
         async def counted_receive() -> Any:
-            nonlocal received
+            nonlocal received, complete, started, timed_out
             if received > limit:
                 raise BodyTooLarge(limit)
-            message = await receive()
+            if timed_out:
+                raise BodyTimedOut()
+            if complete:
+                return await receive()
+            loop = asyncio.get_running_loop()
+            if started is None:
+                started = loop.time()
+            try:
+                async with asyncio.timeout_at(pace.deadline(started, received)):
+                    message = await receive()
+            except TimeoutError:
+                timed_out = True
+                logs.event(log, logging.INFO, "timeout", proto=scope.get("scheme"), ip=_client(scope),
+                           reason="request-body", size=received)
+                raise BodyTimedOut() from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise BodyTooLarge(limit)
+                complete = not message.get("more_body", False)
             return message
 
-        await self.app(scope, counted_receive, send)
+        try:
+            await self.app(scope, counted_receive, send)
+        except ClientDisconnect:
+            logs.event(log, logging.DEBUG, "client_gone", proto=scope.get("scheme"), ip=_client(scope),
+                       reason="request-body", size=received)
+
+
+def _client(scope: Any) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
 
 
 async def _refuse(send: Any, limit: int) -> None:

@@ -14,7 +14,8 @@ from ``[limits]``:
   are spaced; otherwise ``408 Request Timeout`` (RFC 9110 15.5.9) and close.
 
 A request whose head arrived (including a long-lived SSE stream) is not
-limited by this deadline; the application bounds request bodies itself.
+limited by this deadline; web/bodies.py bounds its body's size and the rate
+it must arrive at (408 as well).
 """
 
 from __future__ import annotations

@@ -1,0 +1,70 @@
+"""A long traceback in a log line (mailyard/logs.py): the value is cut to
+``MAX_VALUE``, and what is kept is its end, where the exception's type and
+message are, in both formats."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from mailyard.logs import MAX_VALUE, JSONFormatter, KeyValueFormatter
+
+
+def _deep(depth: int, exc: Exception) -> None:
+    if depth:
+        _deep(depth - 1, exc)
+    raise exc
+
+
+@pytest.fixture(params=["text", "json"])
+def logged(request: pytest.FixtureRequest) -> Iterator[object]:
+    """log(exc) -> the ``exc`` field of the one line logging ``exc`` wrote."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(KeyValueFormatter() if request.param == "text" else JSONFormatter())
+    logger = logging.getLogger("mailyard.test-logs")
+    logger.addHandler(handler)
+    logger.propagate = False
+
+    def log(exc: Exception, depth: int = 20) -> str:
+        out.seek(0)
+        out.truncate()
+        try:
+            _deep(depth, exc)
+        except Exception:
+            logger.exception("Exception in ASGI application")
+        (line,) = out.getvalue().splitlines()
+        if request.param == "json":
+            return json.loads(line)["exc"]
+        assert " exc=\"" in line  # the last field, a JSON string
+        return json.loads(line.rpartition(" exc=")[2])
+
+    yield log
+    logger.removeHandler(handler)
+    logger.propagate = True
+
+
+def test_a_long_traceback_keeps_its_end(logged) -> None:  # noqa: ANN001
+    exc = logged(LookupError("the reason it failed"))
+    assert exc.endswith("\nLookupError: the reason it failed")
+    assert "in _deep" in exc  # the frames nearest the raise
+    assert exc.startswith("...")
+    assert len(exc) <= MAX_VALUE
+
+
+def test_a_long_last_line_keeps_the_exception_type(logged) -> None:  # noqa: ANN001
+    exc = logged(LookupError("x" * 5000))
+    assert exc.startswith("LookupError: xxx")
+    assert exc.endswith("x...")
+    assert len(exc) <= MAX_VALUE
+
+
+def test_a_short_traceback_is_whole(logged) -> None:  # noqa: ANN001
+    exc = logged(KeyError("k"), depth=0)
+    assert len(exc) < MAX_VALUE
+    assert exc.startswith("Traceback (most recent call last):")
+    assert exc.endswith("KeyError: 'k'")
