@@ -9,12 +9,17 @@ between two turns of the server's event loop.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from mailyard.config import Config
+from mailyard.protocols.imap.handlers import messages
+from mailyard.store.api import AppendItem
+from mailyard.store.sqlite import SQLiteStore
 from tests.conftest import USERS, RunningServer
 from tests.integration.test_workers import Line
 
@@ -98,4 +103,91 @@ def test_a_line_longer_than_a_whole_command_ends_the_session(mailserver: Running
     assert c.line(TIMEOUT) == b"* BYE Line too long; closing connection"
     with pytest.raises((EOFError, OSError)):
         c.line(TIMEOUT)
+    c.close()
+
+
+MESSAGES = 60
+
+
+def _message(n: int) -> bytes:
+    return (f"From: bob@example.test\r\nTo: {ALICE}\r\nSubject: m{n}\r\n"
+            f"Message-ID: <m{n}@example.test>\r\n\r\nbody {n}\r\n").encode()
+
+
+async def _seed(store: SQLiteStore) -> None:
+    account = await store.get_account(ALICE)
+    assert account is not None
+    box = await store.get_mailbox(account.id, "INBOX")
+    assert box is not None
+    await store.append_many(box, [AppendItem(_message(n)) for n in range(MESSAGES)])
+
+
+class _Beats:
+    """Counts the FETCH items formatted (``encode_items``) and, with a
+    callback run at every turn of the server's event loop, the most of them
+    formatted between two turns."""
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.last = 0
+        self.most = 0
+        self.turns = 0
+        self.running = True
+
+    def beat(self) -> None:
+        self.most = max(self.most, self.items - self.last)
+        self.last = self.items
+        self.turns += 1
+        if self.running:
+            asyncio.get_running_loop().call_soon(self.beat)
+
+
+def test_a_fetch_of_many_items_gives_the_other_connections_turns(
+        make_server: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """FETCH 1:* with a hundred HEADER.FIELDS items a message: the server
+    formats no more than a few messages' items between two turns of its
+    event loop (a batch of 50 messages, 5,000 items, would hold it for
+    tens of milliseconds), and answers every message."""
+    server = make_server(seed=_seed)
+    beats = _Beats()
+    encode_items = messages.encode_items
+
+    def counting(*args: Any) -> list[bytes]:
+        items = encode_items(*args)
+        beats.items += len(items)
+        return items
+
+    monkeypatch.setattr(messages, "encode_items", counting)
+    c = _connect(server)
+    c.send(b"s SELECT INBOX\r\n")
+    assert _rest(c, b"s")[-1].startswith(b"s OK")
+
+    async def start() -> None:
+        beats.beat()
+
+    server.call(start())
+    atts = b" ".join(b"BODY.PEEK[HEADER.FIELDS (X-%d)]" % i for i in range(100))
+    c.send(b"f FETCH 1:* (" + atts + b")\r\n")
+    lines = _rest(c, b"f")
+
+    async def stop() -> None:
+        beats.running = False
+
+    server.call(stop())
+    assert lines[-1] == b"f OK FETCH completed"
+    assert beats.items == MESSAGES * 100
+    print(f"\nitems formatted: {beats.items}, most between two loop turns: {beats.most}, turns: {beats.turns}")
+    assert beats.most <= 500, beats.most
+
+
+def test_a_fetch_of_thousands_of_items_is_refused(make_server: Callable[..., RunningServer]) -> None:
+    """1,700 HEADER.FIELDS items (what a hostile client sent to hold the
+    server for half a minute) are refused before any work: NO [LIMIT]."""
+    c = _connect(make_server(seed=_seed))
+    c.send(b"s SELECT INBOX\r\n")
+    assert _rest(c, b"s")[-1].startswith(b"s OK")
+    atts = b" ".join(b"BODY.PEEK[HEADER.FIELDS (A%d)]" % i for i in range(1700))
+    c.send(b"f FETCH 1 (" + atts + b")\r\nn NOOP\r\n")
+    assert _rest(c, b"f") == [b"f NO [LIMIT] At most 100 items in one FETCH"]
+    assert _rest(c, b"n")[-1] == b"n OK NOOP completed"
     c.close()
