@@ -135,13 +135,42 @@ def test_too_many_bad_commands_bye() -> None:
 
 
 def test_line_too_long() -> None:
+    # RFC 9051 7.1.3: the tag is readable, so the refusal carries it
     e = started(limits=Limits(max_line=20))
     e.receive_data(b"a1 NOOP " + b"x" * 30)
     assert e.next_event() is NEED_DATA
-    assert e.data_to_send() == b"* BAD Line too long\r\n"
+    assert e.data_to_send() == b"a1 BAD [TOOBIG] Line too long\r\n"
     e.receive_data(b"yyy\r\na2 NOOP\r\n")
     ev = e.next_event()
     assert ev.tag == "a2"
+
+
+def test_line_too_long_in_pieces_is_refused_once() -> None:
+    """An over-long line that arrives in many reads gets one tagged BAD and
+    counts once toward the bad-command budget, however many times its
+    discarded part passes ``max_line``."""
+    e = started(limits=Limits(max_line=20), budgets=AbuseBudgets(max_bad_commands=2))
+    e.receive_data(b"a1 UID SEARCH UID ")
+    for _ in range(10):
+        e.receive_data(b"1,2,3,4,5,6,7,8,9,10,")
+        assert e.next_event() is NEED_DATA
+    e.receive_data(b"11\r\na2 NOOP\r\n")
+    ev = e.next_event()
+    assert isinstance(ev, c.Simple) and ev.tag == "a2"
+    assert e.data_to_send() == b"a1 BAD [TOOBIG] Line too long\r\n"
+
+
+def test_line_too_long_past_a_whole_command_ends_the_session() -> None:
+    e = started(limits=Limits(max_line=20, max_command=100))
+    e.receive_data(b"a1 NOOP " + b"x" * 30)
+    assert e.next_event() is NEED_DATA
+    e.receive_data(b"x" * 60)
+    assert e.next_event() is NEED_DATA
+    e.receive_data(b"x" * 60)
+    assert e.next_event() == Closed("errors")
+    assert e.data_to_send() == (
+        b"a1 BAD [TOOBIG] Line too long\r\n* BYE Line too long; closing connection\r\n"
+    )
 
 
 def test_authenticate_exchange() -> None:
@@ -171,6 +200,23 @@ def test_idle_done() -> None:
     assert e.next_event() == IdleDone("A002", True)
     e.complete("OK", "IDLE terminated")
     assert e.data_to_send() == b"+ idling\r\n* 4 EXISTS\r\nA002 OK IDLE terminated\r\n"
+
+
+def test_idle_line_too_long_is_answered_once() -> None:
+    """A line over ``max_line`` during IDLE ends it with one BAD; the rest of
+    that line is discarded, never read as a command."""
+    e = started(limits=Limits(max_line=20))
+    e.state = State.SELECTED
+    e.receive_data(b"A002 IDLE\r\n")
+    e.next_event()
+    e.start_idle()
+    e.receive_data(b"D" * 30)
+    assert e.next_event() == IdleDone("A002", False)
+    e.complete("BAD", "Expected DONE")
+    e.receive_data(b"D" * 30 + b"\r\nA003 NOOP\r\n")
+    ev = e.next_event()
+    assert isinstance(ev, c.Simple) and ev.tag == "A003"
+    assert e.data_to_send() == b"+ idling\r\nA002 BAD Expected DONE\r\n"
 
 
 def test_logout() -> None:
@@ -231,7 +277,8 @@ def test_line_too_long_never_echoes_an_invalid_tag() -> None:
     ev = e.next_event()
     assert isinstance(ev, c.Simple) and ev.tag == "a4"
     assert e.data_to_send() == (
-        b"* BAD Line too long\r\n* BAD Line too long\r\na]3 BAD Line too long\r\n"
+        b"* BAD [TOOBIG] Line too long\r\n* BAD [TOOBIG] Line too long\r\n"
+        b"a]3 BAD [TOOBIG] Line too long\r\n"
     )
 
 

@@ -211,25 +211,56 @@ def test_fetch_of_big_messages_is_batched_by_size() -> None:
 
 
 def test_a_long_fetch_of_index_data_lets_the_others_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A FETCH that reads no message pauses for the other connections once
-    per FETCH_TURN messages formatted (FETCH 1:* FLAGS of a mailbox of
-    200,000 messages would hold the event loop for a third of a second),
-    and a short one never does (it stays one step, no task switch)."""
+    """A FETCH that reads no message pauses for the other connections before
+    the work it formatted since the last pause would pass FETCH_TURN
+    (FETCH 1:* FLAGS of a mailbox of 200,000 messages would hold the event
+    loop for a third of a second), and a short one never does (it stays one
+    step, no task switch)."""
     from mailyard.protocols.imap.handlers import messages
 
     monkeypatch.setattr(messages, "FIRST_BATCH", 1)
-    monkeypatch.setattr(messages, "FETCH_TURN", 1, raising=False)
+    # (UID FLAGS) is 1.5 units a message: two messages a turn
+    monkeypatch.setattr(messages, "FETCH_TURN", 3, raising=False)
     store = store_with_mail()
     for _ in range(7):
         store.deliver("alice", SHORT)
     c = connect(store, select="INBOX")
     paused = c.conv.paused
-    lines = c.untagged("a1 FETCH 1:* (UID FLAGS)")  # batches of 1, 4 and 5 messages
+    lines = c.untagged("a1 FETCH 1:* (UID FLAGS)")  # batches of 1, 2, 2, 2, 2 and 1 messages
     assert len(lines) == 10
-    assert c.conv.paused == paused + 2
+    assert c.conv.paused == paused + 5
     paused = c.conv.paused
-    c.untagged("a2 FETCH 1 (FLAGS)")
+    c.untagged("a2 FETCH 1:2 (FLAGS)")
     assert c.conv.paused == paused
+
+
+def test_a_fetch_of_many_items_is_batched_by_its_work() -> None:
+    """A batch is formatted without a break, so it holds no more than
+    FETCH_TURN of work: a hundred HEADER.FIELDS items a message make
+    batches of three messages, each followed by the other connections'
+    turn (they read messages), not one batch of all ten."""
+    store = store_with_mail()
+    for _ in range(7):
+        store.deliver("alice", SHORT)
+    c = connect(store, select="INBOX")
+    atts = " ".join(f"BODY.PEEK[HEADER.FIELDS (X-{i})]" for i in range(100))
+    paused = c.conv.paused
+    lines = c.untagged(f"a1 FETCH 1:* ({atts})")
+    assert len([x for x in lines if b" FETCH (BODY[HEADER.FIELDS (X-0)] {2}" in x]) == 10
+    assert c.conv.paused == paused + 3  # batches of 3, 3, 3 and 1 messages
+
+
+def test_a_fetch_of_too_many_items_is_refused_rfc5530_limit() -> None:
+    """At most MAX_FETCH_ATTS items and MAX_FETCH_FIELD_NAMES header field
+    names in one FETCH: more is answered NO [LIMIT] before any work."""
+    c = connect(select="INBOX")
+    many = " ".join(["UID"] * 101)
+    c.expect(f"a1 FETCH 1:* ({many})", "a1 NO [LIMIT] At most 100 items in one FETCH")
+    c.expect(f"a2 UID FETCH 1:* ({many})", "a2 NO [LIMIT] At most 100 items in one FETCH")
+    names = " ".join(f"X-{i}" for i in range(1001))
+    c.expect(f"a3 FETCH 1 (BODY.PEEK[HEADER.FIELDS ({names})])",
+             "a3 NO [LIMIT] At most 1000 header field names in one FETCH")
+    assert c.untagged("a4 FETCH 1 (" + " ".join(["UID"] * 100) + ")")
 
 
 def test_binary_of_base64_ignores_what_is_not_the_alphabet_rfc2045_6_8() -> None:

@@ -231,6 +231,9 @@ class ImapEngine:
                 return cmd
 
     def _reject(self, ev: Rejected) -> None:
+        if ev.status == "BYE":
+            self.bye(ev.text, ev.code, reason="errors")
+            return
         problem = self._precheck(ev.first_line) if ev.first_line else None
         if problem is not None:
             self._put(problem)  # an unknown command is worse than its size

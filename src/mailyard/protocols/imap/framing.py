@@ -28,6 +28,13 @@ _MARKER = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\Z")
 # bytes object and its list slot): a chain of empty literals is not free.
 SEGMENT_COST = 64
 
+# What ``read_line`` returns for a line over ``max_line`` (no client line holds NUL).
+TOO_LONG = b"\0too-long"
+
+# Octets of an over-long line looked at for its tag (RFC 9051 9: the tag is
+# the first word; a longer one is refused as invalid anyway).
+_TAG_PEEK = 256
+
 
 @dataclass
 class Limits:
@@ -39,6 +46,10 @@ class Limits:
     initial response fit in a few KB); after it, ``max_command`` outside
     APPEND and ``max_append_command`` for an APPEND (MULTIAPPEND: all its
     messages), which always admits one message of ``max_append``.
+
+    A line over ``max_line`` is refused once, with its tag, and the rest of it
+    discarded up to ``max_command`` octets; a line longer still ends the
+    connection.
     """
 
     max_line: int = 64 * 1024
@@ -72,10 +83,13 @@ class Rejected:
     ``tag`` may be None (no tag could be read). ``fatal`` means the
     connection cannot be re-synchronised and must be closed (a
     non-synchronising literal that is too large: its octets are coming).
+    Status ``BYE`` ends the connection with no reply to the command (one was
+    given already): a line refused as too long that runs on past
+    ``Limits.max_command``.
     """
 
     tag: str | None
-    status: str  # "BAD" or "NO"
+    status: str  # "BAD", "NO" or "BYE"
     code: str | None
     text: str
     fatal: bool = False
@@ -126,6 +140,7 @@ class Framer:
         self.buffer = bytearray()
         self._cmd: _Partial | None = None
         self._skip_line = False  # discarding the rest of an over-long line
+        self._skipped = 0  # octets of it discarded so far
         # Commands (and raw lines) completed or refused so far: the glue's
         # command deadline restarts only when this changes (net/listener.py).
         self.completed = 0
@@ -167,17 +182,39 @@ class Framer:
         return min(self.limits.max_line, self.limits.max_unauthenticated)
 
     def read_line(self) -> bytes | None:
-        """One raw line (without CRLF), for AUTHENTICATE and IDLE; None: need more."""
-        idx = self.buffer.find(b"\n")
-        if idx < 0:
-            if len(self.buffer) > self.max_line:
-                self.buffer.clear()
-                return b"\0too-long"
-            return None
-        line = bytes(self.buffer[:idx])
-        del self.buffer[: idx + 1]
-        self.completed += 1
-        return line[:-1] if line.endswith(b"\r") else line
+        """One raw line (without CRLF), for AUTHENTICATE and IDLE; None: need more.
+
+        A line over ``max_line`` is returned as ``b"\\0too-long"`` once, when
+        its first ``max_line`` octets are in; the rest of it is discarded."""
+        while True:
+            idx = self.buffer.find(b"\n")
+            if idx < 0:
+                if self._skip_line:
+                    self._discard()
+                elif len(self.buffer) > self.max_line:
+                    self._start_skip()
+                    self.completed += 1
+                    return TOO_LONG
+                return None
+            line = bytes(self.buffer[:idx])
+            del self.buffer[: idx + 1]
+            if self._skip_line:
+                self._skip_line = False
+                continue
+            self.completed += 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            return TOO_LONG if len(line) > self.max_line else line
+
+    def _start_skip(self) -> None:
+        """Discard the rest of the over-long line whose start is in the buffer."""
+        self._skip_line = True
+        self._skipped = 0
+        self._discard()
+
+    def _discard(self) -> None:
+        self._skipped += len(self.buffer)
+        self.buffer.clear()
 
     def next(self) -> Assembled | Rejected | ContinuationNeeded | None:
         """The next framing event, or None when more input is needed."""
@@ -203,13 +240,25 @@ class Framer:
                 continue
             idx = self.buffer.find(b"\n")
             if idx < 0:
+                if self._skip_line:
+                    # the rest of a line already refused: no second reply
+                    self._discard()
+                    if self._skipped > self.limits.max_command:
+                        # more than a whole command's worth of a line already
+                        # refused: reading on costs time for nothing
+                        self._skip_line = False
+                        return Rejected(None, "BYE", None, "Line too long; closing connection", fatal=True)
+                    return None
                 if len(self.buffer) > self.max_line:
-                    # RFC 9051 does not bound lines; we do (DESIGN.md abuse budgets)
-                    self.buffer.clear()
-                    self._skip_line = True
-                    tag = self._cmd.segments[0] if self._cmd else None
+                    # RFC 9051 does not bound lines; we do (DESIGN.md abuse
+                    # budgets). The tag is at the start of the buffer (or of
+                    # the command's first line), so the refusal is tagged
+                    # (RFC 9051 7.1.3: untagged BAD only when no tag is known).
+                    first = self._cmd.segments[0] if self._cmd else bytes(self.buffer[:_TAG_PEEK])
+                    tag = _tag_and_name(first)[0] if b" " in first else None
                     self._cmd = None
-                    return Rejected(_tag_and_name(tag)[0] if tag else None, "BAD", None, "Line too long")
+                    self._start_skip()
+                    return Rejected(tag, "BAD", "TOOBIG", "Line too long")
                 return None
             line = bytes(self.buffer[:idx])
             del self.buffer[: idx + 1]
@@ -221,7 +270,7 @@ class Framer:
             if len(line) > self.max_line:
                 tag = self._cmd.segments[0] if self._cmd else line
                 self._cmd = None
-                return Rejected(_tag_and_name(tag)[0], "BAD", None, "Line too long")
+                return Rejected(_tag_and_name(tag)[0], "BAD", "TOOBIG", "Line too long")
             if cmd is None:
                 if not line:
                     continue  # RFC 9051 is strict, but empty lines harm nobody

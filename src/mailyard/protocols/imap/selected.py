@@ -67,8 +67,8 @@ LARGE_VIEW = 10_000
 IDLE_KEPT_RECORDS = 1_000_000
 # Untagged FETCH lines of other sessions' flag changes, or expunged UIDs
 # (EXPUNGE lines, VANISHED), a session formats between two turns of the
-# other connections (like a FETCH of index data, handlers/messages.py
-# FETCH_TURN): a STORE 1:* or an expunge of most of a big mailbox is
+# other connections (as a FETCH pauses by the work it formats,
+# handlers/messages.py FETCH_TURN): a STORE 1:* or an expunge of most of a big mailbox is
 # announced to every session of it, each in slices written as they are made.
 ANNOUNCE_TURN = 10_000
 

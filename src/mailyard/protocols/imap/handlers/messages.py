@@ -30,10 +30,19 @@ FIRST_BATCH = 50
 # least one): a batch is read, decoded and formatted without a break, and the
 # other connections of the event loop wait for it.
 FETCH_BATCH_OCTETS = 4 * 1024 * 1024
-# Messages a FETCH of index data only (FLAGS, UID, sizes: no message read)
-# formats between two turns of the other connections: some 15 ms of work.
-# A smaller FETCH never pauses, and stays one step without a task switch.
-FETCH_TURN = 10_000
+# The work (fetch_plan.FetchPlan.work: about a microsecond a unit) a FETCH
+# formats between two turns of the other connections, and the most one batch
+# (formatted with no break) holds, after at least one message: 3,333
+# messages of index data (UID FLAGS), 200 of a typical header FETCH (the
+# FETCH_BATCH of one that reads messages), 3 of a hundred HEADER.FIELDS
+# items. A FETCH of less never pauses, and stays one step without a task
+# switch.
+FETCH_TURN = 5_000
+# The most fetch-atts, and header field names in all of its HEADER.FIELDS
+# lists, one FETCH may ask for (RFC 5530 LIMIT): clients ask for a dozen
+# items at most (Thunderbird, Apple Mail, mbsync), a couple of dozen names.
+MAX_FETCH_ATTS = 100
+MAX_FETCH_FIELD_NAMES = 1000
 
 
 def _batch_end(pairs: list, start: int, end: int, infos: dict) -> int:
@@ -67,6 +76,12 @@ def _resolved(s: ImapSession, sel: SelectedMailbox, sequence_set: c.SequenceSet,
 
 async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     sel, b = _selected(s)
+    if len(cmd.atts) > MAX_FETCH_ATTS:
+        s.engine.complete("NO", f"At most {MAX_FETCH_ATTS} items in one FETCH", "LIMIT")
+        return
+    if sum(len(a.section.fields) for a in cmd.atts if a.section is not None) > MAX_FETCH_FIELD_NAMES:
+        s.engine.complete("NO", f"At most {MAX_FETCH_FIELD_NAMES} header field names in one FETCH", "LIMIT")
+        return
     pairs = _resolved(s, sel, cmd.sequence_set, cmd.uid)
     if pairs is None:
         return
@@ -107,23 +122,26 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     flags_of = flags_reporter(sel.recent_of(s.engine))
     line_format = p.line_format
     values_of = index_values(atts, flags_of) if line_format is not None else None
-    batch_size = FETCH_BATCH if need_raw else 1000
+    work = p.work  # formatting one message (units of FETCH_TURN)
+    # no batch holds more than a turn's work (a message at least)
+    per_turn = max(1, int(FETCH_TURN // work))
+    batch_size = min(FETCH_BATCH if need_raw else 1000, per_turn)
     missing = False
     # Small first batches, each written at once, so the client starts reading
     # at once and never waits while the rest is formatted (FETCH 1:* of a
     # large mailbox): 50, 200, 800 messages, then full batches; with message
     # bytes read, also no more than FETCH_BATCH_OCTETS of them, and between two
-    # such batches the other connections get their turn (without, after every
-    # FETCH_TURN messages).
+    # such batches the other connections get their turn (without, once the
+    # work formatted since the last turn reaches FETCH_TURN).
     start, size = 0, min(batch_size, FIRST_BATCH)
-    turn = FETCH_TURN  # index data formatted before the next pause
+    turn = FETCH_TURN  # work left before the next pause
     while start < len(pairs):
         end = min(len(pairs), start + size)
         if need_raw:
             end = _batch_end(pairs, start, end, infos)
         batch = pairs[start:end]
         start = end
-        turn -= len(batch)
+        turn -= len(batch) * work
         derived = await b.get_derived(sel.mailbox, [u for _, u in batch], fields) if fields else {}
         out: list[bytes] = []
         if line_format is not None and values_of is not None:
@@ -158,12 +176,12 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
         s.engine.raw(b"".join(out))
         if start < len(pairs):
             await (s.io.flush() if size < batch_size else s.maybe_flush())
-            if need_raw or turn <= 0:
-                # message bytes were read, or much index data formatted:
-                # the other sessions' turn
+            size = min(batch_size, size * 4)
+            if need_raw or turn < min(size, len(pairs) - start) * work:
+                # message bytes were read, or the next batch would take the
+                # work past a turn's: the other sessions' turn
                 turn = FETCH_TURN
                 await s.io.pause()
-        size = min(batch_size, size * 4)
     if missing and not cmd.uid:
         # A message expunged elsewhere is served until announced (RFC 2180
         # 4.1.1, selected.py); one the backend could no longer keep (a mailbox

@@ -1,0 +1,193 @@
+"""IMAP against a hostile client, through a real server: over-long command
+lines (RFC 9051 7.1.3: a refusal carries the tag when the tag is known) and
+FETCH commands with very many items (the event loop is shared by every
+connection; RFC 5530 LIMIT).
+
+Fairness is measured by counts, never by time: the items a FETCH formats
+between two turns of the server's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from mailyard.config import Config
+from mailyard.protocols.imap.handlers import messages
+from mailyard.store.api import AppendItem
+from mailyard.store.sqlite import SQLiteStore
+from tests.conftest import USERS, RunningServer
+from tests.integration.test_workers import Line
+
+ALICE = "alice@example.test"
+TIMEOUT = 30
+
+
+def _connect(server: RunningServer, login: bool = True) -> Line:
+    c = Line(server.port("imap"))
+    assert c.line(TIMEOUT).startswith(b"* OK")
+    if login:
+        c.send(f"l LOGIN {ALICE} {USERS[ALICE]}\r\n".encode())
+        assert c.until(lambda x: x.startswith(b"l "), TIMEOUT).startswith(b"l OK")
+    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return c
+
+
+def _rest(c: Line, tag: bytes) -> list[bytes]:
+    """Every line up to and including the one tagged ``tag``."""
+    lines = []
+    while True:
+        lines.append(c.line(TIMEOUT))
+        if lines[-1].startswith(tag + b" "):
+            return lines
+
+
+def test_an_over_long_line_gets_one_tagged_bad(mailserver: RunningServer) -> None:
+    """A 170 KB UID SEARCH line (over the 64 KiB line limit), sent in
+    pieces: the refusal is tagged as soon as the limit is passed, the rest
+    of the line is discarded without a second reply, and the next command
+    is answered."""
+    c = _connect(mailserver)
+    c.send(b"s SELECT INBOX\r\n")
+    assert _rest(c, b"s")[-1].startswith(b"s OK")
+    line = b"T4 UID SEARCH UID " + b",".join(b"%d" % i for i in range(1, 30000))
+    assert len(line) > 128 * 1024
+    c.send(line[: 70 * 1024])
+    # the refusal comes before the rest of the line is sent
+    assert c.line(TIMEOUT) == b"T4 BAD [TOOBIG] Line too long"
+    for i in range(70 * 1024, len(line), 16 * 1024):
+        c.send(line[i : i + 16 * 1024])
+    c.send(b"\r\nT5 NOOP\r\n")
+    assert _rest(c, b"T5") == [b"T5 OK NOOP completed"]
+    c.close()
+
+
+def test_an_over_long_line_before_login_counts_once_toward_the_bad_commands(
+        make_server: Callable[..., RunningServer]) -> None:
+    """Before login a line may have 8 KiB: a 100 KB one, sent in 16 KB
+    pieces, is one bad command however many pieces it comes in, so with a
+    budget of two bad commands the session survives it."""
+
+    def configure(cfg: Config) -> None:
+        cfg.limits.max_bad_commands = 2
+
+    server = make_server(configure=configure)
+    c = _connect(server, login=False)
+    line = b"x1 NOOP " + b"A" * 100_000
+    c.send(line[: 16 * 1024])
+    assert c.line(TIMEOUT) == b"x1 BAD [TOOBIG] Line too long"
+    for i in range(16 * 1024, len(line), 16 * 1024):
+        c.send(line[i : i + 16 * 1024])
+    c.send(b"\r\nx2 NOOP\r\n")
+    assert _rest(c, b"x2") == [b"x2 OK NOOP completed"]
+    c.close()
+
+
+def test_a_line_longer_than_a_whole_command_ends_the_session(mailserver: RunningServer) -> None:
+    """The rest of a refused line is discarded up to a whole command's
+    budget (1 MiB); past that, reading on costs time for nothing, and the
+    session ends with BYE."""
+    c = _connect(mailserver)
+    first = b"b1 NOOP " + b"A" * (70 * 1024)
+    c.send(first)
+    assert c.line(TIMEOUT) == b"b1 BAD [TOOBIG] Line too long"
+    # one octet more than the budget in all: the server reads every octet
+    # sent before it closes (unread input would make its close a reset)
+    rest = mailserver.config.limits.imap_max_command + 1 - len(first)
+    for i in range(0, rest, 16 * 1024):
+        c.send(b"A" * min(16 * 1024, rest - i))
+    assert c.line(TIMEOUT) == b"* BYE Line too long; closing connection"
+    with pytest.raises((EOFError, OSError)):
+        c.line(TIMEOUT)
+    c.close()
+
+
+MESSAGES = 60
+
+
+def _message(n: int) -> bytes:
+    return (f"From: bob@example.test\r\nTo: {ALICE}\r\nSubject: m{n}\r\n"
+            f"Message-ID: <m{n}@example.test>\r\n\r\nbody {n}\r\n").encode()
+
+
+async def _seed(store: SQLiteStore) -> None:
+    account = await store.get_account(ALICE)
+    assert account is not None
+    box = await store.get_mailbox(account.id, "INBOX")
+    assert box is not None
+    await store.append_many(box, [AppendItem(_message(n)) for n in range(MESSAGES)])
+
+
+class _Beats:
+    """Counts the FETCH items formatted (``encode_items``) and, with a
+    callback run at every turn of the server's event loop, the most of them
+    formatted between two turns."""
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.last = 0
+        self.most = 0
+        self.turns = 0
+        self.running = True
+
+    def beat(self) -> None:
+        self.most = max(self.most, self.items - self.last)
+        self.last = self.items
+        self.turns += 1
+        if self.running:
+            asyncio.get_running_loop().call_soon(self.beat)
+
+
+def test_a_fetch_of_many_items_gives_the_other_connections_turns(
+        make_server: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """FETCH 1:* with a hundred HEADER.FIELDS items a message: the server
+    formats no more than a few messages' items between two turns of its
+    event loop (a batch of 50 messages, 5,000 items, would hold it for
+    tens of milliseconds), and answers every message."""
+    server = make_server(seed=_seed)
+    beats = _Beats()
+    encode_items = messages.encode_items
+
+    def counting(*args: Any) -> list[bytes]:
+        items = encode_items(*args)
+        beats.items += len(items)
+        return items
+
+    monkeypatch.setattr(messages, "encode_items", counting)
+    c = _connect(server)
+    c.send(b"s SELECT INBOX\r\n")
+    assert _rest(c, b"s")[-1].startswith(b"s OK")
+
+    async def start() -> None:
+        beats.beat()
+
+    server.call(start())
+    atts = b" ".join(b"BODY.PEEK[HEADER.FIELDS (X-%d)]" % i for i in range(100))
+    c.send(b"f FETCH 1:* (" + atts + b")\r\n")
+    lines = _rest(c, b"f")
+
+    async def stop() -> None:
+        beats.running = False
+
+    server.call(stop())
+    assert lines[-1] == b"f OK FETCH completed"
+    assert beats.items == MESSAGES * 100
+    print(f"\nitems formatted: {beats.items}, most between two loop turns: {beats.most}, turns: {beats.turns}")
+    assert beats.most <= 500, beats.most
+
+
+def test_a_fetch_of_thousands_of_items_is_refused(make_server: Callable[..., RunningServer]) -> None:
+    """1,700 HEADER.FIELDS items (what a hostile client sent to hold the
+    server for half a minute) are refused before any work: NO [LIMIT]."""
+    c = _connect(make_server(seed=_seed))
+    c.send(b"s SELECT INBOX\r\n")
+    assert _rest(c, b"s")[-1].startswith(b"s OK")
+    atts = b" ".join(b"BODY.PEEK[HEADER.FIELDS (A%d)]" % i for i in range(1700))
+    c.send(b"f FETCH 1 (" + atts + b")\r\nn NOOP\r\n")
+    assert _rest(c, b"f") == [b"f NO [LIMIT] At most 100 items in one FETCH"]
+    assert _rest(c, b"n")[-1] == b"n OK NOOP completed"
+    c.close()
