@@ -21,6 +21,7 @@ import asyncio
 import logging
 import socket
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -152,29 +153,18 @@ class _SaslExchange:
         return LoginRefused("malformed" if ev.kind in _MALFORMED else "denied")
 
 
-class ImapConnection(SessionProtocol):
-    """One IMAP connection: bytes in and out, timers, and the IMAP session.
+_SETTINGS: weakref.WeakKeyDictionary[Services, tuple[Limits, ImapConfig]] = weakref.WeakKeyDictionary()
 
-    An asyncio.Protocol (net/session_protocol.py, like SMTP and POP3): bytes
-    go from ``data_received`` into the engine, and each command is a step
-    started at once (``eager_steps``). A FETCH whose data the store reads
-    without waiting finishes inside ``data_received``, so a command costs one
-    read and one write on the socket and no task switch. A step that waits
-    (a commit, a password check) goes on in a task while input waits; IDLE
-    and AUTHENTICATE read their further lines with `wait_input`.
-    """
 
-    eager_steps = True
-    protocol_label = "imap"
-
-    def __init__(self, services: Services, listener: Listener) -> None:
-        super().__init__(listener)
-        self.services = services
+def _settings(services: Services) -> tuple[Limits, ImapConfig]:
+    """The limits and settings every IMAP session of ``services`` shares:
+    made once (both are immutable), not once per connection, where they
+    cost some 400 bytes of every idle connection."""
+    found = _SETTINGS.get(services)
+    if found is None:
         cfg = services.config
         limits = cfg.limits
-        self.imap = ImapSession(
-            self,
-            ImapLoginService(services, self),
+        found = _SETTINGS[services] = (
             Limits(
                 max_line=limits.imap_max_line,
                 max_literal=limits.imap_max_literal,
@@ -193,6 +183,29 @@ class ImapConnection(SessionProtocol):
                 kept=services.imap_idle_caches,
             ),
         )
+    return found
+
+
+class ImapConnection(SessionProtocol):
+    """One IMAP connection: bytes in and out, timers, and the IMAP session.
+
+    An asyncio.Protocol (net/session_protocol.py, like SMTP and POP3): bytes
+    go from ``data_received`` into the engine, and each command is a step
+    started at once (``eager_steps``). A FETCH whose data the store reads
+    without waiting finishes inside ``data_received``, so a command costs one
+    read and one write on the socket and no task switch. A step that waits
+    (a commit, a password check) goes on in a task while input waits; IDLE
+    and AUTHENTICATE read their further lines with `wait_input`.
+    """
+
+    eager_steps = True
+    protocol_label = "imap"
+
+    def __init__(self, services: Services, listener: Listener) -> None:
+        super().__init__(listener)
+        self.services = services
+        limits = services.config.limits
+        self.imap = ImapSession(self, ImapLoginService(services, self), *_settings(services))
         self.idle_timeout = limits.imap_idle_timeout
         self._waiter: asyncio.Future[None] | None = None  # a step waiting for input (IDLE, AUTHENTICATE)
         self._deflate: Any = None  # zlib compressobj once COMPRESS DEFLATE is active

@@ -50,7 +50,7 @@ class StoreBackend:
 
     def __init__(self, store: Store, account: Account, learn: Learn | None = None) -> None:
         self.store = store
-        self.account = account
+        self.account = account.without_secrets()
         self.account_id = account.id
         # Teaches the spam filter from moves into and out of Junk (net/learning.py); None: off.
         self.learn = learn

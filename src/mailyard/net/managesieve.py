@@ -158,7 +158,7 @@ class ManageSieveSession(SessionProtocol):
         if isinstance(result, sasl.Success):
             account = await self._auth.account(result)
             if account is not None:
-                self.account = account
+                self.account = account.without_secrets()
                 engine.login_ok()
                 return
         self._failures += 1

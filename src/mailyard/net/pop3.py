@@ -498,6 +498,7 @@ class POP3Session(SessionProtocol):
         if acct is None:
             engine.reject_login("AUTH", "Authentication failed")
             return
+        acct = acct.without_secrets()  # checked: the session keeps none of them
         mailbox = await self.store.get_mailbox(acct.id, "INBOX")
         if mailbox is None:
             engine.reject_login("SYS/PERM", "no INBOX for this account")

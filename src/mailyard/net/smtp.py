@@ -497,7 +497,7 @@ class SMTPSession(SessionProtocol):
         if isinstance(ev, sasl.Success):
             account = await self._auth.account(ev)
             if account is not None:
-                self.account = account
+                self.account = account.without_secrets()
                 engine.respond(Reply(235, "2.7.0", "Authentication successful"), identity=account.address)
                 return
             ev = sasl.Failure("account vanished")

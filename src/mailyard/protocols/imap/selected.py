@@ -380,9 +380,10 @@ class KeptCaches:
             sel.kept = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True, weakref_slot=True)
 class SelectedMailbox:
-    """The selected mailbox as this session sees it."""
+    """The selected mailbox as this session sees it (slots: one per
+    connection with a mailbox selected, idle ones included)."""
 
     mailbox: MailboxRecord
     readonly: bool
