@@ -880,3 +880,34 @@ def test_http_client_leaving_mid_body_logs_no_error(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert [r for r in caplog.records if "client_gone" in r.getMessage()], caplog.text
     _http_served(server)
+
+
+def test_http_body_deadline_does_not_cut_a_response_already_streaming(
+    make_server: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A streaming response (the live updates) listens for the client
+    leaving by reading the request: past the body deadline that read is not
+    cut, since nothing can be answered 408 once the 200 has gone, and no
+    error is logged."""
+    from tests.integration.test_web_http import login
+
+    server = make_server(lambda cfg: setattr(cfg.limits, "command_deadline", 1.0))
+    client = login(server)
+    cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+    caplog.set_level(logging.INFO)
+    with _connect(server, "http") as sock:
+        sock.sendall(b"GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n"
+                     b"Cookie: " + cookie.encode() + b"\r\nContent-Length: 10\r\n\r\n")
+        out = b""
+        while b"retry:" not in out:
+            chunk = sock.recv(65536)
+            assert chunk, out
+            out += chunk
+        assert out.startswith(b"HTTP/1.1 200 ")
+        time.sleep(2.5)  # past the body's deadline (1 s, and the 10 bytes that never come)
+        sock.setblocking(False)
+        try:
+            assert sock.recv(65536) != b"", "the stream was ended"
+        except BlockingIOError:
+            pass  # still open, nothing new
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

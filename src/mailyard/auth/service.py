@@ -236,10 +236,15 @@ class LoginService:
         _login_failed(protocol, ip, name, why)
 
     def succeeded(self, attempt: Attempt, account: Account, ip: str, protocol: str, tls: bool | None) -> None:
-        self.throttle.succeed(attempt, self.clock())
-        self._wake()
+        self.proven(attempt)
         logs.event(log, logging.INFO, "login", proto=protocol, ip=ip, tls=tls, user=account.address)
         metrics.count_login(protocol, "success")
+
+    def proven(self, attempt: Attempt) -> None:
+        """Settle ``attempt`` as right credentials (a login, or one whose
+        proof was verified but that could not finish)."""
+        self.throttle.succeed(attempt, self.clock())
+        self._wake()
 
     async def _check(
         self, ip: str, name: str, protocol: str, tls: bool | None,
@@ -382,11 +387,15 @@ class LoginSession:
                 try:
                     account = await service.resolve(ev.authcid)
                 except BaseException as exc:
-                    # the attempt is settled whatever ends it (the store out
-                    # of reach, the connection gone): none is left pending
+                    # The attempt is settled whatever ends it (the store out
+                    # of reach, the connection gone): none is left pending.
+                    # The proof was verified, so the password was right: it
+                    # counts as the throttle counts a login, never as a
+                    # failure (no ban for a database that went away).
                     if attempt is not None:
+                        service.proven(attempt)
                         why = "store unavailable" if isinstance(exc, StoreUnavailable) else "exchange abandoned"
-                        service.failed(attempt, self.ip, ev.authcid, self.protocol, why)
+                        logs.event(log, logging.INFO, "auth_aborted", proto=self.protocol, ip=self.ip, reason=why)
                     raise
                 if account is None:  # removed during the exchange
                     if attempt is not None:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import abc
 import datetime as _dt
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..message.dates import sent_day
@@ -147,7 +147,7 @@ class Account:
         were checked, so neither the password hash nor the APOP and SCRAM
         secrets stay in memory for the session's life (some 350 bytes per
         connection, and nothing of them in a core dump of a busy server)."""
-        return Account(self.id, self.address, "", None, None, self.epoch)
+        return replace(self, password_hash="", apop_secret=None, scram_sha256=None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,10 +31,13 @@ has ``command_deadline`` seconds, plus one second for every
 deadline scales with what arrives) is served, a trickle is answered
 ``408 Request Timeout`` (RFC 9110 15.5.9) with ``Connection: close``
 (``BodyTimedOut``, an ``HTTPException`` like ``BodyTooLarge``), and the
-connection and its slot go. Only the waits for the client's bytes are
-bounded, and the clock starts when the application first asks for the body:
-the time the application spends before or between its reads is not the
-client's (a read that finds bytes waiting returns them).
+connection and its slot go. The clock starts when the application first
+asks for the body, so the time before that is not the client's; the
+deadline then counts from there, the application's own time between its
+reads included (the routes read a body in one go, ``request.form()`` or
+``stream()``). Once the response has begun, a read only waits for the
+client to leave (a streaming response): no deadline, as nothing could be
+answered 408 any more.
 
 A client that closes its connection before its body ends makes Starlette
 raise ``ClientDisconnect`` wherever the body was being read; there is nobody
@@ -155,6 +158,7 @@ class BodyLimits:
                 return
         received = 0
         complete = False  # the body has ended: later reads only wait for a disconnect (SSE)
+        answering = False  # the response has begun: a read then only waits for a disconnect
         started: float | None = None
         timed_out = False
         pace = self.pace
@@ -165,7 +169,9 @@ class BodyLimits:
                 raise BodyTooLarge(limit)
             if timed_out:
                 raise BodyTimedOut()
-            if complete:
+            if complete or answering:
+                # (a streaming response listens for the client leaving: no
+                # deadline on that, and nothing could be answered 408 now)
                 return await receive()
             loop = asyncio.get_running_loop()
             if started is None:
@@ -174,6 +180,8 @@ class BodyLimits:
                 async with asyncio.timeout_at(pace.deadline(started, received)):
                     message = await receive()
             except TimeoutError:
+                if answering:  # the response began while this read waited
+                    return await receive()
                 timed_out = True
                 logs.event(log, logging.INFO, "timeout", proto=scope.get("scheme"), ip=_client(scope),
                            reason="request-body", size=received)
@@ -185,8 +193,14 @@ class BodyLimits:
                 complete = not message.get("more_body", False)
             return message
 
+        async def noted_send(message: Any) -> None:
+            nonlocal answering
+            if message["type"] == "http.response.start":
+                answering = True
+            await send(message)
+
         try:
-            await self.app(scope, counted_receive, send)
+            await self.app(scope, counted_receive, noted_send)
         except ClientDisconnect:
             logs.event(log, logging.DEBUG, "client_gone", proto=scope.get("scheme"), ip=_client(scope),
                        reason="request-body", size=received)

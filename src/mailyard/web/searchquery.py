@@ -313,8 +313,9 @@ async def evaluate(store: Store, index: InfoIndex, box: Mailbox, query: Query) -
     if tests:
         candidates = list(rows) if result is None else list(result)
         if len(candidates) > INFO_INLINE:
-            # a big folder's pass in a thread, off the event loop; the rows
-            # are never resized there (big changes replace them: InfoIndex.rows)
+            # a big folder's pass in a thread, off the event loop: it goes
+            # through a list of UIDs, and a row taken out meanwhile (a small
+            # change, applied in place on the loop) is left out of it
             result = await asyncio.to_thread(_filtered, rows, candidates, tests)
         else:
             result = _filtered(rows, candidates, tests)

@@ -377,7 +377,10 @@
         fetch("/events", { credentials: "same-origin", redirect: "manual", signal: probe.signal })
           .then(function (r) {
             probe.abort();
-            if (r.ok) { open(); } else if (r.status === 503) { later(); }
+            // a server that is down or restarting (503, a proxy's 502 or
+            // 504, 408, 429): later; a session that ended (a redirect to
+            // the login page, 401, 403): no more
+            if (r.ok) { open(); } else if (r.status >= 500 || r.status === 408 || r.status === 429) { later(); }
           }, later);
       }, delay);
       delay = Math.min(delay * 2, 60000);
