@@ -124,3 +124,95 @@ def test_input_is_parsed_once_however_it_is_cut() -> None:
             answers.append((event, engine.data_to_send()))
         assert answers[0] == answers[1], stream
         assert answers[0][0] == Closed("quit")
+
+
+def _small_engine(*, logged_in: bool) -> ManageSieveServer:
+    """Small limits, so that every cut of a stream over them can be tried:
+    lines of 200 octets, literals of 300, 250 octets a command before
+    login (500 after)."""
+    engine = ManageSieveServer(capabilities=[("IMPLEMENTATION", "test")], sasl_mechanisms=["PLAIN"],
+                               tls_available=False, max_line=200, max_literal=300,
+                               max_command_unauthenticated=250)
+    engine.data_to_send()
+    if logged_in:
+        engine.receive_data(b'AUTHENTICATE "PLAIN" "AGFAYgBj"\r\n')
+        engine.next_event()
+        engine.login_ok()
+        engine.data_to_send()
+    return engine
+
+
+def _session(stream: bytes, reads: list[bytes], *, logged_in: bool) -> tuple[list[Any], bytes]:
+    """Feed ``stream`` in ``reads`` then end it: the events the engine
+    gave (each script command answered OK) and all it wrote."""
+    assert b"".join(reads) == stream
+    engine = _small_engine(logged_in=logged_in)
+    events: list[Any] = []
+    out = b""
+    for data in [*(r for r in reads if r), b""]:
+        engine.receive_data(data)
+        while True:
+            event = engine.next_event()
+            if event is NEED_DATA or isinstance(event, Closed):
+                break
+            events.append(event)
+            engine.respond(True, "ok")
+        out += engine.data_to_send()
+        if isinstance(event, Closed):
+            events.append(event)
+            break
+    return events, out
+
+
+def _every_cut(stream: bytes, *, logged_in: bool) -> tuple[list[Any], bytes]:
+    """The session for ``stream`` read whole, a byte at a time and cut in
+    two at every offset: the same every time (asserted), returned."""
+    whole = _session(stream, [stream], logged_in=logged_in)
+    assert _session(stream, [stream[i:i + 1] for i in range(len(stream))], logged_in=logged_in) == whole
+    for cut in range(1, len(stream)):
+        assert _session(stream, [stream[:cut], stream[cut:]], logged_in=logged_in) == whole, cut
+    return whole
+
+
+DELETE = b'DELETESCRIPT "main"\r\n'  # 21 octets, sent as a literal's content
+
+
+def test_a_bad_command_never_runs_its_literals() -> None:
+    """A literal's octets are data (RFC 5804 4) even in a command found bad:
+    whether the error comes after the literal, before it on the same line,
+    or is a line over the limit, the literal is skipped by its count and the
+    bad command answered NO once, however the input is cut."""
+    streams = [
+        b'PUTSCRIPT "a" {21+}\r\n' + DELETE + b" ~\r\n",  # error after the literal
+        b"PUTSCRIPT ~ {21+}\r\n" + DELETE + b"\r\n",  # error before it
+        b'PUTSCRIPT "a" {21}\r\n' + DELETE + b' "b" {21+}\r\n' + DELETE + b"\x01\r\n",
+        b"PUTSCRIPT " + b"a" * 250 + b" {21+}\r\n" + DELETE + b"\r\n",  # line too long
+        b'PUTSCRIPT "' + b"q" * 250 + b'" {0+}\r\n {21+}\r\n' + DELETE + b"\r\n",
+        b'PUTSCRIPT "a\r\n',  # CR in a quoted string: the line ends there
+    ]
+    reasons = [b"unexpected character", b"unexpected character", b"unexpected character", b"line too long",
+               b"line too long", b"CR or LF in a quoted string"]
+    for stream, reason in zip(streams, reasons, strict=True):
+        events, out = _every_cut(stream + b'NOOP "t"\r\n', logged_in=True)
+        assert events == [Closed("eof")], stream
+        assert out == b'NO "' + reason + b'"\r\nOK (TAG "t") "done"\r\n', stream
+
+
+def test_a_long_line_gets_the_same_answer_however_it_is_cut() -> None:
+    """A line over ``max_line`` is skipped and answered NO whether its CRLF
+    comes in the read that made it too long or later; only a command over
+    the whole command budget ends the session, with the BYE a good one gets
+    there."""
+    long_line = b"NOOP " + b"x" * 300 + b"\r\n"
+    assert _every_cut(long_line + b"NOOP\r\n", logged_in=True) == (
+        [Closed("eof")], b'NO "line too long"\r\nOK "done"\r\n')
+    # over the 500 octets of a command after login, literals included
+    over = b"NOOP " + b"x" * 300 + b" {250+}\r\n" + b"y" * 250 + b"\r\nNOOP\r\n"
+    assert _every_cut(over, logged_in=True) == (
+        [Closed("errors")], b'BYE "command too large (at most 500 octets)"\r\n')
+    # before login a command has 250 octets: a long line is past them
+    assert _every_cut(long_line, logged_in=False) == (
+        [Closed("errors")], b'BYE "command too large (at most 250 octets before login)"\r\n')
+    # a literal over max_literal announced in a skipped line
+    assert _every_cut(b"NOOP ~ {301+}\r\n" + b"z" * 301 + b"\r\n", logged_in=True) == (
+        [Closed("errors")], b'BYE "literal too large (at most 300 octets)"\r\n')

@@ -43,6 +43,15 @@ MAX_LOGIN_FAILURES = 3  # per connection, then BYE
 # The answer while the store cannot be reached (its database down, or closed
 # as the server stops): RFC 5804 1.3 TRYLATER, a temporary failure.
 STORE_UNAVAILABLE = "the mail store is unavailable, try again later"
+# What NO says for a SASL exchange that failed before any credentials were
+# checked (RFC 5804 2.1: any human-readable text); the rest get
+# "authentication failed".
+SASL_FAILURE_TEXT = {
+    "cancelled": "authentication cancelled",
+    "malformed": "cannot decode the authentication data",
+    "too-long": "authentication data too long",
+    "protocol": "authentication exchange out of order",
+}
 
 
 class ManageSieveSession(SessionProtocol):
@@ -167,9 +176,7 @@ class ManageSieveSession(SessionProtocol):
                                 close=self._failures >= MAX_LOGIN_FAILURES)
             return
         kind = result.kind if isinstance(result, sasl.Failure) else None
-        text = ("authentication cancelled" if kind == "cancelled"
-                else "cannot decode the authentication data" if kind in ("malformed", "too-long", "protocol")
-                else "authentication failed")
+        text = SASL_FAILURE_TEXT.get(kind or "", "authentication failed")
         engine.login_failed(text, close=self._failures >= MAX_LOGIN_FAILURES)
 
     # --- scripts (RFC 5804 2.6-2.13) ----------------------------------------------

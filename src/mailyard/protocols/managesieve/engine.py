@@ -11,14 +11,18 @@ answers with ``respond`` (OK / NO with a response code, RFC 5804 1.3),
 ``sasl_challenge``, ``login_ok`` / ``login_failed`` or ``tls_started``.
 
 Limits: a command line (without its literals' octets) of at most
-``max_line`` octets (a longer one is skipped and answered NO), a literal of
-at most ``max_literal``, and the whole command, its line and literal octets
-together, at most ``command_budget``: ``max_command_unauthenticated`` before
-login, a script with its command line after it. A literal over either limit
-ends the session with BYE before its octets are read: RFC 5804 literals are
-non-synchronising, so its octets follow at once and cannot be told from the
-next command. Input is parsed once: more input resumes where parsing
-stopped. Bad commands count against ``max_bad_commands``.
+``max_line`` octets, a literal of at most ``max_literal``, and the whole
+command, its line and literal octets together, at most ``command_budget``:
+``max_command_unauthenticated`` before login, a script with its command line
+after it. A literal over either limit ends the session with BYE before its
+octets are read: RFC 5804 literals are non-synchronising, so its octets
+follow at once and cannot be told from the next command. A bad command (a
+syntax error, a line over ``max_line``) is skipped to the CRLF that ends it,
+the octets of literals announced on the way skipped by their count, never
+read as commands, and answered NO; it is held to the same budget and limits
+as a good one. Input is parsed once: more input resumes where parsing
+stopped, and the answers do not depend on how the input is cut. Bad commands
+count against ``max_bad_commands``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ from ..contract import NEED_DATA, PAUSED, Closed, ProtocolMisuse
 __all__ = ["Authenticate", "ManageSieveServer", "SASLResponse", "ScriptCommand", "StartTLS", "quote"]
 
 _LITERAL = re.compile(rb"\{([0-9]{1,10})(\+?)\}\r\n")
+# A literal announced at the end of a line being skipped (up to its CRLF).
+_LITERAL_AT_END = re.compile(rb"\{([0-9]{1,10})\+?\}\Z")
+# The longest tail of a line that may be the start of a literal header and
+# its CR: "{" 10 digits "+}" CR.
+_HEADER_TAIL = 14
 
 SCRIPT_COMMANDS = {
     # name -> number of string arguments (HAVESPACE: a string and a number)
@@ -153,6 +162,8 @@ class _Command:
                         self.scan = end  # the closing quote has not come yet
                         self._partial(n, max_line, budget)
                         return None
+                    # the checks input cut inside the string would have made
+                    self._partial(end, max_line, budget)
                     if buf[end] != 0x22:
                         raise _Bad("CR or LF in a quoted string")
                     self.tokens.append(("string", _UNESCAPE.sub(rb"\1", bytes(buf[pos + 1:end]))))
@@ -180,13 +191,16 @@ class _Command:
                     self.scan = end  # the atom may go on
                     self._partial(n, max_line, budget)
                     return None
+                self._partial(end, max_line, budget)
                 self.tokens.append(("atom", buf[pos:end].decode("ascii")))
                 pos, self.scan = end, 0
         finally:
             self.pos = pos
 
     def _partial(self, n: int, max_line: int, budget: int) -> None:
-        """A token runs to the end of the input: its octets count already."""
+        """A token runs up to ``n`` (the end of the input, or where its scan
+        stopped): its octets count already. Checked in both cases, so that
+        the answer does not depend on where the input was cut."""
         if n - self.literal_octets > max_line:
             raise _Bad("line too long")
         if self.charged(n) > budget:
@@ -205,7 +219,11 @@ class ManageSieveServer:
         self.max_command_unauthenticated = max_command_unauthenticated
         self.max_bad_commands = max_bad_commands
         self._cmd = _Command()
-        self._skipped: int | None = None  # octets of a bad line skipped so far
+        # a bad command being skipped: its cost so far (octets from its start
+        # and TOKEN_COST per token parsed), the octets of a literal still to
+        # drop, the reason its NO gives
+        self._skipped: int | None = None
+        self._skip_literal = 0
         self._skip_reason = ""
         self.bad_commands = 0
         self.authenticated = False
@@ -223,7 +241,7 @@ class ManageSieveServer:
     # --- the contract -----------------------------------------------------------
     @property
     def partial_input(self) -> bool:
-        return bool(self._in)
+        return bool(self._in) or self._skipped is not None
 
     def receive_data(self, data: bytes) -> None:
         if not data:
@@ -250,9 +268,12 @@ class ManageSieveServer:
                 self._close("errors", b"BYE " + quote(self._too_big(str(exc))) + b"\r\n")
                 return self._closed
             except _Bad as exc:
-                # skip to the end of the line
-                self._cmd = _Command()
-                self._skipped, self._skip_reason = 0, str(exc)
+                # Skip the rest of the command from where parsing stopped:
+                # what comes before (a literal's octets among it) was read
+                # as what it is, and is not looked at again.
+                cmd, self._cmd = self._cmd, _Command()
+                del self._in[:cmd.pos]
+                self._skipped, self._skip_literal, self._skip_reason = cmd.charged(cmd.pos), 0, str(exc)
                 continue
             if used is None:
                 return self._eof_or_need()
@@ -284,21 +305,52 @@ class ManageSieveServer:
         return text
 
     def _skip_line(self) -> bool:
-        """Drop input up to the end of a bad line, then answer NO; False
-        while the line end has not come (or the session ended: a bad line
-        longer than ``max_line`` cannot be told from a flood)."""
+        """Drop input up to the CRLF that ends a bad command, then answer NO;
+        False while it has not come, or when the session ended. A literal
+        announced at a line end (RFC 5804 4) is part of the command: its
+        octets are dropped by their count, never read as commands. The
+        command is held to the limits of a good one, counted from its start:
+        past ``command_budget``, or announcing a literal over
+        ``max_literal``, it ends the session with the BYE parsing it would
+        have given, whatever the reads."""
         assert self._skipped is not None
-        end = self._in.find(b"\r\n")
-        if end < 0:
-            keep = 1 if self._in.endswith(b"\r") else 0
-            self._skipped += len(self._in) - keep
-            del self._in[:len(self._in) - keep]
-            if self._skipped > self.max_line:
-                self._close("errors", b'BYE "line too long"\r\n')
-            return False
-        del self._in[:end + 2]
-        self._skipped = None
-        return not self._bad(self._skip_reason)
+        budget = self.command_budget
+        while True:
+            if self._skip_literal:
+                drop = min(self._skip_literal, len(self._in))
+                del self._in[:drop]
+                self._skip_literal -= drop
+                if self._skip_literal:
+                    return False
+            end = self._in.find(b"\r\n")
+            if end < 0:
+                held = len(self._in) - (1 if self._in.endswith(b"\r") else 0)
+                if self._skipped + held > budget:
+                    return self._too_big_skipped("command too large")
+                # keep a tail that may be a literal header cut by the read
+                drop = max(0, len(self._in) - _HEADER_TAIL)
+                del self._in[:drop]
+                self._skipped += drop
+                return False
+            if self._skipped + end > budget:
+                return self._too_big_skipped("command too large")
+            m = _LITERAL_AT_END.search(self._in, max(0, end - _HEADER_TAIL), end)
+            size = -1 if m is None else int(m.group(1))  # read before the buffer changes
+            del self._in[:end + 2]
+            self._skipped += end + 2
+            if size < 0:
+                self._skipped = None
+                return not self._bad(self._skip_reason)
+            if size > self.max_literal:
+                return self._too_big_skipped(f"literal too large (at most {self.max_literal} octets)")
+            if self._skipped + size > budget:
+                return self._too_big_skipped("command too large")
+            self._skipped += size
+            self._skip_literal = size
+
+    def _too_big_skipped(self, text: str) -> bool:
+        self._close("errors", b"BYE " + quote(self._too_big(text)) + b"\r\n")
+        return False
 
     def _eof_or_need(self) -> Any:
         if self._eof:
@@ -457,6 +509,7 @@ class ManageSieveServer:
         self._in.clear()
         self._cmd = _Command()
         self._skipped = None
+        self._skip_literal = 0
         self.tls_available = False
         self._write_capabilities()
         self._out += b'OK "TLS negotiation successful"\r\n'
