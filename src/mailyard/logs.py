@@ -121,22 +121,28 @@ def _fields(record: logging.LogRecord, formatter: logging.Formatter) -> list[tup
         if not record.exc_text:
             record.exc_text = formatter.formatException(record.exc_info)
     if record.exc_text:
-        head.append(("exc", _traceback_end(record.exc_text)))
+        kind = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else None
+        head.append(("exc", _traceback_end(record.exc_text, kind)))
     return head
 
 
-def _traceback_end(text: str) -> str:
+def _traceback_end(text: str, kind: str | None = None) -> str:
     """A traceback of more than ``MAX_VALUE`` characters cut from its start:
     its end says what happened (the last line is the exception's type and
     message, the frames before it where it was raised), its first lines only
     where the call began. A last line longer than that keeps its own start
-    (the exception's type)."""
+    (the exception's type). When what is kept does not name the exception's
+    type ``kind`` (a message of several lines, a long note), it is put first."""
     if len(text) <= MAX_VALUE:
         return text
     last = text.rstrip("\n").rpartition("\n")[2]
     if len(last) > MAX_VALUE - 3:
-        return last[:MAX_VALUE - 3] + "..."
-    return "..." + text[-(MAX_VALUE - 3):]
+        kept = last[:MAX_VALUE - 3] + "..."
+    else:
+        kept = "..." + text[-(MAX_VALUE - 3):]
+    if kind and kind not in kept:
+        kept = f"{kind}: ..." + kept[len(kind) + 5:]
+    return kept
 
 
 class KeyValueFormatter(logging.Formatter):

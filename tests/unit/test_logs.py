@@ -68,3 +68,14 @@ def test_a_short_traceback_is_whole(logged) -> None:  # noqa: ANN001
     assert len(exc) < MAX_VALUE
     assert exc.startswith("Traceback (most recent call last):")
     assert exc.endswith("KeyError: 'k'")
+
+
+def test_a_message_of_many_lines_keeps_the_exception_type(logged) -> None:  # noqa: ANN001
+    """A message of several lines, or a long note (PEP 678), pushes the
+    type's line out of what is kept: the type is put first."""
+    exc = logged(LookupError("the first line\n" + "detail " * 100))
+    assert exc.startswith("LookupError: ...") and "detail" in exc and len(exc) <= MAX_VALUE
+    noted = LookupError("short")
+    noted.add_note("note " * 120)
+    exc = logged(noted)
+    assert exc.startswith("LookupError: ...") and len(exc) <= MAX_VALUE
