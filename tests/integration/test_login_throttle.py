@@ -495,3 +495,19 @@ def test_failures_for_bob_do_not_delay_alice_behind_the_same_address(
     for i in range(3):
         assert login(server, "smtp", f"victim{i}@example.test", WRONG).startswith(WRONG_REPLY["smtp"])
     assert login(server, "imap", ALICE, USERS[ALICE]).startswith(TEMPORARY["imap"])
+
+
+def test_a_fake_salt_key_linked_to_a_shared_file_is_made_there(tmp_path: Path) -> None:
+    """Nodes sharing one database link the key to a file they share; the
+    first to start makes the file the link points at, the others read it:
+    every node shows the same fake salts."""
+    from mailyard.auth.service import load_secret
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    nodes = [tmp_path / "a", tmp_path / "b"]
+    for node in nodes:
+        node.mkdir()
+        (node / "scram-salt.key").symlink_to(shared / "scram-salt.key")
+    first, second = (load_secret(node / "scram-salt.key") for node in nodes)
+    assert len(first) == 32 and first == second == (shared / "scram-salt.key").read_bytes()

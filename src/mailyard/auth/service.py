@@ -83,18 +83,23 @@ def load_secret(path: Path) -> bytes:
         log.warning("cannot read %s (%s): fake SCRAM salts change at restart", path, exc)
         return secrets.token_bytes(32)
     secret = secrets.token_bytes(32)
+    # a link to a file nodes share, not made yet: the file is made where it points
+    target = path.resolve() if path.is_symlink() else path
     try:
         if data is not None:
             # Empty or cut short (a crash while it was made, a truncated
             # restore): a short key would let anyone compute the fake salts
             # and tell unknown users from real ones (RFC 5802 5.1).
             log.warning("%s holds %d bytes, not 32: a new secret replaces it", path, len(data))
-            write_atomic(path, secret)
+            write_atomic(target, secret)
             return path.read_bytes()[:32]
         try:
-            write_atomic(path, secret, exclusive=True)
+            write_atomic(target, secret, exclusive=True)
         except FileExistsError:  # another process made it first: use theirs
-            return load_secret(path)
+            theirs = path.read_bytes()
+            if len(theirs) >= 32:
+                return theirs[:32]
+            raise OSError(f"{path} holds {len(theirs)} bytes, not 32") from None
     except OSError as exc:
         log.warning("cannot create %s (%s): fake SCRAM salts change at restart", path, exc)
     return secret
