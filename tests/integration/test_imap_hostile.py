@@ -106,6 +106,30 @@ def test_a_line_longer_than_a_whole_command_ends_the_session(mailserver: Running
     c.close()
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "in-pieces"])
+def test_a_refused_line_literal_plus_is_never_run(mailserver: RunningServer, split: bool) -> None:
+    """An over-long line ending in a non-synchronising literal: the octets
+    the client sends at once are discarded as the refused command's data
+    (RFC 7888 4), so the commands written in them are never run."""
+    c = _connect(mailserver)
+    c.send(b"m CREATE Keep\r\n")
+    assert _rest(c, b"m")[-1].startswith(b"m OK")
+    literal = b"a2 DELETE Keep\r\na3 LOGOUT\r\n"
+    line = b"a1 UID SEARCH TEXT " + b"x" * (70 * 1024) + b" {%d+}\r\n" % len(literal)
+    data = line + literal + b"\r\na4 LIST \"\" Keep\r\n"
+    if split:
+        c.send(data[: 65 * 1024])
+        assert c.line(TIMEOUT) == b"a1 BAD [TOOBIG] Line too long"
+        for i in range(65 * 1024, len(data), 7):
+            c.send(data[i : i + 7])
+        assert _rest(c, b"a4") == [b'* LIST (\\HasNoChildren) "/" "Keep"', b"a4 OK LIST completed"]
+    else:
+        c.send(data)
+        assert _rest(c, b"a4") == [
+            b"a1 BAD [TOOBIG] Line too long", b'* LIST (\\HasNoChildren) "/" "Keep"', b"a4 OK LIST completed"]
+    c.close()
+
+
 MESSAGES = 60
 
 

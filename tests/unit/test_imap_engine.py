@@ -329,3 +329,50 @@ def test_complete_without_a_command_is_a_glue_bug() -> None:
     e = started()
     with pytest.raises(ProtocolMisuse):
         e.complete("OK", "done")
+
+
+def _drive(e: ImapEngine, chunks: list[bytes]) -> list[object]:
+    events = []
+    for chunk in chunks:
+        e.receive_data(chunk)
+        while (ev := e.next_event()) is not NEED_DATA:
+            events.append(ev)
+            if isinstance(ev, Closed):
+                return events
+            e.complete("OK", "done")
+    return events
+
+
+_REFUSED_LITERAL = b"a2 DELETE INBOX\r\na3 LOGOUT\r\n  "
+
+
+@pytest.mark.parametrize("head", [b"x" * 150, b"x" * 30], ids=["whole-line-long", "line-passes-max"])
+def test_rfc7888_4_refused_line_literal_plus_octets_are_discarded(head: bytes) -> None:
+    """A line refused as too long that ends in ``{n+}``: the n octets the
+    client sends at once are data of the refused command, never commands,
+    whether the line arrives whole or in pieces (RFC 7888 4)."""
+    line = b"a1 UID SEARCH TEXT " + head + b"x" * 120 + b" {30+}\r\n"
+    data = line + _REFUSED_LITERAL + b" MORE {3+}\r\nabc\r\na4 NOOP\r\n"
+    for chunks in [[data], *([data[:i], data[i:]] for i in range(1, len(data)))]:
+        e = started(limits=Limits(max_line=100))
+        events = _drive(e, chunks)
+        assert [(type(ev), ev.tag) for ev in events] == [(c.Simple, "a4")], chunks
+        assert e.data_to_send() == b"a1 BAD [TOOBIG] Line too long\r\na4 OK done\r\n"
+
+
+def test_rfc7888_4_refused_line_literal_past_a_whole_command_ends_the_session() -> None:
+    e = started(limits=Limits(max_line=100, max_command=1000))
+    e.receive_data(b"a1 UID SEARCH TEXT " + b"x" * 150 + b" {5000+}\r\n" + b"a2 DELETE INBOX\r\n")
+    assert e.next_event() == Closed("errors")
+    assert e.data_to_send() == (
+        b"a1 BAD [TOOBIG] Line too long\r\n* BYE Too much data; closing connection\r\n"
+    )
+    e = started(limits=Limits(max_line=100, max_command=1000))
+    e.receive_data(b"a1 UID SEARCH TEXT " + b"x" * 150)
+    assert e.next_event() is NEED_DATA
+    e.receive_data(b" {5000+}\r\na2 DELETE INBOX\r\n")
+    assert e.next_event() == Closed("errors")
+    assert e.data_to_send() == (
+        b"a1 BAD [TOOBIG] Line too long\r\n* BYE Line too long; closing connection\r\n"
+    )
+

@@ -250,6 +250,77 @@ def test_a_fetch_of_many_items_is_batched_by_its_work() -> None:
     assert c.conv.paused == paused + 3  # batches of 3, 3, 3 and 1 messages
 
 
+def test_many_whole_message_items_of_one_message_are_written_item_by_item(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hundred BODY.PEEK[] of one message make a response a hundred times
+    the message: it is written item by item, never more than a batch's
+    octets (FETCH_BATCH_OCTETS, here 256 KiB) and an item queued at once,
+    with the other connections' turn in between -- not formatted whole with
+    no break (a hundred of a 25 MiB message: 2.5 GB)."""
+    from mailyard.protocols.imap.engine import ImapEngine
+    from mailyard.protocols.imap.handlers import messages
+
+    monkeypatch.setattr(messages, "FETCH_BATCH_OCTETS", 256 * 1024)
+    big = b"Subject: big\r\n\r\n" + (b"x" * 98 + b"\r\n") * 640  # 64 KB
+    c = connect(store_with_mail(big), select="INBOX")
+    most = [0]
+    raw = ImapEngine.raw
+
+    def counting(self: ImapEngine, data: bytes) -> None:
+        raw(self, data)
+        most[0] = max(most[0], self.pending)
+
+    monkeypatch.setattr(ImapEngine, "raw", counting)
+    paused = c.conv.paused
+    out = c.send("a1 FETCH 1 (" + " ".join(["BODY.PEEK[]"] * 100) + ")")
+    item = b"BODY[] {%d}\r\n%s" % (len(big), big)
+    assert out == b"* 1 FETCH (" + b" ".join([item] * 100) + b")\r\na1 OK FETCH completed\r\n"
+    assert most[0] <= 256 * 1024 + len(item), most[0]
+    assert c.conv.paused - paused >= 100 * len(big) // (256 * 1024 + len(item))
+    # the other connections' turn: none for a small response
+    paused = c.conv.paused
+    assert c.untagged("a2 FETCH 1 (" + " ".join(["BODY.PEEK[HEADER]"] * 10) + ")")
+    assert c.conv.paused == paused
+
+
+def test_a_batch_charges_a_message_once_per_item_that_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three BODY.PEEK[] of 80 KB messages are 240 KB of output each: with
+    FETCH_BATCH_OCTETS of 256 KiB, a batch holds one message, not three."""
+    from mailyard.protocols.imap.handlers import messages
+
+    monkeypatch.setattr(messages, "FETCH_BATCH_OCTETS", 256 * 1024)
+    big = b"Subject: big\r\n\r\n" + (b"x" * 98 + b"\r\n") * 800  # 80 KB
+    c = connect(store_with_mail(*[big] * 5), select="INBOX")
+    paused = c.conv.paused
+    out = c.untagged("a1 FETCH 1:* (BODY.PEEK[] BODY.PEEK[TEXT] BODY.PEEK[1])")
+    assert len([x for x in out if x.startswith(b"* ") and b" FETCH (" in x]) == 5
+    assert c.conv.paused == paused + 4
+
+
+def test_header_fields_items_parse_the_header_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hundred HEADER.FIELDS items of a message with a 300 KB header read
+    its header lines once, not a hundred times."""
+    from mailyard.protocols.imap import fetch
+
+    lines = 3000
+    hdr = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 80) for i in range(lines))
+    big = b"From: bob@example.test\r\n" + hdr + b"Subject: big\r\n\r\nbody\r\n"
+    c = connect(store_with_mail(*[big] * 6), select="INBOX")
+    pattern = fetch._FIELD
+    matched = [0]
+
+    class Counting:
+        def match(self, line: bytes):  # noqa: ANN201
+            matched[0] += 1
+            return pattern.match(line)
+
+    monkeypatch.setattr(fetch, "_FIELD", Counting())
+    atts = " ".join(f"BODY.PEEK[HEADER.FIELDS (X-Filler-{i} Subject)]" for i in range(100))
+    out = c.untagged(f"a1 FETCH 1:* ({atts})")
+    assert len([x for x in out if x.startswith(b"* ") and b" FETCH (" in x]) == 6
+    assert matched[0] <= 6 * (lines + 3), matched[0]
+
+
 def test_a_fetch_of_too_many_items_is_refused_rfc5530_limit() -> None:
     """At most MAX_FETCH_ATTS items and MAX_FETCH_FIELD_NAMES header field
     names in one FETCH: more is answered NO [LIMIT] before any work."""

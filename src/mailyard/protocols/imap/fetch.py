@@ -44,25 +44,46 @@ def split_header(data: bytes) -> tuple[bytes, bytes]:
 _FIELD = re.compile(rb"([^:\s]+)[ \t]*:")
 
 
+class ParsedHeader:
+    """A header cut once into its fields, so that each HEADER.FIELDS item of
+    a message is a lookup by name rather than another scan of the header (a
+    FETCH may hold a hundred such items, a header megabytes)."""
+
+    __slots__ = ("by_name", "fields", "names")
+
+    def __init__(self, header: bytes) -> None:
+        self.fields: list[list[bytes]] = []  # each field's lines, folded lines kept
+        self.names: list[bytes | None] = []  # its name in lower case; None: no field name
+        self.by_name: dict[bytes, list[int]] = {}
+        for line in header.splitlines(keepends=True):
+            if line in (b"\r\n", b"\n"):
+                break
+            if line[:1] in (b" ", b"\t"):
+                if self.fields:
+                    self.fields[-1].append(line)
+                continue
+            m = _FIELD.match(line)
+            name = m.group(1).lower() if m is not None else None
+            if name is not None:
+                self.by_name.setdefault(name, []).append(len(self.fields))
+            self.fields.append([line])
+            self.names.append(name)
+
+    def select(self, names: Sequence[str], exclude: bool) -> bytes:
+        """HEADER.FIELDS (.NOT): the matching fields in header order, plus
+        the terminating blank line (RFC 9051 6.4.5)."""
+        wanted = {n.lower().encode("ascii") for n in names}
+        if exclude:
+            keep = [i for i, n in enumerate(self.names) if n is not None and n not in wanted]
+        else:
+            keep = sorted(i for n in wanted for i in self.by_name.get(n, ()))
+        return b"".join(b"".join(self.fields[i]) for i in keep) + b"\r\n"
+
+
 def header_fields(header: bytes, names: Sequence[str], exclude: bool) -> bytes:
     """HEADER.FIELDS (.NOT): the matching fields, folded lines kept, plus the
     terminating blank line (RFC 9051 6.4.5)."""
-    wanted = {n.lower().encode("ascii") for n in names}
-    out = bytearray()
-    keep = False
-    for line in header.splitlines(keepends=True):
-        if line in (b"\r\n", b"\n"):
-            break
-        if line[:1] in (b" ", b"\t"):
-            if keep:
-                out += line
-            continue
-        m = _FIELD.match(line)
-        keep = m is not None and ((m.group(1).lower() in wanted) != exclude)
-        if keep:
-            out += line
-    out += b"\r\n"
-    return bytes(out)
+    return ParsedHeader(header).select(names, exclude)
 
 
 def _part_range(raw: bytes, parts: PartOffsets, part: tuple[int, ...]) -> tuple[int, int, int] | None:

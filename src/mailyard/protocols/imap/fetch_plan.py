@@ -40,9 +40,10 @@ _RFC822_SECTIONS = {"RFC822": None, "RFC822.HEADER": "HEADER", "RFC822.TEXT": "T
 # of CPU (measured with encode_items on a 2.7 KB header): a response line
 # from a precomputed format (line_format) half a unit plus half per item; a
 # line of encoded items 2, plus per item 1, 3 for a formatted date, 2 for a
-# cut section, and for HEADER.FIELDS(.NOT), which reads the whole header
-# again for each item, 15 and a tenth per field name. cmd_fetch (handlers/messages.py)
+# cut section, and for HEADER.FIELDS(.NOT) 15 and a tenth per field name. cmd_fetch (handlers/messages.py)
 # lets the other connections in after FETCH_TURN of them (FetchPlan.work).
+# Items that read the message are charged by octets besides: see
+# FetchPlan.sized.
 _ITEM_WORK = {"INTERNALDATE": 3.0, "SAVEDATE": 3.0}
 _SECTION_WORK = 2.0
 _HEADER_FIELDS_WORK = 15.0
@@ -54,12 +55,15 @@ class MessageParts:
     the offsets are into the body as delivered; the stored message may carry
     a per-recipient prefix (Return-Path, Delivered-To) before it."""
 
-    __slots__ = ("derived", "raw", "shift")
+    __slots__ = ("derived", "headers", "raw", "shift")
 
     def __init__(self, raw: bytes, derived: Derived | None) -> None:
         self.raw = raw
         self.derived = derived
         self.shift = len(raw) - derived.size if derived is not None else 0
+        # headers cut into fields, by range: parsed once for all the
+        # HEADER.FIELDS items of the message
+        self.headers: dict[tuple[int, int], f.ParsedHeader] = {}
 
     @classmethod
     def of(cls, raw: bytes, d: Mapping[str, Any] | None, need_offsets: bool) -> MessageParts:
@@ -87,10 +91,12 @@ class MessageParts:
         rng = self._range(part, "HEADER" if text.startswith("HEADER") else text)
         if rng is None:
             return None
-        data = self.raw[rng[0] : rng[1]]
         if text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
-            return f.header_fields(data, sec.fields, text == "HEADER.FIELDS.NOT")
-        return data
+            parsed = self.headers.get(rng)
+            if parsed is None:
+                parsed = self.headers[rng] = f.ParsedHeader(self.raw[rng[0] : rng[1]])
+            return parsed.select(sec.fields, text == "HEADER.FIELDS.NOT")
+        return self.raw[rng[0] : rng[1]]
 
     def binary(self, part: tuple[int, ...]) -> bytes | None:
         """BINARY[part] (RFC 3516 4.2): the part with its transfer encoding
@@ -138,8 +144,8 @@ def index_values(atts: tuple[c.FetchAtt, ...], flags_of: Callable[[MessageRecord
 class FetchPlan:
     """What a FETCH's attribute list asks of the backend, worked out once."""
 
-    __slots__ = ("atts", "condstore", "fields", "line_format", "need_offsets", "need_raw", "sets_seen", "with_flags",
-                 "work")
+    __slots__ = ("atts", "condstore", "fields", "line_format", "need_offsets", "need_raw", "sets_seen", "sized",
+                 "with_flags", "work")
 
     def __init__(self, atts: list[c.FetchAtt], condstore: bool) -> None:
         self.atts = tuple(atts)
@@ -161,6 +167,14 @@ class FetchPlan:
         if self.need_offsets:
             fields.update(_OFFSET_FIELDS)
         self.fields = frozenset(fields)
+        # How many times over formatting one message may go through its octets
+        # (cmd_fetch charges RFC822.SIZE times this to a batch, and writes a
+        # message whose charge passes a batch's item by item): once per item
+        # that cuts, decodes or outputs a section as large as the message at
+        # most, and once for all its HEADER.FIELDS items (the header is parsed
+        # once, MessageParts.section).
+        self.sized = sum(map(_sized, atts)) + any(
+            a.section is not None and a.section.text == "HEADER.FIELDS" for a in atts)
         # Attributes that come from the index alone are written with one format per line.
         self.line_format: bytes | None = None
         if all(a.name in _INDEX_ATTS for a in atts):
@@ -170,6 +184,13 @@ class FetchPlan:
             self.work = 2.0 + sum(map(_item_work, atts))
         # the same list plus FLAGS, for a FETCH that set \Seen implicitly
         self.with_flags = self if "FLAGS" in names else FetchPlan([*atts, c.FetchAtt("FLAGS")], condstore)
+
+
+def _sized(a: c.FetchAtt) -> bool:
+    """True for an item whose cost grows with the message (FetchPlan.sized)."""
+    if a.name in _RFC822_SECTIONS or a.name in ("BINARY[]", "BINARY.SIZE[]"):
+        return True
+    return a.name == "BODY[]" and a.section is not None and a.section.text != "HEADER.FIELDS"
 
 
 def _item_work(a: c.FetchAtt) -> float:

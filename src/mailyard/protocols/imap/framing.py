@@ -31,6 +31,10 @@ SEGMENT_COST = 64
 # What ``read_line`` returns for a line over ``max_line`` (no client line holds NUL).
 TOO_LONG = b"\0too-long"
 
+# Octets of a discarded line kept to look for a literal marker at its end: the
+# longest marker, ``~{`` 20 digits ``+}``, and a CR.
+_TAIL_KEEP = 32
+
 # Octets of an over-long line looked at for its tag (RFC 9051 9: the tag is
 # the first word; a longer one is refused as invalid anyway).
 _TAG_PEEK = 256
@@ -47,8 +51,10 @@ class Limits:
     APPEND and ``max_append_command`` for an APPEND (MULTIAPPEND: all its
     messages), which always admits one message of ``max_append``.
 
-    A line over ``max_line`` is refused once, with its tag, and the rest of it
-    discarded up to ``max_command`` octets; a line longer still ends the
+    A line over ``max_line`` is refused once, with its tag, and the rest of
+    the command discarded up to ``max_command`` octets -- the rest of the line
+    and, where the line ends in a non-synchronising literal, its octets and
+    the lines after it (RFC 7888 4); a command longer still ends the
     connection.
     """
 
@@ -140,7 +146,9 @@ class Framer:
         self.buffer = bytearray()
         self._cmd: _Partial | None = None
         self._skip_line = False  # discarding the rest of an over-long line
-        self._skipped = 0  # octets of it discarded so far
+        self._skipped = 0  # octets of the refused command discarded so far
+        self._skip_tail = b""  # the last octets of the line being discarded
+        self._skip_literal = 0  # octets of a refused command's literal still to discard
         # Commands (and raw lines) completed or refused so far: the glue's
         # command deadline restarts only when this changes (net/listener.py).
         self.completed = 0
@@ -148,7 +156,7 @@ class Framer:
     @property
     def partial(self) -> bool:
         """True while an incomplete command (line or literal) is held."""
-        return bool(self.buffer) or self._cmd is not None or self._skip_line
+        return bool(self.buffer) or self._cmd is not None or self._skip_line or bool(self._skip_literal)
 
     def feed(self, data: bytes) -> None:
         if self.buffer:
@@ -210,11 +218,35 @@ class Framer:
         """Discard the rest of the over-long line whose start is in the buffer."""
         self._skip_line = True
         self._skipped = 0
+        self._skip_tail = b""
         self._discard()
 
     def _discard(self) -> None:
         self._skipped += len(self.buffer)
+        self._skip_tail = (self._skip_tail + bytes(self.buffer[-_TAIL_KEEP:]))[-_TAIL_KEEP:]
         self.buffer.clear()
+
+    def _skip_refused_literal(self, line: bytes) -> bool:
+        """Arrange to discard the literal a refused line announces; False when
+        that would take the refused command past ``max_command``.
+
+        RFC 7888 4: a non-synchronising literal's octets follow whether or not
+        the command is refused, and must be read and discarded (or the
+        connection closed) -- run as commands they would be the client's data
+        obeyed as its orders. A synchronising literal is never sent: the
+        client waits for a "+" that does not come (RFC 9051 7.5)."""
+        m = _MARKER.search(line)
+        if m is None or not m.group(3):
+            return True
+        size = int(m.group(2))
+        self._skipped += size
+        if self._skipped > self.limits.max_command:
+            return False
+        self._skip_literal = size
+        self._skip_tail = b""
+        if size == 0:
+            self._skip_line = True  # the command goes on after its literal
+        return True
 
     def next(self) -> Assembled | Rejected | ContinuationNeeded | None:
         """The next framing event, or None when more input is needed."""
@@ -225,6 +257,17 @@ class Framer:
 
     def _next(self) -> Assembled | Rejected | ContinuationNeeded | None:
         while True:
+            if self._skip_literal:
+                take = min(self._skip_literal, len(self.buffer))
+                if take == 0:
+                    return None
+                del self.buffer[:take]
+                self._skip_literal -= take
+                if self._skip_literal:
+                    return None
+                # the refused command goes on after its literal: discard that too
+                self._skip_line = True
+                continue
             cmd = self._cmd
             if cmd is not None and cmd.literal_left:
                 take = min(cmd.literal_left, len(self.buffer))
@@ -266,11 +309,19 @@ class Framer:
                 line = line[:-1]
             if self._skip_line:
                 self._skip_line = False
+                self._skipped += len(line)
+                tail = self._skip_tail + line
+                if not self._skip_refused_literal(tail[:-1] if tail.endswith(b"\r") else tail):
+                    # the refusal was answered when the line passed max_line
+                    return Rejected(None, "BYE", None, "Line too long; closing connection", fatal=True)
                 continue
             if len(line) > self.max_line:
-                tag = self._cmd.segments[0] if self._cmd else line
+                tag = _tag_and_name(self._cmd.segments[0] if self._cmd else line)[0]
                 self._cmd = None
-                return Rejected(_tag_and_name(tag)[0], "BAD", "TOOBIG", "Line too long")
+                self._skipped = len(line)
+                if not self._skip_refused_literal(line):
+                    return Rejected(tag, "BAD", "TOOBIG", "Line too long", fatal=True)
+                return Rejected(tag, "BAD", "TOOBIG", "Line too long")
             if cmd is None:
                 if not line:
                     continue  # RFC 9051 is strict, but empty lines harm nobody

@@ -18,7 +18,8 @@ from ..search import partial_slice
 from ..selected import SequenceError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable, Mapping
+    from typing import Any
 
     from ..backend import ImapBackend, MessageRecord
     from ..selected import SelectedMailbox
@@ -26,9 +27,12 @@ if TYPE_CHECKING:
 
 FETCH_BATCH = 200
 FIRST_BATCH = 50
-# A batch that reads messages stops once their sizes pass this (it holds at
-# least one): a batch is read, decoded and formatted without a break, and the
-# other connections of the event loop wait for it.
+# A batch that reads messages stops once their sizes, each charged as often as
+# the items go through it (FetchPlan.sized), pass this (it holds at least
+# one): a batch is read, decoded and formatted without a break, and the other
+# connections of the event loop wait for it. One message charged more (a
+# hundred BODY[] of a big one) is written item by item, with the other
+# connections let in whenever this much output is queued.
 FETCH_BATCH_OCTETS = 4 * 1024 * 1024
 # The work (fetch_plan.FetchPlan.work: about a microsecond a unit) a FETCH
 # formats between two turns of the other connections, and the most one batch
@@ -45,14 +49,14 @@ MAX_FETCH_ATTS = 100
 MAX_FETCH_FIELD_NAMES = 1000
 
 
-def _batch_end(pairs: list, start: int, end: int, infos: dict) -> int:
+def _batch_end(pairs: list, start: int, end: int, infos: dict, sized: int) -> int:
     """Where a batch of ``pairs[start:end]`` that reads the messages ends:
-    before the one whose size (RFC822.SIZE) takes the batch past
-    FETCH_BATCH_OCTETS, after at least one."""
+    before the one whose size (RFC822.SIZE) times ``sized`` takes the batch
+    past FETCH_BATCH_OCTETS, after at least one."""
     total = 0
     for i in range(start, end):
         info = infos.get(pairs[i][1])
-        total += info.size if info is not None else 0
+        total += info.size * sized if info is not None else 0
         if total > FETCH_BATCH_OCTETS and i > start:
             return i
     return end
@@ -123,6 +127,7 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     line_format = p.line_format
     values_of = index_values(atts, flags_of) if line_format is not None else None
     work = p.work  # formatting one message (units of FETCH_TURN)
+    sized = max(1, p.sized)  # times the octets of a message are gone through
     # no batch holds more than a turn's work (a message at least)
     per_turn = max(1, int(FETCH_TURN // work))
     batch_size = min(FETCH_BATCH if need_raw else 1000, per_turn)
@@ -138,7 +143,7 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     while start < len(pairs):
         end = min(len(pairs), start + size)
         if need_raw:
-            end = _batch_end(pairs, start, end, infos)
+            end = _batch_end(pairs, start, end, infos, sized)
         batch = pairs[start:end]
         start = end
         turn -= len(batch) * work
@@ -166,6 +171,11 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
                     continue
                 msg = MessageParts.of(raw, d, need_offsets)
             try:
+                if msg is not None and info.size * sized > FETCH_BATCH_OCTETS:
+                    s.engine.raw(b"".join(out))
+                    out = []
+                    await _write_items(s, seq, flags_of, atts, info, msg, d)
+                    continue
                 items = encode_items(flags_of, writer, atts, info, msg, d)
             except f.UnknownCTE:
                 s.engine.raw(b"".join(out))
@@ -193,6 +203,32 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     # RFC 9051 7.5.1 / 5.5: no EXPUNGE during FETCH; UID FETCH allows it, and a
     # UID that no longer exists is simply not reported (RFC 9051 6.4.9)
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}FETCH completed", allow_expunge=cmd.uid)
+
+
+async def _write_items(s: ImapSession, seq: int, flags_of: Callable[[MessageRecord], bytes],
+                       atts: tuple[c.FetchAtt, ...], info: MessageRecord, msg: MessageParts,
+                       d: Mapping[str, Any] | None) -> None:
+    """One message's FETCH response written item by item: it may be many
+    times the message (``FETCH 1 (BODY.PEEK[] BODY.PEEK[] ...)``), so no more
+    than FETCH_BATCH_OCTETS and one item of it is held at once, and the other
+    connections get their turn in between. Raises fetch.UnknownCTE with the
+    response line closed."""
+    engine = s.engine
+    engine.raw(b"* %d FETCH (" % seq)
+    sep = b""
+    for a in atts:
+        try:
+            items = encode_items(flags_of, engine.writer, (a,), info, msg, d)
+        except f.UnknownCTE:
+            engine.raw(b")\r\n")
+            raise
+        if items:
+            engine.raw(sep + b" ".join(items))
+            sep = b" "
+        if engine.pending > FETCH_BATCH_OCTETS:
+            await s.io.flush()
+            await s.io.pause()
+    engine.raw(b")\r\n")
 
 
 async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
