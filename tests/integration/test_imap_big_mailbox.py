@@ -419,17 +419,7 @@ def test_a_connection_gone_during_a_turn_stops_the_announcement(
         hold(self, mailbox, seen_modseq)
 
     monkeypatch.setattr(imap_store.StoreBackend, "hold_expunged", holding)
-    idle_over = threading.Event()
-    execute = ImapSession.execute
-
-    async def executing(self: ImapSession, cmd: Any) -> None:
-        try:
-            await execute(self, cmd)
-        finally:
-            if cmd.name == "IDLE":
-                idle_over.set()
-
-    monkeypatch.setattr(ImapSession, "execute", executing)
+    idle_over = _idle_ends(monkeypatch)
     a = _raw(server)
     ok(command(a, "s", "SELECT INBOX"))
     assert len(_fetched(ok(command(a, "f", "UID FETCH 1:* (FLAGS)")))) == MESSAGES
@@ -538,6 +528,22 @@ def _after_the_changes(c: Line) -> list[bytes]:
     return lines
 
 
+def _idle_ends(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """An event set when a session's IDLE command has ended (its step over)."""
+    idle_over = threading.Event()
+    execute = ImapSession.execute
+
+    async def executing(self: ImapSession, cmd: Any) -> None:
+        try:
+            await execute(self, cmd)
+        finally:
+            if cmd.name == "IDLE":
+                idle_over.set()
+
+    monkeypatch.setattr(ImapSession, "execute", executing)
+    return idle_over
+
+
 def _uid_set(text: bytes) -> list[int]:
     """The UIDs of a sequence-set like 2:4,6 (ascending)."""
     out: list[int] = []
@@ -597,17 +603,7 @@ def test_a_closed_session_frees_its_selected_mailbox_at_once(
         closed.set()
 
     monkeypatch.setattr(ImapSession, "close", closing)
-    idle_over = threading.Event()
-    execute = ImapSession.execute
-
-    async def executing(self: ImapSession, cmd: Any) -> None:
-        try:
-            await execute(self, cmd)
-        finally:
-            if cmd.name == "IDLE":
-                idle_over.set()
-
-    monkeypatch.setattr(ImapSession, "execute", executing)
+    idle_over = _idle_ends(monkeypatch)
     a = _raw(server)
     ok(command(a, "s", "SELECT INBOX"))
     assert len(_fetched(ok(command(a, "f", "UID FETCH 1:* (FLAGS)")))) == MESSAGES
