@@ -216,3 +216,20 @@ def test_a_long_line_gets_the_same_answer_however_it_is_cut() -> None:
     # a literal over max_literal announced in a skipped line
     assert _every_cut(b"NOOP ~ {301+}\r\n" + b"z" * 301 + b"\r\n", logged_in=True) == (
         [Closed("errors")], b'BYE "literal too large (at most 300 octets)"\r\n')
+
+
+def test_a_literal_size_with_leading_zeros_is_a_literal() -> None:
+    """RFC 5804 4: a literal's size is 1*DIGIT, leading zeros allowed:
+    ``{00000000021+}`` announces 21 octets, read as the literal, never as
+    commands, whole or cut anywhere; and so at the end of a line skipped as
+    bad."""
+    from itertools import chain
+
+    good = b'PUTSCRIPT "a" {00000000021+}\r\nDELETESCRIPT "main"\r\n\r\n'
+    bad = b'PUTSCRIPT ~ {00000000000000000000021+}\r\nDELETESCRIPT "main"\r\n\r\n'
+    for stream in (good, bad):
+        cuts = chain([[stream]], ([stream[:i], stream[i:]] for i in range(1, len(stream))),
+                     [[bytes([b]) for b in stream]])
+        for pieces in cuts:
+            events, out = _session(stream, pieces, logged_in=True)
+            assert not any(getattr(e, "name", "") == "DELETESCRIPT" for e in events), (pieces, events)

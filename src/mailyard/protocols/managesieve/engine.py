@@ -36,12 +36,20 @@ from ..contract import NEED_DATA, PAUSED, Closed, ProtocolMisuse
 
 __all__ = ["Authenticate", "ManageSieveServer", "SASLResponse", "ScriptCommand", "StartTLS", "quote"]
 
-_LITERAL = re.compile(rb"\{([0-9]{1,10})(\+?)\}\r\n")
+# RFC 5804 4: literal-c2s = "{" number-str ["+"] "}" CRLF; number-str is
+# 1*DIGIT, leading zeros allowed (the size is read without them).
+_LITERAL = re.compile(rb"\{([0-9]+)(\+?)\}\r\n")
 # A literal announced at the end of a line being skipped (up to its CRLF).
-_LITERAL_AT_END = re.compile(rb"\{([0-9]{1,10})\+?\}\Z")
-# The longest tail of a line that may be the start of a literal header and
-# its CR: "{" 10 digits "+}" CR.
-_HEADER_TAIL = 14
+_LITERAL_AT_END = re.compile(rb"\{([0-9]+)\+?\}\Z")
+# What may still become a literal header at the end of a line being skipped.
+_HEADER_START = re.compile(rb"\{[0-9]*\+?\}?\r?\Z")
+
+
+def _literal_size(digits: bytes) -> int:
+    """A literal's announced size; one of more than ten digits (without its
+    leading zeros) is over every limit, and is not converted."""
+    digits = digits.lstrip(b"0") or b"0"
+    return int(digits) if len(digits) <= 10 else 1 << 40
 
 SCRIPT_COMMANDS = {
     # name -> number of string arguments (HAVESPACE: a string and a number)
@@ -172,10 +180,12 @@ class _Command:
                 if c == 0x7B:  # literal
                     m = _LITERAL.match(buf, pos)
                     if m is None:
-                        if buf.find(b"\r\n", pos, pos + 16) >= 0 or n - pos >= 16:
+                        if _HEADER_START.match(buf, pos) is None:
                             raise _Bad("bad literal")
-                        return None
-                    size = int(m.group(1))
+                        if n - self.literal_octets > max_line:
+                            raise _Bad("line too long")
+                        return None  # a header cut by the read
+                    size = _literal_size(m.group(1))
                     if size > max_literal:
                         raise _TooBig(f"literal too large (at most {max_literal} octets)")
                     if self.charged(m.end() + size + TOKEN_COST) > budget:
@@ -328,14 +338,18 @@ class ManageSieveServer:
                 if self._skipped + held > budget:
                     return self._too_big_skipped("command too large")
                 # keep a tail that may be a literal header cut by the read
-                drop = max(0, len(self._in) - _HEADER_TAIL)
+                brace = self._in.rfind(b"{")
+                if brace >= 0 and _HEADER_START.match(self._in, brace):
+                    drop = brace
+                else:
+                    drop = len(self._in) - (1 if self._in.endswith(b"\r") else 0)
                 del self._in[:drop]
                 self._skipped += drop
                 return False
             if self._skipped + end > budget:
                 return self._too_big_skipped("command too large")
-            m = _LITERAL_AT_END.search(self._in, max(0, end - _HEADER_TAIL), end)
-            size = -1 if m is None else int(m.group(1))  # read before the buffer changes
+            m = _LITERAL_AT_END.search(self._in, 0, end)
+            size = -1 if m is None else _literal_size(m.group(1))  # read before the buffer changes
             del self._in[:end + 2]
             self._skipped += end + 2
             if size < 0:
