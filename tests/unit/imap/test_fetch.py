@@ -283,6 +283,45 @@ def test_many_whole_message_items_of_one_message_are_written_item_by_item(
     assert c.conv.paused == paused
 
 
+@pytest.mark.parametrize("command", [
+    "FETCH 2 (BINARY.PEEK[3])",
+    "FETCH 2 (FLAGS BINARY.PEEK[3])",
+    "FETCH 1:3 (UID BINARY.PEEK[3] FLAGS)",
+    "UID FETCH 1:3 (BINARY.PEEK[1] BODY.PEEK[HEADER.FIELDS (Subject)])",
+    "FETCH 1:3 (FLAGS BODY[] BINARY.PEEK[2] BINARY.SIZE[1] BODY.PEEK[1]<2.3> RFC822.HEADER ENVELOPE)",
+])
+def test_a_message_written_item_by_item_answers_as_one_written_whole(
+        monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """With FETCH_BATCH_OCTETS (here 100) so small that every message that
+    reads its octets is written item by item, the answer is byte for byte
+    the one of a response line formatted whole: an item refused before
+    anything is written (BINARY of x-uuencode, RFC 3516 4.3) gives the message's one
+    ``FETCH (UID n)`` line, not an empty ``FETCH ()`` (RFC 9051 7.5.2:
+    msg-att holds at least one item) followed by a second line."""
+    from mailyard.protocols.imap.handlers import messages
+
+    whole = connect(select="INBOX").send("a1 " + command)
+    monkeypatch.setattr(messages, "FETCH_BATCH_OCTETS", 100)
+    assert connect(select="INBOX").send("a1 " + command) == whole
+
+
+@pytest.mark.parametrize(("command", "uid"), [("FETCH", b""), ("UID FETCH", b"UID 2 ")])
+def test_an_item_refused_after_part_of_the_line_is_out_ends_that_line(
+        monkeypatch: pytest.MonkeyPatch, command: str, uid: bytes) -> None:
+    """BINARY of x-uuencode refused after an earlier item of the message was
+    written out: that line ends there, valid and with the message's UID
+    (once), as the one FETCH response for the message; then NO
+    [UNKNOWN-CTE] (RFC 3516 4.3)."""
+    from mailyard.protocols.imap.handlers import messages
+
+    monkeypatch.setattr(messages, "FETCH_BATCH_OCTETS", 10)
+    c = connect(select="INBOX")
+    out = c.send(f"a1 {command} 2 (BODY.PEEK[] BINARY.PEEK[3] FLAGS)")
+    assert out == (b"* 2 FETCH (" + uid + b"BODY[] {%d}\r\n%s" % (len(MULTIPART), MULTIPART)
+                   + (b"" if uid else b" UID 2") + b")\r\n"
+                   + b"a1 NO [UNKNOWN-CTE] Unknown Content-Transfer-Encoding\r\n")
+
+
 def test_a_batch_charges_a_message_once_per_item_that_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Three BODY.PEEK[] of 80 KB messages are 240 KB of output each: with
     FETCH_BATCH_OCTETS of 256 KiB, a batch holds one message, not three."""
