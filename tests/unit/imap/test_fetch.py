@@ -360,6 +360,42 @@ def test_header_fields_items_parse_the_header_once(monkeypatch: pytest.MonkeyPat
     assert matched[0] <= 6 * (lines + 3), matched[0]
 
 
+def test_each_header_fields_item_is_charged_as_the_whole_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A HEADER.FIELDS (.NOT) item may output the whole header: a hundred
+    HEADER.FIELDS (X) of a 190 KB header of X: fields are 19 MB of output,
+    written item by item (no more than FETCH_BATCH_OCTETS, here 256 KiB,
+    and an item queued at once), not as one line; and a batch holds one
+    message that two such items of its 95 KB header make 190 KB."""
+    from mailyard.protocols.imap.engine import ImapEngine
+    from mailyard.protocols.imap.handlers import messages
+
+    monkeypatch.setattr(messages, "FETCH_BATCH_OCTETS", 256 * 1024)
+    hdr = b"".join(b"X: %s\r\n" % (b"y" * 90) for _ in range(2000))
+    big = hdr + b"Subject: big\r\n\r\nbody\r\n"
+    c = connect(store_with_mail(big, big), select="INBOX")
+    most = [0]
+    raw = ImapEngine.raw
+
+    def counting(self: ImapEngine, data: bytes) -> None:
+        raw(self, data)
+        most[0] = max(most[0], self.pending)
+
+    monkeypatch.setattr(ImapEngine, "raw", counting)
+    for text in ("HEADER.FIELDS (X)", "HEADER.FIELDS.NOT (Subject)"):
+        most[0] = 0
+        out = c.send("a1 FETCH 1 (" + " ".join([f"BODY.PEEK[{text}]"] * 100) + ")")
+        item = b"BODY[%s] {%d}\r\n%s\r\n" % (text.encode(), len(hdr) + 2, hdr)
+        assert out == b"* 1 FETCH (" + b" ".join([item] * 100) + b")\r\na1 OK FETCH completed\r\n"
+        assert most[0] <= 256 * 1024 + len(item), most[0]
+    # two items of 95 KB each of two messages: one message a batch
+    half = hdr[: len(hdr) // 2] + b"\r\n"
+    c = connect(store_with_mail(half, half), select="INBOX")
+    paused = c.conv.paused
+    out = c.send("a2 FETCH 1:2 (" + " ".join(["BODY.PEEK[HEADER.FIELDS (X)]"] * 2) + ")")
+    assert out.count(b" FETCH (") == 2 and out.endswith(b"a2 OK FETCH completed\r\n")
+    assert c.conv.paused == paused + 1
+
+
 def test_a_fetch_of_too_many_items_is_refused_rfc5530_limit() -> None:
     """At most MAX_FETCH_ATTS items and MAX_FETCH_FIELD_NAMES header field
     names in one FETCH: more is answered NO [LIMIT] before any work."""
