@@ -8,6 +8,7 @@ body_end)}``), so a FETCH never re-parses MIME. Pure functions, no I/O.
 
 from __future__ import annotations
 
+import array
 import binascii
 import datetime as dt
 import re
@@ -41,43 +42,83 @@ def split_header(data: bytes) -> tuple[bytes, bytes]:
     return data[: m.end()], data[m.end() :]
 
 
-_FIELD = re.compile(rb"([^:\s]+)[ \t]*:")
+# One field of a header (RFC 5322 2.2): a line, its field name if it has
+# one, and the folded lines after it; lines end as bytes.splitlines ends
+# them (CRLF, LF or a lone CR).
+_FIELD_LINES = re.compile(rb"(?:([^:\s]+)[ \t]*:)?[^\r\n]*(?:\r\n|\r|\n|\Z)(?:[ \t][^\r\n]*(?:\r\n|\r|\n|\Z))*")
 
 
 class ParsedHeader:
     """A header cut once into its fields, so that each HEADER.FIELDS item of
     a message is a lookup by name rather than another scan of the header (a
-    FETCH may hold a hundred such items, a header megabytes)."""
+    FETCH may hold a hundred such items, a header megabytes).
 
-    __slots__ = ("by_name", "fields", "names")
+    A field is kept as where it starts in the header (fields follow one
+    another, so the next one's start is its end) and its name: memory grows
+    with the number of fields and names, not with a copy of the header."""
+
+    __slots__ = ("by_name", "header", "starts")
 
     def __init__(self, header: bytes) -> None:
-        self.fields: list[list[bytes]] = []  # each field's lines, folded lines kept
-        self.names: list[bytes | None] = []  # its name in lower case; None: no field name
-        self.by_name: dict[bytes, list[int]] = {}
-        for line in header.splitlines(keepends=True):
-            if line in (b"\r\n", b"\n"):
+        self.header = header
+        code = "i" if len(header) < 2**31 else "q"  # 4 octets an offset when they fit
+        # where each field starts, then where the last one ends
+        self.starts = starts = array.array(code)
+        # field numbers by lower-case name; None: lines without a field name
+        self.by_name: dict[bytes | None, array.array[int]] = {}
+        lower: dict[bytes | None, bytes | None] = {None: None}  # names as written, in lower case
+        end = 0
+        for m in _FIELD_LINES.finditer(header):
+            at, end = m.span()
+            if at == end:
+                break  # the end of the header
+            c = header[at]
+            if c == 10 or (c == 13 and header[at + 1 : at + 2] == b"\n"):
+                end = at  # the blank line that ends the header (RFC 5322 2.1)
                 break
-            if line[:1] in (b" ", b"\t"):
-                if self.fields:
-                    self.fields[-1].append(line)
-                continue
-            m = _FIELD.match(line)
-            name = m.group(1).lower() if m is not None else None
-            if name is not None:
-                self.by_name.setdefault(name, []).append(len(self.fields))
-            self.fields.append([line])
-            self.names.append(name)
+            if c == 32 or c == 9:
+                continue  # folded lines before any field: no field of theirs
+            raw = m.group(1)
+            name = lower.get(raw)
+            if name is None and raw is not None:
+                name = lower[raw] = raw.lower()
+            fields = self.by_name.get(name)
+            if fields is None:
+                fields = self.by_name[name] = array.array(code)
+            fields.append(len(starts))
+            starts.append(at)
+        starts.append(end)
 
     def select(self, names: Sequence[str], exclude: bool) -> bytes:
         """HEADER.FIELDS (.NOT): the matching fields in header order, plus
-        the terminating blank line (RFC 9051 6.4.5)."""
+        the terminating blank line (RFC 9051 6.4.5). .NOT leaves out the
+        lines without a field name as well."""
+        h, starts, by_name = self.header, self.starts, self.by_name
         wanted = {n.lower().encode("ascii") for n in names}
-        if exclude:
-            keep = [i for i, n in enumerate(self.names) if n is not None and n not in wanted]
+        parts: list[bytes] = []
+        if not exclude:
+            # runs of consecutive fields, each one slice of the header
+            keep = sorted(i for n in wanted for i in by_name.get(n, ()))
+            run = end = -1
+            for i in keep:
+                if i != end:
+                    if run >= 0:
+                        parts.append(h[starts[run] : starts[end]])
+                    run = i
+                end = i + 1
+            if run >= 0:
+                parts.append(h[starts[run] : starts[end]])
         else:
-            keep = sorted(i for n in wanted for i in self.by_name.get(n, ()))
-        return b"".join(b"".join(self.fields[i]) for i in keep) + b"\r\n"
+            # the runs between the fields left out
+            at = 0
+            for i in sorted(i for n in (*wanted, None) for i in by_name.get(n, ())):
+                if i > at:
+                    parts.append(h[starts[at] : starts[i]])
+                at = i + 1
+            if at < len(starts) - 1:
+                parts.append(h[starts[at] : starts[-1]])
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
 
 def header_fields(header: bytes, names: Sequence[str], exclude: bool) -> bytes:

@@ -170,11 +170,12 @@ class FetchPlan:
         # How many times over formatting one message may go through its octets
         # (cmd_fetch charges RFC822.SIZE times this to a batch, and writes a
         # message whose charge passes a batch's item by item): once per item
-        # that cuts, decodes or outputs a section as large as the message at
-        # most, and once for all its HEADER.FIELDS items (the header is parsed
-        # once, MessageParts.section).
-        self.sized = sum(map(_sized, atts)) + any(
-            a.section is not None and a.section.text == "HEADER.FIELDS" for a in atts)
+        # that cuts, decodes or outputs a section, as large as the message at
+        # most. HEADER.FIELDS(.NOT) items too: the header is parsed once for
+        # all of them (MessageParts.section), but each one's output may be
+        # the whole header (a hundred HEADER.FIELDS (X) of a header of X:
+        # fields).
+        self.sized = sum(a.name in _BODY_ATTS for a in atts)
         # Attributes that come from the index alone are written with one format per line.
         self.line_format: bytes | None = None
         if all(a.name in _INDEX_ATTS for a in atts):
@@ -184,13 +185,6 @@ class FetchPlan:
             self.work = 2.0 + sum(map(_item_work, atts))
         # the same list plus FLAGS, for a FETCH that set \Seen implicitly
         self.with_flags = self if "FLAGS" in names else FetchPlan([*atts, c.FetchAtt("FLAGS")], condstore)
-
-
-def _sized(a: c.FetchAtt) -> bool:
-    """True for an item whose cost grows with the message (FetchPlan.sized)."""
-    if a.name in _RFC822_SECTIONS or a.name in ("BINARY[]", "BINARY.SIZE[]"):
-        return True
-    return a.name == "BODY[]" and a.section is not None and a.section.text != "HEADER.FIELDS"
 
 
 def _item_work(a: c.FetchAtt) -> float:

@@ -174,8 +174,11 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
                 if msg is not None and info.size * sized > FETCH_BATCH_OCTETS:
                     s.engine.raw(b"".join(out))
                     out = []
-                    await _write_items(s, seq, flags_of, atts, info, msg, d)
-                    continue
+                    if await _write_items(s, seq, flags_of, atts, info, msg, d):
+                        continue
+                    # part of the line was sent: it ends there, UID included
+                    await s.finish("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE", allow_expunge=cmd.uid)
+                    return
                 items = encode_items(flags_of, writer, atts, info, msg, d)
             except f.UnknownCTE:
                 s.engine.raw(b"".join(out))
@@ -207,28 +210,45 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
 
 async def _write_items(s: ImapSession, seq: int, flags_of: Callable[[MessageRecord], bytes],
                        atts: tuple[c.FetchAtt, ...], info: MessageRecord, msg: MessageParts,
-                       d: Mapping[str, Any] | None) -> None:
+                       d: Mapping[str, Any] | None) -> bool:
     """One message's FETCH response written item by item: it may be many
     times the message (``FETCH 1 (BODY.PEEK[] BODY.PEEK[] ...)``), so no more
     than FETCH_BATCH_OCTETS and one item of it is held at once, and the other
-    connections get their turn in between. Raises fetch.UnknownCTE with the
-    response line closed."""
+    connections get their turn in between.
+
+    Items are held until they pass that, and the line is begun only then, so
+    a response that fits is the same line encode_items makes, and a BINARY
+    item refused before anything was written raises fetch.UnknownCTE as
+    encode_items does (the caller answers as for any message). Refused once
+    part of the line is out, the line ends there, valid (RFC 9051 7.5.2:
+    msg-att holds at least one item) and with the message's UID, as the
+    one FETCH response for this message; the result is then False."""
     engine = s.engine
-    engine.raw(b"* %d FETCH (" % seq)
-    sep = b""
-    for a in atts:
+    held: list[bytes] = []
+    size = 0
+    begun = False
+    for i, a in enumerate(atts):
         try:
             items = encode_items(flags_of, engine.writer, (a,), info, msg, d)
         except f.UnknownCTE:
-            engine.raw(b")\r\n")
-            raise
-        if items:
-            engine.raw(sep + b" ".join(items))
-            sep = b" "
-        if engine.pending > FETCH_BATCH_OCTETS:
-            await s.io.flush()
-            await s.io.pause()
-    engine.raw(b")\r\n")
+            if not begun:
+                raise
+            if not any(b.name == "UID" for b in atts[:i]):
+                held.append(b"UID %d" % info.uid)
+            engine.raw(b" " + b" ".join(held) + b")\r\n" if held else b")\r\n")
+            return False
+        held += items
+        size += sum(map(len, items))
+        if held and engine.pending + size > FETCH_BATCH_OCTETS:
+            engine.raw((b" " if begun else b"* %d FETCH (" % seq) + b" ".join(held))
+            begun = True
+            held, size = [], 0
+            await s.turn()  # ConnectionError once the client is gone
+    if begun:
+        engine.raw((b" " + b" ".join(held) if held else b"") + b")\r\n")
+    else:
+        engine.raw(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(held)))
+    return True
 
 
 async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
