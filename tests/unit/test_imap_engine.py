@@ -376,3 +376,22 @@ def test_rfc7888_4_refused_line_literal_past_a_whole_command_ends_the_session() 
         b"a1 BAD [TOOBIG] Line too long\r\n* BYE Line too long; closing connection\r\n"
     )
 
+
+
+def test_a_literal_size_with_leading_zeros_is_a_literal() -> None:
+    """RFC 9051 9: a literal's size is a number, leading zeros allowed. A
+    size of more digits than the usual marker (``{000...030+}``) is still a
+    literal: in a refused over-long line its 30 octets are discarded, never
+    run as commands, whole or cut anywhere; in a command that fits, it is
+    read as the literal it is."""
+    size = b"0" * 60 + b"30"
+    line = b"a1 UID SEARCH TEXT " + b"x" * 150 + b" {" + size + b"+}\r\n"
+    data = line + _REFUSED_LITERAL + b"\r\na4 NOOP\r\n"
+    for chunks in [[data], *([data[:i], data[i:]] for i in range(1, len(data)))]:
+        e = started(limits=Limits(max_line=200))
+        events = _drive(e, chunks)
+        assert [(type(ev), ev.tag) for ev in events] == [(c.Simple, "a4")], chunks
+    e = started()
+    events = _drive(e, [b"a5 LOGIN {" + b"0" * 40 + b"5+}\r\nalice secret\r\n"])
+    assert [(type(ev), ev.tag) for ev in events] == [(c.Login, "a5")], events
+    assert events[0].userid == "alice"

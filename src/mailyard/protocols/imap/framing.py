@@ -21,7 +21,18 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-_MARKER = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\Z")
+# RFC 9051 9: literal = "{" number64 ["+"] "}" CRLF; a number's digits may
+# start with zeros (read without them, ``_literal_size``).
+_MARKER = re.compile(rb"(~?)\{(\d+)(\+?)\}\Z")
+# What may still become a literal marker at the end of a line being discarded.
+_MARKER_START = re.compile(rb"\{\d*\+?\}?\r?\Z")
+
+
+def _literal_size(digits: bytes) -> int:
+    """A literal's announced size; one of more than twenty digits (without
+    its leading zeros) is over every limit, and is not converted."""
+    digits = digits.lstrip(b"0") or b"0"
+    return int(digits) if len(digits) <= 20 else 1 << 70
 
 
 # What holding one line or literal of a command costs besides its octets (a
@@ -223,8 +234,15 @@ class Framer:
 
     def _discard(self) -> None:
         self._skipped += len(self.buffer)
-        self._skip_tail = (self._skip_tail + bytes(self.buffer[-_TAIL_KEEP:]))[-_TAIL_KEEP:]
+        joined = self._skip_tail + bytes(self.buffer)
         self.buffer.clear()
+        brace = joined.rfind(b"{")
+        if brace >= 0 and len(joined) - brace > _TAIL_KEEP and _MARKER_START.match(joined, brace):
+            # a marker whose digits run on past the usual tail (leading
+            # zeros) is kept whole; the skip budget bounds it
+            self._skip_tail = joined[max(0, brace - 1):]
+        else:
+            self._skip_tail = joined[-_TAIL_KEEP:]
 
     def _skip_refused_literal(self, line: bytes) -> bool:
         """Arrange to discard the literal a refused line announces; False when
@@ -238,7 +256,7 @@ class Framer:
         m = _MARKER.search(line)
         if m is None or not m.group(3):
             return True
-        size = int(m.group(2))
+        size = _literal_size(m.group(2))
         self._skipped += size
         if self._skipped > self.limits.max_command:
             return False
@@ -337,7 +355,7 @@ class Framer:
                 if cmd.total > budget:
                     return Rejected(tag, "BAD", "TOOBIG", "Command too large", first_line=first)
                 return Assembled(cmd.segments, cmd.literals)
-            size = int(m.group(2))
+            size = _literal_size(m.group(2))
             sync = not m.group(3)
             if not sync and not cmd.admitted:
                 # The octets follow at once: a command that may not run in this

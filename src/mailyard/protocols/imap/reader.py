@@ -21,7 +21,7 @@ _UTF8_OCTETS = bytes(range(0x80, 0x100))
 _ASTRING_CHARS = _ATOM_CHARS + b"]" + _UTF8_OCTETS
 _LIST_CHARS = _ATOM_CHARS + b"]%*" + _UTF8_OCTETS
 
-_LITERAL_AT_END = re.compile(rb"~?\{(\d{1,20})\+?\}\Z")
+_LITERAL_AT_END = re.compile(rb"~?\{(\d+)\+?\}\Z")  # leading zeros allowed (RFC 9051 9 number)
 
 
 class ParseError(Exception):
