@@ -455,6 +455,13 @@ async def test_sessions_join_a_read_of_many_changes_that_holds_what_they_saw(
         await s.close()
 
 
+
+async def _waiting_for_a_shared_read(s: SQLiteStore, sessions: int) -> None:
+    """Until ``sessions`` askers wait for one shared read of changes."""
+    while sum(r.waiters for reads in s._change_reads.values() for r in reads) < sessions:
+        await asyncio.sleep(0)
+
+
 async def test_a_read_of_many_changes_stops_when_every_asker_has_gone(
         tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     """The sessions waiting for a shared read of many changes go (their
@@ -479,7 +486,7 @@ async def test_a_read_of_many_changes_stops_when_every_asker_has_gone(
         # the listing lane busy with another read: the shared one waits
         busy = asyncio.ensure_future(s._bulk_read(lambda _conn: gate.wait(10), LIST_LANE))
         one, two = (asyncio.ensure_future(s.changes_since(inbox, known)) for _ in range(2))
-        await asyncio.sleep(0.01)
+        await _waiting_for_a_shared_read(s, 2)
         one.cancel()
         await asyncio.sleep(0)
         gate.set()
@@ -488,7 +495,7 @@ async def test_a_read_of_many_changes_stops_when_every_asker_has_gone(
         gate.clear()
         busy = asyncio.ensure_future(s._bulk_read(lambda _conn: gate.wait(10), LIST_LANE))
         askers = [asyncio.ensure_future(s.changes_since(inbox, known)) for _ in range(3)]
-        await asyncio.sleep(0.01)
+        await _waiting_for_a_shared_read(s, 3)
         for asker in askers:
             asker.cancel()
         await asyncio.gather(*askers, return_exceptions=True)

@@ -143,16 +143,17 @@ async def test_a_listing_decoded_after_the_store_closed_is_a_store_error(
     inbox = await _big_inbox(store)
     monkeypatch.setattr(pg_store, "LIST_INLINE", 5)
     await store.list_messages(inbox)  # the lane exists
-    gate = asyncio.Event()
+    gate, fetched = asyncio.Event(), asyncio.Event()
     decoded = PostgreSQLStore._decoded
 
     async def late(self: PostgreSQLStore, make: Any, *results: Any) -> Any:
+        fetched.set()
         await gate.wait()
         return await decoded(self, make, *results)
 
     monkeypatch.setattr(PostgreSQLStore, "_decoded", late)
     read = asyncio.ensure_future(store.list_messages(inbox))
-    await asyncio.sleep(0.2)
+    await fetched.wait()  # the rows are in, not yet decoded
     await store.close()
     gate.set()
     with pytest.raises(StoreUnavailable):

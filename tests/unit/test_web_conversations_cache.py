@@ -4,6 +4,7 @@ does not finish leaves nothing stale behind."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -42,9 +43,16 @@ async def test_a_cancelled_rebuild_is_done_again_by_the_next_request(
         await cache.threads(await inbox(), None)
         new = await store.append(box, _mail(99), [])
         real = conversations._grouped
-        monkeypatch.setattr(conversations, "_grouped", lambda *a: (time.sleep(0.3), real(*a))[1])
+        building = threading.Event()
+
+        def slow_grouped(*args: object) -> object:
+            building.set()
+            time.sleep(0.3)
+            return real(*args)
+
+        monkeypatch.setattr(conversations, "_grouped", slow_grouped)
         request = asyncio.ensure_future(cache.threads(await inbox(), None))
-        await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(building.wait, 30)  # the rebuild is under way
         request.cancel()
         await asyncio.gather(request, return_exceptions=True)
         monkeypatch.setattr(conversations, "_grouped", real)
