@@ -11,9 +11,10 @@ happened; the deadline is generous because it only bounds a failure.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -91,3 +92,37 @@ class LoopTicks:
     async def __aexit__(self, *exc: object) -> None:
         assert self._beat is not None
         self._beat.cancel()
+
+
+def while_served(server: Any, started: threading.Event, run: Callable[[], T], probe: Callable[[], bool],
+                 waited: str) -> tuple[T, int]:
+    """``run()`` (a slow request on one connection) in a thread; once its
+    slowed step has ``started``, ``probe()`` (a request on another
+    connection) must succeed before ``run`` ends (``waited`` says it did
+    not). Returns ``run``'s result and the turns of the server's loop
+    (LoopTicks) while it ran. ``server`` is a tests.conftest.RunningServer."""
+    result: list[Any] = []
+    done = threading.Event()
+
+    def run_thread() -> None:
+        try:
+            result.append(run())
+        except BaseException as exc:  # reported below
+            result.append(exc)
+        finally:
+            done.set()
+
+    async def watch() -> int:
+        async with LoopTicks() as ticks:
+            worker = threading.Thread(target=run_thread)
+            worker.start()
+            await asyncio.to_thread(started.wait, 30)
+            assert started.is_set(), "the slowed step never started"
+            assert await asyncio.to_thread(probe)
+            assert not done.is_set(), waited
+            await asyncio.to_thread(worker.join, 60)
+        return ticks.count
+
+    ticks = server.call(watch(), timeout=120)
+    assert result and not isinstance(result[0], BaseException), result
+    return result[0], ticks

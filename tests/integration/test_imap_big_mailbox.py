@@ -42,7 +42,7 @@ from tests.conftest import USERS, RunningServer
 from tests.integration.serve_process import ServeProcess
 from tests.integration.test_workers import TIMEOUT, Line, imap_login, on_each_worker, two_workers
 from tests.integration.test_workers_holds import command, ok
-from tests.waiting import LoopTicks, wait_until
+from tests.waiting import wait_until, while_served
 
 ALICE = "alice@example.test"
 MESSAGES = 30
@@ -88,33 +88,8 @@ def _while_served(server: RunningServer, started: threading.Event, run: Callable
                   other: imaplib.IMAP4) -> tuple[T, int]:
     """``run()`` (a command on one connection) in a thread; once its slowed
     read has started, a NOOP on ``other``, which must be answered before
-    ``run`` ends. Returns ``run``'s result and the server loop's turns
-    (LoopTicks) while it ran."""
-    result: list[Any] = []
-    done = threading.Event()
-
-    def command_thread() -> None:
-        try:
-            result.append(run())
-        except BaseException as exc:  # reported below
-            result.append(exc)
-        finally:
-            done.set()
-
-    async def watch() -> int:
-        async with LoopTicks() as ticks:
-            worker = threading.Thread(target=command_thread)
-            worker.start()
-            await asyncio.to_thread(started.wait, 30)
-            assert started.is_set(), "the slowed read never started"
-            assert (await asyncio.to_thread(other.noop))[0] == "OK"
-            assert not done.is_set(), "the NOOP waited for the command"
-            await asyncio.to_thread(worker.join, 60)
-        return ticks.count
-
-    ticks = server.call(watch(), timeout=120)
-    assert result and not isinstance(result[0], BaseException), result
-    return result[0], ticks
+    ``run`` ends (tests/waiting.py ``while_served``)."""
+    return while_served(server, started, run, lambda: other.noop()[0] == "OK", "the NOOP waited for the command")
 
 
 def test_select_of_a_big_mailbox_leaves_the_other_sessions_served(

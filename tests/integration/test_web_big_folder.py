@@ -14,7 +14,6 @@ timed.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import re
 import threading
@@ -28,7 +27,7 @@ import pytest
 from mailyard.store import view
 from mailyard.web import conversations, listing, searchquery
 from tests.conftest import RunningServer
-from tests.waiting import LoopTicks
+from tests.waiting import while_served
 
 from .test_web_http import ALICE, box_id, login
 from .test_web_search import set_conversations, subjects
@@ -80,37 +79,13 @@ def _while_served(server: RunningServer, started: threading.Event, run: Callable
                   ) -> tuple[httpx.Response, int]:
     """``run()`` (a request) in a thread; once its slowed step has started,
     a probe request on another connection, which must be answered before
-    ``run`` ends. Returns ``run``'s response and the server loop's turns
-    (LoopTicks) while it ran."""
-    result: list[Any] = []
-    done = threading.Event()
+    ``run`` ends (tests/waiting.py ``while_served``)."""
     probe = httpx.Client(base_url=f"http://127.0.0.1:{server.port('http')}", timeout=30)
-
-    def request_thread() -> None:
-        try:
-            result.append(run())
-        except BaseException as exc:  # reported below
-            result.append(exc)
-        finally:
-            done.set()
-
-    async def watch() -> int:
-        async with LoopTicks() as ticks:
-            worker = threading.Thread(target=request_thread)
-            worker.start()
-            await asyncio.to_thread(started.wait, 30)
-            assert started.is_set(), "the slowed step never started"
-            assert (await asyncio.to_thread(probe.get, "/login")).status_code == 200
-            assert not done.is_set(), "the probe request waited for the big folder's"
-            await asyncio.to_thread(worker.join, 60)
-        return ticks.count
-
     try:
-        ticks = server.call(watch(), timeout=120)
+        return while_served(server, started, run, lambda: probe.get("/login").status_code == 200,
+                            "the probe request waited for the big folder's")
     finally:
         probe.close()
-    assert result and not isinstance(result[0], BaseException), result
-    return result[0], ticks
 
 
 def _next(page: str) -> int | None:
