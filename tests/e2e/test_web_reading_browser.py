@@ -64,13 +64,13 @@ def test_conversation_collapsed_and_open(browser: Any, mailserver: RunningServer
     assert messages.count() == 3
     assert [messages.nth(i).get_attribute("open") is not None for i in range(3)] == [False, False, True]
     newest = messages.nth(2).locator("iframe.body")
-    newest.wait_for()
-    assert "Booked the flights." in newest.content_frame.locator("body").inner_text()
+    # a frame is visible before its document has loaded: wait for the text, not the frame
+    newest.content_frame.locator("body", has_text="Booked the flights.").wait_for()
     assert not messages.nth(1).locator("iframe.body").is_visible()
     messages.nth(1).locator("summary").click()
     mine = messages.nth(1).locator("iframe.body")
     mine.wait_for(state="visible")
-    assert "May works" in mine.content_frame.locator("body").inner_text()
+    mine.content_frame.locator("body", has_text="May works").wait_for()
     page.wait_for_function(
         "() => document.querySelectorAll('details.convmsg')[1].querySelector('iframe').offsetHeight >= 120")
     assert page.evaluate("document.documentElement.scrollWidth") <= width + 1  # no sideways scrolling
