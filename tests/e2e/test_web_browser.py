@@ -93,7 +93,7 @@ def test_receive_read_reply_with_attachment(browser: Any, mailserver: RunningSer
     row.locator("a.open").click()
     page.wait_for_url(re.compile(r"/msg/\d+"))
     frame = page.frame_locator("#body-frame")
-    assert "lunch" in frame.locator("body").inner_text()
+    frame.locator("body", has_text="lunch").wait_for()  # the frame's document, not its first about:blank
     assert page.locator("#remote-notice").is_visible()
     body_frame = next(f for f in page.frames if f.url.endswith("/body"))
     body_frame.wait_for_load_state()

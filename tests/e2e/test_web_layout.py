@@ -214,6 +214,7 @@ def test_desktop_three_panes(browser: Any, mailserver: RunningServer) -> None:
     check_page(page, "inbox with the pane (desktop, dark)")
     screenshot(page, "inbox-dark")
     # a plain-text body is dark too (HTML mail keeps its white page)
+    page.frame_locator("#pane iframe.body").locator("body", has_text="Here they are.").wait_for()
     frame_html = page.frame_locator("#pane iframe.body").locator("html")
     assert frame_html.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(22, 24, 28)"
     assert frame_html.evaluate("e => getComputedStyle(e.querySelector('body')).color") == "rgb(230, 232, 235)"
