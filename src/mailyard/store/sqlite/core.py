@@ -128,11 +128,15 @@ class SQLiteCore(Store):
         # FULL: the WAL is fsynced at every commit, so an acknowledged write survives a crash.
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA busy_timeout=30000")
+        # Pages of the database file are read through a memory map, without a
+        # pread() per page: reads of a whole mailbox (FETCH 1:* ENVELOPE) seek
+        # once per message, and the writer finds its page cache emptied at
+        # every transaction that follows another process's commit (``[server]
+        # workers``), so it reads the pages of each write again. Writes still
+        # go through the WAL (SQLite writes never use the map).
+        conn.execute("PRAGMA mmap_size=268435456")
         if readonly:
             conn.execute("PRAGMA query_only=ON")
-            # Reads of a whole mailbox (FETCH 1:* ENVELOPE) seek once per message:
-            # through a memory map, without a pread() per page.
-            conn.execute("PRAGMA mmap_size=268435456")
         return conn
 
     @property
