@@ -3,7 +3,10 @@ forward pages, the display name in From, undo send, attachments kept."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+from collections.abc import Callable
 from email import message_from_bytes
 from email.policy import default as default_policy
 
@@ -441,3 +444,179 @@ def test_undo_send_refused_when_due_says_not_sent(mailserver: RunningServer) -> 
     # another user learns nothing from the token
     other = login(mailserver, BOB)
     assert "Not sent" not in other.get(pending, follow_redirects=True).text
+
+
+# --- a held send when the store is out of reach --------------------------------
+def _out_of_reach(monkeypatch: pytest.MonkeyPatch, server: RunningServer, method: str,
+                  fails: Callable[[int, tuple], bool]) -> list[int]:
+    """``server.store.<method>`` raises StoreUnavailable (its database down,
+    or the store closed as the server stops) in the timers of held sends
+    (web/undo.py ``schedule``) on the calls ``fails(n, args)`` picks, n
+    counting those calls from 0: the test's own reads go through. Returns
+    the calls made, one item each."""
+    from mailyard.store.api import StoreUnavailable
+
+    real = getattr(server.store, method)
+    calls: list[int] = []
+
+    async def wrapped(*args: object, **kwargs: object) -> object:
+        task = asyncio.current_task()
+        if task is not None and task.get_coro().__name__ == "later":
+            calls.append(len(calls))
+            if fails(calls[-1], args):
+                raise StoreUnavailable("the mail store is unavailable, try again later")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(server.store, method, wrapped)
+    return calls
+
+
+def _held_send(server: RunningServer, subject: str, to: str = BOB) -> str:
+    """A message sent from webmail with a delay of one second: the pending page's path."""
+    _set_delay(server, ALICE, 1)
+    client = login(server)
+    r = client.post("/compose", data={"csrf": csrf(client), "to": to, "subject": subject, "body": "the body",
+                                      "action": "send"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/compose/pending/"), r.text
+    return r.headers["location"]
+
+
+def _outbox(server: RunningServer) -> list[str]:
+    return sorted(p.suffix for p in (server.data_dir / "web-outbox").iterdir() if not p.name.startswith("."))
+
+
+def _accepted(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The "accepted" lines of the submissions (delivery/submit.py), one per message accepted."""
+    return [r.getMessage() for r in caplog.records
+            if r.name == "mailyard.submit" and r.getMessage().startswith("accepted ")]
+
+
+def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.exc_info and r.name == "mailyard.web"]
+
+
+def test_a_held_send_the_store_cannot_take_before_it_is_sent_waits_and_goes_once(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Reading the draft fails: nothing is sent yet; the record waits again
+    (Undo still works), and the message goes once the store is back."""
+    import mailyard.web.undo as undo
+
+    caplog.set_level(logging.INFO, logger="mailyard")
+    monkeypatch.setattr(undo, "RETRY_AFTER", 0.2, raising=False)
+    down = {"on": True}
+    _out_of_reach(monkeypatch, mailserver, "read_message", lambda _n, _a: down["on"])
+    pending = _held_send(mailserver, "while down")
+    waiting = "web: a held message is not sent yet (the mail store is unavailable, try again later)"
+    _wait(lambda: [r for r in caplog.records if r.getMessage().startswith(waiting)], "the warning")
+    # not sent, not failed: the record is pending (or claimed by the next try)
+    assert mailserver.messages(BOB) == []
+    assert _outbox(mailserver) in ([".json"], [".sending"])
+    page = login(mailserver).get(pending, follow_redirects=True)
+    assert "Not sent" not in page.text and "Your message goes in" in page.text
+    down["on"] = False
+    (got,) = _wait(lambda: mailserver.messages(BOB), "the message once the store is back")
+    assert b"while down" in got
+    _wait(lambda: _outbox(mailserver) == [], "the record of the send to go")
+    assert len(mailserver.messages(BOB)) == 1 and len(_accepted(caplog)) == 1
+    assert mailserver.messages(ALICE, "Drafts") == [] and len(mailserver.messages(ALICE, "Sent")) == 1
+    assert not _tracebacks(caplog)
+
+
+def test_a_held_send_whose_commit_the_store_cannot_take_goes_once_later(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The submission's own commit fails (delivery/submit.py: nothing is
+    accepted then): not sent, so tried again, and delivered exactly once."""
+    import mailyard.web.undo as undo
+
+    caplog.set_level(logging.INFO, logger="mailyard")
+    monkeypatch.setattr(undo, "RETRY_AFTER", 0.2, raising=False)
+    calls = _out_of_reach(monkeypatch, mailserver, "deliver", lambda n, _a: n == 0)
+    _held_send(mailserver, "commit refused once")
+    (got,) = _wait(lambda: mailserver.messages(BOB), "the message on the second try")
+    assert b"commit refused once" in got
+    _wait(lambda: _outbox(mailserver) == [], "the record of the send to go")
+    assert len(calls) == 2 and len(mailserver.messages(BOB)) == 1 and len(_accepted(caplog)) == 1
+    assert mailserver.messages(ALICE, "Drafts") == [] and len(mailserver.messages(ALICE, "Sent")) == 1
+    assert not _tracebacks(caplog)
+
+
+def test_a_held_send_the_store_fails_after_acceptance_is_not_sent_again(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Accepted, then the report of a recipient over quota cannot be stored
+    (still in ``submit_message``): the message went, so it is not tried again."""
+    import mailyard.web.undo as undo
+
+    caplog.set_level(logging.INFO, logger="mailyard")
+    monkeypatch.setattr(undo, "RETRY_AFTER", 0.2, raising=False)
+    _set_quota(mailserver, "postmaster@example.test", 1)  # left out: alice gets a report (delivery/submit.py)
+    # the report to the sender (RFC 3464): stored after the message was accepted
+    _out_of_reach(monkeypatch, mailserver, "deliver", lambda _n, a: b"multipart/report" in a[0])
+    _held_send(mailserver, "accepted then down", to=f"{BOB}, postmaster@example.test")
+    _wait(lambda: _outbox(mailserver) == [], "the record of the send to go")
+    (got,) = mailserver.messages(BOB)
+    assert b"accepted then down" in got
+    assert len(_accepted(caplog)) == 1  # never submitted again
+    assert mailserver.messages(ALICE) == []  # the report was lost, not the message
+    assert mailserver.messages(ALICE, "Drafts") == [] and len(mailserver.messages(ALICE, "Sent")) == 1
+    assert [r for r in caplog.records if "over_quota_report_failed" in r.getMessage()]
+    assert not _tracebacks(caplog)
+
+
+def test_a_held_send_the_store_fails_after_it_went_is_not_sent_again(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Sent, then the draft cannot be removed: one warning line, no record
+    saying it was not sent, the draft stays in Drafts, and one copy only."""
+    import mailyard.web.undo as undo
+
+    caplog.set_level(logging.INFO, logger="mailyard")
+    monkeypatch.setattr(undo, "RETRY_AFTER", 0.2, raising=False)
+    _out_of_reach(monkeypatch, mailserver, "expunge", lambda _n, _a: True)
+    pending = _held_send(mailserver, "sent then down")
+    _wait(lambda: _outbox(mailserver) == [], "the record of the send to go")
+    (got,) = mailserver.messages(BOB)
+    assert b"sent then down" in got and len(_accepted(caplog)) == 1
+    lines = [r for r in caplog.records if "held message" in r.getMessage() and r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in lines] == [
+        "web: a held message of alice@example.test was sent, but its draft stays in Drafts: "
+        "the mail store is unavailable, try again later"]
+    assert not _tracebacks(caplog)
+    assert len(mailserver.messages(ALICE, "Drafts")) == 1 and mailserver.messages(ALICE, "Sent") == []
+    page = login(mailserver).get(pending, follow_redirects=True)
+    assert "Message sent." in page.text and "Not sent" not in page.text
+
+
+def test_a_held_send_the_server_stops_before_it_is_sent_goes_after_the_restart(
+        make_server, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """The server stops while the send reads the draft: nothing was sent, so
+    the record waits (``.json``) and the next start sends it, once."""
+    import threading
+
+    from ..conftest import RunningServer as Running
+
+    first = make_server()
+    reading = threading.Event()
+
+    async def stuck(*args: object, **kwargs: object) -> object:
+        task = asyncio.current_task()
+        if task is not None and task.get_coro().__name__ == "later":
+            reading.set()
+            await asyncio.Event().wait()  # until the stop cancels the send
+        return await read_message(*args, **kwargs)
+
+    read_message = first.store.read_message
+    monkeypatch.setattr(first.store, "read_message", stuck)
+    _held_send(first, "stopped while reading")
+    _wait(reading.is_set, "the send to read the draft")
+    data_dir, config = first.data_dir, first.config
+    first.call(first.server.stop())
+    first.server = None
+    assert _outbox(first) == [".json"]
+    second = Running(data_dir, config, seed_defaults=False)
+    try:
+        second.start()
+        (got,) = _wait(lambda: second.messages(BOB), "the held message after the restart")
+        assert b"stopped while reading" in got
+        _wait(lambda: _outbox(second) == [], "the record of the send to go")
+        assert len(second.messages(BOB)) == 1 and second.messages(ALICE, "Drafts") == []
+    finally:
+        second.stop()

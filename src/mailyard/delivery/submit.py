@@ -66,6 +66,7 @@ from ..store.api import (
     QueueEntry,
     QueueRecipient,
     QuotaExceeded,
+    StoreError,
 )
 from .bounce import ReportedRecipient, make_dsn, wants_report
 from .local import deliver_local, junk_mailbox_id, note_received, note_sent
@@ -685,6 +686,16 @@ async def submit_message(
     ``recipients`` the forward-paths (To + Cc + Bcc); ``reverse_path`` by
     default the first From address. Raises ``SubmissionRefused`` without
     delivering anything when a check fails.
+
+    The message is accepted by one store commit (its local copies and its
+    queue entry, ``accept_message``; the first copy a Sieve script edited
+    when every copy is one); the store steps before it only read. A
+    failure of a store step after it (the queue's log line, the other
+    edited copies, Sieve's actions, the over-quota report; the address
+    book's counts run apart) is logged, not raised, so that
+    ``StoreUnavailable`` (or any other ``StoreError``) from here means
+    nothing was accepted: the caller may submit the message again later
+    without sending it twice (web/undo.py does).
     """
     if not recipients:
         raise SubmissionRefused("the message has no recipients")
@@ -732,5 +743,12 @@ async def submit_message(
                **{"from": reverse_path, "to": list(recipients)})
     metrics.count_message(service, "accepted")
     if accepted.over_quota:
-        await report_over_quota(intake, accepted.data, reverse_path, [(a.address, None) for a in accepted.over_quota])
+        try:
+            await report_over_quota(intake, accepted.data, reverse_path,
+                                    [(a.address, None) for a in accepted.over_quota])
+        except StoreError as exc:
+            # accepted already: the report is lost, not the submission (raising
+            # now would have the caller submit the message again)
+            logs.event(log, logging.WARNING, "over_quota_report_failed", user=account.address, msgid=msgid,
+                       reason=str(exc)[:200])
     return SubmitResult(accepted.data, local, remote, accepted.queue_id)

@@ -12,12 +12,30 @@ during the delay finds the record at its next start (``resume``) and sends
 the message then, late rather than never. The send and the undo each claim
 the record first by renaming it (atomic on one file system), so exactly one
 of them wins, also between the worker processes of a multi-process server.
-A send that was under way when the server stopped (``.sending`` left over)
-is not tried again: its draft stays in Drafts for the user to check (at
-most once, never twice). A send refused when its time came (a recipient's
-mailbox full, a limit reached) leaves ``<token>.failed`` with the reason,
-which the pending page shows with a link to the draft; such records older
-than FAILED_KEPT seconds are removed at the next start.
+
+When its time comes, the send goes in phases, and what a store out of
+reach (``StoreUnavailable``: its database down, or the store closed as the
+server stops) does depends on the phase:
+
+- reading the account and the draft, and the submission itself: nothing
+  is sent yet (``submit_message`` raises it only before the message is
+  accepted, delivery/submit.py). The record goes back (``.json``, due
+  again in RETRY_AFTER seconds; Undo works meanwhile) and the send is
+  tried again then, or by ``resume`` at the next start: late rather than
+  never. A server that stops while the draft is read leaves the record
+  the same way.
+- after the submission returned, the message is sent: a store out of
+  reach while the draft is removed, the copy kept in Sent and the original
+  flagged leaves the rest of those steps undone (the draft may stay in
+  Drafts), says so in one warning line, and never submits it again.
+
+A send whose submission was under way when the server stopped
+(``.sending`` left over) is not tried again: its draft stays in Drafts for
+the user to check (at most once, never twice). A send refused when its
+time came (a recipient's mailbox full, a limit reached), or that failed on
+an error of the server before it was sent, leaves ``<token>.failed`` with
+the reason, which the pending page shows with a link to the draft; such
+records older than FAILED_KEPT seconds are removed at the next start.
 
 Before the wait, the recipients are resolved and the sender rule checked,
 so a mistake is shown on the form at once, not after the delay.
@@ -45,7 +63,7 @@ from ..delivery.router import Verdict
 from ..delivery.submit import SenderNotAllowed, SubmissionRefused, sender_rule, submit_message
 from ..fsutil import write_atomic
 from ..message.compose import without_bcc
-from ..store.api import NotFound, QuotaExceeded, StoreError
+from ..store.api import NotFound, QuotaExceeded, StoreError, StoreUnavailable
 from . import pages
 
 if TYPE_CHECKING:
@@ -55,6 +73,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailyard.web")
 
 FAILED_KEPT = 7 * 86400  # seconds a refused send's record is kept for its page
+RETRY_AFTER = 45.0  # seconds before a send the store could not take is tried again
 _TOKEN_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
@@ -136,20 +155,40 @@ def schedule(services: Services, token: str, delay: float) -> None:
         await asyncio.sleep(max(0.0, delay))
         await fire(services, token)
 
+    def done(task: asyncio.Task) -> None:
+        if tasks.get(token) is task:  # not the timer of a retry it scheduled
+            del tasks[token]
+
     tasks = _tasks(services)
     task = asyncio.ensure_future(later())
     tasks[token] = task
-    task.add_done_callback(lambda _t: tasks.pop(token, None))
+    task.add_done_callback(done)
 
 
 async def fire(services: Services, token: str) -> None:
-    """Send the held message of ``token`` unless it was undone."""
+    """Send the held message of ``token`` unless it was undone; a store out
+    of reach is answered by phase (module doc)."""
     record = _claim(services, token, ".sending")
     if record is None:
         return
     try:
-        failure = await _send(services, record)
-    except Exception:  # noqa: BLE001 - the draft stays in Drafts; the server carries on
+        try:
+            held = await _read_held(services, record)
+        except asyncio.CancelledError:
+            # the server stops before the submission: nothing was sent, the
+            # record waits for ``resume``
+            with contextlib.suppress(OSError):
+                os.rename(_record_path(services, token, ".sending"), _record_path(services, token))
+            raise
+        failure = None if held is None else await _submit_held(services, record, *held)
+    except StoreUnavailable as exc:
+        # not sent: ``_read_held`` only reads, ``submit_message`` raises it
+        # only while nothing is accepted, and ``_submit_held`` answers it
+        # itself once the message is sent
+        log.warning("web: a held message is not sent yet (%s); it is tried again in %d s", exc, RETRY_AFTER)
+        await _retry_later(services, token, record)
+        return
+    except Exception:  # noqa: BLE001 - a bug before the message was sent: it stays in Drafts; the server carries on
         log.exception("web: sending a held message failed; it stays in Drafts")
         failure = "an error on the server"
     try:
@@ -163,9 +202,32 @@ async def fire(services: Services, token: str) -> None:
             _record_path(services, token, ".sending").unlink()
 
 
-async def _send(services: Services, record: dict) -> str | None:
-    """Send the held draft of ``record``; None when it went (or is gone
-    from Drafts meanwhile), else why it was refused (it stays in Drafts)."""
+async def _retry_later(services: Services, token: str, record: dict) -> None:
+    """Give back the claim of a send that did not go: the record, due again
+    in RETRY_AFTER seconds, is pending again (for the timer, Undo and
+    ``resume``)."""
+    again = json.dumps({**record, "due": time.time() + RETRY_AFTER}).encode()
+    sending, pending = _record_path(services, token, ".sending"), _record_path(services, token)
+
+    def put_back() -> None:
+        # the new due time goes into the claimed record before it is pending
+        # again: rewriting it after would race with an Undo claiming it
+        with contextlib.suppress(OSError):  # else it keeps its due time (``resume``: at once)
+            _write_durably(sending, again)
+        os.rename(sending, pending)
+
+    try:
+        # in a thread, which also ends its work when the server stops meanwhile
+        await asyncio.to_thread(put_back)
+    except OSError as exc:
+        log.warning("web: a held message could not be put back to wait (%s); it stays in Drafts", exc)
+        return
+    schedule(services, token, RETRY_AFTER)
+
+
+async def _read_held(services: Services, record: dict) -> tuple[Account, Mailbox, int, bytes] | None:
+    """The account, Drafts, UID and bytes of the held draft of ``record``;
+    None when it is gone from Drafts meanwhile (then it is not sent)."""
     store = services.store
     account = await store.get_account_by_id(int(record["account_id"]))
     drafts = await store.get_mailbox_by_id(int(record["account_id"]), int(record["mailbox_id"]))
@@ -173,9 +235,17 @@ async def _send(services: Services, record: dict) -> str | None:
         return None
     uid = int(record["uid"])
     try:
-        full = await store.read_message(drafts, uid)
+        return account, drafts, uid, await store.read_message(drafts, uid)
     except NotFound:
         return None  # deleted from Drafts meanwhile (by another client): not sent
+
+
+async def _submit_held(services: Services, record: dict, account: Account, drafts: Mailbox, uid: int,
+                       full: bytes) -> str | None:
+    """Send the held draft; None when it went, else why it was refused (it
+    stays in Drafts). Raises only what ``submit_message`` raises: once the
+    message is accepted, a failure to file it is logged here."""
+    store = services.store
     client_ip = str(record.get("client_ip") or "127.0.0.1")
     try:
         await submit_message(services, account, without_bcc(full), list(record["recipients"]), client_ip=client_ip,
@@ -185,12 +255,21 @@ async def _send(services: Services, record: dict) -> str | None:
                    reason="refused", detail=str(exc))
         metrics.count_message("web", "rejected", "refused")
         return str(exc)  # it stays in Drafts
-    await store.expunge(drafts, [uid])
-    sent = next((b for b in await store.list_mailboxes(account.id) if b.special_use == "\\Sent"), None)
-    if sent is not None:
-        with contextlib.suppress(QuotaExceeded):
-            await store.append(sent, full, ["\\Seen"])
-    await mark_original(services, account.id, record.get("refs") or {})
+    # sent: from here on, nothing may submit it again
+    left = "its draft stays in Drafts"
+    try:
+        await store.expunge(drafts, [uid])
+        left = "no copy was kept in Sent"
+        sent = next((b for b in await store.list_mailboxes(account.id) if b.special_use == "\\Sent"), None)
+        if sent is not None:
+            with contextlib.suppress(QuotaExceeded):
+                await store.append(sent, full, ["\\Seen"])
+        left = "the message it answers or forwards was not flagged"
+        await mark_original(services, account.id, record.get("refs") or {})
+    except StoreUnavailable as exc:
+        log.warning("web: a held message of %s was sent, but %s: %s", account.address, left, exc)
+    except Exception:  # noqa: BLE001 - a bug, but the message went: no record may say it did not
+        log.exception("web: a held message of %s was sent, but %s", account.address, left)
     return None
 
 
