@@ -200,8 +200,9 @@ def test_a_held_webmail_send_waits_out_the_outage_and_goes_once(
         make_server: Callable[..., RunningServer], own_cluster: PgCluster, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     """Undo send (web/undo.py): the database goes down just as a held
-    message's time comes. It is not sent and not given up: one warning line
-    per try, no traceback, and it goes, once, when the database is back."""
+    message's time comes, while the draft is read. It is not sent and not
+    given up: a warning line, no traceback, and it goes, once, when the
+    database is back."""
     import mailyard.web.undo as undo
 
     caplog.set_level(logging.INFO, logger="mailyard")

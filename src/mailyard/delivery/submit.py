@@ -66,7 +66,6 @@ from ..store.api import (
     QueueEntry,
     QueueRecipient,
     QuotaExceeded,
-    StoreError,
 )
 from .bounce import ReportedRecipient, make_dsn, wants_report
 from .local import deliver_local, junk_mailbox_id, note_received, note_sent
@@ -326,6 +325,7 @@ async def accept_message(
             await deliver_local(intake.store, plan.message, reverse_path, [owner], inbox_id=inbox_id,
                                 enforce_quota=True, placements={owner.id: plan.targets}, fields=fields)
         except QuotaExceeded:
+            # nothing stored: a later failure is still one before any commit
             edited.remove(owner)
             over_quota.append(owner)
         except Exception as exc:
@@ -340,7 +340,8 @@ async def accept_message(
                 continue
             wanted.append(owner)
             plans.pop(owner.id, None)
-        committed = True
+        else:
+            committed = True
     if accounts and not wanted and not edited and not first and over_quota:
         raise QuotaExceeded("mailbox full: " + ", ".join(a.address for a in over_quota))
     wanted += edited
@@ -687,15 +688,16 @@ async def submit_message(
     default the first From address. Raises ``SubmissionRefused`` without
     delivering anything when a check fails.
 
-    The message is accepted by one store commit (its local copies and its
-    queue entry, ``accept_message``; the first copy a Sieve script edited
-    when every copy is one); the store steps before it only read. A
-    failure of a store step after it (the queue's log line, the other
-    edited copies, Sieve's actions, the over-quota report; the address
-    book's counts run apart) is logged, not raised, so that
-    ``StoreUnavailable`` (or any other ``StoreError``) from here means
-    nothing was accepted: the caller may submit the message again later
-    without sending it twice (web/undo.py does).
+    Once ``accept_message`` returned, the message is accepted: what
+    follows (the log line, the over-quota report) logs its failures and
+    never raises, so that an exception from here is never one after a
+    returned acceptance. It does not prove that nothing was accepted: a
+    ``StoreError`` (``StoreUnavailable``) may come from a commit the store
+    applied but could not confirm (the PostgreSQL store sends COMMIT with
+    the statements, store/postgresql/store.py), and the local copies may
+    be committed before a later step of ``accept_message`` fails. A caller
+    must not submit the message again on its own (web/undo.py leaves it in
+    Drafts and says it may have gone).
     """
     if not recipients:
         raise SubmissionRefused("the message has no recipients")
@@ -737,18 +739,21 @@ async def submit_message(
         )
     except QuotaExceeded as exc:
         raise SubmissionRefused(f"the recipient's mailbox is full ({exc})", local) from exc
-    # The same line an SMTP submission logs (net/smtp.py).
-    logs.event(log, logging.INFO, "accepted", proto=service, ip=client_ip, user=account.address, msgid=msgid,
-               size=len(accepted.data), delivered=len(accounts) - len(accepted.over_quota), queued=len(remote),
-               **{"from": reverse_path, "to": list(recipients)})
-    metrics.count_message(service, "accepted")
+    # accepted: a failure from here on is logged, never raised (the caller
+    # would take the message for not sent, and the user send it again)
+    try:
+        # The same line an SMTP submission logs (net/smtp.py).
+        logs.event(log, logging.INFO, "accepted", proto=service, ip=client_ip, user=account.address, msgid=msgid,
+                   size=len(accepted.data), delivered=len(accounts) - len(accepted.over_quota), queued=len(remote),
+                   **{"from": reverse_path, "to": list(recipients)})
+        metrics.count_message(service, "accepted")
+    except Exception:
+        log.exception("submission %s of %s: accepted, but its log line failed", msgid, account.address)
     if accepted.over_quota:
         try:
             await report_over_quota(intake, accepted.data, reverse_path,
                                     [(a.address, None) for a in accepted.over_quota])
-        except StoreError as exc:
-            # accepted already: the report is lost, not the submission (raising
-            # now would have the caller submit the message again)
-            logs.event(log, logging.WARNING, "over_quota_report_failed", user=account.address, msgid=msgid,
-                       reason=str(exc)[:200])
+        except Exception:
+            log.exception("submission %s of %s: the mailbox-full report could not be stored", msgid,
+                          account.address)
     return SubmitResult(accepted.data, local, remote, accepted.queue_id)
