@@ -1,15 +1,19 @@
 """PostgreSQL unreachable: every protocol answers a temporary failure in its
 own words (SMTP 451 4.3.0, IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP],
 webmail 503), and serves again, in the same sessions and in new ones, once
-the database is back, without a restart of mailyard.
+the database is back, without a restart of mailyard. A webmail message held
+for undo send whose time comes meanwhile waits, and goes once, after.
 
 The test stops a cluster of its own (the session's cluster serves the other
 tests meanwhile)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -18,10 +22,12 @@ import pytest
 from mailyard.config import Config
 from tests.conftest import HOST, USERS, RunningServer
 from tests.pgcluster import PgCluster, pg_bindir
+from tests.waiting import wait_until
 
 httpx = pytest.importorskip("httpx")
 
 ALICE = "alice@example.test"
+BOB = "bob@example.test"
 MESSAGE = (b"From: someone@remote.test\r\nTo: alice@example.test\r\nSubject: while down\r\n"
            b"Message-ID: <down-1@remote.test>\r\n\r\nhello\r\n")
 
@@ -187,4 +193,64 @@ def test_every_protocol_answers_a_temporary_failure_and_recovers(
     fresh.close()
     imap.close()
     smtp.close()
+    web.close()
+
+
+def test_a_held_webmail_send_waits_out_the_outage_and_goes_once(
+        make_server: Callable[..., RunningServer], own_cluster: PgCluster, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Undo send (web/undo.py): the database goes down just as a held
+    message's time comes, while the draft is read. It is not sent and not
+    given up: a warning line, no traceback, and it goes, once, when the
+    database is back."""
+    import mailyard.web.undo as undo
+
+    caplog.set_level(logging.INFO, logger="mailyard")
+    monkeypatch.setattr(undo, "RETRY_AFTER", 0.5, raising=False)
+
+    def configure(cfg: Config) -> None:
+        cfg.store.backend = "postgresql"
+        cfg.store.dsn = own_cluster.new_dsn()
+        cfg.store.pool_timeout = 2.0
+
+    server = make_server(configure=configure)
+    store = server.store
+
+    async def delay() -> None:
+        account = await store.get_account(ALICE)
+        await store.set_settings(account.id, {"send_delay": 1})
+
+    server.call(delay())
+    # the outage begins when the send's timer first reads the store
+    get_account_by_id = store.get_account_by_id
+    paused = threading.Event()
+
+    async def outage_first(*args: object, **kwargs: object) -> object:
+        task = asyncio.current_task()
+        if not paused.is_set() and task is not None and task.get_coro().__name__ == "later":
+            paused.set()
+            await asyncio.to_thread(own_cluster.pause)
+        return await get_account_by_id(*args, **kwargs)
+
+    monkeypatch.setattr(store, "get_account_by_id", outage_first)
+    web = _web_login(server)
+    token = re.search(r'name="csrf" value="([^"]+)"', web.get("/compose").text).group(1)
+    r = web.post("/compose", data={"csrf": token, "to": BOB, "subject": "through the outage", "body": "hello",
+                                   "action": "send"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/compose/pending/"), r.text
+    outbox = server.data_dir / "web-outbox"
+    try:
+        waiting = "web: a held message is not sent yet (the mail store is unavailable, try again later)"
+        wait_until(lambda: [r for r in caplog.records if r.getMessage().startswith(waiting)], timeout=30,
+                   what="the held send's warning")
+        assert not list(outbox.glob("*.failed"))
+    finally:
+        own_cluster.resume()
+    got = wait_until(lambda: server.messages(BOB), timeout=30, what="the message once the database is back")
+    assert len(got) == 1 and b"through the outage" in got[0]
+    wait_until(lambda: not list(outbox.iterdir()), what="the record of the send to go")
+    assert len(server.messages(BOB)) == 1 and server.messages(ALICE, "Drafts") == []
+    accepted = [r for r in caplog.records if r.name == "mailyard.submit" and r.getMessage().startswith("accepted ")]
+    assert len(accepted) == 1
+    assert not [r.getMessage() for r in caplog.records if r.exc_info and r.name == "mailyard.web"]
     web.close()

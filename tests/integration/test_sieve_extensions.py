@@ -202,3 +202,42 @@ def test_notify_from_forms_that_name_someone_else(mailserver, forged: str) -> No
     send(mailserver, "carol@remote.test", ALICE, "hello")
     (note,) = mailserver.messages(BOB)
     assert b"\r\nFrom: alice@example.test\r\nTo: bob@example.test\r\n" in note
+
+
+def test_editheader_copies_one_over_quota_one_out_of_reach_is_a_temporary_failure(mailserver, monkeypatch) -> None:
+    """Every copy is one a script edited (stored on its own, RFC 5293):
+    alice's would take her over quota, and the store is out of reach for
+    bob's. Nothing is stored, so the sender is told to try again because of
+    the store (451 4.3.0), not that the mailboxes are full (452 4.2.2)."""
+    import smtplib
+
+    from mailyard.store.api import StoreUnavailable
+    from tests.integration.test_sieve_delivery import message
+
+    for user in (ALICE, BOB):
+        install(mailserver, user, 'require ["editheader"];\r\naddheader "X-Filed" "yes";\r\n')
+    # room at RCPT time, none for the message (delivery/submit.py: left out)
+    mailserver.call(mailserver.store.set_quota(ALICE, storage=4000))
+
+    async def inbox(user: str) -> int:
+        account = await mailserver.store.get_account(user)
+        return (await mailserver.store.get_mailbox(account.id, "INBOX")).id
+
+    bob_inbox = mailserver.call(inbox(BOB))
+    deliver = mailserver.store.deliver
+
+    async def out_of_reach_for_bob(body: bytes, targets, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if any(t.mailbox_id == bob_inbox for t in targets):
+            raise StoreUnavailable("the mail store is unavailable, try again later")
+        return await deliver(body, targets, *args, **kwargs)
+
+    monkeypatch.setattr(mailserver.store, "deliver", out_of_reach_for_bob)
+    with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), local_hostname="client.remote.test",
+                      timeout=10) as s:
+        s.ehlo()
+        s.mail("carol@remote.test")  # no SIZE: alice's RCPT is taken, her copy refused at the end of DATA
+        assert s.rcpt(ALICE)[0] == 250 and s.rcpt(BOB)[0] == 250
+        code, text = s.data(message("carol@remote.test", f"{ALICE}, {BOB}", "both") + (b"x" * 70 + b"\r\n") * 80)
+    assert (code, text) == (451, b"4.3.0 Mail store unavailable, try again later")
+    monkeypatch.undo()
+    assert mailserver.messages(ALICE) == [] and mailserver.messages(BOB) == []

@@ -3,7 +3,10 @@ forward pages, the display name in From, undo send, attachments kept."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+from collections.abc import Callable
 from email import message_from_bytes
 from email.policy import default as default_policy
 
@@ -441,3 +444,287 @@ def test_undo_send_refused_when_due_says_not_sent(mailserver: RunningServer) -> 
     # another user learns nothing from the token
     other = login(mailserver, BOB)
     assert "Not sent" not in other.get(pending, follow_redirects=True).text
+
+
+# --- a held send when the store is out of reach --------------------------------
+def _out_of_reach(monkeypatch: pytest.MonkeyPatch, server: RunningServer, method: str,
+                  fails: Callable[[int, tuple], bool], *, error: Callable[[], Exception] | None = None,
+                  after: bool = False) -> list[int]:
+    """``server.store.<method>`` raises ``error()`` (by default
+    StoreUnavailable: its database down) in the timers of held sends
+    (web/undo.py ``schedule``) on the calls ``fails(n, args)`` picks, n
+    counting those calls from 0: the test's own reads go through. With
+    ``after``, the real call runs first (a write applied whose answer is
+    lost). Returns the calls made, one item each."""
+    from mailyard.store.api import StoreUnavailable
+
+    real = getattr(server.store, method)
+    calls: list[int] = []
+
+    async def wrapped(*args: object, **kwargs: object) -> object:
+        task = asyncio.current_task()
+        if task is not None and task.get_coro().__name__ == "later":
+            calls.append(len(calls))
+            if fails(calls[-1], args):
+                if after:
+                    await real(*args, **kwargs)
+                raise error() if error is not None else StoreUnavailable(
+                    "the mail store is unavailable, try again later")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(server.store, method, wrapped)
+    return calls
+
+
+def _held_send(server: RunningServer, subject: str, to: str = BOB) -> str:
+    """A message sent from webmail with a delay of one second: the pending page's path."""
+    _set_delay(server, ALICE, 1)
+    client = login(server)
+    r = client.post("/compose", data={"csrf": csrf(client), "to": to, "subject": subject, "body": "the body",
+                                      "action": "send"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/compose/pending/"), r.text
+    return r.headers["location"]
+
+
+def _outbox(server: RunningServer) -> list[str]:
+    return sorted(p.suffix for p in (server.data_dir / "web-outbox").iterdir() if not p.name.startswith("."))
+
+
+def _timers(server: RunningServer) -> dict[str, asyncio.Task]:
+    """The timers of the held sends of this server, by token (web/undo.py ``_tasks``)."""
+    import mailyard.web.undo as undo
+
+    assert server.server is not None and server.server.services is not None
+    services = server.server.services
+
+    async def read() -> dict[str, asyncio.Task]:
+        return dict(undo._tasks(services))
+
+    return server.call(read())
+
+
+def _accepted(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The "accepted" lines of the submissions (delivery/submit.py), one per message accepted."""
+    return [r.getMessage() for r in caplog.records
+            if r.name == "mailyard.submit" and r.getMessage().startswith("accepted ")]
+
+
+def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.exc_info and r.name == "mailyard.web"]
+
+
+WAITING = "web: a held message is not sent yet (the mail store is unavailable, try again later)"
+
+
+def test_a_held_send_the_store_cannot_take_before_it_is_sent_waits_and_goes_once(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Reading the draft fails: nothing is sent yet; the record waits again
+    (one warning, the tries after it at INFO), and the message goes once
+    the store is back."""
+    import mailyard.web.undo as undo
+
+    caplog.set_level(logging.INFO, logger="mailyard")
+    monkeypatch.setattr(undo, "RETRY_AFTER", 0.2, raising=False)
+    down = {"on": True}
+    _out_of_reach(monkeypatch, mailserver, "read_message", lambda _n, _a: down["on"])
+    pending = _held_send(mailserver, "while down")
+
+    def waiting() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith(WAITING)]
+
+    _wait(lambda: len(waiting()) >= 3, "three tries")
+    # not sent, not failed: the record is pending (or claimed by the next try)
+    assert mailserver.messages(BOB) == []
+    assert _outbox(mailserver) in ([".json"], [".sending"])
+    page = login(mailserver).get(pending, follow_redirects=True)
+    assert "Not sent" not in page.text and "Your message goes in" in page.text
+    down["on"] = False
+    (got,) = _wait(lambda: mailserver.messages(BOB), "the message once the store is back")
+    assert b"while down" in got
+    _wait(lambda: _outbox(mailserver) == [], "the record of the send to go")
+    assert len(mailserver.messages(BOB)) == 1 and len(_accepted(caplog)) == 1
+    assert mailserver.messages(ALICE, "Drafts") == [] and len(mailserver.messages(ALICE, "Sent")) == 1
+    # the first try a warning, the others informational, none with a traceback
+    levels = [r.levelno for r in waiting()]
+    assert levels[0] == logging.WARNING and set(levels[1:]) == {logging.INFO}, levels
+    assert not _tracebacks(caplog)
+
+
+def test_a_held_send_whose_commit_answer_is_lost_is_not_sent_again(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The store applies the submission's commit but its answer is lost
+    (StoreUnavailable after the write, as a COMMIT pipelined with its
+    statements can be, store/postgresql/store.py): the message may have
+    gone, so it is never submitted again. One copy; the page says it may
+    not have gone; the draft stays in Drafts."""
+    import mailyard.web.undo as undo
+
+    caplog.set_level(logging.INFO, logger="mailyard")
+    monkeypatch.setattr(undo, "RETRY_AFTER", 0.2, raising=False)
+    calls = _out_of_reach(monkeypatch, mailserver, "deliver", lambda n, _a: n == 0, after=True)
+    pending = _held_send(mailserver, "commit answer lost")
+    _wait(lambda: _outbox(mailserver) == [".failed"] or len(calls) > 1, "the send to end")
+    assert len(calls) == 1 and _outbox(mailserver) == [".failed"] and _timers(mailserver) == {}
+    (got,) = mailserver.messages(BOB)
+    assert b"commit answer lost" in got
+    assert len(mailserver.messages(ALICE, "Drafts")) == 1 and mailserver.messages(ALICE, "Sent") == []
+    page = login(mailserver).get(pending, follow_redirects=True)
+    assert "It may not have gone: the mail store was out of reach while it was being sent." in page.text
+    assert "Not sent:" not in page.text and "Message sent." not in page.text
+    assert not [r for r in caplog.records if r.getMessage().startswith(WAITING)]
+    assert not _tracebacks(caplog)
+
+
+@pytest.mark.parametrize("error", [
+    pytest.param(lambda: __import__("mailyard.store.api").store.api.StoreUnavailable("down"), id="store"),
+    pytest.param(lambda: OSError("disk gone"), id="oserror"),
+])
+def test_a_held_send_that_fails_after_acceptance_is_sent_and_not_sent_again(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        error: Callable[[], Exception]) -> None:
+    """Accepted, then the report of a recipient over quota cannot be stored
+    (still in ``submit_message``): the message went, the page says so, and
+    it is not tried again."""
+    import mailyard.web.undo as undo
+
+    caplog.set_level(logging.INFO, logger="mailyard")
+    monkeypatch.setattr(undo, "RETRY_AFTER", 0.2, raising=False)
+    _set_quota(mailserver, "postmaster@example.test", 1)  # left out: alice gets a report (delivery/submit.py)
+    # the report to the sender (RFC 3464): stored after the message was accepted
+    _out_of_reach(monkeypatch, mailserver, "deliver", lambda _n, a: b"multipart/report" in a[0], error=error)
+    pending = _held_send(mailserver, "accepted then down", to=f"{BOB}, postmaster@example.test")
+    _wait(lambda: _outbox(mailserver) == [] or ".failed" in _outbox(mailserver), "the record of the send to go")
+    assert _outbox(mailserver) == []
+    (got,) = mailserver.messages(BOB)
+    assert b"accepted then down" in got
+    assert len(_accepted(caplog)) == 1  # never submitted again
+    assert mailserver.messages(ALICE) == []  # the report was lost, not the message
+    assert mailserver.messages(ALICE, "Drafts") == [] and len(mailserver.messages(ALICE, "Sent")) == 1
+    assert [r for r in caplog.records
+            if r.name == "mailyard.submit" and "the mailbox-full report could not be stored" in r.getMessage()]
+    assert not _tracebacks(caplog)
+    page = login(mailserver).get(pending, follow_redirects=True)
+    assert "Message sent." in page.text and "Not sent" not in page.text
+
+
+def test_a_held_send_the_store_fails_after_it_went_is_not_sent_again(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Sent, then the draft cannot be removed: one warning line, no record
+    saying it was not sent, the draft stays in Drafts, and one copy only."""
+    import mailyard.web.undo as undo
+
+    caplog.set_level(logging.INFO, logger="mailyard")
+    monkeypatch.setattr(undo, "RETRY_AFTER", 0.2, raising=False)
+    _out_of_reach(monkeypatch, mailserver, "expunge", lambda _n, _a: True)
+    pending = _held_send(mailserver, "sent then down")
+    _wait(lambda: _outbox(mailserver) == [], "the record of the send to go")
+    (got,) = mailserver.messages(BOB)
+    assert b"sent then down" in got and len(_accepted(caplog)) == 1
+    lines = [r for r in caplog.records if "held message" in r.getMessage() and r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in lines] == [
+        "web: a held message of alice@example.test was sent, but its draft stays in Drafts: "
+        "the mail store is unavailable, try again later"]
+    assert not _tracebacks(caplog)
+    assert len(mailserver.messages(ALICE, "Drafts")) == 1 and mailserver.messages(ALICE, "Sent") == []
+    page = login(mailserver).get(pending, follow_redirects=True)
+    assert "Message sent." in page.text and "Not sent" not in page.text
+
+
+@pytest.mark.parametrize("how", ["rename fails", "record gone"])
+def test_a_held_send_that_cannot_wait_again_says_not_sent(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        how: str) -> None:
+    """Reading the draft fails and the record cannot be put back to wait
+    (its rename fails, or the claimed record is gone): the page says not
+    sent, rather than "Message sent." or a countdown that never ends."""
+    import os
+
+    import mailyard.web.undo as undo
+
+    caplog.set_level(logging.INFO, logger="mailyard")
+    monkeypatch.setattr(undo, "RETRY_AFTER", 0.2, raising=False)
+    outbox = mailserver.data_dir / "web-outbox"
+
+    def fails(_n: int, _a: tuple) -> bool:
+        if how == "record gone":
+            for path in outbox.glob("*.sending"):
+                path.unlink()
+        return True
+
+    if how == "rename fails":
+        rename = os.rename
+
+        def refused(src: object, dst: object, *args: object, **kwargs: object) -> None:
+            if str(src).endswith(".sending") and str(dst).endswith(".json"):
+                raise PermissionError(13, "Permission denied", str(dst))
+            rename(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "rename", refused)
+    calls = _out_of_reach(monkeypatch, mailserver, "read_message", fails)
+    pending = _held_send(mailserver, "cannot wait")
+    _wait(lambda: ".failed" in _outbox(mailserver) or len(calls) > 1, "the send to end")
+    assert len(calls) == 1 and _outbox(mailserver) == [".failed"] and _timers(mailserver) == {}
+    page = login(mailserver).get(pending, follow_redirects=True)
+    assert "Not sent: the mail store was out of reach." in page.text
+    assert mailserver.messages(BOB) == [] and len(mailserver.messages(ALICE, "Drafts")) == 1
+
+
+def test_undo_of_a_held_send_waiting_again_takes_it_back_for_good(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Reading the draft failed and the record waits again: Undo takes it
+    back, the timer of its retry is cancelled, no record comes back,
+    nothing is sent."""
+    import mailyard.web.undo as undo
+
+    caplog.set_level(logging.INFO, logger="mailyard")
+    monkeypatch.setattr(undo, "RETRY_AFTER", 60.0, raising=False)
+    calls = _out_of_reach(monkeypatch, mailserver, "read_message", lambda _n, _a: True)
+    pending = _held_send(mailserver, "undone while waiting")
+    _wait(lambda: calls and _outbox(mailserver) == [".json"], "the record to wait again")
+    (timer,) = _timers(mailserver).values()
+    client = login(mailserver)
+    r = client.post(f"{pending}/undo", data={"csrf": csrf(client)})
+    assert r.status_code == 303 and "Sending%20undone" in r.headers["location"], r.headers.get("location")
+    _wait(timer.done, "the timer to end")
+    assert timer.cancelled() and _timers(mailserver) == {}
+    assert _outbox(mailserver) == [] and len(calls) == 1
+    assert mailserver.messages(BOB) == [] and len(mailserver.messages(ALICE, "Drafts")) == 1
+    assert "undone while waiting" in client.get(r.headers["location"]).text
+
+
+def test_a_held_send_the_server_stops_before_it_is_sent_goes_after_the_restart(
+        make_server, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """The server stops while the send reads the draft (the stop cancels
+    the timers before the store closes): nothing was sent, so the record
+    waits (``.json``) and the next start sends it, once."""
+    import threading
+
+    from ..conftest import RunningServer as Running
+
+    first = make_server()
+    reading = threading.Event()
+
+    async def stuck(*args: object, **kwargs: object) -> object:
+        task = asyncio.current_task()
+        if task is not None and task.get_coro().__name__ == "later":
+            reading.set()
+            await asyncio.Event().wait()  # until the stop cancels the send
+        return await read_message(*args, **kwargs)
+
+    read_message = first.store.read_message
+    monkeypatch.setattr(first.store, "read_message", stuck)
+    _held_send(first, "stopped while reading")
+    _wait(reading.is_set, "the send to read the draft")
+    data_dir, config = first.data_dir, first.config
+    first.call(first.server.stop())
+    first.server = None
+    assert _outbox(first) == [".json"]
+    second = Running(data_dir, config, seed_defaults=False)
+    try:
+        second.start()
+        (got,) = _wait(lambda: second.messages(BOB), "the held message after the restart")
+        assert b"stopped while reading" in got
+        _wait(lambda: _outbox(second) == [], "the record of the send to go")
+        assert len(second.messages(BOB)) == 1 and second.messages(ALICE, "Drafts") == []
+    finally:
+        second.stop()

@@ -385,11 +385,14 @@ class OutboundQueue:
                                            placements=placements, fields=fields)
         if eight_bit is None:
             eight_bit = not body.isascii()
-        entry = NewQueueEntry(sender, rcpts, envid, ret, smtputf8, eight_bit) if rcpts else None
+        # the creation time the log's queue name needs is chosen here, not
+        # read back after the commit: nothing after the commit may fail (the
+        # SMTP glue would answer 451 for a message already queued, and the
+        # client send it again)
+        created = time.time()
+        entry = NewQueueEntry(sender, rcpts, envid, ret, smtputf8, eight_bit, created=created) if rcpts else None
         _uids, queue_id = await self.store.queue_submit(body, entry, targets)
         if queue_id is not None:
-            entry_now = await self.store.queue_entry(queue_id)
-            created = entry_now.created if entry_now is not None else time.time()
             logs.event(log, logging.INFO, "queued", msgid=msgid, queue_id=queue_name(queue_id, created),
                        size=len(body), **{"from": sender, "to": [r.address for r in rcpts]})
             metrics.count_delivery("remote", "queued", len(rcpts))

@@ -325,6 +325,7 @@ async def accept_message(
             await deliver_local(intake.store, plan.message, reverse_path, [owner], inbox_id=inbox_id,
                                 enforce_quota=True, placements={owner.id: plan.targets}, fields=fields)
         except QuotaExceeded:
+            # nothing stored: a later failure is still one before any commit
             edited.remove(owner)
             over_quota.append(owner)
         except Exception as exc:
@@ -339,7 +340,8 @@ async def accept_message(
                 continue
             wanted.append(owner)
             plans.pop(owner.id, None)
-        committed = True
+        else:
+            committed = True
     if accounts and not wanted and not edited and not first and over_quota:
         raise QuotaExceeded("mailbox full: " + ", ".join(a.address for a in over_quota))
     wanted += edited
@@ -685,6 +687,17 @@ async def submit_message(
     ``recipients`` the forward-paths (To + Cc + Bcc); ``reverse_path`` by
     default the first From address. Raises ``SubmissionRefused`` without
     delivering anything when a check fails.
+
+    Once ``accept_message`` returned, the message is accepted: what
+    follows (the log line, the over-quota report) logs its failures and
+    never raises, so that an exception from here is never one after a
+    returned acceptance. It does not prove that nothing was accepted: a
+    ``StoreError`` (``StoreUnavailable``) may come from a commit the store
+    applied but could not confirm (the PostgreSQL store sends COMMIT with
+    the statements, store/postgresql/store.py), and the local copies may
+    be committed before a later step of ``accept_message`` fails. A caller
+    must not submit the message again on its own (web/undo.py leaves it in
+    Drafts and says it may have gone).
     """
     if not recipients:
         raise SubmissionRefused("the message has no recipients")
@@ -726,11 +739,21 @@ async def submit_message(
         )
     except QuotaExceeded as exc:
         raise SubmissionRefused(f"the recipient's mailbox is full ({exc})", local) from exc
-    # The same line an SMTP submission logs (net/smtp.py).
-    logs.event(log, logging.INFO, "accepted", proto=service, ip=client_ip, user=account.address, msgid=msgid,
-               size=len(accepted.data), delivered=len(accounts) - len(accepted.over_quota), queued=len(remote),
-               **{"from": reverse_path, "to": list(recipients)})
-    metrics.count_message(service, "accepted")
+    # accepted: a failure from here on is logged, never raised (the caller
+    # would take the message for not sent, and the user send it again)
+    try:
+        # The same line an SMTP submission logs (net/smtp.py).
+        logs.event(log, logging.INFO, "accepted", proto=service, ip=client_ip, user=account.address, msgid=msgid,
+                   size=len(accepted.data), delivered=len(accounts) - len(accepted.over_quota), queued=len(remote),
+                   **{"from": reverse_path, "to": list(recipients)})
+        metrics.count_message(service, "accepted")
+    except Exception:
+        log.exception("submission %s of %s: accepted, but its log line failed", msgid, account.address)
     if accepted.over_quota:
-        await report_over_quota(intake, accepted.data, reverse_path, [(a.address, None) for a in accepted.over_quota])
+        try:
+            await report_over_quota(intake, accepted.data, reverse_path,
+                                    [(a.address, None) for a in accepted.over_quota])
+        except Exception:
+            log.exception("submission %s of %s: the mailbox-full report could not be stored", msgid,
+                          account.address)
     return SubmitResult(accepted.data, local, remote, accepted.queue_id)

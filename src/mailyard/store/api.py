@@ -411,6 +411,7 @@ class NewQueueEntry:
     smtputf8: bool = False
     eight_bit: bool = False
     next_attempt: float | None = None  # None: at once
+    created: float | None = None  # its ``QueueEntry.created``; None: the time of the commit
 
 
 @dataclass(frozen=True, slots=True)

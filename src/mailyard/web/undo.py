@@ -12,12 +12,39 @@ during the delay finds the record at its next start (``resume``) and sends
 the message then, late rather than never. The send and the undo each claim
 the record first by renaming it (atomic on one file system), so exactly one
 of them wins, also between the worker processes of a multi-process server.
-A send that was under way when the server stopped (``.sending`` left over)
-is not tried again: its draft stays in Drafts for the user to check (at
-most once, never twice). A send refused when its time came (a recipient's
-mailbox full, a limit reached) leaves ``<token>.failed`` with the reason,
-which the pending page shows with a link to the draft; such records older
-than FAILED_KEPT seconds are removed at the next start.
+
+When its time comes, the send goes in phases, and what a store out of
+reach (``StoreUnavailable``, its database down) does depends on the phase:
+
+- reading the account, Drafts and the draft: nothing is sent yet. The
+  record goes back (``.json``, due again in RETRY_AFTER seconds) and the
+  send is tried again then, or by ``resume`` at the next start: late
+  rather than never. The first such failure of a send is a warning in the
+  log, the tries after it informational lines. While the store is out of
+  reach the pages answer 503, the Undo button's too (the session is read
+  from the store); once it answers again, Undo takes the record back as
+  any other. A server that stops while the draft is read (its timers are
+  cancelled before the store closes) leaves the record the same way. A
+  record that cannot be put back leaves ``<token>.failed`` (below): not
+  sent.
+- the submission (``submit_message``): it is never tried again. A store
+  error from it does not prove that nothing was accepted (a commit may be
+  applied while its answer is lost, delivery/submit.py), so a second try
+  could deliver the message twice: it leaves ``<token>.failed`` saying it
+  may not have gone, and the draft stays in Drafts for the user to check.
+- after the submission returned, the message is sent: a store out of
+  reach while the draft is removed, the copy kept in Sent and the original
+  flagged leaves the rest of those steps undone (the draft may stay in
+  Drafts), says so in one warning line, and never submits it again.
+
+A send whose submission was under way when the server stopped
+(``.sending`` left over) is not tried again: its draft stays in Drafts for
+the user to check (at most once, never twice). A send refused when its
+time came (a recipient's mailbox full, a limit reached), or that failed on
+an error of the server, leaves ``<token>.failed`` with the reason (and
+whether it may have gone), which the pending page shows with a link to the
+draft; such records older than FAILED_KEPT seconds are removed at the next
+start.
 
 Before the wait, the recipients are resolved and the sender rule checked,
 so a mistake is shown on the form at once, not after the delay.
@@ -45,7 +72,7 @@ from ..delivery.router import Verdict
 from ..delivery.submit import SenderNotAllowed, SubmissionRefused, sender_rule, submit_message
 from ..fsutil import write_atomic
 from ..message.compose import without_bcc
-from ..store.api import NotFound, QuotaExceeded, StoreError
+from ..store.api import NotFound, QuotaExceeded, StoreError, StoreUnavailable
 from . import pages
 
 if TYPE_CHECKING:
@@ -55,6 +82,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailyard.web")
 
 FAILED_KEPT = 7 * 86400  # seconds a refused send's record is kept for its page
+RETRY_AFTER = 45.0  # seconds before a send the store could not take is tried again
 _TOKEN_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
@@ -136,36 +164,109 @@ def schedule(services: Services, token: str, delay: float) -> None:
         await asyncio.sleep(max(0.0, delay))
         await fire(services, token)
 
+    def done(task: asyncio.Task) -> None:
+        if tasks.get(token) is task:  # not the timer of a retry it scheduled
+            del tasks[token]
+
     tasks = _tasks(services)
     task = asyncio.ensure_future(later())
     tasks[token] = task
-    task.add_done_callback(lambda _t: tasks.pop(token, None))
+    task.add_done_callback(done)
 
 
 async def fire(services: Services, token: str) -> None:
-    """Send the held message of ``token`` unless it was undone."""
+    """Send the held message of ``token`` unless it was undone; a store out
+    of reach is answered by phase (module doc)."""
     record = _claim(services, token, ".sending")
     if record is None:
         return
+    failure: str | None = None
+    uncertain = False  # whether it may have gone all the same
     try:
-        failure = await _send(services, record)
-    except Exception:  # noqa: BLE001 - the draft stays in Drafts; the server carries on
-        log.exception("web: sending a held message failed; it stays in Drafts")
-        failure = "an error on the server"
-    try:
-        if failure is not None:
-            # for the pending page: what happened, and where the draft is
-            failed = {k: record.get(k) for k in ("account_id", "mailbox_id", "uid")}
-            await asyncio.to_thread(_write_durably, _record_path(services, token, ".failed"),
-                                    json.dumps({**failed, "reason": failure}).encode())
-    finally:
+        held = await _read_held(services, record)
+    except asyncio.CancelledError:
+        # the server stops before the submission: nothing was sent, the
+        # record waits for ``resume``
         with contextlib.suppress(OSError):
-            _record_path(services, token, ".sending").unlink()
+            os.rename(_record_path(services, token, ".sending"), _record_path(services, token))
+        raise
+    except StoreUnavailable as exc:
+        # not sent (``_read_held`` only reads): tried again later
+        tries = int(record.get("tries") or 0)
+        log.log(logging.INFO if tries else logging.WARNING,
+                "web: a held message is not sent yet (%s); it is tried again in %d s", exc, RETRY_AFTER)
+        await _retry_later(services, token, {**record, "tries": tries + 1})
+        return
+    except Exception:  # noqa: BLE001 - a bug before the message was sent: it stays in Drafts; the server carries on
+        log.exception("web: reading a held message failed; it is not sent, it stays in Drafts")
+        failure = "an error on the server"
+    else:
+        try:
+            failure = None if held is None else await _submit_held(services, record, *held)
+        except StoreError as exc:
+            # the commit may have been applied with its answer lost: never
+            # submitted again (module doc)
+            log.warning("web: a held message of %s may not have gone (%s); it is not sent again, "
+                        "it stays in Drafts", held[0].address if held else record.get("account_id"), exc)
+            what = "was out of reach" if isinstance(exc, StoreUnavailable) else "failed"
+            failure, uncertain = f"the mail store {what} while it was being sent", True
+        except Exception:  # noqa: BLE001 - a bug during the submission: never submitted again
+            log.exception("web: sending a held message failed; it is not sent again, it stays in Drafts")
+            failure, uncertain = "an error on the server while it was being sent", True
+    if failure is not None:
+        await _give_up(services, token, record, failure, uncertain)
+        return
+    with contextlib.suppress(OSError):
+        _record_path(services, token, ".sending").unlink()
 
 
-async def _send(services: Services, record: dict) -> str | None:
-    """Send the held draft of ``record``; None when it went (or is gone
-    from Drafts meanwhile), else why it was refused (it stays in Drafts)."""
+async def _give_up(services: Services, token: str, record: dict, reason: str, uncertain: bool = False) -> None:
+    """End the claimed send of ``token`` that did not go (``uncertain``: or
+    may have gone): ``<token>.failed`` for the pending page (why, and where
+    the draft is), then the claim goes. A ``.failed`` that cannot be
+    written leaves the claim (``.sending``), so that the page never says
+    "sent"; ``resume`` drops it at the next start."""
+    failed = {k: record.get(k) for k in ("account_id", "mailbox_id", "uid")}
+    try:
+        await asyncio.to_thread(_write_durably, _record_path(services, token, ".failed"),
+                                json.dumps({**failed, "reason": reason, "uncertain": uncertain}).encode())
+    except OSError as exc:
+        log.warning("web: why a held message did not go could not be recorded (%s)", exc)
+        return
+    with contextlib.suppress(OSError):
+        _record_path(services, token, ".sending").unlink()
+
+
+async def _retry_later(services: Services, token: str, record: dict) -> None:
+    """Give back the claim of a send that did not go: the record, due again
+    in RETRY_AFTER seconds, is pending again (for the timer, Undo and
+    ``resume``). If it cannot be, the send ends as not sent."""
+    again = json.dumps({**record, "due": time.time() + RETRY_AFTER}).encode()
+    sending, pending = _record_path(services, token, ".sending"), _record_path(services, token)
+
+    def put_back() -> None:
+        sending.stat()  # gone: not put back (the rewrite below would make it anew)
+        # the new due time goes into the claimed record before it is pending
+        # again: rewriting it after would race with an Undo claiming it
+        with contextlib.suppress(OSError):  # else it keeps its due time (``resume``: at once)
+            _write_durably(sending, again)
+        os.rename(sending, pending)
+
+    try:
+        # in a thread, which also ends its work when the server stops meanwhile
+        await asyncio.to_thread(put_back)
+    except OSError as exc:
+        log.warning("web: a held message could not be put back to wait (%s); it is not sent, it stays in Drafts",
+                    exc)
+        # for the pending page, which would otherwise say "sent" or count down for good
+        await _give_up(services, token, record, "the mail store was out of reach")
+        return
+    schedule(services, token, RETRY_AFTER)
+
+
+async def _read_held(services: Services, record: dict) -> tuple[Account, Mailbox, int, bytes] | None:
+    """The account, Drafts, UID and bytes of the held draft of ``record``;
+    None when it is gone from Drafts meanwhile (then it is not sent)."""
     store = services.store
     account = await store.get_account_by_id(int(record["account_id"]))
     drafts = await store.get_mailbox_by_id(int(record["account_id"]), int(record["mailbox_id"]))
@@ -173,9 +274,18 @@ async def _send(services: Services, record: dict) -> str | None:
         return None
     uid = int(record["uid"])
     try:
-        full = await store.read_message(drafts, uid)
+        return account, drafts, uid, await store.read_message(drafts, uid)
     except NotFound:
         return None  # deleted from Drafts meanwhile (by another client): not sent
+
+
+async def _submit_held(services: Services, record: dict, account: Account, drafts: Mailbox, uid: int,
+                       full: bytes) -> str | None:
+    """Send the held draft; None when it went, else why it was refused (it
+    stays in Drafts). Raises only what ``submit_message`` raises (then it
+    may have gone: module doc); once that returned, a failure to file the
+    message is logged here."""
+    store = services.store
     client_ip = str(record.get("client_ip") or "127.0.0.1")
     try:
         await submit_message(services, account, without_bcc(full), list(record["recipients"]), client_ip=client_ip,
@@ -185,12 +295,21 @@ async def _send(services: Services, record: dict) -> str | None:
                    reason="refused", detail=str(exc))
         metrics.count_message("web", "rejected", "refused")
         return str(exc)  # it stays in Drafts
-    await store.expunge(drafts, [uid])
-    sent = next((b for b in await store.list_mailboxes(account.id) if b.special_use == "\\Sent"), None)
-    if sent is not None:
-        with contextlib.suppress(QuotaExceeded):
-            await store.append(sent, full, ["\\Seen"])
-    await mark_original(services, account.id, record.get("refs") or {})
+    # sent: from here on, nothing may submit it again
+    left = "its draft stays in Drafts"
+    try:
+        await store.expunge(drafts, [uid])
+        left = "no copy was kept in Sent"
+        sent = next((b for b in await store.list_mailboxes(account.id) if b.special_use == "\\Sent"), None)
+        if sent is not None:
+            with contextlib.suppress(QuotaExceeded):
+                await store.append(sent, full, ["\\Seen"])
+        left = "the message it answers or forwards was not flagged"
+        await mark_original(services, account.id, record.get("refs") or {})
+    except StoreUnavailable as exc:
+        log.warning("web: a held message of %s was sent, but %s: %s", account.address, left, exc)
+    except Exception:  # noqa: BLE001 - a bug, but the message went: no record may say it did not
+        log.exception("web: a held message of %s was sent, but %s", account.address, left)
     return None
 
 
@@ -255,8 +374,8 @@ async def _own_record(request: Request, token: str, suffix: str = ".json") -> tu
 
 
 def _own_failure(request: Request, token: str) -> dict | None:
-    """The record of this session's send of ``token`` refused at its time
-    (``reason``, the draft's ``mailbox_id`` and ``uid``), or None."""
+    """The record of this session's send of ``token`` that did not go at
+    its time (``reason``, ``uncertain``: it may have gone, the draft), or None."""
     session = pages.current(request)
     try:
         record = json.loads(_record_path(pages.state(request).services, token, ".failed").read_bytes())
@@ -264,7 +383,7 @@ def _own_failure(request: Request, token: str) -> dict | None:
         return None
     if not isinstance(record, dict) or record.get("account_id") != session.account_id:
         return None
-    return {"reason": str(record.get("reason") or "refused"),
+    return {"reason": str(record.get("reason") or "refused"), "uncertain": record.get("uncertain") is True,
             "draft": f"{int(record.get('mailbox_id') or 0)}:{int(record.get('uid') or 0)}"}
 
 

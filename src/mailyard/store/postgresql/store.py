@@ -2131,11 +2131,12 @@ class PostgreSQLStore(ContactsMixin, Store):
         entry = msg.entry
         if entry is not None:
             now = time.time()
+            created = entry.created if entry.created is not None else now
             (queue_id,) = await _one(
                 c, "INSERT INTO queue(body_id, reverse_path, envid, ret, smtputf8, eight_bit, size, created)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                 (body_id, entry.reverse_path, entry.envid, entry.ret, entry.smtputf8, entry.eight_bit,
-                 len(msg.body), now))
+                 len(msg.body), created))
             due = entry.next_attempt if entry.next_attempt is not None else now
             async with c.cursor() as cur:
                 await cur.executemany(

@@ -82,11 +82,12 @@ class QueueMixin(BodiesMixin):
         entry = msg.entry
         if entry is not None:
             now = time.time()
+            created = entry.created if entry.created is not None else now
             cur = c.execute(
                 "INSERT INTO queue(body_id, reverse_path, envid, ret, smtputf8, eight_bit, size, created)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (body_id, entry.reverse_path, entry.envid, entry.ret, int(entry.smtputf8), int(entry.eight_bit),
-                 len(msg.body), now),
+                 len(msg.body), created),
             )
             queue_id = cur.lastrowid
             due = entry.next_attempt if entry.next_attempt is not None else now
