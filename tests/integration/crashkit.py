@@ -13,7 +13,7 @@ restart with those records. ``Harness.run`` does the rest, every cycle:
    SIGKILL the server after a random delay; stop the threads,
 2. on odd cycles, with the server down, check the store's files as the kill
    left them: SQLite's integrity check, every body row's bytes present in its
-   segment file, reference counts equal to the references, ``uid_next`` above
+   segment file or whole in the index, reference counts equal to the references, ``uid_next`` above
    every UID used or expunged; then let the scenario top up its test data.
    On even cycles the restarted server finds the directory untouched,
 3. restart the server on the same data directory; audit: every message of
@@ -81,10 +81,13 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 def message_bytes(cid: str) -> bytes:
     """The exact bytes of test message ``cid``: deterministic, so a stored copy
-    can be checked byte for byte; sizes vary from 1 to about 40 KB so that
-    writes of different lengths are cut by the kill."""
+    can be checked byte for byte; sizes vary from 1 to about 45 KB so that
+    writes of different lengths are cut by the kill. One message in six is
+    of 24 to 45 KB, around the SQLite store's inline threshold (32 KiB,
+    store/sqlite/bodies.py): the smaller bodies are written in the index,
+    the bigger in segment files, and the kill cuts writes of both."""
     n = int(hashlib.sha256(cid.encode()).hexdigest()[:6], 16)
-    lines = 4 + (n % 6 == 0) * (n % 500) + n % 40
+    lines = 4 + (n % 6 == 0) * (300 + n % 260) + n % 40
     head = (
         f"From: load@crash.test\r\nTo: someone@{DOMAIN}\r\nDate: Mon, 23 Nov 2026 09:00:00 +0000\r\n"
         f"Subject: crash {cid}\r\n"
@@ -750,15 +753,23 @@ def check_store_files(data: Path, checks: Checks) -> None:
             sizes[seg] = p.stat().st_size if p.exists() else -1
         refs = Counter(r[0] for r in conn.execute("SELECT body_id FROM messages"))
         refs.update(r[0] for r in conn.execute("SELECT body_id FROM queue"))
-        for body_id, seg, offset, length, count in conn.execute(
-            "SELECT id, segment, offset, length, refs FROM bodies"
+        for body_id, seg, offset, length, count, inline in conn.execute(
+            "SELECT b.id, b.segment, b.offset, b.length, b.refs, length(d.data) FROM bodies b"
+            " LEFT JOIN body_data d ON d.body_id = b.id"
         ):
-            checks.ok(seg in segments, "body-segment-known", f"body {body_id} in unknown segment {seg}")
-            checks.ok(sizes.get(seg, -1) >= offset + length, "body-bytes-on-disk",
-                      f"body {body_id}: segment {seg} has {sizes.get(seg)} bytes, needs {offset + length}")
+            if seg == 0:  # kept in the index (store/sqlite/bodies.py)
+                checks.ok(inline == length, "inline-body-whole",
+                          f"body {body_id}: {inline} bytes in the index, needs {length}")
+            else:
+                checks.ok(seg in segments, "body-segment-known", f"body {body_id} in unknown segment {seg}")
+                checks.ok(sizes.get(seg, -1) >= offset + length, "body-bytes-on-disk",
+                          f"body {body_id}: segment {seg} has {sizes.get(seg)} bytes, needs {offset + length}")
             used = refs.pop(body_id, 0)
             checks.ok(count == used, "body-refcount", f"body {body_id}: refs {count}, used by {used} row(s)")
         checks.ok(not refs, "no-dangling-body-reference", f"rows point at missing bodies {list(refs)[:5]}")
+        orphans = conn.execute("SELECT count(*) FROM body_data d LEFT JOIN bodies b ON b.id = d.body_id"
+                               " WHERE b.id IS NULL OR b.segment <> 0").fetchone()[0]
+        checks.ok(orphans == 0, "inline-bytes-have-their-body", f"{orphans} body_data rows without their body")
         for box, uid_next, top, gone in conn.execute(
             "SELECT b.id, b.uid_next, (SELECT max(uid) FROM messages m WHERE m.mailbox_id = b.id),"
             " (SELECT max(uid) FROM expunged e WHERE e.mailbox_id = b.id) FROM mailboxes b"

@@ -26,6 +26,7 @@ from mailyard.store.api import (
     StoreError,
 )
 from mailyard.store.sqlite import SQLiteStore, schema
+from mailyard.store.sqlite.bodies import INLINE_MAX
 from tests.unit.test_store import MIME
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "mailyard"
@@ -115,7 +116,118 @@ async def test_a_queued_body_is_shared_with_its_local_copies(tmp_path: Path) -> 
         await s.close()
 
 
-async def test_compaction_reclaims_expunged_space_and_keeps_live_bytes(tmp_path: Path) -> None:
+def _segment_accounts(s: SQLiteStore) -> tuple[list[tuple], list[tuple]]:
+    """Each segment's (id, size, live) by the segments table, and (id, sum of
+    the lengths of its bodies) by the bodies that point into it."""
+    return (s._q("SELECT id, size, live FROM segments WHERE size > 0 ORDER BY id"),
+            s._q("SELECT segment, sum(length) FROM bodies WHERE segment <> 0 GROUP BY segment ORDER BY segment"))
+
+
+async def test_bodies_up_to_the_threshold_are_kept_in_the_index(tmp_path: Path) -> None:
+    """Up to INLINE_MAX bytes a body is written in the index, in the
+    transaction of its rows, and counted against no segment; one byte more
+    and it goes to a segment file. Both read back exactly, for a mailbox and
+    for the queue, and an expunge takes the inline bytes with the row."""
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False, segment_size=1 << 20))
+    try:
+        await s.add_domain("example.test")
+        inbox = await _inbox(s)
+        at, above = b"a" * INLINE_MAX, b"b" * (INLINE_MAX + 1)
+        assert await s.append(inbox, at) == 1
+        assert await s.append(inbox, above) == 2
+        entry = NewQueueEntry("a@example.test", [NewRecipient("b@b.test")])
+        _, qid = await s.queue_submit(b"queued\r\n", entry, [])
+        assert qid is not None
+        assert s._q("SELECT segment, offset, length FROM bodies ORDER BY id") == [
+            (0, 0, INLINE_MAX), (1, 0, INLINE_MAX + 1), (0, 0, 8)]
+        assert s._q("SELECT id, size, live FROM segments") == [(1, INLINE_MAX + 1, INLINE_MAX + 1)]
+        assert (tmp_path / "d" / "blobs" / "00000001.seg").stat().st_size == INLINE_MAX + 1
+        assert await s.read_message(inbox, 1) == at and await s.read_message(inbox, 2) == above
+        assert await s.read_messages(inbox, [1, 2]) == [(1, at), (2, above)]
+        assert await s.queue_body(qid) == b"queued\r\n"
+        await s.expunge(inbox, [1])
+        await s.queue_delete(qid)
+        assert s._q("SELECT count(*) FROM body_data") == [(0,)]
+        assert s._q("SELECT id, size, live FROM segments") == [(1, INLINE_MAX + 1, INLINE_MAX + 1)]
+        await s.expunge(inbox, [2])
+        assert s._q("SELECT id, size, live FROM segments") == [(1, INLINE_MAX + 1, 0)]
+    finally:
+        await s.close()
+
+
+async def test_a_store_of_inline_and_segment_bodies_compacts_with_exact_bytes(tmp_path: Path) -> None:
+    """Compaction moves the live bodies of a mostly-dead segment and leaves
+    the inline ones where they are; the segments' accounts stay equal to
+    the bodies that point into them."""
+    s = SQLiteStore(tmp_path / "c", StoreConfig(fsync=False, segment_size=100_000))
+    try:
+        await s.add_domain("example.test")
+        inbox = await _inbox(s)
+        bodies = {}
+        for i in range(40):  # small and big in turn: about 20 big ones over several segments
+            size = 1000 + i if i % 2 else 40_000 + i
+            body = b"Subject: %d\r\n\r\n" % i + bytes([65 + i % 26]) * size
+            bodies[await s.append(inbox, body)] = body
+        assert s._q("SELECT count(*) FROM bodies WHERE segment = 0") == [(20,)]
+        blob_dir = tmp_path / "c" / "blobs"
+        before = sum(p.stat().st_size for p in blob_dir.glob("*.seg"))
+        assert before == sum(len(b) for b in bodies.values() if len(b) > INLINE_MAX)
+        await s.expunge(inbox, [uid for uid in bodies if uid % 4 not in (0, 1)])
+        await s.compact()
+        await s.compact()  # the second pass removes the retired files
+        after = sum(p.stat().st_size for p in blob_dir.glob("*.seg"))
+        assert after < before * 0.7
+        kept = {uid: body for uid, body in bodies.items() if uid % 4 in (0, 1)}
+        assert await s.read_messages(inbox, list(kept)) == sorted(kept.items())
+        assert s._q("SELECT count(*) FROM body_data") == s._q("SELECT count(*) FROM bodies WHERE segment = 0")
+        accounts, pointed = _segment_accounts(s)
+        assert [(seg, live) for seg, _, live in accounts if live] == pointed
+    finally:
+        await s.close()
+
+
+async def test_a_version_9_store_reads_its_bodies_and_keeps_new_small_ones_inline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data directory from before inline bodies (every body in a segment,
+    no body_data) opens, reads its bodies, compacts them, and keeps the
+    small bodies written from then on in the index."""
+    from mailyard.store.sqlite import bodies as bodies_module
+
+    place = tmp_path / "v9"
+    monkeypatch.setattr(bodies_module, "INLINE_MAX", -1)  # every body to a segment, as before
+    s = SQLiteStore(place, StoreConfig(fsync=False, segment_size=8_000))
+    await s.add_domain("example.test")
+    inbox = await _inbox(s)
+    old = [b"Subject: old %d\r\n\r\n" % i + b"o" * (900 + i) for i in range(30)]
+    for body in old:
+        await s.append(inbox, body)
+    await s.close()
+    c = sqlite3.connect(place / "index.sqlite3")
+    c.executescript("DROP TABLE IF EXISTS body_data; UPDATE meta SET value = '9' WHERE key = 'schema_version';")
+    c.close()
+    monkeypatch.undo()
+    s = SQLiteStore(place, StoreConfig(fsync=False, segment_size=8_000))
+    try:
+        assert s._q1("SELECT value FROM meta WHERE key = 'schema_version'") == (str(schema.SCHEMA_VERSION),)
+        assert [body for _, body in await s.read_messages(inbox, range(1, 31))] == old
+        segment_bytes = sum(p.stat().st_size for p in (place / "blobs").glob("*.seg"))
+        new = [b"Subject: new %d\r\n\r\n" % i + b"n" * 2000 for i in range(5)]
+        for body in new:
+            await s.append(inbox, body)
+        assert sum(p.stat().st_size for p in (place / "blobs").glob("*.seg")) == segment_bytes
+        assert s._q("SELECT count(*) FROM bodies WHERE segment = 0") == [(5,)]
+        await s.expunge(inbox, list(range(1, 31, 2)))  # half of the old ones
+        await s.compact()
+        await s.compact()
+        expect = {uid: old[uid - 1] for uid in range(2, 31, 2)} | {30 + i: body for i, body in enumerate(new, 1)}
+        assert await s.read_messages(inbox, list(expect)) == sorted(expect.items())
+        accounts, pointed = _segment_accounts(s)
+        assert [(seg, live) for seg, _, live in accounts if live] == pointed
+    finally:
+        await s.close()
+
+
+async def test_compaction_reclaims_expunged_space_and_keeps_live_bytes(tmp_path: Path, segment_bodies: None) -> None:
     s = SQLiteStore(tmp_path / "c", StoreConfig(segment_size=20_000))
     try:
         await s.add_domain("example.test")

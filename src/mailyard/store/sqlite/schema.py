@@ -1,4 +1,4 @@
-"""The tables of the SQLite store (version 9), and how an older data
+"""The tables of the SQLite store (version 10), and how an older data
 directory is brought up to date when it is opened (``create``).
 
 The schema only adds (``CREATE ... IF NOT EXISTS``); ``migrate`` does what
@@ -59,6 +59,11 @@ for header search (textindex.py). Bodies derived before it get their rows
 from the background indexer (``meta.fields_index_backfill``: the last body id
 done, then "done"); until then header search reads the mailbox's rows, as
 before.
+
+Version 10: ``body_data``, the bytes of a body kept in the index instead of
+a segment file (bodies.py ``INLINE_MAX``); its ``bodies`` row has segment 0
+(``blobs.INLINE``: segment files are numbered from 1). Bodies written before
+stay in their segments; nothing is moved.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ from . import textindex
 
 log = logging.getLogger("mailyard.store")
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -126,14 +131,21 @@ CREATE TABLE IF NOT EXISTS mailboxes (
 -- One row per stored body; several messages (recipients, COPY) may share it.
 CREATE TABLE IF NOT EXISTS bodies (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    segment  INTEGER NOT NULL,
-    offset   INTEGER NOT NULL,
+    segment  INTEGER NOT NULL,  -- its segment file; version 10: 0, its bytes are in body_data
+    offset   INTEGER NOT NULL,  -- 0 in body_data
     length   INTEGER NOT NULL,
     refs     INTEGER NOT NULL,
     derived  TEXT              -- NULL until indexed; version 1 kept the derived JSON here, version 2 a marker
 );
 CREATE INDEX IF NOT EXISTS bodies_unindexed ON bodies(id) WHERE derived IS NULL;
 CREATE INDEX IF NOT EXISTS bodies_segment ON bodies(segment);
+-- Version 10: the bytes of a small body, written in the transaction of the
+-- rows that use it (bodies.py); its own table, so that updating a body's
+-- refs or derived marker does not rewrite its bytes.
+CREATE TABLE IF NOT EXISTS body_data (
+    body_id INTEGER PRIMARY KEY,  -- bodies.id, whose segment is 0
+    data    BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS messages (
     mailbox_id    INTEGER NOT NULL,
     uid           INTEGER NOT NULL,
@@ -424,7 +436,8 @@ def migrate(c: sqlite3.Connection) -> None:
             # get their rows in the background, from body id 0 on
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('sort_keys_backfill', '0')")
         # version 6 only adds account_settings, version 7 contacts and
-        # correspondents, version 8 web_sessions (SCHEMA creates them)
+        # correspondents, version 8 web_sessions, version 10 body_data
+        # (SCHEMA creates them; the bodies already stored stay in segments)
         if version < 9:
             # fts_fields exists (textindex.SCHEMA) but is empty: bodies
             # derived before get their rows in the background, from body id 0 on
