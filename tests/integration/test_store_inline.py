@@ -43,7 +43,8 @@ def _fetch_all(server: RunningServer) -> list[bytes]:
 
 
 def test_small_messages_leave_the_segment_files_alone_and_fetch_exactly(mailserver: RunningServer) -> None:
-    small = [_message(i, size) for i, size in enumerate((300, 1024, 4000, INLINE_MAX - 1000))]
+    # (the server adds a Received field of about 200 bytes to the body it stores)
+    small = [_message(i, size) for i, size in enumerate((300, 1024, 2000, INLINE_MAX - 1000))]
     before = _segment_bytes(mailserver)
     with smtplib.SMTP(mailserver.host, mailserver.port("smtp"), timeout=10) as s:
         for raw in small:

@@ -131,8 +131,8 @@ CREATE TABLE IF NOT EXISTS mailboxes (
 -- One row per stored body; several messages (recipients, COPY) may share it.
 CREATE TABLE IF NOT EXISTS bodies (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    segment  INTEGER NOT NULL,  -- its segment file; version 10: 0, its bytes are in body_data
-    offset   INTEGER NOT NULL,  -- 0 in body_data
+    segment  INTEGER NOT NULL,  -- its segment file; version 10: 0 for a body kept in body_data
+    offset   INTEGER NOT NULL,  -- in the segment file; 0 for a body kept in body_data
     length   INTEGER NOT NULL,
     refs     INTEGER NOT NULL,
     derived  TEXT              -- NULL until indexed; version 1 kept the derived JSON here, version 2 a marker
