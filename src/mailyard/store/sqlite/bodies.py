@@ -53,10 +53,10 @@ log = logging.getLogger("mailyard.store")
 # a segment is written once. Measured through the store's write path (20
 # writers, fsync on, a virtual disk whose fdatasync takes 0.15-0.4 ms; median
 # messages a second of 5 or 7 interleaved rounds, segment -> inline): 512 B
-# 10,800 -> 13,600, 1 KB 10,800 -> 13,200, 2 KB 8,900 -> 10,700, 3 KB and
-# 4 KB even, 8 KB 10,500 -> 8,800, 16 KB 10,000 -> 7,100, 30 KB 7,000 ->
-# 4,600 (8 KB inline is even again when no checkpoint runs: the second write
-# is the cost). Where a sync is dearer the crossing is higher.
+# 10,800 -> 13,600, 1 KB 10,800 -> 13,200, 2 KB 8,900 -> 10,700, 3 KB even,
+# 4 KB even to 4 % fewer, 8 KB 10,500 -> 8,800, 16 KB 10,000 -> 7,100, 30 KB
+# 7,000 -> 4,600 (8 KB inline is even again when no checkpoint runs: the
+# second write is the cost). Where a sync is dearer the crossing is higher.
 INLINE_MAX = 4 * 1024
 
 # What a reader selects from ``bodies b`` for ``SegmentFiles.body`` (the
