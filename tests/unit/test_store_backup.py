@@ -304,7 +304,10 @@ def test_a_store_of_inline_and_segment_bodies_backs_up_and_restores_exactly(
         live.close()
 
 
-def test_verify_finds_a_body_kept_in_the_index_without_its_bytes(tmp_path: Path) -> None:
+def _a_generation_missing_inline_bytes(tmp_path: Path) -> Path:
+    """A generation of three messages kept in the index, one of which lost
+    its bytes in a way neither the manifest's checksum nor SQLite's
+    integrity check sees."""
     data, dest = tmp_path / "data", tmp_path / "backup"
     live = StoreThread(data)
     try:
@@ -314,7 +317,6 @@ def test_verify_finds_a_body_kept_in_the_index_without_its_bytes(tmp_path: Path)
     finally:
         live.close()
     gen = bk.backup(data, dest).path
-    # the index damaged as SQLite's integrity check cannot see, and its checksum made again
     path = gen / bk.DB_FILE
     os.chmod(path, 0o600)
     db = sqlite3.connect(path)
@@ -324,4 +326,22 @@ def test_verify_finds_a_body_kept_in_the_index_without_its_bytes(tmp_path: Path)
     manifest = bk.read_manifest(gen)
     manifest["files"][bk.DB_FILE] = bk._hash_file(path)
     (gen / bk.MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    return gen
+
+
+def test_verify_finds_a_body_kept_in_the_index_without_its_bytes(tmp_path: Path) -> None:
+    gen = _a_generation_missing_inline_bytes(tmp_path)
     assert bk.verify(gen).problems == [f"{bk.DB_FILE}: bodies kept in the index without their bytes: 1"]
+
+
+def test_restoring_an_account_whose_inline_body_lost_its_bytes_is_a_backup_error(tmp_path: Path) -> None:
+    # a BackupError, which the CLI reports as such (like a segment shorter
+    # than its index says), not an OSError out of the restore
+    gen = _a_generation_missing_inline_bytes(tmp_path)
+    target = StoreThread(tmp_path / "target")
+    try:
+        target.call(target.store.add_domain("example.test"))
+        with pytest.raises(bk.BackupError, match=r"a message of INBOX cannot be read: .*run backup verify"):
+            target.call(bk.restore_account(gen, target.store, ADDRESS))
+    finally:
+        target.close()

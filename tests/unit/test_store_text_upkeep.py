@@ -16,8 +16,8 @@ import pytest
 
 from mailyard.config import StoreConfig
 from mailyard.store.api import AppendItem, DeliveryTarget, Mailbox
+from mailyard.store.blobs import BODY_DATA, BODY_PLACE
 from mailyard.store.sqlite import SQLiteStore, search, textindex, writer
-from mailyard.store.sqlite.bodies import BODY_DATA, BODY_PLACE
 
 
 @pytest.fixture

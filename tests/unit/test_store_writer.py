@@ -219,3 +219,31 @@ async def test_a_batch_of_small_bodies_syncs_no_segment_file(
         assert [await s.read_message(box, uid) for uid in range(1, 10)] == [*small, big, *small[:2]]
     finally:
         await s.close()
+
+
+async def test_the_wal_is_cut_back_after_a_burst_of_inline_bodies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The WAL carries the bytes of inline bodies; SQLite writes it again from
+    # its start after a checkpoint but never makes the file smaller: the
+    # write connection's journal_size_limit (core.WAL_SIZE_LIMIT, made small
+    # here) cuts it back once a burst is checkpointed.
+    from mailyard.store.api import AppendItem
+    from mailyard.store.sqlite import core
+
+    limit = 1 << 20
+    monkeypatch.setattr(core, "WAL_SIZE_LIMIT", limit, raising=False)
+    s = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
+    try:
+        await s.add_domain("example.test")
+        account = await s.add_account("a@example.test", "h")
+        box = await s.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        burst = [AppendItem(b"Subject: %d\r\n\r\n" % i + b"x" * (INLINE_MAX - 100)) for i in range(1500)]
+        await s.append_many(box, burst)  # about 6 MB of bodies in one commit
+        wal = tmp_path / "data" / "index.sqlite3-wal"
+        assert wal.stat().st_size > 4 * limit
+        for i in range(3):  # the log starts again after the checkpoint
+            await s.append(box, b"Subject: after %d\r\n\r\nsmall\r\n" % i)
+        assert wal.stat().st_size <= limit
+    finally:
+        await s.close()

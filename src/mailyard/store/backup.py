@@ -63,8 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from .api import AppendItem, Store, StoreError
-from .blobs import INLINE, body_bytes
-from .sqlite.bodies import BODY_DATA, BODY_PLACE
+from .blobs import BODY_DATA, BODY_PLACE, INLINE, body_bytes
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -676,7 +675,11 @@ async def restore_account(
                 f" FROM messages m JOIN bodies b ON b.id = m.body_id {joined} WHERE m.mailbox_id = ? ORDER BY m.uid",
                 (old_mailbox,),
             ):
-                data = bytes(prefix) + body_bytes(read, *place)
+                try:
+                    data = bytes(prefix) + body_bytes(read, *place)
+                except OSError as exc:  # an inline body without its bytes (body_bytes)
+                    raise BackupError(f"{gen}: a message of {name} cannot be read: {exc.strerror}"
+                                      " (run backup verify)") from exc
                 candidates = present.get((len(data), internal_date))
                 if candidates and await _holds(store, mailbox, candidates, data):
                     summary.skipped += 1

@@ -33,6 +33,12 @@ from .api import StorageFull
 # ``body_data`` table), not in a file: segment files are numbered from 1.
 INLINE = 0
 
+# What a reader of the SQLite index selects from ``bodies b`` for
+# ``body_bytes`` (the order of its arguments after ``read``), with
+# ``BODY_DATA`` joined after it: the store's readers and the backup's.
+BODY_PLACE = "b.segment, b.offset, b.length, d.data"
+BODY_DATA = "LEFT JOIN body_data d ON d.body_id = b.id"
+
 
 def body_bytes(
     read: Callable[[int, int, int], bytes], segment: int, offset: int, length: int, data: bytes | None

@@ -14,13 +14,13 @@ after they are written (``refs`` at COPY and expunge, ``derived`` when the
 indexer reaches the body) and SQLite writes a whole row again when one of its
 columns changes: measured, marking 200 bodies of 1 KB derived wrote 205 KiB
 to the WAL with the bytes in the row, 8 KiB with them beside it (1.6 MiB
-against 8 KiB for bodies of 8 KB). Readers go
-through ``blobs.body_bytes`` (``SegmentFiles.body``), selecting
-``BODY_PLACE`` from ``bodies b`` joined with ``BODY_DATA``. Segment space
-of expunged bodies stays in its file until compaction rewrites a sealed
-segment whose live share fell below ``COMPACT_LIVE_RATIO``; compaction and
-the ``segments`` accounting see segment bodies only. An inline body's bytes
-go with its row.
+against 8 KiB for bodies of 8 KB). Readers go through ``blobs.body_bytes``
+(``SegmentFiles.body``), selecting ``blobs.BODY_PLACE`` from ``bodies b``
+joined with ``blobs.BODY_DATA``. Segment space of expunged bodies stays in
+its file until compaction rewrites a sealed segment whose live share fell
+below ``COMPACT_LIVE_RATIO``; compaction and the ``segments`` accounting see
+segment bodies only. An inline body's bytes go with its row (the schema's
+ON DELETE CASCADE).
 
 Durability. An inline body is written in the transaction of the rows that
 use it, so it is committed (and synced with the WAL) with them, or not at
@@ -58,11 +58,6 @@ log = logging.getLogger("mailyard.store")
 # 7,000 -> 4,600 (8 KB inline is even again when no checkpoint runs: the
 # second write is the cost). Where a sync is dearer the crossing is higher.
 INLINE_MAX = 4 * 1024
-
-# What a reader selects from ``bodies b`` for ``SegmentFiles.body`` (the
-# order of its arguments), with ``BODY_DATA`` joined after it.
-BODY_PLACE = "b.segment, b.offset, b.length, d.data"
-BODY_DATA = "LEFT JOIN body_data d ON d.body_id = b.id"
 
 # A sealed segment whose live bytes fall below this share is rewritten (compaction).
 COMPACT_LIVE_RATIO = 0.5
@@ -106,9 +101,8 @@ def release_bodies(c: sqlite3.Connection, body_ids: Iterable[int]) -> None:
             c.execute("DELETE FROM body_derived WHERE body_id = ?", (body_id,))
             c.execute("DELETE FROM header_fields WHERE body_id = ?", (body_id,))
             c.execute("DELETE FROM sort_keys WHERE body_id = ?", (body_id,))
-            if row[1] == INLINE:
-                c.execute("DELETE FROM body_data WHERE body_id = ?", (body_id,))
-            else:
+            # an inline body's bytes went with its row (body_data: ON DELETE CASCADE)
+            if row[1] != INLINE:
                 c.execute("UPDATE segments SET live = live - ? WHERE id = ?", (row[2], row[1]))
 
 

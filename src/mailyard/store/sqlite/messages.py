@@ -54,10 +54,11 @@ from ..api import (
     QuotaExceeded,
     RecentClaim,
 )
+from ..blobs import BODY_DATA, BODY_PLACE
 from ..notify import ChangeChannel
 from ..rows import MESSAGE_COLS, QUOTA_COLS, flags_set, flags_text, message_row, quota_row
 from . import changelog
-from .bodies import BODY_DATA, BODY_PLACE, BodiesMixin, release_bodies
+from .bodies import BodiesMixin, release_bodies
 from .changelog import ChangeLog
 from .core import LIST_LANE, many_changes, many_messages, select_uids
 from .holds import HoldBoard

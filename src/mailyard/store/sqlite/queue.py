@@ -33,8 +33,9 @@ from ..api import (
     QueueStats,
     RecipientOutcome,
 )
+from ..blobs import BODY_DATA, BODY_PLACE
 from ..rows import QUEUE_STATS_SQL, queue_stats_row
-from .bodies import BODY_DATA, BODY_PLACE, BodiesMixin, release_bodies
+from .bodies import BodiesMixin, release_bodies
 from .messages import check_targets, insert_targets
 from .writer import WriteContext
 

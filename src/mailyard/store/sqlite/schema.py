@@ -63,7 +63,14 @@ before.
 Version 10: ``body_data``, the bytes of a body kept in the index instead of
 a segment file (bodies.py ``INLINE_MAX``); its ``bodies`` row has segment 0
 (``blobs.INLINE``: segment files are numbered from 1). Bodies written before
-stay in their segments; nothing is moved.
+stay in their segments; nothing is moved. A ``body_data`` row goes with its
+``bodies`` row (ON DELETE CASCADE), whatever code deletes that.
+
+A store is never downgraded: code that knows a lower version than the
+directory's refuses to open it (``check_version``), since it would neither
+read nor release what the later versions added (a version 9 server would
+look for an inline body in a segment file, and leave its bytes behind when
+the body goes).
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ import re
 import secrets
 import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..api import StoreError
 from . import textindex
@@ -143,7 +151,7 @@ CREATE INDEX IF NOT EXISTS bodies_segment ON bodies(segment);
 -- rows that use it (bodies.py); its own table, so that updating a body's
 -- refs or derived marker does not rewrite its bytes.
 CREATE TABLE IF NOT EXISTS body_data (
-    body_id INTEGER PRIMARY KEY,  -- bodies.id, whose segment is 0
+    body_id INTEGER PRIMARY KEY REFERENCES bodies(id) ON DELETE CASCADE,  -- a body of segment 0
     data    BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS messages (
@@ -342,8 +350,28 @@ _NEVER_REUSED: dict[str, tuple[str, ...]] = {
 }
 
 
+def check_version(c: sqlite3.Connection) -> int:
+    """The directory's schema version (SCHEMA_VERSION for a new one); a
+    StoreError if a later mailyard wrote it, before anything is changed."""
+    if c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+        return SCHEMA_VERSION
+    row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = SCHEMA_VERSION if row is None else int(row[0])
+    if version > SCHEMA_VERSION:
+        where = c.execute("PRAGMA database_list").fetchone()[2]
+        directory = str(Path(where).parent) if where else "this data directory"
+        raise StoreError(
+            f"the data directory {directory} was written by a newer mailyard (store schema version {version};"
+            f" this one knows up to {SCHEMA_VERSION}): run that version or a later one on it;"
+            " a store is never downgraded"
+        )
+    return version
+
+
 def create(c: sqlite3.Connection) -> None:
-    """Create what is missing and bring an older directory to SCHEMA_VERSION."""
+    """Create what is missing and bring an older directory to SCHEMA_VERSION
+    (refused for a directory of a later version: ``check_version``)."""
+    check_version(c)
     c.executescript(SCHEMA)
     c.executescript(textindex.SCHEMA)
     c.executescript(QUEUE_SCHEMA)
@@ -383,9 +411,10 @@ def rederive_on_new_format(c: sqlite3.Connection) -> bool:
 
 def migrate(c: sqlite3.Connection) -> None:
     """Bring an older data directory to SCHEMA_VERSION (the new tables exist
-    already: SCHEMA only adds, with IF NOT EXISTS)."""
-    version = int(c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
-    if version >= SCHEMA_VERSION:
+    already: SCHEMA only adds, with IF NOT EXISTS); a StoreError for a
+    directory of a later version (``check_version``)."""
+    version = check_version(c)
+    if version == SCHEMA_VERSION:
         return
     # SQLite's table-rebuild procedure (lang_altertable.html, "Making
     # other kinds of table schema changes"): foreign keys off, set
