@@ -234,6 +234,16 @@ def mailserver(make_server: Callable[..., RunningServer]) -> RunningServer:
     return make_server()
 
 
+@pytest.fixture
+def segment_bodies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every body a SQLite store of this process writes goes to a segment
+    file, however small (store/sqlite/bodies.py ``INLINE_MAX``): for tests
+    of the segment files, their compaction and backup, with small messages."""
+    from mailyard.store.sqlite import bodies
+
+    monkeypatch.setattr(bodies, "INLINE_MAX", -1)
+
+
 def require_program(name: str, package: str) -> str:
     """Path of a third-party program; skip if missing (fail when CI=true)."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")

@@ -47,7 +47,7 @@ def _msg(who: str, i: int) -> bytes:
 
 
 async def test_interleaved_deliveries_of_two_instances_read_back_exactly(
-        pair: tuple[SQLiteStore, SQLiteStore]) -> None:
+        pair: tuple[SQLiteStore, SQLiteStore], segment_bodies: None) -> None:
     one, two = pair
     box = await _inbox(one, "a")
     sent: dict[int, bytes] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import errno
 import re
 import sqlite3
 from pathlib import Path
@@ -26,6 +27,7 @@ from mailyard.store.api import (
     StoreError,
 )
 from mailyard.store.sqlite import SQLiteStore, schema
+from mailyard.store.sqlite.bodies import INLINE_MAX
 from tests.unit.test_store import MIME
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "mailyard"
@@ -90,6 +92,8 @@ async def test_append_many_leaves_nothing_when_a_body_fails(tmp_path: Path, monk
             await s.append_many(inbox, [AppendItem(b"three\r\n"), AppendItem(b"four\r\n")])
         monkeypatch.setattr(SQLiteStore, "_store_body", real)
         assert [m.uid for m in await s.list_messages(inbox)] == [1]
+        # nothing is left of the failed write's bodies (kept in the index)
+        assert s._q("SELECT body_id, data FROM body_data") == [(1, b"one\r\n")]
         assert await s.append(inbox, b"two\r\n") == 2
     finally:
         await s.close()
@@ -115,7 +119,182 @@ async def test_a_queued_body_is_shared_with_its_local_copies(tmp_path: Path) -> 
         await s.close()
 
 
-async def test_compaction_reclaims_expunged_space_and_keeps_live_bytes(tmp_path: Path) -> None:
+def _segment_accounts(s: SQLiteStore) -> tuple[list[tuple], list[tuple]]:
+    """Each segment's (id, size, live) by the segments table, and (id, sum of
+    the lengths of its bodies) by the bodies that point into it."""
+    return (s._q("SELECT id, size, live FROM segments WHERE size > 0 ORDER BY id"),
+            s._q("SELECT segment, sum(length) FROM bodies WHERE segment <> 0 GROUP BY segment ORDER BY segment"))
+
+
+async def test_bodies_up_to_the_threshold_are_kept_in_the_index(tmp_path: Path) -> None:
+    """Up to INLINE_MAX bytes a body is written in the index, in the
+    transaction of its rows, and counted against no segment; one byte more
+    and it goes to a segment file. Both read back exactly, for a mailbox and
+    for the queue, and an expunge takes the inline bytes with the row."""
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False, segment_size=1 << 20))
+    try:
+        await s.add_domain("example.test")
+        inbox = await _inbox(s)
+        at, above = b"a" * INLINE_MAX, b"b" * (INLINE_MAX + 1)
+        assert await s.append(inbox, at) == 1
+        assert await s.append(inbox, above) == 2
+        entry = NewQueueEntry("a@example.test", [NewRecipient("b@b.test")])
+        _, qid = await s.queue_submit(b"queued\r\n", entry, [])
+        assert qid is not None
+        assert s._q("SELECT segment, offset, length FROM bodies ORDER BY id") == [
+            (0, 0, INLINE_MAX), (1, 0, INLINE_MAX + 1), (0, 0, 8)]
+        assert s._q("SELECT id, size, live FROM segments") == [(1, INLINE_MAX + 1, INLINE_MAX + 1)]
+        assert (tmp_path / "d" / "blobs" / "00000001.seg").stat().st_size == INLINE_MAX + 1
+        assert await s.read_message(inbox, 1) == at and await s.read_message(inbox, 2) == above
+        assert await s.read_messages(inbox, [1, 2]) == [(1, at), (2, above)]
+        assert await s.queue_body(qid) == b"queued\r\n"
+        await s.expunge(inbox, [1])
+        await s.queue_delete(qid)
+        assert s._q("SELECT count(*) FROM body_data") == [(0,)]
+        assert s._q("SELECT id, size, live FROM segments") == [(1, INLINE_MAX + 1, INLINE_MAX + 1)]
+        await s.expunge(inbox, [2])
+        assert s._q("SELECT id, size, live FROM segments") == [(1, INLINE_MAX + 1, 0)]
+    finally:
+        await s.close()
+
+
+async def test_a_store_of_inline_and_segment_bodies_compacts_with_exact_bytes(tmp_path: Path) -> None:
+    """Compaction moves the live bodies of a mostly-dead segment and leaves
+    the inline ones where they are; the segments' accounts stay equal to
+    the bodies that point into them."""
+    s = SQLiteStore(tmp_path / "c", StoreConfig(fsync=False, segment_size=100_000))
+    try:
+        await s.add_domain("example.test")
+        inbox = await _inbox(s)
+        bodies = {}
+        for i in range(40):  # small and big in turn: about 20 big ones over several segments
+            size = 1000 + i if i % 2 else 40_000 + i
+            body = b"Subject: %d\r\n\r\n" % i + bytes([65 + i % 26]) * size
+            bodies[await s.append(inbox, body)] = body
+        assert s._q("SELECT count(*) FROM bodies WHERE segment = 0") == [(20,)]
+        blob_dir = tmp_path / "c" / "blobs"
+        before = sum(p.stat().st_size for p in blob_dir.glob("*.seg"))
+        assert before == sum(len(b) for b in bodies.values() if len(b) > INLINE_MAX)
+        await s.expunge(inbox, [uid for uid in bodies if uid % 4 not in (0, 1)])
+        await s.compact()
+        await s.compact()  # the second pass removes the retired files
+        after = sum(p.stat().st_size for p in blob_dir.glob("*.seg"))
+        assert after < before * 0.7
+        kept = {uid: body for uid, body in bodies.items() if uid % 4 in (0, 1)}
+        assert await s.read_messages(inbox, list(kept)) == sorted(kept.items())
+        assert s._q("SELECT count(*) FROM body_data") == s._q("SELECT count(*) FROM bodies WHERE segment = 0")
+        accounts, pointed = _segment_accounts(s)
+        assert [(seg, live) for seg, _, live in accounts if live] == pointed
+    finally:
+        await s.close()
+
+
+async def test_a_version_9_store_reads_its_bodies_and_keeps_new_small_ones_inline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data directory from before inline bodies (every body in a segment,
+    no body_data) opens, reads its bodies, compacts them, and keeps the
+    small bodies written from then on in the index."""
+    from mailyard.store.sqlite import bodies as bodies_module
+
+    place = tmp_path / "v9"
+    monkeypatch.setattr(bodies_module, "INLINE_MAX", -1)  # every body to a segment, as before
+    s = SQLiteStore(place, StoreConfig(fsync=False, segment_size=8_000))
+    await s.add_domain("example.test")
+    inbox = await _inbox(s)
+    old = [b"Subject: old %d\r\n\r\n" % i + b"o" * (900 + i) for i in range(30)]
+    for body in old:
+        await s.append(inbox, body)
+    await s.close()
+    c = sqlite3.connect(place / "index.sqlite3")
+    c.executescript("DROP TABLE IF EXISTS body_data; UPDATE meta SET value = '9' WHERE key = 'schema_version';")
+    c.close()
+    monkeypatch.undo()
+    s = SQLiteStore(place, StoreConfig(fsync=False, segment_size=8_000))
+    try:
+        assert s._q1("SELECT value FROM meta WHERE key = 'schema_version'") == (str(schema.SCHEMA_VERSION),)
+        # the migration's body_data goes with its bodies rows too
+        assert [(r[2], r[3], r[4], r[6]) for r in s._q("PRAGMA foreign_key_list(body_data)")] == [
+            ("bodies", "body_id", "id", "CASCADE")]
+        assert [body for _, body in await s.read_messages(inbox, range(1, 31))] == old
+        segment_bytes = sum(p.stat().st_size for p in (place / "blobs").glob("*.seg"))
+        new = [b"Subject: new %d\r\n\r\n" % i + b"n" * 2000 for i in range(5)]
+        for body in new:
+            await s.append(inbox, body)
+        assert sum(p.stat().st_size for p in (place / "blobs").glob("*.seg")) == segment_bytes
+        assert s._q("SELECT count(*) FROM bodies WHERE segment = 0") == [(5,)]
+        await s.expunge(inbox, list(range(1, 31, 2)))  # half of the old ones
+        await s.compact()
+        await s.compact()
+        expect = {uid: old[uid - 1] for uid in range(2, 31, 2)} | {30 + i: body for i, body in enumerate(new, 1)}
+        assert await s.read_messages(inbox, list(expect)) == sorted(expect.items())
+        accounts, pointed = _segment_accounts(s)
+        assert [(seg, live) for seg, _, live in accounts if live] == pointed
+    finally:
+        await s.close()
+
+
+def test_a_data_directory_of_a_newer_schema_is_refused_and_left_as_it_is(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Code that knows a lower schema version than the directory's could
+    neither read nor release what the newer one added (a version 9 server
+    looks for an inline body in segment file 0): opening the store and
+    ``mailyard store migrate`` refuse it, say why and what to do, and
+    change nothing."""
+    from mailyard.cli import main
+    from mailyard.store import migrate_store
+
+    data = tmp_path / "data"
+    assert main(["--data", str(data), "init", "--domain", "example.test"]) == 0
+    index = data / "index.sqlite3"
+    c = sqlite3.connect(index)
+    c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(schema.SCHEMA_VERSION + 1),))
+    c.execute("DROP TABLE body_data")  # as if the newer schema had moved it: nothing may create it again
+    c.commit()
+    c.close()
+    capsys.readouterr()
+    newer = f"the data directory {data} was written by a newer mailyard"
+    with pytest.raises(StoreError, match=re.escape(newer)):
+        SQLiteStore(data, StoreConfig(fsync=False))
+    with pytest.raises(StoreError, match="run that version or a later one"):
+        migrate_store(data)
+    assert main(["--data", str(data), "store", "migrate"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and newer in err and "migrated" not in err
+    c = sqlite3.connect(index)
+    try:
+        assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            str(schema.SCHEMA_VERSION + 1),)
+        assert c.execute("SELECT 1 FROM sqlite_master WHERE name = 'body_data'").fetchone() is None
+    finally:
+        c.close()
+
+
+async def test_a_body_row_deleted_by_any_code_takes_its_inline_bytes(tmp_path: Path) -> None:
+    """The bytes of an inline body go with its row whoever deletes it (the
+    schema's ON DELETE CASCADE; every connection of the store turns foreign
+    keys on), not only through release_bodies."""
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        await s.add_domain("example.test")
+        inbox = await _inbox(s)
+        for i in range(3):
+            await s.append(inbox, b"Subject: %d\r\n\r\nsmall\r\n" % i)
+        assert s._q("SELECT count(*) FROM body_data") == [(3,)]
+
+        def delete(c: sqlite3.Connection) -> None:
+            assert c.execute("PRAGMA foreign_keys").fetchone() == (1,)
+            c.execute("BEGIN")
+            c.execute("DELETE FROM messages WHERE uid = 2")
+            c.execute("DELETE FROM bodies WHERE id = 2")
+            c.execute("COMMIT")
+
+        await s._writer.run_exclusive(lambda: delete(s._writer._conn))
+        assert s._q("SELECT body_id FROM body_data ORDER BY body_id") == [(1,), (3,)]
+    finally:
+        await s.close()
+
+
+async def test_compaction_reclaims_expunged_space_and_keeps_live_bytes(tmp_path: Path, segment_bodies: None) -> None:
     s = SQLiteStore(tmp_path / "c", StoreConfig(segment_size=20_000))
     try:
         await s.add_domain("example.test")
@@ -204,11 +383,13 @@ async def test_version1_data_directory_is_migrated(tmp_path: Path) -> None:
 
 
 
-async def test_a_rolled_back_segment_rollover_loses_no_later_body(tmp_path: Path) -> None:
+async def test_a_rolled_back_segment_rollover_loses_no_later_body(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, segment_bodies: None) -> None:
     """A write that rolls the blob store over to a new segment file and then
     fails is rolled back with its segment row; the bodies written next into
     that file must still be known to the index, or the next compaction pass
-    deletes the file as one nobody references."""
+    deletes the file as one nobody references. (Small bodies, in segment
+    files: ``segment_bodies``.)"""
     s = SQLiteStore(tmp_path / "r", StoreConfig(segment_size=1000))
     try:
         await s.add_domain("example.test")
@@ -216,10 +397,26 @@ async def test_a_rolled_back_segment_rollover_loses_no_later_body(tmp_path: Path
         inbox = await s.get_mailbox(a.id, "INBOX")
         assert inbox
         await s.append(inbox, b"a" * 1200)  # segment 1 is full: the next body rolls over
-        with pytest.raises(NotFound):  # rolls over to segment 2, then fails (no such mailbox)
-            await s.deliver(b"b" * 10, [DeliveryTarget(inbox.id + 1000)])
+        real = SQLiteStore._store_body
+
+        def failing(self, c, body, refs):  # noqa: ANN001, ANN202
+            if body == b"x" * 10:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(self, c, body, refs)
+
+        monkeypatch.setattr(SQLiteStore, "_store_body", failing)
+        with pytest.raises(StoreError):  # the first rolls over to segment 2, the second fails: neither stays
+            await s.append_many(inbox, [AppendItem(b"b" * 10), AppendItem(b"x" * 10)])
+        monkeypatch.setattr(SQLiteStore, "_store_body", real)
+        assert s._q("SELECT id FROM segments") == [(1,)]  # segment 2's row went with the write
         kept = await s.append(inbox, b"c" * 1200)  # written to segment 2
         await s.append(inbox, b"d" * 10)  # rolls over to segment 3
+        assert s._q("SELECT DISTINCT segment FROM bodies ORDER BY segment") == [(1,), (2,), (3,)]
+        # segment 2 has its row again, with the bytes of its body: without
+        # it compaction would never reclaim it (and only a last check before
+        # removing a file without a row would keep the body)
+        accounts, pointed = _segment_accounts(s)
+        assert [(seg, live) for seg, _, live in accounts] == pointed == [(1, 1200), (2, 1200), (3, 10)]
         await s.compact()
         await s.compact()
         assert await s.read_message(inbox, kept) == b"c" * 1200
@@ -374,6 +571,44 @@ async def test_a_message_not_derived_yet_is_parsed_off_the_event_loop(
         derived = await s.get_derived(inbox, [1])
         assert derived[1]["envelope"]
         assert threads and all(t is not threading.main_thread() for t in threads)
+    finally:
+        await s.close()
+
+
+async def test_deriving_many_inline_bodies_holds_their_bytes_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FETCH of many messages the indexer has not reached reads the bodies'
+    places together, and an inline body's place holds its bytes (up to
+    INLINE_MAX): each goes once its body is derived, so the memory held
+    falls while they are derived instead of lasting to the last one."""
+    import tracemalloc
+
+    from mailyard.store.sqlite import search
+
+    monkeypatch.setattr(SQLiteStore, "_background_work", lambda self, c: False)  # no indexer
+    count, size = 1500, INLINE_MAX - 100
+    record = search.derive_record(b"Subject: x\r\n\r\nx\r\n")
+    held: list[int] = []
+
+    def spy(raw: bytes):  # noqa: ANN202
+        held.append(tracemalloc.get_traced_memory()[0])
+        return record
+
+    s = SQLiteStore(tmp_path / "d", StoreConfig(fsync=False))
+    try:
+        await s.add_domain("example.test")
+        inbox = await _inbox(s)
+        await s.append_many(inbox, [AppendItem(b"Subject: %d\r\n\r\n" % i + b"x" * size) for i in range(count)])
+        monkeypatch.setattr(search, "derive_record", spy)
+        tracemalloc.start()
+        try:
+            await s.get_derived(inbox, range(1, count + 1))
+        finally:
+            tracemalloc.stop()
+        assert len(held) == count
+        # all the bytes when the first is derived, about none left at the last
+        assert held[0] - held[-1] > count * size * 0.8, (held[0], held[-1])
     finally:
         await s.close()
 

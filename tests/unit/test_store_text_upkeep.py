@@ -16,6 +16,7 @@ import pytest
 
 from mailyard.config import StoreConfig
 from mailyard.store.api import AppendItem, DeliveryTarget, Mailbox
+from mailyard.store.blobs import BODY_DATA, BODY_PLACE
 from mailyard.store.sqlite import SQLiteStore, search, textindex, writer
 
 
@@ -142,8 +143,8 @@ async def test_indexing_new_bodies_and_removing_gone_ones_query_fts_fields_once(
             finally:
                 c.set_trace_callback(None)
 
-        store._queue_derived([(b, search.derive_record(store.blobs.read(*store._q1(
-            "SELECT segment, offset, length FROM bodies WHERE id = ?", (b,))))) for b in range(1, 9)])
+        store._queue_derived([(b, search.derive_record(store.blobs.body(*store._q1(
+            f"SELECT {BODY_PLACE} FROM bodies b {BODY_DATA} WHERE b.id = ?", (b,))))) for b in range(1, 9)])
         await store._writer.run_exclusive(lambda: traced(store._writer._conn, None))
         assert store._q1("SELECT count(*) FROM search_text") == (8,)
         deletes = [s for s in statements if "DELETE FROM fts_fields" in s]

@@ -17,6 +17,7 @@ import pytest
 from mailyard.config import StoreConfig
 from mailyard.store.api import DeliveryTarget, Mailbox, StorageFull
 from mailyard.store.sqlite import SQLiteStore
+from mailyard.store.sqlite.bodies import INLINE_MAX
 
 
 async def test_a_write_rolled_back_by_sqlite_fails_alone_with_storage_full(tmp_path: Path) -> None:
@@ -105,7 +106,8 @@ _BODY = b"Subject: x\r\n\r\n" + b"y" * 1500 + b"\r\n"  # three to a 4 KiB segmen
 
 
 async def _small_segments(tmp_path: Path) -> tuple[SQLiteStore, Mailbox]:
-    """A durable store whose segments hold three of ``_BODY``, and an INBOX in it."""
+    """A durable store whose segments hold three of ``_BODY`` (with the
+    ``segment_bodies`` fixture), and an INBOX in it."""
     s = SQLiteStore(tmp_path / "data", StoreConfig(fsync=True, segment_size=4096))
     await s.add_domain("example.test")
     account = await s.add_account("a@example.test", "h")
@@ -114,12 +116,15 @@ async def _small_segments(tmp_path: Path) -> tuple[SQLiteStore, Mailbox]:
     return s, box
 
 
-async def _one_batch_of_deliveries(s: SQLiteStore, box: Mailbox, count: int = 6) -> list[object]:
-    """Deliver ``count`` copies of ``_BODY`` in one batch (they queue while the
-    writer is held); each delivery's UIDs or its error."""
+async def _one_batch_of_deliveries(
+        s: SQLiteStore, box: Mailbox, count: int = 6, bodies: list[bytes] | None = None) -> list[object]:
+    """Deliver ``count`` copies of ``_BODY`` (or ``bodies``) in one batch (they
+    queue while the writer is held); each delivery's UIDs or its error."""
     gate = threading.Event()
     held = s._writer.run_exclusive(gate.wait)
-    futures = [asyncio.ensure_future(s.deliver(_BODY, [DeliveryTarget(box.id)])) for _ in range(count)]
+    bodies = bodies or [_BODY] * count
+    count = len(bodies)
+    futures = [asyncio.ensure_future(s.deliver(body, [DeliveryTarget(box.id)])) for body in bodies]
     while s._writer._queue.qsize() < count:  # every delivery waits behind the gate
         await asyncio.sleep(0)
     gate.set()
@@ -128,7 +133,7 @@ async def _one_batch_of_deliveries(s: SQLiteStore, box: Mailbox, count: int = 6)
 
 
 async def test_bodies_left_in_a_full_segment_are_synced_before_the_commit(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, segment_bodies: None) -> None:
     # A batch whose writes fill a segment and go on in the next must sync
     # both files before its rows are committed (a crash would otherwise
     # leave committed messages whose bytes never reached the disk).
@@ -162,7 +167,7 @@ async def test_bodies_left_in_a_full_segment_are_synced_before_the_commit(
 
 
 async def test_a_failed_sync_of_a_full_segment_fails_the_whole_batch(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, segment_bodies: None) -> None:
     # Linux reports a writeback error to one fdatasync only: if the sync of
     # the segment left at a rollover failed inside one write, a later sync
     # would succeed and the batch's other writes into it would be committed
@@ -184,5 +189,61 @@ async def test_a_failed_sync_of_a_full_segment_fails_the_whole_batch(
         assert all(isinstance(r, Exception) for r in results), results
         assert (await s.mailbox_status(box)).messages == 0
         assert await s.deliver(_BODY, [DeliveryTarget(box.id)]) == [1]  # the store goes on
+    finally:
+        await s.close()
+
+
+async def test_a_batch_of_small_bodies_syncs_no_segment_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small bodies are kept in the index (store/sqlite/bodies.py INLINE_MAX),
+    # committed with their rows: the batch's one sync is the WAL's. A batch
+    # with a body above the threshold syncs its segment before the commit.
+    s, box = await _small_segments(tmp_path)
+    try:
+        synced: list[str] = []
+        fdatasync = os.fdatasync
+
+        def tracked_sync(fd: int) -> None:
+            fdatasync(fd)
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+        monkeypatch.setattr(os, "fdatasync", tracked_sync)
+        small = [_BODY.replace(b"y", bytes([97 + i])) for i in range(6)]
+        for result in await _one_batch_of_deliveries(s, box, bodies=small):
+            assert isinstance(result, list), result
+        assert [p for p in synced if p.endswith(".seg")] == []
+        big = b"Subject: big\r\n\r\n" + b"z" * INLINE_MAX + b"\r\n"
+        for result in await _one_batch_of_deliveries(s, box, bodies=[big, *small[:2]]):
+            assert isinstance(result, list), result
+        assert len([p for p in synced if p.endswith(".seg")]) == 1
+        assert [await s.read_message(box, uid) for uid in range(1, 10)] == [*small, big, *small[:2]]
+    finally:
+        await s.close()
+
+
+async def test_the_wal_is_cut_back_after_a_burst_of_inline_bodies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The WAL carries the bytes of inline bodies; SQLite writes it again from
+    # its start after a checkpoint but never makes the file smaller: the
+    # write connection's journal_size_limit (core.WAL_SIZE_LIMIT, made small
+    # here) cuts it back once a burst is checkpointed.
+    from mailyard.store.api import AppendItem
+    from mailyard.store.sqlite import core
+
+    limit = 1 << 20
+    monkeypatch.setattr(core, "WAL_SIZE_LIMIT", limit, raising=False)
+    s = SQLiteStore(tmp_path / "data", StoreConfig(fsync=False), background=False)
+    try:
+        await s.add_domain("example.test")
+        account = await s.add_account("a@example.test", "h")
+        box = await s.get_mailbox(account.id, "INBOX")
+        assert box is not None
+        burst = [AppendItem(b"Subject: %d\r\n\r\n" % i + b"x" * (INLINE_MAX - 100)) for i in range(1500)]
+        await s.append_many(box, burst)  # about 6 MB of bodies in one commit
+        wal = tmp_path / "data" / "index.sqlite3-wal"
+        assert wal.stat().st_size > 4 * limit
+        for i in range(3):  # the log starts again after the checkpoint
+            await s.append(box, b"Subject: after %d\r\n\r\nsmall\r\n" % i)
+        assert wal.stat().st_size <= limit
     finally:
         await s.close()

@@ -21,7 +21,9 @@ writers, and writers do not restart a backup that runs on the reading
 connection itself). A body row is committed only after its bytes are synced
 into its segment (store/sqlite/bodies.py), and segments are append-only, so
 the bytes ``[0, max(offset + length))`` of each segment the snapshot
-references are final: the backup copies exactly those. Compaction may, after
+references are final: the backup copies exactly those. Small bodies kept in
+the index itself (segment 0, store/sqlite/bodies.py ``INLINE_MAX``) come with
+the snapshot and have no segment to copy. Compaction may, after
 the snapshot, move a segment's bodies elsewhere and delete its file; the
 backup therefore opens every segment file *before* the snapshot begins and
 reads through those descriptors, which outlive an unlink.
@@ -61,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from .api import AppendItem, Store, StoreError
+from .blobs import BODY_DATA, BODY_PLACE, INLINE, body_bytes
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -78,6 +81,10 @@ TRANSIENT_ENTRIES = frozenset({"run", "locks", "spool", "write.lock", "revocatio
                                ".write-test"})
 
 Progress = Callable[[str], None]
+
+# Each segment file's high-water mark: the end of its last body. Inline
+# bodies (segment 0) are in the index, in no file.
+SEGMENT_ENDS = "SELECT segment, max(offset + length) FROM bodies WHERE segment <> ? GROUP BY segment"
 
 
 class BackupError(StoreError):
@@ -322,9 +329,7 @@ def _snapshot(data_dir: Path, target: Path, progress: Progress) -> tuple[dict[in
             began = time.time()
             src.execute("BEGIN")
             # the first read fixes the snapshot (a WAL read transaction)
-            marks = dict(src.execute(
-                "SELECT segment, max(offset + length) FROM bodies GROUP BY segment"
-            ).fetchall())
+            marks = dict(src.execute(SEGMENT_ENDS, (INLINE,)).fetchall())
             counts = {
                 "accounts": src.execute("SELECT count(*) FROM accounts").fetchone()[0],
                 "mailboxes": src.execute("SELECT count(*) FROM mailboxes").fetchone()[0],
@@ -489,7 +494,8 @@ class VerifyReport:
 def verify(gen: Path, progress: Progress = _quiet) -> VerifyReport:
     """Check every file of a generation against its manifest (size and
     sha256), the index with SQLite's integrity check, and that every body
-    the index references lies within its segment file."""
+    the index references lies within its segment file, or is in the index
+    whole."""
     started = time.monotonic()
     report = VerifyReport(gen)
     manifest = read_manifest(gen)
@@ -519,13 +525,20 @@ def verify(gen: Path, progress: Progress = _quiet) -> VerifyReport:
             check = db.execute("PRAGMA integrity_check").fetchall()
             if check != [("ok",)]:
                 report.problems.append(f"{DB_FILE}: integrity check: {'; '.join(r[0] for r in check[:5])}")
-            for segment, end in db.execute("SELECT segment, max(offset + length) FROM bodies GROUP BY segment"):
+            for segment, end in db.execute(SEGMENT_ENDS, (INLINE,)):
                 rel = f"blobs/{segment:08d}.seg"
                 if rel not in entries:
                     report.problems.append(f"{rel}: referenced by the index, missing from the backup")
                 elif entries[rel]["size"] < end:
                     report.problems.append(f"{rel}: the index references bytes up to {end}, it holds "
                                            f"{entries[rel]['size']}")
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'body_data'").fetchone():
+                bad = db.execute(
+                    f"SELECT count(*) FROM bodies b {BODY_DATA} WHERE b.segment = ?"
+                    " AND (d.data IS NULL OR length(d.data) <> b.length)", (INLINE,)
+                ).fetchone()[0]
+                if bad:
+                    report.problems.append(f"{DB_FILE}: bodies kept in the index without their bytes: {bad}")
         finally:
             db.close()
     report.seconds = time.monotonic() - started
@@ -626,6 +639,13 @@ async def restore_account(
         if row is None:
             raise BackupError(f"the backup {gen} has no account {address}")
         old_id = row[0]
+        # a generation of a store before version 10 has no inline bodies
+        inline = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'body_data'").fetchone()
+        places, joined = (BODY_PLACE, BODY_DATA) if inline else ("b.segment, b.offset, b.length, NULL", "")
+
+        def read(segment: int, offset: int, length: int) -> bytes:
+            return _read_body(gen, manifest, seg_fds, segment, offset, length)
+
         account = await store.get_account(row[1])
         if account is None:
             account = await store.add_account(row[1], row[2], row[3], row[4])
@@ -648,12 +668,18 @@ async def restore_account(
                 present.setdefault((info.size, info.internal_date), []).append(info.uid)
             batch: list[AppendItem] = []
             size = 0
-            for prefix, flags, internal_date, segment, offset, length in db.execute(
-                "SELECT m.prefix, m.flags, m.internal_date, b.segment, b.offset, b.length"
-                " FROM messages m JOIN bodies b ON b.id = m.body_id WHERE m.mailbox_id = ? ORDER BY m.uid",
+            # row by row: the rows of inline bodies hold their bytes (the
+            # file is immutable: nothing changes under the open cursor)
+            for prefix, flags, internal_date, *place in db.execute(
+                f"SELECT m.prefix, m.flags, m.internal_date, {places}"
+                f" FROM messages m JOIN bodies b ON b.id = m.body_id {joined} WHERE m.mailbox_id = ? ORDER BY m.uid",
                 (old_mailbox,),
-            ).fetchall():
-                data = bytes(prefix) + _read_body(gen, manifest, seg_fds, segment, offset, length)
+            ):
+                try:
+                    data = bytes(prefix) + body_bytes(read, *place)
+                except OSError as exc:  # an inline body without its bytes (body_bytes)
+                    raise BackupError(f"{gen}: a message of {name} cannot be read: {exc.strerror}"
+                                      " (run backup verify)") from exc
                 candidates = present.get((len(data), internal_date))
                 if candidates and await _holds(store, mailbox, candidates, data):
                     summary.skipped += 1

@@ -9,6 +9,10 @@ whose bytes are missing (DESIGN.md "Durability"). Space of expunged bodies is
 reclaimed by compaction (store/sqlite/bodies.py), which rewrites mostly-dead
 sealed segments.
 
+Small bodies are not here: they are kept in the index itself (segment
+``INLINE``, store/sqlite/bodies.py), so a commit of small messages syncs the
+WAL only. ``body_bytes`` reads a body in either place.
+
 Only the store's writer thread appends, inside a write transaction; any
 thread may read (os.pread). Several processes may serve one store (``[server]
 workers``): SQLite's write lock then orders their appends, and each follows
@@ -20,9 +24,35 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from .api import StorageFull
+
+# The segment number of a body whose bytes are in the index (the
+# ``body_data`` table), not in a file: segment files are numbered from 1.
+INLINE = 0
+
+# What a reader of the SQLite index selects from ``bodies b`` for
+# ``body_bytes`` (the order of its arguments after ``read``), with
+# ``BODY_DATA`` joined after it: the store's readers and the backup's.
+BODY_PLACE = "b.segment, b.offset, b.length, d.data"
+BODY_DATA = "LEFT JOIN body_data d ON d.body_id = b.id"
+
+
+def body_bytes(
+    read: Callable[[int, int, int], bytes], segment: int, offset: int, length: int, data: bytes | None
+) -> bytes:
+    """The bytes of a body row: ``data`` (its ``body_data`` row, None for
+    none) for an inline body, else ``read(segment, offset, length)`` from
+    its segment file. The one place that tells the two apart, for the
+    store's readers and the backup's."""
+    if segment == INLINE:
+        if data is None or len(data) != length:
+            raise OSError(errno.EIO, f"an inline body has {None if data is None else len(data)} bytes, "
+                                     f"its index says {length}")
+        return data
+    return read(segment, offset, length)
 
 
 class SegmentFiles:
@@ -142,6 +172,10 @@ class SegmentFiles:
         if len(data) != length:
             raise OSError(errno.EIO, f"segment {segment} is shorter than its index says")
         return data
+
+    def body(self, segment: int, offset: int, length: int, data: bytes | None) -> bytes:
+        """The bytes of a body row, inline or in a segment (``body_bytes``)."""
+        return body_bytes(self.read, segment, offset, length, data)
 
     def close(self) -> None:
         if self._write_fd >= 0:

@@ -1,4 +1,5 @@
-"""The embedded store: SQLite (WAL) for the index, segment files for bodies.
+"""The embedded store: SQLite (WAL) for the index and small bodies, segment
+files for the other bodies.
 
 ``SQLiteStore`` implements store/api.py's ``Store`` as one mixin per
 aggregate on a shared core:
@@ -6,7 +7,8 @@ aggregate on a shared core:
 - core.py: the connections, the group-commit writer (writer.py), the checks
   of session references, change listeners;
 - schema.py: the tables, and the migration of older data directories;
-- bodies.py: message bytes in segment files, reference counts, compaction;
+- bodies.py: message bytes (small ones in the index, the others in segment
+  files), reference counts, compaction;
 - directory.py: domains, accounts, sender grants, aliases, lists;
 - contacts.py: the address book and the addresses written to and received from;
 - mailboxes.py: mailboxes, subscriptions, \\Recent, status;

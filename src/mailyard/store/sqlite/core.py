@@ -36,6 +36,9 @@ log = logging.getLogger("mailyard.store")
 
 DB_FILE = "index.sqlite3"
 _CACHE_MAX = 100_000  # entries of each validity cache
+# The writer cuts the WAL file back to this size when it starts the log
+# again after a checkpoint (``PRAGMA journal_size_limit``, set in ``_connect``).
+WAL_SIZE_LIMIT = 64 << 20
 
 _T = TypeVar("_T")
 
@@ -137,6 +140,14 @@ class SQLiteCore(Store):
         conn.execute("PRAGMA mmap_size=268435456")
         if readonly:
             conn.execute("PRAGMA query_only=ON")
+        else:
+            # SQLite writes the WAL from its start again after a checkpoint
+            # but never makes the file smaller: without a limit it would keep
+            # for good the size of the largest burst of writes, and the WAL
+            # carries the bytes of inline bodies (bodies.py ``INLINE_MAX``).
+            # The limit is far above the usual run of commits between two
+            # checkpoints (1,000 pages, 4 MiB), which never has to grow it again.
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         return conn
 
     @property

@@ -54,6 +54,7 @@ from ..api import (
     QuotaExceeded,
     RecentClaim,
 )
+from ..blobs import BODY_DATA, BODY_PLACE
 from ..notify import ChangeChannel
 from ..rows import MESSAGE_COLS, QUOTA_COLS, flags_set, flags_text, message_row, quota_row
 from . import changelog
@@ -682,27 +683,27 @@ class MessagesMixin(BodiesMixin):
 
     async def read_message(self, mailbox: MailboxRef, uid: int, expunged: bool = False) -> bytes:
         mailbox_id = self._owned(mailbox)
-        sql = ("SELECT m.prefix, b.segment, b.offset, b.length FROM messages m JOIN bodies b ON b.id = m.body_id"
+        sql = (f"SELECT m.prefix, {BODY_PLACE} FROM messages m JOIN bodies b ON b.id = m.body_id {BODY_DATA}"
                " WHERE m.mailbox_id = ? AND m.uid = ?")
         row = self._q1(sql, (mailbox_id, uid))
         if row is None and expunged:
             row = self._q1(sql, (-mailbox_id, uid))  # expunged, still held
         if row is None:
             raise NotFound(f"no message with UID {uid}")
-        return bytes(row[0]) + self.blobs.read(row[1], row[2], row[3])
+        return bytes(row[0]) + self.blobs.body(*row[1:])
 
     async def read_messages(self, mailbox: MailboxRef, uids: Sequence[int]) -> list[tuple[int, bytes]]:
         mailbox_id = self._owned(mailbox)
         rows = select_uids(
             self._read,
-            "SELECT m.uid, m.prefix, b.segment, b.offset, b.length FROM messages m JOIN bodies b ON b.id = m.body_id"
+            f"SELECT m.uid, m.prefix, {BODY_PLACE} FROM messages m JOIN bodies b ON b.id = m.body_id {BODY_DATA}"
             " WHERE m.mailbox_id = ?",
             mailbox_id, sorted(set(uids)), column="m.uid",
         )
         # read in the order of the segment files, answer in UID order
         rows.sort(key=lambda r: (r[2], r[3]))
-        read = self.blobs.read
-        out = [(uid, bytes(prefix) + read(segment, offset, length)) for uid, prefix, segment, offset, length in rows]
+        body = self.blobs.body
+        out = [(uid, bytes(prefix) + body(*place)) for uid, prefix, *place in rows]
         out.sort(key=lambda item: item[0])
         return out
 

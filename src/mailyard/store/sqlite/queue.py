@@ -33,6 +33,7 @@ from ..api import (
     QueueStats,
     RecipientOutcome,
 )
+from ..blobs import BODY_DATA, BODY_PLACE
 from ..rows import QUEUE_STATS_SQL, queue_stats_row
 from .bodies import BodiesMixin, release_bodies
 from .messages import check_targets, insert_targets
@@ -262,9 +263,9 @@ class QueueMixin(BodiesMixin):
 
     async def queue_body(self, queue_id: int) -> bytes:
         row = self._q1(
-            "SELECT b.segment, b.offset, b.length FROM queue q JOIN bodies b ON b.id = q.body_id WHERE q.id = ?",
+            f"SELECT {BODY_PLACE} FROM queue q JOIN bodies b ON b.id = q.body_id {BODY_DATA} WHERE q.id = ?",
             (queue_id,),
         )
         if row is None:
             raise NotFound(f"no queue entry {queue_id}")
-        return self.blobs.read(row[0], row[1], row[2])
+        return self.blobs.body(*row)

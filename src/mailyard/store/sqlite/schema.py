@@ -1,4 +1,4 @@
-"""The tables of the SQLite store (version 9), and how an older data
+"""The tables of the SQLite store (version 10), and how an older data
 directory is brought up to date when it is opened (``create``).
 
 The schema only adds (``CREATE ... IF NOT EXISTS``); ``migrate`` does what
@@ -59,6 +59,18 @@ for header search (textindex.py). Bodies derived before it get their rows
 from the background indexer (``meta.fields_index_backfill``: the last body id
 done, then "done"); until then header search reads the mailbox's rows, as
 before.
+
+Version 10: ``body_data``, the bytes of a body kept in the index instead of
+a segment file (bodies.py ``INLINE_MAX``); its ``bodies`` row has segment 0
+(``blobs.INLINE``: segment files are numbered from 1). Bodies written before
+stay in their segments; nothing is moved. A ``body_data`` row goes with its
+``bodies`` row (ON DELETE CASCADE), whatever code deletes that.
+
+A store is never downgraded: code that knows a lower version than the
+directory's refuses to open it (``check_version``), since it would neither
+read nor release what the later versions added (a version 9 server would
+look for an inline body in a segment file, and leave its bytes behind when
+the body goes).
 """
 
 from __future__ import annotations
@@ -68,13 +80,14 @@ import re
 import secrets
 import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..api import StoreError
 from . import textindex
 
 log = logging.getLogger("mailyard.store")
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -126,14 +139,21 @@ CREATE TABLE IF NOT EXISTS mailboxes (
 -- One row per stored body; several messages (recipients, COPY) may share it.
 CREATE TABLE IF NOT EXISTS bodies (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    segment  INTEGER NOT NULL,
-    offset   INTEGER NOT NULL,
+    segment  INTEGER NOT NULL,  -- its segment file; version 10: 0 for a body kept in body_data
+    offset   INTEGER NOT NULL,  -- in the segment file; 0 for a body kept in body_data
     length   INTEGER NOT NULL,
     refs     INTEGER NOT NULL,
     derived  TEXT              -- NULL until indexed; version 1 kept the derived JSON here, version 2 a marker
 );
 CREATE INDEX IF NOT EXISTS bodies_unindexed ON bodies(id) WHERE derived IS NULL;
 CREATE INDEX IF NOT EXISTS bodies_segment ON bodies(segment);
+-- Version 10: the bytes of a small body, written in the transaction of the
+-- rows that use it (bodies.py); its own table, so that updating a body's
+-- refs or derived marker does not rewrite its bytes.
+CREATE TABLE IF NOT EXISTS body_data (
+    body_id INTEGER PRIMARY KEY REFERENCES bodies(id) ON DELETE CASCADE,  -- a body of segment 0
+    data    BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS messages (
     mailbox_id    INTEGER NOT NULL,
     uid           INTEGER NOT NULL,
@@ -330,8 +350,28 @@ _NEVER_REUSED: dict[str, tuple[str, ...]] = {
 }
 
 
+def check_version(c: sqlite3.Connection) -> int:
+    """The directory's schema version (SCHEMA_VERSION for a new one); a
+    StoreError if a later mailyard wrote it, before anything is changed."""
+    if c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+        return SCHEMA_VERSION
+    row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = SCHEMA_VERSION if row is None else int(row[0])
+    if version > SCHEMA_VERSION:
+        where = c.execute("PRAGMA database_list").fetchone()[2]
+        directory = str(Path(where).parent) if where else "this data directory"
+        raise StoreError(
+            f"the data directory {directory} was written by a newer mailyard (store schema version {version};"
+            f" this one knows up to {SCHEMA_VERSION}): run that version or a later one on it;"
+            " a store is never downgraded"
+        )
+    return version
+
+
 def create(c: sqlite3.Connection) -> None:
-    """Create what is missing and bring an older directory to SCHEMA_VERSION."""
+    """Create what is missing and bring an older directory to SCHEMA_VERSION
+    (refused for a directory of a later version: ``check_version``)."""
+    check_version(c)
     c.executescript(SCHEMA)
     c.executescript(textindex.SCHEMA)
     c.executescript(QUEUE_SCHEMA)
@@ -371,9 +411,10 @@ def rederive_on_new_format(c: sqlite3.Connection) -> bool:
 
 def migrate(c: sqlite3.Connection) -> None:
     """Bring an older data directory to SCHEMA_VERSION (the new tables exist
-    already: SCHEMA only adds, with IF NOT EXISTS)."""
-    version = int(c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
-    if version >= SCHEMA_VERSION:
+    already: SCHEMA only adds, with IF NOT EXISTS); a StoreError for a
+    directory of a later version (``check_version``)."""
+    version = check_version(c)
+    if version == SCHEMA_VERSION:
         return
     # SQLite's table-rebuild procedure (lang_altertable.html, "Making
     # other kinds of table schema changes"): foreign keys off, set
@@ -424,7 +465,8 @@ def migrate(c: sqlite3.Connection) -> None:
             # get their rows in the background, from body id 0 on
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('sort_keys_backfill', '0')")
         # version 6 only adds account_settings, version 7 contacts and
-        # correspondents, version 8 web_sessions (SCHEMA creates them)
+        # correspondents, version 8 web_sessions, version 10 body_data
+        # (SCHEMA creates them; the bodies already stored stay in segments)
         if version < 9:
             # fts_fields exists (textindex.SCHEMA) but is empty: bodies
             # derived before get their rows in the background, from body id 0 on

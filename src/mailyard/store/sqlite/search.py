@@ -33,6 +33,7 @@ from ...message.derived import derive
 from ...message.objectids import EMAIL, THREAD, opaque_id
 from ...message.threadkeys import KEY_FIELDS, SortKeys, ThreadKeys, keys_from_json, sort_keys
 from ..api import DERIVED_FIELDS, SENT_BATCH, DerivedRecord, MailboxRef, StorageFull, derive_record
+from ..blobs import BODY_DATA, BODY_PLACE
 from ..rows import THREAD_LOOKUP_IDS
 from . import textindex
 from .core import SQLiteCore, select_uids
@@ -647,14 +648,18 @@ class SearchMixin(SQLiteCore):
         """The RFC 8970 previews of bodies derived before previews were kept:
         computed off the event loop, and saved into their derived data (a
         cache: a full disk only means they are computed again next time)."""
-        places = {}
-        for body_id in dict.fromkeys(body_ids):
-            row = self._q1("SELECT segment, offset, length FROM bodies WHERE id = ?", (body_id,))
+        places = []
+        for body_id in reversed(dict.fromkeys(body_ids)):
+            row = self._q1(f"SELECT {BODY_PLACE} FROM bodies b {BODY_DATA} WHERE b.id = ?", (body_id,))
             if row is not None:
-                places[body_id] = row
+                places.append((body_id, row))
 
         def compute() -> dict[int, str]:
-            return {body_id: derive(self.blobs.read(*row)).preview for body_id, row in places.items()}
+            previews: dict[int, str] = {}
+            while places:  # each place goes as its body is read (as in _derive_now)
+                body_id, row = places.pop()
+                previews[body_id] = derive(self.blobs.body(*row)).preview
+            return previews
 
         out = await asyncio.to_thread(compute) if places else {}
         if out and not self._index_deferred():
@@ -691,22 +696,30 @@ class SearchMixin(SQLiteCore):
             else:
                 look.append(body_id)
 
-        def read_places(c: sqlite3.Connection) -> dict[int, tuple[int, int, int]]:
-            found: dict[int, tuple[int, int, int]] = {}
+        def read_places(c: sqlite3.Connection) -> dict[int, tuple[int, int, int, bytes | None]]:
+            found: dict[int, tuple[int, int, int, bytes | None]] = {}
             for i in range(0, len(look), 900):
                 chunk = look[i : i + 900]
                 for body_id, *place in c.execute(
-                    f"SELECT id, segment, offset, length FROM bodies WHERE id IN ({','.join('?' * len(chunk))})", chunk
+                    f"SELECT b.id, {BODY_PLACE} FROM bodies b {BODY_DATA}"
+                    f" WHERE b.id IN ({','.join('?' * len(chunk))})", chunk
                 ):
                     found[body_id] = tuple(place)  # type: ignore[assignment]
             return found
 
         # (after an import, a search may meet thousands: read off the event loop)
         found = await self._bulk_read(read_places) if len(look) > SORT_INLINE else read_places(self._read)
-        places = {b: found[b] for b in look if b in found}  # in the order asked
+        # last asked first, popped from the end as each body is derived: the
+        # bytes of the inline bodies, which their places hold (up to
+        # bodies.py INLINE_MAX each), go one by one, not all after the last
+        places = [(b, found.pop(b)) for b in reversed(look) if b in found]
 
         def derive_all() -> dict[int, DerivedRecord]:
-            return {body_id: derive_record(self.blobs.read(*row)) for body_id, row in places.items()}
+            records: dict[int, DerivedRecord] = {}
+            while places:
+                body_id, place = places.pop()
+                records[body_id] = derive_record(self.blobs.body(*place))
+            return records
 
         # Parsing a message may take a good part of a second (a million MIME
         # parts, deep nesting): off the event loop, so one such message cannot
@@ -904,14 +917,14 @@ class SearchMixin(SQLiteCore):
                 return False
             return max(0.05, wait)
         rows = c.execute(
-            "SELECT id, segment, offset, length FROM bodies WHERE derived IS NULL LIMIT ?", (INDEX_BATCH,)
+            f"SELECT b.id, {BODY_PLACE} FROM bodies b {BODY_DATA} WHERE b.derived IS NULL LIMIT ?", (INDEX_BATCH,)
         ).fetchall()
         if not rows:
             return self._backfill_sort_keys(c) or self._backfill_fields(c)
         items: list[tuple[int, DerivedRecord]] = []
         started = time.monotonic()
-        for body_id, segment, offset, length in rows:
-            items.append((body_id, derive_record(self.blobs.read(segment, offset, length))))
+        for body_id, *place in rows:
+            items.append((body_id, derive_record(self.blobs.body(*place))))
             if self._writer.has_pending() or time.monotonic() - started > INDEX_SLICE:
                 break
         # Derived data can always be computed again (bodies.derived stays NULL if

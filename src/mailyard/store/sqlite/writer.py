@@ -9,7 +9,8 @@ others in the batch still commit. Some errors (SQLITE_FULL, SQLITE_IOERR)
 make SQLite roll back the whole transaction, savepoints included: the failing
 write's caller then gets that error, and the batch's other writes run again
 in a new transaction. The caller's future resolves only after COMMIT returned
-(and, with fsync on, the WAL and the blob segment were synced).
+(and, with fsync on, the WAL and the blob segment, if the batch appended
+to one, were synced).
 """
 
 from __future__ import annotations
