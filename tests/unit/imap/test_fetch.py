@@ -350,9 +350,9 @@ def test_header_fields_items_parse_the_header_once(monkeypatch: pytest.MonkeyPat
     class Counting(fetch.ParsedHeader):
         __slots__ = ()
 
-        def __init__(self, header: bytes) -> None:
+        def __init__(self, header: bytes, whole: bool = True) -> None:
             parsed[0] += 1
-            super().__init__(header)
+            super().__init__(header, whole)
 
     monkeypatch.setattr(fetch, "ParsedHeader", Counting)
     atts = " ".join(f"BODY.PEEK[HEADER.FIELDS (X-Filler-{i} Subject)]" for i in range(100))
@@ -394,6 +394,60 @@ def test_a_parsed_header_keeps_offsets_not_copies() -> None:
     assert p.select(["nothing"], False) == b"\r\n"
 
 
+def _reference_select(header: bytes, names: list[str], exclude: bool) -> bytes:
+    """HEADER.FIELDS (.NOT) as one regular expression over the header reads
+    it (RFC 5322 2.2: a field is a line with its name, if it has one, and
+    the folded lines after it; lines end with CRLF, LF or a lone CR; the
+    header ends at its blank line): what fetch.ParsedHeader must give."""
+    import re
+
+    wanted = {n.lower().encode() for n in names}
+    out = []
+    for m in re.finditer(rb"(?:([^:\s]+)[ \t]*:)?[^\r\n]*(?:\r\n|\r|\n|\Z)(?:[ \t][^\r\n]*(?:\r\n|\r|\n|\Z))*",
+                         header):
+        at, end = m.span()
+        if at == end or header[at:at + 1] == b"\n" or header[at:at + 2] == b"\r\n":
+            break
+        if header[at] in b" \t":
+            continue  # folded lines before any field
+        name = m.group(1).lower() if m.group(1) else None
+        if (name in wanted) != exclude and not (exclude and name is None):
+            out.append(m.group())
+    return b"".join(out) + b"\r\n"
+
+
+def test_a_header_cut_and_selected_in_slices_gives_the_same_fields() -> None:
+    """fetch.ParsedHeader cut a few lines at a time, and its selections
+    made a few fields at a time, give byte for byte the fields a regular
+    expression over the whole header finds, for headers of every shape:
+    folded lines (before any field too), lines without a field name, names
+    with blanks before the colon or white space in them, lines ended by
+    CRLF, LF or a lone CR, the blank line or none at the end."""
+    import random
+
+    from mailyard.protocols.imap.fetch import ParsedHeader
+
+    rnd = random.Random(5322)
+    pieces = [b"From", b"to", b"X-A", b"x-a", b"B", b"a", b":", b": v", b" ", b"\t", b"\r", b"\n", b"\r\n",
+              b"\r\n", b"\r\n ", b"\n\t", b"\x0b", b"\x0c", b"\xe9", b"::"]
+    choices = [["from", "TO"], ["x-a"], ["B", "a", "x-A"], ["nothing"], [], ["a", "to", "from", "b", "x-a"]]
+    for _ in range(3000):
+        header = b"".join(rnd.choice(pieces) for _ in range(rnd.randrange(0, 40)))
+        whole = ParsedHeader(header)
+        sliced = ParsedHeader(header, whole=False)
+        while not sliced.done:
+            sliced.cut(rnd.randrange(1, 4))
+        assert sliced.starts == whole.starts
+        for names in choices:
+            for exclude in (False, True):
+                want = _reference_select(header, names, exclude)
+                assert whole.select(names, exclude) == want, (header, names, exclude)
+                chosen = sliced.selection(names, exclude)
+                while not chosen.done:
+                    chosen.advance(rnd.randrange(1, 3))
+                assert chosen.data() == want, (header, names, exclude)
+
+
 def test_each_header_fields_item_is_charged_as_the_whole_header(monkeypatch: pytest.MonkeyPatch) -> None:
     """A HEADER.FIELDS (.NOT) item may output the whole header: a hundred
     HEADER.FIELDS (X) of a 190 KB header of X: fields are 19 MB of output,
@@ -428,6 +482,58 @@ def test_each_header_fields_item_is_charged_as_the_whole_header(monkeypatch: pyt
     out = c.send("a2 FETCH 1:2 (" + " ".join(["BODY.PEEK[HEADER.FIELDS (X)]"] * 2) + ")")
     assert out.count(b" FETCH (") == 2 and out.endswith(b"a2 OK FETCH completed\r\n")
     assert c.conv.paused == paused + 1
+
+
+def _short_fields(n: int, seed: int = 0) -> list[bytes]:
+    """``n`` fields of a few octets: X-A with a digit, and B with nothing."""
+    return [b"X-A:%d\r\n" % ((i + seed) % 10) if i % 2 else b"B:\r\n" for i in range(n)]
+
+
+@pytest.mark.parametrize("octets", [None, 256 * 1024], ids=["one-line", "item-by-item"])
+def test_a_header_of_many_fields_is_cut_and_selected_between_turns(
+        monkeypatch: pytest.MonkeyPatch, octets: int | None) -> None:
+    """A header of 200,000 short fields (1.1 MB) takes the better part of a
+    second to cut into fields and select from: the FETCH lets the other
+    connections in between slices of that work (about FETCH_TURN each, here
+    some 50 of them), whether its response is one line or written item by
+    item (a batch's octets, FETCH_BATCH_OCTETS, lowered to 256 KiB), and
+    its items are what RFC 9051 6.4.5 says, byte for byte."""
+    from mailyard.protocols.imap.handlers import messages
+
+    if octets is not None:
+        monkeypatch.setattr(messages, "FETCH_BATCH_OCTETS", octets)
+    head = b"From: bob@example.test\r\nSubject: many\r\n"
+    fields = _short_fields(200_000)
+    c = connect(store_with_mail(head + b"".join(fields) + b"\r\nbody\r\n"), select="INBOX")
+    paused = c.conv.paused
+    out = c.send("a1 FETCH 1 (BODY.PEEK[HEADER.FIELDS (X-A)] BODY.PEEK[HEADER.FIELDS.NOT (x-a)] "
+                 "BODY.PEEK[HEADER.FIELDS (Subject)])")
+    taken = b"".join(f for f in fields if f.startswith(b"X-A:")) + b"\r\n"
+    left = head + b"".join(f for f in fields if f == b"B:\r\n") + b"\r\n"
+    assert out == (b"* 1 FETCH (BODY[HEADER.FIELDS (X-A)] {%d}\r\n%s BODY[HEADER.FIELDS.NOT (x-a)] {%d}\r\n%s "
+                   b"BODY[HEADER.FIELDS (Subject)] {17}\r\nSubject: many\r\n\r\n)\r\na1 OK FETCH completed\r\n"
+                   % (len(taken), taken, len(left), left))
+    # 200,000 lines cut (a unit each), 200,000 fields selected (a quarter)
+    assert c.conv.paused - paused >= 40, c.conv.paused - paused
+
+
+def test_the_headers_of_a_batch_are_cut_between_turns() -> None:
+    """Twenty messages whose headers hold 10,000 short fields each (55 KB,
+    so that one batch holds them all, FETCH_BATCH_OCTETS): their cutting
+    and selecting is charged as it is done, and the other connections get
+    their turn whenever it passes FETCH_TURN, not only between batches; the
+    items are exact."""
+    messages = [b"Subject: m%d\r\n" % n + b"".join(_short_fields(10_000, n)) + b"\r\nbody\r\n" for n in range(20)]
+    c = connect(store_with_mail(*messages), select="INBOX")
+    paused = c.conv.paused
+    lines = c.send("a1 FETCH 1:* (BODY.PEEK[HEADER.FIELDS (X-A)])")
+    want = b""
+    for n in range(20):
+        taken = b"".join(f for f in _short_fields(10_000, n) if f.startswith(b"X-A:")) + b"\r\n"
+        want += b"* %d FETCH (BODY[HEADER.FIELDS (X-A)] {%d}\r\n%s)\r\n" % (n + 1, len(taken), taken)
+    assert lines == want + b"a1 OK FETCH completed\r\n"
+    # 200,000 lines and 100,000 fields selected: some 45 turns
+    assert c.conv.paused - paused >= 30, c.conv.paused - paused
 
 
 def test_a_fetch_of_too_many_items_is_refused_rfc5530_limit() -> None:

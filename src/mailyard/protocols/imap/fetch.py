@@ -11,8 +11,10 @@ from __future__ import annotations
 import array
 import binascii
 import datetime as dt
+import heapq
+import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from .commands import FetchAtt, Section
 
@@ -42,83 +44,192 @@ def split_header(data: bytes) -> tuple[bytes, bytes]:
     return data[: m.end()], data[m.end() :]
 
 
-# One field of a header (RFC 5322 2.2): a line, its field name if it has
-# one, and the folded lines after it; lines end as bytes.splitlines ends
-# them (CRLF, LF or a lone CR).
-_FIELD_LINES = re.compile(rb"(?:([^:\s]+)[ \t]*:)?[^\r\n]*(?:\r\n|\r|\n|\Z)(?:[ \t][^\r\n]*(?:\r\n|\r|\n|\Z))*")
-
-
 class ParsedHeader:
     """A header cut once into its fields, so that each HEADER.FIELDS item of
     a message is a lookup by name rather than another scan of the header (a
     FETCH may hold a hundred such items, a header megabytes).
 
-    A field is kept as where it starts in the header (fields follow one
-    another, so the next one's start is its end) and its name: memory grows
-    with the number of fields and names, not with a copy of the header."""
+    A field (RFC 5322 2.2) is a line, with its field name if it has one,
+    and the folded lines after it; lines end as bytes.splitlines ends them
+    (CRLF, LF or a lone CR); the header ends at its blank line (2.1) or
+    with the data. A field is kept as where it starts in the header (fields
+    follow one another, so the next one's start is its end) and its name:
+    memory grows with the number of fields and names, not with a copy of
+    the header.
 
-    __slots__ = ("by_name", "header", "starts")
+    ``ParsedHeader(header)`` cuts the whole header; ``ParsedHeader(header,
+    whole=False)`` cuts none of it, and ``cut(most)`` goes on a slice of
+    lines at a time, so that a header of a million lines is cut with turns
+    of the other connections between the slices: each line costs a few
+    operations in Python and searches of the octets (``bytes.find``),
+    never a regular expression over a run of them, which would go through
+    a long line, or a field folded a million times, in one call."""
 
-    def __init__(self, header: bytes) -> None:
+    __slots__ = ("_at", "_cr", "_lower", "_nl", "by_name", "done", "header", "starts")
+
+    def __init__(self, header: bytes, whole: bool = True) -> None:
         self.header = header
         code = "i" if len(header) < 2**31 else "q"  # 4 octets an offset when they fit
-        # where each field starts, then where the last one ends
-        self.starts = starts = array.array(code)
+        # where each field starts, then (once done) where the last one ends
+        self.starts = array.array(code)
         # field numbers by lower-case name; None: lines without a field name
         self.by_name: dict[bytes | None, array.array[int]] = {}
-        lower: dict[bytes | None, bytes | None] = {None: None}  # names as written, in lower case
-        end = 0
-        for m in _FIELD_LINES.finditer(header):
-            at, end = m.span()
-            if at == end:
-                break  # the end of the header
-            c = header[at]
-            if c == 10 or (c == 13 and header[at + 1 : at + 2] == b"\n"):
-                end = at  # the blank line that ends the header (RFC 5322 2.1)
+        self._lower: dict[bytes, bytes] = {}  # names as written, in lower case
+        self._at = 0  # where the next line starts
+        self.done = False
+        # where the next CR and LF are at or after ``at`` (the length of the
+        # header: none), found again only once passed, so that a header of
+        # lines ended by one of them is searched once for the other
+        self._cr = self._nl = -1
+        if whole:
+            self.cut()
+
+    def cut(self, most: int | None = None) -> int:
+        """Cut the header's next ``most`` lines (all of them: None) into
+        fields; returns how many lines that was. ``done`` once the header's
+        end is reached."""
+        if self.done:
+            return 0
+        h, starts, by_name, lower = self.header, self.starts, self.by_name, self._lower
+        size = len(h)
+        at, cr, nl = self._at, self._cr, self._nl
+        lines = 0
+        limit = size + 1 if most is None else most  # (no header has more lines than octets)
+        while lines < limit:
+            if at >= size:
+                starts.append(size)
+                self.done = True
                 break
-            if c == 32 or c == 9:
-                continue  # folded lines before any field: no field of theirs
-            raw = m.group(1)
-            name = lower.get(raw)
-            if name is None and raw is not None:
-                name = lower[raw] = raw.lower()
-            fields = self.by_name.get(name)
-            if fields is None:
-                fields = self.by_name[name] = array.array(code)
-            fields.append(len(starts))
-            starts.append(at)
-        starts.append(end)
+            c = h[at]
+            if c == 10 or (c == 13 and at + 1 < size and h[at + 1] == 10):
+                starts.append(at)  # the blank line that ends the header (RFC 5322 2.1)
+                self.done = True
+                break
+            # the line's end: CRLF, LF or a lone CR, or the end of the data
+            if cr < at:
+                cr = h.find(b"\r", at)
+                if cr < 0:
+                    cr = size
+            if nl < at:
+                nl = h.find(b"\n", at)
+                if nl < 0:
+                    nl = size
+            if cr < nl:
+                text_end, line_end = cr, cr + 2 if cr + 1 == nl else cr + 1
+            else:
+                text_end, line_end = nl, min(nl + 1, size)
+            lines += 1
+            if c != 32 and c != 9:
+                # a field, or a line without a field name: a name is a run
+                # of octets other than colon and white space, then blanks
+                # and a colon (RFC 5322 2.2, 3.6.8, read loosely)
+                name: bytes | None = None
+                colon = h.find(b":", at, text_end)
+                if colon > at:
+                    raw = h[at:colon].rstrip(b" \t")
+                    if raw and raw.split() == [raw]:
+                        name = lower.get(raw)
+                        if name is None:
+                            name = lower[raw] = raw.lower()
+                fields = by_name.get(name)
+                if fields is None:
+                    fields = by_name[name] = array.array(starts.typecode)
+                fields.append(len(starts))
+                starts.append(at)
+            # else a folded line: part of the field before it (before any
+            # field: part of none)
+            at = line_end
+        self._at, self._cr, self._nl = at, cr, nl
+        return lines
+
+    def selection(self, names: Sequence[str], exclude: bool) -> Selection:
+        """HEADER.FIELDS (.NOT) of this header (cut whole), made a slice at
+        a time (``Selection``)."""
+        assert self.done, "the header is not cut yet"
+        return Selection(self, names, exclude)
 
     def select(self, names: Sequence[str], exclude: bool) -> bytes:
         """HEADER.FIELDS (.NOT): the matching fields in header order, plus
         the terminating blank line (RFC 9051 6.4.5). .NOT leaves out the
         lines without a field name as well."""
-        h, starts, by_name = self.header, self.starts, self.by_name
-        wanted = {n.lower().encode("ascii") for n in names}
-        parts: list[bytes] = []
-        if not exclude:
-            # runs of consecutive fields, each one slice of the header
-            keep = sorted(i for n in wanted for i in by_name.get(n, ()))
-            run = end = -1
-            for i in keep:
-                if i != end:
+        chosen = self.selection(names, exclude)
+        chosen.advance()
+        return chosen.data()
+
+
+_SORTED_AT_ONCE = 4096
+
+
+class Selection:
+    """HEADER.FIELDS (.NOT) of a ParsedHeader: the matching fields in
+    header order, plus the terminating blank line (RFC 9051 6.4.5); .NOT
+    leaves out the lines without a field name as well. ``advance(most)``
+    goes through the next ``most`` fields it takes (for .NOT: leaves out),
+    so that a selection of a million fields is made with turns of the
+    other connections between the slices; ``data()`` once ``done``."""
+
+    __slots__ = ("done", "exclude", "header", "next", "parts", "run", "starts", "todo")
+
+    def __init__(self, parsed: ParsedHeader, names: Sequence[str], exclude: bool) -> None:
+        self.header, self.starts, self.exclude = parsed.header, parsed.starts, exclude
+        wanted: set[bytes | None] = {n.lower().encode("ascii") for n in names}
+        if exclude:
+            wanted.add(None)  # the lines without a field name
+        found = [parsed.by_name[n] for n in wanted if n in parsed.by_name]
+        # the field numbers to take (.NOT: to leave out), in header order:
+        # each name's are; a few of several names sorted at once, many
+        # merged as they are gone through
+        self.todo: Iterator[int]
+        if len(found) == 1:
+            self.todo = iter(found[0])
+        elif sum(map(len, found)) <= _SORTED_AT_ONCE:
+            self.todo = iter(sorted(itertools.chain.from_iterable(found)))
+        else:
+            self.todo = heapq.merge(*found)
+        self.parts: list[bytes] = []  # slices of the header
+        # taking: the run of consecutive fields begun (its first and past its
+        # last; -1: none yet); leaving out: the first field after the last
+        # one left out
+        self.run = -1
+        self.next = -1 if not exclude else 0
+        self.done = False
+
+    def advance(self, most: int | None = None) -> int:
+        """Go through the next ``most`` fields (all: None); returns how many."""
+        h, starts, parts = self.header, self.starts, self.parts
+        run, end = self.run, self.next
+        count = 0
+        first = len(parts)
+        for i in itertools.islice(self.todo, most):
+            count += 1
+            if self.exclude:
+                if i > end:  # the fields between the last left out and this one
+                    parts.append(h[starts[end] : starts[i]])
+                end = i + 1
+            else:
+                if i != end:  # a new run of consecutive fields
                     if run >= 0:
                         parts.append(h[starts[run] : starts[end]])
                     run = i
                 end = i + 1
-            if run >= 0:
+        self.run, self.next = run, end
+        if most is None or count < most:
+            self.done = True
+            if self.exclude:
+                if end < len(starts) - 1:
+                    parts.append(h[starts[end] : starts[-1]])
+            elif run >= 0:
                 parts.append(h[starts[run] : starts[end]])
-        else:
-            # the runs between the fields left out
-            at = 0
-            for i in sorted(i for n in (*wanted, None) for i in by_name.get(n, ())):
-                if i > at:
-                    parts.append(h[starts[at] : starts[i]])
-                at = i + 1
-            if at < len(starts) - 1:
-                parts.append(h[starts[at] : starts[-1]])
-        parts.append(b"\r\n")
-        return b"".join(parts)
+            parts.append(b"\r\n")
+        if len(parts) > first + 1:
+            # one string a slice: data() joins as many as there were slices
+            parts[first:] = [b"".join(parts[first:])]
+        return count
+
+    def data(self) -> bytes:
+        """The selection, once ``done``."""
+        assert self.done
+        return b"".join(self.parts)
 
 
 def header_fields(header: bytes, names: Sequence[str], exclude: bool) -> bytes:

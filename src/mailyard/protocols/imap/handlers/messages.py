@@ -11,14 +11,22 @@ from .. import commands as c
 from .. import fetch as f
 from .. import imapurl, names
 from ..backend import NewMessage, NoSpace, RecentClaim
-from ..fetch_plan import MessageParts, encode_items, index_values, plan
+from ..fetch_plan import (
+    HEADER_FIELDS_TEXTS,
+    HEADER_LINE_WORK,
+    SELECTED_FIELD_WORK,
+    MessageParts,
+    encode_items,
+    index_values,
+    plan,
+)
 from ..flags import flags_from_client, flags_reporter, session_flags
 from ..response import Atom, Raw, format_uid_list_ordered, format_uid_set
 from ..search import partial_slice
 from ..selected import SequenceError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from typing import Any
 
     from ..backend import ImapBackend, MessageRecord
@@ -170,6 +178,10 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
                     missing = True
                     continue
                 msg = MessageParts.of(raw, d, need_offsets)
+                if p.field_sections and info.size * sized <= FETCH_BATCH_OCTETS:
+                    # (one charged more is written item by item, each
+                    # selected as it comes: _write_items)
+                    turn = await _choose_fields(s, msg, p.field_sections, turn, out)
             try:
                 if msg is not None and info.size * sized > FETCH_BATCH_OCTETS:
                     s.engine.raw(b"".join(out))
@@ -227,7 +239,11 @@ async def _write_items(s: ImapSession, seq: int, flags_of: Callable[[MessageReco
     held: list[bytes] = []
     size = 0
     begun = False
+    left = FETCH_TURN  # work in place before the others' turn (_choose_fields)
     for i, a in enumerate(atts):
+        sec = a.section
+        if sec is not None and sec.text in HEADER_FIELDS_TEXTS:
+            left = await _choose_fields(s, msg, (sec,), left, [])
         try:
             items = encode_items(flags_of, engine.writer, (a,), info, msg, d)
         except f.UnknownCTE:
@@ -237,6 +253,8 @@ async def _write_items(s: ImapSession, seq: int, flags_of: Callable[[MessageReco
                 held.append(b"UID %d" % info.uid)
             engine.raw(b" " + b" ".join(held) + b")\r\n" if held else b")\r\n")
             return False
+        if sec is not None:
+            msg.chosen.pop(sec, None)  # one item's selection held at a time
         held += items
         size += sum(map(len, items))
         if held and engine.pending + size > FETCH_BATCH_OCTETS:
@@ -244,11 +262,52 @@ async def _write_items(s: ImapSession, seq: int, flags_of: Callable[[MessageReco
             begun = True
             held, size = [], 0
             await s.turn()  # ConnectionError once the client is gone
+            left = FETCH_TURN
     if begun:
         engine.raw((b" " + b" ".join(held) if held else b"") + b")\r\n")
     else:
         engine.raw(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(held)))
     return True
+
+
+async def _choose_fields(s: ImapSession, msg: MessageParts, sections: Sequence[c.Section], left: float,
+                         out: list[bytes]) -> float:
+    """Select the fields of a message's HEADER.FIELDS (.NOT) sections (RFC
+    9051 6.4.5) ahead of encode_items, into ``msg.chosen``. What that costs
+    follows the header (a million short fields take most of a second to
+    cut, a fifth to select), so the header is cut (fetch.ParsedHeader.cut)
+    and each selection made (fetch.Selection) a slice at a time, charged to
+    ``left``, the work (FETCH_TURN units) before the other connections'
+    next turn, which they get whenever it runs out, after the response
+    lines in ``out`` are queued. Returns the work left."""
+    for sec in sections:
+        if sec in msg.chosen:
+            continue
+        rng = msg.header_range(sec)
+        if rng is None:
+            continue  # no such part: encode_items answers an empty string
+        parsed = msg.parsed_header(rng)
+        while not parsed.done:
+            left = await _spent(s, left, out)
+            left -= parsed.cut(max(1, int(left / HEADER_LINE_WORK))) * HEADER_LINE_WORK
+        chosen = parsed.selection(sec.fields, sec.text == "HEADER.FIELDS.NOT")
+        while not chosen.done:
+            left = await _spent(s, left, out)
+            left -= chosen.advance(max(1, int(left / SELECTED_FIELD_WORK))) * SELECTED_FIELD_WORK
+        msg.chosen[sec] = chosen.data()
+    return left
+
+
+async def _spent(s: ImapSession, left: float, out: list[bytes]) -> float:
+    """``left`` while some is; else the other connections' turn, after the
+    response lines in ``out`` are queued, and a whole FETCH_TURN again."""
+    if left > 0:
+        return left
+    if out:
+        s.engine.raw(b"".join(out))
+        out.clear()
+    await s.turn()  # ConnectionError once the client is gone
+    return FETCH_TURN
 
 
 async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
@@ -379,7 +438,7 @@ async def _catenate(s: ImapSession, b: ImapBackend, parts: tuple[c.CatPart, ...]
                 return None
             data = part.data
         else:
-            found = await _url_data(b, part.url, cache)
+            found = await _url_data(s, b, part.url, cache)
             if found is None:
                 # RFC 4469 5: a URL that names nothing (or nothing we serve)
                 await s.finish("NO", "CATENATE URL not valid", f"BADURL {imapurl.response_text(part.url)}")
@@ -397,7 +456,8 @@ async def _catenate(s: ImapSession, b: ImapBackend, parts: tuple[c.CatPart, ...]
     return data
 
 
-async def _url_data(b: ImapBackend, text: str, cache: dict[tuple[int, int], MessageParts]) -> bytes | None:
+async def _url_data(s: ImapSession, b: ImapBackend, text: str,
+                    cache: dict[tuple[int, int], MessageParts]) -> bytes | None:
     """The octets an IMAP URL names in the user's own mailboxes, or None."""
     url = imapurl.parse(text)
     if url is None:
@@ -417,7 +477,12 @@ async def _url_data(b: ImapBackend, text: str, cache: dict[tuple[int, int], Mess
         msg = MessageParts.of(raw, d, True)
         cache.clear()  # one message at a time: parts of it are usually named in a row
         cache[key] = msg
-    data = msg.section(url.section) if url.section is not None else msg.raw
+    sec = url.section
+    if sec is not None and sec.text in HEADER_FIELDS_TEXTS:
+        await _choose_fields(s, msg, (sec,), FETCH_TURN, [])
+    data = msg.section(sec) if sec is not None else msg.raw
+    if sec is not None:
+        msg.chosen.pop(sec, None)  # the message is kept for the next part, not its selections
     if data is None:
         return None
     if url.partial is not None:
