@@ -5,6 +5,7 @@ RFC 4469)."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from .. import commands as c
@@ -14,7 +15,11 @@ from ..backend import NewMessage, NoSpace, RecentClaim
 from ..fetch_plan import (
     HEADER_FIELDS_TEXTS,
     HEADER_LINE_WORK,
+    HEADER_OCTETS_A_UNIT,
+    MERGED_FIELD_WORK,
     SELECTED_FIELD_WORK,
+    SELECTED_OCTETS_A_UNIT,
+    FetchPlan,
     MessageParts,
     encode_items,
     index_values,
@@ -181,17 +186,19 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
                 if p.field_sections and info.size * sized <= FETCH_BATCH_OCTETS:
                     # (one charged more is written item by item, each
                     # selected as it comes: _write_items)
-                    turn = await _choose_fields(s, msg, p.field_sections, turn, out)
+                    turn = await _choose_fields(s, msg, p.field_sections, p.field_names, turn, out)
             try:
                 if msg is not None and info.size * sized > FETCH_BATCH_OCTETS:
                     s.engine.raw(b"".join(out))
                     out = []
-                    if await _write_items(s, seq, flags_of, atts, info, msg, d):
+                    if await _write_items(s, seq, flags_of, p, info, msg, d):
                         continue
                     # part of the line was sent: it ends there, UID included
                     await s.finish("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE", allow_expunge=cmd.uid)
                     return
                 items = encode_items(flags_of, writer, atts, info, msg, d)
+                if msg is not None:
+                    msg.chosen.clear()  # the message is done with: its selections too
             except f.UnknownCTE:
                 s.engine.raw(b"".join(out))
                 s.engine.untagged(seq, Atom("FETCH"), [Atom("UID"), uid])
@@ -220,9 +227,8 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}FETCH completed", allow_expunge=cmd.uid)
 
 
-async def _write_items(s: ImapSession, seq: int, flags_of: Callable[[MessageRecord], bytes],
-                       atts: tuple[c.FetchAtt, ...], info: MessageRecord, msg: MessageParts,
-                       d: Mapping[str, Any] | None) -> bool:
+async def _write_items(s: ImapSession, seq: int, flags_of: Callable[[MessageRecord], bytes], p: FetchPlan,
+                       info: MessageRecord, msg: MessageParts, d: Mapping[str, Any] | None) -> bool:
     """One message's FETCH response written item by item: it may be many
     times the message (``FETCH 1 (BODY.PEEK[] BODY.PEEK[] ...)``), so no more
     than FETCH_BATCH_OCTETS and one item of it is held at once, and the other
@@ -235,7 +241,7 @@ async def _write_items(s: ImapSession, seq: int, flags_of: Callable[[MessageReco
     part of the line is out, the line ends there, valid (RFC 9051 7.5.2:
     msg-att holds at least one item) and with the message's UID, as the
     one FETCH response for this message; the result is then False."""
-    engine = s.engine
+    engine, atts = s.engine, p.atts
     held: list[bytes] = []
     size = 0
     begun = False
@@ -243,7 +249,7 @@ async def _write_items(s: ImapSession, seq: int, flags_of: Callable[[MessageReco
     for i, a in enumerate(atts):
         sec = a.section
         if sec is not None and sec.text in HEADER_FIELDS_TEXTS:
-            left = await _choose_fields(s, msg, (sec,), left, [])
+            left = await _choose_fields(s, msg, (sec,), p.field_names, left, [])
         try:
             items = encode_items(flags_of, engine.writer, (a,), info, msg, d)
         except f.UnknownCTE:
@@ -270,30 +276,37 @@ async def _write_items(s: ImapSession, seq: int, flags_of: Callable[[MessageReco
     return True
 
 
-async def _choose_fields(s: ImapSession, msg: MessageParts, sections: Sequence[c.Section], left: float,
-                         out: list[bytes]) -> float:
+async def _choose_fields(s: ImapSession, msg: MessageParts, sections: Sequence[c.Section],
+                         names: frozenset[bytes], left: float, out: list[bytes]) -> float:
     """Select the fields of a message's HEADER.FIELDS (.NOT) sections (RFC
-    9051 6.4.5) ahead of encode_items, into ``msg.chosen``. What that costs
-    follows the header (a million short fields take most of a second to
-    cut, a fifth to select), so the header is cut (fetch.ParsedHeader.cut)
-    and each selection made (fetch.Selection) a slice at a time, charged to
-    ``left``, the work (FETCH_TURN units) before the other connections'
-    next turn, which they get whenever it runs out, after the response
-    lines in ``out`` are queued. Returns the work left."""
+    9051 6.4.5) ahead of encode_items, into ``msg.chosen``; ``names``: the
+    field names of all the sections of the command (FetchPlan.field_names),
+    what a header is cut for, once. What that costs follows the header (a
+    million short fields take most of a second to cut, a fifth to select;
+    a line of 20 MB tens of milliseconds to search), so the header is cut
+    (fetch.ParsedHeader.cut) and each selection made (fetch.Selection) a
+    slice of lines and octets at a time, charged to ``left``, the work
+    (FETCH_TURN units) before the other connections' next turn, which they
+    get whenever it runs out, after the response lines in ``out`` are
+    queued. Returns the work left."""
     for sec in sections:
         if sec in msg.chosen:
             continue
         rng = msg.header_range(sec)
         if rng is None:
             continue  # no such part: encode_items answers an empty string
-        parsed = msg.parsed_header(rng)
+        parsed = msg.parsed_header(rng, names)
+        per_line = int(HEADER_LINE_WORK * HEADER_OCTETS_A_UNIT)
         while not parsed.done:
             left = await _spent(s, left, out)
-            left -= parsed.cut(max(1, int(left / HEADER_LINE_WORK))) * HEADER_LINE_WORK
+            lines, octets = parsed.cut(int(left * HEADER_OCTETS_A_UNIT), per_line)
+            left -= (lines * per_line + octets) / HEADER_OCTETS_A_UNIT
         chosen = parsed.selection(sec.fields, sec.text == "HEADER.FIELDS.NOT")
+        per_field = int((SELECTED_FIELD_WORK + MERGED_FIELD_WORK * math.log2(chosen.merged)) * SELECTED_OCTETS_A_UNIT)
         while not chosen.done:
             left = await _spent(s, left, out)
-            left -= chosen.advance(max(1, int(left / SELECTED_FIELD_WORK))) * SELECTED_FIELD_WORK
+            fields, octets = chosen.advance(int(left * SELECTED_OCTETS_A_UNIT), per_field)
+            left -= (fields * per_field + octets) / SELECTED_OCTETS_A_UNIT
         msg.chosen[sec] = chosen.data()
     return left
 
@@ -479,7 +492,7 @@ async def _url_data(s: ImapSession, b: ImapBackend, text: str,
         cache[key] = msg
     sec = url.section
     if sec is not None and sec.text in HEADER_FIELDS_TEXTS:
-        await _choose_fields(s, msg, (sec,), FETCH_TURN, [])
+        await _choose_fields(s, msg, (sec,), f.field_names(sec.fields), FETCH_TURN, [])
     data = msg.section(sec) if sec is not None else msg.raw
     if sec is not None:
         msg.chosen.pop(sec, None)  # the message is kept for the next part, not its selections
