@@ -86,3 +86,18 @@ def test_catenate_toobig_rfc4469_5() -> None:
 def test_catenate_text_with_nul_needs_literal8() -> None:
     c = connect()
     c.expect(b"a1 APPEND Drafts CATENATE (TEXT {3+}\r\na\0b)", "a1 NO [UNKNOWN-CTE] NUL octets need a literal8")
+
+
+def test_catenate_of_the_fields_of_a_big_header_lets_the_others_in() -> None:
+    """A URL naming HEADER.FIELDS of a message whose header holds 200,000
+    short fields (RFC 5092 section, RFC 9051 6.4.5): the header is cut and
+    the fields selected with the other connections' turns in between, as
+    for FETCH, and the message built holds exactly those fields."""
+    fields = [b"X-A:%d\r\n" % (i % 10) if i % 2 else b"B:\r\n" for i in range(200_000)]
+    c = connect(store_with_mail(b"Subject: many\r\n" + b"".join(fields) + b"\r\nbody\r\n"))
+    paused = c.conv.paused
+    got = c.send(b'a1 APPEND Drafts CATENATE (URL "/INBOX/;UID=1/;SECTION=HEADER.FIELDS%20(X-A)" TEXT {4+}\r\nend.)')
+    assert got == b"a1 OK [APPENDUID 2 1] APPEND completed\r\n"
+    assert c.conv.paused - paused >= 20, c.conv.paused - paused
+    c.untagged("a2 SELECT Drafts")
+    assert body_of(c, 1) == b"".join(f for f in fields if f.startswith(b"X-A:")) + b"\r\nend."

@@ -4,6 +4,7 @@ BINARY; RFC 7162 3.1.4 CHANGEDSINCE/MODSEQ, 3.2.6 VANISHED)."""
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 
@@ -350,9 +351,9 @@ def test_header_fields_items_parse_the_header_once(monkeypatch: pytest.MonkeyPat
     class Counting(fetch.ParsedHeader):
         __slots__ = ()
 
-        def __init__(self, header: bytes) -> None:
+        def __init__(self, *args: Any, **kw: Any) -> None:
             parsed[0] += 1
-            super().__init__(header)
+            super().__init__(*args, **kw)
 
     monkeypatch.setattr(fetch, "ParsedHeader", Counting)
     atts = " ".join(f"BODY.PEEK[HEADER.FIELDS (X-Filler-{i} Subject)]" for i in range(100))
@@ -370,13 +371,13 @@ def test_a_parsed_header_keeps_offsets_not_copies() -> None:
     ending at its blank line."""
     import tracemalloc
 
-    from mailyard.protocols.imap.fetch import ParsedHeader
+    from mailyard.protocols.imap.fetch import ParsedHeader, field_names
 
     fields = 100_000
     header = b"a:\r\n" * fields + b"\r\n"
     tracemalloc.start()
     try:
-        parsed = ParsedHeader(header)
+        parsed = ParsedHeader(header, field_names(["a", "b"]))
         kept, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -387,11 +388,86 @@ def test_a_parsed_header_keeps_offsets_not_copies() -> None:
 
     h = (b" lead\r\nFrom: a\r\n\tb\r\nno name\r\nSubject : s\r\nTo: t\r\n c\r\n"
          b"X-A:\r\nFrom: z\r\n\r\nTo: body\r\n")
-    p = ParsedHeader(h)
+    p = ParsedHeader(h, field_names(["from", "to", "subject", "x-a", "nothing"]))
     assert p.select(["from", "TO"], False) == b"From: a\r\n\tb\r\nTo: t\r\n c\r\nFrom: z\r\n\r\n"
     assert p.select(["subject"], False) == b"Subject : s\r\n\r\n"
     assert p.select(["To", "x-a"], True) == b"From: a\r\n\tb\r\nSubject : s\r\nFrom: z\r\n\r\n"
     assert p.select(["nothing"], False) == b"\r\n"
+
+
+def _reference_select(header: bytes, names: list[str], exclude: bool) -> bytes:
+    """HEADER.FIELDS (.NOT) as one regular expression over the header reads
+    it (RFC 5322 2.2: a field is a line with its name, if it has one, and
+    the folded lines after it; lines end with CRLF, LF or a lone CR; the
+    header ends at its blank line): what fetch.ParsedHeader must give."""
+    import re
+
+    wanted = {n.lower().encode() for n in names}
+    out = []
+    for m in re.finditer(rb"(?:([^:\s]+)[ \t]*:)?[^\r\n]*(?:\r\n|\r|\n|\Z)(?:[ \t][^\r\n]*(?:\r\n|\r|\n|\Z))*",
+                         header):
+        at, end = m.span()
+        if at == end or header[at:at + 1] == b"\n" or header[at:at + 2] == b"\r\n":
+            break
+        if header[at] in b" \t":
+            continue  # folded lines before any field
+        name = m.group(1).lower() if m.group(1) else None
+        if (name in wanted) != exclude and not (exclude and name is None):
+            out.append(m.group())
+    return b"".join(out) + b"\r\n"
+
+
+@pytest.mark.parametrize("short_name", [256, 2], ids=["as-is", "names-read-as-long"])
+def test_a_header_cut_and_selected_in_slices_gives_the_same_fields(
+        monkeypatch: pytest.MonkeyPatch, short_name: int) -> None:
+    """fetch.ParsedHeader cut a few lines or octets at a time, in place in
+    the data around it, and its selections made a few fields or octets at
+    a time, give byte for byte the fields a regular expression over the
+    whole header finds, for headers of every shape: folded lines (before
+    any field too), lines without a field name, names with blanks before
+    the colon or white space in them, lines ended by CRLF, LF or a lone CR,
+    the blank line or none at the end; and so with every name read as a
+    long one (searched for in the header, its blanks looked at a few octets
+    a slice: fetch._SHORT_NAME lowered), and for more fields of several
+    names than are sorted at once (merged as they are gone through)."""
+    import random
+
+    from mailyard.protocols.imap import fetch
+    from mailyard.protocols.imap.fetch import ParsedHeader, field_names
+
+    monkeypatch.setattr(fetch, "_SHORT_NAME", short_name)
+    rnd = random.Random(5322)
+    pieces = [b"From", b"to", b"X-A", b"x-a", b"B", b"a", b":", b": v", b" ", b"\t", b"\r", b"\n", b"\r\n",
+              b"\r\n", b"\r\n ", b"\n\t", b"\x0b", b"\x0c", b"\xe9", b"::", b"   ", b" \t "]
+    choices = [["from", "TO"], ["x-a"], ["B", "a", "x-A"], ["nothing"], [], ["a", "to", "from", "b", "x-a"]]
+    every = field_names(n for names in [*choices, ["c"]] for n in names)
+
+    def check(data: bytes, start: int, end: int, most: int, names_of: list[list[str]]) -> None:
+        header = data[start:end]
+        sliced = ParsedHeader(data, every, whole=False, start=start, end=end)
+        while not sliced.done:
+            sliced.cut(rnd.randrange(0, most), rnd.choice([0, 1, 5]))
+        for names in names_of:
+            whole = ParsedHeader(header, field_names(names))
+            assert [start + i for i in whole.starts] == list(sliced.starts)
+            for exclude in (False, True):
+                want = _reference_select(header, names, exclude)
+                assert whole.select(names, exclude) == want, (header, names, exclude)
+                chosen = sliced.selection(names, exclude)
+                while not chosen.done:
+                    chosen.advance(rnd.randrange(0, most), rnd.choice([0, 1, 5]))
+                assert chosen.data() == want, (header, names, exclude)
+
+    for _ in range(1500):
+        around = [b"".join(rnd.choice(pieces) for _ in range(rnd.randrange(0, n))) for n in (3, 40, 3)]
+        check(b"".join(around), len(around[0]), len(around[0]) + len(around[1]), 12, choices)
+    merged = []
+    for _ in range(3):
+        header = b"".join(rnd.choices([b"A:1\r\n", b"B:2\r\n", b"c :3\r\n", b"no name\r\n", b" fold\r\n", b"a:x\n",
+                                       b"b\r", b"X-A:" + b"v" * 70_000 + b"\r\n"], [1] * 7 + [0.01], k=12_000))
+        check(header, 0, len(header), 50_000, [["a", "b"], ["A", "B", "C", "x-a"], ["x-a", "from"]])
+        merged.append(ParsedHeader(header, every).selection(["a", "b"], True).merged)
+    assert min(merged) == 3  # a, b and the lines without a name: heapq.merge
 
 
 def test_each_header_fields_item_is_charged_as_the_whole_header(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -428,6 +504,165 @@ def test_each_header_fields_item_is_charged_as_the_whole_header(monkeypatch: pyt
     out = c.send("a2 FETCH 1:2 (" + " ".join(["BODY.PEEK[HEADER.FIELDS (X)]"] * 2) + ")")
     assert out.count(b" FETCH (") == 2 and out.endswith(b"a2 OK FETCH completed\r\n")
     assert c.conv.paused == paused + 1
+
+
+def _short_fields(n: int, seed: int = 0) -> list[bytes]:
+    """``n`` fields of a few octets: X-A with a digit, and B with nothing."""
+    return [b"X-A:%d\r\n" % ((i + seed) % 10) if i % 2 else b"B:\r\n" for i in range(n)]
+
+
+@pytest.mark.parametrize("octets", [None, 256 * 1024], ids=["one-line", "item-by-item"])
+def test_a_header_of_many_fields_is_cut_and_selected_between_turns(
+        monkeypatch: pytest.MonkeyPatch, octets: int | None) -> None:
+    """A header of 200,000 short fields (1.1 MB) takes the better part of a
+    second to cut into fields and select from: the FETCH lets the other
+    connections in between slices of that work (about FETCH_TURN each, here
+    some 50 of them), whether its response is one line or written item by
+    item (a batch's octets, FETCH_BATCH_OCTETS, lowered to 256 KiB), and
+    its items are what RFC 9051 6.4.5 says, byte for byte."""
+    from mailyard.protocols.imap.handlers import messages
+
+    if octets is not None:
+        monkeypatch.setattr(messages, "FETCH_BATCH_OCTETS", octets)
+    head = b"From: bob@example.test\r\nSubject: many\r\n"
+    fields = _short_fields(200_000)
+    c = connect(store_with_mail(head + b"".join(fields) + b"\r\nbody\r\n"), select="INBOX")
+    paused = c.conv.paused
+    out = c.send("a1 FETCH 1 (BODY.PEEK[HEADER.FIELDS (X-A)] BODY.PEEK[HEADER.FIELDS.NOT (x-a)] "
+                 "BODY.PEEK[HEADER.FIELDS (Subject)])")
+    taken = b"".join(f for f in fields if f.startswith(b"X-A:")) + b"\r\n"
+    left = head + b"".join(f for f in fields if f == b"B:\r\n") + b"\r\n"
+    assert out == (b"* 1 FETCH (BODY[HEADER.FIELDS (X-A)] {%d}\r\n%s BODY[HEADER.FIELDS.NOT (x-a)] {%d}\r\n%s "
+                   b"BODY[HEADER.FIELDS (Subject)] {17}\r\nSubject: many\r\n\r\n)\r\na1 OK FETCH completed\r\n"
+                   % (len(taken), taken, len(left), left))
+    # 200,000 lines cut (a unit each), 200,000 fields selected (a quarter)
+    assert c.conv.paused - paused >= 40, c.conv.paused - paused
+
+
+def test_the_headers_of_a_batch_are_cut_between_turns() -> None:
+    """Twenty messages whose headers hold 10,000 short fields each (55 KB,
+    so that one batch holds them all, FETCH_BATCH_OCTETS): their cutting
+    and selecting is charged as it is done, and the other connections get
+    their turn whenever it passes FETCH_TURN, not only between batches; the
+    items are exact."""
+    messages = [b"Subject: m%d\r\n" % n + b"".join(_short_fields(10_000, n)) + b"\r\nbody\r\n" for n in range(20)]
+    c = connect(store_with_mail(*messages), select="INBOX")
+    paused = c.conv.paused
+    lines = c.send("a1 FETCH 1:* (BODY.PEEK[HEADER.FIELDS (X-A)])")
+    want = b""
+    for n in range(20):
+        taken = b"".join(f for f in _short_fields(10_000, n) if f.startswith(b"X-A:")) + b"\r\n"
+        want += b"* %d FETCH (BODY[HEADER.FIELDS (X-A)] {%d}\r\n%s)\r\n" % (n + 1, len(taken), taken)
+    assert lines == want + b"a1 OK FETCH completed\r\n"
+    # 200,000 lines and 100,000 fields selected: some 45 turns
+    assert c.conv.paused - paused >= 30, c.conv.paused - paused
+
+
+_LONG_LINES = {
+    # a name, 20 MB of blanks and the colon: a field named X-A
+    "blanks": b"X-A" + b" \t" * 10_000_000 + b": v\r\n",
+    # 20 MB of words and blanks before the colon: a line without a field name
+    "words": b"a " * 10_000_000 + b":\r\n",
+    # 2,000 fields of 10 KB
+    "10KB-lines": b"".join(b"X-%04d: %s\r\n" % (i, b"v" * 10_000) for i in range(2000)),
+}
+
+
+@pytest.mark.parametrize("shape", list(_LONG_LINES))
+def test_a_header_of_long_lines_is_cut_between_turns(shape: str) -> None:
+    """A header of 20 MB in a line or in 2,000 (RFC 5322 2.1.1 allows a
+    client no such thing, but a message is stored as it came): searching
+    its octets is what costs, so the header is cut a few megabytes at a
+    time with the other connections' turns in between (FETCH_TURN, charged
+    by octets as well as lines), and the items are exact (RFC 9051 6.4.5:
+    HEADER.FIELDS.NOT leaves out the lines without a field name)."""
+    head = b"From: bob@example.test\r\nSubject: long\r\n"
+    long = _LONG_LINES[shape]
+    c = connect(store_with_mail(head + long + b"\r\nbody\r\n"), select="INBOX")
+    paused = c.conv.paused
+    out = c.send("a1 FETCH 1 (BODY.PEEK[HEADER.FIELDS (Subject X-0007)] BODY.PEEK[HEADER.FIELDS.NOT (X-A X-0008)])")
+    taken = b"Subject: long\r\n" + (b"X-0007: %s\r\n" % (b"v" * 10_000) if shape == "10KB-lines" else b"") + b"\r\n"
+    left = head + (long.replace(b"X-0008: %s\r\n" % (b"v" * 10_000), b"") if shape == "10KB-lines" else b"") + b"\r\n"
+    assert out == (b"* 1 FETCH (BODY[HEADER.FIELDS (Subject X-0007)] {%d}\r\n%s "
+                   b"BODY[HEADER.FIELDS.NOT (X-A X-0008)] {%d}\r\n%s)\r\na1 OK FETCH completed\r\n"
+                   % (len(taken), taken, len(left), left))
+    # 20 MB searched: a few slices (a line of words is searched to its
+    # first blank, and charged as a whole once cut: one turn after it)
+    assert c.conv.paused - paused >= (1 if shape == "words" else 3), c.conv.paused - paused
+
+
+def test_a_header_of_distinct_names_is_indexed_by_the_names_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A header of 300,000 fields of distinct names: the header is cut for
+    the names the FETCH asks (all of its items at once), so its index holds
+    those and the lines without a name, however many names the header has
+    (no dictionary of 300,000 names, their cost and memory); the cutting
+    lets the other connections in between slices, and the items are exact
+    (RFC 9051 6.4.5; names are case-insensitive, RFC 5322 1.2.2)."""
+    from mailyard.protocols.imap import fetch
+
+    made: list[fetch.ParsedHeader] = []
+
+    class Kept(fetch.ParsedHeader):
+        __slots__ = ()
+
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(fetch, "ParsedHeader", Kept)
+    fields = [b"N-%d:\r\n" % i for i in range(300_000)]
+    head = b"Subject: names\r\n"
+    c = connect(store_with_mail(head + b"".join(fields) + b"no name\r\n\r\nbody\r\n"), select="INBOX")
+    paused = c.conv.paused
+    out = c.send("a1 FETCH 1 (BODY.PEEK[HEADER.FIELDS (n-7 N-299999 subject)] BODY.PEEK[HEADER.FIELDS.NOT (n-1)])")
+    taken = b"Subject: names\r\nN-7:\r\nN-299999:\r\n\r\n"
+    left = head + fields[0] + b"".join(fields[2:]) + b"\r\n"
+    assert out == (b"* 1 FETCH (BODY[HEADER.FIELDS (n-7 N-299999 subject)] {%d}\r\n%s "
+                   b"BODY[HEADER.FIELDS.NOT (n-1)] {%d}\r\n%s)\r\na1 OK FETCH completed\r\n"
+                   % (len(taken), taken, len(left), left))
+    assert len(made) == 1
+    assert sorted(made[0].by_name, key=str) == [None, b"n-1", b"n-299999", b"n-7", b"subject"]
+    assert c.conv.paused - paused >= 50, c.conv.paused - paused  # 300,000 lines, a unit each
+
+
+def test_the_fields_of_many_names_in_header_order_are_charged_by_their_number() -> None:
+    """HEADER.FIELDS of 1,000 names (MAX_FETCH_FIELD_NAMES) from a header of
+    200,000 fields of them: the fields are taken in header order by merging
+    each name's (heapq.merge), a comparison more for each doubling of the
+    names, and charged so (fetch_plan.MERGED_FIELD_WORK): the other
+    connections get their turns at that rate, and the item is exact."""
+    names = [f"N{i}" for i in range(1000)]
+    fields = [b"N%d:\r\n" % (i % 1000) for i in range(200_000)]
+    c = connect(store_with_mail(b"".join(fields) + b"\r\nbody\r\n"), select="INBOX")
+    paused = c.conv.paused
+    out = c.send(f"a1 FETCH 1 (BODY.PEEK[HEADER.FIELDS ({' '.join(names)})])")
+    taken = b"".join(fields) + b"\r\n"
+    assert out == b"* 1 FETCH (BODY[HEADER.FIELDS (%s)] {%d}\r\n%s)\r\na1 OK FETCH completed\r\n" % (
+        " ".join(names).encode(), len(taken), taken)
+    # 200,000 lines cut (40 turns), 200,000 fields merged from 1,000 lists,
+    # (0.3 + 0.05 * log2(1000)) = 0.8 units each (32 turns; at a flat 0.25,
+    # 10)
+    assert c.conv.paused - paused >= 65, c.conv.paused - paused
+
+
+def test_a_header_of_distinct_names_keeps_no_index_of_them() -> None:
+    """fetch.ParsedHeader of a header of 100,000 distinct names, cut for two
+    of them, keeps where each field starts (4 octets a field) and the two
+    names' fields, not a dictionary of every name nor each name in lower
+    case (some 300 octets a field)."""
+    import tracemalloc
+
+    from mailyard.protocols.imap.fetch import ParsedHeader
+
+    header = b"".join(b"X-Name-%d:\r\n" % i for i in range(100_000)) + b"\r\n"
+    tracemalloc.start()
+    try:
+        parsed = ParsedHeader(header, frozenset([b"x-name-5", b"x-name-75000"]))
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept < 8 * 100_000, kept
+    assert parsed.select(["X-Name-75000", "x-name-5"], False) == b"X-Name-5:\r\nX-Name-75000:\r\n\r\n"
 
 
 def test_a_fetch_of_too_many_items_is_refused_rfc5530_limit() -> None:

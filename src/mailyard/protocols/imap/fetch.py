@@ -11,8 +11,10 @@ from __future__ import annotations
 import array
 import binascii
 import datetime as dt
+import heapq
+import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
 from .commands import FetchAtt, Section
 
@@ -42,10 +44,40 @@ def split_header(data: bytes) -> tuple[bytes, bytes]:
     return data[: m.end()], data[m.end() :]
 
 
-# One field of a header (RFC 5322 2.2): a line, its field name if it has
-# one, and the folded lines after it; lines end as bytes.splitlines ends
-# them (CRLF, LF or a lone CR).
-_FIELD_LINES = re.compile(rb"(?:([^:\s]+)[ \t]*:)?[^\r\n]*(?:\r\n|\r|\n|\Z)(?:[ \t][^\r\n]*(?:\r\n|\r|\n|\Z))*")
+def field_names(names: Iterable[str]) -> frozenset[bytes]:
+    """Header field names as a ParsedHeader is cut for them: in lower case
+    (RFC 5322 1.2.2: names are case-insensitive), as octets."""
+    return frozenset(n.lower().encode("ascii") for n in names)
+
+
+# A line whose name and the blanks after it take up to this many octets is
+# read with a few operations on a copy of them; a longer one with searches
+# of the header (bytes.find, bytes.startswith), never a copy of the whole.
+_SHORT_NAME = 256
+# white space that ends a name within a line (RFC 5322 2.2: a name is
+# printable US-ASCII but colon; read loosely, any octet but these and colon)
+_WHITE = (b" ", b"\t", b"\x0b", b"\x0c")
+# the most octets of a long run of blanks looked at in one go
+_BLANKS_AT_ONCE = 64 * 1024
+_SPACES = memoryview(b" " * _BLANKS_AT_ONCE)
+
+
+def _blank_run(h: bytes, at: int, end: int, stop: int) -> int:
+    """Whether ``h[at:end]`` is blanks only (SP, HTAB), looked at in chunks
+    growing from _SHORT_NAME octets, none past ``stop`` after the first:
+    ``end`` if it is, -1 at the first chunk holding another octet, else
+    where the look stopped, to go on from. Spaces are compared at once
+    (bytes.startswith), a chunk with tabs checked on a copy of it."""
+    chunk = _SHORT_NAME
+    last = min(end, max(stop, at + chunk))
+    while at < last:
+        to = min(last, at + chunk)
+        if not h.startswith(_SPACES[: to - at], at) and (
+                not h[at:to].isspace() or h.find(b"\x0b", at, to) >= 0 or h.find(b"\x0c", at, to) >= 0):
+            return -1  # (a line holds no CR or LF: blanks, VT and FF are its white space)
+        at = to
+        chunk = min(2 * chunk, _BLANKS_AT_ONCE)
+    return at
 
 
 class ParsedHeader:
@@ -53,78 +85,312 @@ class ParsedHeader:
     a message is a lookup by name rather than another scan of the header (a
     FETCH may hold a hundred such items, a header megabytes).
 
-    A field is kept as where it starts in the header (fields follow one
-    another, so the next one's start is its end) and its name: memory grows
-    with the number of fields and names, not with a copy of the header."""
+    A field (RFC 5322 2.2) is a line, with its field name if it has one,
+    and the folded lines after it; lines end as bytes.splitlines ends them
+    (CRLF, LF or a lone CR); the header ends at its blank line (2.1) or
+    with the data. A field is kept as where it starts in ``data`` (fields
+    follow one another, so the next one's start is its end): memory grows
+    with the number of fields, not with a copy of the header. The header
+    is ``data[start:end]``, read in place (a message's header is not copied
+    out of it).
 
-    __slots__ = ("by_name", "header", "starts")
+    Only the fields of ``names`` (``field_names``: those of every
+    HEADER.FIELDS (.NOT) item to be selected from it) and the lines without
+    a field name are indexed by name (``by_name``); any other field is only
+    where it starts, which .NOT keeps and HEADER.FIELDS does not need: the
+    index holds as many names as the command, never as many as the header
+    (a million distinct ones).
 
-    def __init__(self, header: bytes) -> None:
-        self.header = header
-        code = "i" if len(header) < 2**31 else "q"  # 4 octets an offset when they fit
-        # where each field starts, then where the last one ends
-        self.starts = starts = array.array(code)
-        # field numbers by lower-case name; None: lines without a field name
+    ``ParsedHeader(data, names)`` cuts the whole header; with
+    ``whole=False`` none of it, and ``cut(most, per_line)`` goes on a slice
+    at a time, so that a header of a million lines, or of a line of 20 MB,
+    is cut with turns of the other connections between the slices: each
+    line costs a few operations in Python and searches of its octets
+    (``bytes.find``), never a regular expression over a run of them nor a
+    copy of a long name."""
+
+    __slots__ = ("_at", "_cr", "_longest", "_nl", "_pending", "by_name", "done", "end", "header", "names", "starts")
+
+    def __init__(self, data: bytes, names: Collection[bytes], whole: bool = True, start: int = 0,
+                 end: int | None = None) -> None:
+        self.header = data
+        self.end = len(data) if end is None else end
+        self.names = frozenset(names)
+        self._longest = max(map(len, self.names), default=0)  # a longer name is none of them
+        code = "i" if len(data) < 2**31 else "q"  # 4 octets an offset when they fit
+        # where each field starts, then (once done) where the last one ends
+        self.starts = array.array(code)
+        # field numbers by lower-case name, of ``names``; None: the lines
+        # without a field name
         self.by_name: dict[bytes | None, array.array[int]] = {}
-        lower: dict[bytes | None, bytes | None] = {None: None}  # names as written, in lower case
-        end = 0
-        for m in _FIELD_LINES.finditer(header):
-            at, end = m.span()
-            if at == end:
-                break  # the end of the header
-            c = header[at]
-            if c == 10 or (c == 13 and header[at + 1 : at + 2] == b"\n"):
-                end = at  # the blank line that ends the header (RFC 5322 2.1)
+        self._at = start  # where the next line starts
+        self.done = False
+        # where the next CR and LF are at or after ``at`` (``end``: none),
+        # found again only once passed, so that a header of lines ended by
+        # one of them is searched once for the other
+        self._cr = self._nl = -1
+        # a line at ``at`` whose blanks between name and colon are being
+        # looked at: (the name's end, the colon, looked at up to, the line's end)
+        self._pending: tuple[int, int, int, int] | None = None
+        if whole:
+            self.cut()
+
+    def cut(self, most: int | None = None, per_line: int = 0) -> tuple[int, int]:
+        """Cut the header into fields on until ``most`` octets are passed,
+        each line begun counting as ``per_line`` octets more (what going
+        through a line costs beyond searching its octets), at least one
+        line or, of a long run of blanks in a line, _SHORT_NAME octets (all
+        of the header: None); returns how many lines were begun and how
+        many octets passed. ``done`` once the header's end is reached."""
+        if self.done:
+            return 0, 0
+        h, starts, by_name, names, longest = self.header, self.starts, self.by_name, self.names, self._longest
+        size = self.end
+        at, cr, nl, pending = self._at, self._cr, self._nl, self._pending
+        begun = at if pending is None else pending[2]
+        # where to stop: ``most`` octets on, less per_line for each line begun
+        stop = size + 1 if most is None else begun + max(1, most)
+        lines = 0
+        if pending is not None:
+            # the rest of a long line's blanks first
+            end, colon, looked, line_end = pending
+            looked = _blank_run(h, looked, colon, stop)
+            if 0 <= looked < colon:
+                self._pending = (end, colon, looked, line_end)
+                return 0, looked - begun
+            pending = None
+            self._index(at, end if looked == colon else at)
+            at = line_end
+        while at < stop:
+            if at >= size:
+                starts.append(size)
+                self.done = True
                 break
+            c = h[at]
+            if c == 10 or (c == 13 and at + 1 < size and h[at + 1] == 10):
+                starts.append(at)  # the blank line that ends the header (RFC 5322 2.1)
+                self.done = True
+                break
+            # the line's end: CRLF, LF or a lone CR, or the end of the header
+            if cr < at:
+                cr = h.find(b"\r", at, size)
+                if cr < 0:
+                    cr = size
+            if nl < at:
+                nl = h.find(b"\n", at, size)
+                if nl < 0:
+                    nl = size
+            if cr < nl:
+                text_end, line_end = cr, cr + 2 if nl == cr + 1 < size else cr + 1
+            else:
+                text_end, line_end = nl, min(nl + 1, size)
+            lines += 1
+            stop -= per_line
             if c == 32 or c == 9:
-                continue  # folded lines before any field: no field of theirs
-            raw = m.group(1)
-            name = lower.get(raw)
-            if name is None and raw is not None:
-                name = lower[raw] = raw.lower()
-            fields = self.by_name.get(name)
-            if fields is None:
-                fields = self.by_name[name] = array.array(code)
-            fields.append(len(starts))
-            starts.append(at)
-        starts.append(end)
+                # a folded line: part of the field before it (before any
+                # field: part of none)
+                at = line_end
+                continue
+            # a field, or a line without a field name: a name is a run of
+            # octets other than colon and white space, then blanks and a
+            # colon (RFC 5322 2.2, 3.6.8, read loosely)
+            colon = h.find(b":", at, text_end)
+            if colon <= at:
+                fields = by_name.get(None)
+                if fields is None:
+                    fields = by_name[None] = array.array(starts.typecode)
+                fields.append(len(starts))
+                starts.append(at)
+            elif colon - at <= _SHORT_NAME:
+                raw = h[at:colon].rstrip(b" \t")
+                if not raw or raw.split(None, 1) != [raw]:
+                    fields = by_name.get(None)
+                    if fields is None:
+                        fields = by_name[None] = array.array(starts.typecode)
+                    fields.append(len(starts))
+                elif len(raw) <= longest:
+                    name = raw.lower()
+                    if name in names:
+                        fields = by_name.get(name)
+                        if fields is None:
+                            fields = by_name[name] = array.array(starts.typecode)
+                        fields.append(len(starts))
+                # (else a field of a name not asked for: where it starts only)
+                starts.append(at)
+            else:
+                # a long name, or blanks: searched in place
+                end = colon
+                for w in _WHITE:
+                    found = h.find(w, at, end)
+                    if found >= 0:
+                        end = found
+                if at < end < colon:
+                    looked = _blank_run(h, end, colon, stop)
+                    if 0 <= looked < colon:
+                        pending = (end, colon, looked, line_end)
+                        break  # looked as far as this slice goes
+                    end = end if looked == colon else at
+                self._index(at, end)
+            at = line_end
+        self._at, self._cr, self._nl, self._pending = at, cr, nl, pending
+        return lines, (at if pending is None else pending[2]) - begun
+
+    def _index(self, at: int, name_end: int) -> None:
+        """The field at ``at`` whose name ends at ``name_end`` (``at``: a
+        line without a name) into ``starts``, and ``by_name`` if its name is
+        one of ``names`` or it has none."""
+        h, by_name = self.header, self.by_name
+        name: bytes | None = None
+        if name_end > at:
+            name = h[at:name_end].lower() if name_end - at <= self._longest else None
+            if name not in self.names:
+                self.starts.append(at)
+                return  # a field of a name not asked for: where it starts only
+        fields = by_name.get(name)
+        if fields is None:
+            fields = by_name[name] = array.array(self.starts.typecode)
+        fields.append(len(self.starts))
+        self.starts.append(at)
+
+    def selection(self, names: Sequence[str], exclude: bool) -> Selection:
+        """HEADER.FIELDS (.NOT) of this header (cut whole), made a slice at
+        a time (``Selection``)."""
+        assert self.done, "the header is not cut yet"
+        return Selection(self, names, exclude)
 
     def select(self, names: Sequence[str], exclude: bool) -> bytes:
         """HEADER.FIELDS (.NOT): the matching fields in header order, plus
         the terminating blank line (RFC 9051 6.4.5). .NOT leaves out the
         lines without a field name as well."""
-        h, starts, by_name = self.header, self.starts, self.by_name
-        wanted = {n.lower().encode("ascii") for n in names}
-        parts: list[bytes] = []
-        if not exclude:
-            # runs of consecutive fields, each one slice of the header
-            keep = sorted(i for n in wanted for i in by_name.get(n, ()))
-            run = end = -1
-            for i in keep:
-                if i != end:
-                    if run >= 0:
-                        parts.append(h[starts[run] : starts[end]])
-                    run = i
-                end = i + 1
-            if run >= 0:
-                parts.append(h[starts[run] : starts[end]])
+        chosen = self.selection(names, exclude)
+        chosen.advance()
+        return chosen.data()
+
+
+_SORTED_AT_ONCE = 4096
+# a run of fields at least this long is kept as a view of the header, not
+# copied, until data() joins the selection
+_RUN_VIEWED = 64 * 1024
+
+
+class Selection:
+    """HEADER.FIELDS (.NOT) of a ParsedHeader: the matching fields in
+    header order, plus the terminating blank line (RFC 9051 6.4.5); .NOT
+    leaves out the lines without a field name as well.
+
+    ``advance(most, per_field)`` goes on through the fields it takes (for
+    .NOT: leaves out) until ``most`` octets of the header are in the
+    selection, each field counting as ``per_field`` octets more, so that a
+    selection of a million fields, or of megabytes, is made with turns of
+    the other connections between the slices; ``data()`` once ``done``.
+    ``merged``: how many lists of field numbers it goes through in step
+    (heapq.merge), each field costing a comparison more for every doubling
+    of them; 1 for one list or a few fields sorted at once."""
+
+    __slots__ = ("done", "exclude", "header", "merged", "next", "parts", "run", "starts", "todo", "view")
+
+    def __init__(self, parsed: ParsedHeader, names: Sequence[str], exclude: bool) -> None:
+        self.header, self.starts, self.exclude = parsed.header, parsed.starts, exclude
+        self.view = memoryview(parsed.header)
+        asked = field_names(names)
+        assert asked <= parsed.names, "the header was not cut for these names"
+        wanted: set[bytes | None] = set(asked)
+        if exclude:
+            wanted.add(None)  # the lines without a field name
+        found = [parsed.by_name[n] for n in wanted if n in parsed.by_name]
+        # the field numbers to take (.NOT: to leave out), in header order:
+        # each name's are; a few of several names sorted at once, many
+        # merged as they are gone through
+        self.todo: Iterator[int]
+        self.merged = 1
+        if len(found) == 1:
+            self.todo = iter(found[0])
+        elif sum(map(len, found)) <= _SORTED_AT_ONCE:
+            self.todo = iter(sorted(itertools.chain.from_iterable(found)))
         else:
-            # the runs between the fields left out
-            at = 0
-            for i in sorted(i for n in (*wanted, None) for i in by_name.get(n, ())):
-                if i > at:
-                    parts.append(h[starts[at] : starts[i]])
-                at = i + 1
-            if at < len(starts) - 1:
-                parts.append(h[starts[at] : starts[-1]])
-        parts.append(b"\r\n")
-        return b"".join(parts)
+            self.todo = heapq.merge(*found)
+            self.merged = len(found)
+        # slices of the header, and views of its long runs
+        self.parts: list[bytes | memoryview] = []
+        # taking: the run of consecutive fields begun (its first and past its
+        # last; -1: none yet); leaving out: the first field after the last
+        # one left out
+        self.run = -1
+        self.next = -1 if not exclude else 0
+        self.done = False
+
+    def _add(self, a: int, b: int) -> int:
+        """``header[a:b]`` into the selection; returns its length."""
+        self.parts.append(self.header[a:b] if b - a < _RUN_VIEWED else self.view[a:b])
+        return b - a
+
+    def advance(self, most: int | None = None, per_field: int = 0) -> tuple[int, int]:
+        """Go on through the fields until ``most`` octets are in the
+        selection, each field counting as ``per_field`` octets more (all:
+        None), one field at least; returns how many fields and octets that
+        was."""
+        h, view, starts, parts, exclude = self.header, self.view, self.starts, self.parts, self.exclude
+        run, end = self.run, self.next
+        count = got = 0
+        first = len(parts)
+        if most is None:
+            fields, limit, per_field = None, len(h) + 1, 0
+        else:
+            fields, limit = max(1, most // per_field if per_field > 0 else most), most
+        # (the fields are no more than ``most`` with per_field each: only
+        # the octets added can take the slice past it)
+        for i in itertools.islice(self.todo, fields):
+            count += 1
+            if exclude:
+                if i > end:  # the fields between the last left out and this one
+                    a, b = starts[end], starts[i]
+                    end = i + 1
+                    parts.append(h[a:b] if b - a < _RUN_VIEWED else view[a:b])
+                    got += b - a
+                    if got + count * per_field >= limit:
+                        break
+                else:
+                    end = i + 1
+            elif i != end:  # a new run of consecutive fields
+                if run >= 0:
+                    a, b = starts[run], starts[end]
+                    run, end = i, i + 1
+                    parts.append(h[a:b] if b - a < _RUN_VIEWED else view[a:b])
+                    got += b - a
+                    if got + count * per_field >= limit:
+                        break
+                else:
+                    run, end = i, i + 1
+            else:
+                end = i + 1
+        else:
+            if fields is None or count < fields:
+                self.done = True
+                if exclude:
+                    if end < len(starts) - 1:
+                        got += self._add(starts[end], starts[-1])
+                elif run >= 0:
+                    got += self._add(starts[run], starts[end])
+        self.run, self.next = run, end
+        # one string a slice (data() joins as many as there were slices),
+        # but for a long run last, not copied in this one
+        last = len(parts) - (len(parts) > first and isinstance(parts[-1], memoryview))
+        if last > first + 1:
+            parts[first:last] = [b"".join(parts[first:last])]
+        if self.done:
+            parts.append(b"\r\n")
+        return count, got
+
+    def data(self) -> bytes:
+        """The selection, once ``done``."""
+        assert self.done
+        return b"".join(self.parts)
 
 
 def header_fields(header: bytes, names: Sequence[str], exclude: bool) -> bytes:
     """HEADER.FIELDS (.NOT): the matching fields, folded lines kept, plus the
     terminating blank line (RFC 9051 6.4.5)."""
-    return ParsedHeader(header).select(names, exclude)
+    return ParsedHeader(header, field_names(names)).select(names, exclude)
 
 
 def _part_range(raw: bytes, parts: PartOffsets, part: tuple[int, ...]) -> tuple[int, int, int] | None:

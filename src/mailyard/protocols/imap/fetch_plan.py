@@ -48,6 +48,26 @@ _ITEM_WORK = {"INTERNALDATE": 3.0, "SAVEDATE": 3.0}
 _SECTION_WORK = 2.0
 _HEADER_FIELDS_WORK = 15.0
 _FIELD_NAME_WORK = 0.1
+# What a header's HEADER.FIELDS (.NOT) items cost beyond that, once its size
+# is known: cutting it into fields (fetch.ParsedHeader.cut) about a unit a
+# line (0.75 µs for a field of a few octets, 1.25 for those of a typical
+# 3 KB header) and a unit for every HEADER_OCTETS_A_UNIT octets it passes
+# (the searches of a long line: 0.2-1 ns an octet); a selection
+# (fetch.Selection) 0.3 of a unit a field it takes or leaves out, and
+# MERGED_FIELD_WORK more for every doubling of the lists of fields it
+# merges into header order (0.27 µs a field of one name, 0.7-0.9 of a
+# thousand, MAX_FETCH_FIELD_NAMES), and a unit for every
+# SELECTED_OCTETS_A_UNIT octets it copies. They are done ahead of
+# encode_items, a slice at a time, with the other connections' turns in
+# between (handlers/messages.py _choose_fields): a million short fields
+# take most of a second to cut and a fifth to select, a line of 20 MB up
+# to ten milliseconds to search.
+HEADER_LINE_WORK = 1.0
+HEADER_OCTETS_A_UNIT = 1024
+SELECTED_FIELD_WORK = 0.3
+MERGED_FIELD_WORK = 0.05
+SELECTED_OCTETS_A_UNIT = 1024
+HEADER_FIELDS_TEXTS = ("HEADER.FIELDS", "HEADER.FIELDS.NOT")
 
 
 class MessageParts:
@@ -55,7 +75,7 @@ class MessageParts:
     the offsets are into the body as delivered; the stored message may carry
     a per-recipient prefix (Return-Path, Delivered-To) before it."""
 
-    __slots__ = ("derived", "headers", "raw", "shift")
+    __slots__ = ("chosen", "derived", "headers", "raw", "shift")
 
     def __init__(self, raw: bytes, derived: Derived | None) -> None:
         self.raw = raw
@@ -64,6 +84,10 @@ class MessageParts:
         # headers cut into fields, by range: parsed once for all the
         # HEADER.FIELDS items of the message
         self.headers: dict[tuple[int, int], f.ParsedHeader] = {}
+        # HEADER.FIELDS (.NOT) sections selected ahead, a slice at a time
+        # with the other connections' turns between (handlers/messages.py
+        # _choose_fields), by section
+        self.chosen: dict[c.Section, bytes] = {}
 
     @classmethod
     def of(cls, raw: bytes, d: Mapping[str, Any] | None, need_offsets: bool) -> MessageParts:
@@ -82,19 +106,39 @@ class MessageParts:
         # offset 0 is the start of the message header, which the prefix extends
         return (a + self.shift if a else 0, b + self.shift)
 
+    def header_range(self, sec: c.Section) -> tuple[int, int] | None:
+        """Where the header a HEADER.FIELDS (.NOT) section selects from is in
+        the stored bytes; None if the part does not exist."""
+        return self._range(".".join(map(str, sec.part)), "HEADER")
+
+    def parsed_header(self, rng: tuple[int, int], names: frozenset[bytes]) -> f.ParsedHeader:
+        """The header at ``rng`` cut for the field names ``names``
+        (fetch.field_names) at least, kept in ``headers`` for the message's
+        other HEADER.FIELDS items (a FETCH asks for the names of all of
+        them, FetchPlan.field_names: one header cut for all); cut into
+        fields as far as ``cut`` went."""
+        parsed = self.headers.get(rng)
+        if parsed is None or not names <= parsed.names:
+            parsed = self.headers[rng] = f.ParsedHeader(self.raw, names, whole=False, start=rng[0], end=rng[1])
+        return parsed
+
     def section(self, sec: c.Section) -> bytes | None:
         """The octets of a body section; None if the part does not exist."""
         part = ".".join(map(str, sec.part))
         text = sec.text or ""
         if not part and not text:
             return self.raw
+        if text in HEADER_FIELDS_TEXTS:
+            chosen = self.chosen.get(sec)
+            if chosen is not None:
+                return chosen
         rng = self._range(part, "HEADER" if text.startswith("HEADER") else text)
         if rng is None:
             return None
-        if text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
-            parsed = self.headers.get(rng)
-            if parsed is None:
-                parsed = self.headers[rng] = f.ParsedHeader(self.raw[rng[0] : rng[1]])
+        if text in HEADER_FIELDS_TEXTS:
+            parsed = self.parsed_header(rng, f.field_names(sec.fields))
+            if not parsed.done:
+                parsed.cut()
             return parsed.select(sec.fields, text == "HEADER.FIELDS.NOT")
         return self.raw[rng[0] : rng[1]]
 
@@ -144,8 +188,8 @@ def index_values(atts: tuple[c.FetchAtt, ...], flags_of: Callable[[MessageRecord
 class FetchPlan:
     """What a FETCH's attribute list asks of the backend, worked out once."""
 
-    __slots__ = ("atts", "condstore", "fields", "line_format", "need_offsets", "need_raw", "sets_seen", "sized",
-                 "with_flags", "work")
+    __slots__ = ("atts", "condstore", "field_names", "field_sections", "fields", "line_format", "need_offsets",
+                 "need_raw", "sets_seen", "sized", "with_flags", "work")
 
     def __init__(self, atts: list[c.FetchAtt], condstore: bool) -> None:
         self.atts = tuple(atts)
@@ -176,6 +220,13 @@ class FetchPlan:
         # the whole header (a hundred HEADER.FIELDS (X) of a header of X:
         # fields).
         self.sized = sum(a.name in _BODY_ATTS for a in atts)
+        # the HEADER.FIELDS (.NOT) sections, each once: selected ahead of
+        # encode_items (handlers/messages.py _choose_fields)
+        self.field_sections = tuple(dict.fromkeys(
+            a.section for a in atts if a.section is not None and a.section.text in HEADER_FIELDS_TEXTS))
+        # their field names, all of them: what a header is cut for, once for
+        # all the sections (MessageParts.parsed_header)
+        self.field_names = f.field_names(n for sec in self.field_sections for n in sec.fields)
         # Attributes that come from the index alone are written with one format per line.
         self.line_format: bytes | None = None
         if all(a.name in _INDEX_ATTS for a in atts):
@@ -190,7 +241,7 @@ class FetchPlan:
 def _item_work(a: c.FetchAtt) -> float:
     """What encoding one item of one message costs (see _ITEM_WORK)."""
     sec = a.section
-    if sec is not None and sec.text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+    if sec is not None and sec.text in HEADER_FIELDS_TEXTS:
         return _HEADER_FIELDS_WORK + _FIELD_NAME_WORK * len(sec.fields)
     if sec is not None or a.name in _RFC822_SECTIONS:
         return _SECTION_WORK

@@ -5,20 +5,33 @@ RFC 4469)."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from .. import commands as c
 from .. import fetch as f
 from .. import imapurl, names
 from ..backend import NewMessage, NoSpace, RecentClaim
-from ..fetch_plan import MessageParts, encode_items, index_values, plan
+from ..fetch_plan import (
+    HEADER_FIELDS_TEXTS,
+    HEADER_LINE_WORK,
+    HEADER_OCTETS_A_UNIT,
+    MERGED_FIELD_WORK,
+    SELECTED_FIELD_WORK,
+    SELECTED_OCTETS_A_UNIT,
+    FetchPlan,
+    MessageParts,
+    encode_items,
+    index_values,
+    plan,
+)
 from ..flags import flags_from_client, flags_reporter, session_flags
 from ..response import Atom, Raw, format_uid_list_ordered, format_uid_set
 from ..search import partial_slice
 from ..selected import SequenceError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from typing import Any
 
     from ..backend import ImapBackend, MessageRecord
@@ -170,16 +183,22 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
                     missing = True
                     continue
                 msg = MessageParts.of(raw, d, need_offsets)
+                if p.field_sections and info.size * sized <= FETCH_BATCH_OCTETS:
+                    # (one charged more is written item by item, each
+                    # selected as it comes: _write_items)
+                    turn = await _choose_fields(s, msg, p.field_sections, p.field_names, turn, out)
             try:
                 if msg is not None and info.size * sized > FETCH_BATCH_OCTETS:
                     s.engine.raw(b"".join(out))
                     out = []
-                    if await _write_items(s, seq, flags_of, atts, info, msg, d):
+                    if await _write_items(s, seq, flags_of, p, info, msg, d):
                         continue
                     # part of the line was sent: it ends there, UID included
                     await s.finish("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE", allow_expunge=cmd.uid)
                     return
                 items = encode_items(flags_of, writer, atts, info, msg, d)
+                if msg is not None:
+                    msg.chosen.clear()  # the message is done with: its selections too
             except f.UnknownCTE:
                 s.engine.raw(b"".join(out))
                 s.engine.untagged(seq, Atom("FETCH"), [Atom("UID"), uid])
@@ -208,9 +227,8 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}FETCH completed", allow_expunge=cmd.uid)
 
 
-async def _write_items(s: ImapSession, seq: int, flags_of: Callable[[MessageRecord], bytes],
-                       atts: tuple[c.FetchAtt, ...], info: MessageRecord, msg: MessageParts,
-                       d: Mapping[str, Any] | None) -> bool:
+async def _write_items(s: ImapSession, seq: int, flags_of: Callable[[MessageRecord], bytes], p: FetchPlan,
+                       info: MessageRecord, msg: MessageParts, d: Mapping[str, Any] | None) -> bool:
     """One message's FETCH response written item by item: it may be many
     times the message (``FETCH 1 (BODY.PEEK[] BODY.PEEK[] ...)``), so no more
     than FETCH_BATCH_OCTETS and one item of it is held at once, and the other
@@ -223,11 +241,15 @@ async def _write_items(s: ImapSession, seq: int, flags_of: Callable[[MessageReco
     part of the line is out, the line ends there, valid (RFC 9051 7.5.2:
     msg-att holds at least one item) and with the message's UID, as the
     one FETCH response for this message; the result is then False."""
-    engine = s.engine
+    engine, atts = s.engine, p.atts
     held: list[bytes] = []
     size = 0
     begun = False
+    left = FETCH_TURN  # work in place before the others' turn (_choose_fields)
     for i, a in enumerate(atts):
+        sec = a.section
+        if sec is not None and sec.text in HEADER_FIELDS_TEXTS:
+            left = await _choose_fields(s, msg, (sec,), p.field_names, left, [])
         try:
             items = encode_items(flags_of, engine.writer, (a,), info, msg, d)
         except f.UnknownCTE:
@@ -237,6 +259,8 @@ async def _write_items(s: ImapSession, seq: int, flags_of: Callable[[MessageReco
                 held.append(b"UID %d" % info.uid)
             engine.raw(b" " + b" ".join(held) + b")\r\n" if held else b")\r\n")
             return False
+        if sec is not None:
+            msg.chosen.pop(sec, None)  # one item's selection held at a time
         held += items
         size += sum(map(len, items))
         if held and engine.pending + size > FETCH_BATCH_OCTETS:
@@ -244,11 +268,59 @@ async def _write_items(s: ImapSession, seq: int, flags_of: Callable[[MessageReco
             begun = True
             held, size = [], 0
             await s.turn()  # ConnectionError once the client is gone
+            left = FETCH_TURN
     if begun:
         engine.raw((b" " + b" ".join(held) if held else b"") + b")\r\n")
     else:
         engine.raw(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(held)))
     return True
+
+
+async def _choose_fields(s: ImapSession, msg: MessageParts, sections: Sequence[c.Section],
+                         names: frozenset[bytes], left: float, out: list[bytes]) -> float:
+    """Select the fields of a message's HEADER.FIELDS (.NOT) sections (RFC
+    9051 6.4.5) ahead of encode_items, into ``msg.chosen``; ``names``: the
+    field names of all the sections of the command (FetchPlan.field_names),
+    what a header is cut for, once. What that costs follows the header (a
+    million short fields take most of a second to cut, a fifth to select;
+    a line of 20 MB tens of milliseconds to search), so the header is cut
+    (fetch.ParsedHeader.cut) and each selection made (fetch.Selection) a
+    slice of lines and octets at a time, charged to ``left``, the work
+    (FETCH_TURN units) before the other connections' next turn, which they
+    get whenever it runs out, after the response lines in ``out`` are
+    queued. Returns the work left."""
+    for sec in sections:
+        if sec in msg.chosen:
+            continue
+        rng = msg.header_range(sec)
+        if rng is None:
+            continue  # no such part: encode_items answers an empty string
+        parsed = msg.parsed_header(rng, names)
+        per_line = int(HEADER_LINE_WORK * HEADER_OCTETS_A_UNIT)
+        while not parsed.done:
+            left = await _spent(s, left, out)
+            lines, octets = parsed.cut(int(left * HEADER_OCTETS_A_UNIT), per_line)
+            left -= (lines * per_line + octets) / HEADER_OCTETS_A_UNIT
+        chosen = parsed.selection(sec.fields, sec.text == "HEADER.FIELDS.NOT")
+        per_field = int((SELECTED_FIELD_WORK + MERGED_FIELD_WORK * math.log2(chosen.merged)) * SELECTED_OCTETS_A_UNIT)
+        while not chosen.done:
+            left = await _spent(s, left, out)
+            fields, octets = chosen.advance(int(left * SELECTED_OCTETS_A_UNIT), per_field)
+            left -= (fields * per_field + octets) / SELECTED_OCTETS_A_UNIT
+        msg.chosen[sec] = chosen.data()
+    return left
+
+
+async def _spent(s: ImapSession, left: float, out: list[bytes]) -> float:
+    """``left`` while some is; else the other connections' turn, after the
+    response lines in ``out`` are queued, and a whole FETCH_TURN again."""
+    if left > 0:
+        return left
+    if out:
+        s.engine.raw(b"".join(out))
+        out.clear()
+    await s.turn()  # ConnectionError once the client is gone
+    return FETCH_TURN
 
 
 async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
@@ -379,7 +451,7 @@ async def _catenate(s: ImapSession, b: ImapBackend, parts: tuple[c.CatPart, ...]
                 return None
             data = part.data
         else:
-            found = await _url_data(b, part.url, cache)
+            found = await _url_data(s, b, part.url, cache)
             if found is None:
                 # RFC 4469 5: a URL that names nothing (or nothing we serve)
                 await s.finish("NO", "CATENATE URL not valid", f"BADURL {imapurl.response_text(part.url)}")
@@ -397,7 +469,8 @@ async def _catenate(s: ImapSession, b: ImapBackend, parts: tuple[c.CatPart, ...]
     return data
 
 
-async def _url_data(b: ImapBackend, text: str, cache: dict[tuple[int, int], MessageParts]) -> bytes | None:
+async def _url_data(s: ImapSession, b: ImapBackend, text: str,
+                    cache: dict[tuple[int, int], MessageParts]) -> bytes | None:
     """The octets an IMAP URL names in the user's own mailboxes, or None."""
     url = imapurl.parse(text)
     if url is None:
@@ -417,7 +490,12 @@ async def _url_data(b: ImapBackend, text: str, cache: dict[tuple[int, int], Mess
         msg = MessageParts.of(raw, d, True)
         cache.clear()  # one message at a time: parts of it are usually named in a row
         cache[key] = msg
-    data = msg.section(url.section) if url.section is not None else msg.raw
+    sec = url.section
+    if sec is not None and sec.text in HEADER_FIELDS_TEXTS:
+        await _choose_fields(s, msg, (sec,), f.field_names(sec.fields), FETCH_TURN, [])
+    data = msg.section(sec) if sec is not None else msg.raw
+    if sec is not None:
+        msg.chosen.pop(sec, None)  # the message is kept for the next part, not its selections
     if data is None:
         return None
     if url.partial is not None:
