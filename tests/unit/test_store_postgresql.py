@@ -156,6 +156,12 @@ def test_store_migrate_command_on_both_backends(pg_cluster: PgCluster, tmp_path:
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT array_agg(version ORDER BY version) FROM schema_version").fetchone()[0] == list(
             range(1, SCHEMA_VERSION + 1))
+        # a database a later mailyard migrated further is refused, not used
+        conn.execute("INSERT INTO schema_version(version) VALUES (%s)", (SCHEMA_VERSION + 1,))
+    newer = subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=120)
+    assert newer.returncode != 0
+    assert f"newer mailyard (store schema version {SCHEMA_VERSION + 1}" in newer.stderr
+    assert "Traceback" not in newer.stderr
     # SQLite: the data directory's store, created and then current
     lite = tmp_path / "lite"
     argv = [sys.executable, "-m", "mailyard", "--data", str(lite), "init", "--domain", "example.test"]

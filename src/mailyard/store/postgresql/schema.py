@@ -18,6 +18,8 @@ matching (RFC 9051 6.4.4) which word lexemes (tsvector) cannot answer, and a
 
 from __future__ import annotations
 
+from ..api import StoreError
+
 # The advisory lock key that serialises migrations across nodes.
 MIGRATION_LOCK = 0x6D61696C79617264  # "mailyard"
 
@@ -309,6 +311,14 @@ def migrate_sync(dsn: str) -> tuple[int, int]:
             conn.execute(_VERSION_TABLE)
             row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
             before = row[0] if row else 0
+            if before > len(MIGRATIONS):
+                # its tables may hold what this code cannot read (as for the
+                # SQLite store, sqlite/schema.py check_version): never downgraded
+                raise StoreError(
+                    f"the PostgreSQL database was written by a newer mailyard (store schema version {before};"
+                    f" this one knows up to {len(MIGRATIONS)}): run that version or a later one on it;"
+                    " a store is never downgraded"
+                )
             for number, sql in enumerate(MIGRATIONS, start=1):
                 if number <= before:
                     continue
