@@ -810,3 +810,20 @@ def test_quoted_printable_takes_linear_time_on_long_runs_of_blanks() -> None:
     started = time.process_time()
     assert decode_quoted_printable(b" " * 2_000_000 + b"x=41 \r\n") == b" " * 2_000_000 + b"xA\r\n"
     assert time.process_time() - started < 2.0
+
+
+def test_a_header_cut_for_other_names_keeps_the_names_asked_before() -> None:
+    """Sections asking alternately for different field names (APPEND
+    CATENATE URLs of one message) cut the header once per new name set,
+    not once per section."""
+    from mailyard.protocols.imap.fetch import field_names
+    from mailyard.protocols.imap.fetch_plan import MessageParts
+
+    raw = b"Subject: s\r\nFrom: f\r\nTo: t\r\n\r\nbody\r\n"
+    parts = MessageParts(raw, None)
+    rng = (0, raw.index(b"\r\n\r\n") + 4)
+    first = parts.parsed_header(rng, field_names(["Subject"]))
+    second = parts.parsed_header(rng, field_names(["From"]))
+    assert second is not first
+    assert parts.parsed_header(rng, field_names(["Subject"])) is second
+    assert parts.parsed_header(rng, field_names(["From", "Subject"])) is second

@@ -119,6 +119,10 @@ class MessageParts:
         fields as far as ``cut`` went."""
         parsed = self.headers.get(rng)
         if parsed is None or not names <= parsed.names:
+            # cut again for the names already asked too, so that sections
+            # asking alternately for different names (CATENATE URLs) cut once each
+            if parsed is not None:
+                names = names | parsed.names
             parsed = self.headers[rng] = f.ParsedHeader(self.raw, names, whole=False, start=rng[0], end=rng[1])
         return parsed
 
