@@ -12,6 +12,7 @@ import re
 import smtplib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from tests.conftest import HOST, USERS, RunningServer, make_test_config
 from tests.pgcluster import PgCluster
 
 ALICE = "alice@example.test"
+QUEUED_AT = float(int(time.time()) - 3600)  # an hour ago, well within the queue lifetime
 
 
 def _message(n: int) -> bytes:
@@ -60,7 +62,8 @@ def _populate(server: RunningServer) -> None:
         await store.set_quota(ALICE, storage=10_000_000)
         await store.allow_senders(ALICE, ["info@example.test"])
         await store.queue_submit(b"Subject: out\r\n\r\nqueued\r\n",
-                                 NewQueueEntry(ALICE, [NewRecipient("far@remote.test")], next_attempt=4e9))
+                                 NewQueueEntry(ALICE, [NewRecipient("far@remote.test")], next_attempt=4e9,
+                                               created=QUEUED_AT))
 
     server.call(seed())
 
@@ -162,6 +165,7 @@ def test_copy_sqlite_to_postgresql_serves_the_same_imap_view_and_back(pg_cluster
             (entry,) = await store.queue_list()
             assert [r.address for r in entry.recipients] == ["far@remote.test"]
             assert await store.queue_body(entry.id) == b"Subject: out\r\n\r\nqueued\r\n"
+            assert entry.created == QUEUED_AT  # its queue id and lifetime count from its arrival
 
         node.call(rest())
         # logins work with the copied password hashes
@@ -181,5 +185,11 @@ def test_copy_sqlite_to_postgresql_serves_the_same_imap_view_and_back(pg_cluster
     restored.start()
     try:
         assert _imap_view(restored.port("imap")) == before
+
+        async def queued() -> None:
+            (entry,) = await restored.store.queue_list()
+            assert entry.created == QUEUED_AT
+
+        restored.call(queued())
     finally:
         restored.stop()

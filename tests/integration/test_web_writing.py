@@ -563,7 +563,7 @@ def test_a_held_send_whose_commit_answer_is_lost_is_not_sent_again(
     monkeypatch.setattr(undo, "RETRY_AFTER", 0.2, raising=False)
     calls = _out_of_reach(monkeypatch, mailserver, "deliver", lambda n, _a: n == 0, after=True)
     pending = _held_send(mailserver, "commit answer lost")
-    _wait(lambda: _outbox(mailserver) == [".failed"] or len(calls) > 1, "the send to end")
+    _wait(lambda: _outbox(mailserver) == [".failed"] and not _timers(mailserver) or len(calls) > 1, "the send to end")
     assert len(calls) == 1 and _outbox(mailserver) == [".failed"] and _timers(mailserver) == {}
     (got,) = mailserver.messages(BOB)
     assert b"commit answer lost" in got
@@ -662,7 +662,8 @@ def test_a_held_send_that_cannot_wait_again_says_not_sent(
         monkeypatch.setattr(os, "rename", refused)
     calls = _out_of_reach(monkeypatch, mailserver, "read_message", fails)
     pending = _held_send(mailserver, "cannot wait")
-    _wait(lambda: ".failed" in _outbox(mailserver) or len(calls) > 1, "the send to end")
+    # the send ends: .failed written, the claim removed, its timer gone
+    _wait(lambda: _outbox(mailserver) == [".failed"] and not _timers(mailserver) or len(calls) > 1, "the send to end")
     assert len(calls) == 1 and _outbox(mailserver) == [".failed"] and _timers(mailserver) == {}
     page = login(mailserver).get(pending, follow_redirects=True)
     assert "Not sent: the mail store was out of reach." in page.text
@@ -728,3 +729,129 @@ def test_a_held_send_the_server_stops_before_it_is_sent_goes_after_the_restart(
         assert len(second.messages(BOB)) == 1 and second.messages(ALICE, "Drafts") == []
     finally:
         second.stop()
+
+
+def _stuck_in(monkeypatch: pytest.MonkeyPatch, server: RunningServer, method: str) -> tuple:
+    """``server.store.<method>`` waits in the timers of held sends until the
+    returned event is set (or the task is cancelled); the other event says
+    a send got there."""
+    import threading
+
+    real = getattr(server.store, method)
+    reached, release = threading.Event(), asyncio.Event()
+
+    async def stuck(*args: object, **kwargs: object) -> object:
+        task = asyncio.current_task()
+        if task is not None and task.get_coro().__name__ == "later":
+            reached.set()
+            await release.wait()
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(server.store, method, stuck)
+    return reached, release
+
+
+def test_a_held_send_the_server_stops_while_it_is_submitted_says_it_may_not_have_gone(
+        make_server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
+    """The server stops during ``submit_message`` (the stop cancels the
+    send): it is not tried again at the next start, and the pending page
+    says it may not have gone, with the draft, not "Message sent."."""
+    from ..conftest import RunningServer as Running
+
+    caplog.set_level(logging.INFO, logger="mailyard")
+    first = make_server()
+    reached, _release = _stuck_in(monkeypatch, first, "deliver")
+    pending = _held_send(first, "stopped while submitted")
+    _wait(reached.is_set, "the send to submit the message")
+    (timer,) = _timers(first).values()
+    data_dir, config = first.data_dir, first.config
+    first.call(first.server.stop())
+    first.server = None
+    _wait(timer.done, "the cancelled send to end")
+    assert _outbox(first) == [".sending"]
+    second = Running(data_dir, config, seed_defaults=False)
+    try:
+        second.start()
+        assert _outbox(second) == [".failed"] and _timers(second) == {}
+        page = login(second).get(pending, follow_redirects=True)
+        assert "It may not have gone: the server stopped while it was being sent." in page.text, page.text
+        assert "The message is still in Drafts" in page.text and "Message sent." not in page.text
+        drafts = box_id(second, ALICE, "Drafts")
+        assert re.search(rf'href="/compose\?draft={drafts}:\d+"', page.text)
+        assert second.messages(BOB) == [] and len(second.messages(ALICE, "Drafts")) == 1
+    finally:
+        second.stop()
+
+
+def test_a_restarted_worker_leaves_the_live_sends_of_the_others_alone(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker process of a multi-process server that starts again runs
+    ``resume`` while another sends a held message: that send's claimed
+    record (locked) is left alone, and it goes once, the page saying so."""
+    import mailyard.web.undo as undo
+
+    caplog.set_level(logging.INFO, logger="mailyard")
+    reached, release = _stuck_in(monkeypatch, mailserver, "deliver")
+    pending = _held_send(mailserver, "sent by another worker")
+    _wait(reached.is_set, "the send to submit the message")
+    services = mailserver.server.services
+
+    async def restarted_worker() -> int:
+        return undo.resume(services)  # what another worker's start runs
+
+    assert mailserver.call(restarted_worker()) == 0
+    assert _outbox(mailserver) == [".sending"]
+    assert not [r for r in caplog.records if "was being sent when the server stopped" in r.getMessage()]
+    mailserver.loop.call_soon_threadsafe(release.set)
+    (got,) = _wait(lambda: mailserver.messages(BOB), "the held message")
+    assert b"sent by another worker" in got
+    _wait(lambda: _outbox(mailserver) == [], "the record of the send to go")
+    assert len(_accepted(caplog)) == 1
+    assert "Message sent." in login(mailserver).get(pending, follow_redirects=True).text
+
+
+def test_a_held_send_a_store_bug_fails_is_logged_with_its_traceback(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A store error from the submission that is not the store out of reach
+    (a bug) is logged with its traceback; the page says it may not have gone."""
+    from mailyard.store.api import NotFound
+
+    caplog.set_level(logging.INFO, logger="mailyard")
+    _out_of_reach(monkeypatch, mailserver, "deliver", lambda _n, _a: True, error=lambda: NotFound("no such mailbox"))
+    pending = _held_send(mailserver, "store bug")
+    _wait(lambda: _outbox(mailserver) == [".failed"], "the send to end")
+    (line,) = [r for r in caplog.records if "may not have gone" in r.getMessage()]
+    assert line.levelno == logging.ERROR and line.exc_info is not None
+    assert "NotFound: no such mailbox" in caplog.text
+    page = login(mailserver).get(pending, follow_redirects=True)
+    assert "It may not have gone: the mail store failed while it was being sent." in page.text
+    assert mailserver.messages(BOB) == [] and len(mailserver.messages(ALICE, "Drafts")) == 1
+
+
+def test_a_held_send_whose_draft_is_gone_says_not_sent(mailserver: RunningServer) -> None:
+    """The draft is deleted from Drafts (by another client) while the send
+    waits: nothing is sent, and the page says so, not "Message sent."."""
+    import mailyard.web.undo as undo
+
+    _set_delay(mailserver, ALICE, 30)
+    client = login(mailserver)
+    r = client.post("/compose", data={"csrf": csrf(client), "to": BOB, "subject": "deleted meanwhile",
+                                      "body": "the body", "action": "send"})
+    pending = r.headers["location"]
+    assert pending.startswith("/compose/pending/")
+    services = mailserver.server.services
+
+    async def delete_the_draft_then_fire() -> None:
+        account = await mailserver.store.get_account(ALICE)
+        drafts = await mailserver.store.get_mailbox(account.id, "Drafts")
+        uids = [m.uid for m in await mailserver.store.list_messages(drafts)]
+        await mailserver.store.expunge(drafts, uids)
+        await undo.fire(services, pending.rsplit("/", 1)[1])  # its time has come
+
+    mailserver.call(delete_the_draft_then_fire())
+    assert _outbox(mailserver) == [".failed"]
+    page = client.get(pending, follow_redirects=True)
+    assert "Not sent: the draft was no longer in Drafts." in page.text, page.text
+    assert "Message sent." not in page.text and 'id="pending-draft"' not in page.text
+    assert "still in Drafts" not in page.text
+    assert mailserver.messages(BOB) == []

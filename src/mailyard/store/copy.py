@@ -167,7 +167,8 @@ async def _copy_account(src: Store, dst: Store, account_id: int, address: str) -
 async def _copy_queue(src: Store, dst: Store) -> int:
     """The queue's entries with pending recipients, each once: an entry the
     target holds already (same sender, envelope id, size and pending
-    recipients) is not queued again."""
+    recipients) is not queued again. Each keeps its time of arrival, which
+    its queue id, its lifetime and its delay warning count from."""
 
     def key(reverse_path: str, envid: str | None, size: int, addresses: list[str]) -> tuple:
         return reverse_path, envid, size, tuple(sorted(addresses))
@@ -186,7 +187,8 @@ async def _copy_queue(src: Store, dst: Store) -> int:
         body = await src.queue_body(entry.id)
         await dst.queue_submit(body, NewQueueEntry(
             entry.reverse_path, [NewRecipient(r.address, r.notify, r.orcpt) for r in pending], entry.envid,
-            entry.ret, entry.smtputf8, entry.eight_bit, next_attempt=min(r.next_attempt for r in pending)))
+            entry.ret, entry.smtputf8, entry.eight_bit, next_attempt=min(r.next_attempt for r in pending),
+            created=entry.created))
         copied += 1
     return copied
 

@@ -37,14 +37,19 @@ reach (``StoreUnavailable``, its database down) does depends on the phase:
   flagged leaves the rest of those steps undone (the draft may stay in
   Drafts), says so in one warning line, and never submits it again.
 
-A send whose submission was under way when the server stopped
-(``.sending`` left over) is not tried again: its draft stays in Drafts for
-the user to check (at most once, never twice). A send refused when its
-time came (a recipient's mailbox full, a limit reached), or that failed on
-an error of the server, leaves ``<token>.failed`` with the reason (and
-whether it may have gone), which the pending page shows with a link to the
-draft; such records older than FAILED_KEPT seconds are removed at the next
-start.
+The send holds an exclusive ``flock`` on its claimed record (taken on
+``<token>.json`` before the rename, which keeps the inode and so the lock)
+for as long as it works on it, so a ``.sending`` no process holds is left
+over: a send under way when the server (or one worker process) stopped.
+``resume`` takes such a record only when it can take its lock at once, so
+the live sends of the other workers are left alone; it is not tried again
+(at most once, never twice) and becomes ``<token>.failed`` saying it may
+have gone, its draft in Drafts for the user to check. A send refused when
+its time came (a recipient's mailbox full, a limit reached, its draft gone
+from Drafts), or that failed on an error of the server, leaves
+``<token>.failed`` with the reason (and whether it may have gone), which the
+pending page shows with a link to the draft; such records older than
+FAILED_KEPT seconds are removed at the next start.
 
 Before the wait, the recipients are resolved and the sender rule checked,
 so a mistake is shown on the form at once, not after the delay.
@@ -54,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -102,8 +108,8 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 
 def _claim(services: Services, token: str, suffix: str) -> dict | None:
-    """Take the record of ``token`` for a send or an undo (rename to
-    ``suffix``); None if the other one took it first."""
+    """Take the record of ``token`` for an undo (rename to ``suffix``);
+    None if its send took it first (``_claim_send``)."""
     src = _record_path(services, token)
     dst = _record_path(services, token, suffix)
     try:
@@ -115,6 +121,54 @@ def _claim(services: Services, token: str, suffix: str) -> dict | None:
     except (OSError, ValueError):
         log.warning("web: unreadable pending-send record %s", dst)
         return None
+
+
+def _lock_now(path: Path) -> int | None:
+    """An open descriptor of ``path`` holding its exclusive flock, taken at
+    once, or None: the file is gone, or a send holds it (in this process
+    or another). The lock goes with the descriptor's close."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # the name may have gone to another file meanwhile (the holder put
+        # the record back to wait, or ended it): this one is not the record
+        if os.path.samestat(os.fstat(fd), os.stat(path)):
+            return fd
+    except (BlockingIOError, FileNotFoundError):
+        pass
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
+def _claim_send(services: Services, token: str) -> tuple[int, dict] | None:
+    """Take the record of ``token`` for its send, as ``_claim`` does, locked
+    from before it is ``.sending`` (module doc): (the descriptor holding
+    the lock, for the caller to close; the record), or None if an undo or
+    another send took it first."""
+    src = _record_path(services, token)
+    fd = _lock_now(src)
+    if fd is None:
+        return None
+    try:
+        dst = _record_path(services, token, ".sending")
+        os.rename(src, dst)
+        try:
+            return fd, json.loads(dst.read_bytes())
+        except (OSError, ValueError):
+            log.warning("web: unreadable pending-send record %s", dst)
+    except FileNotFoundError:
+        pass
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
 
 
 _REGISTRY: dict[int, dict[str, asyncio.Task]] = {}
@@ -177,11 +231,21 @@ def schedule(services: Services, token: str, delay: float) -> None:
 async def fire(services: Services, token: str) -> None:
     """Send the held message of ``token`` unless it was undone; a store out
     of reach is answered by phase (module doc)."""
-    record = _claim(services, token, ".sending")
-    if record is None:
+    claimed = _claim_send(services, token)
+    if claimed is None:
         return
+    lock, record = claimed
+    try:
+        await _send_claimed(services, token, record)
+    finally:
+        os.close(lock)  # ends the claim's lock, after its record was put back, ended or failed
+
+
+async def _send_claimed(services: Services, token: str, record: dict) -> None:
+    """The send of ``fire``, its record claimed (``.sending``) and locked."""
     failure: str | None = None
     uncertain = False  # whether it may have gone all the same
+    gone = False  # whether its draft is gone from Drafts
     try:
         held = await _read_held(services, record)
     except asyncio.CancelledError:
@@ -202,39 +266,53 @@ async def fire(services: Services, token: str) -> None:
         failure = "an error on the server"
     else:
         try:
-            failure = None if held is None else await _submit_held(services, record, *held)
+            if held is None:
+                gone = True
+                log.info("web: a held message is not sent: its draft is no longer in Drafts")
+                failure = "the draft was no longer in Drafts"
+            else:
+                failure = await _submit_held(services, record, *held)
         except StoreError as exc:
             # the commit may have been applied with its answer lost: never
-            # submitted again (module doc)
-            log.warning("web: a held message of %s may not have gone (%s); it is not sent again, "
-                        "it stays in Drafts", held[0].address if held else record.get("account_id"), exc)
+            # submitted again (module doc); a store out of reach is one line,
+            # another store error a bug, with its traceback
+            (log.warning if isinstance(exc, StoreUnavailable) else log.exception)(
+                "web: a held message of %s may not have gone (%s); it is not sent again, it stays in Drafts",
+                held[0].address if held else record.get("account_id"), exc)
             what = "was out of reach" if isinstance(exc, StoreUnavailable) else "failed"
             failure, uncertain = f"the mail store {what} while it was being sent", True
         except Exception:  # noqa: BLE001 - a bug during the submission: never submitted again
             log.exception("web: sending a held message failed; it is not sent again, it stays in Drafts")
             failure, uncertain = "an error on the server while it was being sent", True
     if failure is not None:
-        await _give_up(services, token, record, failure, uncertain)
+        # a draft gone from Drafts: no link to it on the pending page
+        await _give_up(services, token, {**record, "uid": None} if gone else record, failure, uncertain)
         return
+    with contextlib.suppress(OSError):
+        _record_path(services, token, ".sending").unlink()
+
+
+def _record_failure(services: Services, token: str, record: dict, reason: str, uncertain: bool) -> None:
+    """``<token>.failed`` for the pending page (why, whether it may have
+    gone, where the draft is), then the claim (``.sending``) goes; raises
+    OSError, the claim kept, if the ``.failed`` cannot be written."""
+    failed = {k: record.get(k) for k in ("account_id", "mailbox_id", "uid")}
+    _write_durably(_record_path(services, token, ".failed"),
+                   json.dumps({**failed, "reason": reason, "uncertain": uncertain}).encode())
     with contextlib.suppress(OSError):
         _record_path(services, token, ".sending").unlink()
 
 
 async def _give_up(services: Services, token: str, record: dict, reason: str, uncertain: bool = False) -> None:
     """End the claimed send of ``token`` that did not go (``uncertain``: or
-    may have gone): ``<token>.failed`` for the pending page (why, and where
-    the draft is), then the claim goes. A ``.failed`` that cannot be
-    written leaves the claim (``.sending``), so that the page never says
-    "sent"; ``resume`` drops it at the next start."""
-    failed = {k: record.get(k) for k in ("account_id", "mailbox_id", "uid")}
+    may have gone) with ``<token>.failed``. One that cannot be written
+    leaves the claim (``.sending``), so that the page never says "sent";
+    ``resume`` makes it a ``.failed`` saying it may have gone at the next
+    start."""
     try:
-        await asyncio.to_thread(_write_durably, _record_path(services, token, ".failed"),
-                                json.dumps({**failed, "reason": reason, "uncertain": uncertain}).encode())
+        await asyncio.to_thread(_record_failure, services, token, record, reason, uncertain)
     except OSError as exc:
         log.warning("web: why a held message did not go could not be recorded (%s)", exc)
-        return
-    with contextlib.suppress(OSError):
-        _record_path(services, token, ".sending").unlink()
 
 
 async def _retry_later(services: Services, token: str, record: dict) -> None:
@@ -247,10 +325,23 @@ async def _retry_later(services: Services, token: str, record: dict) -> None:
     def put_back() -> None:
         sending.stat()  # gone: not put back (the rewrite below would make it anew)
         # the new due time goes into the claimed record before it is pending
-        # again: rewriting it after would race with an Undo claiming it
-        with contextlib.suppress(OSError):  # else it keeps its due time (``resume``: at once)
-            _write_durably(sending, again)
-        os.rename(sending, pending)
+        # again: rewriting it after would race with an Undo claiming it. The
+        # rewrite is a new file, locked before it takes the name, so that
+        # no ``resume`` of another worker takes it for a left-over claim.
+        fresh = sending.with_name(f".{token}.again")
+        lock = None
+        try:
+            try:
+                _write_durably(fresh, again)
+                lock = _lock_now(fresh)  # a name no one else uses: at once
+                os.replace(fresh, sending)
+            except OSError:  # it keeps its due time (``resume``: at once)
+                with contextlib.suppress(OSError):
+                    fresh.unlink()
+            os.rename(sending, pending)
+        finally:
+            if lock is not None:
+                os.close(lock)
 
     try:
         # in a thread, which also ends its work when the server stops meanwhile
@@ -334,8 +425,9 @@ def cancel_all(services: Services) -> None:
 
 def resume(services: Services) -> int:
     """At start: schedule every pending send found on disk (those overdue
-    at once); drop the records of sends that were under way (see the module
-    doc). Returns how many were scheduled."""
+    at once); the sends that were under way when a server stopped, and
+    that no process works on now, become ``.failed`` saying they may have
+    gone (module doc). Returns how many were scheduled."""
     folder = outbox(services)
     if not folder.is_dir():
         return 0
@@ -347,9 +439,7 @@ def resume(services: Services) -> int:
                 if path.stat().st_mtime < now - FAILED_KEPT:
                     path.unlink()
         elif path.suffix == ".sending":
-            log.warning("web: a held message was being sent when the server stopped; it stays in Drafts")
-            with contextlib.suppress(OSError):
-                path.unlink()
+            _left_over(services, path)
         elif path.suffix == ".json":
             try:
                 due = float(json.loads(path.read_bytes())["due"])
@@ -358,6 +448,33 @@ def resume(services: Services) -> int:
             schedule(services, path.stem, due - now)
             count += 1
     return count
+
+
+def _left_over(services: Services, path: Path) -> None:
+    """A claimed record found at start: left alone while a send holds its
+    lock (a worker process of this server sends it now); else the send was
+    under way when a server stopped: perhaps sent, never tried again."""
+    try:
+        lock = _lock_now(path)
+    except OSError as exc:
+        log.warning("web: a held message's record %s could not be read (%s)", path, exc)
+        return
+    if lock is None:
+        return
+    try:
+        try:
+            record = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            record = {}
+        log.warning("web: a held message was being sent when the server stopped; it may not have gone, "
+                    "it stays in Drafts")
+        try:
+            _record_failure(services, path.stem, record if isinstance(record, dict) else {},
+                            "the server stopped while it was being sent", True)
+        except OSError as exc:
+            log.warning("web: why a held message may not have gone could not be recorded (%s)", exc)
+    finally:
+        os.close(lock)
 
 
 # --- the pages ---------------------------------------------------------------
@@ -383,8 +500,9 @@ def _own_failure(request: Request, token: str) -> dict | None:
         return None
     if not isinstance(record, dict) or record.get("account_id") != session.account_id:
         return None
+    uid = record.get("uid")
     return {"reason": str(record.get("reason") or "refused"), "uncertain": record.get("uncertain") is True,
-            "draft": f"{int(record.get('mailbox_id') or 0)}:{int(record.get('uid') or 0)}"}
+            "draft": f"{int(record.get('mailbox_id') or 0)}:{int(uid)}" if uid is not None else None}
 
 
 async def _inbox_url(request: Request) -> str:
