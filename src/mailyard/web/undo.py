@@ -40,15 +40,15 @@ reach (``StoreUnavailable``, its database down) does depends on the phase:
 The send holds an exclusive ``flock`` on its claimed record (taken on
 ``<token>.json`` before the rename, which keeps the inode and so the lock)
 for as long as it works on it, so a ``.sending`` no process holds is left
-over: a send under way when the server (or one worker process) stopped.
-``resume`` takes such a record only when it can take its lock at once, so
-the live sends of the other workers are left alone; it is not tried again
+over: a send under way when the server stopped. ``resume`` takes such a
+record only when it can take its lock at once, so the live sends of
+another server started on the same data directory are left alone; it is not tried again
 (at most once, never twice) and becomes ``<token>.failed`` saying it may
 have gone, its draft in Drafts for the user to check. A send refused when
 its time came (a recipient's mailbox full, a limit reached, its draft gone
 from Drafts), or that failed on an error of the server, leaves
 ``<token>.failed`` with the reason (and whether it may have gone), which the
-pending page shows with a link to the draft; such records older than
+pending page shows, with a link to the draft while there is one; such records older than
 FAILED_KEPT seconds are removed at the next start.
 
 Before the wait, the recipients are resolved and the sender rule checked,
@@ -96,8 +96,12 @@ def outbox(services: Services) -> Path:
     return Path(services.data_dir) / "web-outbox"
 
 
+def _is_token(token: str) -> bool:
+    return bool(token) and len(token) <= 64 and set(token) <= _TOKEN_CHARS
+
+
 def _record_path(services: Services, token: str, suffix: str = ".json") -> Path:
-    if not token or len(token) > 64 or not set(token) <= _TOKEN_CHARS:
+    if not _is_token(token):
         raise HTTPException(404, "no such message on its way")
     return outbox(services) / f"{token}{suffix}"
 
@@ -128,7 +132,9 @@ def _lock_now(path: Path) -> int | None:
     once, or None: the file is gone, or a send holds it (in this process
     or another). The lock goes with the descriptor's close."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # writable: where flock() is emulated with POSIX locks (NFS), an
+        # exclusive lock needs a descriptor open for writing
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
@@ -231,7 +237,14 @@ def schedule(services: Services, token: str, delay: float) -> None:
 async def fire(services: Services, token: str) -> None:
     """Send the held message of ``token`` unless it was undone; a store out
     of reach is answered by phase (module doc)."""
-    claimed = _claim_send(services, token)
+    try:
+        claimed = _claim_send(services, token)
+    except OSError as exc:
+        # (out of descriptors, say): the record stays waiting, tried again later
+        log.warning("web: a held message's record could not be claimed (%s); tried again in %d s", exc,
+                    RETRY_AFTER)
+        schedule(services, token, RETRY_AFTER)
+        return
     if claimed is None:
         return
     lock, record = claimed
@@ -434,6 +447,8 @@ def resume(services: Services) -> int:
     now = time.time()
     count = 0
     for path in folder.iterdir():
+        if not _is_token(path.stem):
+            continue  # not a record (a temporary file, something put there by hand)
         if path.suffix == ".failed":
             with contextlib.suppress(OSError):
                 if path.stat().st_mtime < now - FAILED_KEPT:
