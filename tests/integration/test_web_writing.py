@@ -855,3 +855,24 @@ def test_a_held_send_whose_draft_is_gone_says_not_sent(mailserver: RunningServer
     assert "Message sent." not in page.text and 'id="pending-draft"' not in page.text
     assert "still in Drafts" not in page.text
     assert mailserver.messages(BOB) == []
+
+
+def test_undo_too_late_leads_to_the_send_outcome(mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Undo pressed while the send works on the message does not claim it
+    was sent (the send may still be refused or wait again): it leads to the
+    pending page, which shows the outcome when there is one."""
+    reached, release = _stuck_in(monkeypatch, mailserver, "deliver")
+    pending = _held_send(mailserver, "undo too late")
+    _wait(reached.is_set, "the send to submit the message")
+    client = login(mailserver)
+    page = client.get(pending)
+    r = client.post(pending + "/undo", data={"csrf": csrf(client)})
+    assert r.status_code == 303 and r.headers.get("location", "").startswith(pending), (r.status_code, r.text[:300])
+    shown = client.get(r.headers["location"])
+    assert "Too late to undo." in shown.text and "Message sent." not in shown.text
+    assert page.status_code == 200
+    mailserver.loop.call_soon_threadsafe(release.set)
+    _wait(lambda: len(mailserver.messages(BOB)) == 1, "the message to arrive")
+    _wait(lambda: _outbox(mailserver) == [], "the send to end")
+    done = client.get(pending, follow_redirects=True)
+    assert "Message sent." in done.text

@@ -539,10 +539,15 @@ async def pending_page(request: Request) -> Response:
         if failed is not None:
             return pages.page(request, "pending.html", token=token, left=0, failed=failed,
                               folders=await pages.folders(request, pages.current(request)), notice="")
-        return pages.redirect(pages.notice_url(await _inbox_url(request), "Message sent."))
+        try:
+            # a send put back to wait (.sending renamed to .json in a thread)
+            # between the two reads above is found now, never taken for sent
+            session, record = await _own_record(request, token)
+        except HTTPException:
+            return pages.redirect(pages.notice_url(await _inbox_url(request), "Message sent."))
     left = max(0, round(float(record["due"]) - time.time()))
     return pages.page(request, "pending.html", token=token, left=left, failed=None,
-                      folders=await pages.folders(request, session), notice="")
+                      folders=await pages.folders(request, session), notice=request.query_params.get("notice", ""))
 
 
 async def undo(request: Request) -> Response:
@@ -550,11 +555,19 @@ async def undo(request: Request) -> Response:
     token = request.path_params["token"]
     session = pages.current(request)
     await pages.checked_form(request, session)
-    _session, record = await _own_record(request, token)
     services = pages.state(request).services
+    # too late when the send has it (or had it): the pending page shows what
+    # comes of it (sent, refused, or waiting again: the store out of reach)
+    too_late = pages.notice_url(f"/compose/pending/{token}", "Too late to undo.")
+    try:
+        _session, record = await _own_record(request, token)
+    except HTTPException:
+        if _own_failure(request, token) is None:
+            await _own_record(request, token, ".sending")  # 404 unless this user's send has it
+        return pages.redirect(too_late)
     claimed = _claim(services, token, ".undone")
     if claimed is None:
-        return pages.redirect(pages.notice_url(await _inbox_url(request), "Too late: the message was sent."))
+        return pages.redirect(too_late)
     task = _tasks(services).pop(token, None)
     if task is not None:
         task.cancel()
