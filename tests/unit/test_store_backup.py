@@ -91,6 +91,20 @@ def contents(store: Store, mailbox: str = "INBOX") -> dict[int, tuple[bytes, fro
     return run()
 
 
+def restored_contents(generation: Path, restored: Path) -> dict[int, tuple[bytes, frozenset[str], float]]:
+    """INBOX of the store restored whole from ``generation`` into ``restored``."""
+    bk.restore_data(generation, restored)
+    store = open_store(restored, StoreConfig(fsync=False), background=False)
+
+    async def read() -> dict:
+        try:
+            return await contents(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
 def test_incremental_generation_copies_only_new_segment_bytes(live: StoreThread, tmp_path: Path) -> None:
     data, dest = tmp_path / "data", tmp_path / "backup"
     add(live, 0, 60)  # 360 kB: five or six sealed segments and the one being written
@@ -147,17 +161,7 @@ def test_compaction_during_a_backup_does_not_damage_it(live: StoreThread, tmp_pa
     assert gone, "the compaction deleted no segment: the race did not happen"
     assert summary.messages == 60
     assert bk.verify(summary.path).ok
-    restored = tmp_path / "restored"
-    bk.restore_data(summary.path, restored)
-    store = open_store(restored, StoreConfig(fsync=False), background=False)
-
-    async def read() -> dict:
-        try:
-            return await contents(store)
-        finally:
-            await store.close()
-
-    assert asyncio.run(read()) == before
+    assert restored_contents(summary.path, tmp_path / "restored") == before
 
 
 def test_verify_finds_a_damaged_segment_and_restore_refuses_it(live: StoreThread, tmp_path: Path) -> None:
@@ -283,17 +287,7 @@ def test_a_store_of_inline_and_segment_bodies_backs_up_and_restores_exactly(
         assert bk.verify(summary.path).ok
         manifest = bk.read_manifest(summary.path)["files"]
         assert sum(e["size"] for rel, e in manifest.items() if rel.startswith("blobs/")) == segment_bytes + big
-        restored = tmp_path / "restored"
-        bk.restore_data(summary.path, restored)
-        store = open_store(restored, StoreConfig(fsync=False), background=False)
-
-        async def read() -> dict:
-            try:
-                return await contents(store)
-            finally:
-                await store.close()
-
-        assert asyncio.run(read()) == before
+        assert restored_contents(summary.path, tmp_path / "restored") == before
         s = live.call(bk.restore_account(summary.path, live.store, ADDRESS, as_folder="Restored"))
         assert s.messages == len(before)
         assert live.call(contents(live.store, "Restored/INBOX")) == before

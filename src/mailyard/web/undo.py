@@ -137,18 +137,17 @@ def _lock_now(path: Path) -> int | None:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # the name may have gone to another file meanwhile (the holder put
-        # the record back to wait, or ended it): this one is not the record
-        if os.path.samestat(os.fstat(fd), os.stat(path)):
-            return fd
-    except (BlockingIOError, FileNotFoundError):
-        pass
-    except BaseException:
-        os.close(fd)
-        raise
-    os.close(fd)
+    with contextlib.ExitStack() as closing:
+        closing.callback(os.close, fd)  # unless it is handed on
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # the name may have gone to another file meanwhile (the holder put
+            # the record back to wait, or ended it): this one is not the record
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                closing.pop_all()
+                return fd
+        except (BlockingIOError, FileNotFoundError):
+            pass
     return None
 
 
@@ -161,20 +160,20 @@ def _claim_send(services: Services, token: str) -> tuple[int, dict] | None:
     fd = _lock_now(src)
     if fd is None:
         return None
-    try:
+    with contextlib.ExitStack() as closing:
+        closing.callback(os.close, fd)  # unless it is handed on
         dst = _record_path(services, token, ".sending")
-        os.rename(src, dst)
         try:
-            return fd, json.loads(dst.read_bytes())
+            os.rename(src, dst)
+        except FileNotFoundError:
+            return None
+        try:
+            record = json.loads(dst.read_bytes())
         except (OSError, ValueError):
             log.warning("web: unreadable pending-send record %s", dst)
-    except FileNotFoundError:
-        pass
-    except BaseException:
-        os.close(fd)
-        raise
-    os.close(fd)
-    return None
+            return None
+        closing.pop_all()
+        return fd, record
 
 
 _REGISTRY: dict[int, dict[str, asyncio.Task]] = {}

@@ -21,6 +21,21 @@ ENVELOPE = (
 )
 
 
+def _most_pending(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """[the most octets the engine ever held queued], kept up to date."""
+    from mailyard.protocols.imap.engine import ImapEngine
+
+    most = [0]
+    raw = ImapEngine.raw
+
+    def counting(self: ImapEngine, data: bytes) -> None:
+        raw(self, data)
+        most[0] = max(most[0], self.pending)
+
+    monkeypatch.setattr(ImapEngine, "raw", counting)
+    return most
+
+
 def lit(data: bytes) -> str:
     return f"{{{len(data)}}}\r\n{data.decode()}"
 
@@ -258,20 +273,12 @@ def test_many_whole_message_items_of_one_message_are_written_item_by_item(
     octets (FETCH_BATCH_OCTETS, here 256 KiB) and an item queued at once,
     with the other connections' turn in between -- not formatted whole with
     no break (a hundred of a 25 MiB message: 2.5 GB)."""
-    from mailyard.protocols.imap.engine import ImapEngine
     from mailyard.protocols.imap.handlers import messages
 
     monkeypatch.setattr(messages, "FETCH_BATCH_OCTETS", 256 * 1024)
     big = b"Subject: big\r\n\r\n" + (b"x" * 98 + b"\r\n") * 640  # 64 KB
     c = connect(store_with_mail(big), select="INBOX")
-    most = [0]
-    raw = ImapEngine.raw
-
-    def counting(self: ImapEngine, data: bytes) -> None:
-        raw(self, data)
-        most[0] = max(most[0], self.pending)
-
-    monkeypatch.setattr(ImapEngine, "raw", counting)
+    most = _most_pending(monkeypatch)
     paused = c.conv.paused
     out = c.send("a1 FETCH 1 (" + " ".join(["BODY.PEEK[]"] * 100) + ")")
     item = b"BODY[] {%d}\r\n%s" % (len(big), big)
@@ -476,21 +483,13 @@ def test_each_header_fields_item_is_charged_as_the_whole_header(monkeypatch: pyt
     written item by item (no more than FETCH_BATCH_OCTETS, here 256 KiB,
     and an item queued at once), not as one line; and a batch holds one
     message that two such items of its 95 KB header make 190 KB."""
-    from mailyard.protocols.imap.engine import ImapEngine
     from mailyard.protocols.imap.handlers import messages
 
     monkeypatch.setattr(messages, "FETCH_BATCH_OCTETS", 256 * 1024)
     hdr = b"".join(b"X: %s\r\n" % (b"y" * 90) for _ in range(2000))
     big = hdr + b"Subject: big\r\n\r\nbody\r\n"
     c = connect(store_with_mail(big, big), select="INBOX")
-    most = [0]
-    raw = ImapEngine.raw
-
-    def counting(self: ImapEngine, data: bytes) -> None:
-        raw(self, data)
-        most[0] = max(most[0], self.pending)
-
-    monkeypatch.setattr(ImapEngine, "raw", counting)
+    most = _most_pending(monkeypatch)
     for text in ("HEADER.FIELDS (X)", "HEADER.FIELDS.NOT (Subject)"):
         most[0] = 0
         out = c.send("a1 FETCH 1 (" + " ".join([f"BODY.PEEK[{text}]"] * 100) + ")")
