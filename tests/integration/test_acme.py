@@ -11,6 +11,7 @@ really validate.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -250,21 +251,26 @@ def test_tls_alpn01_on_the_https_port(tmp_path: Path, dns: DNSServer) -> None:
 
 
 def certificates_by_worker(proc: ServeProcess, port: int, tries: int = 60) -> dict[int, int]:
-    """The serial each worker's imaps listener presents: TLS connections until every worker held one."""
+    """The serial each worker's imaps listener presents: TLS connections until every worker held one.
+
+    The connections stay open until then: which worker takes a connection
+    is the kernel's choice, and the spreading over the workers
+    (net/accept.py) sees only the connections they hold."""
     workers = set(proc.worker_pids())
     found: dict[int, int] = {}
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    for _ in range(tries):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-                ctx.wrap_socket(raw, server_hostname="mx.example.test") as tls:
+    with contextlib.ExitStack() as held:
+        for _ in range(tries):
+            raw = held.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            tls = held.enter_context(ctx.wrap_socket(raw, server_hostname="mx.example.test"))
             der = tls.getpeercert(binary_form=True)
             pid = proc.serving_pid(tls)
             if pid in workers and pid not in found:
                 found[pid] = x509.load_der_x509_certificate(der).serial_number
-        if len(found) == len(workers):
-            break
+            if len(found) == len(workers):
+                break
     assert len(found) == len(workers), (found, workers)
     return found
 

@@ -102,17 +102,26 @@ class Line:
 def on_each_worker(proc: ServeProcess, open_one: Callable[[], Any], sock_of: Callable[[Any], socket.socket],
                    close: Callable[[Any], None], tries: int = 60) -> dict[int, Any]:
     """Open connections (each past its greeting) until every worker holds
-    one; returns them by worker pid (the extra ones are closed)."""
+    one; returns them by worker pid (the extra ones are closed).
+
+    The extra ones stay open until then: which worker takes a connection is
+    the kernel's choice, and the spreading over the workers (net/accept.py)
+    sees only the connections they hold."""
     workers = set(proc.worker_pids())
     found: dict[int, Any] = {}
-    for _ in range(tries):
-        conn = open_one()
-        pid = proc.serving_pid(sock_of(conn))
-        if pid in workers and pid not in found:
-            found[pid] = conn
-            if len(found) == len(workers):
-                return found
-        else:
+    extra: list[Any] = []
+    try:
+        for _ in range(tries):
+            conn = open_one()
+            pid = proc.serving_pid(sock_of(conn))
+            if pid in workers and pid not in found:
+                found[pid] = conn
+                if len(found) == len(workers):
+                    return found
+            else:
+                extra.append(conn)
+    finally:
+        for conn in extra:
             close(conn)
     raise AssertionError(f"connections never reached every worker {workers}: {list(found)}")
 
