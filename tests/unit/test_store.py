@@ -807,6 +807,26 @@ async def test_queue_submit_is_atomic(store: Store) -> None:
     assert await store.queue_next_due() is None
 
 
+async def test_queue_submit_all_is_one_commit(store: Store) -> None:
+    # one acceptance's entries: each its own body, all of them or none
+    inbox = await _inbox(store)
+    sealed = b"ARC-Seal: i=1\r\n" + BODY
+    first = NewMessage(BODY, [DeliveryTarget(inbox.id)], NewQueueEntry("a@example.test", [NewRecipient("b@b.test")]))
+    forwarded = NewMessage(sealed, (), NewQueueEntry("SRS0=x@example.test", [NewRecipient("f@f.test")]))
+    broken = NewMessage(BODY, [DeliveryTarget(999999)], NewQueueEntry("a@example.test", [NewRecipient("c@c.test")]))
+    with pytest.raises(NotFound):
+        await store.queue_submit_all([first, forwarded, broken])
+    assert await store.queue_list() == []
+    assert await store.list_messages(inbox) == []
+    (uids, one), (none, two) = await store.queue_submit_all([first, forwarded])
+    assert uids == [1] and none == [] and one is not None and two is not None
+    assert await store.queue_body(one) == BODY and await store.queue_body(two) == sealed
+    entries = {e.id: e for e in await store.queue_list()}
+    assert (entries[one].reverse_path, [r.address for r in entries[one].recipients]) == ("a@example.test", ["b@b.test"])
+    assert (entries[two].reverse_path, [r.address for r in entries[two].recipients]) == (
+        "SRS0=x@example.test", ["f@f.test"])
+
+
 async def test_queue_update_retry_and_finish(store: Store) -> None:
     inbox = await _inbox(store)
     _, qid = await store.queue_submit(BODY, NewQueueEntry("a@example.test", [NewRecipient("b@b.test"),

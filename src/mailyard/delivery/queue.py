@@ -363,6 +363,7 @@ class OutboundQueue:
         eight_bit: bool | None = None,
         msgid: str | None = None,
         forwarded: bool = False,
+        forwarded_to: Sequence[str | NewRecipient] = (),
     ) -> int | None:
         """Queue ``body`` for the remote ``recipients`` and, in the same durable
         commit, deliver it to the INBOX of the local ``accounts``. Returns the
@@ -371,33 +372,55 @@ class OutboundQueue:
         ``forwarded``: the recipients are where a local alias or list sends
         the message on (see the class doc): the queue entry's reverse-path is
         SRS-rewritten and the message ARC-sealed; the local copies keep the
-        original reverse-path. ``fields``: header fields of one account's
-        local copy (delivery/local.py)."""
-        rcpts = [r if isinstance(r, NewRecipient) else NewRecipient(r) for r in recipients]
-        sender = reverse_path
-        if rcpts and forwarded:
-            sender = await self.forwarding_sender(reverse_path)
-        if rcpts:
-            body = await self.sign(body, sender)
-            if forwarded and self.sealer is not None:
-                body = await self.seal(body)
-        targets = await self.local_targets(reverse_path, accounts, inbox_id, enforce_quota=enforce_quota,
-                                           placements=placements, fields=fields)
-        if eight_bit is None:
-            eight_bit = not body.isascii()
+        original reverse-path. ``forwarded_to``: more such recipients beside
+        the ``recipients`` a sender named, queued as an entry of their own
+        (so rewritten and sealed) in the same commit: one acceptance is
+        queued whole or not at all, so a client that retries after an error
+        does not deliver the local copies twice. ``fields``: header fields of
+        one account's local copy (delivery/local.py)."""
         # the creation time the log's queue name needs is chosen here, not
         # read back after the commit: nothing after the commit may fail (the
         # SMTP glue would answer 451 for a message already queued, and the
         # client send it again)
         created = time.time()
-        entry = NewQueueEntry(sender, rcpts, envid, ret, smtputf8, eight_bit, created=created) if rcpts else None
-        _uids, queue_id = await self.store.queue_submit(body, entry, targets)
-        if queue_id is not None:
-            logs.event(log, logging.INFO, "queued", msgid=msgid, queue_id=queue_name(queue_id, created),
-                       size=len(body), **{"from": sender, "to": [r.address for r in rcpts]})
-            metrics.count_delivery("remote", "queued", len(rcpts))
+        first = await self._outgoing(body, reverse_path, recipients, forwarded, envid, ret, smtputf8, eight_bit,
+                                     created)
+        first = NewMessage(first.body, await self.local_targets(
+            reverse_path, accounts, inbox_id, enforce_quota=enforce_quota, placements=placements, fields=fields),
+            first.entry)
+        messages = [first]
+        if forwarded_to:
+            messages.append(await self._outgoing(body, reverse_path, forwarded_to, True, envid, ret, smtputf8,
+                                                 eight_bit, created))
+        queued = await self.store.queue_submit_all(messages)
+        for msg, (_uids, queue_id) in zip(messages, queued, strict=True):
+            if queue_id is not None and msg.entry is not None:
+                logs.event(log, logging.INFO, "queued", msgid=msgid, queue_id=queue_name(queue_id, created),
+                           size=len(msg.body), **{"from": msg.entry.reverse_path,
+                                                  "to": [r.address for r in msg.entry.recipients]})
+                metrics.count_delivery("remote", "queued", len(msg.entry.recipients))
+        if any(queue_id is not None for _uids, queue_id in queued):
             self.wake()
-        return queue_id
+        return queued[0][1]
+
+    async def _outgoing(self, body: bytes, reverse_path: str, recipients: Sequence[str | NewRecipient],
+                        forwarded: bool, envid: str | None, ret: str | None, smtputf8: bool,
+                        eight_bit: bool | None, created: float) -> NewMessage:
+        """The queue's copy of ``body`` for ``recipients`` (no entry when
+        there are none): DKIM-signed, and for a ``forwarded`` copy with an
+        SRS reverse-path and ARC-sealed."""
+        rcpts = [r if isinstance(r, NewRecipient) else NewRecipient(r) for r in recipients]
+        if not rcpts:
+            return NewMessage(body)
+        sender = reverse_path
+        if forwarded:
+            sender = await self.forwarding_sender(reverse_path)
+        body = await self.sign(body, sender)
+        if forwarded and self.sealer is not None:
+            body = await self.seal(body)
+        if eight_bit is None:
+            eight_bit = not body.isascii()
+        return NewMessage(body, (), NewQueueEntry(sender, rcpts, envid, ret, smtputf8, eight_bit, created=created))
 
     async def sign(self, body: bytes, reverse_path: str) -> bytes:
         """``body`` DKIM-signed (once, here, not per attempt), off the event loop."""

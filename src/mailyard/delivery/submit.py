@@ -261,8 +261,11 @@ async def accept_message(
             + ", ".join(r.address if isinstance(r, NewRecipient) else r for r in elsewhere),
             [r.address if isinstance(r, NewRecipient) else r for r in elsewhere],
         )
-    # the local copies travel with the first queue entry, in its commit
+    # the local copies travel with the first queue entry, in its commit, and
+    # the copies an alias or list forwards beside remote recipients with it
+    # too, as a second entry (its own SRS reverse-path and ARC seal)
     first, first_forwarded = (remote, False) if remote else (forwarded, True)
+    also_forwarded = forwarded if remote else ()
     received = received_header(
         by=intake.config.server.hostname, helo=trace.helo, ip=trace.ip, protocol=trace.protocol,
         id=trace.id, for_addr=trace.for_addr, tls_info=trace.tls_info, auth_user=auth_user,
@@ -302,7 +305,7 @@ async def accept_message(
                     received + data, reverse_path, first, accounts=wanted, inbox_id=inbox_id,
                     enforce_quota=True, placements=placements, fields=fields, envid=envid, ret=ret,
                     smtputf8=smtputf8,
-                    msgid=trace.id, forwarded=first_forwarded,
+                    msgid=trace.id, forwarded=first_forwarded, forwarded_to=also_forwarded,
                 )
             elif wanted:
                 await deliver_local(intake.store, received + data, reverse_path, wanted, inbox_id=inbox_id,
@@ -345,11 +348,6 @@ async def accept_message(
     if accounts and not wanted and not edited and not first and over_quota:
         raise QuotaExceeded("mailbox full: " + ", ".join(a.address for a in over_quota))
     wanted += edited
-    if remote and forwarded:
-        assert queue is not None
-        # a second entry, for the copies an alias or list forwards
-        await queue.enqueue(received + data, reverse_path, forwarded, envid=envid, ret=ret, smtputf8=smtputf8,
-                            msgid=trace.id, forwarded=True)
     # the address book's suggestions (store note_correspondents), counted
     # apart from the acceptance: its reply does not wait for them
     # (mail filed as junk is no correspondence: its senders are not counted)

@@ -1093,13 +1093,20 @@ class Store(abc.ABC):
     # Every write below is one durable commit, so "queued" means durable exactly
     # like "delivered", and an attempt's outcome is recorded together with the
     # report it causes: a crash can neither lose a bounce nor send it twice.
-    @abc.abstractmethod
     async def queue_submit(
         self, body: bytes, entry: NewQueueEntry | None, targets: Sequence[DeliveryTarget] = ()
     ) -> tuple[list[int], int | None]:
         """Store ``body`` once: into the local ``targets`` and (if ``entry``
         has recipients) the outbound queue, in one atomic, durable commit.
         Returns (the new UID in each target, the queue id or None)."""
+        return (await self.queue_submit_all([NewMessage(body, targets, entry)]))[0]
+
+    @abc.abstractmethod
+    async def queue_submit_all(self, messages: Sequence[NewMessage]) -> list[tuple[list[int], int | None]]:
+        """``queue_submit`` of several messages in one atomic, durable commit
+        (one acceptance that makes two queue entries, each with its own
+        body: either both are queued or neither). Returns each one's (UIDs,
+        queue id or None), in order."""
 
     @abc.abstractmethod
     async def queue_update(

@@ -57,7 +57,6 @@ from ..api import (
     MailboxSummary,
     MessageInfo,
     NewMessage,
-    NewQueueEntry,
     NotFound,
     QueueAttempt,
     QueueEntry,
@@ -2148,11 +2147,17 @@ class PostgreSQLStore(ContactsMixin, Store):
             tx.notes.add(QUEUE)
         return uids, queue_id
 
-    async def queue_submit(self, body: bytes, entry: NewQueueEntry | None, targets: Sequence[DeliveryTarget] = ()
-                           ) -> tuple[list[int], int | None]:
-        msg = NewMessage(body, targets, entry if entry is not None and entry.recipients else None)
-        rec = (await self._derive([body]))[0] if targets else None
-        return await self._write(lambda c, tx: self._op_new_message(c, tx, msg, rec))
+    async def queue_submit_all(self, messages: Sequence[NewMessage]) -> list[tuple[list[int], int | None]]:
+        msgs = [NewMessage(m.body, m.targets, m.entry if m.entry is not None and m.entry.recipients else None)
+                for m in messages]
+        bodies = [m.body for m in msgs if m.targets]
+        derived = iter(await self._derive(bodies) if bodies else ())
+        records = [next(derived) if m.targets else None for m in msgs]
+
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> list[tuple[list[int], int | None]]:
+            return [await self._op_new_message(c, tx, msg, rec) for msg, rec in zip(msgs, records, strict=True)]
+
+        return await self._write(op)
 
     async def queue_update(self, queue_id: int, outcomes: Sequence[RecipientOutcome],
                            attempts: Iterable[tuple[str, str | None, str]] = (), *, warned: bool = False,

@@ -23,9 +23,7 @@ import time
 from collections.abc import Collection, Iterable, Sequence
 
 from ..api import (
-    DeliveryTarget,
     NewMessage,
-    NewQueueEntry,
     NotFound,
     QueueAttempt,
     QueueEntry,
@@ -103,13 +101,13 @@ class QueueMixin(BodiesMixin):
             )
         return uids, queue_id
 
-    async def queue_submit(
-        self, body: bytes, entry: NewQueueEntry | None, targets: Sequence[DeliveryTarget] = ()
-    ) -> tuple[list[int], int | None]:
-        """Store ``body`` once: into the local ``targets`` and (if ``entry``)
-        the outbound queue, in one durable commit. Returns (UIDs, queue id)."""
-        msg = NewMessage(body, targets, entry if entry is not None and entry.recipients else None)
-        return await self._write(lambda c, ctx: self._op_new_message(c, ctx, msg))
+    async def queue_submit_all(self, messages: Sequence[NewMessage]) -> list[tuple[list[int], int | None]]:
+        """Store each message once: into its local targets and (if its entry
+        has recipients) the outbound queue, all in one durable commit.
+        Returns each one's (UIDs, queue id)."""
+        msgs = [NewMessage(m.body, m.targets, m.entry if m.entry is not None and m.entry.recipients else None)
+                for m in messages]
+        return await self._write(lambda c, ctx: [self._op_new_message(c, ctx, msg) for msg in msgs])
 
     async def queue_update(
         self,
