@@ -610,7 +610,8 @@ def test_a_held_send_that_fails_after_acceptance_is_sent_and_not_sent_again(
 def test_a_held_send_the_store_fails_after_it_went_is_not_sent_again(
         mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Sent, then the draft cannot be removed: one warning line, no record
-    saying it was not sent, the draft stays in Drafts, and one copy only."""
+    saying it was not sent, the draft stays in Drafts beside its copy in
+    Sent, and one copy only."""
     import mailyard.web.undo as undo
 
     caplog.set_level(logging.INFO, logger="mailyard")
@@ -620,14 +621,85 @@ def test_a_held_send_the_store_fails_after_it_went_is_not_sent_again(
     _wait(lambda: _outbox(mailserver) == [], "the record of the send to go")
     (got,) = mailserver.messages(BOB)
     assert b"sent then down" in got and len(_accepted(caplog)) == 1
-    lines = [r for r in caplog.records if "held message" in r.getMessage() and r.levelno >= logging.WARNING]
+    lines = [r for r in caplog.records if "was sent, but" in r.getMessage() and r.levelno >= logging.WARNING]
     assert [r.getMessage() for r in lines] == [
-        "web: a held message of alice@example.test was sent, but its draft stays in Drafts: "
+        "web: a message of alice@example.test was sent, but its draft stays in Drafts: "
         "the mail store is unavailable, try again later"]
     assert not _tracebacks(caplog)
-    assert len(mailserver.messages(ALICE, "Drafts")) == 1 and mailserver.messages(ALICE, "Sent") == []
+    assert len(mailserver.messages(ALICE, "Drafts")) == 1 and len(mailserver.messages(ALICE, "Sent")) == 1
     page = login(mailserver).get(pending, follow_redirects=True)
     assert "Message sent." in page.text and "Not sent" not in page.text
+
+
+# --- sent at once, and redirected, when the store fails --------------------------
+def _failing(monkeypatch: pytest.MonkeyPatch, server: RunningServer, method: str,
+             fails: Callable[[tuple], bool], *, after: bool = False) -> None:
+    """``server.store.<method>`` raises StoreUnavailable on the calls
+    ``fails(args)`` picks; with ``after``, once the real call has run (a
+    commit applied whose answer is lost)."""
+    from mailyard.store.api import StoreUnavailable
+
+    real = getattr(server.store, method)
+
+    async def wrapped(*args: object, **kwargs: object) -> object:
+        if not fails(args):
+            return await real(*args, **kwargs)
+        if after:
+            await real(*args, **kwargs)
+        raise StoreUnavailable("the mail store is unavailable, try again later")
+
+    monkeypatch.setattr(server.store, method, wrapped)
+
+
+def test_a_message_sent_at_once_the_store_cannot_file_says_it_was_sent(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """It went; its copy in Sent cannot be stored: the page says it was
+    sent and what was not done (not an error page that has the sender
+    send it again), in one warning line."""
+    caplog.set_level(logging.INFO, logger="mailyard")
+    _failing(monkeypatch, mailserver, "append", lambda args: getattr(args[0], "special_use", None) == "\\Sent")
+    client = login(mailserver)
+    r = client.post("/compose", data={"csrf": csrf(client), "to": BOB, "subject": "went, not filed",
+                                      "body": "once", "action": "send"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/box/"), r.text
+    page = client.get(r.headers["location"]).text
+    assert "Message sent; no copy was kept in Sent: the mail store was out of reach." in page
+    (got,) = mailserver.messages(BOB)
+    assert b"went, not filed" in got and len(_accepted(caplog)) == 1
+    assert [r.getMessage() for r in caplog.records if "was sent, but" in r.getMessage()] == [
+        "web: a message of alice@example.test was sent, but no copy was kept in Sent: "
+        "the mail store is unavailable, try again later"]
+    assert not _tracebacks(caplog)
+
+
+def test_a_message_the_store_fails_while_it_is_sent_at_once_may_have_gone(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The submission's commit is applied but its answer lost: the form
+    comes back saying the message may have gone (it did), not "try again"."""
+    caplog.set_level(logging.INFO, logger="mailyard")
+    _failing(monkeypatch, mailserver, "deliver", lambda _args: True, after=True)
+    client = login(mailserver)
+    r = client.post("/compose", data={"csrf": csrf(client), "to": BOB, "subject": "answer lost",
+                                      "body": "once", "action": "send"})
+    assert r.status_code == 503
+    assert ("Perhaps not sent: the mail store was out of reach while it was being sent, so it may have gone. "
+            "Ask a recipient whether it came before you send it again.") in r.text
+    assert 'value="answer lost"' in r.text  # the form, as it was
+    (got,) = mailserver.messages(BOB)
+    assert b"answer lost" in got
+    assert not _tracebacks(caplog)
+
+
+def test_a_redirect_the_store_fails_while_it_is_sent_may_have_gone(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, _original())
+    _failing(monkeypatch, mailserver, "deliver", lambda _args: True, after=True)
+    client = login(mailserver)
+    r = client.post(f"/box/{inbox}/msg/{uid}/redirect", data={"csrf": csrf(client), "to": BOB})
+    assert r.status_code == 503
+    assert "Perhaps not sent: the mail store was out of reach while it was being sent, so it may have gone." in r.text
+    assert len(mailserver.messages(BOB)) == 1
 
 
 @pytest.mark.parametrize("how", ["rename fails", "record gone"])

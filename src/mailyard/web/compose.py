@@ -24,7 +24,7 @@ from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_address_list
 from ..message.reading import limit_size
 from ..message.reply import forward_subject
-from ..store.api import Mailbox, NotFound, QuotaExceeded
+from ..store.api import Mailbox, NotFound, QuotaExceeded, StoreError, StoreUnavailable
 from . import prefs, render, settings, undo
 from . import signatures as sig
 from .drafts import autosaved, named
@@ -32,6 +32,7 @@ from .pages import (
     checked_form,
     current,
     folders,
+    folders_if_any,
     message_info,
     notice_url,
     own_mailbox,
@@ -281,6 +282,13 @@ async def compose_submit(request: Request) -> Response:
                 no_room_to_wait = True
         await submit_message(web.services, account, wire, recipients, client_ip=client_ip,
                              protocol="HTTP", helo="webmail", service="web")
+    except StoreError as exc:
+        # It may have gone all the same (a commit applied, its answer lost):
+        # the form stays, saying so, and nothing sends it again.
+        (log.warning if isinstance(exc, StoreUnavailable) else log.exception)(
+            "web: a message of %s may not have gone (%s)", account.address, exc)
+        return page(request, "compose.html", status=503, draft=draft, folders=await folders_if_any(request, session),
+                    errors=[undo.perhaps_not_sent(exc)])
     except SubmissionRefused as exc:
         logs.event(log, logging.INFO, "message_rejected", proto="web", ip=client_ip, user=account.address,
                    reason="refused", detail=str(exc))
@@ -291,21 +299,19 @@ async def compose_submit(request: Request) -> Response:
             errors += await _keep_as_draft(request, session, draft, drafts, old_draft, full)
         return page(request, "compose.html", status=400, draft=draft,
                     folders=await folders(request, session), errors=errors)
-    sent = await special(request, session, "\\Sent")
-    notice = "Message sent."
-    try:
-        await store.append(sent, full, ["\\Seen"])
-    except QuotaExceeded:
-        # the message is on its way; only the sender's own copy does not fit
-        notice = "Message sent; no copy was kept in Sent: your mailbox is full (quota reached)."
+    # it went: from here on nothing may fail the request (the sender would send it again)
+    undone = await undo.file_sent(web.services, account, full, (drafts, old_draft) if old_draft is not None else None,
+                                  {"reply_to": draft.reply_to, "forward": draft.forward})
     if no_room_to_wait:
-        notice = ("Message sent at once, without the delay to undo it: your mailbox is full (quota reached)"
-                  + (", and no copy was kept in Sent." if "no copy" in notice else "."))
-    if old_draft is not None:
-        await store.expunge(drafts, [old_draft])
-    await undo.mark_original(web.services, session.account_id, {"reply_to": draft.reply_to, "forward": draft.forward})
-    inbox = await store.get_mailbox(session.account_id, "INBOX")
-    return redirect(notice_url(f"/box/{inbox.id if inbox else sent.id}", notice))
+        notice = "Message sent at once, without the delay to undo it: your mailbox is full (quota reached)"
+        notice += ", and no copy was kept in Sent." if undone == undo.SENT_FULL else (f"; {undone}." if undone else ".")
+    else:
+        notice = f"Message sent; {undone}." if undone else "Message sent."
+    try:
+        inbox = await store.get_mailbox(session.account_id, "INBOX")
+    except StoreError:
+        inbox = None
+    return redirect(notice_url(f"/box/{inbox.id}" if inbox is not None else "/", notice))
 
 
 def too_large_attachments(attach_limit: int, max_message_size: int) -> str:

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from ..message.reading import human_size, limit_size
-from ..store.api import Mailbox, NotFound
+from ..store.api import Mailbox, NotFound, Store, StoreError
 from . import prefs, render
 from . import sessionlog as records
 from . import signatures as sig
@@ -187,15 +187,30 @@ async def own_mailbox(request: Request, session: Session, box_id: Any) -> Mailbo
 
 
 async def special(request: Request, session: Session, use: str) -> Mailbox:
-    store = state(request).services.store
-    for box in await store.list_mailboxes(session.account_id):
+    """The session's mailbox of special ``use`` (``special_mailbox``)."""
+    return await special_mailbox(state(request).services.store, session.account_id, use)
+
+
+async def special_mailbox(store: Store, account_id: int, use: str) -> Mailbox:
+    """The account's mailbox of special ``use`` (RFC 6154, e.g. "\\Sent"):
+    the one marked so, else the one of that name, else a new one."""
+    for box in await store.list_mailboxes(account_id):
         if box.special_use == use:
             return box
     name = use.lstrip("\\")
-    box = await store.get_mailbox(session.account_id, name)
+    box = await store.get_mailbox(account_id, name)
     if box is None:
-        box = await store.create_mailbox(session.account_id, name, use)
+        box = await store.create_mailbox(account_id, name, use)
     return box
+
+
+async def folders_if_any(request: Request, session: Session) -> list[dict]:
+    """``folders``, or none while the store cannot say (a page that must
+    be shown all the same: what came of a send)."""
+    try:
+        return await folders(request, session)
+    except StoreError:
+        return []
 
 
 async def folders(request: Request, session: Session) -> list[dict]:

@@ -20,7 +20,8 @@ from starlette.routing import Route
 from .. import logs, metrics
 from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.resend import resend, resent_block
-from . import compose, pages
+from ..store.api import StoreError, StoreUnavailable
+from . import compose, pages, undo
 from .drafts import identity
 
 log = logging.getLogger("mailyard.web")
@@ -65,6 +66,13 @@ async def redirect_submit(request: Request) -> Response:
             try:
                 await submit_message(web.services, account, data, rcpts, reverse_path=account.address,
                                      client_ip=client_ip, protocol="HTTP", helo="webmail", service="web")
+            except StoreError as exc:
+                # it may have gone all the same (a commit applied, its answer lost): said, not retried
+                (log.warning if isinstance(exc, StoreUnavailable) else log.exception)(
+                    "web: a redirect by %s may not have gone (%s)", account.address, exc)
+                return pages.page(request, "redirect.html", status=503, box=box, uid=uid, to=to_text,
+                                  errors=[undo.perhaps_not_sent(exc)],
+                                  folders=await pages.folders_if_any(request, session), notice="")
             except SubmissionRefused as exc:
                 logs.event(log, logging.INFO, "message_rejected", proto="web", ip=client_ip,
                            user=account.address, reason="refused", detail=str(exc))

@@ -33,9 +33,11 @@ reach (``StoreUnavailable``, its database down) does depends on the phase:
   could deliver the message twice: it leaves ``<token>.failed`` saying it
   may not have gone, and the draft stays in Drafts for the user to check.
 - after the submission returned, the message is sent: a store out of
-  reach while the draft is removed, the copy kept in Sent and the original
+  reach while the copy is kept in Sent, the draft removed and the original
   flagged leaves the rest of those steps undone (the draft may stay in
-  Drafts), says so in one warning line, and never submits it again.
+  Drafts), says so in one warning line, and never submits it again
+  (``file_sent``, which a message sent at once goes through too, its page
+  naming what was left undone).
 
 The send holds an exclusive ``flock`` on its claimed record (taken on
 ``<token>.json`` before the rename, which keeps the inode and so the lock)
@@ -291,8 +293,7 @@ async def _send_claimed(services: Services, token: str, record: dict) -> None:
             (log.warning if isinstance(exc, StoreUnavailable) else log.exception)(
                 "web: a held message of %s may not have gone (%s); it is not sent again, it stays in Drafts",
                 held[0].address if held else record.get("account_id"), exc)
-            what = "was out of reach" if isinstance(exc, StoreUnavailable) else "failed"
-            failure, uncertain = f"the mail store {what} while it was being sent", True
+            failure, uncertain = store_failed_while_sending(exc), True
         except Exception:  # noqa: BLE001 - a bug during the submission: never submitted again
             log.exception("web: sending a held message failed; it is not sent again, it stays in Drafts")
             failure, uncertain = "an error on the server while it was being sent", True
@@ -388,7 +389,6 @@ async def _submit_held(services: Services, record: dict, account: Account, draft
     stays in Drafts). Raises only what ``submit_message`` raises (then it
     may have gone: module doc); once that returned, a failure to file the
     message is logged here."""
-    store = services.store
     client_ip = str(record.get("client_ip") or "127.0.0.1")
     try:
         await submit_message(services, account, without_bcc(full), list(record["recipients"]), client_ip=client_ip,
@@ -399,21 +399,64 @@ async def _submit_held(services: Services, record: dict, account: Account, draft
         metrics.count_message("web", "rejected", "refused")
         return str(exc)  # it stays in Drafts
     # sent: from here on, nothing may submit it again
-    left = "its draft stays in Drafts"
-    try:
-        await store.expunge(drafts, [uid])
-        left = "no copy was kept in Sent"
-        sent = next((b for b in await store.list_mailboxes(account.id) if b.special_use == "\\Sent"), None)
-        if sent is not None:
-            with contextlib.suppress(QuotaExceeded):
-                await store.append(sent, full, ["\\Seen"])
-        left = "the message it answers or forwards was not flagged"
-        await mark_original(services, account.id, record.get("refs") or {})
-    except StoreUnavailable as exc:
-        log.warning("web: a held message of %s was sent, but %s: %s", account.address, left, exc)
-    except Exception:  # noqa: BLE001 - a bug, but the message went: no record may say it did not
-        log.exception("web: a held message of %s was sent, but %s", account.address, left)
+    await file_sent(services, account, full, (drafts, uid), record.get("refs") or {})
     return None
+
+
+SENT_FULL = "no copy was kept in Sent: your mailbox is full (quota reached)"
+
+
+async def file_sent(services: Services, account: Account, full: bytes, draft: tuple[Mailbox, int] | None,
+                    refs: dict[str, str]) -> str | None:
+    """What follows a webmail message that went: a copy in Sent, its draft
+    out of Drafts, \\Answered or $Forwarded on the message it answers or
+    forwards (``mark_original``). It went, so nothing here raises: a page
+    saying otherwise would have the sender send it again. Returns what was
+    left undone, in words for the sender (None: nothing); a store out of
+    reach is one warning line, another failure a logged bug."""
+    store = services.store
+    left = ["no copy was kept in Sent"]
+    if draft is not None:
+        left.append("its draft stays in Drafts")
+    if any(refs.get(key) for key in ("reply_to", "forward")):
+        left.append("the message it answers or forwards is not marked so")
+    undone: str | None = None
+    try:
+        sent = await pages.special_mailbox(store, account.id, "\\Sent")
+        try:
+            await store.append(sent, full, ["\\Seen"])
+        except QuotaExceeded:
+            undone = SENT_FULL
+        left.pop(0)
+        if draft is not None:
+            await store.expunge(draft[0], [draft[1]])
+            left.pop(0)
+        await mark_original(services, account.id, refs)
+    except StoreUnavailable as exc:
+        log.warning("web: a message of %s was sent, but %s: %s", account.address, ", ".join(left), exc)
+        return f"{_and(left)}: the mail store was out of reach"
+    except Exception:  # noqa: BLE001 - a bug, but the message went: no page may say it did not
+        log.exception("web: a message of %s was sent, but %s", account.address, ", ".join(left))
+        return f"{_and(left)}: an error on the server"
+    return undone
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def perhaps_not_sent(exc: Exception) -> str:
+    """The words for a sender whose message met the store error ``exc``
+    while it was submitted: it may have gone, so it is not sent again."""
+    return (f"Perhaps not sent: {store_failed_while_sending(exc)}, so it may have gone. "
+            "Ask a recipient whether it came before you send it again.")
+
+
+def store_failed_while_sending(exc: Exception) -> str:
+    """Why a submission that failed with ``exc`` (a store error) may have
+    gone all the same (module doc), in words for the sender."""
+    what = "was out of reach" if isinstance(exc, StoreUnavailable) else "failed"
+    return f"the mail store {what} while it was being sent"
 
 
 async def mark_original(services: Services, account_id: int, refs: dict[str, str]) -> None:
