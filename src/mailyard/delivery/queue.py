@@ -378,6 +378,7 @@ class OutboundQueue:
         queued whole or not at all, so a client that retries after an error
         does not deliver the local copies twice. ``fields``: header fields of
         one account's local copy (delivery/local.py)."""
+        assert recipients or not forwarded_to, "forwarded_to goes beside named recipients"
         # the creation time the log's queue name needs is chosen here, not
         # read back after the commit: nothing after the commit may fail (the
         # SMTP glue would answer 451 for a message already queued, and the
