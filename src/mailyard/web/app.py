@@ -133,8 +133,7 @@ async def home(request: Request) -> Response:
     inbox = await state(request).services.store.get_mailbox(session.account_id, "INBOX")
     if inbox is None:
         raise HTTPException(404)
-    notice = request.query_params.get("notice")  # what a page sent here has to say
-    return redirect(notice_url(f"/box/{inbox.id}", notice) if notice else f"/box/{inbox.id}")
+    return redirect(f"/box/{inbox.id}")
 
 
 async def mailbox_view(request: Request) -> Response:

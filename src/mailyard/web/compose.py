@@ -10,6 +10,7 @@ a browser cannot refill file inputs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -280,15 +281,19 @@ async def compose_submit(request: Request) -> Response:
                 return redirect(f"/compose/pending/{token}")
             except QuotaExceeded:
                 no_room_to_wait = True
-        await submit_message(web.services, account, wire, recipients, client_ip=client_ip,
-                             protocol="HTTP", helo="webmail", service="web")
-    except StoreError as exc:
-        # It may have gone all the same (a commit applied, its answer lost):
-        # the form stays, saying so, and nothing sends it again.
-        (log.warning if isinstance(exc, StoreUnavailable) else log.exception)(
-            "web: a message of %s may not have gone (%s)", account.address, exc)
-        return page(request, "compose.html", status=503, draft=draft, folders=await folders_if_any(request, session),
-                    errors=[undo.perhaps_not_sent(exc)])
+        try:
+            await submit_message(web.services, account, wire, recipients, client_ip=client_ip,
+                                 protocol="HTTP", helo="webmail", service="web")
+        except StoreError as exc:
+            # It may have gone all the same (a commit applied, its answer
+            # lost): the form stays, saying so, and nothing sends it again.
+            (log.warning if isinstance(exc, StoreUnavailable) else log.exception)(
+                "web: a message of %s may not have gone (%s)", account.address, exc)
+            errors = [undo.perhaps_not_sent(exc)]
+            if any(isinstance(u, UploadFile) and u.filename for u in form.getlist("attachment")):
+                errors.append("The chosen files were not kept; choose them again.")
+            return page(request, "compose.html", status=503, draft=draft,
+                        folders=await folders_if_any(request, session), errors=errors)
     except SubmissionRefused as exc:
         logs.event(log, logging.INFO, "message_rejected", proto="web", ip=client_ip, user=account.address,
                    reason="refused", detail=str(exc))
@@ -300,18 +305,24 @@ async def compose_submit(request: Request) -> Response:
         return page(request, "compose.html", status=400, draft=draft,
                     folders=await folders(request, session), errors=errors)
     # it went: from here on nothing may fail the request (the sender would send it again)
-    undone = await undo.file_sent(web.services, account, full, (drafts, old_draft) if old_draft is not None else None,
-                                  {"reply_to": draft.reply_to, "forward": draft.forward})
+    filed = await undo.file_sent(web.services, account, full,
+                                 (drafts, old_draft) if old_draft is not None else None,
+                                 {"reply_to": draft.reply_to, "forward": draft.forward})
+    undone = filed.undone
     if no_room_to_wait:
         notice = "Message sent at once, without the delay to undo it: your mailbox is full (quota reached)"
         notice += ", and no copy was kept in Sent." if undone == undo.SENT_FULL else (f"; {undone}." if undone else ".")
     else:
         notice = f"Message sent; {undone}." if undone else "Message sent."
-    try:
-        inbox = await store.get_mailbox(session.account_id, "INBOX")
-    except StoreError:
-        inbox = None
-    return redirect(notice_url(f"/box/{inbox.id}" if inbox is not None else "/", notice))
+    inbox = None
+    if not filed.store_down:
+        with contextlib.suppress(StoreError):
+            inbox = await store.get_mailbox(session.account_id, "INBOX")
+    if inbox is None:
+        # the store is out of reach: the inbox's page could not be shown,
+        # and a "try again" in its place would have the sender send it again
+        return page(request, "sent.html", folders=[], detail=notice)
+    return redirect(notice_url(f"/box/{inbox.id}", notice))
 
 
 def too_large_attachments(attach_limit: int, max_message_size: int) -> str:

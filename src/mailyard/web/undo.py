@@ -68,7 +68,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -399,34 +399,43 @@ async def _submit_held(services: Services, record: dict, account: Account, draft
         metrics.count_message("web", "rejected", "refused")
         return str(exc)  # it stays in Drafts
     # sent: from here on, nothing may submit it again
-    await file_sent(services, account, full, (drafts, uid), record.get("refs") or {})
+    refs = record.get("refs")
+    await file_sent(services, account, full, (drafts, uid), refs if isinstance(refs, dict) else {})
     return None
 
 
 SENT_FULL = "no copy was kept in Sent: your mailbox is full (quota reached)"
 
 
+class Filed(NamedTuple):
+    """What came of ``file_sent``."""
+
+    undone: str | None  # what was left undone, in words for the sender (None: nothing)
+    store_down: bool  # the store was out of reach: the next page could not read it either
+
+
 async def file_sent(services: Services, account: Account, full: bytes, draft: tuple[Mailbox, int] | None,
-                    refs: dict[str, str]) -> str | None:
+                    refs: dict[str, str]) -> Filed:
     """What follows a webmail message that went: a copy in Sent, its draft
     out of Drafts, \\Answered or $Forwarded on the message it answers or
     forwards (``mark_original``). It went, so nothing here raises: a page
-    saying otherwise would have the sender send it again. Returns what was
-    left undone, in words for the sender (None: nothing); a store out of
-    reach is one warning line, another failure a logged bug."""
+    saying otherwise would have the sender send it again. A store out of
+    reach is one warning line, another failure a logged bug; the steps
+    after a failure are not tried, and the words say each step left undone
+    as maybe (a write's answer may be lost after it was applied)."""
     store = services.store
-    left = ["no copy was kept in Sent"]
-    if draft is not None:
-        left.append("its draft stays in Drafts")
-    if any(refs.get(key) for key in ("reply_to", "forward")):
-        left.append("the message it answers or forwards is not marked so")
-    undone: str | None = None
+    done: list[str] = []  # what is known (a Sent copy over quota)
+    left = ["the copy in Sent may be missing"]
     try:
+        if draft is not None:
+            left.append("its draft may still be in Drafts")
+        if any(refs.get(key) for key in ("reply_to", "forward")):
+            left.append("the message it answers or forwards may not be marked so")
         sent = await pages.special_mailbox(store, account.id, "\\Sent")
         try:
             await store.append(sent, full, ["\\Seen"])
         except QuotaExceeded:
-            undone = SENT_FULL
+            done.append(SENT_FULL)
         left.pop(0)
         if draft is not None:
             await store.expunge(draft[0], [draft[1]])
@@ -434,11 +443,11 @@ async def file_sent(services: Services, account: Account, full: bytes, draft: tu
         await mark_original(services, account.id, refs)
     except StoreUnavailable as exc:
         log.warning("web: a message of %s was sent, but %s: %s", account.address, ", ".join(left), exc)
-        return f"{_and(left)}: the mail store was out of reach"
+        return Filed("; ".join([*done, f"{_and(left)}: the mail store was out of reach"]), True)
     except Exception:  # noqa: BLE001 - a bug, but the message went: no page may say it did not
         log.exception("web: a message of %s was sent, but %s", account.address, ", ".join(left))
-        return f"{_and(left)}: an error on the server"
-    return undone
+        return Filed("; ".join([*done, f"{_and(left)}: an error on the server"]), False)
+    return Filed("; ".join(done) or None, False)
 
 
 def _and(items: list[str]) -> str:
