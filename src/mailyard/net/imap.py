@@ -39,6 +39,7 @@ from ..protocols.imap.backend import (
 from ..protocols.imap.commands import Command
 from ..protocols.imap.engine import ImapEngine
 from ..protocols.imap.framing import Limits
+from ..protocols.imap.handlers import HANDLERS
 from ..protocols.imap.session import FLUSH_AT, ImapConfig, ImapSession
 from ..store.api import Account, StoreError, StoreUnavailable
 from .budgets import abuse_budgets
@@ -205,7 +206,7 @@ class ImapConnection(SessionProtocol):
         super().__init__(listener)
         self.services = services
         limits = services.config.limits
-        self.imap = ImapSession(self, ImapLoginService(services, self), *_settings(services))
+        self.imap = ImapSession(self, ImapLoginService(services, self), HANDLERS, *_settings(services))
         self.idle_timeout = limits.imap_idle_timeout
         self._waiter: asyncio.Future[None] | None = None  # a step waiting for input (IDLE, AUTHENTICATE)
         self._deflate: Any = None  # zlib compressobj once COMPRESS DEFLATE is active

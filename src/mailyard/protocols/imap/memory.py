@@ -53,6 +53,7 @@ from .backend import (
     SaslChallenge,
 )
 from .framing import Limits
+from .handlers import HANDLERS
 from .names import DELIMITER, name_problem
 from .session import ImapConfig, ImapSession
 
@@ -745,7 +746,7 @@ class Conversation:
         self.computed = 0
         self.paused = 0
         self.login = MemoryLogin(store, plaintext, lambda: self.tls_active)
-        self.session = ImapSession(self, self.login, limits, config)
+        self.session = ImapSession(self, self.login, HANDLERS, limits, config)
         self._out = bytearray()
         self._step: Any = None  # a command's coroutine, suspended on a _Wait
         self.session.greeting()

@@ -1,13 +1,13 @@
 """One IMAP session's semantics, sans-I/O: what each command means and which
 responses it causes (RFC 9051, RFC 3501 and the extensions in
-handlers/auth.py's EXTENSIONS).
+``EXTENSIONS``).
 
 The engine (engine.py) frames and parses; `ImapSession.execute` answers one
 parsed command against the interfaces of backend.py -- `ImapBackend` (the
 account's mailboxes), `ImapLogin` (credential checks) and `ImapIO` (flush,
 waits, STARTTLS) -- and queues the responses on the engine, for the I/O side
 to send. The command handlers live in handlers/, one module per group, and
-are found through `handlers.HANDLERS`.
+are given to the session (`handlers.HANDLERS`) by whoever makes it.
 
 Why coroutines: backend calls may wait (a durable commit), and a big FETCH
 must stop while the client is behind (`ImapIO.flush`). The layer awaits
@@ -28,8 +28,9 @@ numbers never shift under the client.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..contract import AbuseBudgets, Closed
 from . import commands as c
@@ -44,14 +45,28 @@ from .backend import (
 )
 from .engine import IdleDone, ImapEngine, State
 from .framing import Limits
-from .handlers import HANDLERS
-from .handlers.auth import capabilities
 from .selected import KeptCaches, SelectedMailbox
 
 log = logging.getLogger("mailyard.imap")
 
 # Queued output past this size is written out inside a command, so a big FETCH streams.
 FLUSH_AT = 64 * 1024
+
+# One command's handler (handlers/): it queues the command's responses on
+# the session's engine.
+Handler = Callable[["ImapSession", Any], Awaitable[None]]
+
+EXTENSIONS = (
+    "LITERAL+", "ENABLE", "IDLE", "ID", "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE",
+    "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE",
+    "ESEARCH", "SEARCHRES", "WITHIN", "CONDSTORE", "QRESYNC", "BINARY", "MULTIAPPEND",
+    "UTF8=ACCEPT", "STATUS=SIZE", "COMPRESS=DEFLATE", "OBJECTID", "PREVIEW", "CATENATE",
+    "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
+    # RFC 5267 section 4 (live results), RFC 9394 (PARTIAL results and UID FETCH)
+    "CONTEXT=SEARCH", "CONTEXT=SORT", "PARTIAL",
+    # RFC 9208 (no QUOTASET: only the operator sets limits), RFC 8514
+    "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", "SAVEDATE",
+)
 
 
 @dataclass(frozen=True)
@@ -78,11 +93,15 @@ class ImapSession:
     """One connection's IMAP state: the engine, the logged-in account's
     backend, the selected mailbox."""
 
-    __slots__ = ("_running", "_sel", "_unwatch", "backend", "closed", "config", "engine", "io", "login", "notes")
+    __slots__ = ("_running", "_sel", "_unwatch", "backend", "closed", "config", "engine", "handlers", "io", "login",
+                 "notes")
 
-    def __init__(self, io: ImapIO, login: ImapLogin, limits: Limits | None = None,
+    def __init__(self, io: ImapIO, login: ImapLogin, handlers: Mapping[str, Handler], limits: Limits | None = None,
                  config: ImapConfig | None = None) -> None:
+        """``handlers``: what each command does (handlers.HANDLERS, the
+        glue's half of the engine's state table)."""
         self.config = config = config or ImapConfig()
+        self.handlers = handlers
         self.engine = ImapEngine(limits, config.budgets)
         self.io = io
         self.login = login
@@ -110,7 +129,26 @@ class ImapSession:
     # --- connection life ----------------------------------------------------
     def greeting(self) -> None:
         """``* OK [CAPABILITY ...]`` (RFC 9051 7.1.1)."""
-        self.engine.greeting("mailyard IMAP4rev2 server ready", code="CAPABILITY " + " ".join(capabilities(self)))
+        self.engine.greeting("mailyard IMAP4rev2 server ready", code="CAPABILITY " + " ".join(self.capabilities()))
+
+    def capabilities(self, logged_in: bool = False) -> list[str]:
+        """The CAPABILITY list in the session's current state (RFC 9051 7.2.2),
+        or as it is once the login in progress completes."""
+        caps = ["IMAP4rev1", "IMAP4rev2", *EXTENSIONS, f"APPENDLIMIT={self.engine.framer.limits.max_append}"]
+        authenticated = logged_in or self.engine.state is not State.NOT_AUTHENTICATED
+        if authenticated and self.config.unauthenticate:
+            caps.append("UNAUTHENTICATE")  # RFC 8437 3: servers MAY advertise it only after login
+        if not authenticated:
+            if not self.io.tls_active and self.io.can_start_tls:
+                caps.append("STARTTLS")  # RFC 9051 6.2.1
+            caps.append("SASL-IR")  # RFC 4959
+            clear = self.login.plaintext_ok()
+            caps += [f"AUTH={m}" for m, plain in self.login.sasl_mechanisms.items() if clear or not plain]
+            if not clear:
+                # RFC 9051 6.2.3: LOGIN refused until TLS; the clear-text mechanisms
+                # are not offered either (as Dovecot does) and get [PRIVACYREQUIRED].
+                caps.append("LOGINDISABLED")
+        return caps
 
     def logged_in(self, backend: ImapBackend) -> None:
         """LOGIN or AUTHENTICATE succeeded: serve this account from now on."""
@@ -214,7 +252,7 @@ class ImapSession:
         try:
             if self.backend is not None and not await self.references_current():
                 return
-            await HANDLERS[cmd.name](self, cmd)
+            await self.handlers[cmd.name](self, cmd)
         except MailboxGone as exc:
             sel = self.sel
             if sel is not None and exc.mailbox_id == sel.mailbox.id:

@@ -16,15 +16,12 @@ says in which states a command is valid; this says what it does).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import auth, mailboxes, messages, quota, searching, selection
 
 if TYPE_CHECKING:
-    from ..session import ImapSession
-
-Handler = Callable[["ImapSession", Any], Awaitable[None]]
+    from ..session import Handler
 
 HANDLERS: dict[str, Handler] = {
     "CAPABILITY": auth.cmd_capability,

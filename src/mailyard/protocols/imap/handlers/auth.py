@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .. import commands as c
 from ..backend import LoginRefused, SaslChallenge
-from ..engine import AuthResponse, State
+from ..engine import AuthResponse
 from ..response import Atom
 
 if TYPE_CHECKING:
@@ -31,41 +31,10 @@ ENABLEABLE = ("IMAP4REV2", "CONDSTORE", "QRESYNC", "UTF8=ACCEPT")
 ENABLED_NAMES = {"IMAP4REV2": "IMAP4rev2", "CONDSTORE": "CONDSTORE", "QRESYNC": "QRESYNC",
                  "UTF8=ACCEPT": "UTF8=ACCEPT"}
 
-EXTENSIONS = (
-    "LITERAL+", "ENABLE", "IDLE", "ID", "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE",
-    "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE",
-    "ESEARCH", "SEARCHRES", "WITHIN", "CONDSTORE", "QRESYNC", "BINARY", "MULTIAPPEND",
-    "UTF8=ACCEPT", "STATUS=SIZE", "COMPRESS=DEFLATE", "OBJECTID", "PREVIEW", "CATENATE",
-    "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
-    # RFC 5267 section 4 (live results), RFC 9394 (PARTIAL results and UID FETCH)
-    "CONTEXT=SEARCH", "CONTEXT=SORT", "PARTIAL",
-    # RFC 9208 (no QUOTASET: only the operator sets limits), RFC 8514
-    "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", "SAVEDATE",
-)
-
-
-def capabilities(s: ImapSession, logged_in: bool = False) -> list[str]:
-    """The CAPABILITY list in the session's current state (RFC 9051 7.2.2),
-    or as it is once the login in progress completes."""
-    caps = ["IMAP4rev1", "IMAP4rev2", *EXTENSIONS, f"APPENDLIMIT={s.engine.framer.limits.max_append}"]
-    authenticated = logged_in or s.engine.state is not State.NOT_AUTHENTICATED
-    if authenticated and s.config.unauthenticate:
-        caps.append("UNAUTHENTICATE")  # RFC 8437 3: servers MAY advertise it only after login
-    if not authenticated:
-        if not s.io.tls_active and s.io.can_start_tls:
-            caps.append("STARTTLS")  # RFC 9051 6.2.1
-        caps.append("SASL-IR")  # RFC 4959
-        clear = s.login.plaintext_ok()
-        caps += [f"AUTH={m}" for m, plain in s.login.sasl_mechanisms.items() if clear or not plain]
-        if not clear:
-            # RFC 9051 6.2.3: LOGIN refused until TLS; the clear-text mechanisms
-            # are not offered either (as Dovecot does) and get [PRIVACYREQUIRED].
-            caps.append("LOGINDISABLED")
-    return caps
 
 
 async def cmd_capability(s: ImapSession, cmd: c.Command) -> None:
-    s.engine.untagged(Atom("CAPABILITY"), *[Atom(x) for x in capabilities(s)])
+    s.engine.untagged(Atom("CAPABILITY"), *[Atom(x) for x in s.capabilities()])
     await s.finish("OK", "CAPABILITY completed")
 
 
@@ -155,7 +124,7 @@ TRY_LATER = ("Too many failed logins, try again later", "UNAVAILABLE")
 def _login_done(s: ImapSession, result: ImapBackend | LoginRefused) -> None:
     if not isinstance(result, LoginRefused):
         s.logged_in(result)
-        s.engine.complete("OK", "Logged in", "CAPABILITY " + " ".join(capabilities(s, logged_in=True)))
+        s.engine.complete("OK", "Logged in", "CAPABILITY " + " ".join(s.capabilities(logged_in=True)))
         return
     s.engine.complete("NO", *(TRY_LATER if result.kind == "temporary" else INVALID))  # counted by the engine
 
