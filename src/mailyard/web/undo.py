@@ -50,7 +50,9 @@ have gone, its draft in Drafts for the user to check. A send refused when
 its time came (a recipient's mailbox full, a limit reached, its draft gone
 from Drafts), or that failed on an error of the server, leaves
 ``<token>.failed`` with the reason (and whether it may have gone), which the
-pending page shows, with a link to the draft while there is one; such records older than
+pending page shows, with a link to the draft while there is one. A send
+that went but left a step undone (``file_sent``) leaves ``<token>.sent``
+naming it, for the page's "Message sent". Such records older than
 FAILED_KEPT seconds are removed at the next start.
 
 Before the wait, the recipients are resolved and the sender rule checked,
@@ -89,7 +91,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailyard.web")
 
-FAILED_KEPT = 7 * 86400  # seconds a refused send's record is kept for its page
+FAILED_KEPT = 7 * 86400  # seconds a refused send's record (or a sent one's note) is kept for its page
 RETRY_AFTER = 45.0  # seconds before a send the store could not take is tried again
 _TOKEN_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
@@ -285,7 +287,7 @@ async def _send_claimed(services: Services, token: str, record: dict) -> None:
                 log.info("web: a held message is not sent: its draft is no longer in Drafts")
                 failure = "the draft was no longer in Drafts"
             else:
-                failure = await _submit_held(services, record, *held)
+                failure = await _submit_held(services, token, record, *held)
         except StoreError as exc:
             # the commit may have been applied with its answer lost: never
             # submitted again (module doc); a store out of reach is one line,
@@ -383,7 +385,7 @@ async def _read_held(services: Services, record: dict) -> tuple[Account, Mailbox
         return None  # deleted from Drafts meanwhile (by another client): not sent
 
 
-async def _submit_held(services: Services, record: dict, account: Account, drafts: Mailbox, uid: int,
+async def _submit_held(services: Services, token: str, record: dict, account: Account, drafts: Mailbox, uid: int,
                        full: bytes) -> str | None:
     """Send the held draft; None when it went, else why it was refused (it
     stays in Drafts). Raises only what ``submit_message`` raises (then it
@@ -400,7 +402,15 @@ async def _submit_held(services: Services, record: dict, account: Account, draft
         return str(exc)  # it stays in Drafts
     # sent: from here on, nothing may submit it again
     refs = record.get("refs")
-    await file_sent(services, account, full, (drafts, uid), refs if isinstance(refs, dict) else {})
+    filed = await file_sent(services, account, full, (drafts, uid), refs if isinstance(refs, dict) else {})
+    if filed.undone is not None:
+        # for the pending page, before the claim goes: "sent", and what is left undone
+        note = json.dumps({"account_id": account.id, "undone": filed.undone}).encode()
+        try:
+            await asyncio.to_thread(_write_durably, _record_path(services, token, ".sent"),
+                                    note)
+        except OSError as exc:
+            log.warning("web: what a sent message left undone could not be recorded for its page (%s)", exc)
     return None
 
 
@@ -500,7 +510,7 @@ def resume(services: Services) -> int:
     for path in folder.iterdir():
         if not _is_token(path.stem):
             continue  # not a record (a temporary file, something put there by hand)
-        if path.suffix == ".failed":
+        if path.suffix in (".failed", ".sent"):
             with contextlib.suppress(OSError):
                 if path.stat().st_mtime < now - FAILED_KEPT:
                     path.unlink()
@@ -571,6 +581,18 @@ def _own_failure(request: Request, token: str) -> dict | None:
             "draft": f"{int(record.get('mailbox_id') or 0)}:{int(uid)}" if uid is not None else None}
 
 
+def _own_sent_note(request: Request, token: str) -> str | None:
+    """What this session's send of ``token``, which went, left undone (a
+    copy in Sent, its draft out of Drafts: ``file_sent``), or None."""
+    try:
+        record = json.loads(_record_path(pages.state(request).services, token, ".sent").read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("account_id") != pages.current(request).account_id:
+        return None
+    return str(record.get("undone") or "") or None
+
+
 async def _inbox_url(request: Request) -> str:
     session = pages.current(request)
     inbox = await pages.state(request).services.store.get_mailbox(session.account_id, "INBOX")
@@ -595,7 +617,9 @@ async def pending_page(request: Request) -> Response:
             # between the two reads above is found now, never taken for sent
             session, record = await _own_record(request, token)
         except HTTPException:
-            return pages.redirect(pages.notice_url(await _inbox_url(request), "Message sent."))
+            undone = _own_sent_note(request, token)
+            return pages.redirect(pages.notice_url(await _inbox_url(request),
+                                                   f"Message sent; {undone}." if undone else "Message sent."))
     left = max(0, round(float(record["due"]) - time.time()))
     return pages.page(request, "pending.html", token=token, left=left, failed=None,
                       folders=await pages.folders(request, session), notice=request.query_params.get("notice", ""))
