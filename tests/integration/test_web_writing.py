@@ -862,6 +862,32 @@ def _stuck_in(monkeypatch: pytest.MonkeyPatch, server: RunningServer, method: st
     return reached, release
 
 
+def test_a_claim_left_by_a_stop_after_the_send_went_is_not_called_maybe_sent(mailserver: RunningServer) -> None:
+    """A stop after the send went and noted what it left undone, before its
+    claim was removed: at the next start the page says sent, with the note."""
+    import json
+
+    import mailyard.web.undo as undo
+
+    assert mailserver.server is not None and mailserver.server.services is not None
+    services = mailserver.server.services
+    account_id = mailserver.call(mailserver.store.get_account(ALICE)).id
+    token = "T" * 24
+    folder = undo.outbox(services)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (folder / f"{token}.sending").write_text(json.dumps({"account_id": account_id}))
+    (folder / f"{token}.sent").write_text(json.dumps({"account_id": account_id,
+                                                      "undone": "its draft may still be in Drafts"}))
+
+    async def resume() -> int:
+        return undo.resume(services)
+
+    mailserver.call(resume())
+    assert _outbox(mailserver) == [".sent"]
+    page = login(mailserver).get(f"/compose/pending/{token}", follow_redirects=True)
+    assert "Message sent; its draft may still be in Drafts." in page.text
+
+
 def test_a_held_send_the_server_stops_while_it_is_submitted_says_it_may_not_have_gone(
         make_server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
     """The server stops during ``submit_message`` (the stop cancels the

@@ -538,6 +538,12 @@ def _left_over(services: Services, path: Path) -> None:
     if lock is None:
         return
     try:
+        if _record_path(services, path.stem, ".sent").exists():
+            # it went (the note of what it left undone is written after the
+            # submission): the claim only outlived a stop
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return
         try:
             record = json.loads(path.read_bytes())
         except (OSError, ValueError):
