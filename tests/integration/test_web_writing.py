@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from email import message_from_bytes
 from email.policy import default as default_policy
+from urllib.parse import unquote
 
 import pytest
 
@@ -227,6 +228,76 @@ def test_display_name_of_the_identity_in_from(mailserver: RunningServer) -> None
     r = client.post("/compose", data={"csrf": token, "from": "Al <alice@example.test>", "to": BOB,
                                       "subject": "three", "body": "x", "action": "send"})
     assert b"\r\nFrom: Al <alice@example.test>\r\n" in mailserver.messages(BOB)[-1]
+
+
+# --- one send per form (web/sendonce.py) ------------------------------------------
+SENT_ALREADY = "This message was sent already (or is being sent): it was not sent again."
+
+
+def test_a_compose_form_sends_once(mailserver: RunningServer) -> None:
+    """The same form posted twice (a double click on Send, a reload of the
+    answer) sends one message; a new form sends again."""
+    client = login(mailserver)
+    fields = _form_fields(client.get("/compose").text)
+    assert len(fields["send_id"]) >= 16
+    data = {**fields, "to": BOB, "subject": "once only", "body": "hello", "action": "send"}
+    assert client.post("/compose", data=data).status_code == 303
+    again = client.post("/compose", data=data)
+    assert again.status_code == 200 and SENT_ALREADY in again.text
+    assert [m for m in mailserver.messages(BOB) if b"once only" in m] != [] and len(mailserver.messages(BOB)) == 1
+    other = _form_fields(client.get("/compose").text)
+    assert other["send_id"] != fields["send_id"]
+    r = client.post("/compose", data={**other, "to": BOB, "subject": "a second one", "body": "x", "action": "send"})
+    assert r.status_code == 303 and len(mailserver.messages(BOB)) == 2
+    # another user's form with the same id is another form
+    bob = login(mailserver, BOB)
+    r = bob.post("/compose", data={**_form_fields(bob.get("/compose").text), "send_id": fields["send_id"],
+                                   "to": ALICE, "subject": "from bob", "body": "x", "action": "send"})
+    assert r.status_code == 303 and len(mailserver.messages(ALICE)) == 1
+
+
+def test_a_delayed_send_from_one_form_is_held_once_and_may_go_again_once_undone(mailserver: RunningServer) -> None:
+    _set_delay(mailserver, ALICE, 30)
+    client = login(mailserver)
+    fields = _form_fields(client.get("/compose").text)
+    data = {**fields, "to": BOB, "subject": "held once", "body": "hello", "action": "send"}
+    first = client.post("/compose", data=data)
+    assert first.status_code == 303 and first.headers["location"].startswith("/compose/pending/")
+    again = client.post("/compose", data=data)
+    assert again.status_code == 200 and SENT_ALREADY in again.text
+    assert len([m for m in mailserver.messages(ALICE, "Drafts") if b"held once" in m]) == 1
+    r = client.post(first.headers["location"] + "/undo", data={"csrf": csrf(client)})
+    assert r.status_code == 303 and "Sending undone" in unquote(r.headers["location"]).replace("+", " ")
+    # undone, nothing went: the same form (the browser's Back) may send it again
+    later = client.post("/compose", data=data)
+    assert later.status_code == 303 and later.headers["location"].startswith("/compose/pending/")
+    assert later.headers["location"] != first.headers["location"]
+
+
+def test_a_refused_send_can_be_corrected_and_sent_from_the_same_form(mailserver: RunningServer) -> None:
+    client = login(mailserver)
+    fields = _form_fields(client.get("/compose").text)
+    r = client.post("/compose", data={**fields, "to": "nobody-at-all@example.test", "subject": "corrected",
+                                      "body": "x", "action": "send"})
+    assert r.status_code == 400 and "Not sent: no such recipient" in r.text, r.text
+    refused = _form_fields(r.text)
+    assert refused["send_id"] == fields["send_id"]
+    r = client.post("/compose", data={**refused, "to": BOB, "action": "send"})
+    assert r.status_code == 303, r.text
+    assert len(mailserver.messages(BOB)) == 1
+
+
+def test_a_redirect_form_sends_once(mailserver: RunningServer) -> None:
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, _original())
+    client = login(mailserver)
+    form = client.get(f"/box/{inbox}/msg/{uid}/redirect").text
+    (send_id,) = re.findall(r'name="send_id" value="([^"]+)"', form)
+    data = {"csrf": csrf(client), "to": BOB, "send_id": send_id}
+    assert client.post(f"/box/{inbox}/msg/{uid}/redirect", data=data).status_code == 303
+    again = client.post(f"/box/{inbox}/msg/{uid}/redirect", data=data)
+    assert again.status_code == 200 and "redirected already" in again.text
+    assert len(mailserver.messages(BOB)) == 1
 
 
 def test_a_draft_opens_in_the_editor(mailserver: RunningServer) -> None:

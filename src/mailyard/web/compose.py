@@ -26,7 +26,7 @@ from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_a
 from ..message.reading import limit_size
 from ..message.reply import forward_subject
 from ..store.api import Mailbox, NotFound, QuotaExceeded, StoreError, StoreUnavailable
-from . import prefs, render, settings, undo
+from . import prefs, render, sendonce, settings, undo
 from . import signatures as sig
 from .drafts import autosaved, named
 from .pages import (
@@ -67,6 +67,7 @@ class Draft:
     kept: list = field(default_factory=list)  # attachments of a resumed draft
     mode: str = ""  # what the page is: "reply", "replyall", "forward", "draft" or "" (new)
     forward_mode: str = "attached"  # a forward carries the original "attached" or "inline"
+    send_id: str = field(default_factory=sendonce.new_id)  # this form's one send (sendonce.py)
 
 
 async def compose_view(request: Request) -> Response:
@@ -171,6 +172,7 @@ async def compose_submit(request: Request) -> Response:
     draft.sender = str(form.get("from") or "")
     draft.mode = str(form.get("mode") or "")[:10]
     draft.forward_mode = "inline" if form.get("forward_mode") == "inline" else "attached"
+    draft.send_id = str(form.get("send_id") or "")[:64]
     errors: list[str] = []
     # Any address may be typed; sending checks it is the user's own
     # (policy/submission.py, the same rule as the submission ports).
@@ -270,40 +272,55 @@ async def compose_submit(request: Request) -> Response:
     client_ip = request.client.host if request.client else "127.0.0.1"
     delay = prefs.current().send_delay
     no_room_to_wait = False
+    # one send per form (web/sendonce.py): a double click or a reload sends nothing more
+    if not web.sends.take(account.id, draft.send_id):
+        return page(request, "sent.html", folders=await folders_if_any(request, session),
+                    detail="This message was sent already (or is being sent): it was not sent again.")
+    went = False
     try:
-        if delay:
-            # undo send: held as a draft for ``delay`` seconds (web/undo.py);
-            # with no room in Drafts to wait in, sent at once instead (and said so)
-            try:
-                token, _uid = await undo.hold(web.services, account, full, recipients, drafts, old_draft,
-                                              {"reply_to": draft.reply_to, "forward": draft.forward}, delay,
-                                              client_ip)
-                return redirect(f"/compose/pending/{token}")
-            except QuotaExceeded:
-                no_room_to_wait = True
         try:
-            await submit_message(web.services, account, wire, recipients, client_ip=client_ip,
-                                 protocol="HTTP", helo="webmail", service="web")
-        except StoreError as exc:
-            # It may have gone all the same (a commit applied, its answer
-            # lost): the form stays, saying so, and nothing sends it again.
-            (log.warning if isinstance(exc, StoreUnavailable) else log.exception)(
-                "web: a message of %s may not have gone (%s)", account.address, exc)
-            errors = [undo.perhaps_not_sent(exc)]
-            if any(isinstance(u, UploadFile) and u.filename for u in form.getlist("attachment")):
-                errors.append("The chosen files were not kept; choose them again.")
-            return page(request, "compose.html", status=503, draft=draft,
-                        folders=await folders_if_any(request, session), errors=errors)
-    except SubmissionRefused as exc:
-        logs.event(log, logging.INFO, "message_rejected", proto="web", ip=client_ip, user=account.address,
-                   reason="refused", detail=str(exc))
-        metrics.count_message("web", "rejected", "refused")
-        errors = [f"Not sent: {exc}"]
-        if form.getlist("attachment") and any(
-                isinstance(u, UploadFile) and u.filename for u in form.getlist("attachment")):
-            errors += await _keep_as_draft(request, session, draft, drafts, old_draft, full)
-        return page(request, "compose.html", status=400, draft=draft,
-                    folders=await folders(request, session), errors=errors)
+            if delay:
+                # undo send: held as a draft for ``delay`` seconds (web/undo.py);
+                # with no room in Drafts to wait in, sent at once instead (and said so)
+                try:
+                    refs = {"reply_to": draft.reply_to, "forward": draft.forward, "send_id": draft.send_id}
+                    token, _uid = await undo.hold(web.services, account, full, recipients, drafts, old_draft,
+                                                  refs, delay, client_ip)
+                    went = True
+                    return redirect(f"/compose/pending/{token}")
+                except QuotaExceeded:
+                    no_room_to_wait = True
+            went = True  # from here on it may go: the form's id stays taken
+            try:
+                await submit_message(web.services, account, wire, recipients, client_ip=client_ip,
+                                     protocol="HTTP", helo="webmail", service="web")
+            except SubmissionRefused:
+                went = False  # refused before anything was stored
+                raise
+            except StoreError as exc:
+                # It may have gone all the same (a commit applied, its answer
+                # lost): the form stays, saying so, and nothing sends it again.
+                (log.warning if isinstance(exc, StoreUnavailable) else log.exception)(
+                    "web: a message of %s may not have gone (%s)", account.address, exc)
+                errors = [undo.perhaps_not_sent(exc)]
+                if any(isinstance(u, UploadFile) and u.filename for u in form.getlist("attachment")):
+                    errors.append("The chosen files were not kept; choose them again.")
+                draft.send_id = sendonce.new_id()  # a deliberate second send, from this form, is the user's
+                return page(request, "compose.html", status=503, draft=draft,
+                            folders=await folders_if_any(request, session), errors=errors)
+        except SubmissionRefused as exc:
+            logs.event(log, logging.INFO, "message_rejected", proto="web", ip=client_ip, user=account.address,
+                       reason="refused", detail=str(exc))
+            metrics.count_message("web", "rejected", "refused")
+            errors = [f"Not sent: {exc}"]
+            if form.getlist("attachment") and any(
+                    isinstance(u, UploadFile) and u.filename for u in form.getlist("attachment")):
+                errors += await _keep_as_draft(request, session, draft, drafts, old_draft, full)
+            return page(request, "compose.html", status=400, draft=draft,
+                        folders=await folders(request, session), errors=errors)
+    finally:
+        if not went:
+            web.sends.give_back(account.id, draft.send_id)
     # it went: from here on nothing may fail the request (the sender would send it again)
     filed = await undo.file_sent(web.services, account, full,
                                  (drafts, old_draft) if old_draft is not None else None,

@@ -32,6 +32,7 @@ from . import signatures as sig
 from .listing import Listing
 from .recent import RecentChanges
 from .security import Session, Sessions, same_origin, token_ok
+from .sendonce import SendOnce
 from .worker import RenderPool
 
 if TYPE_CHECKING:
@@ -91,6 +92,8 @@ class WebState:
     conversations: Any = None
     # what changed lately, replayed when a page's event stream opens (recent.py)
     recent: RecentChanges = field(default_factory=RecentChanges)
+    # the forms that sent lately: one send per form (sendonce.py)
+    sends: SendOnce = field(default_factory=SendOnce)
 
 
 def _env() -> jinja2.Environment:

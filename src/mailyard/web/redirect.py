@@ -21,7 +21,7 @@ from .. import logs, metrics
 from ..delivery.submit import SubmissionRefused, submit_message
 from ..message.resend import resend, resent_block
 from ..store.api import StoreError, StoreUnavailable
-from . import compose, pages, undo
+from . import compose, pages, sendonce, undo
 from .drafts import identity
 
 log = logging.getLogger("mailyard.web")
@@ -34,7 +34,7 @@ async def redirect_form(request: Request) -> Response:
     uid = request.path_params["uid"]
     if await pages.message_info(request, box, uid) is None:
         raise HTTPException(404, "no such message")
-    return pages.page(request, "redirect.html", box=box, uid=uid, to="", errors=[],
+    return pages.page(request, "redirect.html", box=box, uid=uid, to="", errors=[], send_id=sendonce.new_id(),
                       folders=await pages.folders(request, session), notice="")
 
 
@@ -53,34 +53,49 @@ async def redirect_submit(request: Request) -> Response:
     account = await web.services.store.get_account_by_id(session.account_id)
     if account is None:
         raise HTTPException(401)
-    if not errors:
-        raw = await pages.read_raw(request, box, uid)
-        name, _address = identity()
-        try:
-            data = resend(raw, resent_block((name, account.address), rcpts))
-        except ValueError as exc:
-            errors.append(str(exc))
-        else:
-            del raw
-            client_ip = request.client.host if request.client else "127.0.0.1"
+    send_id = str(form.get("send_id") or "")[:64]
+    if not errors and not web.sends.take(account.id, send_id):
+        # one send per form (web/sendonce.py): a double click or a reload sends nothing more
+        return pages.page(request, "sent.html", folders=await pages.folders_if_any(request, session),
+                          detail="This message was redirected already (or is being redirected): "
+                                 "it was not sent again.")
+    took = not errors  # the form's id was taken above
+    went = False  # it is given back unless the message may have gone
+    try:
+        if not errors:
+            raw = await pages.read_raw(request, box, uid)
+            name, _address = identity()
             try:
-                await submit_message(web.services, account, data, rcpts, reverse_path=account.address,
-                                     client_ip=client_ip, protocol="HTTP", helo="webmail", service="web")
-            except StoreError as exc:
-                # it may have gone all the same (a commit applied, its answer lost): said, not retried
-                (log.warning if isinstance(exc, StoreUnavailable) else log.exception)(
-                    "web: a redirect by %s may not have gone (%s)", account.address, exc)
-                return pages.page(request, "redirect.html", status=503, box=box, uid=uid, to=to_text,
-                                  errors=[undo.perhaps_not_sent(exc)],
-                                  folders=await pages.folders_if_any(request, session), notice="")
-            except SubmissionRefused as exc:
-                logs.event(log, logging.INFO, "message_rejected", proto="web", ip=client_ip,
-                           user=account.address, reason="refused", detail=str(exc))
-                metrics.count_message("web", "rejected", "refused")
-                errors.append(f"Not sent: {exc}")
+                data = resend(raw, resent_block((name, account.address), rcpts))
+            except ValueError as exc:
+                errors.append(str(exc))
+            else:
+                del raw
+                client_ip = request.client.host if request.client else "127.0.0.1"
+                went = True
+                try:
+                    await submit_message(web.services, account, data, rcpts, reverse_path=account.address,
+                                         client_ip=client_ip, protocol="HTTP", helo="webmail", service="web")
+                except StoreError as exc:
+                    # it may have gone all the same (a commit applied, its answer lost): said, not retried
+                    (log.warning if isinstance(exc, StoreUnavailable) else log.exception)(
+                        "web: a redirect by %s may not have gone (%s)", account.address, exc)
+                    return pages.page(request, "redirect.html", status=503, box=box, uid=uid, to=to_text,
+                                      errors=[undo.perhaps_not_sent(exc)], send_id=sendonce.new_id(),
+                                      folders=await pages.folders_if_any(request, session), notice="")
+                except SubmissionRefused as exc:
+                    went = False
+                    logs.event(log, logging.INFO, "message_rejected", proto="web", ip=client_ip,
+                               user=account.address, reason="refused", detail=str(exc))
+                    metrics.count_message("web", "rejected", "refused")
+                    errors.append(f"Not sent: {exc}")
+    finally:
+        if took and not went:
+            web.sends.give_back(account.id, send_id)
     if errors:
         return pages.page(request, "redirect.html", status=400, box=box, uid=uid, to=to_text, errors=errors,
-                          folders=await pages.folders(request, session), notice="")
+                          send_id=send_id or sendonce.new_id(), folders=await pages.folders(request, session),
+                          notice="")
     return pages.redirect(pages.notice_url(f"/box/{box.id}/msg/{uid}",
                                            f"Message redirected to {', '.join(rcpts)}."))
 

@@ -654,6 +654,10 @@ async def undo(request: Request) -> Response:
         task.cancel()
     with contextlib.suppress(OSError):
         _record_path(services, token, ".undone").unlink()
+    # nothing went: the form it came from may send it again (web/sendonce.py)
+    refs = record.get("refs")
+    if isinstance(refs, dict) and isinstance(refs.get("send_id"), str):
+        pages.state(request).sends.give_back(session.account_id, refs["send_id"])
     return pages.redirect(pages.notice_url(f"/compose?draft={record['mailbox_id']}:{record['uid']}",
                                            "Sending undone: the message is back in the editor."))
 
