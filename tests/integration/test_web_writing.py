@@ -231,7 +231,7 @@ def test_display_name_of_the_identity_in_from(mailserver: RunningServer) -> None
 
 
 # --- one send per form (web/sendonce.py) ------------------------------------------
-SENT_ALREADY = "This message was sent already (or is being sent): it was not sent again."
+SENT_ALREADY = "This message was sent already (or may have been): it was not sent again."
 
 
 def test_a_compose_form_sends_once(mailserver: RunningServer) -> None:
@@ -241,9 +241,10 @@ def test_a_compose_form_sends_once(mailserver: RunningServer) -> None:
     fields = _form_fields(client.get("/compose").text)
     assert len(fields["send_id"]) >= 16
     data = {**fields, "to": BOB, "subject": "once only", "body": "hello", "action": "send"}
-    assert client.post("/compose", data=data).status_code == 303
+    first = client.post("/compose", data=data)
+    assert first.status_code == 303
     again = client.post("/compose", data=data)
-    assert again.status_code == 200 and SENT_ALREADY in again.text
+    assert again.status_code == 303 and again.headers["location"] == first.headers["location"]
     assert [m for m in mailserver.messages(BOB) if b"once only" in m] != [] and len(mailserver.messages(BOB)) == 1
     other = _form_fields(client.get("/compose").text)
     assert other["send_id"] != fields["send_id"]
@@ -256,6 +257,60 @@ def test_a_compose_form_sends_once(mailserver: RunningServer) -> None:
     assert r.status_code == 303 and len(mailserver.messages(ALICE)) == 1
 
 
+def _twice_at_once(client: httpx.Client, path: str, data: dict, monkeypatch: pytest.MonkeyPatch, module: object,
+                   name: str) -> list[httpx.Response]:
+    """POST ``data`` to ``path`` twice, the second while the first is in
+    ``module.name`` (slowed down): a double click."""
+    import concurrent.futures
+
+    real = getattr(module, name)
+    entered = asyncio.Event()
+
+    async def slow(*args: object, **kwargs: object) -> object:
+        entered.set()
+        await asyncio.sleep(0.5)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, slow)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(client.post, path, data=data)
+        _wait(entered.is_set, "the first POST to be under way")
+        second = pool.submit(client.post, path, data=data)
+        return [first.result(), second.result()]
+
+
+def test_a_double_click_on_send_gets_the_answer_of_the_send(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second click comes while the first POST is sending: the browser
+    shows the second answer, so it leads where the first does (the held
+    send's page, with its Undo), and nothing more is sent."""
+    import mailyard.web.undo as undo
+
+    _set_delay(mailserver, ALICE, 30)
+    client = login(mailserver)
+    fields = _form_fields(client.get("/compose").text)
+    data = {**fields, "to": BOB, "subject": "double click", "body": "hello", "action": "send"}
+    first, second = _twice_at_once(client, "/compose", data, monkeypatch, undo, "hold")
+    assert first.status_code == second.status_code == 303, (first.text, second.text)
+    assert first.headers["location"].startswith("/compose/pending/")
+    assert second.headers["location"] == first.headers["location"]
+    assert len([m for m in mailserver.messages(ALICE, "Drafts") if b"double click" in m]) == 1
+
+
+def test_a_double_click_on_a_refused_send_is_refused_twice(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first POST is refused: nothing went, so the second is a send of
+    its own and gets its own refusal (not "sent already")."""
+    import mailyard.web.compose as compose_page
+
+    client = login(mailserver)
+    fields = _form_fields(client.get("/compose").text)
+    data = {**fields, "to": "nobody-at-all@example.test", "subject": "x", "body": "x", "action": "send"}
+    first, second = _twice_at_once(client, "/compose", data, monkeypatch, compose_page, "submit_message")
+    for r in (first, second):
+        assert r.status_code == 400 and "Not sent: no such recipient" in r.text, r.text
+
+
 def test_a_delayed_send_from_one_form_is_held_once_and_may_go_again_once_undone(mailserver: RunningServer) -> None:
     _set_delay(mailserver, ALICE, 30)
     client = login(mailserver)
@@ -263,8 +318,8 @@ def test_a_delayed_send_from_one_form_is_held_once_and_may_go_again_once_undone(
     data = {**fields, "to": BOB, "subject": "held once", "body": "hello", "action": "send"}
     first = client.post("/compose", data=data)
     assert first.status_code == 303 and first.headers["location"].startswith("/compose/pending/")
-    again = client.post("/compose", data=data)
-    assert again.status_code == 200 and SENT_ALREADY in again.text
+    again = client.post("/compose", data=data)  # a reload of the answer: to the same held send
+    assert again.status_code == 303 and again.headers["location"] == first.headers["location"]
     assert len([m for m in mailserver.messages(ALICE, "Drafts") if b"held once" in m]) == 1
     r = client.post(first.headers["location"] + "/undo", data={"csrf": csrf(client)})
     assert r.status_code == 303 and "Sending undone" in unquote(r.headers["location"]).replace("+", " ")
@@ -294,9 +349,10 @@ def test_a_redirect_form_sends_once(mailserver: RunningServer) -> None:
     form = client.get(f"/box/{inbox}/msg/{uid}/redirect").text
     (send_id,) = re.findall(r'name="send_id" value="([^"]+)"', form)
     data = {"csrf": csrf(client), "to": BOB, "send_id": send_id}
-    assert client.post(f"/box/{inbox}/msg/{uid}/redirect", data=data).status_code == 303
+    first = client.post(f"/box/{inbox}/msg/{uid}/redirect", data=data)
+    assert first.status_code == 303
     again = client.post(f"/box/{inbox}/msg/{uid}/redirect", data=data)
-    assert again.status_code == 200 and "redirected already" in again.text
+    assert again.status_code == 303 and again.headers["location"] == first.headers["location"]
     assert len(mailserver.messages(BOB)) == 1
 
 
@@ -789,8 +845,9 @@ def test_a_message_the_store_fails_while_it_is_sent_at_once_may_have_gone(
     caplog.set_level(logging.INFO, logger="mailyard")
     _failing(monkeypatch, mailserver, "deliver", lambda _args: True, after=True)
     client = login(mailserver)
-    r = client.post("/compose", data={"csrf": csrf(client), "to": BOB, "subject": "answer lost",
-                                      "body": "once", "action": "send"})
+    fields = _form_fields(client.get("/compose").text)
+    data = {**fields, "to": BOB, "subject": "answer lost", "body": "once", "action": "send"}
+    r = client.post("/compose", data=data)
     assert r.status_code == 503
     assert ("Perhaps not sent: the mail store was out of reach while it was being sent, so it may have gone. "
             "Ask a recipient whether it came before you send it again.") in r.text
@@ -798,6 +855,11 @@ def test_a_message_the_store_fails_while_it_is_sent_at_once_may_have_gone(
     (got,) = mailserver.messages(BOB)
     assert b"answer lost" in got
     assert not _tracebacks(caplog)
+    # a reload of that answer sends nothing more; the form it shows may (the user's choice)
+    again = client.post("/compose", data=data)
+    assert again.status_code == 200 and SENT_ALREADY in again.text and "<h1>Sent already</h1>" in again.text
+    assert len(mailserver.messages(BOB)) == 1
+    assert _form_fields(r.text)["send_id"] != fields["send_id"]
 
 
 def test_a_redirect_the_store_fails_while_it_is_sent_may_have_gone(

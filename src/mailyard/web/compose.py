@@ -272,10 +272,14 @@ async def compose_submit(request: Request) -> Response:
     client_ip = request.client.host if request.client else "127.0.0.1"
     delay = prefs.current().send_delay
     no_room_to_wait = False
-    # one send per form (web/sendonce.py): a double click or a reload sends nothing more
-    if not web.sends.take(account.id, draft.send_id):
-        return page(request, "sent.html", folders=await folders_if_any(request, session),
-                    detail="This message was sent already (or is being sent): it was not sent again.")
+    # one send per form (web/sendonce.py): a double click or a reload sends
+    # nothing more, and gets the answer of the POST that sent
+    earlier = await web.sends.claim(account.id, draft.send_id)
+    if earlier is not None:
+        if earlier.location is not None:
+            return redirect(earlier.location)
+        return page(request, "sent.html", title="Sent already", folders=await folders_if_any(request, session),
+                    detail=SENT_ALREADY)
     went = False
     try:
         try:
@@ -287,6 +291,7 @@ async def compose_submit(request: Request) -> Response:
                     token, _uid = await undo.hold(web.services, account, full, recipients, drafts, old_draft,
                                                   refs, delay, client_ip)
                     went = True
+                    web.sends.went(account.id, draft.send_id, f"/compose/pending/{token}")
                     return redirect(f"/compose/pending/{token}")
                 except QuotaExceeded:
                     no_room_to_wait = True
@@ -305,6 +310,7 @@ async def compose_submit(request: Request) -> Response:
                 errors = [undo.perhaps_not_sent(exc)]
                 if any(isinstance(u, UploadFile) and u.filename for u in form.getlist("attachment")):
                     errors.append("The chosen files were not kept; choose them again.")
+                web.sends.went(account.id, draft.send_id)
                 draft.send_id = sendonce.new_id()  # a deliberate second send, from this form, is the user's
                 return page(request, "compose.html", status=503, draft=draft,
                             folders=await folders_if_any(request, session), errors=errors)
@@ -338,8 +344,13 @@ async def compose_submit(request: Request) -> Response:
     if inbox is None:
         # the store is out of reach: the inbox's page could not be shown,
         # and a "try again" in its place would have the sender send it again
-        return page(request, "sent.html", folders=[], detail=notice)
+        web.sends.went(account.id, draft.send_id)
+        return page(request, "sent.html", title="Message sent", folders=[], detail=notice)
+    web.sends.went(account.id, draft.send_id, notice_url(f"/box/{inbox.id}", notice))
     return redirect(notice_url(f"/box/{inbox.id}", notice))
+
+
+SENT_ALREADY = "This message was sent already (or may have been): it was not sent again."
 
 
 def too_large_attachments(attach_limit: int, max_message_size: int) -> str:

@@ -54,11 +54,16 @@ async def redirect_submit(request: Request) -> Response:
     if account is None:
         raise HTTPException(401)
     send_id = str(form.get("send_id") or "")[:64]
-    if not errors and not web.sends.take(account.id, send_id):
-        # one send per form (web/sendonce.py): a double click or a reload sends nothing more
-        return pages.page(request, "sent.html", folders=await pages.folders_if_any(request, session),
-                          detail="This message was redirected already (or is being redirected): "
-                                 "it was not sent again.")
+    if not errors:
+        # one send per form (web/sendonce.py): a double click or a reload
+        # sends nothing more, and gets the answer of the POST that sent
+        earlier = await web.sends.claim(account.id, send_id)
+        if earlier is not None:
+            if earlier.location is not None:
+                return pages.redirect(earlier.location)
+            return pages.page(request, "sent.html", title="Redirected already",
+                              folders=await pages.folders_if_any(request, session),
+                              detail="This message was redirected already (or may have been): it was not sent again.")
     took = not errors  # the form's id was taken above
     went = False  # it is given back unless the message may have gone
     try:
@@ -80,6 +85,7 @@ async def redirect_submit(request: Request) -> Response:
                     # it may have gone all the same (a commit applied, its answer lost): said, not retried
                     (log.warning if isinstance(exc, StoreUnavailable) else log.exception)(
                         "web: a redirect by %s may not have gone (%s)", account.address, exc)
+                    web.sends.went(account.id, send_id)
                     return pages.page(request, "redirect.html", status=503, box=box, uid=uid, to=to_text,
                                       errors=[undo.perhaps_not_sent(exc)], send_id=sendonce.new_id(),
                                       folders=await pages.folders_if_any(request, session), notice="")
@@ -96,8 +102,9 @@ async def redirect_submit(request: Request) -> Response:
         return pages.page(request, "redirect.html", status=400, box=box, uid=uid, to=to_text, errors=errors,
                           send_id=send_id or sendonce.new_id(), folders=await pages.folders(request, session),
                           notice="")
-    return pages.redirect(pages.notice_url(f"/box/{box.id}/msg/{uid}",
-                                           f"Message redirected to {', '.join(rcpts)}."))
+    done = pages.notice_url(f"/box/{box.id}/msg/{uid}", f"Message redirected to {', '.join(rcpts)}.")
+    web.sends.went(account.id, send_id, done)
+    return pages.redirect(done)
 
 
 def routes() -> list[Route]:

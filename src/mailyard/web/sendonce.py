@@ -2,27 +2,37 @@
 
 A webmail form that sends mail (compose, Redirect) carries a random id. The
 first POST with it sends; another POST with the same id (a double click on
-Send, a reload of the answer, a browser resending the request) is answered
-"sent already" and sends nothing. Mail cannot be taken back, so the server
-keeps the promise, not the page's script.
+Send, a reload of the answer, a browser resending the request) sends
+nothing. Mail cannot be taken back, so the server keeps the promise, not
+the page's script.
 
-The ids taken are kept in the memory of the process that serves the webmail
-(one worker serves it: web/security.py) for ``KEPT_FOR`` seconds, at most
-``MAX_KEPT`` of them, the oldest forgotten first: enough for what they
-guard against, the same browser sending the same form again soon after.
-An id is given back when nothing went (the send was refused, so the user
-corrects the form and sends it again); a form without an id (a page served
-before it had one) sends as before.
+Such a second POST gets the first one's answer: it waits while the first
+is under way (a browser shows the answer to the last click, so that one
+must say what came of the message), then is sent where the first was (the
+page of a held send, with its Undo; the inbox with its notice). If the
+first sent nothing (a refusal: the id is given back), the second is
+handled as a send of its own, and so gets the refusal itself, or sends the
+form the user corrected.
+
+The ids are kept in the memory of the process that serves the webmail
+(only the first worker serves it: workers.py) for ``KEPT_FOR`` seconds, at
+most ``MAX_KEPT`` of them, the oldest forgotten first: enough for what they
+guard against, the same browser sending the same form again soon after. A
+form without an id (a page served before it had one) sends as before.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 KEPT_FOR = 6 * 3600.0  # seconds an id that sent is remembered
 MAX_KEPT = 20_000
+WAIT_FOR_FIRST = 60.0  # seconds a second POST waits for the first one's outcome, at most
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -31,32 +41,74 @@ def new_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+@dataclass
+class Earlier:
+    """What came of the first POST of a form: where its answer led (None:
+    a page of its own, or not known yet after ``WAIT_FOR_FIRST``)."""
+
+    location: str | None
+
+
+@dataclass
+class _Send:
+    at: float
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    location: str | None = None
+    given_back: bool = False
+
+
 class SendOnce:
-    """The ids of the sends taken lately, per account."""
+    """The sends of the forms posted lately, per account."""
 
     def __init__(self) -> None:
-        self._taken: OrderedDict[tuple[int, str], float] = OrderedDict()
+        self._sends: OrderedDict[tuple[int, str], _Send] = OrderedDict()
 
-    def take(self, account_id: int, send_id: str) -> bool:
-        """Whether the form ``send_id`` of ``account_id`` may send now
-        (False: it sent already, or is sending). A missing or malformed id
-        may always send."""
+    async def claim(self, account_id: int, send_id: str) -> Earlier | None:
+        """None: this POST of form ``send_id`` sends (and must end with
+        ``went`` or ``give_back``). Else the form was posted before, and
+        this is what came of it, once the first POST has ended. A missing
+        or malformed id always sends."""
         if not send_id or len(send_id) > 64 or not set(send_id) <= _ID_CHARS:
-            return True
-        now = time.monotonic()
-        while self._taken:
-            _key, when = next(iter(self._taken.items()))
-            if now - when < KEPT_FOR:
-                break
-            self._taken.popitem(last=False)
+            return None
         key = (account_id, send_id)
-        if key in self._taken:
-            return False
-        self._taken[key] = now
-        if len(self._taken) > MAX_KEPT:
-            self._taken.popitem(last=False)
-        return True
+        deadline = time.monotonic() + WAIT_FOR_FIRST
+        while True:
+            self._expire()
+            earlier = self._sends.get(key)
+            if earlier is None:
+                self._sends[key] = _Send(time.monotonic())
+                if len(self._sends) > MAX_KEPT:
+                    self._sends.popitem(last=False)
+                return None
+            if not earlier.ended.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(earlier.ended.wait(), max(0.0, deadline - time.monotonic()))
+                if not earlier.ended.is_set():
+                    return Earlier(None)
+            if not earlier.given_back:
+                return Earlier(earlier.location)
+            # the first sent nothing: this one is a send of its own (the loop takes the id)
+
+    def went(self, account_id: int, send_id: str, location: str | None = None) -> None:
+        """The send of form ``send_id`` went (or may have gone); its answer
+        led to ``location`` (None: a page of its own)."""
+        send = self._sends.get((account_id, send_id))
+        if send is not None and not send.ended.is_set():
+            send.location = location
+            send.ended.set()
 
     def give_back(self, account_id: int, send_id: str) -> None:
-        """Nothing went: the same form may send again."""
-        self._taken.pop((account_id, send_id), None)
+        """Nothing went (a refusal, or a held send undone): the same form
+        may send again."""
+        send = self._sends.pop((account_id, send_id), None)
+        if send is not None:
+            send.given_back = True
+            send.ended.set()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._sends:
+            _key, send = next(iter(self._sends.items()))
+            if now - send.at < KEPT_FOR:
+                break
+            self._sends.popitem(last=False)

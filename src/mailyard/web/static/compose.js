@@ -122,8 +122,13 @@
         if (p.lengthComputable) { say("Uploading\u2026 " + Math.round(p.loaded / p.total * 100) + " %"); }
       });
       xhr.addEventListener("load", function () {
-        if (xhr.status < 300 && xhr.responseURL) { window.location.assign(xhr.responseURL); return; }
-        // refused: the server's page, which lists the files it kept
+        var landed = xhr.responseURL ? new URL(xhr.responseURL) : null;
+        var posted = new URL(form.getAttribute("action"), window.location.href);
+        if (xhr.status < 300 && landed && landed.pathname !== posted.pathname) {
+          window.location.assign(xhr.responseURL); return;
+        }
+        // refused, or a page of its own (sent already, the store out of
+        // reach): the server's page, which lists the files it kept
         document.open(); document.write(xhr.responseText); document.close();
       });
       xhr.addEventListener("error", function () {
