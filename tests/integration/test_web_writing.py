@@ -258,13 +258,27 @@ def test_a_compose_form_sends_once(mailserver: RunningServer) -> None:
 
 
 def _twice_at_once(client: httpx.Client, path: str, data: dict, monkeypatch: pytest.MonkeyPatch, module: object,
-                   name: str) -> list[httpx.Response]:
+                   name: str) -> tuple[list[httpx.Response], list[str]]:
     """POST ``data`` to ``path`` twice, the second while the first is in
-    ``module.name`` (slowed down): a double click."""
+    ``module.name`` (slowed down): a double click. Returns the answers and
+    what each POST's claim of the form found (web/sendonce.py)."""
     import concurrent.futures
+
+    from mailyard.web.sendonce import SendOnce
 
     real = getattr(module, name)
     entered = asyncio.Event()
+    claimed: list[str] = []  # what each POST's claim of the form's id found
+    real_claim = SendOnce.claim
+
+    async def claim(self: SendOnce, account_id: int, send_id: str) -> object:
+        under_way = self._sends.get((account_id, send_id))
+        waits = under_way is not None and not under_way.ended.is_set()
+        earlier = await real_claim(self, account_id, send_id)
+        claimed.append(("waited, then " if waits else "") + ("sends" if earlier is None else "has its answer"))
+        return earlier
+
+    monkeypatch.setattr(SendOnce, "claim", claim)
 
     async def slow(*args: object, **kwargs: object) -> object:
         entered.set()
@@ -276,7 +290,8 @@ def _twice_at_once(client: httpx.Client, path: str, data: dict, monkeypatch: pyt
         first = pool.submit(client.post, path, data=data)
         _wait(entered.is_set, "the first POST to be under way")
         second = pool.submit(client.post, path, data=data)
-        return [first.result(), second.result()]
+        answers = [first.result(), second.result()]
+    return answers, claimed
 
 
 def test_a_double_click_on_send_gets_the_answer_of_the_send(
@@ -290,7 +305,8 @@ def test_a_double_click_on_send_gets_the_answer_of_the_send(
     client = login(mailserver)
     fields = _form_fields(client.get("/compose").text)
     data = {**fields, "to": BOB, "subject": "double click", "body": "hello", "action": "send"}
-    first, second = _twice_at_once(client, "/compose", data, monkeypatch, undo, "hold")
+    (first, second), claimed = _twice_at_once(client, "/compose", data, monkeypatch, undo, "hold")
+    assert claimed == ["sends", "waited, then has its answer"]
     assert first.status_code == second.status_code == 303, (first.text, second.text)
     assert first.headers["location"].startswith("/compose/pending/")
     assert second.headers["location"] == first.headers["location"]
@@ -306,9 +322,43 @@ def test_a_double_click_on_a_refused_send_is_refused_twice(
     client = login(mailserver)
     fields = _form_fields(client.get("/compose").text)
     data = {**fields, "to": "nobody-at-all@example.test", "subject": "x", "body": "x", "action": "send"}
-    first, second = _twice_at_once(client, "/compose", data, monkeypatch, compose_page, "submit_message")
-    for r in (first, second):
+    answers, claimed = _twice_at_once(client, "/compose", data, monkeypatch, compose_page, "submit_message")
+    # the second waited for the first, then, nothing having gone, sent on its own
+    assert claimed == ["sends", "waited, then sends"], claimed
+    for r in answers:
         assert r.status_code == 400 and "Not sent: no such recipient" in r.text, r.text
+
+
+def test_a_send_that_failed_on_a_bug_leaves_no_second_post_waiting(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The submission fails on an unexpected error (it may have gone): a
+    reload of the error page gets "sent already" at once, not after a wait."""
+    import mailyard.web.compose as compose_page
+    from mailyard.web.sendonce import SendOnce
+
+    async def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(compose_page, "submit_message", broken)
+    found: list[bool] = []
+    real_claim = SendOnce.claim
+
+    async def claim(self: SendOnce, account_id: int, send_id: str) -> object:
+        under_way = self._sends.get((account_id, send_id))
+        found.append(under_way is not None and not under_way.ended.is_set())
+        return await real_claim(self, account_id, send_id)
+
+    monkeypatch.setattr(SendOnce, "claim", claim)
+    client = login(mailserver)
+    data = {**_form_fields(client.get("/compose").text), "to": BOB, "subject": "bug", "body": "x", "action": "send"}
+    # (the server ends the connection after its error page: not one to use again)
+    try:
+        assert client.post("/compose", data=data, headers={"Connection": "close"}).status_code == 500
+    except httpx.TransportError:
+        pass
+    again = client.post("/compose", data=data)
+    assert again.status_code == 200 and SENT_ALREADY in again.text
+    assert found == [False, False]  # the second found the first ended
 
 
 def test_a_delayed_send_from_one_form_is_held_once_and_may_go_again_once_undone(mailserver: RunningServer) -> None:

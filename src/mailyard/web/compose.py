@@ -172,7 +172,8 @@ async def compose_submit(request: Request) -> Response:
     draft.sender = str(form.get("from") or "")
     draft.mode = str(form.get("mode") or "")[:10]
     draft.forward_mode = "inline" if form.get("forward_mode") == "inline" else "attached"
-    draft.send_id = str(form.get("send_id") or "")[:64]
+    # (a form without one, served before forms had it, gets one for its next send)
+    draft.send_id = str(form.get("send_id") or "")[:64] or sendonce.new_id()
     errors: list[str] = []
     # Any address may be typed; sending checks it is the user's own
     # (policy/submission.py, the same rule as the submission ports).
@@ -274,7 +275,8 @@ async def compose_submit(request: Request) -> Response:
     no_room_to_wait = False
     # one send per form (web/sendonce.py): a double click or a reload sends
     # nothing more, and gets the answer of the POST that sent
-    earlier = await web.sends.claim(account.id, draft.send_id)
+    send_id = draft.send_id
+    earlier = await web.sends.claim(account.id, send_id)
     if earlier is not None:
         if earlier.location is not None:
             return redirect(earlier.location)
@@ -291,7 +293,7 @@ async def compose_submit(request: Request) -> Response:
                     token, _uid = await undo.hold(web.services, account, full, recipients, drafts, old_draft,
                                                   refs, delay, client_ip)
                     went = True
-                    web.sends.went(account.id, draft.send_id, f"/compose/pending/{token}")
+                    web.sends.went(account.id, send_id, f"/compose/pending/{token}")
                     return redirect(f"/compose/pending/{token}")
                 except QuotaExceeded:
                     no_room_to_wait = True
@@ -310,7 +312,7 @@ async def compose_submit(request: Request) -> Response:
                 errors = [undo.perhaps_not_sent(exc)]
                 if any(isinstance(u, UploadFile) and u.filename for u in form.getlist("attachment")):
                     errors.append("The chosen files were not kept; choose them again.")
-                web.sends.went(account.id, draft.send_id)
+                web.sends.went(account.id, send_id)
                 draft.send_id = sendonce.new_id()  # a deliberate second send, from this form, is the user's
                 return page(request, "compose.html", status=503, draft=draft,
                             folders=await folders_if_any(request, session), errors=errors)
@@ -324,30 +326,35 @@ async def compose_submit(request: Request) -> Response:
                 errors += await _keep_as_draft(request, session, draft, drafts, old_draft, full)
             return page(request, "compose.html", status=400, draft=draft,
                         folders=await folders(request, session), errors=errors)
+        # it went: from here on nothing may fail the request (the sender would send it again)
+        filed = await undo.file_sent(web.services, account, full,
+                                     (drafts, old_draft) if old_draft is not None else None,
+                                     {"reply_to": draft.reply_to, "forward": draft.forward})
+        undone = filed.undone
+        if no_room_to_wait:
+            notice = "Message sent at once, without the delay to undo it: your mailbox is full (quota reached)"
+            notice += ", and no copy was kept in Sent." if undone == undo.SENT_FULL else (f"; {undone}." if undone else ".")
+        else:
+            notice = f"Message sent; {undone}." if undone else "Message sent."
+        inbox = None
+        if not filed.store_down:
+            with contextlib.suppress(StoreError):
+                inbox = await store.get_mailbox(session.account_id, "INBOX")
+        if inbox is None:
+            # the store is out of reach: the inbox's page could not be shown,
+            # and a "try again" in its place would have the sender send it again
+            web.sends.went(account.id, send_id)
+            return page(request, "sent.html", title="Message sent", folders=[], detail=notice)
+        web.sends.went(account.id, send_id, notice_url(f"/box/{inbox.id}", notice))
+        return redirect(notice_url(f"/box/{inbox.id}", notice))
     finally:
+        # every send ends here: given back when nothing went, else ended (a
+        # no-op when it ended with where its answer led), so that no second
+        # POST of the form waits for it
         if not went:
-            web.sends.give_back(account.id, draft.send_id)
-    # it went: from here on nothing may fail the request (the sender would send it again)
-    filed = await undo.file_sent(web.services, account, full,
-                                 (drafts, old_draft) if old_draft is not None else None,
-                                 {"reply_to": draft.reply_to, "forward": draft.forward})
-    undone = filed.undone
-    if no_room_to_wait:
-        notice = "Message sent at once, without the delay to undo it: your mailbox is full (quota reached)"
-        notice += ", and no copy was kept in Sent." if undone == undo.SENT_FULL else (f"; {undone}." if undone else ".")
-    else:
-        notice = f"Message sent; {undone}." if undone else "Message sent."
-    inbox = None
-    if not filed.store_down:
-        with contextlib.suppress(StoreError):
-            inbox = await store.get_mailbox(session.account_id, "INBOX")
-    if inbox is None:
-        # the store is out of reach: the inbox's page could not be shown,
-        # and a "try again" in its place would have the sender send it again
-        web.sends.went(account.id, draft.send_id)
-        return page(request, "sent.html", title="Message sent", folders=[], detail=notice)
-    web.sends.went(account.id, draft.send_id, notice_url(f"/box/{inbox.id}", notice))
-    return redirect(notice_url(f"/box/{inbox.id}", notice))
+            web.sends.give_back(account.id, send_id)
+        else:
+            web.sends.went(account.id, send_id)
 
 
 SENT_ALREADY = "This message was sent already (or may have been): it was not sent again."

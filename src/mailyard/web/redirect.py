@@ -95,16 +95,19 @@ async def redirect_submit(request: Request) -> Response:
                                user=account.address, reason="refused", detail=str(exc))
                     metrics.count_message("web", "rejected", "refused")
                     errors.append(f"Not sent: {exc}")
+                else:
+                    done = pages.notice_url(f"/box/{box.id}/msg/{uid}", f"Message redirected to {', '.join(rcpts)}.")
+                    web.sends.went(account.id, send_id, done)
+                    return pages.redirect(done)
     finally:
+        # every send ends here, so that no second POST of the form waits for it
         if took and not went:
             web.sends.give_back(account.id, send_id)
-    if errors:
-        return pages.page(request, "redirect.html", status=400, box=box, uid=uid, to=to_text, errors=errors,
-                          send_id=send_id or sendonce.new_id(), folders=await pages.folders(request, session),
-                          notice="")
-    done = pages.notice_url(f"/box/{box.id}/msg/{uid}", f"Message redirected to {', '.join(rcpts)}.")
-    web.sends.went(account.id, send_id, done)
-    return pages.redirect(done)
+        elif took:
+            web.sends.went(account.id, send_id)  # (a no-op when it ended with where it led)
+    return pages.page(request, "redirect.html", status=400, box=box, uid=uid, to=to_text, errors=errors,
+                      send_id=send_id or sendonce.new_id(), folders=await pages.folders(request, session),
+                      notice="")
 
 
 def routes() -> list[Route]:

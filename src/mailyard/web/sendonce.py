@@ -78,7 +78,7 @@ class SendOnce:
             if earlier is None:
                 self._sends[key] = _Send(time.monotonic())
                 if len(self._sends) > MAX_KEPT:
-                    self._sends.popitem(last=False)
+                    self._forget_oldest_ended()
                 return None
             if not earlier.ended.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -101,9 +101,16 @@ class SendOnce:
         """Nothing went (a refusal, or a held send undone): the same form
         may send again."""
         send = self._sends.pop((account_id, send_id), None)
-        if send is not None:
-            send.given_back = True
+        if send is not None and not send.ended.is_set():
+            send.given_back = True  # (a POST waiting for it sends on its own)
             send.ended.set()
+
+    def _forget_oldest_ended(self) -> None:
+        # a send under way is kept: a second POST may be waiting for its end
+        for key, send in self._sends.items():
+            if send.ended.is_set():
+                del self._sends[key]
+                return
 
     def _expire(self) -> None:
         now = time.monotonic()

@@ -124,7 +124,7 @@
       xhr.addEventListener("load", function () {
         var landed = xhr.responseURL ? new URL(xhr.responseURL) : null;
         var posted = new URL(form.getAttribute("action"), window.location.href);
-        if (xhr.status < 300 && landed && landed.pathname !== posted.pathname) {
+        if (xhr.status < 300 && landed && landed.href !== posted.href) {
           window.location.assign(xhr.responseURL); return;
         }
         // refused, or a page of its own (sent already, the store out of
