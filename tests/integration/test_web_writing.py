@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 from collections.abc import Callable
 from email import message_from_bytes
 from email.policy import default as default_policy
@@ -274,15 +275,23 @@ def _twice_at_once(client: httpx.Client, path: str, data: dict, monkeypatch: pyt
     async def claim(self: SendOnce, account_id: int, send_id: str) -> object:
         under_way = self._sends.get((account_id, send_id))
         waits = under_way is not None and not under_way.ended.is_set()
+        if waits:
+            second_waits.set()
         earlier = await real_claim(self, account_id, send_id)
         claimed.append(("waited, then " if waits else "") + ("sends" if earlier is None else "has its answer"))
         return earlier
 
     monkeypatch.setattr(SendOnce, "claim", claim)
 
+    second_waits = threading.Event()
+
     async def slow(*args: object, **kwargs: object) -> object:
         entered.set()
-        await asyncio.sleep(0.5)
+        # the first POST goes on once the second is waiting for it
+        for _ in range(1000):
+            if second_waits.is_set():
+                break
+            await asyncio.sleep(0.01)
         return await real(*args, **kwargs)
 
     monkeypatch.setattr(module, name, slow)
