@@ -172,8 +172,7 @@ async def compose_submit(request: Request) -> Response:
     draft.sender = str(form.get("from") or "")
     draft.mode = str(form.get("mode") or "")[:10]
     draft.forward_mode = "inline" if form.get("forward_mode") == "inline" else "attached"
-    # (a form without one, served before forms had it, gets one for its next send)
-    draft.send_id = str(form.get("send_id") or "")[:64] or sendonce.new_id()
+    draft.send_id = sendonce.form_id(str(form.get("send_id") or ""))
     errors: list[str] = []
     # Any address may be typed; sending checks it is the user's own
     # (policy/submission.py, the same rule as the submission ports).

@@ -53,7 +53,7 @@ async def redirect_submit(request: Request) -> Response:
     account = await web.services.store.get_account_by_id(session.account_id)
     if account is None:
         raise HTTPException(401)
-    send_id = str(form.get("send_id") or "")[:64]
+    send_id = sendonce.form_id(str(form.get("send_id") or ""))
     if not errors:
         # one send per form (web/sendonce.py): a double click or a reload
         # sends nothing more, and gets the answer of the POST that sent
@@ -106,7 +106,7 @@ async def redirect_submit(request: Request) -> Response:
         elif took:
             web.sends.went(account.id, send_id)  # (a no-op when it ended with where it led)
     return pages.page(request, "redirect.html", status=400, box=box, uid=uid, to=to_text, errors=errors,
-                      send_id=send_id or sendonce.new_id(), folders=await pages.folders(request, session),
+                      send_id=send_id, folders=await pages.folders(request, session),
                       notice="")
 
 

@@ -41,6 +41,16 @@ def new_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+def form_id(posted: str) -> str:
+    """The id a posted form carries, or a fresh one for its next send when
+    it carries none that can be one (a page served before forms had it)."""
+    return posted if _usable(posted) else new_id()
+
+
+def _usable(send_id: str) -> bool:
+    return bool(send_id) and len(send_id) <= 64 and set(send_id) <= _ID_CHARS
+
+
 @dataclass
 class Earlier:
     """What came of the first POST of a form: where its answer led (None:
@@ -68,7 +78,7 @@ class SendOnce:
         ``went`` or ``give_back``). Else the form was posted before, and
         this is what came of it, once the first POST has ended. A missing
         or malformed id always sends."""
-        if not send_id or len(send_id) > 64 or not set(send_id) <= _ID_CHARS:
+        if not _usable(send_id):
             return None
         key = (account_id, send_id)
         deadline = time.monotonic() + WAIT_FOR_FIRST
