@@ -268,11 +268,7 @@ def test_a_store_of_inline_and_segment_bodies_backs_up_and_restores_exactly(
         live.call(live.store.add_account(ADDRESS, "!locked"))
         add(live, 0, 4)
         old_gen = bk.backup(data, dest).path
-        old_db = old_gen / bk.DB_FILE
-        os.chmod(old_db, 0o600)
-        db = sqlite3.connect(old_db)
-        db.executescript("DROP TABLE IF EXISTS body_data; UPDATE meta SET value = '9' WHERE key = 'schema_version';")
-        db.close()
+        _edit_index(old_gen, "DROP TABLE IF EXISTS body_data; UPDATE meta SET value = '9' WHERE key = 'schema_version';")
         monkeypatch.undo()
         segment_bytes = sum(p.stat().st_size for p in (data / "blobs").glob("*.seg"))
         for i in range(10, 30):  # small and big in turn
@@ -298,6 +294,15 @@ def test_a_store_of_inline_and_segment_bodies_backs_up_and_restores_exactly(
         live.close()
 
 
+def _edit_index(generation: Path, sql: str) -> None:
+    """Run ``sql`` on a backup generation's copy of the index (read-only as made)."""
+    path = generation / bk.DB_FILE
+    os.chmod(path, 0o600)
+    db = sqlite3.connect(path)
+    db.executescript(sql)
+    db.close()
+
+
 def _a_generation_missing_inline_bytes(tmp_path: Path) -> Path:
     """A generation of three messages kept in the index, one of which lost
     its bytes in a way neither the manifest's checksum nor SQLite's
@@ -311,14 +316,9 @@ def _a_generation_missing_inline_bytes(tmp_path: Path) -> Path:
     finally:
         live.close()
     gen = bk.backup(data, dest).path
-    path = gen / bk.DB_FILE
-    os.chmod(path, 0o600)
-    db = sqlite3.connect(path)
-    db.execute("DELETE FROM body_data WHERE body_id = (SELECT min(body_id) FROM body_data)")
-    db.commit()
-    db.close()
+    _edit_index(gen, "DELETE FROM body_data WHERE body_id = (SELECT min(body_id) FROM body_data);")
     manifest = bk.read_manifest(gen)
-    manifest["files"][bk.DB_FILE] = bk._hash_file(path)
+    manifest["files"][bk.DB_FILE] = bk._hash_file(gen / bk.DB_FILE)
     (gen / bk.MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
     return gen
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 import time
@@ -386,10 +387,9 @@ class OutboundQueue:
         created = time.time()
         first = await self._outgoing(body, reverse_path, recipients, forwarded, envid, ret, smtputf8, eight_bit,
                                      created)
-        first = NewMessage(first.body, await self.local_targets(
-            reverse_path, accounts, inbox_id, enforce_quota=enforce_quota, placements=placements, fields=fields),
-            first.entry)
-        messages = [first]
+        targets = await self.local_targets(reverse_path, accounts, inbox_id, enforce_quota=enforce_quota,
+                                           placements=placements, fields=fields)
+        messages = [dataclasses.replace(first, targets=targets)]
         if forwarded_to:
             messages.append(await self._outgoing(body, reverse_path, forwarded_to, True, envid, ret, smtputf8,
                                                  eight_bit, created))

@@ -40,6 +40,7 @@ from .pages import (
     page,
     read_raw,
     redirect,
+    sent_before,
     special,
     state,
     to_int,
@@ -277,10 +278,7 @@ async def compose_submit(request: Request) -> Response:
     send_id = draft.send_id
     earlier = await web.sends.claim(account.id, send_id)
     if earlier is not None:
-        if earlier.location is not None:
-            return redirect(earlier.location)
-        return page(request, "sent.html", title="Sent already", folders=await folders_if_any(request, session),
-                    detail=SENT_ALREADY)
+        return await sent_before(request, session, earlier.location, "Sent already", SENT_ALREADY)
     went = False
     try:
         try:

@@ -207,6 +207,15 @@ async def special_mailbox(store: Store, account_id: int, use: str) -> Mailbox:
     return box
 
 
+async def sent_before(request: Request, session: Session, location: str | None, title: str,
+                      detail: str) -> Response:
+    """The answer to a form posted again (web/sendonce.py): where the first
+    POST's answer led, or, when that was a page of its own, ``detail``."""
+    if location is not None:
+        return redirect(location)
+    return page(request, "sent.html", title=title, folders=await folders_if_any(request, session), detail=detail)
+
+
 async def folders_if_any(request: Request, session: Session) -> list[dict]:
     """``folders``, or none while the store cannot say (a page that must
     be shown all the same: what came of a send)."""

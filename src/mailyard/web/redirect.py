@@ -59,11 +59,9 @@ async def redirect_submit(request: Request) -> Response:
         # sends nothing more, and gets the answer of the POST that sent
         earlier = await web.sends.claim(account.id, send_id)
         if earlier is not None:
-            if earlier.location is not None:
-                return pages.redirect(earlier.location)
-            return pages.page(request, "sent.html", title="Redirected already",
-                              folders=await pages.folders_if_any(request, session),
-                              detail="This message was redirected already (or may have been): it was not sent again.")
+            return await pages.sent_before(request, session, earlier.location, "Redirected already",
+                                           "This message was redirected already (or may have been): "
+                                           "it was not sent again.")
     took = not errors  # the form's id was taken above
     went = False  # it is given back unless the message may have gone
     try:

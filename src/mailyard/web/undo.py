@@ -572,15 +572,23 @@ async def _own_record(request: Request, token: str, suffix: str = ".json") -> tu
     return session, record
 
 
+def _own_kept(request: Request, token: str, suffix: str) -> dict | None:
+    """The kept record ``<token><suffix>`` of this session's send, or None
+    (none, unreadable, or another account's)."""
+    try:
+        record = json.loads(_record_path(pages.state(request).services, token, suffix).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("account_id") != pages.current(request).account_id:
+        return None
+    return record
+
+
 def _own_failure(request: Request, token: str) -> dict | None:
     """The record of this session's send of ``token`` that did not go at
     its time (``reason``, ``uncertain``: it may have gone, the draft), or None."""
-    session = pages.current(request)
-    try:
-        record = json.loads(_record_path(pages.state(request).services, token, ".failed").read_bytes())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("account_id") != session.account_id:
+    record = _own_kept(request, token, ".failed")
+    if record is None:
         return None
     uid = record.get("uid")
     return {"reason": str(record.get("reason") or "refused"), "uncertain": record.get("uncertain") is True,
@@ -590,11 +598,8 @@ def _own_failure(request: Request, token: str) -> dict | None:
 def _own_sent_note(request: Request, token: str) -> str | None:
     """What this session's send of ``token``, which went, left undone (a
     copy in Sent, its draft out of Drafts: ``file_sent``), or None."""
-    try:
-        record = json.loads(_record_path(pages.state(request).services, token, ".sent").read_bytes())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("account_id") != pages.current(request).account_id:
+    record = _own_kept(request, token, ".sent")
+    if record is None:
         return None
     return str(record.get("undone") or "") or None
 
