@@ -6,6 +6,7 @@ protocol. Real server, raw sockets and real clients."""
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import poplib
 import re
@@ -19,6 +20,7 @@ import time
 import pytest
 
 from ..conftest import USERS, RunningServer
+from .test_tls_auth import ScramClient
 
 httpx = pytest.importorskip("httpx")
 
@@ -301,3 +303,75 @@ def test_password_change_ends_imap_pop3_and_webmail_sessions(mailserver: Running
     assert "alice" in web_inbox(web).text
     web.close()
 
+
+
+# --- item 4: a SASL exchange logs in to the account it proved, as it is at its end ----------
+def scram_started(server: RunningServer, user: str) -> tuple[RawImap, ScramClient, bytes]:
+    """An IMAP ``AUTHENTICATE SCRAM-SHA-256`` with ``user``'s password, left
+    after the server-first message (the server has handed the keys of the
+    account as it was then)."""
+    c = RawImap(server)
+    scram = ScramClient(user, USERS[user])
+    c.sock.sendall(b"a1 AUTHENTICATE SCRAM-SHA-256\r\n")
+    assert c._read_until(lambda buf: b"\r\n" in buf).startswith(b"+")
+    c.sock.sendall(base64.b64encode(scram.first()) + b"\r\n")
+    r = c._read_until(lambda buf: b"\r\n" in buf)
+    assert r.startswith(b"+ "), r
+    return c, scram, base64.b64decode(r[2:].strip())
+
+
+def scram_finished(c: RawImap, scram: ScramClient, server_first: bytes) -> bytes:
+    """The tagged answer to the client-final message (made from the password
+    the exchange started with)."""
+    c.sock.sendall(base64.b64encode(scram.final(server_first)) + b"\r\n")
+    r = c._read_until(lambda buf: re.search(rb"(^|\r\n)(a1 |\+ )", buf) is not None)
+    if r.startswith(b"+ "):  # the server-final message: an empty response ends the exchange
+        c.sock.sendall(b"\r\n")
+        r += c._read_until(lambda buf: b"a1 " in buf)
+    return r
+
+
+def test_scram_exchange_across_a_password_change_is_refused(mailserver: RunningServer) -> None:
+    """A SCRAM exchange started with the old password (RFC 5802 5: the keys
+    are handed at the server-first message) whose proof arrives after the
+    password changed does not log in: what it proved no longer opens the
+    account."""
+    send(mailserver, ALICE, "after", b"alice-private-after")
+    c, scram, server_first = scram_started(mailserver, ALICE)
+    cli(mailserver, "user", "passwd", ALICE, "--password-stdin", stdin="a-brand-new-password-9\n")
+    r = scram_finished(c, scram, server_first)
+    assert b"a1 NO" in r and b"a1 OK" not in r, r
+    assert b"alice-private-after" not in c.command("SELECT INBOX") + c.command("FETCH 1:* (BODY[])")
+    c.close()
+    fresh = imaplib.IMAP4(mailserver.host, mailserver.port("imap"), timeout=10)
+    fresh.authenticate("SCRAM-SHA-256", ScramClient(ALICE, "a-brand-new-password-9"))  # the new one does
+    fresh.logout()
+
+
+def test_scram_exchange_never_logs_in_to_the_next_account_of_the_address(mailserver: RunningServer) -> None:
+    """Bob is removed and the address given to a new account while a SCRAM
+    exchange with the old bob's password waits for its proof: the proof is
+    refused, and the new account's mail is never read."""
+    c, scram, server_first = scram_started(mailserver, BOB)
+    cli(mailserver, "user", "remove", BOB, "--yes")
+    cli(mailserver, "user", "add", BOB, "--password-stdin", stdin="new-bob-password-77\n")
+    send(mailserver, BOB, "for the new bob", b"new-bob-secret")
+    r = scram_finished(c, scram, server_first)
+    assert b"a1 NO" in r and b"a1 OK" not in r, r
+    assert b"new-bob-secret" not in c.command("SELECT INBOX") + c.command("FETCH 1:* (BODY[])")
+    c.close()
+
+
+def test_smtp_scram_exchange_across_a_password_change_is_refused(mailserver: RunningServer) -> None:
+    """The same on the submission port: 535, not 235 (RFC 4954 6)."""
+    scram = ScramClient(ALICE, USERS[ALICE])
+    with smtplib.SMTP(mailserver.host, mailserver.port("submission"), timeout=10) as s:
+        s.ehlo("client.example.test")
+        code, server_first = s.docmd("AUTH SCRAM-SHA-256", base64.b64encode(scram.first()).decode())
+        assert code == 334, server_first
+        cli(mailserver, "user", "passwd", ALICE, "--password-stdin", stdin="a-brand-new-password-9\n")
+        code, text = s.docmd(base64.b64encode(scram.final(base64.b64decode(server_first))).decode())
+        if code == 334:  # the server-final message
+            code, text = s.docmd("")
+        assert code == 535, (code, text)
+        assert s.mail(ALICE)[0] == 530  # not logged in: submission needs AUTH

@@ -313,6 +313,13 @@ class LoginSession:
         self.protocol = protocol
         self._tls = tls  # read at login time: STARTTLS may have changed it
         self._open: Attempt | None = None
+        # The account record whose credentials the mechanism checks (the
+        # password's, or the SCRAM keys handed to it), and the one the
+        # exchange ended logged in to: a session is the account that was
+        # proven, never whatever holds its name by the time the exchange ends
+        # (removed and added again, or its password changed meanwhile).
+        self._proven: Account | None = None
+        self._logged_in: Account | None = None
 
     @property
     def tls(self) -> bool | None:
@@ -354,6 +361,7 @@ class LoginSession:
                 result = await self.password(ev.authcid, ev.password)
                 if isinstance(result, TryLater):
                     return sasl.Failure("too many failed attempts", "temporary", ev.authcid)
+                self._proven = result
                 ev = mech.provide_result(result is not None)
                 if isinstance(ev, sasl.Failure):
                     return ev  # counted by password()
@@ -372,6 +380,7 @@ class LoginSession:
                         keys = parse_scram_sha256(account.scram_sha256)
                     except ValueError:
                         keys = None  # a broken credential behaves like a missing one
+                self._proven = account if keys is not None else None
                 ev = mech.provide_scram_keys(keys, fake_salt=None if keys else service.fake_salt(key))
             elif isinstance(ev, sasl.Failure):
                 if self._open is not None:
@@ -389,6 +398,7 @@ class LoginSession:
                 return ev
             elif isinstance(ev, sasl.Success):
                 attempt, self._open = self._open, None
+                proven, self._proven, self._logged_in = self._proven, None, None
                 try:
                     account = await service.resolve(ev.authcid)
                 except BaseException as exc:
@@ -402,16 +412,24 @@ class LoginSession:
                         why = "store unavailable" if isinstance(exc, StoreUnavailable) else "exchange abandoned"
                         logs.event(log, logging.INFO, "auth_aborted", proto=self.protocol, ip=self.ip, reason=why)
                     raise
-                if account is None:  # removed during the exchange
+                if account is None or proven is None or account.id != proven.id or account.epoch != proven.epoch:
+                    # Removed, or removed and added again, or its password
+                    # changed while the exchange ran (a SCRAM exchange may
+                    # wait for its last message until the command deadline):
+                    # what the client proved no longer opens this account.
+                    why = "account vanished" if account is None else "credentials changed during the exchange"
                     if attempt is not None:
-                        service.failed(attempt, self.ip, ev.authcid, self.protocol, "account vanished")
-                    return sasl.Failure("account vanished", "invalid-credentials", ev.authcid)
+                        service.failed(attempt, self.ip, ev.authcid, self.protocol, why)
+                    return sasl.Failure(why, "invalid-credentials", ev.authcid)
                 if attempt is not None:  # SCRAM; PLAIN and LOGIN were settled by password()
                     service.succeeded(attempt, account, self.ip, self.protocol, self.tls)
+                self._logged_in = account
                 return ev
             else:
                 assert isinstance(ev, sasl.Challenge)
                 return ev
 
     async def account(self, success: sasl.Success) -> Account | None:
-        return await self.service.resolve(success.authcid)
+        """The account the exchange that ended in ``success`` logged in to:
+        the one whose credentials it proved, as checked at its end (``sasl``)."""
+        return self._logged_in

@@ -1,0 +1,56 @@
+"""A SASL exchange (auth/service.py ``LoginSession``) logs in to the account
+record whose credentials it proved, and only if that record is still the
+account's at the end of the exchange: a removal, a new account under the
+same address, or a password change in between refuses it."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+
+from mailyard.auth import sasl
+from mailyard.auth.passwords import hash_password
+from mailyard.auth.service import LoginService
+from mailyard.auth.throttle import LoginThrottle, ThrottlePolicy
+from mailyard.store.api import Account
+
+ALICE = "alice@example.test"
+IP = "192.0.2.7"
+PASSWORD = "a-good-long-password"
+RECORD = Account(1, ALICE, hash_password(PASSWORD), epoch=3)
+
+
+class ChangingStore:
+    """``get_account`` answers from ``answers`` in turn (the last one again
+    when they run out): the account as each lookup finds it."""
+
+    def __init__(self, *answers: Account | None) -> None:
+        self.answers = list(answers)
+
+    async def get_account(self, name: str) -> Account | None:
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+async def plain_login(*answers: Account | None) -> tuple[object, Account | None]:
+    session = LoginService(ChangingStore(*answers), LoginThrottle(ThrottlePolicy())).session(IP, "imap")  # type: ignore[arg-type]
+    mech = sasl.PlainMechanism()
+    ev = await session.sasl(mech, mech.begin(base64.b64encode(b"\0" + ALICE.encode() + b"\0" + PASSWORD.encode())))
+    account = await session.account(ev) if isinstance(ev, sasl.Success) else None
+    return ev, account
+
+
+async def test_plain_logs_in_to_the_account_it_proved() -> None:
+    ev, account = await plain_login(RECORD)
+    assert isinstance(ev, sasl.Success) and account == RECORD
+
+
+async def test_plain_is_refused_when_the_password_changed_after_its_check() -> None:
+    ev, account = await plain_login(RECORD, dataclasses.replace(RECORD, epoch=4))
+    assert isinstance(ev, sasl.Failure) and ev.kind == "invalid-credentials" and account is None
+    assert ev.reason == "credentials changed during the exchange"
+
+
+async def test_plain_never_logs_in_to_a_new_account_of_the_same_address() -> None:
+    ev, account = await plain_login(RECORD, dataclasses.replace(RECORD, id=2, epoch=0))
+    assert isinstance(ev, sasl.Failure) and account is None
+
