@@ -54,3 +54,48 @@ async def test_plain_never_logs_in_to_a_new_account_of_the_same_address() -> Non
     ev, account = await plain_login(RECORD, dataclasses.replace(RECORD, id=2, epoch=0))
     assert isinstance(ev, sasl.Failure) and account is None
 
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def scram_exchange(wait: float) -> tuple[object, LoginService]:
+    """A SCRAM-SHA-256 exchange with the right password whose proof comes
+    ``wait`` seconds after the server-first message."""
+    from mailyard.auth.passwords import make_scram_sha256
+
+    from ..integration.test_tls_auth import ScramClient
+
+    record = dataclasses.replace(RECORD, scram_sha256=make_scram_sha256(PASSWORD))
+    clock = Clock()
+    service = LoginService(ChangingStore(record), LoginThrottle(ThrottlePolicy()), clock=clock)  # type: ignore[arg-type]
+    session = service.session(IP, "imap")
+    client = ScramClient(ALICE, PASSWORD)
+    mech = sasl.ScramSha256Mechanism()
+    first = await session.sasl(mech, mech.begin(base64.b64encode(client.first())))
+    assert isinstance(first, sasl.Challenge)
+    clock.now += wait
+    answer = await session.sasl(mech, mech.step(base64.b64encode(client.final(first.data))))
+    return answer, service
+
+
+async def test_scram_proof_in_time_gets_the_server_final_message() -> None:
+    answer, _service = await scram_exchange(1.0)
+    assert isinstance(answer, sasl.Challenge) and answer.data.startswith(b"v=")
+
+
+async def test_scram_proof_after_the_exchange_deadline_is_refused_unsaid() -> None:
+    """A proof later than SASL_EXCHANGE_MAX (the PostgreSQL throttle may have
+    let its reservation go meanwhile) is a failure, counted, and gets no
+    server-final ``v=`` that would tell a right password from a wrong one."""
+    from mailyard.auth.service import SASL_EXCHANGE_MAX
+
+    answer, service = await scram_exchange(SASL_EXCHANGE_MAX + 1)
+    assert isinstance(answer, sasl.Failure) and answer.kind == "invalid-credentials"
+    assert answer.reason == "exchange took too long"
+    assert service.throttle._accounts.entries[ALICE].failures == 1

@@ -45,8 +45,20 @@ from ..store.names import normalize_address
 from . import sasl
 from .passwords import SCRAM_SALT_BYTES, ScramKeys, parse_scram_sha256, verify_password_async
 from .throttle import Attempt, Busy, Locked, LoginThrottle
+from .throttle_db import PENDING_TTL
 
 __all__ = ["LoginService", "LoginSession", "TryLater", "load_secret"]
+
+
+# The longest a SCRAM exchange may run from the server-first message (the
+# keys handed out, the attempt reserved against the login limits) to the
+# client's proof. The PostgreSQL throttle lets a reservation go after
+# ``PENDING_TTL`` (a node may die holding it); a proof arriving later would
+# be a guess beyond the limit, made while new exchanges had been let in.
+# So a later message of the exchange ends it as a failure, and whatever the
+# proof was is never said: no server-final ``v=`` (RFC 5802 3), which would
+# tell a right guess from a wrong one. A real client answers in a second.
+SASL_EXCHANGE_MAX = PENDING_TTL / 2
 
 log = logging.getLogger("mailyard.auth")
 
@@ -313,6 +325,9 @@ class LoginSession:
         self.protocol = protocol
         self._tls = tls  # read at login time: STARTTLS may have changed it
         self._open: Attempt | None = None
+        # the mechanism of the exchange in ``_open``, and when it was reserved (service.clock)
+        self._open_mech: sasl.Mechanism | None = None
+        self._opened = 0.0
         # The account record whose credentials the mechanism checks (the
         # password's, or the SCRAM keys handed to it), and the one the
         # exchange ended logged in to: a session is the account that was
@@ -329,7 +344,7 @@ class LoginSession:
         return await self.service.password(self.ip, name, password, self.protocol, self.tls)
 
     def _abandon(self, why: str, name: str | None) -> None:
-        attempt, self._open = self._open, None
+        attempt, self._open, self._open_mech = self._open, None, None
         if attempt is not None:
             self.service.failed(attempt, self.ip, name, self.protocol, why)
 
@@ -356,6 +371,12 @@ class LoginSession:
         -ERR [SYS/TEMP]).
         """
         service = self.service
+        if self._open is not None and mech is self._open_mech and service.clock() - self._opened > SASL_EXCHANGE_MAX:
+            # (whatever the mechanism made of this message is dropped unsaid)
+            authcid = getattr(mech, "authcid", None)
+            self._abandon("exchange took too long", authcid)
+            self._proven = None
+            return sasl.Failure("exchange took too long", "invalid-credentials", authcid)
         while True:
             if isinstance(ev, sasl.NeedCredentials):
                 result = await self.password(ev.authcid, ev.password)
@@ -373,7 +394,7 @@ class LoginSession:
                 if isinstance(attempt, TryLater):
                     # No keys, real or fake, for a name or address over its limit.
                     return sasl.Failure("too many failed attempts", "temporary", ev.authcid)
-                self._open = attempt
+                self._open, self._open_mech, self._opened = attempt, mech, service.clock()
                 keys: ScramKeys | None = None
                 if account is not None and account.scram_sha256:
                     try:
