@@ -403,3 +403,51 @@ async def test_replies_still_due_at_detach_are_never_read_as_later_calls() -> No
         assert isinstance(worker.reserve("192.0.2.1", "a@example.test", 3.0), Locked)
     finally:
         sup.close()
+
+
+def test_a_reply_that_came_while_the_worker_stalled_is_read_not_taken_for_a_dead_supervisor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor answers at once, then the worker's loop stalls past
+    REPLY_TIMEOUT (a busy worker). uvloop (the server's loop) runs the due
+    timer before it polls for the reply that is waiting: the reply must be
+    read, not the supervisor declared gone, which would leave this worker on
+    its own counters for good (each worker then allows a whole budget)."""
+    import time
+
+    import uvloop
+
+    from mailyard.auth import throttle_shared
+
+    monkeypatch.setattr(throttle_shared, "REPLY_TIMEOUT", 0.2)
+    policy = ThrottlePolicy(base_delay=0.0, account_max_failures=2)
+    server = ThrottleServer(LoginThrottle(policy))
+    sup_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    worker = SharedThrottle(worker_end, policy)
+
+    busy_in, busy_out = socket.socketpair()
+
+    def busy() -> None:
+        # another connection's input, taking the loop for longer than the
+        # timeout (in an input callback: the next turn runs the due timers
+        # before it polls again)
+        busy_in.recv(1)
+        _serve_one(server, sup_end)  # meanwhile the supervisor has answered
+        time.sleep(0.5)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        worker.attach(loop)
+        loop.add_reader(busy_in.fileno(), busy)
+        ask = asyncio.ensure_future(worker.reserve_async("192.0.2.1", "a@example.test", 5.0))
+        while not worker._waiting:
+            await asyncio.sleep(0)  # the request is sent
+        busy_out.send(b"x")
+        assert isinstance(await ask, Attempt)
+        assert not worker.fallback
+        loop.remove_reader(busy_in.fileno())
+        worker.detach()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+    for end in (sup_end, worker_end, busy_in, busy_out):
+        end.close()

@@ -279,7 +279,7 @@ class SharedThrottle(LoginThrottle):
         self._post(method, args, on_reply)
         # A loop timer, not asyncio.wait_for: a login may run in an eager
         # step that has no current task (net/session_protocol.py).
-        timer = loop.call_later(REPLY_TIMEOUT, lambda: fut.done() or self._lost("no reply"))
+        timer = loop.call_later(REPLY_TIMEOUT, self._overdue, fut)
         try:
             data = await fut
         except asyncio.CancelledError:
@@ -291,6 +291,18 @@ class SharedThrottle(LoginThrottle):
         finally:
             timer.cancel()
         return _value(data)
+
+    def _overdue(self, fut: asyncio.Future[bytes]) -> None:
+        """``REPLY_TIMEOUT`` has passed without ``fut``'s reply being read.
+        After the loop itself stalled that long (a busy worker), the reply
+        may be waiting in the socket: libuv runs due timers before it polls
+        for input. It is read first; only a reply still missing means the
+        supervisor stopped answering (and this process's tables count for
+        good: a late reply could be read as a later request's)."""
+        if not fut.done() and not self.fallback:
+            self._readable()
+        if not fut.done():
+            self._lost("no reply")
 
     def _tell(self, method: str, args: tuple, on_reply: Callable[[bytes | None], None] | None = None) -> bool:
         """Send a report from the loop's thread without waiting for its
