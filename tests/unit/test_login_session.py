@@ -36,6 +36,8 @@ async def plain_login(*answers: Account | None) -> tuple[object, Account | None]
     mech = sasl.PlainMechanism()
     ev = await session.sasl(mech, mech.begin(base64.b64encode(b"\0" + ALICE.encode() + b"\0" + PASSWORD.encode())))
     account = await session.account(ev) if isinstance(ev, sasl.Success) else None
+    # the connection's login side keeps no account record, with its secrets, after the exchange
+    assert not [v for v in vars(session).values() if isinstance(v, Account)]
     return ev, account
 
 

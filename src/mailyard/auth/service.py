@@ -345,6 +345,7 @@ class LoginSession:
 
     def _abandon(self, why: str, name: str | None) -> None:
         attempt, self._open, self._open_mech = self._open, None, None
+        self._proven = self._logged_in = None
         if attempt is not None:
             self.service.failed(attempt, self.ip, name, self.protocol, why)
 
@@ -404,6 +405,7 @@ class LoginSession:
                 self._proven = account if keys is not None else None
                 ev = mech.provide_scram_keys(keys, fake_salt=None if keys else service.fake_salt(key))
             elif isinstance(ev, sasl.Failure):
+                self._proven = None
                 if self._open is not None:
                     self._abandon(ev.reason if ev.kind != "invalid-credentials" else "wrong credentials",
                                   ev.authcid)
@@ -441,6 +443,10 @@ class LoginSession:
                     why = "account vanished" if account is None else "credentials changed during the exchange"
                     if attempt is not None:
                         service.failed(attempt, self.ip, ev.authcid, self.protocol, why)
+                    else:
+                        # PLAIN or LOGIN: the password was right and counted
+                        # so; the log says the login did not happen after all
+                        logs.event(log, logging.INFO, "auth_aborted", proto=self.protocol, ip=self.ip, reason=why)
                     return sasl.Failure(why, "invalid-credentials", ev.authcid)
                 if attempt is not None:  # SCRAM; PLAIN and LOGIN were settled by password()
                     service.succeeded(attempt, account, self.ip, self.protocol, self.tls)
@@ -452,5 +458,8 @@ class LoginSession:
 
     async def account(self, success: sasl.Success) -> Account | None:
         """The account the exchange that ended in ``success`` logged in to:
-        the one whose credentials it proved, as checked at its end (``sasl``)."""
-        return self._logged_in
+        the one whose credentials it proved, as checked at its end (``sasl``).
+        Handed over once: the connection keeps no record with secrets in it
+        (the caller keeps ``Account.without_secrets``)."""
+        account, self._logged_in = self._logged_in, None
+        return account
