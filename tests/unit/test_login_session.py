@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
+
+import pytest
 
 from mailyard.auth import sasl
-from mailyard.auth.passwords import hash_password
+from mailyard.auth.passwords import hash_password, make_scram_sha256
 from mailyard.auth.service import LoginService
 from mailyard.auth.throttle import LoginThrottle, ThrottlePolicy
 from mailyard.store.api import Account
+
+from ..integration.test_tls_auth import ScramClient
 
 ALICE = "alice@example.test"
 IP = "192.0.2.7"
@@ -66,13 +71,8 @@ class Clock:
         return self.now
 
 
-async def scram_exchange(wait: float) -> tuple[object, LoginService]:
-    """A SCRAM-SHA-256 exchange with the right password whose proof comes
-    ``wait`` seconds after the server-first message."""
-    from mailyard.auth.passwords import make_scram_sha256
-
-    from ..integration.test_tls_auth import ScramClient
-
+async def scram_started() -> tuple[Clock, LoginService, object, sasl.ScramSha256Mechanism, ScramClient]:
+    """A SCRAM-SHA-256 exchange with the right password, after the server-first message."""
     record = dataclasses.replace(RECORD, scram_sha256=make_scram_sha256(PASSWORD))
     clock = Clock()
     service = LoginService(ChangingStore(record), LoginThrottle(ThrottlePolicy()), clock=clock)  # type: ignore[arg-type]
@@ -81,8 +81,20 @@ async def scram_exchange(wait: float) -> tuple[object, LoginService]:
     mech = sasl.ScramSha256Mechanism()
     first = await session.sasl(mech, mech.begin(base64.b64encode(client.first())))
     assert isinstance(first, sasl.Challenge)
+    client.server_first = first.data
+    return clock, service, session, mech, client
+
+
+async def scram_exchange_parts(wait: float) -> tuple[object, LoginService, object, sasl.ScramSha256Mechanism, Clock]:
+    """... and its proof, ``wait`` seconds after the server-first message."""
+    clock, service, session, mech, client = await scram_started()
     clock.now += wait
-    answer = await session.sasl(mech, mech.step(base64.b64encode(client.final(first.data))))
+    answer = await session.sasl(mech, mech.step(base64.b64encode(client.final(client.server_first))))
+    return answer, service, session, mech, clock
+
+
+async def scram_exchange(wait: float) -> tuple[object, LoginService]:
+    answer, service, _session, _mech, _clock = await scram_exchange_parts(wait)
     return answer, service
 
 
@@ -101,3 +113,33 @@ async def test_scram_proof_after_the_exchange_deadline_is_refused_unsaid() -> No
     assert isinstance(answer, sasl.Failure) and answer.kind == "invalid-credentials"
     assert answer.reason == "exchange took too long"
     assert service.throttle._accounts.entries[ALICE].failures == 1
+
+
+async def test_scram_final_empty_message_after_a_proof_in_time_is_not_late() -> None:
+    """IMAP and POP3 send the server-final ``v=`` as a challenge and wait for
+    an empty message (RFC 5802 5, RFC 9051 6.2.2): the proof was judged in
+    time, so a slow empty message still ends the exchange as a login."""
+    from mailyard.auth.service import SASL_EXCHANGE_MAX
+
+    answer, service, session, mech, clock = await scram_exchange_parts(1.0)
+    assert isinstance(answer, sasl.Challenge) and answer.data.startswith(b"v=")
+    clock.now += SASL_EXCHANGE_MAX + 1
+    assert isinstance(await session.sasl(mech, mech.step(b"")), sasl.Success)
+
+
+async def test_a_malformed_message_after_the_deadline_is_answered_as_malformed() -> None:
+    """The deadline refuses a late proof; a late message that is no proof at
+    all keeps its own answer (IMAP BAD for a malformed exchange), counted."""
+    from mailyard.auth.service import SASL_EXCHANGE_MAX
+
+    clock, service, session, mech, client = await scram_started()
+    clock.now += SASL_EXCHANGE_MAX + 1
+    answer = await session.sasl(mech, mech.step(b"not base64 at all!"))
+    assert isinstance(answer, sasl.Failure) and answer.kind == "malformed"
+    assert service.throttle._accounts.entries[ALICE].failures == 1
+
+
+async def test_plain_refused_at_its_end_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="mailyard.auth"):
+        await plain_login(RECORD, dataclasses.replace(RECORD, epoch=4))
+    assert any("auth_aborted" in r.getMessage() and "credentials changed" in r.getMessage() for r in caplog.records)

@@ -414,9 +414,9 @@ def test_a_reply_that_came_while_the_worker_stalled_is_read_not_taken_for_a_dead
     its own counters for good (each worker then allows a whole budget)."""
     import time
 
-    import uvloop
-
     from mailyard.auth import throttle_shared
+
+    uvloop = pytest.importorskip("uvloop")
 
     monkeypatch.setattr(throttle_shared, "REPLY_TIMEOUT", 0.2)
     policy = ThrottlePolicy(base_delay=0.0, account_max_failures=2)

@@ -325,9 +325,10 @@ class LoginSession:
         self.protocol = protocol
         self._tls = tls  # read at login time: STARTTLS may have changed it
         self._open: Attempt | None = None
-        # the mechanism of the exchange in ``_open``, and when it was reserved (service.clock)
+        # the mechanism of the exchange in ``_open``, and when it was reserved
+        # (service.clock; None once its proof was judged in time)
         self._open_mech: sasl.Mechanism | None = None
-        self._opened = 0.0
+        self._opened: float | None = None
         # The account record whose credentials the mechanism checks (the
         # password's, or the SCRAM keys handed to it), and the one the
         # exchange ended logged in to: a session is the account that was
@@ -372,14 +373,18 @@ class LoginSession:
         -ERR [SYS/TEMP]).
         """
         service = self.service
-        if self._open is not None and mech is self._open_mech and service.clock() - self._opened > SASL_EXCHANGE_MAX:
-            # (whatever the mechanism made of this message is dropped unsaid)
-            authcid = getattr(mech, "authcid", None)
-            self._abandon("exchange took too long", authcid)
-            self._proven = None
-            return sasl.Failure("exchange took too long", "invalid-credentials", authcid)
+        if (self._open is not None and mech is self._open_mech and self._opened is not None
+                and service.clock() - self._opened > SASL_EXCHANGE_MAX and not isinstance(ev, sasl.Failure)):
+            # the proof, too late: whatever the mechanism made of it is
+            # dropped unsaid (a cancel or a malformed message is answered as
+            # such below, and counted all the same)
+            self._abandon("exchange took too long", mech.authcid)
+            return sasl.Failure("exchange took too long", "invalid-credentials", mech.authcid)
+        keys_given = False
         while True:
             if isinstance(ev, sasl.NeedCredentials):
+                if self._open is not None:
+                    self._abandon("exchange restarted", ev.authcid)
                 result = await self.password(ev.authcid, ev.password)
                 if isinstance(result, TryLater):
                     return sasl.Failure("too many failed attempts", "temporary", ev.authcid)
@@ -396,6 +401,7 @@ class LoginSession:
                     # No keys, real or fake, for a name or address over its limit.
                     return sasl.Failure("too many failed attempts", "temporary", ev.authcid)
                 self._open, self._open_mech, self._opened = attempt, mech, service.clock()
+                keys_given = True
                 keys: ScramKeys | None = None
                 if account is not None and account.scram_sha256:
                     try:
@@ -454,6 +460,8 @@ class LoginSession:
                 return ev
             else:
                 assert isinstance(ev, sasl.Challenge)
+                if self._open is not None and mech is self._open_mech and not keys_given:
+                    self._opened = None  # the server-final message: the proof came in time
                 return ev
 
     async def account(self, success: sasl.Success) -> Account | None:
