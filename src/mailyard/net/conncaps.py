@@ -5,6 +5,11 @@ One home for the mail listeners (net/listener.py) and the HTTP port
 (web/limits.py): a client over a cap is refused at once with its protocol's
 own "try again later" (SMTP 421, IMAP BYE, POP3 -ERR [SYS/TEMP], HTTP 503),
 so one address cannot take every slot and the server keeps serving others.
+
+A connection counts from its TCP accept, whatever its state: on an
+implicit-TLS port the accept loop (net/accept.py `Acceptor`) admits it
+before its handshake, and the session's own admission when the handshake
+is done finds it counted already (one slot, handed over).
 """
 
 from __future__ import annotations
@@ -34,12 +39,23 @@ class ConnectionCaps:
         """The connections counted in now (a copy: safe to iterate while they end)."""
         return list(self._open)
 
-    def admit(self, connection: Hashable, ip: str) -> str | None:
-        """Count ``connection`` from ``ip`` in; returns why it is refused, or None."""
+    def refusal(self, ip: str) -> str | None:
+        """Why a new connection from ``ip`` would be refused now, or None."""
         if len(self._open) >= self.max_connections:
             return "too many connections"
         if self._per_ip.get(ip, 0) >= self.max_per_ip:
             return "too many connections from your address"
+        return None
+
+    def admit(self, connection: Hashable, ip: str) -> str | None:
+        """Count ``connection`` from ``ip`` in; returns why it is refused, or
+        None. A connection counted in already stays counted once (admitted
+        at accept, it is admitted again when its TLS handshake is done)."""
+        if connection in self._open:
+            return None
+        refused = self.refusal(ip)
+        if refused is not None:
+            return refused
         self._open[connection] = ip
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         return None

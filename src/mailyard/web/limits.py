@@ -13,6 +13,11 @@ from ``[limits]``:
   from the connection or the end of the previous response, however its bytes
   are spaced; otherwise ``408 Request Timeout`` (RFC 9110 15.5.9) and close.
 
+On the https port a connection is counted from its accept, before its TLS
+handshake (web/service.py runs the accept loop of net/accept.py there, as
+the mail ports' implicit-TLS listeners do); its ``connection_made`` then
+finds it counted already.
+
 A request whose head arrived (including a long-lived SSE stream) is not
 limited by this deadline; web/bodies.py bounds its body's size and the rate
 it must arrive at (408 as well).
@@ -43,6 +48,9 @@ def limited_h11(limits: ConnectionLimits) -> type[H11Protocol]:
     caps = ConnectionCaps(limits.max_connections, limits.max_connections_per_ip)
 
     class LimitedH11(H11Protocol):
+        # the listener's counts; on https the accept loop counts a connection
+        # in before its TLS handshake (web/service.py, net/accept.py)
+        caps: ConnectionCaps
         _head_timer: asyncio.TimerHandle | None = None
         _waiting_since: Any = None  # the cycle that was current when the timer was armed
 
@@ -88,4 +96,5 @@ def limited_h11(limits: ConnectionLimits) -> type[H11Protocol]:
             self.transport.write(_response("408 Request Timeout", "request not completed in time"))
             self.transport.close()
 
+    LimitedH11.caps = caps
     return LimitedH11

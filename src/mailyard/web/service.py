@@ -1,7 +1,13 @@
 """The HTTP service of ``mailyard serve``: uvicorn running the webmail app
 inside the server's own event loop, started and stopped with the other
 listeners (it offers the same ``bound_port`` / ``stop(grace)`` as
-``net.listener.Listener``, so ``MailServer.port("http")`` works)."""
+``net.listener.Listener``, so ``MailServer.port("http")`` works).
+
+On https, uvicorn gets no listening socket: the accept loop of the mail
+ports (net/accept.py `Acceptor`) accepts, counts each connection against
+the ``[limits]`` caps before its TLS handshake (uvicorn's protocol learns
+of a connection only after it) and hands it, TLS and all, to uvicorn's
+protocol."""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from ..net.accept import Acceptor
 from ..net.listener import ConnectionLimits, listen_error
 from .limits import limited_h11
 
@@ -58,6 +65,7 @@ class HTTPService:
         self.bound_port = 0
         self._task: asyncio.Task | None = None
         self._uvicorn: _Server | None = None
+        self._acceptor: Acceptor | None = None  # https: our accept loop, not uvicorn's
         self.app: Any = app
 
     async def start(self) -> None:
@@ -101,18 +109,27 @@ class HTTPService:
             # [limits] connection caps and request-head deadline (web/limits.py)
             http=limited_h11(_connection_limits(self.services.config.limits)),
         )
-        if self.tls is not None:
-            config.load()
-            # The front context switches each handshake to the current
-            # certificate (reloads, ACME TLS-ALPN-01 answers).
-            config.ssl = self.tls.listener_context()
-        self._uvicorn = _Server(config)
-        self._task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name=f"mailyard-{self.name}")
-        while not self._uvicorn.started:
+        server = self._uvicorn = _Server(config)
+        # https: uvicorn serves no socket of its own (see the module docstring)
+        self._task = asyncio.create_task(server.serve(sockets=[] if self.tls else [sock]),
+                                         name=f"mailyard-{self.name}")
+        while not server.started:
             if self._task.done():
                 self._task.result()  # raises the start-up error
                 raise RuntimeError("HTTP service did not start")
             await asyncio.sleep(0.01)
+        if self.tls is not None:
+            protocol = config.http_protocol_class
+
+            def session(_source: object) -> asyncio.Protocol:
+                return protocol(config=config, server_state=server.server_state,  # type: ignore[call-arg]
+                                app_state=server.lifespan.state)
+
+            # The front context switches each handshake to the current
+            # certificate (reloads, ACME TLS-ALPN-01 answers).
+            self._acceptor = Acceptor(sock, session, self.tls.listener_context, self.name,
+                                      caps=protocol.caps)  # type: ignore[attr-defined]
+            self._acceptor.start()
 
     async def stop(self, grace: float = 2.0) -> None:
         if self.app is not None:
@@ -121,6 +138,10 @@ class HTTPService:
 
             cancel_all(self.services)  # held sends wait on disk for the next start
             self.app.state.web.pool.close()  # the render worker processes (closing twice is harmless)
+        if self._acceptor is not None:
+            self._acceptor.close()  # (connections in their handshake are dropped)
+            self._acceptor.listening.close()
+            self._acceptor = None
         if self._uvicorn is None or self._task is None:
             return
         self._uvicorn.should_exit = True
