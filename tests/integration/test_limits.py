@@ -22,6 +22,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -229,16 +230,13 @@ def test_prompt_commands_are_not_cut_off(make_server: Callable[..., RunningServe
 
 
 # --- connection caps -----------------------------------------------------------------
-# What a client over a cap gets; on an implicit-TLS port it is closed before
-# any TLS, so it gets nothing (`_refused`).
+# What a client over a cap on a plain port reads before it is closed; on an
+# implicit-TLS port it reads nothing (`_assert_refused`).
 REFUSALS = {
     "smtp": b"421 4.7.0 ",
     "submission": b"421 4.7.0 ",
-    "smtps": b"",
     "imap": b"* BYE ",
-    "imaps": b"",
     "pop3": b"-ERR ",
-    "pop3s": b"",
 }
 GREETINGS = {"smtp": b"220 ", "imap": b"* OK ", "pop3": b"+OK "}
 
@@ -247,15 +245,20 @@ def _greeting(service: str) -> bytes:
     return GREETINGS[service.rstrip("s").replace("submission", "smtp")]
 
 
-def _refused(server: RunningServer, service: str, source: str) -> bytes:
-    """What a client over a cap reads before it is closed; on an implicit-TLS
-    port its handshake must fail (the server closes it before any TLS)."""
+def _assert_refused(server: RunningServer, service: str, source: str) -> None:
+    """A client over a cap is refused: on a plain port with its protocol's
+    reply; on an implicit-TLS port its connection is closed before any TLS,
+    so a TLS client's handshake fails and a bare connection reads nothing
+    before the close."""
     if service not in IMPLICIT_TLS:
         with _connect(server, service, source) as sock:
-            return _read_until_closed(sock)
+            assert _read_until_closed(sock).startswith(REFUSALS[service])
+        return
     with pytest.raises((ssl.SSLError, ConnectionError)):
         _connect(server, service, source).close()
-    return b""
+    with socket.create_connection((server.host, server.port(service)), timeout=10,
+                                  source_address=(source, 0)) as sock:
+        assert _read_until_closed(sock) == b""
 
 
 def _wait_until_admitted(server: RunningServer, service: str, source: str) -> None:
@@ -278,7 +281,7 @@ def _two_per_address_three_in_total(cfg) -> None:  # noqa: ANN001
     cfg.limits.max_connections = 3
 
 
-@pytest.mark.parametrize("service", list(REFUSALS))
+@pytest.mark.parametrize("service", [*REFUSALS, "smtps", "imaps", "pop3s"])
 def test_connection_caps_per_address_and_in_total(make_server: Callable[..., RunningServer], service: str) -> None:
     server = make_server(_two_per_address_three_in_total)
     held = []
@@ -287,11 +290,11 @@ def test_connection_caps_per_address_and_in_total(make_server: Callable[..., Run
         for _ in range(2):
             held.append(_connect(server, service, "127.0.0.1"))
             assert _read_line(held[-1]).startswith(_greeting(service))
-        assert _refused(server, service, "127.0.0.1").startswith(REFUSALS[service])
+        _assert_refused(server, service, "127.0.0.1")
         # in total: a third address gets the last slot, a fourth is refused
         held.append(_connect(server, service, "127.0.0.2"))
         assert _read_line(held[-1]).startswith(_greeting(service))
-        assert _refused(server, service, "127.0.0.3").startswith(REFUSALS[service])
+        _assert_refused(server, service, "127.0.0.3")
     finally:
         for sock in held:
             sock.close()
@@ -365,9 +368,9 @@ def test_tls_handshakes_count_against_the_connection_caps(
         # in total: the four slots are taken, a fifth address is closed at once, with or without TLS
         with _half_handshake(server, service, "127.0.0.4") as over:
             assert _read_until_closed(over) == b""
-        assert _refused(server, service, "127.0.0.5") == b""
+        _assert_refused(server, service, "127.0.0.5")  # (a TLS client, then a bare connection)
         refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("connection_refused ")]
-        assert len(refusals) == 5, refusals  # one line per refused connection
+        assert len(refusals) == 6, refusals  # one line per refused connection
         assert all(f"proto={service} " in line for line in refusals), refusals
     finally:
         for sock in held:
@@ -375,6 +378,34 @@ def test_tls_handshakes_count_against_the_connection_caps(
     # the half-open handshakes give their slots back when their clients leave
     _wait_until_tls_served(server, service, "127.0.0.1")
     _wait_until_tls_served(server, service, "127.0.0.4")
+
+
+def test_the_server_stops_with_tls_handshakes_in_progress(make_server: Callable[..., RunningServer]) -> None:
+    """A server stop while clients are in their TLS handshake on every
+    implicit-TLS port (each counted in at its accept, its session not
+    started: no engine, nothing to say goodbye with) ends the stop whole:
+    those clients are closed without a word, and the store is closed."""
+    services = ("smtps", "imaps", "pop3s", "managesieve_tls", "https")
+    server = make_server(lambda cfg: setattr(cfg.ports, "managesieve_tls", 24191))
+    running = server.server
+    assert running is not None
+
+    def counted(service: str) -> int:
+        listener: Any = running.listeners[service]
+        return listener._acceptor.caps.active if service == "https" else listener.active
+
+    clients = [_half_handshake(server, service, "127.0.0.1") for service in services]
+    try:
+        wait_until(lambda: all(counted(service) == 1 for service in services), 10,
+                   lambda: f"each handshake to be counted: {[counted(service) for service in services]}")
+        server.call(running.stop())
+        for service, sock in zip(services, clients, strict=True):
+            assert _read_until_closed(sock) == b"", service
+        assert running._store is None
+    finally:
+        server.server = None  # (stopped, or broken: not stopped again)
+        for sock in clients:
+            sock.close()
 
 
 # --- IMAP literals ---------------------------------------------------------------------

@@ -225,18 +225,23 @@ class Acceptor:
             ctx = self.ssl_context() if self.ssl_context else None
             caps = self.caps if ctx is not None else None
             ip = (source or peer or ("",))[0]
-            if caps is not None:
-                refused = caps.refusal(ip)
-                if refused is not None:
-                    logs.event(log, logging.WARNING, "connection_refused", proto=self.name, ip=ip, reason=refused)
-                    conn.close()
-                    return
-            protocol = self.factory(source)
-            if caps is not None:
-                caps.admit(protocol, ip)  # (nothing ran since the check: admitted)
-                counted = protocol
-                self._opened()
-                opening = False
+            if caps is not None and self._refused(conn, ip, caps.refusal(ip)):
+                return  # (before a session is made for it)
+            refused: str | None = None
+            try:
+                protocol = self.factory(source)
+                if caps is not None:
+                    refused = caps.admit(protocol, ip)  # (the factory ran since the check)
+                    if refused is None:
+                        counted = protocol
+                        self._opened()
+                        opening = False
+            except Exception:  # a bug, or a library that changed: this connection is dropped, not the loop
+                log.exception("%s: no session could be made for a connection from %s", self.name, ip)
+                conn.close()
+                return  # (what was counted is given back below)
+            if self._refused(conn, ip, refused):
+                return
             try:
                 await self._loop.connect_accepted_socket(lambda: protocol, conn, ssl=ctx,
                                                          ssl_handshake_timeout=HANDSHAKE_TIMEOUT if ctx else None)
@@ -250,6 +255,16 @@ class Acceptor:
                 self.caps.release(counted)
             if opening:
                 self._opened()
+
+    def _refused(self, conn: socket.socket, ip: str, reason: str | None) -> bool:
+        """Close ``conn`` if the caps refuse it (``reason``), before any TLS:
+        its handshake is the cost the caps spare (one log line, as a refused
+        plain session logs)."""
+        if reason is None:
+            return False
+        logs.event(log, logging.WARNING, "connection_refused", proto=self.name, ip=ip, reason=reason)
+        conn.close()
+        return True
 
     def _opened(self) -> None:
         """The connection is no longer ``opening`` (admitted, refused or gone)."""

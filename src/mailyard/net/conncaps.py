@@ -2,9 +2,13 @@
 address ([limits] max_connections, max_connections_per_ip).
 
 One home for the mail listeners (net/listener.py) and the HTTP port
-(web/limits.py): a client over a cap is refused at once with its protocol's
-own "try again later" (SMTP 421, IMAP BYE, POP3 -ERR [SYS/TEMP], HTTP 503),
-so one address cannot take every slot and the server keeps serving others.
+(web/limits.py): a client over a cap is refused at once, so one address
+cannot take every slot and the server keeps serving others. On a plain port
+(STARTTLS ones included) it gets its protocol's own "try again later" (SMTP
+421, IMAP BYE, POP3 -ERR [SYS/TEMP], ManageSieve BYE (TRYLATER), HTTP 503);
+on an implicit-TLS port (smtps, imaps, pop3s, managesieve_tls, https) its
+connection is closed with no reply, since a reply would need the TLS
+handshake the cap is there to spare.
 
 A connection counts from its TCP accept, whatever its state: on an
 implicit-TLS port the accept loop (net/accept.py `Acceptor`) admits it

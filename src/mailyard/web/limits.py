@@ -6,9 +6,11 @@ nothing, or sends a request head one byte every few seconds, holds its
 connection forever (slowloris). This subclass of uvicorn's h11 protocol adds,
 from ``[limits]``:
 
-* ``max_connections`` / ``max_connections_per_ip``: over either, the client
-  gets ``503 Service Unavailable`` with ``Connection: close`` at once (RFC 9110
-  15.6.4) -- the HTTP counterpart of SMTP 421 and IMAP BYE;
+* ``max_connections`` / ``max_connections_per_ip``: over either, a client of
+  the http port gets ``503 Service Unavailable`` with ``Connection: close``
+  at once (RFC 9110 15.6.4) -- the HTTP counterpart of SMTP 421 and IMAP
+  BYE; one of the https port has its connection closed at its accept, with
+  no reply and before any TLS (see below);
 * ``command_deadline``: a request head must be complete within it, counted
   from the connection or the end of the previous response, however its bytes
   are spaced; otherwise ``408 Request Timeout`` (RFC 9110 15.5.9) and close.

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -40,12 +40,38 @@ class _Server(uvicorn.Server):
 
 
 def _connection_limits(cfg: LimitsConfig) -> ConnectionLimits:
+    """The ``[limits]`` of the HTTP ports, whole: unlike a mail port, whose
+    caps each worker of a multi-process server keeps its share of (server.py),
+    the webmail is served by one worker (workers.py ``WEB``)."""
     return ConnectionLimits(
         max_connections=cfg.max_connections,
         max_connections_per_ip=cfg.max_connections_per_ip,
         idle_timeout=cfg.idle_timeout,
         command_deadline=cfg.command_deadline,
     )
+
+
+def _session_factory(config: uvicorn.Config, server: uvicorn.Server,
+                     protocol: type[asyncio.Protocol]) -> Callable[[object], asyncio.Protocol]:
+    """What makes uvicorn's protocol for a connection our accept loop took,
+    as uvicorn's own ``Server.startup`` makes it. These are uvicorn's
+    internals (its tested versions: pyproject.toml), so they are all read
+    here, once, at start: a uvicorn that changed them stops the start with
+    this error rather than failing each connection."""
+    try:
+        made = config.http_protocol_class
+        server_state = server.server_state
+        app_state = server.lifespan.state
+    except AttributeError as exc:
+        raise RuntimeError(f"uvicorn {uvicorn.__version__} does not offer what the https accept loop "
+                           f"needs ({exc}); install a version pyproject.toml allows") from exc
+    if made is not protocol:
+        raise RuntimeError(f"uvicorn {uvicorn.__version__} serves {made!r}, not the protocol it was given")
+
+    def session(_source: object) -> asyncio.Protocol:
+        return protocol(config=config, server_state=server_state, app_state=app_state)  # type: ignore[call-arg]
+
+    return session
 
 
 class HTTPService:
@@ -93,6 +119,7 @@ class HTTPService:
             sock.listen(128)
         sock.setblocking(False)
         self.bound_port = sock.getsockname()[1]
+        protocol = limited_h11(_connection_limits(self.services.config.limits))
         config = uvicorn.Config(
             self.app,
             loop="none",
@@ -107,7 +134,10 @@ class HTTPService:
             # X-Forwarded-* from [http] trusted_proxies only: web/transport.py
             proxy_headers=False,
             # [limits] connection caps and request-head deadline (web/limits.py)
-            http=limited_h11(_connection_limits(self.services.config.limits)),
+            http=protocol,
+            # No WebSocket: an upgrade would hand the connection to another
+            # protocol, and its slot would never be given back.
+            ws="none",
         )
         server = self._uvicorn = _Server(config)
         # https: uvicorn serves no socket of its own (see the module docstring)
@@ -119,12 +149,11 @@ class HTTPService:
                 raise RuntimeError("HTTP service did not start")
             await asyncio.sleep(0.01)
         if self.tls is not None:
-            protocol = config.http_protocol_class
-
-            def session(_source: object) -> asyncio.Protocol:
-                return protocol(config=config, server_state=server.server_state,  # type: ignore[call-arg]
-                                app_state=server.lifespan.state)
-
+            try:
+                session = _session_factory(config, server, protocol)
+            except RuntimeError:
+                await self.stop()
+                raise
             # The front context switches each handshake to the current
             # certificate (reloads, ACME TLS-ALPN-01 answers).
             self._acceptor = Acceptor(sock, session, self.tls.listener_context, self.name,
