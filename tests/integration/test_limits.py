@@ -380,11 +380,15 @@ def test_tls_handshakes_count_against_the_connection_caps(
     _wait_until_tls_served(server, service, "127.0.0.4")
 
 
+GOODBYES = {"smtps": b"421 ", "imaps": b"* BYE [UNAVAILABLE] ", "pop3s": b"-ERR [SYS/TEMP] "}
+
+
 def test_the_server_stops_with_tls_handshakes_in_progress(make_server: Callable[..., RunningServer]) -> None:
     """A server stop while clients are in their TLS handshake on every
     implicit-TLS port (each counted in at its accept, its session not
     started: no engine, nothing to say goodbye with) ends the stop whole:
-    those clients are closed without a word, and the store is closed."""
+    those clients are closed without a word, the greeted TLS sessions beside
+    them get their protocol's goodbye, and the store is closed."""
     services = ("smtps", "imaps", "pop3s", "managesieve_tls", "https")
     server = make_server(lambda cfg: setattr(cfg.ports, "managesieve_tls", 24191))
     running = server.server
@@ -394,17 +398,65 @@ def test_the_server_stops_with_tls_handshakes_in_progress(make_server: Callable[
         listener: Any = running.listeners[service]
         return listener._acceptor.caps.active if service == "https" else listener.active
 
+    greeted = {service: _connect(server, service, "127.0.0.1") for service in GOODBYES}
     clients = [_half_handshake(server, service, "127.0.0.1") for service in services]
     try:
-        wait_until(lambda: all(counted(service) == 1 for service in services), 10,
-                   lambda: f"each handshake to be counted: {[counted(service) for service in services]}")
+        for service, sock in greeted.items():
+            assert _read_line(sock).startswith(_greeting(service))
+        wait_until(lambda: all(counted(service) == 1 + (service in greeted) for service in services), 10,
+                   lambda: f"each connection to be counted: {[counted(service) for service in services]}")
         server.call(running.stop())
         for service, sock in zip(services, clients, strict=True):
             assert _read_until_closed(sock) == b"", service
+        for service, sock in greeted.items():
+            assert _read_until_closed(sock).startswith(GOODBYES[service]), service
         assert running._store is None
     finally:
         server.server = None  # (stopped, or broken: not stopped again)
-        for sock in clients:
+        for sock in [*clients, *greeted.values()]:
+            sock.close()
+
+
+def test_a_session_that_fails_at_stop_keeps_no_one_from_the_stop(
+    make_server: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A session whose goodbye raises (a bug) at a server stop is logged and
+    cut: the session beside it still gets its goodbye, and the stop goes on
+    to close the store; so does it past a listener whose stop raises."""
+    server = make_server()
+    running = server.server
+    assert running is not None
+    caplog.set_level(logging.ERROR, logger="mailyard")
+    failing = _connect(server, "smtp")
+    assert _read_line(failing).startswith(b"220 ")
+    other = _connect(server, "smtp")
+    try:
+        assert _read_line(other).startswith(b"220 ")
+        listener = running.listeners["smtp"]
+        wait_until(lambda: listener.active == 2, 10, "both sessions counted")
+        first: Any = listener.caps.connections()[0]  # (the first admitted: ``failing``)
+
+        def goodbye() -> bytes:
+            raise RuntimeError("a goodbye that fails")
+
+        first.goodbye = goodbye
+
+        async def broken_stop(grace: float) -> None:
+            raise RuntimeError("a listener's stop that fails")
+
+        pop3 = running.listeners["pop3"]
+        pop3.stop = broken_stop  # type: ignore[method-assign]
+        server.call(running.stop())
+        assert running._store is None
+        assert _read_until_closed(other).startswith(b"421 ")
+        assert _read_until_closed(failing) == b""  # (cut at the end of the grace)
+        logged = [r.getMessage() for r in caplog.records if r.exc_info]
+        assert any("failed to say goodbye" in line for line in logged), logged
+        assert any(line.startswith("pop3: the listener's stop failed") for line in logged), logged
+        server.call(type(pop3).stop(pop3, 0))  # (its port, left open by the broken stop)
+    finally:
+        server.server = None  # (stopped, or broken: not stopped again)
+        for sock in (failing, other):
             sock.close()
 
 

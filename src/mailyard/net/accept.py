@@ -26,7 +26,10 @@ accepted, before its handshake: asyncio calls the session's
 handshake is done, and a handshake holds a socket and about 100 KB of
 buffers for up to ``HANDSHAKE_TIMEOUT``. A connection over a cap is closed
 at once, before any TLS work; one whose handshake fails gives its slot
-back, one whose handshake succeeds keeps it for its session.
+back, one whose handshake succeeds keeps it for its session: once the
+session has admitted itself (its ``connection_made``), the slot is the
+session's, even if a stop cancels the accept task before it resumes
+(``ConnectionCaps.withdraw``).
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class Admission(Protocol):
 
     def admit(self, connection: Any, ip: str) -> str | None: ...
 
-    def release(self, connection: Any) -> None: ...
+    def withdraw(self, connection: Any) -> None: ...
 
 
 # the PROXY protocol's step for one accepted socket: the client's address
@@ -252,7 +255,9 @@ class Acceptor:
         finally:
             if counted is not None:  # the handshake failed, timed out or was cancelled
                 assert self.caps is not None
-                self.caps.release(counted)
+                # (cancelled after connection_made ran, the session holds the
+                # slot: withdraw leaves it counted, its connection_lost releases it)
+                self.caps.withdraw(counted)
             if opening:
                 self._opened()
 

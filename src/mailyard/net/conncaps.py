@@ -13,7 +13,11 @@ handshake the cap is there to spare.
 A connection counts from its TCP accept, whatever its state: on an
 implicit-TLS port the accept loop (net/accept.py `Acceptor`) admits it
 before its handshake, and the session's own admission when the handshake
-is done finds it counted already (one slot, handed over).
+is done finds it counted already (one slot, handed over). From then on the
+slot is the session's: the accept loop may only `withdraw` a connection
+its session never claimed (a failed or cancelled handshake), so a stop
+that cancels the handshake's task just after the session greeted leaves
+the slot counted until the session's own end releases it.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ __all__ = ["ConnectionCaps"]
 class ConnectionCaps:
     """Counts the open connections of one listener, in total and per address."""
 
-    __slots__ = ("_open", "_per_ip", "max_connections", "max_per_ip")
+    __slots__ = ("_claimed", "_open", "_per_ip", "max_connections", "max_per_ip")
 
     def __init__(self, max_connections: int, max_per_ip: int) -> None:
         self.max_connections = max_connections
         self.max_per_ip = max_per_ip
         self._open: dict[Hashable, str] = {}  # connection -> its client address
         self._per_ip: dict[str, int] = {}
+        self._claimed: set[Hashable] = set()  # admitted a second time: the session holds the slot
 
     @property
     def active(self) -> int:
@@ -54,8 +59,10 @@ class ConnectionCaps:
     def admit(self, connection: Hashable, ip: str) -> str | None:
         """Count ``connection`` from ``ip`` in; returns why it is refused, or
         None. A connection counted in already stays counted once (admitted
-        at accept, it is admitted again when its TLS handshake is done)."""
+        at accept, it is admitted again when its TLS handshake is done),
+        and is marked claimed by its session (see `withdraw`)."""
         if connection in self._open:
+            self._claimed.add(connection)
             return None
         refused = self.refusal(ip)
         if refused is not None:
@@ -68,6 +75,7 @@ class ConnectionCaps:
         """Count ``connection`` out (once; a second call, or one for a refused
         connection, does nothing)."""
         ip = self._open.pop(connection, None)
+        self._claimed.discard(connection)
         if ip is None:
             return
         left = self._per_ip.get(ip, 1) - 1
@@ -75,3 +83,11 @@ class ConnectionCaps:
             self._per_ip[ip] = left
         else:
             self._per_ip.pop(ip, None)
+
+    def withdraw(self, connection: Hashable) -> None:
+        """Count ``connection`` out unless its session claimed the slot
+        (admitted it a second time): the accept loop's way to give back the
+        slot of a handshake that did not end in a session. A claimed slot is
+        the session's to release, at its end."""
+        if connection not in self._claimed:
+            self.release(connection)

@@ -141,6 +141,13 @@ class Listener:
         if self.load is not None:
             self.load.update()
 
+    def withdraw(self, protocol: Any) -> None:
+        """Give back the slot of a connection counted in at its accept whose
+        session has not claimed it (net/conncaps.py `ConnectionCaps.withdraw`)."""
+        self.caps.withdraw(protocol)
+        if self.load is not None:
+            self.load.update()
+
     async def start(self) -> None:
         factory = self.protocol_factory
         if self.proxy_from or self.load is not None or self.ssl_context is not None:
@@ -211,13 +218,22 @@ class Listener:
     async def stop(self, grace: float) -> None:
         """Stop accepting, ask sessions to end, wait up to ``grace`` seconds, then cut."""
         await self.stop_accepting()
+        # One session that raises (a bug) is logged and cut with the rest at
+        # the end: it does not keep the others from their goodbye, nor the
+        # server's stop from closing the queue and the store.
         for protocol in self.caps.connections():
-            protocol.shutdown()  # answers its goodbye now, or after the step in progress
+            try:
+                protocol.shutdown()  # answers its goodbye now, or after the step in progress
+            except Exception:
+                log.exception("%s: a session failed to say goodbye at stop", self.name)
         deadline = asyncio.get_running_loop().time() + grace
         while self.caps.active and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
         for protocol in self.caps.connections():
-            protocol.abort()
+            try:
+                protocol.abort()
+            except Exception:
+                log.exception("%s: a session failed to be cut at stop", self.name)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import socket
 from collections.abc import Callable, Generator
@@ -55,9 +56,10 @@ def _session_factory(config: uvicorn.Config, server: uvicorn.Server,
                      protocol: type[asyncio.Protocol]) -> Callable[[object], asyncio.Protocol]:
     """What makes uvicorn's protocol for a connection our accept loop took,
     as uvicorn's own ``Server.startup`` makes it. These are uvicorn's
-    internals (its tested versions: pyproject.toml), so they are all read
-    here, once, at start: a uvicorn that changed them stops the start with
-    this error rather than failing each connection."""
+    internals (its tested versions: pyproject.toml), so they are all read,
+    and the protocol's constructor checked against the arguments it will
+    get, here, once, at start: a uvicorn that changed them stops the start
+    with this error rather than failing each connection."""
     try:
         made = config.http_protocol_class
         server_state = server.server_state
@@ -67,6 +69,11 @@ def _session_factory(config: uvicorn.Config, server: uvicorn.Server,
                            f"needs ({exc}); install a version pyproject.toml allows") from exc
     if made is not protocol:
         raise RuntimeError(f"uvicorn {uvicorn.__version__} serves {made!r}, not the protocol it was given")
+    try:  # the constructor's arguments, as uvicorn's Server.startup passes them
+        inspect.signature(protocol).bind(config=config, server_state=server_state, app_state=app_state)
+    except TypeError as exc:
+        raise RuntimeError(f"uvicorn {uvicorn.__version__} makes its protocol with other arguments ({exc}); "
+                           "install a version pyproject.toml allows") from exc
 
     def session(_source: object) -> asyncio.Protocol:
         return protocol(config=config, server_state=server_state, app_state=app_state)  # type: ignore[call-arg]
@@ -153,6 +160,8 @@ class HTTPService:
                 session = _session_factory(config, server, protocol)
             except RuntimeError:
                 await self.stop()
+                if self._bound is None:
+                    sock.close()  # (bound here; no accept loop holds it to close it)
                 raise
             # The front context switches each handshake to the current
             # certificate (reloads, ACME TLS-ALPN-01 answers).
