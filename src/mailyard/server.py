@@ -595,7 +595,13 @@ class MailServer:
         if self.acme is not None:
             await self.acme.stop()
             self.acme = None
-        await asyncio.gather(*(listener.stop(grace) for listener in self.listeners.values()))
+        # A listener whose stop fails is logged and passed: the queue is
+        # stopped and the store closed whatever happened to one port.
+        names = list(self.listeners)
+        ended = await asyncio.gather(*(self.listeners[name].stop(grace) for name in names), return_exceptions=True)
+        for name, result in zip(names, ended, strict=True):
+            if isinstance(result, BaseException):
+                log.error("%s: the listener's stop failed", name, exc_info=result)
         self.listeners.clear()
         if self.worker is not None:
             self.worker.channel.detach(asyncio.get_running_loop())

@@ -22,6 +22,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,11 +36,14 @@ TRICKLE_GAP = 0.2  # seconds between the bytes a slow client sends
 
 
 # --- helpers -------------------------------------------------------------------
+IMPLICIT_TLS = ("smtps", "imaps", "pop3s", "https")
+
+
 def _connect(server: RunningServer, service: str, source: str | None = None) -> socket.socket:
     sock = socket.create_connection(
         (server.host, server.port(service)), timeout=10, source_address=(source, 0) if source else None
     )
-    if service in ("smtps", "imaps", "pop3s"):
+    if service in IMPLICIT_TLS:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -226,14 +230,13 @@ def test_prompt_commands_are_not_cut_off(make_server: Callable[..., RunningServe
 
 
 # --- connection caps -----------------------------------------------------------------
+# What a client over a cap on a plain port reads before it is closed; on an
+# implicit-TLS port it reads nothing (`_assert_refused`).
 REFUSALS = {
     "smtp": b"421 4.7.0 ",
     "submission": b"421 4.7.0 ",
-    "smtps": b"421 4.7.0 ",
     "imap": b"* BYE ",
-    "imaps": b"* BYE ",
     "pop3": b"-ERR ",
-    "pop3s": b"-ERR ",
 }
 GREETINGS = {"smtp": b"220 ", "imap": b"* OK ", "pop3": b"+OK "}
 
@@ -242,12 +245,31 @@ def _greeting(service: str) -> bytes:
     return GREETINGS[service.rstrip("s").replace("submission", "smtp")]
 
 
+def _assert_refused(server: RunningServer, service: str, source: str) -> None:
+    """A client over a cap is refused: on a plain port with its protocol's
+    reply; on an implicit-TLS port its connection is closed before any TLS,
+    so a TLS client's handshake fails and a bare connection reads nothing
+    before the close."""
+    if service not in IMPLICIT_TLS:
+        with _connect(server, service, source) as sock:
+            assert _read_until_closed(sock).startswith(REFUSALS[service])
+        return
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _connect(server, service, source).close()
+    with socket.create_connection((server.host, server.port(service)), timeout=10,
+                                  source_address=(source, 0)) as sock:
+        assert _read_until_closed(sock) == b""
+
+
 def _wait_until_admitted(server: RunningServer, service: str, source: str) -> None:
     """Slots are freed when the server notices a close; retry for a while."""
     give_up = time.monotonic() + 10
     while True:
-        with _connect(server, service, source) as sock:
-            line = _read_line(sock)
+        try:
+            with _connect(server, service, source) as sock:
+                line = _read_line(sock)
+        except (ssl.SSLError, ConnectionError) as exc:  # refused before TLS
+            line = repr(exc).encode()
         if line.startswith(_greeting(service)):
             return
         assert time.monotonic() < give_up, line
@@ -259,7 +281,7 @@ def _two_per_address_three_in_total(cfg) -> None:  # noqa: ANN001
     cfg.limits.max_connections = 3
 
 
-@pytest.mark.parametrize("service", list(REFUSALS))
+@pytest.mark.parametrize("service", [*REFUSALS, "smtps", "imaps", "pop3s"])
 def test_connection_caps_per_address_and_in_total(make_server: Callable[..., RunningServer], service: str) -> None:
     server = make_server(_two_per_address_three_in_total)
     held = []
@@ -268,19 +290,174 @@ def test_connection_caps_per_address_and_in_total(make_server: Callable[..., Run
         for _ in range(2):
             held.append(_connect(server, service, "127.0.0.1"))
             assert _read_line(held[-1]).startswith(_greeting(service))
-        with _connect(server, service, "127.0.0.1") as third:
-            assert _read_until_closed(third).startswith(REFUSALS[service])
+        _assert_refused(server, service, "127.0.0.1")
         # in total: a third address gets the last slot, a fourth is refused
         held.append(_connect(server, service, "127.0.0.2"))
         assert _read_line(held[-1]).startswith(_greeting(service))
-        with _connect(server, service, "127.0.0.3") as fourth:
-            assert _read_until_closed(fourth).startswith(REFUSALS[service])
+        _assert_refused(server, service, "127.0.0.3")
     finally:
         for sock in held:
             sock.close()
     # the slots free up when the clients leave
     _wait_until_admitted(server, service, "127.0.0.3")
     _wait_until_admitted(server, service, "127.0.0.1")
+
+
+def _half_handshake(server: RunningServer, service: str, source: str) -> socket.socket:
+    """A connection that begins a TLS handshake and never ends it: the header
+    of a 16 KiB handshake record (RFC 8446 5.1) and the first bytes of its
+    ClientHello. The server holds it until its handshake timeout."""
+    sock = socket.create_connection((server.host, server.port(service)), timeout=10, source_address=(source, 0))
+    try:
+        sock.sendall(b"\x16\x03\x01" + (16384).to_bytes(2, "big") + b"\x01" + b"\x00" * 1000)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # closed by the server already
+    return sock
+
+
+def _tls_served(server: RunningServer, service: str, source: str) -> socket.socket:
+    """A TLS client from ``source`` that completed its handshake and was
+    answered (the greeting; on https a response); left open."""
+    sock = _connect(server, service, source)
+    if service == "https":
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert _read_line(sock).startswith(b"HTTP/1.1 200 ")
+    else:
+        assert _read_line(sock).startswith(_greeting(service))
+    return sock
+
+
+def _wait_until_tls_served(server: RunningServer, service: str, source: str) -> None:
+    """Slots are given back when the server notices a close; retry for a while."""
+    give_up = time.monotonic() + 20
+    while True:
+        try:
+            _tls_served(server, service, source).close()
+            return
+        except (ssl.SSLError, ConnectionError, AssertionError):
+            assert time.monotonic() < give_up, f"{service} from {source} not served"
+            time.sleep(0.05)
+
+
+def _two_per_address_four_in_total(cfg) -> None:  # noqa: ANN001
+    cfg.limits.max_connections_per_ip = 2
+    cfg.limits.max_connections = 4
+
+
+@pytest.mark.parametrize("service", ["imaps", "pop3s", "https"])
+def test_tls_handshakes_count_against_the_connection_caps(
+    make_server: Callable[..., RunningServer], service: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection counts from its accept, not from the end of its TLS
+    handshake: clients that begin handshakes and never end them hold no
+    more than the caps, and a connection over a cap is closed at once,
+    before any TLS work (each such client would otherwise hold a socket and
+    about 100 KB of TLS buffers until the handshake timeout)."""
+    server = make_server(_two_per_address_four_in_total)
+    caplog.set_level(logging.WARNING, logger="mailyard.net")
+    held: list[socket.socket] = []
+    try:
+        # per address: two half-open handshakes from 127.0.0.1 are held, the next ones closed at once
+        held += [_half_handshake(server, service, "127.0.0.1") for _ in range(2)]
+        for _ in range(3):
+            with _half_handshake(server, service, "127.0.0.1") as over:
+                assert _read_until_closed(over) == b""
+        # another address is served meanwhile: a half-open handshake, then a whole TLS session
+        held.append(_half_handshake(server, service, "127.0.0.2"))
+        held.append(_tls_served(server, service, "127.0.0.3"))
+        # in total: the four slots are taken, a fifth address is closed at once, with or without TLS
+        with _half_handshake(server, service, "127.0.0.4") as over:
+            assert _read_until_closed(over) == b""
+        _assert_refused(server, service, "127.0.0.5")  # (a TLS client, then a bare connection)
+        refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("connection_refused ")]
+        assert len(refusals) == 6, refusals  # one line per refused connection
+        assert all(f"proto={service} " in line for line in refusals), refusals
+    finally:
+        for sock in held:
+            sock.close()
+    # the half-open handshakes give their slots back when their clients leave
+    _wait_until_tls_served(server, service, "127.0.0.1")
+    _wait_until_tls_served(server, service, "127.0.0.4")
+
+
+GOODBYES = {"smtps": b"421 ", "imaps": b"* BYE [UNAVAILABLE] ", "pop3s": b"-ERR [SYS/TEMP] "}
+
+
+def test_the_server_stops_with_tls_handshakes_in_progress(make_server: Callable[..., RunningServer]) -> None:
+    """A server stop while clients are in their TLS handshake on every
+    implicit-TLS port (each counted in at its accept, its session not
+    started: no engine, nothing to say goodbye with) ends the stop whole:
+    those clients are closed without a word, the greeted TLS sessions beside
+    them get their protocol's goodbye, and the store is closed."""
+    services = ("smtps", "imaps", "pop3s", "managesieve_tls", "https")
+    server = make_server(lambda cfg: setattr(cfg.ports, "managesieve_tls", 24191))
+    running = server.server
+    assert running is not None
+
+    def counted(service: str) -> int:
+        listener: Any = running.listeners[service]
+        return listener._acceptor.caps.active if service == "https" else listener.active
+
+    greeted = {service: _connect(server, service, "127.0.0.1") for service in GOODBYES}
+    clients = [_half_handshake(server, service, "127.0.0.1") for service in services]
+    try:
+        for service, sock in greeted.items():
+            assert _read_line(sock).startswith(_greeting(service))
+        wait_until(lambda: all(counted(service) == 1 + (service in greeted) for service in services), 10,
+                   lambda: f"each connection to be counted: {[counted(service) for service in services]}")
+        server.call(running.stop())
+        for service, sock in zip(services, clients, strict=True):
+            assert _read_until_closed(sock) == b"", service
+        for service, sock in greeted.items():
+            assert _read_until_closed(sock).startswith(GOODBYES[service]), service
+        assert running._store is None
+    finally:
+        server.server = None  # (stopped, or broken: not stopped again)
+        for sock in [*clients, *greeted.values()]:
+            sock.close()
+
+
+def test_a_session_that_fails_at_stop_keeps_no_one_from_the_stop(
+    make_server: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A session whose goodbye raises (a bug) at a server stop is logged and
+    cut: the session beside it still gets its goodbye, and the stop goes on
+    to close the store; so does it past a listener whose stop raises."""
+    server = make_server()
+    running = server.server
+    assert running is not None
+    caplog.set_level(logging.ERROR, logger="mailyard")
+    failing = _connect(server, "smtp")
+    assert _read_line(failing).startswith(b"220 ")
+    other = _connect(server, "smtp")
+    try:
+        assert _read_line(other).startswith(b"220 ")
+        listener = running.listeners["smtp"]
+        wait_until(lambda: listener.active == 2, 10, "both sessions counted")
+        first: Any = listener.caps.connections()[0]  # (the first admitted: ``failing``)
+
+        def goodbye() -> bytes:
+            raise RuntimeError("a goodbye that fails")
+
+        first.goodbye = goodbye
+
+        async def broken_stop(grace: float) -> None:
+            raise RuntimeError("a listener's stop that fails")
+
+        pop3 = running.listeners["pop3"]
+        pop3.stop = broken_stop  # type: ignore[method-assign]
+        server.call(running.stop())
+        assert running._store is None
+        assert _read_until_closed(other).startswith(b"421 ")
+        assert _read_until_closed(failing) == b""  # (cut at the end of the grace)
+        logged = [r.getMessage() for r in caplog.records if r.exc_info]
+        assert any("failed to say goodbye" in line for line in logged), logged
+        assert any(line.startswith("pop3: the listener's stop failed") for line in logged), logged
+        server.call(type(pop3).stop(pop3, 0))  # (its port, left open by the broken stop)
+    finally:
+        server.server = None  # (stopped, or broken: not stopped again)
+        for sock in (failing, other):
+            sock.close()
 
 
 # --- IMAP literals ---------------------------------------------------------------------

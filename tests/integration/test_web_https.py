@@ -94,3 +94,38 @@ def test_real_certificate_redirects_and_sends_hsts(make_server: Callable[..., Ru
     r = plain.get("/", headers={"Host": "evil.example/path@x"})
     assert r.headers["location"] == f"https://mx.example.test:{port}/"
     assert "strict-transport-security" not in r.headers  # never over plain HTTP (RFC 6797 7.2)
+
+
+def test_a_uvicorn_protocol_made_with_other_arguments_stops_the_https_start(
+    mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The https accept loop makes uvicorn's protocol as uvicorn's own
+    Server.startup does (web/service.py): a uvicorn whose protocol takes
+    other arguments stops the start with an error naming its version, rather
+    than failing each connection, and the socket the service bound for
+    itself is closed."""
+    from mailyard.web import service as web_service
+
+    real = web_service.limited_h11
+
+    def changed(limits):  # noqa: ANN001, ANN202
+        class Changed(real(limits)):  # type: ignore[misc, valid-type]
+            def __init__(self, config, server_state, app_state, transport_options, _loop=None) -> None:  # noqa: ANN001
+                super().__init__(config, server_state, app_state, _loop)
+
+        return Changed
+
+    monkeypatch.setattr(web_service, "limited_h11", changed)
+    running = mailserver.server
+    assert running is not None
+    https = web_service.HTTPService(running.services, "127.0.0.1", 0, tls=running.tls)
+    try:
+        with pytest.raises(RuntimeError, match=r"uvicorn \S+ makes its protocol with other arguments") as failed:
+            mailserver.call(https.start())
+        # the port it bound is closed by the service, not by the garbage
+        # collector (the error's traceback, alive here, holds the socket)
+        assert failed.value.__traceback__ is not None
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", https.bound_port), timeout=10).close()
+    finally:
+        mailserver.call(https.stop())

@@ -9,6 +9,7 @@ workers, not by luck of the kernel's choice."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import poplib
@@ -373,6 +374,58 @@ def test_connection_cap_per_address_holds_for_the_whole_server(server: ServeProc
     assert 1 <= accepted <= 2, greetings
     for c in conns:
         c.close()
+
+
+def _half_handshake(port: int) -> socket.socket:
+    """A connection that begins a TLS handshake (a 16 KiB handshake record's
+    header and the first bytes of its ClientHello, RFC 8446 5.1) and never
+    ends it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # (closed by the server already)
+        sock.sendall(b"\x16\x03\x01" + (16384).to_bytes(2, "big") + b"\x01" + b"\x00" * 1000)
+    return sock
+
+
+def test_tls_handshakes_count_against_each_workers_share_of_the_caps(tmp_path: Path) -> None:
+    """Half-open TLS handshakes from one address are held by the workers
+    only up to the per-address cap of the whole server (each worker its
+    share); the others are closed at once, before any TLS work."""
+    proc = ServeProcess(tmp_path / "data", two_workers(_two_per_ip), pick=("imaps",))
+    held: list[socket.socket] = []
+    try:
+        wait_until(lambda: len(proc.worker_pids()) == WORKERS, TIMEOUT, "both workers to start")
+        held = [_half_handshake(proc.port("imaps")) for _ in range(8)]
+        wait_until(lambda: proc.open_connections() <= 2, TIMEOUT,
+                   lambda: f"the connections over the cap to be closed: {proc.open_connections()} open")
+        # another address is served meanwhile
+        other = socket.create_connection(("127.0.0.1", proc.port("imaps")), timeout=TIMEOUT,
+                                         source_address=("127.0.0.2", 0))
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with ctx.wrap_socket(other) as tls:
+            tls.settimeout(TIMEOUT)
+            assert tls.recv(100).startswith(b"* OK")
+        for sock in held:
+            sock.close()
+        # the half-open ones gave their slots back: their address is served again
+        def served() -> bool:
+            try:
+                c = Line(proc.port("imaps"), tls=True)
+            except (ssl.SSLError, ConnectionError):
+                return False
+            try:
+                return c.line().startswith(b"* OK")
+            except (OSError, EOFError):
+                return False
+            finally:
+                c.close()
+        wait_until(served, TIMEOUT, "a TLS client from the address to be served")
+        assert not proc.tracebacks()
+    finally:
+        for sock in held:
+            sock.close()
+        proc.stop()
 
 
 def test_workers_end_with_a_killed_supervisor(server: ServeProcess) -> None:

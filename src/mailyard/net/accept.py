@@ -17,8 +17,19 @@ connection: it waits ``DEFER_STEP`` and looks again, for at most
 ``MAX_DEFER`` in all, so a worker that is busy or hung holds no connection
 up for longer than that.
 
-`Acceptor` is the accept loop of such a listener and of a listener that
-reads PROXY protocol headers (net/proxy_protocol.py).
+`Acceptor` is the accept loop of such a listener, of a listener that
+reads PROXY protocol headers (net/proxy_protocol.py), and of every
+implicit-TLS listener (imaps, pop3s, smtps, https...). A TLS connection is
+counted against the connection caps (net/conncaps.py) as soon as it is
+accepted, before its handshake: asyncio calls the session's
+``connection_made``, where a plain connection is counted, only once the
+handshake is done, and a handshake holds a socket and about 100 KB of
+buffers for up to ``HANDSHAKE_TIMEOUT``. A connection over a cap is closed
+at once, before any TLS work; one whose handshake fails gives its slot
+back, one whose handshake succeeds keeps it for its session: once the
+session has admitted itself (its ``connection_made``), the slot is the
+session's, even if a stop cancels the accept task before it resumes
+(``ConnectionCaps.withdraw``).
 """
 
 from __future__ import annotations
@@ -31,7 +42,9 @@ import select
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
+
+from .. import logs
 
 log = logging.getLogger("mailyard.net")
 
@@ -39,6 +52,9 @@ ACCEPT_BURST = 64  # connections accepted in one go (then other events have thei
 DEFER_STEP = 0.002  # seconds a busier worker waits before it looks at the others' counts again
 MAX_DEFER = 0.05  # seconds a busier worker leaves a connection to the others, at most
 GONE = -1  # the count of a worker slot with no live worker
+# Seconds a client has for its TLS handshake on an implicit-TLS port (RFC 8446
+# sets none; asyncio's default is 60). Its slot is counted meanwhile.
+HANDSHAKE_TIMEOUT = 30.0
 
 
 class AcceptShare:
@@ -78,8 +94,8 @@ class WorkerLoad:
         self._base = base
         self._workers = workers
         self._slot = slot
-        self.active: Callable[[], int] = lambda: 0  # the listener's admitted connections
-        self.opening = 0  # accepted, not yet admitted or refused (TLS handshakes, PROXY headers)
+        self.active: Callable[[], int] = lambda: 0  # the listener's admitted connections (TLS handshakes too)
+        self.opening = 0  # accepted, not yet admitted or refused (PROXY headers, the turn of a plain session)
         self.update()
 
     def update(self) -> None:
@@ -96,6 +112,17 @@ class WorkerLoad:
         return mine > least + 1 + least // 8
 
 
+class Admission(Protocol):
+    """The connection caps an accept loop counts TLS connections in with
+    (net/listener.py `Listener`, net/conncaps.py `ConnectionCaps`)."""
+
+    def refusal(self, ip: str) -> str | None: ...
+
+    def admit(self, connection: Any, ip: str) -> str | None: ...
+
+    def withdraw(self, connection: Any) -> None: ...
+
+
 # the PROXY protocol's step for one accepted socket: the client's address
 # from its header, None to use the socket's peer, False to drop it
 SourceOf = Callable[[socket.socket, Any], Awaitable["tuple[str, int] | None | bool"]]
@@ -107,8 +134,10 @@ class Acceptor:
     with its session, and TLS on an implicit-TLS port, in a task of its own,
     so one slow handshake or PROXY header delays no other client.
     ``factory(source)`` makes the session, with the client's address from a
-    PROXY header (``source_of``; None: the socket's own peer). ``load``:
-    take turns with the other workers."""
+    PROXY header (``source_of``; None: the socket's own peer). ``caps``:
+    count each TLS connection in before its handshake (see the module
+    docstring; a plain one is counted by its session). ``load``: take turns
+    with the other workers."""
 
     def __init__(
         self,
@@ -118,6 +147,7 @@ class Acceptor:
         name: str,
         *,
         source_of: SourceOf | None = None,
+        caps: Admission | None = None,
         load: WorkerLoad | None = None,
     ) -> None:
         self.listening = listening
@@ -125,6 +155,7 @@ class Acceptor:
         self.ssl_context = ssl_context
         self.name = name
         self.source_of = source_of
+        self.caps = caps
         self.load = load
         self._loop = asyncio.get_running_loop()
         self._pending: set[asyncio.Task] = set()
@@ -185,6 +216,8 @@ class Acceptor:
             task.add_done_callback(self._pending.discard)
 
     async def _serve(self, conn: socket.socket, peer: Any) -> None:
+        opening = True  # counted in ``load.opening``
+        counted: asyncio.Protocol | None = None  # the session counted in the caps by this loop
         try:
             source: Any = None
             if self.source_of is not None:
@@ -193,16 +226,56 @@ class Acceptor:
                     conn.close()
                     return
             ctx = self.ssl_context() if self.ssl_context else None
+            caps = self.caps if ctx is not None else None
+            ip = (source or peer or ("",))[0]
+            if caps is not None and self._refused(conn, ip, caps.refusal(ip)):
+                return  # (before a session is made for it)
+            refused: str | None = None
             try:
-                await self._loop.connect_accepted_socket(lambda: self.factory(source), conn, ssl=ctx,
-                                                         ssl_handshake_timeout=30 if ctx else None)
+                protocol = self.factory(source)
+                if caps is not None:
+                    refused = caps.admit(protocol, ip)  # (the factory ran since the check)
+                    if refused is None:
+                        counted = protocol
+                        self._opened()
+                        opening = False
+            except Exception:  # a bug, or a library that changed: this connection is dropped, not the loop
+                log.exception("%s: no session could be made for a connection from %s", self.name, ip)
+                conn.close()
+                return  # (what was counted is given back below)
+            if self._refused(conn, ip, refused):
+                return
+            try:
+                await self._loop.connect_accepted_socket(lambda: protocol, conn, ssl=ctx,
+                                                         ssl_handshake_timeout=HANDSHAKE_TIMEOUT if ctx else None)
+                counted = None  # the session holds the slot now; its connection_lost gives it back
             except (OSError, ssl.SSLError, ConnectionError, TimeoutError):
                 with contextlib.suppress(OSError):
                     conn.close()
         finally:
-            if self.load is not None:
-                self.load.opening -= 1
-                self.load.update()
+            if counted is not None:  # the handshake failed, timed out or was cancelled
+                assert self.caps is not None
+                # (cancelled after connection_made ran, the session holds the
+                # slot: withdraw leaves it counted, its connection_lost releases it)
+                self.caps.withdraw(counted)
+            if opening:
+                self._opened()
+
+    def _refused(self, conn: socket.socket, ip: str, reason: str | None) -> bool:
+        """Close ``conn`` if the caps refuse it (``reason``), before any TLS:
+        its handshake is the cost the caps spare (one log line, as a refused
+        plain session logs)."""
+        if reason is None:
+            return False
+        logs.event(log, logging.WARNING, "connection_refused", proto=self.name, ip=ip, reason=reason)
+        conn.close()
+        return True
+
+    def _opened(self) -> None:
+        """The connection is no longer ``opening`` (admitted, refused or gone)."""
+        if self.load is not None:
+            self.load.opening -= 1
+            self.load.update()
 
 
 def _waiting(listening: socket.socket) -> bool:

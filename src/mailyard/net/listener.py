@@ -124,8 +124,13 @@ class Listener:
     def active(self) -> int:
         return self.caps.active
 
+    def refusal(self, ip: str) -> str | None:
+        """Why a new connection from ``ip`` would be refused now, or None."""
+        return self.caps.refusal(ip)
+
     def admit(self, protocol: Any, ip: str) -> str | None:
-        """Count a connection in (net/conncaps.py); returns why it is refused, or None."""
+        """Count a connection in (net/conncaps.py); returns why it is refused,
+        or None (also for one counted in already, before its TLS handshake)."""
         refused = self.caps.admit(protocol, ip)
         if self.load is not None:
             self.load.update()
@@ -136,19 +141,22 @@ class Listener:
         if self.load is not None:
             self.load.update()
 
+    def withdraw(self, protocol: Any) -> None:
+        """Give back the slot of a connection counted in at its accept whose
+        session has not claimed it (net/conncaps.py `ConnectionCaps.withdraw`)."""
+        self.caps.withdraw(protocol)
+        if self.load is not None:
+            self.load.update()
+
     async def start(self) -> None:
-        ctx = self.ssl_context() if self.ssl_context else None
         factory = self.protocol_factory
-        if self.proxy_from or self.load is not None:
+        if self.proxy_from or self.load is not None or self.ssl_context is not None:
             await self._start_accepting()
             return
         loop = asyncio.get_running_loop()
         if self.sockets:
             for sock in self.sockets:
-                server = await loop.create_server(
-                    lambda: factory(self), sock=sock, ssl=ctx, backlog=1024,
-                    ssl_handshake_timeout=30 if ctx else None,
-                )
+                server = await loop.create_server(lambda: factory(self), sock=sock, backlog=1024)
                 if self._server is None:
                     self._server = server
                 else:
@@ -157,13 +165,7 @@ class Listener:
             return
         try:
             self._server = await loop.create_server(
-                lambda: factory(self),
-                self.host,
-                self.port,
-                ssl=ctx,
-                reuse_address=True,
-                backlog=1024,
-                ssl_handshake_timeout=30 if ctx else None,
+                lambda: factory(self), self.host, self.port, reuse_address=True, backlog=1024,
             )
         except OSError as exc:
             raise listen_error(self.name, self.host, self.port, exc) from exc
@@ -171,9 +173,11 @@ class Listener:
 
     async def _start_accepting(self) -> None:
         """Accept with our own loop (`Acceptor`, net/accept.py),
-        not asyncio's: to take turns with the other workers (``load``), and
-        for the PROXY header of ``proxy_from`` addresses, which comes before
-        the session and TLS (net/proxy_protocol.py)."""
+        not asyncio's: to take turns with the other workers (``load``), for
+        the PROXY header of ``proxy_from`` addresses, which comes before
+        the session and TLS (net/proxy_protocol.py), and on an implicit-TLS
+        port to count each connection in from its accept, before its
+        handshake (asyncio's loop tells the session only after it)."""
         socks = self.sockets or bind_sockets(self.host, self.port, service=self.name)
         self._own_socks = [] if self.sockets else socks  # (the supervisor's are not ours to close)
         self._accept_port = socks[0].getsockname()[1]
@@ -187,14 +191,17 @@ class Listener:
 
         source_of = header_reader(self.proxy_from, self.name) if self.proxy_from else None
         for sock in socks:
-            acceptor = Acceptor(sock, session, self.ssl_context, self.name, source_of=source_of, load=self.load)
+            acceptor = Acceptor(sock, session, self.ssl_context, self.name, source_of=source_of, caps=self,
+                                load=self.load)
             acceptor.start()
             self._accepting.append(acceptor)
         if self.proxy_from:
             logs.event(log, logging.INFO, "listening", proto=self.name, ip=self.host, port=self.bound_port,
                        proxy_protocol="yes")
-        else:  # a worker on the supervisor's sockets, as with asyncio's loop below
+        elif self.sockets:  # a worker on the supervisor's sockets, as with asyncio's loop below
             log.info("%s accepting on %s:%d", self.name, self.host, self.bound_port)
+        else:
+            logs.event(log, logging.INFO, "listening", proto=self.name, ip=self.host, port=self.bound_port)
 
     async def stop_accepting(self) -> None:
         for acceptor in self._accepting:
@@ -211,13 +218,22 @@ class Listener:
     async def stop(self, grace: float) -> None:
         """Stop accepting, ask sessions to end, wait up to ``grace`` seconds, then cut."""
         await self.stop_accepting()
+        # One session that raises (a bug) is logged and cut with the rest at
+        # the end: it does not keep the others from their goodbye, nor the
+        # server's stop from closing the queue and the store.
         for protocol in self.caps.connections():
-            protocol.shutdown()  # answers its goodbye now, or after the step in progress
+            try:
+                protocol.shutdown()  # answers its goodbye now, or after the step in progress
+            except Exception:
+                log.exception("%s: a session failed to say goodbye at stop", self.name)
         deadline = asyncio.get_running_loop().time() + grace
         while self.caps.active and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
         for protocol in self.caps.connections():
-            protocol.abort()
+            try:
+                protocol.abort()
+            except Exception:
+                log.exception("%s: a session failed to be cut at stop", self.name)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)

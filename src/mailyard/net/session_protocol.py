@@ -340,13 +340,22 @@ class SessionProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def abort(self) -> None:
+        # (without a transport the connection is still in its TLS handshake:
+        # the accept loop holds it, and closing the loop drops it)
         if self.transport is not None:
             self.closed = True
             self.transport.abort()
 
     def shutdown(self) -> None:
-        """Server stop: say goodbye now, or right after the step in progress."""
+        """Server stop: say goodbye now, or right after the step in progress.
+
+        A session whose ``connection_made`` has not run (an implicit-TLS
+        connection counted in at accept, still in its handshake: net/accept.py)
+        has no engine and no transport, so nothing to say: the accept loop
+        drops its connection when it stops and gives its slot back."""
         self._stopping = True
+        if self.transport is None:
+            return
         if not self.busy and not self.closed:
             self.write(self.goodbye())
             self.close()

@@ -6,12 +6,19 @@ nothing, or sends a request head one byte every few seconds, holds its
 connection forever (slowloris). This subclass of uvicorn's h11 protocol adds,
 from ``[limits]``:
 
-* ``max_connections`` / ``max_connections_per_ip``: over either, the client
-  gets ``503 Service Unavailable`` with ``Connection: close`` at once (RFC 9110
-  15.6.4) -- the HTTP counterpart of SMTP 421 and IMAP BYE;
+* ``max_connections`` / ``max_connections_per_ip``: over either, a client of
+  the http port gets ``503 Service Unavailable`` with ``Connection: close``
+  at once (RFC 9110 15.6.4) -- the HTTP counterpart of SMTP 421 and IMAP
+  BYE; one of the https port has its connection closed at its accept, with
+  no reply and before any TLS (see below);
 * ``command_deadline``: a request head must be complete within it, counted
   from the connection or the end of the previous response, however its bytes
   are spaced; otherwise ``408 Request Timeout`` (RFC 9110 15.5.9) and close.
+
+On the https port a connection is counted from its accept, before its TLS
+handshake (web/service.py runs the accept loop of net/accept.py there, as
+the mail ports' implicit-TLS listeners do); its ``connection_made`` then
+finds it counted already.
 
 A request whose head arrived (including a long-lived SSE stream) is not
 limited by this deadline; web/bodies.py bounds its body's size and the rate
@@ -43,6 +50,9 @@ def limited_h11(limits: ConnectionLimits) -> type[H11Protocol]:
     caps = ConnectionCaps(limits.max_connections, limits.max_connections_per_ip)
 
     class LimitedH11(H11Protocol):
+        # the listener's counts; on https the accept loop counts a connection
+        # in before its TLS handshake (web/service.py, net/accept.py)
+        caps: ConnectionCaps
         _head_timer: asyncio.TimerHandle | None = None
         _waiting_since: Any = None  # the cycle that was current when the timer was armed
 
@@ -88,4 +98,5 @@ def limited_h11(limits: ConnectionLimits) -> type[H11Protocol]:
             self.transport.write(_response("408 Request Timeout", "request not completed in time"))
             self.transport.close()
 
+    LimitedH11.caps = caps
     return LimitedH11
