@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import smtplib
 import socket
 import ssl
 import struct
@@ -273,6 +274,35 @@ def test_waiting_for_lock_sees_sessions_that_wait_after_its_first_look(pg_cluste
             reader.join(30)
 
 
+def test_idle_sessions_end_when_another_node_changes_the_password(
+        make_server: Callable[..., RunningServer], pg_cluster: PgCluster) -> None:
+    """Another node, which shares no file with this one, changes alice's
+    password: this node hears it as a note from the database only. Alice's
+    session in IDLE gets BYE without a command and without new mail; bob's,
+    woken too, goes on and reports his mail."""
+    dsn = pg_cluster.new_dsn()
+    server = make_server(configure=_on(dsn))
+    idlers = {}
+    for user in (ALICE, BOB):
+        c = Lines(server.port("imap"))
+        assert c.line().startswith(b"* OK")
+        c.send(f'i1 LOGIN {user} "{USERS[user]}"\r\ni2 SELECT INBOX\r\ni3 IDLE\r\n'.encode())
+        assert c.until(b"+ ")[-1].startswith(b"+ idling")
+        idlers[user] = c
+    _change_password_elsewhere(dsn, ALICE, server)
+    alice, bob = idlers[ALICE], idlers[BOB]
+    alice.sock.settimeout(30)  # the BYE comes within seconds: this bounds a failure only
+    assert alice.line() == b"* BYE Account removed or password changed; log in again"
+    assert alice.closed()
+    with smtplib.SMTP(HOST, server.port("smtp"), timeout=30) as smtp:
+        smtp.sendmail("someone@remote.test", [BOB], b"Subject: for bob\r\n\r\nbob's news\r\n")
+    assert bob.line() == b"* 1 EXISTS"
+    bob.send(b"DONE\r\n")
+    assert bob.until(b"i3 ")[-1] == b"i3 OK IDLE terminated"
+    alice.close()
+    bob.close()
+
+
 def test_a_web_session_is_checked_whatever_its_cookie_header(
         make_server: Callable[..., RunningServer], pg_cluster: PgCluster) -> None:
     """Right after another node changed alice's password, this node knows
@@ -407,8 +437,6 @@ def test_select_writes_no_hold_while_nothing_is_held_and_expunges_are_still_kept
 
     # what the hold is for: a message expunged through node A stays
     # readable for node B's session until B has told its client
-    import smtplib
-
     with smtplib.SMTP(HOST, a.port("smtp"), timeout=30) as smtp:
         smtp.sendmail("someone@remote.test", [ALICE], MESSAGE)
     on_b.send(b"b5 NOOP\r\n")

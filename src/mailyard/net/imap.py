@@ -45,6 +45,7 @@ from ..store.api import Account, StoreError, StoreUnavailable
 from .budgets import abuse_budgets
 from .imap_store import StoreBackend
 from .login import Authenticator, TryLater, plaintext_allowed
+from .revocations import revocation_watch
 from .session_protocol import SessionProtocol
 
 _T = TypeVar("_T")
@@ -491,7 +492,9 @@ class ImapConnection(SessionProtocol):
         return not self.input_over
 
     async def wait_idle(self) -> bool:
-        """IDLE: wait for input or a change; False at the end of input."""
+        """IDLE: wait for input, a change, or a revocation anywhere (the
+        session then checks its account and mailbox, net/revocations.py);
+        False at the end of input."""
         if self.input_over:
             return False
         # RFC 9051 5.4: the autologout timer counts the client's silence
@@ -500,7 +503,12 @@ class ImapConnection(SessionProtocol):
         # too long with the BYE below: no timer of its own per IDLE wait.
         if self.timers.last_activity + self.idle_timeout - self.loop.time() <= 0:
             raise ConnectionEnding("Autologout; idle for too long")
-        await self.wait_input(None)
+        watch = revocation_watch(self.services)
+        watch.add(self)
+        try:
+            await self.wait_input(None)
+        finally:
+            watch.discard(self)
         return True
 
 

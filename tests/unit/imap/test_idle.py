@@ -73,6 +73,46 @@ def test_a_closed_session_stops_watching() -> None:
     store.deliver("alice", SHORT)  # no session left to tell
 
 
+# --- revocations: a session in IDLE has no command to be checked before -------------------
+BYE = "* BYE Account removed or password changed; log in again"
+
+
+def test_a_password_change_ends_idle_before_the_next_change_is_reported() -> None:
+    """New mail after alice's password changed wakes her IDLE session: it
+    ends with BYE, reporting neither the mail nor the live search's ADDTO
+    (RFC 5267 4.2), which would tell whether the new mail holds a string."""
+    store = store_with_mail()
+    a = connect(store, select="INBOX", enable="IMAP4rev2")
+    a.untagged('x1 SEARCH RETURN (UPDATE) BODY "pin-4711"')
+    a.expect("x2 IDLE", "+ idling")
+    store.set_password("alice", "new")
+    store.deliver("alice", b"Subject: code\r\n\r\nyour code is pin-4711\r\n")
+    assert a.poll() == (BYE + "\r\n").encode()
+    assert a.conv.closed
+
+
+def test_a_revocation_ends_idle_at_any_wake() -> None:
+    """A wake that reports nothing (the I/O side's, after a revocation
+    anywhere) is enough: the session asks and ends, in the selected state,
+    in the authenticated state, and for a removed account; bob's session,
+    woken too, goes on and reports his mail."""
+    store = store_with_mail()
+    selected = connect(store, select="INBOX")
+    authenticated = connect(store)
+    bob = connect(store, user="bob", select="INBOX")
+    for c in (selected, authenticated, bob):
+        c.expect("x1 IDLE", "+ idling")
+    store.set_password("alice", "new")
+    assert selected.poll() == authenticated.poll() == (BYE + "\r\n").encode()
+    assert selected.conv.closed and authenticated.conv.closed
+    assert bob.poll() == b""
+    store.deliver("bob", SHORT)
+    assert bob.poll() == b"* 1 EXISTS\r\n* 1 RECENT\r\n"
+    store.remove_account("bob")
+    assert bob.poll() == (BYE + "\r\n").encode()
+    assert bob.conv.closed
+
+
 # --- a big mailbox's index data is kept across IDLE ------------------------------------
 # (selected.LARGE_VIEW lowered: every mailbox of more than 2 messages is big)
 

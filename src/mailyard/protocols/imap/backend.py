@@ -465,7 +465,11 @@ class ImapIO(Protocol):
     async def wait_idle(self) -> bool:
         """IDLE: wait until input arrives or `wake` is called; False at the
         end of input (the engine's ``input_ended``) or once the connection is
-        gone. The autologout timer (RFC 9051 5.4) is the I/O side's."""
+        gone. The autologout timer (RFC 9051 5.4) is the I/O side's. The I/O
+        side also ends the wait, within seconds, when something may have
+        been revoked since it began (a password changed, an account or a
+        mailbox removed, in any process): the session then asks
+        ``ImapSession.references_current`` again."""
         ...
 
     def wake(self) -> None:

@@ -319,7 +319,16 @@ class ImapSession:
             await self.io.flush()
 
     async def idle(self) -> None:
-        """Wait for DONE, announcing changes as they happen (RFC 2177 3)."""
+        """Wait for DONE, announcing changes as they happen (RFC 2177 3).
+
+        Every wake (a change, input, or the I/O side's word that something
+        may have been revoked) asks `references_current` before anything is
+        reported, as `execute` does before a command: a session whose
+        account was removed, whose password changed or whose mailbox was
+        deleted meanwhile ends with ``* BYE`` and reports nothing more. The
+        check also comes right before each wait, with nothing suspending in
+        between, so what the I/O side watches for is whatever was revoked
+        after it."""
         engine = self.engine
         engine.start_idle()
         sel = self.sel
@@ -331,6 +340,10 @@ class ImapSession:
             await self.io.flush()
             while True:
                 ev = engine.next_event()
+                if isinstance(ev, Closed):
+                    return
+                if not await self.references_current():
+                    return
                 if isinstance(ev, IdleDone):
                     if sel is not None and kept is not None:
                         # IDLE ends here: the sync that answers DONE does
@@ -339,8 +352,6 @@ class ImapSession:
                         # count about to be let go)
                         kept.release(sel)
                     await self.finish("OK" if ev.ok else "BAD", "IDLE terminated" if ev.ok else "Expected DONE")
-                    return
-                if isinstance(ev, Closed):
                     return
                 if self.sel is not None and self.sel.dirty:
                     await self.sync(allow_expunge=True)

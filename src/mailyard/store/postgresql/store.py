@@ -731,6 +731,13 @@ class PostgreSQLStore(ContactsMixin, Store):
                 self._token = token
                 self._forget()
 
+    def revocation_version(self) -> int:
+        # the count of the validity caches' clearings: a REVOKE note from
+        # any node, this store's own revocations, missed notes, and (through
+        # _fresh) the revocation file of this node's other processes
+        self._fresh()
+        return self._forgotten
+
     def credentials_known(self, account_id: int, epoch: int) -> bool | None:
         self._fresh()
         current = self._epochs.get(account_id, _UNKNOWN)
