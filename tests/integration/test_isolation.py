@@ -6,6 +6,7 @@ protocol. Real server, raw sockets and real clients."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import imaplib
 import poplib
@@ -19,7 +20,11 @@ import time
 
 import pytest
 
+from mailyard.net import revocations
+from mailyard.protocols.imap.session import ImapSession
+
 from ..conftest import USERS, RunningServer
+from ..waiting import wait_until, wait_until_async
 from .test_tls_auth import ScramClient
 
 httpx = pytest.importorskip("httpx")
@@ -458,3 +463,67 @@ def test_idle_session_ends_without_new_mail_when_its_account_is_revoked(
     assert f"{bob_tag} OK IDLE terminated".encode() in r and b"BYE" not in r, r
     bob.command("LOGOUT")
     bob.close()
+
+
+@pytest.mark.parametrize("others_idle", [False, True], ids=["no-poll-running", "a-poll-during-the-check"])
+def test_a_password_change_while_the_idle_check_runs_is_not_missed(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, others_idle: bool) -> None:
+    """Alice's session in IDLE checks its references, and the admin changes
+    her password (CLI, another process) after that check has read them and
+    before the session waits: as a database read that answered before the
+    change would. With nobody else idling, the watch of revocations starts
+    with that wait; with bob idling, a poll sees the change and wakes bob
+    while alice's check still runs. Either way alice's session gets BYE
+    within seconds, with no mail and no command."""
+    monkeypatch.setattr(revocations, "POLL_SECONDS", 0.05)
+    idling: set[int] = set()  # the sessions in ImapSession.idle (by id)
+    checks = {ALICE: 0, BOB: 0}  # their checks, by user
+    trap: list[bool] = []  # armed: the next check of alice's in IDLE changes her password
+    real_idle, real_check = ImapSession.idle, ImapSession.references_current
+
+    async def idle(self: ImapSession) -> None:
+        idling.add(id(self))
+        try:
+            await real_idle(self)
+        finally:
+            idling.discard(id(self))
+
+    async def check(self: ImapSession) -> bool:
+        answer = await real_check(self)
+        if id(self) not in idling or self.backend is None:
+            return answer
+        user = self.backend.account.address  # type: ignore[attr-defined]
+        checks[user] += 1
+        if user == ALICE and trap:
+            trap.clear()
+            seen = checks[BOB]
+            await asyncio.to_thread(cli, mailserver, "user", "passwd", ALICE, "--password-stdin",
+                                    stdin="a-brand-new-password-9\n")
+            if others_idle:
+                await wait_until_async(lambda: checks[BOB] > seen, BYE_WAIT, "bob woken by the poll that saw it")
+        return answer
+
+    monkeypatch.setattr(ImapSession, "idle", idle)
+    monkeypatch.setattr(ImapSession, "references_current", check)
+    bob = None
+    if others_idle:
+        bob = RawImap(mailserver)
+        bob.login(BOB)
+        assert b"OK [READ-WRITE]" in bob.command("SELECT INBOX")
+        bob_tag = bob.idle()
+        wait_until(lambda: checks[BOB], BYE_WAIT, "bob's session waiting")
+    alice = RawImap(mailserver)
+    alice.login(ALICE)
+    assert b"OK [READ-WRITE]" in alice.command("SELECT INBOX")
+    trap.append(True)
+    alice.idle()
+    r = alice._read_until(lambda buf: b"\r\n" in buf, BYE_WAIT)
+    assert r == b"* BYE Account removed or password changed; log in again\r\n", r
+    assert not trap  # (the change came inside the check)
+    assert alice.closed()
+    alice.close()
+    if bob is not None:
+        bob.sock.sendall(b"DONE\r\n")
+        r = bob._read_until(lambda buf: f"{bob_tag} ".encode() in buf)
+        assert f"{bob_tag} OK IDLE terminated".encode() in r, r
+        bob.close()

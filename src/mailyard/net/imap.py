@@ -45,7 +45,7 @@ from ..store.api import Account, StoreError, StoreUnavailable
 from .budgets import abuse_budgets
 from .imap_store import StoreBackend
 from .login import Authenticator, TryLater, plaintext_allowed
-from .revocations import revocation_watch
+from .revocations import RevocationWatch
 from .session_protocol import SessionProtocol
 
 _T = TypeVar("_T")
@@ -491,10 +491,13 @@ class ImapConnection(SessionProtocol):
             raise ConnectionEnding("Command not completed in time") from None
         return not self.input_over
 
-    async def wait_idle(self) -> bool:
-        """IDLE: wait for input, a change, or a revocation anywhere (the
-        session then checks its account and mailbox, net/revocations.py);
-        False at the end of input."""
+    def revocation_mark(self) -> object:
+        return self.services.store.revocation_version()
+
+    async def wait_idle(self, since: object, checked: bool = True) -> bool:
+        """IDLE: wait for input, a change, or a revocation anywhere after
+        ``since`` (net/revocations.py; the session then checks its account
+        and mailbox); False at the end of input."""
         if self.input_over:
             return False
         # RFC 9051 5.4: the autologout timer counts the client's silence
@@ -503,8 +506,12 @@ class ImapConnection(SessionProtocol):
         # too long with the BYE below: no timer of its own per IDLE wait.
         if self.timers.last_activity + self.idle_timeout - self.loop.time() <= 0:
             raise ConnectionEnding("Autologout; idle for too long")
-        watch = revocation_watch(self.services)
-        watch.add(self)
+        if since is None:  # the store gives no revocation signal
+            await self.wait_input(None)
+            return True
+        watch = RevocationWatch.of(self.loop, self.services.store)
+        if not watch.add(self, since, checked):
+            return True  # revoked since the session's check, maybe: it checks again
         try:
             await self.wait_input(None)
         finally:

@@ -462,18 +462,32 @@ class ImapIO(Protocol):
         engine's ``input_ended``) or once the connection is gone."""
         ...
 
-    async def wait_idle(self) -> bool:
+    def revocation_mark(self) -> object:
+        """What the I/O side watches for revocations, as it is now (the
+        store's ``revocation_version``), read before each check of the
+        session's references in IDLE and handed to `wait_idle`. None: no
+        such signal; the session notices at its next command."""
+        ...
+
+    async def wait_idle(self, since: object, checked: bool = True) -> bool:
         """IDLE: wait until input arrives or `wake` is called; False at the
         end of input (the engine's ``input_ended``) or once the connection is
-        gone. The autologout timer (RFC 9051 5.4) is the I/O side's. The I/O
-        side also ends the wait, within seconds, when something may have
-        been revoked since it began (a password changed, an account or a
-        mailbox removed, in any process): the session then asks
-        ``ImapSession.references_current`` again."""
+        gone. The autologout timer (RFC 9051 5.4) is the I/O side's.
+
+        ``since`` is what `revocation_mark` gave before the session's last
+        check (``ImapSession.references_current``). The wait ends at once
+        if something may have been revoked since (a password changed, an
+        account or a mailbox removed, in any process or node), and within
+        seconds of a later revocation: the session then checks again.
+        ``checked`` False: that check could not be answered (the store
+        unavailable); the wait also ends within seconds, to ask again."""
         ...
 
     def wake(self) -> None:
-        """A change to the selected mailbox: end a pending `wait_idle`."""
+        """End a pending `wait_idle`: the selected mailbox changed (the
+        store's listener), or something may have been revoked (the I/O
+        side's revocation watch). The session checks its references, then
+        reports what changed."""
         ...
 
     async def begin_tls(self) -> None:

@@ -326,9 +326,16 @@ class ImapSession:
         reported, as `execute` does before a command: a session whose
         account was removed, whose password changed or whose mailbox was
         deleted meanwhile ends with ``* BYE`` and reports nothing more. The
-        check also comes right before each wait, with nothing suspending in
-        between, so what the I/O side watches for is whatever was revoked
-        after it."""
+        I/O side's revocation mark is read before each check and handed to
+        the wait that follows it, which ends at once if something was
+        revoked since the mark (while the check read the database, say),
+        and within seconds of a revocation after it.
+
+        A check that cannot be answered (the store unavailable) reports
+        nothing, the mail it could not check included: the session goes on
+        idling and asks again at its next wake, which the I/O side brings
+        within seconds. DONE then ends IDLE with its tagged answer and no
+        update; the next command's check reports what the store says."""
         engine = self.engine
         engine.start_idle()
         sel = self.sel
@@ -342,7 +349,13 @@ class ImapSession:
                 ev = engine.next_event()
                 if isinstance(ev, Closed):
                     return
-                if not await self.references_current():
+                since = self.io.revocation_mark()
+                try:
+                    current: bool | None = await self.references_current()
+                except self.config.unavailable as exc:
+                    log.info("imap: IDLE cannot check the session now: %s", exc)
+                    current = None
+                if current is False:
                     return
                 if isinstance(ev, IdleDone):
                     if sel is not None and kept is not None:
@@ -351,13 +364,19 @@ class ImapSession:
                         # it there could drop another idler's cache for a
                         # count about to be let go)
                         kept.release(sel)
-                    await self.finish("OK" if ev.ok else "BAD", "IDLE terminated" if ev.ok else "Expected DONE")
+                    status, text = ("OK", "IDLE terminated") if ev.ok else ("BAD", "Expected DONE")
+                    if current is None:
+                        if self.sel is not None:
+                            self.sel.read_changes = None
+                        engine.complete(status, text)  # (no update: nothing checked to report)
+                    else:
+                        await self.finish(status, text)
                     return
-                if self.sel is not None and self.sel.dirty:
+                if current and self.sel is not None and self.sel.dirty:
                     await self.sync(allow_expunge=True)
                     await self.io.flush()
                     continue
-                if not await self.io.wait_idle():
+                if not await self.io.wait_idle(since, checked=current is True):
                     engine.bye("Connection closed", reason="eof")
                     return
         finally:
