@@ -43,9 +43,15 @@ class RawImap:
         assert greeting.startswith(b"* OK"), greeting
 
     def _read_until(self, done: object, timeout: float = 10) -> bytes:
+        """What arrives until ``done(buf)``, the connection closes, or
+        ``timeout`` seconds pass (each recv waits at most what is left)."""
         buf = b""
         deadline = time.monotonic() + timeout
-        while not done(buf) and time.monotonic() < deadline:  # type: ignore[operator]
+        while not done(buf):  # type: ignore[operator]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.sock.settimeout(left)
             try:
                 chunk = self.sock.recv(65536)
             except (ConnectionError, TimeoutError):
@@ -53,6 +59,7 @@ class RawImap:
             if not chunk:
                 break
             buf += chunk
+        self.sock.settimeout(10)  # (what the other calls wait)
         return buf
 
     def command(self, line: str) -> bytes:

@@ -32,7 +32,9 @@ import pytest
 
 import mailyard.store.postgresql.store as pg_store
 from mailyard.config import Config
+from mailyard.net import revocations
 from mailyard.net.pop3 import service_for
+from mailyard.net.revocations import RevocationWatch
 from mailyard.store.postgresql import PostgreSQLStore
 from mailyard.web.security import SESSION_COOKIE
 from tests.conftest import HOST, USERS, RunningServer, make_test_config
@@ -42,6 +44,7 @@ from tests.waiting import LoopTicks, wait_until
 httpx = pytest.importorskip("httpx")
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
+BOUND_WAIT = 30.0  # seconds: bounds a failure, not a figure
 MESSAGE = (b"From: someone@remote.test\r\nTo: alice@example.test\r\nSubject: held\r\n"
            b"Message-ID: <held-1@remote.test>\r\n\r\nstill readable\r\n")
 
@@ -301,6 +304,76 @@ def test_idle_sessions_end_when_another_node_changes_the_password(
     assert bob.until(b"i3 ")[-1] == b"i3 OK IDLE terminated"
     alice.close()
     bob.close()
+
+
+def test_idle_sessions_woken_by_a_revocation_check_a_bounded_number_at_a_time(
+        make_server: Callable[..., RunningServer], pg_cluster: PgCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another node changes alice's password: every IDLE session of this
+    node is woken to check its references, which reads the database. The
+    checks take turns, CHECKS_AT_ONCE at a time (3 here, for 12 idlers of
+    bob's), rather than all queueing on the pool at once; held slow, no
+    more than that many are checking, and all go on idling once answered."""
+    bound, idlers = 3, 12
+    monkeypatch.setattr(revocations, "CHECKS_AT_ONCE", bound, raising=False)
+    dsn = pg_cluster.new_dsn()
+    server = make_server(configure=_on(dsn))
+    store = server.store
+    sessions = []
+    for _ in range(idlers):
+        c = Lines(server.port("imap"))
+        assert c.line().startswith(b"* OK")
+        c.send(f'i1 LOGIN {BOB} "{USERS[BOB]}"\r\ni2 SELECT INBOX\r\ni3 IDLE\r\n'.encode())
+        assert c.until(b"+ ")[-1].startswith(b"+ idling")
+        sessions.append(c)
+
+    async def the_watch() -> RevocationWatch:
+        return RevocationWatch.of(asyncio.get_running_loop(), store)
+
+    watch = server.call(the_watch())
+    wait_until(lambda: watch.waiting == idlers, what="every session waiting in the watch")
+    checking, peak = 0, 0
+    real = store.credentials_current
+
+    async def slow_check(account_id: int, epoch: int) -> bool:
+        nonlocal checking, peak
+        checking += 1
+        peak = max(peak, checking)
+        try:
+            await answer.wait()  # the database is slow to answer
+            return await real(account_id, epoch)
+        finally:
+            checking -= 1
+
+    async def install() -> None:
+        nonlocal answer
+        answer = asyncio.Event()
+        store.credentials_current = slow_check  # type: ignore[method-assign]
+
+    answer: asyncio.Event
+    server.call(install())
+    _change_password_elsewhere(dsn, ALICE, server)
+    # every session woken and on its way to its check (waiting for a turn, or checking)
+    wait_until(lambda: watch.waiting == 0 and checking >= bound, BOUND_WAIT,
+               lambda: f"the sessions woken ({watch.waiting} waiting, {checking} checking)")
+
+    async def turns() -> None:
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+    server.call(turns())  # (the loop turns: a session held back by nothing would check)
+    print(f"IDLE checks at once after a revocation, {idlers} idlers: {peak}")
+    assert peak == bound, f"{peak} sessions checked at once, the bound is {bound}"
+
+    async def release() -> None:
+        answer.set()
+
+    server.call(release())
+    wait_until(lambda: watch.waiting == idlers, BOUND_WAIT, "every session checked and waiting again")
+    assert peak == bound
+    for c in sessions:
+        c.send(b"DONE\r\n")
+        assert c.until(b"i3 ")[-1] == b"i3 OK IDLE terminated"
+        c.close()
 
 
 def test_a_web_session_is_checked_whatever_its_cookie_header(

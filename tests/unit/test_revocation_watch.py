@@ -13,7 +13,7 @@ import weakref
 import pytest
 
 from mailyard.net import revocations
-from mailyard.net.revocations import WAKE_SLICE, RevocationWatch
+from mailyard.net.revocations import CHECKS_AT_ONCE, WAKE_SLICE, RevocationWatch
 from tests.waiting import wait_until_async
 
 BOUND = 10.0  # seconds: bounds a failure, not a figure
@@ -192,6 +192,27 @@ def test_many_waiters_are_woken_a_slice_per_loop_turn() -> None:
         assert len(woken_at) >= 5, woken_at  # over five turns of the loop
         for w in waiters:
             watch.discard(w)
+
+    asyncio.run(go())
+
+
+def test_a_waiter_the_watch_woke_is_told_so_when_discarded() -> None:
+    """A session learns from `discard` whether the watch woke it, and then
+    checks holding `checking`, CHECKS_AT_ONCE at a time; one that left on
+    its own (input, a change of its mailbox) is not held back."""
+    async def go() -> None:
+        watch, version = _watch()
+        woken, left = _Waiter(), _Waiter()
+        assert watch.add(woken, 0) and watch.add(left, 0)
+        assert watch.discard(left) is False
+        version.value = 1
+        await wait_until_async(lambda: woken.woken, BOUND, "the waiter woken")
+        assert watch.discard(woken) is True
+        assert watch.discard(woken) is False  # (told once)
+        for _ in range(CHECKS_AT_ONCE):
+            await watch.checking.acquire()
+        assert watch.checking.locked()  # the next woken session waits for a turn
+        watch.checking.release()
 
     asyncio.run(go())
 

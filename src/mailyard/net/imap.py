@@ -18,6 +18,7 @@ item is encoded are not here: see protocols/imap/session.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -210,6 +211,9 @@ class ImapConnection(SessionProtocol):
         self.imap = ImapSession(self, ImapLoginService(services, self), HANDLERS, *_settings(services))
         self.idle_timeout = limits.imap_idle_timeout
         self._waiter: asyncio.Future[None] | None = None  # a step waiting for input (IDLE, AUTHENTICATE)
+        # the revocation watch whose word ended the last IDLE wait: the next
+        # check takes its turn there (idle_check)
+        self._paced: RevocationWatch | None = None
         self._deflate: Any = None  # zlib compressobj once COMPRESS DEFLATE is active
         self._inflate: Any = None  # zlib decompressobj, likewise
         self._inflate_tail = b""  # DEFLATE input not yet inflated (the engine has enough)
@@ -494,10 +498,20 @@ class ImapConnection(SessionProtocol):
     def revocation_mark(self) -> object:
         return self.services.store.revocation_version()
 
+    def idle_check(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """After a wait the revocation watch ended (or did not begin), a
+        turn among the sessions it woke: CHECKS_AT_ONCE of them read the
+        database at a time (net/revocations.py). Nothing to wait for after
+        another wake (input, a change of the mailbox)."""
+        watch, self._paced = self._paced, None
+        if watch is None:
+            return contextlib.nullcontext()
+        return watch.checking
+
     async def wait_idle(self, since: object, checked: bool = True) -> bool:
         """IDLE: wait for input, a change, or a revocation anywhere after
         ``since`` (net/revocations.py; the session then checks its account
-        and mailbox); False at the end of input."""
+        and mailbox, `idle_check`); False at the end of input."""
         if self.input_over:
             return False
         # RFC 9051 5.4: the autologout timer counts the client's silence
@@ -511,11 +525,13 @@ class ImapConnection(SessionProtocol):
             return True
         watch = RevocationWatch.of(self.loop, self.services.store)
         if not watch.add(self, since, checked):
+            self._paced = watch
             return True  # revoked since the session's check, maybe: it checks again
         try:
             await self.wait_input(None)
         finally:
-            watch.discard(self)
+            if watch.discard(self):
+                self._paced = watch
         return True
 
 

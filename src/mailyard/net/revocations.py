@@ -17,10 +17,16 @@ The value says nothing of whose account or mailbox it was (the SQLite token
 and PostgreSQL's REVOKE notes carry no ids), so every waiting session is
 woken; ``WAKE_SLICE`` of them per turn of the event loop, since on SQLite
 their reads run on the loop: the loop serves the other connections between
-the slices. A waiting connection costs one entry in a set, and a loop one
-timer while any session waits, whatever their number; no timer runs while
-none does. A store whose ``revocation_version`` is None gives no signal: its
-sessions never wait here (they notice at their next command).
+the slices. On PostgreSQL a check suspends on the pool (a few connections)
+instead: the sessions the watch woke (or did not take, `add`) check
+``CHECKS_AT_ONCE`` at a time (`checking`), so that their reads do not queue
+ahead of every delivery and FETCH of the process, nor wait on the pool past
+its timeout (taken for the database down). On SQLite a check does not
+suspend, and the bound never holds one back. A waiting connection costs one
+entry in a set, and a loop one timer while any session waits, whatever their
+number; no timer runs while none does. A store whose ``revocation_version``
+is None gives no signal: its sessions never wait here (they notice at their
+next command).
 
 What holds. A session reads the value before each check of its references
 and hands it to `add` when it goes on to wait, with nothing suspending
@@ -52,7 +58,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailyard.net")
 
-__all__ = ["POLL_SECONDS", "WAKE_SLICE", "RevocationWatch", "Wakeable"]
+__all__ = ["CHECKS_AT_ONCE", "POLL_SECONDS", "WAKE_SLICE", "RevocationWatch", "Wakeable"]
 
 # How often the value is read while some session waits: a revoked session
 # gets its BYE within about this long.
@@ -61,6 +67,10 @@ POLL_SECONDS = 2.0
 # revocation: on SQLite each one's check reads the database on the loop
 # (some 20-50 us), so a slice holds the loop a few milliseconds at most.
 WAKE_SLICE = 256
+# How many of the sessions a watch woke check their references at once: on
+# PostgreSQL each check holds a pooled connection (``StoreConfig``'s pool,
+# 10 by default) for a read or two, and the pool serves everything else too.
+CHECKS_AT_ONCE = 64
 
 
 class Wakeable(Protocol):
@@ -77,7 +87,8 @@ class RevocationWatch:
     """Wakes the waiting sessions of one store on one event loop when the
     store's ``revocation_version`` moves."""
 
-    __slots__ = ("__weakref__", "_last", "_loop", "_recheck", "_timer", "_to_wake", "_version", "_waiters")
+    __slots__ = ("__weakref__", "_last", "_loop", "_recheck", "_timer", "_to_wake", "_version", "_waiters",
+                 "_woken", "checking")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, version: Callable[[], object]) -> None:
         self._loop = weakref.ref(loop)
@@ -87,6 +98,11 @@ class RevocationWatch:
         self._recheck: set[Wakeable] = set()
         # the waiters a wake has not reached yet, WAKE_SLICE per loop turn
         self._to_wake: list[Wakeable] = []
+        # the waiters woken by this watch, until they are discarded
+        self._woken: set[Wakeable] = set()
+        # held by a session that this watch woke (or did not take) while it
+        # checks its references: CHECKS_AT_ONCE of them at a time
+        self.checking = asyncio.Semaphore(CHECKS_AT_ONCE)
         self._timer: asyncio.TimerHandle | None = None
         self._last: object = None  # the value at the last poll (or at the timer's start)
 
@@ -114,10 +130,10 @@ class RevocationWatch:
 
         False, and nothing is added, when the value moved since: that check
         may have read what was true before a revocation, and the waiter
-        must check again rather than wait. Otherwise True: ``waiter.wake``
-        is called once the value moves, or at the next poll whatever the
-        value when ``checked`` is False (the check could not be answered),
-        until the waiter is discarded."""
+        must check again rather than wait, holding `checking`. Otherwise
+        True: ``waiter.wake`` is called once the value moves, or at the next
+        poll whatever the value when ``checked`` is False (the check could
+        not be answered), until the waiter is discarded."""
         value = self._version()
         if value != since:
             return False
@@ -131,11 +147,16 @@ class RevocationWatch:
             self._recheck.add(waiter)
         return True
 
-    def discard(self, waiter: Wakeable) -> None:
+    def discard(self, waiter: Wakeable) -> bool:
         """``waiter`` waits no more (its wait ended, woken or not): it is not
-        woken from here until it is added again."""
+        woken from here until it is added again. True when this watch woke
+        it: it then checks its references holding `checking`."""
         self._waiters.discard(waiter)
         self._recheck.discard(waiter)
+        if waiter in self._woken:
+            self._woken.discard(waiter)
+            return True
+        return False
 
     def _arm(self) -> None:
         loop = self._loop()
@@ -173,6 +194,7 @@ class RevocationWatch:
         waiters = self._waiters
         for waiter in batch:
             if waiter in waiters:  # (one that stopped waiting since is not woken)
+                self._woken.add(waiter)
                 try:
                     waiter.wake()
                 except Exception:

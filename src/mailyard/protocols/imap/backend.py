@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -467,6 +468,14 @@ class ImapIO(Protocol):
         store's ``revocation_version``), read before each check of the
         session's references in IDLE and handed to `wait_idle`. None: no
         such signal; the session notices at its next command."""
+        ...
+
+    def idle_check(self) -> AbstractAsyncContextManager[object]:
+        """Held by the session while it checks its references in IDLE (read
+        its `revocation_mark`, then ``ImapSession.references_current``):
+        after a wait the I/O side's revocation watch ended, the checks of
+        the sessions it woke take turns, a bounded number at a time, so
+        that their database reads do not crowd out everything else."""
         ...
 
     async def wait_idle(self, since: object, checked: bool = True) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Collection, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -791,6 +792,9 @@ class Conversation:
 
     def revocation_mark(self) -> object:
         return self.store.revocations
+
+    def idle_check(self) -> contextlib.AbstractAsyncContextManager[object]:
+        return contextlib.nullcontext()  # (one session: no turns to take)
 
     async def wait_idle(self, since: object, checked: bool = True) -> bool:
         # what the session handed over, for tests; the test's poll() is the

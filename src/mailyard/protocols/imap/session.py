@@ -329,7 +329,9 @@ class ImapSession:
         I/O side's revocation mark is read before each check and handed to
         the wait that follows it, which ends at once if something was
         revoked since the mark (while the check read the database, say),
-        and within seconds of a revocation after it.
+        and within seconds of a revocation after it. The mark and the check
+        come inside the I/O side's `idle_check`: the sessions a revocation
+        woke take turns reading the database.
 
         A check that cannot be answered (the store unavailable) reports
         nothing, the mail it could not check included: the session goes on
@@ -349,12 +351,16 @@ class ImapSession:
                 ev = engine.next_event()
                 if isinstance(ev, Closed):
                     return
-                since = self.io.revocation_mark()
-                try:
-                    current: bool | None = await self.references_current()
-                except self.config.unavailable as exc:
-                    log.info("imap: IDLE cannot check the session now: %s", exc)
-                    current = None
+                current: bool | None
+                async with self.io.idle_check():  # (a turn among many woken at once)
+                    since = self.io.revocation_mark()
+                    try:
+                        current = await self.references_current()
+                    except self.config.unavailable as exc:
+                        # (debug: every idler asks again every few seconds while
+                        # the store is down; the store warns of the outage itself)
+                        log.debug("imap: IDLE cannot check the session now: %s", exc)
+                        current = None
                 if current is False:
                     return
                 if isinstance(ev, IdleDone):
