@@ -47,19 +47,22 @@ class RawImap:
         ``timeout`` seconds pass (each recv waits at most what is left)."""
         buf = b""
         deadline = time.monotonic() + timeout
-        while not done(buf):  # type: ignore[operator]
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            self.sock.settimeout(left)
-            try:
-                chunk = self.sock.recv(65536)
-            except (ConnectionError, TimeoutError):
-                break
-            if not chunk:
-                break
-            buf += chunk
-        self.sock.settimeout(10)  # (what the other calls wait)
+        before = self.sock.gettimeout()
+        try:
+            while not done(buf):  # type: ignore[operator]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.sock.settimeout(left)
+                try:
+                    chunk = self.sock.recv(65536)
+                except (ConnectionError, TimeoutError):
+                    break
+                if not chunk:
+                    break
+                buf += chunk
+        finally:
+            self.sock.settimeout(before)
         return buf
 
     def command(self, line: str) -> bytes:

@@ -24,7 +24,7 @@ import socket
 import time
 import weakref
 import zlib
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import __version__
@@ -498,15 +498,51 @@ class ImapConnection(SessionProtocol):
     def revocation_mark(self) -> object:
         return self.services.store.revocation_version()
 
-    def idle_check(self) -> contextlib.AbstractAsyncContextManager[object]:
+    def idle_check(self, paced: bool = True) -> contextlib.AbstractAsyncContextManager[bool]:
         """After a wait the revocation watch ended (or did not begin), a
         turn among the sessions it woke: CHECKS_AT_ONCE of them read the
-        database at a time (net/revocations.py). Nothing to wait for after
-        another wake (input, a change of the mailbox)."""
+        database at a time (net/revocations.py). ``paced`` False (the check
+        answers DONE), or after another wake (input, a change of the
+        mailbox), nothing to wait for: commands take no turn either."""
         watch, self._paced = self._paced, None
-        if watch is None:
-            return contextlib.nullcontext()
-        return watch.checking
+        if watch is None or not paced:
+            return contextlib.nullcontext(True)
+        return self._turn(watch)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, watch: RevocationWatch) -> AsyncIterator[bool]:
+        """Hold a turn at ``watch.checking`` while the session checks: True.
+        False, with no turn held, when input, a wake or the end of the
+        connection came first (the session sees to it, then checks with no
+        turn to wait for), or once the connection is over.
+
+        This frame holds ``watch`` until the turn ends: the watches are kept
+        weakly (net/revocations.py), and one freed while sessions wait for
+        or hold its turns would be replaced by one with every turn free."""
+        checking = watch.checking
+        if checking.locked():
+            turn = self.loop.create_task(checking.acquire())
+            # (a turn given ends the wait; a cancelled one must not end a later wait)
+            turn.add_done_callback(lambda t: t.cancelled() or self.wake())
+            raised = True
+            try:
+                await self.wait_input(None)  # also ends at the turn, by `wake`
+                raised = False
+            finally:
+                held = turn.done() and not turn.cancelled()
+                if not turn.done():
+                    turn.cancel()  # (a turn given meanwhile goes to the next in line)
+                elif held and raised:
+                    checking.release()  # (the session ends here: ConnectionEnding)
+            if not held:
+                yield False
+                return
+        else:
+            await checking.acquire()  # (free: does not suspend)
+        try:
+            yield not self.input_over
+        finally:
+            checking.release()
 
     async def wait_idle(self, since: object, checked: bool = True) -> bool:
         """IDLE: wait for input, a change, or a revocation anywhere after

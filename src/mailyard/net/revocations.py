@@ -67,9 +67,14 @@ POLL_SECONDS = 2.0
 # revocation: on SQLite each one's check reads the database on the loop
 # (some 20-50 us), so a slice holds the loop a few milliseconds at most.
 WAKE_SLICE = 256
-# How many of the sessions a watch woke check their references at once: on
-# PostgreSQL each check holds a pooled connection (``StoreConfig``'s pool,
-# 10 by default) for a read or two, and the pool serves everything else too.
+# How many of the sessions a watch woke check their references at once. On
+# PostgreSQL each check holds a pooled connection (``StoreConfig.pool_size``,
+# 10 by default) for a read or two of a millisecond or so, and the pool
+# serves everything else too: 64 keeps the pool busy (some 6 checks queued
+# per connection), while a delivery or FETCH asking meanwhile queues behind
+# at most those 64 reads, not behind one per idler, and a queued check waits
+# far less than ``pool_timeout``. A fixed number rather than one derived
+# from the pool: the watch knows the store only by ``revocation_version``.
 CHECKS_AT_ONCE = 64
 
 
@@ -101,7 +106,9 @@ class RevocationWatch:
         # the waiters woken by this watch, until they are discarded
         self._woken: set[Wakeable] = set()
         # held by a session that this watch woke (or did not take) while it
-        # checks its references: CHECKS_AT_ONCE of them at a time
+        # checks its references: CHECKS_AT_ONCE of them at a time. A session
+        # holds the watch itself while it waits for or holds a turn: a watch
+        # freed meanwhile would give way to one with every turn free.
         self.checking = asyncio.Semaphore(CHECKS_AT_ONCE)
         self._timer: asyncio.TimerHandle | None = None
         self._last: object = None  # the value at the last poll (or at the timer's start)

@@ -470,12 +470,18 @@ class ImapIO(Protocol):
         such signal; the session notices at its next command."""
         ...
 
-    def idle_check(self) -> AbstractAsyncContextManager[object]:
+    def idle_check(self, paced: bool = True) -> AbstractAsyncContextManager[bool]:
         """Held by the session while it checks its references in IDLE (read
         its `revocation_mark`, then ``ImapSession.references_current``):
         after a wait the I/O side's revocation watch ended, the checks of
         the sessions it woke take turns, a bounded number at a time, so
-        that their database reads do not crowd out everything else."""
+        that their database reads do not crowd out everything else.
+        ``paced`` False: the check answers DONE, which takes no turn.
+
+        Gives True to check now; False when input, a wake (`wake`) or the
+        end of the connection came before a turn, or the connection is
+        over: the session reads the engine's next event first, and its
+        check after that takes no turn."""
         ...
 
     async def wait_idle(self, since: object, checked: bool = True) -> bool:

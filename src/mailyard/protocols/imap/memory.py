@@ -793,8 +793,8 @@ class Conversation:
     def revocation_mark(self) -> object:
         return self.store.revocations
 
-    def idle_check(self) -> contextlib.AbstractAsyncContextManager[object]:
-        return contextlib.nullcontext()  # (one session: no turns to take)
+    def idle_check(self, paced: bool = True) -> contextlib.AbstractAsyncContextManager[bool]:
+        return contextlib.nullcontext(True)  # (one session: no turns to take)
 
     async def wait_idle(self, since: object, checked: bool = True) -> bool:
         # what the session handed over, for tests; the test's poll() is the

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..contract import AbuseBudgets, Closed
+from ..contract import NEED_DATA, AbuseBudgets, Closed
 from . import commands as c
 from .backend import (
     BackendError,
@@ -331,7 +331,8 @@ class ImapSession:
         revoked since the mark (while the check read the database, say),
         and within seconds of a revocation after it. The mark and the check
         come inside the I/O side's `idle_check`: the sessions a revocation
-        woke take turns reading the database.
+        woke take turns reading the database; DONE, and input that comes
+        while a session waits for its turn, take none.
 
         A check that cannot be answered (the store unavailable) reports
         nothing, the mail it could not check included: the session goes on
@@ -347,20 +348,31 @@ class ImapSession:
                 sel.idle_begins(kept)
                 await self.sync(allow_expunge=True)
             await self.io.flush()
+            ev = engine.next_event()
             while True:
-                ev = engine.next_event()
                 if isinstance(ev, Closed):
                     return
-                current: bool | None
-                async with self.io.idle_check():  # (a turn among many woken at once)
-                    since = self.io.revocation_mark()
-                    try:
-                        current = await self.references_current()
-                    except self.config.unavailable as exc:
-                        # (debug: every idler asks again every few seconds while
-                        # the store is down; the store warns of the outage itself)
-                        log.debug("imap: IDLE cannot check the session now: %s", exc)
-                        current = None
+                current: bool | None = None
+                # a wake by the watch takes a turn among the sessions it woke;
+                # DONE takes none (commands are not rationed)
+                async with self.io.idle_check(paced=not isinstance(ev, IdleDone)) as turn:
+                    if turn:
+                        since = self.io.revocation_mark()
+                        try:
+                            current = await self.references_current()
+                        except self.config.unavailable as exc:
+                            # (debug: every idler asks again every few seconds while
+                            # the store is down; the store warns of the outage itself)
+                            log.debug("imap: IDLE cannot check the session now: %s", exc)
+                            current = None
+                if not turn:
+                    # input, a wake or the end of the connection came before
+                    # a turn: that first, and the check after it takes none
+                    if self.closed or engine.input_ended:
+                        engine.bye("Connection closed", reason="eof")
+                        return
+                    ev = engine.next_event()
+                    continue
                 if current is False:
                     return
                 if isinstance(ev, IdleDone):
@@ -381,10 +393,15 @@ class ImapSession:
                 if current and self.sel is not None and self.sel.dirty:
                     await self.sync(allow_expunge=True)
                     await self.io.flush()
+                    ev = engine.next_event()
                     continue
+                ev = engine.next_event()
+                if ev is not NEED_DATA:
+                    continue  # (input that came while a turn was given: it is seen to first)
                 if not await self.io.wait_idle(since, checked=current is True):
                     engine.bye("Connection closed", reason="eof")
                     return
+                ev = engine.next_event()
         finally:
             if sel is not None and kept is not None:
                 kept.release(sel)  # (after IDLE the cache serves commands: not counted)
