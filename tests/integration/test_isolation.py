@@ -6,6 +6,7 @@ protocol. Real server, raw sockets and real clients."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import imaplib
 import poplib
@@ -19,7 +20,11 @@ import time
 
 import pytest
 
+from mailyard.net import revocations
+from mailyard.protocols.imap.session import ImapSession
+
 from ..conftest import USERS, RunningServer
+from ..waiting import wait_until, wait_until_async
 from .test_tls_auth import ScramClient
 
 httpx = pytest.importorskip("httpx")
@@ -37,17 +42,27 @@ class RawImap:
         greeting = self._read_until(lambda buf: b"\r\n" in buf)
         assert greeting.startswith(b"* OK"), greeting
 
-    def _read_until(self, done: object) -> bytes:
+    def _read_until(self, done: object, timeout: float = 10) -> bytes:
+        """What arrives until ``done(buf)``, the connection closes, or
+        ``timeout`` seconds pass (each recv waits at most what is left)."""
         buf = b""
-        deadline = time.monotonic() + 10
-        while not done(buf) and time.monotonic() < deadline:  # type: ignore[operator]
-            try:
-                chunk = self.sock.recv(65536)
-            except (ConnectionError, TimeoutError):
-                break
-            if not chunk:
-                break
-            buf += chunk
+        deadline = time.monotonic() + timeout
+        before = self.sock.gettimeout()
+        try:
+            while not done(buf):  # type: ignore[operator]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.sock.settimeout(left)
+                try:
+                    chunk = self.sock.recv(65536)
+                except (ConnectionError, TimeoutError):
+                    break
+                if not chunk:
+                    break
+                buf += chunk
+        finally:
+            self.sock.settimeout(before)
         return buf
 
     def command(self, line: str) -> bytes:
@@ -65,6 +80,15 @@ class RawImap:
     def login(self, user: str) -> None:
         r = self.command(f'LOGIN "{user}" "{USERS[user]}"')
         assert b" OK" in r, r
+
+    def idle(self) -> str:
+        """Send IDLE and read its continuation (RFC 2177 3); the tag."""
+        self.n += 1
+        tag = f"t{self.n}"
+        self.sock.sendall(f"{tag} IDLE\r\n".encode())
+        r = self._read_until(lambda buf: b"\r\n" in buf)
+        assert r.startswith(b"+ "), r
+        return tag
 
     def closed(self) -> bool:
         """True once the server has closed the connection."""
@@ -375,3 +399,141 @@ def test_smtp_scram_exchange_across_a_password_change_is_refused(mailserver: Run
             code, text = s.docmd("")
         assert code == 535, (code, text)
         assert s.mail(ALICE)[0] == 530  # not logged in: submission needs AUTH
+
+
+# --- item 5: sessions in IDLE, which send no command to be checked before -------------
+# How long a test waits for a BYE that comes within seconds: it bounds a failure only.
+BYE_WAIT = 30.0
+
+
+def admin_sees(server: RunningServer) -> RunningServer:
+    """The CLI beside a server whose store is in PostgreSQL reads the store's
+    place from the data directory's config.toml, as `mailyard init` leaves it."""
+    if server.config.store.backend == "postgresql":
+        (server.data_dir / "config.toml").write_text(server.config.to_toml())
+    return server
+
+
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
+def test_idle_session_reports_no_mail_that_came_after_a_password_change(mailserver: RunningServer) -> None:
+    """An intruder in alice's INBOX keeps a live search (RFC 5267
+    CONTEXT=SEARCH) and IDLEs; the admin changes alice's password (CLI,
+    another process), then mail holding the searched string arrives. The
+    session ends with BYE, and reports neither EXISTS nor the ADDTO that
+    would tell the intruder what the new mail holds."""
+    send(mailserver, ALICE, "first", b"nothing")
+    intruder = RawImap(mailserver)
+    intruder.login(ALICE)
+    assert b"OK [READ-WRITE]" in intruder.command("SELECT INBOX")
+    r = intruder.command('SEARCH RETURN (UPDATE) BODY "pin-4711"')
+    assert b"* ESEARCH" in r and b" OK" in r, r
+    intruder.idle()
+    cli(admin_sees(mailserver), "user", "passwd", ALICE, "--password-stdin", stdin="a-brand-new-password-9\n")
+    send(mailserver, ALICE, "reset", b"your code is pin-4711")
+    r = intruder._read_until(lambda buf: b"* BYE" in buf or b"ADDTO" in buf, BYE_WAIT)
+    assert r.startswith(b"* BYE") and b"password changed" in r, r
+    assert b"EXISTS" not in r and b"ADDTO" not in r and b"RECENT" not in r, r
+    assert intruder.closed()
+    intruder.close()
+
+
+@pytest.mark.both_backends  # also on PostgreSQL (tests/conftest.py)
+@pytest.mark.parametrize("change", ["passwd", "remove"])
+def test_idle_session_ends_without_new_mail_when_its_account_is_revoked(
+        mailserver: RunningServer, change: str) -> None:
+    """Alice IDLEs in two sessions (INBOX selected, and nothing selected),
+    bob in one; the admin changes alice's password or removes her account,
+    and no mail comes. Alice's sessions get BYE within seconds, without a
+    command; bob's IDLE goes on and reports his new mail."""
+    alice = RawImap(mailserver)
+    alice.login(ALICE)
+    assert b"OK [READ-WRITE]" in alice.command("SELECT INBOX")
+    alice_auth = RawImap(mailserver)
+    alice_auth.login(ALICE)
+    bob = RawImap(mailserver)
+    bob.login(BOB)
+    assert b"OK [READ-WRITE]" in bob.command("SELECT INBOX")
+    for c in (alice, alice_auth):
+        c.idle()
+    bob_tag = bob.idle()
+    if change == "passwd":
+        cli(admin_sees(mailserver), "user", "passwd", ALICE, "--password-stdin", stdin="a-brand-new-password-9\n")
+    else:
+        cli(admin_sees(mailserver), "user", "remove", ALICE, "--yes")
+    for c in (alice, alice_auth):
+        r = c._read_until(lambda buf: b"\r\n" in buf, BYE_WAIT)
+        assert r == b"* BYE Account removed or password changed; log in again\r\n", r
+        assert c.closed()
+        c.close()
+    send(mailserver, BOB, "for bob", b"bob's news")
+    r = bob._read_until(lambda buf: b"EXISTS" in buf or b"BYE" in buf)
+    assert r.startswith(b"* 1 EXISTS"), r
+    bob.sock.sendall(b"DONE\r\n")
+    r = bob._read_until(lambda buf: f"{bob_tag} ".encode() in buf)
+    assert f"{bob_tag} OK IDLE terminated".encode() in r and b"BYE" not in r, r
+    bob.command("LOGOUT")
+    bob.close()
+
+
+@pytest.mark.parametrize("others_idle", [False, True], ids=["no-poll-running", "a-poll-during-the-check"])
+def test_a_password_change_while_the_idle_check_runs_is_not_missed(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, others_idle: bool) -> None:
+    """Alice's session in IDLE checks its references, and the admin changes
+    her password (CLI, another process) after that check has read them and
+    before the session waits: as a database read that answered before the
+    change would. With nobody else idling, the watch of revocations starts
+    with that wait; with bob idling, a poll sees the change and wakes bob
+    while alice's check still runs. Either way alice's session gets BYE
+    within seconds, with no mail and no command."""
+    monkeypatch.setattr(revocations, "POLL_SECONDS", 0.05)
+    idling: set[int] = set()  # the sessions in ImapSession.idle (by id)
+    checks = {ALICE: 0, BOB: 0}  # their checks, by user
+    trap: list[bool] = []  # armed: the next check of alice's in IDLE changes her password
+    real_idle, real_check = ImapSession.idle, ImapSession.references_current
+
+    async def idle(self: ImapSession) -> None:
+        idling.add(id(self))
+        try:
+            await real_idle(self)
+        finally:
+            idling.discard(id(self))
+
+    async def check(self: ImapSession) -> bool:
+        answer = await real_check(self)
+        if id(self) not in idling or self.backend is None:
+            return answer
+        user = self.backend.account.address  # type: ignore[attr-defined]
+        checks[user] += 1
+        if user == ALICE and trap:
+            trap.clear()
+            seen = checks[BOB]
+            await asyncio.to_thread(cli, mailserver, "user", "passwd", ALICE, "--password-stdin",
+                                    stdin="a-brand-new-password-9\n")
+            if others_idle:
+                await wait_until_async(lambda: checks[BOB] > seen, BYE_WAIT, "bob woken by the poll that saw it")
+        return answer
+
+    monkeypatch.setattr(ImapSession, "idle", idle)
+    monkeypatch.setattr(ImapSession, "references_current", check)
+    bob = None
+    if others_idle:
+        bob = RawImap(mailserver)
+        bob.login(BOB)
+        assert b"OK [READ-WRITE]" in bob.command("SELECT INBOX")
+        bob_tag = bob.idle()
+        wait_until(lambda: checks[BOB], BYE_WAIT, "bob's session waiting")
+    alice = RawImap(mailserver)
+    alice.login(ALICE)
+    assert b"OK [READ-WRITE]" in alice.command("SELECT INBOX")
+    trap.append(True)
+    alice.idle()
+    r = alice._read_until(lambda buf: b"\r\n" in buf, BYE_WAIT)
+    assert r == b"* BYE Account removed or password changed; log in again\r\n", r
+    assert not trap  # (the change came inside the check)
+    assert alice.closed()
+    alice.close()
+    if bob is not None:
+        bob.sock.sendall(b"DONE\r\n")
+        r = bob._read_until(lambda buf: f"{bob_tag} ".encode() in buf)
+        assert f"{bob_tag} OK IDLE terminated".encode() in r, r
+        bob.close()

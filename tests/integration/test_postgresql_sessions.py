@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import re
+import select
+import smtplib
 import socket
 import ssl
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,7 +35,9 @@ import pytest
 
 import mailyard.store.postgresql.store as pg_store
 from mailyard.config import Config
+from mailyard.net import revocations
 from mailyard.net.pop3 import service_for
+from mailyard.net.revocations import RevocationWatch
 from mailyard.store.postgresql import PostgreSQLStore
 from mailyard.web.security import SESSION_COOKIE
 from tests.conftest import HOST, USERS, RunningServer, make_test_config
@@ -41,6 +47,7 @@ from tests.waiting import LoopTicks, wait_until
 httpx = pytest.importorskip("httpx")
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
+BOUND_WAIT = 30.0  # seconds: bounds a failure, not a figure
 MESSAGE = (b"From: someone@remote.test\r\nTo: alice@example.test\r\nSubject: held\r\n"
            b"Message-ID: <held-1@remote.test>\r\n\r\nstill readable\r\n")
 
@@ -273,6 +280,207 @@ def test_waiting_for_lock_sees_sessions_that_wait_after_its_first_look(pg_cluste
             reader.join(30)
 
 
+def test_idle_sessions_end_when_another_node_changes_the_password(
+        make_server: Callable[..., RunningServer], pg_cluster: PgCluster) -> None:
+    """Another node, which shares no file with this one, changes alice's
+    password: this node hears it as a note from the database only. Alice's
+    session in IDLE gets BYE without a command and without new mail; bob's,
+    woken too, goes on and reports his mail."""
+    dsn = pg_cluster.new_dsn()
+    server = make_server(configure=_on(dsn))
+    idlers = {}
+    for user in (ALICE, BOB):
+        c = Lines(server.port("imap"))
+        assert c.line().startswith(b"* OK")
+        c.send(f'i1 LOGIN {user} "{USERS[user]}"\r\ni2 SELECT INBOX\r\ni3 IDLE\r\n'.encode())
+        assert c.until(b"+ ")[-1].startswith(b"+ idling")
+        idlers[user] = c
+    _change_password_elsewhere(dsn, ALICE, server)
+    alice, bob = idlers[ALICE], idlers[BOB]
+    alice.sock.settimeout(30)  # the BYE comes within seconds: this bounds a failure only
+    assert alice.line() == b"* BYE Account removed or password changed; log in again"
+    assert alice.closed()
+    with smtplib.SMTP(HOST, server.port("smtp"), timeout=30) as smtp:
+        smtp.sendmail("someone@remote.test", [BOB], b"Subject: for bob\r\n\r\nbob's news\r\n")
+    assert bob.line() == b"* 1 EXISTS"
+    bob.send(b"DONE\r\n")
+    assert bob.until(b"i3 ")[-1] == b"i3 OK IDLE terminated"
+    alice.close()
+    bob.close()
+
+
+def _idle(server: RunningServer, user: str) -> Lines:
+    c = Lines(server.port("imap"))
+    assert c.line().startswith(b"* OK")
+    c.send(f'i1 LOGIN {user} "{USERS[user]}"\r\ni2 SELECT INBOX\r\ni3 IDLE\r\n'.encode())
+    assert c.until(b"+ ")[-1].startswith(b"+ idling")
+    return c
+
+
+def _watch_of(server: RunningServer) -> weakref.ref[RevocationWatch]:
+    """The server's watch, held weakly: the test must not keep it alive."""
+    async def the_watch() -> weakref.ref[RevocationWatch]:
+        return weakref.ref(RevocationWatch.of(asyncio.get_running_loop(), server.store))
+
+    return server.call(the_watch())
+
+
+def _waiting(watch: weakref.ref[RevocationWatch]) -> int | None:
+    w = watch()
+    return None if w is None else w.waiting
+
+
+class SlowChecks:
+    """The server's credentials checks held until `release` (the database
+    slow to answer); with ``hold`` set, only while fewer are held."""
+
+    def __init__(self, server: RunningServer, hold: int | None = None) -> None:
+        self.server, self.hold = server, hold
+        self.checking = self.peak = self.calls = 0
+        self.real = real = server.store.credentials_current
+
+        async def slow_check(account_id: int, epoch: int) -> bool:
+            self.calls += 1
+            if self.hold is not None and self.checking >= self.hold:
+                return await real(account_id, epoch)
+            self.checking += 1
+            self.peak = max(self.peak, self.checking)
+            try:
+                await self.answer.wait()
+                return await real(account_id, epoch)
+            finally:
+                self.checking -= 1
+
+        async def install() -> None:
+            self.answer = asyncio.Event()
+            server.store.credentials_current = slow_check  # type: ignore[method-assign]
+
+        self.answer: asyncio.Event
+        server.call(install())
+
+    def release(self) -> None:
+        async def release() -> None:
+            self.answer.set()
+
+        self.server.call(release())
+
+    def turns(self) -> None:
+        """Let the server's loop turn: a session held back by nothing would check."""
+        async def turns() -> None:
+            for _ in range(20):
+                await asyncio.sleep(0)
+
+        self.server.call(turns())
+
+
+def test_idle_sessions_woken_by_a_revocation_check_a_bounded_number_at_a_time(
+        make_server: Callable[..., RunningServer], pg_cluster: PgCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another node changes alice's password: every IDLE session of this
+    node is woken to check its references, which reads the database. The
+    checks take turns, CHECKS_AT_ONCE at a time (3 here, for 12 idlers of
+    bob's), rather than all queueing on the pool at once; held slow, no
+    more than that many are checking. The watch's timer stops while they
+    wait (nobody waits in the watch): the turns still bound a session that
+    idles then and is woken by the next revocation, and all go on idling
+    once answered."""
+    bound, idlers = 3, 12
+    monkeypatch.setattr(revocations, "CHECKS_AT_ONCE", bound)
+    dsn = pg_cluster.new_dsn()
+    server = make_server(configure=_on(dsn))
+    sessions = [_idle(server, BOB) for _ in range(idlers)]
+    watch = _watch_of(server)
+    wait_until(lambda: _waiting(watch) == idlers, what="every session waiting in the watch")
+    slow = SlowChecks(server)
+    _change_password_elsewhere(dsn, ALICE, server)
+    # every session woken and on its way to its check (waiting for a turn, or checking)
+    wait_until(lambda: not _waiting(watch) and slow.checking >= bound, BOUND_WAIT,
+               lambda: f"the sessions woken ({_waiting(watch)} waiting, {slow.checking} checking)")
+    slow.turns()
+    print(f"IDLE checks at once after a revocation, {idlers} idlers: {slow.peak}")
+    assert slow.peak == bound, f"{slow.peak} sessions checked at once, the bound is {bound}"
+
+    # nobody waits in the watch: its timer stops
+    wait_until(lambda: watch() is None or watch()._timer is None, BOUND_WAIT, "the watch's timer stopped")  # type: ignore[union-attr]
+    gc.collect()
+    slow.hold = bound  # (the next session's commands and first check are not held)
+    late = _idle(server, BOB)
+    again = _watch_of(server)
+    wait_until(lambda: _waiting(again) == 1, BOUND_WAIT, "the late session waiting in the watch")
+    assert again() is watch(), "the watch was freed while sessions waited for its turns"
+    slow.hold = None
+    _change_password_elsewhere(dsn, ALICE, server)
+    wait_until(lambda: _waiting(again) == 0, BOUND_WAIT, "the late session woken")
+    slow.turns()
+    assert slow.peak == bound, f"{slow.peak} sessions checked at once, the bound is {bound}"
+
+    slow.release()
+    wait_until(lambda: _waiting(again) == idlers + 1, BOUND_WAIT, "every session checked and waiting again")
+    assert slow.peak == bound
+    for c in [*sessions, late]:
+        c.send(b"DONE\r\n")
+        assert c.until(b"i3 ")[-1] == b"i3 OK IDLE terminated"
+        c.close()
+
+
+def test_idle_input_and_changes_take_no_turn_of_a_revocation(
+        make_server: Callable[..., RunningServer], pg_cluster: PgCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One turn (CHECKS_AT_ONCE 1), held by a session whose check the
+    database is slow to answer after a revocation. A session waiting for
+    the next turn answers DONE at once. A session the watch did not take
+    (the value moved since its check: `add` refused) waits for a turn
+    before it checks; its mailbox changing, or DONE, ends that wait: it
+    checks at once and reports, as for a command."""
+    monkeypatch.setattr(revocations, "CHECKS_AT_ONCE", 1)
+    dsn = pg_cluster.new_dsn()
+    server = make_server(configure=_on(dsn))
+    first, second = _idle(server, BOB), _idle(server, BOB)
+    watch = _watch_of(server)
+    wait_until(lambda: _waiting(watch) == 2, what="both sessions waiting in the watch")
+    slow = SlowChecks(server, hold=1)
+    _change_password_elsewhere(dsn, ALICE, server)
+    wait_until(lambda: not _waiting(watch) and slow.checking == 1, BOUND_WAIT,
+               lambda: f"the sessions woken ({_waiting(watch)} waiting, {slow.checking} checking)")
+    slow.turns()
+    assert slow.peak == 1
+    # one checks (held), the other waits for the turn: DONE on both
+    for c in (first, second):
+        c.send(b"DONE\r\n")
+    ready, _, _ = select.select([first.sock, second.sock], [], [], BOUND_WAIT)
+    assert len(ready) == 1, "DONE waited for the turn of a revocation"
+    answered = first if ready[0] is first.sock else second
+    assert answered.until(b"i3 ")[-1] == b"i3 OK IDLE terminated"
+    held = second if answered is first else first
+
+    refused: list[bool] = []
+    real_add = RevocationWatch.add
+
+    def add(self: RevocationWatch, waiter: object, since: object, checked: bool = True) -> bool:
+        if not refused:
+            refused.append(True)
+            return False  # as when a revocation came during the waiter's check
+        return real_add(self, waiter, since, checked)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RevocationWatch, "add", add)
+    late = _idle(server, BOB)
+    wait_until(lambda: refused, BOUND_WAIT, "the late session's wait refused")
+    calls = slow.calls
+    slow.turns()
+    assert slow.calls == calls, "a session the watch did not take checked without a turn"
+    with smtplib.SMTP(HOST, server.port("smtp"), timeout=30) as smtp:
+        smtp.sendmail("someone@remote.test", [BOB], b"Subject: for bob\r\n\r\nbob's news\r\n")
+    late.sock.settimeout(BOUND_WAIT)
+    assert late.line() == b"* 1 EXISTS"
+    wait_until(lambda: _waiting(watch) == 1, BOUND_WAIT, "the late session waiting in the watch")
+    late.send(b"DONE\r\n")
+    assert late.until(b"i3 ")[-1] == b"i3 OK IDLE terminated"
+    assert slow.checking == 1  # (the turn still held all along)
+
+    slow.release()
+    assert held.until(b"i3 ")[-1] == b"i3 OK IDLE terminated"
+    for c in (first, second, late):
+        c.close()
+
+
 def test_a_web_session_is_checked_whatever_its_cookie_header(
         make_server: Callable[..., RunningServer], pg_cluster: PgCluster) -> None:
     """Right after another node changed alice's password, this node knows
@@ -407,8 +615,6 @@ def test_select_writes_no_hold_while_nothing_is_held_and_expunges_are_still_kept
 
     # what the hold is for: a message expunged through node A stays
     # readable for node B's session until B has told its client
-    import smtplib
-
     with smtplib.SMTP(HOST, a.port("smtp"), timeout=30) as smtp:
         smtp.sendmail("someone@remote.test", [ALICE], MESSAGE)
     on_b.send(b"b5 NOOP\r\n")

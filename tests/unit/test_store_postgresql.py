@@ -478,6 +478,55 @@ async def test_credentials_are_answered_while_revocations_keep_coming(pg_cluster
         await a.close()
 
 
+async def test_a_check_after_a_revocation_does_not_share_a_read_begun_before_it(pg_cluster: PgCluster,
+                                                                               tmp_path: Path) -> None:
+    """A read of alice's epoch rereads while revocations keep coming, and is
+    answered from its VALIDITY_REREADS-th read whatever came during it.
+    During that last read another node changes alice's password and this
+    node hears of it; a check that asks then (an IDLE session whose
+    revocation mark is past that change, or a command) must not be answered
+    by the read that began before the change: it reads again, and is refused."""
+    from mailyard.store.postgresql import store as pg_store
+
+    dsn = pg_cluster.new_dsn()
+    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
+    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
+    try:
+        await b.add_domain("example.test")
+        alice = await b.add_account("alice@example.test", "h")
+        a._forget()
+        reads = 0
+        later: list[asyncio.Future[bool]] = []
+        real = a._q1
+
+        async def revoked_meanwhile(sql: str, args: tuple = ()) -> tuple | None:
+            nonlocal reads
+            row = await real(sql, args)
+            if "FROM accounts" in sql and reads < pg_store.VALIDITY_REREADS:
+                reads += 1
+                if reads < pg_store.VALIDITY_REREADS:
+                    a._forget()  # a note of a revocation came during the read
+                else:  # the last read of the first check: alice's password changes
+                    forgotten = a._forgotten
+                    await b.set_password("alice@example.test", "h2")
+                    await until(lambda: a._forgotten != forgotten)  # its note reaches a
+                    later.append(asyncio.ensure_future(a.credentials_current(alice.id, 0)))
+                    for _ in range(5):  # the later check asks and waits for its read
+                        await asyncio.sleep(0)
+            return row
+
+        a._q1 = revoked_meanwhile  # type: ignore[method-assign]
+        first = await a.credentials_current(alice.id, 0)
+        assert reads == pg_store.VALIDITY_REREADS
+        assert first is True  # (read before the change, as a check that ended just before it)
+        assert len(later) == 1
+        assert await later[0] is False, "a check after the revocation got the answer of a read begun before it"
+        assert a.credentials_known(alice.id, 1) is True
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_holds_are_published_again_when_the_liveness_connection_comes_back(pg_cluster: PgCluster,
                                                                                  tmp_path: Path) -> None:
     """While the connection that marks node B alive is gone (the database

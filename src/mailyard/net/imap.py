@@ -18,12 +18,13 @@ item is encoded are not here: see protocols/imap/session.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
 import weakref
 import zlib
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import __version__
@@ -45,6 +46,7 @@ from ..store.api import Account, StoreError, StoreUnavailable
 from .budgets import abuse_budgets
 from .imap_store import StoreBackend
 from .login import Authenticator, TryLater, plaintext_allowed
+from .revocations import RevocationWatch
 from .session_protocol import SessionProtocol
 
 _T = TypeVar("_T")
@@ -209,6 +211,9 @@ class ImapConnection(SessionProtocol):
         self.imap = ImapSession(self, ImapLoginService(services, self), HANDLERS, *_settings(services))
         self.idle_timeout = limits.imap_idle_timeout
         self._waiter: asyncio.Future[None] | None = None  # a step waiting for input (IDLE, AUTHENTICATE)
+        # the revocation watch whose word ended the last IDLE wait: the next
+        # check takes its turn there (idle_check)
+        self._paced: RevocationWatch | None = None
         self._deflate: Any = None  # zlib compressobj once COMPRESS DEFLATE is active
         self._inflate: Any = None  # zlib decompressobj, likewise
         self._inflate_tail = b""  # DEFLATE input not yet inflated (the engine has enough)
@@ -490,8 +495,59 @@ class ImapConnection(SessionProtocol):
             raise ConnectionEnding("Command not completed in time") from None
         return not self.input_over
 
-    async def wait_idle(self) -> bool:
-        """IDLE: wait for input or a change; False at the end of input."""
+    def revocation_mark(self) -> object:
+        return self.services.store.revocation_version()
+
+    def idle_check(self, paced: bool = True) -> contextlib.AbstractAsyncContextManager[bool]:
+        """After a wait the revocation watch ended (or did not begin), a
+        turn among the sessions it woke: CHECKS_AT_ONCE of them read the
+        database at a time (net/revocations.py). ``paced`` False (the check
+        answers DONE), or after another wake (input, a change of the
+        mailbox), nothing to wait for: commands take no turn either."""
+        watch, self._paced = self._paced, None
+        if watch is None or not paced:
+            return contextlib.nullcontext(True)
+        return self._turn(watch)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, watch: RevocationWatch) -> AsyncIterator[bool]:
+        """Hold a turn at ``watch.checking`` while the session checks: True.
+        False, with no turn held, when input, a wake or the end of the
+        connection came first (the session sees to it, then checks with no
+        turn to wait for), or once the connection is over.
+
+        This frame holds ``watch`` until the turn ends: the watches are kept
+        weakly (net/revocations.py), and one freed while sessions wait for
+        or hold its turns would be replaced by one with every turn free."""
+        checking = watch.checking
+        if checking.locked():
+            turn = self.loop.create_task(checking.acquire())
+            # (a turn given ends the wait; a cancelled one must not end a later wait)
+            turn.add_done_callback(lambda t: t.cancelled() or self.wake())
+            raised = True
+            try:
+                await self.wait_input(None)  # also ends at the turn, by `wake`
+                raised = False
+            finally:
+                held = turn.done() and not turn.cancelled()
+                if not turn.done():
+                    turn.cancel()  # (a turn given meanwhile goes to the next in line)
+                elif held and raised:
+                    checking.release()  # (the session ends here: ConnectionEnding)
+            if not held:
+                yield False
+                return
+        else:
+            await checking.acquire()  # (free: does not suspend)
+        try:
+            yield not self.input_over
+        finally:
+            checking.release()
+
+    async def wait_idle(self, since: object, checked: bool = True) -> bool:
+        """IDLE: wait for input, a change, or a revocation anywhere after
+        ``since`` (net/revocations.py; the session then checks its account
+        and mailbox, `idle_check`); False at the end of input."""
         if self.input_over:
             return False
         # RFC 9051 5.4: the autologout timer counts the client's silence
@@ -500,7 +556,18 @@ class ImapConnection(SessionProtocol):
         # too long with the BYE below: no timer of its own per IDLE wait.
         if self.timers.last_activity + self.idle_timeout - self.loop.time() <= 0:
             raise ConnectionEnding("Autologout; idle for too long")
-        await self.wait_input(None)
+        if since is None:  # the store gives no revocation signal
+            await self.wait_input(None)
+            return True
+        watch = RevocationWatch.of(self.loop, self.services.store)
+        if not watch.add(self, since, checked):
+            self._paced = watch
+            return True  # revoked since the session's check, maybe: it checks again
+        try:
+            await self.wait_input(None)
+        finally:
+            if watch.discard(self):
+                self._paced = watch
         return True
 
 

@@ -617,6 +617,17 @@ class Store(abc.ABC):
         (what every call taking a MailboxRef checks); answered from memory
         unless something was revoked since, as ``credentials_current``."""
 
+    def revocation_version(self) -> int | None:
+        """A value, read from memory, that moves whenever something may have
+        been revoked since it was last read: a password changed, an account
+        or a mailbox removed, by any process or node sharing this store (the
+        moments ``credentials_current`` and ``mailbox_current`` stop
+        answering from memory). Sessions that wait without a command (IMAP
+        IDLE) are woken when it moves, to ask those checks again
+        (net/revocations.py). None: this backend gives no such signal, and
+        such sessions notice at their next command."""
+        return None
+
     # --- quotas (RFC 9208) ---------------------------------------------------
     @abc.abstractmethod
     async def set_quota(

@@ -9,7 +9,7 @@ import weakref
 import pytest
 
 from mailyard.protocols.imap import selected
-from mailyard.protocols.imap.backend import MailboxRecord
+from mailyard.protocols.imap.backend import MailboxRecord, Unavailable
 from mailyard.protocols.imap.memory import MemoryBackend
 from mailyard.protocols.imap.session import ImapConfig
 
@@ -71,6 +71,114 @@ def test_a_closed_session_stops_watching() -> None:
     a.conv.close()
     assert store._listeners == []
     store.deliver("alice", SHORT)  # no session left to tell
+
+
+# --- revocations: a session in IDLE has no command to be checked before -------------------
+BYE = "* BYE Account removed or password changed; log in again"
+
+
+def test_a_password_change_ends_idle_before_the_next_change_is_reported() -> None:
+    """New mail after alice's password changed wakes her IDLE session: it
+    ends with BYE, reporting neither the mail nor the live search's ADDTO
+    (RFC 5267 4.2), which would tell whether the new mail holds a string."""
+    store = store_with_mail()
+    a = connect(store, select="INBOX", enable="IMAP4rev2")
+    a.untagged('x1 SEARCH RETURN (UPDATE) BODY "pin-4711"')
+    a.expect("x2 IDLE", "+ idling")
+    store.set_password("alice", "new")
+    store.deliver("alice", b"Subject: code\r\n\r\nyour code is pin-4711\r\n")
+    assert a.poll() == (BYE + "\r\n").encode()
+    assert a.conv.closed
+
+
+def test_a_revocation_ends_idle_at_any_wake() -> None:
+    """A wake that reports nothing (the I/O side's, after a revocation
+    anywhere) is enough: the session asks and ends, in the selected state,
+    in the authenticated state, and for a removed account; bob's session,
+    woken too, goes on and reports his mail."""
+    store = store_with_mail()
+    selected = connect(store, select="INBOX")
+    authenticated = connect(store)
+    bob = connect(store, user="bob", select="INBOX")
+    for c in (selected, authenticated, bob):
+        c.expect("x1 IDLE", "+ idling")
+    store.set_password("alice", "new")
+    assert selected.poll() == authenticated.poll() == (BYE + "\r\n").encode()
+    assert selected.conv.closed and authenticated.conv.closed
+    assert bob.poll() == b""
+    store.deliver("bob", SHORT)
+    assert bob.poll() == b"* 1 EXISTS\r\n* 1 RECENT\r\n"
+    store.remove_account("bob")
+    assert bob.poll() == (BYE + "\r\n").encode()
+    assert bob.conv.closed
+
+
+def test_the_revocation_mark_is_read_before_each_check() -> None:
+    """The mark the session hands to its wait is the one read before its
+    check: a revocation while the check ran (here bob's password changes
+    inside alice's check) moves the value past it, and the I/O side ends
+    that wait at once (net/revocations.py)."""
+    store = store_with_mail()
+    a = connect(store, select="INBOX")
+    backend = a.session.backend
+    check = backend.account_current
+
+    async def revoked_meanwhile() -> bool:
+        answer = await check()
+        store.set_password("bob", "changed")  # after the check read what it answers
+        return answer
+
+    backend.account_current = revoked_meanwhile
+    before = store.revocations
+    a.expect("x1 IDLE", "+ idling")
+    # two checks, each with a revocation inside: IDLE's own (execute) and
+    # the loop's, whose mark is the value between the two
+    assert store.revocations == before + 2
+    assert a.conv.idle_waits == [(before + 1, True)]
+
+
+def _down() -> object:
+    async def down() -> bool:
+        raise Unavailable("store down")
+
+    return down
+
+
+def test_idle_reports_nothing_and_goes_on_while_its_check_cannot_be_answered() -> None:
+    """The store cannot answer the check at a wake (a database restarting):
+    IDLE goes on, reporting neither an error nor the mail it could not
+    check, and asks to be woken again; once the store answers, the mail is
+    reported and DONE ends IDLE with OK."""
+    store = store_with_mail()
+    a = connect(store, select="INBOX")
+    a.expect("x1 IDLE", "+ idling")
+    backend = a.session.backend
+    check = backend.account_current
+    backend.account_current = _down()
+    store.deliver("alice", SHORT)
+    assert a.poll() == b""
+    assert a.conv.idle_waits[-1][1] is False  # unchecked: woken at the I/O side's next poll
+    assert not a.conv.closed
+    backend.account_current = check
+    assert a.poll() == b"* 4 EXISTS\r\n* 4 RECENT\r\n"
+    a.expect("DONE", "x1 OK IDLE terminated")
+    a.expect("x2 NOOP", "x2 OK NOOP completed")
+
+
+def test_done_while_the_check_cannot_be_answered_ends_idle_with_no_update() -> None:
+    """DONE comes while the store cannot answer: the tagged OK, without the
+    mail that came meanwhile (nothing is reported unchecked), and no BAD;
+    the next command, once the store answers, reports it."""
+    store = store_with_mail()
+    a = connect(store, select="INBOX")
+    a.expect("x1 IDLE", "+ idling")
+    backend = a.session.backend
+    check = backend.account_current
+    backend.account_current = _down()
+    store.deliver("alice", SHORT)
+    a.expect("DONE", "x1 OK IDLE terminated")
+    backend.account_current = check
+    a.expect("x2 NOOP", "* 4 EXISTS", "* 4 RECENT", "x2 OK NOOP completed")
 
 
 # --- a big mailbox's index data is kept across IDLE ------------------------------------

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -462,14 +463,46 @@ class ImapIO(Protocol):
         engine's ``input_ended``) or once the connection is gone."""
         ...
 
-    async def wait_idle(self) -> bool:
+    def revocation_mark(self) -> object:
+        """What the I/O side watches for revocations, as it is now (the
+        store's ``revocation_version``), read before each check of the
+        session's references in IDLE and handed to `wait_idle`. None: no
+        such signal; the session notices at its next command."""
+        ...
+
+    def idle_check(self, paced: bool = True) -> AbstractAsyncContextManager[bool]:
+        """Held by the session while it checks its references in IDLE (read
+        its `revocation_mark`, then ``ImapSession.references_current``):
+        after a wait the I/O side's revocation watch ended, the checks of
+        the sessions it woke take turns, a bounded number at a time, so
+        that their database reads do not crowd out everything else.
+        ``paced`` False: the check answers DONE, which takes no turn.
+
+        Gives True to check now; False when input, a wake (`wake`) or the
+        end of the connection came before a turn, or the connection is
+        over: the session reads the engine's next event first, and its
+        check after that takes no turn."""
+        ...
+
+    async def wait_idle(self, since: object, checked: bool = True) -> bool:
         """IDLE: wait until input arrives or `wake` is called; False at the
         end of input (the engine's ``input_ended``) or once the connection is
-        gone. The autologout timer (RFC 9051 5.4) is the I/O side's."""
+        gone. The autologout timer (RFC 9051 5.4) is the I/O side's.
+
+        ``since`` is what `revocation_mark` gave before the session's last
+        check (``ImapSession.references_current``). The wait ends at once
+        if something may have been revoked since (a password changed, an
+        account or a mailbox removed, in any process or node), and within
+        seconds of a later revocation: the session then checks again.
+        ``checked`` False: that check could not be answered (the store
+        unavailable); the wait also ends within seconds, to ask again."""
         ...
 
     def wake(self) -> None:
-        """A change to the selected mailbox: end a pending `wait_idle`."""
+        """End a pending `wait_idle`: the selected mailbox changed (the
+        store's listener), or something may have been revoked (the I/O
+        side's revocation watch). The session checks its references, then
+        reports what changed."""
         ...
 
     async def begin_tls(self) -> None:

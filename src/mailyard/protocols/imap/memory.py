@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Collection, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -173,6 +174,9 @@ class MemoryStore:
         self.clock = clock
         self.passwords: dict[str, str] = {}
         self.epochs: dict[str, int] = {}  # moves with every password change
+        # moves with every revocation (a password changed, an account or a
+        # mailbox removed), as Store.revocation_version does
+        self.revocations = 0
         self.boxes: dict[int, _Box] = {}
         self.subscriptions: dict[str, set[str]] = {}
         self.full = False  # writes raise NoSpace (a full disk)
@@ -204,6 +208,7 @@ class MemoryStore:
     def set_password(self, user: str, password: str) -> None:
         self.passwords[user] = password
         self.epochs[user] += 1
+        self.revocations += 1
 
     def set_quota(self, user: str, storage: int | None = None, messages: int | None = None) -> None:
         """The operator's limits for ``user`` (None: no limit), as ``mailyard user quota``."""
@@ -216,6 +221,7 @@ class MemoryStore:
 
     def remove_account(self, user: str) -> None:
         del self.passwords[user]
+        self.revocations += 1
         for box in [b for b in self.boxes.values() if b.account == user]:
             del self.boxes[box.id]
             self.notify(box.id)
@@ -225,6 +231,7 @@ class MemoryStore:
         box = self.find(user, name)
         assert box is not None, name
         del self.boxes[box.id]
+        self.revocations += 1
         self.notify(box.id)
 
     def create(self, user: str, name: str, special_use: str | None = None) -> _Box:
@@ -749,6 +756,7 @@ class Conversation:
         self.session = ImapSession(self, self.login, HANDLERS, limits, config)
         self._out = bytearray()
         self._step: Any = None  # a command's coroutine, suspended on a _Wait
+        self.idle_waits: list[tuple[object, bool]] = []  # wait_idle's arguments, in order
         self.session.greeting()
         self.greeting = self.output()
 
@@ -782,7 +790,17 @@ class Conversation:
             await _Wait()
         return not self.eof
 
-    async def wait_idle(self) -> bool:
+    def revocation_mark(self) -> object:
+        return self.store.revocations
+
+    def idle_check(self, paced: bool = True) -> contextlib.AbstractAsyncContextManager[bool]:
+        return contextlib.nullcontext(True)  # (one session: no turns to take)
+
+    async def wait_idle(self, since: object, checked: bool = True) -> bool:
+        # what the session handed over, for tests; the test's poll() is the
+        # only wake (the server's I/O side also ends a wait that begins
+        # after a revocation later than ``since``)
+        self.idle_waits.append((since, checked))
         if self.eof:
             return False
         await _Wait()

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..contract import AbuseBudgets, Closed
+from ..contract import NEED_DATA, AbuseBudgets, Closed
 from . import commands as c
 from .backend import (
     BackendError,
@@ -319,7 +319,26 @@ class ImapSession:
             await self.io.flush()
 
     async def idle(self) -> None:
-        """Wait for DONE, announcing changes as they happen (RFC 2177 3)."""
+        """Wait for DONE, announcing changes as they happen (RFC 2177 3).
+
+        Every wake (a change, input, or the I/O side's word that something
+        may have been revoked) asks `references_current` before anything is
+        reported, as `execute` does before a command: a session whose
+        account was removed, whose password changed or whose mailbox was
+        deleted meanwhile ends with ``* BYE`` and reports nothing more. The
+        I/O side's revocation mark is read before each check and handed to
+        the wait that follows it, which ends at once if something was
+        revoked since the mark (while the check read the database, say),
+        and within seconds of a revocation after it. The mark and the check
+        come inside the I/O side's `idle_check`: the sessions a revocation
+        woke take turns reading the database; DONE, and input that comes
+        while a session waits for its turn, take none.
+
+        A check that cannot be answered (the store unavailable) reports
+        nothing, the mail it could not check included: the session goes on
+        idling and asks again at its next wake, which the I/O side brings
+        within seconds. DONE then ends IDLE with its tagged answer and no
+        update; the next command's check reports what the store says."""
         engine = self.engine
         engine.start_idle()
         sel = self.sel
@@ -329,8 +348,33 @@ class ImapSession:
                 sel.idle_begins(kept)
                 await self.sync(allow_expunge=True)
             await self.io.flush()
+            ev = engine.next_event()
             while True:
-                ev = engine.next_event()
+                if isinstance(ev, Closed):
+                    return
+                current: bool | None = None
+                # a wake by the watch takes a turn among the sessions it woke;
+                # DONE takes none (commands are not rationed)
+                async with self.io.idle_check(paced=not isinstance(ev, IdleDone)) as turn:
+                    if turn:
+                        since = self.io.revocation_mark()
+                        try:
+                            current = await self.references_current()
+                        except self.config.unavailable as exc:
+                            # (debug: every idler asks again every few seconds while
+                            # the store is down; the store warns of the outage itself)
+                            log.debug("imap: IDLE cannot check the session now: %s", exc)
+                            current = None
+                if not turn:
+                    # input, a wake or the end of the connection came before
+                    # a turn: that first, and the check after it takes none
+                    if self.closed or engine.input_ended:
+                        engine.bye("Connection closed", reason="eof")
+                        return
+                    ev = engine.next_event()
+                    continue
+                if current is False:
+                    return
                 if isinstance(ev, IdleDone):
                     if sel is not None and kept is not None:
                         # IDLE ends here: the sync that answers DONE does
@@ -338,17 +382,26 @@ class ImapSession:
                         # it there could drop another idler's cache for a
                         # count about to be let go)
                         kept.release(sel)
-                    await self.finish("OK" if ev.ok else "BAD", "IDLE terminated" if ev.ok else "Expected DONE")
+                    status, text = ("OK", "IDLE terminated") if ev.ok else ("BAD", "Expected DONE")
+                    if current is None:
+                        if self.sel is not None:
+                            self.sel.read_changes = None
+                        engine.complete(status, text)  # (no update: nothing checked to report)
+                    else:
+                        await self.finish(status, text)
                     return
-                if isinstance(ev, Closed):
-                    return
-                if self.sel is not None and self.sel.dirty:
+                if current and self.sel is not None and self.sel.dirty:
                     await self.sync(allow_expunge=True)
                     await self.io.flush()
+                    ev = engine.next_event()
                     continue
-                if not await self.io.wait_idle():
+                ev = engine.next_event()
+                if ev is not NEED_DATA:
+                    continue  # (input that came while a turn was given: it is seen to first)
+                if not await self.io.wait_idle(since, checked=current is True):
                     engine.bye("Connection closed", reason="eof")
                     return
+                ev = engine.next_event()
         finally:
             if sel is not None and kept is not None:
                 kept.release(sel)  # (after IDLE the cache serves commands: not counted)

@@ -232,7 +232,9 @@ class PostgreSQLStore(ContactsMixin, Store):
         self._live: dict[int, tuple[int, int]] = {}
         self._epochs: dict[int, int | None] = {}
         self._forgotten = 0
-        self._lookups: dict[tuple[str, int], asyncio.Task[Any]] = {}  # reads under way, shared by their askers
+        # reads under way, by entry and the ``_forgotten`` their askers came
+        # at: shared by those askers only (_look_up)
+        self._lookups: dict[tuple[str, int, int], asyncio.Task[Any]] = {}
         # a plain connection whose name (application_name) marks this store
         # as alive to the other nodes (_LIVE_HOLD); it publishes the holds
         # that must be seen before a session goes on, always off the event
@@ -731,6 +733,13 @@ class PostgreSQLStore(ContactsMixin, Store):
                 self._token = token
                 self._forget()
 
+    def revocation_version(self) -> int:
+        # the count of the validity caches' clearings: a REVOKE note from
+        # any node, this store's own revocations, missed notes, and (through
+        # _fresh) the revocation file of this node's other processes
+        self._fresh()
+        return self._forgotten
+
     def credentials_known(self, account_id: int, epoch: int) -> bool | None:
         self._fresh()
         current = self._epochs.get(account_id, _UNKNOWN)
@@ -757,14 +766,24 @@ class PostgreSQLStore(ContactsMixin, Store):
         """The database's value for a validity cache's entry: an account's
         epoch (None: removed) or a mailbox's (owner, UIDVALIDITY) (None: no
         such mailbox). Read through the pool, so the event loop goes on
-        while the database answers; the askers of one entry share one read."""
-        task = self._lookups.get((kind, key))
+        while the database answers.
+
+        The askers of one entry share one read, those that asked at one
+        value of ``_forgotten`` only: a read that began before a revocation
+        this asker already heard of may answer from before it (its last
+        reread, ``VALIDITY_REREADS``, is answered whatever came meanwhile),
+        and an IDLE session whose revocation mark (``revocation_version``)
+        is already past that revocation would not check again. So every
+        read an asker gets its answer from began after every revocation
+        heard before it asked."""
+        lookup = (kind, key, self._forgotten)
+        task = self._lookups.get(lookup)
         if task is None:
-            task = self._lookups[(kind, key)] = self._background_task(self._read_validity(kind, key))
+            task = self._lookups[lookup] = self._background_task(self._read_validity(kind, key))
 
             def done(t: asyncio.Task[Any]) -> None:
-                if self._lookups.get((kind, key)) is t:
-                    del self._lookups[(kind, key)]
+                if self._lookups.get(lookup) is t:
+                    del self._lookups[lookup]
 
             task.add_done_callback(done)
         # each asker waits on a future of its own (shield), as in _ready

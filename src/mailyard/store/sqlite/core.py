@@ -370,6 +370,10 @@ class SQLiteCore(Store):
             self._live.clear()
             self._epochs.clear()
 
+    def revocation_version(self) -> int:
+        # the shared token itself: any process's revocation moves it
+        return self._revoked.value()
+
     async def credentials_current(self, account_id: int, epoch: int) -> bool:
         return self.credentials_known(account_id, epoch)
 
