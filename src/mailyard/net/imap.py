@@ -59,6 +59,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailyard.imap")
 
+# a check with no turn to wait for (nullcontext is reusable: one for all)
+_NO_TURN: contextlib.AbstractAsyncContextManager[bool] = contextlib.nullcontext(True)
+
 
 _SHUTDOWN = ("Server shutting down", "UNAVAILABLE")
 # auth/sasl.py failure kinds the client caused by its syntax (BAD, not a failed login)
@@ -506,7 +509,7 @@ class ImapConnection(SessionProtocol):
         mailbox), nothing to wait for: commands take no turn either."""
         watch, self._paced = self._paced, None
         if watch is None or not paced:
-            return contextlib.nullcontext(True)
+            return _NO_TURN
         return self._turn(watch)
 
     @contextlib.asynccontextmanager

@@ -393,11 +393,13 @@ class ImapSession:
                 if current and self.sel is not None and self.sel.dirty:
                     await self.sync(allow_expunge=True)
                     await self.io.flush()
-                    ev = engine.next_event()
-                    continue
+                    if self.sel is not None and self.sel.dirty:
+                        ev = engine.next_event()
+                        continue  # more came meanwhile: checked again before it is reported
+                # (a revocation since ``since``, during the sync too, ends the wait at once)
                 ev = engine.next_event()
                 if ev is not NEED_DATA:
-                    continue  # (input that came while a turn was given: it is seen to first)
+                    continue  # (input that came while a turn was given or during the sync: it is seen to first)
                 if not await self.io.wait_idle(since, checked=current is True):
                     engine.bye("Connection closed", reason="eof")
                     return
