@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from mailyard.config import Config
+from mailyard.protocols.contract import FLUSH_AT
 from tests.conftest import USERS, RunningServer
 from tests.integration.serve_process import MB, ServeProcess
 from tests.waiting import wait_until
@@ -766,6 +767,86 @@ def test_client_that_stops_reading_loses_its_session_and_slot(
             assert time.monotonic() < give_up, "the session was not ended"
             time.sleep(0.1)
     SERVED[service](server)
+
+
+# Commands answered without a login, a few octets in and far more out, and
+# what ends each answer.
+PIPELINED = {
+    "pop3": (b"CAPA\r\n", b"\r\n.\r\n"),
+    "managesieve": (b"CAPABILITY\r\n", b'OK "capability completed"\r\n'),
+    "smtp": (b"HELP\r\n", b"End of HELP info\r\n"),
+    "imap": (b"a CAPABILITY\r\n", b"a OK CAPABILITY completed\r\n"),
+}
+
+
+@pytest.mark.parametrize("service", list(PIPELINED))
+def test_pipelined_commands_of_a_client_that_does_not_read_hold_little_output(
+    make_server: Callable[..., RunningServer], service: str
+) -> None:
+    """A client sends a read's worth of small commands with big answers
+    (POP3 CAPA: 6 octets in, 140 out) and reads nothing: the server answers
+    until the transport is full, then takes no more commands, so what it
+    holds for the client is the transport's high-water mark and one batch
+    of replies (protocols/contract.py FLUSH_AT), not the answers to all it
+    sent (megabytes per connection). Once the client reads, every command
+    is answered."""
+    server = make_server()
+    command, reply_end = PIPELINED[service]
+    payload = command * (256 * 1024 // len(command))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect((server.host, server.port(service)))
+    assert server.server is not None
+    listener = server.server.listeners[service]
+    port = sock.getsockname()[1]
+
+    async def output_state() -> tuple[bool, int, int] | None:
+        """(writing paused, octets the transport holds, its high-water mark)"""
+        for session in listener.caps.connections():
+            if session.peer_port == port and session.transport is not None:
+                transport = session.transport
+                return session.writing_paused, transport.get_write_buffer_size(), transport.get_write_buffer_limits()[1]
+        return None
+
+    async def small_send_buffer() -> bool:
+        """The kernel's send buffer of the server's socket made small, so
+        that what the server holds is in its transport, where it is counted."""
+        for session in listener.caps.connections():
+            if session.peer_port == port and session.transport is not None:
+                session.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                return True
+        return False
+
+    wait_until(lambda: server.call(small_send_buffer()), what="the session")
+    sent = 0
+
+    def send_until_paused() -> tuple[bool, int, int] | None:
+        nonlocal sent
+        if sent < len(payload):
+            try:
+                sent += sock.send(payload[sent:])
+            except BlockingIOError:
+                pass
+        state = server.call(output_state())
+        return state if state is not None and state[0] else None
+
+    with sock:
+        sock.setblocking(False)
+        state = wait_until(send_until_paused, what="the server to stop writing to a client that does not read")
+        _, held, high_water = state
+        assert held <= high_water + FLUSH_AT + 4096, (held, high_water)
+        # the client reads: the commands that waited are answered, all of them
+        sock.settimeout(30)
+        expected = sent // len(command)
+        replies, tail = 0, b""
+        while replies < expected:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {replies} of {expected} replies"
+            data = tail + chunk
+            replies += data.count(reply_end)
+            tail = data[-(len(reply_end) - 1):]
+        assert replies == expected
 
 
 # --- the HTTP port ---------------------------------------------------------------------------
