@@ -253,6 +253,7 @@ class SessionProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writing_paused = False
         self.timers.output_flowing()
+        self.timers.touch()  # the client took our output: it is not idle
         if self.transport is not None and not self.closed and (not self.busy or self.reading_wanted):
             self.transport.resume_reading()
         if self._writable is not None and not self._writable.done():

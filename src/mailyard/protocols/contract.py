@@ -18,7 +18,8 @@ engine knows them all:
   peer that pipelines commands and reads nothing makes us hold at most
   ``FLUSH_AT`` and the replies of one command besides the transport's
   buffer (the glue stops asking while the transport is above its
-  high-water mark, net/session_protocol.py).
+  high-water mark, net/session_protocol.py: 64 KiB for plain TCP; a TLS
+  transport pauses at 512 KiB of its own, over the TCP transport's 64 KiB).
 - ``partial_input`` and a count of completed input units let the glue
   enforce a command deadline that a trickle of bytes cannot extend.
 - The glue answers an event through the engine's answering method; calling
@@ -64,9 +65,11 @@ reading (the transport below its high-water mark)."""
 
 FLUSH_AT: Final = 64 * 1024
 """Octets of queued replies past which an engine stops taking buffered
-commands (``FLUSH``): the transport's default write high-water mark
+commands (``FLUSH``): a plain TCP transport's default write high-water mark
 (asyncio's and uvloop's), so what one connection holds for a peer that does
-not read stays a small multiple of it, whatever it pipelined."""
+not read stays a small multiple of it, whatever it pipelined. The bound is
+per transport: over TLS the TLS transport pauses at 512 KiB (asyncio's
+``FLOW_CONTROL_HIGH_WATER_SSL_WRITE``) besides the TCP transport's 64 KiB."""
 
 
 @dataclass(frozen=True, slots=True)
