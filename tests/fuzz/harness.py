@@ -110,6 +110,7 @@ def smtp_check_replies(out: bytes) -> int:
 def run_smtp(data: bytes) -> bytes:
     """Drive the SMTP server engine (protocols/smtp/server.py) with one input."""
     from mailyard.protocols.smtp import (
+        FLUSH,
         NEED_DATA,
         PAUSED,
         AbuseBudgets,
@@ -157,6 +158,9 @@ def run_smtp(data: bytes) -> bytes:
             if ev is NEED_DATA or isinstance(ev, Closed):
                 break
             check(ev is not PAUSED, "engine paused although nothing is pending")
+            if ev is FLUSH:  # the replies queued so far are written before it reads on
+                out += engine.data_to_send()
+                continue
             if not ev.needs_answer:
                 continue
             roll = rng.random()
@@ -266,6 +270,7 @@ def run_pop3(data: bytes) -> bytes:
     import hashlib
 
     from mailyard.protocols.pop3.engine import (
+        FLUSH,
         NEED_DATA,
         AbuseBudgets,
         APOPLogin,
@@ -331,6 +336,9 @@ def run_pop3(data: bytes) -> bytes:
             if isinstance(ev, Closed):
                 closed = True
                 break
+            if ev is FLUSH:  # the replies queued so far are written before it reads on
+                out += engine.data_to_send()
+                continue
             if isinstance(ev, UserPassLogin):
                 login(ev.username == "alice" and ev.password == "secret", ev.username)
             elif isinstance(ev, APOPLogin):

@@ -110,3 +110,16 @@ def test_harness_catches_a_malformed_reply() -> None:
                 b"a1 maybe\r\n", b"* OK fine"):
         with pytest.raises(FuzzFailure):
             imap_check_responses(bad)
+
+
+@pytest.mark.parametrize(
+    ("target", "selector", "command", "size"),
+    [("smtp", 2, b"HELP\r\n", 4096), ("pop3", 0, b"CAPA\r\n", 60_000)],
+)
+def test_drivers_write_the_replies_an_engine_flushes(target: str, selector: int, command: bytes, size: int) -> None:
+    """Pipelined commands with big answers make the engine say ``FLUSH``
+    (protocols/contract.py FLUSH_AT); the driver writes the replies and goes
+    on, and every command is answered."""
+    data = bytes([selector]) + b"\0" * (HEADER - 1) + command * ((size - HEADER) // len(command))
+    out = RUNNERS[target](data)
+    assert len(out) > 64 * 1024

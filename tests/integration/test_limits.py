@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from mailyard.config import Config
+from mailyard.protocols.contract import FLUSH_AT
 from tests.conftest import USERS, RunningServer
 from tests.integration.serve_process import MB, ServeProcess
 from tests.waiting import wait_until
@@ -943,6 +944,134 @@ def test_client_that_stops_reading_loses_its_session_and_slot(
             assert time.monotonic() < give_up, "the session was not ended"
             time.sleep(0.1)
     SERVED[service](server)
+
+
+# Commands answered without a login, a few octets in and far more out, and
+# what ends each answer.
+PIPELINED = {
+    "pop3": (b"CAPA\r\n", b"\r\n.\r\n"),
+    "managesieve": (b"CAPABILITY\r\n", b'OK "capability completed"\r\n'),
+    "smtp": (b"HELP\r\n", b"End of HELP info\r\n"),
+    "imap": (b"a CAPABILITY\r\n", b"a OK CAPABILITY completed\r\n"),
+}
+# Octets of pipelined commands a test sends: with answers 10-25 times their
+# size, far more output than FLUSH_AT and a transport's high-water mark.
+PIPELINED_INPUT = 48 * 1024
+# Seconds the client may take to read all the answers: bounds a failure.
+READ_ALL_WITHIN = 60.0
+
+
+class _Unread:
+    """A client of ``service`` that pipelines PIPELINED_INPUT octets of
+    commands and reads nothing, watched through the server's session."""
+
+    def __init__(self, server: RunningServer, service: str) -> None:
+        self.server = server
+        self.command, self.reply_end = PIPELINED[service]
+        self.payload = self.command * (PIPELINED_INPUT // len(self.command))
+        self.sent = 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(10)
+        self.sock.connect((server.host, server.port(service)))
+        assert server.server is not None
+        self.listener = server.server.listeners[service]
+        self.port = self.sock.getsockname()[1]
+        wait_until(lambda: server.call(self._small_send_buffer()), what="the session")
+        self.sock.setblocking(False)
+
+    def _session(self) -> Any:
+        for session in self.listener.caps.connections():
+            if session.peer_port == self.port and session.transport is not None:
+                return session
+        return None
+
+    async def _small_send_buffer(self) -> bool:
+        """The kernel's send buffer of the server's socket made small, so
+        that what the server holds is in its transport, where it is counted."""
+        session = self._session()
+        if session is None:
+            return False
+        session.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        return True
+
+    async def output_state(self) -> tuple[bool, int, int] | None:
+        """(writing paused, octets the transport holds, its high-water mark),
+        None once the session is gone."""
+        session = self._session()
+        if session is None or session.closed:
+            return None
+        transport = session.transport
+        return session.writing_paused, transport.get_write_buffer_size(), transport.get_write_buffer_limits()[1]
+
+    def send_until_paused(self) -> tuple[bool, int, int]:
+        """Send the commands until the server stops writing to us."""
+
+        def step() -> tuple[bool, int, int] | None:
+            if self.sent < len(self.payload):
+                try:
+                    self.sent += self.sock.send(self.payload[self.sent:])
+                except BlockingIOError:
+                    pass
+            state = self.server.call(self.output_state())
+            return state if state is not None and state[0] else None
+
+        return wait_until(step, what="the server to stop writing to a client that does not read")
+
+    def read_all(self) -> None:
+        """Read now: every command sent is answered, within READ_ALL_WITHIN."""
+        sock = self.sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)
+        sock.settimeout(10)
+        expected = self.sent // len(self.command)
+        replies, tail, got = 0, b"", 0
+        end = time.monotonic() + READ_ALL_WITHIN
+        while replies < expected:
+            assert time.monotonic() < end, (
+                f"{replies} of {expected} replies ({got} octets) read in {READ_ALL_WITHIN} s"
+            )
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {replies} of {expected} replies: {(tail + chunk)[-200:]!r}"
+            got += len(chunk)
+            data = tail + chunk
+            replies += data.count(self.reply_end)
+            tail = data[-(len(self.reply_end) - 1):]
+        assert replies == expected
+
+
+@pytest.mark.parametrize("service", list(PIPELINED))
+def test_pipelined_commands_of_a_client_that_does_not_read_hold_little_output(
+    make_server: Callable[..., RunningServer], service: str
+) -> None:
+    """A client sends a read's worth of small commands with big answers
+    (POP3 CAPA: 6 octets in, 140 out) and reads nothing: the server answers
+    until the transport is full, then takes no more commands, so what it
+    holds for the client is the transport's high-water mark and one batch
+    of replies (protocols/contract.py FLUSH_AT), not the answers to all it
+    sent. Once the client reads, every command is answered."""
+    client = _Unread(make_server(), service)
+    with client.sock:
+        _, held, high_water = client.send_until_paused()
+        assert held <= high_water + FLUSH_AT + 4096, (held, high_water)
+        client.read_all()
+
+
+@pytest.mark.parametrize("service", ["pop3", "managesieve", "smtp"])
+def test_commands_waiting_behind_unread_output_get_no_command_deadline(
+    make_server: Callable[..., RunningServer], service: str
+) -> None:
+    """Complete commands that wait while the client does not take our
+    output are not an incomplete command: the stall timer (the idle
+    timeout) governs such a client, not the command deadline, so a client
+    that reads its answers later than the deadline gets them all."""
+    deadline = 0.5
+    server = make_server(lambda cfg: setattr(cfg.limits, "command_deadline", deadline))
+    client = _Unread(server, service)
+    with client.sock:
+        client.send_until_paused()
+        time.sleep(deadline * 4)  # the deadline would have passed
+        assert server.call(client.output_state()) is not None, "the session was ended"
+        client.read_all()
 
 
 # --- the HTTP port ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ class _Session:
         self.closed = False
         self.busy = False
         self.reading_wanted = False
+        self.writing_paused = False
         self.name = name
         self.log = log if log is not None else []
         self.timers = SessionTimers(loop, self, TIMEOUT, TIMEOUT)

@@ -6,7 +6,10 @@ cut."""
 from __future__ import annotations
 
 import random
+import tracemalloc
 from typing import Any
+
+import pytest
 
 from mailyard.protocols.contract import NEED_DATA, Closed
 from mailyard.protocols.managesieve.engine import ManageSieveServer, ScriptCommand
@@ -233,3 +236,34 @@ def test_a_literal_size_with_leading_zeros_is_a_literal() -> None:
         for pieces in cuts:
             events, out = _session(stream, pieces, logged_in=True)
             assert not any(getattr(e, "name", "") == "DELETESCRIPT" for e in events), (pieces, events)
+
+
+@pytest.mark.parametrize("logged_in", [False, True])
+@pytest.mark.parametrize("body", [b"Q", b"\\Q"], ids=["plain", "escapes"])
+def test_an_unterminated_quoted_string_is_scanned_no_further_than_its_limits(
+    logged_in: bool, body: bytes
+) -> None:
+    """A read of 256 KiB inside a quoted string is refused once the string
+    passes what the command may hold (8 KiB before login, the line limit
+    after), at the cost of scanning that much, not the read: memory here
+    well under the budget's octets (a scan of the whole read took 31 MB)."""
+    engine = _logged_in() if logged_in else _engine()
+    start = b'PUTSCRIPT "' if logged_in else b'AUTHENTICATE "PLAIN" "'
+    engine.receive_data(start + body * (256 * 1024 // len(body)))
+    tracemalloc.start()
+    try:
+        event = engine.next_event()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 8192
+    if logged_in:
+        # a line too long: skipped to its end, which has not come
+        assert event is NEED_DATA
+        engine.receive_data(b'"\r\nNOOP\r\n')
+        while (event := engine.next_event()) is not NEED_DATA:
+            pass
+        assert engine.data_to_send() == b'NO "line too long"\r\nOK "done"\r\n'
+    else:
+        assert event == Closed("errors")
+        assert engine.data_to_send() == b'BYE "command too large (at most 8192 octets before login)"\r\n'

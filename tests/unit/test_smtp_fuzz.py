@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailyard.protocols.smtp import (
+    FLUSH,
     NEED_DATA,
     PAUSED,
     AuthReceived,
@@ -79,6 +80,9 @@ def run(data_chunks: list[bytes], answer_code: int) -> bytes:
             if ev is NEED_DATA or isinstance(ev, Closed):
                 break
             assert ev is not PAUSED
+            if ev is FLUSH:
+                out += engine.data_to_send()
+                continue
             if not ev.needs_answer:
                 continue
             if isinstance(ev, AuthReceived | AuthResponse) and answer_code == 250:
@@ -111,17 +115,20 @@ def test_data_phase_chunking_does_not_change_result(body, step):
 
     def go(pieces):
         engine = SMTPServerEngine(replace(CONFIG, max_message_size=1500, max_text_line=200))
-        got = []
+        got, sent = [], bytearray()
         for piece in pieces:
             engine.receive_data(piece)
             while (ev := engine.next_event()) is not NEED_DATA:
                 if isinstance(ev, Closed):
                     break
+                if ev is FLUSH:
+                    sent += engine.data_to_send()
+                    continue
                 if isinstance(ev, MessageReceived):
                     got.append(ev.data)
                 if ev.needs_answer:
                     engine.accept()
-        return engine.data_to_send(), got
+        return bytes(sent + engine.data_to_send()), got
 
     whole = go([wire])
     split = go([wire[i : i + step] for i in range(0, len(wire), step)])

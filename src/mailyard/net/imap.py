@@ -41,7 +41,7 @@ from ..protocols.imap.commands import Command
 from ..protocols.imap.engine import ImapEngine
 from ..protocols.imap.framing import Limits
 from ..protocols.imap.handlers import HANDLERS
-from ..protocols.imap.session import FLUSH_AT, ImapConfig, ImapSession
+from ..protocols.imap.session import ImapConfig, ImapSession
 from ..store.api import Account, StoreError, StoreUnavailable
 from .budgets import abuse_budgets
 from .imap_store import StoreBackend
@@ -253,7 +253,7 @@ class ImapConnection(SessionProtocol):
 
     def pump(self) -> Coroutine[Any, Any, None] | None:
         while True:
-            step = self._pump()
+            step = super().pump()
             if step is not None or not self._inflate_more or self.closed or self.writing_paused:
                 return step
             if self._inflate_rounds >= INFLATE_ROUNDS:
@@ -283,15 +283,6 @@ class ImapConnection(SessionProtocol):
         self.timers.check_deadline()
         if not (self._inflate_later or self.busy or self.closed or self.writing_paused) and self.transport is not None:
             self.transport.resume_reading()
-
-    def _pump(self) -> Coroutine[Any, Any, None] | None:
-        engine = self.imap.engine
-        if engine.pending > FLUSH_AT:
-            # pipelined FETCHes: write as we go; stop while the client is behind
-            self.write(engine.data_to_send())
-            if self.writing_paused:
-                return None
-        return super().pump()
 
     def write(self, data: bytes) -> None:
         deflate = self._deflate

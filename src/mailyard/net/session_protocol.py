@@ -7,12 +7,17 @@ needs I/O (a store lookup, a durable commit, a TLS handshake). While such a
 step runs, reading is paused, so a client cannot make the engine buffer
 without bound, and pipelined commands keep their order.
 
-This is the one session skeleton of SMTP, POP3 and IMAP. Each drives a
-sans-I/O engine under the contract of protocols/contract.py, so one pump
-serves all three: ``pump`` takes events until the engine needs bytes
+This is the one session skeleton of SMTP, POP3, IMAP and ManageSieve. Each
+drives a sans-I/O engine under the contract of protocols/contract.py, so one
+pump serves them all: ``pump`` takes events until the engine needs bytes
 (``NEED_DATA``/``PAUSED``: flush what it queued) or ends (``Closed``: flush
 and close), and hands every other event to ``on_event``, which answers it on
-the spot or returns a coroutine: a step that needs I/O. One STARTTLS
+the spot or returns a coroutine: a step that needs I/O. An engine holding
+``FLUSH_AT`` octets of replies says ``FLUSH`` before it takes another
+command; ``pump`` writes them and stops while the transport is above its
+high-water mark (``pause_writing``), so a client that pipelines commands
+and reads nothing makes us hold a bounded amount, not the replies to all
+it sent. One STARTTLS
 upgrade (``upgrade_tls``) serves all three. The timers (idle timeout,
 command deadline, a client that stops reading) live in net/timers.py,
 apart from the pump.
@@ -38,7 +43,7 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 from .. import logs, metrics
-from ..protocols.contract import NEED_DATA, PAUSED, Closed
+from ..protocols.contract import FLUSH, NEED_DATA, PAUSED, Closed
 from .listener import Listener
 from .timers import SessionTimers
 
@@ -125,12 +130,20 @@ class SessionProtocol(asyncio.Protocol):
         """Take the engine's events until it needs bytes or a step needs I/O.
 
         ``NEED_DATA`` / ``PAUSED``: write what the engine queued, then
-        ``waiting_for_input``. ``Closed``: write the last replies, ``ended``,
-        close. Any other event goes to ``on_event``; a coroutine it returns
-        is the step that runs next (reading waits meanwhile)."""
+        ``waiting_for_input``. ``FLUSH``: write what it queued, and go on
+        unless that filled the transport past its high-water mark (the
+        client is not reading: ``resume_writing`` goes on once it does).
+        ``Closed``: write the last replies, ``ended``, close. Any other
+        event goes to ``on_event``; a coroutine it returns is the step that
+        runs next (reading waits meanwhile)."""
         engine = self.engine
         while True:
             event = engine.next_event()
+            if event is FLUSH:
+                self.write(engine.data_to_send())
+                if self.writing_paused or self.closed:
+                    return None
+                continue
             if event is NEED_DATA or event is PAUSED:
                 self.write(engine.data_to_send())
                 self.waiting_for_input()
@@ -240,6 +253,7 @@ class SessionProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writing_paused = False
         self.timers.output_flowing()
+        self.timers.touch()  # the client took our output: it is not idle
         if self.transport is not None and not self.closed and (not self.busy or self.reading_wanted):
             self.transport.resume_reading()
         if self._writable is not None and not self._writable.done():

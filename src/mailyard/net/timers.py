@@ -14,7 +14,10 @@ Three timers bound what a client can hold without doing its part:
   noticed at most ``IDLE_GRANULARITY`` late, never early.
 - the command deadline (listener.CommandClock): an incomplete command, SMTP
   message or IMAP literal must be complete within its deadline however the
-  client spaces its bytes (slowloris).
+  client spaces its bytes (slowloris). It does not apply while the client is
+  not taking our output: commands it sent then wait behind our replies (an
+  engine's ``FLUSH``), and the stall timer governs; the unit's clock starts
+  again once the client reads.
 - the stall timer: a client that stops reading our output for the idle
   timeout is cut, so it cannot hold its slot and our buffers.
 
@@ -50,6 +53,7 @@ class TimedSession(Protocol):
     closed: bool
     busy: bool  # a step of the server's own is running: the client waits for us
     reading_wanted: bool  # ... unless that step waits for the client (IMAP IDLE)
+    writing_paused: bool  # the client is not taking our output (the stall timer runs)
 
     def input_state(self) -> tuple[bool, int, float]: ...
     def idle_expired(self) -> None: ...
@@ -177,7 +181,8 @@ class SessionTimers:
 
     # --- idle timeout --------------------------------------------------------
     def touch(self) -> None:
-        """The client sent something (or the session began): restart the idle clock."""
+        """The client sent something, took our output, or the session began:
+        restart the idle clock."""
         self.last_activity = now = self.loop.time()
         if self._idle_key is None:
             self._idle_key = self._sweep.add(self, now + self.idle_timeout)
@@ -210,6 +215,15 @@ class SessionTimers:
         session = self.session
         if session.closed or session.busy:
             return  # a step is running: the client is waiting for us
+        if session.writing_paused:
+            # the client is not taking our output, and its commands wait for
+            # it: the stall timer governs, and resume_writing checks again
+            # with the unit's clock started afresh
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+                self._deadline_timer = None
+            self.clock.started = None
+            return
         partial, progress, deadline = session.input_state()
         now = self.loop.time()
         left = self.clock.remaining(now, partial, progress, deadline)
@@ -232,7 +246,7 @@ class SessionTimers:
         self._deadline_timer = None
         if self.session.closed or self.session.busy:
             return  # the session checks again when its step ends
-        self.check_deadline()
+        self.check_deadline()  # (while writing is paused, this stops the deadline)
 
     # --- a client that does not read ----------------------------------------
     def output_blocked(self) -> None:

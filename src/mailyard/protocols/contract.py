@@ -7,11 +7,19 @@ engine knows them all:
 - ``receive_data(data)`` feeds bytes from the peer; ``b""`` means end of
   input. The engine never raises for anything the peer sends.
 - ``next_event()`` returns the next event, or a sentinel: ``NEED_DATA``
-  (feed more bytes) or ``PAUSED`` (an event is waiting for the glue's
-  answer). After the session ended it returns a ``Closed`` event, every
-  time it is asked.
+  (feed more bytes), ``PAUSED`` (an event is waiting for the glue's
+  answer) or ``FLUSH`` (its queued replies passed ``FLUSH_AT``: write them,
+  and ask again once the peer takes our output). After the session ended
+  it returns a ``Closed`` event, every time it is asked.
 - ``data_to_send()`` returns, and forgets, every byte queued for the peer,
-  ready for one write.
+  ready for one write; ``pending`` is how many octets it would return.
+- Output answers input: an engine whose ``pending`` passed ``FLUSH_AT``
+  takes no further buffered command before its replies are written, so a
+  peer that pipelines commands and reads nothing makes us hold at most
+  ``FLUSH_AT`` and the replies of one command besides the transport's
+  buffer (the glue stops asking while the transport is above its
+  high-water mark, net/session_protocol.py: 64 KiB for plain TCP; a TLS
+  transport pauses at 512 KiB of its own, over the TCP transport's 64 KiB).
 - ``partial_input`` and a count of completed input units let the glue
   enforce a command deadline that a trickle of bytes cannot extend.
 - The glue answers an event through the engine's answering method; calling
@@ -29,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
-__all__ = ["NEED_DATA", "PAUSED", "AbuseBudgets", "Closed", "ProtocolMisuse", "Sentinel"]
+__all__ = ["FLUSH", "FLUSH_AT", "NEED_DATA", "PAUSED", "AbuseBudgets", "Closed", "ProtocolMisuse", "Sentinel"]
 
 
 class Sentinel:
@@ -49,6 +57,19 @@ NEED_DATA: Final = Sentinel("NEED_DATA")
 
 PAUSED: Final = Sentinel("PAUSED")
 """An event handed out earlier is still waiting for the glue's answer."""
+
+FLUSH: Final = Sentinel("FLUSH")
+"""The engine holds more than ``FLUSH_AT`` octets of replies and takes no
+further command: write ``data_to_send()``, and ask again once the peer is
+reading (the transport below its high-water mark)."""
+
+FLUSH_AT: Final = 64 * 1024
+"""Octets of queued replies past which an engine stops taking buffered
+commands (``FLUSH``): a plain TCP transport's default write high-water mark
+(asyncio's and uvloop's), so what one connection holds for a peer that does
+not read stays a small multiple of it, whatever it pipelined. The bound is
+per transport: over TLS the TLS transport pauses at 512 KiB (asyncio's
+``FLOW_CONTROL_HIGH_WATER_SSL_WRITE``) besides the TCP transport's 64 KiB."""
 
 
 @dataclass(frozen=True, slots=True)

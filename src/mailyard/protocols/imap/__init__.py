@@ -21,11 +21,11 @@ The semantics, answered against the interfaces of backend.py:
 - memory.py: an in-memory backend and a hand-driven connection (tests, fuzzing)
 """
 
-from ..contract import NEED_DATA, PAUSED, AbuseBudgets, Closed, ProtocolMisuse
+from ..contract import FLUSH, NEED_DATA, PAUSED, AbuseBudgets, Closed, ProtocolMisuse
 from .engine import AuthResponse, IdleDone, ImapEngine, State
 from .framing import Limits
 
 __all__ = [
-    "NEED_DATA", "PAUSED", "AbuseBudgets", "AuthResponse", "Closed", "IdleDone", "ImapEngine", "Limits",
+    "FLUSH", "NEED_DATA", "PAUSED", "AbuseBudgets", "AuthResponse", "Closed", "IdleDone", "ImapEngine", "Limits",
     "ProtocolMisuse", "State",
 ]

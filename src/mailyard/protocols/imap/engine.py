@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from ..contract import NEED_DATA, PAUSED, AbuseBudgets, Closed, ProtocolMisuse
+from ..contract import FLUSH, FLUSH_AT, NEED_DATA, PAUSED, AbuseBudgets, Closed, ProtocolMisuse
 from . import commands as c
 from .framing import Assembled, ContinuationNeeded, Framer, Limits, Rejected
 from .parser import ParseError, TagError, parse_command, parse_tag
@@ -197,7 +197,9 @@ class ImapEngine:
 
     def next_event(self) -> object:
         """The next event: a Command, AuthResponse or IdleDone; or NEED_DATA,
-        PAUSED (a command is with the glue) or Closed (every time, once over)."""
+        PAUSED (a command is with the glue), FLUSH (the responses queued
+        passed FLUSH_AT: the next command waits until they are written) or
+        Closed (every time, once over)."""
         while True:
             if self.closed:
                 return self._closed or self._close("quit")
@@ -207,6 +209,8 @@ class ImapEngine:
                 return self._auth_line()
             if self._mode is _Mode.IDLE:
                 return self._idle_line()
+            if self.pending > FLUSH_AT:
+                return FLUSH
             ev = self.framer.next()
             if ev is None:
                 # the end of input ends the session once every whole command is answered

@@ -37,7 +37,7 @@ from ...message.derived import Derived, body_structure, derive
 from ...message.imap_syntax import body_bytes, envelope_bytes  # as the store derives them
 from ...message.objectids import EMAIL, THREAD, opaque_id
 from ...message.threadkeys import KEY_FIELDS, SortKeys, ThreadKeys, sort_keys
-from ..contract import NEED_DATA, PAUSED, Closed
+from ..contract import FLUSH, NEED_DATA, PAUSED, Closed
 from .backend import (
     BackendError,
     BadMailboxName,
@@ -851,6 +851,9 @@ class Conversation:
             if self._step is not None and not self._resume():
                 return  # still waiting
             ev = self.session.engine.next_event()
+            if ev is FLUSH:
+                self._out += self.session.engine.data_to_send()  # the client reads at once
+                continue
             if ev is NEED_DATA or ev is PAUSED or isinstance(ev, Closed):
                 return
             self._step = self.session.execute(ev)  # type: ignore[arg-type]  # a Command

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..contract import NEED_DATA, AbuseBudgets, Closed
+from ..contract import FLUSH_AT, NEED_DATA, AbuseBudgets, Closed
 from . import commands as c
 from .backend import (
     BackendError,
@@ -49,8 +49,8 @@ from .selected import KeptCaches, SelectedMailbox
 
 log = logging.getLogger("mailyard.imap")
 
-# Queued output past this size is written out inside a command, so a big FETCH streams.
-FLUSH_AT = 64 * 1024
+# Queued output past FLUSH_AT (protocols/contract.py: between commands) is
+# written out inside a command too (``maybe_flush``), so a big FETCH streams.
 
 # One command's handler (handlers/): it queues the command's responses on
 # the session's engine.

@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ..contract import NEED_DATA, PAUSED, Closed, ProtocolMisuse
+from ..contract import FLUSH, FLUSH_AT, NEED_DATA, PAUSED, Closed, ProtocolMisuse
 
 __all__ = ["Authenticate", "ManageSieveServer", "SASLResponse", "ScriptCommand", "StartTLS", "quote"]
 
@@ -105,7 +105,10 @@ class _TooBig(Exception):
 
 _SPACES = re.compile(rb" *")
 _ATOM_CHARS = re.compile(rb"[A-Za-z0-9_.-]*")
-_QUOTED_CHARS = re.compile(rb'(?:[^"\\\r\n]|\\[\s\S])*')  # up to the closing quote
+# Up to the closing quote. Possessive (``*+``): the alternatives never
+# overlap, so there is nothing to backtrack into, and a plain ``*`` of a group
+# makes the regex engine keep state per octet matched (about 140 octets each).
+_QUOTED_CHARS = re.compile(rb'(?:[^"\\\r\n]|\\[\s\S])*+')
 _UNESCAPE = re.compile(rb"\\([\s\S])")
 
 # What holding one token of a command costs besides its octets (a bytes
@@ -150,7 +153,7 @@ class _Command:
                         return None
                     self.tokens.append(("string", bytes(buf[pos:self.literal_end])))
                     pos, self.literal_end = self.literal_end, -1
-                pos = _SPACES.match(buf, pos).end()  # type: ignore[union-attr]
+                pos = _SPACES.match(buf, pos, self._stop(n, max_line, budget)).end()  # type: ignore[union-attr]
                 if pos - self.literal_octets > max_line:
                     raise _Bad("line too long")
                 if self.charged(pos) > budget:
@@ -165,10 +168,13 @@ class _Command:
                         return pos + 2
                     raise _Bad("unexpected character")
                 if c == 0x22:  # quoted string
-                    end = _QUOTED_CHARS.match(buf, max(pos + 1, self.scan)).end()  # type: ignore[union-attr]
-                    if end >= n or (buf[end] == 0x5C and end + 1 >= n):
+                    # never scanned past what the limits allow: a string that
+                    # has not ended there is refused, whatever else was read
+                    stop = self._stop(n, max_line, budget)
+                    end = _QUOTED_CHARS.match(buf, max(pos + 1, self.scan), stop).end()  # type: ignore[union-attr]
+                    if end >= stop or (buf[end] == 0x5C and end + 1 >= stop):
                         self.scan = end  # the closing quote has not come yet
-                        self._partial(n, max_line, budget)
+                        self._partial(stop, max_line, budget)
                         return None
                     # the checks input cut inside the string would have made
                     self._partial(end, max_line, budget)
@@ -194,18 +200,27 @@ class _Command:
                     self.literal_octets += size
                     self.literal_end = pos + size
                     continue
-                end = _ATOM_CHARS.match(buf, max(pos, self.scan)).end()  # type: ignore[union-attr]
+                stop = self._stop(n, max_line, budget)
+                end = _ATOM_CHARS.match(buf, max(pos, self.scan), stop).end()  # type: ignore[union-attr]
                 if end == pos:
                     raise _Bad("unexpected character")
-                if end >= n:
+                if end >= stop:
                     self.scan = end  # the atom may go on
-                    self._partial(n, max_line, budget)
+                    self._partial(stop, max_line, budget)
                     return None
                 self._partial(end, max_line, budget)
                 self.tokens.append(("atom", buf[pos:end].decode("ascii")))
                 pos, self.scan = end, 0
         finally:
             self.pos = pos
+
+    def _stop(self, n: int, max_line: int, budget: int) -> int:
+        """Where a scan of the token being read stops: the end of the input,
+        or one octet past the last the limits allow (``_partial`` refuses a
+        token that reaches it). So a read of any size costs a scan of at
+        most the budget, and the answer does not depend on the read."""
+        allowed = min(max_line + self.literal_octets, budget - TOKEN_COST * len(self.tokens))
+        return min(n, max(allowed, 0) + 1)
 
     def _partial(self, n: int, max_line: int, budget: int) -> None:
         """A token runs up to ``n`` (the end of the input, or where its scan
@@ -259,6 +274,11 @@ class ManageSieveServer:
         elif self._closed is None:
             self._in += data
 
+    @property
+    def pending(self) -> int:
+        """Octets queued for the client (what ``data_to_send`` returns)."""
+        return len(self._out)
+
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()
@@ -270,6 +290,10 @@ class ManageSieveServer:
         if self._waiting is not None:
             return PAUSED
         while True:
+            if len(self._out) > FLUSH_AT:
+                # the replies to commands answered here (CAPABILITY...) go
+                # out before the next command is taken (protocols/contract.py)
+                return FLUSH
             if self._skipped is not None and not self._skip_line():
                 return self._closed if self._closed is not None else self._eof_or_need()
             try:

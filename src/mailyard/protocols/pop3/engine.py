@@ -18,6 +18,8 @@ Typical glue loop::
         if event is NEED_DATA:
             write(engine.data_to_send())
             engine.receive_data(await read())    # b"" at end of file
+        elif event is FLUSH:                      # FLUSH_AT octets of replies queued
+            write(engine.data_to_send())          # (wait while the client is behind)
         elif isinstance(event, UserPassLogin):
             ...check...; engine.accept_login(entries)  # or engine.reject_login()
         elif isinstance(event, Closed):
@@ -37,9 +39,19 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..contract import NEED_DATA, PAUSED, AbuseBudgets, Closed, ProtocolMisuse, Sentinel
+from ..contract import (
+    FLUSH,
+    FLUSH_AT,
+    NEED_DATA,
+    PAUSED,
+    AbuseBudgets,
+    Closed,
+    ProtocolMisuse,
+    Sentinel,
+)
 
 __all__ = [
+    "FLUSH",
     "NEED_DATA",
     "PAUSED",
     "POP3_BUDGETS",
@@ -314,6 +326,7 @@ class POP3Server:
         # command deadline that a trickle of bytes cannot extend.
         self.lines_completed = 0
         self._out: list[bytes] = []
+        self.pending = 0  # octets queued in _out
         self._pending: type | None = None  # event type awaiting the glue's answer
         self._pending_event: Event | None = None
         self._user: str | None = None  # name from USER, waiting for PASS
@@ -358,19 +371,24 @@ class POP3Server:
             return b""
         out = b"".join(self._out) if len(self._out) > 1 else self._out[0]
         self._out.clear()
+        self.pending = 0
         return out
 
     def next_event(self) -> Event | Sentinel:
         """Process buffered commands until one needs the glue, or more bytes are needed.
 
-        Returns an event, NEED_DATA, or PAUSED while an event waits for its
-        answer. Never raises for anything the client sent.
+        Returns an event, NEED_DATA, PAUSED while an event waits for its
+        answer, or FLUSH once the replies queued pass FLUSH_AT (the next
+        command waits until they are written: protocols/contract.py).
+        Never raises for anything the client sent.
         """
         if self._pending is not None:
             return PAUSED
         while True:
             if self._closed_event is not None:
                 return self._closed_event
+            if self.pending > FLUSH_AT:
+                return FLUSH
             line = self._next_line()
             if line is None:
                 if self._eof:
@@ -476,9 +494,9 @@ class POP3Server:
         else:
             data = _top(data, event.body_lines)
             head = b"+OK top of message follows\r\n"
-        self._out.append(head)
-        self._out.append(_dot_stuff(data))
-        self._out.append(b".\r\n")
+        self._put(head)
+        self._put(_dot_stuff(data))
+        self._put(b".\r\n")
 
     def message_unavailable(self, text: str = "message is no longer available") -> None:
         """Answer RetrieveMessage with -ERR (e.g. an IMAP session expunged it)."""
@@ -525,14 +543,18 @@ class POP3Server:
         assert event is not None
         return event
 
+    def _put(self, data: bytes) -> None:
+        self._out.append(data)
+        self.pending += len(data)
+
     def _reply(self, text: str) -> None:
-        self._out.append(text.encode("utf-8", "surrogateescape") + b"\r\n")
+        self._put(text.encode("utf-8", "surrogateescape") + b"\r\n")
 
     def _multiline(self, first: str, lines: list[str]) -> None:
         # RFC 1939 section 3: multi-line responses end with a line holding ".".
         # Our generated lines (LIST, UIDL, CAPA) never start with ".".
         lines.append(".")
-        self._out.append((first + "\r\n" + "\r\n".join(lines) + "\r\n").encode("ascii"))
+        self._put((first + "\r\n" + "\r\n".join(lines) + "\r\n").encode("ascii"))
 
     def _close(self, reason: str) -> Closed:
         self.state = State.CLOSED

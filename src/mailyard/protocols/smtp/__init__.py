@@ -1,6 +1,6 @@
 """Sans-I/O SMTP engines (RFC 5321). ``server`` is the receiving side."""
 
-from ..contract import NEED_DATA, PAUSED, AbuseBudgets, Closed, ProtocolMisuse
+from ..contract import FLUSH, NEED_DATA, PAUSED, AbuseBudgets, Closed, ProtocolMisuse
 from .events import (
     AuthCancelled,
     AuthReceived,
@@ -20,6 +20,7 @@ from .replies import Reply
 from .server import TRANSITIONS, ServerConfig, SMTPServerEngine, State, Transition
 
 __all__ = [
+    "FLUSH",
     "NEED_DATA",
     "PAUSED",
     "AuthCancelled",

@@ -16,6 +16,9 @@ Usage::
             ev = engine.next_event()
             if ev is NEED_DATA or isinstance(ev, Closed):
                 break
+            if ev is FLUSH:                      # FLUSH_AT octets of replies queued
+                write(engine.data_to_send())     # (wait while the peer is behind)
+                continue
             if isinstance(ev, RcptToReceived):
                 engine.respond() if local(ev.forward_path) else engine.respond(Reply(550, "5.1.1", "No such user"))
             ...
@@ -39,7 +42,16 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from ..contract import NEED_DATA, PAUSED, AbuseBudgets, Closed, ProtocolMisuse, Sentinel
+from ..contract import (
+    FLUSH,
+    FLUSH_AT,
+    NEED_DATA,
+    PAUSED,
+    AbuseBudgets,
+    Closed,
+    ProtocolMisuse,
+    Sentinel,
+)
 from .data import SPILL_AT, DataReader
 from .events import (
     AuthCancelled,
@@ -166,6 +178,7 @@ class SMTPServerEngine:
         self._extended = False  # EHLO session: ENHANCEDSTATUSCODES in force
         self._inbuf = bytearray()
         self._out: list[bytes] = []
+        self.pending = 0  # octets queued in _out (not ``_pending``, the event waiting)
         self._events: deque[Event] = deque()
         self._pending: Event | None = None  # the event waiting for respond()
         self._pending_row: Transition | None = None  # ... and the row it came from
@@ -260,10 +273,13 @@ class SMTPServerEngine:
             return b""
         out = b"".join(self._out)
         self._out.clear()
+        self.pending = 0
         return out
 
     def next_event(self) -> Event | Sentinel:
-        """The next event, ``NEED_DATA``, or ``PAUSED`` while an answer is due."""
+        """The next event, ``NEED_DATA``, ``PAUSED`` while an answer is due,
+        or ``FLUSH`` when the replies queued pass ``FLUSH_AT``: the next
+        command waits until they are written (protocols/contract.py)."""
         while True:
             if self._events:
                 return self._events.popleft()
@@ -271,6 +287,8 @@ class SMTPServerEngine:
                 return PAUSED
             if self._state is State.CLOSED:
                 return Closed(self._close_reason)
+            if self.pending > FLUSH_AT:
+                return FLUSH
             step = self._step_data() if self._state is State.DATA else self._step_command()
             if step is None:
                 if self._eof:
@@ -386,7 +404,9 @@ class SMTPServerEngine:
         self._data = None
 
     def _write(self, reply: Reply) -> None:
-        self._out.append(reply.to_bytes(self._extended))
+        data = reply.to_bytes(self._extended)
+        self._out.append(data)
+        self.pending += len(data)
 
     def _close(self, reason: str) -> None:
         self._state = State.CLOSED
