@@ -330,14 +330,15 @@ def _tls_served(server: RunningServer, service: str, source: str) -> socket.sock
 
 def _wait_until_tls_served(server: RunningServer, service: str, source: str) -> None:
     """Slots are given back when the server notices a close; retry for a while."""
-    give_up = time.monotonic() + 20
-    while True:
+
+    def served() -> bool:
         try:
             _tls_served(server, service, source).close()
-            return
         except (ssl.SSLError, ConnectionError, AssertionError):
-            assert time.monotonic() < give_up, f"{service} from {source} not served"
-            time.sleep(0.05)
+            return False
+        return True
+
+    wait_until(served, 20, f"{service} from {source} to be served")
 
 
 def _two_per_address_four_in_total(cfg) -> None:  # noqa: ANN001

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from typing import Any
 
 import pytest
 
@@ -137,11 +138,22 @@ def test_the_revocation_mark_is_read_before_each_check() -> None:
     assert a.conv.idle_waits == [(before + 1, True)]
 
 
-def _down() -> object:
+def _idling_while_the_store_is_down() -> tuple[Any, Any, Any]:
+    """(alice's client idling on INBOX, its backend, the backend's
+    real check): the check now raises Unavailable (a database restarting)
+    and a message has come meanwhile."""
+    store = store_with_mail()
+    a = connect(store, select="INBOX")
+    a.expect("x1 IDLE", "+ idling")
+    backend = a.session.backend
+    check = backend.account_current
+
     async def down() -> bool:
         raise Unavailable("store down")
 
-    return down
+    backend.account_current = down
+    store.deliver("alice", SHORT)
+    return a, backend, check
 
 
 def test_idle_reports_nothing_and_goes_on_while_its_check_cannot_be_answered() -> None:
@@ -149,13 +161,7 @@ def test_idle_reports_nothing_and_goes_on_while_its_check_cannot_be_answered() -
     IDLE goes on, reporting neither an error nor the mail it could not
     check, and asks to be woken again; once the store answers, the mail is
     reported and DONE ends IDLE with OK."""
-    store = store_with_mail()
-    a = connect(store, select="INBOX")
-    a.expect("x1 IDLE", "+ idling")
-    backend = a.session.backend
-    check = backend.account_current
-    backend.account_current = _down()
-    store.deliver("alice", SHORT)
+    a, backend, check = _idling_while_the_store_is_down()
     assert a.poll() == b""
     assert a.conv.idle_waits[-1][1] is False  # unchecked: woken at the I/O side's next poll
     assert not a.conv.closed
@@ -169,13 +175,7 @@ def test_done_while_the_check_cannot_be_answered_ends_idle_with_no_update() -> N
     """DONE comes while the store cannot answer: the tagged OK, without the
     mail that came meanwhile (nothing is reported unchecked), and no BAD;
     the next command, once the store answers, reports it."""
-    store = store_with_mail()
-    a = connect(store, select="INBOX")
-    a.expect("x1 IDLE", "+ idling")
-    backend = a.session.backend
-    check = backend.account_current
-    backend.account_current = _down()
-    store.deliver("alice", SHORT)
+    a, backend, check = _idling_while_the_store_is_down()
     a.expect("DONE", "x1 OK IDLE terminated")
     backend.account_current = check
     a.expect("x2 NOOP", "* 4 EXISTS", "* 4 RECENT", "x2 OK NOOP completed")
