@@ -114,3 +114,73 @@ def test_bare_line_ends_are_held_in_kilobytes_with_the_same_outcome() -> None:
         else:
             assert result.error is None and result.data is not None
             assert b"".join(parts) + result.data == expected + b"\r\n"
+
+
+def _model(stream: bytes, max_size: int, max_line: int, strict: bool) -> dict[str, object]:
+    """The data phase read whole, as RFC 5321 describes it: the data ends
+    at the first <CRLF>.<CRLF> (the CRLF of the DATA line counts, 4.1.1.4), a
+    line starting with a dot loses it (4.5.2), and the limits that apply to
+    what was sent (4.5.3.1.6-7, 2.3.8)."""
+    raw = b"\r\n" + stream
+    idx = raw.index(b"\r\n.\r\n")
+    data = raw[: idx + 2]  # from the virtual CRLF to the CRLF ending the last line
+    unstuffed = data.replace(b"\r\n.", b"\r\n")[2:]
+    lines = data[2:].split(b"\n")[:-1]  # the line limit counts lines to any LF
+    # a line is its octets with the LF, not counting a leading dot; while
+    # streaming, a line ending in a bare LF may be judged one octet longer
+    lengths = [(len(line) + 1 - line.startswith(b"."), line.endswith(b"\r")) for line in lines]
+    crlf = data.count(b"\r\n")
+    return {
+        "data": unstuffed,
+        "rest": raw[idx + 5 :],
+        "big": bool(max_size) and len(unstuffed) > max_size,
+        "long": any(n > max_line for n, _ in lengths),
+        "long_loose": any(n + (not crlf_end) > max_line for n, crlf_end in lengths),
+        "bare": strict and data.count(b"\r") + data.count(b"\n") > 2 * crlf,
+    }
+
+
+def test_the_reader_agrees_with_the_whole_data_read_at_once() -> None:
+    """Whatever the chunks and wherever a stuffed dot or the terminator is
+    cut: the same data, the same rest, and an error exactly when a limit
+    applies (size first or line length, whichever the reading met first;
+    bare line ends only when neither)."""
+    rnd = random.Random(4552)
+    pieces = [b"\r\n", b".", b"..", b"\r", b"\n", b"x", b"line", b"\r\n.\r\n", b"\r\n..\r\n", b"\r\n.x",
+              b"\r\n.\r", b"a" * 40, b".\r\n", b"\r\n\r\n"]
+    checked = {"ok": 0, 552: 0, 500: 0, 550: 0}
+    for _ in range(6000):
+        message = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 50)))
+        stream = message + b"\r\n.\r\nQUIT\r\n"
+        max_size, max_line = rnd.choice([0, 10, 60, 200]), rnd.choice([12, 40, 1000])
+        strict = rnd.random() < 0.7
+        chunks = [rnd.choice([1, 1, 2, 3, rnd.randint(1, 40)]) for _ in range(len(stream))]
+        data, code, rest = _read(stream, chunks, rnd.choice([1, 7, 1 << 40]), max_size=max_size,
+                                 max_line=max_line, strict_line_endings=strict)
+        want = _model(stream, max_size, max_line, strict)
+        assert rest == want["rest"], (message, chunks)
+        if code is None:
+            assert not (want["big"] or want["long"] or want["bare"]), (message, max_size, max_line, strict)
+            assert data == want["data"], (message, chunks)
+        else:
+            assert data is None
+            assert {552: want["big"], 500: want["long_loose"]}.get(code, code == 550 and want["bare"]), (
+                message, max_size, max_line, strict, code)
+            if code == 550:
+                assert not (want["big"] or want["long"]), (message, max_size, max_line, strict)
+        checked[code or "ok"] += 1
+    assert min(checked.values()) > 200, checked  # every outcome was met often
+
+
+def test_the_size_limit_is_exact_at_the_terminator() -> None:
+    """A message of exactly the limit is taken and one octet more is refused
+    (RFC 1870), also when the dot of the terminator or of a stuffed line
+    comes at the end of a chunk, before the octets that tell which it is."""
+    for body in (b"abcdefgh", b".bcdefgh", b"abc\r\n.fgh"):
+        assert len(body.replace(b"\r\n.", b"\r\n").removeprefix(b".")) in (7, 8)
+        size = len(body.replace(b"\r\n.", b"\r\n").removeprefix(b".")) + 2  # with the last CRLF
+        stream = body + b"\r\n.\r\n"
+        for cut in range(1, len(stream)):
+            for limit, code in ((size, None), (size - 1, 552)):
+                got = _read(stream, [cut, len(stream)], 1 << 40, max_size=limit, max_line=1000)
+                assert got[1] == code, (body, cut, limit, got)
