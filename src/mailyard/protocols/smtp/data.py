@@ -64,6 +64,9 @@ class DataResult:
         self.rest = rest
 
 
+# Lines starting with a dot judged one at a time in a chunk; past that, in C.
+_ONE_BY_ONE = 8
+
 # Unstuffed data held before it is handed out (``take``): the memory one
 # transfer costs besides the partial line and the chunk being read.
 SPILL_AT = 64 * 1024
@@ -93,7 +96,6 @@ class DataReader:
         self._scanned = 0  # in _body: every "\r\n." before this is judged (stuffed dot or terminator)
         self._stuffed = 0  # stuffed dots judged so far (the data is that much shorter than the raw input)
         self._dots_held = 0  # of those, the ones still in _body (at most one past a cut, see _move_out)
-        self._last_dot = -1  # in _body: where the last stuffed "\r\n." found begins
         self._consumed = 0  # raw octets moved out of _body so far
         self._out = bytearray()  # unstuffed data not yet handed out
         self._virtual = True  # _out still starts with the virtual CRLF
@@ -165,7 +167,13 @@ class DataReader:
         ``<CRLF>`` is the terminator, whose place is returned; every one
         before it is a stuffed dot, counted (RFC 5321 4.5.2). One whose next
         octets have not come yet stays unjudged (``_scanned``). -1: no
-        terminator yet."""
+        terminator yet.
+
+        Mail has few lines that start with a dot: they are judged one at a
+        time. Past ``_ONE_BY_ONE`` in a chunk, C finds the terminator and
+        counts the dots before it, or before the last four octets (the only
+        place a ``<CRLF>.`` may wait for its next octets), so data made of
+        dotted lines costs a pass of ``count``, not a Python step per line."""
         n = len(body)
         pos = self._scanned
         dot = body.find(b".", pos)
@@ -173,7 +181,20 @@ class DataReader:
             self._scanned = max(pos, n - 2)  # a "\r\n." may begin in the last two octets
             return -1
         pos = max(pos, dot - 2)
+        one_by_one = _ONE_BY_ONE
         while True:
+            if not one_by_one:
+                idx = body.find(_TERMINATOR, pos)
+                stop = idx + 2 if idx >= 0 else n - 2  # a "\r\n." within [pos, stop) is followed by 2 octets
+                if stop - pos >= 3:
+                    count = body.count(b"\r\n.", pos, stop)
+                    self._stuffed += count
+                    self._dots_held += count
+                if idx >= 0:
+                    self._scanned = idx
+                    return idx
+                pos = max(pos, n - 4)
+                one_by_one = -1  # the tail, one by one
             p = body.find(b"\r\n.", pos)
             if p < 0:
                 self._scanned = max(pos, n - 2)
@@ -190,8 +211,8 @@ class DataReader:
                 return -1
             self._stuffed += 1
             self._dots_held += 1
-            self._last_dot = p
             pos = p + 3
+            one_by_one -= 1
 
     @staticmethod
     def _safe_cut(body: bytearray) -> int:
@@ -218,7 +239,7 @@ class DataReader:
             self._bare += cut - len(region.translate(None, b"\r\n")) - 2 * crlf
         # A "\r\n." never spans ``cut`` (``_safe_cut``): of the stuffed dots
         # judged, only one at the cut itself stays behind.
-        staying = 1 if self._dots_held and self._last_dot >= cut else 0
+        staying = 1 if self._dots_held and cut < self._scanned and body.startswith(b"\r\n.", cut) else 0
         if self.strict and self._bare:
             # RFC 5321 2.3.8: the message is refused at its end (550 5.6.0)
             # whatever else it holds, so none of it is kept.
@@ -233,7 +254,6 @@ class DataReader:
                 self._out += view[:cut]
         del body[:cut]
         self._dots_held = staying
-        self._last_dot -= cut
         self._scanned = max(0, self._scanned - cut)
         self._consumed += cut
         self._line_start = max(0, self._line_start - cut)
