@@ -140,6 +140,26 @@ def _model(stream: bytes, max_size: int, max_line: int, strict: bool) -> dict[st
     }
 
 
+def _agrees(stream: bytes, chunks: list[int], spill_at: int, max_size: int, max_line: int,
+            strict: bool) -> int | str:
+    """Read ``stream`` in ``chunks`` and check the outcome against the model;
+    returns the reply code, or "ok"."""
+    data, code, rest = _read(stream, chunks, spill_at, max_size=max_size, max_line=max_line,
+                             strict_line_endings=strict)
+    want = _model(stream, max_size, max_line, strict)
+    case = (stream, chunks, max_size, max_line, strict)
+    assert rest == want["rest"], case
+    if code is None:
+        assert not (want["big"] or want["long"] or want["bare"]), case
+        assert data == want["data"], case
+        return "ok"
+    assert data is None
+    assert {552: want["big"], 500: want["long_loose"]}.get(code, code == 550 and want["bare"]), (case, code)
+    if code == 550:
+        assert not (want["big"] or want["long"]), case
+    return code
+
+
 def test_the_reader_agrees_with_the_whole_data_read_at_once() -> None:
     """Whatever the chunks and wherever a stuffed dot or the terminator is
     cut: the same data, the same rest, and an error exactly when a limit
@@ -152,32 +172,34 @@ def test_the_reader_agrees_with_the_whole_data_read_at_once() -> None:
     for _ in range(6000):
         message = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 50)))
         stream = message + b"\r\n.\r\nQUIT\r\n"
-        max_size, max_line = rnd.choice([0, 10, 60, 200]), rnd.choice([12, 40, 1000])
-        strict = rnd.random() < 0.7
         chunks = [rnd.choice([1, 1, 2, 3, rnd.randint(1, 40)]) for _ in range(len(stream))]
-        data, code, rest = _read(stream, chunks, rnd.choice([1, 7, 1 << 40]), max_size=max_size,
-                                 max_line=max_line, strict_line_endings=strict)
-        want = _model(stream, max_size, max_line, strict)
-        assert rest == want["rest"], (message, chunks)
-        if code is None:
-            assert not (want["big"] or want["long"] or want["bare"]), (message, max_size, max_line, strict)
-            assert data == want["data"], (message, chunks)
-        else:
-            assert data is None
-            assert {552: want["big"], 500: want["long_loose"]}.get(code, code == 550 and want["bare"]), (
-                message, max_size, max_line, strict, code)
-            if code == 550:
-                assert not (want["big"] or want["long"]), (message, max_size, max_line, strict)
-        checked[code or "ok"] += 1
+        checked[_agrees(stream, chunks, rnd.choice([1, 7, 1 << 40]), rnd.choice([0, 10, 60, 200]),
+                        rnd.choice([12, 40, 1000]), rnd.random() < 0.7)] += 1
     assert min(checked.values()) > 200, checked  # every outcome was met often
+
+
+def test_reads_of_many_dotted_lines_agree_with_the_whole_data() -> None:
+    """Reads holding many lines that start with a dot (counted in bulk past
+    the first few), the terminator or a dot waiting for its next octets
+    anywhere in them."""
+    rnd = random.Random(1870)
+    pieces = [b"\r\n.", b"\r\n..", b"\r\n.x", b"\r\n.\r", b"\r\n.\r\n", b"x", b"\r", b"\r\n", b"y" * 20]
+    checked = {"ok": 0, 552: 0, 500: 0, 550: 0}
+    for _ in range(3000):
+        message = b"".join(rnd.choices(pieces, [6, 4, 6, 1, 0.1, 8, 1, 3, 0.8], k=rnd.randint(10, 120)))
+        stream = message + b"\r\n.\r\nQUIT\r\n"
+        chunks = [rnd.choice([len(stream), rnd.randint(20, 200)]) for _ in range(len(stream))]
+        checked[_agrees(stream, chunks, rnd.choice([7, 1 << 40]), rnd.choice([0, 0, 20, 60]),
+                        rnd.choice([16, 1000]), rnd.random() < 0.5)] += 1
+    assert min(checked.values()) > 100, checked  # every outcome was met often
 
 
 def test_the_size_limit_is_exact_at_the_terminator() -> None:
     """A message of exactly the limit is taken and one octet more is refused
     (RFC 1870), also when the dot of the terminator or of a stuffed line
-    comes at the end of a chunk, before the octets that tell which it is."""
-    for body in (b"abcdefgh", b".bcdefgh", b"abc\r\n.fgh"):
-        assert len(body.replace(b"\r\n.", b"\r\n").removeprefix(b".")) in (7, 8)
+    comes at the end of a chunk, before the octets that tell which it is,
+    and when a read holds enough dotted lines to be counted in bulk."""
+    for body in (b"abcdefgh", b".bcdefgh", b"abc\r\n.fgh", b"\r\n".join([b".x"] * 12), b"\r\n".join([b".."] * 12)):
         size = len(body.replace(b"\r\n.", b"\r\n").removeprefix(b".")) + 2  # with the last CRLF
         stream = body + b"\r\n.\r\n"
         for cut in range(1, len(stream)):
