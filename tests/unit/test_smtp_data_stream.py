@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from mailyard.protocols.smtp import data as data_module
 from mailyard.protocols.smtp.data import DataReader
+
+# How many stuffed dots of a read are judged one by one before the rest are
+# counted in bulk: the reader's own value, and the bulk path from the first
+# or second dot, so both paths meet every case.
+bulk_from = pytest.mark.parametrize("one_by_one", [data_module._ONE_BY_ONE, 0, 1])  # noqa: SLF001
 
 
 def _read(stream: bytes, chunks: list[int], spill_at: int, **limits: object) -> tuple[bytes | None, int | None, bytes]:
@@ -160,11 +168,13 @@ def _agrees(stream: bytes, chunks: list[int], spill_at: int, max_size: int, max_
     return code
 
 
-def test_the_reader_agrees_with_the_whole_data_read_at_once() -> None:
+@bulk_from
+def test_the_reader_agrees_with_the_whole_data_read_at_once(one_by_one: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever the chunks and wherever a stuffed dot or the terminator is
     cut: the same data, the same rest, and an error exactly when a limit
     applies (size first or line length, whichever the reading met first;
     bare line ends only when neither)."""
+    monkeypatch.setattr(data_module, "_ONE_BY_ONE", one_by_one)
     rnd = random.Random(4552)
     pieces = [b"\r\n", b".", b"..", b"\r", b"\n", b"x", b"line", b"\r\n.\r\n", b"\r\n..\r\n", b"\r\n.x",
               b"\r\n.\r", b"a" * 40, b".\r\n", b"\r\n\r\n"]
@@ -178,10 +188,12 @@ def test_the_reader_agrees_with_the_whole_data_read_at_once() -> None:
     assert min(checked.values()) > 200, checked  # every outcome was met often
 
 
-def test_reads_of_many_dotted_lines_agree_with_the_whole_data() -> None:
+@bulk_from
+def test_reads_of_many_dotted_lines_agree_with_the_whole_data(one_by_one: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Reads holding many lines that start with a dot (counted in bulk past
     the first few), the terminator or a dot waiting for its next octets
     anywhere in them."""
+    monkeypatch.setattr(data_module, "_ONE_BY_ONE", one_by_one)
     rnd = random.Random(1870)
     pieces = [b"\r\n.", b"\r\n..", b"\r\n.x", b"\r\n.\r", b"\r\n.\r\n", b"x", b"\r", b"\r\n", b"y" * 20]
     checked = {"ok": 0, 552: 0, 500: 0, 550: 0}
@@ -194,11 +206,13 @@ def test_reads_of_many_dotted_lines_agree_with_the_whole_data() -> None:
     assert min(checked.values()) > 100, checked  # every outcome was met often
 
 
-def test_the_size_limit_is_exact_at_the_terminator() -> None:
+@bulk_from
+def test_the_size_limit_is_exact_at_the_terminator(one_by_one: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """A message of exactly the limit is taken and one octet more is refused
     (RFC 1870), also when the dot of the terminator or of a stuffed line
     comes at the end of a chunk, before the octets that tell which it is,
     and when a read holds enough dotted lines to be counted in bulk."""
+    monkeypatch.setattr(data_module, "_ONE_BY_ONE", one_by_one)
     for body in (b"abcdefgh", b".bcdefgh", b"abc\r\n.fgh", b"\r\n".join([b".x"] * 12), b"\r\n".join([b".."] * 12)):
         size = len(body.replace(b"\r\n.", b"\r\n").removeprefix(b".")) + 2  # with the last CRLF
         stream = body + b"\r\n.\r\n"
