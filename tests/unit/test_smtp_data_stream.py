@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from mailyard.protocols.smtp import data as data_module
 from mailyard.protocols.smtp.data import DataReader
+
+# How many stuffed dots of a read are judged one by one before the rest are
+# counted in bulk: the reader's own value, and the bulk path from the first
+# or second dot, so both paths meet every case.
+bulk_from = pytest.mark.parametrize("one_by_one", [data_module._ONE_BY_ONE, 0, 1])  # noqa: SLF001
 
 
 def _read(stream: bytes, chunks: list[int], spill_at: int, **limits: object) -> tuple[bytes | None, int | None, bytes]:
@@ -114,3 +122,101 @@ def test_bare_line_ends_are_held_in_kilobytes_with_the_same_outcome() -> None:
         else:
             assert result.error is None and result.data is not None
             assert b"".join(parts) + result.data == expected + b"\r\n"
+
+
+def _model(stream: bytes, max_size: int, max_line: int, strict: bool) -> dict[str, object]:
+    """The data phase read whole, as RFC 5321 describes it: the data ends
+    at the first <CRLF>.<CRLF> (the CRLF of the DATA line counts, 4.1.1.4), a
+    line starting with a dot loses it (4.5.2), and the limits that apply to
+    what was sent (4.5.3.1.6-7, 2.3.8)."""
+    raw = b"\r\n" + stream
+    idx = raw.index(b"\r\n.\r\n")
+    data = raw[: idx + 2]  # from the virtual CRLF to the CRLF ending the last line
+    unstuffed = data.replace(b"\r\n.", b"\r\n")[2:]
+    lines = data[2:].split(b"\n")[:-1]  # the line limit counts lines to any LF
+    # a line is its octets with the LF, not counting a leading dot; while
+    # streaming, a line ending in a bare LF may be judged one octet longer
+    lengths = [(len(line) + 1 - line.startswith(b"."), line.endswith(b"\r")) for line in lines]
+    crlf = data.count(b"\r\n")
+    return {
+        "data": unstuffed,
+        "rest": raw[idx + 5 :],
+        "big": bool(max_size) and len(unstuffed) > max_size,
+        "long": any(n > max_line for n, _ in lengths),
+        "long_loose": any(n + (not crlf_end) > max_line for n, crlf_end in lengths),
+        "bare": strict and data.count(b"\r") + data.count(b"\n") > 2 * crlf,
+    }
+
+
+def _agrees(stream: bytes, chunks: list[int], spill_at: int, max_size: int, max_line: int,
+            strict: bool) -> int | str:
+    """Read ``stream`` in ``chunks`` and check the outcome against the model;
+    returns the reply code, or "ok"."""
+    data, code, rest = _read(stream, chunks, spill_at, max_size=max_size, max_line=max_line,
+                             strict_line_endings=strict)
+    want = _model(stream, max_size, max_line, strict)
+    case = (stream, chunks, max_size, max_line, strict)
+    assert rest == want["rest"], case
+    if code is None:
+        assert not (want["big"] or want["long"] or want["bare"]), case
+        assert data == want["data"], case
+        return "ok"
+    assert data is None
+    assert {552: want["big"], 500: want["long_loose"]}.get(code, code == 550 and want["bare"]), (case, code)
+    if code == 550:
+        assert not (want["big"] or want["long"]), case
+    return code
+
+
+@bulk_from
+def test_the_reader_agrees_with_the_whole_data_read_at_once(one_by_one: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the chunks and wherever a stuffed dot or the terminator is
+    cut: the same data, the same rest, and an error exactly when a limit
+    applies (size first or line length, whichever the reading met first;
+    bare line ends only when neither)."""
+    monkeypatch.setattr(data_module, "_ONE_BY_ONE", one_by_one)
+    rnd = random.Random(4552)
+    pieces = [b"\r\n", b".", b"..", b"\r", b"\n", b"x", b"line", b"\r\n.\r\n", b"\r\n..\r\n", b"\r\n.x",
+              b"\r\n.\r", b"a" * 40, b".\r\n", b"\r\n\r\n"]
+    checked = {"ok": 0, 552: 0, 500: 0, 550: 0}
+    for _ in range(6000):
+        message = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 50)))
+        stream = message + b"\r\n.\r\nQUIT\r\n"
+        chunks = [rnd.choice([1, 1, 2, 3, rnd.randint(1, 40)]) for _ in range(len(stream))]
+        checked[_agrees(stream, chunks, rnd.choice([1, 7, 1 << 40]), rnd.choice([0, 10, 60, 200]),
+                        rnd.choice([12, 40, 1000]), rnd.random() < 0.7)] += 1
+    assert min(checked.values()) > 200, checked  # every outcome was met often
+
+
+@bulk_from
+def test_reads_of_many_dotted_lines_agree_with_the_whole_data(one_by_one: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads holding many lines that start with a dot (counted in bulk past
+    the first few), the terminator or a dot waiting for its next octets
+    anywhere in them."""
+    monkeypatch.setattr(data_module, "_ONE_BY_ONE", one_by_one)
+    rnd = random.Random(1870)
+    pieces = [b"\r\n.", b"\r\n..", b"\r\n.x", b"\r\n.\r", b"\r\n.\r\n", b"x", b"\r", b"\r\n", b"y" * 20]
+    checked = {"ok": 0, 552: 0, 500: 0, 550: 0}
+    for _ in range(3000):
+        message = b"".join(rnd.choices(pieces, [6, 4, 6, 1, 0.1, 8, 1, 3, 0.8], k=rnd.randint(10, 120)))
+        stream = message + b"\r\n.\r\nQUIT\r\n"
+        chunks = [rnd.choice([len(stream), rnd.randint(20, 200)]) for _ in range(len(stream))]
+        checked[_agrees(stream, chunks, rnd.choice([7, 1 << 40]), rnd.choice([0, 0, 20, 60]),
+                        rnd.choice([16, 1000]), rnd.random() < 0.5)] += 1
+    assert min(checked.values()) > 100, checked  # every outcome was met often
+
+
+@bulk_from
+def test_the_size_limit_is_exact_at_the_terminator(one_by_one: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message of exactly the limit is taken and one octet more is refused
+    (RFC 1870), also when the dot of the terminator or of a stuffed line
+    comes at the end of a chunk, before the octets that tell which it is,
+    and when a read holds enough dotted lines to be counted in bulk."""
+    monkeypatch.setattr(data_module, "_ONE_BY_ONE", one_by_one)
+    for body in (b"abcdefgh", b".bcdefgh", b"abc\r\n.fgh", b"\r\n".join([b".x"] * 12), b"\r\n".join([b".."] * 12)):
+        size = len(body.replace(b"\r\n.", b"\r\n").removeprefix(b".")) + 2  # with the last CRLF
+        stream = body + b"\r\n.\r\n"
+        for cut in range(1, len(stream)):
+            for limit, code in ((size, None), (size - 1, 552)):
+                got = _read(stream, [cut, len(stream)], 1 << 40, max_size=limit, max_line=1000)
+                assert got[1] == code, (body, cut, limit, got)

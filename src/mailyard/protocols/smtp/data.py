@@ -1,12 +1,13 @@
 """Mail data reader: everything after 354 up to ``<CRLF>.<CRLF>``.
 
-Works on whole chunks, never line by line in Python: the terminator is found
-with ``bytearray.find``, dot-unstuffing is one ``replace`` (RFC 5321 4.5.2),
-line lengths are checked a block of half the limit at a time (one ``find``
-for an LF in each, see ``_check_limits``). Both the
-terminator and a stuffed dot contain a ``.``: a region without one (one
-``memchr``, as in base64 attachments) skips the searches for them, which
-cost a pass over the bytes each.
+Works on whole chunks, never line by line in Python. Every line that starts
+with a dot follows a ``<CRLF>``: the terminator is the first ``<CRLF>.``
+followed by ``<CRLF>``, and any other ``<CRLF>.`` is a stuffed dot (RFC 5321
+4.5.2). So one search for ``<CRLF>.`` through each chunk finds both; a
+chunk without a dot (one ``memchr``, as in base64 attachments) skips it.
+Unstuffing is one ``replace`` on a region known to hold stuffed dots; line
+lengths are checked a block of half the limit at a time (one ``find`` for an
+LF in each, see ``_check_limits``).
 
 The reader starts with a virtual ``CRLF`` (the one that ended the DATA
 command), so ``.\\r\\n`` straight after DATA is an empty message and a dot
@@ -63,6 +64,9 @@ class DataResult:
         self.rest = rest
 
 
+# Lines starting with a dot judged one at a time in a chunk; past that, in C.
+_ONE_BY_ONE = 8
+
 # Unstuffed data held before it is handed out (``take``): the memory one
 # transfer costs besides the partial line and the chunk being read.
 SPILL_AT = 64 * 1024
@@ -89,7 +93,9 @@ class DataReader:
         # virtual one of the DATA command line).
         self._body = bytearray(b"\r\n")
         self._line_start = 2  # where the current (incomplete) line begins in _body
-        self._stuffed = 0  # count of "\r\n." seen: stuffed dots
+        self._scanned = 0  # in _body: every "\r\n." before this is judged (stuffed dot or terminator)
+        self._stuffed = 0  # stuffed dots judged so far (the data is that much shorter than the raw input)
+        self._dots_held = 0  # of those, the ones still in _body (at most one past a cut, see _move_out)
         self._consumed = 0  # raw octets moved out of _body so far
         self._out = bytearray()  # unstuffed data not yet handed out
         self._virtual = True  # _out still starts with the virtual CRLF
@@ -117,30 +123,27 @@ class DataReader:
     def feed(self, chunk: bytes | bytearray) -> DataResult | None:
         """Take a chunk; return a DataResult when the terminator was seen."""
         body = self._body
-        old_len = len(body)
         body += chunk
-        scan = max(0, old_len - 4)  # a terminator may have begun in the last chunk
-        dotted = body.find(b".", scan) >= 0
-        idx = body.find(_TERMINATOR, scan) if dotted else -1
-        end = idx + 2 if idx >= 0 else len(body)
-
-        if self.error is None:
-            self._check_limits(body, old_len, end, dotted)
-
-        if idx < 0:
-            if self.error is not None:
-                # Keep only what a terminator split across chunks needs.
-                del body[:-4]
-                self._out = bytearray()
-            else:
-                cut = self._safe_cut(body)
-                if cut > 0:
-                    self._move_out(cut)
-            return None
-
-        rest = bytes(body[idx + 5 :])
         if self.error is not None:
-            return DataResult(None, self.error, rest)
+            return self._discard(body)
+        idx = self._scan_dots(body)
+        # the data so far ends here: at the terminator, else before a
+        # "\r\n." not yet judged (its dot may be the terminator's)
+        end = idx + 2 if idx >= 0 else min(len(body), self._scanned + 2)
+        self._check_limits(body, end)
+        if self.error is not None:
+            if idx >= 0:
+                return DataResult(None, self.error, bytes(body[idx + 5 :]))
+            # Keep only what a terminator split across chunks needs.
+            del body[:-4]
+            self._out = bytearray()
+            return None
+        if idx < 0:
+            cut = self._safe_cut(body)
+            if cut > 0:
+                self._move_out(cut)
+            return None
+        rest = bytes(body[idx + 5 :])
         del body[end:]
         self._move_out(len(body))
         if self.strict and self._bare:
@@ -150,14 +153,75 @@ class DataReader:
         data = bytes(memoryview(out)[2:]) if self._virtual else bytes(out)
         return DataResult(data, None, rest)
 
+    def _discard(self, body: bytearray) -> DataResult | None:
+        """Past a limit: only the terminator matters; ``body`` holds the last
+        four octets of the input before this chunk."""
+        idx = body.find(_TERMINATOR) if body.find(b".") >= 0 else -1
+        if idx < 0:
+            del body[:-4]
+            return None
+        return DataResult(None, self.error, bytes(body[idx + 5 :]))
+
+    def _scan_dots(self, body: bytearray) -> int:
+        """Judge every ``<CRLF>.`` from ``_scanned`` on: the first followed by
+        ``<CRLF>`` is the terminator, whose place is returned; every one
+        before it is a stuffed dot, counted (RFC 5321 4.5.2). One whose next
+        octets have not come yet stays unjudged (``_scanned``). -1: no
+        terminator yet.
+
+        Mail has few lines that start with a dot: they are judged one at a
+        time. Past ``_ONE_BY_ONE`` in a chunk, C finds the terminator and
+        counts the dots before it, or before the last four octets (the only
+        place a ``<CRLF>.`` may wait for its next octets), so data made of
+        dotted lines costs a pass of ``count``, not a Python step per line."""
+        n = len(body)
+        pos = self._scanned
+        dot = body.find(b".", pos)
+        if dot < 0:
+            self._scanned = max(pos, n - 2)  # a "\r\n." may begin in the last two octets
+            return -1
+        pos = max(pos, dot - 2)
+        one_by_one = _ONE_BY_ONE
+        while True:
+            if not one_by_one:
+                idx = body.find(_TERMINATOR, pos)
+                stop = idx + 2 if idx >= 0 else n - 2  # a "\r\n." within [pos, stop) is followed by 2 octets
+                if stop - pos >= 3:
+                    count = body.count(b"\r\n.", pos, stop)
+                    self._stuffed += count
+                    self._dots_held += count
+                if idx >= 0:
+                    self._scanned = idx
+                    return idx
+                pos = max(pos, n - 4)
+                one_by_one = -1  # the tail, one by one
+            p = body.find(b"\r\n.", pos)
+            if p < 0:
+                self._scanned = max(pos, n - 2)
+                return -1
+            if p + 3 < n and body[p + 3] != 0x0D:
+                pass  # "\r\n.x": a stuffed dot
+            elif p + 4 < n:
+                if body[p + 4] == 0x0A:
+                    self._scanned = p
+                    return p
+                # "\r\n.\rx": a stuffed dot before a bare CR
+            else:
+                self._scanned = p
+                return -1
+            self._stuffed += 1
+            self._dots_held += 1
+            pos = p + 3
+            one_by_one -= 1
+
     @staticmethod
     def _safe_cut(body: bytearray) -> int:
         """Where complete lines end in ``body``: everything before it can move
         out. Lines end at any LF here, as the line limit counts them, so data
         with bare LF line ends moves out like CRLF data and the raw input held
         is one partial line whatever the line endings. After a CRLF the cut is
-        in front of it (the next ``\r\n.`` or terminator begins there); after
-        a bare LF it is behind it: no ``\r\n.``, CRLF or terminator can span
+        in front of it (the next ``<CRLF>.`` or terminator begins there); after
+        a bare LF it is behind it: no ``<CRLF>.``, CRLF or terminator can span
         either point, so unstuffing, the bare CR/LF count and the terminator
         search see the same octets as on the whole data."""
         nl = body.rfind(b"\n")
@@ -169,30 +233,36 @@ class DataReader:
         """Unstuff ``_body[:cut]`` (whole lines, see ``_safe_cut``) into ``_out``."""
         body = self._body
         if self.strict:
-            crlf = body.count(b"\r\n", 0, cut)
-            self._bare += body.count(b"\n", 0, cut) - crlf + body.count(b"\r", 0, cut) - crlf
+            region = body if cut == len(body) else body[:cut]
+            crlf = region.count(b"\r\n")
+            # CR and LF octets, in one pass: those not in a CRLF are bare
+            self._bare += cut - len(region.translate(None, b"\r\n")) - 2 * crlf
+        # A "\r\n." never spans ``cut`` (``_safe_cut``): of the stuffed dots
+        # judged, only one at the cut itself stays behind.
+        staying = 1 if self._dots_held and cut < self._scanned and body.startswith(b"\r\n.", cut) else 0
         if self.strict and self._bare:
             # RFC 5321 2.3.8: the message is refused at its end (550 5.6.0)
             # whatever else it holds, so none of it is kept.
             self._out = bytearray()
-        elif body.find(b".", 0, cut) >= 0 and body.find(b"\r\n.", 0, cut) >= 0:
+        elif self._dots_held > staying:
             # RFC 5321 4.5.2: a line starting with a dot loses that dot. The
             # only line that is a single dot is the terminator, already cut
-            # off; a "\r\n." never spans ``cut`` (``_safe_cut``).
+            # off, and every "\r\n." before ``cut`` was judged a stuffed dot.
             self._out += body[:cut].replace(b"\r\n.", b"\r\n")
         else:
             with memoryview(body) as view:
                 self._out += view[:cut]
         del body[:cut]
+        self._dots_held = staying
+        self._scanned = max(0, self._scanned - cut)
         self._consumed += cut
         self._line_start = max(0, self._line_start - cut)
 
-    def _check_limits(self, body: bytearray, old_len: int, end: int, dotted: bool) -> None:
-        # Stuffed dots in the new region; windows [old_len-2, end) never
-        # overlap, so each "\r\n." is counted once. ``dotted``: the new
-        # bytes from old_len-4 on hold a dot (else none can be stuffed).
-        if dotted:
-            self._stuffed += body.count(b"\r\n.", max(0, old_len - 2), end)
+    def _check_limits(self, body: bytearray, end: int) -> None:
+        """Size and line length of the data up to ``end``. The size counts
+        only the stuffed dots judged: while a ``<CRLF>.`` waits for its next
+        octets the data is cut before it, so the count never passes the
+        data's size, and at the terminator it is exact."""
         if self.max_size and self._consumed + end - 2 - self._stuffed > self.max_size:
             self.error = TOO_BIG
             return
