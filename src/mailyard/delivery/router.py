@@ -77,7 +77,10 @@ class DirectoryCache:
         hit = self._entries.get((kind, key))
         if hit is not None and hit[0] > now:
             return hit[1]
+        version = self.store.directory_version
         value = await load()
+        if self.store.directory_version != version:
+            return value  # the directory changed while it was read: the answer may be older than the change
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[(kind, key)] = (now + self.ttl, value)
@@ -98,8 +101,10 @@ class DirectoryCache:
     async def unlimited(self, account_id: int) -> bool:
         """Whether the account has neither quota limit (RFC 9208 5): a
         recipient check then has no usage to read. Limits are directory
-        data, cached like the rest; usage never is (it moves with every
-        delivery)."""
+        data, cached like the rest (a first limit set by another process
+        applies at RCPT within ``ttl``; the delivery checks the quota in its
+        own transaction whatever RCPT said, so no mailbox goes over it);
+        usage never is cached (it moves with every delivery)."""
 
         async def load() -> bool:
             quota = await self.store.get_quota(account_id)
