@@ -10,6 +10,9 @@ import imaplib
 import poplib
 import smtplib
 
+import pytest
+
+from mailyard.store.api import Quota
 from tests.conftest import USERS, RunningServer
 
 ALICE = "alice@example.test"
@@ -65,6 +68,32 @@ def test_smtp_rcpt_452_4_2_2_when_the_mailbox_is_full(mailserver: RunningServer)
         s.mail("carol@remote.test")
         assert s.rcpt(ALICE)[0] == 250  # limit removed: accepted again
         s.rset()
+
+
+def test_smtp_rcpt_reads_no_usage_for_an_account_without_limits(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most accounts have no quota: their recipients are accepted without a
+    read of the usage at every RCPT (the directory's answer that there is no
+    limit is cached like the rest of it). A limit set later applies at the
+    next RCPT."""
+    store = mailserver.store
+    reads: list[int] = []
+    real = store.get_quota
+
+    async def counted(account_id: int) -> Quota:
+        reads.append(account_id)
+        return await real(account_id)
+
+    monkeypatch.setattr(store, "get_quota", counted)
+    with smtp(mailserver) as s:
+        for _ in range(5):
+            s.mail("carol@remote.test")
+            assert s.rcpt(ALICE)[0] == 250
+            s.rset()
+        assert len(reads) <= 1, reads
+        set_quota(mailserver, ALICE, messages=0)
+        s.mail("carol@remote.test")
+        assert s.rcpt(ALICE) == (452, b"4.2.2 Mailbox full, try again later")
 
 
 def test_smtp_rcpt_452_when_the_declared_size_does_not_fit(mailserver: RunningServer) -> None:

@@ -53,8 +53,9 @@ class Resolution:
 
 
 class DirectoryCache:
-    """Directory lookups (domains, accounts, aliases, lists, INBOX ids) cached
-    for a short time, as MTAs do (every RCPT asks several of them).
+    """Directory lookups (domains, accounts, aliases, lists, INBOX ids, whether
+    an account has quota limits) cached for a short time, as MTAs do (every
+    RCPT asks several of them).
 
     Changes made through this process's store are seen at once (the store's
     ``directory_version`` moves); changes made by another process (the
@@ -76,7 +77,10 @@ class DirectoryCache:
         hit = self._entries.get((kind, key))
         if hit is not None and hit[0] > now:
             return hit[1]
+        version = self.store.directory_version
         value = await load()
+        if self.store.directory_version != version:
+            return value  # the directory changed while it was read: the answer may be older than the change
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[(kind, key)] = (now + self.ttl, value)
@@ -93,6 +97,20 @@ class DirectoryCache:
 
     async def list_members(self, address: str) -> list[str] | None:
         return await self.get("list", address, lambda: self.store.get_list_members(address))
+
+    async def unlimited(self, account_id: int) -> bool:
+        """Whether the account has neither quota limit (RFC 9208 5): a
+        recipient check then has no usage to read. Limits are directory
+        data, cached like the rest (a first limit set by another process
+        applies at RCPT within ``ttl``; the delivery checks the quota in its
+        own transaction whatever RCPT said, so no mailbox goes over it);
+        usage never is cached (it moves with every delivery)."""
+
+        async def load() -> bool:
+            quota = await self.store.get_quota(account_id)
+            return quota.storage_limit is None and quota.messages_limit is None
+
+        return await self.get("unlimited", account_id, load)
 
     async def inbox_id(self, account_id: int) -> int | None:
         async def load() -> int | None:

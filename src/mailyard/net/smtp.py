@@ -461,8 +461,12 @@ class SMTPSession(SessionProtocol):
 
     async def _no_room(self, accounts: list[Account]) -> bool:
         """Whether there are accounts and none has room for one more message
-        of the declared size (at least one octet)."""
+        of the declared size (at least one octet). An account without limits
+        always has room; the usage of one with limits is read as it is now."""
+        directory = self.services.router.directory
         for account in accounts:
+            if await directory.unlimited(account.id):
+                return False
             if (await self.services.store.get_quota(account.id)).fits(max(self.declared_size, 1), 1):
                 return False
         return bool(accounts)
