@@ -22,9 +22,22 @@ the slot counted until the session's own end releases it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable
 
-__all__ = ["ConnectionCaps"]
+from .. import logs
+
+__all__ = ["ConnectionCaps", "log_refusal"]
+
+# A client refused for a cap may open connections as fast as it likes: the
+# "connection_refused" lines of one listener and reason are bounded (20 in
+# 10 s per process; then one line says how many were held back).
+_REFUSALS = logs.EventBudget(burst=20, window=10.0)
+
+
+def log_refusal(logger: logging.Logger, proto: str, ip: str, reason: str) -> None:
+    """The log line of a connection refused over a cap, within the budget."""
+    _REFUSALS.event(logger, logging.WARNING, "connection_refused", (proto, reason), proto=proto, ip=ip, reason=reason)
 
 
 class ConnectionCaps:
