@@ -82,11 +82,12 @@ class EventBudget:
     without a bound, whoever opens connections as fast as it can also
     writes the log that fast. What is held back is counted, and the next
     line let through says how many (``suppressed=N``), as the kernel's
-    printk rate limit does. ``key`` says what is one kind (a listener and a
+    printk rate limit does: a count of every line of that kind held back,
+    whatever its fields. ``key`` says what is one kind (a listener and a
     reason, not a client address: a spread of addresses must not buy lines
-    either)."""
+    either). Callers count every event in a metric besides."""
 
-    MAX_KINDS = 1024  # kinds tracked at once; past that they start again
+    MAX_KINDS = 1024  # kinds tracked at once; past that all start again, their held-back counts lost
 
     def __init__(self, burst: int = 20, window: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from mailyard import logs
+from mailyard import logs, metrics
 from mailyard.config import Config
 from mailyard.net import conncaps
 from mailyard.protocols.contract import FLUSH_AT
@@ -312,11 +312,13 @@ def test_refused_connections_write_a_bounded_number_of_log_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A client over a cap may open connections as fast as it likes: every
-    one is refused, but the log gets a budget of lines per listener and
-    reason, and the next line after it says how many were held back."""
+    one is refused and counted in the metric, but the log gets a budget of
+    lines per listener and reason, and the next line after it says how many
+    were held back."""
     now = [0.0]
-    monkeypatch.setattr(conncaps, "_REFUSALS", logs.EventBudget(burst=5, window=10.0, clock=lambda: now[0]),
-                        raising=False)
+    monkeypatch.setattr(conncaps, "_REFUSALS", logs.EventBudget(burst=5, window=10.0, clock=lambda: now[0]))
+    counted: list[tuple[str, str]] = []
+    monkeypatch.setattr(metrics, "count_connection_refused", lambda service, reason: counted.append((service, reason)))
     server = make_server(_two_per_address_three_in_total)
     caplog.set_level(logging.WARNING, logger="mailyard.net")
     held = [_connect(server, service, "127.0.0.1") for _ in range(2)]
@@ -335,6 +337,7 @@ def test_refused_connections_write_a_bounded_number_of_log_lines(
     per_check = 2 if service in IMPLICIT_TLS else 1
     assert len(refusals) == 5 + per_check, refusals  # the budget, then the last check's own
     assert refusals[5].endswith(f" suppressed={refused - 5}"), refusals[5]
+    assert len(counted) == refused + per_check and {s for s, _ in counted} == {service}, counted
 
 
 def _half_handshake(server: RunningServer, service: str, source: str) -> socket.socket:
