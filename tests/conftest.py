@@ -28,6 +28,18 @@ from tests.pgcluster import pg_cluster  # noqa: F401  (the session's PostgreSQL 
 
 T = TypeVar("T")
 
+
+@pytest.fixture(autouse=True)
+def _fresh_log_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log's per-process budgets for refusals (logs.EventBudget) start
+    empty in every test: servers of earlier tests in this process must not
+    have spent them, or a test counting log lines sees fewer."""
+    from mailyard import logs
+    from mailyard.net import conncaps, smtp
+
+    monkeypatch.setattr(conncaps, "_REFUSALS", logs.EventBudget())
+    monkeypatch.setattr(smtp, "_ABUSE_LINES", logs.EventBudget())
+
 DOMAIN = "example.test"
 USERS = {
     "alice@example.test": "alice-password-1",

@@ -28,7 +28,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 __all__ = ["FIELD_ORDER", "Event", "KeyValueFormatter", "JSONFormatter", "event", "render_value", "setup"]
@@ -73,6 +73,47 @@ def event(logger: logging.Logger, level: int, name: str, /, **fields: Any) -> No
     """Log the event ``name`` with ``fields`` (None values are left out)."""
     if logger.isEnabledFor(level):
         logger.log(level, Event(name, fields))
+
+
+class EventBudget:
+    """At most ``burst`` lines of one kind of event in ``window`` seconds.
+
+    For events a client causes at will (a connection refused over a cap):
+    without a bound, whoever opens connections as fast as it can also
+    writes the log that fast. What is held back is counted, and the next
+    line let through says how many (``suppressed=N``), as the kernel's
+    printk rate limit does: a count of every line of that kind held back,
+    whatever its fields. ``key`` says what is one kind (a listener and a
+    reason, not a client address: a spread of addresses must not buy lines
+    either). Callers count every event in a metric besides."""
+
+    MAX_KINDS = 1024  # kinds tracked at once; past that all start again, their held-back counts lost
+
+    def __init__(self, burst: int = 20, window: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = burst
+        self.window = window
+        self._clock = clock
+        # kind -> [start of its window, lines let through in it, held back since its last line]
+        self._kinds: dict[Hashable, list[float]] = {}
+
+    def event(self, logger: logging.Logger, level: int, name: str, key: Hashable, /, **fields: Any) -> bool:
+        """Log like ``event`` unless this kind's budget is spent; whether it was logged."""
+        if not logger.isEnabledFor(level):
+            return False
+        now = self._clock()
+        state = self._kinds.get(key)
+        if state is None or now - state[0] >= self.window:
+            if state is None and len(self._kinds) >= self.MAX_KINDS:
+                self._kinds.clear()
+            state = self._kinds[key] = [now, 0, state[2] if state is not None else 0]
+        if state[1] >= self.burst:
+            state[2] += 1
+            return False
+        state[1] += 1
+        held, state[2] = int(state[2]), 0
+        event(logger, level, name, **fields, suppressed=held or None)
+        return True
 
 
 def _clean(value: Any) -> str:

@@ -37,7 +37,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = [
-    "CONTENT_TYPE_LATEST", "Snapshot", "count_connection", "count_delivery", "count_login",
+    "CONTENT_TYPE_LATEST", "Snapshot", "count_connection", "count_connection_refused", "count_delivery", "count_login",
     "count_message", "count_recipient_rejected", "enable_multiprocess", "exposition", "observe_delivery",
 ]
 
@@ -66,11 +66,15 @@ DELIVERY_SECONDS = Histogram(
     " bounced), per kind", ["kind"], registry=None,
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, float("inf")),
 )
+CONNECTIONS_REFUSED = Counter(
+    "mailyard_connections_refused", "Client connections refused over a connection cap ([limits]"
+    " max_connections, max_connections_per_ip), per service and reason", ["service", "reason"], registry=None,
+)
 ABUSE_REFUSALS = Counter(
     "mailyard_abuse_refusals", "Clients and accounts refused by the abuse defences (spam/), by service and"
     " reason (rate, early-talker, out-of-sync, greylisted, submission-limit)", ["service", "reason"], registry=None,
 )
-_ALL = (CONNECTIONS, LOGINS, MESSAGES, RECIPIENTS_REJECTED, DELIVERIES, DELIVERY_SECONDS, ABUSE_REFUSALS)
+_ALL = (CONNECTIONS, CONNECTIONS_REFUSED, LOGINS, MESSAGES, RECIPIENTS_REJECTED, DELIVERIES, DELIVERY_SECONDS, ABUSE_REFUSALS)
 
 # This process's values (single-process mode).
 _LOCAL = CollectorRegistry(auto_describe=True)
@@ -130,6 +134,11 @@ def inherit_multiprocess() -> None:
 # --- the API the server side calls ------------------------------------------------
 def count_connection(service: str) -> None:
     CONNECTIONS.labels(service).inc()
+
+
+def count_connection_refused(service: str, reason: str) -> None:
+    """A connection refused over a cap: every one, where the log has a budget of lines."""
+    CONNECTIONS_REFUSED.labels(service, reason).inc()
 
 
 def count_login(proto: str, result: str) -> None:

@@ -26,7 +26,9 @@ from typing import Any
 
 import pytest
 
+from mailyard import logs, metrics
 from mailyard.config import Config
+from mailyard.net import conncaps
 from mailyard.protocols.contract import FLUSH_AT
 from tests.conftest import USERS, RunningServer
 from tests.integration.serve_process import MB, ServeProcess
@@ -302,6 +304,40 @@ def test_connection_caps_per_address_and_in_total(make_server: Callable[..., Run
     # the slots free up when the clients leave
     _wait_until_admitted(server, service, "127.0.0.3")
     _wait_until_admitted(server, service, "127.0.0.1")
+
+
+@pytest.mark.parametrize("service", ["smtp", "imaps"])
+def test_refused_connections_write_a_bounded_number_of_log_lines(
+    make_server: Callable[..., RunningServer], service: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client over a cap may open connections as fast as it likes: every
+    one is refused and counted in the metric, but the log gets a budget of
+    lines per listener and reason, and the next line after it says how many
+    were held back."""
+    now = [0.0]
+    monkeypatch.setattr(conncaps, "_REFUSALS", logs.EventBudget(burst=5, window=10.0, clock=lambda: now[0]))
+    counted: list[tuple[str, str]] = []
+    monkeypatch.setattr(metrics, "count_connection_refused", lambda service, reason: counted.append((service, reason)))
+    server = make_server(_two_per_address_three_in_total)
+    caplog.set_level(logging.WARNING, logger="mailyard.net")
+    held = [_connect(server, service, "127.0.0.1") for _ in range(2)]
+    try:
+        for sock in held:
+            assert _read_line(sock).startswith(_greeting(service))
+        for _ in range(15):
+            _assert_refused(server, service, "127.0.0.1")
+        refused = 15 * (2 if service in IMPLICIT_TLS else 1)  # (on TLS ports, a TLS client and a bare connection)
+        now[0] += 10.0
+        _assert_refused(server, service, "127.0.0.1")
+    finally:
+        for sock in held:
+            sock.close()
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("connection_refused ")]
+    per_check = 2 if service in IMPLICIT_TLS else 1
+    assert len(refusals) == 5 + per_check, refusals  # the budget, then the last check's own
+    assert refusals[5].endswith(f" suppressed={refused - 5}"), refusals[5]
+    assert len(counted) == refused + per_check and {s for s, _ in counted} == {service}, counted
 
 
 def _half_handshake(server: RunningServer, service: str, source: str) -> socket.socket:

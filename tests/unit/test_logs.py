@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mailyard.logs import MAX_VALUE, JSONFormatter, KeyValueFormatter
+from mailyard.logs import MAX_VALUE, EventBudget, JSONFormatter, KeyValueFormatter
 
 
 def _deep(depth: int, exc: Exception) -> None:
@@ -79,3 +79,22 @@ def test_a_message_of_many_lines_keeps_the_exception_type(logged) -> None:  # no
     noted.add_note("note " * 120)
     exc = logged(noted)
     assert exc.startswith("LookupError: ...") and len(exc) <= MAX_VALUE
+
+
+def test_an_event_budget_bounds_each_kind_and_says_what_it_held_back(caplog: pytest.LogCaptureFixture) -> None:
+    """EventBudget: ``burst`` lines per kind in a window, the others counted
+    and named in the next line let through; kinds do not share a budget."""
+    now = [100.0]
+    budget = EventBudget(burst=3, window=10.0, clock=lambda: now[0])
+    logger = logging.getLogger("mailyard.test-budget")
+    caplog.set_level(logging.WARNING, logger="mailyard.test-budget")
+    said = [budget.event(logger, logging.WARNING, "refused", ("smtp", "per-ip"), ip=f"192.0.2.{i}")
+            for i in range(10)]
+    assert said == [True] * 3 + [False] * 7
+    assert budget.event(logger, logging.WARNING, "refused", ("imap", "per-ip"), ip="192.0.2.99")
+    now[0] += 10.0
+    assert budget.event(logger, logging.WARNING, "refused", ("smtp", "per-ip"), ip="192.0.2.50")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 5
+    assert "suppressed" not in " ".join(lines[:4])
+    assert lines[-1] == "refused ip=192.0.2.50 suppressed=7"

@@ -44,7 +44,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from .. import logs
+from .conncaps import log_refusal
 
 log = logging.getLogger("mailyard.net")
 
@@ -267,7 +267,7 @@ class Acceptor:
         plain session logs)."""
         if reason is None:
             return False
-        logs.event(log, logging.WARNING, "connection_refused", proto=self.name, ip=ip, reason=reason)
+        log_refusal(log, self.name, ip, reason)
         conn.close()
         return True
 

@@ -22,9 +22,23 @@ the slot counted until the session's own end releases it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable
 
-__all__ = ["ConnectionCaps"]
+from .. import logs, metrics
+
+__all__ = ["ConnectionCaps", "log_refusal"]
+
+# A client refused for a cap may open connections as fast as it likes: the
+# "connection_refused" lines of one listener and reason are bounded per
+# process (logs.EventBudget's default); the metric counts every refusal.
+_REFUSALS = logs.EventBudget()
+
+
+def log_refusal(logger: logging.Logger, proto: str, ip: str, reason: str) -> None:
+    """Count a connection refused over a cap, and log it within the budget."""
+    metrics.count_connection_refused(proto, reason)
+    _REFUSALS.event(logger, logging.WARNING, "connection_refused", (proto, reason), proto=proto, ip=ip, reason=reason)
 
 
 class ConnectionCaps:

@@ -44,6 +44,7 @@ from typing import Any
 
 from .. import logs, metrics
 from ..protocols.contract import FLUSH, NEED_DATA, PAUSED, Closed
+from .conncaps import log_refusal
 from .listener import Listener
 from .timers import SessionTimers
 
@@ -200,8 +201,7 @@ class SessionProtocol(asyncio.Protocol):
         self.tls = transport.get_extra_info("sslcontext") is not None
         over = self.listener.admit(self, self.peer_ip)
         if over is not None:
-            logs.event(log, logging.WARNING, "connection_refused", proto=self.listener.name, ip=self.peer_ip,
-                       reason=over)
+            log_refusal(log, self.listener.name, self.peer_ip, over)
             transport.write(self.refusal(over))
             self.closed = True
             transport.close()

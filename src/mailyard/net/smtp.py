@@ -71,6 +71,9 @@ if TYPE_CHECKING:
     from ..services import Services
 
 log = logging.getLogger("mailyard.smtp")
+# the "abuse_refused" lines of one listener and reason, per process (the
+# metric counts every refusal)
+_ABUSE_LINES = logs.EventBudget()
 
 
 # A spooled message up to this size is read back on the event loop.
@@ -220,10 +223,12 @@ class SMTPSession(SessionProtocol):
         return await rates(kind, self.peer_ip) if rates is not None and self.peer_ip else None
 
     def _abuse(self, reason: str, detail: str) -> None:
-        """One log line and a counter for a refusal by an abuse defence."""
-        logs.event(log, logging.WARNING, "abuse_refused", proto=self.listener.name, ip=self.peer_ip,
-                   user=self.account.address if self.account else None, reason=reason, detail=detail)
+        """A counter and, within the log's budget, a line for a refusal by an
+        abuse defence (a client refused for its rate reconnects at will)."""
         metrics.count_abuse(self.listener.name, reason)
+        _ABUSE_LINES.event(log, logging.WARNING, "abuse_refused", (self.listener.name, reason),
+                           proto=self.listener.name, ip=self.peer_ip,
+                           user=self.account.address if self.account else None, reason=reason, detail=detail)
 
     def _plaintext_ok(self) -> bool:
         return plaintext_allowed(self.services, self)
