@@ -2,8 +2,9 @@
 ``/metrics`` endpoint serves (net/metrics_http.py, ``[metrics] listen``).
 
 The rest of the code calls the small API here (`count_connection`,
-`count_login`, `count_message`, `count_recipient_rejected`,
-`count_delivery`, `observe_delivery`); it never touches prometheus_client.
+`count_connection_refused`, `count_login`, `count_message`,
+`count_recipient_rejected`, `count_abuse`, `count_delivery`,
+`observe_delivery`); it never touches prometheus_client.
 Each call is an increment of an in-memory value (a dict lookup and a lock;
 in multiprocess mode a write into an mmap()ed file), no system call: the
 multiprocess values tell a forked child by the process id this module
@@ -37,8 +38,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = [
-    "CONTENT_TYPE_LATEST", "Snapshot", "count_connection", "count_connection_refused", "count_delivery", "count_login",
-    "count_message", "count_recipient_rejected", "enable_multiprocess", "exposition", "observe_delivery",
+    "CONTENT_TYPE_LATEST", "Snapshot", "count_abuse", "count_connection", "count_connection_refused",
+    "count_delivery", "count_login", "count_message", "count_recipient_rejected", "enable_multiprocess",
+    "exposition", "observe_delivery",
 ]
 
 # Every metric has labels: a labelled metric creates its values at the first

@@ -1118,7 +1118,12 @@ def _http_served(server: RunningServer) -> None:
         assert _read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
 
 
-def test_http_connection_caps(make_server: Callable[..., RunningServer]) -> None:
+def test_http_connection_caps(make_server: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch,
+                              caplog: pytest.LogCaptureFixture) -> None:
+    """The HTTP port's caps: 503 over them, logged and counted like the mail ports' refusals."""
+    counted: list[tuple[str, str]] = []
+    monkeypatch.setattr(metrics, "count_connection_refused", lambda service, reason: counted.append((service, reason)))
+    caplog.set_level(logging.WARNING, logger="mailyard")
     server = make_server(_two_per_address_three_in_total)
     held = []
     try:
@@ -1137,6 +1142,9 @@ def test_http_connection_caps(make_server: Callable[..., RunningServer]) -> None
     finally:
         for sock in held:
             sock.close()
+    assert [service for service, _ in counted] == ["http", "http"], counted
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("connection_refused ")]
+    assert len(refusals) == 2 and all("proto=http " in line for line in refusals), refusals
     give_up = time.monotonic() + 10
     while True:
         try:

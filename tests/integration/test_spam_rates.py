@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from mailyard import logs, metrics
 from mailyard.config import Config
+from mailyard.net import smtp as smtp_glue
 from tests.conftest import RunningServer
 from tests.integration.serve_process import ServeProcess
 from tests.waiting import wait_until
@@ -146,6 +148,28 @@ def test_early_talker_is_refused(make_server: Callable[..., RunningServer],
     polite.send(b"QUIT\r\n")
     assert polite.line().startswith(b"221 ")
     assert any("reason=early-talker" in r.getMessage() for r in caplog.records)
+
+
+def test_early_talkers_log_within_a_budget_and_are_all_counted(
+        make_server: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client refused for talking early reconnects and does it again: the
+    abuse_refused lines of a listener and reason stay within the log's
+    budget (then a line says how many were held back), and the metric counts
+    every refusal."""
+    monkeypatch.setattr(smtp_glue, "_ABUSE_LINES", logs.EventBudget(burst=3, window=3600.0))
+    counted: list[str] = []
+    monkeypatch.setattr(metrics, "count_abuse", lambda service, reason: counted.append(reason))
+    server = make_server(limits(greet_pause=1.0))
+    caplog.set_level(logging.INFO)
+    for _ in range(8):
+        talker = Client(server.port("smtp"), "127.0.0.6")
+        talker.send(b"EHLO spambot\r\n")
+        assert talker.line().startswith(b"554 5.5.1 ")
+        assert talker.closed()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("abuse_refused ")]
+    assert len(lines) == 3 and all("reason=early-talker" in line for line in lines), lines
+    assert counted == ["early-talker"] * 8
 
 
 def test_commands_ahead_of_the_ehlo_reply_are_refused(make_server: Callable[..., RunningServer],

@@ -108,8 +108,8 @@ def test_a_uvicorn_protocol_made_with_other_arguments_stops_the_https_start(
 
     real = web_service.limited_h11
 
-    def changed(limits):  # noqa: ANN001, ANN202
-        class Changed(real(limits)):  # type: ignore[misc, valid-type]
+    def changed(limits, name):  # noqa: ANN001, ANN202
+        class Changed(real(limits, name)):  # type: ignore[misc, valid-type]
             def __init__(self, config, server_state, app_state, transport_options, _loop=None) -> None:  # noqa: ANN001
                 super().__init__(config, server_state, app_state, _loop)
 

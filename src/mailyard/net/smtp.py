@@ -222,13 +222,19 @@ class SMTPSession(SessionProtocol):
         rates = self.services.mx_rates
         return await rates(kind, self.peer_ip) if rates is not None and self.peer_ip else None
 
-    def _abuse(self, reason: str, detail: str) -> None:
-        """A counter and, within the log's budget, a line for a refusal by an
-        abuse defence (a client refused for its rate reconnects at will)."""
+    def _abuse(self, reason: str, detail: str, budgeted: bool = True) -> None:
+        """A counter and a line for a refusal by an abuse defence. A refusal a
+        client can cause at will (its rate, talking early or out of turn: it
+        reconnects and does it again) logs within the budget; one that costs
+        it a whole transaction (greylisting) logs every time, as it is the
+        only record of that message."""
         metrics.count_abuse(self.listener.name, reason)
-        _ABUSE_LINES.event(log, logging.WARNING, "abuse_refused", (self.listener.name, reason),
-                           proto=self.listener.name, ip=self.peer_ip,
-                           user=self.account.address if self.account else None, reason=reason, detail=detail)
+        fields = {"proto": self.listener.name, "ip": self.peer_ip,
+                  "user": self.account.address if self.account else None, "reason": reason, "detail": detail}
+        if budgeted:
+            _ABUSE_LINES.event(log, logging.WARNING, "abuse_refused", (self.listener.name, reason), **fields)
+        else:
+            logs.event(log, logging.WARNING, "abuse_refused", **fields)
 
     def _plaintext_ok(self) -> bool:
         return plaintext_allowed(self.services, self)
@@ -662,7 +668,7 @@ class SMTPSession(SessionProtocol):
             why = await self._greylisted(event, verdict)
             if why is not None:
                 # RFC 5321 4.5.4.1: a real mail server retries; RFC 3463 4.7.1
-                self._abuse("greylisted", why)
+                self._abuse("greylisted", why, budgeted=False)
                 return Reply(451, "4.7.1", why)
         junk_accounts: frozenset[int] = frozenset()
         fields: dict[int, bytes] | None = None

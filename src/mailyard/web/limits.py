@@ -28,12 +28,15 @@ it must arrive at (408 as well).
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ..net.conncaps import ConnectionCaps
+from ..net.conncaps import ConnectionCaps, log_refusal
 from ..net.listener import ConnectionLimits
+
+log = logging.getLogger("mailyard.web")
 
 
 def _response(status: str, text: str) -> bytes:
@@ -44,9 +47,10 @@ def _response(status: str, text: str) -> bytes:
     ).encode() + body
 
 
-def limited_h11(limits: ConnectionLimits) -> type[H11Protocol]:
-    """An H11Protocol class enforcing ``limits``; one per HTTP listener (it
-    holds that listener's counts, net/conncaps.py as for the mail ports)."""
+def limited_h11(limits: ConnectionLimits, name: str = "http") -> type[H11Protocol]:
+    """An H11Protocol class enforcing ``limits``; one per HTTP listener
+    (``name``: it holds that listener's counts, net/conncaps.py as for the
+    mail ports, and logs and counts its refusals there too)."""
     caps = ConnectionCaps(limits.max_connections, limits.max_connections_per_ip)
 
     class LimitedH11(H11Protocol):
@@ -58,8 +62,10 @@ def limited_h11(limits: ConnectionLimits) -> type[H11Protocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            over = caps.admit(self, self.client[0] if self.client else "")
+            ip = self.client[0] if self.client else ""
+            over = caps.admit(self, ip)
             if over is not None:
+                log_refusal(log, name, ip, over)
                 transport.write(_response("503 Service Unavailable", f"{over}, try again later"))
                 transport.close()
                 return

@@ -126,7 +126,7 @@ class HTTPService:
             sock.listen(128)
         sock.setblocking(False)
         self.bound_port = sock.getsockname()[1]
-        protocol = limited_h11(_connection_limits(self.services.config.limits))
+        protocol = limited_h11(_connection_limits(self.services.config.limits), self.name)
         config = uvicorn.Config(
             self.app,
             loop="none",
