@@ -47,7 +47,7 @@ def _response(status: str, text: str) -> bytes:
     ).encode() + body
 
 
-def limited_h11(limits: ConnectionLimits, name: str = "http") -> type[H11Protocol]:
+def limited_h11(limits: ConnectionLimits, name: str) -> type[H11Protocol]:
     """An H11Protocol class enforcing ``limits``; one per HTTP listener
     (``name``: it holds that listener's counts, net/conncaps.py as for the
     mail ports, and logs and counts its refusals there too)."""
