@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,25 +52,37 @@ async def _alice_with_one_message(store: PostgreSQLStore) -> tuple[Any, Mailbox,
     return alice, inbox, uid
 
 
-async def test_a_delivery_through_one_node_wakes_listeners_of_another(pg_cluster: PgCluster, tmp_path: Path) -> None:
+# two nodes' stores on one database, and its DSN
+TwoStores = tuple[PostgreSQLStore, PostgreSQLStore, str]
+
+
+@pytest.fixture
+async def two_stores(pg_cluster: PgCluster, tmp_path: Path) -> AsyncIterator[TwoStores]:
+    """Two nodes' stores (``a`` and ``b``) on a new database, and its DSN;
+    both closed after the test."""
     dsn = pg_cluster.new_dsn()
     a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
     b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
     try:
-        await a.add_domain("example.test")
-        alice = await a.add_account("alice@example.test", "h")
-        inbox = await b.get_mailbox(alice.id, "INBOX")
-        assert inbox is not None
-        heard: list[int] = []
-        b.add_listener(heard.append)
-        await a.deliver(b"Subject: x\r\n\r\nhi\r\n", [DeliveryTarget(inbox.id)])
-        await until(lambda: inbox.id in heard)
-        version = b.directory_version
-        await a.add_domain("other.test")
-        await until(lambda: b.directory_version > version)  # caches of lookups forget on B too
+        yield a, b, dsn
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_delivery_through_one_node_wakes_listeners_of_another(two_stores: TwoStores) -> None:
+    a, b, _ = two_stores
+    await a.add_domain("example.test")
+    alice = await a.add_account("alice@example.test", "h")
+    inbox = await b.get_mailbox(alice.id, "INBOX")
+    assert inbox is not None
+    heard: list[int] = []
+    b.add_listener(heard.append)
+    await a.deliver(b"Subject: x\r\n\r\nhi\r\n", [DeliveryTarget(inbox.id)])
+    await until(lambda: inbox.id in heard)
+    version = b.directory_version
+    await a.add_domain("other.test")
+    await until(lambda: b.directory_version > version)  # caches of lookups forget on B too
 
 
 async def test_a_delivery_by_another_process_is_heard(pg_cluster: PgCluster, tmp_path: Path) -> None:
@@ -183,46 +195,40 @@ def test_store_config_names_the_backend(tmp_path: Path) -> None:
     assert isinstance(open_store(tmp_path, StoreConfig(backend="postgresql", dsn="postgresql://x/y")), PostgreSQLStore)
 
 
-async def test_due_queue_entries_are_claimed_by_one_node(pg_cluster: PgCluster, tmp_path: Path) -> None:
+async def test_due_queue_entries_are_claimed_by_one_node(two_stores: TwoStores) -> None:
     """Two nodes asking for due entries at once get disjoint shares, each
     entry once; an entry whose node died (no outcome recorded) is due again
     for another node once the claim runs out."""
     from mailyard.store.api import PENDING, NewQueueEntry, NewRecipient
     from mailyard.store.postgresql.store import QUEUE_LEASE
 
-    dsn = pg_cluster.new_dsn()
-    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
-    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
-    try:
-        ids = []
-        for n in range(40):
-            _, qid = await a.queue_submit(b"x\r\n", NewQueueEntry("s@example.test", [NewRecipient(f"r{n}@b.test")],
-                                                                  next_attempt=1000.0))
-            ids.append(qid)
-        shares: list[list[int]] = [[], []]
+    a, b, _ = two_stores
+    ids = []
+    for n in range(40):
+        _, qid = await a.queue_submit(b"x\r\n", NewQueueEntry("s@example.test", [NewRecipient(f"r{n}@b.test")],
+                                                              next_attempt=1000.0))
+        ids.append(qid)
+    shares: list[list[int]] = [[], []]
 
-        async def claim(node: PostgreSQLStore, share: list[int]) -> None:
-            for _ in range(10):
-                share += [e.id for e in await node.queue_due(2000.0, limit=3)]
+    async def claim(node: PostgreSQLStore, share: list[int]) -> None:
+        for _ in range(10):
+            share += [e.id for e in await node.queue_due(2000.0, limit=3)]
 
-        await asyncio.gather(claim(a, shares[0]), claim(b, shares[1]))
-        assert sorted(shares[0] + shares[1]) == ids  # every entry once, none twice
-        assert await b.queue_due(2000.0) == []  # all claimed
-        # B records its attempts; A's claims run out (A died): B takes them over
-        from mailyard.store.api import RecipientOutcome
+    await asyncio.gather(claim(a, shares[0]), claim(b, shares[1]))
+    assert sorted(shares[0] + shares[1]) == ids  # every entry once, none twice
+    assert await b.queue_due(2000.0) == []  # all claimed
+    # B records its attempts; A's claims run out (A died): B takes them over
+    from mailyard.store.api import RecipientOutcome
 
-        for qid in shares[1]:
-            entry = await b.queue_entry(qid)
-            assert entry is not None
-            await b.queue_update(qid, [RecipientOutcome(entry.recipients[0].id, PENDING, "451 later", None, 1e11)])
-        again = await b.queue_due(2000.0 + QUEUE_LEASE + 1)
-        assert sorted(e.id for e in again) == sorted(shares[0])
-    finally:
-        await a.close()
-        await b.close()
+    for qid in shares[1]:
+        entry = await b.queue_entry(qid)
+        assert entry is not None
+        await b.queue_update(qid, [RecipientOutcome(entry.recipients[0].id, PENDING, "451 later", None, 1e11)])
+    again = await b.queue_due(2000.0 + QUEUE_LEASE + 1)
+    assert sorted(e.id for e in again) == sorted(shares[0])
 
 
-async def test_a_node_keeps_its_claims_on_the_recipients_it_holds(pg_cluster: PgCluster, tmp_path: Path) -> None:
+async def test_a_node_keeps_its_claims_on_the_recipients_it_holds(two_stores: TwoStores) -> None:
     """The recipients a node names in ``queue_due``'s ``exclude`` (its
     runner holds them: waiting for a connection, or being delivered) stay
     its own past the lease's first term; another node takes only those it
@@ -230,23 +236,17 @@ async def test_a_node_keeps_its_claims_on_the_recipients_it_holds(pg_cluster: Pg
     from mailyard.store.api import NewQueueEntry, NewRecipient
     from mailyard.store.postgresql.store import QUEUE_LEASE
 
-    dsn = pg_cluster.new_dsn()
-    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
-    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
-    try:
-        ids = []
-        for n in range(2):
-            _, qid = await a.queue_submit(b"x\r\n", NewQueueEntry("s@example.test", [NewRecipient(f"r{n}@b.test")],
-                                                                  next_attempt=1000.0))
-            ids.append(qid)
-        held, dropped = await a.queue_due(2000.0)
-        assert [held.id, dropped.id] == ids
-        assert await a.queue_due(2000.0 + QUEUE_LEASE * 0.75, limit=0, exclude=[held.recipients[0].id]) == []
-        again = await b.queue_due(2000.0 + QUEUE_LEASE + 1)
-        assert [e.id for e in again] == [dropped.id]
-    finally:
-        await a.close()
-        await b.close()
+    a, b, _ = two_stores
+    ids = []
+    for n in range(2):
+        _, qid = await a.queue_submit(b"x\r\n", NewQueueEntry("s@example.test", [NewRecipient(f"r{n}@b.test")],
+                                                              next_attempt=1000.0))
+        ids.append(qid)
+    held, dropped = await a.queue_due(2000.0)
+    assert [held.id, dropped.id] == ids
+    assert await a.queue_due(2000.0 + QUEUE_LEASE * 0.75, limit=0, exclude=[held.recipients[0].id]) == []
+    again = await b.queue_due(2000.0 + QUEUE_LEASE + 1)
+    assert [e.id for e in again] == [dropped.id]
 
 
 async def test_exclusive_locks_hold_across_nodes_and_go_with_a_dead_node(pg_cluster: PgCluster,
@@ -268,34 +268,27 @@ async def test_exclusive_locks_hold_across_nodes_and_go_with_a_dead_node(pg_clus
             await s.close()
 
 
-async def test_notifications_resume_after_the_listening_connection_is_lost(pg_cluster: PgCluster,
-                                                                           tmp_path: Path) -> None:
+async def test_notifications_resume_after_the_listening_connection_is_lost(two_stores: TwoStores) -> None:
     import psycopg
 
-    dsn = pg_cluster.new_dsn()
-    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
-    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
-    try:
-        await a.add_domain("example.test")
-        alice = await a.add_account("alice@example.test", "h")
-        inbox = await b.get_mailbox(alice.id, "INBOX")
-        assert inbox is not None and b._listen_conn is not None
-        heard: list[int] = []
-        b.add_listener(heard.append)
-        b.hold_expunged(object(), inbox)  # a session of B has the INBOX selected
-        pid = b._listen_conn.info.backend_pid
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
-            await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        # the note of a delivery made while B was not listening is made up for
-        await a.deliver(b"Subject: gap\r\n\r\nx\r\n", [DeliveryTarget(inbox.id)])
-        await until(lambda: inbox.id in heard)
-        await until(lambda: b._listen_conn is not None and b._listen_conn.info.backend_pid != pid)
-        heard.clear()
-        await a.deliver(b"Subject: after\r\n\r\nx\r\n", [DeliveryTarget(inbox.id)])
-        await until(lambda: inbox.id in heard)
-    finally:
-        await a.close()
-        await b.close()
+    a, b, dsn = two_stores
+    await a.add_domain("example.test")
+    alice = await a.add_account("alice@example.test", "h")
+    inbox = await b.get_mailbox(alice.id, "INBOX")
+    assert inbox is not None and b._listen_conn is not None
+    heard: list[int] = []
+    b.add_listener(heard.append)
+    b.hold_expunged(object(), inbox)  # a session of B has the INBOX selected
+    pid = b._listen_conn.info.backend_pid
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+        await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    # the note of a delivery made while B was not listening is made up for
+    await a.deliver(b"Subject: gap\r\n\r\nx\r\n", [DeliveryTarget(inbox.id)])
+    await until(lambda: inbox.id in heard)
+    await until(lambda: b._listen_conn is not None and b._listen_conn.info.backend_pid != pid)
+    heard.clear()
+    await a.deliver(b"Subject: after\r\n\r\nx\r\n", [DeliveryTarget(inbox.id)])
+    await until(lambda: inbox.id in heard)
 
 
 async def test_an_unreachable_database_raises_store_unavailable(tmp_path: Path) -> None:
@@ -356,9 +349,7 @@ async def test_first_calls_from_eagerly_started_steps_share_the_opening(pg_clust
         await store.close()
 
 
-
-async def test_a_new_hold_is_written_off_the_event_loop_before_the_mailbox_is_read(pg_cluster: PgCluster,
-                                                                                  tmp_path: Path) -> None:
+async def test_a_new_hold_is_written_off_the_event_loop_before_the_mailbox_is_read(two_stores: TwoStores) -> None:
     """A session's hold (RFC 2180 4.1.1) must be in the database before it
     reads the mailbox, so that an expunge through another node keeps what
     it sees. With the database slow to take the write, the event loop goes
@@ -370,9 +361,7 @@ async def test_a_new_hold_is_written_off_the_event_loop_before_the_mailbox_is_re
 
     from tests.waiting import LoopTicks
 
-    dsn = pg_cluster.new_dsn()
-    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
-    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
+    a, b, dsn = two_stores
     locked, release = threading.Event(), threading.Event()
 
     def slow_database() -> None:
@@ -382,66 +371,55 @@ async def test_a_new_hold_is_written_off_the_event_loop_before_the_mailbox_is_re
             release.wait(2)  # (without a loop left to set it, at most 2 s)
             time.sleep(0.3)  # the database stays slow a while after the hold was asked for
 
+    alice, inbox, uid = await _alice_with_one_message(a)
+    inbox = await a.get_mailbox(alice.id, "INBOX")
+    assert inbox is not None
+    holder = threading.Thread(target=slow_database)
+    holder.start()
     try:
-        alice, inbox, uid = await _alice_with_one_message(a)
-        inbox = await a.get_mailbox(alice.id, "INBOX")
-        assert inbox is not None
-        holder = threading.Thread(target=slow_database)
-        holder.start()
-        try:
-            await asyncio.to_thread(locked.wait, 10)
-            async with LoopTicks() as ticks:
-                a.hold_expunged(object(), inbox, 0)  # a session selects the INBOX
-                release.set()
-                summary = await a.mailbox_summary(inbox)
-        finally:
+        await asyncio.to_thread(locked.wait, 10)
+        async with LoopTicks() as ticks:
+            a.hold_expunged(object(), inbox, 0)  # a session selects the INBOX
             release.set()
-            await asyncio.to_thread(holder.join, 10)
-        assert ticks.count >= 10, f"the event loop stood still while the hold was written ({ticks.count} turns)"
-        assert summary.uids == [uid]
-        await b.expunge(inbox, [uid])  # through another node: kept for a's session
-        assert await a.read_message(inbox, uid, expunged=True) == HELD
+            summary = await a.mailbox_summary(inbox)
     finally:
-        await a.close()
-        await b.close()
+        release.set()
+        await asyncio.to_thread(holder.join, 10)
+    assert ticks.count >= 10, f"the event loop stood still while the hold was written ({ticks.count} turns)"
+    assert summary.uids == [uid]
+    await b.expunge(inbox, [uid])  # through another node: kept for a's session
+    assert await a.read_message(inbox, uid, expunged=True) == HELD
 
 
-async def test_a_revocation_heard_while_credentials_are_read_is_not_trusted(pg_cluster: PgCluster,
-                                                                         tmp_path: Path) -> None:
+async def test_a_revocation_heard_while_credentials_are_read_is_not_trusted(two_stores: TwoStores) -> None:
     """A credentials check that asks the database while another node changes
     the password may read the row before that commit and get its answer
     after the revocation's note: it must read again, neither answering nor
     keeping what was true before."""
-    dsn = pg_cluster.new_dsn()
-    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
-    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
-    try:
-        await b.add_domain("example.test")
-        alice = await b.add_account("alice@example.test", "h")
-        assert alice.epoch == 0
-        read, answer = asyncio.Event(), asyncio.Event()
-        real = a._q1
+    a, b, _ = two_stores
+    await b.add_domain("example.test")
+    alice = await b.add_account("alice@example.test", "h")
+    assert alice.epoch == 0
+    read, answer = asyncio.Event(), asyncio.Event()
+    real = a._q1
 
-        async def late(sql: str, args: tuple = ()) -> tuple | None:
-            row = await real(sql, args)
-            if "FROM accounts" in sql and not answer.is_set():
-                read.set()
-                await answer.wait()  # the answer comes back late
-            return row
+    async def late(sql: str, args: tuple = ()) -> tuple | None:
+        row = await real(sql, args)
+        if "FROM accounts" in sql and not answer.is_set():
+            read.set()
+            await answer.wait()  # the answer comes back late
+        return row
 
-        a._q1 = late  # type: ignore[method-assign]
-        check = asyncio.ensure_future(a.credentials_current(alice.id, 0))
-        await asyncio.wait_for(read.wait(), 10)  # epoch 0 read, not answered yet
-        forgotten = a._forgotten
-        await b.set_password("alice@example.test", "h2")  # another node; its note reaches a
-        await until(lambda: a._forgotten != forgotten)
-        answer.set()
-        assert await check is False
-        assert await a.credentials_current(alice.id, 0) is False
-        assert a.credentials_known(alice.id, 1) is True
-    finally:
-        await a.close()
-        await b.close()
+    a._q1 = late  # type: ignore[method-assign]
+    check = asyncio.ensure_future(a.credentials_current(alice.id, 0))
+    await asyncio.wait_for(read.wait(), 10)  # epoch 0 read, not answered yet
+    forgotten = a._forgotten
+    await b.set_password("alice@example.test", "h2")  # another node; its note reaches a
+    await until(lambda: a._forgotten != forgotten)
+    answer.set()
+    assert await check is False
+    assert await a.credentials_current(alice.id, 0) is False
+    assert a.credentials_known(alice.id, 1) is True
 
 
 async def test_credentials_are_answered_while_revocations_keep_coming(pg_cluster: PgCluster,
@@ -478,8 +456,7 @@ async def test_credentials_are_answered_while_revocations_keep_coming(pg_cluster
         await a.close()
 
 
-async def test_a_check_after_a_revocation_does_not_share_a_read_begun_before_it(pg_cluster: PgCluster,
-                                                                               tmp_path: Path) -> None:
+async def test_a_check_after_a_revocation_does_not_share_a_read_begun_before_it(two_stores: TwoStores) -> None:
     """A read of alice's epoch rereads while revocations keep coming, and is
     answered from its VALIDITY_REREADS-th read whatever came during it.
     During that last read another node changes alice's password and this
@@ -488,47 +465,40 @@ async def test_a_check_after_a_revocation_does_not_share_a_read_begun_before_it(
     by the read that began before the change: it reads again, and is refused."""
     from mailyard.store.postgresql import store as pg_store
 
-    dsn = pg_cluster.new_dsn()
-    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
-    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
-    try:
-        await b.add_domain("example.test")
-        alice = await b.add_account("alice@example.test", "h")
-        a._forget()
-        reads = 0
-        later: list[asyncio.Future[bool]] = []
-        real = a._q1
+    a, b, _ = two_stores
+    await b.add_domain("example.test")
+    alice = await b.add_account("alice@example.test", "h")
+    a._forget()
+    reads = 0
+    later: list[asyncio.Future[bool]] = []
+    real = a._q1
 
-        async def revoked_meanwhile(sql: str, args: tuple = ()) -> tuple | None:
-            nonlocal reads
-            row = await real(sql, args)
-            if "FROM accounts" in sql and reads < pg_store.VALIDITY_REREADS:
-                reads += 1
-                if reads < pg_store.VALIDITY_REREADS:
-                    a._forget()  # a note of a revocation came during the read
-                else:  # the last read of the first check: alice's password changes
-                    forgotten = a._forgotten
-                    await b.set_password("alice@example.test", "h2")
-                    await until(lambda: a._forgotten != forgotten)  # its note reaches a
-                    later.append(asyncio.ensure_future(a.credentials_current(alice.id, 0)))
-                    for _ in range(5):  # the later check asks and waits for its read
-                        await asyncio.sleep(0)
-            return row
+    async def revoked_meanwhile(sql: str, args: tuple = ()) -> tuple | None:
+        nonlocal reads
+        row = await real(sql, args)
+        if "FROM accounts" in sql and reads < pg_store.VALIDITY_REREADS:
+            reads += 1
+            if reads < pg_store.VALIDITY_REREADS:
+                a._forget()  # a note of a revocation came during the read
+            else:  # the last read of the first check: alice's password changes
+                forgotten = a._forgotten
+                await b.set_password("alice@example.test", "h2")
+                await until(lambda: a._forgotten != forgotten)  # its note reaches a
+                later.append(asyncio.ensure_future(a.credentials_current(alice.id, 0)))
+                for _ in range(5):  # the later check asks and waits for its read
+                    await asyncio.sleep(0)
+        return row
 
-        a._q1 = revoked_meanwhile  # type: ignore[method-assign]
-        first = await a.credentials_current(alice.id, 0)
-        assert reads == pg_store.VALIDITY_REREADS
-        assert first is True  # (read before the change, as a check that ended just before it)
-        assert len(later) == 1
-        assert await later[0] is False, "a check after the revocation got the answer of a read begun before it"
-        assert a.credentials_known(alice.id, 1) is True
-    finally:
-        await a.close()
-        await b.close()
+    a._q1 = revoked_meanwhile  # type: ignore[method-assign]
+    first = await a.credentials_current(alice.id, 0)
+    assert reads == pg_store.VALIDITY_REREADS
+    assert first is True  # (read before the change, as a check that ended just before it)
+    assert len(later) == 1
+    assert await later[0] is False, "a check after the revocation got the answer of a read begun before it"
+    assert a.credentials_known(alice.id, 1) is True
 
 
-async def test_holds_are_published_again_when_the_liveness_connection_comes_back(pg_cluster: PgCluster,
-                                                                                 tmp_path: Path) -> None:
+async def test_holds_are_published_again_when_the_liveness_connection_comes_back(two_stores: TwoStores) -> None:
     """While the connection that marks node B alive is gone (the database
     restarted, or ended it), the other nodes take B's rows of mailbox_holds
     for a dead node's, and a purge of theirs deletes them. Once B opens the
@@ -537,42 +507,36 @@ async def test_holds_are_published_again_when_the_liveness_connection_comes_back
     session (RFC 2180 4.1.1)."""
     import psycopg
 
-    dsn = pg_cluster.new_dsn()
-    a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
-    b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
-    try:
-        alice, inbox, uid = await _alice_with_one_message(a)
-        inbox = await b.get_mailbox(alice.id, "INBOX")
-        assert inbox is not None
-        b.hold_expunged(object(), inbox, inbox.highest_modseq)  # a session of B selects the INBOX
-        assert (await b.mailbox_summary(inbox)).uids == [uid]  # after the hold is written
+    a, b, dsn = two_stores
+    alice, inbox, uid = await _alice_with_one_message(a)
+    inbox = await b.get_mailbox(alice.id, "INBOX")
+    assert inbox is not None
+    b.hold_expunged(object(), inbox, inbox.highest_modseq)  # a session of B selects the INBOX
+    assert (await b.mailbox_summary(inbox)).uids == [uid]  # after the hold is written
 
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
-            async def rows_of_b() -> int:
-                cur = await admin.execute("SELECT count(*) FROM mailbox_holds WHERE node = %s"
-                                          " AND seen_modseq IS NOT NULL", (b.node,))
-                return (await cur.fetchone())[0]
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+        async def rows_of_b() -> int:
+            cur = await admin.execute("SELECT count(*) FROM mailbox_holds WHERE node = %s"
+                                      " AND seen_modseq IS NOT NULL", (b.node,))
+            return (await cur.fetchone())[0]
 
-            async def marker_connections() -> int:
-                cur = await admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                                          (f"mailyard-{b.node}",))
-                return (await cur.fetchone())[0]
+        async def marker_connections() -> int:
+            cur = await admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                      (f"mailyard-{b.node}",))
+            return (await cur.fetchone())[0]
 
-            assert await rows_of_b() == 1
-            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                                " WHERE application_name = %s", (f"mailyard-{b.node}",))
-            while await marker_connections():
-                await asyncio.sleep(0.01)
-            await admin.execute("DELETE FROM mailbox_holds WHERE node = %s", (b.node,))  # as A's purge would
-            # B uses the connection again (after a gap in listening, or its regular look)
-            await asyncio.to_thread(b._sync_q1, "SELECT 1", ())
-            assert (await b.mailbox_summary(inbox)).uids == [uid]  # a read waits for the holds
-            assert await rows_of_b() == 1
-        await a.expunge(inbox, [uid])  # through another node: kept for B's session
-        assert await b.read_message(inbox, uid, expunged=True) == HELD
-    finally:
-        await a.close()
-        await b.close()
+        assert await rows_of_b() == 1
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE application_name = %s", (f"mailyard-{b.node}",))
+        while await marker_connections():
+            await asyncio.sleep(0.01)
+        await admin.execute("DELETE FROM mailbox_holds WHERE node = %s", (b.node,))  # as A's purge would
+        # B uses the connection again (after a gap in listening, or its regular look)
+        await asyncio.to_thread(b._sync_q1, "SELECT 1", ())
+        assert (await b.mailbox_summary(inbox)).uids == [uid]  # a read waits for the holds
+        assert await rows_of_b() == 1
+    await a.expunge(inbox, [uid])  # through another node: kept for B's session
+    assert await b.read_message(inbox, uid, expunged=True) == HELD
 
 
 async def test_a_republish_that_fails_feeds_no_reconnect_loop(pg_cluster: PgCluster, tmp_path: Path,
