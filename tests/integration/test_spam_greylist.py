@@ -55,6 +55,8 @@ def test_first_attempt_deferred_retry_passes(make_server: Callable[..., RunningS
     lines = [r.getMessage() for r in caplog.records if "reason=greylisted" in r.getMessage()]
     print("\n".join(lines))
     assert lines and "ip=127.0.0.2" in lines[0]
+    # the line is the only record of a deferred message: it names its sender and recipients
+    assert "from=carol@remote.test" in lines[0] and f"to={ALICE}" in lines[0] and "msgid=" in lines[0], lines[0]
 
 
 def test_off_by_default_and_loopback_exempt(make_server: Callable[..., RunningServer]) -> None:

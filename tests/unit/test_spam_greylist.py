@@ -17,6 +17,8 @@ def test_decisions() -> None:
     assert (first.defer, first.first, first.reason) == (True, True, "greylisted, please try again later")
     early = decide(POLICY, 130.0, 100.0)
     assert (early.defer, early.first, early.reason) == (True, False, "greylisted, please try again in 31 seconds")
+    last = decide(POLICY, 159.5, 100.0)
+    assert last.reason == "greylisted, please try again in 1 second"
     ok = decide(POLICY, 161.0, 100.0)
     assert (ok.defer, ok.allow) == (False, True)
     late = decide(POLICY, 100.0 + 3601, 100.0)

@@ -222,15 +222,18 @@ class SMTPSession(SessionProtocol):
         rates = self.services.mx_rates
         return await rates(kind, self.peer_ip) if rates is not None and self.peer_ip else None
 
-    def _abuse(self, reason: str, detail: str, budgeted: bool = True) -> None:
+    def _abuse(self, reason: str, detail: str, budgeted: bool = True, **message: object) -> None:
         """A counter and a line for a refusal by an abuse defence. A refusal a
         client can cause at will (its rate, talking early or out of turn: it
         reconnects and does it again) logs within the budget; one that costs
         it a whole transaction (greylisting) logs every time, as it is the
-        only record of that message."""
+        only record of that message, named by ``message``: this attempt's
+        msgid, its from and to (the sender and recipients that the
+        ``accepted`` line of a later retry names too)."""
         metrics.count_abuse(self.listener.name, reason)
         fields = {"proto": self.listener.name, "ip": self.peer_ip,
-                  "user": self.account.address if self.account else None, "reason": reason, "detail": detail}
+                  "user": self.account.address if self.account else None, "reason": reason, "detail": detail,
+                  **message}
         if budgeted:
             _ABUSE_LINES.event(log, logging.WARNING, "abuse_refused", (self.listener.name, reason), **fields)
         else:
@@ -668,7 +671,8 @@ class SMTPSession(SessionProtocol):
             why = await self._greylisted(event, verdict)
             if why is not None:
                 # RFC 5321 4.5.4.1: a real mail server retries; RFC 3463 4.7.1
-                self._abuse("greylisted", why, budgeted=False)
+                self._abuse("greylisted", why, budgeted=False, msgid=queue_id,
+                            **{"from": event.reverse_path, "to": event.forward_paths})
                 return Reply(451, "4.7.1", why)
         junk_accounts: frozenset[int] = frozenset()
         fields: dict[int, bytes] | None = None

@@ -84,5 +84,6 @@ def decide(policy: GreylistPolicy, now: float, first_seen: float | None, *, allo
     if waited > policy.retry_window:
         return Decision(True, "greylisted (the last try was too long ago), please try again later", first=True)
     if waited < policy.delay:
-        return Decision(True, f"greylisted, please try again in {int(policy.delay - waited) + 1} seconds")
+        left = int(policy.delay - waited) + 1
+        return Decision(True, f"greylisted, please try again in {left} second{'s' if left != 1 else ''}")
     return Decision(False, f"retried after {int(waited)} seconds", allow=True)
