@@ -384,13 +384,20 @@ def _two_per_address_four_in_total(cfg) -> None:  # noqa: ANN001
 
 @pytest.mark.parametrize("service", ["imaps", "pop3s", "https"])
 def test_tls_handshakes_count_against_the_connection_caps(
-    make_server: Callable[..., RunningServer], service: str, caplog: pytest.LogCaptureFixture
+    make_server: Callable[..., RunningServer], service: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A connection counts from its accept, not from the end of its TLS
     handshake: clients that begin handshakes and never end them hold no
     more than the caps, and a connection over a cap is closed at once,
     before any TLS work (each such client would otherwise hold a socket and
-    about 100 KB of TLS buffers until the handshake timeout)."""
+    about 100 KB of TLS buffers until the handshake timeout). Each refusal
+    is counted once, and only the session that got through its handshake
+    as admitted."""
+    refused: list[str] = []
+    admitted: list[str] = []
+    monkeypatch.setattr(metrics, "count_connection_refused", lambda service, reason: refused.append(service))
+    monkeypatch.setattr(metrics, "count_connection", admitted.append)
     server = make_server(_two_per_address_four_in_total)
     caplog.set_level(logging.WARNING, logger="mailyard.net")
     held: list[socket.socket] = []
@@ -410,6 +417,8 @@ def test_tls_handshakes_count_against_the_connection_caps(
         refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("connection_refused ")]
         assert len(refusals) == 6, refusals  # one line per refused connection
         assert all(f"proto={service} " in line for line in refusals), refusals
+        assert refused == [service] * 6, refused
+        assert admitted == [service], admitted
     finally:
         for sock in held:
             sock.close()
@@ -1120,9 +1129,12 @@ def _http_served(server: RunningServer) -> None:
 
 def test_http_connection_caps(make_server: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch,
                               caplog: pytest.LogCaptureFixture) -> None:
-    """The HTTP port's caps: 503 over them, logged and counted like the mail ports' refusals."""
+    """The HTTP port's caps: 503 over them, logged and counted like the mail
+    ports' refusals; the connections admitted are counted too."""
     counted: list[tuple[str, str]] = []
+    admitted: list[str] = []
     monkeypatch.setattr(metrics, "count_connection_refused", lambda service, reason: counted.append((service, reason)))
+    monkeypatch.setattr(metrics, "count_connection", admitted.append)
     caplog.set_level(logging.WARNING, logger="mailyard")
     server = make_server(_two_per_address_three_in_total)
     held = []
@@ -1143,6 +1155,7 @@ def test_http_connection_caps(make_server: Callable[..., RunningServer], monkeyp
         for sock in held:
             sock.close()
     assert [service for service, _ in counted] == ["http", "http"], counted
+    assert admitted == ["http"] * 3, admitted
     refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("connection_refused ")]
     assert len(refusals) == 2 and all("proto=http " in line for line in refusals), refusals
     give_up = time.monotonic() + 10

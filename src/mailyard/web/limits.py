@@ -33,6 +33,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .. import metrics
 from ..net.conncaps import ConnectionCaps, log_refusal
 from ..net.listener import ConnectionLimits
 
@@ -50,7 +51,8 @@ def _response(status: str, text: str) -> bytes:
 def limited_h11(limits: ConnectionLimits, name: str) -> type[H11Protocol]:
     """An H11Protocol class enforcing ``limits``; one per HTTP listener
     (``name``: it holds that listener's counts, net/conncaps.py as for the
-    mail ports, and logs and counts its refusals there too)."""
+    mail ports, logs and counts its refusals there too, and counts the
+    connections it admits in ``mailyard_connections_total``)."""
     caps = ConnectionCaps(limits.max_connections, limits.max_connections_per_ip)
 
     class LimitedH11(H11Protocol):
@@ -69,6 +71,7 @@ def limited_h11(limits: ConnectionLimits, name: str) -> type[H11Protocol]:
                 transport.write(_response("503 Service Unavailable", f"{over}, try again later"))
                 transport.close()
                 return
+            metrics.count_connection(name)
             self._arm_head_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
