@@ -338,6 +338,38 @@ def test_a_double_click_on_a_refused_send_is_refused_twice(
         assert r.status_code == 400 and "Not sent: no such recipient" in r.text, r.text
 
 
+def _attachments(raw: bytes) -> dict[str, bytes]:
+    msg = message_from_bytes(raw, policy=default_policy)
+    return {part.get_filename(): part.get_content() for part in msg.iter_attachments()}
+
+
+@pytest.mark.parametrize("to", ["not an address", "nobody-at-all@example.test"])
+def test_a_refused_form_posted_twice_keeps_its_files_in_one_draft(mailserver: RunningServer, to: str) -> None:
+    """A refused form keeps its chosen files in a draft; the same form posted
+    again as it was (a double click on Send, a reload of the refusal) shows
+    that draft again rather than keeping a second copy. Refused by the form's
+    own check, or by the submission (no such recipient)."""
+    client = login(mailserver)
+    data = {**_form_fields(client.get("/compose").text), "to": to, "subject": "twice refused",
+            "body": "x", "action": "send"}
+    answers = []
+    for _ in range(2):
+        r = client.post("/compose", data=data, files={"attachment": ("plan.pdf", b"%PDF-1.4 plan", "application/pdf")})
+        assert r.status_code == 400 and "Your attachments were kept" in r.text, r.text
+        answers.append(r.text)
+    (kept,) = [m for m in mailserver.messages(ALICE, "Drafts") if b"twice refused" in m]
+    assert _attachments(kept) == {"plan.pdf": b"%PDF-1.4 plan"}
+    assert _form_fields(answers[0])["draft_uid"] == _form_fields(answers[1])["draft_uid"] != ""
+    # from the refusal's page, another file chosen: kept with the first, in the one draft
+    keep = re.findall(r'name="keep" value="([^"]+)" checked', answers[1])
+    assert len(keep) == 1, answers[1]
+    r = client.post("/compose", data={**_form_fields(answers[1]), "keep": keep, "action": "send"},
+                    files={"attachment": ("other.pdf", b"%PDF-1.4 other", "application/pdf")})
+    assert r.status_code == 400 and "Your attachments were kept" in r.text, r.text
+    (kept,) = [m for m in mailserver.messages(ALICE, "Drafts") if b"twice refused" in m]
+    assert _attachments(kept) == {"plan.pdf": b"%PDF-1.4 plan", "other.pdf": b"%PDF-1.4 other"}
+
+
 def test_a_send_that_failed_on_a_bug_leaves_no_second_post_waiting(
         mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The submission fails on an unexpected error (it may have gone): a

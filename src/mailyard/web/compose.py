@@ -5,12 +5,15 @@ The message is built in the render pool (render.outgoing) and sent through
 the one submission path (delivery/submit.py), held first for the user's
 undo delay (undo.py); a copy goes to Sent. The autosave route (drafts.py)
 posts the same form. A refused form keeps its chosen files in a draft, as
-a browser cannot refill file inputs.
+a browser cannot refill file inputs; the same form posted again as it was
+(a double click) keeps them in that same draft (sendonce.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import logging
 from dataclasses import dataclass, field
 
@@ -246,11 +249,14 @@ async def compose_submit(request: Request) -> Response:
     if errors:
         # A browser cannot refill file inputs: chosen files are kept in a draft.
         if uploads and not isinstance(built, str) and built is not None:
-            errors += await _keep_as_draft(request, session, draft, drafts, old_draft, built[0])
+            contents = await asyncio.to_thread(_contents, form.multi_items(), uploads)
+            errors += await _keep_as_draft(request, session, draft, drafts, old_draft, built[0], contents)
         elif uploads:
             errors.append("The chosen files were not kept; choose them again.")
         return page(request, "compose.html", status=400, draft=draft,
                     folders=await folders(request, session), errors=errors)
+    # (what the form holds, should a refusal keep its files: the files go now)
+    contents = await asyncio.to_thread(_contents, form.multi_items(), uploads) if uploads else b""
     del uploads, old_raw, forward_raw
     assert built is not None and not isinstance(built, str)
     full, wire = built
@@ -320,7 +326,7 @@ async def compose_submit(request: Request) -> Response:
             errors = [f"Not sent: {exc}"]
             if form.getlist("attachment") and any(
                     isinstance(u, UploadFile) and u.filename for u in form.getlist("attachment")):
-                errors += await _keep_as_draft(request, session, draft, drafts, old_draft, full)
+                errors += await _keep_as_draft(request, session, draft, drafts, old_draft, full, contents)
             return page(request, "compose.html", status=400, draft=draft,
                         folders=await folders(request, session), errors=errors)
         # it went: from here on nothing may fail the request (the sender would send it again)
@@ -363,17 +369,43 @@ def too_large_attachments(attach_limit: int, max_message_size: int) -> str:
             f"may have {limit_size(max_message_size)}, and attachments grow by a third when sent.")
 
 
+def _contents(fields: list[tuple[str, object]], uploads: list[tuple[str, bytes, str | None]]) -> bytes:
+    """A digest of what a form posted: its fields but the CSRF token, and
+    its chosen files (up to the message size limit: hashed in a thread)."""
+    digest = hashlib.sha256()
+    for key, value in fields:
+        if key != "csrf" and isinstance(value, str):
+            digest.update(repr((key, value)).encode())
+    for name, data, ctype in uploads:
+        digest.update(repr((name, ctype, len(data))).encode())
+        digest.update(data)
+    return digest.digest()
+
+
 async def _keep_as_draft(request: Request, session: Session, draft: Draft, drafts: Mailbox,
-                         old_draft: int | None, full: bytes) -> list[str]:
+                         old_draft: int | None, full: bytes, contents: bytes) -> list[str]:
     """Save a refused form with its new attachments as a draft (replacing the
-    one it came from) and point the form at it; the words for the user."""
-    store = state(request).services.store
-    try:
-        uid = await store.append(drafts, full, ["\\Draft", "\\Seen"])
-    except QuotaExceeded:
-        return ["The chosen files were not kept (your mailbox is full); choose them again."]
-    if old_draft is not None:
-        await store.expunge(drafts, [old_draft])
+    one it came from) and point the form at it; the words for the user.
+
+    The same form posted again as it was (``contents``: a double click on
+    a Send that is refused, a reload of the refusal) finds the draft the
+    first POST kept, and shows that one rather than keeping a second copy."""
+    web = state(request)
+    store = web.services.store
+    async with web.sends.keeping(session.account_id, draft.send_id, contents) as kept:
+        uid: int | None = None
+        if kept.uid is not None:
+            with contextlib.suppress(NotFound):
+                full = await store.read_message(drafts, kept.uid)
+                uid = kept.uid
+        if uid is None:
+            try:
+                uid = await store.append(drafts, full, ["\\Draft", "\\Seen"])
+            except QuotaExceeded:
+                return ["The chosen files were not kept (your mailbox is full); choose them again."]
+            if old_draft is not None:
+                await store.expunge(drafts, [old_draft])
+            kept.uid = uid
     draft.draft_uid = str(uid)
     try:
         view = await state(request).pool.run(render.show, full, f"/box/{drafts.id}/msg/{uid}", False, False)

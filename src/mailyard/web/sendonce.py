@@ -14,6 +14,12 @@ first sent nothing (a refusal: the id is given back), the second is
 handled as a send of its own, and so gets the refusal itself, or sends the
 form the user corrected.
 
+A refused form with chosen files keeps them in a draft (web/compose.py),
+and the same form posted again with the same contents (the double click on
+a Send that is refused) keeps them in that same draft, not in a second one:
+`SendOnce.keeping` gives the POSTs of one form's contents, one after the
+other, the draft the first one kept.
+
 The ids are kept in the memory of the process that serves the webmail
 (only the first worker serves it: workers.py) for ``KEPT_FOR`` seconds, at
 most ``MAX_KEPT`` of them, the oldest forgotten first: enough for what they
@@ -28,11 +34,13 @@ import contextlib
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 KEPT_FOR = 6 * 3600.0  # seconds an id that sent is remembered
 MAX_KEPT = 20_000
 WAIT_FOR_FIRST = 60.0  # seconds a second POST waits for the first one's outcome, at most
+KEEP_DRAFT_FOR = 600.0  # seconds the draft a refused form's files went to is found again by its contents
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -67,11 +75,49 @@ class _Send:
     given_back: bool = False
 
 
+@dataclass
+class KeptDraft:
+    """The draft (``uid`` in the account's Drafts; None: none yet) that a
+    refused POST of one form, with contents ``digest``, kept its files in."""
+
+    digest: bytes
+    at: float
+    uid: int | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 class SendOnce:
     """The sends of the forms posted lately, per account."""
 
     def __init__(self) -> None:
         self._sends: OrderedDict[tuple[int, str], _Send] = OrderedDict()
+        self._kept: OrderedDict[tuple[int, str], KeptDraft] = OrderedDict()
+
+    @contextlib.asynccontextmanager
+    async def keeping(self, account_id: int, send_id: str, digest: bytes) -> AsyncIterator[KeptDraft]:
+        """The draft an earlier refused POST of form ``send_id`` with the
+        same contents (``digest``) kept its files in, held while this POST
+        keeps its own: a second POST waits here for the first, then finds
+        its draft (``uid``) rather than saving one more. Set ``uid`` to the
+        draft this POST keeps. Other contents start afresh."""
+        now = time.monotonic()
+        while self._kept and now - next(iter(self._kept.values())).at > KEEP_DRAFT_FOR:
+            self._kept.popitem(last=False)
+        if not _usable(send_id):
+            yield KeptDraft(digest, now)
+            return
+        key = (account_id, send_id)
+        entry = self._kept.get(key)
+        if entry is None:
+            entry = self._kept[key] = KeptDraft(digest, now)
+            while len(self._kept) > MAX_KEPT:
+                self._kept.popitem(last=False)
+        async with entry.lock:
+            if entry.digest != digest:
+                entry.digest, entry.uid = digest, None
+            entry.at = now
+            self._kept.move_to_end(key)
+            yield entry
 
     async def claim(self, account_id: int, send_id: str) -> Earlier | None:
         """None: this POST of form ``send_id`` sends (and must end with
