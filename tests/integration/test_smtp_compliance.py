@@ -51,3 +51,30 @@ def test_mail_and_rcpt_lines_may_exceed_512_octets_by_their_parameters(mailserve
         sock.sendall(b"Subject: long envelope\r\n\r\nhi\r\n.\r\n")
         assert f.readline().startswith(b"250 ")
     assert len(mailserver.messages("alice@example.test")) == 1
+
+
+def received_with(server: RunningServer, hello: str, mail: str) -> bytes:
+    """Send one message after ``hello`` with ``mail``; its Received field."""
+    with socket.create_connection((server.host, server.port("smtp")), timeout=10) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        sock.sendall(hello.encode() + b"\r\n")
+        while f.readline()[3:4] == b"-":
+            pass
+        for line in (mail, "RCPT TO:<alice@example.test>", "DATA"):
+            assert command(sock, f, line)[:1] in (b"2", b"3")
+        sock.sendall(b"Subject: trace\r\n\r\nhi\r\n.\r\n")
+        assert f.readline().startswith(b"250 ")
+    stored = server.messages("alice@example.test")[-1]
+    start = stored.index(b"Received: ")
+    return stored[start : stored.index(b";", start)]
+
+
+def test_received_with_names_the_protocol_the_session_used(mailserver: RunningServer) -> None:
+    """RFC 5321 4.4 and RFC 3848: "SMTP" after HELO, "ESMTP" after EHLO;
+    RFC 6531 4.3: "UTF8SMTP" for a transaction with SMTPUTF8."""
+    assert b" with SMTP id " in received_with(mailserver, "HELO client.remote.test", "MAIL FROM:<carol@remote.test>")
+    assert b" with ESMTP id " in received_with(mailserver, "EHLO client.remote.test", "MAIL FROM:<carol@remote.test>")
+    assert b" with UTF8SMTP id " in received_with(
+        mailserver, "EHLO client.remote.test", "MAIL FROM:<carolé@remote.test> SMTPUTF8"
+    )

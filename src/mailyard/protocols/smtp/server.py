@@ -223,6 +223,13 @@ class SMTPServerEngine:
         return self._state is State.CLOSED
 
     @property
+    def extended(self) -> bool:
+        """True once the client greeted with EHLO rather than HELO: the
+        session uses the service extensions (RFC 5321 2.2.1), which the
+        Received field's ``with`` clause names (ESMTP or SMTP, 4.4)."""
+        return self._extended
+
+    @property
     def extensions(self) -> list[str]:
         """The EHLO keywords this session would advertise now."""
         cfg = self.config
