@@ -78,3 +78,14 @@ def test_received_with_names_the_protocol_the_session_used(mailserver: RunningSe
     assert b" with UTF8SMTP id " in received_with(
         mailserver, "EHLO client.remote.test", "MAIL FROM:<carolé@remote.test> SMTPUTF8"
     )
+
+
+def test_mail_parameters_it_cannot_implement_get_555(mailserver: RunningServer) -> None:
+    """RFC 5321 4.1.1.11: a MAIL parameter the server does not recognise or
+    cannot implement gets 555 (4.3.2 lists no 504 for MAIL); BODY=BINARYMIME
+    needs CHUNKING (RFC 3030), which is not offered."""
+    sock, f = session(mailserver)
+    with sock:
+        assert command(sock, f, "MAIL FROM:<carol@remote.test> BODY=BINARYMIME").startswith(b"555 5.5.4")
+        assert command(sock, f, "MAIL FROM:<carol@remote.test> XFOO=1").startswith(b"555 5.5.4")
+        assert command(sock, f, "MAIL FROM:<carol@remote.test> BODY=8BITMIME").startswith(b"250 2.1.0")
