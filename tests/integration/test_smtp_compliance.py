@@ -89,3 +89,18 @@ def test_mail_parameters_it_cannot_implement_get_555(mailserver: RunningServer) 
         assert command(sock, f, "MAIL FROM:<carol@remote.test> BODY=BINARYMIME").startswith(b"555 5.5.4")
         assert command(sock, f, "MAIL FROM:<carol@remote.test> XFOO=1").startswith(b"555 5.5.4")
         assert command(sock, f, "MAIL FROM:<carol@remote.test> BODY=8BITMIME").startswith(b"250 2.1.0")
+
+
+def test_reply_lines_stay_within_512_octets_however_long_the_ehlo_name(mailserver: RunningServer) -> None:
+    """RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with its code
+    and CRLF; the EHLO reply does not echo a name that would pass that."""
+    name = "h" * (512 - len("EHLO \r\n"))
+    with socket.create_connection((mailserver.host, mailserver.port("smtp")), timeout=10) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(f"EHLO {name}\r\n".encode())
+        lines = [f.readline()]
+        while lines[-1][3:4] == b"-":
+            lines.append(f.readline())
+    assert lines[0].startswith(b"250-mx.example.test ")
+    assert max(len(line) for line in lines) <= 512

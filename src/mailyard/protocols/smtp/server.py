@@ -156,6 +156,10 @@ _HELP_TOPICS = {
     "STARTTLS": "STARTTLS",
 }
 
+# The text of a reply line: 512 octets (RFC 5321 4.5.3.1.5) less the code,
+# its separator and the CRLF.
+_MAX_REPLY_TEXT = 512 - 6
+
 # What the parameters of each extension may add to a MAIL or RCPT line
 # (``_params_room``): " SIZE=" and 20 digits (RFC 1870 3), " BODY=8BITMIME",
 # " SMTPUTF8", and the increases RFC 3461 (DSN) and RFC 4954 3 (AUTH) name.
@@ -370,7 +374,12 @@ class SMTPServerEngine:
 
     def _usual_reply(self, event: Event) -> Reply:
         if isinstance(event, HeloReceived):
-            lines = [f"{self.config.hostname} Hello {event.name}"]
+            greeting = f"{self.config.hostname} Hello {event.name}"
+            if len(greeting.encode()) > _MAX_REPLY_TEXT:
+                # RFC 5321 4.5.3.1.5: a reply line is at most 512 octets; a
+                # client's over-long name is not echoed.
+                greeting = f"{self.config.hostname} Hello"
+            lines = [greeting]
             # RFC 5321 4.1.1.1: the EHLO reply carries keywords, no status codes.
             return Reply(250, None, [*lines, *self.extensions] if event.extended else lines)
         if isinstance(event, AuthReceived | AuthResponse):
