@@ -166,7 +166,7 @@ def test_rcpt_dsn_params():
         (b"MAIL FROM:<a@example.org> FOO=1", b"555 5.5.4 Unsupported parameter FOO\r\n"),
         (
             b"MAIL FROM:<a@example.org> BODY=BINARYMIME",
-            b"504 5.5.4 BODY=BINARYMIME not supported\r\n",
+            b"555 5.5.4 BODY=BINARYMIME not supported\r\n",
         ),
         (b"MAIL FROM:<a@example.org> BODY=9BIT", b"501 5.5.4 Bad BODY value\r\n"),
         (b"MAIL FROM:<a@example.org> SIZE=abc", b"501 5.5.4 Bad SIZE value\r\n"),

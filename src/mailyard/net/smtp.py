@@ -629,8 +629,10 @@ class SMTPSession(SessionProtocol):
                     onward.append(NewRecipient(addr, rcpt.notify if rcpt else None, rcpt.orcpt if rcpt else None))
         queue_id = new_msgid()
         trace = Trace(
-            # RFC 3848: ESMTP + S (TLS) + A (authenticated)
-            protocol=with_protocol(tls=self.tls, auth=self.account is not None),
+            # RFC 3848: SMTP after HELO, ESMTP after EHLO, + S (TLS) + A
+            # (authenticated); UTF8SMTP for an SMTPUTF8 transaction (RFC 6531 4.3)
+            protocol=with_protocol(esmtp=self.engine.extended, tls=self.tls, auth=self.account is not None,
+                                   utf8=event.mail is not None and event.mail.smtputf8),
             helo=self.helo,
             ip=self.peer_ip,
             id=queue_id,

@@ -10,7 +10,8 @@ RCPT: NOTIFY and ORCPT (RFC 3461 4.1, 4.2).
 * Unknown keyword, or one we did not advertise -> 555 5.5.4 (RFC 5321
   4.1.1.11: "does not recognize or cannot implement").
 * Malformed parameter list, bad value, repeated keyword -> 501 5.5.4.
-* A value we recognise but do not support (BODY=BINARYMIME) -> 504 5.5.4.
+* A value we recognise but cannot implement (BODY=BINARYMIME) -> 555 5.5.4
+  (4.1.1.11 again; 4.3.2 lists no 504 among MAIL's replies).
 * SIZE above the limit -> 552 5.3.4 (RFC 1870 6.1).
 """
 
@@ -148,8 +149,10 @@ def interpret_mail_params(
             if kind in ("7BIT", "8BITMIME"):
                 body = kind
             elif kind == "BINARYMIME":
-                # RFC 3030 needs BDAT/CHUNKING, which we do not offer.
-                raise ParamError(Reply(504, "5.5.4", "BODY=BINARYMIME not supported"))
+                # RFC 3030 needs BDAT/CHUNKING, which we do not offer: a
+                # parameter we cannot implement, 555 (RFC 5321 4.1.1.11;
+                # 4.3.2 lists no 504 for MAIL).
+                raise ParamError(Reply(555, "5.5.4", "BODY=BINARYMIME not supported"))
             else:
                 raise _syntax("Bad BODY value")  # RFC 6152 3
         elif key == "SMTPUTF8" and smtputf8_enabled:

@@ -97,7 +97,7 @@ class ServerConfig:
     hostname: str = "localhost"
     max_message_size: int = 25 * 1024 * 1024  # 0 = no limit (RFC 1870 "SIZE 0")
     max_recipients: int = 100  # RFC 5321 4.5.3.1.8: at least 100
-    max_command_line: int = 512  # RFC 5321 4.5.3.1.4, octets incl. CRLF
+    max_command_line: int = 512  # RFC 5321 4.5.3.1.4, octets incl. CRLF (MAIL/RCPT: more, _params_room)
     max_auth_line: int = 12288  # RFC 4954 4: AUTH lines may be this long
     max_text_line: int = 1000  # RFC 5321 4.5.3.1.6, octets incl. CRLF
     vrfy_enabled: bool = False
@@ -156,6 +156,20 @@ _HELP_TOPICS = {
     "STARTTLS": "STARTTLS",
 }
 
+# The text of a reply line: 512 octets (RFC 5321 4.5.3.1.5) less the code,
+# its separator and the CRLF.
+_MAX_REPLY_TEXT = 512 - 6
+
+# What the parameters of each extension may add to a MAIL or RCPT line
+# (``_params_room``): " SIZE=" and 20 digits (RFC 1870 3), " BODY=8BITMIME",
+# " SMTPUTF8", and the increases RFC 3461 (DSN) and RFC 4954 3 (AUTH) name.
+_SIZE_ROOM = 26
+_BODY_ROOM = len(" BODY=8BITMIME")
+_SMTPUTF8_ROOM = len(" SMTPUTF8")
+_DSN_MAIL_ROOM = 100
+_DSN_RCPT_ROOM = 500
+_AUTH_MAIL_ROOM = 500
+
 # What reading one unit of input gave: an event, True (progress made: a
 # reply was written or a line discarded), None (more bytes needed).
 _Step = Event | bool | None
@@ -211,6 +225,13 @@ class SMTPServerEngine:
     def closed(self) -> bool:
         """True once the session ended (QUIT, 421, EOF)."""
         return self._state is State.CLOSED
+
+    @property
+    def extended(self) -> bool:
+        """True once the client greeted with EHLO rather than HELO: the
+        session uses the service extensions (RFC 5321 2.2.1), which the
+        Received field's ``with`` clause names (ESMTP or SMTP, 4.4)."""
+        return self._extended
 
     @property
     def extensions(self) -> list[str]:
@@ -353,7 +374,12 @@ class SMTPServerEngine:
 
     def _usual_reply(self, event: Event) -> Reply:
         if isinstance(event, HeloReceived):
-            lines = [f"{self.config.hostname} Hello {event.name}"]
+            greeting = f"{self.config.hostname} Hello {event.name}"
+            if len(greeting.encode()) > _MAX_REPLY_TEXT:
+                # RFC 5321 4.5.3.1.5: a reply line is at most 512 octets; a
+                # client's over-long name is not echoed.
+                greeting = f"{self.config.hostname} Hello"
+            lines = [greeting]
             # RFC 5321 4.1.1.1: the EHLO reply carries keywords, no status codes.
             return Reply(250, None, [*lines, *self.extensions] if event.extended else lines)
         if isinstance(event, AuthReceived | AuthResponse):
@@ -462,9 +488,33 @@ class SMTPServerEngine:
             self._state = nxt
 
     def _line_limit(self) -> int:
-        if self._state is State.AUTH or self._inbuf[:5].upper() == b"AUTH ":
-            return max(self.config.max_auth_line, self.config.max_command_line)
-        return self.config.max_command_line
+        cfg = self.config
+        if self._state is State.AUTH:
+            return max(cfg.max_auth_line, cfg.max_command_line)
+        verb = bytes(self._inbuf[:5]).upper()
+        if verb == b"AUTH ":
+            return max(cfg.max_auth_line, cfg.max_command_line)
+        if self._extended and verb in (b"MAIL ", b"RCPT "):
+            return cfg.max_command_line + self._params_room(verb == b"MAIL ")
+        return cfg.max_command_line
+
+    def _params_room(self, mail: bool) -> int:
+        """Octets the parameters of the extensions offered may add to a MAIL
+        or RCPT line: RFC 5321 4.5.3.1.4 lets extensions raise the 512-octet
+        limit, and a client may use all of it. MAIL: SIZE 26 (RFC 1870 3),
+        BODY=8BITMIME and SMTPUTF8 their own length, RET and ENVID 100 (RFC
+        3461), AUTH= 500 (RFC 4954 3). RCPT: NOTIFY and ORCPT 500 (RFC 3461)."""
+        cfg = self.config
+        if not mail:
+            return _DSN_RCPT_ROOM if cfg.dsn else 0
+        room = _SIZE_ROOM + _BODY_ROOM
+        if cfg.smtputf8:
+            room += _SMTPUTF8_ROOM
+        if cfg.dsn:
+            room += _DSN_MAIL_ROOM
+        if self._auth_mechanisms() is not None:
+            room += _AUTH_MAIL_ROOM
+        return room
 
     def _step_command(self) -> _Step:
         buf = self._inbuf
