@@ -33,7 +33,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-import mailyard.store.postgresql.store as pg_store
+import mailyard.store.postgresql.validity as pg_validity
 from mailyard.config import Config
 from mailyard.net import revocations
 from mailyard.net.pop3 import service_for
@@ -669,7 +669,7 @@ def test_select_writes_no_hold_while_nothing_is_held_and_expunges_are_still_kept
 @pytest.fixture
 def quick_marker_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Nodes look at their liveness connection every 0.2 s (default 5 s)."""
-    monkeypatch.setattr(pg_store, "MARKER_CHECK", 0.2, raising=False)
+    monkeypatch.setattr(pg_validity, "MARKER_CHECK", 0.2, raising=False)
 
 
 def test_a_node_whose_liveness_connection_was_ended_publishes_its_holds_again(

@@ -772,7 +772,7 @@ def test_a_held_send_whose_commit_answer_is_lost_is_not_sent_again(
         mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """The store applies the submission's commit but its answer is lost
     (StoreUnavailable after the write, as a COMMIT pipelined with its
-    statements can be, store/postgresql/store.py): the message may have
+    statements can be, store/postgresql/core.py): the message may have
     gone, so it is never submitted again. One copy; the page says it may
     not have gone; the draft stays in Drafts."""
     import mailyard.web.undo as undo

@@ -200,7 +200,7 @@ async def test_due_queue_entries_are_claimed_by_one_node(two_stores: TwoStores) 
     entry once; an entry whose node died (no outcome recorded) is due again
     for another node once the claim runs out."""
     from mailyard.store.api import PENDING, NewQueueEntry, NewRecipient
-    from mailyard.store.postgresql.store import QUEUE_LEASE
+    from mailyard.store.postgresql.queue import QUEUE_LEASE
 
     a, b, _ = two_stores
     ids = []
@@ -234,7 +234,7 @@ async def test_a_node_keeps_its_claims_on_the_recipients_it_holds(two_stores: Tw
     its own past the lease's first term; another node takes only those it
     let go."""
     from mailyard.store.api import NewQueueEntry, NewRecipient
-    from mailyard.store.postgresql.store import QUEUE_LEASE
+    from mailyard.store.postgresql.queue import QUEUE_LEASE
 
     a, b, _ = two_stores
     ids = []
@@ -428,7 +428,7 @@ async def test_credentials_are_answered_while_revocations_keep_coming(pg_cluster
     nodes changing passwords faster than this one reads) do not keep a
     credentials check reading: it is answered from its VALIDITY_REREADS-th
     read, whose answer is not kept."""
-    from mailyard.store.postgresql import store as pg_store
+    from mailyard.store.postgresql import validity
 
     dsn = pg_cluster.new_dsn()
     a = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "a")
@@ -450,7 +450,7 @@ async def test_credentials_are_answered_while_revocations_keep_coming(pg_cluster
         a._q1 = revoked_meanwhile  # type: ignore[method-assign]
         assert await a.credentials_current(alice.id, 0) is True
         assert reads < 100, "the check read on while revocations came"
-        assert reads == pg_store.VALIDITY_REREADS
+        assert reads == validity.VALIDITY_REREADS
         assert a.credentials_known(alice.id, 0) is None
     finally:
         await a.close()
@@ -463,7 +463,7 @@ async def test_a_check_after_a_revocation_does_not_share_a_read_begun_before_it(
     node hears of it; a check that asks then (an IDLE session whose
     revocation mark is past that change, or a command) must not be answered
     by the read that began before the change: it reads again, and is refused."""
-    from mailyard.store.postgresql import store as pg_store
+    from mailyard.store.postgresql import validity
 
     a, b, _ = two_stores
     await b.add_domain("example.test")
@@ -476,9 +476,9 @@ async def test_a_check_after_a_revocation_does_not_share_a_read_begun_before_it(
     async def revoked_meanwhile(sql: str, args: tuple = ()) -> tuple | None:
         nonlocal reads
         row = await real(sql, args)
-        if "FROM accounts" in sql and reads < pg_store.VALIDITY_REREADS:
+        if "FROM accounts" in sql and reads < validity.VALIDITY_REREADS:
             reads += 1
-            if reads < pg_store.VALIDITY_REREADS:
+            if reads < validity.VALIDITY_REREADS:
                 a._forget()  # a note of a revocation came during the read
             else:  # the last read of the first check: alice's password changes
                 forgotten = a._forgotten
@@ -491,7 +491,7 @@ async def test_a_check_after_a_revocation_does_not_share_a_read_begun_before_it(
 
     a._q1 = revoked_meanwhile  # type: ignore[method-assign]
     first = await a.credentials_current(alice.id, 0)
-    assert reads == pg_store.VALIDITY_REREADS
+    assert reads == validity.VALIDITY_REREADS
     assert first is True  # (read before the change, as a check that ended just before it)
     assert len(later) == 1
     assert await later[0] is False, "a check after the revocation got the answer of a read begun before it"
@@ -546,7 +546,7 @@ async def test_a_republish_that_fails_feeds_no_reconnect_loop(pg_cluster: PgClus
     republish after the reopen must not open it again and again."""
     import psycopg
 
-    from mailyard.store.postgresql import store as pg_store
+    from mailyard.store.postgresql import messages
 
     dsn = pg_cluster.new_dsn()
     b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
@@ -560,7 +560,7 @@ async def test_a_republish_that_fails_feeds_no_reconnect_loop(pg_cluster: PgClus
             await admin.execute(
                 "CREATE FUNCTION full4(a bigint, b text, c bigint, d bigint) RETURNS int LANGUAGE plpgsql"
                 " AS $$ BEGIN RAISE EXCEPTION 'full' USING ERRCODE = 'disk_full'; END $$")
-            monkeypatch.setattr(pg_store, "_PUBLISH_HOLD",
+            monkeypatch.setattr(messages, "_PUBLISH_HOLD",
                                 "SELECT full4(%s::bigint, %s::text, %s::bigint, %s::bigint)")
             await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
                                 (f"mailyard-{b.node}",))
@@ -592,9 +592,9 @@ async def test_the_liveness_check_goes_on_after_a_reopen_that_failed(pg_cluster:
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import psycopg
 
-    from mailyard.store.postgresql import store as pg_store
+    from mailyard.store.postgresql import validity
 
-    monkeypatch.setattr(pg_store, "MARKER_CHECK", 0.1)
+    monkeypatch.setattr(validity, "MARKER_CHECK", 0.1)
     dsn = pg_cluster.new_dsn()
     b = PostgreSQLStore(dsn, StoreConfig(), data_dir=tmp_path / "b")
     try:
@@ -609,7 +609,7 @@ async def test_the_liveness_check_goes_on_after_a_reopen_that_failed(pg_cluster:
                 raise psycopg.OperationalError("the database is down")
             return real(*args, **kwargs)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(pg_store.psycopg, "connect", connect)
+        monkeypatch.setattr(validity.psycopg, "connect", connect)
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
             await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
                                 (f"mailyard-{b.node}",))

@@ -1,5 +1,5 @@
 """The PostgreSQL store decodes a big mailbox's whole listings off the event
-loop (store/postgresql/store.py ``LIST_INLINE``, the listing lane): the
+loop (store/postgresql/transaction.py ``LIST_INLINE``, the listing lane): the
 message list, SELECT's summary, the changes since a mod-sequence. The
 threshold is lowered here and the decoding of one row slowed, so decoding
 that holds the event loop holds it for a measurable time whatever the
@@ -18,8 +18,7 @@ import pytest
 
 from mailyard.config import StoreConfig
 from mailyard.store.api import AppendItem, Mailbox
-from mailyard.store.postgresql import PostgreSQLStore
-from mailyard.store.postgresql import store as pg_store
+from mailyard.store.postgresql import PostgreSQLStore, transaction
 from tests.pgcluster import PgCluster
 from tests.waiting import LoopTicks
 
@@ -62,7 +61,7 @@ async def _off_the_loop(monkeypatch: pytest.MonkeyPatch, name: str, read: Callab
     """``read()`` with the store's ``name`` (a decoding step) slowed: the
     event loop must keep turning while it runs."""
     started = threading.Event()
-    monkeypatch.setattr(pg_store, name, _slowed(started, getattr(pg_store, name)))
+    monkeypatch.setattr(transaction, name, _slowed(started, getattr(transaction, name)))
     async with LoopTicks() as ticks:
         result = await read()
     monkeypatch.undo()
@@ -85,7 +84,7 @@ async def test_a_big_message_list_is_decoded_off_the_event_loop(store: PostgreSQ
     inbox = await _big_inbox(store)
     in_place = await store.list_messages(inbox)
     assert len(in_place) == MESSAGES - 2
-    monkeypatch.setattr(pg_store, "LIST_INLINE", 5, raising=False)
+    monkeypatch.setattr(transaction, "LIST_INLINE", 5, raising=False)
     listed = await _off_the_loop(monkeypatch, "message_row", lambda: store.list_messages(inbox))
     assert listed == in_place
 
@@ -96,7 +95,7 @@ async def test_a_big_select_summary_is_decoded_off_the_event_loop(store: Postgre
     in_place = await store.mailbox_summary(inbox)
     assert in_place.first_unseen == in_place.uids[10]
     assert in_place.keywords == {"$Work"}
-    monkeypatch.setattr(pg_store, "LIST_INLINE", 5, raising=False)
+    monkeypatch.setattr(transaction, "LIST_INLINE", 5, raising=False)
     summary = await _off_the_loop(monkeypatch, "flags_set", lambda: store.mailbox_summary(inbox))
     assert summary == in_place
 
@@ -106,11 +105,11 @@ async def test_many_changes_are_decoded_off_the_event_loop(store: PostgreSQLStor
     inbox = await _big_inbox(store)
     in_place = await store.changes_since(inbox, 0)
     assert len(in_place.changed) == MESSAGES - 2 and len(in_place.vanished) == 2
-    monkeypatch.setattr(pg_store, "LIST_INLINE", 5, raising=False)
+    monkeypatch.setattr(transaction, "LIST_INLINE", 5, raising=False)
     changes = await _off_the_loop(monkeypatch, "message_row", lambda: store.changes_since(inbox, 0))
     assert changes == in_place
     # the expunged UIDs alone past the threshold: decoded on the lane too
-    monkeypatch.setattr(pg_store, "LIST_INLINE", 1, raising=False)
+    monkeypatch.setattr(transaction, "LIST_INLINE", 1, raising=False)
     top = in_place.highest_modseq
     assert (await store.changes_since(inbox, top)).vanished == []
     assert (await store.changes_since(inbox, 0)).vanished == in_place.vanished
@@ -123,9 +122,9 @@ async def test_many_thread_keys_are_decoded_off_the_event_loop(store: PostgreSQL
     uids = (await store.mailbox_summary(inbox)).uids
     in_place = await store.thread_keys(inbox, uids)
     assert len(in_place) == MESSAGES - 2
-    monkeypatch.setattr(pg_store, "LIST_INLINE", 5, raising=False)
-    # ``bool``, as the store's module sees it: each row's refwd column goes through it
-    monkeypatch.setattr(pg_store, "bool", bool, raising=False)
+    monkeypatch.setattr(transaction, "LIST_INLINE", 5, raising=False)
+    # ``bool``, as transaction.py (``_thread_keys``) sees it: each row's refwd column goes through it
+    monkeypatch.setattr(transaction, "bool", bool, raising=False)
     keys = await _off_the_loop(monkeypatch, "bool", lambda: store.thread_keys(inbox, uids))
     assert keys == in_place
 
@@ -141,7 +140,7 @@ async def test_a_listing_decoded_after_the_store_closed_is_a_store_error(
 
     store = PostgreSQLStore(pg_cluster.new_dsn(), StoreConfig(), data_dir=tmp_path)
     inbox = await _big_inbox(store)
-    monkeypatch.setattr(pg_store, "LIST_INLINE", 5)
+    monkeypatch.setattr(transaction, "LIST_INLINE", 5)
     await store.list_messages(inbox)  # the lane exists
     gate, fetched = asyncio.Event(), asyncio.Event()
     decoded = PostgreSQLStore._decoded

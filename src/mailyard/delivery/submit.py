@@ -692,7 +692,7 @@ async def submit_message(
     returned acceptance. It does not prove that nothing was accepted: a
     ``StoreError`` (``StoreUnavailable``) may come from a commit the store
     applied but could not confirm (the PostgreSQL store sends COMMIT with
-    the statements, store/postgresql/store.py), and a copy a recipient's
+    the statements, store/postgresql/core.py), and a copy a recipient's
     Sieve script edited is stored after the others' commit. A caller must
     not submit the message again on its own (web/undo.py leaves it in
     Drafts and says it may have gone).

@@ -17,7 +17,24 @@ listeners (IMAP IDLE) for writes of the other nodes, and forwards the other
 kinds of note (directory, queue, revocations) to the peers channel's
 handlers. The driver is psycopg 3 with its async pool: no thread per call.
 
-The module layout: schema.py (the migrations), this module (the store).
+``PostgreSQLStore`` (store.py) is one mixin per aggregate on a shared core,
+as the SQLite store:
+
+- core.py: the connection pool, the write transaction, change notification
+  (LISTEN/NOTIFY), advisory locks across nodes;
+- validity.py: the checks of session references (credentials, mailboxes),
+  and the connection that marks this store alive to the other nodes;
+- transaction.py: what a write's transaction carries and the helpers run
+  inside one; the rows of big reads, decoded on the listing lane;
+- schema.py: the migrations;
+- directory.py: domains, accounts, quotas, sender grants, webmail sessions,
+  account settings, aliases and lists;
+- contacts.py: the address book and the addresses written to and received from;
+- mailboxes.py: mailboxes, subscriptions, \\Recent, status;
+- messages.py: messages, flags, UIDs, expunge, copy, changes; the expunged
+  rows held for the sessions of any node;
+- search.py: derived data, header and text search, SORT and THREAD keys;
+- queue.py: the outbound queue.
 """
 
 from __future__ import annotations
