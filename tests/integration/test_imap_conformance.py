@@ -123,3 +123,24 @@ def test_rev2_select_lists_the_mailbox_with_accurate_attributes_rfc9051_6_3_2(ma
         assert out[-2:] == [listed, b"a4 OK [READ-WRITE] SELECT completed\r\n"]
         out = say(b"a5 EXAMINE Sent/2026", b"a5")
         assert out[-2:] == [b'* LIST (\\HasNoChildren) "/" "Sent/2026"\r\n', b"a5 OK [READ-ONLY] EXAMINE completed\r\n"]
+
+
+def test_condstore_fetch_flags_come_with_modseq_rfc7162_3_1(mailserver: RunningServer) -> None:
+    """Once CONDSTORE is on, FLAGS in an untagged FETCH come with MODSEQ
+    (RFC 7162 3.1: "mod-sequence data in all subsequent untagged FETCH
+    responses"): those a FETCH asks for, and those of the \\Seen a BODY[]
+    sets (RFC 9051 6.4.5), which another client's cache must not miss."""
+    s, say = _login_raw(mailserver)
+    with s:
+        _append(say, 1)
+        assert say(b"a1 ENABLE CONDSTORE", b"a1")[-1].startswith(b"a1 OK")
+        assert say(b"a2 SELECT INBOX", b"a2")[-1].startswith(b"a2 OK")
+        assert say(b"a3 FETCH 1 (FLAGS)", b"a3") == [
+            b"* 1 FETCH (FLAGS (\\Recent) MODSEQ (2))\r\n", b"a3 OK FETCH completed\r\n"]
+        out = say(b"a4 FETCH 1 (BODY[TEXT])", b"a4")
+        assert out[0] == b"* 1 FETCH (BODY[TEXT] {6}\r\n"
+        assert out[1:] == [b"body\r\n", b" FLAGS (\\Seen \\Recent) MODSEQ (3))\r\n", b"a4 OK FETCH completed\r\n"]
+        assert say(b"a5 UID FETCH 1 (FLAGS)", b"a5") == [
+            b"* 1 FETCH (UID 1 FLAGS (\\Seen \\Recent) MODSEQ (3))\r\n", b"a5 OK UID FETCH completed\r\n"]
+        # without FLAGS, nothing is added
+        assert say(b"a6 FETCH 1 (UID)", b"a6") == [b"* 1 FETCH (UID 1)\r\n", b"a6 OK FETCH completed\r\n"]

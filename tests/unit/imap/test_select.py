@@ -153,7 +153,7 @@ def test_other_sessions_changes_are_announced_rfc9051_5_2() -> None:
     b.expect("y1 NOOP", "* 4 EXISTS", "* 1 RECENT", "* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ (4))",
              "y1 OK NOOP completed")
     a.expect("x2 NOOP", "* 4 EXISTS", "* 3 RECENT", "x2 OK NOOP completed")
-    b.expect("y2 FETCH 4 (FLAGS)", "* 4 FETCH (FLAGS (\\Recent))", "y2 OK FETCH completed")
+    b.expect("y2 FETCH 4 (FLAGS)", "* 4 FETCH (FLAGS (\\Recent) MODSEQ (5))", "y2 OK FETCH completed")  # RFC 7162 3.1
     a.expect("x3 FETCH 4 (FLAGS)", "* 4 FETCH (FLAGS ())", "x3 OK FETCH completed")
 
 

@@ -103,7 +103,7 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     pairs = _resolved(s, sel, cmd.sequence_set, cmd.uid)
     if pairs is None:
         return
-    p = plan(cmd.atts, cmd.uid, cmd.changed_since is not None)
+    p = plan(cmd.atts, cmd.uid, cmd.changed_since is not None, sel.condstore)
     if cmd.vanished and (not cmd.uid or cmd.changed_since is None or "QRESYNC" not in s.engine.enabled):
         s.engine.complete("BAD", "VANISHED needs UID FETCH with CHANGEDSINCE and QRESYNC")
         return
