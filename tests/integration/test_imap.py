@@ -324,7 +324,7 @@ def test_rfc9051_example_exchanges(mailserver: RunningServer) -> None:
         out = say(b"A142 SELECT INBOX", b"A142")
         assert out[0] == b"* 1 EXISTS\r\n"
         assert out[1] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
-        assert out[-2] == b'* LIST () "/" "INBOX"\r\n'
+        assert out[-2] == b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n'
         assert out[-1] == b"A142 OK [READ-WRITE] SELECT completed\r\n"
         # 6.4.6 STORE
         assert say(b"A003 STORE 1 +FLAGS (\\Deleted)", b"A003") == [

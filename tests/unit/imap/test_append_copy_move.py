@@ -109,7 +109,8 @@ def test_move_rfc6851_4_3() -> None:
 
 def test_move_with_qresync_is_vanished() -> None:
     c = connect(enable="QRESYNC", select="INBOX")
-    c.expect("a1 MOVE 1,3 Trash", "* OK [COPYUID 4 1,3 1:2] Moved", "* VANISHED 1,3", "a1 OK MOVE completed")
+    c.expect("a1 MOVE 1,3 Trash", "* OK [COPYUID 4 1,3 1:2] Moved", "* VANISHED 1,3",
+             "a1 OK [HIGHESTMODSEQ 4] MOVE completed")  # RFC 6851 4.4
 
 
 def test_move_from_a_read_only_mailbox() -> None:

@@ -155,7 +155,7 @@ def test_modseq_and_changedsince_rfc7162_3_1_4() -> None:
 def test_vanished_earlier_rfc7162_3_2_6() -> None:
     c = connect(enable="QRESYNC", select="INBOX")
     c.untagged("a1 STORE 1 +FLAGS.SILENT (\\Deleted)")
-    c.expect("a2 EXPUNGE", "* VANISHED 1", "a2 OK EXPUNGE completed")
+    c.expect("a2 EXPUNGE", "* VANISHED 1", "a2 OK [HIGHESTMODSEQ 5] EXPUNGE completed")  # RFC 7162 3.2.7
     c.expect("a3 FETCH 1 (FLAGS) (CHANGEDSINCE 1 VANISHED)",
              "a3 BAD VANISHED needs UID FETCH with CHANGEDSINCE and QRESYNC")
     c.expect("a4 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 4 VANISHED)", "* VANISHED (EARLIER) 1",

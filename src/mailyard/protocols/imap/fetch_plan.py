@@ -195,7 +195,7 @@ class FetchPlan:
     __slots__ = ("atts", "condstore", "field_names", "field_sections", "fields", "line_format", "need_offsets",
                  "need_raw", "sets_seen", "sized", "with_flags", "work")
 
-    def __init__(self, atts: list[c.FetchAtt], condstore: bool) -> None:
+    def __init__(self, atts: list[c.FetchAtt], condstore: bool, condstore_on: bool = False) -> None:
         self.atts = tuple(atts)
         self.condstore = condstore  # RFC 7162 3.1: a CONDSTORE-enabling FETCH
         names = {a.name for a in atts}
@@ -239,7 +239,14 @@ class FetchPlan:
         else:
             self.work = 2.0 + sum(map(_item_work, atts))
         # the same list plus FLAGS, for a FETCH that set \Seen implicitly
-        self.with_flags = self if "FLAGS" in names else FetchPlan([*atts, c.FetchAtt("FLAGS")], condstore)
+        # (and MODSEQ with them once CONDSTORE is on: plan())
+        if "FLAGS" in names:
+            self.with_flags = self
+        else:
+            more = [c.FetchAtt("FLAGS")]
+            if condstore_on and "MODSEQ" not in names:
+                more.append(c.FetchAtt("MODSEQ"))
+            self.with_flags = FetchPlan([*atts, *more], condstore, condstore_on)
 
 
 def _item_work(a: c.FetchAtt) -> float:
@@ -252,13 +259,15 @@ def _item_work(a: c.FetchAtt) -> float:
     return _ITEM_WORK.get(a.name, 1.0)
 
 
-_PLANS: dict[tuple[tuple[c.FetchAtt, ...], bool, bool], FetchPlan] = {}
+_PLANS: dict[tuple[tuple[c.FetchAtt, ...], bool, bool, bool], FetchPlan] = {}
 
 
-def plan(atts: tuple[c.FetchAtt, ...], uid: bool, changed_since: bool) -> FetchPlan:
+def plan(atts: tuple[c.FetchAtt, ...], uid: bool, changed_since: bool, condstore_on: bool = False) -> FetchPlan:
     """The plan of a FETCH (cached for short attribute lists: bounded memory,
-    so a client cannot fill it with 16 MiB of HEADER.FIELDS lists)."""
-    key = (atts, uid, changed_since)
+    so a client cannot fill it with 16 MiB of HEADER.FIELDS lists).
+    ``condstore_on``: the session is CONDSTORE-aware, so FLAGS come with
+    MODSEQ (RFC 7162 3.1: mod-sequence data in every untagged FETCH)."""
+    key = (atts, uid, changed_since, condstore_on)
     p = _PLANS.get(key)
     if p is None:
         full = list(atts)
@@ -266,9 +275,9 @@ def plan(atts: tuple[c.FetchAtt, ...], uid: bool, changed_since: bool) -> FetchP
         if uid and "UID" not in names:
             full.insert(0, c.FetchAtt("UID"))  # RFC 9051 6.4.9: UID FETCH always returns UID
         condstore = changed_since or "MODSEQ" in names  # RFC 7162 3.1: CONDSTORE-enabling
-        if condstore and "MODSEQ" not in names:
+        if (condstore or (condstore_on and "FLAGS" in names)) and "MODSEQ" not in names:
             full.append(c.FetchAtt("MODSEQ"))
-        p = FetchPlan(full, condstore)
+        p = FetchPlan(full, condstore, condstore_on)
         if len(atts) + sum(len(a.section.fields) for a in atts if a.section) <= 32:
             if len(_PLANS) >= 256:
                 _PLANS.clear()

@@ -29,6 +29,7 @@ from ..flags import flags_from_client, flags_reporter, session_flags
 from ..response import Atom, Raw, format_uid_list_ordered, format_uid_set
 from ..search import partial_slice
 from ..selected import SequenceError
+from .selection import highest_modseq_code
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -102,7 +103,7 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
     pairs = _resolved(s, sel, cmd.sequence_set, cmd.uid)
     if pairs is None:
         return
-    p = plan(cmd.atts, cmd.uid, cmd.changed_since is not None)
+    p = plan(cmd.atts, cmd.uid, cmd.changed_since is not None, sel.condstore)
     if cmd.vanished and (not cmd.uid or cmd.changed_since is None or "QRESYNC" not in s.engine.enabled):
         s.engine.complete("BAD", "VANISHED needs UID FETCH with CHANGEDSINCE and QRESYNC")
         return
@@ -118,7 +119,11 @@ async def cmd_fetch(s: ImapSession, cmd: c.Fetch) -> None:
         if cmd.vanished:
             # RFC 7162 3.2.6: VANISHED (EARLIER) for expunged UIDs in the set
             ch = await b.changes_since(sel.mailbox, cmd.changed_since)
-            gone = [u for u in ch.vanished if cmd.sequence_set.contains(u, sel.view.max_uid)]
+            # (RFC 7162 3.2.10.1: messages no longer in the mailbox; one still
+            # in this session's view is announced by VANISHED without
+            # EARLIER, at the end of this UID FETCH, after its FETCH if any)
+            gone = [u for u in ch.vanished
+                    if sel.view.seq_of(u) is None and cmd.sequence_set.contains(u, sel.view.max_uid)]
             if gone:
                 s.engine.untagged(Atom("VANISHED"), [Atom("EARLIER")], Atom(format_uid_set(gone)))
     if cmd.partial is not None:
@@ -379,8 +384,11 @@ async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
             items += [Atom("UID"), uid]
         if not cmd.silent:
             items += [Atom("FLAGS"), Raw(session_flags(m, recent))]
-        if sel.condstore and uid in by_uid:
-            items += [Atom("MODSEQ"), [m.modseq]]  # RFC 7162 3.1.3: even with .SILENT
+        if sel.condstore:
+            # RFC 7162 3.1.3: a changed message's even with .SILENT; RFC 7162
+            # 3.1: every untagged FETCH once CONDSTORE is on, so also that of
+            # a message the STORE left as it was
+            items += [Atom("MODSEQ"), [m.modseq]]
         if items and (not cmd.silent or uid in by_uid and sel.condstore):
             s.engine.untagged(seq, Atom("FETCH"), items)
     code = None
@@ -431,7 +439,8 @@ async def cmd_copy(s: ImapSession, cmd: c.Copy) -> None:
         if code:
             s.engine.untagged_status("OK", "Moved", code)
         await sel.announce_expunge(s.engine, [a for a, _ in moved], s.turn)
-        await s.finish("OK", f"{'UID ' if cmd.uid else ''}MOVE completed")
+        code = await highest_modseq_code(s) if moved else None
+        await s.finish("OK", f"{'UID ' if cmd.uid else ''}MOVE completed", code)
         return
     await s.finish("OK", f"{'UID ' if cmd.uid else ''}COPY completed", code, allow_expunge=cmd.uid)
 

@@ -9,6 +9,7 @@ from .. import commands as c
 from .. import objectid
 from ..response import Atom, Mailbox, flag_list, format_uid_set
 from ..selected import SelectedMailbox, message_map
+from .mailboxes import mailbox_attributes
 
 if TYPE_CHECKING:
     from ..backend import ImapBackend
@@ -78,8 +79,9 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
     if condstore:
         eng.untagged_status("OK", "Highest", f"HIGHESTMODSEQ {highest}")
     if eng.rev2:
-        # RFC 9051 6.3.2: the LIST response gives the mailbox name's canonical form
-        eng.untagged(Atom("LIST"), [], "/", Mailbox(box.name))
+        # RFC 9051 6.3.2: the LIST response gives the mailbox name's canonical
+        # form, and its attributes "MUST be accurate": those LIST gives it
+        eng.untagged(Atom("LIST"), await mailbox_attributes(b, box), "/", Mailbox(box.name))
     if cmd.qresync is not None and cmd.qresync.uid_validity == box.uid_validity:
         await _qresync(s, cmd.qresync)
     code = "READ-ONLY" if cmd.readonly else "READ-WRITE"
@@ -140,7 +142,21 @@ async def cmd_expunge(s: ImapSession, cmd: c.Command) -> None:
         doomed = sorted(u for u, m in infos.items() if "\\Deleted" in m.flags and seq_of(u) is not None)
     removed = await b.expunge(sel.mailbox, doomed) if doomed else []
     await sel.announce_expunge(s.engine, removed, s.turn)
-    await s.finish("OK", f"{'UID ' if cmd.uid else ''}EXPUNGE completed")
+    code = await highest_modseq_code(s) if removed else None
+    await s.finish("OK", f"{'UID ' if cmd.uid else ''}EXPUNGE completed", code)
+
+
+async def highest_modseq_code(s: ImapSession) -> str | None:
+    """The HIGHESTMODSEQ response code for the tagged OK of a command that
+    removed messages from the selected mailbox (EXPUNGE, UID EXPUNGE: RFC
+    7162 3.2.7, 3.2.9; MOVE: RFC 6851 4.4) when QRESYNC is enabled: the
+    mod-sequence this session has announced every change up to, so the
+    sync (the removal's own change among them) comes first."""
+    if "QRESYNC" not in s.engine.enabled or s.sel is None:
+        return None
+    sel = s.sel
+    await s.sync(True)
+    return f"HIGHESTMODSEQ {sel.known_modseq}"
 
 
 def _saved(s: ImapSession, seqset: c.SequenceSet) -> c.SequenceSet:
