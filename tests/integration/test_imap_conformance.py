@@ -8,13 +8,11 @@ from __future__ import annotations
 import re
 
 from tests.conftest import RunningServer
-from tests.integration.test_imap import _login_raw
+from tests.integration.test_imap import _append_raw, _login_raw
 
 
 def _append(say, n: int, box: bytes = b"INBOX") -> None:
-    msg = b"From: a@b.test\r\nSubject: m%d\r\n\r\nbody\r\n" % n
-    out = say(b"ap APPEND " + box + b" {%d+}\r\n" % len(msg) + msg, b"ap")
-    assert out[-1].startswith(b"ap OK"), out
+    _append_raw(say, box, b"From: a@b.test\r\nSubject: m%d\r\n\r\nbody\r\n" % n)
 
 
 def test_condstore_store_reports_modseq_of_a_message_it_left_unchanged_rfc7162_3_1(
