@@ -1,8 +1,9 @@
 """Greylisting against a real sender: Postfix (127.0.0.9) relays a message
 to mailyard (127.0.0.2) with greylisting on; the first attempt gets
 ``451 4.7.1``, Postfix defers it and retries on its own (short backoff in
-its main.cf), and the retry is delivered. Debian package: postfix; needs
-root (see test_outbound_postfix.py, whose Postfix harness this uses)."""
+its main.cf: FAST_RETRY), and the retry is delivered. Debian package:
+postfix; needs root (see test_outbound_postfix.py, whose Postfix harness
+this uses)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,23 @@ from mailyard.config import Config
 from tests.integration.multihost import MultiHost
 from tests.interop.test_outbound_postfix import A, P, Postfix
 
-# Postfix retries a deferred message after about a second (postconf(5)).
+# Postfix retries a deferred message one to three seconds after its attempt.
+# minimal_backoff_time is 3s for the sake of the delivery agent. qmgr(8)
+# stamps a deferred queue file minimal_backoff_time (at most
+# maximal_backoff_time) ahead, in whole seconds, and its deferred-queue scan
+# (every queue_run_delay) takes back a file stamped up to one second ahead
+# (qmgr_active.c). With 1s that is at once: in the same turn of qmgr's event
+# loop as the smtp(8) agent's "deferred" reply, whenever the queue_run_delay
+# timer is due then. The agent answers qmgr before it closes the queue file;
+# qmgr, finding the file still under the agent's lock, logs "skipped, still
+# being delivered" and moves it to the incoming queue 60 seconds ahead, a queue
+# it scans again only for new mail or master(8)'s wakeup of qmgr (300 s in
+# master.cf): no retry for minutes. Stamped 3s ahead, the file is taken back a
+# second after the deferral at the soonest, long after the agent let go of it.
+# postconf(5): minimal_backoff_time >= queue_run_delay, maximal >= minimal.
 FAST_RETRY = """
-minimal_backoff_time = 1s
-maximal_backoff_time = 2s
+minimal_backoff_time = 3s
+maximal_backoff_time = 3s
 queue_run_delay = 1s
 """
 
