@@ -95,7 +95,7 @@ async def message_body(request: Request) -> Response:
                     f"<p><a href=\"/box/{box.id}/msg/{uid}/raw?download=1\" target=\"_blank\">"
                     "Download it</a> to open it with another program.</p>")
     doc = (
-        "<!doctype html><html><head><meta charset=\"utf-8\">"
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Message body</title>"
         "<style>body{font:15px/1.45 system-ui,sans-serif;margin:8px;color:#111;word-wrap:break-word}"
         "pre{white-space:pre-wrap}img{max-width:100%;height:auto}"
         # a plain-text body (one <pre>, ours) follows the dark setting; HTML

@@ -14,8 +14,17 @@
         }
       } catch (err) { /* keep the CSS height */ }
     };
-    frame.addEventListener("load", fit);
-    if (frame.contentDocument && frame.contentDocument.readyState === "complete") { fit(); }
+    // the frame's own document takes the focus (Tab, a click): no :focus
+    // on the frame in the page, so a class shows where the focus is
+    var watch = function () {
+      try {
+        var win = frame.contentWindow;
+        win.addEventListener("focus", function () { frame.classList.add("focused"); });
+        win.addEventListener("blur", function () { frame.classList.remove("focused"); });
+      } catch (err) { /* not ours to watch */ }
+    };
+    frame.addEventListener("load", function () { fit(); watch(); });
+    if (frame.contentDocument && frame.contentDocument.readyState === "complete") { fit(); watch(); }
   }
   function $(sel, root) { return (root || document).querySelector(sel); }
   function $$(sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); }
@@ -93,6 +102,8 @@
   // go through the same forms (and CSRF token) as a click.
   var help = $("#help");
   var helpReturn = null;
+  var helpOpen = $("#help-open");
+  if (help && helpOpen) { helpOpen.hidden = false; }  // hidden without this script, which the shortcuts need
   function showHelp(show) {
     if (!help) { return; }
     if (show) {
@@ -161,7 +172,14 @@
       else if (e.key === "Tab") { e.preventDefault(); $("#help-close").focus(); }
       return;
     }
-    if (e.key === "Escape") { closeMenus(null); return; }
+    if (e.key === "Escape") {
+      // a menu that folds away with the focus inside gives it back to its button
+      var inMenu = t && t.closest ? t.closest(".menu, .more-items") : null;
+      var owner = inMenu && $("[aria-controls='" + inMenu.id + "'][aria-expanded=true]");
+      closeMenus(null);
+      if (owner) { owner.focus(); }
+      return;
+    }
     if (e.ctrlKey || e.metaKey || e.altKey || typing(t)) { return; }
     var press = function (el) { if (el) { e.preventDefault(); el.click(); } };
     switch (e.key) {

@@ -173,6 +173,9 @@
     field.addEventListener("input", fromField);
     form.addEventListener("submit", sync, true);
     fromField();
+    // the page's first focus (autofocus, whether given yet or not) goes to
+    // what the user sees and types in
+    if (field.autofocus || document.activeElement === field) { entry.focus(); }
   }
 
   ["to", "cc", "bcc"].forEach(function (id) {
