@@ -103,6 +103,23 @@ async def test_domains(store: Store) -> None:
         await store.remove_domain("example.test")
 
 
+async def test_has_inferiors_reads_the_names_below_one(store: Store) -> None:
+    """Whether a mailbox has inferiors (IMAP \\HasChildren): only names below
+    ``name/`` count, not ``name-x`` or ``name0`` beside it (which sort close
+    to it), nor another account's; INBOX by any case."""
+    a = await store.add_account("a@example.test", "h")
+    b = await store.add_account("b@example.test", "h")
+    for name in ("Work-old", "Work0", "Workshop", "Inbox/Later"):
+        await store.create_mailbox(a.id, name)
+    await store.create_mailbox(b.id, "Work/Other")
+    assert not await store.has_inferiors(a.id, "Work")
+    await store.create_mailbox(a.id, "Work/2026/Q4")
+    assert await store.has_inferiors(a.id, "Work") and await store.has_inferiors(a.id, "Work/2026")
+    assert not await store.has_inferiors(a.id, "Work/2026/Q4")
+    assert await store.has_inferiors(a.id, "inbox") and await store.has_inferiors(a.id, "INBOX")
+    assert not await store.has_inferiors(b.id, "INBOX") and await store.has_inferiors(b.id, "Work")
+
+
 async def test_account_has_inbox_and_special_use(store: Store) -> None:
     acct = await store.add_account("Alice@Example.TEST", "hash")
     assert acct.address == "Alice@example.test"

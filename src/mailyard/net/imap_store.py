@@ -105,6 +105,9 @@ class StoreBackend:
     async def list_mailboxes(self) -> list[Mailbox]:
         return await self.store.list_mailboxes(self.account_id)
 
+    async def has_inferiors(self, name: str) -> bool:
+        return await self.store.has_inferiors(self.account_id, name)
+
     async def create_mailbox(self, name: str, special_use: str | None = None) -> None:
         try:
             await self.store.create_mailbox(self.account_id, name, special_use)

@@ -838,6 +838,12 @@ class Store(abc.ABC):
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
 
     @abc.abstractmethod
+    async def has_inferiors(self, account_id: int, name: str) -> bool:
+        """Whether some mailbox of the account lies below ``name`` in the
+        hierarchy (``name/...``): IMAP's \\HasChildren (RFC 9051 7.3.1)
+        for one name, read by an index range, not a listing of them all."""
+
+    @abc.abstractmethod
     async def restore_mailbox(self, account_id: int, name: str, uid_validity: int, uid_next: int,
                               highest_modseq: int, special_use: str | None = None) -> Mailbox:
         """The mailbox ``name`` with the given UIDVALIDITY, for a copy of a

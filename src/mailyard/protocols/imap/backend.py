@@ -219,6 +219,11 @@ class ImapBackend(Protocol):
 
     async def list_mailboxes(self) -> Sequence[MailboxRecord]: ...
 
+    async def has_inferiors(self, name: str) -> bool:
+        """Whether a mailbox lies below ``name`` (``name/...``), without
+        listing every mailbox."""
+        ...
+
     async def create_mailbox(self, name: str, special_use: str | None = None) -> None:
         """Raises MailboxExists, BadMailboxName."""
         ...

@@ -55,7 +55,7 @@ from .backend import (
 )
 from .framing import Limits
 from .handlers import HANDLERS
-from .names import DELIMITER, name_problem
+from .names import DELIMITER, is_inferior, name_problem
 from .session import ImapConfig, ImapSession
 
 _T = TypeVar("_T")
@@ -350,6 +350,9 @@ class MemoryBackend:
     async def list_mailboxes(self) -> list[MemMailbox]:
         return sorted((b.record() for b in self.store.boxes.values() if b.account == self.user),
                       key=lambda b: b.name)
+
+    async def has_inferiors(self, name: str) -> bool:
+        return any(is_inferior(b.name, name) for b in self.store.boxes.values() if b.account == self.user)
 
     async def create_mailbox(self, name: str, special_use: str | None = None) -> None:
         if name_problem(name):

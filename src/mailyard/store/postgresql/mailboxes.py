@@ -73,6 +73,13 @@ class MailboxesMixin(PostgreSQLCore):
                              (account_id,))
         return [mailbox_row(r) for r in rows]
 
+    async def has_inferiors(self, account_id: int, name: str) -> bool:
+        # the names below ``name/`` sort between it and ``name0`` in octet
+        # order ("0" follows "/" in ASCII)
+        base = canonical_name(name)
+        return bool(await self._q('SELECT 1 FROM mailboxes WHERE account_id = %s AND name COLLATE "C" > %s'
+                                  ' AND name COLLATE "C" < %s LIMIT 1', (account_id, base + "/", base + "0")))
+
     async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
         old_name = canonical_name(old)
         new_name = canonical_name(new)

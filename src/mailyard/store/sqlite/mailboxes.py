@@ -167,6 +167,13 @@ class MailboxesMixin(SQLiteCore):
         rows = self._q(f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE account_id = ? ORDER BY name", (account_id,))
         return [mailbox_row(r) for r in rows]
 
+    async def has_inferiors(self, account_id: int, name: str) -> bool:
+        # the names below ``name/`` sort between it and ``name0`` ("0"
+        # follows "/" in ASCII, and names compare by their octets)
+        base = canonical_name(name)
+        return bool(self._q("SELECT 1 FROM mailboxes WHERE account_id = ? AND name > ? AND name < ? LIMIT 1",
+                            (account_id, base + "/", base + "0")))
+
     async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
         old_name = canonical_name(old)
         new_name = canonical_name(new)

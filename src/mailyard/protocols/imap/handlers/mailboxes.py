@@ -75,7 +75,7 @@ async def cmd_delete(s: ImapSession, cmd: c.MailboxCommand) -> None:
         return
     box = await b.get_mailbox(cmd.mailbox)
     if box is None:
-        if any(names.is_inferior(m.name, cmd.mailbox) for m in await b.list_mailboxes()):
+        if await b.has_inferiors(cmd.mailbox):
             # RFC 9051 6.3.5: a \Noselect name with inferiors cannot be
             # deleted; 7.1 HASCHILDREN says why
             await s.finish("NO", "Mailbox has inferior hierarchical names", "HASCHILDREN")
@@ -127,8 +127,7 @@ async def mailbox_attributes(b: ImapBackend, box: MailboxRecord) -> list[Atom]:
     """The attributes a plain LIST gives an existing mailbox: whether it has
     inferiors (RFC 9051 6.3.9) and its special use (RFC 6154 2), for the LIST
     response of SELECT, whose attributes must be accurate (RFC 9051 6.3.2)."""
-    children = any(names.is_inferior(m.name, box.name) for m in await b.list_mailboxes())
-    attrs = [Atom("\\HasChildren" if children else "\\HasNoChildren")]
+    attrs = [Atom("\\HasChildren" if await b.has_inferiors(box.name) else "\\HasNoChildren")]
     if box.special_use:
         attrs.append(Atom(box.special_use))
     return attrs
