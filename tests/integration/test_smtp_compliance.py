@@ -104,3 +104,14 @@ def test_reply_lines_stay_within_512_octets_however_long_the_ehlo_name(mailserve
             lines.append(f.readline())
     assert lines[0].startswith(b"250-mx.example.test ")
     assert max(len(line) for line in lines) <= 512
+
+
+def test_a_refused_parameter_is_named_within_a_512_octet_reply(mailserver: RunningServer) -> None:
+    """A MAIL line may pass 512 octets by its parameters' room (RFC 5321
+    4.5.3.1.4); the reply naming a refused parameter may not (4.5.3.1.5)."""
+    sock, f = session(mailserver)
+    with sock:
+        for line in ("MAIL FROM:<carol@remote.test> X" + "K" * 600,
+                     "MAIL FROM:<carol@remote.test> X" + "K" * 600 + "=1 X" + "K" * 600 + "=2"):
+            reply = command(sock, f, line)
+            assert reply[:1] == b"5" and len(reply) <= 512, (len(reply), reply[:80])

@@ -48,12 +48,18 @@ _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-Fa-f]{2})*")
 _ADDR_TYPE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")  # RFC 3461 4.2: atom
 
 
+# A keyword named in a reply is cut to this: the line it came on may be
+# longer than 512 octets (what the extensions' parameters add), the reply's
+# line may not (RFC 5321 4.5.3.1.5).
+_NAMED = 40
+
+
 def _syntax(text: str) -> ParamError:
     return ParamError(Reply(501, "5.5.4", text))
 
 
 def _unknown(keyword: str) -> ParamError:
-    return ParamError(Reply(555, "5.5.4", f"Unsupported parameter {keyword}"))
+    return ParamError(Reply(555, "5.5.4", f"Unsupported parameter {keyword[:_NAMED]}"))
 
 
 def parse_params(text: str) -> dict[str, str | None]:
@@ -66,12 +72,12 @@ def parse_params(text: str) -> dict[str, str | None]:
     for item in text.split():
         key, eq, value = item.partition("=")
         if not _KEYWORD.fullmatch(key):
-            raise _syntax(f"Bad parameter syntax: {item[:40]}")
+            raise _syntax(f"Bad parameter syntax: {item[:_NAMED]}")
         if eq and not _VALUE.fullmatch(value):
-            raise _syntax(f"Bad parameter value: {key}")
+            raise _syntax(f"Bad parameter value: {key[:_NAMED]}")
         key = key.upper()
         if key in params:
-            raise _syntax(f"Duplicate parameter {key}")
+            raise _syntax(f"Duplicate parameter {key[:_NAMED]}")
         params[key] = value if eq else None
     return params
 
