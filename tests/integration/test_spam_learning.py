@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import imaplib
 import logging
+import re
 import smtplib
 import threading
 from collections.abc import Callable, Iterator
@@ -170,6 +171,29 @@ def test_the_webmail_move_to_junk_teaches(make_server: Callable[..., RunningServ
     assert r.status_code == 303, r.text
     wait_until(lambda: len(controller.requests) == 1, 10, "the learn_spam request")
     assert controller.requests[0][0] == "/learnspam"
+
+
+def test_the_undo_of_a_webmail_move_to_junk_teaches_nothing(make_server: Callable[..., RunningServer],
+                                                           controller: Controller) -> None:
+    """Undo (web/undomove.py) is no "not spam": no learn_ham request, the
+    sender not put on the allow list; the message back in INBOX."""
+    server = make_server(learning_to(controller))
+    deliver(server)
+    client, token = web_login(server)
+    store = server.store
+    account = server.call(store.get_account(ALICE))
+    ids = {b.name: b.id for b in server.call(store.list_mailboxes(account.id))}
+    r = client.post(f"/box/{ids['INBOX']}/action",
+                    data={"csrf": token, "uid": "1", "action": "move", "target": str(ids["Junk"])})
+    wait_until(lambda: len(controller.requests) == 1, 10, "the learn_spam request")
+    undo = re.search(r'name="token" value="([^"]+)"', client.get(r.headers["location"]).text)
+    assert undo is not None
+    r = client.post("/undo-move", data={"csrf": token, "token": undo.group(1)})
+    assert r.status_code == 303, r.text
+    assert server.messages(ALICE) and server.messages(ALICE, "Junk") == []
+    server.call(server.server.learner.idle())
+    assert [path for path, _pw, _body in controller.requests] == ["/learnspam"]
+    assert not server.call(store.get_settings(account.id)).get("spam_allow")
 
 
 def test_the_allow_list_is_capped_and_merged(make_server: Callable[..., RunningServer],

@@ -167,6 +167,7 @@ async def mailbox_view(request: Request) -> Response:
         "box": box, "folders": await folders(request, session), "pg": pg, "sort": sort,
         "dir": "desc" if descending else "asc", "q": query, "page_size": prefs.current().per_page,
         "notice": qp.get("notice", ""), "is_trash": box.special_use == "\\Trash",
+        "undo": web.moves.offered(session.account_id, qp.get("undo")) if qp.get("notice") else "",
         "preparing": preparing, "search_errors": search_errors,
         "to_column": box.special_use in ("\\Sent", "\\Drafts"),
     }
@@ -216,22 +217,60 @@ async def message_action(request: Request) -> Response:
             return redirect(back)
         moved = await store.copy_messages(box, uids, target, move=True)
         await _learn(request, session, box, target, moved)
-        return redirect(notice_url(f"/box/{box.id}", f"{len(moved)} moved to {target.name}."))
+        return _moved(request, session, box, target, moved)
     if action in ("archive", "spam"):
         # the account's special-use folders (RFC 6154 2): \Archive, \Junk
         target = await special(request, session, "\\Archive" if action == "archive" else "\\Junk")
         if target.id == box.id:
             return redirect(notice_url(back, f"Already in {target.name}."))
         moved = await store.copy_messages(box, uids, target, move=True)
-        return redirect(notice_url(f"/box/{box.id}", f"{len(moved)} moved to {target.name}."))
+        return _moved(request, session, box, target, moved)
     if action == "delete":
         if box.special_use == "\\Trash":
             removed = await store.expunge(box, uids)
             return redirect(notice_url(f"/box/{box.id}", f"{len(removed)} deleted for good."))
         trash = await special(request, session, "\\Trash")
         moved = await store.copy_messages(box, uids, trash, move=True)
-        return redirect(notice_url(f"/box/{box.id}", f"{len(moved)} moved to Trash."))
+        return _moved(request, session, box, trash, moved)
     raise HTTPException(400, "unknown action")
+
+
+def _moved(request: Request, session: Any, box: Mailbox, target: Mailbox, moved: list[tuple[int, int]]) -> Response:
+    """Back to the folder after a move, its notice with an Undo (undomove.py)."""
+    token = state(request).moves.offer(session.account_id, box, target, moved)
+    url = notice_url(f"/box/{box.id}", f"{len(moved)} moved to {target.name}.")
+    return redirect(f"{url}&undo={token}" if token else url)
+
+
+async def undo_move(request: Request) -> Response:
+    """The Undo of a move's notice: the messages the move put in its target
+    and still there go back to the folder they came from, with their flags
+    (a move keeps them). The form names only the record's token; the record
+    (undomove.py) names the folders and UIDs, and both folders are looked up
+    again for the logged-in account. A token of another account, unknown or
+    expired is a 404 that moves nothing. The same form posted again (a
+    double click, a reload) goes where the first one went. Teaches the spam
+    learner nothing (undomove.py says why)."""
+    session = current(request)
+    form = await checked_form(request, session)
+    record = state(request).moves.find(session.account_id, form.get("token"))
+    if record is None:
+        raise HTTPException(404, "Nothing to undo: the action was too long ago.")
+    async with record.lock:
+        if record.done is None:
+            source = await own_mailbox(request, session, record.source)
+            target = await own_mailbox(request, session, record.target)
+            # a folder deleted and made again under the same id holds other messages
+            uids = list(record.uids) if target.uid_validity == record.validity else []
+            back = await state(request).services.store.copy_messages(target, uids, source, move=True)
+            if uids and len(back) == len(uids):
+                text = "Moved back."
+            elif back:
+                text = f"{len(back)} of {len(uids)} moved back; the others were moved or deleted since."
+            else:
+                text = "Nothing moved back: the messages were moved or deleted since."
+            record.done = notice_url(f"/box/{source.id}", text)
+    return redirect(record.done)
 
 
 async def _learn(request: Request, session: Any, source: Mailbox, target: Mailbox, moved: list[tuple[int, int]]) -> None:
@@ -404,6 +443,7 @@ def create_app(services: Services) -> Starlette:
         *login.routes(),
         Route("/box/{box_id:int}", mailbox_view),
         Route("/box/{box_id:int}/action", message_action, methods=["POST"]),
+        Route("/undo-move", undo_move, methods=["POST"]),
         *reading.routes(),
         *conversations.routes(),
         *pdfpreview.routes(),

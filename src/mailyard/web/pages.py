@@ -33,6 +33,7 @@ from .listing import Listing
 from .recent import RecentChanges
 from .security import Session, Sessions, same_origin, token_ok
 from .sendonce import SendOnce
+from .undomove import MoveUndos
 from .worker import RenderPool
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ class WebState:
     recent: RecentChanges = field(default_factory=RecentChanges)
     # the forms that sent lately: one send per form (sendonce.py)
     sends: SendOnce = field(default_factory=SendOnce)
+    # the moves made lately, for the Undo of their notice (undomove.py)
+    moves: MoveUndos = field(default_factory=MoveUndos)
 
 
 def _env() -> jinja2.Environment:

@@ -202,6 +202,7 @@
       case "?": e.preventDefault(); showHelp(true); break;
       case "c": press($("#compose-link")); break;
       case "u": press($("main > article.read [data-key='u']")); break;
+      case "z": press($("#undo-move")); break;
       case "r": case "a": case "f": case "e": case "#": case "!": press(actionFor(e.key)); break;
       default: break;
     }
