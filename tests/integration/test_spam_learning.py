@@ -173,6 +173,31 @@ def test_the_webmail_move_to_junk_teaches(make_server: Callable[..., RunningServ
     assert controller.requests[0][0] == "/learnspam"
 
 
+@pytest.mark.parametrize("first, then, learned", [("spam", None, ["/learnspam"]),
+                                                   ("spam", "archive", ["/learnspam", "/learnham"])])
+def test_the_webmail_spam_and_archive_buttons_teach(make_server: Callable[..., RunningServer],
+                                                    controller: Controller, first: str, then: str | None,
+                                                    learned: list[str]) -> None:
+    """The Spam button is a move into Junk and teaches spam, as a move there
+    does; Archive of a message in Junk is a move out of it and teaches ham."""
+    server = make_server(learning_to(controller))
+    deliver(server)
+    client, token = web_login(server)
+    store = server.store
+    account = server.call(store.get_account(ALICE))
+    ids = {b.name: b.id for b in server.call(store.list_mailboxes(account.id))}
+    r = client.post(f"/box/{ids['INBOX']}/action", data={"csrf": token, "uid": "1", "action": first})
+    assert r.status_code == 303, r.text
+    if then is not None:
+        (junk,) = server.call(store.list_messages(server.call(store.get_mailbox(account.id, "Junk"))))
+        uid = junk.uid
+        r = client.post(f"/box/{ids['Junk']}/action", data={"csrf": token, "uid": str(uid), "action": then})
+        assert r.status_code == 303, r.text
+    wait_until(lambda: len(controller.requests) == len(learned), 10, "the learn requests")
+    server.call(server.server.learner.idle())
+    assert [path for path, _pw, _body in controller.requests] == learned
+
+
 def test_the_undo_of_a_webmail_move_to_junk_teaches_nothing(make_server: Callable[..., RunningServer],
                                                            controller: Controller) -> None:
     """Undo (web/undomove.py) is no "not spam": no learn_ham request, the

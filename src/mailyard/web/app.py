@@ -224,6 +224,7 @@ async def message_action(request: Request) -> Response:
         if target.id == box.id:
             return redirect(notice_url(back, f"Already in {target.name}."))
         moved = await store.copy_messages(box, uids, target, move=True)
+        await _learn(request, session, box, target, moved)  # Spam: into Junk; Archive from Junk: out of it
         return _moved(request, session, box, target, moved)
     if action == "delete":
         if box.special_use == "\\Trash":
