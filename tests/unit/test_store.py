@@ -118,6 +118,8 @@ async def test_has_inferiors_reads_the_names_below_one(store: Store) -> None:
     assert not await store.has_inferiors(a.id, "Work/2026/Q4")
     assert await store.has_inferiors(a.id, "inbox") and await store.has_inferiors(a.id, "INBOX")
     assert not await store.has_inferiors(b.id, "INBOX") and await store.has_inferiors(b.id, "Work")
+    for bad in ("Work/", "a//b", ".."):  # no mailbox can have such a name, nor any below it
+        assert not await store.has_inferiors(a.id, bad)
 
 
 async def test_account_has_inbox_and_special_use(store: Store) -> None:

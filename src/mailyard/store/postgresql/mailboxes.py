@@ -75,8 +75,12 @@ class MailboxesMixin(PostgreSQLCore):
 
     async def has_inferiors(self, account_id: int, name: str) -> bool:
         # the names below ``name/`` sort between it and ``name0`` in octet
-        # order ("0" follows "/" in ASCII)
-        base = canonical_name(name)
+        # order ("0" follows "/" in ASCII): the range of the index on the
+        # names in the "C" collation (schema migration 7)
+        try:
+            base = canonical_name(name)
+        except InvalidName:
+            return False  # (no mailbox has that name, nor any below it)
         return bool(await self._q('SELECT 1 FROM mailboxes WHERE account_id = %s AND name COLLATE "C" > %s'
                                   ' AND name COLLATE "C" < %s LIMIT 1', (account_id, base + "/", base + "0")))
 

@@ -273,6 +273,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE queue_rcpts ADD COLUMN lease_node TEXT;
     CREATE INDEX queue_rcpts_leased ON queue_rcpts (lease_node) WHERE lease_node IS NOT NULL;
     """,
+    # 7: the mailbox names in octet order (mailboxes.py has_inferiors: the
+    # names below one are a range there); the unique index on (account_id,
+    # name) is in the database's collation, which a comparison in "C" cannot use
+    """
+    CREATE INDEX mailboxes_name_octets ON mailboxes (account_id, (name COLLATE "C"));
+    """,
 ]
 
 # pgcrypto may be absent: 32 random bytes from md5 of random() values would be

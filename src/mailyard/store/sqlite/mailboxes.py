@@ -170,7 +170,10 @@ class MailboxesMixin(SQLiteCore):
     async def has_inferiors(self, account_id: int, name: str) -> bool:
         # the names below ``name/`` sort between it and ``name0`` ("0"
         # follows "/" in ASCII, and names compare by their octets)
-        base = canonical_name(name)
+        try:
+            base = canonical_name(name)
+        except InvalidName:
+            return False  # (no mailbox has that name, nor any below it)
         return bool(self._q("SELECT 1 FROM mailboxes WHERE account_id = ? AND name > ? AND name < ? LIMIT 1",
                             (account_id, base + "/", base + "0")))
 
