@@ -276,12 +276,18 @@ async def undo_move(request: Request) -> Response:
 
 async def _learn(request: Request, session: Any, source: Mailbox, target: Mailbox, moved: list[tuple[int, int]]) -> None:
     """A move into Junk (the "Spam" button is a move there) teaches the
-    filter spam, out of Junk ham (net/learning.py, queued)."""
+    filter spam, out of Junk ham (net/learning.py, queued). The move is
+    done already: a store out of reach now costs the lesson, not the
+    answer (the user would take the move for not done)."""
     learn = state(request).services.learn
     kind = learn_kind(source.special_use, target.special_use)
     if learn is None or kind is None or not moved:
         return
-    account = await state(request).services.store.get_account_by_id(session.account_id)
+    try:
+        account = await state(request).services.store.get_account_by_id(session.account_id)
+    except StoreError as exc:
+        log.warning("web: %d message(s) moved to %s not learned as %s: %s", len(moved), target.name, kind, exc)
+        return
     if account is not None:
         learn(account, target, [new for _old, new in moved], kind)
 
