@@ -84,6 +84,11 @@ class LimitsConfig:
     http_body_min_rate: int = 4096
     # Seconds for a whole IMAP literal (e.g. APPEND) once its command began.
     literal_deadline: float = 600.0
+    # Seconds a client has, in all, to answer the challenges of one SASL
+    # exchange (AUTH / AUTHENTICATE on SMTP, IMAP, POP3 and ManageSieve);
+    # then it fails as a wrong password does and counts as one. At most 60:
+    # a SCRAM proof later than that is refused anyway (auth/service.py).
+    sasl_deadline: float = 60.0
     # IMAP: longest command line, and largest literal outside APPEND (APPEND
     # is bounded by smtp.max_message_size).
     imap_max_line: int = 64 * 1024
@@ -510,6 +515,8 @@ class Config:
             if not getattr(self.ports, needed):
                 raise ConfigError(f"{source}: 'tls.acme_challenge' {self.tls.acme_challenge} needs the"
                                   f" {needed} port ([ports] {needed} is 0)")
+        if not self.limits.sasl_deadline > 0:
+            raise ConfigError(f"{source}: 'limits.sasl_deadline' must be more than 0")
         if self.authentication.dmarc_policy not in ("enforce", "record"):
             raise ConfigError(f"{source}: 'authentication.dmarc_policy' must be \"enforce\" or \"record\"")
         if self.mta_sts.max_age > 31557600:  # RFC 8461 3.2

@@ -339,6 +339,73 @@ def test_a_cancelled_exchange_counts_as_a_failure(make_server: Callable[..., Run
     assert login(server, "imap", ALICE, USERS[ALICE]).startswith(TEMPORARY["imap"])
 
 
+# --- 6b. the SASL exchange deadline ------------------------------------------------------------
+
+
+def _with_sasl_deadline(cfg: Config) -> None:
+    """One attempt in alice's budget, and a short SASL exchange deadline
+    (the idle timeout and command deadline well past it)."""
+    limits(account=1)(cfg)
+    cfg.limits.sasl_deadline = 2.0
+    cfg.limits.idle_timeout = 10.0
+    cfg.limits.command_deadline = 10.0
+
+
+def _account_entry(server: RunningServer, name: str) -> tuple[int, int]:
+    """(failures, pending) of ``name`` in the server's login throttle."""
+
+    async def read() -> tuple[int, int]:
+        entry = server.server.login.throttle._accounts.entries.get(name)
+        return (entry.failures, entry.pending) if entry is not None else (0, 0)
+
+    return server.call(read())
+
+
+# the reply to an exchange the client left silent past the deadline, and a
+# command that shows the connection goes on (RFC 4954 6, RFC 9051 6.2.2,
+# RFC 5034 4, RFC 5804 2.1)
+SILENT = {
+    "smtp": ("submission", b"535 5.7.8 ", b"NOOP", b"250 "),
+    "imap": ("imap", b"a NO [AUTHENTICATIONFAILED] ", b"b NOOP", b"b OK "),
+    "pop3": ("pop3", b"-ERR [AUTH] ", b"CAPA", b"+OK"),
+    "managesieve": ("managesieve", b'NO "authentication failed"', b"NOOP", b"OK "),
+}
+
+
+@pytest.mark.parametrize("proto", list(SILENT))
+def test_a_silent_sasl_exchange_ends_at_its_deadline_and_releases_the_attempt(
+    make_server: Callable[..., RunningServer], proto: str
+) -> None:
+    """A client that starts SCRAM-SHA-256 for alice and never answers the
+    server-first message holds the attempt reserved for it (alice's budget
+    of one is taken: her own login would wait). At ``limits.sasl_deadline``
+    the exchange ends with the protocol's failure reply, the attempt is
+    settled as a failure, and the connection goes on."""
+    server = make_server(_with_sasl_deadline)
+    port, failed, command, goes_on = SILENT[proto]
+    w = Wire(server.port(port))
+    try:
+        if proto == "managesieve":
+            while not w.line().startswith(b"OK "):
+                pass
+            scram = ScramClient(ALICE, "whatever")
+            reply = w.cmd(b'AUTHENTICATE "SCRAM-SHA-256" "' + b64(scram.first()) + b'"')
+            assert reply.startswith(b'"'), reply  # the server-first message
+        else:
+            w.line()
+            reply, _ = _scram_start(w, proto, ALICE)
+            assert reply.startswith(b"334 " if proto == "smtp" else b"+ "), reply
+        assert budget_held(server, ALICE)  # the exchange holds alice's one attempt
+        # the client says nothing more: the server ends the exchange
+        answer = w.smtp() if proto == "smtp" else w.line()
+        assert answer.startswith(failed), answer
+        assert _account_entry(server, ALICE) == (1, 0)  # settled, as a failure
+        assert not budget_held(server, ALICE)
+        assert w.cmd(command).startswith(goes_on)
+    finally:
+        w.close()
+
+
 # --- 7. fake SCRAM salts ---------------------------------------------------------------------
 
 

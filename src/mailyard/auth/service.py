@@ -59,6 +59,8 @@ __all__ = ["LoginService", "LoginSession", "TryLater", "load_secret"]
 # proof was is never said: no server-final ``v=`` (RFC 5802 3), which would
 # tell a right guess from a wrong one. A real client answers in a second.
 SASL_EXCHANGE_MAX = PENDING_TTL / 2
+# The reason logged (and the failure's) for an exchange ended by a deadline.
+EXCHANGE_TOO_LONG = "exchange took too long"
 
 log = logging.getLogger("mailyard.auth")
 
@@ -314,12 +316,18 @@ class LoginService:
 class LoginSession:
     """The SASL side of one connection: drives a mechanism (auth/sasl.py)
     through the service and holds the attempt reserved for a SCRAM exchange
-    until it ends. Call `close` when the connection goes: an exchange left
-    open counts as a failure."""
+    until it ends, which the exchange deadline (`sasl`) bounds for every
+    mechanism and protocol. Call `close` when the connection goes: an
+    exchange left open counts as a failure."""
 
     def __init__(
-        self, service: LoginService, ip: str, protocol: str, tls: Callable[[], bool] | None = None
+        self, service: LoginService, ip: str, protocol: str, tls: Callable[[], bool] | None = None,
+        *, deadline: float = SASL_EXCHANGE_MAX, on_expired: Callable[[], None] | None = None,
     ) -> None:
+        """``deadline``: seconds the client has to answer the challenges of
+        one exchange (at most ``SASL_EXCHANGE_MAX``); ``on_expired``: called
+        when it passes while the client was to answer, for the protocol to
+        send its failure reply (the exchange is settled by then)."""
         self.service = service
         self.ip = ip
         self.protocol = protocol
@@ -336,6 +344,17 @@ class LoginSession:
         # (removed and added again, or its password changed meanwhile).
         self._proven: Account | None = None
         self._logged_in: Account | None = None
+        # The exchange deadline (`sasl`): the mechanism whose client time is
+        # counted, the seconds the client took in it so far, when its last
+        # challenge went out (loop time), the timer for the rest, and the
+        # mechanism the deadline ended (counted then; its later steps fail).
+        self.deadline = min(deadline, SASL_EXCHANGE_MAX)
+        self._on_expired = on_expired
+        self._timed: sasl.Mechanism | None = None
+        self._waited = 0.0
+        self._asked: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired: sasl.Mechanism | None = None
 
     @property
     def tls(self) -> bool | None:
@@ -352,12 +371,20 @@ class LoginSession:
 
     def close(self) -> None:
         """The connection ended: an exchange in progress is a failure."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._asked = self._timed = self._expired = None
         self._abandon("exchange abandoned", None)
 
     def cancelled(self, name: str | None) -> None:
         """The client cancelled the exchange (``*``, RFC 4422 3.5) where the
         protocol engine answers that itself (SMTP): a failure, like a wrong
         password, against ``name`` if the mechanism had one."""
+        self._stop_clock()
+        self._timed = None
+        if self._expired is not None:
+            self._expired = None
+            return  # the deadline ended the exchange first, and counted it
         if self._open is not None:
             self._abandon("authentication cancelled", name)
             return
@@ -371,15 +398,107 @@ class LoginSession:
         ``cancelled`` are counted; kind ``temporary`` means over a limit
         (nothing was verified; SMTP 454 4.7.0, IMAP NO [UNAVAILABLE], POP3
         -ERR [SYS/TEMP]).
+
+        The exchange deadline: the client has ``deadline`` seconds in all to
+        answer the challenges of one exchange (from the first challenge to
+        its last response; the server's own work between them, a throttle
+        delay or a verification, is not its time). A client that goes
+        silent holds the attempt reserved for it, and enough of them would
+        hold an account's whole budget so that its owner's login waits; so
+        when the time is up, the exchange ends at once (`_deadline_passed`)
+        as a failed authentication, counted as a failure: a client that
+        cannot finish in time has proven nothing, and counting it keeps
+        silence from being a free way to hold the budget, over and over.
+        The one exception is a SCRAM client whose proof was verified and
+        that is late only with its empty last message: the password was
+        right, so its attempt is settled as the throttle settles a login
+        (never a ban for a right password), and the login does not happen.
+        A step that reaches here after the deadline (its line came as the
+        timer ran, or the protocol could not answer at once) gets the same
+        failure, counted once.
         """
+        self._stop_clock()
+        if mech is self._expired:
+            # ended by the deadline, and counted then: what came since is not looked at
+            self._expired = None
+            return sasl.Failure(EXCHANGE_TOO_LONG, "invalid-credentials", mech.authcid)
+        if self._timed is mech and self._waited >= self.deadline:
+            self._expire(mech)
+            self._expired = None
+            return sasl.Failure(EXCHANGE_TOO_LONG, "invalid-credentials", mech.authcid)
+        try:
+            result = await self._sasl(mech, ev)
+        except BaseException:
+            self._timed = None
+            raise
+        if isinstance(result, sasl.Challenge):
+            self._start_clock(mech)
+        else:
+            self._timed = None
+        return result
+
+    # -- the exchange deadline ---------------------------------------------------
+    def _start_clock(self, mech: sasl.Mechanism) -> None:
+        """A challenge of ``mech`` goes out: the client's time runs."""
+        if self._timed is not mech:
+            self._timed, self._waited = mech, 0.0
+        loop = asyncio.get_running_loop()
+        self._asked = loop.time()
+        self._timer = loop.call_later(max(self.deadline - self._waited, 0.0), self._deadline_passed, mech)
+
+    def _stop_clock(self) -> None:
+        """The client answered (or the exchange ends): its time stops."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._asked is not None:
+            self._waited += asyncio.get_running_loop().time() - self._asked
+            self._asked = None
+
+    def _deadline_passed(self, mech: sasl.Mechanism) -> None:
+        """The timer: the client did not answer in time. The exchange is
+        settled now, whatever the protocol can do, and the protocol is told
+        (``on_expired``) so that it sends its failure reply."""
+        self._timer = None
+        if self._timed is not mech:
+            return
+        self._stop_clock()
+        self._expire(mech)
+        if self._on_expired is not None:
+            self._on_expired()
+
+    def _expire(self, mech: sasl.Mechanism) -> None:
+        """End ``mech``'s exchange by the deadline: settle and count it."""
+        self._timed, self._waited, self._expired = None, 0.0, mech
+        name = mech.authcid
+        if self._open is not None and self._open_mech is mech and self._opened is None:
+            # a SCRAM proof verified in time: the password was right
+            attempt, self._open, self._open_mech = self._open, None, None
+            self._proven = None
+            self.service.proven(attempt)
+            logs.event(log, logging.INFO, "auth_aborted", proto=self.protocol, ip=self.ip,
+                       reason=EXCHANGE_TOO_LONG)
+        elif self._open is not None:
+            self._abandon(EXCHANGE_TOO_LONG, name)
+        else:
+            self._proven = None
+            key = self.service.key(name, None) if name is not None else None
+            self.service.failed(None, self.ip, name, self.protocol, EXCHANGE_TOO_LONG, key)
+
+    def expired(self, mech: sasl.Mechanism) -> bool:
+        """Whether the deadline ended ``mech``'s exchange (its next step
+        gets the failure)."""
+        return mech is self._expired
+
+    async def _sasl(self, mech: sasl.Mechanism, ev: sasl.Event) -> sasl.Challenge | sasl.Success | sasl.Failure:
         service = self.service
         if (self._open is not None and mech is self._open_mech and self._opened is not None
                 and service.clock() - self._opened > SASL_EXCHANGE_MAX and not isinstance(ev, sasl.Failure)):
             # the proof, too late: whatever the mechanism made of it is
             # dropped unsaid (a cancel or a malformed message is answered as
             # such below, and counted all the same)
-            self._abandon("exchange took too long", mech.authcid)
-            return sasl.Failure("exchange took too long", "invalid-credentials", mech.authcid)
+            self._abandon(EXCHANGE_TOO_LONG, mech.authcid)
+            return sasl.Failure(EXCHANGE_TOO_LONG, "invalid-credentials", mech.authcid)
         keys_given = False
         while True:
             if isinstance(ev, sasl.NeedCredentials):

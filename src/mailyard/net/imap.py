@@ -142,6 +142,10 @@ class _SaslExchange:
         self.mech = mech
         self.started = False
 
+    @property
+    def expired(self) -> bool:
+        return self.service.authenticator.expired(self.mech)
+
     async def step(self, response: bytes | None) -> SaslChallenge | LoginRefused | StoreBackend:
         mech, auth = self.mech, self.service.authenticator
         if not self.started:
@@ -356,6 +360,11 @@ class ImapConnection(SessionProtocol):
             waiter.set_exception(ConnectionEnding(*_SHUTDOWN))  # IDLE / AUTHENTICATE: BYE now
             return
         super().shutdown()
+
+    def sasl_expired(self) -> None:
+        # AUTHENTICATE is a step that waits for the client's line (wait_input):
+        # woken, it finds the exchange expired and answers NO itself
+        self.wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

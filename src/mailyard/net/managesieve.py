@@ -179,6 +179,15 @@ class ManageSieveSession(SessionProtocol):
         text = SASL_FAILURE_TEXT.get(kind or "", "authentication failed")
         engine.login_failed(text, close=self._failures >= MAX_LOGIN_FAILURES)
 
+    def end_sasl(self) -> bool:
+        engine = self.engine
+        if self._mech is None or engine is None or not engine.awaiting_sasl_response:
+            return False
+        self._mech = None
+        self._failures += 1
+        engine.end_sasl("authentication failed", close=self._failures >= MAX_LOGIN_FAILURES)
+        return True
+
     # --- scripts (RFC 5804 2.6-2.13) ----------------------------------------------
     async def script_step(self, event: ScriptCommand) -> None:
         """A script command, its file work and compiling off the event loop

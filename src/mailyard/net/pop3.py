@@ -488,6 +488,14 @@ class POP3Session(SessionProtocol):
         else:
             await self.finish_login(None)
 
+    def end_sasl(self) -> bool:
+        engine = self.engine
+        if self._mech is None or engine is None or not engine.awaiting_sasl_response:
+            return False
+        self._mech = None
+        engine.end_sasl("AUTH", "Authentication failed")  # counted by the login session
+        return True
+
     async def finish_login(self, acct: Account | TryLater | None) -> None:
         """Lock and list the maildrop of a verified account, or refuse."""
         engine = self.engine

@@ -192,6 +192,26 @@ class SessionProtocol(asyncio.Protocol):
         """The reply sent when a command or message took too long to arrive."""
         return self.on_timeout()
 
+    def end_sasl(self) -> bool:
+        """End the SASL exchange that waits for the client's response with
+        the protocol's failure reply (queued in the engine); False if none
+        waits. See `sasl_expired`."""
+        return False
+
+    def sasl_expired(self) -> None:
+        """The SASL exchange deadline passed while the client was to answer
+        a challenge (auth/service.py ``LoginSession.sasl``; the attempt is
+        settled already): send the protocol's failure reply now
+        (`end_sasl`), and the connection goes on as after any failed AUTH.
+        While a step runs (the client's line came as the timer ran) or the
+        client is not taking our output, nothing is sent here: the next
+        step of the exchange gets the failure from the login session."""
+        if self.busy or self.closed or self.writing_paused:
+            return
+        if self.end_sasl():
+            self.advance()
+            self.timers.check_deadline()
+
     # --- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport

@@ -520,6 +520,15 @@ class SMTPSession(SessionProtocol):
         # ([auth] smtp_connection_max_failures), which ends the session with 421.
         engine.respond(self._auth_failure_reply(ev))
 
+    def end_sasl(self) -> bool:
+        if self._mech is None or self._auth is None or not self.engine.awaiting_sasl_response:
+            return False
+        mech, self._mech = self._mech, None
+        # the login session counted it: a 535 like any failed exchange's
+        self.engine.end_auth(self._auth_failure_reply(
+            sasl.Failure("exchange took too long", "invalid-credentials", mech.authcid)))
+        return True
+
     def _tls_info(self) -> str | None:
         """``TLSv1.3 TLS_AES_256_GCM_SHA384`` for the Received comment (RFC 5321 4.4 allows one)."""
         if not self.tls or self.transport is None:

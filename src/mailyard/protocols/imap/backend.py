@@ -394,6 +394,14 @@ class LoginRefused:
 
 
 class SaslExchange(Protocol):
+    @property
+    def expired(self) -> bool:
+        """True once the login service's exchange deadline ended the
+        exchange while the client was to answer (the attempt counted as a
+        failed login): the command ends as one, NO [AUTHENTICATIONFAILED].
+        The I/O side wakes the wait for the client's line (`ImapIO.wake`)."""
+        ...
+
     async def step(self, response: bytes | None) -> SaslChallenge | LoginRefused | ImapBackend:
         """Feed the initial response (first call; None if the client sent
         none) or the client's next line; the next challenge, the refusal,

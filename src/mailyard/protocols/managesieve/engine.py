@@ -536,6 +536,25 @@ class ManageSieveServer:
     def login_failed(self, text: str, code: str | None = None, *, close: bool = False) -> None:
         """Refuse the login; ``close``: and end the session (too many failures)."""
         self._answer(Authenticate, SASLResponse)
+        self._refuse_login(text, code, close)
+
+    @property
+    def awaiting_sasl_response(self) -> bool:
+        """True while an AUTHENTICATE exchange waits for the client's next
+        string (a challenge was sent and no event waits for an answer)."""
+        return self._sasl and self._waiting is None and self._closed is None
+
+    def end_sasl(self, text: str, code: str | None = None, *, close: bool = False) -> None:
+        """End the AUTHENTICATE exchange the client has not answered with
+        ``NO`` (RFC 5804 2.1), as `login_failed` does: the glue's exchange
+        deadline passed. Raises ``ProtocolMisuse`` unless
+        `awaiting_sasl_response`."""
+        if not self.awaiting_sasl_response:
+            raise ProtocolMisuse("no AUTHENTICATE exchange waits for the client")
+        self._sasl = False
+        self._refuse_login(text, code, close)
+
+    def _refuse_login(self, text: str, code: str | None, close: bool) -> None:
         self._out += b"NO " + (f"({code}) ".encode() if code else b"") + quote(text) + b"\r\n"
         if close:
             self._close("errors", b'BYE "too many failed logins"\r\n')

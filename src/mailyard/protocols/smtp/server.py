@@ -394,6 +394,25 @@ class SMTPServerEngine:
         """``respond`` to AUTH with ``235 2.7.0`` (RFC 4954 6) for ``identity``."""
         self.respond(_AUTH_SUCCESS, identity=identity)
 
+    @property
+    def awaiting_sasl_response(self) -> bool:
+        """True while a SASL exchange waits for the client's next line (a 334
+        was sent and nothing of the client's waits for an answer)."""
+        return self._state is State.AUTH and self._pending is None and not self._events
+
+    def end_auth(self, reply: Reply) -> None:
+        """End the SASL exchange the client has not answered with ``reply``
+        (535 or 454, RFC 4954 6: the glue's exchange deadline passed), as an
+        answer to its response would: counted against ``max_auth_failures``,
+        and back to the state before AUTH. Raises ``ProtocolMisuse`` unless
+        `awaiting_sasl_response`."""
+        if not self.awaiting_sasl_response:
+            raise ProtocolMisuse("no SASL exchange waits for the client")
+        if reply.code not in (535, 454):
+            raise ProtocolMisuse(f"reply code {reply.code} cannot end a SASL exchange")
+        self._pending, self._pending_row = AuthResponse(""), _SASL_ROW
+        self.respond(reply)
+
     # ----------------------------------------------------------- internals
 
     def _reset_transaction(self) -> None:

@@ -155,12 +155,17 @@ async def cmd_authenticate(s: ImapSession, cmd: c.Authenticate) -> None:
         while True:
             reply = s.engine.next_event()
             if isinstance(reply, AuthResponse):
+                ev = await exchange.step(reply.line)
+                break
+            if exchange.expired:
+                # the client did not answer in time: a failed login (counted
+                # by the login service), answered NO [AUTHENTICATIONFAILED]
+                ev = LoginRefused("denied")
                 break
             if not await s.io.more_input():
                 s.login.close()  # an exchange left open counts as a failure
                 s.engine.bye("Connection closed", reason="eof")
                 return
-        ev = await exchange.step(reply.line)
     if isinstance(ev, LoginRefused) and ev.kind == "cancelled":
         s.engine.complete("BAD", "Authentication cancelled")  # RFC 9051 6.2.2: "*" cancels with BAD
     elif isinstance(ev, LoginRefused) and ev.kind == "malformed":
