@@ -47,6 +47,7 @@ from ..protocols.contract import FLUSH, NEED_DATA, PAUSED, Closed
 from .conncaps import log_refusal
 from .listener import Listener
 from .timers import SessionTimers
+from .tls import log_tls_failure
 
 log = logging.getLogger("mailyard.net")
 
@@ -437,7 +438,7 @@ class SessionProtocol(asyncio.Protocol):
         try:
             await self.start_tls(context)
         except (ssl.SSLError, OSError, ConnectionError) as exc:
-            logs.event(log, logging.INFO, "tls_failed", proto=self.listener.name, ip=self.peer_ip, reason=str(exc))
+            log_tls_failure(log, self.listener.name, self.peer_ip, exc)
             self.abort()
             return False
         return True

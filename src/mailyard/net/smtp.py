@@ -74,6 +74,9 @@ log = logging.getLogger("mailyard.smtp")
 # the "abuse_refused" lines of one listener and reason, per process (the
 # metric counts every refusal)
 _ABUSE_LINES = logs.EventBudget()
+# Likewise the "rcpt_refused reason=relay" lines: a relay probe costs a client
+# one RCPT, as many as it likes; the recipients metric counts every one.
+_RELAY_LINES = logs.EventBudget()
 
 
 # A spooled message up to this size is read back on the event loop.
@@ -463,12 +466,15 @@ class SMTPSession(SessionProtocol):
         return reply
 
     def _rcpt_refused(self, forward_path: str, reason: str, detail: str | None = None) -> None:
-        # A relay attempt is worth a warning (an open-relay probe); others are routine.
-        level = logging.WARNING if reason == "relay" else logging.INFO
-        logs.event(log, level, "rcpt_refused", proto=self.listener.name, ip=self.peer_ip,
-                   user=self.account.address if self.account else None, to=forward_path[:200], reason=reason,
-                   detail=detail)
         metrics.count_recipient_rejected(self.listener.name, reason)
+        fields = {"proto": self.listener.name, "ip": self.peer_ip,
+                  "user": self.account.address if self.account else None, "to": forward_path[:200],
+                  "reason": reason, "detail": detail}
+        if reason == "relay":
+            # worth a warning (an open-relay probe), within the budget
+            _RELAY_LINES.event(log, logging.WARNING, "rcpt_refused", (self.listener.name, reason), **fields)
+        else:
+            logs.event(log, logging.INFO, "rcpt_refused", **fields)
 
     async def _no_room(self, accounts: list[Account]) -> bool:
         """Whether there are accounts and none has room for one more message

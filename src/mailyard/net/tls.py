@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .. import logs, metrics
 from ..fsutil import write_atomic
 
 __all__ = [
@@ -46,12 +47,45 @@ __all__ = [
     "client_context",
     "create_self_signed",
     "ensure_certificate",
+    "log_tls_failure",
     "server_context",
 ]
 
 log = logging.getLogger("mailyard.net.tls")
 
 DEV_CERT_VALIDITY_DAYS = 3650  # 10 years: a development certificate
+
+
+# --- failed handshakes -------------------------------------------------------------
+
+# A client may fail TLS handshakes as fast as it connects (STARTTLS and then
+# garbage, or garbage to an implicit-TLS port): the "tls_failed" lines of one
+# listener and reason are bounded per process (logs.EventBudget's default);
+# the metric counts every failure.
+_TLS_FAILURES = logs.EventBudget()
+
+
+def tls_failure_reason(exc: BaseException) -> str:
+    """The kind of a failed handshake, one of a few words (a log budget's
+    kind and a metric label, so never the exception's text): ``timeout``,
+    ``closed`` (the client went away), ``protocol`` (TLS refused what it
+    sent) or ``error``."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ssl.SSLError):
+        return "protocol"
+    if isinstance(exc, ConnectionError):
+        return "closed"
+    return "error"
+
+
+def log_tls_failure(logger: logging.Logger, proto: str, ip: str, exc: BaseException) -> None:
+    """Count a failed TLS handshake, and log it within the budget
+    (``reason`` the kind, `tls_failure_reason`; ``detail`` what TLS said)."""
+    reason = tls_failure_reason(exc)
+    metrics.count_tls_failure(proto, reason)
+    _TLS_FAILURES.event(logger, logging.INFO, "tls_failed", (proto, reason),
+                        proto=proto, ip=ip, reason=reason, detail=str(exc) or type(exc).__name__)
 
 
 # --- certificates ------------------------------------------------------------------
