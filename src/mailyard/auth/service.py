@@ -347,14 +347,16 @@ class LoginSession:
         # The exchange deadline (`sasl`): the mechanism whose client time is
         # counted, the seconds the client took in it so far, when its last
         # challenge went out (loop time), the timer for the rest, and the
-        # mechanism the deadline ended (counted then; its later steps fail).
+        # exchange the deadline ended with the failure that answers it (settled
+        # then), kept only until the protocol answers it (`expiry`) or the
+        # exchange's next step, cancel or end comes.
         self.deadline = min(deadline, SASL_EXCHANGE_MAX)
         self._on_expired = on_expired
         self._timed: sasl.Mechanism | None = None
         self._waited = 0.0
         self._asked: float | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._expired: sasl.Mechanism | None = None
+        self._expired: tuple[sasl.Mechanism, sasl.Failure] | None = None
 
     @property
     def tls(self) -> bool | None:
@@ -376,15 +378,16 @@ class LoginSession:
         self._timer = self._asked = self._timed = self._expired = None
         self._abandon("exchange abandoned", None)
 
-    def cancelled(self, name: str | None) -> None:
-        """The client cancelled the exchange (``*``, RFC 4422 3.5) where the
-        protocol engine answers that itself (SMTP): a failure, like a wrong
-        password, against ``name`` if the mechanism had one."""
+    def cancelled(self, mech: sasl.Mechanism) -> None:
+        """The client cancelled ``mech``'s exchange (``*``, RFC 4422 3.5, or a
+        line the engine refused) where the protocol engine answers that
+        itself (SMTP): a failure, like a wrong password, against the
+        mechanism's name if it had one."""
         self._stop_clock()
         self._timed = None
-        if self._expired is not None:
-            self._expired = None
-            return  # the deadline ended the exchange first, and counted it
+        if self.expiry(mech) is not None:
+            return  # the deadline ended the exchange first, and settled it
+        name = mech.authcid
         if self._open is not None:
             self._abandon("authentication cancelled", name)
             return
@@ -395,9 +398,10 @@ class LoginSession:
         """Answer the mechanism's needs until it has something for the client.
 
         Failures of kind ``invalid-credentials``, ``authzid`` and
-        ``cancelled`` are counted; kind ``temporary`` means over a limit
-        (nothing was verified; SMTP 454 4.7.0, IMAP NO [UNAVAILABLE], POP3
-        -ERR [SYS/TEMP]).
+        ``cancelled`` are counted; kind ``temporary`` means try again later
+        (SMTP 454 4.7.0, IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP],
+        ManageSieve NO (TRYLATER)): over a limit, nothing was verified, or
+        a SCRAM exchange ended by its deadline after the proof was verified.
 
         The exchange deadline: the client has ``deadline`` seconds in all to
         answer the challenges of one exchange (from the first challenge to
@@ -405,27 +409,29 @@ class LoginSession:
         delay or a verification, is not its time). A client that goes
         silent holds the attempt reserved for it, and enough of them would
         hold an account's whole budget so that its owner's login waits; so
-        when the time is up, the exchange ends at once (`_deadline_passed`)
-        as a failed authentication, counted as a failure: a client that
-        cannot finish in time has proven nothing, and counting it keeps
-        silence from being a free way to hold the budget, over and over.
-        The one exception is a SCRAM client whose proof was verified and
-        that is late only with its empty last message: the password was
-        right, so its attempt is settled as the throttle settles a login
-        (never a ban for a right password), and the login does not happen.
-        A step that reaches here after the deadline (its line came as the
-        timer ran, or the protocol could not answer at once) gets the same
-        failure, counted once.
+        when the time is up, the exchange ends at once (`_deadline_passed`,
+        `_expire`): one that holds a reservation (SCRAM after the
+        server-first message) as a failed authentication, counted as a
+        failure, since a client that cannot finish in time has proven
+        nothing, and counting it keeps silence from being a free way to hold
+        the budget, over and over; one that holds none (PLAIN or LOGIN
+        waiting for the client's line, SCRAM for its first message) with the
+        same reply, not counted and logged ``auth_aborted``: it held nothing,
+        and a slow human is not a guesser. A SCRAM client whose proof was
+        verified and that is late only with its empty last message gets the
+        temporary failure: its password was right, so its attempt is settled
+        as the throttle settles a login (never a ban for a right password),
+        and the login does not happen. The protocol answers at once
+        (``on_expired``, `expiry`); a step that reaches here after the
+        deadline (its line came as the timer ran, or the protocol could not
+        answer at once) gets that failure, settled once.
         """
         self._stop_clock()
-        if mech is self._expired:
-            # ended by the deadline, and counted then: what came since is not looked at
-            self._expired = None
-            return sasl.Failure(EXCHANGE_TOO_LONG, "invalid-credentials", mech.authcid)
+        failure = self.expiry(mech)
+        if failure is not None:
+            return failure  # ended by the deadline, and settled then: what came since is not looked at
         if self._timed is mech and self._waited >= self.deadline:
-            self._expire(mech)
-            self._expired = None
-            return sasl.Failure(EXCHANGE_TOO_LONG, "invalid-credentials", mech.authcid)
+            return self._expire(mech)
         try:
             result = await self._sasl(mech, ev)
         except BaseException:
@@ -463,13 +469,14 @@ class LoginSession:
         if self._timed is not mech:
             return
         self._stop_clock()
-        self._expire(mech)
+        self._expired = (mech, self._expire(mech))
         if self._on_expired is not None:
             self._on_expired()
 
-    def _expire(self, mech: sasl.Mechanism) -> None:
-        """End ``mech``'s exchange by the deadline: settle and count it."""
-        self._timed, self._waited, self._expired = None, 0.0, mech
+    def _expire(self, mech: sasl.Mechanism) -> sasl.Failure:
+        """End ``mech``'s exchange by the deadline: settle it (`sasl` says
+        how), and the failure that answers it."""
+        self._timed, self._waited = None, 0.0
         name = mech.authcid
         if self._open is not None and self._open_mech is mech and self._opened is None:
             # a SCRAM proof verified in time: the password was right
@@ -478,17 +485,25 @@ class LoginSession:
             self.service.proven(attempt)
             logs.event(log, logging.INFO, "auth_aborted", proto=self.protocol, ip=self.ip,
                        reason=EXCHANGE_TOO_LONG)
-        elif self._open is not None:
-            self._abandon(EXCHANGE_TOO_LONG, name)
+            return sasl.Failure(EXCHANGE_TOO_LONG, "temporary", name)
+        if self._open is not None:
+            self._abandon(EXCHANGE_TOO_LONG, name)  # counted: login_failed
         else:
+            # nothing reserved, nothing verified: not a failed login
             self._proven = None
-            key = self.service.key(name, None) if name is not None else None
-            self.service.failed(None, self.ip, name, self.protocol, EXCHANGE_TOO_LONG, key)
+            logs.event(log, logging.INFO, "auth_aborted", proto=self.protocol, ip=self.ip,
+                       reason=EXCHANGE_TOO_LONG)
+        return sasl.Failure(EXCHANGE_TOO_LONG, "invalid-credentials", name)
 
-    def expired(self, mech: sasl.Mechanism) -> bool:
-        """Whether the deadline ended ``mech``'s exchange (its next step
-        gets the failure)."""
-        return mech is self._expired
+    def expiry(self, mech: sasl.Mechanism) -> sasl.Failure | None:
+        """The failure that answers ``mech``'s exchange if the deadline ended
+        it, handed over once: the protocol that sends it takes it, and from
+        then on the session keeps nothing of the exchange (a SCRAM mechanism
+        holds the account's keys)."""
+        if self._expired is None or self._expired[0] is not mech:
+            return None
+        failure, self._expired = self._expired[1], None
+        return failure
 
     async def _sasl(self, mech: sasl.Mechanism, ev: sasl.Event) -> sasl.Challenge | sasl.Success | sasl.Failure:
         service = self.service

@@ -142,9 +142,9 @@ class _SaslExchange:
         self.mech = mech
         self.started = False
 
-    @property
-    def expired(self) -> bool:
-        return self.service.authenticator.expired(self.mech)
+    def expiry(self) -> LoginRefused | None:
+        failure = self.service.authenticator.expiry(self.mech)
+        return None if failure is None else _refusal(failure)
 
     async def step(self, response: bytes | None) -> SaslChallenge | LoginRefused | StoreBackend:
         mech, auth = self.mech, self.service.authenticator
@@ -158,9 +158,14 @@ class _SaslExchange:
         if isinstance(ev, sasl.Success):
             account = await auth.account(ev)
             return self.service.backend(account) if account is not None else LoginRefused("denied")
-        if ev.kind in ("cancelled", "temporary"):
-            return LoginRefused(ev.kind)
-        return LoginRefused("malformed" if ev.kind in _MALFORMED else "denied")
+        return _refusal(ev)
+
+
+def _refusal(failure: sasl.Failure) -> LoginRefused:
+    """What ends AUTHENTICATE for a SASL failure (auth/sasl.py kinds)."""
+    if failure.kind in ("cancelled", "temporary"):
+        return LoginRefused(failure.kind)
+    return LoginRefused("malformed" if failure.kind in _MALFORMED else "denied")
 
 
 _SETTINGS: weakref.WeakKeyDictionary[Services, tuple[Limits, ImapConfig]] = weakref.WeakKeyDictionary()

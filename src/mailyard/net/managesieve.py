@@ -54,6 +54,16 @@ SASL_FAILURE_TEXT = {
 }
 
 
+
+def _refusal(kind: str | None) -> tuple[str, str | None]:
+    """The text and response code of the NO that refuses a login whose SASL
+    failure is of ``kind`` (None: the account vanished): TRYLATER (RFC 5804
+    1.3) for a temporary failure, whatever the password."""
+    if kind == "temporary":
+        return "too many failed logins, try again later", "TRYLATER"
+    return SASL_FAILURE_TEXT.get(kind or "", "authentication failed"), None
+
+
 class ManageSieveSession(SessionProtocol):
     protocol_label = "managesieve"
 
@@ -171,21 +181,19 @@ class ManageSieveSession(SessionProtocol):
                 engine.login_ok()
                 return
         self._failures += 1
-        if isinstance(result, sasl.Failure) and result.kind == "temporary":
-            engine.login_failed("too many failed logins, try again later", "TRYLATER",
-                                close=self._failures >= MAX_LOGIN_FAILURES)
-            return
-        kind = result.kind if isinstance(result, sasl.Failure) else None
-        text = SASL_FAILURE_TEXT.get(kind or "", "authentication failed")
-        engine.login_failed(text, close=self._failures >= MAX_LOGIN_FAILURES)
+        text, code = _refusal(result.kind if isinstance(result, sasl.Failure) else None)
+        engine.login_failed(text, code, close=self._failures >= MAX_LOGIN_FAILURES)
 
     def end_sasl(self) -> bool:
-        engine = self.engine
-        if self._mech is None or engine is None or not engine.awaiting_sasl_response:
+        engine, mech = self.engine, self._mech
+        if mech is None or self._auth is None or engine is None or not engine.awaiting_sasl_response:
+            return False
+        failure = self._auth.expiry(mech)
+        if failure is None:
             return False
         self._mech = None
-        self._failures += 1
-        engine.end_sasl("authentication failed", close=self._failures >= MAX_LOGIN_FAILURES)
+        self._failures += 1  # settled by the login session; answered as `_login` answers it
+        engine.end_sasl(*_refusal(failure.kind), close=self._failures >= MAX_LOGIN_FAILURES)
         return True
 
     # --- scripts (RFC 5804 2.6-2.13) ----------------------------------------------

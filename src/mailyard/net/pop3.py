@@ -90,6 +90,11 @@ SASL_MECHANISMS = ("SCRAM-SHA-256", "PLAIN", "LOGIN")
 # Without TLS (and off loopback, net/login.py plaintext_allowed): the engine
 # refuses PLAIN with "-ERR [AUTH] ... non-secure" and LOGIN is not offered.
 _NO_CLEARTEXT_MECHANISMS = ("SCRAM-SHA-256", "PLAIN")
+# The refusals of a login (response code, text; RFC 3206 4): wrong
+# credentials or an unknown name (counted against the engine's failed
+# logins), and a temporary failure, whatever the password.
+_AUTH_FAILED = ("AUTH", "Authentication failed")
+_TRY_LATER = ("SYS/TEMP", "Too many failed logins, try again later")
 
 
 @dataclass
@@ -489,22 +494,25 @@ class POP3Session(SessionProtocol):
             await self.finish_login(None)
 
     def end_sasl(self) -> bool:
-        engine = self.engine
-        if self._mech is None or engine is None or not engine.awaiting_sasl_response:
+        engine, mech = self.engine, self._mech
+        if mech is None or self._auth is None or engine is None or not engine.awaiting_sasl_response:
+            return False
+        failure = self._auth.expiry(mech)
+        if failure is None:
             return False
         self._mech = None
-        engine.end_sasl("AUTH", "Authentication failed")  # counted by the login session
+        # settled by the login session; the replies of finish_login
+        engine.end_sasl(*(_TRY_LATER if failure.kind == "temporary" else _AUTH_FAILED))
         return True
 
     async def finish_login(self, acct: Account | TryLater | None) -> None:
         """Lock and list the maildrop of a verified account, or refuse."""
         engine = self.engine
         if isinstance(acct, TryLater):
-            # RFC 3206 section 4: a temporary failure, whatever the password.
-            engine.reject_login("SYS/TEMP", "Too many failed logins, try again later")
+            engine.reject_login(*_TRY_LATER)
             return
         if acct is None:
-            engine.reject_login("AUTH", "Authentication failed")
+            engine.reject_login(*_AUTH_FAILED)
             return
         acct = acct.without_secrets()  # checked: the session keeps none of them
         mailbox = await self.store.get_mailbox(acct.id, "INBOX")

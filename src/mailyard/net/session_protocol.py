@@ -194,9 +194,10 @@ class SessionProtocol(asyncio.Protocol):
         return self.on_timeout()
 
     def end_sasl(self) -> bool:
-        """End the SASL exchange that waits for the client's response with
-        the protocol's failure reply (queued in the engine); False if none
-        waits. See `sasl_expired`."""
+        """End the SASL exchange that waits for the client's response, which
+        the deadline ended, with the protocol's reply to the failure the
+        login session hands over (``LoginSession.expiry``, queued in the
+        engine); False if no such exchange waits. See `sasl_expired`."""
         return False
 
     def sasl_expired(self) -> None:
@@ -206,7 +207,8 @@ class SessionProtocol(asyncio.Protocol):
         (`end_sasl`), and the connection goes on as after any failed AUTH.
         While a step runs (the client's line came as the timer ran) or the
         client is not taking our output, nothing is sent here: the next
-        step of the exchange gets the failure from the login session."""
+        step of the exchange (or its cancel) takes the failure from the
+        login session."""
         if self.busy or self.closed or self.writing_paused:
             return
         if self.end_sasl():

@@ -74,6 +74,12 @@ log = logging.getLogger("mailyard.smtp")
 # the "abuse_refused" lines of one listener and reason, per process (the
 # metric counts every refusal)
 _ABUSE_LINES = logs.EventBudget()
+# The replies to a failed AUTH exchange (RFC 4954 6): credentials invalid,
+# and the temporary failure, whatever the password (over a login limit
+# nothing was checked, and the lockout expires; a SCRAM proof that was right
+# but whose exchange ran past its deadline).
+_AUTH_INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")
+_AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure, try again later")
 # Likewise the "rcpt_refused reason=relay" lines: a relay probe costs a client
 # one RCPT, as many as it likes; the recipients metric counts every one.
 _RELAY_LINES = logs.EventBudget()
@@ -331,7 +337,7 @@ class SMTPSession(SessionProtocol):
         elif isinstance(event, AuthCancelled):
             # The engine already answered 501; a cancel counts as a failure.
             if self._auth is not None and self._mech is not None:
-                self._auth.cancelled(self._mech.authcid)
+                self._auth.cancelled(self._mech)
             self._mech = None
         elif event.needs_answer:
             return self.step(event)
@@ -527,12 +533,15 @@ class SMTPSession(SessionProtocol):
         engine.respond(self._auth_failure_reply(ev))
 
     def end_sasl(self) -> bool:
-        if self._mech is None or self._auth is None or not self.engine.awaiting_sasl_response:
+        mech, auth = self._mech, self._auth
+        if mech is None or auth is None or not self.engine.awaiting_sasl_response:
             return False
-        mech, self._mech = self._mech, None
-        # the login session counted it: a 535 like any failed exchange's
-        self.engine.end_auth(self._auth_failure_reply(
-            sasl.Failure("exchange took too long", "invalid-credentials", mech.authcid)))
+        failure = auth.expiry(mech)
+        if failure is None:
+            return False
+        self._mech = None
+        # settled by the login session: 535, or 454 for a proof that was right
+        self.engine.end_auth(_AUTH_TEMPORARY if failure.kind == "temporary" else _AUTH_INVALID)
         return True
 
     def _tls_info(self) -> str | None:
@@ -553,10 +562,8 @@ class SMTPSession(SessionProtocol):
         if failure.kind == "too-long":
             return Reply(500, "5.5.6", "Authentication exchange line is too long")
         if failure.kind == "temporary":
-            # RFC 4954 6: 454 temporary failure, whatever the password: over a
-            # login limit nothing was checked, and the lockout expires.
-            return Reply(454, "4.7.0", "Temporary authentication failure, try again later")
-        return Reply(535, "5.7.8", "Authentication credentials invalid")
+            return _AUTH_TEMPORARY
+        return _AUTH_INVALID
 
     # --- STARTTLS (RFC 3207) ------------------------------------------------------
     async def starttls(self) -> None:

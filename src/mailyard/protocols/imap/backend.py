@@ -394,12 +394,12 @@ class LoginRefused:
 
 
 class SaslExchange(Protocol):
-    @property
-    def expired(self) -> bool:
-        """True once the login service's exchange deadline ended the
-        exchange while the client was to answer (the attempt counted as a
-        failed login): the command ends as one, NO [AUTHENTICATIONFAILED].
-        The I/O side wakes the wait for the client's line (`ImapIO.wake`)."""
+    def expiry(self) -> LoginRefused | None:
+        """The refusal that ends the exchange once the login service's
+        exchange deadline ended it while the client was to answer (settled
+        by the login service: "denied", or "temporary" for a SCRAM proof
+        that was right), handed over once; None until then. The I/O side
+        wakes the wait for the client's line (`ImapIO.wake`)."""
         ...
 
     async def step(self, response: bytes | None) -> SaslChallenge | LoginRefused | ImapBackend:

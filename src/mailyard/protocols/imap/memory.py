@@ -667,7 +667,8 @@ class MemoryBackend:
 class _PlainExchange:
     """SASL PLAIN (RFC 4616) against the store's passwords."""
 
-    expired = False  # no exchange deadline here
+    def expiry(self) -> None:
+        return None  # no exchange deadline here
 
     def __init__(self, login: MemoryLogin) -> None:
         self.login = login

@@ -157,10 +157,11 @@ async def cmd_authenticate(s: ImapSession, cmd: c.Authenticate) -> None:
             if isinstance(reply, AuthResponse):
                 ev = await exchange.step(reply.line)
                 break
-            if exchange.expired:
-                # the client did not answer in time: a failed login (counted
-                # by the login service), answered NO [AUTHENTICATIONFAILED]
-                ev = LoginRefused("denied")
+            refused = exchange.expiry()
+            if refused is not None:
+                # the client did not answer in time (settled by the login
+                # service): NO [AUTHENTICATIONFAILED], or NO [UNAVAILABLE]
+                ev = refused
                 break
             if not await s.io.more_input():
                 s.login.close()  # an exchange left open counts as a failure
