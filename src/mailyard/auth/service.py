@@ -325,9 +325,12 @@ class LoginSession:
         *, deadline: float = SASL_EXCHANGE_MAX, on_expired: Callable[[], None] | None = None,
     ) -> None:
         """``deadline``: seconds the client has to answer the challenges of
-        one exchange (at most ``SASL_EXCHANGE_MAX``); ``on_expired``: called
-        when it passes while the client was to answer, for the protocol to
-        send its failure reply (the exchange is settled by then)."""
+        one exchange (more than 0, at most ``SASL_EXCHANGE_MAX``, as config.py
+        checks ``[limits] sasl_deadline``); ``on_expired``: called when it
+        passes while the client was to answer, for the protocol to send its
+        failure reply (the exchange is settled by then, `expiry`)."""
+        if not 0 < deadline <= SASL_EXCHANGE_MAX:
+            raise ValueError(f"a SASL exchange deadline is more than 0 and at most {SASL_EXCHANGE_MAX:g} s")
         self.service = service
         self.ip = ip
         self.protocol = protocol
@@ -350,7 +353,7 @@ class LoginSession:
         # exchange the deadline ended with the failure that answers it (settled
         # then), kept only until the protocol answers it (`expiry`) or the
         # exchange's next step, cancel or end comes.
-        self.deadline = min(deadline, SASL_EXCHANGE_MAX)
+        self.deadline = deadline
         self._on_expired = on_expired
         self._timed: sasl.Mechanism | None = None
         self._waited = 0.0
