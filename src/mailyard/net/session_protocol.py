@@ -53,6 +53,9 @@ log = logging.getLogger("mailyard.net")
 
 # Seconds a closed connection may take to deliver its last output.
 CLOSE_GRACE = 10.0
+# Seconds a client has for its TLS handshake after STARTTLS or STLS (as on an
+# implicit-TLS port, net/accept.py HANDSHAKE_TIMEOUT).
+STARTTLS_TIMEOUT = 30.0
 # A step that wrote more than this and has more to write waits for the client
 # (`drain`), so a client that pipelines big fetches cannot make us hold them all.
 WRITE_HIGH_WATER = 256 * 1024
@@ -437,10 +440,12 @@ class SessionProtocol(asyncio.Protocol):
         self.write(self.engine.data_to_send())
         if forget is not None:
             forget()
+        started = self.loop.time()
         try:
             await self.start_tls(context)
         except (ssl.SSLError, OSError, ConnectionError) as exc:
-            log_tls_failure(log, self.listener.name, self.peer_ip, exc)
+            log_tls_failure(log, self.listener.name, self.peer_ip, exc, self.loop.time() - started,
+                            STARTTLS_TIMEOUT)
             self.abort()
             return False
         return True
@@ -448,7 +453,8 @@ class SessionProtocol(asyncio.Protocol):
     async def start_tls(self, context: ssl.SSLContext) -> None:
         """Switch the transport to TLS (the handshake part of ``upgrade_tls``)."""
         assert self.transport is not None
-        new = await self.loop.start_tls(self.transport, self, context, server_side=True, ssl_handshake_timeout=30)
+        new = await self.loop.start_tls(self.transport, self, context, server_side=True,
+                                        ssl_handshake_timeout=STARTTLS_TIMEOUT)
         if new is None:
             raise ConnectionError("TLS handshake failed")
         self.transport = new
