@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import logging
 import re
+import select
 import stat
 import threading
 import time
@@ -368,14 +369,19 @@ def _account_entry(server: RunningServer, name: str) -> tuple[int, int]:
 
 
 # per protocol: the port; the reply to an exchange the client left silent
-# past the deadline, and the temporary one (RFC 4954 6, RFC 9051 6.2.2 and
-# 7.1, RFC 5034 4 and RFC 3206 4, RFC 5804 2.1 and 1.3); a command that shows
-# the connection goes on, and its reply
+# past the deadline, and the temporary one to a SCRAM client whose proof was
+# right, which says why (RFC 4954 6, RFC 9051 6.2.2 and 7.1, RFC 5034 4 and
+# RFC 3206 4, RFC 5804 2.1 and 1.3); a command that shows the connection goes
+# on, and its reply
 SILENT = {
-    "smtp": ("submission", b"535 5.7.8 ", b"454 4.7.0 ", b"NOOP", b"250 "),
-    "imap": ("imap", b"a NO [AUTHENTICATIONFAILED] ", b"a NO [UNAVAILABLE] ", b"b NOOP", b"b OK "),
-    "pop3": ("pop3", b"-ERR [AUTH] ", b"-ERR [SYS/TEMP] ", b"CAPA", b"+OK"),
-    "managesieve": ("managesieve", b'NO "authentication failed"', b'NO (TRYLATER) ', b"NOOP", b"OK "),
+    "smtp": ("submission", b"535 5.7.8 ", b"454 4.7.0 Temporary authentication failure, try again later\r\n",
+             b"NOOP", b"250 "),
+    "imap": ("imap", b"a NO [AUTHENTICATIONFAILED] ",
+             b"a NO [UNAVAILABLE] Authentication took too long, try again\r\n", b"b NOOP", b"b OK "),
+    "pop3": ("pop3", b"-ERR [AUTH] ", b"-ERR [SYS/TEMP] Authentication took too long, try again\r\n",
+             b"CAPA", b"+OK"),
+    "managesieve": ("managesieve", b'NO "authentication failed"',
+                    b'NO (TRYLATER) "authentication took too long, try again"\r\n', b"NOOP", b"OK "),
 }
 
 
@@ -547,7 +553,7 @@ def test_a_scram_client_late_only_with_its_last_message_gets_the_temporary_failu
         server_first = client.challenge(client.start("SCRAM-SHA-256", scram.first()))
         assert client.challenge(client.answer(scram.final(server_first))) == scram.expected_v
         answer = client.reply()
-        assert answer.startswith(SILENT[proto][2]), answer
+        assert answer == SILENT[proto][2], answer
         assert _account_entry(server, ALICE) == (0, 0)
         assert _lines(caplog, "login_failed") == [] and _lines(caplog, "login") == []
         aborted = _lines(caplog, "auth_aborted")
@@ -576,6 +582,116 @@ def test_an_exchange_cancelled_after_an_expired_one_counts_and_is_settled(
         assert _account_entry(server, ALICE) == (1, 1)  # the second exchange holds an attempt
         assert client.w.smtp(cancel).startswith((b"501 ", b"500 "))
         assert _account_entry(server, ALICE) == (2, 0)
+        client.goes_on()
+    finally:
+        client.w.close()
+
+
+@pytest.mark.parametrize("proto", ["imap", "pop3", "managesieve"])
+def test_a_last_scram_message_that_comes_after_the_deadline_gets_the_temporary_failure(
+    make_server: Callable[..., RunningServer], proto: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, but the protocol cannot answer when the deadline passes (its
+    ``sasl_expired`` does nothing here, as when a step runs then): the
+    client's late empty message is what gets the temporary failure that the
+    login service settled, with the same words."""
+    from mailyard.net import imap, session_protocol
+
+    monkeypatch.setattr(session_protocol.SessionProtocol, "sasl_expired", lambda self: None)
+    monkeypatch.setattr(imap.ImapConnection, "sasl_expired", lambda self: None)
+    server = make_server(_with_sasl_deadline)
+    client = _Exchange(server, proto)
+    try:
+        scram = ScramClient(ALICE, USERS[ALICE])
+        server_first = client.challenge(client.start("SCRAM-SHA-256", scram.first()))
+        assert client.challenge(client.answer(scram.final(server_first))) == scram.expected_v
+        assert _account_entry(server, ALICE) == (0, 1)
+        # the deadline passes: settled as right credentials, and not answered
+        assert wait_for(lambda: _account_entry(server, ALICE) == (0, 0))
+        assert client.answer(b"") == SILENT[proto][2]
+        client.goes_on()
+    finally:
+        client.w.close()
+
+
+def test_a_managesieve_answer_that_is_not_a_string_ends_the_exchange_at_once(
+    make_server: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture,
+    mechanisms: Callable[[RunningServer], int],
+) -> None:
+    """RFC 5804 2.1: the client answers a challenge with a string. Anything
+    else ends the exchange as a malformed message: its reservation settled
+    and counted at once, as a cancel is, not held until the deadline, and
+    the mechanism (with alice's SCRAM keys) dropped."""
+    caplog.set_level(logging.INFO, logger="mailyard.auth")
+    server = make_server(functools.partial(_with_sasl_deadline, account=10))
+    client = _Exchange(server, "managesieve")
+    try:
+        client.challenge(client.start("SCRAM-SHA-256", ScramClient(ALICE, "whatever").first()))
+        assert _account_entry(server, ALICE) == (0, 1)
+        client.w.send(b"notastring\r\n")
+        answer = client.reply()
+        assert _account_entry(server, ALICE) == (1, 0)
+        assert mechanisms(server) == 0
+        assert answer == b'NO "cannot decode the authentication data"\r\n', answer
+        failed = _lines(caplog, "login_failed")
+        assert len(failed) == 1 and 'reason="SASL response is not a string"' in failed[0], failed
+        client.goes_on()
+    finally:
+        client.w.close()
+
+
+@pytest.mark.parametrize("proto", list(SILENT))
+def test_a_scram_login_leaves_no_mechanism_behind(
+    make_server: Callable[..., RunningServer], proto: str, mechanisms: Callable[[RunningServer], int],
+) -> None:
+    """After a SCRAM login the connection, still open, keeps nothing of the
+    exchange: the mechanism held the account's StoredKey and ServerKey."""
+    server = make_server(_with_sasl_deadline)
+    client = _Exchange(server, proto)
+    try:
+        scram = ScramClient(ALICE, USERS[ALICE])
+        server_first = client.challenge(client.start("SCRAM-SHA-256", scram.first()))
+        assert client.challenge(client.answer(scram.final(server_first))) == scram.expected_v
+        done = client.answer(b"")
+        assert done.startswith((b"235 ", b"a OK ", b"+OK", b"OK ")), done
+        assert mechanisms(server) == 0
+    finally:
+        client.w.close()
+
+
+@pytest.mark.parametrize("proto", ["smtp", "pop3", "managesieve"])
+def test_an_exchange_that_expires_while_the_client_is_not_reading_is_answered_when_it_reads(
+    make_server: Callable[..., RunningServer], proto: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The deadline passes while the server's output waits for the client
+    (the transport paused writing, as for a client that does not read): the
+    failure reply is not written then, and it is when the client takes the
+    output again (``resume_writing``), with no line from it."""
+    from mailyard.net import session_protocol
+
+    connections: list[session_protocol.SessionProtocol] = []
+    made = session_protocol.SessionProtocol.connection_made
+
+    def connection_made(self: session_protocol.SessionProtocol, transport: object) -> None:
+        connections.append(self)
+        made(self, transport)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(session_protocol.SessionProtocol, "connection_made", connection_made)
+    server = make_server(_with_sasl_deadline)
+    client = _Exchange(server, proto)
+
+    async def flow(paused: bool) -> None:
+        (conn,) = connections
+        conn.pause_writing() if paused else conn.resume_writing()
+
+    try:
+        client.challenge(client.start("SCRAM-SHA-256", ScramClient(ALICE, "whatever").first()))
+        server.call(flow(paused=True))
+        assert wait_for(lambda: _account_entry(server, ALICE) == (1, 0))  # the deadline passed
+        assert select.select([client.w.sock], [], [], 0)[0] == []  # nothing written meanwhile
+        server.call(flow(paused=False))
+        answer = client.reply()
+        assert answer.startswith(SILENT[proto][1]), answer
         client.goes_on()
     finally:
         client.w.close()

@@ -34,6 +34,7 @@ import hmac
 import logging
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ from .passwords import SCRAM_SALT_BYTES, ScramKeys, parse_scram_sha256, verify_p
 from .throttle import Attempt, Busy, Locked, LoginThrottle
 from .throttle_db import PENDING_TTL
 
-__all__ = ["LoginService", "LoginSession", "TryLater", "load_secret"]
+__all__ = ["LoginService", "LoginSession", "TryLater", "load_secret", "too_slow"]
 
 
 # The longest a SCRAM exchange may run from the server-first message (the
@@ -63,6 +64,14 @@ SASL_EXCHANGE_MAX = PENDING_TTL / 2
 EXCHANGE_TOO_LONG = "exchange took too long"
 
 log = logging.getLogger("mailyard.auth")
+
+
+def too_slow(failure: sasl.Failure) -> bool:
+    """True for the temporary failure of a SCRAM exchange whose proof was
+    verified (the password was right) and that the exchange deadline ended
+    before the client's last message (`LoginSession.sasl`): the protocols
+    say so, not "too many failed logins", though with the same code."""
+    return failure.kind == "temporary" and failure.reason == EXCHANGE_TOO_LONG
 
 # The file in the data directory holding the secret of the fake SCRAM salts.
 SECRET_FILE = "scram-salt.key"
@@ -352,14 +361,16 @@ class LoginSession:
         # challenge went out (loop time), the timer for the rest, and the
         # exchange the deadline ended with the failure that answers it (settled
         # then), kept only until the protocol answers it (`expiry`) or the
-        # exchange's next step, cancel or end comes.
+        # exchange's next step, cancel or end comes; the mechanism only by a
+        # weak reference: whoever answers it holds it, and a SCRAM mechanism
+        # holds the account's keys, which the session must not keep alive.
         self.deadline = deadline
         self._on_expired = on_expired
         self._timed: sasl.Mechanism | None = None
         self._waited = 0.0
         self._asked: float | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._expired: tuple[sasl.Mechanism, sasl.Failure] | None = None
+        self._expired: tuple[weakref.ref[sasl.Mechanism], sasl.Failure] | None = None
 
     @property
     def tls(self) -> bool | None:
@@ -472,7 +483,7 @@ class LoginSession:
         if self._timed is not mech:
             return
         self._stop_clock()
-        self._expired = (mech, self._expire(mech))
+        self._expired = (weakref.ref(mech), self._expire(mech))
         if self._on_expired is not None:
             self._on_expired()
 
@@ -503,7 +514,7 @@ class LoginSession:
         it, handed over once: the protocol that sends it takes it, and from
         then on the session keeps nothing of the exchange (a SCRAM mechanism
         holds the account's keys)."""
-        if self._expired is None or self._expired[0] is not mech:
+        if self._expired is None or self._expired[0]() is not mech:
             return None
         failure, self._expired = self._expired[1], None
         return failure
@@ -563,7 +574,7 @@ class LoginSession:
                     logs.event(log, logging.INFO, "auth_aborted", proto=self.protocol, ip=self.ip, reason=ev.kind)
                 return ev
             elif isinstance(ev, sasl.Success):
-                attempt, self._open = self._open, None
+                attempt, self._open, self._open_mech = self._open, None, None
                 proven, self._proven, self._logged_in = self._proven, None, None
                 try:
                     account = await service.resolve(ev.authcid)

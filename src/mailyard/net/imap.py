@@ -45,7 +45,7 @@ from ..protocols.imap.session import ImapConfig, ImapSession
 from ..store.api import Account, StoreError, StoreUnavailable
 from .budgets import abuse_budgets
 from .imap_store import StoreBackend
-from .login import Authenticator, TryLater, plaintext_allowed
+from .login import Authenticator, TryLater, plaintext_allowed, too_slow
 from .revocations import RevocationWatch
 from .session_protocol import SessionProtocol
 
@@ -163,6 +163,8 @@ class _SaslExchange:
 
 def _refusal(failure: sasl.Failure) -> LoginRefused:
     """What ends AUTHENTICATE for a SASL failure (auth/sasl.py kinds)."""
+    if too_slow(failure):
+        return LoginRefused("too-slow")
     if failure.kind in ("cancelled", "temporary"):
         return LoginRefused(failure.kind)
     return LoginRefused("malformed" if failure.kind in _MALFORMED else "denied")

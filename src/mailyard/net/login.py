@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..auth.service import LoginSession, TryLater
+from ..auth.service import LoginSession, TryLater, too_slow
 from ..auth.throttle import LoginThrottle, ThrottlePolicy
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..services import Services
     from .session_protocol import SessionProtocol
 
-__all__ = ["Authenticator", "TryLater", "plaintext_allowed", "throttle_from_config"]
+__all__ = ["Authenticator", "TryLater", "plaintext_allowed", "throttle_from_config", "too_slow"]
 
 
 def throttle_from_config(cfg: AuthConfig, store: StoreConfig | None = None) -> LoginThrottle:

@@ -208,10 +208,10 @@ class SessionProtocol(asyncio.Protocol):
         a challenge (auth/service.py ``LoginSession.sasl``; the attempt is
         settled already): send the protocol's failure reply now
         (`end_sasl`), and the connection goes on as after any failed AUTH.
-        While a step runs (the client's line came as the timer ran) or the
-        client is not taking our output, nothing is sent here: the next
-        step of the exchange (or its cancel) takes the failure from the
-        login session."""
+        While a step runs (the client's line came as the timer ran), the
+        step takes the failure from the login session; while the client is
+        not taking our output, `resume_writing` sends the reply once it
+        does (or the next step of the exchange, or its cancel, takes it)."""
         if self.busy or self.closed or self.writing_paused:
             return
         if self.end_sasl():
@@ -286,6 +286,10 @@ class SessionProtocol(asyncio.Protocol):
             self._writable.set_result(None)
         if not (self.busy or self.closed):
             self.advance()  # the commands that waited for the client to read
+            # a SASL exchange the deadline ended meanwhile: answered now
+            # (what the client sent first was taken above, and answered so)
+            if not (self.busy or self.closed or self.writing_paused) and self.end_sasl():
+                self.advance()
             self.timers.check_deadline()
 
     async def drain(self) -> None:
