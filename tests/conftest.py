@@ -35,10 +35,12 @@ def _fresh_log_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
     empty in every test: servers of earlier tests in this process must not
     have spent them, or a test counting log lines sees fewer."""
     from mailyard import logs
-    from mailyard.net import conncaps, smtp
+    from mailyard.net import conncaps, smtp, tls
 
     monkeypatch.setattr(conncaps, "_REFUSALS", logs.EventBudget())
     monkeypatch.setattr(smtp, "_ABUSE_LINES", logs.EventBudget())
+    monkeypatch.setattr(smtp, "_RELAY_LINES", logs.EventBudget())
+    monkeypatch.setattr(tls, "_TLS_FAILURES", logs.EventBudget())
 
 DOMAIN = "example.test"
 USERS = {

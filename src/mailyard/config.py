@@ -21,6 +21,12 @@ class ConfigError(Exception):
     """The configuration file is unreadable or has a bad key or value."""
 
 
+# The longest ``[limits] sasl_deadline``: auth/service.py SASL_EXCHANGE_MAX
+# (half the throttle's PENDING_TTL), past which a SCRAM proof is refused
+# anyway (tests/unit/test_config.py checks the two agree).
+SASL_DEADLINE_MAX = 60.0
+
+
 @dataclass
 class ServerConfig:
     # The name this server gives itself in greetings, EHLO and Received headers.
@@ -84,6 +90,12 @@ class LimitsConfig:
     http_body_min_rate: int = 4096
     # Seconds for a whole IMAP literal (e.g. APPEND) once its command began.
     literal_deadline: float = 600.0
+    # Seconds a client has, in all, to answer the challenges of one SASL
+    # exchange (AUTH / AUTHENTICATE on SMTP, IMAP, POP3 and ManageSieve);
+    # then it ends with the protocol's failure reply (auth/service.py
+    # LoginSession.sasl says what it counts). More than 0, at most
+    # SASL_DEADLINE_MAX.
+    sasl_deadline: float = SASL_DEADLINE_MAX
     # IMAP: longest command line, and largest literal outside APPEND (APPEND
     # is bounded by smtp.max_message_size).
     imap_max_line: int = 64 * 1024
@@ -510,6 +522,9 @@ class Config:
             if not getattr(self.ports, needed):
                 raise ConfigError(f"{source}: 'tls.acme_challenge' {self.tls.acme_challenge} needs the"
                                   f" {needed} port ([ports] {needed} is 0)")
+        if not 0 < self.limits.sasl_deadline <= SASL_DEADLINE_MAX:
+            raise ConfigError(f"{source}: 'limits.sasl_deadline' must be more than 0 and at most"
+                              f" {SASL_DEADLINE_MAX:g} (seconds), not {self.limits.sasl_deadline:g}")
         if self.authentication.dmarc_policy not in ("enforce", "record"):
             raise ConfigError(f"{source}: 'authentication.dmarc_policy' must be \"enforce\" or \"record\"")
         if self.mta_sts.max_age > 31557600:  # RFC 8461 3.2

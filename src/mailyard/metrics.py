@@ -3,8 +3,8 @@
 
 The rest of the code calls the small API here (`count_connection`,
 `count_connection_refused`, `count_login`, `count_message`,
-`count_recipient_rejected`, `count_abuse`, `count_delivery`,
-`observe_delivery`); it never touches prometheus_client.
+`count_recipient_rejected`, `count_abuse`, `count_tls_failure`,
+`count_delivery`, `observe_delivery`); it never touches prometheus_client.
 Each call is an increment of an in-memory value (a dict lookup and a lock;
 in multiprocess mode a write into an mmap()ed file), no system call: the
 multiprocess values tell a forked child by the process id this module
@@ -39,8 +39,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = [
     "CONTENT_TYPE_LATEST", "Snapshot", "count_abuse", "count_connection", "count_connection_refused",
-    "count_delivery", "count_login", "count_message", "count_recipient_rejected", "enable_multiprocess",
-    "exposition", "observe_delivery",
+    "count_delivery", "count_login", "count_message", "count_recipient_rejected", "count_tls_failure",
+    "enable_multiprocess", "exposition", "observe_delivery",
 ]
 
 # Every metric has labels: a labelled metric creates its values at the first
@@ -76,7 +76,12 @@ ABUSE_REFUSALS = Counter(
     "mailyard_abuse_refusals", "Clients and accounts refused by the abuse defences (spam/), by service and"
     " reason (rate, early-talker, out-of-sync, greylisted, submission-limit)", ["service", "reason"], registry=None,
 )
-_ALL = (CONNECTIONS, CONNECTIONS_REFUSED, LOGINS, MESSAGES, RECIPIENTS_REJECTED, DELIVERIES, DELIVERY_SECONDS, ABUSE_REFUSALS)
+TLS_FAILURES = Counter(
+    "mailyard_tls_failures", "TLS handshakes that failed (STARTTLS, or an implicit-TLS port), by service and"
+    " reason (timeout, closed, protocol, error)", ["service", "reason"], registry=None,
+)
+_ALL = (CONNECTIONS, CONNECTIONS_REFUSED, LOGINS, MESSAGES, RECIPIENTS_REJECTED, DELIVERIES, DELIVERY_SECONDS,
+        ABUSE_REFUSALS, TLS_FAILURES)
 
 # This process's values (single-process mode).
 _LOCAL = CollectorRegistry(auto_describe=True)
@@ -161,6 +166,11 @@ def count_recipient_rejected(service: str, reason: str) -> None:
 def count_abuse(service: str, reason: str) -> None:
     """A connection, message or recipient refused by an abuse defence."""
     ABUSE_REFUSALS.labels(service, reason).inc()
+
+
+def count_tls_failure(service: str, reason: str) -> None:
+    """A TLS handshake that failed: every one, where the log has a budget of lines."""
+    TLS_FAILURES.labels(service, reason).inc()
 
 
 def count_delivery(kind: str, result: str, count: int = 1) -> None:

@@ -340,6 +340,167 @@ def test_refused_connections_write_a_bounded_number_of_log_lines(
     assert len(counted) == refused + per_check and {s for s, _ in counted} == {service}, counted
 
 
+async def _loop_turn() -> None:
+    """Nothing: run on the server's loop, it returns once the callbacks
+    before it (a failure being logged) have run."""
+
+
+def _fail_tls(server: RunningServer, service: str) -> None:
+    """One client that fails its TLS handshake with garbage: after STARTTLS
+    on a plain port, or at once on an implicit-TLS one; read until the
+    server closes."""
+    with socket.create_connection((server.host, server.port(service)), timeout=10) as sock:
+        if service == "imap":
+            assert _read_line(sock).startswith(b"* OK")
+            sock.sendall(b"a STARTTLS\r\n")
+            assert _read_line(sock).startswith(b"a OK")
+        elif service == "smtp":
+            assert _read_line(sock).startswith(b"220 ")
+            sock.sendall(b"EHLO client.example.test\r\n")
+            while not _read_line(sock).startswith(b"250 "):
+                pass
+            sock.sendall(b"STARTTLS\r\n")
+            assert _read_line(sock).startswith(b"220 ")
+        sock.sendall(b"GET / HTTP/1.0 and other things that are not TLS\r\n\r\n")
+        _read_until_closed(sock)
+
+
+@pytest.mark.parametrize("service", ["smtp", "imap", "imaps"])
+def test_failed_tls_handshakes_write_a_bounded_number_of_log_lines(
+    make_server: Callable[..., RunningServer], service: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client may fail TLS handshakes as fast as it connects (STARTTLS and
+    then garbage, or garbage to an implicit-TLS port): every failure is
+    counted in the metric, the log gets a budget of lines per listener and
+    reason, and the next line after it says how many were held back."""
+    from mailyard.net import tls
+
+    now = [0.0]
+    monkeypatch.setattr(tls, "_TLS_FAILURES", logs.EventBudget(burst=5, window=10.0, clock=lambda: now[0]))
+    counted: list[tuple[str, str]] = []
+    monkeypatch.setattr(metrics, "count_tls_failure", lambda service, reason: counted.append((service, reason)))
+    server = make_server()
+    caplog.set_level(logging.INFO, logger="mailyard.net")
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("tls_failed ")]
+
+    for _ in range(15):
+        _fail_tls(server, service)
+    # (the 15th is counted, and logged or held back, before the clock moves:
+    # the line comes right after the count)
+    wait_until(lambda: len(counted) == 15, 20, "15 failed handshakes counted")
+    server.call(_loop_turn())
+    now[0] += 10.0
+    _fail_tls(server, service)
+    wait_until(lambda: len(counted) == 16, 20, "the last failed handshake counted")
+    server.call(_loop_turn())
+    logged = lines()
+    assert len(logged) == 6, logged  # the budget, then the last one's own
+    assert logged[5].endswith(" suppressed=10"), logged[5]
+    assert all(f"proto={service} " in line and " reason=protocol " in line for line in logged), logged
+    assert counted == [(service, "protocol")] * 16
+
+
+def _tls_failures(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """The (service, reason) of every failed TLS handshake counted from now."""
+    counted: list[tuple[str, str]] = []
+    monkeypatch.setattr(metrics, "count_tls_failure", lambda service, reason: counted.append((service, reason)))
+    return counted
+
+
+@pytest.mark.parametrize("service", ["imaps", "imap"])
+def test_a_tls_handshake_that_runs_past_its_timeout_is_a_timeout(
+    make_server: Callable[..., RunningServer], service: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that begins a handshake and never finishes it (on an
+    implicit-TLS port, or after STARTTLS) is cut at the handshake timeout
+    (asyncio and uvloop say ConnectionAbortedError): counted and logged
+    with reason ``timeout``."""
+    from mailyard.net import accept, session_protocol
+
+    if service == "imaps":
+        monkeypatch.setattr(accept, "HANDSHAKE_TIMEOUT", 1.0)
+    else:
+        monkeypatch.setattr(session_protocol, "STARTTLS_TIMEOUT", 1.0)
+    counted = _tls_failures(monkeypatch)
+    server = make_server()
+    caplog.set_level(logging.INFO, logger="mailyard.net")
+    with socket.create_connection((server.host, server.port(service)), timeout=10) as sock:
+        if service == "imap":
+            assert _read_line(sock).startswith(b"* OK")
+            sock.sendall(b"a STARTTLS\r\n")
+            assert _read_line(sock).startswith(b"a OK")
+        # a 16 KiB handshake record's header and the first bytes of its ClientHello
+        sock.sendall(b"\x16\x03\x01" + (16384).to_bytes(2, "big") + b"\x01" + b"\x00" * 1000)
+        _read_until_closed(sock)
+    wait_until(lambda: bool(counted), 10, "the failed handshake counted")
+    server.call(_loop_turn())
+    assert counted == [(service, "timeout")]
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tls_failed ")]
+    assert len(logged) == 1 and f"proto={service} " in logged[0] and " reason=timeout " in logged[0], logged
+
+
+def test_a_client_that_hangs_up_before_or_during_the_handshake_is_counted_not_logged(
+    make_server: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A load balancer's or a monitor's health check of an implicit-TLS port
+    connects and closes; a client may also hang up in the middle of its
+    ClientHello. Both are counted (reason ``closed``) but write no line at
+    INFO: only at DEBUG."""
+    counted = _tls_failures(monkeypatch)
+    server = make_server()
+    caplog.set_level(logging.INFO, logger="mailyard.net")
+    with socket.create_connection((server.host, server.port("imaps")), timeout=10):
+        pass  # connect and close
+    with socket.create_connection((server.host, server.port("imaps")), timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01" + (16384).to_bytes(2, "big") + b"\x01" + b"\x00" * 1000)
+    wait_until(lambda: len(counted) == 2, 10, "both failed handshakes counted")
+    server.call(_loop_turn())
+    assert counted == [("imaps", "closed")] * 2
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("tls_failed ")] == []
+    caplog.set_level(logging.DEBUG, logger="mailyard.net")
+    with socket.create_connection((server.host, server.port("imaps")), timeout=10):
+        pass
+    wait_until(lambda: len(counted) == 3, 10, "the third failed handshake counted")
+    server.call(_loop_turn())
+    debug = [r for r in caplog.records if r.getMessage().startswith("tls_failed ")]
+    assert len(debug) == 1 and debug[0].levelno == logging.DEBUG and " reason=closed " in debug[0].getMessage()
+
+
+def test_relay_refusals_write_a_bounded_number_of_log_lines(
+    make_server: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client may probe for an open relay with as many RCPTs as it likes:
+    every refusal is counted in the metric, the log gets a budget of
+    "rcpt_refused reason=relay" lines per listener, and the next line after
+    it says how many were held back."""
+    from mailyard.net import smtp as smtp_glue
+
+    now = [0.0]
+    monkeypatch.setattr(smtp_glue, "_RELAY_LINES", logs.EventBudget(burst=5, window=10.0, clock=lambda: now[0]))
+    counted: list[tuple[str, str]] = []
+    monkeypatch.setattr(metrics, "count_recipient_rejected",
+                        lambda service, reason: counted.append((service, reason)))
+    server = make_server()
+    caplog.set_level(logging.INFO, logger="mailyard.smtp")
+    with smtplib.SMTP(server.host, server.port("smtp"), timeout=10) as client:
+        client.ehlo()
+        assert client.mail("carol@remote.test")[0] == 250
+        for i in range(15):
+            assert client.rcpt(f"victim{i}@elsewhere.test")[0] == 550
+        now[0] += 10.0
+        assert client.rcpt("victim@elsewhere.test")[0] == 550
+        assert client.rcpt("bob@example.test")[0] == 250
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rcpt_refused ")]
+    assert len(lines) == 6, lines  # the budget, then the last one's own
+    assert lines[5].endswith(" suppressed=10"), lines[5]
+    assert all(" reason=relay" in line for line in lines), lines
+    assert counted == [("smtp", "relay")] * 16
+
+
 def _half_handshake(server: RunningServer, service: str, source: str) -> socket.socket:
     """A connection that begins a TLS handshake and never ends it: the header
     of a 16 KiB handshake record (RFC 8446 5.1) and the first bytes of its

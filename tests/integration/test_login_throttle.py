@@ -21,13 +21,18 @@ No wall-clock time is asserted: delays are read from the service's sleep hook.
 from __future__ import annotations
 
 import base64
+import functools
+import gc
 import hashlib
 import hmac
+import logging
 import re
+import select
 import stat
 import threading
 import time
 import unicodedata
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -337,6 +342,359 @@ def test_a_cancelled_exchange_counts_as_a_failure(make_server: Callable[..., Run
         finally:
             w.close()
     assert login(server, "imap", ALICE, USERS[ALICE]).startswith(TEMPORARY["imap"])
+
+
+# --- 6b. the SASL exchange deadline ------------------------------------------------------------
+
+
+def _with_sasl_deadline(cfg: Config, account: int = 1) -> None:
+    """``account`` attempts in alice's budget, and a SASL exchange deadline
+    of 4 s: short for a test, long enough that a test thread stalled for a
+    moment does not miss what happens before it; the idle timeout and the
+    command deadline well past it."""
+    limits(account=account)(cfg)
+    cfg.limits.sasl_deadline = 4.0
+    cfg.limits.idle_timeout = 30.0
+    cfg.limits.command_deadline = 30.0
+
+
+def _account_entry(server: RunningServer, name: str) -> tuple[int, int]:
+    """(failures, pending) of ``name`` in the server's login throttle."""
+
+    async def read() -> tuple[int, int]:
+        entry = server.server.login.throttle._accounts.entries.get(name)
+        return (entry.failures, entry.pending) if entry is not None else (0, 0)
+
+    return server.call(read())
+
+
+# per protocol: the port; the reply to an exchange the client left silent
+# past the deadline, and the temporary one to a SCRAM client whose proof was
+# right, which says why (RFC 4954 6, RFC 9051 6.2.2 and 7.1, RFC 5034 4 and
+# RFC 3206 4, RFC 5804 2.1 and 1.3); a command that shows the connection goes
+# on, and its reply
+SILENT = {
+    "smtp": ("submission", b"535 5.7.8 ", b"454 4.7.0 Temporary authentication failure, try again later\r\n",
+             b"NOOP", b"250 "),
+    "imap": ("imap", b"a NO [AUTHENTICATIONFAILED] ",
+             b"a NO [UNAVAILABLE] Authentication took too long, try again\r\n", b"b NOOP", b"b OK "),
+    "pop3": ("pop3", b"-ERR [AUTH] ", b"-ERR [SYS/TEMP] Authentication took too long, try again\r\n",
+             b"CAPA", b"+OK"),
+    "managesieve": ("managesieve", b'NO "authentication failed"',
+                    b'NO (TRYLATER) "authentication took too long, try again"\r\n', b"NOOP", b"OK "),
+}
+
+
+class _Exchange:
+    """A client of one protocol of ``SILENT`` that runs SASL exchanges by
+    hand: AUTH (SMTP, POP3) or AUTHENTICATE (IMAP, ManageSieve)."""
+
+    def __init__(self, server: RunningServer, proto: str) -> None:
+        self.proto = proto
+        self.w = Wire(server.port(SILENT[proto][0]))
+        if proto == "managesieve":
+            while not self.w.line().startswith(b"OK "):
+                pass
+        else:
+            self.w.line()
+            if proto == "smtp":
+                self.w.smtp("EHLO client.example.test")
+
+    def reply(self) -> bytes:
+        """The server's next reply (a challenge or the exchange's end)."""
+        return self.w.smtp() if self.proto == "smtp" else self.w.line()
+
+    def start(self, mechanism: str, initial: bytes | None = None) -> bytes:
+        arg = b"" if initial is None else b" " + b64(initial)
+        if self.proto == "managesieve":
+            arg = b"" if initial is None else b' "' + b64(initial) + b'"'
+            self.w.send(b'AUTHENTICATE "' + mechanism.encode() + b'"' + arg + b"\r\n")
+        else:
+            verb = b"a AUTHENTICATE " if self.proto == "imap" else b"AUTH "
+            self.w.send(verb + mechanism.encode() + arg + b"\r\n")
+        return self.reply()
+
+    def answer(self, data: bytes) -> bytes:
+        """Send ``data`` as the response to the last challenge; the reply."""
+        self.w.send((b'"' + b64(data) + b'"' if self.proto == "managesieve" else b64(data)) + b"\r\n")
+        return self.reply()
+
+    def challenge(self, reply: bytes) -> bytes:
+        """The data of a challenge (``334 ``, ``+ ``, a ManageSieve string)."""
+        if self.proto == "managesieve":
+            assert reply.startswith(b'"'), reply
+            return base64.b64decode(reply.strip().strip(b'"'))
+        assert reply.startswith(b"334 " if self.proto == "smtp" else b"+ "), reply
+        return base64.b64decode(reply.split(b" ", 1)[1].strip())
+
+    def goes_on(self) -> None:
+        """The connection is usable after the exchange ended."""
+        _, _, _, command, ok = SILENT[self.proto]
+        assert self.w.cmd(command).startswith(ok)
+        if self.proto == "pop3":
+            while self.w.line() != b".\r\n":  # the rest of CAPA's answer
+                pass
+
+
+@pytest.fixture
+def mechanisms(monkeypatch: pytest.MonkeyPatch) -> Callable[[RunningServer], int]:
+    """Every SASL mechanism the server starts is watched: the returned
+    function says how many of them are still alive (after a full
+    collection, on the server's loop). A SCRAM mechanism holds the account's
+    StoredKey and ServerKey: no connection may keep one past its exchange."""
+    from mailyard.auth import sasl
+
+    made: list[weakref.ref[sasl.Mechanism]] = []
+    real = sasl.start
+
+    def start(name: str) -> sasl.Mechanism:
+        mech = real(name)
+        made.append(weakref.ref(mech))
+        return mech
+
+    monkeypatch.setattr(sasl, "start", start)
+
+    def alive(server: RunningServer) -> int:
+        async def count() -> int:
+            gc.collect()
+            return sum(ref() is not None for ref in made)
+
+        assert made, "no mechanism was started"
+        return server.call(count())
+
+    return alive
+
+
+def _lines(caplog: pytest.LogCaptureFixture, event: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(event + " ")]
+
+
+@pytest.mark.parametrize("proto", list(SILENT))
+def test_a_silent_sasl_exchange_ends_at_its_deadline_and_releases_the_attempt(
+    make_server: Callable[..., RunningServer], proto: str, caplog: pytest.LogCaptureFixture,
+    mechanisms: Callable[[RunningServer], int],
+) -> None:
+    """A client that starts SCRAM-SHA-256 for alice and does not answer the
+    server-first message holds the attempt reserved for it (alice's budget
+    of one is taken: her own login would wait). At ``limits.sasl_deadline``
+    the exchange ends with the protocol's failure reply, the attempt is
+    settled as a failure, and the connection goes on. The proof that comes
+    after that, right as it is, is no part of any exchange: no login,
+    nothing counted again; and the connection keeps nothing of the
+    exchange (the mechanism, which held alice's SCRAM keys, is gone)."""
+    caplog.set_level(logging.INFO, logger="mailyard.auth")
+    server = make_server(_with_sasl_deadline)
+    client = _Exchange(server, proto)
+    try:
+        scram = ScramClient(ALICE, USERS[ALICE])
+        server_first = client.challenge(client.start("SCRAM-SHA-256", scram.first()))
+        assert budget_held(server, ALICE)  # the exchange holds alice's one attempt
+        # the client says nothing more: the server ends the exchange
+        answer = client.reply()
+        assert answer.startswith(SILENT[proto][1]), answer
+        assert _account_entry(server, ALICE) == (1, 0)  # settled, as a failure
+        assert not budget_held(server, ALICE)
+        client.goes_on()
+        late = client.answer(scram.final(server_first))  # a command now, refused
+        assert not late.startswith((b"334 ", b"+ ", b'"', b"235 ", b"+OK", b"OK")), late
+        client.goes_on()
+        assert _account_entry(server, ALICE) == (1, 0)
+        assert len(_lines(caplog, "login_failed")) == 1 and _lines(caplog, "login") == []
+        assert mechanisms(server) == 0
+    finally:
+        client.w.close()
+
+
+@pytest.mark.parametrize("proto", list(SILENT))
+def test_a_silent_exchange_that_reserved_nothing_is_not_a_failed_login(
+    make_server: Callable[..., RunningServer], proto: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PLAIN without an initial response: the server's empty challenge waits
+    for the client's credentials, and nothing is reserved or verified
+    meanwhile. A client (or a slow human) that sends nothing gets the
+    protocol's failure reply at the deadline, but it is no failed login:
+    nothing counted, no ``login_failed`` line for fail2ban, an
+    ``auth_aborted`` one instead."""
+    caplog.set_level(logging.INFO, logger="mailyard.auth")
+    server = make_server(_with_sasl_deadline)
+    client = _Exchange(server, proto)
+    try:
+        assert client.challenge(client.start("PLAIN")) == b""
+        answer = client.reply()
+        assert answer.startswith(SILENT[proto][1]), answer
+        assert _account_entry(server, ALICE) == (0, 0)
+        assert _lines(caplog, "login_failed") == []
+        aborted = _lines(caplog, "auth_aborted")
+        assert len(aborted) == 1 and aborted[0].endswith(' reason="exchange took too long"'), aborted
+        client.goes_on()
+        # and the account may log in at once
+        assert login(server, "smtp", ALICE, USERS[ALICE]).startswith(OK_REPLY["smtp"])
+    finally:
+        client.w.close()
+
+
+@pytest.mark.parametrize("proto", list(SILENT))
+def test_a_scram_client_late_only_with_its_last_message_gets_the_temporary_failure(
+    make_server: Callable[..., RunningServer], proto: str, caplog: pytest.LogCaptureFixture,
+    mechanisms: Callable[[RunningServer], int],
+) -> None:
+    """SCRAM with alice's right password: the proof is verified and the
+    server-final message sent, and the client never sends the empty message
+    that ends the exchange. Its password was right, so the deadline ends the
+    exchange with the protocol's temporary failure (a client told
+    "credentials invalid" may throw the password away), the attempt is
+    settled as right credentials (no failure counted, no ``login_failed``),
+    and no login happens."""
+    caplog.set_level(logging.INFO, logger="mailyard.auth")
+    server = make_server(_with_sasl_deadline)
+    client = _Exchange(server, proto)
+    try:
+        scram = ScramClient(ALICE, USERS[ALICE])
+        server_first = client.challenge(client.start("SCRAM-SHA-256", scram.first()))
+        assert client.challenge(client.answer(scram.final(server_first))) == scram.expected_v
+        answer = client.reply()
+        assert answer == SILENT[proto][2], answer
+        assert _account_entry(server, ALICE) == (0, 0)
+        assert _lines(caplog, "login_failed") == [] and _lines(caplog, "login") == []
+        aborted = _lines(caplog, "auth_aborted")
+        assert len(aborted) == 1 and aborted[0].endswith(' reason="exchange took too long"'), aborted
+        client.goes_on()
+        assert mechanisms(server) == 0
+    finally:
+        client.w.close()
+
+
+@pytest.mark.parametrize("cancel", [b"*", b"A" * 20_000], ids=["star", "line-too-long"])
+def test_an_exchange_cancelled_after_an_expired_one_counts_and_is_settled(
+    make_server: Callable[..., RunningServer], cancel: bytes
+) -> None:
+    """SMTP answers a cancelled exchange itself (``*``, RFC 4954 4, or a
+    line over the AUTH line limit: 501, 500): an exchange after one the
+    deadline ended is cancelled like any other, counted as a failure and
+    its reservation settled."""
+    server = make_server(functools.partial(_with_sasl_deadline, account=10))
+    client = _Exchange(server, "smtp")
+    try:
+        client.challenge(client.start("SCRAM-SHA-256", ScramClient(ALICE, "whatever").first()))
+        assert client.reply().startswith(b"535 5.7.8 ")
+        assert _account_entry(server, ALICE) == (1, 0)
+        client.challenge(client.start("SCRAM-SHA-256", ScramClient(ALICE, "whatever").first()))
+        assert _account_entry(server, ALICE) == (1, 1)  # the second exchange holds an attempt
+        assert client.w.smtp(cancel).startswith((b"501 ", b"500 "))
+        assert _account_entry(server, ALICE) == (2, 0)
+        client.goes_on()
+    finally:
+        client.w.close()
+
+
+@pytest.mark.parametrize("proto", ["imap", "pop3", "managesieve"])
+def test_a_last_scram_message_that_comes_after_the_deadline_gets_the_temporary_failure(
+    make_server: Callable[..., RunningServer], proto: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, but the protocol cannot answer when the deadline passes (its
+    ``sasl_expired`` does nothing here, as when a step runs then): the
+    client's late empty message is what gets the temporary failure that the
+    login service settled, with the same words."""
+    from mailyard.net import imap, session_protocol
+
+    monkeypatch.setattr(session_protocol.SessionProtocol, "sasl_expired", lambda self: None)
+    monkeypatch.setattr(imap.ImapConnection, "sasl_expired", lambda self: None)
+    server = make_server(_with_sasl_deadline)
+    client = _Exchange(server, proto)
+    try:
+        scram = ScramClient(ALICE, USERS[ALICE])
+        server_first = client.challenge(client.start("SCRAM-SHA-256", scram.first()))
+        assert client.challenge(client.answer(scram.final(server_first))) == scram.expected_v
+        assert _account_entry(server, ALICE) == (0, 1)
+        # the deadline passes: settled as right credentials, and not answered
+        assert wait_for(lambda: _account_entry(server, ALICE) == (0, 0))
+        assert client.answer(b"") == SILENT[proto][2]
+        client.goes_on()
+    finally:
+        client.w.close()
+
+
+def test_a_managesieve_answer_that_is_not_a_string_ends_the_exchange_at_once(
+    make_server: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture,
+    mechanisms: Callable[[RunningServer], int],
+) -> None:
+    """RFC 5804 2.1: the client answers a challenge with a string. Anything
+    else ends the exchange as a malformed message: its reservation settled
+    and counted at once, as a cancel is, not held until the deadline, and
+    the mechanism (with alice's SCRAM keys) dropped."""
+    caplog.set_level(logging.INFO, logger="mailyard.auth")
+    server = make_server(functools.partial(_with_sasl_deadline, account=10))
+    client = _Exchange(server, "managesieve")
+    try:
+        client.challenge(client.start("SCRAM-SHA-256", ScramClient(ALICE, "whatever").first()))
+        assert _account_entry(server, ALICE) == (0, 1)
+        client.w.send(b"notastring\r\n")
+        answer = client.reply()
+        assert _account_entry(server, ALICE) == (1, 0)
+        assert mechanisms(server) == 0
+        assert answer == b'NO "cannot decode the authentication data"\r\n', answer
+        failed = _lines(caplog, "login_failed")
+        assert len(failed) == 1 and 'reason="SASL response is not a string"' in failed[0], failed
+        client.goes_on()
+    finally:
+        client.w.close()
+
+
+@pytest.mark.parametrize("proto", list(SILENT))
+def test_a_scram_login_leaves_no_mechanism_behind(
+    make_server: Callable[..., RunningServer], proto: str, mechanisms: Callable[[RunningServer], int],
+) -> None:
+    """After a SCRAM login the connection, still open, keeps nothing of the
+    exchange: the mechanism held the account's StoredKey and ServerKey."""
+    server = make_server(_with_sasl_deadline)
+    client = _Exchange(server, proto)
+    try:
+        scram = ScramClient(ALICE, USERS[ALICE])
+        server_first = client.challenge(client.start("SCRAM-SHA-256", scram.first()))
+        assert client.challenge(client.answer(scram.final(server_first))) == scram.expected_v
+        done = client.answer(b"")
+        assert done.startswith((b"235 ", b"a OK ", b"+OK", b"OK ")), done
+        assert mechanisms(server) == 0
+    finally:
+        client.w.close()
+
+
+@pytest.mark.parametrize("proto", ["smtp", "pop3", "managesieve"])
+def test_an_exchange_that_expires_while_the_client_is_not_reading_is_answered_when_it_reads(
+    make_server: Callable[..., RunningServer], proto: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The deadline passes while the server's output waits for the client
+    (the transport paused writing, as for a client that does not read): the
+    failure reply is not written then, and it is when the client takes the
+    output again (``resume_writing``), with no line from it."""
+    from mailyard.net import session_protocol
+
+    connections: list[session_protocol.SessionProtocol] = []
+    made = session_protocol.SessionProtocol.connection_made
+
+    def connection_made(self: session_protocol.SessionProtocol, transport: object) -> None:
+        connections.append(self)
+        made(self, transport)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(session_protocol.SessionProtocol, "connection_made", connection_made)
+    server = make_server(_with_sasl_deadline)
+    client = _Exchange(server, proto)
+
+    async def flow(paused: bool) -> None:
+        (conn,) = connections
+        conn.pause_writing() if paused else conn.resume_writing()
+
+    try:
+        client.challenge(client.start("SCRAM-SHA-256", ScramClient(ALICE, "whatever").first()))
+        server.call(flow(paused=True))
+        assert wait_for(lambda: _account_entry(server, ALICE) == (1, 0))  # the deadline passed
+        assert select.select([client.w.sock], [], [], 0)[0] == []  # nothing written meanwhile
+        server.call(flow(paused=False))
+        answer = client.reply()
+        assert answer.startswith(SILENT[proto][1]), answer
+        client.goes_on()
+    finally:
+        client.w.close()
 
 
 # --- 7. fake SCRAM salts ---------------------------------------------------------------------

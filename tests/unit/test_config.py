@@ -143,3 +143,27 @@ def test_acme_needs_the_port_of_its_challenge(tmp_path: Path) -> None:
     path.write_text('[tls]\nacme = true\nacme_challenge = "tls-alpn-01"\n[ports]\nhttps = 0\n')
     with pytest.raises(ConfigError, match="tls-alpn-01 needs the https port"):
         Config.load(path)
+
+
+def test_sasl_deadline_is_more_than_0_and_at_most_the_scram_bound(tmp_path: Path) -> None:
+    """``[limits] sasl_deadline`` past the bound of a SCRAM exchange
+    (auth/service.py SASL_EXCHANGE_MAX: a later proof is refused anyway) or
+    not above 0 is refused at load, naming the allowed range, rather than
+    taken as something else."""
+    path = tmp_path / "config.toml"
+    for bad in ("0", "0.0", "61", "600.5", "inf"):
+        path.write_text(f"[limits]\nsasl_deadline = {bad}\n")
+        with pytest.raises(ConfigError, match=r"'limits.sasl_deadline' must be more than 0 and at most 60 \(seconds\)"):
+            Config.load(path)
+    for good in ("60", "4.5", "0.5"):
+        path.write_text(f"[limits]\nsasl_deadline = {good}\n")
+        assert Config.load(path).limits.sasl_deadline == float(good)
+
+
+def test_the_sasl_deadline_bound_is_the_scram_exchange_bound() -> None:
+    """config.py imports nothing of mailyard: its bound and the login
+    service's are two constants that must agree."""
+    from mailyard import config
+    from mailyard.auth.service import SASL_EXCHANGE_MAX
+
+    assert config.SASL_DEADLINE_MAX == SASL_EXCHANGE_MAX

@@ -5,15 +5,18 @@ same address, or a password change in between refuses it."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
+import gc
 import logging
+import weakref
 
 import pytest
 
 from mailyard.auth import sasl
 from mailyard.auth.passwords import hash_password, make_scram_sha256
-from mailyard.auth.service import LoginService
+from mailyard.auth.service import LoginService, LoginSession
 from mailyard.auth.throttle import LoginThrottle, ThrottlePolicy
 from mailyard.store.api import Account
 
@@ -143,3 +146,34 @@ async def test_plain_refused_at_its_end_is_logged(caplog: pytest.LogCaptureFixtu
     with caplog.at_level(logging.INFO, logger="mailyard.auth"):
         await plain_login(RECORD, dataclasses.replace(RECORD, epoch=4))
     assert any("auth_aborted" in r.getMessage() and "credentials changed" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_expired_exchange_does_not_keep_its_mechanism_alive() -> None:
+    """The deadline ends a SCRAM exchange after the server-first message:
+    the failure is handed to a protocol that still holds the mechanism, and
+    one that dropped it (whatever its reason) leaves nothing alive in the
+    session, whose record of the expiry holds the mechanism, with the
+    account's SCRAM keys, only weakly."""
+    record = dataclasses.replace(RECORD, scram_sha256=make_scram_sha256(PASSWORD))
+    service = LoginService(ChangingStore(record), LoginThrottle(ThrottlePolicy()))  # type: ignore[arg-type]
+
+    async def expired_exchange() -> tuple[LoginSession, sasl.ScramSha256Mechanism]:
+        expired = asyncio.Event()
+        session = LoginSession(service, IP, "imap", deadline=0.01, on_expired=expired.set)
+        mech = sasl.ScramSha256Mechanism()
+        first = await session.sasl(mech, mech.begin(base64.b64encode(ScramClient(ALICE, PASSWORD).first())))
+        assert isinstance(first, sasl.Challenge)
+        await expired.wait()
+        return session, mech
+
+    session, mech = await expired_exchange()
+    failure = session.expiry(mech)
+    assert isinstance(failure, sasl.Failure) and failure.reason == "exchange took too long"
+    assert session.expiry(mech) is None  # handed over once
+
+    session, mech = await expired_exchange()
+    gone = weakref.ref(mech)
+    del mech
+    gc.collect()
+    assert gone() is None
+    assert service.throttle._accounts.entries[ALICE].failures == 2

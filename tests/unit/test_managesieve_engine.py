@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from mailyard.protocols.contract import NEED_DATA, Closed
-from mailyard.protocols.managesieve.engine import ManageSieveServer, ScriptCommand
+from mailyard.protocols.managesieve.engine import BadSASLResponse, ManageSieveServer, ScriptCommand
 
 SCRIPT_LIMIT = 256 * 1024
 
@@ -267,3 +267,23 @@ def test_an_unterminated_quoted_string_is_scanned_no_further_than_its_limits(
     else:
         assert event == Closed("errors")
         assert engine.data_to_send() == b'BYE "command too large (at most 8192 octets before login)"\r\n'
+
+
+def test_an_answer_to_a_challenge_that_is_not_a_string_is_handed_to_the_glue() -> None:
+    """RFC 5804 2.1: the client answers a challenge with one string. Anything
+    else ends the exchange, but the glue answers it (``login_failed``): its
+    login service settles the exchange and drops the mechanism."""
+    engine = _engine()
+    engine.receive_data(b'AUTHENTICATE "PLAIN"\r\n')
+    engine.next_event()
+    engine.sasl_challenge(b"")
+    assert engine.data_to_send() == b'""\r\n'
+    engine.receive_data(b"notastring\r\n")
+    assert isinstance(engine.next_event(), BadSASLResponse)
+    assert engine.data_to_send() == b""  # nothing said before the glue's answer
+    assert not engine.awaiting_sasl_response
+    engine.login_failed("cannot decode the authentication data")
+    assert engine.data_to_send() == b'NO "cannot decode the authentication data"\r\n'
+    engine.receive_data(b"NOOP\r\n")
+    assert engine.next_event() is NEED_DATA
+    assert engine.data_to_send() == b'OK "done"\r\n'

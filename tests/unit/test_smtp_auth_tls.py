@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
+from mailyard.protocols.contract import Closed, ProtocolMisuse
 from mailyard.protocols.smtp import (
     NEED_DATA,
     PAUSED,
@@ -241,3 +244,33 @@ def test_failed_auth_budget_closes_with_421():
         b"421 4.7.0 Too many failed authentication attempts, closing connection\r\n"
     )
     assert e.next_event() == Closed("errors")
+
+
+def test_end_auth_answers_an_exchange_the_client_left_unanswered():
+    """The glue's SASL exchange deadline: ``end_auth`` ends the AUTH sub-state
+    with 535 as an answer to a response would, counted against the failed-AUTH
+    budget (the last one 421), and only while the exchange waits for the
+    client."""
+    e = SMTPServerEngine(replace(SUBMISSION, budgets=replace(SUBMISSION.budgets, max_auth_failures=2)))
+    ehlo(e)
+    assert not e.awaiting_sasl_response
+    with pytest.raises(ProtocolMisuse):
+        e.end_auth(Reply(535, "5.7.8", "Authentication credentials invalid"))
+    for last in (False, True):
+        e.receive_data(b"AUTH LOGIN\r\n")
+        assert e.next_event() == AuthReceived("LOGIN", None)
+        assert not e.awaiting_sasl_response  # AUTH waits for the glue's answer
+        e.auth_challenge("VXNlcm5hbWU6")
+        assert e.next_event() is NEED_DATA
+        assert e.awaiting_sasl_response
+        with pytest.raises(ProtocolMisuse):
+            e.end_auth(Reply(250, "2.0.0", "OK"))
+        e.end_auth(Reply(535, "5.7.8", "Authentication credentials invalid"))
+        assert not e.awaiting_sasl_response
+        if not last:
+            assert e.data_to_send() == b"334 VXNlcm5hbWU6\r\n535 5.7.8 Authentication credentials invalid\r\n"
+            assert e.state is not State.AUTH
+    assert e.next_event() == Closed("errors")
+    assert e.data_to_send() == (
+        b"334 VXNlcm5hbWU6\r\n421 4.7.0 Too many failed authentication attempts, closing connection\r\n"
+    )

@@ -279,3 +279,21 @@ def test_listener_context_with_asyncio_server_picks_up_reload(tmp_path: Path) ->
     port = 0
     first, second = asyncio.run(main())
     assert "CN=one.test" in first and "CN=two.test" in second
+
+
+def test_the_kind_of_a_failed_handshake() -> None:
+    """A handshake's failure in a few words (a metric label, a log budget's
+    kind): asyncio and uvloop end one past its timeout with
+    ConnectionAbortedError, which the caller, knowing its timeout, tells
+    from the kernel's abort; SSLEOFError is a client that hung up in the
+    middle of its handshake."""
+    tls_failure_reason = tls.tls_failure_reason
+    assert tls_failure_reason(ssl.SSLEOFError(8, "EOF occurred in violation of protocol")) == "closed"
+    aborted = ConnectionAbortedError("SSL handshake is taking longer than 30.0 seconds: aborting the connection")
+    assert tls_failure_reason(aborted, 30.0, 30.0) == "timeout"
+    assert tls_failure_reason(aborted, 29.99, 30.0) == "timeout"  # the loop's timer, a little early
+    assert tls_failure_reason(aborted, 0.1, 30.0) == "closed"
+    assert tls_failure_reason(TimeoutError()) == "timeout"
+    assert tls_failure_reason(ConnectionResetError()) == "closed"
+    assert tls_failure_reason(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")) == "protocol"
+    assert tls_failure_reason(OSError(5, "I/O error")) == "error"

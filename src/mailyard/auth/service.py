@@ -34,6 +34,7 @@ import hmac
 import logging
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ from .passwords import SCRAM_SALT_BYTES, ScramKeys, parse_scram_sha256, verify_p
 from .throttle import Attempt, Busy, Locked, LoginThrottle
 from .throttle_db import PENDING_TTL
 
-__all__ = ["LoginService", "LoginSession", "TryLater", "load_secret"]
+__all__ = ["LoginService", "LoginSession", "TryLater", "load_secret", "too_slow"]
 
 
 # The longest a SCRAM exchange may run from the server-first message (the
@@ -59,8 +60,18 @@ __all__ = ["LoginService", "LoginSession", "TryLater", "load_secret"]
 # proof was is never said: no server-final ``v=`` (RFC 5802 3), which would
 # tell a right guess from a wrong one. A real client answers in a second.
 SASL_EXCHANGE_MAX = PENDING_TTL / 2
+# The reason logged (and the failure's) for an exchange ended by a deadline.
+EXCHANGE_TOO_LONG = "exchange took too long"
 
 log = logging.getLogger("mailyard.auth")
+
+
+def too_slow(failure: sasl.Failure) -> bool:
+    """True for the temporary failure of a SCRAM exchange whose proof was
+    verified (the password was right) and that the exchange deadline ended
+    before the client's last message (`LoginSession.sasl`): the protocols
+    say so, not "too many failed logins", though with the same code."""
+    return failure.kind == "temporary" and failure.reason == EXCHANGE_TOO_LONG
 
 # The file in the data directory holding the secret of the fake SCRAM salts.
 SECRET_FILE = "scram-salt.key"
@@ -314,12 +325,21 @@ class LoginService:
 class LoginSession:
     """The SASL side of one connection: drives a mechanism (auth/sasl.py)
     through the service and holds the attempt reserved for a SCRAM exchange
-    until it ends. Call `close` when the connection goes: an exchange left
-    open counts as a failure."""
+    until it ends, which the exchange deadline (`sasl`) bounds for every
+    mechanism and protocol. Call `close` when the connection goes: an
+    exchange left open counts as a failure."""
 
     def __init__(
-        self, service: LoginService, ip: str, protocol: str, tls: Callable[[], bool] | None = None
+        self, service: LoginService, ip: str, protocol: str, tls: Callable[[], bool] | None = None,
+        *, deadline: float = SASL_EXCHANGE_MAX, on_expired: Callable[[], None] | None = None,
     ) -> None:
+        """``deadline``: seconds the client has to answer the challenges of
+        one exchange (more than 0, at most ``SASL_EXCHANGE_MAX``, as config.py
+        checks ``[limits] sasl_deadline``); ``on_expired``: called when it
+        passes while the client was to answer, for the protocol to send its
+        failure reply (the exchange is settled by then, `expiry`)."""
+        if not 0 < deadline <= SASL_EXCHANGE_MAX:
+            raise ValueError(f"a SASL exchange deadline is more than 0 and at most {SASL_EXCHANGE_MAX:g} s")
         self.service = service
         self.ip = ip
         self.protocol = protocol
@@ -336,6 +356,21 @@ class LoginSession:
         # (removed and added again, or its password changed meanwhile).
         self._proven: Account | None = None
         self._logged_in: Account | None = None
+        # The exchange deadline (`sasl`): the mechanism whose client time is
+        # counted, the seconds the client took in it so far, when its last
+        # challenge went out (loop time), the timer for the rest, and the
+        # exchange the deadline ended with the failure that answers it (settled
+        # then), kept only until the protocol answers it (`expiry`) or the
+        # exchange's next step, cancel or end comes; the mechanism only by a
+        # weak reference: whoever answers it holds it, and a SCRAM mechanism
+        # holds the account's keys, which the session must not keep alive.
+        self.deadline = deadline
+        self._on_expired = on_expired
+        self._timed: sasl.Mechanism | None = None
+        self._waited = 0.0
+        self._asked: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired: tuple[weakref.ref[sasl.Mechanism], sasl.Failure] | None = None
 
     @property
     def tls(self) -> bool | None:
@@ -352,12 +387,21 @@ class LoginSession:
 
     def close(self) -> None:
         """The connection ended: an exchange in progress is a failure."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._asked = self._timed = self._expired = None
         self._abandon("exchange abandoned", None)
 
-    def cancelled(self, name: str | None) -> None:
-        """The client cancelled the exchange (``*``, RFC 4422 3.5) where the
-        protocol engine answers that itself (SMTP): a failure, like a wrong
-        password, against ``name`` if the mechanism had one."""
+    def cancelled(self, mech: sasl.Mechanism) -> None:
+        """The client cancelled ``mech``'s exchange (``*``, RFC 4422 3.5, or a
+        line the engine refused) where the protocol engine answers that
+        itself (SMTP): a failure, like a wrong password, against the
+        mechanism's name if it had one."""
+        self._stop_clock()
+        self._timed = None
+        if self.expiry(mech) is not None:
+            return  # the deadline ended the exchange first, and settled it
+        name = mech.authcid
         if self._open is not None:
             self._abandon("authentication cancelled", name)
             return
@@ -368,18 +412,122 @@ class LoginSession:
         """Answer the mechanism's needs until it has something for the client.
 
         Failures of kind ``invalid-credentials``, ``authzid`` and
-        ``cancelled`` are counted; kind ``temporary`` means over a limit
-        (nothing was verified; SMTP 454 4.7.0, IMAP NO [UNAVAILABLE], POP3
-        -ERR [SYS/TEMP]).
+        ``cancelled`` are counted; kind ``temporary`` means try again later
+        (SMTP 454 4.7.0, IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP],
+        ManageSieve NO (TRYLATER)): over a limit, nothing was verified, or
+        a SCRAM exchange ended by its deadline after the proof was verified.
+
+        The exchange deadline: the client has ``deadline`` seconds in all to
+        answer the challenges of one exchange (from the first challenge to
+        its last response; the server's own work between them, a throttle
+        delay or a verification, is not its time). A client that goes
+        silent holds the attempt reserved for it, and enough of them would
+        hold an account's whole budget so that its owner's login waits; so
+        when the time is up, the exchange ends at once (`_deadline_passed`,
+        `_expire`): one that holds a reservation (SCRAM after the
+        server-first message) as a failed authentication, counted as a
+        failure, since a client that cannot finish in time has proven
+        nothing, and counting it keeps silence from being a free way to hold
+        the budget, over and over; one that holds none (PLAIN or LOGIN
+        waiting for the client's line, SCRAM for its first message) with the
+        same reply, not counted and logged ``auth_aborted``: it held nothing,
+        and a slow human is not a guesser. A SCRAM client whose proof was
+        verified and that is late only with its empty last message gets the
+        temporary failure: its password was right, so its attempt is settled
+        as the throttle settles a login (never a ban for a right password),
+        and the login does not happen. The protocol answers at once
+        (``on_expired``, `expiry`); a step that reaches here after the
+        deadline (its line came as the timer ran, or the protocol could not
+        answer at once) gets that failure, settled once.
         """
+        self._stop_clock()
+        failure = self.expiry(mech)
+        if failure is not None:
+            return failure  # ended by the deadline, and settled then: what came since is not looked at
+        if self._timed is mech and self._waited >= self.deadline:
+            return self._expire(mech)
+        try:
+            result = await self._sasl(mech, ev)
+        except BaseException:
+            self._timed = None
+            raise
+        if isinstance(result, sasl.Challenge):
+            self._start_clock(mech)
+        else:
+            self._timed = None
+        return result
+
+    # -- the exchange deadline ---------------------------------------------------
+    def _start_clock(self, mech: sasl.Mechanism) -> None:
+        """A challenge of ``mech`` goes out: the client's time runs."""
+        if self._timed is not mech:
+            self._timed, self._waited = mech, 0.0
+        loop = asyncio.get_running_loop()
+        self._asked = loop.time()
+        self._timer = loop.call_later(max(self.deadline - self._waited, 0.0), self._deadline_passed, mech)
+
+    def _stop_clock(self) -> None:
+        """The client answered (or the exchange ends): its time stops."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._asked is not None:
+            self._waited += asyncio.get_running_loop().time() - self._asked
+            self._asked = None
+
+    def _deadline_passed(self, mech: sasl.Mechanism) -> None:
+        """The timer: the client did not answer in time. The exchange is
+        settled now, whatever the protocol can do, and the protocol is told
+        (``on_expired``) so that it sends its failure reply."""
+        self._timer = None
+        if self._timed is not mech:
+            return
+        self._stop_clock()
+        self._expired = (weakref.ref(mech), self._expire(mech))
+        if self._on_expired is not None:
+            self._on_expired()
+
+    def _expire(self, mech: sasl.Mechanism) -> sasl.Failure:
+        """End ``mech``'s exchange by the deadline: settle it (`sasl` says
+        how), and the failure that answers it."""
+        self._timed, self._waited = None, 0.0
+        name = mech.authcid
+        if self._open is not None and self._open_mech is mech and self._opened is None:
+            # a SCRAM proof verified in time: the password was right
+            attempt, self._open, self._open_mech = self._open, None, None
+            self._proven = None
+            self.service.proven(attempt)
+            logs.event(log, logging.INFO, "auth_aborted", proto=self.protocol, ip=self.ip,
+                       reason=EXCHANGE_TOO_LONG)
+            return sasl.Failure(EXCHANGE_TOO_LONG, "temporary", name)
+        if self._open is not None:
+            self._abandon(EXCHANGE_TOO_LONG, name)  # counted: login_failed
+        else:
+            # nothing reserved, nothing verified: not a failed login
+            self._proven = None
+            logs.event(log, logging.INFO, "auth_aborted", proto=self.protocol, ip=self.ip,
+                       reason=EXCHANGE_TOO_LONG)
+        return sasl.Failure(EXCHANGE_TOO_LONG, "invalid-credentials", name)
+
+    def expiry(self, mech: sasl.Mechanism) -> sasl.Failure | None:
+        """The failure that answers ``mech``'s exchange if the deadline ended
+        it, handed over once: the protocol that sends it takes it, and from
+        then on the session keeps nothing of the exchange (a SCRAM mechanism
+        holds the account's keys)."""
+        if self._expired is None or self._expired[0]() is not mech:
+            return None
+        failure, self._expired = self._expired[1], None
+        return failure
+
+    async def _sasl(self, mech: sasl.Mechanism, ev: sasl.Event) -> sasl.Challenge | sasl.Success | sasl.Failure:
         service = self.service
         if (self._open is not None and mech is self._open_mech and self._opened is not None
                 and service.clock() - self._opened > SASL_EXCHANGE_MAX and not isinstance(ev, sasl.Failure)):
             # the proof, too late: whatever the mechanism made of it is
             # dropped unsaid (a cancel or a malformed message is answered as
             # such below, and counted all the same)
-            self._abandon("exchange took too long", mech.authcid)
-            return sasl.Failure("exchange took too long", "invalid-credentials", mech.authcid)
+            self._abandon(EXCHANGE_TOO_LONG, mech.authcid)
+            return sasl.Failure(EXCHANGE_TOO_LONG, "invalid-credentials", mech.authcid)
         keys_given = False
         while True:
             if isinstance(ev, sasl.NeedCredentials):
@@ -426,7 +574,7 @@ class LoginSession:
                     logs.event(log, logging.INFO, "auth_aborted", proto=self.protocol, ip=self.ip, reason=ev.kind)
                 return ev
             elif isinstance(ev, sasl.Success):
-                attempt, self._open = self._open, None
+                attempt, self._open, self._open_mech = self._open, None, None
                 proven, self._proven, self._logged_in = self._proven, None, None
                 try:
                     account = await service.resolve(ev.authcid)

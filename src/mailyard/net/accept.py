@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from .conncaps import log_refusal
+from .tls import log_tls_failure
 
 log = logging.getLogger("mailyard.net")
 
@@ -245,11 +246,14 @@ class Acceptor:
                 return  # (what was counted is given back below)
             if self._refused(conn, ip, refused):
                 return
+            started = self._loop.time()
             try:
                 await self._loop.connect_accepted_socket(lambda: protocol, conn, ssl=ctx,
                                                          ssl_handshake_timeout=HANDSHAKE_TIMEOUT if ctx else None)
                 counted = None  # the session holds the slot now; its connection_lost gives it back
-            except (OSError, ssl.SSLError, ConnectionError, TimeoutError):
+            except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
+                if ctx is not None:
+                    log_tls_failure(log, self.name, ip, exc, self._loop.time() - started, HANDSHAKE_TIMEOUT)
                 with contextlib.suppress(OSError):
                     conn.close()
         finally:

@@ -45,7 +45,7 @@ from ..protocols.imap.session import ImapConfig, ImapSession
 from ..store.api import Account, StoreError, StoreUnavailable
 from .budgets import abuse_budgets
 from .imap_store import StoreBackend
-from .login import Authenticator, TryLater, plaintext_allowed
+from .login import Authenticator, TryLater, plaintext_allowed, too_slow
 from .revocations import RevocationWatch
 from .session_protocol import SessionProtocol
 
@@ -142,6 +142,10 @@ class _SaslExchange:
         self.mech = mech
         self.started = False
 
+    def expiry(self) -> LoginRefused | None:
+        failure = self.service.authenticator.expiry(self.mech)
+        return None if failure is None else _refusal(failure)
+
     async def step(self, response: bytes | None) -> SaslChallenge | LoginRefused | StoreBackend:
         mech, auth = self.mech, self.service.authenticator
         if not self.started:
@@ -154,9 +158,16 @@ class _SaslExchange:
         if isinstance(ev, sasl.Success):
             account = await auth.account(ev)
             return self.service.backend(account) if account is not None else LoginRefused("denied")
-        if ev.kind in ("cancelled", "temporary"):
-            return LoginRefused(ev.kind)
-        return LoginRefused("malformed" if ev.kind in _MALFORMED else "denied")
+        return _refusal(ev)
+
+
+def _refusal(failure: sasl.Failure) -> LoginRefused:
+    """What ends AUTHENTICATE for a SASL failure (auth/sasl.py kinds)."""
+    if too_slow(failure):
+        return LoginRefused("too-slow")
+    if failure.kind in ("cancelled", "temporary"):
+        return LoginRefused(failure.kind)
+    return LoginRefused("malformed" if failure.kind in _MALFORMED else "denied")
 
 
 _SETTINGS: weakref.WeakKeyDictionary[Services, tuple[Limits, ImapConfig]] = weakref.WeakKeyDictionary()
@@ -356,6 +367,11 @@ class ImapConnection(SessionProtocol):
             waiter.set_exception(ConnectionEnding(*_SHUTDOWN))  # IDLE / AUTHENTICATE: BYE now
             return
         super().shutdown()
+
+    def sasl_expired(self) -> None:
+        # AUTHENTICATE is a step that waits for the client's line (wait_input):
+        # woken, it finds the exchange expired and answers NO itself
+        self.wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -8,14 +8,15 @@
 - `throttle_from_config`: the one `LoginThrottle` of a server, from ``[auth]``.
 - `Authenticator`: the login service's session (auth/service.py) for one
   connection: every check of every protocol goes through the one service, so
-  delays, lockouts and the temporary refusal behave the same everywhere.
+  delays, lockouts, the temporary refusal and the SASL exchange deadline
+  behave the same everywhere.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..auth.service import LoginSession, TryLater
+from ..auth.service import LoginSession, TryLater, too_slow
 from ..auth.throttle import LoginThrottle, ThrottlePolicy
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from ..services import Services
     from .session_protocol import SessionProtocol
 
-__all__ = ["Authenticator", "TryLater", "plaintext_allowed", "throttle_from_config"]
+__all__ = ["Authenticator", "TryLater", "plaintext_allowed", "throttle_from_config", "too_slow"]
 
 
 def throttle_from_config(cfg: AuthConfig, store: StoreConfig | None = None) -> LoginThrottle:
@@ -54,8 +55,12 @@ def plaintext_allowed(services: Services, conn: SessionProtocol) -> bool:
 
 
 class Authenticator(LoginSession):
-    """The login session of one connection of one protocol."""
+    """The login session of one connection of one protocol, under the
+    exchange deadline of ``[limits] sasl_deadline``: when it passes while the
+    client was to answer a challenge, the connection's ``sasl_expired``
+    sends the protocol's failure reply."""
 
     def __init__(self, services: Services, conn: SessionProtocol, protocol: str) -> None:
-        super().__init__(services.login, conn.peer_ip, protocol, lambda: conn.tls)
+        super().__init__(services.login, conn.peer_ip, protocol, lambda: conn.tls,
+                         deadline=services.config.limits.sasl_deadline, on_expired=conn.sasl_expired)
         self.conn = conn

@@ -22,6 +22,7 @@ from ..delivery.sieve import MAX_SCRIPT_BYTES, MAX_SCRIPTS, ScriptProblem, Scrip
 from ..protocols.contract import Closed
 from ..protocols.managesieve.engine import (
     Authenticate,
+    BadSASLResponse,
     ManageSieveServer,
     SASLResponse,
     ScriptCommand,
@@ -31,7 +32,7 @@ from ..protocols.managesieve.engine import (
 from ..sieve import EXTENSIONS, SieveError, compile_script
 from ..store.api import Account, StoreUnavailable
 from .listener import Listener
-from .login import Authenticator, plaintext_allowed
+from .login import Authenticator, plaintext_allowed, too_slow
 from .session_protocol import SessionProtocol
 
 if TYPE_CHECKING:
@@ -52,6 +53,20 @@ SASL_FAILURE_TEXT = {
     "too-long": "authentication data too long",
     "protocol": "authentication exchange out of order",
 }
+
+
+def _refusal(failure: sasl.Failure | None) -> tuple[str, str | None]:
+    """The text and response code of the NO that refuses a login for its
+    SASL ``failure`` (None: the account vanished): TRYLATER (RFC 5804 1.3)
+    for a temporary failure, whatever the password; its text says which
+    (over a login limit, or a right SCRAM proof whose exchange the deadline
+    ended)."""
+    kind = failure.kind if failure is not None else None
+    if failure is not None and too_slow(failure):
+        return "authentication took too long, try again", "TRYLATER"
+    if kind == "temporary":
+        return "too many failed logins, try again later", "TRYLATER"
+    return SASL_FAILURE_TEXT.get(kind or "", "authentication failed"), None
 
 
 class ManageSieveSession(SessionProtocol):
@@ -137,7 +152,7 @@ class ManageSieveSession(SessionProtocol):
 
             await self.upgrade_tls(tls.context, forget=forget)
             return
-        if not isinstance(event, Authenticate | SASLResponse):
+        if not isinstance(event, Authenticate | SASLResponse | BadSASLResponse):
             return
         try:
             await self._login(engine, event)
@@ -150,12 +165,17 @@ class ManageSieveSession(SessionProtocol):
             log.info("managesieve: login from %s refused for now: %s", self.peer_ip, exc)
             engine.login_failed(STORE_UNAVAILABLE, "TRYLATER", close=self._failures >= MAX_LOGIN_FAILURES)
 
-    async def _login(self, engine: ManageSieveServer, event: Authenticate | SASLResponse) -> None:
+    async def _login(self, engine: ManageSieveServer, event: Authenticate | SASLResponse | BadSASLResponse) -> None:
         if self._auth is None:
             self._auth = Authenticator(self.services, self, self.listener.name)
         if isinstance(event, Authenticate):
             self._mech = sasl.start(event.mechanism)
             ev = self._mech.begin(event.initial_response)
+        elif isinstance(event, BadSASLResponse):
+            # not a string: the exchange ends now, as for a message that does
+            # not decode (a reserved attempt is settled as a failure)
+            assert self._mech is not None
+            ev = sasl.Failure("SASL response is not a string", "malformed", self._mech.authcid)
         else:
             assert self._mech is not None
             ev = self._mech.step(event.data)
@@ -171,13 +191,20 @@ class ManageSieveSession(SessionProtocol):
                 engine.login_ok()
                 return
         self._failures += 1
-        if isinstance(result, sasl.Failure) and result.kind == "temporary":
-            engine.login_failed("too many failed logins, try again later", "TRYLATER",
-                                close=self._failures >= MAX_LOGIN_FAILURES)
-            return
-        kind = result.kind if isinstance(result, sasl.Failure) else None
-        text = SASL_FAILURE_TEXT.get(kind or "", "authentication failed")
-        engine.login_failed(text, close=self._failures >= MAX_LOGIN_FAILURES)
+        text, code = _refusal(result if isinstance(result, sasl.Failure) else None)
+        engine.login_failed(text, code, close=self._failures >= MAX_LOGIN_FAILURES)
+
+    def end_sasl(self) -> bool:
+        engine, mech = self.engine, self._mech
+        if mech is None or self._auth is None or engine is None or not engine.awaiting_sasl_response:
+            return False
+        failure = self._auth.expiry(mech)
+        if failure is None:
+            return False
+        self._mech = None
+        self._failures += 1  # settled by the login session; answered as `_login` answers it
+        engine.end_sasl(*_refusal(failure), close=self._failures >= MAX_LOGIN_FAILURES)
+        return True
 
     # --- scripts (RFC 5804 2.6-2.13) ----------------------------------------------
     async def script_step(self, event: ScriptCommand) -> None:

@@ -68,7 +68,7 @@ from ..store.api import Account, Mailbox, NotFound, Store, StoreUnavailable
 from ..store.view import MailboxView
 from .budgets import abuse_budgets
 from .listener import Listener
-from .login import Authenticator, TryLater, plaintext_allowed
+from .login import Authenticator, TryLater, plaintext_allowed, too_slow
 from .session_protocol import SessionProtocol
 
 if TYPE_CHECKING:
@@ -90,6 +90,21 @@ SASL_MECHANISMS = ("SCRAM-SHA-256", "PLAIN", "LOGIN")
 # Without TLS (and off loopback, net/login.py plaintext_allowed): the engine
 # refuses PLAIN with "-ERR [AUTH] ... non-secure" and LOGIN is not offered.
 _NO_CLEARTEXT_MECHANISMS = ("SCRAM-SHA-256", "PLAIN")
+# The refusals of a login (response code, text; RFC 3206 4): wrong
+# credentials or an unknown name (counted against the engine's failed
+# logins), and a temporary failure, whatever the password: over a login
+# limit, or a SCRAM exchange with a right proof ended by its deadline.
+_AUTH_FAILED = ("AUTH", "Authentication failed")
+_TRY_LATER = ("SYS/TEMP", "Too many failed logins, try again later")
+_TOO_SLOW = ("SYS/TEMP", "Authentication took too long, try again")
+
+
+def _sasl_refusal(failure: sasl.Failure) -> tuple[str, str]:
+    """The refusal of a SASL exchange that ended in ``failure`` of a kind
+    counted as a login (not a cancel or a malformed exchange)."""
+    if failure.kind != "temporary":
+        return _AUTH_FAILED
+    return _TOO_SLOW if too_slow(failure) else _TRY_LATER
 
 
 @dataclass
@@ -483,20 +498,29 @@ class POP3Session(SessionProtocol):
             self.engine.reject_login(None, "authentication cancelled")
         elif ev.kind in ("malformed", "too-long", "protocol"):
             self.engine.reject_login(None, "invalid authentication exchange")
-        elif ev.kind == "temporary":
-            await self.finish_login(TryLater(0.0))
         else:
-            await self.finish_login(None)
+            self.engine.reject_login(*_sasl_refusal(ev))
+
+    def end_sasl(self) -> bool:
+        engine, mech = self.engine, self._mech
+        if mech is None or self._auth is None or engine is None or not engine.awaiting_sasl_response:
+            return False
+        failure = self._auth.expiry(mech)
+        if failure is None:
+            return False
+        self._mech = None
+        # settled by the login session; answered as sasl_event answers it
+        engine.end_sasl(*_sasl_refusal(failure))
+        return True
 
     async def finish_login(self, acct: Account | TryLater | None) -> None:
         """Lock and list the maildrop of a verified account, or refuse."""
         engine = self.engine
         if isinstance(acct, TryLater):
-            # RFC 3206 section 4: a temporary failure, whatever the password.
-            engine.reject_login("SYS/TEMP", "Too many failed logins, try again later")
+            engine.reject_login(*_TRY_LATER)
             return
         if acct is None:
-            engine.reject_login("AUTH", "Authentication failed")
+            engine.reject_login(*_AUTH_FAILED)
             return
         acct = acct.without_secrets()  # checked: the session keeps none of them
         mailbox = await self.store.get_mailbox(acct.id, "INBOX")

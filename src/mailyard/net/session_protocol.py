@@ -47,11 +47,15 @@ from ..protocols.contract import FLUSH, NEED_DATA, PAUSED, Closed
 from .conncaps import log_refusal
 from .listener import Listener
 from .timers import SessionTimers
+from .tls import log_tls_failure
 
 log = logging.getLogger("mailyard.net")
 
 # Seconds a closed connection may take to deliver its last output.
 CLOSE_GRACE = 10.0
+# Seconds a client has for its TLS handshake after STARTTLS or STLS (as on an
+# implicit-TLS port, net/accept.py HANDSHAKE_TIMEOUT).
+STARTTLS_TIMEOUT = 30.0
 # A step that wrote more than this and has more to write waits for the client
 # (`drain`), so a client that pipelines big fetches cannot make us hold them all.
 WRITE_HIGH_WATER = 256 * 1024
@@ -192,6 +196,28 @@ class SessionProtocol(asyncio.Protocol):
         """The reply sent when a command or message took too long to arrive."""
         return self.on_timeout()
 
+    def end_sasl(self) -> bool:
+        """End the SASL exchange that waits for the client's response, which
+        the deadline ended, with the protocol's reply to the failure the
+        login session hands over (``LoginSession.expiry``, queued in the
+        engine); False if no such exchange waits. See `sasl_expired`."""
+        return False
+
+    def sasl_expired(self) -> None:
+        """The SASL exchange deadline passed while the client was to answer
+        a challenge (auth/service.py ``LoginSession.sasl``; the attempt is
+        settled already): send the protocol's failure reply now
+        (`end_sasl`), and the connection goes on as after any failed AUTH.
+        While a step runs (the client's line came as the timer ran), the
+        step takes the failure from the login session; while the client is
+        not taking our output, `resume_writing` sends the reply once it
+        does (or the next step of the exchange, or its cancel, takes it)."""
+        if self.busy or self.closed or self.writing_paused:
+            return
+        if self.end_sasl():
+            self.advance()
+            self.timers.check_deadline()
+
     # --- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
@@ -260,6 +286,10 @@ class SessionProtocol(asyncio.Protocol):
             self._writable.set_result(None)
         if not (self.busy or self.closed):
             self.advance()  # the commands that waited for the client to read
+            # a SASL exchange the deadline ended meanwhile: answered now
+            # (what the client sent first was taken above, and answered so)
+            if not (self.busy or self.closed or self.writing_paused) and self.end_sasl():
+                self.advance()
             self.timers.check_deadline()
 
     async def drain(self) -> None:
@@ -414,10 +444,12 @@ class SessionProtocol(asyncio.Protocol):
         self.write(self.engine.data_to_send())
         if forget is not None:
             forget()
+        started = self.loop.time()
         try:
             await self.start_tls(context)
         except (ssl.SSLError, OSError, ConnectionError) as exc:
-            logs.event(log, logging.INFO, "tls_failed", proto=self.listener.name, ip=self.peer_ip, reason=str(exc))
+            log_tls_failure(log, self.listener.name, self.peer_ip, exc, self.loop.time() - started,
+                            STARTTLS_TIMEOUT)
             self.abort()
             return False
         return True
@@ -425,7 +457,8 @@ class SessionProtocol(asyncio.Protocol):
     async def start_tls(self, context: ssl.SSLContext) -> None:
         """Switch the transport to TLS (the handshake part of ``upgrade_tls``)."""
         assert self.transport is not None
-        new = await self.loop.start_tls(self.transport, self, context, server_side=True, ssl_handshake_timeout=30)
+        new = await self.loop.start_tls(self.transport, self, context, server_side=True,
+                                        ssl_handshake_timeout=STARTTLS_TIMEOUT)
         if new is None:
             raise ConnectionError("TLS handshake failed")
         self.transport = new

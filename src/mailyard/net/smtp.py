@@ -74,6 +74,15 @@ log = logging.getLogger("mailyard.smtp")
 # the "abuse_refused" lines of one listener and reason, per process (the
 # metric counts every refusal)
 _ABUSE_LINES = logs.EventBudget()
+# The replies to a failed AUTH exchange (RFC 4954 6): credentials invalid,
+# and the temporary failure, whatever the password (over a login limit
+# nothing was checked, and the lockout expires; a SCRAM proof that was right
+# but whose exchange ran past its deadline).
+_AUTH_INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")
+_AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure, try again later")
+# Likewise the "rcpt_refused reason=relay" lines: a relay probe costs a client
+# one RCPT, as many as it likes; the recipients metric counts every one.
+_RELAY_LINES = logs.EventBudget()
 
 
 # A spooled message up to this size is read back on the event loop.
@@ -331,7 +340,7 @@ class SMTPSession(SessionProtocol):
         elif isinstance(event, AuthCancelled):
             # The engine already answered 501; a cancel counts as a failure.
             if self._auth is not None and self._mech is not None:
-                self._auth.cancelled(self._mech.authcid)
+                self._auth.cancelled(self._mech)
             self._mech = None
         elif event.needs_answer:
             return self.step(event)
@@ -466,12 +475,15 @@ class SMTPSession(SessionProtocol):
         return reply
 
     def _rcpt_refused(self, forward_path: str, reason: str, detail: str | None = None) -> None:
-        # A relay attempt is worth a warning (an open-relay probe); others are routine.
-        level = logging.WARNING if reason == "relay" else logging.INFO
-        logs.event(log, level, "rcpt_refused", proto=self.listener.name, ip=self.peer_ip,
-                   user=self.account.address if self.account else None, to=forward_path[:200], reason=reason,
-                   detail=detail)
         metrics.count_recipient_rejected(self.listener.name, reason)
+        fields = {"proto": self.listener.name, "ip": self.peer_ip,
+                  "user": self.account.address if self.account else None, "to": forward_path[:200],
+                  "reason": reason, "detail": detail}
+        if reason == "relay":
+            # worth a warning (an open-relay probe), within the budget
+            _RELAY_LINES.event(log, logging.WARNING, "rcpt_refused", (self.listener.name, reason), **fields)
+        else:
+            logs.event(log, logging.INFO, "rcpt_refused", **fields)
 
     async def _no_room(self, accounts: list[Account]) -> bool:
         """Whether there are accounts and none has room for one more message
@@ -523,6 +535,18 @@ class SMTPSession(SessionProtocol):
         # ([auth] smtp_connection_max_failures), which ends the session with 421.
         engine.respond(self._auth_failure_reply(ev))
 
+    def end_sasl(self) -> bool:
+        mech, auth = self._mech, self._auth
+        if mech is None or auth is None or not self.engine.awaiting_sasl_response:
+            return False
+        failure = auth.expiry(mech)
+        if failure is None:
+            return False
+        self._mech = None
+        # settled by the login session: 535, or 454 for a proof that was right
+        self.engine.end_auth(_AUTH_TEMPORARY if failure.kind == "temporary" else _AUTH_INVALID)
+        return True
+
     def _tls_info(self) -> str | None:
         """``TLSv1.3 TLS_AES_256_GCM_SHA384`` for the Received comment (RFC 5321 4.4 allows one)."""
         if not self.tls or self.transport is None:
@@ -541,10 +565,8 @@ class SMTPSession(SessionProtocol):
         if failure.kind == "too-long":
             return Reply(500, "5.5.6", "Authentication exchange line is too long")
         if failure.kind == "temporary":
-            # RFC 4954 6: 454 temporary failure, whatever the password: over a
-            # login limit nothing was checked, and the lockout expires.
-            return Reply(454, "4.7.0", "Temporary authentication failure, try again later")
-        return Reply(535, "5.7.8", "Authentication credentials invalid")
+            return _AUTH_TEMPORARY
+        return _AUTH_INVALID
 
     # --- STARTTLS (RFC 3207) ------------------------------------------------------
     async def starttls(self) -> None:

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .. import logs, metrics
 from ..fsutil import write_atomic
 
 __all__ = [
@@ -46,12 +47,62 @@ __all__ = [
     "client_context",
     "create_self_signed",
     "ensure_certificate",
+    "log_tls_failure",
     "server_context",
 ]
 
 log = logging.getLogger("mailyard.net.tls")
 
 DEV_CERT_VALIDITY_DAYS = 3650  # 10 years: a development certificate
+
+
+# --- failed handshakes -------------------------------------------------------------
+
+# A client may fail TLS handshakes as fast as it connects (STARTTLS and then
+# garbage, or garbage to an implicit-TLS port): the "tls_failed" lines of one
+# listener and reason are bounded per process (logs.EventBudget's default);
+# the metric counts every failure.
+_TLS_FAILURES = logs.EventBudget()
+
+
+def tls_failure_reason(exc: BaseException, waited: float = 0.0, timeout: float | None = None) -> str:
+    """The kind of a handshake that failed with ``exc`` after ``waited``
+    seconds of its ``timeout``, one of a few words (a log budget's kind and
+    a metric label, so never the exception's text): ``timeout``, ``closed``
+    (the client went away, or hung up in the middle: SSLEOFError),
+    ``protocol`` (TLS refused what it sent) or ``error``.
+
+    asyncio (3.11) and uvloop end a handshake that runs past its
+    ``ssl_handshake_timeout`` with ConnectionAbortedError ("SSL handshake is
+    taking longer than..."), which nothing else raises there but a socket
+    aborted by the kernel: so the caller, which knows its timeout, says
+    how long it waited, and an abort after at least half of it (the loop's
+    timer may fire a little early by the caller's clock) is the timeout."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionAbortedError) and timeout is not None and waited >= timeout / 2:
+        return "timeout"
+    if isinstance(exc, ssl.SSLEOFError):
+        return "closed"
+    if isinstance(exc, ssl.SSLError):
+        return "protocol"
+    if isinstance(exc, ConnectionError):
+        return "closed"
+    return "error"
+
+
+def log_tls_failure(logger: logging.Logger, proto: str, ip: str, exc: BaseException,
+                    waited: float = 0.0, timeout: float | None = None) -> None:
+    """Count a failed TLS handshake, and log it within the budget
+    (``reason`` the kind, `tls_failure_reason`; ``detail`` what TLS said).
+    A client that connects and goes away without a handshake is what load
+    balancers and monitors do to check an implicit-TLS port is up: a
+    ``closed`` one is counted but logged at DEBUG only."""
+    reason = tls_failure_reason(exc, waited, timeout)
+    metrics.count_tls_failure(proto, reason)
+    level = logging.DEBUG if reason == "closed" else logging.INFO
+    _TLS_FAILURES.event(logger, level, "tls_failed", (proto, reason),
+                        proto=proto, ip=ip, reason=reason, detail=str(exc) or type(exc).__name__)
 
 
 # --- certificates ------------------------------------------------------------------

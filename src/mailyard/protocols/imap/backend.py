@@ -393,12 +393,22 @@ class LoginRefused:
     """A login that did not happen. ``kind``: "denied" (wrong credentials or
     unknown name, counted by the login service), "temporary" (over a login
     limit, whatever the credentials: try later), and for AUTHENTICATE
-    "cancelled" (the client sent "*") or "malformed" (bad base64 or syntax)."""
+    "cancelled" (the client sent "*"), "malformed" (bad base64 or syntax) or
+    "too-slow" (the login service's exchange deadline ended it after a right
+    SCRAM proof, before the client's last message: try again)."""
 
-    kind: Literal["denied", "temporary", "cancelled", "malformed"]
+    kind: Literal["denied", "temporary", "cancelled", "malformed", "too-slow"]
 
 
 class SaslExchange(Protocol):
+    def expiry(self) -> LoginRefused | None:
+        """The refusal that ends the exchange once the login service's
+        exchange deadline ended it while the client was to answer (settled
+        by the login service: "denied", or "too-slow" for a SCRAM proof
+        that was right), handed over once; None until then. The I/O side
+        wakes the wait for the client's line (`ImapIO.wake`)."""
+        ...
+
     async def step(self, response: bytes | None) -> SaslChallenge | LoginRefused | ImapBackend:
         """Feed the initial response (first call; None if the client sent
         none) or the client's next line; the next challenge, the refusal,

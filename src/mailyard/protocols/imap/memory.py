@@ -670,6 +670,9 @@ class MemoryBackend:
 class _PlainExchange:
     """SASL PLAIN (RFC 4616) against the store's passwords."""
 
+    def expiry(self) -> None:
+        return None  # no exchange deadline here
+
     def __init__(self, login: MemoryLogin) -> None:
         self.login = login
         self.started = False

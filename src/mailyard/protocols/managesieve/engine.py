@@ -4,7 +4,8 @@ protocols/contract.py.
 The engine reads commands (atoms, quoted strings and literals ``{N+}`` /
 ``{N}``, RFC 5804 4), answers what needs nothing from outside (CAPABILITY,
 NOOP, LOGOUT, bad commands) and hands the rest to the glue as events:
-``Authenticate`` / ``SASLResponse`` (the login service), ``StartTLS``, and
+``Authenticate`` / ``SASLResponse`` / ``BadSASLResponse`` (the login
+service), ``StartTLS``, and
 ``ScriptCommand`` for PUTSCRIPT, CHECKSCRIPT, GETSCRIPT, LISTSCRIPTS,
 SETACTIVE, DELETESCRIPT, RENAMESCRIPT and HAVESPACE (the scripts). The glue
 answers with ``respond`` (OK / NO with a response code, RFC 5804 1.3),
@@ -34,7 +35,8 @@ from typing import Any
 
 from ..contract import FLUSH, FLUSH_AT, NEED_DATA, PAUSED, Closed, ProtocolMisuse
 
-__all__ = ["Authenticate", "ManageSieveServer", "SASLResponse", "ScriptCommand", "StartTLS", "quote"]
+__all__ = ["Authenticate", "BadSASLResponse", "ManageSieveServer", "SASLResponse", "ScriptCommand", "StartTLS",
+           "quote"]
 
 # RFC 5804 4: literal-c2s = "{" number-str ["+"] "}" CRLF; number-str is
 # 1*DIGIT, leading zeros allowed (the size is read without them).
@@ -71,6 +73,16 @@ class Authenticate:
 @dataclass(frozen=True, slots=True)
 class SASLResponse:
     data: bytes  # base64 wire token
+    needs_answer = True
+
+
+@dataclass(frozen=True, slots=True)
+class BadSASLResponse:
+    """The client answered a challenge with something other than one string
+    (RFC 5804 2.1): the exchange ends, a malformed message. The glue settles
+    it (the login service counts it, and drops the mechanism) and answers it
+    as any end of the exchange, with ``login_failed``."""
+
     needs_answer = True
 
 
@@ -424,9 +436,7 @@ class ManageSieveServer:
             # RFC 5804 2.1: the client's answer is a string; "*" cancels
             self._sasl = False
             if len(tokens) != 1 or tokens[0][0] != "string":
-                self._waiting = None
-                self._out += b'NO "bad SASL response"\r\n'
-                return None
+                return BadSASLResponse()
             return SASLResponse(tokens[0][1])
         if not tokens or tokens[0][0] != "atom":
             self._bad("expected a command")
@@ -535,7 +545,26 @@ class ManageSieveServer:
 
     def login_failed(self, text: str, code: str | None = None, *, close: bool = False) -> None:
         """Refuse the login; ``close``: and end the session (too many failures)."""
-        self._answer(Authenticate, SASLResponse)
+        self._answer(Authenticate, SASLResponse, BadSASLResponse)
+        self._refuse_login(text, code, close)
+
+    @property
+    def awaiting_sasl_response(self) -> bool:
+        """True while an AUTHENTICATE exchange waits for the client's next
+        string (a challenge was sent and no event waits for an answer)."""
+        return self._sasl and self._waiting is None and self._closed is None
+
+    def end_sasl(self, text: str, code: str | None = None, *, close: bool = False) -> None:
+        """End the AUTHENTICATE exchange the client has not answered with
+        ``NO`` (RFC 5804 2.1), as `login_failed` does: the glue's exchange
+        deadline passed. Raises ``ProtocolMisuse`` unless
+        `awaiting_sasl_response`."""
+        if not self.awaiting_sasl_response:
+            raise ProtocolMisuse("no AUTHENTICATE exchange waits for the client")
+        self._sasl = False
+        self._refuse_login(text, code, close)
+
+    def _refuse_login(self, text: str, code: str | None, close: bool) -> None:
         self._out += b"NO " + (f"({code}) ".encode() if code else b"") + quote(text) + b"\r\n"
         if close:
             self._close("errors", b'BYE "too many failed logins"\r\n')

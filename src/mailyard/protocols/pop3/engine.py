@@ -451,6 +451,24 @@ class POP3Server:
         "LOGIN-DELAY". Only "AUTH" failures count against ``max_auth_failures``.
         """
         self._expect(UserPassLogin, APOPLogin, SASLStart, SASLResponse)
+        self._refuse_login(code, text)
+
+    @property
+    def awaiting_sasl_response(self) -> bool:
+        """True while an AUTH exchange waits for the client's next line (a
+        challenge was sent and no event waits for an answer)."""
+        return self._sasl_active and self._pending is None and self.state is State.AUTHORIZATION
+
+    def end_sasl(self, code: str | None = "AUTH", text: str = "Authentication failed") -> None:
+        """End the AUTH exchange the client has not answered, as
+        `reject_login` answers one (RFC 5034 4: ``-ERR``): the glue's exchange
+        deadline passed. Raises ``ProtocolMisuse`` unless
+        `awaiting_sasl_response`."""
+        if not self.awaiting_sasl_response:
+            raise ProtocolMisuse("no AUTH exchange waits for the client")
+        self._refuse_login(code, text)
+
+    def _refuse_login(self, code: str | None, text: str) -> None:
         self._sasl_active = False
         prefix = f"-ERR [{code}] " if code else "-ERR "
         if code == "AUTH":

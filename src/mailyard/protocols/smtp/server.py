@@ -354,15 +354,8 @@ class SMTPServerEngine:
         row = self._pending_row
         self._pending = None
         self._pending_row = None
-        if is_auth and code in (535, 454):
-            # RFC 4954 4 leaves the number of attempts to the server.
-            self._auth_failures += 1
-            if self._auth_failures >= self.config.budgets.max_auth_failures:
-                self._write(
-                    Reply(421, "4.7.0", "Too many failed authentication attempts, closing connection")
-                )
-                self._close("errors")
-                return
+        if is_auth and code in (535, 454) and not self._auth_failed():
+            return
         self._write(reply)
         if code == 421:  # RFC 5321 3.8: 421 means the server closes
             self._close("rejected")
@@ -420,7 +413,41 @@ class SMTPServerEngine:
         """``respond`` to AUTH with ``235 2.7.0`` (RFC 4954 6) for ``identity``."""
         self.respond(_AUTH_SUCCESS, identity=identity)
 
+    @property
+    def awaiting_sasl_response(self) -> bool:
+        """True while a SASL exchange waits for the client's next line (a 334
+        was sent and nothing of the client's waits for an answer)."""
+        return self._state is State.AUTH and self._pending is None and not self._events
+
+    def end_auth(self, reply: Reply) -> None:
+        """End the SASL exchange the client has not answered with ``reply``
+        (535 or 454, RFC 4954 6: the glue's exchange deadline passed), as an
+        answer to its response would: counted against ``max_auth_failures``,
+        and back to the state before AUTH. Raises ``ProtocolMisuse`` unless
+        `awaiting_sasl_response`."""
+        if not self.awaiting_sasl_response:
+            raise ProtocolMisuse("no SASL exchange waits for the client")
+        if reply.code not in (535, 454):
+            raise ProtocolMisuse(f"reply code {reply.code} cannot end a SASL exchange")
+        # what `respond` does with a failure answering the client's line
+        # (AuthResponse answered: nothing to record), with no line to answer
+        if self._auth_failed():
+            self._write(reply)
+            self._move(_SASL_ROW, reply.code)
+
     # ----------------------------------------------------------- internals
+
+    def _auth_failed(self) -> bool:
+        """Count a failed AUTH exchange (535 or 454) against
+        ``max_auth_failures`` (RFC 4954 4 leaves the number of attempts to
+        the server): False if it used the budget up, and the session ends
+        with ``421 4.7.0`` instead of the failure's reply."""
+        self._auth_failures += 1
+        if self._auth_failures < self.config.budgets.max_auth_failures:
+            return True
+        self._write(Reply(421, "4.7.0", "Too many failed authentication attempts, closing connection"))
+        self._close("errors")
+        return False
 
     def _reset_transaction(self) -> None:
         """Clear reverse-path, forward-path and data buffers (RFC 5321 4.1.1.5)."""

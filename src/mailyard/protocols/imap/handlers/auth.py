@@ -114,11 +114,14 @@ async def cmd_idle(s: ImapSession, cmd: c.Command) -> None:
     await s.idle()
 
 
-# The two refusals: a wrong password or unknown name (RFC 9051 7.1
-# AUTHENTICATIONFAILED), and over a login limit, whatever the password
-# (UNAVAILABLE: "temporary failure because a subsystem is down").
+# The refusals: a wrong password or unknown name (RFC 9051 7.1
+# AUTHENTICATIONFAILED), and a temporary failure (UNAVAILABLE: "temporary
+# failure because a subsystem is down"), whatever the password: over a login
+# limit, or a SCRAM exchange with a right proof that its deadline ended.
 INVALID = ("Invalid credentials", "AUTHENTICATIONFAILED")
 TRY_LATER = ("Too many failed logins, try again later", "UNAVAILABLE")
+TOO_SLOW = ("Authentication took too long, try again", "UNAVAILABLE")
+_REFUSALS = {"temporary": TRY_LATER, "too-slow": TOO_SLOW}
 
 
 def _login_done(s: ImapSession, result: ImapBackend | LoginRefused) -> None:
@@ -126,7 +129,7 @@ def _login_done(s: ImapSession, result: ImapBackend | LoginRefused) -> None:
         s.logged_in(result)
         s.engine.complete("OK", "Logged in", "CAPABILITY " + " ".join(s.capabilities(logged_in=True)))
         return
-    s.engine.complete("NO", *(TRY_LATER if result.kind == "temporary" else INVALID))  # counted by the engine
+    s.engine.complete("NO", *_REFUSALS.get(result.kind, INVALID))  # counted by the engine
 
 
 async def cmd_login(s: ImapSession, cmd: c.Login) -> None:
@@ -155,12 +158,19 @@ async def cmd_authenticate(s: ImapSession, cmd: c.Authenticate) -> None:
         while True:
             reply = s.engine.next_event()
             if isinstance(reply, AuthResponse):
+                ev = await exchange.step(reply.line)
+                break
+            refused = exchange.expiry()
+            if refused is not None:
+                # the client did not answer in time (settled by the login
+                # service): NO [AUTHENTICATIONFAILED], or NO [UNAVAILABLE]
+                # after a right SCRAM proof
+                ev = refused
                 break
             if not await s.io.more_input():
                 s.login.close()  # an exchange left open counts as a failure
                 s.engine.bye("Connection closed", reason="eof")
                 return
-        ev = await exchange.step(reply.line)
     if isinstance(ev, LoginRefused) and ev.kind == "cancelled":
         s.engine.complete("BAD", "Authentication cancelled")  # RFC 9051 6.2.2: "*" cancels with BAD
     elif isinstance(ev, LoginRefused) and ev.kind == "malformed":
