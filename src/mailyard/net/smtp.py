@@ -561,7 +561,9 @@ class SMTPSession(SessionProtocol):
         if failure.kind == "cancelled":
             return Reply(501, "5.0.0", "Authentication cancelled")
         if failure.kind in ("malformed", "protocol"):
-            return Reply(501, "5.5.2", "Cannot decode the authentication data")
+            # the mechanism's own words for what does not parse (fixed texts
+            # of auth/sasl.py, none of them the client's data)
+            return Reply(501, "5.5.2", f"Cannot decode the authentication data: {failure.reason}")
         if failure.kind == "too-long":
             return Reply(500, "5.5.6", "Authentication exchange line is too long")
         if failure.kind == "temporary":
