@@ -269,16 +269,19 @@ def test_an_unterminated_quoted_string_is_scanned_no_further_than_its_limits(
         assert engine.data_to_send() == b'BYE "command too large (at most 8192 octets before login)"\r\n'
 
 
-def test_an_answer_to_a_challenge_that_is_not_a_string_is_handed_to_the_glue() -> None:
+@pytest.mark.parametrize("answer", [b"notastring", b"dGVzdA==", b"*", b'"a" "b"', b'"open'])
+def test_an_answer_to_a_challenge_that_is_not_a_string_is_handed_to_the_glue(answer: bytes) -> None:
     """RFC 5804 2.1: the client answers a challenge with one string. Anything
-    else ends the exchange, but the glue answers it (``login_failed``): its
-    login service settles the exchange and drops the mechanism."""
+    else (an atom, unquoted base64 the tokens cannot read, two strings, an
+    unclosed quote) ends the exchange, but the glue answers it
+    (``login_failed``): its login service settles the exchange and drops
+    the mechanism."""
     engine = _engine()
     engine.receive_data(b'AUTHENTICATE "PLAIN"\r\n')
     engine.next_event()
     engine.sasl_challenge(b"")
     assert engine.data_to_send() == b'""\r\n'
-    engine.receive_data(b"notastring\r\n")
+    engine.receive_data(answer + b"\r\n")
     assert isinstance(engine.next_event(), BadSASLResponse)
     assert engine.data_to_send() == b""  # nothing said before the glue's answer
     assert not engine.awaiting_sasl_response

@@ -138,6 +138,9 @@ FailureKind = Literal[
 class Failure:
     """Authentication failed; ``reason`` is for logs, ``kind`` picks the reply code.
 
+    The ``reason`` of a ``malformed`` failure is a fixed text (what does not
+    parse), never the client's data: a reply may carry it (SMTP's 501).
+
     ``authcid`` is set when the client named one, so the glue can count the
     failure against the account (auth/throttle.py).
     """

@@ -560,10 +560,12 @@ class SMTPSession(SessionProtocol):
     def _auth_failure_reply(self, failure: sasl.Failure) -> Reply:
         if failure.kind == "cancelled":
             return Reply(501, "5.0.0", "Authentication cancelled")
-        if failure.kind in ("malformed", "protocol"):
-            # the mechanism's own words for what does not parse (fixed texts
-            # of auth/sasl.py, none of them the client's data)
+        if failure.kind == "malformed":
+            # the mechanism's own words for what does not parse (a fixed text
+            # of auth/sasl.py, never the client's data: sasl.Failure)
             return Reply(501, "5.5.2", f"Cannot decode the authentication data: {failure.reason}")
+        if failure.kind == "protocol":
+            return Reply(501, "5.5.2", "Cannot decode the authentication data")
         if failure.kind == "too-long":
             return Reply(500, "5.5.6", "Authentication exchange line is too long")
         if failure.kind == "temporary":

@@ -262,6 +262,7 @@ class ManageSieveServer:
         self._skipped: int | None = None
         self._skip_literal = 0
         self._skip_reason = ""
+        self._bad_answer = False  # a skipped line was the answer to a SASL challenge
         self.bad_commands = 0
         self.authenticated = False
         self.lines_completed = 0
@@ -308,6 +309,10 @@ class ManageSieveServer:
                 return FLUSH
             if self._skipped is not None and not self._skip_line():
                 return self._closed if self._closed is not None else self._eof_or_need()
+            if self._bad_answer:
+                self._bad_answer = False
+                self._waiting = BadSASLResponse()
+                return self._waiting
             try:
                 used = self._cmd.parse(self._in, self.max_line, self.max_literal, self.command_budget)
             except _TooBig as exc:
@@ -390,6 +395,12 @@ class ManageSieveServer:
             self._skipped += end + 2
             if size < 0:
                 self._skipped = None
+                if self._sasl:
+                    # the answer to a challenge, and not a string (an
+                    # unquoted base64 text, say: RFC 5804 2.1): the exchange
+                    # ends, and the glue settles and answers it
+                    self._sasl, self._bad_answer = False, True
+                    return True
                 return not self._bad(self._skip_reason)
             if size > self.max_literal:
                 return self._too_big_skipped(f"literal too large (at most {self.max_literal} octets)")
