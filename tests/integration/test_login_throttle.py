@@ -25,6 +25,7 @@ import functools
 import gc
 import hashlib
 import hmac
+import imaplib
 import logging
 import re
 import select
@@ -657,6 +658,41 @@ def test_a_scram_login_leaves_no_mechanism_behind(
         assert mechanisms(server) == 0
     finally:
         client.w.close()
+
+
+@pytest.mark.parametrize("how", ["LOGIN", "AUTHENTICATE PLAIN"])
+def test_a_logged_in_imap_session_keeps_no_login_machinery(
+    make_server: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch, how: str,
+) -> None:
+    """An IMAP session lives as long as its client idles; once logged in it
+    has nothing left to settle, and keeps no Authenticator (its throttle
+    state, timers and closures: some 0.6 KiB of every idle connection)."""
+    from mailyard.net import login
+
+    made: list[weakref.ref[login.Authenticator]] = []
+    real = login.Authenticator.__init__
+
+    def init(self: login.Authenticator, *args: object) -> None:
+        real(self, *args)  # type: ignore[arg-type]
+        made.append(weakref.ref(self))
+
+    monkeypatch.setattr(login.Authenticator, "__init__", init)
+    server = make_server()
+    client = imaplib.IMAP4(server.host, server.port("imap"), timeout=10)
+    try:
+        if how == "LOGIN":
+            client.login(ALICE, USERS[ALICE])
+        else:
+            client.authenticate("PLAIN", lambda _: f"\0{ALICE}\0{USERS[ALICE]}".encode())
+        client.select("INBOX")
+
+        async def alive() -> int:
+            gc.collect()
+            return sum(ref() is not None for ref in made)
+
+        assert made and server.call(alive()) == 0
+    finally:
+        client.logout()
 
 
 @pytest.mark.parametrize("proto", ["smtp", "pop3", "managesieve"])

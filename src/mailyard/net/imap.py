@@ -124,7 +124,16 @@ class ImapLoginService:
         result = await self.authenticator.password(user, password)
         if isinstance(result, TryLater):
             return LoginRefused("temporary")
-        return self.backend(result) if result is not None else LoginRefused("denied")
+        if result is None:
+            return LoginRefused("denied")
+        self.logged_in()
+        return self.backend(result)
+
+    def logged_in(self) -> None:
+        """The login is done: nothing is left open to settle, and the
+        session keeps no login machinery for its life (every idle
+        connection would pay for it)."""
+        self._authenticator = None
 
     def sasl(self, mechanism: str) -> _SaslExchange:
         return _SaslExchange(self, sasl.start(mechanism))
@@ -157,7 +166,10 @@ class _SaslExchange:
             return SaslChallenge(ev.wire)
         if isinstance(ev, sasl.Success):
             account = await auth.account(ev)
-            return self.service.backend(account) if account is not None else LoginRefused("denied")
+            if account is None:
+                return LoginRefused("denied")
+            self.service.logged_in()
+            return self.service.backend(account)
         return _refusal(ev)
 
 
