@@ -588,6 +588,25 @@ def test_an_exchange_cancelled_after_an_expired_one_counts_and_is_settled(
         client.w.close()
 
 
+def test_a_pop3_response_line_over_the_limit_ends_the_exchange_and_settles_it(
+    make_server: Callable[..., RunningServer]
+) -> None:
+    """RFC 5034 4: a response line over POP3's SASL line limit is dropped; the
+    exchange ends there, counted and settled as a cancelled one, rather than
+    being left open (holding its reservation) with the next line read as
+    its answer."""
+    server = make_server(functools.partial(_with_sasl_deadline, account=10))
+    client = _Exchange(server, "pop3")
+    try:
+        client.challenge(client.start("SCRAM-SHA-256", ScramClient(ALICE, "whatever").first()))
+        assert _account_entry(server, ALICE) == (0, 1)
+        assert client.answer(b"A" * 20_000) == b"-ERR authentication line too long\r\n"
+        assert _account_entry(server, ALICE) == (1, 0)
+        client.goes_on()
+    finally:
+        client.w.close()
+
+
 @pytest.mark.parametrize("proto", ["imap", "pop3", "managesieve"])
 def test_a_last_scram_message_that_comes_after_the_deadline_gets_the_temporary_failure(
     make_server: Callable[..., RunningServer], proto: str, monkeypatch: pytest.MonkeyPatch,

@@ -458,6 +458,13 @@ class POP3Session(SessionProtocol):
             await self.sasl_event(self._mech.begin(event.initial_response))
         elif isinstance(event, SASLResponse):
             assert self._mech is not None
+            if event.too_long:
+                # a response over the line limit ends the exchange, settled
+                # as a cancelled one (as SMTP's over-long AUTH line)
+                self.authenticator().cancelled(self._mech)
+                self._mech = None
+                self.engine.reject_login(None, "authentication line too long")
+                return
             await self.sasl_event(self._mech.step(event.line))
         elif isinstance(event, Update):
             await self.update(event)

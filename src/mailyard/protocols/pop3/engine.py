@@ -135,9 +135,12 @@ class SASLStart:
 class SASLResponse:
     """A client response line in an AUTH exchange, as sent (base64, or "*" to
     cancel: RFC 5034 section 4). Answered as SASLStart; for "*" the glue answers
-    reject_login(None, "authentication cancelled")."""
+    reject_login(None, "authentication cancelled"). ``too_long``: the line
+    passed the limit and was dropped (``line`` is empty); the exchange ends
+    as a cancelled one, answered reject_login(None, ...)."""
 
     line: bytes
+    too_long: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,6 +398,13 @@ class POP3Server:
                     return self._close("eof")
                 return NEED_DATA
             if line is _TOO_LONG:
+                if self._sasl_active:
+                    # the answer to a challenge, dropped: the exchange ends
+                    # (RFC 5034 4), and the glue settles it
+                    self._sasl_active = False
+                    event = SASLResponse(b"", too_long=True)
+                    self._pending, self._pending_event = SASLResponse, event
+                    return event
                 self._bad("-ERR line too long")
                 continue
             assert isinstance(line, bytes)
