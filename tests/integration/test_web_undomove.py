@@ -103,6 +103,27 @@ def test_a_message_moved_on_since_is_skipped(web: RunningServer) -> None:
     assert web.messages(ALICE, "Trash") == []
 
 
+def test_an_undo_after_the_folder_was_deleted_says_so(web: RunningServer) -> None:
+    """The folder the messages came from is gone: they stay where the action
+    put them, and the answer says why (not a bare "no such folder")."""
+    data = simple("from a folder")
+    account = web.call(web.store.get_account(ALICE))
+    web.call(web.store.create_mailbox(account.id, "Projects"))
+    append(web, ALICE, data, mailbox="Projects")
+    projects, trash = box_id(web, ALICE, "Projects"), box_id(web, ALICE, "Trash")
+    client = login(web)
+    token = csrf(client)
+    r = client.post(f"/box/{projects}/action", data={"uid": "1", "action": "delete", "csrf": token})
+    undo = undo_form(client, r.headers["location"])
+    web.call(web.store.delete_mailbox(account.id, "Projects"))
+
+    r = client.post("/undo-move", data={"csrf": token, "token": undo})
+    assert r.status_code == 303 and r.headers["location"].startswith(f"/box/{trash}?")
+    assert parse_qs(urlsplit(r.headers["location"]).query)["notice"] == [
+        "Not moved back: the folder they came from is gone."]
+    assert web.messages(ALICE, "Trash") == [data]
+
+
 def test_a_forged_or_another_accounts_undo_moves_nothing(web: RunningServer) -> None:
     deleted, archived = simple("deleted"), simple("kept in the archive")
     append(web, ALICE, deleted)

@@ -259,8 +259,14 @@ async def undo_move(request: Request) -> Response:
         raise HTTPException(404, "Nothing to undo: the action was too long ago.")
     async with record.lock:
         if record.done is None:
-            source = await own_mailbox(request, session, record.source)
             target = await own_mailbox(request, session, record.target)
+            store = state(request).services.store
+            if await store.get_mailbox_by_id(session.account_id, record.source) is None:
+                # the folder they came from was deleted since (a folder made
+                # again is another folder): they stay where the action put them
+                return redirect(notice_url(f"/box/{target.id}", "Not moved back: the folder they came from"
+                                           " is gone."))
+            source = await own_mailbox(request, session, record.source)
             # a folder deleted and made again under the same id holds other messages
             uids = list(record.uids) if target.uid_validity == record.validity else []
             back = await state(request).services.store.copy_messages(target, uids, source, move=True)
