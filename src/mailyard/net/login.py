@@ -20,11 +20,12 @@ from ..auth.service import LoginSession, TryLater, too_slow
 from ..auth.throttle import LoginThrottle, ThrottlePolicy
 
 if TYPE_CHECKING:
+    from ..auth import sasl
     from ..config import AuthConfig, StoreConfig
     from ..services import Services
     from .session_protocol import SessionProtocol
 
-__all__ = ["Authenticator", "TryLater", "plaintext_allowed", "throttle_from_config", "too_slow"]
+__all__ = ["Authenticator", "TryLater", "owed_expiry", "plaintext_allowed", "throttle_from_config", "too_slow"]
 
 
 def throttle_from_config(cfg: AuthConfig, store: StoreConfig | None = None) -> LoginThrottle:
@@ -64,3 +65,13 @@ class Authenticator(LoginSession):
         super().__init__(services.login, conn.peer_ip, protocol, lambda: conn.tls,
                          deadline=services.config.limits.sasl_deadline, on_expired=conn.sasl_expired)
         self.conn = conn
+
+
+def owed_expiry(auth: LoginSession | None, mech: sasl.Mechanism | None, waiting: bool) -> sasl.Failure | None:
+    """The failure the exchange deadline left owed for ``mech``, handed over
+    once (`LoginSession.expiry`), while the protocol waits for the client's
+    answer to a challenge (``waiting``); None when there is none to send now.
+    Each protocol's ``end_sasl`` answers it in its own words."""
+    if mech is None or auth is None or not waiting:
+        return None
+    return auth.expiry(mech)

@@ -32,7 +32,7 @@ from ..protocols.managesieve.engine import (
 from ..sieve import EXTENSIONS, SieveError, compile_script
 from ..store.api import Account, StoreUnavailable
 from .listener import Listener
-from .login import Authenticator, plaintext_allowed, too_slow
+from .login import Authenticator, owed_expiry, plaintext_allowed, too_slow
 from .session_protocol import SessionProtocol
 
 if TYPE_CHECKING:
@@ -195,11 +195,9 @@ class ManageSieveSession(SessionProtocol):
         engine.login_failed(text, code, close=self._failures >= MAX_LOGIN_FAILURES)
 
     def end_sasl(self) -> bool:
-        engine, mech = self.engine, self._mech
-        if mech is None or self._auth is None or engine is None or not engine.awaiting_sasl_response:
-            return False
-        failure = self._auth.expiry(mech)
-        if failure is None:
+        engine = self.engine
+        failure = owed_expiry(self._auth, self._mech, engine is not None and engine.awaiting_sasl_response)
+        if failure is None or engine is None:
             return False
         self._mech = None
         self._failures += 1  # settled by the login session; answered as `_login` answers it

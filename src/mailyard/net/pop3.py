@@ -68,7 +68,7 @@ from ..store.api import Account, Mailbox, NotFound, Store, StoreUnavailable
 from ..store.view import MailboxView
 from .budgets import abuse_budgets
 from .listener import Listener
-from .login import Authenticator, TryLater, plaintext_allowed, too_slow
+from .login import Authenticator, TryLater, owed_expiry, plaintext_allowed, too_slow
 from .session_protocol import SessionProtocol
 
 if TYPE_CHECKING:
@@ -509,11 +509,9 @@ class POP3Session(SessionProtocol):
             self.engine.reject_login(*_sasl_refusal(ev))
 
     def end_sasl(self) -> bool:
-        engine, mech = self.engine, self._mech
-        if mech is None or self._auth is None or engine is None or not engine.awaiting_sasl_response:
-            return False
-        failure = self._auth.expiry(mech)
-        if failure is None:
+        engine = self.engine
+        failure = owed_expiry(self._auth, self._mech, engine is not None and engine.awaiting_sasl_response)
+        if failure is None or engine is None:
             return False
         self._mech = None
         # settled by the login session; answered as sasl_event answers it

@@ -62,7 +62,7 @@ from ..store.greylist import GreylistState
 from ..store.spool import SpoolFile
 from .budgets import abuse_budgets
 from .listener import Listener
-from .login import Authenticator, plaintext_allowed
+from .login import Authenticator, owed_expiry, plaintext_allowed
 from .session_protocol import SessionProtocol
 from .smtp_replies import rcpt_reply, trick_reply
 
@@ -536,10 +536,7 @@ class SMTPSession(SessionProtocol):
         engine.respond(self._auth_failure_reply(ev))
 
     def end_sasl(self) -> bool:
-        mech, auth = self._mech, self._auth
-        if mech is None or auth is None or not self.engine.awaiting_sasl_response:
-            return False
-        failure = auth.expiry(mech)
+        failure = owed_expiry(self._auth, self._mech, self.engine.awaiting_sasl_response)
         if failure is None:
             return False
         self._mech = None
