@@ -1,5 +1,5 @@
 """The Undo of the webmail's Delete, Archive, Spam and Move (web/undomove.py,
-app.py ``undo_move``) over HTTP without JavaScript: the notice's form moves
+actions.py ``undo_move``) over HTTP without JavaScript: the notice's form moves
 exactly the moved messages back, with their flags, once; a message moved on
 since is skipped; another account's or a made-up token moves nothing; an
 action over the cap offers no Undo. The browser test (the ``z`` key) is in

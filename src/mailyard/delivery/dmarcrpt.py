@@ -5,15 +5,16 @@ Every message checked on the MX port whose From domain publishes a DMARC
 record with ``rua=`` is one line in ``DATA/dmarc-reports/YYYY-MM-DD.jsonl``
 (UTC day, delivery/dailylog.py): the client address, the From and envelope
 domains, the SPF and DKIM results, the DMARC verdict and the policy that
-applied. After the day ends the queue runner folds the lines into one
-report per policy domain, in the XML format of RFC 7489 Appendix C
-(records grouped by identical rows, with their count), and sends it gzipped
-(7.2.1.1: ``application/gzip``, file ``receiver!domain!begin!end.xml.gz``)
-to the ``mailto:`` addresses of the record's ``rua``, through the outbound
-queue (so it is DKIM-signed and retried as any message). A destination
-outside the policy domain's organisational domain receives reports only
-when it says so in DNS (7.1: ``DOMAIN._report._dmarc.DEST``); a ``!size``
-limit on a URI is honoured (a report larger than it is not sent there).
+applied. After the day ends the queue runner (dailyreports.py) folds the
+lines into one report per policy domain, in the XML format of RFC 7489
+Appendix C (records grouped by identical rows, with their count), and sends
+it gzipped (7.2.1.1: ``application/gzip``, file
+``receiver!domain!begin!end.xml.gz``) to the ``mailto:`` addresses of the
+record's ``rua``, through the outbound queue (so it is DKIM-signed and
+retried as any message). A destination outside the policy domain's
+organisational domain receives reports only when it says so in DNS (7.1:
+``DOMAIN._report._dmarc.DEST``); a ``!size`` limit on a URI is honoured (a
+report larger than it is not sent there).
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ exponential back-off (``retry_initial`` * ``retry_factor`` ** n, capped at
 the recipient and the reverse-path gets a DSN (delivery/bounce.py), stored in
 the same commit that records the failure. A delay warning goes out once after
 ``delay_warning`` seconds.
+
+The I/O of one SMTP connection is connection.py (``ClientConnection``); the
+daily TLS-RPT and DMARC reports the runner sends are dailyreports.py
+(``DailyReportsMixin``, mixed into ``OutboundQueue``).
 """
 
 from __future__ import annotations
@@ -41,15 +45,11 @@ from typing import TYPE_CHECKING, Any
 from .. import logs, metrics
 from ..mailauth.srs import SRS, SRSError
 from ..protocols.smtp.client import (
-    NEED_DATA,
     OutboundMessage,
     OutboundRecipient,
-    SessionClosed,
     SessionFailed,
     SessionReady,
     SMTPClientEngine,
-    StartTLSNeeded,
-    TransactionResult,
 )
 from ..protocols.smtp.replies import Reply
 from ..spam.limits import QueueWatch
@@ -68,22 +68,15 @@ from ..store.api import (
     Store,
 )
 from .bounce import ReportedRecipient, make_dsn, should_report, status_of, wants_report
+from .connection import ClientConnection, _Unreachable, reply_text
+from .dailyreports import DailyReportsMixin
 from .dane import DANETempError, peer_chain
 from .dane import verify as dane_verify
-from .dmarcrpt import (
-    DMARCReports,
-    needs_verification,
-    report_destinations,
-    verification_name,
-    verified,
-)
-from .dmarcrpt import build_reports as build_dmarc_reports
-from .dmarcrpt import report_message as dmarc_report_message
+from .dmarcrpt import DMARCReports
 from .local import local_targets
 from .mx import MXResolver, NullMX, PermanentDNSError, TemporaryDNSError, make_resolver
 from .router import Router, Verdict
 from .tlspolicy import TLSPlan, TransportSecurity
-from .tlsrpt import build_reports, classify_tls_error, mailto_addresses, parse_rua, report_message
 
 if TYPE_CHECKING:
     from ..config import DeliveryConfig
@@ -132,11 +125,6 @@ MessageSigner = Callable[[bytes, str], bytes]
 MessageSealer = Callable[[bytes], bytes]
 
 
-def reply_text(reply: Reply) -> str:
-    text = " ".join(line for line in reply.lines if line)
-    return f"{reply.code} {reply.enhanced + ' ' if reply.enhanced else ''}{text}".strip()
-
-
 def backoff(cfg: DeliveryConfig, attempts: int) -> float:
     """Seconds before retry number ``attempts`` (1 = the first retry)."""
     delay = cfg.retry_initial * cfg.retry_factor ** max(attempts - 1, 0)
@@ -163,124 +151,7 @@ class Target:
     port: int
 
 
-class _Unreachable(Exception):
-    def __init__(self, reply: Reply, host: str | None = None) -> None:
-        super().__init__(reply_text(reply))
-        self.reply = reply
-        self.host = host
-
-
-# Checks the peer of a new TLS session (DANE, delivery/dane.py): the SSL
-# object -> None when it is accepted, else why not.
-PeerCheck = Callable[[Any], str | None]
-
-
-class ClientConnection:
-    """asyncio I/O for one SMTPClientEngine. ``check_peer`` (when given)
-    judges the peer once TLS is up; a refusal ends the session before any
-    mail is sent. ``tls_failure`` then holds the RFC 8460 result type."""
-
-    def __init__(self, engine: SMTPClientEngine, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, cap: float, tls_context: ssl.SSLContext, server_name: str,
-                 check_peer: PeerCheck | None = None) -> None:
-        self.engine = engine
-        self.reader = reader
-        self.writer = writer
-        self.cap = cap
-        self.tls_context = tls_context
-        self.server_name = server_name
-        self.check_peer = check_peer
-        self.ready: SessionReady | None = None
-        self.tls_failure: str | None = None
-
-    async def _event(self) -> Any:
-        engine = self.engine
-        while True:
-            ev = engine.next_event()
-            if ev is not NEED_DATA:
-                if isinstance(ev, StartTLSNeeded):
-                    await self._flush()
-                    try:
-                        await self.writer.start_tls(self.tls_context, server_hostname=self.server_name)
-                    except (OSError, ssl.SSLError) as exc:
-                        log.info("STARTTLS with %s failed: %s", self.server_name, exc)
-                        self.tls_failure = classify_tls_error(exc)
-                        raise _Unreachable(Reply(421, "4.7.0", f"TLS handshake failed: {exc}")) from None
-                    if self.check_peer is not None:
-                        problem = self.check_peer(self.writer.get_extra_info("ssl_object"))
-                        if problem is not None:
-                            log.info("TLS peer %s refused: %s", self.server_name, problem)
-                            self.tls_failure = "validation-failure"
-                            raise _Unreachable(Reply(421, "4.7.5", f"DANE: {problem}"))
-                    engine.tls_started()
-                    continue
-                return ev
-            await self._flush()
-            if engine.closed:
-                return SessionClosed()
-            try:
-                async with asyncio.timeout(min(engine.timeout, self.cap)):
-                    data = await self.reader.read(65536)
-            except TimeoutError:
-                # RFC 5321 4.5.3.2: give up on the reply; the transaction is not done.
-                engine.receive_data(b"")
-                continue
-            except (OSError, ssl.SSLError):
-                data = b""
-            engine.receive_data(data)
-
-    async def _flush(self) -> None:
-        out = self.engine.data_to_send()
-        if out:
-            self.writer.write(out)
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await self.writer.drain()
-
-    async def open(self) -> SessionReady | SessionFailed:
-        while True:
-            ev = await self._event()
-            if isinstance(ev, (SessionReady, SessionFailed)):
-                if isinstance(ev, SessionReady):
-                    self.ready = ev
-                return ev
-            if isinstance(ev, SessionClosed):
-                return SessionFailed("protocol", Reply(421, "4.4.2", "Connection closed"))
-
-    async def send(self, message: OutboundMessage) -> TransactionResult:
-        self.engine.send_mail(message)
-        while True:
-            ev = await self._event()
-            if isinstance(ev, TransactionResult):
-                return ev
-            if isinstance(ev, SessionClosed):
-                return TransactionResult(message, tuple(Reply(421, "4.4.2", "Connection lost")
-                                                        for _ in message.recipients))
-
-    @property
-    def usable(self) -> bool:
-        from ..protocols.smtp.client import ClientState
-
-        return self.engine.state is ClientState.READY
-
-    async def close(self) -> None:
-        try:
-            # After a failed or refused TLS handshake there is no session to QUIT.
-            if not self.engine.closed and self.tls_failure is None:
-                self.engine.quit()
-                await self._flush()
-                with contextlib.suppress(TimeoutError, OSError, ssl.SSLError):
-                    async with asyncio.timeout(5):
-                        while not self.engine.closed:
-                            ev = await self._event()
-                            if isinstance(ev, SessionClosed):
-                                break
-        finally:
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
-
-
-class OutboundQueue:
+class OutboundQueue(DailyReportsMixin):
     """The queue runner. ``store`` holds the queue (its ``queue_*`` operations), ``router``
     resolves the reverse-path of a DSN, ``hostname`` names this MTA in EHLO
     and in reports, ``client_tls`` makes the TLS contexts of outbound
@@ -786,122 +657,6 @@ class OutboundQueue:
         except BaseException:
             await conn.close()
             raise
-
-    # --- TLS reports (RFC 8460) ------------------------------------------------------
-    async def _reports_due(self) -> None:
-        """Once a minute: mail the TLS and DMARC reports of days that have ended."""
-        if time.monotonic() - self._reports_checked < 60:
-            return
-        self._reports_checked = time.monotonic()
-        security = self.security
-        kinds = [("tlsrpt", security.reports if security is not None else None, self.send_tls_reports),
-                 ("dmarc", self.dmarc_reports, self.send_dmarc_reports)]
-        for name, reports, send in kinds:
-            if reports is None:
-                continue
-            for day in await asyncio.to_thread(reports.days_due):
-                try:
-                    await send(day)
-                except TemporaryDNSError as exc:
-                    log.info("%s: reports of %s wait: %s", name, day, exc)
-                    break
-
-    async def send_tls_reports(self, day: str) -> int:
-        """Queue the reports of ``day`` to each policy domain's ``rua``
-        addresses; returns how many messages were queued."""
-        assert self.security is not None and self.security.reports is not None
-        reports = self.security.reports
-        lines = await asyncio.to_thread(reports.lines, day)
-        domains = await self.store.list_domains()
-        submitter = self.hostname
-        own = domains[0] if domains else self.hostname
-        built = build_reports(day, lines, organization=own, contact=f"postmaster@{own}")
-        sent = 0
-        for domain, report in built.items():
-            rua = await self._rua(domain)
-            rcpts = mailto_addresses(rua)
-            if not rcpts:
-                continue
-            body = report_message(report, policy_domain=domain, submitter=submitter,
-                                  sender=f"tlsrpt-noreply@{own}", recipients=rcpts)
-            await self.enqueue(body, "", rcpts)
-            logs.event(log, logging.INFO, "tlsrpt_sent", domain=domain, to=rcpts, day=day)
-            sent += 1
-        await asyncio.to_thread(reports.mark_sent, day)
-        return sent
-
-    async def _rua(self, domain: str) -> list[str]:
-        """The ``rua`` URIs of ``_smtp._tls.DOMAIN`` (RFC 8460 3)."""
-        return parse_rua(await self._txt(f"_smtp._tls.{domain}"))
-
-    async def _txt(self, name: str) -> list[str]:
-        """The TXT records at ``name`` (none for NXDOMAIN or NODATA);
-        TemporaryDNSError when DNS does not answer."""
-        import dns.exception
-        import dns.resolver
-
-        try:
-            answer = await self.mx.resolver.resolve(name, "TXT", search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return []
-        except dns.exception.DNSException as exc:
-            raise TemporaryDNSError(f"TXT {name}: {exc.__class__.__name__}") from exc
-        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
-
-    # --- DMARC aggregate reports (RFC 7489 7.2) ----------------------------------------
-    async def send_dmarc_reports(self, day: str) -> int:
-        """Queue the aggregate reports of ``day`` to each policy domain's
-        ``rua`` addresses (delivery/dmarcrpt.py); returns how many messages
-        were queued. A destination that DNS does not confirm (RFC 7489 7.1),
-        or whose size limit the report passes, is left out."""
-        assert self.dmarc_reports is not None
-        reports = self.dmarc_reports
-        lines = await asyncio.to_thread(reports.lines, day)
-        domains = await self.store.list_domains()
-        own = domains[0] if domains else self.hostname
-        built = await asyncio.to_thread(build_dmarc_reports, day, lines, organization=own,
-                                        contact=f"postmaster@{own}")
-        sent = 0
-        for domain, (xml, rua) in built.items():
-            rcpts = []
-            for address, limit in report_destinations(rua):
-                if needs_verification(domain, address):
-                    try:
-                        confirmed = verified(await self._txt(verification_name(domain, address)))
-                    except TemporaryDNSError as exc:
-                        # not confirmed this time: the day's other reports
-                        # still go, and the day is closed (no report twice)
-                        confirmed, why = False, f"DNS did not answer the RFC 7489 7.1 check: {exc}"
-                    else:
-                        why = "destination not confirmed in DNS (RFC 7489 7.1)"
-                    if not confirmed:
-                        logs.event(log, logging.INFO, "dmarc_report_refused", domain=domain, to=address, reason=why)
-                        continue
-                body = dmarc_report_message(xml, policy_domain=domain, submitter=self.hostname,
-                                            sender=f"dmarc-noreply@{own}", recipients=[address])
-                if limit is not None and len(body) > limit:
-                    logs.event(log, logging.INFO, "dmarc_report_refused", domain=domain, to=address,
-                               reason=f"report of {len(body)} octets over the limit of {limit}")
-                    continue
-                rcpts.append(address)
-            if not rcpts:
-                continue
-            body = dmarc_report_message(xml, policy_domain=domain, submitter=self.hostname,
-                                        sender=f"dmarc-noreply@{own}", recipients=rcpts)
-            local, remote = [], []
-            for address in rcpts:
-                resolution = await self.router.resolve(address)
-                if resolution.verdict is Verdict.LOCAL:
-                    local.extend(resolution.accounts)
-                    remote.extend(resolution.remote)
-                elif resolution.verdict is Verdict.REMOTE:
-                    remote.extend(resolution.remote)
-            # RFC 3834 3.3 / RFC 5321 4.5.5: a report's reverse-path is null
-            await self.enqueue(body, "", remote, accounts=local)
-            logs.event(log, logging.INFO, "dmarc_report_sent", domain=domain, to=rcpts, day=day)
-            sent += 1
-        await asyncio.to_thread(reports.mark_sent, day)
-        return sent
 
     async def _wait_for_jobs(self, dest: str, jobs: deque[Job]) -> bool:
         """Keep an idle connection open for ``connection_cache_time`` seconds in

@@ -9,12 +9,12 @@ policy domain and type, success or the failure's result type (RFC 8460
 
 After a day ends, ``build_reports`` folds its lines into one report per
 policy domain in the JSON format of RFC 8460 4.4 (``policies``, each with
-its ``summary`` counts and ``failure-details``), and the queue runner sends
-each, gzipped, as ``application/tlsrpt+gzip`` (5.3) to the ``mailto:``
-addresses of the domain's ``_smtp._tls`` TXT record (3: ``v=TLSRPTv1;
-rua=...``) through the outbound queue (so it is DKIM-signed and retried as
-any message). ``https:`` report URIs are not posted to. The day's file is
-then renamed ``.sent``.
+its ``summary`` counts and ``failure-details``), and the queue runner
+(dailyreports.py) sends each, gzipped, as ``application/tlsrpt+gzip``
+(5.3) to the ``mailto:`` addresses of the domain's ``_smtp._tls`` TXT
+record (3: ``v=TLSRPTv1; rua=...``) through the outbound queue (so it is
+DKIM-signed and retried as any message). ``https:`` report URIs are not
+posted to. The day's file is then renamed ``.sent``.
 """
 
 from __future__ import annotations

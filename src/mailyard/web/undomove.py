@@ -2,7 +2,7 @@
 Junk) and Move.
 
 The notice after such an action carries an Undo button, a POST form with the
-CSRF token like every other action (app.py ``undo_move``), which moves those
+CSRF token like every other action (actions.py ``undo_move``), which moves those
 messages back to the folder they came from. The form names one random token;
 the server keeps, under it, what the action did: the account, the folder the
 messages left, the folder they went to (its id and UIDVALIDITY) and the UIDs
