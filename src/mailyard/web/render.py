@@ -31,6 +31,7 @@ from ..message.reading import (
     attachment_filename,
     field_values,
     limit_size,
+    part_bytes,
     part_filename,
     part_text,
     readable_address,
@@ -38,7 +39,6 @@ from ..message.reading import (
     safe_filename,
 )
 from ..message.reading import header_text as _header
-from ..message.reading import part_bytes as part_bytes  # the web's name for it (app.py)
 from ..message.reply import build_reply, forward_attachment, inline_forward
 
 ALLOWED_TAGS = {
