@@ -1,8 +1,9 @@
 """Webmail conversations and reading over HTTP (httpx) against a running
 server: threads by References/In-Reply-To and by subject (RFC 5256
 REFERENCES, message/threading.py) across the folder and Sent, the per-user
-switch to the flat list, the conversation page (older messages collapsed,
-newest open); attached messages shown inline, previews, sizes, cid: images,
+switch to the flat list, the conversation page (read messages collapsed,
+the unread ones and the newest open, its actions on the whole conversation
+with their Undo, its Reply answering someone else); attached messages shown inline, previews, sizes, cid: images,
 report part names, the print view."""
 
 from __future__ import annotations
@@ -76,11 +77,11 @@ def test_conversation_list_groups_threads_across_sent(mailserver: RunningServer)
     assert re.fullmatch(rf"/box/{inbox}/conv/\d+", conv_link)
     assert '<span class="count" title="4 messages">4</span>' in page
     assert "1–2 of 2 conversations" in page
-    # the conversation: every message, oldest first; only the newest open
+    # the conversation: every message, oldest first; the unread ones open, and the newest
     conv = c.get(conv_link).text
     details = re.findall(r'<details class="convmsg[^"]*" id="m-(\d+)-(\d+)"( open)?>', conv)
     assert len(details) == 4
-    assert [d[2] for d in details] == ["", "", "", " open"]
+    assert [d[2] for d in details] == [" open", "", " open", " open"]
     sent = box_id(mailserver, ALICE, "Sent")
     assert [int(d[0]) for d in details] == [inbox, sent, inbox, inbox]
     assert '<span class="folder">Sent</span>' in conv
@@ -250,3 +251,102 @@ def test_actions_on_a_conversation_row_act_on_the_whole_conversation(mailserver:
 
     assert newest.group(1) == str(second)
     assert mailserver.call(flagged()) == [first, second]  # not "Other"
+
+
+def conversation_form(page: str) -> dict[str, str]:
+    """The hidden fields of a conversation page's action form (its toolbar)."""
+    form = re.search(r'<form method="post" action="/box/\d+/action" class="inline msgform">(.*?)</form>', page, re.S)
+    assert form is not None, "no action form on the conversation page"
+    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', form.group(1)))
+
+
+def seed_thread(server: RunningServer) -> tuple[int, list[int], int]:
+    """A thread of three in INBOX with the user's reply in Sent, and another
+    message: the INBOX id, the thread's INBOX UIDs, the other one's UID."""
+    mk(server, "Sent", "\\Sent")
+    uids = [put(server, mail("Trip", "w1@x", day=1), when=T0, flags=("\\Seen",)),
+            put(server, mail("Re: Trip", "w2@x", refs="w1@x", day=2), when=T0 + 86400),
+            put(server, mail("Re: Trip", "w3@x", refs="w1@x w2@x", day=3), when=T0 + 2 * 86400)]
+    put(server, mail("Re: Trip", "w4@x", sender=ALICE, to="bob@example.test", refs="w1@x w2@x w3@x", day=4),
+        mailbox="Sent", when=T0 + 3 * 86400, flags=("\\Seen",))
+    other = put(server, mail("Other", "w5@x", day=5), when=T0 + 4 * 86400)
+    return box_id(server, ALICE, "INBOX"), uids, other
+
+
+def inbox_uids(server: RunningServer, name: str = "INBOX") -> list[int]:
+    async def go() -> list[int]:
+        account = await server.store.get_account(ALICE)
+        box = await server.store.get_mailbox(account.id, name)
+        return [m.uid for m in await server.store.list_messages(box)]
+
+    return server.call(go())
+
+
+@pytest.mark.parametrize(("action", "folder"), [
+    ("archive", "Archive"), ("delete", "Trash"), ("spam", "Junk"), ("move", "Projects"),
+])
+def test_conversation_page_actions_move_its_messages_in_the_folder_with_undo(
+        mailserver: RunningServer, action: str, folder: str) -> None:
+    from .test_web_undomove import undo_form
+
+    inbox, uids, other = seed_thread(mailserver)
+    if folder == "Projects":
+        mk(mailserver, "Projects", None)
+    c = login(mailserver)
+    page = c.get(f"/box/{inbox}/conv/{uids[-1]}").text
+    # plain buttons of one form: no script needed
+    assert f'<button type="submit" name="action" value="{action}"' in page
+    fields = conversation_form(page)
+    assert fields["whole"] == "1" and fields["uid"] == str(uids[-1])
+    r = c.post(f"/box/{inbox}/action", data={**fields, "action": action, "target": box_id(mailserver, ALICE, folder)})
+    assert r.status_code == 303
+    assert r.headers["location"].startswith(f"/box/{inbox}?notice=3%20moved%20to%20{folder}.")
+    assert inbox_uids(mailserver) == [other]
+    assert len(inbox_uids(mailserver, folder)) == 3
+    assert len(inbox_uids(mailserver, "Sent")) == 1  # the reply in Sent stays: this folder's messages only
+    token = undo_form(c, r.headers["location"])
+    assert token is not None
+    r = c.post("/undo-move", data={"csrf": fields["csrf"], "token": token})
+    assert r.headers["location"] == f"/box/{inbox}?notice=Moved%20back."
+    assert len(inbox_uids(mailserver)) == 4
+    assert inbox_uids(mailserver, folder) == []
+
+
+def test_conversation_page_mark_unread_and_a_move_without_a_folder(mailserver: RunningServer) -> None:
+    from .test_web_undomove import flags
+
+    inbox, uids, _other = seed_thread(mailserver)
+    c = login(mailserver)
+    page = c.get(f"/box/{inbox}/conv/{uids[-1]}").text
+    fields = conversation_form(page)
+    assert all("\\Seen" in f for f in flags(mailserver, ALICE, "INBOX")[:3])
+    r = c.post(f"/box/{inbox}/action", data={**fields, "action": "unread"})
+    # the list: the conversation page again would mark them read
+    assert r.headers["location"] == f"/box/{inbox}"
+    assert [("\\Seen" in f) for f in flags(mailserver, ALICE, "INBOX")] == [False, False, False, False]
+    r = c.post(f"/box/{inbox}/action", data={**fields, "action": "move", "target": ""})
+    assert r.headers["location"].startswith(f"/box/{inbox}/conv/{uids[-1]}?notice=")
+    assert "Choose a folder to move to." in c.get(r.headers["location"]).text
+    assert len(inbox_uids(mailserver)) == 4
+
+
+def test_conversation_page_opens_the_unread_and_answers_someone_else(mailserver: RunningServer) -> None:
+    """Every unread message is open, with the newest (here the user's own
+    reply in Sent); opening marks them read. Reply, Reply all and Forward
+    answer the newest message someone else wrote, not the user's reply."""
+    from .test_web_undomove import flags
+
+    inbox, uids, _other = seed_thread(mailserver)
+    sent = box_id(mailserver, ALICE, "Sent")
+    c = login(mailserver)
+    page = c.get(f"/box/{inbox}/conv/{uids[-1]}").text
+    details = re.findall(r'<details class="convmsg[^"]*" id="m-(\d+)-(\d+)"( open)?>', page)
+    assert [(int(b), int(u), o) for b, u, o in details] == [
+        (inbox, uids[0], ""), (inbox, uids[1], " open"), (inbox, uids[2], " open"),
+        (sent, inbox_uids(mailserver, "Sent")[0], " open")]
+    assert all("\\Seen" in f for f in flags(mailserver, ALICE, "INBOX")[:3])
+    for key, mode in (("r", "reply"), ("a", "replyall"), ("f", "forward")):
+        assert re.search(rf'<a class="button" href="/compose\?{mode}={inbox}:{uids[2]}" id="{mode}" data-key="{key}">',
+                         page), mode
+    for key in ("u", "e", "#", "!"):
+        assert f'data-key="{key}"' in page

@@ -57,7 +57,7 @@ async def message_action(request: Request) -> Response:
     if action in flag_ops:
         flag, mode = flag_ops[action]
         await store.store_flags(box, uids, [flag], mode)  # type: ignore[arg-type]
-        if action == "unread" and back.startswith(f"/box/{box.id}/msg/"):
+        if action == "unread" and back.startswith((f"/box/{box.id}/msg/", f"/box/{box.id}/conv/")):
             back = f"/box/{box.id}"  # reading it again would mark it read
         return redirect(back)
     if action == "move":

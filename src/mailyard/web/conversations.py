@@ -14,6 +14,13 @@ again only when messages come or go in the folder or its companion (a
 change. Users who prefer the flat list turn the per-user setting
 ``conversations`` off; Drafts, Junk and Trash are always flat, and so is any
 list sorted by sender or subject, or searched.
+
+A conversation's page shows its read messages folded and the unread ones
+and the newest open, marking them read. Its toolbar's actions post the
+conversation list's form (``whole=1`` and the UID the page is of, expanded
+by ``whole``), so they act on the conversation's messages in this folder
+and offer the same Undo; its Reply, Reply all and Forward answer the
+newest message someone other than the user wrote.
 """
 
 from __future__ import annotations
@@ -296,6 +303,11 @@ async def whole(request: Request, session: Session, box: Mailbox, uids: list[int
 
 
 # --- reading a conversation --------------------------------------------------------
+def _own_addresses(session: Session) -> frozenset[str]:
+    """The person's addresses, casefolded: the account's and its identities'."""
+    return frozenset({session.address.casefold(), *(i.address.casefold() for i in prefs.current().identities)})
+
+
 async def conversation_view(request: Request) -> Response:
     session = current(request)
     box = await own_mailbox(request, session, request.path_params["box_id"])
@@ -309,8 +321,9 @@ async def conversation_view(request: Request) -> Response:
         raise HTTPException(404, "no such message")
     boxes = {box.id: box, **({companion.id: companion} if companion is not None else {})}
     members = threads.members[c][-MAX_SHOWN:]
+    own = _own_addresses(session)
     shown = []
-    unseen: list[int] = []
+    unseen: dict[int, list[int]] = {}
     infos: dict[tuple[int, int], Any] = {}
     for b_id in boxes:
         uids = [u for b, u, _d in members if b == b_id]
@@ -333,16 +346,24 @@ async def conversation_view(request: Request) -> Response:
         if view is not None:
             web.bodies.put(body_key(session, mbox, m_uid, allow_remote), view.body or "")
             view.body = None  # the frame fetches it
-        if b_id == box.id and "\\Seen" not in info.flags:
-            unseen.append(m_uid)
+        unread = "\\Seen" not in info.flags
+        if unread:  # shown open, so read (as a message's page marks it)
+            unseen.setdefault(b_id, []).append(m_uid)
+        mine = mbox.special_use == "\\Sent" or (view is not None and any(a.casefold() in own for _n, a in view.from_))
         shown.append({"box": mbox, "uid": m_uid, "view": view, "info": info, "base": base,
-                      "allow_remote": allow_remote, "unread": "\\Seen" not in info.flags})
-    if unseen:
-        await store.store_flags(box, unseen, ["\\Seen"], "add")
+                      "allow_remote": allow_remote, "unread": unread, "open": unread, "mine": mine})
+    if shown:
+        shown[-1]["open"] = True
+    for b_id, uids in unseen.items():
+        await store.store_flags(boxes[b_id], uids, ["\\Seen"], "add")
+    # Reply, Reply all and Forward of the toolbar answer the newest message
+    # someone else wrote (the person's own last reply is no one to answer)
+    answer = next((s for s in reversed(shown) if not s["mine"]), shown[-1] if shown else None)
     subject = next((s["view"].subject for s in shown if s["view"] is not None), "")
     back = safe_back(request.query_params.get("back"), f"/box/{box.id}")
-    return page(request, "conversation.html", box=box, uid=uid, messages=shown, subject=subject,
-                folders=await folders(request, session), back=back, notice="", total=len(threads.members[c]))
+    return page(request, "conversation.html", box=box, uid=uid, messages=shown, subject=subject, answer=answer,
+                folders=await folders(request, session), back=back, notice=request.query_params.get("notice", ""),
+                total=len(threads.members[c]))
 
 
 async def print_view(request: Request) -> Response:

@@ -278,7 +278,7 @@ def notice_url(url: str, text: str) -> str:
 # refusing "//" or a scheme) also refuses what browsers rewrite into another
 # origin: tab, CR and LF are removed and a backslash read as "/" (WHATWG URL
 # parser), so "/<TAB>/host" and "/<backslash>host" both mean "//host" (CWE-601).
-_BACK_PATH = re.compile(r"/(?:box/[0-9]{1,18}(?:/msg/[0-9]{1,18})?|folders|compose)?")
+_BACK_PATH = re.compile(r"/(?:box/[0-9]{1,18}(?:/(?:msg|conv)/[0-9]{1,18})?|folders|compose)?")
 _BACK_QUERY = re.compile(r"[A-Za-z0-9._~%&=+:@/-]*")
 
 

@@ -261,6 +261,54 @@
     if (cursor >= 0 && cursor < list.length) { list[cursor].classList.add("cursor"); }
   });
 
+  // After a Delete, Archive, Spam or Move from the list or the reading pane
+  // the server answers with the list again (its notice carries the Undo):
+  // the cursor goes back where the message was, on the one below it, and a
+  // message that was open in the pane makes way for that one, opened there,
+  // so triage goes on down the list. What the next page needs is kept in
+  // sessionStorage for it (this tab only), read once.
+  var afterKey = "mailyard.after";
+  function uidOf(r) { return r.getAttribute("data-uid"); }
+  document.addEventListener("submit", function (e) {
+    var form = e.target, btn = e.submitter;
+    if (e.defaultPrevented || !btn || ["archive", "delete", "spam", "move"].indexOf(btn.value) < 0) { return; }
+    var list = rows(), gone, open = false;
+    if (form.id === "list-form") {
+      gone = $$("#list input[name=uid]:checked").map(function (cb) { return cb.value; });
+    } else if (pane && pane.contains(form) && paneUid !== null) {
+      gone = [paneUid];
+      open = true;
+    } else {
+      return;
+    }
+    var at = -1;
+    list.forEach(function (r, i) { if (at < 0 && gone.indexOf(uidOf(r)) >= 0) { at = i; } });
+    if (at < 0) { return; }
+    var stays = function (r) { return gone.indexOf(uidOf(r)) < 0; };
+    var next = list.slice(at + 1).filter(stays)[0] || list.slice(0, at).filter(stays).pop();
+    try {
+      window.sessionStorage.setItem(afterKey, JSON.stringify({
+        path: window.location.pathname, gone: gone[0], next: next ? uidOf(next) : null, index: at, open: open }));
+    } catch (err) { /* storage refused: the list starts at the top */ }
+  });
+  (function () {
+    var after = null;
+    try {
+      after = JSON.parse(window.sessionStorage.getItem(afterKey) || "null");
+      window.sessionStorage.removeItem(afterKey);
+    } catch (err) { return; }
+    var list = rows();
+    if (!after || after.path !== window.location.pathname || !list.length) { return; }
+    var find = function (uid) { return list.map(uidOf).indexOf(uid); };
+    // the message itself when it did not go (a Move without a folder chosen)
+    var i = find(after.gone);
+    if (i < 0) { i = after.next === null ? -1 : find(after.next); }
+    if (i < 0) { i = Math.min(after.index, list.length - 1); }
+    focusRow(i);
+    var link = $("a.open", list[cursor]);
+    if (after.open && link && paneShown()) { openInPane(link.href, list[cursor]); }
+  })();
+
   // Desktop notifications for new mail in INBOX: permission is asked only
   // when the user presses the button (never on page load), and only once.
   var notifyButton = $("#notify-toggle");
