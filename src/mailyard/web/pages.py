@@ -16,6 +16,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -276,6 +277,9 @@ def _folder_entry(box: Mailbox, status: Any) -> dict:
         "unseen": status.unseen, "messages": status.messages, "depth": depth, "label": label,
     }
     entry["nav"] = _nav_line(entry, current=False)
+    # the list's order: INBOX, the special-use folders, then by name
+    use = "INBOX" if box.name == "INBOX" else box.special_use
+    entry["order"] = (SPECIAL_ORDER.get(use or "", 10), box.name.casefold())
     entry["option"] = str(Markup('<option value="{}">{}</option>').format(box.id, box.name))
     return entry
 
@@ -296,13 +300,13 @@ def _nav_line(f: dict, current: bool) -> str:
 def folder_nav(folders: list[dict], current_id: int | None = None) -> Markup:
     """The folder list's lines (template filter): the folders' own HTML
     joined, the current folder's made again with its mark."""
-    return Markup("").join(
-        Markup(_nav_line(f, True) if f["id"] == current_id else f["nav"]) for f in folders)
+    # (each line was escaped as it was made: one Markup for the whole)
+    return Markup("".join(_nav_line(f, True) if f["id"] == current_id else f["nav"] for f in folders))
 
 
 def folder_options(folders: list[dict], leave_out: int | None = None) -> Markup:
     """The options of a folder menu (template filter), but ``leave_out``."""
-    return Markup("").join(Markup(f["option"]) for f in folders if f["id"] != leave_out)
+    return Markup("".join(f["option"] for f in folders if f["id"] != leave_out))
 
 
 def inbox_unseen(folders: list[dict] | None) -> int:
@@ -333,13 +337,7 @@ async def folders(request: Request, session: Session) -> list[dict]:
                 made[box.id] = entry = _folder_entry(box, status)
                 cache.put(box, entry)
         entries = [entry if entry is not None else made.get(box.id) for box, entry in zip(boxes, entries, strict=True)]
-    out = [entry for entry in entries if entry is not None]
-
-    def order(f: dict) -> tuple:
-        key = "INBOX" if f["name"] == "INBOX" else f["special"]
-        return (SPECIAL_ORDER.get(key or "", 10), f["name"].casefold())
-
-    return sorted(out, key=order)
+    return sorted((entry for entry in entries if entry is not None), key=itemgetter("order"))
 
 
 async def read_raw(request: Request, box: Mailbox, uid: int) -> bytes:
