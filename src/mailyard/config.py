@@ -112,6 +112,13 @@ class LimitsConfig:
     # IMAP and POP3: bad commands (IMAP BAD in a row, POP3 -ERR for a bad
     # command) on one connection before it is closed.
     max_bad_commands: int = 20
+    # Mailboxes (folders) one account may have; creating one more is refused
+    # (IMAP NO [LIMIT], RFC 5530; the webmail says so). Gmail allows 10,000
+    # labels, so no real user meets it; and every LIST, LIST-STATUS and
+    # webmail page goes over the whole list, which at 10,000 names costs a
+    # few tens of ms of CPU in slices that let the other sessions in (100,000
+    # folders made each such request seconds of work).
+    max_mailboxes: int = 10_000
 
 
 @dataclass
@@ -583,7 +590,7 @@ POSITIVE_KEYS = {
     ("limits", "imap_max_command_unauthenticated"), ("limits", "imap_max_command"),
     ("limits", "imap_max_append_command"), ("limits", "managesieve_max_command_unauthenticated"),
     ("limits", "max_connections"),
-    ("limits", "max_connections_per_ip"),
+    ("limits", "max_connections_per_ip"), ("limits", "max_mailboxes"),
     ("delivery", "max_connections"), ("delivery", "max_connections_per_domain"),
     ("delivery", "max_messages_per_connection"), ("delivery", "retry_factor"),
     ("mta_sts", "max_policy_size"),

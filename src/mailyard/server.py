@@ -303,6 +303,8 @@ class MailServer:
             self._store = open_store(self.data_dir, self.config.store, background=background)
         store = self._store
         cfg = self.config
+        # the bound of this server's [limits], on a store opened here or handed in
+        store.max_mailboxes = cfg.limits.max_mailboxes
         spool = MessageSpool(self.data_dir / "spool")
         if worker is None:
             # (a supervisor sweeps before it starts workers: a worker's

@@ -167,3 +167,17 @@ def test_the_sasl_deadline_bound_is_the_scram_exchange_bound() -> None:
     from mailyard.auth.service import SASL_EXCHANGE_MAX
 
     assert config.SASL_DEADLINE_MAX == SASL_EXCHANGE_MAX
+
+
+def test_max_mailboxes_is_a_limit_of_at_least_1(tmp_path: Path) -> None:
+    """``[limits] max_mailboxes``, the most folders of one account, defaults
+    to 10,000 (Gmail's bound on labels), takes any count of at least 1 and
+    refuses 0 or less at load, naming the key."""
+    assert Config().limits.max_mailboxes == 10_000
+    path = tmp_path / "config.toml"
+    path.write_text("[limits]\nmax_mailboxes = 250\n")
+    assert Config.load(path).limits.max_mailboxes == 250
+    for bad in ("0", "-3"):
+        path.write_text(f"[limits]\nmax_mailboxes = {bad}\n")
+        with pytest.raises(ConfigError, match=r"'limits.max_mailboxes' must (be at least 1|not be negative)"):
+            Config.load(path)

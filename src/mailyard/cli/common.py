@@ -51,7 +51,7 @@ def run_with_store(args: argparse.Namespace, fn: Callable[[Store], Awaitable[Any
     cfg = load_config(args)
 
     async def main() -> Any:
-        store = open_store(d, cfg.store)
+        store = open_store(d, cfg.store, max_mailboxes=cfg.limits.max_mailboxes)
         try:
             return await fn(store)
         finally:

@@ -160,7 +160,7 @@ def cmd_restore(args: argparse.Namespace) -> None:
 
     async def main() -> Any:
         # background off: the running server compacts and indexes
-        store = open_store(d, cfg.store, background=False)
+        store = open_store(d, cfg.store, background=False, max_mailboxes=cfg.limits.max_mailboxes)
         try:
             return await run(store)
         finally:

@@ -63,7 +63,7 @@ def cmd_init(args: argparse.Namespace) -> None:
                     created.append((address, password))
 
     async def main() -> None:
-        store = open_store(d, cfg.store)
+        store = open_store(d, cfg.store, max_mailboxes=cfg.limits.max_mailboxes)
         try:
             await setup(store)
         finally:

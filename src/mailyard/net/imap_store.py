@@ -7,7 +7,8 @@ a store ``Mailbox``, which is the ``MailboxRef`` every store call checks
 
 Store exceptions become the backend's where IMAP answers them in its own
 words: MailboxGone (the selected mailbox deleted: BYE), QuotaExceeded and
-StorageFull (OVERQUOTA), AlreadyExists (ALREADYEXISTS), InvalidName (CANNOT). Other
+StorageFull (OVERQUOTA), TooManyMailboxes (LIMIT), AlreadyExists
+(ALREADYEXISTS), InvalidName (CANNOT). Other
 StoreErrors are answered NO with their text (session.ImapConfig.failures).
 """
 
@@ -111,6 +112,8 @@ class StoreBackend:
     async def create_mailbox(self, name: str, special_use: str | None = None) -> None:
         try:
             await self.store.create_mailbox(self.account_id, name, special_use)
+        except store_api.TooManyMailboxes as exc:
+            raise b.LimitReached(str(exc)) from exc
         except store_api.AlreadyExists as exc:
             raise b.MailboxExists(str(exc)) from exc
         except store_api.InvalidName as exc:
@@ -119,6 +122,8 @@ class StoreBackend:
     async def rename_mailbox(self, old: str, new: str) -> None:
         try:
             await self.store.rename_mailbox(self.account_id, old, new)
+        except store_api.TooManyMailboxes as exc:
+            raise b.LimitReached(str(exc)) from exc
         except store_api.AlreadyExists as exc:
             raise b.MailboxExists(str(exc)) from exc
         except store_api.InvalidName as exc:

@@ -16,12 +16,15 @@ if TYPE_CHECKING:
     from .api import Store
 
 
-def open_store(data_dir: Path, config: StoreConfig | None = None, background: bool = True) -> Store:
+def open_store(data_dir: Path, config: StoreConfig | None = None, background: bool = True,
+               max_mailboxes: int | None = None) -> Store:
     """Open (creating it if need be) the store of a data directory.
     ``background``: run the idle-time indexing and compaction here (one
     process of a multi-process server does, the others do not).
     With ``[store] backend = "postgresql"`` the store is the database
-    ``[store] dsn`` names; the data directory keeps the node's own files."""
+    ``[store] dsn`` names; the data directory keeps the node's own files.
+    ``max_mailboxes``: ``[limits] max_mailboxes`` (``Store.max_mailboxes``)."""
+    store: Store
     if config is not None and config.backend == "postgresql":
         from .postgresql import PostgreSQLStore
 
@@ -29,10 +32,13 @@ def open_store(data_dir: Path, config: StoreConfig | None = None, background: bo
             from .api import StoreError
 
             raise StoreError('[store] backend = "postgresql" needs [store] dsn = "postgresql://..."')
-        return PostgreSQLStore(config.dsn, config, background, pool_size=config.pool_size, data_dir=data_dir)
-    from .sqlite import SQLiteStore
+        store = PostgreSQLStore(config.dsn, config, background, pool_size=config.pool_size, data_dir=data_dir)
+    else:
+        from .sqlite import SQLiteStore
 
-    return SQLiteStore(data_dir, config, background)
+        store = SQLiteStore(data_dir, config, background)
+    store.max_mailboxes = max_mailboxes
+    return store
 
 
 def migrate_store(data_dir: Path, config: StoreConfig | None = None) -> tuple[int, int]:

@@ -106,6 +106,12 @@ class AddressBookFull(StorageFull):
     one was not added."""
 
 
+class TooManyMailboxes(StorageFull):
+    """The account holds the most mailboxes allowed (``Store.max_mailboxes``,
+    ``[limits] max_mailboxes``); the new one was not made (IMAP answers
+    ``NO [LIMIT]``, RFC 5530 3)."""
+
+
 class MailboxGone(NotFound):
     """A session's reference to a mailbox is no longer good: the mailbox was
     deleted (or its account removed), belongs to another account, or has
@@ -509,6 +515,11 @@ class Store(abc.ABC):
     # worker) changes domains, accounts, aliases or lists, so caches of
     # directory lookups (delivery/router.py) know to forget.
     directory_version: int = 0
+    # The most mailboxes one account may have (``[limits] max_mailboxes``;
+    # None: no bound): creating one more, by name or by renaming INBOX,
+    # raises TooManyMailboxes. ``restore_mailbox`` (a copy of another store)
+    # and a new account's own mailboxes are not counted against it.
+    max_mailboxes: int | None = None
     # Called (on the event loop) when another worker queued outbound mail;
     # set in the worker that runs the queue (mailyard/workers.py).
     on_queue_note: Callable[[], None] | None = None
@@ -824,7 +835,9 @@ class Store(abc.ABC):
         self, account_id: int, name: str, special_use: str | None = None, subscribe: bool = False
     ) -> Mailbox:
         """Create a mailbox; with ``subscribe`` its name is subscribed too
-        (IMAP CREATE does not subscribe: RFC 9051 6.3.4)."""
+        (IMAP CREATE does not subscribe: RFC 9051 6.3.4). TooManyMailboxes
+        when the account has ``max_mailboxes`` already (checked in the
+        write, so concurrent creations cannot pass it)."""
 
     @abc.abstractmethod
     async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
@@ -867,7 +880,8 @@ class Store(abc.ABC):
     async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
         """Rename a mailbox and its inferiors (RFC 9051 6.3.6).
 
-        Renaming INBOX moves its messages to a new mailbox and leaves INBOX empty.
+        Renaming INBOX moves its messages to a new mailbox and leaves INBOX
+        empty (TooManyMailboxes when the account has ``max_mailboxes``).
         """
 
     @abc.abstractmethod
@@ -899,6 +913,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def mailbox_status(self, mailbox: MailboxRef) -> MailboxStatus: ...
+
+    async def mailbox_statuses(self, mailboxes: Sequence[MailboxRef]) -> dict[int, MailboxStatus]:
+        """The counts of many mailboxes (the webmail's folder list, up to
+        ``max_mailboxes`` of them), by mailbox id; a mailbox gone meanwhile
+        is left out. A backend whose reads hold the event loop reads many
+        at once off it."""
+        out: dict[int, MailboxStatus] = {}
+        for mailbox in mailboxes:
+            try:
+                out[mailbox.id] = await self.mailbox_status(mailbox)
+            except NotFound:
+                continue
+        return out
 
     # --- messages ---------------------------------------------------------
     @abc.abstractmethod

@@ -18,6 +18,7 @@ from ..store.api import (
     Mailbox,
     QuotaExceeded,
     Store,
+    TooManyMailboxes,
 )
 from ..store.import_state import ImportState
 from .progress import Progress, Summary
@@ -159,13 +160,15 @@ class Importer:
         box = await self.store.get_mailbox(self.account.id, name)
         if box is None:
             parts = name.split(HIERARCHY_DELIMITER)
-            for i in range(1, len(parts)):
-                parent = HIERARCHY_DELIMITER.join(parts[:i])
-                if await self.store.get_mailbox(self.account.id, parent) is None:
-                    await self.store.create_mailbox(self.account.id, parent, subscribe=True)
             try:
+                for i in range(1, len(parts)):
+                    parent = HIERARCHY_DELIMITER.join(parts[:i])
+                    if await self.store.get_mailbox(self.account.id, parent) is None:
+                        await self.store.create_mailbox(self.account.id, parent, subscribe=True)
                 box = await self.store.create_mailbox(self.account.id, name, subscribe=True)
-            except InvalidName as exc:
+            except (InvalidName, TooManyMailboxes) as exc:
+                # past [limits] max_mailboxes the import stops here, saying
+                # why: what it imported so far stays, and is known to a rerun
                 raise ImportError_(f"cannot create folder {name!r}: {exc}") from exc
         self._mailboxes[name] = box
         return box

@@ -16,10 +16,12 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+from markupsafe import Markup
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -80,7 +82,8 @@ class WebState:
     sessions: Sessions = field(default_factory=Sessions)
     listing: Listing | None = None
     closing: asyncio.Event = field(default_factory=asyncio.Event)
-    status_cache: dict[int, tuple[tuple[int, int], Any]] = field(default_factory=dict)
+    # each folder's entry in the folder list beside every page
+    status_cache: FolderCache = field(default_factory=lambda: FolderCache())
     # parsing and sanitising for display run here, off the event loop (worker.py)
     pool: RenderPool = field(default_factory=RenderPool)
     # the sanitised body prepared with a read page, for its body frame's request
@@ -228,32 +231,113 @@ async def folders_if_any(request: Request, session: Session) -> list[dict]:
         return []
 
 
+class FolderCache:
+    """Each folder's entry in the folder list (its counts and its HTML),
+    by mailbox id, for as long as the mailbox's state and name hold: a
+    mailbox's counts change only when its highest mod-sequence does. The
+    least recently used entries go first past ``max_entries``, so an
+    account of many folders pushes out only what nobody used lately,
+    never everyone's entries at once."""
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        from collections import OrderedDict
+
+        self.max_entries = max_entries
+        self._items: OrderedDict[int, tuple[tuple, dict]] = OrderedDict()
+
+    @staticmethod
+    def key(box: Mailbox) -> tuple:
+        return (box.uid_validity, box.highest_modseq, box.name, box.special_use)
+
+    def get(self, box: Mailbox) -> dict | None:
+        hit = self._items.get(box.id)
+        if hit is None or hit[0] != self.key(box):
+            return None
+        self._items.move_to_end(box.id)
+        return hit[1]
+
+    def put(self, box: Mailbox, entry: dict) -> None:
+        self._items[box.id] = (self.key(box), entry)
+        self._items.move_to_end(box.id)
+        while len(self._items) > self.max_entries:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _folder_entry(box: Mailbox, status: Any) -> dict:
+    """A folder of the list, with the HTML of its line in the folder list
+    and of its option in a folder menu made once (``folder_nav``,
+    ``folder_options``), not by the template on every page."""
+    label = box.name.rsplit("/", 1)[-1]
+    depth = box.name.count("/")
+    entry = {
+        "id": box.id, "name": box.name, "special": box.special_use,
+        "unseen": status.unseen, "messages": status.messages, "depth": depth, "label": label,
+    }
+    entry["nav"] = _nav_line(entry, current=False)
+    # the list's order: INBOX, the special-use folders, then by name
+    use = "INBOX" if box.name == "INBOX" else box.special_use
+    entry["order"] = (SPECIAL_ORDER.get(use or "", 10), box.name.casefold())
+    entry["option"] = str(Markup('<option value="{}">{}</option>').format(box.id, box.name))
+    return entry
+
+
+def _nav_line(f: dict, current: bool) -> str:
+    """One folder's line of the folder list (_folders.html)."""
+    mark = ' aria-current="page"' if current else ""
+    inbox = ' data-inbox="1"' if f["name"] == "INBOX" else ""
+    count = (Markup('<span class="count" aria-label="{} unread">{}</span>').format(f["unseen"], f["unseen"])
+             if f["unseen"] else "")
+    return str(Markup(
+        '<li class="depth{}{}">\n    <a href="/box/{}"{} data-box="{}"{}>\n'
+        '      <span class="fname">{}</span>\n      {}\n    </a>\n  </li>\n'
+    ).format(min(f["depth"], 4), " current" if current else "", f["id"], Markup(mark), f["id"], Markup(inbox),
+             f["label"], count))
+
+
+def folder_nav(folders: list[dict], current_id: int | None = None) -> Markup:
+    """The folder list's lines (template filter): the folders' own HTML
+    joined, the current folder's made again with its mark."""
+    # (each line was escaped as it was made: one Markup for the whole)
+    return Markup("".join(_nav_line(f, True) if f["id"] == current_id else f["nav"] for f in folders))
+
+
+def folder_options(folders: list[dict], leave_out: int | None = None) -> Markup:
+    """The options of a folder menu (template filter), but ``leave_out``."""
+    return Markup("".join(f["option"] for f in folders if f["id"] != leave_out))
+
+
+def inbox_unseen(folders: list[dict] | None) -> int:
+    """INBOX's unread count for the page title (template filter)."""
+    return next((f["unseen"] for f in folders or () if f["name"] == "INBOX"), 0)
+
+
+TEMPLATES.filters.update(folder_nav=folder_nav, folder_options=folder_options, inbox_unseen=inbox_unseen)
+
+
 async def folders(request: Request, session: Session) -> list[dict]:
+    """The account's folders with their counts, for the list beside every
+    page. Entries are kept per mailbox state (``FolderCache``): a page reads
+    the mailbox list and the counts of the folders changed since, all of
+    them in one store call (``Store.mailbox_statuses``, off the event loop
+    for many)."""
     store = state(request).services.store
     boxes = await store.list_mailboxes(session.account_id)
-    out = []
     cache = state(request).status_cache
-    for box in boxes:
-        # a mailbox's counts change only when its highest mod-sequence does
-        hit = cache.get(box.id)
-        if hit is not None and hit[0] == (box.uid_validity, box.highest_modseq):
-            status = hit[1]
-        else:
-            status = await store.mailbox_status(box)
-            if len(cache) > 10_000:
-                cache.clear()
-            cache[box.id] = ((box.uid_validity, box.highest_modseq), status)
-        out.append({
-            "id": box.id, "name": box.name, "special": box.special_use,
-            "unseen": status.unseen, "messages": status.messages,
-            "depth": box.name.count("/"), "label": box.name.rsplit("/", 1)[-1],
-        })
-
-    def order(f: dict) -> tuple:
-        key = "INBOX" if f["name"] == "INBOX" else f["special"]
-        return (SPECIAL_ORDER.get(key or "", 10), f["name"].casefold())
-
-    return sorted(out, key=order)
+    entries = [cache.get(box) for box in boxes]
+    missing = [box for box, entry in zip(boxes, entries, strict=True) if entry is None]
+    if missing:
+        statuses = await store.mailbox_statuses(missing)
+        made = {}
+        for box in missing:
+            status = statuses.get(box.id)
+            if status is not None:  # (deleted meanwhile: not listed)
+                made[box.id] = entry = _folder_entry(box, status)
+                cache.put(box, entry)
+        entries = [entry if entry is not None else made.get(box.id) for box, entry in zip(boxes, entries, strict=True)]
+    return sorted((entry for entry in entries if entry is not None), key=itemgetter("order"))
 
 
 async def read_raw(request: Request, box: Mailbox, uid: int) -> bytes:

@@ -388,10 +388,18 @@ async def _results_page(request: Request, session: Session, store: Store, index:
                         targets: list[Mailbox], query: Query, text: str) -> Response:
     found: list[tuple[float, int, int]] = []
     by_id = {b.id: b for b in targets}
+    # the folder list's counts (kept per mailbox state): an empty folder has
+    # nothing to search, and each folder searched is a step of its own, the
+    # other requests going on between (an account may have thousands)
+    folder_list = await folders(request, session)
+    counts = {f["id"]: f["messages"] for f in folder_list}
     for b in targets:
+        if counts.get(b.id, 1) == 0:
+            continue
         rows = await index.rows(b)
         uids = set(rows) if query.empty else await evaluate(store, index, b, query)
         found.extend((rows[u][2], b.id, u) for u in uids if u in rows)
+        await asyncio.sleep(0)
     found.sort(reverse=True)
     try:
         start = max(0, int(request.query_params.get("start") or 0))
@@ -416,7 +424,7 @@ async def _results_page(request: Request, session: Session, store: Store, index:
         name, addr = sender_of(d)
         hits.append(Hit(by_id[box_id], Row(uid, info, name, addr, subject_of(d), info.internal_date,
                                            has_attachment(d.get("bodystructure")))))
-    return page(request, "search.html", box=box, folders=await folders(request, session), q=text,
+    return page(request, "search.html", box=box, folders=folder_list, q=text,
                 hits=hits, total=len(found), start=start, page_size=RESULTS_PAGE,
                 searched="all folders" if (query.folder or "").lower() == "all" else targets[0].name,
                 search_errors=query.errors, notice="")

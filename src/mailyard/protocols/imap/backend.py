@@ -59,6 +59,11 @@ class OverQuota(NoSpace):
     """The write would take the account over its quota (RFC 9208); nothing was written."""
 
 
+class LimitReached(BackendError):
+    """The account is at an implementation limit, such as the most mailboxes
+    it may have; nothing was written (RFC 5530 3 LIMIT)."""
+
+
 class MailboxExists(BackendError):
     """The mailbox to create (or rename to) exists already (ALREADYEXISTS)."""
 
@@ -225,12 +230,14 @@ class ImapBackend(Protocol):
         ...
 
     async def create_mailbox(self, name: str, special_use: str | None = None) -> None:
-        """Raises MailboxExists, BadMailboxName."""
+        """Raises MailboxExists, BadMailboxName, LimitReached (the account
+        has the most mailboxes allowed)."""
         ...
 
     async def rename_mailbox(self, old: str, new: str) -> None:
         """The mailbox and its inferiors (RFC 9051 6.3.6); renaming INBOX moves
-        its messages. Raises MailboxExists, BadMailboxName, NoSuchMailbox."""
+        its messages. Raises MailboxExists, BadMailboxName, NoSuchMailbox,
+        LimitReached."""
         ...
 
     async def delete_mailbox(self, name: str) -> None: ...

@@ -47,7 +47,7 @@ class MailboxesMixin(PostgreSQLCore):
         async def op(c: psycopg.AsyncConnection, tx: _Tx) -> int:
             if await _one(c, "SELECT 1 FROM accounts WHERE id = %s", (account_id,)) is None:
                 raise NotFound(f"no account with id {account_id}")
-            return await _insert_mailbox(c, account_id, canonical, special_use, subscribe)
+            return await _insert_mailbox(c, account_id, canonical, special_use, subscribe, self.max_mailboxes)
 
         mailbox_id = await self._write(op, directory=True)
         mailbox = await self.get_mailbox_by_id(account_id, mailbox_id)
@@ -100,7 +100,7 @@ class MailboxesMixin(PostgreSQLCore):
             if old_name == "INBOX":
                 # RFC 9051 6.3.6: renaming INBOX moves its messages to the new
                 # mailbox and leaves INBOX empty; its inferiors stay where they are.
-                new_id = await _insert_mailbox(c, account_id, new_name, None)
+                new_id = await _insert_mailbox(c, account_id, new_name, None, limit=self.max_mailboxes)
                 await c.execute("UPDATE mailboxes SET uid_next = %s WHERE id = %s", (src[1], new_id))
                 modseq = await _bump_modseq(c, src[0])
                 await c.execute(

@@ -30,6 +30,7 @@ from ..api import (
     NotFound,
     Quota,
     QuotaExceeded,
+    TooManyMailboxes,
 )
 from ..rows import QUOTA_COLS, THREAD_LOOKUP_IDS, flags_set, flags_text, message_row, quota_row
 
@@ -153,7 +154,16 @@ async def _next_uid_validity(c: psycopg.AsyncConnection) -> int:
 
 
 async def _insert_mailbox(c: psycopg.AsyncConnection, account_id: int, name: str, special_use: str | None,
-                          subscribe: bool = False) -> int:
+                          subscribe: bool = False, limit: int | None = None) -> int:
+    """Create a mailbox inside the caller's transaction (subscribed if
+    asked). ``limit``: TooManyMailboxes when the account has that many
+    already; the account's row is locked first, so creations in concurrent
+    transactions (any node) count one after the other."""
+    if limit is not None:
+        await c.execute("SELECT id FROM accounts WHERE id = %s FOR UPDATE", (account_id,))
+        if await _one(c, "SELECT 1 FROM mailboxes WHERE account_id = %s LIMIT 1 OFFSET %s",
+                      (account_id, limit - 1)) is not None:
+            raise TooManyMailboxes(f"the account has the most folders allowed ({limit})")
     if await _one(c, "SELECT 1 FROM mailboxes WHERE account_id = %s AND name = %s", (account_id, name)):
         raise AlreadyExists(f"mailbox {name} exists already")
     row = await _one(c, "INSERT INTO mailboxes(account_id, name, uid_validity, special_use) VALUES (%s, %s, %s, %s)"

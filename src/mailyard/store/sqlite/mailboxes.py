@@ -15,6 +15,7 @@ import asyncio
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ...config import StoreConfig
@@ -29,6 +30,7 @@ from ..api import (
     MailboxSummary,
     NotFound,
     StoreError,
+    TooManyMailboxes,
 )
 from ..names import canonical_name
 from ..rows import MAILBOX_COLS, mailbox_row
@@ -98,10 +100,15 @@ def next_uid_validity(c: sqlite3.Connection) -> int:
 
 
 def insert_mailbox(c: sqlite3.Connection, account_id: int, name: str, special_use: str | None,
-                   subscribe: bool = False) -> int:
+                   subscribe: bool = False, limit: int | None = None) -> int:
     """Create a mailbox inside the caller's write; subscribe to its name too
     if asked (a new account's INBOX and special-use mailboxes, a webmail
-    folder). IMAP CREATE does not subscribe (RFC 9051 6.3.4, 6.3.7)."""
+    folder). IMAP CREATE does not subscribe (RFC 9051 6.3.4, 6.3.7).
+    ``limit``: TooManyMailboxes when the account has that many already
+    (one seek past ``limit - 1`` entries of the (account_id, name) index)."""
+    if limit is not None and c.execute("SELECT 1 FROM mailboxes WHERE account_id = ? LIMIT 1 OFFSET ?",
+                                       (account_id, limit - 1)).fetchone() is not None:
+        raise TooManyMailboxes(f"the account has the most folders allowed ({limit})")
     try:
         cur = c.execute(
             "INSERT INTO mailboxes(account_id, name, uid_validity, special_use) VALUES (?, ?, ?, ?)",
@@ -123,6 +130,43 @@ _STATUS_KEY = ("SELECT uid_next, uid_validity, highest_modseq, recent_uid,"
                " (SELECT max(uid) FROM messages WHERE mailbox_id = mailboxes.id) FROM mailboxes WHERE id = ?")
 
 
+def _read_status(c: sqlite3.Connection, mailbox_id: int) -> tuple[tuple, MailboxStatus] | None:
+    """A mailbox's state (``_STATUS_KEY``) and STATUS counts, inside the
+    caller's read transaction; None when the mailbox is gone."""
+    box = c.execute(_STATUS_KEY, (mailbox_id,)).fetchone()
+    if box is None:
+        return None
+    # each count from an index (schema.py messages_flags, messages_unseen,
+    # messages_deleted), not from the message rows
+    messages, size = c.execute(
+        "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE mailbox_id = ?", (mailbox_id,)
+    ).fetchone()
+    unseen = c.execute(
+        f"SELECT count(*) FROM messages INDEXED BY messages_unseen WHERE mailbox_id = ? AND {UNSEEN}",
+        (mailbox_id,),
+    ).fetchone()[0]
+    deleted, deleted_size = c.execute(
+        "SELECT count(*), coalesce(sum(size), 0) FROM messages INDEXED BY messages_deleted"
+        f" WHERE mailbox_id = ? AND {DELETED}",
+        (mailbox_id,),
+    ).fetchone()
+    # RFC 3501 6.3.10 RECENT: the UIDs above the last claimed (primary key range)
+    recent = c.execute("SELECT count(*) FROM messages WHERE mailbox_id = ? AND uid > ?",
+                       (mailbox_id, box[3])).fetchone()[0]
+    return tuple(box), MailboxStatus(
+        messages=messages, unseen=unseen, deleted=deleted, size=size,
+        uid_next=box[0], uid_validity=box[1], highest_modseq=box[2], deleted_size=deleted_size, recent=recent,
+    )
+
+
+# Mailboxes whose counts ``mailbox_statuses`` reads on the event loop; more
+# are read in one snapshot on the listing lane.
+STATUS_INLINE = 50
+# Mailboxes of an account ``list_mailboxes`` reads on the event loop; more
+# are read on the listing lane.
+MAILBOXES_INLINE = 1_000
+
+
 class MailboxesMixin(SQLiteCore):
     """Mailboxes of accounts, subscriptions, \\Recent and status."""
 
@@ -140,7 +184,7 @@ class MailboxesMixin(SQLiteCore):
         canonical = canonical_name(name)
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
-            return insert_mailbox(c, account_id, canonical, special_use, subscribe)
+            return insert_mailbox(c, account_id, canonical, special_use, subscribe, self.max_mailboxes)
 
         mailbox_id = await self._write(op, directory=True)
         mailbox = await self.get_mailbox_by_id(account_id, mailbox_id)
@@ -164,8 +208,14 @@ class MailboxesMixin(SQLiteCore):
         return mailbox_row(row) if row else None
 
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
-        rows = self._q(f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE account_id = ? ORDER BY name", (account_id,))
-        return [mailbox_row(r) for r in rows]
+        query = f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE account_id = ? ORDER BY name"
+        # an account of thousands (up to [limits] max_mailboxes) is read off
+        # the event loop: 10,000 take some 20-40 ms; whether there are that
+        # many is one seek of the (account_id, name) index
+        if self._q1("SELECT 1 FROM mailboxes WHERE account_id = ? LIMIT 1 OFFSET ?", (account_id, MAILBOXES_INLINE)):
+            return await self._bulk_read(
+                lambda c: [mailbox_row(r) for r in c.execute(query, (account_id,))], LIST_LANE)
+        return [mailbox_row(r) for r in self._q(query, (account_id,))]
 
     async def has_inferiors(self, account_id: int, name: str) -> bool:
         # the names below ``name/`` sort between it and ``name0`` ("0"
@@ -197,7 +247,7 @@ class MailboxesMixin(SQLiteCore):
             if old_name == "INBOX":
                 # RFC 9051 6.3.6: renaming INBOX moves its messages to the new
                 # mailbox and leaves INBOX empty; its inferiors stay where they are.
-                new_id = insert_mailbox(c, account_id, new_name, None)
+                new_id = insert_mailbox(c, account_id, new_name, None, limit=self.max_mailboxes)
                 c.execute("UPDATE mailboxes SET uid_next = ? WHERE id = ?", (src[1], new_id))
                 modseq = bump_modseq(c, src[0])
                 c.execute(
@@ -341,37 +391,40 @@ class MailboxesMixin(SQLiteCore):
             return cached[1]
         c.execute("BEGIN")  # one read snapshot (WAL) for the counts
         try:
-            key = c.execute(_STATUS_KEY, (mailbox_id,)).fetchone()
-            if key is None:
-                raise NotFound("no such mailbox")
-            box = key
-            # each count from an index (schema.py messages_flags, messages_unseen,
-            # messages_deleted), not from the message rows
-            messages, size = c.execute(
-                "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE mailbox_id = ?", (mailbox_id,)
-            ).fetchone()
-            unseen = c.execute(
-                f"SELECT count(*) FROM messages INDEXED BY messages_unseen WHERE mailbox_id = ? AND {UNSEEN}",
-                (mailbox_id,),
-            ).fetchone()[0]
-            deleted, deleted_size = c.execute(
-                "SELECT count(*), coalesce(sum(size), 0) FROM messages INDEXED BY messages_deleted"
-                f" WHERE mailbox_id = ? AND {DELETED}",
-                (mailbox_id,),
-            ).fetchone()
-            # RFC 3501 6.3.10 RECENT: the UIDs above the last claimed (primary key range)
-            recent = c.execute("SELECT count(*) FROM messages WHERE mailbox_id = ? AND uid > ?",
-                               (mailbox_id, box[3])).fetchone()[0]
+            read = _read_status(c, mailbox_id)
         finally:
             c.execute("COMMIT")
-        status = MailboxStatus(
-            messages=messages, unseen=unseen, deleted=deleted, size=size,
-            uid_next=box[0], uid_validity=box[1], highest_modseq=box[2], deleted_size=deleted_size, recent=recent,
-        )
+        if read is None:
+            raise NotFound("no such mailbox")
+        key, status = read
         if len(self._status_cache) >= _CLAIMED_MAX:
             self._status_cache.clear()
         self._status_cache[mailbox_id] = (key, status)
         return status
+
+    async def mailbox_statuses(self, mailboxes: Sequence[MailboxRef]) -> dict[int, MailboxStatus]:
+        if len(mailboxes) <= STATUS_INLINE:
+            return await super().mailbox_statuses(mailboxes)
+        refs = [(m.id, m.account_id, m.uid_validity) for m in mailboxes]
+
+        def read(c: sqlite3.Connection) -> dict[int, tuple[tuple, MailboxStatus]]:
+            c.execute("BEGIN")  # one snapshot for all
+            try:
+                return {ref[0]: r for ref in refs
+                        if c.execute("SELECT 1 FROM mailboxes WHERE id = ? AND account_id = ? AND uid_validity = ?",
+                                     ref).fetchone() is not None
+                        and (r := _read_status(c, ref[0])) is not None}
+            finally:
+                c.execute("COMMIT")
+
+        # some 0.1 ms of reads a mailbox: thousands are read off the event loop
+        found = await self._bulk_read(read, LIST_LANE)
+        cache = self._status_cache
+        for mailbox_id, (key, status) in found.items():
+            if len(cache) >= _CLAIMED_MAX:
+                cache.clear()
+            cache[mailbox_id] = (key, status)
+        return {mailbox_id: status for mailbox_id, (_key, status) in found.items()}
 
     async def mailbox_summary(self, mailbox: MailboxRef) -> MailboxSummary:
         # a big mailbox's UIDs are read off the event loop: 200,000 take
