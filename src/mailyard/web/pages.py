@@ -293,6 +293,26 @@ def safe_back(value: Any, fallback: str) -> str:
     return fallback
 
 
+# the query of a list page that says what it shows: search, order and page
+_LIST_PARAMS = ("q", "sort", "dir", "after", "before", "start")
+
+
+def list_back(request: Request) -> str:
+    """The list page ``request`` shows, as the Back link of what it leads
+    to: its messages and conversations (``?back=``), its action form and the
+    Undo of a move (a ``back`` field), so that the person comes back to the
+    same folder, search, order and page. The notice, the Undo and the live
+    updates' ``fragment`` of this request are left out."""
+    from urllib.parse import urlencode
+
+    path = request.url.path
+    params = [(k, v) for k, v in request.query_params.multi_items() if k in _LIST_PARAMS and v]
+    return safe_back(f"{path}?{urlencode(params)}" if params else path, path)
+
+
+TEMPLATES.globals["list_back"] = list_back
+
+
 def to_int(value: Any) -> int | None:
     try:
         return int(value)
