@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from ..message.dates import to_timestamp
 from ..message.reading import human_size, limit_size
 from ..store.api import Mailbox, NotFound, Store, StoreError
 from . import prefs, render
@@ -109,6 +110,7 @@ def _env() -> jinja2.Environment:
     env.filters["limitsize"] = limit_size
     env.filters["when"] = when
     env.filters["addrs"] = render.draft_addresses
+    env.filters["sent"] = sent_when
     # "pdf_preview_ok" is set by app.py from pdfpreview.py (which imports this module)
     return env
 
@@ -116,6 +118,20 @@ def _env() -> jinja2.Environment:
 def when(ts: float | None) -> str:
     """A time as lists show it, in the user's zone and date format (prefs.py)."""
     return prefs.format_when(ts) if ts else ""
+
+
+def sent_when(date: str) -> str:
+    """A message's Date field as its page shows it: in full, in the user's
+    zone and date format (prefs.py); as written when it is no date (or one
+    no calendar holds). The field as written carries the sender's offset
+    (RFC 5322 3.3), so the pages give it too, as the title."""
+    ts = to_timestamp(date)
+    if ts is None:
+        return date
+    try:
+        return prefs.format_when(ts, full=True)
+    except (ValueError, OverflowError, OSError):
+        return date
 
 
 TEMPLATES = _env()
