@@ -395,3 +395,102 @@ def test_desktop_notification_for_new_mail(browser: Any, mailserver: RunningServ
     # the unread count shows in the tab title
     wait_until(lambda: page.title().startswith("(1) "), what="the unread count in the title")
     assert page.evaluate("window.__asked") == 1
+
+
+CONTRAST = """sel => {
+  // WCAG 2.1 contrast ratio of the text of sel's element on the first opaque
+  // background under it (looked up here, in one turn: a live update of the
+  // list may replace the element between two calls)
+  const el = document.querySelector(sel);
+  const rgba = s => s.match(/[\\d.]+/g).map(Number);
+  const lum = c => {
+    const [r, g, b] = c.slice(0, 3).map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  let bg = null;
+  for (let n = el; n && !bg; n = n.parentElement) {
+    const c = rgba(getComputedStyle(n).backgroundColor);
+    if (c.length < 4 || c[3] === 1) { bg = c; }
+  }
+  const fg = rgba(getComputedStyle(el).color);
+  const [a, b] = [lum(fg), lum(bg || [255, 255, 255])];
+  return [(Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05), getComputedStyle(el).color, bg && bg.join(",")];
+}"""
+
+
+def thread(server: RunningServer, subject: str, replies: int) -> None:
+    """A conversation of ``replies`` + 1 messages in ALICE's INBOX."""
+    async def go() -> None:
+        account = await server.store.get_account(ALICE)
+        box = await server.store.get_mailbox(account.id, "INBOX")
+        for i in range(replies + 1):
+            refs = "".join(f"<t{j}@example.test>" for j in range(i))
+            head = (f"From: Carol <carol@example.test>\r\nTo: {ALICE}\r\nSubject: {'Re: ' if i else ''}{subject}\r\n"
+                    f"Message-ID: <t{i}@example.test>\r\nDate: 0{i + 1} Jan 2024 10:00:00 +0000\r\n")
+            if refs:
+                head += f"In-Reply-To: <t{i - 1}@example.test>\r\nReferences: {refs}\r\n"
+            await server.store.append(box, (head + "\r\nhello\r\n").encode())
+
+    server.call(go())
+
+
+@pytest.mark.parametrize("dark", [False, True])
+def test_conversation_count_is_readable(browser: Any, mailserver: RunningServer, dark: bool) -> None:
+    """The count of a conversation's messages in its row reads at WCAG AA
+    (4.5:1) in light and dark, in a read row and an unread one."""
+    thread(mailserver, "Project kickoff", 2)
+    ctx = context(browser, mailserver, {"width": 1200, "height": 800}, dark=dark)
+    page = ctx.new_page()
+    log_in(page, ALICE)
+    assert page.locator("tr.msg.thread .count").inner_text() == "3"
+    ratio, fg, bg = page.evaluate(CONTRAST, "tr.msg.thread .count")
+    assert ratio >= 4.5, f"the count {fg} on {bg}: {ratio:.2f}:1"
+    page.locator("tr.msg.thread input[name=uid]").check()
+    page.click("#list-more button[value=read]")
+    page.wait_for_selector("tr.msg.thread:not(.unread)")
+    ratio, fg, bg = page.evaluate(CONTRAST, "tr.msg.thread .count")
+    assert ratio >= 4.5, f"the count {fg} on {bg} (read): {ratio:.2f}:1"
+    ctx.close()
+
+
+@pytest.mark.parametrize("viewport", [PHONE, {"width": 1200, "height": 860}])
+def test_settings_number_fields_are_styled_and_a_line_tall(browser: Any, mailserver: RunningServer,
+                                                           viewport: dict) -> None:
+    """Undo send and Junk from score: bordered and rounded as every other
+    field, a line tall beside a label of several lines, and as wide as a number."""
+    ctx = context(browser, mailserver, viewport)
+    page = ctx.new_page()
+    log_in(page, ALICE)
+    page.goto("/settings")
+    text = page.locator("#identity-name")
+    line = text.bounding_box()["height"]
+    style = "e => [getComputedStyle(e).borderTopLeftRadius, getComputedStyle(e).paddingTop]"
+    for field in ("#send-delay", "#spam-threshold"):
+        box = page.locator(field).bounding_box()
+        assert box["height"] <= line + 2, f"{field} is {box['height']} px tall, a text field {line}"
+        assert box["width"] <= 160, f"{field} is {box['width']} px wide"
+        assert page.locator(field).evaluate(style) == text.evaluate(style), field
+    ctx.close()
+
+
+def test_phone_header_takes_two_rows(browser: Any, mailserver: RunningServer) -> None:
+    """At 390 px the header's buttons share one row (Folders, the name,
+    Compose, Menu) and the search field the next: two rows, not three."""
+    ctx = context(browser, mailserver, PHONE)
+    page = ctx.new_page()
+    log_in(page, ALICE)
+    boxes = {s: page.locator(s).bounding_box() for s in ("#navtoggle", ".top .brand", "#compose-link",
+                                                         "#account-toggle", "#q", "#search-help")}
+    top = boxes["#navtoggle"]["y"] + boxes["#navtoggle"]["height"] / 2
+    for s in (".top .brand", "#compose-link", "#account-toggle"):
+        middle = boxes[s]["y"] + boxes[s]["height"] / 2
+        assert abs(middle - top) < 6, f"{s} is not on the first row: {boxes}"
+    middles = sorted(b["y"] + b["height"] / 2 for b in boxes.values())
+    rows = 1 + sum(1 for a, b in zip(middles, middles[1:], strict=False) if b - a > 10)
+    assert rows == 2, boxes
+    assert page.locator(".top .brand").evaluate("e => e.scrollWidth <= e.clientWidth"), "the name is cut"
+    # the controls that need the script show with it (without: test_web_layout_http.py)
+    assert page.locator("label.selall").is_visible()
+    page.goto("/compose")
+    assert page.locator("#drop-hint").is_visible()
+    ctx.close()

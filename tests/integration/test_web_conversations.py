@@ -8,6 +8,7 @@ report part names, the print view."""
 
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -350,3 +351,21 @@ def test_conversation_page_opens_the_unread_and_answers_someone_else(mailserver:
                          page), mode
     for key in ("u", "e", "#", "!"):
         assert f'data-key="{key}"' in page
+
+
+def test_a_conversation_opened_from_a_search_leads_back_to_it(mailserver: RunningServer) -> None:
+    """Back, and an action of the conversation's page, return to the search
+    the conversation was opened from (pages.py ``list_back``)."""
+    from urllib.parse import quote
+
+    inbox, uids, _other = seed_thread(mailserver)
+    c = login(mailserver)
+    searched = f"/box/{inbox}?q=Trip"
+    page = c.get(f"/box/{inbox}/conv/{uids[-1]}?back={quote(searched, safe='')}").text
+    assert re.search(rf'<a class="button back" href="{re.escape(html.escape(searched))}"[^>]*>.*Search results</a>',
+                     page), page[:3000]
+    fields = conversation_form(page)
+    assert html.unescape(fields["back"]) == f"/box/{inbox}/conv/{uids[-1]}?back={quote(searched)}"
+    r = c.post(f"/box/{inbox}/action", data={**fields, "back": html.unescape(fields["back"]), "action": "archive"})
+    assert r.status_code == 303
+    assert r.headers["location"].startswith(f"{searched}&notice=3%20moved%20to%20Archive."), r.headers["location"]

@@ -87,3 +87,19 @@ def test_rows_show_a_preview_snippet_and_the_title_the_unread_count(mailserver: 
     assert "<title>(2) INBOX – mailyard webmail</title>" in html
     # every page with the folder list counts INBOX's unread messages
     assert "<title>(2) Folders – mailyard webmail</title>" in client.get("/folders").text
+
+
+def test_controls_that_need_the_script_are_hidden_without_it(mailserver: RunningServer) -> None:
+    """Select all and dropping files need static/app.js and compose.js: the
+    page as served hides them (``hidden``, which the scripts take away), so
+    that without scripts nothing is offered that does nothing."""
+    append(mailserver, ALICE, message("Hello"))
+    client = login(mailserver)
+    page = client.get("/", follow_redirects=True).text
+    select_all = re.search(r'<label class="selall"([^>]*)><input type="checkbox" id="select-all">', page)
+    assert select_all is not None and "hidden" in select_all.group(1).split(), page[:3000]
+    compose = client.get("/compose").text
+    hint = re.search(r"<span([^>]*)>or drop them here</span>", compose)
+    assert hint is not None and "hidden" in hint.group(1).split(), compose
+    # the file field itself works without scripts
+    assert re.search(r'<input id="attachment" name="attachment" type="file"(?![^>]*hidden)', compose)

@@ -159,3 +159,50 @@ def test_message_without_date_shows_and_quotes_the_arrival_time(mailserver: Runn
     assert date_row is not None and year in date_row.group(1), page[:3000]
     reply = body(client.get(f"/compose?reply={inbox}:{uid}").text)
     assert "On , " not in reply and re.search(rf"On \w{{3}}, \d\d \w{{3}} {year} \d\d:\d\d, Carol wrote:", reply), reply
+
+
+def test_message_and_conversation_pages_show_dates_in_the_persons_zone_and_format(
+        mailserver: RunningServer) -> None:
+    """The Date field in the zone and date format of the settings (web/prefs.py),
+    as the list shows its dates; the field as written (the sender's offset)
+    in the title."""
+    def mail(mid: str, date: str, refs: str = "") -> bytes:
+        head = (f"From: Carol <{CAROL}>\r\nTo: {ALICE}\r\nSubject: zones\r\nMessage-ID: <{mid}>\r\n"
+                f"Date: {date}\r\n")
+        if refs:
+            head += f"In-Reply-To: <{refs}>\r\nReferences: <{refs}>\r\n"
+        return (head + "\r\nhello\r\n").encode()
+
+    first = append(mailserver, ALICE, mail("z1@example.test", "Sat, 05 Dec 2026 22:41:49 +0000"))
+    append(mailserver, ALICE, mail("z2@example.test", "Sun, 06 Dec 2026 09:15:00 -0500", "z1@example.test"))
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    client = login(mailserver)
+
+    def date_of(page: str) -> tuple[str, str]:
+        found = re.search(r'<dt>Date</dt><dd title="([^"]*)">([^<]*)<', page)
+        assert found is not None, page[:3000]
+        return html.unescape(found.group(1)), found.group(2)
+
+    def set_prefs(**values: object) -> None:
+        async def go() -> None:
+            account = await mailserver.store.get_account(ALICE)
+            await mailserver.store.set_settings(account.id, values)
+
+        mailserver.call(go())
+
+    set_prefs(timezone="Asia/Tokyo", date_format="iso")
+    page = client.get(f"/box/{inbox}/msg/{first}").text
+    assert date_of(page) == ("Sat, 05 Dec 2026 22:41:49 +0000", "2026-12-06 07:41")
+    conv = client.get(f"/box/{inbox}/conv/{first}").text
+    times = re.findall(r'<time title="([^"]*)">([^<]*)</time>', conv)
+    assert times == [("Sat, 05 Dec 2026 22:41:49 +0000", "2026-12-06 07:41"),
+                     ("Sun, 06 Dec 2026 09:15:00 -0500", "2026-12-06 23:15")], times
+
+    set_prefs(timezone="America/New_York", date_format="mdy")
+    assert date_of(client.get(f"/box/{inbox}/msg/{first}").text)[1] == "12/05/2026 5:41 PM"
+    # the list's own format ("auto": a time, a day or a date) says it all on a page
+    set_prefs(timezone="Europe/Berlin", date_format="auto")
+    assert date_of(client.get(f"/box/{inbox}/msg/{first}").text)[1] == "Sat 05 Dec 2026 23:41"
+    # a Date no calendar can read is shown as written
+    odd = append(mailserver, ALICE, mail("z3@example.test", "sometime next week"))
+    assert date_of(client.get(f"/box/{inbox}/msg/{odd}").text) == ("sometime next week", "sometime next week")

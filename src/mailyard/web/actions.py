@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -57,8 +58,8 @@ async def message_action(request: Request) -> Response:
     if action in flag_ops:
         flag, mode = flag_ops[action]
         await store.store_flags(box, uids, [flag], mode)  # type: ignore[arg-type]
-        if action == "unread" and back.startswith((f"/box/{box.id}/msg/", f"/box/{box.id}/conv/")):
-            back = f"/box/{box.id}"  # reading it again would mark it read
+        if action == "unread":
+            back = _off_message(back, box)  # reading it again would mark it read
         return redirect(back)
     if action == "move":
         if not form.get("target"):
@@ -68,7 +69,7 @@ async def message_action(request: Request) -> Response:
             return redirect(back)
         moved = await store.copy_messages(box, uids, target, move=True)
         await _learn(request, session, box, target, moved)
-        return _moved(request, session, box, target, moved)
+        return _moved(request, session, box, target, moved, back)
     if action in ("archive", "spam"):
         # the account's special-use folders (RFC 6154 2): \Archive, \Junk
         target = await special(request, session, "\\Archive" if action == "archive" else "\\Junk")
@@ -76,21 +77,35 @@ async def message_action(request: Request) -> Response:
             return redirect(notice_url(back, f"Already in {target.name}."))
         moved = await store.copy_messages(box, uids, target, move=True)
         await _learn(request, session, box, target, moved)  # Spam: into Junk; Archive from Junk: out of it
-        return _moved(request, session, box, target, moved)
+        return _moved(request, session, box, target, moved, back)
     if action == "delete":
         if box.special_use == "\\Trash":
             removed = await store.expunge(box, uids)
-            return redirect(notice_url(f"/box/{box.id}", f"{len(removed)} deleted for good."))
+            return redirect(notice_url(_off_message(back, box), f"{len(removed)} deleted for good."))
         trash = await special(request, session, "\\Trash")
         moved = await store.copy_messages(box, uids, trash, move=True)
-        return _moved(request, session, box, trash, moved)
+        return _moved(request, session, box, trash, moved, back)
     raise HTTPException(400, "unknown action")
 
 
-def _moved(request: Request, session: Any, box: Mailbox, target: Mailbox, moved: list[tuple[int, int]]) -> Response:
-    """Back to the folder after a move, its notice with an Undo (undomove.py)."""
+def _off_message(back: str, box: Mailbox) -> str:
+    """Where to go from ``back`` once its message is gone from ``box``
+    (moved, deleted) or would be read again (marked unread): for a message's
+    or a conversation's page, the list it came from (its own ``back``,
+    pages.py ``safe_back``), else the folder; any other page is ``back``
+    itself."""
+    path, _, query = back.partition("?")
+    if not path.startswith((f"/box/{box.id}/msg/", f"/box/{box.id}/conv/")):
+        return back
+    return safe_back(next(iter(parse_qs(query).get("back", [])), None), f"/box/{box.id}")
+
+
+def _moved(request: Request, session: Any, box: Mailbox, target: Mailbox, moved: list[tuple[int, int]],
+           back: str) -> Response:
+    """Back to the list the action came from (its folder, search and page)
+    after a move, its notice with an Undo (undomove.py)."""
     token = state(request).moves.offer(session.account_id, box, target, moved)
-    url = notice_url(f"/box/{box.id}", f"{len(moved)} moved to {target.name}.")
+    url = notice_url(_off_message(back, box), f"{len(moved)} moved to {target.name}.")
     return redirect(f"{url}&undo={token}" if token else url)
 
 
@@ -127,7 +142,8 @@ async def undo_move(request: Request) -> Response:
                 text = f"{len(back)} of {len(uids)} moved back; the others were moved or deleted since."
             else:
                 text = "Nothing moved back: the messages were moved or deleted since."
-            record.done = notice_url(f"/box/{source.id}", text)
+            # back to the list the Undo was pressed on (its search and page)
+            record.done = notice_url(safe_back(form.get("back"), f"/box/{source.id}"), text)
     return redirect(record.done)
 
 

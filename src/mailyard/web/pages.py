@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from ..message.dates import to_timestamp
 from ..message.reading import human_size, limit_size
 from ..store.api import Mailbox, NotFound, Store, StoreError
 from . import prefs, render
@@ -112,6 +113,7 @@ def _env() -> jinja2.Environment:
     env.filters["limitsize"] = limit_size
     env.filters["when"] = when
     env.filters["addrs"] = render.draft_addresses
+    env.filters["sent"] = sent_when
     # "pdf_preview_ok" is set by app.py from pdfpreview.py (which imports this module)
     return env
 
@@ -119,6 +121,20 @@ def _env() -> jinja2.Environment:
 def when(ts: float | None) -> str:
     """A time as lists show it, in the user's zone and date format (prefs.py)."""
     return prefs.format_when(ts) if ts else ""
+
+
+def sent_when(date: str) -> str:
+    """A message's Date field as its page shows it: in full, in the user's
+    zone and date format (prefs.py); as written when it is no date (or one
+    no calendar holds). The field as written carries the sender's offset
+    (RFC 5322 3.3), so the pages give it too, as the title."""
+    ts = to_timestamp(date)
+    if ts is None:
+        return date
+    try:
+        return prefs.format_when(ts, full=True)
+    except (ValueError, OverflowError, OSError):
+        return date
 
 
 TEMPLATES = _env()
@@ -375,6 +391,26 @@ def safe_back(value: Any, fallback: str) -> str:
     if _BACK_PATH.fullmatch(path) and _BACK_QUERY.fullmatch(query):
         return value
     return fallback
+
+
+# the query of a list page that says what it shows: search, order and page
+_LIST_PARAMS = ("q", "sort", "dir", "after", "before", "start")
+
+
+def list_back(request: Request) -> str:
+    """The list page ``request`` shows, as the Back link of what it leads
+    to: its messages and conversations (``?back=``), its action form and the
+    Undo of a move (a ``back`` field), so that the person comes back to the
+    same folder, search, order and page. The notice, the Undo and the live
+    updates' ``fragment`` of this request are left out."""
+    from urllib.parse import urlencode
+
+    path = request.url.path
+    params = [(k, v) for k, v in request.query_params.multi_items() if k in _LIST_PARAMS and v]
+    return safe_back(f"{path}?{urlencode(params)}" if params else path, path)
+
+
+TEMPLATES.globals["list_back"] = list_back
 
 
 def to_int(value: Any) -> int | None:

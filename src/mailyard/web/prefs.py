@@ -23,8 +23,8 @@ from .sessionlog import checked_session
 
 PER_PAGE_CHOICES = (20, 50, 100, 200)
 DEFAULT_PER_PAGE = 50
-# date_format: how a date in a list reads; a message's own Date field is
-# shown as written
+# date_format: how a date reads in a list, and with the time on a message's
+# page (its Date field as written is the title there)
 DATE_FORMATS = {
     "auto": "Today's time, else day and month, else the full date",
     "iso": "2026-03-09 14:05",
@@ -179,9 +179,10 @@ def use(prefs: Prefs) -> None:
     _CURRENT.set(prefs)
 
 
-def format_when(ts: float, prefs: Prefs | None = None, now: float | None = None) -> str:
+def format_when(ts: float, prefs: Prefs | None = None, now: float | None = None, full: bool = False) -> str:
     """A time in a list or a page, in the user's zone and format: "auto"
-    gives the time for today, day and month within the year, else the date."""
+    gives the time for today, day and month within the year, else the date;
+    ``full`` (a message's own date on its page) the day, date and time."""
     prefs = prefs or current()
     tz = prefs.tz()
     now = time.time() if now is None else now
@@ -193,6 +194,8 @@ def format_when(ts: float, prefs: Prefs | None = None, now: float | None = None)
         return moment.strftime("%d/%m/%Y %H:%M")
     if prefs.date_format == "mdy":
         return moment.strftime("%m/%d/%Y ") + moment.strftime("%I:%M %p").lstrip("0")
+    if full:
+        return moment.strftime("%a %d %b %Y %H:%M")
     today = _dt.datetime.fromtimestamp(now, tz=_dt.UTC)
     today = today.astimezone(tz) if tz is not None else today.astimezone()
     if now - ts < 20 * 3600 and today.date() == moment.date():

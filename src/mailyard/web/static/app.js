@@ -40,7 +40,9 @@
     });
   }
 
-  // Select all.
+  // Select all (hidden without this script, which it needs).
+  var selectAll = $("#select-all");
+  if (selectAll) { selectAll.closest(".selall").hidden = false; }
   document.addEventListener("change", function (e) {
     if (e.target && e.target.id === "select-all") {
       $$("#list input[name=uid]").forEach(function (cb) { cb.checked = e.target.checked; });

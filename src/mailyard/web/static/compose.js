@@ -70,6 +70,8 @@
     fileInput.dispatchEvent(new Event("change", { bubbles: true }));  // the size check of app.js
   }
   if (zone && fileInput) {
+    var hint = document.getElementById("drop-hint");
+    if (hint && window.DataTransfer) { hint.hidden = false; }  // hidden without this script, which dropping needs
     ["dragenter", "dragover"].forEach(function (name) {
       form.addEventListener(name, function (e) {
         if (e.dataTransfer && Array.prototype.indexOf.call(e.dataTransfer.types || [], "Files") >= 0) {
