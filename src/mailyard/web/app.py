@@ -181,6 +181,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
         accept = request.headers.get("accept", "")
         if request.method == "GET" and "json" not in accept and "event-stream" not in accept:
             return redirect("/login")
+        if "json" in accept:
+            return JSONResponse({"error": "Your session has ended: log in again.", "ended": True}, status_code=401)
+        if "html" in accept:
+            # a form posted after the session ended: say so, with a way back in
+            # (a compose form keeps its text: compose.py ``ended``)
+            return page(request, "error.html", status=401, status_code=401, folders=[],
+                        detail="Your session has ended: log in again.")
         return PlainTextResponse("not logged in", status_code=401)
     session = live_session(request)
     request.state.session = session

@@ -115,12 +115,14 @@ class BodyPace:
 
 
 def route_limits(max_message_size: int) -> Callable[[str, str], int]:
-    """The per-route budget of the webmail app: the compose form may carry a
-    message of up to ``max_message_size`` (smtp.max_message_size) plus its
-    form overhead; login and other small forms a few KB; anything else 64 KB."""
+    """The per-route budget of the webmail app: the compose form (sent,
+    autosaved, or carried through a login again) may carry a message of up
+    to ``max_message_size`` (smtp.max_message_size) plus its form overhead; login and other small forms a few KB; anything else 64 KB."""
 
     def limit_for(method: str, path: str) -> int:
-        if method == "POST" and path == "/compose":
+        if method == "POST" and path in ("/compose", "/compose/autosave", "/compose/login"):
+            # a message with its files; autosave uploads the chosen files
+            # once (web/drafts.py); the session-ended page carries the text
             return max_message_size + COMPOSE_OVERHEAD
         if method == "POST" and path == "/contacts":  # a vCard file to import (web/contacts.py)
             return 5 * 1024 * 1024 + COMPOSE_OVERHEAD
