@@ -1302,6 +1302,32 @@ def test_a_message_sent_after_the_session_ended_comes_back_after_a_login(mailser
     assert mailserver.messages(ALICE, "Drafts") == []
 
 
+def test_a_compose_post_without_a_session_is_bounded_to_its_text(mailserver: RunningServer) -> None:
+    """Without a live session a compose form is read only as far as its text
+    (bodies.py SIGNED_OUT_COMPOSE): nobody who never logged in gets a
+    message's worth of upload spooled to the server. A signed-in post of
+    the same size goes through."""
+    client = login(mailserver)
+    fields = _form_fields(client.get("/compose").text)
+    big = ("big.bin", b"x" * (3 * 1024 * 1024), "application/octet-stream")
+    saved = client.post("/compose/autosave", data={**fields, "to": BOB, "body": "v1", "action": "save"},
+                        files={"attachment": big})
+    assert saved.status_code == 200, saved.text[:500]
+    client.post("/logout", data={"csrf": fields["csrf"]})
+    for path in ("/compose", "/compose/autosave", "/compose/login"):
+        r = client.post(path, data={**fields, "to": BOB, "body": "typed", "action": "send"}, files={"attachment": big})
+        assert r.status_code == 413, (path, r.status_code, r.text[:500])
+        assert "Your session has ended" in r.text and "copy your text" in r.text
+    # a stranger's client, no cookie at all: the same bound
+    stranger = httpx.Client(base_url=client.base_url, headers={"Origin": str(client.base_url).rstrip("/")})
+    r = stranger.post("/compose", data={"to": BOB, "body": "typed"}, files={"attachment": big})
+    assert r.status_code == 413
+    # the text alone is still shown back
+    r = client.post("/compose", data={**fields, "to": BOB, "body": "typed", "action": "send"})
+    assert r.status_code == 401 and "Your session has ended" in r.text
+    assert mailserver.messages(BOB) == []
+
+
 def test_autosave_after_the_session_ended_says_so_in_json(mailserver: RunningServer) -> None:
     client = login(mailserver)
     fields = _form_fields(client.get("/compose").text)

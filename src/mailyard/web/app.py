@@ -249,7 +249,8 @@ def create_app(services: Services) -> Starlette:
             Middleware(records.SessionRecords),
             Middleware(prefs.PrefsContext),
             Middleware(BodyLimits, limit_for=route_limits(services.config.smtp.max_message_size),
-                       limits=services.config.limits),
+                       limits=services.config.limits,
+                       signed_in=lambda scope: records.checked_session(scope) is not None),
         ],
         exception_handlers={HTTPException: http_error, MailboxGone: mailbox_gone, StoreUnavailable: store_unavailable},
     )
