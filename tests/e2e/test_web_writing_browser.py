@@ -9,7 +9,7 @@ from email import message_from_bytes
 from email.policy import default as default_policy
 from typing import Any
 
-from ..conftest import RunningServer
+from ..conftest import USERS, RunningServer
 from .webtools import log_in, new_page, screenshot
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
@@ -156,3 +156,120 @@ def test_undo_send_in_the_browser(browser: Any, mailserver: RunningServer) -> No
         assert mailserver.messages(BOB) == []
         page.context.close()
     assert len(mailserver.messages(ALICE, "Drafts")) == 2
+
+
+def _drafts_id(server: RunningServer) -> int:
+    async def go() -> int:
+        account = await server.store.get_account(ALICE)
+        box = await server.store.get_mailbox(account.id, "Drafts")
+        return box.id
+
+    return server.call(go())
+
+
+def test_autosave_keeps_the_chosen_files_in_the_draft(browser: Any, mailserver: RunningServer) -> None:
+    """A chosen file goes with one autosave: the saved draft has it (Cancel,
+    then the draft opened again, lists it), it leaves the file input for the
+    draft's list, and the message sent has it once."""
+    page = new_page(browser, mailserver)
+    log_in(page, ALICE)
+    page.click("#compose-link")
+    page.fill("#to", BOB)
+    page.fill("#subject", "With the plan")
+    page.fill("#body", "the plan is attached")
+    page.set_input_files("#attachment", files=[{"name": "plan.txt", "mimeType": "text/plain",
+                                                "buffer": b"step one\nstep two\n"}])
+    page.wait_for_selector("#kept-list :text('plan.txt')", timeout=30_000)
+    assert "Draft saved at" in page.locator("#compose-status").inner_text()
+    assert page.evaluate("document.getElementById('attachment').files.length") == 0
+    (draft,) = mailserver.messages(ALICE, "Drafts")
+    msg = message_from_bytes(draft, policy=default_policy)
+    assert [(a.get_filename(), a.get_content()) for a in msg.iter_attachments()] == [("plan.txt", "step one\nstep two\n")]
+    uid = page.input_value("input[name=draft_uid]")
+    page.click("text=Cancel")
+    page.wait_for_url(lambda url: "/compose" not in url)
+    page.goto(f"/box/{_drafts_id(mailserver)}/msg/{uid}")
+    page.wait_for_selector("#compose-title:has-text('Draft')")
+    assert "plan.txt" in page.locator("#kept-attachments").inner_text()
+    page.click("#send")
+    page.wait_for_selector("text=Message sent.")
+    (got,) = mailserver.messages(BOB)
+    sent = message_from_bytes(got, policy=default_policy)
+    assert [a.get_filename() for a in sent.iter_attachments()] == ["plan.txt"]
+    assert mailserver.messages(ALICE, "Drafts") == []
+
+
+def test_forward_inline_by_its_button_puts_the_original_in_the_text(browser: Any, mailserver: RunningServer) -> None:
+    from mailyard.message.compose import compose, to_bytes
+
+    async def seed() -> None:
+        account = await mailserver.store.get_account(ALICE)
+        box = await mailserver.store.get_mailbox(account.id, "INBOX")
+        msg = compose("Carol <carol@elsewhere.test>", ALICE, subject="plans", text="line one\nline two\n",
+                      attachments=[("notes.txt", b"attached notes\n", "text/plain")])
+        await mailserver.store.append(box, to_bytes(msg))
+
+    mailserver.call(seed())
+    page = new_page(browser, mailserver)
+    log_in(page, ALICE)
+    page.locator("tr.msg", has_text="plans").locator("a.open").click()
+    page.click("#forward")
+    page.wait_for_selector("#compose-title:has-text('Forward')")
+    page.fill("#to", BOB)
+    page.fill("#body", "see below")
+    page.check("input[name=forward_mode][value=inline]")
+    body = page.input_value("#body")
+    assert body.startswith("see below\n\n---------- Forwarded message ----------\nFrom: Carol <carol@elsewhere.test>")
+    assert body.endswith("line one\nline two\n")
+    screenshot(page, "forward-inline-chosen")
+    page.check("input[name=forward_mode][value=attached]")  # taken out again, as it was
+    assert page.input_value("#body") == "see below"
+    page.check("input[name=forward_mode][value=inline]")
+    page.fill("#body", page.input_value("#body").replace("line two", "line two (edited)"))
+    page.click("#send")
+    page.wait_for_selector("text=Message sent.")
+    (got,) = mailserver.messages(BOB)
+    msg = message_from_bytes(got, policy=default_policy)
+    text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text.startswith("see below\n\n---------- Forwarded message ----------")
+    assert text.count("---------- Forwarded message ----------") == 1 and "line two (edited)" in text
+    assert [a.get_filename() for a in msg.iter_attachments()] == ["notes.txt"]
+
+
+def test_send_after_the_session_ended_keeps_the_message(browser: Any, mailserver: RunningServer) -> None:
+    """Log out in another tab while writing: autosave says the session ended
+    (and stops), Send shows the text back with a login, and after it the
+    message is in compose again and sends."""
+    page = new_page(browser, mailserver)
+    log_in(page, ALICE)
+    page.click("#compose-link")
+    page.fill("#to", BOB)
+    page.fill("#subject", "Written over lunch")
+    page.fill("#body", "first part")
+    page.wait_for_selector("#compose-status:has-text('Draft saved at')", timeout=30_000)
+    other = page.context.new_page()
+    other.goto("/")
+    other.evaluate("document.getElementById('logout').click()")
+    other.wait_for_url(lambda url: url.endswith("/login"))
+    other.close()
+    page.locator("#body").press("End")
+    page.locator("#body").type(", then the rest")
+    page.wait_for_selector("#compose-status:has-text('your session has ended')", timeout=30_000)
+    screenshot(page, "compose-session-ended")
+    page.click("#send")
+    page.wait_for_selector("#ended-title")
+    assert page.input_value("#body") == "first part, then the rest"
+    assert page.input_value("#username") == ALICE
+    screenshot(page, "compose-session-ended-page")
+    page.fill("#password", USERS[ALICE])
+    page.click("#ended-login")
+    page.wait_for_selector("#compose-title")
+    assert "You are logged in again" in page.locator(".notice").inner_text()
+    assert page.input_value("#body") == "first part, then the rest"
+    assert page.input_value("#subject") == "Written over lunch"
+    assert mailserver.messages(BOB) == []
+    page.click("#send")
+    page.wait_for_selector("text=Message sent.")
+    (got,) = mailserver.messages(BOB)
+    assert b"first part, then the rest" in got
+    assert mailserver.messages(ALICE, "Drafts") == []

@@ -16,7 +16,7 @@ import pytest
 
 from mailyard.message.compose import compose, to_bytes
 
-from ..conftest import RunningServer
+from ..conftest import USERS, RunningServer
 from .test_web_http import ALICE, BOB, append, box_id, csrf, login
 
 httpx = pytest.importorskip("httpx")
@@ -1237,3 +1237,217 @@ def test_undo_too_late_leads_to_the_send_outcome(mailserver: RunningServer, monk
     _wait(lambda: _outbox(mailserver) == [], "the send to end")
     done = client.get(pending, follow_redirects=True)
     assert "Message sent." in done.text
+
+
+def _ended_form(html: str) -> dict[str, object]:
+    """The fields of the session-ended page's form (keep: a list)."""
+    form = re.search(r'<form class="login ended" method="post" action="/compose/login" id="ended-form">(.*?)</form>',
+                     html, re.S)
+    assert form, html
+    fields: dict[str, object] = {}
+    keep: list[str] = []
+    for name, value in re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)"', form.group(1)):
+        value = value.replace("&lt;", "<").replace("&gt;", ">").replace("&#34;", '"').replace("&amp;", "&")
+        if name == "keep":
+            keep.append(value)
+        else:
+            fields[name] = value
+    body = re.search(r'<textarea id="body" name="body" rows="10">\n(.*?)</textarea>', form.group(1), re.S)
+    fields["body"] = body.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&#34;", '"').replace("&amp;", "&")
+    fields["keep"] = keep
+    return fields
+
+
+def test_a_message_sent_after_the_session_ended_comes_back_after_a_login(mailserver: RunningServer) -> None:
+    """Send after the session ended (here: Log out in another tab): nothing
+    goes, the text is shown back with a login, and after it the message is
+    in compose again, its draft's attachment with it, and can be sent."""
+    client = login(mailserver)
+    fields = _form_fields(client.get("/compose").text)
+    assert fields["account"] == ALICE
+    form = {**fields, "to": BOB, "subject": "after the break", "body": "v1", "action": "save"}
+    saved = client.post("/compose/autosave", data=form, files={"attachment": ("a.txt", b"kept\n", "text/plain")})
+    assert saved.status_code == 200, saved.text
+    draft_uid = saved.json()["draft_uid"]
+    client.post("/logout", data={"csrf": fields["csrf"]})  # another tab of the same browser
+    text = "A long message, typed since the last autosave.\n<b>& \"quoted\"</b>\n"
+    r = client.post("/compose", data={**form, "body": text, "draft_uid": draft_uid, "keep": "2", "action": "send"},
+                    files={"attachment": ("new.txt", b"chosen late\n", "text/plain")})
+    assert r.status_code == 401 and 'id="ended-title">Your session has ended' in r.text
+    assert "Your message was not sent" in r.text and "The files you chose could not be kept" in r.text
+    assert "mailyard_login=" in r.headers["set-cookie"]
+    carried = _ended_form(r.text)
+    assert carried["body"] == text and carried["to"] == BOB and carried["draft_uid"] == draft_uid
+    assert carried["keep"] == ["2"] and "csrf" not in carried and carried["account"] == ALICE
+    assert mailserver.messages(BOB) == []
+    # a wrong password: the same page, the text still there
+    wrong = client.post("/compose/login", data={**carried, "username": ALICE, "password": "wrong"})
+    assert wrong.status_code == 401 and "Wrong address or password." in wrong.text
+    carried = _ended_form(wrong.text)
+    assert carried["body"] == text
+    r = client.post("/compose/login", data={**carried, "username": ALICE, "password": USERS[ALICE]})
+    assert r.status_code == 200 and "mailyard_session=" in r.headers["set-cookie"]
+    assert "You are logged in again. Here is your message, not sent yet" in r.text
+    again = _form_fields(r.text)
+    assert again["body"] == text and again["to"] == BOB and again["subject"] == "after the break"
+    assert again["draft_uid"] == draft_uid and again["csrf"] != fields["csrf"]
+    assert re.search(r'name="keep" value="2" checked> a.txt', r.text)
+    assert mailserver.messages(BOB) == []
+    sent = client.post("/compose", data={**again, "keep": "2", "action": "send"})
+    assert sent.status_code == 303, sent.text
+    (got,) = mailserver.messages(BOB)
+    msg = message_from_bytes(got, policy=default_policy)
+    assert msg.get_body(("plain",)).get_content().replace("\r\n", "\n").startswith(text)
+    assert [a.get_filename() for a in msg.iter_attachments()] == ["a.txt"]
+    assert mailserver.messages(ALICE, "Drafts") == []
+
+
+def test_a_compose_post_without_a_session_is_bounded_to_its_text(mailserver: RunningServer) -> None:
+    """Without a live session a compose form is read only as far as its text
+    (bodies.py SIGNED_OUT_COMPOSE): nobody who never logged in gets a
+    message's worth of upload spooled to the server. A signed-in post of
+    the same size goes through."""
+    client = login(mailserver)
+    fields = _form_fields(client.get("/compose").text)
+    big = ("big.bin", b"x" * (3 * 1024 * 1024), "application/octet-stream")
+    saved = client.post("/compose/autosave", data={**fields, "to": BOB, "body": "v1", "action": "save"},
+                        files={"attachment": big})
+    assert saved.status_code == 200, saved.text[:500]
+    client.post("/logout", data={"csrf": fields["csrf"]})
+    for path in ("/compose", "/compose/autosave", "/compose/login"):
+        r = client.post(path, data={**fields, "to": BOB, "body": "typed", "action": "send"}, files={"attachment": big})
+        assert r.status_code == 413, (path, r.status_code, r.text[:500])
+        assert "Your session has ended" in r.text and "copy your text" in r.text
+    # a stranger's client, no cookie at all: the same bound
+    stranger = httpx.Client(base_url=client.base_url, headers={"Origin": str(client.base_url).rstrip("/")})
+    r = stranger.post("/compose", data={"to": BOB, "body": "typed"}, files={"attachment": big})
+    assert r.status_code == 413
+    # the text alone is still shown back
+    r = client.post("/compose", data={**fields, "to": BOB, "body": "typed", "action": "send"})
+    assert r.status_code == 401 and "Your session has ended" in r.text
+    assert mailserver.messages(BOB) == []
+
+
+def test_autosave_after_the_session_ended_says_so_in_json(mailserver: RunningServer) -> None:
+    client = login(mailserver)
+    fields = _form_fields(client.get("/compose").text)
+    client.post("/logout", data={"csrf": fields["csrf"]})
+    r = client.post("/compose/autosave", data={**fields, "body": "typed"}, headers={"Accept": "application/json"})
+    assert r.status_code == 401 and r.json()["ended"] is True
+    assert "your session has ended" in r.json()["error"]
+    # logged in again (another tab): the form's token is the old session's
+    client = login(mailserver)
+    r = client.post("/compose/autosave", data={**fields, "body": "typed"}, headers={"Accept": "application/json"})
+    assert r.status_code == 403 and r.json()["ended"] is True
+    assert mailserver.messages(ALICE, "Drafts") == []
+
+
+def test_a_form_of_an_ended_session_goes_on_under_the_new_one(mailserver: RunningServer) -> None:
+    """Logged in again in another tab: the form's CSRF token is the ended
+    session's; the page offers to go on under the new one, nothing sent."""
+    client = login(mailserver)
+    fields = _form_fields(client.get("/compose").text)
+    client.post("/logout", data={"csrf": fields["csrf"]})
+    client = login(mailserver)
+    new_token = csrf(client)
+    r = client.post("/compose", data={**fields, "to": BOB, "body": "still here", "action": "send"})
+    assert r.status_code == 403 and "You have logged in again since" in r.text
+    carried = _ended_form(r.text)
+    assert carried["csrf"] == new_token and carried["body"] == "still here"
+    assert 'name="password"' not in r.text
+    r = client.post("/compose/login", data=carried)
+    assert r.status_code == 200 and _form_fields(r.text)["body"] == "still here"
+    assert "set-cookie" not in r.headers
+    assert mailserver.messages(BOB) == []
+
+
+def test_a_carried_form_keeps_its_references_only_for_its_own_account(mailserver: RunningServer) -> None:
+    """Another account logging in on the session-ended page gets the text,
+    but not the references to the first one's mail (draft, forward, kept
+    attachments), which would name its own; and no page elsewhere can
+    carry a form through (the origin check)."""
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, _rich_original())
+    client = login(mailserver)
+    fields = _form_fields(client.get(f"/compose?forward={inbox}:{uid}").text)
+    client.post("/logout", data={"csrf": fields["csrf"]})
+    r = client.post("/compose", data={**fields, "to": BOB, "body": "for you", "draft_uid": "1", "keep": "2"})
+    carried = _ended_form(r.text)
+    r = client.post("/compose/login", data={**carried, "username": BOB, "password": USERS[BOB]})
+    assert r.status_code == 200
+    bobs = _form_fields(r.text)
+    assert bobs["body"] == "for you" and bobs["account"] == BOB
+    assert bobs["draft_uid"] == bobs["forward"] == bobs["reply_to"] == "" and 'name="keep"' not in r.text
+    # a cross-site POST is refused before any page shows its text
+    anon = httpx.Client(base_url=f"http://127.0.0.1:{mailserver.port('http')}", timeout=30)
+    for path in ("/compose", "/compose/login"):
+        r = anon.post(path, data={"to": BOB, "body": "planted"}, headers={"Origin": "http://evil.test"})
+        assert r.status_code == 403 and "planted" not in r.text
+
+
+def test_forward_inline_chosen_by_its_button_puts_the_original_text_in(mailserver: RunningServer) -> None:
+    """The "inline" choice of a forward opened as "attached" puts the
+    original's header block and text under the note when the page's script
+    did not (no JavaScript), once, autosaved draft or not."""
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, _rich_original())
+    client = login(mailserver)
+    page = client.get(f"/compose?forward={inbox}:{uid}")
+    # the text the page's script puts in when "inline" is chosen
+    template = re.search(r'<template id="forward-inline-text">(.*?)</template>', page.text, re.S).group(1)
+    assert template.startswith("---------- Forwarded message ----------\nFrom: Carol &lt;carol@elsewhere.test&gt;")
+    fields = _form_fields(page.text)
+    assert fields["forward_text"] == ""
+    form = {**fields, "forward_mode": "inline", "to": BOB, "body": "see below"}
+    saved = client.post("/compose/autosave", data=form)
+    assert saved.status_code == 200, saved.text
+    (draft,) = mailserver.messages(ALICE, "Drafts")
+    assert b"---------- Forwarded message ----------" in draft
+    r = client.post("/compose", data={**form, "draft_uid": saved.json()["draft_uid"], "keep": "2",
+                                      "action": "send"})
+    assert r.status_code == 303, r.text
+    (got,) = mailserver.messages(BOB)
+    msg = message_from_bytes(got, policy=default_policy)
+    text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text.startswith("see below\n\n---------- Forwarded message ----------\nFrom: Carol <carol@elsewhere.test>")
+    assert text.count("---------- Forwarded message ----------") == 1 and "line one\nline two\n" in text
+    (att,) = list(msg.iter_attachments())
+    assert att.get_filename() == "notes.txt"
+    # the text already in the body (put there by the script, then edited): left as it is
+    client.post("/compose", data={**form, "forward_text": "in-body", "body": "mine alone", "action": "send",
+                                  "send_id": ""})
+    got = message_from_bytes(mailserver.messages(BOB)[-1], policy=default_policy)
+    assert got.get_body(("plain",)).get_content().strip() == "mine alone"
+
+
+def test_autosave_takes_files_as_large_as_a_message_may_carry(mailserver: RunningServer) -> None:
+    """Autosave uploads the chosen files once (static/compose.js): its
+    route takes a body as large as the compose form's."""
+    client = login(mailserver)
+    fields = _form_fields(client.get("/compose").text)
+    data = bytes(range(256)) * 1024  # 256 KB
+    r = client.post("/compose/autosave", data={**fields, "to": BOB, "body": "with a file"},
+                    files={"attachment": ("big.bin", data, "application/octet-stream")})
+    assert r.status_code == 200, r.text
+    assert [k[1] for k in r.json()["kept"]] == ["big.bin"]
+    (draft,) = mailserver.messages(ALICE, "Drafts")
+    assert _attachments(draft) == {"big.bin": data}
+
+
+def test_a_form_posted_after_log_out_other_sessions_keeps_its_text(mailserver: RunningServer) -> None:
+    """A session ended from another browser ("Log out other sessions"): the
+    compose form's text comes back with a login; any other form posted by a
+    browser gets a page that says the session ended, with a way to log in."""
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    writer = login(mailserver)
+    fields = _form_fields(writer.get("/compose").text)
+    other = login(mailserver)
+    r = other.post("/settings", data={"csrf": csrf(other), "section": "sessions"})
+    assert r.status_code == 303 and "Logged%20out%201%20other%20session." in r.headers["location"]
+    r = writer.post("/compose", data={**fields, "to": BOB, "body": "typed all afternoon", "action": "save"})
+    assert r.status_code == 401 and "Your message was not saved" in r.text
+    assert _ended_form(r.text)["body"] == "typed all afternoon"
+    r = writer.post(f"/box/{inbox}/action", data={"csrf": fields["csrf"], "uid": "1", "action": "read"},
+                    headers={"Accept": "text/html"})
+    assert r.status_code == 401 and "Your session has ended: log in again." in r.text
+    assert '<a href="/login">Log in</a>' in r.text

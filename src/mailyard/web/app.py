@@ -181,6 +181,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
         accept = request.headers.get("accept", "")
         if request.method == "GET" and "json" not in accept and "event-stream" not in accept:
             return redirect("/login")
+        if "json" in accept:
+            return JSONResponse({"error": "Your session has ended: log in again.", "ended": True}, status_code=401)
+        if "html" in accept:
+            # a form posted after the session ended: say so, with a way back in
+            # (a compose form keeps its text: compose.py ``ended``)
+            return page(request, "error.html", status=401, status_code=401, folders=[],
+                        detail="Your session has ended: log in again.")
         return PlainTextResponse("not logged in", status_code=401)
     session = live_session(request)
     request.state.session = session
@@ -242,7 +249,8 @@ def create_app(services: Services) -> Starlette:
             Middleware(records.SessionRecords),
             Middleware(prefs.PrefsContext),
             Middleware(BodyLimits, limit_for=route_limits(services.config.smtp.max_message_size),
-                       limits=services.config.limits),
+                       limits=services.config.limits,
+                       signed_in=lambda scope: records.checked_session(scope) is not None),
         ],
         exception_handlers={HTTPException: http_error, MailboxGone: mailbox_gone, StoreUnavailable: store_unavailable},
     )

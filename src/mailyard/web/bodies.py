@@ -80,8 +80,8 @@ COMPOSE_OVERHEAD = 1 * MB
 class BodyTooLarge(HTTPException):
     """The request body outgrew its route's budget while it was being read."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"The request is too large (at most {limit} bytes here).",
+    def __init__(self, limit: int, text: str | None = None) -> None:
+        super().__init__(413, text or f"The request is too large (at most {limit} bytes here).",
                          headers={"Connection": "close"})
 
 
@@ -114,14 +114,32 @@ class BodyPace:
         return started + self.grace + received / self.min_rate
 
 
-def route_limits(max_message_size: int) -> Callable[[str, str], int]:
-    """The per-route budget of the webmail app: the compose form may carry a
-    message of up to ``max_message_size`` (smtp.max_message_size) plus its
-    form overhead; login and other small forms a few KB; anything else 64 KB."""
+# The compose routes posted without a live session (it ended while the
+# person wrote: web/compose.py ``ended``): the text and the address fields
+# of a message, which the answer shows back. Its files cannot be carried
+# past a login (a browser does not refill a file input), and a client that
+# never logged in must not get a message's worth of upload spooled to disk.
+SIGNED_OUT_COMPOSE = 2 * MB
+SIGNED_OUT_TOO_LARGE = (
+    "Your session has ended, and this form carries more than can be kept without one "
+    "(at most {limit} bytes: its files). Go back, copy your text, then log in again and "
+    "attach the files once more.")
+COMPOSE_PATHS = frozenset({"/compose", "/compose/autosave", "/compose/login"})
 
-    def limit_for(method: str, path: str) -> int:
-        if method == "POST" and path == "/compose":
-            return max_message_size + COMPOSE_OVERHEAD
+
+def route_limits(max_message_size: int) -> Callable[[str, str, bool], int]:
+    """The per-route budget of the webmail app: the compose form (sent,
+    autosaved, or carried through a login again) may carry a message of up
+    to ``max_message_size`` (smtp.max_message_size) plus its form overhead,
+    and without a live session (``signed_in`` False) its text only
+    (``SIGNED_OUT_COMPOSE``); login and other small forms a few KB; anything
+    else 64 KB."""
+
+    def limit_for(method: str, path: str, signed_in: bool = True) -> int:
+        if method == "POST" and path in COMPOSE_PATHS:
+            # a message with its files; autosave uploads the chosen files
+            # once (web/drafts.py); the session-ended page carries the text
+            return max_message_size + COMPOSE_OVERHEAD if signed_in else SIGNED_OUT_COMPOSE
         if method == "POST" and path == "/contacts":  # a vCard file to import (web/contacts.py)
             return 5 * 1024 * 1024 + COMPOSE_OVERHEAD
         if path in ("/login", "/logout", "/folders") or path.lower() == "/autodiscover/autodiscover.xml":
@@ -133,18 +151,28 @@ def route_limits(max_message_size: int) -> Callable[[str, str], int]:
 
 class BodyLimits:
     """Pure ASGI middleware bounding request bodies (see the module docstring);
-    ``limits`` gives the body's pace (none without it)."""
+    ``limits`` gives the body's pace (none without it); ``signed_in`` says
+    whether a request's scope carries a live session (sessionlog.py checked
+    it before this middleware runs), which the budget of a route may
+    depend on."""
 
-    def __init__(self, app: Any, limit_for: Callable[[str, str], int], limits: LimitsConfig | None = None) -> None:
+    def __init__(self, app: Any, limit_for: Callable[[str, str, bool], int], limits: LimitsConfig | None = None,
+                 signed_in: Callable[[Any], bool] | None = None) -> None:
         self.app = app
         self.limit_for = limit_for
         self.pace = BodyPace.of(limits) if limits is not None else BodyPace(0, 0)
+        self.signed_in = signed_in or (lambda _scope: True)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope.get("method", "GET"), scope.get("path", ""))
+        method, path = scope.get("method", "GET"), scope.get("path", "")
+        signed_in = self.signed_in(scope)
+        limit = self.limit_for(method, path, signed_in)
+        text = None
+        if not signed_in and method == "POST" and path in COMPOSE_PATHS:
+            text = SIGNED_OUT_TOO_LARGE.format(limit=limit)
         declared = None
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -154,7 +182,7 @@ class BodyLimits:
             # RFC 9110 8.6: 1*DIGIT; h11 has already refused malformed ones,
             # this also stops a length far above the budget before any read
             if not declared.isdigit() or int(declared) > limit:
-                await _refuse(send, limit)
+                await _refuse(send, limit, text)
                 return
         received = 0
         complete = False  # the body has ended: later reads only wait for a disconnect (SSE)
@@ -166,7 +194,7 @@ class BodyLimits:
         async def counted_receive() -> Any:
             nonlocal received, complete, started, timed_out
             if received > limit:
-                raise BodyTooLarge(limit)
+                raise BodyTooLarge(limit, text)
             if timed_out:
                 raise BodyTimedOut()
             if complete or answering:
@@ -189,7 +217,7 @@ class BodyLimits:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(limit)
+                    raise BodyTooLarge(limit, text)
                 complete = not message.get("more_body", False)
             return message
 
@@ -211,8 +239,8 @@ def _client(scope: Any) -> str | None:
     return client[0] if client else None
 
 
-async def _refuse(send: Any, limit: int) -> None:
-    body = f"request body too large (at most {limit} bytes here)\r\n".encode()
+async def _refuse(send: Any, limit: int, text: str | None = None) -> None:
+    body = ((text or f"request body too large (at most {limit} bytes here)") + "\r\n").encode()
     await send({
         "type": "http.response.start",
         "status": 413,

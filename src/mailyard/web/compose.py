@@ -7,6 +7,20 @@ undo delay (undo.py); a copy goes to Sent. The autosave route (drafts.py)
 posts the same form. A refused form keeps its chosen files in a draft, as
 a browser cannot refill file inputs; the same form posted again as it was
 (a double click) keeps them in that same draft (sendonce.py).
+
+A form posted without a live session (it ended while the person wrote:
+idle, logged out in another tab, ended from Settings) or with the CSRF
+token of an ended one (logged in again since, in another tab) is neither
+sent nor saved, and its text is not lost: the answer (``ended``) shows it
+back to the browser that posted it, in a form that logs in again (or, when
+another tab did, goes on under that session: its CSRF token) and puts it
+back into compose (``compose_again``). Nothing of it is kept on the server
+before that login: the poster is not authenticated, and anything stored
+for an account on an unauthenticated request could be planted by anyone.
+The origin check stands before it all (a cross-site POST is refused, so
+a page elsewhere cannot fill a form here), and what refers to the account's
+mail (the draft it replaces, the message forwarded or answered, the kept
+attachments) goes through only to the account the form was written for.
 """
 
 from __future__ import annotations
@@ -15,7 +29,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -29,6 +45,7 @@ from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_a
 from ..message.reading import limit_size
 from ..message.reply import forward_subject
 from ..store.api import Mailbox, NotFound, QuotaExceeded, StoreError, StoreUnavailable
+from . import login as logins
 from . import prefs, render, sendonce, settings, undo
 from . import signatures as sig
 from .drafts import autosaved, named
@@ -37,6 +54,7 @@ from .pages import (
     current,
     folders,
     folders_if_any,
+    live_session,
     message_info,
     notice_url,
     own_mailbox,
@@ -49,7 +67,7 @@ from .pages import (
     to_int,
     too_complex,
 )
-from .security import Session
+from .security import Session, token_ok
 from .worker import TooComplex
 
 log = logging.getLogger("mailyard.web")
@@ -71,6 +89,7 @@ class Draft:
     kept: list = field(default_factory=list)  # attachments of a resumed draft
     mode: str = ""  # what the page is: "reply", "replyall", "forward", "draft" or "" (new)
     forward_mode: str = "attached"  # a forward carries the original "attached" or "inline"
+    forward_text: str = ""  # "in-body": the body holds the original's text (an inline forward)
     send_id: str = field(default_factory=sendonce.new_id)  # this form's one send (sendonce.py)
 
 
@@ -80,6 +99,7 @@ async def compose_view(request: Request) -> Response:
     draft = Draft(to=qp.get("to", "")[:2000])
     sent_to: list[str] = []  # the addresses an answered message was sent to
     chosen = ""
+    forward_inline_text = ""  # what choosing "inline" puts in the text (compose.js)
     for mode in ("reply", "replyall", "forward", "draft"):
         ref = qp.get(mode)
         if not ref:
@@ -103,10 +123,16 @@ async def compose_view(request: Request) -> Response:
                                         mode == "replyall", arrived)
             else:
                 view = await pool.run(render.show, raw, f"/box/{box.id}/msg/{uid}", False, False)
-                if mode == "forward" and qp.get("how") == "inline":
+                if mode == "forward":
+                    # the original's header block and text, for an inline forward
                     info = await message_info(request, box, uid)
-                    inline_text = await pool.run(render.forward_text, raw,
-                                                 info.internal_date if info is not None else None)
+                    arrived = info.internal_date if info is not None else None
+                    if qp.get("how") == "inline":
+                        inline_text = await pool.run(render.forward_text, raw, arrived)
+                    else:
+                        # (for the "inline" choice: attached, the original may be past its bounds)
+                        with contextlib.suppress(TooComplex):
+                            forward_inline_text = await pool.run(render.forward_text, raw, arrived)
         except TooComplex as exc:
             return too_complex(request, box, uid, str(exc), await folders(request, session), f"/box/{box.id}")
         del raw
@@ -121,6 +147,7 @@ async def compose_view(request: Request) -> Response:
             if qp.get("how") == "inline":
                 # the original's header block and text, below the cursor
                 draft.forward_mode = "inline"
+                draft.forward_text = "in-body"
                 draft.body = "\n\n" + inline_text
         else:  # resume a draft
             draft.sender = render.draft_addresses(view.from_)
@@ -137,7 +164,7 @@ async def compose_view(request: Request) -> Response:
         settings.apply_identity(draft, prefs.current(), sent_to)
     return page(request, "compose.html", identities=prefs.current().identities, draft=draft,
                 folders=await folders(request, session), errors=[],
-                notice=qp.get("notice", ""))
+                notice=qp.get("notice", ""), forward_inline_text=forward_inline_text)
 
 
 def parse_recipients(value: str, what: str, errors: list[str]) -> list[tuple[str, str]]:
@@ -163,20 +190,31 @@ def parse_recipients(value: str, what: str, errors: list[str]) -> list[tuple[str
     return out
 
 
-async def compose_submit(request: Request) -> Response:
-    session = current(request)
-    form = await checked_form(request, session)
-    web = state(request)
-    store = web.services.store
-    autosave = getattr(request.state, "autosave", False)
-    action = "save" if autosave else str(form.get("action") or "send")
+def draft_of(form: Any) -> Draft:
+    """The message a compose form holds (its files aside)."""
     draft = Draft(**{k: str(form.get(k) or "") for k in (
         "to", "cc", "bcc", "subject", "body", "in_reply_to", "references", "draft_uid", "forward",
         "reply_to")})
     draft.sender = str(form.get("from") or "")
     draft.mode = str(form.get("mode") or "")[:10]
     draft.forward_mode = "inline" if form.get("forward_mode") == "inline" else "attached"
+    draft.forward_text = "in-body" if form.get("forward_text") == "in-body" else ""
     draft.send_id = sendonce.form_id(str(form.get("send_id") or ""))
+    return draft
+
+
+async def compose_submit(request: Request) -> Response:
+    autosave = getattr(request.state, "autosave", False)
+    live = live_session(request)
+    form = await checked_form(request)  # the origin check; the CSRF token's is next
+    given = form.get("csrf") or request.headers.get("x-csrf-token")
+    if live is None or not token_ok(live.csrf, given if isinstance(given, str) else None):
+        return ended(request, form, live, autosave)
+    session = current(request)
+    web = state(request)
+    store = web.services.store
+    action = "save" if autosave else str(form.get("action") or "send")
+    draft = draft_of(form)
     errors: list[str] = []
     # Any address may be typed; sending checks it is the user's own
     # (policy/submission.py, the same rule as the submission ports).
@@ -209,14 +247,30 @@ async def compose_submit(request: Request) -> Response:
         except NotFound:
             old_raw = None
     forward_raw: bytes | None = None
-    if draft.forward and old_raw is None:
-        # (once saved, the draft carries the original: attached or copied)
+    if draft.forward:
         box_id, _, uid_s = draft.forward.partition(":")
         fbox = await own_mailbox(request, session, box_id)
         fuid = to_int(uid_s)
         if fuid is None:
             raise HTTPException(404)
-        forward_raw = await read_raw(request, fbox, fuid)
+        original: bytes | None = None
+        if old_raw is None:
+            # (once saved, the draft carries the original: attached or copied)
+            original = forward_raw = await read_raw(request, fbox, fuid)
+        if draft.forward_mode == "inline" and draft.forward_text != "in-body":
+            # inline chosen, the original's text not in the body yet (the
+            # page's script puts it there; without it the server does)
+            original = original if original is not None else await read_raw(request, fbox, fuid)
+            info = await message_info(request, fbox, fuid)
+            try:
+                text = await web.pool.run(render.forward_text, original,
+                                          info.internal_date if info is not None else None)
+            except TooComplex as exc:
+                errors.append(f"The original's text could not be put in the message ({exc}).")
+            else:
+                draft.body = (draft.body.rstrip() + "\n\n" + text) if draft.body.strip() else "\n\n" + text
+                draft.forward_text = "in-body"
+        del original
     built: tuple[bytes, bytes] | str | None = None
     sender = (author[0][0] or None, author[0][1]) if author else (None, session.address)
     if sender[0] is None:
@@ -360,6 +414,101 @@ async def compose_submit(request: Request) -> Response:
             web.sends.went(account.id, send_id)
 
 
+# what the session-ended page carries of a compose form (its files cannot
+# be: a browser does not refill a file input)
+CARRIED = ("from", "to", "cc", "bcc", "subject", "in_reply_to", "references", "draft_uid", "forward",
+           "forward_mode", "forward_text", "reply_to", "mode", "send_id", "account")
+# what refers to the account's own mail: dropped when another account logs in
+OWN_REFERENCES = ("draft_uid", "forward", "reply_to", "in_reply_to", "references")
+
+
+def ended(request: Request, form: Any, live: Session | None, autosave: bool, error: str = "",
+          status: int | None = None) -> Response:
+    """The answer to a compose form posted without a live session or with
+    the CSRF token of an ended one: nothing sent or saved, the form's text
+    shown back with a way to go on writing it (``compose_again``): a login,
+    or, when this browser has a live session again, that session's token.
+
+    Autosave (``static/compose.js``) gets JSON that says so. The status is
+    401 without a session, 403 with the token of another (RFC 9110 15.5.2,
+    15.5.4)."""
+    if status is None:
+        status = 401 if live is None else 403
+    if autosave:
+        return JSONResponse({"error": "Not saved: your session has ended. Press \u201cSave draft\u201d or "
+                             "\u201cSend\u201d to log in again: what you wrote stays in this form.",
+                             "ended": True}, status_code=status)
+    carried = {name: str(form.get(name) or "") for name in CARRIED}
+    keep = [str(k) for k in form.getlist("keep") if isinstance(k, str)]
+    files = any(isinstance(u, UploadFile) and u.filename for u in form.getlist("attachment"))
+    token = logins.login_token() if live is None else ""
+    response = page(request, "compose_ended.html", status=status, carried=carried, keep=keep,
+                    body=str(form.get("body") or ""), files=files, error=error,
+                    action=str(form.get("action") or "send"), live_csrf=live.csrf if live else "",
+                    login_token=token, username=carried["account"] or str(form.get("username") or ""))
+    if token:
+        logins.set_login_cookie(request, response, token)
+    return response
+
+
+async def compose_again(request: Request) -> Response:
+    """``POST /compose/login``: the form of the session-ended page; logs in
+    (or goes on under the live session whose token it carries) and shows
+    the message in compose, not sent, for the person to send or save."""
+    form = await checked_form(request)  # the origin check: no page elsewhere fills compose
+    live = live_session(request)
+    given = form.get("csrf")
+    cookies: list[str] = []
+    if live is not None and token_ok(live.csrf, given if isinstance(given, str) else None):
+        session = live
+    else:
+        if not logins.login_token_ok(request, form):
+            return ended(request, form, live, False, "" if live else "The login form expired; log in again.", 403)
+        result = await logins.password_login(request, form)
+        if isinstance(result, logins.Refused):
+            response = ended(request, form, None, False, result.error, result.status)
+            if result.retry_after is not None:
+                response.headers["Retry-After"] = str(result.retry_after)
+            return response
+        # the new session's cookies go with the compose page
+        holder = Response()
+        session = await logins.open_session(request, holder, result)
+        cookies = holder.headers.getlist("set-cookie")
+    request.state.session = session
+    request.state.since = time.time()
+    prefs.use(await prefs.load(state(request).services.store, session.account_id))
+    draft = draft_of(form)
+    if str(form.get("account") or "").casefold() == session.address.casefold():
+        keep = [str(k) for k in form.getlist("keep") if isinstance(k, str)]
+        draft.kept = await _kept(request, session, to_int(draft.draft_uid), keep) if keep else []
+    else:
+        # written for another account: its references would name this one's mail
+        for name in OWN_REFERENCES:
+            setattr(draft, name, "")
+        draft.mode = ""
+    response = page(request, "compose.html", identities=prefs.current().identities, draft=draft,
+                    folders=await folders(request, session), errors=[],
+                    notice="You are logged in again. Here is your message, not sent yet: check it, "
+                           "then send it or save it.")
+    for cookie in cookies:
+        response.headers.append("set-cookie", cookie)
+    return response
+
+
+async def _kept(request: Request, session: Session, uid: int | None, keep: list[str]) -> list:
+    """The attachments of the draft ``uid`` (in the account's Drafts) that
+    ``keep`` names, as the compose form lists them."""
+    if uid is None:
+        return []
+    drafts = await special(request, session, "\\Drafts")
+    try:
+        raw = await state(request).services.store.read_message(drafts, uid)
+        view = await state(request).pool.run(render.show, raw, f"/box/{drafts.id}/msg/{uid}", False, False)
+    except (NotFound, TooComplex):
+        return []
+    return [(a.spec, a.filename, a.content_type, a.size) for a in view.attachments if a.spec in keep]
+
+
 SENT_ALREADY = "This message was sent already (or may have been): it was not sent again."
 
 
@@ -433,4 +582,5 @@ def routes() -> list[Route]:
     return [
         Route("/compose", compose_view, methods=["GET"]),
         Route("/compose", compose_submit, methods=["POST"]),
+        Route("/compose/login", compose_again, methods=["POST"]),
     ]

@@ -7,7 +7,11 @@ seconds while the form changes; the form's "Save draft" button does the same
 without JavaScript): the form becomes a message that is APPENDed to Drafts
 with ``\\Draft`` and ``\\Seen`` (RFC 9051 2.3.2) and the version it replaces
 is expunged, so Drafts holds one copy. The answer names the new UID, which
-the page sends with its next save or with Send (which expunges it).
+the page sends with its next save or with Send (which expunges it). The
+files chosen in the form go with one save: the draft keeps them, and the
+page lists them as its attachments (the "keep" boxes) rather than sending
+them again. A save after the session ended is answered in JSON that says
+so (compose.py ``ended``), and the page stops saving.
 """
 
 from __future__ import annotations

@@ -5,14 +5,16 @@ A password is checked by the mail protocols' login service
 ``[auth]`` rule lets a password travel in the clear (``plaintext_ok``, also
 asked by the settings page's password change). The login form carries a
 token of its own cookie; a login makes the session (security.py) and its
-record (sessionlog.py).
+record (sessionlog.py). The session-ended page of a compose form
+(compose.py) logs in through the same steps.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -26,6 +28,8 @@ from .security import LOGIN_COOKIE, SESSION_COOKIE, cookie_kwargs, token_ok
 
 if TYPE_CHECKING:
     from ..config import AuthConfig
+    from ..store.api import Account
+    from .security import Session
 
 
 async def login_form(request: Request) -> Response:
@@ -35,48 +39,89 @@ async def login_form(request: Request) -> Response:
 
 
 def _login_page(request: Request, error: str = "", username: str = "", status: int = 200) -> Response:
-    import secrets
-
-    token = secrets.token_urlsafe(24)
+    token = login_token()
     response = page(request, "login.html", status=status, error=error, username=username, login_token=token)
-    response.set_cookie(LOGIN_COOKIE, token, max_age=3600, **cookie_kwargs(request))
+    set_login_cookie(request, response, token)
     return response
 
 
-async def login(request: Request) -> Response:
+def login_token() -> str:
+    """A new token for a login form; ``set_login_cookie`` gives the browser
+    its cookie (a double submit: login CSRF, security.py)."""
+    import secrets
+
+    return secrets.token_urlsafe(24)
+
+
+def set_login_cookie(request: Request, response: Response, token: str) -> None:
+    response.set_cookie(LOGIN_COOKIE, token, max_age=3600, **cookie_kwargs(request))
+
+
+def login_token_ok(request: Request, form: Any) -> bool:
+    """Whether ``form`` carries the token of the login cookie."""
+    given = form.get("login_token")
+    return token_ok(request.cookies.get(LOGIN_COOKIE, ""), given if isinstance(given, str) else None)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A login refused: the words for the user, the HTTP status and, over a
+    limit, the seconds to wait (Retry-After)."""
+
+    error: str
+    status: int
+    retry_after: int | None = None
+
+
+async def password_login(request: Request, form: Any) -> Account | Refused:
+    """The account whose address and password ``form`` gives, checked by
+    the mail protocols' login service under its rules; or why not."""
     web = state(request)
-    form = await checked_form(request)
-    if not token_ok(request.cookies.get(LOGIN_COOKIE, ""), form.get("login_token")):
-        raise HTTPException(403, "login form expired; reload the page")
     username = str(form.get("username") or "").strip()
     password = str(form.get("password") or "")
     ip = request.client.host if request.client else "unknown"
     if not plaintext_ok(web.services.config.auth, request, ip):
-        return _login_page(request, "Passwords are accepted only over HTTPS here.", username, 403)
-    login_service = web.services.login
+        return Refused("Passwords are accepted only over HTTPS here.", 403)
     # The mail protocols' login service (auth/service.py): the same budget,
     # delays and lockouts. Names without "@" are checked too, so they cost
     # the same work as any other unknown name.
-    result = await login_service.password(ip, username, password, "web", request.url.scheme == "https")
+    result = await web.services.login.password(ip, username, password, "web", request.url.scheme == "https")
     if isinstance(result, TryLater):
         # Over a limit: nothing was checked, so this page is the same for a
         # right and a wrong password, a known and an unknown name.
         minutes = max(1, math.ceil(result.retry_after / 60))
-        response = _login_page(
-            request, f"Too many attempts, try again in {minutes} minute{'s' if minutes > 1 else ''}.",
-            username, 429,
-        )
-        response.headers["Retry-After"] = str(max(1, math.ceil(result.retry_after)))
-        return response
+        return Refused(f"Too many attempts, try again in {minutes} minute{'s' if minutes > 1 else ''}.", 429,
+                       max(1, math.ceil(result.retry_after)))
     if result is None:
-        return _login_page(request, "Wrong address or password.", username, 401)
-    account = result
+        return Refused("Wrong address or password.", 401)
+    return result
+
+
+async def open_session(request: Request, response: Response, account: Account) -> Session:
+    """Log ``account`` in: a new session and its record, its cookie set on
+    ``response`` and the login form's cookie dropped."""
+    web = state(request)
+    ip = request.client.host if request.client else "unknown"
     session, cookie = web.sessions.create(account.id, account.address, account.epoch, ip,
                                           request.headers.get("user-agent", ""))
     await records.record(web.services.store, session)
-    response = redirect("/")
     response.set_cookie(SESSION_COOKIE, cookie, **cookie_kwargs(request))
     response.delete_cookie(LOGIN_COOKIE, path="/")
+    return session
+
+
+async def login(request: Request) -> Response:
+    form = await checked_form(request)
+    if not login_token_ok(request, form):
+        raise HTTPException(403, "login form expired; reload the page")
+    result = await password_login(request, form)
+    if isinstance(result, Refused):
+        response = _login_page(request, result.error, str(form.get("username") or "").strip(), result.status)
+        if result.retry_after is not None:
+            response.headers["Retry-After"] = str(result.retry_after)
+        return response
+    response = redirect("/")
+    await open_session(request, response, result)
     return response
 
 

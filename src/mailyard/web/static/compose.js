@@ -10,13 +10,26 @@
   function say(text) { if (status) { status.textContent = text; } }
   function pad(n) { return (n < 10 ? "0" : "") + n; }
 
-  // --- autosave: every few seconds while the form changes, the form (less
-  // the files still to upload) replaces the previous version in Drafts.
+  // --- autosave: every few seconds while the form changes, the form
+  // replaces the previous version in Drafts. Chosen files go with one save
+  // and leave the file input: the draft keeps them, listed (and sent) as
+  // its attachments. After the session ended it stops, saying how to go on.
   var every = parseInt(form.getAttribute("data-autosave-ms"), 10) || 5000;
-  var dirty = false, saving = null, sending = false;
-  form.addEventListener("input", function (e) {
-    if (e.target !== fileInput) { dirty = true; }
-  });
+  var dirty = false, saving = null, sending = false, ended = false;
+  form.addEventListener("input", function () { dirty = true; });
+  function chosen() { return fileInput && fileInput.files ? Array.prototype.slice.call(fileInput.files) : []; }
+  if (fileInput) {
+    // (a drop sets the files and fires "change" only)
+    fileInput.addEventListener("change", function () { if (chosen().length) { dirty = true; } });
+  }
+  function unchoose(sent) {
+    // the files a save took leave the input; any chosen meanwhile stay
+    if (!window.DataTransfer) { fileInput.value = ""; return; }
+    var dt = new DataTransfer();
+    chosen().forEach(function (f) { if (sent.indexOf(f) < 0) { dt.items.add(f); } });
+    fileInput.files = dt.files;
+    fileInput.dispatchEvent(new Event("change", { bubbles: true }));
+  }
 
   function renderKept(kept) {
     var box = document.getElementById("kept-attachments");
@@ -35,29 +48,64 @@
   }
 
   function save() {
-    if (saving || !dirty || sending) { return saving; }
+    if (saving || !dirty || sending || ended) { return saving; }
     dirty = false;
     var data = new FormData(form);
     data.delete("attachment");
+    // (files over the size limit are refused by app.js's check: not uploaded)
+    var files = fileInput && fileInput.validity.valid ? chosen() : [];
+    files.forEach(function (f) { data.append("attachment", f, f.name); });
     data.set("action", "save");
-    say("Saving draft\u2026");
-    saving = fetch("/compose/autosave", { method: "POST", body: data, credentials: "same-origin" })
-      .then(function (r) { return r.json().then(function (j) { return { ok: r.ok, j: j }; }); })
+    say(files.length ? "Saving draft with the chosen files\u2026" : "Saving draft\u2026");
+    saving = fetch("/compose/autosave", { method: "POST", body: data, credentials: "same-origin",
+                                          headers: { "Accept": "application/json" } })
+      .then(function (r) {
+        return r.json().then(function (j) { return { ok: r.ok, status: r.status, j: j }; },
+                             function () { return { ok: false, status: r.status, j: {} }; });
+      })
       .then(function (res) {
         if (res.ok) {
           form.elements.draft_uid.value = res.j.draft_uid;
           renderKept(res.j.kept || []);
+          if (files.length) { unchoose(files); }
           var d = new Date();
-          say("Draft saved at " + pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()) + ".");
+          say("Draft saved at " + pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()) + "." +
+              (chosen().length ? " The chosen files are not in it yet." : ""));
+        } else if (res.status === 401 || res.j.ended) {
+          // saving again cannot help: Send or Save draft leads to a login that keeps the text
+          ended = true;
+          say(res.j.error || "Not saved: your session has ended. Press \u201cSave draft\u201d to log in again.");
         } else {
-          dirty = true;
-          say(res.j.error || "Not saved.");
+          // refused (saved again after the next change)
+          say(res.j.error || "Not saved (error " + res.status + ").");
         }
       }, function () { dirty = true; say("Not saved (no connection); trying again."); })
       .then(function () { saving = null; });
     return saving;
   }
   window.setInterval(save, every);
+
+  // --- a forward's "inline" choice puts the original's header block and
+  // text under the note (to edit as any text); "attached" takes it out
+  // again while it is as it was. The hidden forward_text says it is there
+  // (without this script the server puts it in).
+  var inlineText = document.getElementById("forward-inline-text");
+  form.addEventListener("change", function (e) {
+    if (e.target.name !== "forward_mode" || !inlineText) { return; }
+    var text = inlineText.content.textContent, flag = form.elements.forward_text;
+    var area = document.getElementById("body");
+    if (e.target.value === "inline" && flag.value !== "in-body") {
+      area.value = area.value.replace(/\s+$/, "") + "\n\n" + text;
+      flag.value = "in-body";
+    } else if (e.target.value === "attached" && flag.value === "in-body") {
+      var at = area.value.length - text.length;
+      if (at >= 0 && area.value.slice(at) === text) {
+        area.value = area.value.slice(0, at).replace(/\s+$/, "");
+        flag.value = "";
+      }
+    }
+    dirty = true;
+  });
 
   // --- drag and drop onto the form: the files join the file input's list.
   var zone = document.getElementById("drop-zone");
@@ -100,11 +148,11 @@
   form.addEventListener("submit", function (e) {
     if (e.defaultPrevented) { return; }
     var button = e.submitter;
-    var hasFiles = fileInput && fileInput.files && fileInput.files.length > 0;
-    if (!saving && !hasFiles) { sending = true; return; }
+    if (!saving && !chosen().length) { sending = true; return; }
     e.preventDefault();
     sending = true;
     Promise.resolve(saving).then(function () {
+      var hasFiles = chosen().length > 0;  // (a save may have taken them into the draft)
       var data = new FormData(form);
       if (button && button.name) { data.set(button.name, button.value); }
       if (!hasFiles || !window.XMLHttpRequest) {
