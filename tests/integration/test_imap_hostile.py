@@ -1,7 +1,7 @@
 """IMAP against a hostile client, through a real server: over-long command
 lines (RFC 9051 7.1.3: a refusal carries the tag when the tag is known),
-FETCH commands with very many items (the event loop is shared by every
-connection; RFC 5530 LIMIT), and the header fields of a message whose
+FETCH commands with very many items and search programs with very many
+keys (the event loop is shared by every connection; RFC 5530 LIMIT), and the header fields of a message whose
 header holds a million of them.
 
 Fairness is measured by counts, never by time: the items a FETCH formats
@@ -219,6 +219,28 @@ def test_a_fetch_of_thousands_of_items_is_refused(make_server: Callable[..., Run
     c.send(b"f FETCH 1 (" + atts + b")\r\nn NOOP\r\n")
     assert _rest(c, b"f") == [b"f NO [LIMIT] At most 100 items in one FETCH"]
     assert _rest(c, b"n")[-1] == b"n OK NOOP completed"
+    c.close()
+
+
+def test_a_search_program_of_thousands_of_keys_is_refused(make_server: Callable[..., RunningServer]) -> None:
+    """SEARCH, UID SEARCH, ESEARCH, SORT and THREAD with 1,500 keys (a
+    55 KB line held a worker for 50 s) are refused before any work, NO
+    [LIMIT]; a program at the bound is answered, and the session goes on."""
+    c = _connect(make_server(seed=_seed))
+    c.send(b"s SELECT INBOX\r\n")
+    assert _rest(c, b"s")[-1].startswith(b"s OK")
+    many = b" ".join([b"TEXT body"] * 1500)
+    refused = b"NO [LIMIT] At most 100 search keys in one program"
+    for tag, command in ((b"a", b"SEARCH " + many), (b"b", b"UID SEARCH RETURN (COUNT) " + many),
+                         (b"c", b"SORT (DATE) UTF-8 " + many), (b"d", b"UID THREAD REFERENCES UTF-8 " + many),
+                         (b"e", b"SEARCH NOT (" + b" ".join([b"SEEN"] * 101) + b")")):
+        c.send(tag + b" " + command + b"\r\n")
+        assert _rest(c, tag) == [tag + b" " + refused]
+    at_bound = b" ".join([b"OR TEXT body SEEN"] * 50)
+    c.send(b"f SEARCH RETURN (COUNT) " + at_bound + b"\r\nn NOOP\r\ng SEARCH SUBJECT m7\r\n")
+    assert _rest(c, b"f") == [b'* ESEARCH (TAG "f") COUNT 60', b"f OK SEARCH completed"]
+    assert _rest(c, b"n")[-1] == b"n OK NOOP completed"
+    assert _rest(c, b"g") == [b"* SEARCH 8", b"g OK SEARCH completed"]
     c.close()
 
 

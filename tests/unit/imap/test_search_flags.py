@@ -1,6 +1,6 @@
 """SEARCH by flags (RFC 9051 6.4.4 SEEN/UNSEEN/FLAGGED/KEYWORD ..., rev1's
 RECENT/NEW/OLD) byte for byte, and answered over the whole mailbox at once
-(search.match_set over the session's flags) rather than by evaluating each
+(search.evaluate_program over the session's flags) rather than by evaluating each
 message: SEARCH UNSEEN on a mailbox of 200,000 messages (bench/scale.py)."""
 
 from __future__ import annotations

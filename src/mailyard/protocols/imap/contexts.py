@@ -50,8 +50,9 @@ if TYPE_CHECKING:
 # RFC 5267 4.3.1: a server MUST offer at least one updating context per
 # client and SHOULD offer more; each costs 4-8 bytes per matching message
 MAX_CONTEXTS = 8
-# a change of more messages than this (a STORE 1:* of a big mailbox) is
-# evaluated through ImapIO.compute, off the event loop
+# a change of more messages than this (a STORE 1:* of a big mailbox), for a
+# program of one key, is evaluated through ImapIO.compute, off the event
+# loop; a program of n nodes n times sooner (each is a test per message)
 COMPUTE_INLINE = 2_000
 _T = TypeVar("_T")
 Compute = Callable[[Callable[[], _T]], Awaitable[_T]]
@@ -62,7 +63,7 @@ class UpdateContext:
     reports UIDs or message numbers, its search program, its sort keys
     (None: a SEARCH context) and its current members."""
 
-    __slots__ = ("compute", "hits_upto", "key", "members", "now", "order", "sc", "sort_keys", "tag", "uid")
+    __slots__ = ("compute", "hits_upto", "key", "members", "nodes", "now", "order", "sc", "sort_keys", "tag", "uid")
 
     def __init__(self, tag: str, uid: bool, key: SearchKey, sort_keys: Sequence[Any] | None,
                  results: Iterable[int], now: Callable[[], float], sc: sr.SearchContext,
@@ -70,6 +71,7 @@ class UpdateContext:
         self.tag = tag
         self.uid = uid
         self.key = key
+        self.nodes = sr.program_size(key)[1]
         self.sort_keys = tuple(sort_keys) if sort_keys is not None else None
         ordered = list(results)
         self.members = array("I", sorted(ordered))
@@ -182,7 +184,7 @@ class UpdateContext:
                     removed.add(m.uid)
             return added, removed
 
-        added, removed = await self.compute(evaluate) if len(records) > COMPUTE_INLINE else evaluate()
+        added, removed = await self.compute(evaluate) if len(records) * self.nodes > COMPUTE_INLINE else evaluate()
         if not added and not removed:
             return
         parts = self._head(sel)

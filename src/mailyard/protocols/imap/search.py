@@ -4,14 +4,18 @@ the forms of its result (``SEARCH``, ``ESEARCH``, SEARCHRES: `result_form`).
 Pure: the session supplies each message's index data and derived header fields,
 the current time (for RFC 5032 OLDER/YOUNGER) and the answers of the full-text
 index for BODY and TEXT keys (ImapBackend.search_text), so SEARCH never scans
-bodies.
+bodies. A program is bounded (MAX_SEARCH_KEYS) and evaluated over the whole
+mailbox at once (evaluate_program), each distinct key once; `matches` tests
+one message.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 
 from ...message.address import search_value
 from ...message.dates import sent_day
@@ -48,7 +52,7 @@ class SearchContext:
     # (EMAILID / THREADID, objectid) -> UIDs (RFC 8474 6)
     id_hits: dict[tuple[str, str], set[int]] = field(default_factory=dict)
     # UID -> its stored flags (without the session's \Recent), for FLAG keys
-    # answered over the whole mailbox at once (match_set); None: per message
+    # answered over the whole mailbox at once (evaluate_program); None: per message
     flags: Callable[[int], frozenset[str]] | None = None
 
 
@@ -124,50 +128,172 @@ def _in_set(s: SequenceSet, n: int, largest: int, saved: frozenset[int] | None =
     return s.contains(n, largest)
 
 
-def match_set(key: SearchKey, ctx: SearchContext, universe: set[int]) -> set[int] | None:
-    """The UIDs (of ``universe``) matching ``key`` when the answer comes from
-    the indexes alone (BODY/TEXT/header keys, and flags other than \\Recent
-    when ``ctx.flags`` has them, combined with AND/OR/NOT/ALL), without
-    evaluating each message; None when some key needs ``matches``."""
-    n = key.name
-    if n == "ALL":
-        return universe
-    if n in ("BODY", "TEXT"):
-        hits = ctx.text_hits.get((n, key.args[0]))
-        return None if hits is None else universe & hits
-    if n in _FIELD_KEYS or n == "HEADER":
-        pair = (n.lower(), key.args[0]) if n != "HEADER" else (key.args[0].lower(), key.args[1])
-        hits = ctx.header_hits.get(pair)
-        return None if hits is None else universe & hits
-    if n in _ID_KEYS:
-        return universe & ctx.id_hits.get((n, key.args[0]), set())
-    if n in ("AND", "OR"):
-        parts = [match_set(x, ctx, universe) for x in key.args]
-        if any(p is None for p in parts):
-            return None
-        out = set(parts[0]) if parts else set(universe)  # type: ignore[arg-type]
-        for p in parts[1:]:
-            out = out & p if n == "AND" else out | p  # type: ignore[operator]
+# The most search keys (leaf criteria: FROM x, SEEN, LARGER n, a sequence
+# set ...; not the AND/OR/NOT combining them) one SEARCH, SORT or THREAD
+# program may hold (RFC 5530 LIMIT). Clients send a few: a quick filter is
+# FROM/TO/CC/SUBJECT/BODY of one string under ORs (Thunderbird, Apple Mail),
+# a saved search or a mutt pattern a dozen or two, a tag filter a KEYWORD
+# per tag; a hundred leaves several times their room. Each distinct text or
+# header key is an index query, and each a pass over the mailbox, so the
+# bound is what keeps one command's work in proportion to the mailbox.
+MAX_SEARCH_KEYS = 100
+
+_COMBINING = frozenset(("AND", "OR", "NOT"))
+
+
+def program_size(key: SearchKey, stop: int = MAX_SEARCH_KEYS) -> tuple[int, int]:
+    """The number of search keys (leaves) and of nodes of a program, the
+    count ending once the keys pass ``stop`` (so what it costs is bounded
+    by the bound, not by the command line); iterative, any depth."""
+    keys = nodes = 0
+    todo = [key]
+    while todo and keys <= stop:
+        k = todo.pop()
+        nodes += 1
+        if k.name in _COMBINING:
+            todo.extend(k.args)
+        else:
+            keys += 1
+    return keys, nodes
+
+
+# bytes 0/1 <-> the digits of a mask's binary form
+_TO_DIGITS = bytes.maketrans(b"\x00\x01", b"01")
+_FROM_DIGITS = bytes.maketrans(b"01", b"\x00\x01")
+
+
+def evaluate_program(key: SearchKey, ctx: SearchContext, seqs: Sequence[int], uids: Sequence[int],
+                     messages: Callable[[], Sequence[SearchMessage]]) -> list[int]:
+    """The positions (indexes into ``uids``) of the messages matching
+    ``key``, for the messages ``uids`` (ascending) whose sequence numbers
+    are ``seqs``; ``messages()`` gives their `SearchMessage` in the same
+    order, asked at most once, only when some key is evaluated per message.
+
+    The result of every key is a set of positions held as the bits of one
+    int (n/8 bytes for n messages), combined as it comes (AND stops once
+    nothing is left, OR once everything is in), so the work follows the
+    distinct keys times the mailbox, whatever the program repeats: an
+    identical subtree is evaluated once (`_Program.memo`), a flag or
+    keyword's set once per name, BODY/TEXT, header and EMAILID/THREADID
+    keys come from the index answers in ``ctx``, sequence sets from their
+    ranges; the other keys are `matches` on each message, once per key."""
+    n = len(uids)
+    if not n:
+        return []
+    mask = _Program(ctx, seqs, uids, messages).mask(key)
+    picks = format(mask, f"0{n}b").encode("ascii").translate(_FROM_DIGITS)
+    return list(compress(range(n), picks))
+
+
+class _Program:
+    """One evaluation of a program over a list of messages: position i of
+    the list is the bit 1 << (n - 1 - i) of each mask (the digit i of its
+    binary form)."""
+
+    __slots__ = ("ctx", "everything", "flag_masks", "memo", "messages", "n", "seqs", "uids", "_msgs")
+
+    def __init__(self, ctx: SearchContext, seqs: Sequence[int], uids: Sequence[int],
+                 messages: Callable[[], Sequence[SearchMessage]]) -> None:
+        self.ctx, self.seqs, self.uids, self.messages = ctx, seqs, uids, messages
+        self.n = len(uids)
+        self.everything = (1 << self.n) - 1
+        self.memo: dict[SearchKey, int] = {}
+        self.flag_masks: dict[str, int] = {}
+        self._msgs: Sequence[SearchMessage] | None = None
+
+    def mask(self, key: SearchKey) -> int:
+        negate = False
+        while key.name == "NOT":
+            key, negate = key.args[0], not negate
+        out = self.memo.get(key)
+        if out is None:
+            out = self.memo[key] = self._combine(key)
+        return self.everything ^ out if negate else out
+
+    def _combine(self, key: SearchKey) -> int:
+        n = key.name
+        if n == "AND":
+            out = self.everything
+            for x in key.args:
+                out &= self.mask(x)
+                if not out:
+                    break
+            return out
+        if n == "OR":
+            out = 0
+            for x in key.args:
+                out |= self.mask(x)
+                if out == self.everything:
+                    break
+            return out
+        return self._leaf(key)
+
+    def _leaf(self, key: SearchKey) -> int:
+        n, ctx = key.name, self.ctx
+        if n == "ALL":
+            return self.everything
+        if n in ("BODY", "TEXT"):
+            return self._of_uids(ctx.text_hits.get((n, key.args[0]), ()))
+        if n in _FIELD_KEYS or n == "HEADER":
+            pair = (n.lower(), key.args[0]) if n != "HEADER" else (key.args[0].lower(), key.args[1])
+            hits = ctx.header_hits.get(pair)
+            if hits is not None:
+                return self._of_uids(hits)
+        elif n in _ID_KEYS:
+            return self._of_uids(ctx.id_hits.get((n, key.args[0]), ()))
+        elif n in ("SEQ", "UID"):
+            s: SequenceSet = key.args[0]
+            if s.saved:
+                return self._of_uids(ctx.saved)
+            return self._ranges(self.seqs if n == "SEQ" else self.uids, s, ctx.max_seq if n == "SEQ" else ctx.max_uid)
+        elif n == "FLAG" and ctx.flags is not None and key.args[0].lower() != "\\recent":
+            # \Recent is the session's (RFC 3501 2.3.2), in the messages only
+            return self._flag(key.args[0].lower(), ctx.flags)
+        return self._each(key)
+
+    def _of_uids(self, hits: Collection[int]) -> int:
+        """The mask of the messages whose UIDs are in ``hits``."""
+        if not hits:
+            return 0
+        return int(bytes(map(hits.__contains__, self.uids)).translate(_TO_DIGITS), 2)
+
+    def _flag(self, want: str, flags: Callable[[int], frozenset[str]]) -> int:
+        """The messages with the flag or keyword ``want`` (lower case): once
+        per name, and a mailbox has few distinct flag sets, each tested once."""
+        out = self.flag_masks.get(want)
+        if out is None:
+            has: dict[frozenset[str], bool] = {}
+
+            def hit(uid: int) -> bool:
+                fs = flags(uid)
+                h = has.get(fs)
+                if h is None:
+                    h = has[fs] = any(f.lower() == want for f in fs)
+                return h
+
+            out = self.flag_masks[want] = int(bytes([49 if hit(u) else 48 for u in self.uids]), 2)
         return out
-    if n == "NOT":
-        inner = match_set(key.args[0], ctx, universe)
-        return None if inner is None else universe - inner
-    if n == "FLAG" and ctx.flags is not None:
-        want = key.args[0].lower()
-        if want == "\\recent":
-            return None  # a session flag (RFC 3501 2.3.2): per message
-        # a mailbox has few distinct flag sets: test each once
-        has: dict[frozenset[str], bool] = {}
-        out: set[int] = set()
-        for uid in universe:
-            flags = ctx.flags(uid)
-            hit = has.get(flags)
-            if hit is None:
-                hit = has[flags] = any(f.lower() == want for f in flags)
-            if hit:
-                out.add(uid)
-        return out
-    return None
+
+    def _ranges(self, nums: Sequence[int], s: SequenceSet, largest: int) -> int:
+        """The messages whose numbers (``nums``, ascending) are in ``s``: each
+        range found by bisection, the runs merged, so a set of many ranges
+        costs its ranges and the mailbox, not their product."""
+        runs = sorted((bisect_left(nums, a), bisect_right(nums, b)) for a, b in s.resolve(largest))
+        digits = bytearray(b"0") * self.n
+        end = 0
+        for lo, hi in runs:
+            lo = max(lo, end)
+            if hi > lo:
+                digits[lo:hi] = b"1" * (hi - lo)
+                end = hi
+        return int(digits, 2)
+
+    def _each(self, key: SearchKey) -> int:
+        """A key evaluated on each message (dates, sizes, SENT*, MODSEQ ...)."""
+        if self._msgs is None:
+            self._msgs = self.messages()
+        ctx = self.ctx
+        return int(bytes([49 if matches(key, m, ctx) else 48 for m in self._msgs]), 2)
 
 
 def matches(key: SearchKey, m: SearchMessage, ctx: SearchContext) -> bool:

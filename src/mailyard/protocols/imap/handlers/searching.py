@@ -14,8 +14,10 @@ BODY and TEXT keys are answered by the backend's full-text index
 (search_headers), SENT* by the day of each message's Date field
 (sent_dates), EMAILID and THREADID by the backend's ids (object_id_hits);
 a real backend runs those reads where they do not hold up the
-event loop. The rest is evaluated per message, off the event loop
-(ImapIO.compute) for a big mailbox. OLDER and YOUNGER (RFC 5032) compare
+event loop. The program is evaluated over the whole view at once
+(search.evaluate_program), off the event loop (ImapIO.compute) for a big
+mailbox or a long program; one of more than search.MAX_SEARCH_KEYS keys
+is refused, NO [LIMIT] (RFC 5530). OLDER and YOUNGER (RFC 5032) compare
 with the time `ImapIO.now` gives.
 
 RETURN (UPDATE ...) on SEARCH or SORT leaves a live context on the selected
@@ -47,17 +49,18 @@ CHARSETS = ("UTF-8", "US-ASCII")
 # SORT / THREAD of more messages than this (some milliseconds of work) run
 # through ImapIO.compute, off the event loop
 COMPUTE_INLINE = 2_000
-# SEARCH keys evaluated per message (SINCE, LARGER, SENT*, sequence sets ...)
-# cost about 3 us a message: over more than this (15 ms) they run through
-# ImapIO.compute
+# A search key costs up to about 3 us a message (one evaluated on each
+# message: SINCE, LARGER, SENT* ...; the index, flag and sequence-set keys
+# less): a program whose nodes times the messages pass this (15 ms) runs
+# through ImapIO.compute
 EVALUATE_INLINE = 5_000
 _T = TypeVar("_T")
 
 
 @contextlib.contextmanager
 def _no_gc() -> Iterator[None]:
-    """No cyclic garbage collection while a SORT or THREAD builds its
-    100,000 small objects (no await inside): each collection would walk every
+    """No cyclic garbage collection while a SEARCH, SORT or THREAD builds
+    its 100,000 small objects (no await inside): each collection would walk every
     object of the process, and the burst of allocations starts dozens of them,
     doubling the time. The thread trees' cycles are undone afterwards
     (thread.py ``release``), so nothing is left for a collection to find."""
@@ -88,6 +91,16 @@ async def _charset_ok(s: ImapSession, charset: str | None) -> bool:
     return True
 
 
+async def _program_ok(s: ImapSession, key: c.SearchKey) -> bool:
+    """A program of more than search.MAX_SEARCH_KEYS keys is refused before
+    any work, NO [LIMIT] (RFC 5530), as FETCH's items are."""
+    if sr.program_size(key)[0] > sr.MAX_SEARCH_KEYS:
+        await s.finish("NO", f"At most {sr.MAX_SEARCH_KEYS} search keys in one program", "LIMIT",
+                       allow_expunge=False)
+        return False
+    return True
+
+
 async def _matching(s: ImapSession, key: c.SearchKey) -> tuple[list[tuple[int, int]], int, bool]:
     """The (seq, uid) pairs of the selected mailbox matching ``key``, in
     ascending order; the highest mod-sequence among them; whether the
@@ -108,14 +121,7 @@ async def _matching(s: ImapSession, key: c.SearchKey) -> tuple[list[tuple[int, i
     if ids:
         await _id_hits(b, sel, ids, ctx)
     uids = list(sel.view.uids)
-    # keys the indexes answer whole (the usual SUBJECT x / BODY x, UNSEEN)
-    # need no per-message evaluation; messages expunged elsewhere are left out
-    gone = frozenset(sel.pending_expunge)
-    found = sr.match_set(key, ctx, {u for u in uids if u in infos and u not in gone})
-    if found is not None:
-        hits = [(i, u) for i, u in enumerate(uids, 1) if u in found]
-        modseq = max((infos[u].modseq for _, u in hits), default=0)
-        return hits, modseq, mod
+    gone = frozenset(sel.pending_expunge)  # expunged elsewhere, not yet announced: left out
     recent = sel.recent_of(s.engine)
     # SENT* (RFC 9051 6.4.4): the day of each message's Date field, read by
     # the backend for the whole view in one call
@@ -125,24 +131,27 @@ async def _matching(s: ImapSession, key: c.SearchKey) -> tuple[list[tuple[int, i
     def evaluate() -> tuple[list[tuple[int, int]], int]:
         # on the session's view as it stands (seq = position in ``uids``):
         # the view changes only between this session's commands
-        out: list[tuple[int, int]] = []
-        top = 0
-        for i, uid in enumerate(uids, 1):
-            info = infos.get(uid)
-            if info is None or uid in gone:
-                continue  # expunged elsewhere, not yet announced
-            flags = info.flags
-            if recent and uid in recent:
-                flags = flags | RECENT  # RFC 3501 2.3.2: \Recent in this session only
-            m = sr.SearchMessage(i, uid, flags, info.internal_date, info.size, info.modseq, None,
-                                 info.save_date, sent.get(uid))
-            if sr.matches(key, m, ctx):
-                out.append((i, uid))
-                top = max(top, info.modseq)
-        return out, top
+        with _no_gc():
+            seqs = [i for i, u in enumerate(uids, 1) if u in infos and u not in gone]
+            live = [uids[i - 1] for i in seqs]
 
-    # a big mailbox is evaluated off the event loop, as SORT and THREAD are
-    if len(uids) > EVALUATE_INLINE:
+            def messages() -> list[sr.SearchMessage]:
+                out = []
+                for i, uid in zip(seqs, live, strict=True):
+                    info = infos[uid]
+                    flags = info.flags
+                    if recent and uid in recent:
+                        flags = flags | RECENT  # RFC 3501 2.3.2: \Recent in this session only
+                    out.append(sr.SearchMessage(i, uid, flags, info.internal_date, info.size, info.modseq, None,
+                                                info.save_date, sent.get(uid)))
+                return out
+
+            hits = [(seqs[i], live[i]) for i in sr.evaluate_program(key, ctx, seqs, live, messages)]
+            return hits, max((infos[u].modseq for _, u in hits), default=0)
+
+    # a big mailbox, or a long program over a smaller one, is evaluated off
+    # the event loop, as SORT and THREAD are
+    if len(uids) * sr.program_size(key)[1] > EVALUATE_INLINE:
         hits, modseq = await s.io.compute(evaluate)
     else:
         hits, modseq = evaluate()
@@ -150,7 +159,7 @@ async def _matching(s: ImapSession, key: c.SearchKey) -> tuple[list[tuple[int, i
 
 
 async def cmd_search(s: ImapSession, cmd: c.Search) -> None:
-    if not await _charset_ok(s, cmd.charset):
+    if not await _charset_ok(s, cmd.charset) or not await _program_ok(s, cmd.key):
         return
     sel, b = s.sel, s.backend
     assert sel is not None and b is not None
@@ -223,7 +232,7 @@ async def _compute(s: ImapSession, n: int, fn: Callable[[], _T]) -> _T:
 async def cmd_sort(s: ImapSession, cmd: c.Sort) -> None:
     """SORT / UID SORT (RFC 5256 section 3): the matching messages in the
     order of the sort keys; with RETURN, ESORT's ESEARCH (RFC 5267 section 3)."""
-    if not await _charset_ok(s, cmd.charset):
+    if not await _charset_ok(s, cmd.charset) or not await _program_ok(s, cmd.key):
         return
     sel, b = s.sel, s.backend
     assert sel is not None and b is not None
@@ -252,7 +261,7 @@ async def cmd_thread(s: ImapSession, cmd: c.Thread) -> None:
         # RFC 5256 section 3: an algorithm the server does not advertise is BAD
         await s.finish("BAD", f"Unknown threading algorithm {cmd.algorithm[:20]}", allow_expunge=False)
         return
-    if not await _charset_ok(s, cmd.charset):
+    if not await _charset_ok(s, cmd.charset) or not await _program_ok(s, cmd.key):
         return
     sel, b = s.sel, s.backend
     assert sel is not None and b is not None
