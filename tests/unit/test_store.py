@@ -39,7 +39,7 @@ from mailyard.store.api import (
     StoreError,
     WebSession,
 )
-from mailyard.store.keywords import MAX_KEYWORD_OCTETS, MAX_KEYWORDS
+from mailyard.store.keywords import MAX_KEYWORD_OCTETS, MAX_KEYWORDS, MAX_KEYWORDS_OCTETS
 from mailyard.store.sqlite import SQLiteStore
 
 # Backend name -> how to open it on ``place`` (a directory of its own per
@@ -463,6 +463,36 @@ async def test_keywords_past_the_bound_are_refused_and_change_nothing(store: Sto
     # removing keywords from every message leaves them defined (RFC 9051 7.1)
     await store.store_flags(inbox, [1, 2, uid], KEYWORDS, "remove")
     assert (await store.mailbox_summary(inbox)).keywords_full
+
+
+async def test_a_mailbox_keywords_are_bounded_in_octets_too(store: Store) -> None:
+    """MAX_KEYWORDS_OCTETS bounds a mailbox's keywords in all (store/keywords.py):
+    long names fill it before their count does; a short one may still fit,
+    and a copy takes the new keywords while they fit."""
+    a = await store.add_account("a@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    other = await store.create_mailbox(a.id, "Other")
+    assert inbox and other
+    await store.append(inbox, b"m\r\n")
+    size = MAX_KEYWORD_OCTETS - 4
+    fit = MAX_KEYWORDS_OCTETS // (size + 1)  # names of ``size`` octets that fit
+    long_ = [f"{i:04d}" + "x" * (size - 4) for i in range(fit + 1)]
+    with pytest.raises(KeywordLimit):
+        await store.store_flags(inbox, [1], long_, "add")
+    changed, _ = await store.store_flags(inbox, [1], long_[:fit], "add")
+    assert len(changed[0].flags) == fit < MAX_KEYWORDS
+    with pytest.raises(KeywordLimit) as refused:
+        await store.store_flags(inbox, [1], [long_[fit]], "add")
+    assert not refused.value.full  # a short one still fits
+    assert not (await store.mailbox_summary(inbox)).keywords_full
+    await store.store_flags(inbox, [1], ["$a"], "add")
+    # a copy into a mailbox with room for some of them takes those
+    await store.append(other, b"n\r\n", ["y" * size])
+    await store.copy_messages(inbox, [1], other)
+    (copied,) = [m for m in await store.list_messages(other) if m.uid != 1]
+    kept = {k for k in copied.flags if not k.startswith("\\")}
+    assert "$a" in kept and len(kept) < fit + 1
+    assert sum(len(k) + 1 for k in kept) + size + 1 <= MAX_KEYWORDS_OCTETS
 
 
 async def test_copy_and_delivery_leave_out_keywords_a_full_mailbox_has_no_room_for(store: Store) -> None:

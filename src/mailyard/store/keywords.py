@@ -8,9 +8,10 @@ only grows, so whether a write brings a new keyword is one look at the
 mailbox's row, never a read of its messages.
 
 The bounds keep what one user can make the store hold in flags: a
-message's flags text is at most ``MAX_KEYWORDS`` names of at most
-``MAX_KEYWORD_OCTETS`` octets (16.6 KB, kept twice: the row and the
-``messages_flags`` index), whatever a client sends. Without them one STORE
+message's keywords are at most ``MAX_KEYWORDS`` names of at most
+``MAX_KEYWORD_OCTETS`` octets each and ``MAX_KEYWORDS_OCTETS`` in all (4
+KiB, kept twice: the row and the ``messages_flags`` index), whatever a
+client sends. Without them one STORE
 of a few thousand keywords over a large mailbox grew the store by hundreds
 of megabytes that no quota counts.
 
@@ -20,6 +21,10 @@ of megabytes that no quota counts.
   few more, mutt none); twice that leaves room for every tagging habit.
 - ``MAX_KEYWORD_OCTETS`` (64): the longest keywords clients use are
   Thunderbird's tag keys, the tag's name in modified UTF-7.
+- ``MAX_KEYWORDS_OCTETS`` (4096, a space counted after each name): 256
+  names of 15 octets on average, more than real tag sets use; without it
+  the two bounds above allowed 16 KB of keywords on every message, a
+  gigabyte and more over a large mailbox, outside any quota.
 
 Past the bound (RFC 9051 7.1: PERMANENTFLAGS then lacks ``\\*``): a STORE
 or APPEND that would define a new keyword is refused whole (``KeywordLimit``,
@@ -38,6 +43,12 @@ from .api import KeywordLimit
 
 MAX_KEYWORDS = 256
 MAX_KEYWORD_OCTETS = 64
+MAX_KEYWORDS_OCTETS = 4096
+
+
+def _octets(keywords: Iterable[str]) -> int:
+    """What ``keywords`` take of ``MAX_KEYWORDS_OCTETS``: each name and a space."""
+    return sum(len(k.encode("utf-8")) + 1 for k in keywords)
 
 
 def keywords_of(flags: Iterable[str]) -> set[str]:
@@ -55,7 +66,8 @@ def defined_text(defined: Iterable[str]) -> str:
 
 def is_full(defined: Iterable[str]) -> bool:
     """No new keyword can be defined (RFC 9051 7.1: no ``\\*`` in PERMANENTFLAGS)."""
-    return len(frozenset(defined)) >= MAX_KEYWORDS
+    defined = frozenset(defined)
+    return len(defined) >= MAX_KEYWORDS or _octets(defined) + 2 > MAX_KEYWORDS_OCTETS
 
 
 def admitted(defined: frozenset[str], flags: Iterable[str]) -> frozenset[str] | None:
@@ -71,6 +83,9 @@ def admitted(defined: frozenset[str], flags: Iterable[str]) -> frozenset[str] | 
     if len(defined) + len(new) > MAX_KEYWORDS:
         raise KeywordLimit(f"Too many keywords: a mailbox holds at most {MAX_KEYWORDS} and this one has "
                            f"{len(defined)}; use keywords it has", full=True)
+    if _octets(defined) + _octets(new) > MAX_KEYWORDS_OCTETS:
+        raise KeywordLimit(f"Too many keywords: a mailbox's keywords take at most {MAX_KEYWORDS_OCTETS} octets "
+                           f"and this one's take {_octets(defined)}; use keywords it has", full=is_full(defined))
     return defined | new
 
 
@@ -83,6 +98,12 @@ def fitted(defined: frozenset[str], flags: frozenset[str]) -> tuple[frozenset[st
     if not new:
         return flags, None
     room = max(MAX_KEYWORDS - len(defined), 0)
-    taken = [k for k in new if len(k.encode("utf-8")) <= MAX_KEYWORD_OCTETS][:room]
+    octets = MAX_KEYWORDS_OCTETS - _octets(defined)
+    taken = []
+    for k in new:
+        size = len(k.encode("utf-8"))
+        if len(taken) < room and size <= MAX_KEYWORD_OCTETS and size + 1 <= octets:
+            taken.append(k)
+            octets -= size + 1
     dropped = set(new) - set(taken)
     return (flags - dropped if dropped else flags), (defined | set(taken) if taken else None)
