@@ -24,6 +24,7 @@ from mailyard.store.api import (
     Contact,
     DeliveryTarget,
     InvalidName,
+    KeywordLimit,
     Mailbox,
     MailboxGone,
     NewMessage,
@@ -38,6 +39,7 @@ from mailyard.store.api import (
     StoreError,
     WebSession,
 )
+from mailyard.store.keywords import MAX_KEYWORD_OCTETS, MAX_KEYWORDS, MAX_KEYWORDS_OCTETS
 from mailyard.store.sqlite import SQLiteStore
 
 # Backend name -> how to open it on ``place`` (a directory of its own per
@@ -421,6 +423,126 @@ async def test_flags_modseq_and_unchangedsince(store: Store) -> None:
     assert changed == []  # no change, no new modseq
     ch = await store.changes_since(inbox, before)
     assert {m.uid for m in ch.changed} == {1, 2, 3} and ch.vanished == []
+
+
+KEYWORDS = [f"k{i:03d}" for i in range(MAX_KEYWORDS)]
+
+
+async def test_keywords_past_the_bound_are_refused_and_change_nothing(store: Store) -> None:
+    """A mailbox holds at most MAX_KEYWORDS keywords (store/keywords.py): a
+    STORE or APPEND that would define one more is refused whole, as is a
+    keyword longer than MAX_KEYWORD_OCTETS; keywords it has stay usable,
+    and the summary says it is full (RFC 9051 7.1 PERMANENTFLAGS)."""
+    a = await store.add_account("a@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    assert inbox
+    for i in range(2):
+        await store.append(inbox, b"m%d\r\n" % i)
+    with pytest.raises(KeywordLimit):
+        await store.store_flags(inbox, [1, 2], ["\\Seen", *KEYWORDS, "one-more"], "add")
+    with pytest.raises(KeywordLimit):
+        await store.store_flags(inbox, [1], ["x" * (MAX_KEYWORD_OCTETS + 1)], "add")
+    assert all(m.flags == frozenset() for m in await store.list_messages(inbox))
+    assert not (await store.mailbox_summary(inbox)).keywords_full
+    changed, _ = await store.store_flags(inbox, [1], KEYWORDS, "add")
+    assert changed[0].flags == frozenset(KEYWORDS)
+    assert (await store.mailbox_summary(inbox)).keywords_full
+    with pytest.raises(KeywordLimit) as refused:
+        await store.store_flags(inbox, [2], ["\\Seen", "new"], "replace")
+    assert refused.value.full
+    with pytest.raises(KeywordLimit):
+        await store.append_many(inbox, [AppendItem(b"m\r\n", frozenset({"k000"})),
+                                        AppendItem(b"n\r\n", frozenset({"new"}))])
+    assert [m.uid for m in await store.list_messages(inbox)] == [1, 2]
+    assert (await store.list_messages(inbox))[1].flags == frozenset()
+    # the keywords it has: on another message, in an APPEND
+    changed, _ = await store.store_flags(inbox, [2], ["k007", "\\Seen"], "add")
+    assert changed[0].flags == {"k007", "\\Seen"}
+    uid = await store.append(inbox, b"m\r\n", ["k001"])
+    assert (await store.get_messages(inbox, [uid]))[0].flags == {"k001"}
+    # removing keywords from every message leaves them defined (RFC 9051 7.1)
+    await store.store_flags(inbox, [1, 2, uid], KEYWORDS, "remove")
+    assert (await store.mailbox_summary(inbox)).keywords_full
+
+
+async def test_a_mailbox_keywords_are_bounded_in_octets_too(store: Store) -> None:
+    """MAX_KEYWORDS_OCTETS bounds a mailbox's keywords in all (store/keywords.py):
+    long names fill it before their count does; a short one may still fit,
+    and a copy takes the new keywords while they fit."""
+    a = await store.add_account("a@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    other = await store.create_mailbox(a.id, "Other")
+    assert inbox and other
+    await store.append(inbox, b"m\r\n")
+    size = MAX_KEYWORD_OCTETS - 4
+    fit = MAX_KEYWORDS_OCTETS // (size + 1)  # names of ``size`` octets that fit
+    long_ = [f"{i:04d}" + "x" * (size - 4) for i in range(fit + 1)]
+    with pytest.raises(KeywordLimit):
+        await store.store_flags(inbox, [1], long_, "add")
+    changed, _ = await store.store_flags(inbox, [1], long_[:fit], "add")
+    assert len(changed[0].flags) == fit < MAX_KEYWORDS
+    with pytest.raises(KeywordLimit) as refused:
+        await store.store_flags(inbox, [1], [long_[fit]], "add")
+    assert not refused.value.full  # a short one still fits
+    assert not (await store.mailbox_summary(inbox)).keywords_full
+    await store.store_flags(inbox, [1], ["$a"], "add")
+    # a copy into a mailbox with room for some of them takes those
+    await store.append(other, b"n\r\n", ["y" * size])
+    await store.copy_messages(inbox, [1], other)
+    (copied,) = [m for m in await store.list_messages(other) if m.uid != 1]
+    kept = {k for k in copied.flags if not k.startswith("\\")}
+    assert "$a" in kept and len(kept) < fit + 1
+    assert sum(len(k) + 1 for k in kept) + size + 1 <= MAX_KEYWORDS_OCTETS
+
+
+async def test_copy_and_delivery_leave_out_keywords_a_full_mailbox_has_no_room_for(store: Store) -> None:
+    """RFC 9051 6.4.7: flags go with a copy "normally"; into a mailbox with
+    no room for a new keyword the message is copied, moved or delivered
+    (Sieve imap4flags) without it, with the flags and keywords it has."""
+    a = await store.add_account("a@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    arch = await store.get_mailbox(a.id, "Archive")
+    assert inbox and arch
+    await store.append(arch, b"full\r\n", KEYWORDS)
+    await store.append(inbox, b"a\r\n", ["\\Flagged", "k005", "brand-new"])
+    await store.append(inbox, b"b\r\n", ["other-new"])
+    pairs = await store.copy_messages(inbox, [1, 2], arch)
+    copied = {m.uid: m.flags for m in await store.get_messages(arch, [n for _, n in pairs])}
+    assert list(copied.values()) == [{"\\Flagged", "k005"}, frozenset()]
+    pairs = await store.copy_messages(inbox, [1], arch, move=True)
+    assert (await store.get_messages(arch, [pairs[0][1]]))[0].flags == {"\\Flagged", "k005"}
+    (uid,) = await store.deliver(b"d\r\n", [DeliveryTarget(arch.id, flags=frozenset({"\\Seen", "sieve-kw", "k009"}))])
+    assert (await store.get_messages(arch, [uid]))[0].flags == {"\\Seen", "k009"}
+    # a mailbox with room takes them
+    (uid,) = await store.deliver(b"e\r\n", [DeliveryTarget(inbox.id, flags=frozenset({"sieve-kw"}))])
+    assert (await store.get_messages(inbox, [uid]))[0].flags == {"sieve-kw"}
+
+
+async def test_a_large_flag_change_is_written_in_slices(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """store_flags writes FLAG_SLICE messages a commit (api.py): every
+    changed message has one mod-sequence, its slice's; UNCHANGEDSINCE is
+    applied per message (RFC 7162 3.1.3)."""
+    import mailyard.store.postgresql.messages as pg_messages
+    import mailyard.store.sqlite.messages as sqlite_messages
+
+    for module in (sqlite_messages, pg_messages):
+        monkeypatch.setattr(module, "FLAG_SLICE", 4)
+    a = await store.add_account("a@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    assert inbox
+    for i in range(10):
+        await store.append(inbox, b"m%d\r\n" % i)
+    before = (await store.get_mailbox_by_id(a.id, inbox.id)).highest_modseq
+    changed, failed = await store.store_flags(inbox, range(1, 11), ["\\Seen", "$Label"], "add")
+    assert [m.uid for m in changed] == list(range(1, 11)) and failed == []
+    assert [m.modseq for m in changed] == [before + 1] * 4 + [before + 2] * 4 + [before + 3] * 2
+    assert {m.uid: m.modseq for m in await store.list_messages(inbox)} == {m.uid: m.modseq for m in changed}
+    assert (await store.get_mailbox_by_id(a.id, inbox.id)).highest_modseq == before + 3
+    # UNCHANGEDSINCE before the last slice's change: its messages fail, the others change
+    changed, failed = await store.store_flags(inbox, range(1, 11), ["\\Flagged"], "add",
+                                              unchanged_since=before + 2)
+    assert [m.uid for m in changed] == list(range(1, 9)) and failed == [9, 10]
+    assert [m.modseq for m in changed] == [before + 4] * 4 + [before + 5] * 4
 
 
 async def test_expunge_copy_move_and_vanished(store: Store) -> None:

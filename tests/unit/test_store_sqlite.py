@@ -710,3 +710,24 @@ async def test_finding_the_due_queue_entries_does_not_walk_the_whole_queue(tmp_p
         assert steps * 100 < 20_000, f"about {steps * 100} SQLite VM steps for one due entry"
     finally:
         await store.close()
+
+
+async def test_a_flag_change_slice_stops_at_its_octets_of_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slice of store_flags also ends once the flags text it rewrites
+    passes FLAG_SLICE_OCTETS (messages.py): messages with long keyword lists
+    are rewritten in smaller commits, each with its mod-sequence."""
+    import mailyard.store.sqlite.messages as sqlite_messages
+
+    monkeypatch.setattr(sqlite_messages, "FLAG_SLICE_OCTETS", 100)
+    store = SQLiteStore(tmp_path, StoreConfig(fsync=False))
+    try:
+        await store.add_domain("example.test")
+        inbox = await _inbox(store)
+        long = [f"keyword-{i:02d}" for i in range(8)]  # 95 octets of flags text
+        for i in range(3):
+            await store.append(inbox, b"m%d\r\n" % i, long)
+        changed, _ = await store.store_flags(inbox, [1, 2, 3], ["\\Seen"], "add")
+        # the first message's old and new text pass 100 octets: one message a commit
+        assert len({m.modseq for m in changed}) == 3 and [m.uid for m in changed] == [1, 2, 3]
+    finally:
+        await store.close()

@@ -7,8 +7,8 @@ a store ``Mailbox``, which is the ``MailboxRef`` every store call checks
 
 Store exceptions become the backend's where IMAP answers them in its own
 words: MailboxGone (the selected mailbox deleted: BYE), QuotaExceeded and
-StorageFull (OVERQUOTA), TooManyMailboxes (LIMIT), AlreadyExists
-(ALREADYEXISTS), InvalidName (CANNOT). Other
+StorageFull (OVERQUOTA), TooManyMailboxes and KeywordLimit (LIMIT),
+AlreadyExists (ALREADYEXISTS), InvalidName (CANNOT). Other
 StoreErrors are answered NO with their text (session.ImapConfig.failures).
 """
 
@@ -31,14 +31,16 @@ Learn = Callable[[Account, Mailbox, Sequence[int], str], None]
 
 def _checked(name: str, **fixed: Any) -> Callable[..., Awaitable[Any]]:
     """The store coroutine ``name`` (with the keyword arguments ``fixed``),
-    with MailboxGone reaching IMAP as the backend's own (a method of the
-    class: nothing per session)."""
+    with MailboxGone and KeywordLimit reaching IMAP as the backend's own (a
+    method of the class: nothing per session)."""
 
     async def call(self: StoreBackend, *args: Any, **kw: Any) -> Any:
         try:
             return await getattr(self.store, name)(*args, **kw, **fixed)
         except store_api.MailboxGone as exc:
             raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+        except store_api.KeywordLimit as exc:
+            raise b.LimitExceeded(str(exc), exc.full) from exc
 
     call.__name__ = call.__qualname__ = name
     return call
@@ -113,7 +115,7 @@ class StoreBackend:
         try:
             await self.store.create_mailbox(self.account_id, name, special_use)
         except store_api.TooManyMailboxes as exc:
-            raise b.LimitReached(str(exc)) from exc
+            raise b.LimitExceeded(str(exc)) from exc
         except store_api.AlreadyExists as exc:
             raise b.MailboxExists(str(exc)) from exc
         except store_api.InvalidName as exc:
@@ -123,7 +125,7 @@ class StoreBackend:
         try:
             await self.store.rename_mailbox(self.account_id, old, new)
         except store_api.TooManyMailboxes as exc:
-            raise b.LimitReached(str(exc)) from exc
+            raise b.LimitExceeded(str(exc)) from exc
         except store_api.AlreadyExists as exc:
             raise b.MailboxExists(str(exc)) from exc
         except store_api.InvalidName as exc:
@@ -191,6 +193,8 @@ class StoreBackend:
             return uids
         except store_api.MailboxGone as exc:
             raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
+        except store_api.KeywordLimit as exc:
+            raise b.LimitExceeded(str(exc), exc.full) from exc
         except store_api.QuotaExceeded as exc:
             raise b.OverQuota(str(exc)) from exc
         except store_api.StorageFull as exc:

@@ -61,6 +61,10 @@ SPECIAL_USE_MAILBOXES: tuple[tuple[str, str], ...] = (
 # ``Store.object_id_hits``.
 SENT_BATCH = 500
 
+# Messages per commit of a flag change at most (``Store.store_flags``): a
+# slice of messages with few keywords is some 10 ms of the SQLite writer.
+FLAG_SLICE = 2000
+
 # The hierarchy delimiter used in mailbox names (RFC 9051 section 5.1).
 HIERARCHY_DELIMITER = "/"
 
@@ -83,6 +87,16 @@ class InvalidName(StoreError):
 
 class StorageFull(StoreError):
     """The disk is full or a quota is reached; nothing was written."""
+
+
+class KeywordLimit(StoreError):
+    """The write would define a keyword past the mailbox's bounds
+    (store/keywords.py); nothing was written. ``full``: the mailbox has as
+    many keywords as it may (not merely a keyword too long)."""
+
+    def __init__(self, text: str, full: bool = False) -> None:
+        super().__init__(text)
+        self.full = full
 
 
 class StoreUnavailable(StoreError):
@@ -270,6 +284,8 @@ class MailboxSummary:
     uids: Sequence[int]  # ascending
     keywords: frozenset[str]  # flags in use that are not system flags (no backslash)
     first_unseen: int | None  # UID of the lowest message without \Seen
+    # no new keyword can be defined (store/keywords.py; RFC 9051 7.1: no \* in PERMANENTFLAGS)
+    keywords_full: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -931,6 +947,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def deliver(self, body: bytes, targets: Sequence[DeliveryTarget]) -> list[int]:
         """Store one body into several mailboxes atomically and durably.
+        A target's keywords its mailbox has no room for are left out
+        (store/keywords.py ``fitted``).
 
         Returns the new UID in each target, in the order of ``targets``. Either
         every target has the message when this returns, or none has and it raises.
@@ -954,8 +972,9 @@ class Store(abc.ABC):
                           recent: RecentClaim | None = None) -> list[int]:
         """Add several messages to one mailbox in one atomic, durable write
         (RFC 3502 MULTIAPPEND: all or none); returns their UIDs in order.
-        QuotaExceeded when they would take the account over quota (RFC 9208).
-        ``recent``: claim their \\Recent in the same write if no earlier
+        QuotaExceeded when they would take the account over quota (RFC 9208),
+        KeywordLimit when their flags would define a keyword past the
+        mailbox's bounds (store/keywords.py). ``recent``: claim their \\Recent in the same write if no earlier
         message is unclaimed, and say so in it (``RecentClaim``)."""
 
     @abc.abstractmethod
@@ -1014,7 +1033,17 @@ class Store(abc.ABC):
         unchanged_since: int | None = None,
     ) -> tuple[list[MessageInfo], list[int]]:
         """Change flags; returns (messages whose flags changed, UIDs that failed
-        the UNCHANGEDSINCE test of RFC 7162 section 3.1.3)."""
+        the UNCHANGEDSINCE test of RFC 7162 section 3.1.3). KeywordLimit,
+        with nothing changed, when it would define a keyword past the
+        mailbox's bounds (store/keywords.py).
+
+        Written in commits of at most ``FLAG_SLICE`` messages (SQLite's
+        also stop at ``FLAG_SLICE_OCTETS`` of flags text), each slice with
+        its own mod-sequence: a STORE over a large mailbox does not hold the writer
+        (and every other session's write) for the whole of it. A STORE is
+        not atomic across messages (RFC 9051 6.4.6; RFC 7162 3.1.3 applies
+        UNCHANGEDSINCE per message), so a crash between slices leaves the
+        earlier slices' changes, each message changed whole or not at all."""
 
     @abc.abstractmethod
     async def expunge(self, mailbox: MailboxRef, uids: Sequence[int], holder: object = None) -> list[int]:
@@ -1030,6 +1059,8 @@ class Store(abc.ABC):
         returns (source UID, new UID) pairs (RFC 4315 COPYUID). A copy that
         would take the account over quota raises QuotaExceeded; a move
         leaves the account's usage as it is and is never refused for it.
+        Flags go with the messages, but for keywords the target mailbox has
+        no room for (store/keywords.py ``fitted``).
         ``holder`` as for ``expunge``."""
 
     @abc.abstractmethod

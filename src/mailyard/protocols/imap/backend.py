@@ -27,7 +27,8 @@ they are (no copy per message on FETCH 1:* of 100,000 messages).
 Errors: a backend raises the exceptions below for the outcomes IMAP answers
 in its own words (OVERQUOTA, ALREADYEXISTS, CANNOT); any exception of a type
 in ``session.ImapConfig.failures`` (BackendError, and what the server's store
-raises) is an operation refused, answered with NO and the exception's text.
+raises) is an operation refused, answered with NO and the exception's text
+(LimitExceeded with the code LIMIT).
 """
 
 from __future__ import annotations
@@ -59,9 +60,15 @@ class OverQuota(NoSpace):
     """The write would take the account over its quota (RFC 9208); nothing was written."""
 
 
-class LimitReached(BackendError):
-    """The account is at an implementation limit, such as the most mailboxes
-    it may have; nothing was written (RFC 5530 3 LIMIT)."""
+class LimitExceeded(BackendError):
+    """The operation would pass a limit of the backend, e.g. the mailboxes
+    an account or the keywords a mailbox may hold; nothing was written (RFC
+    5530 3 LIMIT). ``full``: the mailbox can take no new keyword (RFC 9051
+    7.1: no ``\\*`` in PERMANENTFLAGS)."""
+
+    def __init__(self, text: str, full: bool = False) -> None:
+        super().__init__(text)
+        self.full = full
 
 
 class MailboxExists(BackendError):
@@ -133,6 +140,8 @@ class SummaryRecord(Protocol):
     def keywords(self) -> frozenset[str]: ...  # flags in use that are not system flags
     @property
     def first_unseen(self) -> int | None: ...  # UID of the lowest message without \Seen
+    @property
+    def keywords_full(self) -> bool: ...  # no new keyword can be made (RFC 9051 7.1 PERMANENTFLAGS)
 
 
 class ChangesRecord(Protocol):
@@ -230,14 +239,14 @@ class ImapBackend(Protocol):
         ...
 
     async def create_mailbox(self, name: str, special_use: str | None = None) -> None:
-        """Raises MailboxExists, BadMailboxName, LimitReached (the account
+        """Raises MailboxExists, BadMailboxName, LimitExceeded (the account
         has the most mailboxes allowed)."""
         ...
 
     async def rename_mailbox(self, old: str, new: str) -> None:
         """The mailbox and its inferiors (RFC 9051 6.3.6); renaming INBOX moves
         its messages. Raises MailboxExists, BadMailboxName, NoSuchMailbox,
-        LimitReached."""
+        LimitExceeded."""
         ...
 
     async def delete_mailbox(self, name: str) -> None: ...

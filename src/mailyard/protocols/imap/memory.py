@@ -90,6 +90,7 @@ class MemSummary:
     uids: list[int]
     keywords: frozenset[str]
     first_unseen: int | None
+    keywords_full: bool = False
 
 
 @dataclass(frozen=True, slots=True)

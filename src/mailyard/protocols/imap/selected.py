@@ -416,6 +416,9 @@ class SelectedMailbox:
     # sessions; an IDLE session is kept small)
     known_flags: frozenset[str] = frozenset(PERMANENT_FLAGS)
     new_keywords: frozenset[str] = frozenset()
+    # RFC 9051 7.1: the mailbox can take no new keyword, so PERMANENTFLAGS
+    # lacks \* (the store bounds them: SELECT's summary, a STORE refused for it)
+    keywords_full: bool = False
     # RFC 5267 4.3: live SEARCH / SORT results by command tag (contexts.py),
     # told of the messages each change touched
     contexts: dict[str, UpdatingResult] = field(default_factory=dict)
@@ -447,6 +450,9 @@ class SelectedMailbox:
         engine.untagged(Atom("FLAGS"), flags)
         if self.readonly:
             engine.untagged_status("OK", "No permanent flags permitted", "PERMANENTFLAGS ()")
+        elif self.keywords_full:
+            perm = " ".join(str(f) for f in flags)
+            engine.untagged_status("OK", "No new keywords permitted", f"PERMANENTFLAGS ({perm})")
         else:
             perm = " ".join(str(f) for f in flags)
             engine.untagged_status("OK", "Flags permitted", f"PERMANENTFLAGS ({perm} \\*)")

@@ -40,6 +40,7 @@ from .backend import (
     ImapBackend,
     ImapIO,
     ImapLogin,
+    LimitExceeded,
     MailboxGone,
     Unavailable,
 )
@@ -266,6 +267,11 @@ class ImapSession:
             log.info("imap: %s failed: %s", cmd.name, exc)
             if self.engine.current is not None:
                 self.engine.complete("NO", str(exc) or "Service unavailable, try again later", "UNAVAILABLE")
+        except LimitExceeded as exc:
+            # RFC 5530 3 LIMIT: the operation would pass a limit of the server
+            log.info("imap: %s refused: %s", cmd.name, exc)
+            if self.engine.current is not None:
+                await self.finish("NO", str(exc), "LIMIT", allow_expunge=False)
         except self.config.failures as exc:
             log.info("imap: %s failed: %s", cmd.name, exc)
             if self.engine.current is not None:

@@ -207,10 +207,10 @@ class MailboxesMixin(PostgreSQLCore):
         async with self._conn() as c, c.transaction():
             # one snapshot for all three reads
             await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            row = await _one(c, f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE id = %s AND account_id = %s"
+            row = await _one(c, f"SELECT {MAILBOX_COLS}, keywords FROM mailboxes WHERE id = %s AND account_id = %s"
                                 " AND uid_validity = %s", (mailbox.id, mailbox.account_id, mailbox.uid_validity))
             if row is None:
                 raise MailboxGone(mailbox.id)
             rows = await _rows(c, "SELECT uid, flags FROM messages WHERE mailbox_id = %s ORDER BY uid",
                                (mailbox.id,))
-        return await self._decoded(lambda listed: _summary(mailbox_row(row), listed), rows)
+        return await self._decoded(lambda listed: _summary(mailbox_row(row[:-1]), listed, row[-1]), rows)

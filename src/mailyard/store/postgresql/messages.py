@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
 
 from ..api import (
+    FLAG_SLICE,
     AlreadyExists,
     AppendItem,
     Changes,
@@ -35,6 +36,7 @@ from ..api import (
     RestoredMessage,
     derive_record,
 )
+from ..keywords import keywords_of
 from ..names import canonical_name
 from ..rows import MESSAGE_COLS, flags_set, flags_text, message_row, quota_row
 from .core import PostgreSQLCore, log
@@ -43,10 +45,13 @@ from .transaction import (
     _LIVE_HOLD,
     _QUOTA_SQL,
     _TARGET_QUOTA_SQL,
+    _admit_keywords,
     _AfterCommit,
     _all,
     _bump_modseq,
     _collect_targets,
+    _fit_keywords,
+    _fitted_targets,
     _lock_mailboxes,
     _mailbox_quota,
     _message_rows,
@@ -83,7 +88,7 @@ class MessagesMixin(PostgreSQLCore):
         (rec,) = await self._derive([body])
 
         mailbox_ids = sorted({t.mailbox_id for t in targets})
-        if len(targets) == 1:
+        if len(targets) == 1 and not keywords_of(targets[0].flags):
             return await self._deliver_one(body, targets[0], rec)
 
         async def op(c: psycopg.AsyncConnection, tx: _Tx) -> list[int]:
@@ -98,7 +103,8 @@ class MessagesMixin(PostgreSQLCore):
             await _lock_mailboxes(c, mailbox_ids)
             # each quota is read before any of this message's rows is written
             quotas = [(t, await c.execute(_QUOTA_SQL, (t.mailbox_id,))) for t in targets if t.enforce_quota]
-            pending = await _queue_targets(c, body_id, len(body), targets)
+            # without the keywords a mailbox has no room for (store/keywords.py)
+            pending = await _queue_targets(c, body_id, len(body), await _fitted_targets(c, targets))
             over = []
             for t, cur in quotas:
                 row = await cur.fetchone()
@@ -167,11 +173,17 @@ class MessagesMixin(PostgreSQLCore):
                                     " AND uid_validity = %s FOR UPDATE",
                                     (mailbox.id, mailbox.account_id, mailbox.uid_validity))
             quota = await c.execute(_QUOTA_SQL, (mailbox.id,))
+            wanted = {f for item in batch for f in item.flags}
+            if keywords_of(wanted):
+                if await owned.fetchone() is None:
+                    raise MailboxGone(mailbox.id)
+                # the keywords all fit, or nothing is written (store/keywords.py)
+                await _admit_keywords(c, mailbox.id, wanted)
             pending = []
             for item, body_id in zip(batch, body_ids, strict=True):
                 target = DeliveryTarget(mailbox.id, b"", item.flags, item.internal_date)
                 pending += await _queue_targets(c, body_id, len(item.data), [target])
-            if await owned.fetchone() is None:
+            if not keywords_of(wanted) and await owned.fetchone() is None:
                 raise MailboxGone(mailbox.id)
             # RFC 9208 / RFC 3502: the whole MULTIAPPEND fits, or none of it is written
             row = await quota.fetchone()
@@ -246,8 +258,10 @@ class MessagesMixin(PostgreSQLCore):
                     (mailbox_id, item.uid, body_id, b"", len(item.data), flags_text(item.flags), item.internal_date,
                      item.modseq, item.save_date))
                 await _save_derived(c, body_id, rec)
+            # keywords NULL: the defined keywords are read from the messages,
+            # restored ones too, when next needed (transaction.py _defined_keywords)
             await c.execute("UPDATE mailboxes SET uid_next = greatest(uid_next, %s),"
-                            " highest_modseq = greatest(highest_modseq, %s) WHERE id = %s",
+                            " highest_modseq = greatest(highest_modseq, %s), keywords = NULL WHERE id = %s",
                             (batch[-1].uid + 1, max(m.modseq for m in batch), mailbox_id))
             tx.changed.add(mailbox_id)
 
@@ -469,10 +483,27 @@ class MessagesMixin(PostgreSQLCore):
     async def store_flags(self, mailbox: MailboxRef, uids: Sequence[int], flags: Iterable[str], mode: FlagMode,
                           unchanged_since: int | None = None) -> tuple[list[MessageInfo], list[int]]:
         flag_set = frozenset(flags)
-        wanted = sorted(set(uids))
+        everything = sorted(set(uids))
+        changed_all: list[MessageInfo] = []
+        failed_all: list[int] = []
+        # FLAG_SLICE messages a transaction (Store.store_flags): the
+        # mailbox row stays locked for one slice at a time
+        for start in range(0, max(len(everything), 1), FLAG_SLICE):
+            changed, failed = await self._write(self._flags_op(
+                mailbox, everything[start:start + FLAG_SLICE], flag_set, mode, unchanged_since))
+            changed_all += changed
+            failed_all += failed
+        return changed_all, failed_all
+
+    def _flags_op(self, mailbox: MailboxRef, wanted: list[int], flag_set: frozenset[str], mode: FlagMode,
+                  unchanged_since: int | None) -> Callable[[psycopg.AsyncConnection, _Tx],
+                                                           Awaitable[tuple[list[MessageInfo], list[int]]]]:
+        """The write of one slice of ``store_flags``."""
 
         async def op(c: psycopg.AsyncConnection, tx: _Tx) -> tuple[list[MessageInfo], list[int]]:
             mailbox_id = await self._owned_w(c, mailbox)
+            if mode != "remove":
+                await _admit_keywords(c, mailbox_id, flag_set)  # before any row changes
             changed: list[tuple[int, str]] = []
             failed: list[int] = []
             for uid, text, modseq in await _all(
@@ -498,7 +529,7 @@ class MessagesMixin(PostgreSQLCore):
                                   " ORDER BY uid", (mailbox_id, [u for u, _ in changed]))
             return [message_row(r) for r in infos], failed
 
-        return await self._write(op)
+        return op
 
     async def expunge(self, mailbox: MailboxRef, uids: Sequence[int], holder: object = None) -> list[int]:
         wanted = sorted(set(uids))
@@ -536,6 +567,11 @@ class MessagesMixin(PostgreSQLCore):
                 return []
             if not move and not (await _mailbox_quota(c, dst_id)).fits(sum(r[3] for r in rows), len(rows)):
                 raise QuotaExceeded("over quota", [dst_id])
+            # RFC 9051 6.4.7: the flags go with the copy, but for keywords the
+            # target has no room for (store/keywords.py)
+            kept = {text: flags_text(await _fit_keywords(c, dst_id, flags_set(text)))
+                    for text in sorted({r[4] for r in rows})}
+            rows = [(*r[:4], kept[r[4]], *r[5:]) for r in rows]
             start, modseq = await _one(
                 c, "UPDATE mailboxes SET uid_next = uid_next + %s, highest_modseq = highest_modseq + 1"
                 " WHERE id = %s RETURNING uid_next - %s, highest_modseq", (len(rows), dst_id, len(rows)))

@@ -279,6 +279,12 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX mailboxes_name_octets ON mailboxes (account_id, (name COLLATE "C"));
     """,
+    # 8: the keywords defined in a mailbox, space-separated (store/keywords.py);
+    # NULL, as every mailbox has it here, stands for the keywords its
+    # messages have, read the first time a write needs them (transaction.py)
+    """
+    ALTER TABLE mailboxes ADD COLUMN keywords TEXT;
+    """,
 ]
 
 # pgcrypto may be absent: 32 random bytes from md5 of random() values would be

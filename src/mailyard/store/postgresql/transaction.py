@@ -10,6 +10,7 @@ more than ``LIST_INLINE`` (``_Rows``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,6 +33,7 @@ from ..api import (
     QuotaExceeded,
     TooManyMailboxes,
 )
+from ..keywords import admitted, defined_text, fitted, is_full, keywords_of, parse_defined
 from ..rows import QUOTA_COLS, THREAD_LOOKUP_IDS, flags_set, flags_text, message_row, quota_row
 
 _SORT_COLS = ("date", "subject", "refwd", "from_mailbox", "from_display", "to_mailbox", "to_display", "cc_mailbox",
@@ -94,12 +96,59 @@ def _thread_keys(rows: list[tuple]) -> dict[int, ThreadKeys]:
     return {r[0]: (r[1], r[2], bool(r[3]), r[4], tuple(r[5].split()) if r[5] else ()) for r in rows}
 
 
-def _summary(mailbox: Mailbox, rows: list[tuple]) -> MailboxSummary:
-    """SELECT's summary of a mailbox from its (uid, flags) rows in UID order."""
+def _summary(mailbox: Mailbox, rows: list[tuple], defined: str | None = None) -> MailboxSummary:
+    """SELECT's summary of a mailbox from its (uid, flags) rows in UID order
+    and its defined keywords (``mailboxes.keywords``)."""
     uids = [r[0] for r in rows]
-    keywords = {f for text in {r[1] for r in rows} for f in text.split() if not f.startswith("\\")}
+    keywords = frozenset(f for text in {r[1] for r in rows} for f in text.split() if not f.startswith("\\"))
     first_unseen = next((r[0] for r in rows if "\\Seen" not in flags_set(r[1])), None)
-    return MailboxSummary(mailbox, uids, frozenset(keywords), first_unseen)
+    full = is_full(keywords if defined is None else parse_defined(defined))
+    return MailboxSummary(mailbox, uids, keywords, first_unseen, full)
+
+
+async def _defined_keywords(c: psycopg.AsyncConnection, mailbox_id: int) -> tuple[frozenset[str], bool]:
+    """(the mailbox's defined keywords, whether they are saved), inside a
+    write that holds the mailbox row's lock; NULL stands for the keywords
+    in use (schema migration 8)."""
+    row = await _one(c, "SELECT keywords FROM mailboxes WHERE id = %s", (mailbox_id,))
+    if row is None:
+        raise NotFound(f"mailbox {mailbox_id} does not exist")
+    if row[0] is not None:
+        return parse_defined(row[0]), True
+    rows = await _all(c, "SELECT DISTINCT flags FROM messages WHERE mailbox_id = %s", (mailbox_id,))
+    return frozenset(f for (text,) in rows for f in text.split() if not f.startswith("\\")), False
+
+
+async def _admit_keywords(c: psycopg.AsyncConnection, mailbox_id: int, flags: Iterable[str]) -> None:
+    """Define the keywords of ``flags`` in the mailbox (store/keywords.py
+    ``admitted``); KeywordLimit past its bounds, before anything is written."""
+    if not keywords_of(flags):
+        return
+    defined, saved = await _defined_keywords(c, mailbox_id)
+    new = admitted(defined, flags)
+    if new is not None or not saved:
+        await c.execute("UPDATE mailboxes SET keywords = %s WHERE id = %s",
+                        (defined_text(new if new is not None else defined), mailbox_id))
+
+
+async def _fit_keywords(c: psycopg.AsyncConnection, mailbox_id: int, flags: frozenset[str]) -> frozenset[str]:
+    """``flags`` without the keywords the mailbox has no room for, the others
+    defined in it (store/keywords.py ``fitted``: a copied or delivered message)."""
+    if not keywords_of(flags):
+        return flags
+    defined, saved = await _defined_keywords(c, mailbox_id)
+    kept, new = fitted(defined, flags)
+    if new is not None or not saved:
+        await c.execute("UPDATE mailboxes SET keywords = %s WHERE id = %s",
+                        (defined_text(new if new is not None else defined), mailbox_id))
+    return kept
+
+
+async def _fitted_targets(c: psycopg.AsyncConnection, targets: Sequence[DeliveryTarget]) -> list[DeliveryTarget]:
+    """``targets`` with the keywords their mailboxes have no room for left
+    out; the mailbox rows are locked already."""
+    return [dataclasses.replace(t, flags=await _fit_keywords(c, t.mailbox_id, t.flags))
+            if keywords_of(t.flags) else t for t in targets]
 
 
 class _Rows:
@@ -166,8 +215,8 @@ async def _insert_mailbox(c: psycopg.AsyncConnection, account_id: int, name: str
             raise TooManyMailboxes(f"the account has the most folders allowed ({limit})")
     if await _one(c, "SELECT 1 FROM mailboxes WHERE account_id = %s AND name = %s", (account_id, name)):
         raise AlreadyExists(f"mailbox {name} exists already")
-    row = await _one(c, "INSERT INTO mailboxes(account_id, name, uid_validity, special_use) VALUES (%s, %s, %s, %s)"
-                        " RETURNING id", (account_id, name, await _next_uid_validity(c), special_use))
+    row = await _one(c, "INSERT INTO mailboxes(account_id, name, uid_validity, special_use, keywords)"
+                        " VALUES (%s, %s, %s, %s, '') RETURNING id", (account_id, name, await _next_uid_validity(c), special_use))
     if subscribe:
         await c.execute("INSERT INTO subscriptions(account_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                         (account_id, name))
@@ -222,10 +271,11 @@ async def _insert_targets(c: psycopg.AsyncConnection, tx: _Tx, body_id: int, bod
         if row is None:
             raise NotFound(f"mailbox {t.mailbox_id} does not exist")
         uid, modseq = row
+        flags = await _fit_keywords(c, t.mailbox_id, t.flags)  # the mailbox row is locked by the UPDATE
         await c.execute(
             "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq, save_date)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (t.mailbox_id, uid, body_id, t.trace_prefix, len(t.trace_prefix) + body_len, flags_text(t.flags),
+            (t.mailbox_id, uid, body_id, t.trace_prefix, len(t.trace_prefix) + body_len, flags_text(flags),
              t.internal_date if t.internal_date is not None else now, modseq, now))
         tx.changed.add(t.mailbox_id)
         uids.append(uid)

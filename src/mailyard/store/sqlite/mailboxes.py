@@ -32,9 +32,11 @@ from ..api import (
     StoreError,
     TooManyMailboxes,
 )
+from ..keywords import is_full, parse_defined
 from ..names import canonical_name
 from ..rows import MAILBOX_COLS, mailbox_row
 from .core import LIST_LANE, SQLiteCore, many_messages
+from .keywords import keywords_in_use
 from .messages import bump_modseq, drop_mailbox_messages
 from .writer import WriteContext
 
@@ -44,18 +46,6 @@ from .writer import WriteContext
 # every entry of messages_flags, which holds the flags too.
 UNSEEN = "instr(' ' || flags || ' ', ' \\Seen ') = 0"
 DELETED = "instr(' ' || flags || ' ', ' \\Deleted ') > 0"
-# The distinct flag combinations of a mailbox, seeking from one to the next in
-# messages_flags: a few index lookups per combination, whatever the number
-# of messages (a mailbox has few combinations).
-DISTINCT_FLAGS = (
-    "WITH RECURSIVE f(flags) AS ("
-    " SELECT min(flags) FROM messages WHERE mailbox_id = ?1"
-    " UNION ALL"
-    " SELECT (SELECT min(flags) FROM messages WHERE mailbox_id = ?2 AND flags > f.flags) FROM f"
-    " WHERE f.flags IS NOT NULL)"
-    " SELECT flags FROM f WHERE flags IS NOT NULL"
-)
-
 
 def _read_summary(c: sqlite3.Connection, mailbox: MailboxRef) -> MailboxSummary:
     """What SELECT announces (``Store.mailbox_summary``), from one read snapshot."""
@@ -72,12 +62,8 @@ def _read_summary(c: sqlite3.Connection, mailbox: MailboxRef) -> MailboxSummary:
             "SELECT group_concat(uid) FROM (SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid)",
             (mailbox_id,),
         ).fetchone()[0]
-        keywords = {
-            f
-            for (flags,) in c.execute(DISTINCT_FLAGS, (mailbox_id, mailbox_id))
-            for f in flags.split()
-            if not f.startswith("\\")
-        }
+        keywords = keywords_in_use(c, mailbox_id)
+        defined = c.execute("SELECT keywords FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()[0]
         first_unseen = c.execute(
             f"SELECT min(uid) FROM messages INDEXED BY messages_unseen WHERE mailbox_id = ? AND {UNSEEN}",
             (mailbox_id,),
@@ -87,7 +73,8 @@ def _read_summary(c: sqlite3.Connection, mailbox: MailboxRef) -> MailboxSummary:
     # "1,2,3": read as a JSON array, three times faster than int() per UID
     # (a SELECT of a 10,000-message mailbox, bench/imap.py)
     uids = json.loads("[" + text + "]") if text else []
-    return MailboxSummary(mailbox_row(row), uids, frozenset(keywords), first_unseen)
+    full = is_full(keywords if defined is None else parse_defined(defined))
+    return MailboxSummary(mailbox_row(row), uids, keywords, first_unseen, full)
 
 
 def next_uid_validity(c: sqlite3.Connection) -> int:
@@ -111,7 +98,7 @@ def insert_mailbox(c: sqlite3.Connection, account_id: int, name: str, special_us
         raise TooManyMailboxes(f"the account has the most folders allowed ({limit})")
     try:
         cur = c.execute(
-            "INSERT INTO mailboxes(account_id, name, uid_validity, special_use) VALUES (?, ?, ?, ?)",
+            "INSERT INTO mailboxes(account_id, name, uid_validity, special_use, keywords) VALUES (?, ?, ?, ?, '')",
             (account_id, name, next_uid_validity(c), special_use),
         )
     except sqlite3.IntegrityError:

@@ -69,8 +69,10 @@ class RestoreMixin(BodiesMixin, SQLiteCore):
                     " save_date) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (mailbox_id, item.uid, body_id, b"", len(item.data), flags_text(item.flags), item.internal_date,
                      item.modseq, item.save_date))
-            c.execute("UPDATE mailboxes SET uid_next = max(uid_next, ?), highest_modseq = max(highest_modseq, ?)"
-                      " WHERE id = ?", (batch[-1].uid + 1, max(m.modseq for m in batch), mailbox_id))
+            # keywords NULL: the mailbox's defined keywords are read from
+            # its messages when next needed (sqlite/keywords.py), restored ones too
+            c.execute("UPDATE mailboxes SET uid_next = max(uid_next, ?), highest_modseq = max(highest_modseq, ?),"
+                      " keywords = NULL WHERE id = ?", (batch[-1].uid + 1, max(m.modseq for m in batch), mailbox_id))
             ctx.changed.add(mailbox_id)
 
         await self._write(op)

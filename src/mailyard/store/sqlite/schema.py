@@ -1,4 +1,4 @@
-"""The tables of the SQLite store (version 10), and how an older data
+"""The tables of the SQLite store (version 11), and how an older data
 directory is brought up to date when it is opened (``create``).
 
 The schema only adds (``CREATE ... IF NOT EXISTS``); ``migrate`` does what
@@ -66,6 +66,12 @@ a segment file (bodies.py ``INLINE_MAX``); its ``bodies`` row has segment 0
 stay in their segments; nothing is moved. A ``body_data`` row goes with its
 ``bodies`` row (ON DELETE CASCADE), whatever code deletes that.
 
+Version 11: ``mailboxes.keywords``, the keywords defined in the mailbox
+(store/keywords.py: what bounds them is one look at the mailbox's row).
+NULL, as every mailbox of a migrated directory has it, stands for the
+keywords its messages have, read the first time a write needs them
+(sqlite/keywords.py ``defined_keywords``).
+
 A store is never downgraded: code that knows a lower version than the
 directory's refuses to open it (``check_version``), since it would neither
 read nor release what the later versions added (a version 9 server would
@@ -87,7 +93,7 @@ from . import textindex
 
 log = logging.getLogger("mailyard.store")
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -134,6 +140,7 @@ CREATE TABLE IF NOT EXISTS mailboxes (
     special_use    TEXT,
     subscribed     INTEGER NOT NULL DEFAULT 1,  -- version 1; version 2 uses subscriptions
     recent_uid     INTEGER NOT NULL DEFAULT 0,  -- version 2: UIDs above are \\Recent (RFC 3501 2.3.2)
+    keywords       TEXT,  -- version 11: defined keywords, space-separated; NULL: those in use (keywords.py)
     UNIQUE (account_id, name)
 );
 -- One row per stored body; several messages (recipients, COPY) may share it.
@@ -471,6 +478,8 @@ def migrate(c: sqlite3.Connection) -> None:
             # fts_fields exists (textindex.SCHEMA) but is empty: bodies
             # derived before get their rows in the background, from body id 0 on
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('fields_index_backfill', '0')")
+        if version < 11:
+            _add_columns(c, "mailboxes", (("keywords", "TEXT"),))  # NULL: read from the messages when needed
         c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         c.execute("COMMIT")
     except BaseException:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from .. import commands as c
 from .. import names, objectid
-from ..backend import BadMailboxName, LimitReached, MailboxExists, NoSuchMailbox
+from ..backend import BadMailboxName, LimitExceeded, MailboxExists, NoSuchMailbox
 from ..response import Atom, Mailbox
 from .quota import kib
 
@@ -79,7 +79,7 @@ async def cmd_create(s: ImapSession, cmd: c.MailboxCommand) -> None:
     except MailboxExists:
         await s.finish("NO", "Mailbox already exists", "ALREADYEXISTS")
         return
-    except LimitReached as exc:
+    except LimitExceeded as exc:
         await _unmake(s, made)
         await s.finish("NO", str(exc), "LIMIT")  # RFC 5530 3
         return
@@ -135,7 +135,7 @@ async def cmd_rename(s: ImapSession, cmd: c.Rename) -> None:
     except MailboxExists:
         await s.finish("NO", "Target mailbox already exists", "ALREADYEXISTS")
         return
-    except LimitReached as exc:
+    except LimitExceeded as exc:
         await _unmake(s, made)
         await s.finish("NO", str(exc), "LIMIT")  # RFC 5530 3
         return

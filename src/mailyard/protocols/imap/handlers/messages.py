@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .. import commands as c
 from .. import fetch as f
 from .. import imapurl, names
-from ..backend import NewMessage, NoSpace, RecentClaim
+from ..backend import LimitExceeded, NewMessage, NoSpace, RecentClaim
 from ..fetch_plan import (
     HEADER_FIELDS_TEXTS,
     HEADER_LINE_WORK,
@@ -347,7 +347,12 @@ async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
     # STORE's own change from another session's to the same message
     before = await sel.infos(b) if cmd.silent else None
     known = sel.known_modseq
-    changed, failed = await b.store_flags(sel.mailbox, uids, flags, cmd.mode, cmd.unchanged_since)
+    try:
+        changed, failed = await b.store_flags(sel.mailbox, uids, flags, cmd.mode, cmd.unchanged_since)
+    except LimitExceeded as exc:
+        if exc.full:
+            sel.keywords_full = True  # RFC 9051 7.1: the next PERMANENTFLAGS lacks \*
+        raise  # NO [LIMIT] (session.py), nothing changed
     by_uid = {m.uid: m for m in changed}
     for m in changed:
         if before is not None:

@@ -62,6 +62,7 @@ async def cmd_select(s: ImapSession, cmd: c.Select) -> None:
     sel.hold(b)
     if summary.keywords:
         sel.known_flags |= frozenset(summary.keywords)
+    sel.keywords_full = summary.keywords_full
     eng.untagged(len(view), Atom("EXISTS"))
     if not eng.rev2:
         # RFC 3501 6.3.1 / 2.3.2: messages no session has seen yet are \Recent
