@@ -37,6 +37,7 @@ from mailyard.store.api import (
     RestoredMessage,
     Store,
     StoreError,
+    TooManyMailboxes,
     WebSession,
 )
 from mailyard.store.keywords import MAX_KEYWORD_OCTETS, MAX_KEYWORDS, MAX_KEYWORDS_OCTETS
@@ -122,6 +123,60 @@ async def test_has_inferiors_reads_the_names_below_one(store: Store) -> None:
     assert not await store.has_inferiors(b.id, "INBOX") and await store.has_inferiors(b.id, "Work")
     for bad in ("Work/", "a//b", ".."):  # no mailbox can have such a name, nor any below it
         assert not await store.has_inferiors(a.id, bad)
+
+
+async def test_superiors_are_made_with_the_mailbox_or_not_at_all(store: Store) -> None:
+    """``create_mailbox`` and ``rename_mailbox`` with ``superiors`` make the
+    superior names that are not mailboxes in the same write as the mailbox
+    (RFC 9051 6.3.4, 6.3.6), with one check of ``max_mailboxes`` for all of
+    them: past it nothing is made and nothing renamed; one that exists
+    already is left as it is."""
+    a = await store.add_account("a@example.test", "h")
+    store.max_mailboxes = 9  # a new account has six
+    before = {b.name for b in await store.list_mailboxes(a.id)}
+    with pytest.raises(TooManyMailboxes):  # four to make, room for three
+        await store.create_mailbox(a.id, "A/B/C/D", superiors=True)
+    assert {b.name for b in await store.list_mailboxes(a.id)} == before
+    await store.create_mailbox(a.id, "A/B", superiors=True)
+    await store.create_mailbox(a.id, "A/C", superiors=True)  # "A" exists: one to make
+    assert {b.name for b in await store.list_mailboxes(a.id)} == before | {"A", "A/B", "A/C"}
+    assert "A" not in await store.list_subscriptions(a.id)  # made unsubscribed
+    with pytest.raises(TooManyMailboxes):  # two superiors to make, the account full
+        await store.rename_mailbox(a.id, "A/C", "X/Y/C", superiors=True)
+    assert {b.name for b in await store.list_mailboxes(a.id)} == before | {"A", "A/B", "A/C"}
+    await store.delete_mailbox(a.id, "A/B")
+    await store.delete_mailbox(a.id, "A")
+    await store.rename_mailbox(a.id, "A/C", "X/Y/C", superiors=True)
+    assert {b.name for b in await store.list_mailboxes(a.id)} == before | {"X", "X/Y", "X/Y/C"}
+
+
+async def test_subscriptions_are_bounded_at_twice_max_mailboxes(store: Store) -> None:
+    """An account subscribes to at most ``max_subscriptions`` names, twice
+    ``max_mailboxes`` (subscriptions are names, and a deleted mailbox keeps
+    its own, RFC 9051 6.3.7): a new one past it is refused, one subscribed
+    already is not, and a mailbox made subscribed past it is made without
+    its subscription. Other accounts are not affected."""
+    from mailyard.store.api import TooManySubscriptions
+
+    a = await store.add_account("a@example.test", "h")
+    b = await store.add_account("b@example.test", "h")
+    store.max_mailboxes = 8
+    assert store.max_subscriptions == 16
+    own = await store.list_subscriptions(a.id)  # a new account's mailboxes
+    for n in range(16 - len(own)):
+        await store.set_subscribed(a.id, f"Gone/{n}", True)
+    with pytest.raises(TooManySubscriptions):
+        await store.set_subscribed(a.id, "Gone/more", True)
+    assert len(await store.list_subscriptions(a.id)) == 16
+    await store.set_subscribed(a.id, "Gone/0", True)  # subscribed already
+    await store.set_subscribed(b.id, "Other", True)
+    box = await store.create_mailbox(a.id, "Made", subscribe=True)
+    assert box.name == "Made" and "Made" not in await store.list_subscriptions(a.id)
+    await store.set_subscribed(a.id, "Gone/1", False)
+    await store.set_subscribed(a.id, "Gone/more", True)
+    assert len(await store.list_subscriptions(a.id)) == 16
+    store.max_mailboxes = None
+    await store.set_subscribed(a.id, "Unbounded", True)
 
 
 async def test_account_has_inbox_and_special_use(store: Store) -> None:

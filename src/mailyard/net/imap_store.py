@@ -7,7 +7,8 @@ a store ``Mailbox``, which is the ``MailboxRef`` every store call checks
 
 Store exceptions become the backend's where IMAP answers them in its own
 words: MailboxGone (the selected mailbox deleted: BYE), QuotaExceeded and
-StorageFull (OVERQUOTA), TooManyMailboxes and KeywordLimit (LIMIT),
+StorageFull (OVERQUOTA), TooManyMailboxes, TooManySubscriptions and
+KeywordLimit (LIMIT),
 AlreadyExists (ALREADYEXISTS), InvalidName (CANNOT). Other
 StoreErrors are answered NO with their text (session.ImapConfig.failures).
 """
@@ -113,7 +114,7 @@ class StoreBackend:
 
     async def create_mailbox(self, name: str, special_use: str | None = None) -> None:
         try:
-            await self.store.create_mailbox(self.account_id, name, special_use)
+            await self.store.create_mailbox(self.account_id, name, special_use, superiors=True)
         except store_api.TooManyMailboxes as exc:
             raise b.LimitExceeded(str(exc)) from exc
         except store_api.AlreadyExists as exc:
@@ -123,7 +124,7 @@ class StoreBackend:
 
     async def rename_mailbox(self, old: str, new: str) -> None:
         try:
-            await self.store.rename_mailbox(self.account_id, old, new)
+            await self.store.rename_mailbox(self.account_id, old, new, superiors=True)
         except store_api.TooManyMailboxes as exc:
             raise b.LimitExceeded(str(exc)) from exc
         except store_api.AlreadyExists as exc:
@@ -139,6 +140,8 @@ class StoreBackend:
     async def set_subscribed(self, name: str, subscribed: bool) -> None:
         try:
             await self.store.set_subscribed(self.account_id, name, subscribed)
+        except store_api.TooManySubscriptions as exc:
+            raise b.LimitExceeded(str(exc)) from exc
         except store_api.InvalidName as exc:
             raise b.BadMailboxName(str(exc)) from exc
 

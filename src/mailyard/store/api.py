@@ -126,6 +126,12 @@ class TooManyMailboxes(StorageFull):
     ``NO [LIMIT]``, RFC 5530 3)."""
 
 
+class TooManySubscriptions(StorageFull):
+    """The account holds the most subscriptions allowed
+    (``Store.max_subscriptions``); the name was not subscribed (IMAP
+    answers ``NO [LIMIT]``, RFC 5530 3)."""
+
+
 class MailboxGone(NotFound):
     """A session's reference to a mailbox is no longer good: the mailbox was
     deleted (or its account removed), belongs to another account, or has
@@ -540,6 +546,17 @@ class Store(abc.ABC):
     # set in the worker that runs the queue (mailyard/workers.py).
     on_queue_note: Callable[[], None] | None = None
 
+    @property
+    def max_subscriptions(self) -> int | None:
+        """The most names one account may subscribe to: twice
+        ``max_mailboxes`` (None: no bound). Subscriptions are names, not
+        mailboxes (RFC 9051 6.3.7), and a deleted mailbox keeps its own, so
+        an account at its folder bound, every folder subscribed, still has
+        room for as many names again (folders deleted, or on a server it
+        moved from); and every LIST and LSUB goes over them all, so they are
+        bounded like the folders are."""
+        return None if self.max_mailboxes is None else 2 * self.max_mailboxes
+
     def attach_peers(self, channel: ChannelLike) -> None:
         """Exchange change notes with the other worker processes serving
         this store (store/notify.py)."""
@@ -848,12 +865,17 @@ class Store(abc.ABC):
     # --- mailboxes --------------------------------------------------------
     @abc.abstractmethod
     async def create_mailbox(
-        self, account_id: int, name: str, special_use: str | None = None, subscribe: bool = False
+        self, account_id: int, name: str, special_use: str | None = None, subscribe: bool = False,
+        superiors: bool = False,
     ) -> Mailbox:
         """Create a mailbox; with ``subscribe`` its name is subscribed too
-        (IMAP CREATE does not subscribe: RFC 9051 6.3.4). TooManyMailboxes
-        when the account has ``max_mailboxes`` already (checked in the
-        write, so concurrent creations cannot pass it)."""
+        (IMAP CREATE does not subscribe: RFC 9051 6.3.4), while the account
+        has fewer than ``max_subscriptions``. With ``superiors`` the
+        superior names that are not mailboxes are made too (RFC 9051
+        6.3.4), unsubscribed, in the same write. TooManyMailboxes when the
+        account has no room for all it would make (checked once in the
+        write, so concurrent creations cannot pass it): then nothing is
+        made."""
 
     @abc.abstractmethod
     async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
@@ -893,11 +915,14 @@ class Store(abc.ABC):
         HIGHESTMODSEQ rise to cover them."""
 
     @abc.abstractmethod
-    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+    async def rename_mailbox(self, account_id: int, old: str, new: str, superiors: bool = False) -> None:
         """Rename a mailbox and its inferiors (RFC 9051 6.3.6).
 
         Renaming INBOX moves its messages to a new mailbox and leaves INBOX
-        empty (TooManyMailboxes when the account has ``max_mailboxes``).
+        empty. With ``superiors`` the superior names of ``new`` that are not
+        mailboxes are made too, in the same write (RFC 9051 6.3.6).
+        TooManyMailboxes when the account has no room for the mailboxes
+        this makes: then nothing changes.
         """
 
     @abc.abstractmethod
@@ -907,7 +932,9 @@ class Store(abc.ABC):
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
         """Add a name to (or remove it from) the account's subscriptions. The
         name need not be an existing mailbox (RFC 9051 6.3.7-8); raises
-        InvalidName for a bad name. A new account's mailboxes start
+        InvalidName for a bad name, TooManySubscriptions for a new one when
+        the account has ``max_subscriptions`` already (checked in the
+        write). A new account's mailboxes start
         subscribed; renaming moves the subscriptions of the mailbox and its
         inferiors; deleting a mailbox leaves its subscription (RFC 9051
         6.3.7: a server MUST NOT unilaterally remove one)."""

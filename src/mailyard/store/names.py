@@ -94,3 +94,10 @@ def canonical_name(name: str) -> str:
     if first.upper() == "INBOX":
         return "INBOX" + sep + rest
     return name
+
+
+def superior_names(name: str) -> list[str]:
+    """The superior names of a canonical mailbox name, outermost first
+    ("a/b/c": "a", "a/b"), canonical too (RFC 9051 6.3.4)."""
+    levels = name.split(HIERARCHY_DELIMITER)
+    return [HIERARCHY_DELIMITER.join(levels[:i]) for i in range(1, len(levels))]

@@ -239,20 +239,24 @@ class ImapBackend(Protocol):
         ...
 
     async def create_mailbox(self, name: str, special_use: str | None = None) -> None:
-        """Raises MailboxExists, BadMailboxName, LimitExceeded (the account
-        has the most mailboxes allowed)."""
+        """The mailbox and the superior names that are not mailboxes (RFC
+        9051 6.3.4), all or none. Raises MailboxExists, BadMailboxName,
+        LimitExceeded (the account has no room for them all: then none is
+        made)."""
         ...
 
     async def rename_mailbox(self, old: str, new: str) -> None:
-        """The mailbox and its inferiors (RFC 9051 6.3.6); renaming INBOX moves
-        its messages. Raises MailboxExists, BadMailboxName, NoSuchMailbox,
-        LimitExceeded."""
+        """The mailbox and its inferiors (RFC 9051 6.3.6), the superior names
+        of ``new`` that are not mailboxes made, all or nothing; renaming INBOX
+        moves its messages. Raises MailboxExists, BadMailboxName,
+        NoSuchMailbox, LimitExceeded."""
         ...
 
     async def delete_mailbox(self, name: str) -> None: ...
 
     async def set_subscribed(self, name: str, subscribed: bool) -> None:
-        """The name need not exist (RFC 9051 6.3.7-8); raises BadMailboxName."""
+        """The name need not exist (RFC 9051 6.3.7-8); raises BadMailboxName,
+        LimitExceeded (the account has the most subscriptions allowed)."""
         ...
 
     async def list_subscriptions(self) -> Sequence[str]: ...

@@ -55,7 +55,7 @@ from .backend import (
 )
 from .framing import Limits
 from .handlers import HANDLERS
-from .names import DELIMITER, is_inferior, name_problem
+from .names import DELIMITER, is_inferior, name_problem, parents
 from .session import ImapConfig, ImapSession
 
 _T = TypeVar("_T")
@@ -359,6 +359,12 @@ class MemoryBackend:
         if name_problem(name):
             raise BadMailboxName(name_problem(name) or "")
         self._write()
+        if self.store.find(self.user, name) is not None:
+            raise MailboxExists(f"mailbox {name} exists already")
+        # RFC 9051 6.3.4: the superior names that are not mailboxes too
+        for parent in parents(_canonical(name)):
+            if self.store.find(self.user, parent) is None:
+                self.store.notify(self.store.create(self.user, parent).id)
         box = self.store.create(self.user, name, special_use)
         self.store.notify(box.id)
 
@@ -373,6 +379,10 @@ class MemoryBackend:
             raise BadMailboxName("a mailbox cannot be renamed into itself")
         self._write()
         subs = self.store.subscriptions[self.user]
+        # RFC 9051 6.3.6: the superior names of the new name as needed
+        for parent in parents(new):
+            if self.store.find(self.user, parent) is None:
+                self.store.notify(self.store.create(self.user, parent).id)
         if old == "INBOX":
             # RFC 9051 6.3.6: INBOX's messages move; INBOX stays, empty
             dst = self.store.create(self.user, new)

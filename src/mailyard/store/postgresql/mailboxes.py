@@ -20,6 +20,7 @@ from ..api import (
     MailboxSummary,
     NotFound,
     StoreError,
+    TooManySubscriptions,
 )
 from ..names import canonical_name
 from ..rows import MAILBOX_COLS, mailbox_row
@@ -27,10 +28,13 @@ from .core import PostgreSQLCore
 from .transaction import (
     _all,
     _bump_modseq,
+    _check_room,
     _drop_mailbox_messages,
     _insert_mailbox,
+    _missing_superiors,
     _one,
     _rows,
+    _subscribe,
     _summary,
     _Tx,
 )
@@ -41,13 +45,21 @@ class MailboxesMixin(PostgreSQLCore):
 
     # --- mailboxes ---------------------------------------------------------------------
     async def create_mailbox(self, account_id: int, name: str, special_use: str | None = None,
-                             subscribe: bool = False) -> Mailbox:
+                             subscribe: bool = False, superiors: bool = False) -> Mailbox:
         canonical = canonical_name(name)
 
         async def op(c: psycopg.AsyncConnection, tx: _Tx) -> int:
             if await _one(c, "SELECT 1 FROM accounts WHERE id = %s", (account_id,)) is None:
                 raise NotFound(f"no account with id {account_id}")
-            return await _insert_mailbox(c, account_id, canonical, special_use, subscribe, self.max_mailboxes)
+            if await _one(c, "SELECT 1 FROM mailboxes WHERE account_id = %s AND name = %s", (account_id, canonical)):
+                raise AlreadyExists(f"mailbox {canonical} exists already")
+            # the superiors and the mailbox, or (past the bound) nothing
+            made = await _missing_superiors(c, account_id, canonical) if superiors else []
+            await _check_room(c, account_id, len(made) + 1, self.max_mailboxes)
+            for parent in made:
+                await _insert_mailbox(c, account_id, parent, None)
+            return await _insert_mailbox(c, account_id, canonical, special_use, subscribe,
+                                         subscriptions=self.max_subscriptions)
 
         mailbox_id = await self._write(op, directory=True)
         mailbox = await self.get_mailbox_by_id(account_id, mailbox_id)
@@ -84,7 +96,7 @@ class MailboxesMixin(PostgreSQLCore):
         return bool(await self._q('SELECT 1 FROM mailboxes WHERE account_id = %s AND name COLLATE "C" > %s'
                                   ' AND name COLLATE "C" < %s LIMIT 1', (account_id, base + "/", base + "0")))
 
-    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+    async def rename_mailbox(self, account_id: int, old: str, new: str, superiors: bool = False) -> None:
         old_name = canonical_name(old)
         new_name = canonical_name(new)
 
@@ -97,10 +109,16 @@ class MailboxesMixin(PostgreSQLCore):
                 raise AlreadyExists(f"mailbox {new_name} exists already")
             if new_name == old_name or new_name.startswith(old_name + HIERARCHY_DELIMITER):
                 raise InvalidName("a mailbox cannot be renamed into itself")
+            # the superiors of the new name (none of them below the old one,
+            # which the new name is not), and the new INBOX, or nothing
+            made = await _missing_superiors(c, account_id, new_name) if superiors else []
+            await _check_room(c, account_id, len(made) + (old_name == "INBOX"), self.max_mailboxes)
+            for parent in made:
+                await _insert_mailbox(c, account_id, parent, None)
             if old_name == "INBOX":
                 # RFC 9051 6.3.6: renaming INBOX moves its messages to the new
                 # mailbox and leaves INBOX empty; its inferiors stay where they are.
-                new_id = await _insert_mailbox(c, account_id, new_name, None, limit=self.max_mailboxes)
+                new_id = await _insert_mailbox(c, account_id, new_name, None)
                 await c.execute("UPDATE mailboxes SET uid_next = %s WHERE id = %s", (src[1], new_id))
                 modseq = await _bump_modseq(c, src[0])
                 await c.execute(
@@ -150,8 +168,9 @@ class MailboxesMixin(PostgreSQLCore):
 
         async def op(c: psycopg.AsyncConnection, tx: _Tx) -> None:
             if subscribed:
-                await c.execute("INSERT INTO subscriptions(account_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                                (account_id, canonical))
+                limit = self.max_subscriptions
+                if not await _subscribe(c, account_id, canonical, limit):
+                    raise TooManySubscriptions(f"the account has the most subscriptions allowed ({limit})")
             else:
                 await c.execute("DELETE FROM subscriptions WHERE account_id = %s AND name = %s",
                                 (account_id, canonical))

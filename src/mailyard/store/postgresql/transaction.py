@@ -34,6 +34,7 @@ from ..api import (
     TooManyMailboxes,
 )
 from ..keywords import admitted, defined_text, fitted, is_full, keywords_of, parse_defined
+from ..names import superior_names
 from ..rows import QUOTA_COLS, THREAD_LOOKUP_IDS, flags_set, flags_text, message_row, quota_row
 
 _SORT_COLS = ("date", "subject", "refwd", "from_mailbox", "from_display", "to_mailbox", "to_display", "cc_mailbox",
@@ -202,24 +203,71 @@ async def _next_uid_validity(c: psycopg.AsyncConnection) -> int:
     return int(row[0])
 
 
-async def _insert_mailbox(c: psycopg.AsyncConnection, account_id: int, name: str, special_use: str | None,
-                          subscribe: bool = False, limit: int | None = None) -> int:
-    """Create a mailbox inside the caller's transaction (subscribed if
-    asked). ``limit``: TooManyMailboxes when the account has that many
-    already; the account's row is locked first, so creations in concurrent
-    transactions (any node) count one after the other."""
+async def _has_entries(c: psycopg.AsyncConnection, table: str, account_id: int, n: int) -> bool:
+    """Whether the account has at least ``n`` rows in ``table`` (mailboxes
+    or subscriptions): past ``n - 1`` entries of its (account_id, name)
+    index, not a count of them all."""
+    return n <= 0 or await _one(c, f"SELECT 1 FROM {table} WHERE account_id = %s LIMIT 1 OFFSET %s",
+                                (account_id, n - 1)) is not None
+
+
+async def _lock_account(c: psycopg.AsyncConnection, account_id: int) -> None:
+    """Lock the account's row, so the transactions (any node) that count or
+    add its mailboxes and subscriptions do so one after the other."""
+    await c.execute("SELECT id FROM accounts WHERE id = %s FOR UPDATE", (account_id,))
+
+
+async def _check_room(c: psycopg.AsyncConnection, account_id: int, count: int, limit: int | None) -> None:
+    """TooManyMailboxes unless the account has room for ``count`` more
+    mailboxes under ``limit`` (the account's row locked first)."""
+    if limit is None or count <= 0:
+        return
+    await _lock_account(c, account_id)
+    if await _has_entries(c, "mailboxes", account_id, limit - count + 1):
+        raise TooManyMailboxes(f"the account has the most folders allowed ({limit})")
+
+
+async def _missing_superiors(c: psycopg.AsyncConnection, account_id: int, name: str) -> list[str]:
+    """The superior names of ``name`` that are not mailboxes of the account,
+    outermost first (RFC 9051 6.3.4); the account's row is locked first,
+    so two transactions making the same superior do so one after the other."""
+    await _lock_account(c, account_id)
+    wanted = superior_names(name)
+    if not wanted:
+        return []
+    found = {r[0] for r in await _all(c, "SELECT name FROM mailboxes WHERE account_id = %s AND name = ANY(%s)",
+                                      (account_id, wanted))}
+    return [parent for parent in wanted if parent not in found]
+
+
+async def _subscribe(c: psycopg.AsyncConnection, account_id: int, name: str, limit: int | None) -> bool:
+    """Subscribe ``name`` inside the caller's transaction; False, writing
+    nothing, when it is not subscribed yet and the account has ``limit``
+    subscriptions already (``Store.max_subscriptions``; the account's row
+    locked first)."""
     if limit is not None:
-        await c.execute("SELECT id FROM accounts WHERE id = %s FOR UPDATE", (account_id,))
-        if await _one(c, "SELECT 1 FROM mailboxes WHERE account_id = %s LIMIT 1 OFFSET %s",
-                      (account_id, limit - 1)) is not None:
-            raise TooManyMailboxes(f"the account has the most folders allowed ({limit})")
+        await _lock_account(c, account_id)
+        if await _has_entries(c, "subscriptions", account_id, limit) and await _one(
+                c, "SELECT 1 FROM subscriptions WHERE account_id = %s AND name = %s", (account_id, name)) is None:
+            return False
+    await c.execute("INSERT INTO subscriptions(account_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                    (account_id, name))
+    return True
+
+
+async def _insert_mailbox(c: psycopg.AsyncConnection, account_id: int, name: str, special_use: str | None,
+                          subscribe: bool = False, limit: int | None = None, subscriptions: int | None = None) -> int:
+    """Create a mailbox inside the caller's transaction (subscribed if
+    asked, while the account has fewer than ``subscriptions``). ``limit``:
+    TooManyMailboxes when the account has that many already
+    (``_check_room``)."""
+    await _check_room(c, account_id, 1, limit)
     if await _one(c, "SELECT 1 FROM mailboxes WHERE account_id = %s AND name = %s", (account_id, name)):
         raise AlreadyExists(f"mailbox {name} exists already")
     row = await _one(c, "INSERT INTO mailboxes(account_id, name, uid_validity, special_use, keywords)"
                         " VALUES (%s, %s, %s, %s, '') RETURNING id", (account_id, name, await _next_uid_validity(c), special_use))
     if subscribe:
-        await c.execute("INSERT INTO subscriptions(account_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                        (account_id, name))
+        await _subscribe(c, account_id, name, subscriptions)
     return row[0]
 
 

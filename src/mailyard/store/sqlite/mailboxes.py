@@ -31,9 +31,10 @@ from ..api import (
     NotFound,
     StoreError,
     TooManyMailboxes,
+    TooManySubscriptions,
 )
 from ..keywords import is_full, parse_defined
-from ..names import canonical_name
+from ..names import canonical_name, superior_names
 from ..rows import MAILBOX_COLS, mailbox_row
 from .core import LIST_LANE, SQLiteCore, many_messages
 from .keywords import keywords_in_use
@@ -86,16 +87,52 @@ def next_uid_validity(c: sqlite3.Connection) -> int:
     return value
 
 
+def _has_entries(c: sqlite3.Connection, table: str, account_id: int, n: int) -> bool:
+    """Whether the account has at least ``n`` rows in ``table`` (mailboxes
+    or subscriptions): one seek past ``n - 1`` entries of its (account_id,
+    name) index, not a count of them all."""
+    return n <= 0 or c.execute(f"SELECT 1 FROM {table} WHERE account_id = ? LIMIT 1 OFFSET ?",
+                               (account_id, n - 1)).fetchone() is not None
+
+
+def check_room(c: sqlite3.Connection, account_id: int, count: int, limit: int | None) -> None:
+    """TooManyMailboxes unless the account has room for ``count`` more
+    mailboxes under ``limit``, inside the caller's write (the writer runs
+    one at a time, so concurrent creations are counted one after the other)."""
+    if limit is not None and count > 0 and _has_entries(c, "mailboxes", account_id, limit - count + 1):
+        raise TooManyMailboxes(f"the account has the most folders allowed ({limit})")
+
+
+def mailbox_exists(c: sqlite3.Connection, account_id: int, name: str) -> bool:
+    return c.execute("SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?",
+                     (account_id, name)).fetchone() is not None
+
+
+def missing_superiors(c: sqlite3.Connection, account_id: int, name: str) -> list[str]:
+    """The superior names of ``name`` that are not mailboxes of the account,
+    outermost first (RFC 9051 6.3.4)."""
+    return [parent for parent in superior_names(name) if not mailbox_exists(c, account_id, parent)]
+
+
+def subscribe_name(c: sqlite3.Connection, account_id: int, name: str, limit: int | None) -> bool:
+    """Subscribe ``name`` inside the caller's write; False, writing nothing,
+    when it is not subscribed yet and the account has ``limit``
+    subscriptions already (``Store.max_subscriptions``)."""
+    if limit is not None and _has_entries(c, "subscriptions", account_id, limit) and not c.execute(
+            "SELECT 1 FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, name)).fetchone():
+        return False
+    c.execute("INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?, ?)", (account_id, name))
+    return True
+
+
 def insert_mailbox(c: sqlite3.Connection, account_id: int, name: str, special_use: str | None,
-                   subscribe: bool = False, limit: int | None = None) -> int:
+                   subscribe: bool = False, limit: int | None = None, subscriptions: int | None = None) -> int:
     """Create a mailbox inside the caller's write; subscribe to its name too
     if asked (a new account's INBOX and special-use mailboxes, a webmail
-    folder). IMAP CREATE does not subscribe (RFC 9051 6.3.4, 6.3.7).
-    ``limit``: TooManyMailboxes when the account has that many already
-    (one seek past ``limit - 1`` entries of the (account_id, name) index)."""
-    if limit is not None and c.execute("SELECT 1 FROM mailboxes WHERE account_id = ? LIMIT 1 OFFSET ?",
-                                       (account_id, limit - 1)).fetchone() is not None:
-        raise TooManyMailboxes(f"the account has the most folders allowed ({limit})")
+    folder) while the account has fewer than ``subscriptions``. IMAP CREATE
+    does not subscribe (RFC 9051 6.3.4, 6.3.7). ``limit``: TooManyMailboxes
+    when the account has that many already (``check_room``)."""
+    check_room(c, account_id, 1, limit)
     try:
         cur = c.execute(
             "INSERT INTO mailboxes(account_id, name, uid_validity, special_use, keywords) VALUES (?, ?, ?, ?, '')",
@@ -105,7 +142,7 @@ def insert_mailbox(c: sqlite3.Connection, account_id: int, name: str, special_us
         raise AlreadyExists(f"mailbox {name} exists already") from None
     assert cur.lastrowid is not None
     if subscribe:
-        c.execute("INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?, ?)", (account_id, name))
+        subscribe_name(c, account_id, name, subscriptions)
     return cur.lastrowid
 
 
@@ -167,11 +204,19 @@ class MailboxesMixin(SQLiteCore):
         super().__init__(data_dir, config, background)
 
     async def create_mailbox(self, account_id: int, name: str, special_use: str | None = None,
-                             subscribe: bool = False) -> Mailbox:
+                             subscribe: bool = False, superiors: bool = False) -> Mailbox:
         canonical = canonical_name(name)
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> int:
-            return insert_mailbox(c, account_id, canonical, special_use, subscribe, self.max_mailboxes)
+            if mailbox_exists(c, account_id, canonical):
+                raise AlreadyExists(f"mailbox {canonical} exists already")
+            # the superiors and the mailbox, or (past the bound) nothing
+            made = missing_superiors(c, account_id, canonical) if superiors else []
+            check_room(c, account_id, len(made) + 1, self.max_mailboxes)
+            for parent in made:
+                insert_mailbox(c, account_id, parent, None)
+            return insert_mailbox(c, account_id, canonical, special_use, subscribe,
+                                  subscriptions=self.max_subscriptions)
 
         mailbox_id = await self._write(op, directory=True)
         mailbox = await self.get_mailbox_by_id(account_id, mailbox_id)
@@ -214,7 +259,7 @@ class MailboxesMixin(SQLiteCore):
         return bool(self._q("SELECT 1 FROM mailboxes WHERE account_id = ? AND name > ? AND name < ? LIMIT 1",
                             (account_id, base + "/", base + "0")))
 
-    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+    async def rename_mailbox(self, account_id: int, old: str, new: str, superiors: bool = False) -> None:
         old_name = canonical_name(old)
         new_name = canonical_name(new)
 
@@ -231,10 +276,16 @@ class MailboxesMixin(SQLiteCore):
                 raise AlreadyExists(f"mailbox {new_name} exists already")
             if new_name == old_name or new_name.startswith(old_name + HIERARCHY_DELIMITER):
                 raise InvalidName("a mailbox cannot be renamed into itself")
+            # the superiors of the new name (none of them below the old one,
+            # which the new name is not), and the new INBOX, or nothing
+            made = missing_superiors(c, account_id, new_name) if superiors else []
+            check_room(c, account_id, len(made) + (old_name == "INBOX"), self.max_mailboxes)
+            for parent in made:
+                insert_mailbox(c, account_id, parent, None)
             if old_name == "INBOX":
                 # RFC 9051 6.3.6: renaming INBOX moves its messages to the new
                 # mailbox and leaves INBOX empty; its inferiors stay where they are.
-                new_id = insert_mailbox(c, account_id, new_name, None, limit=self.max_mailboxes)
+                new_id = insert_mailbox(c, account_id, new_name, None)
                 c.execute("UPDATE mailboxes SET uid_next = ? WHERE id = ?", (src[1], new_id))
                 modseq = bump_modseq(c, src[0])
                 c.execute(
@@ -293,9 +344,9 @@ class MailboxesMixin(SQLiteCore):
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> None:
             if subscribed:
-                c.execute(
-                    "INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?, ?)", (account_id, canonical)
-                )
+                limit = self.max_subscriptions
+                if not subscribe_name(c, account_id, canonical, limit):
+                    raise TooManySubscriptions(f"the account has the most subscriptions allowed ({limit})")
             else:
                 c.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, canonical))
 
@@ -358,8 +409,13 @@ class MailboxesMixin(SQLiteCore):
                 self._claim_locks.pop(mailbox_id, None)
 
     async def list_subscriptions(self, account_id: int) -> list[str]:
-        return [r[0] for r in self._q("SELECT name FROM subscriptions WHERE account_id = ? ORDER BY name",
-                                      (account_id,))]
+        query = "SELECT name FROM subscriptions WHERE account_id = ? ORDER BY name"
+        # up to Store.max_subscriptions (20,000 by default) names: many are
+        # read off the event loop, as list_mailboxes reads many mailboxes
+        if self._q1("SELECT 1 FROM subscriptions WHERE account_id = ? LIMIT 1 OFFSET ?",
+                    (account_id, MAILBOXES_INLINE)):
+            return await self._bulk_read(lambda c: [r[0] for r in c.execute(query, (account_id,))], LIST_LANE)
+        return [r[0] for r in self._q(query, (account_id,))]
 
     async def mailbox_status(self, mailbox: MailboxRef) -> MailboxStatus:
         mailbox_id = self._owned(mailbox)

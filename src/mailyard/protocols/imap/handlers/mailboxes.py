@@ -37,25 +37,6 @@ async def _bad_name(s: ImapSession, name: str) -> bool:
     return True
 
 
-async def _make_parents(b: ImapBackend, name: str, made: list[str]) -> None:
-    """Create the missing superior names of ``name`` (RFC 9051 6.3.4,
-    6.3.6), adding each to ``made``."""
-    for parent in names.parents(name):
-        if await b.get_mailbox(parent) is None:
-            await b.create_mailbox(parent)
-            made.append(parent)
-
-
-async def _unmake(s: ImapSession, made: list[str]) -> None:
-    """Delete the superiors a refused CREATE or RENAME made (past the most
-    mailboxes allowed): the command leaves the account as it found it."""
-    for parent in reversed(made):
-        try:
-            await _backend(s).delete_mailbox(parent)
-        except s.config.failures:
-            continue  # (another session's mailbox below it meanwhile, say)
-
-
 async def cmd_create(s: ImapSession, cmd: c.MailboxCommand) -> None:
     b = _backend(s)
     # RFC 9051 6.3.4: a trailing delimiter only declares intent to hold inferiors
@@ -71,16 +52,15 @@ async def cmd_create(s: ImapSession, cmd: c.MailboxCommand) -> None:
     if await b.get_mailbox(name) is not None:
         await s.finish("NO", "Mailbox already exists", "ALREADYEXISTS")
         return
-    made: list[str] = []
     try:
-        # RFC 9051 6.3.4: create superior names as needed
-        await _make_parents(b, name, made)
+        # RFC 9051 6.3.4: with the superior names as needed, in the same
+        # write: refused past the bound, the command makes nothing (nothing
+        # to undo, no mailbox another session may have used meanwhile)
         await b.create_mailbox(name, use)
     except MailboxExists:
         await s.finish("NO", "Mailbox already exists", "ALREADYEXISTS")
         return
     except LimitExceeded as exc:
-        await _unmake(s, made)
         await s.finish("NO", str(exc), "LIMIT")  # RFC 5530 3
         return
     except BadMailboxName as exc:
@@ -128,15 +108,14 @@ async def cmd_rename(s: ImapSession, cmd: c.Rename) -> None:
     if cmd.new == "INBOX" or names.is_inferior(cmd.new, cmd.old):
         await s.finish("NO", "Cannot rename there", "CANNOT")
         return
-    made: list[str] = []
     try:
-        await _make_parents(b, cmd.new, made)
+        # RFC 9051 6.3.6: with the superior names of the new one as needed,
+        # in the same write, as CREATE
         await b.rename_mailbox(cmd.old, cmd.new)
     except MailboxExists:
         await s.finish("NO", "Target mailbox already exists", "ALREADYEXISTS")
         return
     except LimitExceeded as exc:
-        await _unmake(s, made)
         await s.finish("NO", str(exc), "LIMIT")  # RFC 5530 3
         return
     except (BadMailboxName, NoSuchMailbox) as exc:
@@ -166,6 +145,10 @@ async def cmd_subscribe(s: ImapSession, cmd: c.MailboxCommand) -> None:
         await b.set_subscribed(cmd.mailbox, cmd.name == "SUBSCRIBE")
     except BadMailboxName as exc:
         await s.finish("NO", str(exc), "CANNOT")
+        return
+    except LimitExceeded as exc:
+        # the account has the most subscriptions allowed (RFC 5530 3)
+        await s.finish("NO", str(exc), "LIMIT")
         return
     await s.finish("OK", f"{cmd.name} completed")
 
@@ -228,14 +211,14 @@ async def cmd_list(s: ImapSession, cmd: c.List) -> None:
         return
     boxes = await b.list_mailboxes()
     patterns = [names.compile_pattern(cmd.reference, p) for p in cmd.patterns if p]
-    subscribed = set(await b.list_subscriptions())
+    subscriptions = await b.list_subscriptions()
 
     def select() -> list[tuple[str, list[str], list, MailboxRecord | None]]:
-        return _listed(boxes, subscribed, patterns, sel_opts, ret, eng.rev2)
+        return _listed(boxes, set(subscriptions), patterns, sel_opts, ret, eng.rev2)
 
     # every name is matched against every pattern and sorted: for many
     # names, where the other connections go on meanwhile (ImapIO.compute)
-    out = await s.io.compute(select) if len(boxes) + len(subscribed) > LIST_INLINE else select()
+    out = await s.io.compute(select) if len(boxes) + len(subscriptions) > LIST_INLINE else select()
     await _write_lines(s, out, ret, cmd.status_items)
     await s.finish("OK", "LIST completed")
 
@@ -321,9 +304,10 @@ async def _lsub(s: ImapSession, cmd: c.List) -> None:
         await s.finish("OK", "LSUB completed")
         return
     pattern = names.compile_pattern(cmd.reference, cmd.patterns[0])
-    subscribed = set(await b.list_subscriptions())
+    subscriptions = await b.list_subscriptions()
 
     def select() -> list[tuple[str, bool]]:
+        subscribed = set(subscriptions)
         # RFC 3501 6.3.9: every subscribed name, whether or not it exists;
         # and a name the pattern stops at ("%") above a subscribed name it
         # does not reach, not itself subscribed, is returned with \Noselect
@@ -336,7 +320,7 @@ async def _lsub(s: ImapSession, cmd: c.List) -> None:
                         found[parent] = True
         return [(name, found[name]) for name in sorted(found, key=_order)]
 
-    out = await s.io.compute(select) if len(subscribed) > LIST_INLINE else select()
+    out = await s.io.compute(select) if len(subscriptions) > LIST_INLINE else select()
     for i, (name, noselect) in enumerate(out, 1):
         eng.untagged(Atom("LSUB"), [Atom("\\Noselect")] if noselect else [], "/", Mailbox(name))
         if i % LIST_TURN == 0:
