@@ -273,3 +273,74 @@ def test_send_after_the_session_ended_keeps_the_message(browser: Any, mailserver
     (got,) = mailserver.messages(BOB)
     assert b"first part, then the rest" in got
     assert mailserver.messages(ALICE, "Drafts") == []
+
+
+def _log_out_in_another_tab(page: Any) -> None:
+    other = page.context.new_page()
+    other.goto("/")
+    other.evaluate("document.getElementById('logout').click()")
+    other.wait_for_url(lambda url: url.endswith("/login"))
+    other.close()
+
+
+SCAN = {"name": "scan.pdf", "mimeType": "application/pdf", "buffer": b"%PDF" + b"x" * 3_000_000}
+
+
+def test_send_with_large_files_after_the_session_ended_keeps_the_form(browser: Any,
+                                                                      mailserver: RunningServer) -> None:
+    """Send with files larger than a form without a session may carry, the
+    session ended unknown to the page: the form stays, text and files, and
+    its status line says what to do; logged in again in another tab, Send
+    sends it, files and all."""
+    page = new_page(browser, mailserver)
+    # no autosave: Send is pressed before its next turn would learn the end
+    page.add_init_script("window.setInterval = function () { return 0; };")
+    log_in(page, ALICE)
+    page.click("#compose-link")
+    page.fill("#to", BOB)
+    page.fill("#subject", "The scan")
+    page.fill("#body", "an hour of writing")
+    _log_out_in_another_tab(page)
+    page.set_input_files("#attachment", files=[SCAN])
+    page.click("#send")
+    page.wait_for_selector("#compose-status:has-text('your session has ended')", timeout=30_000)
+    said = page.locator("#compose-status").inner_text()
+    assert "log in again in another tab" in said and "Send" in said
+    assert page.input_value("#body") == "an hour of writing"
+    assert page.evaluate("document.getElementById('attachment').files.length") == 1
+    other = page.context.new_page()
+    log_in(other, ALICE)
+    other.close()
+    page.click("#send")
+    page.wait_for_selector("text=Message sent.", timeout=30_000)
+    (got,) = mailserver.messages(BOB)
+    msg = message_from_bytes(got, policy=default_policy)
+    assert msg.get_body(("plain",)).get_content().strip() == "an hour of writing"
+    assert [a.get_filename() for a in msg.iter_attachments()] == ["scan.pdf"]
+
+
+def test_files_chosen_after_the_session_ended_leave_the_text_to_the_login(browser: Any,
+                                                                          mailserver: RunningServer) -> None:
+    """Files chosen after the session ended: autosave says the session ended
+    (not an error number), and Send goes without them, its text coming
+    back with a login and a word that the files are to be chosen again."""
+    page = new_page(browser, mailserver)
+    log_in(page, ALICE)
+    page.click("#compose-link")
+    page.fill("#to", BOB)
+    page.fill("#subject", "Long letter")
+    page.fill("#body", "an hour of writing")
+    page.wait_for_selector("#compose-status:has-text('Draft saved at')", timeout=30_000)
+    _log_out_in_another_tab(page)
+    page.set_input_files("#attachment", files=[SCAN])
+    page.wait_for_selector("#compose-status:has-text('your session has ended')", timeout=30_000)
+    assert "413" not in page.locator("#compose-status").inner_text()
+    page.click("#send")
+    page.wait_for_selector("#ended-title")
+    assert page.input_value("#body") == "an hour of writing"
+    assert "The files you chose could not be kept" in page.locator("#ended-detail").inner_text()
+    page.fill("#password", USERS[ALICE])
+    page.click("#ended-login")
+    page.wait_for_selector("#compose-title")
+    assert page.input_value("#body") == "an hour of writing"
+    assert mailserver.messages(BOB) == []

@@ -1280,9 +1280,13 @@ def test_a_message_sent_after_the_session_ended_comes_back_after_a_login(mailser
     assert carried["body"] == text and carried["to"] == BOB and carried["draft_uid"] == draft_uid
     assert carried["keep"] == ["2"] and "csrf" not in carried and carried["account"] == ALICE
     assert mailserver.messages(BOB) == []
-    # a wrong password: the same page, the text still there
-    wrong = client.post("/compose/login", data={**carried, "username": ALICE, "password": "wrong"})
+    assert re.search(r'name="username" type="email" autocomplete="username" required value="alice@example.test"',
+                     r.text)
+    # a wrong password: the same page, the text still there, the address as typed
+    wrong = client.post("/compose/login", data={**carried, "username": BOB, "password": "wrong"})
     assert wrong.status_code == 401 and "Wrong address or password." in wrong.text
+    assert re.search(r'name="username" type="email" autocomplete="username" required value="bob@example.test"',
+                     wrong.text)
     carried = _ended_form(wrong.text)
     assert carried["body"] == text
     r = client.post("/compose/login", data={**carried, "username": ALICE, "password": USERS[ALICE]})
@@ -1317,7 +1321,9 @@ def test_a_compose_post_without_a_session_is_bounded_to_its_text(mailserver: Run
     for path in ("/compose", "/compose/autosave", "/compose/login"):
         r = client.post(path, data={**fields, "to": BOB, "body": "typed", "action": "send"}, files={"attachment": big})
         assert r.status_code == 413, (path, r.status_code, r.text[:500])
-        assert "Your session has ended" in r.text and "copy your text" in r.text
+        # (nothing to go Back to: the form's page is gone with the session)
+        assert "Your session has ended" in r.text and "could not be shown back" in r.text
+        assert "Go back" not in r.text and "Log in again" in r.text
     # a stranger's client, no cookie at all: the same bound
     stranger = httpx.Client(base_url=client.base_url, headers={"Origin": str(client.base_url).rstrip("/")})
     r = stranger.post("/compose", data={"to": BOB, "body": "typed"}, files={"attachment": big})
@@ -1326,6 +1332,49 @@ def test_a_compose_post_without_a_session_is_bounded_to_its_text(mailserver: Run
     r = client.post("/compose", data={**fields, "to": BOB, "body": "typed", "action": "send"})
     assert r.status_code == 401 and "Your session has ended" in r.text
     assert mailserver.messages(BOB) == []
+
+
+def test_a_compose_form_without_a_session_is_read_for_its_text_only(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a live session a compose form's file parts are read past,
+    not spooled anywhere, its text still shown back; and a form of more
+    fields than a compose form has is not read, saying its text could not
+    be kept."""
+    import starlette.formparsers
+
+    spooled: list[object] = []
+    real = starlette.formparsers.SpooledTemporaryFile
+
+    def counted(*args: object, **kwargs: object) -> object:
+        spooled.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(starlette.formparsers, "SpooledTemporaryFile", counted)
+    client = login(mailserver)
+    fields = _form_fields(client.get("/compose").text)
+    client.post("/logout", data={"csrf": fields["csrf"]})
+    spooled.clear()
+    small = ("scan.pdf", b"%PDF" + b"x" * 200_000, "application/pdf")
+    r = client.post("/compose", data={**fields, "to": BOB, "body": "typed by hand", "action": "send"},
+                    files={"attachment": small})
+    assert r.status_code == 401, r.text[:300]
+    assert _ended_form(r.text)["body"] == "typed by hand" and _ended_form(r.text)["to"] == BOB
+    assert "The files you chose could not be kept" in r.text
+    r = client.post("/compose/autosave", data={**fields, "body": "typed by hand"}, files={"attachment": small})
+    assert r.status_code == 401 and r.json()["ended"] is True
+    r = client.post("/compose/login", data={**fields, "body": "typed by hand"}, files={"attachment": small})
+    assert r.status_code == 403 and "typed by hand" in r.text  # (no login form: "the login form expired")
+    assert spooled == []
+    # a form of a thousand fields: not read
+    many = {**fields, "body": "typed by hand", "keep": [str(i) for i in range(1000)]}
+    for path in ("/compose", "/compose/autosave", "/compose/login"):
+        r = client.post(path, data=many)
+        assert r.status_code == 400 and "its text could not be kept" in r.text, (path, r.status_code, r.text[:300])
+    # the same fields under a live session are a form like any other
+    client = login(mailserver)
+    fields = _form_fields(client.get("/compose").text)
+    r = client.post("/compose/autosave", data={**many, "csrf": fields["csrf"], "draft_uid": ""})
+    assert r.status_code == 200, r.text[:300]
 
 
 def test_autosave_after_the_session_ended_says_so_in_json(mailserver: RunningServer) -> None:
@@ -1418,6 +1467,59 @@ def test_forward_inline_chosen_by_its_button_puts_the_original_text_in(mailserve
                                   "send_id": ""})
     got = message_from_bytes(mailserver.messages(BOB)[-1], policy=default_policy)
     assert got.get_body(("plain",)).get_content().strip() == "mine alone"
+
+
+def _forward_sent(mailserver: RunningServer, client: httpx.Client, form: dict, saved: httpx.Response,
+                  **changes: str) -> tuple[str, list[str]]:
+    """Send ``form`` with ``changes`` after the autosave ``saved`` (its draft
+    and attachments kept, as the page's script keeps them): the text Bob
+    gets and the types of his attachments."""
+    kept = [k[0] for k in saved.json()["kept"]]
+    r = client.post("/compose", data={**form, **changes, "draft_uid": saved.json()["draft_uid"], "keep": kept,
+                                      "action": "send", "send_id": ""})
+    assert r.status_code == 303, r.text
+    msg = message_from_bytes(mailserver.messages(BOB)[-1], policy=default_policy)
+    text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    return text, [a.get_content_type() for a in msg.iter_attachments()]
+
+
+def test_a_forward_switched_after_an_autosave_carries_the_original_as_last_chosen(
+        mailserver: RunningServer) -> None:
+    """A forward switched between attached and inline (the page's script
+    puts the original's text in or takes it out) after an autosave carries
+    the original as the last choice says: attached, the message whole and
+    no copies of its attachments; inline, its text and attachments and no
+    .eml; sent at once or saved once more first."""
+    inbox = box_id(mailserver, ALICE, "INBOX")
+    uid = append(mailserver, ALICE, _rich_original())
+    client = login(mailserver)
+    page = client.get(f"/compose?forward={inbox}:{uid}")
+    fields = _form_fields(page.text)
+    inline_text = re.search(r'<template id="forward-inline-text">(.*?)</template>', page.text, re.S).group(1)
+    inline_text = inline_text.replace("&lt;", "<").replace("&gt;", ">").replace("&#34;", '"').replace("&amp;", "&")
+    attached = {**fields, "to": BOB, "forward_mode": "attached", "forward_text": "", "body": "see below"}
+    inline = {**attached, "forward_mode": "inline", "forward_text": "in-body",
+              "body": "see below\n\n" + inline_text}
+    for first, last in ((inline, attached), (attached, inline)):
+        for again in (False, True):
+            saved = client.post("/compose/autosave", data={**first, "send_id": ""})
+            assert saved.status_code == 200, saved.text
+            if again:  # the switch autosaved too before the send
+                kept = [k[0] for k in saved.json()["kept"]]
+                saved = client.post("/compose/autosave", data={**last, "draft_uid": saved.json()["draft_uid"],
+                                                               "keep": kept, "send_id": ""})
+                assert saved.status_code == 200, saved.text
+            text, types = _forward_sent(mailserver, client, last, saved)
+            if last is attached:
+                assert text.strip() == "see below", (again, text)
+                assert types == ["message/rfc822"], (again, types)
+            else:
+                assert text.count("---------- Forwarded message ----------") == 1, (again, text)
+                assert "line one\nline two\n" in text
+                assert types == ["text/plain"], (again, types)
+    # what Bob's copies and Sent hold of the record: nothing
+    assert all(b"Mailyard-Forward" not in m for m in mailserver.messages(BOB))
+    assert all(b"Mailyard-Forward" not in m for m in mailserver.messages(ALICE, "Sent"))
 
 
 def test_autosave_takes_files_as_large_as_a_message_may_carry(mailserver: RunningServer) -> None:

@@ -19,7 +19,9 @@ method and path (``BodyLimits.limit_for``):
 
 uvicorn stops reading the socket while the application is not asking for the
 body (its flow control), so an unread body costs no memory here; multipart
-file parts are spooled to temporary files by Starlette above 1 MB each.
+file parts are spooled to temporary files by Starlette above 1 MB each,
+except on the compose routes without a live session, whose forms
+``text_form`` reads without keeping a byte of their files.
 
 A body must also arrive at a floor rate (``BodyPace``, from ``[limits]``):
 web/limits.py bounds the time to the end of a request head, and without a
@@ -49,13 +51,17 @@ anyone can cause without logging in).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
+from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect, Request
 
 from .. import logs
 
@@ -118,27 +124,80 @@ class BodyPace:
 # person wrote: web/compose.py ``ended``): the text and the address fields
 # of a message, which the answer shows back. Its files cannot be carried
 # past a login (a browser does not refill a file input), and a client that
-# never logged in must not get a message's worth of upload spooled to disk.
+# never logged in must not get a message's worth of upload spooled to disk,
+# nor a form of thousands of fields parsed: such a body may have 2 MB
+# (``SIGNED_OUT_COMPOSE``, here), and ``text_form`` reads it: at most
+# ``SIGNED_OUT_FIELDS`` fields, each at most 1 MB (Starlette's part size),
+# its file parts read past, not a byte of them kept.
 SIGNED_OUT_COMPOSE = 2 * MB
+SIGNED_OUT_FIELDS = 100  # the compose form's 19 fields, and a "keep" box per attachment of its draft
 SIGNED_OUT_TOO_LARGE = (
-    "Your session has ended, and this form carries more than can be kept without one "
-    "(at most {limit} bytes: its files). Go back, copy your text, then log in again and "
-    "attach the files once more.")
+    "Your session has ended, and this form is larger than can be taken without one (at most "
+    "{limit} bytes; its files made it larger): it was not sent or saved, and its text could not "
+    "be shown back to you. Log in again to go on; what you last saved with \u201cSave draft\u201d "
+    "is in Drafts.")
 COMPOSE_PATHS = frozenset({"/compose", "/compose/autosave", "/compose/login"})
+
+
+class _TextOnlyParser(MultiPartParser):
+    """multipart/form-data (RFC 7578) whose file parts are read past: not a
+    byte of them kept (nothing spooled); ``files`` counts those that named
+    a file (an empty file input sends a part with an empty name)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.files = 0
+        self._skipping = False
+
+    def on_headers_finished(self) -> None:
+        _disposition, options = parse_options_header(self._current_part.content_disposition)
+        self._skipping = b"filename" in options
+        if self._skipping:
+            self.files += bool(options[b"filename"])
+            return
+        super().on_headers_finished()
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if not self._skipping:
+            super().on_part_data(data, start, end)
+
+    def on_part_end(self) -> None:
+        if not self._skipping:
+            super().on_part_end()
+
+
+async def text_form(request: Request, max_fields: int = SIGNED_OUT_FIELDS) -> tuple[FormData, int]:
+    """The text fields of a form (urlencoded or multipart), at most
+    ``max_fields`` of them, and how many files it carried, which are not
+    kept: what a compose form posted without a live session is read as.
+    More fields than that: 400, saying the text could not be kept."""
+    ctype, _params = parse_options_header(request.headers.get("content-type"))
+    try:
+        async with contextlib.aclosing(request.stream()) as stream:
+            if ctype == b"multipart/form-data":
+                parser = _TextOnlyParser(request.headers, stream, max_files=0, max_fields=max_fields)
+                return await parser.parse(), parser.files
+            if ctype == b"application/x-www-form-urlencoded":
+                return await FormParser(request.headers, stream, max_fields=max_fields).parse(), 0
+    except MultiPartException as exc:
+        raise HTTPException(400, f"This form could not be read ({exc.message}); its text could not be "
+                                 "kept.") from None
+    return FormData(), 0
 
 
 def route_limits(max_message_size: int) -> Callable[[str, str, bool], int]:
     """The per-route budget of the webmail app: the compose form (sent,
     autosaved, or carried through a login again) may carry a message of up
     to ``max_message_size`` (smtp.max_message_size) plus its form overhead,
-    and without a live session (``signed_in`` False) its text only
-    (``SIGNED_OUT_COMPOSE``); login and other small forms a few KB; anything
-    else 64 KB."""
+    and without a live session (``signed_in`` False) ``SIGNED_OUT_COMPOSE``,
+    which ``text_form`` then reads for its text; login and other small forms
+    a few KB; anything else 64 KB."""
 
     def limit_for(method: str, path: str, signed_in: bool = True) -> int:
         if method == "POST" and path in COMPOSE_PATHS:
             # a message with its files; autosave uploads the chosen files
             # once (web/drafts.py); the session-ended page carries the text
+            # (2 MB: text fields, and file parts read past, text_form)
             return max_message_size + COMPOSE_OVERHEAD if signed_in else SIGNED_OUT_COMPOSE
         if method == "POST" and path == "/contacts":  # a vCard file to import (web/contacts.py)
             return 5 * 1024 * 1024 + COMPOSE_OVERHEAD

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,8 +46,8 @@ from ..message.address import Group, is_valid_addr_spec, iter_mailboxes, parse_a
 from ..message.reading import limit_size
 from ..message.reply import forward_subject
 from ..store.api import Mailbox, NotFound, QuotaExceeded, StoreError, StoreUnavailable
+from . import bodies, prefs, render, sendonce, settings, undo
 from . import login as logins
-from . import prefs, render, sendonce, settings, undo
 from . import signatures as sig
 from .drafts import autosaved, named
 from .pages import (
@@ -67,7 +68,7 @@ from .pages import (
     to_int,
     too_complex,
 )
-from .security import Session, token_ok
+from .security import Session, same_origin, token_ok
 from .worker import TooComplex
 
 log = logging.getLogger("mailyard.web")
@@ -206,9 +207,13 @@ def draft_of(form: Any) -> Draft:
 async def compose_submit(request: Request) -> Response:
     autosave = getattr(request.state, "autosave", False)
     live = live_session(request)
+    if live is None:
+        # nobody logged in: the text is read, no file kept (bodies.py)
+        form, files_left = await signed_out_form(request)
+        return ended(request, form, live, autosave, files_left=files_left)
     form = await checked_form(request)  # the origin check; the CSRF token's is next
     given = form.get("csrf") or request.headers.get("x-csrf-token")
-    if live is None or not token_ok(live.csrf, given if isinstance(given, str) else None):
+    if not token_ok(live.csrf, given if isinstance(given, str) else None):
         return ended(request, form, live, autosave)
     session = current(request)
     web = state(request)
@@ -247,15 +252,23 @@ async def compose_submit(request: Request) -> Response:
         except NotFound:
             old_raw = None
     forward_raw: bytes | None = None
+    record = forward_record(old_raw) if old_raw is not None else None
+    draft_forward_parts = 0  # the draft's last attachments that came from the original
     if draft.forward:
         box_id, _, uid_s = draft.forward.partition(":")
         fbox = await own_mailbox(request, session, box_id)
         fuid = to_int(uid_s)
         if fuid is None:
             raise HTTPException(404)
+        draft.forward = f"{fbox.id}:{fuid}"
         original: bytes | None = None
-        if old_raw is None:
-            # (once saved, the draft carries the original: attached or copied)
+        if record is not None:
+            draft_forward_parts = record[2]
+        if old_raw is None or (record is not None and record[:2] != (draft.forward_mode, draft.forward)):
+            # the original carried as the form says: the first time, or
+            # switched (attached, inline) since the draft was saved, whose
+            # parts of it ``outgoing`` then leaves out (a draft without a
+            # record carries it as it was saved)
             original = forward_raw = await read_raw(request, fbox, fuid)
         if draft.forward_mode == "inline" and draft.forward_text != "in-body":
             # inline chosen, the original's text not in the body yet (the
@@ -271,7 +284,7 @@ async def compose_submit(request: Request) -> Response:
                 draft.body = (draft.body.rstrip() + "\n\n" + text) if draft.body.strip() else "\n\n" + text
                 draft.forward_text = "in-body"
         del original
-    built: tuple[bytes, bytes] | str | None = None
+    built: tuple[bytes, bytes, bytes] | str | None = None
     sender = (author[0][0] or None, author[0][1]) if author else (None, session.address)
     if sender[0] is None:
         # the address alone: the identity's display name goes with it
@@ -279,18 +292,23 @@ async def compose_submit(request: Request) -> Response:
     attach_limit = render.attachment_limit(limit)
 
     async def build(uploads: list[tuple[str, bytes, str | None]], old_raw: bytes | None,
-                    forward_raw: bytes | None) -> tuple[bytes, bytes] | str:
+                    forward_raw: bytes | None) -> tuple[bytes, bytes, bytes] | str:
         # parsing the draft or the forwarded message and encoding the
-        # attachments happen in a worker process (worker.py)
+        # attachments happen in a worker process (worker.py): for Sent, for
+        # the wire, and the field a draft of it starts with
         try:
-            return await web.pool.run(
+            built = await web.pool.run(
                 render.outgoing, sender, to, cc, bcc, draft.subject, draft.body.replace("\r\n", "\n"),
                 uploads, old_raw, list(form.getlist("keep")), forward_raw, draft.in_reply_to or None,
                 [r for r in draft.references.split() if r.startswith("<")], attach_limit,
                 too_large_attachments(attach_limit, limit), limit, draft.forward_mode == "inline",
-                sig.for_sender(prefs.current(), sender[1]))
+                sig.for_sender(prefs.current(), sender[1]), draft_forward_parts)
         except TooComplex as exc:
             return f"The message could not be built ({exc})."
+        if isinstance(built, str):
+            return built
+        full, wire, forward_parts = built
+        return full, wire, forward_record_field(draft, forward_parts)
 
     if not errors:
         built = await build(uploads, old_raw, forward_raw)
@@ -304,7 +322,7 @@ async def compose_submit(request: Request) -> Response:
         # A browser cannot refill file inputs: chosen files are kept in a draft.
         if uploads and not isinstance(built, str) and built is not None:
             contents = await asyncio.to_thread(_contents, form.multi_items(), uploads)
-            errors += await _keep_as_draft(request, session, draft, drafts, old_draft, built[0], contents)
+            errors += await _keep_as_draft(request, session, draft, drafts, old_draft, built[2] + built[0], contents)
         elif uploads:
             errors.append("The chosen files were not kept; choose them again.")
         return page(request, "compose.html", status=400, draft=draft,
@@ -313,8 +331,9 @@ async def compose_submit(request: Request) -> Response:
     contents = await asyncio.to_thread(_contents, form.multi_items(), uploads) if uploads else b""
     del uploads, old_raw, forward_raw
     assert built is not None and not isinstance(built, str)
-    full, wire = built
+    full, wire, record = built
     if action == "save":
+        full = record + full
         try:
             uid = await store.append(drafts, full, ["\\Draft", "\\Seen"])
         except QuotaExceeded:
@@ -380,7 +399,7 @@ async def compose_submit(request: Request) -> Response:
             errors = [f"Not sent: {exc}"]
             if form.getlist("attachment") and any(
                     isinstance(u, UploadFile) and u.filename for u in form.getlist("attachment")):
-                errors += await _keep_as_draft(request, session, draft, drafts, old_draft, full, contents)
+                errors += await _keep_as_draft(request, session, draft, drafts, old_draft, record + full, contents)
             return page(request, "compose.html", status=400, draft=draft,
                         folders=await folders(request, session), errors=errors)
         # it went: from here on nothing may fail the request (the sender would send it again)
@@ -414,6 +433,35 @@ async def compose_submit(request: Request) -> Response:
             web.sends.went(account.id, send_id)
 
 
+# A forward's draft starts with a field of its own (RFC 6648: no "X-")
+# naming how it carries the original: "attached" or "inline", the original
+# ("box_id:uid"), and how many of its attachments, the last ones, came from
+# it; so that a switch between the two after a save carries the original
+# again as the form says, in place of what the draft took of it. Only a
+# draft has it: not the message sent, nor its copy in Sent.
+FORWARD_FIELD = "Mailyard-Forward"
+_FORWARD_RECORD = re.compile(rb"(?im)^Mailyard-Forward:[ \t]*(attached|inline)[ \t]+(\d{1,18}:\d{1,18})"
+                             rb"[ \t]+(\d{1,6})[ \t]*\r?$")
+
+
+def forward_record_field(draft: Draft, parts: int) -> bytes:
+    """The field a draft of ``draft`` starts with (empty: not a forward),
+    ``parts`` its attachments that came from the original."""
+    if not draft.forward:
+        return b""
+    return f"{FORWARD_FIELD}: {draft.forward_mode} {draft.forward} {parts}\r\n".encode("ascii")
+
+
+def forward_record(raw: bytes) -> tuple[str, str, int] | None:
+    """What a draft's ``Mailyard-Forward`` field says: (mode, original, the
+    number of its last attachments that came from it); None without one."""
+    end = raw.find(b"\r\n\r\n")
+    found = _FORWARD_RECORD.search(raw, 0, end if end >= 0 else min(len(raw), 64 * 1024))
+    if found is None:
+        return None
+    return found.group(1).decode(), found.group(2).decode(), int(found.group(3))
+
+
 # what the session-ended page carries of a compose form (its files cannot
 # be: a browser does not refill a file input)
 CARRIED = ("from", "to", "cc", "bcc", "subject", "in_reply_to", "references", "draft_uid", "forward",
@@ -422,8 +470,17 @@ CARRIED = ("from", "to", "cc", "bcc", "subject", "in_reply_to", "references", "d
 OWN_REFERENCES = ("draft_uid", "forward", "reply_to", "in_reply_to", "references")
 
 
+async def signed_out_form(request: Request) -> tuple[Any, int]:
+    """The text of a compose form posted without a live session, after the
+    origin check (403: no page elsewhere fills compose), and how many files
+    it carried, which are not kept (``bodies.text_form``)."""
+    if not same_origin(request):
+        raise HTTPException(403, "cross-origin request refused")
+    return await bodies.text_form(request)
+
+
 def ended(request: Request, form: Any, live: Session | None, autosave: bool, error: str = "",
-          status: int | None = None) -> Response:
+          status: int | None = None, files_left: int = 0) -> Response:
     """The answer to a compose form posted without a live session or with
     the CSRF token of an ended one: nothing sent or saved, the form's text
     shown back with a way to go on writing it (``compose_again``): a login,
@@ -440,12 +497,16 @@ def ended(request: Request, form: Any, live: Session | None, autosave: bool, err
                              "ended": True}, status_code=status)
     carried = {name: str(form.get(name) or "") for name in CARRIED}
     keep = [str(k) for k in form.getlist("keep") if isinstance(k, str)]
-    files = any(isinstance(u, UploadFile) and u.filename for u in form.getlist("attachment"))
+    # (files chosen, not kept: read past, or left out by the page's script)
+    files = bool(files_left) or form.get("files_left") == "1" or any(
+        isinstance(u, UploadFile) and u.filename for u in form.getlist("attachment"))
     token = logins.login_token() if live is None else ""
     response = page(request, "compose_ended.html", status=status, carried=carried, keep=keep,
                     body=str(form.get("body") or ""), files=files, error=error,
                     action=str(form.get("action") or "send"), live_csrf=live.csrf if live else "",
-                    login_token=token, username=carried["account"] or str(form.get("username") or ""))
+                    login_token=token,
+                    # what was typed in a login that failed, else the account it was written for
+                    username=str(form.get("username") or "")[:320] or carried["account"])
     if token:
         logins.set_login_cookie(request, response, token)
     return response
@@ -455,7 +516,9 @@ async def compose_again(request: Request) -> Response:
     """``POST /compose/login``: the form of the session-ended page; logs in
     (or goes on under the live session whose token it carries) and shows
     the message in compose, not sent, for the person to send or save."""
-    form = await checked_form(request)  # the origin check: no page elsewhere fills compose
+    # the origin check (no page elsewhere fills compose); a form of text
+    # only, read as one posted without a session is (bodies.text_form)
+    form, _files = await signed_out_form(request)
     live = live_session(request)
     given = form.get("csrf")
     cookies: list[str] = []

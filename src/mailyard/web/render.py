@@ -557,15 +557,21 @@ def outgoing(
     draft_raw: bytes | None, keep: list[str], forward_raw: bytes | None,
     in_reply_to: str | None, references: list[str], limit: int, too_large: str,
     max_message_size: int = 0, forward_inline: bool = False, signature: tuple[str, str] | None = None,
-) -> tuple[bytes, bytes] | str:
+    draft_forward_parts: int = 0,
+) -> tuple[bytes, bytes, int] | str:
     """The message a compose form describes (``sender``: display name or
     None, address), as (bytes for the Sent folder,
-    bytes for the wire without Bcc); or the reason it cannot be built, for
-    the user. ``uploads`` are the new attachments (name, data, type or None
-    to guess); ``keep`` the part numbers of ``draft_raw`` (the draft being
-    resumed) to carry over; ``forward_raw`` a message to attach whole
-    (RFC 2046 5.2.1), or with ``forward_inline`` only its attachments (its
-    text is in ``text`` already). The attachments together may have ``limit`` bytes
+    bytes for the wire without Bcc, how many of its attachments, the last
+    ones, carry the forwarded original); or the reason it cannot be built,
+    for the user. ``uploads`` are the new attachments (name, data, type or
+    None to guess); ``keep`` the part numbers of ``draft_raw`` (the draft
+    being resumed) to carry over, of which its last ``draft_forward_parts``
+    attachments came from the forwarded original; ``forward_raw`` a message
+    to attach whole (RFC 2046 5.2.1), or with ``forward_inline`` only its
+    attachments (its text is in ``text`` already): given, it replaces what
+    the draft carried of it (a forward switched between attached and
+    inline), else the draft's parts of it stay, last. The attachments
+    together may have ``limit`` bytes
     (``too_large`` is the refusal; ``{size}`` in it becomes their size); the
     whole message ``max_message_size`` (0: no check). ``signature`` (plain,
     HTML) of an identity with an HTML signature makes the text a
@@ -578,32 +584,38 @@ def outgoing(
 
     attachments: list = [Attachment(name, data, ctype) for name, data, ctype in uploads]
     total = sum(len(data) for _, data, _ in uploads)
+    forwarded: list = []  # what carries the original: after the other attachments
     if draft_raw is not None:
         check_parts(draft_raw)
-        for p in build_view(draft_raw).attachments:
+        listed = build_view(draft_raw).attachments
+        first_forwarded = len(listed) - min(max(draft_forward_parts, 0), len(listed))
+        for i, p in enumerate(listed):
             if p.spec not in keep:
                 continue
+            if i >= first_forwarded and forward_raw is not None:
+                continue  # the original is carried again, as the form now says
+            into = forwarded if i >= first_forwarded else attachments
             if p.content_type == "message/rfc822":
                 payload = p.part.get_payload()
-                attachments.append(payload[0] if isinstance(payload, list) else p.part)
+                into.append(payload[0] if isinstance(payload, list) else p.part)
             else:
                 data = part_bytes(p.part)
                 total += len(data)
-                attachments.append(Attachment(p.filename, data, p.content_type))
+                into.append(Attachment(p.filename, data, p.content_type))
     if forward_raw is not None and forward_inline:
         check_parts(forward_raw)
         _text, copies = inline_forward(parse_message(forward_raw))
         total += sum(len(c.data) for c in copies)
-        attachments.extend(copies)
+        forwarded.extend(copies)
     elif forward_raw is not None:
         check_parts(forward_raw)
         total += len(forward_raw)
-        attachments.append(forward_attachment(forward_raw))
+        forwarded.append(forward_attachment(forward_raw))
     if total > limit:
         return too_large.replace("{size}", limit_size(total))
     try:
         msg = compose(
-            sender, to, cc=cc, bcc=bcc, subject=subject, text=text, html=html, attachments=attachments,
+            sender, to, cc=cc, bcc=bcc, subject=subject, text=text, html=html, attachments=attachments + forwarded,
             in_reply_to=in_reply_to, references=references,
             extra_headers=[("User-Agent", "mailyard webmail")],
         )
@@ -613,7 +625,7 @@ def outgoing(
     if max_message_size and len(wire) > max_message_size:
         return (f"The message is {limit_size(len(wire))}; the server accepts at most "
                 f"{limit_size(max_message_size)}.")
-    return full, wire
+    return full, wire, len(forwarded)
 
 
 @functools.lru_cache(maxsize=256)

@@ -9,6 +9,32 @@
   var fileInput = document.getElementById("attachment");
   function say(text) { if (status) { status.textContent = text; } }
   function pad(n) { return (n < 10 ? "0" : "") + n; }
+  // what to do with chosen files once the session has ended: a login page
+  // cannot carry them (a browser does not refill a file input)
+  var FILES_AFTER_END = " To send the chosen files too, log in again in another tab (this form keeps your " +
+    "text and the files), then press \u201cSend\u201d here again. Pressed before that, Send goes without " +
+    "the files: your text comes back with a login, and the files are to be chosen again.";
+
+  // --- after the session ended: whether this browser has a live session
+  // of the form's account again (logged in in another tab). Its page gives
+  // the token the form then goes on with; else the form stays "ended".
+  var account = form.elements.account ? form.elements.account.value.toLowerCase() : "";
+  function renew() {
+    return fetch("/compose", { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (r) { return r.ok ? r.text() : ""; })
+      .then(function (html) {
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var other = doc.getElementById("compose-form");
+        var token = other && other.elements.csrf, whose = other && other.elements.account;
+        if (token && token.value && whose && whose.value.toLowerCase() === account) {
+          form.elements.csrf.value = token.value;
+          ended = false;
+        } else {
+          ended = true;
+        }
+        return !ended;
+      }, function () { return !ended; });  // (no connection: as it was)
+  }
 
   // --- autosave: every few seconds while the form changes, the form
   // replaces the previous version in Drafts. Chosen files go with one save
@@ -74,7 +100,14 @@
         } else if (res.status === 401 || res.j.ended) {
           // saving again cannot help: Send or Save draft leads to a login that keeps the text
           ended = true;
-          say(res.j.error || "Not saved: your session has ended. Press \u201cSave draft\u201d to log in again.");
+          say((res.j.error || "Not saved: your session has ended. Press \u201cSave draft\u201d to log in again.") +
+              (chosen().length ? FILES_AFTER_END : ""));
+        } else if (res.status === 413) {
+          // past the bound of a form without a session, or a message too large
+          return renew().then(function (live) {
+            if (live) { say("Not saved: the chosen files are too large (error 413)."); return; }
+            say("Not saved: your session has ended." + FILES_AFTER_END);
+          });
         } else {
           // refused (saved again after the next change)
           say(res.j.error || "Not saved (error " + res.status + ").");
@@ -145,21 +178,30 @@
   // --- submit: after any save under way (its UID is the one to replace),
   // with the upload's progress when there are files.
   var progress = document.getElementById("upload-progress");
+  // After the session ended: first whether another tab logged in again
+  // (then the form goes on under that session, files and all); if not, the
+  // form goes without its files, whose size a form without a session may
+  // not have, and its text comes back in a page that logs in again.
+  function hidden(name, value) {
+    var input = document.createElement("input");
+    input.type = "hidden"; input.name = name; input.value = value;
+    form.appendChild(input);
+  }
   form.addEventListener("submit", function (e) {
     if (e.defaultPrevented) { return; }
     var button = e.submitter;
-    if (!saving && !chosen().length) { sending = true; return; }
+    if (!saving && !chosen().length && !ended) { sending = true; return; }
     e.preventDefault();
     sending = true;
-    Promise.resolve(saving).then(function () {
+    Promise.resolve(saving).then(function () { return ended ? renew() : true; }).then(function (live) {
       var hasFiles = chosen().length > 0;  // (a save may have taken them into the draft)
       var data = new FormData(form);
       if (button && button.name) { data.set(button.name, button.value); }
-      if (!hasFiles || !window.XMLHttpRequest) {
-        if (button && button.name) {
-          var hidden = document.createElement("input");
-          hidden.type = "hidden"; hidden.name = button.name; hidden.value = button.value;
-          form.appendChild(hidden);
+      if (!hasFiles || !live || !window.XMLHttpRequest) {
+        if (button && button.name) { hidden(button.name, button.value); }
+        if (hasFiles && !live) {
+          fileInput.disabled = true;  // (a disabled input is not posted)
+          hidden("files_left", "1");  // the page that comes back says to choose them again
         }
         form.submit();
         return;
@@ -177,9 +219,26 @@
         if (xhr.status < 300 && landed && landed.href !== posted.href) {
           window.location.assign(xhr.responseURL); return;
         }
-        // refused, or a page of its own (sent already, the store out of
-        // reach): the server's page, which lists the files it kept
-        document.open(); document.write(xhr.responseText); document.close();
+        var html = (xhr.getResponseHeader("Content-Type") || "").indexOf("text/html") === 0;
+        if (html && (xhr.status < 300 || xhr.responseText.indexOf('id="compose-form"') >= 0)) {
+          // refused, or a page of its own (sent already, the store out of
+          // reach): the server's page, which lists the files it kept
+          document.open(); document.write(xhr.responseText); document.close();
+          return;
+        }
+        // anything else leaves this form as it is, text and files
+        sending = false; if (progress) { progress.hidden = true; }
+        var code = xhr.status;
+        if (code !== 401 && code !== 403 && code !== 413) {
+          say("Not sent (error " + code + "); your text and the chosen files are still here: press " +
+              "\u201cSend\u201d to try again.");
+          return;
+        }
+        renew().then(function (live) {
+          if (!live) { say("Not sent: your session has ended." + FILES_AFTER_END); }
+          else if (code === 413) { say("Not sent: the message is too large (error 413); your text is still here."); }
+          else { say("Not sent: you have logged in again in another tab. Press \u201cSend\u201d again to send it."); }
+        });
       });
       xhr.addEventListener("error", function () {
         sending = false; if (progress) { progress.hidden = true; }
