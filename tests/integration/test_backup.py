@@ -20,6 +20,8 @@ from pathlib import Path
 from mailyard.config import Config, StoreConfig
 from mailyard.store import backup as bk
 from mailyard.store import open_store
+from mailyard.store.api import RestoredMessage
+from mailyard.store.keywords import MAX_KEYWORDS
 from tests.conftest import USERS
 from tests.integration.serve_process import ALICE, ServeProcess
 
@@ -290,6 +292,44 @@ def test_restore_account_into_the_running_server(tmp_path: Path) -> None:
         assert not server.tracebacks()
     finally:
         server.stop()
+
+
+def test_restore_account_leaves_out_keywords_past_the_bound(tmp_path: Path) -> None:
+    """A backup whose mailbox holds keywords past today's bounds (from a
+    store before them, or written by ``store copy``) is restored with every
+    message, without those keywords (store/keywords.py), saying so."""
+    data, dest = tmp_path / "data", tmp_path / "backup"
+    assert mailyard("--data", str(data), "init", "--domain", "example.test").returncode == 0
+    r = mailyard("--data", str(data), "user", "add", ALICE, "--password-stdin", input="user-password-1\n")
+    assert r.returncode == 0, r.stderr
+    long_ = "Thunderbird_" + "y" * 70
+    words = [f"tag{i:03d}" for i in range(MAX_KEYWORDS + 4)]
+
+    async def in_store(work: str) -> list[frozenset[str]]:
+        store = open_store(data, StoreConfig(fsync=False), background=False)
+        try:
+            account = await store.get_account(ALICE)
+            box = await store.get_mailbox(account.id, "INBOX")
+            if work == "fill":
+                # restore_messages writes flags as they come, as store copy does
+                await store.restore_messages(box, [
+                    RestoredMessage(1, body(1, 1), frozenset({"\\Seen", long_}), 1.6e9, 5, 1.6e9),
+                    RestoredMessage(2, body(1, 2), frozenset({"\\Seen", *words}), 1.6e9, 6, 1.6e9)])
+            elif work == "remove":
+                await store.remove_account(ALICE)
+            return [m.flags for m in await store.list_messages(box)] if work == "read" else []
+        finally:
+            await store.close()
+
+    asyncio.run(in_store("fill"))
+    r = mailyard("--data", str(data), "backup", str(dest))
+    assert r.returncode == 0, r.stderr
+    asyncio.run(in_store("remove"))
+    r = mailyard("--data", str(data), "restore", str(dest), "--account", ALICE)
+    assert r.returncode == 0, r.stderr
+    assert ": 2 messages" in r.stdout and "warning: 5 keywords left out in INBOX" in r.stdout, r.stdout
+    first, second = asyncio.run(in_store("read"))
+    assert first == {"\\Seen"} and second == {"\\Seen", *words[:MAX_KEYWORDS]}
 
 
 def test_cli_errors_say_what_to_do(tmp_path: Path) -> None:

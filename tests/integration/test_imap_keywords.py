@@ -132,3 +132,77 @@ def test_a_large_store_is_written_in_slices_with_one_modseq_per_message(
         assert [("\\Flagged" in f) for f in flags_of(c, "1:10")] == [True] * 8 + [False] * 2
     finally:
         c.logout()
+
+
+def test_a_keyword_in_another_case_is_the_one_the_mailbox_has(mailserver: RunningServer) -> None:
+    """RFC 9051 2.3.2: keywords compare without case (as SEARCH KEYWORD
+    does): in a full mailbox holding $Work, STORE and COPY of $WORK set
+    $Work, and -FLAGS ($work) takes it away."""
+    c = client(mailserver)
+    try:
+        assert append(c, 1, flags="($Work " + " ".join(f"k{i:03d}" for i in range(1, MAX_KEYWORDS)) + ")")[0] == "OK"
+        assert append(c, 2)[0] == "OK"
+        assert "\\*" not in permanentflags(c)
+        typ, data = c.store("2", "+FLAGS", "($WORK)")
+        assert typ == "OK", data
+        assert flags_of(c, "2") == [{"$Work"}]
+        assert append(c, 3, "Archive", flags="($wORK \\Seen)")[0] == "OK"
+        c.select("Archive")
+        assert c.copy("1", "INBOX")[0] == "OK"
+        c.select("INBOX")
+        assert flags_of(c, "3") == [{"$Work", "\\Seen"}]
+        assert c.store("2:3", "-FLAGS", "($work)")[0] == "OK"
+        assert flags_of(c, "2:3") == [set(), {"\\Seen"}]
+    finally:
+        c.logout()
+
+
+def test_a_store_failing_after_a_commit_tells_what_it_applied(
+        mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A STORE written in several commits that fails after the first: the
+    FETCH responses (and MODIFIED, RFC 7162 3.1.3) of what was applied, then
+    a NO saying it was applied in part."""
+    import mailyard.store.sqlite.messages as sqlite_messages
+    from mailyard.store.api import StoreUnavailable
+
+    monkeypatch.setattr(sqlite_messages, "FLAG_SLICE", 4)
+    store = mailserver.store
+    flags_op = store._flags_op
+    calls = 0
+
+    def second_fails(*args: object, **kw: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls != 2:
+            return flags_op(*args, **kw)
+
+        def op(*_: object) -> None:
+            raise StoreUnavailable("the store went away")
+
+        return op
+
+    c = client(mailserver)
+    try:
+        for n in range(10):
+            assert append(c, n)[0] == "OK"
+        assert c.enable("CONDSTORE")[0] == "OK"
+        c.select("INBOX")
+        monkeypatch.setattr(store, "_flags_op", second_fails)
+        typ, data = c.store("1:10", "+FLAGS", "(\\Flagged)")
+        assert typ == "NO" and b"[UNAVAILABLE]" in data[0] and b"some of the messages only" in data[0], data
+        told = sorted(int(d.split()[0]) for d in c.untagged_responses.pop("FETCH", []))
+        assert told == [1, 2, 3, 4]
+        typ, data = c.fetch("1", "(MODSEQ)")
+        since = int(re.search(rb"MODSEQ \((\d+)\)", data[0]).group(1))
+        calls = 0
+        assert c.store("2", "+FLAGS.SILENT", "(\\Draft)")[0] == "OK"
+        calls = 0
+        typ, data = c._simple_command("STORE", "1:10", f"(UNCHANGEDSINCE {since})", "+FLAGS", "(\\Seen)")
+        assert typ == "NO" and b"[MODIFIED 2]" in data[-1] and b"some of the messages only" in data[-1], data
+        told = sorted(int(d.split()[0]) for d in c.untagged_responses.pop("FETCH", []))
+        assert told == [1, 3, 4]
+        monkeypatch.setattr(store, "_flags_op", flags_op)
+        assert [("\\Flagged" in f, "\\Seen" in f) for f in flags_of(c, "1:10")] == (
+            [(True, True), (True, False), (True, True), (True, True)] + [(False, False)] * 6)
+    finally:
+        c.logout()

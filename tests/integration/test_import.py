@@ -15,6 +15,7 @@ from bench.import_ import mailyard, new_data_dir, read_store
 from mailyard.store import open_store
 from mailyard.store.api import AppendItem
 from mailyard.store.import_state import ImportState
+from mailyard.store.keywords import MAX_KEYWORD_OCTETS, MAX_KEYWORDS
 from mailyard.transfer.importer import Importer, Incoming, digest
 from mailyard.transfer.progress import Summary
 from tests.conftest import USERS, RunningServer
@@ -132,6 +133,29 @@ def test_quota_applies_and_a_rerun_goes_on(tmp_path: Path) -> None:
     assert mailyard(data, "user", "quota", A, "--messages", "none").returncode == 0
     r = mailyard(data, "import", "mbox", str(tmp_path / "lf.mbox"), "--to", A)
     assert r.returncode == 0 and "imported 2 messages" in r.stdout
+
+
+def test_keywords_past_a_folders_bound_are_left_out_not_the_messages(tmp_path: Path) -> None:
+    """A folder holds at most MAX_KEYWORDS keywords of MAX_KEYWORD_OCTETS
+    (store/keywords.py): an import keeps every message, without the keywords
+    past that, and its summary says how many were left out."""
+    data = new_data_dir(tmp_path, A)
+    long_ = "Thunderbird_tag_" + "x" * MAX_KEYWORD_OCTETS
+    (tmp_path / "a.mbox").write_bytes(
+        b"From a@x Thu Nov 16 10:00:00 2023\nX-Keywords: ok " + long_.encode() + b"\nSubject: one\n\nhello\n\n"
+        b"From a@x Thu Nov 16 10:00:00 2023\nSubject: two\n\nworld\n")
+    r = mailyard(data, "import", "mbox", str(tmp_path / "a.mbox"), "--to", A, "--folder", "Old")
+    assert r.returncode == 0, r.stderr
+    assert "imported 2 messages" in r.stdout and "warning: 1 keyword left out in Old" in r.stdout, r.stdout
+    assert [m[2] for m in _folders(data)["Old"]] == [{"ok"}, frozenset()]
+    (tmp_path / "b.mbox").write_bytes(b"".join(
+        b"From a@x Thu Nov 16 10:00:00 2023\nX-Keywords: tag%03d\nSubject: m%d\n\nbody %d\n\n" % (i, i, i)
+        for i in range(MAX_KEYWORDS + 44)))
+    r = mailyard(data, "import", "mbox", str(tmp_path / "b.mbox"), "--to", A, "--folder", "Many")
+    assert r.returncode == 0, r.stderr
+    assert f"imported {MAX_KEYWORDS + 44} messages" in r.stdout and "warning: 44 keywords left out in Many" in r.stdout
+    many = _folders(data)["Many"]
+    assert len(many) == MAX_KEYWORDS + 44 and len({k for m in many for k in m[2]}) == MAX_KEYWORDS
 
 
 def test_bad_input_gives_clear_errors(tmp_path: Path) -> None:

@@ -78,6 +78,24 @@ def test_flags_discard_and_keep_copy(mailserver: RunningServer) -> None:
     assert flags(mailserver, ALICE)[0] >= {"\\Flagged", "work"}
 
 
+def test_imap4flags_keeps_the_system_flags_of_rfc9051_only(mailserver: RunningServer) -> None:
+    """RFC 5232 / RFC 9051 2.3.2: the system flags compare without case and
+    are stored in their spelling; another word beginning with a backslash
+    is no flag and is dropped (it cannot pass the keyword bounds), as is
+    \\Recent; a keyword in two cases is one keyword."""
+    odd = ", ".join(f'"\\\\{i:03d}' + "x" * 300 + '"' for i in range(300))
+    install(mailserver, ALICE, 'require ["imap4flags", "fileinto"];\r\n'
+                               'if header :is "subject" "flags" {\r\n'
+                               '  fileinto :flags "\\\\answered \\\\Bogus tag" "INBOX"; stop; }\r\n'
+                               f'addflag ["\\\\seen", "\\\\FLAGGED", "\\\\Recent", "$Work", "$WORK", {odd}];\r\n')
+    send(mailserver, "carol@remote.test", ALICE, "flags")
+    (got,) = flags(mailserver, ALICE)
+    assert got == {"\\Answered", "tag"}
+    send(mailserver, "carol@remote.test", ALICE, "keep")
+    (_, kept) = flags(mailserver, ALICE)
+    assert kept in ({"\\Seen", "\\Flagged", "$Work"}, {"\\Seen", "\\Flagged", "$WORK"})
+
+
 def test_plus_addressing_and_detail(mailserver: RunningServer) -> None:
     install(mailserver, ALICE, 'require ["fileinto", "mailbox", "envelope", "subaddress", "variables"];\r\n'
                                'if envelope :detail :matches "to" "*" { if string :is "${1}" "" { keep; stop; }\r\n'

@@ -23,6 +23,7 @@ from mailyard.store.api import (
     AppendItem,
     Contact,
     DeliveryTarget,
+    FlagsPartlyStored,
     InvalidName,
     KeywordLimit,
     Mailbox,
@@ -37,6 +38,7 @@ from mailyard.store.api import (
     RestoredMessage,
     Store,
     StoreError,
+    StoreUnavailable,
     TooManyMailboxes,
     WebSession,
 )
@@ -571,6 +573,157 @@ async def test_copy_and_delivery_leave_out_keywords_a_full_mailbox_has_no_room_f
     # a mailbox with room takes them
     (uid,) = await store.deliver(b"e\r\n", [DeliveryTarget(inbox.id, flags=frozenset({"sieve-kw"}))])
     assert (await store.get_messages(inbox, [uid]))[0].flags == {"sieve-kw"}
+
+
+async def test_an_import_or_restore_keeps_its_messages_without_the_keywords_that_do_not_fit(store: Store) -> None:
+    """append_many with ``left_out`` (an import, a restore) writes every
+    message, leaving out the keywords the mailbox has no room for and naming
+    them; without it the batch is refused whole, saying how many keywords
+    the mailbox has and how many the batch would add."""
+    a = await store.add_account("a@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    assert inbox
+    long_ = "Thunderbird_tag_" + "x" * MAX_KEYWORD_OCTETS
+    items = [AppendItem(b"long\r\n", frozenset({"\\Seen", "ok", long_})),
+             *(AppendItem(b"m%d\r\n" % i, frozenset({f"tag{i:03d}"})) for i in range(MAX_KEYWORDS + 10))]
+    with pytest.raises(KeywordLimit) as refused:
+        await store.append_many(inbox, items[1:])
+    assert f"this one has 0 and these flags would add {MAX_KEYWORDS + 10}" in str(refused.value)
+    assert await store.list_messages(inbox) == []
+    left: set[str] = set()
+    uids = await store.append_many(inbox, items, left_out=left)
+    assert len(uids) == len(items)
+    got = {m.uid: m.flags for m in await store.list_messages(inbox)}
+    assert got[uids[0]] == {"\\Seen", "ok"}
+    kept = {k for flags in got.values() for k in flags if not k.startswith("\\")}
+    assert len(kept) == MAX_KEYWORDS and len(left) == 12 and long_ in left
+    assert kept | left == {"ok", long_, *(f"tag{i:03d}" for i in range(MAX_KEYWORDS + 10))}
+    assert (await store.mailbox_summary(inbox)).keywords_full
+
+
+async def test_rename_inbox_takes_its_keywords_along(store: Store) -> None:
+    """RFC 9051 6.3.6: RENAME INBOX moves its messages to the new mailbox,
+    and with them the keywords defined in INBOX (store/keywords.py): the new
+    mailbox is as full as INBOX was, and the empty INBOX starts afresh."""
+    a = await store.add_account("a@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    assert inbox
+    await store.append(inbox, b"m1\r\n", KEYWORDS)
+    await store.rename_mailbox(a.id, "INBOX", "Old")
+    old = await store.get_mailbox(a.id, "Old")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    assert old and inbox
+    assert (await store.mailbox_summary(old)).keywords_full
+    (m,) = await store.list_messages(old)
+    with pytest.raises(KeywordLimit):
+        await store.store_flags(old, [m.uid], ["n000"], "add")
+    assert not (await store.mailbox_summary(inbox)).keywords_full
+    uid = await store.append(inbox, b"m2\r\n", [f"n{i:03d}" for i in range(MAX_KEYWORDS)])
+    assert len((await store.get_messages(inbox, [uid]))[0].flags) == MAX_KEYWORDS
+
+
+async def test_delivery_keeps_only_the_system_flags_of_rfc9051(store: Store) -> None:
+    """RFC 9051 2.3.2: the system flags are \\Seen \\Answered \\Flagged
+    \\Deleted \\Draft, compared without case (RFC 5232 for Sieve) and kept in
+    their own spelling; another word beginning with a backslash is no flag
+    a message keeps, and cannot pass the keyword bounds."""
+    a = await store.add_account("a@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    assert inbox
+    flags = frozenset({"\\" + f"x{i:03d}" * 100 for i in range(300)} | {"\\seen", "\\FLAGGED", "\\Recent", "k"})
+    arch = await store.get_mailbox(a.id, "Archive")
+    assert arch
+    uids = await store.deliver(b"d\r\n", [DeliveryTarget(inbox.id, flags=flags),
+                                           DeliveryTarget(arch.id, flags=frozenset({"\\x", "K"}))])
+    assert (await store.get_messages(inbox, [uids[0]]))[0].flags == {"\\Seen", "\\Flagged", "k"}
+    assert (await store.get_messages(arch, [uids[1]]))[0].flags == {"K"}
+    assert (await store.mailbox_summary(inbox)).keywords == {"k"}
+
+
+async def test_keywords_compare_without_case(store: Store) -> None:
+    """RFC 9051 2.3.2: a keyword in another case is the keyword the mailbox
+    has, set, taken away, copied and delivered in its spelling, and never
+    new: a full mailbox holding $Work takes $WORK."""
+    a = await store.add_account("a@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    arch = await store.get_mailbox(a.id, "Archive")
+    assert inbox and arch
+    await store.append(inbox, b"m1\r\n", ["$Work", *KEYWORDS[1:]])
+    await store.append(inbox, b"m2\r\n")
+    assert (await store.mailbox_summary(inbox)).keywords_full
+    changed, _ = await store.store_flags(inbox, [2], ["$WORK", "K002"], "add")
+    assert changed[0].flags == {"$Work", "k002"}
+    uid = await store.append(inbox, b"m3\r\n", ["$work"])
+    assert (await store.get_messages(inbox, [uid]))[0].flags == {"$Work"}
+    changed, _ = await store.store_flags(inbox, [2, uid], ["$wORK"], "remove")
+    assert [m.flags for m in changed] == [{"k002"}, frozenset()]
+    # a copy and a delivery into the full mailbox keep the keyword, in its spelling
+    await store.append(arch, b"a\r\n", ["$WORK"])
+    (pair,) = await store.copy_messages(arch, [1], inbox)
+    assert (await store.get_messages(inbox, [pair[1]]))[0].flags == {"$Work"}
+    (uid,) = await store.deliver(b"d\r\n", [DeliveryTarget(inbox.id, flags=frozenset({"$work", "\\Seen"}))])
+    assert (await store.get_messages(inbox, [uid]))[0].flags == {"$Work", "\\Seen"}
+    # a new keyword in two spellings at once: one of them
+    uid = await store.append(arch, b"b\r\n", ["Tag", "TAG", "tag"])
+    await store.append(arch, b"c\r\n", ["tAg"])
+    assert (await store.mailbox_summary(arch)).keywords == {"$WORK", "TAG"}
+
+
+async def test_a_store_defines_keywords_only_on_the_messages_it_changes(store: Store) -> None:
+    """A keyword is defined when a message gets it (store/keywords.py): a
+    STORE that changes no message (no such UID, every message failing
+    UNCHANGEDSINCE, flags they have) leaves the mailbox's keywords as they
+    were."""
+    a = await store.add_account("a@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    assert inbox
+    await store.append(inbox, b"m\r\n", ["k000"])
+    assert await store.store_flags(inbox, [4294967295], KEYWORDS, "add") == ([], [])
+    assert await store.store_flags(inbox, [1], KEYWORDS, "add", unchanged_since=0) == ([], [1])
+    assert not (await store.mailbox_summary(inbox)).keywords_full
+    changed, _ = await store.store_flags(inbox, [1], [f"n{i:03d}" for i in range(MAX_KEYWORDS - 1)], "add")
+    assert len(changed[0].flags) == MAX_KEYWORDS
+
+
+async def test_a_flag_change_failing_after_a_slice_says_what_it_did(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store_flags of several commits that fails after one committed
+    raises FlagsPartlyStored with that commit's changes and UNCHANGEDSINCE
+    failures (RFC 7162 3.1.3) and the error; one failing at its first
+    commit raises the error itself."""
+    import mailyard.store.postgresql.messages as pg_messages
+    import mailyard.store.sqlite.messages as sqlite_messages
+
+    for module in (sqlite_messages, pg_messages):
+        monkeypatch.setattr(module, "FLAG_SLICE", 4)
+    a = await store.add_account("a@example.test", "h")
+    inbox = await store.get_mailbox(a.id, "INBOX")
+    assert inbox
+    for i in range(10):
+        await store.append(inbox, b"m%d\r\n" % i)
+    await store.store_flags(inbox, [2], ["\\Draft"], "add")
+    since = (await store.get_mailbox_by_id(a.id, inbox.id)).highest_modseq - 1
+    write = store._write  # type: ignore[attr-defined]
+    calls = 0
+
+    async def second_fails(*args: object, **kw: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise StoreUnavailable("the database went away")
+        return await write(*args, **kw)
+
+    monkeypatch.setattr(store, "_write", second_fails)
+    with pytest.raises(FlagsPartlyStored) as partly:
+        await store.store_flags(inbox, range(1, 11), ["\\Seen"], "add", unchanged_since=since)
+    assert [m.uid for m in partly.value.changed] == [1, 3, 4] and partly.value.failed == [2]
+    assert isinstance(partly.value.error, StoreUnavailable)
+    monkeypatch.setattr(store, "_write", write)
+    assert [m.uid for m in await store.list_messages(inbox) if "\\Seen" in m.flags] == [1, 3, 4]
+    calls = 1
+    monkeypatch.setattr(store, "_write", second_fails)
+    with pytest.raises(StoreUnavailable):
+        await store.store_flags(inbox, range(1, 11), ["\\Flagged"], "add")
 
 
 async def test_a_large_flag_change_is_written_in_slices(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -170,6 +170,10 @@ def cmd_restore(args: argparse.Namespace) -> None:
     where = f" under {args.as_folder}/" if args.as_folder else ""
     print(f"restored {args.account} from {gen}{where}: {s.messages} messages ({s.bytes / 1e6:.1f} MB) in "
           f"{s.mailboxes} mailboxes, {s.skipped} already there, {s.seconds:.1f} s")
+    from ..transfer.progress import keywords_left_out_lines
+
+    for line in keywords_left_out_lines(s.keywords_left_out):
+        print(line)
 
 
 def add_store_parser(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -8,8 +8,8 @@ a store ``Mailbox``, which is the ``MailboxRef`` every store call checks
 Store exceptions become the backend's where IMAP answers them in its own
 words: MailboxGone (the selected mailbox deleted: BYE), QuotaExceeded and
 StorageFull (OVERQUOTA), TooManyMailboxes, TooManySubscriptions and
-KeywordLimit (LIMIT),
-AlreadyExists (ALREADYEXISTS), InvalidName (CANNOT). Other
+KeywordLimit (LIMIT), AlreadyExists (ALREADYEXISTS), InvalidName (CANNOT),
+FlagsPartlyStored (a STORE applied in part: PartlyStored). Other
 StoreErrors are answered NO with their text (session.ImapConfig.failures).
 """
 
@@ -30,18 +30,27 @@ from ..store.api import Account, AppendItem, Mailbox, Store
 Learn = Callable[[Account, Mailbox, Sequence[int], str], None]
 
 
+def _own(exc: store_api.StoreError) -> Exception:
+    """A store error of ``_checked``'s as IMAP's backend says it."""
+    if isinstance(exc, store_api.MailboxGone):
+        return b.MailboxGone(exc.mailbox_id, str(exc))
+    if isinstance(exc, store_api.KeywordLimit):
+        return b.LimitExceeded(str(exc), exc.full)
+    if isinstance(exc, store_api.FlagsPartlyStored):
+        return b.PartlyStored(exc.changed, exc.failed, _own(exc.error))
+    return exc
+
+
 def _checked(name: str, **fixed: Any) -> Callable[..., Awaitable[Any]]:
     """The store coroutine ``name`` (with the keyword arguments ``fixed``),
-    with MailboxGone and KeywordLimit reaching IMAP as the backend's own (a
-    method of the class: nothing per session)."""
+    with MailboxGone, KeywordLimit and FlagsPartlyStored reaching IMAP as
+    the backend's own (a method of the class: nothing per session)."""
 
     async def call(self: StoreBackend, *args: Any, **kw: Any) -> Any:
         try:
             return await getattr(self.store, name)(*args, **kw, **fixed)
-        except store_api.MailboxGone as exc:
-            raise b.MailboxGone(exc.mailbox_id, str(exc)) from exc
-        except store_api.KeywordLimit as exc:
-            raise b.LimitExceeded(str(exc), exc.full) from exc
+        except (store_api.MailboxGone, store_api.KeywordLimit, store_api.FlagsPartlyStored) as exc:
+            raise _own(exc) from exc
 
     call.__name__ = call.__qualname__ = name
     return call

@@ -99,6 +99,19 @@ class KeywordLimit(StoreError):
         self.full = full
 
 
+class FlagsPartlyStored(StoreError):
+    """A ``store_flags`` written in slices failed (``error``) after some
+    slices were committed: ``changed`` and ``failed`` say what those did, as
+    ``store_flags`` returns it (a STORE is not atomic across messages, RFC
+    9051 6.4.6; RFC 7162 3.1.3 MODIFIED for the committed ones)."""
+
+    def __init__(self, changed: list[MessageInfo], failed: list[int], error: StoreError) -> None:
+        super().__init__(str(error))
+        self.changed = changed
+        self.failed = failed
+        self.error = error
+
+
 class StoreUnavailable(StoreError):
     """The store cannot be reached now (a database server down or out of
     connections); nothing was written. Temporary: the same request may
@@ -996,13 +1009,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem],
-                          recent: RecentClaim | None = None) -> list[int]:
+                          recent: RecentClaim | None = None, left_out: set[str] | None = None) -> list[int]:
         """Add several messages to one mailbox in one atomic, durable write
         (RFC 3502 MULTIAPPEND: all or none); returns their UIDs in order.
         QuotaExceeded when they would take the account over quota (RFC 9208),
         KeywordLimit when their flags would define a keyword past the
-        mailbox's bounds (store/keywords.py). ``recent``: claim their \\Recent in the same write if no earlier
-        message is unclaimed, and say so in it (``RecentClaim``)."""
+        mailbox's bounds (store/keywords.py). ``left_out`` (an import, a
+        restore): the messages go in without the keywords that do not fit,
+        as a COPY's (``fitted_all``), and those are added to it. ``recent``:
+        claim their \\Recent in the same write if no earlier message is
+        unclaimed, and say so in it (``RecentClaim``)."""
 
     @abc.abstractmethod
     async def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
@@ -1062,7 +1078,10 @@ class Store(abc.ABC):
         """Change flags; returns (messages whose flags changed, UIDs that failed
         the UNCHANGEDSINCE test of RFC 7162 section 3.1.3). KeywordLimit,
         with nothing changed, when it would define a keyword past the
-        mailbox's bounds (store/keywords.py).
+        mailbox's bounds (store/keywords.py). Keywords compare without case
+        (RFC 9051 2.3.2): one the mailbox has in another spelling is set
+        (or taken away) in that spelling. A keyword is defined only by a
+        message that gets it.
 
         Written in commits of at most ``FLAG_SLICE`` messages (SQLite's
         also stop at ``FLAG_SLICE_OCTETS`` of flags text), each slice with
@@ -1070,7 +1089,9 @@ class Store(abc.ABC):
         (and every other session's write) for the whole of it. A STORE is
         not atomic across messages (RFC 9051 6.4.6; RFC 7162 3.1.3 applies
         UNCHANGEDSINCE per message), so a crash between slices leaves the
-        earlier slices' changes, each message changed whole or not at all."""
+        earlier slices' changes, each message changed whole or not at all.
+        A store error after a slice that changed or failed a message is
+        raised as FlagsPartlyStored, which carries what was done."""
 
     @abc.abstractmethod
     async def expunge(self, mailbox: MailboxRef, uids: Sequence[int], holder: object = None) -> list[int]:

@@ -564,6 +564,8 @@ class RestoreSummary:
     bytes: int = 0
     files: int = 0
     seconds: float = 0.0
+    # mailbox -> the keywords its messages went in without (store/keywords.py bounds)
+    keywords_left_out: dict[str, set[str]] = field(default_factory=dict)
 
 
 def restore_data(gen: Path, new_dir: Path, progress: Progress = _quiet) -> RestoreSummary:
@@ -668,6 +670,9 @@ async def restore_account(
                 present.setdefault((info.size, info.internal_date), []).append(info.uid)
             batch: list[AppendItem] = []
             size = 0
+            # keywords past the mailbox's bounds (a backup from before them,
+            # or of a store copy) are left out, the messages kept
+            left: set[str] = set()
             # row by row: the rows of inline bodies hold their bytes (the
             # file is immutable: nothing changes under the open cursor)
             for prefix, flags, internal_date, *place in db.execute(
@@ -687,15 +692,17 @@ async def restore_account(
                 batch.append(AppendItem(data, frozenset(flags.split()), internal_date))
                 size += len(data)
                 if len(batch) >= batch_messages or size >= batch_bytes:
-                    await store.append_many(mailbox, batch)
+                    await store.append_many(mailbox, batch, left_out=left)
                     summary.messages += len(batch)
                     summary.bytes += size
                     batch, size = [], 0
                     progress(f"{target_name}: {summary.messages - before_restored} messages restored")
             if batch:
-                await store.append_many(mailbox, batch)
+                await store.append_many(mailbox, batch, left_out=left)
                 summary.messages += len(batch)
                 summary.bytes += size
+            if left:
+                summary.keywords_left_out[target_name] = left
             progress(f"{target_name}: {summary.messages - before_restored} restored, "
                      f"{summary.skipped - before_skipped} already there")
     finally:

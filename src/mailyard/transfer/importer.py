@@ -211,14 +211,17 @@ class Importer:
         self.state.begin(address, source, box.id, box.uid_validity, current.uid_next,
                          [(m.key, digest(m.data)) for m in batch])
         items = [AppendItem(m.data, m.flags, m.internal_date) for m in batch]
+        left: set[str] = set()
         try:
-            await self.store.append_many(box, items)
+            # a keyword past the folder's bounds is left out, the message kept
+            await self.store.append_many(box, items, left_out=left)
         except QuotaExceeded as exc:
             self.state.drop_pending(address, source, [m.key for m in batch])
             raise QuotaFull(f"the quota of {address} is full ({exc}); raise it with "
                             f"`mailyard user quota {address} ...` and run the import again: "
                             "it goes on where it stopped") from exc
         self.state.commit(address, source, [m.key for m in batch])
+        self.summary.left_out(folder, left)
         self.known(source).update(m.key for m in batch)
         size = sum(len(m.data) for m in batch)
         with self.summary.lock:

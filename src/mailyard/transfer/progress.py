@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from ..store.keywords import MAX_KEYWORD_OCTETS, MAX_KEYWORDS, MAX_KEYWORDS_OCTETS
+
 
 @dataclass
 class Summary:
@@ -24,6 +26,8 @@ class Summary:
     already: int = 0  # present from an earlier run (the source key is remembered)
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> count
     warnings: list[str] = field(default_factory=list)
+    # folder -> the keywords its messages went in without (store/keywords.py bounds)
+    keywords_left_out: dict[str, set[str]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -36,6 +40,12 @@ class Summary:
     def warn(self, text: str) -> None:
         with self.lock:
             self.warnings.append(text)
+
+    def left_out(self, folder: str, keywords: set[str]) -> None:
+        """The messages of ``folder`` went in without ``keywords`` (past the bounds of store/keywords.py)."""
+        if keywords:
+            with self.lock:
+                self.keywords_left_out.setdefault(folder, set()).update(keywords)
 
     @property
     def seconds(self) -> float:
@@ -51,7 +61,17 @@ class Summary:
             out.append(f"already there from an earlier run: {self.already}")
         for reason, count in sorted(self.skipped.items()):
             out.append(f"skipped {count}: {reason}")
+        out += keywords_left_out_lines(self.keywords_left_out)
         return out
+
+
+def keywords_left_out_lines(left_out: dict[str, set[str]]) -> list[str]:
+    """The summary's lines for keywords messages went in without (an import,
+    a restore), one per folder."""
+    return [f"warning: {len(words)} keyword{'s' if len(words) != 1 else ''} left out in {folder} "
+            f"(a folder holds at most {MAX_KEYWORDS} keywords of at most {MAX_KEYWORD_OCTETS} octets, "
+            f"{MAX_KEYWORDS_OCTETS} in all): {' '.join(sorted(words)[:5])}{' ...' if len(words) > 5 else ''}"
+            for folder, words in sorted(left_out.items())]
 
 
 def _mb(octets: int) -> str:

@@ -71,6 +71,19 @@ class LimitExceeded(BackendError):
         self.full = full
 
 
+class PartlyStored(BackendError):
+    """A flag change written in parts failed after some were applied:
+    ``changed`` and ``failed`` say what was done, as ``store_flags``
+    returns it; ``error`` is what failed (an exception IMAP answers, as
+    from any other call)."""
+
+    def __init__(self, changed: Sequence[MessageRecord], failed: Sequence[int], error: Exception) -> None:
+        super().__init__(str(error))
+        self.changed = changed
+        self.failed = failed
+        self.error = error
+
+
 class MailboxExists(BackendError):
     """The mailbox to create (or rename to) exists already (ALREADYEXISTS)."""
 
@@ -310,7 +323,8 @@ class ImapBackend(Protocol):
         self, mailbox: MailboxRecord, uids: Sequence[int], flags: Iterable[str], mode: FlagMode,
         unchanged_since: int | None = None,
     ) -> tuple[Sequence[MessageRecord], Sequence[int]]:
-        """(messages whose flags changed, UIDs failing UNCHANGEDSINCE, RFC 7162 3.1.3)."""
+        """(messages whose flags changed, UIDs failing UNCHANGEDSINCE, RFC 7162 3.1.3).
+        PartlyStored when it failed after a part was applied."""
         ...
 
     async def expunge(self, mailbox: MailboxRecord, uids: Sequence[int]) -> Sequence[int]:

@@ -119,7 +119,10 @@ class MailboxesMixin(PostgreSQLCore):
                 # RFC 9051 6.3.6: renaming INBOX moves its messages to the new
                 # mailbox and leaves INBOX empty; its inferiors stay where they are.
                 new_id = await _insert_mailbox(c, account_id, new_name, None)
-                await c.execute("UPDATE mailboxes SET uid_next = %s WHERE id = %s", (src[1], new_id))
+                # INBOX's defined keywords go with its messages (store/keywords.py)
+                await c.execute("UPDATE mailboxes SET uid_next = %s, keywords = (SELECT keywords FROM mailboxes"
+                                " WHERE id = %s) WHERE id = %s", (src[1], src[0], new_id))
+                await c.execute("UPDATE mailboxes SET keywords = '' WHERE id = %s", (src[0],))
                 modseq = await _bump_modseq(c, src[0])
                 await c.execute(
                     "INSERT INTO expunged(mailbox_id, uid, modseq) SELECT mailbox_id, uid, %s FROM messages"

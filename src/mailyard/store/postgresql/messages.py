@@ -26,6 +26,7 @@ from ..api import (
     DeliveryTarget,
     DerivedRecord,
     FlagMode,
+    FlagsPartlyStored,
     Mailbox,
     MailboxGone,
     MailboxRef,
@@ -34,9 +35,10 @@ from ..api import (
     QuotaExceeded,
     RecentClaim,
     RestoredMessage,
+    StoreError,
     derive_record,
 )
-from ..keywords import keywords_of
+from ..keywords import keywords_of, spelled, spelled_removal
 from ..names import canonical_name
 from ..rows import MESSAGE_COLS, flags_set, flags_text, message_row, quota_row
 from .core import PostgreSQLCore, log
@@ -50,6 +52,8 @@ from .transaction import (
     _all,
     _bump_modseq,
     _collect_targets,
+    _define_keywords,
+    _defined_keywords,
     _fit_keywords,
     _fitted_targets,
     _lock_mailboxes,
@@ -154,13 +158,13 @@ class MessagesMixin(PostgreSQLCore):
         raise QuotaExceeded("over quota", [target.mailbox_id])
 
     async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem],
-                          recent: RecentClaim | None = None) -> list[int]:
+                          recent: RecentClaim | None = None, left_out: set[str] | None = None) -> list[int]:
         if not items:
             return []
         batch = list(items)
         records = await self._derive([item.data for item in batch])
 
-        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> tuple[list[int], bool]:
+        async def op(c: psycopg.AsyncConnection, tx: _Tx) -> tuple[list[int], bool, set[str]]:
             # As in deliver: bodies and derived rows first, then the mailbox
             # row's lock, the quota and the message rows in one round trip
             # (pipeline mode); a gone mailbox or a refusal rolls it all back.
@@ -173,17 +177,22 @@ class MessagesMixin(PostgreSQLCore):
                                     " AND uid_validity = %s FOR UPDATE",
                                     (mailbox.id, mailbox.account_id, mailbox.uid_validity))
             quota = await c.execute(_QUOTA_SQL, (mailbox.id,))
-            wanted = {f for item in batch for f in item.flags}
-            if keywords_of(wanted):
+            flag_sets = [item.flags for item in batch]
+            keywords = any(keywords_of(flags) for flags in flag_sets)
+            left: set[str] = set()
+            if keywords:
                 if await owned.fetchone() is None:
                     raise MailboxGone(mailbox.id)
-                # the keywords all fit, or nothing is written (store/keywords.py)
-                await _admit_keywords(c, mailbox.id, wanted)
+                if left_out is None:
+                    # the keywords all fit, or nothing is written (store/keywords.py)
+                    flag_sets = await _admit_keywords(c, mailbox.id, flag_sets)
+                else:
+                    flag_sets, left = await _fit_keywords(c, mailbox.id, flag_sets)
             pending = []
-            for item, body_id in zip(batch, body_ids, strict=True):
-                target = DeliveryTarget(mailbox.id, b"", item.flags, item.internal_date)
+            for item, body_id, flags in zip(batch, body_ids, flag_sets, strict=True):
+                target = DeliveryTarget(mailbox.id, b"", flags, item.internal_date)
                 pending += await _queue_targets(c, body_id, len(item.data), [target])
-            if not keywords_of(wanted) and await owned.fetchone() is None:
+            if not keywords and await owned.fetchone() is None:
                 raise MailboxGone(mailbox.id)
             # RFC 9208 / RFC 3502: the whole MULTIAPPEND fits, or none of it is written
             row = await quota.fetchone()
@@ -196,9 +205,11 @@ class MessagesMixin(PostgreSQLCore):
                 # write, unless an earlier message is still unclaimed
                 claimed = await _one(c, "UPDATE mailboxes SET recent_uid = %s WHERE id = %s AND recent_uid = %s"
                                      " RETURNING 1", (uids[-1], mailbox.id, uids[0] - 1)) is not None
-            return uids, claimed
+            return uids, claimed, left
 
-        uids, claimed = await self._write(op, pipeline=True)
+        uids, claimed, left = await self._write(op, pipeline=True)
+        if left_out is not None:
+            left_out.update(left)
         if recent is not None and claimed:
             recent.first, recent.last = uids[0] - 1, uids[-1]
         return uids
@@ -489,8 +500,13 @@ class MessagesMixin(PostgreSQLCore):
         # FLAG_SLICE messages a transaction (Store.store_flags): the
         # mailbox row stays locked for one slice at a time
         for start in range(0, max(len(everything), 1), FLAG_SLICE):
-            changed, failed = await self._write(self._flags_op(
-                mailbox, everything[start:start + FLAG_SLICE], flag_set, mode, unchanged_since))
+            try:
+                changed, failed = await self._write(self._flags_op(
+                    mailbox, everything[start:start + FLAG_SLICE], flag_set, mode, unchanged_since))
+            except StoreError as exc:
+                if changed_all or failed_all:
+                    raise FlagsPartlyStored(changed_all, failed_all, exc) from exc
+                raise
             changed_all += changed
             failed_all += failed
         return changed_all, failed_all
@@ -502,8 +518,11 @@ class MessagesMixin(PostgreSQLCore):
 
         async def op(c: psycopg.AsyncConnection, tx: _Tx) -> tuple[list[MessageInfo], list[int]]:
             mailbox_id = await self._owned_w(c, mailbox)
-            if mode != "remove":
-                await _admit_keywords(c, mailbox_id, flag_set)  # before any row changes
+            given = flag_set
+            if keywords_of(given):
+                # as the mailbox spells them (store/keywords.py)
+                defined, saved = await _defined_keywords(c, mailbox_id)
+                given = spelled_removal(defined, given) if mode == "remove" else spelled(defined, [given])[0][0]
             changed: list[tuple[int, str]] = []
             failed: list[int] = []
             for uid, text, modseq in await _all(
@@ -514,11 +533,14 @@ class MessagesMixin(PostgreSQLCore):
                     failed.append(uid)
                     continue
                 current = flags_set(text)
-                new = current | flag_set if mode == "add" else current - flag_set if mode == "remove" else flag_set
+                new = current | given if mode == "add" else current - given if mode == "remove" else given
                 if new != current:
                     changed.append((uid, flags_text(new)))
             if not changed:
                 return [], failed
+            if mode != "remove" and keywords_of(given):
+                # defined once a message has them (KeywordLimit: nothing written)
+                await _define_keywords(c, mailbox_id, defined, saved, given)
             modseq = await _bump_modseq(c, mailbox_id)
             await c.execute(
                 "UPDATE messages m SET flags = v.flags, modseq = %s FROM unnest(%s::bigint[], %s::text[]) AS v(uid, flags)"
@@ -569,8 +591,9 @@ class MessagesMixin(PostgreSQLCore):
                 raise QuotaExceeded("over quota", [dst_id])
             # RFC 9051 6.4.7: the flags go with the copy, but for keywords the
             # target has no room for (store/keywords.py)
-            kept = {text: flags_text(await _fit_keywords(c, dst_id, flags_set(text)))
-                    for text in sorted({r[4] for r in rows})}
+            texts = sorted({r[4] for r in rows})
+            fitted_sets, _ = await _fit_keywords(c, dst_id, [flags_set(t) for t in texts])
+            kept = dict(zip(texts, map(flags_text, fitted_sets), strict=True))
             rows = [(*r[:4], kept[r[4]], *r[5:]) for r in rows]
             start, modseq = await _one(
                 c, "UPDATE mailboxes SET uid_next = uid_next + %s, highest_modseq = highest_modseq + 1"

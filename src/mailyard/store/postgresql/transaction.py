@@ -33,7 +33,15 @@ from ..api import (
     QuotaExceeded,
     TooManyMailboxes,
 )
-from ..keywords import admitted, defined_text, fitted, is_full, keywords_of, parse_defined
+from ..keywords import (
+    admitted,
+    defined_text,
+    fitted_all,
+    is_full,
+    keywords_of,
+    parse_defined,
+    spelled,
+)
 from ..names import superior_names
 from ..rows import QUOTA_COLS, THREAD_LOOKUP_IDS, flags_set, flags_text, message_row, quota_row
 
@@ -120,36 +128,75 @@ async def _defined_keywords(c: psycopg.AsyncConnection, mailbox_id: int) -> tupl
     return frozenset(f for (text,) in rows for f in text.split() if not f.startswith("\\")), False
 
 
-async def _admit_keywords(c: psycopg.AsyncConnection, mailbox_id: int, flags: Iterable[str]) -> None:
-    """Define the keywords of ``flags`` in the mailbox (store/keywords.py
-    ``admitted``); KeywordLimit past its bounds, before anything is written."""
-    if not keywords_of(flags):
-        return
-    defined, saved = await _defined_keywords(c, mailbox_id)
+async def _save_keywords(c: psycopg.AsyncConnection, mailbox_id: int, defined: frozenset[str]) -> None:
+    await c.execute("UPDATE mailboxes SET keywords = %s WHERE id = %s", (defined_text(defined), mailbox_id))
+
+
+async def _define_keywords(c: psycopg.AsyncConnection, mailbox_id: int, defined: frozenset[str], saved: bool,
+                           flags: Iterable[str]) -> None:
+    """Define the keywords of ``flags`` (``spelled`` against ``defined``, as
+    ``_defined_keywords`` read them in this write; store/keywords.py
+    ``admitted``); KeywordLimit past the bounds, before anything is written."""
     new = admitted(defined, flags)
     if new is not None or not saved:
-        await c.execute("UPDATE mailboxes SET keywords = %s WHERE id = %s",
-                        (defined_text(new if new is not None else defined), mailbox_id))
+        await _save_keywords(c, mailbox_id, new if new is not None else defined)
 
 
-async def _fit_keywords(c: psycopg.AsyncConnection, mailbox_id: int, flags: frozenset[str]) -> frozenset[str]:
-    """``flags`` without the keywords the mailbox has no room for, the others
-    defined in it (store/keywords.py ``fitted``: a copied or delivered message)."""
-    if not keywords_of(flags):
-        return flags
+async def _admit_keywords(c: psycopg.AsyncConnection, mailbox_id: int,
+                          flag_sets: Sequence[frozenset[str]]) -> list[frozenset[str]]:
+    """``flag_sets`` as the mailbox keeps flags (``spelled``), their keywords
+    defined in it; KeywordLimit past its bounds, before anything is written."""
+    if not any(keywords_of(flags) for flags in flag_sets):
+        return list(flag_sets)
     defined, saved = await _defined_keywords(c, mailbox_id)
-    kept, new = fitted(defined, flags)
+    out, _ = spelled(defined, flag_sets)
+    await _define_keywords(c, mailbox_id, defined, saved, {f for flags in out for f in flags})
+    return out
+
+
+async def _fit_keywords(c: psycopg.AsyncConnection, mailbox_id: int,
+                        flag_sets: Sequence[frozenset[str]]) -> tuple[list[frozenset[str]], set[str]]:
+    """(``flag_sets`` as the mailbox keeps flags without the keywords it has
+    no room for, the words left out), the others defined in it with one read
+    and at most one write of its row (store/keywords.py ``fitted_all``:
+    copied, delivered, imported or restored messages)."""
+    if not any(keywords_of(flags) for flags in flag_sets):
+        return list(flag_sets), set()
+    defined, saved = await _defined_keywords(c, mailbox_id)
+    out, new, left = fitted_all(defined, flag_sets)
     if new is not None or not saved:
-        await c.execute("UPDATE mailboxes SET keywords = %s WHERE id = %s",
-                        (defined_text(new if new is not None else defined), mailbox_id))
-    return kept
+        await _save_keywords(c, mailbox_id, new if new is not None else defined)
+    return out, left
 
 
 async def _fitted_targets(c: psycopg.AsyncConnection, targets: Sequence[DeliveryTarget]) -> list[DeliveryTarget]:
     """``targets`` with the keywords their mailboxes have no room for left
-    out; the mailbox rows are locked already."""
-    return [dataclasses.replace(t, flags=await _fit_keywords(c, t.mailbox_id, t.flags))
-            if keywords_of(t.flags) else t for t in targets]
+    out (store/keywords.py ``fitted_all``): the mailboxes' rows read in one
+    statement and written in at most one; they are locked already."""
+    by_mailbox: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        if keywords_of(t.flags):
+            by_mailbox.setdefault(t.mailbox_id, []).append(i)
+    if not by_mailbox:
+        return list(targets)
+    rows = dict(await _all(c, "SELECT id, keywords FROM mailboxes WHERE id = ANY(%s)", (list(by_mailbox),)))
+    out = list(targets)
+    saves: list[tuple[int, str]] = []
+    for mailbox_id, at in by_mailbox.items():
+        if mailbox_id not in rows:
+            raise NotFound(f"mailbox {mailbox_id} does not exist")
+        text = rows[mailbox_id]
+        defined, saved = ((parse_defined(text), True) if text is not None
+                          else await _defined_keywords(c, mailbox_id))
+        fitted_sets, new, _ = fitted_all(defined, [targets[i].flags for i in at])
+        if new is not None or not saved:
+            saves.append((mailbox_id, defined_text(new if new is not None else defined)))
+        for i, flags in zip(at, fitted_sets, strict=True):
+            out[i] = dataclasses.replace(targets[i], flags=flags)
+    if saves:
+        await c.execute("UPDATE mailboxes m SET keywords = v.keywords FROM unnest(%s::bigint[], %s::text[])"
+                        " AS v(id, keywords) WHERE m.id = v.id", ([i for i, _ in saves], [k for _, k in saves]))
+    return out
 
 
 class _Rows:
@@ -319,7 +366,8 @@ async def _insert_targets(c: psycopg.AsyncConnection, tx: _Tx, body_id: int, bod
         if row is None:
             raise NotFound(f"mailbox {t.mailbox_id} does not exist")
         uid, modseq = row
-        flags = await _fit_keywords(c, t.mailbox_id, t.flags)  # the mailbox row is locked by the UPDATE
+        # the mailbox row is locked by the UPDATE
+        flags = (await _fit_keywords(c, t.mailbox_id, [t.flags]))[0][0]
         await c.execute(
             "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq, save_date)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",

@@ -4,10 +4,10 @@ read and extended inside the writes that set flags."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ..api import NotFound
-from ..keywords import admitted, defined_text, fitted, keywords_of, parse_defined
+from ..keywords import admitted, defined_text, fitted_all, keywords_of, parse_defined, spelled
 
 # The distinct flag combinations of a mailbox, seeking from one to the next
 # in the messages_flags index (a few entries however many messages share them).
@@ -39,28 +39,42 @@ def defined_keywords(c: sqlite3.Connection, mailbox_id: int) -> tuple[frozenset[
     return parse_defined(row[0]), True
 
 
-def _save(c: sqlite3.Connection, mailbox_id: int, defined: frozenset[str]) -> None:
+def save_keywords(c: sqlite3.Connection, mailbox_id: int, defined: frozenset[str]) -> None:
     c.execute("UPDATE mailboxes SET keywords = ? WHERE id = ?", (defined_text(defined), mailbox_id))
 
 
-def admit_keywords(c: sqlite3.Connection, mailbox_id: int, flags: Iterable[str]) -> None:
-    """Define the keywords of ``flags`` in the mailbox, in the caller's
-    write; KeywordLimit past its bounds (the caller has written nothing yet)."""
-    if not keywords_of(flags):
-        return
-    defined, saved = defined_keywords(c, mailbox_id)
+def define_keywords(c: sqlite3.Connection, mailbox_id: int, defined: frozenset[str], saved: bool,
+                    flags: Iterable[str]) -> None:
+    """Define the keywords of ``flags`` (``spelled`` against ``defined``, as
+    ``defined_keywords`` read them in this write); KeywordLimit past the
+    bounds (the caller has written nothing yet)."""
     new = admitted(defined, flags)
     if new is not None or not saved:
-        _save(c, mailbox_id, new if new is not None else defined)
+        save_keywords(c, mailbox_id, new if new is not None else defined)
 
 
-def fit_keywords(c: sqlite3.Connection, mailbox_id: int, flags: frozenset[str]) -> frozenset[str]:
-    """``flags`` without the keywords the mailbox has no room for; the others
-    are defined in it (a copied or delivered message)."""
-    if not keywords_of(flags):
-        return flags
+def admit_keywords(c: sqlite3.Connection, mailbox_id: int,
+                   flag_sets: Sequence[frozenset[str]]) -> list[frozenset[str]]:
+    """``flag_sets`` as the mailbox keeps flags (``spelled``), their keywords
+    defined in it, in the caller's write; KeywordLimit past its bounds (the
+    caller has written nothing yet)."""
+    if not any(keywords_of(flags) for flags in flag_sets):
+        return list(flag_sets)
     defined, saved = defined_keywords(c, mailbox_id)
-    kept, new = fitted(defined, flags)
+    out, _ = spelled(defined, flag_sets)
+    define_keywords(c, mailbox_id, defined, saved, {f for flags in out for f in flags})
+    return out
+
+
+def fit_keywords(c: sqlite3.Connection, mailbox_id: int,
+                 flag_sets: Sequence[frozenset[str]]) -> tuple[list[frozenset[str]], set[str]]:
+    """(``flag_sets`` as the mailbox keeps flags without the keywords it has
+    no room for, the words left out); the others are defined in it (copied,
+    delivered, imported or restored messages: store/keywords.py ``fitted_all``)."""
+    if not any(keywords_of(flags) for flags in flag_sets):
+        return list(flag_sets), set()
+    defined, saved = defined_keywords(c, mailbox_id)
+    out, new, left = fitted_all(defined, flag_sets)
     if new is not None or not saved:
-        _save(c, mailbox_id, new if new is not None else defined)
-    return kept
+        save_keywords(c, mailbox_id, new if new is not None else defined)
+    return out, left

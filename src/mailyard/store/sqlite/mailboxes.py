@@ -286,7 +286,10 @@ class MailboxesMixin(SQLiteCore):
                 # RFC 9051 6.3.6: renaming INBOX moves its messages to the new
                 # mailbox and leaves INBOX empty; its inferiors stay where they are.
                 new_id = insert_mailbox(c, account_id, new_name, None)
-                c.execute("UPDATE mailboxes SET uid_next = ? WHERE id = ?", (src[1], new_id))
+                # INBOX's defined keywords go with its messages (store/keywords.py)
+                c.execute("UPDATE mailboxes SET uid_next = ?, keywords = (SELECT keywords FROM mailboxes"
+                          " WHERE id = ?) WHERE id = ?", (src[1], src[0], new_id))
+                c.execute("UPDATE mailboxes SET keywords = '' WHERE id = ?", (src[0],))
                 modseq = bump_modseq(c, src[0])
                 c.execute(
                     "INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq)"

@@ -48,6 +48,7 @@ from ..api import (
     Changes,
     DeliveryTarget,
     FlagMode,
+    FlagsPartlyStored,
     MailboxGone,
     MailboxRef,
     MessageInfo,
@@ -55,8 +56,10 @@ from ..api import (
     Quota,
     QuotaExceeded,
     RecentClaim,
+    StoreError,
 )
 from ..blobs import BODY_DATA, BODY_PLACE
+from ..keywords import keywords_of, spelled, spelled_removal
 from ..notify import ChangeChannel
 from ..rows import MESSAGE_COLS, QUOTA_COLS, flags_set, flags_text, message_row, quota_row
 from . import changelog
@@ -64,7 +67,7 @@ from .bodies import BodiesMixin, release_bodies
 from .changelog import ChangeLog
 from .core import LIST_LANE, many_changes, many_messages, select_uids
 from .holds import HoldBoard
-from .keywords import admit_keywords, fit_keywords
+from .keywords import admit_keywords, define_keywords, defined_keywords, fit_keywords
 from .writer import WriteContext
 
 log = logging.getLogger("mailyard.store")
@@ -195,12 +198,13 @@ def check_targets(c: sqlite3.Connection, targets: Sequence[DeliveryTarget], body
 
 def insert_targets(
     c: sqlite3.Connection, ctx: WriteContext, body_id: int, body_len: int,
-    targets: Sequence[DeliveryTarget],
+    targets: Sequence[DeliveryTarget], fit: bool = True,
 ) -> list[int]:
     """Index rows for one stored body in each target mailbox (shared by
     ``deliver`` and the outbound queue's combined local+queued commit).
     The caller runs ``check_targets`` before it writes the body, so a
-    delivery refused for quota writes nothing at all."""
+    delivery refused for quota writes nothing at all. ``fit`` False: the
+    targets' flags are as their mailboxes keep them already (``append_many``)."""
     now = time.time()
     uids = []
     for t in targets:
@@ -213,7 +217,7 @@ def insert_targets(
             raise NotFound(f"mailbox {t.mailbox_id} does not exist")
         uid, modseq = row
         # a delivered message goes in without the keywords its mailbox has no room for
-        flags = fit_keywords(c, t.mailbox_id, t.flags)
+        flags = fit_keywords(c, t.mailbox_id, [t.flags])[0][0] if fit else t.flags
         c.execute(
             "INSERT INTO messages(mailbox_id, uid, body_id, prefix, size, flags, internal_date, modseq, save_date)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -486,32 +490,39 @@ class MessagesMixin(BodiesMixin):
         return await self._write(op)
 
     async def append_many(self, mailbox: MailboxRef, items: Sequence[AppendItem],
-                          recent: RecentClaim | None = None) -> list[int]:
+                          recent: RecentClaim | None = None, left_out: set[str] | None = None) -> list[int]:
         if not items:
             return []
         batch = list(items)
+        wanted = [item.flags for item in batch]
 
-        def op(c: sqlite3.Connection, ctx: WriteContext) -> tuple[list[int], int | None]:
+        def op(c: sqlite3.Connection, ctx: WriteContext) -> tuple[list[int], int | None, set[str]]:
             mailbox_id = self._owned_w(c, mailbox)
             # RFC 9208 / RFC 3502: the whole MULTIAPPEND fits, or none of it is written
             check_quota(c, mailbox_id, sum(len(item.data) for item in batch), len(batch))
-            # and the keywords all fit, or none is written (store/keywords.py)
-            admit_keywords(c, mailbox_id, {f for item in batch for f in item.flags})
+            left: set[str] = set()
+            if left_out is None:
+                # the keywords all fit, or none is written (store/keywords.py)
+                flag_sets = admit_keywords(c, mailbox_id, wanted)
+            else:
+                flag_sets, left = fit_keywords(c, mailbox_id, wanted)
             # one SAVEPOINT in one commit: every message or none (RFC 3502)
             uids: list[int] = []
-            for item in batch:
+            for item, flags in zip(batch, flag_sets, strict=True):
                 body_id = self._store_body(c, item.data, 1)
-                target = DeliveryTarget(mailbox_id, b"", item.flags, item.internal_date)
-                uids += insert_targets(c, ctx, body_id, len(item.data), [target])
+                target = DeliveryTarget(mailbox_id, b"", flags, item.internal_date)
+                uids += insert_targets(c, ctx, body_id, len(item.data), [target], fit=False)
             # RFC 3501 2.3.2: \Recent for the appending session, in this
             # write, unless an earlier message is still unclaimed (that one
             # goes to the first session told of it, with these)
             claimed = recent is not None and c.execute(
                 "UPDATE mailboxes SET recent_uid = ? WHERE id = ? AND recent_uid = ?",
                 (uids[-1], mailbox_id, uids[0] - 1)).rowcount > 0
-            return uids, uids[0] - 1 if claimed else None
+            return uids, uids[0] - 1 if claimed else None, left
 
-        uids, first = await self._write(op)
+        uids, first, left = await self._write(op)
+        if left_out is not None:
+            left_out.update(left)
         if recent is not None and first is not None:
             recent.first, recent.last = first, uids[-1]
             if self._claimed.get(mailbox.id, -1) < uids[-1]:
@@ -531,8 +542,13 @@ class MessagesMixin(BodiesMixin):
         changed_all: list[MessageInfo] = []
         failed_all: list[int] = []
         while True:
-            changed, failed, last = await self._write(self._flags_op(
-                mailbox, pending[:FLAG_SLICE], flag_set, mode, unchanged_since))
+            try:
+                changed, failed, last = await self._write(self._flags_op(
+                    mailbox, pending[:FLAG_SLICE], flag_set, mode, unchanged_since))
+            except StoreError as exc:
+                if changed_all or failed_all:
+                    raise FlagsPartlyStored(changed_all, failed_all, exc) from exc
+                raise
             changed_all += changed
             failed_all += failed
             pending = pending[bisect.bisect_right(pending, last):] if last is not None else []
@@ -548,8 +564,11 @@ class MessagesMixin(BodiesMixin):
 
         def op(c: sqlite3.Connection, ctx: WriteContext) -> tuple[list[MessageInfo], list[int], int | None]:
             mailbox_id = self._owned_w(c, mailbox)
-            if mode != "remove":
-                admit_keywords(c, mailbox_id, flag_set)  # before any row changes
+            given = flag_set
+            if keywords_of(given):
+                # as the mailbox spells them (store/keywords.py)
+                defined, saved = defined_keywords(c, mailbox_id)
+                given = spelled_removal(defined, given) if mode == "remove" else spelled(defined, [given])[0][0]
             changed: list[tuple[int, str]] = []
             failed: list[int] = []
             rows = select_uids(c, "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ?", mailbox_id, wanted)
@@ -565,11 +584,11 @@ class MessagesMixin(BodiesMixin):
                     continue
                 current = flags_set(text)
                 if mode == "add":
-                    new = current | flag_set
+                    new = current | given
                 elif mode == "remove":
-                    new = current - flag_set
+                    new = current - given
                 else:
-                    new = flag_set
+                    new = given
                 if new != current:
                     changed.append((uid, flags_text(new)))
                     # a row's rewrite costs with its old and new flags, kept
@@ -579,6 +598,9 @@ class MessagesMixin(BodiesMixin):
                 last = wanted[-1] if wanted else None
             if not changed:
                 return [], failed, last
+            if mode != "remove" and keywords_of(given):
+                # defined once a message has them (KeywordLimit: nothing written)
+                define_keywords(c, mailbox_id, defined, saved, given)
             modseq = bump_modseq(c, mailbox_id)
             c.executemany(
                 "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
@@ -649,8 +671,9 @@ class MessagesMixin(BodiesMixin):
             pairs = []
             # RFC 9051 6.4.7: the flags go with the copy, but for keywords the
             # target has no room for (store/keywords.py)
-            kept = {text: flags_text(fit_keywords(c, dst_mailbox_id, flags_set(text)))
-                    for text in sorted({r[4] for r in rows})}
+            texts = sorted({r[4] for r in rows})
+            kept = dict(zip(texts, map(flags_text, fit_keywords(c, dst_mailbox_id, list(map(flags_set, texts)))[0]),
+                            strict=True))
             for i, (uid, body_id, prefix, size, flags, internal_date) in enumerate(rows):
                 flags = kept[flags]
                 c.execute(

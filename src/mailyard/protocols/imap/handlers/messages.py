@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .. import commands as c
 from .. import fetch as f
 from .. import imapurl, names
-from ..backend import LimitExceeded, NewMessage, NoSpace, RecentClaim
+from ..backend import LimitExceeded, MailboxGone, NewMessage, NoSpace, PartlyStored, RecentClaim
 from ..fetch_plan import (
     HEADER_FIELDS_TEXTS,
     HEADER_LINE_WORK,
@@ -347,12 +347,21 @@ async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
     # STORE's own change from another session's to the same message
     before = await sel.infos(b) if cmd.silent else None
     known = sel.known_modseq
+    partly: PartlyStored | None = None
     try:
         changed, failed = await b.store_flags(sel.mailbox, uids, flags, cmd.mode, cmd.unchanged_since)
     except LimitExceeded as exc:
         if exc.full:
             sel.keywords_full = True  # RFC 9051 7.1: the next PERMANENTFLAGS lacks \*
         raise  # NO [LIMIT] (session.py), nothing changed
+    except PartlyStored as exc:
+        if isinstance(exc.error, MailboxGone):
+            raise exc.error from exc  # the mailbox went: nothing to tell of it
+        if isinstance(exc.error, LimitExceeded) and exc.error.full:
+            sel.keywords_full = True
+        # RFC 9051 6.4.6: not atomic across messages; what was applied is
+        # told as usual, then the NO
+        changed, failed, partly = list(exc.changed), list(exc.failed), exc
     by_uid = {m.uid: m for m in changed}
     for m in changed:
         if before is not None:
@@ -369,8 +378,9 @@ async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
         sel.own_changes[m.uid] = m.modseq
     sel.note_flags(changed)
     report: dict[int, MessageRecord] = dict(by_uid)
-    if not cmd.silent:
-        # RFC 9051 6.4.6: the updated flags of every message in the set
+    if not cmd.silent and partly is None:
+        # RFC 9051 6.4.6: the updated flags of every message in the set (of
+        # a STORE applied in part, of those it changed)
         infos = await sel.infos(b)
         gone = sel.pending_expunge
         for u in uids:
@@ -401,7 +411,17 @@ async def cmd_store(s: ImapSession, cmd: c.Store) -> None:
         # RFC 7162 3.1.3: MODIFIED lists what failed the UNCHANGEDSINCE test
         nums = failed if cmd.uid else [q for q, u in pairs if u in set(failed)]
         code = f"MODIFIED {format_uid_set(nums)}"
-    await s.finish("OK", f"{'UID ' if cmd.uid else ''}STORE completed", code, allow_expunge=cmd.uid)
+    name = f"{'UID ' if cmd.uid else ''}STORE"
+    if partly is not None:
+        # RFC 7162 3.1.3 allows MODIFIED with NO; else the error's own code (RFC 5530 3)
+        error = partly.error
+        if code is None:
+            code = ("LIMIT" if isinstance(error, LimitExceeded) else
+                    "UNAVAILABLE" if isinstance(error, s.config.unavailable) else None)
+        await s.finish("NO", f"{name} applied to some of the messages only, then failed: {error}", code,
+                       allow_expunge=cmd.uid)
+        return
+    await s.finish("OK", f"{name} completed", code, allow_expunge=cmd.uid)
 
 
 def _stored(old: frozenset[str], flags: Iterable[str], mode: str) -> frozenset[str]:
