@@ -214,3 +214,7 @@ def setup(level: str = "info", log_format: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    # python-multipart warns once per malformed form body, and a form
+    # without a session may be posted by anyone (web/bodies.py text_form):
+    # the webmail answers such a body 400 itself, so only its errors here
+    logging.getLogger("python_multipart").setLevel(max(logging.ERROR, root.level))

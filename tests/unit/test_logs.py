@@ -98,3 +98,29 @@ def test_an_event_budget_bounds_each_kind_and_says_what_it_held_back(caplog: pyt
     assert len(lines) == 5
     assert "suppressed" not in " ".join(lines[:4])
     assert lines[-1] == "refused ip=192.0.2.50 suppressed=7"
+
+
+def test_setup_keeps_the_multipart_parsers_warnings_about_client_bodies_out() -> None:
+    """A malformed form body is the client's, answered 400 by the webmail:
+    python-multipart's warning for it is not a line anyone can add at will."""
+    from python_multipart.multipart import QuerystringParser
+
+    from mailyard import logs
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logging.getLogger("python_multipart").level)
+    try:
+        logs.setup("info")
+        stream = io.StringIO()
+        root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+        QuerystringParser(max_size=3).write(b"a=1&b=2")  # "truncating data length"
+        assert "truncating" not in stream.getvalue()
+        logging.getLogger("mailyard.web").warning("still here")
+        assert "still here" in stream.getvalue()
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+        logging.getLogger("python_multipart").setLevel(saved[2])
