@@ -390,3 +390,12 @@ def test_mail_to_a_recipient_whose_script_edits_the_header_is_not_counted_as_sen
     send(mailserver, "carol@remote.test", ALICE, "from outside")
     assert subjects(mailserver, ALICE) == ["from outside"]
     assert senders == []
+
+
+def test_fileinto_create_makes_the_superiors(mailserver: RunningServer) -> None:
+    """RFC 5490 3.2 with RFC 9051 6.3.4: the mailbox made and its superiors."""
+    install(mailserver, ALICE, 'require ["fileinto", "mailbox"];\r\nfileinto :create "x/y";\r\n')
+    send(mailserver, "carol@remote.test", ALICE, "deep")
+    assert subjects(mailserver, ALICE, "x/y") == ["deep"]
+    account = mailserver.call(mailserver.store.get_account(ALICE))
+    assert mailserver.call(mailserver.store.get_mailbox(account.id, "x")) is not None

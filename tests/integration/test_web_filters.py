@@ -167,3 +167,23 @@ def test_malformed_numbers_and_marker_types_are_refused_not_errors(mailserver: R
     r = client.post("/vacation", data={"csrf": token, "enabled": "on", "text": "back soon", "days": "7"})
     assert r.status_code == 400 and "written by hand" in r.text
     assert active(mailserver, ALICE)[1] == marker
+
+
+def test_folder_suggestions_are_bounded(mailserver: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule builder's folder suggestions are the special folders and
+    the first by name, never every folder of the account."""
+    from mailyard.web import filters
+
+    monkeypatch.setattr(filters, "MAX_SUGGESTIONS", 8, raising=False)
+
+    async def make() -> None:
+        account = await mailserver.store.get_account(ALICE)
+        for i in range(10):
+            await mailserver.store.create_mailbox(account.id, f"Box{i}")
+
+    mailserver.call(make())
+    r = login(mailserver).get("/filters")
+    suggested = re.findall(r'<option value="([^"]+)">', r.text.split('<datalist id="rule-folders">')[1]
+                           .split("</datalist>")[0])
+    assert suggested[0] == "INBOX" and len(suggested) == 8
+    assert {"Sent", "Trash", "Box0", "Box1"} <= set(suggested) and "Box9" not in suggested

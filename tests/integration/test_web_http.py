@@ -371,3 +371,103 @@ def test_a_background_sort_the_store_cannot_serve_is_logged_in_one_line_and_trie
     r = wait_until(prepared, what="the sorted listing to be prepared in the background")
     assert re.findall(r'class="open">([^<]+)<', r.text) == [f"topic {i:02d}" for i in range(20)]
     assert not [rec for rec in caplog.records if rec.exc_info], "a traceback was logged"
+
+
+def make_folders(server: RunningServer, user: str, names: list[str]) -> None:
+    async def go() -> None:
+        account = await server.store.get_account(user)
+        for name in names:
+            await server.store.create_mailbox(account.id, name)
+
+    server.call(go())
+
+
+def folder_rows(html: str) -> list[str]:
+    return re.findall(r'<tr data-folder="([^"]+)"', html)
+
+
+@pytest.fixture
+def many_folders(web: RunningServer, monkeypatch: pytest.MonkeyPatch) -> RunningServer:
+    """An account of more folders than a page of /folders (made 5 a page):
+    the six of a new account and twelve more."""
+    from mailyard.web import folders as folder_pages
+
+    monkeypatch.setattr(folder_pages, "FOLDERS_PAGE", 5, raising=False)
+    make_folders(web, ALICE, [f"Box{i:02d}" for i in range(12)])
+    return web
+
+
+def test_folders_page_of_many_folders_is_paged_and_filtered(many_folders: RunningServer) -> None:
+    """Past a page of folders /folders shows one page of rows, with its
+    range and Previous / Next, and a filter by name; the parent menu of a
+    new folder lists the page's folders, not all of them."""
+    client = login(many_folders)
+    r = client.get("/folders")
+    assert r.status_code == 200
+    first = folder_rows(r.text)
+    assert first[0] == "INBOX" and len(first) == 5
+    assert "1–5 of 18" in r.text and 'id="prev-page"' not in r.text
+    assert len(re.findall(r"<option value=\"\d+\">", r.text.split('id="parent"')[1].split("</select>")[0])) == 5
+    seen = list(first)
+    while (m := re.search(r'href="([^"]+)" rel="next" id="next-page"', r.text)):
+        r = client.get(m.group(1).replace("&amp;", "&"))
+        seen += folder_rows(r.text)
+    assert "16–18 of 18" in r.text and 'id="next-page"' not in r.text
+    assert len(seen) == 18 and {f"Box{i:02d}" for i in range(12)} <= set(seen)
+    prev = re.search(r'href="([^"]+)" rel="prev" id="prev-page"', r.text).group(1)
+    assert prev == "/folders?start=10"
+    assert folder_rows(client.get(prev).text) == seen[10:15]
+    r = client.get("/folders", params={"q": "box1"})
+    assert folder_rows(r.text) == ["Box10", "Box11"] and "1–2 of 2" in r.text
+    assert 'name="q" type="search" value="box1"' in r.text
+    # a start past the end shows the last page
+    assert folder_rows(client.get("/folders", params={"start": "999"}).text) == seen[15:]
+
+
+def test_folder_actions_from_a_page_return_to_it(many_folders: RunningServer) -> None:
+    client = login(many_folders)
+    token = csrf(client)
+    r = client.get("/folders", params={"start": "5", "q": "box0"})
+    back = re.search(r'name="back" value="([^"]+)"', r.text).group(1).replace("&amp;", "&")
+    assert back == "/folders?start=5&q=box0"
+    rows = folder_rows(r.text)
+    assert rows == [f"Box{i:02d}" for i in range(5, 10)]
+    victim = box_id(many_folders, ALICE, "Box06")
+    r = client.post("/folders", data={"csrf": token, "action": "rename", "box": victim, "name": "Box06b",
+                                      "back": back})
+    assert r.status_code == 303 and r.headers["location"].startswith("/folders?start=5&q=box0&notice=")
+    r = client.post("/folders", data={"csrf": token, "action": "delete", "box": box_id(many_folders, ALICE, "Box07"),
+                                      "back": back})
+    assert r.status_code == 303 and r.headers["location"].startswith("/folders?start=5&q=box0&notice=")
+    r = client.post("/folders", data={"csrf": token, "action": "create", "name": "Box05a", "parent": "",
+                                      "back": back})
+    assert r.status_code == 303 and r.headers["location"].startswith("/folders?start=5&q=box0&notice=")
+    r = client.get(r.headers["location"])
+    assert "Folder Box05a created." in r.text
+    assert folder_rows(r.text) == ["Box05", "Box05a", "Box06b", "Box08", "Box09"]
+    # a refused action shows the same page, saying why
+    r = client.post("/folders", data={"csrf": token, "action": "rename", "box": box_id(many_folders, ALICE, "Box08"),
+                                      "name": "Box09", "back": back})
+    assert r.status_code == 400 and 'role="alert"' in r.text
+    assert folder_rows(r.text) == ["Box05", "Box05a", "Box06b", "Box08", "Box09"]
+    # a Back elsewhere is not followed
+    r = client.post("/folders", data={"csrf": token, "action": "create", "name": "Other", "parent": "",
+                                      "back": "//evil.test/folders"})
+    assert r.headers["location"].startswith("/folders?notice=")
+
+
+def test_webmail_create_and_rename_make_the_missing_superiors(web: RunningServer) -> None:
+    """As IMAP CREATE and RENAME do (RFC 9051 6.3.4, 6.3.6)."""
+    client = login(web)
+    token = csrf(client)
+    r = client.post("/folders", data={"csrf": token, "action": "create", "name": "a/b", "parent": ""})
+    assert r.status_code == 303, r.text
+    assert box_id(web, ALICE, "a") and box_id(web, ALICE, "a/b")
+    r = client.post("/folders", data={"csrf": token, "action": "rename", "box": box_id(web, ALICE, "a/b"),
+                                      "name": "c/d/e"})
+    assert r.status_code == 303, r.text
+    assert box_id(web, ALICE, "c") and box_id(web, ALICE, "c/d") and box_id(web, ALICE, "c/d/e")
+    # fewer folders than a page: all of them, with neither pager nor filter
+    r = client.get("/folders")
+    assert len(folder_rows(r.text)) == 10
+    assert 'class="pager"' not in r.text and 'id="folder-filter"' not in r.text

@@ -377,7 +377,9 @@ class SieveDelivery:
                 # RFC 5490 3.2: without :create a missing mailbox is an error
                 raise _NoMailbox(f"fileinto {name!r}: no such mailbox (use :create)")
             try:
-                box = await self.store.create_mailbox(account.id, name, subscribe=True)
+                # its missing superiors too, as an IMAP CREATE makes them
+                # (RFC 5490 3.2, RFC 9051 6.3.4), so that LIST shows the hierarchy
+                box = await self.store.create_mailbox(account.id, name, subscribe=True, superiors=True)
             except InvalidName:
                 raise
             except Exception:  # noqa: BLE001 - made meanwhile by another delivery

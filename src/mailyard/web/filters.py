@@ -34,6 +34,11 @@ from .pages import checked_form, current, folders, notice_url, page, redirect, s
 
 SCRIPT = "webmail"
 MAX_RULES = 100
+# the folders the rule builder suggests for "Move to folder": INBOX and the
+# special-use folders first, then the first by name (``pages.folders``'s
+# order); any other is typed, the datalist of an account of thousands of
+# folders staying small
+MAX_SUGGESTIONS = 100
 
 FIELD_LABELS = {"from": "From", "to": "To", "subject": "Subject", "header": "Header field", "size": "Size (KB)",
                 "spam": "Spam level"}
@@ -70,8 +75,10 @@ async def _state(request: Request, session: Any) -> dict:
     scripts = _scripts(request)
     name, text = await asyncio.to_thread(_load, scripts, session.account_id)
     model = from_script(text) if text else Filters()
+    every = await folders(request, session)
     return {
-        "folders": await folders(request, session),
+        "folders": every,
+        "folder_suggestions": [f["name"] for f in every[:MAX_SUGGESTIONS]],
         "script_name": name,
         "script_text": text,
         "model": model,
