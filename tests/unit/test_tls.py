@@ -297,3 +297,16 @@ def test_the_kind_of_a_failed_handshake() -> None:
     assert tls_failure_reason(ConnectionResetError()) == "closed"
     assert tls_failure_reason(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")) == "protocol"
     assert tls_failure_reason(OSError(5, "I/O error")) == "error"
+
+
+def test_listener_context_first_asked_after_a_broken_renewal_still_serves(tmp_path: Path) -> None:
+    """A process whose first implicit-TLS connection comes after a renewal
+    left broken files (its reload failed, "keeping the previous certificate")
+    must still get a listener context, one that presents that certificate."""
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    tls.create_self_signed("one.test", cert, key)
+    r = tls.ReloadableTLS(cert, key)
+    cert.write_text("not a certificate\n")
+    assert not r.reload().ok
+    front = r.listener_context()  # the first ask, after the files broke
+    assert isinstance(front, ssl.SSLContext) and r.generation == 1

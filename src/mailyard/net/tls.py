@@ -341,6 +341,7 @@ class ReloadableTLS:
         # a context it returns is used instead of the current one (ACME
         # TLS-ALPN-01, RFC 8737 section 3: the validation certificate).
         self.sni_hook: Callable[[str | None], ssl.SSLContext | None] | None = None
+        self.listener_context()
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -390,6 +391,11 @@ class ReloadableTLS:
         ``server_name`` None if the client sent none); switching
         ``ssl_object.context`` there makes the handshake use the new
         certificate and settings (Python ssl docs, SSLContext.sni_callback).
+        It is made once, at start, from the files of the first load: made
+        at a process's first implicit-TLS connection instead, after a
+        renewal had left broken files, it could not be made, and every such
+        connection failed while the log said the previous certificate was
+        kept.
         """
         if self._front is None:
             front = self._factory(self.cert_path, self.key_path)
