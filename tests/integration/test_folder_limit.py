@@ -117,8 +117,7 @@ def test_a_refused_command_loses_no_message_another_session_put_meanwhile(
             reached.set()
             if seen["parent"]:
                 # the other session's APPEND, while this command is under way
-                while not appended.is_set():
-                    await asyncio.sleep(0.01)
+                await asyncio.to_thread(appended.wait, 30)
 
     async def create(account_id: int, name: str, *args: Any, **kw: Any) -> Any:
         await meanwhile(account_id, name)

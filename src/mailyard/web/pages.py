@@ -426,6 +426,19 @@ def list_back(request: Request) -> str:
 TEMPLATES.globals["list_back"] = list_back
 
 
+def back_arg(back: str, box_id: int) -> str:
+    """``back=...`` for the links and forms of a message's or conversation's
+    page opened from the list ``back``, so that what the page leads to keeps
+    that list as its Back; empty when the list is the folder itself, the
+    default Back."""
+    from urllib.parse import quote
+
+    return "" if back == f"/box/{box_id}" else "back=" + quote(back)
+
+
+TEMPLATES.globals["back_arg"] = back_arg
+
+
 def to_int(value: Any) -> int | None:
     try:
         return int(value)
